@@ -1,0 +1,53 @@
+# Two commands set everything up on a fresh Debian 12 machine (as root):
+#   make demo   -- the main job: a three-member local fleet builds a sample graph
+#   make test   -- lint plus the whole test suite (unit and integration, on a real local fleet)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system-deps demo test unit lint format bench clean
+
+setup: system-deps $(STAMP)
+
+# Debian's Nix 2.8 and OpenSSH server are the real parts offload drives; install them when missing.
+system-deps:
+	@missing=""; \
+	command -v nix-store >/dev/null || missing="$$missing nix-bin"; \
+	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
+	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
+	command -v unshare >/dev/null || missing="$$missing util-linux"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/offload demo
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

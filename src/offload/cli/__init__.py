@@ -1,0 +1,56 @@
+"""Command-line entry point: argparse, dispatch, and the single error handler.
+
+Each subcommand lives in its own module with ``register(subparsers)``; the function it sets as
+``func`` takes the parsed namespace and returns an exit status. Errors are caught here only:
+``error: <message>`` and a hint on stderr, a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from offload import __version__
+from offload.errors import BuildFailed, OffloadError
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from offload.cli import build, demo, fleet
+
+    parser = argparse.ArgumentParser(
+        prog="offload",
+        description="Distribute Nix builds over the local machine and SSH builders.",
+    )
+    parser.add_argument("--version", action="version", version=f"offload {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (build, fleet, demo):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except OffloadError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        # nix-build's codes: 100 for a build failure, 101 timeout, 1 otherwise.
+        if isinstance(exc, BuildFailed):
+            return 101 if exc.status == 8 else 100
+        return 1

@@ -1,0 +1,98 @@
+"""The exceptions offload raises.
+
+Every error a user can cause or meet is an ``OffloadError`` carrying a one-line message and,
+where there is a likely fix, a hint. The CLI prints ``error: <message>`` plus the hint and exits
+non-zero; tracebacks only under ``--debug``.
+
+    OffloadError
+    ├── ConfigError          bad machines file, offload.toml, command-line value
+    ├── StoreError           invalid store path, malformed .drv or NAR, local store refused
+    ├── TransportError       a process could not be started or died (ssh, nix-store)
+    │   └── SshError         ssh could not connect or authenticate to a builder
+    ├── ProtocolError        the peer broke the serve protocol (bad magic, truncated stream)
+    │   └── RemoteError      the remote nix-store reported ``error: ...`` and exited
+    ├── BuildFailed          a derivation failed to build; carries its status and log tail
+    ├── FleetError           the local test fleet could not be started or stopped
+    └── SchedulerError       no machine can build a derivation, or the run cannot go on
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BuildFailed",
+    "ConfigError",
+    "FleetError",
+    "OffloadError",
+    "ProtocolError",
+    "RemoteError",
+    "SchedulerError",
+    "SshError",
+    "StoreError",
+    "TransportError",
+]
+
+
+class OffloadError(Exception):
+    """Base of every error offload reports to a user."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(OffloadError):
+    """A configuration input (file, setting or option) is wrong."""
+
+
+class StoreError(OffloadError):
+    """A store path, derivation or archive is malformed, or the local store refused it."""
+
+
+class TransportError(OffloadError):
+    """A child process (ssh, nix-store) could not be started or ended unexpectedly."""
+
+
+class SshError(TransportError):
+    """ssh could not reach or authenticate to a builder."""
+
+
+class ProtocolError(OffloadError):
+    """The peer does not speak the expected protocol, or the stream ended early."""
+
+
+class RemoteError(ProtocolError):
+    """The remote nix-store printed ``error: ...`` and exited; ``message`` is its text."""
+
+
+class BuildFailed(OffloadError):
+    """A derivation failed to build.
+
+    ``status`` is Nix's BuildResult status code (3 = PermanentFailure, 8 = TimedOut, ...);
+    ``log_tail`` holds the last lines of the build log when they are known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        drv_path: str,
+        status: int,
+        log_tail: tuple[str, ...] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.drv_path = drv_path
+        self.status = status
+        self.log_tail = log_tail
+
+
+class FleetError(OffloadError):
+    """The local fleet could not be brought up, inspected or stopped."""
+
+
+class SchedulerError(OffloadError):
+    """The scheduler cannot place some work, or the run cannot continue."""

@@ -1,0 +1,188 @@
+"""The one module that starts processes.
+
+Everything else builds argv lists and hands them here. Child processes of async code live inside
+``spawn``, an ``async with`` that always stops them (SIGTERM, a grace period, then SIGKILL to the
+child's whole process group). Missing programs become ``TransportError`` with a hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from offload.errors import TransportError
+
+__all__ = ["Completed", "run", "run_async", "spawn", "start_detached", "stop_process_group"]
+
+_INSTALL_HINTS = {
+    "nix-store": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
+    "nix-instantiate": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
+    "nix": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
+    "ssh": "install OpenSSH (Debian: apt-get install openssh-client)",
+    "ssh-keygen": "install OpenSSH (Debian: apt-get install openssh-client)",
+    "sshd": "install the OpenSSH server (Debian: apt-get install openssh-server)",
+    "unshare": "install util-linux",
+}
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> Completed:
+        if self.returncode != 0:
+            last = self.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            msg = f"`{shlex.join(self.argv)}` failed with exit code {self.returncode}: {last[0]}"
+            raise TransportError(msg)
+        return self
+
+
+def _missing(argv: Sequence[str], exc: OSError) -> TransportError:
+    program = Path(argv[0]).name
+    return TransportError(f"cannot run {argv[0]}: {exc.strerror}", hint=_INSTALL_HINTS.get(program))
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+    cwd: Path | None = None,
+) -> Completed:
+    """Run a short command to completion and capture its output as text."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=dict(env) if env is not None else None,
+            timeout=timeout,
+            check=False,
+            cwd=cwd,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        raise _missing(argv, exc) from exc
+    except subprocess.TimeoutExpired as exc:
+        msg = f"`{shlex.join(argv)}` did not finish within {timeout} s"
+        raise TransportError(msg) from exc
+    done = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+    return done.check() if check else done
+
+
+async def run_async(
+    argv: Sequence[str],
+    *,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> Completed:
+    """Run a command to completion from async code; stopped if the caller is cancelled."""
+    async with spawn(argv, env=env, stdin=stdin is not None) as proc:
+        out, err = await proc.communicate(stdin)
+    done = Completed(
+        tuple(argv),
+        proc.returncode if proc.returncode is not None else -1,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+    )
+    return done.check() if check else done
+
+
+@contextlib.asynccontextmanager
+async def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: bool = True,
+    grace: float = 3.0,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Start a child with piped stdio in its own process group; always stop it on exit."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            limit=1 << 20,
+        )
+    except OSError as exc:
+        raise _missing(argv, exc) from exc
+    try:
+        yield proc
+    finally:
+        await _stop(proc, grace)
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
+    if proc.stdin is not None and not proc.stdin.is_closing():
+        proc.stdin.close()
+    if proc.returncode is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
+        except TimeoutError:
+            continue
+        return
+
+
+def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> int:
+    """Start a long-lived daemon in its own session, output to ``log``; return its pid."""
+    with log.open("ab") as out:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise _missing(argv, exc) from exc
+    return proc.pid
+
+
+def stop_process_group(pid: int, *, grace: float = 3.0) -> None:
+    """SIGTERM a detached process group, then SIGKILL whatever is left after ``grace`` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        if _wait_gone(pid, grace):
+            return
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    # Our detached children are reaped here when they are ours; otherwise poll /proc.
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid if not Path(f"/proc/{pid}").exists() else 0
+        if done == pid:
+            return True
+        time.sleep(0.02)
+    return False

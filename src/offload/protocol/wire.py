@@ -1,0 +1,92 @@
+"""Nix's primitive wire encoding (nix-protocols.md section 1).
+
+Integers are unsigned 64-bit little-endian; strings are a length, the bytes, and zero padding to
+a multiple of eight. Decoding reads from anything with an asyncio ``readexactly``; a stream that
+ends early or pads with non-zero bytes raises ``ProtocolError`` naming what was being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Iterable
+from typing import Protocol
+
+from offload.errors import ProtocolError
+
+__all__ = [
+    "ByteReader",
+    "encode_int",
+    "encode_str",
+    "encode_strs",
+    "padding",
+    "read_bytes",
+    "read_int",
+    "read_str",
+    "read_strs",
+]
+
+_U64 = struct.Struct("<Q")
+# Strings on this protocol are paths, names and messages; anything larger is a broken stream.
+MAX_STRING = 64 * 1024 * 1024
+
+
+class ByteReader(Protocol):
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+def padding(length: int) -> int:
+    return (8 - length % 8) % 8
+
+
+def encode_int(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def encode_str(value: str | bytes) -> bytes:
+    data = value.encode() if isinstance(value, str) else value
+    return _U64.pack(len(data)) + data + b"\0" * padding(len(data))
+
+
+def encode_strs(values: Iterable[str]) -> bytes:
+    items = list(values)
+    return encode_int(len(items)) + b"".join(encode_str(v) for v in items)
+
+
+async def _exactly(reader: ByteReader, n: int, what: str) -> bytes:
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError as exc:
+        msg = f"stream ended while reading {what} ({len(exc.partial)} of {n} bytes)"
+        raise ProtocolError(msg) from exc
+
+
+async def read_int(reader: ByteReader, what: str = "an integer") -> int:
+    value: int = _U64.unpack(await _exactly(reader, 8, what))[0]
+    return value
+
+
+async def read_bytes(reader: ByteReader, what: str = "a string", limit: int = MAX_STRING) -> bytes:
+    length = await read_int(reader, f"the length of {what}")
+    if length > limit:
+        raise ProtocolError(f"{what} claims {length} bytes, more than the {limit} allowed")
+    data = await _exactly(reader, length, what)
+    pad = padding(length)
+    if pad and await _exactly(reader, pad, f"the padding of {what}") != b"\0" * pad:
+        raise ProtocolError(f"non-zero padding after {what}")
+    return data
+
+
+async def read_str(reader: ByteReader, what: str = "a string") -> str:
+    data = await read_bytes(reader, what)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{what} is not valid UTF-8") from exc
+
+
+async def read_strs(reader: ByteReader, what: str = "a list of strings") -> list[str]:
+    count = await read_int(reader, f"the length of {what}")
+    if count > MAX_STRING:
+        raise ProtocolError(f"{what} claims {count} entries")
+    return [await read_str(reader, f"entry {i} of {what}") for i in range(count)]
