@@ -18,6 +18,8 @@ non-zero; tracebacks only under ``--debug``.
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 __all__ = [
     "BuildFailed",
     "ConfigError",
@@ -40,6 +42,7 @@ class OffloadError(Exception):
         self.message = message
         self.hint = hint
 
+    @override
     def __str__(self) -> str:
         return self.message
 
