@@ -1,0 +1,735 @@
+"""ServeClient against scripted server bytes: exact requests, reply parsing, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from offload.errors import ProtocolError, RemoteError, StoreError
+from offload.protocol.serve import (
+    CLIENT_VERSION,
+    BuildOptions,
+    BuildStatus,
+    PathInfo,
+    ServeClient,
+    copy_paths,
+    strip_ansi,
+    topo_sort_infos,
+)
+from offload.store.drv import Derivation, DerivationOutput
+
+T = TypeVar("T")
+
+# Hand-written from nix-protocols.md 2.2: magic 0x390c9deb then version 0x207, u64 little-endian.
+HANDSHAKE_OUT = bytes.fromhex("eb9d0c39000000000702000000000000")
+SERVER_HELLO = bytes.fromhex("cbee5254000000000702000000000000")
+
+A = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a"
+B = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b"
+Z = "/nix/store/00000000000000000000000000000000-z"
+
+
+def u64(n: int) -> bytes:
+    return struct.pack("<Q", n)
+
+
+def s(v: str | bytes) -> bytes:
+    data = v.encode() if isinstance(v, str) else v
+    padded = -(-len(data) // 8) * 8
+    return u64(len(data)) + data.ljust(padded, b"\0")
+
+
+def strs(*vs: str) -> bytes:
+    return u64(len(vs)) + b"".join(s(v) for v in vs)
+
+
+def nar_of(contents: bytes) -> bytes:
+    # nix-protocols.md 3.1: a single regular file.
+    tokens = ["nix-archive-1", "(", "type", "regular", "contents"]
+    return b"".join(s(t) for t in tokens) + s(contents) + s(")")
+
+
+class Writer:
+    def __init__(self, *, dead: bool = False) -> None:
+        self.dead = dead
+        self.data = bytearray()
+        self.writes = 0
+        self.drains = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.data += data
+
+    async def drain(self) -> None:
+        if self.dead:
+            raise BrokenPipeError
+        self.drains += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def reader_with(data: bytes, *, eof: bool = True) -> asyncio.StreamReader:
+    r = asyncio.StreamReader()
+    r.feed_data(data)
+    if eof:
+        r.feed_eof()
+    return r
+
+
+async def connected(
+    reply: bytes,
+    *,
+    hello: bytes = SERVER_HELLO,
+    stderr: asyncio.StreamReader | None = None,
+    on_log: Callable[[str], None] | None = None,
+    eof: bool = True,
+) -> tuple[ServeClient, Writer]:
+    """A client past the handshake whose server will answer with ``reply``."""
+    w = Writer()
+    client = ServeClient(
+        reader_with(hello + reply, eof=eof),
+        w,
+        stderr=stderr,
+        on_log=on_log,
+        name="b1",
+        stderr_timeout=0.2,
+    )
+    await client.handshake()
+    del w.data[:]
+    w.writes = w.drains = 0
+    return client, w
+
+
+def test_handshake_bytes_and_version() -> None:
+    async def go() -> None:
+        w = Writer()
+        client = ServeClient(reader_with(SERVER_HELLO), w)
+        assert await client.handshake() == 0x207
+        assert bytes(w.data) == HANDSHAKE_OUT
+        assert (w.writes, w.drains) == (1, 1)
+        assert CLIENT_VERSION == 0x207
+
+    run(go())
+
+
+def test_bad_magic_is_protocol_error() -> None:
+    async def go() -> None:
+        client = ServeClient(reader_with(u64(0x12345678) + u64(0x207)), Writer(), name="b1")
+        with pytest.raises(ProtocolError, match=r"b1: bad server magic 0x12345678"):
+            await client.handshake()
+
+    run(go())
+
+
+def test_wrong_major_version_is_protocol_error() -> None:
+    async def go() -> None:
+        client = ServeClient(reader_with(u64(0x5452EECB) + u64(0x107)), Writer())
+        with pytest.raises(ProtocolError, match="unsupported serve protocol version 0x107"):
+            await client.handshake()
+
+    run(go())
+
+
+def test_request_before_handshake_fails() -> None:
+    async def go() -> None:
+        client = ServeClient(reader_with(b""), Writer())
+        drv = _drv()
+        with pytest.raises(ProtocolError, match="before the handshake"):
+            await client.build_derivation("/nix/store/x.drv", drv)
+
+    run(go())
+
+
+def test_query_before_handshake_fails_without_writing() -> None:
+    async def go() -> None:
+        w = Writer()
+        client = ServeClient(reader_with(strs()), w)
+        with pytest.raises(ProtocolError, match="QueryValidPaths before the handshake"):
+            await client.query_valid_paths([A])
+        assert w.data == b""
+
+    run(go())
+
+
+def test_write_to_dead_remote_is_remote_error() -> None:
+    async def go() -> None:
+        w = Writer(dead=True)
+        stderr = reader_with(b"error: building paths is not allowed\n")
+        client = ServeClient(reader_with(SERVER_HELLO), w, stderr=stderr, name="b1")
+        client.server_version = 0x207
+        with pytest.raises(RemoteError, match="b1: building paths is not allowed") as info:
+            await client.build_derivation(DRV_PATH, _drv())
+        assert info.value.hint is not None
+        assert "--write" in info.value.hint
+        assert isinstance(info.value.__cause__, BrokenPipeError)
+
+    run(go())
+
+
+def test_query_valid_paths_request_and_reply() -> None:
+    async def go() -> None:
+        client, w = await connected(strs(A))
+        valid = await client.query_valid_paths([B, A, B], lock=True)
+        assert valid == {A}
+        # opcode 1, lock=1, substitute=0, the set sorted by base name with duplicates removed.
+        expected = u64(1) + u64(1) + u64(0) + u64(2) + s(A) + s(B)
+        assert bytes(w.data) == expected
+        assert (w.writes, w.drains) == (1, 1)
+
+    run(go())
+
+
+def test_query_valid_paths_literal_bytes() -> None:
+    async def go() -> None:
+        client, w = await connected(u64(0))
+        assert await client.query_valid_paths(["/x"], substitute=True) == set()
+        assert bytes(w.data).hex() == (
+            "0100000000000000"  # QueryValidPaths
+            "0000000000000000"  # lock
+            "0100000000000000"  # substitute
+            "0100000000000000"  # one path
+            "0200000000000000"  # of length 2
+            "2f78000000000000"  # "/x" and six bytes of zero padding
+        )
+
+    run(go())
+
+
+def test_query_path_infos_parses_until_empty_string() -> None:
+    nar_hash = "sha256:0gjxwr2i5rcs1wk9ghzm20ic8j8y3kxrcs49r8l51y5kn9r98l5g"
+    reply = (
+        s(A)
+        + s("")  # no deriver
+        + strs()
+        + u64(128)  # downloadSize
+        + u64(128)  # narSize
+        + s(nar_hash)
+        + s("text:sha256:1111")
+        + strs()
+        + s(B)
+        + s("/nix/store/dddddddddddddddddddddddddddddddd-b.drv")
+        + strs(A, B)
+        + u64(4096)
+        + u64(4096)
+        + s("sha256:abc")
+        + s("")
+        + strs("k:sig")
+        + s("")
+    )
+
+    async def go() -> None:
+        client, w = await connected(reply)
+        infos = await client.query_path_infos([B, A, Z])
+        assert bytes(w.data) == u64(2) + u64(3) + s(Z) + s(A) + s(B)
+        assert infos[A] == PathInfo(A, None, (), 128, nar_hash, "text:sha256:1111", ())
+        assert infos[B] == PathInfo(
+            B,
+            "/nix/store/dddddddddddddddddddddddddddddddd-b.drv",
+            (A, B),
+            4096,
+            "sha256:abc",
+            None,
+            ("k:sig",),
+        )
+        assert set(infos) == {A, B}
+
+    run(go())
+
+
+def test_query_closure_request() -> None:
+    async def go() -> None:
+        client, w = await connected(strs(A, B))
+        assert await client.query_closure([B], include_outputs=True) == {A, B}
+        assert bytes(w.data) == u64(7) + u64(1) + strs(B)
+
+    run(go())
+
+
+def _drv(input_srcs: tuple[str, ...] = (A,)) -> Derivation:
+    out = "/nix/store/cccccccccccccccccccccccccccccccc-c"
+    return Derivation.create(
+        outputs={"out": DerivationOutput(out, "", ""), "dev": DerivationOutput(B, "", "")},
+        input_drvs={"/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-e.drv": ["out"]},
+        input_srcs=input_srcs,
+        platform="x86_64-linux",
+        builder="/bin/sh",
+        args=["-c", "echo hi > $out"],
+        env={"out": out, "name": "c", "builder": "/bin/sh"},
+    )
+
+
+DRV_PATH = "/nix/store/ffffffffffffffffffffffffffffffff-c.drv"
+
+
+def _expected_basic_drv(srcs: tuple[str, ...]) -> bytes:
+    out = "/nix/store/cccccccccccccccccccccccccccccccc-c"
+    return (
+        u64(2)
+        + s("dev")
+        + s(B)
+        + s("")
+        + s("")
+        + s("out")
+        + s(out)
+        + s("")
+        + s("")
+        + strs(*srcs)
+        + s("x86_64-linux")
+        + s("/bin/sh")
+        + strs("-c", "echo hi > $out")
+        + u64(3)
+        + s("builder")
+        + s("/bin/sh")
+        + s("name")
+        + s("c")
+        + s("out")
+        + s(out)
+    )
+
+
+def _result(status: int, msg: str, outputs: bytes = u64(0)) -> bytes:
+    return u64(status) + s(msg) + u64(1) + u64(0) + u64(1700000000) + u64(1700000005) + outputs
+
+
+def test_build_derivation_request_bytes() -> None:
+    async def go() -> None:
+        client, w = await connected(_result(3, "x"))
+        await client.build_derivation(
+            DRV_PATH, _drv(), input_srcs=[B, Z], options=BuildOptions(build_timeout=10)
+        )
+        options = u64(0) + u64(10) + u64(0) + u64(0) + u64(1) + u64(0)
+        expected = u64(8) + s(DRV_PATH) + _expected_basic_drv((Z, B)) + options
+        assert bytes(w.data) == expected
+        assert (w.writes, w.drains) == (1, 1)
+
+    run(go())
+
+
+def test_build_options_follow_server_minor() -> None:
+    # A 0x202 server reads maxSilentTime, buildTimeout and maxLogSize only (section 2.4).
+    async def go() -> None:
+        client, w = await connected(
+            _result(0, "")[:16] + u64(0), hello=SERVER_HELLO[:8] + u64(0x202)
+        )
+        await client.build_derivation(
+            DRV_PATH,
+            _drv(),
+            options=BuildOptions(max_silent_time=7, build_timeout=9, max_log_size=5),
+        )
+        assert bytes(w.data).endswith(_expected_basic_drv((A,)) + u64(7) + u64(9) + u64(5))
+
+    run(go())
+
+
+def test_failed_build_result_strips_ansi_and_keeps_stream_in_step() -> None:
+    msg = "\x1b[0mbuilder for '\x1b[35;1m/nix/store/x-fail.drv\x1b[0m' failed with exit code 3"
+
+    async def go() -> None:
+        client, _ = await connected(_result(3, msg) + strs(A))
+        result = await client.build_derivation(DRV_PATH, _drv())
+        assert result.status is BuildStatus.PERMANENT_FAILURE
+        assert not result.success
+        assert result.error_msg == "builder for '/nix/store/x-fail.drv' failed with exit code 3"
+        assert (result.times_built, result.is_non_deterministic) == (1, False)
+        assert (result.start_time, result.stop_time) == (1700000000, 1700000005)
+        assert result.built_outputs == {}
+        # The empty builtOutputs map was consumed: the next reply parses.
+        assert await client.query_valid_paths([A]) == {A}
+
+    run(go())
+
+
+def test_built_outputs_read_even_for_old_server_version() -> None:
+    # Nix 2.8 sends builtOutputs whatever the version (nix-protocols.md 2.6 bug).
+    out = "cccccccccccccccccccccccccccccccc-c"
+    realisation = (
+        '{"dependentRealisations":{},"id":"sha256:316a!out","outPath":"' + out + '",'
+        '"signatures":[]}'
+    )
+    outputs = u64(1) + s("sha256:316a!out") + s(realisation)
+
+    async def go() -> None:
+        hello = SERVER_HELLO[:8] + u64(0x205)
+        client, _ = await connected(_result(0, "", outputs) + strs(B), hello=hello)
+        result = await client.build_derivation(DRV_PATH, _drv())
+        assert result.status is BuildStatus.BUILT
+        assert result.success
+        assert result.built_outputs == {"out": f"/nix/store/{out}"}
+        assert await client.query_valid_paths([B]) == {B}
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    ("status", "success"),
+    [(0, True), (1, True), (2, True), (13, True), (3, False), (8, False), (14, False)],
+)
+def test_success_statuses(status: int, success: bool) -> None:
+    async def go() -> None:
+        client, _ = await connected(_result(status, ""))
+        assert (await client.build_derivation(DRV_PATH, _drv())).success is success
+
+    run(go())
+
+
+def test_unknown_build_status_is_protocol_error() -> None:
+    async def go() -> None:
+        client, _ = await connected(_result(99, ""))
+        with pytest.raises(ProtocolError, match="unknown build status 99"):
+            await client.build_derivation(DRV_PATH, _drv())
+
+    run(go())
+
+
+def test_truncated_reply_is_protocol_error_naming_the_operation() -> None:
+    async def go() -> None:
+        client, _ = await connected(u64(2) + s(A) + b"\x05\x00")
+        with pytest.raises(ProtocolError, match="b1 closed the connection during QueryValidPaths"):
+            await client.query_valid_paths([A, B])
+        with pytest.raises(ProtocolError, match="connection unusable"):
+            await client.query_valid_paths([A])
+
+    run(go())
+
+
+def test_truncated_build_result_is_protocol_error() -> None:
+    async def go() -> None:
+        client, _ = await connected(_result(0, "")[:-8])
+        with pytest.raises(ProtocolError, match="during BuildDerivation") as info:
+            await client.build_derivation(DRV_PATH, _drv())
+        assert not isinstance(info.value, RemoteError)
+
+    run(go())
+
+
+def test_non_zero_padding_is_protocol_error() -> None:
+    async def go() -> None:
+        client, _ = await connected(u64(1) + u64(2) + b"/x\x00\x00\x00\x00\x00\x01", eof=False)
+        with pytest.raises(ProtocolError, match="b1: non-zero padding"):
+            await client.query_valid_paths([A])
+
+    run(go())
+
+
+def test_eof_with_stderr_error_is_remote_error() -> None:
+    lines: list[str] = []
+    path = "/nix/store/qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq-gone"
+    err = f"\x1b[31;1merror:\x1b[0m path '\x1b[35;1m{path}\x1b[0m' is not valid\n"
+
+    async def go() -> None:
+        stderr = reader_with(b"some builder line\n" + err.encode())
+        client, _ = await connected(b"", stderr=stderr, on_log=lines.append)
+        with pytest.raises(RemoteError) as info:
+            await client.dump_store_path(path, _discard)
+        assert info.value.message == f"b1: path '{path}' is not valid"
+        assert info.value.hint is not None
+        assert "references" in info.value.hint
+        assert isinstance(info.value.__cause__, ProtocolError)
+        await client.close()
+
+    run(go())
+    assert lines[0] == "some builder line"
+    assert "\x1b[31;1merror:" in lines[1]
+
+
+def test_remote_error_waits_for_stderr_and_keeps_continuation_lines() -> None:
+    # The error arrives on stderr only after stdout has ended; the client waits for it.
+    async def go() -> None:
+        stderr = asyncio.StreamReader()
+        client, _ = await connected(b"", stderr=stderr)
+        loop = asyncio.get_running_loop()
+        err = b"\x1b[31;1merror:\x1b[0m hash mismatch importing path 'x';\n"
+        err += b"  specified: 1\n  got:  2\n"
+        loop.call_soon(stderr.feed_data, err)
+        loop.call_soon(stderr.feed_eof)
+        with pytest.raises(RemoteError) as info:
+            await client.query_valid_paths([A])
+        assert info.value.message == "b1: hash mismatch importing path 'x'; specified: 1 got: 2"
+        assert info.value.hint is not None
+        assert "narHash" in info.value.hint
+
+    run(go())
+
+
+def test_eof_without_stderr_end_is_bounded() -> None:
+    # stderr never ends: after stderr_timeout the plain "closed the connection" error is raised.
+    async def go() -> None:
+        client, _ = await connected(b"", stderr=asyncio.StreamReader())
+        with pytest.raises(ProtocolError, match="closed the connection during QueryClosure"):
+            await client.query_closure([A])
+        await client.close()
+
+    run(go())
+
+
+def test_later_error_block_wins_over_builder_error_line() -> None:
+    async def go() -> None:
+        stderr = reader_with(b"error: printed by a builder\nerror: the real one\n")
+        client, _ = await connected(b"", stderr=stderr)
+        with pytest.raises(RemoteError, match=r"b1: the real one$"):
+            await client.query_valid_paths([A])
+
+    run(go())
+
+
+def test_broken_on_log_does_not_stop_stderr_draining() -> None:
+    seen: list[str] = []
+
+    def on_log(line: str) -> None:
+        seen.append(line)
+        raise RuntimeError(line)
+
+    async def go() -> None:
+        stderr = reader_with(b"one\ntwo\nerror: boom\n")
+        client, _ = await connected(b"", stderr=stderr, on_log=on_log)
+        with pytest.raises(RemoteError, match="b1: boom"):
+            await client.query_valid_paths([A])
+
+    run(go())
+    assert seen == ["one", "two", "error: boom"]
+
+
+async def _discard(chunk: bytes) -> None:
+    pass
+
+
+def test_dump_store_path_streams_nar() -> None:
+    nar = nar_of(b"hello\n" * 5000)
+    chunks: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    async def go() -> None:
+        client, w = await connected(nar + strs(A))
+        assert await client.dump_store_path(A, sink) == len(nar)
+        assert bytes(w.data) == u64(3) + s(A)
+        assert b"".join(chunks) == nar
+        # The reader stopped exactly at the end of the NAR.
+        assert await client.query_valid_paths([A]) == {A}
+
+    run(go())
+
+
+def test_dump_store_path_sink_error_passes_through() -> None:
+    class Boom(Exception):
+        pass
+
+    async def sink(chunk: bytes) -> None:
+        raise Boom
+
+    async def go() -> None:
+        client, _ = await connected(nar_of(b"x"))
+        with pytest.raises(Boom):
+            await client.dump_store_path(A, sink)
+        with pytest.raises(ProtocolError, match="unusable"):
+            await client.query_valid_paths([A])
+
+    run(go())
+
+
+def _info(nar: bytes, path: str = B, refs: tuple[str, ...] = (A,)) -> PathInfo:
+    return PathInfo(
+        path=path,
+        deriver="/nix/store/dddddddddddddddddddddddddddddddd-b.drv",
+        references=refs,
+        nar_size=len(nar),
+        nar_hash="sha256:" + hashlib.sha256(nar).hexdigest(),
+        ca=None,
+        sigs=("k2:x", "k1:y"),
+    )
+
+
+def test_add_to_store_nar_bytes() -> None:
+    nar = nar_of(b"contents")
+    info = _info(nar)
+
+    async def producer(sink: Callable[[bytes], Awaitable[None]]) -> None:
+        await sink(nar[:10])
+        await sink(nar[10:])
+
+    async def go() -> None:
+        client, w = await connected(u64(1))
+        await client.add_to_store_nar(info, producer, registration_time=1795293178)
+        expected = (
+            u64(9)
+            + s(B)
+            + s("/nix/store/dddddddddddddddddddddddddddddddd-b.drv")
+            + s(info.nar_hash)
+            + strs(A)
+            + u64(1795293178)
+            + u64(len(nar))
+            + u64(0)
+            + strs("k1:y", "k2:x")
+            + s("")
+            + nar
+        )
+        assert bytes(w.data) == expected
+
+    run(go())
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_add_to_store_nar_size_mismatch(delta: int) -> None:
+    nar = nar_of(b"contents")
+    info = _info(nar)
+
+    async def producer(sink: Callable[[bytes], Awaitable[None]]) -> None:
+        await sink(nar + b"!" if delta > 0 else nar[:-1])
+
+    async def go() -> None:
+        client, w = await connected(u64(1))
+        with pytest.raises(ProtocolError, match="narSize"):
+            await client.add_to_store_nar(info, producer, registration_time=0)
+        # Nothing beyond narSize reached the remote (an oversized chunk is refused whole).
+        sent = nar[:-1] if delta < 0 else b""
+        assert bytes(w.data) == _header(info) + sent
+
+    run(go())
+
+
+def _header(info: PathInfo) -> bytes:
+    return (
+        u64(9)
+        + s(info.path)
+        + s(info.deriver or "")
+        + s(info.nar_hash)
+        + strs(*info.references)
+        + u64(0)
+        + u64(info.nar_size)
+        + u64(0)
+        + strs(*sorted(info.sigs))
+        + s("")
+    )
+
+
+def test_add_to_store_nar_bad_ack() -> None:
+    nar = nar_of(b"c")
+
+    async def producer(sink: Callable[[bytes], Awaitable[None]]) -> None:
+        await sink(nar)
+
+    async def go() -> None:
+        client, _ = await connected(u64(0))
+        with pytest.raises(ProtocolError, match="unexpected AddToStoreNar reply 0"):
+            await client.add_to_store_nar(_info(nar), producer)
+
+    run(go())
+
+
+def test_copy_paths_streams_between_clients_in_order() -> None:
+    nar_a, nar_b = nar_of(b"a" * 70000), nar_of(b"b")
+    info_a, info_b = _info(nar_a, A, ()), _info(nar_b, B, (A,))
+
+    async def go() -> None:
+        src, src_w = await connected(nar_a + nar_b)
+        dst, dst_w = await connected(u64(1) + u64(1))
+        moved = await copy_paths(src, dst, [info_a, info_b])
+        assert moved == len(nar_a) + len(nar_b)
+        assert bytes(src_w.data) == u64(3) + s(A) + u64(3) + s(B)
+        data = bytes(dst_w.data)
+        assert data.index(nar_a) < data.index(s(B) + s(info_b.deriver or ""))
+        assert data.endswith(nar_b)
+
+    run(go())
+
+
+def test_copy_paths_source_failure_is_the_sources_error() -> None:
+    nar_a = nar_of(b"a" * 100)
+    info_a = _info(nar_a, A, ())
+
+    async def go() -> None:
+        stderr = reader_with(b"error: path 'x' is not valid\n")
+        src, _ = await connected(nar_a[:50], stderr=stderr)
+        src.name = "src"
+        dst, _ = await connected(u64(1))
+        dst.name = "dst"
+        with pytest.raises(RemoteError, match=r"^src: path 'x' is not valid"):
+            await copy_paths(src, dst, [info_a])
+        # Both connections are mid-request and refuse further use.
+        with pytest.raises(ProtocolError, match="dst: connection unusable"):
+            await dst.query_valid_paths([A])
+
+    run(go())
+
+
+def test_import_paths_sends_stream_and_reads_ack() -> None:
+    stream = u64(1) + nar_of(b"z") + u64(0x4558494E) + s(A) + strs() + s("") + u64(0) + u64(0)
+
+    async def producer(sink: Callable[[bytes], Awaitable[None]]) -> None:
+        await sink(stream)
+
+    async def go() -> None:
+        client, w = await connected(u64(1))
+        await client.import_paths(producer)
+        assert bytes(w.data) == u64(4) + stream
+
+    run(go())
+
+
+def test_close_closes_writer_and_finishes_stderr() -> None:
+    lines: list[str] = []
+
+    async def go() -> None:
+        stderr = asyncio.StreamReader()
+        client, w = await connected(strs(), stderr=stderr, on_log=lines.append)
+        assert await client.query_valid_paths([A]) == set()
+        stderr.feed_data(b"bye")
+        stderr.feed_eof()
+        await client.close()
+        assert w.closed
+        await client.close()
+        with pytest.raises(ProtocolError, match="unusable"):
+            await client.query_valid_paths([A])
+
+    run(go())
+    assert lines == ["bye"]
+
+
+def _pi(path: str, *refs: str) -> PathInfo:
+    return PathInfo(path, None, refs, 1, "sha256:x")
+
+
+def test_topo_sort_dependencies_first() -> None:
+    c = "/nix/store/cccccccccccccccccccccccccccccccc-c"
+    infos = {
+        Z: _pi(Z, B, Z, "/nix/store/outside"),
+        B: _pi(B, A, B),
+        A: _pi(A),
+        c: _pi(c, A),
+    }
+    order = [i.path for i in topo_sort_infos(infos)]
+    assert sorted(order) == sorted(infos)
+    for info in infos.values():
+        for ref in info.references:
+            if ref in infos and ref != info.path:
+                assert order.index(ref) < order.index(info.path)
+
+
+def test_topo_sort_deep_chain() -> None:
+    paths = [f"/nix/store/{i:032d}-p" for i in range(3000)]
+    infos = {p: _pi(p, *paths[i + 1 : i + 2]) for i, p in enumerate(paths)}
+    assert [i.path for i in topo_sort_infos(infos)] == paths[::-1]
+
+
+def test_topo_sort_cycle_is_store_error() -> None:
+    with pytest.raises(StoreError, match="cycle"):
+        topo_sort_infos({A: _pi(A, B), B: _pi(B, A)})
+
+
+def test_strip_ansi() -> None:
+    assert strip_ansi("\x1b[31;1merror:\x1b[0m x \x1b]8;;http://a\x07link\x1b]8;;\x07") == (
+        "error: x link"
+    )
+    assert strip_ansi("plain [text]") == "plain [text]"
