@@ -21,6 +21,11 @@ from offload.errors import TransportError
 
 __all__ = ["Completed", "run", "run_async", "spawn", "start_detached", "stop_process_group"]
 
+# Popen objects of detached children, kept so that we reap them and so that they are never
+# garbage-collected while running: Popen.__del__ then warns "subprocess N is still running",
+# which pytest's `filterwarnings = error` turns into a failure of whatever test runs next.
+_DETACHED: dict[int, subprocess.Popen[bytes]] = {}
+
 _INSTALL_HINTS = {
     "nix-store": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
     "nix-instantiate": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
@@ -158,6 +163,7 @@ def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | N
             )
         except OSError as exc:
             raise _missing(argv, exc) from exc
+    _DETACHED[proc.pid] = proc
     return proc.pid
 
 
@@ -178,11 +184,26 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid if not Path(f"/proc/{pid}").exists() else 0
+        proc = _DETACHED.get(pid)
+        if proc is not None:
+            done = pid if proc.poll() is not None else 0
+        else:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = 0 if _running(pid) else pid
         if done == pid:
+            _DETACHED.pop(pid, None)
             return True
         time.sleep(0.02)
     return False
+
+
+def _running(pid: int) -> bool:
+    # Not our child: someone else reaps it, and some init processes (containers, microVMs) never
+    # do, so a zombie counts as gone.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :][:1] not in {"Z", "X", ""}

@@ -1,0 +1,319 @@
+"""The local fleet as data: member specs, the files that describe it, and its recorded state.
+
+A fleet lives in one directory. Each member ``NAME`` is an sshd on 127.0.0.1 inside its own mount
+namespace, where ``<dir>/NAME/nix`` is bind-mounted over ``/nix`` and ``<dir>/NAME/etc-nix`` over
+``/etc/nix``: its own store and its own ``nix.conf``. The client side is a key pair, an ssh config
+with one ``Host NAME`` alias per member (Nix 2.8 takes no ``host:port``), a pinned ``known_hosts``
+and a Nix machines file. ``fleet.json`` records what was started (pid, the pid's start time so a
+recycled pid is never signalled, and the mount namespace so stray sessions can be found).
+
+Everything here is pure: it renders and parses text; ``manager`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offload.errors import FleetError
+
+__all__ = [
+    "CLIENT_KEY",
+    "DEFAULT_SPECS",
+    "FEATURES",
+    "MEMBER_AUTHORIZED_KEYS",
+    "MEMBER_SPEED_FILE",
+    "SSHD",
+    "FleetState",
+    "MemberRecord",
+    "MemberSpec",
+    "check_host",
+    "default_fleet_dir",
+    "known_hosts_line",
+    "machines_line",
+    "member_argv",
+    "nix_conf",
+    "parse_proc_stat",
+    "speed_text",
+    "ssh_config",
+    "sshd_config",
+    "validate_specs",
+]
+
+SSHD = "/usr/sbin/sshd"
+CLIENT_KEY = "client_key"
+# Inside a member's namespace; on the host these are <member>/etc-nix/<name>.
+MEMBER_SPEED_FILE = "/etc/nix/offload-speed"
+# The authorized keys live in the member's own /etc/nix: StrictModes checks every directory up to
+# `/`, and a fleet under /tmp (mode 1777) would be refused there.
+MEMBER_AUTHORIZED_KEYS = "/etc/nix/offload-authorized-keys"
+FEATURES = ("benchmark", "big-parallel", "nixos-test", "kvm")
+DEFAULT_SPECS_TEXT = ("fast:4:2", "medium:2:2", "slow:1:2")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_RESERVED = frozenset({"local", "localhost"})
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """What a member should be: its ssh alias, its speed factor and its build slots."""
+
+    name: str
+    speed: float = 1.0
+    jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if not _LABEL.fullmatch(self.name):
+            raise FleetError(
+                f"invalid fleet member name {self.name!r}",
+                hint="use a hostname label: lowercase letters, digits and '-', at most 63",
+            )
+        if self.name in _RESERVED:
+            raise FleetError(
+                f"fleet member name {self.name!r} is reserved",
+                hint="`local` is the local machine and Nix never uses ssh for `localhost`",
+            )
+        if not (math.isfinite(self.speed) and self.speed > 0):
+            raise FleetError(f"invalid speed {self.speed!r} for fleet member {self.name}")
+        if self.jobs < 1:
+            raise FleetError(f"invalid jobs {self.jobs!r} for fleet member {self.name}")
+
+    @classmethod
+    def parse(cls, text: str) -> MemberSpec:
+        """Parse ``NAME[:SPEED[:JOBS]]``; SPEED may be a float, JOBS is an integer >= 1."""
+        parts = text.strip().split(":")
+        hint = "write NAME[:SPEED[:JOBS]], e.g. fast:4:2"
+        if len(parts) > 3 or not parts[0]:
+            raise FleetError(f"invalid fleet member {text!r}", hint=hint)
+        speed = 1.0
+        jobs = 1
+        if len(parts) > 1:
+            try:
+                speed = float(parts[1])
+            except ValueError:
+                raise FleetError(f"invalid speed in fleet member {text!r}", hint=hint) from None
+        if len(parts) > 2:
+            try:
+                jobs = int(parts[2])
+            except ValueError:
+                raise FleetError(f"invalid jobs in fleet member {text!r}", hint=hint) from None
+        return cls(parts[0], speed, jobs)
+
+    @property
+    def text(self) -> str:
+        """Back to ``NAME:SPEED:JOBS``."""
+        return f"{self.name}:{speed_text(self.speed)}:{self.jobs}"
+
+    @property
+    def nix_speed(self) -> int:
+        """The speed factor for Nix 2.8's machines file, which takes only positive integers."""
+        return max(1, math.floor(self.speed + 0.5))
+
+
+DEFAULT_SPECS: tuple[MemberSpec, ...] = tuple(MemberSpec.parse(s) for s in DEFAULT_SPECS_TEXT)
+
+
+def validate_specs(specs: Sequence[MemberSpec]) -> tuple[MemberSpec, ...]:
+    if not specs:
+        raise FleetError("a fleet needs at least one member")
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise FleetError(f"fleet member {spec.name!r} is given twice")
+        seen.add(spec.name)
+    return tuple(specs)
+
+
+def check_host(euid: int, platform: str) -> None:
+    """Refuse early, before anything is created, where the fleet cannot work."""
+    if not platform.startswith("linux"):
+        raise FleetError(
+            f"the local fleet needs Linux mount namespaces (this is {platform})",
+            hint="use real builders",
+        )
+    if euid != 0:
+        raise FleetError(
+            "the local fleet must be started as root",
+            hint=(
+                "the local fleet needs root for mount namespaces; run as root or use real builders"
+            ),
+        )
+
+
+def default_fleet_dir(env: Mapping[str, str], home: Path) -> Path:
+    if env.get("OFFLOAD_FLEET_DIR"):
+        return Path(env["OFFLOAD_FLEET_DIR"])
+    state = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else home / ".local" / "state"
+    return state / "offload" / "fleet"
+
+
+def speed_text(speed: float) -> str:
+    """``4.0`` -> ``4``, ``1.5`` -> ``1.5``: what a builder's shell reads from its speed file."""
+    return f"{speed:g}"
+
+
+def nix_conf(spec: MemberSpec) -> str:
+    # An empty build-users-group: the nixbld uids are shared with the host and the other members,
+    # and two stores using nixbld1 at once kill each other's builders (signal 9).
+    return (
+        "build-users-group =\n"
+        "substituters =\n"
+        "sandbox = false\n"
+        f"max-jobs = {spec.jobs}\n"
+        "trusted-users = root\n"
+    )
+
+
+def sshd_config(member_root: Path, port: int) -> str:
+    return (
+        f"Port {port}\n"
+        "ListenAddress 127.0.0.1\n"
+        f"HostKey {member_root / 'ssh_host_ed25519_key'}\n"
+        f"AuthorizedKeysFile {MEMBER_AUTHORIZED_KEYS}\n"
+        f"PidFile {member_root / 'sshd.pid'}\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        "StrictModes yes\n"
+        "PrintMotd no\n"
+        "PrintLastLog no\n"
+        "X11Forwarding no\n"
+        "AllowTcpForwarding no\n"
+        # Schedulers multiplex many sessions over one ControlMaster connection, and open
+        # connections in bursts; the defaults (10, 10:30:100) refuse some of them.
+        "MaxSessions 64\n"
+        "MaxStartups 64\n"
+        "LogLevel ERROR\n"
+    )
+
+
+def member_argv(member_root: Path, config: Path) -> list[str]:
+    """The command that starts a member: sshd in a fresh mount namespace over its own dirs.
+
+    ``unshare`` and the shell both exec, so the started pid is sshd's own.
+    """
+    script = (
+        f"mount --bind {shlex.quote(str(member_root / 'nix'))} /nix && "
+        f"mount --bind {shlex.quote(str(member_root / 'etc-nix'))} /etc/nix && "
+        f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
+    )
+    return ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", script]
+
+
+def ssh_config(fleet_dir: Path, ports: Mapping[str, int]) -> str:
+    blocks = [
+        f"Host {name}\n"
+        "  HostName 127.0.0.1\n"
+        f"  Port {port}\n"
+        "  User root\n"
+        f"  IdentityFile {fleet_dir / CLIENT_KEY}\n"
+        "  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {fleet_dir / 'known_hosts'}\n"
+        f"  HostKeyAlias {name}\n"
+        "  StrictHostKeyChecking yes\n"
+        "  BatchMode yes\n"
+        "  ConnectTimeout 5\n"
+        "  LogLevel ERROR\n"
+        for name, port in ports.items()
+    ]
+    return "\n".join(blocks)
+
+
+def known_hosts_line(name: str, host_pub: str) -> str:
+    return f"{name} {_key_only(host_pub)}\n"
+
+
+def machines_line(spec: MemberSpec, system: str, client_key: Path, host_pub: str) -> str:
+    host_key = base64.b64encode(f"{_key_only(host_pub)}\n".encode()).decode()
+    return (
+        f"ssh://{spec.name} {system} {client_key} {spec.jobs} {spec.nix_speed} "
+        f"{','.join(FEATURES)} - {host_key}\n"
+    )
+
+
+def _key_only(pub: str) -> str:
+    """``type base64`` of a public key line, without its comment."""
+    fields = pub.split()
+    if len(fields) < 2:
+        raise FleetError(f"malformed public key {pub.strip()!r}")
+    return f"{fields[0]} {fields[1]}"
+
+
+def parse_proc_stat(text: str) -> tuple[str, int]:
+    """The state letter and start time (field 22, clock ticks since boot) of /proc/PID/stat.
+
+    The command name (field 2) is in parentheses and may itself contain spaces and parentheses,
+    so fields are counted from the last ``)``.
+    """
+    rest = text[text.rindex(")") + 1 :].split()
+    # rest[0] is field 3 (state); field 22 is rest[19].
+    return rest[0], int(rest[19])
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """One started member, as written to ``fleet.json``."""
+
+    spec: MemberSpec
+    port: int
+    pid: int
+    start_time: int
+    mnt_ns: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "speed": self.spec.speed,
+            "jobs": self.spec.jobs,
+            "port": self.port,
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "mnt_ns": self.mnt_ns,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MemberRecord:
+        spec = MemberSpec(str(data["name"]), float(data["speed"]), int(data["jobs"]))
+        return cls(
+            spec,
+            int(data["port"]),
+            int(data["pid"]),
+            int(data["start_time"]),
+            str(data["mnt_ns"]),
+        )
+
+
+@dataclass(frozen=True)
+class FleetState:
+    system: str
+    members: tuple[MemberRecord, ...]
+
+    def to_json(self) -> str:
+        data = {
+            "version": STATE_VERSION,
+            "system": self.system,
+            "members": [m.as_dict() for m in self.members],
+        }
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, origin: str = "fleet.json") -> FleetState:
+        try:
+            data = json.loads(text)
+            if data.get("version") != STATE_VERSION:
+                raise FleetError(f"{origin}: unknown state version {data.get('version')!r}")
+            members = tuple(MemberRecord.from_dict(m) for m in data["members"])
+            return cls(str(data["system"]), members)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FleetError(
+                f"{origin} is malformed: {exc}",
+                hint="stop stray sshd processes by hand, then remove the fleet directory",
+            ) from exc

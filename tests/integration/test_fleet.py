@@ -1,0 +1,343 @@
+"""The local fleet against real sshd, ssh and Nix 2.8."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from offload.errors import FleetError
+from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_status, fleet_up, open_fleet
+from offload.process import spawn
+from offload.protocol.wire import encode_int, read_int
+
+SERVE_MAGIC_1 = 0x390C9DEB
+SERVE_MAGIC_2 = 0x5452EECB
+_DOWN_SCRIPT = "import sys, pathlib, offload.fleet as f; f.fleet_down(pathlib.Path(sys.argv[1]))"
+
+
+def _ssh(fleet: Fleet, name: str, *remote: str, stdin: str | None = None):
+    return subprocess.run(
+        fleet.ssh_argv(name, *remote),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _pids_in_namespace(ns: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if str((entry / "ns" / "mnt").readlink()) == ns and _running(int(entry.name)):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_members_answer_the_serve_handshake(fleet):
+    async def handshake(name: str) -> tuple[int, int]:
+        async with spawn(fleet.ssh_argv(name, "nix-store", "--serve", "--write")) as proc:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write(encode_int(SERVE_MAGIC_1))
+            await proc.stdin.drain()
+            magic = await asyncio.wait_for(read_int(proc.stdout), 30)
+            version = await read_int(proc.stdout)
+            return magic, version
+
+    for member in fleet.members:
+        magic, version = asyncio.run(handshake(member.name))
+        assert magic == SERVE_MAGIC_2
+        assert version & 0xFF00 == 0x200
+
+
+def test_each_member_has_its_own_store(fleet, tmp_path):
+    source = tmp_path / f"ofl-{uuid.uuid4().hex}"
+    source.write_text(f"{uuid.uuid4()}\n")
+    added = _ssh(fleet, "medium", "nix-store", "--add", str(source))
+    assert added.returncode == 0, added.stderr
+    path = added.stdout.strip()
+    assert path.startswith("/nix/store/")
+    assert fleet.store_has("medium", path)
+    assert not fleet.store_has("fast", path)
+    assert not fleet.store_has("slow", path)
+    local = subprocess.run(
+        ["nix-store", "--check-validity", path], capture_output=True, check=False
+    )
+    assert local.returncode != 0
+    assert not Path(path).exists()
+    assert (fleet.member("medium").root / path.removeprefix("/")).exists()
+
+
+def test_each_member_sees_its_own_speed_and_nix_conf(fleet):
+    for member in fleet.members:
+        speed = _ssh(fleet, member.name, "cat", "/etc/nix/offload-speed")
+        assert speed.returncode == 0, speed.stderr
+        assert float(speed.stdout) == member.spec.speed
+        shown = _ssh(
+            fleet,
+            member.name,
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "show-config",
+        )
+        assert shown.returncode == 0, shown.stderr
+        config = {
+            k.strip(): v.strip()
+            for k, _, v in (line.partition("=") for line in shown.stdout.splitlines())
+        }
+        assert config["max-jobs"] == str(member.spec.jobs)
+        assert config["build-users-group"] == ""
+        assert config["substituters"] == ""
+    assert not Path("/etc/nix/offload-speed").exists()
+
+
+def test_stock_nix_builds_on_the_fleet_through_the_machines_file(fleet, tmp_path):
+    salt = uuid.uuid4().hex[:12]
+    expr = tmp_path / "default.nix"
+    expr.write_text(
+        "derivation {\n"
+        f'  name = "ofl-fleet-{salt}";\n'
+        "  system = builtins.currentSystem;\n"
+        '  builder = "/bin/sh";\n'
+        '  args = [ "-c" "read s < /etc/nix/offload-speed; echo $s > $out" ];\n'
+        "}\n"
+    )
+    done = subprocess.run(
+        [
+            "nix-build",
+            str(expr),
+            "--no-out-link",
+            "--builders",
+            f"@{fleet.machines_file}",
+            "--max-jobs",
+            "0",
+            "--option",
+            "substituters",
+            "",
+        ],
+        env=fleet.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.strip()
+    try:
+        where = re.search(r"on 'ssh://([a-z0-9-]+)'", done.stderr)
+        assert where is not None, done.stderr
+        name = where.group(1)
+        valid = subprocess.run(
+            ["nix-store", "--check-validity", out], capture_output=True, check=False
+        )
+        assert valid.returncode == 0
+        assert fleet.store_has(name, out)
+        # The builder ran inside that member: it read that member's speed file.
+        assert float(Path(out).read_text()) == fleet.member(name).spec.speed
+    finally:
+        subprocess.run(["nix-store", "--delete", out], capture_output=True, check=False)
+
+
+def test_host_keys_are_pinned(fleet, tmp_path):
+    # A known_hosts that pins "fast" to medium's key: ssh must refuse to talk to fast.
+    medium_key = (fleet.member("medium").root / "ssh_host_ed25519_key.pub").read_text().split()
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"fast {medium_key[0]} {medium_key[1]}\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(fleet.ssh_config.read_text().replace(str(fleet.known_hosts), str(wrong)))
+    argv = ["ssh", "-F", str(config), "fast", "--", "echo", "reached"]
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert refused.returncode == 255
+    assert "reached" not in refused.stdout
+    assert "host key" in refused.stderr.lower()
+    # The same config with the fleet's own known_hosts works, so the key was the reason.
+    ok = _ssh(fleet, "fast", "echo", "reached")
+    assert ok.stdout.strip() == "reached"
+
+
+def test_up_is_idempotent_and_restarts_dead_members(tmp_path):
+    target = tmp_path / "f"
+    specs = [MemberSpec("solo", 1, 1)]
+    try:
+        first = fleet_up(target, specs)
+        again = fleet_up(target, specs)
+        assert again.members == first.members
+        assert _running(first.member("solo").pid)
+        with pytest.raises(FleetError, match="running") as info:
+            fleet_up(target, [MemberSpec("solo", 2, 1)])
+        assert info.value.hint is not None
+        assert "down" in info.value.hint
+        # Kill the member behind the fleet's back: the next `up` starts it again.
+        old = first.member("solo")
+        fleet_down(target)
+        assert not _running(old.pid)
+        assert [s.running for s in fleet_status(target)] == [False]
+        revived = fleet_up(target, specs)
+        assert revived.member("solo").pid != old.pid
+        assert [s.running for s in fleet_status(target)] == [True]
+        assert _ssh(revived, "solo", "echo", "hi").stdout.strip() == "hi"
+    finally:
+        fleet_down(target, purge=True)
+    assert not target.exists()
+
+
+def test_down_from_a_fresh_process_stops_everything(tmp_path):
+    target = tmp_path / "f"
+    try:
+        started = fleet_up(target, [MemberSpec("solo", 1, 1)]).member("solo")
+        del started  # only the directory is left, as after a crash
+        fleet = open_fleet(target)
+        member = fleet.member("solo")
+        # A live session inside the member: a per-connection sshd and a command under it.
+        session = subprocess.Popen(
+            fleet.ssh_argv("solo", "sleep", "600"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            probe = _ssh(fleet, "solo", "pgrep", "-x", "sleep")
+            assert probe.returncode == 0
+            assert len(_pids_in_namespace(member.mnt_ns)) >= 3  # sshd, session sshd, sleep
+            down = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _DOWN_SCRIPT,
+                    str(target),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert down.returncode == 0, down.stderr
+            assert _pids_in_namespace(member.mnt_ns) == []
+            assert not _running(member.pid)
+            session.wait(timeout=30)
+        finally:
+            session.kill()
+            session.wait()
+            if session.stdout is not None:
+                session.stdout.close()
+    finally:
+        fleet_down(target, purge=True)
+
+
+def test_a_member_that_cannot_start_is_reported_and_nothing_is_left(tmp_path):
+    target = tmp_path / "f"
+    good = target / "good"
+    bad = target / "bad"
+    for member in (good, bad):
+        member.mkdir(parents=True)
+    # An unusable host key for "bad": its sshd exits at once.
+    (bad / "ssh_host_ed25519_key").write_text("not a key\n")
+    (bad / "ssh_host_ed25519_key.pub").write_text("ssh-ed25519 AAAAnotakey bad\n")
+    (bad / "ssh_host_ed25519_key").chmod(0o600)
+    try:
+        with pytest.raises(FleetError, match="bad") as info:
+            fleet_up(target, [MemberSpec("good"), MemberSpec("bad")])
+        assert "key" in info.value.message.lower()  # the tail of bad's sshd log
+        assert fleet_status(target) == ()
+        for log in (good / "sshd.log", bad / "sshd.log"):
+            assert log.exists()
+        assert not any(
+            "sshd" in _cmdline(pid) and str(target) in _cmdline(pid) for pid in _all_running_pids()
+        )
+    finally:
+        fleet_down(target, purge=True)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _all_running_pids() -> list[int]:
+    return [
+        int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _running(int(e.name))
+    ]
+
+
+def test_down_on_a_never_started_dir(tmp_path):
+    fleet_down(tmp_path / "never")
+    fleet_down(tmp_path / "never", purge=True)
+    assert fleet_status(tmp_path / "never") == ()
+
+
+def _offload(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "offload", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_up_status_machines_env_down(tmp_path):
+    target = tmp_path / "f"
+    d = str(target)
+    try:
+        up = _offload("fleet", "up", "--dir", d, "--member", "solo:1.5:3")
+        assert up.returncode == 0, up.stderr
+        assert "solo" in up.stderr
+
+        status = _offload("fleet", "status", "--dir", d, "--json")
+        assert status.returncode == 0, status.stderr
+        (row,) = json.loads(status.stdout)
+        assert (row["name"], row["speed"], row["jobs"], row["running"]) == ("solo", 1.5, 3, True)
+        assert _running(row["pid"])
+
+        machines = _offload("fleet", "machines", "--dir", d)
+        assert machines.returncode == 0, machines.stderr
+        fields = machines.stdout.split()
+        assert fields[0] == "ssh://solo"
+        assert (fields[3], fields[4]) == ("3", "2")
+        host_pub = (target / "solo" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        assert base64.b64decode(fields[7]).decode().split() == host_pub
+
+        env = _offload("fleet", "env", "--dir", d)
+        assert env.returncode == 0, env.stderr
+        script = env.stdout + 'ssh $NIX_SSHOPTS solo -- echo "$OFFLOAD_FLEET_DIR"\n'
+        reached = subprocess.run(
+            ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert reached.stdout.strip() == d, reached.stderr
+
+        bad = _offload("fleet", "up", "--dir", d, "--member", "Solo")
+        assert bad.returncode == 1
+        assert bad.stderr.startswith("error: invalid fleet member name")
+
+        down = _offload("fleet", "down", "--dir", d, "--purge")
+        assert down.returncode == 0, down.stderr
+        assert not target.exists()
+        assert not _running(row["pid"])
+        assert _offload("fleet", "down", "--dir", d).returncode == 0
+    finally:
+        fleet_down(target, purge=True)

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import base64
+import shlex
+from pathlib import Path
+
+import pytest
+
+from offload.errors import FleetError
+from offload.fleet import DEFAULT_SPECS, MemberSpec, default_fleet_dir, fleet_up
+from offload.fleet.spec import (
+    FleetState,
+    MemberRecord,
+    check_host,
+    known_hosts_line,
+    machines_line,
+    member_argv,
+    nix_conf,
+    parse_proc_stat,
+    speed_text,
+    ssh_config,
+    validate_specs,
+)
+
+PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIkIuWcCIc92gnUe1CJgB04zoIh42sk/GpRXgorrOQ6q x@y"
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "speed", "jobs"),
+    [
+        ("fast:4:2", "fast", 4.0, 2),
+        ("m-1:1.5", "m-1", 1.5, 1),
+        ("solo", "solo", 1.0, 1),
+        ("b2:0.25:16", "b2", 0.25, 16),
+    ],
+)
+def test_parse_member_spec(text, name, speed, jobs):
+    spec = MemberSpec.parse(text)
+    assert (spec.name, spec.speed, spec.jobs) == (name, speed, jobs)
+    assert MemberSpec.parse(spec.text) == spec
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        ":4:2",
+        "Fast:1:1",
+        "local",
+        "localhost:2:2",
+        "a_b",
+        "-a",
+        "a-",
+        "a.b",
+        "a" * 64,
+        "x:fast",
+        "x:0",
+        "x:-1",
+        "x:nan",
+        "x:inf",
+        "x:1:0",
+        "x:1:1.5",
+        "x:1:two",
+        "x:1:2:3",
+    ],
+)
+def test_invalid_member_specs_are_refused(text):
+    with pytest.raises(FleetError):
+        MemberSpec.parse(text)
+
+
+def test_default_members():
+    assert [s.text for s in DEFAULT_SPECS] == ["fast:4:2", "medium:2:2", "slow:1:2"]
+
+
+def test_specs_must_be_unique_and_non_empty():
+    with pytest.raises(FleetError, match="twice"):
+        validate_specs([MemberSpec("a"), MemberSpec("b"), MemberSpec("a", 2)])
+    with pytest.raises(FleetError):
+        validate_specs([])
+
+
+@pytest.mark.parametrize(("speed", "expected"), [(0.2, 1), (1.0, 1), (1.5, 2), (2.4, 2), (4.0, 4)])
+def test_nix_speed_is_a_positive_integer(speed, expected):
+    assert MemberSpec("m", speed).nix_speed == expected
+
+
+def test_speed_file_text_reads_as_the_speed():
+    for speed in (4.0, 1.5, 0.25):
+        assert float(speed_text(speed)) == speed
+    assert speed_text(4.0) == "4"  # a shell builder can use it as an integer
+
+
+def test_check_host_needs_root_on_linux():
+    check_host(0, "linux")
+    with pytest.raises(FleetError) as info:
+        check_host(1000, "linux")
+    assert info.value.hint is not None
+    assert "root" in info.value.hint
+    with pytest.raises(FleetError, match="Linux"):
+        check_host(0, "darwin")
+
+
+def test_up_as_non_root_creates_nothing(tmp_path):
+    target = tmp_path / "fleet"
+    with pytest.raises(FleetError, match="root"):
+        fleet_up(target, DEFAULT_SPECS, euid=1000)
+    with pytest.raises(FleetError, match="Linux"):
+        fleet_up(target, DEFAULT_SPECS, euid=0, platform="darwin")
+    assert not target.exists()
+
+
+def test_default_fleet_dir_order():
+    home = Path("/home/u")
+    env = {"OFFLOAD_FLEET_DIR": "/f", "XDG_STATE_HOME": "/s"}
+    assert default_fleet_dir(env, home) == Path("/f")
+    assert default_fleet_dir({"XDG_STATE_HOME": "/s"}, home) == Path("/s/offload/fleet")
+    assert default_fleet_dir({"XDG_STATE_HOME": ""}, home) == home / ".local/state/offload/fleet"
+
+
+def test_machines_line_has_nix_28_columns():
+    spec = MemberSpec("medium", 1.5, 3)
+    line = machines_line(spec, "x86_64-linux", Path("/f/client_key"), PUB)
+    fields = line.split()
+    assert line.endswith("\n")
+    assert len(fields) == 8
+    uri, systems, key, jobs, speed, features, mandatory, host_key = fields
+    assert uri == "ssh://medium"
+    assert systems == "x86_64-linux"
+    assert key == "/f/client_key"
+    assert int(jobs) == 3
+    assert int(speed) == 2  # Nix 2.8 rejects "1.5"
+    assert "big-parallel" in features.split(",")
+    assert mandatory == "-"
+    decoded = base64.b64decode(host_key, validate=True).decode()
+    assert decoded.split() == PUB.split()[:2]
+
+
+def test_known_hosts_line_is_pinned_to_the_alias():
+    assert known_hosts_line("fast", PUB).split() == ["fast", *PUB.split()[:2]]
+    with pytest.raises(FleetError):
+        known_hosts_line("fast", "garbage")
+
+
+def test_ssh_config_has_an_alias_per_member_and_checks_host_keys():
+    text = ssh_config(Path("/f"), {"fast": 2201, "slow": 2202})
+    blocks = {}
+    for block in text.split("Host ")[1:]:
+        lines = block.strip().splitlines()
+        blocks[lines[0]] = dict(line.split(None, 1) for line in lines[1:])
+    assert set(blocks) == {"fast", "slow"}
+    assert blocks["slow"]["Port"] == "2202"
+    assert blocks["fast"]["HostName"] == "127.0.0.1"
+    assert blocks["fast"]["HostKeyAlias"] == "fast"
+    assert blocks["fast"]["UserKnownHostsFile"] == "/f/known_hosts"
+    assert blocks["fast"]["StrictHostKeyChecking"] == "yes"
+
+
+def test_nix_conf_settings():
+    settings = {}
+    for line in nix_conf(MemberSpec("m", 2, 5)).splitlines():
+        key, _, value = line.partition("=")
+        settings[key.strip()] = value.strip()
+    assert settings["build-users-group"] == ""
+    assert settings["substituters"] == ""
+    assert settings["max-jobs"] == "5"
+
+
+def test_member_argv_quotes_paths():
+    root = Path("/tmp/a b/m")
+    argv = member_argv(root, root / "sshd_config")
+    assert argv[:4] == ["unshare", "-m", "--propagation", "private"]
+    words = shlex.split(argv[-1])
+    assert "/tmp/a b/m/nix" in words
+    assert "/tmp/a b/m/etc-nix" in words
+    assert words[-4:] == ["-D", "-e", "-f", "/tmp/a b/m/sshd_config"]
+    assert "exec" in words
+
+
+def test_parse_proc_stat_counts_fields_after_the_command_name():
+    fields = [str(n) for n in range(4, 53)]
+    fields[22 - 4] = "987654"
+    text = "4242 (evil) name (x)) S " + " ".join(fields) + "\n"
+    assert parse_proc_stat(text) == ("S", 987654)
+
+
+def test_state_round_trip_and_malformed_state():
+    state = FleetState(
+        "x86_64-linux",
+        (MemberRecord(MemberSpec("fast", 4, 2), 2201, 123, 456, "mnt:[4026532178]"),),
+    )
+    assert FleetState.from_json(state.to_json()) == state
+    with pytest.raises(FleetError):
+        FleetState.from_json("{")
+    with pytest.raises(FleetError):
+        FleetState.from_json('{"version": 99, "system": "x", "members": []}')
+    with pytest.raises(FleetError):
+        FleetState.from_json('{"version": 1, "system": "x", "members": [{"name": "a"}]}')
