@@ -1,0 +1,54 @@
+import sqlite3
+
+import pytest
+
+from offload.errors import StoreError
+from offload.history.db import History
+from offload.history.records import BuildRecord
+
+
+def _rec(pname, machine, duration, *, status="built", finished=100.0, drv="/nix/store/x.drv"):
+    return BuildRecord("run", drv, pname, machine, finished - duration, finished, status)
+
+
+def test_durations_take_the_median_of_recent_successes_per_machine(tmp_path):
+    with History(tmp_path / "h.sqlite") as history:
+        history.record(
+            [
+                _rec("hello", "fast", 1.0, finished=1),
+                _rec("hello", "fast", 3.0, finished=2),
+                _rec("hello", "fast", 2.0, finished=3),
+                _rec("hello", "slow", 8.0, finished=4),
+                _rec("hello", "slow", 50.0, status="failed", finished=5),
+                _rec("other", "fast", 9.0, finished=6),
+            ]
+        )
+        durations = history.durations(["hello", "missing"])
+    assert durations == {"hello": {"fast": 2.0, "slow": 8.0}}
+
+
+def test_only_the_last_records_count(tmp_path):
+    with History(tmp_path / "h.sqlite") as history:
+        history.record([_rec("a", "m", 100.0, finished=i) for i in range(1, 6)])
+        history.record([_rec("a", "m", 1.0, finished=i) for i in range(10, 16)])
+        assert history.durations(["a"], per_name=5) == {"a": {"m": 1.0}}
+
+
+def test_history_survives_reopening_and_has_tight_mode(tmp_path):
+    path = tmp_path / "state" / "h.sqlite"
+    with History(path) as history:
+        history.record([_rec("a", "m", 2.0, drv="/nix/store/abc-a.drv")])
+    with History(path) as history:
+        (record,) = history.builds(drv_path="/nix/store/abc-a.drv")
+    assert record.duration == pytest.approx(2.0)
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
+    path = tmp_path / "h.sqlite"
+    History(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StoreError, match="newer offload"):
+        History(path)
