@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.errors import FleetError
+from offload.paths import state_dir
 
 __all__ = [
     "CLIENT_KEY",
@@ -150,8 +151,7 @@ def check_host(euid: int, platform: str) -> None:
 def default_fleet_dir(env: Mapping[str, str], home: Path) -> Path:
     if env.get("OFFLOAD_FLEET_DIR"):
         return Path(env["OFFLOAD_FLEET_DIR"])
-    state = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else home / ".local" / "state"
-    return state / "offload" / "fleet"
+    return state_dir(env, home) / "fleet"
 
 
 def speed_text(speed: float) -> str:
