@@ -260,7 +260,7 @@ class ServeClient:
         self._reader = reader
         self._writer = writer
         self._stderr = stderr
-        self._on_log = on_log
+        self.on_log = on_log
         self._stderr_timeout = stderr_timeout
         self._stderr_task: asyncio.Task[None] | None = None
         self._error_lines: list[str] = []
@@ -603,9 +603,9 @@ class ServeClient:
             self._error_lines = [plain]
         elif self._error_lines:
             self._error_lines.append(plain)
-        if self._on_log is not None:
+        if self.on_log is not None:
             try:
-                self._on_log(line)
+                self.on_log(line)
             except Exception:
                 # A broken log consumer must not stop the draining of stderr: the remote would
                 # block once the pipe is full.
