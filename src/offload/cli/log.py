@@ -1,0 +1,77 @@
+"""`offload log DRV|PATH`: show the kept log of the newest build of a derivation.
+
+``DRV`` is a .drv path (or its basename); any other ``PATH`` is taken as an output path (or a
+link to one, like ``./result``) and its deriver asked of the local store with
+``nix-store -q --deriver``. ``--machine`` picks the newest build on one machine, useful when
+speculative copies ran on two. The log is printed as kept, escape codes and all, on a terminal,
+and stripped of them otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from offload.errors import OffloadError
+from offload.logs import BuildLogs
+from offload.process import run
+from offload.ui.term import sanitize_text
+
+__all__ = ["find_deriver", "register", "show_log"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "log",
+        help="show the log of a build offload ran",
+        description="Print the kept log of the newest build of a derivation.",
+    )
+    parser.add_argument("target", metavar="DRV|PATH", help="a .drv path or an output path")
+    parser.add_argument("--machine", metavar="M", help="the newest build on this machine")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    return show_log(args.target, machine=args.machine)
+
+
+def show_log(
+    target: str,
+    *,
+    machine: str | None = None,
+    logs: BuildLogs | None = None,
+    out: TextIO | None = None,
+) -> int:
+    out = sys.stdout if out is None else out
+    drv_path = target if target.endswith(".drv") else find_deriver(target)
+    text = (logs or BuildLogs()).read(drv_path, machine)
+    out.write(text if _isatty(out) else sanitize_text(text))
+    out.flush()
+    return 0
+
+
+def find_deriver(path: str) -> str:
+    """The .drv that produced the output ``path``, as the local store records it."""
+    result = run(["nix-store", "--query", "--deriver", path], check=False)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        reason = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
+        raise OffloadError(
+            f"cannot find the derivation of {path}: {reason}",
+            hint="give a .drv path, or an output path that is valid in the local store",
+        )
+    deriver = result.stdout.strip()
+    if not deriver.endswith(".drv"):  # Nix prints "unknown-deriver"
+        raise OffloadError(
+            f"{path} has no known deriver",
+            hint="it was added to the store, not built; give the .drv path if you know it",
+        )
+    return deriver
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,247 @@
+"""Every build's log, kept in ``<state dir>/logs`` so ``offload log DRV`` can show it later.
+
+One file per build attempt, named ``<drv basename>@<machine>@<UTC timestamp>.log`` (the machine
+name percent-quoted, since ssh aliases may hold ``@`` or ``/``); a second attempt in the same
+microsecond gets a ``-N`` suffix. The newest attempt is the one with the greatest timestamp, so
+``latest`` needs no index: the file names are the index. Speculative copies on two machines
+write two files; ``latest(drv, machine)`` picks either.
+
+Text is stored as received, escape codes included (``offload log`` strips them when its
+output is not a terminal). The directory is 0700 and files 0600: logs can show secrets that a
+build printed.
+
+The store is bounded: when a ``BuildLogs`` first opens a log (once per run), and whenever
+``prune()`` is called, the oldest files go until at most ``max_files`` (default 5000) remain
+and together they take at most ``max_bytes`` (default 1 GiB). Logs still being written by this
+``BuildLogs`` are never removed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import quote, unquote
+
+from offload.errors import OffloadError
+from offload.paths import state_dir
+from offload.ui.events import Event, JobFinished, JobPhase
+
+__all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder"]
+
+DEFAULT_MAX_FILES = 5000
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """One kept log, as its file name says."""
+
+    path: Path
+    drv_name: str  # basename of the .drv
+    machine: str
+    stamp: str  # UTC, YYYYmmddTHHMMSS.ffffffZ, sorts as time does
+    serial: int  # >0 when several attempts shared a stamp
+
+    @classmethod
+    def parse(cls, path: Path) -> LogFile | None:
+        """The log a file name describes, or None for files that are not logs."""
+        if not path.name.endswith(".log"):
+            return None
+        parts = path.name.removesuffix(".log").split("@")
+        if len(parts) != 3 or not parts[0].endswith(".drv"):
+            return None
+        drv_name, machine, stamp = parts
+        serial = 0
+        if "-" in stamp:
+            stamp, _, tail = stamp.partition("-")
+            if not tail.isdigit():
+                return None
+            serial = int(tail)
+        return cls(path, drv_name, unquote(machine), stamp, serial)
+
+    @property
+    def order(self) -> tuple[str, int]:
+        return (self.stamp, self.serial)
+
+
+class BuildLogWriter:
+    """Appends one build's log lines to its file; a context manager."""
+
+    def __init__(self, path: Path, on_close: Callable[[Path], None]) -> None:
+        self.path = path
+        self._on_close = on_close
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, line: str) -> None:
+        """Append ``line``, adding the newline it came without; flushed so readers see it."""
+        if not line.endswith("\n"):
+            line += "\n"
+        try:
+            data = line.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            data = line.encode("utf-8", "replace")
+        self._file.write(data)
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+            self._on_close(self.path)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BuildLogs:
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        max_files: int = DEFAULT_MAX_FILES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = root if root is not None else state_dir() / "logs"
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._open: set[Path] = set()
+        self._ready = False
+
+    def open(self, drv_path: str, machine: str) -> BuildLogWriter:
+        """A new log file for one build of ``drv_path`` on ``machine``."""
+        if not self._ready:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.root.chmod(0o700)  # mkdir's mode is masked by the umask
+            self._ready = True
+            self.prune()
+        now = self._clock()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+        base = f"{_drv_name(drv_path)}@{quote(machine, safe='')}@{stamp}"
+        for serial in range(1000):
+            path = self.root / (f"{base}.log" if serial == 0 else f"{base}-{serial}.log")
+            try:
+                writer = BuildLogWriter(path, self._open.discard)
+            except FileExistsError:
+                continue
+            self._open.add(path)
+            return writer
+        raise OffloadError(f"cannot create a log file for {drv_path} in {self.root}")
+
+    def logs(self) -> list[LogFile]:
+        """Every kept log, oldest first."""
+        return sorted(self._scan(), key=lambda log: log.order)
+
+    def latest(self, drv_path: str, machine: str | None = None) -> Path | None:
+        """The newest log of ``drv_path`` (on ``machine``, when given), if one is kept."""
+        name = _drv_name(drv_path)
+        found = [
+            log
+            for log in self._scan(prefix=f"{name}@")
+            if log.drv_name == name and (machine is None or log.machine == machine)
+        ]
+        return max(found, key=lambda log: log.order).path if found else None
+
+    def read(self, drv_path: str, machine: str | None = None) -> str:
+        """The text of the newest log of ``drv_path``; ``OffloadError`` when none is kept."""
+        path = self.latest(drv_path, machine)
+        if path is None:
+            where = f" on {machine}" if machine else ""
+            raise OffloadError(
+                f"no build log kept for {_drv_name(drv_path)}{where}",
+                hint="offload keeps the logs of builds it ran itself; "
+                "for builds Nix ran, try `nix-store --read-log PATH`",
+            )
+        return path.read_bytes().decode("utf-8", "replace")
+
+    def prune(self) -> int:
+        """Remove the oldest logs beyond the limits; returns how many were removed."""
+        logs = self.logs()
+        sizes = {}
+        for log in logs:
+            try:
+                sizes[log.path] = log.path.stat().st_size
+            except FileNotFoundError:  # removed by a concurrent offload
+                sizes[log.path] = 0
+        count, total, removed = len(logs), sum(sizes.values()), 0
+        for log in logs:
+            if count <= self.max_files and total <= self.max_bytes:
+                break
+            if log.path in self._open:
+                continue
+            log.path.unlink(missing_ok=True)
+            count -= 1
+            total -= sizes[log.path]
+            removed += 1
+        return removed
+
+    def recorder(self) -> LogRecorder:
+        """A sink for a whole run's log lines: ``write(drv_path, machine, line)``."""
+        return LogRecorder(self)
+
+    def _scan(self, prefix: str = "") -> Iterator[LogFile]:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                log = LogFile.parse(Path(entry.path))
+                if log is not None:
+                    yield log
+
+
+class LogRecorder:
+    """Files the log lines of every build in a run, one writer per (derivation, machine).
+
+    ``write`` opens a build's file at its first line. Fed the run's events too (``handle``, a
+    ``Renderer``), it opens the file when the build starts, so a silent build still leaves an
+    (empty) log, and closes it when the job finishes, so a retry on the same machine gets a
+    file of its own. ``close`` closes whatever is still open.
+    """
+
+    def __init__(self, logs: BuildLogs) -> None:
+        self._logs = logs
+        self._writers: dict[tuple[str, str], BuildLogWriter] = {}
+
+    def write(self, drv_path: str, machine: str, line: str) -> None:
+        self._writer(drv_path, machine).write(line)
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, JobPhase) and event.phase == "building":
+            self._writer(event.drv_path, event.machine)
+        elif isinstance(event, JobFinished):
+            writer = self._writers.pop((event.drv_path, event.machine), None)
+            if writer is not None:
+                writer.close()
+
+    def close(self) -> None:
+        writers, self._writers = list(self._writers.values()), {}
+        for writer in writers:
+            writer.close()
+
+    def _writer(self, drv_path: str, machine: str) -> BuildLogWriter:
+        key = (drv_path, machine)
+        writer = self._writers.get(key)
+        if writer is None:
+            writer = self._writers[key] = self._logs.open(drv_path, machine)
+        return writer
+
+
+def _drv_name(drv_path: str) -> str:
+    """The basename of a .drv path; a bare basename is accepted as is."""
+    return drv_path.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,119 @@
+"""What a run tells the people and programs watching it: a closed set of event records.
+
+The executor emits these and knows nothing about terminals; renderers (live TTY view, plain
+lines, JSON lines) consume them. ``time`` is wall-clock seconds (``time.time()``), so JSON
+consumers can correlate events with other logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "Event",
+    "JobFinished",
+    "JobLog",
+    "JobPhase",
+    "MachineEvent",
+    "Phase",
+    "Renderer",
+    "RunFinished",
+    "RunStarted",
+    "event_dict",
+]
+
+Phase = Literal["queued", "connecting", "sending", "building", "fetching"]
+JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"]
+MachineState = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    total: int  # derivations to build (or fetch) in this run
+    machines: tuple[str, ...]
+    estimate: float  # expected makespan in seconds
+    time: float
+
+
+@dataclass(frozen=True)
+class JobPhase:
+    drv_path: str
+    name: str  # the derivation's name, e.g. hello-2.12
+    machine: str
+    phase: Phase
+    estimate: float | None  # expected build seconds on this machine
+    time: float
+    speculative: bool = False
+
+
+@dataclass(frozen=True)
+class JobLog:
+    drv_path: str
+    name: str
+    machine: str
+    line: str
+    time: float
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    drv_path: str
+    name: str
+    machine: str  # "" for skipped jobs
+    status: JobStatus
+    started: float
+    finished: float
+    bytes_sent: int
+    bytes_received: int
+    error: str | None
+    time: float
+
+    @property
+    def duration(self) -> float:
+        return self.finished - self.started
+
+
+@dataclass(frozen=True)
+class MachineEvent:
+    machine: str
+    state: MachineState
+    message: str
+    until: float | None  # for "down": when it may be tried again (wall clock)
+    time: float
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: str
+    built: int
+    failed: int
+    skipped: int
+    elapsed: float
+    outputs: tuple[str, ...]
+    time: float
+
+
+Event = RunStarted | JobPhase | JobLog | JobFinished | MachineEvent | RunFinished
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    """The JSON-lines form: the record's fields plus ``"event"``, its kind in snake case."""
+    kind = {
+        RunStarted: "run_started",
+        JobPhase: "job_phase",
+        JobLog: "job_log",
+        JobFinished: "job_finished",
+        MachineEvent: "machine",
+        RunFinished: "run_finished",
+    }[type(event)]
+    return {"event": kind, **asdict(event)}
+
+
+class Renderer(Protocol):
+    """Consumes a run's events; every output a run makes to a person goes through one."""
+
+    def handle(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...

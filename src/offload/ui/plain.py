@@ -1,0 +1,146 @@
+"""Plain lines for logs that are not terminals (CI, files, pipes): one line per state change.
+
+Every line starts with the seconds since the run started, then the machine::
+
+    [  0.0s] run: 12 derivations on fast, slow, local (estimate 41.0s)
+    [ 12.3s] fast: building hello-2.12 (est 4.0s)
+    [ 15.1s] fast: built hello-2.12 in 2.8s
+    [ 16.0s] slow: down until 14:03:07 (retry in 60s): connection reset
+    hello-2.12> checking for gcc...
+
+The time base is the run's ``RunStarted`` time, or the injected clock's reading when the
+renderer was made if events come before it. No escape codes are written; build log lines (only
+with ``print_logs``) are sanitised. With ``summary=True`` the summary table follows ``RunFinished``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TextIO, assert_never
+
+from offload.ui.events import (
+    Event,
+    JobFinished,
+    JobLog,
+    JobPhase,
+    MachineEvent,
+    RunFinished,
+    RunStarted,
+)
+from offload.ui.summary import render_summary
+from offload.ui.term import PHASE_LABELS, format_duration, sanitize
+
+__all__ = ["PlainRenderer", "clock_time", "describe_finished", "describe_machine"]
+
+
+def clock_time(when: float) -> str:
+    """Local wall-clock time of day, ``HH:MM:SS``."""
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+def describe_finished(event: JobFinished) -> str:
+    """What happened to a job, in words, without the machine."""
+    took = format_duration(event.duration)
+    match event.status:
+        case "built":
+            return f"built {event.name} in {took}"
+        case "fetched":
+            return f"fetched {event.name} (already built there) in {took}"
+        case "failed":
+            return f"failed {event.name} after {took}: {_first_line(event.error)}"
+        case "cancelled":
+            reason = f": {_first_line(event.error)}" if event.error else ""
+            return f"stopped {event.name} after {took}{reason}"
+        case "lost":
+            return f"lost {event.name} after {took}: {_first_line(event.error)}"
+        case "skipped":
+            return f"skipped {event.name}: {_first_line(event.error)}"
+        case _:
+            assert_never(event.status)
+
+
+def describe_machine(event: MachineEvent, now: float) -> str:
+    match event.state:
+        case "up":
+            text = "up"
+        case "down":
+            text = "down"
+            if event.until is not None:
+                retry = format_duration(event.until - now)
+                text += f" until {clock_time(event.until)} (retry in {retry})"
+        case _:
+            assert_never(event.state)
+    return f"{text}: {event.message}" if event.message else text
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return sanitize(lines[0]) if lines else "no error message"
+
+
+class PlainRenderer:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        print_logs: bool,
+        clock: Callable[[], float] = time.time,
+        summary: bool = False,
+    ) -> None:
+        self._stream = stream
+        self._print_logs = print_logs
+        self._summary = summary
+        self._start = clock()
+        self._finished: list[JobFinished] = []
+        self._machines: tuple[str, ...] = ()
+
+    def handle(self, event: Event) -> None:
+        match event:
+            case RunStarted():
+                self._start = event.time
+                self._machines = event.machines
+                machines = ", ".join(event.machines) or "no machines"
+                estimate = f"estimate {format_duration(event.estimate)}"
+                self._line(event.time, "run", f"{event.total} to build on {machines}", estimate)
+            case JobPhase():
+                label = PHASE_LABELS[event.phase]
+                text = f"{label} {event.name}"
+                extra = []
+                if event.phase == "building" and event.estimate is not None:
+                    extra.append(f"est {format_duration(event.estimate)}")
+                if event.speculative:
+                    extra.append("speculative copy")
+                self._line(event.time, event.machine, text, ", ".join(extra))
+            case JobLog():
+                if self._print_logs:
+                    self._write(f"{event.name}> {sanitize(event.line)}")
+            case JobFinished():
+                self._finished.append(event)
+                self._line(event.time, event.machine or "run", describe_finished(event))
+            case MachineEvent():
+                self._line(event.time, event.machine, describe_machine(event, event.time))
+            case RunFinished():
+                text = (
+                    f"finished: {event.built} built, {event.failed} failed, "
+                    f"{event.skipped} skipped in {format_duration(event.elapsed)}"
+                )
+                self._line(event.time, "run", text)
+                if self._summary:
+                    self._stream.write("\n")
+                    render_summary(
+                        self._finished, self._stream, rich=False, machines=self._machines
+                    )
+            case _:
+                assert_never(event)
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
+
+    def _line(self, when: float, who: str, text: str, extra: str = "") -> None:
+        suffix = f" ({extra})" if extra else ""
+        self._write(f"[{when - self._start:5.1f}s] {who}: {text}{suffix}")
+
+    def _write(self, line: str) -> None:
+        self._stream.write(line + "\n")

@@ -1,0 +1,204 @@
+"""The summary at the end of a run, computed from its ``JobFinished`` events.
+
+Per machine: derivations built, outputs fetched (already valid there), failures, jobs stopped
+(speculative copies that lost, builds lost with their machine), busy time and bytes moved.
+Busy time is the sum of job durations on the machine, stopped and failed jobs included since
+they occupied it; with several slots it can exceed the run's wall time. Bytes count every job
+too. Then the failed and skipped derivations with their errors, and how to see a log.
+
+``summarize`` is pure; ``render_summary`` writes it as a rich table or as plain aligned text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from offload.ui.events import Event, JobFinished, RunFinished, RunStarted
+from offload.ui.term import format_bytes, format_duration, sanitize
+
+__all__ = ["MachineTotals", "RunSummary", "render_summary", "summarize"]
+
+_COLUMNS = ("machine", "built", "fetched", "failed", "stopped", "busy", "sent", "received")
+
+
+@dataclass(frozen=True)
+class MachineTotals:
+    machine: str
+    built: int = 0
+    fetched: int = 0
+    failed: int = 0
+    stopped: int = 0  # cancelled speculative copies and builds lost with their machine
+    busy: float = 0.0  # seconds, summed over jobs
+    sent: int = 0
+    received: int = 0
+
+    def add(self, job: JobFinished) -> MachineTotals:
+        return dataclasses.replace(
+            self,
+            built=self.built + (job.status == "built"),
+            fetched=self.fetched + (job.status == "fetched"),
+            failed=self.failed + (job.status == "failed"),
+            stopped=self.stopped + (job.status in ("cancelled", "lost")),
+            busy=self.busy + max(job.duration, 0.0),
+            sent=self.sent + job.bytes_sent,
+            received=self.received + job.bytes_received,
+        )
+
+    def cells(self) -> tuple[str, ...]:
+        return (
+            self.machine,
+            str(self.built),
+            str(self.fetched),
+            str(self.failed),
+            str(self.stopped),
+            format_duration(self.busy),
+            format_bytes(self.sent),
+            format_bytes(self.received),
+        )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    machines: tuple[MachineTotals, ...]
+    total: MachineTotals
+    failed: tuple[JobFinished, ...]
+    skipped: tuple[JobFinished, ...]
+    finished: RunFinished | None
+
+
+def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSummary:
+    """Totals per machine, in ``machines`` order (or ``RunStarted``'s), then others as seen."""
+    order: list[str] = list(machines)
+    per: dict[str, MachineTotals] = {m: MachineTotals(m) for m in order}
+    failed: dict[str, JobFinished] = {}
+    skipped: dict[str, JobFinished] = {}
+    finished: RunFinished | None = None
+    for event in events:
+        if isinstance(event, RunStarted):
+            for m in event.machines:
+                if m not in per:
+                    order.append(m)
+                    per[m] = MachineTotals(m)
+        elif isinstance(event, RunFinished):
+            finished = event
+        elif isinstance(event, JobFinished):
+            if event.status == "skipped":
+                skipped[event.drv_path] = event
+                continue
+            if event.status == "failed":
+                failed[event.drv_path] = event
+            if event.machine not in per:
+                order.append(event.machine)
+                per[event.machine] = MachineTotals(event.machine)
+            per[event.machine] = per[event.machine].add(event)
+    rows = tuple(per[m] for m in order)
+    total = MachineTotals(
+        "total",
+        built=sum(r.built for r in rows),
+        fetched=sum(r.fetched for r in rows),
+        failed=sum(r.failed for r in rows),
+        stopped=sum(r.stopped for r in rows),
+        busy=sum(r.busy for r in rows),
+        sent=sum(r.sent for r in rows),
+        received=sum(r.received for r in rows),
+    )
+    return RunSummary(rows, total, tuple(failed.values()), tuple(skipped.values()), finished)
+
+
+def render_summary(
+    events: Iterable[Event],
+    stream: IO[str],
+    *,
+    rich: bool | None = None,
+    machines: Sequence[str] = (),
+    width: int | None = None,
+    console: Console | None = None,
+) -> RunSummary:
+    """Write the summary of ``events`` (any events; only the relevant ones are read).
+
+    With ``rich`` the table goes to ``console`` when given (the live view's, so colours and
+    width match), else to a console made on ``stream``; ``rich=None`` means rich exactly when
+    ``stream`` is a terminal.
+    """
+    summary = summarize(events, machines)
+    if rich is None:
+        rich = console is not None or _isatty(stream)
+    if rich:
+        _render_rich(summary, console or Console(file=stream, width=width, highlight=False))
+    else:
+        _render_plain(summary, stream)
+    stream.flush()
+    return summary
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _problems(summary: RunSummary) -> list[tuple[str, str]]:
+    """(heading, line) pairs for failed and skipped derivations."""
+    out = [
+        ("failed", f"{job.name} on {job.machine}: {_error(job)}  ({job.drv_path})")
+        for job in summary.failed
+    ]
+    out += [("skipped", f"{job.name}: {_error(job)}") for job in summary.skipped]
+    return out
+
+
+def _error(job: JobFinished) -> str:
+    lines = [sanitize(line) for line in (job.error or "").strip().splitlines()]
+    return " / ".join(line for line in lines if line.strip()) or "no error message"
+
+
+def _render_plain(summary: RunSummary, stream: IO[str]) -> None:
+    rows = [_COLUMNS, *(r.cells() for r in summary.machines), summary.total.cells()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    for n, row in enumerate(rows):
+        if n == len(rows) - 1:
+            stream.write("  ".join("-" * w for w in widths) + "\n")
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        stream.write("  ".join(cells).rstrip() + "\n")
+    _write_problems(summary, stream.write)
+
+
+def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None:
+    heading = ""
+    for kind, line in _problems(summary):
+        if kind != heading:
+            heading = kind
+            count = len(summary.failed) if kind == "failed" else len(summary.skipped)
+            write(f"{kind} ({count}):\n")
+        write(f"  {line}\n")
+    if summary.failed:
+        write("see a build's log with: offload log DRV\n")
+
+
+def _render_rich(summary: RunSummary, console: Console) -> None:
+    table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
+    for n, (name, total) in enumerate(zip(_COLUMNS, summary.total.cells(), strict=True)):
+        table.add_column(
+            name,
+            footer=Text(total, style="bold"),
+            justify="left" if n == 0 else "right",
+            no_wrap=True,
+        )
+    for row in summary.machines:
+        table.add_row(*row.cells())
+    console.print(table)
+    for kind, line in _problems(summary):
+        style = "red" if kind == "failed" else "yellow"
+        console.print(Text.assemble((f"{kind}: ", f"bold {style}"), line))
+    if summary.failed:
+        console.print(Text("see a build's log with: offload log DRV", style="dim"))

@@ -1,0 +1,103 @@
+"""Pure text helpers for everything a renderer writes: sanitising, truncating, formatting.
+
+Build logs arrive as whatever the builder printed: colours, cursor movement, carriage-return
+progress bars, stray control bytes. Written raw above a live region they would move the cursor
+and corrupt it, and in a CI log they are noise, so every log line a renderer shows goes through
+``sanitize`` (and, on a terminal, ``truncate``). The kept log files store the text as received;
+``offload log`` applies ``sanitize`` only when its stdout is not a terminal.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rich.cells import cell_len, set_cell_size
+
+__all__ = [
+    "PHASE_LABELS",
+    "format_bytes",
+    "format_duration",
+    "sanitize",
+    "sanitize_text",
+    "truncate",
+]
+
+PHASE_LABELS = {
+    "queued": "queued",
+    "connecting": "connecting",
+    "sending": "sending inputs",
+    "building": "building",
+    "fetching": "fetching outputs",
+}
+
+# ECMA-48 escape sequences: CSI (colours, cursor movement), OSC (titles, hyperlinks) ended by BEL
+# or ST, charset selection, and the two-byte forms; then the 8-bit C1 CSI.
+_ESCAPES = re.compile(
+    r"""
+      \x1b\[ [0-?]* [\x20-/]* [@-~]
+    | \x1b\] .*? (?:\x07|\x1b\\|$)
+    | \x1b [PX^_] .*? (?:\x1b\\|$)
+    | \x1b [()*+] .
+    | \x1b [\x20-/]* [0-~]
+    | \x9b [0-?]* [\x20-/]* [@-~]
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_TAB = 8
+
+
+def sanitize(line: str) -> str:
+    """One log line as a terminal would finally show it, with no escape or control characters.
+
+    A carriage return inside the line (progress bars) keeps only the last non-empty segment, as
+    the terminal would have overwritten the rest; tabs become spaces.
+    """
+    line = _ESCAPES.sub("", line.rstrip("\r\n"))
+    if "\r" in line:
+        segments = [s for s in line.split("\r") if s]
+        line = segments[-1] if segments else ""
+    return _CONTROLS.sub("", line.expandtabs(_TAB))
+
+
+def sanitize_text(text: str) -> str:
+    """A whole log, line by line (``\\n`` separated), through ``sanitize``."""
+    lines = text.split("\n")
+    trailing = lines and lines[-1] == ""
+    body = "\n".join(sanitize(line) for line in (lines[:-1] if trailing else lines))
+    return body + "\n" if trailing else body
+
+
+def truncate(text: str, width: int, ellipsis: str = "…") -> str:
+    """``text`` cut to at most ``width`` terminal cells, marked with ``ellipsis`` when cut."""
+    if width <= 0:
+        return ""
+    if cell_len(text) <= width:
+        return text
+    room = width - cell_len(ellipsis)
+    if room <= 0:
+        return set_cell_size(ellipsis, width)
+    return set_cell_size(text, room).rstrip() + ellipsis
+
+
+def format_duration(seconds: float) -> str:
+    """``2.8s``, ``1m05s``, ``2h03m``: short, fixed precision, for people."""
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def format_bytes(count: int) -> str:
+    """Binary units: ``512 B``, ``1.5 KiB``, ``12.3 MiB``."""
+    if count < 1024:
+        return f"{count} B"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover

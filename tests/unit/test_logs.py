@@ -1,0 +1,251 @@
+"""The build log store and `offload log`."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import stat
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from typing_extensions import override
+
+import offload.cli
+from offload.cli import log as log_cli
+from offload.errors import OffloadError
+from offload.logs import BuildLogs, LogFile
+from offload.process import Completed
+from offload.ui.events import JobFinished, JobPhase
+
+DRV = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
+OTHER = "/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-other-1.drv"
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_round_trip_as_received(tmp_path: Path) -> None:
+    logs = BuildLogs(tmp_path / "logs", clock=Clock())
+    with logs.open(DRV, "fast") as writer:
+        writer.write("\x1b[32mchecking\x1b[0m for gcc... yes")
+        writer.write("done\n")
+        writer.write("ünïcode ✓")
+    assert logs.read(DRV) == "\x1b[32mchecking\x1b[0m for gcc... yes\ndone\nünïcode ✓\n"
+    assert logs.read(Path(DRV).name, "fast") == logs.read(DRV)  # a basename works too
+    found = logs.latest(DRV)
+    assert found is not None
+    parsed = LogFile.parse(found)
+    assert parsed is not None
+    assert (parsed.drv_name, parsed.machine) == (Path(DRV).name, "fast")
+
+
+def test_modes_are_private(tmp_path: Path) -> None:
+    root = tmp_path / "state" / "logs"
+    logs = BuildLogs(root, clock=Clock())
+    with logs.open(DRV, "fast") as writer:
+        writer.write("x")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    path = logs.latest(DRV)
+    assert path is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_latest_picks_the_newest_and_filters_by_machine(tmp_path: Path) -> None:
+    clock = Clock()
+    logs = BuildLogs(tmp_path, clock=clock)
+    builds = [
+        (T0, "fast", "first"),
+        (T0 + 5, "slow", "second"),
+        (T0 + 10, "fast", "third"),
+        (T0 + 10, "fast", "same stamp"),
+    ]
+    for at, machine, text in builds:
+        clock.now = at
+        with logs.open(DRV, machine) as writer:
+            writer.write(text)
+    clock.now = T0 + 20
+    with logs.open(OTHER, "fast") as writer:
+        writer.write("other drv")
+    assert logs.read(DRV) == "same stamp\n"
+    assert logs.read(DRV, "slow") == "second\n"
+    assert logs.read(DRV, "fast") == "same stamp\n"
+    assert logs.latest(DRV, "local") is None
+    assert logs.read(OTHER) == "other drv\n"
+    assert len(logs.logs()) == 5
+
+
+def test_machine_names_with_separators(tmp_path: Path) -> None:
+    logs = BuildLogs(tmp_path, clock=Clock())
+    with logs.open(DRV, "user@host/x") as writer:
+        writer.write("ok")
+    assert logs.read(DRV, "user@host/x") == "ok\n"
+    assert logs.latest(DRV, "user") is None
+    assert [p.name for p in tmp_path.iterdir()] == [p.path.name for p in logs.logs()]
+
+
+def test_missing_log_is_a_one_line_error(tmp_path: Path) -> None:
+    logs = BuildLogs(tmp_path / "never-created")
+    assert logs.latest(DRV) is None
+    with pytest.raises(OffloadError) as info:
+        logs.read(DRV, "fast")
+    assert "\n" not in info.value.message
+    assert "hello-2.12" in info.value.message
+    assert info.value.hint
+
+
+def test_default_root_is_in_the_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "st"))
+    assert BuildLogs().root == tmp_path / "st" / "logs"
+
+
+def fill(logs: BuildLogs, clock: Clock, count: int, size: int = 10) -> None:
+    for n in range(count):
+        clock.now = T0 + n
+        with logs.open(f"/nix/store/{n:032d}-d{n}.drv", "m") as writer:
+            writer.write("x" * (size - 1))
+
+
+def test_pruning_by_count_drops_the_oldest(tmp_path: Path) -> None:
+    clock = Clock()
+    fill(BuildLogs(tmp_path, clock=clock), clock, 8)
+    logs = BuildLogs(tmp_path, max_files=5, clock=clock)
+    clock.now = T0 + 100
+    writer = logs.open(DRV, "fast")  # the first open of a run prunes, before adding its own
+    assert kept_names(logs) == ["d3.drv", "d4.drv", "d5.drv", "d6.drv", "d7.drv", "hello-2.12.drv"]
+    writer.close()
+    assert logs.prune() == 1  # six now: the oldest goes, never the newest
+    assert kept_names(logs) == ["d4.drv", "d5.drv", "d6.drv", "d7.drv", "hello-2.12.drv"]
+
+
+def kept_names(logs: BuildLogs) -> list[str]:
+    return [log.drv_name.split("-", 1)[1] for log in logs.logs()]
+
+
+def test_pruning_by_size_keeps_open_logs(tmp_path: Path) -> None:
+    clock = Clock()
+    logs = BuildLogs(tmp_path, max_bytes=35, clock=clock)
+    clock.now = T0 - 1
+    held = logs.open(DRV, "fast")  # older than all, but still being written
+    held.write("y" * 9)
+    fill(logs, clock, 6)
+    removed = logs.prune()
+    assert removed == 4  # 70 bytes of logs: drop the oldest closed ones until 30 bytes remain
+    assert sum(log.path.stat().st_size for log in logs.logs()) <= 35
+    assert logs.latest(DRV) is not None
+    held.close()
+
+
+def test_recorder_files_each_build_separately(tmp_path: Path) -> None:
+    clock = Clock()
+    logs = BuildLogs(tmp_path, clock=clock)
+    recorder = logs.recorder()
+    recorder.handle(JobPhase(DRV, "hello-2.12", "fast", "building", 1.0, T0))
+    recorder.write(DRV, "fast", "attempt one")
+    recorder.handle(
+        JobFinished(DRV, "hello-2.12", "fast", "lost", T0, T0 + 1, 0, 0, "gone", T0 + 1)
+    )
+    clock.now = T0 + 2
+    recorder.write(DRV, "fast", "attempt two")  # no phase event: opened at its first line
+    recorder.handle(JobPhase(OTHER, "other-1", "slow", "building", 1.0, T0 + 2))  # silent build
+    recorder.close()
+    assert logs.read(DRV, "fast") == "attempt two\n"
+    assert sorted(p.read_text() for p in tmp_path.iterdir()) == [
+        "",
+        "attempt one\n",
+        "attempt two\n",
+    ]
+    assert logs.read(OTHER) == ""
+
+
+# --- offload log -------------------------------------------------------------------------------
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> int:
+    """``offload.cli.main`` with a parser that has the `log` subcommand registered."""
+
+    def parser() -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(prog="offload")
+        p.add_argument("--debug", action="store_true")
+        log_cli.register(p.add_subparsers(dest="command", required=True))
+        return p
+
+    monkeypatch.setattr(offload.cli, "_parser", parser)
+    return offload.cli.main(argv)
+
+
+def test_log_of_unknown_drv_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    assert run_main(monkeypatch, ["log", DRV]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert (
+        lines[0] == "error: no build log kept for 0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
+    )
+    assert len(lines) == 2
+    assert lines[1].startswith("hint: ")
+
+
+def test_log_of_a_path_unknown_to_nix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    bogus = "/nix/store/00000000000000000000000000000000-offload-no-such-path"
+    assert run_main(monkeypatch, ["log", bogus]) == 1  # real nix-store --query --deriver
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: cannot find the derivation of {bogus}: path '{bogus}' is not valid"
+    assert err[1].startswith("hint: ")
+
+
+def test_log_prints_the_newest_build_and_strips_for_non_terminals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    clock = Clock()
+    logs = BuildLogs(tmp_path / "logs", clock=clock)
+    with logs.open(DRV, "slow") as writer:
+        writer.write("old")
+    clock.now += 1
+    with logs.open(DRV, "fast") as writer:
+        writer.write("\x1b[1mnew\x1b[0m\rline")
+    assert run_main(monkeypatch, ["log", DRV]) == 0
+    assert capsys.readouterr().out == "line\n"
+    assert run_main(monkeypatch, ["log", DRV, "--machine", "slow"]) == 0
+    assert capsys.readouterr().out == "old\n"
+
+
+class Terminal(io.StringIO):
+    @override
+    def isatty(self) -> bool:
+        return True
+
+
+def test_log_of_an_output_path_goes_through_its_deriver(tmp_path: Path) -> None:
+    logs = BuildLogs(tmp_path, clock=Clock())
+    with logs.open(DRV, "fast") as writer:
+        writer.write("\x1b[1mbold\x1b[0m")
+    out_path = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12"
+    answer = Completed(("nix-store",), 0, DRV + "\n", "")
+    with mock.patch("offload.cli.log.run", autospec=True, return_value=answer) as run:
+        out = Terminal()
+        assert log_cli.show_log(out_path, logs=logs, out=out) == 0
+    run.assert_called_once_with(["nix-store", "--query", "--deriver", out_path], check=False)
+    assert out.getvalue() == "\x1b[1mbold\x1b[0m\n"  # a terminal gets the log as kept
+
+
+def test_log_of_a_path_with_no_deriver(tmp_path: Path) -> None:
+    answer = Completed(("nix-store",), 0, "unknown-deriver\n", "")
+    with (
+        mock.patch("offload.cli.log.run", autospec=True, return_value=answer),
+        pytest.raises(OffloadError, match="has no known deriver"),
+    ):
+        log_cli.show_log("/nix/store/x-src", logs=BuildLogs(tmp_path))
