@@ -1,0 +1,322 @@
+"""`offload machines`: show the effective pool, or convert it between the forms users keep it in.
+
+The table is plain text on stdout (one row per machine, columns padded, nothing else there), so it
+can be piped and diffed; warnings go to stderr. ``--json`` prints a list of objects instead.
+``add_pool_arguments`` and ``pool_from_args`` give every command that builds or inspects machines
+the same ``--builders/--config/--option/--on/--exclude/-j`` handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TypedDict
+
+from offload.config.machines import Machine, parse_machines, read_text_file
+from offload.config.pool import (
+    Pool,
+    apply_toml,
+    load_pool,
+    machines_from_nixos,
+    pool_to_nix,
+    pool_to_nixos,
+    pool_to_toml,
+)
+from offload.config.settings import (
+    LocalMachine,
+    NixSettings,
+    local_machine,
+    parse_offload_toml,
+    read_nix_settings,
+)
+from offload.errors import ConfigError
+
+__all__ = ["add_pool_arguments", "machine_json", "pool_from_args", "register", "run"]
+
+
+class MachineJson(TypedDict):
+    name: str
+    local: bool
+    uri: str
+    scheme: str
+    host: str | None
+    user: str | None
+    port: int | None
+    systems: list[str]
+    ssh_key: str | None
+    max_jobs: int
+    speed_factor: float
+    supported_features: list[str]
+    mandatory_features: list[str]
+    public_host_key: str | None
+    host_key_pinned: bool
+    params: dict[str, str]
+    tags: list[str]
+    enabled: bool
+    source: str
+
+
+def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("machines")
+    group.add_argument("--builders", metavar="SPEC", help="machines spec, as Nix's --builders")
+    group.add_argument("--config", metavar="FILE", type=Path, help="offload.toml to use")
+    group.add_argument(
+        "--option",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a Nix setting, as nix-build's --option (e.g. --option builders SPEC)",
+    )
+    group.add_argument(
+        "--on", action="append", default=[], metavar="NAME,...", help="use only these (@tag, local)"
+    )
+    group.add_argument(
+        "--exclude", action="append", default=[], metavar="NAME,...", help="do not use these"
+    )
+    group.add_argument(
+        "-j", "--max-jobs", type=_jobs, metavar="N", help="local jobs; 0 builds remotely only"
+    )
+
+
+def _jobs(text: str) -> int:
+    if text == "auto":
+        import os
+
+        return os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of jobs") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the number of jobs cannot be negative")
+    return value
+
+
+def _options(args: argparse.Namespace) -> dict[str, str]:
+    return {str(pair[0]): str(pair[1]) for pair in args.option}
+
+
+def pool_from_args(args: argparse.Namespace) -> Pool:
+    """The selected pool for a command with ``add_pool_arguments``; warnings go to stderr."""
+    pool = load_pool(builders=args.builders, config=args.config, options=_options(args))
+    for warning in pool.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return pool.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "machines",
+        help="show the pool of builders, or convert it (machines file, NixOS, offload.toml)",
+        description="Show the effective pool (table on stdout, or --json), or `convert` it.",
+    )
+    parser.add_argument(
+        "action", nargs="?", choices=["list", "convert"], default="list", help="default: list"
+    )
+    add_pool_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON list of machines")
+    conv = parser.add_argument_group("convert")
+    conv.add_argument("--to", choices=["nix", "nixos", "toml"], help="output form")
+    conv.add_argument("--from", dest="from_file", type=Path, metavar="FILE", help="input file")
+    conv.add_argument(
+        "--from-format",
+        choices=["auto", "nix", "nixos", "toml"],
+        default="auto",
+        help="form of --from (auto: .toml, .nix, else a machines file)",
+    )
+    conv.add_argument(
+        "--newer-nix",
+        action="store_true",
+        help="--to nix: keep host:port and fractional speeds (Nix >= 2.31 reads them, 2.8 not)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "convert":
+        return _convert(args)
+    if args.to or args.from_file:
+        raise ConfigError("--to and --from belong to `offload machines convert`")
+    pool = load_pool(builders=args.builders, config=args.config, options=_options(args))
+    for warning in pool.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    selected = pool.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
+    if not args.on and not args.exclude:
+        # Show disabled machines too, marked, so a person sees why they are not used.
+        selected = Pool(selected.local, pool.machines, pool.warnings, pool.local_entry)
+    if args.json:
+        print(json.dumps(pool_json(selected), indent=2))
+    else:
+        print(format_table(selected), end="")
+    return 0
+
+
+# --- list ---------------------------------------------------------------------------------------
+
+
+def machine_json(machine: Machine) -> MachineJson:
+    return {
+        "name": machine.name,
+        "local": False,
+        "uri": machine.uri,
+        "scheme": machine.scheme,
+        "host": machine.host,
+        "user": machine.user,
+        "port": machine.port,
+        "systems": list(machine.systems),
+        "ssh_key": machine.ssh_key,
+        "max_jobs": machine.max_jobs,
+        "speed_factor": machine.speed_factor,
+        "supported_features": sorted(machine.supported_features),
+        "mandatory_features": sorted(machine.mandatory_features),
+        "public_host_key": machine.public_host_key,
+        "host_key_pinned": machine.public_host_key is not None,
+        "params": dict(machine.params),
+        "tags": sorted(machine.tags),
+        "enabled": machine.enabled,
+        "source": machine.source,
+    }
+
+
+def _local_json(local: LocalMachine) -> MachineJson:
+    return {
+        "name": "local",
+        "local": True,
+        "uri": "local",
+        "scheme": "local",
+        "host": None,
+        "user": None,
+        "port": None,
+        "systems": list(local.systems),
+        "ssh_key": None,
+        "max_jobs": local.max_jobs,
+        "speed_factor": local.speed_factor,
+        "supported_features": sorted(local.supported_features),
+        "mandatory_features": [],
+        "public_host_key": None,
+        "host_key_pinned": False,
+        "params": {},
+        "tags": [],
+        "enabled": True,
+        "source": "Nix settings / offload.toml [local]",
+    }
+
+
+def pool_json(pool: Pool) -> list[MachineJson]:
+    rows = [_local_json(pool.local)] if pool.local is not None else []
+    return rows + [machine_json(m) for m in pool.machines]
+
+
+def _cell(items: list[str]) -> str:
+    return ",".join(items) or "-"
+
+
+def format_table(pool: Pool) -> str:
+    header = [
+        "NAME",
+        "URI",
+        "SYSTEMS",
+        "JOBS",
+        "SPEED",
+        "FEATURES",
+        "MANDATORY",
+        "HOSTKEY",
+        "SOURCE",
+    ]
+    rows = [header]
+    for entry in pool_json(pool):
+        name = entry["name"] if entry["enabled"] else f"{entry['name']} (disabled)"
+        key = "pinned" if entry["host_key_pinned"] else ("-" if entry["local"] else "no")
+        uri = entry["uri"]
+        if entry["port"] is not None and f":{entry['port']}" not in uri:
+            uri += f" (port {entry['port']})"
+        rows.append(
+            [
+                name,
+                uri,
+                _cell(entry["systems"]),
+                str(entry["max_jobs"]),
+                f"{entry['speed_factor']:g}",
+                _cell(entry["supported_features"]),
+                _cell(entry["mandatory_features"]),
+                key,
+                entry["source"],
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return "".join(f"{line}\n" for line in lines)
+
+
+# --- convert ------------------------------------------------------------------------------------
+
+
+def _detect(path: Path, given: str) -> str:
+    if given != "auto":
+        return given
+    return {".toml": "toml", ".nix": "nixos"}.get(path.suffix, "nix")
+
+
+def _read(path: Path) -> str:
+    text = read_text_file(str(path))
+    if text is None:
+        raise ConfigError(f"{path}: no such file", hint="check --from")
+    return text
+
+
+def _nixos_json(path: Path) -> object:
+    from offload import process
+
+    argv = ["nix-instantiate", "--eval", "--strict", "--json", str(path.resolve())]
+    done = process.run(argv, check=False, timeout=60)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"{path}: nix-instantiate could not evaluate it: {last}")
+    try:
+        return json.loads(done.stdout)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: nix-instantiate printed no JSON") from exc
+
+
+def pool_from_file(path: Path, form: str, settings: NixSettings) -> Pool:
+    """A pool from one file in any of the three forms (the local entry only from toml)."""
+    form = _detect(path, form)
+    system = settings.system
+    if form == "nixos":
+        return Pool(
+            None, tuple(machines_from_nixos(_nixos_json(path), source=str(path), system=system))
+        )
+    if form == "toml":
+        toml = parse_offload_toml(_read(path), str(path))
+        machines, warnings = apply_toml([], toml, system=system)
+        local = local_machine(settings, toml.local) if toml.local is not None else None
+        return Pool(local, tuple(machines), tuple(warnings))
+    machines, warnings = parse_machines(
+        _read(path), source=str(path), system=system, base_dir=path.parent
+    )
+    return Pool(None, tuple(machines), tuple(warnings))
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if args.to is None:
+        raise ConfigError("`offload machines convert` needs --to nix, nixos or toml")
+    if args.from_file is not None:
+        settings = read_nix_settings(options=_options(args))
+        pool = pool_from_file(args.from_file, args.from_format, settings)
+        for warning in (*settings.warnings, *pool.warnings):
+            print(f"warning: {warning}", file=sys.stderr)
+        pool = pool.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
+    else:
+        pool = pool_from_args(args)
+    if args.to == "nix":
+        sys.stdout.write(pool_to_nix(pool, nix28=not args.newer_nix))
+    elif args.to == "nixos":
+        sys.stdout.write(pool_to_nixos(pool))
+    else:
+        sys.stdout.write(pool_to_toml(pool))
+    return 0

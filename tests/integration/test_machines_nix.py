@@ -1,0 +1,321 @@
+"""offload reads machines the way real Nix 2.8 does (its build-remote hook is the witness).
+
+Each check runs ``nix-build`` with ``--builders SPEC --max-jobs 0 --debug`` on a derivation nobody
+can build. Nix's hook then tries every machine of the right system and features, best first
+("connecting to '<uri>'"), each fails fast (``.invalid`` names do not resolve; no packet leaves
+the machine), and it prints its whole parsed list ("N available machines:" then one
+``(systems, maxJobs, supportedFeatures, mandatoryFeatures)`` line per machine, file order).
+offload's parse must predict both: the list line for line, and the order of tries (the right
+machines, by speed factor, file order among equals) URI for URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from offload import process
+from offload.cli import machines as machines_cli
+from offload.config.machines import Machine, format_machines, parse_machines
+from offload.config.settings import builders_spec, local_machine, read_nix_settings
+from offload.errors import ConfigError
+
+SYSTEM = read_nix_settings().system
+KEY_LINE = (
+    "ssh-ed25519 "
+    + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))).decode()
+)
+KEY_B64 = base64.b64encode(f"{KEY_LINE} root@nx\n".encode()).decode()
+
+PROBE = """
+{ salt, system, features }: derivation {
+  name = "offload-machines-probe-${salt}";
+  inherit system;
+  builder = "/bin/sh";
+  args = [ "-c" "echo ok > $out" ];
+  requiredSystemFeatures = features;
+}
+"""
+
+
+class HookView:
+    def __init__(self, stderr: str, returncode: int) -> None:
+        self.stderr = stderr
+        self.returncode = returncode
+        self.tried = re.findall(r"^connecting to '(.*)'\.\.\.$", stderr, re.MULTILINE)
+        match = re.search(r"^(\d+) available machines:\n\(systems, [^\n]*\n", stderr, re.MULTILINE)
+        self.listing: list[str] | None = None
+        if match:
+            rest = stderr[match.end() :].splitlines()
+            self.listing = rest[: int(match.group(1))]
+
+
+def nix_hook(
+    tmp_path: Path, spec: str, system: str = SYSTEM, features: tuple[str, ...] = ()
+) -> HookView:
+    probe = tmp_path / "probe.nix"
+    probe.write_text(PROBE)
+    argv = [
+        "nix-build",
+        str(probe),
+        "--argstr", "salt", tmp_path.name,
+        "--argstr", "system", system,
+        "--arg", "features", "[ " + " ".join(f'"{f}"' for f in features) + " ]",
+        "--no-out-link",
+        "--builders", spec,
+        "--max-jobs", "0",
+        "--debug",
+        "--option", "substituters", "",
+        "--option", "connect-timeout", "1",
+    ]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NIX_SSHOPTS": "-o BatchMode=yes"}
+    done = process.run(argv, env=env, check=False, timeout=120, cwd=tmp_path)
+    return HookView(done.stderr, done.returncode)
+
+
+def offload_parse(spec: str, base_dir: Path) -> list[Machine]:
+    return parse_machines(spec, source="--builders", system=SYSTEM, base_dir=base_dir)[0]
+
+
+def listing_line(m: Machine) -> str:
+    # build-remote.cc prints systems in file order, features sorted (std::set), ", "-joined.
+    parts = [
+        ", ".join(m.systems),
+        str(m.max_jobs),
+        ", ".join(sorted(m.supported_features)),
+        ", ".join(sorted(m.mandatory_features)),
+    ]
+    return "(" + ", ".join(parts) + ")"
+
+
+def expected_tries(ms: list[Machine], system: str, features: tuple[str, ...]) -> list[str]:
+    right = [m for m in ms if m.supports(system, features)]
+    # No load: 0/speed ties, so the higher speed wins, file order among equals (stable sort).
+    return [m.uri for m in sorted(right, key=lambda m: -m.speed_factor)]
+
+
+def assert_agrees(
+    tmp_path: Path, spec: str, system: str = SYSTEM, features: tuple[str, ...] = ()
+) -> list[Machine]:
+    ours = offload_parse(spec, tmp_path)
+    nix = nix_hook(tmp_path, spec, system, features)
+    assert nix.returncode != 0, "the probe derivation must never build"
+    assert nix.listing == [listing_line(m) for m in ours], nix.stderr[-3000:]
+    assert nix.tried == expected_tries(ours, system, features), nix.stderr[-3000:]
+    return ours
+
+
+RICH = (
+    f"root@nx-om-a.invalid i686-linux,{SYSTEM} /nonexistent/key 2 3 kvm,big-parallel - {KEY_B64};"
+    "ssh-ng://nx-om-b.invalid?compress=true&remote-program=/bin/nix-daemon - - 1 0 big-parallel\n"
+    "ssh://u@nx-om-c.invalid?remote-store=/tmp/st\t-\t-\t4\t5\n"
+    "nx-om-d.invalid - - - - - - - extra columns # trailing comment\n"
+    "nx-om-e.invalid - - 1 2 big-parallel benchmark\n"
+)
+
+
+@pytest.mark.parametrize(
+    "features",
+    [(), ("big-parallel",), ("benchmark",), ("benchmark", "big-parallel"), ("kvm",)],
+)
+def test_rich_spec_agrees_for_each_feature_set(tmp_path, features):
+    ours = assert_agrees(tmp_path, RICH, features=features)
+    assert len(ours) == 5
+    assert ours[0].public_host_key == f"{KEY_LINE} root@nx"
+
+
+def test_other_systems_agree(tmp_path):
+    spec = (
+        "nx-om-f.invalid aarch64-linux - 1 1; nx-om-g.invalid\n"
+        "nx-om-h.invalid i686-linux,aarch64-linux - 2 7"
+    )
+    ours = assert_agrees(tmp_path, spec, system="aarch64-linux")
+    assert [m.host for m in ours if m.supports("aarch64-linux", ())] == [
+        "nx-om-f.invalid",
+        "nx-om-h.invalid",
+    ]
+
+
+def test_mandatory_feature_table_of_nix_protocols_5_1(tmp_path):
+    spec = "nx-om-mand.invalid - - 1 1 big-parallel benchmark; nx-om-plain.invalid - - 1 1 kvm"
+    for i, features in enumerate([(), ("benchmark",), ("big-parallel",), ("benchmark", "kvm")]):
+        sub = tmp_path / str(i)
+        sub.mkdir()
+        assert_agrees(sub, spec, features=features)
+
+
+def test_includes_agree(tmp_path):
+    (tmp_path / "more").write_text("nx-om-i2.invalid - - 3\n@" + str(tmp_path / "missing") + "\n")
+    (tmp_path / "machines").write_text(
+        f"nx-om-i1.invalid\n@{tmp_path}/more\nnx-om-i3.invalid - - 1 9\n"
+    )
+    # A newline, not "; ": 2.8 does not trim, and " @path" would be a chroot store (quirk 1).
+    ours = assert_agrees(tmp_path, f"nx-om-i0.invalid\n@{tmp_path}/machines")
+    assert [m.host for m in ours] == [f"nx-om-i{i}.invalid" for i in range(4)]
+
+
+def test_printed_file_is_read_by_nix_2_8_as_offload_reads_it(tmp_path):
+    # Everything 2.8 cannot take: indentation, blank lines, ';' in a comment, a port, a float.
+    messy = (
+        "  root@nx-om-p.invalid:2222 - - 2 2.6 kvm\n"
+        "   \n"
+        "nx-om-q.invalid - - 1 1.5 # a comment; with a semicolon\n"
+        f"\t@{tmp_path}/inc\n"
+    )
+    (tmp_path / "inc").write_text("nx-om-r.invalid - - 3 4 - benchmark\n")
+    ours = offload_parse(messy, tmp_path)
+    printed = tmp_path / "printed"
+    printed.write_text(format_machines(ours))
+    nix_read = assert_agrees(tmp_path, f"@{printed}")
+    assert [m.uri for m in nix_read] == [
+        "ssh://root@nx-om-p.invalid",
+        "ssh://nx-om-q.invalid",
+        "ssh://nx-om-r.invalid",
+    ]
+    assert [m.speed_factor for m in nix_read] == [3.0, 2.0, 4.0]
+
+
+def test_quirk1_is_real_in_2_8_and_offload_reads_the_line_as_newer_nix(tmp_path):
+    spec = "nx-om-s.invalid\n   \n"
+    nix = nix_hook(tmp_path, spec)
+    assert "bad machine specification: store URL was not found" in nix.stderr
+    assert [m.host for m in offload_parse(spec, tmp_path)] == ["nx-om-s.invalid"]
+
+
+def test_quirk2_is_real_in_2_8_and_offload_keeps_comments_comments(tmp_path):
+    spec = "nx-om-t.invalid # c; nx-om-from-comment.invalid"
+    nix = nix_hook(tmp_path, spec)
+    assert "ssh://nx-om-from-comment.invalid" in nix.tried
+    assert [m.host for m in offload_parse(spec, tmp_path)] == ["nx-om-t.invalid"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "nx-om-x.invalid - - two",
+        "nx-om-x.invalid - - 1 fast",
+        "nx-om-x.invalid - - 1 1 - - not*base64",
+    ],
+)
+def test_lines_nix_rejects_offload_rejects_too(tmp_path, line):
+    nix = nix_hook(tmp_path, line)
+    assert "bad machine specification" in nix.stderr or "Base64" in nix.stderr, nix.stderr[-2000:]
+    with pytest.raises(ConfigError, match=r"^--builders: column \d"):
+        offload_parse(line, tmp_path)
+
+
+# --- Nix's settings, read through Nix ----------------------------------------------------------
+
+
+def test_settings_come_from_nix_show_config(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "NIX_CONFIG": (
+            "builders = nx-om-env.invalid - - 5\nmax-jobs = 3\nextra-system-features = gpu"
+        ),
+    }
+    settings = read_nix_settings(env, {"extra-platforms": "riscv64-linux"})
+    assert settings.warnings == ()
+    assert builders_spec(None, env, settings) == ("nx-om-env.invalid - - 5", "NIX_CONFIG builders")
+    local = local_machine(settings)
+    assert local.max_jobs == 3
+    assert "gpu" in local.supported_features
+    assert local.systems[0] == SYSTEM
+    assert "riscv64-linux" in local.systems
+    options = read_nix_settings(env, {"builders": "nx-om-opt.invalid"})
+    assert options.get("builders") == "nx-om-opt.invalid"
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="offload")
+    machines_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    status = args.func(args)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_machines_json_and_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "offload").mkdir()
+    (tmp_path / "offload" / "offload.toml").write_text(
+        '[[machine]]\nhost = "nx-om-a.invalid"\nname = "a"\ntags = ["fast"]\nport = 2222\n'
+    )
+    status, out, _ = _cli(["machines", "--builders", RICH, "--json", "-j", "2"], capsys)
+    assert status == 0
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == [
+        "local",
+        "a",
+        "nx-om-b.invalid",
+        "nx-om-c.invalid",
+        "nx-om-d.invalid",
+        "nx-om-e.invalid",
+    ]
+    assert rows[0]["max_jobs"] == 2
+    assert rows[1]["public_host_key"] == f"{KEY_LINE} root@nx"
+    assert rows[1]["host_key_pinned"]
+    assert rows[1]["port"] == 2222
+    assert not rows[2]["host_key_pinned"]
+    status, out, _ = _cli(["machines", "--builders", RICH, "--on", "@fast"], capsys)
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "NAME", "URI", "SYSTEMS", "JOBS", "SPEED", "FEATURES", "MANDATORY", "HOSTKEY", "SOURCE",
+    ]  # fmt: skip
+    assert len(lines) == 2
+    assert lines[1].split()[:2] == ["a", "ssh://root@nx-om-a.invalid"]
+    assert "pinned" in lines[1].split()
+
+
+def test_machines_unknown_name_fails(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="no machine named 'nope'"):
+        _cli(["machines", "--builders", "nx-om-a.invalid", "--on", "nope"], capsys)
+
+
+def test_convert_round_trips_through_nixos_and_toml(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    spec = tmp_path / "machines"
+    spec.write_text(format_machines(offload_parse(RICH, tmp_path)))
+    _, nixos, _ = _cli(["machines", "convert", "--to", "nixos", "--from", str(spec)], capsys)
+    (tmp_path / "machines.nix").write_text(nixos)
+    # nix-instantiate (real Nix) evaluates what we wrote; read back, it is the same pool.
+    _, toml, _ = _cli(
+        ["machines", "convert", "--to", "toml", "--from", str(tmp_path / "machines.nix")], capsys
+    )
+    (tmp_path / "pool.toml").write_text(toml)
+    _, back, _ = _cli(
+        ["machines", "convert", "--to", "nix", "--from", str(tmp_path / "pool.toml")], capsys
+    )
+    assert [line for line in back.splitlines() if not line.startswith("#")] == [
+        line for line in spec.read_text().splitlines() if not line.startswith("#")
+    ]
+
+
+def test_convert_reads_a_hand_written_nixos_expression(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    fixture = Path(__file__).parent.parent / "fixtures" / "machines" / "build-machines.nix"
+    _, out, _ = _cli(["machines", "convert", "--to", "nix", "--from", str(fixture)], capsys)
+    (a, b) = offload_parse(out, tmp_path)
+    assert (a.uri, a.systems, a.max_jobs, a.speed_factor) == (
+        "ssh://root@nx-fix-a.invalid",
+        ("x86_64-linux",),
+        8,
+        4.0,
+    )
+    assert a.public_host_key is not None
+    assert a.public_host_key.startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")
+    assert (b.uri, b.systems, b.mandatory_features) == (
+        "ssh-ng://nx-fix-b.invalid",
+        ("aarch64-linux", "armv7l-linux"),
+        frozenset({"benchmark"}),
+    )

@@ -1,0 +1,538 @@
+"""The machines-format parser and printer (config/machines.py), against nix-protocols.md 6."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from offload.config.machines import (
+    Machine,
+    decode_host_key,
+    format_machines,
+    machine_from_columns,
+    parse_machines,
+)
+from offload.errors import ConfigError
+
+SYSTEM = "x86_64-linux"
+T = TypeVar("T")
+
+
+def _key_line(kind: str = "ssh-ed25519", body: bytes = b"\x01" * 32, comment: str = "") -> str:
+    blob = len(kind).to_bytes(4, "big") + kind.encode() + len(body).to_bytes(4, "big") + body
+    line = f"{kind} {base64.b64encode(blob).decode()}"
+    return f"{line} {comment}" if comment else line
+
+
+KEY_LINE = _key_line(comment="root@builder")
+KEY_B64 = base64.b64encode((KEY_LINE + "\n").encode()).decode()
+
+
+def parse(text: str, **kwargs: object) -> list[Machine]:
+    machines, _ = parse_machines(text, source="machines", system=SYSTEM, **kwargs)  # type: ignore[arg-type]
+    return machines
+
+
+def one(text: str) -> Machine:
+    machines = parse(text)
+    assert len(machines) == 1
+    return machines[0]
+
+
+def no_includes(path: str) -> str | None:
+    raise AssertionError(f"unexpected include of {path}")
+
+
+# --- defaults (6.1 table) -------------------------------------------------------------------------
+
+
+def test_only_the_uri_gives_every_default():
+    m = one("nx-a.invalid")
+    assert m.uri == "ssh://nx-a.invalid"
+    assert m.systems == (SYSTEM,)
+    assert m.ssh_key is None
+    assert m.max_jobs == 1
+    assert m.speed_factor == 1.0
+    assert m.supported_features == frozenset()
+    assert m.mandatory_features == frozenset()
+    assert m.public_host_key is None
+    assert m.enabled
+    assert m.name == "nx-a.invalid"
+
+
+def test_dash_in_every_column_is_the_default():
+    assert dataclasses.replace(one("nx-a.invalid - - - - - - -"), source="") == dataclasses.replace(
+        one("nx-a.invalid"), source=""
+    )
+
+
+def test_default_system_is_the_callers_system():
+    machines, _ = parse_machines("nx-a.invalid", source="m", system="aarch64-linux")
+    assert machines[0].systems == ("aarch64-linux",)
+
+
+def test_all_eight_columns():
+    m = one(
+        f"root@nx-a.invalid i686-linux,x86_64-linux /k 4 3 kvm,big-parallel benchmark {KEY_B64}"
+    )
+    assert (m.user, m.host, m.port) == ("root", "nx-a.invalid", None)
+    assert m.systems == ("i686-linux", "x86_64-linux")
+    assert m.ssh_key == "/k"
+    assert (m.max_jobs, m.speed_factor) == (4, 3.0)
+    assert m.supported_features == {"kvm", "big-parallel"}
+    assert m.mandatory_features == {"benchmark"}
+    assert m.public_host_key == KEY_LINE
+    assert m.ssh_destination() == "root@nx-a.invalid"
+
+
+def test_extra_columns_are_ignored():
+    assert one("nx-a.invalid - - 2 - - - - surplus words").max_jobs == 2
+
+
+def test_speed_factor_zero_becomes_one():
+    assert one("nx-a.invalid - - 1 0").speed_factor == 1.0
+
+
+def test_empty_system_list_is_not_the_default():
+    # "," tokenizes to no systems at all; only "builtin" derivations can go there.
+    m = one("nx-a.invalid ,")
+    assert m.systems == ()
+    assert m.supports("builtin", [])
+    assert not m.supports(SYSTEM, [])
+
+
+@pytest.mark.parametrize(
+    ("raw", "uri", "scheme", "host"),
+    [
+        ("nx-a.invalid", "ssh://nx-a.invalid", "ssh", "nx-a.invalid"),
+        ("ssh://nx-a.invalid", "ssh://nx-a.invalid", "ssh", "nx-a.invalid"),
+        ("ssh-ng://u@nx-a.invalid", "ssh-ng://u@nx-a.invalid", "ssh-ng", "nx-a.invalid"),
+        ("local", "local", "local", None),
+        ("daemon", "daemon", "daemon", None),
+        ("auto", "auto", "auto", None),
+        ("local?root=/tmp/r", "local?root=/tmp/r", "local", None),
+        ("?root=/tmp/r", "?root=/tmp/r", "auto", None),
+        ("/tmp/chroot-store", "/tmp/chroot-store", "path", None),
+        ("nx-a.invalid?compress=true", "ssh://nx-a.invalid?compress=true", "ssh", "nx-a.invalid"),
+    ],
+)
+def test_store_uri_normalisation(raw, uri, scheme, host):
+    m = one(raw)
+    assert (m.uri, m.scheme, m.host) == (uri, scheme, host)
+
+
+def test_query_parameters_and_column_precedence():
+    m = one("ssh://nx-a.invalid?ssh-key=/from-uri&compress=true&remote-program=/bin/ns&flag")
+    assert dict(m.params) == {
+        "ssh-key": "/from-uri",
+        "compress": "true",
+        "remote-program": "/bin/ns",
+    }
+    assert m.ssh_key == "/from-uri"
+    # The machines-file column wins over the URI's parameter (machines.cc std::map insert).
+    assert one("ssh://nx-a.invalid?ssh-key=/from-uri - /from-column").ssh_key == "/from-column"
+
+
+def test_host_key_from_uri_parameter():
+    m = one(f"ssh://nx-a.invalid?base64-ssh-public-host-key={KEY_B64.rstrip('=')}")
+    assert m.public_host_key == KEY_LINE
+
+
+def test_host_port_and_ipv6():
+    m = one("ssh://root@nx-a.invalid:2222")
+    assert (m.host, m.port, m.user) == ("nx-a.invalid", 2222, "root")
+    assert m.uri == "ssh://root@nx-a.invalid:2222"
+    v6 = one("ssh://[::1]:22")
+    assert (v6.host, v6.port) == ("::1", 22)
+
+
+def test_float_speed_factor_is_accepted():
+    # 2.8 rejects "1.5"; Nix >= 2.20 (and offload) accept it.
+    assert one("nx-a.invalid - - 1 1.5").speed_factor == 1.5
+
+
+def test_mandatory_features_also_count_as_supported():
+    m = one("nx-a.invalid - - 1 1 big-parallel benchmark")
+    assert m.supports(SYSTEM, ["benchmark"])
+    assert m.supports(SYSTEM, ["benchmark", "big-parallel"])
+
+
+def test_selection_rule_matches_nix_protocols_5_1_table():
+    mand = one("mand - - 1 1 big-parallel benchmark")
+    plain = one("plain - - 1 1 kvm")
+    cases = {
+        (): (False, True),
+        ("benchmark",): (True, False),
+        ("big-parallel",): (False, False),
+        ("benchmark", "kvm"): (False, False),
+    }
+    for required, expected in cases.items():
+        assert (mand.supports(SYSTEM, required), plain.supports(SYSTEM, required)) == expected
+    assert mand.supports("builtin", ["benchmark"])
+    assert not plain.supports("aarch64-linux", [])
+
+
+# --- separators, comments, and the 2.8 quirks (6.1) ----------------------------------------------
+
+
+def test_semicolons_and_newlines_separate_entries():
+    text = "m1; m2\nm3 ;; m4\n"
+    assert [m.host for m in parse(text)] == ["m1", "m2", "m3", "m4"]
+
+
+def test_quirk1_blank_and_indented_lines_are_skipped():
+    # 2.8 discards trim()'s result: these lines crash its hook ("store URL was not found").
+    text = "m1\n   \n\t\n  # indented comment\n   m2 x86_64-linux\n"
+    assert [m.host for m in parse(text)] == ["m1", "m2"]
+
+
+def test_quirk1_indented_include_is_still_an_include():
+    files = {"/etc/nix/inc": "m2\n"}
+    machines = parse("  @/etc/nix/inc\nm3", read_file=files.get)
+    assert [m.host for m in machines] == ["m2", "m3"]
+
+
+def test_quirk2_semicolon_inside_a_comment_is_comment_text():
+    # 2.8 splits on ';' first and made a machine ssh://m5-from-comment of this line.
+    assert [m.host for m in parse("m4 x86_64-linux # c; m5-from-comment")] == ["m4"]
+
+
+def test_comment_after_fields_and_full_line_comment():
+    machines = parse("# header\nm1 - - 3 # three jobs\n#m2\n")
+    assert [(m.host, m.max_jobs) for m in machines] == [("m1", 3)]
+
+
+def test_tokenizing_uses_nix_blanks_only():
+    # Nix splits on space, tab, CR, LF; a vertical tab stays inside the token.
+    m = one("m1\tx86_64-linux\r")
+    assert m.systems == ("x86_64-linux",)
+    assert one("m\x0bx").host == "m\x0bx"
+
+
+def test_sources_carry_file_and_line():
+    machines = parse("m1\n\nm2; m3\n")
+    assert [m.source for m in machines] == ["machines:1", "machines:3", "machines:3"]
+    cli, _ = parse_machines("m1; m2", source="--builders", system=SYSTEM)
+    assert [m.source for m in cli] == ["--builders", "--builders"]
+
+
+# --- includes -----------------------------------------------------------------------------------
+
+
+def test_includes_are_spliced_in_place_recursively():
+    files = {
+        "/etc/nix/a": "a1\n@/etc/nix/b\na2\n",
+        "/etc/nix/b": "b1 ; b2",
+    }
+    machines = parse("m0\n@/etc/nix/a\nm9", read_file=files.get)
+    assert [m.host for m in machines] == ["m0", "a1", "b1", "b2", "a2", "m9"]
+    assert [m.source for m in machines][1:5] == [
+        "/etc/nix/a:1",
+        "/etc/nix/b:1",
+        "/etc/nix/b:1",
+        "/etc/nix/a:3",
+    ]
+
+
+def test_relative_include_is_relative_to_the_including_file(tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (tmp_path / "top").write_text("@sub/inner\n")
+    (sub / "inner").write_text("@deeper\n")
+    (sub / "deeper").write_text("m-deep\n")
+    machines = parse("@top", base_dir=tmp_path)
+    assert [m.host for m in machines] == ["m-deep"]
+    assert machines[0].source == f"{sub}/deeper:1"
+
+
+def test_missing_include_is_a_warning():
+    machines, warnings = parse_machines(
+        "m1\n@/nonexistent/machines\nm2", source="f", system=SYSTEM, read_file=lambda _: None
+    )
+    assert [m.host for m in machines] == ["m1", "m2"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("f:2: ")
+    assert "/nonexistent/machines" in warnings[0]
+
+
+def test_unreadable_include_is_an_error(tmp_path):
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    with pytest.raises(ConfigError, match=r"^f:1: cannot read machines file .*a-directory"):
+        parse_machines(f"@{directory}", source="f", system=SYSTEM)
+
+
+def test_include_loop_is_an_error_naming_the_chain():
+    files = {"/a": "@/b\n", "/b": "m\n@/a\n"}
+    with pytest.raises(ConfigError) as info:
+        parse("@/a", read_file=files.get)
+    assert info.value.message.startswith("/b:2: @/a includes itself (/a -> /b -> /a)")
+
+
+def test_self_include_and_diamond():
+    with pytest.raises(ConfigError, match="includes itself"):
+        parse("@/a", read_file={"/a": "@/a"}.get)
+    # The same file twice, not nested, is not a loop.
+    files = {"/a": "@/c\n@/c\n", "/c": "m"}
+    assert [m.host for m in parse("@/a", read_file=files.get)] == ["m", "m"]
+
+
+def test_empty_include_name_is_an_error():
+    with pytest.raises(ConfigError, match=r"^machines:1: '@' needs a file name"):
+        parse("@  ", read_file=no_includes)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("m - - two", "machines:1: column 4 (maxJobs): 'two' is not a whole number of jobs"),
+        ("m - - -1", "machines:1: column 4 (maxJobs): '-1' is not a whole number of jobs"),
+        ("m - - 4294967296", "column 4 (maxJobs): '4294967296' is not a whole number"),
+        ("m - - 1 fast", "machines:1: column 5 (speedFactor): 'fast' is not a number"),
+        ("m - - 1 nan", "column 5 (speedFactor): 'nan' is not a number"),
+        ("m - - 1 -2", "column 5 (speedFactor): '-2' is not a number"),
+        ("m - - 1 1 - - !!!", "machines:1: column 8 (publicHostKey): '!!!' is not valid base64"),
+        ("- x86_64-linux", "machines:1: column 1 (storeUri): a store URI is required"),
+        ("ssh://", "column 1 (storeUri): no host name in 'ssh://'"),
+        ("ssh://@h", "column 1 (storeUri): empty user name"),
+        ("ssh://h:0", "column 1 (storeUri): '0' is not a port number"),
+        ("ssh://h:99999", "column 1 (storeUri): '99999' is not a port number"),
+        ("ssh://h:ssh", "column 1 (storeUri): 'ssh' is not a port number"),
+    ],
+)
+def test_error_messages_name_file_line_and_column(line, message):
+    with pytest.raises(ConfigError) as info:
+        parse(line)
+    assert message in info.value.message
+    assert "\n" not in info.value.message
+    assert info.value.hint is not None
+
+
+def test_error_line_number_counts_comments_and_blanks():
+    with pytest.raises(ConfigError, match=r"^machines:4: column 5 \(speedFactor\): 'fast'"):
+        parse("# c\n\nm1\nm2 - - 1 fast\n")
+
+
+def test_host_key_must_be_an_ssh_key_line():
+    not_a_key = base64.b64encode(b"hello world").decode()
+    with pytest.raises(ConfigError, match=r"column 8 \(publicHostKey\).*ssh public key line"):
+        parse(f"m - - - - - - {not_a_key}")
+    wrong_blob = base64.b64encode(
+        f"ssh-ed25519 {_key_line('ssh-rsa').split()[1]}".encode()
+    ).decode()
+    with pytest.raises(ConfigError, match="not of type ssh-ed25519"):
+        parse(f"m - - - - - - {wrong_blob}")
+
+
+def test_host_key_padding_is_optional_like_nix():
+    assert decode_host_key(KEY_B64.rstrip("=")) == KEY_LINE
+
+
+# --- printing -----------------------------------------------------------------------------------
+
+
+def _strip(machines: list[Machine]) -> list[Machine]:
+    return [dataclasses.replace(m, source="") for m in machines]
+
+
+def test_printed_file_is_safe_for_nix_2_8():
+    text = "\n".join(
+        [
+            "  root@nx-a.invalid:2222 x86_64-linux /k 4 1.5 kvm - " + KEY_B64,
+            "nx-b.invalid ; nx-c.invalid - - 2 3 # c; d",
+        ]
+    )
+    printed = format_machines(parse(text))
+    for line in printed.splitlines():
+        assert line.strip()
+        assert line == line.strip()
+        assert ";" not in line
+        if not line.startswith("#"):
+            assert "#" not in line
+            speed = line.split()[4]
+            assert re.fullmatch(r"[0-9]+", speed)
+    assert ":2222" not in printed.replace("port 2222", "")
+    assert "port 2222 of nx-a.invalid dropped" in printed
+    reparsed = parse(printed)
+    assert [(m.host, m.port, m.speed_factor) for m in reparsed] == [
+        ("nx-a.invalid", None, 2.0),
+        ("nx-b.invalid", None, 1.0),
+        ("nx-c.invalid", None, 3.0),
+    ]
+    assert reparsed[0].public_host_key == KEY_LINE
+
+
+def test_newer_nix_output_keeps_ports_and_fractions():
+    machines = parse("root@nx-a.invalid:2222 - - 1 1.5")
+    assert _strip(parse(format_machines(machines, nix28=False))) == _strip(machines)
+
+
+def test_printer_refuses_what_the_format_cannot_say():
+    machine = one("m")
+    with pytest.raises(ConfigError, match="cannot go in a machines file"):
+        format_machines([dataclasses.replace(machine, ssh_key="/path with space")])
+    with pytest.raises(ConfigError, match="cannot go in a machines file"):
+        format_machines([dataclasses.replace(machine, supported_features=frozenset({"a#b"}))])
+
+
+def test_machine_from_columns_validates_tokens():
+    m = machine_from_columns(["ssh://h", "x86_64-linux", None, "2"], source="t", system=SYSTEM)
+    assert (m.uri, m.max_jobs) == ("ssh://h", 2)
+    with pytest.raises(ConfigError, match=r"^t: column 3 \(sshKey\)"):
+        machine_from_columns(["h", None, "a b"], source="t", system=SYSTEM)
+    with pytest.raises(ConfigError, match="@include"):
+        machine_from_columns(["@h"], source="t", system=SYSTEM)
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+_word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12)
+_safe_word = _word.filter(lambda w: w != "-" and not w.startswith("."))
+_host = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z0-9-]{1,8}){0,2}", fullmatch=True)
+_feature = st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True)
+_system = st.sampled_from(["x86_64-linux", "aarch64-linux", "i686-linux", "x86_64-darwin"])
+
+
+@st.composite
+def machine_lines(draw: st.DrawFn) -> str:
+    scheme = draw(st.sampled_from(["", "ssh://", "ssh-ng://"]))
+    user = draw(st.one_of(st.none(), st.from_regex(r"[a-z_][a-z0-9_]{0,6}", fullmatch=True)))
+    host = draw(_host)
+    port = draw(st.one_of(st.none(), st.integers(1, 65535)))
+    params = draw(st.dictionaries(_feature, _safe_word, max_size=3))
+    if scheme == "" and port is not None:
+        scheme = "ssh://"
+    uri = scheme + (f"{user}@" if user else "") + host + (f":{port}" if port else "")
+    if params:
+        uri += "?" + "&".join(f"{k}={v}" for k, v in params.items())
+    columns = [
+        uri,
+        draw(st.one_of(st.just("-"), st.lists(_system, min_size=1, max_size=3).map(",".join))),
+        draw(st.one_of(st.just("-"), _safe_word.map(lambda w: f"/keys/{w}"))),
+        draw(st.one_of(st.just("-"), st.integers(0, 64).map(str))),
+        draw(
+            st.one_of(
+                st.just("-"),
+                st.integers(0, 100).map(str),
+                st.floats(0.1, 100, allow_nan=False).map(lambda f: f"{f:.3f}"),
+            )
+        ),
+        draw(st.one_of(st.just("-"), st.lists(_feature, min_size=1, max_size=3).map(",".join))),
+        draw(st.one_of(st.just("-"), st.lists(_feature, min_size=1, max_size=2).map(",".join))),
+        draw(
+            st.one_of(
+                st.just("-"),
+                st.binary(min_size=32, max_size=32).map(
+                    lambda b: base64.b64encode(_key_line(body=b).encode()).decode()
+                ),
+            )
+        ),
+    ]
+    return " ".join(columns[: draw(st.integers(1, 8))])
+
+
+@given(st.lists(machine_lines(), min_size=0, max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_print_then_parse_gives_the_same_pool(lines):
+    machines = parse("\n".join(lines))
+    assert _strip(parse(format_machines(machines, nix28=False))) == _strip(machines)
+
+
+@given(st.lists(machine_lines(), min_size=0, max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_nix28_printing_changes_only_ports_and_fractions(lines):
+    machines = parse("\n".join(lines))
+    printed = format_machines(machines)
+    expected = [
+        dataclasses.replace(
+            m,
+            source="",
+            port=None,
+            speed_factor=float(max(1, round(m.speed_factor))),
+            uri=re.sub(r":[0-9]+(?=$|\?)", "", m.uri),
+        )
+        for m in machines
+    ]
+    assert _strip(parse(printed)) == expected
+    assert all(line and line == line.strip(" \t") for line in printed.splitlines())
+
+
+_nasty = st.one_of(
+    st.text(),
+    st.text(alphabet=st.characters(max_codepoint=0x7F)),
+    st.text(alphabet=" \t\r\n;#@-,:/?=&[]0123456789abc.+eE"),
+    st.binary().map(lambda b: b.decode("utf-8", errors="surrogateescape")),
+    st.lists(machine_lines()).map("\n".join),
+    st.builds(lambda a, n: a * n, st.text(min_size=1, max_size=5), st.integers(1000, 20000)),
+)
+
+
+@given(_nasty, st.dictionaries(st.sampled_from(["/a", "/b", "x", "/c"]), _nasty, max_size=3))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_no_input_raises_anything_but_config_error(text, files):
+    result = _config_result(
+        lambda: parse_machines(text, source="fuzz", system=SYSTEM, read_file=files.get)
+    )
+    if isinstance(result, ConfigError):
+        assert result.message
+        assert "\n" not in result.message
+        return
+    machines, warnings = result
+    assert all(isinstance(w, str) for w in warnings)
+    for machine in machines:
+        assert machine.max_jobs >= 0
+        assert machine.speed_factor > 0
+        # Whatever parses prints back to itself, or is refused with a ConfigError.
+        printed = _config_result(partial(format_machines, [machine], nix28=False))
+        if isinstance(printed, str):
+            assert _strip(parse(printed)) == _strip([machine])
+
+
+def _config_result(func: Callable[[], T]) -> T | ConfigError:
+    try:
+        return func()
+    except ConfigError as exc:
+        return exc
+
+
+# --- a file as people write it (tests/fixtures/machines) -----------------------------------------
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "machines"
+
+
+def test_fixture_machines_file():
+    path = FIXTURES / "machines"
+    machines, warnings = parse_machines(
+        path.read_text(), source=str(path), system=SYSTEM, base_dir=FIXTURES
+    )
+    assert [(m.name, m.user, m.port, m.max_jobs, m.speed_factor) for m in machines] == [
+        ("nx-fix-a.invalid", "root", None, 8, 4.0),
+        ("nx-fix-b.invalid", "builder", None, 4, 2.0),
+        ("nx-fix-c.invalid", None, None, 1, 1.0),
+        ("nx-fix-d.invalid", None, 2222, 2, 1.5),
+    ]
+    assert machines[0].ssh_key == "/root/.ssh/id_builder"
+    assert machines[1].uri == "ssh-ng://builder@nx-fix-b.invalid?compress=true"
+    assert machines[1].systems == ("aarch64-linux",)
+    assert machines[2].supports(SYSTEM, ["benchmark"])
+    assert not machines[2].supports(SYSTEM, [])
+    assert [m.source for m in machines] == [
+        f"{path}:4",
+        f"{path}:6",
+        f"{path}:7",
+        f"{FIXTURES}/more.machines:1",
+    ]
+    assert len(warnings) == 1
+    assert f"{FIXTURES}/does-not-exist.machines does not exist" in warnings[0]

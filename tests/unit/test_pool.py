@@ -1,0 +1,324 @@
+"""The effective pool, selection for one run, and conversions (config/pool.py)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import tomllib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from offload.config.machines import Machine, parse_machines
+from offload.config.pool import (
+    Pool,
+    apply_toml,
+    load_pool,
+    machines_from_nixos,
+    pool_to_nix,
+    pool_to_nixos,
+    pool_to_toml,
+)
+from offload.config.settings import LocalMachine, NixSettings, parse_offload_toml
+from offload.errors import ConfigError
+
+SYSTEM = "x86_64-linux"
+LOCAL = LocalMachine(1.0, 2, (SYSTEM,), frozenset({"kvm"}))
+KEY_LINE = (
+    "ssh-ed25519 "
+    + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + b"\x07" * 32).decode()
+)
+KEY_B64 = base64.b64encode(KEY_LINE.encode()).decode()
+
+
+def machines(text: str) -> list[Machine]:
+    return parse_machines(text, source="m", system=SYSTEM)[0]
+
+
+def pool(text: str, toml: str | None = None) -> Pool:
+    found = machines(text)
+    if toml is not None:
+        found, _ = apply_toml(found, parse_offload_toml(toml, "o.toml"), system=SYSTEM)
+    return Pool(LOCAL, tuple(found), (), LOCAL)
+
+
+TOML = """
+[[machine]]
+host = "nx-a.invalid"
+name = "a"
+tags = ["fast"]
+[[machine]]
+host = "nx-b.invalid"
+tags = ["fast", "big"]
+[[machine]]
+uri = "ssh://nx-c.invalid"
+enabled = false
+"""
+SPEC = "nx-a.invalid; nx-b.invalid; nx-c.invalid; nx-d.invalid"
+
+
+def names(p: Pool) -> list[str]:
+    return (["local"] if p.local else []) + [m.name for m in p.machines]
+
+
+# --- select -------------------------------------------------------------------------------------
+
+
+def test_default_selection_drops_only_disabled_machines():
+    assert names(pool(SPEC, TOML).select()) == ["local", "a", "nx-b.invalid", "nx-d.invalid"]
+
+
+def test_on_keeps_only_named_machines_and_local_only_when_named():
+    p = pool(SPEC, TOML)
+    assert names(p.select(on=["a"])) == ["a"]
+    assert names(p.select(on=["a,local"])) == ["local", "a"]
+    assert names(p.select(on=["nx-a.invalid"])) == ["a"]  # the host also names it
+    assert names(p.select(on=["ssh://nx-d.invalid"])) == ["nx-d.invalid"]  # so does the URI
+
+
+def test_tags_select_every_tagged_machine():
+    p = pool(SPEC, TOML)
+    assert names(p.select(on=["@fast"])) == ["a", "nx-b.invalid"]
+    assert names(p.select(exclude=["@big"])) == ["local", "a", "nx-d.invalid"]
+
+
+def test_disabled_machine_is_used_only_when_named():
+    p = pool(SPEC, TOML)
+    assert names(p.select(on=["nx-c.invalid"])) == ["nx-c.invalid"]
+    assert names(p.select(on=["@fast", "nx-c.invalid"])) == ["a", "nx-b.invalid", "nx-c.invalid"]
+
+
+def test_exclude_and_local():
+    p = pool(SPEC, TOML)
+    assert names(p.select(exclude=["local", "a"])) == ["nx-b.invalid", "nx-d.invalid"]
+
+
+def test_j0_removes_local_and_jn_sets_or_restores_it():
+    p = pool(SPEC)
+    assert p.select(max_jobs=0).local is None
+    assert p.select(max_jobs=5).local == dataclasses.replace(LOCAL, max_jobs=5)
+    no_local = Pool(None, p.machines, (), LOCAL)  # Nix's max-jobs = 0
+    assert no_local.select().local is None
+    assert no_local.select(max_jobs=3).local == dataclasses.replace(LOCAL, max_jobs=3)
+    with pytest.raises(ConfigError, match="--on local, but the local machine builds nothing"):
+        p.select(on=["local"], max_jobs=0)
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        p.select(max_jobs=-1)
+
+
+def test_unknown_name_lists_known_names_and_tags():
+    with pytest.raises(ConfigError, match="no machine named 'nx-z'") as info:
+        pool(SPEC, TOML).select(on=["nx-z"])
+    assert info.value.hint == (
+        "known names: local, a, nx-b.invalid, nx-c.invalid, nx-d.invalid; tags: @big, @fast"
+    )
+    with pytest.raises(ConfigError, match="'@slow'"):
+        pool(SPEC, TOML).select(exclude=["@slow"])
+
+
+# --- offload.toml overlay -----------------------------------------------------------------------
+
+
+def test_toml_overlays_name_tags_port_enabled():
+    found = {
+        m.uri: m
+        for m in pool(SPEC, TOML + "[[machine]]\nhost='nx-d.invalid'\nport=2222\n").machines
+    }
+    a = found["ssh://nx-a.invalid"]
+    assert (a.name, a.tags, a.source) == ("a", frozenset({"fast"}), "m:1")
+    assert not found["ssh://nx-c.invalid"].enabled
+    d = found["ssh://nx-d.invalid"]
+    assert (d.port, d.uri) == (2222, "ssh://nx-d.invalid")  # Nix's URI (and lock names) unchanged
+
+
+def test_toml_uri_not_in_spec_defines_a_machine():
+    toml = f"""
+[[machine]]
+uri = "root@nx-new.invalid"
+name = "new"
+systems = ["aarch64-linux"]
+max-jobs = 6
+speed-factor = 2.5
+supported-features = ["kvm"]
+public-host-key = "{KEY_B64}"
+"""
+    (new,) = [m for m in pool("nx-a.invalid", toml).machines if m.name == "new"]
+    assert new.uri == "ssh://root@nx-new.invalid"
+    assert (new.systems, new.max_jobs, new.speed_factor) == (("aarch64-linux",), 6, 2.5)
+    assert new.public_host_key == KEY_LINE
+    assert new.source == "o.toml: [[machine]] #1"
+
+
+def test_toml_restating_nix_columns_overrides_with_a_warning():
+    toml = parse_offload_toml('[[machine]]\nhost = "nx-a.invalid"\nmax-jobs = 9\n', "o.toml")
+    result, warnings = apply_toml(machines("nx-a.invalid - - 2"), toml, system=SYSTEM)
+    assert result[0].max_jobs == 9
+    assert warnings == ["o.toml: [[machine]] #1: overrides max_jobs of m:1"]
+
+
+def test_toml_host_matching_nothing_is_an_error():
+    toml = parse_offload_toml('[[machine]]\nhost = "nx-typo.invalid"\n', "o.toml")
+    with pytest.raises(ConfigError, match=r"host 'nx-typo\.invalid' matches no machine") as info:
+        apply_toml(machines("nx-a.invalid"), toml, system=SYSTEM)
+    assert "nx-a.invalid" in (info.value.hint or "")
+
+
+def test_duplicate_names_warn():
+    toml = parse_offload_toml('[[machine]]\nhost = "nx-b.invalid"\nname = "nx-a.invalid"\n', "o")
+    _, warnings = apply_toml(machines("nx-a.invalid; nx-b.invalid"), toml, system=SYSTEM)
+    assert len(warnings) == 1
+    assert "name 'nx-a.invalid' is also ssh://nx-a.invalid" in warnings[0]
+
+
+# --- load_pool ----------------------------------------------------------------------------------
+
+
+def test_load_pool_end_to_end(tmp_path):
+    (tmp_path / "machines").write_text("nx-a.invalid - - 4\n@missing\n")
+    config = tmp_path / "offload.toml"
+    config.write_text('[local]\nspeed-factor = 3\n[[machine]]\nhost = "nx-a.invalid"\nname = "a"\n')
+    nix = NixSettings({"builders": f"@{tmp_path}/machines", "max-jobs": "0", "system": SYSTEM})
+    p = load_pool(builders=None, config=config, env={}, nix_settings=nix)
+    assert p.local is None  # Nix's max-jobs = 0
+    assert p.select(max_jobs=2).local == LocalMachine(
+        3.0, 2, (SYSTEM,), frozenset(nix.words("system-features"))
+    )
+    assert [(m.name, m.max_jobs, m.source) for m in p.machines] == [
+        ("a", 4, f"{tmp_path}/machines:1")
+    ]
+    missing = f"{tmp_path}/machines:2: machines file {tmp_path}/missing does not exist"
+    assert p.warnings == (f"{missing}; skipped, as Nix does",)
+
+
+def test_load_pool_cli_builders_win(tmp_path):
+    nix = NixSettings({"builders": "nx-conf.invalid", "max-jobs": "1", "system": SYSTEM})
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    p = load_pool(builders="nx-cli.invalid", config=None, env=env, nix_settings=nix)
+    assert [(m.name, m.source) for m in p.machines] == [("nx-cli.invalid", "--builders")]
+
+
+# --- conversions --------------------------------------------------------------------------------
+
+
+def _strip(ms: tuple[Machine, ...] | list[Machine]) -> list[Machine]:
+    return [dataclasses.replace(m, source="") for m in ms]
+
+
+FULL = f"""
+root@nx-a.invalid:2222 x86_64-linux,i686-linux /k 4 1.5 kvm,big-parallel benchmark {KEY_B64}
+ssh-ng://nx-b.invalid?compress=true - - 0
+local - - 2
+/tmp/chroot
+"""
+
+
+def test_toml_round_trip_keeps_everything():
+    p = pool(
+        FULL, '[[machine]]\nhost = "nx-b.invalid"\nname = "b"\ntags = ["x"]\nenabled = false\n'
+    )
+    text = pool_to_toml(p)
+    tomllib.loads(text)
+    back, warnings = apply_toml([], parse_offload_toml(text, "t"), system=SYSTEM)
+    assert warnings == []
+    assert _strip(back) == _strip(p.machines)
+
+
+def test_toml_round_trip_of_the_local_entry():
+    text = pool_to_toml(Pool(LocalMachine(2.5, 3, ("a-b", "c-d"), frozenset({"f"})), ()))
+    local = parse_offload_toml(text, "t").local
+    assert local is not None
+    assert (local.speed_factor, local.max_jobs, local.systems, local.features) == (
+        2.5,
+        3,
+        ("a-b", "c-d"),
+        frozenset({"f"}),
+    )
+
+
+def test_nixos_json_defaults_follow_the_module():
+    ms = machines_from_nixos(
+        [
+            {"hostName": "nx-a.invalid", "sshUser": "root", "system": "aarch64-linux"},
+            {"hostName": "local", "protocol": None, "maxJobs": 3, "speedFactor": 2},
+            {
+                "hostName": "nx-b.invalid",
+                "protocol": "ssh-ng",
+                "systems": [],
+                "supportedFeatures": ["kvm"],
+                "mandatoryFeatures": ["benchmark"],
+                "publicHostKey": KEY_B64,
+                "sshKey": "/k",
+            },
+        ],
+        source="b.nix",
+        system=SYSTEM,
+    )
+    assert [m.uri for m in ms] == ["ssh://root@nx-a.invalid", "local", "ssh-ng://nx-b.invalid"]
+    assert ms[0].systems == ("aarch64-linux",)
+    assert (ms[1].max_jobs, ms[1].speed_factor) == (3, 2.0)
+    assert ms[2].systems == (SYSTEM,)
+    assert ms[2].public_host_key == KEY_LINE
+    assert ms[2].ssh_key == "/k"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "expected a list of machines"),
+        ([3], "machine #1: expected an attribute set"),
+        ([{"maxJobs": 1}], "hostName is required"),
+        ([{"hostName": "h", "maxJobs": "2"}], "maxJobs must be a whole number"),
+        ([{"hostName": "h", "speedFactor": True}], "speedFactor must be a number"),
+        ([{"hostName": "h", "systems": "x86_64-linux"}], "systems must be a list of strings"),
+        ([{"hostName": "h h"}], "cannot be said in Nix's machines format"),
+    ],
+)
+def test_nixos_json_errors(data, message):
+    with pytest.raises(ConfigError, match=message):
+        machines_from_nixos(data, source="b.nix", system=SYSTEM)
+
+
+def test_nixos_output_shape():
+    text = pool_to_nixos(pool(FULL))
+    assert 'hostName = "nx-a.invalid";' in text
+    assert 'sshUser = "root";' in text
+    assert "port 2222 of nx-a.invalid dropped" in text
+    assert 'protocol = "ssh-ng";' in text
+    assert 'hostName = "nx-b.invalid?compress=true";' in text
+    assert 'hostName = "local";\n    protocol = null;' in text
+    assert f'publicHostKey = "{KEY_B64}";' in text
+
+
+def test_nix_output_reparses():
+    p = pool("nx-a.invalid - - 2 3 kvm")
+    back = machines(pool_to_nix(p))
+    assert _strip(back) == _strip(p.machines)
+
+
+_name = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _name,
+            st.one_of(st.none(), st.integers(1, 65535)),
+            st.integers(0, 16),
+            st.floats(0.5, 50, allow_nan=False),
+            st.frozensets(_name, max_size=3),
+            st.booleans(),
+        ),
+        max_size=5,
+        unique_by=lambda t: t[0],
+    )
+)
+@settings(max_examples=100, deadline=None)
+def test_toml_round_trip_property(entries):
+    found = []
+    for host, port, jobs, speed, tags, enabled in entries:
+        (m,) = machines(f"{host}.invalid{f':{port}' if port else ''} - - {jobs} {speed!r}")
+        found.append(dataclasses.replace(m, tags=tags, enabled=enabled))
+    p = Pool(None, tuple(found))
+    back, _ = apply_toml([], parse_offload_toml(pool_to_toml(p), "t"), system=SYSTEM)
+    assert _strip(back) == _strip(p.machines)
