@@ -1,0 +1,136 @@
+"""`offload simulate DAG.json`: run the scheduler on a fake clock and compare with the bound.
+
+Machines are given as ``name:speed:slots[:supported[:mandatory]]`` separated by commas, with
+features joined by ``+`` (``big:4:2:big-parallel+kvm``). Without a features field a machine
+supports every feature the graph asks for; every machine builds every system the graph names,
+so only explicit features restrict placement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from offload.errors import ConfigError
+from offload.scheduler.dag import Job
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.simulate import SimResult, simulate
+
+__all__ = ["DEFAULT_MACHINES", "jobs_from_dag", "parse_machines", "register", "run"]
+
+DEFAULT_MACHINES = "local:1:2,fast:4:2,medium:2:2,slow:1:2"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "simulate",
+        help="simulate scheduling a DAG file on imaginary machines",
+        description="Schedule a DAG file (design.md format) on simulated machines and print the "
+        "makespan next to the lower bound max(critical path / fastest, work / capacity).",
+    )
+    parser.add_argument("dag", type=Path, metavar="DAG.json", help="the graph to schedule")
+    parser.add_argument(
+        "--machines",
+        default=DEFAULT_MACHINES,
+        metavar="SPEC",
+        help="name:speed:slots[:features[:mandatory]],... (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="sigma of a log-normal actual/estimate factor per job (default 0: exact)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for --noise")
+    parser.add_argument("--no-speculation", action="store_true", help="never copy running jobs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    parser.set_defaults(func=run)
+
+
+def _features(text: str) -> frozenset[str]:
+    return frozenset(f for f in text.split("+") if f)
+
+
+def parse_machines(
+    spec: str, *, systems: frozenset[str], features: frozenset[str]
+) -> list[MachineSlotSpec]:
+    machines: list[MachineSlotSpec] = []
+    for raw in spec.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        fields = item.split(":")
+        if not 3 <= len(fields) <= 5 or not fields[0]:
+            raise ConfigError(
+                f"--machines: {item!r} is not name:speed:slots[:features[:mandatory]]",
+                hint=f"for example {DEFAULT_MACHINES}",
+            )
+        name, speed_text, slots_text = fields[:3]
+        try:
+            speed = float(speed_text)
+            slots = int(slots_text)
+        except ValueError:
+            raise ConfigError(
+                f"--machines: {item!r}: speed must be a number and slots an integer"
+            ) from None
+        if not math.isfinite(speed) or speed <= 0 or slots < 0:
+            raise ConfigError(f"--machines: {item!r}: speed must be > 0 and slots >= 0")
+        supported = _features(fields[3]) if len(fields) > 3 else features
+        mandatory = _features(fields[4]) if len(fields) > 4 else frozenset()
+        machines.append(MachineSlotSpec(name, speed, slots, systems, supported, mandatory))
+    if not machines:
+        raise ConfigError("--machines: no machines given")
+    names = [m.name for m in machines]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--machines: duplicate machine names in {spec!r}")
+    if not any(m.slots for m in machines):
+        raise ConfigError("--machines: no machine has a slot")
+    return machines
+
+
+def jobs_from_dag(path: Path) -> list[Job]:
+    from offload.dagfile import load_dag
+
+    dag = load_dag(path)
+    return [
+        Job(node.name, node.work, node.deps, node.system or "builtin", node.features)
+        for node in dag.nodes
+    ]
+
+
+def _print_text(result: SimResult) -> None:
+    ratio = f"{result.ratio:.3f}x" if result.ratio is not None else "n/a"
+    print(f"makespan     {result.makespan:10.2f} s")
+    print(f"lower bound  {result.lower_bound:10.2f} s   (ratio {ratio})")
+    print(
+        f"critical path{result.critical_path:10.2f} s of work, total work {result.total_work:.2f} s"
+    )
+    if result.speculations:
+        print(f"speculation  {result.speculations} copies started, {result.cancelled} cancelled")
+    if result.failed or result.skipped:
+        print(f"failed {len(result.failed)}, skipped {len(result.skipped)}")
+    print()
+    print(f"{'machine':<16} {'speed':>6} {'slots':>5} {'built':>6} {'busy s':>10} {'util':>6}")
+    for m in result.machines:
+        capacity = result.makespan * m.slots
+        util = f"{100 * m.busy / capacity:5.1f}%" if capacity > 0 else "    -"
+        print(f"{m.name:<16} {m.speed:>6g} {m.slots:>5} {m.built:>6} {m.busy:>10.2f} {util:>6}")
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs = jobs_from_dag(args.dag)
+    systems = frozenset(job.system for job in jobs)
+    features = frozenset(f for job in jobs for f in job.required_features)
+    machines = parse_machines(args.machines, systems=systems, features=features)
+    if args.noise < 0 or not math.isfinite(args.noise):
+        raise ConfigError("--noise must be a non-negative number")
+    result = simulate(
+        jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation
+    )
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=None))
+    else:
+        _print_text(result)
+    return 0

@@ -1,0 +1,263 @@
+"""The job graph: pure bookkeeping of what is waiting, ready, running, done, failed or skipped.
+
+A ``Job`` is the scheduler's own minimal view of a derivation: an id, an estimated amount of
+work (seconds on a machine of speed 1), the ids it depends on, and what it needs of a machine
+(system and required features). Real derivations and DAG files are both turned into jobs.
+
+``JobGraph`` holds the states and moves jobs between them::
+
+    PENDING --(last dep done)--> READY --started--> RUNNING --done--> DONE
+                                   ^                   |    --failed-> FAILED
+                                   +----returned-------+           (dependents -> SKIPPED)
+
+A failed job is final (Nix builds are deterministic, so it is not retried); every job that
+transitively depends on it becomes SKIPPED, and the skipped ids are returned so the caller can
+report them. Independent work stays unaffected. A job returned to READY is one whose machine
+went away mid-build.
+
+Each job's *remaining critical path* is the longest sum of work estimates on a path from the job
+(included) to a sink. It is computed once in reverse topological order; when an estimate changes
+only the ancestors whose value actually changes are revisited.
+
+Everything is indexed by integers internally and is O(nodes + edges) overall.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from offload.errors import SchedulerError
+
+__all__ = ["Job", "JobGraph", "JobState"]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One unit of work. ``system == "builtin"`` runs anywhere, as in Nix."""
+
+    id: str
+    work_estimate: float
+    deps: tuple[str, ...] = ()
+    system: str = "builtin"
+    required_features: frozenset[str] = field(default_factory=frozenset)
+
+
+class JobState(enum.Enum):
+    PENDING = "pending"
+    READY = "ready"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+_PENDING = JobState.PENDING
+_READY = JobState.READY
+_RUNNING = JobState.RUNNING
+_DONE = JobState.DONE
+_FAILED = JobState.FAILED
+_SKIPPED = JobState.SKIPPED
+
+
+class JobGraph:
+    """The dependency graph of the jobs still to run, with their states."""
+
+    def __init__(self, jobs: Iterable[Job]) -> None:
+        self._jobs: list[Job] = list(jobs)
+        index: dict[str, int] = {}
+        for i, job in enumerate(self._jobs):
+            if job.id in index:
+                raise SchedulerError(f"job {job.id!r} appears twice in the graph")
+            if job.work_estimate < 0:
+                raise SchedulerError(f"job {job.id!r} has a negative work estimate")
+            index[job.id] = i
+        self._index = index
+        n = len(self._jobs)
+        deps: list[list[int]] = [[] for _ in range(n)]
+        dependents: list[list[int]] = [[] for _ in range(n)]
+        for i, job in enumerate(self._jobs):
+            seen: set[int] = set()
+            for dep in job.deps:
+                j = index.get(dep)
+                if j is None:
+                    raise SchedulerError(
+                        f"job {job.id!r} depends on {dep!r}, which is not in the graph",
+                        hint="a dependency that is already built must be left out of deps",
+                    )
+                if j in seen:
+                    continue
+                seen.add(j)
+                deps[i].append(j)
+                dependents[j].append(i)
+        self._deps = deps
+        self._dependents = dependents
+        self._order = self._topological_order()
+        self._work = [job.work_estimate for job in self._jobs]
+        self._cp = [0.0] * n
+        for i in reversed(self._order):
+            self._cp[i] = self._work[i] + max((self._cp[d] for d in dependents[i]), default=0.0)
+        self._waiting = [len(d) for d in deps]
+        self._state = [_READY if not d else _PENDING for d in deps]
+        self._counts = dict.fromkeys(JobState, 0)
+        self._counts[_READY] = sum(1 for d in deps if not d)
+        self._counts[_PENDING] = n - self._counts[_READY]
+
+    def _topological_order(self) -> list[int]:
+        waiting = [len(d) for d in self._deps]
+        queue = deque(i for i, w in enumerate(waiting) if w == 0)
+        order: list[int] = []
+        while queue:
+            i = queue.popleft()
+            order.append(i)
+            for d in self._dependents[i]:
+                waiting[d] -= 1
+                if waiting[d] == 0:
+                    queue.append(d)
+        if len(order) != len(self._jobs):
+            raise SchedulerError(
+                "dependency cycle: " + " -> ".join(self._find_cycle(waiting)),
+                hint="a derivation graph is acyclic; check the DAG file's deps",
+            )
+        return order
+
+    def _find_cycle(self, waiting: Sequence[int]) -> list[str]:
+        # Every node left with waiting > 0 has a dep that is also left: walking deps must loop.
+        start = next(i for i, w in enumerate(waiting) if w > 0)
+        position: dict[int, int] = {}
+        path: list[int] = []
+        node = start
+        while node not in position:
+            position[node] = len(path)
+            path.append(node)
+            node = next(d for d in self._deps[node] if waiting[d] > 0)
+        cycle = path[position[node] :]
+        # Printed in build order: each job is followed by one that depends on it.
+        names = [self._jobs[i].id for i in reversed(cycle)]
+        return [*names, names[0]]
+
+    # Queries
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._index
+
+    def job(self, job_id: str) -> Job:
+        return self._jobs[self._index[job_id]]
+
+    def jobs(self) -> Sequence[Job]:
+        return self._jobs
+
+    def state(self, job_id: str) -> JobState:
+        return self._state[self._index[job_id]]
+
+    def count(self, state: JobState) -> int:
+        return self._counts[state]
+
+    @property
+    def finished(self) -> bool:
+        """True when nothing is pending, ready or running any more."""
+        counts = self._counts
+        return counts[_PENDING] + counts[_READY] + counts[_RUNNING] == 0
+
+    def ready(self) -> list[str]:
+        return [self._jobs[i].id for i, s in enumerate(self._state) if s is _READY]
+
+    def topological_order(self) -> list[str]:
+        return [self._jobs[i].id for i in self._order]
+
+    def work(self, job_id: str) -> float:
+        return self._work[self._index[job_id]]
+
+    def critical_path(self, job_id: str) -> float:
+        """Longest sum of work estimates from this job (included) to a sink."""
+        return self._cp[self._index[job_id]]
+
+    def graph_critical_path(self) -> float:
+        return max(self._cp, default=0.0)
+
+    def total_work(self) -> float:
+        return sum(self._work)
+
+    def dependents(self, job_id: str) -> list[str]:
+        return [self._jobs[d].id for d in self._dependents[self._index[job_id]]]
+
+    def dependents_count(self, job_id: str) -> int:
+        return len(self._dependents[self._index[job_id]])
+
+    # Transitions
+
+    def _move(self, i: int, new: JobState) -> None:
+        counts = self._counts
+        counts[self._state[i]] -= 1
+        counts[new] += 1
+        self._state[i] = new
+
+    def _expect(self, job_id: str, allowed: tuple[JobState, ...], action: str) -> int:
+        i = self._index.get(job_id)
+        if i is None:
+            raise SchedulerError(f"cannot {action} {job_id!r}: no such job")
+        if self._state[i] not in allowed:
+            raise SchedulerError(f"cannot {action} {job_id!r}: it is {self._state[i].value}")
+        return i
+
+    def mark_started(self, job_id: str) -> None:
+        self._move(self._expect(job_id, (_READY,), "start"), _RUNNING)
+
+    def mark_returned(self, job_id: str) -> None:
+        """A running job goes back to READY because its machine went away."""
+        self._move(self._expect(job_id, (_RUNNING,), "return"), _READY)
+
+    def mark_done(self, job_id: str) -> list[str]:
+        """Record success; returns the jobs that became ready."""
+        i = self._expect(job_id, (_RUNNING, _READY), "finish")
+        self._move(i, _DONE)
+        newly: list[str] = []
+        waiting = self._waiting
+        state = self._state
+        for d in self._dependents[i]:
+            waiting[d] -= 1
+            if waiting[d] == 0 and state[d] is _PENDING:
+                self._move(d, _READY)
+                newly.append(self._jobs[d].id)
+        return newly
+
+    def mark_failed(self, job_id: str) -> list[str]:
+        """Record failure; returns every transitive dependent, now SKIPPED, in BFS order."""
+        i = self._expect(job_id, (_RUNNING, _READY, _PENDING), "fail")
+        self._move(i, _FAILED)
+        skipped: list[str] = []
+        queue = deque(self._dependents[i])
+        state = self._state
+        while queue:
+            d = queue.popleft()
+            if state[d] is not _PENDING:
+                # Already skipped through another failed dep; its dependents are too.
+                continue
+            self._move(d, _SKIPPED)
+            skipped.append(self._jobs[d].id)
+            queue.extend(self._dependents[d])
+        return skipped
+
+    def update_estimate(self, job_id: str, work: float) -> list[str]:
+        """Change a job's estimate; returns the jobs whose critical path changed."""
+        if work < 0:
+            raise SchedulerError(f"job {job_id!r}: negative work estimate {work}")
+        i = self._index[job_id]
+        self._work[i] = work
+        cp = self._cp
+        changed: list[str] = []
+        queue = deque([i])
+        while queue:
+            j = queue.popleft()
+            value = self._work[j] + max((cp[d] for d in self._dependents[j]), default=0.0)
+            if value == cp[j]:
+                continue
+            cp[j] = value
+            changed.append(self._jobs[j].id)
+            queue.extend(self._deps[j])
+        return changed

@@ -1,0 +1,721 @@
+"""Placement policy: which ready job starts on which machine, and when.
+
+The model
+---------
+The pool is a set of machines, each with a speed factor (work units per second), a number of
+slots and Nix's capability triple (systems, supported and mandatory features). A job may run on
+a machine exactly when Nix would let it (``nix-protocols.md`` 5.1): its system is one of the
+machine's systems or is ``builtin``, every required feature is in supported or mandatory, and
+every mandatory feature of the machine is required by the job. Jobs with the same (system,
+required features) form an *eligibility class*; each class has its own ready queue, so work
+that only a few machines can take is never buried behind work they cannot take (Hydra#971).
+
+The policy is synchronous and has no clock: every call receives ``now`` (seconds on any
+monotonic scale). A driver (the simulator, or the async executor) repeatedly
+
+1. calls ``next_decisions(now)`` and carries out what it returns:
+   ``Start(job, machine)`` and ``Speculate(job, machine)`` (a second copy of a running job), or
+   ``Wait(until)``: nothing more can start now; call again at ``until`` unless an event comes
+   first;
+2. reports events: ``on_finished(job, machine, now, ok)`` (returns the copies to ``Cancel`` and
+   the jobs skipped after a failure) and ``on_machine_failed(machine, now)``.
+
+The policy assumes its decisions are carried out at once: a ``Start`` occupies the slot at
+``now`` and is expected to end at ``now + transfer + work / speed``.
+
+Ordering. Ready jobs are taken by remaining critical path (the longest chain of work estimates
+from the job to a sink), ties by more direct dependents, then by id, from one heap per class.
+Nothing is re-sorted per decision (Hydra's per-step re-sort was O(N² log N), hydra PR #1301);
+a changed estimate pushes a fresh heap entry and the stale one is dropped when it surfaces.
+
+Placement. Each job goes where it is expected to *finish* first: for each eligible machine that
+is up, start = now if it has a free slot, else the expected end of its earliest-ending slot;
+finish = start + transfer estimate (pluggable ``TransferCost``, zero by default) + work / speed.
+When the best finish is on a busy machine, the job is *held*: it reserves that slot for this
+round (later jobs see the slot as busy until the held job would finish there) and is offered
+again at the next call. At most min(free slots, 4) jobs are held per round; past that a job
+takes the fastest free slot. Every hold is re-examined at each call, so the cap is what keeps a
+call cheap on huge graphs (the later, less critical jobs are the right ones for slow slots
+anyway). A running job that has overrun its estimate is assumed to need another quarter of its
+elapsed time. Machines of one speed in a class form a tier whose earliest start is computed once
+per call and again only when a decision touches it (no transfer costs); with a transfer model
+every eligible machine is scored. Either way the scan stops at the first machine too slow to
+beat the best finish found.
+
+Idle tail. When no job is ready or held and a machine has a free slot, a running job is copied
+onto the fastest such machine if that copy is expected to finish earlier by more than both
+``min_gain`` seconds and ``min_ratio`` of the running copy's expected remaining time. A job
+gets at most one extra copy, ever. The first copy to finish wins; ``on_finished`` returns a
+``Cancel`` for the other, whose slot is free at once. Only a bounded set of running copies is
+examined per call (those with the latest planned end, and the longest-overdue ones), not every
+running job.
+
+Failures. A failed build is final and skips its dependents (``JobGraph.mark_failed``). A machine
+that fails (unreachable, connection lost) is down for ``base x factor^(n-1)`` seconds after its
+n-th consecutive failure, n capped (Hydra: 60 s x 3^(n-1), at most 4 steps, failures within
+30 s counting once); its running jobs go back to the ready queues (or simply lose their copy
+when another copy runs elsewhere). A successful build on the machine resets its count.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from offload.errors import SchedulerError
+from offload.scheduler.dag import Job, JobGraph, JobState
+
+__all__ = [
+    "Backoff",
+    "BandwidthTransferCost",
+    "Cancel",
+    "Decision",
+    "Finished",
+    "MachineDown",
+    "MachineSlotSpec",
+    "Policy",
+    "Speculate",
+    "SpeculationRule",
+    "Start",
+    "TransferCost",
+    "Wait",
+    "can_build",
+    "why_cannot_build",
+]
+
+# An overdue job is assumed to need this fraction of its elapsed time again.
+_OVERDUE_FRACTION = 0.25
+_MIN_OVERDUE = 1e-3
+# Running copies examined per round for idle-tail speculation, per ordering.
+_SPECULATION_LOOKAHEAD = 8
+# Jobs held for a busy slot per round; later ones take the fastest free slot. Each hold is
+# re-examined every round, so this bounds the work per event.
+_MAX_HOLDS_PER_ROUND = 4
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSlotSpec:
+    """A machine as the policy sees it. ``speed`` is work units per second (Nix's speedFactor)."""
+
+    name: str
+    speed: float = 1.0
+    slots: int = 1
+    systems: frozenset[str] = field(default_factory=frozenset)
+    supported: frozenset[str] = field(default_factory=frozenset)
+    mandatory: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not self.speed > 0 or math.isinf(self.speed):
+            raise SchedulerError(f"machine {self.name!r}: speed must be positive, not {self.speed}")
+        if self.slots < 0:
+            raise SchedulerError(f"machine {self.name!r}: slots must be >= 0, not {self.slots}")
+
+
+def why_cannot_build(machine: MachineSlotSpec, system: str, required: frozenset[str]) -> str | None:
+    """Nix's matching rule (build-remote.cc); None when the machine can build the job."""
+    if system != "builtin" and system not in machine.systems:
+        offered = ", ".join(sorted(machine.systems)) or "none"
+        return f"{machine.name} builds {offered}, not {system}"
+    missing = required - machine.supported - machine.mandatory
+    if missing:
+        return f"{machine.name} lacks feature {', '.join(sorted(missing))}"
+    unmet = machine.mandatory - required
+    if unmet:
+        return f"{machine.name} only takes jobs requiring {', '.join(sorted(unmet))}"
+    return None
+
+
+def can_build(machine: MachineSlotSpec, system: str, required: frozenset[str]) -> bool:
+    return why_cannot_build(machine, system, required) is None
+
+
+# Decisions: what the driver must do.
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    job: str
+    machine: str
+    expected_finish: float
+
+
+@dataclass(frozen=True, slots=True)
+class Speculate:
+    """Start a second copy of ``job`` (running on ``original``) on ``machine``."""
+
+    job: str
+    machine: str
+    expected_finish: float
+    original: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing else can start now; ask again at ``until`` if no event comes first."""
+
+    until: float
+
+
+Decision = Start | Speculate | Wait
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop the copy of ``job`` running on ``machine``: another copy finished first."""
+
+    job: str
+    machine: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What a finish report changed. ``accepted`` is False for a copy already cancelled."""
+
+    accepted: bool
+    cancel: tuple[Cancel, ...] = ()
+    newly_ready: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MachineDown:
+    machine: str
+    until: float
+    failures: int
+    returned: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Down time after the n-th consecutive failure: base x factor^(n-1), n <= max_steps."""
+
+    base: float = 60.0
+    factor: float = 3.0
+    max_steps: int = 4
+    coalesce: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        n = min(max(failures, 1), self.max_steps)
+        return self.base * self.factor ** (n - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculationRule:
+    min_gain: float = 1.0
+    min_ratio: float = 0.2
+
+
+class TransferCost(Protocol):
+    """Seconds to bring a job's inputs to a machine; told where outputs end up."""
+
+    def estimate(self, job: Job, machine: str) -> float: ...
+
+    def record_output(self, job_id: str, machine: str) -> None: ...
+
+
+@dataclass(slots=True)
+class BandwidthTransferCost:
+    """Inputs missing on a machine cost their bytes / its bandwidth, plus a per-path latency.
+
+    An output is present where it was built and on ``hub`` (the coordinator copies every output
+    back to the local store), and on any machine listed in ``present`` from the start.
+    """
+
+    output_bytes: Mapping[str, int]
+    bandwidth: Mapping[str, float]
+    default_bandwidth: float = 100e6
+    latency: float = 0.0
+    hub: str | None = "local"
+    present: dict[str, set[str]] = field(default_factory=dict)
+
+    def estimate(self, job: Job, machine: str) -> float:
+        missing_bytes = 0
+        missing = 0
+        for dep in job.deps:
+            where = self.present.get(dep)
+            if where is None or machine not in where:
+                missing += 1
+                missing_bytes += self.output_bytes.get(dep, 0)
+        if not missing:
+            return 0.0
+        bandwidth = self.bandwidth.get(machine, self.default_bandwidth)
+        return missing_bytes / bandwidth + self.latency * missing
+
+    def record_output(self, job_id: str, machine: str) -> None:
+        where = self.present.setdefault(job_id, set())
+        where.add(machine)
+        if self.hub is not None:
+            where.add(self.hub)
+
+
+# Internal mutable state.
+
+
+@dataclass(slots=True, eq=False)
+class _Machine:
+    spec: MachineSlotSpec
+    speed: float
+    free: int
+    # One entry per busy slot: (expected end, start, job id, copy number).
+    ends: list[tuple[float, float, str, int]] = field(default_factory=list)
+    classes: list[_Class] = field(default_factory=list)
+    tiers: list[_Tier] = field(default_factory=list)
+    # This round's copy of ``ends`` with held jobs' reservations, when there are any.
+    reserved: list[tuple[float, float, str, int]] | None = None
+    up: bool = True
+    down_until: float = -math.inf
+    failures: int = 0
+    last_failure: float = -math.inf
+
+
+@dataclass(slots=True, eq=False)
+class _Tier:
+    """The machines of one class with one speed, and their earliest start this round."""
+
+    speed: float
+    machines: list[_Machine]
+    round: int = -1
+    start: float = math.inf
+    machine: _Machine | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Class:
+    system: str
+    required: frozenset[str]
+    machines: list[_Machine]  # fastest first
+    members: set[_Machine]
+    tiers: list[_Tier]
+    heap: list[tuple[float, int, str]] = field(default_factory=list)
+    free_up: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    machine: _Machine
+    start: float
+    end: float
+    copy: int
+
+
+class Policy:
+    """The scheduler's decisions over one job graph and one pool; see the module docstring."""
+
+    def __init__(
+        self,
+        jobs: Iterable[Job] | JobGraph,
+        machines: Sequence[MachineSlotSpec],
+        *,
+        transfer: TransferCost | None = None,
+        speculation: SpeculationRule | None = None,
+        backoff: Backoff | None = None,
+        hold: bool = True,
+        strict: bool = True,
+    ) -> None:
+        self.graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
+        names = [m.name for m in machines]
+        if len(set(names)) != len(names):
+            raise SchedulerError("machine names must be unique: " + ", ".join(names))
+        self._transfer = transfer
+        self._speculation = speculation if speculation is not None else SpeculationRule()
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._hold = hold
+        self._machines = {m.name: _Machine(m, m.speed, m.slots) for m in machines}
+        self._by_speed = sorted(self._machines.values(), key=lambda m: -m.speed)
+        self._free_up_total = sum(m.slots for m in machines)
+        self._classes: dict[tuple[str, frozenset[str]], _Class] = {}
+        self._class_of: dict[str, _Class] = {}
+        self._queued: set[str] = set()
+        self._runs: dict[str, list[_Run]] = {}
+        self._speculated: set[str] = set()
+        self._down: list[_Machine] = []
+        self._round = 0
+        # Single-copy runs, for speculation: latest planned end first, and earliest start first.
+        self._by_end: list[tuple[float, int, str]] = []
+        self._by_start: list[tuple[float, int, str]] = []
+        self._copy_seq = 0
+        self.unschedulable: dict[str, str] = {}
+        self.skipped_at_start: list[str] = []
+        for job in self.graph.jobs():
+            cls = self._class_for(job)
+            self._class_of[job.id] = cls
+            if not cls.machines:
+                self.unschedulable[job.id] = self._reason(job, machines)
+        if self.unschedulable:
+            if strict:
+                first, reason = next(iter(self.unschedulable.items()))
+                more = len(self.unschedulable) - 1
+                raise SchedulerError(
+                    f"no machine can build {first}: {reason}"
+                    + (f" (and {more} more jobs)" if more else ""),
+                    hint="add a builder with that system and features, or use --keep-going",
+                )
+            for job_id in self.unschedulable:
+                if self.graph.state(job_id) is not JobState.SKIPPED:
+                    self.skipped_at_start.extend(self.graph.mark_failed(job_id))
+        for job_id in self.graph.ready():
+            self._enqueue(job_id)
+
+    # Set-up helpers
+
+    def _class_for(self, job: Job) -> _Class:
+        key = (job.system, job.required_features)
+        cls = self._classes.get(key)
+        if cls is None:
+            members = [
+                m
+                for m in self._by_speed
+                if m.spec.slots > 0 and can_build(m.spec, job.system, job.required_features)
+            ]
+            tiers: list[_Tier] = []
+            for m in members:
+                if not tiers or tiers[-1].speed != m.speed:
+                    tiers.append(_Tier(m.speed, []))
+                tiers[-1].machines.append(m)
+                m.tiers.append(tiers[-1])
+            cls = _Class(job.system, job.required_features, members, set(members), tiers)
+            cls.free_up = sum(m.free for m in members if m.up)
+            for m in members:
+                m.classes.append(cls)
+            self._classes[key] = cls
+        return cls
+
+    @staticmethod
+    def _reason(job: Job, machines: Sequence[MachineSlotSpec]) -> str:
+        features = ", ".join(sorted(job.required_features))
+        wants = f"it needs system {job.system}" + (f" with {features}" if features else "")
+        reasons = [
+            why_cannot_build(m, job.system, job.required_features) or f"{m.name} has no slots"
+            for m in machines
+        ]
+        detail = "; ".join(r for r in reasons[:4] if r) or "there are no machines"
+        return f"{wants}; {detail}"
+
+    def _enqueue(self, job_id: str) -> None:
+        cls = self._class_of[job_id]
+        graph = self.graph
+        heapq.heappush(
+            cls.heap, (-graph.critical_path(job_id), -graph.dependents_count(job_id), job_id)
+        )
+        self._queued.add(job_id)
+
+    # Queries
+
+    @property
+    def machine_names(self) -> list[str]:
+        return list(self._machines)
+
+    def running(self, machine: str) -> list[str]:
+        return [job for _, _, job, _ in self._machines[machine].ends]
+
+    def copies(self, job_id: str) -> list[str]:
+        return [run.machine.spec.name for run in self._runs.get(job_id, ())]
+
+    def is_up(self, machine: str, now: float) -> bool:
+        m = self._machines[machine]
+        return m.up or m.down_until <= now
+
+    def down_until(self, machine: str) -> float:
+        return self._machines[machine].down_until
+
+    def failures(self, machine: str) -> int:
+        return self._machines[machine].failures
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._queued)
+
+    # Slot accounting
+
+    def _take_slot(self, m: _Machine, job_id: str, now: float, end: float) -> _Run:
+        self._copy_seq += 1
+        run = _Run(m, now, end, self._copy_seq)
+        m.free -= 1
+        heapq.heappush(m.ends, (end, now, job_id, run.copy))
+        if m.up:
+            self._free_up_total -= 1
+            for cls in m.classes:
+                cls.free_up -= 1
+        return run
+
+    def _release_slot(self, run: _Run, job_id: str) -> None:
+        m = run.machine
+        m.ends.remove((run.end, run.start, job_id, run.copy))
+        heapq.heapify(m.ends)
+        m.free += 1
+        if m.up:
+            self._free_up_total += 1
+            for cls in m.classes:
+                cls.free_up += 1
+
+    def _set_up(self, m: _Machine, up: bool) -> None:
+        if m.up == up:
+            return
+        m.up = up
+        delta = m.free if up else -m.free
+        self._free_up_total += delta
+        for cls in m.classes:
+            cls.free_up += delta
+
+    @staticmethod
+    def _slot_time(entry: tuple[float, float, str, int], now: float) -> float:
+        end = entry[0]
+        if end > now:
+            return end
+        return now + max(_OVERDUE_FRACTION * (now - entry[1]), _MIN_OVERDUE)
+
+    # Decisions
+
+    def next_decisions(self, now: float) -> list[Decision]:
+        if self._down:
+            for m in list(self._down):
+                if m.down_until <= now:
+                    self._down.remove(m)
+                    self._set_up(m, up=True)
+        decisions: list[Decision] = []
+        held: list[str] = []
+        wake = math.inf
+        hold_budget = min(self._free_up_total, _MAX_HOLDS_PER_ROUND) if self._hold else 0
+        reserved: list[_Machine] = []
+        graph = self.graph
+        transfer = self._transfer
+        queued = self._queued
+        classes = list(self._classes.values())
+        self._round += 1
+        round_no = self._round
+        while self._free_up_total > 0:
+            cls = self._best_class(classes)
+            if cls is None:
+                break
+            job_id = heapq.heappop(cls.heap)[2]
+            queued.discard(job_id)
+            work = graph.work(job_id)
+            if transfer is None:
+                best, best_start, best_finish = self._place_by_tier(cls, work, now, round_no)
+            else:
+                best, best_start, best_finish = self._place_by_machine(
+                    cls, graph.job(job_id), now, transfer
+                )
+            assert best is not None  # cls.free_up > 0: some member is up with a free slot
+            if best.free == 0:
+                if hold_budget > 0:
+                    hold_budget -= 1
+                    if best.reserved is None:
+                        best.reserved = list(best.ends)
+                        reserved.append(best)
+                    heapq.heapreplace(best.reserved, (best_finish, best_start, job_id, 0))
+                    for tier in best.tiers:
+                        tier.round = -1
+                    held.append(job_id)
+                    wake = min(wake, best_start)
+                    continue
+                best = next(m for m in cls.machines if m.up and m.free > 0)
+                best_finish = now + work / best.speed
+                if transfer is not None:
+                    best_finish += transfer.estimate(graph.job(job_id), best.spec.name)
+            graph.mark_started(job_id)
+            for tier in best.tiers:
+                tier.round = -1
+            run = self._take_slot(best, job_id, now, best_finish)
+            self._runs[job_id] = [run]
+            if self._speculation.min_gain < math.inf:
+                heapq.heappush(self._by_end, (-best_finish, run.copy, job_id))
+                heapq.heappush(self._by_start, (now, run.copy, job_id))
+            decisions.append(Start(job_id, best.spec.name, best_finish))
+        for m in reserved:
+            m.reserved = None
+        for job_id in held:
+            self._enqueue(job_id)
+        if not queued and self._free_up_total > 0 and self._runs:
+            decisions.extend(self._speculate(now))
+        if queued and self._down:
+            wake = min(wake, *(m.down_until for m in self._down))
+        if wake < math.inf:
+            decisions.append(Wait(wake))
+        return decisions
+
+    @staticmethod
+    def _place_by_tier(
+        group: _Class, work: float, now: float, round_no: int
+    ) -> tuple[_Machine | None, float, float]:
+        """Earliest finish without transfer costs: machines of one speed differ only in start.
+
+        Each tier remembers its earliest start for the round until a start or hold touches it,
+        so a round with many holds rescans one tier per decision, not the whole class.
+        """
+        best: _Machine | None = None
+        best_start = best_finish = math.inf
+        for tier in group.tiers:
+            duration = work / tier.speed
+            if now + duration > best_finish:
+                break  # tiers are fastest first: no later one can finish sooner
+            if tier.round != round_no:
+                start = math.inf
+                found: _Machine | None = None
+                for m in tier.machines:
+                    if not m.up:
+                        continue
+                    if m.free > 0:
+                        start, found = now, m
+                        break
+                    first = (m.reserved or m.ends)[0]
+                    t = first[0]
+                    if t <= now:
+                        t = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
+                    if t < start:
+                        start, found = t, m
+                tier.start, tier.machine, tier.round = start, found, round_no
+            if tier.machine is None:
+                continue
+            finish = tier.start + duration
+            if finish < best_finish or (finish == best_finish and tier.start < best_start):
+                best, best_start, best_finish = tier.machine, tier.start, finish
+        return best, best_start, best_finish
+
+    @staticmethod
+    def _place_by_machine(
+        group: _Class, job: Job, now: float, transfer: TransferCost
+    ) -> tuple[_Machine | None, float, float]:
+        best: _Machine | None = None
+        best_start = best_finish = math.inf
+        for m in group.machines:
+            if now + job.work_estimate / m.speed > best_finish:
+                break
+            if not m.up:
+                continue
+            if m.free > 0:
+                start = now
+            else:
+                first = (m.reserved or m.ends)[0]
+                start = first[0]
+                if start <= now:
+                    start = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
+            finish = start + job.work_estimate / m.speed + transfer.estimate(job, m.spec.name)
+            if finish < best_finish or (finish == best_finish and start < best_start):
+                best, best_start, best_finish = m, start, finish
+        return best, best_start, best_finish
+
+    def _best_class(self, classes: list[_Class]) -> _Class | None:
+        best: _Class | None = None
+        best_key: tuple[float, int, str] | None = None
+        graph = self.graph
+        queued = self._queued
+        for cls in classes:
+            if cls.free_up <= 0:
+                continue
+            heap = cls.heap
+            # Drop stale entries: started, or superseded by a re-push with a new estimate.
+            while heap and (
+                heap[0][2] not in queued or -heap[0][0] != graph.critical_path(heap[0][2])
+            ):
+                heapq.heappop(heap)
+            if heap and (best_key is None or heap[0] < best_key):
+                best, best_key = cls, heap[0]
+        return best
+
+    def _candidates(self, now: float) -> list[tuple[str, _Run]]:
+        """The single-copy runs expected to end last: by planned end, and the longest overdue.
+
+        Looking at a bounded number per round keeps an idle pool from costing O(running jobs)
+        per event; the runs that end last are the ones the tail waits for.
+        """
+        found: list[tuple[str, _Run]] = []
+        for heap in (self._by_end, self._by_start):
+            kept: list[tuple[float, int, str]] = []
+            while heap and len(kept) < _SPECULATION_LOOKAHEAD:
+                entry = heapq.heappop(heap)
+                job_id = entry[2]
+                runs = self._runs.get(job_id)
+                if runs is None or len(runs) != 1 or runs[0].copy != entry[1]:
+                    continue  # finished, lost or already copied: the entry is dead for good
+                kept.append(entry)
+                run = runs[0]
+                if heap is self._by_start and run.end > now:
+                    continue  # not overdue; the planned-end heap covers it
+                found.append((job_id, run))
+            for entry in kept:
+                heapq.heappush(heap, entry)
+        return found
+
+    def _speculate(self, now: float) -> list[Decision]:
+        rule = self._speculation
+        decisions: list[Decision] = []
+        graph = self.graph
+        transfer = self._transfer
+        seen: set[str] = set()
+        for job_id, run in self._candidates(now):
+            if job_id in seen or self._free_up_total <= 0:
+                continue
+            seen.add(job_id)
+            target = next((m for m in self._class_of[job_id].machines if m.up and m.free > 0), None)
+            if target is None or target is run.machine:
+                continue
+            old_end = self._slot_time((run.end, run.start, job_id, 0), now)
+            new_end = now + graph.work(job_id) / target.speed
+            if transfer is not None:
+                new_end += transfer.estimate(graph.job(job_id), target.spec.name)
+            gain = old_end - new_end
+            if gain <= rule.min_gain or gain <= rule.min_ratio * (old_end - now):
+                continue
+            self._speculated.add(job_id)
+            self._runs[job_id].append(self._take_slot(target, job_id, now, new_end))
+            decisions.append(Speculate(job_id, target.spec.name, new_end, run.machine.spec.name))
+        return decisions
+
+    # Events
+
+    def on_finished(self, job_id: str, machine: str, now: float, ok: bool) -> Finished:
+        """A copy of ``job_id`` ended on ``machine``: ok=True built, ok=False build failed."""
+        del now  # the policy keeps no timings; history learns durations elsewhere
+        runs = self._runs.get(job_id)
+        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
+        if runs is None or run is None:
+            return Finished(accepted=False)
+        del self._runs[job_id]
+        cancel: list[Cancel] = []
+        for other in runs:
+            self._release_slot(other, job_id)
+            if other is not run:
+                cancel.append(Cancel(job_id, other.machine.spec.name))
+        if not ok:
+            return Finished(True, tuple(cancel), (), tuple(self.graph.mark_failed(job_id)))
+        run.machine.failures = 0
+        if self._transfer is not None:
+            self._transfer.record_output(job_id, machine)
+        newly = self.graph.mark_done(job_id)
+        for ready in newly:
+            self._enqueue(ready)
+        return Finished(True, tuple(cancel), tuple(newly), ())
+
+    def on_machine_failed(self, machine: str, now: float) -> MachineDown:
+        """The machine is unreachable or dropped mid-build: back it off, requeue its work."""
+        m = self._machines[machine]
+        within = now - m.last_failure < self._backoff.coalesce and m.down_until > now
+        if not within:
+            m.failures = min(m.failures + 1, self._backoff.max_steps)
+            m.down_until = now + self._backoff.delay(m.failures)
+        m.last_failure = now
+        self._set_up(m, up=False)
+        if m not in self._down:
+            self._down.append(m)
+        returned: list[str] = []
+        for _, _, job_id, _ in list(m.ends):
+            runs = self._runs[job_id]
+            run = next(r for r in runs if r.machine is m)
+            self._release_slot(run, job_id)
+            runs.remove(run)
+            if not runs:
+                del self._runs[job_id]
+                self.graph.mark_returned(job_id)
+                self._enqueue(job_id)
+                returned.append(job_id)
+        return MachineDown(machine, m.down_until, m.failures, tuple(returned))
+
+    def on_estimate(self, job_id: str, work: float) -> None:
+        """A better estimate arrived (history, hints): reorder the affected ready jobs."""
+        for changed in self.graph.update_estimate(job_id, work):
+            if changed in self._queued:
+                self._enqueue(changed)

@@ -1,0 +1,182 @@
+"""JobGraph: states, readiness, failure propagation, critical paths, cycles."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from offload.errors import SchedulerError
+from offload.scheduler.dag import Job, JobGraph, JobState
+
+
+def job(name: str, work: float = 1.0, *deps: str) -> Job:
+    return Job(name, work, tuple(deps))
+
+
+def diamond() -> JobGraph:
+    # a -> b, a -> c, (b, c) -> d ; e independent
+    return JobGraph(
+        [job("a", 1), job("b", 2, "a"), job("c", 5, "a"), job("d", 1, "b", "c"), job("e", 3)]
+    )
+
+
+def test_ready_set_follows_dependencies() -> None:
+    g = diamond()
+    assert sorted(g.ready()) == ["a", "e"]
+    g.mark_started("a")
+    assert sorted(g.ready()) == ["e"]
+    assert sorted(g.mark_done("a")) == ["b", "c"]
+    g.mark_started("b")
+    assert g.mark_done("b") == []  # d still waits for c
+    assert g.state("d") is JobState.PENDING
+    g.mark_started("c")
+    assert g.mark_done("c") == ["d"]
+    assert g.state("d") is JobState.READY
+
+
+def test_counts_and_finished() -> None:
+    g = diamond()
+    assert g.count(JobState.READY) == 2
+    assert g.count(JobState.PENDING) == 3
+    for name in g.topological_order():
+        g.mark_started(name)
+        g.mark_done(name)
+    assert g.finished
+    assert g.count(JobState.DONE) == 5
+
+
+def test_failure_skips_transitive_dependents_only() -> None:
+    g = JobGraph(
+        [
+            job("root"),
+            job("mid", 1, "root"),
+            job("leaf", 1, "mid"),
+            job("also", 1, "root", "other"),
+            job("other"),
+            job("free"),
+            job("after_other", 1, "other"),
+        ]
+    )
+    g.mark_started("root")
+    assert sorted(g.mark_failed("root")) == ["also", "leaf", "mid"]
+    assert g.state("root") is JobState.FAILED
+    for name in ("mid", "leaf", "also"):
+        assert g.state(name) is JobState.SKIPPED
+    # Independent work goes on; finishing another dep of a skipped job never revives it.
+    g.mark_started("other")
+    assert g.mark_done("other") == ["after_other"]
+    assert g.state("also") is JobState.SKIPPED
+    assert g.state("free") is JobState.READY
+    g.mark_started("free")
+    g.mark_done("free")
+    g.mark_started("after_other")
+    g.mark_done("after_other")
+    assert g.finished
+
+
+def test_job_skipped_once_through_two_failed_deps() -> None:
+    g = JobGraph([job("x"), job("y"), job("z", 1, "x", "y"), job("w", 1, "z")])
+    assert g.mark_failed("x") == ["z", "w"]
+    assert g.mark_failed("y") == []
+    assert g.count(JobState.SKIPPED) == 2
+
+
+def test_returned_job_is_ready_again() -> None:
+    g = diamond()
+    g.mark_started("e")
+    g.mark_returned("e")
+    assert g.state("e") is JobState.READY
+    with pytest.raises(SchedulerError, match="it is ready"):
+        g.mark_returned("e")
+    with pytest.raises(SchedulerError, match="no such job"):
+        g.mark_started("nope")
+    with pytest.raises(SchedulerError, match="it is pending"):
+        g.mark_started("d")
+
+
+def test_unknown_dependency_and_duplicates_are_errors() -> None:
+    with pytest.raises(SchedulerError, match=r"'b'.*not in the graph"):
+        JobGraph([job("a", 1, "b")])
+    with pytest.raises(SchedulerError, match="twice"):
+        JobGraph([job("a"), job("a")])
+
+
+def test_cycle_is_reported_with_its_members() -> None:
+    jobs = [job("ok"), job("p", 1, "r", "ok"), job("q", 1, "p"), job("r", 1, "q"), job("s", 1, "r")]
+    with pytest.raises(SchedulerError, match="dependency cycle") as info:
+        JobGraph(jobs)
+    cycle = info.value.message.removeprefix("dependency cycle: ").split(" -> ")
+    assert cycle[0] == cycle[-1]
+    assert sorted(cycle[:-1]) == ["p", "q", "r"]
+    # Each printed step goes from a job to one that depends on it.
+    deps = {j.id: j.deps for j in jobs}
+    for before, after in itertools.pairwise(cycle):
+        assert before in deps[after]
+
+
+def _longest_by_enumeration(jobs: list[Job], start: str) -> float:
+    """Enumerate every path to a sink (exponential, fine for small graphs)."""
+    work = {j.id: j.work_estimate for j in jobs}
+    users: dict[str, list[str]] = {j.id: [] for j in jobs}
+    for j in jobs:
+        for d in j.deps:
+            users[d].append(j.id)
+    best = 0.0
+    stack = [(start, work[start])]
+    while stack:
+        node, total = stack.pop()
+        if not users[node]:
+            best = max(best, total)
+        stack.extend((u, total + work[u]) for u in users[node])
+    return best
+
+
+def _random_jobs(seed: int, n: int = 14) -> list[Job]:
+    rng = random.Random(seed)  # noqa: S311 -- reproducible test input
+    jobs = []
+    for i in range(n):
+        deps = tuple(
+            sorted({f"j{rng.randrange(i)}" for _ in range(rng.randint(0, 3))} if i else ())
+        )
+        jobs.append(Job(f"j{i}", round(rng.uniform(0.5, 9), 2), deps))
+    return jobs
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_critical_path_matches_path_enumeration(seed: int) -> None:
+    jobs = _random_jobs(seed)
+    g = JobGraph(reversed(jobs))  # input order does not matter
+    for j in jobs:
+        assert g.critical_path(j.id) == pytest.approx(_longest_by_enumeration(jobs, j.id))
+    assert g.graph_critical_path() == pytest.approx(
+        max(_longest_by_enumeration(jobs, j.id) for j in jobs)
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_estimate_update_equals_rebuilding(seed: int) -> None:
+    jobs = _random_jobs(seed)
+    g = JobGraph(jobs)
+    rng = random.Random(seed + 100)  # noqa: S311 -- reproducible test input
+    for _ in range(6):
+        target = rng.choice(jobs)
+        new_work = round(rng.uniform(0, 30), 2)
+        before = {j.id: g.critical_path(j.id) for j in jobs}
+        changed = set(g.update_estimate(target.id, new_work))
+        jobs = [Job(j.id, new_work, j.deps) if j.id == target.id else j for j in jobs]
+        fresh = JobGraph(jobs)
+        for j in jobs:
+            assert g.critical_path(j.id) == pytest.approx(fresh.critical_path(j.id))
+        assert changed == {j.id for j in jobs if before[j.id] != fresh.critical_path(j.id)}
+
+
+def test_topological_order_puts_deps_first() -> None:
+    jobs = _random_jobs(7, n=40)
+    order = JobGraph(reversed(jobs)).topological_order()
+    position = {name: i for i, name in enumerate(order)}
+    assert len(order) == 40
+    for j in jobs:
+        for d in j.deps:
+            assert position[d] < position[j.id]

@@ -1,0 +1,234 @@
+"""The discrete-event simulator, its bound, `offload simulate`, and the planning cost probe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from offload.cli import simulate as simulate_cli
+from offload.errors import ConfigError, SchedulerError
+from offload.scheduler.dag import Job
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.simulate import (
+    SimResult,
+    layered_jobs,
+    lower_bound,
+    plan_cost,
+    random_machines,
+    simulate,
+)
+
+X86 = frozenset({"x86_64-linux"})
+# The local fleet of the benchmarks: the local machine plus members of speed 4, 2 and 1.
+FLEET = [
+    MachineSlotSpec("local", 1, 2, X86),
+    MachineSlotSpec("fast", 4, 2, X86),
+    MachineSlotSpec("medium", 2, 2, X86),
+    MachineSlotSpec("slow", 1, 2, X86),
+]
+
+
+def independent_bound(jobs: list[Job], machines: list[MachineSlotSpec]) -> float:
+    """The bound computed here from scratch: longest path by memoised recursion over deps."""
+    by_id = {j.id: j for j in jobs}
+    finish: dict[str, float] = {}
+
+    def longest_to(name: str) -> float:
+        if name not in finish:
+            job = by_id[name]
+            finish[name] = job.work_estimate + max((longest_to(d) for d in job.deps), default=0)
+        return finish[name]
+
+    critical = max(longest_to(j.id) for j in jobs)
+    total = sum(j.work_estimate for j in jobs)
+    fastest = max(m.speed for m in machines)
+    capacity = sum(m.speed * m.slots for m in machines)
+    return max(critical / fastest, total / capacity)
+
+
+def check_schedule(result: SimResult, jobs: list[Job], machines: list[MachineSlotSpec]) -> None:
+    """Every job built once, after its deps, and no machine ever over its slots."""
+    built = [r for r in result.schedule if r.outcome == "built"]
+    assert sorted(r.job for r in built) == sorted(j.id for j in jobs)
+    end = {r.job: r.end for r in built}
+    start = {r.job: r.start for r in built}
+    for j in jobs:
+        for d in j.deps:
+            assert end[d] <= start[j.id] + 1e-9
+    slots = {m.name: m.slots for m in machines}
+    points: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for r in result.schedule:
+        points[r.machine] += [(r.start, 1), (r.end, -1)]
+    for name, events in points.items():
+        busy = 0
+        for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+            busy += delta
+            assert busy <= slots[name]
+    assert result.makespan == pytest.approx(max(r.end for r in built))
+
+
+@pytest.mark.parametrize(("n", "seed", "width"), [(60, 0, 10), (120, 1, 16), (200, 2, 24)])
+def test_makespan_close_to_lower_bound(n: int, seed: int, width: int) -> None:
+    # Sizes and work like the benchmarks' layered graphs (0.4-2 s per node at speed 1).
+    jobs = layered_jobs(n, seed, width=width, work_range=(0.4, 2.0), big_share=0.0)
+    result = simulate(jobs, FLEET)
+    bound = independent_bound(jobs, FLEET)
+    assert result.lower_bound == pytest.approx(bound)
+    assert bound <= result.makespan <= 1.25 * bound
+    check_schedule(result, jobs, FLEET)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_makespan_never_below_bound(seed: int) -> None:
+    rng = random.Random(seed)  # noqa: S311 -- reproducible test input
+    jobs = layered_jobs(rng.randint(20, 120), seed, width=rng.randint(2, 30))
+    machines = random_machines(rng.randint(1, 6), seed, system="x86_64-linux")
+    result = simulate(jobs, machines)
+    assert result.makespan >= independent_bound(jobs, machines) * (1 - 1e-9)
+    check_schedule(result, jobs, machines)
+
+
+def test_chain_runs_on_the_fastest_machine() -> None:
+    jobs = [Job(f"c{i}", 4, (f"c{i - 1}",) if i else (), "x86_64-linux") for i in range(10)]
+    result = simulate(jobs, FLEET)
+    assert {r.machine for r in result.schedule} == {"fast"}
+    assert result.makespan == pytest.approx(result.lower_bound)
+
+
+def test_noise_triggers_speculation_and_cancels_losers() -> None:
+    jobs = layered_jobs(60, 5, width=6)
+    result = simulate(jobs, FLEET, noise=0.8, seed=3)
+    assert result.speculations > 0
+    # Each copy either won (built) or lost (cancelled): nothing is left running.
+    assert result.cancelled == result.speculations
+    cancelled = [r for r in result.schedule if r.outcome == "cancelled"]
+    for loser in cancelled:
+        [winner] = [r for r in result.schedule if r.job == loser.job and r.outcome == "built"]
+        assert winner.end == loser.end  # stopped the moment the other copy finished
+        assert winner.speculative != loser.speculative
+    check_schedule(result, jobs, FLEET)
+    again = simulate(jobs, FLEET, noise=0.8, seed=3)
+    assert again == result
+
+
+def test_speculation_can_be_turned_off() -> None:
+    jobs = layered_jobs(60, 5, width=6)
+    result = simulate(jobs, FLEET, noise=0.8, seed=3, speculate=False)
+    assert result.speculations == 0
+    assert all(r.outcome == "built" for r in result.schedule)
+
+
+def test_failing_build_skips_dependents_and_builds_the_rest() -> None:
+    jobs = [
+        Job("bad", 2, (), "x86_64-linux"),
+        Job("child", 1, ("bad",), "x86_64-linux"),
+        Job("grandchild", 1, ("child", "ok"), "x86_64-linux"),
+        Job("ok", 1, (), "x86_64-linux"),
+        Job("ok2", 3, ("ok",), "x86_64-linux"),
+    ]
+    result = simulate(jobs, FLEET, failing={"bad"})
+    assert result.failed == ("bad",)
+    assert sorted(result.skipped) == ["child", "grandchild"]
+    assert sorted(r.job for r in result.schedule if r.outcome == "built") == ["ok", "ok2"]
+
+
+def test_machine_failure_reschedules_its_work() -> None:
+    jobs = layered_jobs(40, 9, width=8)
+    result = simulate(jobs, FLEET, machine_failures=[(3.0, "fast")])
+    lost = [r for r in result.schedule if r.outcome == "lost"]
+    assert lost
+    assert all(r.machine == "fast" and r.end == 3.0 for r in lost)
+    # Nothing runs on fast during its 60 s backoff.
+    assert not [r for r in result.schedule if r.machine == "fast" and 3.0 <= r.start < 63.0]
+    check_schedule(result, jobs, FLEET)
+
+
+def test_unschedulable_input_raises() -> None:
+    jobs = [Job("arm", 1, (), "aarch64-linux")]
+    with pytest.raises(SchedulerError, match="arm"):
+        simulate(jobs, FLEET)
+
+
+def test_lower_bound_needs_a_slot() -> None:
+    with pytest.raises(SchedulerError):
+        lower_bound([Job("a", 1)], [MachineSlotSpec("m", 1, 0)])
+
+
+# offload simulate
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    simulate_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["simulate", *argv])
+    result: int = args.func(args)
+    return result
+
+
+def _dag_file(tmp_path: Path) -> Path:
+    nodes = [
+        {"name": "base", "work": 4},
+        {"name": "left", "work": 6, "deps": ["base"]},
+        {"name": "right", "work": 2, "deps": ["base"], "features": ["big-parallel"]},
+        {"name": "top", "work": 1, "deps": ["left", "right"], "system": "x86_64-linux"},
+        {"name": "side", "work": 8},
+    ]
+    path = tmp_path / "dag.json"
+    path.write_text(json.dumps({"nodes": nodes}))
+    return path
+
+
+def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli([str(_dag_file(tmp_path)), "--json", "--machines", "a:2:1,b:1:1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # critical path base+left+top = 11 at speed 2; work 21 over capacity 3.
+    assert out["lower_bound"] == pytest.approx(7.0)
+    assert out["makespan"] >= out["lower_bound"]
+    assert out["ratio"] == pytest.approx(out["makespan"] / out["lower_bound"])
+    assert [m["name"] for m in out["machines"]] == ["a", "b"]
+    assert sum(m["built"] for m in out["machines"]) == 5
+
+
+def test_cli_text_and_default_machines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli([str(_dag_file(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "makespan" in out
+    assert "lower bound" in out
+    for name in ("local", "fast", "medium", "slow"):
+        assert name in out
+
+
+def test_cli_feature_fields_restrict_machines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = "big:8:1:big-parallel:big-parallel,small:1:1:"
+    assert _cli([str(_dag_file(tmp_path)), "--json", "--machines", spec]) == 0
+    out = json.loads(capsys.readouterr().out)
+    built = {m["name"]: m["built"] for m in out["machines"]}
+    assert built == {"big": 1, "small": 4}
+
+
+@pytest.mark.parametrize("spec", ["a:1", "a:x:1", "a:1:1,a:2:2", "a:0:1", "a:1:0", ""])
+def test_cli_rejects_bad_machine_specs(tmp_path: Path, spec: str) -> None:
+    with pytest.raises(ConfigError):
+        _cli([str(_dag_file(tmp_path)), "--machines", spec])
+
+
+# Planning cost: reported, never asserted on time (time targets belong to the benchmarks).
+
+
+def test_plan_cost_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    cost = plan_cost(1000, 100, seed=1)
+    assert cost.seconds > 0
+    assert cost.peak_bytes > 0
+    with capsys.disabled():
+        sys.stdout.write(
+            f"\nplan_cost(1000 nodes, 100 machines): {cost.seconds:.3f} s, "
+            f"{cost.peak_bytes / 2**20:.1f} MiB peak\n"
+        )
