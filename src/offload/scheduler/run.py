@@ -1,0 +1,444 @@
+"""The executor: carries out the policy's decisions on real machines.
+
+One asyncio task per running build copy. The loop asks the policy what to start
+(``next_decisions``), starts those tasks, then waits for the first task to end or for the time
+the policy asked to be woken at, and reports what happened (``on_finished`` or
+``on_machine_failed``). A build on a builder goes through the phases connecting -> sending
+inputs -> building -> fetching outputs; every built output is copied back to the local store
+as soon as it is built, so the next build's inputs always come from here and nothing is ever
+registered locally unless it arrived whole.
+
+Failures are data, not exceptions: a derivation that fails to build is final (its dependents
+are skipped, and without keep-going nothing new starts); a machine that cannot be reached or
+drops the connection is backed off by the policy and the build goes back to the queue. A build
+that has lost its machine ``MAX_LOSSES`` times fails, so a broken input cannot loop forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from offload.errors import OffloadError, SchedulerError
+from offload.protocol.serve import ServeClient, copy_paths, topo_sort_infos
+from offload.scheduler.dag import Job, JobState
+from offload.scheduler.policy import (
+    Cancel,
+    MachineSlotSpec,
+    Policy,
+    Speculate,
+    Start,
+    Wait,
+)
+from offload.store.drv import Derivation
+from offload.store.path import split_name_version
+from offload.ui.events import (
+    Event,
+    JobFinished,
+    JobLog,
+    JobPhase,
+    MachineEvent,
+    Phase,
+    RunFinished,
+    RunStarted,
+)
+
+__all__ = [
+    "BuildPlan",
+    "Executor",
+    "Link",
+    "PoolMember",
+    "RunReport",
+    "plan_jobs",
+]
+
+MAX_LOSSES = 3
+# Without history, a build is assumed to take this long on a machine of speed 1.
+DEFAULT_WORK = 10.0
+# big-parallel builds (compilers, kernels) are long; guess them long so they start first.
+BIG_PARALLEL_WORK = 60.0
+
+
+class Link(Protocol):
+    """A way to reach one machine's store: borrow a serve session, or stop one mid-build."""
+
+    def session(self) -> AbstractAsyncContextManager[ServeClient]: ...
+
+    async def cancel(self, client: ServeClient) -> None: ...
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    spec: MachineSlotSpec
+    link: Link
+    remote: bool  # False: the local machine, whose store is the run's hub
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The derivations to build, dependencies first, with what each needs from the others."""
+
+    drvs: Mapping[str, Derivation]
+    order: Sequence[str]
+    inputs: Mapping[str, tuple[str, ...]]  # drv -> input store paths (sources + input outputs)
+    outputs: Mapping[str, tuple[str, ...]]  # drv -> its output paths
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    built: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # drv -> error
+    skipped: list[str] = field(default_factory=list)
+    finished: list[JobFinished] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped and not self.interrupted
+
+
+def plan_jobs(
+    plan: BuildPlan,
+    estimates: Mapping[str, float] | None = None,
+) -> list[Job]:
+    """Jobs for the policy; ``estimates`` maps a name without version to speed-1 seconds."""
+    estimates = estimates or {}
+    jobs = []
+    in_plan = set(plan.order)
+    for drv_path in plan.order:
+        drv = plan.drvs[drv_path]
+        pname = split_name_version(drv.name)[0]
+        default = BIG_PARALLEL_WORK if "big-parallel" in drv.required_features else DEFAULT_WORK
+        jobs.append(
+            Job(
+                id=drv_path,
+                work_estimate=estimates.get(pname, default),
+                deps=tuple(d for d in drv.input_drvs if d in in_plan),
+                system=drv.platform,
+                required_features=drv.required_features,
+            )
+        )
+    return jobs
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: Literal["built", "failed", "lost", "cancelled"]
+    error: str | None
+    started: float
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class Executor:
+    def __init__(
+        self,
+        plan: BuildPlan,
+        members: Sequence[PoolMember],
+        local: Link,
+        *,
+        emit: Callable[[Event], None],
+        log_sink: Callable[[str, str, str], None] | None = None,
+        keep_going: bool = False,
+        estimates: Mapping[str, float] | None = None,
+        policy: Policy | None = None,
+        outputs: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.plan = plan
+        self.members = {m.spec.name: m for m in members}
+        self.local = local
+        self.emit = emit
+        self.log_sink = log_sink
+        self.keep_going = keep_going
+        self.clock = clock
+        self.wall = wall
+        self.outputs = tuple(outputs)
+        self.policy = policy or Policy(
+            plan_jobs(plan, estimates), [m.spec for m in members], strict=not keep_going
+        )
+        self.report = RunReport(run_id=uuid.uuid4().hex[:12])
+        self._tasks: dict[asyncio.Task[_Outcome], tuple[str, str]] = {}
+        self._clients: dict[tuple[str, str], ServeClient] = {}
+        self._losses: dict[str, int] = {}
+        self._stopping = False
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> RunReport:
+        start = self.clock()
+        for drv_path in self.policy.skipped_at_start:
+            self._finish_skipped(drv_path, "")
+        for drv_path, reason in self.policy.unschedulable.items():
+            self.report.failed[drv_path] = f"no machine can build it: {reason}"
+            self._emit_finished(drv_path, "", "failed", started=self.wall(), error=reason)
+        self.emit(
+            RunStarted(
+                run_id=self.report.run_id,
+                total=len(self.plan.order),
+                machines=tuple(self.members),
+                estimate=self._estimate_makespan(),
+                time=self.wall(),
+            )
+        )
+        try:
+            await self._loop()
+        except BaseException:
+            self.report.interrupted = True
+            raise
+        finally:
+            await self._stop_all()
+            self.emit(
+                RunFinished(
+                    run_id=self.report.run_id,
+                    built=len(self.report.built),
+                    failed=len(self.report.failed),
+                    skipped=len(self.report.skipped),
+                    elapsed=self.clock() - start,
+                    outputs=self.outputs if self.report.ok else (),
+                    time=self.wall(),
+                )
+            )
+        return self.report
+
+    def _estimate_makespan(self) -> float:
+        graph = self.policy.graph
+        capacity = sum(m.spec.speed * m.spec.slots for m in self.members.values()) or 1.0
+        fastest = max((m.spec.speed for m in self.members.values()), default=1.0)
+        return max(graph.graph_critical_path() / fastest, graph.total_work() / capacity)
+
+    async def _loop(self) -> None:
+        while True:
+            wake: float | None = None
+            if not self._stopping:
+                for decision in self.policy.next_decisions(self.clock()):
+                    match decision:
+                        case Start(job=job, machine=machine):
+                            self._start(job, machine, speculative=False)
+                        case Speculate(job=job, machine=machine):
+                            self._start(job, machine, speculative=True)
+                        case Wait(until=until):
+                            wake = until
+            if not self._tasks and (self._stopping or wake is None):
+                break
+            timeout = None if wake is None else max(0.0, wake - self.clock())
+            done, _ = await asyncio.wait(
+                self._tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                await self._settle(task)
+        self._check_stuck()
+
+    def _check_stuck(self) -> None:
+        graph = self.policy.graph
+        left = graph.count(JobState.READY) + graph.count(JobState.PENDING)
+        if left and not self._stopping:
+            down = [name for name in self.members if not self.policy.is_up(name, self.clock())]
+            msg = f"{left} derivation(s) could not be built: no machine is available"
+            raise SchedulerError(
+                msg + (f" ({', '.join(down)} down)" if down else ""),
+                hint="check the builders with `offload machines`, or add -j N to build locally",
+            )
+
+    def _start(self, drv_path: str, machine: str, *, speculative: bool) -> None:
+        task = asyncio.create_task(
+            self._build(drv_path, self.members[machine], speculative=speculative),
+            name=f"{machine}:{drv_path}",
+        )
+        self._tasks[task] = (drv_path, machine)
+
+    async def _settle(self, task: asyncio.Task[_Outcome]) -> None:
+        drv_path, machine = self._tasks.pop(task)
+        now = self.clock()
+        outcome = task.result()
+        match outcome.kind:
+            case "cancelled":
+                return
+            case "lost":
+                self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+                if self._losses[drv_path] >= MAX_LOSSES:
+                    self._fail(drv_path, machine, outcome, now)
+                down = self.policy.on_machine_failed(machine, now)
+                self.emit(
+                    MachineEvent(
+                        machine=machine,
+                        state="down",
+                        message=outcome.error or "connection lost",
+                        until=self.wall() + (down.until - now),
+                        time=self.wall(),
+                    )
+                )
+                self._emit_outcome(drv_path, machine, "lost", outcome)
+                # The policy moved the machine's other builds back to the queue; stop them.
+                for other_task, (other, where) in list(self._tasks.items()):
+                    if where == machine and other in down.returned:
+                        other_task.cancel()
+            case "built":
+                finished = self.policy.on_finished(drv_path, machine, now, ok=True)
+                if not finished.accepted:
+                    return
+                self.report.built.append(drv_path)
+                self._emit_outcome(drv_path, machine, "built", outcome)
+                for cancel in finished.cancel:
+                    await self._cancel(cancel)
+            case "failed":
+                self._fail(drv_path, machine, outcome, now)
+
+    def _fail(self, drv_path: str, machine: str, outcome: _Outcome, now: float) -> None:
+        finished = self.policy.on_finished(drv_path, machine, now, ok=False)
+        self.report.failed[drv_path] = outcome.error or "failed"
+        self._emit_outcome(drv_path, machine, "failed", outcome)
+        for skipped in finished.skipped:
+            self._finish_skipped(skipped, drv_path)
+        if not self.keep_going:
+            self._stopping = True
+
+    def _finish_skipped(self, drv_path: str, cause: str) -> None:
+        self.report.skipped.append(drv_path)
+        reason = f"dependency {cause} failed" if cause else "cannot be built"
+        self._emit_finished(drv_path, "", "skipped", started=self.wall(), error=reason)
+
+    async def _cancel(self, cancel: Cancel) -> None:
+        for task, (drv_path, machine) in list(self._tasks.items()):
+            if drv_path == cancel.job and machine == cancel.machine:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self._tasks.pop(task, None)
+
+    async def _stop_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    def _emit_outcome(
+        self,
+        drv_path: str,
+        machine: str,
+        status: Literal["built", "failed", "lost"],
+        outcome: _Outcome,
+    ) -> None:
+        self._emit_finished(
+            drv_path,
+            machine,
+            status,
+            started=outcome.started,
+            error=outcome.error,
+            sent=outcome.bytes_sent,
+            received=outcome.bytes_received,
+        )
+
+    def _emit_finished(
+        self,
+        drv_path: str,
+        machine: str,
+        status: Literal["built", "failed", "cancelled", "lost", "skipped"],
+        *,
+        started: float,
+        error: str | None = None,
+        sent: int = 0,
+        received: int = 0,
+    ) -> None:
+        event = JobFinished(
+            drv_path=drv_path,
+            name=self.plan.drvs[drv_path].name,
+            machine=machine,
+            status=status,
+            started=started,
+            finished=self.wall(),
+            bytes_sent=sent,
+            bytes_received=received,
+            error=error,
+            time=self.wall(),
+        )
+        self.report.finished.append(event)
+        self.emit(event)
+
+    # -- one build copy ----------------------------------------------------------------------
+
+    def _phase(self, drv_path: str, machine: str, phase: Phase, *, speculative: bool) -> None:
+        jobs = self.policy.graph.job(drv_path)
+        speed = self.members[machine].spec.speed
+        self.emit(
+            JobPhase(
+                drv_path=drv_path,
+                name=self.plan.drvs[drv_path].name,
+                machine=machine,
+                phase=phase,
+                estimate=jobs.work_estimate / speed,
+                time=self.wall(),
+                speculative=speculative,
+            )
+        )
+
+    async def _build(self, drv_path: str, member: PoolMember, *, speculative: bool) -> _Outcome:
+        started = self.wall()
+        name = member.spec.name
+        drv = self.plan.drvs[drv_path]
+        sent = received = 0
+        client: ServeClient | None = None
+        try:
+            self._phase(drv_path, name, "connecting", speculative=speculative)
+            async with member.link.session() as client:
+                client.on_log = self._log_handler(drv_path, name)
+                inputs = self.plan.inputs[drv_path]
+                if member.remote:
+                    self._phase(drv_path, name, "sending", speculative=speculative)
+                    async with self.local.session() as local:
+                        sent = await send_closure(local, client, inputs)
+                self._phase(drv_path, name, "building", speculative=speculative)
+                result = await client.build_derivation(drv_path, drv, input_srcs=inputs)
+                if not result.success:
+                    return _Outcome("failed", result.error_msg, started, sent, received)
+                if member.remote:
+                    self._phase(drv_path, name, "fetching", speculative=speculative)
+                    async with self.local.session() as local:
+                        received = await send_closure(client, local, self.plan.outputs[drv_path])
+                client.on_log = None
+            return _Outcome("built", None, started, sent, received)
+        except asyncio.CancelledError:
+            if client is not None:
+                with contextlib.suppress(OffloadError):
+                    await member.link.cancel(client)
+            raise
+        except OffloadError as exc:
+            return _Outcome("lost", exc.message, started, sent, received)
+
+    def _log_handler(self, drv_path: str, machine: str) -> Callable[[str], None]:
+        name = self.plan.drvs[drv_path].name
+
+        def handle(line: str) -> None:
+            if self.log_sink is not None:
+                self.log_sink(drv_path, machine, line)
+            self.emit(JobLog(drv_path, name, machine, line, self.wall()))
+
+        return handle
+
+
+async def send_closure(src: ServeClient, dst: ServeClient, paths: Sequence[str]) -> int:
+    """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``."""
+    if not paths:
+        return 0
+    if not await _missing(dst, paths):
+        return 0
+    closure = await src.query_closure(paths)
+    missing = await _missing(dst, closure)
+    if not missing:
+        return 0
+    infos = await src.query_path_infos(missing)
+    return await copy_paths(src, dst, topo_sort_infos(infos))
+
+
+async def _missing(store: ServeClient, paths: Sequence[str] | set[str]) -> set[str]:
+    return set(paths) - await store.query_valid_paths(paths)

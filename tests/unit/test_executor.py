@@ -1,0 +1,235 @@
+"""The executor over the in-memory serve store: real ServeClient, no processes, no sleeps."""
+
+import asyncio
+
+import pytest
+
+from offload.errors import SchedulerError
+from offload.protocol.serve import BuildStatus
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.run import BuildPlan, Executor, PoolMember
+from offload.store.drv import Derivation, DerivationOutput
+from offload.transport.fake import (
+    BuildOutcome,
+    FakeBuild,
+    FakeLink,
+    FakePath,
+    FakeStore,
+    store_path,
+)
+from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished
+
+SYSTEM = "x86_64-linux"
+
+
+def make_plan(edges: dict[str, list[str]], *, features: dict[str, str] | None = None):
+    """A plan of derivations named by ``edges`` keys, each depending on the listed names."""
+    features = features or {}
+    src = FakePath.from_text(store_path("src"), "source")
+    drvs: dict[str, Derivation] = {}
+    paths = {name: store_path(f"{name}.drv") for name in edges}
+    outs = {name: store_path(name) for name in edges}
+    for name, deps in edges.items():
+        env = {"name": name, "out": outs[name], "system": SYSTEM, "builder": "/bin/sh"}
+        if name in features:
+            env["requiredSystemFeatures"] = features[name]
+        drvs[paths[name]] = Derivation.create(
+            outputs={"out": DerivationOutput(outs[name], "", "")},
+            input_drvs={paths[d]: ["out"] for d in deps},
+            input_srcs=[src.path],
+            platform=SYSTEM,
+            builder="/bin/sh",
+            args=["-c", "true"],
+            env=env,
+        )
+    order = _topo(edges)
+    plan = BuildPlan(
+        drvs=drvs,
+        order=[paths[n] for n in order],
+        inputs={paths[n]: tuple(sorted([src.path, *(outs[d] for d in edges[n])])) for n in edges},
+        outputs={paths[n]: (outs[n],) for n in edges},
+    )
+    return plan, paths, outs, src
+
+
+def _topo(edges):
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(n):
+        if n in seen:
+            return
+        seen.add(n)
+        for d in edges[n]:
+            visit(d)
+        order.append(n)
+
+    for n in edges:
+        visit(n)
+    return order
+
+
+def spec(name, speed=1.0, slots=2, *, mandatory=(), supported=()):
+    return MachineSlotSpec(
+        name=name,
+        speed=speed,
+        slots=slots,
+        systems=frozenset({SYSTEM}),
+        supported=frozenset(supported),
+        mandatory=frozenset(mandatory),
+    )
+
+
+def run(plan, members, local, *, keep_going=False, estimates=None):
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, local, emit=events.append, keep_going=keep_going, estimates=estimates
+    )
+    report = asyncio.run(executor.run())
+    return report, events
+
+
+def finished(events, status="built"):
+    return {e.name: e.machine for e in events if isinstance(e, JobFinished) and e.status == status}
+
+
+def test_graph_splits_across_local_and_remote_and_outputs_come_home():
+    plan, paths, outs, src = make_plan({"a": [], "b": [], "c": [], "d": ["a", "b", "c"]})
+    local_store = FakeStore("local", [src])
+    remote_store = FakeStore("fast")
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
+        PoolMember(spec("fast", speed=1.5, slots=1), FakeLink(remote_store), remote=True),
+    ]
+    report, events = run(plan, members, local)
+    assert report.ok
+    where = finished(events)
+    assert set(where) == {"a", "b", "c", "d"}
+    assert set(where.values()) == {"local", "fast"}
+    assert all(local_store.has(outs[n]) for n in "abcd")
+    # Remote builds received their inputs: the source and, for d, whatever was built locally.
+    assert src.path in remote_store.received
+    for name, machine in where.items():
+        store = remote_store if machine == "fast" else local_store
+        assert paths[name] in store.builds
+    assert isinstance(events[-1], RunFinished)
+    assert events[-1].built == 4
+
+
+def test_failed_derivation_skips_dependents_and_stops_without_keep_going():
+    plan, paths, _, src = make_plan({"bad": [], "after": ["bad"], "x": [], "y": ["x"]})
+
+    async def builder(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "bad":
+            build.log("compiling bad")
+            return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for bad failed")
+        return None
+
+    local_store = FakeStore("local", [src], builder=builder)
+    local = FakeLink(local_store)
+    members = [PoolMember(spec("local", slots=1), local, remote=False)]
+    # "bad" has the longest remaining path, so it starts first on the single slot.
+    report, events = run(plan, members, local, estimates={"bad": 50, "after": 50})
+    assert list(report.failed) == [paths["bad"]]
+    assert paths["after"] in report.skipped
+    assert not report.ok
+    assert "y" not in finished(events)  # nothing new starts after a failure
+
+    local_store2 = FakeStore("local", [src], builder=builder)
+    local2 = FakeLink(local_store2)
+    members2 = [PoolMember(spec("local", slots=1), local2, remote=False)]
+    report2, events2 = run(plan, members2, local2, keep_going=True, estimates={"bad": 50})
+    assert set(finished(events2)) == {"x", "y"}
+    assert set(finished(events2, "skipped")) == {"after"}
+    assert report2.failed == {paths["bad"]: "builder for bad failed"}
+
+
+def test_unreachable_builder_is_backed_off_and_its_work_built_elsewhere():
+    plan, _, outs, src = make_plan({"a": [], "b": [], "c": ["a", "b"]})
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    dead = FakeLink(FakeStore("dead"))
+    dead.go_down()
+    members = [
+        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+        PoolMember(spec("dead", speed=8, slots=2), dead, remote=True),
+    ]
+    report, events = run(plan, members, local)
+    assert report.ok
+    assert set(finished(events).values()) == {"local"}
+    downs = [e for e in events if isinstance(e, MachineEvent) and e.state == "down"]
+    assert downs
+    assert downs[0].machine == "dead"
+    assert all(local_store.has(outs[n]) for n in "abc")
+
+
+def test_connection_dropped_mid_build_reschedules_on_another_machine():
+    plan, _, outs, src = make_plan({"a": []})
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    flaky_store = FakeStore("flaky")
+    flaky = FakeLink(flaky_store)
+    flaky.break_next("build-start")
+    members = [
+        PoolMember(spec("flaky", speed=8, slots=1), flaky, remote=True),
+        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
+    ]
+    report, events = run(plan, members, local)
+    assert report.ok
+    lost = [e for e in events if isinstance(e, JobFinished) and e.status == "lost"]
+    assert [e.machine for e in lost] == ["flaky"]
+    assert finished(events) == {"a": "local"}
+    assert local_store.has(outs["a"])
+    assert not flaky_store.has(outs["a"])
+
+
+def test_mandatory_feature_machine_only_takes_matching_work():
+    plan, _, _, src = make_plan(
+        {"plain1": [], "plain2": [], "kvm-test": []}, features={"kvm-test": "kvm"}
+    )
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("local", speed=1, slots=1, supported=("kvm",)), local, remote=False),
+        PoolMember(
+            spec("kvmbox", speed=10, slots=4, mandatory=("kvm",)),
+            FakeLink(FakeStore("kvmbox")),
+            remote=True,
+        ),
+    ]
+    report, events = run(plan, members, local)
+    assert report.ok
+    where = finished(events)
+    assert where["plain1"] == where["plain2"] == "local"
+    assert where["kvm-test"] == "kvmbox"
+
+
+def test_work_no_machine_can_build_is_an_error_before_anything_starts():
+    plan, _, _, src = make_plan({"arm": []}, features={"arm": "big-parallel"})
+    local = FakeLink(FakeStore("local", [src]))
+    members = [PoolMember(spec("local"), local, remote=False)]
+    with pytest.raises(SchedulerError, match="no machine can build"):
+        Executor(plan, members, local, emit=lambda e: None)
+
+
+def test_logs_reach_the_sink_with_their_derivation_and_machine():
+    plan, paths, _, src = make_plan({"chatty": []})
+
+    async def builder(build: FakeBuild) -> BuildOutcome | None:
+        build.log("line one")
+        build.log("line two")
+        return None
+
+    remote = FakeLink(FakeStore("r", builder=builder))
+    local = FakeLink(FakeStore("local", [src]))
+    lines: list[tuple[str, str, str]] = []
+    executor = Executor(
+        plan,
+        [PoolMember(spec("r"), remote, remote=True)],
+        local,
+        emit=lambda e: None,
+        log_sink=lambda drv, machine, line: lines.append((drv, machine, line)),
+    )
+    assert asyncio.run(executor.run()).ok
+    assert lines == [(paths["chatty"], "r", "line one"), (paths["chatty"], "r", "line two")]
