@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Self
 
 from offload.errors import StoreError
 from offload.history.records import BuildRecord
@@ -57,7 +58,7 @@ class History:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> History:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -115,8 +116,9 @@ class History:
             for start in range(0, len(names), 500):
                 chunk = names[start : start + 500]
                 marks = ",".join("?" * len(chunk))
+                # Only "?" placeholders are formatted in; the names are bound parameters.
                 rows = cur.execute(
-                    "SELECT pname, machine, finished - started FROM builds"
+                    "SELECT pname, machine, finished - started FROM builds"  # noqa: S608
                     f" WHERE status = 'built' AND pname IN ({marks})"
                     " ORDER BY finished DESC",
                     chunk,
