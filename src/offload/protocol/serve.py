@@ -32,7 +32,15 @@ from functools import partial
 from typing import Protocol
 
 from offload.errors import ProtocolError, RemoteError, StoreError
-from offload.protocol.wire import encode_int, encode_str, encode_strs, read_int, read_str, read_strs
+from offload.protocol.wire import (
+    ByteReader,
+    encode_int,
+    encode_str,
+    encode_strs,
+    read_int,
+    read_str,
+    read_strs,
+)
 from offload.store.drv import Derivation
 from offload.store.nar import copy_nar
 
@@ -247,7 +255,7 @@ class ServeClient:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: ByteReader,
         writer: ByteWriter,
         *,
         stderr: asyncio.StreamReader | None = None,
@@ -267,6 +275,11 @@ class ServeClient:
         self._lock = asyncio.Lock()
         self._broken: str | None = None
         self._closed = False
+
+    @property
+    def usable(self) -> bool:
+        """False once a request failed or was interrupted, or after ``close``."""
+        return self._broken is None
 
     # -- public requests ---------------------------------------------------------------------
 

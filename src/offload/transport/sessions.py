@@ -1,0 +1,43 @@
+"""One-off serve sessions: a single ``ServeClient`` to the local store or one builder.
+
+The local store is reached through the same protocol as the builders (a local
+``nix-store --serve --write``, as Hydra does for localhost). That gives one code path for moving
+paths in either direction, and it makes local registration atomic per path: Nix adds a path
+only after its whole NAR arrived and its hash matched, so an interrupted copy leaves nothing
+partial behind.
+
+These are thin wrappers over a one-session ``Link`` (``offload.transport.links``): code that
+runs many builds on a machine should keep a ``MachineLink`` open instead and borrow sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+from offload.protocol.serve import ServeClient
+from offload.transport.links import LocalLink, LogSink, MachineLink
+from offload.transport.ssh import SshTarget
+
+__all__ = ["LogSink", "open_local_store", "open_ssh_store"]
+
+
+@contextlib.asynccontextmanager
+async def open_local_store(on_log: LogSink | None = None) -> AsyncIterator[ServeClient]:
+    async with LocalLink(max_sessions=1) as link, link.session(on_log) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def open_ssh_store(
+    target: SshTarget,
+    *,
+    name: str,
+    params: Mapping[str, str] | None = None,
+    on_log: LogSink | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[ServeClient]:
+    """A session on ``target``; raises ``SshError`` naming ``name`` when it cannot connect."""
+    link = MachineLink(target, name=name, params=params, max_sessions=1, env=env)
+    async with link, link.session(on_log) as client:
+        yield client

@@ -1,0 +1,275 @@
+"""ssh argv for talking to builders, built the way Nix's own ssh store builds it.
+
+offload shells out to OpenSSH like Nix does, so users' ``~/.ssh/config``, agents and ProxyJump
+keep working, and ``NIX_SSHOPTS`` applies to offload as it does to Nix (split on blanks, no
+quoting, as Nix's ``tokenizeString``). Host keys are never trusted on first use: a machine's
+pinned key (column 8 of the machines file) is written to a private known_hosts file and passed
+with ``UserKnownHostsFile`` and ``StrictHostKeyChecking=yes`` *before* ``NIX_SSHOPTS``, because
+ssh keeps the first value it sees for an option: nothing later can turn the check off.
+
+One builder gets one ssh connection: a master (``ControlMaster=yes``, run in the foreground as a
+child of ours, never forked into the background) and any number of sessions multiplexed over it
+(``ControlMaster=no``), which skip the key exchange and authentication. Every remote serve
+session reports its pid on stderr before anything else, so that it can be stopped remotely:
+ssh without a PTY does not forward signals, and killing the local ssh leaves the remote build
+running. Every remote argument is quoted on its own because ssh joins them into one string for
+the remote shell.
+
+This module only builds argv lists and strings; ``offload.transport.links`` runs them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from offload.errors import ConfigError
+
+if TYPE_CHECKING:
+    from offload.config.machines import Machine
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "MASTER_READY",
+    "PID_MARKER",
+    "SshTarget",
+    "control_argv",
+    "kill_script",
+    "known_hosts_line",
+    "master_argv",
+    "parse_pid_line",
+    "remote_command",
+    "serve_argv",
+    "serve_command",
+    "serve_program",
+    "split_sshopts",
+    "ssh_argv",
+    "ssh_target",
+]
+
+CONNECT_TIMEOUT = 10
+# Keepalives: a builder that stops answering is noticed after 3 x 5 s (nix#13513, nix#16437).
+SERVER_ALIVE_INTERVAL = 5
+SERVER_ALIVE_COUNT_MAX = 3
+
+PID_MARKER = "offload-serve-pid"
+MASTER_READY = "offload-master-ready"
+
+# `exec "$@"` keeps the reported pid that of nix-store itself (the shell is replaced).
+_REPORT_PID = f'echo "{PID_MARKER} $$" >&2; exec "$@"'
+
+# Stops a serve process and every process group below it. Nix 2.8 on SIGTERM kills its
+# builder's top process but not the builder's children (they sit in the builder's own session
+# and are reparented to init; seen with /bin/sleep on 2.8.0), so the groups of all descendants
+# are collected first and signalled too. SIGTERM, up to $2 seconds, then SIGKILL.
+_KILL = r"""p=$1; grace=${2:-5}
+groups=$(ps -e -o pid= -o ppid= -o pgid= 2>/dev/null | awk -v root="$p" '
+  { pg[$1] = $3; kids[$2] = kids[$2] " " $1 }
+  END {
+    n = 1; st[1] = root
+    while (n > 0) {
+      x = st[n]; n--
+      if (pg[x] > 1) out[pg[x]] = 1
+      m = split(kids[x], k, " ")
+      for (i = 1; i <= m; i++) st[++n] = k[i]
+    }
+    for (g in out) print g
+  }')
+signal() {
+  kill -s "$1" "$p" 2>/dev/null
+  for g in $groups; do kill -s "$1" -- "-$g" 2>/dev/null; done
+}
+alive() {
+  kill -0 "$p" 2>/dev/null && return 0
+  for g in $groups; do kill -0 -- "-$g" 2>/dev/null && return 0; done
+  return 1
+}
+signal TERM
+i=0
+while alive; do
+  if [ "$i" -ge $((grace * 10)) ]; then signal KILL; break; fi
+  sleep 0.1
+  i=$((i + 1))
+done
+exit 0"""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    public_host_key: str | None = None  # "type base64 [comment]", pinned
+    compress: bool = False
+
+    def __post_init__(self) -> None:
+        # A host that starts with '-' would be read by ssh as an option.
+        if not self.host or self.host.startswith("-") or any(c.isspace() for c in self.host):
+            raise ConfigError(f"invalid ssh host {self.host!r}", hint="use a host name or alias")
+        if self.user is not None and (not self.user or self.user.startswith("-")):
+            raise ConfigError(f"invalid ssh user {self.user!r}")
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+
+def ssh_target(machine: Machine) -> SshTarget:
+    """The ssh side of a machines-file entry; ``compress=true`` in its URI gives ``-C``."""
+    if machine.host is None or not machine.is_ssh:
+        raise ConfigError(f"{machine.source}: {machine.name} is not an ssh:// builder")
+    return SshTarget(
+        host=machine.host,
+        user=machine.user,
+        port=machine.port,
+        identity_file=machine.ssh_key,
+        public_host_key=machine.public_host_key,
+        compress=machine.params.get("compress", "false") == "true",
+    )
+
+
+def known_hosts_line(target: SshTarget) -> str:
+    """The known_hosts entry that pins ``target``'s key, as ssh looks it up."""
+    assert target.public_host_key is not None
+    name = f"[{target.host}]:{target.port}" if target.port and target.port != 22 else target.host
+    return f"{name} {target.public_host_key.strip()}\n"
+
+
+def split_sshopts(text: str) -> list[str]:
+    """NIX_SSHOPTS as Nix splits it: on blanks, with no quoting of any kind."""
+    return text.split()
+
+
+def ssh_argv(
+    target: SshTarget,
+    *,
+    known_hosts: Path | None = None,
+    nix_sshopts: str = "",
+    control_path: Path | None = None,
+    master: bool = False,
+    connect_timeout: int = CONNECT_TIMEOUT,
+) -> list[str]:
+    """ssh and its options up to and including ``--`` and the destination.
+
+    With ``control_path``, the command is a session over that master (``master=False``) or the
+    master itself (``master=True``, kept in the foreground: ``ControlPersist=no``).
+    """
+    argv = ["ssh"]
+    if known_hosts is not None:
+        argv += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    argv += [*split_sshopts(nix_sshopts), "-x", "-a"]
+    argv += [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={connect_timeout}",
+        "-o",
+        f"ServerAliveInterval={SERVER_ALIVE_INTERVAL}",
+        "-o",
+        f"ServerAliveCountMax={SERVER_ALIVE_COUNT_MAX}",
+    ]
+    if target.identity_file:
+        argv += ["-i", target.identity_file]
+    if target.port is not None:
+        argv += ["-p", str(target.port)]
+    if target.compress:
+        argv.append("-C")
+    if control_path is not None:
+        mode = ["-o", "ControlMaster=yes", "-o", "ControlPersist=no"] if master else []
+        argv += [*(mode or ["-o", "ControlMaster=no"]), "-o", f"ControlPath={control_path}"]
+    return [*argv, "--", target.destination]
+
+
+def remote_command(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(arg) for arg in argv)
+
+
+def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
+    """``nix-store --serve --write [--store URI]`` as Nix's ssh:// store runs it."""
+    params = params or {}
+    remote = [params.get("remote-program") or "nix-store", "--serve", "--write"]
+    if params.get("remote-store"):
+        remote += ["--store", params["remote-store"]]
+    return remote
+
+
+def serve_command(params: Mapping[str, str] | None = None) -> list[str]:
+    """The serve program wrapped so that it first reports its pid on stderr."""
+    return ["sh", "-c", _REPORT_PID, "sh", *serve_program(params)]
+
+
+def parse_pid_line(line: str) -> int | None:
+    """The pid from ``offload-serve-pid N``, or None for any other line."""
+    marker, _, rest = line.strip().partition(" ")
+    if marker != PID_MARKER or not rest.isdigit():
+        return None
+    return int(rest)
+
+
+def kill_script(pid: int, grace: int = 5) -> list[str]:
+    """argv (to run locally, or remotely after quoting) that stops ``pid`` and its builders."""
+    return ["sh", "-c", _KILL, "sh", str(pid), str(grace)]
+
+
+def serve_argv(
+    target: SshTarget,
+    *,
+    params: Mapping[str, str] | None = None,
+    known_hosts: Path | None = None,
+    nix_sshopts: str = "",
+    control_path: Path | None = None,
+    connect_timeout: int = CONNECT_TIMEOUT,
+) -> list[str]:
+    """``ssh ... -- host 'sh -c ... nix-store --serve --write'``: one serve session."""
+    return [
+        *ssh_argv(
+            target,
+            known_hosts=known_hosts,
+            nix_sshopts=nix_sshopts,
+            control_path=control_path,
+            connect_timeout=connect_timeout,
+        ),
+        remote_command(serve_command(params)),
+    ]
+
+
+def master_argv(
+    target: SshTarget,
+    *,
+    control_path: Path,
+    known_hosts: Path | None = None,
+    nix_sshopts: str = "",
+    connect_timeout: int = CONNECT_TIMEOUT,
+) -> list[str]:
+    """The master connection: says it is ready on stdout, then holds until its stdin closes."""
+    remote = ["sh", "-c", f"echo {MASTER_READY}; exec cat >/dev/null"]
+    return [
+        *ssh_argv(
+            target,
+            known_hosts=known_hosts,
+            nix_sshopts=nix_sshopts,
+            control_path=control_path,
+            master=True,
+            connect_timeout=connect_timeout,
+        ),
+        remote_command(remote),
+    ]
+
+
+def control_argv(
+    target: SshTarget,
+    operation: str,
+    *,
+    control_path: Path,
+    known_hosts: Path | None = None,
+    nix_sshopts: str = "",
+) -> list[str]:
+    """``ssh -O <operation>`` (check, exit) addressed to the master at ``control_path``."""
+    argv = ssh_argv(
+        target, known_hosts=known_hosts, nix_sshopts=nix_sshopts, control_path=control_path
+    )
+    return [*argv[:-2], "-O", operation, *argv[-2:]]

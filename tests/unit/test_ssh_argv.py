@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+
+from offload.errors import ConfigError
+from offload.transport.ssh import (
+    SshTarget,
+    control_argv,
+    kill_script,
+    known_hosts_line,
+    master_argv,
+    parse_pid_line,
+    serve_argv,
+)
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
+
+
+REPORTING = 'sh -c \'echo "offload-serve-pid $$" >&2; exec "$@"\' sh '
+
+
+def test_serve_argv_exact_with_master_pinning_and_sshopts():
+    target = SshTarget(host="fast", user="builder", identity_file="/k/id", compress=True)
+    argv = serve_argv(
+        target,
+        known_hosts=Path("/tmp/kh"),
+        nix_sshopts="-F /f/ssh_config  -o\tX=1",
+        control_path=Path("/tmp/ofl-x/m"),
+    )
+    assert argv == [
+        "ssh",
+        # Pinning first: ssh keeps the first value, NIX_SSHOPTS cannot turn checking off.
+        "-o", "UserKnownHostsFile=/tmp/kh", "-o", "StrictHostKeyChecking=yes",
+        "-F", "/f/ssh_config", "-o", "X=1",  # split on blanks like Nix, no quoting
+        "-x", "-a",
+        "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+        "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+        "-i", "/k/id", "-C",
+        "-o", "ControlMaster=no", "-o", "ControlPath=/tmp/ofl-x/m",
+        "--", "builder@fast",
+        REPORTING + "nix-store --serve --write",
+    ]  # fmt: skip
+
+
+def test_master_and_control_argv():
+    target = SshTarget(host="h", port=2222)
+    master = master_argv(target, control_path=Path("/c/m"), connect_timeout=3)
+    assert master[master.index("--") - 6 :] == [
+        "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-o", "ControlPath=/c/m",
+        "--", "h", "sh -c 'echo offload-master-ready; exec cat >/dev/null'",
+    ]  # fmt: skip
+    assert "ConnectTimeout=3" in master
+    assert control_argv(target, "exit", control_path=Path("/c/m"))[-4:] == ["-O", "exit", "--", "h"]
+
+
+def test_pid_line_and_kill_script():
+    assert parse_pid_line("offload-serve-pid 123\n") == 123
+    assert parse_pid_line("offload-serve-pid x") is None
+    assert parse_pid_line("building '/nix/store/x.drv'") is None
+    argv = kill_script(42, 3)
+    assert argv[:2] == ["sh", "-c"]
+    assert argv[-3:] == ["sh", "42", "3"]
+
+
+def test_remote_program_and_store_are_quoted_one_by_one():
+    target = SshTarget(host="h")
+    argv = serve_argv(
+        target,
+        params={"remote-program": "/opt/nix tools/nix-store", "remote-store": "/a b;rm -rf /"},
+    )
+    assert (
+        argv[-1] == REPORTING + "'/opt/nix tools/nix-store' --serve --write --store '/a b;rm -rf /'"
+    )
+
+
+def test_port_goes_to_ssh_and_known_hosts_uses_bracket_form():
+    target = SshTarget(host="127.0.0.1", port=2222, public_host_key=KEY)
+    argv = serve_argv(target)
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert known_hosts_line(target) == f"[127.0.0.1]:2222 {KEY}\n"
+    assert known_hosts_line(SshTarget(host="fast", public_host_key=KEY)) == f"fast {KEY}\n"
+
+
+@pytest.mark.parametrize("host", ["", "-oProxyCommand=evil", "a b", "a\nb"])
+def test_hosts_that_ssh_would_misread_are_rejected(host):
+    with pytest.raises(ConfigError):
+        SshTarget(host=host)
+
+
+def test_user_that_looks_like_an_option_is_rejected():
+    with pytest.raises(ConfigError):
+        SshTarget(host="h", user="-oX")
