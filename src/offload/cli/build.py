@@ -1,15 +1,138 @@
-"""`offload build`: a drop-in for nix-build."""
+"""`offload build`: a drop-in for nix-build that schedules the whole graph over the pool."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from offload.build import out_links, run_build
+from offload.cli.machines import add_pool_arguments, pool_from_args
+from offload.errors import BuildFailed, ConfigError, OffloadError
+from offload.history.db import History
+from offload.history.estimates import estimator, records_from
+from offload.logs import BuildLogs
+from offload.nix import Installables, add_roots, instantiate
+from offload.paths import ensure_state_dir
+from offload.protocol.serve import strip_ansi
+from offload.ui import make_renderer
+from offload.ui.events import Event
+from offload.ui.summary import render_summary
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("build", help="build derivations like nix-build, over the pool")
+    parser = sub.add_parser(
+        "build",
+        help="build derivations like nix-build, over the whole pool",
+        description="Build Nix derivations like nix-build, scheduling the whole graph over the "
+        "local machine and the builders. Output paths go to stdout, everything else to stderr.",
+    )
+    parser.add_argument("paths", nargs="*", metavar="FILE|DRV", help="default: ./default.nix")
+    parser.add_argument("-A", "--attr", action="append", default=[], help="attribute to build")
+    parser.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"))
+    parser.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    parser.add_argument("-E", "--expr", help="build the derivations this expression evaluates to")
+    parser.add_argument("-o", "--out-link", default="result", help="symlink name (./result)")
+    parser.add_argument("--no-out-link", action="store_true", help="make no result symlinks")
+    parser.add_argument(
+        "-k",
+        "--keep-going",
+        action="store_true",
+        help="go on with what does not depend on a failure",
+    )
+    parser.add_argument(
+        "-L", "--print-build-logs", action="store_true", help="stream build logs to stderr"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="write one JSON event per line to stdout"
+    )
+    add_pool_arguments(parser)
     parser.set_defaults(func=run)
 
 
+LOG_TAIL = 10
+
+
+def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
+    """The last lines of each failed build's log, as nix-build shows them."""
+    for drv_path in failed:
+        path = logs.latest(drv_path)
+        if path is None:
+            continue
+        lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+        name = drv_path.rsplit("/", 1)[-1].split("-", 1)[-1].removesuffix(".drv")
+        print(f"last {len(lines)} log lines of {name}:", file=sys.stderr)
+        for line in lines:
+            print(f"  {name}> {strip_ansi(line)}", file=sys.stderr)
+
+
+def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
+    for handle in handlers:
+        handle(event)
+
+
 def run(args: argparse.Namespace) -> int:
-    del args
-    return 1
+    files = tuple(args.paths)
+    for path in files:
+        if not path.endswith(".drv") and not Path(path).exists():
+            raise ConfigError(f"{path}: no such file", hint="give a Nix file or a .drv path")
+    if not files and args.expr is None and not Path("default.nix").exists():
+        raise ConfigError("./default.nix: no such file", hint="give a Nix file, -E or a .drv")
+    what = Installables(
+        files=files,
+        attrs=tuple(args.attr),
+        expr=args.expr,
+        args=tuple(tuple(a) for a in args.arg),
+        argstrs=tuple(tuple(a) for a in args.argstr),
+    )
+    pool = pool_from_args(args)
+    for warning in pool.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    roots = instantiate(what)
+    state = ensure_state_dir()
+    logs = BuildLogs(state / "logs")
+    renderer = make_renderer("json" if args.json else "auto", print_logs=args.print_build_logs)
+    with History(state / "history.sqlite") as history:
+        speeds = {m.name: m.speed_factor for m in pool.machines}
+        if pool.local is not None:
+            speeds["local"] = pool.local.speed_factor
+        recorder = logs.recorder()
+        try:
+            report, graph = asyncio.run(
+                run_build(
+                    roots,
+                    pool,
+                    emit=lambda event: _tee(event, recorder.handle, renderer.handle),
+                    log_sink=recorder.write,
+                    keep_going=args.keep_going,
+                    estimate=estimator(history, speeds),
+                )
+            )
+        finally:
+            recorder.close()
+            renderer.close()
+        history.record(records_from(report))
+    if not args.json:
+        render_summary(report.finished, sys.stderr)
+    if report.failed:
+        _print_log_tails(logs, report.failed)
+        first, error = next(iter(report.failed.items()))
+        more = len(report.failed) - 1
+        raise BuildFailed(
+            f"build of '{first}' failed: {error}" + (f" (and {more} more)" if more else ""),
+            drv_path=first,
+            status=3,
+            hint=f"see its log with `offload log {first}`",
+        )
+    if report.skipped:
+        msg = f"{len(report.skipped)} derivation(s) were not built"
+        raise OffloadError(msg)
+    links = out_links(roots, graph, args.out_link)
+    if not args.json:
+        for path, _ in links:
+            print(path)
+    if not args.no_out_link:
+        add_roots(links)
+    return 0

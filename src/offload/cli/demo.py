@@ -1,15 +1,129 @@
-"""`offload demo`: the main job on a local fleet."""
+"""`offload demo`: the main job, on a local fleet.
+
+Brings up a three-member fleet of different speeds (unless one is already running), builds the
+bundled sample graph (about 30 derivations, each sleeping ``work / speed`` on the machine that
+builds it) through offload over the fleet and the local machine, and prints which machine built
+what and how long it took. A fleet the demo started is stopped at the end unless
+``--keep-fleet`` is given; a fleet that was already up is left as it was.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from offload.build import run_build
+from offload.config.pool import load_pool
+from offload.dagfile import Dag, parse_dag, write_nix_file
+from offload.errors import BuildFailed
+from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_up, open_fleet
+from offload.fleet.spec import default_fleet_dir
+from offload.nix import Installables, instantiate
+from offload.ui import make_renderer
+from offload.ui.events import Event, JobFinished
+from offload.ui.summary import render_summary
+
+LOCAL_SLOTS = 2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("demo", help="build a sample graph on a local three-member fleet")
+    parser = sub.add_parser(
+        "demo",
+        help="build a sample graph on a local three-member fleet",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dir", type=Path, help="fleet directory (default: the state dir's)")
+    parser.add_argument("--keep-fleet", action="store_true", help="leave the fleet running")
+    parser.add_argument("--graph", type=Path, help="a DAG JSON file instead of the sample")
     parser.set_defaults(func=run)
 
 
+def sample_graph() -> Dag:
+    text = resources.files("offload").joinpath("data/sample.json").read_text()
+    return parse_dag(json.loads(text), source="offload/data/sample.json")
+
+
 def run(args: argparse.Namespace) -> int:
-    del args
-    return 1
+    fleet_dir = args.dir or default_fleet_dir(os.environ, Path.home())
+    already_up = any(status.running for status in fleet_status(fleet_dir))
+    fleet: Fleet = open_fleet(fleet_dir) if already_up else fleet_up(fleet_dir, DEFAULT_SPECS)
+    try:
+        return _build(fleet, args)
+    finally:
+        if not already_up and not args.keep_fleet:
+            fleet_down(fleet_dir)
+            print(f"fleet stopped (its stores stay in {fleet_dir})", file=sys.stderr)
+        else:
+            print(f"fleet left running: `offload fleet down --dir {fleet_dir}`", file=sys.stderr)
+
+
+def _build(fleet: Fleet, args: argparse.Namespace) -> int:
+    dag = (
+        parse_dag(json.loads(args.graph.read_text()), source=str(args.graph))
+        if args.graph
+        else sample_graph()
+    )
+    speeds = [(m.spec.speed, m.spec.jobs) for m in fleet.members] + [(1.0, LOCAL_SLOTS)]
+    bound = dag.lower_bound(speeds)
+    members = ", ".join(
+        f"{m.name} (speed {m.spec.speed:g}, {m.spec.jobs} slots)" for m in fleet.members
+    )
+    print(f"fleet: {members}, and local (speed 1, {LOCAL_SLOTS} slots)", file=sys.stderr)
+    print(
+        f"graph: {len(dag.nodes)} derivations, {dag.total_work():.0f} s of work at speed 1, "
+        f"critical path {dag.critical_path():.1f} s; lower bound on this pool {bound:.1f} s",
+        file=sys.stderr,
+    )
+    env = fleet.env()
+    pool = load_pool(builders=f"@{fleet.machines_file}", config=None, env=env).select(
+        max_jobs=LOCAL_SLOTS
+    )
+    with tempfile.TemporaryDirectory(prefix="offload-demo-") as tmp:
+        nix_file = write_nix_file(dag, Path(tmp) / "sample.nix", salt=secrets.token_hex(6))
+        roots = instantiate(Installables(files=(str(nix_file),)))
+    renderer = make_renderer("auto", print_logs=False)
+    finished: list[JobFinished] = []
+
+    def emit(event: Event) -> None:
+        if isinstance(event, JobFinished):
+            finished.append(event)
+        renderer.handle(event)
+
+    started = time.monotonic()
+    try:
+        report, _ = asyncio.run(run_build(roots, pool, emit=emit, env=env))
+    finally:
+        renderer.close()
+    elapsed = time.monotonic() - started
+    _print_builds(finished, started_wall=min((f.started for f in finished), default=0.0))
+    render_summary(finished, sys.stderr)
+    print(
+        f"\n{len(report.built)} derivations built in {elapsed:.1f} s "
+        f"(lower bound {bound:.1f} s, ratio {elapsed / bound:.2f})",
+        file=sys.stderr,
+    )
+    if report.failed:
+        drv, error = next(iter(report.failed.items()))
+        raise BuildFailed(f"build of '{drv}' failed: {error}", drv_path=drv, status=3)
+    return 0
+
+
+def _print_builds(finished: list[JobFinished], *, started_wall: float) -> None:
+    print(f"\n{'derivation':<18} {'machine':<8} {'start':>7} {'took':>7}", file=sys.stderr)
+    for event in sorted(finished, key=lambda e: e.started):
+        if event.status != "built":
+            continue
+        print(
+            f"{event.name:<18} {event.machine:<8} {event.started - started_wall:>6.1f}s "
+            f"{event.duration:>6.1f}s",
+            file=sys.stderr,
+        )

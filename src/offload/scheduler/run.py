@@ -256,7 +256,10 @@ class Executor:
         self._tasks[task] = (drv_path, machine)
 
     async def _settle(self, task: asyncio.Task[_Outcome]) -> None:
-        drv_path, machine = self._tasks.pop(task)
+        entry = self._tasks.pop(task, None)
+        if entry is None:
+            return  # a losing copy, cancelled while settling its twin in the same batch
+        drv_path, machine = entry
         now = self.clock()
         outcome = task.result()
         match outcome.kind:

@@ -1,0 +1,218 @@
+"""One ``offload build`` run: from .drv paths to valid local outputs, over the whole pool.
+
+The run reads the derivation graph from the local .drv files, finds what is missing locally,
+turns it into a ``BuildPlan``, and hands it to the executor with one member per machine of the
+pool (the local machine included, like any other). The executor copies every built output back
+as it is built, through the local store's own serve process, so at the end the requested
+outputs are valid here and nothing partial was ever registered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from offload.config.machines import Machine
+from offload.config.pool import Pool
+from offload.errors import ConfigError, SchedulerError
+from offload.protocol.serve import ServeClient
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.run import BuildPlan, Executor, PoolMember, RunReport
+from offload.store.drv import Derivation, read_derivation
+from offload.store.path import split_name_version
+from offload.transport.links import LocalLink, MachineLink
+from offload.ui.events import Event
+
+__all__ = [
+    "LOCAL",
+    "DrvGraph",
+    "build_plan",
+    "load_graph",
+    "out_links",
+    "pool_members",
+    "run_build",
+]
+
+LOCAL = "local"
+
+
+@dataclass
+class DrvGraph:
+    """The derivations reachable from the requested ones whose needed outputs are missing."""
+
+    drvs: dict[str, Derivation]
+    wanted: dict[str, set[str]]  # drv path -> output names needed (by the user or a dependent)
+    order: list[str]  # to build, dependencies first
+
+    def output_path(self, drv: str, output: str) -> str:
+        path = self.drvs[drv].outputs[output].path
+        if not path:
+            raise ConfigError(
+                f"{drv}: output '{output}' has no path known in advance",
+                hint="content-addressed and impure derivations are not supported yet",
+            )
+        return path
+
+
+async def load_graph(
+    local: ServeClient,
+    roots: Sequence[tuple[str, str]],
+    read: Callable[[str], Derivation] = read_derivation,
+) -> DrvGraph:
+    """``roots`` are (drv path, output name) pairs, as nix-instantiate names them."""
+    drvs: dict[str, Derivation] = {}
+    wanted: dict[str, set[str]] = {}
+    for root, output in roots:
+        if root not in drvs:
+            drvs[root] = read(root)
+            wanted[root] = set()
+        if output not in drvs[root].outputs:
+            raise ConfigError(f"{root} has no output '{output}'")
+        wanted[root].add(output)
+    needs_build: set[str] = set()
+    frontier = list(dict.fromkeys(root for root, _ in roots))
+    # Breadth-first with one validity query per level, so a deep graph costs few round trips.
+    while frontier:
+        paths = {
+            drvs[d].outputs[o].path for d in frontier for o in wanted[d] if drvs[d].outputs[o].path
+        }
+        valid = await local.query_valid_paths(paths)
+        next_frontier: list[str] = []
+        for drv_path in frontier:
+            drv = drvs[drv_path]
+            if drv_path in needs_build:
+                continue
+            if all(drv.outputs[o].path in valid for o in wanted[drv_path]):
+                continue
+            needs_build.add(drv_path)
+            for dep, outputs in drv.input_drvs.items():
+                if dep not in drvs:
+                    drvs[dep] = read(dep)
+                    wanted[dep] = set()
+                wanted[dep].update(outputs)
+                next_frontier.append(dep)
+        frontier = list(dict.fromkeys(next_frontier))
+    return DrvGraph(drvs=drvs, wanted=wanted, order=_topological(needs_build, drvs))
+
+
+def _topological(selected: set[str], drvs: Mapping[str, Derivation]) -> list[str]:
+    seen: set[str] = set()
+    order: list[str] = []
+    for root in sorted(selected):
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(sorted(drvs[root].input_drvs)))]
+        while stack:
+            current, deps = stack[-1]
+            for dep in deps:
+                if dep in selected and dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, iter(sorted(drvs[dep].input_drvs))))
+                    break
+            else:
+                stack.pop()
+                order.append(current)
+    return order
+
+
+def build_plan(graph: DrvGraph) -> BuildPlan:
+    inputs: dict[str, tuple[str, ...]] = {}
+    outputs: dict[str, tuple[str, ...]] = {}
+    for drv_path in graph.order:
+        drv = graph.drvs[drv_path]
+        paths = set(drv.input_srcs)
+        for dep, names in drv.input_drvs.items():
+            paths.update(graph.output_path(dep, name) for name in names)
+        inputs[drv_path] = tuple(sorted(paths))
+        outputs[drv_path] = tuple(graph.output_path(drv_path, name) for name in sorted(drv.outputs))
+    return BuildPlan(drvs=graph.drvs, order=graph.order, inputs=inputs, outputs=outputs)
+
+
+def _slot_spec(machine: Machine) -> MachineSlotSpec:
+    return MachineSlotSpec(
+        name=machine.name,
+        speed=machine.speed_factor,
+        slots=machine.max_jobs,
+        systems=frozenset(machine.systems),
+        supported=frozenset(machine.supported_features),
+        mandatory=frozenset(machine.mandatory_features),
+    )
+
+
+@contextlib.asynccontextmanager
+async def pool_members(
+    pool: Pool, local_link: LocalLink, env: Mapping[str, str] | None = None
+) -> AsyncIterator[list[PoolMember]]:
+    members: list[PoolMember] = []
+    async with contextlib.AsyncExitStack() as stack:
+        if pool.local is not None and pool.local.max_jobs > 0:
+            spec = MachineSlotSpec(
+                name=LOCAL,
+                speed=pool.local.speed_factor,
+                slots=pool.local.max_jobs,
+                systems=frozenset(pool.local.systems),
+                supported=frozenset(pool.local.supported_features),
+            )
+            members.append(PoolMember(spec, local_link, remote=False))
+        for machine in pool.machines:
+            if not machine.enabled or machine.max_jobs <= 0:
+                continue
+            link = await stack.enter_async_context(MachineLink.from_machine(machine, env=env))
+            members.append(PoolMember(_slot_spec(machine), link, remote=True))
+        if not members:
+            raise SchedulerError(
+                "no machine to build on: the local machine takes no jobs and no builder is set",
+                hint="pass -j N, --builders, or set `builders` in nix.conf",
+            )
+        yield members
+
+
+async def run_build(
+    roots: Sequence[tuple[str, str]],
+    pool: Pool,
+    *,
+    emit: Callable[[Event], None],
+    log_sink: Callable[[str, str, str], None] | None = None,
+    keep_going: bool = False,
+    estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[RunReport, DrvGraph]:
+    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally."""
+    # Every remote build borrows a local session to send inputs and fetch outputs.
+    sessions = (
+        2 + sum(m.max_jobs for m in pool.machines) + (pool.local.max_jobs if pool.local else 0)
+    )
+    async with LocalLink(max_sessions=sessions) as local_link:
+        async with local_link.session() as local:
+            graph = await load_graph(local, roots)
+        plan = build_plan(graph)
+        pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
+        estimates = estimate(pnames) if estimate is not None else {}
+        async with pool_members(pool, local_link, env) as members:
+            executor = Executor(
+                plan,
+                members,
+                local_link,
+                emit=emit,
+                log_sink=log_sink,
+                keep_going=keep_going,
+                estimates=estimates,
+                outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
+            )
+            report = await executor.run()
+    return report, graph
+
+
+def out_links(
+    roots: Iterable[tuple[str, str]], graph: DrvGraph, base: str
+) -> list[tuple[str, str]]:
+    """(output path, link) pairs named as nix-build names them: result, result-2, result-dev."""
+    links = []
+    for index, (drv, output) in enumerate(roots):
+        link = base + (f"-{index + 1}" if index else "")
+        if output != "out":
+            link += f"-{output}"
+        links.append((graph.output_path(drv, output), link))
+    return links
