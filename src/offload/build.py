@@ -19,6 +19,7 @@ from offload.errors import ConfigError, SchedulerError
 from offload.protocol.serve import ServeClient
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import BuildPlan, Executor, PoolMember, RunReport
+from offload.slots import SlotLocks, slot_key
 from offload.store.drv import Derivation, read_derivation
 from offload.store.path import split_name_version
 from offload.transport.links import LocalLink, MachineLink
@@ -155,12 +156,14 @@ async def pool_members(
                 systems=frozenset(pool.local.systems),
                 supported=frozenset(pool.local.supported_features),
             )
-            members.append(PoolMember(spec, local_link, remote=False))
+            members.append(PoolMember(spec, local_link, remote=False, slot_key=LOCAL))
         for machine in pool.machines:
             if not machine.enabled or machine.max_jobs <= 0:
                 continue
             link = await stack.enter_async_context(MachineLink.from_machine(machine, env=env))
-            members.append(PoolMember(_slot_spec(machine), link, remote=True))
+            members.append(
+                PoolMember(_slot_spec(machine), link, remote=True, slot_key=slot_key(machine.uri))
+            )
         if not members:
             raise SchedulerError(
                 "no machine to build on: the local machine takes no jobs and no builder is set",
@@ -178,6 +181,7 @@ async def run_build(
     keep_going: bool = False,
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
     env: Mapping[str, str] | None = None,
+    slots: SlotLocks | None = None,
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally."""
     # Every remote build borrows a local session to send inputs and fetch outputs.
@@ -200,6 +204,7 @@ async def run_build(
                 keep_going=keep_going,
                 estimates=estimates,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
+                slots=slots,
             )
             report = await executor.run()
     return report, graph

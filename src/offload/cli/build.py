@@ -17,6 +17,7 @@ from offload.logs import BuildLogs
 from offload.nix import Installables, add_roots, instantiate
 from offload.paths import ensure_state_dir
 from offload.protocol.serve import strip_ansi
+from offload.slots import SlotLocks
 from offload.ui import make_renderer
 from offload.ui.events import Event
 from offload.ui.summary import render_summary
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                     log_sink=recorder.write,
                     keep_going=args.keep_going,
                     estimate=estimator(history, speeds),
+                    slots=SlotLocks.default(state),
                 )
             )
         finally:

@@ -36,6 +36,7 @@ from offload.scheduler.policy import (
     Start,
     Wait,
 )
+from offload.slots import SlotLocks
 from offload.store.drv import Derivation
 from offload.store.path import split_name_version
 from offload.ui.events import (
@@ -78,6 +79,7 @@ class PoolMember:
     spec: MachineSlotSpec
     link: Link
     remote: bool  # False: the local machine, whose store is the run's hub
+    slot_key: str | None = None  # shared slot-lock name (offload.slots); None: not shared
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Executor:
         estimates: Mapping[str, float] | None = None,
         policy: Policy | None = None,
         outputs: Sequence[str] = (),
+        slots: SlotLocks | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -162,6 +165,7 @@ class Executor:
         self.clock = clock
         self.wall = wall
         self.outputs = tuple(outputs)
+        self.slots = slots
         self.policy = policy or Policy(
             plan_jobs(plan, estimates), [m.spec for m in members], strict=not keep_going
         )
@@ -392,8 +396,18 @@ class Executor:
         sent = received = 0
         client: ServeClient | None = None
         try:
-            self._phase(drv_path, name, "connecting", speculative=speculative)
-            async with member.link.session() as client:
+            async with contextlib.AsyncExitStack() as stack:
+                if self.slots is not None and member.slot_key is not None:
+                    # Other offload runs and Nix's own hook may hold some of this machine's slots.
+                    await stack.enter_async_context(
+                        self.slots.hold(
+                            member.slot_key,
+                            member.spec.slots,
+                            lambda: self._phase(drv_path, name, "queued", speculative=speculative),
+                        )
+                    )
+                self._phase(drv_path, name, "connecting", speculative=speculative)
+                client = await stack.enter_async_context(member.link.session())
                 client.on_log = self._log_handler(drv_path, name)
                 inputs = self.plan.inputs[drv_path]
                 if member.remote:

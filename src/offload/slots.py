@@ -1,0 +1,76 @@
+"""Build slots shared by every offload process on this host, and by Nix's own hook.
+
+Nix's build-remote counts a builder's load as the slot files it holds under
+``<state>/current-load``: one file per slot, ``<uri with / replaced by _>-<n>``, held with a BSD
+``flock`` for the whole build (nix-protocols.md 5.1). offload takes the same locks on the same
+files, so two ``offload build`` runs, offload's hook and Nix's stock hook all see one another's
+builds and never put more than ``maxJobs`` builds on a machine between them. The local machine
+has no such file in Nix (its builds are counted per process); offload uses ``local-<n>`` in the
+same directory so that concurrent offload runs share the local slots too.
+
+The directory is Nix's own when it is writable (``/nix/var/nix/current-load``, as root);
+otherwise offload's state directory, which at least coordinates offload's own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+__all__ = ["NIX_CURRENT_LOAD", "SlotLocks", "slot_key"]
+
+NIX_CURRENT_LOAD = Path("/nix/var/nix/current-load")
+# How often a run waiting for a slot held by another process looks again.
+POLL_INTERVAL = 0.25
+
+
+def slot_key(uri: str) -> str:
+    """The file-name prefix Nix uses for a machine: its store URI with '/' replaced by '_'."""
+    return uri.replace("/", "_")
+
+
+class SlotLocks:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def default(cls, fallback: Path) -> SlotLocks:
+        if os.access(NIX_CURRENT_LOAD.parent, os.W_OK):
+            return cls(NIX_CURRENT_LOAD)
+        return cls(fallback / "current-load")
+
+    def try_acquire(self, key: str, slots: int) -> int | None:
+        """Hold a free slot of ``key`` (an open, flocked fd), or None when all are taken."""
+        for slot in range(slots):
+            path = self.directory / f"{key}-{slot}"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            # Nix touches the file it takes (futimens); do the same for anyone watching mtimes.
+            os.utime(fd)
+            return fd
+        return None
+
+    @contextlib.asynccontextmanager
+    async def hold(
+        self, key: str, slots: int, on_wait: Callable[[], None] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold one slot for the body; ``on_wait`` is called once if all are taken at first."""
+        fd = self.try_acquire(key, slots)
+        if fd is None and on_wait is not None:
+            on_wait()
+        while fd is None:
+            await asyncio.sleep(POLL_INTERVAL)
+            fd = self.try_acquire(key, slots)
+        try:
+            yield
+        finally:
+            os.close(fd)
