@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from offload.backoff import Health
 from offload.config.machines import Machine
 from offload.config.pool import Pool
 from offload.errors import ConfigError, SchedulerError
@@ -182,6 +183,7 @@ async def run_build(
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
     env: Mapping[str, str] | None = None,
     slots: SlotLocks | None = None,
+    backoff: Mapping[str, Health] | None = None,
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally."""
     # Every remote build borrows a local session to send inputs and fetch outputs.
@@ -205,6 +207,7 @@ async def run_build(
                 estimates=estimates,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
                 slots=slots,
+                backoff=backoff,
             )
             report = await executor.run()
     return report, graph

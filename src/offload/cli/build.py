@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from offload.backoff import load_backoff, save_backoff
 from offload.build import out_links, run_build
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.errors import BuildFailed, ConfigError, OffloadError
@@ -110,12 +112,14 @@ def run(args: argparse.Namespace) -> int:
                     keep_going=args.keep_going,
                     estimate=estimator(history, speeds),
                     slots=SlotLocks.default(state),
+                    backoff=load_backoff(state / "backoff.json", time.time()),
                 )
             )
         finally:
             recorder.close()
             renderer.close()
         history.record(records_from(report))
+    save_backoff(state / "backoff.json", report.health, time.time())
     if not args.json:
         render_summary(report.finished, sys.stderr)
     if report.failed:

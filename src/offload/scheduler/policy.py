@@ -714,6 +714,15 @@ class Policy:
                 returned.append(job_id)
         return MachineDown(machine, m.down_until, m.failures, tuple(returned))
 
+    def restore_down(self, machine: str, failures: int, until: float) -> None:
+        """Start with ``machine`` backed off, as a previous run left it (before any decision)."""
+        m = self._machines[machine]
+        m.failures = min(max(failures, 1), self._backoff.max_steps)
+        m.down_until = until
+        self._set_up(m, up=False)
+        if m not in self._down:
+            self._down.append(m)
+
     def on_estimate(self, job_id: str, work: float) -> None:
         """A better estimate arrived (history, hints): reorder the affected ready jobs."""
         for changed in self.graph.update_estimate(job_id, work):

@@ -25,6 +25,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from offload.backoff import Health
 from offload.errors import OffloadError, SchedulerError
 from offload.protocol.serve import ServeClient, copy_paths, topo_sort_infos
 from offload.scheduler.dag import Job, JobState
@@ -100,6 +101,7 @@ class RunReport:
     skipped: list[str] = field(default_factory=list)
     finished: list[JobFinished] = field(default_factory=list)
     interrupted: bool = False
+    health: dict[str, Health | None] = field(default_factory=dict)  # builders' backoff to keep
 
     @property
     def ok(self) -> bool:
@@ -153,6 +155,7 @@ class Executor:
         policy: Policy | None = None,
         outputs: Sequence[str] = (),
         slots: SlotLocks | None = None,
+        backoff: Mapping[str, Health] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -169,9 +172,14 @@ class Executor:
         self.policy = policy or Policy(
             plan_jobs(plan, estimates), [m.spec for m in members], strict=not keep_going
         )
+        self._restored = {
+            name: health for name, health in (backoff or {}).items() if name in self.members
+        }
+        for name, health in self._restored.items():
+            until = self.clock() + (health.until - self.wall())
+            self.policy.restore_down(name, health.failures, until)
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self._tasks: dict[asyncio.Task[_Outcome], tuple[str, str]] = {}
-        self._clients: dict[tuple[str, str], ServeClient] = {}
         self._losses: dict[str, int] = {}
         self._stopping = False
 
@@ -184,6 +192,16 @@ class Executor:
         for drv_path, reason in self.policy.unschedulable.items():
             self.report.failed[drv_path] = f"no machine can build it: {reason}"
             self._emit_finished(drv_path, "", "failed", started=self.wall(), error=reason)
+        for name, health in self._restored.items():
+            self.emit(
+                MachineEvent(
+                    machine=name,
+                    state="down",
+                    message=f"backed off after {health.failures} failure(s) in earlier runs",
+                    until=health.until,
+                    time=self.wall(),
+                )
+            )
         self.emit(
             RunStarted(
                 run_id=self.report.run_id,
@@ -200,6 +218,7 @@ class Executor:
             raise
         finally:
             await self._stop_all()
+            self.report.health = self.health()
             self.emit(
                 RunFinished(
                     run_id=self.report.run_id,
@@ -212,6 +231,19 @@ class Executor:
                 )
             )
         return self.report
+
+    def health(self) -> dict[str, Health | None]:
+        """Each builder's backoff to remember for later runs (None: healthy)."""
+        now, wall = self.clock(), self.wall()
+        result: dict[str, Health | None] = {}
+        for name, member in self.members.items():
+            if not member.remote:
+                continue
+            failures = self.policy.failures(name)
+            until = self.policy.down_until(name)
+            down = failures > 0 and until > now
+            result[name] = Health(failures, wall + (until - now)) if down else None
+        return result
 
     def _estimate_makespan(self) -> float:
         graph = self.policy.graph

@@ -1,0 +1,62 @@
+"""Builder backoff remembered across runs: ``<state>/backoff.json``.
+
+A builder that failed is backed off (policy: 60 s x 3^(n-1)); without memory, every new run
+would pay the connect timeout again for each dead builder (nix#13513). Times are wall-clock
+seconds so they survive the process; a successful build resets a machine's entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Health", "load_backoff", "save_backoff"]
+
+
+@dataclass(frozen=True)
+class Health:
+    failures: int
+    until: float  # wall clock; the machine may be tried again from then on
+
+
+def load_backoff(path: Path, now: float) -> dict[str, Health]:
+    """Entries still in force at ``now``; a missing or unreadable file means none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    result = {}
+    for name, entry in data.items():
+        try:
+            health = Health(int(entry["failures"]), float(entry["until"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if health.failures > 0 and health.until > now:
+            result[str(name)] = health
+    return result
+
+
+def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -> None:
+    """Merge ``changes`` (None: the machine is healthy) into the file, atomically, mode 0600."""
+    current = load_backoff(path, now)
+    for name, health in changes.items():
+        if health is None:
+            current.pop(name, None)
+        else:
+            current[name] = health
+    data = {n: {"failures": h.failures, "until": h.until} for n, h in sorted(current.items())}
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".backoff-")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=1)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

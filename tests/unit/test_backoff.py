@@ -1,0 +1,71 @@
+import asyncio
+
+import pytest
+
+from offload.backoff import Health, load_backoff, save_backoff
+from offload.scheduler.run import Executor, PoolMember
+from offload.transport.fake import FakeLink, FakeStore
+from offload.ui.events import Event, MachineEvent
+from tests.unit.test_executor import finished, make_plan, spec
+
+
+def test_backoff_round_trips_and_expired_entries_are_dropped(tmp_path):
+    path = tmp_path / "state" / "backoff.json"
+    save_backoff(path, {"fast": Health(2, 500.0), "slow": Health(1, 50.0)}, now=0.0)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_backoff(path, now=100.0) == {"fast": Health(2, 500.0)}
+    save_backoff(path, {"fast": None}, now=100.0)
+    assert load_backoff(path, now=100.0) == {}
+
+
+def test_a_corrupt_file_means_no_backoff(tmp_path):
+    path = tmp_path / "backoff.json"
+    path.write_text("{not json")
+    assert load_backoff(path, now=0.0) == {}
+
+
+def _run(backoff, dead=False):
+    plan, _, _, src = make_plan({"a": [], "b": []})
+    local = FakeLink(FakeStore("local", [src]))
+    fast = FakeLink(FakeStore("fast"))
+    if dead:
+        fast.go_down()
+    events: list[Event] = []
+    executor = Executor(
+        plan,
+        [
+            PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+            PoolMember(spec("fast", speed=10, slots=2), fast, remote=True),
+        ],
+        local,
+        emit=events.append,
+        backoff=backoff,
+        wall=lambda: 1000.0,
+    )
+    report = asyncio.run(executor.run())
+    return report, events, fast
+
+
+def test_a_builder_backed_off_in_an_earlier_run_is_not_tried():
+    report, events, fast = _run({"fast": Health(1, 1060.0)})
+    assert report.ok
+    assert set(finished(events).values()) == {"local"}
+    assert fast.sessions_opened == 0
+    down = [e for e in events if isinstance(e, MachineEvent)]
+    assert [(e.machine, e.state) for e in down] == [("fast", "down")]
+    kept = report.health["fast"]
+    assert kept is not None
+    assert kept.failures == 1
+    assert kept.until == pytest.approx(1060.0, abs=1.0)
+
+
+def test_a_failure_is_remembered_and_a_success_forgets_it():
+    report, _, _ = _run({}, dead=True)
+    assert report.ok
+    health = report.health["fast"]
+    assert health is not None
+    assert health.failures == 1
+    assert health.until > 1000.0
+    healthy, events, _ = _run({})
+    assert set(finished(events).values()) == {"fast"}
+    assert healthy.health == {"fast": None}
