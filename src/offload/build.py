@@ -9,22 +9,25 @@ outputs are valid here and nothing partial was ever registered.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 
 from offload.backoff import Health
 from offload.config.machines import Machine
 from offload.config.pool import Pool
-from offload.errors import ConfigError, SchedulerError
+from offload.errors import ConfigError, OffloadError, SchedulerError
 from offload.protocol.serve import ServeClient
 from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.run import BuildPlan, Executor, PoolMember, RunReport
+from offload.scheduler.run import BuildPlan, Executor, Link, PoolMember, RunReport, send_closure
 from offload.slots import SlotLocks, slot_key
 from offload.store.drv import Derivation, read_derivation
 from offload.store.path import split_name_version
 from offload.transport.links import LocalLink, MachineLink
-from offload.ui.events import Event
+from offload.ui.events import Event, JobFinished
 
 __all__ = [
     "LOCAL",
@@ -46,6 +49,7 @@ class DrvGraph:
     drvs: dict[str, Derivation]
     wanted: dict[str, set[str]]  # drv path -> output names needed (by the user or a dependent)
     order: list[str]  # to build, dependencies first
+    fetch: dict[str, str] = field(default_factory=dict)  # drv -> builder already holding it
 
     def output_path(self, drv: str, output: str) -> str:
         path = self.drvs[drv].outputs[output].path
@@ -61,8 +65,15 @@ async def load_graph(
     local: ServeClient,
     roots: Sequence[tuple[str, str]],
     read: Callable[[str], Derivation] = read_derivation,
+    remotes: Mapping[str, ServeClient] | None = None,
 ) -> DrvGraph:
-    """``roots`` are (drv path, output name) pairs, as nix-instantiate names them."""
+    """``roots`` are (drv path, output name) pairs, as nix-instantiate names them.
+
+    A derivation whose needed outputs are all valid on one of ``remotes`` is to be fetched from
+    there, not built, and what only it needed is not looked at.
+    """
+    remotes = dict(remotes or {})
+    fetch: dict[str, str] = {}
     drvs: dict[str, Derivation] = {}
     wanted: dict[str, set[str]] = {}
     for root, output in roots:
@@ -80,12 +91,18 @@ async def load_graph(
             drvs[d].outputs[o].path for d in frontier for o in wanted[d] if drvs[d].outputs[o].path
         }
         valid = await local.query_valid_paths(paths)
+        elsewhere = await _valid_on_remotes(remotes, paths - valid)
         next_frontier: list[str] = []
         for drv_path in frontier:
             drv = drvs[drv_path]
-            if drv_path in needs_build:
+            if drv_path in needs_build or drv_path in fetch:
                 continue
-            if all(drv.outputs[o].path in valid for o in wanted[drv_path]):
+            missing = {drv.outputs[o].path for o in wanted[drv_path]} - valid
+            if not missing:
+                continue
+            holder = next((name for name, has in elsewhere.items() if missing <= has), None)
+            if holder is not None:
+                fetch[drv_path] = holder
                 continue
             needs_build.add(drv_path)
             for dep, outputs in drv.input_drvs.items():
@@ -95,7 +112,28 @@ async def load_graph(
                 wanted[dep].update(outputs)
                 next_frontier.append(dep)
         frontier = list(dict.fromkeys(next_frontier))
-    return DrvGraph(drvs=drvs, wanted=wanted, order=_topological(needs_build, drvs))
+    return DrvGraph(drvs=drvs, wanted=wanted, order=_topological(needs_build, drvs), fetch=fetch)
+
+
+async def _valid_on_remotes(
+    remotes: dict[str, ServeClient], paths: set[str]
+) -> dict[str, set[str]]:
+    """Which of ``paths`` each builder has; a builder that fails to answer is asked no more."""
+    if not paths or not remotes:
+        return {}
+    names = list(remotes)
+    answers = await asyncio.gather(
+        *(remotes[name].query_valid_paths(paths) for name in names), return_exceptions=True
+    )
+    result: dict[str, set[str]] = {}
+    for name, answer in zip(names, answers, strict=True):
+        if isinstance(answer, OffloadError):
+            del remotes[name]
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            result[name] = answer
+    return result
 
 
 def _topological(selected: set[str], drvs: Mapping[str, Derivation]) -> list[str]:
@@ -190,27 +228,84 @@ async def run_build(
     sessions = (
         2 + sum(m.max_jobs for m in pool.machines) + (pool.local.max_jobs if pool.local else 0)
     )
-    async with LocalLink(max_sessions=sessions) as local_link:
-        async with local_link.session() as local:
-            graph = await load_graph(local, roots)
+    down = set(backoff or {})
+    async with (
+        LocalLink(max_sessions=sessions) as local_link,
+        pool_members(pool, local_link, env) as members,
+    ):
+        remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
+        async with local_link.session() as local, _borrow_all(remote) as clients:
+            graph = await load_graph(local, roots, remotes=clients)
+            fetched = await _fetch_existing(graph, clients, local, emit)
         plan = build_plan(graph)
         pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
         estimates = estimate(pnames) if estimate is not None else {}
-        async with pool_members(pool, local_link, env) as members:
-            executor = Executor(
-                plan,
-                members,
-                local_link,
-                emit=emit,
-                log_sink=log_sink,
-                keep_going=keep_going,
-                estimates=estimates,
-                outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
-                slots=slots,
-                backoff=backoff,
-            )
-            report = await executor.run()
+        executor = Executor(
+            plan,
+            members,
+            local_link,
+            emit=emit,
+            log_sink=log_sink,
+            keep_going=keep_going,
+            estimates=estimates,
+            outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
+            slots=slots,
+            backoff=backoff,
+        )
+        report = await executor.run()
+    report.finished[:0] = fetched
     return report, graph
+
+
+@contextlib.asynccontextmanager
+async def _borrow_all(links: Mapping[str, Link]) -> AsyncIterator[dict[str, ServeClient]]:
+    """A session on each builder that answers, opened in parallel; the others are left out."""
+    managers = {name: link.session() for name, link in links.items()}
+    entered = await asyncio.gather(
+        *(cm.__aenter__() for cm in managers.values()), return_exceptions=True
+    )
+    clients: dict[str, ServeClient] = {}
+    opened: list[AbstractAsyncContextManager[ServeClient]] = []
+    for (name, cm), result in zip(managers.items(), entered, strict=True):
+        if isinstance(result, ServeClient):
+            clients[name] = result
+            opened.append(cm)
+        elif not isinstance(result, OffloadError) and isinstance(result, BaseException):
+            raise result
+    try:
+        yield clients
+    finally:
+        for cm in opened:
+            await cm.__aexit__(None, None, None)
+
+
+async def _fetch_existing(
+    graph: DrvGraph,
+    clients: Mapping[str, ServeClient],
+    local: ServeClient,
+    emit: Callable[[Event], None],
+) -> list[JobFinished]:
+    """Copy outputs that a builder already holds instead of building them again."""
+    done: list[JobFinished] = []
+    for drv_path, machine in sorted(graph.fetch.items()):
+        started = time.time()
+        outputs = [graph.output_path(drv_path, o) for o in sorted(graph.wanted[drv_path])]
+        received = await send_closure(clients[machine], local, outputs)
+        event = JobFinished(
+            drv_path=drv_path,
+            name=graph.drvs[drv_path].name,
+            machine=machine,
+            status="fetched",
+            started=started,
+            finished=time.time(),
+            bytes_sent=0,
+            bytes_received=received,
+            error=None,
+            time=time.time(),
+        )
+        done.append(event)
+        emit(event)
+    return done
 
 
 def out_links(

@@ -1,0 +1,52 @@
+import asyncio
+
+from offload.build import build_plan, load_graph, out_links
+from offload.transport.fake import FakePath, FakeStore
+from tests.unit.test_executor import make_plan
+
+
+def _graph(local_paths, remote_paths, roots_names=("d",)):
+    plan, paths, outs, src = make_plan({"a": [], "b": ["a"], "c": [], "d": ["b", "c"]})
+
+    async def scenario():
+        local = FakeStore("local", [src, *(FakePath.from_text(outs[n], n) for n in local_paths)])
+        remote = FakeStore("fast", [FakePath.from_text(outs[n], n) for n in remote_paths])
+        async with local.connect() as lc, remote.connect() as rc:
+            return await load_graph(
+                lc,
+                [(paths[n], "out") for n in roots_names],
+                read=plan.drvs.__getitem__,
+                remotes={"fast": rc},
+            )
+
+    return asyncio.run(scenario()), paths, outs
+
+
+def test_only_missing_outputs_are_built_dependencies_first():
+    graph, paths, _ = _graph(local_paths=["a"], remote_paths=[])
+    order = graph.order
+    assert set(order) == {paths["b"], paths["c"], paths["d"]}
+    assert order.index(paths["b"]) < order.index(paths["d"])
+    assert order.index(paths["c"]) < order.index(paths["d"])
+    assert graph.fetch == {}
+    plan = build_plan(graph)
+    assert set(plan.inputs[paths["d"]]) >= {graph.output_path(paths["b"], "out")}
+
+
+def test_an_output_a_builder_already_has_is_fetched_and_its_inputs_are_not_built():
+    graph, paths, _ = _graph(local_paths=[], remote_paths=["b"])
+    assert graph.fetch == {paths["b"]: "fast"}
+    assert paths["a"] not in graph.order  # only b needed it
+    assert set(graph.order) == {paths["c"], paths["d"]}
+
+
+def test_nothing_to_do_when_the_roots_are_valid_locally():
+    graph, _, _ = _graph(local_paths=["d"], remote_paths=["d"])
+    assert graph.order == []
+    assert graph.fetch == {}
+
+
+def test_result_links_are_named_like_nix_build():
+    graph, paths, outs = _graph(local_paths=["c", "d"], remote_paths=[], roots_names=("d", "c"))
+    links = out_links([(paths["d"], "out"), (paths["c"], "out")], graph, "result")
+    assert links == [(outs["d"], "result"), (outs["c"], "result-2")]
