@@ -22,7 +22,16 @@ from offload.config.pool import Pool
 from offload.errors import ConfigError, OffloadError, SchedulerError
 from offload.protocol.serve import ServeClient
 from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.run import BuildPlan, Executor, Link, PoolMember, RunReport, send_closure
+from offload.scheduler.run import (
+    BuildPlan,
+    Executor,
+    Link,
+    PoolMember,
+    RunReport,
+    plan_jobs,
+    send_closure,
+)
+from offload.scheduler.simulate import SimResult, simulate
 from offload.slots import SlotLocks, slot_key
 from offload.store.drv import Derivation, read_derivation
 from offload.store.path import split_name_version
@@ -181,21 +190,34 @@ def _slot_spec(machine: Machine) -> MachineSlotSpec:
     )
 
 
+def local_spec(pool: Pool) -> MachineSlotSpec | None:
+    if pool.local is None or pool.local.max_jobs <= 0:
+        return None
+    return MachineSlotSpec(
+        name=LOCAL,
+        speed=pool.local.speed_factor,
+        slots=pool.local.max_jobs,
+        systems=frozenset(pool.local.systems),
+        supported=frozenset(pool.local.supported_features),
+    )
+
+
+def pool_specs(pool: Pool) -> list[MachineSlotSpec]:
+    """The pool as the scheduler sees it: the local machine first, then each usable builder."""
+    local = local_spec(pool)
+    builders = [_slot_spec(m) for m in pool.machines if m.enabled and m.max_jobs > 0]
+    return ([local] if local else []) + builders
+
+
 @contextlib.asynccontextmanager
 async def pool_members(
     pool: Pool, local_link: LocalLink, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[list[PoolMember]]:
     members: list[PoolMember] = []
     async with contextlib.AsyncExitStack() as stack:
-        if pool.local is not None and pool.local.max_jobs > 0:
-            spec = MachineSlotSpec(
-                name=LOCAL,
-                speed=pool.local.speed_factor,
-                slots=pool.local.max_jobs,
-                systems=frozenset(pool.local.systems),
-                supported=frozenset(pool.local.supported_features),
-            )
-            members.append(PoolMember(spec, local_link, remote=False, slot_key=LOCAL))
+        local = local_spec(pool)
+        if local is not None:
+            members.append(PoolMember(local, local_link, remote=False, slot_key=LOCAL))
         for machine in pool.machines:
             if not machine.enabled or machine.max_jobs <= 0:
                 continue
@@ -306,6 +328,26 @@ async def _fetch_existing(
         done.append(event)
         emit(event)
     return done
+
+
+async def dry_run(
+    roots: Sequence[tuple[str, str]],
+    pool: Pool,
+    estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
+) -> tuple[DrvGraph, SimResult]:
+    """What a run would build and where, planned on the pool without building anything.
+
+    Builders are not contacted: outputs they may already hold are counted as to be built.
+    """
+    async with LocalLink(max_sessions=1) as local_link, local_link.session() as local:
+        graph = await load_graph(local, roots)
+    plan = build_plan(graph)
+    pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
+    jobs = plan_jobs(plan, estimate(pnames) if estimate is not None else {})
+    specs = pool_specs(pool)
+    if not specs:
+        raise SchedulerError("no machine to build on", hint="pass -j N or --builders")
+    return graph, simulate(jobs, specs, strict=False)
 
 
 def out_links(

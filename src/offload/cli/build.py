@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from offload.backoff import load_backoff, save_backoff
-from offload.build import out_links, run_build
+from offload.build import dry_run, out_links, run_build
 from offload.cli.machines import add_pool_arguments, pool_from_args
+from offload.config.pool import Pool
 from offload.errors import BuildFailed, ConfigError, OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator, records_from
@@ -51,11 +53,67 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--json", action="store_true", help="write one JSON event per line to stdout"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (what is built where, estimated time) and build nothing",
+    )
     add_pool_arguments(parser)
     parser.set_defaults(func=run)
 
 
 LOG_TAIL = 10
+
+
+def _speeds(pool: Pool) -> dict[str, float]:
+    speeds = {m.name: m.speed_factor for m in pool.machines}
+    if pool.local is not None:
+        speeds["local"] = pool.local.speed_factor
+    return speeds
+
+
+def _dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
+    with History(state / "history.sqlite") as history:
+        graph, sim = asyncio.run(dry_run(roots, pool, estimator(history, _speeds(pool))))
+    rows = sorted(
+        (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
+    )
+    if as_json:
+        plan = {
+            "build": [
+                {
+                    "drv_path": r.job,
+                    "name": graph.drvs[r.job].name,
+                    "machine": r.machine,
+                    "start": round(r.start, 3),
+                    "end": round(r.end, 3),
+                }
+                for r in rows
+            ],
+            "makespan": round(sim.makespan, 3),
+            "lower_bound": round(sim.lower_bound, 3),
+            "unschedulable": sorted(sim.failed),
+        }
+        print(json.dumps(plan, indent=1))
+        return 0
+    if not rows:
+        print("nothing to build: every requested output is valid locally", file=sys.stderr)
+        return 0
+    print(f"these {len(rows)} derivations would be built:", file=sys.stderr)
+    for r in rows:
+        name = graph.drvs[r.job].name
+        print(
+            f"  {name:<30} on {r.machine:<10} at +{r.start:6.1f}s for {r.end - r.start:6.1f}s",
+            file=sys.stderr,
+        )
+    for job in sorted(sim.failed):
+        print(f"  {graph.drvs[job].name:<30} on no machine: none can build it", file=sys.stderr)
+    print(
+        f"estimated time {sim.makespan:.1f}s (lower bound {sim.lower_bound:.1f}s); "
+        "estimates come from history, 10s per derivation without it",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
@@ -95,12 +153,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     roots = instantiate(what)
     state = ensure_state_dir()
+    if args.dry_run:
+        return _dry_run(roots, pool, state, as_json=args.json)
     logs = BuildLogs(state / "logs")
     renderer = make_renderer("json" if args.json else "auto", print_logs=args.print_build_logs)
     with History(state / "history.sqlite") as history:
-        speeds = {m.name: m.speed_factor for m in pool.machines}
-        if pool.local is not None:
-            speeds["local"] = pool.local.speed_factor
+        speeds = _speeds(pool)
         recorder = logs.recorder()
         try:
             report, graph = asyncio.run(
