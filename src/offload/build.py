@@ -20,6 +20,7 @@ from offload.backoff import Health
 from offload.config.machines import Machine
 from offload.config.pool import Pool
 from offload.errors import ConfigError, OffloadError, SchedulerError
+from offload.nix import result_links
 from offload.protocol.serve import ServeClient
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import (
@@ -354,10 +355,8 @@ def out_links(
     roots: Iterable[tuple[str, str]], graph: DrvGraph, base: str
 ) -> list[tuple[str, str]]:
     """(output path, link) pairs named as nix-build names them: result, result-2, result-dev."""
-    links = []
-    for index, (drv, output) in enumerate(roots):
-        link = base + (f"-{index + 1}" if index else "")
-        if output != "out":
-            link += f"-{output}"
-        links.append((graph.output_path(drv, output), link))
-    return links
+    roots = list(roots)
+    return [
+        (graph.output_path(drv, output), link)
+        for (drv, output), link in zip(roots, result_links(roots, base), strict=True)
+    ]

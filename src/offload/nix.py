@@ -1,76 +1,288 @@
-"""argv builders for the local Nix commands offload runs (evaluation and GC roots).
+"""What `offload build` is asked to build, evaluated with the local Nix the way nix-build does it.
 
-Only argv assembly and output parsing live here; ``offload.process`` runs them.
+nix-build's positional arguments are Nix files (a directory means DIR/default.nix; ``<name>``
+lookup paths and URLs are Nix's to resolve), `.drv` store paths (``DRV!OUTPUT`` picks one
+output), or, once ``-E`` is given, expressions: every positional argument then is one. offload
+adds ``FLAKEREF#ATTR`` (an argument with a ``#`` that is not an existing file), evaluated with
+``nix eval`` and resolved as ``nix build`` resolves it (packages.SYSTEM.ATTR,
+legacyPackages.SYSTEM.ATTR, then ATTR).
+
+Each source yields *roots*: (.drv path, output name) pairs, in nix-build's order: `.drv`
+arguments first (nix-build collects them while it parses its arguments), then each file or
+expression with each ``-A`` attribute in turn. Lists and attribute sets of derivations are
+nix-instantiate's to expand (top-level attributes, and deeper ones only under
+``recurseForDerivations = true``), which is exactly what nix-build does with them.
+
+Every user value reaches Nix as one argv element, never through a shell and never spliced into
+Nix code. ``--`` ends the options, but Nix 2.8's legacy parser still refuses a positional
+argument that starts with ``-`` after it, so such files get a ``./`` and such expressions a
+leading space.
+
+Only argv assembly, the classification of arguments and output parsing live here;
+``offload.process`` runs the commands.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
-from offload.errors import OffloadError, StoreError
+from offload.errors import ConfigError, OffloadError, StoreError
 from offload.process import run
-from offload.store.path import StorePath
+from offload.protocol.serve import strip_ansi
+from offload.store.drv import read_derivation
+from offload.store.path import StorePath, is_store_path
 
-__all__ = ["Installables", "add_root_argv", "instantiate", "instantiate_argv"]
+__all__ = [
+    "FLAKE_APPLY",
+    "Installables",
+    "Source",
+    "add_root_argv",
+    "add_roots",
+    "first_error_line",
+    "flake_eval_argv",
+    "instantiate",
+    "instantiate_argv",
+    "result_links",
+    "sources",
+]
+
+NIX_FEATURES = ["--extra-experimental-features", "nix-command flakes"]
+# Evaluation must not wait on a binary cache (import-from-derivation would query one).
+NO_SUBSTITUTERS = ["--option", "substituters", ""]
+
+# Applied by `nix eval` to the flake output: what nix build 2.8 builds of it is its drvPath and
+# its outputName (`.#pkg.dev` selects the dev output, a plain derivation its first output).
+FLAKE_APPLY = (
+    'd: if builtins.isAttrs d && (d.type or null) == "derivation" '
+    'then { drvPath = d.drvPath; outputName = d.outputName or "out"; } '
+    'else throw "the flake output is not a derivation"'
+)
 
 
 @dataclass(frozen=True)
 class Installables:
-    """What to build, as nix-build takes it."""
+    """What to build, as nix-build takes it.
+
+    ``files`` are the positional arguments (FILE, DIR, DRV[!OUTPUT], FLAKEREF#ATTR); once
+    ``expr`` is given they are further expressions, as nix-build's ``-E`` makes them.
+    """
 
     files: tuple[str, ...] = ()
-    attrs: tuple[str, ...] = ()
-    expr: str | None = None
+    attrs: tuple[str, ...] = ()  # -A, each applied to each file or expression
+    expr: str | None = None  # -E
     args: tuple[tuple[str, str], ...] = ()  # --arg NAME EXPR
     argstrs: tuple[tuple[str, str], ...] = ()  # --argstr NAME VALUE
 
 
-def instantiate_argv(what: Installables, file: str) -> list[str]:
-    argv = ["nix-instantiate", "--option", "substituters", ""]
+SourceKind = Literal["file", "expr", "drv", "flake"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One thing to evaluate; ``text`` is what Nix is given (a file, expression, .drv, flake)."""
+
+    kind: SourceKind
+    text: str
+    output: str | None = None  # for DRV!OUTPUT
+
+    def describe(self) -> str:
+        if self.kind != "expr":
+            return self.text
+        one_line = " ".join(self.text.split())
+        return f"-E {shlex.quote(one_line)}" if len(one_line) <= 40 else "the -E expression"
+
+
+def _as_drv(arg: str, cwd: Path) -> Source | None:
+    # nix-build canonicalises the argument (symlinks resolved) and takes it as a derivation when
+    # that is a store path ending in .drv; "DRV!OUTPUT" names one output of it.
+    path, bang, output = arg.partition("!")
+    if not path.endswith(".drv"):
+        return None
+    real = (cwd / path).resolve()
+    if not (is_store_path(str(real)) and real.name.endswith(".drv")):
+        return None
+    if not real.exists():
+        raise ConfigError(f"{arg}: no such file", hint="instantiate it first (nix-instantiate)")
+    return Source("drv", str(real), output if bang else None)
+
+
+def _as_file(arg: str, cwd: Path) -> Source:
+    if arg.startswith("<") or "://" in arg:
+        return Source("file", arg)  # a NIX_PATH lookup or a URL: Nix resolves it
+    path = cwd / arg
+    if path.is_dir():
+        path /= "default.nix"
+        shown = arg.rstrip("/") + "/default.nix"
+    else:
+        shown = arg
+    if not path.exists():
+        hint = "give a Nix file, a directory with default.nix, a .drv path, -E or FLAKEREF#ATTR"
+        raise ConfigError(f"{shown}: no such file", hint=hint)
+    return Source("file", f"./{arg}" if arg.startswith("-") else arg)
+
+
+def sources(what: Installables, cwd: Path | None = None) -> list[Source]:
+    """The sources in nix-build's order, with missing files reported now (ConfigError)."""
+    here = cwd if cwd is not None else Path.cwd()
+    if what.expr is not None:
+        found = [Source("expr", e) for e in (what.expr, *what.files)]
+    else:
+        found = []
+        for arg in what.files or ("./default.nix",):
+            drv = _as_drv(arg, here)
+            if drv is not None:
+                found.append(drv)
+            elif "#" in arg and not ((here / arg).is_symlink() or (here / arg).exists()):
+                found.append(Source("flake", arg))
+            else:
+                found.append(_as_file(arg, here))
+    if what.attrs and any(s.kind == "flake" for s in found):
+        raise ConfigError(
+            "-A does not apply to FLAKEREF#ATTR",
+            hint="put the attribute after the '#', e.g. .#hello.dev",
+        )
+    # nix-build reads .drv arguments while parsing its command line, before evaluating anything.
+    return sorted(found, key=lambda s: s.kind != "drv")
+
+
+def instantiate_argv(what: Installables, source: Source, *, show_trace: bool = False) -> list[str]:
+    """nix-instantiate for one file or expression, with every -A, --arg and --argstr."""
+    argv = ["nix-instantiate", *NO_SUBSTITUTERS]
     for name, value in what.args:
         argv += ["--arg", name, value]
     for name, value in what.argstrs:
         argv += ["--argstr", name, value]
     for attr in what.attrs:
         argv += ["-A", attr]
-    if what.expr is not None:
-        argv += ["-E", what.expr]
-    else:
-        argv += ["--", file]
+    if show_trace:
+        argv.append("--show-trace")
+    match source.kind:
+        case "expr":
+            text = f" {source.text}" if source.text.startswith("-") else source.text
+            argv += ["--expr", "--", text]
+        case "file":
+            argv += ["--", source.text]
+        case "drv" | "flake":
+            msg = f"{source.text}: a {source.kind} is not evaluated by nix-instantiate"
+            raise ValueError(msg)
     return argv
 
 
-def instantiate(what: Installables) -> list[tuple[str, str]]:
-    """Evaluate to (.drv path, output) pairs; `.drv` paths given directly are taken as they are."""
-    drvs: list[tuple[str, str]] = []
-    sources = list(what.files) if what.expr is None else ["-E"]
-    for source in sources or ["./default.nix"]:
-        if source.endswith(".drv") and source.startswith("/"):
-            drvs += [(str(StorePath.parse(source)), out) for out in _drv_outputs(source)]
-            continue
-        done = run(instantiate_argv(what, source), check=False)
-        if done.returncode != 0:
-            errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
-            detail = errors[0].removeprefix("error:").strip() if errors else done.stderr.strip()
-            raise OffloadError(
-                f"evaluating {source if source != '-E' else 'the expression'} failed: {detail}",
-                hint="run nix-instantiate with the same arguments to see the whole trace",
-            )
-        for line in done.stdout.split():
-            # One .drv per derivation; Nix appends "!name" when the selected output is not out.
-            drv, _, output = line.partition("!")
-            drvs.append((str(StorePath.parse(drv)), output or "out"))
-    if not drvs:
-        raise StoreError("the expression produced no derivations")
-    return drvs
+def flake_eval_argv(installable: str, *, show_trace: bool = False) -> list[str]:
+    """`nix eval` printing {"drvPath": ..., "outputName": ...} for FLAKEREF#ATTR."""
+    argv = ["nix", "eval", *NIX_FEATURES, *NO_SUBSTITUTERS, "--json", "--apply", FLAKE_APPLY]
+    if show_trace:
+        argv.append("--show-trace")
+    return [*argv, "--", installable]
 
 
-def _drv_outputs(drv_path: str) -> list[str]:
-    # nix-build DRV builds every output of the derivation.
-    from offload.store.drv import read_derivation
+def first_error_line(stderr: str) -> str:
+    """Nix's message without its trace: the first ``error:`` line, else the last line."""
+    lines = [strip_ansi(line).strip() for line in stderr.splitlines()]
+    errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[0]
+    rest = [line for line in lines if line]
+    return rest[-1] if rest else "(no message)"
 
-    return sorted(read_derivation(drv_path).outputs)
+
+def _evaluate(argv: list[str], trace_argv: list[str], source: Source, cwd: Path | None) -> str:
+    done = run(argv, check=False, cwd=cwd)
+    if done.returncode != 0:
+        raise OffloadError(
+            f"evaluating {source.describe()} failed: {first_error_line(done.stderr)}",
+            hint=f"see the whole trace with: {shlex.join(trace_argv)}",
+        )
+    return done.stdout
+
+
+def _parse_instantiated(stdout: str) -> list[tuple[str, str]]:
+    roots = []
+    for line in stdout.split():
+        # One .drv per derivation; Nix appends "!name" when the selected output is not out.
+        drv, _, output = line.partition("!")
+        roots.append((str(StorePath.parse(drv)), output or "out"))
+    return roots
+
+
+def _parse_flake(stdout: str, source: Source) -> tuple[str, str]:
+    try:
+        value = json.loads(stdout)
+        drv, output = value["drvPath"], value["outputName"]
+    except (ValueError, TypeError, KeyError) as exc:
+        msg = f"evaluating {source.text}: nix eval printed {stdout.strip()!r}"
+        raise OffloadError(msg) from exc
+    if not isinstance(drv, str) or not isinstance(output, str):
+        msg = f"evaluating {source.text}: nix eval printed {stdout.strip()!r}"
+        raise OffloadError(msg)
+    return str(StorePath.parse(drv)), output
+
+
+def _drv_root(source: Source) -> tuple[str, str]:
+    # nix-build DRV builds one output: the one named after "!", else env.outputName or "out".
+    drv = read_derivation(source.text)
+    if source.output is not None and "," in source.output:
+        msg = f"building more than one derivation output is not supported, in '{source.text}'"
+        raise ConfigError(msg, hint="give the .drv once per output: DRV!out DRV!dev")
+    output = source.output or drv.env.get("outputName", "out")
+    if output not in drv.outputs:
+        choices = " ".join(f"{source.text}!{name}" for name in drv.outputs)
+        msg = f"derivation '{source.text}' does not have output '{output}'"
+        raise ConfigError(msg, hint=f"name one of its outputs: {choices}")
+    return source.text, output
+
+
+def instantiate(what: Installables, cwd: Path | None = None) -> list[tuple[str, str]]:
+    """Evaluate to (.drv path, output) pairs in nix-build's order."""
+    roots: list[tuple[str, str]] = []
+    for source in sources(what, cwd):
+        match source.kind:
+            case "drv":
+                roots.append(_drv_root(source))
+            case "flake":
+                out = _evaluate(
+                    flake_eval_argv(source.text),
+                    flake_eval_argv(source.text, show_trace=True),
+                    source,
+                    cwd,
+                )
+                roots.append(_parse_flake(out, source))
+            case "file" | "expr":
+                out = _evaluate(
+                    instantiate_argv(what, source),
+                    instantiate_argv(what, source, show_trace=True),
+                    source,
+                    cwd,
+                )
+                roots += _parse_instantiated(out)
+    if not roots:
+        raise StoreError(
+            "the expression produced no derivations",
+            hint="an attribute set is searched one level deep, deeper only under "
+            "recurseForDerivations = true",
+        )
+    return roots
+
+
+def result_links(roots: Sequence[tuple[str, str]], base: str) -> list[str]:
+    """The link nix-build makes for each root: result, result-2, result-dev, result-2-bin.
+
+    nix-build numbers derivations, not roots: the Nth distinct .drv gets "-N" (none for the
+    first), and an output other than out adds "-OUTPUT"; so ``-A m.dev -A a -A m`` makes
+    result-dev, result-2 and result.
+    """
+    numbers: dict[str, int] = {}
+    links = []
+    for drv, output in roots:
+        number = numbers.setdefault(drv, len(numbers) + 1)
+        link = base if number == 1 else f"{base}-{number}"
+        links.append(link if output == "out" else f"{link}-{output}")
+    return links
 
 
 def add_root_argv(path: str, link: str) -> list[str]:

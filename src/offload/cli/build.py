@@ -14,11 +14,11 @@ from offload.backoff import load_backoff, save_backoff
 from offload.build import dry_run, out_links, run_build
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.pool import Pool
-from offload.errors import BuildFailed, ConfigError, OffloadError
+from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator, records_from
 from offload.logs import BuildLogs
-from offload.nix import Installables, add_roots, instantiate
+from offload.nix import Installables, add_roots, instantiate, sources
 from offload.paths import ensure_state_dir
 from offload.protocol.serve import strip_ansi
 from offload.slots import SlotLocks
@@ -135,22 +135,15 @@ def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    files = tuple(args.paths)
-    for path in files:
-        if not path.endswith(".drv") and not Path(path).exists():
-            raise ConfigError(f"{path}: no such file", hint="give a Nix file or a .drv path")
-    if not files and args.expr is None and not Path("default.nix").exists():
-        raise ConfigError("./default.nix: no such file", hint="give a Nix file, -E or a .drv")
     what = Installables(
-        files=files,
+        files=tuple(args.paths),
         attrs=tuple(args.attr),
         expr=args.expr,
         args=tuple(tuple(a) for a in args.arg),
         argstrs=tuple(tuple(a) for a in args.argstr),
     )
+    sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
-    for warning in pool.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     roots = instantiate(what)
     state = ensure_state_dir()
     if args.dry_run:

@@ -1,0 +1,233 @@
+"""The argv offload gives Nix for each kind of input, and how arguments are classified.
+
+Exact lists: the order and the separation of every value into its own argv element is the
+contract (no shell, no value spliced into Nix code).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offload.errors import ConfigError
+from offload.nix import (
+    FLAKE_APPLY,
+    Installables,
+    Source,
+    add_root_argv,
+    first_error_line,
+    flake_eval_argv,
+    instantiate_argv,
+    result_links,
+    sources,
+)
+
+NIX_INSTANTIATE = ["nix-instantiate", "--option", "substituters", ""]
+
+
+def test_file_argv_with_every_option() -> None:
+    what = Installables(
+        files=("a.nix",),
+        attrs=("x", "y.dev"),
+        args=(("n", "1 + 1"),),
+        argstrs=(("s", "$(touch pwned); 'q\""),),
+    )
+    assert instantiate_argv(what, Source("file", "a.nix")) == [
+        *NIX_INSTANTIATE,
+        "--arg",
+        "n",
+        "1 + 1",
+        "--argstr",
+        "s",
+        "$(touch pwned); 'q\"",
+        "-A",
+        "x",
+        "-A",
+        "y.dev",
+        "--",
+        "a.nix",
+    ]
+
+
+def test_plain_file_argv() -> None:
+    assert instantiate_argv(Installables(), Source("file", "./default.nix")) == [
+        *NIX_INSTANTIATE,
+        "--",
+        "./default.nix",
+    ]
+
+
+def test_expression_argv() -> None:
+    what = Installables(attrs=("a",), expr="import ./x.nix")
+    assert instantiate_argv(what, Source("expr", "import ./x.nix")) == [
+        *NIX_INSTANTIATE,
+        "-A",
+        "a",
+        "--expr",
+        "--",
+        "import ./x.nix",
+    ]
+
+
+def test_expression_starting_with_dash_gets_a_space() -> None:
+    # Nix 2.8 rejects a positional argument starting with "-" even after "--".
+    argv = instantiate_argv(Installables(expr="-1"), Source("expr", "-1"))
+    assert argv[-3:] == ["--expr", "--", " -1"]
+
+
+def test_show_trace_goes_before_the_positional_arguments() -> None:
+    argv = instantiate_argv(Installables(attrs=("a",)), Source("file", "f.nix"), show_trace=True)
+    assert argv == [*NIX_INSTANTIATE, "-A", "a", "--show-trace", "--", "f.nix"]
+
+
+@pytest.mark.parametrize("kind", ["drv", "flake"])
+def test_nix_instantiate_is_not_for_drvs_or_flakes(kind: str) -> None:
+    with pytest.raises(ValueError, match="not evaluated by nix-instantiate"):
+        instantiate_argv(Installables(), Source(kind, "x"))  # type: ignore[arg-type]
+
+
+def test_flake_argv() -> None:
+    assert flake_eval_argv("path:/x#hello") == [
+        "nix",
+        "eval",
+        "--extra-experimental-features",
+        "nix-command flakes",
+        "--option",
+        "substituters",
+        "",
+        "--json",
+        "--apply",
+        FLAKE_APPLY,
+        "--",
+        "path:/x#hello",
+    ]
+    assert flake_eval_argv(".#a", show_trace=True)[-3:] == ["--show-trace", "--", ".#a"]
+
+
+def test_add_root_argv() -> None:
+    assert add_root_argv("/nix/store/x-a", "result-2") == [
+        "nix-store",
+        "--realise",
+        "/nix/store/x-a",
+        "--add-root",
+        "result-2",
+        "--indirect",
+    ]
+
+
+# --- classification --------------------------------------------------------------------------
+
+
+def test_default_is_default_nix(tmp_path: Path) -> None:
+    (tmp_path / "default.nix").write_text("{}")
+    assert sources(Installables(), tmp_path) == [Source("file", "./default.nix")]
+
+
+def test_missing_default_nix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^\./default\.nix: no such file$"):
+        sources(Installables(), tmp_path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^nope\.nix: no such file$"):
+        sources(Installables(files=("nope.nix",)), tmp_path)
+
+
+def test_directory_without_default_nix(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    with pytest.raises(ConfigError, match=r"^pkg/default\.nix: no such file$"):
+        sources(Installables(files=("pkg/",)), tmp_path)
+
+
+def test_directory_with_default_nix_is_passed_as_given(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "default.nix").write_text("{}")
+    assert sources(Installables(files=("pkg",)), tmp_path) == [Source("file", "pkg")]
+
+
+def test_file_starting_with_dash_gets_dot_slash(tmp_path: Path) -> None:
+    (tmp_path / "-foo.nix").write_text("{}")
+    assert sources(Installables(files=("-foo.nix",)), tmp_path) == [Source("file", "./-foo.nix")]
+
+
+def test_lookup_paths_and_urls_are_left_to_nix(tmp_path: Path) -> None:
+    what = Installables(files=("<nixpkgs>", "https://example.invalid/x.tar.gz"))
+    assert [s.text for s in sources(what, tmp_path)] == list(what.files)
+
+
+def test_with_expr_every_positional_argument_is_an_expression(tmp_path: Path) -> None:
+    # As nix-build -E: "a.nix" is not a file here, and need not exist.
+    what = Installables(files=("a.nix", "x#y"), expr="1")
+    assert sources(what, tmp_path) == [
+        Source("expr", "1"),
+        Source("expr", "a.nix"),
+        Source("expr", "x#y"),
+    ]
+
+
+def test_hash_makes_a_flake_unless_such_a_file_exists(tmp_path: Path) -> None:
+    (tmp_path / "odd#name.nix").write_text("{}")
+    what = Installables(files=(".#hello", "odd#name.nix", "path:/x#a"))
+    assert sources(what, tmp_path) == [
+        Source("flake", ".#hello"),
+        Source("file", "odd#name.nix"),
+        Source("flake", "path:/x#a"),
+    ]
+
+
+def test_attrs_with_a_flake_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="-A does not apply to FLAKEREF#ATTR"):
+        sources(Installables(files=(".#hello",), attrs=("x",)), tmp_path)
+
+
+def test_a_drv_outside_the_store_is_a_nix_file(tmp_path: Path) -> None:
+    # nix-build only takes store paths as derivations; anything else is evaluated as Nix.
+    (tmp_path / "x.drv").write_text("{}")
+    assert sources(Installables(files=("x.drv",)), tmp_path) == [Source("file", "x.drv")]
+
+
+def test_missing_store_drv(tmp_path: Path) -> None:
+    drv = "/nix/store/00000000000000000000000000000000-gone.drv"
+    with pytest.raises(ConfigError, match=f"^{drv}!dev: no such file$"):
+        sources(Installables(files=(f"{drv}!dev",)), tmp_path)
+
+
+# --- messages and link names -----------------------------------------------------------------
+
+
+def test_first_error_line_skips_warnings_and_trace() -> None:
+    stderr = (
+        "warning: you did not specify '--add-root'\n"
+        "path '/x' does not contain a 'flake.nix', searching up\n"
+        "\x1b[31;1merror:\x1b[0m undefined variable 'q'\n"
+        "\n"
+        "       at /x/default.nix:1:1:\n"
+        "error: a second one\n"
+    )
+    assert first_error_line(stderr) == "undefined variable 'q'"
+
+
+def test_first_error_line_without_an_error_prefix() -> None:
+    assert first_error_line("something odd\nlast words\n\n") == "last words"
+    assert first_error_line("") == "(no message)"
+
+
+def test_expression_description_is_short() -> None:
+    assert Source("expr", "import ./a.nix").describe() == "-E 'import ./a.nix'"
+    assert Source("expr", "x" * 60).describe() == "the -E expression"
+    assert Source("file", "./-a.nix").describe() == "./-a.nix"
+
+
+def test_result_links_number_derivations_not_roots() -> None:
+    # As nix-build 2.8 names them for -A m.dev -A a -A m -A m.dev -A b (b's first output is bin);
+    # tests/integration/test_installables.py checks this against a real nix-build.
+    roots = [("m.drv", "dev"), ("a.drv", "out"), ("m.drv", "out"), ("m.drv", "dev"), ("b", "bin")]
+    assert result_links(roots, "result") == [
+        "result-dev",
+        "result-2",
+        "result",
+        "result-dev",
+        "result-3-bin",
+    ]
+    assert result_links([("a", "out"), ("b", "out")], "/t/o") == ["/t/o", "/t/o-2"]
