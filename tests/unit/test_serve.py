@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from offload.errors import ProtocolError, RemoteError, StoreError
+from offload.protocol import serve
 from offload.protocol.serve import (
     CLIENT_VERSION,
     BuildOptions,
@@ -632,15 +633,38 @@ def test_copy_paths_streams_between_clients_in_order() -> None:
     nar_a, nar_b = nar_of(b"a" * 70000), nar_of(b"b")
     info_a, info_b = _info(nar_a, A, ()), _info(nar_b, B, (A,))
 
+    def trailer(info: PathInfo) -> bytes:
+        return (
+            u64(0x4558494E) + s(info.path) + strs(*info.references) + s(info.deriver or "") + u64(0)
+        )
+
     async def go() -> None:
         src, src_w = await connected(nar_a + nar_b)
-        dst, dst_w = await connected(u64(1) + u64(1))
+        dst, dst_w = await connected(u64(1))
         moved = await copy_paths(src, dst, [info_a, info_b])
         assert moved == len(nar_a) + len(nar_b)
         assert bytes(src_w.data) == u64(3) + s(A) + u64(3) + s(B)
+        # One ImportPaths request carries both, dependencies first, as nix-store --export.
+        expected = u64(4) + u64(1) + nar_a + trailer(info_a) + u64(1) + nar_b + trailer(info_b)
+        assert bytes(dst_w.data) == expected + u64(0)
+
+    run(go())
+
+
+def test_copy_paths_sends_a_path_over_the_import_limit_alone_by_add_to_store_nar(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nar_a, nar_b = nar_of(b"a" * 70000), nar_of(b"b")
+    info_a, info_b = _info(nar_a, A, ()), _info(nar_b, B, (A,))
+    monkeypatch.setattr(serve, "IMPORT_LIMIT", 1000)
+
+    async def go() -> None:
+        src, _ = await connected(nar_a + nar_b)
+        dst, dst_w = await connected(u64(1) + u64(1))
+        await copy_paths(src, dst, [info_a, info_b])
         data = bytes(dst_w.data)
-        assert data.index(nar_a) < data.index(s(B) + s(info_b.deriver or ""))
-        assert data.endswith(nar_b)
+        assert data.startswith(u64(9) + s(A))  # AddToStoreNar for the big one
+        assert data.index(nar_a) < data.index(u64(4) + u64(1) + nar_b)  # then an export stream
 
     run(go())
 

@@ -66,6 +66,7 @@ __all__ = [
 SERVE_MAGIC_1 = 0x390C9DEB
 SERVE_MAGIC_2 = 0x5452EECB
 CLIENT_VERSION = 0x207
+EXPORT_MAGIC = 0x4558494E  # 'NIXE' (section 3.2)
 _MAJOR = 0x200
 
 logger = logging.getLogger(__name__)
@@ -662,16 +663,48 @@ def encode_basic_derivation(drv: Derivation, input_srcs: Iterable[str] | None = 
     return b"".join(out)
 
 
+# Paths up to this size travel in one ImportPaths stream; Nix 2.8's importer holds each NAR in
+# memory until it is complete, so a cut stream leaves nothing on the receiver's disk. Larger
+# ones go by AddToStoreNar, which unpacks straight into the store: if that is cut, an
+# unregistered partial directory stays until Nix next writes that path.
+IMPORT_LIMIT = 512 * 1024 * 1024
+
+
 async def copy_paths(src: ServeClient, dst: ServeClient, infos: Sequence[PathInfo]) -> int:
-    """Stream each path from ``src`` into ``dst`` in the order given; returns the bytes moved.
+    """Stream the paths from ``src`` into ``dst`` in the order given; returns the bytes moved.
 
     Give the paths dependencies first (``topo_sort_infos``): the remote refuses a path whose
-    references it does not have yet.
+    references it does not have yet. Runs of paths below ``IMPORT_LIMIT`` go as one export
+    stream (one round trip for the lot); a larger path goes on its own by AddToStoreNar.
     """
     if src is dst:
         raise ValueError("cannot copy a connection's paths onto itself")
     moved = 0
-    for info in infos:
-        await dst.add_to_store_nar(info, partial(src.dump_store_path, info.path))
-        moved += info.nar_size
+    batch: list[PathInfo] = []
+    for info in [*infos, None]:
+        if info is not None and info.nar_size <= IMPORT_LIMIT:
+            batch.append(info)
+            continue
+        if batch:
+            await dst.import_paths(partial(_export_stream, src, list(batch)))
+            moved += sum(i.nar_size for i in batch)
+            batch.clear()
+        if info is not None:
+            await dst.add_to_store_nar(info, partial(src.dump_store_path, info.path))
+            moved += info.nar_size
     return moved
+
+
+async def _export_stream(src: ServeClient, infos: Sequence[PathInfo], sink: Sink) -> None:
+    """``nix-store --export`` of ``infos`` (section 3.2), NARs streamed from ``src``."""
+    for info in infos:
+        await sink(encode_int(1))
+        await src.dump_store_path(info.path, sink)
+        await sink(
+            encode_int(EXPORT_MAGIC)
+            + encode_str(info.path)
+            + encode_strs(_sorted_paths(info.references))
+            + encode_str(info.deriver or "")
+            + encode_int(0)
+        )
+    await sink(encode_int(0))

@@ -78,6 +78,7 @@ from typing import Literal
 
 from offload.errors import ProtocolError, SshError, StoreError
 from offload.protocol.serve import (
+    EXPORT_MAGIC,
     SERVE_MAGIC_1,
     SERVE_MAGIC_2,
     BuildOptions,
@@ -115,8 +116,9 @@ __all__ = [
 ]
 
 SERVER_VERSION = 0x207
-_EXPORT_MAGIC = 0x4558494E
 
+
+# "add-to-store" cuts an AddToStoreNar or the next path of an ImportPaths stream.
 BreakPoint = Literal["handshake", "request", "add-to-store", "dump", "build-start", "build-end"]
 
 _SUCCESS = frozenset(
@@ -474,6 +476,10 @@ class _Server:
                 break
             if marker != 1:
                 raise _fatal("input doesn't look like something created by 'nix-store --export'")
+            hangup = self.store._take_break("add-to-store")  # noqa: SLF001
+            if hangup is not None:
+                await self.inp.readexactly(8)
+                raise hangup
             nar = bytearray()
 
             async def keep(chunk: bytes, nar: bytearray = nar) -> None:
@@ -483,7 +489,7 @@ class _Server:
                 await copy_nar(self.inp, keep)
             except ProtocolError as exc:
                 raise _fatal(f"bad archive: {exc.message}") from exc
-            if await read_int(self.inp, "the export magic") != _EXPORT_MAGIC:
+            if await read_int(self.inp, "the export magic") != EXPORT_MAGIC:
                 raise _fatal("Nix archive cannot be imported; wrong format")
             path = await self.read_path("the imported path")
             references = await self.read_paths("the references")
