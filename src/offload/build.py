@@ -257,7 +257,8 @@ async def run_build(
         pool_members(pool, local_link, env) as members,
     ):
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
-        async with local_link.session() as local, _borrow_all(remote) as clients:
+        unreachable: dict[str, str] = {}
+        async with local_link.session() as local, _borrow_all(remote, unreachable) as clients:
             graph = await load_graph(local, roots, remotes=clients)
             fetched = await _fetch_existing(graph, clients, local, emit)
         plan = build_plan(graph)
@@ -274,6 +275,7 @@ async def run_build(
             outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
             slots=slots,
             backoff=backoff,
+            unreachable=unreachable,
         )
         report = await executor.run()
     report.finished[:0] = fetched
@@ -281,8 +283,11 @@ async def run_build(
 
 
 @contextlib.asynccontextmanager
-async def _borrow_all(links: Mapping[str, Link]) -> AsyncIterator[dict[str, ServeClient]]:
-    """A session on each builder that answers, opened in parallel; the others are left out."""
+async def _borrow_all(
+    links: Mapping[str, Link], unreachable: dict[str, str]
+) -> AsyncIterator[dict[str, ServeClient]]:
+    """A session on each builder that answers, opened in parallel; the others are left out
+    and their errors put in ``unreachable``."""
     managers = {name: link.session() for name, link in links.items()}
     entered = await asyncio.gather(
         *(cm.__aenter__() for cm in managers.values()), return_exceptions=True
@@ -293,7 +298,9 @@ async def _borrow_all(links: Mapping[str, Link]) -> AsyncIterator[dict[str, Serv
         if isinstance(result, ServeClient):
             clients[name] = result
             opened.append(cm)
-        elif not isinstance(result, OffloadError) and isinstance(result, BaseException):
+        elif isinstance(result, OffloadError):
+            unreachable[name] = result.message
+        elif isinstance(result, BaseException):
             raise result
     try:
         yield clients

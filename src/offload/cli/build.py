@@ -7,10 +7,10 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from offload.backoff import load_backoff, save_backoff
+from offload.backoff import Health, load_backoff, save_backoff
 from offload.build import dry_run, out_links, run_build
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.pool import Pool
@@ -63,6 +63,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 LOG_TAIL = 10
+
+
+def _remembered_backoff(state: Path, on: Sequence[str]) -> dict[str, Health]:
+    """Backoff from earlier runs, except for builders the user named: those are tried now."""
+    named = {name for value in on for name in value.split(",")}
+    backoff = load_backoff(state / "backoff.json", time.time())
+    return {name: health for name, health in backoff.items() if name not in named}
 
 
 def _speeds(pool: Pool) -> dict[str, float]:
@@ -163,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                     keep_going=args.keep_going,
                     estimate=estimator(history, speeds),
                     slots=SlotLocks.default(state),
-                    backoff=load_backoff(state / "backoff.json", time.time()),
+                    backoff=_remembered_backoff(state, args.on),
                 )
             )
         finally:

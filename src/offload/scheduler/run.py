@@ -156,6 +156,7 @@ class Executor:
         outputs: Sequence[str] = (),
         slots: SlotLocks | None = None,
         backoff: Mapping[str, Health] | None = None,
+        unreachable: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -169,6 +170,7 @@ class Executor:
         self.wall = wall
         self.outputs = tuple(outputs)
         self.slots = slots
+        self._last_error: dict[str, str] = {}
         self.policy = policy or Policy(
             plan_jobs(plan, estimates), [m.spec for m in members], strict=not keep_going
         )
@@ -178,6 +180,11 @@ class Executor:
         for name, health in self._restored.items():
             until = self.clock() + (health.until - self.wall())
             self.policy.restore_down(name, health.failures, until)
+        # Builders that did not answer when the run looked for outputs they already hold.
+        for name, error in (unreachable or {}).items():
+            if name in self.members:
+                self._last_error[name] = error
+                self.policy.on_machine_failed(name, self.clock())
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self._tasks: dict[asyncio.Task[_Outcome], tuple[str, str]] = {}
         self._losses: dict[str, int] = {}
@@ -187,6 +194,8 @@ class Executor:
 
     async def run(self) -> RunReport:
         start = self.clock()
+        if self.plan.order and not any(self.policy.is_up(n, start) for n in self.members):
+            self._check_stuck()  # every machine is down before anything started: say so now
         for drv_path in self.policy.skipped_at_start:
             self._finish_skipped(drv_path, "")
         for drv_path, reason in self.policy.unschedulable.items():
@@ -263,7 +272,9 @@ class Executor:
                             self._start(job, machine, speculative=True)
                         case Wait(until=until):
                             wake = until
-            if not self._tasks and (self._stopping or wake is None):
+            if not self._tasks:
+                # Nothing runs, so a wake-up could only be for a backed-off machine: rather
+                # than sleep out its backoff, stop and say why (_check_stuck).
                 break
             timeout = None if wake is None else max(0.0, wake - self.clock())
             done, _ = await asyncio.wait(
@@ -277,11 +288,17 @@ class Executor:
         graph = self.policy.graph
         left = graph.count(JobState.READY) + graph.count(JobState.PENDING)
         if left and not self._stopping:
-            down = [name for name in self.members if not self.policy.is_up(name, self.clock())]
-            msg = f"{left} derivation(s) could not be built: no machine is available"
+            now = self.clock()
+            down = [
+                f"{name}: {self._last_error.get(name, 'backed off')}"
+                for name in self.members
+                if not self.policy.is_up(name, now)
+            ]
+            msg = f"{left} derivation(s) could not be built: no machine can take them"
             raise SchedulerError(
-                msg + (f" ({', '.join(down)} down)" if down else ""),
-                hint="check the builders with `offload machines`, or add -j N to build locally",
+                msg + (f" ({'; '.join(down)})" if down else ""),
+                hint="check the builders with `ssh` or `offload machines`; -j N builds locally; "
+                "naming a builder with --on retries it at once",
             )
 
     def _start(self, drv_path: str, machine: str, *, speculative: bool) -> None:
@@ -302,6 +319,7 @@ class Executor:
             case "cancelled":
                 return
             case "lost":
+                self._last_error[machine] = outcome.error or "connection lost"
                 self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
                 if self._losses[drv_path] >= MAX_LOSSES:
                     self._fail(drv_path, machine, outcome, now)
