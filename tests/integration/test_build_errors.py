@@ -1,0 +1,135 @@
+"""`offload build` failing: a broken builder, and bad input reported in one line.
+
+A failure must say what went wrong on stderr, exit non-zero (100 for a failed build, as
+nix-build), and leave nothing of the failed work registered in the local store.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.test_build import (
+    nix_file,
+    offload,
+    offload_env,
+    out_path,
+    salt_of,
+    valid_locally,
+)
+
+GRAPH = """rec {
+  dep = mk "dep" "echo dep-${salt} > $out" {};
+  top = mk "top" "/bin/cat $dep > $out" { inherit dep; };
+  bad = mk "bad" "echo it-broke-${salt} >&2; echo more >&2; exit 3" { inherit dep; };
+}
+"""
+
+
+def assert_one_line_error(stderr: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "no error shown"
+    assert lines[0].startswith("error: "), stderr
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), stderr
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nobody else takes it), not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_a_failing_builder_exits_100_with_its_log_and_registers_nothing(fleet, tmp_path):
+    file = nix_file(tmp_path, GRAPH)
+    salt = salt_of(file)
+    done = offload(
+        fleet,
+        tmp_path,
+        file,
+        "-A",
+        "bad",
+        "--builders",
+        f"@{fleet.machines_file}",
+        "--on",
+        "medium",
+    )
+    assert done.returncode == 100, done.stderr
+    assert f"it-broke-{salt}" in done.stderr  # the log tail
+    assert "error: " in done.stderr
+    assert done.stdout == ""
+    assert not valid_locally(out_path(file, "bad"))
+    assert not (tmp_path / "result").exists()
+
+
+def test_a_missing_file_is_a_one_line_error(fleet, tmp_path):
+    done = offload(
+        fleet,
+        tmp_path,
+        tmp_path / "absent.nix",
+        "-A",
+        "top",
+        "--builders",
+        f"@{fleet.machines_file}",
+    )
+    assert done.returncode != 0
+    assert_one_line_error(done.stderr)
+    assert "absent.nix" in done.stderr
+
+
+def test_an_unknown_on_name_is_a_one_line_error(fleet, tmp_path):
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(
+        fleet,
+        tmp_path,
+        file,
+        "-A",
+        "top",
+        "--builders",
+        f"@{fleet.machines_file}",
+        "--on",
+        "nosuch",
+    )
+    assert done.returncode != 0
+    assert_one_line_error(done.stderr)
+    assert "nosuch" in done.stderr
+    assert not valid_locally(out_path(file, "top"))
+    assert not valid_locally(out_path(file, "dep"))
+
+
+@pytest.mark.parametrize("form", ["uri-port", "ssh-alias"])
+def test_an_unreachable_member_is_a_one_line_error(fleet, tmp_path, closed_port, form):
+    file = nix_file(tmp_path, GRAPH)
+    env = offload_env(fleet, tmp_path)
+    if form == "uri-port":
+        uri = f"ssh://root@127.0.0.1:{closed_port}"
+    else:
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            f"Host ghost\n  HostName 127.0.0.1\n  Port {closed_port}\n  User root\n"
+            f"  IdentityFile {fleet.client_key}\n  BatchMode yes\n  ConnectTimeout 5\n"
+        )
+        env["NIX_SSHOPTS"] = f"-F {config}"
+        uri = "ssh://ghost"
+    machines = tmp_path / "machines"
+    machines.write_text(f"{uri} {fleet.system} {fleet.client_key} 1 1\n")
+    done = offload(
+        fleet,
+        tmp_path,
+        file,
+        "-A",
+        "top",
+        "--builders",
+        f"@{machines}",
+        "-j",
+        "0",
+        env=env,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert_one_line_error(done.stderr)
+    assert not valid_locally(out_path(file, "top"))
+    assert not valid_locally(out_path(file, "dep"))
