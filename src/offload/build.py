@@ -222,9 +222,18 @@ async def pool_members(
         for machine in pool.machines:
             if not machine.enabled or machine.max_jobs <= 0:
                 continue
+            substitute = pool.builders_use_substitutes or (
+                machine.params.get("builders-use-substitutes") == "true"
+            )
             link = await stack.enter_async_context(MachineLink.from_machine(machine, env=env))
             members.append(
-                PoolMember(_slot_spec(machine), link, remote=True, slot_key=slot_key(machine.uri))
+                PoolMember(
+                    _slot_spec(machine),
+                    link,
+                    remote=True,
+                    slot_key=slot_key(machine.uri),
+                    substitute=substitute,
+                )
             )
         if not members:
             raise SchedulerError(

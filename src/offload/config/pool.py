@@ -65,6 +65,8 @@ class Pool:
     warnings: tuple[str, ...] = ()
     # The local entry Nix's settings describe even when max-jobs is 0, so `-j N` can bring it back.
     local_entry: LocalMachine | None = field(default=None, compare=False, repr=False)
+    # Nix's builders-use-substitutes: builders fetch inputs from their own caches first.
+    builders_use_substitutes: bool = field(default=False, compare=False)
 
     def names(self) -> list[str]:
         return [LOCAL, *dict.fromkeys(m.name for m in self.machines)]
@@ -125,7 +127,7 @@ class Pool:
                 local = None
             keep -= found
         machines = tuple(m for i, m in enumerate(self.machines) if i in keep)
-        return Pool(local, machines, self.warnings, self.local_entry)
+        return dataclasses.replace(self, local=local, machines=machines)
 
 
 # --- offload.toml over the machines spec --------------------------------------------------------
@@ -251,7 +253,8 @@ def load_pool(
         warnings += more
     entry = local_machine(settings, toml.local if toml else None)
     local = entry if entry.max_jobs > 0 else None
-    return Pool(local, tuple(machines), tuple(warnings), entry)
+    substitutes = settings.get("builders-use-substitutes") == "true"
+    return Pool(local, tuple(machines), tuple(warnings), entry, substitutes)
 
 
 # --- conversions --------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class PoolMember:
     link: Link
     remote: bool  # False: the local machine, whose store is the run's hub
     slot_key: str | None = None  # shared slot-lock name (offload.slots); None: not shared
+    substitute: bool = False  # builders-use-substitutes: the builder tries its caches first
 
 
 @dataclass(frozen=True)
@@ -463,7 +464,9 @@ class Executor:
                 if member.remote:
                     self._phase(drv_path, name, "sending", speculative=speculative)
                     async with self.local.session() as local:
-                        sent = await send_closure(local, client, inputs)
+                        sent = await send_closure(
+                            local, client, inputs, substitute=member.substitute
+                        )
                 self._phase(drv_path, name, "building", speculative=speculative)
                 result = await client.build_derivation(drv_path, drv, input_srcs=inputs)
                 if not result.success:
@@ -493,19 +496,27 @@ class Executor:
         return handle
 
 
-async def send_closure(src: ServeClient, dst: ServeClient, paths: Sequence[str]) -> int:
-    """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``."""
+async def send_closure(
+    src: ServeClient, dst: ServeClient, paths: Sequence[str], *, substitute: bool = False
+) -> int:
+    """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
+
+    With ``substitute``, ``dst`` first fetches what it can from its own substituters
+    (Nix's builders-use-substitutes), and only the rest is sent.
+    """
     if not paths:
         return 0
     if not await _missing(dst, paths):
         return 0
     closure = await src.query_closure(paths)
-    missing = await _missing(dst, closure)
+    missing = await _missing(dst, closure, substitute=substitute)
     if not missing:
         return 0
     infos = await src.query_path_infos(missing)
     return await copy_paths(src, dst, topo_sort_infos(infos))
 
 
-async def _missing(store: ServeClient, paths: Sequence[str] | set[str]) -> set[str]:
-    return set(paths) - await store.query_valid_paths(paths)
+async def _missing(
+    store: ServeClient, paths: Sequence[str] | set[str], *, substitute: bool = False
+) -> set[str]:
+    return set(paths) - await store.query_valid_paths(paths, substitute=substitute)
