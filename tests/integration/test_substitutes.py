@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -32,9 +33,9 @@ def test_a_builder_with_a_cache_substitutes_the_input_instead_of_receiving_it(
         ["nix-store", "--add", str(blob)], capture_output=True, text=True, check=True
     ).stdout.strip()
     cache = tmp_path / "cache"
+    nix = ["nix", "--extra-experimental-features", "nix-command"]
     subprocess.run(
-        ["nix", "--extra-experimental-features", "nix-command", "copy", "--to", f"file://{cache}"]
-        + [source],
+        [*nix, "copy", "--to", f"file://{cache}", source],
         check=True,
         capture_output=True,
     )
@@ -44,10 +45,8 @@ def test_a_builder_with_a_cache_substitutes_the_input_instead_of_receiving_it(
         conf.read_text().replace("substituters =", f"substituters = file://{cache}")
         + "require-sigs = false\n"
     )
-    file = nix_file(
-        tmp_path,
-        '{ x = mk "uses-blob" "/bin/sha256sum ${builtins.storePath "%s"} > $out" {}; }\n' % source,
-    )
+    script = f"/bin/sha256sum ${{builtins.storePath {json.dumps(source)}}} > $out"
+    file = nix_file(tmp_path, f'{{ x = mk "uses-blob" "{script}" {{}}; }}\n')
     env = offload_env(cache_fleet, tmp_path)
     common = ["-A", "x", "--builders", f"@{cache_fleet.machines_file}", "-j", "0", "--json"]
     done = subprocess.run(
