@@ -64,7 +64,13 @@ class SshError(TransportError):
 
 
 class ProtocolError(OffloadError):
-    """The peer does not speak the expected protocol, or the stream ended early."""
+    """The peer does not speak the expected protocol, or the stream ended early.
+
+    ``peer`` names the store whose connection failed (a builder, or "local"), so a copy between
+    two stores can blame the right one.
+    """
+
+    peer: str | None = None
 
 
 class RemoteError(ProtocolError):

@@ -233,3 +233,34 @@ def test_logs_reach_the_sink_with_their_derivation_and_machine():
     )
     assert asyncio.run(executor.run()).ok
     assert lines == [(paths["chatty"], "r", "line one"), (paths["chatty"], "r", "line two")]
+
+
+def test_a_local_build_waits_until_its_remote_input_has_come_home():
+    plan, _, outs, src = make_plan({"a": [], "b": ["a"]}, features={"a": "kvm"})
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    kvm_store = FakeStore("kvmbox")
+    members = [
+        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
+        PoolMember(spec("kvmbox", speed=9, slots=1, mandatory=("kvm",)), FakeLink(kvm_store), True),
+    ]
+    report, events = run(plan, members, local)
+    # The fake, like Nix, fails a build whose input is not valid in its store.
+    assert report.ok, report.failed
+    assert finished(events) == {"a": "kvmbox", "b": "local"}
+    assert local_store.has(outs["a"])
+    assert local_store.has(outs["b"])
+    assert not kvm_store.has(outs["b"])
+
+
+def test_a_dependent_on_the_same_builder_starts_from_the_outputs_already_there():
+    plan, paths, outs, src = make_plan({"a": [], "b": ["a"], "c": ["b"]})
+    local_store = FakeStore("local", [src])
+    remote_store = FakeStore("fast")
+    members = [PoolMember(spec("fast", speed=4, slots=1), FakeLink(remote_store), remote=True)]
+    report, _ = run(plan, members, FakeLink(local_store))
+    assert report.ok
+    assert remote_store.builds == [paths["a"], paths["b"], paths["c"]]
+    # Nothing built on fast was sent back to it: only the source went over.
+    assert remote_store.received == [src.path]
+    assert all(local_store.has(outs[n]) for n in "abc")

@@ -553,7 +553,9 @@ class ServeClient:
                 raise exc.exc from exc.exc.__cause__
             except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, EOFError) as exc:
                 self._broken = f"{what} failed"
-                raise await self._translate(exc, what) from exc
+                error = await self._translate(exc, what)
+                error.peer = self.name
+                raise error from exc
             except BaseException:
                 self._broken = f"{what} was interrupted"
                 raise

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from offload.backoff import Health
-from offload.errors import OffloadError, SchedulerError
+from offload.errors import OffloadError, ProtocolError, SchedulerError
 from offload.protocol.serve import ServeClient, copy_paths, topo_sort_infos
 from offload.scheduler.dag import Job, JobState
 from offload.scheduler.policy import (
@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 MAX_LOSSES = 3
+# The name local serve sessions carry (offload.transport.links.LocalLink).
+LOCAL_STORE = "local"
 # Without history, a build is assumed to take this long on a machine of speed 1.
 DEFAULT_WORK = 10.0
 # big-parallel builds (compilers, kernels) are long; guess them long so they start first.
@@ -315,6 +317,8 @@ class Executor:
             return  # a losing copy, cancelled while settling its twin in the same batch
         drv_path, machine = entry
         now = self.clock()
+        if task.cancelled():
+            return  # its machine went down and the policy queued the job again
         outcome = task.result()
         match outcome.kind:
             case "cancelled":
@@ -482,6 +486,11 @@ class Executor:
                 with contextlib.suppress(OffloadError):
                     await member.link.cancel(client)
             raise
+        except ProtocolError as exc:
+            if exc.peer == LOCAL_STORE:
+                # The local store refused or dropped a copy: not the builder's fault.
+                return _Outcome("failed", exc.message, started, sent, received)
+            return _Outcome("lost", exc.message, started, sent, received)
         except OffloadError as exc:
             return _Outcome("lost", exc.message, started, sent, received)
 
@@ -506,9 +515,11 @@ async def send_closure(
     """
     if not paths:
         return 0
-    if not await _missing(dst, paths):
+    # Only what dst lacks is looked up in src: the rest may be valid in dst alone.
+    wanted = await _missing(dst, paths)
+    if not wanted:
         return 0
-    closure = await src.query_closure(paths)
+    closure = await src.query_closure(wanted)
     missing = await _missing(dst, closure, substitute=substitute)
     if not missing:
         return 0
