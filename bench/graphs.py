@@ -145,8 +145,8 @@ def generate(
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive number, not {scale}")
     if prefix is None:
-        # No "." in names: nix-build skips attributes whose names hold one (not a derivation
-        # name problem: attribute selection), and would build nothing.
+        # No "." in names: with --scale 0.5, nix-build built nothing for such a graph and
+        # still exited 0.
         prefix = f"{shape}{n}-s{seed}" + (f"-x{scale:g}".replace(".", "p") if scale != 1 else "")
     raw = SHAPES[shape](random.Random(seed), n)
     names = [f"{prefix}-n{i:04d}" for i in range(len(raw))]
