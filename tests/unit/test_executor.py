@@ -7,7 +7,7 @@ import pytest
 from offload.errors import SchedulerError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.run import BuildPlan, Executor, PoolMember
+from offload.scheduler.run import DEFAULT_WORK, BuildPlan, Executor, PoolMember
 from offload.store.drv import Derivation, DerivationOutput
 from offload.transport.fake import (
     BuildOutcome,
@@ -264,3 +264,22 @@ def test_a_dependent_on_the_same_builder_starts_from_the_outputs_already_there()
     # Nothing built on fast was sent back to it: only the source went over.
     assert remote_store.received == [src.path]
     assert all(local_store.has(outs[n]) for n in "abc")
+
+
+def test_guessed_estimates_learn_from_this_runs_builds_and_history_is_kept():
+    plan, paths, _, src = make_plan({"a": [], "b": ["a"], "c": ["a"], "known": ["a"]})
+    local = FakeLink(FakeStore("local", [src]))
+    executor = Executor(
+        plan,
+        [PoolMember(spec("local", slots=1), local, remote=False)],
+        local,
+        emit=lambda e: None,
+        estimates={"known": 7.0},
+        wall=iter(range(0, 1000, 2)).__next__,  # every build seems to take about 2 s of wall
+    )
+    work = executor.policy.graph.work
+    assert work(paths["b"]) == DEFAULT_WORK
+    assert asyncio.run(executor.run()).ok
+    assert work(paths["b"]) < DEFAULT_WORK  # b and c waited for a, and learned from it
+    assert work(paths["c"]) < DEFAULT_WORK
+    assert work(paths["known"]) == 7.0  # history beats this run's guess

@@ -39,7 +39,10 @@ def records_from(report: RunReport) -> list[BuildRecord]:
             drv_path=event.drv_path,
             pname=split_name_version(event.name)[0],
             machine=event.machine,
-            started=event.started,
+            # The build alone when known: connecting and copying are not the derivation's work.
+            started=event.finished - event.build_seconds
+            if event.build_seconds is not None
+            else event.started,
             finished=event.finished,
             status=event.status,
             bytes_sent=event.bytes_sent,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +62,11 @@ __all__ = [
 ]
 
 MAX_LOSSES = 3
+# Jobs whose estimate is a guess take the median of what this run has built so far, once it
+# differs from the guess by this much; beyond LEARN_LIMIT guessed jobs the update is skipped
+# (each one revisits the job's ancestors).
+LEARN_CHANGE = 0.25
+LEARN_LIMIT = 5000
 # The name local serve sessions carry (offload.transport.links.LocalLink).
 LOCAL_STORE = "local"
 # Without history, a build is assumed to take this long on a machine of speed 1.
@@ -142,6 +148,7 @@ class _Outcome:
     started: float
     bytes_sent: int = 0
     bytes_received: int = 0
+    build_seconds: float | None = None
 
 
 class Executor:
@@ -188,6 +195,16 @@ class Executor:
             if name in self.members:
                 self._last_error[name] = error
                 self.policy.on_machine_failed(name, self.clock())
+        # Jobs estimated by DEFAULT_WORK, not history: they learn from this run's builds.
+        known = estimates or {}
+        self._guessed = {
+            d
+            for d in plan.order
+            if split_name_version(plan.drvs[d].name)[0] not in known
+            and "big-parallel" not in plan.drvs[d].required_features
+        }
+        self._guess = DEFAULT_WORK
+        self._observed: list[float] = []
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self._tasks: dict[asyncio.Task[_Outcome], tuple[str, str]] = {}
         self._losses: dict[str, int] = {}
@@ -347,12 +364,34 @@ class Executor:
                 finished = self.policy.on_finished(drv_path, machine, now, ok=True)
                 if not finished.accepted:
                     return
+                self._learn(drv_path, machine, outcome)
                 self.report.built.append(drv_path)
                 self._emit_outcome(drv_path, machine, "built", outcome)
                 for cancel in finished.cancel:
                     await self._cancel(cancel)
             case "failed":
                 self._fail(drv_path, machine, outcome, now)
+
+    def _learn(self, drv_path: str, machine: str, outcome: _Outcome) -> None:
+        """Improve guessed estimates with what this run has measured (no history yet)."""
+        if drv_path not in self._guessed:
+            return
+        self._guessed.discard(drv_path)
+        speed = self.members[machine].spec.speed
+        seconds = outcome.build_seconds
+        if seconds is None:
+            seconds = max(0.0, self.wall() - outcome.started)
+        self._observed.append(seconds * speed)
+        median = statistics.median(self._observed)
+        if abs(median - self._guess) <= LEARN_CHANGE * self._guess:
+            return
+        self._guess = median
+        if len(self._guessed) > LEARN_LIMIT:
+            return
+        graph = self.policy.graph
+        for job in self._guessed:
+            if graph.state(job) in {JobState.PENDING, JobState.READY}:
+                self.policy.on_estimate(job, median)
 
     def _fail(self, drv_path: str, machine: str, outcome: _Outcome, now: float) -> None:
         finished = self.policy.on_finished(drv_path, machine, now, ok=False)
@@ -399,6 +438,7 @@ class Executor:
             error=outcome.error,
             sent=outcome.bytes_sent,
             received=outcome.bytes_received,
+            build_seconds=outcome.build_seconds,
         )
 
     def _emit_finished(
@@ -411,6 +451,7 @@ class Executor:
         error: str | None = None,
         sent: int = 0,
         received: int = 0,
+        build_seconds: float | None = None,
     ) -> None:
         event = JobFinished(
             drv_path=drv_path,
@@ -423,6 +464,7 @@ class Executor:
             bytes_received=received,
             error=error,
             time=self.wall(),
+            build_seconds=build_seconds,
         )
         self.report.finished.append(event)
         self.emit(event)
@@ -472,7 +514,9 @@ class Executor:
                             local, client, inputs, substitute=member.substitute
                         )
                 self._phase(drv_path, name, "building", speculative=speculative)
+                build_start = self.clock()
                 result = await client.build_derivation(drv_path, drv, input_srcs=inputs)
+                build_seconds = self.clock() - build_start
                 if not result.success:
                     return _Outcome("failed", result.error_msg, started, sent, received)
                 if member.remote:
@@ -480,7 +524,7 @@ class Executor:
                     async with self.local.session() as local:
                         received = await send_closure(client, local, self.plan.outputs[drv_path])
                 client.on_log = None
-            return _Outcome("built", None, started, sent, received)
+            return _Outcome("built", None, started, sent, received, build_seconds)
         except asyncio.CancelledError:
             if client is not None:
                 with contextlib.suppress(OffloadError):

@@ -69,6 +69,9 @@ class JobFinished:
     bytes_received: int
     error: str | None
     time: float
+    # Seconds the builder spent on the build itself, without connecting or copying; the
+    # history learns estimates from this.
+    build_seconds: float | None = None
 
     @property
     def duration(self) -> float:
