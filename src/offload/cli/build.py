@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from offload.backoff import Health, load_backoff, save_backoff
-from offload.build import dry_run, out_links, run_build
+from offload.build import DrvGraph, dry_run, out_links, run_build
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
@@ -21,6 +21,7 @@ from offload.logs import BuildLogs
 from offload.nix import Installables, add_roots, instantiate, sources
 from offload.paths import ensure_state_dir
 from offload.protocol.serve import strip_ansi
+from offload.scheduler.run import RunReport
 from offload.slots import SlotLocks
 from offload.ui import make_renderer
 from offload.ui.events import Event
@@ -141,6 +142,46 @@ def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
         handle(event)
 
 
+def execute(
+    roots: Sequence[tuple[str, str]],
+    pool: Pool,
+    state: Path,
+    *,
+    emit: Callable[[Event], None],
+    close: Callable[[], None],
+    keep_going: bool = False,
+    retry_now: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> tuple[RunReport, DrvGraph]:
+    """A build run with what offload keeps between runs: history, logs, slots, backoff.
+
+    ``close`` is called when the run is over, before anything is printed after it.
+    """
+    logs = BuildLogs(state / "logs")
+    with History(state / "history.sqlite") as history:
+        recorder = logs.recorder()
+        try:
+            report, graph = asyncio.run(
+                run_build(
+                    roots,
+                    pool,
+                    emit=lambda event: _tee(event, recorder.handle, emit),
+                    log_sink=recorder.write,
+                    keep_going=keep_going,
+                    estimate=estimator(history, _speeds(pool)),
+                    env=env,
+                    slots=SlotLocks.default(state),
+                    backoff=_remembered_backoff(state, retry_now),
+                )
+            )
+        finally:
+            recorder.close()
+            close()
+        history.record(records_from(report))
+    save_backoff(state / "backoff.json", report.health, time.time())
+    return report, graph
+
+
 def run(args: argparse.Namespace) -> int:
     what = Installables(
         files=tuple(args.paths),
@@ -155,33 +196,20 @@ def run(args: argparse.Namespace) -> int:
     state = ensure_state_dir()
     if args.dry_run:
         return _dry_run(roots, pool, state, as_json=args.json)
-    logs = BuildLogs(state / "logs")
     renderer = make_renderer("json" if args.json else "auto", print_logs=args.print_build_logs)
-    with History(state / "history.sqlite") as history:
-        speeds = _speeds(pool)
-        recorder = logs.recorder()
-        try:
-            report, graph = asyncio.run(
-                run_build(
-                    roots,
-                    pool,
-                    emit=lambda event: _tee(event, recorder.handle, renderer.handle),
-                    log_sink=recorder.write,
-                    keep_going=args.keep_going,
-                    estimate=estimator(history, speeds),
-                    slots=SlotLocks.default(state),
-                    backoff=_remembered_backoff(state, args.on),
-                )
-            )
-        finally:
-            recorder.close()
-            renderer.close()
-        history.record(records_from(report))
-    save_backoff(state / "backoff.json", report.health, time.time())
+    report, graph = execute(
+        roots,
+        pool,
+        state,
+        emit=renderer.handle,
+        close=renderer.close,
+        keep_going=args.keep_going,
+        retry_now=args.on,
+    )
     if not args.json:
         render_summary(report.finished, sys.stderr)
     if report.failed:
-        _print_log_tails(logs, report.failed)
+        _print_log_tails(BuildLogs(state / "logs"), report.failed)
         first, error = next(iter(report.failed.items()))
         more = len(report.failed) - 1
         raise BuildFailed(

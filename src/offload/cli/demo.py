@@ -10,7 +10,6 @@ what and how long it took. A fleet the demo started is stopped at the end unless
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
@@ -20,13 +19,14 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from offload.build import run_build
+from offload.cli.build import execute
 from offload.config.pool import load_pool
 from offload.dagfile import Dag, parse_dag, write_nix_file
 from offload.errors import BuildFailed
 from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_up, open_fleet
 from offload.fleet.spec import default_fleet_dir
 from offload.nix import Installables, instantiate
+from offload.paths import ensure_state_dir
 from offload.ui import make_renderer
 from offload.ui.events import Event, JobFinished
 from offload.ui.summary import render_summary
@@ -99,10 +99,7 @@ def _build(fleet: Fleet, args: argparse.Namespace) -> int:
         renderer.handle(event)
 
     started = time.monotonic()
-    try:
-        report, _ = asyncio.run(run_build(roots, pool, emit=emit, env=env))
-    finally:
-        renderer.close()
+    report, _ = execute(roots, pool, ensure_state_dir(), emit=emit, close=renderer.close, env=env)
     elapsed = time.monotonic() - started
     _print_builds(finished, started_wall=min((f.started for f in finished), default=0.0))
     render_summary(finished, sys.stderr)
