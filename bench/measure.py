@@ -125,6 +125,9 @@ class BuildAccount:
     bytes_received: int | None = None
     outputs: tuple[str, ...] = ()
     bad_lines: int = 0
+    # offload's own span from its first scheduling decision to its last build: wall time less
+    # start-up (Python, evaluation, ssh handshakes) and shutdown.
+    run_s: float | None = None
 
     def per_machine(self) -> dict[str, int]:
         return dict(sorted(Counter(self.built.values()).items()))
@@ -154,6 +157,7 @@ def parse_offload_events(stdout: str) -> BuildAccount:
     sent = received = 0
     outputs: tuple[str, ...] = ()
     bad = 0
+    run_s: float | None = None
     for line in stdout.splitlines():
         if not line.strip():
             continue
@@ -175,7 +179,10 @@ def parse_offload_events(stdout: str) -> BuildAccount:
             raw = event.get("outputs")
             if isinstance(raw, list):
                 outputs = tuple(str(p) for p in raw)
-    return BuildAccount(built, sent, received, outputs, bad)
+            elapsed = event.get("elapsed")
+            if isinstance(elapsed, int | float) and not isinstance(elapsed, bool):
+                run_s = float(elapsed)
+    return BuildAccount(built, sent, received, outputs, bad, run_s)
 
 
 def _int(value: object) -> int:

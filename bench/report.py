@@ -457,6 +457,10 @@ def _bytes(value: float | None) -> str:
     return f"{value:.0f} B"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _machines_text(runs: Sequence[Run], tool: str) -> str:
     """Builds per machine, summed over the successful runs of ``tool``."""
     total: dict[str, int] = {}
@@ -649,6 +653,10 @@ def render_markdown(results: Mapping[str, Any], results_name: str, plots: Mappin
                     "| bytes of outputs back to this machine (store growth, median) | "
                     f"{_bytes(_median_of(runs, 'nix', 'store_received'))} | "
                     f"{_bytes(_median_of(runs, 'offload', 'store_received'))} |"
+                ),
+                (
+                    "| scheduling span: first decision to last build (median s; offload only) "
+                    f"| not reported | {_seconds(_median_of(runs, 'offload', 'run_s'))} |"
                 ),
                 (
                     "| bytes sent / received as the tool reports them (median) | not reported | "

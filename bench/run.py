@@ -243,6 +243,7 @@ def build_once(
         # What the tool itself reported (offload's events; stock Nix reports nothing).
         "bytes_sent": account.bytes_sent,
         "bytes_received": account.bytes_received,
+        "run_s": None if account.run_s is None else round(account.run_s, 3),
         "error": error,
     }
     if account.bad_lines:
