@@ -352,7 +352,7 @@ def _blob(path: Path, size: int, *, compressible: bool) -> None:
 async def _offload_copy(
     member: str, paths: Sequence[str], env: Mapping[str, str], compress: bool
 ) -> tuple[float, int]:
-    from offload.protocol.serve import copy_paths, topo_sort_infos
+    from offload.scheduler.run import send_closure
     from offload.transport.sessions import open_local_store, open_ssh_store
     from offload.transport.ssh import SshTarget
 
@@ -361,12 +361,7 @@ async def _offload_copy(
         open_local_store() as src,
         open_ssh_store(SshTarget(member, compress=compress), name=member, env=env) as dst,
     ):
-        # What offload's scheduler does to send a closure: one validity query for the whole
-        # closure, infos of what is missing, NARs streamed dependencies first.
-        closure = await src.query_closure(paths)
-        missing = closure - await dst.query_valid_paths(closure)
-        infos = await src.query_path_infos(missing)
-        moved = await copy_paths(src, dst, topo_sort_infos(infos))
+        moved = await send_closure(src, dst, paths)
     return time.monotonic() - began, moved
 
 
@@ -386,8 +381,8 @@ def copy_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
         "member": member,
         "paths": len(added),
         "bytes": total,
-        "offload_copy": "offload.protocol.serve.copy_paths over open_local_store/open_ssh_store "
-        "(the scheduler's send_closure path: one closure query, one validity query, NARs streamed)",
+        "offload_copy": "offload.scheduler.run.send_closure over open_local_store/open_ssh_store "
+        "(what a build does to send its inputs: validity and closure queries, one export stream)",
         "runs": [],
     }
     wrapper = _ssh_wrapper(bench.work)
