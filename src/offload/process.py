@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +181,6 @@ def stop_process_group(pid: int, *, grace: float = 3.0) -> None:
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     # Our detached children are reaped here when they are ours; otherwise poll /proc.
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         proc = _DETACHED.get(pid)
