@@ -8,6 +8,8 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -341,3 +343,51 @@ def test_cli_up_status_machines_env_down(tmp_path):
         assert _offload("fleet", "down", "--dir", d).returncode == 0
     finally:
         fleet_down(target, purge=True)
+
+
+def _sleepers_in(member_nix: Path) -> list[int]:
+    """`sleep 300` processes that see ``member_nix`` at /nix."""
+    want = member_nix.stat()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            seen = (entry / "root" / "nix").stat()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if (
+            cmdline[:2] == [b"/bin/sleep", b"300"]
+            and state != "Z"
+            and (seen.st_dev, seen.st_ino) == (want.st_dev, want.st_ino)
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def test_down_stops_processes_in_mount_namespaces_nested_in_a_member(tmp_path):
+    # nix-store unshares a mount namespace of its own, so its builders are not in the member's;
+    # `down` must stop them all the same. `unshare -m` stands in for it here.
+    root = Path(tempfile.mkdtemp(prefix="ofn", dir="/tmp"))
+    client = None
+    try:
+        fleet = fleet_up(root, [MemberSpec.parse("nest:1:1")])
+        nix_dir = fleet.member("nest").root / "nix"
+        client = subprocess.Popen(
+            fleet.ssh_argv("nest", "unshare", "-m", "/bin/sleep", "300"),
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while not _sleepers_in(nix_dir):
+            assert time.monotonic() < deadline, "the nested sleep never started"
+            assert client.poll() is None, "ssh ended before the sleep started"
+            time.sleep(0.05)
+        fleet_down(root)
+        assert _sleepers_in(nix_dir) == []
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        fleet_down(root, purge=True)

@@ -319,10 +319,11 @@ def _mnt_ns(pid: int) -> str | None:
 
 
 def _namespace_pids(record: MemberRecord, root: Path) -> list[int]:
-    """Live processes in the member's namespace, other than this one.
+    """Live processes that see the member's own directory at /nix, other than this one.
 
-    Besides the namespace id (which the kernel may reuse once a namespace is gone) a process
-    must see the member's own directory at /nix, so nothing else is ever signalled.
+    That is the member's sshd and everything below it, including nix-store, which runs in a
+    mount namespace of its own (Nix 2.8 unshares one to remount the store) and so does not
+    share the member's namespace id. No other process can see that directory at /nix.
     """
     if not record.mnt_ns or record.mnt_ns == _mnt_ns(os.getpid()):
         return []
@@ -333,8 +334,6 @@ def _namespace_pids(record: MemberRecord, root: Path) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        if _mnt_ns(int(entry.name)) != record.mnt_ns:
             continue
         try:
             seen = (entry / "root" / "nix").stat()
