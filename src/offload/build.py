@@ -270,14 +270,12 @@ async def run_build(
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}
         async with local_link.session() as local, _borrow_all(remote, unreachable) as clients:
-            # Builders' load is read while the graph loads: it costs an ssh round trip each.
-            loads = asyncio.create_task(_read_loads(members, set(clients)))
             graph = await load_graph(local, roots, remotes=clients)
             fetched = await _fetch_existing(graph, clients, local, emit)
         plan = build_plan(graph)
         pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
         estimates = estimate(pnames) if estimate is not None else {}
-        loaded = _under_load(members, await loads, emit)
+        loaded = await _under_load(members, set(clients), emit) if plan.order else members
         executor = Executor(
             plan,
             loaded,
@@ -296,10 +294,10 @@ async def run_build(
     return report, graph
 
 
-async def _read_loads(
-    members: Sequence[PoolMember], reachable: set[str]
-) -> list[RemoteLoad | None]:
-    """Each reachable builder's load (scheduler.load), read over its connection."""
+async def _under_load(
+    members: list[PoolMember], reachable: set[str], emit: Callable[[Event], None]
+) -> list[PoolMember]:
+    """Members with their slots cut by the load other clients put on them (scheduler.load)."""
 
     async def read(member: PoolMember) -> RemoteLoad | None:
         if not isinstance(member.link, MachineLink) or member.spec.name not in reachable:
@@ -310,15 +308,7 @@ async def _read_loads(
             return None
         return parse_load(out) if code == 0 else None
 
-    return await asyncio.gather(*(read(m) for m in members))
-
-
-def _under_load(
-    members: Sequence[PoolMember],
-    loads: Sequence[RemoteLoad | None],
-    emit: Callable[[Event], None],
-) -> list[PoolMember]:
-    """Members with their slots cut by the load other clients put on them (scheduler.load)."""
+    loads = await asyncio.gather(*(read(m) for m in members))
     result = []
     for member, load in zip(members, loads, strict=True):
         slots = member.spec.slots if load is None else usable_slots(member.spec.slots, load)
