@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -23,7 +22,6 @@ from offload.config.pool import Pool
 from offload.errors import ConfigError, OffloadError, SchedulerError
 from offload.nix import result_links
 from offload.protocol.serve import ServeClient
-from offload.scheduler.load import LOAD_COMMAND, RemoteLoad, parse_load, usable_slots
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import (
     BuildPlan,
@@ -39,7 +37,7 @@ from offload.slots import SlotLocks, slot_key
 from offload.store.drv import Derivation, read_derivation
 from offload.store.path import split_name_version
 from offload.transport.links import LocalLink, MachineLink
-from offload.ui.events import Event, JobFinished, MachineEvent
+from offload.ui.events import Event, JobFinished
 
 __all__ = [
     "LOCAL",
@@ -275,10 +273,9 @@ async def run_build(
         plan = build_plan(graph)
         pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
         estimates = estimate(pnames) if estimate is not None else {}
-        loaded = await _under_load(members, set(clients), emit) if plan.order else members
         executor = Executor(
             plan,
-            loaded,
+            members,
             local_link,
             emit=emit,
             log_sink=log_sink,
@@ -292,43 +289,6 @@ async def run_build(
         report = await executor.run()
     report.finished[:0] = fetched
     return report, graph
-
-
-async def _under_load(
-    members: list[PoolMember], reachable: set[str], emit: Callable[[Event], None]
-) -> list[PoolMember]:
-    """Members with their slots cut by the load other clients put on them (scheduler.load)."""
-
-    async def read(member: PoolMember) -> RemoteLoad | None:
-        if not isinstance(member.link, MachineLink) or member.spec.name not in reachable:
-            return None
-        try:
-            code, out, _ = await member.link.ssh.run(LOAD_COMMAND)
-        except OffloadError:
-            return None
-        return parse_load(out) if code == 0 else None
-
-    loads = await asyncio.gather(*(read(m) for m in members))
-    result = []
-    for member, load in zip(members, loads, strict=True):
-        slots = member.spec.slots if load is None else usable_slots(member.spec.slots, load)
-        if slots == member.spec.slots:
-            result.append(member)
-        else:
-            assert load is not None
-            emit(
-                MachineEvent(
-                    machine=member.spec.name,
-                    state="up",
-                    message=f"load {load.load1:g} on {load.cores} cores: "
-                    f"using {slots} of its {member.spec.slots} slots",
-                    until=None,
-                    time=time.time(),
-                )
-            )
-            spec = dataclasses.replace(member.spec, slots=slots)
-            result.append(dataclasses.replace(member, spec=spec))
-    return result
 
 
 @contextlib.asynccontextmanager

@@ -1,13 +1,7 @@
-import asyncio
 import base64
 import json
-import os
 import subprocess
 import sys
-
-from offload.config.pool import load_pool
-from offload.scheduler.load import LOAD_COMMAND, RemoteLoad, parse_load
-from offload.transport.links import MachineLink
 
 
 def test_machines_json_lists_every_fleet_member_with_its_pinned_key(fleet, tmp_path):
@@ -33,19 +27,3 @@ def test_machines_json_lists_every_fleet_member_with_its_pinned_key(fleet, tmp_p
             ln for ln in fleet.machines_file.read_text().splitlines() if f"//{member.name} " in ln
         )
         assert base64.b64decode(line.split()[7]).decode().split()[:2] == host_key
-
-
-def test_a_builders_load_and_cores_are_read_over_its_connection(fleet):
-    env = fleet.env()
-    machine = load_pool(builders=f"@{fleet.machines_file}", config=None, env=env).machines[0]
-
-    async def read() -> tuple[int, RemoteLoad | None]:
-        async with MachineLink.from_machine(machine, env=env) as link:
-            code, out, _ = await link.ssh.run(LOAD_COMMAND)
-        return code, parse_load(out)
-
-    code, load = asyncio.run(read())
-    assert code == 0
-    assert load is not None
-    # The fleet's members share this host, so they see its cores.
-    assert load.cores == os.cpu_count()
