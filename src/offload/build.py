@@ -222,17 +222,19 @@ async def pool_members(
         for machine in pool.machines:
             if not machine.enabled or machine.max_jobs <= 0:
                 continue
-            substitute = pool.builders_use_substitutes or (
-                machine.params.get("builders-use-substitutes") == "true"
+            # Nix's setting turns it on for every builder; else the machine's URI parameter.
+            link = await stack.enter_async_context(
+                MachineLink.from_machine(
+                    machine, env=env, substitute=pool.builders_use_substitutes or None
+                )
             )
-            link = await stack.enter_async_context(MachineLink.from_machine(machine, env=env))
             members.append(
                 PoolMember(
                     _slot_spec(machine),
                     link,
                     remote=True,
                     slot_key=slot_key(machine.uri),
-                    substitute=substitute,
+                    substitute=link.substitute,
                 )
             )
         if not members:
