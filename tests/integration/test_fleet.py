@@ -221,8 +221,11 @@ def test_down_from_a_fresh_process_stops_everything(tmp_path):
             stderr=subprocess.DEVNULL,
         )
         try:
-            probe = _ssh(fleet, "solo", "pgrep", "-x", "sleep")
-            assert probe.returncode == 0
+            # The session's own ssh handshake may still be running: wait for its sleep to start.
+            deadline = time.monotonic() + 20
+            while _ssh(fleet, "solo", "pgrep", "-x", "sleep").returncode != 0:
+                assert time.monotonic() < deadline, "the session's sleep never started"
+                assert session.poll() is None, "the session ended before its sleep started"
             assert len(_pids_in_namespace(member.mnt_ns)) >= 3  # sshd, session sshd, sleep
             down = subprocess.run(
                 [
