@@ -332,3 +332,28 @@ def test_estimate_update_reorders_ready_jobs() -> None:
     policy = Policy([job("a", 5), job("b", 1)], [machine("m")])
     policy.on_estimate("b", 50)
     assert starts(policy.next_decisions(0.0)) == [("b", "m")]
+
+
+def test_lost_outputs_run_again_before_their_dependents() -> None:
+    jobs = [job("a", 1), job("b", 1, "a"), job("c", 1, "b")]
+    policy = Policy(jobs, [machine("m", slots=1), machine("n", slots=1)])
+    assert starts(policy.next_decisions(0.0)) == [("a", "m")]
+    policy.on_finished("a", "m", 1.0, ok=True)
+    assert starts(policy.next_decisions(1.0)) == [("b", "m")]
+    # b cannot get a's outputs (their only holder went away): b gives way, a runs again.
+    policy.on_outputs_lost(["a"])
+    assert policy.on_returned("b", "m")
+    assert not policy.on_returned("b", "m")  # that copy is gone already
+    assert starts(policy.next_decisions(2.0)) == [("a", "m")]
+    policy.on_finished("a", "m", 3.0, ok=True)
+    assert starts(policy.next_decisions(3.0)) == [("b", "m")]
+
+
+def test_a_ready_job_whose_input_is_lost_is_not_started_until_it_is_rebuilt() -> None:
+    jobs = [job("a", 1), job("b", 1, "a"), job("slow", 10)]
+    policy = Policy(jobs, [machine("m", slots=1), machine("n", slots=1)])
+    assert sorted(starts(policy.next_decisions(0.0))) == [("a", "n"), ("slow", "m")]
+    policy.on_finished("a", "n", 1.0, ok=True)
+    policy.on_outputs_lost(["a"])  # before b was started anywhere
+    assert starts(policy.next_decisions(1.0)) == [("a", "n")]
+    assert policy.graph.state("b").value == "pending"

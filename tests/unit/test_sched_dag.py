@@ -180,3 +180,42 @@ def test_topological_order_puts_deps_first() -> None:
     for j in jobs:
         for d in j.deps:
             assert position[d] < position[j.id]
+
+
+def test_undone_job_runs_again_and_its_waiting_dependents_wait_for_it() -> None:
+    g = diamond()
+    for name in ("a", "b"):
+        g.mark_started(name)
+        g.mark_done(name)
+    g.mark_started("c")
+    # a's outputs are gone: c (running, fed already) keeps running, d waits for a again.
+    ready, demoted = g.mark_undone(["a"])
+    assert (ready, demoted) == (["a"], [])
+    assert g.state("b") is JobState.DONE
+    assert g.state("c") is JobState.RUNNING
+    assert g.count(JobState.DONE) == 1
+    g.mark_started("a")
+    assert g.mark_done("a") == []  # b and c are not pending: nothing new becomes ready
+    assert g.mark_done("c") == ["d"]
+
+
+def test_undoing_a_chain_readies_its_first_job_and_demotes_ready_dependents() -> None:
+    g = JobGraph([job("a"), job("b", 1, "a"), job("c", 1, "b"), job("x", 1, "b")])
+    for name in ("a", "b"):
+        g.mark_started(name)
+        g.mark_done(name)
+    assert sorted(g.ready()) == ["c", "x"]
+    g.mark_started("x")
+    ready, demoted = g.mark_undone(["a", "b"])
+    assert ready == ["a"]
+    assert demoted == ["c"]
+    assert g.state("b") is JobState.PENDING
+    # x was running when b was undone: if its machine goes away it must wait for b again.
+    assert g.mark_returned("x") is False
+    assert g.state("x") is JobState.PENDING
+    g.mark_started("a")
+    assert g.mark_done("a") == ["b"]
+    g.mark_started("b")
+    assert sorted(g.mark_done("b")) == ["c", "x"]
+    with pytest.raises(SchedulerError, match="cannot undo 'c': it is ready"):
+        g.mark_undone(["c"])

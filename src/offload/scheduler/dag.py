@@ -7,13 +7,16 @@ work (seconds on a machine of speed 1), the ids it depends on, and what it needs
 ``JobGraph`` holds the states and moves jobs between them::
 
     PENDING --(last dep done)--> READY --started--> RUNNING --done--> DONE
-                                   ^                   |    --failed-> FAILED
-                                   +----returned-------+           (dependents -> SKIPPED)
+       ^                           ^                   |    --failed-> FAILED
+       |                           +----returned-------+           (dependents -> SKIPPED)
+       +--------------------- undone (its outputs were lost) ----------+
 
 A failed job is final (Nix builds are deterministic, so it is not retried); every job that
 transitively depends on it becomes SKIPPED, and the skipped ids are returned so the caller can
 report them. Independent work stays unaffected. A job returned to READY is one whose machine
-went away mid-build.
+went away mid-build. A DONE job is *undone* when the only copy of its outputs was on a machine
+that went away while something still needs them: it must run again, and its dependents wait for
+it once more (a running dependent keeps running: it may have its inputs already).
 
 Each job's *remaining critical path* is the longest sum of work estimates on a path from the job
 (included) to a sink. It is computed once in reverse topological order; when an estimate changes
@@ -208,9 +211,13 @@ class JobGraph:
     def mark_started(self, job_id: str) -> None:
         self._move(self._expect(job_id, (_READY,), "start"), _RUNNING)
 
-    def mark_returned(self, job_id: str) -> None:
-        """A running job goes back to READY because its machine went away."""
-        self._move(self._expect(job_id, (_RUNNING,), "return"), _READY)
+    def mark_returned(self, job_id: str) -> bool:
+        """A running job goes back because its machine went away; True if it is READY again
+        (False: a dependency was undone meanwhile, so it is PENDING)."""
+        i = self._expect(job_id, (_RUNNING,), "return")
+        ready = self._waiting[i] == 0
+        self._move(i, _READY if ready else _PENDING)
+        return ready
 
     def mark_done(self, job_id: str) -> list[str]:
         """Record success; returns the jobs that became ready."""
@@ -225,6 +232,33 @@ class JobGraph:
                 self._move(d, _READY)
                 newly.append(self._jobs[d].id)
         return newly
+
+    def mark_undone(self, job_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """DONE jobs must run again; returns (those now READY, READY dependents now PENDING).
+
+        The caller undoes together every job whose outputs are gone and still needed,
+        dependencies included, so each one's wait count is its deps that are not DONE.
+        """
+        undone = [self._expect(job_id, (_DONE,), "undo") for job_id in job_ids]
+        for i in undone:
+            self._move(i, _PENDING)
+        waiting = self._waiting
+        state = self._state
+        demoted: list[str] = []
+        for i in undone:
+            # Every dependent is counted, done or not, as mark_done will count each one down.
+            for d in self._dependents[i]:
+                waiting[d] += 1
+                if state[d] is _READY:
+                    self._move(d, _PENDING)
+                    demoted.append(self._jobs[d].id)
+        ready: list[str] = []
+        for i in undone:
+            waiting[i] = sum(1 for dep in self._deps[i] if state[dep] is not _DONE)
+            if waiting[i] == 0:
+                self._move(i, _READY)
+                ready.append(self._jobs[i].id)
+        return ready, demoted
 
     def mark_failed(self, job_id: str) -> list[str]:
         """Record failure; returns every transitive dependent, now SKIPPED, in BFS order."""

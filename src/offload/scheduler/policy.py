@@ -55,6 +55,9 @@ that fails (unreachable, connection lost) is down for ``base x factor^(n-1)`` se
 n-th consecutive failure, n capped (Hydra: 60 s x 3^(n-1), at most 4 steps, failures within
 30 s counting once); its running jobs go back to the ready queues (or simply lose their copy
 when another copy runs elsewhere). A successful build on the machine resets its count.
+The driver tracks where outputs are: when the only copy of needed outputs goes with a machine,
+it reports those jobs (``on_outputs_lost``) and they run again; a copy that cannot get its
+inputs because their holder went away is handed back with ``on_returned``.
 """
 
 from __future__ import annotations
@@ -709,10 +712,34 @@ class Policy:
             runs.remove(run)
             if not runs:
                 del self._runs[job_id]
-                self.graph.mark_returned(job_id)
-                self._enqueue(job_id)
+                if self.graph.mark_returned(job_id):
+                    self._enqueue(job_id)
                 returned.append(job_id)
         return MachineDown(machine, m.down_until, m.failures, tuple(returned))
+
+    def on_returned(self, job_id: str, machine: str) -> bool:
+        """The copy of ``job_id`` on ``machine`` gave up through no fault of that machine (an
+        input's holder went away): free its slot and queue the job again if no copy is left.
+        False if there was no such copy."""
+        runs = self._runs.get(job_id)
+        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
+        if runs is None or run is None:
+            return False
+        self._release_slot(run, job_id)
+        runs.remove(run)
+        if not runs:
+            del self._runs[job_id]
+            if self.graph.mark_returned(job_id):
+                self._enqueue(job_id)
+        return True
+
+    def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
+        """These finished jobs' outputs are gone and still needed: they must run again
+        (``JobGraph.mark_undone``: pass every such job, dependencies included)."""
+        ready, waiting_again = self.graph.mark_undone(job_ids)
+        self._queued.difference_update(waiting_again)
+        for job_id in ready:
+            self._enqueue(job_id)
 
     def restore_down(self, machine: str, failures: int, until: float) -> None:
         """Start with ``machine`` backed off, as a previous run left it (before any decision)."""

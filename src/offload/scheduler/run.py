@@ -4,9 +4,18 @@ One asyncio task per running build copy. The loop asks the policy what to start
 (``next_decisions``), starts those tasks, then waits for the first task to end or for the time
 the policy asked to be woken at, and reports what happened (``on_finished`` or
 ``on_machine_failed``). A build on a builder goes through the phases connecting -> sending
-inputs -> building -> fetching outputs; every built output is copied back to the local store
-as soon as it is built, so the next build's inputs always come from here and nothing is ever
-registered locally unless it arrived whole.
+inputs -> building -> fetching outputs.
+
+Where outputs live. The executor knows which stores hold each finished job's outputs: the
+machine that built it, every machine its outputs were sent to since, and the local store (the
+*home*). Outputs that must end up here (the requested ones; all of them with ``home=None``,
+which is what ``--fetch-all`` and Nix do) are fetched as soon as they are built; the others
+stay where they were built, so a dependent on the same builder starts at once. Inputs reach a
+machine from the local store, else from a builder holding them, streamed through this process
+from one serve session to the other (never through a file). Nothing is registered anywhere
+unless it arrived whole. When a machine goes down, outputs only it held are lost: the jobs
+that made them run again if anything still needs them (``Policy.on_outputs_lost``), and a
+copy that was fetching its inputs from there goes back to the queue.
 
 Failures are data, not exceptions: a derivation that fails to build is final (its dependents
 are skipped, and without keep-going nothing new starts); a machine that cannot be reached or
@@ -21,7 +30,7 @@ import contextlib
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -69,6 +78,8 @@ LEARN_CHANGE = 0.25
 LEARN_LIMIT = 5000
 # The name local serve sessions carry (offload.transport.links.LocalLink).
 LOCAL_STORE = "local"
+# The local store as a holder of outputs (the local pool member builds into it).
+HOME = LOCAL_STORE
 # Without history, a build is assumed to take this long on a machine of speed 1.
 DEFAULT_WORK = 10.0
 # big-parallel builds (compilers, kernels) are long; guess them long so they start first.
@@ -143,12 +154,26 @@ def plan_jobs(
 
 @dataclass(frozen=True)
 class _Outcome:
-    kind: Literal["built", "failed", "lost", "cancelled"]
+    """How one build copy ended. "returned": its inputs' holder ``source`` went away (or they
+    were lost before it got them), which is no fault of its own machine."""
+
+    kind: Literal["built", "failed", "lost", "returned", "cancelled"]
     error: str | None
     started: float
     bytes_sent: int = 0
     bytes_received: int = 0
     build_seconds: float | None = None
+    home: bool = False  # the outputs are in the local store too
+    source: str | None = None
+
+
+class _InputsGone(Exception):
+    """Inputs could not be had from their holder ``source`` (None: no holder is left)."""
+
+    def __init__(self, source: str | None, message: str) -> None:
+        super().__init__(message)
+        self.source = source
+        self.message = message
 
 
 class Executor:
@@ -164,6 +189,7 @@ class Executor:
         estimates: Mapping[str, float] | None = None,
         policy: Policy | None = None,
         outputs: Sequence[str] = (),
+        home: Iterable[str] | None = None,
         slots: SlotLocks | None = None,
         backoff: Mapping[str, Health] | None = None,
         unreachable: Mapping[str, str] | None = None,
@@ -180,6 +206,13 @@ class Executor:
         self.wall = wall
         self.outputs = tuple(outputs)
         self.slots = slots
+        # Which jobs' outputs come home as soon as they are built (None: every job's).
+        self._home = set(plan.order) if home is None else set(home)
+        self._producer = {path: drv for drv in plan.order for path in plan.outputs[drv]}
+        # Finished job -> the stores holding its outputs (empty: lost, not needed so far).
+        self._holders: dict[str, set[str]] = {}
+        # Running copies (job, machine) whose inputs are in place on their machine.
+        self._fed: set[tuple[str, str]] = set()
         self._last_error: dict[str, str] = {}
         self.policy = policy or Policy(
             plan_jobs(plan, estimates), [m.spec for m in members], strict=not keep_going
@@ -333,6 +366,7 @@ class Executor:
         if entry is None:
             return  # a losing copy, cancelled while settling its twin in the same batch
         drv_path, machine = entry
+        self._fed.discard(entry)
         now = self.clock()
         if task.cancelled():
             return  # its machine went down and the policy queued the job again
@@ -341,36 +375,82 @@ class Executor:
             case "cancelled":
                 return
             case "lost":
-                self._last_error[machine] = outcome.error or "connection lost"
                 self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
                 if self._losses[drv_path] >= MAX_LOSSES:
                     self._fail(drv_path, machine, outcome, now)
-                down = self.policy.on_machine_failed(machine, now)
-                self.emit(
-                    MachineEvent(
-                        machine=machine,
-                        state="down",
-                        message=outcome.error or "connection lost",
-                        until=self.wall() + (down.until - now),
-                        time=self.wall(),
-                    )
-                )
+                self._machine_failed(machine, outcome.error or "connection lost", now)
                 self._emit_outcome(drv_path, machine, "lost", outcome)
-                # The policy moved the machine's other builds back to the queue; stop them.
-                for other_task, (other, where) in list(self._tasks.items()):
-                    if where == machine and other in down.returned:
-                        other_task.cancel()
+            case "returned":
+                if outcome.source is not None:
+                    self._machine_failed(outcome.source, outcome.error or "connection lost", now)
+                self.policy.on_returned(drv_path, machine)
+                self._emit_outcome(drv_path, machine, "lost", outcome)
             case "built":
                 finished = self.policy.on_finished(drv_path, machine, now, ok=True)
                 if not finished.accepted:
                     return
+                self._holders[drv_path] = {machine if self.members[machine].remote else HOME}
+                if outcome.home:
+                    self._holders[drv_path].add(HOME)
                 self._learn(drv_path, machine, outcome)
-                self.report.built.append(drv_path)
+                if drv_path not in self.report.built:  # built again after its outputs were lost
+                    self.report.built.append(drv_path)
                 self._emit_outcome(drv_path, machine, "built", outcome)
                 for cancel in finished.cancel:
                     await self._cancel(cancel)
             case "failed":
                 self._fail(drv_path, machine, outcome, now)
+
+    def _machine_failed(self, machine: str, error: str, now: float) -> None:
+        """Back ``machine`` off, stop its builds (the policy queued them again), and have
+        outputs that only it held made again where they are still needed."""
+        self._last_error[machine] = error
+        down = self.policy.on_machine_failed(machine, now)
+        self.emit(
+            MachineEvent(
+                machine=machine,
+                state="down",
+                message=error,
+                until=self.wall() + (down.until - now),
+                time=self.wall(),
+            )
+        )
+        for other_task, (other, where) in list(self._tasks.items()):
+            if where == machine and other in down.returned:
+                other_task.cancel()
+        for holders in self._holders.values():
+            holders.discard(machine)
+        self._undo_lost()
+
+    def _undo_lost(self) -> None:
+        """Jobs whose outputs are nowhere any more and are still needed run again, with any
+        of their dependencies in the same state."""
+        graph = self.policy.graph
+        stack = [job for job, where in self._holders.items() if not where and self._needed(job)]
+        undo: set[str] = set()
+        while stack:
+            job = stack.pop()
+            if job in undo:
+                continue
+            undo.add(job)
+            stack.extend(dep for dep in graph.job(job).deps if not self._holders.get(dep, {HOME}))
+        for job in undo:
+            del self._holders[job]
+        if undo:
+            self.policy.on_outputs_lost(undo)
+
+    def _needed(self, job: str) -> bool:
+        """Whether a dependent still has to receive this job's outputs."""
+        graph = self.policy.graph
+        for dependent in graph.dependents(job):
+            state = graph.state(dependent)
+            if state in {JobState.PENDING, JobState.READY}:
+                return True
+            if state is JobState.RUNNING and any(
+                (dependent, where) not in self._fed for where in self.policy.copies(dependent)
+            ):
+                return True
+        return False
 
     def _learn(self, drv_path: str, machine: str, outcome: _Outcome) -> None:
         """Improve guessed estimates with what this run has measured (no history yet)."""
@@ -506,25 +586,30 @@ class Executor:
                 self._phase(drv_path, name, "connecting", speculative=speculative)
                 client = await stack.enter_async_context(member.link.session())
                 client.on_log = self._log_handler(drv_path, name)
-                inputs = self.plan.inputs[drv_path]
-                if member.remote:
+                target = name if member.remote else HOME
+                sources = self._sources(drv_path, target)
+                if sources:
                     self._phase(drv_path, name, "sending", speculative=speculative)
-                    async with self.local.session() as local:
-                        sent = await send_closure(
-                            local, client, inputs, substitute=member.substitute
-                        )
+                    moved = await self._feed(sources, client, target, member.substitute)
+                    sent, received = (moved, 0) if member.remote else (0, moved)
+                self._fed.add((drv_path, name))
                 self._phase(drv_path, name, "building", speculative=speculative)
                 build_start = self.clock()
+                inputs = self.plan.inputs[drv_path]
                 result = await client.build_derivation(drv_path, drv, input_srcs=inputs)
                 build_seconds = self.clock() - build_start
                 if not result.success:
                     return _Outcome("failed", result.error_msg, started, sent, received)
-                if member.remote:
+                home = not member.remote
+                if member.remote and drv_path in self._home:
                     self._phase(drv_path, name, "fetching", speculative=speculative)
                     async with self.local.session() as local:
                         received = await send_closure(client, local, self.plan.outputs[drv_path])
+                    home = True
                 client.on_log = None
-            return _Outcome("built", None, started, sent, received, build_seconds)
+            return _Outcome("built", None, started, sent, received, build_seconds, home)
+        except _InputsGone as exc:
+            return _Outcome("returned", exc.message, started, sent, received, source=exc.source)
         except asyncio.CancelledError:
             if client is not None:
                 with contextlib.suppress(OffloadError):
@@ -537,6 +622,44 @@ class Executor:
             return _Outcome("lost", exc.message, started, sent, received)
         except OffloadError as exc:
             return _Outcome("lost", exc.message, started, sent, received)
+
+    def _sources(self, drv_path: str, target: str) -> dict[str, list[str]]:
+        """The inputs ``target`` may lack, grouped by the store to copy them from."""
+        groups: dict[str, list[str]] = {}
+        for path in self.plan.inputs[drv_path]:
+            job = self._producer.get(path)
+            holders = {HOME} if job is None else self._holders.get(job)
+            if not holders:
+                raise _InputsGone(None, f"the outputs of {job} were lost with their builder")
+            if target in holders:
+                continue
+            # The local store is always there and a single hop from anywhere.
+            source = HOME if HOME in holders else min(holders)
+            groups.setdefault(source, []).append(path)
+        return groups
+
+    async def _feed(
+        self, sources: Mapping[str, list[str]], client: ServeClient, target: str, substitute: bool
+    ) -> int:
+        """Copy each group of inputs from its store to ``client``'s; returns bytes moved."""
+        moved = 0
+        for source, paths in sources.items():
+            link = self.local if source == HOME else self.members[source].link
+            try:
+                async with link.session() as src:
+                    moved += await send_closure(src, client, paths, substitute=substitute)
+            except OffloadError as exc:
+                # Failures of the source's own session are the source's; the rest (the
+                # target, the local store) are handled as for any other copy.
+                peer = getattr(exc, "peer", None)
+                if source == HOME or peer in {target, LOCAL_STORE}:
+                    raise
+                raise _InputsGone(source, exc.message) from exc
+            for path in paths:
+                job = self._producer.get(path)
+                if job is not None and job in self._holders:
+                    self._holders[job].add(target)
+        return moved
 
     def _log_handler(self, drv_path: str, machine: str) -> Callable[[str], None]:
         name = self.plan.drvs[drv_path].name

@@ -1,0 +1,100 @@
+"""Where outputs live: intermediate outputs stay on their builder, inputs move between builders
+through the client, and outputs lost with their builder are built again (in-memory stores)."""
+
+import asyncio
+
+from offload.scheduler.run import Executor, PoolMember
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
+from offload.ui.events import Event, JobFinished, MachineEvent
+from tests.unit.test_executor import finished, make_plan, spec
+
+
+async def keeps_no_references(build: FakeBuild) -> BuildOutcome:
+    """Outputs that use their inputs only while building, so their closures are themselves."""
+    outputs = {
+        name: FakePath.from_text(out.path, f"{name} of {build.drv_path}\n")
+        for name, out in build.drv.outputs.items()
+    }
+    return BuildOutcome(outputs=outputs)
+
+
+def store(name, *paths):
+    return FakeStore(name, paths, builder=keeps_no_references)
+
+
+def run(plan, members, local, home):
+    events: list[Event] = []
+    executor = Executor(plan, members, local, emit=events.append, home=home)
+    return asyncio.run(executor.run()), events
+
+
+def test_intermediate_outputs_stay_on_the_builder_and_requested_ones_come_home():
+    plan, paths, outs, src = make_plan({"a": [], "b": ["a"], "c": ["b"]})
+    local_store = store("local", src)
+    fast = store("fast")
+    members = [PoolMember(spec("fast", speed=4, slots=1), FakeLink(fast), remote=True)]
+    report, events = run(plan, members, FakeLink(local_store), home={paths["c"]})
+    assert report.ok
+    assert fast.builds == [paths["a"], paths["b"], paths["c"]]
+    assert local_store.has(outs["c"])
+    assert not local_store.has(outs["a"])
+    assert not local_store.has(outs["b"])
+    received = {e.name: e.bytes_received for e in events if isinstance(e, JobFinished)}
+    assert received["a"] == received["b"] == 0
+    assert received["c"] > 0
+
+
+def test_inputs_move_from_builder_to_builder_through_the_client():
+    plan, paths, outs, src = make_plan({"a": [], "b": ["a"]}, features={"a": "x", "b": "y"})
+    local_store = store("local", src)
+    xbox, ybox = store("xbox"), store("ybox")
+    members = [
+        PoolMember(spec("xbox", slots=1, mandatory=("x",)), FakeLink(xbox), remote=True),
+        PoolMember(spec("ybox", slots=1, mandatory=("y",)), FakeLink(ybox), remote=True),
+    ]
+    report, events = run(plan, members, FakeLink(local_store), home={paths["b"]})
+    assert report.ok, report.failed
+    assert finished(events) == {"a": "xbox", "b": "ybox"}
+    assert outs["a"] in ybox.received  # straight from xbox's store...
+    assert not local_store.has(outs["a"])  # ...without landing here
+    assert local_store.has(outs["b"])
+
+
+def test_a_local_build_fetches_its_input_from_the_builder_holding_it():
+    plan, paths, outs, src = make_plan({"a": [], "b": ["a"]}, features={"a": "kvm"})
+    local_store = store("local", src)
+    local = FakeLink(local_store)
+    kvm = store("kvmbox")
+    members = [
+        PoolMember(spec("local", slots=1), local, remote=False),
+        PoolMember(spec("kvmbox", speed=9, slots=1, mandatory=("kvm",)), FakeLink(kvm), True),
+    ]
+    report, events = run(plan, members, local, home={paths["b"]})
+    assert report.ok, report.failed
+    assert finished(events) == {"a": "kvmbox", "b": "local"}
+    assert outs["a"] in local_store.received
+
+
+def test_outputs_lost_with_their_builder_are_built_again_where_needed():
+    # a builds on fast (the fastest); b can only build on slow, so a's outputs must go there.
+    plan, paths, outs, src = make_plan({"a": [], "b": ["a"]}, features={"b": "y"})
+    local_store = store("local", src)
+    fast, slow = store("fast"), store("slow")
+    fast.break_next("dump")  # fast dies while a's output is being read from it
+    members = [
+        PoolMember(spec("fast", speed=8, slots=1), FakeLink(fast), remote=True),
+        PoolMember(spec("slow", speed=1, slots=1, supported=("y",)), FakeLink(slow), True),
+    ]
+    report, events = run(plan, members, FakeLink(local_store), home={paths["b"]})
+    assert report.ok, report.failed
+    assert fast.builds == [paths["a"]]
+    assert slow.builds == [paths["a"], paths["b"]]  # a again, where its output is needed
+    assert report.built.count(paths["a"]) == 1
+    downs = [e.machine for e in events if isinstance(e, MachineEvent) and e.state == "down"]
+    assert downs == ["fast"]
+    lost = [
+        (e.name, e.machine) for e in events if isinstance(e, JobFinished) and e.status == "lost"
+    ]
+    assert lost == [("b", "slow")]  # b gave way, not counted against slow
+    assert local_store.has(outs["b"])
+    assert not local_store.has(outs["a"])
