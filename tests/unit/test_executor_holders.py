@@ -98,3 +98,17 @@ def test_outputs_lost_with_their_builder_are_built_again_where_needed():
     assert lost == [("b", "slow")]  # b gave way, not counted against slow
     assert local_store.has(outs["b"])
     assert not local_store.has(outs["a"])
+
+
+def test_of_two_equally_fast_builders_the_one_holding_the_inputs_gets_the_job():
+    # Only q can build a; b could go to either, and p is listed first.
+    plan, paths, _, src = make_plan({"a": [], "b": ["a"]}, features={"a": "x"})
+    p, q = store("p"), store("q")
+    members = [
+        PoolMember(spec("p", speed=2, slots=1), FakeLink(p), remote=True),
+        PoolMember(spec("q", speed=2, slots=1, supported=("x",)), FakeLink(q), remote=True),
+    ]
+    report, events = run(plan, members, FakeLink(store("local", src)), home={paths["b"]})
+    assert report.ok, report.failed
+    assert finished(events) == {"a": "q", "b": "q"}
+    assert p.builds == []

@@ -357,3 +357,11 @@ def test_a_ready_job_whose_input_is_lost_is_not_started_until_it_is_rebuilt() ->
     policy.on_outputs_lost(["a"])  # before b was started anywhere
     assert starts(policy.next_decisions(1.0)) == [("a", "n")]
     assert policy.graph.state("b").value == "pending"
+
+
+def test_placement_with_transfer_costs_uses_the_current_estimate() -> None:
+    transfer = BandwidthTransferCost(output_bytes={}, bandwidth={})
+    policy = Policy([job("a", 10)], [machine("m", speed=2)], transfer=transfer)
+    policy.on_estimate("a", 1.0)  # learned before it started
+    (start,) = [d for d in policy.next_decisions(0.0) if isinstance(d, Start)]
+    assert start.expected_finish == 0.5

@@ -500,7 +500,7 @@ class Policy:
                 best, best_start, best_finish = self._place_by_tier(cls, work, now, round_no)
             else:
                 best, best_start, best_finish = self._place_by_machine(
-                    cls, graph.job(job_id), now, transfer
+                    cls, graph.job(job_id), work, now, transfer
                 )
             assert best is not None  # cls.free_up > 0: some member is up with a free slot
             if best.free == 0:
@@ -580,12 +580,13 @@ class Policy:
 
     @staticmethod
     def _place_by_machine(
-        group: _Class, job: Job, now: float, transfer: TransferCost
+        group: _Class, job: Job, work: float, now: float, transfer: TransferCost
     ) -> tuple[_Machine | None, float, float]:
+        """Earliest finish with transfer costs; ``work`` is the job's current estimate."""
         best: _Machine | None = None
         best_start = best_finish = math.inf
         for m in group.machines:
-            if now + job.work_estimate / m.speed > best_finish:
+            if now + work / m.speed > best_finish:
                 break
             if not m.up:
                 continue
@@ -596,7 +597,7 @@ class Policy:
                 start = first[0]
                 if start <= now:
                     start = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
-            finish = start + job.work_estimate / m.speed + transfer.estimate(job, m.spec.name)
+            finish = start + work / m.speed + transfer.estimate(job, m.spec.name)
             if finish < best_finish or (finish == best_finish and start < best_start):
                 best, best_start, best_finish = m, start, finish
         return best, best_start, best_finish

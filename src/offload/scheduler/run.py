@@ -64,6 +64,7 @@ from offload.ui.events import (
 __all__ = [
     "BuildPlan",
     "Executor",
+    "InputMoves",
     "Link",
     "PoolMember",
     "RunReport",
@@ -84,6 +85,9 @@ HOME = LOCAL_STORE
 DEFAULT_WORK = 10.0
 # big-parallel builds (compilers, kernels) are long; guess them long so they start first.
 BIG_PARALLEL_WORK = 60.0
+# Moving one input job's outputs to a machine: a few round trips on each side (measured on
+# loopback at about 20-40 ms builder to builder; see docs/BENCHMARKS.md).
+MOVE_SECONDS = 0.05
 
 
 class Link(Protocol):
@@ -101,6 +105,24 @@ class PoolMember:
     remote: bool  # False: the local machine, whose store is the run's hub
     slot_key: str | None = None  # shared slot-lock name (offload.slots); None: not shared
     substitute: bool = False  # builders-use-substitutes: the builder tries its caches first
+
+
+class InputMoves:
+    """The policy's transfer cost: ``MOVE_SECONDS`` per input job whose outputs the machine
+    does not hold yet. Sizes are not known before outputs exist, and the outputs of most
+    derivations move in a few round trips, so what this mostly decides is which of two equally
+    fast machines takes a job: the one that already holds its inputs."""
+
+    def __init__(self, holders: Mapping[str, set[str]], seconds: float | None = None) -> None:
+        self._holders = holders
+        self._seconds = MOVE_SECONDS if seconds is None else seconds
+
+    def estimate(self, job: Job, machine: str) -> float:
+        holders = self._holders
+        return self._seconds * sum(1 for dep in job.deps if machine not in holders.get(dep, ()))
+
+    def record_output(self, job_id: str, machine: str) -> None:
+        """The executor records where outputs are itself (``Executor._holders``)."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +237,10 @@ class Executor:
         self._fed: set[tuple[str, str]] = set()
         self._last_error: dict[str, str] = {}
         self.policy = policy or Policy(
-            plan_jobs(plan, estimates), [m.spec for m in members], strict=not keep_going
+            plan_jobs(plan, estimates),
+            [m.spec for m in members],
+            transfer=InputMoves(self._holders),
+            strict=not keep_going,
         )
         self._restored = {
             name: health for name, health in (backoff or {}).items() if name in self.members
