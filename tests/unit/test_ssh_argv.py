@@ -16,7 +16,13 @@ from offload.transport.ssh import (
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
 
 
-REPORTING = 'sh -c \'echo "offload-serve-pid $$" >&2; exec "$@"\' sh '
+# The start line: the pid, then the load report of offload.load (cores, /proc/loadavg, boot id).
+REPORTING = (
+    "sh -c 'ofl_c=$(nproc 2>/dev/null); ofl_l=; ofl_b=; "
+    "{ read -r ofl_l </proc/loadavg; } 2>/dev/null; "
+    "{ read -r ofl_b </proc/sys/kernel/random/boot_id; } 2>/dev/null; "
+    'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--}" >&2; exec "$@"\' sh '
+)
 
 
 def test_serve_argv_exact_with_master_pinning_and_sshopts():
@@ -55,6 +61,7 @@ def test_master_and_control_argv():
 
 def test_pid_line_and_kill_script():
     assert parse_pid_line("offload-serve-pid 123\n") == 123
+    assert parse_pid_line("offload-serve-pid 123 8 - -\n") == 123
     assert parse_pid_line("offload-serve-pid x") is None
     assert parse_pid_line("building '/nix/store/x.drv'") is None
     argv = kill_script(42, 3)

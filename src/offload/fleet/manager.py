@@ -37,6 +37,7 @@ from offload.fleet.spec import (
     member_argv,
     nix_conf,
     parse_proc_stat,
+    proc_override_file,
     speed_text,
     ssh_config,
     sshd_config,
@@ -391,7 +392,7 @@ def _start_member(fleet_dir: Path, spec: MemberSpec) -> MemberRecord:
         _write_private(config, sshd_config(root, port))
         log = root / "sshd.log"
         log.write_text("")
-        pid = start_detached(member_argv(root, config), log=log)
+        pid = start_detached(member_argv(root, config, spec.proc_overrides), log=log)
         stat = _proc_stat(pid)
         record = MemberRecord(spec, port, pid, stat[1] if stat else 0, "")
         try:
@@ -505,6 +506,10 @@ def _prepare_member(fleet_dir: Path, root: Path, spec: MemberSpec) -> None:
     _write_private(etc / "offload-speed", f"{speed_text(spec.speed)}\n", 0o644)
     client_pub = (fleet_dir / f"{CLIENT_KEY}.pub").read_text()
     _write_private(etc / Path(MEMBER_AUTHORIZED_KEYS).name, client_pub, 0o600)
+    if spec.proc_overrides:
+        (root / "proc").mkdir(mode=0o755, exist_ok=True)
+    for index, (_, text) in enumerate(spec.proc_overrides):
+        _write_private(proc_override_file(root, index), text, 0o644)
     host_key = root / "ssh_host_ed25519_key"
     if not host_key.exists() or not host_key.with_name(host_key.name + ".pub").exists():
         _keygen(host_key, f"offload-fleet-{spec.name}")

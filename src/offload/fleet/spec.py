@@ -2,10 +2,13 @@
 
 A fleet lives in one directory. Each member ``NAME`` is an sshd on 127.0.0.1 inside its own mount
 namespace, where ``<dir>/NAME/nix`` is bind-mounted over ``/nix`` and ``<dir>/NAME/etc-nix`` over
-``/etc/nix``: its own store and its own ``nix.conf``. The client side is a key pair, an ssh config
-with one ``Host NAME`` alias per member (Nix 2.8 takes no ``host:port``), a pinned ``known_hosts``
-and a Nix machines file. ``fleet.json`` records what was started (pid, the pid's start time so a
-recycled pid is never signalled, and the mount namespace so stray sessions can be found).
+``/etc/nix``: its own store and its own ``nix.conf``. A member may also see its own text in some
+``/proc`` files (``proc_overrides``, bind-mounted from ``<dir>/NAME/proc/N`` the way LXCFS does),
+e.g. a fake ``/proc/loadavg`` and boot id, so that it looks like a busy machine of its own.
+The client side is a key pair, an ssh config with one ``Host NAME`` alias per member (Nix 2.8
+takes no ``host:port``), a pinned ``known_hosts`` and a Nix machines file. ``fleet.json`` records
+what was started (pid, the pid's start time so a recycled pid is never signalled, and the mount
+namespace so stray sessions can be found).
 
 Everything here is pure: it renders and parses text; ``manager`` does the I/O.
 """
@@ -18,7 +21,7 @@ import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ __all__ = [
     "member_argv",
     "nix_conf",
     "parse_proc_stat",
+    "proc_override_file",
     "speed_text",
     "ssh_config",
     "sshd_config",
@@ -64,11 +68,15 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class MemberSpec:
-    """What a member should be: its ssh alias, its speed factor and its build slots."""
+    """What a member should be: its ssh alias, its speed factor and its build slots.
+
+    ``proc_overrides``: (``/proc`` file, text) pairs the member sees instead of the host's.
+    """
 
     name: str
     speed: float = 1.0
     jobs: int = 1
+    proc_overrides: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not _LABEL.fullmatch(self.name):
@@ -85,6 +93,13 @@ class MemberSpec:
             raise FleetError(f"invalid speed {self.speed!r} for fleet member {self.name}")
         if self.jobs < 1:
             raise FleetError(f"invalid jobs {self.jobs!r} for fleet member {self.name}")
+        targets = [target for target, _ in self.proc_overrides]
+        for target in targets:
+            parts = Path(target).parts
+            if parts[:2] != ("/", "proc") or len(parts) < 3 or ".." in parts:
+                raise FleetError(f"fleet member {self.name}: {target!r} is not a file in /proc")
+        if len(set(targets)) != len(targets):
+            raise FleetError(f"fleet member {self.name}: a /proc file is overridden twice")
 
     @classmethod
     def parse(cls, text: str) -> MemberSpec:
@@ -195,14 +210,27 @@ def sshd_config(member_root: Path, port: int) -> str:
     )
 
 
-def member_argv(member_root: Path, config: Path) -> list[str]:
+def proc_override_file(member_root: Path, index: int) -> Path:
+    """Where the text of a member's ``index``-th ``/proc`` override is kept on the host."""
+    return member_root / "proc" / str(index)
+
+
+def member_argv(
+    member_root: Path, config: Path, proc_overrides: Sequence[tuple[str, str]] = ()
+) -> list[str]:
     """The command that starts a member: sshd in a fresh mount namespace over its own dirs.
 
     ``unshare`` and the shell both exec, so the started pid is sshd's own.
     """
+    overrides = "".join(
+        f"mount --bind {shlex.quote(str(proc_override_file(member_root, i)))} "
+        f"{shlex.quote(target)} && "
+        for i, (target, _) in enumerate(proc_overrides)
+    )
     script = (
         f"mount --bind {shlex.quote(str(member_root / 'nix'))} /nix && "
         f"mount --bind {shlex.quote(str(member_root / 'etc-nix'))} /etc/nix && "
+        f"{overrides}"
         f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
     )
     return ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", script]
@@ -273,6 +301,7 @@ class MemberRecord:
             "name": self.spec.name,
             "speed": self.spec.speed,
             "jobs": self.spec.jobs,
+            "proc_overrides": dict(self.spec.proc_overrides),
             "port": self.port,
             "pid": self.pid,
             "start_time": self.start_time,
@@ -281,7 +310,13 @@ class MemberRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MemberRecord:
-        spec = MemberSpec(str(data["name"]), float(data["speed"]), int(data["jobs"]))
+        overrides = data.get("proc_overrides") or {}
+        spec = MemberSpec(
+            str(data["name"]),
+            float(data["speed"]),
+            int(data["jobs"]),
+            tuple((str(target), str(text)) for target, text in overrides.items()),
+        )
         return cls(
             spec,
             int(data["port"]),

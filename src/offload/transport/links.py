@@ -16,6 +16,11 @@ connection per builder, sessions multiplexed over it, remote kills sent over it 
 out of band, on stderr before anything else; that line never reaches the log handlers. Tests
 may pass any other transport, e.g. in-memory pipes to a scripted peer.
 
+The same start line carries the machine's cores, load and boot id (``offload.load``). A link
+keeps the first load a session reported as ``link.load`` (a ``RemoteLoad``; None while the
+machine has not said, e.g. one without ``/proc``), so a run learns every builder's load from
+the session it opens there anyway, without a round trip of its own.
+
 Bytes through each session's stdin and stdout are counted in ``link.stats`` (protocol bytes,
 before ssh's own compression and encryption).
 """
@@ -36,6 +41,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from offload.errors import OffloadError, ProtocolError, SshError, TransportError
+from offload.load import RemoteLoad
 from offload.process import run_async, spawn
 from offload.protocol.serve import ByteWriter, ServeClient
 from offload.protocol.wire import ByteReader
@@ -47,7 +53,7 @@ from offload.transport.ssh import (
     kill_script,
     known_hosts_line,
     master_argv,
-    parse_pid_line,
+    parse_start_line,
     remote_command,
     serve_argv,
     serve_command,
@@ -68,7 +74,7 @@ __all__ = [
     "SessionPipes",
     "SessionTransport",
     "SshTransport",
-    "read_pid_line",
+    "read_start_line",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,7 +100,8 @@ class LinkStats:
 
 @dataclass
 class SessionPipes:
-    """A started serve process: its pipes, its pid (for remote kills) and a liveness test."""
+    """A started serve process: its pipes, its pid (for remote kills), a liveness test, and the
+    load its start line reported."""
 
     reader: ByteReader
     writer: ByteWriter
@@ -102,6 +109,7 @@ class SessionPipes:
     pid: int | None
     alive: Callable[[], bool] = lambda: True
     early_stderr: tuple[str, ...] = ()
+    load: RemoteLoad | None = None
 
 
 class SessionTransport(Protocol):
@@ -168,31 +176,34 @@ class _Session:
     teardown: asyncio.Task[None] | None = None
 
 
-async def read_pid_line(
+async def read_start_line(
     stderr: asyncio.StreamReader, timeout: float
-) -> tuple[int | None, tuple[str, ...]]:
-    """Read stderr up to the pid line; returns the pid (None at EOF) and the lines before it.
+) -> tuple[int | None, RemoteLoad | None, tuple[str, ...]]:
+    """Read stderr up to the start line; returns its pid (None at EOF), the load it reported
+    (None if it did not say) and the lines before it.
 
     Lines before it are ssh's own (warnings, or why it could not connect).
     """
     early: list[str] = []
 
-    async def scan() -> int | None:
+    async def scan() -> tuple[int, RemoteLoad | None] | None:
         while line := await stderr.readline():
             text = line.decode(errors="replace").rstrip("\r\n")
-            pid = parse_pid_line(text)
-            if pid is not None:
-                return pid
+            start = parse_start_line(text)
+            if start is not None:
+                return start
             early.append(text)
             del early[:-_TAIL]
         return None
 
     try:
-        pid = await asyncio.wait_for(scan(), timeout)
+        start = await asyncio.wait_for(scan(), timeout)
     except TimeoutError:
         early.append(f"(no answer within {timeout:g} s)")
-        pid = None
-    return pid, tuple(early)
+        start = None
+    if start is None:
+        return None, None, tuple(early)
+    return start[0], start[1], tuple(early)
 
 
 class Link:
@@ -212,6 +223,8 @@ class Link:
         # builders-use-substitutes: pass to query_valid_paths when sending inputs.
         self.substitute = substitute
         self.stats = LinkStats()
+        # What the first start line that told it said about the machine's load (offload.load).
+        self.load: RemoteLoad | None = None
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
@@ -298,6 +311,8 @@ class Link:
         stack = contextlib.AsyncExitStack()
         try:
             pipes = await self._transport.start(stack)
+            if self.load is None:
+                self.load = pipes.load
             logs = _LogRoute()
             logs.tail.extend(pipes.early_stderr)
             client = ServeClient(
@@ -389,12 +404,12 @@ class LocalTransport:
         assert proc.stdout is not None
         assert proc.stdin is not None
         assert proc.stderr is not None
-        pid, early = await read_pid_line(proc.stderr, self._start_timeout)
+        pid, load, early = await read_start_line(proc.stderr, self._start_timeout)
         if pid is None:
             tail = " | ".join(early[-5:]) or "(no output)"
             raise TransportError(f"{self.name}: `nix-store --serve` did not start: {tail}")
         return SessionPipes(
-            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early
+            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early, load
         )
 
     async def kill(self, pid: int) -> None:
@@ -581,11 +596,11 @@ class SshTransport:
         assert proc.stdout is not None
         assert proc.stdin is not None
         assert proc.stderr is not None
-        pid, early = await read_pid_line(proc.stderr, self._connect_timeout + _AUTH_SLACK)
+        pid, load, early = await read_start_line(proc.stderr, self._connect_timeout + _AUTH_SLACK)
         if pid is None:
             raise self._error("open a session on", early)
         return SessionPipes(
-            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early
+            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early, load
         )
 
     async def run(self, remote: list[str]) -> tuple[int, str, str]:

@@ -12,8 +12,10 @@ child of ours, never forked into the background) and any number of sessions mult
 (``ControlMaster=no``), which skip the key exchange and authentication. Every remote serve
 session reports its pid on stderr before anything else, so that it can be stopped remotely:
 ssh without a PTY does not forward signals, and killing the local ssh leaves the remote build
-running. Every remote argument is quoted on its own because ssh joins them into one string for
-the remote shell.
+running. The same line carries the builder's cores, ``/proc/loadavg`` and boot id
+(``offload.load``), read with shell builtins and one ``nproc``, so a builder's load costs no
+round trip of its own. Every remote argument is quoted on its own because ssh joins them into
+one string for the remote shell.
 
 This module only builds argv lists and strings; ``offload.transport.links`` runs them.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from offload.errors import ConfigError
+from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -41,6 +44,7 @@ __all__ = [
     "known_hosts_line",
     "master_argv",
     "parse_pid_line",
+    "parse_start_line",
     "remote_command",
     "serve_argv",
     "serve_command",
@@ -58,8 +62,18 @@ SERVER_ALIVE_COUNT_MAX = 3
 PID_MARKER = "offload-serve-pid"
 MASTER_READY = "offload-master-ready"
 
-# `exec "$@"` keeps the reported pid that of nix-store itself (the shell is replaced).
-_REPORT_PID = f'echo "{PID_MARKER} $$" >&2; exec "$@"'
+# `exec "$@"` keeps the reported pid that of nix-store itself (the shell is replaced). The rest
+# of the line is `offload.load`'s report: `read` is a builtin (no process for the two files), a
+# file that cannot be read leaves its variable empty, and anything empty is printed as "-", so a
+# builder without /proc (macOS) still gives a line whose pid parses. Nothing may reach stdout:
+# it is the serve protocol's.
+_REPORT_PID = (
+    "ofl_c=$(nproc 2>/dev/null); ofl_l=; ofl_b=; "
+    f"{{ read -r ofl_l <{LOADAVG_FILE}; }} 2>/dev/null; "
+    f"{{ read -r ofl_b <{BOOT_ID_FILE}; }} 2>/dev/null; "
+    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}}" >&2; '
+    'exec "$@"'
+)
 
 # Stops a serve process and every process group below it. Nix 2.8 on SIGTERM kills its
 # builder's top process but not the builder's children (they sit in the builder's own session
@@ -198,16 +212,24 @@ def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
 
 
 def serve_command(params: Mapping[str, str] | None = None) -> list[str]:
-    """The serve program wrapped so that it first reports its pid on stderr."""
+    """The serve program wrapped so that it first reports its pid and load on stderr."""
     return ["sh", "-c", _REPORT_PID, "sh", *serve_program(params)]
 
 
-def parse_pid_line(line: str) -> int | None:
-    """The pid from ``offload-serve-pid N``, or None for any other line."""
+def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
+    """``offload-serve-pid PID [REPORT]``: the pid and the load it reports (None if it cannot
+    be told); None for any other line. Never raises."""
     marker, _, rest = line.strip().partition(" ")
-    if marker != PID_MARKER or not rest.isdigit():
+    pid, _, report = rest.strip().partition(" ")
+    if marker != PID_MARKER or not (pid.isascii() and pid.isdigit()) or len(pid) > 12:
         return None
-    return int(rest)
+    return int(pid), parse_load_report(report)
+
+
+def parse_pid_line(line: str) -> int | None:
+    """The pid from ``offload-serve-pid N ...``, or None for any other line."""
+    start = parse_start_line(line)
+    return None if start is None else start[0]
 
 
 def kill_script(pid: int, grace: int = 5) -> list[str]:

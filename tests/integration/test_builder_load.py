@@ -1,0 +1,168 @@
+"""A builder's load, read from its serve session's start line, against real shells and the fleet.
+
+The shell line itself is run with real ``sh`` here (with and without ``/proc`` and ``nproc``),
+sessions are opened on real fleet members, and one private member is made to look busy: its
+``/proc/loadavg`` and boot id are bind-mounted over with text of our own inside its mount
+namespace (the member spec's ``proc_overrides``), the way LXCFS gives a container its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.config.machines import Machine, parse_machines
+from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
+from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad
+from offload.transport.links import MachineLink
+from offload.transport.ssh import parse_start_line, serve_command
+from tests.integration.test_build import events, nix_file, offload
+
+LOCAL_BOOT = Path(BOOT_ID_FILE).read_text().strip()
+# What nproc counts: the cores this process may run on (members inherit it from us).
+CORES = len(os.sched_getaffinity(0))
+BUSY_BOOT = str(uuid.UUID(int=0xB05E))  # a kernel that is not this one
+BUSY_SLOTS = 4
+
+
+def start_line(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the serve wrapper around /bin/true: (its pid, its stdout, its stderr)."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    return proc.pid, out, err
+
+
+def wrapper() -> list[str]:
+    # /bin/true takes the place of nix-store (and ignores --serve --write).
+    return serve_command({"remote-program": "/bin/true"})
+
+
+# -- the shell line ---------------------------------------------------------------------------
+
+
+def test_the_start_line_reports_pid_cores_load_and_boot_id_and_nothing_on_stdout():
+    pid, out, err = start_line(wrapper())
+    assert out == ""  # stdout is the serve protocol's
+    (line,) = err.splitlines()
+    start = parse_start_line(line)
+    assert start is not None
+    reported, load = start
+    assert reported == pid  # the shell exec'd the program: its pid is the program's
+    assert load is not None
+    assert (load.cores, load.boot_id) == (CORES, LOCAL_BOOT)
+    assert load.load1 >= 0
+    assert load.runnable is not None
+    assert load.runnable >= 1  # the shell itself was running
+
+
+def test_without_proc_the_pid_still_parses_and_the_load_is_unknown():
+    # An empty /proc in a mount namespace of its own: like a builder that has none (macOS).
+    hide = ["unshare", "-m", "--propagation", "private", "sh", "-c"]
+    argv = [*hide, 'mount -t tmpfs none /proc && exec "$@"', "sh", *wrapper()]
+    pid, out, err = start_line(argv)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].split()[-2:] == ["-", "-"]
+    # unshare and sh both exec, so the pid is still the started process's.
+    assert parse_start_line(lines[0]) == (pid, None)
+
+
+def test_without_nproc_the_pid_still_parses_and_the_load_is_unknown():
+    env = {"PATH": "/nonexistent"}  # no nproc; the program is named by its full path
+    argv = ["/bin/sh", *wrapper()[1:]]
+    pid, out, err = start_line(argv, env)
+    assert out == ""
+    (line,) = err.splitlines()
+    assert parse_start_line(line) == (pid, None)
+
+
+# -- sessions on real members -------------------------------------------------------------------
+
+
+def _machine(fleet: Fleet, name: str) -> Machine:
+    machines, _ = parse_machines(fleet.machines_file.read_text(), source="m", system=fleet.system)
+    return next(m for m in machines if m.name == name)
+
+
+async def _first_load(fleet: Fleet, name: str) -> tuple[RemoteLoad | None, RemoteLoad | None]:
+    """link.load before any session, and after the first one."""
+    async with MachineLink.from_machine(_machine(fleet, name), env=fleet.env()) as link:
+        before = link.load
+        async with link.session() as client:
+            assert client.usable
+        return before, link.load
+
+
+def test_a_session_tells_its_link_the_members_load(fleet):
+    before, load = asyncio.run(_first_load(fleet, "medium"))
+    assert before is None
+    assert load is not None
+    # Members are sshd processes on this host: this kernel, these cores.
+    assert load.cores == CORES
+    assert load.boot_id == LOCAL_BOOT
+
+
+@pytest.fixture
+def busy_fleet() -> Iterator[Fleet]:
+    """One member with 4 slots that reports 2.5 cores' worth of load beyond its cores."""
+    loadavg = f"{CORES + 2.5:.2f} {CORES + 1:.2f} 0.50 7/300 4242\n"
+    spec = MemberSpec(
+        "busy",
+        1,
+        BUSY_SLOTS,
+        proc_overrides=((LOADAVG_FILE, loadavg), (BOOT_ID_FILE, BUSY_BOOT + "\n")),
+    )
+    root = Path(tempfile.mkdtemp(prefix="oflb", dir="/tmp"))
+    try:
+        yield fleet_up(root, [spec])
+    finally:
+        try:
+            fleet_down(root, purge=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_busy_member_gets_fewer_slots_and_the_run_stays_within_them(busy_fleet, tmp_path):
+    _, load = asyncio.run(_first_load(busy_fleet, "busy"))
+    assert load == RemoteLoad(CORES, CORES + 2.5, 7, BUSY_BOOT)
+    # Only the member sees the fake files: this host's own are untouched.
+    assert Path(BOOT_ID_FILE).read_text().strip() == LOCAL_BOOT
+
+    log = tmp_path / "log"
+    stamp = "$(/bin/date +%s.%N)"
+    script = f"echo start {stamp} >> {log}; /bin/sleep 0.5; echo end {stamp} >> {log}; echo > $out"
+    file = nix_file(tmp_path, f'builtins.genList (i: mk "j-${{toString i}}" "{script}" {{}}) 6\n')
+    builders = ("--builders", f"@{busy_fleet.machines_file}", "-j", "0")
+    done = offload(busy_fleet, tmp_path, file, *builders, "--no-out-link", "--json")
+    assert done.returncode == 0, done.stderr
+
+    records = events(done.stdout)
+    (loaded,) = [e for e in records if e["event"] == "machine" and e["state"] == "loaded"]
+    # 2.5 cores of load beyond its cores: two whole cores, two of its four slots.
+    assert (loaded["machine"], loaded["slots"]) == ("busy", BUSY_SLOTS - 2)
+    assert f"2 of {BUSY_SLOTS} slots" in loaded["message"]
+    built = [e for e in records if e["event"] == "job_finished" and e["status"] == "built"]
+    assert len(built) == 6
+    assert {e["machine"] for e in built} == {"busy"}
+
+    stamps = [line.split() for line in log.read_text().splitlines()]
+    assert len(stamps) == 12
+    # At equal times an end frees its slot before a start takes it.
+    timeline = sorted((float(t), 0 if kind == "end" else 1) for kind, t in stamps)
+    running = peak = 0
+    for _, is_start in timeline:
+        running += 1 if is_start else -1
+        peak = max(peak, running)
+    assert peak <= BUSY_SLOTS - 2
