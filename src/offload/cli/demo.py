@@ -84,9 +84,10 @@ def _build(fleet: Fleet, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     env = fleet.env()
-    pool = load_pool(builders=f"@{fleet.machines_file}", config=None, env=env).select(
-        max_jobs=LOCAL_SLOTS
-    )
+    # Fresh outputs no cache has: asking the machine's default cache would only cost time.
+    pool = load_pool(
+        builders=f"@{fleet.machines_file}", config=None, env=env, options={"substituters": ""}
+    ).select(max_jobs=LOCAL_SLOTS)
     with tempfile.TemporaryDirectory(prefix="offload-demo-") as tmp:
         nix_file = write_nix_file(dag, Path(tmp) / "sample.nix", salt=secrets.token_hex(6))
         roots = instantiate(Installables(files=(str(nix_file),)))

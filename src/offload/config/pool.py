@@ -38,6 +38,8 @@ from offload.config.settings import (
     load_offload_toml,
     local_machine,
     read_nix_settings,
+    substitutes_locally,
+    with_nix_options,
 )
 from offload.errors import ConfigError
 
@@ -67,6 +69,18 @@ class Pool:
     local_entry: LocalMachine | None = field(default=None, compare=False, repr=False)
     # Nix's builders-use-substitutes: builders fetch inputs from their own caches first.
     builders_use_substitutes: bool = field(default=False, compare=False)
+    # Nix's substitute and substituters: the local store fetches what its caches have
+    # instead of having it built.
+    local_substitutes: bool = field(default=False, compare=False)
+    # The run's --option pairs, for the Nix processes offload starts on this machine.
+    nix_options: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def local_env(self) -> dict[str, str] | None:
+        """The environment for the local store's serve processes: ours with the run's
+        --options in NIX_CONFIG, or None (inherit ours) when there are none."""
+        if not self.nix_options:
+            return None
+        return with_nix_options(os.environ, dict(self.nix_options))
 
     def names(self) -> list[str]:
         return [LOCAL, *dict.fromkeys(m.name for m in self.machines)]
@@ -254,7 +268,17 @@ def load_pool(
     entry = local_machine(settings, toml.local if toml else None)
     local = entry if entry.max_jobs > 0 else None
     substitutes = settings.get("builders-use-substitutes") == "true"
-    return Pool(local, tuple(machines), tuple(warnings), entry, substitutes)
+    options = dict(options or {})
+    with_nix_options({}, options)  # refuse options the local store cannot be given, up front
+    return Pool(
+        local,
+        tuple(machines),
+        tuple(warnings),
+        entry,
+        substitutes,
+        local_substitutes=substitutes_locally(settings),
+        nix_options=tuple(options.items()),
+    )
 
 
 # --- conversions --------------------------------------------------------------------------------

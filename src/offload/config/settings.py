@@ -1,13 +1,16 @@
 """Where the pool comes from: Nix's own settings, ``--builders``, and offload.toml.
 
-Nix's settings (``builders``, ``max-jobs``, ``system``, ``extra-platforms``, ``system-features``)
-are read once per run from ``nix show-config --json``, with the run's environment and any
-``--option NAME VALUE`` pairs. That is Nix resolving its own configuration: nix.conf and its
-includes, ``NIX_CONF_DIR``, ``NIX_USER_CONF_FILES``, ``NIX_CONFIG``, and the defaults Nix computes
-at start-up (``kvm`` only when /dev/kvm is usable, ``extra-platforms`` from the CPU). Re-deriving
-those in Python would drift from Nix; one ~20 ms process does not. Only when ``nix`` cannot run do
-we fall back to reading ``$NIX_CONF_DIR/nix.conf`` and ``NIX_CONFIG`` ourselves (no includes, no
-user files), with a warning.
+Nix's settings (``builders``, ``max-jobs``, ``system``, ``extra-platforms``, ``system-features``,
+``substitute``, ``substituters``) are read once per run from ``nix show-config --json``, with the
+run's environment and any ``--option NAME VALUE`` pairs. That is Nix resolving its own
+configuration: nix.conf and its includes, ``NIX_CONF_DIR``, ``NIX_USER_CONF_FILES``,
+``NIX_CONFIG``, and the defaults Nix computes at start-up (``kvm`` only when /dev/kvm is usable,
+``extra-platforms`` from the CPU). Re-deriving those in Python would drift from Nix; one ~20 ms
+process does not. Only when ``nix`` cannot run do we fall back to reading
+``$NIX_CONF_DIR/nix.conf`` and ``NIX_CONFIG`` ourselves (no includes, no user files), with a
+warning. A build run's local ``nix-store --serve`` processes get the ``--option`` pairs
+through ``NIX_CONFIG`` (``with_nix_options``), so the local store substitutes (or not) from the
+caches the run was read with.
 
 offload.toml adds what the machines format cannot say::
 
@@ -58,6 +61,8 @@ __all__ = [
     "parse_nix_conf",
     "parse_offload_toml",
     "read_nix_settings",
+    "substitutes_locally",
+    "with_nix_options",
 ]
 
 DEFAULT_BUILDERS = "@/etc/nix/machines"
@@ -66,6 +71,8 @@ _NIX_DEFAULTS = {
     "max-jobs": "1",
     "extra-platforms": "",
     "system-features": "benchmark big-parallel nixos-test",
+    "substitute": "true",
+    "substituters": "https://cache.nixos.org/",
 }
 
 
@@ -216,6 +223,36 @@ def read_nix_settings(
     values.update(options)
     warning = f"could not ask Nix for its settings ({problem}); read {conf} and NIX_CONFIG only"
     return NixSettings(values, (warning,))
+
+
+def substitutes_locally(settings: NixSettings) -> bool:
+    """Would the local Nix fetch a missing path from a binary cache rather than build it?"""
+    return settings.get("substitute") != "false" and bool(settings.words("substituters"))
+
+
+def with_nix_options(env: Mapping[str, str], options: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with ``options`` appended to ``NIX_CONFIG``, so a Nix process started with it
+    sees them as ``--option`` would set them (later lines win over nix.conf and earlier ones).
+
+    ``builders`` is left out: offload schedules builders itself, the local store never runs
+    Nix's build hook for it, and a machines spec may span lines that NIX_CONFIG cannot hold.
+    """
+    lines = []
+    for name, value in options.items():
+        if name == "builders":
+            continue
+        # NIX_CONFIG is nix.conf text: a line per setting, and "#" starts a comment.
+        if any(c in name + value for c in "\n#") or "=" in name or not name.strip():
+            raise ConfigError(
+                f"--option {name} {value!r}: cannot be passed on to the local Nix",
+                hint="a setting's name and value may not hold a newline or '#'",
+            )
+        lines.append(f"{name} = {value}")
+    merged = dict(env)
+    if lines:
+        before = merged.get("NIX_CONFIG", "")
+        merged["NIX_CONFIG"] = "\n".join([*([before] if before else []), *lines]) + "\n"
+    return merged
 
 
 def builders_spec(

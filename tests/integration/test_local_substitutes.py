@@ -1,0 +1,183 @@
+"""`offload build` substitutes from the local machine's binary caches before building, as Nix does.
+
+Each test makes a real binary cache on disk (``nix copy --to file://...``) from outputs that plain
+nix-build made, deletes those outputs from the local store, and runs the CLI against the cache
+with ``--option substituters file://... --option require-sigs false``. Nothing else is ever
+configured as a substituter: the machine's default (cache.nixos.org) is never contacted.
+
+Whether a derivation was built is read from marker files its builder leaves in a directory
+outside the store (one file per build, since local builds run as different nixbld users), not
+only from offload's own events. ``top`` reads ``dep``'s output without keeping a reference to it,
+so a cache can hold ``top`` alone and substituting it needs nothing of ``dep``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NIX = """{ salt, marker }:
+let
+  mk = name: script: extra: derivation ({
+    inherit name salt;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" ("/bin/mktemp ${marker}/${name}.XXXXXX >/dev/null && " + script) ];
+  } // extra);
+  dep = mk "sub-dep" "echo dep-$salt > $out" {};
+in {
+  inherit dep;
+  top = mk "sub-top" "/bin/cat $dep > $out" { inherit dep; };
+}
+"""
+NIX_COMMAND = ["nix", "--extra-experimental-features", "nix-command"]
+NO_CACHE = ["--option", "substituters", ""]
+
+
+@dataclass
+class Project:
+    dir: Path
+    file: Path
+    salt: str
+    marker: Path  # the builders' marker files
+    cache: Path
+
+    @property
+    def args(self) -> list[str]:
+        return [
+            str(self.file),
+            "--argstr",
+            "salt",
+            self.salt,
+            "--argstr",
+            "marker",
+            str(self.marker),
+        ]
+
+    def builds(self, name: str) -> int:
+        return len(list(self.marker.glob(f"{name}.*")))
+
+    def out(self, attr: str) -> str:
+        drv = _run("nix-instantiate", *NO_CACHE, *self.args, "-A", attr)
+        return _run("nix-store", "-q", "--outputs", drv).split()[0]
+
+    def nix_build(self, attr: str) -> str:
+        return _run("nix-build", *NO_CACHE, "--no-out-link", *self.args, "-A", attr)
+
+    def offload(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "offload", "build", *self.args, "-A", "top"]
+        argv += ["--builders", "", "-j", "1", "--no-out-link", "--json", *extra]
+        env = {**os.environ, "OFFLOAD_STATE_DIR": str(self.dir / "state")}
+        return subprocess.run(
+            argv, env=env, cwd=self.dir, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    def from_cache(self) -> list[str]:
+        cache = ["--option", "substituters", f"file://{self.cache}"]
+        return [*cache, "--option", "require-sigs", "false"]
+
+
+def _run(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _valid(path: str) -> bool:
+    done = subprocess.run(["nix-store", "--check-validity", path], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def _delete(*paths: str) -> None:
+    valid = [p for p in paths if _valid(p)]
+    if valid:
+        _run("nix-store", "--delete", *valid)
+
+
+def _finished(stdout: str) -> dict[str, dict[str, Any]]:
+    """Derivation name -> its job_finished event (the last one)."""
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return {e["name"]: e for e in events if e["event"] == "job_finished"}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    # Builders run as nixbld users: the marker directory must be theirs to write, and reachable.
+    marker = Path(tempfile.mkdtemp(prefix="ofl-subst-", dir="/tmp"))
+    marker.chmod(0o777)
+    file = tmp_path / "sub.nix"
+    file.write_text(NIX)
+    made = Project(tmp_path, file, uuid.uuid4().hex, marker, tmp_path / "cache")
+    try:
+        yield made
+    finally:
+        outs = [made.out("top"), made.out("dep")]
+        subprocess.run(["nix-store", "--delete", *outs], capture_output=True, check=False)
+        shutil.rmtree(marker, ignore_errors=True)
+
+
+def _cache_then_delete(project: Project, *attrs: str) -> tuple[str, str]:
+    """Build both with nix-build, copy ``attrs``' outputs to the cache, delete both locally."""
+    top = project.nix_build("top")
+    dep = project.out("dep")
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (1, 1)
+    cached = [project.out(attr) for attr in attrs]
+    _run(*NIX_COMMAND, "copy", "--to", f"file://{project.cache}", *cached)
+    _delete(top, dep)
+    assert not _valid(top)
+    assert not _valid(dep)
+    return top, dep
+
+
+def test_a_cached_output_is_substituted_and_neither_it_nor_its_input_is_built(project):
+    top, dep = _cache_then_delete(project, "top")
+    done = project.offload(*project.from_cache())
+    assert done.returncode == 0, done.stderr
+    assert _valid(top)
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (1, 1)  # no new builds
+    assert not _valid(dep)  # only top needed it, and top came whole from the cache
+    jobs = _finished(done.stdout)
+    assert set(jobs) == {"sub-top"}
+    assert (jobs["sub-top"]["status"], jobs["sub-top"]["machine"]) == ("substituted", "local")
+    assert project.offload(*project.from_cache()).returncode == 0  # now valid: nothing to do
+
+
+def test_with_no_substituters_the_cache_is_not_used_and_both_are_built(project):
+    top, dep = _cache_then_delete(project, "top")
+    done = project.offload(*NO_CACHE)
+    assert done.returncode == 0, done.stderr
+    assert _valid(top)
+    assert _valid(dep)
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (2, 2)
+    statuses = {name: job["status"] for name, job in _finished(done.stdout).items()}
+    assert statuses == {"sub-dep": "built", "sub-top": "built"}
+
+
+def test_a_cache_with_only_the_input_gives_the_input_and_the_top_is_built(project):
+    top, dep = _cache_then_delete(project, "dep")
+    done = project.offload(*project.from_cache())
+    assert done.returncode == 0, done.stderr
+    assert _valid(top)
+    assert _valid(dep)
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (1, 2)  # top again only
+    statuses = {name: job["status"] for name, job in _finished(done.stdout).items()}
+    assert statuses == {"sub-dep": "substituted", "sub-top": "built"}
+
+
+def test_a_cache_the_local_store_does_not_trust_is_not_used(project):
+    # Unsigned paths with require-sigs on (Nix's default): the store refuses them, so the run
+    # builds instead. This shows the option reaches the local store and is not ignored there.
+    top, _ = _cache_then_delete(project, "top")
+    done = project.offload("--option", "substituters", f"file://{project.cache}")
+    assert done.returncode == 0, done.stderr
+    assert _valid(top)
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (2, 2)
