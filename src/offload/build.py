@@ -1,7 +1,9 @@
 """One ``offload build`` run: from .drv paths to valid local outputs, over the whole pool.
 
 The run reads the derivation graph from the local .drv files, finds what is missing locally,
-turns it into a ``BuildPlan``, and hands it to the executor with one member per machine of the
+takes what a builder already holds or the local store's binary caches have instead of building
+it (when the local Nix would substitute: ``substitute`` on and ``substituters`` set), turns the
+rest into a ``BuildPlan``, and hands it to the executor with one member per machine of the
 pool (the local machine included, like any other). The executor copies every built output back
 as it is built, through the local store's own serve process, so at the end the requested
 outputs are valid here and nothing partial was ever registered.
@@ -11,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from offload.backoff import Health
 from offload.config.machines import Machine
 from offload.config.pool import Pool
 from offload.errors import ConfigError, OffloadError, SchedulerError
+from offload.load import BOOT_ID_FILE, loaded_specs
 from offload.nix import result_links
 from offload.protocol.serve import ServeClient
 from offload.scheduler.policy import MachineSlotSpec
@@ -37,11 +42,12 @@ from offload.slots import SlotLocks, slot_key
 from offload.store.drv import Derivation, read_derivation
 from offload.store.path import split_name_version
 from offload.transport.links import LocalLink, MachineLink
-from offload.ui.events import Event, JobFinished
+from offload.ui.events import Event, JobFinished, MachineEvent
 
 __all__ = [
     "LOCAL",
     "DrvGraph",
+    "Substituted",
     "build_plan",
     "load_graph",
     "out_links",
@@ -52,6 +58,15 @@ __all__ = [
 LOCAL = "local"
 
 
+@dataclass(frozen=True)
+class Substituted:
+    """Outputs of one derivation that the local store fetched from its binary caches."""
+
+    outputs: tuple[str, ...]  # store paths
+    started: float  # wall clock of the substituting query
+    finished: float
+
+
 @dataclass
 class DrvGraph:
     """The derivations reachable from the requested ones whose needed outputs are missing."""
@@ -60,6 +75,8 @@ class DrvGraph:
     wanted: dict[str, set[str]]  # drv path -> output names needed (by the user or a dependent)
     order: list[str]  # to build, dependencies first
     fetch: dict[str, str] = field(default_factory=dict)  # drv -> builder already holding it
+    # drv -> what the local store substituted for it while the graph was read: not built.
+    substituted: dict[str, Substituted] = field(default_factory=dict)
 
     def output_path(self, drv: str, output: str) -> str:
         path = self.drvs[drv].outputs[output].path
@@ -76,14 +93,20 @@ async def load_graph(
     roots: Sequence[tuple[str, str]],
     read: Callable[[str], Derivation] = read_derivation,
     remotes: Mapping[str, ServeClient] | None = None,
+    *,
+    substitute: bool = False,
 ) -> DrvGraph:
     """``roots`` are (drv path, output name) pairs, as nix-instantiate names them.
 
     A derivation whose needed outputs are all valid on one of ``remotes`` is to be fetched from
-    there, not built, and what only it needed is not looked at.
+    there, not built, and what only it needed is not looked at. With ``substitute``, the local
+    store is then asked to substitute the outputs still missing (top-down, as Nix's queryMissing
+    goes): a derivation whose outputs became valid is done, and its inputs are not looked at.
+    Without it no such query is made.
     """
     remotes = dict(remotes or {})
     fetch: dict[str, str] = {}
+    substituted: dict[str, Substituted] = {}
     drvs: dict[str, Derivation] = {}
     wanted: dict[str, set[str]] = {}
     for root, output in roots:
@@ -102,27 +125,57 @@ async def load_graph(
         }
         valid = await local.query_valid_paths(paths)
         elsewhere = await _valid_on_remotes(remotes, paths - valid)
-        next_frontier: list[str] = []
+        missing: dict[str, set[str]] = {}
         for drv_path in frontier:
-            drv = drvs[drv_path]
             if drv_path in needs_build or drv_path in fetch:
                 continue
-            missing = {drv.outputs[o].path for o in wanted[drv_path]} - valid
-            if not missing:
+            drv = drvs[drv_path]
+            lacking = {drv.outputs[o].path for o in wanted[drv_path]} - valid
+            if not lacking:
                 continue
-            holder = next((name for name, has in elsewhere.items() if missing <= has), None)
+            # A builder's copy before the caches: the builders already answered (no extra
+            # query), and offload trusts their outputs as Nix trusts what build-remote copies
+            # back; a cache costs a lookup per path, possibly over the internet, and Nix spends
+            # seconds retrying one that is unreachable. Either beats building it again.
+            holder = next((name for name, has in elsewhere.items() if lacking <= has), None)
             if holder is not None:
                 fetch[drv_path] = holder
-                continue
+            else:
+                missing[drv_path] = lacking
+        if substitute and missing:
+            started = time.time()
+            # The store substitutes what its caches have (and those paths' closures) before it
+            # answers; a failure there is only a warning on its stderr.
+            got = await local.query_valid_paths(set().union(*missing.values()), substitute=True)
+            finished = time.time()
+            for drv_path, lacking in missing.items():
+                if lacking <= got:
+                    # Seen again when a later dependent wants more of its outputs: keep both.
+                    before = substituted.get(drv_path)
+                    earlier = set(before.outputs) if before else set()
+                    substituted[drv_path] = Substituted(
+                        tuple(sorted(lacking | earlier)),
+                        before.started if before else started,
+                        finished,
+                    )
+            missing = {d: lacking for d, lacking in missing.items() if not lacking <= got}
+        next_frontier: list[str] = []
+        for drv_path in missing:
             needs_build.add(drv_path)
-            for dep, outputs in drv.input_drvs.items():
+            for dep, outputs in drvs[drv_path].input_drvs.items():
                 if dep not in drvs:
                     drvs[dep] = read(dep)
                     wanted[dep] = set()
                 wanted[dep].update(outputs)
                 next_frontier.append(dep)
         frontier = list(dict.fromkeys(next_frontier))
-    return DrvGraph(drvs=drvs, wanted=wanted, order=_topological(needs_build, drvs), fetch=fetch)
+    return DrvGraph(
+        drvs=drvs,
+        wanted=wanted,
+        order=_topological(needs_build, drvs),
+        fetch=fetch,
+        substituted=substituted,
+    )
 
 
 async def _valid_on_remotes(
@@ -256,34 +309,46 @@ async def run_build(
     env: Mapping[str, str] | None = None,
     slots: SlotLocks | None = None,
     backoff: Mapping[str, Health] | None = None,
+    fetch_all: bool = False,
 ) -> tuple[RunReport, DrvGraph]:
-    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally."""
+    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
+
+    Other outputs stay on the builder that made them unless a local build needs them, or
+    ``fetch_all`` asks for every one, as Nix does.
+    """
     # Every remote build borrows a local session to send inputs and fetch outputs.
     sessions = (
         2 + sum(m.max_jobs for m in pool.machines) + (pool.local.max_jobs if pool.local else 0)
     )
     down = set(backoff or {})
     async with (
-        LocalLink(max_sessions=sessions) as local_link,
+        # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
+        LocalLink(max_sessions=sessions, env=pool.local_env()) as local_link,
         pool_members(pool, local_link, env) as members,
     ):
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}
         async with local_link.session() as local, _borrow_all(remote, unreachable) as clients:
-            graph = await load_graph(local, roots, remotes=clients)
-            fetched = await _fetch_existing(graph, clients, local, emit)
+            graph = await load_graph(
+                local, roots, remotes=clients, substitute=pool.local_substitutes
+            )
+            fetched = _report_substituted(graph, emit)
+            fetched += await _fetch_existing(graph, clients, local, emit)
+        # The sessions just opened reported each builder's load: busy ones get fewer slots.
+        loaded = _under_load(members, emit)
         plan = build_plan(graph)
         pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
         estimates = estimate(pnames) if estimate is not None else {}
         executor = Executor(
             plan,
-            members,
+            loaded,
             local_link,
             emit=emit,
             log_sink=log_sink,
             keep_going=keep_going,
             estimates=estimates,
             outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
+            home=None if fetch_all else {drv for drv, _ in roots},
             slots=slots,
             backoff=backoff,
             unreachable=unreachable,
@@ -291,6 +356,44 @@ async def run_build(
         report = await executor.run()
     report.finished[:0] = fetched
     return report, graph
+
+
+def _under_load(members: list[PoolMember], emit: Callable[[Event], None]) -> list[PoolMember]:
+    """``members`` with the builders' slots cut by the load their links reported (offload.load),
+    each cut told as a "loaded" MachineEvent."""
+    loads = {
+        m.spec.name: m.link.load
+        for m in members
+        if m.remote and isinstance(m.link, MachineLink) and m.link.load is not None
+    }
+    cut = loaded_specs([m.spec for m in members if m.remote], loads, _local_boot_id())
+    result = []
+    for member in members:
+        spec = cut.get(member.spec.name) if member.remote else None
+        if spec is None:
+            result.append(member)
+            continue
+        load = loads[spec.name]
+        emit(
+            MachineEvent(
+                machine=spec.name,
+                state="loaded",
+                message=f"{load.describe()}: {spec.slots} of {member.spec.slots} slots",
+                until=None,
+                time=time.time(),
+                slots=spec.slots,
+            )
+        )
+        result.append(dataclasses.replace(member, spec=spec))
+    return result
+
+
+def _local_boot_id() -> str | None:
+    """This machine's boot id, to tell builders that share its kernel (offload.load)."""
+    try:
+        return Path(BOOT_ID_FILE).read_text().strip().lower() or None
+    except OSError:
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -349,6 +452,30 @@ async def _fetch_existing(
     return done
 
 
+def _report_substituted(graph: DrvGraph, emit: Callable[[Event], None]) -> list[JobFinished]:
+    """A finished job on the local machine for each derivation its binary caches provided.
+
+    No bytes are counted: they came from the cache into the store, not through offload.
+    """
+    done: list[JobFinished] = []
+    for drv_path, sub in sorted(graph.substituted.items(), key=lambda item: item[1].started):
+        event = JobFinished(
+            drv_path=drv_path,
+            name=graph.drvs[drv_path].name,
+            machine=LOCAL,
+            status="substituted",
+            started=sub.started,
+            finished=sub.finished,
+            bytes_sent=0,
+            bytes_received=0,
+            error=None,
+            time=sub.finished,
+        )
+        done.append(event)
+        emit(event)
+    return done
+
+
 async def dry_run(
     roots: Sequence[tuple[str, str]],
     pool: Pool,
@@ -356,7 +483,8 @@ async def dry_run(
 ) -> tuple[DrvGraph, SimResult]:
     """What a run would build and where, planned on the pool without building anything.
 
-    Builders are not contacted: outputs they may already hold are counted as to be built.
+    Builders are not contacted and nothing is substituted: outputs a builder may hold or a
+    binary cache may have are counted as to be built.
     """
     async with LocalLink(max_sessions=1) as local_link, local_link.session() as local:
         graph = await load_graph(local, roots)

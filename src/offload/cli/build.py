@@ -55,6 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--json", action="store_true", help="write one JSON event per line to stdout"
     )
     parser.add_argument(
+        "--fetch-all",
+        action="store_true",
+        help="copy every built output here, not only the requested ones (as Nix does)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print the plan (what is built where, estimated time) and build nothing",
@@ -152,6 +157,7 @@ def execute(
     keep_going: bool = False,
     retry_now: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    fetch_all: bool = False,
 ) -> tuple[RunReport, DrvGraph]:
     """A build run with what offload keeps between runs: history, logs, slots, backoff.
 
@@ -172,6 +178,7 @@ def execute(
                     env=env,
                     slots=SlotLocks.default(state),
                     backoff=_remembered_backoff(state, retry_now),
+                    fetch_all=fetch_all,
                 )
             )
         finally:
@@ -205,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         close=renderer.close,
         keep_going=args.keep_going,
         retry_now=args.on,
+        fetch_all=args.fetch_all,
     )
     if not args.json:
         render_summary(report.finished, sys.stderr)

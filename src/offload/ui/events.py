@@ -24,8 +24,11 @@ __all__ = [
 ]
 
 Phase = Literal["queued", "connecting", "sending", "building", "fetching"]
-JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"]
-MachineState = Literal["up", "down"]
+# "fetched": copied from a builder that already held it; "substituted": the local store got it
+# from its binary caches. Neither was built in this run.
+JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched", "substituted"]
+# "loaded": the builder reported load beyond its cores and gets fewer slots this run.
+MachineState = Literal["up", "down", "loaded"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class MachineEvent:
     message: str
     until: float | None  # for "down": when it may be tried again (wall clock)
     time: float
+    slots: int | None = None  # for "loaded": the slots it gets this run
 
 
 @dataclass(frozen=True)

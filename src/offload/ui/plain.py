@@ -47,6 +47,8 @@ def describe_finished(event: JobFinished) -> str:
             return f"built {event.name} in {took}"
         case "fetched":
             return f"fetched {event.name} (already built there) in {took}"
+        case "substituted":
+            return f"substituted {event.name} from a binary cache in {took}"
         case "failed":
             return f"failed {event.name} after {took}: {_first_line(event.error)}"
         case "cancelled":
@@ -64,6 +66,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
     match event.state:
         case "up":
             text = "up"
+        case "loaded":
+            text = "loaded"
         case "down":
             text = "down"
             if event.until is not None:

@@ -1,7 +1,9 @@
 """The summary at the end of a run, computed from its ``JobFinished`` events.
 
 Per machine: derivations built, outputs fetched (already valid there), failures, jobs stopped
-(speculative copies that lost, builds lost with their machine), busy time and bytes moved.
+(speculative copies that lost, builds lost with their machine), busy time and bytes moved; and
+only when the local store took some from its binary caches, a ``substituted`` column (their
+bytes came from the cache, not through offload, so they are not counted).
 Busy time is the sum of job durations on the machine, stopped and failed jobs included since
 they occupied it; with several slots it can exceed the run's wall time. Bytes count every job
 too. Then the failed and skipped derivations with their errors, and how to see a log.
@@ -27,6 +29,7 @@ from offload.ui.term import format_bytes, format_duration, sanitize
 __all__ = ["MachineTotals", "RunSummary", "render_summary", "summarize"]
 
 _COLUMNS = ("machine", "built", "fetched", "failed", "stopped", "busy", "sent", "received")
+_SUBSTITUTED = 3  # where the optional column goes: after "fetched"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class MachineTotals:
     machine: str
     built: int = 0
     fetched: int = 0
+    substituted: int = 0
     failed: int = 0
     stopped: int = 0  # cancelled speculative copies and builds lost with their machine
     busy: float = 0.0  # seconds, summed over jobs
@@ -45,6 +49,7 @@ class MachineTotals:
             self,
             built=self.built + (job.status == "built"),
             fetched=self.fetched + (job.status == "fetched"),
+            substituted=self.substituted + (job.status == "substituted"),
             failed=self.failed + (job.status == "failed"),
             stopped=self.stopped + (job.status in ("cancelled", "lost")),
             busy=self.busy + max(job.duration, 0.0),
@@ -52,8 +57,8 @@ class MachineTotals:
             received=self.received + job.bytes_received,
         )
 
-    def cells(self) -> tuple[str, ...]:
-        return (
+    def cells(self, *, substituted: bool = False) -> tuple[str, ...]:
+        cells = (
             self.machine,
             str(self.built),
             str(self.fetched),
@@ -63,6 +68,9 @@ class MachineTotals:
             format_bytes(self.sent),
             format_bytes(self.received),
         )
+        if not substituted:
+            return cells
+        return (*cells[:_SUBSTITUTED], str(self.substituted), *cells[_SUBSTITUTED:])
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,17 @@ class RunSummary:
     failed: tuple[JobFinished, ...]
     skipped: tuple[JobFinished, ...]
     finished: RunFinished | None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        if not self.total.substituted:
+            return _COLUMNS
+        return (*_COLUMNS[:_SUBSTITUTED], "substituted", *_COLUMNS[_SUBSTITUTED:])
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """The cells of each machine's row, then of the total row, matching ``columns``."""
+        wide = bool(self.total.substituted)
+        return [r.cells(substituted=wide) for r in (*self.machines, self.total)]
 
 
 def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSummary:
@@ -104,6 +123,7 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
         "total",
         built=sum(r.built for r in rows),
         fetched=sum(r.fetched for r in rows),
+        substituted=sum(r.substituted for r in rows),
         failed=sum(r.failed for r in rows),
         stopped=sum(r.stopped for r in rows),
         busy=sum(r.busy for r in rows),
@@ -162,8 +182,9 @@ def _error(job: JobFinished) -> str:
 
 
 def _render_plain(summary: RunSummary, stream: IO[str]) -> None:
-    rows = [_COLUMNS, *(r.cells() for r in summary.machines), summary.total.cells()]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    columns = summary.columns
+    rows = [columns, *summary.rows()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     for n, row in enumerate(rows):
         if n == len(rows) - 1:
             stream.write("  ".join("-" * w for w in widths) + "\n")
@@ -187,15 +208,16 @@ def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None
 
 def _render_rich(summary: RunSummary, console: Console) -> None:
     table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
-    for n, (name, total) in enumerate(zip(_COLUMNS, summary.total.cells(), strict=True)):
+    *cells, totals = summary.rows()
+    for n, (name, total) in enumerate(zip(summary.columns, totals, strict=True)):
         table.add_column(
             name,
             footer=Text(total, style="bold"),
             justify="left" if n == 0 else "right",
             no_wrap=True,
         )
-    for row in summary.machines:
-        table.add_row(*row.cells())
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
     for kind, line in _problems(summary):
         style = "red" if kind == "failed" else "yellow"

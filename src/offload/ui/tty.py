@@ -50,7 +50,7 @@ __all__ = ["TtyRenderer", "remaining_time"]
 
 # Statuses that settle a derivation for good; "lost" and "cancelled" jobs are retried or
 # superseded by another copy, so they do not count as progress.
-_SETTLED = frozenset({"built", "fetched", "failed", "skipped"})
+_SETTLED = frozenset({"built", "fetched", "substituted", "failed", "skipped"})
 
 
 def remaining_time(estimate: float, elapsed: float, done: int, total: int) -> float | None:
@@ -104,9 +104,11 @@ class TtyRenderer:
         self._start = clock()
         self._estimate = 0.0
         self._total = 0
+        self._ready = 0  # settled before the run started (fetched, substituted): no work left
         self._machines: list[str] = []
         self._jobs: dict[tuple[str, str], _Job] = {}  # (drv_path, machine)
         self._down: dict[str, MachineEvent] = {}
+        self._loaded: dict[str, MachineEvent] = {}  # builders given fewer slots for their load
         self._settled: dict[str, str] = {}  # drv_path -> status
         self._finished: list[JobFinished] = []
         self._run_finished: RunFinished | None = None
@@ -168,7 +170,10 @@ class TtyRenderer:
             case RunStarted():
                 self._start = event.time
                 self._estimate = event.estimate
-                self._total = event.total
+                # Fetched and substituted outputs are settled before the run starts and are
+                # not in its total: shown as done, but left out of the ETA's pace.
+                self._ready = len(self._settled)
+                self._total = event.total + self._ready
                 for machine in event.machines:
                     self._see(machine)
             case JobPhase():
@@ -188,6 +193,8 @@ class TtyRenderer:
                 self._see(event.machine)
                 if event.state == "down":
                     self._down[event.machine] = event
+                elif event.state == "loaded":
+                    self._loaded[event.machine] = event
                 else:
                     self._down.pop(event.machine, None)
             case RunFinished():
@@ -218,11 +225,16 @@ class TtyRenderer:
     def _machine_rows(self, table: Table, machine: str, now: float) -> None:
         jobs = [job for (_, m), job in self._jobs.items() if m == machine]
         down = self._down.get(machine)
+        # A builder down again is shown as down; its load was read before.
+        loaded = self._loaded.get(machine) if down is None else None
         if down is not None:
             what = f"down: {sanitize(down.message)}" if down.message else "down"
             until = f"until {clock_time(down.until)}" if down.until is not None else ""
             retry = f"retry in {format_duration(down.until - now)}" if down.until else ""
             table.add_row(machine, _cell(what, "red"), until, retry)
+            machine = ""
+        if loaded is not None:
+            table.add_row(machine, _cell(f"loaded: {sanitize(loaded.message)}", "yellow"), "", "")
             machine = ""
         if not jobs and down is None:
             table.add_row(machine, _cell("idle", "dim"), "", "")
@@ -263,7 +275,8 @@ class TtyRenderer:
             parts.append(f"finished in {format_duration(finished.elapsed)}")
         else:
             elapsed = now - self._start
-            left = remaining_time(self._estimate, elapsed, done, self._total)
+            ready = self._ready
+            left = remaining_time(self._estimate, elapsed, done - ready, self._total - ready)
             parts.append(f"{format_duration(elapsed)} elapsed")
             parts.append(f"ETA {format_duration(left)}" if left is not None else "ETA ?")
         style = "bold red" if failed else "bold"
