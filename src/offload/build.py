@@ -47,6 +47,7 @@ from offload.ui.events import Event, JobFinished, MachineEvent
 __all__ = [
     "LOCAL",
     "DrvGraph",
+    "Roots",
     "Substituted",
     "build_plan",
     "load_graph",
@@ -56,6 +57,9 @@ __all__ = [
 ]
 
 LOCAL = "local"
+
+# (drv path, output name) pairs, or a function that evaluates them (offload.nix.instantiate).
+Roots = Sequence[tuple[str, str]] | Callable[[], Sequence[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class DrvGraph:
     wanted: dict[str, set[str]]  # drv path -> output names needed (by the user or a dependent)
     order: list[str]  # to build, dependencies first
     fetch: dict[str, str] = field(default_factory=dict)  # drv -> builder already holding it
+    roots: list[tuple[str, str]] = field(default_factory=list)  # what was asked for, in order
     # drv -> what the local store substituted for it while the graph was read: not built.
     substituted: dict[str, Substituted] = field(default_factory=dict)
 
@@ -175,6 +180,7 @@ async def load_graph(
         order=_topological(needs_build, drvs),
         fetch=fetch,
         substituted=substituted,
+        roots=list(roots),
     )
 
 
@@ -299,7 +305,7 @@ async def pool_members(
 
 
 async def run_build(
-    roots: Sequence[tuple[str, str]],
+    roots: Roots,
     pool: Pool,
     *,
     emit: Callable[[Event], None],
@@ -314,7 +320,8 @@ async def run_build(
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
 
     Other outputs stay on the builder that made them unless a local build needs them, or
-    ``fetch_all`` asks for every one, as Nix does.
+    ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
+    them: it runs in a thread while the sessions to the stores open.
     """
     # Every remote build borrows a local session to send inputs and fetch outputs.
     sessions = (
@@ -328,7 +335,10 @@ async def run_build(
     ):
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}
-        async with local_link.session() as local, _borrow_all(remote, unreachable) as clients:
+        async with contextlib.AsyncExitStack() as opened:
+            local, clients, roots = await _open_sessions(
+                opened, local_link, remote, unreachable, roots
+            )
             graph = await load_graph(
                 local, roots, remotes=clients, substitute=pool.local_substitutes
             )
@@ -394,6 +404,42 @@ def _local_boot_id() -> str | None:
         return Path(BOOT_ID_FILE).read_text().strip().lower() or None
     except OSError:
         return None
+
+
+async def _open_sessions(
+    stack: contextlib.AsyncExitStack,
+    local_link: Link,
+    remote: Mapping[str, Link],
+    unreachable: dict[str, str],
+    roots: Roots,
+) -> tuple[ServeClient, dict[str, ServeClient], list[tuple[str, str]]]:
+    """A local session, one on each builder that answers, and the evaluated roots, all at
+    once: ssh handshakes are most of a run's start-up, and evaluation can run meanwhile.
+
+    What opened is closed by ``stack``; an evaluation error wins over a local store error.
+    """
+    evaluated = asyncio.to_thread(_as_list, roots) if callable(roots) else _ready(list(roots))
+    local, clients, result = await asyncio.gather(
+        stack.enter_async_context(local_link.session()),
+        stack.enter_async_context(_borrow_all(remote, unreachable)),
+        evaluated,
+        return_exceptions=True,
+    )
+    for outcome in (result, local, clients):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(local, ServeClient)
+    assert isinstance(clients, dict)
+    assert isinstance(result, list)
+    return local, clients, result
+
+
+async def _ready(roots: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return roots
+
+
+def _as_list(evaluate: Callable[[], Sequence[tuple[str, str]]]) -> list[tuple[str, str]]:
+    return list(evaluate())
 
 
 @contextlib.asynccontextmanager

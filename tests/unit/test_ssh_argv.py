@@ -5,7 +5,6 @@ import pytest
 from offload.errors import ConfigError
 from offload.transport.ssh import (
     SshTarget,
-    control_argv,
     kill_script,
     known_hosts_line,
     master_argv,
@@ -48,7 +47,7 @@ def test_serve_argv_exact_with_master_pinning_and_sshopts():
     ]  # fmt: skip
 
 
-def test_master_and_control_argv():
+def test_master_argv():
     target = SshTarget(host="h", port=2222)
     master = master_argv(target, control_path=Path("/c/m"), connect_timeout=3)
     assert master[master.index("--") - 6 :] == [
@@ -56,7 +55,6 @@ def test_master_and_control_argv():
         "--", "h", "sh -c 'echo offload-master-ready; exec cat >/dev/null'",
     ]  # fmt: skip
     assert "ConnectTimeout=3" in master
-    assert control_argv(target, "exit", control_path=Path("/c/m"))[-4:] == ["-O", "exit", "--", "h"]
 
 
 def test_pid_line_and_kill_script():

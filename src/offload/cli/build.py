@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from offload.backoff import Health, load_backoff, save_backoff
-from offload.build import DrvGraph, dry_run, out_links, run_build
+from offload.build import DrvGraph, Roots, dry_run, out_links, run_build
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
@@ -148,7 +149,7 @@ def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
 
 
 def execute(
-    roots: Sequence[tuple[str, str]],
+    roots: Roots,
     pool: Pool,
     state: Path,
     *,
@@ -199,13 +200,13 @@ def run(args: argparse.Namespace) -> int:
     )
     sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
-    roots = instantiate(what)
     state = ensure_state_dir()
     if args.dry_run:
-        return _dry_run(roots, pool, state, as_json=args.json)
+        return _dry_run(instantiate(what), pool, state, as_json=args.json)
     renderer = make_renderer("json" if args.json else "auto", print_logs=args.print_build_logs)
+    # Evaluated while the connections to the builders open (run_build).
     report, graph = execute(
-        roots,
+        functools.partial(instantiate, what),
         pool,
         state,
         emit=renderer.handle,
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"
         raise OffloadError(msg)
-    links = out_links(roots, graph, args.out_link)
+    links = out_links(graph.roots, graph, args.out_link)
     if not args.json:
         for path, _ in links:
             print(path)

@@ -49,7 +49,6 @@ from offload.transport.ssh import (
     CONNECT_TIMEOUT,
     MASTER_READY,
     SshTarget,
-    control_argv,
     kill_script,
     known_hosts_line,
     master_argv,
@@ -566,19 +565,12 @@ class SshTransport:
         proc, self._master = self._master, None
         if stack is None:
             return
-        control = self.control_path
-        if proc is not None and proc.returncode is None and control is not None:
-            argv = control_argv(
-                self.target,
-                "exit",
-                control_path=control,
-                known_hosts=self.known_hosts,
-                nix_sshopts=self._sshopts,
-            )
-            with contextlib.suppress(OffloadError, TimeoutError):
-                await asyncio.wait_for(
-                    run_async(argv, env=self._env, check=False), _CONTROL_TIMEOUT
-                )
+        if proc is not None and proc.returncode is None:
+            # On SIGTERM ssh's master closes its connection and removes its socket, as on
+            # `ssh -O exit`, without starting another ssh for that; its pipes then end, which
+            # is what the stack's readers wait for.
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
         await stack.aclose()
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:

@@ -39,7 +39,6 @@ __all__ = [
     "MASTER_READY",
     "PID_MARKER",
     "SshTarget",
-    "control_argv",
     "kill_script",
     "known_hosts_line",
     "master_argv",
@@ -280,18 +279,3 @@ def master_argv(
         ),
         remote_command(remote),
     ]
-
-
-def control_argv(
-    target: SshTarget,
-    operation: str,
-    *,
-    control_path: Path,
-    known_hosts: Path | None = None,
-    nix_sshopts: str = "",
-) -> list[str]:
-    """``ssh -O <operation>`` (check, exit) addressed to the master at ``control_path``."""
-    argv = ssh_argv(
-        target, known_hosts=known_hosts, nix_sshopts=nix_sshopts, control_path=control_path
-    )
-    return [*argv[:-2], "-O", operation, *argv[-2:]]
