@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import time
 import uuid
@@ -408,8 +409,18 @@ class Executor:
             case "returned":
                 if outcome.source is not None:
                     self._machine_failed(outcome.source, outcome.error or "connection lost", now)
+                else:
+                    # Lost inputs are made again before anything needs them (_undo_lost); if
+                    # that ever falls short, fail rather than retry forever.
+                    self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+                    if self._losses[drv_path] >= MAX_LOSSES:
+                        self._fail(drv_path, machine, outcome, now)
+                        return
                 self.policy.on_returned(drv_path, machine)
-                self._emit_outcome(drv_path, machine, "lost", outcome)
+                if outcome.source is not None:
+                    why = f"the holder of its inputs, {outcome.source}, went away"
+                    outcome = dataclasses.replace(outcome, error=why)
+                self._emit_outcome(drv_path, machine, "cancelled", outcome)
             case "built":
                 finished = self.policy.on_finished(drv_path, machine, now, ok=True)
                 if not finished.accepted:
@@ -532,7 +543,7 @@ class Executor:
         self,
         drv_path: str,
         machine: str,
-        status: Literal["built", "failed", "lost"],
+        status: Literal["built", "failed", "lost", "cancelled"],
         outcome: _Outcome,
     ) -> None:
         self._emit_finished(
