@@ -322,3 +322,27 @@ def test_toml_round_trip_property(entries):
     p = Pool(None, tuple(found))
     back, _ = apply_toml([], parse_offload_toml(pool_to_toml(p), "t"), system=SYSTEM)
     assert _strip(back) == _strip(p.machines)
+
+
+def test_toml_sets_compress_and_builders_use_substitutes_per_machine():
+    toml = (
+        '[[machine]]\nhost = "nx-a.invalid"\ncompress = true\nbuilders-use-substitutes = true\n'
+        '[[machine]]\nuri = "ssh://nx-b.invalid?compress=true"\ncompress = false\n'
+    )
+    found = {
+        m.name: m for m in pool("nx-a.invalid; ssh://nx-b.invalid?compress=true", toml).machines
+    }
+    a, b = found["nx-a.invalid"], found["nx-b.invalid"]
+    assert (a.params["compress"], a.params["builders-use-substitutes"]) == ("true", "true")
+    assert b.params["compress"] == "false"  # the toml wins over the URI
+    assert "builders-use-substitutes" not in b.params
+    # and a toml written from the pool says so again
+    back, _ = apply_toml(
+        [], parse_offload_toml(pool_to_toml(pool("nx-a.invalid", toml)), "t"), system=SYSTEM
+    )
+    assert back[0].params["compress"] == back[0].params["builders-use-substitutes"] == "true"
+
+
+def test_toml_compress_must_be_a_boolean():
+    with pytest.raises(ConfigError, match=r"o.toml: \[\[machine\]\] #1.*compress"):
+        pool("nx-a.invalid", '[[machine]]\nhost = "nx-a.invalid"\ncompress = "yes"\n')

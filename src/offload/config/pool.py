@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from offload.config.machines import (
     Machine,
@@ -176,12 +177,20 @@ _COLUMN_OF = {
 
 
 def _with_meta(machine: Machine, entry: TomlMachine) -> Machine:
+    params = dict(machine.params)
+    for key, value in (
+        ("compress", entry.compress),
+        ("builders-use-substitutes", entry.builders_use_substitutes),
+    ):
+        if value is not None:  # the toml wins over the URI's own parameter
+            params[key] = "true" if value else "false"
     return dataclasses.replace(
         machine,
         name=entry.name or machine.name,
         tags=machine.tags | entry.tags,
         port=entry.port if entry.port is not None else machine.port,
         enabled=entry.enabled if entry.enabled is not None else machine.enabled,
+        params=MappingProxyType(params),
     )
 
 
@@ -327,6 +336,9 @@ def pool_to_toml(pool: Pool) -> str:
             lines.append(f"port = {m.port}")
         if not m.enabled:
             lines.append("enabled = false")
+        for key in ("compress", "builders-use-substitutes"):
+            if m.params.get(key) == "true":
+                lines.append(f"{key} = true")
         lines.append(f"systems = {_toml_list(m.systems)}")
         if m.ssh_key is not None:
             lines.append(f"ssh-key = {_toml_str(m.ssh_key)}")

@@ -129,6 +129,9 @@ class TomlMachine:
     supported_features: frozenset[str] | None = None
     mandatory_features: frozenset[str] | None = None
     public_host_key: str | None = None  # base64, as in the machines file's column 8
+    # The URI parameters Nix also reads (``?compress=true&builders-use-substitutes=true``).
+    compress: bool | None = None
+    builders_use_substitutes: bool | None = None
 
     @property
     def where(self) -> str:
@@ -312,6 +315,8 @@ _MACHINE_KEYS = {
     "supported-features",
     "mandatory-features",
     "public-host-key",
+    "compress",
+    "builders-use-substitutes",
 }
 _LOCAL_KEYS = {"speed-factor", "max-jobs", "systems", "features"}
 
@@ -417,6 +422,8 @@ def parse_offload_toml(text: str, source: str) -> OffloadToml:
             supported_features=_features(table.strings("supported-features")),
             mandatory_features=_features(table.strings("mandatory-features")),
             public_host_key=table.string("public-host-key"),
+            compress=table.boolean("compress"),
+            builders_use_substitutes=table.boolean("builders-use-substitutes"),
         )
         if (entry.uri is None) == (entry.host is None):
             raise ConfigError(
