@@ -335,35 +335,48 @@ async def run_build(
     ):
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}
-        async with contextlib.AsyncExitStack() as opened:
-            local, clients, roots = await _open_sessions(
-                opened, local_link, remote, unreachable, roots
+        # Once a builder answers, sessions for its other slots open while the graph is read,
+        # so its first builds do not each wait for a remote nix-store to start.
+        slot_counts = {m.spec.name: m.spec.slots for m in members}
+        warming: list[asyncio.Task[None]] = []
+
+        def warm(name: str) -> None:
+            link = remote[name]
+            if isinstance(link, MachineLink):
+                warming.append(asyncio.create_task(link.warm(slot_counts[name])))
+
+        try:
+            async with contextlib.AsyncExitStack() as opened:
+                local, clients, roots = await _open_sessions(
+                    opened, local_link, remote, unreachable, roots, answered=warm
+                )
+                graph = await load_graph(
+                    local, roots, remotes=clients, substitute=pool.local_substitutes
+                )
+                fetched = _report_substituted(graph, emit)
+                fetched += await _fetch_existing(graph, clients, local, emit)
+            # The sessions just opened reported each builder's load: busy ones get fewer slots.
+            loaded = _under_load(members, emit)
+            plan = build_plan(graph)
+            pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
+            estimates = estimate(pnames) if estimate is not None else {}
+            executor = Executor(
+                plan,
+                loaded,
+                local_link,
+                emit=emit,
+                log_sink=log_sink,
+                keep_going=keep_going,
+                estimates=estimates,
+                outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
+                home=None if fetch_all else {drv for drv, _ in roots},
+                slots=slots,
+                backoff=backoff,
+                unreachable=unreachable,
             )
-            graph = await load_graph(
-                local, roots, remotes=clients, substitute=pool.local_substitutes
-            )
-            fetched = _report_substituted(graph, emit)
-            fetched += await _fetch_existing(graph, clients, local, emit)
-        # The sessions just opened reported each builder's load: busy ones get fewer slots.
-        loaded = _under_load(members, emit)
-        plan = build_plan(graph)
-        pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
-        estimates = estimate(pnames) if estimate is not None else {}
-        executor = Executor(
-            plan,
-            loaded,
-            local_link,
-            emit=emit,
-            log_sink=log_sink,
-            keep_going=keep_going,
-            estimates=estimates,
-            outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
-            home=None if fetch_all else {drv for drv, _ in roots},
-            slots=slots,
-            backoff=backoff,
-            unreachable=unreachable,
-        )
-        report = await executor.run()
+            report = await executor.run()
+        finally:
+            await _stop_all(warming)
     report.finished[:0] = fetched
     return report, graph
 
@@ -412,6 +425,8 @@ async def _open_sessions(
     remote: Mapping[str, Link],
     unreachable: dict[str, str],
     roots: Roots,
+    *,
+    answered: Callable[[str], None] | None = None,
 ) -> tuple[ServeClient, dict[str, ServeClient], list[tuple[str, str]]]:
     """A local session, one on each builder that answers, and the evaluated roots, all at
     once: ssh handshakes are most of a run's start-up, and evaluation can run meanwhile.
@@ -421,7 +436,7 @@ async def _open_sessions(
     evaluated = asyncio.to_thread(_as_list, roots) if callable(roots) else _ready(list(roots))
     local, clients, result = await asyncio.gather(
         stack.enter_async_context(local_link.session()),
-        stack.enter_async_context(_borrow_all(remote, unreachable)),
+        stack.enter_async_context(_borrow_all(remote, unreachable, answered)),
         evaluated,
         return_exceptions=True,
     )
@@ -434,6 +449,12 @@ async def _open_sessions(
     return local, clients, result
 
 
+async def _stop_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _ready(roots: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return roots
 
@@ -444,13 +465,22 @@ def _as_list(evaluate: Callable[[], Sequence[tuple[str, str]]]) -> list[tuple[st
 
 @contextlib.asynccontextmanager
 async def _borrow_all(
-    links: Mapping[str, Link], unreachable: dict[str, str]
+    links: Mapping[str, Link],
+    unreachable: dict[str, str],
+    answered: Callable[[str], None] | None = None,
 ) -> AsyncIterator[dict[str, ServeClient]]:
     """A session on each builder that answers, opened in parallel; the others are left out
-    and their errors put in ``unreachable``."""
+    and their errors put in ``unreachable``. ``answered(name)`` is told of each as it opens."""
     managers = {name: link.session() for name, link in links.items()}
+
+    async def enter(name: str, cm: AbstractAsyncContextManager[ServeClient]) -> ServeClient:
+        client = await cm.__aenter__()
+        if answered is not None:
+            answered(name)
+        return client
+
     entered = await asyncio.gather(
-        *(cm.__aenter__() for cm in managers.values()), return_exceptions=True
+        *(enter(name, cm) for name, cm in managers.items()), return_exceptions=True
     )
     clients: dict[str, ServeClient] = {}
     opened: list[AbstractAsyncContextManager[ServeClient]] = []

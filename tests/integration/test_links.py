@@ -160,6 +160,25 @@ def test_sessions_reuse_one_master_and_run_in_parallel(own_fleet: Fleet) -> None
     assert _wait_until(lambda: not any("nix-store" in c for c in _member_procs(own_fleet, "m1")))
 
 
+def test_warm_opens_sessions_ahead_that_borrowers_then_reuse(own_fleet: Fleet) -> None:
+    async def go() -> None:
+        async with _link(own_fleet, max_sessions=3) as link:
+            await link.warm(2)
+            assert (link.open_sessions, link.stats.sessions_opened) == (2, 2)
+            await link.warm(2)  # already there: nothing more
+            await link.warm(9)  # never past max_sessions
+            assert link.stats.sessions_opened == 3
+            held = contextlib.AsyncExitStack()
+            async with held:
+                for _ in range(3):
+                    client = await held.enter_async_context(link.session())
+                    assert await client.query_valid_paths([]) == set()
+                assert link.stats.sessions_opened == 3  # all three came from the warm pool
+
+    asyncio.run(go())
+    assert _wait_until(lambda: not any("nix-store" in c for c in _member_procs(own_fleet, "m1")))
+
+
 def test_existing_path_is_not_sent_again(own_fleet: Fleet, tmp_path: Path) -> None:
     path = _added_path(tmp_path, 100_000)
 

@@ -261,6 +261,25 @@ class Link:
             else:
                 await self._discard(session, kill=not session.client.usable)
 
+    async def warm(self, count: int) -> None:
+        """Open sessions, in parallel, until ``count`` are open (idle ones count), so the first
+        builds on each slot do not each wait for a remote ``nix-store`` to start. A failure is
+        left for the next borrower to meet and report."""
+        missing = min(count, self.max_sessions) - len(self._sessions)
+        if missing <= 0 or self._closed:
+            return
+
+        async def one() -> None:
+            with contextlib.suppress(OffloadError):
+                async with self._slots:
+                    session = await self._open()
+                    if self._closed:
+                        await self._discard(session, kill=False)
+                    else:
+                        self._idle.append(session)
+
+        await asyncio.gather(*(one() for _ in range(missing)))
+
     async def query_valid(self, paths: Iterable[str]) -> set[str]:
         """Which of ``paths`` are valid on this store, substituting first if ``substitute``."""
         async with self.session() as client:
