@@ -226,7 +226,9 @@ def _topological(selected: set[str], drvs: Mapping[str, Derivation]) -> list[str
     return order
 
 
-def build_plan(graph: DrvGraph) -> BuildPlan:
+def build_plan(graph: DrvGraph, sizes: Mapping[str, int] | None = None) -> BuildPlan:
+    """The plan for ``graph``; ``sizes`` (store path -> NAR bytes) sizes each build's sources."""
+    sizes = sizes or {}
     inputs: dict[str, tuple[str, ...]] = {}
     outputs: dict[str, tuple[str, ...]] = {}
     for drv_path in graph.order:
@@ -236,7 +238,17 @@ def build_plan(graph: DrvGraph) -> BuildPlan:
             paths.update(graph.output_path(dep, name) for name in names)
         inputs[drv_path] = tuple(sorted(paths))
         outputs[drv_path] = tuple(graph.output_path(drv_path, name) for name in sorted(drv.outputs))
-    return BuildPlan(drvs=graph.drvs, order=graph.order, inputs=inputs, outputs=outputs)
+    source_bytes = {
+        drv_path: sum(sizes.get(src, 0) for src in graph.drvs[drv_path].input_srcs)
+        for drv_path in graph.order
+    }
+    return BuildPlan(
+        drvs=graph.drvs,
+        order=graph.order,
+        inputs=inputs,
+        outputs=outputs,
+        source_bytes=source_bytes,
+    )
 
 
 def _slot_spec(machine: Machine) -> MachineSlotSpec:
@@ -355,9 +367,11 @@ async def run_build(
                 )
                 fetched = _report_substituted(graph, emit)
                 fetched += await _fetch_existing(graph, clients, local, emit)
+                sources = {src for d in graph.order for src in graph.drvs[d].input_srcs}
+                infos = await local.query_path_infos(sources) if sources else {}
             # The sessions just opened reported each builder's load: busy ones get fewer slots.
             loaded = _under_load(members, emit)
-            plan = build_plan(graph)
+            plan = build_plan(graph, {path: info.nar_size for path, info in infos.items()})
             pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
             estimates = estimate(pnames) if estimate is not None else {}
             executor = Executor(

@@ -31,6 +31,12 @@ def test_only_missing_outputs_are_built_dependencies_first():
     assert graph.fetch == {}
     plan = build_plan(graph)
     assert set(plan.inputs[paths["d"]]) >= {graph.output_path(paths["b"], "out")}
+    # Sources are sized from what the local store reports, per derivation.
+    srcs = {src for d in order for src in graph.drvs[d].input_srcs}
+    sized = build_plan(graph, dict.fromkeys(srcs, 5))
+    for d in order:
+        assert sized.source_bytes[d] == 5 * len(graph.drvs[d].input_srcs)
+    assert plan.source_bytes == dict.fromkeys(order, 0)
 
 
 def test_an_output_a_builder_already_has_is_fetched_and_its_inputs_are_not_built():

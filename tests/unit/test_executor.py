@@ -1,13 +1,14 @@
 """The executor over the in-memory serve store: real ServeClient, no processes, no sleeps."""
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from offload.errors import SchedulerError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.run import DEFAULT_WORK, BuildPlan, Executor, PoolMember
+from offload.scheduler.run import DEFAULT_WORK, BuildPlan, Executor, PoolMember, size_factor
 from offload.store.drv import Derivation, DerivationOutput
 from offload.transport.fake import (
     BuildOutcome,
@@ -283,3 +284,35 @@ def test_guessed_estimates_learn_from_this_runs_builds_and_history_is_kept():
     assert work(paths["b"]) < DEFAULT_WORK  # b and c waited for a, and learned from it
     assert work(paths["c"]) < DEFAULT_WORK
     assert work(paths["known"]) == 7.0  # history beats this run's guess
+
+
+def test_bigger_sources_are_guessed_longer_and_keep_that_order_when_learning():
+    plan, paths, _, src = make_plan({"a": [], "big": ["a"], "small": ["a"]})
+    plan = dataclasses.replace(plan, source_bytes={paths["big"]: 100 * 2**20})
+    assert size_factor(0) == size_factor(2**20) == 1.0
+    assert size_factor(10 * 2**20) == pytest.approx(2.0)
+    assert size_factor(2**40) == 4.0
+
+    async def builder(build: FakeBuild) -> BuildOutcome | None:
+        # big fails, so the run stops with small still waiting: what it learned was from a.
+        if build.drv.name == "big":
+            return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "no")
+        return None
+
+    local = FakeLink(FakeStore("local", [src], builder=builder))
+    executor = Executor(
+        plan,
+        [PoolMember(spec("local", slots=1), local, remote=False)],
+        local,
+        emit=lambda e: None,
+        wall=iter(range(0, 1000, 2)).__next__,
+    )
+    work = executor.policy.graph.work
+    assert work(paths["big"]) == pytest.approx(3 * DEFAULT_WORK)
+    assert work(paths["small"]) == DEFAULT_WORK
+    report = asyncio.run(executor.run())
+    assert report.built == [paths["a"]]
+    assert list(report.failed) == [paths["big"]]
+    # Both learned from a's build, and big is still guessed three times small.
+    assert work(paths["small"]) < DEFAULT_WORK
+    assert work(paths["big"]) == pytest.approx(3 * work(paths["small"]))

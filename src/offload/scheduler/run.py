@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import statistics
 import time
 import uuid
@@ -70,6 +71,7 @@ __all__ = [
     "PoolMember",
     "RunReport",
     "plan_jobs",
+    "size_factor",
 ]
 
 MAX_LOSSES = 3
@@ -134,6 +136,17 @@ class BuildPlan:
     order: Sequence[str]
     inputs: Mapping[str, tuple[str, ...]]  # drv -> input store paths (sources + input outputs)
     outputs: Mapping[str, tuple[str, ...]]  # drv -> its output paths
+    # drv -> NAR bytes of its input sources, where known: a hint for builds without history.
+    source_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+def size_factor(source_bytes: int) -> float:
+    """How much longer than ``DEFAULT_WORK`` a build without history is guessed to take, from
+    the size of its sources: 1 up to 1 MiB, 2 at 10 MiB, 3 at 100 MiB, at most 4 (a bigger
+    source tree usually means more to compile; only the order it gives matters much, and a
+    run's own builds correct the guess)."""
+    mib = source_bytes / 2**20
+    return min(4.0, 1.0 + math.log10(max(mib, 1.0)))
 
 
 @dataclass
@@ -163,6 +176,7 @@ def plan_jobs(
         drv = plan.drvs[drv_path]
         pname = split_name_version(drv.name)[0]
         default = BIG_PARALLEL_WORK if "big-parallel" in drv.required_features else DEFAULT_WORK
+        default *= size_factor(plan.source_bytes.get(drv_path, 0))
         jobs.append(
             Job(
                 id=drv_path,
@@ -263,6 +277,8 @@ class Executor:
             and "big-parallel" not in plan.drvs[d].required_features
         }
         self._guess = DEFAULT_WORK
+        # A guessed job's work is this run's guess times its size factor.
+        self._factor = {d: size_factor(plan.source_bytes.get(d, 0)) for d in self._guessed}
         self._observed: list[float] = []
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self._tasks: dict[asyncio.Task[_Outcome], tuple[str, str]] = {}
@@ -497,7 +513,7 @@ class Executor:
         seconds = outcome.build_seconds
         if seconds is None:
             seconds = max(0.0, self.wall() - outcome.started)
-        self._observed.append(seconds * speed)
+        self._observed.append(seconds * speed / self._factor[drv_path])
         median = statistics.median(self._observed)
         if abs(median - self._guess) <= LEARN_CHANGE * self._guess:
             return
@@ -507,7 +523,7 @@ class Executor:
         graph = self.policy.graph
         for job in self._guessed:
             if graph.state(job) in {JobState.PENDING, JobState.READY}:
-                self.policy.on_estimate(job, median)
+                self.policy.on_estimate(job, median * self._factor[job])
 
     def _fail(self, drv_path: str, machine: str, outcome: _Outcome, now: float) -> None:
         finished = self.policy.on_finished(drv_path, machine, now, ok=False)
