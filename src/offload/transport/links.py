@@ -84,6 +84,8 @@ _TAIL = 20
 _KILL_GRACE = 5
 # How long a kill over the master, or `ssh -O exit`, may take before we give up on it.
 _CONTROL_TIMEOUT = 15.0
+# How long a master may take to leave once its stdin is closed.
+_MASTER_EXIT = 2.0
 # Authentication can stall after the TCP connect that ConnectTimeout covers.
 _AUTH_SLACK = 15.0
 
@@ -584,12 +586,13 @@ class SshTransport:
         proc, self._master = self._master, None
         if stack is None:
             return
-        if proc is not None and proc.returncode is None:
-            # On SIGTERM ssh's master closes its connection and removes its socket, as on
-            # `ssh -O exit`, without starting another ssh for that; its pipes then end, which
-            # is what the stack's readers wait for.
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            # The master's own remote command ends at EOF on its stdin; with no session left,
+            # ssh then exits cleanly (socket removed, totals logged), as on `ssh -O exit` but
+            # without starting another ssh. Only a master that does not is signalled (stack).
+            proc.stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), _MASTER_EXIT)
         await stack.aclose()
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
