@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -23,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from offload.fleet import Fleet, Member, MemberSpec, fleet_down, fleet_up
+from offload.fleet import Fleet, Member, MemberSpec
+from tests.conftest import private_fleet
 
 # The builder's speed file, or "local" where there is none (the local machine).
 SPEED = "(/bin/cat /etc/nix/offload-speed 2>/dev/null || echo local)"
@@ -186,11 +186,8 @@ def machines_lines(fleet: Fleet) -> list[list[str]]:
 @pytest.fixture
 def own_fleet() -> Iterator[Fleet]:
     """A private two-member fleet (a: speed 2, b: speed 1, one slot each) for destructive tests."""
-    root = Path(tempfile.mkdtemp(prefix="ofk", dir="/tmp"))
-    try:
-        yield fleet_up(root, [MemberSpec.parse("a:2:1"), MemberSpec.parse("b:1:1")])
-    finally:
-        fleet_down(root, purge=True)
+    with private_fleet([MemberSpec.parse("a:2:1"), MemberSpec.parse("b:1:1")], "ofk") as started:
+        yield started
 
 
 # -- issue 2: a derivation with inputs, built on a named member ----------------------------------

@@ -10,11 +10,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,23 +22,18 @@ import pytest
 
 from offload.config.machines import Machine, parse_machines
 from offload.errors import OffloadError, SshError
-from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
+from offload.fleet import Fleet, MemberSpec
 from offload.protocol.serve import BuildStatus, Sink, copy_paths
 from offload.store.drv import read_derivation
 from offload.transport.links import LocalLink, MachineLink
 from offload.transport.ssh import SshTarget
+from tests.conftest import private_fleet
 
 
 @pytest.fixture(scope="module")
 def own_fleet() -> Iterator[Fleet]:
-    root = Path(tempfile.mkdtemp(prefix="ofll", dir="/tmp"))
-    try:
-        yield fleet_up(root, [MemberSpec("m1", 1, 2), MemberSpec("s1", 1, 1)])
-    finally:
-        try:
-            fleet_down(root, purge=True)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    with private_fleet([MemberSpec("m1", 1, 2), MemberSpec("s1", 1, 1)], "ofll") as started:
+        yield started
 
 
 def _machine(fleet: Fleet, name: str) -> Machine:

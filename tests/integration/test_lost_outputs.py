@@ -13,9 +13,7 @@ under ``tmp_path``.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_up
+from offload.fleet import Fleet
+from tests.conftest import private_fleet
 from tests.integration.test_build import (
     SPEED,
     _drop_member,
@@ -48,14 +47,8 @@ POLLS = 300
 @pytest.fixture
 def own_fleet() -> Iterator[Fleet]:
     """A private fast/medium/slow fleet (as the shared one) for tests that kill members."""
-    root = Path(tempfile.mkdtemp(prefix="ofo", dir="/tmp"))
-    try:
-        yield fleet_up(root, DEFAULT_SPECS)
-    finally:
-        try:
-            fleet_down(root, purge=True)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    with private_fleet(prefix="ofo") as started:
+        yield started
 
 
 def routed(fleet: Fleet, tmp_path: Path) -> Path:

@@ -708,15 +708,20 @@ class Policy:
         returned: list[str] = []
         for _, _, job_id, _ in list(m.ends):
             runs = self._runs[job_id]
-            run = next(r for r in runs if r.machine is m)
-            self._release_slot(run, job_id)
-            runs.remove(run)
-            if not runs:
-                del self._runs[job_id]
-                if self.graph.mark_returned(job_id):
-                    self._enqueue(job_id)
+            if self._drop_copy(job_id, runs, next(r for r in runs if r.machine is m)):
                 returned.append(job_id)
         return MachineDown(machine, m.down_until, m.failures, tuple(returned))
+
+    def _drop_copy(self, job_id: str, runs: list[_Run], run: _Run) -> bool:
+        """Free one copy's slot; True if it was the job's last, which then goes back."""
+        self._release_slot(run, job_id)
+        runs.remove(run)
+        if runs:
+            return False
+        del self._runs[job_id]
+        if self.graph.mark_returned(job_id):
+            self._enqueue(job_id)
+        return True
 
     def on_returned(self, job_id: str, machine: str) -> bool:
         """The copy of ``job_id`` on ``machine`` gave up through no fault of that machine (an
@@ -726,12 +731,7 @@ class Policy:
         run = next((r for r in runs or () if r.machine.spec.name == machine), None)
         if runs is None or run is None:
             return False
-        self._release_slot(run, job_id)
-        runs.remove(run)
-        if not runs:
-            del self._runs[job_id]
-            if self.graph.mark_returned(job_id):
-                self._enqueue(job_id)
+        self._drop_copy(job_id, runs, run)
         return True
 
     def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
