@@ -4,8 +4,9 @@ through the client, and outputs lost with their builder are built again (in-memo
 import asyncio
 
 from offload.scheduler.run import Executor, PoolMember
+from offload.transport import fake
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
-from offload.ui.events import Event, JobFinished, MachineEvent
+from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
 from tests.unit.test_executor import finished, make_plan, spec
 
 
@@ -115,3 +116,57 @@ def test_of_two_equally_fast_builders_the_one_holding_the_inputs_gets_the_job():
     assert report.ok, report.failed
     assert finished(events) == {"a": "q", "b": "q"}
     assert p.builds == []
+
+
+def test_a_dependent_starts_before_its_input_has_come_home(monkeypatch):
+    plan, paths, outs, src = make_plan({"a": [], "b": ["a"]})
+    local_store = store("local", src)
+    fast = store("fast")
+    b_started = asyncio.Event()
+
+    async def builder(build: FakeBuild) -> BuildOutcome:
+        if build.drv.name == "b":
+            b_started.set()
+        return await keeps_no_references(build)
+
+    fast.builder = builder
+    register = fake._Server.register
+
+    async def held_home(server, fp, expected=None):
+        # a's output reaches the local store only once b has started on fast.
+        # (Bounded, so a run that waits for a before starting b fails instead of hanging.)
+        if server.store is local_store and fp.path == outs["a"]:
+            await asyncio.wait_for(b_started.wait(), 10)
+        await register(server, fp, expected)
+
+    monkeypatch.setattr(fake._Server, "register", held_home)
+    members = [PoolMember(spec("fast", speed=4, slots=1), FakeLink(fast), remote=True)]
+    report, events = run(plan, members, FakeLink(local_store), home=None)
+    assert report.ok, report.failed
+    assert fast.builds == [paths["a"], paths["b"]]
+    assert local_store.has(outs["a"])
+    assert local_store.has(outs["b"])
+    a_home = next(i for i, e in enumerate(events) if isinstance(e, JobFinished) and e.name == "a")
+    b_building = next(
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, JobPhase) and e.name == "b" and e.phase == "building"
+    )
+    assert b_building < a_home
+
+
+def test_outputs_lost_on_their_way_home_are_built_again():
+    plan, paths, outs, src = make_plan({"a": []})
+    local_store = store("local", src)
+    fast, slow = store("fast"), store("slow")
+    fast.break_next("dump")  # fast dies while a's output is on its way home
+    members = [
+        PoolMember(spec("fast", speed=8, slots=1), FakeLink(fast), remote=True),
+        PoolMember(spec("slow", speed=1, slots=1), FakeLink(slow), remote=True),
+    ]
+    report, events = run(plan, members, FakeLink(local_store), home=None)
+    assert report.ok, report.failed
+    assert (fast.builds, slow.builds) == ([paths["a"]], [paths["a"]])
+    ends = [(e.machine, e.status) for e in events if isinstance(e, JobFinished)]
+    assert ends == [("fast", "lost"), ("slow", "built")]
+    assert local_store.has(outs["a"])

@@ -9,8 +9,10 @@ inputs -> building -> fetching outputs.
 Where outputs live. The executor knows which stores hold each finished job's outputs: the
 machine that built it, every machine its outputs were sent to since, and the local store (the
 *home*). Outputs that must end up here (the requested ones; all of them with ``home=None``,
-which is what ``--fetch-all`` and Nix do) are fetched as soon as they are built; the others
-stay where they were built, so a dependent on the same builder starts at once. Inputs reach a
+which is what ``--fetch-all`` and Nix do) are copied home in the background as soon as they
+are built, and the build is reported when they have arrived; the others stay where they were
+built. Either way a dependent on the same builder starts at once. Until a wanted output is
+home it counts as needed: if its builder goes away first, the job runs again. Inputs reach a
 machine from the local store, else from a builder holding them, streamed through this process
 from one serve session to the other (never through a file). Nothing is registered anywhere
 unless it arrived whole. When a machine goes down, outputs only it held are lost: the jobs
@@ -35,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from offload.backoff import Health
 from offload.errors import OffloadError, ProtocolError, SchedulerError
@@ -204,6 +206,10 @@ class _Outcome:
     source: str | None = None
 
 
+def _with_error(outcome: _Outcome, error: OffloadError) -> _Outcome:
+    return dataclasses.replace(outcome, error=error.message)
+
+
 class _InputsGone(Exception):
     """Inputs could not be had from their holder ``source`` (None: no holder is left)."""
 
@@ -282,6 +288,9 @@ class Executor:
         self._observed: list[float] = []
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self._tasks: dict[asyncio.Task[_Outcome], tuple[str, str]] = {}
+        # Outputs on their way home after their build was accepted: the copy's outcome waits
+        # here to be reported once they arrive.
+        self._homeward: dict[asyncio.Task[int], tuple[str, str, _Outcome]] = {}
         self._losses: dict[str, int] = {}
         self._stopping = False
 
@@ -367,15 +376,19 @@ class Executor:
                             self._start(job, machine, speculative=True)
                         case Wait(until=until):
                             wake = until
-            if not self._tasks:
+            if not self._tasks and not self._homeward:
                 # Nothing runs, so a wake-up could only be for a backed-off machine: rather
                 # than sleep out its backoff, stop and say why (_check_stuck).
                 break
             timeout = None if wake is None else max(0.0, wake - self.clock())
             done, _ = await asyncio.wait(
-                self._tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {*self._tasks, *self._homeward},
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            for task in done:
+            for arrived in [task for task in self._homeward if task in done]:
+                self._arrived(arrived)
+            for task in [task for task in self._tasks if task in done]:
                 await self._settle(task)
         self._check_stuck()
 
@@ -447,11 +460,49 @@ class Executor:
                 self._learn(drv_path, machine, outcome)
                 if drv_path not in self.report.built:  # built again after its outputs were lost
                     self.report.built.append(drv_path)
-                self._emit_outcome(drv_path, machine, "built", outcome)
+                if drv_path in self._home and not outcome.home:
+                    self._send_home(drv_path, machine, outcome)
+                else:
+                    self._emit_outcome(drv_path, machine, "built", outcome)
                 for cancel in finished.cancel:
                     await self._cancel(cancel)
             case "failed":
                 self._fail(drv_path, machine, outcome, now)
+
+    def _send_home(self, drv_path: str, machine: str, outcome: _Outcome) -> None:
+        """Copy a wanted output home in the background: its dependents need not wait for it
+        (they get it from the builder, or from here once it has arrived)."""
+        task = asyncio.create_task(self._fetch_home(drv_path, machine), name=f"home:{drv_path}")
+        self._homeward[task] = (drv_path, machine, outcome)
+
+    async def _fetch_home(self, drv_path: str, machine: str) -> int:
+        self._phase(drv_path, machine, "fetching", speculative=False)
+        link = self.members[machine].link
+        async with link.session() as src, self.local.session() as local:
+            return await send_closure(src, local, self.plan.outputs[drv_path])
+
+    def _arrived(self, task: asyncio.Task[int]) -> None:
+        drv_path, machine, outcome = self._homeward.pop(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            if drv_path in self._holders:
+                self._holders[drv_path].add(HOME)
+            arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
+            self._emit_outcome(drv_path, machine, "built", arrived)
+        elif isinstance(error, ProtocolError) and error.peer == LOCAL_STORE:
+            # The local store refused the outputs: final, as for any other copy home.
+            self.report.failed[drv_path] = error.message
+            self._emit_outcome(drv_path, machine, "failed", _with_error(outcome, error))
+            if not self.keep_going:
+                self._stopping = True
+        elif isinstance(error, OffloadError):
+            # The builder went away with outputs this machine still needs: built again.
+            self._emit_outcome(drv_path, machine, "lost", _with_error(outcome, error))
+            self._machine_failed(machine, error.message, self.clock())
+        else:
+            raise error
 
     def _machine_failed(self, machine: str, error: str, now: float) -> None:
         """Back ``machine`` off, stop its builds (the policy queued them again), and have
@@ -492,7 +543,9 @@ class Executor:
             self.policy.on_outputs_lost(undo)
 
     def _needed(self, job: str) -> bool:
-        """Whether a dependent still has to receive this job's outputs."""
+        """Whether this machine or a dependent still has to receive this job's outputs."""
+        if job in self._home and HOME not in self._holders.get(job, ()):
+            return True
         graph = self.policy.graph
         for dependent in graph.dependents(job):
             state = graph.state(dependent)
@@ -548,12 +601,14 @@ class Executor:
                 self._tasks.pop(task, None)
 
     async def _stop_all(self) -> None:
-        for task in self._tasks:
+        tasks: list[asyncio.Task[Any]] = [*self._tasks, *self._homeward]
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._homeward.clear()
 
     def _emit_outcome(
         self,
@@ -652,13 +707,8 @@ class Executor:
                 build_seconds = self.clock() - build_start
                 if not result.success:
                     return _Outcome("failed", result.error_msg, started, sent, received)
-                home = not member.remote
-                if member.remote and drv_path in self._home:
-                    self._phase(drv_path, name, "fetching", speculative=speculative)
-                    async with self.local.session() as local:
-                        received = await send_closure(client, local, self.plan.outputs[drv_path])
-                    home = True
                 client.on_log = None
+            home = not member.remote
             return _Outcome("built", None, started, sent, received, build_seconds, home)
         except _InputsGone as exc:
             return _Outcome("returned", exc.message, started, sent, received, source=exc.source)
