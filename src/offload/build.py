@@ -570,21 +570,30 @@ async def dry_run(
     roots: Sequence[tuple[str, str]],
     pool: Pool,
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
-) -> tuple[DrvGraph, SimResult]:
-    """What a run would build and where, planned on the pool without building anything.
+    env: Mapping[str, str] | None = None,
+) -> tuple[DrvGraph, SimResult, dict[str, str]]:
+    """What a run would fetch from builders, build and where, planned without building.
 
-    Builders are not contacted and nothing is substituted: outputs a builder may hold or a
-    binary cache may have are counted as to be built.
+    Builders are asked which needed outputs they hold, as a run asks them; the ones that do not
+    answer are left out of the plan and returned with their errors. Binary caches are not asked
+    (that would download): what they may have is counted as to be built.
     """
-    async with LocalLink(max_sessions=1) as local_link, local_link.session() as local:
-        graph = await load_graph(local, roots)
+    unreachable: dict[str, str] = {}
+    async with (
+        LocalLink(max_sessions=1, env=pool.local_env()) as local_link,
+        pool_members(pool, local_link, env) as members,
+        contextlib.AsyncExitStack() as opened,
+    ):
+        remote = {m.spec.name: m.link for m in members if m.remote}
+        local, clients, _ = await _open_sessions(opened, local_link, remote, unreachable, roots)
+        graph = await load_graph(local, roots, remotes=clients)
     plan = build_plan(graph)
     pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
     jobs = plan_jobs(plan, estimate(pnames) if estimate is not None else {})
-    specs = pool_specs(pool)
+    specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
     if not specs:
         raise SchedulerError("no machine to build on", hint="pass -j N or --builders")
-    return graph, simulate(jobs, specs, strict=False)
+    return graph, simulate(jobs, specs, strict=False), unreachable
 
 
 def out_links(

@@ -4,6 +4,8 @@ import secrets
 import subprocess
 import sys
 
+from tests.integration.test_build import nix_file, offload, out_path, valid_locally
+
 NIX = """
 { salt }:
 let mk = name: deps: derivation {
@@ -35,3 +37,28 @@ def test_dry_run_plans_every_missing_derivation_and_builds_nothing(tmp_path):
     valid = subprocess.run(["nix-store", "--check-validity", out], capture_output=True, check=False)
     assert valid.returncode != 0, "a dry run must not build"
     assert not (tmp_path / "result").exists()
+
+
+def test_dry_run_asks_builders_and_plans_a_fetch_for_what_they_hold(fleet, tmp_path):
+    file = nix_file(
+        tmp_path,
+        'rec { x = mk "x" "echo x-${salt} > $out" {};\n'
+        '  y = mk "y" "echo $x > $out" { inherit x; }; }\n',
+    )
+    builders = ("--builders", f"@{fleet.machines_file}", "-j", "0")
+    first = offload(fleet, tmp_path, file, "-A", "x", *builders, "--on", "fast", "--no-out-link")
+    assert first.returncode == 0, first.stderr
+    x = out_path(file, "x")
+    deleted = subprocess.run(
+        ["nix-store", "--delete", x], capture_output=True, text=True, check=False
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    plan_run = offload(fleet, tmp_path, file, "-A", "y", *builders, "--dry-run", "--json")
+    assert plan_run.returncode == 0, plan_run.stderr
+    plan = json.loads(plan_run.stdout)
+    assert [(row["name"], row["machine"]) for row in plan["fetch"]] == [("x", "fast")]
+    assert [row["name"] for row in plan["build"]] == ["y"]
+    assert plan["unreachable"] == {}
+    assert not valid_locally(x)  # planned, not fetched
+    text = offload(fleet, tmp_path, file, "-A", "y", *builders, "--dry-run")
+    assert "x                              from fast" in text.stderr

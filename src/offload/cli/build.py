@@ -88,12 +88,19 @@ def _speeds(pool: Pool) -> dict[str, float]:
 
 def _dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
     with History(state / "history.sqlite") as history:
-        graph, sim = asyncio.run(dry_run(roots, pool, estimator(history, _speeds(pool))))
+        graph, sim, unreachable = asyncio.run(
+            dry_run(roots, pool, estimator(history, _speeds(pool)))
+        )
     rows = sorted(
         (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
     )
+    fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
     if as_json:
         plan = {
+            "fetch": [
+                {"drv_path": drv, "name": graph.drvs[drv].name, "machine": machine}
+                for drv, machine in fetch
+            ],
             "build": [
                 {
                     "drv_path": r.job,
@@ -107,11 +114,19 @@ def _dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: 
             "makespan": round(sim.makespan, 3),
             "lower_bound": round(sim.lower_bound, 3),
             "unschedulable": sorted(sim.failed),
+            "unreachable": unreachable,
         }
         print(json.dumps(plan, indent=1))
         return 0
+    for name, error in sorted(unreachable.items()):
+        print(f"warning: builder '{name}' left out of the plan: {error}", file=sys.stderr)
+    if fetch:
+        print(f"these {len(fetch)} outputs would be fetched from builders:", file=sys.stderr)
+        for drv, machine in fetch:
+            print(f"  {graph.drvs[drv].name:<30} from {machine}", file=sys.stderr)
     if not rows:
-        print("nothing to build: every requested output is valid locally", file=sys.stderr)
+        if not fetch:
+            print("nothing to build: every requested output is valid locally", file=sys.stderr)
         return 0
     print(f"these {len(rows)} derivations would be built:", file=sys.stderr)
     for r in rows:
