@@ -251,11 +251,8 @@ def test_markdown_has_one_row_per_shape_and_marks_what_is_not_ahead():
     assert "## Scheduler cost" in text
     assert "| 50,000 | 1.95 | 30.6 | ok |" in text
     # The simulated plan is shown where the results have it (layered), against the bound.
-    plan_rows = [line for line in text.splitlines() if "no overheads (simulated)" in line]
-    assert plan_rows == [
-        "| offload's plan with exact durations and no overheads (simulated) | | "
-        "3.60 s (1.25x the bound) |"
-    ]
+    (plan_row,) = [line for line in text.splitlines() if "no overheads (simulated)" in line]
+    assert plan_row.endswith("| | 3.60 s (1.25x the bound) |")
     # Builds per machine are means over the successful runs: (40 + 38 + 40) / 3 on fast.
     assert "| builds per machine (mean per run) | fast 39.3, medium 0.7 | fast 21, local 19 |" in (
         text
