@@ -367,13 +367,9 @@ async def run_build(
                 )
                 fetched = _report_substituted(graph, emit)
                 fetched += await _fetch_existing(graph, clients, local, emit)
-                sources = {src for d in graph.order for src in graph.drvs[d].input_srcs}
-                infos = await local.query_path_infos(sources) if sources else {}
+                plan, estimates = await _estimated_plan(graph, local, estimate)
             # The sessions just opened reported each builder's load: busy ones get fewer slots.
             loaded = _under_load(members, emit)
-            plan = build_plan(graph, {path: info.nar_size for path, info in infos.items()})
-            pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
-            estimates = estimate(pnames) if estimate is not None else {}
             executor = Executor(
                 plan,
                 loaded,
@@ -431,6 +427,26 @@ def _local_boot_id() -> str | None:
         return Path(BOOT_ID_FILE).read_text().strip().lower() or None
     except OSError:
         return None
+
+
+async def _estimated_plan(
+    graph: DrvGraph,
+    local: ServeClient,
+    estimate: Callable[[Iterable[str]], Mapping[str, float]] | None,
+) -> tuple[BuildPlan, Mapping[str, float]]:
+    """The plan for ``graph`` and history's estimates (speed-1 seconds by name without
+    version); the sources of the builds history does not know are sized, as a hint for their
+    guessed durations (``offload.scheduler.run.size_factor``)."""
+    pnames = {d: split_name_version(graph.drvs[d].name)[0] for d in graph.order}
+    estimates = estimate(set(pnames.values())) if estimate is not None else {}
+    sources = {
+        src
+        for d, pname in pnames.items()
+        if pname not in estimates
+        for src in graph.drvs[d].input_srcs
+    }
+    infos = await local.query_path_infos(sources) if sources else {}
+    return build_plan(graph, {path: info.nar_size for path, info in infos.items()}), estimates
 
 
 async def _open_sessions(
@@ -587,9 +603,8 @@ async def dry_run(
         remote = {m.spec.name: m.link for m in members if m.remote}
         local, clients, _ = await _open_sessions(opened, local_link, remote, unreachable, roots)
         graph = await load_graph(local, roots, remotes=clients)
-    plan = build_plan(graph)
-    pnames = {split_name_version(plan.drvs[d].name)[0] for d in plan.order}
-    jobs = plan_jobs(plan, estimate(pnames) if estimate is not None else {})
+        plan, estimates = await _estimated_plan(graph, local, estimate)
+    jobs = plan_jobs(plan, estimates)
     specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
     if not specs:
         raise SchedulerError("no machine to build on", hint="pass -j N or --builders")
