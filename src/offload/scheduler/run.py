@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeGuard
 
 from offload.backoff import Health
 from offload.errors import OffloadError, ProtocolError, SchedulerError
@@ -204,6 +204,11 @@ class _Outcome:
     build_seconds: float | None = None
     home: bool = False  # the outputs are in the local store too
     source: str | None = None
+
+
+def _local_store_failed(error: BaseException) -> TypeGuard[ProtocolError]:
+    """Whether a copy failed on the local store's side (its serve session names it)."""
+    return isinstance(error, ProtocolError) and error.peer == LOCAL_STORE
 
 
 def _with_error(outcome: _Outcome, error: OffloadError) -> _Outcome:
@@ -436,19 +441,18 @@ class Executor:
                 self._machine_failed(machine, outcome.error or "connection lost", now)
                 self._emit_outcome(drv_path, machine, "lost", outcome)
             case "returned":
-                if outcome.source is not None:
-                    self._machine_failed(outcome.source, outcome.error or "connection lost", now)
-                else:
+                if outcome.source is None:
                     # Lost inputs are made again before anything needs them (_undo_lost); if
                     # that ever falls short, fail rather than retry forever.
                     self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
                     if self._losses[drv_path] >= MAX_LOSSES:
                         self._fail(drv_path, machine, outcome, now)
                         return
-                self.policy.on_returned(drv_path, machine)
-                if outcome.source is not None:
+                else:
+                    self._machine_failed(outcome.source, outcome.error or "connection lost", now)
                     why = f"the holder of its inputs, {outcome.source}, went away"
                     outcome = dataclasses.replace(outcome, error=why)
+                self.policy.on_returned(drv_path, machine)
                 self._emit_outcome(drv_path, machine, "cancelled", outcome)
             case "built":
                 finished = self.policy.on_finished(drv_path, machine, now, ok=True)
@@ -491,7 +495,7 @@ class Executor:
                 self._holders[drv_path].add(HOME)
             arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
             self._emit_outcome(drv_path, machine, "built", arrived)
-        elif isinstance(error, ProtocolError) and error.peer == LOCAL_STORE:
+        elif _local_store_failed(error):
             # The local store refused the outputs: final, as for any other copy home.
             self.report.failed[drv_path] = error.message
             self._emit_outcome(drv_path, machine, "failed", _with_error(outcome, error))
@@ -717,13 +721,10 @@ class Executor:
                 with contextlib.suppress(OffloadError):
                     await member.link.cancel(client)
             raise
-        except ProtocolError as exc:
-            if exc.peer == LOCAL_STORE:
-                # The local store refused or dropped a copy: not the builder's fault.
-                return _Outcome("failed", exc.message, started, sent, received)
-            return _Outcome("lost", exc.message, started, sent, received)
         except OffloadError as exc:
-            return _Outcome("lost", exc.message, started, sent, received)
+            # The local store refusing or dropping a copy is final, not the builder's fault.
+            kind: Literal["failed", "lost"] = "failed" if _local_store_failed(exc) else "lost"
+            return _Outcome(kind, exc.message, started, sent, received)
 
     def _sources(self, drv_path: str, target: str) -> dict[str, list[str]]:
         """The inputs ``target`` may lack, grouped by the store to copy them from."""
