@@ -1,7 +1,8 @@
 """The summary at the end of a run, computed from its ``JobFinished`` events.
 
 Per machine: derivations built, outputs fetched (already valid there), failures, jobs stopped
-(speculative copies that lost, builds lost with their machine), busy time and bytes moved; and
+(speculative copies that lost, builds lost with their machine, copies that gave way when the
+holder of their inputs went away), busy time and bytes moved; and
 only when the local store took some from its binary caches, a ``substituted`` column (their
 bytes came from the cache, not through offload, so they are not counted).
 Busy time is the sum of job durations on the machine, stopped and failed jobs included since
@@ -39,7 +40,7 @@ class MachineTotals:
     fetched: int = 0
     substituted: int = 0
     failed: int = 0
-    stopped: int = 0  # cancelled speculative copies and builds lost with their machine
+    stopped: int = 0  # cancelled or given-way copies, and builds lost with their machine
     busy: float = 0.0  # seconds, summed over jobs
     sent: int = 0
     received: int = 0
