@@ -163,6 +163,23 @@ def test_stock_nix_builds_on_the_fleet_through_the_machines_file(fleet, tmp_path
         subprocess.run(["nix-store", "--delete", out], capture_output=True, check=False)
 
 
+def test_each_member_logs_in_to_a_clean_home_of_its_own(fleet):
+    # This host's shell start-up files (and whatever they cost) stay out of the members.
+    marker = f"offload-home-{uuid.uuid4().hex}"
+    homes = set()
+    for member in fleet.members:
+        script = f"cd && pwd && ls -A && echo {marker} > {marker}"
+        shown = _ssh(fleet, member.name, "sh", "-c", script)
+        assert shown.returncode == 0, shown.stderr
+        home, *entries = shown.stdout.splitlines()
+        assert marker not in entries  # no other member's file, no file of this host's home
+        assert not {".bashrc", ".profile"} & set(entries)
+        homes.add(home)
+        assert (fleet.dir / member.name / "home" / marker).exists()
+    assert homes == {str(Path.home())}
+    assert not (Path.home() / marker).exists()
+
+
 def test_host_keys_are_pinned(fleet, tmp_path):
     # A known_hosts that pins "fast" to medium's key: ssh must refuse to talk to fast.
     medium_key = (fleet.member("medium").root / "ssh_host_ed25519_key.pub").read_text().split()

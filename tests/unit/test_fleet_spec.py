@@ -175,6 +175,15 @@ def test_member_argv_quotes_paths():
     assert "/tmp/a b/m/etc-nix" in words
     assert words[-4:] == ["-D", "-e", "-f", "/tmp/a b/m/sshd_config"]
     assert "exec" in words
+    assert "/tmp/a b/m/home" not in words
+
+
+def test_member_argv_mounts_its_own_home_over_the_login_home():
+    root = Path("/tmp/a b/m")
+    words = shlex.split(member_argv(root, root / "sshd_config", home=Path("/h o/me"))[-1])
+    at = words.index("/tmp/a b/m/home")
+    assert words[at - 2 : at + 2] == ["mount", "--bind", "/tmp/a b/m/home", "/h o/me"]
+    assert at < words.index("exec")
 
 
 def test_parse_proc_stat_counts_fields_after_the_command_name():

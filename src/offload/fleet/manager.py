@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -392,7 +393,8 @@ def _start_member(fleet_dir: Path, spec: MemberSpec) -> MemberRecord:
         _write_private(config, sshd_config(root, port))
         log = root / "sshd.log"
         log.write_text("")
-        pid = start_detached(member_argv(root, config, spec.proc_overrides), log=log)
+        argv = member_argv(root, config, spec.proc_overrides, home=_login_home())
+        pid = start_detached(argv, log=log)
         stat = _proc_stat(pid)
         record = MemberRecord(spec, port, pid, stat[1] if stat else 0, "")
         try:
@@ -501,6 +503,7 @@ def _prepare_member(fleet_dir: Path, root: Path, spec: MemberSpec) -> None:
         sub.mkdir(mode=0o755, exist_ok=True)
         # The member's /nix and /etc/nix, readable as on any Nix machine.
         sub.chmod(0o755)
+    (root / "home").mkdir(mode=0o700, exist_ok=True)
     etc = root / "etc-nix"
     _write_private(etc / "nix.conf", nix_conf(spec), 0o644)
     _write_private(etc / "offload-speed", f"{speed_text(spec.speed)}\n", 0o644)
@@ -513,6 +516,13 @@ def _prepare_member(fleet_dir: Path, root: Path, spec: MemberSpec) -> None:
     host_key = root / "ssh_host_ed25519_key"
     if not host_key.exists() or not host_key.with_name(host_key.name + ".pub").exists():
         _keygen(host_key, f"offload-fleet-{spec.name}")
+
+
+def _login_home() -> Path | None:
+    """The home directory sshd gives sessions (the fleet's user's, from the password
+    database), when there is one to mount over."""
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    return home if home != Path("/") and home.is_dir() else None
 
 
 def _host_pub(fleet_dir: Path, name: str) -> str:

@@ -1,8 +1,9 @@
 """The local fleet as data: member specs, the files that describe it, and its recorded state.
 
 A fleet lives in one directory. Each member ``NAME`` is an sshd on 127.0.0.1 inside its own mount
-namespace, where ``<dir>/NAME/nix`` is bind-mounted over ``/nix`` and ``<dir>/NAME/etc-nix`` over
-``/etc/nix``: its own store and its own ``nix.conf``. A member may also see its own text in some
+namespace, where ``<dir>/NAME/nix`` is bind-mounted over ``/nix``, ``<dir>/NAME/etc-nix`` over
+``/etc/nix`` and ``<dir>/NAME/home`` over the login user's home: its own store, its own
+``nix.conf`` and a clean home. A member may also see its own text in some
 ``/proc`` files (``proc_overrides``, bind-mounted from ``<dir>/NAME/proc/N`` the way LXCFS does),
 e.g. a fake ``/proc/loadavg`` and boot id, so that it looks like a busy machine of its own.
 The client side is a key pair, an ssh config with one ``Host NAME`` alias per member (Nix 2.8
@@ -216,10 +217,16 @@ def proc_override_file(member_root: Path, index: int) -> Path:
 
 
 def member_argv(
-    member_root: Path, config: Path, proc_overrides: Sequence[tuple[str, str]] = ()
+    member_root: Path,
+    config: Path,
+    proc_overrides: Sequence[tuple[str, str]] = (),
+    home: Path | None = None,
 ) -> list[str]:
     """The command that starts a member: sshd in a fresh mount namespace over its own dirs.
 
+    ``home`` is the login user's home directory; the member's own ``<dir>/NAME/home`` is
+    mounted over it, so sessions run in a clean home as on a real builder, not under this
+    host's shell start-up files (a ``.bashrc`` that sets up pyenv costs each session ~0.1 s).
     ``unshare`` and the shell both exec, so the started pid is sshd's own.
     """
     overrides = "".join(
@@ -231,7 +238,12 @@ def member_argv(
         f"mount --bind {shlex.quote(str(member_root / 'nix'))} /nix && "
         f"mount --bind {shlex.quote(str(member_root / 'etc-nix'))} /etc/nix && "
         f"{overrides}"
-        f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
+        + (
+            f"mount --bind {shlex.quote(str(member_root / 'home'))} {shlex.quote(str(home))} && "
+            if home is not None
+            else ""
+        )
+        + f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
     )
     return ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", script]
 
