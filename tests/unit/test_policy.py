@@ -98,6 +98,23 @@ def test_waits_for_soon_free_fast_slot() -> None:
     assert starts(policy.next_decisions(1.0)) == [("second", "fast")]
 
 
+def test_holds_more_jobs_than_there_are_free_slots() -> None:
+    # fast (2 slots) is busy until t=1 and t=1.1; slow has the only free slot. Both short jobs
+    # end sooner after a wait on fast (1.25, 1.325) than on slow now (2.0, 1.8): neither may
+    # take slow just because only one slot is free to hold for.
+    policy = Policy(
+        [job("long1", 4), job("long2", 4.4), job("short1", 1.0), job("short2", 0.9)],
+        [machine("fast", 4, slots=2), machine("slow", 0.5, slots=1)],
+    )
+    first = policy.next_decisions(0.0)
+    assert starts(first) == [("long2", "fast"), ("long1", "fast")]
+    assert starts(first) + starts(policy.next_decisions(0.0)) == starts(first)
+    assert policy.copies("short1") == policy.copies("short2") == []
+    assert waits(first) == [1.0]
+    policy.on_finished("long1", "fast", 1.0, ok=True)
+    assert starts(policy.next_decisions(1.0)) == [("short1", "fast")]
+
+
 def test_takes_free_slow_slot_when_waiting_does_not_pay() -> None:
     # fast is busy until t=10: 10 + 8/4 = 12 there, 8 on slow now.
     policy = Policy([job("first", 40), job("second", 8)], [machine("fast", 4), machine("slow")])

@@ -28,19 +28,20 @@ from the job to a sink), ties by more direct dependents, then by id, from one he
 Nothing is re-sorted per decision (Hydra's per-step re-sort was O(N² log N), hydra PR #1301);
 a changed estimate pushes a fresh heap entry and the stale one is dropped when it surfaces.
 
-Placement. Each job goes where it is expected to *finish* first: for each eligible machine that
-is up, start = now if it has a free slot, else the expected end of its earliest-ending slot;
-finish = start + transfer estimate (pluggable ``TransferCost``, zero by default) + work / speed.
-When the best finish is on a busy machine, the job is *held*: it reserves that slot for this
-round (later jobs see the slot as busy until the held job would finish there) and is offered
-again at the next call. At most min(free slots, 4) jobs are held per round; past that a job
-takes the fastest free slot. Every hold is re-examined at each call, so the cap is what keeps a
-call cheap on huge graphs (the later, less critical jobs are the right ones for slow slots
-anyway). A running job that has overrun its estimate is assumed to need another quarter of its
-elapsed time. Machines of one speed in a class form a tier whose earliest start is computed once
-per call and again only when a decision touches it (no transfer costs); with a transfer model
-every eligible machine is scored. Either way the scan stops at the first machine too slow to
-beat the best finish found.
+Placement. Each job goes where it is expected to *finish* first: for each eligible machine that is
+up, start = now if it has a free slot, else the expected end of its earliest-ending slot; finish =
+start + transfer estimate (pluggable ``TransferCost``, zero by default) + work / speed. When the
+best finish is on a busy machine, the job is *held*: it reserves that slot for this round (later
+jobs see the slot as busy until the held job would finish there) and is offered again at the next
+call. At most 4 jobs are held per round, however few slots are free (each reservation makes the
+next job see the queue it would join, so holding more jobs than there are free slots is still
+sound); past that a job takes the fastest free slot. Every hold is re-examined at each call, so the
+cap is what keeps a call cheap on huge graphs (the later, less critical jobs are the right ones for
+slow slots anyway). A running job that has overrun its estimate is assumed to need another quarter
+of its elapsed time. Machines of one speed in a class form a tier whose earliest start is computed
+once per call and again only when a decision touches it (no transfer costs); with a transfer model
+every eligible machine is scored. Either way the scan stops at the first machine too slow to beat
+the best finish found.
 
 Idle tail. When no job is ready or held and a machine has a free slot, a running job is copied
 onto the fastest such machine if that copy is expected to finish earlier by more than both
@@ -481,7 +482,7 @@ class Policy:
         decisions: list[Decision] = []
         held: list[str] = []
         wake = math.inf
-        hold_budget = min(self._free_up_total, _MAX_HOLDS_PER_ROUND) if self._hold else 0
+        hold_budget = _MAX_HOLDS_PER_ROUND if self._hold else 0
         reserved: list[_Machine] = []
         graph = self.graph
         transfer = self._transfer
