@@ -123,6 +123,43 @@ def test_takes_free_slow_slot_when_waiting_does_not_pay() -> None:
     assert waits(decisions) == []
 
 
+def _chain_and_side(side_work: float) -> list[Job]:
+    return [job("c0", 4), job("c1", 4, "c0"), job("c2", 4, "c1"), job("side", side_work)]
+
+
+def test_job_with_slack_leaves_the_fast_slot_free() -> None:
+    # The chain needs 12 / 4 = 3 s on fast; "side" has 3 - 0.25 s of slack there and may spend
+    # half of it: 1 s on slow ends within it, so the second fast slot stays free.
+    pool = [machine("fast", 4, slots=2), machine("slow", 1)]
+    policy = Policy(_chain_and_side(1), pool)
+    assert starts(policy.next_decisions(0.0)) == [("c0", "fast"), ("side", "slow")]
+    greedy = Policy(_chain_and_side(1), pool, slack_share=0)
+    assert starts(greedy.next_decisions(0.0)) == [("c0", "fast"), ("side", "fast")]
+
+
+def test_job_without_enough_slack_keeps_the_earliest_finish() -> None:
+    # 3 s on slow would spend more than half of side's slack (12 / 4 - 3 / 4 after it): fast.
+    policy = Policy(_chain_and_side(3), [machine("fast", 4, slots=2), machine("slow", 1)])
+    assert starts(policy.next_decisions(0.0)) == [("c0", "fast"), ("side", "fast")]
+
+
+def test_slack_counts_the_critical_path_still_running() -> None:
+    # At t=0.4 only "side" is ready (path 1), but c0 has 12 - 0.4 * 4 = 10.4 work of its path
+    # left: side's slack comes from that, so it goes to slow, not to the free fast slot.
+    pool = [machine("fast", 4, slots=2), machine("slow", 1)]
+    jobs = [
+        job("c0", 4),
+        job("c1", 4, "c0"),
+        job("c2", 4, "c1"),
+        job("t", 0.4),
+        job("side", 1, "t"),
+    ]
+    policy = Policy(jobs, pool)
+    assert starts(policy.next_decisions(0.0)) == [("c0", "fast"), ("t", "slow")]
+    assert policy.on_finished("t", "slow", 0.4, ok=True).newly_ready == ("side",)
+    assert starts(policy.next_decisions(0.4)) == [("side", "slow")]
+
+
 def test_no_holding_when_disabled() -> None:
     policy = Policy(
         [job("first", 4), job("second", 3.9)], [machine("fast", 4), machine("slow")], hold=False

@@ -43,6 +43,13 @@ once per call and again only when a decision touches it (no transfer costs); wit
 every eligible machine is scored. Either way the scan stops at the first machine too slow to beat
 the best finish found.
 
+Slack. A job off the critical path need not take the machine where it would finish first. The
+run is expected to end when the longest remaining path does (the most critical ready job's, or a
+running job's less what its machine has done), on the fastest machine; a job's latest end is
+that, less its own path after it. A job takes the slowest free machine where it still ends
+within half of that slack (``slack_share``), so fast slots stay free for the critical work that
+becomes ready soon; half, because estimates are wrong and a late side job becomes critical.
+
 Idle tail. When no job is ready or held and a machine has a free slot, a running job is copied
 onto the fastest such machine if that copy is expected to finish earlier by more than both
 ``min_gain`` seconds and ``min_ratio`` of the running copy's expected remaining time. A job
@@ -98,6 +105,8 @@ _SPECULATION_LOOKAHEAD = 8
 # Jobs held for a busy slot per round; later ones take the fastest free slot. Each hold is
 # re-examined every round, so this bounds the work per event.
 _MAX_HOLDS_PER_ROUND = 4
+# The share of its slack a job may spend on a slower machine to leave faster ones free.
+_SLACK_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +326,7 @@ class Policy:
         speculation: SpeculationRule | None = None,
         backoff: Backoff | None = None,
         hold: bool = True,
+        slack_share: float = _SLACK_SHARE,
         strict: bool = True,
     ) -> None:
         self.graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
@@ -327,6 +337,7 @@ class Policy:
         self._speculation = speculation if speculation is not None else SpeculationRule()
         self._backoff = backoff if backoff is not None else Backoff()
         self._hold = hold
+        self._slack_share = slack_share
         self._machines = {m.name: _Machine(m, m.speed, m.slots) for m in machines}
         self._by_speed = sorted(self._machines.values(), key=lambda m: -m.speed)
         self._free_up_total = sum(m.slots for m in machines)
@@ -340,6 +351,8 @@ class Policy:
         # Single-copy runs, for speculation: latest planned end first, and earliest start first.
         self._by_end: list[tuple[float, int, str]] = []
         self._by_start: list[tuple[float, int, str]] = []
+        # Running jobs, most critical first, for the remaining critical path (_remaining_path).
+        self._by_path: list[tuple[float, int, str]] = []
         self._copy_seq = 0
         self.unschedulable: dict[str, str] = {}
         self.skipped_at_start: list[str] = []
@@ -490,6 +503,7 @@ class Policy:
         classes = list(self._classes.values())
         self._round += 1
         round_no = self._round
+        remaining: float | None = None
         while self._free_up_total > 0:
             cls = self._best_class(classes)
             if cls is None:
@@ -504,6 +518,16 @@ class Policy:
                     cls, graph.job(job_id), work, now, transfer
                 )
             assert best is not None  # cls.free_up > 0: some member is up with a free slot
+            if self._slack_share > 0:
+                if remaining is None:
+                    # The first job of a round is the most critical ready one.
+                    remaining = self._remaining_path(now, graph.critical_path(job_id))
+                slower = self._slower_in_slack(
+                    cls, job_id, now, remaining=remaining, best=best, best_finish=best_finish
+                )
+                if slower is not None:
+                    best, best_finish = slower
+                    best_start = now
             if best.free == 0:
                 if hold_budget > 0:
                     hold_budget -= 1
@@ -525,6 +549,7 @@ class Policy:
                 tier.round = -1
             run = self._take_slot(best, job_id, now, best_finish)
             self._runs[job_id] = [run]
+            heapq.heappush(self._by_path, (-graph.critical_path(job_id), run.copy, job_id))
             if self._speculation.min_gain < math.inf:
                 heapq.heappush(self._by_end, (-best_finish, run.copy, job_id))
                 heapq.heappush(self._by_start, (now, run.copy, job_id))
@@ -540,6 +565,67 @@ class Policy:
         if wake < math.inf:
             decisions.append(Wait(wake))
         return decisions
+
+    def _remaining_path(self, now: float, ready: float) -> float:
+        """The longest critical path left, in work: ``ready``'s (the most critical ready job)
+        or a running job's less the work its machine has done on it since it started."""
+        longest = ready
+        heap = self._by_path
+        kept: list[tuple[float, int, str]] = []
+        # Most critical first: once a job's whole path is no longer, no later one's rest is.
+        # A bounded look keeps a round cheap; too short an answer only leaves less slack.
+        while heap and -heap[0][0] > longest and len(kept) < _SPECULATION_LOOKAHEAD:
+            entry = heapq.heappop(heap)
+            runs = self._runs.get(entry[2])
+            if runs is None or runs[0].copy != entry[1]:
+                continue  # finished or went back: dead for good
+            kept.append(entry)
+            done = max((now - r.start) * r.machine.speed for r in runs)
+            longest = max(longest, -entry[0] - done)
+        for entry in kept:
+            heapq.heappush(heap, entry)
+        return longest
+
+    def _slower_in_slack(
+        self,
+        cls: _Class,
+        job_id: str,
+        now: float,
+        *,
+        remaining: float,
+        best: _Machine,
+        best_finish: float,
+    ) -> tuple[_Machine, float] | None:
+        """A slower free machine on which ``job_id`` still ends within its share of slack.
+
+        The run is expected to end when the longest ``remaining`` path does, run on the fastest
+        machine; a job's latest end leaves room for its own path after it. The slowest machine
+        that meets ``now`` + share x (latest end - now) gets the job, so the faster ones stay free
+        for critical work; None if the earliest finish is the only one that does.
+        """
+        graph = self.graph
+        work = graph.work(job_id)
+        fastest = cls.machines[0].speed
+        room = now + self._slack_share * (remaining - graph.critical_path(job_id) + work) / fastest
+        if best_finish >= room:
+            return None
+        best_speed = best.speed
+        transfer = self._transfer
+        for tier in reversed(cls.tiers):
+            if tier.speed >= best_speed:
+                return None
+            finish = now + work / tier.speed
+            if finish > room:
+                continue
+            for m in tier.machines:
+                if not m.up or m.free == 0:
+                    continue
+                end = finish + (
+                    transfer.estimate(graph.job(job_id), m.spec.name) if transfer else 0
+                )
+                if end <= room:
+                    return m, end
+        return None
 
     @staticmethod
     def _place_by_tier(
