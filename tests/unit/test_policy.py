@@ -135,6 +135,9 @@ def test_job_with_slack_leaves_the_fast_slot_free() -> None:
     assert starts(policy.next_decisions(0.0)) == [("c0", "fast"), ("side", "slow")]
     greedy = Policy(_chain_and_side(1), pool, slack_share=0)
     assert starts(greedy.next_decisions(0.0)) == [("c0", "fast"), ("side", "fast")]
+    # Without history "side" may be far longer than guessed: it keeps the earliest finish.
+    unknown = Policy(_chain_and_side(1), pool, guessed={"side"})
+    assert starts(unknown.next_decisions(0.0)) == [("c0", "fast"), ("side", "fast")]
 
 
 def test_job_without_enough_slack_keeps_the_earliest_finish() -> None:

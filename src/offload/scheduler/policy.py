@@ -48,7 +48,9 @@ run is expected to end when the longest remaining path does (the most critical r
 running job's less what its machine has done), on the fastest machine; a job's latest end is
 that, less its own path after it. A job takes the slowest free machine where it still ends
 within half of that slack (``slack_share``), so fast slots stay free for the critical work that
-becomes ready soon; half, because estimates are wrong and a late side job becomes critical.
+becomes ready soon; half, because estimates are wrong and a late side job becomes critical. Jobs
+whose estimate is a guess (``guessed``: no history) keep the earliest finish: sending an unknown
+job to a slow machine because it looks short is how a huge one ends up there.
 
 Idle tail. When no job is ready or held and a machine has a free slot, a running job is copied
 onto the fastest such machine if that copy is expected to finish earlier by more than both
@@ -327,6 +329,7 @@ class Policy:
         backoff: Backoff | None = None,
         hold: bool = True,
         slack_share: float = _SLACK_SHARE,
+        guessed: Iterable[str] = (),
         strict: bool = True,
     ) -> None:
         self.graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
@@ -338,6 +341,8 @@ class Policy:
         self._backoff = backoff if backoff is not None else Backoff()
         self._hold = hold
         self._slack_share = slack_share
+        # Jobs whose estimate is a guess, not history: any one of them may be the huge one.
+        self._guessed = frozenset(guessed)
         self._machines = {m.name: _Machine(m, m.speed, m.slots) for m in machines}
         self._by_speed = sorted(self._machines.values(), key=lambda m: -m.speed)
         self._free_up_total = sum(m.slots for m in machines)
@@ -518,7 +523,7 @@ class Policy:
                     cls, graph.job(job_id), work, now, transfer
                 )
             assert best is not None  # cls.free_up > 0: some member is up with a free slot
-            if self._slack_share > 0:
+            if self._slack_share > 0 and job_id not in self._guessed:
                 if remaining is None:
                     # The first job of a round is the most critical ready one.
                     remaining = self._remaining_path(now, graph.critical_path(job_id))

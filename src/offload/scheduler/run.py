@@ -262,10 +262,14 @@ class Executor:
         # Running copies (job, machine) whose inputs are in place on their machine.
         self._fed: set[tuple[str, str]] = set()
         self._last_error: dict[str, str] = {}
+        # Jobs history does not know: their estimates are guesses.
+        known = estimates or {}
+        unknown = {d for d in plan.order if split_name_version(plan.drvs[d].name)[0] not in known}
         self.policy = policy or Policy(
             plan_jobs(plan, estimates),
             [m.spec for m in members],
             transfer=InputMoves(self._holders),
+            guessed=unknown,
             strict=not keep_going,
         )
         self._restored = {
@@ -279,14 +283,8 @@ class Executor:
             if name in self.members:
                 self._last_error[name] = error
                 self.policy.on_machine_failed(name, self.clock())
-        # Jobs estimated by DEFAULT_WORK, not history: they learn from this run's builds.
-        known = estimates or {}
-        self._guessed = {
-            d
-            for d in plan.order
-            if split_name_version(plan.drvs[d].name)[0] not in known
-            and "big-parallel" not in plan.drvs[d].required_features
-        }
+        # Jobs estimated by DEFAULT_WORK: they learn from this run's builds.
+        self._guessed = {d for d in unknown if "big-parallel" not in plan.drvs[d].required_features}
         self._guess = DEFAULT_WORK
         # A guessed job's work is this run's guess times its size factor.
         self._factor = {d: size_factor(plan.source_bytes.get(d, 0)) for d in self._guessed}
