@@ -19,6 +19,7 @@ from offload.scheduler.policy import (
     can_build,
     why_cannot_build,
 )
+from offload.scheduler.simulate import simulate
 
 X86 = frozenset({"x86_64-linux"})
 
@@ -161,6 +162,37 @@ def test_slack_counts_the_critical_path_still_running() -> None:
     assert starts(policy.next_decisions(0.0)) == [("c0", "fast"), ("t", "slow")]
     assert policy.on_finished("t", "slow", 0.4, ok=True).newly_ready == ("side",)
     assert starts(policy.next_decisions(0.4)) == [("side", "slow")]
+
+
+def _fork_join(side_work: float) -> list[Job]:
+    # a -> (b1, b2) -> c is the critical path: 20 work, 5 s on fast, no slack anywhere on it.
+    return [
+        job("a", 4),
+        job("b1", 8, "a"),
+        job("b2", 8, "a"),
+        job("c", 8, "b1", "b2"),
+        job("side", side_work),
+    ]
+
+
+def test_coming_critical_job_claims_the_slot_it_will_need() -> None:
+    # b1 and b2 are ready at t=1 and need both fast slots; side (1.5 s on fast) would still
+    # hold one of them then, so it must not take the free fast slot now.
+    pool = [machine("fast", 4, slots=2), machine("slow", 1)]
+    policy = Policy(_fork_join(6), pool)
+    assert starts(policy.next_decisions(0.0)) == [("a", "fast")]
+    assert policy.copies("side") == []
+    result = simulate(_fork_join(6), pool)
+    assert result.makespan == pytest.approx(5.0)  # the critical path on fast, never delayed
+    assert result.placement()["side"].machine == "fast"
+
+
+def test_a_short_job_still_fits_before_a_claim() -> None:
+    # side takes 0.9 s on fast: it is done before b2 wants the slot at t=1 (and 3.6 s on
+    # slow would spend more than half its slack).
+    pool = [machine("fast", 4, slots=2), machine("slow", 1)]
+    policy = Policy(_fork_join(3.6), pool)
+    assert starts(policy.next_decisions(0.0)) == [("a", "fast"), ("side", "fast")]
 
 
 def test_no_holding_when_disabled() -> None:

@@ -43,6 +43,15 @@ once per call and again only when a decision touches it (no transfer costs); wit
 every eligible machine is scored. Either way the scan stops at the first machine too slow to beat
 the best finish found.
 
+Coming work. A waiting job whose dependencies have all started is *coming*: it will be ready when
+the running ones end. Each round, the most critical coming jobs (up to the hold budget, and only
+those with less slack than their own work) are placed like held jobs before any ready job less
+critical than they are: each reserves the slot where it would finish first from its expected
+ready time (the slot that frees by then, or else a free one, which it *claims*). A ready job may
+still use a claimed slot if it is done before the claim starts. A job started in the round makes
+its dependents coming at once. Without this, a side job takes the fast slot the critical path
+needs a moment later (a fork on the critical path wants both fast slots at once).
+
 Slack. A job off the critical path need not take the machine where it would finish first. The
 run is expected to end when the longest remaining path does (the most critical ready job's, or a
 running job's less what its machine has done), on the fastest machine; a job's latest end is
@@ -72,6 +81,7 @@ inputs because their holder went away is handed back with ``on_returned``.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -280,6 +290,9 @@ class _Machine:
     tiers: list[_Tier] = field(default_factory=list)
     # This round's copy of ``ends`` with held jobs' reservations, when there are any.
     reserved: list[tuple[float, float, str, int]] | None = None
+    # Free slots claimed this round by coming jobs, and the earliest time one is claimed from.
+    claimed: int = 0
+    claimed_from: float = math.inf
     up: bool = True
     down_until: float = -math.inf
     failures: int = 0
@@ -295,6 +308,7 @@ class _Tier:
     round: int = -1
     start: float = math.inf
     machine: _Machine | None = None
+    claims: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -306,6 +320,10 @@ class _Class:
     tiers: list[_Tier]
     heap: list[tuple[float, int, str]] = field(default_factory=list)
     free_up: int = 0
+
+
+# A coming job as a round sees it: its queue key, its id and when it is expected to be ready.
+_Coming = tuple[tuple[float, int, str], str, float]
 
 
 @dataclass(slots=True, eq=False)
@@ -359,6 +377,12 @@ class Policy:
         # Running jobs, most critical first, for the remaining critical path (_remaining_path).
         self._by_path: list[tuple[float, int, str]] = []
         self._copy_seq = 0
+        # Per waiting job, its dependencies not started yet; at 0 it is *coming*.
+        self._unstarted = {
+            job.id: sum(1 for dep in job.deps if self.graph.state(dep) is not JobState.DONE)
+            for job in self.graph.jobs()
+        }
+        self._coming: list[tuple[float, int, str]] = []
         self.unschedulable: dict[str, str] = {}
         self.skipped_at_start: list[str] = []
         for job in self.graph.jobs():
@@ -415,6 +439,42 @@ class Policy:
         ]
         detail = "; ".join(r for r in reasons[:4] if r) or "there are no machines"
         return f"{wants}; {detail}"
+
+    def _count_started(self, job_id: str, delta: int) -> list[tuple[float, int, str]]:
+        """``job_id`` started (-1) or went back (+1): each waiting dependent has one
+        dependency fewer (more) to start. Returns the queue keys of those now coming."""
+        graph = self.graph
+        unstarted = self._unstarted
+        coming: list[tuple[float, int, str]] = []
+        for d in graph.dependents(job_id):
+            unstarted[d] += delta
+            if unstarted[d] == 0 and graph.state(d) is JobState.PENDING:
+                key = (-graph.critical_path(d), -graph.dependents_count(d), d)
+                heapq.heappush(self._coming, key)
+                coming.append(key)
+        return coming
+
+    def _coming_jobs(self, now: float, limit: int) -> list[_Coming]:
+        """Up to ``limit`` coming jobs, most critical first: (queue key, job, expected ready
+        time). A coming job waits only for dependencies that are running."""
+        graph = self.graph
+        heap = self._coming
+        found: list[_Coming] = []
+        while heap and len(found) < limit:
+            job_id = heapq.heappop(heap)[2]
+            if graph.state(job_id) is not JobState.PENDING or self._unstarted[job_id]:
+                continue  # ready, started or skipped since, or a dependency went back: dead
+            ready_at = now
+            for dep in graph.job(job_id).deps:
+                runs = self._runs.get(dep)
+                if runs:
+                    ends = (self._slot_time((r.end, r.start, dep, 0), now) for r in runs)
+                    ready_at = max(ready_at, min(ends))
+            key = (-graph.critical_path(job_id), -graph.dependents_count(job_id), job_id)
+            found.append((key, job_id, ready_at))
+        for key, _, _ in found:
+            heapq.heappush(heap, key)
+        return found
 
     def _enqueue(self, job_id: str) -> None:
         cls = self._class_of[job_id]
@@ -509,23 +569,37 @@ class Policy:
         self._round += 1
         round_no = self._round
         remaining: float | None = None
+        coming: list[_Coming] | None = None
+        full: set[_Class] = set()
         while self._free_up_total > 0:
-            cls = self._best_class(classes)
+            cls = self._best_class(classes, full)
             if cls is None:
                 break
+            if coming is None:
+                coming = self._coming_jobs(now, hold_budget)
+            if coming and coming[0][0] < cls.heap[0]:
+                # A job more critical than every ready one will be ready soon: unless it has
+                # slack to spare (more than its own work), it claims the slot it will want, so
+                # less critical ready work does not take that slot (unless done by then).
+                _, job_id, ready_at = coming.pop(0)
+                if remaining is None:
+                    remaining = self._remaining_path(now, -cls.heap[0][0])
+                if remaining - graph.critical_path(job_id) > graph.work(job_id):
+                    continue
+                hold_budget -= 1
+                best, best_start, best_finish = self._place(
+                    self._class_of[job_id], job_id, now, round_no, ready_at
+                )
+                if best is not None:
+                    self._reserve(best, job_id, best_start, best_finish, now=now, reserved=reserved)
+                continue
             job_id = heapq.heappop(cls.heap)[2]
             queued.discard(job_id)
             work = graph.work(job_id)
-            if transfer is None:
-                best, best_start, best_finish = self._place_by_tier(cls, work, now, round_no)
-            else:
-                best, best_start, best_finish = self._place_by_machine(
-                    cls, graph.job(job_id), work, now, transfer
-                )
+            best, best_start, best_finish = self._place(cls, job_id, now, round_no, now)
             assert best is not None  # cls.free_up > 0: some member is up with a free slot
             if self._slack_share > 0 and job_id not in self._guessed:
                 if remaining is None:
-                    # The first job of a round is the most critical ready one.
                     remaining = self._remaining_path(now, graph.critical_path(job_id))
                 slower = self._slower_in_slack(
                     cls, job_id, now, remaining=remaining, best=best, best_finish=best_finish
@@ -533,23 +607,26 @@ class Policy:
                 if slower is not None:
                     best, best_finish = slower
                     best_start = now
-            if best.free == 0:
+            if best_start > now:
                 if hold_budget > 0:
                     hold_budget -= 1
-                    if best.reserved is None:
-                        best.reserved = list(best.ends)
-                        reserved.append(best)
-                    heapq.heapreplace(best.reserved, (best_finish, best_start, job_id, 0))
-                    for tier in best.tiers:
-                        tier.round = -1
+                    self._reserve(best, job_id, best_start, best_finish, now=now, reserved=reserved)
                     held.append(job_id)
                     wake = min(wake, best_start)
                     continue
-                best = next(m for m in cls.machines if m.up and m.free > 0)
+                fallback = next((m for m in cls.machines if m.up and m.free > m.claimed), None)
+                if fallback is None:
+                    held.append(job_id)
+                    full.add(cls)
+                    continue
+                best = fallback
                 best_finish = now + work / best.speed
                 if transfer is not None:
                     best_finish += transfer.estimate(graph.job(job_id), best.spec.name)
             graph.mark_started(job_id)
+            for key in self._count_started(job_id, -1):
+                # Coming from now on: it may claim a slot ahead of the ready jobs left.
+                bisect.insort(coming, (key, key[2], best_finish))
             for tier in best.tiers:
                 tier.round = -1
             run = self._take_slot(best, job_id, now, best_finish)
@@ -559,12 +636,14 @@ class Policy:
                 heapq.heappush(self._by_end, (-best_finish, run.copy, job_id))
                 heapq.heappush(self._by_start, (now, run.copy, job_id))
             decisions.append(Start(job_id, best.spec.name, best_finish))
-        for m in reserved:
-            m.reserved = None
         for job_id in held:
             self._enqueue(job_id)
         if not queued and self._free_up_total > 0 and self._runs:
             decisions.extend(self._speculate(now))
+        for m in reserved:
+            m.reserved = None
+            m.claimed = 0
+            m.claimed_from = math.inf
         if queued and self._down:
             wake = min(wake, *(m.down_until for m in self._down))
         if wake < math.inf:
@@ -623,7 +702,7 @@ class Policy:
             if finish > room:
                 continue
             for m in tier.machines:
-                if not m.up or m.free == 0:
+                if not m.up or m.free <= m.claimed:
                     continue
                 end = finish + (
                     transfer.estimate(graph.job(job_id), m.spec.name) if transfer else 0
@@ -632,9 +711,58 @@ class Policy:
                     return m, end
         return None
 
+    def _place(
+        self, cls: _Class, job_id: str, now: float, round_no: int, ready_at: float
+    ) -> tuple[_Machine | None, float, float]:
+        """Where ``job_id``, ready at ``ready_at``, finishes first: machine, start, finish."""
+        work = self.graph.work(job_id)
+        if self._transfer is None:
+            return self._place_by_tier(cls, work, now, round_no, ready_at)
+        return self._place_by_machine(
+            cls, self.graph.job(job_id), work, now, self._transfer, ready_at=ready_at
+        )
+
     @staticmethod
+    def _reserve(
+        m: _Machine,
+        job_id: str,
+        start: float,
+        finish: float,
+        *,
+        now: float,
+        reserved: list[_Machine],
+    ) -> None:
+        """For the rest of this round a slot of ``m`` is ``job_id``'s until ``finish``: the
+        busy slot that frees first if it frees by ``start``, else a free one (claimed from
+        ``start``) if any is left, else the busy slot that frees first."""
+        if m.reserved is None:
+            m.reserved = list(m.ends)
+            reserved.append(m)
+        frees_in_time = bool(m.reserved) and m.reserved[0][0] <= start
+        if m.free > m.claimed and not (frees_in_time and start > now):
+            m.claimed += 1
+            m.claimed_from = min(m.claimed_from, start)
+            heapq.heappush(m.reserved, (finish, max(start, now), job_id, 0))
+        else:
+            heapq.heapreplace(m.reserved, (finish, start, job_id, 0))
+        for tier in m.tiers:
+            tier.round = -1
+
+    @staticmethod
+    def _slot_start(m: _Machine, now: float, duration: float) -> float:
+        """When a job of ``duration`` could start on ``m`` this round: now on a free slot, or on
+        a claimed one it would leave before the claim; else when the first slot frees."""
+        if m.free > m.claimed or (m.free > 0 and now + duration <= m.claimed_from):
+            return now
+        first = (m.reserved or m.ends)[0]
+        start = first[0]
+        if start <= now:
+            start = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
+        return start
+
+    @classmethod
     def _place_by_tier(
-        group: _Class, work: float, now: float, round_no: int
+        cls, group: _Class, work: float, now: float, round_no: int, ready_at: float
     ) -> tuple[_Machine | None, float, float]:
         """Earliest finish without transfer costs: machines of one speed differ only in start.
 
@@ -643,64 +771,75 @@ class Policy:
         """
         best: _Machine | None = None
         best_start = best_finish = math.inf
+        earliest = max(now, ready_at)
         for tier in group.tiers:
             duration = work / tier.speed
-            if now + duration > best_finish:
-                break  # tiers are fastest first: no later one can finish sooner
-            if tier.round != round_no:
+            if earliest + duration > best_finish:
+                break
+            if tier.round != round_no or tier.claims:
                 start = math.inf
                 found: _Machine | None = None
+                claims = False
                 for m in tier.machines:
                     if not m.up:
                         continue
-                    if m.free > 0:
-                        start, found = now, m
+                    if m.claimed:
+                        claims = True
+                        t = cls._slot_start(m, now, duration)
+                    elif m.free > 0:
+                        start, found, claims = now, m, False
                         break
-                    first = (m.reserved or m.ends)[0]
-                    t = first[0]
-                    if t <= now:
-                        t = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
+                    else:
+                        first = (m.reserved or m.ends)[0]
+                        t = first[0]
+                        if t <= now:
+                            t = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
                     if t < start:
                         start, found = t, m
-                tier.start, tier.machine, tier.round = start, found, round_no
+                # With claims the answer depends on the job's duration: not kept for others.
+                tier.start, tier.machine, tier.round, tier.claims = start, found, round_no, claims
             if tier.machine is None:
                 continue
-            finish = tier.start + duration
-            if finish < best_finish or (finish == best_finish and tier.start < best_start):
-                best, best_start, best_finish = tier.machine, tier.start, finish
+            start = max(tier.start, ready_at)
+            finish = start + duration
+            if finish < best_finish or (finish == best_finish and start < best_start):
+                best, best_start, best_finish = tier.machine, start, finish
         return best, best_start, best_finish
 
-    @staticmethod
+    @classmethod
     def _place_by_machine(
-        group: _Class, job: Job, work: float, now: float, transfer: TransferCost
+        cls,
+        group: _Class,
+        job: Job,
+        work: float,
+        now: float,
+        transfer: TransferCost,
+        *,
+        ready_at: float,
     ) -> tuple[_Machine | None, float, float]:
         """Earliest finish with transfer costs; ``work`` is the job's current estimate."""
         best: _Machine | None = None
         best_start = best_finish = math.inf
+        earliest = max(now, ready_at)
         for m in group.machines:
-            if now + work / m.speed > best_finish:
+            duration = work / m.speed
+            if earliest + duration > best_finish:
                 break
             if not m.up:
                 continue
-            if m.free > 0:
-                start = now
-            else:
-                first = (m.reserved or m.ends)[0]
-                start = first[0]
-                if start <= now:
-                    start = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
-            finish = start + work / m.speed + transfer.estimate(job, m.spec.name)
+            start = max(cls._slot_start(m, now, duration), ready_at)
+            finish = start + duration + transfer.estimate(job, m.spec.name)
             if finish < best_finish or (finish == best_finish and start < best_start):
                 best, best_start, best_finish = m, start, finish
         return best, best_start, best_finish
 
-    def _best_class(self, classes: list[_Class]) -> _Class | None:
+    def _best_class(self, classes: list[_Class], full: set[_Class]) -> _Class | None:
         best: _Class | None = None
         best_key: tuple[float, int, str] | None = None
         graph = self.graph
         queued = self._queued
         for cls in classes:
-            if cls.free_up <= 0:
+            if cls.free_up <= 0 or cls in full:
                 continue
             heap = cls.heap
             # Drop stale entries: started, or superseded by a re-push with a new estimate.
@@ -742,11 +881,18 @@ class Policy:
         graph = self.graph
         transfer = self._transfer
         seen: set[str] = set()
+        # The fastest machine with a free slot, per class: found once, again after a copy.
+        fastest_free: dict[_Class, _Machine | None] = {}
         for job_id, run in self._candidates(now):
             if job_id in seen or self._free_up_total <= 0:
                 continue
             seen.add(job_id)
-            target = next((m for m in self._class_of[job_id].machines if m.up and m.free > 0), None)
+            cls = self._class_of[job_id]
+            if cls not in fastest_free:
+                fastest_free[cls] = next(
+                    (m for m in cls.machines if m.up and m.free > m.claimed), None
+                )
+            target = fastest_free[cls]
             if target is None or target is run.machine:
                 continue
             old_end = self._slot_time((run.end, run.start, job_id, 0), now)
@@ -758,6 +904,7 @@ class Policy:
                 continue
             self._speculated.add(job_id)
             self._runs[job_id].append(self._take_slot(target, job_id, now, new_end))
+            fastest_free.clear()
             decisions.append(Speculate(job_id, target.spec.name, new_end, run.machine.spec.name))
         return decisions
 
@@ -811,6 +958,7 @@ class Policy:
         if runs:
             return False
         del self._runs[job_id]
+        self._count_started(job_id, +1)
         if self.graph.mark_returned(job_id):
             self._enqueue(job_id)
         return True
@@ -829,7 +977,18 @@ class Policy:
     def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
         """These finished jobs' outputs are gone and still needed: they must run again
         (``JobGraph.mark_undone``: pass every such job, dependencies included)."""
-        ready, waiting_again = self.graph.mark_undone(job_ids)
+        undone = list(job_ids)
+        ready, waiting_again = self.graph.mark_undone(undone)
+        graph = self.graph
+        for job_id in undone:
+            self._count_started(job_id, +1)
+        # Undone jobs count their own dependencies afresh (after the loop above touched them).
+        for job_id in undone:
+            self._unstarted[job_id] = sum(
+                1
+                for dep in graph.job(job_id).deps
+                if graph.state(dep) not in {JobState.DONE, JobState.RUNNING}
+            )
         self._queued.difference_update(waiting_again)
         for job_id in ready:
             self._enqueue(job_id)
