@@ -180,6 +180,20 @@ def test_each_member_logs_in_to_a_clean_home_of_its_own(fleet):
     assert not (Path.home() / marker).exists()
 
 
+def test_a_fleet_inside_the_login_home_keeps_that_home():
+    # The default fleet lives in ~/.local/state/offload/fleet: mounting a clean home over the
+    # login home would hide the member's own sshd_config from it.
+    target = Path(tempfile.mkdtemp(prefix=".offload-test-fleet-", dir=Path.home()))
+    try:
+        fleet = fleet_up(target / "f", [MemberSpec("solo", 1, 1)])
+        shown = _ssh(fleet, "solo", "sh", "-c", "cd && pwd && test -d " + str(target))
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.strip() == str(Path.home())
+    finally:
+        fleet_down(target / "f", purge=True)
+        target.rmdir()
+
+
 def test_host_keys_are_pinned(fleet, tmp_path):
     # A known_hosts that pins "fast" to medium's key: ssh must refuse to talk to fast.
     medium_key = (fleet.member("medium").root / "ssh_host_ed25519_key.pub").read_text().split()

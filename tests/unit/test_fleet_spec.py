@@ -12,6 +12,7 @@ from offload.fleet.spec import (
     FleetState,
     MemberRecord,
     check_host,
+    home_to_replace,
     known_hosts_line,
     machines_line,
     member_argv,
@@ -176,6 +177,15 @@ def test_member_argv_quotes_paths():
     assert words[-4:] == ["-D", "-e", "-f", "/tmp/a b/m/sshd_config"]
     assert "exec" in words
     assert "/tmp/a b/m/home" not in words
+
+
+def test_a_clean_home_is_mounted_unless_the_fleet_lives_in_the_login_home():
+    assert home_to_replace(Path("/root"), Path("/tmp/fleet")) == Path("/root")
+    # The default fleet (~/.local/state/offload/fleet) must stay visible to its own sshd.
+    assert home_to_replace(Path("/root"), Path("/root/.local/state/offload/fleet")) is None
+    assert home_to_replace(Path("/root"), Path("/root")) is None
+    assert home_to_replace(Path("/"), Path("/tmp/fleet")) is None
+    assert home_to_replace(Path("/root"), Path("/rootless/fleet")) == Path("/root")
 
 
 def test_member_argv_mounts_its_own_home_over_the_login_home():

@@ -33,6 +33,7 @@ from offload.fleet.spec import (
     MemberRecord,
     MemberSpec,
     check_host,
+    home_to_replace,
     known_hosts_line,
     machines_line,
     member_argv,
@@ -393,7 +394,7 @@ def _start_member(fleet_dir: Path, spec: MemberSpec) -> MemberRecord:
         _write_private(config, sshd_config(root, port))
         log = root / "sshd.log"
         log.write_text("")
-        argv = member_argv(root, config, spec.proc_overrides, home=_login_home())
+        argv = member_argv(root, config, spec.proc_overrides, home=_login_home(fleet_dir))
         pid = start_detached(argv, log=log)
         stat = _proc_stat(pid)
         record = MemberRecord(spec, port, pid, stat[1] if stat else 0, "")
@@ -518,11 +519,10 @@ def _prepare_member(fleet_dir: Path, root: Path, spec: MemberSpec) -> None:
         _keygen(host_key, f"offload-fleet-{spec.name}")
 
 
-def _login_home() -> Path | None:
-    """The home directory sshd gives sessions (the fleet's user's, from the password
-    database), when there is one to mount over."""
+def _login_home(fleet_dir: Path) -> Path | None:
+    """The home directory to give members a clean one over (``spec.home_to_replace``)."""
     home = Path(pwd.getpwuid(os.getuid()).pw_dir)
-    return home if home != Path("/") and home.is_dir() else None
+    return home_to_replace(home.resolve(), fleet_dir.resolve()) if home.is_dir() else None
 
 
 def _host_pub(fleet_dir: Path, name: str) -> str:

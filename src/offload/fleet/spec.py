@@ -3,7 +3,8 @@
 A fleet lives in one directory. Each member ``NAME`` is an sshd on 127.0.0.1 inside its own mount
 namespace, where ``<dir>/NAME/nix`` is bind-mounted over ``/nix``, ``<dir>/NAME/etc-nix`` over
 ``/etc/nix`` and ``<dir>/NAME/home`` over the login user's home: its own store, its own
-``nix.conf`` and a clean home. A member may also see its own text in some
+``nix.conf`` and a clean home (not when the fleet itself lives in that home, as the default
+one does: ``home_to_replace``). A member may also see its own text in some
 ``/proc`` files (``proc_overrides``, bind-mounted from ``<dir>/NAME/proc/N`` the way LXCFS does),
 e.g. a fake ``/proc/loadavg`` and boot id, so that it looks like a busy machine of its own.
 The client side is a key pair, an ssh config with one ``Host NAME`` alias per member (Nix 2.8
@@ -41,6 +42,7 @@ __all__ = [
     "MemberSpec",
     "check_host",
     "default_fleet_dir",
+    "home_to_replace",
     "known_hosts_line",
     "machines_line",
     "member_argv",
@@ -214,6 +216,15 @@ def sshd_config(member_root: Path, port: int) -> str:
 def proc_override_file(member_root: Path, index: int) -> Path:
     """Where the text of a member's ``index``-th ``/proc`` override is kept on the host."""
     return member_root / "proc" / str(index)
+
+
+def home_to_replace(login_home: Path, fleet_dir: Path) -> Path | None:
+    """The login home a member gets a clean one over, or None: not ``/``, and not a home
+    holding the fleet itself (the default fleet lives in ~/.local/state), which the member's
+    sshd must still see."""
+    if login_home == Path("/") or fleet_dir.is_relative_to(login_home):
+        return None
+    return login_home
 
 
 def member_argv(
