@@ -611,11 +611,10 @@ def render_markdown(results: Mapping[str, Any], results_name: str, plots: Mappin
                 "Wall time of the whole command (evaluation included) in seconds. Lower bound = "
                 "max(critical path / fastest speed, total work / total capacity) with speeds 4, 2, "
                 "1 and local 1, two slots each (capacity 16 work-seconds per second). Every run "
-                "also pays about 0.7 s once to start (Python, `nix show-config`, evaluation, ssh "
-                "handshakes on the shared cores) and 0.15 s to stop, which the bound does not "
-                "count: work is scaled (each graph's scale below) so that a typical node takes "
-                "0.2-1 s on the fastest member, and the scheduling span row shows the time "
-                "between the first and the last build."
+                "also pays once to start (Python, `nix show-config`, evaluation, ssh handshakes "
+                "on the shared cores) and to stop, which the bound does not count: offload's "
+                "wall time less its scheduling span (in each graph's table) is that cost. Work "
+                "is scaled (each graph's scale below) so that it stays a small part of a bound."
             ),
             "",
             (
