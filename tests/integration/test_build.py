@@ -89,6 +89,18 @@ def events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def peak_running(log: Path) -> tuple[int, int]:
+    """(stamps, most builds running at once) from a log of ``start T`` / ``end T`` lines."""
+    stamps = [line.split() for line in log.read_text().splitlines()]
+    # At equal times an end frees its slot before a start takes it.
+    timeline = sorted((float(t), 0 if kind == "end" else 1) for kind, t in stamps)
+    running = peak = 0
+    for _, is_start in timeline:
+        running += 1 if is_start else -1
+        peak = max(peak, running)
+    return len(stamps), peak
+
+
 def finished(stdout: str) -> list[dict[str, Any]]:
     return [e for e in events(stdout) if e["event"] == "job_finished"]
 
@@ -551,14 +563,8 @@ def test_concurrent_runs_never_exceed_a_members_slots(fleet, tmp_path):
             stop(proc)
     for proc, (_, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err
-    stamps = [line.split() for line in log.read_text().splitlines()]
-    assert len(stamps) == 16
-    # At equal times an end frees its slot before a start takes it.
-    timeline = sorted((float(t), 0 if kind == "end" else 1) for kind, t in stamps)
-    running = peak = 0
-    for _, is_start in timeline:
-        running += 1 if is_start else -1
-        peak = max(peak, running)
+    stamps, peak = peak_running(log)
+    assert stamps == 16
     assert peak <= fleet.member("slow").spec.jobs
 
 

@@ -24,7 +24,7 @@ from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad
 from offload.transport.links import MachineLink
 from offload.transport.ssh import parse_start_line, serve_command
-from tests.integration.test_build import events, nix_file, offload
+from tests.integration.test_build import events, nix_file, offload, peak_running
 
 LOCAL_BOOT = Path(BOOT_ID_FILE).read_text().strip()
 # What nproc counts: the cores this process may run on (members inherit it from us).
@@ -157,12 +157,6 @@ def test_a_busy_member_gets_fewer_slots_and_the_run_stays_within_them(busy_fleet
     assert len(built) == 6
     assert {e["machine"] for e in built} == {"busy"}
 
-    stamps = [line.split() for line in log.read_text().splitlines()]
-    assert len(stamps) == 12
-    # At equal times an end frees its slot before a start takes it.
-    timeline = sorted((float(t), 0 if kind == "end" else 1) for kind, t in stamps)
-    running = peak = 0
-    for _, is_start in timeline:
-        running += 1 if is_start else -1
-        peak = max(peak, running)
+    stamps, peak = peak_running(log)
+    assert stamps == 12
     assert peak <= BUSY_SLOTS - 2
