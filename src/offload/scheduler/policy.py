@@ -378,10 +378,7 @@ class Policy:
         self._by_path: list[tuple[float, int, str]] = []
         self._copy_seq = 0
         # Per waiting job, its dependencies not started yet; at 0 it is *coming*.
-        self._unstarted = {
-            job.id: sum(1 for dep in job.deps if self.graph.state(dep) is not JobState.DONE)
-            for job in self.graph.jobs()
-        }
+        self._unstarted = {job.id: self._count_unstarted(job.id) for job in self.graph.jobs()}
         self._coming: list[tuple[float, int, str]] = []
         self.unschedulable: dict[str, str] = {}
         self.skipped_at_start: list[str] = []
@@ -439,6 +436,14 @@ class Policy:
         ]
         detail = "; ".join(r for r in reasons[:4] if r) or "there are no machines"
         return f"{wants}; {detail}"
+
+    def _count_unstarted(self, job_id: str) -> int:
+        graph = self.graph
+        return sum(
+            1
+            for dep in graph.job(job_id).deps
+            if graph.state(dep) not in {JobState.DONE, JobState.RUNNING}
+        )
 
     def _count_started(self, job_id: str, delta: int) -> list[tuple[float, int, str]]:
         """``job_id`` started (-1) or went back (+1): each waiting dependent has one
@@ -614,7 +619,7 @@ class Policy:
                     held.append(job_id)
                     wake = min(wake, best_start)
                     continue
-                fallback = next((m for m in cls.machines if m.up and m.free > m.claimed), None)
+                fallback = self._fastest_free(cls)
                 if fallback is None:
                     held.append(job_id)
                     full.add(cls)
@@ -649,6 +654,11 @@ class Policy:
         if wake < math.inf:
             decisions.append(Wait(wake))
         return decisions
+
+    @staticmethod
+    def _fastest_free(group: _Class) -> _Machine | None:
+        """The fastest machine of ``group`` with a slot free and not claimed this round."""
+        return next((m for m in group.machines if m.up and m.free > m.claimed), None)
 
     def _remaining_path(self, now: float, ready: float) -> float:
         """The longest critical path left, in work: ``ready``'s (the most critical ready job)
@@ -748,17 +758,13 @@ class Policy:
         for tier in m.tiers:
             tier.round = -1
 
-    @staticmethod
-    def _slot_start(m: _Machine, now: float, duration: float) -> float:
+    @classmethod
+    def _slot_start(cls, m: _Machine, now: float, duration: float) -> float:
         """When a job of ``duration`` could start on ``m`` this round: now on a free slot, or on
         a claimed one it would leave before the claim; else when the first slot frees."""
         if m.free > m.claimed or (m.free > 0 and now + duration <= m.claimed_from):
             return now
-        first = (m.reserved or m.ends)[0]
-        start = first[0]
-        if start <= now:
-            start = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
-        return start
+        return cls._slot_time((m.reserved or m.ends)[0], now)
 
     @classmethod
     def _place_by_tier(
@@ -790,10 +796,7 @@ class Policy:
                         start, found, claims = now, m, False
                         break
                     else:
-                        first = (m.reserved or m.ends)[0]
-                        t = first[0]
-                        if t <= now:
-                            t = now + max(_OVERDUE_FRACTION * (now - first[1]), _MIN_OVERDUE)
+                        t = cls._slot_time((m.reserved or m.ends)[0], now)
                     if t < start:
                         start, found = t, m
                 # With claims the answer depends on the job's duration: not kept for others.
@@ -889,9 +892,7 @@ class Policy:
             seen.add(job_id)
             cls = self._class_of[job_id]
             if cls not in fastest_free:
-                fastest_free[cls] = next(
-                    (m for m in cls.machines if m.up and m.free > m.claimed), None
-                )
+                fastest_free[cls] = self._fastest_free(cls)
             target = fastest_free[cls]
             if target is None or target is run.machine:
                 continue
@@ -979,16 +980,11 @@ class Policy:
         (``JobGraph.mark_undone``: pass every such job, dependencies included)."""
         undone = list(job_ids)
         ready, waiting_again = self.graph.mark_undone(undone)
-        graph = self.graph
         for job_id in undone:
             self._count_started(job_id, +1)
         # Undone jobs count their own dependencies afresh (after the loop above touched them).
         for job_id in undone:
-            self._unstarted[job_id] = sum(
-                1
-                for dep in graph.job(job_id).deps
-                if graph.state(dep) not in {JobState.DONE, JobState.RUNNING}
-            )
+            self._unstarted[job_id] = self._count_unstarted(job_id)
         self._queued.difference_update(waiting_again)
         for job_id in ready:
             self._enqueue(job_id)
