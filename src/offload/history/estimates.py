@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from offload.history.db import History
-from offload.history.records import BuildRecord
-from offload.scheduler.run import RunReport
+from offload.history.records import BuildRecord, RunReport
 from offload.store.path import split_name_version
 
 __all__ = ["Estimator", "estimator", "records_from"]

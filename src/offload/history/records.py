@@ -1,11 +1,18 @@
-"""What offload remembers about builds, as plain values (no I/O)."""
+"""What offload remembers about builds, as plain values (no I/O).
+
+A run's ``RunReport`` lives here too, below the scheduler that fills it in: history makes its
+records from it (``offload.history.estimates.records_from``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
-__all__ = ["BuildRecord", "BuildRecordDict"]
+from offload.backoff import Health
+from offload.ui.events import JobFinished
+
+__all__ = ["BuildRecord", "BuildRecordDict", "RunReport"]
 
 
 class BuildRecordDict(TypedDict):
@@ -48,3 +55,18 @@ class BuildRecord:
             bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received,
         )
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    built: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # drv -> error
+    skipped: list[str] = field(default_factory=list)
+    finished: list[JobFinished] = field(default_factory=list)
+    interrupted: bool = False
+    health: dict[str, Health | None] = field(default_factory=dict)  # builders' backoff to keep
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped and not self.interrupted

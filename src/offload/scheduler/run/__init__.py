@@ -1,0 +1,43 @@
+"""The executor: carries out the policy's decisions on real machines.
+
+Where to look:
+
+- ``plan``: what a run is given (``BuildPlan``, ``PoolMember`` and its ``Link``) and the
+  guesses that stand in for history (``plan_jobs``, ``size_factor``, ``InputMoves``);
+- ``executor``: the ``Executor`` and its event loop, and how a build copy's end is handled;
+- ``copy``: one build copy on one machine, and store-to-store copying (``send_closure``);
+- ``holders``: where each finished job's outputs live, and undoing jobs whose outputs were lost;
+- ``learning``: better guesses from what this run has built;
+- ``events``: emitting the run's events and keeping its ``RunReport``.
+"""
+
+from offload.history.records import RunReport
+from offload.scheduler.run.copy import send_closure
+from offload.scheduler.run.executor import MAX_LOSSES, Executor
+from offload.scheduler.run.plan import (
+    BIG_PARALLEL_WORK,
+    DEFAULT_WORK,
+    MOVE_SECONDS,
+    BuildPlan,
+    InputMoves,
+    Link,
+    PoolMember,
+    plan_jobs,
+    size_factor,
+)
+
+__all__ = [
+    "BIG_PARALLEL_WORK",
+    "DEFAULT_WORK",
+    "MAX_LOSSES",
+    "MOVE_SECONDS",
+    "BuildPlan",
+    "Executor",
+    "InputMoves",
+    "Link",
+    "PoolMember",
+    "RunReport",
+    "plan_jobs",
+    "send_closure",
+    "size_factor",
+]

@@ -1,0 +1,182 @@
+"""One build copy, and copying store paths from one store to another.
+
+A build copy on a machine goes through the phases (queued ->) connecting -> sending inputs ->
+building; its outputs are fetched home afterwards if they are wanted there (``fetch_home``).
+Inputs come from the local store, else from a builder holding them, streamed through this
+process from one serve session to the other (never through a file); nothing is registered
+anywhere unless it arrived whole. How a copy ended is an ``Outcome``, not an exception: a
+derivation that fails to build, a machine that drops the connection ("lost"), and a copy whose
+inputs' holder went away ("returned", no fault of its own machine) are all data for the
+executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeGuard
+
+from offload.errors import OffloadError, ProtocolError
+from offload.protocol.serve import ServeClient, copy_paths, topo_sort_infos
+from offload.scheduler.run.events import RunEvents
+from offload.scheduler.run.holders import HOME, Holders, InputsGone
+from offload.scheduler.run.plan import LOCAL_STORE, BuildPlan, Link, PoolMember
+from offload.slots import SlotLocks
+
+__all__ = ["BuildCopies", "Outcome", "local_store_failed", "send_closure", "with_error"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one build copy ended. "returned": its inputs' holder ``source`` went away (or they
+    were lost before it got them), which is no fault of its own machine."""
+
+    kind: Literal["built", "failed", "lost", "returned", "cancelled"]
+    error: str | None
+    started: float
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    build_seconds: float | None = None
+    home: bool = False  # the outputs are in the local store too
+    source: str | None = None
+
+
+def local_store_failed(error: BaseException) -> TypeGuard[ProtocolError]:
+    """Whether a copy failed on the local store's side (its serve session names it)."""
+    return isinstance(error, ProtocolError) and error.peer == LOCAL_STORE
+
+
+def with_error(outcome: Outcome, error: OffloadError) -> Outcome:
+    return dataclasses.replace(outcome, error=error.message)
+
+
+class BuildCopies:
+    """Runs build copies on the pool's machines and fetches their outputs home."""
+
+    def __init__(
+        self,
+        plan: BuildPlan,
+        members: Mapping[str, PoolMember],
+        local: Link,
+        holders: Holders,
+        events: RunEvents,
+        *,
+        slots: SlotLocks | None,
+        wall: Callable[[], float],
+        clock: Callable[[], float],
+    ) -> None:
+        self.plan = plan
+        self.members = members
+        self.local = local
+        self.holders = holders
+        self.events = events
+        self.slots = slots
+        self.wall = wall
+        self.clock = clock
+
+    async def build(self, drv_path: str, member: PoolMember, *, speculative: bool) -> Outcome:
+        started = self.wall()
+        name = member.spec.name
+        drv = self.plan.drvs[drv_path]
+        phase = self.events.phase
+        sent = received = 0
+        client: ServeClient | None = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self.slots is not None and member.slot_key is not None:
+                    # Other offload runs and Nix's own hook may hold some of this machine's slots.
+                    await stack.enter_async_context(
+                        self.slots.hold(
+                            member.slot_key,
+                            member.spec.slots,
+                            lambda: phase(drv_path, name, "queued", speculative=speculative),
+                        )
+                    )
+                phase(drv_path, name, "connecting", speculative=speculative)
+                client = await stack.enter_async_context(member.link.session())
+                client.on_log = self.events.log_handler(drv_path, name)
+                target = name if member.remote else HOME
+                sources = self.holders.sources(drv_path, target)
+                if sources:
+                    phase(drv_path, name, "sending", speculative=speculative)
+                    moved = await self._feed(sources, client, target, member.substitute)
+                    sent, received = (moved, 0) if member.remote else (0, moved)
+                self.holders.fed.add((drv_path, name))
+                phase(drv_path, name, "building", speculative=speculative)
+                build_start = self.clock()
+                inputs = self.plan.inputs[drv_path]
+                result = await client.build_derivation(drv_path, drv, input_srcs=inputs)
+                build_seconds = self.clock() - build_start
+                if not result.success:
+                    return Outcome("failed", result.error_msg, started, sent, received)
+                client.on_log = None
+            home = not member.remote
+            return Outcome("built", None, started, sent, received, build_seconds, home)
+        except InputsGone as exc:
+            return Outcome("returned", exc.message, started, sent, received, source=exc.source)
+        except asyncio.CancelledError:
+            if client is not None:
+                with contextlib.suppress(OffloadError):
+                    await member.link.cancel(client)
+            raise
+        except OffloadError as exc:
+            # The local store refusing or dropping a copy is final, not the builder's fault.
+            kind: Literal["failed", "lost"] = "failed" if local_store_failed(exc) else "lost"
+            return Outcome(kind, exc.message, started, sent, received)
+
+    async def _feed(
+        self, sources: Mapping[str, list[str]], client: ServeClient, target: str, substitute: bool
+    ) -> int:
+        """Copy each group of inputs from its store to ``client``'s; returns bytes moved."""
+        moved = 0
+        for source, paths in sources.items():
+            link = self.local if source == HOME else self.members[source].link
+            try:
+                async with link.session() as src:
+                    moved += await send_closure(src, client, paths, substitute=substitute)
+            except OffloadError as exc:
+                # Failures of the source's own session are the source's; the rest (the
+                # target, the local store) are handled as for any other copy.
+                peer = getattr(exc, "peer", None)
+                if source == HOME or peer in {target, LOCAL_STORE}:
+                    raise
+                raise InputsGone(source, exc.message) from exc
+            self.holders.sent(paths, target)
+        return moved
+
+    async def fetch_home(self, drv_path: str, machine: str) -> int:
+        self.events.phase(drv_path, machine, "fetching", speculative=False)
+        link = self.members[machine].link
+        async with link.session() as src, self.local.session() as local:
+            return await send_closure(src, local, self.plan.outputs[drv_path])
+
+
+async def send_closure(
+    src: ServeClient, dst: ServeClient, paths: Sequence[str], *, substitute: bool = False
+) -> int:
+    """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
+
+    With ``substitute``, ``dst`` first fetches what it can from its own substituters
+    (Nix's builders-use-substitutes), and only the rest is sent.
+    """
+    if not paths:
+        return 0
+    # Only what dst lacks is looked up in src: the rest may be valid in dst alone.
+    wanted = await _missing(dst, paths)
+    if not wanted:
+        return 0
+    closure = await src.query_closure(wanted)
+    missing = await _missing(dst, closure, substitute=substitute)
+    if not missing:
+        return 0
+    infos = await src.query_path_infos(missing)
+    return await copy_paths(src, dst, topo_sort_infos(infos))
+
+
+async def _missing(
+    store: ServeClient, paths: Sequence[str] | set[str], *, substitute: bool = False
+) -> set[str]:
+    return set(paths) - await store.query_valid_paths(paths, substitute=substitute)

@@ -1,0 +1,134 @@
+"""Emitting what a run does: the executor's side of ``offload.ui.events``.
+
+Every event carries wall-clock time; every job that ends (built, failed, lost, cancelled,
+skipped) is both emitted and kept in the run's ``RunReport``, which history is made from.
+Build log lines go to the log sink (if any) and out as ``JobLog`` events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+from offload.history.records import RunReport
+from offload.scheduler.policy import Policy
+from offload.scheduler.run.plan import BuildPlan, PoolMember
+from offload.ui.events import (
+    Event,
+    JobFinished,
+    JobLog,
+    JobPhase,
+    MachineEvent,
+    Phase,
+    RunFinished,
+    RunStarted,
+)
+
+__all__ = ["RunEvents", "RunReport"]
+
+
+class RunEvents:
+    def __init__(
+        self,
+        plan: BuildPlan,
+        members: Mapping[str, PoolMember],
+        policy: Policy,
+        report: RunReport,
+        *,
+        emit: Callable[[Event], None],
+        log_sink: Callable[[str, str, str], None] | None,
+        wall: Callable[[], float],
+    ) -> None:
+        self.plan = plan
+        self.members = members
+        self.policy = policy
+        self.report = report
+        self.emit = emit
+        self.log_sink = log_sink
+        self.wall = wall
+
+    def run_started(self, machines: Sequence[str], estimate: float) -> None:
+        self.emit(
+            RunStarted(
+                run_id=self.report.run_id,
+                total=len(self.plan.order),
+                machines=tuple(machines),
+                estimate=estimate,
+                time=self.wall(),
+            )
+        )
+
+    def run_finished(self, elapsed: float, outputs: tuple[str, ...]) -> None:
+        report = self.report
+        self.emit(
+            RunFinished(
+                run_id=report.run_id,
+                built=len(report.built),
+                failed=len(report.failed),
+                skipped=len(report.skipped),
+                elapsed=elapsed,
+                outputs=outputs if report.ok else (),
+                time=self.wall(),
+            )
+        )
+
+    def machine_down(self, machine: str, message: str, until: float) -> None:
+        """``until`` is wall-clock time."""
+        self.emit(
+            MachineEvent(
+                machine=machine, state="down", message=message, until=until, time=self.wall()
+            )
+        )
+
+    def phase(self, drv_path: str, machine: str, phase: Phase, *, speculative: bool) -> None:
+        jobs = self.policy.graph.job(drv_path)
+        speed = self.members[machine].spec.speed
+        self.emit(
+            JobPhase(
+                drv_path=drv_path,
+                name=self.plan.drvs[drv_path].name,
+                machine=machine,
+                phase=phase,
+                estimate=jobs.work_estimate / speed,
+                time=self.wall(),
+                speculative=speculative,
+            )
+        )
+
+    def finished(
+        self,
+        drv_path: str,
+        machine: str,
+        status: Literal["built", "failed", "cancelled", "lost", "skipped"],
+        *,
+        started: float,
+        error: str | None = None,
+        sent: int = 0,
+        received: int = 0,
+        build_seconds: float | None = None,
+    ) -> None:
+        event = JobFinished(
+            drv_path=drv_path,
+            name=self.plan.drvs[drv_path].name,
+            machine=machine,
+            status=status,
+            started=started,
+            finished=self.wall(),
+            bytes_sent=sent,
+            bytes_received=received,
+            error=error,
+            time=self.wall(),
+            build_seconds=build_seconds,
+        )
+        self.report.finished.append(event)
+        self.emit(event)
+
+    def log_handler(self, drv_path: str, machine: str) -> Callable[[str], None]:
+        name = self.plan.drvs[drv_path].name
+
+        def handle(line: str) -> None:
+            if self.log_sink is not None:
+                self.log_sink(drv_path, machine, line)
+            self.emit(JobLog(drv_path, name, machine, line, self.wall()))
+
+        return handle

@@ -1,0 +1,378 @@
+"""The executor's loop: carries out the policy's decisions on real machines.
+
+One asyncio task per running build copy. The loop asks the policy what to start
+(``next_decisions``), starts those tasks, then waits for the first task to end or for the time
+the policy asked to be woken at, and reports what happened (``on_finished`` or
+``on_machine_failed``). Outputs wanted here are copied home in the background as soon as they
+are built, and the build is reported when they have arrived; either way a dependent on the same
+builder starts at once.
+
+Failures are data, not exceptions: a derivation that fails to build is final (its dependents
+are skipped, and without keep-going nothing new starts); a machine that cannot be reached or
+drops the connection is backed off by the policy and the build goes back to the queue. A build
+that has lost its machine ``MAX_LOSSES`` times fails, so a broken input cannot loop forever.
+When a machine goes down, a copy that was fetching its inputs from there goes back to the
+queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from offload.backoff import Health
+from offload.errors import OffloadError, SchedulerError
+from offload.history.records import RunReport
+from offload.scheduler.dag import JobState
+from offload.scheduler.policy import Cancel, Policy, Speculate, Start, Wait
+from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
+from offload.scheduler.run.events import RunEvents
+from offload.scheduler.run.holders import HOME, Holders
+from offload.scheduler.run.learning import Learning
+from offload.scheduler.run.plan import BuildPlan, InputMoves, Link, PoolMember, plan_jobs
+from offload.slots import SlotLocks
+from offload.ui.events import Event
+
+__all__ = ["MAX_LOSSES", "Executor"]
+
+MAX_LOSSES = 3
+
+
+class Executor:
+    def __init__(
+        self,
+        plan: BuildPlan,
+        members: Sequence[PoolMember],
+        local: Link,
+        *,
+        emit: Callable[[Event], None],
+        log_sink: Callable[[str, str, str], None] | None = None,
+        keep_going: bool = False,
+        estimates: Mapping[str, float] | None = None,
+        policy: Policy | None = None,
+        outputs: Sequence[str] = (),
+        home: Iterable[str] | None = None,
+        slots: SlotLocks | None = None,
+        backoff: Mapping[str, Health] | None = None,
+        unreachable: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.plan = plan
+        self.members = {m.spec.name: m for m in members}
+        self.local = local
+        self.emit = emit
+        self.log_sink = log_sink
+        self.keep_going = keep_going
+        self.clock = clock
+        self.wall = wall
+        self.outputs = tuple(outputs)
+        self.slots = slots
+        self._holders = Holders(plan, home)
+        self._learning = Learning(plan, estimates, wall)
+        self.policy = policy or self._new_policy(members, estimates)
+        self._last_error: dict[str, str] = {}
+        self._restored = self._restore(backoff or {}, unreachable or {})
+        self.report = RunReport(run_id=uuid.uuid4().hex[:12])
+        self._events = RunEvents(
+            plan, self.members, self.policy, self.report, emit=emit, log_sink=log_sink, wall=wall
+        )
+        self._copies = BuildCopies(
+            plan,
+            self.members,
+            local,
+            self._holders,
+            self._events,
+            slots=slots,
+            wall=wall,
+            clock=clock,
+        )
+        self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
+        # Outputs on their way home after their build was accepted: the copy's outcome waits
+        # here to be reported once they arrive.
+        self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
+        self._losses: dict[str, int] = {}
+        self._stopping = False
+
+    def _new_policy(
+        self, members: Sequence[PoolMember], estimates: Mapping[str, float] | None
+    ) -> Policy:
+        return Policy(
+            plan_jobs(self.plan, estimates),
+            [m.spec for m in members],
+            transfer=InputMoves(self._holders.where),
+            guessed=self._learning.unknown,
+            strict=not self.keep_going,
+        )
+
+    def _restore(
+        self, backoff: Mapping[str, Health], unreachable: Mapping[str, str]
+    ) -> dict[str, Health]:
+        """Tell the policy which builders are down before the run starts; returns the backoff
+        kept from earlier runs, to announce when the run starts."""
+        restored = {name: health for name, health in backoff.items() if name in self.members}
+        for name, health in restored.items():
+            until = self.clock() + (health.until - self.wall())
+            self.policy.restore_down(name, health.failures, until)
+        # Builders that did not answer when the run looked for outputs they already hold.
+        for name, error in unreachable.items():
+            if name in self.members:
+                self._last_error[name] = error
+                self.policy.on_machine_failed(name, self.clock())
+        return restored
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> RunReport:
+        start = self.clock()
+        if self.plan.order and not any(self.policy.is_up(n, start) for n in self.members):
+            self._check_stuck()  # every machine is down before anything started: say so now
+        for drv_path in self.policy.skipped_at_start:
+            self._finish_skipped(drv_path, "")
+        for drv_path, reason in self.policy.unschedulable.items():
+            self.report.failed[drv_path] = f"no machine can build it: {reason}"
+            self._events.finished(drv_path, "", "failed", started=self.wall(), error=reason)
+        for name, health in self._restored.items():
+            message = f"backed off after {health.failures} failure(s) in earlier runs"
+            self._events.machine_down(name, message, health.until)
+        self._events.run_started(tuple(self.members), self._estimate_makespan())
+        try:
+            await self._loop()
+        except BaseException:
+            self.report.interrupted = True
+            raise
+        finally:
+            await self._stop_all()
+            self.report.health = self.health()
+            self._events.run_finished(self.clock() - start, self.outputs)
+        return self.report
+
+    def health(self) -> dict[str, Health | None]:
+        """Each builder's backoff to remember for later runs (None: healthy)."""
+        now, wall = self.clock(), self.wall()
+        result: dict[str, Health | None] = {}
+        for name, member in self.members.items():
+            if not member.remote:
+                continue
+            failures = self.policy.failures(name)
+            until = self.policy.down_until(name)
+            down = failures > 0 and until > now
+            result[name] = Health(failures, wall + (until - now)) if down else None
+        return result
+
+    def _estimate_makespan(self) -> float:
+        graph = self.policy.graph
+        capacity = sum(m.spec.speed * m.spec.slots for m in self.members.values()) or 1.0
+        fastest = max((m.spec.speed for m in self.members.values()), default=1.0)
+        return max(graph.graph_critical_path() / fastest, graph.total_work() / capacity)
+
+    async def _loop(self) -> None:
+        while True:
+            wake: float | None = None
+            if not self._stopping:
+                for decision in self.policy.next_decisions(self.clock()):
+                    match decision:
+                        case Start(job=job, machine=machine):
+                            self._start(job, machine, speculative=False)
+                        case Speculate(job=job, machine=machine):
+                            self._start(job, machine, speculative=True)
+                        case Wait(until=until):
+                            wake = until
+            if not self._tasks and not self._homeward:
+                # Nothing runs, so a wake-up could only be for a backed-off machine: rather
+                # than sleep out its backoff, stop and say why (_check_stuck).
+                break
+            timeout = None if wake is None else max(0.0, wake - self.clock())
+            done, _ = await asyncio.wait(
+                {*self._tasks, *self._homeward},
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for arrived in [task for task in self._homeward if task in done]:
+                self._arrived(arrived)
+            for task in [task for task in self._tasks if task in done]:
+                await self._settle(task)
+        self._check_stuck()
+
+    def _check_stuck(self) -> None:
+        graph = self.policy.graph
+        left = graph.count(JobState.READY) + graph.count(JobState.PENDING)
+        if left and not self._stopping:
+            now = self.clock()
+            down = [
+                f"{name}: {self._last_error.get(name, 'backed off')}"
+                for name in self.members
+                if not self.policy.is_up(name, now)
+            ]
+            msg = f"{left} derivation(s) could not be built: no machine can take them"
+            raise SchedulerError(
+                msg + (f" ({'; '.join(down)})" if down else ""),
+                hint="check the builders with `ssh` or `offload machines`; -j N builds locally; "
+                "naming a builder with --on retries it at once",
+            )
+
+    def _start(self, drv_path: str, machine: str, *, speculative: bool) -> None:
+        task = asyncio.create_task(
+            self._copies.build(drv_path, self.members[machine], speculative=speculative),
+            name=f"{machine}:{drv_path}",
+        )
+        self._tasks[task] = (drv_path, machine)
+
+    # -- how a copy ended --------------------------------------------------------------------
+
+    async def _settle(self, task: asyncio.Task[Outcome]) -> None:
+        entry = self._tasks.pop(task, None)
+        if entry is None:
+            return  # a losing copy, cancelled while settling its twin in the same batch
+        drv_path, machine = entry
+        self._holders.fed.discard(entry)
+        now = self.clock()
+        if task.cancelled():
+            return  # its machine went down and the policy queued the job again
+        outcome = task.result()
+        match outcome.kind:
+            case "cancelled":
+                return
+            case "lost":
+                self._lost(drv_path, machine, outcome, now)
+            case "returned":
+                self._returned(drv_path, machine, outcome, now)
+            case "built":
+                await self._built(drv_path, machine, outcome, now)
+            case "failed":
+                self._fail(drv_path, machine, outcome, now)
+
+    def _lost(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+        self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+        if self._losses[drv_path] >= MAX_LOSSES:
+            self._fail(drv_path, machine, outcome, now)
+        self._machine_failed(machine, outcome.error or "connection lost", now)
+        self._emit_outcome(drv_path, machine, "lost", outcome)
+
+    def _returned(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+        if outcome.source is None:
+            # Lost inputs are made again before anything needs them (Holders.undo_lost); if
+            # that ever falls short, fail rather than retry forever.
+            self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+            if self._losses[drv_path] >= MAX_LOSSES:
+                self._fail(drv_path, machine, outcome, now)
+                return
+        else:
+            self._machine_failed(outcome.source, outcome.error or "connection lost", now)
+            why = f"the holder of its inputs, {outcome.source}, went away"
+            outcome = dataclasses.replace(outcome, error=why)
+        self.policy.on_returned(drv_path, machine)
+        self._emit_outcome(drv_path, machine, "cancelled", outcome)
+
+    async def _built(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+        finished = self.policy.on_finished(drv_path, machine, now, ok=True)
+        if not finished.accepted:
+            return
+        member = self.members[machine]
+        self._holders.built(drv_path, machine if member.remote else HOME, home=outcome.home)
+        speed = member.spec.speed
+        self._learning.learn(drv_path, speed, outcome.build_seconds, outcome.started, self.policy)
+        if drv_path not in self.report.built:  # built again after its outputs were lost
+            self.report.built.append(drv_path)
+        if drv_path in self._holders.home and not outcome.home:
+            self._send_home(drv_path, machine, outcome)
+        else:
+            self._emit_outcome(drv_path, machine, "built", outcome)
+        for cancel in finished.cancel:
+            await self._cancel(cancel)
+
+    def _send_home(self, drv_path: str, machine: str, outcome: Outcome) -> None:
+        """Copy a wanted output home in the background: its dependents need not wait for it
+        (they get it from the builder, or from here once it has arrived)."""
+        task = asyncio.create_task(
+            self._copies.fetch_home(drv_path, machine), name=f"home:{drv_path}"
+        )
+        self._homeward[task] = (drv_path, machine, outcome)
+
+    def _arrived(self, task: asyncio.Task[int]) -> None:
+        drv_path, machine, outcome = self._homeward.pop(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._holders.arrived_home(drv_path)
+            arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
+            self._emit_outcome(drv_path, machine, "built", arrived)
+        elif local_store_failed(error):
+            # The local store refused the outputs: final, as for any other copy home.
+            self.report.failed[drv_path] = error.message
+            self._emit_outcome(drv_path, machine, "failed", with_error(outcome, error))
+            if not self.keep_going:
+                self._stopping = True
+        elif isinstance(error, OffloadError):
+            # The builder went away with outputs this machine still needs: built again.
+            self._emit_outcome(drv_path, machine, "lost", with_error(outcome, error))
+            self._machine_failed(machine, error.message, self.clock())
+        else:
+            raise error
+
+    def _machine_failed(self, machine: str, error: str, now: float) -> None:
+        """Back ``machine`` off, stop its builds (the policy queued them again), and have
+        outputs that only it held made again where they are still needed."""
+        self._last_error[machine] = error
+        down = self.policy.on_machine_failed(machine, now)
+        self._events.machine_down(machine, error, self.wall() + (down.until - now))
+        for other_task, (other, where) in list(self._tasks.items()):
+            if where == machine and other in down.returned:
+                other_task.cancel()
+        self._holders.machine_gone(machine, self.policy)
+
+    def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+        finished = self.policy.on_finished(drv_path, machine, now, ok=False)
+        self.report.failed[drv_path] = outcome.error or "failed"
+        self._emit_outcome(drv_path, machine, "failed", outcome)
+        for skipped in finished.skipped:
+            self._finish_skipped(skipped, drv_path)
+        if not self.keep_going:
+            self._stopping = True
+
+    def _finish_skipped(self, drv_path: str, cause: str) -> None:
+        self.report.skipped.append(drv_path)
+        reason = f"dependency {cause} failed" if cause else "cannot be built"
+        self._events.finished(drv_path, "", "skipped", started=self.wall(), error=reason)
+
+    async def _cancel(self, cancel: Cancel) -> None:
+        for task, (drv_path, machine) in list(self._tasks.items()):
+            if drv_path == cancel.job and machine == cancel.machine:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self._tasks.pop(task, None)
+
+    async def _stop_all(self) -> None:
+        tasks: list[asyncio.Task[Any]] = [*self._tasks, *self._homeward]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self._homeward.clear()
+
+    def _emit_outcome(
+        self,
+        drv_path: str,
+        machine: str,
+        status: Literal["built", "failed", "lost", "cancelled"],
+        outcome: Outcome,
+    ) -> None:
+        self._events.finished(
+            drv_path,
+            machine,
+            status,
+            started=outcome.started,
+            error=outcome.error,
+            sent=outcome.bytes_sent,
+            received=outcome.bytes_received,
+            build_seconds=outcome.build_seconds,
+        )

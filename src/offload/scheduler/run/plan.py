@@ -1,0 +1,127 @@
+"""What a run is given: the derivations to build, the machines to build them on, and the
+guesses that stand in for history.
+
+A ``BuildPlan`` lists the derivations dependencies first, with what each needs from the others;
+``plan_jobs`` turns it into the policy's jobs. A job history does not know is guessed to take
+``DEFAULT_WORK`` (``BIG_PARALLEL_WORK`` for big-parallel builds), scaled by the size of its
+sources (``size_factor``). Each machine is a ``PoolMember``: its slots and speed for the policy
+and a ``Link`` to its store. ``InputMoves`` is the policy's cost of moving inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from offload.protocol.serve import ServeClient
+from offload.scheduler.dag import Job
+from offload.scheduler.policy import MachineSlotSpec
+from offload.store.drv import Derivation
+from offload.store.path import split_name_version
+
+__all__ = [
+    "BIG_PARALLEL_WORK",
+    "DEFAULT_WORK",
+    "LOCAL_STORE",
+    "MOVE_SECONDS",
+    "BuildPlan",
+    "InputMoves",
+    "Link",
+    "PoolMember",
+    "plan_jobs",
+    "size_factor",
+]
+
+# The name local serve sessions carry (offload.transport.links.LocalLink).
+LOCAL_STORE = "local"
+# Without history, a build is assumed to take this long on a machine of speed 1.
+DEFAULT_WORK = 10.0
+# big-parallel builds (compilers, kernels) are long; guess them long so they start first.
+BIG_PARALLEL_WORK = 60.0
+# Moving one input job's outputs to a machine: a few round trips on each side (measured on
+# loopback at about 20-40 ms builder to builder; see docs/BENCHMARKS.md).
+MOVE_SECONDS = 0.05
+
+
+class Link(Protocol):
+    """A way to reach one machine's store: borrow a serve session, or stop one mid-build."""
+
+    def session(self) -> AbstractAsyncContextManager[ServeClient]: ...
+
+    async def cancel(self, client: ServeClient) -> None: ...
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    spec: MachineSlotSpec
+    link: Link
+    remote: bool  # False: the local machine, whose store is the run's hub
+    slot_key: str | None = None  # shared slot-lock name (offload.slots); None: not shared
+    substitute: bool = False  # builders-use-substitutes: the builder tries its caches first
+
+
+class InputMoves:
+    """The policy's transfer cost: ``MOVE_SECONDS`` per input job whose outputs the machine
+    does not hold yet. Sizes are not known before outputs exist, and the outputs of most
+    derivations move in a few round trips, so what this mostly decides is which of two equally
+    fast machines takes a job: the one that already holds its inputs."""
+
+    def __init__(self, holders: Mapping[str, set[str]], seconds: float | None = None) -> None:
+        self._holders = holders
+        self._seconds = MOVE_SECONDS if seconds is None else seconds
+
+    def estimate(self, job: Job, machine: str) -> float:
+        holders = self._holders
+        return self._seconds * sum(1 for dep in job.deps if machine not in holders.get(dep, ()))
+
+    def record_output(self, job_id: str, machine: str) -> None:
+        """The executor records where outputs are itself (``Holders``)."""
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The derivations to build, dependencies first, with what each needs from the others."""
+
+    drvs: Mapping[str, Derivation]
+    order: Sequence[str]
+    inputs: Mapping[str, tuple[str, ...]]  # drv -> input store paths (sources + input outputs)
+    outputs: Mapping[str, tuple[str, ...]]  # drv -> its output paths
+    # drv -> NAR bytes of its input sources, where known: a hint for builds without history.
+    source_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+def size_factor(source_bytes: int) -> float:
+    """How much longer than ``DEFAULT_WORK`` a build without history is guessed to take, from
+    the size of its sources: 1 up to 1 MiB, 2 at 10 MiB, 3 at 100 MiB, at most 4 (a bigger
+    source tree usually means more to compile; only the order it gives matters much, and a
+    run's own builds correct the guess)."""
+    mib = source_bytes / 2**20
+    return min(4.0, 1.0 + math.log10(max(mib, 1.0)))
+
+
+def plan_jobs(
+    plan: BuildPlan,
+    estimates: Mapping[str, float] | None = None,
+) -> list[Job]:
+    """Jobs for the policy; ``estimates`` maps a name without version to speed-1 seconds."""
+    estimates = estimates or {}
+    jobs = []
+    in_plan = set(plan.order)
+    for drv_path in plan.order:
+        drv = plan.drvs[drv_path]
+        pname = split_name_version(drv.name)[0]
+        default = BIG_PARALLEL_WORK if "big-parallel" in drv.required_features else DEFAULT_WORK
+        default *= size_factor(plan.source_bytes.get(drv_path, 0))
+        jobs.append(
+            Job(
+                id=drv_path,
+                work_estimate=estimates.get(pname, default),
+                deps=tuple(d for d in drv.input_drvs if d in in_plan),
+                system=drv.platform,
+                required_features=drv.required_features,
+            )
+        )
+    return jobs
