@@ -31,7 +31,7 @@ from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import (
     BuildPlan,
     Executor,
-    Link,
+    MemberLink,
     PoolMember,
     RunReport,
     plan_jobs,
@@ -451,8 +451,8 @@ async def _estimated_plan(
 
 async def _open_sessions(
     stack: contextlib.AsyncExitStack,
-    local_link: Link,
-    remote: Mapping[str, Link],
+    local_link: MemberLink,
+    remote: Mapping[str, MemberLink],
     unreachable: dict[str, str],
     roots: Roots,
     *,
@@ -495,7 +495,7 @@ def _as_list(evaluate: Callable[[], Sequence[tuple[str, str]]]) -> list[tuple[st
 
 @contextlib.asynccontextmanager
 async def _borrow_all(
-    links: Mapping[str, Link],
+    links: Mapping[str, MemberLink],
     unreachable: dict[str, str],
     answered: Callable[[str], None] | None = None,
 ) -> AsyncIterator[dict[str, ServeClient]]:

@@ -34,9 +34,9 @@ from offload.transport.fake import (
 )
 
 if TYPE_CHECKING:
-    from offload.scheduler.run import Link
+    from offload.scheduler.run import MemberLink
 
-    def _is_a_link(link: FakeLink) -> Link:
+    def _is_a_link(link: FakeLink) -> MemberLink:
         return link  # mypy checks that FakeLink satisfies the executor's protocol
 
 

@@ -2,7 +2,7 @@
 
 Where to look:
 
-- ``plan``: what a run is given (``BuildPlan``, ``PoolMember`` and its ``Link``) and the
+- ``plan``: what a run is given (``BuildPlan``, ``PoolMember`` and its ``MemberLink``) and the
   guesses that stand in for history (``plan_jobs``, ``size_factor``, ``InputMoves``);
 - ``executor``: the ``Executor`` and its event loop, and how a build copy's end is handled;
 - ``copy``: one build copy on one machine, and store-to-store copying (``send_closure``);
@@ -20,7 +20,7 @@ from offload.scheduler.run.plan import (
     MOVE_SECONDS,
     BuildPlan,
     InputMoves,
-    Link,
+    MemberLink,
     PoolMember,
     plan_jobs,
     size_factor,
@@ -34,7 +34,7 @@ __all__ = [
     "BuildPlan",
     "Executor",
     "InputMoves",
-    "Link",
+    "MemberLink",
     "PoolMember",
     "RunReport",
     "plan_jobs",

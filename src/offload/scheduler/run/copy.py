@@ -23,7 +23,7 @@ from offload.errors import OffloadError, ProtocolError
 from offload.protocol.serve import ServeClient, copy_paths, topo_sort_infos
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import HOME, Holders, InputsGone
-from offload.scheduler.run.plan import LOCAL_STORE, BuildPlan, Link, PoolMember
+from offload.scheduler.run.plan import LOCAL_STORE, BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
 
 __all__ = ["BuildCopies", "Outcome", "local_store_failed", "send_closure", "with_error"]
@@ -60,7 +60,7 @@ class BuildCopies:
         self,
         plan: BuildPlan,
         members: Mapping[str, PoolMember],
-        local: Link,
+        local: MemberLink,
         holders: Holders,
         events: RunEvents,
         *,

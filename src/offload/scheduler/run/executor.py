@@ -34,7 +34,7 @@ from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed,
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import HOME, Holders
 from offload.scheduler.run.learning import Learning
-from offload.scheduler.run.plan import BuildPlan, InputMoves, Link, PoolMember, plan_jobs
+from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
 from offload.slots import SlotLocks
 from offload.ui.events import Event
 
@@ -48,7 +48,7 @@ class Executor:
         self,
         plan: BuildPlan,
         members: Sequence[PoolMember],
-        local: Link,
+        local: MemberLink,
         *,
         emit: Callable[[Event], None],
         log_sink: Callable[[str, str, str], None] | None = None,

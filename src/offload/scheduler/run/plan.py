@@ -5,7 +5,7 @@ A ``BuildPlan`` lists the derivations dependencies first, with what each needs f
 ``plan_jobs`` turns it into the policy's jobs. A job history does not know is guessed to take
 ``DEFAULT_WORK`` (``BIG_PARALLEL_WORK`` for big-parallel builds), scaled by the size of its
 sources (``size_factor``). Each machine is a ``PoolMember``: its slots and speed for the policy
-and a ``Link`` to its store. ``InputMoves`` is the policy's cost of moving inputs.
+and a ``MemberLink`` to its store. ``InputMoves`` is the policy's cost of moving inputs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = [
     "MOVE_SECONDS",
     "BuildPlan",
     "InputMoves",
-    "Link",
+    "MemberLink",
     "PoolMember",
     "plan_jobs",
     "size_factor",
@@ -46,7 +46,7 @@ BIG_PARALLEL_WORK = 60.0
 MOVE_SECONDS = 0.05
 
 
-class Link(Protocol):
+class MemberLink(Protocol):
     """A way to reach one machine's store: borrow a serve session, or stop one mid-build."""
 
     def session(self) -> AbstractAsyncContextManager[ServeClient]: ...
@@ -57,7 +57,7 @@ class Link(Protocol):
 @dataclass(frozen=True)
 class PoolMember:
     spec: MachineSlotSpec
-    link: Link
+    link: MemberLink
     remote: bool  # False: the local machine, whose store is the run's hub
     slot_key: str | None = None  # shared slot-lock name (offload.slots); None: not shared
     substitute: bool = False  # builders-use-substitutes: the builder tries its caches first
