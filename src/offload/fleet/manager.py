@@ -60,21 +60,7 @@ def fleet_up(
     specs = validate_specs(specs)
     fleet_dir = dir.absolute()
     previous = load_state(fleet_dir)
-    wanted = {s.name: s for s in specs}
-    kept: dict[str, MemberRecord] = {}
-    dead: list[MemberRecord] = []
-    for record in previous.members if previous else ():
-        if not is_ours(record.pid, record.start_time):
-            dead.append(record)
-            continue
-        if wanted.get(record.spec.name) != record.spec:
-            asked = wanted.get(record.spec.name)
-            raise FleetError(
-                f"fleet member {record.spec.text} is running in {fleet_dir}, "
-                + (f"asked for {asked.text}" if asked else "but was not asked for"),
-                hint=f"run `offload fleet down --dir {fleet_dir}` first",
-            )
-        kept[record.spec.name] = record
+    kept, dead = _kept_and_dead(fleet_dir, previous, specs)
     prepare_dir(fleet_dir)
     for record in dead:
         # Its sshd is gone, but sessions may linger in its namespace holding the store.
@@ -101,6 +87,29 @@ def fleet_up(
         write_state(fleet_dir, FleetState(system, tuple(kept.values())))
         raise
     return fleet_of(fleet_dir, FleetState(system, ordered(records, specs)))
+
+
+def _kept_and_dead(
+    fleet_dir: Path, previous: FleetState | None, specs: Sequence[MemberSpec]
+) -> tuple[dict[str, MemberRecord], list[MemberRecord]]:
+    """The recorded members still running as asked, by name, and the ones no longer running;
+    one running with another spec, or not asked for, is an error."""
+    wanted = {s.name: s for s in specs}
+    kept: dict[str, MemberRecord] = {}
+    dead: list[MemberRecord] = []
+    for record in previous.members if previous else ():
+        if not is_ours(record.pid, record.start_time):
+            dead.append(record)
+            continue
+        if wanted.get(record.spec.name) != record.spec:
+            asked = wanted.get(record.spec.name)
+            raise FleetError(
+                f"fleet member {record.spec.text} is running in {fleet_dir}, "
+                + (f"asked for {asked.text}" if asked else "but was not asked for"),
+                hint=f"run `offload fleet down --dir {fleet_dir}` first",
+            )
+        kept[record.spec.name] = record
+    return kept, dead
 
 
 def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
