@@ -16,7 +16,8 @@ from typing import cast
 import pytest
 from rich.console import Console
 
-from offload.build import LOCAL, _report_substituted, load_graph
+from offload.build import LOCAL, load_graph
+from offload.build.prebuilt import report_substituted as _report_substituted
 from offload.config.pool import Pool, load_pool
 from offload.config.settings import NixSettings, substitutes_locally, with_nix_options
 from offload.errors import ConfigError

@@ -1,0 +1,48 @@
+"""``offload build --dry-run``: what a run would fetch from builders, build and where,
+planned by the simulator from the same graph a run reads, without building anything."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from offload.build.graph import DrvGraph, load_graph
+from offload.build.members import pool_members, pool_specs
+from offload.build.plan import estimated_plan
+from offload.build.sessions import open_sessions
+from offload.config.pool import Pool
+from offload.errors import SchedulerError
+from offload.scheduler.run import plan_jobs
+from offload.scheduler.simulate import SimResult, simulate
+from offload.transport.links import LocalLink
+
+__all__ = ["dry_run"]
+
+
+async def dry_run(
+    roots: Sequence[tuple[str, str]],
+    pool: Pool,
+    estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[DrvGraph, SimResult, dict[str, str]]:
+    """What a run would fetch from builders, build and where, planned without building.
+
+    Builders are asked which needed outputs they hold, as a run asks them; the ones that do not
+    answer are left out of the plan and returned with their errors. Binary caches are not asked
+    (that would download): what they may have is counted as to be built.
+    """
+    unreachable: dict[str, str] = {}
+    async with (
+        LocalLink(max_sessions=1, env=pool.local_env()) as local_link,
+        pool_members(pool, local_link, env) as members,
+        contextlib.AsyncExitStack() as opened,
+    ):
+        remote = {m.spec.name: m.link for m in members if m.remote}
+        local, clients, _ = await open_sessions(opened, local_link, remote, unreachable, roots)
+        graph = await load_graph(local, roots, remotes=clients)
+        plan, estimates = await estimated_plan(graph, local, estimate)
+    jobs = plan_jobs(plan, estimates)
+    specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
+    if not specs:
+        raise SchedulerError("no machine to build on", hint="pass -j N or --builders")
+    return graph, simulate(jobs, specs, strict=False), unreachable

@@ -1,0 +1,127 @@
+"""The pool as the executor's members: the local machine (named ``LOCAL``) first, then one
+link per usable builder, each builder's slots cut by the load its link reported."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+from offload.config.machines import Machine
+from offload.config.pool import Pool
+from offload.errors import SchedulerError
+from offload.load import BOOT_ID_FILE, loaded_specs
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.run import PoolMember
+from offload.slots import slot_key
+from offload.transport.links import LocalLink, MachineLink
+from offload.ui.events import Event, MachineEvent
+
+__all__ = ["LOCAL", "local_spec", "pool_members", "pool_specs", "under_load"]
+
+LOCAL = "local"
+
+
+def _slot_spec(machine: Machine) -> MachineSlotSpec:
+    return MachineSlotSpec(
+        name=machine.name,
+        speed=machine.speed_factor,
+        slots=machine.max_jobs,
+        systems=frozenset(machine.systems),
+        supported=frozenset(machine.supported_features),
+        mandatory=frozenset(machine.mandatory_features),
+    )
+
+
+def local_spec(pool: Pool) -> MachineSlotSpec | None:
+    if pool.local is None or pool.local.max_jobs <= 0:
+        return None
+    return MachineSlotSpec(
+        name=LOCAL,
+        speed=pool.local.speed_factor,
+        slots=pool.local.max_jobs,
+        systems=frozenset(pool.local.systems),
+        supported=frozenset(pool.local.supported_features),
+    )
+
+
+def pool_specs(pool: Pool) -> list[MachineSlotSpec]:
+    """The pool as the scheduler sees it: the local machine first, then each usable builder."""
+    local = local_spec(pool)
+    builders = [_slot_spec(m) for m in pool.machines if m.enabled and m.max_jobs > 0]
+    return ([local] if local else []) + builders
+
+
+@contextlib.asynccontextmanager
+async def pool_members(
+    pool: Pool, local_link: LocalLink, env: Mapping[str, str] | None = None
+) -> AsyncIterator[list[PoolMember]]:
+    members: list[PoolMember] = []
+    async with contextlib.AsyncExitStack() as stack:
+        local = local_spec(pool)
+        if local is not None:
+            members.append(PoolMember(local, local_link, remote=False, slot_key=LOCAL))
+        for machine in pool.machines:
+            if not machine.enabled or machine.max_jobs <= 0:
+                continue
+            # Nix's setting turns it on for every builder; else the machine's URI parameter.
+            link = await stack.enter_async_context(
+                MachineLink.from_machine(
+                    machine, env=env, substitute=pool.builders_use_substitutes or None
+                )
+            )
+            members.append(
+                PoolMember(
+                    _slot_spec(machine),
+                    link,
+                    remote=True,
+                    slot_key=slot_key(machine.uri),
+                    substitute=link.substitute,
+                )
+            )
+        if not members:
+            raise SchedulerError(
+                "no machine to build on: the local machine takes no jobs and no builder is set",
+                hint="pass -j N, --builders, or set `builders` in nix.conf",
+            )
+        yield members
+
+
+def under_load(members: list[PoolMember], emit: Callable[[Event], None]) -> list[PoolMember]:
+    """``members`` with the builders' slots cut by the load their links reported (offload.load),
+    each cut told as a "loaded" MachineEvent."""
+    loads = {
+        m.spec.name: m.link.load
+        for m in members
+        if m.remote and isinstance(m.link, MachineLink) and m.link.load is not None
+    }
+    cut = loaded_specs([m.spec for m in members if m.remote], loads, _local_boot_id())
+    result = []
+    for member in members:
+        spec = cut.get(member.spec.name) if member.remote else None
+        if spec is None:
+            result.append(member)
+            continue
+        load = loads[spec.name]
+        emit(
+            MachineEvent(
+                machine=spec.name,
+                state="loaded",
+                message=f"{load.describe()}: {spec.slots} of {member.spec.slots} slots",
+                until=None,
+                time=time.time(),
+                slots=spec.slots,
+            )
+        )
+        result.append(dataclasses.replace(member, spec=spec))
+    return result
+
+
+def _local_boot_id() -> str | None:
+    """This machine's boot id, to tell builders that share its kernel (offload.load)."""
+    try:
+        return Path(BOOT_ID_FILE).read_text().strip().lower() or None
+    except OSError:
+        return None

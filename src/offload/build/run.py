@@ -1,0 +1,99 @@
+"""One run, start to end: sessions open while the roots are evaluated, the graph is read,
+what need not be built is fetched or reported, and the executor builds the rest over the
+pool's members; and the links nix-build would name for the requested outputs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+
+from offload.backoff import Health
+from offload.build.graph import DrvGraph, Roots, load_graph
+from offload.build.members import pool_members, under_load
+from offload.build.plan import estimated_plan
+from offload.build.prebuilt import fetch_existing, report_substituted
+from offload.build.sessions import open_sessions, warming
+from offload.config.pool import Pool
+from offload.nix import result_links
+from offload.scheduler.run import Executor, RunReport
+from offload.slots import SlotLocks
+from offload.transport.links import LocalLink
+from offload.ui.events import Event
+
+__all__ = ["out_links", "run_build"]
+
+
+async def run_build(
+    roots: Roots,
+    pool: Pool,
+    *,
+    emit: Callable[[Event], None],
+    log_sink: Callable[[str, str, str], None] | None = None,
+    keep_going: bool = False,
+    estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
+    env: Mapping[str, str] | None = None,
+    slots: SlotLocks | None = None,
+    backoff: Mapping[str, Health] | None = None,
+    fetch_all: bool = False,
+) -> tuple[RunReport, DrvGraph]:
+    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
+
+    Other outputs stay on the builder that made them unless a local build needs them, or
+    ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
+    them: it runs in a thread while the sessions to the stores open.
+    """
+    down = set(backoff or {})
+    async with (
+        # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
+        LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
+        pool_members(pool, local_link, env) as members,
+    ):
+        remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
+        unreachable: dict[str, str] = {}
+        slot_counts = {m.spec.name: m.spec.slots for m in members}
+        async with warming(remote, slot_counts) as warm:
+            async with contextlib.AsyncExitStack() as opened:
+                local, clients, roots = await open_sessions(
+                    opened, local_link, remote, unreachable, roots, answered=warm
+                )
+                graph = await load_graph(
+                    local, roots, remotes=clients, substitute=pool.local_substitutes
+                )
+                fetched = report_substituted(graph, emit)
+                fetched += await fetch_existing(graph, clients, local, emit)
+                plan, estimates = await estimated_plan(graph, local, estimate)
+            # The sessions just opened reported each builder's load: busy ones get fewer slots.
+            loaded = under_load(members, emit)
+            executor = Executor(
+                plan,
+                loaded,
+                local_link,
+                emit=emit,
+                log_sink=log_sink,
+                keep_going=keep_going,
+                estimates=estimates,
+                outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
+                home=None if fetch_all else {drv for drv, _ in roots},
+                slots=slots,
+                backoff=backoff,
+                unreachable=unreachable,
+            )
+            report = await executor.run()
+    report.finished[:0] = fetched
+    return report, graph
+
+
+def _local_sessions(pool: Pool) -> int:
+    # Every remote build borrows a local session to send inputs and fetch outputs.
+    return 2 + sum(m.max_jobs for m in pool.machines) + (pool.local.max_jobs if pool.local else 0)
+
+
+def out_links(
+    roots: Iterable[tuple[str, str]], graph: DrvGraph, base: str
+) -> list[tuple[str, str]]:
+    """(output path, link) pairs named as nix-build names them: result, result-2, result-dev."""
+    roots = list(roots)
+    return [
+        (graph.output_path(drv, output), link)
+        for (drv, output), link in zip(roots, result_links(roots, base), strict=True)
+    ]

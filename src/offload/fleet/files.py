@@ -1,0 +1,122 @@
+"""The fleet directory's files: the client key, each member's own ``/nix``, ``/etc/nix``,
+host key and ``/proc`` overrides, and the client's ``ssh_config``, ``known_hosts`` and machines
+file (their text comes from ``spec``). Every file is written atomically with its final mode."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from offload.fleet.spec import (
+    CLIENT_KEY,
+    MEMBER_AUTHORIZED_KEYS,
+    MemberRecord,
+    MemberSpec,
+    home_to_replace,
+    known_hosts_line,
+    machines_line,
+    nix_conf,
+    proc_override_file,
+    speed_text,
+    ssh_config,
+)
+from offload.process import run
+
+__all__ = [
+    "login_home",
+    "prepare_dir",
+    "prepare_member",
+    "write_client_files",
+    "write_private",
+]
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write atomically (temp file + rename) with ``mode`` from the start."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+def prepare_dir(fleet_dir: Path) -> None:
+    fleet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fleet_dir.chmod(0o700)
+    # Mount points and sshd's privilege-separation directory must exist on the host.
+    for needed, mode in (
+        (Path("/nix"), 0o755),
+        (Path("/etc/nix"), 0o755),
+        (Path("/run/sshd"), 0o755),
+    ):
+        if not needed.is_dir():
+            needed.mkdir(mode=mode, parents=True)
+    key = fleet_dir / CLIENT_KEY
+    if not key.exists():
+        _keygen(key, "offload-fleet-client")
+
+
+def _keygen(path: Path, comment: str) -> None:
+    for stale in (path, path.with_name(path.name + ".pub")):
+        stale.unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    path.chmod(0o600)
+
+
+def prepare_member(fleet_dir: Path, root: Path, spec: MemberSpec) -> None:
+    # sshd's StrictModes wants the authorized keys and every directory above them (inside the
+    # member: /etc/nix, /etc, /) owned by root and not group/world-writable.
+    root.mkdir(mode=0o700, exist_ok=True)
+    root.chmod(0o700)
+    for sub in (root / "nix", root / "etc-nix"):
+        sub.mkdir(mode=0o755, exist_ok=True)
+        # The member's /nix and /etc/nix, readable as on any Nix machine.
+        sub.chmod(0o755)
+    (root / "home").mkdir(mode=0o700, exist_ok=True)
+    etc = root / "etc-nix"
+    write_private(etc / "nix.conf", nix_conf(spec), 0o644)
+    write_private(etc / "offload-speed", f"{speed_text(spec.speed)}\n", 0o644)
+    client_pub = (fleet_dir / f"{CLIENT_KEY}.pub").read_text()
+    write_private(etc / Path(MEMBER_AUTHORIZED_KEYS).name, client_pub, 0o600)
+    if spec.proc_overrides:
+        (root / "proc").mkdir(mode=0o755, exist_ok=True)
+    for index, (_, text) in enumerate(spec.proc_overrides):
+        write_private(proc_override_file(root, index), text, 0o644)
+    host_key = root / "ssh_host_ed25519_key"
+    if not host_key.exists() or not host_key.with_name(host_key.name + ".pub").exists():
+        _keygen(host_key, f"offload-fleet-{spec.name}")
+
+
+def login_home(fleet_dir: Path) -> Path | None:
+    """The home directory to give members a clean one over (``spec.home_to_replace``)."""
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    return home_to_replace(home.resolve(), fleet_dir.resolve()) if home.is_dir() else None
+
+
+def _host_pub(fleet_dir: Path, name: str) -> str:
+    return (fleet_dir / name / "ssh_host_ed25519_key.pub").read_text()
+
+
+def write_client_files(
+    fleet_dir: Path,
+    system: str,
+    specs: Sequence[MemberSpec],
+    records: Mapping[str, MemberRecord],
+) -> None:
+    ports = {s.name: records[s.name].port for s in specs}
+    write_private(fleet_dir / "ssh_config", ssh_config(fleet_dir, ports))
+    write_private(
+        fleet_dir / "known_hosts",
+        "".join(known_hosts_line(s.name, _host_pub(fleet_dir, s.name)) for s in specs),
+    )
+    write_private(
+        fleet_dir / "machines",
+        "".join(
+            machines_line(s, system, fleet_dir / CLIENT_KEY, _host_pub(fleet_dir, s.name))
+            for s in specs
+        ),
+        0o644,
+    )

@@ -1,0 +1,91 @@
+"""A member's processes, found and stopped without trusting a pid alone.
+
+A recorded pid is ours only while it still has the recorded start time (never a recycled pid).
+Stopping a member stops its sshd, then every process left in its mount namespace
+(per-connection sshd children run in their own sessions, and ``nix-store --serve`` under them).
+Nothing is unmounted: a namespace and its bind mounts disappear with its last process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from offload.errors import FleetError
+from offload.fleet.spec import MemberRecord, parse_proc_stat
+from offload.process import stop_process_group
+
+__all__ = ["is_ours", "mnt_ns", "proc_stat", "stop_member"]
+
+_STOP_TIMEOUT = 5.0
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    try:
+        return parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_ours(pid: int, start_time: int) -> bool:
+    """Is ``pid`` alive and still the process we started (not a recycled pid, not a zombie)?"""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in {"Z", "X"} and stat[1] == start_time
+
+
+def mnt_ns(pid: int) -> str | None:
+    try:
+        return str(Path(f"/proc/{pid}/ns/mnt").readlink())
+    except OSError:
+        return None
+
+
+def _namespace_pids(record: MemberRecord, root: Path) -> list[int]:
+    """Live processes that see the member's own directory at /nix, other than this one.
+
+    That is the member's sshd and everything below it, including nix-store, which runs in a
+    mount namespace of its own (Nix 2.8 unshares one to remount the store) and so does not
+    share the member's namespace id. No other process can see that directory at /nix.
+    """
+    if not record.mnt_ns or record.mnt_ns == mnt_ns(os.getpid()):
+        return []
+    try:
+        want = (root / "nix").stat()
+    except OSError:
+        return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            seen = (entry / "root" / "nix").stat()
+        except OSError:
+            continue
+        if (seen.st_dev, seen.st_ino) == (want.st_dev, want.st_ino):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_member(fleet_dir: Path, record: MemberRecord) -> None:
+    root = fleet_dir / record.spec.name
+    stat = proc_stat(record.pid)
+    # A zombie with our start time is our own dead child: stopping it reaps it.
+    if stat is not None and stat[1] == record.start_time:
+        stop_process_group(record.pid, grace=_STOP_TIMEOUT / 2)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    sig = signal.SIGTERM
+    while pids := _namespace_pids(record, root):
+        if time.monotonic() > deadline:
+            raise FleetError(
+                f"processes {', '.join(map(str, pids))} of fleet member {record.spec.name} "
+                "did not stop"
+            )
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        # Give SIGTERM a moment, then insist.
+        time.sleep(0.05)
+        sig = signal.SIGKILL
