@@ -1,0 +1,35 @@
+"""Links: one per builder per run, lending out long-lived serve sessions.
+
+A ``Link`` (``pool``) owns a pool of ``nix-store --serve --write`` sessions to one store and
+lends them out with ``async with link.session() as client``; it stops a session's remote
+process tree when a request was cut short, or on ``link.cancel(client)``.
+
+Where the sessions come from is a ``SessionTransport`` (``base``): ``SshTransport``
+(``ssh_master``: one ControlMaster connection per builder, sessions multiplexed over it, remote
+kills sent over it too) or ``LocalTransport`` (``local``: a local ``nix-store --serve
+--write``). ``MachineLink`` and ``LocalLink`` are links over each.
+"""
+
+from offload.transport.links.base import (
+    LinkStats,
+    LogSink,
+    SessionPipes,
+    SessionTransport,
+    read_start_line,
+)
+from offload.transport.links.local import LocalLink, LocalTransport
+from offload.transport.links.pool import Link
+from offload.transport.links.ssh_master import MachineLink, SshTransport
+
+__all__ = [
+    "Link",
+    "LinkStats",
+    "LocalLink",
+    "LocalTransport",
+    "LogSink",
+    "MachineLink",
+    "SessionPipes",
+    "SessionTransport",
+    "SshTransport",
+    "read_start_line",
+]

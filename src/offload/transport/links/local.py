@@ -1,0 +1,81 @@
+"""The local store behind the same interface as a builder: ``LocalTransport`` starts a local
+``nix-store --serve --write`` per session (as Hydra does for localhost), ``LocalLink`` pools them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+from offload.errors import TransportError
+from offload.process import run_async, spawn
+from offload.transport.links.base import (
+    CONTROL_TIMEOUT,
+    KILL_GRACE,
+    SessionPipes,
+    drain_dead,
+    read_start_line,
+)
+from offload.transport.links.pool import Link
+from offload.transport.ssh import kill_script, serve_command
+
+__all__ = ["LocalLink", "LocalTransport"]
+
+
+class LocalTransport:
+    """``nix-store --serve --write`` on this machine (as Hydra does for localhost)."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "local",
+        params: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self._params = params
+        self._env = env
+        self._start_timeout = start_timeout
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
+        proc = await stack.enter_async_context(spawn(serve_command(self._params), env=self._env))
+        stack.push_async_callback(drain_dead, proc)
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stderr is not None
+        pid, load, early = await read_start_line(proc.stderr, self._start_timeout)
+        if pid is None:
+            tail = " | ".join(early[-5:]) or "(no output)"
+            raise TransportError(f"{self.name}: `nix-store --serve` did not start: {tail}")
+        return SessionPipes(
+            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early, load
+        )
+
+    async def kill(self, pid: int) -> None:
+        await asyncio.wait_for(
+            run_async(kill_script(pid, KILL_GRACE), env=self._env, check=False),
+            CONTROL_TIMEOUT,
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+class LocalLink(Link):
+    """The local store behind the same interface as a builder."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int = 2,
+        env: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        substitute: bool = False,
+    ) -> None:
+        super().__init__(
+            LocalTransport(params=params, env=env),
+            max_sessions=max_sessions,
+            substitute=substitute,
+        )

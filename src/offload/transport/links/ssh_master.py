@@ -1,0 +1,289 @@
+"""A builder over ssh: ``SshTransport`` keeps one ControlMaster connection per builder and
+multiplexes serve sessions over it (remote kills go over it too); ``MachineLink`` pools them.
+
+The master is started on first use and again if it died. It reports readiness on its stdout
+(``MASTER_READY``); its stderr is drained all along, both so that ssh never blocks on a full pipe
+and so that a failure can be explained with ssh's own last words and a hint. The control socket
+and the pinned known_hosts file live in a private 0700 directory removed on ``close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from offload.errors import SshError
+from offload.process import run_async, spawn
+from offload.transport.links.base import (
+    CONTROL_TIMEOUT,
+    KILL_GRACE,
+    TAIL,
+    SessionPipes,
+    drain_dead,
+    read_start_line,
+)
+from offload.transport.links.pool import Link
+from offload.transport.ssh import (
+    CONNECT_TIMEOUT,
+    MASTER_READY,
+    SshTarget,
+    kill_script,
+    known_hosts_line,
+    master_argv,
+    remote_command,
+    serve_argv,
+    ssh_argv,
+    ssh_target,
+)
+
+if TYPE_CHECKING:
+    from offload.config.machines import Machine
+
+__all__ = ["MachineLink", "SshTransport"]
+
+# How long a master may take to leave once its stdin is closed.
+_MASTER_EXIT = 2.0
+# Authentication can stall after the TCP connect that ConnectTimeout covers.
+_AUTH_SLACK = 15.0
+
+
+def _private_dir() -> Path:
+    # Unix socket paths are limited to ~104 bytes; a long $TMPDIR would not fit the ssh socket.
+    base = tempfile.gettempdir()
+    # 40 leaves room for "/ofl-XXXXXXXX/m" under the limit.
+    if len(base) > 40:
+        base = "/tmp"  # noqa: S108 - a private 0700 directory is made inside it
+    return Path(tempfile.mkdtemp(prefix="ofl-", dir=base))  # mkdtemp makes it 0700
+
+
+def _ssh_hint(tail: str) -> str:
+    if "Host key verification failed" in tail or "REMOTE HOST IDENTIFICATION" in tail:
+        return "the builder's host key does not match the pinned one (column 8 of machines)"
+    if "Permission denied" in tail:
+        return "check the ssh key (column 3 of machines) and the builder's authorized_keys"
+    if "Connection refused" in tail or "timed out" in tail or "resolve" in tail:
+        return "is the builder up and sshd listening? Leave it out with --exclude"
+    return "try the same ssh command by hand, or leave the builder out with --exclude"
+
+
+async def _finish(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(task, 2.0)
+
+
+class SshTransport:
+    """Serve sessions over one ssh master connection to a builder."""
+
+    def __init__(
+        self,
+        target: SshTarget,
+        *,
+        name: str,
+        params: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        connect_timeout: int = CONNECT_TIMEOUT,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self._params = params
+        self._env = dict(os.environ if env is None else env)
+        self._sshopts = self._env.get("NIX_SSHOPTS", "")
+        self._connect_timeout = connect_timeout
+        self._dir: Path | None = None
+        self._master_stack: contextlib.AsyncExitStack | None = None
+        self._master: asyncio.subprocess.Process | None = None
+        self._master_tail: deque[str] = deque(maxlen=TAIL)
+        self._lock = asyncio.Lock()
+
+    @property
+    def control_path(self) -> Path | None:
+        return None if self._dir is None else self._dir / "m"
+
+    @property
+    def known_hosts(self) -> Path | None:
+        if self._dir is None or not self.target.public_host_key:
+            return None
+        return self._dir / "known_hosts"
+
+    @property
+    def master_pid(self) -> int | None:
+        return None if self._master is None else self._master.pid
+
+    def _error(self, what: str, tail: Iterable[str]) -> SshError:
+        lines = [line for line in tail if line.strip()]
+        text = " | ".join(lines[-5:]) or "(ssh printed nothing)"
+        return SshError(
+            f"cannot {what} builder '{self.name}' ({self.target.destination}): {text}",
+            hint=_ssh_hint(text),
+        )
+
+    async def _ensure_master(self) -> Path:
+        async with self._lock:
+            if self._master is not None and self._master.returncode is None:
+                assert self.control_path is not None
+                return self.control_path
+            await self._stop_master()
+            if self._dir is None:
+                self._dir = _private_dir()
+            if self.known_hosts is not None:
+                self.known_hosts.write_text(known_hosts_line(self.target))
+                self.known_hosts.chmod(0o600)
+            control = self.control_path
+            assert control is not None
+            argv = master_argv(
+                self.target,
+                control_path=control,
+                known_hosts=self.known_hosts,
+                nix_sshopts=self._sshopts,
+                connect_timeout=self._connect_timeout,
+            )
+            stack = contextlib.AsyncExitStack()
+            self._master_stack = stack
+            proc = await stack.enter_async_context(spawn(argv, env=self._env, grace=2.0))
+            self._master = proc
+            self._master_tail.clear()
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            drain = asyncio.get_running_loop().create_task(self._drain(proc.stderr))
+            stack.push_async_callback(_finish, drain)
+            try:
+                line = await asyncio.wait_for(
+                    proc.stdout.readline(), self._connect_timeout + _AUTH_SLACK
+                )
+            except TimeoutError:
+                line = b""
+                self._master_tail.append("(no answer within the connect timeout)")
+            # Read stdout to its end too, so the process's transport closes when it exits.
+            rest = asyncio.get_running_loop().create_task(proc.stdout.read())
+            stack.push_async_callback(_finish, rest)
+            if line.decode(errors="replace").strip() != MASTER_READY:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 2.0)
+                    await asyncio.wait_for(asyncio.shield(drain), 2.0)
+                error = self._error("connect to", self._master_tail)
+                await self._stop_master()
+                raise error
+            return control
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        # The master's stderr must be read or ssh blocks once the pipe is full.
+        while line := await stream.readline():
+            self._master_tail.append(line.decode(errors="replace").rstrip())
+
+    async def _stop_master(self) -> None:
+        stack, self._master_stack = self._master_stack, None
+        proc, self._master = self._master, None
+        if stack is None:
+            return
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            # The master's own remote command ends at EOF on its stdin; with no session left,
+            # ssh then exits cleanly (socket removed, totals logged), as on `ssh -O exit` but
+            # without starting another ssh. Only a master that does not is signalled (stack).
+            proc.stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), _MASTER_EXIT)
+        await stack.aclose()
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
+        control = await self._ensure_master()
+        argv = serve_argv(
+            self.target,
+            params=self._params,
+            known_hosts=self.known_hosts,
+            nix_sshopts=self._sshopts,
+            control_path=control,
+            connect_timeout=self._connect_timeout,
+        )
+        proc = await stack.enter_async_context(spawn(argv, env=self._env))
+        stack.push_async_callback(drain_dead, proc)
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stderr is not None
+        pid, load, early = await read_start_line(proc.stderr, self._connect_timeout + _AUTH_SLACK)
+        if pid is None:
+            raise self._error("open a session on", early)
+        return SessionPipes(
+            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early, load
+        )
+
+    async def run(self, remote: list[str]) -> tuple[int, str, str]:
+        """Run a command on the builder over the master; returns (exit code, stdout, stderr)."""
+        control = await self._ensure_master()
+        argv = ssh_argv(
+            self.target,
+            known_hosts=self.known_hosts,
+            nix_sshopts=self._sshopts,
+            control_path=control,
+            connect_timeout=self._connect_timeout,
+        )
+        done = await asyncio.wait_for(
+            run_async([*argv, remote_command(remote)], env=self._env, check=False),
+            CONTROL_TIMEOUT + KILL_GRACE,
+        )
+        return done.returncode, done.stdout, done.stderr
+
+    async def kill(self, pid: int) -> None:
+        code, _, err = await self.run(kill_script(pid, KILL_GRACE))
+        if code != 0:
+            raise self._error(f"stop process {pid} on", [err])
+
+    async def close(self) -> None:
+        try:
+            await self._stop_master()
+        finally:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+
+
+class MachineLink(Link):
+    """A builder reached over ssh: one master connection, up to ``max_sessions`` sessions."""
+
+    def __init__(
+        self,
+        target: SshTarget,
+        *,
+        name: str,
+        params: Mapping[str, str] | None = None,
+        max_sessions: int = 2,
+        env: Mapping[str, str] | None = None,
+        substitute: bool = False,
+        connect_timeout: int = CONNECT_TIMEOUT,
+    ) -> None:
+        self.ssh = SshTransport(
+            target, name=name, params=params, env=env, connect_timeout=connect_timeout
+        )
+        super().__init__(self.ssh, max_sessions=max_sessions, substitute=substitute)
+
+    @classmethod
+    def from_machine(
+        cls,
+        machine: Machine,
+        *,
+        env: Mapping[str, str] | None = None,
+        substitute: bool | None = None,
+        max_sessions: int | None = None,
+        connect_timeout: int = CONNECT_TIMEOUT,
+    ) -> MachineLink:
+        """A link sized for ``machine``: its slots plus one session for copying.
+
+        ``substitute`` defaults to the machine's ``builders-use-substitutes`` URI parameter.
+        """
+        if substitute is None:
+            substitute = machine.params.get("builders-use-substitutes", "false") == "true"
+        return cls(
+            ssh_target(machine),
+            name=machine.name,
+            params=machine.params,
+            max_sessions=max_sessions if max_sessions is not None else machine.max_jobs + 1,
+            env=env,
+            substitute=substitute,
+            connect_timeout=connect_timeout,
+        )
