@@ -3,6 +3,7 @@
 Integers are unsigned 64-bit little-endian; strings are a length, the bytes, and zero padding to
 a multiple of eight. Decoding reads from anything with an asyncio ``readexactly``; a stream that
 ends early or pads with non-zero bytes raises ``ProtocolError`` naming what was being read.
+``ByteReader`` and ``ByteWriter`` are the two halves of a connection as the protocol sees them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from offload.errors import ProtocolError
 
 __all__ = [
     "ByteReader",
+    "ByteWriter",
     "encode_int",
     "encode_str",
     "encode_strs",
@@ -33,6 +35,14 @@ MAX_STRING = 64 * 1024 * 1024
 
 class ByteReader(Protocol):
     async def readexactly(self, n: int) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """The sending half of a connection: an ``asyncio.StreamWriter`` or anything like it."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def padding(length: int) -> int:

@@ -151,6 +151,67 @@ class _NarStream:
             remaining -= n
         await self.padding(size, what)
 
+    async def node(self) -> bool:
+        """Read a node up to its closing, or a directory's head only; True for a directory."""
+        await self.expect(b"(", "a node's opening")
+        await self.expect(b"type", "a node's")
+        start = self.offset
+        kind = await self.token("a node type")
+        if kind == b"regular":
+            await self.regular()
+        elif kind == b"symlink":
+            await self.expect(b"target", "a symlink's")
+            await self.token("a symlink target")
+            await self.expect(b")", "a symlink's closing")
+        elif kind != b"directory":
+            raise self.bad(start, "'regular', 'symlink' or 'directory'", kind)
+        return kind == b"directory"
+
+    async def regular(self) -> None:
+        start = self.offset
+        field = await self.token("'executable' or 'contents'")
+        if field == b"executable":
+            await self.expect(b"", "the executable marker's value")
+            start = self.offset
+            field = await self.token("'contents'")
+        if field != b"contents":
+            raise self.bad(start, "'contents'", field)
+        await self.contents()
+        await self.expect(b")", "a regular file's closing")
+
+    async def next_entry(self, open_dirs: list[bytes], *, node_finished: bool) -> bool:
+        """Climb out of finished nodes up to the next entry's node; False when the NAR is done."""
+        while True:
+            if node_finished:
+                if not open_dirs:
+                    return False
+                await self.expect(b")", "a directory entry's closing")
+            start = self.offset
+            field = await self.token("'entry' or ')' in a directory")
+            if field == b")":
+                open_dirs.pop()
+                node_finished = True
+                continue
+            if field != b"entry":
+                raise self.bad(start, "'entry' or ')' in a directory", field)
+            await self.entry_head(open_dirs)
+            return True
+
+    async def entry_head(self, open_dirs: list[bytes]) -> None:
+        await self.expect(b"(", "a directory entry's opening")
+        await self.expect(b"name", "a directory entry's")
+        start = self.offset
+        name = await self.token("an entry name")
+        if not name or name in {b".", b".."} or b"/" in name or b"\0" in name:
+            raise ProtocolError(f"malformed NAR at byte {start}: invalid entry name {_show(name)}")
+        if name <= open_dirs[-1]:
+            raise ProtocolError(
+                f"malformed NAR at byte {start}: entry {_show(name)} is not after"
+                f" {_show(open_dirs[-1])}; entries must be unique and sorted"
+            )
+        open_dirs[-1] = name
+        await self.expect(b"node", "a directory entry's")
+
 
 async def copy_nar(
     reader: ByteReader, sink: Sink | None = None, *, chunk: int = 1 << 16
@@ -167,62 +228,13 @@ async def copy_nar(
     # One entry per open directory: the last entry name seen there, for the sort check.
     open_dirs: list[bytes] = []
     while True:
-        await nar.expect(b"(", "a node's opening")
-        await nar.expect(b"type", "a node's")
-        start = nar.offset
-        kind = await nar.token("a node type")
-        if kind == b"regular":
-            start = nar.offset
-            field = await nar.token("'executable' or 'contents'")
-            if field == b"executable":
-                await nar.expect(b"", "the executable marker's value")
-                start = nar.offset
-                field = await nar.token("'contents'")
-            if field != b"contents":
-                raise nar.bad(start, "'contents'", field)
-            await nar.contents()
-            await nar.expect(b")", "a regular file's closing")
-        elif kind == b"symlink":
-            await nar.expect(b"target", "a symlink's")
-            await nar.token("a symlink target")
-            await nar.expect(b")", "a symlink's closing")
-        elif kind == b"directory":
+        is_directory = await nar.node()
+        if is_directory:
             open_dirs.append(b"")
-        else:
-            raise nar.bad(start, "'regular', 'symlink' or 'directory'", kind)
-
-        # Climb out of finished nodes until there is another entry to read, or the NAR is done.
-        node_finished = kind != b"directory"
-        while True:
-            if node_finished:
-                if not open_dirs:
-                    await nar.flush()
-                    return NarStats(size=nar.offset, sha256=nar.hasher.hexdigest())
-                await nar.expect(b")", "a directory entry's closing")
-            start = nar.offset
-            field = await nar.token("'entry' or ')' in a directory")
-            if field == b")":
-                open_dirs.pop()
-                node_finished = True
-                continue
-            if field != b"entry":
-                raise nar.bad(start, "'entry' or ')' in a directory", field)
-            await nar.expect(b"(", "a directory entry's opening")
-            await nar.expect(b"name", "a directory entry's")
-            start = nar.offset
-            name = await nar.token("an entry name")
-            if not name or name in {b".", b".."} or b"/" in name or b"\0" in name:
-                raise ProtocolError(
-                    f"malformed NAR at byte {start}: invalid entry name {_show(name)}"
-                )
-            if name <= open_dirs[-1]:
-                raise ProtocolError(
-                    f"malformed NAR at byte {start}: entry {_show(name)} is not after"
-                    f" {_show(open_dirs[-1])}; entries must be unique and sorted"
-                )
-            open_dirs[-1] = name
-            await nar.expect(b"node", "a directory entry's")
+        if not await nar.next_entry(open_dirs, node_finished=not is_directory):
             break
+    await nar.flush()
+    return NarStats(size=nar.offset, sha256=nar.hasher.hexdigest())
 
 
 def _str(data: bytes) -> bytes:

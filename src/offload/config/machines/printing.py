@@ -1,0 +1,122 @@
+"""Machines printed back into Nix's machines format.
+
+``format_machines`` writes a file that Nix 2.8 reads the same way: no blank or indented lines,
+integer speed factors, and no ``:port`` (each dropped port is named in a comment; keep ports in
+offload.toml or an ssh ``Host`` alias). With ``nix28=False`` it writes ports and fractional
+speeds as they are, which newer Nix and offload read back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from offload.config.machines.host_key import decode_host_key, encode_host_key
+from offload.config.machines.model import Machine
+from offload.errors import ConfigError
+
+__all__ = ["format_machine_line", "format_machines"]
+
+
+def _check_token(value: str, what: str, machine: Machine) -> str:
+    # What the parser could never give back: blanks split columns, '#' and ';' end an entry.
+    if not value or value == "-" or any(c in value for c in "#;\n\r\t ") or value.startswith("@"):
+        raise ConfigError(
+            f"{machine.source}: {machine.name}: {what} '{value}' cannot go in a machines file",
+            hint="values cannot be empty, '-', start with '@', or hold blanks, '#' or ';'",
+        )
+    return value
+
+
+def _list(values: Iterable[str], what: str, machine: Machine) -> str:
+    items = [_check_token(v, what, machine) for v in values]
+    for item in items:
+        if "," in item:
+            raise ConfigError(f"{machine.source}: {what} '{item}' cannot contain ','")
+    return ",".join(items) if items else "-"
+
+
+def _uri_without_port(machine: Machine) -> str:
+    base, q, query = machine.uri.partition("?")
+    scheme, _, authority = base.partition("://")
+    user, at, hostport = authority.rpartition("@")
+    host = machine.host or hostport
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{user}{at}{host}{q}{query}"
+
+
+def _speed_text(speed: float, nix28: bool) -> str:
+    if nix28:
+        return str(max(1, round(speed)))
+    return str(int(speed)) if speed.is_integer() else repr(speed)
+
+
+def format_machine_line(machine: Machine, *, nix28: bool = True) -> tuple[str, list[str]]:
+    """One entry line and the comment lines that explain what 2.8 could not be told."""
+    notes: list[str] = []
+    uri = machine.uri
+    if nix28 and machine.port is not None:
+        if machine.uri.startswith(("ssh://", "ssh-ng://")):
+            uri = _uri_without_port(machine)
+        notes.append(
+            f"# offload: port {machine.port} of {machine.name} dropped: Nix 2.8 cannot take "
+            "host:port (use an ssh Host alias, or offload.toml [[machine]] port)"
+        )
+    if machine.port is not None and not nix28 and f":{machine.port}" not in machine.uri:
+        uri = _uri_with_port(machine)
+    if nix28 and not float(machine.speed_factor).is_integer():
+        notes.append(
+            f"# offload: speed factor {machine.speed_factor:g} of {machine.name} written as "
+            f"{_speed_text(machine.speed_factor, nix28=True)}: Nix 2.8 takes whole numbers only"
+        )
+    _check_token(uri, "store URI", machine)
+    # "," is an empty list, which is not the same as '-' (the local system).
+    systems = _list(machine.systems, "system", machine) if machine.systems else ","
+    uri_key = machine.params.get("ssh-key")
+    ssh_key = "-" if machine.ssh_key in (None, uri_key) else machine.ssh_key
+    host_key = "-"
+    if machine.public_host_key is not None:
+        encoded = machine.params.get("base64-ssh-public-host-key")
+        if encoded is None or _maybe_decode(encoded) != machine.public_host_key:
+            host_key = encode_host_key(machine.public_host_key)
+    columns = [
+        uri,
+        systems,
+        _check_token(ssh_key, "ssh key", machine) if ssh_key != "-" else "-",
+        str(machine.max_jobs),
+        _speed_text(machine.speed_factor, nix28),
+        _list(sorted(machine.supported_features), "feature", machine),
+        _list(sorted(machine.mandatory_features), "feature", machine),
+        host_key,
+    ]
+    while columns[-1] == "-":
+        columns.pop()
+    return " ".join(columns), notes
+
+
+def _maybe_decode(text: str) -> str | None:
+    try:
+        return decode_host_key(text)
+    except ValueError:
+        return None
+
+
+def _uri_with_port(machine: Machine) -> str:
+    _, q, query = machine.uri.partition("?")
+    host = f"[{machine.host}]" if machine.host and ":" in machine.host else machine.host
+    user = f"{machine.user}@" if machine.user else ""
+    return f"{machine.scheme}://{user}{host}:{machine.port}{q}{query}"
+
+
+def format_machines(machines: Iterable[Machine], *, nix28: bool = True) -> str:
+    """Print machines as a file Nix 2.8 reads the same way (``nix28=False``: exact, for newer Nix).
+
+    With ``nix28`` a port is dropped from the URI and a fractional speed factor is rounded, each
+    with a comment line saying so; those comments contain no ';' so 2.8 skips them whole.
+    """
+    lines: list[str] = []
+    for machine in machines:
+        line, notes = format_machine_line(machine, nix28=nix28)
+        lines.extend(note.replace(";", ",") for note in notes)
+        lines.append(line)
+    return "".join(f"{line}\n" for line in lines)

@@ -1,0 +1,110 @@
+"""Store URIs (column 1 of a machines entry), split the way Nix and OpenSSH read them.
+
+A schemeless word that is not a path or a special store means ``ssh://word``. Beyond Nix 2.8,
+offload accepts ``host:port`` (as Nix >= 2.31 does) and ``[v6addr]:port``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from urllib.parse import unquote
+
+from offload.config.machines.model import SSH_SCHEMES, UINT_RE
+
+__all__ = ["StoreUri", "default_name", "parse_store_uri"]
+
+_SPECIAL_STORES = ("auto", "daemon", "local")
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+@dataclass(frozen=True)
+class StoreUri:
+    """A store URI's parts; ``user`` and ``port`` are set for ssh stores only."""
+
+    uri: str
+    scheme: str
+    host: str | None
+    user: str | None
+    port: int | None
+    params: Mapping[str, str]
+
+
+def _normalise_uri(raw: str) -> str:
+    # machines.cc: a schemeless word that is not a path or special store means ssh://word.
+    if "://" in raw or "/" in raw or raw.startswith("?"):
+        return raw
+    if raw in _SPECIAL_STORES or any(raw.startswith(f"{s}?") for s in _SPECIAL_STORES):
+        return raw
+    return f"ssh://{raw}"
+
+
+def _parse_query(query: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        if eq:  # Nix's decodeQuery drops parameters without '='.
+            params[unquote(key)] = unquote(value)
+    return params
+
+
+def parse_store_uri(raw: str) -> StoreUri:
+    """Split a (column 1) store URI; raises ``ValueError`` with a reason when it is unusable."""
+    uri = _normalise_uri(raw)
+    base, _, query = uri.partition("?")
+    params = _parse_query(query) if query else {}
+    match = _SCHEME_RE.match(base)
+    if match is None:
+        if base in _SPECIAL_STORES:
+            return StoreUri(uri, base, None, None, None, MappingProxyType(params))
+        if base == "":
+            return StoreUri(uri, "auto", None, None, None, MappingProxyType(params))
+        return StoreUri(uri, "path", None, None, None, MappingProxyType(params))
+    scheme = match.group(1).lower()
+    authority = base[match.end() :]
+    if scheme not in SSH_SCHEMES:
+        return StoreUri(uri, scheme, authority or None, None, None, MappingProxyType(params))
+    # OpenSSH splits user@host at the last '@'.
+    user, at, hostport = authority.rpartition("@")
+    if at and not user:
+        raise ValueError(f"empty user name in '{raw}'")
+    host, port = _split_port(hostport, raw)
+    if not host:
+        raise ValueError(f"no host name in '{raw}'")
+    if "/" in host:
+        raise ValueError(f"'{host}' is not a host name (it contains '/')")
+    return StoreUri(uri, scheme, host, user or None, port, MappingProxyType(params))
+
+
+def _split_port(hostport: str, raw: str) -> tuple[str, int | None]:
+    if hostport.startswith("["):  # [v6addr]:port
+        end = hostport.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed '[' in '{raw}'")
+        host, rest = hostport[1:end], hostport[end + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise ValueError(f"unexpected text after ']' in '{raw}'")
+        return host, _port(rest[1:], raw)
+    if hostport.count(":") == 1:
+        host, _, port = hostport.partition(":")
+        return host, _port(port, raw)
+    return hostport, None
+
+
+def _port(text: str, raw: str) -> int:
+    if not UINT_RE.fullmatch(text) or not 0 < int(text) < 65536:
+        raise ValueError(f"'{text}' is not a port number (1-65535) in '{raw}'")
+    return int(text)
+
+
+def default_name(uri: str) -> str:
+    """A machine's name unless offload.toml gives one: its ssh host, else its whole URI."""
+    try:
+        parsed = parse_store_uri(uri)
+    except ValueError:
+        return uri
+    return parsed.host if parsed.host is not None and parsed.scheme in SSH_SCHEMES else parsed.uri

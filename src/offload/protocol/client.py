@@ -1,0 +1,365 @@
+"""Client for ``nix-store --serve --write`` (nix-protocols.md section 2) over any byte stream.
+
+The model: one ``ServeClient`` owns one connection to one remote store (a local ``nix-store``
+child, or one behind ssh). Requests run one at a time: each is written in one batch, then its reply
+is read in full before the next request may start, so a connection can serve any number of
+requests in a row. The remote reports failures only on its stderr (``offload.protocol.stderr``):
+the client reads it in the background (when it is given), hands every line to ``on_log``, and
+turns "stdout ended" into a ``RemoteError`` carrying the remote's own message. After any failure
+mid-request the connection is out of step with the remote and refuses further requests.
+
+NARs are never buffered whole: ``dump_store_path`` pushes chunks into a sink as they arrive and
+``add_to_store_nar`` pulls them from a producer, so two clients can stream between two stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+from offload.errors import ProtocolError
+from offload.protocol.drv_wire import encode_basic_derivation
+from offload.protocol.records import (
+    CLIENT_VERSION,
+    SERVE_MAGIC_1,
+    SERVE_MAGIC_2,
+    BuildOptions,
+    BuildResult,
+    Op,
+    PathInfo,
+    read_build_result,
+    read_path_info,
+    sorted_paths,
+)
+from offload.protocol.stderr import ErrorTail, pump_lines, strip_ansi
+from offload.protocol.wire import (
+    ByteReader,
+    ByteWriter,
+    encode_int,
+    encode_str,
+    encode_strs,
+    read_int,
+    read_str,
+    read_strs,
+)
+from offload.store.drv import Derivation
+from offload.store.nar import copy_nar
+
+__all__ = ["NarProducer", "ServeClient", "Sink"]
+
+_MAJOR = 0x200
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[bytes], Awaitable[None]]
+NarProducer = Callable[[Sink], Awaitable[object]]
+
+
+class _SinkFailed(Exception):
+    """Carries an exception raised by a caller's sink or producer through our error mapping."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+_HANDSHAKE = "the handshake"
+_DEFAULT_OPTIONS = BuildOptions()
+
+
+class ServeClient:
+    """One connection to a ``nix-store --serve --write`` process.
+
+    Lines from ``stderr`` are passed to ``on_log`` without their line ending and with ANSI escapes
+    kept (builder output is passed through as the remote printed it; a renderer decides what to
+    show). Call ``handshake`` first and ``close`` at the end.
+    """
+
+    def __init__(
+        self,
+        reader: ByteReader,
+        writer: ByteWriter,
+        *,
+        stderr: asyncio.StreamReader | None = None,
+        on_log: Callable[[str], None] | None = None,
+        name: str = "remote",
+        stderr_timeout: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.server_version: int | None = None
+        self._reader = reader
+        self._writer = writer
+        self._stderr = stderr
+        self.on_log = on_log
+        self._stderr_timeout = stderr_timeout
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._error_tail = ErrorTail()
+        self._lock = asyncio.Lock()
+        self._broken: str | None = None
+        self._closed = False
+
+    @property
+    def usable(self) -> bool:
+        """False once a request failed or was interrupted, or after ``close``."""
+        return self._broken is None
+
+    # -- public requests ---------------------------------------------------------------------
+
+    async def handshake(self) -> int:
+        """Exchange magics and versions; returns the server's version."""
+        async with self._request(_HANDSHAKE):
+            await self._send(encode_int(SERVE_MAGIC_1) + encode_int(CLIENT_VERSION))
+            magic = await read_int(self._reader, "the server magic")
+            if magic != SERVE_MAGIC_2:
+                raise ProtocolError(f"bad server magic {magic:#x}, expected {SERVE_MAGIC_2:#x}")
+            version = await read_int(self._reader, "the server version")
+            if version & 0xFF00 != _MAJOR:
+                raise ProtocolError(f"unsupported serve protocol version {version:#x}")
+            self.server_version = version
+        return version
+
+    async def query_valid_paths(
+        self, paths: Iterable[str], *, lock: bool = False, substitute: bool = False
+    ) -> set[str]:
+        request = (
+            encode_int(Op.QUERY_VALID_PATHS)
+            + encode_int(int(lock))
+            + encode_int(int(substitute))
+            + encode_strs(sorted_paths(paths))
+        )
+        async with self._request("QueryValidPaths"):
+            await self._send(request)
+            return set(await read_strs(self._reader, "the valid paths"))
+
+    async def query_path_infos(self, paths: Iterable[str]) -> dict[str, PathInfo]:
+        """Infos of the valid paths among ``paths``; invalid ones are left out."""
+        request = encode_int(Op.QUERY_PATH_INFOS) + encode_strs(sorted_paths(paths))
+        async with self._request("QueryPathInfos"):
+            await self._send(request)
+            infos: dict[str, PathInfo] = {}
+            while path := await read_str(self._reader, "a path info"):
+                infos[path] = await read_path_info(self._reader, path, self._minor())
+            return infos
+
+    async def query_closure(
+        self, paths: Iterable[str], *, include_outputs: bool = False
+    ) -> set[str]:
+        request = (
+            encode_int(Op.QUERY_CLOSURE)
+            + encode_int(int(include_outputs))
+            + encode_strs(sorted_paths(paths))
+        )
+        async with self._request("QueryClosure"):
+            await self._send(request)
+            return set(await read_strs(self._reader, "the closure"))
+
+    async def dump_store_path(self, path: str, sink: Sink) -> int:
+        """Stream the NAR of ``path`` into ``sink`` chunk by chunk; returns its size.
+
+        If ``sink`` raises, its exception propagates unchanged and this connection is unusable
+        (the rest of the NAR is still in flight).
+        """
+
+        async def guarded(chunk: bytes) -> None:
+            try:
+                await sink(chunk)
+            except BaseException as exc:
+                raise _SinkFailed(exc) from exc
+
+        async with self._request(f"DumpStorePath of {path}"):
+            await self._send(encode_int(Op.DUMP_STORE_PATH) + encode_str(path))
+            stats = await copy_nar(self._reader, guarded)
+            return stats.size
+
+    async def add_to_store_nar(
+        self, info: PathInfo, nar: NarProducer, *, registration_time: int | None = None
+    ) -> None:
+        """Register ``info.path`` remotely; ``nar(sink)`` must push exactly ``info.nar_size`` bytes.
+
+        The remote checks the hash and size itself and registers nothing on a mismatch. If fewer
+        or more bytes are pushed, ``ProtocolError`` is raised and the connection is unusable.
+        """
+        regtime = int(time.time()) if registration_time is None else registration_time
+        header = b"".join(
+            (
+                encode_int(Op.ADD_TO_STORE_NAR),
+                encode_str(info.path),
+                encode_str(info.deriver or ""),
+                encode_str(info.nar_hash),
+                encode_strs(sorted_paths(info.references)),
+                encode_int(regtime),
+                encode_int(info.nar_size),
+                encode_int(0),  # ultimate: the remote did not build it
+                encode_strs(sorted(set(info.sigs))),
+                encode_str(info.ca or ""),
+            )
+        )
+        async with self._request(f"AddToStoreNar of {info.path}"):
+            await self._send(header)
+            sent = await self._stream_in(nar, info.nar_size, f"the NAR of {info.path}")
+            if sent != info.nar_size:
+                msg = f"the NAR of {info.path} has {sent} bytes, narSize says {info.nar_size}"
+                raise ProtocolError(msg)
+            ack = await read_int(self._reader, "the AddToStoreNar reply")
+            if ack != 1:
+                raise ProtocolError(f"unexpected AddToStoreNar reply {ack}")
+
+    async def import_paths(self, export: NarProducer) -> None:
+        """Send the export stream (section 3.2, final ``0`` included) pushed by ``export(sink)``."""
+        async with self._request("ImportPaths"):
+            await self._send(encode_int(Op.IMPORT_PATHS))
+            await self._stream_in(export, None, "the export stream")
+            ack = await read_int(self._reader, "the ImportPaths reply")
+            if ack != 1:
+                raise ProtocolError(f"unexpected ImportPaths reply {ack}")
+
+    async def build_derivation(
+        self,
+        drv_path: str,
+        drv: Derivation,
+        *,
+        input_srcs: Iterable[str] | None = None,
+        options: BuildOptions = _DEFAULT_OPTIONS,
+    ) -> BuildResult:
+        """Build ``drv`` remotely; its inputs must already be valid there.
+
+        ``input_srcs`` replaces the derivation's own: like build-remote, pass the whole input
+        closure when the derivation has input derivations (there are none on this wire).
+        Failed builds are not errors of the connection: the result's ``status`` says what
+        happened.
+        """
+        minor = self._minor()
+        request = b"".join(
+            (
+                encode_int(Op.BUILD_DERIVATION),
+                encode_str(drv_path),
+                encode_basic_derivation(drv, input_srcs),
+                options.encode(minor),
+            )
+        )
+        async with self._request(f"BuildDerivation of {drv_path}"):
+            await self._send(request)
+            return await read_build_result(self._reader, drv_path, minor)
+
+    async def close(self) -> None:
+        """End the session: the remote exits at EOF between commands. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._broken = self._broken or "it was closed"
+        with contextlib.suppress(ConnectionError):
+            self._writer.close()
+            wait_closed = getattr(self._writer, "wait_closed", None)
+            if wait_closed is not None:
+                await wait_closed()
+        task = self._stderr_task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self._stderr_timeout)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # -- connection plumbing -----------------------------------------------------------------
+
+    def _minor(self) -> int:
+        if self.server_version is None:
+            raise ProtocolError(f"{self.name}: request before the handshake")
+        # The 2.8 server gates on our version and the 2.8 client on the server's; newer ones
+        # take the minimum. The minimum is right for all of them.
+        return min(self.server_version & 0xFF, CLIENT_VERSION & 0xFF)
+
+    async def _stream_in(self, producer: NarProducer, limit: int | None, what: str) -> int:
+        """Let ``producer`` push bytes to the remote, at most ``limit``; returns how many."""
+        sent = 0
+        # Failures of this connection raised inside the producer's call to our sink; anything
+        # else the producer raises is its own (e.g. the source store died) and passes unchanged.
+        own: list[BaseException] = []
+
+        async def sink(chunk: bytes) -> None:
+            nonlocal sent
+            if limit is not None and sent + len(chunk) > limit:
+                # Bytes past narSize would be read as the next command; stop before them.
+                own.append(ProtocolError(f"{what} is longer than its narSize {limit}"))
+                raise own[-1]
+            sent += len(chunk)
+            try:
+                self._writer.write(chunk)
+                await self._writer.drain()
+            except BaseException as exc:
+                own.append(exc)
+                raise
+
+        try:
+            await producer(sink)
+        except BaseException as exc:
+            if any(exc is e for e in own):
+                raise
+            raise _SinkFailed(exc) from exc
+        return sent
+
+    async def _send(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    @contextlib.asynccontextmanager
+    async def _request(self, what: str) -> AsyncIterator[None]:
+        async with self._lock:
+            if self._broken is not None:
+                raise ProtocolError(f"{self.name}: connection unusable: {self._broken}")
+            if self.server_version is None and what != _HANDSHAKE:
+                raise ProtocolError(f"{self.name}: {what} before the handshake")
+            self._start_stderr()
+            self._error_tail.clear()
+            try:
+                yield
+            except _SinkFailed as exc:
+                self._broken = f"{what} was interrupted"
+                raise exc.exc from exc.exc.__cause__
+            except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, EOFError) as exc:
+                self._broken = f"{what} failed"
+                error = await self._translate(exc, what)
+                error.peer = self.name
+                raise error from exc
+            except BaseException:
+                self._broken = f"{what} was interrupted"
+                raise
+
+    async def _translate(self, exc: Exception, what: str) -> ProtocolError:
+        eof = not isinstance(exc, ProtocolError) or isinstance(
+            exc.__cause__, asyncio.IncompleteReadError
+        )
+        if eof and self._stderr_task is not None:
+            # The remote prints its error and then exits; wait for the rest of its stderr.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._stderr_task), self._stderr_timeout)
+        remote = self._error_tail.as_error(self.name)
+        if remote is not None:
+            return remote
+        if eof:
+            return ProtocolError(f"{self.name} closed the connection during {what}")
+        detail = exc.message if isinstance(exc, ProtocolError) else str(exc)
+        return ProtocolError(f"{self.name}: {detail} (during {what})")
+
+    # -- stderr ------------------------------------------------------------------------------
+
+    def _start_stderr(self) -> None:
+        if self._stderr is not None and self._stderr_task is None:
+            self._stderr_task = asyncio.get_running_loop().create_task(
+                pump_lines(self._stderr, self._line), name=f"{self.name} stderr"
+            )
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip("\r")
+        self._error_tail.feed(strip_ansi(line))
+        if self.on_log is not None:
+            try:
+                self.on_log(line)
+            except Exception:
+                # A broken log consumer must not stop the draining of stderr: the remote would
+                # block once the pipe is full.
+                logger.exception("on_log failed for %s", self.name)

@@ -1,0 +1,210 @@
+"""The records of the serve protocol (nix-protocols.md section 2) and how replies carry them.
+
+Op codes, the magics and versions of the handshake, what a store knows about a path
+(``PathInfo``), the settings sent with a build (``BuildOptions``) and the remote's answer to it
+(``BuildResult``). Failed builds are not errors of the connection: a ``BuildResult``'s ``status``
+says what happened. Which fields a record has on the wire depends on the protocol's minor
+version, so the readers here take it as an argument.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from offload.errors import ProtocolError
+from offload.protocol.stderr import strip_ansi
+from offload.protocol.wire import ByteReader, encode_int, read_int, read_str, read_strs
+
+__all__ = [
+    "CLIENT_VERSION",
+    "EXPORT_MAGIC",
+    "SERVE_MAGIC_1",
+    "SERVE_MAGIC_2",
+    "BuildOptions",
+    "BuildResult",
+    "BuildStatus",
+    "Op",
+    "PathInfo",
+    "read_build_result",
+    "read_path_info",
+    "sorted_paths",
+]
+
+SERVE_MAGIC_1 = 0x390C9DEB
+SERVE_MAGIC_2 = 0x5452EECB
+CLIENT_VERSION = 0x207
+EXPORT_MAGIC = 0x4558494E  # 'NIXE' (section 3.2)
+
+
+class Op(IntEnum):
+    QUERY_VALID_PATHS = 1
+    QUERY_PATH_INFOS = 2
+    DUMP_STORE_PATH = 3
+    IMPORT_PATHS = 4
+    EXPORT_PATHS = 5
+    BUILD_PATHS = 6
+    QUERY_CLOSURE = 7
+    BUILD_DERIVATION = 8
+    ADD_TO_STORE_NAR = 9
+
+
+class BuildStatus(IntEnum):
+    BUILT = 0
+    SUBSTITUTED = 1
+    ALREADY_VALID = 2
+    PERMANENT_FAILURE = 3
+    INPUT_REJECTED = 4
+    OUTPUT_REJECTED = 5
+    TRANSIENT_FAILURE = 6
+    CACHED_FAILURE = 7
+    TIMED_OUT = 8
+    MISC_FAILURE = 9
+    DEPENDENCY_FAILED = 10
+    LOG_LIMIT_EXCEEDED = 11
+    NOT_DETERMINISTIC = 12
+    RESOLVES_TO_ALREADY_VALID = 13
+    NO_SUBSTITUTERS = 14
+
+
+_SUCCESS = frozenset(
+    {
+        BuildStatus.BUILT,
+        BuildStatus.SUBSTITUTED,
+        BuildStatus.ALREADY_VALID,
+        BuildStatus.RESOLVES_TO_ALREADY_VALID,
+    }
+)
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What a store knows about one valid path; ``nar_hash`` as the store printed it."""
+
+    path: str
+    deriver: str | None
+    references: tuple[str, ...]
+    nar_size: int
+    nar_hash: str
+    ca: str | None = None
+    sigs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Per-build settings sent with BuildDerivation; the defaults are what Nix 2.8 sends."""
+
+    max_silent_time: int = 0
+    build_timeout: int = 0
+    max_log_size: int = 0
+    nr_repeats: int = 0
+    enforce_determinism: bool = True
+    keep_failed: bool = False
+
+    def encode(self, minor: int) -> bytes:
+        # The server reads exactly the fields the announced minor version implies (2.4).
+        out = [encode_int(self.max_silent_time), encode_int(self.build_timeout)]
+        if minor >= 2:
+            out.append(encode_int(self.max_log_size))
+        if minor >= 3:
+            out += [encode_int(self.nr_repeats), encode_int(int(self.enforce_determinism))]
+        if minor >= 7:
+            out.append(encode_int(int(self.keep_failed)))
+        return b"".join(out)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The remote's answer to BuildDerivation.
+
+    ``error_msg`` has Nix's ANSI colours removed. ``built_outputs`` maps output names to full
+    store paths (from the realisations the server sends).
+    """
+
+    status: BuildStatus
+    error_msg: str
+    times_built: int = 0
+    is_non_deterministic: bool = False
+    start_time: int = 0
+    stop_time: int = 0
+    built_outputs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return self.status in _SUCCESS
+
+
+def sorted_paths(paths: Iterable[str]) -> list[str]:
+    # Nix writes a StorePathSet sorted by base name; do the same so requests match Nix's bytes.
+    return sorted(set(paths), key=lambda p: (p.rsplit("/", 1)[-1], p))
+
+
+async def read_path_info(r: ByteReader, path: str, minor: int) -> PathInfo:
+    """The rest of one QueryPathInfos entry, after its path."""
+    deriver = await read_str(r, f"the deriver of {path}")
+    references = await read_strs(r, f"the references of {path}")
+    await read_int(r, f"the download size of {path}")
+    nar_size = await read_int(r, f"the narSize of {path}")
+    nar_hash, ca, sigs = "", "", []
+    if minor >= 4:
+        nar_hash = await read_str(r, f"the narHash of {path}")
+        ca = await read_str(r, f"the ca of {path}")
+        sigs = await read_strs(r, f"the signatures of {path}")
+    return PathInfo(
+        path=path,
+        deriver=deriver or None,
+        references=tuple(references),
+        nar_size=nar_size,
+        nar_hash=nar_hash,
+        ca=ca or None,
+        sigs=tuple(sigs),
+    )
+
+
+async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildResult:
+    """The reply to BuildDerivation of ``drv_path``."""
+    code = await read_int(r, "the build status")
+    try:
+        status = BuildStatus(code)
+    except ValueError as exc:
+        raise ProtocolError(f"unknown build status {code}") from exc
+    error_msg = strip_ansi(await read_str(r, "the build error message"))
+    times_built, non_det, start, stop = 0, False, 0, 0
+    if minor >= 3:
+        times_built = await read_int(r, "timesBuilt")
+        non_det = bool(await read_int(r, "isNonDeterministic"))
+        start = await read_int(r, "startTime")
+        stop = await read_int(r, "stopTime")
+    # Nix 2.8-2.10 send builtOutputs whatever the client version (nix-protocols.md 2.6), and
+    # newer servers send it to clients announcing minor >= 6, as we do: always read it.
+    count = await read_int(r, "the number of built outputs")
+    store_dir = drv_path.rsplit("/", 1)[0]
+    outputs: dict[str, str] = {}
+    for _ in range(count):
+        drv_output = await read_str(r, "a built output id")
+        realisation = await read_str(r, "a built output realisation")
+        name, out_path = _parse_realisation(drv_output, realisation, store_dir)
+        outputs[name] = out_path
+    return BuildResult(
+        status=status,
+        error_msg=error_msg,
+        times_built=times_built,
+        is_non_deterministic=non_det,
+        start_time=start,
+        stop_time=stop,
+        built_outputs=outputs,
+    )
+
+
+def _parse_realisation(drv_output: str, realisation: str, store_dir: str) -> tuple[str, str]:
+    name = drv_output.rpartition("!")[2]
+    try:
+        out_path = json.loads(realisation)["outPath"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed realisation for {drv_output!r}") from exc
+    if not isinstance(out_path, str) or not name:
+        raise ProtocolError(f"malformed realisation for {drv_output!r}")
+    # 2.8 writes the base name only; later versions may write the full path.
+    return name, out_path if out_path.startswith("/") else f"{store_dir}/{out_path}"

@@ -1,0 +1,86 @@
+"""What a serve remote prints on stderr: log lines, ANSI escapes, and the error behind an EOF.
+
+The protocol has no in-band errors: when a command fails, the remote prints ``error: ...`` on its
+stderr and exits, and the client only sees its stdout end. So the client drains stderr in the
+background (``pump_lines``), passes every line on as a log line (builder output arrives there
+too), and keeps the last ``error:`` block (``ErrorTail``) to turn "stdout ended" into a
+``RemoteError`` carrying the remote's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+
+from offload.errors import RemoteError
+
+__all__ = ["ErrorTail", "pump_lines", "strip_ansi"]
+
+_ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor movement
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: titles, hyperlinks
+    r"|\x1b[@-Z\\-_]"  # other two-byte escapes
+)
+
+_HINTS = (
+    ("is not valid", "copy the path's references to the remote first (dependencies first)"),
+    ("is not allowed", "the remote must run `nix-store --serve --write`"),
+    ("protocol mismatch", "the remote program is not `nix-store --serve`"),
+    ("hash mismatch", "the NAR sent did not match the narHash given for it"),
+)
+
+# How much of an unterminated stderr line is kept before it is passed on anyway.
+_MAX_LINE = 64 * 1024
+
+
+def strip_ansi(s: str) -> str:
+    return _ANSI.sub("", s)
+
+
+async def pump_lines(stream: asyncio.StreamReader, on_line: Callable[[bytes], None]) -> None:
+    """Read ``stream`` to its end, passing each line (without its ``\\n``) to ``on_line``."""
+    pending = b""
+    while True:
+        try:
+            chunk = await stream.read(65536)
+        except (ConnectionError, OSError):
+            break
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > _MAX_LINE:
+            lines.append(pending)
+            pending = b""
+        for line in lines:
+            on_line(line)
+    if pending:
+        on_line(pending)
+
+
+class ErrorTail:
+    """The last ``error:`` block of one request's stderr, lines without ANSI escapes."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def clear(self) -> None:
+        self.lines = []
+
+    def feed(self, plain: str) -> None:
+        # The server prints its fatal error last and exits; a builder may print "error:" lines
+        # of its own earlier, so the last error block is the one that explains the EOF.
+        if plain.startswith("error:"):
+            self.lines = [plain]
+        elif self.lines:
+            self.lines.append(plain)
+
+    def as_error(self, name: str) -> RemoteError | None:
+        if not self.lines:
+            return None
+        # Nix continues long errors on indented lines ("specified: ... got: ..."); one line.
+        text = " ".join(" ".join(line.split()) for line in self.lines)
+        text = text.removeprefix("error:").strip()
+        hint = next((h for key, h in _HINTS if key in text), None)
+        return RemoteError(f"{name}: {text}", hint=hint)
