@@ -1,205 +1,49 @@
 """`offload build` end to end: the CLI as a subprocess, real Nix, the real local fleet.
 
-Every test writes its own Nix file with a fresh salt, so every output is new to every store.
-Builders run without a sandbox and with an empty PATH: they call programs by full path, and the
-ones that only run on fleet members (which share /tmp with the host, root builds) leave markers
-and counters under ``tmp_path``. Which machine built what is read from ``--json`` events and
-proved by the output's content: each output records the builder's speed file.
+Every test writes its own Nix file with a fresh salt (tests/helpers/nix_files.py says how its
+builders behave). Which machine built what is read from ``--json`` events and proved by the
+output's content: each output records the builder's speed file.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from offload.fleet import Fleet, Member, MemberSpec
-from tests.conftest import private_fleet
+from offload.fleet import Fleet, MemberSpec
+from tests.helpers.fleets import (
+    drop_member,
+    machines_lines,
+    member_processes,
+    private_fleet_fixture,
+    speed_of,
+)
+from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, salt_of, valid_locally
+from tests.helpers.offload_run import (
+    built_on,
+    finished,
+    offload,
+    offload_env,
+    peak_running,
+    run_outputs,
+    start_offload,
+    wait_for,
+    wait_for_marker,
+)
+from tests.helpers.processes import stop
 
-# The builder's speed file, or "local" where there is none (the local machine).
-SPEED = "(/bin/cat /etc/nix/offload-speed 2>/dev/null || echo local)"
-PREAMBLE = """let
-  salt = "{salt}";
-  mk = name: script: extra: derivation ({{
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  }} // extra);
-in
-"""
-
-
-# -- helpers (shared with test_build_errors) ---------------------------------------------------
-
-
-def nix_file(tmp_path: Path, body: str, name: str = "default.nix") -> Path:
-    """A Nix file of ``mk NAME SCRIPT EXTRA`` derivations with a fresh salt."""
-    path = tmp_path / name
-    path.write_text(PREAMBLE.format(salt=uuid.uuid4().hex) + body)
-    return path
-
-
-def salt_of(file: Path) -> str:
-    """The salt ``nix_file`` wrote into ``file``."""
-    return file.read_text().split('"')[1]
-
-
-def offload_env(fleet: Fleet, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = fleet.env()
-    # offload substitutes from the local caches first: never let it reach the default one.
-    env["NIX_CONFIG"] = env.get("NIX_CONFIG", "") + "\nsubstituters =\n"
-    env["OFFLOAD_STATE_DIR"] = str(tmp_path / "state")
-    env.update(extra)
-    return env
-
-
-def offload_argv(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "offload", "build", *map(str, args)]
-
-
-def offload(
-    fleet: Fleet,
-    tmp_path: Path,
-    *args: str | Path,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 60,
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        offload_argv(*args),
-        env=dict(env) if env is not None else offload_env(fleet, tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def events(stdout: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-
-
-def peak_running(log: Path) -> tuple[int, int]:
-    """(stamps, most builds running at once) from a log of ``start T`` / ``end T`` lines."""
-    stamps = [line.split() for line in log.read_text().splitlines()]
-    # At equal times an end frees its slot before a start takes it.
-    timeline = sorted((float(t), 0 if kind == "end" else 1) for kind, t in stamps)
-    running = peak = 0
-    for _, is_start in timeline:
-        running += 1 if is_start else -1
-        peak = max(peak, running)
-    return len(stamps), peak
-
-
-def finished(stdout: str) -> list[dict[str, Any]]:
-    return [e for e in events(stdout) if e["event"] == "job_finished"]
-
-
-def built_on(stdout: str) -> dict[str, str]:
-    """Derivation name -> the machine that built it (built or fetched)."""
-    return {e["name"]: e["machine"] for e in finished(stdout) if e["status"] == "built"}
-
-
-def run_outputs(stdout: str) -> list[str]:
-    (last,) = [e for e in events(stdout) if e["event"] == "run_finished"]
-    return list(last["outputs"])
-
-
-def out_path(file: Path, attr: str) -> str:
-    """The ``out`` path of ``attr`` in ``file``, without building it."""
-    drv = subprocess.run(
-        ["nix-instantiate", str(file), "-A", attr],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return subprocess.run(
-        ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
-    ).stdout.split()[0]
-
-
-def valid_locally(path: str) -> bool:
-    done = subprocess.run(["nix-store", "--check-validity", path], capture_output=True, check=False)
-    return done.returncode == 0
-
-
-def speed_of(fleet: Fleet, name: str) -> str:
-    """What ``SPEED`` prints on member ``name``."""
-    return (fleet.member(name).root / "etc-nix" / "offload-speed").read_text().strip()
-
-
-def member_processes(member: Member) -> list[tuple[int, str]]:
-    """(pid, command line) of the live processes that see ``member``'s store at /nix."""
-    want = (member.root / "nix").stat()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            seen = (entry / "root" / "nix").stat()
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if stat[stat.rindex(")") + 2] in "ZX":
-            continue
-        if (seen.st_dev, seen.st_ino) == (want.st_dev, want.st_ino):
-            found.append((int(entry.name), cmdline))
-    return found
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    """Poll a real condition until it holds or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def wait_for_marker(marker: Path, proc: subprocess.Popen[str], timeout: float = 30) -> str:
-    """The marker's content once a builder wrote it; fails early if the run ended first."""
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"offload ended (rc {proc.returncode}) before the marker: {err}\n{out}")
-        return marker.exists()
-
-    wait_for(ready, timeout, f"marker {marker}")
-    return marker.read_text().strip()
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate()
-
-
-def marker_script(marker: Path, then: str) -> str:
-    """Shell (inside a Nix string): write the builder's speed to ``marker`` atomically, ``then``."""
-    return f"{SPEED} > {marker}.tmp; /bin/mv {marker}.tmp {marker}; {then}"
-
-
-def machines_lines(fleet: Fleet) -> list[list[str]]:
-    return [line.split() for line in fleet.machines_file.read_text().splitlines() if line]
-
-
-@pytest.fixture
-def own_fleet() -> Iterator[Fleet]:
-    """A private two-member fleet (a: speed 2, b: speed 1, one slot each) for destructive tests."""
-    with private_fleet([MemberSpec.parse("a:2:1"), MemberSpec.parse("b:1:1")], "ofk") as started:
-        yield started
+own_fleet = private_fleet_fixture(
+    [MemberSpec.parse("a:2:1"), MemberSpec.parse("b:1:1")],
+    "ofk",
+    doc="A private two-member fleet (a: speed 2, b: speed 1, one slot each) for destructive tests.",
+)
 
 
 # -- issue 2: a derivation with inputs, built on a named member ----------------------------------
@@ -427,16 +271,6 @@ def test_an_output_already_on_a_builder_is_fetched_not_rebuilt(fleet, tmp_path):
     ]
 
 
-def _drop_member(member: Member) -> None:
-    """Kill the member outright: its sshd and everything running in its namespace."""
-    os.kill(member.pid, signal.SIGKILL)
-    for pid, _ in member_processes(member):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-
-
 def test_a_member_killed_mid_build_is_replaced_and_the_run_succeeds(own_fleet, tmp_path):
     marker = tmp_path / "marker"
     # The first copy to start sleeps (long enough to be killed); a retry elsewhere is quick.
@@ -446,28 +280,23 @@ def test_a_member_killed_mid_build_is_replaced_and_the_run_succeeds(own_fleet, t
         f'{{ x = mk "x" "if [ -e {marker} ]; then :; else {script}; fi; {SPEED} > $out" {{}}; }}\n',
     )
     speeds = {speed_of(own_fleet, m.name): m.name for m in own_fleet.members}
-    proc = subprocess.Popen(
-        offload_argv(
-            file,
-            "-A",
-            "x",
-            "--builders",
-            f"@{own_fleet.machines_file}",
-            "-j",
-            "0",
-            "--json",
-            "--no-out-link",
-        ),
-        env=offload_env(own_fleet, tmp_path),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_offload(
+        own_fleet,
+        tmp_path,
+        file,
+        "-A",
+        "x",
+        "--builders",
+        f"@{own_fleet.machines_file}",
+        "-j",
+        "0",
+        "--json",
+        "--no-out-link",
     )
     try:
         victim = speeds[wait_for_marker(marker, proc)]
         (survivor,) = set(speeds.values()) - {victim}
-        _drop_member(own_fleet.member(victim))
+        drop_member(own_fleet.member(victim))
         out, err = proc.communicate(timeout=45)
     finally:
         stop(proc)
@@ -539,22 +368,17 @@ def test_concurrent_runs_never_exceed_a_members_slots(fleet, tmp_path):
                 name=f"{run}.nix",
             )
             procs.append(
-                subprocess.Popen(
-                    offload_argv(
-                        file,
-                        "--builders",
-                        f"@{fleet.machines_file}",
-                        "--on",
-                        "slow",
-                        "-j",
-                        "0",
-                        "--no-out-link",
-                    ),
-                    env=offload_env(fleet, tmp_path),
-                    cwd=tmp_path,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
+                start_offload(
+                    fleet,
+                    tmp_path,
+                    file,
+                    "--builders",
+                    f"@{fleet.machines_file}",
+                    "--on",
+                    "slow",
+                    "-j",
+                    "0",
+                    "--no-out-link",
                 )
             )
         results = [proc.communicate(timeout=60) for proc in procs]
@@ -608,22 +432,17 @@ def test_ctrl_c_stops_the_remote_build(fleet, tmp_path):
         f'{{ x = mk "x" "{marker_script(marker, "/bin/sleep 60")}; echo > $out" {{}}; }}\n',
     )
     medium = fleet.member("medium")
-    proc = subprocess.Popen(
-        offload_argv(
-            file,
-            "-A",
-            "x",
-            "--builders",
-            f"@{fleet.machines_file}",
-            "--on",
-            "medium",
-            "--no-out-link",
-        ),
-        env=offload_env(fleet, tmp_path),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_offload(
+        fleet,
+        tmp_path,
+        file,
+        "-A",
+        "x",
+        "--builders",
+        f"@{fleet.machines_file}",
+        "--on",
+        "medium",
+        "--no-out-link",
     )
     try:
         wait_for_marker(marker, proc)

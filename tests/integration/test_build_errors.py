@@ -11,14 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.test_build import (
-    nix_file,
-    offload,
-    offload_env,
-    out_path,
-    salt_of,
-    valid_locally,
-)
+from tests.helpers.nix_files import nix_file, out_path, salt_of, valid_locally
+from tests.helpers.offload_run import offload, offload_env
 
 GRAPH = """rec {
   dep = mk "dep" "echo dep-${salt} > $out" {};

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from offload.config.machines import Machine, parse_machines
-from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
+from offload.fleet import Fleet, MemberSpec
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad
 from offload.transport.links import MachineLink
 from offload.transport.ssh import parse_start_line, serve_command
-from tests.integration.test_build import events, nix_file, offload, peak_running
+from tests.helpers import processes
+from tests.helpers.fleets import fleet_machine, private_fleet_fixture
+from tests.helpers.nix_files import nix_file
+from tests.helpers.offload_run import events, offload, peak_running
 
 LOCAL_BOOT = Path(BOOT_ID_FILE).read_text().strip()
 # What nproc counts: the cores this process may run on (members inherit it from us).
@@ -35,10 +32,11 @@ BUSY_SLOTS = 4
 
 def start_line(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the serve wrapper around /bin/true: (its pid, its stdout, its stderr)."""
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    out, err = proc.communicate(timeout=10)
+    proc = processes.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=10)
+    finally:
+        processes.stop(proc)
     assert proc.returncode == 0, err
     return proc.pid, out, err
 
@@ -91,14 +89,9 @@ def test_without_nproc_the_pid_still_parses_and_the_load_is_unknown():
 # -- sessions on real members -------------------------------------------------------------------
 
 
-def _machine(fleet: Fleet, name: str) -> Machine:
-    machines, _ = parse_machines(fleet.machines_file.read_text(), source="m", system=fleet.system)
-    return next(m for m in machines if m.name == name)
-
-
 async def _first_load(fleet: Fleet, name: str) -> tuple[RemoteLoad | None, RemoteLoad | None]:
     """link.load before any session, and after the first one."""
-    async with MachineLink.from_machine(_machine(fleet, name), env=fleet.env()) as link:
+    async with MachineLink.from_machine(fleet_machine(fleet, name), env=fleet.env()) as link:
         before = link.load
         async with link.session() as client:
             assert client.usable
@@ -114,24 +107,19 @@ def test_a_session_tells_its_link_the_members_load(fleet):
     assert load.boot_id == LOCAL_BOOT
 
 
-@pytest.fixture
-def busy_fleet() -> Iterator[Fleet]:
-    """One member with 4 slots that reports 2.5 cores' worth of load beyond its cores."""
-    loadavg = f"{CORES + 2.5:.2f} {CORES + 1:.2f} 0.50 7/300 4242\n"
-    spec = MemberSpec(
-        "busy",
-        1,
-        BUSY_SLOTS,
-        proc_overrides=((LOADAVG_FILE, loadavg), (BOOT_ID_FILE, BUSY_BOOT + "\n")),
-    )
-    root = Path(tempfile.mkdtemp(prefix="oflb", dir="/tmp"))
-    try:
-        yield fleet_up(root, [spec])
-    finally:
-        try:
-            fleet_down(root, purge=True)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+BUSY_LOADAVG = f"{CORES + 2.5:.2f} {CORES + 1:.2f} 0.50 7/300 4242\n"
+busy_fleet = private_fleet_fixture(
+    [
+        MemberSpec(
+            "busy",
+            1,
+            BUSY_SLOTS,
+            proc_overrides=((LOADAVG_FILE, BUSY_LOADAVG), (BOOT_ID_FILE, BUSY_BOOT + "\n")),
+        )
+    ],
+    "oflb",
+    doc="One member with 4 slots that reports 2.5 cores' worth of load beyond its cores.",
+)
 
 
 def test_a_busy_member_gets_fewer_slots_and_the_run_stays_within_them(busy_fleet, tmp_path):

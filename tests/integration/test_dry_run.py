@@ -4,7 +4,8 @@ import secrets
 import subprocess
 import sys
 
-from tests.integration.test_build import nix_file, offload, out_path, valid_locally
+from tests.helpers.nix_files import nix_file, out_path, valid_locally
+from tests.helpers.offload_run import offload
 
 NIX = """
 { salt }:

@@ -19,6 +19,7 @@ from offload.errors import FleetError
 from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_status, fleet_up, open_fleet
 from offload.process import spawn
 from offload.protocol.wire import encode_int, read_int
+from tests.helpers import processes
 
 SERVE_MAGIC_1 = 0x390C9DEB
 SERVE_MAGIC_2 = 0x5452EECB
@@ -245,7 +246,7 @@ def test_down_from_a_fresh_process_stops_everything(tmp_path):
         fleet = open_fleet(target)
         member = fleet.member("solo")
         # A live session inside the member: a per-connection sshd and a command under it.
-        session = subprocess.Popen(
+        session = processes.start(
             fleet.ssh_argv("solo", "sleep", "600"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -275,10 +276,7 @@ def test_down_from_a_fresh_process_stops_everything(tmp_path):
             assert not _running(member.pid)
             session.wait(timeout=30)
         finally:
-            session.kill()
-            session.wait()
-            if session.stdout is not None:
-                session.stdout.close()
+            processes.stop(session)
     finally:
         fleet_down(target, purge=True)
 
@@ -409,7 +407,7 @@ def test_down_stops_processes_in_mount_namespaces_nested_in_a_member(tmp_path):
     try:
         fleet = fleet_up(root, [MemberSpec.parse("nest:1:1")])
         nix_dir = fleet.member("nest").root / "nix"
-        client = subprocess.Popen(
+        client = processes.start(
             fleet.ssh_argv("nest", "unshare", "-m", "/bin/sleep", "300"),
             stdin=subprocess.DEVNULL,
         )
@@ -422,6 +420,5 @@ def test_down_stops_processes_in_mount_namespaces_nested_in_a_member(tmp_path):
         assert _sleepers_in(nix_dir) == []
     finally:
         if client is not None:
-            client.kill()
-            client.wait()
+            processes.stop(client)
         fleet_down(root, purge=True)

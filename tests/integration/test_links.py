@@ -15,34 +15,29 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from offload.config.machines import Machine, parse_machines
 from offload.errors import OffloadError, SshError
 from offload.fleet import Fleet, MemberSpec
 from offload.protocol.serve import BuildStatus, Sink, copy_paths
 from offload.store.drv import read_derivation
 from offload.transport.links import LocalLink, MachineLink
 from offload.transport.ssh import SshTarget
-from tests.conftest import private_fleet
+from tests.helpers.fleets import fleet_machine, private_fleet_fixture
 
-
-@pytest.fixture(scope="module")
-def own_fleet() -> Iterator[Fleet]:
-    with private_fleet([MemberSpec("m1", 1, 2), MemberSpec("s1", 1, 1)], "ofll") as started:
-        yield started
-
-
-def _machine(fleet: Fleet, name: str) -> Machine:
-    machines, _ = parse_machines(fleet.machines_file.read_text(), source="m", system=fleet.system)
-    return next(m for m in machines if m.name == name)
+own_fleet = private_fleet_fixture(
+    [MemberSpec("m1", 1, 2), MemberSpec("s1", 1, 1)],
+    "ofll",
+    scope="module",
+    doc="m1 (two slots) and s1 (one, whose nix.conf a test edits), once for the module.",
+)
 
 
 def _link(fleet: Fleet, name: str = "m1", **kw: object) -> MachineLink:
-    return MachineLink.from_machine(_machine(fleet, name), env=fleet.env(), **kw)  # type: ignore[arg-type]
+    return MachineLink.from_machine(fleet_machine(fleet, name), env=fleet.env(), **kw)  # type: ignore[arg-type]
 
 
 def _sh(*argv: str) -> str:
@@ -326,7 +321,7 @@ def test_unreachable_builder_fails_fast_naming_it() -> None:
 
 
 def test_wrong_pinned_host_key_is_refused(own_fleet: Fleet) -> None:
-    machine = _machine(own_fleet, "m1")
+    machine = fleet_machine(own_fleet, "m1")
     other = (own_fleet.member("s1").root / "ssh_host_ed25519_key.pub").read_text()
     target = SshTarget(host="m1", identity_file=machine.ssh_key, public_host_key=other)
     env = own_fleet.env()

@@ -7,48 +7,33 @@ in its own store, losing the builder costs nothing.
 The fleet is private (members are killed) and its machines file routes work with features every
 member's own Nix offers: fast demands `kvm`, medium demands `nixos-test`, slow takes `kvm` work
 too but is slower, so `kvm` work goes to fast first and, with fast down, to slow. Builders share
-/tmp with the host (see test_build), so they leave counters, markers and wait for release files
-under ``tmp_path``.
+/tmp with the host (see tests/helpers/nix_files.py), so they leave counters, markers and wait
+for release files under ``tmp_path``.
 """
 
 from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from offload.fleet import Fleet
-from tests.conftest import private_fleet
-from tests.integration.test_build import (
-    SPEED,
-    _drop_member,
-    events,
-    finished,
-    machines_lines,
-    marker_script,
-    nix_file,
-    offload_argv,
-    offload_env,
-    out_path,
-    salt_of,
-    speed_of,
-    valid_locally,
-    wait_for,
-)
+from tests.helpers import processes
+from tests.helpers.fleets import drop_member, machines_lines, private_fleet_fixture, speed_of
+from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, salt_of, valid_locally
+from tests.helpers.offload_run import events, finished, offload_argv, offload_env, wait_for
 
 # Builds wait for a release file this many times 0.1 s at most, then fail: never forever.
 POLLS = 300
 
 
-@pytest.fixture
-def own_fleet() -> Iterator[Fleet]:
-    """A private fast/medium/slow fleet (as the shared one) for tests that kill members."""
-    with private_fleet(prefix="ofo") as started:
-        yield started
+own_fleet = private_fleet_fixture(
+    prefix="ofo",
+    doc="A private fast/medium/slow fleet (as the shared one) for tests that kill members.",
+)
 
 
 def routed(fleet: Fleet, tmp_path: Path) -> Path:
@@ -83,7 +68,7 @@ class Run:
         self.stderr = tmp_path / "stderr"
         self.lines: list[str] = []
         with self.stderr.open("w") as err:
-            self.proc = subprocess.Popen(
+            self.proc: subprocess.Popen[str] = processes.start(
                 offload_argv(*args, "--json", "--no-out-link"),
                 env=offload_env(fleet, tmp_path),
                 cwd=tmp_path,
@@ -125,8 +110,7 @@ class Run:
 
     def close(self) -> None:
         """Stop offload if it still runs; the reader alone reads its stdout, to the end."""
-        if self.proc.poll() is None:
-            self.proc.kill()
+        processes.kill_group(self.proc)
         self.proc.wait()
         self._reader.join(5)
         if self.proc.stdout is not None:
@@ -166,7 +150,7 @@ def test_outputs_lost_before_the_dependent_got_them_are_built_again(own_fleet, t
         assert own_fleet.store_has("fast", a)
         assert not own_fleet.store_has("medium", a)  # b has not received it yet
         assert counter.read_text() == "run\n"
-        _drop_member(own_fleet.member("fast"))
+        drop_member(own_fleet.member("fast"))
         release.touch()
         code = run.wait(30)
     finally:
@@ -226,7 +210,7 @@ def test_outputs_a_running_dependent_already_has_are_not_built_again(own_fleet, 
         wait_for(c_running.exists, 20, "c running")
         assert c_running.read_text().strip() == speed_of(own_fleet, "fast")
         assert own_fleet.store_has("medium", a)
-        _drop_member(own_fleet.member("fast"))
+        drop_member(own_fleet.member("fast"))
         wait_for(lambda: run.has_finished("c", "fast", "lost"), 20, "the run to see fast go")
         release.touch()
         code = run.wait(30)

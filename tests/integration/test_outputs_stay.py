@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet
-from tests.integration.test_build import (
-    SPEED,
-    built_on,
-    finished,
-    machines_lines,
-    nix_file,
-    offload,
-    out_path,
-    valid_locally,
-)
+from tests.helpers.fleets import machines_lines
+from tests.helpers.nix_files import SPEED, nix_file, out_path, valid_locally
+from tests.helpers.offload_run import built_on, finished, offload
 
 
 def split_by_feature(fleet: Fleet, tmp_path: Path) -> Path:

@@ -5,23 +5,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
+from offload.fleet import MemberSpec
+from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.nix_files import nix_file
+from tests.helpers.offload_run import finished, offload_argv, offload_env
 
-from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
-from tests.integration.test_build import finished, nix_file, offload_argv, offload_env
-
-
-@pytest.fixture
-def cache_fleet() -> Iterator[Fleet]:
-    root = Path(tempfile.mkdtemp(prefix="ofs", dir="/tmp"))
-    try:
-        yield fleet_up(root, [MemberSpec.parse("cached:1:1")])
-    finally:
-        fleet_down(root, purge=True)
+cache_fleet = private_fleet_fixture(
+    [MemberSpec.parse("cached:1:1")], "ofs", doc="One member, whose binary cache a test sets."
+)
 
 
 def test_a_builder_with_a_cache_substitutes_the_input_instead_of_receiving_it(

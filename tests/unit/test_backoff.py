@@ -6,7 +6,7 @@ from offload.backoff import Health, load_backoff, save_backoff
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import FakeLink, FakeStore
 from offload.ui.events import Event, MachineEvent
-from tests.unit.test_executor import finished, make_plan, spec
+from tests.helpers.plans import finished, make_plan, spec
 
 
 def test_backoff_round_trips_and_expired_entries_are_dropped(tmp_path):

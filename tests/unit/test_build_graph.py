@@ -2,7 +2,7 @@ import asyncio
 
 from offload.build import build_plan, load_graph, out_links
 from offload.transport.fake import FakePath, FakeStore
-from tests.unit.test_executor import make_plan
+from tests.helpers.plans import make_plan
 
 
 def _graph(local_paths, remote_paths, roots_names=("d",)):

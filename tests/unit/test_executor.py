@@ -7,78 +7,15 @@ import pytest
 
 from offload.errors import SchedulerError
 from offload.protocol.serve import BuildStatus
-from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.run import DEFAULT_WORK, BuildPlan, Executor, PoolMember, size_factor
-from offload.store.drv import Derivation, DerivationOutput
+from offload.scheduler.run import DEFAULT_WORK, Executor, PoolMember, size_factor
 from offload.transport.fake import (
     BuildOutcome,
     FakeBuild,
     FakeLink,
-    FakePath,
     FakeStore,
-    store_path,
 )
 from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished
-
-SYSTEM = "x86_64-linux"
-
-
-def make_plan(edges: dict[str, list[str]], *, features: dict[str, str] | None = None):
-    """A plan of derivations named by ``edges`` keys, each depending on the listed names."""
-    features = features or {}
-    src = FakePath.from_text(store_path("src"), "source")
-    drvs: dict[str, Derivation] = {}
-    paths = {name: store_path(f"{name}.drv") for name in edges}
-    outs = {name: store_path(name) for name in edges}
-    for name, deps in edges.items():
-        env = {"name": name, "out": outs[name], "system": SYSTEM, "builder": "/bin/sh"}
-        if name in features:
-            env["requiredSystemFeatures"] = features[name]
-        drvs[paths[name]] = Derivation.create(
-            outputs={"out": DerivationOutput(outs[name], "", "")},
-            input_drvs={paths[d]: ["out"] for d in deps},
-            input_srcs=[src.path],
-            platform=SYSTEM,
-            builder="/bin/sh",
-            args=["-c", "true"],
-            env=env,
-        )
-    order = _topo(edges)
-    plan = BuildPlan(
-        drvs=drvs,
-        order=[paths[n] for n in order],
-        inputs={paths[n]: tuple(sorted([src.path, *(outs[d] for d in edges[n])])) for n in edges},
-        outputs={paths[n]: (outs[n],) for n in edges},
-    )
-    return plan, paths, outs, src
-
-
-def _topo(edges):
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(n):
-        if n in seen:
-            return
-        seen.add(n)
-        for d in edges[n]:
-            visit(d)
-        order.append(n)
-
-    for n in edges:
-        visit(n)
-    return order
-
-
-def spec(name, speed=1.0, slots=2, *, mandatory=(), supported=()):
-    return MachineSlotSpec(
-        name=name,
-        speed=speed,
-        slots=slots,
-        systems=frozenset({SYSTEM}),
-        supported=frozenset(supported),
-        mandatory=frozenset(mandatory),
-    )
+from tests.helpers.plans import finished, make_plan, spec
 
 
 def run(plan, members, local, *, keep_going=False, estimates=None):
@@ -88,10 +25,6 @@ def run(plan, members, local, *, keep_going=False, estimates=None):
     )
     report = asyncio.run(executor.run())
     return report, events
-
-
-def finished(events, status="built"):
-    return {e.name: e.machine for e in events if isinstance(e, JobFinished) and e.status == status}
 
 
 def test_graph_splits_across_local_and_remote_and_outputs_come_home():

@@ -7,7 +7,7 @@ from offload.scheduler.run import Executor, PoolMember
 from offload.transport import fake
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
-from tests.unit.test_executor import finished, make_plan, spec
+from tests.helpers.plans import finished, make_plan, spec
 
 
 async def keeps_no_references(build: FakeBuild) -> BuildOutcome:

@@ -28,7 +28,7 @@ from offload.ui.events import Event, JobFinished, RunStarted
 from offload.ui.plain import PlainRenderer, describe_finished
 from offload.ui.summary import render_summary, summarize
 from offload.ui.tty import TtyRenderer
-from tests.unit.test_executor import make_plan
+from tests.helpers.plans import make_plan
 
 # d needs b and c, b needs a.
 EDGES = {"a": [], "b": ["a"], "c": [], "d": ["b", "c"]}

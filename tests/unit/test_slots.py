@@ -5,7 +5,7 @@ from offload.scheduler.run import Executor, PoolMember
 from offload.slots import SlotLocks, slot_key
 from offload.transport.fake import FakeLink, FakeStore
 from offload.ui.events import Event, JobFinished, JobPhase
-from tests.unit.test_executor import make_plan, spec
+from tests.helpers.plans import make_plan, spec
 
 
 def test_slot_files_are_named_as_nix_names_them():

@@ -1,0 +1,109 @@
+"""Local sshd fleets for integration tests (a pytest plugin: see tests/conftest.py).
+
+``fleet`` is the three-member fleet (fast:4:2, medium:2:2, slow:1:2) shared by the session.
+A module whose tests kill members or edit them gets a fleet of its own from
+``private_fleet_fixture``, so the shared one is never changed. The functions read what a
+fleet's members are and do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from offload.config.machines import Machine, parse_machines
+from offload.fleet import DEFAULT_SPECS, Fleet, Member, MemberSpec, fleet_down, fleet_up
+
+
+@contextlib.contextmanager
+def private_fleet(
+    specs: Sequence[MemberSpec] = DEFAULT_SPECS, prefix: str = "ofl"
+) -> Iterator[Fleet]:
+    """A fleet of its own in a fresh directory, always stopped and removed afterwards. The
+    directory is short on purpose: sshd and ssh limit path lengths."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield fleet_up(root, specs)
+    finally:
+        try:
+            fleet_down(root, purge=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def private_fleet_fixture(
+    specs: Sequence[MemberSpec] = DEFAULT_SPECS,
+    prefix: str = "ofl",
+    *,
+    scope: Literal["function", "module", "session"] = "function",
+    doc: str = "A private fleet: tests may kill or change its members.",
+) -> Any:
+    """A fixture that starts ``private_fleet(specs, prefix)`` once per ``scope``; it takes the
+    name it is assigned to (``own_fleet = private_fleet_fixture(...)`` in a test module)."""
+
+    def started() -> Iterator[Fleet]:
+        with private_fleet(specs, prefix) as fleet:
+            yield fleet
+
+    started.__doc__ = doc
+    return pytest.fixture(scope=scope)(started)
+
+
+fleet = private_fleet_fixture(
+    scope="session",
+    doc="The three-member local fleet (fast:4:2, medium:2:2, slow:1:2), once per session, "
+    "started only when a test asks for it.",
+)
+
+
+def fleet_machine(fleet: Fleet, name: str) -> Machine:
+    """Member ``name`` as its line in the fleet's machines file describes it."""
+    machines, _ = parse_machines(fleet.machines_file.read_text(), source="m", system=fleet.system)
+    return next(m for m in machines if m.name == name)
+
+
+def machines_lines(fleet: Fleet) -> list[list[str]]:
+    return [line.split() for line in fleet.machines_file.read_text().splitlines() if line]
+
+
+def speed_of(fleet: Fleet, name: str) -> str:
+    """What ``nix_files.SPEED`` prints on member ``name``."""
+    return (fleet.member(name).root / "etc-nix" / "offload-speed").read_text().strip()
+
+
+def member_processes(member: Member) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes that see ``member``'s store at /nix."""
+    want = (member.root / "nix").stat()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            seen = (entry / "root" / "nix").stat()
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] in "ZX":
+            continue
+        if (seen.st_dev, seen.st_ino) == (want.st_dev, want.st_ino):
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def drop_member(member: Member) -> None:
+    """Kill the member outright: its sshd and everything running in its namespace."""
+    os.kill(member.pid, signal.SIGKILL)
+    for pid, _ in member_processes(member):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue

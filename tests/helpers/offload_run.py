@@ -1,0 +1,116 @@
+"""``offload build`` run as a subprocess against a fleet, and what its ``--json`` events say.
+
+A run that waits on its own (``offload``) returns when offload does; one that runs in the
+background (``start_offload``) is a process group of its own, which ``processes.stop`` kills.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offload.fleet import Fleet
+from tests.helpers import processes
+
+
+def offload_env(fleet: Fleet, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = fleet.env()
+    # offload substitutes from the local caches first: never let it reach the default one.
+    env["NIX_CONFIG"] = env.get("NIX_CONFIG", "") + "\nsubstituters =\n"
+    env["OFFLOAD_STATE_DIR"] = str(tmp_path / "state")
+    env.update(extra)
+    return env
+
+
+def offload_argv(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "offload", "build", *map(str, args)]
+
+
+def offload(
+    fleet: Fleet,
+    tmp_path: Path,
+    *args: str | Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        offload_argv(*args),
+        env=dict(env) if env is not None else offload_env(fleet, tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_offload(fleet: Fleet, tmp_path: Path, *args: str | Path) -> subprocess.Popen[str]:
+    """``offload build ARGS`` in the background, its stdout and stderr piped as text."""
+    proc: subprocess.Popen[str] = processes.start(
+        offload_argv(*args),
+        env=offload_env(fleet, tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc
+
+
+def events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def finished(stdout: str) -> list[dict[str, Any]]:
+    return [e for e in events(stdout) if e["event"] == "job_finished"]
+
+
+def built_on(stdout: str) -> dict[str, str]:
+    """Derivation name -> the machine that built it (built or fetched)."""
+    return {e["name"]: e["machine"] for e in finished(stdout) if e["status"] == "built"}
+
+
+def run_outputs(stdout: str) -> list[str]:
+    (last,) = [e for e in events(stdout) if e["event"] == "run_finished"]
+    return list(last["outputs"])
+
+
+def peak_running(log: Path) -> tuple[int, int]:
+    """(stamps, most builds running at once) from a log of ``start T`` / ``end T`` lines."""
+    stamps = [line.split() for line in log.read_text().splitlines()]
+    # At equal times an end frees its slot before a start takes it.
+    timeline = sorted((float(t), 0 if kind == "end" else 1) for kind, t in stamps)
+    running = peak = 0
+    for _, is_start in timeline:
+        running += 1 if is_start else -1
+        peak = max(peak, running)
+    return len(stamps), peak
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a real condition until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_for_marker(marker: Path, proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """The marker's content once a builder wrote it; fails early if the run ended first."""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"offload ended (rc {proc.returncode}) before the marker: {err}\n{out}")
+        return marker.exists()
+
+    wait_for(ready, timeout, f"marker {marker}")
+    return marker.read_text().strip()
