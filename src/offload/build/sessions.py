@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from offload.build.graph import Roots
 from offload.errors import OffloadError
 from offload.protocol.serve import ServeClient
-from offload.scheduler.run import Link
+from offload.scheduler.run import MemberLink
 from offload.transport.links import MachineLink
 
 __all__ = ["open_sessions", "warming"]
@@ -20,8 +20,8 @@ __all__ = ["open_sessions", "warming"]
 
 async def open_sessions(
     stack: contextlib.AsyncExitStack,
-    local_link: Link,
-    remote: Mapping[str, Link],
+    local_link: MemberLink,
+    remote: Mapping[str, MemberLink],
     unreachable: dict[str, str],
     roots: Roots,
     *,
@@ -58,7 +58,7 @@ def _as_list(evaluate: Callable[[], Sequence[tuple[str, str]]]) -> list[tuple[st
 
 @contextlib.asynccontextmanager
 async def _borrow_all(
-    links: Mapping[str, Link],
+    links: Mapping[str, MemberLink],
     unreachable: dict[str, str],
     answered: Callable[[str], None] | None = None,
 ) -> AsyncIterator[dict[str, ServeClient]]:
@@ -94,7 +94,7 @@ async def _borrow_all(
 
 @contextlib.asynccontextmanager
 async def warming(
-    remote: Mapping[str, Link], slots: Mapping[str, int]
+    remote: Mapping[str, MemberLink], slots: Mapping[str, int]
 ) -> AsyncIterator[Callable[[str], None]]:
     """A callback to tell of each builder that answers: sessions for its other ``slots`` open
     while the graph is read, so its first builds do not each wait for a remote nix-store to

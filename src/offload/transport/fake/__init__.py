@@ -14,7 +14,7 @@ The model, one module each:
   ``session_io`` (reading requests), ``transfer`` (moving paths) and ``builds`` (scripted
   builds: ``FakeBuild`` in, ``BuildOutcome`` out).
 * ``faults``: connections that drop at chosen points (``break_next``).
-* ``link``: ``FakeLink`` is the executor's ``Link`` (``offload.scheduler.run``) over one store:
+* ``link``: ``FakeLink`` is the executor's ``MemberLink`` (``offload.scheduler.run``) over one store:
   it opens sessions (at most ``max_sessions`` at once; more wait), cancels them, and simulates
   an unreachable host (``go_down``).
 """

@@ -1,4 +1,4 @@
-"""``FakeLink``: the executor's ``Link`` (``offload.scheduler.run``) over one ``FakeStore``.
+"""``FakeLink``: the executor's ``MemberLink`` (``offload.scheduler.run``) over one ``FakeStore``.
 
 It opens sessions (at most ``max_sessions`` at once; more wait), cancels them, and simulates an
 unreachable host (``go_down``) or connections that drop at chosen points (``break_next``).
