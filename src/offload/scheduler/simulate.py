@@ -26,12 +26,13 @@ import random
 import time
 import tracemalloc
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, TypedDict
 
 from offload.errors import SchedulerError
 from offload.scheduler.dag import Job, JobGraph
 from offload.scheduler.policy import (
+    Decision,
     MachineSlotSpec,
     Policy,
     Speculate,
@@ -193,110 +194,162 @@ def simulate(
     policy = Policy(
         graph, machines, transfer=transfer, speculation=speculation, hold=hold, strict=strict
     )
+    sim = _Sim(
+        policy,
+        factor=_noise_factors(graph, noise, seed),
+        failing=frozenset(failing),
+        speeds={m.name: m.speed for m in machines},
+        failed=list(policy.unschedulable),
+        skipped=list(policy.skipped_at_start),
+    )
+    for at, name in machine_failures:
+        sim.schedule_failure(at, name)
+    sim.run()
+    return SimResult(
+        makespan=sim.makespan,
+        lower_bound=bound,
+        critical_path=critical,
+        total_work=total,
+        machines=_summaries(machines, sim.schedule),
+        schedule=tuple(sim.schedule),
+        failed=tuple(sim.failed),
+        skipped=tuple(sim.skipped),
+        speculations=sim.speculations,
+        cancelled=sim.cancelled,
+    )
+
+
+def _noise_factors(graph: JobGraph, noise: float, seed: int) -> dict[str, float]:
+    """Each job's actual work over its estimate; empty (all exact) without noise."""
     # Seeded, reproducible noise for a simulation; nothing here is security-relevant.
     rng = random.Random(seed)  # noqa: S311
-    factor: dict[str, float] = {}
     if noise > 0:
-        factor = {job.id: rng.lognormvariate(0.0, noise) for job in graph.jobs()}
-    failing_set = frozenset(failing)
-    speeds = {m.name: m.speed for m in machines}
+        return {job.id: rng.lognormvariate(0.0, noise) for job in graph.jobs()}
+    return {}
 
-    seq = 0
-    events: list[tuple[float, int, int, str, str]] = []
-    for at, name in machine_failures:
-        if name not in speeds:
-            raise SchedulerError(f"machine failure for unknown machine {name!r}")
-        seq += 1
-        heapq.heappush(events, (at, _MACHINE_FAILS, seq, "", name))
+
+@dataclass(slots=True, eq=False)
+class _Sim:
+    """A simulated run in progress: the fake clock, the pending events, and what happened."""
+
+    policy: Policy
+    factor: dict[str, float]
+    failing: frozenset[str]
+    speeds: dict[str, float]
+    failed: list[str]
+    skipped: list[str]
+    # (time, kind, sequence number, job, machine); the sequence keeps the order deterministic.
+    events: list[tuple[float, int, int, str, str]] = field(default_factory=list)
+    seq: int = 0
     # (job, machine) -> (start, event seq, speculative); a missing key means the copy is gone.
-    active: dict[tuple[str, str], tuple[float, int, bool]] = {}
-    schedule: list[RunRecord] = []
-    failed: list[str] = []
-    skipped: list[str] = list(policy.skipped_at_start)
-    failed.extend(policy.unschedulable)
-    speculations = cancelled = 0
-    next_wake = math.inf
-    now = 0.0
-    makespan = 0.0
+    active: dict[tuple[str, str], tuple[float, int, bool]] = field(default_factory=dict)
+    schedule: list[RunRecord] = field(default_factory=list)
+    speculations: int = 0
+    cancelled: int = 0
+    next_wake: float = math.inf
+    now: float = 0.0
+    makespan: float = 0.0
 
-    while True:
-        for decision in policy.next_decisions(now):
+    def _push(self, at: float, kind: int, job: str, machine: str) -> int:
+        self.seq += 1
+        heapq.heappush(self.events, (at, kind, self.seq, job, machine))
+        return self.seq
+
+    def schedule_failure(self, at: float, machine: str) -> None:
+        if machine not in self.speeds:
+            raise SchedulerError(f"machine failure for unknown machine {machine!r}")
+        self._push(at, _MACHINE_FAILS, "", machine)
+
+    def run(self) -> None:
+        """Ask the policy, then apply every event of the next instant, until none is left."""
+        policy = self.policy
+        events = self.events
+        while True:
+            self._carry_out(policy.next_decisions(self.now))
+            if not events:
+                break
+            now = self.now = events[0][0]
+            if self.next_wake <= now:
+                self.next_wake = math.inf
+            while events and events[0][0] == now:
+                _, kind, event_seq, job, machine = heapq.heappop(events)
+                if kind == _FINISH:
+                    self._finish(job, machine, event_seq)
+                elif kind == _MACHINE_FAILS:
+                    self._machine_fails(machine)
+        if not policy.graph.finished:
+            raise SchedulerError(
+                f"simulation stalled at t={self.now:.1f}s with {policy.ready_count} jobs ready"
+            )
+
+    def _carry_out(self, decisions: list[Decision]) -> None:
+        """Start the copies the policy asked for (ending as their noisy work says) and
+        remember the earliest wake-up asked for."""
+        graph = self.policy.graph
+        for decision in decisions:
             if isinstance(decision, Wait):
-                if decision.until < next_wake:
-                    next_wake = decision.until
-                    seq += 1
-                    heapq.heappush(events, (decision.until, _WAKE, seq, "", ""))
+                if decision.until < self.next_wake:
+                    self.next_wake = decision.until
+                    self._push(decision.until, _WAKE, "", "")
                 continue
             job, machine = decision.job, decision.machine
-            extra = (factor.get(job, 1.0) - 1.0) * graph.work(job) / speeds[machine]
+            extra = (self.factor.get(job, 1.0) - 1.0) * graph.work(job) / self.speeds[machine]
             end = decision.expected_finish + extra
-            seq += 1
             speculative = isinstance(decision, Speculate)
-            speculations += speculative
-            active[job, machine] = (now, seq, speculative)
-            heapq.heappush(events, (end, _FINISH, seq, job, machine))
-        if not events:
-            break
-        now = events[0][0]
-        if next_wake <= now:
-            next_wake = math.inf
-        while events and events[0][0] == now:
-            _, kind, event_seq, job, machine = heapq.heappop(events)
-            if kind == _FINISH:
-                run = active.get((job, machine))
-                if run is None or run[1] != event_seq:
-                    continue  # cancelled or lost copy
-                del active[job, machine]
-                ok = job not in failing_set
-                result = policy.on_finished(job, machine, now, ok)
-                schedule.append(
-                    RunRecord(job, machine, run[0], now, "built" if ok else "failed", run[2])
-                )
-                makespan = now
-                if not ok:
-                    failed.append(job)
-                    skipped.extend(result.skipped)
-                for cancel in result.cancel:
-                    start, _, spec = active.pop((cancel.job, cancel.machine))
-                    schedule.append(
-                        RunRecord(cancel.job, cancel.machine, start, now, "cancelled", spec)
-                    )
-                    cancelled += 1
-            elif kind == _MACHINE_FAILS:
-                for lost in policy.running(machine):
-                    start, _, spec = active.pop((lost, machine))
-                    schedule.append(RunRecord(lost, machine, start, now, "lost", spec))
-                policy.on_machine_failed(machine, now)
-    if not policy.graph.finished:
-        raise SchedulerError(
-            f"simulation stalled at t={now:.1f}s with {policy.ready_count} jobs ready"
+            self.speculations += speculative
+            self.active[job, machine] = (
+                self.now,
+                self._push(end, _FINISH, job, machine),
+                speculative,
+            )
+
+    def _finish(self, job: str, machine: str, event_seq: int) -> None:
+        run = self.active.get((job, machine))
+        if run is None or run[1] != event_seq:
+            return  # cancelled or lost copy
+        del self.active[job, machine]
+        now = self.now
+        ok = job not in self.failing
+        result = self.policy.on_finished(job, machine, now, ok)
+        self.schedule.append(
+            RunRecord(job, machine, run[0], now, "built" if ok else "failed", run[2])
         )
-    busy = dict.fromkeys(speeds, 0.0)
-    built = dict.fromkeys(speeds, 0)
-    lost_or_cancelled = dict.fromkeys(speeds, 0)
+        self.makespan = now
+        if not ok:
+            self.failed.append(job)
+            self.skipped.extend(result.skipped)
+        for cancel in result.cancel:
+            start, _, spec = self.active.pop((cancel.job, cancel.machine))
+            self.schedule.append(
+                RunRecord(cancel.job, cancel.machine, start, now, "cancelled", spec)
+            )
+            self.cancelled += 1
+
+    def _machine_fails(self, machine: str) -> None:
+        for lost in self.policy.running(machine):
+            start, _, spec = self.active.pop((lost, machine))
+            self.schedule.append(RunRecord(lost, machine, start, self.now, "lost", spec))
+        self.policy.on_machine_failed(machine, self.now)
+
+
+def _summaries(
+    machines: Sequence[MachineSlotSpec], schedule: list[RunRecord]
+) -> tuple[MachineSummary, ...]:
+    """Per machine: slot-seconds busy, jobs built and copies cancelled."""
+    busy = {m.name: 0.0 for m in machines}
+    built = {m.name: 0 for m in machines}
+    lost_or_cancelled = {m.name: 0 for m in machines}
     for record in schedule:
         busy[record.machine] += record.end - record.start
         if record.outcome == "built":
             built[record.machine] += 1
         elif record.outcome == "cancelled":
             lost_or_cancelled[record.machine] += 1
-    summaries = tuple(
+    return tuple(
         MachineSummary(
             m.name, m.speed, m.slots, busy[m.name], built[m.name], lost_or_cancelled[m.name]
         )
         for m in machines
-    )
-    return SimResult(
-        makespan=makespan,
-        lower_bound=bound,
-        critical_path=critical,
-        total_work=total,
-        machines=summaries,
-        schedule=tuple(schedule),
-        failed=tuple(failed),
-        skipped=tuple(skipped),
-        speculations=speculations,
-        cancelled=cancelled,
     )
 
 

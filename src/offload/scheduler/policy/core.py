@@ -1,0 +1,411 @@
+"""The policy: which ready job starts on which machine, and when.
+
+The pool is a set of machines (``matching``), grouped by what they can build into eligibility
+classes with one ready queue each (``pool``, ``queues``). The policy is synchronous and has no
+clock: every call receives ``now`` (seconds on any monotonic scale). A driver (the simulator, or
+the async executor) repeatedly
+
+1. calls ``next_decisions(now)`` and carries out what it returns:
+   ``Start(job, machine)`` and ``Speculate(job, machine)`` (a second copy of a running job), or
+   ``Wait(until)``: nothing more can start now; call again at ``until`` unless an event comes
+   first;
+2. reports events: ``on_finished(job, machine, now, ok)`` (returns the copies to ``Cancel`` and
+   the jobs skipped after a failure) and ``on_machine_failed(machine, now)``.
+
+The policy assumes its decisions are carried out at once: a ``Start`` occupies the slot at
+``now`` and is expected to end at ``now + transfer + work / speed`` (``costs``).
+
+A round of ``next_decisions`` takes the most critical head of the class queues while a slot is
+free: a more critical *coming* job claims the slot it will want (``placement``), a ready job
+goes where it finishes first (``placement``) or, with slack to spare, to a slower machine
+(``slack``); one whose best slot is busy is held. When nothing is ready, idle slots copy running
+jobs (``speculation``).
+
+Failures. A failed build is final and skips its dependents (``JobGraph.mark_failed``). A machine
+that fails (unreachable, connection lost) is backed off (``Backoff``); its running jobs go back
+to the ready queues (or simply lose their copy when another copy runs elsewhere). A successful
+build on the machine resets its count. The driver tracks where outputs are: when the only copy
+of needed outputs goes with a machine, it reports those jobs (``on_outputs_lost``) and they run
+again; a copy that cannot get its inputs because their holder went away is handed back with
+``on_returned``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from offload.errors import SchedulerError
+from offload.scheduler.dag import Job, JobGraph, JobState
+from offload.scheduler.policy.costs import Backoff, TransferCost
+from offload.scheduler.policy.decisions import (
+    Cancel,
+    Decision,
+    Finished,
+    MachineDown,
+    Start,
+    Wait,
+)
+from offload.scheduler.policy.matching import MachineSlotSpec, unschedulable_reason
+from offload.scheduler.policy.placement import (
+    MAX_HOLDS_PER_ROUND,
+    clear_reservations,
+    fastest_free,
+    place,
+    reserve,
+)
+from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
+from offload.scheduler.policy.queues import Coming, Queues
+from offload.scheduler.policy.slack import SLACK_SHARE, remaining_path, slower_in_slack
+from offload.scheduler.policy.speculation import Speculation, SpeculationRule
+
+__all__ = ["Policy"]
+
+
+@dataclass(slots=True, eq=False)
+class _Round:
+    """What one call of ``next_decisions`` has decided and reserved so far."""
+
+    number: int
+    hold_budget: int
+    decisions: list[Decision] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    wake: float = math.inf
+    # Machines with holds or claims this round, to clear at its end.
+    reserved: list[Machine] = field(default_factory=list)
+    # Classes whose every free slot is claimed: their held heads wait for the next round.
+    full: set[EligibilityClass] = field(default_factory=set)
+    # Found on first need: the longest remaining path, and the most critical coming jobs.
+    remaining: float | None = None
+    coming: list[Coming] | None = None
+
+
+class Policy:
+    """The scheduler's decisions over one job graph and one pool; see the module docstring."""
+
+    def __init__(
+        self,
+        jobs: Iterable[Job] | JobGraph,
+        machines: Sequence[MachineSlotSpec],
+        *,
+        transfer: TransferCost | None = None,
+        speculation: SpeculationRule | None = None,
+        backoff: Backoff | None = None,
+        hold: bool = True,
+        slack_share: float = SLACK_SHARE,
+        guessed: Iterable[str] = (),
+        strict: bool = True,
+    ) -> None:
+        self.graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
+        self._pool = Pool(machines)
+        self._transfer = transfer
+        self._speculation = Speculation(
+            speculation if speculation is not None else SpeculationRule()
+        )
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._hold = hold
+        self._slack_share = slack_share
+        # Jobs whose estimate is a guess, not history: any one of them may be the huge one.
+        self._guessed = frozenset(guessed)
+        self._runs: dict[str, list[Run]] = {}
+        self._round = 0
+        # Running jobs, most critical first, for the remaining critical path (remaining_path).
+        self._by_path: list[tuple[float, int, str]] = []
+        self._queues = Queues(self.graph)
+        self.unschedulable: dict[str, str] = {}
+        self.skipped_at_start: list[str] = []
+        self._classify(machines, strict=strict)
+        for job_id in self.graph.ready():
+            self._queues.enqueue(job_id)
+
+    def _classify(self, machines: Sequence[MachineSlotSpec], *, strict: bool) -> None:
+        """Put each job in its eligibility class; a job no machine can build is an error
+        (``strict``) or fails at once, skipping its dependents."""
+        for job in self.graph.jobs():
+            cls = self._pool.class_for(job)
+            self._queues.class_of[job.id] = cls
+            if not cls.machines:
+                self.unschedulable[job.id] = unschedulable_reason(job, machines)
+        if not self.unschedulable:
+            return
+        if strict:
+            first, reason = next(iter(self.unschedulable.items()))
+            more = len(self.unschedulable) - 1
+            raise SchedulerError(
+                f"no machine can build {first}: {reason}"
+                + (f" (and {more} more jobs)" if more else ""),
+                hint="add a builder with that system and features, or use --keep-going",
+            )
+        for job_id in self.unschedulable:
+            if self.graph.state(job_id) is not JobState.SKIPPED:
+                self.skipped_at_start.extend(self.graph.mark_failed(job_id))
+
+    # Queries
+
+    @property
+    def machine_names(self) -> list[str]:
+        return list(self._pool.machines)
+
+    def running(self, machine: str) -> list[str]:
+        return [job for _, _, job, _ in self._pool.machines[machine].ends]
+
+    def copies(self, job_id: str) -> list[str]:
+        return [run.machine.spec.name for run in self._runs.get(job_id, ())]
+
+    def is_up(self, machine: str, now: float) -> bool:
+        m = self._pool.machines[machine]
+        return m.up or m.down_until <= now
+
+    def down_until(self, machine: str) -> float:
+        return self._pool.machines[machine].down_until
+
+    def failures(self, machine: str) -> int:
+        return self._pool.machines[machine].failures
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._queues.queued)
+
+    # Decisions
+
+    def next_decisions(self, now: float) -> list[Decision]:
+        pool = self._pool
+        pool.bring_back(now)
+        self._round += 1
+        rnd = _Round(self._round, MAX_HOLDS_PER_ROUND if self._hold else 0)
+        classes = list(pool.classes.values())
+        while pool.free_up_total > 0:
+            cls = self._queues.best_class(classes, rnd.full)
+            if cls is None:
+                break
+            if rnd.coming is None:
+                rnd.coming = self._queues.coming_jobs(now, rnd.hold_budget, self._runs)
+            if rnd.coming and rnd.coming[0][0] < cls.heap[0]:
+                self._claim_for_coming(rnd, rnd.coming, cls, now)
+            else:
+                self._place_ready(rnd, rnd.coming, cls, now)
+        return self._end_round(rnd, now)
+
+    def _remaining(self, rnd: _Round, now: float, ready: float) -> float:
+        """The round's longest remaining path, found once (``ready``: the most critical
+        ready job's path at the first need)."""
+        if rnd.remaining is None:
+            rnd.remaining = remaining_path(self._by_path, self._runs, now, ready)
+        return rnd.remaining
+
+    def _claim_for_coming(
+        self, rnd: _Round, coming: list[Coming], cls: EligibilityClass, now: float
+    ) -> None:
+        """A job more critical than every ready one will be ready soon: unless it has slack
+        to spare (more than its own work), it claims the slot it will want, so less critical
+        ready work does not take that slot (unless done by then)."""
+        graph = self.graph
+        _, job_id, ready_at = coming.pop(0)
+        remaining = self._remaining(rnd, now, -cls.heap[0][0])
+        if remaining - graph.critical_path(job_id) > graph.work(job_id):
+            return
+        rnd.hold_budget -= 1
+        best, best_start, best_finish = place(
+            self._queues.class_of[job_id],
+            graph,
+            self._transfer,
+            job_id,
+            now=now,
+            round_no=rnd.number,
+            ready_at=ready_at,
+        )
+        if best is not None:
+            reserve(best, job_id, best_start, best_finish, now=now, reserved=rnd.reserved)
+
+    def _place_ready(
+        self, rnd: _Round, coming: list[Coming], cls: EligibilityClass, now: float
+    ) -> None:
+        """Start the head of ``cls`` where it finishes first (or within its slack), or hold
+        it for a busy slot while the round's hold budget lasts."""
+        graph = self.graph
+        transfer = self._transfer
+        job_id = heapq.heappop(cls.heap)[2]
+        self._queues.queued.discard(job_id)
+        work = graph.work(job_id)
+        best, best_start, best_finish = place(
+            cls, graph, transfer, job_id, now=now, round_no=rnd.number, ready_at=now
+        )
+        assert best is not None  # cls.free_up > 0: some member is up with a free slot
+        if self._slack_share > 0 and job_id not in self._guessed:
+            slower = slower_in_slack(
+                cls,
+                graph,
+                transfer,
+                job_id,
+                now,
+                share=self._slack_share,
+                remaining=self._remaining(rnd, now, graph.critical_path(job_id)),
+                best=best,
+                best_finish=best_finish,
+            )
+            if slower is not None:
+                best, best_finish = slower
+                best_start = now
+        if best_start > now:
+            if rnd.hold_budget > 0:
+                rnd.hold_budget -= 1
+                reserve(best, job_id, best_start, best_finish, now=now, reserved=rnd.reserved)
+                rnd.held.append(job_id)
+                rnd.wake = min(rnd.wake, best_start)
+                return
+            fallback = fastest_free(cls)
+            if fallback is None:
+                rnd.held.append(job_id)
+                rnd.full.add(cls)
+                return
+            best = fallback
+            best_finish = now + work / best.speed
+            if transfer is not None:
+                best_finish += transfer.estimate(graph.job(job_id), best.spec.name)
+        self._start(rnd, coming, job_id, best, finish=best_finish, now=now)
+
+    def _start(
+        self,
+        rnd: _Round,
+        coming: list[Coming],
+        job_id: str,
+        m: Machine,
+        *,
+        finish: float,
+        now: float,
+    ) -> None:
+        """``job_id`` starts on ``m`` now and is expected to end at ``finish``."""
+        graph = self.graph
+        graph.mark_started(job_id)
+        for key in self._queues.count_started(job_id, -1):
+            # Coming from now on: it may claim a slot ahead of the ready jobs left.
+            bisect.insort(coming, (key, key[2], finish))
+        for tier in m.tiers:
+            tier.round = -1
+        run = self._pool.take_slot(m, job_id, now, finish)
+        self._runs[job_id] = [run]
+        heapq.heappush(self._by_path, (-graph.critical_path(job_id), run.copy, job_id))
+        self._speculation.track(job_id, run)
+        rnd.decisions.append(Start(job_id, m.spec.name, finish))
+
+    def _end_round(self, rnd: _Round, now: float) -> list[Decision]:
+        """Requeue the held jobs, copy running jobs onto idle slots when nothing is ready,
+        and say when to call again."""
+        pool = self._pool
+        queued = self._queues.queued
+        for job_id in rnd.held:
+            self._queues.enqueue(job_id)
+        decisions = rnd.decisions
+        if not queued and pool.free_up_total > 0 and self._runs:
+            decisions.extend(
+                self._speculation.decide(
+                    now,
+                    pool,
+                    self._runs,
+                    class_of=self._queues.class_of,
+                    graph=self.graph,
+                    transfer=self._transfer,
+                )
+            )
+        clear_reservations(rnd.reserved)
+        wake = rnd.wake
+        if queued and pool.down:
+            wake = min(wake, *(m.down_until for m in pool.down))
+        if wake < math.inf:
+            decisions.append(Wait(wake))
+        return decisions
+
+    # Events
+
+    def on_finished(self, job_id: str, machine: str, now: float, ok: bool) -> Finished:
+        """A copy of ``job_id`` ended on ``machine``: ok=True built, ok=False build failed."""
+        del now  # the policy keeps no timings; history learns durations elsewhere
+        runs = self._runs.get(job_id)
+        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
+        if runs is None or run is None:
+            return Finished(accepted=False)
+        del self._runs[job_id]
+        cancel: list[Cancel] = []
+        for other in runs:
+            self._pool.release_slot(other, job_id)
+            if other is not run:
+                cancel.append(Cancel(job_id, other.machine.spec.name))
+        if not ok:
+            return Finished(True, tuple(cancel), (), tuple(self.graph.mark_failed(job_id)))
+        run.machine.failures = 0
+        if self._transfer is not None:
+            self._transfer.record_output(job_id, machine)
+        newly = self.graph.mark_done(job_id)
+        for ready in newly:
+            self._queues.enqueue(ready)
+        return Finished(True, tuple(cancel), tuple(newly), ())
+
+    def on_machine_failed(self, machine: str, now: float) -> MachineDown:
+        """The machine is unreachable or dropped mid-build: back it off, requeue its work."""
+        m = self._pool.machines[machine]
+        within = now - m.last_failure < self._backoff.coalesce and m.down_until > now
+        if not within:
+            m.failures = min(m.failures + 1, self._backoff.max_steps)
+            m.down_until = now + self._backoff.delay(m.failures)
+        m.last_failure = now
+        self._pool.take_down(m)
+        returned: list[str] = []
+        for _, _, job_id, _ in list(m.ends):
+            runs = self._runs[job_id]
+            if self._drop_copy(job_id, runs, next(r for r in runs if r.machine is m)):
+                returned.append(job_id)
+        return MachineDown(machine, m.down_until, m.failures, tuple(returned))
+
+    def _drop_copy(self, job_id: str, runs: list[Run], run: Run) -> bool:
+        """Free one copy's slot; True if it was the job's last, which then goes back."""
+        self._pool.release_slot(run, job_id)
+        runs.remove(run)
+        if runs:
+            return False
+        del self._runs[job_id]
+        self._queues.count_started(job_id, +1)
+        if self.graph.mark_returned(job_id):
+            self._queues.enqueue(job_id)
+        return True
+
+    def on_returned(self, job_id: str, machine: str) -> bool:
+        """The copy of ``job_id`` on ``machine`` gave up through no fault of that machine (an
+        input's holder went away): free its slot and queue the job again if no copy is left.
+        False if there was no such copy."""
+        runs = self._runs.get(job_id)
+        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
+        if runs is None or run is None:
+            return False
+        self._drop_copy(job_id, runs, run)
+        return True
+
+    def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
+        """These finished jobs' outputs are gone and still needed: they must run again
+        (``JobGraph.mark_undone``: pass every such job, dependencies included)."""
+        queues = self._queues
+        undone = list(job_ids)
+        ready, waiting_again = self.graph.mark_undone(undone)
+        for job_id in undone:
+            queues.count_started(job_id, +1)
+        # Undone jobs count their own dependencies afresh (after the loop above touched them).
+        for job_id in undone:
+            queues.unstarted[job_id] = queues.count_unstarted(job_id)
+        queues.queued.difference_update(waiting_again)
+        for job_id in ready:
+            queues.enqueue(job_id)
+
+    def restore_down(self, machine: str, failures: int, until: float) -> None:
+        """Start with ``machine`` backed off, as a previous run left it (before any decision)."""
+        m = self._pool.machines[machine]
+        m.failures = min(max(failures, 1), self._backoff.max_steps)
+        m.down_until = until
+        self._pool.take_down(m)
+
+    def on_estimate(self, job_id: str, work: float) -> None:
+        """A better estimate arrived (history, hints): reorder the affected ready jobs."""
+        for changed in self.graph.update_estimate(job_id, work):
+            if changed in self._queues.queued:
+                self._queues.enqueue(changed)

@@ -1,0 +1,183 @@
+"""Where a job goes: the machine where it is expected to finish first, holds and claims.
+
+Placement. Each job goes where it is expected to *finish* first: for each eligible machine that is
+up, start = now if it has a free slot, else the expected end of its earliest-ending slot; finish =
+start + transfer estimate (pluggable ``TransferCost``, zero by default) + work / speed. When the
+best finish is on a busy machine, the job is *held*: it reserves that slot for this round (later
+jobs see the slot as busy until the held job would finish there) and is offered again at the next
+call. At most 4 jobs are held per round, however few slots are free (each reservation makes the
+next job see the queue it would join, so holding more jobs than there are free slots is still
+sound); past that a job takes the fastest free slot. Every hold is re-examined at each call, so the
+cap is what keeps a call cheap on huge graphs (the later, less critical jobs are the right ones for
+slow slots anyway). A running job that has overrun its estimate is assumed to need another quarter
+of its elapsed time. Machines of one speed in a class form a tier whose earliest start is computed
+once per call and again only when a decision touches it (no transfer costs); with a transfer model
+every eligible machine is scored. Either way the scan stops at the first machine too slow to beat
+the best finish found.
+
+Coming work. Each round, the most critical coming jobs (up to the hold budget, and only those with
+less slack than their own work) are placed like held jobs before any ready job less critical than
+they are: each reserves the slot where it would finish first from its expected ready time (the
+slot that frees by then, or else a free one, which it *claims*). A ready job may still use a
+claimed slot if it is done before the claim starts. A job started in the round makes its
+dependents coming at once. Without this, a side job takes the fast slot the critical path needs a
+moment later (a fork on the critical path wants both fast slots at once).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from offload.scheduler.dag import Job, JobGraph
+from offload.scheduler.policy.costs import TransferCost, slot_time
+from offload.scheduler.policy.pool import EligibilityClass, Machine
+
+__all__ = [
+    "MAX_HOLDS_PER_ROUND",
+    "clear_reservations",
+    "fastest_free",
+    "place",
+    "reserve",
+    "slot_start",
+]
+
+# Jobs held for a busy slot per round; later ones take the fastest free slot. Each hold is
+# re-examined every round, so this bounds the work per event.
+MAX_HOLDS_PER_ROUND = 4
+
+# Where a job would go: the machine (None if no member is up), its start and its finish.
+Placement = tuple[Machine | None, float, float]
+
+
+def place(
+    cls: EligibilityClass,
+    graph: JobGraph,
+    transfer: TransferCost | None,
+    job_id: str,
+    *,
+    now: float,
+    round_no: int,
+    ready_at: float,
+) -> Placement:
+    """Where ``job_id``, ready at ``ready_at``, finishes first: machine, start, finish."""
+    work = graph.work(job_id)
+    if transfer is None:
+        return place_by_tier(cls, work, now, round_no, ready_at)
+    return place_by_machine(cls, graph.job(job_id), work, now, transfer, ready_at=ready_at)
+
+
+def reserve(
+    m: Machine,
+    job_id: str,
+    start: float,
+    finish: float,
+    *,
+    now: float,
+    reserved: list[Machine],
+) -> None:
+    """For the rest of this round a slot of ``m`` is ``job_id``'s until ``finish``: the
+    busy slot that frees first if it frees by ``start``, else a free one (claimed from
+    ``start``) if any is left, else the busy slot that frees first."""
+    if m.reserved is None:
+        m.reserved = list(m.ends)
+        reserved.append(m)
+    frees_in_time = bool(m.reserved) and m.reserved[0][0] <= start
+    if m.free > m.claimed and not (frees_in_time and start > now):
+        m.claimed += 1
+        m.claimed_from = min(m.claimed_from, start)
+        heapq.heappush(m.reserved, (finish, max(start, now), job_id, 0))
+    else:
+        heapq.heapreplace(m.reserved, (finish, start, job_id, 0))
+    for tier in m.tiers:
+        tier.round = -1
+
+
+def clear_reservations(reserved: list[Machine]) -> None:
+    """End the round: forget the holds and claims made on ``reserved``."""
+    for m in reserved:
+        m.reserved = None
+        m.claimed = 0
+        m.claimed_from = math.inf
+
+
+def slot_start(m: Machine, now: float, duration: float) -> float:
+    """When a job of ``duration`` could start on ``m`` this round: now on a free slot, or on
+    a claimed one it would leave before the claim; else when the first slot frees."""
+    if m.free > m.claimed or (m.free > 0 and now + duration <= m.claimed_from):
+        return now
+    return slot_time((m.reserved or m.ends)[0], now)
+
+
+def fastest_free(group: EligibilityClass) -> Machine | None:
+    """The fastest machine of ``group`` with a slot free and not claimed this round."""
+    return next((m for m in group.machines if m.up and m.free > m.claimed), None)
+
+
+def place_by_tier(
+    group: EligibilityClass, work: float, now: float, round_no: int, ready_at: float
+) -> Placement:
+    """Earliest finish without transfer costs: machines of one speed differ only in start.
+
+    Each tier remembers its earliest start for the round until a start or hold touches it,
+    so a round with many holds rescans one tier per decision, not the whole class.
+    """
+    best: Machine | None = None
+    best_start = best_finish = math.inf
+    earliest = max(now, ready_at)
+    for tier in group.tiers:
+        duration = work / tier.speed
+        if earliest + duration > best_finish:
+            break
+        if tier.round != round_no or tier.claims:
+            start = math.inf
+            found: Machine | None = None
+            claims = False
+            for m in tier.machines:
+                if not m.up:
+                    continue
+                if m.claimed:
+                    claims = True
+                    t = slot_start(m, now, duration)
+                elif m.free > 0:
+                    start, found, claims = now, m, False
+                    break
+                else:
+                    t = slot_time((m.reserved or m.ends)[0], now)
+                if t < start:
+                    start, found = t, m
+            # With claims the answer depends on the job's duration: not kept for others.
+            tier.start, tier.machine, tier.round, tier.claims = start, found, round_no, claims
+        if tier.machine is None:
+            continue
+        start = max(tier.start, ready_at)
+        finish = start + duration
+        if finish < best_finish or (finish == best_finish and start < best_start):
+            best, best_start, best_finish = tier.machine, start, finish
+    return best, best_start, best_finish
+
+
+def place_by_machine(
+    group: EligibilityClass,
+    job: Job,
+    work: float,
+    now: float,
+    transfer: TransferCost,
+    *,
+    ready_at: float,
+) -> Placement:
+    """Earliest finish with transfer costs; ``work`` is the job's current estimate."""
+    best: Machine | None = None
+    best_start = best_finish = math.inf
+    earliest = max(now, ready_at)
+    for m in group.machines:
+        duration = work / m.speed
+        if earliest + duration > best_finish:
+            break
+        if not m.up:
+            continue
+        start = max(slot_start(m, now, duration), ready_at)
+        finish = start + duration + transfer.estimate(job, m.spec.name)
+        if finish < best_finish or (finish == best_finish and start < best_start):
+            best, best_start, best_finish = m, start, finish
+    return best, best_start, best_finish

@@ -1,0 +1,160 @@
+"""The pool as the policy tracks it: machines and their slots, eligibility classes, tiers.
+
+Jobs with the same (system, required features) form an *eligibility class*; each class has its
+own ready queue, so work that only a few machines can take is never buried behind work they
+cannot take (Hydra#971). A class lists its machines fastest first; machines of one speed in a
+class form a *tier*, whose earliest start placement computes once per round.
+
+Each machine keeps one entry per busy slot, (expected end, start, job id, copy number), as a heap,
+so its earliest-ending slot is at hand. The counts of free slots on machines that are up (in all,
+and per class) are kept current by ``take_slot``, ``release_slot`` and ``set_up``: they are what
+tells a round whether anything can start at all.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from offload.errors import SchedulerError
+from offload.scheduler.dag import Job
+from offload.scheduler.policy.matching import MachineSlotSpec, can_build
+
+__all__ = ["EligibilityClass", "Machine", "Pool", "Run", "Tier"]
+
+
+@dataclass(slots=True, eq=False)
+class Machine:
+    spec: MachineSlotSpec
+    speed: float
+    free: int
+    # One entry per busy slot: (expected end, start, job id, copy number).
+    ends: list[tuple[float, float, str, int]] = field(default_factory=list)
+    classes: list[EligibilityClass] = field(default_factory=list)
+    tiers: list[Tier] = field(default_factory=list)
+    # This round's copy of ``ends`` with held jobs' reservations, when there are any.
+    reserved: list[tuple[float, float, str, int]] | None = None
+    # Free slots claimed this round by coming jobs, and the earliest time one is claimed from.
+    claimed: int = 0
+    claimed_from: float = math.inf
+    up: bool = True
+    down_until: float = -math.inf
+    failures: int = 0
+    last_failure: float = -math.inf
+
+
+@dataclass(slots=True, eq=False)
+class Tier:
+    """The machines of one class with one speed, and their earliest start this round."""
+
+    speed: float
+    machines: list[Machine]
+    round: int = -1
+    start: float = math.inf
+    machine: Machine | None = None
+    claims: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class EligibilityClass:
+    system: str
+    required: frozenset[str]
+    machines: list[Machine]  # fastest first
+    members: set[Machine]
+    tiers: list[Tier]
+    # Ready jobs: (-critical path, -direct dependents, job id), most critical first.
+    heap: list[tuple[float, int, str]] = field(default_factory=list)
+    free_up: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Run:
+    """One running copy of a job."""
+
+    machine: Machine
+    start: float
+    end: float
+    copy: int
+
+
+class Pool:
+    """The machines by name and by speed, their eligibility classes and the free-slot counts."""
+
+    def __init__(self, machines: Sequence[MachineSlotSpec]) -> None:
+        names = [m.name for m in machines]
+        if len(set(names)) != len(names):
+            raise SchedulerError("machine names must be unique: " + ", ".join(names))
+        self.machines = {m.name: Machine(m, m.speed, m.slots) for m in machines}
+        self.by_speed = sorted(self.machines.values(), key=lambda m: -m.speed)
+        self.free_up_total = sum(m.slots for m in machines)
+        self.classes: dict[tuple[str, frozenset[str]], EligibilityClass] = {}
+        # Machines backed off, until their ``down_until`` passes.
+        self.down: list[Machine] = []
+        self._copy_seq = 0
+
+    def class_for(self, job: Job) -> EligibilityClass:
+        key = (job.system, job.required_features)
+        cls = self.classes.get(key)
+        if cls is None:
+            members = [
+                m
+                for m in self.by_speed
+                if m.spec.slots > 0 and can_build(m.spec, job.system, job.required_features)
+            ]
+            tiers: list[Tier] = []
+            for m in members:
+                if not tiers or tiers[-1].speed != m.speed:
+                    tiers.append(Tier(m.speed, []))
+                tiers[-1].machines.append(m)
+                m.tiers.append(tiers[-1])
+            cls = EligibilityClass(job.system, job.required_features, members, set(members), tiers)
+            cls.free_up = sum(m.free for m in members if m.up)
+            for m in members:
+                m.classes.append(cls)
+            self.classes[key] = cls
+        return cls
+
+    def take_slot(self, m: Machine, job_id: str, now: float, end: float) -> Run:
+        self._copy_seq += 1
+        run = Run(m, now, end, self._copy_seq)
+        m.free -= 1
+        heapq.heappush(m.ends, (end, now, job_id, run.copy))
+        if m.up:
+            self.free_up_total -= 1
+            for cls in m.classes:
+                cls.free_up -= 1
+        return run
+
+    def release_slot(self, run: Run, job_id: str) -> None:
+        m = run.machine
+        m.ends.remove((run.end, run.start, job_id, run.copy))
+        heapq.heapify(m.ends)
+        m.free += 1
+        if m.up:
+            self.free_up_total += 1
+            for cls in m.classes:
+                cls.free_up += 1
+
+    def set_up(self, m: Machine, up: bool) -> None:
+        if m.up == up:
+            return
+        m.up = up
+        delta = m.free if up else -m.free
+        self.free_up_total += delta
+        for cls in m.classes:
+            cls.free_up += delta
+
+    def take_down(self, m: Machine) -> None:
+        self.set_up(m, up=False)
+        if m not in self.down:
+            self.down.append(m)
+
+    def bring_back(self, now: float) -> None:
+        """Machines whose back-off has ended are up again."""
+        if self.down:
+            for m in list(self.down):
+                if m.down_until <= now:
+                    self.down.remove(m)
+                    self.set_up(m, up=True)

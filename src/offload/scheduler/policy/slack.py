@@ -1,0 +1,90 @@
+"""Slack: a job off the critical path leaves the fast machines to the jobs on it.
+
+A job off the critical path need not take the machine where it would finish first. The run is
+expected to end when the longest remaining path does (the most critical ready job's, or a running
+job's less what its machine has done), on the fastest machine; a job's latest end is that, less
+its own path after it. A job takes the slowest free machine where it still ends within half of
+that slack (``slack_share``), so fast slots stay free for the critical work that becomes ready
+soon; half, because estimates are wrong and a late side job becomes critical. Jobs whose estimate
+is a guess (``guessed``: no history) keep the earliest finish: sending an unknown job to a slow
+machine because it looks short is how a huge one ends up there.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from offload.scheduler.dag import JobGraph
+from offload.scheduler.policy.costs import TransferCost
+from offload.scheduler.policy.pool import EligibilityClass, Machine, Run
+
+__all__ = ["SLACK_SHARE", "remaining_path", "slower_in_slack"]
+
+# The share of its slack a job may spend on a slower machine to leave faster ones free.
+SLACK_SHARE = 0.5
+# Running jobs examined per round for the longest remaining path.
+_PATH_LOOKAHEAD = 8
+
+
+def remaining_path(
+    by_path: list[tuple[float, int, str]], runs: dict[str, list[Run]], now: float, ready: float
+) -> float:
+    """The longest critical path left, in work: ``ready``'s (the most critical ready job)
+    or a running job's (``by_path``: most critical first) less the work its machine has done
+    on it since it started."""
+    longest = ready
+    heap = by_path
+    kept: list[tuple[float, int, str]] = []
+    # Most critical first: once a job's whole path is no longer, no later one's rest is.
+    # A bounded look keeps a round cheap; too short an answer only leaves less slack.
+    while heap and -heap[0][0] > longest and len(kept) < _PATH_LOOKAHEAD:
+        entry = heapq.heappop(heap)
+        job_runs = runs.get(entry[2])
+        if job_runs is None or job_runs[0].copy != entry[1]:
+            continue  # finished or went back: dead for good
+        kept.append(entry)
+        done = max((now - r.start) * r.machine.speed for r in job_runs)
+        longest = max(longest, -entry[0] - done)
+    for entry in kept:
+        heapq.heappush(heap, entry)
+    return longest
+
+
+def slower_in_slack(
+    cls: EligibilityClass,
+    graph: JobGraph,
+    transfer: TransferCost | None,
+    job_id: str,
+    now: float,
+    *,
+    share: float,
+    remaining: float,
+    best: Machine,
+    best_finish: float,
+) -> tuple[Machine, float] | None:
+    """A slower free machine on which ``job_id`` still ends within its share of slack.
+
+    The run is expected to end when the longest ``remaining`` path does, run on the fastest
+    machine; a job's latest end leaves room for its own path after it. The slowest machine
+    that meets ``now`` + share x (latest end - now) gets the job, so the faster ones stay free
+    for critical work; None if the earliest finish is the only one that does.
+    """
+    work = graph.work(job_id)
+    fastest = cls.machines[0].speed
+    room = now + share * (remaining - graph.critical_path(job_id) + work) / fastest
+    if best_finish >= room:
+        return None
+    best_speed = best.speed
+    for tier in reversed(cls.tiers):
+        if tier.speed >= best_speed:
+            return None
+        finish = now + work / tier.speed
+        if finish > room:
+            continue
+        for m in tier.machines:
+            if not m.up or m.free <= m.claimed:
+                continue
+            end = finish + (transfer.estimate(graph.job(job_id), m.spec.name) if transfer else 0)
+            if end <= room:
+                return m, end
+    return None

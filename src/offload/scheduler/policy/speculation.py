@@ -1,0 +1,112 @@
+"""Idle tail: a second copy of a running job on a faster free machine.
+
+When no job is ready or held and a machine has a free slot, a running job is copied onto the
+fastest such machine if that copy is expected to finish earlier by more than both ``min_gain``
+seconds and ``min_ratio`` of the running copy's expected remaining time. A job gets at most one
+extra copy, ever. The first copy to finish wins; ``on_finished`` returns a ``Cancel`` for the
+other, whose slot is free at once. Only a bounded set of running copies is examined per call
+(those with the latest planned end, and the longest-overdue ones), not every running job.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+from offload.scheduler.dag import JobGraph
+from offload.scheduler.policy.costs import TransferCost, slot_time
+from offload.scheduler.policy.decisions import Decision, Speculate
+from offload.scheduler.policy.placement import fastest_free
+from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
+
+__all__ = ["Speculation", "SpeculationRule"]
+
+# Running copies examined per round for idle-tail speculation, per ordering.
+_SPECULATION_LOOKAHEAD = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculationRule:
+    min_gain: float = 1.0
+    min_ratio: float = 0.2
+
+
+@dataclass(slots=True)
+class Speculation:
+    """The single-copy runs worth a look, and which jobs got a second copy."""
+
+    rule: SpeculationRule
+    # Single-copy runs: latest planned end first, and earliest start first.
+    by_end: list[tuple[float, int, str]] = field(default_factory=list)
+    by_start: list[tuple[float, int, str]] = field(default_factory=list)
+    speculated: set[str] = field(default_factory=set)
+
+    def track(self, job_id: str, run: Run) -> None:
+        """``run`` just started as the job's only copy (nothing to track when switched off)."""
+        if self.rule.min_gain < math.inf:
+            heapq.heappush(self.by_end, (-run.end, run.copy, job_id))
+            heapq.heappush(self.by_start, (run.start, run.copy, job_id))
+
+    def candidates(self, runs: dict[str, list[Run]], now: float) -> list[tuple[str, Run]]:
+        """The single-copy runs expected to end last: by planned end, and the longest overdue.
+
+        Looking at a bounded number per round keeps an idle pool from costing O(running jobs)
+        per event; the runs that end last are the ones the tail waits for.
+        """
+        found: list[tuple[str, Run]] = []
+        for heap in (self.by_end, self.by_start):
+            kept: list[tuple[float, int, str]] = []
+            while heap and len(kept) < _SPECULATION_LOOKAHEAD:
+                entry = heapq.heappop(heap)
+                job_id = entry[2]
+                job_runs = runs.get(job_id)
+                if job_runs is None or len(job_runs) != 1 or job_runs[0].copy != entry[1]:
+                    continue  # finished, lost or already copied: the entry is dead for good
+                kept.append(entry)
+                run = job_runs[0]
+                if heap is self.by_start and run.end > now:
+                    continue  # not overdue; the planned-end heap covers it
+                found.append((job_id, run))
+            for entry in kept:
+                heapq.heappush(heap, entry)
+        return found
+
+    def decide(
+        self,
+        now: float,
+        pool: Pool,
+        runs: dict[str, list[Run]],
+        *,
+        class_of: dict[str, EligibilityClass],
+        graph: JobGraph,
+        transfer: TransferCost | None,
+    ) -> list[Decision]:
+        """Copy the candidates that gain enough onto free machines; their slots are taken."""
+        rule = self.rule
+        decisions: list[Decision] = []
+        seen: set[str] = set()
+        # The fastest machine with a free slot, per class: found once, again after a copy.
+        fastest: dict[EligibilityClass, Machine | None] = {}
+        for job_id, run in self.candidates(runs, now):
+            if job_id in seen or pool.free_up_total <= 0:
+                continue
+            seen.add(job_id)
+            cls = class_of[job_id]
+            if cls not in fastest:
+                fastest[cls] = fastest_free(cls)
+            target = fastest[cls]
+            if target is None or target is run.machine:
+                continue
+            old_end = slot_time((run.end, run.start, job_id, 0), now)
+            new_end = now + graph.work(job_id) / target.speed
+            if transfer is not None:
+                new_end += transfer.estimate(graph.job(job_id), target.spec.name)
+            gain = old_end - new_end
+            if gain <= rule.min_gain or gain <= rule.min_ratio * (old_end - now):
+                continue
+            self.speculated.add(job_id)
+            runs[job_id].append(pool.take_slot(target, job_id, now, new_end))
+            fastest.clear()
+            decisions.append(Speculate(job_id, target.spec.name, new_end, run.machine.spec.name))
+        return decisions
