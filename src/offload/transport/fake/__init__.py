@@ -14,9 +14,9 @@ The model, one module each:
   ``session_io`` (reading requests), ``transfer`` (moving paths) and ``builds`` (scripted
   builds: ``FakeBuild`` in, ``BuildOutcome`` out).
 * ``faults``: connections that drop at chosen points (``break_next``).
-* ``link``: ``FakeLink`` is the executor's ``MemberLink`` (``offload.scheduler.run``) over one store:
-  it opens sessions (at most ``max_sessions`` at once; more wait), cancels them, and simulates
-  an unreachable host (``go_down``).
+* ``link``: ``FakeLink`` is the executor's ``MemberLink`` (``offload.scheduler.run``) over one
+  store: it opens sessions (at most ``max_sessions`` at once; more wait), cancels them, and
+  simulates an unreachable host (``go_down``).
 """
 
 from offload.transport.fake.builds import Builder, BuildOutcome, FakeBuild, default_outputs
