@@ -17,10 +17,19 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from offload.errors import TransportError
 
-__all__ = ["Completed", "run", "run_async", "spawn", "start_detached", "stop_process_group"]
+__all__ = [
+    "Completed",
+    "run",
+    "run_async",
+    "spawn",
+    "start_detached",
+    "start_guard",
+    "stop_process_group",
+]
 
 # Popen objects of detached children, kept so that we reap them and so that they are never
 # garbage-collected while running: Popen.__del__ then warns "subprocess N is still running",
@@ -166,6 +175,27 @@ def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | N
             raise _missing(argv, exc) from exc
     _DETACHED[proc.pid] = proc
     return proc.pid
+
+
+def start_guard(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> IO[bytes]:
+    """Start ``argv`` in a session of its own (so a kill of our process group spares it), with
+    stdin a pipe whose write end only we hold; returns that end. The guard learns that we are
+    gone, however we went, from EOF on its stdin."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise _missing(argv, exc) from exc
+    assert proc.stdin is not None
+    # Not reaped by us when we exit first: it is reparented, and init reaps it.
+    _DETACHED[proc.pid] = proc
+    return proc.stdin
 
 
 def stop_process_group(pid: int, *, grace: float = 3.0) -> None:

@@ -8,6 +8,10 @@ builds and never put more than ``maxJobs`` builds on a machine between them. The
 has no such file in Nix (its builds are counted per process); offload uses ``local-<n>`` in the
 same directory so that concurrent offload runs share the local slots too.
 
+offload's hook also writes into the file it holds the wall-clock time it expects the build to
+end, so another hook deciding whether to wait for that slot can tell when it frees (``probe``).
+Nix never reads the files' contents; a slot held by Nix's own hook says nothing.
+
 The directory is Nix's own when it is writable (``/nix/var/nix/current-load``, as root);
 otherwise offload's state directory, which at least coordinates offload's own processes.
 """
@@ -17,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import math
 import os
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NIX_CURRENT_LOAD", "SlotLocks", "slot_key"]
+__all__ = ["NIX_CURRENT_LOAD", "SlotLocks", "SlotProbe", "slot_key"]
 
 NIX_CURRENT_LOAD = Path("/nix/var/nix/current-load")
 # How often a run waiting for a slot held by another process looks again.
@@ -31,6 +37,20 @@ POLL_INTERVAL = 0.25
 def slot_key(uri: str) -> str:
     """The file-name prefix Nix uses for a machine: its store URI with '/' replaced by '_'."""
     return uri.replace("/", "_")
+
+
+@dataclass(frozen=True)
+class SlotProbe:
+    free: int
+    busy_ends: tuple[float | None, ...]  # the expected end each holder wrote, if any
+
+
+def _read_end(fd: int) -> float | None:
+    try:
+        value = float(os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "nan")
+    except (OSError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 class SlotLocks:
@@ -44,8 +64,28 @@ class SlotLocks:
             return cls(NIX_CURRENT_LOAD)
         return cls(fallback / "current-load")
 
-    def try_acquire(self, key: str, slots: int) -> int | None:
-        """Hold a free slot of ``key`` (an open, flocked fd), or None when all are taken."""
+    def probe(self, key: str, slots: int) -> SlotProbe:
+        """How many of ``key``'s slots are free, and when the held ones expect to end."""
+        free, ends = 0, []
+        for slot in range(slots):
+            fd = os.open(
+                self.directory / f"{key}-{slot}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                ends.append(_read_end(fd))
+            else:
+                free += 1
+            finally:
+                os.close(fd)
+        return SlotProbe(free, tuple(ends))
+
+    def try_acquire(self, key: str, slots: int, until: float | None = None) -> int | None:
+        """Hold a free slot of ``key`` (an open, flocked fd), or None when all are taken.
+
+        ``until``: the wall-clock time the holder expects to be done, written into the file.
+        """
         for slot in range(slots):
             path = self.directory / f"{key}-{slot}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -56,6 +96,9 @@ class SlotLocks:
                 continue
             # Nix touches the file it takes (futimens); do the same for anyone watching mtimes.
             os.utime(fd)
+            os.ftruncate(fd, 0)
+            if until is not None:
+                os.pwrite(fd, f"{until:.3f}\n".encode(), 0)
             return fd
         return None
 

@@ -175,6 +175,11 @@ class Link:
         async with self.session() as client:
             return await client.query_valid_paths(paths, substitute=self.substitute)
 
+    def remote_pid(self, client: ServeClient) -> int | None:
+        """The pid of ``client``'s serve process on its machine, as its start line said."""
+        session = self._sessions.get(client)
+        return None if session is None else session.pipes.pid
+
     async def cancel(self, client: ServeClient) -> None:
         """Stop ``client``'s remote process tree (and the build it runs) and discard it.
 

@@ -1,0 +1,160 @@
+"""ssh connections that outlive the process that opened them, for ``offload-hook``.
+
+Nix starts a hook process per worker and ends it after one accepted build, so a connection
+owned by one process (``SshTransport``) would cost every derivation an ssh handshake
+(nix#3651, nix#8499). Here every session is started with ``ControlMaster=auto`` and
+``ControlPersist``: the first one to a builder starts a master in the background (ssh detaches
+it from our process group and points its stdio at /dev/null, so it neither holds Nix's pipes nor
+dies with the hook), and every later session, from any hook process, multiplexes over it until
+it has been idle for ``PERSIST_SECONDS``. Two sessions racing to start a master are fine: the
+loser runs unmultiplexed once.
+
+The control sockets and the pinned known_hosts files live in ``<state>/ssh`` (mode 0700, files
+0600), named by a hash of everything that makes a connection different, so a changed host key or
+user never reuses a master opened for another. A socket path longer than a Unix socket allows
+moves the directory to ``/tmp/offload-ssh-<uid>``, made 0700 and checked to be ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from offload.errors import SshError, TransportError
+from offload.process import run_async, spawn
+from offload.transport.links import SessionPipes, read_start_line
+from offload.transport.ssh import (
+    CONNECT_TIMEOUT,
+    SshTarget,
+    kill_script,
+    known_hosts_line,
+    remote_command,
+    serve_command,
+    ssh_argv,
+)
+
+__all__ = ["PERSIST_SECONDS", "SharedSshTransport", "control_dir"]
+
+PERSIST_SECONDS = 120
+# sun_path is 108 bytes on Linux; ssh appends a random suffix while it binds.
+_MAX_SOCKET = 90
+_AUTH_SLACK = 15.0
+_KILL_GRACE = 2
+
+
+def _private(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise TransportError(f"{path} is not a directory of this user's", hint="remove it")
+    path.chmod(0o700)
+    return path
+
+
+def control_dir(state: Path) -> Path:
+    """Where the persistent masters' sockets go: ``<state>/ssh``, or a short fallback."""
+    preferred = state / "ssh"
+    if len(str(preferred)) + 18 <= _MAX_SOCKET:
+        return _private(preferred)
+    return _private(Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}")
+
+
+def _key(target: SshTarget, sshopts: str) -> str:
+    parts = (target.destination, target.port, target.identity_file, target.public_host_key)
+    text = repr((*parts, target.compress, sshopts))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class SharedSshTransport:
+    """Serve sessions to one builder over a master shared by every hook process."""
+
+    def __init__(
+        self,
+        target: SshTarget,
+        *,
+        name: str,
+        directory: Path,
+        params: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        connect_timeout: int = CONNECT_TIMEOUT,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self._params = params
+        self._env = dict(os.environ if env is None else env)
+        self._sshopts = self._env.get("NIX_SSHOPTS", "")
+        self._connect_timeout = connect_timeout
+        key = _key(target, self._sshopts)
+        self.control_path = directory / key
+        self.known_hosts: Path | None = None
+        if target.public_host_key:
+            self.known_hosts = directory / f"{key}.known_hosts"
+
+    def _pin(self) -> None:
+        if self.known_hosts is None:
+            return
+        line = known_hosts_line(self.target)
+        with contextlib.suppress(OSError):
+            if self.known_hosts.read_text() == line:
+                return
+        fd, tmp = tempfile.mkstemp(dir=self.known_hosts.parent, prefix=".known_hosts-")
+        with os.fdopen(fd, "w") as out:
+            out.write(line)
+        Path(tmp).replace(self.known_hosts)
+
+    def argv(self, remote: list[str]) -> list[str]:
+        """ssh over the shared master (started on demand) running ``remote``."""
+        base = ssh_argv(
+            self.target,
+            known_hosts=self.known_hosts,
+            nix_sshopts=self._sshopts,
+            connect_timeout=self._connect_timeout,
+        )
+        shared = [
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPersist={PERSIST_SECONDS}",
+            "-o",
+            f"ControlPath={self.control_path}",
+        ]
+        # ssh's options must come before `--`, which ssh_argv puts before the destination.
+        return [*base[:-2], *shared, *base[-2:], remote_command(remote)]
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
+        self._pin()
+        argv = self.argv(serve_command(self._params))
+        proc = await stack.enter_async_context(spawn(argv, env=self._env))
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stderr is not None
+        pid, load, early = await read_start_line(proc.stderr, self._connect_timeout + _AUTH_SLACK)
+        if pid is None:
+            text = " | ".join(line for line in early[-5:] if line.strip()) or "(no output)"
+            raise SshError(
+                f"cannot open a session on builder '{self.name}' "
+                f"({self.target.destination}): {text}",
+                hint="try `ssh` to it by hand, or leave it out with `offload use`",
+            )
+        return SessionPipes(
+            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early, load
+        )
+
+    def kill_argv(self, pid: int) -> list[str]:
+        return self.argv(kill_script(pid, _KILL_GRACE))
+
+    async def kill(self, pid: int) -> None:
+        done = await asyncio.wait_for(
+            run_async(self.kill_argv(pid), env=self._env, check=False), 15.0
+        )
+        if done.returncode != 0:
+            raise SshError(f"cannot stop process {pid} on builder '{self.name}': {done.stderr}")
+
+    async def close(self) -> None:
+        """The master stays for the next hook process; it exits after being idle a while."""

@@ -1,0 +1,54 @@
+"""`offload use`: the choice file and durations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offload.errors import ConfigError
+from offload.slots import SlotLocks
+from offload.use import Choice, clear_choice, parse_duration, read_choice, write_choice
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h30m", 5400)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "m", "1x", "-5m", "1h 2m", "0s"])
+def test_bad_durations_are_one_line_errors(text: str) -> None:
+    with pytest.raises(ConfigError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_choice_round_trip_expiry_and_clear(tmp_path: Path) -> None:
+    write_choice(tmp_path, Choice(("fast", "@gpu"), since=100.0, until=200.0))
+    assert (tmp_path / "use.json").stat().st_mode & 0o777 == 0o644
+    choice = read_choice(tmp_path, now=150.0)
+    assert choice is not None
+    assert choice.machines == ("fast", "@gpu")
+    assert read_choice(tmp_path, now=250.0) is None
+    assert clear_choice(tmp_path)
+    assert read_choice(tmp_path, now=150.0) is None
+    assert not clear_choice(tmp_path)
+
+
+def test_unreadable_choice_is_no_choice(tmp_path: Path) -> None:
+    (tmp_path / "use.json").write_text("{not json")
+    assert read_choice(tmp_path, now=0.0) is None
+
+
+def test_probe_sees_held_slots_and_their_expected_ends(tmp_path: Path) -> None:
+    locks = SlotLocks(tmp_path)
+    assert locks.probe("ssh:__b", 2).free == 2
+    fd = locks.try_acquire("ssh:__b", 2, until=1234.5)
+    assert fd is not None
+    try:
+        probe = locks.probe("ssh:__b", 2)
+        assert (probe.free, probe.busy_ends) == (1, (1234.5,))
+    finally:
+        import os
+
+        os.close(fd)
+    assert locks.probe("ssh:__b", 2).free == 2
