@@ -1,0 +1,174 @@
+"""What one hook process knows: Nix's settings, the pool, and the state shared with other runs.
+
+The settings are the ones Nix sent in the preamble (every global setting, the client's
+``--builders``, ``--option`` and ``-j`` included), so the hook reads no nix.conf and starts no
+``nix show-config``. The pool is built from them exactly as ``offload build`` builds it
+(``load_pool``: the machines spec, then offload.toml), narrowed by ``offload use`` when a
+choice is in force. State is shared with every other hook process and every ``offload build``
+run through files: slot locks (Nix's ``current-load``), backoff (``backoff.json``), history
+(``history.sqlite``) and the persistent ssh masters (``ssh/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from offload.backoff import Health, load_backoff, save_backoff
+from offload.build.members import pool_specs
+from offload.config.machines import Machine
+from offload.config.pool import Pool, load_pool
+from offload.config.settings import NixSettings
+from offload.errors import OffloadError
+from offload.history.db import History
+from offload.history.estimates import estimator
+from offload.hook.decide import Builder, LocalOffer
+from offload.hook.local_queue import LocalQueue
+from offload.hook.wire import TryRequest
+from offload.scheduler.policy import Backoff
+from offload.scheduler.run import BIG_PARALLEL_WORK, DEFAULT_WORK
+from offload.slots import SlotLocks, slot_key
+from offload.store.path import split_name_version
+from offload.use import read_choice
+
+__all__ = ["HookContext", "load_context"]
+
+
+def _int_setting(settings: NixSettings, name: str, default: int) -> int:
+    text = settings.get(name)
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else default
+
+
+@dataclass
+class HookContext:
+    settings: NixSettings
+    pool: Pool
+    state: Path
+    slots: SlotLocks
+    verbosity: int
+    env: Mapping[str, str]
+    backoff: dict[str, Health] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # said once, before the first reply
+
+    def say(self, text: str, level: int = 1) -> None:
+        """A line on the user's terminal (Nix copies the hook's stderr before a reply)."""
+        if self.verbosity >= level:
+            sys.stderr.write(f"offload-hook: {text}\n")
+            sys.stderr.flush()
+
+    def say_once(self, text: str, level: int = 1, every: float = 60.0) -> None:
+        """``say``, unless any hook process said the same within ``every`` seconds: Nix starts
+        a hook process per accepted derivation, and a note per derivation is noise."""
+        marker = self.state / "said" / hashlib.sha256(text.encode()).hexdigest()[:16]
+        with contextlib.suppress(OSError):
+            if time.time() - marker.stat().st_mtime < every:
+                return
+        with contextlib.suppress(OSError):
+            marker.parent.mkdir(mode=0o700, exist_ok=True)
+            marker.touch()
+        self.say(text, level)
+
+    def machine(self, name: str) -> Machine:
+        return next(m for m in self.pool.machines if m.name == name)
+
+    def builders(self, now: float, exclude: Iterable[str] = ()) -> list[Builder]:
+        skip = set(exclude)
+        result = []
+        for spec in pool_specs(self.pool):
+            if spec.name == "local" or spec.name in skip:
+                continue
+            probe = self.slots.probe(slot_key(self.machine(spec.name).uri), spec.slots)
+            health = self.backoff.get(spec.name)
+            down = health.until if health is not None and health.until > now else None
+            result.append(Builder(spec, probe.free, probe.busy_ends, down))
+        return result
+
+    def local_offer(self, request: TryRequest, now: float) -> LocalOffer:
+        local = self.pool.local
+        if local is None or not local.supports(request.system, sorted(request.features)):
+            return LocalOffer(1.0, can_build=False)
+        if not request.am_willing:
+            return LocalOffer(local.speed_factor, can_build=False)
+        start = LocalQueue(self.state).start(request.drv_path, local.max_jobs, now)
+        return LocalOffer(local.speed_factor, can_build=True, start=start)
+
+    def declined(self, request: TryRequest, end: float) -> None:
+        """Nix will build ``request`` here: its local slot is taken until ``end``."""
+        LocalQueue(self.state).add(request.drv_path, end)
+
+    def work(self, request: TryRequest) -> float:
+        """Expected seconds on a machine of speed 1: history's median, else a default."""
+        name = Path(request.drv_path).name.removesuffix(".drv")[33:]
+        pname = split_name_version(name)[0]
+        speeds = {m.name: m.speed_factor for m in self.pool.machines}
+        try:
+            with History(self.state / "history.sqlite") as history:
+                known = estimator(history, speeds)([pname])
+        except OffloadError:
+            known = {}
+        if pname in known:
+            return known[pname]
+        return BIG_PARALLEL_WORK if "big-parallel" in request.features else DEFAULT_WORK
+
+    def machine_failed(self, name: str, reason: str) -> None:
+        now = time.time()
+        current = self.backoff.get(name)
+        failures = (current.failures if current is not None else 0) + 1
+        health = Health(failures, now + Backoff().delay(failures))
+        self.backoff[name] = health
+        save_backoff(self.state / "backoff.json", {name: health}, now)
+        self.say(
+            f"builder '{name}' failed ({reason}); backed off for "
+            f"{health.until - now:.0f} s, across builds, until it answers again"
+        )
+
+    def machine_ok(self, name: str) -> None:
+        if self.backoff.pop(name, None) is not None:
+            save_backoff(self.state / "backoff.json", {name: None}, time.time())
+
+
+def _chosen(pool: Pool, state: Path, now: float) -> tuple[Pool, str | None]:
+    choice = read_choice(state, now)
+    if choice is None:
+        return pool, None
+    until = "until cleared"
+    if choice.until is not None:
+        until = "until " + time.strftime("%H:%M", time.localtime(choice.until))
+    note = f"using {','.join(choice.machines)} as set by `offload use` ({until})"
+    try:
+        return pool.select(on=choice.machines, max_jobs=None), note
+    except OffloadError as exc:
+        return pool, f"ignoring `offload use {','.join(choice.machines)}`: {exc.message}"
+
+
+def load_context(
+    preamble: Mapping[str, str], state: Path, verbosity: int, env: Mapping[str, str] | None = None
+) -> HookContext:
+    env = dict(os.environ if env is None else env)
+    settings = NixSettings(dict(preamble))
+    pool = load_pool(builders=None, config=None, env=env, nix_settings=settings)
+    now = time.time()
+    pool, note = _chosen(pool, state, now)
+    context = HookContext(
+        settings=settings,
+        pool=pool,
+        state=state,
+        slots=SlotLocks.default(state),
+        verbosity=verbosity,
+        env=env,
+        backoff=load_backoff(state / "backoff.json", now),
+    )
+    context.notes += list(pool.warnings)
+    if note is not None:
+        context.notes.append(note)
+    return context
+
+
+def poll_interval(settings: NixSettings) -> float:
+    return float(_int_setting(settings, "build-poll-interval", 5))

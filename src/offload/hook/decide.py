@@ -1,0 +1,119 @@
+"""What the hook answers to one ``try``: the policy's placement rule for a single derivation.
+
+Nix asks about one derivation at a time, so the whole-graph parts of the policy (critical
+paths, holds for coming work, speculation) have nothing to work on here; what remains is the
+placement rule of ``offload.scheduler.policy``: a derivation goes where it is expected to
+*finish* first. The candidates are the local machine, when Nix is willing to build it here
+and it can (system and features, as ``canBuildLocally``), and every builder that may build it
+(``can_build``: Nix's own matching) and is not backed off. A builder's start is now when one
+of its slots is free (counted with Nix's own ``current-load`` locks, so other hooks, Nix's
+stock hook and ``offload build`` runs are all seen), else the earliest expected end among its
+held slots (written into the slot files by offload; a slot held by Nix's stock hook says
+nothing and is assumed to end after a default build). Its finish adds a fixed remote overhead
+(copying inputs and outputs, a session) to ``work / speed``.
+
+The answer:
+
+- the local machine finishes first (ties included: nothing to copy) -> ``decline``, and Nix
+  builds it here: a fast local machine is never left idle for a slower builder (nix#2589).
+  Nix 2.8 asks about every ready derivation before it starts any local build, saying each
+  time that its slot is free; so the hook counts what it has declined to this Nix process
+  (``offload.hook.local_queue``) and a local slot frees only after those are expected done;
+- a builder with a free slot finishes first -> ``accept`` it;
+- a busy builder finishes first, by more than half Nix's poll interval (the time a postponed
+  request waits, on average, before Nix asks again), or nothing else can build it now ->
+  ``postpone``;
+- no builder could ever take it -> ``decline`` (Nix builds it locally or says why it cannot),
+  or ``decline-permanently`` when there are no builders at all, as build-remote does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from offload.hook.wire import Reply, TryRequest
+from offload.scheduler.policy import MachineSlotSpec, can_build
+
+__all__ = ["Builder", "Choice", "LocalOffer", "choose"]
+
+# Copying the inputs and outputs and opening a session over a warm connection: a few round
+# trips on each side (docs/BENCHMARKS.md measures about 0.1-0.3 s on loopback).
+REMOTE_OVERHEAD = 0.3
+
+
+@dataclass(frozen=True)
+class Builder:
+    spec: MachineSlotSpec
+    free: int  # slots free right now
+    busy_ends: tuple[float | None, ...] = ()  # expected ends of held slots (None: unknown)
+    down_until: float | None = None  # backed off until then (wall clock)
+
+
+@dataclass(frozen=True)
+class LocalOffer:
+    speed: float
+    can_build: bool  # Nix is willing (a free local slot) and the system and features fit
+    start: float | None = None  # when a local slot frees for it (None: now)
+
+
+@dataclass(frozen=True)
+class Choice:
+    reply: Reply
+    machine: str | None = None
+    expected_end: float | None = None  # wall clock: of the build where it was placed
+    reason: str = ""
+
+
+def _start(builder: Builder, now: float, default_end: float) -> float:
+    if builder.free > 0:
+        return now
+    ends = [default_end if end is None else max(end, now) for end in builder.busy_ends]
+    return min(ends, default=default_end)
+
+
+def choose(
+    request: TryRequest,
+    builders: Sequence[Builder],
+    local: LocalOffer,
+    *,
+    work: float,
+    now: float,
+    poll_interval: float = 5.0,
+    default_work: float = 10.0,
+) -> Choice:
+    """The reply to ``request``; ``work`` is its expected duration on a machine of speed 1."""
+    if not builders:
+        return Choice(Reply.DECLINE_PERMANENTLY, reason="no builders are configured")
+    fitting = [b for b in builders if can_build(b.spec, request.system, request.features)]
+    if not fitting:
+        return Choice(Reply.DECLINE, reason="no builder has this system and these features")
+    up = [b for b in fitting if b.down_until is None or b.down_until <= now]
+    local_start = now if local.start is None else max(now, local.start)
+    local_end = local_start + work / local.speed if local.can_build else None
+    best: tuple[float, Builder] | None = None
+    best_free: tuple[float, Builder] | None = None
+    for builder in up:
+        default_end = now + default_work / builder.spec.speed
+        end = _start(builder, now, default_end) + REMOTE_OVERHEAD + work / builder.spec.speed
+        if best is None or end < best[0]:
+            best = (end, builder)
+        if builder.free > 0 and (best_free is None or end < best_free[0]):
+            best_free = (end, builder)
+    if best is None:
+        if local_end is not None:
+            return Choice(Reply.DECLINE, reason="every fitting builder is backed off")
+        return Choice(Reply.POSTPONE, reason="every fitting builder is backed off")
+    if local_end is not None and local_end <= best[0]:
+        reason = "the local machine is expected to finish first"
+        return Choice(Reply.DECLINE, expected_end=local_end, reason=reason)
+    if best_free is not None and best_free[1] is best[1]:
+        return Choice(Reply.ACCEPT, best[1].spec.name, best[0], "expected to finish first")
+    options = [end for end in (local_end, best_free and best_free[0]) if end is not None]
+    if not options or best[0] + poll_interval / 2 < min(options):
+        return Choice(Reply.POSTPONE, reason=f"waiting for a slot on {best[1].spec.name}")
+    if best_free is not None and (local_end is None or best_free[0] < local_end):
+        name = best_free[1].spec.name
+        return Choice(Reply.ACCEPT, name, best_free[0], "the fastest free builder")
+    reason = "the local machine is the fastest free one"
+    return Choice(Reply.DECLINE, expected_end=local_end, reason=reason)

@@ -1,0 +1,59 @@
+"""What the hook has sent back to one Nix process to build locally, and when it should be done.
+
+Nix 2.8 asks the hook about every ready derivation before it starts any local build, and says
+its local slot is free each time (``amWilling`` counts only builds already running). A hook that
+believed it would decline them all and Nix would build them one after another on the local
+machine while the builders sat idle. So each decline is written down, per Nix process (the
+hook's parent: ``nix-build``, or the daemon's worker for one client), with the time the build
+is expected to end; the next decision sees the local machine's ``max-jobs`` slots busy until
+then. A derivation asked about again is still waiting, so its old entry is dropped first; an
+entry past its expected end is gone. The file is tiny and written under an exclusive lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["LocalQueue"]
+
+
+class LocalQueue:
+    def __init__(self, state: Path, parent: int | None = None) -> None:
+        self.path = state / "local-queue" / f"{os.getppid() if parent is None else parent}.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, float]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "r+") as file:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                data = json.loads(file.read() or "{}")
+            except ValueError:
+                data = {}
+            entries = {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
+            yield entries
+            file.seek(0)
+            file.truncate()
+            file.write(json.dumps(entries))
+
+    def start(self, drv_path: str, slots: int, now: float) -> float:
+        """When a local slot frees for ``drv_path``, given the declines still expected to run."""
+        with self._locked() as entries:
+            entries.pop(drv_path, None)
+            for drv, end in list(entries.items()):
+                if end <= now:
+                    del entries[drv]
+            ends = sorted(entries.values())
+        if len(ends) < max(slots, 1):
+            return now
+        return ends[len(ends) - max(slots, 1)]
+
+    def add(self, drv_path: str, end: float) -> None:
+        with self._locked() as entries:
+            entries[drv_path] = end

@@ -1,0 +1,135 @@
+"""One accepted derivation, built on a builder as build-remote builds it, and brought home.
+
+The inputs Nix names go to the builder as one export stream, only what it lacks
+(``send_closure``, the same as ``offload build`` uses; with builders-use-substitutes it first
+fetches from its own caches). The build runs by the serve protocol's ``BuildDerivation`` with
+Nix's ``timeout``, ``max-silent-time`` and ``max-build-log-size``; its log lines go to fd 4,
+where Nix keeps them (``nix log``, ``-L``). The wanted outputs and whatever of their closure
+is missing here come home through ``offload.hook.home``. Each step is announced to Nix as a
+structured activity (``@nix`` lines), so its progress bar and ``--log-format`` see the build.
+
+A build failure is reported the way Nix reads a hook's: the message as a structured error and
+the exit code 100 (101 when the build timed out), which Nix 2.8 turns into the derivation's
+failure (newer Nix takes any non-zero code as a failure).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from offload.hook.home import import_outputs
+from offload.hook.wire import Accepted, TryRequest, write_nix_json
+from offload.protocol.serve import BuildOptions, BuildStatus, ServeClient, topo_sort_infos
+from offload.scheduler.run import send_closure
+from offload.store.drv import read_derivation
+
+__all__ = ["LOG_FD", "Outcome", "build_options", "build_remote", "error_message", "log_writer"]
+
+LOG_FD = 4
+# Nix's activity types and result types (logging.hh).
+_ACT_BUILD = 105
+_ACT_COPY_PATHS = 103
+_RES_SET_PHASE = 104
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int  # 0, 100 (build failed), 101 (timed out)
+    started: float
+    finished: float
+    sent: int = 0
+    received: int = 0
+
+
+def build_options(settings: Callable[[str], str]) -> BuildOptions:
+    def number(name: str) -> int:
+        text = settings(name)
+        return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
+
+    return BuildOptions(
+        max_silent_time=number("max-silent-time"),
+        build_timeout=number("timeout"),
+        max_log_size=number("max-build-log-size"),
+    )
+
+
+def log_writer(fd: int = LOG_FD) -> Callable[[str], None]:
+    """Lines of the build's log to Nix's log pipe; a closed pipe is not our build's failure."""
+
+    def write(line: str) -> None:
+        data = (line + "\n").encode(errors="replace")
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            pass
+
+    return write
+
+
+class _Activities:
+    def __init__(self) -> None:
+        self._next = (os.getpid() << 32) + 1
+
+    def start(self, kind: int, text: str, fields: list[object]) -> int:
+        act, self._next = self._next, self._next + 1
+        message = {"action": "start", "id": act, "level": 3, "type": kind, "text": text}
+        write_nix_json({**message, "fields": fields, "parent": 0})
+        return act
+
+    @staticmethod
+    def phase(act: int, phase: str) -> None:
+        write_nix_json({"action": "result", "id": act, "type": _RES_SET_PHASE, "fields": [phase]})
+
+    @staticmethod
+    def stop(act: int) -> None:
+        write_nix_json({"action": "stop", "id": act})
+
+
+def error_message(text: str) -> None:
+    """An error Nix shows after the reply (plain lines are dropped then)."""
+    write_nix_json({"action": "msg", "level": 0, "msg": text})
+
+
+async def build_remote(
+    request: TryRequest,
+    accepted: Accepted,
+    *,
+    local: ServeClient,
+    remote: ServeClient,
+    machine: str,
+    options: BuildOptions,
+    substitute: bool = False,
+) -> Outcome:
+    drv = read_derivation(request.drv_path)
+    acts = _Activities()
+    started = time.time()
+    copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
+    sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
+    acts.stop(copy)
+    build = acts.start(
+        _ACT_BUILD,
+        f"building '{request.drv_path}' on '{machine}'",
+        [request.drv_path, machine, 1, 1],
+    )
+    acts.phase(build, "building")
+    inputs = accepted.inputs if drv.input_drvs else None
+    result = await remote.build_derivation(
+        request.drv_path, drv, input_srcs=inputs, options=options
+    )
+    acts.stop(build)
+    if not result.success:
+        error_message(f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}")
+        code = 101 if result.status is BuildStatus.TIMED_OUT else 100
+        return Outcome(code, started, time.time(), sent)
+    fetch = acts.start(_ACT_COPY_PATHS, f"copying outputs from '{machine}'", [])
+    outputs = [drv.outputs[name].path for name in accepted.wanted if name in drv.outputs]
+    closure = await remote.query_closure(outputs)
+    missing = closure - await local.query_valid_paths(closure)
+    infos = await remote.query_path_infos(missing)
+    received = await import_outputs(remote, topo_sort_infos(infos))
+    acts.stop(fetch)
+    return Outcome(0, started, time.time(), sent, received)

@@ -1,0 +1,138 @@
+"""The build-hook protocol, Nix's side of it read and our side written (nix-protocols.md 4).
+
+Nix starts the hook once per worker and talks to it on three channels:
+
+- stdin (binary, the serve protocol's encoding): first every global setting
+  (``u64 1, name, value`` ... ``u64 0``), then any number of ``try`` requests
+  (``"try", u64 amWilling, system, drvPath, [requiredFeatures]``). After the hook accepts one,
+  Nix sends the input closure and the wanted outputs and closes stdin.
+- stderr (fd 2, and stdout, which Nix points at the same pipe): reply lines ``# accept`` (then
+  the machine's name on the next line), ``# decline``, ``# decline-permanently`` or
+  ``# postpone``; ``@nix {json}`` lines are structured log messages; anything else before the
+  reply is copied to the user's terminal and after it dropped.
+- fd 4: the build log, bytes as the builder printed them.
+
+Everything read here is outside input: store paths are checked to be store paths, strings and
+lists are bounded (``offload.protocol.wire``), and an unknown request is a ``ProtocolError``.
+Newer Nix sends more settings than 2.8 and the same requests (4.8): unknown settings are kept
+and ignored by the reader of the mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from offload.errors import ProtocolError, StoreError
+from offload.protocol.wire import ByteReader, read_int, read_str, read_strs
+from offload.store.path import StorePath
+
+__all__ = [
+    "Accepted",
+    "Reply",
+    "TryRequest",
+    "read_accepted",
+    "read_request",
+    "read_settings",
+    "verbosity",
+    "write_nix_json",
+    "write_reply",
+]
+
+# Nix 2.8 sends about 90 settings; newer ones more. Far more than that is not Nix talking.
+_MAX_SETTINGS = 10_000
+
+
+class Reply(Enum):
+    ACCEPT = "accept"
+    DECLINE = "decline"
+    DECLINE_PERMANENTLY = "decline-permanently"
+    POSTPONE = "postpone"
+
+
+@dataclass(frozen=True)
+class TryRequest:
+    am_willing: bool  # the local machine has a free build slot for it
+    system: str
+    drv_path: str
+    features: frozenset[str]  # requiredSystemFeatures
+
+
+@dataclass(frozen=True)
+class Accepted:
+    inputs: tuple[str, ...]  # the closure of the inputs, valid in the local store
+    wanted: tuple[str, ...]  # output names not yet valid locally
+
+
+def verbosity(argv: list[str]) -> int:
+    """Nix passes its verbosity as the last argument (newer Nix may put more before it)."""
+    if len(argv) > 1 and argv[-1].isascii() and argv[-1].isdigit() and len(argv[-1]) < 3:
+        return int(argv[-1])
+    return 3
+
+
+async def read_settings(reader: ByteReader) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for _ in range(_MAX_SETTINGS):
+        more = await read_int(reader, "the settings preamble")
+        if more == 0:
+            return settings
+        if more != 1:
+            raise ProtocolError(f"bad settings preamble marker {more}")
+        name = await read_str(reader, "a setting's name")
+        settings[name] = await read_str(reader, f"the value of setting '{name}'")
+    raise ProtocolError(f"more than {_MAX_SETTINGS} settings in the preamble")
+
+
+def _store_path(text: str, what: str) -> str:
+    try:
+        return str(StorePath.parse(text))
+    except StoreError as exc:
+        raise ProtocolError(f"{what} is not a store path: {exc.message}") from exc
+
+
+async def read_request(reader: ByteReader) -> TryRequest | None:
+    """The next ``try``, or None when Nix closed stdin between requests (it is done)."""
+    try:
+        command = await read_str(reader, "the next request")
+    except ProtocolError as exc:
+        if "stream ended" in exc.message and "(0 of 8 bytes)" in exc.message:
+            return None
+        raise
+    if command != "try":
+        raise ProtocolError(f"unknown hook request '{command[:40]}'")
+    willing = await read_int(reader, "amWilling")
+    system = await read_str(reader, "the derivation's system")
+    drv_path = _store_path(await read_str(reader, "the derivation path"), "the derivation")
+    if not drv_path.endswith(".drv"):
+        raise ProtocolError(f"'{drv_path}' is not a derivation")
+    features = frozenset(await read_strs(reader, "the required features"))
+    return TryRequest(willing != 0, system, drv_path, features)
+
+
+async def read_accepted(reader: ByteReader) -> Accepted:
+    inputs = tuple(_store_path(p, "an input") for p in await read_strs(reader, "the input closure"))
+    wanted = tuple(await read_strs(reader, "the wanted outputs"))
+    return Accepted(inputs, wanted)
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def write_reply(reply: Reply, machine: str | None = None, fd: int = 2) -> None:
+    """One reply; ``machine`` follows ``accept`` on its own line, as Nix reads it next."""
+    text = f"# {reply.value}\n"
+    if reply is Reply.ACCEPT:
+        assert machine is not None
+        text += machine.replace("\n", " ") + "\n"
+    _write(fd, text.encode())
+
+
+def write_nix_json(message: Mapping[str, object], fd: int = 2) -> None:
+    """A structured log message (``@nix {...}``), as Nix's own JSON logger writes them."""
+    _write(fd, b"@nix " + json.dumps(message, separators=(",", ":")).encode() + b"\n")

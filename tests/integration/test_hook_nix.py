@@ -1,0 +1,269 @@
+"""`offload-hook` under real Nix 2.8: `nix-build --option build-hook offload-hook` on the fleet.
+
+These are the checks of Nix's own tests/nixos/remote-builds.nix, plus the ones that show where
+the hook decides better than build-remote. Where a derivation was built is proved by its
+output's content (the builder's speed file, or "local") and by which stores hold it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from offload.fleet import Fleet, MemberSpec
+from offload.slots import NIX_CURRENT_LOAD, slot_key
+from tests.helpers.fleets import member_processes, private_fleet_fixture
+from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.offload_run import wait_for
+from tests.helpers.processes import start, stop
+
+HOOK = str(Path(sys.executable).parent / "offload-hook")
+MEMBERS = ("hk1", "hk2")
+
+hook_fleet = private_fleet_fixture(
+    [MemberSpec(name, 1.0, 1) for name in MEMBERS], "ofh", scope="module"
+)
+
+
+def hook_env(fleet: Fleet, tmp_path: Path, sshopts: str | None = None) -> dict[str, str]:
+    env = fleet.env()
+    env["OFFLOAD_STATE_DIR"] = str(tmp_path / "state")
+    if sshopts is not None:
+        env["NIX_SSHOPTS"] = sshopts
+    return env
+
+
+def nix_build_argv(file: Path, builders: str, *args: str) -> list[str]:
+    return [
+        "nix-build",
+        str(file),
+        "--no-out-link",
+        "--option",
+        "build-hook",
+        HOOK,
+        "--option",
+        "substituters",
+        "",
+        "--builders",
+        builders,
+        *args,
+    ]
+
+
+def nix_build(
+    fleet: Fleet, tmp_path: Path, file: Path, *args: str, builders: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        nix_build_argv(file, builders or f"@{fleet.machines_file}", *args),
+        env={**hook_env(fleet, tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def outputs(done: subprocess.CompletedProcess[str]) -> list[str]:
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def holders(fleet: Fleet, path: str) -> set[str]:
+    return {name for name in MEMBERS if fleet.store_has(name, path)}
+
+
+def leaves(count: int, script: str = "") -> str:
+    """``count`` independent derivations that record where they ran, as a list."""
+    items = " ".join(f'(mk "leaf{i}" "{script}{SPEED} > $out" {{}})' for i in range(count))
+    return f"[ {items} ]\n"
+
+
+def test_graph_uses_the_local_machine_and_the_builders(hook_fleet: Fleet, tmp_path: Path) -> None:
+    # With -j1 Nix offers the local slot for the first leaf: as fast as the builders and with
+    # nothing to copy, it is declined and built here (build-remote would have sent it away);
+    # the others go to the builders while the local slot is busy.
+    file = nix_file(tmp_path, leaves(4, "/bin/sleep 1; "))
+    paths = outputs(nix_build(hook_fleet, tmp_path, file, "-j1"))
+    where = {path: Path(path).read_text().strip() for path in paths}
+    assert "local" in where.values()
+    remote = [path for path, speed in where.items() if speed != "local"]
+    assert remote
+    for path in remote:
+        assert holders(hook_fleet, path), f"{path} is on no builder"
+    for path, speed in where.items():
+        if speed == "local":
+            assert not holders(hook_fleet, path)
+
+
+def test_two_builds_run_at_once_on_two_builders(hook_fleet: Fleet, tmp_path: Path) -> None:
+    stamp = "/bin/date +%s.%N >> {tmp}/$name; /bin/sleep 2; /bin/date +%s.%N >> {tmp}/$name; "
+    file = nix_file(tmp_path, leaves(2, stamp.format(tmp=tmp_path)))
+    paths = outputs(nix_build(hook_fleet, tmp_path, file, "-j0"))
+    assert [holders(hook_fleet, p) for p in paths] in ([{"hk1"}, {"hk2"}], [{"hk2"}, {"hk1"}])
+    (s0, e0), (s1, e1) = (
+        [float(x) for x in (tmp_path / f"leaf{i}").read_text().split()] for i in range(2)
+    )
+    assert s0 < e1
+    assert s1 < e0
+
+
+def test_logs_are_where_nix_keeps_them(hook_fleet: Fleet, tmp_path: Path) -> None:
+    file = nix_file(tmp_path, '[ (mk "talk" "echo hello from $salt; echo done > $out" {}) ]\n')
+    salt = file.read_text().split('"')[1]
+    outputs(nix_build(hook_fleet, tmp_path, file, "-j0"))
+    drv = subprocess.run(
+        ["nix-instantiate", str(file)], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    log = subprocess.run(
+        ["nix-store", "--read-log", drv], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"hello from {salt}" in log
+
+
+def test_a_failing_derivation_fails_the_build_as_nix_says_it(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    file = nix_file(tmp_path, '[ (mk "broken" "echo about to fail; exit 3" {}) ]\n')
+    done = nix_build(hook_fleet, tmp_path, file, "-j0")
+    assert done.returncode == 100, done.stderr
+    assert "builder for" in done.stderr
+    assert "failed" in done.stderr
+    assert "about to fail" in done.stderr
+
+
+def test_a_dead_builder_is_skipped_once_and_remembered(hook_fleet: Fleet, tmp_path: Path) -> None:
+    # A fast builder whose port refuses connections, listed first: the first derivation finds
+    # it dead and backs it off; the others never try it again.
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        hook_fleet.ssh_config.read_text() + "\nHost deadhost\n  HostName 127.0.0.1\n  Port 9\n"
+    )
+    machines = tmp_path / "machines"
+    live = hook_fleet.machines_file.read_text()
+    dead = live.splitlines()[0].replace("ssh://hk1", "ssh://deadhost").split()
+    dead[3], dead[4] = "2", "8"  # two slots, speed 8: the first choice
+    machines.write_text(" ".join(dead) + "\n" + live)
+    file = nix_file(tmp_path, leaves(3))
+    done = subprocess.run(
+        nix_build_argv(file, f"@{machines}", "-j0"),
+        env=hook_env(hook_fleet, tmp_path, sshopts=f"-F {config}"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert len(outputs(done)) == 3
+    assert done.stderr.count("builder 'deadhost' failed") == 1, done.stderr
+    backoff = json.loads((tmp_path / "state" / "backoff.json").read_text())
+    assert backoff["deadhost"]["until"] > time.time()
+
+
+@pytest.fixture
+def all_slots_held(hook_fleet: Fleet) -> Iterator[list[int]]:
+    fds = []
+    try:
+        for name in MEMBERS:
+            path = NIX_CURRENT_LOAD / f"{slot_key(f'ssh://{name}')}-0"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_every_slot_busy_postpones_then_builds(
+    hook_fleet: Fleet, tmp_path: Path, all_slots_held: list[int]
+) -> None:
+    file = nix_file(tmp_path, leaves(1))
+    proc = start(
+        nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0", "-v"),
+        env=hook_env(hook_fleet, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: any("postpone" in line for line in seen), 60, "a postponed request")
+        for fd in all_slots_held:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+        reader.join()
+    assert proc.returncode == 0, "".join(seen)
+    assert holders(hook_fleet, out.split()[0])
+
+
+def _remote_leftovers(fleet: Fleet) -> Sequence[str]:
+    return [
+        cmd
+        for name in MEMBERS
+        for _, cmd in member_processes(fleet.member(name))
+        if "sleep 60" in cmd or "nix-store --serve" in cmd
+    ]
+
+
+def test_sigterm_mid_build_leaves_nothing_on_the_builder(hook_fleet: Fleet, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    file = nix_file(
+        tmp_path, f'[ (mk "long" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
+    )
+    proc = start(
+        nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
+        env=hook_env(hook_fleet, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(marker.exists, 60, "the remote build to start")
+        assert _remote_leftovers(hook_fleet)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        wait_for(lambda: not _remote_leftovers(hook_fleet), 20, "the builder to be clean")
+    finally:
+        stop(proc)
+    assert proc.returncode != 0
+
+
+def test_offload_use_chooses_the_builder(hook_fleet: Fleet, tmp_path: Path) -> None:
+    env = hook_env(hook_fleet, tmp_path)
+    chosen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "offload",
+            "use",
+            "hk2",
+            "--for",
+            "10m",
+            "--builders",
+            f"@{hook_fleet.machines_file}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert "hk2" in chosen.stdout
+    file = nix_file(tmp_path, leaves(2))
+    done = nix_build(hook_fleet, tmp_path, file, "-j0")
+    for path in outputs(done):
+        assert holders(hook_fleet, path) == {"hk2"}
+    assert "offload use" in done.stderr

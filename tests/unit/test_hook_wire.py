@@ -1,0 +1,120 @@
+"""The build-hook protocol over in-memory streams."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from offload.errors import ProtocolError
+from offload.hook.home import registration_text
+from offload.hook.wire import (
+    Accepted,
+    Reply,
+    read_accepted,
+    read_request,
+    read_settings,
+    verbosity,
+    write_reply,
+)
+from offload.protocol.serve import PathInfo
+from offload.protocol.wire import encode_int, encode_str, encode_strs
+
+DRV = "/nix/store/" + "a" * 32 + "-hello.drv"
+OUT = "/nix/store/" + "b" * 32 + "-hello"
+
+
+def reader(data: bytes) -> asyncio.StreamReader:
+    stream = asyncio.StreamReader()
+    stream.feed_data(data)
+    stream.feed_eof()
+    return stream
+
+
+def settings(pairs: dict[str, str]) -> bytes:
+    body = b"".join(encode_int(1) + encode_str(k) + encode_str(v) for k, v in pairs.items())
+    return body + encode_int(0)
+
+
+def try_message(drv: str = DRV, willing: int = 1) -> bytes:
+    return (
+        encode_str("try")
+        + encode_int(willing)
+        + encode_str("x86_64-linux")
+        + encode_str(drv)
+        + encode_strs(["big-parallel", "kvm"])
+    )
+
+
+def test_preamble_then_requests_then_eof() -> None:
+    async def go() -> None:
+        data = settings({"builders": "@/etc/nix/machines", "new-setting": "x"}) + try_message()
+        stream = reader(data)
+        assert await read_settings(stream) == {
+            "builders": "@/etc/nix/machines",
+            "new-setting": "x",
+        }
+        request = await read_request(stream)
+        assert request is not None
+        assert (request.am_willing, request.drv_path) == (True, DRV)
+        assert request.features == {"big-parallel", "kvm"}
+        assert await read_request(stream) is None
+
+    asyncio.run(go())
+
+
+def test_accepted_inputs_and_outputs() -> None:
+    async def go() -> Accepted:
+        return await read_accepted(reader(encode_strs([OUT]) + encode_strs(["out", "dev"])))
+
+    accepted = asyncio.run(go())
+    assert accepted.inputs == (OUT,)
+    assert accepted.wanted == ("out", "dev")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        try_message(drv="/etc/passwd"),
+        try_message(drv=OUT),  # a store path, not a derivation
+        encode_str("build") + encode_int(1),
+        encode_str("try") + encode_int(1),  # truncated
+        encode_int(7),
+    ],
+)
+def test_hostile_requests_are_protocol_errors(bad: bytes) -> None:
+    async def go() -> None:
+        await read_request(reader(bad))
+
+    with pytest.raises(ProtocolError):
+        asyncio.run(go())
+
+
+def test_truncated_preamble_is_an_error() -> None:
+    async def go() -> None:
+        await read_settings(reader(settings({"a": "b"})[:-8]))
+
+    with pytest.raises(ProtocolError):
+        asyncio.run(go())
+
+
+def test_verbosity_is_the_last_argument() -> None:
+    assert verbosity(["offload-hook", "5"]) == 5
+    assert verbosity(["offload-hook", "--extra", "4"]) == 4
+    assert verbosity(["offload-hook"]) == 3
+
+
+def test_accept_names_the_machine_on_the_next_line() -> None:
+    read, write = os.pipe()
+    write_reply(Reply.ACCEPT, "ssh://fast", fd=write)
+    write_reply(Reply.POSTPONE, fd=write)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        assert pipe.read() == b"# accept\nssh://fast\n# postpone\n"
+
+
+def test_registration_text_is_what_register_validity_reads() -> None:
+    info = PathInfo(OUT, DRV, (OUT, DRV), 120, "sha256:" + "0" * 52)
+    lines = registration_text([info]).splitlines()
+    assert lines == [OUT, "sha256:" + "0" * 52, "120", DRV, "2", DRV, OUT]
