@@ -21,7 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from offload.cli import build, demo, fleet, log, machines, simulate
+    from offload.cli import build, demo, fleet, hook, log, machines, simulate, use
 
     parser = argparse.ArgumentParser(
         prog="offload",
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (build, machines, simulate, log, fleet, demo):
+    for module in (build, use, hook, machines, simulate, log, fleet, demo):
         module.register(sub)
     return parser
 

@@ -1,0 +1,86 @@
+"""`offload use NAME,...|@TAG [--for DURATION]`, `offload use --clear`, `offload use`.
+
+Chooses the builders for the builds Nix starts through ``offload-hook`` (and says which are in
+force), without editing nix.conf or the machines file: the choice goes into the user's state
+directory and, when this user may write it (root), into the system one the hook reads when the
+nix-daemon runs it (``/var/lib/offload``). Names are checked against the pool that
+``offload machines`` shows, so a typo is an error now rather than a silent no-op later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from offload.config.pool import load_pool
+from offload.paths import SYSTEM_STATE_DIR, state_dir
+from offload.use import Choice, clear_choice, parse_duration, read_choice, write_choice
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "use",
+        help="choose the builders offload-hook uses",
+        description="Choose the builders that offload-hook sends Nix's builds to "
+        "(names, @tags or local, comma-separated); with no argument, show the choice in force.",
+    )
+    parser.add_argument("machines", nargs="?", metavar="NAME,...|@TAG", help="what to use")
+    parser.add_argument("--for", dest="duration", metavar="DURATION", help="e.g. 30m, 2h")
+    parser.add_argument("--clear", action="store_true", help="use the whole pool again")
+    parser.add_argument("--builders", metavar="SPEC", help="check names against this spec")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="offload.toml to read")
+    parser.add_argument("--json", action="store_true", help="print the choice as JSON")
+    parser.set_defaults(func=_main)
+
+
+def _places() -> list[Path]:
+    places = [state_dir()]
+    system = SYSTEM_STATE_DIR
+    if system not in places and (os.geteuid() == 0 or os.access(system, os.W_OK)):
+        places.append(system)
+    return places
+
+
+def _show(places: list[Path], *, as_json: bool) -> int:
+    now = time.time()
+    found = {str(p): read_choice(p, now) for p in places}
+    if as_json:
+        data = {
+            place: None if c is None else {"machines": c.machines, "until": c.until}
+            for place, c in found.items()
+        }
+        print(json.dumps(data))
+        return 0
+    for place, choice in found.items():
+        if choice is None:
+            print(f"{place}: the whole pool (no `offload use` in force)")
+            continue
+        until = "until cleared"
+        if choice.until is not None:
+            until = "until " + time.strftime("%Y-%m-%d %H:%M", time.localtime(choice.until))
+        print(f"{place}: {','.join(choice.machines)} ({until})")
+    return 0
+
+
+def _main(args: argparse.Namespace) -> int:
+    places = _places()
+    if args.clear:
+        for place in places:
+            clear_choice(place)
+        print("offload-hook uses the whole pool again")
+        return 0
+    if args.machines is None:
+        return _show(places, as_json=args.json)
+    tokens = tuple(t.strip() for t in args.machines.split(",") if t.strip())
+    # The same check `offload build --on` makes: unknown names and tags are errors.
+    load_pool(builders=args.builders, config=args.config).select(on=tokens)
+    now = time.time()
+    until = now + parse_duration(args.duration) if args.duration else None
+    for place in places:
+        write_choice(place, Choice(tokens, now, until))
+    return _show(places, as_json=args.json)
