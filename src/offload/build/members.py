@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
-from offload.config.machines import Machine
 from offload.config.pool import Pool
 from offload.errors import SchedulerError
 from offload.load import BOOT_ID_FILE, loaded_specs
@@ -22,17 +21,6 @@ from offload.ui.events import Event, MachineEvent
 __all__ = ["LOCAL", "local_spec", "pool_members", "pool_specs", "under_load"]
 
 LOCAL = "local"
-
-
-def _slot_spec(machine: Machine) -> MachineSlotSpec:
-    return MachineSlotSpec(
-        name=machine.name,
-        speed=machine.speed_factor,
-        slots=machine.max_jobs,
-        systems=frozenset(machine.systems),
-        supported=frozenset(machine.supported_features),
-        mandatory=frozenset(machine.mandatory_features),
-    )
 
 
 def local_spec(pool: Pool) -> MachineSlotSpec | None:
@@ -50,7 +38,8 @@ def local_spec(pool: Pool) -> MachineSlotSpec | None:
 def pool_specs(pool: Pool) -> list[MachineSlotSpec]:
     """The pool as the scheduler sees it: the local machine first, then each usable builder."""
     local = local_spec(pool)
-    builders = [_slot_spec(m) for m in pool.machines if m.enabled and m.max_jobs > 0]
+    usable = [m for m in pool.machines if m.enabled and m.max_jobs > 0]
+    builders = [MachineSlotSpec.from_machine(m) for m in usable]
     return ([local] if local else []) + builders
 
 
@@ -74,7 +63,7 @@ async def pool_members(
             )
             members.append(
                 PoolMember(
-                    _slot_spec(machine),
+                    MachineSlotSpec.from_machine(machine),
                     link,
                     remote=True,
                     slot_key=slot_key(machine.uri),

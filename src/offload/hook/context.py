@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offload.backoff import Health, load_backoff, save_backoff
-from offload.build.members import pool_specs
 from offload.config.machines import Machine
 from offload.config.pool import Pool, load_pool
 from offload.config.settings import NixSettings
@@ -31,7 +30,7 @@ from offload.history.estimates import estimator
 from offload.hook.decide import Builder, LocalOffer
 from offload.hook.local_queue import LocalQueue
 from offload.hook.wire import TryRequest
-from offload.scheduler.policy import Backoff
+from offload.scheduler.policy import Backoff, MachineSlotSpec
 from offload.scheduler.run import BIG_PARALLEL_WORK, DEFAULT_WORK
 from offload.slots import SlotLocks, slot_key
 from offload.store.path import split_name_version
@@ -80,10 +79,11 @@ class HookContext:
     def builders(self, now: float, exclude: Iterable[str] = ()) -> list[Builder]:
         skip = set(exclude)
         result = []
-        for spec in pool_specs(self.pool):
-            if spec.name == "local" or spec.name in skip:
+        for machine in self.pool.machines:
+            if not machine.enabled or machine.max_jobs <= 0 or machine.name in skip:
                 continue
-            probe = self.slots.probe(slot_key(self.machine(spec.name).uri), spec.slots)
+            spec = MachineSlotSpec.from_machine(machine)
+            probe = self.slots.probe(slot_key(machine.uri), spec.slots)
             health = self.backoff.get(spec.name)
             down = health.until if health is not None and health.until > now else None
             result.append(Builder(spec, probe.free, probe.busy_ends, down))

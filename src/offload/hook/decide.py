@@ -20,9 +20,9 @@ The answer:
   time that its slot is free; so the hook counts what it has declined to this Nix process
   (``offload.hook.local_queue``) and a local slot frees only after those are expected done;
 - a builder with a free slot finishes first -> ``accept`` it;
-- a busy builder finishes first, by more than half Nix's poll interval (the time a postponed
-  request waits, on average, before Nix asks again), or nothing else can build it now ->
-  ``postpone``;
+- a busy builder finishes first even though Nix asks about a postponed derivation again only
+  after its poll interval (``build-poll-interval``, 5 s: Nix 2.8 does not wake it sooner), or
+  nothing else can build it now -> ``postpone``;
 - no builder could ever take it -> ``decline`` (Nix builds it locally or says why it cannot),
   or ``decline-permanently`` when there are no builders at all, as build-remote does.
 """
@@ -95,7 +95,11 @@ def choose(
     best_free: tuple[float, Builder] | None = None
     for builder in up:
         default_end = now + default_work / builder.spec.speed
-        end = _start(builder, now, default_end) + REMOTE_OVERHEAD + work / builder.spec.speed
+        start = _start(builder, now, default_end)
+        if builder.free == 0:
+            # Nix asks about a postponed derivation again only after its poll interval.
+            start = max(start, now + poll_interval)
+        end = start + REMOTE_OVERHEAD + work / builder.spec.speed
         if best is None or end < best[0]:
             best = (end, builder)
         if builder.free > 0 and (best_free is None or end < best_free[0]):
@@ -110,7 +114,7 @@ def choose(
     if best_free is not None and best_free[1] is best[1]:
         return Choice(Reply.ACCEPT, best[1].spec.name, best[0], "expected to finish first")
     options = [end for end in (local_end, best_free and best_free[0]) if end is not None]
-    if not options or best[0] + poll_interval / 2 < min(options):
+    if not options or best[0] < min(options):
         return Choice(Reply.POSTPONE, reason=f"waiting for a slot on {best[1].spec.name}")
     if best_free is not None and (local_end is None or best_free[0] < local_end):
         name = best_free[1].spec.name

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from offload.config.machines import Machine
 from offload.errors import SchedulerError
 from offload.scheduler.dag import Job
 
@@ -29,6 +30,18 @@ class MachineSlotSpec:
     systems: frozenset[str] = field(default_factory=frozenset)
     supported: frozenset[str] = field(default_factory=frozenset)
     mandatory: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_machine(cls, machine: Machine) -> MachineSlotSpec:
+        """A machines-file entry as the policy sees it."""
+        return cls(
+            name=machine.name,
+            speed=machine.speed_factor,
+            slots=machine.max_jobs,
+            systems=frozenset(machine.systems),
+            supported=frozenset(machine.supported_features),
+            mandatory=frozenset(machine.mandatory_features),
+        )
 
     def __post_init__(self) -> None:
         if not self.speed > 0 or math.isinf(self.speed):
