@@ -94,6 +94,11 @@ class NixSettings:
     def system(self) -> str:
         return self.get("system")
 
+    def count(self, name: str, default: int = 0) -> int:
+        """A setting that is a whole number (seconds, bytes); anything else is ``default``."""
+        text = self.get(name)
+        return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else default
+
     def words(self, name: str) -> tuple[str, ...]:
         return tuple(self.get(name).split())
 

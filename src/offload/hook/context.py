@@ -33,15 +33,9 @@ from offload.hook.wire import TryRequest
 from offload.scheduler.policy import Backoff, MachineSlotSpec
 from offload.scheduler.run import BIG_PARALLEL_WORK, DEFAULT_WORK
 from offload.slots import SlotLocks, slot_key
-from offload.store.path import split_name_version
 from offload.use import read_choice
 
 __all__ = ["HookContext", "load_context"]
-
-
-def _int_setting(settings: NixSettings, name: str, default: int) -> int:
-    text = settings.get(name)
-    return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else default
 
 
 @dataclass
@@ -104,8 +98,7 @@ class HookContext:
 
     def work(self, request: TryRequest) -> float:
         """Expected seconds on a machine of speed 1: history's median, else a default."""
-        name = Path(request.drv_path).name.removesuffix(".drv")[33:]
-        pname = split_name_version(name)[0]
+        pname = request.pname
         speeds = {m.name: m.speed_factor for m in self.pool.machines}
         try:
             with History(self.state / "history.sqlite") as history:
@@ -171,4 +164,4 @@ def load_context(
 
 
 def poll_interval(settings: NixSettings) -> float:
-    return float(_int_setting(settings, "build-poll-interval", 5))
+    return float(settings.count("build-poll-interval", 5))

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from offload.config.settings import NixSettings
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, TryRequest, write_nix_json
 from offload.protocol.serve import BuildOptions, BuildStatus, ServeClient, topo_sort_infos
@@ -44,15 +45,11 @@ class Outcome:
     received: int = 0
 
 
-def build_options(settings: Callable[[str], str]) -> BuildOptions:
-    def number(name: str) -> int:
-        text = settings(name)
-        return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
-
+def build_options(settings: NixSettings) -> BuildOptions:
     return BuildOptions(
-        max_silent_time=number("max-silent-time"),
-        build_timeout=number("timeout"),
-        max_log_size=number("max-build-log-size"),
+        max_silent_time=settings.count("max-silent-time"),
+        build_timeout=settings.count("timeout"),
+        max_log_size=settings.count("max-build-log-size"),
     )
 
 

@@ -20,7 +20,6 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from offload.errors import OffloadError, ProtocolError, SshError, TransportError
 from offload.history.db import History
@@ -33,7 +32,7 @@ from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_
 from offload.protocol.serve import ServeClient
 from offload.protocol.wire import ByteReader
 from offload.slots import slot_key
-from offload.store.path import STORE_DIR, split_name_version
+from offload.store.path import STORE_DIR
 from offload.transport.links import Link, LocalLink
 from offload.transport.shared import SharedSshTransport, control_dir
 from offload.transport.ssh import ssh_target
@@ -154,7 +153,7 @@ async def _build(
                 local=local,
                 remote=remote,
                 machine=name,
-                options=build_options(context.settings.get),
+                options=build_options(context.settings),
                 substitute=substitute,
             )
     except (OffloadError, OSError) as exc:
@@ -166,11 +165,10 @@ async def _build(
 
 
 def _record(context: HookContext, request: TryRequest, name: str, outcome: Outcome) -> None:
-    drv_name = Path(request.drv_path).name.removesuffix(".drv")[33:]
     record = BuildRecord(
         run_id=f"hook-{uuid.uuid4().hex[:12]}",
         drv_path=request.drv_path,
-        pname=split_name_version(drv_name)[0],
+        pname=request.pname,
         machine=name,
         started=outcome.started,
         finished=outcome.finished,

@@ -28,7 +28,7 @@ from enum import Enum
 
 from offload.errors import ProtocolError, StoreError
 from offload.protocol.wire import ByteReader, read_int, read_str, read_strs
-from offload.store.path import StorePath
+from offload.store.path import StorePath, split_name_version
 
 __all__ = [
     "Accepted",
@@ -59,6 +59,11 @@ class TryRequest:
     system: str
     drv_path: str
     features: frozenset[str]  # requiredSystemFeatures
+
+    @property
+    def pname(self) -> str:
+        """The name history learns durations under: the derivation's name without version."""
+        return split_name_version(StorePath.parse(self.drv_path).name.removesuffix(".drv"))[0]
 
 
 @dataclass(frozen=True)
