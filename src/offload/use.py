@@ -5,8 +5,8 @@ only through its hook, whose environment and arguments the user does not control
 choice lives in a file the hook reads at each derivation: ``<state>/use.json``, holding the
 ``--on`` tokens offload build takes (names, ``@tags``, ``local``), when it was set and until
 when (none: until cleared). A choice past its time is not in force. The file is written
-atomically, mode 0644 (the hook may run as another user than the one who set it; it holds only
-machine names), in a directory of mode 0700 for the user's state and 0755 for the system's.
+atomically, mode 0644 (it holds only machine names), in the state directory (mode 0700: the
+system one, ``/var/lib/offload``, is written and read by root alone).
 """
 
 from __future__ import annotations
