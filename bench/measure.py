@@ -28,6 +28,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from offload.names import LOCAL
 from offload.process import spawn
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
 
 _NIX_BUILDING = re.compile(r"^building '(/[^']+\.drv)'(?: on '([^']+)')?")
 _SSH_TRANSFERRED = re.compile(r"Transferred: sent (\d+), received (\d+) bytes")
-LOCAL = "local"
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from typing import cast
 import pytest
 from rich.console import Console
 
-from offload.build import LOCAL, load_graph
+from offload.build import load_graph
 from offload.build.prebuilt import report_substituted as _report_substituted
 from offload.config.pool import Pool, load_pool
 from offload.config.settings import NixSettings, substitutes_locally, with_nix_options
 from offload.errors import ConfigError
+from offload.names import LOCAL
 from offload.protocol.serve import ServeClient
 from offload.store.drv import Derivation, DerivationOutput
 from offload.transport.fake import FakePath, FakeStore

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from offload.build.dryrun import dry_run
 from offload.build.graph import DrvGraph, Roots, Substituted, load_graph
-from offload.build.members import LOCAL, pool_members
+from offload.build.members import pool_members
 from offload.build.plan import build_plan
 from offload.build.run import out_links, run_build
 
 __all__ = [
-    "LOCAL",
     "DrvGraph",
     "Roots",
     "Substituted",

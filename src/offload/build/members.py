@@ -12,15 +12,14 @@ from pathlib import Path
 from offload.config.pool import Pool
 from offload.errors import SchedulerError
 from offload.load import BOOT_ID_FILE, loaded_specs
+from offload.names import LOCAL
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import PoolMember
 from offload.slots import slot_key
 from offload.transport.links import LocalLink, MachineLink
 from offload.ui.events import Event, MachineEvent
 
-__all__ = ["LOCAL", "local_spec", "pool_members", "pool_specs", "under_load"]
-
-LOCAL = "local"
+__all__ = ["local_spec", "pool_members", "pool_specs", "under_load"]
 
 
 def local_spec(pool: Pool) -> MachineSlotSpec | None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from offload.build.graph import DrvGraph
-from offload.build.members import LOCAL
+from offload.names import LOCAL
 from offload.protocol.serve import ServeClient
 from offload.scheduler.run import send_closure
 from offload.ui.events import Event, JobFinished

@@ -19,6 +19,7 @@ from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator, records_from
 from offload.logs import BuildLogs
+from offload.names import LOCAL
 from offload.nix import Installables, add_roots, instantiate, sources
 from offload.paths import ensure_state_dir
 from offload.protocol.serve import strip_ansi
@@ -82,7 +83,7 @@ def _remembered_backoff(state: Path, on: Sequence[str]) -> dict[str, Health]:
 def _speeds(pool: Pool) -> dict[str, float]:
     speeds = {m.name: m.speed_factor for m in pool.machines}
     if pool.local is not None:
-        speeds["local"] = pool.local.speed_factor
+        speeds[LOCAL] = pool.local.speed_factor
     return speeds
 
 

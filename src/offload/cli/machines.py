@@ -32,6 +32,7 @@ from offload.config.settings import (
     read_nix_settings,
 )
 from offload.errors import ConfigError
+from offload.names import LOCAL
 
 __all__ = ["add_pool_arguments", "machine_json", "pool_from_args", "register", "run"]
 
@@ -183,7 +184,7 @@ def machine_json(machine: Machine) -> MachineJson:
 
 def _local_json(local: LocalMachine) -> MachineJson:
     return {
-        "name": "local",
+        "name": LOCAL,
         "local": True,
         "uri": "local",
         "scheme": "local",

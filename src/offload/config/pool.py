@@ -43,9 +43,9 @@ from offload.config.settings import (
     with_nix_options,
 )
 from offload.errors import ConfigError
+from offload.names import LOCAL
 
 __all__ = [
-    "LOCAL",
     "Pool",
     "apply_toml",
     "load_pool",
@@ -53,8 +53,6 @@ __all__ = [
     "pool_to_nixos",
     "pool_to_toml",
 ]
-
-LOCAL = "local"
 
 
 def _split_names(values: Sequence[str]) -> list[str]:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.errors import ConfigError, TransportError
+from offload.names import LOCAL
 
 __all__ = [
     "DEFAULT_BUILDERS",
@@ -435,7 +436,7 @@ def parse_offload_toml(text: str, source: str) -> OffloadToml:
                 f"{table.where}: give exactly one of uri or host",
                 hint="uri is the machines-file URI (ssh://user@host), host its ssh host",
             )
-        if entry.name == "local" or (entry.name or "").startswith("@"):
+        if entry.name == LOCAL or (entry.name or "").startswith("@"):
             raise ConfigError(f"{table.where}: '{entry.name}' cannot be a machine name")
         machines.append(entry)
     return OffloadToml(source, tuple(machines), local)

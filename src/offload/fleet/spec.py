@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.errors import FleetError
+from offload.names import LOCAL
 from offload.paths import state_dir
 
 __all__ = [
@@ -65,7 +66,7 @@ MEMBER_AUTHORIZED_KEYS = "/etc/nix/offload-authorized-keys"
 FEATURES = ("benchmark", "big-parallel", "nixos-test", "kvm")
 DEFAULT_SPECS_TEXT = ("fast:4:2", "medium:2:2", "slow:1:2")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_RESERVED = frozenset({"local", "localhost"})
+_RESERVED = frozenset({LOCAL, "localhost"})
 STATE_VERSION = 1
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from offload.names import LOCAL
 from offload.scheduler.dag import Job
 
 __all__ = ["Backoff", "BandwidthTransferCost", "TransferCost", "slot_time"]
@@ -68,7 +69,7 @@ class BandwidthTransferCost:
     bandwidth: Mapping[str, float]
     default_bandwidth: float = 100e6
     latency: float = 0.0
-    hub: str | None = "local"
+    hub: str | None = LOCAL
     present: dict[str, set[str]] = field(default_factory=dict)
 
     def estimate(self, job: Job, machine: str) -> float:

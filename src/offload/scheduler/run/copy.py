@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
 from offload.errors import OffloadError, ProtocolError
+from offload.names import LOCAL
 from offload.protocol.serve import ServeClient, copy_paths, topo_sort_infos
 from offload.scheduler.run.events import RunEvents
-from offload.scheduler.run.holders import HOME, Holders, InputsGone
-from offload.scheduler.run.plan import LOCAL_STORE, BuildPlan, MemberLink, PoolMember
+from offload.scheduler.run.holders import Holders, InputsGone
+from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
 
 __all__ = ["BuildCopies", "Outcome", "local_store_failed", "send_closure", "with_error"]
@@ -46,7 +47,7 @@ class Outcome:
 
 def local_store_failed(error: BaseException) -> TypeGuard[ProtocolError]:
     """Whether a copy failed on the local store's side (its serve session names it)."""
-    return isinstance(error, ProtocolError) and error.peer == LOCAL_STORE
+    return isinstance(error, ProtocolError) and error.peer == LOCAL
 
 
 def with_error(outcome: Outcome, error: OffloadError) -> Outcome:
@@ -98,7 +99,7 @@ class BuildCopies:
                 phase(drv_path, name, "connecting", speculative=speculative)
                 client = await stack.enter_async_context(member.link.session())
                 client.on_log = self.events.log_handler(drv_path, name)
-                target = name if member.remote else HOME
+                target = name if member.remote else LOCAL
                 sources = self.holders.sources(drv_path, target)
                 if sources:
                     phase(drv_path, name, "sending", speculative=speculative)
@@ -133,7 +134,7 @@ class BuildCopies:
         """Copy each group of inputs from its store to ``client``'s; returns bytes moved."""
         moved = 0
         for source, paths in sources.items():
-            link = self.local if source == HOME else self.members[source].link
+            link = self.local if source == LOCAL else self.members[source].link
             try:
                 async with link.session() as src:
                     moved += await send_closure(src, client, paths, substitute=substitute)
@@ -141,7 +142,7 @@ class BuildCopies:
                 # Failures of the source's own session are the source's; the rest (the
                 # target, the local store) are handled as for any other copy.
                 peer = getattr(exc, "peer", None)
-                if source == HOME or peer in {target, LOCAL_STORE}:
+                if source == LOCAL or peer in {target, LOCAL}:
                     raise
                 raise InputsGone(source, exc.message) from exc
             self.holders.sent(paths, target)

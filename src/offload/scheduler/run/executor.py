@@ -28,11 +28,12 @@ from typing import Any, Literal
 from offload.backoff import Health
 from offload.errors import OffloadError, SchedulerError
 from offload.history.records import RunReport
+from offload.names import LOCAL
 from offload.scheduler.dag import JobState
 from offload.scheduler.policy import Cancel, Policy, Speculate, Start, Wait
 from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
 from offload.scheduler.run.events import RunEvents
-from offload.scheduler.run.holders import HOME, Holders
+from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
 from offload.slots import SlotLocks
@@ -274,7 +275,7 @@ class Executor:
         if not finished.accepted:
             return
         member = self.members[machine]
-        self._holders.built(drv_path, machine if member.remote else HOME, home=outcome.home)
+        self._holders.built(drv_path, machine if member.remote else LOCAL, home=outcome.home)
         speed = member.spec.speed
         self._learning.learn(drv_path, speed, outcome.build_seconds, outcome.started, self.policy)
         if drv_path not in self.report.built:  # built again after its outputs were lost

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from offload.names import LOCAL
 from offload.scheduler.dag import JobState
 from offload.scheduler.policy import Policy
-from offload.scheduler.run.plan import LOCAL_STORE, BuildPlan
+from offload.scheduler.run.plan import BuildPlan
 
-__all__ = ["HOME", "Holders", "InputsGone"]
-
-# The local store as a holder of outputs (the local pool member builds into it).
-HOME = LOCAL_STORE
+__all__ = ["Holders", "InputsGone"]
 
 
 class InputsGone(Exception):
@@ -49,24 +47,24 @@ class Holders:
     def built(self, drv_path: str, store: str, *, home: bool) -> None:
         self.where[drv_path] = {store}
         if home:
-            self.where[drv_path].add(HOME)
+            self.where[drv_path].add(LOCAL)
 
     def arrived_home(self, drv_path: str) -> None:
         if drv_path in self.where:
-            self.where[drv_path].add(HOME)
+            self.where[drv_path].add(LOCAL)
 
     def sources(self, drv_path: str, target: str) -> dict[str, list[str]]:
         """The inputs ``target`` may lack, grouped by the store to copy them from."""
         groups: dict[str, list[str]] = {}
         for path in self.plan.inputs[drv_path]:
             job = self.producer.get(path)
-            holders = {HOME} if job is None else self.where.get(job)
+            holders = {LOCAL} if job is None else self.where.get(job)
             if not holders:
                 raise InputsGone(None, f"the outputs of {job} were lost with their builder")
             if target in holders:
                 continue
             # The local store is always there and a single hop from anywhere.
-            source = HOME if HOME in holders else min(holders)
+            source = LOCAL if LOCAL in holders else min(holders)
             groups.setdefault(source, []).append(path)
         return groups
 
@@ -94,7 +92,7 @@ class Holders:
             if job in undo:
                 continue
             undo.add(job)
-            stack.extend(dep for dep in graph.job(job).deps if not self.where.get(dep, {HOME}))
+            stack.extend(dep for dep in graph.job(job).deps if not self.where.get(dep, {LOCAL}))
         for job in undo:
             del self.where[job]
         if undo:
@@ -102,7 +100,7 @@ class Holders:
 
     def needed(self, job: str, policy: Policy) -> bool:
         """Whether this machine or a dependent still has to receive this job's outputs."""
-        if job in self.home and HOME not in self.where.get(job, ()):
+        if job in self.home and LOCAL not in self.where.get(job, ()):
             return True
         graph = policy.graph
         for dependent in graph.dependents(job):

@@ -25,7 +25,6 @@ from offload.store.path import split_name_version
 __all__ = [
     "BIG_PARALLEL_WORK",
     "DEFAULT_WORK",
-    "LOCAL_STORE",
     "MOVE_SECONDS",
     "BuildPlan",
     "InputMoves",
@@ -35,8 +34,6 @@ __all__ = [
     "size_factor",
 ]
 
-# The name local serve sessions carry (offload.transport.links.LocalLink).
-LOCAL_STORE = "local"
 # Without history, a build is assumed to take this long on a machine of speed 1.
 DEFAULT_WORK = 10.0
 # big-parallel builds (compilers, kernels) are long; guess them long so they start first.

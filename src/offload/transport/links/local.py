@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Mapping
 
 from offload.errors import TransportError
+from offload.names import LOCAL
 from offload.process import run_async, spawn
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
@@ -29,7 +30,7 @@ class LocalTransport:
     def __init__(
         self,
         *,
-        name: str = "local",
+        name: str = LOCAL,
         params: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
         start_timeout: float = 30.0,
