@@ -1,7 +1,8 @@
-"""`offload build` failing: a broken builder, and bad input reported in one line.
+"""`offload build` failing: a broken builder, a build timed out, and bad input reported in one
+line.
 
-A failure must say what went wrong on stderr, exit non-zero (100 for a failed build, as
-nix-build), and leave nothing of the failed work registered in the local store.
+A failure must say what went wrong on stderr, exit non-zero (100 for a failed build, 101 for one
+that timed out, as nix-build), and leave nothing of the failed work registered in the local store.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ GRAPH = """rec {
   dep = mk "dep" "echo dep-${salt} > $out" {};
   top = mk "top" "/bin/cat $dep > $out" { inherit dep; };
   bad = mk "bad" "echo it-broke-${salt} >&2; echo more >&2; exit 3" { inherit dep; };
+  silent = mk "silent" "/bin/sleep 30; echo > $out" { inherit dep; };
 }
 """
+
+
+SILENCE_1S = ("--option", "max-silent-time", "1")
 
 
 def assert_one_line_error(stderr: str) -> None:
@@ -57,6 +62,18 @@ def test_a_failing_builder_exits_100_with_its_log_and_registers_nothing(fleet, t
     assert done.stdout == ""
     assert not valid_locally(out_path(file, "bad"))
     assert not (tmp_path / "result").exists()
+
+
+@pytest.mark.parametrize("where", [("--on", "medium"), ("--on", "local", "-j", "1")])
+def test_a_silent_build_past_max_silent_time_exits_101(fleet, tmp_path, where):
+    # Nix's own setting, given as nix-build takes it; the builder (or the local store) ends
+    # the build after a second of silence instead of letting it sleep for 30.
+    file = nix_file(tmp_path, GRAPH)
+    builders = ("--builders", f"@{fleet.machines_file}")
+    done = offload(fleet, tmp_path, file, "-A", "silent", *builders, *where, *SILENCE_1S)
+    assert done.returncode == 101, done.stderr
+    assert "timed out" in done.stderr.splitlines()[-2], done.stderr  # the error line
+    assert not valid_locally(out_path(file, "silent"))
 
 
 def test_a_missing_file_is_a_one_line_error(fleet, tmp_path):

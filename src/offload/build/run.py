@@ -15,6 +15,7 @@ from offload.build.prebuilt import fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
 from offload.nix import result_links
+from offload.protocol.serve import BuildOptions
 from offload.scheduler.run import Executor, RunReport
 from offload.slots import SlotLocks
 from offload.transport.links import LocalLink
@@ -35,12 +36,14 @@ async def run_build(
     slots: SlotLocks | None = None,
     backoff: Mapping[str, Health] | None = None,
     fetch_all: bool = False,
+    options: BuildOptions | None = None,
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
 
     Other outputs stay on the builder that made them unless a local build needs them, or
     ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
-    them: it runs in a thread while the sessions to the stores open.
+    them: it runs in a thread while the sessions to the stores open. ``options`` are Nix's
+    per-build settings (timeouts, log size) sent with every build.
     """
     down = set(backoff or {})
     async with (
@@ -77,6 +80,7 @@ async def run_build(
                 slots=slots,
                 backoff=backoff,
                 unreachable=unreachable,
+                build_options=options,
             )
             report = await executor.run()
     report.finished[:0] = fetched

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 
 from offload import __version__
 from offload.errors import BuildFailed, OffloadError
+from offload.protocol.records import BuildStatus
 
-__all__ = ["main"]
+__all__ = ["exit_status", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -50,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
-        # nix-build's codes: 100 for a build failure, 101 timeout, 1 otherwise.
-        if isinstance(exc, BuildFailed):
-            return 101 if exc.status == 8 else 100
-        return 1
+        return exit_status(exc)
+
+
+def exit_status(exc: OffloadError) -> int:
+    """nix-build's codes: 100 for a failed build, 101 when it timed out, 1 for the rest."""
+    if isinstance(exc, BuildFailed):
+        return 101 if exc.status == BuildStatus.TIMED_OUT else 100
+    return 1

@@ -18,11 +18,12 @@ from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator, records_from
+from offload.hook.remote import build_options
 from offload.logs import BuildLogs
 from offload.names import LOCAL
 from offload.nix import Installables, add_roots, instantiate, sources
 from offload.paths import ensure_state_dir
-from offload.protocol.serve import strip_ansi
+from offload.protocol.serve import BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slots import SlotLocks
 from offload.ui import make_renderer
@@ -159,6 +160,23 @@ def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
             print(f"  {name}> {strip_ansi(line)}", file=sys.stderr)
 
 
+def build_failed(report: RunReport) -> BuildFailed:
+    """A run's failed builds as nix-build reports them: one named (a timed-out one first),
+    with Nix's TimedOut status when any build timed out (exit 101), else PermanentFailure (100).
+    """
+    timed_out = [d for d in report.failed if report.statuses.get(d) == BuildStatus.TIMED_OUT]
+    first = (timed_out or list(report.failed))[0]
+    more = len(report.failed) - 1
+    what = "timed out" if timed_out else "failed"
+    return BuildFailed(
+        f"build of '{first}' {what}: {report.failed[first]}"
+        + (f" (and {more} more)" if more else ""),
+        drv_path=first,
+        status=BuildStatus.TIMED_OUT if timed_out else BuildStatus.PERMANENT_FAILURE,
+        hint=f"see its log with `offload log {first}`",
+    )
+
+
 def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
     for handle in handlers:
         handle(event)
@@ -196,6 +214,8 @@ def execute(
                     slots=SlotLocks.default(state),
                     backoff=_remembered_backoff(state, retry_now),
                     fetch_all=fetch_all,
+                    # The same timeouts and log limit Nix's build hook passes on.
+                    options=build_options(pool.nix_settings),
                 )
             )
         finally:
@@ -235,14 +255,7 @@ def run(args: argparse.Namespace) -> int:
         render_summary(report.finished, sys.stderr)
     if report.failed:
         _print_log_tails(BuildLogs(state / "logs"), report.failed)
-        first, error = next(iter(report.failed.items()))
-        more = len(report.failed) - 1
-        raise BuildFailed(
-            f"build of '{first}' failed: {error}" + (f" (and {more} more)" if more else ""),
-            drv_path=first,
-            status=3,
-            hint=f"see its log with `offload log {first}`",
-        )
+        raise build_failed(report)
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"
         raise OffloadError(msg)

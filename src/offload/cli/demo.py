@@ -19,10 +19,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from offload.cli.build import execute
+from offload.cli.build import build_failed, execute
 from offload.config.pool import load_pool
 from offload.dagfile import Dag, parse_dag, write_nix_file
-from offload.errors import BuildFailed
 from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_up, open_fleet
 from offload.fleet.spec import default_fleet_dir
 from offload.nix import Installables, instantiate
@@ -110,8 +109,7 @@ def _build(fleet: Fleet, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if report.failed:
-        drv, error = next(iter(report.failed.items()))
-        raise BuildFailed(f"build of '{drv}' failed: {error}", drv_path=drv, status=3)
+        raise build_failed(report)
     return 0
 
 

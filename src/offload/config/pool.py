@@ -73,6 +73,10 @@ class Pool:
     local_substitutes: bool = field(default=False, compare=False)
     # The run's --option pairs, for the Nix processes offload starts on this machine.
     nix_options: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # Nix's effective settings for the run (nix.conf and the --options): what builds are given.
+    nix_settings: NixSettings = field(
+        default_factory=lambda: NixSettings({}), compare=False, repr=False
+    )
 
     def local_env(self) -> dict[str, str] | None:
         """The environment for the local store's serve processes: ours with the run's
@@ -285,6 +289,7 @@ def load_pool(
         substitutes,
         local_substitutes=substitutes_locally(settings),
         nix_options=tuple(options.items()),
+        nix_settings=settings,
     )
 
 

@@ -62,6 +62,9 @@ class RunReport:
     run_id: str
     built: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # drv -> error
+    # drv -> Nix's BuildStatus (protocol.records), for the failures Nix reported as a build's
+    # result; the others (no machine, a lost machine, the local store refusing) have none.
+    statuses: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     finished: list[JobFinished] = field(default_factory=list)
     interrupted: bool = False

@@ -5,9 +5,10 @@ building; its outputs are fetched home afterwards if they are wanted there (``fe
 Inputs come from the local store, else from a builder holding them, streamed through this
 process from one serve session to the other (never through a file); nothing is registered
 anywhere unless it arrived whole. How a copy ended is an ``Outcome``, not an exception: a
-derivation that fails to build, a machine that drops the connection ("lost"), and a copy whose
-inputs' holder went away ("returned", no fault of its own machine) are all data for the
-executor.
+derivation that fails to build (with Nix's status for it, so a timeout can be told apart), a
+machine that drops the connection ("lost"), and a copy whose inputs' holder went away
+("returned", no fault of its own machine) are all data for the executor. Every build is sent the
+run's ``BuildOptions`` (Nix's timeouts and log limit).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from typing import Literal, TypeGuard
 
 from offload.errors import OffloadError, ProtocolError
 from offload.names import LOCAL
-from offload.protocol.serve import ServeClient, copy_paths, topo_sort_infos
+from offload.protocol.serve import (
+    BuildOptions,
+    BuildStatus,
+    ServeClient,
+    copy_paths,
+    topo_sort_infos,
+)
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import Holders, InputsGone
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
@@ -43,6 +50,7 @@ class Outcome:
     build_seconds: float | None = None
     home: bool = False  # the outputs are in the local store too
     source: str | None = None
+    status: BuildStatus | None = None  # Nix's answer to a build that failed
 
 
 def local_store_failed(error: BaseException) -> TypeGuard[ProtocolError]:
@@ -68,8 +76,10 @@ class BuildCopies:
         slots: SlotLocks | None,
         wall: Callable[[], float],
         clock: Callable[[], float],
+        options: BuildOptions,
     ) -> None:
         self.plan = plan
+        self.options = options
         self.members = members
         self.local = local
         self.holders = holders
@@ -109,10 +119,13 @@ class BuildCopies:
                 phase(drv_path, name, "building", speculative=speculative)
                 build_start = self.clock()
                 inputs = self.plan.inputs[drv_path]
-                result = await client.build_derivation(drv_path, drv, input_srcs=inputs)
+                result = await client.build_derivation(
+                    drv_path, drv, input_srcs=inputs, options=self.options
+                )
                 build_seconds = self.clock() - build_start
                 if not result.success:
-                    return Outcome("failed", result.error_msg, started, sent, received)
+                    error, status = result.error_msg, result.status
+                    return Outcome("failed", error, started, sent, received, status=status)
                 client.on_log = None
             home = not member.remote
             return Outcome("built", None, started, sent, received, build_seconds, home)

@@ -29,6 +29,7 @@ from offload.backoff import Health
 from offload.errors import OffloadError, SchedulerError
 from offload.history.records import RunReport
 from offload.names import LOCAL
+from offload.protocol.serve import BuildOptions
 from offload.scheduler.dag import JobState
 from offload.scheduler.policy import Cancel, Policy, Speculate, Start, Wait
 from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
@@ -63,6 +64,7 @@ class Executor:
         unreachable: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        build_options: BuildOptions | None = None,
     ) -> None:
         self.plan = plan
         self.members = {m.spec.name: m for m in members}
@@ -92,6 +94,8 @@ class Executor:
             slots=slots,
             wall=wall,
             clock=clock,
+            # Nix's per-build settings (timeouts, log size), sent with every build.
+            options=BuildOptions() if build_options is None else build_options,
         )
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
         # Outputs on their way home after their build was accepted: the copy's outcome waits
@@ -331,6 +335,8 @@ class Executor:
     def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
         finished = self.policy.on_finished(drv_path, machine, now, ok=False)
         self.report.failed[drv_path] = outcome.error or "failed"
+        if outcome.status is not None:
+            self.report.statuses[drv_path] = outcome.status
         self._emit_outcome(drv_path, machine, "failed", outcome)
         for skipped in finished.skipped:
             self._finish_skipped(skipped, drv_path)

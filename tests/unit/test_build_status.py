@@ -1,0 +1,94 @@
+"""A failed build's Nix status, from the builder's answer to the exit code, and the build
+options (Nix's timeouts) that go with every build.
+
+nix-build exits 100 when a build failed and 101 when one timed out; ``offload build`` does the
+same from the ``BuildResult`` status Nix sends back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from offload.cli import exit_status
+from offload.cli.build import build_failed
+from offload.config.pool import load_pool
+from offload.config.settings import NixSettings
+from offload.errors import BuildFailed, ConfigError
+from offload.history.records import RunReport
+from offload.hook.remote import build_options
+from offload.protocol.serve import BuildOptions, BuildStatus
+from offload.scheduler.run import Executor, PoolMember
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
+from tests.helpers.plans import make_plan, spec
+
+SILENT = "building of 'slow.drv' timed out after 1 seconds of silence"
+
+
+def test_a_timed_out_build_keeps_its_status_and_gets_the_runs_build_options():
+    plan, paths, _, src = make_plan({"slow": [], "bad": []})
+    given: list[BuildOptions] = []
+
+    async def builder(build: FakeBuild) -> BuildOutcome | None:
+        given.append(build.options)
+        if build.drv.name == "slow":
+            return BuildOutcome(BuildStatus.TIMED_OUT, SILENT)
+        return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for bad failed")
+
+    local = FakeLink(FakeStore("local", [src], builder=builder))
+    options = BuildOptions(max_silent_time=1, build_timeout=5, max_log_size=100)
+    executor = Executor(
+        plan,
+        [PoolMember(spec("local", slots=2), local, remote=False)],
+        local,
+        emit=lambda _: None,
+        keep_going=True,
+        build_options=options,
+    )
+    report = asyncio.run(executor.run())
+    assert given == [options, options]
+    assert report.failed == {paths["slow"]: SILENT, paths["bad"]: "builder for bad failed"}
+    assert report.statuses == {
+        paths["slow"]: BuildStatus.TIMED_OUT,
+        paths["bad"]: BuildStatus.PERMANENT_FAILURE,
+    }
+
+
+def test_any_timed_out_build_makes_the_run_exit_101_and_is_the_one_named():
+    report = RunReport("r", failed={"/a.drv": "exit 3", "/b.drv": SILENT})
+    report.statuses = {"/a.drv": BuildStatus.PERMANENT_FAILURE, "/b.drv": BuildStatus.TIMED_OUT}
+    error = build_failed(report)
+    assert (error.drv_path, error.status, exit_status(error)) == ("/b.drv", 8, 101)
+    assert error.message == f"build of '/b.drv' timed out: {SILENT} (and 1 more)"
+
+
+def test_other_failures_exit_100_and_name_the_first():
+    # A failure Nix gave no status for (no machine could build it, a lost machine) is one too.
+    report = RunReport("r", failed={"/a.drv": "no machine can build it", "/b.drv": "exit 3"})
+    report.statuses = {"/b.drv": BuildStatus.MISC_FAILURE}
+    error = build_failed(report)
+    assert (error.drv_path, error.status, exit_status(error)) == ("/a.drv", 3, 100)
+    assert error.message == "build of '/a.drv' failed: no machine can build it (and 1 more)"
+    assert error.hint == "see its log with `offload log /a.drv`"
+
+
+def test_exit_status_follows_nix_build():
+    def failed(status: BuildStatus) -> BuildFailed:
+        return BuildFailed("x", drv_path="/a.drv", status=status)
+
+    assert exit_status(failed(BuildStatus.TIMED_OUT)) == 101
+    assert exit_status(failed(BuildStatus.PERMANENT_FAILURE)) == 100
+    assert exit_status(failed(BuildStatus.LOG_LIMIT_EXCEEDED)) == 100
+    assert exit_status(ConfigError("bad")) == 1
+
+
+def test_the_pool_keeps_nixs_settings_for_the_build_options():
+    settings = NixSettings(
+        {"max-silent-time": "1", "timeout": "7", "max-build-log-size": "4096", "max-jobs": "1"}
+    )
+    pool = load_pool(builders="", config=None, env={}, nix_settings=settings)
+    assert pool.select(max_jobs=2).nix_settings is settings  # kept through --on/-j
+    assert build_options(pool.nix_settings) == BuildOptions(
+        max_silent_time=1, build_timeout=7, max_log_size=4096
+    )
+    # Without Nix's settings (a pool made in code), builds get Nix's defaults: no limits.
+    assert build_options(NixSettings({})) == BuildOptions()
