@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -13,9 +14,12 @@ from offload.build.graph import Roots
 from offload.errors import OffloadError
 from offload.protocol.serve import ServeClient
 from offload.scheduler.run import MemberLink
+from offload.tasks import cancel_and_wait
 from offload.transport.links import MachineLink
 
 __all__ = ["open_sessions", "warming"]
+
+logger = logging.getLogger(__name__)
 
 
 async def open_sessions(
@@ -109,6 +113,7 @@ async def warming(
     try:
         yield warm
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # warm() keeps a builder's failures for its first borrower; anything else is a bug, told
+        # here rather than raised over whatever ends the block.
+        for error in await cancel_and_wait(tasks):
+            logger.error("warming sessions failed: %r", error, exc_info=error)

@@ -47,6 +47,7 @@ from offload.protocol.wire import (
 )
 from offload.store.drv import Derivation
 from offload.store.nar import copy_nar
+from offload.tasks import stop
 
 __all__ = ["NarProducer", "ServeClient", "Sink"]
 
@@ -260,9 +261,7 @@ class ServeClient:
             try:
                 await asyncio.wait_for(asyncio.shield(task), self._stderr_timeout)
             except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop(task)
 
     # -- connection plumbing -----------------------------------------------------------------
 

@@ -18,8 +18,8 @@ queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,11 +38,14 @@ from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
 from offload.slots import SlotLocks
+from offload.tasks import cancel_and_wait, stop
 from offload.ui.events import Event
 
 __all__ = ["MAX_LOSSES", "Executor"]
 
 MAX_LOSSES = 3
+
+logger = logging.getLogger(__name__)
 
 
 class Executor:
@@ -351,18 +354,20 @@ class Executor:
     async def _cancel(self, cancel: Cancel) -> None:
         for task, (drv_path, machine) in list(self._tasks.items()):
             if drv_path == cancel.job and machine == cancel.machine:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop(task)
                 self._tasks.pop(task, None)
 
     async def _stop_all(self) -> None:
+        """Stop the copies still running: only a run ending early (interrupted, or an error
+        of its own) has any. Their errors are logged, not raised: the run's own is the one
+        to report, and this must not replace it."""
         tasks: list[asyncio.Task[Any]] = [*self._tasks, *self._homeward]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for error in await cancel_and_wait(tasks):
+            # A copy home that lost its builder, as the run stopped, is no news; others are bugs.
+            level = logging.DEBUG if isinstance(error, OffloadError) else logging.ERROR
+            logger.log(
+                level, "a build copy ended with %r as the run stopped", error, exc_info=error
+            )
         self._tasks.clear()
         self._homeward.clear()
 

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 
 from offload.errors import ProtocolError, SshError
 from offload.protocol.serve import ServeClient
+from offload.tasks import stop
 from offload.transport.fake.faults import BreakPoint
 from offload.transport.fake.server import Session
 from offload.transport.fake.store import FakeStore
@@ -89,9 +90,7 @@ class FakeLink:
             return
         server = session.server
         if not session.task.done():
-            session.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await session.task
+            await stop(session.task)
         if server.stopped is not None:
             self.cancelled.append(server.stopped)
             server.stopped = None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from offload.errors import SshError
 from offload.process import run_async, spawn
+from offload.tasks import stop
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
     KILL_GRACE,
@@ -74,8 +75,12 @@ def _ssh_hint(tail: str) -> str:
 
 
 async def _finish(task: asyncio.Task[Any]) -> None:
-    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(task, 2.0)
+    """Give a reader of the master's output up to 2 s more to reach its end, then stop it; an
+    error it ended with is raised."""
+    try:
+        await asyncio.wait([task], timeout=2.0)
+    finally:
+        await stop(task)
 
 
 class SshTransport:
