@@ -36,14 +36,13 @@ async def run_build(
     slots: SlotLocks | None = None,
     backoff: Mapping[str, Health] | None = None,
     fetch_all: bool = False,
-    options: BuildOptions | None = None,
+    options: BuildOptions | None = None,  # Nix's timeouts and log limit, sent with each build
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
 
     Other outputs stay on the builder that made them unless a local build needs them, or
     ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
-    them: it runs in a thread while the sessions to the stores open. ``options`` are Nix's
-    per-build settings (timeouts, log size) sent with every build.
+    them: it runs in a thread while the sessions to the stores open.
     """
     down = set(backoff or {})
     async with (
@@ -53,8 +52,7 @@ async def run_build(
     ):
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}
-        slot_counts = {m.spec.name: m.spec.slots for m in members}
-        async with warming(remote, slot_counts) as warm:
+        async with warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm:
             async with contextlib.AsyncExitStack() as opened:
                 local, clients, roots = await open_sessions(
                     opened, local_link, remote, unreachable, roots, answered=warm
