@@ -15,7 +15,6 @@ from offload.config.pool import load_pool
 from offload.config.settings import NixSettings
 from offload.errors import BuildFailed, ConfigError
 from offload.history.records import RunReport
-from offload.hook.remote import build_options
 from offload.protocol.serve import BuildOptions, BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
@@ -87,8 +86,8 @@ def test_the_pool_keeps_nixs_settings_for_the_build_options():
     )
     pool = load_pool(builders="", config=None, env={}, nix_settings=settings)
     assert pool.select(max_jobs=2).nix_settings is settings  # kept through --on/-j
-    assert build_options(pool.nix_settings) == BuildOptions(
+    assert BuildOptions.from_settings(pool.nix_settings.count) == BuildOptions(
         max_silent_time=1, build_timeout=7, max_log_size=4096
     )
     # Without Nix's settings (a pool made in code), builds get Nix's defaults: no limits.
-    assert build_options(NixSettings({})) == BuildOptions()
+    assert BuildOptions.from_settings(NixSettings({}).count) == BuildOptions()

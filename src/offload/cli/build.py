@@ -18,12 +18,11 @@ from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator, records_from
-from offload.hook.remote import build_options
 from offload.logs import BuildLogs
 from offload.names import LOCAL
 from offload.nix import Installables, add_roots, instantiate, sources
 from offload.paths import ensure_state_dir
-from offload.protocol.serve import BuildStatus, strip_ansi
+from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slots import SlotLocks
 from offload.ui import make_renderer
@@ -215,7 +214,7 @@ def execute(
                     backoff=_remembered_backoff(state, retry_now),
                     fetch_all=fetch_all,
                     # The same timeouts and log limit Nix's build hook passes on.
-                    options=build_options(pool.nix_settings),
+                    options=BuildOptions.from_settings(pool.nix_settings.count),
                 )
             )
         finally:

@@ -10,7 +10,7 @@ version, so the readers here take it as an argument.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -102,6 +102,16 @@ class BuildOptions:
     nr_repeats: int = 0
     enforce_determinism: bool = True
     keep_failed: bool = False
+
+    @classmethod
+    def from_settings(cls, count: Callable[[str], int]) -> BuildOptions:
+        """Nix's own per-build settings, read by ``count`` (e.g. ``NixSettings.count``): what
+        Nix's hook sends, so a build stops where Nix would stop it."""
+        return cls(
+            max_silent_time=count("max-silent-time"),
+            build_timeout=count("timeout"),
+            max_log_size=count("max-build-log-size"),
+        )
 
     def encode(self, minor: int) -> bytes:
         # The server reads exactly the fields the announced minor version implies (2.4).
