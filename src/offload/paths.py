@@ -1,34 +1,25 @@
 """Where offload keeps its state: history, build logs, machine backoff, the local fleet.
 
-``$OFFLOAD_STATE_DIR`` wins; otherwise ``$XDG_STATE_HOME/offload`` or ``~/.local/state/offload``.
-The hook run by the nix-daemon has no home of a user: as root without ``$HOME`` (or with ``/``
-or Nix's ``/homeless-shelter``) its state is ``/var/lib/offload``, which ``offload use`` also
-writes when it may.
-The directory is created with mode 0700: it holds build logs and fleet keys.
+The rules are in ``offload.state_location`` (as strings, for the hook process); here as
+``Path``s. The system directory, ``/var/lib/offload``, is the nix-daemon's hook's, which
+``offload use`` also writes when it may. The directory is created with mode 0700: it holds
+build logs and fleet keys.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from offload.state_location import SYSTEM_STATE, hook_state, user_state
+
 __all__ = ["SYSTEM_STATE_DIR", "ensure_state_dir", "hook_state_dir", "state_dir"]
 
-# The hook's state when the nix-daemon runs it (as root, with the daemon's bare environment).
-SYSTEM_STATE_DIR = Path("/var/lib/offload")
+SYSTEM_STATE_DIR = Path(SYSTEM_STATE)
 
 
 def state_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
-    env = os.environ if env is None else env
-    if env.get("OFFLOAD_STATE_DIR"):
-        return Path(env["OFFLOAD_STATE_DIR"])
-    base = (
-        Path(env["XDG_STATE_HOME"])
-        if env.get("XDG_STATE_HOME")
-        else (home or Path.home()) / ".local" / "state"
-    )
-    return base / "offload"
+    return Path(user_state(env, None if home is None else str(home)))
 
 
 def ensure_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -38,10 +29,4 @@ def ensure_state_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def hook_state_dir(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    if env.get("OFFLOAD_STATE_DIR") or env.get("XDG_STATE_HOME"):
-        return state_dir(env)
-    home = env.get("HOME", "")
-    if os.geteuid() == 0 and home in {"", "/", "/homeless-shelter", "/var/empty"}:
-        return SYSTEM_STATE_DIR
-    return state_dir(env)
+    return Path(hook_state(env))

@@ -7,6 +7,8 @@ background (``start_offload``) is a process group of its own, which ``processes.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,3 +116,19 @@ def wait_for_marker(marker: Path, proc: subprocess.Popen[str], timeout: float = 
 
     wait_for(ready, timeout, f"marker {marker}")
     return marker.read_text().strip()
+
+
+def stop_coordinators(state: Path, timeout: float = 30) -> None:
+    """SIGTERM every hook coordinator serving ``state`` and wait until each has exited (it closes
+    its serve sessions first): the coordinators a test's hooks started end with the test."""
+    for pid_file in state.glob("hook-*.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        wait_for(_exited(pid), timeout, f"coordinator {pid} to exit")
+
+
+def _exited(pid: int) -> Callable[[], bool]:
+    return lambda: not Path(f"/proc/{pid}").exists()

@@ -24,7 +24,7 @@ from offload.fleet import Fleet, MemberSpec
 from offload.slots import NIX_CURRENT_LOAD, slot_key
 from tests.helpers.fleets import member_processes, private_fleet_fixture
 from tests.helpers.nix_files import SPEED, nix_file
-from tests.helpers.offload_run import wait_for
+from tests.helpers.offload_run import stop_coordinators, wait_for
 from tests.helpers.processes import start, stop
 
 HOOK = str(Path(sys.executable).parent / "offload-hook")
@@ -33,6 +33,12 @@ MEMBERS = ("hk1", "hk2")
 hook_fleet = private_fleet_fixture(
     [MemberSpec(name, 1.0, 1) for name in MEMBERS], "ofh", scope="module"
 )
+
+
+@pytest.fixture(autouse=True)
+def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
+    yield
+    stop_coordinators(tmp_path / "state")
 
 
 def hook_env(fleet: Fleet, tmp_path: Path, sshopts: str | None = None) -> dict[str, str]:
@@ -218,14 +224,17 @@ def _remote_leftovers(fleet: Fleet) -> Sequence[str]:
     ]
 
 
-def test_sigterm_mid_build_leaves_nothing_on_the_builder(hook_fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("coordinator", ["1", "0"], ids=["coordinator", "in-process"])
+def test_sigterm_mid_build_leaves_nothing_on_the_builder(
+    hook_fleet: Fleet, tmp_path: Path, coordinator: str
+) -> None:
     marker = tmp_path / "started"
     file = nix_file(
         tmp_path, f'[ (mk "long" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
     )
     proc = start(
         nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
-        env=hook_env(hook_fleet, tmp_path),
+        env={**hook_env(hook_fleet, tmp_path), "OFFLOAD_HOOK_COORDINATOR": coordinator},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -267,3 +276,68 @@ def test_offload_use_chooses_the_builder(hook_fleet: Fleet, tmp_path: Path) -> N
     for path in outputs(done):
         assert holders(hook_fleet, path) == {"hk2"}
     assert "offload use" in done.stderr
+
+
+def _serve_pids(fleet: Fleet) -> dict[str, set[int]]:
+    return {
+        name: {
+            pid for pid, cmd in member_processes(fleet.member(name)) if "nix-store --serve" in cmd
+        }
+        for name in MEMBERS
+    }
+
+
+def _coordinator_pids(state: Path) -> list[int]:
+    return [int(p.read_text()) for p in state.glob("hook-*.pid")]
+
+
+def test_two_nix_builds_share_one_coordinator_and_its_sessions(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Two nix-builds at once, each with its own hook processes: one coordinator serves them all,
+    # and the serve sessions it opened for the first are the ones the next build uses.
+    env = hook_env(hook_fleet, tmp_path)
+    files = [nix_file(tmp_path, leaves(2), name=f"b{i}.nix") for i in range(2)]
+    runs = [
+        start(
+            nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for file in files
+    ]
+    try:
+        done = [proc.communicate(timeout=180) for proc in runs]
+    finally:
+        for proc in runs:
+            stop(proc)
+    for proc, (_, err) in zip(runs, done, strict=True):
+        assert proc.returncode == 0, err
+    assert len(_coordinator_pids(tmp_path / "state")) == 1
+    before = _serve_pids(hook_fleet)
+    assert any(before.values())
+    outputs(nix_build(hook_fleet, tmp_path, nix_file(tmp_path, leaves(2, "echo again; ")), "-j0"))
+    after = _serve_pids(hook_fleet)
+    assert after == before, "the second build opened sessions instead of reusing the kept ones"
+
+
+def test_an_idle_coordinator_exits_and_closes_its_sessions(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    file = nix_file(tmp_path, leaves(1))
+    outputs(nix_build(hook_fleet, tmp_path, file, "-j0", OFFLOAD_HOOK_IDLE="1"))
+    state = tmp_path / "state"
+    wait_for(lambda: not _coordinator_pids(state), 30, "the idle coordinator to exit")
+    assert not list(state.glob("hook-*.sock"))
+    wait_for(lambda: not any(_serve_pids(hook_fleet).values()), 30, "its sessions to close")
+
+
+def test_without_a_coordinator_the_hook_builds_in_its_own_process(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    file = nix_file(tmp_path, leaves(1))
+    [path] = outputs(nix_build(hook_fleet, tmp_path, file, "-j0", OFFLOAD_HOOK_COORDINATOR="0"))
+    assert holders(hook_fleet, path)
+    assert not _coordinator_pids(tmp_path / "state")

@@ -11,6 +11,7 @@ from offload.errors import ProtocolError
 from offload.hook.home import registration_text
 from offload.hook.wire import (
     Accepted,
+    HookIO,
     Reply,
     read_accepted,
     read_request,
@@ -107,8 +108,9 @@ def test_verbosity_is_the_last_argument() -> None:
 
 def test_accept_names_the_machine_on_the_next_line() -> None:
     read, write = os.pipe()
-    write_reply(Reply.ACCEPT, "ssh://fast", fd=write)
-    write_reply(Reply.POSTPONE, fd=write)
+    io = HookIO.of_fds(err=write)
+    write_reply(io, Reply.ACCEPT, "ssh://fast")
+    write_reply(io, Reply.POSTPONE)
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
         assert pipe.read() == b"# accept\nssh://fast\n# postpone\n"

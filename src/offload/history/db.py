@@ -50,6 +50,9 @@ class History:
         try:
             path.chmod(0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # No fsync per commit (WAL stays consistent; a power cut may lose the last builds'
+            # records, which are estimates, not data): the hook records one build per commit.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except BaseException:
             self._db.close()

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,11 +23,11 @@ from offload.config.machines import Machine
 from offload.config.pool import Pool, load_pool
 from offload.config.settings import NixSettings
 from offload.errors import OffloadError
-from offload.history.db import History
 from offload.history.estimates import estimator
 from offload.hook.decide import Builder, LocalOffer
+from offload.hook.keep import Keep
 from offload.hook.local_queue import LocalQueue
-from offload.hook.wire import TryRequest
+from offload.hook.wire import HookIO, TryRequest
 from offload.scheduler.policy import Backoff, MachineSlotSpec
 from offload.scheduler.run import BIG_PARALLEL_WORK, DEFAULT_WORK
 from offload.slots import SlotLocks, slot_key
@@ -46,14 +44,16 @@ class HookContext:
     slots: SlotLocks
     verbosity: int
     env: Mapping[str, str]
+    io: HookIO
+    parent: int  # the Nix process asking: its declines share the local machine's slots
+    keep: Keep  # sessions and the history, kept from one hook to the next
     backoff: dict[str, Health] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # said once, before the first reply
 
     def say(self, text: str, level: int = 1) -> None:
         """A line on the user's terminal (Nix copies the hook's stderr before a reply)."""
         if self.verbosity >= level:
-            sys.stderr.write(f"offload-hook: {text}\n")
-            sys.stderr.flush()
+            self.io.err(f"offload-hook: {text}\n".encode(errors="replace"))
 
     def say_once(self, text: str, level: int = 1, every: float = 60.0) -> None:
         """``say``, unless any hook process said the same within ``every`` seconds: Nix starts
@@ -89,20 +89,19 @@ class HookContext:
             return LocalOffer(1.0, can_build=False)
         if not request.am_willing:
             return LocalOffer(local.speed_factor, can_build=False)
-        start = LocalQueue(self.state).start(request.drv_path, local.max_jobs, now)
+        start = LocalQueue(self.state, self.parent).start(request.drv_path, local.max_jobs, now)
         return LocalOffer(local.speed_factor, can_build=True, start=start)
 
     def declined(self, request: TryRequest, end: float) -> None:
         """Nix will build ``request`` here: its local slot is taken until ``end``."""
-        LocalQueue(self.state).add(request.drv_path, end)
+        LocalQueue(self.state, self.parent).add(request.drv_path, end)
 
     def work(self, request: TryRequest) -> float:
         """Expected seconds on a machine of speed 1: history's median, else a default."""
         pname = request.pname
         speeds = {m.name: m.speed_factor for m in self.pool.machines}
         try:
-            with History(self.state / "history.sqlite") as history:
-                known = estimator(history, speeds)([pname])
+            known = estimator(self.keep.history(), speeds)([pname])
         except OffloadError:
             known = {}
         if pname in known:
@@ -141,9 +140,16 @@ def _chosen(pool: Pool, state: Path, now: float) -> tuple[Pool, str | None]:
 
 
 def load_context(
-    preamble: Mapping[str, str], state: Path, verbosity: int, env: Mapping[str, str] | None = None
+    preamble: Mapping[str, str],
+    *,
+    state: Path,
+    verbosity: int,
+    env: Mapping[str, str],
+    io: HookIO,
+    parent: int,
+    keep: Keep,
 ) -> HookContext:
-    env = dict(os.environ if env is None else env)
+    env = dict(env)
     settings = NixSettings(dict(preamble))
     pool = load_pool(builders=None, config=None, env=env, nix_settings=settings)
     now = time.time()
@@ -155,6 +161,9 @@ def load_context(
         slots=SlotLocks.default(state),
         verbosity=verbosity,
         env=env,
+        io=io,
+        parent=parent,
+        keep=keep,
         backoff=load_backoff(state / "backoff.json", now),
     )
     context.notes += list(pool.warnings)

@@ -7,7 +7,7 @@ forever for the parent that waits for us. build-remote gets round it from inside
 safe because the lock we skip is held for us:
 
 1. each missing path's NAR is streamed from the builder into ``nix-store --restore`` under a
-   temporary name beside the store directory's entries (``.offload-hook-<pid>-<n>``), and
+   temporary name beside the store directory's entries (``.offload-hook-<pid>-<batch>-<n>``), and
    hashed as it goes;
 2. the hash and size are checked against what the builder says (a mismatch registers nothing);
 3. the temporary tree is renamed to its store path (atomic, same directory);
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 from collections.abc import Sequence
@@ -36,9 +37,11 @@ from offload.protocol.serve import PathInfo, ServeClient
 from offload.store.nar import nar_hash_nix32
 from offload.store.path import STORE_DIR
 
-__all__ = ["TEMP_PREFIX", "import_outputs", "registration_text"]
+__all__ = ["TEMP_PREFIX", "import_outputs", "registration_text", "sweep_leftovers"]
 
 TEMP_PREFIX = ".offload-hook-"
+# Temporary names are <pid>-<batch>-<n>: one coordinator process imports for many builds at once.
+_BATCHES = itertools.count()
 
 
 def registration_text(infos: Sequence[PathInfo]) -> str:
@@ -102,9 +105,10 @@ async def import_outputs(
     placed: list[Path] = []
     temps: list[Path] = []
     moved = 0
+    batch = next(_BATCHES)
     try:
         for n, info in enumerate(infos):
-            temp = store / f"{TEMP_PREFIX}{os.getpid()}-{n}"
+            temp = store / f"{TEMP_PREFIX}{os.getpid()}-{batch}-{n}"
             temps.append(temp)
             _remove(temp)
             await _restore(remote, info, temp)
@@ -119,3 +123,24 @@ async def import_outputs(
             _remove(path)
         raise
     return moved
+
+
+def sweep_leftovers(store_dir: str = STORE_DIR) -> None:
+    """Remove temporary trees of hook processes that died without cleaning up."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(store_dir):
+            if not entry.name.startswith(TEMP_PREFIX):
+                continue
+            pid = entry.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove(Path(entry.path))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -23,8 +23,8 @@ __all__ = ["LocalQueue"]
 
 
 class LocalQueue:
-    def __init__(self, state: Path, parent: int | None = None) -> None:
-        self.path = state / "local-queue" / f"{os.getppid() if parent is None else parent}.json"
+    def __init__(self, state: Path, parent: int) -> None:
+        self.path = state / "local-queue" / f"{parent}.json"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, float]]:

@@ -15,21 +15,22 @@ failure (newer Nix takes any non-zero code as a failure).
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from offload.config.settings import NixSettings
 from offload.hook.home import import_outputs
-from offload.hook.wire import Accepted, TryRequest, write_nix_json
+from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
 from offload.protocol.serve import BuildOptions, BuildStatus, ServeClient, topo_sort_infos
 from offload.scheduler.run import send_closure
 from offload.store.drv import read_derivation
 
-__all__ = ["LOG_FD", "Outcome", "build_options", "build_remote", "error_message", "log_writer"]
+__all__ = ["Outcome", "build_remote", "error_message", "log_writer"]
 
-LOG_FD = 4
+# Activity ids must be unique per Nix process; one coordinator builds for many hooks at once.
+_ACTIVITY_BLOCKS = itertools.count()
 # Nix's activity types and result types (logging.hh).
 _ACT_BUILD = 105
 _ACT_COPY_PATHS = 103
@@ -45,53 +46,41 @@ class Outcome:
     received: int = 0
 
 
-def build_options(settings: NixSettings) -> BuildOptions:
-    return BuildOptions(
-        max_silent_time=settings.count("max-silent-time"),
-        build_timeout=settings.count("timeout"),
-        max_log_size=settings.count("max-build-log-size"),
-    )
-
-
-def log_writer(fd: int = LOG_FD) -> Callable[[str], None]:
-    """Lines of the build's log to Nix's log pipe; a closed pipe is not our build's failure."""
+def log_writer(io: HookIO) -> Callable[[str], None]:
+    """Lines of the build's log to Nix's log pipe (fd 4)."""
 
     def write(line: str) -> None:
-        data = (line + "\n").encode(errors="replace")
-        try:
-            while data:
-                data = data[os.write(fd, data) :]
-        except OSError:
-            pass
+        io.log((line + "\n").encode(errors="replace"))
 
     return write
 
 
 class _Activities:
-    def __init__(self) -> None:
-        self._next = (os.getpid() << 32) + 1
+    def __init__(self, io: HookIO) -> None:
+        self._io = io
+        self._next = (os.getpid() << 32) + next(_ACTIVITY_BLOCKS) * 1000 + 1
 
     def start(self, kind: int, text: str, fields: list[object]) -> int:
         act, self._next = self._next, self._next + 1
         message = {"action": "start", "id": act, "level": 3, "type": kind, "text": text}
-        write_nix_json({**message, "fields": fields, "parent": 0})
+        write_nix_json(self._io, {**message, "fields": fields, "parent": 0})
         return act
 
-    @staticmethod
-    def phase(act: int, phase: str) -> None:
-        write_nix_json({"action": "result", "id": act, "type": _RES_SET_PHASE, "fields": [phase]})
+    def phase(self, act: int, phase: str) -> None:
+        message = {"action": "result", "id": act, "type": _RES_SET_PHASE, "fields": [phase]}
+        write_nix_json(self._io, message)
 
-    @staticmethod
-    def stop(act: int) -> None:
-        write_nix_json({"action": "stop", "id": act})
+    def stop(self, act: int) -> None:
+        write_nix_json(self._io, {"action": "stop", "id": act})
 
 
-def error_message(text: str) -> None:
+def error_message(io: HookIO, text: str) -> None:
     """An error Nix shows after the reply (plain lines are dropped then)."""
-    write_nix_json({"action": "msg", "level": 0, "msg": text})
+    write_nix_json(io, {"action": "msg", "level": 0, "msg": text})
 
 
 async def build_remote(
+    io: HookIO,
     request: TryRequest,
     accepted: Accepted,
     *,
@@ -102,7 +91,7 @@ async def build_remote(
     substitute: bool = False,
 ) -> Outcome:
     drv = read_derivation(request.drv_path)
-    acts = _Activities()
+    acts = _Activities(io)
     started = time.time()
     copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
     sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
@@ -119,7 +108,9 @@ async def build_remote(
     )
     acts.stop(build)
     if not result.success:
-        error_message(f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}")
+        error_message(
+            io, f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}"
+        )
         code = 101 if result.status is BuildStatus.TIMED_OUT else 100
         return Outcome(code, started, time.time(), sent)
     fetch = acts.start(_ACT_COPY_PATHS, f"copying outputs from '{machine}'", [])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -32,8 +32,10 @@ from offload.store.path import StorePath, split_name_version
 
 __all__ = [
     "Accepted",
+    "HookIO",
     "Reply",
     "TryRequest",
+    "fd_sink",
     "read_accepted",
     "read_request",
     "read_settings",
@@ -124,20 +126,46 @@ async def read_accepted(reader: ByteReader) -> Accepted:
     return Accepted(inputs, wanted)
 
 
-def _write(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
+Sink = Callable[[bytes], None]
 
 
-def write_reply(reply: Reply, machine: str | None = None, fd: int = 2) -> None:
+@dataclass(frozen=True)
+class HookIO:
+    """The hook's two channels to Nix: ``err``, its stderr (replies, messages, ``@nix`` lines),
+    and ``log``, fd 4 (the build log). Writers, so one coordinator can serve many hooks."""
+
+    err: Sink
+    log: Sink
+
+    @classmethod
+    def of_fds(cls, err: int = 2, log: int = 4) -> HookIO:
+        return cls(fd_sink(err), fd_sink(log, tolerant=True))
+
+
+def fd_sink(fd: int, *, tolerant: bool = False) -> Sink:
+    """Blocking writes of whole buffers to ``fd``; ``tolerant`` drops them once it is closed
+    (a log pipe Nix stopped reading is not our build's failure)."""
+
+    def write(data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            if not tolerant:
+                raise
+
+    return write
+
+
+def write_reply(io: HookIO, reply: Reply, machine: str | None = None) -> None:
     """One reply; ``machine`` follows ``accept`` on its own line, as Nix reads it next."""
     text = f"# {reply.value}\n"
     if reply is Reply.ACCEPT:
         assert machine is not None
         text += machine.replace("\n", " ") + "\n"
-    _write(fd, text.encode())
+    io.err(text.encode())
 
 
-def write_nix_json(message: Mapping[str, object], fd: int = 2) -> None:
+def write_nix_json(io: HookIO, message: Mapping[str, object]) -> None:
     """A structured log message (``@nix {...}``), as Nix's own JSON logger writes them."""
-    _write(fd, b"@nix " + json.dumps(message, separators=(",", ":")).encode() + b"\n")
+    io.err(b"@nix " + json.dumps(message, separators=(",", ":")).encode() + b"\n")

@@ -1,0 +1,202 @@
+"""The ``offload-hook`` process: hand Nix's pipes to the coordinator and wait for the result.
+
+Nix starts a hook process, writes to it and waits for its reply before it does anything else
+(its worker is one thread), and starts a new one after each accepted derivation; so whatever
+this process costs, every remotely built derivation costs it in series. It therefore does as
+little as it can and imports only the standard library: it connects to the user's coordinator
+(``offload.hook.coordinator``) over a Unix socket in the state directory, passes it its stdin,
+stderr and fd 4 (``SCM_RIGHTS``) with its arguments, environment and parent's pid, and waits
+for one line, the exit code, which it exits with. The coordinator speaks the hook protocol on
+those pipes; Nix cannot tell the difference.
+
+The coordinator is started on demand, by the first hook that finds none, under a lock so two
+hooks never start two; it acknowledges every hook it takes with one byte, so a hook that
+reached a coordinator just as it shut down (idle) can tell and try again. If this process is
+killed (SIGTERM, or SIGKILL to its process group), its socket closes and the coordinator stops
+the build it ran for it. When no coordinator can be had at all, the hook is served in this
+process (``offload.hook.serve.in_process``), as slowly as before, rather than not at all.
+
+The socket's name carries the installation (interpreter, package directory, version), so an
+upgraded offload starts a coordinator of its own while the old one finishes and idles out.
+"""
+
+from __future__ import annotations
+
+import _socket  # not `socket`: its import costs more than everything else this process does
+import marshal
+import os
+import stat
+import sys
+import zlib
+
+from offload import __version__
+from offload.state_location import hook_state
+
+__all__ = ["HELLO_FDS", "main", "send_hello", "socket_path"]
+
+# Unix socket paths are at most 108 bytes on Linux.
+_MAX_SOCKET = 100
+_READY_TIMEOUT = 20.0
+_ATTEMPTS = 3
+# The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
+HELLO_FDS = (0, 2, 4)
+
+
+def _private_dir(path: str) -> str:
+    os.makedirs(path, mode=0o700, exist_ok=True)  # noqa: PTH103 - no pathlib in the hook process
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise OSError(f"{path} is not a directory of this user's")
+    os.chmod(path, 0o700)  # noqa: PTH101 - no pathlib in the hook process
+    return path
+
+
+def _digest(text: str) -> str:
+    data = text.encode()
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+
+
+def socket_path(state: str) -> str:
+    """The coordinator's socket for ``state`` and this installation."""
+    here = os.path.dirname(os.path.abspath(__file__))  # noqa: PTH100, PTH120 - no pathlib here
+    path = f"{state}/hook-{_digest(f'{sys.executable}|{here}|{__version__}')}.sock"
+    if len(os.fsencode(path)) <= _MAX_SOCKET:
+        return path
+    tmp = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - a directory checked to be ours
+    short = _private_dir(f"{tmp}/offload-hook-{os.getuid()}")
+    return f"{short}/{_digest(path)}.sock"
+
+
+def _connect(path: str) -> _socket.socket | None:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    return sock
+
+
+def _start(state: str, path: str) -> None:
+    """Start a coordinator and wait until it listens (or has died trying)."""
+    import select
+    import subprocess
+
+    ready_read, ready_write = os.pipe()
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    log = os.open(f"{state}/hook-coordinator.log", flags, 0o600)
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "offload.hook.coordinator", state, path, str(ready_write)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            pass_fds=(ready_write,),
+            start_new_session=True,  # Nix kills the hook's process group; not the coordinator
+        )
+    finally:
+        os.close(ready_write)
+        os.close(log)
+    try:
+        # One line when it listens; EOF alone when it died first.
+        select.select([ready_read], [], [], _READY_TIMEOUT)
+    finally:
+        os.close(ready_read)
+
+
+def _coordinator(state: str, path: str) -> _socket.socket:
+    sock = _connect(path)
+    if sock is not None:
+        return sock
+    import fcntl
+
+    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sock = _connect(path)  # started by another hook while we waited for the lock
+        if sock is None:
+            _start(state, path)
+            sock = _connect(path)
+    finally:
+        os.close(lock)
+    if sock is None:
+        raise OSError(f"the coordinator did not start (see {state}/hook-coordinator.log)")
+    return sock
+
+
+def send_hello(
+    sock: _socket.socket,
+    pipes: dict[int, int],
+    argv: list[str],
+    env: dict[str, str],
+    parent: int,
+) -> None:
+    """The hello (see ``offload.hook.handover``): ``pipes`` maps our fd numbers (0, 2, 4) to
+    the descriptors to pass."""
+    hello = {"argv": argv, "env": env, "parent": parent, "fds": list(pipes)}
+    body = marshal.dumps(hello)
+    rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in pipes.values())
+    head = len(body).to_bytes(4, "big")
+    sock.sendmsg([head], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+    sock.sendall(body)
+
+
+def _hand_over(sock: _socket.socket) -> bool:
+    """Pass our pipes and context; True once the coordinator has taken them."""
+    pipes = {fd: fd for fd in HELLO_FDS if _is_open(fd)}
+    send_hello(sock, pipes, sys.argv, dict(os.environ), os.getppid())
+    return sock.recv(1) == b"+"
+
+
+def _started_by_nix() -> bool:
+    """Nix gives a hook pipes; a hook run by hand (stdin a file or a terminal) is served here."""
+    try:
+        return all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in (0, 2))
+    except OSError:
+        return False
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _wait_for_code(sock: _socket.socket) -> int:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(64)
+        if not chunk:
+            sys.stderr.write("offload-hook: error: the coordinator stopped before the hook ended\n")
+            return 1
+        data += chunk
+    return int(data)
+
+
+def main() -> int:
+    """The hook; Nix ends hooks with SIGKILL or SIGTERM, and an explicit SIGINT ends it too."""
+    try:
+        return _main()
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main() -> int:
+    if os.environ.get("OFFLOAD_HOOK_COORDINATOR") != "0" and _started_by_nix():
+        try:
+            state = _private_dir(hook_state())
+            path = socket_path(state)
+            for _ in range(_ATTEMPTS):
+                sock = _coordinator(state, path)
+                try:
+                    if _hand_over(sock):
+                        return _wait_for_code(sock)
+                finally:
+                    sock.close()
+        except OSError as exc:
+            sys.stderr.write(f"offload-hook: no coordinator ({exc}); deciding in this process\n")
+    from offload.hook.serve import in_process
+
+    return in_process()

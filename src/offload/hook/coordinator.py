@@ -1,0 +1,205 @@
+"""The coordinator: one long-lived process that serves every hook of a user (or of the daemon).
+
+Started on demand by the first ``offload-hook`` that finds none (``offload.hook.client``), it
+listens on a Unix socket in the state directory (mode 0600 in a 0700 directory, and a peer of
+another uid is refused). Each hook process connects, passes Nix's pipes, its arguments,
+environment and parent's pid, and is served by ``offload.hook.serve`` exactly as it would be in
+its own process; when that ends, the pipes are closed and the exit code sent back. What the
+coordinator adds is what outlives one hook: the serve sessions to the builders
+(``offload.hook.links``), so an accept costs no ssh round trip and no remote ``nix-store``
+start, and the interpreter with offload imported, so a derivation costs a hook process start
+of a few tens of milliseconds, not half a second. Decisions still come from the shared files
+(slot locks, backoff, history), so hooks of other installations, Nix's own hook and
+``offload build`` runs are all seen.
+
+Writes to Nix's pipes never block the coordinator: each goes through an asyncio pipe transport
+that buffers, because Nix's single-threaded worker may be waiting for another hook's reply
+while this one's log pipe is full. A hook process that goes away (Nix kills it: its socket
+closes) has its build cancelled, which stops the remote process and removes partial outputs.
+After ``IDLE_SECONDS`` with no hook (``$OFFLOAD_HOOK_IDLE`` in the environment of the hook that
+started it overrides them), the coordinator closes its sessions and exits; SIGTERM
+does the same at once, cancelling builds under way. Its pid is in ``<state>/<socket>.pid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from offload.hook.handover import Channels, Hello, open_channels, receive_hello
+from offload.hook.home import sweep_leftovers
+from offload.hook.keep import Keep
+from offload.hook.serve import Hook, serve
+
+__all__ = ["IDLE_SECONDS", "IDLE_VARIABLE", "Coordinator", "main"]
+
+IDLE_SECONDS = 120.0  # as long as the ssh masters persist (offload.transport.shared)
+IDLE_VARIABLE = (
+    "OFFLOAD_HOOK_IDLE"  # seconds, to override it (the tests' coordinators idle out fast)
+)
+
+
+class Coordinator:
+    def __init__(self, state: Path, path: Path, idle: float = IDLE_SECONDS) -> None:
+        self.state = state
+        self.path = path
+        self.idle = idle
+        self.keep = Keep(state)
+        self._served: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._server: socket.socket | None = None
+        self._bound = 0  # the socket file's inode, once bound
+        # In the state directory even when the socket had to go elsewhere (a long path).
+        self.pid_file = state / f"{path.name}.pid"
+
+    async def run(self, ready_fd: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = self._listen()
+        self.pid_file.write_text(f"{os.getpid()}\n")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+        sweep_leftovers()
+        accepting = asyncio.create_task(self._accept(self._server))
+        self._arm_idle()
+        try:
+            await self._stop.wait()
+        finally:
+            self._close_server()
+            accepting.cancel()
+            for task in list(self._served):
+                task.cancel()
+            await asyncio.wait([accepting, *self._served])
+            await self.keep.aclose()
+            self.pid_file.unlink(missing_ok=True)
+
+    def _listen(self) -> socket.socket:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A socket left by a coordinator that died: the hook that started us holds the start
+        # lock, so no live coordinator owns this path.
+        self.path.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            server.bind(str(self.path))
+        finally:
+            os.umask(old)
+        self._bound = self.path.stat().st_ino
+        server.listen(64)
+        server.setblocking(False)
+        return server
+
+    def _close_server(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_ino == self._bound:  # not a successor's socket
+                self.path.unlink()
+        server.close()
+
+    async def _accept(self, server: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(server)
+            task = asyncio.create_task(self._connection(conn))
+            self._served.add(task)
+            self._disarm_idle()
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._served.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            sys.stderr.write(f"offload coordinator: a hook failed: {type(exc).__name__}: {exc}\n")
+        if not self._served:
+            self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        self._disarm_idle()
+        self._idle_timer = asyncio.get_running_loop().call_later(self.idle, self._idle_out)
+
+    def _disarm_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_out(self) -> None:
+        """Stop listening under the start lock, so a hook arriving now starts a new coordinator
+        rather than finding a socket nobody will answer."""
+        if self._served:
+            return
+        try:
+            lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:  # the state directory is gone: nobody can find us anyway
+            self._close_server()
+            self._stop.set()
+            return
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._arm_idle()  # a hook is starting one right now; look again later
+                return
+            self._close_server()
+        finally:
+            os.close(lock)
+        self._stop.set()
+
+    async def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            conn.setblocking(False)
+            hello = await receive_hello(conn)
+            if hello is None:
+                return
+            channels = await open_channels(hello.fds)
+            try:
+                await asyncio.get_running_loop().sock_sendall(conn, b"+")
+                code = await self._serve(conn, hello, channels)
+            finally:
+                await channels.aclose()
+            if code is not None:
+                await asyncio.get_running_loop().sock_sendall(conn, f"{code}\n".encode())
+
+    async def _serve(self, conn: socket.socket, hello: Hello, channels: Channels) -> int | None:
+        """The hook's exit code, or None if its process went away first."""
+        hook = Hook(channels.reader, channels.io, hello.argv, hello.env, hello.parent)
+        serving = asyncio.create_task(serve(hook, self.keep, guarded=False))
+        gone = asyncio.create_task(asyncio.get_running_loop().sock_recv(conn, 1))
+        await asyncio.wait([serving, gone], return_when=asyncio.FIRST_COMPLETED)
+        if not serving.done():
+            serving.cancel()  # stops the remote build, removes partial outputs, frees the slot
+            await asyncio.wait([serving])
+            return None
+        gone.cancel()
+        await asyncio.wait([gone])
+        return channels.result(serving)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        sys.stderr.write("usage: python -m offload.hook.coordinator STATE SOCKET READY_FD\n")
+        return 2
+    state, path, ready = Path(args[0]), Path(args[1]), int(args[2])
+    if sys.version_info < (3, 12):
+        # 3.11's default watches each child from a thread of its own; every build starts a few
+        # processes, and pidfds (which 3.12 uses by itself) cost the event loop nothing.
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+    idle = IDLE_SECONDS
+    with contextlib.suppress(ValueError):
+        idle = max(0.0, float(os.environ.get(IDLE_VARIABLE, IDLE_SECONDS)))
+    asyncio.run(Coordinator(state, path, idle).run(ready))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

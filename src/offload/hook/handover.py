@@ -1,0 +1,192 @@
+"""The coordinator's side of a hook's handover: its hello, and Nix's pipes made asyncio channels.
+
+A hook process (``offload.hook.client``) sends a 4-byte length with its pipes attached
+(``SCM_RIGHTS``: stdin, stderr and fd 4, those that are open), then that many bytes of
+``marshal`` (built in, so the hook process imports no ``json``):
+``argv``, ``env``, ``parent`` and ``fds`` (which of 0, 2 and 4 were sent, in order). Anything
+else, or a peer of another user, is dropped without a word: only the user's own hook talks here.
+
+The pipes become a ``StreamReader`` (stdin) and two buffering write transports (stderr, fd 4):
+a write never blocks the coordinator, however long Nix takes to read (its worker may be
+waiting for another hook's reply meanwhile). Closing them flushes what is buffered first, so
+Nix sees every line before the hook's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import marshal
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from typing_extensions import override
+
+from offload.errors import OffloadError
+from offload.hook.serve import error_line
+from offload.hook.wire import HookIO, Sink, fd_sink
+
+__all__ = ["Channels", "Hello", "open_channels", "receive_hello"]
+
+_MAX_HELLO = 4 << 20  # an environment is a few KiB; this is not one
+_MAX_FDS = 3
+
+
+@dataclass(frozen=True)
+class Hello:
+    argv: list[str]
+    env: dict[str, str]
+    parent: int
+    fds: dict[int, int]  # the hook's fd number -> ours
+
+
+async def _readable(conn: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+def _peer_is_us(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return bool(uid == os.getuid())
+
+
+def _parse(body: bytes, received: list[int]) -> Hello:
+    data = marshal.loads(body)  # noqa: S302 - from a process of our own uid (checked), not the net
+    names = data["fds"]
+    if not isinstance(names, list) or len(names) != len(received):
+        raise ValueError("fds do not match what was sent")
+    env = data["env"]
+    argv = data["argv"]
+    if not isinstance(env, dict) or not isinstance(argv, list):
+        raise ValueError("bad hello")  # noqa: TRY004 - one kind of refusal
+    return Hello(
+        [str(a) for a in argv],
+        {str(k): str(v) for k, v in env.items()},
+        int(data["parent"]),
+        dict(zip((int(n) for n in names), received, strict=True)),
+    )
+
+
+async def _body(conn: socket.socket, head: bytes) -> bytes:
+    if len(head) != 4:
+        raise ValueError("short hello")
+    (length,) = struct.unpack("!I", head)
+    if length > _MAX_HELLO:
+        raise ValueError("hello too long")
+    body = b""
+    while len(body) < length:
+        chunk = await asyncio.get_running_loop().sock_recv(conn, length - len(body))
+        if not chunk:
+            raise ValueError("hello cut short")
+        body += chunk
+    return body
+
+
+async def receive_hello(conn: socket.socket) -> Hello | None:
+    """The hook's hello with its pipes, or None (and nothing kept open) if it is not one."""
+    received: list[int] = []
+    try:
+        if not _peer_is_us(conn):
+            return None
+        await _readable(conn)
+        head, received, _, _ = socket.recv_fds(conn, 4, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        return _parse(await _body(conn, head), received)
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        for fd in received:
+            os.close(fd)
+        return None
+
+
+class _Closed(asyncio.BaseProtocol):
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @override
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def _writer(fd: int | None) -> tuple[Sink, Callable[[], Awaitable[None]]]:
+    """A non-blocking sink for ``fd`` and how to flush and close it."""
+    if fd is None:
+        return (lambda _data: None), _nothing
+    loop = asyncio.get_running_loop()
+    try:
+        transport, protocol = await loop.connect_write_pipe(_Closed, os.fdopen(fd, "wb", 0))
+    except ValueError:  # a regular file (tests, a hook run by hand): writes never block there
+        sink = fd_sink(fd, tolerant=True)
+
+        async def close_fd() -> None:
+            os.close(fd)
+
+        return sink, close_fd
+
+    def write(data: bytes) -> None:
+        if not transport.is_closing():
+            transport.write(data)
+
+    async def close() -> None:
+        transport.close()
+        await protocol.closed
+
+    return write, close
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Channels:
+    reader: asyncio.StreamReader
+    io: HookIO
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for close in self.closers:
+            await close()
+
+    def result(self, serving: asyncio.Task[int]) -> int:
+        """The served hook's exit code; a failure is said on its stderr, as the hook would."""
+        exc = serving.exception()
+        if exc is None:
+            return serving.result()
+        if isinstance(exc, OffloadError):
+            self.io.err(error_line(exc, "stopping"))
+        else:
+            self.io.err(f"offload-hook: internal error: {type(exc).__name__}: {exc}\n".encode())
+        return 1
+
+
+async def open_channels(fds: dict[int, int]) -> Channels:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if 0 in fds:
+        stdin, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fds[0], "rb", 0)
+        )
+
+        async def close_stdin() -> None:
+            stdin.close()
+
+        closers.append(close_stdin)
+    else:
+        reader.feed_eof()
+    err, close_err = await _writer(fds.get(2))
+    log, close_log = await _writer(fds.get(4))
+    return Channels(reader, HookIO(err, log), [*closers, close_log, close_err])

@@ -1,0 +1,55 @@
+"""What outlives one hook: sessions to the builders and to the local store, and the history.
+
+The coordinator keeps one ``Keep`` for every hook it serves; a hook served in its own process
+keeps one for itself. Each thing in it costs something to open that a derivation should not pay
+every time: a serve session on a builder (an ssh round trip and a remote ``nix-store`` start,
+``offload.hook.links``), a local ``nix-store --serve`` to read inputs from (a process start),
+and the history database (a connection and its schema check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from offload.history.db import History
+from offload.hook.links import BuilderLinks
+from offload.protocol.serve import ServeClient
+from offload.transport.links import LocalLink
+
+__all__ = ["Keep"]
+
+# Local sessions lent at once: each accepted build reads its inputs through one.
+_LOCAL_SESSIONS = 8
+
+
+class Keep:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.links = BuilderLinks(state)
+        self._local: LocalLink | None = None
+        self._history: History | None = None
+
+    def history(self) -> History:
+        """The state directory's history database, opened on first use (``StoreError``)."""
+        if self._history is None:
+            self._history = History(self.state / "history.sqlite")
+        return self._history
+
+    @contextlib.asynccontextmanager
+    async def local(self, env: Mapping[str, str]) -> AsyncIterator[ServeClient]:
+        """A session on the local store (the first hook's environment opens it)."""
+        if self._local is None:
+            self._local = LocalLink(max_sessions=_LOCAL_SESSIONS, env=env)
+        async with self._local.session() as client:
+            yield client
+
+    async def aclose(self) -> None:
+        try:
+            await self.links.aclose()
+            if self._local is not None:
+                await self._local.aclose()
+        finally:
+            if self._history is not None:
+                self._history.close()

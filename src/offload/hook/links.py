@@ -1,0 +1,105 @@
+"""Serve sessions to the builders, kept open from one accepted build to the next.
+
+A hook that accepts a derivation needs a handshaken ``nix-store --serve --write`` session on the
+builder before it says ``# accept``. Opening one costs an ssh round trip over the shared master
+and a remote ``nix-store`` start (about 0.1 s on loopback, far more to a real builder), and Nix
+waits for every reply before it does anything else. So a ``BuilderLinks`` keeps one ``Link`` per
+builder for as long as its process lives: in the coordinator (``offload.hook.coordinator``) that
+is across every hook and every Nix process of the user, and a session that finished a build
+is lent to the next one. A session lent again is first asked a no-op question, so a session
+whose builder went away since is replaced before the accept, not found dead after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from offload.config.machines import Machine
+from offload.errors import OffloadError, SshError, TransportError
+from offload.protocol.serve import ServeClient
+from offload.transport.links import Link
+from offload.transport.shared import SharedSshTransport, control_dir
+from offload.transport.ssh import ssh_target
+
+__all__ = ["HOOK_CONNECT_TIMEOUT", "BuilderLinks", "Session", "Unreachable"]
+
+# A builder that does not answer within this is taken for down (nix#1712: Nix waits minutes).
+HOOK_CONNECT_TIMEOUT = 5
+
+
+class Unreachable(Exception):
+    """No working session could be had on the builder: back it off and decide again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Stale(Unreachable):
+    pass
+
+
+@dataclass(frozen=True)
+class Session:
+    client: ServeClient
+    transport: SharedSshTransport
+    remote_pid: int | None  # the serve process on the builder, as its start line said
+
+
+class BuilderLinks:
+    """One ``Link`` per builder (and per ssh identity), opened on first use; see the module."""
+
+    def __init__(self, state: Path) -> None:
+        self._state = state
+        self._links: dict[tuple[object, ...], tuple[SharedSshTransport, Link]] = {}
+
+    def _link(self, machine: Machine, env: Mapping[str, str]) -> tuple[SharedSshTransport, Link]:
+        params = tuple(sorted(machine.params.items()))
+        # The ssh agent and NIX_SSHOPTS come from the client's environment: a second user's (or
+        # a changed) environment gets sessions of its own.
+        key = (machine.name, machine.uri, params, env.get("SSH_AUTH_SOCK"), env.get("NIX_SSHOPTS"))
+        if key not in self._links:
+            transport = SharedSshTransport(
+                ssh_target(machine),
+                name=machine.name,
+                directory=control_dir(self._state),
+                params=machine.params,
+                env=env,
+                connect_timeout=HOOK_CONNECT_TIMEOUT,
+            )
+            self._links[key] = (transport, Link(transport, max_sessions=machine.max_jobs + 1))
+        return self._links[key]
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, machine: Machine, env: Mapping[str, str], on_log: Callable[[str], None]
+    ) -> AsyncIterator[Session]:
+        """A session known to answer, or ``Unreachable``; the body's log lines go to ``on_log``."""
+        transport, link = self._link(machine, env)
+        for attempt in (1, 2):
+            lent = False
+            try:
+                async with link.session(on_log) as client:
+                    try:
+                        await client.query_valid_paths([])
+                    except OffloadError as exc:
+                        raise _Stale(exc.message) from exc  # the link discards the session
+                    lent = True
+                    yield Session(client, transport, link.remote_pid(client))
+            except _Stale as exc:
+                if attempt == 2:
+                    raise Unreachable(exc.reason) from exc
+            except (SshError, TransportError) as exc:
+                if lent:
+                    raise
+                raise Unreachable(exc.message) from exc
+            else:
+                return
+
+    async def aclose(self) -> None:
+        links, self._links = list(self._links.values()), {}
+        for _, link in links:
+            await link.aclose()

@@ -1,0 +1,141 @@
+"""One hook served from start to end: the settings preamble, then ``try`` after ``try``.
+
+``serve`` is the same whether the hook runs in the coordinator (``offload.hook.coordinator``,
+the usual way: the hook process hands its pipes over) or in the hook process itself
+(``in_process``: when no coordinator can be had). Either way the hook never leaves Nix without
+an answer: a problem with the configuration is said once and every request declined (Nix builds
+locally, as it would without a hook); a problem with one builder backs it off and the request
+is decided again without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import sys
+from collections.abc import Mapping
+from types import FrameType
+
+from offload.errors import OffloadError
+from offload.hook.context import HookContext, load_context
+from offload.hook.keep import Keep
+from offload.hook.run import answer
+from offload.hook.wire import (
+    HookIO,
+    Reply,
+    read_request,
+    read_settings,
+    verbosity,
+    write_reply,
+)
+from offload.paths import hook_state_dir
+from offload.protocol.wire import ByteReader
+
+__all__ = ["Hook", "error_line", "in_process", "serve"]
+
+
+class Hook:
+    """What one hook process brings: its pipes to Nix, arguments, environment and parent."""
+
+    def __init__(
+        self, reader: ByteReader, io: HookIO, argv: list[str], env: Mapping[str, str], parent: int
+    ) -> None:
+        self.reader = reader
+        self.io = io
+        self.level = verbosity(argv)
+        self.env = dict(env)
+        self.parent = parent
+
+    def error(self, exc: OffloadError, what: str) -> None:
+        self.io.err(error_line(exc, what))
+
+
+def error_line(exc: OffloadError, what: str) -> bytes:
+    hint = f" (hint: {exc.hint})" if exc.hint else ""
+    return f"offload-hook: error: {exc.message}{hint}; {what}\n".encode(errors="replace")
+
+
+def _context(hook: Hook, preamble: Mapping[str, str], keep: Keep) -> HookContext:
+    state = hook_state_dir(hook.env)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return load_context(
+        preamble,
+        state=state,
+        verbosity=hook.level,
+        env=hook.env,
+        io=hook.io,
+        parent=hook.parent,
+        keep=keep,
+    )
+
+
+async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
+    """Answer ``hook``'s requests; its exit code (that of the build it accepted, else 0)."""
+    preamble = await read_settings(hook.reader)
+    context: HookContext | None = None
+    problem: OffloadError | None = None
+    try:
+        context = _context(hook, preamble, keep)
+    except OffloadError as exc:
+        problem = exc
+    if context is not None:
+        for note in context.notes:
+            context.say_once(note)
+    while (request := await read_request(hook.reader)) is not None:
+        if context is None:
+            assert problem is not None
+            hook.error(problem, "building locally")
+            write_reply(hook.io, Reply.DECLINE_PERMANENTLY)
+            continue
+        try:
+            code = await answer(context, hook.reader, request, guarded=guarded)
+        except OffloadError as exc:
+            hook.error(exc, f"{request.drv_path} is left to Nix")
+            write_reply(hook.io, Reply.DECLINE)
+            continue
+        if code is not None:
+            return code
+    return 0
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    # Slot locks go with the process; the guard (if a build was under way) cleans up the rest.
+    os._exit(128 + signum)
+
+
+async def _serve_here() -> int:
+    reader = asyncio.StreamReader(limit=1 << 20)
+    loop = asyncio.get_running_loop()
+    if not sys.stdin.isatty() and _not_pollable(0):
+        # A file (or /dev/null) given by hand: epoll refuses those, and they end.
+        reader.feed_data(sys.stdin.buffer.read())
+        reader.feed_eof()
+    else:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    hook = Hook(reader, HookIO.of_fds(), sys.argv, os.environ, os.getppid())
+    keep = Keep(hook_state_dir(hook.env))
+    try:
+        return await serve(hook, keep, guarded=True)
+    finally:
+        await keep.aclose()
+
+
+def _not_pollable(fd: int) -> bool:
+    mode = os.fstat(fd).st_mode
+    return not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode))
+
+
+def in_process() -> int:
+    """Serve the hook in this process (no coordinator): Nix's pipes are our own stdio."""
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    try:
+        return asyncio.run(_serve_here())
+    except OffloadError as exc:
+        sys.stderr.buffer.write(error_line(exc, "stopping"))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - Nix shows our stderr; a traceback helps no one
+        sys.stderr.write(f"offload-hook: internal error: {type(exc).__name__}: {exc}\n")
+        return 1

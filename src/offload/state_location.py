@@ -1,0 +1,38 @@
+"""Where offload's state lives, as plain strings (``offload.paths`` gives the same as ``Path``s).
+
+The one place the rules are written: ``$OFFLOAD_STATE_DIR`` wins; otherwise
+``$XDG_STATE_HOME/offload`` or ``~/.local/state/offload``. The hook run by the nix-daemon has
+no home of a user: as root without ``$HOME`` (or with ``/``, Nix's ``/homeless-shelter`` or
+``/var/empty``) its state is ``/var/lib/offload``. Strings, because ``offload-hook`` starts
+once per derivation Nix builds remotely and cannot afford to import ``pathlib``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+__all__ = ["SYSTEM_STATE", "hook_state", "user_state"]
+
+# The hook's state when the nix-daemon runs it (as root, with the daemon's bare environment).
+SYSTEM_STATE = "/var/lib/offload"
+_HOMELESS = frozenset({"", "/", "/homeless-shelter", "/var/empty"})
+
+
+def user_state(env: Mapping[str, str] | None = None, home: str | None = None) -> str:
+    env = os.environ if env is None else env
+    if env.get("OFFLOAD_STATE_DIR"):
+        return env["OFFLOAD_STATE_DIR"]
+    if env.get("XDG_STATE_HOME"):
+        return os.path.join(env["XDG_STATE_HOME"], "offload")  # noqa: PTH118 - no pathlib here
+    base = home or os.path.expanduser("~")  # noqa: PTH111 - no pathlib here
+    return os.path.join(base, ".local", "state", "offload")  # noqa: PTH118 - no pathlib here
+
+
+def hook_state(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    if env.get("OFFLOAD_STATE_DIR") or env.get("XDG_STATE_HOME"):
+        return user_state(env)
+    if os.geteuid() == 0 and env.get("HOME", "") in _HOMELESS:
+        return SYSTEM_STATE
+    return user_state(env)

@@ -1,0 +1,105 @@
+"""A hook's handover to the coordinator, over a real Unix socket pair and real pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.hook.client import send_hello, socket_path
+from offload.hook.handover import Hello, open_channels, receive_hello
+
+
+def _open_fds() -> set[str]:
+    return {entry.name for entry in Path("/proc/self/fd").iterdir()}
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    hook, coordinator = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    coordinator.setblocking(False)
+    with hook, coordinator:
+        yield hook, coordinator
+
+
+async def _receive(sock: socket.socket) -> Hello | None:
+    return await receive_hello(sock)
+
+
+def test_the_hello_carries_the_pipes_and_the_context(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    hook, coordinator = pair
+    stdin_r, stdin_w = os.pipe()
+    err_r, err_w = os.pipe()
+    send_hello(hook, {0: stdin_r, 2: err_w}, ["offload-hook", "4"], {"HOME": "/h"}, 4242)
+    hello = asyncio.run(_receive(coordinator))
+    assert hello is not None
+    assert (hello.argv, hello.env, hello.parent) == (["offload-hook", "4"], {"HOME": "/h"}, 4242)
+    assert set(hello.fds) == {0, 2}
+    # They are the same pipes: what goes into one end comes out of the other.
+    os.write(stdin_w, b"settings")
+    assert os.read(hello.fds[0], 8) == b"settings"
+    os.write(hello.fds[2], b"# decline\n")
+    assert os.read(err_r, 10) == b"# decline\n"
+    for fd in (stdin_r, stdin_w, err_r, err_w, *hello.fds.values()):
+        os.close(fd)
+
+
+def test_a_hello_that_is_not_one_is_dropped_with_its_descriptors(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    hook, coordinator = pair
+    r, w = os.pipe()
+    before = _open_fds()
+    rights = r.to_bytes(4, "little")
+    hook.sendmsg([(10).to_bytes(4, "big")], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+    hook.sendall(b"not marsh!")
+    assert asyncio.run(_receive(coordinator)) is None
+    assert _open_fds() == before  # the descriptor that came with it was closed
+    os.close(r)
+    os.close(w)
+
+
+def test_a_hello_cut_short_is_dropped(pair: tuple[socket.socket, socket.socket]) -> None:
+    hook, coordinator = pair
+    hook.sendall((1 << 20).to_bytes(4, "big") + b"abc")
+    hook.shutdown(socket.SHUT_WR)
+    assert asyncio.run(_receive(coordinator)) is None
+
+
+def test_channels_flush_every_line_before_they_close() -> None:
+    stdin_r, stdin_w = os.pipe()
+    err_r, err_w = os.pipe()
+    log_r, log_w = os.pipe()
+
+    async def go() -> bytes:
+        channels = await open_channels({0: stdin_r, 2: err_w, 4: log_w})
+        os.write(stdin_w, b"try")
+        os.close(stdin_w)
+        data = await channels.reader.read()
+        for _ in range(100):
+            channels.io.err(b"@nix {}\n")
+        channels.io.log(b"a log line\n")
+        await channels.aclose()
+        return data
+
+    assert asyncio.run(go()) == b"try"
+    with os.fdopen(err_r, "rb") as err, os.fdopen(log_r, "rb") as log:
+        assert err.read() == b"@nix {}\n" * 100  # EOF: every copy of the write end is closed
+        assert log.read() == b"a log line\n"
+
+
+def test_a_long_state_directory_moves_the_socket_to_a_private_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert socket_path("/var/lib/offload").startswith("/var/lib/offload/hook-")
+    long = Path(socket_path("/" + "x" * 120))
+    assert len(bytes(long)) < 108
+    assert long.parent == tmp_path / f"offload-hook-{os.getuid()}"
+    assert long.parent.stat().st_mode & 0o777 == 0o700
