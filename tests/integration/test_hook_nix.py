@@ -189,13 +189,19 @@ def all_slots_held(hook_fleet: Fleet) -> Iterator[list[int]]:
             os.close(fd)
 
 
-def test_every_slot_busy_postpones_then_builds(
-    hook_fleet: Fleet, tmp_path: Path, all_slots_held: list[int]
+@pytest.mark.parametrize(
+    ("coordinator", "said"),
+    # The coordinator accepts and waits for a slot; a hook on its own can only postpone.
+    [("1", "frees first"), ("0", "postpone")],
+    ids=["coordinator-waits", "in-process-postpones"],
+)
+def test_every_slot_busy_waits_then_builds(
+    hook_fleet: Fleet, tmp_path: Path, all_slots_held: list[int], coordinator: str, said: str
 ) -> None:
     file = nix_file(tmp_path, leaves(1))
     proc = start(
         nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0", "-v"),
-        env=hook_env(hook_fleet, tmp_path),
+        env={**hook_env(hook_fleet, tmp_path), "OFFLOAD_HOOK_COORDINATOR": coordinator},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -204,7 +210,8 @@ def test_every_slot_busy_postpones_then_builds(
     reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
     reader.start()
     try:
-        wait_for(lambda: any("postpone" in line for line in seen), 60, "a postponed request")
+        wait_for(lambda: any(said in line for line in seen), 60, f"{said!r} in {seen}")
+        assert proc.poll() is None, "built while every slot was held"
         for fd in all_slots_held:
             fcntl.flock(fd, fcntl.LOCK_UN)
         out, _ = proc.communicate(timeout=120)

@@ -32,6 +32,7 @@ from bench.report import (
     walls,
     write_report,
 )
+from bench.report_hook import hook_rows, hook_section
 
 
 def _run(tool: str, rep: int, wall: float, status: str = "ok", **extra: Any) -> dict[str, Any]:
@@ -434,3 +435,36 @@ def test_a_build_counts_only_if_every_output_was_printed_and_arrived():
     )
     assert _status(done(1), printed, 2, 2) == ("failed", "exit 1: error: boom")
     assert _status(done(None), printed, 2, 2) == ("timeout", "stopped after 1 s")
+
+
+def test_the_hook_rows_hold_offload_hook_to_its_own_targets() -> None:
+    graph = {
+        "shape": "wide",
+        "nodes": 60,
+        "runs": [
+            _run("nix", 0, 40.0),
+            _run("hook", 0, 20.0),
+            _run("nix", 1, 30.0),
+            _run("hook", 1, 25.0),
+        ],
+    }
+    overhead = {
+        "derivations": 100,
+        "runs": [_run("nix", 0, 36.0), _run("hook", 0, 9.0, status="failed")],
+    }
+    rows = hook_rows({"graphs": [graph], "overhead": overhead})
+    assert [row.label for row in rows] == ["wide (60 nodes)", "100 trivial derivations remote-only"]
+    wide, trivial = rows
+    assert wide.speedup is not None
+    assert (wide.speedup.low, wide.speedup.high) == (1.2, 2.0)
+    assert wide.meets  # median 1.6 >= 1.3
+    assert not trivial.meets
+    assert "failed in 1 of 1" in trivial.verdict
+    text = "\n".join(hook_section(rows))
+    assert "| wide (60 nodes) | 35.0 (30.0-40.0) | 22.5 (20.0-25.0) |" in text
+
+
+def test_results_without_hook_runs_have_no_hook_rows() -> None:
+    graph = {"shape": "chain", "nodes": 40, "runs": [_run("nix", 0, 1.0), _run("offload", 0, 1.0)]}
+    assert hook_rows({"graphs": [graph]}) == []
+    assert hook_section([]) == []

@@ -50,7 +50,7 @@ class Coordinator:
         self.state = state
         self.path = path
         self.idle = idle
-        self.keep = Keep(state)
+        self.keep = Keep(state, queue=True)
         self._served: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None

@@ -20,9 +20,12 @@ The answer:
   time that its slot is free; so the hook counts what it has declined to this Nix process
   (``offload.hook.local_queue``) and a local slot frees only after those are expected done;
 - a builder with a free slot finishes first -> ``accept`` it;
-- a busy builder finishes first even though Nix asks about a postponed derivation again only
-  after its poll interval (``build-poll-interval``, 5 s: Nix 2.8 does not wake it sooner), or
-  nothing else can build it now -> ``postpone``;
+- a busy builder finishes first -> ``accept`` it in the coordinator, which waits for the slot
+  after accepting (``offload.hook.dispatch``; derivations already waiting count as work queued
+  there, ``place_queued``); a hook in its own process cannot wait so, and ``postpone``s instead
+  when the busy builder still finishes first although Nix asks about a postponed derivation
+  again only after its poll interval (``build-poll-interval``, 5 s: Nix 2.8 does not wake it
+  sooner), or when nothing else can build it now;
 - no builder could ever take it -> ``decline`` (Nix builds it locally or says why it cannot),
   or ``decline-permanently`` when there are no builders at all, as build-remote does.
 """
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from offload.hook.wire import Reply, TryRequest
 from offload.scheduler.policy import MachineSlotSpec, can_build
 
-__all__ = ["Builder", "Choice", "LocalOffer", "choose"]
+__all__ = ["Builder", "Choice", "LocalOffer", "choose", "place_queued"]
 
 # Copying the inputs and outputs and opening a session over a warm connection: a few round
 # trips on each side (docs/BENCHMARKS.md measures about 0.1-0.3 s on loopback).
@@ -63,6 +66,7 @@ class Choice:
     machine: str | None = None
     expected_end: float | None = None  # wall clock: of the build where it was placed
     reason: str = ""
+    waits: bool = False  # accepted for a builder whose slots are all busy: wait after accepting
 
 
 def _start(builder: Builder, now: float, default_end: float) -> float:
@@ -81,8 +85,14 @@ def choose(
     now: float,
     poll_interval: float = 5.0,
     default_work: float = 10.0,
+    queue: bool = False,
 ) -> Choice:
-    """The reply to ``request``; ``work`` is its expected duration on a machine of speed 1."""
+    """The reply to ``request``; ``work`` is its expected duration on a machine of speed 1.
+
+    ``queue``: the caller can accept now and wait for a busy builder's slot afterwards (the
+    coordinator can; a lone hook process cannot), so a busy builder is accepted rather than
+    the derivation postponed, and Nix's poll interval does not delay it.
+    """
     if not builders:
         return Choice(Reply.DECLINE_PERMANENTLY, reason="no builders are configured")
     fitting = [b for b in builders if can_build(b.spec, request.system, request.features)]
@@ -96,7 +106,7 @@ def choose(
     for builder in up:
         default_end = now + default_work / builder.spec.speed
         start = _start(builder, now, default_end)
-        if builder.free == 0:
+        if builder.free == 0 and not queue:
             # Nix asks about a postponed derivation again only after its poll interval.
             start = max(start, now + poll_interval)
         end = start + REMOTE_OVERHEAD + work / builder.spec.speed
@@ -113,6 +123,9 @@ def choose(
         return Choice(Reply.DECLINE, expected_end=local_end, reason=reason)
     if best_free is not None and best_free[1] is best[1]:
         return Choice(Reply.ACCEPT, best[1].spec.name, best[0], "expected to finish first")
+    if queue:
+        name = best[1].spec.name
+        return Choice(Reply.ACCEPT, name, best[0], f"a slot on {name} frees first", waits=True)
     options = [end for end in (local_end, best_free and best_free[0]) if end is not None]
     if not options or best[0] < min(options):
         return Choice(Reply.POSTPONE, reason=f"waiting for a slot on {best[1].spec.name}")
@@ -121,3 +134,40 @@ def choose(
         return Choice(Reply.ACCEPT, name, best_free[0], "the fastest free builder")
     reason = "the local machine is the fastest free one"
     return Choice(Reply.DECLINE, expected_end=local_end, reason=reason)
+
+
+def place_queued(
+    builders: Sequence[Builder],
+    works: Sequence[float],
+    now: float,
+    default_work: float = 10.0,
+) -> list[Builder]:
+    """``builders`` as they will be once the derivations accepted and still waiting (their
+    ``works``, longest first, as the coordinator starts them) are placed where each finishes
+    first: a slot they take is busy until then."""
+    up = [b for b in builders if b.down_until is None or b.down_until <= now]
+    # Per builder: its free slots (None) and its busy ones' expected ends (overdue: now).
+    slots: dict[int, list[float | None]] = {
+        id(b): [None] * b.free
+        + [now + default_work / b.spec.speed if e is None else max(e, now) for e in b.busy_ends]
+        for b in up
+    }
+    for work in sorted(works, reverse=True):
+        options = [
+            ((now if end is None else end) + REMOTE_OVERHEAD + work / b.spec.speed, b, i)
+            for b in up
+            for i, end in enumerate(slots[id(b)])
+        ]
+        if not options:
+            break
+        end, chosen, i = min(options, key=lambda option: option[0])
+        slots[id(chosen)][i] = end
+    placed = []
+    for b in builders:
+        ends = slots.get(id(b))
+        if ends is None:
+            placed.append(b)
+            continue
+        busy = tuple(end for end in ends if end is not None)
+        placed.append(Builder(b.spec, len(ends) - len(busy), busy, b.down_until))
+    return placed

@@ -1,10 +1,12 @@
 """What outlives one hook: sessions to the builders and to the local store, and the history.
 
-The coordinator keeps one ``Keep`` for every hook it serves; a hook served in its own process
-keeps one for itself. Each thing in it costs something to open that a derivation should not pay
-every time: a serve session on a builder (an ssh round trip and a remote ``nix-store`` start,
-``offload.hook.links``), a local ``nix-store --serve`` to read inputs from (a process start),
-and the history database (a connection and its schema check).
+The coordinator keeps one ``Keep`` for every hook it serves, with the dispatch where accepted
+derivations wait for a builder slot (``offload.hook.dispatch``); a hook served in its own
+process keeps one for itself, without a dispatch. Each thing in it costs something to open
+that a derivation should not pay every time: a serve session on a builder (an ssh round trip
+and a remote ``nix-store`` start, ``offload.hook.links``), a local ``nix-store --serve`` to
+read inputs from (a process start), and the history database (a connection and its schema
+check).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from offload.history.db import History
+from offload.hook.dispatch import Dispatch
 from offload.hook.links import BuilderLinks
 from offload.protocol.serve import ServeClient
 from offload.transport.links import LocalLink
@@ -25,9 +28,11 @@ _LOCAL_SESSIONS = 8
 
 
 class Keep:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, *, queue: bool = False) -> None:
         self.state = state
         self.links = BuilderLinks(state)
+        # Accepted derivations waiting for a slot: only a coordinator can keep them (``queue``).
+        self.dispatch = Dispatch() if queue else None
         self._local: LocalLink | None = None
         self._history: History | None = None
 
@@ -45,8 +50,15 @@ class Keep:
         async with self._local.session() as client:
             yield client
 
+    def released(self) -> None:
+        """One of our builds gave its slot back: waiting derivations may take it."""
+        if self.dispatch is not None:
+            self.dispatch.notify()
+
     async def aclose(self) -> None:
         try:
+            if self.dispatch is not None:
+                await self.dispatch.aclose()
             await self.links.aclose()
             if self._local is not None:
                 await self._local.aclose()

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.history.records import BuildRecord
 from offload.hook.context import HookContext, poll_interval
-from offload.hook.decide import Choice, choose
+from offload.hook.decide import Choice, LocalOffer, choose, place_queued
+from offload.hook.dispatch import Placement
 from offload.hook.guard import Guard
 from offload.hook.links import Unreachable
 from offload.hook.remote import Outcome, build_remote, error_message, log_writer
@@ -39,16 +40,40 @@ __all__ = ["answer"]
 _MAX_ATTEMPTS = 8
 
 
-def _decide(context: HookContext, request: TryRequest, excluded: set[str]) -> Choice:
+def _decide(context: HookContext, request: TryRequest, work: float, excluded: set[str]) -> Choice:
     now = time.time()
+    builders = context.builders(now, excluded)
+    dispatch = context.keep.dispatch
+    if dispatch is not None:
+        builders = place_queued(builders, dispatch.queued(), now)
     return choose(
         request,
-        context.builders(now, excluded),
+        builders,
         context.local_offer(request, now),
-        work=context.work(request),
+        work=work,
         now=now,
         poll_interval=poll_interval(context.settings),
+        queue=dispatch is not None,
     )
+
+
+def _pick(
+    context: HookContext, request: TryRequest, work: float, excluded: set[str]
+) -> Placement | None:
+    """For an accepted derivation waiting in the dispatch: the slot to take now, if any."""
+    now = time.time()
+    unable = LocalOffer(1.0, can_build=False)  # accepted: Nix will not build it here
+    choice = choose(
+        request, context.builders(now, excluded), unable, work=work, now=now, queue=True
+    )
+    if choice.reply is Reply.DECLINE:
+        raise OffloadError(f"no builder is left to build {request.drv_path} ({choice.reason})")
+    if choice.reply is not Reply.ACCEPT or choice.waits:
+        return None
+    machine = context.machine(str(choice.machine))
+    until = choice.expected_end
+    fd = context.slots.try_acquire(slot_key(machine.uri), machine.max_jobs, until=until)
+    return None if fd is None else Placement(machine.name, fd, until or now)
 
 
 @contextlib.asynccontextmanager
@@ -63,6 +88,7 @@ async def _slot(context: HookContext, choice: Choice) -> AsyncIterator[bool]:
     finally:
         if fd is not None:
             os.close(fd)
+            context.keep.released()
 
 
 async def answer(
@@ -78,8 +104,9 @@ async def answer(
     itself), so a guard must be ready to clean up after it.
     """
     excluded: set[str] = set()
+    work = context.work(request)
     for _ in range(_MAX_ATTEMPTS):
-        choice = _decide(context, request, excluded)
+        choice = _decide(context, request, work, excluded)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
         if choice.reply is not Reply.ACCEPT:
             if choice.reply is Reply.DECLINE and choice.expected_end is not None:
@@ -87,6 +114,8 @@ async def answer(
             write_reply(context.io, choice.reply)
             return None
         name = str(choice.machine)
+        if choice.waits:
+            return await _accept_and_wait(context, reader, request, name, work)
         async with _slot(context, choice) as held:
             if not held:
                 continue  # another process took the slot since the probe: decide again
@@ -126,6 +155,38 @@ async def _accept(
         return 1
     _record(context, request, name, outcome)
     return outcome.exit_code
+
+
+async def _accept_and_wait(
+    context: HookContext, reader: ByteReader, request: TryRequest, name: str, work: float
+) -> int:
+    """Accept for a busy builder, then wait in the dispatch for the slot worth taking; a builder
+    that fails to open a session is backed off and the derivation waits for another."""
+    dispatch = context.keep.dispatch
+    assert dispatch is not None
+    write_reply(context.io, Reply.ACCEPT, context.machine(name).uri)
+    accepted = await read_accepted(reader)
+    excluded: set[str] = set()
+    while True:
+        placement = await dispatch.take(work, lambda: _pick(context, request, work, excluded))
+        machine = context.machine(placement.machine)
+        try:
+            async with context.keep.links.session(
+                machine, context.env, log_writer(context.io)
+            ) as session:
+                context.machine_ok(machine.name)
+                outcome = await _build(context, session.client, request, accepted, machine.name)
+        except Unreachable as exc:
+            context.machine_failed(machine.name, exc.reason)
+            excluded.add(machine.name)
+            continue
+        finally:
+            os.close(placement.fd)
+            context.keep.released()
+        if outcome is None:
+            return 1
+        _record(context, request, machine.name, outcome)
+        return outcome.exit_code
 
 
 async def _build(

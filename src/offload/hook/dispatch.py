@@ -1,0 +1,94 @@
+"""Accepted derivations waiting for a builder slot, in the coordinator.
+
+A hook on its own can only ``postpone`` a derivation whose best builder is busy, and Nix 2.8
+asks about it again only after its poll interval (5 s), however soon the slot frees. The
+coordinator instead accepts it (Nix does not care how long a hook takes after accepting, nor on
+which machine it really builds) and keeps it here until a slot is worth taking. Each waiter
+brings a ``pick``: given the builders now, the slot it should take now (held, with its expected
+end written in), or None to keep waiting because a busy builder still finishes it sooner. The
+dispatcher asks waiters longest work first, so when a fast slot frees the derivation that gains
+most from it takes it; it asks again whenever one of our builds ends (``notify``) and at least
+every ``TICK`` seconds, for slots freed by other processes and expected ends that have passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["TICK", "Dispatch", "Placement"]
+
+TICK = 0.25
+
+
+@dataclass(frozen=True)
+class Placement:
+    machine: str
+    fd: int  # the held slot lock: closing it frees the slot
+    expected_end: float
+
+
+@dataclass(eq=False)
+class _Waiter:
+    work: float
+    pick: Callable[[], Placement | None]
+    placed: asyncio.Future[Placement] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Dispatch:
+    def __init__(self, tick: float = TICK) -> None:
+        self.tick = tick
+        self._waiters: list[_Waiter] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def queued(self) -> list[float]:
+        """The works of the derivations waiting: the coordinator's own queue on the builders."""
+        return [w.work for w in self._waiters if not w.placed.done()]
+
+    def notify(self) -> None:
+        """A slot may have freed (one of our builds ended): look again now."""
+        self._wake.set()
+
+    async def take(self, work: float, pick: Callable[[], Placement | None]) -> Placement:
+        """Wait until ``pick`` places the derivation; its slot is then the caller's to free."""
+        waiter = _Waiter(work, pick)
+        self._waiters.append(waiter)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="dispatch")
+        self.notify()
+        try:
+            return await waiter.placed
+        except asyncio.CancelledError:
+            if waiter.placed.done() and not waiter.placed.cancelled():
+                os.close(waiter.placed.result().fd)  # placed as we were cancelled: free it
+            raise
+        finally:
+            self._waiters.remove(waiter)
+
+    async def _run(self) -> None:
+        while any(not w.placed.done() for w in self._waiters):
+            self._wake.clear()
+            for waiter in sorted(self._waiters, key=lambda w: -w.work):
+                if waiter.placed.done():
+                    continue
+                try:
+                    placement = waiter.pick()
+                except Exception as exc:  # noqa: BLE001 - the waiter's own failure, given to it
+                    waiter.placed.set_exception(exc)
+                    continue
+                if placement is not None:
+                    waiter.placed.set_result(placement)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])

@@ -1,0 +1,79 @@
+"""The coordinator's dispatch: accepted derivations waiting for a builder slot."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from offload.hook.dispatch import Dispatch, Placement
+
+
+def _slot_fd() -> int:
+    return os.open(os.devnull, os.O_RDONLY)
+
+
+def test_the_longest_waiting_derivation_takes_a_freed_slot_first() -> None:
+    async def go() -> list[str]:
+        dispatch = Dispatch(tick=60)  # only notify() wakes it: no timing in this test
+        free = {"slots": 0}
+        order: list[str] = []
+
+        def pick(name: str) -> Placement | None:
+            if free["slots"] == 0:
+                return None
+            free["slots"] -= 1
+            order.append(name)
+            return Placement("b", _slot_fd(), 0.0)
+
+        async def wait(name: str, work: float) -> None:
+            placement = await dispatch.take(work, lambda: pick(name))
+            os.close(placement.fd)
+
+        short = asyncio.create_task(wait("short", 1.0))
+        long = asyncio.create_task(wait("long", 50.0))
+        while len(dispatch.queued()) < 2:
+            await asyncio.sleep(0)
+        assert sorted(dispatch.queued()) == [1.0, 50.0]
+        free["slots"] = 1
+        dispatch.notify()
+        await long
+        assert not short.done()
+        free["slots"] = 1
+        dispatch.notify()
+        await short
+        await dispatch.aclose()
+        return order
+
+    assert asyncio.run(go()) == ["long", "short"]
+
+
+def test_a_failing_pick_fails_only_its_own_waiter() -> None:
+    async def go() -> str:
+        dispatch = Dispatch(tick=60)
+
+        def broken() -> Placement | None:
+            raise RuntimeError("no builder left")
+
+        try:
+            await dispatch.take(1.0, broken)
+        except RuntimeError as exc:
+            return str(exc)
+        finally:
+            await dispatch.aclose()
+        return "placed"
+
+    assert asyncio.run(go()) == "no builder left"
+
+
+def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    async def go() -> list[float]:
+        dispatch = Dispatch(tick=60)
+        waiter = asyncio.create_task(dispatch.take(3.0, lambda: None))
+        while not dispatch.queued():
+            await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.wait([waiter])
+        await dispatch.aclose()
+        return dispatch.queued()
+
+    assert asyncio.run(go()) == []
