@@ -28,6 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.report_hook import hook_rows, hook_section, hook_target_lines
+from bench.stats import Run, Spread, paired_ratios, spread, walls
+from bench.stats import count_ok as _count
+from bench.stats import text as _text
+
 __all__ = [
     "TARGETS",
     "CopySummary",
@@ -66,59 +71,6 @@ class Targets:
 
 
 TARGETS = Targets()
-
-Run = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Spread:
-    median: float
-    low: float
-    high: float
-    count: int
-
-    def text(self, digits: int = 2, unit: str = "") -> str:
-        med = f"{self.median:.{digits}f}{unit}"
-        if self.count == 1 or math.isclose(self.low, self.high):
-            return med
-        return f"{med} ({self.low:.{digits}f}-{self.high:.{digits}f})"
-
-
-def spread(values: Sequence[float]) -> Spread | None:
-    """Median and min-max of ``values``; None when there are none."""
-    if not values:
-        return None
-    return Spread(statistics.median(values), min(values), max(values), len(values))
-
-
-def _text(value: Spread | None, digits: int = 2, unit: str = "") -> str:
-    return value.text(digits, unit) if value is not None else "-"
-
-
-def walls(runs: Sequence[Run], tool: str) -> list[float]:
-    """Wall seconds of ``tool``'s successful runs, in repetition order."""
-    return [float(r["wall_s"]) for r in runs if r["tool"] == tool and r["status"] == "ok"]
-
-
-def _count(runs: Sequence[Run], tool: str) -> tuple[int, int]:
-    mine = [r for r in runs if r["tool"] == tool]
-    return sum(1 for r in mine if r["status"] == "ok"), len(mine)
-
-
-def paired_ratios(runs: Sequence[Run], numerator: str, denominator: str) -> list[float]:
-    """numerator wall / denominator wall for each repetition where both succeeded."""
-    by_rep: dict[tuple[Any, str], float] = {}
-    for r in runs:
-        if r["status"] == "ok" and r["tool"] in {numerator, denominator}:
-            by_rep[(r["rep"], r["tool"])] = float(r["wall_s"])
-    reps = sorted({rep for rep, _ in by_rep})
-    return [
-        by_rep[(rep, numerator)] / by_rep[(rep, denominator)]
-        for rep in reps
-        if (rep, numerator) in by_rep
-        and (rep, denominator) in by_rep
-        and by_rep[(rep, denominator)] > 0
-    ]
 
 
 def _failures(runs: Sequence[Run], tool: str) -> list[str]:
@@ -580,6 +532,8 @@ def render_markdown(results: Mapping[str, Any], results_name: str, plots: Mappin
             f"{TARGETS.overhead_speedup:g}x faster than Nix's hook | Nix/offload "
             f"{_text(overhead.speedup)} | {overhead.verdict} |"
         )
+    hooked = hook_rows(results)
+    lines += hook_target_lines(hooked)
     copy = summarize_copy(results["copy"]) if results.get("copy") else None
     if copy:
         measured = "; ".join(
@@ -711,6 +665,7 @@ def render_markdown(results: Mapping[str, Any], results_name: str, plots: Mappin
             for failure in _failures(results["overhead"]["runs"], tool):
                 lines.append(f"- {label} failed, {failure}")
 
+    lines += hook_section(hooked)
     if copy:
         section = results["copy"]
         lines += [

@@ -3,8 +3,10 @@
 Sections (``--only`` picks some):
 
 - ``graphs``: generated build graphs (layered, chain, wide, huge) built as real derivations by
-  stock ``nix-build --builders`` and by ``offload build``, alternating, fresh outputs each time;
-- ``overhead``: 100 trivial derivations remote-only (``-j 0``), plus a local-only floor;
+  stock ``nix-build --builders``, by ``offload build`` and by the same ``nix-build`` with
+  ``--option build-hook offload-hook``, alternating, fresh outputs each time;
+- ``overhead``: 100 trivial derivations remote-only (``-j 0``) by the same three, plus a
+  local-only floor;
 - ``copy``: a ~200 MB closure to one member, ``nix-copy-closure`` vs offload's serve-protocol copy,
   with and without ssh compression;
 - ``planning``: the scheduler's own cost on 1,000-50,000 simulated nodes, no building.
@@ -61,6 +63,7 @@ from bench.report import write_report
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.errors import OffloadError
 from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
+from offload.hook.coordinator import stop_coordinators
 from offload.process import run
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
@@ -160,6 +163,11 @@ def machine_info() -> dict[str, Any]:
 # --- building ------------------------------------------------------------------------------------
 
 
+def hook_path() -> str:
+    """``offload-hook`` of this installation, for ``--option build-hook``."""
+    return str(Path(sys.executable).with_name("offload-hook"))
+
+
 def offload_argv() -> list[str]:
     exe = Path(sys.executable).with_name("offload")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "offload"]
@@ -211,7 +219,8 @@ def build_once(
     timeout: float,
     builders: bool = True,
 ) -> dict[str, Any]:
-    """Build ``dag`` once with ``tool`` ("nix", "offload" or "local"); one raw result record."""
+    """Build ``dag`` once with ``tool``; one raw result record. Tools: "nix" (nix-build with Nix's
+    own hook), "hook" (nix-build with ``offload-hook``), "offload" (``offload build``)."""
     salt = f"{label}-r{rep}-{tool}-{secrets.token_hex(4)}"
     nix_file = bench.work / f"{label}-r{rep}-{tool}.nix"
     nix_file.write_text(to_nix_expression(dag, salt=salt), encoding="utf-8")
@@ -222,6 +231,8 @@ def build_once(
     else:
         argv = ["nix-build", str(nix_file), "--builders", machines, "-j", str(jobs)]
         argv += ["--no-out-link", *NO_SUBSTITUTES]
+        if tool == "hook":
+            argv += ["--option", "build-hook", hook_path()]
     names = {node.name for node in dag.nodes}
     before = StoreSnapshot.take(bench.stores)
     host_before = list_store(HOST_STORE, names)
@@ -307,7 +318,7 @@ def graph_section(bench: Bench, opts: Options, save: Save) -> list[dict[str, Any
         }
         out.append(graph)
         for rep in range(opts.reps):
-            for tool in ("nix", "offload"):
+            for tool in ("nix", "offload", "hook"):
                 log(f"graph {shape} ({nodes} nodes, bound {lower:.1f} s): {tool} rep {rep + 1}")
                 record = build_once(
                     bench, dag, tool=tool, rep=rep, label=shape, jobs=LOCAL_SLOTS, timeout=timeout
@@ -322,7 +333,7 @@ def overhead_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
     dag = Dag(tuple(DagNode(f"trivial-n{i:04d}", 0.0) for i in range(opts.trivial)))
     section: dict[str, Any] = {"derivations": opts.trivial, "runs": []}
     timeout = 30 + 3.0 * opts.trivial
-    plan = [(rep, tool) for rep in range(opts.reps) for tool in ("nix", "offload")]
+    plan = [(rep, tool) for rep in range(opts.reps) for tool in ("nix", "offload", "hook")]
     plan += [(rep, "local") for rep in range(opts.reps)]
     for rep, tool in plan:
         log(f"overhead: {opts.trivial} trivial derivations, {tool} rep {rep + 1}")
@@ -657,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         try:
             if needs_fleet:
-                log("stopping the fleet")
+                log("stopping offload-hook's coordinator and the fleet")
+                stop_coordinators(work / "offload-state")
                 fleet_down(fleet_dir, purge=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -7,8 +7,6 @@ background (``start_offload``) is a process group of its own, which ``processes.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 
 from offload.fleet import Fleet
+from offload.hook import coordinator
 from tests.helpers import processes
 
 
@@ -119,16 +118,7 @@ def wait_for_marker(marker: Path, proc: subprocess.Popen[str], timeout: float = 
 
 
 def stop_coordinators(state: Path, timeout: float = 30) -> None:
-    """SIGTERM every hook coordinator serving ``state`` and wait until each has exited (it closes
-    its serve sessions first): the coordinators a test's hooks started end with the test."""
-    for pid_file in state.glob("hook-*.pid"):
-        pid = int(pid_file.read_text())
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        wait_for(_exited(pid), timeout, f"coordinator {pid} to exit")
-
-
-def _exited(pid: int) -> Callable[[], bool]:
-    return lambda: not Path(f"/proc/{pid}").exists()
+    """Stop every hook coordinator serving ``state`` (the ones a test's hooks started) and check
+    that each has exited."""
+    for pid in coordinator.stop_coordinators(state, timeout):
+        assert not Path(f"/proc/{pid}").exists(), f"coordinator {pid} did not exit"

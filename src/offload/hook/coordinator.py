@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 from offload.hook.handover import Channels, Hello, open_channels, receive_hello
@@ -37,7 +38,7 @@ from offload.hook.home import sweep_leftovers
 from offload.hook.keep import Keep
 from offload.hook.serve import Hook, serve
 
-__all__ = ["IDLE_SECONDS", "IDLE_VARIABLE", "Coordinator", "main"]
+__all__ = ["IDLE_SECONDS", "IDLE_VARIABLE", "Coordinator", "main", "stop_coordinators"]
 
 IDLE_SECONDS = 120.0  # as long as the ssh masters persist (offload.transport.shared)
 IDLE_VARIABLE = (
@@ -182,6 +183,23 @@ class Coordinator:
         gone.cancel()
         await asyncio.wait([gone])
         return channels.result(serving)
+
+
+def stop_coordinators(state: Path, timeout: float = 30.0) -> list[int]:
+    """SIGTERM every coordinator serving ``state`` and wait (up to ``timeout`` s each) until it
+    has exited, its sessions closed; the pids that were stopped."""
+    stopped = []
+    for pid_file in state.glob("hook-*.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            continue
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # not our child: nothing to wait on but its /proc entry
+        stopped.append(pid)
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> int:
