@@ -7,12 +7,14 @@ waits for every reply before it does anything else. So a ``BuilderLinks`` keeps 
 builder for as long as its process lives: in the coordinator (``offload.hook.coordinator``) that
 is across every hook and every Nix process of the user, and a session that finished a build
 is lent to the next one. A session lent again is first asked a no-op question, so a session
-whose builder went away since is replaced before the accept, not found dead after it.
+whose builder went away since is replaced before the accept, not found dead after it; one that
+finished a build within ``FRESH_SECONDS`` is not asked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +26,13 @@ from offload.transport.links import Link
 from offload.transport.shared import SharedSshTransport, control_dir
 from offload.transport.ssh import ssh_target
 
-__all__ = ["HOOK_CONNECT_TIMEOUT", "BuilderLinks", "Session", "Unreachable"]
+__all__ = ["FRESH_SECONDS", "HOOK_CONNECT_TIMEOUT", "BuilderLinks", "Session", "Unreachable"]
 
 # A builder that does not answer within this is taken for down (nix#1712: Nix waits minutes).
 HOOK_CONNECT_TIMEOUT = 5
+# A session lent again within this of finishing a build is not pinged: on tiny derivations the
+# ping is a twentieth of what Nix waits for per derivation, and such a session just answered.
+FRESH_SECONDS = 2.0
 
 
 class Unreachable(Exception):
@@ -55,6 +60,8 @@ class BuilderLinks:
     def __init__(self, state: Path) -> None:
         self._state = state
         self._links: dict[tuple[object, ...], tuple[SharedSshTransport, Link]] = {}
+        # When each idle session last finished a build, answering all the way.
+        self._answered: dict[ServeClient, float] = {}
 
     def _link(self, machine: Machine, env: Mapping[str, str]) -> tuple[SharedSshTransport, Link]:
         params = tuple(sorted(machine.params.items()))
@@ -83,12 +90,14 @@ class BuilderLinks:
             lent = False
             try:
                 async with link.session(on_log) as client:
-                    try:
-                        await client.query_valid_paths([])
-                    except OffloadError as exc:
-                        raise _Stale(exc.message) from exc  # the link discards the session
+                    if not self._fresh(client):
+                        try:
+                            await client.query_valid_paths([])
+                        except OffloadError as exc:
+                            raise _Stale(exc.message) from exc  # the link discards it
                     lent = True
                     yield Session(client, transport, link.remote_pid(client))
+                    self._answered[client] = time.monotonic()
             except _Stale as exc:
                 if attempt == 2:
                     raise Unreachable(exc.reason) from exc
@@ -99,7 +108,13 @@ class BuilderLinks:
             else:
                 return
 
+    def _fresh(self, client: ServeClient) -> bool:
+        """Answered a whole build moments ago (so surely still there): no ping needed."""
+        answered = self._answered.pop(client, None)
+        return answered is not None and time.monotonic() - answered < FRESH_SECONDS
+
     async def aclose(self) -> None:
+        self._answered.clear()
         links, self._links = list(self._links.values()), {}
         for _, link in links:
             await link.aclose()

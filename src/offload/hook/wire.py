@@ -82,6 +82,7 @@ def verbosity(argv: list[str]) -> int:
 
 
 async def read_settings(reader: ByteReader) -> dict[str, str]:
+    # Constant descriptions: this runs once per derivation Nix sends away, ~90 settings each.
     settings: dict[str, str] = {}
     for _ in range(_MAX_SETTINGS):
         more = await read_int(reader, "the settings preamble")
@@ -90,7 +91,7 @@ async def read_settings(reader: ByteReader) -> dict[str, str]:
         if more != 1:
             raise ProtocolError(f"bad settings preamble marker {more}")
         name = await read_str(reader, "a setting's name")
-        settings[name] = await read_str(reader, f"the value of setting '{name}'")
+        settings[name] = await read_str(reader, "a setting's value")
     raise ProtocolError(f"more than {_MAX_SETTINGS} settings in the preamble")
 
 

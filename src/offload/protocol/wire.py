@@ -77,12 +77,17 @@ async def read_int(reader: ByteReader, what: str = "an integer") -> int:
 
 
 async def read_bytes(reader: ByteReader, what: str = "a string", limit: int = MAX_STRING) -> bytes:
-    length = await read_int(reader, f"the length of {what}")
+    # The descriptions are formatted only on error: this is the protocol's innermost loop.
+    try:
+        length: int = _U64.unpack(await reader.readexactly(8))[0]
+    except asyncio.IncompleteReadError as exc:
+        msg = f"stream ended while reading the length of {what} ({len(exc.partial)} of 8 bytes)"
+        raise ProtocolError(msg) from exc
     if length > limit:
         raise ProtocolError(f"{what} claims {length} bytes, more than the {limit} allowed")
     data = await _exactly(reader, length, what)
     pad = padding(length)
-    if pad and await _exactly(reader, pad, f"the padding of {what}") != b"\0" * pad:
+    if pad and await _exactly(reader, pad, "the padding of a string") != b"\0" * pad:
         raise ProtocolError(f"non-zero padding after {what}")
     return data
 
