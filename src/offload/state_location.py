@@ -10,9 +10,10 @@ once per derivation Nix builds remotely and cannot afford to import ``pathlib``.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 
-__all__ = ["SYSTEM_STATE", "hook_state", "user_state"]
+__all__ = ["SYSTEM_STATE", "hook_state", "private_dir", "user_state"]
 
 # The hook's state when the nix-daemon runs it (as root, with the daemon's bare environment).
 SYSTEM_STATE = "/var/lib/offload"
@@ -36,3 +37,14 @@ def hook_state(env: Mapping[str, str] | None = None) -> str:
     if os.geteuid() == 0 and env.get("HOME", "") in _HOMELESS:
         return SYSTEM_STATE
     return user_state(env)
+
+
+def private_dir(path: str) -> str:
+    """``path`` made (with parents) and checked to be a real directory of this user's, mode
+    0700: where sockets and keys may go, also under a shared /tmp. ``OSError`` if it is not."""
+    os.makedirs(path, mode=0o700, exist_ok=True)  # noqa: PTH103 - no pathlib here
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise OSError(f"{path} is not a directory of this user's")
+    os.chmod(path, 0o700)  # noqa: PTH101 - no pathlib here
+    return path

@@ -30,7 +30,7 @@ import sys
 import zlib
 
 from offload import __version__
-from offload.state_location import hook_state
+from offload.state_location import hook_state, private_dir
 
 __all__ = ["HELLO_FDS", "main", "send_hello", "socket_path"]
 
@@ -40,15 +40,6 @@ _READY_TIMEOUT = 20.0
 _ATTEMPTS = 3
 # The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
 HELLO_FDS = (0, 2, 4)
-
-
-def _private_dir(path: str) -> str:
-    os.makedirs(path, mode=0o700, exist_ok=True)  # noqa: PTH103 - no pathlib in the hook process
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise OSError(f"{path} is not a directory of this user's")
-    os.chmod(path, 0o700)  # noqa: PTH101 - no pathlib in the hook process
-    return path
 
 
 def _digest(text: str) -> str:
@@ -63,7 +54,7 @@ def socket_path(state: str) -> str:
     if len(os.fsencode(path)) <= _MAX_SOCKET:
         return path
     tmp = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - a directory checked to be ours
-    short = _private_dir(f"{tmp}/offload-hook-{os.getuid()}")
+    short = private_dir(f"{tmp}/offload-hook-{os.getuid()}")
     return f"{short}/{_digest(path)}.sock"
 
 
@@ -186,7 +177,7 @@ def main() -> int:
 def _main() -> int:
     if os.environ.get("OFFLOAD_HOOK_COORDINATOR") != "0" and _started_by_nix():
         try:
-            state = _private_dir(hook_state())
+            state = private_dir(hook_state())
             path = socket_path(state)
             for _ in range(_ATTEMPTS):
                 sock = _coordinator(state, path)

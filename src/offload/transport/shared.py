@@ -21,13 +21,13 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from offload.errors import SshError, TransportError
 from offload.process import run_async, spawn
+from offload.state_location import private_dir
 from offload.transport.links import SessionPipes, read_start_line
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
@@ -49,12 +49,10 @@ _KILL_GRACE = 2
 
 
 def _private(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise TransportError(f"{path} is not a directory of this user's", hint="remove it")
-    path.chmod(0o700)
-    return path
+    try:
+        return Path(private_dir(str(path)))
+    except OSError as exc:
+        raise TransportError(f"{path}: {exc}", hint="remove it") from exc
 
 
 def control_dir(state: Path) -> Path:
