@@ -22,7 +22,7 @@ import pytest
 
 from offload.fleet import Fleet, MemberSpec
 from offload.slots import NIX_CURRENT_LOAD, slot_key
-from tests.helpers.fleets import member_processes, private_fleet_fixture
+from tests.helpers.fleets import drop_member, member_processes, private_fleet_fixture
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import stop_coordinators, wait_for
 from tests.helpers.processes import start, stop
@@ -348,3 +348,36 @@ def test_without_a_coordinator_the_hook_builds_in_its_own_process(
     [path] = outputs(nix_build(hook_fleet, tmp_path, file, "-j0", OFFLOAD_HOOK_COORDINATOR="0"))
     assert holders(hook_fleet, path)
     assert not _coordinator_pids(tmp_path / "state")
+
+
+lost_fleet = private_fleet_fixture(
+    [MemberSpec(name, 1.0, 1) for name in ("hl1", "hl2")], "ofl", scope="function"
+)
+
+
+def test_a_builder_lost_mid_build_is_left_for_another(lost_fleet: Fleet, tmp_path: Path) -> None:
+    # Accepted already, the coordinator builds it elsewhere: Nix cares not where.
+    marker = tmp_path / "started"
+    body = f'[ (mk "long" "echo x > {marker}; /bin/sleep 3; {SPEED} > $out" {{}}) ]\n'
+    proc = start(
+        nix_build_argv(nix_file(tmp_path, body), f"@{lost_fleet.machines_file}", "-j0"),
+        env=hook_env(lost_fleet, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(marker.exists, 60, "the remote build to start")
+        [building] = [
+            name
+            for name in ("hl1", "hl2")
+            if any("sleep 3" in cmd for _, cmd in member_processes(lost_fleet.member(name)))
+        ]
+        drop_member(lost_fleet.member(building))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    other = "hl2" if building == "hl1" else "hl1"
+    assert lost_fleet.store_has(other, out.split()[0])
+    assert f"builder '{building}' failed" in err

@@ -27,7 +27,7 @@ from offload.history.estimates import estimator
 from offload.hook.decide import Builder, LocalOffer
 from offload.hook.keep import Keep
 from offload.hook.local_queue import LocalQueue
-from offload.hook.wire import HookIO, TryRequest
+from offload.hook.wire import HookIO, TryRequest, write_nix_json
 from offload.scheduler.policy import Backoff, MachineSlotSpec
 from offload.scheduler.run import BIG_PARALLEL_WORK, DEFAULT_WORK
 from offload.slots import SlotLocks, slot_key
@@ -51,9 +51,12 @@ class HookContext:
     notes: list[str] = field(default_factory=list)  # said once, before the first reply
 
     def say(self, text: str, level: int = 1) -> None:
-        """A line on the user's terminal (Nix copies the hook's stderr before a reply)."""
+        """A line on the user's terminal at Nix's ``level`` (1 warn ... 4 talkative, ``-v``): a
+        structured message, because after the reply Nix drops the hook's plain lines."""
         if self.verbosity >= level:
-            self.io.err(f"offload-hook: {text}\n".encode(errors="replace"))
+            write_nix_json(
+                self.io, {"action": "msg", "level": level, "msg": f"offload-hook: {text}"}
+            )
 
     def say_once(self, text: str, level: int = 1, every: float = 60.0) -> None:
         """``say``, unless any hook process said the same within ``every`` seconds: Nix starts

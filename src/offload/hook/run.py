@@ -29,6 +29,7 @@ from offload.hook.guard import Guard
 from offload.hook.links import Unreachable
 from offload.hook.remote import Outcome, build_remote, error_message, log_writer
 from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_reply
+from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions, ServeClient
 from offload.protocol.wire import ByteReader
 from offload.slots import slot_key
@@ -120,7 +121,7 @@ async def answer(
             if not held:
                 continue  # another process took the slot since the probe: decide again
             try:
-                return await _accept(context, reader, request, name, guarded=guarded)
+                return await _accept(context, reader, request, name, work, guarded=guarded)
             except Unreachable as exc:
                 context.machine_failed(name, exc.reason)
                 excluded.add(name)
@@ -128,29 +129,42 @@ async def answer(
     return None
 
 
+class _Lost(Exception):
+    """The builder went away mid-build (already backed off): build it somewhere else."""
+
+
 async def _accept(
     context: HookContext,
     reader: ByteReader,
     request: TryRequest,
     name: str,
+    work: float,
     *,
     guarded: bool,
 ) -> int:
     machine = context.machine(name)
-    async with context.keep.links.session(machine, context.env, log_writer(context.io)) as session:
-        context.machine_ok(name)
-        write_reply(context.io, Reply.ACCEPT, machine.uri)
-        accepted = await read_accepted(reader)
-        guard = None
-        if guarded:
-            pid = session.remote_pid
-            kill = session.transport.kill_argv(pid) if pid is not None else ["true"]
-            guard = Guard(STORE_DIR, kill)
-        try:
-            outcome = await _build(context, session.client, request, accepted, name)
-        finally:
-            if guard is not None:
-                guard.dismiss()
+    accepted = None
+    try:
+        async with context.keep.links.session(
+            machine, context.env, log_writer(context.io)
+        ) as session:
+            context.machine_ok(name)
+            write_reply(context.io, Reply.ACCEPT, machine.uri)
+            accepted = await read_accepted(reader)
+            guard = None
+            if guarded:
+                pid = session.remote_pid
+                kill = session.transport.kill_argv(pid) if pid is not None else ["true"]
+                guard = Guard(STORE_DIR, kill)
+            try:
+                outcome = await _build(context, session.client, request, accepted, name)
+            finally:
+                if guard is not None:
+                    guard.dismiss()
+    except _Lost:
+        # Only the coordinator goes on: accepted already, but Nix cares not where it builds.
+        assert accepted is not None
+        return await _build_where_a_slot_frees(context, request, accepted, work, {name})
     if outcome is None:
         return 1
     _record(context, request, name, outcome)
@@ -160,13 +174,19 @@ async def _accept(
 async def _accept_and_wait(
     context: HookContext, reader: ByteReader, request: TryRequest, name: str, work: float
 ) -> int:
-    """Accept for a busy builder, then wait in the dispatch for the slot worth taking; a builder
-    that fails to open a session is backed off and the derivation waits for another."""
-    dispatch = context.keep.dispatch
-    assert dispatch is not None
+    """Accept for a busy builder, then wait in the dispatch for the slot worth taking."""
     write_reply(context.io, Reply.ACCEPT, context.machine(name).uri)
     accepted = await read_accepted(reader)
-    excluded: set[str] = set()
+    return await _build_where_a_slot_frees(context, request, accepted, work, set())
+
+
+async def _build_where_a_slot_frees(
+    context: HookContext, request: TryRequest, accepted: Accepted, work: float, excluded: set[str]
+) -> int:
+    """Wait in the dispatch for a slot and build there; a builder that cannot open a session,
+    or goes away mid-build, is backed off and the derivation waits for another one."""
+    dispatch = context.keep.dispatch
+    assert dispatch is not None
     while True:
         placement = await dispatch.take(work, lambda: _pick(context, request, work, excluded))
         machine = context.machine(placement.machine)
@@ -178,6 +198,9 @@ async def _accept_and_wait(
                 outcome = await _build(context, session.client, request, accepted, machine.name)
         except Unreachable as exc:
             context.machine_failed(machine.name, exc.reason)
+            excluded.add(machine.name)
+            continue
+        except _Lost:
             excluded.add(machine.name)
             continue
         finally:
@@ -192,6 +215,8 @@ async def _accept_and_wait(
 async def _build(
     context: HookContext, remote: ServeClient, request: TryRequest, accepted: Accepted, name: str
 ) -> Outcome | None:
+    """The build's outcome; None if it could not be built here (said to the user), ``_Lost``
+    if the builder went away."""
     machine = context.machine(name)
     substitute = context.pool.builders_use_substitutes or (
         machine.params.get("builders-use-substitutes") == "true"
@@ -210,11 +235,13 @@ async def _build(
             )
     except (OffloadError, OSError) as exc:
         message = exc.message if isinstance(exc, OffloadError) else str(exc)
+        if isinstance(exc, TransportError | ProtocolError) and getattr(exc, "peer", None) != LOCAL:
+            context.machine_failed(name, message)
+            if context.keep.dispatch is not None:
+                raise _Lost(message) from exc
         error_message(
             context.io, f"offload-hook: building '{request.drv_path}' on '{name}': {message}"
         )
-        if isinstance(exc, TransportError | ProtocolError):
-            context.machine_failed(name, message)
         return None
 
 
