@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         log,
         machines,
         simulate,
+        status,
         use,
     )
 
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (build, use, hook, machines, doctor, simulate, log, fleet, demo):
+    for module in (build, use, hook, machines, doctor, status, simulate, log, fleet, demo):
         module.register(sub)
     return parser
 
