@@ -183,3 +183,35 @@ def test_two_dead_machines_among_healthy_ones_cost_one_timeout(
     assert "no ssh greeting" in check(found["127.0.0.2"], "port")["detail"]
     assert all(found[name]["ok"] for name in MEMBERS)
     assert wall < 10, f"doctor took {wall:.1f} s"
+
+
+def test_a_missing_nix_store_fails_nix_and_skips_the_session(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The program the store URI names is not there: what a builder without Nix (or without it
+    # on the PATH of non-interactive sessions) looks like to ssh.
+    uri = "ssh://db?remote-program=/nonexistent/nix-store"
+    machines = write(tmp_path, lines_with(doctor_fleet, "db", 0, uri))
+    done = doctor(doctor_fleet, tmp_path, machines, "db", "--json")
+    assert done.returncode == 1, done.stderr
+    report = reports(done)["db"]
+    nix = check(report, "nix")
+    assert nix["verdict"] == "fail"
+    assert "/nonexistent/nix-store is not on the builder's PATH" in nix["detail"]
+    assert "remote-program" in nix["fix"]
+    assert verdicts(report)["ssh"] == "ok"
+    assert verdicts(report)["serve"] == "skipped"
+
+
+def test_a_key_file_others_may_read_warns_with_chmod(doctor_fleet: Fleet, tmp_path: Path) -> None:
+    # ssh ignores the too-open key in column 3 and gets in with the fleet ssh_config's own
+    # IdentityFile, so the builder is usable (exit 0) but the key named there is not.
+    loose = tmp_path / "loose_key"
+    loose.write_bytes(doctor_fleet.client_key.read_bytes())
+    loose.chmod(0o644)
+    machines = write(tmp_path, lines_with(doctor_fleet, "dc", 2, str(loose)))
+    done = doctor(doctor_fleet, tmp_path, machines, "dc", "--json")
+    assert done.returncode == 0, done.stderr
+    ssh = check(reports(done)["dc"], "ssh")
+    assert ssh["verdict"] == "warn"
+    assert ssh["fix"].startswith(f"chmod 600 {loose}")
