@@ -22,7 +22,18 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from offload.cli import build, demo, fleet, hook, log, machines, simulate, use
+    from offload.cli import (
+        build,
+        demo,
+        doctor,
+        fleet,
+        hook,
+        log,
+        machines,
+        simulate,
+        status,
+        use,
+    )
 
     parser = argparse.ArgumentParser(
         prog="offload",
@@ -31,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (build, use, hook, machines, simulate, log, fleet, demo):
+    for module in (build, use, hook, machines, doctor, status, simulate, log, fleet, demo):
         module.register(sub)
     return parser
 

@@ -1,0 +1,67 @@
+"""`offload doctor [NAME...]`: check that each builder of the pool is usable, and say the fix.
+
+The machines are the pool as ``offload machines`` shows it (``--builders``, Nix's settings,
+offload.toml); NAMEs (names, hosts, ``@tags``) narrow it. The report goes to stdout (a table, or
+``--json``: a list of machines with their checks); the exit status is 1 when a selected machine
+has a failing check, so scripts can gate on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+
+from offload.cli.machines import add_pool_arguments, pool_from_args
+from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, diagnose, format_report
+from offload.errors import ConfigError
+
+__all__ = ["register", "run"]
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError("the timeout must be between 0 and 600 seconds")
+    return value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "doctor",
+        help="check that each builder is usable (ssh, Nix, features, disk, load) and say the fix",
+        description="Check the builders of the pool, all at once; exit 1 if one is unusable.",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="machines to check (@tag too)")
+    add_pool_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON list of machines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="detail every check")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"connect timeout per machine (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    args.on = [*args.on, *args.names]
+    pool = pool_from_args(args)
+    if not pool.machines:
+        raise ConfigError(
+            "no builders to check",
+            hint="give them with --builders, Nix's builders setting or offload.toml",
+        )
+    options = DoctorOptions(timeout=args.timeout, env=dict(os.environ))
+    reports = asyncio.run(diagnose(pool.machines, options))
+    if args.json:
+        print(json.dumps([report.as_json() for report in reports], indent=2))
+    else:
+        print(format_report(reports, verbose=args.verbose), end="")
+    return 1 if any(report.failed for report in reports) else 0

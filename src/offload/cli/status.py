@@ -1,0 +1,116 @@
+"""`offload status [--json] [--watch]`: the pool right now, from this host's shared files.
+
+Per machine: slots in use (by any offload process or Nix's own hook on this host) and when the
+holders expect to be done, backoff (until when, after how many failures), and whether the
+`offload use` choice in force keeps it. Nothing connects to a builder (``offload doctor`` does),
+so it answers at once; ``--watch`` redraws it every ``--interval`` seconds until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from offload.cli.machines import add_pool_arguments, pool_from_args
+from offload.paths import SYSTEM_STATE_DIR, state_dir
+from offload.slots import SlotLocks
+from offload.status import PoolStatus, pool_status
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "status",
+        help="the pool right now: slots in use on this host, backoff, the `offload use` choice",
+        description="Show slots in use, backoff and the builder choice, per machine.",
+    )
+    add_pool_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--watch", action="store_true", help="redraw until interrupted")
+    parser.add_argument(
+        "--interval", type=float, default=2.0, metavar="SECONDS", help="--watch: default 2"
+    )
+    parser.set_defaults(func=run)
+
+
+def _places() -> list[Path]:
+    # The user's state, and the nix-daemon's hook's when it can be read (root): `offload use`
+    # writes both, and backoff is kept by whichever hook or run met the dead builder.
+    places = [state_dir()]
+    system = SYSTEM_STATE_DIR
+    if system not in places and os.access(system, os.R_OK | os.X_OK):
+        places.append(system)
+    return places
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def format_status(status: PoolStatus) -> str:
+    rows = [["MACHINE", "IN USE", "FREE BY", "BACKOFF", "CHOSEN"]]
+    for machine in status.machines:
+        backoff = "-"
+        if machine.backoff is not None:
+            failures = machine.backoff.failures
+            backoff = f"until {_clock(machine.backoff.until)} ({failures} failure"
+            backoff += "s)" if failures != 1 else ")"
+        free_by = _clock(machine.expected_free[0]) if machine.expected_free else "-"
+        rows.append(
+            [
+                machine.name,
+                f"{machine.in_use}/{machine.slots}",
+                free_by,
+                backoff,
+                "yes" if machine.chosen else "no",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    choice = status.choice
+    if choice is None:
+        lines.append("offload use: none (the hook may use the whole pool)")
+    else:
+        until = "until cleared" if choice.until is None else f"until {_clock(choice.until)}"
+        lines.append(f"offload use: {','.join(choice.machines)} ({until})")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def status_json(status: PoolStatus) -> dict[str, object]:
+    choice = status.choice
+    return {
+        "machines": [machine.as_json() for machine in status.machines],
+        "use": None
+        if choice is None
+        else {"machines": list(choice.machines), "until": choice.until},
+        "slot_dir": str(status.slot_dir),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    pool = pool_from_args(args)
+    places = _places()
+    slots = SlotLocks.default(places[0])
+    while True:
+        status = pool_status(pool, places, slots, time.time())
+        if args.json:
+            print(json.dumps(status_json(status)), flush=True)
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\033[H\033[2J", end="")  # home and clear: redraw in place
+            print(format_status(status), end="", flush=True)
+        if not args.watch:
+            return 0
+        try:
+            time.sleep(max(0.1, args.interval))
+        except KeyboardInterrupt:
+            return 0
+        if not args.json and not sys.stdout.isatty():
+            print(flush=True)  # a blank line between snapshots when piped

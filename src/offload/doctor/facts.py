@@ -1,0 +1,232 @@
+"""What a reachable builder is, judged against what the machines line claims about it.
+
+Pure functions of remote command results: ``nix-store --version``, the serve handshake and its
+start line (pid, cores, load: ``offload.load``), ``nix show-config`` (JSON from Nix >= 2.4 with
+``nix-command``, ``name = value`` lines otherwise), ``df -Pk /nix/store``, ``id``, and timings.
+
+Systems and features follow Nix's own rule on the builder (it refuses a derivation whose
+system is neither ``system`` nor one of ``extra-platforms``, or whose required features are not
+all in ``system-features``): a system or feature the line claims and the builder lacks fails
+(builds sent for it fail there); a feature the builder has and the line does not claim only
+warns (builds needing it are never sent: wasted). An unclaimed extra platform is normal (Nix
+adds i686-linux on x86_64) and is only mentioned.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping, Sequence
+
+from offload.doctor.model import Check, Verdict
+from offload.load import RemoteLoad, effective_slots
+
+__all__ = [
+    "NixConfig",
+    "disk_check",
+    "features_check",
+    "load_check",
+    "nix_check",
+    "parse_nix_config",
+    "rtt_check",
+    "serve_check",
+    "systems_check",
+    "trusted_check",
+]
+
+NixConfig = Mapping[str, str]
+
+_VERSION = re.compile(r"\(Nix\)\s+(\S+)|nix-store\s+\S*\s*(\d+\.\d+\S*)")
+_KIB_PER_GIB = 1024 * 1024
+# Below these, builds soon fail with "No space left on device" / only small ones fit.
+_DISK_FAIL_GIB = 1.0
+_DISK_WARN_GIB = 5.0
+_RTT_WARN = 0.5
+_NIX_FIX = (
+    "install Nix on the builder and make sure non-interactive ssh sessions find it on PATH, "
+    "or name the program with ?remote-program=/path/to/nix-store in the store URI"
+)
+
+
+def nix_check(returncode: int, stdout: str, stderr: str, program: str) -> Check:
+    """``PROGRAM --version`` on the builder."""
+    if returncode == 0:
+        match = _VERSION.search(stdout)
+        version = (match.group(1) or match.group(2)) if match else stdout.strip()[:40]
+        return Check("nix", Verdict.OK, f"Nix {version}")
+    last = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1]
+    if returncode == 127 or "not found" in stderr:
+        detail = f"{program} is not on the builder's PATH: {last}"
+        return Check("nix", Verdict.FAIL, detail, _NIX_FIX)
+    return Check("nix", Verdict.FAIL, f"`{program} --version` failed: {last}", _NIX_FIX)
+
+
+def serve_check(version: int | None, pid: int | None, error: str | None) -> Check:
+    """The serve session's handshake: its protocol version and the remote pid, or an error."""
+    if error is not None or version is None:
+        return Check(
+            "serve",
+            Verdict.FAIL,
+            f"`nix-store --serve` did not start: {error or 'no handshake'}",
+            _NIX_FIX,
+        )
+    where = f", remote pid {pid}" if pid is not None else ""
+    return Check("serve", Verdict.OK, f"protocol {version >> 8}.{version & 0xFF}{where}")
+
+
+def _value(raw: object) -> str:
+    # `nix show-config --json` gives {"name": {"value": ...}} (2.4+) or {"name": value}; lists
+    # and sets are JSON arrays, the text form separates them with spaces.
+    if isinstance(raw, dict):
+        raw = raw.get("value", "")
+    if isinstance(raw, list):
+        return " ".join(str(item) for item in raw)
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    return "" if raw is None else str(raw)
+
+
+def parse_nix_config(text: str) -> dict[str, str]:
+    """Settings from ``nix show-config`` output, JSON or text; empty when it is neither."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return {str(name): _value(raw) for name, raw in data.items()}
+    settings: dict[str, str] = {}
+    for line in text.splitlines():
+        name, eq, value = line.partition(" = ")
+        if eq and name.strip() and " " not in name.strip():
+            settings[name.strip()] = value.strip()
+    return settings
+
+
+def _words(config: NixConfig, name: str) -> set[str]:
+    return set(config.get(name, "").split())
+
+
+def _cannot_tell(name: str, error: str) -> Check:
+    return Check(
+        name,
+        Verdict.WARN,
+        f"cannot tell: `nix show-config` on the builder failed: {error}",
+        "install a Nix with the `nix` command on the builder to have this checked",
+    )
+
+
+def systems_check(claimed: Sequence[str], config: NixConfig | None, error: str) -> Check:
+    if not config or "system" not in config:
+        return _cannot_tell("systems", error)
+    real = {config["system"]} | _words(config, "extra-platforms")
+    lacking = [s for s in claimed if s not in real]
+    if lacking:
+        return Check(
+            "systems",
+            Verdict.FAIL,
+            f"claims {', '.join(lacking)}, but the builder builds only {', '.join(sorted(real))}",
+            "remove them from column 2 of the machines line, or add them to the builder's "
+            "extra-platforms (with binfmt emulation for other CPUs)",
+        )
+    unclaimed = sorted(real - set(claimed))
+    more = f" (could also build {', '.join(unclaimed)})" if unclaimed else ""
+    return Check("systems", Verdict.OK, f"{', '.join(claimed)}{more}")
+
+
+def features_check(
+    supported: Collection[str], mandatory: Collection[str], config: NixConfig | None, error: str
+) -> Check:
+    if not config or "system-features" not in config:
+        return _cannot_tell("features", error)
+    real = _words(config, "system-features")
+    claimed = set(supported) | set(mandatory)
+    lacking = sorted(claimed - real)
+    if lacking:
+        return Check(
+            "features",
+            Verdict.FAIL,
+            f"claims {', '.join(lacking)}, which the builder lacks: builds needing it fail there",
+            "remove it from columns 6-7 of the machines line, or add it to system-features "
+            "in the builder's nix.conf (NixOS: nix.settings.system-features)",
+        )
+    unclaimed = sorted(real - claimed)
+    if unclaimed:
+        return Check(
+            "features",
+            Verdict.WARN,
+            f"the builder has {', '.join(unclaimed)}, not claimed: "
+            "builds needing it never go there",
+            "add it to column 6 (supported features) of the machines line",
+        )
+    return Check("features", Verdict.OK, ", ".join(sorted(claimed)) or "none")
+
+
+def trusted_check(
+    user: str, groups: Collection[str], config: NixConfig | None, error: str
+) -> Check:
+    """May ``user`` import unsigned paths (what offload sends)? Only a daemon asks."""
+    if not config or "trusted-users" not in config:
+        return _cannot_tell("trusted", error)
+    trusted = _words(config, "trusted-users")
+    names = {user, "*", *(f"@{group}" for group in groups)}
+    if user == "root" or names & trusted:
+        return Check("trusted", Verdict.OK, f"{user} is a trusted user")
+    return Check(
+        "trusted",
+        Verdict.WARN,
+        f"{user} is not in trusted-users: a nix-daemon there refuses the unsigned inputs "
+        "offload sends",
+        f"add {user} to trusted-users in the builder's nix.conf "
+        "(NixOS: nix.settings.trusted-users)",
+    )
+
+
+def disk_check(returncode: int, stdout: str, stderr: str) -> Check:
+    """``df -Pk /nix/store``: the second line's fourth field is the free KiB."""
+    lines = stdout.strip().splitlines()
+    fields = lines[-1].split() if len(lines) >= 2 else []
+    if returncode != 0 or len(fields) < 4 or not fields[3].isdigit():
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        return Check("disk", Verdict.WARN, f"cannot tell: `df -Pk /nix/store` said {last}")
+    free = int(fields[3]) / _KIB_PER_GIB
+    detail = f"{free:.1f} GiB free on /nix/store"
+    fix = "collect garbage on the builder (nix-collect-garbage), or set min-free/max-free there"
+    if free < _DISK_FAIL_GIB:
+        return Check("disk", Verdict.FAIL, detail, fix)
+    if free < _DISK_WARN_GIB:
+        return Check("disk", Verdict.WARN, detail, fix)
+    return Check("disk", Verdict.OK, detail)
+
+
+def load_check(load: RemoteLoad | None, slots: int, local_boot_id: str | None) -> Check:
+    """The load the serve session's start line reported, and what offload makes of it."""
+    if load is None:
+        return Check("load", Verdict.OK, "not reported (no /proc on the builder)")
+    detail = load.describe()
+    if load.boot_id is not None and load.boot_id == local_boot_id:
+        return Check("load", Verdict.OK, f"{detail} (this host's kernel: not counted)")
+    given = effective_slots(slots, load, local_boot_id)
+    if given < slots:
+        return Check(
+            "load",
+            Verdict.WARN,
+            f"{detail}: other work keeps it busy, offload uses {given} of its {slots} slots",
+            "nothing to fix here if the builder is shared; lower its max-jobs otherwise",
+        )
+    return Check("load", Verdict.OK, detail)
+
+
+def rtt_check(seconds: Sequence[float]) -> Check:
+    """Round trips of ``true`` over the open connection (the best of them)."""
+    if not seconds:
+        return Check("rtt", Verdict.WARN, "not measured")
+    best = min(seconds)
+    detail = f"{best * 1000:.0f} ms per command over the open connection"
+    if best > _RTT_WARN:
+        return Check(
+            "rtt",
+            Verdict.WARN,
+            detail,
+            "a slow link: many small builds there cost more than building them locally",
+        )
+    return Check("rtt", Verdict.OK, detail)

@@ -1,0 +1,165 @@
+"""Getting to a builder, judged from what the probes saw: the name, the port, ssh's login.
+
+Pure functions of command results (``ssh -G`` output, an address list, a connect outcome, ssh's
+exit code and stderr), so each verdict and its fix can be tested without a network. The
+runner (``doctor.run``) does the probing.
+
+ssh says why it could not log in only on stderr, in OpenSSH's own words; ``ssh_check`` maps
+the ones users meet to the fix: a key the builder does not authorize ("Permission denied"), a
+key file others may read ("UNPROTECTED PRIVATE KEY FILE", ssh then ignores the key), a host key
+that is not the pinned one ("REMOTE HOST IDENTIFICATION HAS CHANGED") or that nothing pins
+("Host key verification failed" with no key in column 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from offload.doctor.model import Check, Verdict
+
+__all__ = ["SshConfig", "parse_ssh_g", "port_check", "resolve_check", "ssh_check"]
+
+_PORT_FIX = (
+    "check the port (the ssh_config Port, host:port in the machines line, or `port` in "
+    "offload.toml) and that sshd runs on the builder"
+)
+_CHANGED = (
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "has changed and you have requested strict checking",
+)
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    """What ``ssh -G`` says it would connect to for a destination."""
+
+    hostname: str
+    port: int
+    user: str | None = None
+    proxy: str | None = None  # ProxyJump or ProxyCommand: the TCP connection is not ours
+    identity: str | None = None  # the first IdentityFile, to name the key in messages
+
+
+def parse_ssh_g(text: str, host: str, port: int | None) -> SshConfig:
+    """``ssh -G`` output (``key value`` lines, keys lower-case); ``host``/``port`` fill gaps."""
+    seen: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and value and key not in seen:
+            seen[key] = value.strip()
+    try:
+        found_port = int(seen.get("port", ""))
+    except ValueError:
+        found_port = port or 22
+    proxy = next(
+        (f"{k} {seen[k]}" for k in ("proxyjump", "proxycommand") if seen.get(k, "none") != "none"),
+        None,
+    )
+    return SshConfig(
+        seen.get("hostname") or host, found_port, seen.get("user"), proxy, seen.get("identityfile")
+    )
+
+
+def resolve_check(
+    config: SshConfig, addresses: Sequence[str], error: str | None, alias: str
+) -> Check:
+    """The name ssh would connect to resolved to ``addresses``, or failed with ``error``."""
+    name = config.hostname if config.hostname == alias else f"{alias} -> {config.hostname}"
+    if config.proxy is not None:
+        return Check("resolve", Verdict.OK, f"{name}, reached through {config.proxy}")
+    if error is not None or not addresses:
+        return Check(
+            "resolve",
+            Verdict.FAIL,
+            f"{name} does not resolve: {error or 'no addresses'}",
+            "check the host name in the machines line, or add a Host alias with HostName "
+            "to the ssh config (NIX_SSHOPTS=-F FILE for a config of its own)",
+        )
+    return Check("resolve", Verdict.OK, f"{name} ({', '.join(dict.fromkeys(addresses))})")
+
+
+def port_check(
+    where: str, *, error: str | None, banner: str | None, timeout: float, proxy: str | None
+) -> Check:
+    """A TCP connect to ``where`` (``addr:port``) and the first line sshd sends there."""
+    if proxy is not None:
+        return Check("port", Verdict.OK, f"not tried directly: ssh goes through {proxy}")
+    if error is not None:
+        lowered = error.lower()
+        if "refused" in lowered:
+            detail = f"nothing listens on {where} (connection refused)"
+        elif "timed out" in lowered or "timeout" in lowered:
+            detail = f"{where} did not answer within {timeout:g} s"
+        else:
+            detail = f"cannot connect to {where}: {error}"
+        return Check("port", Verdict.FAIL, detail, _PORT_FIX)
+    if banner is None:
+        return Check(
+            "port",
+            Verdict.FAIL,
+            f"{where} accepts connections but sent no ssh greeting within {timeout:g} s",
+            "sshd may be hung or overloaded (MaxStartups); " + _PORT_FIX,
+        )
+    if not banner.startswith("SSH-"):
+        return Check(
+            "port",
+            Verdict.FAIL,
+            f"{where} answers, but not as sshd: {banner[:60]!r}",
+            _PORT_FIX,
+        )
+    return Check("port", Verdict.OK, f"{where}: {banner[:60]}")
+
+
+def ssh_check(
+    returncode: int,
+    stderr: str,
+    *,
+    key: str | None,
+    pinned: bool,
+    destination: str,
+    seconds: float,
+) -> Check:
+    """``ssh ... true`` ended with ``returncode`` after printing ``stderr``."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else "(ssh printed nothing)"
+    key_name = key or "your ssh key"
+    if "UNPROTECTED PRIVATE KEY FILE" in stderr:
+        fix = f"chmod 600 {key_name}: ssh ignores a private key that others may read"
+        if returncode == 0:
+            return Check("ssh", Verdict.WARN, f"logged in, but {key_name} is ignored", fix)
+        return Check("ssh", Verdict.FAIL, f"{key_name} is readable by others: ssh refuses it", fix)
+    if returncode == 0:
+        return Check("ssh", Verdict.OK, f"logged in as {destination} in {seconds * 1000:.0f} ms")
+    return Check("ssh", Verdict.FAIL, *_ssh_failure(stderr, last, key_name, pinned=pinned))
+
+
+def _ssh_failure(stderr: str, last: str, key: str, *, pinned: bool) -> tuple[str, str]:
+    """(detail, fix) for a failed login."""
+    pin_fix = (
+        "pin the builder's key: column 8 of its machines line is the base64 of its "
+        "/etc/ssh/ssh_host_ed25519_key.pub (`base64 -w0`), or of `ssh-keyscan -t ed25519 HOST`"
+    )
+    if any(marker in stderr for marker in _CHANGED) or (
+        pinned and "Host key verification failed" in stderr
+    ):
+        return (
+            "the builder's host key is not the pinned one (column 8 of the machines line)",
+            "if the builder was reinstalled, " + pin_fix + "; if not, find out who answers there",
+        )
+    if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr:
+        return ("the builder's host key is unknown: nothing pins or trusts it", pin_fix)
+    if "Permission denied" in stderr:
+        return (
+            f"the builder does not accept {key}: {last}",
+            (
+                f"add {key}.pub to the builder user's authorized_keys (NixOS: "
+                "users.users.<name>.openssh.authorizedKeys.keys), or name the right key in "
+                "column 3 of the machines line"
+            ),
+        )
+    if "No such file or directory" in stderr or "invalid format" in stderr:
+        return (f"cannot read the key {key}: {last}", "check column 3 of the machines line")
+    if "Could not resolve hostname" in stderr:
+        return (last, "check the host name in the machines line or the ssh config")
+    return (last, "try `ssh -v` to the builder by hand to see why it fails")

@@ -1,0 +1,46 @@
+"""The doctor's reports for people: one table row per machine, then each problem and its fix.
+
+Plain padded text like ``offload machines`` (nothing but the report on stdout, so it pipes and
+diffs): a column per check holding ``ok``, ``warn``, ``FAIL`` (upper case, to stand out) or
+``-`` (skipped), and the seconds the machine took. Below the table, one line per check that is
+not ok, with its fix on the next; ``verbose`` lists the ok ones too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from offload.doctor.model import CHECKS, MachineReport, Verdict
+
+__all__ = ["format_report"]
+
+_CELL = {Verdict.OK: "ok", Verdict.WARN: "warn", Verdict.FAIL: "FAIL", Verdict.SKIPPED: "-"}
+
+
+def _table(reports: Sequence[MachineReport]) -> list[str]:
+    rows = [["MACHINE", *(name.upper() for name in CHECKS), "TIME"]]
+    for report in reports:
+        cells = []
+        for name in CHECKS:
+            check = report.check(name)
+            cells.append(_CELL[check.verdict] if check is not None else "-")
+        rows.append([report.name, *cells, f"{report.seconds:.1f}s"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def format_report(reports: Sequence[MachineReport], *, verbose: bool = False) -> str:
+    lines = _table(reports)
+    notes = []
+    for report in reports:
+        for check in report.checks:
+            if check.verdict == Verdict.SKIPPED or (check.verdict == Verdict.OK and not verbose):
+                continue
+            notes.append(f"{report.name}: {check.name} {check.verdict.value}: {check.detail}")
+            if check.fix:
+                notes.append(f"  fix: {check.fix}")
+    if notes:
+        lines += ["", *notes]
+    return "".join(f"{line}\n" for line in lines)

@@ -1,0 +1,289 @@
+"""The doctor's probes: one ``_Probe`` per machine, all machines at once.
+
+For one machine the checks run in ``CHECKS`` order. The prerequisites go from the outside in,
+each with its own probe so that a failure is named where it happens: ``ssh -G`` says which
+host and port ssh would really use (the user's or ``NIX_SSHOPTS``'s ssh config decides, as for
+Nix), ``getaddrinfo`` resolves it, a bare TCP connect reads sshd's greeting, ``ssh ... true``
+logs in (its own connection, so its stderr is ssh's alone; the pinned host key as for builds),
+and then one ``MachineLink`` (the master connection builds use) runs ``nix-store --version``
+and opens a serve session, whose start line also reports the load. The first prerequisite that
+fails ends the machine's probing; the remaining checks are ``skipped``. The rest ask the
+builder over the same master, one command at a time so the round-trip times are not skewed.
+
+Every probe is bounded: connecting by ``timeout`` (the TCP connect and the greeting together,
+ssh's ``ConnectTimeout``), a login or remote command by the timeout plus slack for the
+authentication. Machines are probed concurrently, so a dead one costs about ``timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from offload.config.machines import Machine
+from offload.doctor import facts
+from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
+from offload.doctor.reach import SshConfig, parse_ssh_g, port_check, resolve_check, ssh_check
+from offload.errors import OffloadError
+from offload.load import BOOT_ID_FILE, RemoteLoad
+from offload.process import run_async
+from offload.transport.links import MachineLink
+from offload.transport.ssh import (
+    known_hosts_line,
+    remote_command,
+    split_sshopts,
+    ssh_argv,
+    ssh_target,
+)
+
+__all__ = ["DEFAULT_TIMEOUT", "DoctorOptions", "diagnose", "diagnose_machine"]
+
+DEFAULT_TIMEOUT = 5.0
+# Authentication and a remote command may take a while after the TCP connect.
+_SLACK = 10.0
+_RTT_SAMPLES = 3
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class DoctorOptions:
+    timeout: float = DEFAULT_TIMEOUT
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+async def diagnose(machines: Sequence[Machine], options: DoctorOptions) -> list[MachineReport]:
+    """Every machine's report, probed concurrently, in the order given."""
+    return list(await asyncio.gather(*(diagnose_machine(m, options) for m in machines)))
+
+
+async def diagnose_machine(machine: Machine, options: DoctorOptions) -> MachineReport:
+    started = time.monotonic()
+    checks: list[Check] = []
+    if not machine.is_ssh:
+        checks.append(Check("ssh", Verdict.SKIPPED, f"not an ssh builder ({machine.scheme}://)"))
+    else:
+        try:
+            await _Probe(machine, options, checks).run()
+        except (OffloadError, OSError) as exc:  # e.g. a host ssh would read as an option
+            name = next(n for n in CHECKS if n not in {c.name for c in checks})
+            message, hint = (
+                (exc.message, exc.hint) if isinstance(exc, OffloadError) else (str(exc), None)
+            )
+            checks.append(Check(name, Verdict.FAIL, message, hint))
+        failed = next((c.name for c in checks if c.verdict == Verdict.FAIL), None)
+        if failed in PREREQUISITES:
+            done = {c.name for c in checks}
+            checks += skipped([n for n in CHECKS if n not in done], failed)
+    return MachineReport(machine.name, machine.uri, tuple(checks), time.monotonic() - started)
+
+
+def _local_boot_id() -> str | None:
+    try:
+        return Path(BOOT_ID_FILE).read_text().strip().lower() or None
+    except OSError:
+        return None
+
+
+class _Probe:
+    def __init__(self, machine: Machine, options: DoctorOptions, checks: list[Check]) -> None:
+        self.machine = machine
+        self.target = ssh_target(machine)
+        self.options = options
+        self.timeout = options.timeout
+        self.sshopts = options.env.get("NIX_SSHOPTS", "")
+        self.checks = checks
+        self.load: RemoteLoad | None = None
+        self.user = self.target.user or "?"
+
+    def _passed(self, check: Check) -> bool:
+        self.checks.append(check)
+        return check.verdict != Verdict.FAIL
+
+    async def run(self) -> None:
+        config = await self._ssh_config()
+        check, addresses = await self._resolve(config)
+        if not self._passed(check) or not self._passed(await self._port(config, addresses)):
+            return
+        if not self._passed(await self._login(config)):
+            return
+        link = MachineLink.from_machine(
+            self.machine,
+            env=self.options.env,
+            max_sessions=1,
+            connect_timeout=math.ceil(self.timeout),
+        )
+        async with link:
+            if not self._passed(await self._nix(link)) or not self._passed(await self._serve(link)):
+                return
+            await self._facts(link)
+
+    async def _bounded(self, awaitable: Awaitable[_T], limit: float) -> _T:
+        return await asyncio.wait_for(awaitable, limit)
+
+    async def _ssh_config(self) -> SshConfig:
+        port = ["-p", str(self.target.port)] if self.target.port is not None else []
+        argv = ["ssh", "-G", *split_sshopts(self.sshopts), *port, "--", self.target.destination]
+        try:
+            done = await self._bounded(
+                run_async(argv, env=self.options.env, check=False), self.timeout
+            )
+        except (TimeoutError, OffloadError):
+            return SshConfig(self.target.host, self.target.port or 22)
+        text = done.stdout if done.returncode == 0 else ""
+        return parse_ssh_g(text, self.target.host, self.target.port)
+
+    async def _resolve(self, config: SshConfig) -> tuple[Check, list[str]]:
+        if config.proxy is not None:
+            return resolve_check(config, [], None, self.target.host), []
+        loop = asyncio.get_running_loop()
+        lookup = loop.getaddrinfo(config.hostname, config.port, type=socket.SOCK_STREAM)
+        try:
+            infos = await self._bounded(lookup, self.timeout)
+        except TimeoutError:
+            return resolve_check(config, [], "no answer", self.target.host), []
+        except OSError as exc:
+            return resolve_check(config, [], exc.strerror or str(exc), self.target.host), []
+        addresses = [str(info[4][0]) for info in infos]
+        return resolve_check(config, addresses, None, self.target.host), addresses
+
+    async def _port(self, config: SshConfig, addresses: list[str]) -> Check:
+        if config.proxy is not None or not addresses:
+            where = f"{config.hostname}:{config.port}"
+            return port_check(where, error=None, banner="", timeout=0, proxy=config.proxy)
+        address = addresses[0]
+        where = f"[{address}]:{config.port}" if ":" in address else f"{address}:{config.port}"
+        connected = False
+
+        async def greeting() -> str:
+            nonlocal connected
+            reader, writer = await asyncio.open_connection(address, config.port)
+            connected = True
+            try:
+                return (await reader.readline()).decode(errors="replace").strip()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+        error: str | None = None
+        banner: str | None = None
+        try:
+            banner = await self._bounded(greeting(), self.timeout) or None
+        except TimeoutError:
+            error = None if connected else "timed out"
+        except OSError as exc:
+            # asyncio's strerror is "Connect call failed (addr, port)"; the errno says why.
+            error = os.strerror(exc.errno) if exc.errno else str(exc)
+        return port_check(where, error=error, banner=banner, timeout=self.timeout, proxy=None)
+
+    async def _login(self, config: SshConfig) -> Check:
+        key = self.machine.ssh_key or config.identity
+        self.user = config.user or self.target.user or "?"
+        with tempfile.TemporaryDirectory(prefix="ofl-doctor-") as tmp:
+            known = None
+            if self.target.public_host_key:
+                known = Path(tmp) / "known_hosts"
+                known.write_text(known_hosts_line(self.target))
+            argv = ssh_argv(
+                self.target,
+                known_hosts=known,
+                nix_sshopts=self.sshopts,
+                connect_timeout=math.ceil(self.timeout),
+            )
+            started = time.monotonic()
+            try:
+                done = await self._bounded(
+                    run_async([*argv, remote_command(["true"])], env=self.options.env, check=False),
+                    self.timeout + _SLACK,
+                )
+            except TimeoutError:
+                return Check(
+                    "ssh",
+                    Verdict.FAIL,
+                    f"no login within {self.timeout + _SLACK:g} s",
+                    "try `ssh -v` to the builder by hand to see where it stops",
+                )
+        return ssh_check(
+            done.returncode,
+            done.stderr,
+            key=key,
+            pinned=known is not None,
+            destination=f"{self.user}@{self.target.host}",
+            seconds=time.monotonic() - started,
+        )
+
+    async def _remote(self, link: MachineLink, argv: list[str]) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) of ``argv`` on the builder; -1 when it could not run."""
+        try:
+            return await self._bounded(link.ssh.run(argv), self.timeout + _SLACK)
+        except TimeoutError:
+            return -1, "", f"no answer within {self.timeout + _SLACK:g} s"
+        except OffloadError as exc:
+            return -1, "", exc.message
+
+    async def _nix(self, link: MachineLink) -> Check:
+        program = self.machine.params.get("remote-program") or "nix-store"
+        code, out, err = await self._remote(link, [program, "--version"])
+        return facts.nix_check(code, out, err, program)
+
+    async def _serve(self, link: MachineLink) -> Check:
+        async def handshake() -> tuple[int | None, int | None]:
+            async with link.session() as client:
+                return client.server_version, link.remote_pid(client)
+
+        try:
+            version, pid = await self._bounded(handshake(), self.timeout + _SLACK)
+        except TimeoutError:
+            return facts.serve_check(None, None, f"no handshake within {self.timeout + _SLACK:g} s")
+        except OffloadError as exc:
+            return facts.serve_check(None, None, exc.message)
+        self.load = link.load
+        return facts.serve_check(version, pid, None)
+
+    async def _nix_config(self, link: MachineLink) -> tuple[dict[str, str] | None, str]:
+        # JSON needs the nix-command feature on Nix 2.4-2.x; Nix 2.3 knows neither the flag nor
+        # JSON but prints `name = value` lines.
+        error = ""
+        for argv in (
+            ["nix", "--extra-experimental-features", "nix-command", "show-config", "--json"],
+            ["nix", "show-config"],
+        ):
+            code, out, err = await self._remote(link, argv)
+            config = facts.parse_nix_config(out) if code == 0 else {}
+            if config:
+                return config, ""
+            error = (err.strip().splitlines() or [f"exit code {code}"])[-1]
+        return None, error
+
+    async def _facts(self, link: MachineLink) -> None:
+        machine = self.machine
+        config, error = await self._nix_config(link)
+        code, out, _ = await self._remote(link, ["sh", "-c", "id -un; id -Gn"])
+        who = out.split("\n") if code == 0 else []
+        user = who[0].strip() if who and who[0].strip() else self.user
+        groups = who[1].split() if len(who) > 1 else []
+        disk = await self._remote(link, ["df", "-Pk", "/nix/store"])
+        rtts = []
+        for _ in range(_RTT_SAMPLES):
+            started = time.monotonic()
+            if (await self._remote(link, ["true"]))[0] == 0:
+                rtts.append(time.monotonic() - started)
+        self.checks += [
+            facts.systems_check(machine.systems, config, error),
+            facts.features_check(
+                machine.supported_features, machine.mandatory_features, config, error
+            ),
+            facts.trusted_check(user, groups, config, error),
+            facts.disk_check(*disk),
+            facts.load_check(self.load, machine.max_jobs, _local_boot_id()),
+            facts.rtt_check(rtts),
+        ]

@@ -1,0 +1,123 @@
+"""The pool right now, as this host sees it: slots in use, backoff, the `offload use` choice.
+
+Nothing here connects to a builder; everything is read from the files offload and Nix share
+on this host, so ``offload status`` is instant and safe to run in a loop:
+
+- slots in use: the lock files under Nix's ``current-load`` (``offload.slots``), which
+  ``offload build``, offload's hook and Nix's own hook all hold while a build runs; a holder
+  that wrote when it expects to be done says so (only offload's hook does).
+- backoff: ``backoff.json`` in each state directory that is read (the user's, and the system
+  one the nix-daemon's hook keeps); a machine backed off in both shows the later end.
+- the builder choice: ``use.json`` (``offload.use``) in the same places; the first one in
+  force wins, as the hook reads its own state directory.
+
+A ``MachineStatus`` per machine (the local one first, as ``local``) and the ``Choice`` in force
+make up a ``PoolStatus``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+from offload.backoff import Health, load_backoff
+from offload.config.pool import Pool
+from offload.errors import ConfigError
+from offload.names import LOCAL
+from offload.slots import SlotLocks, slot_key
+from offload.use import Choice, read_choice
+
+__all__ = ["MachineStatus", "PoolStatus", "pool_status"]
+
+BACKOFF_FILE = "backoff.json"
+
+
+class BackoffJson(TypedDict):
+    failures: int
+    until: float
+
+
+class MachineStatusJson(TypedDict):
+    name: str
+    slots: int
+    in_use: int
+    expected_free: list[float]
+    backoff: BackoffJson | None
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    name: str
+    slots: int
+    in_use: int
+    expected_free: tuple[float, ...]  # wall-clock ends the holders wrote, soonest first
+    backoff: Health | None
+    chosen: bool  # in the `offload use` choice (True when there is none)
+
+    def as_json(self) -> MachineStatusJson:
+        backoff: BackoffJson | None = None
+        if self.backoff is not None:
+            backoff = {"failures": self.backoff.failures, "until": self.backoff.until}
+        return {
+            "name": self.name,
+            "slots": self.slots,
+            "in_use": self.in_use,
+            "expected_free": list(self.expected_free),
+            "backoff": backoff,
+            "chosen": self.chosen,
+        }
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    machines: tuple[MachineStatus, ...]
+    choice: Choice | None
+    slot_dir: Path
+
+
+def _backoff(places: Sequence[Path], now: float) -> dict[str, Health]:
+    merged: dict[str, Health] = {}
+    for place in places:
+        for name, health in load_backoff(place / BACKOFF_FILE, now).items():
+            if name not in merged or health.until > merged[name].until:
+                merged[name] = health
+    return merged
+
+
+def _chosen(pool: Pool, choice: Choice | None) -> set[str] | None:
+    """The names the choice keeps (``local`` included), or None when every machine is in."""
+    if choice is None:
+        return None
+    try:
+        kept = pool.select(on=choice.machines)
+    except ConfigError:
+        # A choice naming machines no longer in the pool keeps none of them, as in the hook.
+        return set()
+    return {m.name for m in kept.machines} | ({LOCAL} if kept.local is not None else set())
+
+
+def pool_status(pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float) -> PoolStatus:
+    """The status of every machine of ``pool``; ``places`` are the state directories to read."""
+    choice = next((c for p in places if (c := read_choice(p, now)) is not None), None)
+    chosen = _chosen(pool, choice)
+    backoff = _backoff(places, now)
+    entries = [(LOCAL, LOCAL, pool.local.max_jobs)] if pool.local is not None else []
+    entries += [(m.name, slot_key(m.uri), m.max_jobs) for m in pool.machines]
+    machines = []
+    for name, key, count in entries:
+        probe = slots.probe(key, count)
+        ends = sorted(end for end in probe.busy_ends if end is not None)
+        machines.append(
+            MachineStatus(
+                name,
+                count,
+                count - probe.free,
+                tuple(ends),
+                backoff.get(name),
+                chosen is None or name in chosen,
+            )
+        )
+    return PoolStatus(tuple(machines), choice, slots.directory)

@@ -1,0 +1,217 @@
+"""`offload doctor` against a real local fleet: healthy members pass, and each way a machines
+line or a builder can be wrong gets its verdict and fix.
+
+The module's fleet is never changed: each test writes a machines file of its own with the
+wrong thing in it. Only the removed authorized key needs a member changed, so that test has a
+fleet of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offload.doctor import CHECKS
+from offload.fleet import Fleet, MemberSpec
+from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
+from tests.helpers.fleets import machines_lines, private_fleet_fixture
+
+MEMBERS = ("da", "db", "dc")
+
+doctor_fleet = private_fleet_fixture(
+    [MemberSpec(name, 1.0, 1) for name in MEMBERS], "ofd", scope="module"
+)
+keyless_fleet = private_fleet_fixture([MemberSpec("dk", 1.0, 1)], "ofk")
+
+
+def doctor(
+    fleet: Fleet, tmp_path: Path, machines: Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = fleet.env()
+    env["OFFLOAD_STATE_DIR"] = str(tmp_path / "state")
+    argv = [sys.executable, "-m", "offload", "doctor", "--builders", f"@{machines}", *args]
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=timeout, check=False, cwd=tmp_path
+    )
+
+
+def reports(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
+    return {machine["name"]: machine for machine in json.loads(done.stdout)}
+
+
+def verdicts(report: dict[str, Any]) -> dict[str, str]:
+    return {check["name"]: check["verdict"] for check in report["checks"]}
+
+
+def check(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in report["checks"] if c["name"] == name)
+
+
+def lines_with(fleet: Fleet, name: str, column: int, value: str) -> list[str]:
+    """The fleet's machines lines with member ``name``'s ``column`` (0-based) set to ``value``."""
+    out = []
+    for fields in machines_lines(fleet):
+        if fields[0] == f"ssh://{name}":
+            fields[column] = value
+        out.append(" ".join(fields))
+    return out
+
+
+def write(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "machines"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nothing else takes it), not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def test_healthy_members_pass_every_check(doctor_fleet: Fleet, tmp_path: Path) -> None:
+    done = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "--json")
+    assert done.returncode == 0, done.stderr + done.stdout
+    found = reports(done)
+    assert set(found) == set(MEMBERS)
+    for name, report in found.items():
+        assert list(verdicts(report)) == list(CHECKS)
+        assert set(verdicts(report).values()) == {"ok"}, (name, report)
+        assert report["ok"] is True
+    assert check(found["da"], "nix")["detail"].startswith("Nix 2.")
+    assert "remote pid" in check(found["da"], "serve")["detail"]
+
+
+def test_the_table_and_names_narrow_the_check(doctor_fleet: Fleet, tmp_path: Path) -> None:
+    done = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "db")
+    assert done.returncode == 0, done.stderr
+    header, row, *rest = done.stdout.splitlines()
+    assert header.split()[0] == "MACHINE"
+    assert row.split()[0] == "db"
+    assert row.split()[1:-1] == ["ok"] * len(CHECKS)
+    assert rest == []
+
+
+def test_a_wrong_port_fails_the_port_check_and_skips_the_rest(
+    doctor_fleet: Fleet, tmp_path: Path, closed_port: int
+) -> None:
+    machines = write(tmp_path, lines_with(doctor_fleet, "da", 0, f"ssh://da:{closed_port}"))
+    done = doctor(doctor_fleet, tmp_path, machines, "da", "--json")
+    assert done.returncode == 1, done.stderr
+    report = reports(done)["da"]
+    port = check(report, "port")
+    assert port["verdict"] == "fail"
+    assert f"127.0.0.1:{closed_port}" in port["detail"]
+    assert "refused" in port["detail"]
+    assert "port" in port["fix"]
+    assert verdicts(report)["resolve"] == "ok"
+    assert {verdicts(report)[name] for name in CHECKS[2:]} == {"skipped"}
+
+
+def test_a_changed_host_key_fails_ssh(doctor_fleet: Fleet, tmp_path: Path) -> None:
+    other_key = next(f[7] for f in machines_lines(doctor_fleet) if f[0] == "ssh://db")
+    machines = write(tmp_path, lines_with(doctor_fleet, "da", 7, other_key))
+    done = doctor(doctor_fleet, tmp_path, machines, "--json")
+    assert done.returncode == 1, done.stderr
+    found = reports(done)
+    ssh = check(found["da"], "ssh")
+    assert ssh["verdict"] == "fail"
+    assert "not the pinned one" in ssh["detail"]
+    assert "column 8" in ssh["fix"]
+    assert verdicts(found["da"])["serve"] == "skipped"
+    assert found["db"]["ok"] is True
+
+
+def test_a_claimed_feature_the_member_lacks_fails_features(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    features = next(f[5] for f in machines_lines(doctor_fleet) if f[0] == "ssh://dc")
+    machines = write(tmp_path, lines_with(doctor_fleet, "dc", 5, f"{features},cuda"))
+    done = doctor(doctor_fleet, tmp_path, machines, "dc")
+    assert done.returncode == 1, done.stderr
+    assert "dc: features fail: claims cuda, which the builder lacks" in done.stdout
+    assert "  fix: remove it from columns 6-7 of the machines line" in done.stdout
+    row = done.stdout.splitlines()[1].split()
+    # Everything else was still asked: the feature is not a prerequisite.
+    assert row[1 + CHECKS.index("features")] == "FAIL"
+    assert row[1 + CHECKS.index("disk")] == "ok"
+
+
+def test_a_removed_authorized_key_fails_ssh(keyless_fleet: Fleet, tmp_path: Path) -> None:
+    member = keyless_fleet.member("dk")
+    (member.root / "etc-nix" / Path(MEMBER_AUTHORIZED_KEYS).name).write_text("")
+    done = doctor(keyless_fleet, tmp_path, keyless_fleet.machines_file, "--json")
+    assert done.returncode == 1, done.stderr
+    ssh = check(reports(done)["dk"], "ssh")
+    assert ssh["verdict"] == "fail"
+    assert "does not accept" in ssh["detail"]
+    assert "Permission denied" in ssh["detail"]
+    assert "authorized_keys" in ssh["fix"]
+
+
+def test_two_dead_machines_among_healthy_ones_cost_one_timeout(
+    doctor_fleet: Fleet, tmp_path: Path, closed_port: int
+) -> None:
+    # One refuses at once; the other accepts the TCP connection and never says a word, so only
+    # the connect timeout (5 s by default) ends it.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.2", 0))
+        hung.listen()
+        hung_port = int(hung.getsockname()[1])
+        lines = [" ".join(fields) for fields in machines_lines(doctor_fleet)]
+        lines += [
+            f"ssh://127.0.0.1:{closed_port} {doctor_fleet.system} - 1 1",
+            f"ssh://127.0.0.2:{hung_port} {doctor_fleet.system} - 1 1",
+        ]
+        started = time.monotonic()
+        done = doctor(doctor_fleet, tmp_path, write(tmp_path, lines), "--json")
+        wall = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    found = reports(done)
+    assert len(found) == 5
+    assert check(found["127.0.0.1"], "port")["verdict"] == "fail"
+    assert "no ssh greeting" in check(found["127.0.0.2"], "port")["detail"]
+    assert all(found[name]["ok"] for name in MEMBERS)
+    assert wall < 10, f"doctor took {wall:.1f} s"
+
+
+def test_a_missing_nix_store_fails_nix_and_skips_the_session(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The program the store URI names is not there: what a builder without Nix (or without it
+    # on the PATH of non-interactive sessions) looks like to ssh.
+    uri = "ssh://db?remote-program=/nonexistent/nix-store"
+    machines = write(tmp_path, lines_with(doctor_fleet, "db", 0, uri))
+    done = doctor(doctor_fleet, tmp_path, machines, "db", "--json")
+    assert done.returncode == 1, done.stderr
+    report = reports(done)["db"]
+    nix = check(report, "nix")
+    assert nix["verdict"] == "fail"
+    assert "/nonexistent/nix-store is not on the builder's PATH" in nix["detail"]
+    assert "remote-program" in nix["fix"]
+    assert verdicts(report)["ssh"] == "ok"
+    assert verdicts(report)["serve"] == "skipped"
+
+
+def test_a_key_file_others_may_read_warns_with_chmod(doctor_fleet: Fleet, tmp_path: Path) -> None:
+    # ssh ignores the too-open key in column 3 and gets in with the fleet ssh_config's own
+    # IdentityFile, so the builder is usable (exit 0) but the key named there is not.
+    loose = tmp_path / "loose_key"
+    loose.write_bytes(doctor_fleet.client_key.read_bytes())
+    loose.chmod(0o644)
+    machines = write(tmp_path, lines_with(doctor_fleet, "dc", 2, str(loose)))
+    done = doctor(doctor_fleet, tmp_path, machines, "dc", "--json")
+    assert done.returncode == 0, done.stderr
+    ssh = check(reports(done)["dc"], "ssh")
+    assert ssh["verdict"] == "warn"
+    assert ssh["fix"].startswith(f"chmod 600 {loose}")

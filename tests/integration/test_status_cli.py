@@ -1,0 +1,91 @@
+"""`offload status` as a command: it sees a slot held in the slot directory Nix's own hook uses,
+and ``--watch`` keeps redrawing until it is stopped."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.slots import NIX_CURRENT_LOAD, slot_key
+from tests.helpers.offload_run import wait_for
+from tests.helpers.processes import start, stop
+
+pytestmark = pytest.mark.skipif(
+    not os.access(NIX_CURRENT_LOAD.parent, os.W_OK), reason="needs Nix's current-load (root)"
+)
+
+
+@pytest.fixture
+def machines(tmp_path: Path) -> Path:
+    # A name of this test's own, so no other run's slots are counted (or disturbed).
+    path = tmp_path / "machines"
+    path.write_text(f"ssh://st{os.getpid()} x86_64-linux - 2 1\n")
+    return path
+
+
+@pytest.fixture
+def held_slot() -> Iterator[Path]:
+    """Slot 0 of the test machine, flocked as Nix's build-remote holds it."""
+    path = NIX_CURRENT_LOAD / f"{slot_key(f'ssh://st{os.getpid()}')}-0"
+    NIX_CURRENT_LOAD.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)
+        for slot in range(2):
+            path.with_name(f"{slot_key(f'ssh://st{os.getpid()}')}-{slot}").unlink(missing_ok=True)
+
+
+def status_argv(machines: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "offload", "status", "--builders", f"@{machines}", *args]
+
+
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+
+
+def test_a_slot_held_like_nix_does_is_in_use(
+    machines: Path, held_slot: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        status_argv(machines, "--json", "-j", "0"),
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    (machine,) = data["machines"]
+    assert (machine["name"], machine["in_use"], machine["slots"]) == (f"st{os.getpid()}", 1, 2)
+    assert machine["expected_free"] == []  # Nix writes no expected end
+    assert data["slot_dir"] == str(NIX_CURRENT_LOAD)
+    assert held_slot.exists()
+
+
+def test_watch_redraws_until_stopped(machines: Path, held_slot: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as sink:
+        proc = start(
+            status_argv(machines, "--watch", "--interval", "0.1", "--json", "-j", "0"),
+            env=env(tmp_path),
+            stdout=sink,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for(lambda: out.read_text().count("\n") >= 3, 30, "three snapshots")
+            assert proc.poll() is None
+        finally:
+            stop(proc)
+    snapshots = [json.loads(line) for line in out.read_text().splitlines()[:3]]
+    assert all(s["machines"][0]["in_use"] == 1 for s in snapshots)

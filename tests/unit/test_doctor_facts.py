@@ -1,0 +1,152 @@
+"""The doctor's verdicts on what a builder is, from recorded command output, and its report."""
+
+import json
+
+from offload.doctor import facts
+from offload.doctor.model import Check, MachineReport, Verdict, skipped
+from offload.doctor.render import format_report
+from offload.load import RemoteLoad
+
+# `nix --extra-experimental-features nix-command show-config --json` on Nix 2.8, abridged.
+CONFIG_JSON = json.dumps(
+    {
+        "system": {"value": "x86_64-linux", "description": "..."},
+        "extra-platforms": {"value": ["i686-linux"]},
+        "system-features": {"value": ["benchmark", "big-parallel", "kvm", "nixos-test"]},
+        "trusted-users": {"value": ["root", "@wheel"]},
+        "sandbox": {"value": False},
+    }
+)
+CONFIG = facts.parse_nix_config(CONFIG_JSON)
+DF = (
+    "Filesystem     1024-blocks     Used Available Capacity Mounted on\n"
+    "/dev/vda         263174212 23000000 {free} 23% /\n"
+)
+
+
+def test_nix_show_config_is_read_in_both_json_shapes_and_as_text():
+    assert CONFIG["system"] == "x86_64-linux"
+    assert CONFIG["system-features"] == "benchmark big-parallel kvm nixos-test"
+    assert CONFIG["sandbox"] == "false"
+    flat = facts.parse_nix_config('{"system": "aarch64-linux", "extra-platforms": []}')
+    assert flat == {"system": "aarch64-linux", "extra-platforms": ""}
+    text = facts.parse_nix_config("system = x86_64-linux\nsystem-features = kvm big-parallel\n")
+    assert text["system-features"] == "kvm big-parallel"
+    assert facts.parse_nix_config("error: unknown command") == {}
+
+
+def test_nix_version_and_a_missing_nix_store():
+    ok = facts.nix_check(0, "nix-store (Nix) 2.8.0\n", "", "nix-store")
+    assert (ok.verdict, ok.detail) == (Verdict.OK, "Nix 2.8.0")
+    missing = facts.nix_check(127, "", "sh: 1: nix-store: not found\n", "nix-store")
+    assert missing.verdict == Verdict.FAIL
+    assert "not on the builder's PATH" in missing.detail
+    assert missing.fix is not None
+    assert "remote-program" in missing.fix
+
+
+def test_serve_handshake():
+    ok = facts.serve_check(0x206, 4242, None)
+    assert ok.detail == "protocol 2.6, remote pid 4242"
+    failed = facts.serve_check(None, None, "bad server magic")
+    assert failed.verdict == Verdict.FAIL
+    assert "bad server magic" in failed.detail
+
+
+def test_systems_claimed_but_absent_fail_and_unclaimed_platforms_are_only_mentioned():
+    ok = facts.systems_check(["x86_64-linux"], CONFIG, "")
+    assert ok.verdict == Verdict.OK
+    assert "could also build i686-linux" in ok.detail
+    bad = facts.systems_check(["x86_64-linux", "aarch64-linux"], CONFIG, "")
+    assert bad.verdict == Verdict.FAIL
+    assert "claims aarch64-linux" in bad.detail
+
+
+def test_a_claimed_feature_the_builder_lacks_fails_and_an_unclaimed_one_warns():
+    real = {"benchmark", "big-parallel", "kvm", "nixos-test"}
+    ok = facts.features_check(real, (), CONFIG, "")
+    assert ok.verdict == Verdict.OK
+    lacking = facts.features_check({*real, "cuda"}, (), CONFIG, "")
+    assert lacking.verdict == Verdict.FAIL
+    assert "claims cuda" in lacking.detail
+    assert lacking.fix is not None
+    assert "system-features" in lacking.fix
+    # A mandatory feature is claimed as much as a supported one.
+    assert facts.features_check(real, {"cuda"}, CONFIG, "").verdict == Verdict.FAIL
+    wasted = facts.features_check({"benchmark", "big-parallel", "nixos-test"}, (), CONFIG, "")
+    assert wasted.verdict == Verdict.WARN
+    assert "has kvm, not claimed" in wasted.detail
+
+
+def test_without_show_config_systems_and_features_cannot_be_told():
+    check = facts.features_check({"kvm"}, (), None, "error: unknown command 'show-config'")
+    assert check.verdict == Verdict.WARN
+    assert "unknown command" in check.detail
+
+
+def test_trusted_users():
+    assert facts.trusted_check("root", [], CONFIG, "").verdict == Verdict.OK
+    assert facts.trusted_check("nixremote", ["users", "wheel"], CONFIG, "").verdict == Verdict.OK
+    untrusted = facts.trusted_check("nixremote", ["users"], CONFIG, "")
+    assert untrusted.verdict == Verdict.WARN
+    assert untrusted.fix is not None
+    assert "trusted-users" in untrusted.fix
+
+
+def test_free_disk_thresholds():
+    def gib(n: float) -> str:
+        return DF.format(free=int(n * 1024 * 1024))
+
+    assert facts.disk_check(0, gib(80), "").verdict == Verdict.OK
+    assert facts.disk_check(0, gib(80), "").detail == "80.0 GiB free on /nix/store"
+    assert facts.disk_check(0, gib(3), "").verdict == Verdict.WARN
+    assert facts.disk_check(0, gib(0.5), "").verdict == Verdict.FAIL
+    unknown = facts.disk_check(1, "", "df: /nix/store: No such file or directory\n")
+    assert unknown.verdict == Verdict.WARN
+    assert "No such file" in unknown.detail
+
+
+def test_load_follows_the_slot_rule_and_spares_this_hosts_kernel():
+    busy = RemoteLoad(cores=4, load1=7.5, boot_id="b1")
+    warn = facts.load_check(busy, 4, "local")
+    assert warn.verdict == Verdict.WARN
+    assert "uses 1 of its 4 slots" in warn.detail
+    assert facts.load_check(busy, 4, "b1").verdict == Verdict.OK
+    assert facts.load_check(RemoteLoad(cores=4, load1=1.0), 4, None).verdict == Verdict.OK
+    assert facts.load_check(None, 4, None).verdict == Verdict.OK
+
+
+def test_round_trip_time():
+    assert facts.rtt_check([0.03, 0.02, 0.05]).detail.startswith("20 ms")
+    assert facts.rtt_check([0.9]).verdict == Verdict.WARN
+    assert facts.rtt_check([]).verdict == Verdict.WARN
+
+
+def test_the_report_marks_failures_skips_and_their_fixes():
+    good = MachineReport("fast", "ssh://fast", (Check("resolve", Verdict.OK, "fast"),), 0.4)
+    dead = MachineReport(
+        "dead",
+        "ssh://dead",
+        (
+            Check("resolve", Verdict.OK, "dead"),
+            Check("port", Verdict.FAIL, "nothing listens", "start sshd"),
+            *skipped(["ssh"], "port"),
+        ),
+        0.01,
+    )
+    assert dead.failed
+    assert not good.failed
+    text = format_report([good, dead])
+    header, row_good, row_dead = text.splitlines()[:3]
+    assert header.split()[:4] == ["MACHINE", "RESOLVE", "PORT", "SSH"]
+    assert row_dead.split()[:4] == ["dead", "ok", "FAIL", "-"]
+    assert row_good.split()[-1] == "0.4s"
+    assert "dead: port fail: nothing listens\n  fix: start sshd\n" in text
+    assert "fast: resolve" not in text
+    assert "fast: resolve ok: fast" in format_report([good], verbose=True)
+    assert dead.as_json()["checks"][2] == {
+        "name": "ssh",
+        "verdict": "skipped",
+        "detail": "not checked: port failed",
+        "fix": None,
+    }

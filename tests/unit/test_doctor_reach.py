@@ -1,0 +1,138 @@
+"""The doctor's verdicts on getting to a builder, from recorded OpenSSH output."""
+
+from offload.doctor.model import Verdict
+from offload.doctor.reach import SshConfig, parse_ssh_g, port_check, resolve_check, ssh_check
+
+DENIED = "root@127.0.0.1: Permission denied (publickey).\r\n"
+CHANGED = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Host key for fast has changed and you have requested strict checking.
+Host key verification failed.
+"""
+UNKNOWN = (
+    "No ED25519 host key is known for fast and you have requested strict checking.\r\n"
+    "Host key verification failed.\r\n"
+)
+UNPROTECTED = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+Permissions 0644 for '/k/id' are too open.
+It is required that your private key files are NOT accessible by others.
+This private key will be ignored.
+Load key "/k/id": bad permissions
+root@127.0.0.1: Permission denied (publickey).
+"""
+
+
+def login(code: int, stderr: str, *, pinned: bool = True):
+    return ssh_check(code, stderr, key="/k/id", pinned=pinned, destination="root@b", seconds=0.1)
+
+
+def test_a_login_that_worked_is_ok():
+    check = login(0, "")
+    assert check.verdict == Verdict.OK
+    assert "root@b" in check.detail
+    assert check.fix is None
+
+
+def test_permission_denied_means_the_key_is_not_authorized():
+    check = login(255, DENIED)
+    assert check.verdict == Verdict.FAIL
+    assert "does not accept /k/id" in check.detail
+    assert check.fix is not None
+    assert "/k/id.pub" in check.fix
+    assert "authorized_keys" in check.fix
+
+
+def test_a_changed_host_key_is_named_as_such_pinned_or_not():
+    for pinned in (True, False):
+        check = login(255, CHANGED, pinned=pinned)
+        assert check.verdict == Verdict.FAIL
+        assert "not the pinned one" in check.detail
+        assert check.fix is not None
+        assert "column 8" in check.fix
+
+
+def test_an_unpinned_unknown_host_key_asks_to_pin_it():
+    check = login(255, UNKNOWN, pinned=False)
+    assert check.verdict == Verdict.FAIL
+    assert "unknown" in check.detail
+    assert check.fix is not None
+    assert "ssh-keyscan" in check.fix
+
+
+def test_a_pinned_key_that_fails_verification_was_changed():
+    check = login(255, "Host key verification failed.\n", pinned=True)
+    assert "not the pinned one" in check.detail
+
+
+def test_a_key_file_others_can_read_is_refused_with_chmod_as_the_fix():
+    check = login(255, UNPROTECTED)
+    assert check.verdict == Verdict.FAIL
+    assert "readable by others" in check.detail
+    assert check.fix is not None
+    assert check.fix.startswith("chmod 600 /k/id")
+
+
+def test_a_key_file_others_can_read_only_warns_when_another_key_got_in():
+    check = login(0, UNPROTECTED.replace(DENIED.strip(), ""))
+    assert check.verdict == Verdict.WARN
+    assert check.fix is not None
+    assert "chmod 600" in check.fix
+
+
+def test_an_unknown_failure_keeps_ssh_last_words():
+    check = login(255, "kex_exchange_identification: Connection closed by remote host\n")
+    assert check.verdict == Verdict.FAIL
+    assert check.detail == "kex_exchange_identification: Connection closed by remote host"
+    assert check.fix is not None
+    assert "ssh -v" in check.fix
+
+
+def test_ssh_g_gives_the_real_host_port_user_and_first_identity():
+    text = (
+        "user root\nhostname 127.0.0.1\nport 40022\nidentityfile /f/client_key\n"
+        "identityfile ~/.ssh/id_rsa\nproxyjump none\n"
+    )
+    config = parse_ssh_g(text, "fast", None)
+    assert config == SshConfig("127.0.0.1", 40022, "root", None, "/f/client_key")
+
+
+def test_ssh_g_names_a_proxy_and_falls_back_to_the_given_host():
+    config = parse_ssh_g("proxyjump bastion\n", "b1", 2222)
+    assert (config.hostname, config.port, config.proxy) == ("b1", 2222, "proxyjump bastion")
+    assert parse_ssh_g("", "b1", None).port == 22
+
+
+def test_resolve_fails_with_a_fix_and_shows_the_alias_target():
+    config = SshConfig("no-such-host.invalid", 22)
+    check = resolve_check(config, [], "Name or service not known", "b1")
+    assert check.verdict == Verdict.FAIL
+    assert "b1 -> no-such-host.invalid" in check.detail
+    assert check.fix is not None
+    ok = resolve_check(SshConfig("127.0.0.1", 22), ["127.0.0.1", "127.0.0.1"], None, "b1")
+    assert ok.verdict == Verdict.OK
+    assert ok.detail == "b1 -> 127.0.0.1 (127.0.0.1)"
+
+
+def test_port_verdicts():
+    def port(error: str | None, banner: str | None):
+        return port_check("127.0.0.1:1", error=error, banner=banner, timeout=3, proxy=None)
+
+    refused = port("Connection refused", None)
+    assert refused.verdict == Verdict.FAIL
+    assert "nothing listens on 127.0.0.1:1" in refused.detail
+    assert refused.fix is not None
+    assert "port" in refused.fix
+    assert "did not answer within 3 s" in port("timed out", None).detail
+    silent = port(None, None)
+    assert silent.verdict == Verdict.FAIL
+    assert "no ssh greeting" in silent.detail
+    assert "not as sshd" in port(None, "HTTP/1.1 400 Bad Request").detail
+    good = port(None, "SSH-2.0-OpenSSH_9.2p1 Debian-2")
+    assert good.verdict == Verdict.OK
+    assert "OpenSSH_9.2p1" in good.detail
+    proxied = port_check("b:22", error=None, banner=None, timeout=3, proxy="proxyjump j")
+    assert proxied.verdict == Verdict.OK

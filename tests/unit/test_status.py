@@ -1,0 +1,72 @@
+"""`offload status` from real lock, backoff and choice files in a temporary state directory."""
+
+import os
+import time
+from pathlib import Path
+
+from offload.backoff import Health, save_backoff
+from offload.cli.status import format_status, status_json
+from offload.config.machines import parse_machines
+from offload.config.pool import Pool
+from offload.config.settings import LocalMachine
+from offload.slots import SlotLocks, slot_key
+from offload.status import pool_status
+from offload.use import Choice, write_choice
+
+SYSTEM = "x86_64-linux"
+MACHINES = f"ssh://fast {SYSTEM} - 2 4\nssh://slow {SYSTEM} - 1 1\n"
+
+
+def pool() -> Pool:
+    machines, _ = parse_machines(MACHINES, source="m", system=SYSTEM)
+    return Pool(LocalMachine(1.0, 2, (SYSTEM,), frozenset()), tuple(machines))
+
+
+def test_slots_held_backoff_and_choice_are_shown_per_machine(tmp_path: Path) -> None:
+    now = time.time()
+    locks = SlotLocks(tmp_path / "current-load")
+    held = [
+        locks.try_acquire(slot_key("ssh://fast"), 2, until=now + 60),
+        locks.try_acquire("local", 2),
+    ]
+    try:
+        save_backoff(tmp_path / "backoff.json", {"slow": Health(2, now + 180)}, now)
+        write_choice(tmp_path, Choice(("fast",), now, now + 3600))
+        status = pool_status(pool(), [tmp_path], locks, now)
+    finally:
+        for fd in held:
+            assert fd is not None
+            os.close(fd)
+    by_name = {m.name: m for m in status.machines}
+    assert list(by_name) == ["local", "fast", "slow"]
+    assert (by_name["fast"].in_use, by_name["fast"].slots) == (1, 2)
+    # The holder wrote its expected end with millisecond precision.
+    assert abs(by_name["fast"].expected_free[0] - (now + 60)) < 0.01
+    assert (by_name["local"].in_use, by_name["local"].expected_free) == (1, ())
+    assert by_name["slow"].in_use == 0
+    assert by_name["slow"].backoff == Health(2, now + 180)
+    assert by_name["fast"].backoff is None
+    assert [m.chosen for m in status.machines] == [False, True, False]
+    text = format_status(status)
+    assert text.splitlines()[0].split()[0] == "MACHINE"
+    assert text.splitlines()[2].split()[:2] == ["fast", "1/2"]
+    assert "(2 failures)" in text.splitlines()[3]
+    assert text.splitlines()[-1].startswith("offload use: fast (until ")
+    data = status_json(status)
+    assert data["use"] == {"machines": ["fast"], "until": now + 3600}
+
+
+def test_nothing_held_and_no_choice(tmp_path: Path) -> None:
+    status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "current-load"), time.time())
+    assert {(m.in_use, m.backoff, m.chosen) for m in status.machines} == {(0, None, True)}
+    assert status.choice is None
+    assert format_status(status).splitlines()[-1].startswith("offload use: none")
+
+
+def test_the_later_backoff_of_two_state_directories_wins(tmp_path: Path) -> None:
+    now = time.time()
+    user, system = tmp_path / "user", tmp_path / "system"
+    save_backoff(user / "backoff.json", {"fast": Health(1, now + 60)}, now)
+    save_backoff(system / "backoff.json", {"fast": Health(3, now + 540)}, now)
+    status = pool_status(pool(), [user, system], SlotLocks(tmp_path / "cl"), now)
+    assert status.machines[1].backoff == Health(3, now + 540)
