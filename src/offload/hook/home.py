@@ -6,8 +6,9 @@ forever for the parent that waits for us. build-remote gets round it from inside
 (``locksHeld``); a separate program does what the store would do, without the lock, which is
 safe because the lock we skip is held for us:
 
-1. each missing path's NAR is streamed from the builder into ``nix-store --restore`` under a
-   temporary name beside the store directory's entries (``.offload-hook-<pid>-<batch>-<n>``), and
+1. each missing path's NAR is streamed from the builder into ``nix-store --restore`` (or, when
+   small, read into memory and unpacked by ``offload.hook.unpack``) under a temporary name
+   beside the store directory's entries (``.offload-hook-<pid>-<batch>-<n>``), and
    hashed as it goes;
 2. the hash and size are checked against what the builder says (a mismatch registers nothing);
 3. the temporary tree is renamed to its store path (atomic, same directory);
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from offload.errors import StoreError
+from offload.hook.unpack import SMALL_NAR, unpack_nar
 from offload.process import run_async, spawn
 from offload.protocol.serve import PathInfo, ServeClient
 from offload.store.nar import nar_hash_nix32
@@ -55,6 +57,9 @@ def registration_text(infos: Sequence[PathInfo]) -> str:
 
 
 async def _restore(remote: ServeClient, info: PathInfo, temp: Path) -> None:
+    if info.nar_size <= SMALL_NAR:
+        await _restore_small(remote, info, temp)
+        return
     digest = hashlib.sha256()
     async with spawn(["nix-store", "--restore", str(temp)]) as proc:
         assert proc.stdin is not None
@@ -70,7 +75,23 @@ async def _restore(remote: ServeClient, info: PathInfo, temp: Path) -> None:
         _, err = await proc.communicate()
     if proc.returncode != 0:
         raise StoreError(f"cannot unpack {info.path}: {err.decode(errors='replace').strip()}")
-    got = nar_hash_nix32(digest.hexdigest())
+    _check(info, size, digest.hexdigest())
+
+
+async def _restore_small(remote: ServeClient, info: PathInfo, temp: Path) -> None:
+    """In memory, checked before anything is written (``offload.hook.unpack``)."""
+    data = bytearray()
+
+    async def sink(chunk: bytes) -> None:
+        data.extend(chunk)
+
+    size = await remote.dump_store_path(info.path, sink)
+    _check(info, size, hashlib.sha256(data).hexdigest())
+    unpack_nar(bytes(data), temp)
+
+
+def _check(info: PathInfo, size: int, sha256_hex: str) -> None:
+    got = nar_hash_nix32(sha256_hex)
     if size != info.nar_size or (info.nar_hash.startswith("sha256:") and got != info.nar_hash):
         raise StoreError(
             f"{info.path} arrived damaged ({size} bytes, {got}; "
