@@ -68,6 +68,11 @@ class BuildStatus(IntEnum):
     RESOLVES_TO_ALREADY_VALID = 13
     NO_SUBSTITUTERS = 14
 
+    @property
+    def succeeded(self) -> bool:
+        """The outputs are valid now (built, substituted, or already there)."""
+        return self in _SUCCESS
+
 
 _SUCCESS = frozenset(
     {
@@ -143,7 +148,7 @@ class BuildResult:
 
     @property
     def success(self) -> bool:
-        return self.status in _SUCCESS
+        return self.status.succeeded
 
 
 def sorted_paths(paths: Iterable[str]) -> list[str]:

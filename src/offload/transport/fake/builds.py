@@ -40,15 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildCommands", "BuildOutcome", "Builder", "FakeBuild", "default_outputs"]
 
-_SUCCESS = frozenset(
-    {
-        BuildStatus.BUILT,
-        BuildStatus.SUBSTITUTED,
-        BuildStatus.ALREADY_VALID,
-        BuildStatus.RESOLVES_TO_ALREADY_VALID,
-    }
-)
-
 
 @dataclass(frozen=True)
 class FakeBuild:
@@ -180,7 +171,7 @@ class BuildCommands(SessionIO):
         start = int(time.time())
         outcome = await self.run_builder(build)
         stop = int(time.time())
-        if outcome.status not in _SUCCESS:
+        if not outcome.status.succeeded:
             msg = outcome.error_msg
             self.reply_build(drv_path, outcome.status, msg, times_built=1, start=start, stop=stop)
             return
