@@ -83,6 +83,8 @@ def run(
             input=stdin,
             capture_output=True,
             text=True,
+            # Nix prints a file's bytes as they are (a Latin-1 .nix file in an error message).
+            errors="replace",
             env=dict(env) if env is not None else None,
             timeout=timeout,
             check=False,

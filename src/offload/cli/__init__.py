@@ -2,15 +2,22 @@
 
 Each subcommand lives in its own module with ``register(subparsers)``; the function it sets as
 ``func`` takes the parsed namespace and returns an exit status. Errors are caught here only:
-``error: <message>`` and a hint on stderr, a traceback only with ``--debug``.
+``error: <message>`` and a hint on stderr, a traceback only with ``--debug``. Usage errors exit 1
+as Nix's own commands do (argparse's 2 is nobody's convention here); an error offload did not
+foresee is still one line, with the way to see its traceback; a closed stdout (``| head``) ends
+the command quietly, as it ends Nix's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from typing_extensions import override
 
 from offload import __version__
 from offload.errors import BuildFailed, OffloadError
@@ -19,6 +26,15 @@ from offload.protocol.records import BuildStatus
 __all__ = ["exit_status", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with offload's error lines; subcommand parsers are made of the same class."""
+
+    @override
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {self.prog}: {message}\nhint: see {self.prog} --help\n")
+        sys.exit(1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         use,
     )
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="offload",
         description="Distribute Nix builds over the local machine and SSH builders.",
     )
@@ -63,6 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return exit_status(exc)
+    except BrokenPipeError:
+        # Whoever read stdout has gone; later flushes must not fail again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: run again with --debug to see where, and report it", file=sys.stderr)
+        return 1
 
 
 def exit_status(exc: OffloadError) -> int:
