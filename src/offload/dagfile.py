@@ -272,10 +272,16 @@ def load_dag(path: Path) -> Dag:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read DAG file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: byte {exc.start} is not UTF-8", hint="JSON files are UTF-8; save it as UTF-8"
+        ) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+    except RecursionError as exc:  # the decoder recurses once per level of nesting
+        raise ConfigError(f"{path}: JSON nested too deeply to be a DAG file") from exc
     return parse_dag(data, source=str(path))
 
 

@@ -21,6 +21,10 @@ from offload.scheduler.simulate import SimResult, simulate
 __all__ = ["DEFAULT_MACHINES", "jobs_from_dag", "parse_machines", "register", "run"]
 
 DEFAULT_MACHINES = "local:1:2,fast:4:2,medium:2:2,slow:1:2"
+# Bounds on what a user may ask for: the simulator makes every slot, and a log-normal sigma past
+# this overflows a float (factors of e**(±3 sigma) are already absurd at 10).
+MAX_SLOTS = 10_000
+MAX_NOISE = 10.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +57,11 @@ def _features(text: str) -> frozenset[str]:
     return frozenset(f for f in text.split("+") if f)
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error line, cut short: it may be anything a user pasted."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def parse_machines(
     spec: str, *, systems: frozenset[str], features: frozenset[str]
 ) -> list[MachineSlotSpec]:
@@ -64,7 +73,7 @@ def parse_machines(
         fields = item.split(":")
         if not 3 <= len(fields) <= 5 or not fields[0]:
             raise ConfigError(
-                f"--machines: {item!r} is not name:speed:slots[:features[:mandatory]]",
+                f"--machines: {_shown(item)} is not name:speed:slots[:features[:mandatory]]",
                 hint=f"for example {DEFAULT_MACHINES}",
             )
         name, speed_text, slots_text = fields[:3]
@@ -73,10 +82,12 @@ def parse_machines(
             slots = int(slots_text)
         except ValueError:
             raise ConfigError(
-                f"--machines: {item!r}: speed must be a number and slots an integer"
+                f"--machines: {_shown(item)}: speed must be a number and slots an integer"
             ) from None
-        if not math.isfinite(speed) or speed <= 0 or slots < 0:
-            raise ConfigError(f"--machines: {item!r}: speed must be > 0 and slots >= 0")
+        if not math.isfinite(speed) or speed <= 0 or not 0 <= slots <= MAX_SLOTS:
+            raise ConfigError(
+                f"--machines: {_shown(item)}: speed must be > 0 and slots 0 to {MAX_SLOTS}"
+            )
         supported = _features(fields[3]) if len(fields) > 3 else features
         mandatory = _features(fields[4]) if len(fields) > 4 else frozenset()
         machines.append(MachineSlotSpec(name, speed, slots, systems, supported, mandatory))
@@ -124,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
     systems = frozenset(job.system for job in jobs)
     features = frozenset(f for job in jobs for f in job.required_features)
     machines = parse_machines(args.machines, systems=systems, features=features)
-    if args.noise < 0 or not math.isfinite(args.noise):
-        raise ConfigError("--noise must be a non-negative number")
+    if not 0 <= args.noise <= MAX_NOISE:
+        raise ConfigError(f"--noise must be a number from 0 to {MAX_NOISE}")
     result = simulate(
         jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation
     )

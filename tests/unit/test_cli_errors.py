@@ -1,0 +1,108 @@
+"""What the command line does with input it cannot use: one `error:` line and a hint, exit 1,
+never a traceback, and a quiet end when stdout's reader goes away (issue #14)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from offload.cli import main
+from offload.process import run
+
+SAMPLE = Path(__file__).resolve().parents[2] / "src" / "offload" / "data" / "sample.json"
+
+
+def _offload(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's own exits (usage errors, --help)
+        status = int(exit_.code or 0)
+    return status, capsys.readouterr().err
+
+
+def _one_error(err: str) -> None:
+    lines = err.splitlines()
+    assert lines[0].startswith("error: "), err
+    assert all(line.startswith(("error: ", "hint: ")) for line in lines), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["nosuchcommand"], ["build", "--frobnicate"], ["simulate"], ["simulate", "x", "--noise", "a"]],
+)
+def test_usage_errors_exit_1_with_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = _offload(argv, capsys)
+    assert status == 1
+    _one_error(err)
+    assert "hint: see offload" in err
+
+
+def test_help_still_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _ = _offload(["simulate", "--help"], capsys)
+    assert status == 0
+
+
+def test_deeply_nested_json_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    status, err = _offload(["simulate", str(deep)], capsys)
+    assert status == 1
+    _one_error(err)
+    assert "nested too deeply" in err
+
+
+def test_a_utf16_dag_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    utf16 = tmp_path / "dag.json"
+    utf16.write_bytes(json.dumps({"nodes": []}).encode("utf-16"))
+    status, err = _offload(["simulate", str(utf16)], capsys)
+    assert status == 1
+    _one_error(err)
+    assert "not UTF-8" in err
+
+
+@pytest.mark.parametrize("noise", ["1e308", "nan", "-1", "inf"])
+def test_noise_out_of_range_is_refused(noise: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _offload(["simulate", str(SAMPLE), "--noise", noise], capsys)
+    assert status == 1
+    _one_error(err)
+
+
+@pytest.mark.parametrize("slots", ["9" * 5000, "99999999999999999999"])
+def test_huge_slot_counts_are_refused_and_not_echoed_whole(
+    slots: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = _offload(["simulate", str(SAMPLE), "--machines", f"a:1:{slots}"], capsys)
+    assert status == 1
+    _one_error(err)
+    assert len(err) < 300
+
+
+def test_a_closed_stdout_ends_quietly() -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody will read: the first write fails with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "offload", "simulate", str(SAMPLE), "--json"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == 141
+    assert done.stderr == ""
+
+
+def test_output_that_is_not_utf8_is_read_not_fatal() -> None:
+    done = run(["printf", r"caf\351 \377"], check=False)
+    assert done.returncode == 0
+    assert done.stdout == "caf\ufffd \ufffd"
