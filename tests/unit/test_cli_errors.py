@@ -45,6 +45,13 @@ def test_usage_errors_exit_1_with_one_line(
     assert "hint: see offload" in err
 
 
+def test_a_pasted_value_is_not_echoed_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _offload(["build", "-j", "9" * 5000], capsys)
+    assert status == 1
+    _one_error(err)
+    assert len(err) < 300
+
+
 def test_help_still_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     status, _ = _offload(["simulate", "--help"], capsys)
     assert status == 0

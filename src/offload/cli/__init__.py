@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
     @override
     def error(self, message: str) -> NoReturn:
+        # argparse quotes the bad value whole, and it may be anything a user pasted.
+        message = re.sub(r"\S{80,}", lambda long: long[0][:60] + "...", message)
         sys.stderr.write(f"error: {self.prog}: {message}\nhint: see {self.prog} --help\n")
         sys.exit(1)
 
