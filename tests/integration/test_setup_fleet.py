@@ -70,6 +70,17 @@ def client_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def stock_nix_build(
+    file: Path, machines: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Nix's own hook only: nothing builds locally (-j 0), no cache."""
+    argv = [
+        "nix-build", str(file), "-A", "one", "--no-out-link", "--max-jobs", "0",
+        "--builders", f"@{machines}", "--option", "substituters", "",
+    ]  # fmt: skip
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
 @pytest.fixture(scope="module")
 def written(setup_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("setup")
@@ -124,13 +135,7 @@ def test_stock_nix_build_uses_only_what_setup_wrote(
     setup_fleet: Fleet, written: Path, tmp_path: Path
 ) -> None:
     file = nix_file(tmp_path, BODY)
-    argv = [
-        "nix-build", str(file), "-A", "one", "--no-out-link", "--max-jobs", "0",
-        "--builders", f"@{written / 'client' / 'machines'}", "--option", "substituters", "",
-    ]  # fmt: skip
-    done = subprocess.run(
-        argv, env=client_env(written), capture_output=True, text=True, timeout=120, check=False
-    )
+    done = stock_nix_build(file, written / "client" / "machines", client_env(written))
     assert done.returncode == 0, done.stderr
     out = done.stdout.strip()
     assert out == out_path(file, "one")
@@ -191,12 +196,6 @@ def test_the_restricted_key_line_serves_stock_nix(serve_only_fleet: Fleet, tmp_p
     )  # fmt: skip
     assert "hello" not in shell.stdout
     file = nix_file(tmp_path, BODY)
-    argv = [
-        "nix-build", str(file), "-A", "one", "--no-out-link", "--max-jobs", "0",
-        "--builders", f"@{serve_only_fleet.machines_file}", "--option", "substituters", "",
-    ]  # fmt: skip
-    done = subprocess.run(
-        argv, env=serve_only_fleet.env(), capture_output=True, text=True, timeout=120, check=False
-    )
+    done = stock_nix_build(file, serve_only_fleet.machines_file, serve_only_fleet.env())
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).read_text().strip() == speed_of(serve_only_fleet, "sr")

@@ -148,7 +148,7 @@ def _heredoc(text: str) -> str:
     return f"<<'OFFLOAD_EOF'\n{text}OFFLOAD_EOF\n"
 
 
-def shell_script(setup: BuilderSetup) -> str:
+def _user_and_key(setup: BuilderSetup) -> str:
     user = shlex.quote(setup.user)
     key_data = shlex.quote(setup.key.data)
     if setup.restricted:
@@ -160,8 +160,6 @@ def shell_script(setup: BuilderSetup) -> str:
     else:
         line = f"printf '%s\\n' {shlex.quote(setup.key.line)}"
         shown = authorized_keys_line(setup)
-    sshd = _heredoc(sshd_lines(setup))
-    limits = _heredoc(_daemon_limits())
     return f"""#!/bin/sh
 # offload setup builder, for a host without NixOS: run as root on the builder, after reading it.
 # Safe to run again: each step looks before it changes anything.
@@ -184,7 +182,13 @@ touch "$keys"
 grep -qF {key_data} "$keys" || {line} >>"$keys"
 chown "$user:$(id -gn "$user")" "$keys"
 chmod 0600 "$keys"
+"""
 
+
+def _system(setup: BuilderSetup) -> str:
+    sshd = _heredoc(sshd_lines(setup))
+    limits = _heredoc(_daemon_limits())
+    return f"""\
 # 3. nix.conf: the user is trusted, and the tuning (garbage collection at 1 GiB free until
 #    10 GiB are, every core). Later lines win in nix.conf: check nothing below overrides them.
 grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null || {{
@@ -207,6 +211,11 @@ systemctl restart nix-daemon
 
 echo "builder ready: user $user; now run offload setup client on the client"
 """
+
+
+def shell_script(setup: BuilderSetup) -> str:
+    """The script for a host without NixOS: the user and key, then nix.conf, sshd, limits."""
+    return f"{_user_and_key(setup)}\n{_system(setup)}"
 
 
 def builder_files(setup: BuilderSetup) -> list[tuple[str, str]]:
