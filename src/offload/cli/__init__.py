@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         hook,
         log,
         machines,
+        setup,
         simulate,
         status,
         use,
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (build, use, hook, machines, doctor, status, simulate, log, fleet, demo):
+    for module in (build, use, hook, setup, machines, doctor, status, simulate, log, fleet, demo):
         module.register(sub)
     return parser
 

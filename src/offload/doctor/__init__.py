@@ -7,15 +7,17 @@ check), ``run`` probes the machines concurrently, ``render`` prints the table.
 
 from offload.doctor.model import CHECKS, Check, MachineReport, Verdict
 from offload.doctor.render import format_report
-from offload.doctor.run import DEFAULT_TIMEOUT, DoctorOptions, diagnose
+from offload.doctor.run import DEFAULT_TIMEOUT, BuilderFacts, DoctorOptions, diagnose, examine
 
 __all__ = [
     "CHECKS",
     "DEFAULT_TIMEOUT",
+    "BuilderFacts",
     "Check",
     "DoctorOptions",
     "MachineReport",
     "Verdict",
     "diagnose",
+    "examine",
     "format_report",
 ]

@@ -45,7 +45,14 @@ from offload.transport.ssh import (
     ssh_target,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "DoctorOptions", "diagnose", "diagnose_machine"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "BuilderFacts",
+    "DoctorOptions",
+    "diagnose",
+    "diagnose_machine",
+    "examine",
+]
 
 DEFAULT_TIMEOUT = 5.0
 # Authentication and a remote command may take a while after the TCP connect.
@@ -65,14 +72,30 @@ async def diagnose(machines: Sequence[Machine], options: DoctorOptions) -> list[
     return list(await asyncio.gather(*(diagnose_machine(m, options) for m in machines)))
 
 
+@dataclass(frozen=True)
+class BuilderFacts:
+    """What the probes learned beyond the verdicts: the builder's Nix settings (None when they
+    could not be read) and the load its serve session reported (cores too)."""
+
+    config: Mapping[str, str] | None = None
+    load: RemoteLoad | None = None
+
+
 async def diagnose_machine(machine: Machine, options: DoctorOptions) -> MachineReport:
+    return (await examine(machine, options))[0]
+
+
+async def examine(machine: Machine, options: DoctorOptions) -> tuple[MachineReport, BuilderFacts]:
+    """The machine's report, and the facts behind it (``offload setup client`` writes them)."""
     started = time.monotonic()
     checks: list[Check] = []
+    probe = None
     if not machine.is_ssh:
         checks.append(Check("ssh", Verdict.SKIPPED, f"not an ssh builder ({machine.scheme}://)"))
     else:
         try:
-            await _Probe(machine, options, checks).run()
+            probe = _Probe(machine, options, checks)
+            await probe.run()
         except (OffloadError, OSError) as exc:  # e.g. a host ssh would read as an option
             name = next(n for n in CHECKS if n not in {c.name for c in checks})
             message, hint = (
@@ -83,7 +106,9 @@ async def diagnose_machine(machine: Machine, options: DoctorOptions) -> MachineR
         if failed in PREREQUISITES:
             done = {c.name for c in checks}
             checks += skipped([n for n in CHECKS if n not in done], failed)
-    return MachineReport(machine.name, machine.uri, tuple(checks), time.monotonic() - started)
+    report = MachineReport(machine.name, machine.uri, tuple(checks), time.monotonic() - started)
+    facts = BuilderFacts(probe.config, probe.load) if probe is not None else BuilderFacts()
+    return report, facts
 
 
 def _local_boot_id() -> str | None:
@@ -102,6 +127,7 @@ class _Probe:
         self.sshopts = options.env.get("NIX_SSHOPTS", "")
         self.checks = checks
         self.load: RemoteLoad | None = None
+        self.config: dict[str, str] | None = None
         self.user = self.target.user or "?"
 
     def _passed(self, check: Check) -> bool:
@@ -267,6 +293,7 @@ class _Probe:
     async def _facts(self, link: MachineLink) -> None:
         machine = self.machine
         config, error = await self._nix_config(link)
+        self.config = config
         code, out, _ = await self._remote(link, ["sh", "-c", "id -un; id -Gn"])
         who = out.split("\n") if code == 0 else []
         user = who[0].strip() if who and who[0].strip() else self.user

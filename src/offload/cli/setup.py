@@ -1,0 +1,197 @@
+"""`offload setup key|builder|client`: set up a key, a builder and a client for distributed builds.
+
+``key`` writes a key pair and says where; ``builder`` and ``client`` print what to install (or
+write it with ``--write DIR``), with each file's place in a header line. ``client`` reports each
+builder's host key fingerprint on stderr, and a builder it cannot set up as one ``error:`` line;
+the others are still printed, and the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions
+from offload.errors import ConfigError
+from offload.setup.builder import DEFAULT_USER, BuilderSetup, builder_files
+from offload.setup.client import ClientSetup, Overrides, client_files, where_they_go
+from offload.setup.files import render, write_files
+from offload.setup.key import create_key, default_key_path
+from offload.setup.probe import probe_all
+from offload.setup.values import PublicKey, check_path, parse_public_key, parse_target
+
+__all__ = ["register"]
+
+_RESTRICT_HELP = (
+    "authorize the key for any command, not only `nix-store --serve --write`. By default the "
+    "key may only run the serve program (what Nix's build-remote and offload open on ssh:// "
+    "builders; not ssh-ng://), so a stolen client key cannot get a shell on the builder. "
+    "Unrestricted, offload can also read the builder's load and `offload doctor` and "
+    "`setup client` can ask its settings; restricted, give `setup client` --system/--feature"
+)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 100_000:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to 99999")
+    return int(text)
+
+
+def _list(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "setup",
+        help="set up a key pair, a builder and a client for distributed builds",
+        description="Set up distributed builds: setup key, then setup builder (for the "
+        "builder), then setup client on the client, then offload doctor.",
+    )
+    steps = parser.add_subparsers(dest="step", metavar="STEP", required=True)
+    key = steps.add_parser("key", help="make a dedicated ed25519 key pair (never overwrites)")
+    key.add_argument(
+        "path", nargs="?", type=Path, metavar="PATH",
+        help="private key path (default: /etc/nix/offload_ed25519 as root, the nix-daemon's; "
+        "else ~/.ssh/offload_ed25519)",
+    )  # fmt: skip
+    key.set_defaults(func=run_key)
+
+    builder = steps.add_parser(
+        "builder", help="the builder's side: a NixOS module and a script for other hosts"
+    )
+    builder.add_argument(
+        "--user", default=DEFAULT_USER, help=f"build user (default {DEFAULT_USER})"
+    )
+    builder.add_argument(
+        "--key", metavar="PUBKEY|@FILE",
+        help="the client's public key, or @ and its .pub file (default: @ the default key's)",
+    )  # fmt: skip
+    builder.add_argument("--unrestricted", action="store_true", help=_RESTRICT_HELP)
+    builder.add_argument("--write", type=Path, metavar="DIR", help="write the files into DIR")
+    builder.set_defaults(func=run_builder)
+
+    client = steps.add_parser(
+        "client", help="scan and probe builders; print machines lines, ssh aliases, NixOS module"
+    )
+    client.add_argument(
+        "targets", nargs="+", metavar="[NAME=]HOST[:PORT]",
+        help="builders; NAME is the ssh alias they get (default: the host)",
+    )  # fmt: skip
+    client.add_argument("--user", default=DEFAULT_USER, help=f"login user (default {DEFAULT_USER})")
+    client.add_argument(
+        "--identity", metavar="PATH", help="private key to log in with (default: `setup key`'s)"
+    )
+    client.add_argument(
+        "--system", action="append", type=_list, default=[], metavar="SYSTEM[,...]",
+        help="systems instead of what the builder reports",
+    )  # fmt: skip
+    client.add_argument(
+        "--feature", action="append", type=_list, metavar="FEATURE[,...]",
+        help="supported features instead of what the builder reports",
+    )  # fmt: skip
+    client.add_argument("--jobs", type=_positive, help="max jobs (default: the builder's)")
+    client.add_argument("--speed", type=_positive, default=1, help="speed factor (default 1)")
+    client.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help=f"connect timeout per builder (default {DEFAULT_TIMEOUT:g})",
+    )  # fmt: skip
+    client.add_argument("--write", type=Path, metavar="DIR", help="write the files into DIR")
+    client.set_defaults(func=run_client)
+
+
+def run_key(args: argparse.Namespace) -> int:
+    path = args.path or default_key_path(os.geteuid(), os.environ)
+    public = create_key(path.absolute())
+    key = parse_public_key(public.read_text(), str(public))
+    print(f"wrote {path.absolute()} (private, 0600) and {public} (0644)")
+    print(f"{key.line}")
+    print(f"fingerprint: {key.fingerprint}")
+    print(f"next, for the builder: offload setup builder --key @{public}")
+    return 0
+
+
+def _public_key(text: str | None) -> PublicKey:
+    if text is None:
+        default = default_key_path(os.geteuid(), os.environ)
+        text = f"@{default}.pub"
+        if not Path(text[1:]).exists():
+            raise ConfigError(
+                f"no --key given and {default}.pub does not exist",
+                hint="give the client's key: --key @FILE.pub (made by `offload setup key`)",
+            )
+    if text.startswith("@"):
+        try:
+            return parse_public_key(Path(text[1:]).read_text(), text[1:])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {text[1:]}: {exc}") from None
+    return parse_public_key(text, "--key")
+
+
+def _emit(files: list[tuple[str, str]], places: dict[str, str], write: Path | None) -> None:
+    if write is None:
+        print(render(files, places), end="")
+        return
+    for path in write_files(write, files):
+        where = f": {places[path.name]}" if path.name in places else ""
+        print(f"wrote {path}{where}")
+
+
+def run_builder(args: argparse.Namespace) -> int:
+    setup = BuilderSetup(args.user, _public_key(args.key), restricted=not args.unrestricted)
+    files = builder_files(setup)
+    places = {
+        files[0][0]: "NixOS",
+        files[1][0]: "hosts without NixOS: run as root on the builder",
+    }
+    _emit(files, places, args.write)
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    identity = Path(args.identity) if args.identity else default_key_path(os.geteuid(), os.environ)
+    identity = identity.absolute()
+    check_path(str(identity), "identity file")
+    if not identity.exists():
+        raise ConfigError(
+            f"the identity file {identity} does not exist",
+            hint="make one with `offload setup key`, or give --identity PATH",
+        )
+    if not 0 < args.timeout <= 600:
+        raise ConfigError("--timeout must be between 0 and 600 seconds")
+    targets = [parse_target(text) for text in args.targets]
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            "two builders get the same name", hint="name them: NAME=HOST:PORT (NAME is the alias)"
+        )
+    overrides = Overrides(
+        systems=tuple(s for group in args.system for s in group),
+        features=None if args.feature is None else tuple(f for g in args.feature for f in g),
+        jobs=args.jobs,
+        speed=args.speed,
+    )
+    options = DoctorOptions(timeout=args.timeout, env=dict(os.environ))
+    probed = asyncio.run(probe_all(targets, args.user, str(identity), overrides, options))
+    for outcome in probed:
+        where = f"{outcome.target.host}:{outcome.target.port}"
+        if outcome.builder is None:
+            print(f"error: {outcome.target.name} ({where}): {outcome.error}", file=sys.stderr)
+            if outcome.hint:
+                print(f"hint: {outcome.hint}", file=sys.stderr)
+            continue
+        key = outcome.builder.host_key
+        print(
+            f"{outcome.target.name}: {where} has host key {key.kind} {key.fingerprint}, "
+            "trusted on first use: compare it with `ssh-keygen -lf "
+            "/etc/ssh/ssh_host_ed25519_key.pub` on the builder",
+            file=sys.stderr,
+        )
+    builders = tuple(o.builder for o in probed if o.builder is not None)
+    if builders:
+        files = client_files(ClientSetup(args.user, str(identity), builders))
+        _emit(files, where_they_go([name for name, _ in files]), args.write)
+    return 0 if len(builders) == len(probed) else 1

@@ -1,0 +1,223 @@
+"""``offload setup builder``: the builder's side, as a NixOS module and as a script for the rest.
+
+Both say the same things, the way the seeds set a builder up by hand (nix.dev's "Setting up
+distributed builds", the NixOS & Flakes book, Nix's manual), in one place:
+
+- a system user and group of their own, with a shell (sshd runs a key's ``command=`` through
+  it) and the client's key authorized;
+- the key restricted to the serve program by default, the careful way (``restrict`` turns off
+  forwarding, the pty and ``~/.ssh/rc``; ``command=`` makes whatever the client asks for run
+  ``nix-store --serve --write``, which is what Nix's build-remote and offload open on an
+  ``ssh://`` builder), as NixOS's ``nix.sshServe`` and careful admins do. ``unrestricted``
+  gives a plain key line instead: the key may then run any command as that user, which lets
+  offload read the builder's load (and ``offload doctor``/``setup client`` ask its settings);
+- the user trusted (``trusted-users``: building derivations sent over the wire and importing
+  unsigned paths need it), root kept trusted;
+- the seeds' tuning: Nix's build users (``nrBuildUsers``), garbage collection when the disk is
+  nearly full (``min-free``/``max-free``: at 1 GiB free, up to 10 GiB; the seeds' 10 MiB and
+  200 MiB leave builds failing on a full disk before the collector helps), every core
+  (``max-jobs = auto``, ``cores = 0``), and the nix-daemon kept from taking the machine's
+  memory (``MemoryMax``) and killed first when memory runs out (``OOMScoreAdjust``);
+- sshd lines that take the rest away from that user (no forwarding, tty or tunnel).
+
+The script is for a host without NixOS, run as root: it is safe to run twice (each step looks
+first) and checks sshd's configuration before it is used.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from offload.setup.nix_text import attr_name, indented, nix_list, nix_string
+from offload.setup.values import PublicKey, check_user
+
+__all__ = [
+    "DEFAULT_USER",
+    "MAX_FREE",
+    "MIN_FREE",
+    "SERVE_COMMAND",
+    "BuilderSetup",
+    "authorized_keys_line",
+    "builder_files",
+    "nix_conf_lines",
+    "sshd_lines",
+]
+
+DEFAULT_USER = "nixremote"
+SERVE_COMMAND = "--serve --write"
+MIN_FREE = 1024**3
+MAX_FREE = 10 * 1024**3
+NR_BUILD_USERS = 64
+MODULE_FILE = "offload-builder.nix"
+SCRIPT_FILE = "offload-builder.sh"
+
+
+@dataclass(frozen=True)
+class BuilderSetup:
+    user: str
+    key: PublicKey
+    restricted: bool = True
+
+    def __post_init__(self) -> None:
+        check_user(self.user)
+
+
+def authorized_keys_line(setup: BuilderSetup, nix_store: str = "nix-store") -> str:
+    if not setup.restricted:
+        return setup.key.line
+    return f'restrict,command="{nix_store} {SERVE_COMMAND}" {setup.key.line}'
+
+
+def nix_conf_lines(setup: BuilderSetup) -> str:
+    return (
+        f"extra-trusted-users = {setup.user}\n"
+        "max-jobs = auto\n"
+        "cores = 0\n"
+        f"min-free = {MIN_FREE}\n"
+        f"max-free = {MAX_FREE}\n"
+    )
+
+
+def sshd_lines(setup: BuilderSetup) -> str:
+    return (
+        f"Match User {setup.user}\n"
+        "  AllowAgentForwarding no\n"
+        "  AllowTcpForwarding no\n"
+        "  PermitTTY no\n"
+        "  PermitTunnel no\n"
+        "  X11Forwarding no\n"
+        "  PasswordAuthentication no\n"
+        "Match all\n"
+    )
+
+
+def _daemon_limits() -> str:
+    return "[Service]\nMemoryAccounting=yes\nMemoryMax=90%\nOOMScoreAdjust=500\n"
+
+
+def nixos_module(setup: BuilderSetup) -> str:
+    user = setup.user
+    if setup.restricted:
+        # The store path of this system's own Nix: no PATH lookup in the forced command.
+        serve = f'"restrict,command=\\"${{config.nix.package}}/bin/nix-store {SERVE_COMMAND}\\" "'
+        key = f"({serve} + {nix_string(setup.key.line)})"
+        kind = f"restricted to `nix-store {SERVE_COMMAND}`"
+    else:
+        key = nix_string(setup.key.line)
+        kind = "unrestricted: it may run any command as this user"
+    return f"""# offload setup builder: this host builds for others over ssh, as user {user}.
+# Import it from configuration.nix (imports = [ ./{MODULE_FILE} ];), then nixos-rebuild switch.
+# The client's key ({setup.key.fingerprint}) is {kind}.
+{{ config, ... }}:
+{{
+  users.users.{attr_name(user)} = {{
+    isSystemUser = true;
+    group = {nix_string(user)};
+    # sshd runs the key's command through the user's shell.
+    useDefaultShell = true;
+    openssh.authorizedKeys.keys = [
+      {key}
+    ];
+  }};
+  users.groups.{attr_name(user)} = {{ }};
+
+  nix.nrBuildUsers = {NR_BUILD_USERS};
+  nix.settings = {{
+    # Building derivations sent over ssh and importing unsigned paths need a trusted user.
+    trusted-users = {nix_list(["root", user])};
+    max-jobs = "auto";
+    cores = 0;
+    # Collect garbage when less than 1 GiB is free, until 10 GiB are.
+    min-free = 1024 * 1024 * 1024;
+    max-free = 10 * 1024 * 1024 * 1024;
+  }};
+  systemd.services.nix-daemon.serviceConfig = {{
+    MemoryAccounting = true;
+    MemoryMax = "90%";
+    OOMScoreAdjust = 500;
+  }};
+
+  services.openssh.enable = true;
+  services.openssh.extraConfig = {indented(sshd_lines(setup), "    ")};
+}}
+"""
+
+
+def _heredoc(text: str) -> str:
+    return f"<<'OFFLOAD_EOF'\n{text}OFFLOAD_EOF\n"
+
+
+def _user_and_key(setup: BuilderSetup) -> str:
+    user = shlex.quote(setup.user)
+    key_data = shlex.quote(setup.key.data)
+    if setup.restricted:
+        line = (
+            f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s\\n' "
+            f'"$(command -v nix-store)" {shlex.quote(setup.key.line)}'
+        )
+        shown = authorized_keys_line(setup, "/path/to/nix-store")
+    else:
+        line = f"printf '%s\\n' {shlex.quote(setup.key.line)}"
+        shown = authorized_keys_line(setup)
+    return f"""#!/bin/sh
+# offload setup builder, for a host without NixOS: run as root on the builder, after reading it.
+# Safe to run again: each step looks before it changes anything.
+set -eu
+user={user}
+home=/var/lib/{setup.user}
+command -v nix-store >/dev/null ||
+  {{ echo "nix-store is not on PATH: install Nix first" >&2; exit 1; }}
+
+# 1. A system user and group for builds, with a shell (sshd runs the key's command through it).
+id "$user" >/dev/null 2>&1 ||
+  useradd --system --user-group --create-home --home-dir "$home" --shell /bin/sh "$user"
+home=$(getent passwd "$user" | cut -d: -f6)
+install -d -m 0700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
+
+# 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line:
+#    {shown}
+keys="$home/.ssh/authorized_keys"
+touch "$keys"
+grep -qF {key_data} "$keys" || {line} >>"$keys"
+chown "$user:$(id -gn "$user")" "$keys"
+chmod 0600 "$keys"
+"""
+
+
+def _system(setup: BuilderSetup) -> str:
+    sshd = _heredoc(sshd_lines(setup))
+    limits = _heredoc(_daemon_limits())
+    return f"""\
+# 3. nix.conf: the user is trusted, and the tuning (garbage collection at 1 GiB free until
+#    10 GiB are, every core). Later lines win in nix.conf: check nothing below overrides them.
+grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null || {{
+  echo "# offload setup builder: $user"
+  cat {_heredoc(nix_conf_lines(setup))}}} >>/etc/nix/nix.conf
+
+# 4. sshd: nothing but commands for that user. A Match block runs to the next Match, so it goes
+#    at the end, and the new file is checked before it replaces the old one.
+if ! grep -qxF "Match User $user" /etc/ssh/sshd_config; then
+  cp -p /etc/ssh/sshd_config /etc/ssh/sshd_config.offload-new
+  cat >>/etc/ssh/sshd_config.offload-new {sshd}  sshd -t -f /etc/ssh/sshd_config.offload-new
+  mv /etc/ssh/sshd_config.offload-new /etc/ssh/sshd_config
+  systemctl reload ssh 2>/dev/null || systemctl reload sshd
+fi
+
+# 5. The nix-daemon may use at most 90% of the memory, and goes first when memory runs out.
+mkdir -p /etc/systemd/system/nix-daemon.service.d
+cat >/etc/systemd/system/nix-daemon.service.d/offload.conf {limits}systemctl daemon-reload
+systemctl restart nix-daemon
+
+echo "builder ready: user $user; now run offload setup client on the client"
+"""
+
+
+def shell_script(setup: BuilderSetup) -> str:
+    """The script for a host without NixOS: the user and key, then nix.conf, sshd, limits."""
+    return f"{_user_and_key(setup)}\n{_system(setup)}"
+
+
+def builder_files(setup: BuilderSetup) -> list[tuple[str, str]]:
+    """(file name, text) of what ``setup builder`` prints or writes, in that order."""
+    return [(MODULE_FILE, nixos_module(setup)), (SCRIPT_FILE, shell_script(setup))]

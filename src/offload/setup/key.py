@@ -1,0 +1,91 @@
+"""``offload setup key``: a dedicated ed25519 key pair for reaching builders.
+
+The default place depends on who will use the key. Builds Nix starts go through the nix-daemon,
+which runs as root and reads the key named in the machines line, so as root the key is
+``/etc/nix/offload_ed25519``: next to the machines file and nix.conf it serves, the same for
+every root (``/root``, ``/var/root``), and the place nix-darwin's linux-builder uses for its own
+key (``/etc/nix/builder_ed25519``). For anyone else (a single-user Nix, ``offload build`` as
+yourself) it is ``~/.ssh/offload_ed25519``.
+
+ssh-keygen makes the pair in a private temporary directory next to the destination; the two
+files are then hard-linked into place, which fails rather than replaces when a name is taken, so
+an existing key is never overwritten and a half-made pair is never left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from offload.errors import ConfigError
+from offload.process import run
+
+__all__ = ["DAEMON_KEY", "create_key", "default_key_path"]
+
+DAEMON_KEY = Path("/etc/nix/offload_ed25519")
+USER_KEY_NAME = "offload_ed25519"
+
+
+def default_key_path(euid: int, env: Mapping[str, str]) -> Path:
+    if euid == 0:
+        return DAEMON_KEY
+    return Path(env.get("HOME") or Path.home()) / ".ssh" / USER_KEY_NAME
+
+
+def _exists_error(path: Path) -> ConfigError:
+    return ConfigError(
+        f"{path} already exists: not overwriting it",
+        hint=f"use the key that is there (its public half is {path}.pub), "
+        "or give another path: offload setup key PATH",
+    )
+
+
+def create_key(path: Path, comment: str | None = None) -> Path:
+    """Make the pair ``path`` (0600) and ``path.pub`` (0644); returns the public key's path."""
+    public = path.with_name(path.name + ".pub")
+    for taken in (path, public):
+        if taken.exists() or taken.is_symlink():
+            raise _exists_error(taken)
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(mode=0o700, parents=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {parent}: {exc.strerror}") from None
+    comment = comment or f"offload@{socket.gethostname()}"
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=".offload-key-", dir=parent))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write in {parent}: {exc.strerror}",
+            hint="run as a user who may write there (root for /etc/nix), or give another PATH",
+        ) from None
+    try:
+        made = scratch / "key"
+        argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(made)]
+        run(argv, timeout=60)
+        made.chmod(0o600)
+        made.with_name("key.pub").chmod(0o644)
+        _link_pair(made, path, public)
+    finally:
+        for leftover in scratch.iterdir():
+            leftover.unlink()
+        scratch.rmdir()
+    return public
+
+
+def _link_pair(made: Path, path: Path, public: Path) -> None:
+    try:
+        os.link(made, path)
+    except FileExistsError:
+        raise _exists_error(path) from None
+    try:
+        os.link(made.with_name("key.pub"), public)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise _exists_error(public) from None

@@ -1,0 +1,164 @@
+"""What ``offload setup client`` learns about each builder: its host key, then its settings.
+
+The host key comes from ``ssh-keyscan`` (ed25519 preferred, then ECDSA, then RSA). Nothing
+vouches for it yet: it is trusted on first use, and its fingerprint is shown so that the user
+can compare it with the builder's own. Everything after that goes over ssh with that key
+pinned, through the doctor's probes (``offload.doctor.examine``), so a builder that cannot be
+set up is refused with the doctor's words for why (port, login, key, Nix) and the settings
+(systems, features, cores, max-jobs) come from the builder's own ``nix show-config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from offload.config.machines import encode_host_key, machine_from_columns
+from offload.doctor import DoctorOptions, Verdict, examine
+from offload.doctor.model import PREREQUISITES
+from offload.errors import ConfigError, OffloadError
+from offload.process import run_async
+from offload.setup.client import Builder, Overrides
+from offload.setup.values import PublicKey, Target, parse_public_key
+
+__all__ = ["Probed", "choose_host_key", "facts_to_builder", "probe_all"]
+
+_KEY_PREFERENCE = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
+
+
+@dataclass(frozen=True)
+class Probed:
+    """One target's outcome: the builder to print, or why there is none."""
+
+    target: Target
+    builder: Builder | None
+    error: str | None = None
+    hint: str | None = None
+
+
+def choose_host_key(scan: str) -> PublicKey | None:
+    """The preferred key among ``ssh-keyscan`` output lines (``host type base64``)."""
+    found: dict[str, PublicKey] = {}
+    for line in scan.splitlines():
+        parts = line.split()
+        if line.startswith("#") or len(parts) < 3:
+            continue
+        try:
+            key = parse_public_key(f"{parts[1]} {parts[2]}", "ssh-keyscan")
+        except ConfigError:
+            continue
+        found.setdefault(key.kind, key)
+    return next((found[kind] for kind in _KEY_PREFERENCE if kind in found), None)
+
+
+def _words(config: Mapping[str, str], name: str) -> list[str]:
+    return config.get(name, "").split()
+
+
+def facts_to_builder(
+    target: Target,
+    key: PublicKey,
+    config: Mapping[str, str] | None,
+    cores: int | None,
+    overrides: Overrides,
+) -> Builder:
+    """The machines entry for a builder whose settings are ``config`` (``nix show-config``).
+
+    Systems: ``system`` and ``extra-platforms``, what Nix on the builder accepts. Features: its
+    ``system-features``. Jobs: its ``max-jobs`` when above 1 (``auto`` is shown as its cores),
+    else its cores. Each can be overridden; without the settings they must be.
+    """
+    config = config or {}
+    systems = overrides.systems or tuple(
+        dict.fromkeys([*_words(config, "system"), *_words(config, "extra-platforms")])
+    )
+    if not systems:
+        raise ConfigError(
+            f"{target.name}: cannot read the builder's systems and features",
+            hint="give them with --system and --feature (a key restricted to the serve "
+            "program runs nothing else), or set up with an unrestricted key",
+        )
+    features = (
+        overrides.features
+        if overrides.features is not None
+        else tuple(sorted(set(_words(config, "system-features"))))
+    )
+    max_jobs = overrides.jobs
+    if max_jobs is None:
+        setting = config.get("max-jobs", "")
+        max_jobs = int(setting) if setting.isdigit() and int(setting) > 1 else (cores or 1)
+    return Builder(target, key, systems, features, max_jobs, overrides.speed)
+
+
+async def _scan(target: Target, timeout: float) -> tuple[PublicKey | None, str]:
+    argv = [
+        "ssh-keyscan",
+        "-T",
+        str(max(1, round(timeout))),
+        "-p",
+        str(target.port),
+        "-t",
+        "ed25519,ecdsa,rsa",
+        target.host,
+    ]
+    try:
+        done = await asyncio.wait_for(run_async(argv, check=False), timeout + 5)
+    except TimeoutError:
+        return None, f"no answer from {target.host}:{target.port} within {timeout:g} s"
+    key = choose_host_key(done.stdout)
+    if key is None:
+        tail = [line for line in done.stderr.splitlines() if not line.startswith("#")]
+        why = tail[-1] if tail else f"no sshd answered (refused, or silent for {timeout:g} s)"
+        return None, f"ssh-keyscan {target.host}:{target.port}: {why}"
+    return key, ""
+
+
+async def _probe(
+    target: Target, user: str, identity: str, overrides: Overrides, options: DoctorOptions
+) -> Probed:
+    key, why = await _scan(target, options.timeout)
+    if key is None:
+        return Probed(target, None, why, "check the host and port, and that sshd runs there")
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    columns = [
+        f"ssh://{user}@{host}:{target.port}",
+        None,
+        identity,
+        None,
+        None,
+        None,
+        None,
+        encode_host_key(key.bare),
+    ]
+    machine = machine_from_columns(columns, source=target.name, system="-")
+    report, facts = await examine(machine, options)
+    failed = next(
+        (c for c in report.checks if c.name in PREREQUISITES and c.verdict == Verdict.FAIL), None
+    )
+    if failed is not None:
+        return Probed(target, None, f"{failed.name}: {failed.detail}", failed.fix)
+    cores = facts.load.cores if facts.load is not None else None
+    try:
+        return Probed(target, facts_to_builder(target, key, facts.config, cores, overrides))
+    except OffloadError as exc:
+        return Probed(target, None, exc.message, exc.hint)
+
+
+async def probe_all(
+    targets: Sequence[Target],
+    user: str,
+    identity: str,
+    overrides: Overrides,
+    options: DoctorOptions,
+) -> list[Probed]:
+    """Every target probed at once, in the order given."""
+    return list(
+        await asyncio.gather(*(_probe(t, user, identity, overrides, options) for t in targets))
+    )

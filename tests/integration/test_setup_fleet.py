@@ -1,0 +1,201 @@
+"""`offload setup client` against a real local fleet: a client set up only from what it writes
+builds through `offload build` and through stock Nix's own hook (`nix-build --builders`).
+
+The client side is the files `setup client --write` makes (machines lines and ssh aliases; the
+fleet's own ssh config and machines file are never used), with the fleet's client key as the
+identity and no NIX_SSHOPTS but `-F` of the written ssh_config. The restricted authorized_keys
+line `setup builder` writes by default is put on a member of its own fleet, and stock Nix
+builds through it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from offload.config.machines import parse_machines
+from offload.fleet import Fleet, MemberSpec
+from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
+from offload.setup.builder import BuilderSetup, authorized_keys_line
+from offload.setup.values import parse_public_key
+from tests.helpers.fleets import private_fleet_fixture, speed_of
+from tests.helpers.nix_files import SPEED, nix_file, out_path, valid_locally
+
+setup_fleet = private_fleet_fixture(
+    [MemberSpec("sa", 3.0, 2), MemberSpec("sb", 2.0, 1)], "ofu", scope="module"
+)
+serve_only_fleet = private_fleet_fixture([MemberSpec("sr", 2.0, 1)], "ofr")
+
+BODY = f'{{ one = mk "setup-one" "{SPEED} > $out" {{}}; }}\n'
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """This process's environment without the fleet's ssh config: only what setup wrote."""
+    env = {k: v for k, v in os.environ.items() if k not in {"NIX_SSHOPTS", "NIX_CONFIG"}}
+    env["OFFLOAD_STATE_DIR"] = str(tmp_path / "state")
+    env["HOME"] = str(tmp_path)
+    return env
+
+
+def setup_client(tmp_path: Path, fleet: Fleet, *targets: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable, "-m", "offload", "setup", "client", "--user", "root",
+        "--identity", str(fleet.client_key), "--write", str(tmp_path / "client"), *targets,
+    ]  # fmt: skip
+    return subprocess.run(
+        argv, env=clean_env(tmp_path), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def target(fleet: Fleet, name: str) -> str:
+    return f"{name}=127.0.0.1:{fleet.member(name).port}"
+
+
+def fingerprint(path: Path) -> str:
+    done = subprocess.run(
+        ["ssh-keygen", "-lf", str(path)], capture_output=True, text=True, check=True
+    )
+    return done.stdout.split()[1]
+
+
+def client_env(tmp_path: Path) -> dict[str, str]:
+    env = clean_env(tmp_path)
+    env["NIX_SSHOPTS"] = f"-F {tmp_path / 'client' / 'ssh_config'}"
+    return env
+
+
+def stock_nix_build(
+    file: Path, machines: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Nix's own hook only: nothing builds locally (-j 0), no cache."""
+    argv = [
+        "nix-build", str(file), "-A", "one", "--no-out-link", "--max-jobs", "0",
+        "--builders", f"@{machines}", "--option", "substituters", "",
+    ]  # fmt: skip
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def written(setup_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("setup")
+    done = setup_client(tmp_path, setup_fleet, target(setup_fleet, "sa"), target(setup_fleet, "sb"))
+    assert done.returncode == 0, done.stderr
+    for name in ("sa", "sb"):
+        host_key = setup_fleet.member(name).root / "ssh_host_ed25519_key.pub"
+        assert f"{name}: 127.0.0.1:{setup_fleet.member(name).port} has host key" in done.stderr
+        assert fingerprint(host_key) in done.stderr
+    assert "trusted on first use" in done.stderr
+    return tmp_path
+
+
+def test_the_machines_lines_say_what_the_members_are(setup_fleet: Fleet, written: Path) -> None:
+    text = (written / "client" / "machines").read_text()
+    machines, warnings = parse_machines(text, source="machines", system=setup_fleet.system)
+    assert warnings == []
+    assert [m.name for m in machines] == ["sa", "sb"]
+    for machine in machines:
+        assert machine.uri == f"ssh://root@{machine.name}"
+        assert machine.systems[0] == setup_fleet.system
+        assert {"big-parallel", "benchmark", "nixos-test"} <= machine.supported_features
+        host_pub = setup_fleet.member(machine.name).root / "ssh_host_ed25519_key.pub"
+        assert machine.public_host_key == " ".join(host_pub.read_text().split()[:2])
+        assert machine.ssh_key == str(setup_fleet.client_key)
+    # sa's nix.conf says max-jobs = 2; sb's says 1, which is Nix's default: its cores then.
+    assert machines[0].max_jobs == 2
+    assert machines[1].max_jobs == os.cpu_count()
+
+
+def test_offload_build_uses_only_what_setup_wrote(
+    setup_fleet: Fleet, written: Path, tmp_path: Path
+) -> None:
+    file = nix_file(tmp_path, BODY)
+    env = client_env(written)
+    env["NIX_CONFIG"] = "substituters =\n"
+    argv = [
+        sys.executable, "-m", "offload", "build", str(file), "-A", "one", "--no-out-link",
+        "--builders", f"@{written / 'client' / 'machines'}", "-j", "0",
+    ]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    out = out_path(file, "one")
+    assert valid_locally(out)
+    assert Path(out).read_text().strip() in {
+        speed_of(setup_fleet, "sa"),
+        speed_of(setup_fleet, "sb"),
+    }
+
+
+def test_stock_nix_build_uses_only_what_setup_wrote(
+    setup_fleet: Fleet, written: Path, tmp_path: Path
+) -> None:
+    file = nix_file(tmp_path, BODY)
+    done = stock_nix_build(file, written / "client" / "machines", client_env(written))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.strip()
+    assert out == out_path(file, "one")
+    # Nix's hook picks the fastest free machine: sa, speed 3.
+    assert Path(out).read_text().strip() == speed_of(setup_fleet, "sa")
+    assert setup_fleet.store_has("sa", out)
+
+
+def test_a_builder_that_cannot_be_reached_is_one_line_and_the_others_still_print(
+    setup_fleet: Fleet, tmp_path: Path
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        done = setup_client(
+            tmp_path, setup_fleet, target(setup_fleet, "sb"), f"dead=127.0.0.1:{port}"
+        )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    why = f"ssh-keyscan 127.0.0.1:{port}: no sshd answered (refused, or silent for 5 s)"
+    assert errors == [f"error: dead (127.0.0.1:{port}): {why}"]
+    lines = (tmp_path / "client" / "machines").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["ssh://root@sb"]
+
+
+def test_a_key_that_is_not_authorized_is_refused_with_the_doctors_words(
+    setup_fleet: Fleet, tmp_path: Path
+) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    argv = [
+        sys.executable, "-m", "offload", "setup", "client", "--user", "root",
+        "--identity", str(stranger), target(setup_fleet, "sa"),
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, env=clean_env(tmp_path), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    first = done.stderr.splitlines()[0]
+    assert first.startswith(f"error: sa (127.0.0.1:{setup_fleet.member('sa').port}): ssh: ")
+    assert f"does not accept {stranger}" in first
+    assert done.stderr.splitlines()[1].startswith(f"hint: add {stranger}.pub to the builder")
+
+
+def test_the_restricted_key_line_serves_stock_nix(serve_only_fleet: Fleet, tmp_path: Path) -> None:
+    key = parse_public_key(Path(f"{serve_only_fleet.client_key}.pub").read_text(), "client")
+    nix_store = shutil.which("nix-store")
+    assert nix_store is not None
+    line = authorized_keys_line(BuilderSetup("root", key), nix_store)
+    member = serve_only_fleet.member("sr")
+    keys = member.root / "etc-nix" / Path(MEMBER_AUTHORIZED_KEYS).name
+    keys.write_text(f"{line}\n")
+    # The key can no longer run anything but the serve program.
+    shell = subprocess.run(
+        serve_only_fleet.ssh_argv("sr", "echo", "hello"),
+        capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "hello" not in shell.stdout
+    file = nix_file(tmp_path, BODY)
+    done = stock_nix_build(file, serve_only_fleet.machines_file, serve_only_fleet.env())
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).read_text().strip() == speed_of(serve_only_fleet, "sr")

@@ -1,0 +1,169 @@
+"""What `offload setup` writes, read by the real programs: Nix 2.8 parses and evaluates every
+Nix file (the NixOS modules applied to a stub ``config``, since there is no nixpkgs here),
+takes the nix.conf lines, sshd takes the sshd lines, and ssh-keygen agrees on the key."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offload.setup.builder import BuilderSetup, builder_files, nix_conf_lines, sshd_lines
+from offload.setup.client import Builder, ClientSetup, client_files, ssh_config_text
+from offload.setup.nix_text import indented, nix_string
+from offload.setup.values import Target, parse_public_key
+
+HOSTILE = ['a"b', "c\\d", '${builtins.abort "x"}', "$x ${", "''", "'", "'''${", "e\nf", "\tg"]
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Any:
+    path = tmp_path / "k"
+    comment = "o'ff\"lo${ad}\\ ''$"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                   check=True)  # fmt: skip
+    return parse_public_key(path.with_name("k.pub").read_text(), "k.pub")
+
+
+def nix_eval(expr: str) -> Any:
+    done = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def parses(path: Path) -> None:
+    done = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_nix_strings_evaluate_to_exactly_the_text(text: str) -> None:
+    assert nix_eval(nix_string(text)) == text
+
+
+@pytest.mark.parametrize("text", [f"{t}\n" for t in HOSTILE if "\n" not in t] + ["a\n\nb\n"])
+def test_indented_strings_evaluate_to_exactly_the_text(text: str) -> None:
+    assert nix_eval(indented(text, "    ")) == text
+
+
+@pytest.mark.parametrize("restricted", [True, False])
+def test_the_builder_module_parses_and_says_what_it_should(
+    tmp_path: Path, key: Any, restricted: bool
+) -> None:
+    setup = BuilderSetup("nixremote", key, restricted=restricted)
+    module = tmp_path / "offload-builder.nix"
+    module.write_text(dict(builder_files(setup))["offload-builder.nix"])
+    parses(module)
+    got = nix_eval(f'import {module} {{ config.nix.package = "/nix/store/x-nix"; }}')
+    user = got["users"]["users"]["nixremote"]
+    prefix = 'restrict,command="/nix/store/x-nix/bin/nix-store --serve --write" '
+    assert user["openssh"]["authorizedKeys"]["keys"] == [(prefix if restricted else "") + key.line]
+    assert (user["isSystemUser"], user["group"], user["useDefaultShell"]) == (
+        True, "nixremote", True,
+    )  # fmt: skip
+    assert got["users"]["groups"] == {"nixremote": {}}
+    settings = got["nix"]["settings"]
+    assert settings["trusted-users"] == ["root", "nixremote"]
+    assert (settings["min-free"], settings["max-free"]) == (1024**3, 10 * 1024**3)
+    assert got["services"]["openssh"]["extraConfig"] == sshd_lines(setup)
+    limits = got["systemd"]["services"]["nix-daemon"]["serviceConfig"]
+    assert limits == {"MemoryAccounting": True, "MemoryMax": "90%", "OOMScoreAdjust": 500}
+
+
+def test_the_builder_script_is_valid_sh(tmp_path: Path, key: Any) -> None:
+    script = tmp_path / "offload-builder.sh"
+    script.write_text(dict(builder_files(BuilderSetup("nixremote", key)))["offload-builder.sh"])
+    done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_nix_takes_the_nix_conf_lines(tmp_path: Path, key: Any) -> None:
+    (tmp_path / "nix.conf").write_text("trusted-users = root\n" + nix_conf_lines(
+        BuilderSetup("nixremote", key)))  # fmt: skip
+    env = {**os.environ, "NIX_CONF_DIR": str(tmp_path), "NIX_USER_CONF_FILES": ""}
+    env.pop("NIX_CONFIG", None)
+    done = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "show-config"],
+                          env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    shown = dict(line.split(" = ", 1) for line in done.stdout.splitlines() if " = " in line)
+    assert shown["trusted-users"].split() == ["root", "nixremote"]
+    assert shown["min-free"] == str(1024**3)
+    assert shown["max-jobs"] == str(os.cpu_count())
+
+
+def test_sshd_takes_the_sshd_lines(tmp_path: Path, key: Any) -> None:
+    host_key = tmp_path / "host"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
+                   check=True)  # fmt: skip
+    config = tmp_path / "sshd_config"
+    config.write_text(f"HostKey {host_key}\nUsePAM no\n" + sshd_lines(BuilderSetup("nixr", key)))
+    done = subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(config)], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    query = ["/usr/sbin/sshd", "-T", "-f", str(config), "-C", "user=nixr,host=h,addr=127.0.0.1"]
+    shown = subprocess.run(query, capture_output=True, text=True, check=True).stdout
+    assert "permittty no" in shown
+    assert "allowtcpforwarding no" in shown
+
+
+def test_the_client_module_parses_and_says_what_it_should(tmp_path: Path, key: Any) -> None:
+    builders = (
+        Builder(Target("fast", "127.0.0.1", 2201), key, ("x86_64-linux",), ("kvm",), 4, 3),
+        Builder(Target("127.0.0.1-2202", "127.0.0.1", 2202), key, ("x86_64-linux",), (), 1, 1),
+    )
+    setup = ClientSetup("nixremote", "/etc/nix/offload_ed25519", builders)
+    module = tmp_path / "offload-client.nix"
+    module.write_text(dict(client_files(setup))["offload-client.nix"])
+    parses(module)
+    got = nix_eval(f"import {module} {{ }}")
+    assert got["nix"]["distributedBuilds"] is True
+    assert got["nix"]["settings"] == {"builders-use-substitutes": True}
+    first, second = got["nix"]["buildMachines"]
+    assert first["hostName"] == "fast"
+    assert (first["maxJobs"], first["speedFactor"], first["supportedFeatures"]) == (4, 3, ["kvm"])
+    assert first["sshKey"] == "/etc/nix/offload_ed25519"
+    assert first["sshUser"] == "nixremote"
+    assert second["supportedFeatures"] == []
+    assert base64.b64decode(first["publicHostKey"]).decode() == key.bare
+    assert got["programs"]["ssh"]["extraConfig"] == ssh_config_text(setup)
+    assert got["programs"]["ssh"]["knownHosts"]["127.0.0.1-2202"] == {"publicKey": key.bare}
+
+
+def run_setup(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "offload", "setup", *args], env=env,
+                          capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+
+
+def test_setup_key_makes_a_private_pair_and_never_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "key"
+    done = run_setup("key", str(path), home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.with_name("key.pub").stat().st_mode & 0o777 == 0o644
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in path.parent.iterdir()) == ["key", "key.pub"]
+    listed = subprocess.run(["ssh-keygen", "-lf", f"{path}.pub"], capture_output=True, text=True,
+                            check=True).stdout.split()  # fmt: skip
+    assert f"fingerprint: {listed[1]}" in done.stdout.splitlines()
+    assert listed[-1] == "(ED25519)"
+    before = path.read_bytes()
+    again = run_setup("key", str(path), home=tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.splitlines()[0] == f"error: {path} already exists: not overwriting it"
+    assert again.stderr.splitlines()[1].startswith("hint: ")
+    assert path.read_bytes() == before
+    builder = run_setup("builder", "--key", f"@{path}.pub", home=tmp_path)
+    assert builder.returncode == 0, builder.stderr
+    assert path.with_name("key.pub").read_text().split()[1] in builder.stdout

@@ -1,0 +1,219 @@
+"""`offload setup`'s pure parts: what users give is checked, quoted and rendered right."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from offload.config.machines import parse_machines
+from offload.errors import ConfigError
+from offload.setup.builder import BuilderSetup, authorized_keys_line, builder_files
+from offload.setup.client import Builder, ClientSetup, Overrides, client_files, machines_text
+from offload.setup.files import render, write_files
+from offload.setup.key import DAEMON_KEY, default_key_path
+from offload.setup.nix_text import attr_name, indented, nix_list, nix_string
+from offload.setup.probe import choose_host_key, facts_to_builder
+from offload.setup.values import (
+    Target,
+    check_host,
+    check_path,
+    check_user,
+    parse_public_key,
+    parse_target,
+)
+
+BLOB = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))
+KEY_LINE = "ssh-ed25519 " + base64.b64encode(BLOB).decode()
+KEY = parse_public_key(f'{KEY_LINE} a"b${{c}}\\d', "test")
+
+
+def builder(name: str = "b1", host: str = "192.0.2.7", port: int = 2222) -> Builder:
+    return Builder(Target(name, host, port), KEY, ("x86_64-linux",), ("big-parallel",), 4, 2)
+
+
+@pytest.mark.parametrize("name", ["root", "nixremote", "_b", "a-b_c9"])
+def test_user_names_that_are_names_pass(name: str) -> None:
+    assert check_user(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "Root", "a b", "a;b", '"x', "-o", "${x}", "a" * 33, "9a"])
+def test_user_names_that_are_not_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="invalid user name"):
+        check_user(name)
+
+
+@pytest.mark.parametrize("host", ["builder", "b1.example.org", "127.0.0.1", "::1", "a-b.c."])
+def test_hosts_that_are_hosts_pass(host: str) -> None:
+    assert check_host(host) == host
+
+
+@pytest.mark.parametrize(
+    "host", ["", "-oProxyCommand=x", "a b", "a_b", "a..b", 'a"b', "a${b}", "x" * 64, "[::1]"]
+)
+def test_hosts_that_are_not_are_refused(host: str) -> None:
+    with pytest.raises(ConfigError, match="invalid host"):
+        check_host(host)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("b1", Target("b1", "b1", 22)),
+        ("b1:2222", Target("b1", "b1", 2222)),
+        ("fast=127.0.0.1:2201", Target("fast", "127.0.0.1", 2201)),
+        ("127.0.0.1:2201", Target("127.0.0.1-2201", "127.0.0.1", 2201)),
+        ("v6=[::1]", Target("v6", "::1", 22)),
+    ],
+)
+def test_targets(text: str, expected: Target) -> None:
+    assert parse_target(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["b1:0", "b1:65536", "b1:x", "1.2.3.4=b1", "[::1", "a;b=b1", "[::1]:22", "-x=b1"]
+)
+def test_bad_targets_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_target(text)
+
+
+def test_paths_with_blanks_or_quotes_are_refused() -> None:
+    assert check_path("/etc/nix/offload_ed25519", "key") == "/etc/nix/offload_ed25519"
+    for bad in ("relative", "/a b", "/a'b", "/a$b", "/a/../b", '/a"b', "/a#b"):
+        with pytest.raises(ConfigError, match="invalid key"):
+            check_path(bad, "key")
+
+
+def test_public_keys_are_parsed_and_checked() -> None:
+    assert KEY.kind == "ssh-ed25519"
+    assert KEY.comment == 'a"b${c}\\d'
+    assert KEY.bare == KEY_LINE
+    with pytest.raises(ConfigError, match="not of type ssh-rsa"):
+        parse_public_key(KEY_LINE.replace("ssh-ed25519", "ssh-rsa"), "k")
+    with pytest.raises(ConfigError, match="one public key line, found 2"):
+        parse_public_key(f"{KEY_LINE}\n{KEY_LINE}\n", "k")
+    with pytest.raises(ConfigError, match="not an ssh public key"):
+        parse_public_key("hello world", "k")
+
+
+def test_the_fingerprint_is_sha256_of_the_blob_unpadded() -> None:
+    digest = base64.b64encode(hashlib.sha256(BLOB).digest()).decode()
+    assert KEY.fingerprint == "SHA256:" + digest.rstrip("=")
+
+
+def test_nix_strings_escape_what_nix_reads() -> None:
+    assert nix_string('a"b\\c${d}$e') == '"a\\"b\\\\c\\${d}\\$e"'
+    assert nix_string("a\nb") == '"a\\nb"'
+    assert nix_list([]) == "[ ]"
+    assert nix_list(["a", "b"]) == '[ "a" "b" ]'
+    assert attr_name("fast") == "fast"
+    assert attr_name("127.0.0.1-22") == '"127.0.0.1-22"'
+    assert attr_name("in") == '"in"'
+    with pytest.raises(ConfigError, match="control character"):
+        nix_string("a\x1bb")
+
+
+def test_indented_strings_escape_quotes_and_dollars() -> None:
+    assert indented("a''b ${c}\n", "  ") == "''\n  a''\\'''\\'b ''${c}\n''"
+
+
+def test_the_default_key_is_the_daemons_for_root_and_the_users_otherwise() -> None:
+    assert default_key_path(0, {"HOME": "/root"}) == DAEMON_KEY
+    assert default_key_path(1000, {"HOME": "/home/u"}) == Path("/home/u/.ssh/offload_ed25519")
+
+
+def test_the_authorized_keys_line_is_restricted_to_serve_by_default() -> None:
+    restricted = authorized_keys_line(BuilderSetup("nixremote", KEY), "/bin/nix-store")
+    assert restricted == f'restrict,command="/bin/nix-store --serve --write" {KEY.line}'
+    plain = authorized_keys_line(BuilderSetup("nixremote", KEY, restricted=False))
+    assert plain == KEY.line
+    with pytest.raises(ConfigError):
+        BuilderSetup("x;y", KEY)
+
+
+def test_the_builder_files_hold_the_tuning() -> None:
+    (module_name, module), (script_name, script) = builder_files(BuilderSetup("nixremote", KEY))
+    assert (module_name, script_name) == ("offload-builder.nix", "offload-builder.sh")
+    for text in ("nrBuildUsers = 64", 'MemoryMax = "90%"', "OOMScoreAdjust = 500", "cores = 0"):
+        assert text in module
+    assert "extra-trusted-users = nixremote" in script
+    assert "sshd -t -f" in script
+
+
+def test_machines_lines_read_back_by_offloads_parser() -> None:
+    setup = ClientSetup("nixremote", "/etc/nix/offload_ed25519", (builder(), builder("b2")))
+    machines, warnings = parse_machines(machines_text(setup), source="m", system="x86_64-linux")
+    assert warnings == []
+    assert [m.uri for m in machines] == ["ssh://nixremote@b1", "ssh://nixremote@b2"]
+    first = machines[0]
+    assert (first.max_jobs, first.speed_factor, first.systems) == (4, 2.0, ("x86_64-linux",))
+    assert first.supported_features == {"big-parallel"}
+    assert first.public_host_key == KEY_LINE
+    assert first.ssh_key == "/etc/nix/offload_ed25519"
+
+
+def test_ssh_aliases_pin_the_key_under_the_alias() -> None:
+    setup = ClientSetup("nixremote", "/k", (builder(),))
+    files = dict(client_files(setup))
+    assert files["ssh_config"] == (
+        "Host b1\n  HostName 192.0.2.7\n  Port 2222\n  User nixremote\n  IdentityFile /k\n"
+        "  IdentitiesOnly yes\n  HostKeyAlias b1\n"
+    )
+    assert files["known_hosts"] == f"b1 {KEY_LINE}\n"
+    assert "builders-use-substitutes = true" in files["nix.conf"]
+
+
+def test_facts_become_the_machines_entry() -> None:
+    config = {
+        "system": "x86_64-linux",
+        "extra-platforms": "i686-linux x86_64-linux",
+        "system-features": "kvm big-parallel",
+        "max-jobs": "1",
+    }
+    target = Target("b1", "b1", 22)
+    found = facts_to_builder(target, KEY, config, 8, Overrides())
+    assert found.systems == ("x86_64-linux", "i686-linux")
+    assert found.features == ("big-parallel", "kvm")
+    assert found.max_jobs == 8
+    assert facts_to_builder(target, KEY, {**config, "max-jobs": "3"}, 8, Overrides()).max_jobs == 3
+    mine = Overrides(systems=("aarch64-linux",), features=(), jobs=2, speed=5)
+    chosen = facts_to_builder(target, KEY, config, 8, mine)
+    assert (chosen.systems, chosen.features, chosen.max_jobs, chosen.speed) == (
+        ("aarch64-linux",), (), 2, 5,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="cannot read the builder's systems"):
+        facts_to_builder(target, KEY, None, None, Overrides())
+
+
+def test_the_preferred_scanned_key_is_ed25519() -> None:
+    rsa_blob = b"\x00\x00\x00\x07ssh-rsa" + bytes(8)
+    rsa = "ssh-rsa " + base64.b64encode(rsa_blob).decode()
+    scan = f"# b1:22 SSH-2.0-OpenSSH\nb1 {rsa}\nb1 {KEY_LINE}\nb1 garbage here\n"
+    chosen = choose_host_key(scan)
+    assert chosen is not None
+    assert chosen.bare == KEY_LINE
+    assert choose_host_key(f"b1 {rsa}\n") is not None
+    assert choose_host_key("") is None
+
+
+def test_files_are_written_all_or_none_and_never_over_old_ones(tmp_path: Path) -> None:
+    files = [("a.nix", "A\n"), ("b.sh", "B\n")]
+    written = write_files(tmp_path / "out", files)
+    assert [p.read_text() for p in written] == ["A\n", "B\n"]
+    assert (tmp_path / "out" / "b.sh").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "a.nix").stat().st_mode & 0o777 == 0o644
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "b.sh").write_text("mine\n")
+    with pytest.raises(ConfigError, match="already exists"):
+        write_files(other, files)
+    assert sorted(p.name for p in other.iterdir()) == ["b.sh"]
+    assert (other / "b.sh").read_text() == "mine\n"
+
+
+def test_printed_files_come_under_their_headers() -> None:
+    text = render([("a", "1\n"), ("b", "2\n")], {"a": "here"})
+    assert text == "# ==> a: here <==\n1\n\n# ==> b <==\n2\n"
