@@ -137,6 +137,10 @@ async def _until(
     tasks: list[asyncio.Future[ServeClient]], deadline: Coroutine[Any, Any, None] | None
 ) -> None:
     """Wait for every task, or until ``deadline`` returns if that is sooner."""
+    if not tasks:  # no builders: nothing to wait for (the deadline is never started)
+        if deadline is not None:
+            deadline.close()
+        return
     if deadline is None:
         await asyncio.wait(tasks)
         return
