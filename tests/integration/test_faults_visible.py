@@ -128,13 +128,21 @@ def _check_reasons(why: dict[str, str], machines: Path, known_hosts: Path) -> No
         assert "/tmp/ofl-" not in text
 
 
-def test_builders_left_out_are_told_in_json_and_on_stderr(fleet, tmp_path, closed_port):
+def _run_with_broken(
+    fleet: Fleet, tmp_path: Path, closed: int, *how: str
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """``offload build`` (with ``how``) on fast and the four broken builders: it succeeds."""
     file = nix_file(tmp_path, GRAPH)
-    env, machines, known_hosts = _setup(fleet, tmp_path, closed_port)
-    args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json")
+    env, machines, known_hosts = _setup(fleet, tmp_path, closed)
+    args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--no-out-link", *how)
     done = offload(fleet, tmp_path, *args, env=env, timeout=90)
     assert done.returncode == 0, done.stderr
     assert valid_locally(out_path(file, "top"))
+    return done, machines, known_hosts
+
+
+def test_builders_left_out_are_told_in_json_and_on_stderr(fleet, tmp_path, closed_port):
+    done, machines, known_hosts = _run_with_broken(fleet, tmp_path, closed_port, "--json")
     down = {
         e["machine"]: e["message"]
         for e in events(done.stdout)
@@ -145,11 +153,7 @@ def test_builders_left_out_are_told_in_json_and_on_stderr(fleet, tmp_path, close
 
 
 def test_builders_left_out_are_in_the_plain_lines_and_the_summary(fleet, tmp_path, closed_port):
-    file = nix_file(tmp_path, GRAPH)
-    env, machines, known_hosts = _setup(fleet, tmp_path, closed_port)
-    args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--no-out-link")
-    done = offload(fleet, tmp_path, *args, env=env, timeout=90)
-    assert done.returncode == 0, done.stderr
+    done, machines, known_hosts = _run_with_broken(fleet, tmp_path, closed_port)
     lines = done.stderr.splitlines()
     title = lines.index("machines down (4):")
     listed = dict(line.strip().split(": ", 1) for line in lines[title + 1 : title + 5])
