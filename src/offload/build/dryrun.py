@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from offload.build.faults import explain
 from offload.build.graph import DrvGraph, load_graph
 from offload.build.members import pool_members, pool_specs
 from offload.build.plan import estimated_plan
@@ -42,6 +43,8 @@ async def dry_run(
         graph = await load_graph(local, roots, remotes=clients)
         plan, estimates = await estimated_plan(graph, local, estimate)
     jobs = plan_jobs(plan, estimates)
+    machines = {m.name: m for m in pool.machines}
+    unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
     specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
     if not specs:
         raise SchedulerError("no machine to build on", hint="pass -j N or --builders")

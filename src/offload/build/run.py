@@ -1,13 +1,22 @@
 """One run, start to end: sessions open while the roots are evaluated, the graph is read,
 what need not be built is fetched or reported, and the executor builds the rest over the
-pool's members; and the links nix-build would name for the requested outputs."""
+pool's members; and the links nix-build would name for the requested outputs.
+
+No builder is left out without a word: one that fails to answer is told as a machine "down"
+event with why, in the user's words and with the fix (``faults``); one still silent
+``SLOW_GRACE`` seconds after the run could start is told as "slow", and the run starts
+without it: it joins when it answers (``sessions``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from offload.backoff import Health
+from offload.build.faults import explain
 from offload.build.graph import DrvGraph, Roots, load_graph
 from offload.build.members import pool_members, under_load
 from offload.build.plan import estimated_plan
@@ -18,10 +27,15 @@ from offload.nix import result_links
 from offload.protocol.serve import BuildOptions
 from offload.scheduler.run import Executor, RunReport
 from offload.slots import SlotLocks
+from offload.tasks import cancel_and_wait
 from offload.transport.links import LocalLink
-from offload.ui.events import Event
+from offload.ui.events import Event, MachineEvent
 
-__all__ = ["out_links", "run_build"]
+__all__ = ["SLOW_GRACE", "out_links", "run_build"]
+
+# Seconds a builder may stay silent, once the graph could be read, before the run starts
+# without it. A healthy one answers well within: its connect began with the evaluation.
+SLOW_GRACE = 1.5
 
 
 async def run_build(
@@ -45,6 +59,8 @@ async def run_build(
     them: it runs in a thread while the sessions to the stores open.
     """
     down = set(backoff or {})
+    machines = {m.name: m for m in pool.machines}
+    late: dict[str, asyncio.Task[None]] = {}
     async with (
         # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
         LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
@@ -52,11 +68,22 @@ async def run_build(
     ):
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}
-        async with warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm:
+        async with (
+            warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm,
+            _owning(late),
+        ):
             async with contextlib.AsyncExitStack() as opened:
                 local, clients, roots = await open_sessions(
-                    opened, local_link, remote, unreachable, roots, answered=warm
+                    opened,
+                    local_link,
+                    remote,
+                    unreachable,
+                    roots,
+                    answered=warm,
+                    late=late,
+                    grace=SLOW_GRACE,
                 )
+                _tell_slow(late, emit)
                 graph = await load_graph(
                     local, roots, remotes=clients, substitute=pool.local_substitutes
                 )
@@ -78,11 +105,36 @@ async def run_build(
                 slots=slots,
                 backoff=backoff,
                 unreachable=unreachable,
+                joining=late,
+                explain=lambda name, error: explain(machines[name], error),
                 build_options=options,
             )
             report = await executor.run()
     report.finished[:0] = fetched
     return report, graph
+
+
+@contextlib.asynccontextmanager
+async def _owning(tasks: dict[str, asyncio.Task[None]]) -> AsyncIterator[None]:
+    """Builders still connecting when the run ends early are stopped (the executor, once it
+    runs, takes them on and stops them itself)."""
+    try:
+        yield
+    finally:
+        await cancel_and_wait(tasks.values())
+
+
+def _tell_slow(late: Mapping[str, asyncio.Task[None]], emit: Callable[[Event], None]) -> None:
+    for name in late:
+        emit(
+            MachineEvent(
+                machine=name,
+                state="slow",
+                message="no answer yet: building elsewhere meanwhile; it joins when it answers",
+                until=None,
+                time=time.time(),
+            )
+        )
 
 
 def _local_sessions(pool: Pool) -> int:

@@ -1,14 +1,23 @@
 """The sessions a run reads its graph through: one on the local store and one on each builder
 that answers, opened all at once while the roots are evaluated, since ssh handshakes are most
-of a run's start-up. A builder that does not answer is left out, its error kept."""
+of a run's start-up. A builder that fails to answer is left out, its error kept.
+
+A builder that is merely slow (a host that accepts the TCP connection and then says nothing
+costs ssh's whole connect timeout) must not hold the run up: with ``grace``, the builders that
+have not answered once the graph could be read go on connecting in the background (``late``,
+one task each, ending when the builder's session is open and back in its pool, or with the
+link's error), and the run starts without them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from offload.build.graph import Roots
 from offload.errors import OffloadError
@@ -30,18 +39,26 @@ async def open_sessions(
     roots: Roots,
     *,
     answered: Callable[[str], None] | None = None,
+    late: dict[str, asyncio.Task[None]] | None = None,
+    grace: float | None = None,
 ) -> tuple[ServeClient, dict[str, ServeClient], list[tuple[str, str]]]:
     """A local session, one on each builder that answers, and the evaluated roots, all at
     once: ssh handshakes are most of a run's start-up, and evaluation can run meanwhile.
 
-    What opened is closed by ``stack``; an evaluation error wins over a local store error.
+    Builders that have not answered ``grace`` seconds after the local session and the roots
+    are ready are put in ``late`` (see the module docstring); without ``grace`` every builder
+    is waited for. What opened is closed by ``stack``; an evaluation error wins over a local
+    store error. The caller owns the ``late`` tasks.
     """
     evaluated = asyncio.to_thread(_as_list, roots) if callable(roots) else _ready(list(roots))
+    here = [
+        asyncio.ensure_future(stack.enter_async_context(local_link.session())),
+        asyncio.ensure_future(evaluated),
+    ]
+    deadline = None if grace is None else _after(here, grace)
+    borrowed = _borrow_all(remote, unreachable, answered, deadline, late)
     local, clients, result = await asyncio.gather(
-        stack.enter_async_context(local_link.session()),
-        stack.enter_async_context(_borrow_all(remote, unreachable, answered)),
-        evaluated,
-        return_exceptions=True,
+        here[0], stack.enter_async_context(borrowed), here[1], return_exceptions=True
     )
     for outcome in (result, local, clients):
         if isinstance(outcome, BaseException):
@@ -56,6 +73,12 @@ async def _ready(roots: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return roots
 
 
+async def _after(ready: Sequence[asyncio.Future[Any]], grace: float) -> None:
+    """Returns ``grace`` seconds after every one of ``ready`` is done (however it ended)."""
+    await asyncio.wait(ready)
+    await asyncio.sleep(grace)
+
+
 def _as_list(evaluate: Callable[[], Sequence[tuple[str, str]]]) -> list[tuple[str, str]]:
     return list(evaluate())
 
@@ -65,23 +88,32 @@ async def _borrow_all(
     links: Mapping[str, MemberLink],
     unreachable: dict[str, str],
     answered: Callable[[str], None] | None = None,
+    deadline: Coroutine[Any, Any, None] | None = None,
+    late: dict[str, asyncio.Task[None]] | None = None,
 ) -> AsyncIterator[dict[str, ServeClient]]:
     """A session on each builder that answers, opened in parallel; the others are left out
-    and their errors put in ``unreachable``. ``answered(name)`` is told of each as it opens."""
+    and their errors put in ``unreachable``. ``answered(name)`` is told of each as it opens.
+    Those still opening when ``deadline`` returns go on in ``late`` (``_joining``)."""
     managers = {name: link.session() for name, link in links.items()}
-
-    async def enter(name: str, cm: AbstractAsyncContextManager[ServeClient]) -> ServeClient:
-        client = await cm.__aenter__()
-        if answered is not None:
-            answered(name)
-        return client
-
-    entered = await asyncio.gather(
-        *(enter(name, cm) for name, cm in managers.items()), return_exceptions=True
-    )
+    waiting = {name: asyncio.ensure_future(cm.__aenter__()) for name, cm in managers.items()}
+    told = {name: functools.partial(_told, answered, name) for name in waiting}
+    for name, task in waiting.items():
+        task.add_done_callback(told[name])
+    try:
+        await _until(list(waiting.values()), deadline)
+    except BaseException:
+        await cancel_and_wait(list(waiting.values()))
+        raise
     clients: dict[str, ServeClient] = {}
     opened: list[AbstractAsyncContextManager[ServeClient]] = []
-    for (name, cm), result in zip(managers.items(), entered, strict=True):
+    for name, cm in managers.items():
+        task = waiting[name]
+        if not task.done():
+            assert late is not None  # a deadline comes with a place for the late ones
+            task.remove_done_callback(told[name])  # the run, not the warming, takes it on
+            late[name] = asyncio.create_task(_joining(task, cm), name=f"joining {name}")
+            continue
+        result = task.exception() or task.result()
         if isinstance(result, ServeClient):
             clients[name] = result
             opened.append(cm)
@@ -94,6 +126,45 @@ async def _borrow_all(
     finally:
         for cm in opened:
             await cm.__aexit__(None, None, None)
+
+
+def _told(answered: Callable[[str], None] | None, name: str, task: asyncio.Future[Any]) -> None:
+    if answered is not None and not task.cancelled() and task.exception() is None:
+        answered(name)
+
+
+async def _until(
+    tasks: list[asyncio.Future[ServeClient]], deadline: Coroutine[Any, Any, None] | None
+) -> None:
+    """Wait for every task, or until ``deadline`` returns if that is sooner."""
+    if not tasks:  # no builders: nothing to wait for (the deadline is never started)
+        if deadline is not None:
+            deadline.close()
+        return
+    if deadline is None:
+        await asyncio.wait(tasks)
+        return
+    timer = asyncio.ensure_future(deadline)
+    pending: set[asyncio.Future[Any]] = set(tasks)
+    try:
+        while pending and not timer.done():
+            _, pending = await asyncio.wait({*pending, timer}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(timer)
+    finally:
+        await cancel_and_wait([timer])
+
+
+async def _joining(
+    opening: asyncio.Future[ServeClient], cm: AbstractAsyncContextManager[ServeClient]
+) -> None:
+    """A late builder's session: once open it goes back to its link's pool, ready for the
+    first build there; the link's error, if it does not open, is the task's."""
+    try:
+        await opening
+    except BaseException:
+        opening.cancel()
+        raise
+    await cm.__aexit__(None, None, None)
 
 
 @contextlib.asynccontextmanager

@@ -6,6 +6,12 @@ Each subcommand lives in its own module with ``register(subparsers)``; the funct
 as Nix's own commands do (argparse's 2 is nobody's convention here); an error offload did not
 foresee is still one line, with the way to see its traceback; a closed stdout (``| head``) ends
 the command quietly, as it ends Nix's.
+
+SIGTERM and SIGHUP are handled as Ctrl-C is: each is turned into a SIGINT, so the one path that
+stops a run cleanly (asyncio cancels the run, remote builds are stopped, temporary directories
+removed, the terminal restored) serves all three; the exit status is 128 + the signal's number
+(nix-build says "interrupted by the user" and exits 1 for any of them). Ctrl-C while the
+subcommands are still being imported is caught as well: no traceback, whenever it comes.
 """
 
 from __future__ import annotations
@@ -13,34 +19,37 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
-
-from typing_extensions import override
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 from offload import __version__
-from offload.errors import BuildFailed, OffloadError
-from offload.protocol.records import BuildStatus
+
+if TYPE_CHECKING:
+    from offload.errors import OffloadError
 
 __all__ = ["exit_status", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with offload's error lines; subcommand parsers are made of the same class."""
-
-    @override
-    def error(self, message: str) -> NoReturn:
-        # argparse quotes the bad value whole, and it may be anything a user pasted.
-        message = re.sub(r"\S{80,}", lambda long: long[0][:60] + "...", message)
-        sys.stderr.write(f"error: {self.prog}: {message}\nhint: see {self.prog} --help\n")
-        sys.exit(1)
-
-
 def _parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: main() must be running (and catching Ctrl-C) first.
+    from typing_extensions import override
+
+    class _Parser(argparse.ArgumentParser):
+        """argparse with offload's error lines; subcommand parsers are of the same class."""
+
+        @override
+        def error(self, message: str) -> NoReturn:
+            # argparse quotes the bad value whole, and it may be anything a user pasted.
+            message = re.sub(r"\S{80,}", lambda long: long[0][:60] + "...", message)
+            sys.stderr.write(f"error: {self.prog}: {message}\nhint: see {self.prog} --help\n")
+            sys.exit(1)
+
     from offload.cli import (
         build,
         demo,
@@ -67,15 +76,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The signal that stopped the run (SIGINT unless another was turned into it).
+_stopped_by: list[int] = []
+
+
+def _as_interrupt(signum: int, _frame: FrameType | None) -> None:
+    _stopped_by.append(signum)
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _stopped_by.clear()
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _as_interrupt)
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 128 + (_stopped_by[0] if _stopped_by else signal.SIGINT)
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
+    # Imported here, not at the top: main() must be running (and catching Ctrl-C) first.
+    from offload.errors import OffloadError
+
     parser = _parser()
     args = parser.parse_args(argv)
     func: Handler = args.func
     try:
         return func(args)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
     except OffloadError as exc:
         if args.debug:
             traceback.print_exc()
@@ -97,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def exit_status(exc: OffloadError) -> int:
     """nix-build's codes: 100 for a failed build, 101 when it timed out, 1 for the rest."""
+    from offload.errors import BuildFailed
+    from offload.protocol.records import BuildStatus
+
     if isinstance(exc, BuildFailed):
         return 101 if exc.status == BuildStatus.TIMED_OUT else 100
     return 1

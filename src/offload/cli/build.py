@@ -26,8 +26,9 @@ from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slots import SlotLocks
 from offload.ui import make_renderer
-from offload.ui.events import Event
+from offload.ui.events import Event, MachineEvent
 from offload.ui.summary import render_summary
+from offload.ui.term import sanitize
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -176,6 +177,15 @@ def build_failed(report: RunReport) -> BuildFailed:
     )
 
 
+def _warn(event: MachineEvent) -> None:
+    """A machine left out, backed off or slow to answer, as one line on stderr."""
+    if event.state in ("down", "slow"):
+        what = "is down" if event.state == "down" else "is slow to answer"
+        print(
+            f"warning: builder {event.machine!r} {what}: {sanitize(event.message)}", file=sys.stderr
+        )
+
+
 def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
     for handle in handlers:
         handle(event)
@@ -239,19 +249,28 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(instantiate(what), pool, state, as_json=args.json)
     renderer = make_renderer("json" if args.json else "auto", print_logs=args.print_build_logs)
+    machine_events: list[MachineEvent] = []
+
+    def emit(event: Event) -> None:
+        renderer.handle(event)
+        if isinstance(event, MachineEvent):
+            machine_events.append(event)
+            if args.json:  # the renderer writes to stdout: people read stderr
+                _warn(event)
+
     # Evaluated while the connections to the builders open (run_build).
     report, graph = execute(
         functools.partial(instantiate, what),
         pool,
         state,
-        emit=renderer.handle,
+        emit=emit,
         close=renderer.close,
         keep_going=args.keep_going,
         retry_now=args.on,
         fetch_all=args.fetch_all,
     )
     if not args.json:
-        render_summary(report.finished, sys.stderr)
+        render_summary([*report.finished, *machine_events], sys.stderr)
     if report.failed:
         _print_log_tails(BuildLogs(state / "logs"), report.failed)
         raise build_failed(report)

@@ -28,7 +28,9 @@ Phase = Literal["queued", "connecting", "sending", "building", "fetching"]
 # from its binary caches. Neither was built in this run.
 JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched", "substituted"]
 # "loaded": the builder reported load beyond its cores and gets fewer slots this run.
-MachineState = Literal["up", "down", "loaded"]
+# "slow": it has not answered yet; the run goes on without it, and it is "up" once it answers
+# ("down" if it fails). "down" with a message is a builder left out: the message says why.
+MachineState = Literal["up", "down", "loaded", "slow"]
 
 
 @dataclass(frozen=True)

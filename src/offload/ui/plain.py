@@ -68,6 +68,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
             text = "up"
         case "loaded":
             text = "loaded"
+        case "slow":
+            text = "slow to answer"
         case "down":
             text = "down"
             if event.until is not None:

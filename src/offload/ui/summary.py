@@ -7,7 +7,9 @@ only when the local store took some from its binary caches, a ``substituted`` co
 bytes came from the cache, not through offload, so they are not counted).
 Busy time is the sum of job durations on the machine, stopped and failed jobs included since
 they occupied it; with several slots it can exceed the run's wall time. Bytes count every job
-too. Then the failed and skipped derivations with their errors, and how to see a log.
+too. Then the failed and skipped derivations with their errors, how to see a log, and the
+machines left out of the run, backed off during it (their last ``down`` event) or that never
+answered, with why.
 
 ``summarize`` is pure; ``render_summary`` writes it as a rich table or as plain aligned text.
 """
@@ -24,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from offload.ui.events import Event, JobFinished, RunFinished, RunStarted
+from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished, RunStarted
 from offload.ui.term import format_bytes, format_duration, sanitize
 
 __all__ = ["MachineTotals", "RunSummary", "render_summary", "summarize"]
@@ -81,6 +83,8 @@ class RunSummary:
     failed: tuple[JobFinished, ...]
     skipped: tuple[JobFinished, ...]
     finished: RunFinished | None
+    # Each machine's last "down" event, or its "slow" one if it never answered.
+    down: tuple[MachineEvent, ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -101,8 +105,14 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
     failed: dict[str, JobFinished] = {}
     skipped: dict[str, JobFinished] = {}
     finished: RunFinished | None = None
+    down: dict[str, MachineEvent] = {}
     for event in events:
-        if isinstance(event, RunStarted):
+        if isinstance(event, MachineEvent):
+            if event.state in ("down", "slow"):
+                down[event.machine] = event
+            elif event.state == "up" and event.machine in down:
+                del down[event.machine]
+        elif isinstance(event, RunStarted):
             for m in event.machines:
                 if m not in per:
                     order.append(m)
@@ -131,7 +141,9 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
         sent=sum(r.sent for r in rows),
         received=sum(r.received for r in rows),
     )
-    return RunSummary(rows, total, tuple(failed.values()), tuple(skipped.values()), finished)
+    return RunSummary(
+        rows, total, tuple(failed.values()), tuple(skipped.values()), finished, tuple(down.values())
+    )
 
 
 def render_summary(
@@ -174,7 +186,14 @@ def _problems(summary: RunSummary) -> list[tuple[str, str]]:
         for job in summary.failed
     ]
     out += [("skipped", f"{job.name}: {_error(job)}") for job in summary.skipped]
+    out += [("down", f"{event.machine}: {_why(event)}") for event in summary.down]
     return out
+
+
+def _why(event: MachineEvent) -> str:
+    if event.state == "slow":
+        return "did not answer during the run"
+    return sanitize(event.message)
 
 
 def _error(job: JobFinished) -> str:
@@ -200,8 +219,9 @@ def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None
     for kind, line in _problems(summary):
         if kind != heading:
             heading = kind
-            count = len(summary.failed) if kind == "failed" else len(summary.skipped)
-            write(f"{kind} ({count}):\n")
+            count = sum(1 for k, _ in _problems(summary) if k == kind)
+            title = "machines down" if kind == "down" else kind
+            write(f"{title} ({count}):\n")
         write(f"  {line}\n")
     if summary.failed:
         write("see a build's log with: offload log DRV\n")
@@ -222,6 +242,7 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
     console.print(table)
     for kind, line in _problems(summary):
         style = "red" if kind == "failed" else "yellow"
-        console.print(Text.assemble((f"{kind}: ", f"bold {style}"), line))
+        title = "machine down" if kind == "down" else kind
+        console.print(Text.assemble((f"{title}: ", f"bold {style}"), line))
     if summary.failed:
         console.print(Text("see a build's log with: offload log DRV", style="dim"))

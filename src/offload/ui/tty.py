@@ -108,7 +108,8 @@ class TtyRenderer:
         self._machines: list[str] = []
         self._jobs: dict[tuple[str, str], _Job] = {}  # (drv_path, machine)
         self._down: dict[str, MachineEvent] = {}
-        self._loaded: dict[str, MachineEvent] = {}  # builders given fewer slots for their load
+        # Builders given fewer slots for their load, or slow to answer.
+        self._loaded: dict[str, MachineEvent] = {}
         self._settled: dict[str, str] = {}  # drv_path -> status
         self._finished: list[JobFinished] = []
         self._run_finished: RunFinished | None = None
@@ -193,10 +194,12 @@ class TtyRenderer:
                 self._see(event.machine)
                 if event.state == "down":
                     self._down[event.machine] = event
-                elif event.state == "loaded":
+                elif event.state in ("loaded", "slow"):
                     self._loaded[event.machine] = event
                 else:
                     self._down.pop(event.machine, None)
+                    if self._loaded.get(event.machine, event).state == "slow":
+                        del self._loaded[event.machine]
             case RunFinished():
                 self._run_finished = event
             case JobLog():
@@ -234,7 +237,8 @@ class TtyRenderer:
             table.add_row(machine, _cell(what, "red"), until, retry)
             machine = ""
         if loaded is not None:
-            table.add_row(machine, _cell(f"loaded: {sanitize(loaded.message)}", "yellow"), "", "")
+            what = "slow to answer" if loaded.state == "slow" else "loaded"
+            table.add_row(machine, _cell(f"{what}: {sanitize(loaded.message)}", "yellow"), "", "")
             machine = ""
         if not jobs and down is None:
             table.add_row(machine, _cell("idle", "dim"), "", "")

@@ -397,6 +397,19 @@ class Policy:
         for job_id in ready:
             queues.enqueue(job_id)
 
+    def hold(self, machine: str) -> None:
+        """Keep ``machine`` out until it answers (``on_machine_up``) or fails
+        (``on_machine_failed``): it is still connecting, which is not a failure."""
+        m = self._pool.machines[machine]
+        m.down_until = math.inf
+        self._pool.take_down(m)
+
+    def on_machine_up(self, machine: str, now: float) -> None:
+        """A held machine answered: it takes work from the next decision on."""
+        m = self._pool.machines[machine]
+        if m.failures == 0:
+            m.down_until = now
+
     def restore_down(self, machine: str, failures: int, until: float) -> None:
         """Start with ``machine`` backed off, as a previous run left it (before any decision)."""
         m = self._pool.machines[machine]

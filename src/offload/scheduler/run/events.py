@@ -80,6 +80,11 @@ class RunEvents:
             )
         )
 
+    def machine_up(self, machine: str, message: str) -> None:
+        self.emit(
+            MachineEvent(machine=machine, state="up", message=message, until=None, time=self.wall())
+        )
+
     def phase(self, drv_path: str, machine: str, phase: Phase, *, speculative: bool) -> None:
         jobs = self.policy.graph.job(drv_path)
         speed = self.members[machine].spec.speed

@@ -65,6 +65,8 @@ class Executor:
         slots: SlotLocks | None = None,
         backoff: Mapping[str, Health] | None = None,
         unreachable: Mapping[str, str] | None = None,
+        joining: Mapping[str, asyncio.Task[None]] | None = None,
+        explain: Callable[[str, str], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         build_options: BuildOptions | None = None,
@@ -83,11 +85,20 @@ class Executor:
         self._learning = Learning(plan, estimates, wall)
         self.policy = policy or self._new_policy(members, estimates)
         self._last_error: dict[str, str] = {}
-        self._restored = self._restore(backoff or {}, unreachable or {})
+        # Why a machine cannot be used, in the user's words, from its link's error.
+        self._explain = explain or (lambda _machine, error: error)
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self._events = RunEvents(
             plan, self.members, self.policy, self.report, emit=emit, log_sink=log_sink, wall=wall
         )
+        # Builders still connecting: held out of the run until their task ends (``_joined``).
+        self._joining = {task: name for name, task in (joining or {}).items()}
+        self._unreachable = {
+            name: self._explain(name, error)
+            for name, error in (unreachable or {}).items()
+            if name in self.members
+        }
+        self._restored = self._restore(backoff or {})
         self._copies = BuildCopies(
             plan,
             self.members,
@@ -118,27 +129,30 @@ class Executor:
             strict=not self.keep_going,
         )
 
-    def _restore(
-        self, backoff: Mapping[str, Health], unreachable: Mapping[str, str]
-    ) -> dict[str, Health]:
-        """Tell the policy which builders are down before the run starts; returns the backoff
-        kept from earlier runs, to announce when the run starts."""
+    def _restore(self, backoff: Mapping[str, Health]) -> dict[str, Health]:
+        """Tell the policy which builders are down or still connecting before the run starts;
+        returns the backoff kept from earlier runs, to announce when the run starts."""
         restored = {name: health for name, health in backoff.items() if name in self.members}
         for name, health in restored.items():
             until = self.clock() + (health.until - self.wall())
             self.policy.restore_down(name, health.failures, until)
         # Builders that did not answer when the run looked for outputs they already hold.
-        for name, error in unreachable.items():
-            if name in self.members:
-                self._last_error[name] = error
-                self.policy.on_machine_failed(name, self.clock())
+        for name, error in self._unreachable.items():
+            self._last_error[name] = error
+            self.policy.on_machine_failed(name, self.clock())
+        for name in self._joining.values():
+            self.policy.hold(name)
         return restored
 
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> RunReport:
         start = self.clock()
-        if self.plan.order and not any(self.policy.is_up(n, start) for n in self.members):
+        if (
+            self.plan.order
+            and not self._joining
+            and not any(self.policy.is_up(n, start) for n in self.members)
+        ):
             self._check_stuck()  # every machine is down before anything started: say so now
         for drv_path in self.policy.skipped_at_start:
             self._finish_skipped(drv_path, "")
@@ -148,6 +162,9 @@ class Executor:
         for name, health in self._restored.items():
             message = f"backed off after {health.failures} failure(s) in earlier runs"
             self._events.machine_down(name, message, health.until)
+        for name, error in self._unreachable.items():
+            until = self.wall() + (self.policy.down_until(name) - start)
+            self._events.machine_down(name, error, until)
         self._events.run_started(tuple(self.members), self._estimate_makespan())
         try:
             await self._loop()
@@ -191,25 +208,43 @@ class Executor:
                             self._start(job, machine, speculative=True)
                         case Wait(until=until):
                             wake = until
-            if not self._tasks and not self._homeward:
+            if not self._tasks and not self._homeward and not (self._joining and self._left()):
                 # Nothing runs, so a wake-up could only be for a backed-off machine: rather
                 # than sleep out its backoff, stop and say why (_check_stuck).
                 break
             timeout = None if wake is None else max(0.0, wake - self.clock())
             done, _ = await asyncio.wait(
-                {*self._tasks, *self._homeward},
+                {*self._tasks, *self._homeward, *self._joining},
                 timeout=timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            for joined in [task for task in self._joining if task in done]:
+                self._joined(joined)
             for arrived in [task for task in self._homeward if task in done]:
                 self._arrived(arrived)
             for task in [task for task in self._tasks if task in done]:
                 await self._settle(task)
         self._check_stuck()
 
-    def _check_stuck(self) -> None:
+    def _left(self) -> int:
+        """Derivations still to start (ready or waiting for their inputs)."""
         graph = self.policy.graph
-        left = graph.count(JobState.READY) + graph.count(JobState.PENDING)
+        return graph.count(JobState.READY) + graph.count(JobState.PENDING)
+
+    def _joined(self, task: asyncio.Task[None]) -> None:
+        """A builder that was slow to answer has answered, or has failed for good."""
+        name = self._joining.pop(task)
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            self.policy.on_machine_up(name, self.clock())
+            self._events.machine_up(name, "answered: it takes work from now on")
+        elif isinstance(error, OffloadError):
+            self._machine_failed(name, error.message, self.clock())
+        else:
+            raise error
+
+    def _check_stuck(self) -> None:
+        left = self._left()
         if left and not self._stopping:
             now = self.clock()
             down = [
@@ -327,6 +362,7 @@ class Executor:
     def _machine_failed(self, machine: str, error: str, now: float) -> None:
         """Back ``machine`` off, stop its builds (the policy queued them again), and have
         outputs that only it held made again where they are still needed."""
+        error = self._explain(machine, error)
         self._last_error[machine] = error
         down = self.policy.on_machine_failed(machine, now)
         self._events.machine_down(machine, error, self.wall() + (down.until - now))
@@ -361,7 +397,7 @@ class Executor:
         """Stop the copies still running: only a run ending early (interrupted, or an error
         of its own) has any. Their errors are logged, not raised: the run's own is the one
         to report, and this must not replace it."""
-        tasks: list[asyncio.Task[Any]] = [*self._tasks, *self._homeward]
+        tasks: list[asyncio.Task[Any]] = [*self._tasks, *self._homeward, *self._joining]
         for error in await cancel_and_wait(tasks):
             # A copy home that lost its builder, as the run stopped, is no news; others are bugs.
             level = logging.DEBUG if isinstance(error, OffloadError) else logging.ERROR
@@ -370,6 +406,7 @@ class Executor:
             )
         self._tasks.clear()
         self._homeward.clear()
+        self._joining.clear()
 
     def _emit_outcome(
         self,

@@ -1,0 +1,79 @@
+"""Why a builder was left out of a run, in the user's words and with the fix.
+
+A link's error carries ssh's own last words, which speak of files the user never edits (the
+private known_hosts file offload writes a pinned key to, removed when the run ends) and leave
+the fix to guess. ``explain`` turns the error into one line: what happened, then the fix,
+naming the file the user edits: the machines line the builder comes from (its host-key column
+when the key is pinned there), or the known_hosts file ssh named when nothing is pinned.
+A changed host key is said to be what it may be, a man-in-the-middle.
+"""
+
+from __future__ import annotations
+
+import re
+
+from offload.config.machines import Machine
+
+__all__ = ["explain"]
+
+_CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "has changed and you have requested strict")
+# The line in which ssh names the known_hosts file and line that hold the old key.
+_OFFENDING = re.compile(r"Offending \S+ key in (\S+?):(\d+)")
+
+
+def explain(machine: Machine, error: str) -> str:
+    """One line: why ``machine`` cannot be used (from its link's ``error``), then the fix."""
+    where = machine.source
+    if any(marker in error for marker in _CHANGED) or (
+        machine.public_host_key and "Host key verification failed" in error
+    ):
+        return _changed_key(machine, error)
+    if "Host key verification failed" in error:
+        return (
+            f"its host key is unknown (nothing pins or trusts it); pin it in column 8 of {where}, "
+            "the base64 of the builder's /etc/ssh/ssh_host_ed25519_key.pub"
+        )
+    if "Permission denied" in error:
+        key = machine.ssh_key or "your default ssh key"
+        return (
+            f"the builder refused the ssh key {key}; add {key}.pub to the builder's "
+            f"authorized_keys, or name the right key in column 3 of {where}"
+        )
+    if "Connection refused" in error:
+        return (
+            f"connection refused by {_address(machine)}: is sshd running and listening there? "
+            f"(check {where}, or leave it out with --exclude {machine.name})"
+        )
+    if "timed out" in error or "no answer within" in error:
+        return (
+            f"no answer from {_address(machine)} in time: is it up and reachable? "
+            f"(check {where}, or leave it out with --exclude {machine.name})"
+        )
+    return _last_words(error)
+
+
+def _changed_key(machine: Machine, error: str) -> str:
+    head = (
+        "HOST KEY CHANGED: the builder answered with a key that is not the one trusted for it; "
+        "someone may be intercepting the connection (man-in-the-middle)"
+    )
+    if machine.public_host_key:
+        fix = f"column 8 of {machine.source}"
+    else:
+        offending = _OFFENDING.search(error)
+        fix = f"{offending[1]} line {offending[2]}" if offending else "your known_hosts file"
+    return (
+        f"{head}; if the builder was reinstalled, check its new key and put it in {fix}, "
+        "else find out who answers there"
+    )
+
+
+def _address(machine: Machine) -> str:
+    host = machine.host or machine.uri
+    return f"{host}:{machine.port}" if machine.port else host
+
+
+def _last_words(error: str) -> str:
+    """The error as it is, on one line, less any path to a file offload made for the run."""
+    text = " ".join(error.split())
+    return re.sub(r"/\S*/ofl-[^/\s]+/\S*", "(offload's pinned key file)", text)

@@ -1,0 +1,210 @@
+"""Every builder left out of a run is seen: why, on stderr, in ``--json`` and in the summary.
+
+Builders next to the shared fleet's real members that cannot be used, each for another reason:
+nothing listens on its port (refused); it does not accept the client's key; it answers with a
+host key other than the one pinned for it in the machines file, or than the one the user's
+own known_hosts holds for it (a possible man-in-the-middle); it accepts TCP and then says
+nothing. The run still builds everything on the good members and exits 0; the silent one costs
+it at most a few seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.fleet import Fleet
+from tests.helpers.fleets import machines_lines
+from tests.helpers.nix_files import nix_file, out_path, valid_locally
+from tests.helpers.offload_run import events, offload, offload_env
+
+GRAPH = """rec {
+  dep = mk "dep" "echo dep-${salt} > $out" {};
+  top = mk "top" "/bin/cat $dep > $out" { inherit dep; };
+}
+"""
+
+# The target of issue 14: a builder that never answers delays the run at most this much.
+SILENT_COST = 3.0
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nobody else takes it), not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose connections the kernel accepts and nobody ever speaks on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def _host(name: str, port: int, key: Path, known_hosts: Path | None = None) -> str:
+    return (
+        f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n"
+        f"  IdentitiesOnly yes\n  HostKeyAlias {name}\n  BatchMode yes\n  LogLevel ERROR\n"
+        + (
+            f"  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n"
+            if known_hosts
+            else ""
+        )
+    )
+
+
+def _pinned(fleet: Fleet, member: str) -> str:
+    """The base64 host key column of ``member``'s machines line."""
+    return next(cols[7] for cols in machines_lines(fleet) if cols[0] == f"ssh://{member}")
+
+
+def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], Path, Path]:
+    """(env, machines file, user known_hosts): fast as it is, and four broken builders."""
+    stranger_key = tmp_path / "stranger_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger_key)], check=True
+    )
+    port = {m: fleet.member(m).port for m in ("fast", "medium", "slow")}
+    slow_key = base64.b64decode(_pinned(fleet, "slow")).decode().strip()
+    known_hosts = tmp_path / "user_known_hosts"
+    known_hosts.write_text(f"swapped {slow_key}\n")  # the user trusted slow's key for it
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        fleet.ssh_config.read_text()
+        + "\n"
+        + _host("refused", closed, fleet.client_key)
+        + _host("stranger", port["fast"], stranger_key)
+        + _host("impostor", port["medium"], fleet.client_key)
+        + _host("swapped", port["medium"], fleet.client_key, known_hosts)
+    )
+    fast = next(" ".join(c) for c in machines_lines(fleet) if c[0] == "ssh://fast")
+    system = fleet.system
+    machines = tmp_path / "machines"
+    machines.write_text(
+        f"{fast}\n"
+        f"ssh://refused {system} {fleet.client_key} 1 1\n"
+        f"ssh://stranger {system} {stranger_key} 1 1 - - {_pinned(fleet, 'fast')}\n"
+        # medium answers, with its own key, where slow's is pinned: as a man in the middle would.
+        f"ssh://impostor {system} {fleet.client_key} 1 1 - - {_pinned(fleet, 'slow')}\n"
+        f"ssh://swapped {system} {fleet.client_key} 1 1\n"
+    )
+    env = offload_env(fleet, tmp_path)
+    env["NIX_SSHOPTS"] = f"-F {config}"
+    return env, machines, known_hosts
+
+
+def _down_lines(stderr: str) -> dict[str, str]:
+    """Each ``warning: builder 'NAME' is down: WHY`` line, by NAME."""
+    found = {}
+    for line in stderr.splitlines():
+        if line.startswith("warning: builder '") and "' is down: " in line:
+            name, _, why = line.removeprefix("warning: builder '").partition("' is down: ")
+            found[name] = why
+    return found
+
+
+def _check_reasons(why: dict[str, str], machines: Path, known_hosts: Path) -> None:
+    assert set(why) == {"refused", "stranger", "impostor", "swapped"}, why
+    assert "connection refused" in why["refused"]
+    assert "refused the ssh key" in why["stranger"]
+    assert "stranger_key.pub" in why["stranger"]
+    for name in ("impostor", "swapped"):
+        assert "HOST KEY CHANGED" in why[name]
+        assert "man-in-the-middle" in why[name]
+    # The fix names the file the user edits, never the one offload made for the run.
+    assert f"column 8 of {machines}:4" in why["impostor"]
+    assert f"{known_hosts} line 1" in why["swapped"]
+    for text in why.values():
+        assert "/tmp/ofl-" not in text
+
+
+def _run_with_broken(
+    fleet: Fleet, tmp_path: Path, closed: int, *how: str
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """``offload build`` (with ``how``) on fast and the four broken builders: it succeeds."""
+    file = nix_file(tmp_path, GRAPH)
+    env, machines, known_hosts = _setup(fleet, tmp_path, closed)
+    args: tuple[str | Path, ...] = (
+        file,
+        "-A",
+        "top",
+        "--builders",
+        f"@{machines}",
+        "-j",
+        "0",
+        "--no-out-link",
+        *how,
+    )
+    done = offload(fleet, tmp_path, *args, env=env, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert valid_locally(out_path(file, "top"))
+    return done, machines, known_hosts
+
+
+def test_builders_left_out_are_told_in_json_and_on_stderr(fleet, tmp_path, closed_port):
+    done, machines, known_hosts = _run_with_broken(fleet, tmp_path, closed_port, "--json")
+    down = {
+        e["machine"]: e["message"]
+        for e in events(done.stdout)
+        if e["event"] == "machine" and e["state"] == "down"
+    }
+    _check_reasons(down, machines, known_hosts)
+    assert _down_lines(done.stderr) == down
+
+
+def test_builders_left_out_are_in_the_plain_lines_and_the_summary(fleet, tmp_path, closed_port):
+    done, machines, known_hosts = _run_with_broken(fleet, tmp_path, closed_port)
+    lines = done.stderr.splitlines()
+    title = lines.index("machines down (4):")
+    listed = dict(line.strip().split(": ", 1) for line in lines[title + 1 : title + 5])
+    _check_reasons(listed, machines, known_hosts)
+    for name in listed:  # and each was told as it happened, by the plain renderer
+        assert any(f"] {name}: down until " in line for line in lines[:title]), name
+
+
+def _first_build_after(
+    fleet: Fleet, tmp_path: Path, machines: Path, env: dict[str, str]
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Seconds from starting ``offload build --json`` to its first build starting (on fast),
+    and the finished run."""
+    file = nix_file(tmp_path, GRAPH, name=f"{machines.name}.nix")
+    args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json", "--no-out-link")
+    started = time.time()
+    done = offload(fleet, tmp_path, *args, env=env, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert valid_locally(out_path(file, "top"))
+    building = [
+        e for e in events(done.stdout) if e["event"] == "job_phase" and e["phase"] == "building"
+    ]
+    assert building[0]["machine"] == "fast"
+    return float(building[0]["time"]) - started, done
+
+
+def test_a_builder_that_never_answers_costs_the_run_seconds(fleet, tmp_path, silent_port):
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        fleet.ssh_config.read_text() + "\n" + _host("silent", silent_port, fleet.client_key)
+    )
+    fast = next(" ".join(c) for c in machines_lines(fleet) if c[0] == "ssh://fast")
+    alone, with_silent = tmp_path / "alone", tmp_path / "with_silent"
+    alone.write_text(f"{fast}\n")
+    with_silent.write_text(f"{fast}\nssh://silent {fleet.system} {fleet.client_key} 4 8\n")
+    env = offload_env(fleet, tmp_path)
+    env["NIX_SSHOPTS"] = f"-F {config}"
+    baseline, _ = _first_build_after(fleet, tmp_path, alone, env)
+    delayed, done = _first_build_after(fleet, tmp_path, with_silent, env)
+    # Without waiting for it, the run would have waited out ssh's 10 s connect timeout.
+    assert delayed - baseline < SILENT_COST, (baseline, delayed)
+    told = [e for e in events(done.stdout) if e["event"] == "machine" and e["machine"] == "silent"]
+    assert [e["state"] for e in told] == ["slow"], told
+    assert "warning: builder 'silent' is slow to answer" in done.stderr

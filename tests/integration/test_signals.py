@@ -1,0 +1,115 @@
+"""Stopping ``offload build`` with a signal: SIGTERM as Ctrl-C, and Ctrl-C at any moment.
+
+SIGTERM while builds run on builders: the live view gives the cursor back, the remote build
+is stopped, offload's temporary directories are gone, and the exit status is 143. Ctrl-C while
+offload is still starting never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import processes
+from tests.helpers.fleets import member_processes
+from tests.helpers.nix_files import marker_script, nix_file, out_path, valid_locally
+from tests.helpers.offload_run import offload_argv, offload_env, wait_for
+
+HIDE_CURSOR, SHOW_CURSOR = b"\x1b[?25l", b"\x1b[?25h"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A TMPDIR of the run's own, short enough for offload to keep its ssh sockets in."""
+    path = Path(tempfile.mkdtemp(prefix="sig", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp):
+    marker, release = tmp_path / "running", tmp_path / "never"
+    wait = marker_script(marker, f"while [ ! -e {release} ]; do /bin/sleep 0.1; done; echo > $out")
+    file = nix_file(tmp_path, f'{{ long = mk "long" "{wait}" {{}}; }}\n')
+    env = offload_env(fleet, tmp_path, TMPDIR=str(short_tmp))
+    argv = offload_argv(file, "-A", "long", "--builders", f"@{fleet.machines_file}")
+    main, other = pty.openpty()  # stderr a terminal: the live view, with its hidden cursor
+    proc = processes.start(
+        [*argv, "--on", "medium", "-j", "0"], env=env, cwd=tmp_path, stderr=other
+    )
+    os.close(other)
+    try:
+        wait_for(marker.exists, 30, "the build to run on medium")
+        assert any(str(release) in cmd for _, cmd in member_processes(fleet.member("medium")))
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        output = _read_all(main)
+    finally:
+        processes.kill_group(proc)
+        proc.wait()
+        os.close(main)
+    assert code == 143, output.decode(errors="replace")
+    assert b"error: interrupted" in output
+    assert HIDE_CURSOR in output
+    assert output.rindex(SHOW_CURSOR) > output.rindex(HIDE_CURSOR)
+    assert b"Traceback" not in output
+    assert not [p.name for p in short_tmp.iterdir() if p.name.startswith("ofl-")]
+    # The build was stopped on the builder, not left running there.
+    assert not [cmd for _, cmd in member_processes(fleet.member("medium")) if str(release) in cmd]
+    assert not valid_locally(out_path(file, "long"))
+
+
+# Python itself, then `python -m offload` from its first line: interpreter start-up (site, the
+# venv's .pth files) is not offload's to guard, so the Ctrl-C comes once it has said "up".
+_ENTRY = (
+    "import os, runpy; os.write(1, b'up\\n'); "
+    "runpy.run_module('offload', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.mark.parametrize("delay", [i * 0.025 for i in range(12)])
+def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, delay):
+    proc = processes.start(
+        [sys.executable, "-c", _ENTRY, "machines", "--builders", ""],
+        env={**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"up\n"
+        time.sleep(delay)  # the moment of the Ctrl-C, not a wait for anything
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        processes.stop(proc)
+    text = err.decode(errors="replace")
+    # A Ctrl-C that lands before offload's first line (in the harness's line, or in runpy
+    # finding the package) is Python's, as in any console script's wrapper: not offload's.
+    frames = [line for line in text.splitlines() if line.startswith("  File ")]
+    before = ('  File "<string>"', '  File "<frozen runpy>"')
+    if not (frames and all(line.startswith(before) for line in frames)):
+        assert "Traceback" not in text, text
+        assert proc.returncode in (0, 130), text

@@ -1,0 +1,94 @@
+"""Builders that are not there when a run starts: left out with a word, or joining later.
+
+A builder whose connect failed is told as a "down" machine event, in the words ``explain``
+gives; one still connecting (its connect a task the run was handed) takes no work until the
+task ends: then it is "up" and takes work, or "down" with why.
+"""
+
+import asyncio
+
+from offload.errors import SshError
+from offload.scheduler.run import Executor, PoolMember
+from offload.transport.fake import FakeLink, FakeStore
+from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
+from tests.helpers.plans import make_plan, spec
+
+
+def _explain(machine: str, error: str) -> str:
+    return f"{machine} in words: {error}"
+
+
+async def _run(joining_outcome: Exception | None = None, *, unreachable: bool = False):
+    plan, _, _, src = make_plan({"a": [], "b": [], "c": []})
+    local = FakeLink(FakeStore("local", [src]))
+    fast = FakeLink(FakeStore("fast"))
+    events: list[Event] = []
+    local_busy = asyncio.Event()
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, JobPhase) and event.machine == "local":
+            local_busy.set()
+
+    async def connecting() -> None:
+        await local_busy.wait()  # fast answers once local's one slot is taken
+        if joining_outcome is not None:
+            raise joining_outcome
+
+    joining = asyncio.create_task(connecting())
+    executor = Executor(
+        plan,
+        [
+            PoolMember(spec("local", speed=1, slots=1), local, remote=False),
+            PoolMember(spec("fast", speed=10, slots=2), fast, remote=True),
+        ],
+        local,
+        emit=emit,
+        unreachable={"fast": "ssh: Connection refused"} if unreachable else None,
+        joining=None if unreachable else {"fast": joining},
+        explain=_explain,
+    )
+    report = await executor.run()
+    if unreachable:
+        joining.cancel()
+    return report, events
+
+
+def _where(events: list[Event]) -> dict[str, str]:
+    return {
+        e.drv_path.rsplit("-", 1)[-1].removesuffix(".drv"): e.machine
+        for e in events
+        if isinstance(e, JobFinished) and e.status == "built"
+    }
+
+
+def _machines(events: list[Event]) -> list[tuple[str, str, str]]:
+    return [(e.machine, e.state, e.message) for e in events if isinstance(e, MachineEvent)]
+
+
+def test_a_builder_still_connecting_takes_work_once_it_answers():
+    report, events = asyncio.run(_run())
+    assert report.ok
+    where = _where(events)
+    assert sorted(where.values()) == ["fast", "fast", "local"], where
+    assert [(m, s) for m, s, _ in _machines(events)] == [("fast", "up")]
+    assert report.health == {"fast": None}
+
+
+def test_a_builder_whose_connect_fails_is_down_with_why():
+    report, events = asyncio.run(_run(SshError("cannot connect: Connection timed out")))
+    assert report.ok
+    assert set(_where(events).values()) == {"local"}
+    assert _machines(events) == [
+        ("fast", "down", "fast in words: cannot connect: Connection timed out")
+    ]
+    health = report.health["fast"]
+    assert health is not None
+    assert health.failures == 1
+
+
+def test_a_builder_unreachable_at_the_start_is_told_as_down():
+    report, events = asyncio.run(_run(unreachable=True))
+    assert report.ok
+    assert set(_where(events).values()) == {"local"}
+    assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
