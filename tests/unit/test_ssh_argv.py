@@ -17,10 +17,10 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
 
 # The start line: the pid, then the load report of offload.load (cores, /proc/loadavg, boot id).
 REPORTING = (
-    "sh -c 'ofl_c=$(nproc 2>/dev/null); ofl_l=; ofl_b=; "
+    "sh -c 'ofl_c=$(nproc 2>/dev/null </dev/null); ofl_l=; ofl_b=; "
     "{ read -r ofl_l </proc/loadavg; } 2>/dev/null; "
     "{ read -r ofl_b </proc/sys/kernel/random/boot_id; } 2>/dev/null; "
-    'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--}" >&2; exec "$@"\' sh '
+    'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--}"; exec "$@"\' sh '
 )
 
 

@@ -28,7 +28,9 @@ Phase = Literal["queued", "connecting", "sending", "building", "fetching"]
 # from its binary caches. Neither was built in this run.
 JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched", "substituted"]
 # "loaded": the builder reported load beyond its cores and gets fewer slots this run.
-MachineState = Literal["up", "down", "loaded"]
+# "restricted": the builder's key runs only the serve program; the message says what offload
+# cannot know there (its load) and how its builds are stopped.
+MachineState = Literal["up", "down", "loaded", "restricted"]
 
 
 @dataclass(frozen=True)

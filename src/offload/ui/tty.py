@@ -108,7 +108,8 @@ class TtyRenderer:
         self._machines: list[str] = []
         self._jobs: dict[tuple[str, str], _Job] = {}  # (drv_path, machine)
         self._down: dict[str, MachineEvent] = {}
-        self._loaded: dict[str, MachineEvent] = {}  # builders given fewer slots for their load
+        # Notes kept beside a builder: fewer slots for its load, or a key that runs only serve.
+        self._loaded: dict[str, MachineEvent] = {}
         self._settled: dict[str, str] = {}  # drv_path -> status
         self._finished: list[JobFinished] = []
         self._run_finished: RunFinished | None = None
@@ -193,7 +194,7 @@ class TtyRenderer:
                 self._see(event.machine)
                 if event.state == "down":
                     self._down[event.machine] = event
-                elif event.state == "loaded":
+                elif event.state in {"loaded", "restricted"}:
                     self._loaded[event.machine] = event
                 else:
                     self._down.pop(event.machine, None)
@@ -234,7 +235,8 @@ class TtyRenderer:
             table.add_row(machine, _cell(what, "red"), until, retry)
             machine = ""
         if loaded is not None:
-            table.add_row(machine, _cell(f"loaded: {sanitize(loaded.message)}", "yellow"), "", "")
+            note = f"{loaded.state}: {sanitize(loaded.message)}"
+            table.add_row(machine, _cell(note, "yellow"), "", "")
             machine = ""
         if not jobs and down is None:
             table.add_row(machine, _cell("idle", "dim"), "", "")
