@@ -9,6 +9,7 @@ output (the member's speed file) and the ``--json`` events.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -21,7 +22,10 @@ from typing import Any
 import pytest
 
 from offload.fleet import Fleet, MemberSpec
-from offload.transport.ssh import CONNECT_TIMEOUT
+from offload.process import spawn
+from offload.protocol.serve import ServeClient
+from offload.transport.links.base import Opening, open_serve
+from offload.transport.ssh import CONNECT_TIMEOUT, serve_command, serve_program
 from tests.helpers.fleets import member_processes, private_fleet_fixture, speed_of
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, valid_locally
 from tests.helpers.offload_run import (
@@ -220,3 +224,62 @@ def test_doctor_finds_them_usable_and_says_what_it_cannot_check(
         assert "load" in checks["load"]["detail"]
     plain = {c["name"]: c["verdict"] for c in found[PLAIN]["checks"]}
     assert set(plain.values()) == {"ok"}
+
+
+# -- how a session begins, against real local programs ---------------------------------------
+
+
+async def _opening(argv: list[str], timeout: float = 10) -> tuple[Opening, int | None]:
+    """How ``argv`` begins as a serve session, and the server version a handshake then gets."""
+    async with spawn(argv) as proc:
+        opening = await open_serve(proc, timeout)
+        if opening.failure is not None:
+            return opening, None
+        assert proc.stdin is not None
+        client = ServeClient(opening.reader, proc.stdin)
+        version = await client.handshake(sent=True)
+        await client.close()
+        return opening, version
+
+
+def test_the_bare_serve_program_is_told_by_its_reply_and_handshakes() -> None:
+    opening, version = asyncio.run(_opening(serve_program()))
+    assert (opening.restricted, opening.pid, opening.load, opening.failure) == (
+        True, None, None, None,
+    )  # fmt: skip
+    assert version == 0x207
+
+
+def test_the_wrapped_serve_program_reports_its_pid_first() -> None:
+    opening, version = asyncio.run(_opening(serve_command()))
+    assert not opening.restricted
+    assert opening.pid is not None
+    assert opening.load is not None
+    assert version == 0x207
+
+
+@pytest.mark.parametrize(
+    ("script", "said"),
+    [
+        # A login shell that greets on stdout, then the serve program: Nix's "protocol mismatch".
+        ("echo Welcome to the builder; exec nix-store --serve --write", "'Welcome to the builder'"),
+        ("exit 3", "ended before it answered"),
+        ("echo oops >&2; exit 1", "ended before it answered"),
+        # A forced command that is not the serve program (the daemon reads our hello as junk).
+        ("exec nix-daemon --stdio", "ended before it answered"),
+    ],
+)
+def test_anything_else_is_a_failure_that_says_what_answered(script: str, said: str) -> None:
+    opening, _ = asyncio.run(_opening(["sh", "-c", script]))
+    assert opening.failure is not None
+    assert said in opening.failure
+    assert not opening.restricted
+    if "oops" in script:
+        assert opening.early == ("oops",)
+
+
+def test_silence_fails_after_the_timeout_not_before() -> None:
+    started = time.monotonic()
+    opening, _ = asyncio.run(_opening(["sleep", "60"], timeout=0.5))
+    assert opening.failure == "(no answer within 0.5 s)"
+    assert time.monotonic() - started >= 0.5

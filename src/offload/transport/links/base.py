@@ -27,7 +27,7 @@ from offload.load import RemoteLoad
 from offload.protocol.serve import CLIENT_HELLO, SERVER_HELLO, ByteWriter
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
-from offload.transport.ssh import PID_MARKER, parse_start_line
+from offload.transport.ssh import parse_start_line
 
 __all__ = [
     "CONTROL_TIMEOUT",
@@ -160,18 +160,21 @@ async def open_serve(proc: asyncio.subprocess.Process, timeout: float) -> Openin
 
 
 async def _first_line(stdout: asyncio.StreamReader, timeout: float) -> tuple[bytes, str | None]:
-    """The serve reply's first 8 bytes, or the start line that came first; or a failure."""
+    """The serve reply's first 8 bytes, or the line that came first instead (our start line,
+    or what a shell printed); or a failure. A line cut short by the timeout is kept as read."""
+    head = b""
     try:
         async with asyncio.timeout(timeout):
             head = await stdout.readexactly(len(SERVER_HELLO))
-            if head != SERVER_HELLO and head.startswith(PID_MARKER.encode()[: len(head)]):
+            if head != SERVER_HELLO:
                 head += await stdout.readline()
     except TimeoutError:
-        return b"", f"(no answer within {timeout:g} s)"
+        return head, None if head else f"(no answer within {timeout:g} s)"
     except asyncio.IncompleteReadError as exc:
-        return exc.partial, None if exc.partial else "(the session ended before it answered)"
+        head += exc.partial
+        return head, None if head else "(the session ended before it answered)"
     except (asyncio.LimitOverrunError, ValueError):
-        return b"", "(a start line longer than any offload prints)"
+        return head, None  # an endless line: what was read is shown
     return head, None
 
 
