@@ -66,6 +66,17 @@ def line_of(fleet: Fleet, name: str) -> str:
     )
 
 
+def build_on(fleet: Fleet, tmp_path: Path, name: str, *args: str) -> tuple[Path, str, str]:
+    """``offload build`` of GRAPH's top on member ``name`` alone: (the file, stdout, stderr)."""
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(
+        fleet, tmp_path, file, "-A", "top", "-j0", "--builders", line_of(fleet, name),
+        "--no-out-link", *args,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return file, done.stdout, done.stderr
+
+
 @pytest.fixture(autouse=True)
 def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
     yield
@@ -94,16 +105,11 @@ def test_the_fleet_writes_the_restriction_where_the_spec_says(restricted_fleet: 
 def test_offload_build_builds_a_graph_there_at_once_and_says_so_once(
     restricted_fleet: Fleet, tmp_path: Path, name: str
 ) -> None:
-    file = nix_file(tmp_path, GRAPH)
-    done = offload(
-        restricted_fleet, tmp_path, file, "-A", "top", "-j0", "--builders",
-        line_of(restricted_fleet, name), "--json", "--no-out-link",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert built_on(done.stdout) == {"dep": name, "top": name}
+    file, out, _ = build_on(restricted_fleet, tmp_path, name, "--json")
+    assert built_on(out) == {"dep": name, "top": name}
     speed = speed_of(restricted_fleet, name)
     assert Path(out_path(file, "top")).read_text().splitlines()[-1] == speed
-    seen = events(done.stdout)
+    seen = events(out)
     notes = [e for e in seen if e["event"] == "machine" and e["state"] == "restricted"]
     assert [e["machine"] for e in notes] == [name]
     assert "load is not known" in notes[0]["message"]
@@ -118,27 +124,17 @@ def test_offload_build_builds_a_graph_there_at_once_and_says_so_once(
 def test_a_normal_member_is_not_taken_for_restricted(
     restricted_fleet: Fleet, tmp_path: Path
 ) -> None:
-    file = nix_file(tmp_path, GRAPH)
-    done = offload(
-        restricted_fleet, tmp_path, file, "-A", "top", "-j0", "--builders",
-        line_of(restricted_fleet, PLAIN), "--json", "--no-out-link",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert built_on(done.stdout) == {"dep": PLAIN, "top": PLAIN}
-    assert not [e for e in events(done.stdout) if e.get("state") == "restricted"]
+    _, out, _ = build_on(restricted_fleet, tmp_path, PLAIN, "--json")
+    assert built_on(out) == {"dep": PLAIN, "top": PLAIN}
+    assert not [e for e in events(out) if e.get("state") == "restricted"]
 
 
 def test_plain_output_tells_the_restriction_on_stderr(
     restricted_fleet: Fleet, tmp_path: Path
 ) -> None:
-    file = nix_file(tmp_path, GRAPH)
-    done = offload(
-        restricted_fleet, tmp_path, file, "-A", "top", "-j0", "--builders",
-        line_of(restricted_fleet, KEYS), "--no-out-link",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    told = [line for line in done.stderr.splitlines() if "restricted:" in line]
-    assert len(told) == 1, done.stderr
+    _, _, err = build_on(restricted_fleet, tmp_path, KEYS)
+    told = [line for line in err.splitlines() if "restricted:" in line]
+    assert len(told) == 1, err
     assert KEYS in told[0]
 
 

@@ -142,17 +142,7 @@ class SharedSshTransport:
                 hint="try `ssh` to it by hand, or leave it out with `offload use`",
             )
         self.restricted = self.restricted or opening.restricted
-        return SessionPipes(
-            opening.reader,
-            proc.stdin,
-            proc.stderr,
-            opening.pid,
-            lambda: proc.returncode is None,
-            opening.early,
-            opening.load,
-            hello_sent=True,
-            restricted=opening.restricted,
-        )
+        return opening.pipes(proc)
 
     def kill_argv(self, pid: int) -> list[str]:
         return self.argv(kill_script(pid, _KILL_GRACE))

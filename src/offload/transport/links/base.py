@@ -116,6 +116,21 @@ class Opening:
     early: tuple[str, ...]
     failure: str | None = None
 
+    def pipes(self, proc: asyncio.subprocess.Process) -> SessionPipes:
+        """The session's pipes, begun as this says (the hello already sent)."""
+        assert proc.stdin is not None
+        return SessionPipes(
+            self.reader,
+            proc.stdin,
+            proc.stderr,
+            self.pid,
+            lambda: proc.returncode is None,
+            self.early,
+            self.load,
+            hello_sent=True,
+            restricted=self.restricted,
+        )
+
 
 async def open_serve(proc: asyncio.subprocess.Process, timeout: float) -> Opening:
     """Send the serve hello to a just-started session and read how it begins (module docstring).

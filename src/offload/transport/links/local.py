@@ -48,16 +48,7 @@ class LocalTransport:
         if opening.failure is not None or opening.pid is None:
             tail = " | ".join([*opening.early[-5:], opening.failure or "no start line"])
             raise TransportError(f"{self.name}: `nix-store --serve` did not start: {tail}")
-        return SessionPipes(
-            opening.reader,
-            proc.stdin,
-            proc.stderr,
-            opening.pid,
-            lambda: proc.returncode is None,
-            opening.early,
-            opening.load,
-            hello_sent=True,
-        )
+        return opening.pipes(proc)
 
     async def kill(self, pid: int) -> None:
         await asyncio.wait_for(

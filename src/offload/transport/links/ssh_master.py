@@ -237,17 +237,7 @@ class SshTransport:
         if opening.failure is not None:
             raise self._error("open a session on", [*opening.early, opening.failure])
         self.restricted = self.restricted or opening.restricted
-        return SessionPipes(
-            opening.reader,
-            proc.stdin,
-            proc.stderr,
-            opening.pid,
-            lambda: proc.returncode is None,
-            opening.early,
-            opening.load,
-            hello_sent=True,
-            restricted=opening.restricted,
-        )
+        return opening.pipes(proc)
 
     async def run(self, remote: list[str]) -> tuple[int, str, str]:
         """Run a command on the builder over the master; returns (exit code, stdout, stderr).
