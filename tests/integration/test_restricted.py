@@ -105,6 +105,7 @@ def test_the_fleet_writes_the_restriction_where_the_spec_says(restricted_fleet: 
 def test_offload_build_builds_a_graph_there_at_once_and_says_so_once(
     restricted_fleet: Fleet, tmp_path: Path, name: str
 ) -> None:
+    launched = time.time()
     file, out, _ = build_on(restricted_fleet, tmp_path, name, "--json")
     assert built_on(out) == {"dep": name, "top": name}
     speed = speed_of(restricted_fleet, name)
@@ -119,6 +120,9 @@ def test_offload_build_builds_a_graph_there_at_once_and_says_so_once(
         e["time"] for e in seen if e["event"] == "job_phase" and e["phase"] == "building"
     )
     assert building - started < CONNECT_TIMEOUT / 4, seen
+    # The sessions open before the run starts (evaluation and Python's start are in there too):
+    # before the fix the run gave up only after the connect timeout and its slack (25 s).
+    assert started - launched < CONNECT_TIMEOUT + 15, seen
 
 
 def test_a_normal_member_is_not_taken_for_restricted(
