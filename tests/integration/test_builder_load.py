@@ -49,10 +49,10 @@ def wrapper() -> list[str]:
 # -- the shell line ---------------------------------------------------------------------------
 
 
-def test_the_start_line_reports_pid_cores_load_and_boot_id_and_nothing_on_stdout():
+def test_the_start_line_reports_pid_cores_load_and_boot_id_first_on_stdout():
     pid, out, err = start_line(wrapper())
-    assert out == ""  # stdout is the serve protocol's
-    (line,) = err.splitlines()
+    assert err == ""  # stderr is the remote's log
+    (line,) = out.splitlines()
     start = parse_start_line(line)
     assert start is not None
     reported, load = start
@@ -69,8 +69,8 @@ def test_without_proc_the_pid_still_parses_and_the_load_is_unknown():
     hide = ["unshare", "-m", "--propagation", "private", "sh", "-c"]
     argv = [*hide, 'mount -t tmpfs none /proc && exec "$@"', "sh", *wrapper()]
     pid, out, err = start_line(argv)
-    assert out == ""
-    lines = err.splitlines()
+    assert err == ""
+    lines = out.splitlines()
     assert len(lines) == 1
     assert lines[0].split()[-2:] == ["-", "-"]
     # unshare and sh both exec, so the pid is still the started process's.
@@ -81,9 +81,23 @@ def test_without_nproc_the_pid_still_parses_and_the_load_is_unknown():
     env = {"PATH": "/nonexistent"}  # no nproc; the program is named by its full path
     argv = ["/bin/sh", *wrapper()[1:]]
     pid, out, err = start_line(argv, env)
-    assert out == ""
-    (line,) = err.splitlines()
+    assert err == ""
+    (line,) = out.splitlines()
     assert parse_start_line(line) == (pid, None)
+
+
+def test_the_wrapper_leaves_stdin_whole_to_the_program_it_execs():
+    # The serve hello is written before the start line is read: nothing but the serve
+    # program may consume it.
+    argv = serve_command({"remote-program": "/bin/cat"})[:-2]  # cat without --serve --write
+    proc = processes.start(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate("the hello\n", timeout=10)
+    finally:
+        processes.stop(proc)
+    first, rest = out.split("\n", 1)
+    assert parse_start_line(first) is not None
+    assert rest == "the hello\n"
 
 
 # -- sessions on real members -------------------------------------------------------------------

@@ -150,3 +150,29 @@ def test_the_report_marks_failures_skips_and_their_fixes():
         "detail": "not checked: port failed",
         "fix": None,
     }
+
+
+def test_a_restricted_builder_is_usable_and_what_it_cannot_tell_is_said_once():
+    unknown = facts.restricted_checks(3)
+    assert [c.name for c in unknown] == ["nix", "systems", "features", "trusted", "disk", "load"]
+    assert {c.verdict for c in unknown} == {Verdict.UNKNOWN}
+    assert "all 3 of its slots" in unknown[-1].detail
+    serve = facts.serve_check(0x207, None, None, restricted=True)
+    assert serve.verdict == Verdict.OK
+    assert "runs only `nix-store --serve`" in serve.detail
+    checks = [
+        Check("resolve", Verdict.OK, "r"),
+        Check("port", Verdict.OK, "p"),
+        Check("ssh", Verdict.OK, "s"),
+        unknown[0],
+        serve,
+        *unknown[1:],
+        Check("rtt", Verdict.OK, "3 ms"),
+    ]
+    report = MachineReport("locked", "ssh://locked", tuple(checks), 0.2)
+    assert not report.failed
+    text = format_report([report])
+    cells = ["ok", "ok", "ok", "?", "ok", "?", "?", "?", "?", "?", "ok"]
+    assert text.splitlines()[1].split()[1:-1] == cells
+    (told,) = [line for line in text.splitlines() if "unknown" in line]
+    assert told.startswith("locked: nix, systems, features, trusted, disk, load unknown: ")

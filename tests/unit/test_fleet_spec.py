@@ -10,7 +10,9 @@ from offload.errors import FleetError
 from offload.fleet import DEFAULT_SPECS, MemberSpec, default_fleet_dir, fleet_up
 from offload.fleet.spec import (
     FleetState,
+    ForcedCommand,
     MemberRecord,
+    authorized_keys,
     check_host,
     home_to_replace,
     known_hosts_line,
@@ -20,6 +22,7 @@ from offload.fleet.spec import (
     parse_proc_stat,
     speed_text,
     ssh_config,
+    sshd_config,
     validate_specs,
 )
 
@@ -63,6 +66,9 @@ def test_parse_member_spec(text, name, speed, jobs):
         "x:1:1.5",
         "x:1:two",
         "x:1:2:3",
+        "x:1:2:bash",
+        "x:1:2:serve@pam",
+        "x:1:2:serve:5",
     ],
 )
 def test_invalid_member_specs_are_refused(text):
@@ -215,3 +221,45 @@ def test_state_round_trip_and_malformed_state():
         FleetState.from_json('{"version": 99, "system": "x", "members": []}')
     with pytest.raises(FleetError):
         FleetState.from_json('{"version": 1, "system": "x", "members": [{"name": "a"}]}')
+
+
+@pytest.mark.parametrize(
+    ("text", "command", "where"),
+    [
+        ("h:1:1:serve", "nix-store --serve --write", "keys"),
+        ("h:1:1:serve@keys", "nix-store --serve --write", "keys"),
+        ("h:2:3:serve@sshd", "nix-store --serve --write", "sshd"),
+        ("h:1:1:daemon", "nix-daemon --stdio", "keys"),
+    ],
+)
+def test_a_member_may_be_restricted_to_one_command(text, command, where):
+    spec = MemberSpec.parse(text)
+    assert spec.forced == ForcedCommand(command, where)
+    assert MemberSpec.parse(spec.text) == spec
+    keys = authorized_keys(spec, PUB + "\n")
+    config = sshd_config(Path("/m"), 2200, spec.forced)
+    if where == "keys":
+        assert keys == f'restrict,command="{command}" {PUB}\n'
+        assert "ForceCommand" not in config
+    else:
+        assert keys == PUB + "\n"
+        assert config.startswith(f"ForceCommand {command}\n")
+
+
+def test_an_unrestricted_member_gets_the_bare_key():
+    spec = MemberSpec.parse("h:1:1")
+    assert spec.forced is None
+    assert authorized_keys(spec, PUB + "\n") == PUB + "\n"
+    assert "ForceCommand" not in sshd_config(Path("/m"), 2200, spec.forced)
+
+
+@pytest.mark.parametrize("command", ['nix-store "x"', "a\nb", "", "x\\y"])
+def test_a_forced_command_that_would_break_its_line_is_refused(command):
+    with pytest.raises(FleetError):
+        ForcedCommand(command)
+
+
+def test_a_restricted_member_survives_the_state_file():
+    spec = MemberSpec.parse("h:1:1:serve@sshd")
+    state = FleetState("x86_64-linux", (MemberRecord(spec, 2201, 1, 2, "mnt:[1]"),))
+    assert FleetState.from_json(state.to_json()).members[0].spec == spec

@@ -10,6 +10,7 @@ from offload.transport.ssh import (
     master_argv,
     parse_pid_line,
     serve_argv,
+    serve_command,
 )
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
@@ -17,10 +18,10 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
 
 # The start line: the pid, then the load report of offload.load (cores, /proc/loadavg, boot id).
 REPORTING = (
-    "sh -c 'ofl_c=$(nproc 2>/dev/null); ofl_l=; ofl_b=; "
+    "sh -c 'ofl_c=$(nproc 2>/dev/null </dev/null); ofl_l=; ofl_b=; "
     "{ read -r ofl_l </proc/loadavg; } 2>/dev/null; "
     "{ read -r ofl_b </proc/sys/kernel/random/boot_id; } 2>/dev/null; "
-    'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--}" >&2; exec "$@"\' sh '
+    'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--}"; exec "$@"\' sh '
 )
 
 
@@ -95,3 +96,13 @@ def test_hosts_that_ssh_would_misread_are_rejected(host):
 def test_user_that_looks_like_an_option_is_rejected():
     with pytest.raises(ConfigError):
         SshTarget(host="h", user="-oX")
+
+
+def test_a_restricted_builder_is_asked_for_the_bare_serve_program():
+    params = {"remote-program": "/run/nix-store", "remote-store": "/s"}
+    assert serve_command(params, wrapped=False) == [
+        "/run/nix-store", "--serve", "--write", "--store", "/s",
+    ]  # fmt: skip
+    bare = serve_argv(SshTarget(host="h"), params=params, wrapped=False)
+    assert bare[-1] == "/run/nix-store --serve --write --store /s"
+    assert serve_argv(SshTarget(host="h"), params=params)[-1].startswith("sh -c ")

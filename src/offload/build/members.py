@@ -19,7 +19,7 @@ from offload.slots import slot_key
 from offload.transport.links import LocalLink, MachineLink
 from offload.ui.events import Event, MachineEvent
 
-__all__ = ["local_spec", "pool_members", "pool_specs", "under_load"]
+__all__ = ["RESTRICTED", "local_spec", "pool_members", "pool_specs", "under_load"]
 
 
 def local_spec(pool: Pool) -> MachineSlotSpec | None:
@@ -77,9 +77,19 @@ async def pool_members(
         yield members
 
 
+RESTRICTED = (
+    "its key runs only `nix-store --serve`: its load is not known (all its slots are used) "
+    "and a build stopped there is stopped by closing its session"
+)
+
+
 def under_load(members: list[PoolMember], emit: Callable[[Event], None]) -> list[PoolMember]:
     """``members`` with the builders' slots cut by the load their links reported (offload.load),
-    each cut told as a "loaded" MachineEvent."""
+    each cut told as a "loaded" MachineEvent; a builder that cannot report its load (its key
+    runs only the serve program) is told once as a "restricted" one."""
+    for member in members:
+        if member.remote and isinstance(member.link, MachineLink) and member.link.restricted:
+            emit(MachineEvent(member.spec.name, "restricted", RESTRICTED, None, time.time()))
     loads = {
         m.spec.name: m.link.load
         for m in members

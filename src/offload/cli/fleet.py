@@ -45,8 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--member",
         action="append",
         default=[],
-        metavar="NAME[:SPEED[:JOBS]]",
-        help="a member; repeatable (default: fast:4:2 medium:2:2 slow:1:2)",
+        metavar="NAME[:SPEED[:JOBS[:FORCED]]]",
+        help="a member; repeatable (default: fast:4:2 medium:2:2 slow:1:2). FORCED makes its key "
+        "run only one program: serve (nix-store --serve --write) or daemon (nix-daemon --stdio), "
+        "by authorized_keys, or by sshd's ForceCommand with @sshd (serve@sshd)",
     )
     up.set_defaults(func=_up)
     down = add("down", "stop the fleet (idempotent)")

@@ -1,5 +1,8 @@
 """What a reachable builder is, judged against what the machines line claims about it.
 
+A builder whose key runs only the serve program answers none of those commands: its rows are
+``unknown`` (``restricted_checks``), except what the serve session itself tells.
+
 Pure functions of remote command results: ``nix-store --version``, the serve handshake and its
 start line (pid, cores, load: ``offload.load``), ``nix show-config`` (JSON from Nix >= 2.4 with
 ``nix-command``, ``name = value`` lines otherwise), ``df -Pk /nix/store``, ``id``, and timings.
@@ -22,12 +25,14 @@ from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
 
 __all__ = [
+    "RESTRICTED",
     "NixConfig",
     "disk_check",
     "features_check",
     "load_check",
     "nix_check",
     "parse_nix_config",
+    "restricted_checks",
     "rtt_check",
     "serve_check",
     "systems_check",
@@ -35,6 +40,8 @@ __all__ = [
 ]
 
 NixConfig = Mapping[str, str]
+# A builder whose key runs only the serve program (a forced command; offload.transport.links).
+RESTRICTED = "the builder's key runs only `nix-store --serve`"
 
 _VERSION = re.compile(r"\(Nix\)\s+(\S+)|nix-store\s+\S*\s*(\d+\.\d+\S*)")
 _KIB_PER_GIB = 1024 * 1024
@@ -61,7 +68,9 @@ def nix_check(returncode: int, stdout: str, stderr: str, program: str) -> Check:
     return Check("nix", Verdict.FAIL, f"`{program} --version` failed: {last}", _NIX_FIX)
 
 
-def serve_check(version: int | None, pid: int | None, error: str | None) -> Check:
+def serve_check(
+    version: int | None, pid: int | None, error: str | None, *, restricted: bool = False
+) -> Check:
     """The serve session's handshake: its protocol version and the remote pid, or an error."""
     if error is not None or version is None:
         return Check(
@@ -71,7 +80,21 @@ def serve_check(version: int | None, pid: int | None, error: str | None) -> Chec
             _NIX_FIX,
         )
     where = f", remote pid {pid}" if pid is not None else ""
+    if restricted:
+        where = f", {RESTRICTED}: builds there are stopped by closing their session"
     return Check("serve", Verdict.OK, f"protocol {version >> 8}.{version & 0xFF}{where}")
+
+
+def restricted_checks(slots: int) -> list[Check]:
+    """What only a command of our own could learn, on a builder whose key runs only the serve
+    program: ``unknown``, all with one detail (the report says it once), which also says what
+    offload does without the load. The serve session itself answers ``serve`` and ``rtt``."""
+    detail = (
+        f"cannot be asked: {RESTRICTED} (a forced command); "
+        f"offload uses all {slots} of its slots, not knowing its load"
+    )
+    names = ("nix", "systems", "features", "trusted", "disk", "load")
+    return [Check(name, Verdict.UNKNOWN, detail) for name in names]
 
 
 def _value(raw: object) -> str:

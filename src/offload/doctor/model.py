@@ -32,6 +32,7 @@ class Verdict(enum.StrEnum):
     WARN = "warn"  # usable, but something is wasted or will bite later
     FAIL = "fail"  # builds sent there fail, or never get there
     SKIPPED = "skipped"  # not asked: a prerequisite failed
+    UNKNOWN = "unknown"  # cannot be asked there (the builder's key runs only the serve program)
 
 
 PREREQUISITES = ("resolve", "port", "ssh", "nix", "serve")

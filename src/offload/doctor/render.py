@@ -1,9 +1,9 @@
 """The doctor's reports for people: one table row per machine, then each problem and its fix.
 
 Plain padded text like ``offload machines`` (nothing but the report on stdout, so it pipes and
-diffs): a column per check holding ``ok``, ``warn``, ``FAIL`` (upper case, to stand out) or
-``-`` (skipped), and the seconds the machine took. Below the table, one line per check that is
-not ok, with its fix on the next; ``verbose`` lists the ok ones too.
+diffs): a column per check holding ``ok``, ``warn``, ``FAIL`` (upper case, to stand out), ``-``
+(skipped) or ``?`` (cannot be asked there), and the seconds the machine took. Below the table,
+one line per check that is not ok, with its fix on the next; ``verbose`` lists the ok ones too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from offload.doctor.model import CHECKS, MachineReport, Verdict
 
 __all__ = ["format_report"]
 
-_CELL = {Verdict.OK: "ok", Verdict.WARN: "warn", Verdict.FAIL: "FAIL", Verdict.SKIPPED: "-"}
+_CELL = {
+    Verdict.OK: "ok",
+    Verdict.WARN: "warn",
+    Verdict.FAIL: "FAIL",
+    Verdict.SKIPPED: "-",
+    Verdict.UNKNOWN: "?",
+}
 
 
 def _table(reports: Sequence[MachineReport]) -> list[str]:
@@ -35,8 +41,17 @@ def format_report(reports: Sequence[MachineReport], *, verbose: bool = False) ->
     lines = _table(reports)
     notes = []
     for report in reports:
+        # Checks unknown for one reason are told on one line (a restricted builder's).
+        unknown: dict[str, list[str]] = {}
         for check in report.checks:
-            if check.verdict == Verdict.SKIPPED or (check.verdict == Verdict.OK and not verbose):
+            if check.verdict == Verdict.UNKNOWN:
+                unknown.setdefault(check.detail, []).append(check.name)
+        for detail, names in unknown.items():
+            notes.append(f"{report.name}: {', '.join(names)} unknown: {detail}")
+        for check in report.checks:
+            if check.verdict in {Verdict.SKIPPED, Verdict.UNKNOWN} or (
+                check.verdict == Verdict.OK and not verbose
+            ):
                 continue
             notes.append(f"{report.name}: {check.name} {check.verdict.value}: {check.detail}")
             if check.fix:

@@ -6,7 +6,10 @@ host and port ssh would really use (the user's or ``NIX_SSHOPTS``'s ssh config d
 Nix), ``getaddrinfo`` resolves it, a bare TCP connect reads sshd's greeting, ``ssh ... true``
 logs in (its own connection, so its stderr is ssh's alone; the pinned host key as for builds),
 and then one ``MachineLink`` (the master connection builds use) runs ``nix-store --version``
-and opens a serve session, whose start line also reports the load. The first prerequisite that
+and opens a serve session, whose start line also reports the load. A builder whose key runs
+only the serve program is told as that master connects: its ``nix`` row and those only a
+command could answer are ``unknown``, and its round trip is timed on serve queries. The first
+prerequisite that
 fails ends the machine's probing; the remaining checks are ``skipped``. The rest ask the
 builder over the same master, one command at a time so the round-trip times are not skewed.
 
@@ -36,6 +39,7 @@ from offload.doctor.reach import SshConfig, parse_ssh_g, port_check, resolve_che
 from offload.errors import OffloadError
 from offload.load import BOOT_ID_FILE, RemoteLoad
 from offload.process import run_async
+from offload.protocol.serve import CLIENT_HELLO
 from offload.transport.links import MachineLink
 from offload.transport.ssh import (
     known_hosts_line,
@@ -150,6 +154,11 @@ class _Probe:
         async with link:
             if not self._passed(await self._nix(link)) or not self._passed(await self._serve(link)):
                 return
+            if link.ssh.restricted:
+                unknown = facts.restricted_checks(self.machine.max_jobs)
+                self.checks += [c for c in unknown if c.name != "nix"]
+                self.checks.append(facts.rtt_check(await self._serve_rtts(link)))
+                return
             await self._facts(link)
 
     async def _bounded(self, awaitable: Awaitable[_T], limit: float) -> _T:
@@ -227,10 +236,15 @@ class _Probe:
             )
             started = time.monotonic()
             try:
-                done = await self._bounded(
-                    run_async([*argv, remote_command(["true"])], env=self.options.env, check=False),
-                    self.timeout + _SLACK,
+                # `true` ignores its stdin; a key restricted to the serve program runs that
+                # instead, which answers the hello and ends (status 0) at the EOF after it.
+                login = run_async(
+                    [*argv, remote_command(["true"])],
+                    stdin=CLIENT_HELLO,
+                    env=self.options.env,
+                    check=False,
                 )
+                done = await self._bounded(login, self.timeout + _SLACK)
             except TimeoutError:
                 return Check(
                     "ssh",
@@ -259,6 +273,8 @@ class _Probe:
     async def _nix(self, link: MachineLink) -> Check:
         program = self.machine.params.get("remote-program") or "nix-store"
         code, out, err = await self._remote(link, [program, "--version"])
+        if link.ssh.restricted:  # learnt as the master connected, before the command
+            return facts.restricted_checks(self.machine.max_jobs)[0]
         return facts.nix_check(code, out, err, program)
 
     async def _serve(self, link: MachineLink) -> Check:
@@ -273,7 +289,18 @@ class _Probe:
         except OffloadError as exc:
             return facts.serve_check(None, None, exc.message)
         self.load = link.load
-        return facts.serve_check(version, pid, None)
+        return facts.serve_check(version, pid, None, restricted=link.ssh.restricted)
+
+    async def _serve_rtts(self, link: MachineLink) -> list[float]:
+        """Round trips of an empty serve query, where no command of ours may run."""
+        rtts = []
+        with contextlib.suppress(TimeoutError, OffloadError):
+            async with link.session() as client:
+                for _ in range(_RTT_SAMPLES):
+                    started = time.monotonic()
+                    await self._bounded(client.query_valid_paths([]), self.timeout + _SLACK)
+                    rtts.append(time.monotonic() - started)
+        return rtts
 
     async def _nix_config(self, link: MachineLink) -> tuple[dict[str, str] | None, str]:
         # JSON needs the nix-command feature on Nix 2.4-2.x; Nix 2.3 knows neither the flag nor

@@ -14,6 +14,7 @@ from offload.fleet.spec import (
     MEMBER_AUTHORIZED_KEYS,
     MemberRecord,
     MemberSpec,
+    authorized_keys,
     home_to_replace,
     known_hosts_line,
     machines_line,
@@ -80,7 +81,8 @@ def prepare_member(fleet_dir: Path, root: Path, spec: MemberSpec) -> None:
     write_private(etc / "nix.conf", nix_conf(spec), 0o644)
     write_private(etc / "offload-speed", f"{speed_text(spec.speed)}\n", 0o644)
     client_pub = (fleet_dir / f"{CLIENT_KEY}.pub").read_text()
-    write_private(etc / Path(MEMBER_AUTHORIZED_KEYS).name, client_pub, 0o600)
+    keys = authorized_keys(spec, client_pub)
+    write_private(etc / Path(MEMBER_AUTHORIZED_KEYS).name, keys, 0o600)
     if spec.proc_overrides:
         (root / "proc").mkdir(mode=0o755, exist_ok=True)
     for index, (_, text) in enumerate(spec.proc_overrides):

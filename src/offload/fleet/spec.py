@@ -35,12 +35,15 @@ __all__ = [
     "CLIENT_KEY",
     "DEFAULT_SPECS",
     "FEATURES",
+    "FORCED_COMMANDS",
     "MEMBER_AUTHORIZED_KEYS",
     "MEMBER_SPEED_FILE",
     "SSHD",
     "FleetState",
+    "ForcedCommand",
     "MemberRecord",
     "MemberSpec",
+    "authorized_keys",
     "check_host",
     "default_fleet_dir",
     "home_to_replace",
@@ -68,6 +71,46 @@ DEFAULT_SPECS_TEXT = ("fast:4:2", "medium:2:2", "slow:1:2")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _RESERVED = frozenset({LOCAL, "localhost"})
 STATE_VERSION = 1
+# The programs hardened builders restrict their key to, by the short name a spec uses: the
+# serve program (NixOS `nix.sshServe`, ssh://) and the daemon (srvos' remote builder, ssh-ng://).
+FORCED_COMMANDS = {"serve": "nix-store --serve --write", "daemon": "nix-daemon --stdio"}
+# Where the restriction is written: the client key's authorized_keys line, or sshd's config.
+_FORCE_IN = ("keys", "sshd")
+
+
+@dataclass(frozen=True)
+class ForcedCommand:
+    """The one command a member runs for the client's key, whatever the client asks for.
+
+    ``where="keys"`` writes ``restrict,command="..."`` before the key in authorized_keys;
+    ``where="sshd"`` writes ``ForceCommand ...`` into the member's sshd_config.
+    """
+
+    command: str
+    where: str = "keys"
+
+    def __post_init__(self) -> None:
+        # authorized_keys quotes the command in "..." and sshd_config takes one line.
+        if not self.command.strip() or any(c in self.command for c in '"\\\n\r'):
+            raise FleetError(f"invalid forced command {self.command!r}")
+        if self.where not in _FORCE_IN:
+            raise FleetError(f"invalid place {self.where!r} for a forced command", hint="keys|sshd")
+
+    @classmethod
+    def parse(cls, text: str) -> ForcedCommand:
+        """``serve``, ``daemon``, or either with ``@sshd`` (or ``@keys``, the default)."""
+        short, _, where = text.partition("@")
+        if short not in FORCED_COMMANDS:
+            raise FleetError(
+                f"invalid forced command {text!r} in a fleet member",
+                hint="write serve or daemon, optionally with @sshd (ForceCommand) or @keys",
+            )
+        return cls(FORCED_COMMANDS[short], where or "keys")
+
+    @property
+    def text(self) -> str:
+        short = next((k for k, v in FORCED_COMMANDS.items() if v == self.command), self.command)
+        return short if self.where == "keys" else f"{short}@{self.where}"
 
 
 @dataclass(frozen=True)
@@ -75,12 +118,14 @@ class MemberSpec:
     """What a member should be: its ssh alias, its speed factor and its build slots.
 
     ``proc_overrides``: (``/proc`` file, text) pairs the member sees instead of the host's.
+    ``forced``: the one command the client's key may run there (a hardened builder), or None.
     """
 
     name: str
     speed: float = 1.0
     jobs: int = 1
     proc_overrides: tuple[tuple[str, str], ...] = field(default=())
+    forced: ForcedCommand | None = None
 
     def __post_init__(self) -> None:
         if not _LABEL.fullmatch(self.name):
@@ -107,10 +152,11 @@ class MemberSpec:
 
     @classmethod
     def parse(cls, text: str) -> MemberSpec:
-        """Parse ``NAME[:SPEED[:JOBS]]``; SPEED may be a float, JOBS is an integer >= 1."""
+        """Parse ``NAME[:SPEED[:JOBS[:FORCED]]]``; SPEED may be a float, JOBS is an integer >= 1,
+        FORCED a ``ForcedCommand`` (``serve``, ``daemon``, ``serve@sshd``...)."""
         parts = text.strip().split(":")
-        hint = "write NAME[:SPEED[:JOBS]], e.g. fast:4:2"
-        if len(parts) > 3 or not parts[0]:
+        hint = "write NAME[:SPEED[:JOBS[:FORCED]]], e.g. fast:4:2 or locked:1:1:serve"
+        if len(parts) > 4 or not parts[0]:
             raise FleetError(f"invalid fleet member {text!r}", hint=hint)
         speed = 1.0
         jobs = 1
@@ -124,12 +170,14 @@ class MemberSpec:
                 jobs = int(parts[2])
             except ValueError:
                 raise FleetError(f"invalid jobs in fleet member {text!r}", hint=hint) from None
-        return cls(parts[0], speed, jobs)
+        forced = ForcedCommand.parse(parts[3]) if len(parts) > 3 else None
+        return cls(parts[0], speed, jobs, forced=forced)
 
     @property
     def text(self) -> str:
-        """Back to ``NAME:SPEED:JOBS``."""
-        return f"{self.name}:{speed_text(self.speed)}:{self.jobs}"
+        """Back to ``NAME:SPEED:JOBS[:FORCED]``."""
+        forced = f":{self.forced.text}" if self.forced is not None else ""
+        return f"{self.name}:{speed_text(self.speed)}:{self.jobs}{forced}"
 
     @property
     def nix_speed(self) -> int:
@@ -190,8 +238,17 @@ def nix_conf(spec: MemberSpec) -> str:
     )
 
 
-def sshd_config(member_root: Path, port: int) -> str:
-    return (
+def authorized_keys(spec: MemberSpec, client_pub: str) -> str:
+    """The member's authorized_keys: the client key, restricted if the member is hardened."""
+    forced = spec.forced
+    if forced is None or forced.where != "keys":
+        return client_pub
+    return f'restrict,command="{forced.command}" {client_pub.strip()}\n'
+
+
+def sshd_config(member_root: Path, port: int, forced: ForcedCommand | None = None) -> str:
+    force = f"ForceCommand {forced.command}\n" if forced and forced.where == "sshd" else ""
+    return force + (
         f"Port {port}\n"
         "ListenAddress 127.0.0.1\n"
         f"HostKey {member_root / 'ssh_host_ed25519_key'}\n"
@@ -326,6 +383,9 @@ class MemberRecord:
             "speed": self.spec.speed,
             "jobs": self.spec.jobs,
             "proc_overrides": dict(self.spec.proc_overrides),
+            "forced": None
+            if self.spec.forced is None
+            else {"command": self.spec.forced.command, "where": self.spec.forced.where},
             "port": self.port,
             "pid": self.pid,
             "start_time": self.start_time,
@@ -335,11 +395,13 @@ class MemberRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MemberRecord:
         overrides = data.get("proc_overrides") or {}
+        forced = data.get("forced")
         spec = MemberSpec(
             str(data["name"]),
             float(data["speed"]),
             int(data["jobs"]),
             tuple((str(target), str(text)) for target, text in overrides.items()),
+            None if not forced else ForcedCommand(str(forced["command"]), str(forced["where"])),
         )
         return cls(
             spec,

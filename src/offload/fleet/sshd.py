@@ -29,6 +29,8 @@ from offload.process import run, start_detached
 __all__ = ["check_ssh", "start_member"]
 
 _READY_TIMEOUT = 10.0
+# ssh's exit status for its own errors (anything else is the remote command's).
+_SSH_FAILED = 255
 
 
 def _free_port() -> int:
@@ -53,7 +55,7 @@ def start_member(fleet_dir: Path, spec: MemberSpec) -> MemberRecord:
     for _ in range(3):
         port = _free_port()
         config = root / "sshd_config"
-        write_private(config, sshd_config(root, port))
+        write_private(config, sshd_config(root, port, spec.forced))
         log = root / "sshd.log"
         log.write_text("")
         argv = member_argv(root, config, spec.proc_overrides, home=login_home(fleet_dir))
@@ -107,7 +109,12 @@ def _wait_listening(record: MemberRecord, log: Path) -> None:
 
 
 def check_ssh(fleet_dir: Path, record: MemberRecord) -> None:
-    """Prove auth and the pinned host key work, the member sees its own /etc/nix, and has Nix."""
+    """Prove auth and the pinned host key work, the member sees its own /etc/nix, and has Nix.
+
+    A hardened member (``spec.forced``) runs its forced command whatever is asked: there only
+    the login is proved (ssh exits 255 for its own failures), with stdin at EOF so the forced
+    program ends at once.
+    """
     name = record.spec.name
     remote = f"cat {MEMBER_SPEED_FILE} && nix-store --version"
     argv = ["ssh", "-F", str(fleet_dir / "ssh_config"), name, "--", remote]
@@ -117,6 +124,8 @@ def check_ssh(fleet_dir: Path, record: MemberRecord) -> None:
         done_err = exc.message
     else:
         lines = done.stdout.splitlines()
+        if record.spec.forced is not None and done.returncode != _SSH_FAILED:
+            return
         if (
             done.returncode == 0
             and lines[:1] == [speed_text(record.spec.speed)]

@@ -9,6 +9,9 @@ is across every hook and every Nix process of the user, and a session that finis
 is lent to the next one. A session lent again is first asked a no-op question, so a session
 whose builder went away since is replaced before the accept, not found dead after it; one that
 finished a build within ``FRESH_SECONDS`` is not asked.
+
+A builder whose key runs only the serve program (``Link.restricted``) works the same; the first
+build there in this process gets one line in its log saying what offload then does without.
 """
 
 from __future__ import annotations
@@ -26,10 +29,21 @@ from offload.transport.links import Link
 from offload.transport.shared import SharedSshTransport, control_dir
 from offload.transport.ssh import ssh_target
 
-__all__ = ["FRESH_SECONDS", "HOOK_CONNECT_TIMEOUT", "BuilderLinks", "Session", "Unreachable"]
+__all__ = [
+    "FRESH_SECONDS",
+    "HOOK_CONNECT_TIMEOUT",
+    "RESTRICTED_NOTE",
+    "BuilderLinks",
+    "Session",
+    "Unreachable",
+]
 
 # A builder that does not answer within this is taken for down (nix#1712: Nix waits minutes).
 HOOK_CONNECT_TIMEOUT = 5
+RESTRICTED_NOTE = (
+    "offload: builder '{name}': its key runs only `nix-store --serve`, so its load is not "
+    "known (all its slots are used) and a build stopped there is stopped by closing its session"
+)
 # A session lent again within this of finishing a build is not pinged: on tiny derivations the
 # ping is a twentieth of what Nix waits for per derivation, and such a session just answered.
 FRESH_SECONDS = 2.0
@@ -62,6 +76,7 @@ class BuilderLinks:
         self._links: dict[tuple[object, ...], tuple[SharedSshTransport, Link]] = {}
         # When each idle session last finished a build, answering all the way.
         self._answered: dict[ServeClient, float] = {}
+        self._noted: set[str] = set()  # restricted builders already told of
 
     def _link(self, machine: Machine, env: Mapping[str, str]) -> tuple[SharedSshTransport, Link]:
         params = tuple(sorted(machine.params.items()))
@@ -96,6 +111,9 @@ class BuilderLinks:
                         except OffloadError as exc:
                             raise _Stale(exc.message) from exc  # the link discards it
                     lent = True
+                    if link.restricted and machine.name not in self._noted:
+                        self._noted.add(machine.name)
+                        on_log(RESTRICTED_NOTE.format(name=machine.name))
                     yield Session(client, transport, link.remote_pid(client))
                     self._answered[client] = time.monotonic()
             except _Stale as exc:

@@ -49,7 +49,7 @@ from offload.store.drv import Derivation
 from offload.store.nar import copy_nar
 from offload.tasks import stop
 
-__all__ = ["NarProducer", "ServeClient", "Sink"]
+__all__ = ["CLIENT_HELLO", "SERVER_HELLO", "NarProducer", "ServeClient", "Sink"]
 
 _MAJOR = 0x200
 
@@ -68,6 +68,11 @@ class _SinkFailed(Exception):
 
 
 _HANDSHAKE = "the handshake"
+# The client's half of the handshake, and the first 8 bytes of the server's. A transport may
+# send the hello before the serve program is known to run (``handshake(sent=True)``): the
+# reply then tells a serve program from anything else that answered (offload.transport.links).
+CLIENT_HELLO = encode_int(SERVE_MAGIC_1) + encode_int(CLIENT_VERSION)
+SERVER_HELLO = encode_int(SERVE_MAGIC_2)
 _DEFAULT_OPTIONS = BuildOptions()
 
 
@@ -109,10 +114,12 @@ class ServeClient:
 
     # -- public requests ---------------------------------------------------------------------
 
-    async def handshake(self) -> int:
-        """Exchange magics and versions; returns the server's version."""
+    async def handshake(self, *, sent: bool = False) -> int:
+        """Exchange magics and versions; returns the server's version. ``sent``: the transport
+        wrote ``CLIENT_HELLO`` already."""
         async with self._request(_HANDSHAKE):
-            await self._send(encode_int(SERVE_MAGIC_1) + encode_int(CLIENT_VERSION))
+            if not sent:
+                await self._send(CLIENT_HELLO)
             magic = await read_int(self._reader, "the server magic")
             if magic != SERVE_MAGIC_2:
                 raise ProtocolError(f"bad server magic {magic:#x}, expected {SERVE_MAGIC_2:#x}")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 
 from offload.errors import StoreError
-from offload.protocol.client import NarProducer, ServeClient, Sink
+from offload.protocol.client import CLIENT_HELLO, SERVER_HELLO, NarProducer, ServeClient, Sink
 from offload.protocol.drv_wire import encode_basic_derivation
 from offload.protocol.records import (
     CLIENT_VERSION,
@@ -33,8 +33,10 @@ from offload.protocol.stderr import strip_ansi
 from offload.protocol.wire import ByteWriter, encode_int, encode_str, encode_strs
 
 __all__ = [
+    "CLIENT_HELLO",
     "CLIENT_VERSION",
     "EXPORT_MAGIC",
+    "SERVER_HELLO",
     "SERVE_MAGIC_1",
     "SERVE_MAGIC_2",
     "BuildOptions",

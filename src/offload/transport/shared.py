@@ -28,7 +28,7 @@ from pathlib import Path
 from offload.errors import SshError, TransportError
 from offload.process import run_async, spawn
 from offload.state_location import private_dir
-from offload.transport.links import SessionPipes, read_start_line
+from offload.transport.links import SessionPipes, open_serve
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
     SshTarget,
@@ -93,6 +93,9 @@ class SharedSshTransport:
         self.known_hosts: Path | None = None
         if target.public_host_key:
             self.known_hosts = directory / f"{key}.known_hosts"
+        # The builder's key runs only the serve program (offload.transport.links.base): learnt
+        # from the first session and kept for as long as this object (the coordinator's link).
+        self.restricted = False
 
     def _pin(self) -> None:
         if self.known_hosts is None:
@@ -127,22 +130,19 @@ class SharedSshTransport:
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
         self._pin()
-        argv = self.argv(serve_command(self._params))
+        argv = self.argv(serve_command(self._params, wrapped=not self.restricted))
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
-        assert proc.stdout is not None
         assert proc.stdin is not None
-        assert proc.stderr is not None
-        pid, load, early = await read_start_line(proc.stderr, self._connect_timeout + _AUTH_SLACK)
-        if pid is None:
-            text = " | ".join(line for line in early[-5:] if line.strip()) or "(no output)"
+        opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK)
+        if opening.failure is not None:
+            lines = [line for line in [*opening.early[-5:], opening.failure] if line.strip()]
             raise SshError(
                 f"cannot open a session on builder '{self.name}' "
-                f"({self.target.destination}): {text}",
+                f"({self.target.destination}): {' | '.join(lines)}",
                 hint="try `ssh` to it by hand, or leave it out with `offload use`",
             )
-        return SessionPipes(
-            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early, load
-        )
+        self.restricted = self.restricted or opening.restricted
+        return opening.pipes(proc)
 
     def kill_argv(self, pid: int) -> list[str]:
         return self.argv(kill_script(pid, _KILL_GRACE))

@@ -10,12 +10,17 @@ ssh keeps the first value it sees for an option: nothing later can turn the chec
 One builder gets one ssh connection: a master (``ControlMaster=yes``, run in the foreground as a
 child of ours, never forked into the background) and any number of sessions multiplexed over it
 (``ControlMaster=no``), which skip the key exchange and authentication. Every remote serve
-session reports its pid on stderr before anything else, so that it can be stopped remotely:
-ssh without a PTY does not forward signals, and killing the local ssh leaves the remote build
-running. The same line carries the builder's cores, ``/proc/loadavg`` and boot id
-(``offload.load``), read with shell builtins and one ``nproc``, so a builder's load costs no
-round trip of its own. Every remote argument is quoted on its own because ssh joins them into
-one string for the remote shell.
+session reports its pid on stdout before the serve program takes it over, so that it can be
+stopped remotely: ssh without a PTY does not forward signals, and killing the local ssh leaves
+the remote build running. The same line carries the builder's cores, ``/proc/loadavg`` and
+boot id (``offload.load``), read with shell builtins and one ``nproc``, so a builder's load
+costs no round trip of its own. Every remote argument is quoted on its own because ssh joins
+them into one string for the remote shell.
+
+A builder whose key may run only the serve program (a forced command) ignores all of that and
+runs the serve program at once: ``offload.transport.links.base.open_serve`` tells the two apart
+by the first bytes on stdout, and such a builder is then asked for the bare serve program
+(``serve_command(..., wrapped=False)``), as Nix asks for it.
 
 This module only builds argv lists and strings; ``offload.transport.links`` runs them.
 """
@@ -64,13 +69,14 @@ MASTER_READY = "offload-master-ready"
 # `exec "$@"` keeps the reported pid that of nix-store itself (the shell is replaced). The rest
 # of the line is `offload.load`'s report: `read` is a builtin (no process for the two files), a
 # file that cannot be read leaves its variable empty, and anything empty is printed as "-", so a
-# builder without /proc (macOS) still gives a line whose pid parses. Nothing may reach stdout:
-# it is the serve protocol's.
+# builder without /proc (macOS) still gives a line whose pid parses. The line is the only thing
+# on stdout before the serve protocol's bytes; nothing here reads stdin (`nproc`'s is
+# /dev/null), which holds the serve hello already.
 _REPORT_PID = (
-    "ofl_c=$(nproc 2>/dev/null); ofl_l=; ofl_b=; "
+    "ofl_c=$(nproc 2>/dev/null </dev/null); ofl_l=; ofl_b=; "
     f"{{ read -r ofl_l <{LOADAVG_FILE}; }} 2>/dev/null; "
     f"{{ read -r ofl_b <{BOOT_ID_FILE}; }} 2>/dev/null; "
-    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}}" >&2; '
+    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}}"; '
     'exec "$@"'
 )
 
@@ -210,8 +216,11 @@ def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
     return remote
 
 
-def serve_command(params: Mapping[str, str] | None = None) -> list[str]:
-    """The serve program wrapped so that it first reports its pid and load on stderr."""
+def serve_command(params: Mapping[str, str] | None = None, *, wrapped: bool = True) -> list[str]:
+    """The serve program wrapped so that it first reports its pid and load on stdout; the bare
+    program (``wrapped=False``) for a builder known to run only that."""
+    if not wrapped:
+        return serve_program(params)
     return ["sh", "-c", _REPORT_PID, "sh", *serve_program(params)]
 
 
@@ -244,6 +253,7 @@ def serve_argv(
     nix_sshopts: str = "",
     control_path: Path | None = None,
     connect_timeout: int = CONNECT_TIMEOUT,
+    wrapped: bool = True,
 ) -> list[str]:
     """``ssh ... -- host 'sh -c ... nix-store --serve --write'``: one serve session."""
     return [
@@ -254,7 +264,7 @@ def serve_argv(
             control_path=control_path,
             connect_timeout=connect_timeout,
         ),
-        remote_command(serve_command(params)),
+        remote_command(serve_command(params, wrapped=wrapped)),
     ]
 
 
@@ -266,7 +276,10 @@ def master_argv(
     nix_sshopts: str = "",
     connect_timeout: int = CONNECT_TIMEOUT,
 ) -> list[str]:
-    """The master connection: says it is ready on stdout, then holds until its stdin closes."""
+    """The master connection: says it is ready on stdout, then holds until its stdin closes.
+
+    A builder restricted to the serve program runs that instead; it answers the serve hello the
+    master is sent (``SshTransport``) and likewise ends when stdin closes."""
     remote = ["sh", "-c", f"echo {MASTER_READY}; exec cat >/dev/null"]
     return [
         *ssh_argv(

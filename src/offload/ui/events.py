@@ -30,7 +30,9 @@ JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"
 # "loaded": the builder reported load beyond its cores and gets fewer slots this run.
 # "slow": it has not answered yet; the run goes on without it, and it is "up" once it answers
 # ("down" if it fails). "down" with a message is a builder left out: the message says why.
-MachineState = Literal["up", "down", "loaded", "slow"]
+# "restricted": the builder's key runs only the serve program; the message says what offload
+# cannot know there (its load) and how its builds are stopped.
+MachineState = Literal["up", "down", "loaded", "slow", "restricted"]
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
     match event.state:
         case "up":
             text = "up"
-        case "loaded":
-            text = "loaded"
+        case "loaded" | "restricted":
+            text = event.state
         case "slow":
             text = "slow to answer"
         case "down":

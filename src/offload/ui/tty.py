@@ -108,7 +108,8 @@ class TtyRenderer:
         self._machines: list[str] = []
         self._jobs: dict[tuple[str, str], _Job] = {}  # (drv_path, machine)
         self._down: dict[str, MachineEvent] = {}
-        # Builders given fewer slots for their load, or slow to answer.
+        # Notes kept beside a builder: fewer slots for its load, slow to answer, or a key that
+        # runs only serve.
         self._loaded: dict[str, MachineEvent] = {}
         self._settled: dict[str, str] = {}  # drv_path -> status
         self._finished: list[JobFinished] = []
@@ -194,7 +195,7 @@ class TtyRenderer:
                 self._see(event.machine)
                 if event.state == "down":
                     self._down[event.machine] = event
-                elif event.state in ("loaded", "slow"):
+                elif event.state in {"loaded", "slow", "restricted"}:
                     self._loaded[event.machine] = event
                 else:
                     self._down.pop(event.machine, None)
@@ -237,7 +238,7 @@ class TtyRenderer:
             table.add_row(machine, _cell(what, "red"), until, retry)
             machine = ""
         if loaded is not None:
-            what = "slow to answer" if loaded.state == "slow" else "loaded"
+            what = "slow to answer" if loaded.state == "slow" else loaded.state
             table.add_row(machine, _cell(f"{what}: {sanitize(loaded.message)}", "yellow"), "", "")
             machine = ""
         if not jobs and down is None:

@@ -15,7 +15,7 @@ from offload.transport.links.base import (
     LogSink,
     SessionPipes,
     SessionTransport,
-    read_start_line,
+    open_serve,
 )
 from offload.transport.links.local import LocalLink, LocalTransport
 from offload.transport.links.pool import Link
@@ -31,5 +31,5 @@ __all__ = [
     "SessionPipes",
     "SessionTransport",
     "SshTransport",
-    "read_start_line",
+    "open_serve",
 ]

@@ -1,12 +1,18 @@
 """Where a link's sessions come from: the ``SessionTransport`` protocol and what it hands back.
 
 A transport starts serve processes (``SessionPipes``: pipes, pid, liveness), kills a remote
-process tree on request, and closes whatever it keeps open between sessions.
-``SshTransport`` and ``LocalTransport`` report the serve process's pid out of band, on stderr
-before anything else (``read_start_line``); that line never reaches the log handlers. Tests may
-pass any other transport, e.g. in-memory pipes to a scripted peer.
+process tree on request, and closes whatever it keeps open between sessions. Tests may pass any
+other transport, e.g. in-memory pipes to a scripted peer.
 
-The same start line carries the machine's cores, load and boot id (``offload.load``).
+``SshTransport`` and ``LocalTransport`` start the serve program behind a wrapper that prints a
+start line on stdout first (the serve process's pid for remote kills, and the machine's cores,
+load and boot id, ``offload.load``). ``open_serve`` writes the serve hello at once, without
+waiting for that line, and reads stdout: the start line, then the serve reply, is a normal
+builder; the serve reply alone is a *restricted* one, whose key may run only the serve program
+(``restrict,command="nix-store --serve --write"`` in authorized_keys, or sshd's
+``ForceCommand``), which ignores the wrapper. Both are told apart by their first bytes, so
+neither costs a round trip or a timeout; a restricted session has no pid (it is stopped by
+closing it: the serve program's stdin hangs up and Nix interrupts the build) and no load.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from offload.load import RemoteLoad
-from offload.protocol.serve import ByteWriter
+from offload.protocol.serve import CLIENT_HELLO, SERVER_HELLO, ByteWriter
 from offload.protocol.wire import ByteReader
+from offload.tasks import stop
 from offload.transport.ssh import parse_start_line
 
 __all__ = [
@@ -28,10 +35,11 @@ __all__ = [
     "TAIL",
     "LinkStats",
     "LogSink",
+    "Opening",
     "SessionPipes",
     "SessionTransport",
     "drain_dead",
-    "read_start_line",
+    "open_serve",
 ]
 
 LogSink = Callable[[str], None]
@@ -41,6 +49,8 @@ TAIL = 20
 KILL_GRACE = 5
 # How long a kill over the master, or `ssh -O exit`, may take before we give up on it.
 CONTROL_TIMEOUT = 15.0
+# How long a session that failed to start may take to say why on stderr.
+_TAIL_WAIT = 2.0
 
 
 @dataclass
@@ -64,6 +74,10 @@ class SessionPipes:
     alive: Callable[[], bool] = lambda: True
     early_stderr: tuple[str, ...] = ()
     load: RemoteLoad | None = None
+    # The transport wrote the serve hello already (``open_serve``).
+    hello_sent: bool = False
+    # The builder ran its forced serve program instead of our wrapper: no pid, no load.
+    restricted: bool = False
 
 
 class SessionTransport(Protocol):
@@ -76,34 +90,107 @@ class SessionTransport(Protocol):
     async def close(self) -> None: ...
 
 
-async def read_start_line(
-    stderr: asyncio.StreamReader, timeout: float
-) -> tuple[int | None, RemoteLoad | None, tuple[str, ...]]:
-    """Read stderr up to the start line; returns its pid (None at EOF), the load it reported
-    (None if it did not say) and the lines before it.
+class _Prefixed:
+    """``reader`` with ``head`` (bytes already read from it) put back in front."""
 
-    Lines before it are ssh's own (warnings, or why it could not connect).
+    def __init__(self, head: bytes, reader: ByteReader) -> None:
+        self._head = head
+        self._reader = reader
+
+    async def readexactly(self, n: int) -> bytes:
+        if not self._head:
+            return await self._reader.readexactly(n)
+        taken, self._head = self._head[:n], self._head[n:]
+        return taken + (await self._reader.readexactly(n - len(taken)) if n > len(taken) else b"")
+
+
+@dataclass(frozen=True)
+class Opening:
+    """How a serve session began: ``reader`` is its stdout from the serve reply on; ``pid`` and
+    ``load`` are None on a restricted builder; ``early`` is stderr before the reply."""
+
+    reader: ByteReader
+    pid: int | None
+    load: RemoteLoad | None
+    restricted: bool
+    early: tuple[str, ...]
+    failure: str | None = None
+
+    def pipes(self, proc: asyncio.subprocess.Process) -> SessionPipes:
+        """The session's pipes, begun as this says (the hello already sent)."""
+        assert proc.stdin is not None
+        return SessionPipes(
+            self.reader,
+            proc.stdin,
+            proc.stderr,
+            self.pid,
+            lambda: proc.returncode is None,
+            self.early,
+            self.load,
+            hello_sent=True,
+            restricted=self.restricted,
+        )
+
+
+async def open_serve(proc: asyncio.subprocess.Process, timeout: float) -> Opening:
+    """Send the serve hello to a just-started session and read how it begins (module docstring).
+
+    Its stdout starts with either the start line (our wrapper ran: pid and load) or the serve
+    reply itself (a forced command ran the serve program instead); ``failure`` says what
+    happened when it is neither (nothing within ``timeout``, the session ended, another program
+    answered). stderr is read meanwhile into ``early`` and left alone after.
     """
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    stdout, stderr = proc.stdout, proc.stderr
     early: list[str] = []
 
-    async def scan() -> tuple[int, RemoteLoad | None] | None:
-        while line := await stderr.readline():
-            text = line.decode(errors="replace").rstrip("\r\n")
-            start = parse_start_line(text)
-            if start is not None:
-                return start
-            early.append(text)
-            del early[:-TAIL]
-        return None
+    async def collect() -> None:
+        with contextlib.suppress(ValueError):  # a line beyond the reader's limit ends it
+            while line := await stderr.readline():
+                early.append(line.decode(errors="replace").rstrip("\r\n"))
+                del early[:-TAIL]
 
+    collector = asyncio.get_running_loop().create_task(collect())
     try:
-        start = await asyncio.wait_for(scan(), timeout)
-    except TimeoutError:
-        early.append(f"(no answer within {timeout:g} s)")
-        start = None
+        # Written before anything is known: on a normal builder the wrapper leaves stdin to the
+        # serve program it execs, so the handshake costs no round trip of its own.
+        with contextlib.suppress(OSError):
+            proc.stdin.write(CLIENT_HELLO)
+        head, failure = await _first_line(stdout, timeout)
+        if failure is not None:
+            await asyncio.wait([collector], timeout=_TAIL_WAIT)  # ssh's last words, if it ends
+            return Opening(stdout, None, None, False, tuple(early), failure)
+    finally:
+        await stop(collector)
+    if head == SERVER_HELLO:
+        return Opening(_Prefixed(head, stdout), None, None, True, tuple(early))
+    start = parse_start_line(head.decode(errors="replace"))
     if start is None:
-        return None, None, tuple(early)
-    return start[0], start[1], tuple(early)
+        shown = head[:60].decode(errors="replace").strip() or repr(head[:16])
+        failure = f"the builder answered {shown!r} where the serve program's reply belongs"
+        return Opening(stdout, None, None, False, tuple(early), failure)
+    return Opening(stdout, start[0], start[1], False, tuple(early))
+
+
+async def _first_line(stdout: asyncio.StreamReader, timeout: float) -> tuple[bytes, str | None]:
+    """The serve reply's first 8 bytes, or the line that came first instead (our start line,
+    or what a shell printed); or a failure. A line cut short by the timeout is kept as read."""
+    head = b""
+    try:
+        async with asyncio.timeout(timeout):
+            head = await stdout.readexactly(len(SERVER_HELLO))
+            if head != SERVER_HELLO:
+                head += await stdout.readline()
+    except TimeoutError:
+        return head, None if head else f"(no answer within {timeout:g} s)"
+    except asyncio.IncompleteReadError as exc:
+        head += exc.partial
+        return head, None if head else "(the session ended before it answered)"
+    except (asyncio.LimitOverrunError, ValueError):
+        return head, None  # an endless line: what was read is shown
+    return head, None
 
 
 async def drain_dead(proc: asyncio.subprocess.Process) -> None:

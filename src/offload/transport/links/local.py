@@ -16,7 +16,7 @@ from offload.transport.links.base import (
     KILL_GRACE,
     SessionPipes,
     drain_dead,
-    read_start_line,
+    open_serve,
 )
 from offload.transport.links.pool import Link
 from offload.transport.ssh import kill_script, serve_command
@@ -43,16 +43,12 @@ class LocalTransport:
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
         proc = await stack.enter_async_context(spawn(serve_command(self._params), env=self._env))
         stack.push_async_callback(drain_dead, proc)
-        assert proc.stdout is not None
         assert proc.stdin is not None
-        assert proc.stderr is not None
-        pid, load, early = await read_start_line(proc.stderr, self._start_timeout)
-        if pid is None:
-            tail = " | ".join(early[-5:]) or "(no output)"
+        opening = await open_serve(proc, self._start_timeout)
+        if opening.failure is not None or opening.pid is None:
+            tail = " | ".join([*opening.early[-5:], opening.failure or "no start line"])
             raise TransportError(f"{self.name}: `nix-store --serve` did not start: {tail}")
-        return SessionPipes(
-            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early, load
-        )
+        return opening.pipes(proc)
 
     async def kill(self, pid: int) -> None:
         await asyncio.wait_for(

@@ -13,7 +13,9 @@ build lost or the user pressed Ctrl-C.
 The sessions come from a ``SessionTransport`` (``base``). A link keeps the first load a session
 reported as ``link.load`` (a ``RemoteLoad``; None while the machine has not said, e.g. one
 without ``/proc``), so a run learns every builder's load from the session it opens there
-anyway, without a round trip of its own.
+anyway, without a round trip of its own. ``link.restricted`` is set once a session found the
+builder's key restricted to the serve program (``base.open_serve``): no pid, so a cut-short
+session is stopped by closing it, and no load.
 
 Bytes through each session's stdin and stdout are counted in ``link.stats`` (protocol bytes,
 before ssh's own compression and encryption).
@@ -114,6 +116,7 @@ class Link:
         self.stats = LinkStats()
         # What the first start line that told it said about the machine's load (offload.load).
         self.load: RemoteLoad | None = None
+        self.restricted = False
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
@@ -226,6 +229,7 @@ class Link:
             pipes = await self._transport.start(stack)
             if self.load is None:
                 self.load = pipes.load
+            self.restricted = self.restricted or pipes.restricted
             logs = _LogRoute()
             logs.tail.extend(pipes.early_stderr)
             client = ServeClient(
@@ -239,7 +243,7 @@ class Link:
             stack.push_async_callback(client.close)
             self.stats.sessions_opened += 1
             try:
-                await client.handshake()
+                await client.handshake(sent=pipes.hello_sent)
             except ProtocolError as exc:
                 tail = " | ".join(list(logs.tail)[-5:]) or "(no output)"
                 raise TransportError(

@@ -5,6 +5,12 @@ The master is started on first use and again if it died. It reports readiness on
 (``MASTER_READY``); its stderr is drained all along, both so that ssh never blocks on a full pipe
 and so that a failure can be explained with ssh's own last words and a hint. The control socket
 and the pinned known_hosts file live in a private 0700 directory removed on ``close``.
+
+The master is sent the serve hello as soon as it starts. A normal builder's ``cat`` swallows it;
+a builder whose key runs only the serve program answers it instead of saying it is ready, which
+tells at once, on the connection every run opens anyway, that the builder is *restricted*
+(``SshTransport.restricted``): its sessions are then started as the bare serve program, and
+commands of our own (``run``, ``kill``) cannot be run there.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from offload.errors import SshError
 from offload.process import run_async, spawn
+from offload.protocol.serve import CLIENT_HELLO, SERVER_HELLO
 from offload.tasks import stop
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
@@ -28,7 +35,7 @@ from offload.transport.links.base import (
     TAIL,
     SessionPipes,
     drain_dead,
-    read_start_line,
+    open_serve,
 )
 from offload.transport.links.pool import Link
 from offload.transport.ssh import (
@@ -106,6 +113,8 @@ class SshTransport:
         self._master: asyncio.subprocess.Process | None = None
         self._master_tail: deque[str] = deque(maxlen=TAIL)
         self._lock = asyncio.Lock()
+        # The builder's key runs only the serve program (module docstring); learnt on connect.
+        self.restricted = False
 
     @property
     def control_path(self) -> Path | None:
@@ -158,17 +167,13 @@ class SshTransport:
             assert proc.stderr is not None
             drain = asyncio.get_running_loop().create_task(self._drain(proc.stderr))
             stack.push_async_callback(_finish, drain)
-            try:
-                line = await asyncio.wait_for(
-                    proc.stdout.readline(), self._connect_timeout + _AUTH_SLACK
-                )
-            except TimeoutError:
-                line = b""
-                self._master_tail.append("(no answer within the connect timeout)")
+            line = await self._greeting(proc)
             # Read stdout to its end too, so the process's transport closes when it exits.
             rest = asyncio.get_running_loop().create_task(proc.stdout.read())
             stack.push_async_callback(_finish, rest)
-            if line.decode(errors="replace").strip() != MASTER_READY:
+            if line == SERVER_HELLO:
+                self.restricted = True
+            elif line.decode(errors="replace").strip() != MASTER_READY:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), 2.0)
                     await asyncio.wait_for(asyncio.shield(drain), 2.0)
@@ -176,6 +181,24 @@ class SshTransport:
                 await self._stop_master()
                 raise error
             return control
+
+    async def _greeting(self, proc: asyncio.subprocess.Process) -> bytes:
+        """The master's first words: our ready line, or a restricted builder's serve reply."""
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write(CLIENT_HELLO)
+        try:
+            async with asyncio.timeout(self._connect_timeout + _AUTH_SLACK):
+                head = await proc.stdout.readexactly(len(SERVER_HELLO))
+                return head if head == SERVER_HELLO else head + await proc.stdout.readline()
+        except TimeoutError:
+            self._master_tail.append("(no answer within the connect timeout)")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except (asyncio.LimitOverrunError, ValueError):
+            self._master_tail.append("(an endless first line instead of the ready line)")
+        return b""
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         # The master's stderr must be read or ssh blocks once the pipe is full.
@@ -205,22 +228,28 @@ class SshTransport:
             nix_sshopts=self._sshopts,
             control_path=control,
             connect_timeout=self._connect_timeout,
+            wrapped=not self.restricted,
         )
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
-        assert proc.stdout is not None
         assert proc.stdin is not None
-        assert proc.stderr is not None
-        pid, load, early = await read_start_line(proc.stderr, self._connect_timeout + _AUTH_SLACK)
-        if pid is None:
-            raise self._error("open a session on", early)
-        return SessionPipes(
-            proc.stdout, proc.stdin, proc.stderr, pid, lambda: proc.returncode is None, early, load
-        )
+        opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK)
+        if opening.failure is not None:
+            raise self._error("open a session on", [*opening.early, opening.failure])
+        self.restricted = self.restricted or opening.restricted
+        return opening.pipes(proc)
 
     async def run(self, remote: list[str]) -> tuple[int, str, str]:
-        """Run a command on the builder over the master; returns (exit code, stdout, stderr)."""
+        """Run a command on the builder over the master; returns (exit code, stdout, stderr).
+
+        Refused on a restricted builder: it would run the serve program whatever is asked."""
         control = await self._ensure_master()
+        if self.restricted:
+            raise SshError(
+                f"builder '{self.name}' ({self.target.destination}) runs only the serve program "
+                f"for this key, not `{remote_command(remote)[:60]}`",
+                hint="its authorized_keys line or sshd's ForceCommand restricts the key",
+            )
         argv = ssh_argv(
             self.target,
             known_hosts=self.known_hosts,
