@@ -175,7 +175,7 @@ def test_duplicate_names_warn():
 
 
 def test_load_pool_end_to_end(tmp_path):
-    (tmp_path / "machines").write_text("nx-a.invalid - - 4\n@missing\n")
+    (tmp_path / "machines").write_text(f"nx-a.invalid - - 4\n@{tmp_path}/missing\n")
     config = tmp_path / "offload.toml"
     config.write_text('[local]\nspeed-factor = 3\n[[machine]]\nhost = "nx-a.invalid"\nname = "a"\n')
     nix = NixSettings({"builders": f"@{tmp_path}/machines", "max-jobs": "0", "system": SYSTEM})
