@@ -54,7 +54,7 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
     if machine.max_jobs == 0:
         found.append("maxJobs is 0: no build is ever sent to it")
     if machine.is_ssh and machine.ssh_key and not exists(str(Path(machine.ssh_key).expanduser())):
-        found.append(f"ssh key file {shown(machine.ssh_key)} does not exist")
+        found.append(f"ssh key file {shown(machine.ssh_key, 400)} does not exist")
     if machine.pins_junk:
         found.append(
             "the host key is base64 of no ssh public key: Nix pins it and ssh refuses the host, "
