@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Health", "clear_backoff", "load_backoff", "save_backoff"]
+__all__ = ["Health", "clear_backoff", "load_backoff", "load_backoffs", "save_backoff"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,16 @@ def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_backoffs(paths: Sequence[Path], now: float) -> dict[str, Health]:
+    """Entries in force in any of ``paths``; a machine backed off in several shows the latest."""
+    merged: dict[str, Health] = {}
+    for path in paths:
+        for name, health in load_backoff(path, now).items():
+            if name not in merged or health.until > merged[name].until:
+                merged[name] = health
+    return merged
 
 
 def clear_backoff(path: Path, names: Sequence[str], now: float) -> list[str]:

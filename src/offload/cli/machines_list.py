@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from offload.backoff import Health, load_backoff
+from offload.backoff import Health, load_backoffs
 from offload.config.machines import Machine, machine_problems, shown
 from offload.config.pool import Pool
 from offload.names import LOCAL
@@ -41,12 +41,7 @@ def backoff_places() -> list[Path]:
 
 
 def read_backoff(places: Sequence[Path], now: float) -> dict[str, Health]:
-    merged: dict[str, Health] = {}
-    for place in places:
-        for name, health in load_backoff(place / BACKOFF_FILE, now).items():
-            if name not in merged or health.until > merged[name].until:
-                merged[name] = health
-    return merged
+    return load_backoffs([place / BACKOFF_FILE for place in places], now)
 
 
 def _place(line: str) -> tuple[str, int]:

@@ -141,16 +141,10 @@ def parse_machines(
     system: str,
     read_file: Callable[[str], str | None] = read_text_file,
     base_dir: Path | None = None,
-    warn_missing: bool = True,
 ) -> tuple[list[Machine], list[str]]:
     """Machines (in Nix's order) and warnings; the first problem raises, as Nix fails on it."""
     reading = read_machines(
-        text,
-        source=source,
-        system=system,
-        read_file=read_file,
-        base_dir=base_dir,
-        warn_missing=warn_missing,
+        text, source=source, system=system, read_file=read_file, base_dir=base_dir
     )
     reading.raise_first()
     return reading.machines, reading.warnings
