@@ -346,3 +346,17 @@ def test_toml_sets_compress_and_builders_use_substitutes_per_machine():
 def test_toml_compress_must_be_a_boolean():
     with pytest.raises(ConfigError, match=r"o.toml: \[\[machine\]\] #1.*compress"):
         pool("nx-a.invalid", '[[machine]]\nhost = "nx-a.invalid"\ncompress = "yes"\n')
+
+
+def test_a_machine_pinning_no_key_is_dropped_with_a_warning(tmp_path):
+    junk = base64.b64encode(b"no key").decode()
+    nix = NixSettings({"builders": f"nx-j.invalid - - - - - - {junk}; nx-ok.invalid"})
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    p = load_pool(builders=None, config=None, env=env, nix_settings=nix)
+    assert [m.name for m in p.select().machines] == ["nx-ok.invalid"]
+    assert p.warnings == (
+        (
+            "nix.conf builders:1: nx-j.invalid: its host key is base64 of no ssh key; not used "
+            "(`offload machines` says more)"
+        ),
+    )

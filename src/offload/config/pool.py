@@ -279,6 +279,13 @@ def load_pool(
     spec, origin = builders_spec(builders, env, settings, options)
     machines, warnings, errors = read_spec(spec, origin, settings.system, lenient=lenient)
     warnings = [*settings.warnings, *warnings]
+    if not lenient:  # `offload machines` says it among the machines' problems
+        warnings += [
+            f"{m.source}: {m.name}: its host key is base64 of no ssh key; not used "
+            "(`offload machines` says more)"
+            for m in machines
+            if m.pins_junk
+        ]
     toml = load_offload_toml(config, env)
     if toml is not None:
         machines, more = apply_toml(machines, toml, system=settings.system)
