@@ -2,7 +2,9 @@
 
 A builder that failed is backed off (policy: 60 s x 3^(n-1)); without memory, every new run
 would pay the connect timeout again for each dead builder (nix#13513). Times are wall-clock
-seconds so they survive the process; a successful build resets a machine's entry.
+seconds so they survive the process; a successful build resets a machine's entry, and
+``offload machines --reset NAME`` does it by hand (``clear_backoff``). An entry may say why
+(``reason``: the last failure, one line), for people to read.
 """
 
 from __future__ import annotations
@@ -10,17 +12,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Health", "load_backoff", "save_backoff"]
+__all__ = ["Health", "clear_backoff", "load_backoff", "load_backoffs", "save_backoff"]
 
 
 @dataclass(frozen=True)
 class Health:
     failures: int
     until: float  # wall clock; the machine may be tried again from then on
+    reason: str | None = None
 
 
 def load_backoff(path: Path, now: float) -> dict[str, Health]:
@@ -37,6 +40,9 @@ def load_backoff(path: Path, now: float) -> dict[str, Health]:
             health = Health(int(entry["failures"]), float(entry["until"]))
         except (KeyError, TypeError, ValueError):
             continue
+        reason = entry.get("reason")
+        if isinstance(reason, str) and reason:
+            health = Health(health.failures, health.until, reason)
         if health.failures > 0 and health.until > now:
             result[str(name)] = health
     return result
@@ -50,7 +56,11 @@ def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -
             current.pop(name, None)
         else:
             current[name] = health
-    data = {n: {"failures": h.failures, "until": h.until} for n, h in sorted(current.items())}
+    data: dict[str, dict[str, object]] = {}
+    for name, health in sorted(current.items()):
+        data[name] = {"failures": health.failures, "until": health.until}
+        if health.reason is not None:
+            data[name]["reason"] = health.reason
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".backoff-")
     try:
@@ -60,3 +70,22 @@ def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_backoffs(paths: Sequence[Path], now: float) -> dict[str, Health]:
+    """Entries in force in any of ``paths``; a machine backed off in several shows the latest."""
+    merged: dict[str, Health] = {}
+    for path in paths:
+        for name, health in load_backoff(path, now).items():
+            if name not in merged or health.until > merged[name].until:
+                merged[name] = health
+    return merged
+
+
+def clear_backoff(path: Path, names: Sequence[str], now: float) -> list[str]:
+    """Forget the backoff of ``names`` in ``path``; returns those that had one in force."""
+    current = load_backoff(path, now)
+    found = [name for name in names if name in current]
+    if found:
+        save_backoff(path, dict.fromkeys(found), now)
+    return found

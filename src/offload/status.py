@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from offload.backoff import Health, load_backoff
+from offload.backoff import Health, load_backoffs
 from offload.config.pool import Pool
 from offload.errors import ConfigError
 from offload.names import LOCAL
@@ -79,12 +79,7 @@ class PoolStatus:
 
 
 def _backoff(places: Sequence[Path], now: float) -> dict[str, Health]:
-    merged: dict[str, Health] = {}
-    for place in places:
-        for name, health in load_backoff(place / BACKOFF_FILE, now).items():
-            if name not in merged or health.until > merged[name].until:
-                merged[name] = health
-    return merged
+    return load_backoffs([place / BACKOFF_FILE for place in places], now)
 
 
 def _chosen(pool: Pool, choice: Choice | None) -> set[str] | None:

@@ -15,11 +15,13 @@ import argparse
 import base64
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from offload import process
+from offload.backoff import Health, load_backoff, save_backoff
 from offload.cli import machines as machines_cli
 from offload.config.machines import Machine, format_machines, parse_machines
 from offload.config.settings import builders_spec, local_machine, read_nix_settings
@@ -56,7 +58,11 @@ class HookView:
 
 
 def nix_hook(
-    tmp_path: Path, spec: str, system: str = SYSTEM, features: tuple[str, ...] = ()
+    tmp_path: Path,
+    spec: str | None,
+    system: str = SYSTEM,
+    features: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> HookView:
     probe = tmp_path / "probe.nix"
     probe.write_text(PROBE)
@@ -67,13 +73,18 @@ def nix_hook(
         "--argstr", "system", system,
         "--arg", "features", "[ " + " ".join(f'"{f}"' for f in features) + " ]",
         "--no-out-link",
-        "--builders", spec,
+        *(["--builders", spec] if spec is not None else []),
         "--max-jobs", "0",
         "--debug",
         "--option", "substituters", "",
         "--option", "connect-timeout", "1",
     ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NIX_SSHOPTS": "-o BatchMode=yes"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "NIX_SSHOPTS": "-o BatchMode=yes",
+        **(env or {}),
+    }
     done = process.run(argv, env=env, check=False, timeout=120, cwd=tmp_path)
     return HookView(done.stderr, done.returncode)
 
@@ -269,11 +280,15 @@ def test_machines_json_and_table(tmp_path, capsys, monkeypatch):
     status, out, _ = _cli(["machines", "--builders", RICH, "--on", "@fast"], capsys)
     lines = out.splitlines()
     assert lines[0].split() == [
-        "NAME", "URI", "SYSTEMS", "JOBS", "SPEED", "FEATURES", "MANDATORY", "HOSTKEY", "SOURCE",
+        "NAME", "HOST", "SYSTEMS", "JOBS", "SPEED", "FEATURES", "KEY", "BACKOFF",
     ]  # fmt: skip
     assert len(lines) == 2
-    assert lines[1].split()[:2] == ["a", "ssh://root@nx-om-a.invalid"]
+    assert lines[1].split()[0] == "a"
+    assert lines[1].split()[1].startswith("root@nx-om-a.invalid")
     assert "pinned" in lines[1].split()
+    assert max(map(len, lines)) <= 100  # cut to fit; --wide shows it whole
+    status, out, _ = _cli(["machines", "--builders", RICH, "--on", "@fast", "--wide"], capsys)
+    assert out.splitlines()[1].split()[1] == "root@nx-om-a.invalid:2222"
 
 
 def test_machines_unknown_name_fails(tmp_path, capsys, monkeypatch):
@@ -319,3 +334,142 @@ def test_convert_reads_a_hand_written_nixos_expression(tmp_path, capsys, monkeyp
         ("aarch64-linux", "armv7l-linux"),
         frozenset({"benchmark"}),
     )
+
+
+# --- `offload machines`: every problem, what the local Nix would reject, backoff ------------------
+
+
+def _machines_cli(
+    argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path, mp: pytest.MonkeyPatch
+) -> tuple[int, str, list[str]]:
+    mp.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    mp.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    status, out, err = _cli(["machines", *argv], capsys)
+    return status, out, err.splitlines()
+
+
+def test_every_problem_in_one_pass_where_nix_stops_at_the_first(tmp_path, capsys, monkeypatch):
+    key = tmp_path / "id_present"
+    key.write_text("")
+    path = tmp_path / "machines"
+    path.write_text(
+        f"nx-om-p1.invalid - {tmp_path}/id_missing 2\n"
+        "nx-om-p2.invalid - - two\n"
+        "http://nx-om-cache.invalid\n"
+        f"nx-om-p3.invalid - {key} 0\n"
+        "nx-om-p4.invalid - - 1 fast\n"
+        "nx-om-p5.invalid - - 1 1 - - not*base64\n"
+    )
+    nix = nix_hook(tmp_path, f"@{path}")
+    # Nix 2.8: the first bad line fails the whole spec, and nothing is tried.
+    assert "bad machine specification" in nix.stderr
+    assert "'nx-om-p2.invalid - - two'" in nix.stderr
+    assert nix.tried == []
+    status, out, err = _machines_cli(["--builders", f"@{path}"], capsys, tmp_path, monkeypatch)
+    assert status == 1
+    assert [line.split(": ")[:2] for line in err[:-1]] == [
+        ["warning", f"{path}:1"],
+        ["error", f"{path}:2"],
+        ["warning", f"{path}:3"],
+        ["warning", f"{path}:4"],
+        ["error", f"{path}:5"],
+        ["error", f"{path}:6"],
+    ]
+    assert "ssh key file" in err[0]
+    assert "id_missing does not exist" in err[0]
+    assert "binary cache, not a builder" in err[2]
+    assert "maxJobs is 0" in err[3]
+    assert err[-1].startswith("hint: Nix rejects the whole machines spec for any of the 3 error")
+    # The machines Nix would take are still listed, each on one line within 100 columns.
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [
+        "local",
+        "nx-om-p1.invalid",
+        "http://nx-om-c..",
+        "nx-om-p3.invalid",
+    ]
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_lines_the_local_nix_rejects_are_warned_about(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "machines"
+    path.write_text("nx-om-w1.invalid - - 1 1.5\n")
+    nix = nix_hook(tmp_path, f"@{path}")
+    assert "to 'unsigned int'" in nix.stderr  # Nix 2.8 rejects the file for the speed
+    status, _, err = _machines_cli(["--builders", f"@{path}"], capsys, tmp_path, monkeypatch)
+    assert status == 0  # newer Nix and offload read it
+    (line,) = err
+    assert line.startswith(f"warning: {path}:1: Nix before 2.20 rejects the whole file")
+    assert line.endswith("(the local Nix is 2.8.0)")
+    path.write_text("nx-om-w2.invalid:2222 - - 1 2\n")
+    (tmp_path / "port").mkdir()
+    nix = nix_hook(tmp_path / "port", f"@{path}")
+    assert "Could not resolve hostname nx-om-w2.invalid:2222" in nix.stderr
+    _, _, err = _machines_cli(["--builders", f"@{path}"], capsys, tmp_path, monkeypatch)
+    assert len(err) == 1
+    assert "Nix before 2.31 gives ssh 'host:2222' as a host name" in err[0]
+
+
+def test_nix_remote_systems_is_read_as_newer_nix_reads_it(tmp_path, capsys, monkeypatch):
+    (tmp_path / "ra").write_text("nx-om-ra.invalid\n")
+    (tmp_path / "rb").write_text("nx-om-rb.invalid - - 3\n")
+    one = nix_hook(tmp_path, None, env={"NIX_REMOTE_SYSTEMS": f"{tmp_path}/ra"})
+    assert one.tried == ["ssh://nx-om-ra.invalid"]
+    both = f"{tmp_path}/ra:{tmp_path}/rb"
+    (tmp_path / "two").mkdir()
+    two = nix_hook(tmp_path / "two", None, env={"NIX_REMOTE_SYSTEMS": both})
+    assert two.listing is None  # Nix 2.8 reads none of several files
+    assert "enable remote builds" in two.stderr
+    monkeypatch.setenv("NIX_REMOTE_SYSTEMS", both)
+    status, out, err = _machines_cli(["--json"], capsys, tmp_path, monkeypatch)
+    assert status == 0
+    rows = json.loads(out)
+    assert [(r["name"], r["max_jobs"], r["source"]) for r in rows[1:]] == [
+        ("nx-om-ra.invalid", 1, f"{tmp_path}/ra:1"),
+        ("nx-om-rb.invalid", 3, f"{tmp_path}/rb:1"),
+    ]
+    assert err == [
+        (
+            "warning: NIX_REMOTE_SYSTEMS: Nix before 2.24 reads none of the 2 NIX_REMOTE_SYSTEMS "
+            "files (it joins their names with spaces into one path) (the local Nix is 2.8.0)"
+        )
+    ]
+
+
+def test_backoff_is_shown_and_reset(tmp_path, capsys, monkeypatch):
+    state = tmp_path / "state" / "offload"
+    state.mkdir(parents=True)
+    until = time.time() + 600
+    save_backoff(
+        state / "backoff.json",
+        {"nx-om-b1.invalid": Health(2, until, "ssh: connection refused\x1b[2J")},
+        time.time(),
+    )
+    spec = "nx-om-b1.invalid; nx-om-b2.invalid"
+    _, out, _ = _machines_cli(["--builders", spec], capsys, tmp_path, monkeypatch)
+    clock = time.strftime("%H:%M:%S", time.localtime(until))
+    assert out.splitlines()[2].endswith(f"until {clock} (2x)")
+    _, out, _ = _machines_cli(["--builders", spec, "--wide"], capsys, tmp_path, monkeypatch)
+    assert f"until {clock} (2x): ssh: connection refused\\x1b[2J" in out
+    _, out, _ = _machines_cli(["--builders", spec, "--json"], capsys, tmp_path, monkeypatch)
+    assert json.loads(out)[1]["backoff"]["failures"] == 2
+    status, out, err = _machines_cli(
+        ["--builders", spec, "--reset", "nx-om-b1.invalid,nx-om-b2.invalid"],
+        capsys,
+        tmp_path,
+        monkeypatch,
+    )
+    assert status == 0
+    assert err == [
+        f"offload: backoff of nx-om-b1.invalid cleared ({state}/backoff.json)",
+        "offload: nx-om-b2.invalid was not backed off",
+    ]
+    assert out.splitlines()[2].endswith("-")
+    assert load_backoff(state / "backoff.json", time.time()) == {}
+    with pytest.raises(ConfigError, match="--reset nx-om-nope: no machine of that name"):
+        _machines_cli(["--builders", spec, "--reset", "nx-om-nope"], capsys, tmp_path, monkeypatch)
+
+
+def test_dev_zero_include_fails_cleanly_through_the_command(tmp_path, capsys, monkeypatch):
+    status, _, err = _machines_cli(["--builders", "@/dev/zero"], capsys, tmp_path, monkeypatch)
+    assert status == 1
+    assert err[0] == "error: --builders: machines file /dev/zero is larger than 4 MiB; not read"

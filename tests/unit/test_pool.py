@@ -175,7 +175,7 @@ def test_duplicate_names_warn():
 
 
 def test_load_pool_end_to_end(tmp_path):
-    (tmp_path / "machines").write_text("nx-a.invalid - - 4\n@missing\n")
+    (tmp_path / "machines").write_text(f"nx-a.invalid - - 4\n@{tmp_path}/missing\n")
     config = tmp_path / "offload.toml"
     config.write_text('[local]\nspeed-factor = 3\n[[machine]]\nhost = "nx-a.invalid"\nname = "a"\n')
     nix = NixSettings({"builders": f"@{tmp_path}/machines", "max-jobs": "0", "system": SYSTEM})
@@ -346,3 +346,17 @@ def test_toml_sets_compress_and_builders_use_substitutes_per_machine():
 def test_toml_compress_must_be_a_boolean():
     with pytest.raises(ConfigError, match=r"o.toml: \[\[machine\]\] #1.*compress"):
         pool("nx-a.invalid", '[[machine]]\nhost = "nx-a.invalid"\ncompress = "yes"\n')
+
+
+def test_a_machine_pinning_no_key_is_dropped_with_a_warning(tmp_path):
+    junk = base64.b64encode(b"no key").decode()
+    nix = NixSettings({"builders": f"nx-j.invalid - - - - - - {junk}; nx-ok.invalid"})
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    p = load_pool(builders=None, config=None, env=env, nix_settings=nix)
+    assert [m.name for m in p.select().machines] == ["nx-ok.invalid"]
+    assert p.warnings == (
+        (
+            "nix.conf builders:1: nx-j.invalid: its host key is base64 of no ssh key; not used "
+            "(`offload machines` says more)"
+        ),
+    )

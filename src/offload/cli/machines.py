@@ -1,7 +1,9 @@
 """`offload machines`: show the effective pool, or convert it between the forms users keep it in.
 
 The table is plain text on stdout (one row per machine, columns padded, nothing else there), so it
-can be piped and diffed; warnings go to stderr. ``--json`` prints a list of objects instead.
+can be piped and diffed; every problem goes to stderr, one line each (``cli.machines_list``), and
+exit 1 means Nix would reject the machines spec. ``--json`` prints a list of objects instead,
+each with its backoff and problems. ``--reset NAME`` clears a machine's backoff.
 ``add_pool_arguments`` and ``pool_from_args`` give every command that builds or inspects machines
 the same ``--builders/--config/--option/--on/--exclude/-j`` handling.
 """
@@ -10,11 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict
 
-from offload.config.machines import Machine, parse_machines, read_text_file
+from offload.backoff import Health, clear_backoff
+from offload.cli.machines_list import (
+    BACKOFF_FILE,
+    backoff_places,
+    format_table,
+    pool_problems,
+    read_backoff,
+)
+from offload.config.machines import (
+    Machine,
+    machine_problems,
+    parse_machines,
+    read_text_file,
+    shown,
+)
 from offload.config.pool import (
     Pool,
     apply_toml,
@@ -57,6 +76,14 @@ class MachineJson(TypedDict):
     tags: list[str]
     enabled: bool
     source: str
+    backoff: BackoffJson | None
+    problems: list[str]
+
+
+class BackoffJson(TypedDict):
+    failures: int
+    until: float
+    reason: str | None
 
 
 def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +146,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_pool_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list of machines")
+    parser.add_argument(
+        "--wide", action="store_true", help="every column whole (URI, source, why backed off)"
+    )
+    parser.add_argument(
+        "--reset",
+        action="append",
+        default=[],
+        metavar="NAME,...",
+        help="clear the backoff of these machines (all: every one), then list",
+    )
     conv = parser.add_argument_group("convert")
     conv.add_argument("--to", choices=["nix", "nixos", "toml"], help="output form")
     conv.add_argument("--from", dest="from_file", type=Path, metavar="FILE", help="input file")
@@ -141,24 +178,72 @@ def run(args: argparse.Namespace) -> int:
         return _convert(args)
     if args.to or args.from_file:
         raise ConfigError("--to and --from belong to `offload machines convert`")
-    pool = load_pool(builders=args.builders, config=args.config, options=_options(args))
-    for warning in pool.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    pool = load_pool(
+        builders=args.builders, config=args.config, options=_options(args), lenient=True
+    )
+    if args.reset:
+        _reset(pool, args.reset)
+    problems = pool_problems(pool)
+    for level, text in problems:
+        print(f"{level}: {shown(text, 2000)}", file=sys.stderr)
+    errors = [text for level, text in problems if level == "error"]
     selected = pool.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
     if not args.on and not args.exclude:
-        # Show disabled machines too, marked, so a person sees why they are not used.
+        # Show disabled (and unusable) machines too, marked, so a person sees why.
         selected = Pool(selected.local, pool.machines, pool.warnings, pool.local_entry)
+    backoff = read_backoff(backoff_places(), time.time())
     if args.json:
-        print(json.dumps(pool_json(selected), indent=2))
+        print(json.dumps(pool_json(selected, backoff), indent=2))
     else:
-        print(format_table(selected), end="")
+        print(format_table(selected, backoff, wide=args.wide), end="")
+    if errors:
+        print(
+            f"hint: Nix rejects the whole machines spec for any of the {len(errors)} error(s) "
+            "above; fix them, then run this again",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _reset(pool: Pool, values: Sequence[str]) -> None:
+    names = [n.strip() for value in values for n in value.split(",") if n.strip()]
+    now = time.time()
+    places = backoff_places()
+    known = read_backoff(places, now)
+    if "all" in names:
+        names = sorted(known)
+    pool_names = set(pool.names())
+    for name in names:
+        if name not in known and name not in pool_names:
+            raise ConfigError(
+                f"--reset {name}: no machine of that name, and no backoff for it",
+                hint=f"known names: {', '.join(pool.names())}",
+            )
+    for place in places:
+        path = place / BACKOFF_FILE
+        try:
+            cleared = clear_backoff(path, names, now)
+        except OSError as exc:
+            print(f"warning: cannot clear backoff in {path}: {exc.strerror}", file=sys.stderr)
+            continue
+        for name in cleared:
+            print(f"offload: backoff of {name} cleared ({path})", file=sys.stderr)
+    for name in names:
+        if name not in known:
+            print(f"offload: {name} was not backed off", file=sys.stderr)
 
 
 # --- list ---------------------------------------------------------------------------------------
 
 
-def machine_json(machine: Machine) -> MachineJson:
+def _backoff_json(health: Health | None) -> BackoffJson | None:
+    if health is None:
+        return None
+    return {"failures": health.failures, "until": health.until, "reason": health.reason}
+
+
+def machine_json(machine: Machine, backoff: Health | None = None) -> MachineJson:
     return {
         "name": machine.name,
         "local": False,
@@ -179,6 +264,8 @@ def machine_json(machine: Machine) -> MachineJson:
         "tags": sorted(machine.tags),
         "enabled": machine.enabled,
         "source": machine.source,
+        "backoff": _backoff_json(backoff),
+        "problems": machine_problems(machine, os.path.exists),
     }
 
 
@@ -203,55 +290,15 @@ def _local_json(local: LocalMachine) -> MachineJson:
         "tags": [],
         "enabled": True,
         "source": "Nix settings / offload.toml [local]",
+        "backoff": None,
+        "problems": [],
     }
 
 
-def pool_json(pool: Pool) -> list[MachineJson]:
+def pool_json(pool: Pool, backoff: Mapping[str, Health] | None = None) -> list[MachineJson]:
+    backoff = backoff or {}
     rows = [_local_json(pool.local)] if pool.local is not None else []
-    return rows + [machine_json(m) for m in pool.machines]
-
-
-def _cell(items: list[str]) -> str:
-    return ",".join(items) or "-"
-
-
-def format_table(pool: Pool) -> str:
-    header = [
-        "NAME",
-        "URI",
-        "SYSTEMS",
-        "JOBS",
-        "SPEED",
-        "FEATURES",
-        "MANDATORY",
-        "HOSTKEY",
-        "SOURCE",
-    ]
-    rows = [header]
-    for entry in pool_json(pool):
-        name = entry["name"] if entry["enabled"] else f"{entry['name']} (disabled)"
-        key = "pinned" if entry["host_key_pinned"] else ("-" if entry["local"] else "no")
-        uri = entry["uri"]
-        if entry["port"] is not None and f":{entry['port']}" not in uri:
-            uri += f" (port {entry['port']})"
-        rows.append(
-            [
-                name,
-                uri,
-                _cell(entry["systems"]),
-                str(entry["max_jobs"]),
-                f"{entry['speed_factor']:g}",
-                _cell(entry["supported_features"]),
-                _cell(entry["mandatory_features"]),
-                key,
-                entry["source"],
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    return "".join(f"{line}\n" for line in lines)
+    return rows + [machine_json(m, backoff.get(m.name)) for m in pool.machines]
 
 
 # --- convert ------------------------------------------------------------------------------------

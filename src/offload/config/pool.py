@@ -26,10 +26,9 @@ from offload.config.machines import (
     encode_host_key,
     format_machines,
     machine_from_columns,
-    parse_machines,
     parse_store_uri,
-    read_text_file,
 )
+from offload.config.reading import read_spec
 from offload.config.settings import (
     LocalMachine,
     NixSettings,
@@ -77,6 +76,8 @@ class Pool:
     nix_settings: NixSettings = field(
         default_factory=lambda: NixSettings({}), compare=False, repr=False
     )
+    # Lenient reading only: the entries Nix would reject the whole spec for, one line each.
+    errors: tuple[str, ...] = field(default=(), compare=False)
 
     def local_env(self) -> dict[str, str] | None:
         """The environment for the local store's serve processes: ours with the run's
@@ -125,6 +126,8 @@ class Pool:
             base = self.local or self.local_entry
             local = dataclasses.replace(base, max_jobs=max_jobs) if base and max_jobs else None
         keep = {i for i, m in enumerate(self.machines) if m.enabled}
+        # Never connect with a pinned "key" ssh cannot use (ssh would refuse it; nothing looser).
+        usable = {i for i, m in enumerate(self.machines) if not m.pins_junk}
         on_names = _split_names(on)
         if on_names:
             keep, want_local = set(), False
@@ -143,7 +146,7 @@ class Pool:
             if is_local:
                 local = None
             keep -= found
-        machines = tuple(m for i, m in enumerate(self.machines) if i in keep)
+        machines = tuple(m for i, m in enumerate(self.machines) if i in keep & usable)
         return dataclasses.replace(self, local=local, machines=machines)
 
 
@@ -210,6 +213,8 @@ def _overlay(machine: Machine, entry: TomlMachine, where: str, system: str) -> t
         if overridden:
             warning = f"{where}: overrides {', '.join(overridden)} of {machine.source}"
             changes = {name: getattr(defined, name) for name in overridden}
+            if columns[7] is not None:  # the key line and the base64 it came from go together
+                changes["host_key_base64"] = defined.host_key_base64
             machine = dataclasses.replace(machine, **changes)
     return _with_meta(machine, entry), warning
 
@@ -263,15 +268,24 @@ def load_pool(
     env: Mapping[str, str] | None = None,
     options: Mapping[str, str] | None = None,
     nix_settings: NixSettings | None = None,
+    lenient: bool = False,
 ) -> Pool:
-    """The pool for this run: machines spec, then offload.toml, then the local entry."""
+    """The pool for this run: machines spec, then offload.toml, then the local entry.
+
+    A bad machines entry raises, as Nix fails on it; ``lenient`` (`offload machines`) reads on
+    and keeps every such problem in ``Pool.errors`` instead."""
     env = os.environ if env is None else env
     settings = nix_settings if nix_settings is not None else read_nix_settings(env, options)
     spec, origin = builders_spec(builders, env, settings, options)
-    machines, warnings = parse_machines(
-        spec, source=origin, system=settings.system, read_file=read_text_file, base_dir=Path.cwd()
-    )
+    machines, warnings, errors = read_spec(spec, origin, settings.system, lenient=lenient)
     warnings = [*settings.warnings, *warnings]
+    if not lenient:  # `offload machines` says it among the machines' problems
+        warnings += [
+            f"{m.source}: {m.name}: its host key is base64 of no ssh key; not used "
+            "(`offload machines` says more)"
+            for m in machines
+            if m.pins_junk
+        ]
     toml = load_offload_toml(config, env)
     if toml is not None:
         machines, more = apply_toml(machines, toml, system=settings.system)
@@ -290,6 +304,7 @@ def load_pool(
         local_substitutes=substitutes_locally(settings),
         nix_options=tuple(options.items()),
         nix_settings=settings,
+        errors=tuple(error.message for error in errors),
     )
 
 

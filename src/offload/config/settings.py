@@ -8,9 +8,10 @@ configuration: nix.conf and its includes, ``NIX_CONF_DIR``, ``NIX_USER_CONF_FILE
 ``extra-platforms`` from the CPU). Re-deriving those in Python would drift from Nix; one ~20 ms
 process does not. Only when ``nix`` cannot run do we fall back to reading
 ``$NIX_CONF_DIR/nix.conf`` and ``NIX_CONFIG`` ourselves (no includes, no user files), with a
-warning. A build run's local ``nix-store --serve`` processes get the ``--option`` pairs
-through ``NIX_CONFIG`` (``with_nix_options``), so the local store substitutes (or not) from the
-caches the run was read with.
+warning. ``NIX_REMOTE_SYSTEMS`` (colon-separated machines files) is Nix's default of
+``builders``, read as ``config.reading`` says. A build run's local ``nix-store --serve``
+processes get the ``--option`` pairs through ``NIX_CONFIG`` (``with_nix_options``), so the
+local store substitutes (or not) from the caches the run was read with.
 
 offload.toml adds what the machines format cannot say::
 
@@ -45,6 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from offload.config.reading import (
+    MACHINES_DEFAULT_ORIGIN,
+    REMOTE_SYSTEMS_ORIGIN,
+    remote_systems_spec,
+)
 from offload.errors import ConfigError, TransportError
 from offload.names import LOCAL
 
@@ -279,8 +285,15 @@ def builders_spec(
     spec = settings.get("builders")
     if "builders" in parse_nix_conf(env.get("NIX_CONFIG", "")):
         return spec, "NIX_CONFIG builders"
+    remote = remote_systems_spec(env)
+    # NIX_REMOTE_SYSTEMS is Nix's default of builders: in force unless nix.conf set builders,
+    # which `nix show-config` tells by a value other than that default (2.8 joins with spaces).
+    if remote is not None and (
+        "builders" not in settings.values or spec in (remote, remote.replace("\n", " "))
+    ):
+        return remote, REMOTE_SYSTEMS_ORIGIN
     if spec == DEFAULT_BUILDERS:
-        return spec, "Nix's default builders"
+        return spec, MACHINES_DEFAULT_ORIGIN
     return spec, "nix.conf builders"
 
 

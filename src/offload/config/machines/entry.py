@@ -1,17 +1,21 @@
 """One machines entry: its columns read into a ``Machine``, with Nix's defaults and checks.
 
-Beyond Nix 2.8 offload accepts fractional speed factors (as Nix >= 2.20 does). Column numbers in
-messages are 1-based, as people count them (Nix's own messages are 0-based).
+The checks are the newest Nix's (machines.cc): column 4 an unsigned int as boost reads it
+(``+8`` and ``08`` are 8), column 5 a float (2.20 and later; 2.8 wanted an unsigned int), not
+negative, 0 meaning 1; column 8 base64 by Nix's rule, whatever it decodes to. Where older Nix
+differs the entry carries a ``NixCompat``. offload refuses one thing Nix takes: a speed factor of
+``inf`` or ``nan``, which cannot rank machines. Column numbers in messages are 1-based, as people
+count them (Nix's own messages are 0-based); quoted values are escaped (``shown``).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 
-from offload.config.machines.host_key import decode_host_key
-from offload.config.machines.model import BLANKS, COLUMNS, UINT_RE, Machine
+from offload.config.machines.compat import NixCompat
+from offload.config.machines.host_key import decode_host_key, nix_base64_decode
+from offload.config.machines.model import BLANKS, COLUMNS, UINT_RE, Machine, shown
 from offload.config.machines.uri import StoreUri, default_name, parse_store_uri
 from offload.errors import ConfigError
 
@@ -22,7 +26,9 @@ _COLUMN_HINT = (
     "mandatory-features base64-host-key; write - for a default"
 )
 _MAX_UINT = 2**32 - 1
-_FLOAT_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MAX_FLOAT32 = 3.4028234663852886e38
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SPECIAL_FLOAT_RE = re.compile(r"[+-]?(?:inf(?:inity)?|nan)", re.IGNORECASE)
 
 
 def _column_error(where: str, index: int, message: str) -> ConfigError:
@@ -35,25 +41,30 @@ def _split_list(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
 
-def parse_entry(entry: str, where: str, system: str) -> Machine:
-    """The machine of one trimmed, comment-free entry; ``where`` starts every error message."""
-    tokens = [t for t in re.split(r"[ \t\r\n]+", entry) if t][:8]
+def parse_entry(entry: str, where: str, system: str) -> tuple[Machine, list[NixCompat]]:
+    """The machine of one trimmed, comment-free entry, and what older Nix makes of it.
+
+    ``where`` starts every error message."""
+    tokens = [t for t in re.split(f"[{BLANKS}]+", entry) if t][:8]
+    compat: list[NixCompat] = []
 
     def given(index: int) -> str | None:
         value = tokens[index] if index < len(tokens) else "-"
         return None if value == "-" else value
 
     uri = _store_uri(tokens[0], where)
+    if uri.port is not None:
+        compat.append(NixCompat(where, (2, 31), _PORT_CLAUSE.format(port=uri.port)))
     systems_text = given(1)
     systems = tuple(dict.fromkeys(_split_list(systems_text))) if systems_text else (system,)
     ssh_key = given(2) or uri.params.get("ssh-key") or None
     max_jobs = _max_jobs(given(3), where)
-    speed = _speed_factor(given(4), where)
+    speed = _speed_factor(given(4), where, compat)
     supported = frozenset(_split_list(given(5) or ""))
     mandatory = frozenset(_split_list(given(6) or ""))
     key_text = given(7) or uri.params.get("base64-ssh-public-host-key") or None
-    host_key = _host_key(key_text, where)
-    return Machine(
+    host_key = _host_key(key_text, where, from_column=given(7) is not None)
+    machine = Machine(
         uri=uri.uri,
         scheme=uri.scheme,
         host=uri.host,
@@ -69,7 +80,15 @@ def parse_entry(entry: str, where: str, system: str) -> Machine:
         params=uri.params,
         source=where,
         name=default_name(uri.uri),
+        host_key_base64=key_text,
     )
+    return machine, compat
+
+
+_PORT_CLAUSE = (
+    "gives ssh 'host:{port}' as a host name, which does not resolve: the machine is listed "
+    "but never connects (use an ssh Host alias with Port {port})"
+)
 
 
 def _store_uri(raw_uri: str, where: str) -> StoreUri:
@@ -85,27 +104,41 @@ def _max_jobs(text: str | None, where: str) -> int:
     if text is None:
         return 1
     if not UINT_RE.fullmatch(text) or int(text) > _MAX_UINT:
-        raise _column_error(where, 3, f"'{text}' is not a whole number of jobs")
+        raise _column_error(where, 3, f"'{shown(text)}' is not a whole number of jobs")
     return int(text)
 
 
-def _speed_factor(text: str | None, where: str) -> float:
+def _speed_factor(text: str | None, where: str, compat: list[NixCompat]) -> float:
     if text is None:
         return 1.0
-    if not _FLOAT_RE.fullmatch(text) or not math.isfinite(float(text)):
-        raise _column_error(where, 4, f"'{text}' is not a number")
-    # Nix 2.8 turns 0 into 1 (and later versions would divide by it).
-    return float(text) or 1.0
+    if _SPECIAL_FLOAT_RE.fullmatch(text):
+        message = f"'{text}' cannot rank machines (Nix takes it; offload does not)"
+        raise _column_error(where, 4, message)
+    if not _FLOAT_RE.fullmatch(text) or abs(float(text)) > _MAX_FLOAT32:
+        raise _column_error(where, 4, f"'{shown(text)}' is not a number")
+    value = float(text)
+    if value < 0:
+        raise _column_error(where, 4, f"'{text}': the speed factor must be >= 0")
+    if not UINT_RE.fullmatch(text) or int(text) > _MAX_UINT:
+        clause = f"rejects the whole file: speed factor '{text}' is not a whole number"
+        compat.append(NixCompat(where, (2, 20), clause))
+    # Nix turns 0 into 1 (2.8: max(1, n); newer: 0 -> 1).
+    return value or 1.0
 
 
-def _host_key(key_text: str | None, where: str) -> str | None:
+def _host_key(key_text: str | None, where: str, *, from_column: bool) -> str | None:
     if key_text is None:
         return None
     try:
-        return decode_host_key(key_text)
+        nix_base64_decode(key_text)
     except ValueError as exc:
-        shown = key_text if len(key_text) <= 60 else key_text[:57] + "..."
-        raise _column_error(where, 7, f"'{shown}' {exc}") from None
+        if from_column:  # Nix checks the column only; a bad URI parameter fails at connect
+            raise _column_error(where, 7, f"'{shown(key_text)}' is not base64 ({exc})") from None
+        return None
+    try:
+        return decode_host_key(key_text)
+    except ValueError:
+        return None  # Nix takes it; ``Machine.pins_junk`` and `offload machines` say so
 
 
 def machine_from_columns(columns: Sequence[str | None], *, source: str, system: str) -> Machine:
@@ -116,8 +149,9 @@ def machine_from_columns(columns: Sequence[str | None], *, source: str, system: 
             tokens.append("-")
             continue
         if not value or value == "-" or any(c in value for c in "#;" + BLANKS):
-            raise _column_error(source, index, f"{value!r} cannot be said in Nix's machines format")
+            message = f"'{shown(value)}' cannot be said in Nix's machines format"
+            raise _column_error(source, index, message)
         tokens.append(value)
     if tokens[0].startswith("@"):
-        raise _column_error(source, 0, f"{tokens[0]!r} would be read as an @include")
-    return parse_entry(" ".join(tokens), source, system)
+        raise _column_error(source, 0, f"'{shown(tokens[0])}' would be read as an @include")
+    return parse_entry(" ".join(tokens), source, system)[0]

@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["BLANKS", "COLUMNS", "SSH_SCHEMES", "UINT_RE", "Machine"]
+__all__ = ["BLANKS", "COLUMNS", "SSH_SCHEMES", "UINT_RE", "Machine", "shown"]
 
 COLUMNS = (
     "storeUri",
@@ -28,7 +28,24 @@ COLUMNS = (
 # Nix's trim() and tokenizeString() default separators: exactly these, not Python's isspace().
 BLANKS = " \t\n\r"
 SSH_SCHEMES = ("ssh", "ssh-ng")
-UINT_RE = re.compile(r"[0-9]+")
+# boost::lexical_cast<unsigned int>, which Nix uses, takes a leading '+' (and Nix refuses '-').
+UINT_RE = re.compile(r"\+?[0-9]+")
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """``text`` safe to print on a terminal: control characters and bytes that were not UTF-8
+    (surrogate escapes) written as ``\\xNN``, and cut to ``limit`` characters."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif not char.isprintable() or 0xD800 <= code <= 0xDFFF:
+            out.append(ascii(char)[1:-1])
+        else:
+            out.append(char)
+    result = "".join(out)
+    return result if len(result) <= limit else result[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,9 @@ class Machine:
     build-remote names its slot lock files after it. ``ssh_key`` and ``public_host_key`` are the
     effective values: the machines-file column when set, else the URI's ``ssh-key`` /
     ``base64-ssh-public-host-key`` parameter, as Nix gives the column precedence.
+    ``host_key_base64`` is the effective base64 as written; ``public_host_key`` is the ssh key
+    line it decodes to, ``None`` when it decodes to none (then nothing connects: see
+    ``pins_junk``).
     """
 
     uri: str
@@ -58,6 +78,13 @@ class Machine:
     name: str
     tags: frozenset[str] = frozenset()
     enabled: bool = True
+    host_key_base64: str | None = None
+
+    @property
+    def pins_junk(self) -> bool:
+        """Column 8 is base64 Nix takes but not of an ssh key: Nix pins it, ssh refuses the host,
+        and offload never connects to it (it would not fall back to looser checking)."""
+        return self.host_key_base64 is not None and self.public_host_key is None
 
     def ssh_destination(self) -> str:
         host = self.host or self.uri

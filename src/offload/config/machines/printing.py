@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from offload.config.machines.host_key import decode_host_key, encode_host_key
-from offload.config.machines.model import Machine
+from offload.config.machines.model import Machine, shown
 from offload.errors import ConfigError
 
 __all__ = ["format_machine_line", "format_machines"]
@@ -21,7 +21,8 @@ def _check_token(value: str, what: str, machine: Machine) -> str:
     # What the parser could never give back: blanks split columns, '#' and ';' end an entry.
     if not value or value == "-" or any(c in value for c in "#;\n\r\t ") or value.startswith("@"):
         raise ConfigError(
-            f"{machine.source}: {machine.name}: {what} '{value}' cannot go in a machines file",
+            f"{machine.source}: {machine.name}: {what} '{shown(value)}' "
+            "cannot go in a machines file",
             hint="values cannot be empty, '-', start with '@', or hold blanks, '#' or ';'",
         )
     return value
@@ -31,7 +32,7 @@ def _list(values: Iterable[str], what: str, machine: Machine) -> str:
     items = [_check_token(v, what, machine) for v in values]
     for item in items:
         if "," in item:
-            raise ConfigError(f"{machine.source}: {what} '{item}' cannot contain ','")
+            raise ConfigError(f"{machine.source}: {what} '{shown(item)}' cannot contain ','")
     return ",".join(items) if items else "-"
 
 
@@ -79,6 +80,8 @@ def format_machine_line(machine: Machine, *, nix28: bool = True) -> tuple[str, l
         encoded = machine.params.get("base64-ssh-public-host-key")
         if encoded is None or _maybe_decode(encoded) != machine.public_host_key:
             host_key = encode_host_key(machine.public_host_key)
+    elif machine.host_key_base64 not in (None, machine.params.get("base64-ssh-public-host-key")):
+        host_key = _check_token(str(machine.host_key_base64), "host key", machine)
     columns = [
         uri,
         systems,

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import unquote
 
-from offload.config.machines.model import SSH_SCHEMES, UINT_RE
+from offload.config.machines.model import SSH_SCHEMES, shown
 
 __all__ = ["StoreUri", "default_name", "parse_store_uri"]
 
 _SPECIAL_STORES = ("auto", "daemon", "local")
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,12 @@ def parse_store_uri(raw: str) -> StoreUri:
     # OpenSSH splits user@host at the last '@'.
     user, at, hostport = authority.rpartition("@")
     if at and not user:
-        raise ValueError(f"empty user name in '{raw}'")
+        raise ValueError(f"empty user name in '{shown(raw)}'")
     host, port = _split_port(hostport, raw)
     if not host:
-        raise ValueError(f"no host name in '{raw}'")
+        raise ValueError(f"no host name in '{shown(raw)}'")
     if "/" in host:
-        raise ValueError(f"'{host}' is not a host name (it contains '/')")
+        raise ValueError(f"'{shown(host)}' is not a host name (it contains '/')")
     return StoreUri(uri, scheme, host, user or None, port, MappingProxyType(params))
 
 
@@ -82,12 +83,12 @@ def _split_port(hostport: str, raw: str) -> tuple[str, int | None]:
     if hostport.startswith("["):  # [v6addr]:port
         end = hostport.find("]")
         if end < 0:
-            raise ValueError(f"unclosed '[' in '{raw}'")
+            raise ValueError(f"unclosed '[' in '{shown(raw)}'")
         host, rest = hostport[1:end], hostport[end + 1 :]
         if not rest:
             return host, None
         if not rest.startswith(":"):
-            raise ValueError(f"unexpected text after ']' in '{raw}'")
+            raise ValueError(f"unexpected text after ']' in '{shown(raw)}'")
         return host, _port(rest[1:], raw)
     if hostport.count(":") == 1:
         host, _, port = hostport.partition(":")
@@ -96,8 +97,8 @@ def _split_port(hostport: str, raw: str) -> tuple[str, int | None]:
 
 
 def _port(text: str, raw: str) -> int:
-    if not UINT_RE.fullmatch(text) or not 0 < int(text) < 65536:
-        raise ValueError(f"'{text}' is not a port number (1-65535) in '{raw}'")
+    if not _PORT_RE.fullmatch(text) or not 0 < int(text) < 65536:
+        raise ValueError(f"'{shown(text)}' is not a port number (1-65535) in '{shown(raw)}'")
     return int(text)
 
 
@@ -106,5 +107,7 @@ def default_name(uri: str) -> str:
     try:
         parsed = parse_store_uri(uri)
     except ValueError:
-        return uri
-    return parsed.host if parsed.host is not None and parsed.scheme in SSH_SCHEMES else parsed.uri
+        return shown(uri, limit=len(uri) * 4)
+    name = parsed.host if parsed.host is not None and parsed.scheme in SSH_SCHEMES else parsed.uri
+    # A name is printed everywhere (tables, logs, the live view): never raw control bytes.
+    return shown(name, limit=len(name) * 4)

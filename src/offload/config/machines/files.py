@@ -1,0 +1,92 @@
+"""Reading a machines file named by ``@path``, bounded in size and in time.
+
+Nix reads an ``@`` file whatever it is, until its end. offload reads the same files (regular
+files, and pipes such as ``--builders @<(generate)`` or ``@/dev/stdin``) but never without
+bound: at most ``MAX_BYTES`` (a machines file of 4 MiB is some 30,000 builders, so more is a
+mistake such as ``@/dev/zero``), and from anything that is not a regular file only what arrives
+within ``timeout`` seconds (a FIFO nobody writes to would otherwise hang the command forever, as
+it hangs Nix). Bytes are decoded with ``surrogateescape``: what is not UTF-8 reaches ssh as the
+bytes Nix would pass, and every message shows it escaped (``model.shown``).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import stat
+import time
+
+from offload.config.machines.model import shown
+from offload.errors import ConfigError
+
+__all__ = ["MAX_BYTES", "read_text_file"]
+
+MAX_BYTES = 4 << 20
+_TIMEOUT = 10.0
+_CHUNK = 1 << 16
+
+
+def _too_big(path: str) -> ConfigError:
+    return ConfigError(
+        f"machines file {shown(path, 400)} is larger than {MAX_BYTES >> 20} MiB; not read",
+        hint="an @ include names a machines file (one builder a line), not a device or data",
+    )
+
+
+def _read_stream(fd: int, path: str, timeout: float) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(left, 0))
+        if not ready:
+            raise ConfigError(
+                f"machines file {shown(path, 400)} gave no end of file within {timeout:g} s; "
+                "not read",
+                hint="a FIFO or terminal needs a writer that finishes; write a regular file",
+            )
+        try:
+            chunk = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BYTES:
+            raise _too_big(path)
+        chunks.append(chunk)
+
+
+def read_text_file(path: str, timeout: float = _TIMEOUT) -> str | None:
+    """The text of machines file ``path``; ``None`` when it does not exist (Nix skips it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read machines file {shown(path, 400)}: {exc.strerror}",
+            hint="a missing include is skipped, but one that exists must be readable",
+        ) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(
+                f"cannot read machines file {shown(path, 400)}: Is a directory",
+                hint="an @ include names a file",
+            )
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            data = os.read(fd, MAX_BYTES + 1)
+            while len(data) <= MAX_BYTES and (more := os.read(fd, MAX_BYTES + 1 - len(data))):
+                data += more
+            if len(data) > MAX_BYTES:
+                raise _too_big(path)
+        else:
+            data = _read_stream(fd, path, timeout)
+    except OSError as exc:
+        raise ConfigError(f"cannot read machines file {shown(path, 400)}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    return data.decode(errors="surrogateescape")

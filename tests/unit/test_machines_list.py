@@ -1,0 +1,71 @@
+"""`offload machines`'s list view (cli/machines_list.py) and backoff kept with a reason."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+
+from offload.backoff import Health, clear_backoff, load_backoff, save_backoff
+from offload.cli.machines_list import format_table, pool_problems
+from offload.config.machines import parse_machines
+from offload.config.pool import Pool
+
+SYSTEM = "x86_64-linux"
+
+
+def pool(spec: str, **kwargs: object) -> Pool:
+    machines, _ = parse_machines(spec, source="f", system=SYSTEM)
+    return Pool(None, tuple(machines), **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_table_fits_100_columns_and_wide_shows_everything():
+    features = ",".join(f"feature-{i}" for i in range(12))
+    systems = "x86_64-linux,i686-linux,aarch64-linux,riscv64-linux"
+    p = pool(f"builder@nx-long-name-{'x' * 30}.invalid:2222 {systems} - 8 2 {features} kvm")
+    backoff = {f"nx-long-name-{'x' * 30}.invalid": Health(3, 2e9, "refused")}
+    narrow = format_table(p, backoff).splitlines()
+    assert max(map(len, narrow)) <= 100
+    assert narrow[1].split()[-1] == "(3x)"
+    assert ".." in narrow[1]
+    wide = format_table(p, backoff, wide=True)
+    assert ",".join(sorted(features.split(","))) + ",!kvm" in wide
+    assert "builder@nx-long-name-" + "x" * 30 + ".invalid:2222" in wide
+    assert "(3x): refused" in wide
+    assert "f:1" in wide
+
+
+def test_cells_say_mandatory_key_and_disabled():
+    junk = base64.b64encode(b"no key").decode()
+    p = pool(f"nx-a.invalid - - 1 1 kvm,big big {junk}")
+    off = Pool(None, (dataclasses.replace(p.machines[0], enabled=False),))
+    row = format_table(off, {}).splitlines()[1].split()
+    assert row[:2] == ["nx-a.invalid", "(off)"]
+    assert "kvm,!big" in row
+    assert "junk" in row
+
+
+def test_problems_are_in_file_order_errors_included():
+    p = dataclasses.replace(
+        pool("nx-a.invalid - - 0\nnx-b.invalid"),
+        errors=("f:2: column 4 (maxJobs): 'x' is not a whole number of jobs",),
+        warnings=("f:1: Nix before 2.29 reads this line as nothing",),
+    )
+    assert [(level, line.split(": ")[0]) for level, line in pool_problems(p)] == [
+        ("warning", "f:1"),
+        ("warning", "f:1"),
+        ("error", "f:2"),
+    ]
+
+
+def test_backoff_keeps_a_reason_and_clears_by_name(tmp_path):
+    path = tmp_path / "backoff.json"
+    save_backoff(path, {"a": Health(1, 200.0, "ssh: refused"), "b": Health(2, 300.0)}, 100.0)
+    assert load_backoff(path, 100.0) == {
+        "a": Health(1, 200.0, "ssh: refused"),
+        "b": Health(2, 300.0),
+    }
+    assert "reason" not in json.loads(path.read_text())["b"]
+    assert clear_backoff(path, ["a", "c"], 100.0) == ["a"]
+    assert load_backoff(path, 100.0) == {"b": Health(2, 300.0)}
+    assert clear_backoff(tmp_path / "none.json", ["a"], 100.0) == []
