@@ -99,17 +99,28 @@ class RunRecorder:
         """The run's record and its builds', the copies still untold among them."""
         builds = list(self.builds)
         for first, marks in self._marks.values():
+            # Stopped when another copy of it was built, else when the run ended.
+            won = [
+                b.finished
+                for b in self.builds
+                if b.drv_path == first.drv_path
+                and b.status == "built"
+                and b.finished >= marks[-1][1]
+            ]
+            end = min(won, default=finished)
             stopped = JobFinished(
                 drv_path=first.drv_path,
                 name=first.name,
                 machine=first.machine,
                 status="cancelled",
                 started=marks[0][1],
-                finished=finished,
+                finished=end,
                 bytes_sent=0,
                 bytes_received=0,
-                error="stopped: another copy finished first, or the run ended",
-                time=finished,
+                error="stopped: another copy was built first"
+                if won
+                else "stopped by the run's end",
+                time=end,
             )
             builds.append(_record(stopped, marks, speculative=first.speculative))
         self._marks.clear()

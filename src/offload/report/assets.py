@@ -32,6 +32,7 @@ td.name { font-family: ui-monospace, monospace; text-align: left; }
 .legend i { display: inline-block; width: 1.2em; height: .8em; margin-right: .3em;
   vertical-align: middle; border-radius: 2px; }
 .legend i.crit { background: none; border: 2px solid #d0104c; }
+.legend i.bound { background: none; width: 0; border-left: 2px dashed #d0104c; }
 svg text { font: 12px system-ui, sans-serif; fill: #333; }
 svg .lane-name { font-weight: 600; }
 svg .grid { stroke: #eee; }

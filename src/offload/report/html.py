@@ -100,6 +100,7 @@ def _asked(names: Sequence[str]) -> str:
 def _legend() -> str:
     items = [f'<span><i style="background:{COLOURS[p]}"></i>{p}</span>' for p in PHASES]
     items.append('<span><i class="crit"></i>critical path</span>')
+    items.append('<span><i class="bound"></i>the lower bound, from the first build</span>')
     return f'<div class="legend">{"".join(items)}</div>'
 
 
