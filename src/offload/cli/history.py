@@ -177,20 +177,8 @@ def _print_runs(runs: list[RunRecord], counts: dict[str, dict[str, int]]) -> Non
 
 
 def _print_machines(machines: list[MachineStats]) -> None:
-    rows = [
-        (
-            m.machine,
-            str(m.builds),
-            str(m.failures),
-            str(m.stopped),
-            format_duration(m.busy),
-            "-" if m.speed_factor is None else f"{m.speed_factor:g}",
-            "-" if m.measured_speed is None else f"{m.measured_speed:.2f}",
-        )
-        for m in machines
-    ]
-    header = ("machine", "built", "failed", "stopped", "busy", "speed", "measured")
-    _table("\nmachines (measured: speed from times against other machines'):", header, rows)
+    title = "\nmachines (measured: speed from times against other machines'):"
+    _table(title, MachineStats.COLUMNS, [m.cells() for m in machines])
 
 
 def _print_builds(builds: list[BuildRecord]) -> None:

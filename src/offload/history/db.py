@@ -21,12 +21,14 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from offload.errors import StoreError
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
 
 __all__ = ["History"]
+
+_T = TypeVar("_T")
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -166,9 +168,7 @@ class History:
         result: dict[str, dict[str, float]] = {}
         names = sorted(set(pnames))
         with closing(self._db.cursor()) as cur:
-            for start in range(0, len(names), 500):
-                chunk = names[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _chunks(names):
                 # Only "?" placeholders are formatted in; the names are bound parameters.
                 rows = cur.execute(
                     "SELECT pname, machine, finished - started FROM builds"  # noqa: S608
@@ -254,9 +254,7 @@ class History:
         found: dict[str, dict[str, int]] = {}
         ids = sorted(set(run_ids))
         with closing(self._db.cursor()) as cur:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _chunks(ids):
                 for run_id, status, count in cur.execute(
                     "SELECT run_id, status, COUNT(*) FROM builds"  # noqa: S608 (only "?"s)
                     f" WHERE run_id IN ({marks}) GROUP BY run_id, status",
@@ -264,6 +262,13 @@ class History:
                 ):
                     found.setdefault(run_id, {})[status] = count
         return found
+
+
+def _chunks(values: list[_T]) -> Iterator[tuple[list[_T], str]]:
+    """Pieces of ``values`` small enough for one query, each with its "?" placeholders."""
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def _like_escape(text: str) -> str:
@@ -299,9 +304,7 @@ def _insert_builds(db: sqlite3.Connection, records: Iterable[BuildRecord]) -> No
 
 def _phases_of(cur: sqlite3.Cursor, ids: list[int]) -> dict[int, tuple[PhaseRecord, ...]]:
     found: dict[int, list[PhaseRecord]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in _chunks(ids):
         for build_id, phase, started, finished in cur.execute(
             "SELECT build_id, phase, started, finished FROM phases"  # noqa: S608 (only "?"s)
             f" WHERE build_id IN ({marks}) ORDER BY started, rowid",

@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from offload.history.records import PHASES, BuildRecord, RunRecord
+from offload.ui.term import format_duration
 
 __all__ = [
     "MachineStats",
@@ -36,6 +38,28 @@ class MachineStats:
     busy: float  # seconds
     speed_factor: float | None  # as configured, from the latest run that had it
     measured_speed: float | None
+
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "machine",
+        "built",
+        "failed",
+        "stopped",
+        "busy",
+        "speed",
+        "measured",
+    )
+
+    def cells(self) -> tuple[str, ...]:
+        """The row under ``COLUMNS``, as people read it."""
+        return (
+            self.machine,
+            str(self.builds),
+            str(self.failures),
+            str(self.stopped),
+            format_duration(self.busy),
+            "-" if self.speed_factor is None else f"{self.speed_factor:g}",
+            "-" if self.measured_speed is None else f"{self.measured_speed:.2f}",
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {

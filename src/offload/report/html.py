@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from offload.history.records import PHASES, BuildRecord
+from offload.history.views import MachineStats
 from offload.report.assets import COLOURS, SCRIPT, STYLE, WATCH
 from offload.report.model import Bar, Lane, ReportModel
 from offload.ui.term import format_bytes, format_duration
@@ -236,20 +237,8 @@ def _table(heading: str, ident: str, header: Sequence[str], rows: Iterable[Seque
 
 
 def _machines(model: ReportModel) -> str:
-    rows = [
-        (
-            m.machine,
-            str(m.builds),
-            str(m.failures),
-            str(m.stopped),
-            format_duration(m.busy),
-            "-" if m.speed_factor is None else f"{m.speed_factor:g}",
-        )
-        for m in model.machines
-    ]
-    return _table(
-        "Machines", "machines", ("machine", "built", "failed", "stopped", "busy", "speed"), rows
-    )
+    rows = [m.cells() for m in model.machines]
+    return _table("Machines", "machines", MachineStats.COLUMNS, rows)
 
 
 def _critical(model: ReportModel) -> str:
