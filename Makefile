@@ -11,13 +11,15 @@ STAMP := $(VENV)/.installed
 
 setup: system-deps $(STAMP)
 
-# Debian's Nix 2.8 and OpenSSH server are the real parts offload drives; install them when missing.
+# Debian's Nix 2.8 and OpenSSH server are the real parts offload drives, and Chromium opens run
+# reports in the tests (headless); install them when missing.
 system-deps:
 	@missing=""; \
 	command -v nix-store >/dev/null || missing="$$missing nix-bin"; \
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
 	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

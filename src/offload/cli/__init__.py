@@ -55,9 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         demo,
         doctor,
         fleet,
+        history,
         hook,
         log,
         machines,
+        report,
         setup,
         simulate,
         status,
@@ -71,7 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (build, use, hook, setup, machines, doctor, status, simulate, log, fleet, demo):
+    for module in (
+        build,
+        use,
+        hook,
+        setup,
+        machines,
+        doctor,
+        status,
+        simulate,
+        log,
+        history,
+        report,
+        fleet,
+        demo,
+    ):
         module.register(sub)
     return parser
 

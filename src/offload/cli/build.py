@@ -17,12 +17,14 @@ from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
-from offload.history.estimates import estimator, records_from
+from offload.history.estimates import estimator
+from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs
 from offload.names import LOCAL
 from offload.nix import Installables, add_roots, instantiate, sources
 from offload.paths import ensure_state_dir
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
+from offload.report import check_target, write_report
 from offload.scheduler.run import RunReport
 from offload.slots import SlotLocks
 from offload.ui import make_renderer
@@ -66,6 +68,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--dry-run",
         action="store_true",
         help="print the plan (what is built where, estimated time) and build nothing",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write the run's HTML report (timeline per machine) to FILE at the end",
     )
     add_pool_arguments(parser)
     parser.set_defaults(func=run)
@@ -208,6 +216,7 @@ def execute(
     ``close`` is called when the run is over, before anything is printed after it.
     """
     logs = BuildLogs(state / "logs")
+    remember = RunRecorder(time.time())
     with History(state / "history.sqlite") as history:
         recorder = logs.recorder()
         try:
@@ -215,7 +224,7 @@ def execute(
                 run_build(
                     roots,
                     pool,
-                    emit=lambda event: _tee(event, recorder.handle, emit),
+                    emit=lambda event: _tee(event, recorder.handle, remember.handle, emit),
                     log_sink=recorder.write,
                     keep_going=keep_going,
                     estimate=estimator(history, _speeds(pool)),
@@ -230,9 +239,28 @@ def execute(
         finally:
             recorder.close()
             close()
-        history.record(records_from(report))
+        _record(history, remember, report, graph, pool)
     save_backoff(state / "backoff.json", report.health, time.time())
     return report, graph
+
+
+def _record(
+    history: History, remember: RunRecorder, report: RunReport, graph: DrvGraph, pool: Pool
+) -> None:
+    """The run, its builds and their phases into history (what ``offload history`` shows)."""
+    slots = {m.name: m.max_jobs for m in pool.machines}
+    if pool.local is not None:
+        slots[LOCAL] = pool.local.max_jobs
+    history.record_run(
+        *remember.run(
+            report,
+            asked=[graph.drvs[drv].name for drv, _ in graph.roots if drv in graph.drvs],
+            speeds=_speeds(pool),
+            slots=slots,
+            deps={drv: tuple(d.input_drvs) for drv, d in graph.drvs.items()},
+            finished=time.time(),
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -246,6 +274,8 @@ def run(args: argparse.Namespace) -> int:
     sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
     state = ensure_state_dir()
+    if args.report is not None:
+        check_target(args.report)  # before the run, not after it
     if args.dry_run:
         return _dry_run(instantiate(what), pool, state, as_json=args.json)
     renderer = make_renderer("json" if args.json else "auto", print_logs=args.print_build_logs)
@@ -271,6 +301,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.json:
         render_summary([*report.finished, *machine_events], sys.stderr)
+    if args.report is not None:
+        with History(state / "history.sqlite") as history:
+            write_report(history, report.run_id, args.report)
     if report.failed:
         _print_log_tails(BuildLogs(state / "logs"), report.failed)
         raise build_failed(report)

@@ -1,23 +1,34 @@
 """The history database: SQLite in the state directory, the only module that imports sqlite3.
 
-Schema changes are migrations keyed by ``PRAGMA user_version``. Several offload processes may
-write at once (a build and hooks), so the database runs in WAL mode with a busy timeout.
-Estimates are learned per derivation name without version and per machine; a machine with no
-record for a name borrows the others' records scaled by relative speed at the caller.
+Schema changes are migrations keyed by ``PRAGMA user_version``; each only adds (tables,
+columns with defaults), so a database of any earlier version keeps every record and reads
+the same after it. Several offload processes may write at once (a build and hooks), so the
+database runs in WAL mode with a busy timeout. Estimates are learned per derivation name
+without version and per machine; a machine with no record for a name borrows the others'
+records scaled by relative speed at the caller.
+
+Runs (``offload build``) have a row in ``runs`` with their builds' dependencies in ``deps``;
+each build's phases are rows of ``phases``. Builds of Nix's hook belong to no run (their
+``run_id`` starts with ``hook-``); builds recorded before runs were (schema 1) belong to runs
+that ``runs`` makes up from them, without machines or bound.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self, TypeVar
 
 from offload.errors import StoreError
-from offload.history.records import BuildRecord
+from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
 
 __all__ = ["History"]
+
+_T = TypeVar("_T")
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -36,6 +47,41 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX builds_pname_machine ON builds (pname, machine, finished);
     CREATE INDEX builds_drv ON builds (drv_path, finished);
     """,
+    """
+    ALTER TABLE builds ADD COLUMN name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE builds ADD COLUMN error TEXT;
+    ALTER TABLE builds ADD COLUMN speculative INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX builds_run ON builds (run_id);
+    CREATE INDEX builds_machine ON builds (machine, finished);
+    CREATE TABLE phases (
+        build_id INTEGER NOT NULL REFERENCES builds (id),
+        phase TEXT NOT NULL,
+        started REAL NOT NULL,
+        finished REAL NOT NULL
+    );
+    CREATE INDEX phases_build ON phases (build_id);
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        started REAL NOT NULL,
+        finished REAL NOT NULL,
+        asked TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        machines TEXT NOT NULL,
+        estimate REAL,
+        lower_bound REAL
+    );
+    CREATE INDEX runs_started ON runs (started);
+    CREATE TABLE deps (
+        run_id TEXT NOT NULL,
+        drv_path TEXT NOT NULL,
+        dep TEXT NOT NULL
+    );
+    CREATE INDEX deps_run ON deps (run_id);
+    """,
+)
+_BUILD_COLUMNS = (
+    "id, run_id, drv_path, pname, machine, started, finished, status, bytes_sent,"
+    " bytes_received, name, error, speculative"
 )
 
 
@@ -90,35 +136,39 @@ class History:
                 db.execute(f"PRAGMA user_version = {number}")
 
     def record(self, records: Iterable[BuildRecord]) -> None:
-        rows = [
-            (
-                r.run_id,
-                r.drv_path,
-                r.pname,
-                r.machine,
-                r.started,
-                r.finished,
-                r.status,
-                r.bytes_sent,
-                r.bytes_received,
-            )
-            for r in records
-        ]
         with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO builds (run_id, drv_path, pname, machine, started, finished,"
-                " status, bytes_sent, bytes_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+            _insert_builds(db, records)
+
+    def record_run(self, run: RunRecord, builds: Iterable[BuildRecord]) -> None:
+        """A run and its builds (their ``run_id`` is the run's), all or nothing."""
+        machines = [{"name": m.name, "speed": m.speed, "slots": m.slots} for m in run.machines]
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO runs (run_id, started, finished, asked, outcome,"
+                " machines, estimate, lower_bound) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.run_id,
+                    run.started,
+                    run.finished,
+                    json.dumps(list(run.asked)),
+                    run.outcome,
+                    json.dumps(machines),
+                    run.estimate,
+                    run.lower_bound,
+                ),
             )
+            db.executemany(
+                "INSERT INTO deps (run_id, drv_path, dep) VALUES (?, ?, ?)",
+                [(run.run_id, drv, dep) for drv, deps in run.deps.items() for dep in deps],
+            )
+            _insert_builds(db, (dataclasses.replace(b, run_id=run.run_id) for b in builds))
 
     def durations(self, pnames: Iterable[str], *, per_name: int = 5) -> dict[str, dict[str, float]]:
         """Median of the last ``per_name`` successful build times, by name then machine."""
         result: dict[str, dict[str, float]] = {}
         names = sorted(set(pnames))
         with closing(self._db.cursor()) as cur:
-            for start in range(0, len(names), 500):
-                chunk = names[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _chunks(names):
                 # Only "?" placeholders are formatted in; the names are bound parameters.
                 rows = cur.execute(
                     "SELECT pname, machine, finished - started FROM builds"  # noqa: S608
@@ -136,15 +186,172 @@ class History:
                     result.setdefault(pname, {})[machine] = values[len(values) // 2]
         return result
 
-    def builds(self, *, drv_path: str | None = None, limit: int = 100) -> list[BuildRecord]:
-        query = (
-            "SELECT run_id, drv_path, pname, machine, started, finished, status, bytes_sent,"
-            " bytes_received FROM builds"
+    def builds(
+        self,
+        *,
+        drv_path: str | None = None,
+        run_id: str | None = None,
+        machine: str | None = None,
+        name: str | None = None,
+        limit: int | None = 100,
+    ) -> list[BuildRecord]:
+        """Builds, newest first, with their phases; ``name`` matches part of the .drv path."""
+        where: list[str] = []
+        params: list[object] = []
+        for clause, value in (
+            ("drv_path = ?", drv_path),
+            ("run_id = ?", run_id),
+            ("machine = ?", machine),
+            ("instr(drv_path, ?) > 0", name),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        query = f"SELECT {_BUILD_COLUMNS} FROM builds"  # noqa: S608 (constant columns)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY finished DESC, id DESC LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        with closing(self._db.cursor()) as cur:
+            rows = cur.execute(query, params).fetchall()
+            phases = _phases_of(cur, [row[0] for row in rows])
+        return [_build(row, phases.get(row[0], ())) for row in rows]
+
+    def runs(self, *, run_id: str | None = None, limit: int | None = 20) -> list[RunRecord]:
+        """Runs, newest first (``run_id`` matches a prefix), made-up ones included; their
+        ``deps`` are read only for one run asked by ``run_id``."""
+        prefix = _like_escape(run_id or "") + "%"
+        with closing(self._db.cursor()) as cur:
+            rows = cur.execute(
+                "SELECT run_id, started, finished, asked, outcome, machines, estimate,"
+                " lower_bound FROM runs WHERE run_id LIKE ? ESCAPE '\\'",
+                (prefix,),
+            ).fetchall()
+            runs = [_run(row) for row in rows]
+            runs += [
+                _legacy_run(row)
+                for row in cur.execute(
+                    "SELECT run_id, MIN(started), MAX(finished), SUM(status = 'failed')"
+                    " FROM builds WHERE run_id LIKE ? ESCAPE '\\' AND run_id NOT LIKE 'hook-%'"
+                    " AND run_id NOT IN (SELECT run_id FROM runs) GROUP BY run_id",
+                    (prefix,),
+                ).fetchall()
+            ]
+            runs.sort(key=lambda r: r.started, reverse=True)
+            runs = runs if limit is None else runs[:limit]
+            if run_id is not None and len(runs) == 1:
+                (run,) = runs
+                deps: dict[str, list[str]] = {}
+                for drv, dep in cur.execute(
+                    "SELECT drv_path, dep FROM deps WHERE run_id = ?", (run.run_id,)
+                ):
+                    deps.setdefault(drv, []).append(dep)
+                runs = [dataclasses.replace(run, deps={d: tuple(v) for d, v in deps.items()})]
+        return runs
+
+    def counts(self, run_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """run -> build status -> how many builds of the run ended so."""
+        found: dict[str, dict[str, int]] = {}
+        ids = sorted(set(run_ids))
+        with closing(self._db.cursor()) as cur:
+            for chunk, marks in _chunks(ids):
+                for run_id, status, count in cur.execute(
+                    "SELECT run_id, status, COUNT(*) FROM builds"  # noqa: S608 (only "?"s)
+                    f" WHERE run_id IN ({marks}) GROUP BY run_id, status",
+                    chunk,
+                ):
+                    found.setdefault(run_id, {})[status] = count
+        return found
+
+
+def _chunks(values: list[_T]) -> Iterator[tuple[list[_T], str]]:
+    """Pieces of ``values`` small enough for one query, each with its "?" placeholders."""
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        yield chunk, ",".join("?" * len(chunk))
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _insert_builds(db: sqlite3.Connection, records: Iterable[BuildRecord]) -> None:
+    for r in records:
+        cur = db.execute(
+            "INSERT INTO builds (run_id, drv_path, pname, machine, started, finished, status,"
+            " bytes_sent, bytes_received, name, error, speculative)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.run_id,
+                r.drv_path,
+                r.pname,
+                r.machine,
+                r.started,
+                r.finished,
+                r.status,
+                r.bytes_sent,
+                r.bytes_received,
+                r.name,
+                r.error,
+                int(r.speculative),
+            ),
         )
-        params: tuple[object, ...] = ()
-        if drv_path is not None:
-            query += " WHERE drv_path = ?"
-            params = (drv_path,)
-        query += " ORDER BY finished DESC LIMIT ?"
-        rows = self._db.execute(query, (*params, limit)).fetchall()
-        return [BuildRecord(*row) for row in rows]
+        db.executemany(
+            "INSERT INTO phases (build_id, phase, started, finished) VALUES (?, ?, ?, ?)",
+            [(cur.lastrowid, p.phase, p.started, p.finished) for p in r.phases],
+        )
+
+
+def _phases_of(cur: sqlite3.Cursor, ids: list[int]) -> dict[int, tuple[PhaseRecord, ...]]:
+    found: dict[int, list[PhaseRecord]] = {}
+    for chunk, marks in _chunks(ids):
+        for build_id, phase, started, finished in cur.execute(
+            "SELECT build_id, phase, started, finished FROM phases"  # noqa: S608 (only "?"s)
+            f" WHERE build_id IN ({marks}) ORDER BY started, rowid",
+            chunk,
+        ):
+            found.setdefault(build_id, []).append(PhaseRecord(phase, started, finished))
+    return {build_id: tuple(phases) for build_id, phases in found.items()}
+
+
+def _build(row: tuple[Any, ...], phases: tuple[PhaseRecord, ...]) -> BuildRecord:
+    _, run_id, drv_path, pname, machine, started, finished, status, sent, received = row[:10]
+    name, error, speculative = row[10:]
+    return BuildRecord(
+        run_id,
+        drv_path,
+        pname,
+        machine,
+        started,
+        finished,
+        status,
+        sent,
+        received,
+        name=name,
+        error=error,
+        speculative=bool(speculative),
+        phases=phases,
+    )
+
+
+def _run(row: tuple[Any, ...]) -> RunRecord:
+    run_id, started, finished, asked, outcome, machines, estimate, bound = row
+    return RunRecord(
+        run_id=run_id,
+        started=started,
+        finished=finished,
+        asked=tuple(json.loads(asked)),
+        outcome=outcome,
+        machines=tuple(
+            MachineRecord(m["name"], float(m["speed"]), int(m["slots"]))
+            for m in json.loads(machines)
+        ),
+        estimate=estimate,
+        lower_bound=bound,
+    )
+
+
+def _legacy_run(row: tuple[Any, ...]) -> RunRecord:
+    run_id, started, finished, failures = row
+    outcome = "failed" if failures else "ok"
+    return RunRecord(run_id, started, finished, (), outcome, (), None, None)

@@ -1,18 +1,73 @@
-"""What offload remembers about builds, as plain values (no I/O).
+"""What offload remembers about runs and builds, as plain values (no I/O).
 
-A run's ``RunReport`` lives here too, below the scheduler that fills it in: history makes its
-records from it (``offload.history.estimates.records_from``).
+A build is one copy of a derivation on one machine; its ``phases`` say where its time went
+(``waiting`` for a slot and a session, ``sending`` inputs, ``building``, ``fetching`` outputs
+home), as wall-clock intervals. ``started``/``finished`` are the build itself when known
+(estimates are learned from them), else the whole copy. A run is one ``offload build``: what
+was asked, its machines as the scheduler saw them, its wall time and the lower bound its own
+measured builds allow. A run's ``RunReport`` lives here too, below the scheduler that fills it
+in: history's records are made from the run's events (``offload.history.recorder``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypedDict
 
 from offload.backoff import Health
 from offload.ui.events import JobFinished
 
-__all__ = ["BuildRecord", "BuildRecordDict", "RunReport"]
+__all__ = [
+    "PHASES",
+    "BuildRecord",
+    "BuildRecordDict",
+    "MachineRecord",
+    "PhaseRecord",
+    "RunRecord",
+    "RunReport",
+]
+
+# The phases a build's time is told in, in the order a copy goes through them.
+PHASES = ("waiting", "sending", "building", "fetching")
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    phase: str  # one of PHASES
+    started: float  # unix time
+    finished: float
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished - self.started)
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """A machine of a run as the scheduler saw it."""
+
+    name: str
+    speed: float
+    slots: int
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    started: float  # unix time
+    finished: float
+    asked: tuple[str, ...]  # the requested derivations' names
+    outcome: str  # "ok", "failed", "interrupted", "incomplete"
+    machines: tuple[MachineRecord, ...]
+    estimate: float | None  # the makespan the scheduler expected
+    lower_bound: float | None  # from the run's own measured builds; None if nothing was built
+    # drv -> the run's other derivations it depends on (for the critical path)
+    deps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def wall(self) -> float:
+        return max(0.0, self.finished - self.started)
 
 
 class BuildRecordDict(TypedDict):
@@ -25,6 +80,10 @@ class BuildRecordDict(TypedDict):
     status: str
     bytes_sent: int
     bytes_received: int
+    name: str
+    error: str | None
+    speculative: bool
+    phases: list[dict[str, float | str]]
 
 
 @dataclass(frozen=True)
@@ -35,9 +94,25 @@ class BuildRecord:
     machine: str
     started: float  # unix time
     finished: float
-    status: str  # "built", "failed", "cancelled", "lost" (machine failed)
+    # "built", "failed", "cancelled", "lost" (machine failed), "skipped", "fetched",
+    # "substituted"; only "built" records teach estimates
+    status: str
     bytes_sent: int = 0
     bytes_received: int = 0
+    name: str = ""  # with version, as the derivation names itself; "" in old records
+    error: str | None = None
+    speculative: bool = False
+    phases: tuple[PhaseRecord, ...] = ()
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """The whole copy: its first phase's start to its last's end (the build without)."""
+        if not self.phases:
+            return self.started, self.finished
+        return self.phases[0].started, max(p.finished for p in self.phases)
+
+    def phase_seconds(self, phase: str) -> float:
+        return sum(p.duration for p in self.phases if p.phase == phase)
 
     @property
     def duration(self) -> float:
@@ -54,6 +129,13 @@ class BuildRecord:
             status=self.status,
             bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received,
+            name=self.name,
+            error=self.error,
+            speculative=self.speculative,
+            phases=[
+                {"phase": p.phase, "started": p.started, "finished": p.finished}
+                for p in self.phases
+            ],
         )
 
 

@@ -1,0 +1,217 @@
+"""`offload history`: past runs, their builds and phases, machines, and the estimates in use.
+
+Without filters: the latest runs (when, what was asked, wall time against the run's lower
+bound, builds, outcome) and every machine's totals. ``--run``, ``--machine`` and ``--drv``
+narrow both and also list the builds (derivation, machine, seconds waiting, sending,
+building, fetching, bytes, outcome) and the duration estimates the scheduler would use for
+their names now. ``--json`` prints all four parts as one object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from offload.errors import OffloadError
+from offload.history.db import History
+from offload.history.estimates import estimator
+from offload.history.records import PHASES, BuildRecord, RunRecord
+from offload.history.views import (
+    MachineStats,
+    build_dict,
+    machine_stats,
+    run_dict,
+    speed_factors,
+)
+from offload.paths import ensure_state_dir
+from offload.ui.term import format_bytes, format_duration, sanitize
+
+__all__ = ["positive_count", "register"]
+
+# Enough machines' builds to measure them; --last limits what is listed, not what is summed.
+_SUMMED = 20_000
+
+
+def positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+    if not 0 < value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 1000000")
+    return value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "history",
+        help="show past runs, builds and their phases, machines and estimates",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--run", metavar="ID", help="one run (a prefix of its id)")
+    parser.add_argument("--machine", metavar="NAME", help="builds on this machine")
+    parser.add_argument("--drv", metavar="NAME", help="builds whose .drv path contains NAME")
+    parser.add_argument(
+        "--last", type=positive_count, default=20, metavar="N", help="list N runs, N builds"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with History(ensure_state_dir() / "history.sqlite") as history:
+        runs = history.runs(run_id=args.run, limit=None if args.run else args.last)
+        if args.run is not None:
+            runs = [_one_run(runs, args.run)]
+        filtered = args.run is not None or args.machine is not None or args.drv is not None
+        run_id = runs[0].run_id if args.run is not None else None
+        summed = history.builds(run_id=run_id, machine=args.machine, name=args.drv, limit=_SUMMED)
+        if args.machine is not None or args.drv is not None:
+            shown = {b.run_id for b in summed}
+            runs = [r for r in runs if r.run_id in shown]
+        speeds = speed_factors(history.runs(limit=None))
+        builds = summed[: None if args.run else args.last] if filtered else []
+        pnames = sorted({b.pname for b in builds})
+        estimates = dict(estimator(history, speeds)(pnames))
+        counts = history.counts(r.run_id for r in runs)
+    machines = machine_stats(summed, speeds)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "runs": [run_dict(r, counts.get(r.run_id, {})) for r in runs],
+                    "machines": [m.as_dict() for m in machines],
+                    "builds": [build_dict(b) for b in builds],
+                    "estimates": _estimates_json(estimates, speeds),
+                },
+                indent=1,
+            )
+        )
+        return 0
+    _print_runs(runs, counts)
+    _print_machines(machines)
+    if filtered:
+        _print_builds(builds)
+        _print_estimates(estimates, speeds)
+    return 0
+
+
+def _one_run(runs: list[RunRecord], prefix: str) -> RunRecord:
+    if len(runs) == 1:
+        return runs[0]
+    shown = sanitize(prefix)[:40]
+    if not runs:
+        raise OffloadError(
+            f"no run '{shown}' in the history", hint="`offload history` lists the runs and ids"
+        )
+    raise OffloadError(
+        f"'{shown}' is the start of {len(runs)} runs' ids",
+        hint="give more of the id: " + ", ".join(r.run_id for r in runs[:5]),
+    )
+
+
+def _estimates_json(
+    estimates: dict[str, float], speeds: dict[str, float]
+) -> dict[str, dict[str, object]]:
+    return {
+        pname: {
+            "work": round(work, 3),
+            "machines": {m: round(work / s, 3) for m, s in sorted(speeds.items()) if s > 0},
+        }
+        for pname, work in sorted(estimates.items())
+    }
+
+
+def _table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1
+) -> None:
+    """Aligned columns: the first ``left`` text, to the left; the rest numbers, right."""
+    out = sys.stdout
+    out.write(f"{title}\n")
+    if not rows:
+        out.write("  (none)\n")
+        return
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [
+            c.ljust(w) if n < left else c.rjust(w)
+            for n, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.write("  " + "  ".join(cells).rstrip() + "\n")
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else format_duration(value)
+
+
+def _print_runs(runs: list[RunRecord], counts: dict[str, dict[str, int]]) -> None:
+    rows = []
+    for r in runs:
+        ratio = f"{r.wall / r.lower_bound:.2f}" if r.lower_bound else "-"
+        asked = sanitize(" ".join(r.asked)) or "-"
+        done = counts.get(r.run_id, {})
+        rows.append(
+            (
+                _when(r.started),
+                r.run_id,
+                asked if len(asked) <= 40 else asked[:37] + "...",
+                format_duration(r.wall),
+                _seconds(r.lower_bound),
+                ratio,
+                str(done.get("built", 0)),
+                str(done.get("failed", 0)),
+                r.outcome,
+            )
+        )
+    header = ("when", "run", "asked", "wall", "bound", "ratio", "built", "failed", "outcome")
+    title = "runs (newest first; bound: the least time the run's own builds allow):"
+    _table(title, header, rows, left=3)
+
+
+def _print_machines(machines: list[MachineStats]) -> None:
+    title = "\nmachines (measured: speed from times against other machines'):"
+    _table(title, MachineStats.COLUMNS, [m.cells() for m in machines])
+
+
+def _print_builds(builds: list[BuildRecord]) -> None:
+    rows = [
+        (
+            sanitize(b.name or b.pname),
+            b.machine or "-",
+            b.status + (" (speculative)" if b.speculative else ""),
+            *(_phase(b, p) for p in PHASES),
+            format_bytes(b.bytes_sent),
+            format_bytes(b.bytes_received),
+            b.run_id,
+        )
+        for b in builds
+    ]
+    header = ("derivation", "machine", "outcome", *PHASES, "sent", "received", "run")
+    _table("\nbuilds (newest first):", header, rows, left=3)
+
+
+def _phase(build: BuildRecord, phase: str) -> str:
+    if not any(p.phase == phase for p in build.phases):
+        return "-"
+    return format_duration(build.phase_seconds(phase))
+
+
+def _print_estimates(estimates: dict[str, float], speeds: dict[str, float]) -> None:
+    names = sorted(m for m, s in speeds.items() if s > 0)
+    rows = [
+        (sanitize(p), format_duration(w), *(format_duration(w / speeds[m]) for m in names))
+        for p, w in sorted(estimates.items())
+    ]
+    _table(
+        "\nestimates the scheduler uses (work: seconds at speed 1; then on each machine):",
+        ("name", "work", *names),
+        rows,
+    )

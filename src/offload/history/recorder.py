@@ -1,0 +1,240 @@
+"""History records made from one run's events, as a renderer sees them.
+
+The executor tells each copy's phases as ``JobPhase`` marks (queued, connecting, sending,
+building, fetching) and its end as a ``JobFinished``; a phase lasts from its mark to the next
+one, the last to the copy's end. Queued and connecting are told as one phase, ``waiting`` (for
+a slot, then a session). Outputs fetched from a builder that already held them, or substituted
+from the local binary caches, are one ``fetching`` phase. A copy stopped without an outcome (a
+speculative copy that lost) is kept as ``cancelled``, ending when the run ended.
+
+The run's lower bound is computed from its own measured builds: max(critical path / fastest
+speed, total work / capacity), each build's work being its seconds times its machine's speed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from offload.history.records import (
+    BuildRecord,
+    MachineRecord,
+    PhaseRecord,
+    RunRecord,
+    RunReport,
+)
+from offload.store.path import split_name_version
+from offload.ui.events import (
+    Event,
+    JobFinished,
+    JobPhase,
+    MachineEvent,
+    RunFinished,
+    RunStarted,
+)
+
+__all__ = ["RunRecorder", "longest_paths", "lower_bound", "outcome_of"]
+
+_PHASE = {
+    "queued": "waiting",
+    "connecting": "waiting",
+    "sending": "sending",
+    "building": "building",
+    "fetching": "fetching",
+}
+_FIRST = {"queued", "connecting"}  # the marks a new copy starts with
+
+Mark = tuple[str, float]
+
+
+class RunRecorder:
+    """Collects a run's events (``handle``, as a renderer) into history records."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.run_started: RunStarted | None = None
+        self.run_finished: RunFinished | None = None
+        self.builds: list[BuildRecord] = []
+        self.slots: dict[str, int] = {}  # machines given fewer slots for load
+        self._marks: dict[tuple[str, str], tuple[JobPhase, list[Mark]]] = {}
+        self._last = started
+
+    def handle(self, event: Event) -> None:
+        self._last = max(self._last, event.time)
+        if isinstance(event, RunStarted):
+            self.run_started = event
+        elif isinstance(event, RunFinished):
+            self.run_finished = event
+        elif isinstance(event, MachineEvent) and event.state == "loaded":
+            if event.slots is not None:
+                self.slots[event.machine] = event.slots
+        elif isinstance(event, JobPhase):
+            self._mark(event)
+        elif isinstance(event, JobFinished):
+            first, marks = self._marks.pop((event.drv_path, event.machine), (None, []))
+            speculative = first is not None and first.speculative
+            self.builds.append(_record(event, marks, speculative=speculative))
+
+    def close(self) -> None:
+        """Nothing to release: the records are taken with ``run``."""
+
+    def _mark(self, event: JobPhase) -> None:
+        key = (event.drv_path, event.machine)
+        first, marks = self._marks.get(key, (event, []))
+        if event.phase in _FIRST and any(m[0] not in _FIRST for m in marks):
+            first, marks = event, []  # a copy that ended untold; this is a new one
+        marks.append((event.phase, event.time))
+        self._marks[key] = (first, marks)
+
+    def run(
+        self,
+        report: RunReport,
+        *,
+        asked: Iterable[str],
+        speeds: Mapping[str, float],
+        slots: Mapping[str, int],
+        deps: Mapping[str, Iterable[str]],
+        finished: float,
+    ) -> tuple[RunRecord, list[BuildRecord]]:
+        """The run's record and its builds', the copies still untold among them."""
+        builds = list(self.builds)
+        for first, marks in self._marks.values():
+            # Stopped when another copy of it was built, else when the run ended.
+            won = [
+                b.finished
+                for b in self.builds
+                if b.drv_path == first.drv_path
+                and b.status == "built"
+                and b.finished >= marks[-1][1]
+            ]
+            end = min(won, default=finished)
+            stopped = JobFinished(
+                drv_path=first.drv_path,
+                name=first.name,
+                machine=first.machine,
+                status="cancelled",
+                started=marks[0][1],
+                finished=end,
+                bytes_sent=0,
+                bytes_received=0,
+                error="stopped: another copy was built first"
+                if won
+                else "stopped by the run's end",
+                time=end,
+            )
+            builds.append(_record(stopped, marks, speculative=first.speculative))
+        self._marks.clear()
+        names = self.run_started.machines if self.run_started else tuple(speeds)
+        machines = tuple(
+            MachineRecord(m, speeds.get(m, 1.0), self.slots.get(m, slots.get(m, 1))) for m in names
+        )
+        ran = {b.drv_path for b in builds}
+        kept = {d: tuple(x for x in deps.get(d, ()) if x in ran) for d in sorted(ran)}
+        kept = {d: ds for d, ds in kept.items() if ds}
+        run = RunRecord(
+            run_id=report.run_id,
+            started=self.started,
+            finished=finished,
+            asked=tuple(asked),
+            outcome=outcome_of(report),
+            machines=machines,
+            estimate=self.run_started.estimate if self.run_started else None,
+            lower_bound=lower_bound(builds, machines, kept),
+            deps=kept,
+        )
+        return run, builds
+
+
+def outcome_of(report: RunReport) -> str:
+    if report.interrupted:
+        return "interrupted"
+    if report.failed:
+        return "failed"
+    return "incomplete" if report.skipped else "ok"
+
+
+def _record(event: JobFinished, marks: list[Mark], *, speculative: bool) -> BuildRecord:
+    phases = _phases(event, marks)
+    building = [p for p in phases if p.phase == "building"]
+    started, finished = event.started, event.finished
+    if building:
+        finished = building[-1].finished
+        started = building[-1].started
+        if event.build_seconds is not None:
+            # The builder's own measure; the phase marks also hold the event loop's delays.
+            started = finished - event.build_seconds
+    return BuildRecord(
+        run_id="",
+        drv_path=event.drv_path,
+        pname=split_name_version(event.name)[0],
+        machine=event.machine,
+        started=started,
+        finished=finished,
+        status=event.status,
+        bytes_sent=event.bytes_sent,
+        bytes_received=event.bytes_received,
+        name=event.name,
+        error=event.error,
+        speculative=speculative,
+        phases=phases,
+    )
+
+
+def _phases(event: JobFinished, marks: list[Mark]) -> tuple[PhaseRecord, ...]:
+    if not marks:
+        if event.status in {"fetched", "substituted"}:
+            return (PhaseRecord("fetching", event.started, event.finished),)
+        return ()
+    # The copy starts a moment before its first mark: that moment is waiting too.
+    points = [("queued", min(event.started, marks[0][1])), *marks[1:]]
+    if marks[0][0] not in _FIRST:
+        points = [("queued", points[0][1]), *marks]
+    phases: list[PhaseRecord] = []
+    for (raw, at), (_, until) in zip(points, [*points[1:], ("", event.finished)], strict=True):
+        phase = _PHASE[raw]
+        if phases and phases[-1].phase == phase:
+            phases[-1] = PhaseRecord(phase, phases[-1].started, until)
+        else:
+            phases.append(PhaseRecord(phase, at, max(at, until)))
+    return tuple(phases)
+
+
+def lower_bound(
+    builds: Iterable[BuildRecord],
+    machines: Iterable[MachineRecord],
+    deps: Mapping[str, Iterable[str]],
+) -> float | None:
+    """max(critical path / fastest, total work / capacity) over the run's successful builds;
+    None when nothing was built or no machine had a slot."""
+    usable = [m for m in machines if m.slots > 0 and m.speed > 0]
+    speeds = {m.name: m.speed for m in usable}
+    work: dict[str, float] = {}
+    for b in builds:
+        if b.status == "built" and b.drv_path not in work:
+            work[b.drv_path] = max(0.0, b.duration) * speeds.get(b.machine, 1.0)
+    if not work or not usable:
+        return None
+    longest = longest_paths(work, deps)
+    capacity = math.fsum(m.speed * m.slots for m in usable)
+    return max(max(longest.values()) / max(speeds.values()), math.fsum(work.values()) / capacity)
+
+
+def longest_paths(cost: Mapping[str, float], deps: Mapping[str, Iterable[str]]) -> dict[str, float]:
+    """For each node of ``cost``, the costliest chain of dependencies ending with it (itself
+    included); dependencies outside ``cost`` count nothing."""
+    done: dict[str, float] = {}
+    for root in cost:
+        stack = [root]
+        while stack:
+            node = stack[-1]
+            if node in done:
+                stack.pop()
+                continue
+            pending = [d for d in deps.get(node, ()) if d in cost and d not in done]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            below = (done[d] for d in deps.get(node, ()) if d in cost)
+            done[node] = cost[node] + max(below, default=0.0)
+    return done

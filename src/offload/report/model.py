@@ -1,0 +1,167 @@
+"""What a run report shows, made from history (pure once the records are read).
+
+Lanes are the run's machines that ran a copy, in the run's order; within a lane, copies that
+overlap (a machine with several slots) go on separate rows. Times are seconds from the run's
+start. The critical path is the chain that decided when the run ended: from the build that
+finished last, back through the dependency of it that finished last, and so on; its builds
+are marked. The distance from the lower bound is the run's wall time less the least time its
+own measured builds allow (``offload.history.recorder.lower_bound``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from offload.errors import OffloadError
+from offload.history.db import History
+from offload.history.records import BuildRecord, RunRecord
+from offload.history.views import MachineStats, machine_stats
+
+__all__ = ["Bar", "Lane", "ReportModel", "critical_path", "load_model", "make_model"]
+
+TOP = 10  # rows in the slowest-builds and biggest-transfers tables
+
+
+@dataclass(frozen=True)
+class Bar:
+    build: BuildRecord
+    row: int  # within its lane
+    critical: bool
+
+    @property
+    def transferred(self) -> int:
+        return self.build.bytes_sent + self.build.bytes_received
+
+
+@dataclass(frozen=True)
+class Lane:
+    machine: str
+    speed: float | None
+    slots: int | None
+    rows: int
+    bars: tuple[Bar, ...]
+
+
+@dataclass(frozen=True)
+class ReportModel:
+    run: RunRecord
+    origin: float  # unix time of the timeline's 0
+    length: float  # seconds the timeline covers
+    lanes: tuple[Lane, ...]
+    critical: tuple[BuildRecord, ...]  # first to last
+    slowest: tuple[BuildRecord, ...]
+    biggest: tuple[BuildRecord, ...]
+    machines: tuple[MachineStats, ...]
+    unplaced: tuple[BuildRecord, ...]  # skipped: ran on no machine
+
+    @property
+    def distance(self) -> float | None:
+        """Seconds the run took beyond its lower bound."""
+        bound = self.run.lower_bound
+        return None if bound is None else self.run.wall - bound
+
+
+def load_model(history: History, run_id: str | None) -> ReportModel:
+    """The report of run ``run_id`` (a prefix), else of the latest run."""
+    runs = history.runs(run_id=run_id, limit=None if run_id else 1)
+    if run_id is not None and len(runs) > 1:
+        raise OffloadError(
+            f"'{run_id[:40]}' is the start of {len(runs)} runs' ids",
+            hint="give more of the id: " + ", ".join(r.run_id for r in runs[:5]),
+        )
+    if not runs:
+        what = f"no run '{run_id[:40]}'" if run_id else "no run"
+        raise OffloadError(
+            f"{what} in the history",
+            hint="`offload history` lists the runs; `offload build` records one",
+        )
+    run = runs[0]
+    if not run.deps:  # the latest run was read without its dependencies
+        run = history.runs(run_id=run.run_id, limit=None)[0]
+    return make_model(run, history.builds(run_id=run.run_id, limit=None))
+
+
+def make_model(run: RunRecord, builds: Sequence[BuildRecord]) -> ReportModel:
+    placed = [b for b in builds if b.machine]
+    critical = critical_path(placed, run.deps)
+    marked = {id(b) for b in critical}
+    spans = [b.span for b in placed]
+    origin = min([run.started, *(s for s, _ in spans)])
+    end = max([run.finished, *(e for _, e in spans)])
+    speeds = {m.name: m.speed for m in run.machines}
+    return ReportModel(
+        run=run,
+        origin=origin,
+        length=max(end - origin, 1e-3),
+        lanes=tuple(_lanes(run, placed, marked)),
+        critical=tuple(critical),
+        slowest=tuple(
+            sorted(
+                (b for b in placed if b.status in {"built", "failed"}),
+                key=lambda b: -b.duration,
+            )[:TOP]
+        ),
+        biggest=tuple(
+            sorted(
+                (b for b in placed if b.bytes_sent + b.bytes_received),
+                key=lambda b: -(b.bytes_sent + b.bytes_received),
+            )[:TOP]
+        ),
+        machines=tuple(machine_stats(placed, speeds)),
+        unplaced=tuple(b for b in builds if not b.machine),
+    )
+
+
+def critical_path(
+    builds: Sequence[BuildRecord], deps: Mapping[str, Sequence[str]]
+) -> list[BuildRecord]:
+    """The chain of successful builds that ended the run, first to last (see the module)."""
+    done: dict[str, BuildRecord] = {}
+    for b in builds:
+        if b.status == "built" and (
+            b.drv_path not in done or b.finished < done[b.drv_path].finished
+        ):
+            done[b.drv_path] = b
+    if not done:
+        return []
+    chain = [max(done.values(), key=lambda b: b.finished)]
+    seen = {chain[0].drv_path}
+    while True:
+        before = [done[d] for d in deps.get(chain[-1].drv_path, ()) if d in done and d not in seen]
+        if not before:
+            break
+        chain.append(max(before, key=lambda b: b.finished))
+        seen.add(chain[-1].drv_path)
+    return chain[::-1]
+
+
+def _lanes(run: RunRecord, builds: Sequence[BuildRecord], marked: set[int]) -> list[Lane]:
+    order = [m.name for m in run.machines]
+    order += sorted({b.machine for b in builds} - set(order))
+    known = {m.name: m for m in run.machines}
+    lanes = []
+    for name in order:
+        mine = sorted((b for b in builds if b.machine == name), key=lambda b: b.span)
+        if not mine:
+            continue
+        ends: list[float] = []  # per row: when its last bar ends
+        bars = []
+        for b in mine:
+            start, end = b.span
+            row = next((i for i, e in enumerate(ends) if e <= start), len(ends))
+            if row == len(ends):
+                ends.append(end)
+            ends[row] = end
+            bars.append(Bar(b, row, id(b) in marked))
+        machine = known.get(name)
+        lanes.append(
+            Lane(
+                machine=name,
+                speed=machine.speed if machine else None,
+                slots=machine.slots if machine else None,
+                rows=len(ends),
+                bars=tuple(bars),
+            )
+        )
+    return lanes

@@ -1,0 +1,231 @@
+"""Runs, phases and the schema migration of the history database; the run recorder and
+``offload history``'s views (real SQLite in tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from offload.cli import main
+from offload.history.db import History
+from offload.history.recorder import RunRecorder, longest_paths, lower_bound
+from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord, RunReport
+from offload.history.views import machine_stats, speed_factors
+from offload.ui.events import JobFinished, JobPhase, MachineEvent, RunFinished, RunStarted
+
+# The schema offload wrote before runs and phases were recorded (user_version 1), verbatim.
+SCHEMA_1 = """
+CREATE TABLE builds (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    drv_path TEXT NOT NULL,
+    pname TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL NOT NULL,
+    status TEXT NOT NULL,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    bytes_received INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX builds_pname_machine ON builds (pname, machine, finished);
+CREATE INDEX builds_drv ON builds (drv_path, finished);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_database_keeps_its_records_and_gains_runs(tmp_path):
+    path = tmp_path / "history.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_1)
+    db.executemany(
+        "INSERT INTO builds (run_id, drv_path, pname, machine, started, finished, status,"
+        " bytes_sent, bytes_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            ("old1", "/nix/store/a-hello-1.drv", "hello", "fast", 10.0, 14.0, "built", 5, 6),
+            ("old1", "/nix/store/b-bad-1.drv", "bad", "slow", 11.0, 12.0, "failed", 0, 0),
+            ("hook-x", "/nix/store/c-h-1.drv", "h", "fast", 20.0, 21.0, "built", 0, 0),
+        ],
+    )
+    db.commit()
+    db.close()
+    with History(path) as history:
+        assert history.durations(["hello"]) == {"hello": {"fast": 4.0}}
+        old = history.builds(drv_path="/nix/store/a-hello-1.drv")
+        assert [(b.machine, b.duration, b.bytes_sent, b.phases) for b in old] == [
+            ("fast", 4.0, 5, ())
+        ]
+        # The old run is made up from its builds; the hook's build is no run.
+        (run,) = history.runs()
+        assert (run.run_id, run.started, run.finished, run.outcome) == ("old1", 10, 14, "failed")
+        assert history.counts(["old1"]) == {"old1": {"built": 1, "failed": 1}}
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    db.close()
+
+
+def _phase(kind, drv, machine, phase, at, *, speculative=False):
+    return JobPhase(drv, kind, machine, phase, None, at, speculative)
+
+
+def _done(drv, machine, status, started, finished, *, build_seconds=None, sent=0, received=0):
+    name = drv.rsplit("/", 1)[-1].split("-", 1)[-1].removesuffix(".drv")
+    return JobFinished(
+        drv,
+        name,
+        machine,
+        status,
+        started,
+        finished,
+        sent,
+        received,
+        None,
+        finished,
+        build_seconds,
+    )
+
+
+A, B, C = "/nix/store/aaa-a-1.0.drv", "/nix/store/bbb-b-1.0.drv", "/nix/store/ccc-c-1.0.drv"
+
+
+def _recorded_run() -> tuple[RunRecord, list[BuildRecord]]:
+    rec = RunRecorder(100.0)
+    for event in [
+        RunStarted("run1", 3, ("fast", "local"), 9.0, 100.5),
+        MachineEvent("fast", "loaded", "busy", None, 100.6, slots=1),
+        JobFinished(C, "c-1.0", "local", "substituted", 100.2, 100.4, 0, 0, None, 100.4),
+        _phase("a-1.0", A, "fast", "queued", 101.0),
+        _phase("a-1.0", A, "fast", "connecting", 101.5),
+        _phase("a-1.0", A, "fast", "sending", 102.0),
+        _phase("a-1.0", A, "fast", "building", 103.0),
+        _phase("a-1.0", A, "fast", "fetching", 107.0),
+        _done(A, "fast", "built", 100.9, 108.0, build_seconds=3.5, sent=10, received=20),
+        _phase("b-1.0", B, "local", "connecting", 108.0),
+        _phase("b-1.0", B, "local", "building", 108.1),
+        _phase("b-1.0", B, "fast", "connecting", 109.0, speculative=True),
+        _phase("b-1.0", B, "fast", "building", 109.2, speculative=True),
+        _done(B, "local", "built", 108.0, 112.0, build_seconds=3.9),
+        RunFinished("run1", 2, 0, 0, 12.0, (), 112.1),
+    ]:
+        rec.handle(event)
+    return rec.run(
+        RunReport("run1"),
+        asked=["b-1.0"],
+        speeds={"fast": 4.0, "local": 1.0},
+        slots={"fast": 2, "local": 2},
+        deps={B: (A, "/nix/store/zzz-not-in-run.drv"), A: ()},
+        finished=112.5,
+    )
+
+
+def test_the_recorder_tells_each_copy_in_phases():
+    run, builds = _recorded_run()
+    by = {(b.drv_path, b.machine): b for b in builds}
+    a = by[A, "fast"]
+    assert [(p.phase, p.started, p.finished) for p in a.phases] == [
+        ("waiting", 100.9, 102.0),
+        ("sending", 102.0, 103.0),
+        ("building", 103.0, 107.0),
+        ("fetching", 107.0, 108.0),
+    ]
+    # The build itself, for estimates: the builder's own seconds, ending when building did.
+    assert (a.started, a.finished, a.bytes_sent, a.bytes_received) == (103.5, 107.0, 10, 20)
+    assert a.span == (100.9, 108.0)
+    assert [p.phase for p in by[C, "local"].phases] == ["fetching"]
+    loser = by[B, "fast"]
+    # Never told an end: it stopped when the local copy was built (its build ended at 112).
+    assert (loser.status, loser.speculative, loser.span) == ("cancelled", True, (109.0, 112.0))
+    assert run.machines == (MachineRecord("fast", 4.0, 1), MachineRecord("local", 1.0, 2))
+    assert run.deps == {B: (A,)}
+    assert (run.asked, run.outcome, run.estimate, run.wall) == (("b-1.0",), "ok", 9.0, 12.5)
+    # Work: a 3.5 s x 4 = 14, b 3.9 s x 1; the chain a -> b on the fastest (speed 4).
+    assert run.lower_bound == pytest.approx((14 + 3.9) / 4)
+
+
+def test_runs_and_builds_with_phases_come_back_as_recorded(tmp_path):
+    run, builds = _recorded_run()
+    with History(tmp_path / "h.sqlite") as history:
+        history.record_run(run, builds)
+        (back,) = history.runs(run_id="run")
+        assert back == run
+        got = history.builds(run_id="run1", limit=None)
+        assert {(b.drv_path, b.machine): b for b in got} == {
+            (b.drv_path, b.machine): b.__class__(**{**b.__dict__, "run_id": "run1"}) for b in builds
+        }
+        assert [b.machine for b in history.builds(machine="local", name="bbb-b")] == ["local"]
+        assert history.runs(run_id="nope") == []
+        assert history.runs(run_id="%") == []  # LIKE wildcards are plain characters
+
+
+def test_lower_bound_takes_the_longer_of_chain_and_capacity():
+    builds = [
+        BuildRecord("r", d, d, m, 0, t, "built")
+        for d, m, t in [("x", "a", 4.0), ("y", "a", 4.0), ("z", "b", 2.0)]
+    ]
+    machines = [MachineRecord("a", 1.0, 4), MachineRecord("b", 2.0, 1)]
+    # Chain x -> y -> z: 4 + 4 + 4 (2 s at speed 2) = 12 work, /2 fastest = 6 > 12 / 6.
+    assert lower_bound(builds, machines, {"y": ("x",), "z": ("y",)}) == pytest.approx(6.0)
+    assert lower_bound(builds, machines, {}) == pytest.approx(2.0)
+    assert lower_bound([], machines, {}) is None
+    assert longest_paths({"p": 1.0, "q": 2.0}, {"q": ("p", "gone")}) == {"p": 1.0, "q": 3.0}
+
+
+def test_measured_speed_compares_with_the_other_machines_times():
+    def built(pname, machine, seconds):
+        return BuildRecord("r", f"/nix/store/x-{pname}.drv", pname, machine, 0, seconds, "built")
+
+    builds = [
+        built("gcc", "fast", 10.0),  # 40 s of work at speed 4...
+        built("gcc", "slow", 80.0),  # ... and 80 s at speed 1: slow is half as fast as it says
+        built("solo", "slow", 5.0),  # built nowhere else: not comparable
+        BuildRecord("r", "/nix/store/f.drv", "f", "slow", 0, 1, "failed"),
+    ]
+    stats = {s.machine: s for s in machine_stats(builds, {"fast": 4.0, "slow": 1.0})}
+    assert stats["slow"].measured_speed == pytest.approx(0.5)
+    assert stats["fast"].measured_speed == pytest.approx(8.0)
+    assert (stats["slow"].builds, stats["slow"].failures, stats["slow"].busy) == (2, 1, 86.0)
+    runs = [
+        RunRecord("old", 1, 2, (), "ok", (MachineRecord("fast", 3.0, 1),), None, None),
+        RunRecord("new", 5, 6, (), "ok", (MachineRecord("fast", 4.0, 1),), None, None),
+    ]
+    assert speed_factors(runs) == {"fast": 4.0}
+
+
+def test_history_cli_lists_runs_builds_and_estimates(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    run, builds = _recorded_run()
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(run, builds)
+    assert main(["history", "--json", "--machine", "fast"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in shown["runs"]] == ["run1"]
+    assert {(b["name"], b["status"]) for b in shown["builds"]} == {
+        ("a-1.0", "built"),
+        ("b-1.0", "cancelled"),
+    }
+    (a,) = (b for b in shown["builds"] if b["name"] == "a-1.0")
+    assert a["phase_seconds"] == {"waiting": 1.1, "sending": 1.0, "building": 4.0, "fetching": 1.0}
+    assert shown["estimates"] == {
+        "a": {"work": 14.0, "machines": {"fast": 3.5, "local": 14.0}},
+        "b": {"work": 3.9, "machines": {"fast": 0.975, "local": 3.9}},  # built on local
+    }
+    assert main(["history", "--run", "run1"]) == 0
+    text = capsys.readouterr().out
+    assert "b-1.0" in text
+    assert "cancelled (speculative)" in text
+
+
+def test_history_cli_names_an_unknown_run_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    assert main(["history", "--run", "feed"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: no run 'feed' in the history"
+    assert err[1].startswith("hint: ")
+    with pytest.raises(SystemExit, match="1"):
+        main(["history", "--last", "0"])
+    assert "0 is not between 1 and 1000000" in capsys.readouterr().err
+
+
+def test_a_phase_record_never_has_a_negative_duration():
+    assert PhaseRecord("building", 5.0, 4.0).duration == 0.0

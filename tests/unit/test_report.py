@@ -1,0 +1,92 @@
+"""The run report: its model (lanes, rows, critical path) and the page's escaping. The page
+in a real browser is tested in tests/integration/test_report_browser.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from offload.cli import main
+from offload.errors import OffloadError
+from offload.history.db import History
+from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
+from offload.report import check_target, make_model, render_html, write_report
+
+HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>"\'&'
+
+
+def _build(drv, machine, start, end, *, status="built", name=None, sent=0):
+    return BuildRecord(
+        "r1",
+        drv,
+        drv,
+        machine,
+        start,
+        end,
+        status,
+        bytes_sent=sent,
+        name=name or drv,
+        phases=(PhaseRecord("sending", start - 1, start), PhaseRecord("building", start, end)),
+    )
+
+
+def _run(deps):
+    machines = (MachineRecord("fast", 4.0, 2), MachineRecord("idle", 1.0, 1))
+    return RunRecord("r1", 0.0, 20.0, ("top",), "ok", machines, 12.0, 10.0, deps)
+
+
+def test_lanes_rows_and_the_critical_path():
+    builds = [
+        _build("a", "fast", 1, 5),
+        _build("b", "fast", 2, 9),  # overlaps a: a second row
+        _build("c", "fast", 10, 18),  # after both: back on row 0
+        _build("d", "local", 1, 3),
+        _build("c", "local", 11, 19, status="cancelled"),  # a speculative copy that lost
+    ]
+    model = make_model(_run({"c": ("a", "b"), "b": ("d",)}), builds)
+    assert [lane.machine for lane in model.lanes] == ["fast", "local"]  # idle built nothing
+    fast = model.lanes[0]
+    assert [(bar.build.drv_path, bar.row) for bar in fast.bars] == [("a", 0), ("b", 1), ("c", 0)]
+    # c finished last; of its dependencies b finished later than a; b's is d.
+    assert [b.drv_path for b in model.critical] == ["d", "b", "c"]
+    assert {bar.build.drv_path for lane in model.lanes for bar in lane.bars if bar.critical} == {
+        "d",
+        "b",
+        "c",
+    }
+    assert model.distance == pytest.approx(10.0)
+    assert model.slowest[0].drv_path == "c"
+
+
+def test_outside_text_is_escaped_everywhere():
+    builds = [_build("/nix/store/x-evil.drv", HOSTILE, 1, 2, name=HOSTILE, sent=9)]
+    run = RunRecord("r1", 0.0, 3.0, (HOSTILE,), "ok", (), None, None)
+    page = render_html(make_model(run, builds))
+    # The page's own two scripts only, and no element or attribute made from the name.
+    assert len(re.findall(r"<script", page)) == 2
+    assert "<img" not in page
+    assert "&lt;script&gt;document.title=&quot;pwned&quot;&lt;/script&gt;" in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # no fetch
+
+
+def test_the_report_file_is_written_whole_and_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(_run({}), [_build("a", "fast", 1, 5)])
+        target = tmp_path / "out.html"
+        model = write_report(history, "r", target)
+        assert model.run.run_id == "r1"
+        assert target.read_text().startswith("<!DOCTYPE html>")
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+        with pytest.raises(OffloadError, match="no run 'zz'"):
+            write_report(history, "zz", target)
+    with pytest.raises(OffloadError, match="no directory"):
+        check_target(tmp_path / "missing" / "r.html")
+    with pytest.raises(OffloadError, match="is a directory"):
+        check_target(tmp_path)
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "empty"))
+    assert main(["report", "-o", str(tmp_path / "r.html")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: no run in the history"
+    assert err[1].startswith("hint: ")
+    assert not (tmp_path / "r.html").exists()
