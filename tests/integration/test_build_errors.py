@@ -28,7 +28,10 @@ SILENCE_1S = ("--option", "max-silent-time", "1")
 
 
 def assert_one_line_error(stderr: str) -> None:
+    """One error line and at most a hint; warnings about the input may come before them."""
     lines = [line for line in stderr.splitlines() if line.strip()]
+    while lines and lines[0].startswith("warning: "):
+        lines.pop(0)
     assert lines, "no error shown"
     assert lines[0].startswith("error: "), stderr
     assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), stderr
