@@ -28,6 +28,7 @@ __all__ = [
     "BuildStatus",
     "Op",
     "PathInfo",
+    "parse_realisation",
     "read_build_result",
     "read_path_info",
     "sorted_paths",
@@ -145,6 +146,9 @@ class BuildResult:
     start_time: int = 0
     stop_time: int = 0
     built_outputs: Mapping[str, str] = field(default_factory=dict)
+    # CPU time of the build in microseconds, from daemons of worker protocol 1.37 and later.
+    cpu_user_us: int | None = None
+    cpu_system_us: int | None = None
 
     @property
     def success(self) -> bool:
@@ -200,7 +204,7 @@ async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildRe
     for _ in range(count):
         drv_output = await read_str(r, "a built output id")
         realisation = await read_str(r, "a built output realisation")
-        name, out_path = _parse_realisation(drv_output, realisation, store_dir)
+        name, out_path = parse_realisation(drv_output, realisation, store_dir)
         outputs[name] = out_path
     return BuildResult(
         status=status,
@@ -213,7 +217,8 @@ async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildRe
     )
 
 
-def _parse_realisation(drv_output: str, realisation: str, store_dir: str) -> tuple[str, str]:
+def parse_realisation(drv_output: str, realisation: str, store_dir: str) -> tuple[str, str]:
+    """The output name and full output path of one ``builtOutputs`` entry (id, JSON)."""
     name = drv_output.rpartition("!")[2]
     try:
         out_path = json.loads(realisation)["outPath"]
