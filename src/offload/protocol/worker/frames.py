@@ -100,7 +100,8 @@ async def read_error(r: ByteReader, minor: int, name: str) -> DaemonError:
     if minor < 26:
         message = await read_str(r, "the error message")
         await read_int(r, "the error status")
-        return DaemonError(f"{name}: {_one_line(message)}")
+        text = _one_line(message)
+        return DaemonError(f"{name}: {text}", hint=_hint(text))
     kind = await read_str(r, "the error type")
     if kind != "Error":
         raise ProtocolError(f"unknown error type {kind!r}")
