@@ -21,7 +21,7 @@ from offload.protocol.records import (
     BuildResult,
     BuildStatus,
     PathInfo,
-    parse_realisation,
+    read_built_outputs,
 )
 from offload.protocol.stderr import strip_ansi
 from offload.protocol.wire import ByteReader, encode_int, encode_str, read_int, read_str, read_strs
@@ -234,15 +234,7 @@ async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildRe
     if minor >= 37:
         cpu_user = await _read_optional_micros(r, "cpuUser")
         cpu_system = await _read_optional_micros(r, "cpuSystem")
-    outputs: dict[str, str] = {}
-    if minor >= 28:
-        count = await read_int(r, "the number of built outputs")
-        store_dir = drv_path.rsplit("/", 1)[0]
-        for _ in range(count):
-            drv_output = await read_str(r, "a built output id")
-            realisation = await read_str(r, "a built output realisation")
-            name, out_path = parse_realisation(drv_output, realisation, store_dir)
-            outputs[name] = out_path
+    outputs = await read_built_outputs(r, drv_path) if minor >= 28 else {}
     return BuildResult(
         status=status,
         error_msg=error_msg,
