@@ -11,6 +11,7 @@ non-zero; tracebacks only under ``--debug``.
     │   └── SshError         ssh could not connect or authenticate to a builder
     ├── ProtocolError        the peer broke the serve protocol (bad magic, truncated stream)
     │   └── RemoteError      the remote nix-store reported ``error: ...`` and exited
+    │       └── DaemonError  a nix-daemon answered a request with its error frame
     ├── BuildFailed          a derivation failed to build; carries its status and log tail
     ├── FleetError           the local test fleet could not be started or stopped
     └── SchedulerError       no machine can build a derivation, or the run cannot go on
@@ -23,6 +24,7 @@ from typing_extensions import override
 __all__ = [
     "BuildFailed",
     "ConfigError",
+    "DaemonError",
     "FleetError",
     "OffloadError",
     "ProtocolError",
@@ -75,6 +77,14 @@ class ProtocolError(OffloadError):
 
 class RemoteError(ProtocolError):
     """The remote nix-store printed ``error: ...`` and exited; ``message`` is its text."""
+
+
+class DaemonError(RemoteError):
+    """A nix-daemon (worker protocol) refused a request; ``message`` carries Nix's own text.
+
+    Unlike a ``RemoteError`` of the serve protocol, the daemon says so in-band and keeps the
+    connection in step, as Nix's own client assumes.
+    """
 
 
 class BuildFailed(OffloadError):

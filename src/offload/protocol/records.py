@@ -28,7 +28,9 @@ __all__ = [
     "BuildStatus",
     "Op",
     "PathInfo",
+    "parse_realisation",
     "read_build_result",
+    "read_built_outputs",
     "read_path_info",
     "sorted_paths",
 ]
@@ -145,6 +147,9 @@ class BuildResult:
     start_time: int = 0
     stop_time: int = 0
     built_outputs: Mapping[str, str] = field(default_factory=dict)
+    # CPU time of the build in microseconds, from daemons of worker protocol 1.37 and later.
+    cpu_user_us: int | None = None
+    cpu_system_us: int | None = None
 
     @property
     def success(self) -> bool:
@@ -194,14 +199,7 @@ async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildRe
         stop = await read_int(r, "stopTime")
     # Nix 2.8-2.10 send builtOutputs whatever the client version (nix-protocols.md 2.6), and
     # newer servers send it to clients announcing minor >= 6, as we do: always read it.
-    count = await read_int(r, "the number of built outputs")
-    store_dir = drv_path.rsplit("/", 1)[0]
-    outputs: dict[str, str] = {}
-    for _ in range(count):
-        drv_output = await read_str(r, "a built output id")
-        realisation = await read_str(r, "a built output realisation")
-        name, out_path = _parse_realisation(drv_output, realisation, store_dir)
-        outputs[name] = out_path
+    outputs = await read_built_outputs(r, drv_path)
     return BuildResult(
         status=status,
         error_msg=error_msg,
@@ -213,7 +211,21 @@ async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildRe
     )
 
 
-def _parse_realisation(drv_output: str, realisation: str, store_dir: str) -> tuple[str, str]:
+async def read_built_outputs(r: ByteReader, drv_path: str) -> dict[str, str]:
+    """A BuildResult's ``builtOutputs`` (both protocols): output names to full store paths."""
+    count = await read_int(r, "the number of built outputs")
+    store_dir = drv_path.rsplit("/", 1)[0]
+    outputs: dict[str, str] = {}
+    for _ in range(count):
+        drv_output = await read_str(r, "a built output id")
+        realisation = await read_str(r, "a built output realisation")
+        name, out_path = parse_realisation(drv_output, realisation, store_dir)
+        outputs[name] = out_path
+    return outputs
+
+
+def parse_realisation(drv_output: str, realisation: str, store_dir: str) -> tuple[str, str]:
+    """The output name and full output path of one ``builtOutputs`` entry (id, JSON)."""
     name = drv_output.rpartition("!")[2]
     try:
         out_path = json.loads(realisation)["outPath"]
