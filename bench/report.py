@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report_hook import hook_rows, hook_section, hook_target_lines
+from bench.report_model import model_lines
 from bench.stats import Run, Spread, paired_ratios, spread, walls
 from bench.stats import count_ok as _count
 from bench.stats import text as _text
@@ -722,6 +723,7 @@ def render_markdown(results: Mapping[str, Any], results_name: str, plots: Mappin
             for nodes, secs, peak, status in planning.rows
         )
         lines += ["", f"Status: {planning.verdict}."]
+    lines += model_lines(results)
     notes = results.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""]

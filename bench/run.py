@@ -60,6 +60,7 @@ from bench.measure import (
     store_name,
 )
 from bench.report import write_report
+from bench.report_model import simulate_section
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.errors import OffloadError
 from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
@@ -70,7 +71,7 @@ from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.simulate import simulate
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("graphs", "overhead", "copy", "planning")
+SECTIONS = ("graphs", "overhead", "copy", "planning", "simulate")
 FLEET_SPECS = ("fast:4:2", "medium:2:2", "slow:1:2")
 LOCAL_SPEED, LOCAL_SLOTS = 1.0, 2
 # Sizes chosen so the whole run stays well inside 30 minutes on a 2-core machine: Nix's hook
@@ -661,6 +662,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["copy"] = copy_section(bench, opts, save)
         if "planning" in opts.sections:
             results["planning"] = planning_section(opts, save)
+        if "simulate" in opts.sections:
+            log("simulating 50,000 nodes on 200 machines under both policies")
+            results["simulate"] = simulate_section(1_000 if opts.quick else 50_000)
+            save("simulate", results["simulate"])
         results["complete"] = True
     except KeyboardInterrupt:
         results["notes"].append("interrupted (Ctrl-C): the results are partial")

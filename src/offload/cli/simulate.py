@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from offload.errors import ConfigError
 from offload.scheduler.dag import Job
+from offload.scheduler.nix_model import NixCosts, simulate_nix
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.simulate import SimResult, simulate
 
@@ -49,8 +51,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --noise")
     parser.add_argument("--no-speculation", action="store_true", help="never copy running jobs")
+    parser.add_argument(
+        "--policy",
+        choices=("offload", "nix"),
+        default="offload",
+        help="offload's scheduler, or Nix's own build hook (remote first, one derivation at a "
+        "time; see offload.scheduler.nix_model) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--nix-version",
+        type=_version,
+        default=(2, 8),
+        metavar="X.Y",
+        help="the Nix whose hook --policy nix models: before 2.20 it divides load by speed in "
+        "integers (default: 2.8)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     parser.set_defaults(func=run)
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    if not (major.isdigit() and minor.isdigit() and len(text) < 12):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Nix version such as 2.18")
+    return int(major), int(minor)
 
 
 def _features(text: str) -> frozenset[str]:
@@ -137,9 +161,13 @@ def run(args: argparse.Namespace) -> int:
     machines = parse_machines(args.machines, systems=systems, features=features)
     if not 0 <= args.noise <= MAX_NOISE:
         raise ConfigError(f"--noise must be a number from 0 to {MAX_NOISE}")
-    result = simulate(
-        jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation
-    )
+    if args.policy == "nix":
+        costs = replace(NixCosts.measured(), integer_speed=args.nix_version < (2, 20))
+        result = simulate_nix(jobs, machines, costs, noise=args.noise, seed=args.seed)
+    else:
+        result = simulate(
+            jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation
+        )
     if args.json:
         print(json.dumps(result.as_dict(), indent=None))
     else:

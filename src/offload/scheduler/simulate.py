@@ -48,6 +48,8 @@ __all__ = [
     "SimResult",
     "layered_jobs",
     "lower_bound",
+    "machine_summaries",
+    "noise_factors",
     "plan_cost",
     "random_machines",
     "simulate",
@@ -196,7 +198,7 @@ def simulate(
     )
     sim = _Sim(
         policy,
-        factor=_noise_factors(graph, noise, seed),
+        factor=noise_factors(graph, noise, seed),
         failing=frozenset(failing),
         speeds={m.name: m.speed for m in machines},
         failed=list(policy.unschedulable),
@@ -210,7 +212,7 @@ def simulate(
         lower_bound=bound,
         critical_path=critical,
         total_work=total,
-        machines=_summaries(machines, sim.schedule),
+        machines=machine_summaries(machines, sim.schedule),
         schedule=tuple(sim.schedule),
         failed=tuple(sim.failed),
         skipped=tuple(sim.skipped),
@@ -219,7 +221,7 @@ def simulate(
     )
 
 
-def _noise_factors(graph: JobGraph, noise: float, seed: int) -> dict[str, float]:
+def noise_factors(graph: JobGraph, noise: float, seed: int) -> dict[str, float]:
     """Each job's actual work over its estimate; empty (all exact) without noise."""
     # Seeded, reproducible noise for a simulation; nothing here is security-relevant.
     rng = random.Random(seed)  # noqa: S311
@@ -332,7 +334,7 @@ class _Sim:
         self.policy.on_machine_failed(machine, self.now)
 
 
-def _summaries(
+def machine_summaries(
     machines: Sequence[MachineSlotSpec], schedule: list[RunRecord]
 ) -> tuple[MachineSummary, ...]:
     """Per machine: slot-seconds busy, jobs built and copies cancelled."""
