@@ -25,11 +25,11 @@ from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
 from offload.nix import result_links
 from offload.protocol.serve import BuildOptions
-from offload.scheduler.run import Executor, RunReport
+from offload.scheduler.run import BuildPlan, Executor, MemberLink, RunReport
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
 from offload.transport.links import LocalLink
-from offload.ui.events import Event, MachineEvent
+from offload.ui.events import Event, JobFinished, MachineEvent
 
 __all__ = ["SLOW_GRACE", "out_links", "run_build"]
 
@@ -72,24 +72,10 @@ async def run_build(
             warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm,
             _owning(late),
         ):
-            async with contextlib.AsyncExitStack() as opened:
-                local, clients, roots = await open_sessions(
-                    opened,
-                    local_link,
-                    remote,
-                    unreachable,
-                    roots,
-                    answered=warm,
-                    late=late,
-                    grace=SLOW_GRACE,
-                )
-                _tell_slow(late, emit)
-                graph = await load_graph(
-                    local, roots, remotes=clients, substitute=pool.local_substitutes
-                )
-                fetched = report_substituted(graph, emit)
-                fetched += await fetch_existing(graph, clients, local, emit)
-                plan, estimates = await estimated_plan(graph, local, estimate)
+            roots, graph, plan, estimates, fetched = await _plan(
+                pool, local_link, remote, roots,
+                unreachable=unreachable, warm=warm, late=late, emit=emit, estimate=estimate,
+            )  # fmt: skip
             # The sessions just opened reported each builder's load: busy ones get fewer slots.
             loaded = under_load(members, emit)
             executor = Executor(
@@ -112,6 +98,41 @@ async def run_build(
             report = await executor.run()
     report.finished[:0] = fetched
     return report, graph
+
+
+async def _plan(
+    pool: Pool,
+    local_link: LocalLink,
+    remote: Mapping[str, MemberLink],
+    roots: Roots,
+    *,
+    unreachable: dict[str, str],
+    warm: Callable[[str], None],
+    late: dict[str, asyncio.Task[None]],
+    emit: Callable[[Event], None],
+    estimate: Callable[[Iterable[str]], Mapping[str, float]] | None,
+) -> tuple[list[tuple[str, str]], DrvGraph, BuildPlan, Mapping[str, float], list[JobFinished]]:
+    """Open the first sessions while ``roots`` evaluate, read the graph, take what the local
+    caches and the builders already have, and plan the rest; the sessions close after it."""
+    async with contextlib.AsyncExitStack() as opened:
+        local, clients, evaluated = await open_sessions(
+            opened,
+            local_link,
+            remote,
+            unreachable,
+            roots,
+            answered=warm,
+            late=late,
+            grace=SLOW_GRACE,
+        )
+        _tell_slow(late, emit)
+        graph = await load_graph(
+            local, evaluated, remotes=clients, substitute=pool.local_substitutes
+        )
+        fetched = report_substituted(graph, emit)
+        fetched += await fetch_existing(graph, clients, local, emit)
+        plan, estimates = await estimated_plan(graph, local, estimate)
+    return evaluated, graph, plan, estimates, fetched
 
 
 @contextlib.asynccontextmanager

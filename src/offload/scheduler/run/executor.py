@@ -94,23 +94,15 @@ class Executor:
         # Builders still connecting: held out of the run until their task ends (``_joined``).
         self._joining = {task: name for name, task in (joining or {}).items()}
         self._unreachable = {
-            name: self._explain(name, error)
-            for name, error in (unreachable or {}).items()
+            name: self._explain(name, error) for name, error in (unreachable or {}).items()
             if name in self.members
-        }
+        }  # fmt: skip
         self._restored = self._restore(backoff or {})
+        # Nix's per-build settings (timeouts, log size), sent with every build.
         self._copies = BuildCopies(
-            plan,
-            self.members,
-            local,
-            self._holders,
-            self._events,
-            slots=slots,
-            wall=wall,
-            clock=clock,
-            # Nix's per-build settings (timeouts, log size), sent with every build.
-            options=BuildOptions() if build_options is None else build_options,
-        )
+            plan, self.members, local, self._holders, self._events, slots=slots, wall=wall,
+            clock=clock, options=BuildOptions() if build_options is None else build_options,
+        )  # fmt: skip
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
         # Outputs on their way home after their build was accepted: the copy's outcome waits
         # here to be reported once they arrive.
