@@ -8,9 +8,11 @@ builds and never put more than ``maxJobs`` builds on a machine between them. The
 has no such file in Nix (its builds are counted per process); offload uses ``local-<n>`` in the
 same directory so that concurrent offload runs share the local slots too.
 
-offload's hook also writes into the file it holds the wall-clock time it expects the build to
-end, so another hook deciding whether to wait for that slot can tell when it frees (``probe``).
-Nix never reads the files' contents; a slot held by Nix's own hook says nothing.
+Every offload process writes one line into the file it holds: ``offload pid=<pid>``, and for
+offload's hook `` until=<wall-clock time>`` it expects the build to end, so another hook deciding
+whether to wait for that slot can tell when it frees (``probe``). Nix never reads the files'
+contents and leaves them empty: a held slot whose file says nothing is Nix's own hook's, which
+is how ``offload status`` tells the two apart. (Older offload hooks wrote the bare time.)
 
 The directory is Nix's own when it is writable (``/nix/var/nix/current-load``, as root);
 otherwise offload's state directory, which at least coordinates offload's own processes.
@@ -43,14 +45,29 @@ def slot_key(uri: str) -> str:
 class SlotProbe:
     free: int
     busy_ends: tuple[float | None, ...]  # the expected end each holder wrote, if any
+    by_nix: int = 0  # held slots whose file is empty: Nix's own hook holds them
 
 
-def _read_end(fd: int) -> float | None:
+def _read_holder(fd: int) -> tuple[bool, float | None]:
+    """Whether an offload process holds the slot, and the end it expects, if it wrote one."""
     try:
-        value = float(os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "nan")
-    except (OSError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+        text = os.pread(fd, 128, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return False, None
+    fields = dict(field.partition("=")[::2] for field in text.split()[1:])
+    until = fields.get("until") if text.startswith("offload") else text
+    try:
+        end = float(until or "nan")
+    except ValueError:
+        end = math.nan
+    return bool(text), end if math.isfinite(end) else None
+
+
+def _holder_line(until: float | None) -> bytes:
+    line = f"offload pid={os.getpid()}"
+    if until is not None:
+        line += f" until={until:.3f}"
+    return f"{line}\n".encode()
 
 
 class SlotLocks:
@@ -66,7 +83,7 @@ class SlotLocks:
 
     def probe(self, key: str, slots: int) -> SlotProbe:
         """How many of ``key``'s slots are free, and when the held ones expect to end."""
-        free, ends = 0, []
+        free, ends, by_nix = 0, [], 0
         for slot in range(slots):
             fd = os.open(
                 self.directory / f"{key}-{slot}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
@@ -74,12 +91,14 @@ class SlotLocks:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                ends.append(_read_end(fd))
+                by_offload, end = _read_holder(fd)
+                ends.append(end)
+                by_nix += not by_offload
             else:
                 free += 1
             finally:
                 os.close(fd)
-        return SlotProbe(free, tuple(ends))
+        return SlotProbe(free, tuple(ends), by_nix)
 
     def try_acquire(self, key: str, slots: int, until: float | None = None) -> int | None:
         """Hold a free slot of ``key`` (an open, flocked fd), or None when all are taken.
@@ -97,8 +116,7 @@ class SlotLocks:
             # Nix touches the file it takes (futimens); do the same for anyone watching mtimes.
             os.utime(fd)
             os.ftruncate(fd, 0)
-            if until is not None:
-                os.pwrite(fd, f"{until:.3f}\n".encode(), 0)
+            os.pwrite(fd, _holder_line(until), 0)
             return fd
         return None
 

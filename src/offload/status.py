@@ -4,8 +4,9 @@ Nothing here connects to a builder; everything is read from the files offload an
 on this host, so ``offload status`` is instant and safe to run in a loop:
 
 - slots in use: the lock files under Nix's ``current-load`` (``offload.slots``), which
-  ``offload build``, offload's hook and Nix's own hook all hold while a build runs; a holder
-  that wrote when it expects to be done says so (only offload's hook does).
+  ``offload build``, offload's hook and Nix's own hook all hold while a build runs. offload
+  writes its name into the file it holds and Nix leaves it empty, so the two are counted apart;
+  a holder that wrote when it expects to be done says so (only offload's hook does).
 - backoff: ``backoff.json`` in each state directory that is read (the user's, and the system
   one the nix-daemon's hook keeps); a machine backed off in both shows the later end.
 - the builder choice: ``use.json`` (``offload.use``) in the same places; the first one in
@@ -37,12 +38,14 @@ BACKOFF_FILE = "backoff.json"
 class BackoffJson(TypedDict):
     failures: int
     until: float
+    reason: str | None
 
 
 class MachineStatusJson(TypedDict):
     name: str
     slots: int
     in_use: int
+    by_nix: int
     expected_free: list[float]
     backoff: BackoffJson | None
     chosen: bool
@@ -53,6 +56,7 @@ class MachineStatus:
     name: str
     slots: int
     in_use: int
+    by_nix: int  # of in_use, the slots Nix's own hook holds (the rest are offload's)
     expected_free: tuple[float, ...]  # wall-clock ends the holders wrote, soonest first
     backoff: Health | None
     chosen: bool  # in the `offload use` choice (True when there is none)
@@ -60,11 +64,16 @@ class MachineStatus:
     def as_json(self) -> MachineStatusJson:
         backoff: BackoffJson | None = None
         if self.backoff is not None:
-            backoff = {"failures": self.backoff.failures, "until": self.backoff.until}
+            backoff = {
+                "failures": self.backoff.failures,
+                "until": self.backoff.until,
+                "reason": self.backoff.reason,
+            }
         return {
             "name": self.name,
             "slots": self.slots,
             "in_use": self.in_use,
+            "by_nix": self.by_nix,
             "expected_free": list(self.expected_free),
             "backoff": backoff,
             "chosen": self.chosen,
@@ -110,6 +119,7 @@ def pool_status(pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float
                 name,
                 count,
                 count - probe.free,
+                probe.by_nix,
                 tuple(ends),
                 backoff.get(name),
                 chosen is None or name in chosen,

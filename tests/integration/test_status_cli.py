@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.slots import NIX_CURRENT_LOAD, slot_key
+from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
 from tests.helpers.offload_run import wait_for
 from tests.helpers.processes import start, stop
 
@@ -69,6 +69,7 @@ def test_a_slot_held_like_nix_does_is_in_use(
     (machine,) = data["machines"]
     assert (machine["name"], machine["in_use"], machine["slots"]) == (f"st{os.getpid()}", 1, 2)
     assert machine["expected_free"] == []  # Nix writes no expected end
+    assert machine["by_nix"] == 1  # its file is empty, as Nix leaves it
     assert data["slot_dir"] == str(NIX_CURRENT_LOAD)
     assert held_slot.exists()
 
@@ -89,3 +90,25 @@ def test_watch_redraws_until_stopped(machines: Path, held_slot: Path, tmp_path: 
             stop(proc)
     snapshots = [json.loads(line) for line in out.read_text().splitlines()[:3]]
     assert all(s["machines"][0]["in_use"] == 1 for s in snapshots)
+
+
+def test_slots_held_by_offload_and_by_nix_are_told_apart(
+    machines: Path, held_slot: Path, tmp_path: Path
+) -> None:
+    key = slot_key(f"ssh://st{os.getpid()}")
+    fd = SlotLocks(NIX_CURRENT_LOAD).try_acquire(key, 2, until=4_000_000_000.0)
+    assert fd is not None
+    try:
+        done = subprocess.run(
+            status_argv(machines, "-j", "0"),
+            env=env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith(f"st{os.getpid()}"))
+    assert "2/2 (1 by Nix's hook)" in row

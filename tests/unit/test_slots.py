@@ -1,4 +1,5 @@
 import asyncio
+import fcntl
 import os
 
 from offload.scheduler.run import Executor, PoolMember
@@ -64,3 +65,31 @@ def test_a_build_waits_while_another_process_holds_the_machines_slots(tmp_path):
     phases = [e.phase for e in events if isinstance(e, JobPhase)]
     assert phases[:2] == ["queued", "connecting"]
     assert any(isinstance(e, JobFinished) and e.status == "built" for e in events)
+
+
+def test_a_probe_tells_offloads_holders_from_nixs(tmp_path):
+    locks = SlotLocks(tmp_path)
+    ours = locks.try_acquire("ssh:__b", 3, until=1234.5)
+    assert ours is not None
+    assert (tmp_path / "ssh:__b-0").read_text() == f"offload pid={os.getpid()} until=1234.500\n"
+    # Nix's build-remote holds slot 1 and leaves its file empty.
+    nix = os.open(tmp_path / "ssh:__b-1", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(nix, fcntl.LOCK_EX)
+    try:
+        probe = locks.probe("ssh:__b", 3)
+    finally:
+        os.close(nix)
+        os.close(ours)
+    assert (probe.free, probe.by_nix) == (1, 1)
+    assert probe.busy_ends == (1234.5, None)
+
+
+def test_an_older_hooks_bare_end_is_still_read_as_offloads(tmp_path):
+    (tmp_path / "ssh:__b-0").write_text("99.5\n")
+    old = os.open(tmp_path / "ssh:__b-0", os.O_RDWR)
+    fcntl.flock(old, fcntl.LOCK_EX)
+    try:
+        probe = SlotLocks(tmp_path).probe("ssh:__b", 1)
+    finally:
+        os.close(old)
+    assert (probe.free, probe.by_nix, probe.busy_ends) == (0, 0, (99.5,))

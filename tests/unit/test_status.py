@@ -30,7 +30,8 @@ def test_slots_held_backoff_and_choice_are_shown_per_machine(tmp_path: Path) -> 
         locks.try_acquire("local", 2),
     ]
     try:
-        save_backoff(tmp_path / "backoff.json", {"slow": Health(2, now + 180)}, now)
+        why = "connection refused by 127.0.0.1:22"
+        save_backoff(tmp_path / "backoff.json", {"slow": Health(2, now + 180, why)}, now)
         write_choice(tmp_path, Choice(("fast",), now, now + 3600))
         status = pool_status(pool(), [tmp_path], locks, now)
     finally:
@@ -44,15 +45,22 @@ def test_slots_held_backoff_and_choice_are_shown_per_machine(tmp_path: Path) -> 
     assert abs(by_name["fast"].expected_free[0] - (now + 60)) < 0.01
     assert (by_name["local"].in_use, by_name["local"].expected_free) == (1, ())
     assert by_name["slow"].in_use == 0
-    assert by_name["slow"].backoff == Health(2, now + 180)
+    assert by_name["slow"].backoff == Health(2, now + 180, why)
     assert by_name["fast"].backoff is None
+    assert by_name["fast"].by_nix == 0  # offload holds it
     assert [m.chosen for m in status.machines] == [False, True, False]
     text = format_status(status)
     assert text.splitlines()[0].split()[0] == "MACHINE"
     assert text.splitlines()[2].split()[:2] == ["fast", "1/2"]
     assert "(2 failures)" in text.splitlines()[3]
     assert text.splitlines()[-1].startswith("offload use: fast (until ")
+    assert f"slow: backed off: {why}" in text.splitlines()
     data = status_json(status)
+    assert status.machines[2].as_json()["backoff"] == {
+        "failures": 2,
+        "until": now + 180,
+        "reason": why,
+    }
     assert data["use"] == {"machines": ["fast"], "until": now + 3600}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.paths import SYSTEM_STATE_DIR, state_dir
 from offload.slots import SlotLocks
-from offload.status import PoolStatus, pool_status
+from offload.status import MachineStatus, PoolStatus, pool_status
 
 __all__ = ["register", "run"]
 
@@ -52,6 +52,13 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
+def _in_use(machine: MachineStatus) -> str:
+    text = f"{machine.in_use}/{machine.slots}"
+    if machine.by_nix:
+        text += f" ({machine.by_nix} by Nix's hook)"
+    return text
+
+
 def format_status(status: PoolStatus) -> str:
     rows = [["MACHINE", "IN USE", "FREE BY", "BACKOFF", "CHOSEN"]]
     for machine in status.machines:
@@ -64,7 +71,7 @@ def format_status(status: PoolStatus) -> str:
         rows.append(
             [
                 machine.name,
-                f"{machine.in_use}/{machine.slots}",
+                _in_use(machine),
                 free_by,
                 backoff,
                 "yes" if machine.chosen else "no",
@@ -73,6 +80,11 @@ def format_status(status: PoolStatus) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines += [
+        f"{machine.name}: backed off: {machine.backoff.reason}"
+        for machine in status.machines
+        if machine.backoff is not None and machine.backoff.reason
     ]
     choice = status.choice
     if choice is None:
