@@ -219,7 +219,7 @@ def test_doctor_finds_them_usable_and_says_what_it_cannot_check(
             "resolve", "port", "ssh", "serve", "rtt",
         }  # fmt: skip
         unknown = {n for n, c in checks.items() if c["verdict"] == "unknown"}
-        assert unknown == {"nix", "systems", "features", "trusted", "disk", "load"}
+        assert unknown == {"nix", "systems", "features", "trusted", "disk", "load", "throughput"}
         assert "runs only `nix-store --serve`" in checks["serve"]["detail"]
         assert "load" in checks["load"]["detail"]
     plain = {c["name"]: c["verdict"] for c in found[PLAIN]["checks"]}

@@ -122,6 +122,16 @@ def test_round_trip_time():
     assert facts.rtt_check([]).verdict == Verdict.WARN
 
 
+def test_throughput():
+    good = facts.throughput_check(8 << 20, 8 << 20, 0.1, compressed=False)
+    assert (good.verdict, good.detail.split()[0]) == (Verdict.OK, "84")
+    slow = facts.throughput_check(8 << 20, 8 << 20, 16.0, compressed=False)
+    assert slow.verdict == Verdict.WARN
+    assert "1 GB of outputs takes 1907 s" in (slow.fix or "")
+    assert "compressed" in facts.throughput_check(10, 10, 1e-6, compressed=True).detail
+    assert facts.throughput_check(8 << 20, 100, 0.1, compressed=False).verdict == Verdict.WARN
+
+
 def test_the_report_marks_failures_skips_and_their_fixes():
     good = MachineReport("fast", "ssh://fast", (Check("resolve", Verdict.OK, "fast"),), 0.4)
     dead = MachineReport(
@@ -154,7 +164,9 @@ def test_the_report_marks_failures_skips_and_their_fixes():
 
 def test_a_restricted_builder_is_usable_and_what_it_cannot_tell_is_said_once():
     unknown = facts.restricted_checks(3)
-    assert [c.name for c in unknown] == ["nix", "systems", "features", "trusted", "disk", "load"]
+    assert [c.name for c in unknown] == [
+        "nix", "systems", "features", "trusted", "disk", "load", "throughput",
+    ]  # fmt: skip
     assert {c.verdict for c in unknown} == {Verdict.UNKNOWN}
     assert "all 3 of its slots" in unknown[-1].detail
     serve = facts.serve_check(0x207, None, None, restricted=True)
@@ -166,13 +178,16 @@ def test_a_restricted_builder_is_usable_and_what_it_cannot_tell_is_said_once():
         Check("ssh", Verdict.OK, "s"),
         unknown[0],
         serve,
-        *unknown[1:],
+        *unknown[1:-1],
         Check("rtt", Verdict.OK, "3 ms"),
+        unknown[-1],
     ]
     report = MachineReport("locked", "ssh://locked", tuple(checks), 0.2)
     assert not report.failed
     text = format_report([report])
-    cells = ["ok", "ok", "ok", "?", "ok", "?", "?", "?", "?", "?", "ok"]
+    cells = ["ok", "ok", "ok", "?", "ok", "?", "?", "?", "?", "?", "ok", "?"]
     assert text.splitlines()[1].split()[1:-1] == cells
     (told,) = [line for line in text.splitlines() if "unknown" in line]
-    assert told.startswith("locked: nix, systems, features, trusted, disk, load unknown: ")
+    assert told.startswith(
+        "locked: nix, systems, features, trusted, disk, load, throughput unknown: "
+    )

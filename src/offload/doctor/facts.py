@@ -36,6 +36,7 @@ __all__ = [
     "rtt_check",
     "serve_check",
     "systems_check",
+    "throughput_check",
     "trusted_check",
 ]
 
@@ -49,6 +50,8 @@ _KIB_PER_GIB = 1024 * 1024
 _DISK_FAIL_GIB = 1.0
 _DISK_WARN_GIB = 5.0
 _RTT_WARN = 0.5
+# Below 1 MB/s (a poor uplink), a gigabyte of outputs takes a quarter of an hour to come home.
+_THROUGHPUT_WARN = 1e6
 _NIX_FIX = (
     "install Nix on the builder and make sure non-interactive ssh sessions find it on PATH, "
     "or name the program with ?remote-program=/path/to/nix-store in the store URI"
@@ -93,7 +96,7 @@ def restricted_checks(slots: int) -> list[Check]:
         f"cannot be asked: {RESTRICTED} (a forced command); "
         f"offload uses all {slots} of its slots, not knowing its load"
     )
-    names = ("nix", "systems", "features", "trusted", "disk", "load")
+    names = ("nix", "systems", "features", "trusted", "disk", "load", "throughput")
     return [Check(name, Verdict.UNKNOWN, detail) for name in names]
 
 
@@ -237,6 +240,26 @@ def load_check(load: RemoteLoad | None, slots: int, local_boot_id: str | None) -
             "nothing to fix here if the builder is shared; lower its max-jobs otherwise",
         )
     return Check("load", Verdict.OK, detail)
+
+
+def throughput_check(size: int, received: int, seconds: float, compressed: bool) -> Check:
+    """``size`` bytes of zeros asked of the builder over the open connection: the rate outputs
+    come home at. ``received`` short of ``size`` means the transfer broke off."""
+    if received != size or seconds <= 0:
+        return Check("throughput", Verdict.WARN, f"not measured: got {received} of {size} bytes")
+    rate = size / seconds
+    detail = f"{rate / 1e6:.0f} MB/s from the builder ({size >> 20} MiB in {seconds:.2f} s)"
+    if compressed:
+        detail += "; compressed (ssh -C), so real data is slower"
+    if rate < _THROUGHPUT_WARN:
+        return Check(
+            "throughput",
+            Verdict.WARN,
+            detail,
+            f"a slow link: 1 GB of outputs takes {1e9 / rate:.0f} s; "
+            "builders-use-substitutes lets the builder fetch inputs from caches itself",
+        )
+    return Check("throughput", Verdict.OK, detail)
 
 
 def rtt_check(seconds: Sequence[float]) -> Check:

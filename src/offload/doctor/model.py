@@ -36,7 +36,7 @@ class Verdict(enum.StrEnum):
 
 
 PREREQUISITES = ("resolve", "port", "ssh", "nix", "serve")
-CHECKS = (*PREREQUISITES, "systems", "features", "trusted", "disk", "load", "rtt")
+CHECKS = (*PREREQUISITES, "systems", "features", "trusted", "disk", "load", "rtt", "throughput")
 
 
 class CheckJson(TypedDict):

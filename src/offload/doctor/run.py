@@ -6,7 +6,8 @@ host and port ssh would really use (the user's or ``NIX_SSHOPTS``'s ssh config d
 Nix), ``getaddrinfo`` resolves it, a bare TCP connect reads sshd's greeting, ``ssh ... true``
 logs in (its own connection, so its stderr is ssh's alone; the pinned host key as for builds),
 and then one ``MachineLink`` (the master connection builds use) runs ``nix-store --version``
-and opens a serve session, whose start line also reports the load. A builder whose key runs
+and opens a serve session, whose start line also reports the load. Last, 8 MiB come down the
+same connection, for its throughput. A builder whose key runs
 only the serve program is told as that master connects: its ``nix`` row and those only a
 command could answer are ``unknown``, and its round trip is timed on serve queries. The first
 prerequisite that
@@ -62,6 +63,7 @@ DEFAULT_TIMEOUT = 5.0
 # Authentication and a remote command may take a while after the TCP connect.
 _SLACK = 10.0
 _RTT_SAMPLES = 3
+_THROUGHPUT_BYTES = 8 << 20
 _T = TypeVar("_T")
 
 
@@ -155,9 +157,11 @@ class _Probe:
             if not self._passed(await self._nix(link)) or not self._passed(await self._serve(link)):
                 return
             if link.ssh.restricted:
-                unknown = facts.restricted_checks(self.machine.max_jobs)
-                self.checks += [c for c in unknown if c.name != "nix"]
-                self.checks.append(facts.rtt_check(await self._serve_rtts(link)))
+                unknown = {c.name: c for c in facts.restricted_checks(self.machine.max_jobs)}
+                unknown["rtt"] = facts.rtt_check(await self._serve_rtts(link))
+                self.checks += [
+                    unknown[name] for name in CHECKS if name in unknown.keys() - {"nix"}
+                ]
                 return
             await self._facts(link)
 
@@ -340,4 +344,18 @@ class _Probe:
             facts.disk_check(*disk),
             facts.load_check(self.load, machine.max_jobs, _local_boot_id()),
             facts.rtt_check(rtts),
+            await self._throughput(link),
         ]
+
+    async def _throughput(self, link: MachineLink) -> Check:
+        """A short download over the open connection: zeros, so nothing is read on the builder
+        but the pipe (ssh's compression, where the machine asks for it, flatters the rate)."""
+        started = time.monotonic()
+        code, out, err = await self._remote(
+            link, ["head", "-c", str(_THROUGHPUT_BYTES), "/dev/zero"]
+        )
+        seconds = time.monotonic() - started
+        if code != 0:
+            return Check("throughput", Verdict.WARN, f"not measured: {err.strip() or code}")
+        compressed = self.machine.params.get("compress") == "true"
+        return facts.throughput_check(_THROUGHPUT_BYTES, len(out), seconds, compressed)
