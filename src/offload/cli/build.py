@@ -13,7 +13,8 @@ from pathlib import Path
 
 from offload.backoff import Health, load_backoff, save_backoff
 from offload.build import DrvGraph, Roots, dry_run, out_links, run_build
-from offload.cli.machines import add_pool_arguments, pool_from_args
+from offload.cli.build_args import add_build_arguments
+from offload.cli.machines import pool_from_args
 from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
@@ -40,42 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Build Nix derivations like nix-build, scheduling the whole graph over the "
         "local machine and the builders. Output paths go to stdout, everything else to stderr.",
     )
-    parser.add_argument("paths", nargs="*", metavar="FILE|DRV", help="default: ./default.nix")
-    parser.add_argument("-A", "--attr", action="append", default=[], help="attribute to build")
-    parser.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"))
-    parser.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    parser.add_argument("-E", "--expr", help="build the derivations this expression evaluates to")
-    parser.add_argument("-o", "--out-link", default="result", help="symlink name (./result)")
-    parser.add_argument("--no-out-link", action="store_true", help="make no result symlinks")
-    parser.add_argument(
-        "-k",
-        "--keep-going",
-        action="store_true",
-        help="go on with what does not depend on a failure",
-    )
-    parser.add_argument(
-        "-L", "--print-build-logs", action="store_true", help="stream build logs to stderr"
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="write one JSON event per line to stdout"
-    )
-    parser.add_argument(
-        "--fetch-all",
-        action="store_true",
-        help="copy every built output here, not only the requested ones (as Nix does)",
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the plan (what is built where, estimated time) and build nothing",
-    )
-    parser.add_argument(
-        "--report",
-        type=Path,
-        metavar="FILE",
-        help="write the run's HTML report (timeline per machine) to FILE at the end",
-    )
-    add_pool_arguments(parser)
+    add_build_arguments(parser)
     parser.set_defaults(func=run)
 
 
