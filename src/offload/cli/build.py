@@ -185,7 +185,7 @@ def execute(
     logs = BuildLogs(state / "logs")
     remember = RunRecorder(time.time())
     with History(state / "history.sqlite") as history:
-        recorder = logs.recorder()
+        recorder = logs.recorder(for_nix=True)
         try:
             report, graph = asyncio.run(
                 run_build(
