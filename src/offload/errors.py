@@ -12,6 +12,7 @@ non-zero; tracebacks only under ``--debug``.
     ├── ProtocolError        the peer broke the serve protocol (bad magic, truncated stream)
     │   └── RemoteError      the remote nix-store reported ``error: ...`` and exited
     │       └── DaemonError  a nix-daemon answered a request with its error frame
+    ├── NixError             a Nix command failed; carries Nix's own words whole (evaluation)
     ├── BuildFailed          a derivation failed to build; carries its status and log tail
     ├── FleetError           the local test fleet could not be started or stopped
     └── SchedulerError       no machine can build a derivation, or the run cannot go on
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError",
     "DaemonError",
     "FleetError",
+    "NixError",
     "OffloadError",
     "ProtocolError",
     "RemoteError",
@@ -85,6 +87,17 @@ class DaemonError(RemoteError):
     Unlike a ``RemoteError`` of the serve protocol, the daemon says so in-band and keeps the
     connection in step, as Nix's own client assumes.
     """
+
+
+class NixError(OffloadError):
+    """A Nix command failed and said why: ``text`` is its stderr, printed as it is (the
+    position, the code frame, "Did you mean"), as nix-build would print it; ``message`` is
+    its first line, for one-line uses (``--json``, tests)."""
+
+    def __init__(self, message: str, *, text: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.text = text
+        self.status = status
 
 
 class BuildFailed(OffloadError):

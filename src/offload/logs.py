@@ -14,13 +14,19 @@ The store is bounded: when a ``BuildLogs`` first opens a log (once per run), and
 ``prune()`` is called, the oldest files go until at most ``max_files`` (default 5000) remain
 and together they take at most ``max_bytes`` (default 1 GiB). Logs still being written by this
 ``BuildLogs`` are never removed.
+
+A run's recorder (``for_nix``) also copies each finished remote build's log where Nix keeps
+logs (``nix_log_path``: bzip2 under ``$NIX_LOG_DIR/drvs``), so `nix log` and `nix-store -l`
+find it as they find the log of a build Nix's own hook sent away; builds on this machine are
+logged there by the local Nix itself. Not root (the directory is not ours): not copied.
 """
 
 from __future__ import annotations
 
+import bz2
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,10 +34,11 @@ from typing import Self
 from urllib.parse import quote, unquote
 
 from offload.errors import OffloadError
+from offload.names import LOCAL
 from offload.paths import state_dir
 from offload.ui.events import Event, JobFinished, JobPhase
 
-__all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder"]
+__all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder", "keep_for_nix", "nix_log_path"]
 
 DEFAULT_MAX_FILES = 5000
 DEFAULT_MAX_BYTES = 1 << 30
@@ -163,8 +170,8 @@ class BuildLogs:
             where = f" on {machine}" if machine else ""
             raise OffloadError(
                 f"no build log kept for {_drv_name(drv_path)}{where}",
-                hint="offload keeps the logs of builds it ran itself; "
-                "for builds Nix ran, try `nix-store --read-log PATH`",
+                hint="offload keeps the logs of builds it ran itself, "
+                "and Nix keeps none either (`offload log` asks it): was it built on this host?",
             )
         return path.read_bytes().decode("utf-8", "replace")
 
@@ -189,9 +196,10 @@ class BuildLogs:
             removed += 1
         return removed
 
-    def recorder(self) -> LogRecorder:
-        """A sink for a whole run's log lines: ``write(drv_path, machine, line)``."""
-        return LogRecorder(self)
+    def recorder(self, *, for_nix: bool = False) -> LogRecorder:
+        """A sink for a whole run's log lines: ``write(drv_path, machine, line)``; with
+        ``for_nix`` a builder's finished log is also kept where Nix keeps logs."""
+        return LogRecorder(self, for_nix=for_nix)
 
     def _scan(self, prefix: str = "") -> Iterator[LogFile]:
         try:
@@ -214,8 +222,9 @@ class LogRecorder:
     file of its own. ``close`` closes whatever is still open.
     """
 
-    def __init__(self, logs: BuildLogs) -> None:
+    def __init__(self, logs: BuildLogs, *, for_nix: bool = False) -> None:
         self._logs = logs
+        self._for_nix = for_nix
         self._writers: dict[tuple[str, str], BuildLogWriter] = {}
 
     def write(self, drv_path: str, machine: str, line: str) -> None:
@@ -228,6 +237,8 @@ class LogRecorder:
             writer = self._writers.pop((event.drv_path, event.machine), None)
             if writer is not None:
                 writer.close()
+                if self._for_nix and event.status in ("built", "failed"):
+                    keep_for_nix(event.drv_path, event.machine, writer.path)
 
     def close(self) -> None:
         writers, self._writers = list(self._writers.values()), {}
@@ -240,6 +251,34 @@ class LogRecorder:
         if writer is None:
             writer = self._writers[key] = self._logs.open(drv_path, machine)
         return writer
+
+
+def nix_log_path(drv_path: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where Nix 2.8 keeps a build's log (DerivationGoal::openLogFile, compress-build-log on):
+    ``$NIX_LOG_DIR/drvs/<first 2 chars>/<rest of the basename>.bz2``, where `nix log` and
+    `nix-store -l` read it (LocalFSStore::getBuildLog)."""
+    env = os.environ if env is None else env
+    name = _drv_name(drv_path)
+    root = Path(env.get("NIX_LOG_DIR") or "/nix/var/log/nix")
+    return root / "drvs" / name[:2] / f"{name[2:]}.bz2"
+
+
+def keep_for_nix(drv_path: str, machine: str, text: Path, target: Path | None = None) -> bool:
+    """A builder's log copied where Nix keeps logs, so `nix log` finds it; False when that
+    directory is not ours to write (not root, no daemon's log dir). Builds on this machine are
+    Nix's own and logged by it."""
+    if machine == LOCAL:
+        return False
+    target = nix_log_path(drv_path) if target is None else target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = bz2.compress(text.read_bytes())
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.replace(target)  # whole or not at all: Nix must never read half a bzip2 stream
+    except OSError:
+        return False
+    return True
 
 
 def _drv_name(drv_path: str) -> str:

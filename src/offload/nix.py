@@ -18,6 +18,11 @@ Nix code. ``--`` ends the options, but Nix 2.8's legacy parser still refuses a p
 argument that starts with ``-`` after it, so such files get a ``./`` and such expressions a
 leading space.
 
+nix-build's evaluation flags (``-I``, ``--show-trace``, ``--impure``, ``-v``) go to the evaluators
+as they are, the run's ``--option``s through their environment (NIX_CONFIG). A failed evaluation
+is ``NixError`` with Nix's whole stderr (position, code frame, suggestion), which the CLI prints
+as nix-build would; a successful one's stderr (``trace:``, warnings) is passed on line by line.
+
 Only argv assembly, the classification of arguments and output parsing live here;
 ``offload.process`` runs the commands.
 """
@@ -26,12 +31,13 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from offload.errors import ConfigError, OffloadError, StoreError
+from offload.errors import ConfigError, NixError, OffloadError, StoreError
 from offload.process import run
 from offload.protocol.serve import strip_ansi
 from offload.store.drv import read_derivation
@@ -47,6 +53,8 @@ __all__ = [
     "flake_eval_argv",
     "instantiate",
     "instantiate_argv",
+    "realise_again",
+    "realise_argv",
     "result_links",
     "sources",
 ]
@@ -77,9 +85,13 @@ class Installables:
     expr: str | None = None  # -E
     args: tuple[tuple[str, str], ...] = ()  # --arg NAME EXPR
     argstrs: tuple[tuple[str, str], ...] = ()  # --argstr NAME VALUE
+    # nix-build's evaluation flags, given to Nix as they are: -I, --show-trace, --impure, -v.
+    flags: tuple[str, ...] = ()
 
 
 SourceKind = Literal["file", "expr", "drv", "flake"]
+Env = Mapping[str, str] | None
+Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -152,13 +164,15 @@ def sources(what: Installables, cwd: Path | None = None) -> list[Source]:
 
 def instantiate_argv(what: Installables, source: Source, *, show_trace: bool = False) -> list[str]:
     """nix-instantiate for one file or expression, with every -A, --arg and --argstr."""
-    argv = ["nix-instantiate", *NO_SUBSTITUTERS]
+    # --no-gc-warning: nix-build makes no such warning about the .drv files it instantiates.
+    argv = ["nix-instantiate", "--no-gc-warning", *NO_SUBSTITUTERS]
     for name, value in what.args:
         argv += ["--arg", name, value]
     for name, value in what.argstrs:
         argv += ["--argstr", name, value]
     for attr in what.attrs:
         argv += ["-A", attr]
+    argv += what.flags
     if show_trace:
         argv.append("--show-trace")
     match source.kind:
@@ -173,9 +187,12 @@ def instantiate_argv(what: Installables, source: Source, *, show_trace: bool = F
     return argv
 
 
-def flake_eval_argv(installable: str, *, show_trace: bool = False) -> list[str]:
+def flake_eval_argv(
+    installable: str, *, show_trace: bool = False, flags: Sequence[str] = ()
+) -> list[str]:
     """`nix eval` printing {"drvPath": ..., "outputName": ...} for FLAKEREF#ATTR."""
     argv = ["nix", "eval", *NIX_FEATURES, *NO_SUBSTITUTERS, "--json", "--apply", FLAKE_APPLY]
+    argv += flags
     if show_trace:
         argv.append("--show-trace")
     return [*argv, "--", installable]
@@ -191,13 +208,16 @@ def first_error_line(stderr: str) -> str:
     return rest[-1] if rest else "(no message)"
 
 
-def _evaluate(argv: list[str], trace_argv: list[str], source: Source, cwd: Path | None) -> str:
-    done = run(argv, check=False, cwd=cwd)
+def _evaluate(argv: list[str], source: Source, cwd: Path | None, env: Env, say: Say) -> str:
+    done = run(argv, check=False, cwd=cwd, env=env)
     if done.returncode != 0:
-        raise OffloadError(
+        # Nix's words whole: the position names the right file (a bad --arg is «string»).
+        raise NixError(
             f"evaluating {source.describe()} failed: {first_error_line(done.stderr)}",
-            hint=f"see the whole trace with: {shlex.join(trace_argv)}",
+            text=done.stderr or f"error: {argv[0]} exited with {done.returncode}\n",
         )
+    for line in done.stderr.splitlines():  # trace: and warning: lines, as nix-build shows
+        say(line)
     return done.stdout
 
 
@@ -237,29 +257,34 @@ def _drv_root(source: Source) -> tuple[str, str]:
     return source.text, output
 
 
-def instantiate(what: Installables, cwd: Path | None = None) -> list[tuple[str, str]]:
-    """Evaluate to (.drv path, output) pairs in nix-build's order."""
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+def instantiate(
+    what: Installables,
+    cwd: Path | None = None,
+    *,
+    env: Env = None,
+    say: Say = _say,
+) -> list[tuple[str, str]]:
+    """Evaluate to (.drv path, output) pairs in nix-build's order.
+
+    ``env`` is the evaluators' (the run's --options in NIX_CONFIG); what they print besides an
+    error (``trace:``, warnings) goes to ``say`` line by line. A failed evaluation raises
+    ``NixError`` with Nix's whole message.
+    """
     roots: list[tuple[str, str]] = []
     for source in sources(what, cwd):
         match source.kind:
             case "drv":
                 roots.append(_drv_root(source))
             case "flake":
-                out = _evaluate(
-                    flake_eval_argv(source.text),
-                    flake_eval_argv(source.text, show_trace=True),
-                    source,
-                    cwd,
-                )
-                roots.append(_parse_flake(out, source))
+                argv = flake_eval_argv(source.text, flags=what.flags)
+                roots.append(_parse_flake(_evaluate(argv, source, cwd, env, say), source))
             case "file" | "expr":
-                out = _evaluate(
-                    instantiate_argv(what, source),
-                    instantiate_argv(what, source, show_trace=True),
-                    source,
-                    cwd,
-                )
-                roots += _parse_instantiated(out)
+                argv = instantiate_argv(what, source)
+                roots += _parse_instantiated(_evaluate(argv, source, cwd, env, say))
     if not roots:
         raise StoreError(
             "the expression produced no derivations",
@@ -283,6 +308,23 @@ def result_links(roots: Sequence[tuple[str, str]], base: str) -> list[str]:
         link = base if number == 1 else f"{base}-{number}"
         links.append(link if output == "out" else f"{link}-{output}")
     return links
+
+
+def realise_argv(roots: Sequence[tuple[str, str]], mode: Literal["check", "repair"]) -> list[str]:
+    """nix-store building ``roots`` again (``--check``) or repairing their closure."""
+    return ["nix-store", "--realise", f"--{mode}", "--", *(f"{d}!{o}" for d, o in roots)]
+
+
+def realise_again(
+    roots: Sequence[tuple[str, str]], mode: Literal["check", "repair"], env: Env = None
+) -> None:
+    """nix-build's --check and --repair, which only the local Nix can carry out: the serve
+    protocol has no build mode. Its stderr is shown; a failure keeps Nix's exit status."""
+    done = run(realise_argv(roots, mode), check=False, env=env)
+    if done.returncode != 0:
+        first = first_error_line(done.stderr)
+        raise NixError(f"--{mode} failed: {first}", text=done.stderr, status=done.returncode)
+    sys.stderr.write(done.stderr)
 
 
 def add_root_argv(path: str, link: str) -> list[str]:

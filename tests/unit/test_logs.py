@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import bz2
 import io
 import stat
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing_extensions import override
 import offload.cli
 from offload.cli import log as log_cli
 from offload.errors import OffloadError
-from offload.logs import BuildLogs, LogFile
+from offload.logs import BuildLogs, LogFile, keep_for_nix, nix_log_path
+from offload.names import LOCAL
 from offload.process import Completed
 from offload.ui.events import JobFinished, JobPhase
 
@@ -249,3 +251,35 @@ def test_log_of_a_path_with_no_deriver(tmp_path: Path) -> None:
         pytest.raises(OffloadError, match="has no known deriver"),
     ):
         log_cli.show_log("/nix/store/x-src", logs=BuildLogs(tmp_path))
+
+
+# --- logs where Nix keeps them ----------------------------------------------------------------
+
+
+def test_nix_log_path_is_where_nix_2_8_reads_it() -> None:
+    drv = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello.drv"
+    path = nix_log_path(drv, {"NIX_LOG_DIR": "/var/log/nix"})
+    assert path == Path("/var/log/nix/drvs/01/23456789abcdfghijklmnpqrsvwxyz-hello.drv.bz2")
+    assert nix_log_path(drv, {}).parts[:5] == ("/", "nix", "var", "log", "nix")
+
+
+def test_a_remote_log_is_kept_as_whole_bzip2_and_a_local_one_is_left_to_nix(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "x.log"
+    log.write_bytes(b"line one\nline \xff two\n")
+    target = tmp_path / "drvs" / "ab" / "cdef-x.drv.bz2"
+    assert keep_for_nix("/nix/store/abcdef-x.drv", "fast", log, target)
+    assert bz2.decompress(target.read_bytes()) == log.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary left
+    other = tmp_path / "local.bz2"
+    assert not keep_for_nix("/nix/store/abcdef-x.drv", LOCAL, log, other)
+    assert not other.exists()
+
+
+def test_an_unwritable_nix_log_dir_is_not_an_error(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("hi\n")
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where a directory would go
+    assert not keep_for_nix("/nix/store/abcdef-x.drv", "fast", log, blocked / "ab" / "x.bz2")

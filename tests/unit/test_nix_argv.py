@@ -23,7 +23,7 @@ from offload.nix import (
     sources,
 )
 
-NIX_INSTANTIATE = ["nix-instantiate", "--option", "substituters", ""]
+NIX_INSTANTIATE = ["nix-instantiate", "--no-gc-warning", "--option", "substituters", ""]
 
 
 def test_file_argv_with_every_option() -> None:

@@ -124,9 +124,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     except OffloadError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        _print_error(exc)
         return exit_status(exc)
     except BrokenPipeError:
         # Whoever read stdout has gone; later flushes must not fail again at exit.
@@ -140,11 +138,24 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return 1
 
 
+def _print_error(exc: OffloadError) -> None:
+    from offload.errors import NixError
+
+    if isinstance(exc, NixError):  # Nix's own words, whole, as nix-build shows them
+        sys.stderr.write(exc.text if exc.text.endswith("\n") else exc.text + "\n")
+        return
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+
+
 def exit_status(exc: OffloadError) -> int:
     """nix-build's codes: 100 for a failed build, 101 when it timed out, 1 for the rest."""
-    from offload.errors import BuildFailed
+    from offload.errors import BuildFailed, NixError
     from offload.protocol.records import BuildStatus
 
+    if isinstance(exc, NixError):
+        return exc.status
     if isinstance(exc, BuildFailed):
         return 101 if exc.status == BuildStatus.TIMED_OUT else 100
     return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import json
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from offload.backoff import Health, load_backoff, save_backoff
 from offload.build import DrvGraph, Roots, dry_run, out_links, run_build
-from offload.cli.machines import add_pool_arguments, pool_from_args
+from offload.cli.build_args import add_build_arguments, eval_flags, refusal
+from offload.cli.machines import pool_from_args
 from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
@@ -21,14 +23,14 @@ from offload.history.estimates import estimator
 from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs
 from offload.names import LOCAL
-from offload.nix import Installables, add_roots, instantiate, sources
+from offload.nix import Installables, add_roots, instantiate, realise_again, sources
 from offload.paths import ensure_state_dir
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.report import check_target, write_report
 from offload.scheduler.run import RunReport
 from offload.slots import SlotLocks
-from offload.ui import make_renderer
-from offload.ui.events import Event, MachineEvent
+from offload.ui import RendererKind, make_renderer
+from offload.ui.events import Event, MachineEvent, Renderer
 from offload.ui.summary import render_summary
 from offload.ui.term import sanitize
 
@@ -40,42 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Build Nix derivations like nix-build, scheduling the whole graph over the "
         "local machine and the builders. Output paths go to stdout, everything else to stderr.",
     )
-    parser.add_argument("paths", nargs="*", metavar="FILE|DRV", help="default: ./default.nix")
-    parser.add_argument("-A", "--attr", action="append", default=[], help="attribute to build")
-    parser.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"))
-    parser.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    parser.add_argument("-E", "--expr", help="build the derivations this expression evaluates to")
-    parser.add_argument("-o", "--out-link", default="result", help="symlink name (./result)")
-    parser.add_argument("--no-out-link", action="store_true", help="make no result symlinks")
-    parser.add_argument(
-        "-k",
-        "--keep-going",
-        action="store_true",
-        help="go on with what does not depend on a failure",
-    )
-    parser.add_argument(
-        "-L", "--print-build-logs", action="store_true", help="stream build logs to stderr"
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="write one JSON event per line to stdout"
-    )
-    parser.add_argument(
-        "--fetch-all",
-        action="store_true",
-        help="copy every built output here, not only the requested ones (as Nix does)",
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the plan (what is built where, estimated time) and build nothing",
-    )
-    parser.add_argument(
-        "--report",
-        type=Path,
-        metavar="FILE",
-        help="write the run's HTML report (timeline per machine) to FILE at the end",
-    )
-    add_pool_arguments(parser)
+    add_build_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -218,7 +185,7 @@ def execute(
     logs = BuildLogs(state / "logs")
     remember = RunRecorder(time.time())
     with History(state / "history.sqlite") as history:
-        recorder = logs.recorder()
+        recorder = logs.recorder(for_nix=True)
         try:
             report, graph = asyncio.run(
                 run_build(
@@ -233,7 +200,7 @@ def execute(
                     backoff=_remembered_backoff(state, retry_now),
                     fetch_all=fetch_all,
                     # The same timeouts and log limit Nix's build hook passes on.
-                    options=BuildOptions.from_settings(pool.nix_settings.count),
+                    options=_build_options(pool),
                 )
             )
         finally:
@@ -242,6 +209,13 @@ def execute(
         _record(history, remember, report, graph, pool)
     save_backoff(state / "backoff.json", report.health, time.time())
     return report, graph
+
+
+def _build_options(pool: Pool) -> BuildOptions:
+    """What every build gets on every machine: the timeouts and log limit Nix's build hook
+    passes on, and keep-failed (serve protocol 2.7; the builder keeps the directory)."""
+    options = BuildOptions.from_settings(pool.nix_settings.count)
+    return dataclasses.replace(options, keep_failed=pool.nix_settings.get("keep-failed") == "true")
 
 
 def _record(
@@ -263,22 +237,53 @@ def _record(
     )
 
 
+def _renderer(args: argparse.Namespace) -> Renderer:
+    """Build logs are shown as nix-build shows them, unless -Q or --log-format bar."""
+    print_logs = args.print_build_logs or not (args.no_build_output or args.log_format == "bar")
+    kind: RendererKind = "auto"
+    if args.json:
+        kind = "json"
+    elif args.log_format is not None:
+        kind = "plain" if args.log_format == "raw" else "tty"
+    return make_renderer(kind, print_logs=print_logs)
+
+
+def _said_once(said: set[str]) -> Callable[[str], None]:
+    """Prints an evaluator's line unless it was said already (unknown settings)."""
+
+    def say(line: str) -> None:
+        if line not in said:
+            print(line, file=sys.stderr)
+
+    return say
+
+
 def run(args: argparse.Namespace) -> int:
+    refused = refusal(args)
+    if refused is not None:
+        raise refused
     what = Installables(
         files=tuple(args.paths),
         attrs=tuple(args.attr),
         expr=args.expr,
         args=tuple(tuple(a) for a in args.arg),
         argstrs=tuple(tuple(a) for a in args.argstr),
+        flags=eval_flags(args),
     )
     sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
+    evaluate = functools.partial(
+        instantiate,
+        what,
+        env=pool.local_env(),
+        say=_said_once({f"warning: {w}" for w in pool.nix_settings.warnings}),
+    )
     state = ensure_state_dir()
     if args.report is not None:
         check_target(args.report)  # before the run, not after it
     if args.dry_run:
-        return _dry_run(instantiate(what), pool, state, as_json=args.json)
-    renderer = make_renderer("json" if args.json else "auto", print_logs=args.print_build_logs)
+        return _dry_run(evaluate(), pool, state, as_json=args.json)
+    renderer = _renderer(args)
     machine_events: list[MachineEvent] = []
 
     def emit(event: Event) -> None:
@@ -290,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Evaluated while the connections to the builders open (run_build).
     report, graph = execute(
-        functools.partial(instantiate, what),
+        evaluate,
         pool,
         state,
         emit=emit,
@@ -299,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         retry_now=args.on,
         fetch_all=args.fetch_all,
     )
-    if not args.json:
+    if not args.json and (report.finished or machine_events):  # quiet when nothing was to do
         render_summary([*report.finished, *machine_events], sys.stderr)
     if args.report is not None:
         with History(state / "history.sqlite") as history:
@@ -310,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"
         raise OffloadError(msg)
+    if args.check or args.repair:
+        realise_again(graph.roots, "repair" if args.repair else "check", pool.local_env())
     links = out_links(graph.roots, graph, args.out_link)
     if not args.json:
         for path, _ in links:

@@ -2,7 +2,8 @@
 
 ``DRV`` is a .drv path (or its basename); any other ``PATH`` is taken as an output path (or a
 link to one, like ``./result``) and its deriver asked of the local store with
-``nix-store -q --deriver``. ``--machine`` picks the newest build on one machine, useful when
+``nix-store -q --deriver``. A build offload did not run is looked up in Nix's own logs
+(``nix-store --read-log``). ``--machine`` picks the newest build on one machine, useful when
 speculative copies ran on two. The log is printed as kept, escape codes and all, on a terminal,
 and stripped of them otherwise.
 """
@@ -45,10 +46,22 @@ def show_log(
 ) -> int:
     out = sys.stdout if out is None else out
     drv_path = target if target.endswith(".drv") else find_deriver(target)
-    text = (logs or BuildLogs()).read(drv_path, machine)
+    try:
+        text = (logs or BuildLogs()).read(drv_path, machine)
+    except OffloadError:
+        nix = None if machine else _nix_log(drv_path)
+        if nix is None:
+            raise
+        text = nix
     out.write(text if _isatty(out) else sanitize_text(text))
     out.flush()
     return 0
+
+
+def _nix_log(drv_path: str) -> str | None:
+    """The log Nix keeps of a build it ran (or its hook sent away), if it has one."""
+    done = run(["nix-store", "--read-log", drv_path], check=False)
+    return done.stdout if done.returncode == 0 else None
 
 
 def find_deriver(path: str) -> str:

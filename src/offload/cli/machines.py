@@ -114,13 +114,11 @@ def _jobs(text: str) -> int:
         import os
 
         return os.cpu_count() or 1
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of jobs") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("the number of jobs cannot be negative")
-    return value
+    # Nix's max-jobs is an unsigned int: a larger number is refused, as nix-build refuses it.
+    if not (text.isascii() and text.isdigit()) or int(text) >= 1 << 32:
+        msg = "configuration setting 'max-jobs' should be 'auto' or an integer"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
 
 
 def _options(args: argparse.Namespace) -> dict[str, str]:

@@ -227,7 +227,8 @@ def read_nix_settings(
             except ValueError:
                 problem = "`nix show-config --json` printed no JSON"
             else:
-                return NixSettings({k: _show_config_value(v) for k, v in data.items()})
+                shown = {k: _show_config_value(v) for k, v in data.items()}
+                return NixSettings(shown, _option_warnings(data, options, done.stderr))
         else:
             problem = (done.stderr.strip().splitlines() or ["no output"])[-1]
     values: dict[str, str] = {}
@@ -238,6 +239,22 @@ def read_nix_settings(
     values.update(options)
     warning = f"could not ask Nix for its settings ({problem}); read {conf} and NIX_CONFIG only"
     return NixSettings(values, (warning,))
+
+
+def _option_warnings(data: object, options: Mapping[str, str], stderr: str) -> tuple[str, ...]:
+    """What Nix says of ``options`` (an invalid value), and each unknown name as nix-build
+    says it (`nix show-config` does not): "unknown setting 'NAME'"."""
+    said = [line.removeprefix("warning: ") for line in stderr.splitlines()]
+    known = set(data) if isinstance(data, dict) else set()
+    for value in data.values() if isinstance(data, dict) else ():
+        if isinstance(value, dict) and isinstance(value.get("aliases"), list):
+            known.update(str(alias) for alias in value["aliases"])
+    unknown = [
+        f"unknown setting '{name}'"
+        for name in options
+        if name not in known and name.removeprefix("extra-") not in known
+    ]
+    return tuple([line for line in said if line.strip()] + unknown)
 
 
 def substitutes_locally(settings: NixSettings) -> bool:

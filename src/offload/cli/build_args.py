@@ -1,0 +1,237 @@
+"""The command line of `offload build`: nix-build's flags (Nix 2.8) and offload's own.
+
+Every flag nix-build 2.8 accepts is accepted (its `LegacyArgs`, `MixCommonArgs`, `MixEvalArgs`
+and the flag per setting `Config::convertToArgs` makes), and sorted by where its meaning goes:
+
+- build settings become ``--option NAME VALUE`` pairs, in command-line order (``option``): the
+  local Nix gets them all (its serve processes' ``NIX_CONFIG``), every builder the ones the serve
+  protocol carries (`max-silent-time`, `timeout`, `max-build-log-size`, `keep-failed`);
+- evaluation flags go to nix-instantiate / nix eval (``eval_flags``), with the options;
+- output flags choose the renderer (``-Q``, ``--log-format``) and Nix's verbosity (``-v``);
+- flags nix-build 2.8 parses and ignores are parsed and ignored (``--add-root``, ``--indirect``,
+  ``--drv-link``, ``--pure``, ``--keep``), and the few whose meaning offload cannot keep are
+  refused when the run starts (``refused``), with why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from offload.cli.machines import add_pool_arguments
+from offload.errors import ConfigError
+
+__all__ = ["LOG_FORMATS", "add_build_arguments", "eval_flags", "refusal"]
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+# Nix 2.8's settings (`nix show-config --json`), each a flag --NAME; a boolean one also --no-NAME
+# and a list one --extra-NAME. Those offload spells out below are not repeated here.
+BOOL_SETTINGS = _words(
+    "accept-flake-config allow-dirty allow-import-from-derivation allow-new-privileges "
+    "allow-symlinked-store allow-unsafe-native-code-during-evaluation auto-optimise-store "
+    "builders-use-substitutes compress-build-log enforce-determinism eval-cache "
+    "filter-syscalls fsync-metadata http2 impersonate-linux-26 keep-build-log "
+    "keep-derivations keep-env-derivations keep-outputs preallocate-contents print-missing "
+    "pure-eval require-sigs restrict-eval run-diff-hook sandbox sandbox-fallback substitute "
+    "sync-before-registering trace-function-calls use-case-hack use-registries use-sqlite-wal "
+    "warn-dirty"
+)
+LIST_SETTINGS = _words(
+    "access-tokens allowed-impure-host-deps allowed-uris allowed-users experimental-features "
+    "extra-platforms hashed-mirrors ignored-acls nix-path plugin-files sandbox-paths "
+    "secret-key-files substituters system-features trusted-public-keys trusted-substituters "
+    "trusted-users"
+)
+VALUE_SETTINGS = _words(
+    "bash-prompt bash-prompt-suffix build-hook build-poll-interval build-users-group "
+    "commit-lockfile-summary connect-timeout diff-hook download-attempts flake-registry "
+    "gc-reserved-space http-connections log-lines max-build-log-size max-free min-free "
+    "min-free-check-interval nar-buffer-size narinfo-cache-negative-ttl "
+    "narinfo-cache-positive-ttl netrc-file post-build-hook pre-build-hook repeat "
+    "sandbox-build-dir sandbox-dev-shm-size stalled-download-timeout system tarball-ttl "
+    "user-agent-suffix"
+)
+LOG_FORMATS = ("raw", "internal-json", "bar", "bar-with-logs")
+
+
+def _setting(name: str, parse: Callable[[str], str] = str) -> Callable[[str], tuple[str, str]]:
+    """The type of a flag setting ``name``: its value becomes an ``--option`` pair."""
+
+    def pair(text: str) -> tuple[str, str]:
+        return (name, parse(text))
+
+    return pair
+
+
+def _count(text: str) -> str:
+    """A count with Nix's unit prefixes (string2IntWithUnitPrefix: K, M, G, T), as digits."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)", text)
+    if match is None or len(match[1]) > 19:
+        msg = f"'{text}' is not a number (units K, M, G, T allowed)"
+        raise argparse.ArgumentTypeError(msg)
+    value = int(match[1]) << (10 * " KMGT".index(match[2] or " "))
+    if value >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"'{text}' is too large")
+    return str(value)
+
+
+def _nix_settings(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Nix settings",
+        "-K/--keep-failed, --fallback, --cores N, --max-silent-time N, --timeout N, and "
+        "--NAME VALUE, --NAME/--no-NAME, --extra-NAME VALUE for any Nix setting, as nix-build",
+    )
+
+    # Each lands in --option's list as a (name, value) pair, in command-line order.
+    def flag(flag: str, name: str, value: str, help_: str | None = argparse.SUPPRESS) -> None:
+        group.add_argument(
+            flag, dest="option", action="append_const", const=(name, value), help=help_
+        )
+
+    def valued(
+        name: str, parse: Callable[[str], str] = str, help_: str | None = argparse.SUPPRESS
+    ) -> None:
+        group.add_argument(
+            f"--{name}",
+            dest="option",
+            action="append",
+            type=_setting(name, parse),
+            metavar="N",
+            help=help_,
+        )
+
+    group.add_argument(
+        "-K",
+        "--keep-failed",
+        dest="option",
+        action="append_const",
+        const=("keep-failed", "true"),
+        help=None,
+    )
+    flag("--fallback", "fallback", "true", None)
+    for name in ("cores", "max-silent-time", "timeout"):
+        valued(name, _count, None)
+    for name in BOOL_SETTINGS:
+        flag(f"--{name}", name, "true")
+        flag(f"--no-{name}", name, "false")
+    for name in (*LIST_SETTINGS, *VALUE_SETTINGS):
+        valued(name)
+    for name in LIST_SETTINGS:
+        valued(f"extra-{name}")
+
+
+def _evaluation(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("-A", "--attr", action="append", default=[], help="attribute to build")
+    group.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"))
+    group.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    group.add_argument("-E", "--expr", help="build the derivations this expression evaluates to")
+    group.add_argument(
+        "-I", "--include", action="append", default=[], metavar="PATH", help="as nix-build's -I"
+    )
+    group.add_argument("--show-trace", action="store_true", help="Nix's whole trace on errors")
+    group.add_argument("--impure", action="store_true", help="as nix-build (its default)")
+    group.add_argument("--override-flake", nargs=2, action="append", default=[], metavar="REF")
+    # nix-build's --check and --repair: carried out by the local Nix (see build.py).
+    group.add_argument("--check", action="store_true", help="build the requested ones again")
+    group.add_argument("--repair", action="store_true", help="repair corrupt paths (local Nix)")
+
+
+def _output(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "-L", "--print-build-logs", action="store_true", help="show build logs (the default)"
+    )
+    group.add_argument(
+        "-Q", "--no-build-output", action="store_true", help="do not show build logs"
+    )
+    group.add_argument("-v", "--verbose", action="count", default=0, help="Nix's verbosity up")
+    group.add_argument("--quiet", action="count", default=0, help="Nix's verbosity down")
+    # nix-build's --debug (Nix's verbosity); `offload --debug build` shows tracebacks.
+    group.add_argument("--debug", action="store_true", dest="nix_debug", help="Nix debug")
+    group.add_argument("--log-format", choices=LOG_FORMATS, help="raw: plain lines; bar: live")
+    group.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+
+
+def _ignored(parser: argparse.ArgumentParser) -> None:
+    """What nix-build 2.8 parses and then ignores (obsolete, or only nix-shell's)."""
+    hide = argparse.SUPPRESS
+    for flag in ("--indirect", "--add-drv-link", "--pure", "--no-gc-warning"):
+        parser.add_argument(flag, action="store_true", dest="ignored", help=hide)
+    for flag in ("--add-root", "--drv-link", "--keep"):
+        parser.add_argument(flag, dest="ignored_value", help=hide)
+    for flag in ("--store", "--eval-store"):
+        parser.add_argument(flag, action="append", dest="refused", default=[], help=hide)
+    parser.add_argument(
+        "--readonly-mode", action="append_const", const="", dest="refused", help=hide
+    )
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every argument of `offload build` on ``parser``."""
+    parser.add_argument("paths", nargs="*", metavar="FILE|DRV", help="default: ./default.nix")
+    _evaluation(parser)
+    parser.add_argument("-o", "--out-link", default="result", help="symlink name (./result)")
+    parser.add_argument(
+        "--no-out-link", "--no-link", action="store_true", help="make no result symlinks"
+    )
+    parser.add_argument(
+        "-k",
+        "--keep-going",
+        action="store_true",
+        help="go on with what does not depend on a failure",
+    )
+    parser.add_argument(
+        "--fetch-all",
+        action="store_true",
+        help="copy every built output here, not only the requested ones (as Nix does)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (what is built where, estimated time) and build nothing",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write the run's HTML report (timeline per machine) to FILE at the end",
+    )
+    _output(parser)
+    add_pool_arguments(parser)
+    _nix_settings(parser)
+    _ignored(parser)
+
+
+def eval_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The flags nix-instantiate (and nix eval) get, as nix-build would apply them."""
+    flags: list[str] = []
+    for path in args.include:
+        flags += ["-I", path]
+    for ref, to in args.override_flake:
+        flags += ["--override-flake", ref, to]
+    flags += ["--show-trace"] * args.show_trace + ["--impure"] * args.impure
+    flags += ["--verbose"] * args.verbose + ["--quiet"] * args.quiet
+    flags += ["--debug"] * bool(getattr(args, "nix_debug", False))
+    return tuple(flags)
+
+
+def refusal(args: argparse.Namespace) -> ConfigError | None:
+    """Why a flag nix-build takes cannot be honoured, or None."""
+    if args.refused:
+        return ConfigError(
+            "--store, --eval-store and --readonly-mode are not supported by offload build",
+            hint="offload builds into the local store; use nix-build for another store",
+        )
+    if args.log_format == "internal-json":
+        return ConfigError(
+            "--log-format internal-json is Nix's own event format, which offload does not write",
+            hint="offload's events are one JSON object per line with --json",
+        )
+    return None

@@ -1,0 +1,231 @@
+"""`offload build` against the real nix-build 2.8, flag by flag and error by error.
+
+Each case runs both on the same project with the same arguments and compares what a user
+reads: the exit status, stdout, and the stderr lines that matter (Nix's whole evaluation error
+with its position and code frame; a warning; a refusal). Builds are local and trivial; a
+nonce per run makes every build a fresh one where the flag acts on the build.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+PROJECT = r"""
+{ a ? 1, nonce ? "", sleep ? "0" }:
+let s = { b = 1; }; in
+{
+  ok = derivation {
+    name = "ok"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo building ${nonce}; /bin/sleep ${sleep}; echo ${toString a} > $out" ];
+  };
+  random = derivation {
+    name = "random-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo $RANDOM$$ > $out" ];
+  };
+  typo = s.a;
+  lookup = (import <here/x.nix>).y;
+  traced = builtins.trace "hello from eval" (s.b + 1);
+}
+"""
+
+# --no-out-link and no binary caches (offline: Nix would retry cache.nixos.org for seconds).
+COMMON = ("--no-out-link", "--option", "substituters", "")
+OFFLOAD = (sys.executable, "-m", "offload", "build", "--builders", "")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "default.nix").write_text(PROJECT)
+    (tmp_path / "x.nix").write_text(
+        '{ y = derivation { name = "y"; system = builtins.currentSystem; '
+        'builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }; }\n'
+    )
+    return tmp_path
+
+
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(cwd / "state")}
+    return subprocess.run(
+        argv, check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+
+
+def both(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], ...]:
+    nix = _run(["nix-build", *COMMON, *args], cwd)
+    return nix, _run([*OFFLOAD, *COMMON, *args], cwd)
+
+
+def _errors(stderr: str) -> str:
+    """From the first `error:` line on: Nix's message, position, code frame and suggestion."""
+    at = stderr.find("error:")
+    return stderr[at:] if at >= 0 else ""
+
+
+# Flags whose run must build and print the same output path as nix-build's.
+ACCEPTED = [
+    ("--cores", "2"),
+    ("-K",),
+    ("--keep-failed",),
+    ("--fallback",),
+    ("--impure",),
+    ("--show-trace",),
+    ("-I", "here=."),
+    ("--include", "here=."),
+    ("-Q",),
+    ("--no-build-output",),
+    ("--quiet",),
+    ("-v",),
+    ("--verbose",),
+    ("--log-format", "raw"),
+    ("--log-format", "bar"),
+    ("--log-format", "bar-with-logs"),
+    ("--add-root", "gcroot"),
+    ("--indirect",),
+    ("--max-silent-time", "30"),
+    ("--timeout", "30"),
+    ("--repair",),
+    ("--option", "cores", "1"),
+    ("--no-sandbox",),
+    ("--keep-outputs",),
+    ("--no-keep-outputs",),
+    ("--extra-substituters", ""),
+    ("--max-build-log-size", "1000000"),
+    ("--arg", "a", "2"),
+    ("--argstr", "nonce", "x"),
+    ("--no-link",),
+    ("-j", "2"),
+    ("--max-jobs", "auto"),
+]
+
+
+@pytest.mark.parametrize("flag", ACCEPTED, ids=lambda f: " ".join(f) or "''")
+def test_flag_is_taken_as_nix_build_takes_it(project: Path, flag: tuple[str, ...]) -> None:
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex) if "nonce" not in flag else ()
+    nix, offload = both(project, "-A", "ok", *nonce, *flag)
+    assert nix.returncode == 0, nix.stderr
+    assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+    assert "error" not in offload.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-A", "typo"),  # attribute missing, at default.nix:13:10, "Did you mean b?"
+        ("-A", "ok", "--arg", "a", "x.c"),  # a bad --arg: «string», not default.nix
+        ("-A", "typo", "--show-trace"),
+        ("-A", "lookup"),  # <here> not in the search path
+        ("-E", "let in nope"),
+        ("missing-dir/",),
+    ],
+    ids=" ".join,
+)
+def test_evaluation_errors_come_through_whole(project: Path, args: tuple[str, ...]) -> None:
+    nix, offload = both(project, *args)
+    assert nix.returncode == 1
+    assert offload.returncode == 1
+    assert offload.stdout == nix.stdout == ""
+    if args != ("missing-dir/",):  # offload says so before evaluating, in its own line
+        assert _errors(offload.stderr) == _errors(nix.stderr)
+        assert "\n" in _errors(nix.stderr).strip()  # a frame, not a line
+
+
+def test_typo_shows_position_frame_and_suggestion(project: Path) -> None:
+    nix, offload = both(project, "-A", "typo")
+    for stderr in (nix.stderr, offload.stderr):
+        assert re.search(r"at .*/default\.nix:13:10:", stderr)
+    assert "typo = s.a;" in offload.stderr
+    assert "Did you mean b?" in offload.stderr
+
+
+def test_bad_arg_is_not_blamed_on_the_file(project: Path) -> None:
+    _, offload = both(project, "-A", "ok", "--arg", "a", "x.c")
+    assert "«string»:1:1" in offload.stderr
+    assert "default.nix" not in offload.stderr
+
+
+def test_search_path_from_option_and_flag(project: Path) -> None:
+    for how in (("-I", f"here={project}"), ("--option", "nix-path", f"here={project}")):
+        nix, offload = both(project, "-A", "lookup", *how)
+        assert nix.returncode == 0, nix.stderr
+        assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+
+
+def test_trace_output_is_shown(project: Path) -> None:
+    nix, offload = both(project, "-E", "(import ./. {}).traced")
+    assert "trace: hello from eval" in nix.stderr
+    assert "trace: hello from eval" in offload.stderr
+
+
+def test_unknown_setting_warns_once_as_nix_does(project: Path) -> None:
+    nix, offload = both(project, "-A", "ok", "--option", "no-such-setting", "1")
+    line = "warning: unknown setting 'no-such-setting'"
+    assert nix.stderr.splitlines().count(line) == 1
+    assert offload.stderr.splitlines().count(line) == 1
+    assert (offload.returncode, offload.stdout) == (nix.returncode, nix.stdout) == (0, nix.stdout)
+
+
+@pytest.mark.parametrize("flag", ["--max-silent-time", "--timeout"])
+@pytest.mark.parametrize("how", ["flag", "option"])
+def test_silent_build_times_out_with_101(project: Path, flag: str, how: str) -> None:
+    setting = ("--option", flag.removeprefix("--"), "1") if how == "option" else (flag, "1")
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "-A", "ok", *nonce, "--argstr", "sleep", "5", *setting)
+    assert nix.returncode == 101, nix.stderr
+    assert offload.returncode == 101, offload.stderr
+    assert offload.stdout == ""
+
+
+@pytest.mark.parametrize("jobs", ["99999999999999999999", "4294967296", "-1", "x"])
+def test_impossible_job_count_is_refused_as_nix_refuses_it(project: Path, jobs: str) -> None:
+    nix, offload = both(project, "-A", "ok", "-j", jobs)
+    words = "configuration setting 'max-jobs' should be 'auto' or an integer"
+    assert nix.returncode == offload.returncode == 1
+    assert words in nix.stderr.splitlines()[0]
+    assert words in offload.stderr.splitlines()[0]
+
+
+def test_check_reports_a_nondeterministic_build(project: Path) -> None:
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    first_nix, first = both(project, "-A", "random", *nonce)
+    assert first_nix.returncode == first.returncode == 0
+    nix, offload = both(project, "-A", "random", *nonce, "--check")
+    assert nix.returncode == offload.returncode == 104
+    assert offload.stdout == nix.stdout == ""
+    assert "may not be deterministic" in _errors(offload.stderr)
+    assert _errors(offload.stderr) == _errors(nix.stderr)
+
+
+def test_unknown_flag_is_refused(project: Path) -> None:
+    nix, offload = both(project, "--no-such-flag")
+    assert nix.returncode == offload.returncode == 1
+    assert "--no-such-flag" in nix.stderr
+    assert "--no-such-flag" in offload.stderr
+
+
+def test_build_log_is_shown_by_default_and_not_with_q(project: Path) -> None:
+    for quiet in ((), ("-Q",), ("--no-build-output",)):
+        nonces = uuid.uuid4().hex, uuid.uuid4().hex  # each tool builds its own
+        nix = _run(
+            ["nix-build", *COMMON, "-A", "ok", "--argstr", "nonce", nonces[0], *quiet], project
+        )
+        offload = _run(
+            [*OFFLOAD, *COMMON, "-A", "ok", "--argstr", "nonce", nonces[1], *quiet],
+            project,
+        )
+        assert (f"building {nonces[0]}" in nix.stderr) is not bool(quiet)
+        assert (f"building {nonces[1]}" in offload.stderr) is not bool(quiet)
+
+
+def test_nothing_to_do_is_quiet(project: Path) -> None:
+    args = ("-A", "ok", "--argstr", "nonce", uuid.uuid4().hex)
+    both(project, *args)
+    _, offload = both(project, *args)
+    assert offload.returncode == 0
+    assert "total" not in offload.stderr  # no all-zero summary table
