@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test unit lint format bench clean
+.PHONY: setup system-deps demo test unit lint format bench seeds clean
 
 setup: system-deps $(STAMP)
 
@@ -49,7 +49,13 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: setup
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
+
+# The policy over 30 random graphs of each shape against an exact solver's optimum (simulated).
+seeds: setup
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python bench/seeds.py --report
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,10 @@ Shapes:
 - ``wide``: wide and flat, at most three nodes deep: a couple of roots, a wide middle layer that
   depends on them, and a couple of sinks that each gather some of the middle.
 - ``huge``: like ``layered`` with small nodes, plus a few huge nodes (about sqrt(n)/3 of them,
-  each 15-30x a small node's work) spread over the layers.
+  each 15-30x a small node's work) spread over the layers (the "skewed" shape).
+- ``bootstrap``: a stdenv bootstrap: a long serial spine (a sixth of the nodes), a few of its
+  stages long compilers that need ``big-parallel``; small diamonds between consecutive stages
+  (helpers built by one stage and used by the next); then packages on the last stage.
 
 Node names are ``<shape><n>-s<seed>[-x<scale>]-nNNNN``: history keys on the derivation name, so
 the same graph learns from its earlier runs, and different graphs do not pollute each other.
@@ -37,7 +40,8 @@ from offload.errors import ConfigError
 
 __all__ = ["SHAPES", "generate", "main"]
 
-_Node = tuple[float, tuple[int, ...]]  # work and indexes of deps, always earlier nodes
+# Work, indexes of deps (always earlier nodes) and required features.
+_Node = tuple[float, tuple[int, ...]] | tuple[float, tuple[int, ...], frozenset[str]]
 
 
 def _work(rng: random.Random, low: float, high: float) -> float:
@@ -126,11 +130,43 @@ def _huge(rng: random.Random, n: int) -> list[_Node]:
     return nodes
 
 
+def _bootstrap(rng: random.Random, n: int) -> list[_Node]:
+    spine_len = max(1, n // 6)
+    helpers = (n - spine_len) * 2 // 5
+    compilers = set(rng.sample(range(spine_len), min(spine_len, 3)))
+    # Which gap between stages each helper sits in (built by stage i, used by stage i + 1).
+    gaps = sorted(rng.randrange(spine_len) for _ in range(helpers))
+    nodes: list[_Node] = []
+    previous: int | None = None
+    waiting: list[int] = []
+    for stage in range(spine_len):
+        deps = ((previous,) if previous is not None else ()) + tuple(waiting)
+        if stage in compilers:
+            nodes.append((_work(rng, 3.0, 6.0), tuple(sorted(deps)), frozenset({"big-parallel"})))
+        else:
+            nodes.append((_work(rng, 0.2, 0.8), tuple(sorted(deps))))
+        previous = len(nodes) - 1
+        waiting = []
+        for _ in range(gaps.count(stage)):
+            waiting.append(len(nodes))
+            nodes.append((_work(rng, 0.2, 1.0), (previous,)))
+    assert previous is not None
+    packages: list[int] = []
+    while len(nodes) < n:
+        deps_set = {previous}
+        if packages and rng.random() < 0.5:
+            deps_set.add(rng.choice(packages))
+        packages.append(len(nodes))
+        nodes.append((_work(rng, 0.4, 2.0), tuple(sorted(deps_set))))
+    return nodes
+
+
 SHAPES: dict[str, Callable[[random.Random, int], list[_Node]]] = {
     "layered": _layered,
     "chain": _chain,
     "wide": _wide,
     "huge": _huge,
+    "bootstrap": _bootstrap,
 }
 
 
@@ -153,8 +189,13 @@ def generate(
     # Milliseconds keep the JSON readable; nothing measures finer than that.
     return Dag(
         tuple(
-            DagNode(names[i], round(work * scale, 3), tuple(names[d] for d in deps))
-            for i, (work, deps) in enumerate(raw)
+            DagNode(
+                names[i],
+                round(node[0] * scale, 3),
+                tuple(names[d] for d in node[1]),
+                node[2] if len(node) > 2 else frozenset(),
+            )
+            for i, node in enumerate(raw)
         )
     )
 

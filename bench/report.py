@@ -30,6 +30,7 @@ from typing import Any
 
 from bench.report_hook import hook_rows, hook_section, hook_target_lines
 from bench.report_model import model_lines
+from bench.sections import keep_sections
 from bench.stats import Run, Spread, paired_ratios, spread, walls
 from bench.stats import count_ok as _count
 from bench.stats import text as _text
@@ -745,7 +746,7 @@ def write_report(results_path: Path, doc: Path) -> list[Path]:
         written.append(plot)
         plots[graph["shape"]] = os.path.relpath(plot.resolve(), doc.resolve().parent)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render_markdown(results, results_path.name, plots), encoding="utf-8")
+    doc.write_text(keep_sections(doc, render_markdown(results, results_path.name, plots)), "utf-8")
     written.append(doc)
     return written
 

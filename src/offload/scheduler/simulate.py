@@ -4,7 +4,10 @@ The simulator is a driver of ``Policy`` like the real executor, with machines th
 what they are told: a job started at ``t`` on a machine of speed ``s`` ends at
 ``t + transfer + actual_work / s``, where ``actual_work`` is the job's estimate times a per-job
 noise factor (log-normal with sigma ``noise`` from a seeded RNG, 1 when ``noise`` is 0). Noise
-makes estimates wrong, which is what speculation is for. Builds listed in ``failing`` fail when
+makes estimates wrong, which is what speculation is for. Alternatively ``actual`` gives each
+job's true work outright (the policy plans with the jobs' estimates): a first run, whose
+estimates are guesses (``guessed``), learns from its own builds as the executor does when
+``guesses`` is given (``offload.scheduler.policy.guesses``). Builds listed in ``failing`` fail when
 they end; ``machine_failures`` take machines down at given times (their running copies are
 lost and the policy requeues them).
 
@@ -25,12 +28,12 @@ import math
 import random
 import time
 import tracemalloc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, TypedDict
 
 from offload.errors import SchedulerError
-from offload.scheduler.dag import Job, JobGraph
+from offload.scheduler.dag import Job, JobGraph, JobState
 from offload.scheduler.policy import (
     Decision,
     MachineSlotSpec,
@@ -40,6 +43,7 @@ from offload.scheduler.policy import (
     TransferCost,
     Wait,
 )
+from offload.scheduler.policy.guesses import Guesses
 
 __all__ = [
     "MachineSummary",
@@ -186,6 +190,9 @@ def simulate(
     failing: Iterable[str] = (),
     machine_failures: Iterable[tuple[float, str]] = (),
     strict: bool = True,
+    actual: Mapping[str, float] | None = None,
+    guessed: Iterable[str] = (),
+    guesses: Guesses | None = None,
 ) -> SimResult:
     graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
     bound = lower_bound(graph, machines)
@@ -194,11 +201,19 @@ def simulate(
         # A threshold nothing can meet turns speculation off without a second code path.
         speculation = SpeculationRule(min_gain=math.inf)
     policy = Policy(
-        graph, machines, transfer=transfer, speculation=speculation, hold=hold, strict=strict
+        graph,
+        machines,
+        transfer=transfer,
+        speculation=speculation,
+        hold=hold,
+        strict=strict,
+        guessed=guessed,
     )
     sim = _Sim(
         policy,
-        factor=noise_factors(graph, noise, seed),
+        factor=noise_factors(graph, noise, seed) if actual is None else {},
+        actual=dict(actual) if actual is not None else None,
+        guesses=guesses,
         failing=frozenset(failing),
         speeds={m.name: m.speed for m in machines},
         failed=list(policy.unschedulable),
@@ -236,6 +251,8 @@ class _Sim:
 
     policy: Policy
     factor: dict[str, float]
+    actual: dict[str, float] | None
+    guesses: Guesses | None
     failing: frozenset[str]
     speeds: dict[str, float]
     failed: list[str]
@@ -295,7 +312,10 @@ class _Sim:
                     self._push(decision.until, _WAKE, "", "")
                 continue
             job, machine = decision.job, decision.machine
-            extra = (self.factor.get(job, 1.0) - 1.0) * graph.work(job) / self.speeds[machine]
+            if self.actual is None:
+                extra = (self.factor.get(job, 1.0) - 1.0) * graph.work(job) / self.speeds[machine]
+            else:
+                extra = (self.actual[job] - graph.work(job)) / self.speeds[machine]
             end = decision.expected_finish + extra
             speculative = isinstance(decision, Speculate)
             self.speculations += speculative
@@ -320,12 +340,22 @@ class _Sim:
         if not ok:
             self.failed.append(job)
             self.skipped.extend(result.skipped)
+        elif self.guesses is not None:
+            self._learn(job, (now - run[0]) * self.speeds[machine])
         for cancel in result.cancel:
             start, _, spec = self.active.pop((cancel.job, cancel.machine))
             self.schedule.append(
                 RunRecord(cancel.job, cancel.machine, start, now, "cancelled", spec)
             )
             self.cancelled += 1
+
+    def _learn(self, job: str, work: float) -> None:
+        """As the executor does: guessed jobs not started yet take what this run measured."""
+        assert self.guesses is not None
+        graph = self.policy.graph
+        for other, estimate in self.guesses.observe(job, work).items():
+            if graph.state(other) in {JobState.PENDING, JobState.READY}:
+                self.policy.on_estimate(other, estimate)
 
     def _machine_fails(self, machine: str) -> None:
         for lost in self.policy.running(machine):

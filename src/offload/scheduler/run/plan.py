@@ -19,6 +19,7 @@ from typing import Protocol
 from offload.protocol.serve import ServeClient
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.policy.guesses import BIG_PARALLEL_WORK, DEFAULT_WORK, guessed_work
 from offload.store.drv import Derivation
 from offload.store.path import split_name_version
 
@@ -34,10 +35,6 @@ __all__ = [
     "size_factor",
 ]
 
-# Without history, a build is assumed to take this long on a machine of speed 1.
-DEFAULT_WORK = 10.0
-# big-parallel builds (compilers, kernels) are long; guess them long so they start first.
-BIG_PARALLEL_WORK = 60.0
 # Moving one input job's outputs to a machine: a few round trips on each side (measured on
 # loopback at about 20-40 ms builder to builder; see docs/BENCHMARKS.md).
 MOVE_SECONDS = 0.05
@@ -110,8 +107,9 @@ def plan_jobs(
     for drv_path in plan.order:
         drv = plan.drvs[drv_path]
         pname = split_name_version(drv.name)[0]
-        default = BIG_PARALLEL_WORK if "big-parallel" in drv.required_features else DEFAULT_WORK
-        default *= size_factor(plan.source_bytes.get(drv_path, 0))
+        default = guessed_work(
+            drv.required_features, size_factor(plan.source_bytes.get(drv_path, 0))
+        )
         jobs.append(
             Job(
                 id=drv_path,

@@ -1,0 +1,162 @@
+"""The yardstick: a near-optimal makespan for a job graph on a pool, from an exact solver.
+
+The model is the lower bound's (``offload.scheduler.simulate.lower_bound``) made exact: each job
+runs once, on one machine that can build it (Nix's matching rule: system and features), for
+``work / speed`` seconds, in one of the machine's slots, after every job it depends on; moving
+outputs costs nothing. OR-tools CP-SAT minimises the makespan: each job is one optional interval
+per eligible machine (exactly one present), each machine a cumulative resource of ``slots``,
+times in milliseconds. The solver gets ``seconds`` per graph and a starting solution (offload's
+own simulated schedule, when given); it answers the best makespan found and the best bound it
+proved, so ``gap`` says how far from proven optimal the answer may be. When it finds nothing in
+time (or OR-tools is not installed: it is the optional ``bench`` extra, never a runtime
+dependency), the answer is the lower bound, marked ``solved=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from offload.scheduler.dag import Job, JobGraph
+from offload.scheduler.policy import MachineSlotSpec, can_build
+from offload.scheduler.simulate import lower_bound
+
+__all__ = ["Optimum", "optimum"]
+
+T = TypeVar("T", int, float)
+
+# Solver time unit: milliseconds (rounding each duration moves a makespan by far less than 1%).
+_UNIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Optimum:
+    """The best makespan found (seconds), the best proven bound, and whether it solved."""
+
+    makespan: float
+    bound: float
+    solved: bool  # False: no solution in time (or no solver); makespan is the lower bound
+    status: str
+
+    @property
+    def gap(self) -> float:
+        """How much the makespan may exceed the optimum, as a share of it (0: proven)."""
+        return (self.makespan - self.bound) / self.bound if self.bound > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "makespan": round(self.makespan, 4),
+            "bound": round(self.bound, 4),
+            "gap": round(self.gap, 5),
+            "solved": self.solved,
+            "status": self.status,
+        }
+
+
+def optimum(
+    jobs: Sequence[Job],
+    machines: Sequence[MachineSlotSpec],
+    *,
+    seconds: float = 10.0,
+    hint: Mapping[str, tuple[str, float]] | None = None,
+    workers: int = 2,
+) -> Optimum:
+    """The near-optimal makespan of ``jobs`` (exact work) on ``machines``; ``hint`` maps a job
+    to (machine, start) from a known schedule, as the solver's first solution."""
+    bound = lower_bound(JobGraph(jobs), machines)
+    try:
+        from ortools.sat.python import cp_model
+    except ImportError:
+        return Optimum(bound, bound, solved=False, status="no solver (pip install '.[bench]')")
+    model = cp_model.CpModel()
+    usable = [m for m in machines if m.slots > 0]
+    horizon = _UNIT * math.ceil(sum(j.work_estimate for j in jobs) / min(m.speed for m in usable))
+    horizon += len(jobs) + 1
+    start = {j.id: model.new_int_var(0, horizon, f"s{i}") for i, j in enumerate(jobs)}
+    end = {j.id: model.new_int_var(0, horizon, f"e{i}") for i, j in enumerate(jobs)}
+    per_machine: dict[str, list[cp_model.IntervalVar]] = {m.name: [] for m in usable}
+    sizes = {
+        (j.id, m.name): max(1, round(_UNIT * j.work_estimate / m.speed))
+        for j in jobs
+        for m in usable
+    }
+    starts = _integer_schedule(jobs, usable, sizes, hint or {})
+    hint = hint or {}
+    presence: dict[tuple[str, str], cp_model.IntVar] = {}
+    for i, job in enumerate(jobs):
+        chosen = []
+        for m in usable:
+            if not can_build(m, job.system, job.required_features):
+                continue
+            present = model.new_bool_var(f"p{i}_{m.name}")
+            size = sizes[job.id, m.name]
+            interval = model.new_optional_interval_var(
+                start[job.id], size, end[job.id], present, f"i{i}_{m.name}"
+            )
+            per_machine[m.name].append(interval)
+            presence[job.id, m.name] = present
+            chosen.append(present)
+            if job.id in hint:
+                model.add_hint(present, hint[job.id][0] == m.name)
+        model.add_exactly_one(chosen)
+        if job.id in starts:
+            model.add_hint(start[job.id], starts[job.id])
+            model.add_hint(end[job.id], starts[job.id] + sizes[job.id, hint[job.id][0]])
+        for dep in job.deps:
+            model.add(start[job.id] >= end[dep])
+    for m in usable:
+        model.add_cumulative(per_machine[m.name], [1] * len(per_machine[m.name]), m.slots)
+    makespan = model.new_int_var(math.floor(_UNIT * bound), horizon, "makespan")
+    model.add_max_equality(makespan, list(end.values()))
+    model.minimize(makespan)
+    if starts:
+        model.add_hint(makespan, max(starts[j.id] + sizes[j.id, hint[j.id][0]] for j in jobs))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = seconds
+    solver.parameters.num_workers = workers
+    status = solver.solve(model)
+    name = solver.status_name(status)
+    if status not in {cp_model.OPTIMAL, cp_model.FEASIBLE}:
+        return Optimum(bound, bound, solved=False, status=name)
+    # The solver's assignment and order, timed again with exact durations (no rounding).
+    placed = {
+        j.id: (m.name, float(solver.value(start[j.id])))
+        for j in jobs
+        for m in usable
+        if (j.id, m.name) in presence and solver.boolean_value(presence[j.id, m.name])
+    }
+    exact = {(j.id, m.name): j.work_estimate / m.speed for j in jobs for m in usable}
+    timed = _integer_schedule(jobs, usable, exact, placed)
+    found = max(timed[j.id] + exact[j.id, placed[j.id][0]] for j in jobs)
+    if starts:  # the hint itself, timed exactly, when the solver found nothing better
+        again = _integer_schedule(jobs, usable, exact, hint)
+        found = min(found, max(again[j.id] + exact[j.id, hint[j.id][0]] for j in jobs))
+    proven = max(bound, solver.best_objective_bound / _UNIT)
+    return Optimum(found, min(proven, found), solved=True, status=name)
+
+
+def _integer_schedule(
+    jobs: Sequence[Job],
+    machines: Sequence[MachineSlotSpec],
+    sizes: Mapping[tuple[str, str], T],
+    hint: Mapping[str, tuple[str, float]],
+) -> dict[str, T]:
+    """A schedule made feasible for ``sizes`` (solver units or seconds): each job on its
+    hinted machine, in the hinted order of starts, as early as its deps and a slot allow."""
+    if len(hint) != len(jobs):
+        return {}
+    zero = next(iter(sizes.values())) * 0
+    slots = {m.name: [zero] * m.slots for m in machines}
+    by_id = {j.id: j for j in jobs}
+    starts: dict[str, T] = {}
+    ends: dict[str, T] = {}
+    for job_id in sorted(hint, key=lambda j: hint[j][1]):
+        machine = hint[job_id][0]
+        free = slots[machine]
+        slot = min(range(len(free)), key=free.__getitem__)
+        ready = max((ends[d] for d in by_id[job_id].deps), default=zero)
+        starts[job_id] = max(ready, free[slot])
+        ends[job_id] = free[slot] = starts[job_id] + sizes[job_id, machine]
+    return starts
