@@ -2,17 +2,21 @@
 
 Every event carries wall-clock time; every job that ends (built, failed, lost, cancelled,
 skipped) is both emitted and kept in the run's ``RunReport``, which history is made from.
-Build log lines go to the log sink (if any) and out as ``JobLog`` events.
+Build log lines go to the log sink (if any) and out as ``JobLog`` events. A build starting and
+a job ending carry what the run still needs by the plan (``remaining``), for the view's ETA;
+skipped jobs do not (they come in bursts, and the failure before them carried it).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from offload.history.records import RunReport
 from offload.scheduler.policy import Policy
 from offload.scheduler.run.plan import BuildPlan, PoolMember
+from offload.scheduler.run.remaining import remaining_seconds
 from offload.ui.events import (
     Event,
     JobFinished,
@@ -38,6 +42,7 @@ class RunEvents:
         emit: Callable[[Event], None],
         log_sink: Callable[[str, str, str], None] | None,
         wall: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plan = plan
         self.members = members
@@ -46,6 +51,8 @@ class RunEvents:
         self.emit = emit
         self.log_sink = log_sink
         self.wall = wall
+        self.clock = clock  # the policy's clock (which machines are up)
+        self._building: dict[tuple[str, str], float] = {}  # (drv, machine) -> since (wall)
 
     def run_started(self, machines: Sequence[str], estimate: float) -> None:
         self.emit(
@@ -55,6 +62,8 @@ class RunEvents:
                 machines=tuple(machines),
                 estimate=estimate,
                 time=self.wall(),
+                speeds=tuple(self.members[m].spec.speed for m in machines),
+                slots=tuple(self.members[m].spec.slots for m in machines),
             )
         )
 
@@ -69,6 +78,7 @@ class RunEvents:
                 elapsed=elapsed,
                 outputs=outputs if report.ok else (),
                 time=self.wall(),
+                interrupted=report.interrupted,
             )
         )
 
@@ -88,6 +98,9 @@ class RunEvents:
     def phase(self, drv_path: str, machine: str, phase: Phase, *, speculative: bool) -> None:
         jobs = self.policy.graph.job(drv_path)
         speed = self.members[machine].spec.speed
+        building = phase == "building"
+        if building:
+            self._building[drv_path, machine] = self.wall()
         self.emit(
             JobPhase(
                 drv_path=drv_path,
@@ -97,6 +110,7 @@ class RunEvents:
                 estimate=jobs.work_estimate / speed,
                 time=self.wall(),
                 speculative=speculative,
+                remaining=self.remaining() if building else None,
             )
         )
 
@@ -112,6 +126,7 @@ class RunEvents:
         received: int = 0,
         build_seconds: float | None = None,
     ) -> None:
+        self._building.pop((drv_path, machine), None)
         event = JobFinished(
             drv_path=drv_path,
             name=self.plan.drvs[drv_path].name,
@@ -124,9 +139,20 @@ class RunEvents:
             error=error,
             time=self.wall(),
             build_seconds=build_seconds,
+            remaining=None if status == "skipped" else self.remaining(),
         )
         self.report.finished.append(event)
         self.emit(event)
+
+    def remaining(self) -> float | None:
+        """Seconds the run still needs by the plan, from now (``remaining_seconds``)."""
+        now, wall = self.clock(), self.wall()
+        done: dict[str, float] = {}
+        for (drv_path, machine), since in self._building.items():
+            work = (wall - since) * self.members[machine].spec.speed
+            done[drv_path] = max(done.get(drv_path, 0.0), work)
+        up = [m.spec for name, m in self.members.items() if self.policy.is_up(name, now)]
+        return remaining_seconds(self.policy.graph, done, up)
 
     def log_handler(self, drv_path: str, machine: str) -> Callable[[str], None]:
         name = self.plan.drvs[drv_path].name
