@@ -4,7 +4,10 @@ Every event carries wall-clock time; every job that ends (built, failed, lost, c
 skipped) is both emitted and kept in the run's ``RunReport``, which history is made from.
 Build log lines go to the log sink (if any) and out as ``JobLog`` events. A build starting and
 a job ending carry what the run still needs by the plan (``remaining``), for the view's ETA;
-skipped jobs do not (they come in bursts, and the failure before them carried it).
+skipped jobs do not (they come in bursts, and the failure before them carried it). Planning
+again costs milliseconds per hundred jobs left, in the run's own thread, so it is done at most
+once per ``PLAN_SHARE`` times its last cost (the ETA takes a tenth of the time at most); an
+event in between carries None, and the last one always carries 0.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from offload.ui.events import (
     RunStarted,
 )
 
-__all__ = ["RunEvents", "RunReport"]
+__all__ = ["PLAN_SHARE", "RunEvents", "RunReport"]
+
+PLAN_SHARE = 10
 
 
 class RunEvents:
@@ -53,6 +58,7 @@ class RunEvents:
         self.wall = wall
         self.clock = clock  # the policy's clock (which machines are up)
         self._building: dict[tuple[str, str], float] = {}  # (drv, machine) -> since (wall)
+        self._planned = (0.0, 0.0)  # when the last plan was made (perf_counter), its cost
 
     def run_started(self, machines: Sequence[str], estimate: float) -> None:
         self.emit(
@@ -145,14 +151,24 @@ class RunEvents:
         self.emit(event)
 
     def remaining(self) -> float | None:
-        """Seconds the run still needs by the plan, from now (``remaining_seconds``)."""
+        """Seconds the run still needs by the plan, from now (``remaining_seconds``); None when
+        the last plan was too recent for its cost."""
+        if self.policy.graph.finished:
+            return 0.0
+        begun = time.perf_counter()
+        last, cost = self._planned
+        if begun - last < PLAN_SHARE * cost:
+            return None
         now, wall = self.clock(), self.wall()
         done: dict[str, float] = {}
         for (drv_path, machine), since in self._building.items():
             work = (wall - since) * self.members[machine].spec.speed
             done[drv_path] = max(done.get(drv_path, 0.0), work)
         up = [m.spec for name, m in self.members.items() if self.policy.is_up(name, now)]
-        return remaining_seconds(self.policy.graph, done, up)
+        left = remaining_seconds(self.policy.graph, done, up)
+        ended = time.perf_counter()
+        self._planned = (ended, ended - begun)
+        return left
 
     def log_handler(self, drv_path: str, machine: str) -> Callable[[str], None]:
         name = self.plan.drvs[drv_path].name

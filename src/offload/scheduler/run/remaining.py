@@ -24,7 +24,7 @@ from offload.scheduler.simulate import lower_bound, simulate
 
 __all__ = ["SIMULATE_LIMIT", "remaining_seconds"]
 
-SIMULATE_LIMIT = 400
+SIMULATE_LIMIT = 200
 _LEFT = frozenset({JobState.PENDING, JobState.READY, JobState.RUNNING})
 
 
