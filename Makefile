@@ -11,8 +11,9 @@ STAMP := $(VENV)/.installed
 
 setup: system-deps $(STAMP)
 
-# Debian's Nix 2.8 and OpenSSH server are the real parts offload drives, and Chromium opens run
-# reports in the tests (headless); install them when missing.
+# Debian's Nix 2.8 and OpenSSH server are the real parts offload drives, Chromium opens run
+# reports in the tests (headless), tmux shows them the live view as a terminal does, and bash
+# (with bash-completion), zsh and fish load the generated completions; install them when missing.
 system-deps:
 	@missing=""; \
 	command -v nix-store >/dev/null || missing="$$missing nix-bin"; \
@@ -20,6 +21,10 @@ system-deps:
 	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	test -f /usr/share/bash-completion/bash_completion || missing="$$missing bash-completion"; \
+	command -v zsh >/dev/null || missing="$$missing zsh"; \
+	command -v fish >/dev/null || missing="$$missing fish"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -31,7 +31,7 @@ from offload import __version__
 if TYPE_CHECKING:
     from offload.errors import OffloadError
 
-__all__ = ["exit_status", "main"]
+__all__ = ["exit_status", "main", "root_parser"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from offload.cli import (
         build,
+        completion,
         demo,
         doctor,
         fleet,
@@ -87,9 +88,15 @@ def _parser() -> argparse.ArgumentParser:
         report,
         fleet,
         demo,
+        completion,
     ):
         module.register(sub)
     return parser
+
+
+def root_parser() -> argparse.ArgumentParser:
+    """The whole command line's parser (for the completions and the man page made from it)."""
+    return _parser()
 
 
 # The signal that stopped the run (SIGINT unless another was turned into it).

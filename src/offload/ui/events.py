@@ -42,6 +42,9 @@ class RunStarted:
     machines: tuple[str, ...]
     estimate: float  # expected makespan in seconds
     time: float
+    # Each machine's speed factor and slots, in the order of ``machines`` (the view's header).
+    speeds: tuple[float, ...] = ()
+    slots: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class JobPhase:
     estimate: float | None  # expected build seconds on this machine
     time: float
     speculative: bool = False
+    # Seconds the run still needs by the scheduler's plan, as of ``time`` (scheduler.run.remaining);
+    # None when not planned again at this event.
+    remaining: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class JobFinished:
     # Seconds the builder spent on the build itself, without connecting or copying; the
     # history learns estimates from this.
     build_seconds: float | None = None
+    remaining: float | None = None  # as in JobPhase
 
     @property
     def duration(self) -> float:
@@ -104,6 +111,8 @@ class RunFinished:
     elapsed: float
     outputs: tuple[str, ...]
     time: float
+    # The run was stopped before its end (Ctrl-C, a signal, an error of its own).
+    interrupted: bool = False
 
 
 Event = RunStarted | JobPhase | JobLog | JobFinished | MachineEvent | RunFinished

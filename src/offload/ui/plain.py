@@ -1,12 +1,17 @@
 """Plain lines for logs that are not terminals (CI, files, pipes): one line per state change.
 
-Every line starts with the seconds since the run started, then the machine::
+Every line starts with the seconds since the run started, then the machine; a build starting
+is said in nix-build's words, and build log lines (only with ``print_logs``) are nix-build's
+lines prefixed with the machine and the derivation's name::
 
-    [  0.0s] run: 12 derivations on fast, slow, local (estimate 41.0s)
-    [ 12.3s] fast: building hello-2.12 (est 4.0s)
+    [  0.0s] run: 12 to build on fast, slow, local (estimate 41.0s)
+    [ 12.3s] fast: building '/nix/store/0a0a...-hello-2.12.drv'... (est 4.0s)
+    fast: hello-2.12> checking for gcc...
     [ 15.1s] fast: built hello-2.12 in 2.8s
     [ 16.0s] slow: down until 14:03:07 (retry in 60s): connection reset
-    hello-2.12> checking for gcc...
+    [ 41.2s] run: finished: 12 built, 0 failed, 0 skipped in 41.2s
+
+A run with nothing to build says nothing; one stopped early says "interrupted", not "finished".
 
 The time base is the run's ``RunStarted`` time, or the injected clock's reading when the
 renderer was made if events come before it. No escape codes are written; build log lines (only
@@ -100,18 +105,24 @@ class PlainRenderer:
         self._start = clock()
         self._finished: list[JobFinished] = []
         self._machines: tuple[str, ...] = ()
+        self._quiet = False  # nothing to build: no run lines
 
     def handle(self, event: Event) -> None:
         match event:
             case RunStarted():
                 self._start = event.time
                 self._machines = event.machines
+                self._quiet = event.total == 0
+                if self._quiet:
+                    return
                 machines = ", ".join(event.machines) or "no machines"
                 estimate = f"estimate {format_duration(event.estimate)}"
                 self._line(event.time, "run", f"{event.total} to build on {machines}", estimate)
             case JobPhase():
                 label = PHASE_LABELS[event.phase]
                 text = f"{label} {event.name}"
+                if event.phase == "building":
+                    text = f"building '{event.drv_path}'..."
                 extra = []
                 if event.phase == "building" and event.estimate is not None:
                     extra.append(f"est {format_duration(event.estimate)}")
@@ -120,15 +131,18 @@ class PlainRenderer:
                 self._line(event.time, event.machine, text, ", ".join(extra))
             case JobLog():
                 if self._print_logs:
-                    self._write(f"{event.name}> {sanitize(event.line)}")
+                    self._write(f"{event.machine}: {event.name}> {sanitize(event.line)}")
             case JobFinished():
                 self._finished.append(event)
                 self._line(event.time, event.machine or "run", describe_finished(event))
             case MachineEvent():
                 self._line(event.time, event.machine, describe_machine(event, event.time))
             case RunFinished():
+                if self._quiet and not self._finished:
+                    return
+                what = "interrupted" if event.interrupted else "finished"
                 text = (
-                    f"finished: {event.built} built, {event.failed} failed, "
+                    f"{what}: {event.built} built, {event.failed} failed, "
                     f"{event.skipped} skipped in {format_duration(event.elapsed)}"
                 )
                 self._line(event.time, "run", text)

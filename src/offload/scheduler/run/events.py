@@ -2,17 +2,24 @@
 
 Every event carries wall-clock time; every job that ends (built, failed, lost, cancelled,
 skipped) is both emitted and kept in the run's ``RunReport``, which history is made from.
-Build log lines go to the log sink (if any) and out as ``JobLog`` events.
+Build log lines go to the log sink (if any) and out as ``JobLog`` events. A build starting and
+a job ending carry what the run still needs by the plan (``remaining``), for the view's ETA;
+skipped jobs do not (they come in bursts, and the failure before them carried it). Planning
+again costs milliseconds per hundred jobs left, in the run's own thread, so it is done at most
+once per ``PLAN_SHARE`` times its last cost (the ETA takes a tenth of the time at most); an
+event in between carries None, and the last one always carries 0.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from offload.history.records import RunReport
 from offload.scheduler.policy import Policy
 from offload.scheduler.run.plan import BuildPlan, PoolMember
+from offload.scheduler.run.remaining import remaining_seconds
 from offload.ui.events import (
     Event,
     JobFinished,
@@ -24,7 +31,9 @@ from offload.ui.events import (
     RunStarted,
 )
 
-__all__ = ["RunEvents", "RunReport"]
+__all__ = ["PLAN_SHARE", "RunEvents", "RunReport"]
+
+PLAN_SHARE = 10
 
 
 class RunEvents:
@@ -38,6 +47,7 @@ class RunEvents:
         emit: Callable[[Event], None],
         log_sink: Callable[[str, str, str], None] | None,
         wall: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plan = plan
         self.members = members
@@ -46,6 +56,9 @@ class RunEvents:
         self.emit = emit
         self.log_sink = log_sink
         self.wall = wall
+        self.clock = clock  # the policy's clock (which machines are up)
+        self._building: dict[tuple[str, str], float] = {}  # (drv, machine) -> since (wall)
+        self._planned = (0.0, 0.0)  # when the last plan was made (perf_counter), its cost
 
     def run_started(self, machines: Sequence[str], estimate: float) -> None:
         self.emit(
@@ -55,6 +68,8 @@ class RunEvents:
                 machines=tuple(machines),
                 estimate=estimate,
                 time=self.wall(),
+                speeds=tuple(self.members[m].spec.speed for m in machines),
+                slots=tuple(self.members[m].spec.slots for m in machines),
             )
         )
 
@@ -69,6 +84,7 @@ class RunEvents:
                 elapsed=elapsed,
                 outputs=outputs if report.ok else (),
                 time=self.wall(),
+                interrupted=report.interrupted,
             )
         )
 
@@ -88,6 +104,9 @@ class RunEvents:
     def phase(self, drv_path: str, machine: str, phase: Phase, *, speculative: bool) -> None:
         jobs = self.policy.graph.job(drv_path)
         speed = self.members[machine].spec.speed
+        building = phase == "building"
+        if building:
+            self._building[drv_path, machine] = self.wall()
         self.emit(
             JobPhase(
                 drv_path=drv_path,
@@ -97,6 +116,7 @@ class RunEvents:
                 estimate=jobs.work_estimate / speed,
                 time=self.wall(),
                 speculative=speculative,
+                remaining=self.remaining() if building else None,
             )
         )
 
@@ -112,6 +132,7 @@ class RunEvents:
         received: int = 0,
         build_seconds: float | None = None,
     ) -> None:
+        self._building.pop((drv_path, machine), None)
         event = JobFinished(
             drv_path=drv_path,
             name=self.plan.drvs[drv_path].name,
@@ -124,9 +145,30 @@ class RunEvents:
             error=error,
             time=self.wall(),
             build_seconds=build_seconds,
+            remaining=None if status == "skipped" else self.remaining(),
         )
         self.report.finished.append(event)
         self.emit(event)
+
+    def remaining(self) -> float | None:
+        """Seconds the run still needs by the plan, from now (``remaining_seconds``); None when
+        the last plan was too recent for its cost."""
+        if self.policy.graph.finished:
+            return 0.0
+        begun = time.perf_counter()
+        last, cost = self._planned
+        if begun - last < PLAN_SHARE * cost:
+            return None
+        now, wall = self.clock(), self.wall()
+        done: dict[str, float] = {}
+        for (drv_path, machine), since in self._building.items():
+            work = (wall - since) * self.members[machine].spec.speed
+            done[drv_path] = max(done.get(drv_path, 0.0), work)
+        up = [m.spec for name, m in self.members.items() if self.policy.is_up(name, now)]
+        left = remaining_seconds(self.policy.graph, done, up)
+        ended = time.perf_counter()
+        self._planned = (ended, ended - begun)
+        return left
 
     def log_handler(self, drv_path: str, machine: str) -> Callable[[str], None]:
         name = self.plan.drvs[drv_path].name

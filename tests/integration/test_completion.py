@@ -1,0 +1,138 @@
+"""Shell completions and the man page, made from the parser, loaded by the real programs.
+
+bash, zsh and fish each load the script ``offload completion SHELL`` prints and complete
+subcommands (nested ones too), options and an option's choices with it; ``man -l`` renders
+``offload manpage`` and groff finds nothing to warn about. The zsh test calls the completion
+function with zsh's completion builtins replaced by functions that print what they are given
+(completing for real needs a terminal's line editor); bash and fish complete for real.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from offload.cli import root_parser
+from offload.cli.completion import walk
+
+SUBCOMMANDS = {"build", "use", "hook", "setup", "machines", "doctor", "status", "simulate"}
+
+
+def offload(*args: str) -> str:
+    argv = [sys.executable, "-m", "offload", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def shell(argv: list[str], cwd: Path) -> list[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=cwd)
+    assert done.stderr == ""
+    return done.stdout.split("\n")[:-1]
+
+
+def test_the_model_has_every_command_and_option():
+    root = walk(root_parser())
+    paths = {" ".join(c.path) for c in root.all()}
+    assert SUBCOMMANDS | {"setup key", "setup client", "fleet up", "completion", "manpage"} <= paths
+    build = next(c for c in root.all() if c.path == ("build",))
+    flags = {flag for option in build.options for flag in option.flags}
+    assert {"-A", "--attr", "--keep-going", "--builders", "--json"} <= flags
+    simulate = next(c for c in root.all() if c.path == ("simulate",))
+    (policy,) = [o for o in simulate.options if "--policy" in o.flags]
+    assert policy.value == "choices:offload nix"
+
+
+def bash_complete(script: Path, cwd: Path, *words: str) -> set[str]:
+    line = " ".join(f"'{w}'" for w in words)
+    program = (
+        f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+        '_offload; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    return set(shell(["bash", "--norc", "-c", program], cwd)) - {""}
+
+
+def test_bash_completes_subcommands_options_and_choices(tmp_path):
+    script = tmp_path / "offload.bash"
+    script.write_text(offload("completion", "bash"))
+    empty = tmp_path / "empty"  # no files for the file completions to add
+    empty.mkdir()
+    assert bash_complete(script, empty, "offload", "") >= SUBCOMMANDS
+    assert bash_complete(script, empty, "offload", "bu") == {"build"}
+    assert bash_complete(script, empty, "offload", "setup", "") == {
+        "key", "builder", "client", "-h", "--help"
+    }  # fmt: skip
+    assert bash_complete(script, empty, "offload", "build", "--ke") == {"--keep-going"}
+    assert bash_complete(script, empty, "offload", "simulate", "--policy", "") == {"nix", "offload"}
+    assert bash_complete(script, empty, "offload", "build", "-A", "") == set()  # a name: none
+    (empty / "default.nix").touch()
+    assert bash_complete(script, empty, "offload", "build", "--config", "") == {"default.nix"}
+    registered = shell(["bash", "--norc", "-c", f"source {script}; complete -p offload"], empty)
+    assert registered == ["complete -o filenames -F _offload offload"]
+
+
+def test_zsh_loads_and_completes(tmp_path):
+    script = tmp_path / "_offload"
+    script.write_text(offload("completion", "zsh"))
+    mocks = (
+        "_describe() { local a=${@[-1]}; print -rl -- ${(P)a} }; "
+        "_files() { print -r -- FILES }; "
+        'compadd() { [[ $1 == -- ]] && shift; print -rl -- "$@" }; '
+        "compdef() { print -r -- compdef $@ }; "
+    )
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        program = f"{mocks} source {script}; words=({line}); CURRENT={len(words)}; _offload"
+        return shell(["zsh", "-f", "-c", program], tmp_path)
+
+    first = complete("offload", "")
+    assert first[0] == "compdef _offload offload"  # sourced: it registers itself
+    names = {line.split(":")[0] for line in first[1:]}
+    assert names >= SUBCOMMANDS
+    assert "build:build derivations like nix-build, over the whole pool" in first
+    assert "FILES" in first
+    assert {"key", "builder", "client"} <= {
+        x.split(":")[0] for x in complete("offload", "setup", "")
+    }
+    keep = [x for x in complete("offload", "build", "--k") if x.startswith("--keep-going:")]
+    assert keep == ["--keep-going:go on with what does not depend on a failure"]
+    assert complete("offload", "simulate", "--policy", "")[1:] == ["offload", "nix"]
+
+
+def test_fish_loads_and_completes(tmp_path):
+    script = tmp_path / "offload.fish"
+    script.write_text(offload("completion", "fish"))
+
+    def complete(line: str) -> set[str]:
+        program = f"source {script}; complete -C '{line}'"
+        return {entry.split("\t")[0] for entry in shell(["fish", "-N", "-c", program], tmp_path)}
+
+    assert complete("offload ") >= SUBCOMMANDS
+    assert complete("offload bu") == {"build"}
+    assert complete("offload setup ") == {"key", "builder", "client"}
+    assert "--keep-going" in complete("offload build --ke")
+    assert complete("offload simulate --policy ") == {"nix", "offload"}
+
+
+def test_man_page_renders_with_every_command(tmp_path):
+    page = tmp_path / "offload.1"
+    page.write_text(offload("manpage"))
+    checked = subprocess.run(
+        ["groff", "-man", "-Tutf8", "-ww", "-z", str(page)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (checked.returncode, checked.stderr) == (0, "")
+    env = {"MANWIDTH": "80", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    shown = subprocess.run(
+        ["man", "-l", str(page)], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    lines = shown.splitlines()
+    assert lines[0].split() == ["OFFLOAD(1)", "User", "Commands", "OFFLOAD(1)"]
+    headings = {
+        line.strip() for line in lines if line.startswith("   ") and not line.startswith("    ")
+    }
+    assert {"build", "setup key", "fleet up", "completion", "manpage"} <= headings
+    assert "--keep-going" in shown  # hyphens as ASCII, searchable
+    assert "EXIT STATUS" in lines
