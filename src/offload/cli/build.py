@@ -262,14 +262,7 @@ def run(args: argparse.Namespace) -> int:
     refused = refusal(args)
     if refused is not None:
         raise refused
-    what = Installables(
-        files=tuple(args.paths),
-        attrs=tuple(args.attr),
-        expr=args.expr,
-        args=tuple(tuple(a) for a in args.arg),
-        argstrs=tuple(tuple(a) for a in args.argstr),
-        flags=eval_flags(args),
-    )
+    what = _installables(args)
     sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
     evaluate = functools.partial(
@@ -317,10 +310,26 @@ def run(args: argparse.Namespace) -> int:
         raise OffloadError(msg)
     if args.check or args.repair:
         realise_again(graph.roots, "repair" if args.repair else "check", pool.local_env())
+    _results(args, graph)
+    return 0
+
+
+def _installables(args: argparse.Namespace) -> Installables:
+    return Installables(
+        files=tuple(args.paths),
+        attrs=tuple(args.attr),
+        expr=args.expr,
+        args=tuple(tuple(a) for a in args.arg),
+        argstrs=tuple(tuple(a) for a in args.argstr),
+        flags=eval_flags(args),
+    )
+
+
+def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
+    """The output paths on stdout, as nix-build prints them, and the result links."""
     links = out_links(graph.roots, graph, args.out_link)
     if not args.json:
         for path, _ in links:
             print(path)
     if not args.no_out_link:
         add_roots(links)
-    return 0

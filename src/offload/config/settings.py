@@ -13,25 +13,8 @@ warning. ``NIX_REMOTE_SYSTEMS`` (colon-separated machines files) is Nix's defaul
 processes get the ``--option`` pairs through ``NIX_CONFIG`` (``with_nix_options``), so the
 local store substitutes (or not) from the caches the run was read with.
 
-offload.toml adds what the machines format cannot say::
-
-    [local]                      # the local machine's own entry; defaults come from Nix
-    speed-factor = 2.0
-    max-jobs = 4
-    systems = ["x86_64-linux"]
-    features = ["kvm", "big-parallel"]
-
-    [[machine]]                  # keyed by uri (the machines-file URI) or by host
-    host = "nx-a.invalid"
-    name = "a"
-    tags = ["fast"]
-    port = 2222
-    enabled = false
-
-A ``[[machine]]`` whose ``uri`` matches no machine from the machines spec defines a new one; it
-may then also give the Nix columns (``systems``, ``ssh-key``, ``max-jobs``, ``speed-factor``,
-``supported-features``, ``mandatory-features``, ``public-host-key``). One keyed by ``host`` must
-match a machine. Parsing here is pure; ``load_offload_toml`` and ``read_nix_settings`` do the I/O.
+offload.toml (what the machines format cannot say) is read by ``config.toml``; its names are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -40,19 +23,24 @@ import contextlib
 import json
 import os
 import platform
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from offload.config.reading import (
     MACHINES_DEFAULT_ORIGIN,
     REMOTE_SYSTEMS_ORIGIN,
     remote_systems_spec,
 )
+from offload.config.toml import (
+    OffloadToml,
+    TomlLocal,
+    TomlMachine,
+    default_toml_paths,
+    load_offload_toml,
+    parse_offload_toml,
+)
 from offload.errors import ConfigError, TransportError
-from offload.names import LOCAL
 
 __all__ = [
     "DEFAULT_BUILDERS",
@@ -122,47 +110,6 @@ class LocalMachine:
         return (system == "builtin" or system in self.systems) and set(
             required_features
         ) <= self.supported_features
-
-
-@dataclass(frozen=True)
-class TomlMachine:
-    index: int  # 1-based position among [[machine]] tables, for messages
-    uri: str | None = None
-    host: str | None = None
-    name: str | None = None
-    tags: frozenset[str] = frozenset()
-    port: int | None = None
-    enabled: bool | None = None
-    # Only for machines the toml defines itself (or overrides, with a warning):
-    systems: tuple[str, ...] | None = None
-    ssh_key: str | None = None
-    max_jobs: int | None = None
-    speed_factor: float | None = None
-    supported_features: frozenset[str] | None = None
-    mandatory_features: frozenset[str] | None = None
-    public_host_key: str | None = None  # base64, as in the machines file's column 8
-    # The URI parameters Nix also reads (``?compress=true&builders-use-substitutes=true``).
-    compress: bool | None = None
-    builders_use_substitutes: bool | None = None
-
-    @property
-    def where(self) -> str:
-        return f"[[machine]] #{self.index}"
-
-
-@dataclass(frozen=True)
-class TomlLocal:
-    speed_factor: float | None = None
-    max_jobs: int | None = None
-    systems: tuple[str, ...] | None = None
-    features: frozenset[str] | None = None
-
-
-@dataclass(frozen=True)
-class OffloadToml:
-    path: str
-    machines: tuple[TomlMachine, ...] = ()
-    local: TomlLocal | None = None
 
 
 # --- Nix settings -------------------------------------------------------------------------------
@@ -336,166 +283,3 @@ def local_machine(settings: NixSettings, toml: TomlLocal | None = None) -> Local
 
 
 # --- offload.toml -------------------------------------------------------------------------------
-
-_MACHINE_KEYS = {
-    "uri",
-    "host",
-    "name",
-    "tags",
-    "port",
-    "enabled",
-    "systems",
-    "ssh-key",
-    "max-jobs",
-    "speed-factor",
-    "supported-features",
-    "mandatory-features",
-    "public-host-key",
-    "compress",
-    "builders-use-substitutes",
-}
-_LOCAL_KEYS = {"speed-factor", "max-jobs", "systems", "features"}
-
-
-class _Table:
-    """Typed access to one TOML table, with errors that name the file and the table."""
-
-    def __init__(self, data: Mapping[str, Any], where: str, keys: set[str]) -> None:
-        self.data = data
-        self.where = where
-        unknown = sorted(set(data) - keys)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key '{unknown[0]}'",
-                hint=f"valid keys: {', '.join(sorted(keys))}",
-            )
-
-    def _fail(self, key: str, expected: str) -> ConfigError:
-        return ConfigError(f"{self.where}: {key} must be {expected}, not {self.data[key]!r}")
-
-    def string(self, key: str) -> str | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self._fail(key, "a non-empty string")
-        return value
-
-    def strings(self, key: str) -> tuple[str, ...] | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self._fail(key, "a list of non-empty strings")
-        return tuple(value)
-
-    def integer(self, key: str, low: int, high: int) -> int | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self._fail(key, f"a whole number from {low} to {high}")
-        return value
-
-    def number(self, key: str) -> float | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-            raise self._fail(key, "a positive number")
-        return float(value)
-
-    def boolean(self, key: str) -> bool | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, bool):
-            raise self._fail(key, "true or false")
-        return value
-
-
-def _features(values: tuple[str, ...] | None) -> frozenset[str] | None:
-    return None if values is None else frozenset(values)
-
-
-def parse_offload_toml(text: str, source: str) -> OffloadToml:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{source}: {exc}", hint="offload.toml is TOML (https://toml.io)"
-        ) from exc
-    _Table(data, source, {"machine", "local"})
-    local = None
-    if "local" in data:
-        if not isinstance(data["local"], dict):
-            raise ConfigError(f"{source}: local must be a table ([local])")
-        table = _Table(data["local"], f"{source}: [local]", _LOCAL_KEYS)
-        local = TomlLocal(
-            speed_factor=table.number("speed-factor"),
-            max_jobs=table.integer("max-jobs", 0, 2**32 - 1),
-            systems=table.strings("systems"),
-            features=_features(table.strings("features")),
-        )
-    raw_machines = data.get("machine", [])
-    if not isinstance(raw_machines, list) or not all(isinstance(m, dict) for m in raw_machines):
-        raise ConfigError(f"{source}: machine must be an array of tables ([[machine]])")
-    machines = []
-    for index, raw in enumerate(raw_machines, start=1):
-        table = _Table(raw, f"{source}: [[machine]] #{index}", _MACHINE_KEYS)
-        entry = TomlMachine(
-            index=index,
-            uri=table.string("uri"),
-            host=table.string("host"),
-            name=table.string("name"),
-            tags=frozenset(table.strings("tags") or ()),
-            port=table.integer("port", 1, 65535),
-            enabled=table.boolean("enabled"),
-            systems=table.strings("systems"),
-            ssh_key=table.string("ssh-key"),
-            max_jobs=table.integer("max-jobs", 0, 2**32 - 1),
-            speed_factor=table.number("speed-factor"),
-            supported_features=_features(table.strings("supported-features")),
-            mandatory_features=_features(table.strings("mandatory-features")),
-            public_host_key=table.string("public-host-key"),
-            compress=table.boolean("compress"),
-            builders_use_substitutes=table.boolean("builders-use-substitutes"),
-        )
-        if (entry.uri is None) == (entry.host is None):
-            raise ConfigError(
-                f"{table.where}: give exactly one of uri or host",
-                hint="uri is the machines-file URI (ssh://user@host), host its ssh host",
-            )
-        if entry.name == LOCAL or (entry.name or "").startswith("@"):
-            raise ConfigError(f"{table.where}: '{entry.name}' cannot be a machine name")
-        machines.append(entry)
-    return OffloadToml(source, tuple(machines), local)
-
-
-def default_toml_paths(env: Mapping[str, str]) -> list[Path]:
-    paths = []
-    xdg = env.get("XDG_CONFIG_HOME") or (
-        str(Path(env["HOME"]) / ".config") if env.get("HOME") else None
-    )
-    if xdg:
-        paths.append(Path(xdg) / "offload" / "offload.toml")
-    paths.append(Path("/etc/offload/offload.toml"))
-    return paths
-
-
-def load_offload_toml(path: Path | None, env: Mapping[str, str]) -> OffloadToml | None:
-    """``--config`` (must exist), else the first of ``default_toml_paths`` that exists."""
-    candidates = [path] if path is not None else default_toml_paths(env)
-    for candidate in candidates:
-        try:
-            text = candidate.read_bytes().decode()
-        except FileNotFoundError:
-            if path is not None:
-                raise ConfigError(f"{path}: no such file", hint="check --config") from None
-            continue
-        except OSError as exc:
-            raise ConfigError(f"cannot read {candidate}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{candidate}: not UTF-8 text ({exc.reason})") from exc
-        return parse_offload_toml(text, str(candidate))
-    return None

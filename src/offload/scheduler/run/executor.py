@@ -89,9 +89,8 @@ class Executor:
         self._explain = explain or (lambda _machine, error: error)
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self._events = RunEvents(
-            plan, self.members, self.policy, self.report, emit=emit, log_sink=log_sink, wall=wall,
-            clock=clock,
-        )  # fmt: skip
+            plan, self.members, self.policy, self.report, emit=emit, log_sink=log_sink,
+            wall=wall, clock=clock)  # fmt: skip
         # Builders still connecting: held out of the run until their task ends (``_joined``).
         self._joining = {task: name for name, task in (joining or {}).items()}
         self._unreachable = {
