@@ -53,6 +53,9 @@ class JobPhase:
     estimate: float | None  # expected build seconds on this machine
     time: float
     speculative: bool = False
+    # Within "building": the phase the builder entered (unpackPhase, buildPhase...), as
+    # ssh-ng:// builders report it; None on the mark that starts the phase itself.
+    step: str | None = None
 
 
 @dataclass(frozen=True)

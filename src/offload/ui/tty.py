@@ -83,6 +83,7 @@ class _Job:
     since: float  # when the current phase began
     estimate: float | None
     speculative: bool
+    step: str | None = None  # the builder's own phase, where it reports one
 
 
 class TtyRenderer:
@@ -186,6 +187,8 @@ class TtyRenderer:
                     self._jobs[key] = _Job(
                         event.name, event.phase, event.time, event.estimate, event.speculative
                     )
+                elif event.step is not None:
+                    job.step = event.step
             case JobFinished():
                 self._finished.append(event)
                 self._jobs.pop((event.drv_path, event.machine), None)
@@ -253,7 +256,10 @@ class TtyRenderer:
     @staticmethod
     def _phase(job: _Job) -> Text:
         styles = {"queued": "dim", "building": "yellow"}
-        return Text(PHASE_LABELS[job.phase], style=styles.get(job.phase, "cyan"))
+        text = Text(PHASE_LABELS[job.phase], style=styles.get(job.phase, "cyan"))
+        if job.step is not None:
+            text.append(f" {sanitize(job.step)}", style="dim")
+        return text
 
     @staticmethod
     def _elapsed(job: _Job, now: float) -> Text:

@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
 from offload.store.drv import Derivation
@@ -46,9 +46,9 @@ MOVE_SECONDS = 0.05
 class MemberLink(Protocol):
     """A way to reach one machine's store: borrow a serve session, or stop one mid-build."""
 
-    def session(self) -> AbstractAsyncContextManager[ServeClient]: ...
+    def session(self) -> AbstractAsyncContextManager[StoreClient]: ...
 
-    async def cancel(self, client: ServeClient) -> None: ...
+    async def cancel(self, client: StoreClient) -> None: ...
 
 
 @dataclass(frozen=True)
