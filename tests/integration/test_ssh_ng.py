@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,7 @@ ng_fleet = private_fleet_fixture(
     scope="module",
     doc="ssh-ng:// members, one forced to nix-daemon --stdio by sshd, and an ssh:// one.",
 )
+KILLED = ("ka", "kb")
 kill_fleet = private_fleet_fixture(
     [MemberSpec.parse("ka:2:1"), MemberSpec.parse("kb:3:1")],
     "ofnk",
@@ -209,28 +210,38 @@ def test_offload_hook_builds_over_an_ssh_ng_builder(ng_fleet: Fleet, tmp_path: P
     assert "runs only `nix-daemon --stdio`" in done.stderr
 
 
+def build_and_drop(
+    fleet: Fleet, tmp_path: Path, file: Path, victim: Callable[[subprocess.Popen[str]], str]
+) -> tuple[str, str]:
+    """``offload build`` of ``file`` over both ssh-ng members; the member ``victim`` names
+    (it waits for the moment) is dropped. Returns (the dropped member, the run's stdout)."""
+    builders = "\n".join(line_of(fleet, name) for name in KILLED)
+    proc = start_offload(
+        fleet, tmp_path, file, "-j0", "--builders", builders, "--no-out-link", "--json"
+    )
+    try:
+        name = victim(proc)
+        drop_member(fleet.member(name))
+        out, err = proc.communicate(timeout=180)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    return name, out
+
+
 def test_a_member_killed_mid_build_leaves_no_partial_path(
     kill_fleet: Fleet, tmp_path: Path
 ) -> None:
     marker = tmp_path / "marker"
-    file = nix_file(
-        tmp_path,
-        f'{{ slow = mk "slow" "{marker_script(marker, "/bin/sleep 30")}; {SPEED} > $out" {{}}; }}'
-        "\n",
-    )
-    builders = "\n".join(line_of(kill_fleet, name) for name in ("ka", "kb"))
-    proc = start_offload(
-        kill_fleet, tmp_path, file, "-j0", "--builders", builders, "--no-out-link", "--json"
-    )
-    try:
+    script = f"{marker_script(marker, '/bin/sleep 30')}; {SPEED} > $out"
+    file = nix_file(tmp_path, f'{{ slow = mk "slow" "{script}" {{}}; }}\n')
+
+    def building(proc: subprocess.Popen[str]) -> str:
         speed = wait_for_marker(marker, proc)
-        victim = next(n for n in ("ka", "kb") if speed_of(kill_fleet, n) == speed)
-        drop_member(kill_fleet.member(victim))
-        out, err = proc.communicate(timeout=120)
-    finally:
-        stop(proc)
-    assert proc.returncode == 0, err
-    other = "kb" if victim == "ka" else "ka"
+        return next(n for n in KILLED if speed_of(kill_fleet, n) == speed)
+
+    victim, out = build_and_drop(kill_fleet, tmp_path, file, building)
+    (other,) = set(KILLED) - {victim}
     assert built_on(out) == {"slow": other}
     path = out_path(file, "slow")
     assert Path(path).read_text().strip() == speed_of(kill_fleet, other)
@@ -247,24 +258,20 @@ def test_a_member_killed_mid_transfer_leaves_no_partial_path(
     src = subprocess.run(
         ["nix-store", "--add", str(big)], capture_output=True, text=True, check=True
     ).stdout.strip()
-    builders = "\n".join(line_of(kill_fleet, name) for name in ("ka", "kb"))
-    proc = start_offload(
-        kill_fleet, tmp_path, file, "-j0", "--builders", builders, "--no-out-link", "--json"
-    )
-    try:
-        arriving = {n: kill_fleet.member(n).root / src.lstrip("/") for n in ("ka", "kb")}
+    arriving = {n: kill_fleet.member(n).root / src.lstrip("/") for n in KILLED}
+
+    def receiving(proc: subprocess.Popen[str]) -> str:
+        # The daemon unpacks straight into the store: the path's directory appears mid-copy.
         wait_for(
             lambda: any(p.exists() for p in arriving.values()) or proc.poll() is not None,
             60,
             "the input arriving",
         )
         assert proc.poll() is None, proc.communicate()
-        victim = next(n for n, p in arriving.items() if p.exists())
-        drop_member(kill_fleet.member(victim))
-        out, err = proc.communicate(timeout=180)
-    finally:
-        stop(proc)
-    assert proc.returncode == 0, err
-    other = "kb" if victim == "ka" else "ka"
+        return next(n for n, p in arriving.items() if p.exists())
+
+    victim, out = build_and_drop(kill_fleet, tmp_path, file, receiving)
+    (other,) = set(KILLED) - {victim}
     assert built_on(out) == {"uses-big": other}
+    # Still unregistered when the member died: it was cut mid-copy, and left nothing valid.
     assert_no_partial_path(kill_fleet.member(victim), src)
