@@ -16,6 +16,7 @@ from offload.protocol.serve import (
     BuildStatus,
     PathInfo,
     ServeClient,
+    StoreClient,
     copy_paths,
     topo_sort_infos,
 )
@@ -487,7 +488,7 @@ def test_cancel_after_the_client_task_was_cancelled_like_the_executor_does() -> 
         stopped: list[str] = []
         store = builder_store(builder=gated_builder(started, gate, stopped))
         link = FakeLink(store)
-        holder: list[ServeClient] = []
+        holder: list[StoreClient] = []
 
         async def executor_build() -> None:
             async with link.session() as client:

@@ -263,3 +263,19 @@ def test_a_restricted_member_survives_the_state_file():
     spec = MemberSpec.parse("h:1:1:serve@sshd")
     state = FleetState("x86_64-linux", (MemberRecord(spec, 2201, 1, 2, "mnt:[1]"),))
     assert FleetState.from_json(state.to_json()).members[0].spec == spec
+
+
+@pytest.mark.parametrize(
+    ("forced", "scheme"),
+    [
+        (None, "ssh"),
+        ("serve", "ssh"),
+        ("serve@sshd", "ssh"),
+        ("daemon", "ssh-ng"),
+        ("daemon@sshd", "ssh-ng"),
+    ],
+)
+def test_a_member_forced_to_the_daemon_is_listed_as_ssh_ng(forced: str | None, scheme: str) -> None:
+    text = "m:1:1" if forced is None else f"m:1:1:{forced}"
+    line = machines_line(MemberSpec.parse(text), "x86_64-linux", Path("/f/client_key"), PUB)
+    assert line.startswith(f"{scheme}://m ")

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from offload.errors import ProtocolError, RemoteError, StoreError
-from offload.protocol import serve
+from offload.protocol import client as serve_client
 from offload.protocol.serve import (
     CLIENT_VERSION,
     BuildOptions,
@@ -656,7 +656,7 @@ def test_copy_paths_sends_a_path_over_the_import_limit_alone_by_add_to_store_nar
 ) -> None:
     nar_a, nar_b = nar_of(b"a" * 70000), nar_of(b"b")
     info_a, info_b = _info(nar_a, A, ()), _info(nar_b, B, (A,))
-    monkeypatch.setattr(serve, "IMPORT_LIMIT", 1000)
+    monkeypatch.setattr(serve_client, "IMPORT_LIMIT", 1000)
 
     async def go() -> None:
         src, _ = await connected(nar_a + nar_b)

@@ -32,6 +32,7 @@ from offload.protocol.worker.records import (
     ResultType,
     read_build_result,
 )
+from tests.helpers.worker_wire import Writer, error_frame, stream
 
 T = TypeVar("T")
 LAST = encode_int(Frame.LAST)
@@ -39,52 +40,6 @@ LAST = encode_int(Frame.LAST)
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-class Stream:
-    """A byte stream that ends after ``data``, as a pipe whose writer has closed.
-
-    Its ``readexactly`` returns what is there and never buffers more than it was given, like
-    ``asyncio.StreamReader`` at EOF; it does not need an event loop to be built.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    async def readexactly(self, n: int) -> bytes:
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += len(chunk)
-        if len(chunk) < n:
-            raise asyncio.IncompleteReadError(chunk, n)
-        return chunk
-
-    def rest(self) -> bytes:
-        return self.data[self.pos :]
-
-
-def stream(data: bytes) -> Stream:
-    return Stream(data)
-
-
-class Writer:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-def error_frame(message: str, traces: tuple[str, ...] = ()) -> bytes:
-    out = encode_int(Frame.ERROR) + encode_str("Error") + encode_int(0) + encode_str("Error")
-    out += encode_str(message) + encode_int(0) + encode_int(len(traces))
-    return out + b"".join(encode_int(0) + encode_str(t) for t in traces)
 
 
 def start(act: int, kind: int, fields: bytes, text: str = "") -> bytes:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from offload.errors import ConfigError, OffloadError
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.store.drv import Derivation, read_derivation
 
 __all__ = ["DrvGraph", "Roots", "Substituted", "load_graph"]
@@ -55,10 +55,10 @@ class DrvGraph:
 
 
 async def load_graph(
-    local: ServeClient,
+    local: StoreClient,
     roots: Sequence[tuple[str, str]],
     read: Callable[[str], Derivation] = read_derivation,
-    remotes: Mapping[str, ServeClient] | None = None,
+    remotes: Mapping[str, StoreClient] | None = None,
     *,
     substitute: bool = False,
 ) -> DrvGraph:
@@ -99,8 +99,8 @@ def _want(graph: DrvGraph, drv_path: str, read: Callable[[str], Derivation]) -> 
 async def _missing(
     graph: DrvGraph,
     frontier: list[str],
-    local: ServeClient,
-    remotes: dict[str, ServeClient],
+    local: StoreClient,
+    remotes: dict[str, StoreClient],
     needs_build: set[str],
 ) -> dict[str, set[str]]:
     """The outputs ``frontier``'s derivations lack here and on every builder, by derivation;
@@ -132,7 +132,7 @@ async def _missing(
 
 
 async def _substitute(
-    graph: DrvGraph, local: ServeClient, missing: dict[str, set[str]]
+    graph: DrvGraph, local: StoreClient, missing: dict[str, set[str]]
 ) -> dict[str, set[str]]:
     """``missing`` less what the local store substituted, recorded in ``graph.substituted``."""
     started = time.time()
@@ -171,7 +171,7 @@ def _next_level(
 
 
 async def _valid_on_remotes(
-    remotes: dict[str, ServeClient], paths: set[str]
+    remotes: dict[str, StoreClient], paths: set[str]
 ) -> dict[str, set[str]]:
     """Which of ``paths`` each builder has; a builder that fails to answer is asked no more."""
     if not paths or not remotes:

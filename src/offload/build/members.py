@@ -83,13 +83,22 @@ RESTRICTED = (
 )
 
 
+def restricted_note(link: MachineLink) -> str:
+    """What a builder whose key runs only its protocol's program keeps from offload."""
+    if link.ssh.dialect.name == "serve":
+        return RESTRICTED
+    program = link.ssh.dialect.describe(link.ssh.params)
+    return RESTRICTED.replace("`nix-store --serve`", program)
+
+
 def under_load(members: list[PoolMember], emit: Callable[[Event], None]) -> list[PoolMember]:
     """``members`` with the builders' slots cut by the load their links reported (offload.load),
     each cut told as a "loaded" MachineEvent; a builder that cannot report its load (its key
     runs only the serve program) is told once as a "restricted" one."""
     for member in members:
         if member.remote and isinstance(member.link, MachineLink) and member.link.restricted:
-            emit(MachineEvent(member.spec.name, "restricted", RESTRICTED, None, time.time()))
+            note = restricted_note(member.link)
+            emit(MachineEvent(member.spec.name, "restricted", note, None, time.time()))
     loads = {
         m.spec.name: m.link.load
         for m in members

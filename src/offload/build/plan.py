@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from offload.build.graph import DrvGraph
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.scheduler.run import BuildPlan
 from offload.store.path import split_name_version
 
@@ -40,7 +40,7 @@ def build_plan(graph: DrvGraph, sizes: Mapping[str, int] | None = None) -> Build
 
 async def estimated_plan(
     graph: DrvGraph,
-    local: ServeClient,
+    local: StoreClient,
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None,
 ) -> tuple[BuildPlan, Mapping[str, float]]:
     """The plan for ``graph`` and history's estimates (speed-1 seconds by name without

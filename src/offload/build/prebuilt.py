@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 from offload.build.graph import DrvGraph
 from offload.names import LOCAL
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.scheduler.run import send_closure
 from offload.ui.events import Event, JobFinished
 
@@ -18,8 +18,8 @@ __all__ = ["fetch_existing", "report_substituted"]
 
 async def fetch_existing(
     graph: DrvGraph,
-    clients: Mapping[str, ServeClient],
-    local: ServeClient,
+    clients: Mapping[str, StoreClient],
+    local: StoreClient,
     emit: Callable[[Event], None],
 ) -> list[JobFinished]:
     """Copy outputs that a builder already holds instead of building them again."""

@@ -17,11 +17,11 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, cast
 
 from offload.build.graph import Roots
 from offload.errors import OffloadError
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.scheduler.run import MemberLink
 from offload.tasks import cancel_and_wait
 from offload.transport.links import MachineLink
@@ -41,7 +41,7 @@ async def open_sessions(
     answered: Callable[[str], None] | None = None,
     late: dict[str, asyncio.Task[None]] | None = None,
     grace: float | None = None,
-) -> tuple[ServeClient, dict[str, ServeClient], list[tuple[str, str]]]:
+) -> tuple[StoreClient, dict[str, StoreClient], list[tuple[str, str]]]:
     """A local session, one on each builder that answers, and the evaluated roots, all at
     once: ssh handshakes are most of a run's start-up, and evaluation can run meanwhile.
 
@@ -63,10 +63,10 @@ async def open_sessions(
     for outcome in (result, local, clients):
         if isinstance(outcome, BaseException):
             raise outcome
-    assert isinstance(local, ServeClient)
+    assert not isinstance(local, BaseException)
     assert isinstance(clients, dict)
     assert isinstance(result, list)
-    return local, clients, result
+    return cast("StoreClient", local), clients, result
 
 
 async def _ready(roots: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -90,7 +90,7 @@ async def _borrow_all(
     answered: Callable[[str], None] | None = None,
     deadline: Coroutine[Any, Any, None] | None = None,
     late: dict[str, asyncio.Task[None]] | None = None,
-) -> AsyncIterator[dict[str, ServeClient]]:
+) -> AsyncIterator[dict[str, StoreClient]]:
     """A session on each builder that answers, opened in parallel; the others are left out
     and their errors put in ``unreachable``. ``answered(name)`` is told of each as it opens.
     Those still opening when ``deadline`` returns go on in ``late`` (``_joining``)."""
@@ -104,8 +104,8 @@ async def _borrow_all(
     except BaseException:
         await cancel_and_wait(list(waiting.values()))
         raise
-    clients: dict[str, ServeClient] = {}
-    opened: list[AbstractAsyncContextManager[ServeClient]] = []
+    clients: dict[str, StoreClient] = {}
+    opened: list[AbstractAsyncContextManager[StoreClient]] = []
     for name, cm in managers.items():
         task = waiting[name]
         if not task.done():
@@ -114,12 +114,12 @@ async def _borrow_all(
             late[name] = asyncio.create_task(_joining(task, cm), name=f"joining {name}")
             continue
         result = task.exception() or task.result()
-        if isinstance(result, ServeClient):
+        if not isinstance(result, BaseException):
             clients[name] = result
             opened.append(cm)
         elif isinstance(result, OffloadError):
             unreachable[name] = result.message
-        elif isinstance(result, BaseException):
+        else:
             raise result
     try:
         yield clients
@@ -134,7 +134,7 @@ def _told(answered: Callable[[str], None] | None, name: str, task: asyncio.Futur
 
 
 async def _until(
-    tasks: list[asyncio.Future[ServeClient]], deadline: Coroutine[Any, Any, None] | None
+    tasks: list[asyncio.Future[StoreClient]], deadline: Coroutine[Any, Any, None] | None
 ) -> None:
     """Wait for every task, or until ``deadline`` returns if that is sooner."""
     if not tasks:  # no builders: nothing to wait for (the deadline is never started)
@@ -155,7 +155,7 @@ async def _until(
 
 
 async def _joining(
-    opening: asyncio.Future[ServeClient], cm: AbstractAsyncContextManager[ServeClient]
+    opening: asyncio.Future[StoreClient], cm: AbstractAsyncContextManager[StoreClient]
 ) -> None:
     """A late builder's session: once open it goes back to its link's pool, ready for the
     first build there; the link's error, if it does not open, is the task's."""

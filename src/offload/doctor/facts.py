@@ -17,6 +17,7 @@ adds i686-linux on x86_64) and is only mentioned.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -27,6 +28,7 @@ from offload.load import RemoteLoad, effective_slots
 __all__ = [
     "RESTRICTED",
     "NixConfig",
+    "daemon_trust",
     "disk_check",
     "features_check",
     "load_check",
@@ -43,6 +45,7 @@ __all__ = [
 NixConfig = Mapping[str, str]
 # A builder whose key runs only the serve program (a forced command; offload.transport.links).
 RESTRICTED = "the builder's key runs only `nix-store --serve`"
+_SERVE = "`nix-store --serve`"
 
 _VERSION = re.compile(r"\(Nix\)\s+(\S+)|nix-store\s+\S*\s*(\d+\.\d+\S*)")
 _KIB_PER_GIB = 1024 * 1024
@@ -72,28 +75,38 @@ def nix_check(returncode: int, stdout: str, stderr: str, program: str) -> Check:
 
 
 def serve_check(
-    version: int | None, pid: int | None, error: str | None, *, restricted: bool = False
+    version: int | None,
+    pid: int | None,
+    error: str | None,
+    *,
+    restricted: bool = False,
+    daemon: str | None = None,
 ) -> Check:
-    """The serve session's handshake: its protocol version and the remote pid, or an error."""
+    """The session's handshake (of the serve program, or of ``daemon``, the program an
+    ssh-ng:// builder runs): its protocol version and the remote pid, or an error."""
+    program = daemon or _SERVE
     if error is not None or version is None:
         return Check(
-            "serve",
-            Verdict.FAIL,
-            f"`nix-store --serve` did not start: {error or 'no handshake'}",
-            _NIX_FIX,
+            "serve", Verdict.FAIL, f"{program} did not start: {error or 'no handshake'}", _NIX_FIX
         )
     where = f", remote pid {pid}" if pid is not None else ""
     if restricted:
-        where = f", {RESTRICTED}: builds there are stopped by closing their session"
-    return Check("serve", Verdict.OK, f"protocol {version >> 8}.{version & 0xFF}{where}")
+        where = f", {_restricted(program)}: builds there are stopped by closing their session"
+    what = "daemon protocol" if daemon else "protocol"
+    return Check("serve", Verdict.OK, f"{what} {version >> 8}.{version & 0xFF}{where}")
 
 
-def restricted_checks(slots: int) -> list[Check]:
+def _restricted(program: str) -> str:
+    return RESTRICTED if program == _SERVE else f"the builder's key runs only {program}"
+
+
+def restricted_checks(slots: int, daemon: str | None = None) -> list[Check]:
     """What only a command of our own could learn, on a builder whose key runs only the serve
-    program: ``unknown``, all with one detail (the report says it once), which also says what
-    offload does without the load. The serve session itself answers ``serve`` and ``rtt``."""
+    program (or the daemon): ``unknown``, all with one detail (the report says it once), which
+    also says what offload does without the load. The session itself answers ``serve`` and
+    ``rtt``."""
     detail = (
-        f"cannot be asked: {RESTRICTED} (a forced command); "
+        f"cannot be asked: {_restricted(daemon or _SERVE)} (a forced command); "
         f"offload uses all {slots} of its slots, not knowing its load"
     )
     names = ("nix", "systems", "features", "trusted", "disk", "load", "throughput")
@@ -205,6 +218,26 @@ def trusted_check(
         f"add {user} to trusted-users in the builder's nix.conf "
         "(NixOS: nix.settings.trusted-users)",
     )
+
+
+def daemon_trust(trusted: bool | None, check: Check) -> Check:
+    """The ``trusted`` row of an ssh-ng:// builder: the daemon's own word when it gives it
+    (Nix 2.15 and later), else ``check`` (read from nix.conf, or unknown) saying it could not."""
+    if check.name != "trusted":
+        return check
+    if trusted is True:
+        return Check("trusted", Verdict.OK, "the nix-daemon reports this user trusted")
+    if trusted is False:
+        return Check(
+            "trusted",
+            Verdict.FAIL,
+            "the nix-daemon reports this user not trusted: it refuses to build the "
+            "input-addressed derivations offload sends",
+            "add the user to trusted-users in the builder's nix.conf "
+            "(NixOS: nix.settings.trusted-users) and restart its nix-daemon",
+        )
+    note = "its nix-daemon does not report trust (Nix before 2.15)"
+    return dataclasses.replace(check, detail=f"{check.detail}; {note}")
 
 
 def disk_check(returncode: int, stdout: str, stderr: str) -> Check:

@@ -40,7 +40,7 @@ from offload.doctor.reach import SshConfig, parse_ssh_g, port_check, resolve_che
 from offload.errors import OffloadError
 from offload.load import BOOT_ID_FILE, RemoteLoad
 from offload.process import run_async
-from offload.protocol.serve import CLIENT_HELLO
+from offload.transport.dialect import DAEMON, dialect_of
 from offload.transport.links import MachineLink
 from offload.transport.ssh import (
     known_hosts_line,
@@ -135,6 +135,11 @@ class _Probe:
         self.load: RemoteLoad | None = None
         self.config: dict[str, str] | None = None
         self.user = self.target.user or "?"
+        self.dialect = dialect_of(machine)
+        # The program an ssh-ng:// builder runs, as the rows name it; None for serve.
+        self.daemon = self.dialect.describe(machine.params) if self.dialect is DAEMON else None
+        # What the daemon said of our user's trust (ssh-ng:// on Nix 2.15 and later), or None.
+        self.trusted: bool | None = None
 
     def _passed(self, check: Check) -> bool:
         self.checks.append(check)
@@ -157,7 +162,11 @@ class _Probe:
             if not self._passed(await self._nix(link)) or not self._passed(await self._serve(link)):
                 return
             if link.ssh.restricted:
-                unknown = {c.name: c for c in facts.restricted_checks(self.machine.max_jobs)}
+                unknown = {
+                    c.name: c for c in facts.restricted_checks(self.machine.max_jobs, self.daemon)
+                }
+                if self.dialect is DAEMON:
+                    unknown = {n: facts.daemon_trust(self.trusted, c) for n, c in unknown.items()}
                 unknown["rtt"] = facts.rtt_check(await self._serve_rtts(link))
                 self.checks += [
                     unknown[name] for name in CHECKS if name in unknown.keys() - {"nix"}
@@ -244,7 +253,7 @@ class _Probe:
                 # instead, which answers the hello and ends (status 0) at the EOF after it.
                 login = run_async(
                     [*argv, remote_command(["true"])],
-                    stdin=CLIENT_HELLO,
+                    stdin=self.dialect.hello,
                     env=self.options.env,
                     check=False,
                 )
@@ -256,8 +265,11 @@ class _Probe:
                     f"no login within {self.timeout + _SLACK:g} s",
                     "try `ssh -v` to the builder by hand to see where it stops",
                 )
+        code = done.returncode
+        if self.dialect is DAEMON and done.stdout.startswith(DAEMON.reply.decode()):
+            code = 0  # a key forced to the daemon: it answered, then met EOF mid-handshake
         return ssh_check(
-            done.returncode,
+            code,
             done.stderr,
             key=key,
             pinned=known is not None,
@@ -275,25 +287,29 @@ class _Probe:
             return -1, "", exc.message
 
     async def _nix(self, link: MachineLink) -> Check:
-        program = self.machine.params.get("remote-program") or "nix-store"
+        program = self.dialect.program(self.machine.params)[0]
         code, out, err = await self._remote(link, [program, "--version"])
         if link.ssh.restricted:  # learnt as the master connected, before the command
-            return facts.restricted_checks(self.machine.max_jobs)[0]
+            return facts.restricted_checks(self.machine.max_jobs, self.daemon)[0]
         return facts.nix_check(code, out, err, program)
 
     async def _serve(self, link: MachineLink) -> Check:
         async def handshake() -> tuple[int | None, int | None]:
             async with link.session() as client:
+                self.trusted = getattr(client, "trusted", None)
                 return client.server_version, link.remote_pid(client)
 
+        program = self.daemon
         try:
             version, pid = await self._bounded(handshake(), self.timeout + _SLACK)
         except TimeoutError:
-            return facts.serve_check(None, None, f"no handshake within {self.timeout + _SLACK:g} s")
+            error = f"no handshake within {self.timeout + _SLACK:g} s"
+            return facts.serve_check(None, None, error, daemon=program)
         except OffloadError as exc:
-            return facts.serve_check(None, None, exc.message)
+            return facts.serve_check(None, None, exc.message, daemon=program)
         self.load = link.load
-        return facts.serve_check(version, pid, None, restricted=link.ssh.restricted)
+        restricted = link.ssh.restricted
+        return facts.serve_check(version, pid, None, restricted=restricted, daemon=program)
 
     async def _serve_rtts(self, link: MachineLink) -> list[float]:
         """Round trips of an empty serve query, where no command of ours may run."""
@@ -340,7 +356,9 @@ class _Probe:
             facts.features_check(
                 machine.supported_features, machine.mandatory_features, config, error
             ),
-            facts.trusted_check(user, groups, config, error),
+            facts.daemon_trust(self.trusted, facts.trusted_check(user, groups, config, error))
+            if self.dialect is DAEMON
+            else facts.trusted_check(user, groups, config, error),
             facts.disk_check(*disk),
             facts.load_check(self.load, machine.max_jobs, _local_boot_id()),
             facts.rtt_check(rtts),

@@ -341,9 +341,13 @@ def known_hosts_line(name: str, host_pub: str) -> str:
 
 
 def machines_line(spec: MemberSpec, system: str, client_key: Path, host_pub: str) -> str:
+    """A member's machines line: ``ssh-ng://`` for one whose key runs only the daemon (the
+    only protocol it speaks), ``ssh://`` for the rest."""
     host_key = base64.b64encode(f"{_key_only(host_pub)}\n".encode()).decode()
+    daemon = spec.forced is not None and spec.forced.command == FORCED_COMMANDS["daemon"]
+    scheme = "ssh-ng" if daemon else "ssh"
     return (
-        f"ssh://{spec.name} {system} {client_key} {spec.jobs} {spec.nix_speed} "
+        f"{scheme}://{spec.name} {system} {client_key} {spec.jobs} {spec.nix_speed} "
         f"{','.join(FEATURES)} - {host_key}\n"
     )
 

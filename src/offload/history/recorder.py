@@ -79,6 +79,8 @@ class RunRecorder:
         """Nothing to release: the records are taken with ``run``."""
 
     def _mark(self, event: JobPhase) -> None:
+        if event.step is not None:
+            return  # a step within the phase already marked, not a phase of its own
         key = (event.drv_path, event.machine)
         first, marks = self._marks.get(key, (event, []))
         if event.phase in _FIRST and any(m[0] not in _FIRST for m in marks):

@@ -35,7 +35,7 @@ from pathlib import Path
 from offload.errors import StoreError
 from offload.hook.unpack import SMALL_NAR, unpack_nar
 from offload.process import run_async, spawn
-from offload.protocol.serve import PathInfo, ServeClient
+from offload.protocol.serve import PathInfo, StoreClient
 from offload.store.nar import nar_hash_nix32
 from offload.store.path import STORE_DIR
 
@@ -56,7 +56,7 @@ def registration_text(infos: Sequence[PathInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _restore(remote: ServeClient, info: PathInfo, temp: Path) -> None:
+async def _restore(remote: StoreClient, info: PathInfo, temp: Path) -> None:
     if info.nar_size <= SMALL_NAR:
         await _restore_small(remote, info, temp)
         return
@@ -78,7 +78,7 @@ async def _restore(remote: ServeClient, info: PathInfo, temp: Path) -> None:
     _check(info, size, digest.hexdigest())
 
 
-async def _restore_small(remote: ServeClient, info: PathInfo, temp: Path) -> None:
+async def _restore_small(remote: StoreClient, info: PathInfo, temp: Path) -> None:
     """In memory, checked before anything is written (``offload.hook.unpack``)."""
     data = bytearray()
 
@@ -119,7 +119,7 @@ async def _register(infos: Sequence[PathInfo]) -> None:
 
 
 async def import_outputs(
-    remote: ServeClient, infos: Sequence[PathInfo], store_dir: str = STORE_DIR
+    remote: StoreClient, infos: Sequence[PathInfo], store_dir: str = STORE_DIR
 ) -> int:
     """Make ``infos`` (dependencies first) valid locally from ``remote``; returns bytes moved."""
     store = Path(store_dir)

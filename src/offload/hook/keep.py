@@ -18,7 +18,7 @@ from pathlib import Path
 from offload.history.db import History
 from offload.hook.dispatch import Dispatch
 from offload.hook.links import BuilderLinks
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.transport.links import LocalLink
 
 __all__ = ["Keep"]
@@ -43,7 +43,7 @@ class Keep:
         return self._history
 
     @contextlib.asynccontextmanager
-    async def local(self, env: Mapping[str, str]) -> AsyncIterator[ServeClient]:
+    async def local(self, env: Mapping[str, str]) -> AsyncIterator[StoreClient]:
         """A session on the local store (the first hook's environment opens it)."""
         if self._local is None:
             self._local = LocalLink(max_sessions=_LOCAL_SESSIONS, env=env)

@@ -10,8 +10,10 @@ is lent to the next one. A session lent again is first asked a no-op question, s
 whose builder went away since is replaced before the accept, not found dead after it; one that
 finished a build within ``FRESH_SECONDS`` is not asked.
 
-A builder whose key runs only the serve program (``Link.restricted``) works the same; the first
-build there in this process gets one line in its log saying what offload then does without.
+A builder whose key runs only the serve program (``Link.restricted``), or only ``nix-daemon
+--stdio`` for an ``ssh-ng://`` one, works the same; the first build there in this process gets
+one line in its log saying what offload then does without. ``ssh-ng://`` builders are spoken to
+in the daemon's protocol (``offload.transport.dialect``), the rest in serve.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from offload.config.machines import Machine
 from offload.errors import OffloadError, SshError, TransportError
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
+from offload.transport.dialect import dialect_of
 from offload.transport.links import Link
 from offload.transport.shared import SharedSshTransport, control_dir
 from offload.transport.ssh import ssh_target
@@ -41,7 +44,7 @@ __all__ = [
 # A builder that does not answer within this is taken for down (nix#1712: Nix waits minutes).
 HOOK_CONNECT_TIMEOUT = 5
 RESTRICTED_NOTE = (
-    "offload: builder '{name}': its key runs only `nix-store --serve`, so its load is not "
+    "offload: builder '{name}': its key runs only {program}, so its load is not "
     "known (all its slots are used) and a build stopped there is stopped by closing its session"
 )
 # A session lent again within this of finishing a build is not pinged: on tiny derivations the
@@ -63,7 +66,7 @@ class _Stale(Unreachable):
 
 @dataclass(frozen=True)
 class Session:
-    client: ServeClient
+    client: StoreClient
     transport: SharedSshTransport
     remote_pid: int | None  # the serve process on the builder, as its start line said
 
@@ -75,7 +78,7 @@ class BuilderLinks:
         self._state = state
         self._links: dict[tuple[object, ...], tuple[SharedSshTransport, Link]] = {}
         # When each idle session last finished a build, answering all the way.
-        self._answered: dict[ServeClient, float] = {}
+        self._answered: dict[StoreClient, float] = {}
         self._noted: set[str] = set()  # restricted builders already told of
 
     def _link(self, machine: Machine, env: Mapping[str, str]) -> tuple[SharedSshTransport, Link]:
@@ -91,6 +94,7 @@ class BuilderLinks:
                 params=machine.params,
                 env=env,
                 connect_timeout=HOOK_CONNECT_TIMEOUT,
+                dialect=dialect_of(machine),
             )
             self._links[key] = (transport, Link(transport, max_sessions=machine.max_jobs + 1))
         return self._links[key]
@@ -113,7 +117,10 @@ class BuilderLinks:
                     lent = True
                     if link.restricted and machine.name not in self._noted:
                         self._noted.add(machine.name)
-                        on_log(RESTRICTED_NOTE.format(name=machine.name))
+                        program = transport.dialect.describe(machine.params)
+                        if transport.dialect.name == "serve":
+                            program = "`nix-store --serve`"
+                        on_log(RESTRICTED_NOTE.format(name=machine.name, program=program))
                     yield Session(client, transport, link.remote_pid(client))
                     self._answered[client] = time.monotonic()
             except _Stale as exc:
@@ -126,7 +133,7 @@ class BuilderLinks:
             else:
                 return
 
-    def _fresh(self, client: ServeClient) -> bool:
+    def _fresh(self, client: StoreClient) -> bool:
         """Answered a whole build moments ago (so surely still there): no ping needed."""
         answered = self._answered.pop(client, None)
         return answered is not None and time.monotonic() - answered < FRESH_SECONDS

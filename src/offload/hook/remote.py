@@ -2,7 +2,8 @@
 
 The inputs Nix names go to the builder as one export stream, only what it lacks
 (``send_closure``, the same as ``offload build`` uses; with builders-use-substitutes it first
-fetches from its own caches). The build runs by the serve protocol's ``BuildDerivation`` with
+fetches from its own caches). The build runs by ``BuildDerivation`` (the serve protocol's, or the
+daemon's for ssh-ng://, whose build phases go on to Nix as its own would) with
 Nix's ``timeout``, ``max-silent-time`` and ``max-build-log-size``; its log lines go to fd 4,
 where Nix keeps them (``nix log``, ``-L``). The wanted outputs and whatever of their closure
 is missing here come home through ``offload.hook.home``. Each step is announced to Nix as a
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
-from offload.protocol.serve import BuildOptions, BuildStatus, ServeClient, topo_sort_infos
+from offload.protocol.serve import BuildOptions, BuildStatus, StoreClient, topo_sort_infos
 from offload.scheduler.run import send_closure
 from offload.store.drv import read_derivation
 
@@ -84,8 +85,8 @@ async def build_remote(
     request: TryRequest,
     accepted: Accepted,
     *,
-    local: ServeClient,
-    remote: ServeClient,
+    local: StoreClient,
+    remote: StoreClient,
     machine: str,
     options: BuildOptions,
     substitute: bool = False,
@@ -102,10 +103,15 @@ async def build_remote(
         [request.drv_path, machine, 1, 1],
     )
     acts.phase(build, "building")
+    # An ssh-ng:// builder reports its own phases: Nix shows them as it does for its own builds.
+    remote.on_phase = lambda _drv, phase: acts.phase(build, phase)
     inputs = accepted.inputs if drv.input_drvs else None
-    result = await remote.build_derivation(
-        request.drv_path, drv, input_srcs=inputs, options=options
-    )
+    try:
+        result = await remote.build_derivation(
+            request.drv_path, drv, input_srcs=inputs, options=options
+        )
+    finally:
+        remote.on_phase = None
     acts.stop(build)
     if not result.success:
         error_message(

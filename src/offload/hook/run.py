@@ -30,7 +30,7 @@ from offload.hook.links import Unreachable
 from offload.hook.remote import Outcome, build_remote, error_message, log_writer
 from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_reply
 from offload.names import LOCAL
-from offload.protocol.serve import BuildOptions, ServeClient
+from offload.protocol.serve import BuildOptions, StoreClient
 from offload.protocol.wire import ByteReader
 from offload.slots import slot_key
 from offload.store.path import STORE_DIR
@@ -213,7 +213,7 @@ async def _build_where_a_slot_frees(
 
 
 async def _build(
-    context: HookContext, remote: ServeClient, request: TryRequest, accepted: Accepted, name: str
+    context: HookContext, remote: StoreClient, request: TryRequest, accepted: Accepted, name: str
 ) -> Outcome | None:
     """The build's outcome; None if it could not be built here (said to the user), ``_Lost``
     if the builder went away."""

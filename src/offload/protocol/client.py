@@ -10,6 +10,8 @@ mid-request the connection is out of step with the remote and refuses further re
 
 NARs are never buffered whole: ``dump_store_path`` pushes chunks into a sink as they arrive and
 ``add_to_store_nar`` pulls them from a producer, so two clients can stream between two stores.
+``add_paths`` receives many paths: runs of paths below ``IMPORT_LIMIT`` as one export stream
+(one round trip for the lot), a larger path on its own by AddToStoreNar.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from functools import partial
 
 from offload.errors import ProtocolError
 from offload.protocol.drv_wire import encode_basic_derivation
 from offload.protocol.records import (
     CLIENT_VERSION,
+    EXPORT_MAGIC,
     SERVE_MAGIC_1,
     SERVE_MAGIC_2,
     BuildOptions,
@@ -49,7 +53,7 @@ from offload.store.drv import Derivation
 from offload.store.nar import copy_nar
 from offload.tasks import stop
 
-__all__ = ["CLIENT_HELLO", "SERVER_HELLO", "NarProducer", "ServeClient", "Sink"]
+__all__ = ["CLIENT_HELLO", "IMPORT_LIMIT", "SERVER_HELLO", "NarProducer", "ServeClient", "Sink"]
 
 _MAJOR = 0x200
 
@@ -74,6 +78,11 @@ _HANDSHAKE = "the handshake"
 CLIENT_HELLO = encode_int(SERVE_MAGIC_1) + encode_int(CLIENT_VERSION)
 SERVER_HELLO = encode_int(SERVE_MAGIC_2)
 _DEFAULT_OPTIONS = BuildOptions()
+# Paths up to this size travel in one ImportPaths stream; Nix 2.8's importer holds each NAR in
+# memory until it is complete, so a cut stream leaves nothing on the receiver's disk. Larger
+# ones go by AddToStoreNar, which unpacks straight into the store: if that is cut, an
+# unregistered partial directory stays until Nix next writes that path.
+IMPORT_LIMIT = 512 * 1024 * 1024
 
 
 class ServeClient:
@@ -100,6 +109,8 @@ class ServeClient:
         self._writer = writer
         self._stderr = stderr
         self.on_log = on_log
+        # The serve protocol reports no build phases; kept for ``StoreClient``'s sake.
+        self.on_phase: Callable[[str, str], None] | None = None
         self._stderr_timeout = stderr_timeout
         self._stderr_task: asyncio.Task[None] | None = None
         self._error_tail = ErrorTail()
@@ -223,6 +234,19 @@ class ServeClient:
             ack = await read_int(self._reader, "the ImportPaths reply")
             if ack != 1:
                 raise ProtocolError(f"unexpected ImportPaths reply {ack}")
+
+    async def add_paths(self, items: Sequence[tuple[PathInfo, NarProducer]]) -> None:
+        """Register the paths, dependencies first, each NAR pushed by its producer."""
+        batch: list[tuple[PathInfo, NarProducer]] = []
+        for item in [*items, None]:
+            if item is not None and item[0].nar_size <= IMPORT_LIMIT:
+                batch.append(item)
+                continue
+            if batch:
+                await self.import_paths(partial(_export_stream, list(batch)))
+                batch.clear()
+            if item is not None:
+                await self.add_to_store_nar(*item)
 
     async def build_derivation(
         self,
@@ -369,3 +393,18 @@ class ServeClient:
                 # A broken log consumer must not stop the draining of stderr: the remote would
                 # block once the pipe is full.
                 logger.exception("on_log failed for %s", self.name)
+
+
+async def _export_stream(items: Sequence[tuple[PathInfo, NarProducer]], sink: Sink) -> None:
+    """``nix-store --export`` of the paths (nix-protocols.md 3.2), each NAR from its producer."""
+    for info, nar in items:
+        await sink(encode_int(1))
+        await nar(sink)
+        await sink(
+            encode_int(EXPORT_MAGIC)
+            + encode_str(info.path)
+            + encode_strs(sorted_paths(info.references))
+            + encode_str(info.deriver or "")
+            + encode_int(0)
+        )
+    await sink(encode_int(0))

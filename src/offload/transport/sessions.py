@@ -1,4 +1,4 @@
-"""One-off serve sessions: a single ``ServeClient`` to the local store or one builder.
+"""One-off serve sessions: a single ``StoreClient`` to the local store or one builder.
 
 The local store is reached through the same protocol as the builders (a local
 ``nix-store --serve --write``, as Hydra does for localhost). That gives one code path for moving
@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.transport.links import LocalLink, LogSink, MachineLink
 from offload.transport.ssh import SshTarget
 
@@ -23,7 +23,7 @@ __all__ = ["LogSink", "open_local_store", "open_ssh_store"]
 
 
 @contextlib.asynccontextmanager
-async def open_local_store(on_log: LogSink | None = None) -> AsyncIterator[ServeClient]:
+async def open_local_store(on_log: LogSink | None = None) -> AsyncIterator[StoreClient]:
     async with LocalLink(max_sessions=1) as link, link.session(on_log) as client:
         yield client
 
@@ -36,7 +36,7 @@ async def open_ssh_store(
     params: Mapping[str, str] | None = None,
     on_log: LogSink | None = None,
     env: Mapping[str, str] | None = None,
-) -> AsyncIterator[ServeClient]:
+) -> AsyncIterator[StoreClient]:
     """A session on ``target``; raises ``SshError`` naming ``name`` when it cannot connect."""
     link = MachineLink(target, name=name, params=params, max_sessions=1, env=env)
     async with link, link.session(on_log) as client:

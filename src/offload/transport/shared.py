@@ -28,6 +28,7 @@ from pathlib import Path
 from offload.errors import SshError, TransportError
 from offload.process import run_async, spawn
 from offload.state_location import private_dir
+from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links import SessionPipes, open_serve
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
@@ -70,7 +71,8 @@ def _key(target: SshTarget, sshopts: str) -> str:
 
 
 class SharedSshTransport:
-    """Serve sessions to one builder over a master shared by every hook process."""
+    """Sessions (serve, or the daemon's: ``dialect``) to one builder over a master shared by
+    every hook process."""
 
     def __init__(
         self,
@@ -81,9 +83,11 @@ class SharedSshTransport:
         params: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
         connect_timeout: int = CONNECT_TIMEOUT,
+        dialect: Dialect = SERVE,
     ) -> None:
         self.name = name
         self.target = target
+        self.dialect = dialect
         self._params = params
         self._env = dict(os.environ if env is None else env)
         self._sshopts = self._env.get("NIX_SSHOPTS", "")
@@ -130,10 +134,11 @@ class SharedSshTransport:
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
         self._pin()
-        argv = self.argv(serve_command(self._params, wrapped=not self.restricted))
+        program = self.dialect.program(self._params)
+        argv = self.argv(serve_command(wrapped=not self.restricted, program=program))
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         assert proc.stdin is not None
-        opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK)
+        opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK, self.dialect)
         if opening.failure is not None:
             lines = [line for line in [*opening.early[-5:], opening.failure] if line.strip()]
             raise SshError(

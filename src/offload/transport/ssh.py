@@ -20,7 +20,9 @@ them into one string for the remote shell.
 A builder whose key may run only the serve program (a forced command) ignores all of that and
 runs the serve program at once: ``offload.transport.links.base.open_serve`` tells the two apart
 by the first bytes on stdout, and such a builder is then asked for the bare serve program
-(``serve_command(..., wrapped=False)``), as Nix asks for it.
+(``serve_command(..., wrapped=False)``), as Nix asks for it. ``ssh-ng://`` builders get the
+same wrapper around ``nix-daemon --stdio`` (``program``, from ``offload.transport.dialect``),
+and the same detection of a key forced to run the daemon.
 
 This module only builds argv lists and strings; ``offload.transport.links`` runs them.
 """
@@ -216,12 +218,19 @@ def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
     return remote
 
 
-def serve_command(params: Mapping[str, str] | None = None, *, wrapped: bool = True) -> list[str]:
-    """The serve program wrapped so that it first reports its pid and load on stdout; the bare
-    program (``wrapped=False``) for a builder known to run only that."""
+def serve_command(
+    params: Mapping[str, str] | None = None,
+    *,
+    wrapped: bool = True,
+    program: Sequence[str] | None = None,
+) -> list[str]:
+    """The serve program (or ``program``: the daemon for ssh-ng://) wrapped so that it first
+    reports its pid and load on stdout; the bare program (``wrapped=False``) for a builder known
+    to run only that."""
+    remote = list(program) if program is not None else serve_program(params)
     if not wrapped:
-        return serve_program(params)
-    return ["sh", "-c", _REPORT_PID, "sh", *serve_program(params)]
+        return remote
+    return ["sh", "-c", _REPORT_PID, "sh", *remote]
 
 
 def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
@@ -254,8 +263,10 @@ def serve_argv(
     control_path: Path | None = None,
     connect_timeout: int = CONNECT_TIMEOUT,
     wrapped: bool = True,
+    program: Sequence[str] | None = None,
 ) -> list[str]:
-    """``ssh ... -- host 'sh -c ... nix-store --serve --write'``: one serve session."""
+    """``ssh ... -- host 'sh -c ... nix-store --serve --write'``: one serve session (or one of
+    ``program``, e.g. ``nix-daemon --stdio``)."""
     return [
         *ssh_argv(
             target,
@@ -264,7 +275,7 @@ def serve_argv(
             control_path=control_path,
             connect_timeout=connect_timeout,
         ),
-        remote_command(serve_command(params, wrapped=wrapped)),
+        remote_command(serve_command(params, wrapped=wrapped, program=program)),
     ]
 
 
@@ -278,8 +289,8 @@ def master_argv(
 ) -> list[str]:
     """The master connection: says it is ready on stdout, then holds until its stdin closes.
 
-    A builder restricted to the serve program runs that instead; it answers the serve hello the
-    master is sent (``SshTransport``) and likewise ends when stdin closes."""
+    A builder restricted to the serve program (or the daemon) runs that instead; it answers the
+    hello the master is sent (``SshTransport``) and likewise ends when stdin closes."""
     remote = ["sh", "-c", f"echo {MASTER_READY}; exec cat >/dev/null"]
     return [
         *ssh_argv(

@@ -59,6 +59,9 @@ class JobPhase:
     # Seconds the run still needs by the scheduler's plan, as of ``time`` (scheduler.run.remaining);
     # None when not planned again at this event.
     remaining: float | None = None
+    # Within "building": the phase the builder entered (unpackPhase, buildPhase...), as
+    # ssh-ng:// builders report it; None on the mark that starts the phase itself.
+    step: str | None = None
 
 
 @dataclass(frozen=True)

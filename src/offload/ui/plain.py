@@ -121,10 +121,10 @@ class PlainRenderer:
             case JobPhase():
                 label = PHASE_LABELS[event.phase]
                 text = f"{label} {event.name}"
-                if event.phase == "building":
+                if event.phase == "building" and event.step is None:
                     text = f"building '{event.drv_path}'..."
-                extra = []
-                if event.phase == "building" and event.estimate is not None:
+                extra = [sanitize(event.step)] if event.step is not None else []
+                if event.phase == "building" and event.estimate is not None and not event.step:
                     extra.append(f"est {format_duration(event.estimate)}")
                 if event.speculative:
                     extra.append("speculative copy")

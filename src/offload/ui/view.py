@@ -63,6 +63,7 @@ class _Job:
     estimate: float | None
     speculative: bool
     last_line: str = ""
+    step: str | None = None  # the builder's own phase (buildPhase...), where it reports one
 
     def overdue(self, now: float) -> bool:
         return (
@@ -145,6 +146,8 @@ class View:
             self.jobs[key] = _Job(
                 event.name, event.phase, event.time, event.estimate, event.speculative, line
             )
+        elif event.step is not None:
+            job.step = sanitize(event.step)
         if event.remaining is not None:
             self.eta.plan(event.time, event.remaining, overdue=self.overdue(event.time))
 
@@ -249,6 +252,8 @@ class View:
             if job.speculative:
                 label.append(" (copy)", style="magenta")
             phase = Text(PHASE_LABELS[job.phase], style=_PHASE_STYLES.get(job.phase, "cyan"))
+            if job.step is not None:
+                phase.append(f" {job.step}", style="dim")
             rows.append([label, phase, _elapsed(job, now), Text(job.last_line, style="dim")])
         return rows
 

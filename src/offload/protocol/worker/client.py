@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 from offload.errors import DaemonError, ProtocolError
@@ -36,6 +35,7 @@ from offload.protocol.wire import (
     read_strs,
 )
 from offload.protocol.worker.frames import BuildEvents, Event, Events, read_frames
+from offload.protocol.worker.nars import SizeMismatch, exact_nar, path_info_bytes
 from offload.protocol.worker.records import (
     CLIENT_VERSION,
     MIN_DAEMON_MINOR,
@@ -51,9 +51,16 @@ from offload.store.drv import Derivation
 from offload.store.nar import copy_nar
 from offload.tasks import stop
 
-__all__ = ["WorkerClient"]
+__all__ = ["CLIENT_HELLO", "SERVER_HELLO", "WorkerClient"]
 
 _HANDSHAKE = "the handshake"
+# The client's first words, and the first 8 bytes of the daemon's answer: a transport may send
+# the hello before it knows what runs at the other end (``handshake(sent=True)``).
+CLIENT_HELLO = encode_int(WORKER_MAGIC_1) + encode_int(CLIENT_VERSION)
+SERVER_HELLO = encode_int(WORKER_MAGIC_2)
+# QueryPathInfo requests written before their replies are read: enough to hide the round trips,
+# few enough that the daemon's replies never fill the pipe while we still write.
+_PIPELINE = 64
 _DEFAULT_OPTIONS = BuildOptions()
 # A daemon announces a handful of feature names; more is a corrupt or hostile stream.
 _MAX_FEATURES = 1024
@@ -65,10 +72,6 @@ class _Failed(Exception):
     def __init__(self, exc: BaseException) -> None:
         super().__init__(str(exc))
         self.exc = exc
-
-
-class _SizeMismatch(ProtocolError):
-    """A producer pushed more or fewer bytes than the narSize announced."""
 
 
 class _Answered(Exception):
@@ -118,6 +121,14 @@ class WorkerClient:
         self._build_events.on_log = value
 
     @property
+    def on_phase(self) -> Callable[[str, str], None] | None:
+        return self._build_events.on_phase
+
+    @on_phase.setter
+    def on_phase(self, value: Callable[[str, str], None] | None) -> None:
+        self._build_events.on_phase = value
+
+    @property
     def usable(self) -> bool:
         """False once a request failed other than by the daemon's refusal, or after ``close``."""
         return self._broken is None
@@ -131,11 +142,12 @@ class WorkerClient:
 
     # -- handshake and options ---------------------------------------------------------------
 
-    async def handshake(self, options: DaemonOptions | None = None) -> int:
+    async def handshake(self, options: DaemonOptions | None = None, *, sent: bool = False) -> int:
         """Exchange magics, versions and features, then send ``options``; returns the
-        daemon's version."""
+        daemon's version. ``sent``: the transport wrote ``CLIENT_HELLO`` already."""
         async with self._request(_HANDSHAKE):
-            await self._send(encode_int(WORKER_MAGIC_1) + encode_int(CLIENT_VERSION))
+            if not sent:
+                await self._send(CLIENT_HELLO)
             magic = await read_int(self._reader, "the daemon magic")
             if magic != WORKER_MAGIC_2:
                 msg = f"bad daemon magic {magic:#x}, expected {WORKER_MAGIC_2:#x}"
@@ -204,13 +216,48 @@ class WorkerClient:
             return await read_path_info(self._reader, path, self.minor)
 
     async def query_path_infos(self, paths: Iterable[str]) -> dict[str, PathInfo]:
-        """Infos of the valid paths among ``paths``, as ``ServeClient.query_path_infos``."""
+        """Infos of the valid paths among ``paths``, as ``ServeClient.query_path_infos``.
+
+        The daemon has no batch form: requests go ``_PIPELINE`` at a time, then their replies."""
         infos: dict[str, PathInfo] = {}
-        for path in sorted_paths(paths):
-            info = await self.query_path_info(path)
-            if info is not None:
-                infos[path] = info
+        ordered = sorted_paths(paths)
+        for start in range(0, len(ordered), _PIPELINE):
+            chunk = ordered[start : start + _PIPELINE]
+            async with self._request(f"QueryPathInfo of {len(chunk)} paths"):
+                requests = (encode_int(Op.QUERY_PATH_INFO) + encode_str(path) for path in chunk)
+                await self._send(b"".join(requests))
+                for path in chunk:
+                    try:
+                        await self._frames()
+                    except DaemonError:
+                        # The replies still to come are read before the error goes up.
+                        await self._skip_replies(chunk[chunk.index(path) + 1 :])
+                        raise
+                    if await read_int(self._reader, "the QueryPathInfo validity flag"):
+                        infos[path] = await read_path_info(self._reader, path, self.minor)
         return infos
+
+    async def _skip_replies(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(DaemonError):
+                await self._frames()
+                if await read_int(self._reader, "the QueryPathInfo validity flag"):
+                    await read_path_info(self._reader, path, self.minor)
+
+    async def query_closure(
+        self, paths: Iterable[str], *, include_outputs: bool = False
+    ) -> set[str]:
+        """The valid paths among ``paths`` and everything they refer to, as Nix's
+        ``computeFSClosure`` finds it over a daemon (by references, a level at a time)."""
+        if include_outputs:
+            raise ProtocolError(f"{self.name}: query_closure with outputs is not implemented")
+        closure: set[str] = set()
+        frontier = set(paths)
+        while frontier:
+            infos = await self.query_path_infos(frontier)
+            closure |= set(infos)
+            frontier = {ref for info in infos.values() for ref in info.references} - closure
+        return closure
 
     # -- NARs --------------------------------------------------------------------------------
 
@@ -248,13 +295,13 @@ class WorkerClient:
             (
                 encode_int(Op.ADD_TO_STORE_NAR),
                 encode_str(info.path),
-                _path_info_bytes(info, registration_time),
+                path_info_bytes(info, registration_time),
             )
         )
         header += encode_int(0) + encode_int(int(not check_sigs))  # repair, dontCheckSigs
         async with self._request(f"AddToStoreNar of {info.path}"):
             await self._send(header)
-            await self._upload(_exact(nar, info))
+            await self._upload(exact_nar(nar, info))
 
     async def add_multiple_to_store(
         self, items: Sequence[tuple[PathInfo, NarProducer]], *, check_sigs: bool = False
@@ -274,14 +321,18 @@ class WorkerClient:
         async def stream(sink: Sink) -> None:
             await sink(encode_int(len(todo)))
             for info, nar in todo:
-                await sink(encode_str(info.path) + _path_info_bytes(info, None))
-                await _exact(nar, info)(sink)
+                await sink(encode_str(info.path) + path_info_bytes(info, None))
+                await exact_nar(nar, info)(sink)
 
         request = encode_int(Op.ADD_MULTIPLE_TO_STORE) + encode_int(0)
         request += encode_int(int(not check_sigs))
         async with self._request(f"AddMultipleToStore of {len(todo)} paths"):
             await self._send(request)
             await self._upload(stream)
+
+    async def add_paths(self, items: Sequence[tuple[PathInfo, NarProducer]]) -> None:
+        """Register the paths, dependencies first: ``add_multiple_to_store``."""
+        await self.add_multiple_to_store(items)
 
     # -- builds ------------------------------------------------------------------------------
 
@@ -363,7 +414,7 @@ class WorkerClient:
             except _Answered:
                 pass
             except BaseException as exc:
-                if any(exc is e for e in own) or isinstance(exc, _SizeMismatch):
+                if any(exc is e for e in own) or isinstance(exc, SizeMismatch):
                     raise
                 raise _Failed(exc) from exc
             # The daemon reads up to the empty frame even after failing, so end the stream.
@@ -384,7 +435,10 @@ class WorkerClient:
                 yield
             except DaemonError as exc:
                 exc.peer = self.name
-                raise
+                untrusted = _untrusted(exc, self.name)
+                if untrusted is None:
+                    raise
+                raise untrusted from exc
             except _Failed as exc:
                 self._broken = f"{what} was interrupted"
                 raise exc.exc from exc.exc.__cause__
@@ -407,40 +461,24 @@ class WorkerClient:
         return error
 
 
-def _path_info_bytes(info: PathInfo, registration_time: int | None) -> bytes:
-    """A ValidPathInfo without its path, as AddToStoreNar and AddMultipleToStore send it."""
-    regtime = int(time.time()) if registration_time is None else registration_time
-    return b"".join(
-        (
-            encode_str(info.deriver or ""),
-            encode_str(info.nar_hash),
-            encode_strs(sorted_paths(info.references)),
-            encode_int(regtime),
-            encode_int(info.nar_size),
-            encode_int(0),  # ultimate: the daemon did not build it
-            encode_strs(sorted(set(info.sigs))),
-            encode_str(info.ca or ""),
-        )
+# What a daemon tells a user outside its trusted-users (nix-protocols.md 5.1; daemon.cc:597 and
+# local-store.cc's signature check in 2.8, the same words in every later release).
+_UNTRUSTED = (
+    "not privileged to build input-addressed derivations",
+    "lacks a signature by a trusted key",
+)
+
+
+def _untrusted(exc: DaemonError, name: str) -> DaemonError | None:
+    """``exc`` as offload says it when the daemon refused an untrusted user, else None."""
+    if not any(text in exc.message for text in _UNTRUSTED):
+        return None
+    error = DaemonError(
+        f"builder '{name}' does not trust the ssh user: its Nix daemon refused "
+        f"({exc.message.strip()}); over ssh-ng:// only trusted-users may build derivations "
+        "offload sends and add unsigned paths",
+        hint=f"add the user offload logs in as to `trusted-users` in {name}'s nix.conf "
+        "and restart its nix-daemon",
     )
-
-
-def _exact(nar: NarProducer, info: PathInfo) -> NarProducer:
-    """``nar``, checked to push exactly ``info.nar_size`` bytes."""
-
-    async def producer(sink: Sink) -> None:
-        sent = 0
-
-        async def counted(chunk: bytes) -> None:
-            nonlocal sent
-            if sent + len(chunk) > info.nar_size:
-                msg = f"the NAR of {info.path} is longer than its narSize {info.nar_size}"
-                raise _SizeMismatch(msg)
-            sent += len(chunk)
-            await sink(chunk)
-
-        await nar(counted)
-        if sent != info.nar_size:
-            msg = f"the NAR of {info.path} has {sent} bytes, narSize says {info.nar_size}"
-            raise _SizeMismatch(msg)
-
-    return producer
+    error.peer = name
+    return error

@@ -4,7 +4,9 @@ A build copy on a machine goes through the phases (queued ->) connecting -> send
 building; its outputs are fetched home afterwards if they are wanted there (``fetch_home``).
 Inputs come from the local store, else from a builder holding them, streamed through this
 process from one serve session to the other (never through a file); nothing is registered
-anywhere unless it arrived whole. How a copy ended is an ``Outcome``, not an exception: a
+anywhere unless it arrived whole. The sessions may speak either protocol (``StoreClient``): the
+destination decides how inputs travel, and an ssh-ng:// builder's own build phases are passed
+on as steps of "building". How a copy ended is an ``Outcome``, not an exception: a
 derivation that fails to build (with Nix's status for it, so a timeout can be told apart), a
 machine that drops the connection ("lost"), and a copy whose inputs' holder went away
 ("returned", no fault of its own machine) are all data for the executor. Every build is sent the
@@ -22,13 +24,8 @@ from typing import Literal, TypeGuard
 
 from offload.errors import OffloadError, ProtocolError
 from offload.names import LOCAL
-from offload.protocol.serve import (
-    BuildOptions,
-    BuildStatus,
-    ServeClient,
-    copy_paths,
-    topo_sort_infos,
-)
+from offload.protocol.serve import BuildOptions, BuildStatus
+from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import Holders, InputsGone
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
@@ -94,7 +91,7 @@ class BuildCopies:
         drv = self.plan.drvs[drv_path]
         phase = self.events.phase
         sent = received = 0
-        client: ServeClient | None = None
+        client: StoreClient | None = None
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if self.slots is not None and member.slot_key is not None:
@@ -117,6 +114,7 @@ class BuildCopies:
                     sent, received = (moved, 0) if member.remote else (0, moved)
                 self.holders.fed.add((drv_path, name))
                 phase(drv_path, name, "building", speculative=speculative)
+                client.on_phase = self.events.step_handler(drv_path, name)
                 build_start = self.clock()
                 inputs = self.plan.inputs[drv_path]
                 result = await client.build_derivation(
@@ -126,7 +124,7 @@ class BuildCopies:
                 if not result.success:
                     error, status = result.error_msg, result.status
                     return Outcome("failed", error, started, sent, received, status=status)
-                client.on_log = None
+                client.on_log = client.on_phase = None
             home = not member.remote
             return Outcome("built", None, started, sent, received, build_seconds, home)
         except InputsGone as exc:
@@ -142,7 +140,7 @@ class BuildCopies:
             return Outcome(kind, exc.message, started, sent, received)
 
     async def _feed(
-        self, sources: Mapping[str, list[str]], client: ServeClient, target: str, substitute: bool
+        self, sources: Mapping[str, list[str]], client: StoreClient, target: str, substitute: bool
     ) -> int:
         """Copy each group of inputs from its store to ``client``'s; returns bytes moved."""
         moved = 0
@@ -169,7 +167,7 @@ class BuildCopies:
 
 
 async def send_closure(
-    src: ServeClient, dst: ServeClient, paths: Sequence[str], *, substitute: bool = False
+    src: StoreClient, dst: StoreClient, paths: Sequence[str], *, substitute: bool = False
 ) -> int:
     """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
 
@@ -191,6 +189,6 @@ async def send_closure(
 
 
 async def _missing(
-    store: ServeClient, paths: Sequence[str] | set[str], *, substitute: bool = False
+    store: StoreClient, paths: Sequence[str] | set[str], *, substitute: bool = False
 ) -> set[str]:
     return set(paths) - await store.query_valid_paths(paths, substitute=substitute)

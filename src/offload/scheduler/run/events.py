@@ -120,6 +120,26 @@ class RunEvents:
             )
         )
 
+    def step_handler(self, drv_path: str, machine: str) -> Callable[[str, str], None]:
+        """Where a builder's own phases of ``drv_path`` go (``StoreClient.on_phase``): marks
+        within "building" (``JobPhase.step``)."""
+
+        def handle(_drv: str, step: str) -> None:
+            jobs = self.policy.graph.job(drv_path)
+            self.emit(
+                JobPhase(
+                    drv_path=drv_path,
+                    name=self.plan.drvs[drv_path].name,
+                    machine=machine,
+                    phase="building",
+                    estimate=jobs.work_estimate / self.members[machine].spec.speed,
+                    time=self.wall(),
+                    step=step,
+                )
+            )
+
+        return handle
+
     def finished(
         self,
         drv_path: str,

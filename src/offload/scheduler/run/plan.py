@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.policy.guesses import BIG_PARALLEL_WORK, DEFAULT_WORK, guessed_work
@@ -43,9 +43,9 @@ MOVE_SECONDS = 0.05
 class MemberLink(Protocol):
     """A way to reach one machine's store: borrow a serve session, or stop one mid-build."""
 
-    def session(self) -> AbstractAsyncContextManager[ServeClient]: ...
+    def session(self) -> AbstractAsyncContextManager[StoreClient]: ...
 
-    async def cancel(self, client: ServeClient) -> None: ...
+    async def cancel(self, client: StoreClient) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
 from offload.errors import ProtocolError, SshError
-from offload.protocol.serve import ServeClient
+from offload.protocol.serve import StoreClient
 from offload.tasks import stop
 from offload.transport.fake.faults import BreakPoint
 from offload.transport.fake.server import Session
@@ -39,7 +39,7 @@ class FakeLink:
         self.cancelled: list[str] = []
         self._up = True
         self._open: set[Session] = set()
-        self._sessions: dict[ServeClient, Session] = {}
+        self._sessions: dict[StoreClient, Session] = {}
         self._slots = asyncio.Semaphore(max_sessions)
 
     def go_down(self) -> None:
@@ -52,11 +52,11 @@ class FakeLink:
     def break_next(self, at: BreakPoint = "request", *, message: str | None = None) -> None:
         self.store.break_next(at, message=message)
 
-    def session(self) -> AbstractAsyncContextManager[ServeClient]:
+    def session(self) -> AbstractAsyncContextManager[StoreClient]:
         return self._session()
 
     @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[ServeClient]:
+    async def _session(self) -> AsyncIterator[StoreClient]:
         name = self.store.name
         async with self._slots:
             if not self._up:
@@ -82,7 +82,7 @@ class FakeLink:
                 self._open.discard(session)
                 await session.close()
 
-    async def cancel(self, client: ServeClient) -> None:
+    async def cancel(self, client: StoreClient) -> None:
         """Stop whatever ``client``'s session runs remotely, as killing the remote would."""
         self.cancel_calls += 1
         session = self._sessions.get(client)

@@ -10,7 +10,9 @@ load and boot id, ``offload.load``). ``open_serve`` writes the serve hello at on
 waiting for that line, and reads stdout: the start line, then the serve reply, is a normal
 builder; the serve reply alone is a *restricted* one, whose key may run only the serve program
 (``restrict,command="nix-store --serve --write"`` in authorized_keys, or sshd's
-``ForceCommand``), which ignores the wrapper. Both are told apart by their first bytes, so
+``ForceCommand``), which ignores the wrapper. ``ssh-ng://`` sessions do the same with the
+daemon's hello and reply (``offload.transport.dialect``): a key forced to ``nix-daemon
+--stdio`` is found as fast. Both are told apart by their first bytes, so
 neither costs a round trip or a timeout; a restricted session has no pid (it is stopped by
 closing it: the serve program's stdin hangs up and Nix interrupts the build) and no load.
 """
@@ -24,9 +26,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from offload.load import RemoteLoad
-from offload.protocol.serve import CLIENT_HELLO, SERVER_HELLO, ByteWriter
+from offload.protocol.serve import ByteWriter
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
+from offload.transport.dialect import SERVE, Dialect
 from offload.transport.ssh import parse_start_line
 
 __all__ = [
@@ -78,6 +81,8 @@ class SessionPipes:
     hello_sent: bool = False
     # The builder ran its forced serve program instead of our wrapper: no pid, no load.
     restricted: bool = False
+    # The protocol the session speaks (``offload.transport.dialect``).
+    dialect: Dialect = SERVE
 
 
 class SessionTransport(Protocol):
@@ -115,6 +120,7 @@ class Opening:
     restricted: bool
     early: tuple[str, ...]
     failure: str | None = None
+    dialect: Dialect = SERVE
 
     def pipes(self, proc: asyncio.subprocess.Process) -> SessionPipes:
         """The session's pipes, begun as this says (the hello already sent)."""
@@ -129,11 +135,15 @@ class Opening:
             self.load,
             hello_sent=True,
             restricted=self.restricted,
+            dialect=self.dialect,
         )
 
 
-async def open_serve(proc: asyncio.subprocess.Process, timeout: float) -> Opening:
-    """Send the serve hello to a just-started session and read how it begins (module docstring).
+async def open_serve(
+    proc: asyncio.subprocess.Process, timeout: float, dialect: Dialect = SERVE
+) -> Opening:
+    """Send ``dialect``'s hello to a just-started session and read how it begins (module
+    docstring): the serve program's by default, ``nix-daemon --stdio``'s for ssh-ng://.
 
     Its stdout starts with either the start line (our wrapper ran: pid and load) or the serve
     reply itself (a forced command ran the serve program instead); ``failure`` says what
@@ -157,31 +167,33 @@ async def open_serve(proc: asyncio.subprocess.Process, timeout: float) -> Openin
         # Written before anything is known: on a normal builder the wrapper leaves stdin to the
         # serve program it execs, so the handshake costs no round trip of its own.
         with contextlib.suppress(OSError):
-            proc.stdin.write(CLIENT_HELLO)
-        head, failure = await _first_line(stdout, timeout)
+            proc.stdin.write(dialect.hello)
+        head, failure = await _first_line(stdout, timeout, dialect.reply)
         if failure is not None:
             await asyncio.wait([collector], timeout=_TAIL_WAIT)  # ssh's last words, if it ends
-            return Opening(stdout, None, None, False, tuple(early), failure)
+            return Opening(stdout, None, None, False, tuple(early), failure, dialect)
     finally:
         await stop(collector)
-    if head == SERVER_HELLO:
-        return Opening(_Prefixed(head, stdout), None, None, True, tuple(early))
+    if head == dialect.reply:
+        return Opening(_Prefixed(head, stdout), None, None, True, tuple(early), None, dialect)
     start = parse_start_line(head.decode(errors="replace"))
     if start is None:
         shown = head[:60].decode(errors="replace").strip() or repr(head[:16])
-        failure = f"the builder answered {shown!r} where the serve program's reply belongs"
-        return Opening(stdout, None, None, False, tuple(early), failure)
-    return Opening(stdout, start[0], start[1], False, tuple(early))
+        failure = f"the builder answered {shown!r} where the {dialect.name} program's reply belongs"
+        return Opening(stdout, None, None, False, tuple(early), failure, dialect)
+    return Opening(stdout, start[0], start[1], False, tuple(early), None, dialect)
 
 
-async def _first_line(stdout: asyncio.StreamReader, timeout: float) -> tuple[bytes, str | None]:
-    """The serve reply's first 8 bytes, or the line that came first instead (our start line,
-    or what a shell printed); or a failure. A line cut short by the timeout is kept as read."""
+async def _first_line(
+    stdout: asyncio.StreamReader, timeout: float, reply: bytes
+) -> tuple[bytes, str | None]:
+    """The program's reply's first 8 bytes, or the line that came first instead (our start
+    line, or what a shell printed); or a failure. A line cut short by the timeout is kept."""
     head = b""
     try:
         async with asyncio.timeout(timeout):
-            head = await stdout.readexactly(len(SERVER_HELLO))
-            if head != SERVER_HELLO:
+            head = await stdout.readexactly(len(reply))
+            if head != reply:
                 head += await stdout.readline()
     except TimeoutError:
         return head, None if head else f"(no answer within {timeout:g} s)"

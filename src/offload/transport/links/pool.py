@@ -1,7 +1,8 @@
 """``Link``: one per builder per run, lending out long-lived serve sessions.
 
-The model: a ``Link`` owns a pool of ``nix-store --serve --write`` sessions to one store. A
-borrower writes ``async with link.session() as client`` and gets a handshaken ``ServeClient``;
+The model: a ``Link`` owns a pool of ``nix-store --serve --write`` sessions to one store (or
+``nix-daemon --stdio`` ones, for ssh-ng://: the transport's ``dialect`` says which). A
+borrower writes ``async with link.session() as client`` and gets a handshaken ``StoreClient``;
 at most ``max_sessions`` are out at once (a builder's slots plus one for copying), sessions are
 opened lazily and an idle one is lent again rather than a new one opened. A session goes back to
 the pool only if the body ended normally and the client is still in step with its remote;
@@ -34,8 +35,11 @@ from typing import Self
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.load import RemoteLoad
-from offload.protocol.serve import ByteWriter, ServeClient
+from offload.protocol.serve import ByteWriter
+from offload.protocol.stderr import pump_lines
+from offload.protocol.store import StoreClient
 from offload.protocol.wire import ByteReader
+from offload.tasks import stop
 from offload.transport.links.base import TAIL, LinkStats, LogSink, SessionPipes, SessionTransport
 
 __all__ = ["Link"]
@@ -90,7 +94,7 @@ class _LogRoute:
 
 @dataclass(eq=False)
 class _Session:
-    client: ServeClient
+    client: StoreClient
     stack: contextlib.AsyncExitStack
     pipes: SessionPipes
     logs: _LogRoute
@@ -120,7 +124,7 @@ class Link:
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
-        self._sessions: dict[ServeClient, _Session] = {}
+        self._sessions: dict[StoreClient, _Session] = {}
         self._teardowns: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -136,7 +140,7 @@ class Link:
         await self.aclose()
 
     @contextlib.asynccontextmanager
-    async def session(self, on_log: LogSink | None = None) -> AsyncIterator[ServeClient]:
+    async def session(self, on_log: LogSink | None = None) -> AsyncIterator[StoreClient]:
         """Borrow a handshaken client; its stderr lines go to ``on_log`` while borrowed."""
         async with self._slots:
             session = await self._checkout()
@@ -178,12 +182,12 @@ class Link:
         async with self.session() as client:
             return await client.query_valid_paths(paths, substitute=self.substitute)
 
-    def remote_pid(self, client: ServeClient) -> int | None:
+    def remote_pid(self, client: StoreClient) -> int | None:
         """The pid of ``client``'s serve process on its machine, as its start line said."""
         session = self._sessions.get(client)
         return None if session is None else session.pipes.pid
 
-    async def cancel(self, client: ServeClient) -> None:
+    async def cancel(self, client: StoreClient) -> None:
         """Stop ``client``'s remote process tree (and the build it runs) and discard it.
 
         Safe to call while another task is in a request on ``client`` (that request then fails)
@@ -232,22 +236,24 @@ class Link:
             self.restricted = self.restricted or pipes.restricted
             logs = _LogRoute()
             logs.tail.extend(pipes.early_stderr)
-            client = ServeClient(
+            client = pipes.dialect.client(
                 _CountingReader(pipes.reader, self.stats),
                 _CountingWriter(pipes.writer, self.stats),
-                stderr=pipes.stderr,
-                on_log=logs.log,
-                name=self.name,
+                pipes.stderr,
+                logs.log,
+                self.name,
             )
             session = _Session(client, stack, pipes, logs)
             stack.push_async_callback(client.close)
+            _keep_stderr(stack, pipes, logs)
             self.stats.sessions_opened += 1
             try:
                 await client.handshake(sent=pipes.hello_sent)
             except ProtocolError as exc:
                 tail = " | ".join(list(logs.tail)[-5:]) or "(no output)"
+                program = pipes.dialect.describe()
                 raise TransportError(
-                    f"{self.name}: cannot start `nix-store --serve`: {exc.message}; stderr: {tail}",
+                    f"{self.name}: cannot start {program}: {exc.message}; stderr: {tail}",
                     hint="check that Nix is installed and on PATH for non-interactive "
                     "ssh sessions (remote-program= in the store URI names another program)",
                 ) from exc
@@ -279,6 +285,19 @@ class Link:
             await session.stack.aclose()
         finally:
             self._sessions.pop(session.client, None)
+
+
+def _keep_stderr(stack: contextlib.AsyncExitStack, pipes: SessionPipes, logs: _LogRoute) -> None:
+    """A daemon session's stderr (ssh's and the daemon's own words, never build logs: those
+    come in-band) kept in the tail that explains a failure; read, or ssh blocks on a full pipe.
+    The serve client reads its own."""
+    stderr = pipes.stderr
+    if pipes.dialect.name != "daemon" or stderr is None:
+        return
+    task = asyncio.get_running_loop().create_task(
+        pump_lines(stderr, lambda raw: logs.tail.append(raw.decode(errors="replace").rstrip()))
+    )
+    stack.push_async_callback(stop, task)
 
 
 async def _wait(task: asyncio.Task[None]) -> None:

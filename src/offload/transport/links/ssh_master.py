@@ -1,15 +1,17 @@
 """A builder over ssh: ``SshTransport`` keeps one ControlMaster connection per builder and
-multiplexes serve sessions over it (remote kills go over it too); ``MachineLink`` pools them.
+multiplexes sessions (serve, or the daemon's for ssh-ng://) over it (remote kills go over it
+too); ``MachineLink`` pools them.
 
 The master is started on first use and again if it died. It reports readiness on its stdout
 (``MASTER_READY``); its stderr is drained all along, both so that ssh never blocks on a full pipe
 and so that a failure can be explained with ssh's own last words and a hint. The control socket
 and the pinned known_hosts file live in a private 0700 directory removed on ``close``.
 
-The master is sent the serve hello as soon as it starts. A normal builder's ``cat`` swallows it;
-a builder whose key runs only the serve program answers it instead of saying it is ready, which
+The master is sent the hello of the builder's protocol (``dialect``: serve for ssh://, the
+daemon's for ssh-ng://) as soon as it starts. A normal builder's ``cat`` swallows it; a builder
+whose key runs only that protocol's program answers it instead of saying it is ready, which
 tells at once, on the connection every run opens anyway, that the builder is *restricted*
-(``SshTransport.restricted``): its sessions are then started as the bare serve program, and
+(``SshTransport.restricted``): its sessions are then started as the bare program, and
 commands of our own (``run``, ``kill``) cannot be run there.
 """
 
@@ -27,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from offload.errors import SshError
 from offload.process import run_async, spawn
-from offload.protocol.serve import CLIENT_HELLO, SERVER_HELLO
 from offload.tasks import stop
+from offload.transport.dialect import SERVE, Dialect, dialect_of
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
     KILL_GRACE,
@@ -101,10 +103,12 @@ class SshTransport:
         params: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
         connect_timeout: int = CONNECT_TIMEOUT,
+        dialect: Dialect = SERVE,
     ) -> None:
         self.name = name
         self.target = target
-        self._params = params
+        self.dialect = dialect
+        self.params = params
         self._env = dict(os.environ if env is None else env)
         self._sshopts = self._env.get("NIX_SSHOPTS", "")
         self._connect_timeout = connect_timeout
@@ -171,7 +175,7 @@ class SshTransport:
             # Read stdout to its end too, so the process's transport closes when it exits.
             rest = asyncio.get_running_loop().create_task(proc.stdout.read())
             stack.push_async_callback(_finish, rest)
-            if line == SERVER_HELLO:
+            if line == self.dialect.reply:
                 self.restricted = True
             elif line.decode(errors="replace").strip() != MASTER_READY:
                 with contextlib.suppress(TimeoutError):
@@ -183,15 +187,16 @@ class SshTransport:
             return control
 
     async def _greeting(self, proc: asyncio.subprocess.Process) -> bytes:
-        """The master's first words: our ready line, or a restricted builder's serve reply."""
+        """The master's first words: our ready line, or a restricted builder's reply."""
         assert proc.stdin is not None
         assert proc.stdout is not None
         with contextlib.suppress(OSError):
-            proc.stdin.write(CLIENT_HELLO)
+            proc.stdin.write(self.dialect.hello)
+        reply = self.dialect.reply
         try:
             async with asyncio.timeout(self._connect_timeout + _AUTH_SLACK):
-                head = await proc.stdout.readexactly(len(SERVER_HELLO))
-                return head if head == SERVER_HELLO else head + await proc.stdout.readline()
+                head = await proc.stdout.readexactly(len(reply))
+                return head if head == reply else head + await proc.stdout.readline()
         except TimeoutError:
             self._master_tail.append("(no answer within the connect timeout)")
         except asyncio.IncompleteReadError as exc:
@@ -223,17 +228,18 @@ class SshTransport:
         control = await self._ensure_master()
         argv = serve_argv(
             self.target,
-            params=self._params,
+            params=self.params,
             known_hosts=self.known_hosts,
             nix_sshopts=self._sshopts,
             control_path=control,
             connect_timeout=self._connect_timeout,
             wrapped=not self.restricted,
+            program=self.dialect.program(self.params),
         )
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
         assert proc.stdin is not None
-        opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK)
+        opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK, self.dialect)
         if opening.failure is not None:
             raise self._error("open a session on", [*opening.early, opening.failure])
         self.restricted = self.restricted or opening.restricted
@@ -242,12 +248,13 @@ class SshTransport:
     async def run(self, remote: list[str]) -> tuple[int, str, str]:
         """Run a command on the builder over the master; returns (exit code, stdout, stderr).
 
-        Refused on a restricted builder: it would run the serve program whatever is asked."""
+        Refused on a restricted builder: it would run its one program whatever is asked."""
         control = await self._ensure_master()
         if self.restricted:
             raise SshError(
-                f"builder '{self.name}' ({self.target.destination}) runs only the serve program "
-                f"for this key, not `{remote_command(remote)[:60]}`",
+                f"builder '{self.name}' ({self.target.destination}) runs only "
+                f"{self.dialect.describe(self.params)} for this key, "
+                f"not `{remote_command(remote)[:60]}`",
                 hint="its authorized_keys line or sshd's ForceCommand restricts the key",
             )
         argv = ssh_argv(
@@ -290,9 +297,15 @@ class MachineLink(Link):
         env: Mapping[str, str] | None = None,
         substitute: bool = False,
         connect_timeout: int = CONNECT_TIMEOUT,
+        dialect: Dialect = SERVE,
     ) -> None:
         self.ssh = SshTransport(
-            target, name=name, params=params, env=env, connect_timeout=connect_timeout
+            target,
+            name=name,
+            params=params,
+            env=env,
+            connect_timeout=connect_timeout,
+            dialect=dialect,
         )
         super().__init__(self.ssh, max_sessions=max_sessions, substitute=substitute)
 
@@ -320,4 +333,5 @@ class MachineLink(Link):
             env=env,
             substitute=substitute,
             connect_timeout=connect_timeout,
+            dialect=dialect_of(machine),
         )

@@ -1,0 +1,73 @@
+"""Which protocol a builder is spoken to in: serve for ``ssh://``, the daemon's for ``ssh-ng://``.
+
+The model: a ``Dialect`` is everything the transport needs to know about a protocol without
+speaking it: the remote program to start (as Nix's own ssh:// and ssh-ng:// stores start it,
+``remote-program`` and ``remote-store`` included), the client's first bytes (written as soon as
+a session starts, before anything is known about the other end) and the first bytes of the
+program's answer (which tell a builder whose key runs only that program, one that ignores
+offload's wrapper, from a normal one), and how to make and handshake a client on the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from offload.protocol import worker
+from offload.protocol.client import CLIENT_HELLO, SERVER_HELLO, ServeClient
+from offload.protocol.store import StoreClient
+from offload.protocol.wire import ByteReader, ByteWriter
+from offload.protocol.worker import WorkerClient
+from offload.transport.ssh import serve_program
+
+if TYPE_CHECKING:
+    from offload.config.machines import Machine
+
+__all__ = ["DAEMON", "SERVE", "Dialect", "daemon_program", "dialect_of"]
+
+LogSink = Callable[[str], None]
+
+
+def daemon_program(params: Mapping[str, str] | None = None) -> list[str]:
+    """``nix-daemon --stdio [--store URI]`` as Nix's ssh-ng:// store runs it."""
+    params = params or {}
+    remote = [params.get("remote-program") or "nix-daemon", "--stdio"]
+    if params.get("remote-store"):
+        remote += ["--store", params["remote-store"]]
+    return remote
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str  # "serve" or "daemon": what users read in messages
+    program: Callable[[Mapping[str, str] | None], list[str]]
+    hello: bytes
+    reply: bytes
+
+    def describe(self, params: Mapping[str, str] | None = None) -> str:
+        return f"`{' '.join(self.program(params))}`"
+
+    def client(
+        self,
+        reader: ByteReader,
+        writer: ByteWriter,
+        stderr: asyncio.StreamReader | None,
+        on_log: LogSink,
+        name: str,
+    ) -> StoreClient:
+        """A client on a session's pipes. The serve program reports on stderr, which its
+        client reads; the daemon reports in-band, and its stderr is the caller's to drain."""
+        if self.name == "daemon":
+            return WorkerClient(reader, writer, on_log=on_log, name=name)
+        return ServeClient(reader, writer, stderr=stderr, on_log=on_log, name=name)
+
+
+SERVE = Dialect("serve", serve_program, CLIENT_HELLO, SERVER_HELLO)
+DAEMON = Dialect("daemon", daemon_program, worker.client.CLIENT_HELLO, worker.client.SERVER_HELLO)
+
+
+def dialect_of(machine: Machine) -> Dialect:
+    """``ssh-ng://`` machines are spoken to in the daemon's protocol, every other in serve."""
+    return DAEMON if machine.scheme == "ssh-ng" else SERVE
