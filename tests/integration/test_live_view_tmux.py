@@ -101,7 +101,9 @@ def frame(lines: list[str]) -> list[str]:
         return []
     last = runs[-1]
     first = last
-    while first > 0 and lines[first - 1].strip() and " done · " not in lines[first - 1]:
+    # A frame is machine headers ("NAME  speed ...") and their indented rows; log lines printed
+    # above it (shown by default, as nix-build shows them) are not part of it.
+    while first > 0 and (lines[first - 1].startswith(" ") or " speed " in lines[first - 1]):
         first -= 1
     return lines[first : last + 1]
 
