@@ -27,7 +27,7 @@ from offload.load import RemoteLoad
 from offload.protocol.serve import CLIENT_HELLO, SERVER_HELLO, ByteWriter
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
-from offload.transport.ssh import parse_start_line
+from offload.transport.ssh import parse_slot, parse_start_line
 
 __all__ = [
     "CONTROL_TIMEOUT",
@@ -78,6 +78,8 @@ class SessionPipes:
     hello_sent: bool = False
     # The builder ran its forced serve program instead of our wrapper: no pid, no load.
     restricted: bool = False
+    # The builder-side slot the start line says it holds (``ssh.parse_slot``), if asked for one.
+    slot: str | None = None
 
 
 class SessionTransport(Protocol):
@@ -115,6 +117,7 @@ class Opening:
     restricted: bool
     early: tuple[str, ...]
     failure: str | None = None
+    slot: str | None = None
 
     def pipes(self, proc: asyncio.subprocess.Process) -> SessionPipes:
         """The session's pipes, begun as this says (the hello already sent)."""
@@ -129,6 +132,7 @@ class Opening:
             self.load,
             hello_sent=True,
             restricted=self.restricted,
+            slot=self.slot,
         )
 
 
@@ -166,12 +170,13 @@ async def open_serve(proc: asyncio.subprocess.Process, timeout: float) -> Openin
         await stop(collector)
     if head == SERVER_HELLO:
         return Opening(_Prefixed(head, stdout), None, None, True, tuple(early))
-    start = parse_start_line(head.decode(errors="replace"))
+    text = head.decode(errors="replace")
+    start = parse_start_line(text)
     if start is None:
         shown = head[:60].decode(errors="replace").strip() or repr(head[:16])
         failure = f"the builder answered {shown!r} where the serve program's reply belongs"
         return Opening(stdout, None, None, False, tuple(early), failure)
-    return Opening(stdout, start[0], start[1], False, tuple(early))
+    return Opening(stdout, start[0], start[1], False, tuple(early), slot=parse_slot(text))
 
 
 async def _first_line(stdout: asyncio.StreamReader, timeout: float) -> tuple[bytes, str | None]:

@@ -219,7 +219,9 @@ class SshTransport:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), _MASTER_EXIT)
         await stack.aclose()
 
-    async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
+    async def start(self, stack: contextlib.AsyncExitStack, slots: int = 0) -> SessionPipes:
+        """A serve session; with ``slots`` above 0, one holding a builder-side slot (its
+        ``pipes.slot`` says which, or ``busy``: then the session has ended already)."""
         control = await self._ensure_master()
         argv = serve_argv(
             self.target,
@@ -229,6 +231,7 @@ class SshTransport:
             control_path=control,
             connect_timeout=self._connect_timeout,
             wrapped=not self.restricted,
+            slots=slots,
         )
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
@@ -278,7 +281,8 @@ class SshTransport:
 
 
 class MachineLink(Link):
-    """A builder reached over ssh: one master connection, up to ``max_sessions`` sessions."""
+    """A builder reached over ssh: one master connection, up to ``max_sessions`` sessions, and
+    builds holding one of ``builder_slots`` slot locks on the builder (0: none)."""
 
     def __init__(
         self,
@@ -290,11 +294,15 @@ class MachineLink(Link):
         env: Mapping[str, str] | None = None,
         substitute: bool = False,
         connect_timeout: int = CONNECT_TIMEOUT,
+        builder_slots: int = 0,
     ) -> None:
         self.ssh = SshTransport(
             target, name=name, params=params, env=env, connect_timeout=connect_timeout
         )
         super().__init__(self.ssh, max_sessions=max_sessions, substitute=substitute)
+        # Builds hold one of these slots on the builder itself (``Link.build_session``).
+        self.builder_slots = builder_slots
+        self._slot_start = self.ssh.start
 
     @classmethod
     def from_machine(
@@ -320,4 +328,5 @@ class MachineLink(Link):
             env=env,
             substitute=substitute,
             connect_timeout=connect_timeout,
+            builder_slots=machine.max_jobs,
         )
