@@ -170,19 +170,8 @@ class Link:
         """Borrow a handshaken client; its stderr lines go to ``on_log`` while borrowed."""
         async with self._slots:
             session = await self._checkout()
-            session.logs.sink = on_log
-            try:
-                yield session.client
-            except BaseException:
-                await self._discard(session, kill=not session.client.usable)
-                raise
-            session.logs.sink = None
-            if session.teardown is not None:
-                await _wait(session.teardown)  # cancelled while lent
-            elif session.client.usable and session.pipes.alive() and not self._closed:
-                self._idle.append(session)
-            else:
-                await self._discard(session, kill=not session.client.usable)
+            async with self._lent(session, on_log, keep=True) as client:
+                yield client
 
     @contextlib.asynccontextmanager
     async def build_session(
@@ -198,19 +187,29 @@ class Link:
             return
         async with self._slots:
             session = await self._open_slot(on_wait)
-            session.logs.sink = on_log
-            try:
-                yield session.client
-            except BaseException:
-                await self._discard(session, kill=not session.client.usable)
-                raise
-            session.logs.sink = None
-            if session.teardown is not None:
-                await _wait(session.teardown)
-            elif session.pipes.slot is None or not session.pipes.slot.isdigit():
-                self._idle.append(session)  # it fell back: it holds nothing on the builder
-            else:
-                await self._discard(session, kill=not session.client.usable)
+            # One that fell back holds nothing on the builder: it may wait idle in the pool.
+            holds = session.pipes.slot is not None and session.pipes.slot.isdigit()
+            async with self._lent(session, on_log, keep=not holds) as client:
+                yield client
+
+    @contextlib.asynccontextmanager
+    async def _lent(
+        self, session: _Session, on_log: LogSink | None, *, keep: bool
+    ) -> AsyncIterator[ServeClient]:
+        """Lend ``session``; afterwards keep it idle (``keep``, and still in step) or close it."""
+        session.logs.sink = on_log
+        try:
+            yield session.client
+        except BaseException:
+            await self._discard(session, kill=not session.client.usable)
+            raise
+        session.logs.sink = None
+        if session.teardown is not None:
+            await _wait(session.teardown)  # cancelled while lent
+        elif keep and session.client.usable and session.pipes.alive() and not self._closed:
+            self._idle.append(session)
+        else:
+            await self._discard(session, kill=not session.client.usable)
 
     async def _open_slot(self, on_wait: Callable[[], None] | None) -> _Session:
         start, waited = self._slot_start, False
