@@ -72,7 +72,7 @@ def test_without_proc_the_pid_still_parses_and_the_load_is_unknown():
     assert err == ""
     lines = out.splitlines()
     assert len(lines) == 1
-    assert lines[0].split()[-2:] == ["-", "-"]
+    assert lines[0].split()[-3:] == ["-", "-", "slot=-"]
     # unshare and sh both exec, so the pid is still the started process's.
     assert parse_start_line(lines[0]) == (pid, None)
 

@@ -1,3 +1,4 @@
+import shlex
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ from offload.transport.ssh import (
     known_hosts_line,
     master_argv,
     parse_pid_line,
+    parse_slot,
+    parse_start_line,
     serve_argv,
     serve_command,
 )
@@ -16,13 +19,22 @@ from offload.transport.ssh import (
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
 
 
-# The start line: the pid, then the load report of offload.load (cores, /proc/loadavg, boot id).
-REPORTING = (
-    "sh -c 'ofl_c=$(nproc 2>/dev/null </dev/null); ofl_l=; ofl_b=; "
-    "{ read -r ofl_l </proc/loadavg; } 2>/dev/null; "
-    "{ read -r ofl_b </proc/sys/kernel/random/boot_id; } 2>/dev/null; "
-    'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--}"; exec "$@"\' sh '
-)
+# The start line: the pid, then the load report of offload.load (cores, /proc/loadavg, boot
+# id), then the builder-side slot; the script is run by real shells in test_builder_slots.
+SCRIPT = serve_command()[2]
+REPORTING = f"sh -c {shlex.quote(SCRIPT)} sh 0 "
+
+
+def test_the_start_line_script_reads_load_and_takes_a_slot_with_flock():
+    assert serve_command()[:2] == ["sh", "-c"]
+    assert serve_command(slots=3)[3:5] == ["sh", "3"]
+    assert "{ read -r ofl_l </proc/loadavg; } 2>/dev/null; " in SCRIPT
+    assert "{ read -r ofl_b </proc/sys/kernel/random/boot_id; } 2>/dev/null; " in SCRIPT
+    assert "flock -n 9; then ofl_s=$ofl_i;" in SCRIPT
+    assert SCRIPT.endswith(
+        'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--} slot=$ofl_s"; '
+        '[ "$ofl_s" = busy ] && exit 75; exec "$@"'
+    )
 
 
 def test_serve_argv_exact_with_master_pinning_and_sshopts():
@@ -106,3 +118,18 @@ def test_a_restricted_builder_is_asked_for_the_bare_serve_program():
     bare = serve_argv(SshTarget(host="h"), params=params, wrapped=False)
     assert bare[-1] == "/run/nix-store --serve --write --store /s"
     assert serve_argv(SshTarget(host="h"), params=params)[-1].startswith("sh -c ")
+
+
+def test_the_slot_at_the_end_of_the_start_line_is_read_apart_from_the_load():
+    line = "offload-serve-pid 42 8 9.50 7.10 5.00 3/345 6789 b00t slot=1"
+    start = parse_start_line(line)
+    assert start is not None
+    assert start[0] == 42
+    assert start[1] is not None
+    assert (start[1].load1, start[1].boot_id) == (9.5, "b00t")
+    assert parse_slot(line) == "1"
+    assert parse_slot(line.replace("slot=1", "slot=busy")) == "busy"
+    assert parse_slot(line.replace("slot=1", "slot=noflock")) == "noflock"
+    assert parse_slot(line.replace("slot=1", "slot=-")) is None  # none was asked for
+    assert parse_slot(line.removesuffix(" slot=1")) is None  # an older wrapper
+    assert parse_slot("hello slot=1") is None

@@ -78,7 +78,8 @@ async def pool_members(
 
 
 RESTRICTED = (
-    "its key runs only `nix-store --serve`: its load is not known (all its slots are used) "
+    "its key runs only `nix-store --serve`: its load is not known (all its slots are used), "
+    "its slots are counted on this host only (no slot lock on the builder) "
     "and a build stopped there is stopped by closing its session"
 )
 

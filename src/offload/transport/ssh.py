@@ -17,6 +17,11 @@ boot id (``offload.load``), read with shell builtins and one ``nproc``, so a bui
 costs no round trip of its own. Every remote argument is quoted on its own because ssh joins
 them into one string for the remote shell.
 
+A session asked to (``slots`` above 0) also holds one of the builder's slot files under
+``flock(1)`` for as long as its serve program runs, and says which at the end of the start line
+(``parse_slot``): every client on every host then counts the same slots, with no agent on the
+builder; see the comment above ``_SLOT``.
+
 A builder whose key may run only the serve program (a forced command) ignores all of that and
 runs the serve program at once: ``offload.transport.links.base.open_serve`` tells the two apart
 by the first bytes on stdout, and such a builder is then asked for the bare serve program
@@ -45,11 +50,14 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "MASTER_READY",
     "PID_MARKER",
+    "SLOT_BUSY_EXIT",
+    "SLOT_DIRS",
     "SshTarget",
     "kill_script",
     "known_hosts_line",
     "master_argv",
     "parse_pid_line",
+    "parse_slot",
     "parse_start_line",
     "remote_command",
     "serve_argv",
@@ -66,6 +74,10 @@ SERVER_ALIVE_INTERVAL = 5
 SERVER_ALIVE_COUNT_MAX = 3
 
 PID_MARKER = "offload-serve-pid"
+# Where a builder keeps its slot files: under its Nix state when that is its own (root, the
+# local fleet), else under the user's home (relative); the start line's wrapper picks one.
+SLOT_DIRS = ("/nix/var/nix/offload-slots", ".cache/offload-slots")
+SLOT_BUSY_EXIT = 75
 MASTER_READY = "offload-master-ready"
 
 # `exec "$@"` keeps the reported pid that of nix-store itself (the shell is replaced). The rest
@@ -74,11 +86,31 @@ MASTER_READY = "offload-master-ready"
 # builder without /proc (macOS) still gives a line whose pid parses. The line is the only thing
 # on stdout before the serve protocol's bytes; nothing here reads stdin (`nproc`'s is
 # /dev/null), which holds the serve hello already.
+#
+# The first argument is how many builder-side slots there are (0: take none). The session then
+# holds the first free one of `slot-0 .. slot-(N-1)` in SLOT_DIRS (flock(1) on fd 9, which the
+# serve program inherits: the lock lives exactly as long as it does, a dead one frees it), and
+# says which at the end of the start line: `slot=K`; `slot=busy` when every one is held (the
+# wrapper then exits 75 without starting the serve program), `slot=noflock` / `slot=nodir`
+# when it cannot lock (the client falls back to its own host's count), `slot=-` when not asked.
+# `command exec` keeps a redirection failure from ending the shell, as a special builtin would.
+_SLOT = (
+    'ofl_n=$1; shift; ofl_s=-; if [ "$ofl_n" -gt 0 ] 2>/dev/null; then '
+    "if ! command -v flock >/dev/null 2>&1; then ofl_s=noflock; else "
+    f"if [ -w {SLOT_DIRS[0].rsplit('/', 1)[0]} ]; then ofl_d={SLOT_DIRS[0]}; "
+    f"else ofl_d=${{HOME:-/nonexistent}}/{SLOT_DIRS[1]}; fi; ofl_s=nodir; "
+    'if (umask 077 && mkdir -p "$ofl_d") 2>/dev/null; then ofl_s=busy; ofl_i=0; '
+    'while [ "$ofl_i" -lt "$ofl_n" ]; do '
+    'if { command exec 9>>"$ofl_d/slot-$ofl_i"; } 2>/dev/null && flock -n 9; then '
+    'ofl_s=$ofl_i; echo "offload pid=$$" >"$ofl_d/slot-$ofl_i"; break; fi; '
+    "ofl_i=$((ofl_i + 1)); done; fi; fi; fi; "
+)
 _REPORT_PID = (
-    "ofl_c=$(nproc 2>/dev/null </dev/null); ofl_l=; ofl_b=; "
+    _SLOT + "ofl_c=$(nproc 2>/dev/null </dev/null); ofl_l=; ofl_b=; "
     f"{{ read -r ofl_l <{LOADAVG_FILE}; }} 2>/dev/null; "
     f"{{ read -r ofl_b <{BOOT_ID_FILE}; }} 2>/dev/null; "
-    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}}"; '
+    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}} slot=$ofl_s"; '
+    f'[ "$ofl_s" = busy ] && exit {SLOT_BUSY_EXIT}; '
     'exec "$@"'
 )
 
@@ -223,24 +255,41 @@ def serve_command(
     *,
     wrapped: bool = True,
     program: Sequence[str] | None = None,
+    slots: int = 0,
 ) -> list[str]:
     """The serve program (or ``program``: the daemon for ssh-ng://) wrapped so that it first
-    reports its pid and load on stdout; the bare program (``wrapped=False``) for a builder known
-    to run only that."""
+    reports its pid and load on stdout, holding one of ``slots`` builder-side slots if that is
+    above 0; the bare program (``wrapped=False``) for a builder known to run only that."""
     remote = list(program) if program is not None else serve_program(params)
     if not wrapped:
         return remote
-    return ["sh", "-c", _REPORT_PID, "sh", *remote]
+    return ["sh", "-c", _REPORT_PID, "sh", str(max(0, slots)), *remote]
+
+
+def _split_slot(rest: str) -> tuple[str, str | None]:
+    head, _, last = rest.rstrip().rpartition(" ")
+    if last.startswith("slot="):
+        return head, last.removeprefix("slot=")
+    return rest, None
 
 
 def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
-    """``offload-serve-pid PID [REPORT]``: the pid and the load it reports (None if it cannot
-    be told); None for any other line. Never raises."""
+    """``offload-serve-pid PID [REPORT] [slot=S]``: the pid and the load it reports (None if it
+    cannot be told); None for any other line. Never raises."""
     marker, _, rest = line.strip().partition(" ")
     pid, _, report = rest.strip().partition(" ")
     if marker != PID_MARKER or not (pid.isascii() and pid.isdigit()) or len(pid) > 12:
         return None
-    return int(pid), parse_load_report(report)
+    return int(pid), parse_load_report(_split_slot(report)[0])
+
+
+def parse_slot(line: str) -> str | None:
+    """What a start line says of its builder-side slot: its number (``"0"``), ``"busy"``,
+    ``"noflock"``, ``"nodir"``; None when none was asked for or the line is not a start line."""
+    if parse_start_line(line) is None:
+        return None
+    slot = _split_slot(line.strip())[1]
+    return None if slot in {None, "-"} else slot
 
 
 def parse_pid_line(line: str) -> int | None:
@@ -264,9 +313,11 @@ def serve_argv(
     connect_timeout: int = CONNECT_TIMEOUT,
     wrapped: bool = True,
     program: Sequence[str] | None = None,
+    slots: int = 0,
 ) -> list[str]:
     """``ssh ... -- host 'sh -c ... nix-store --serve --write'``: one serve session (or one of
-    ``program``, e.g. ``nix-daemon --stdio``)."""
+    ``program``, e.g. ``nix-daemon --stdio``), holding a builder-side slot of ``slots``, if
+    above 0."""
     return [
         *ssh_argv(
             target,
@@ -275,7 +326,7 @@ def serve_argv(
             control_path=control_path,
             connect_timeout=connect_timeout,
         ),
-        remote_command(serve_command(params, wrapped=wrapped, program=program)),
+        remote_command(serve_command(params, wrapped=wrapped, program=program, slots=slots)),
     ]
 
 

@@ -104,7 +104,12 @@ class BuildCopies:
                         )
                     )
                 phase(drv_path, name, "connecting", speculative=speculative)
-                client = await stack.enter_async_context(member.link.session())
+                # Held on the builder too, where other hosts' clients count it (Link).
+                client = await stack.enter_async_context(
+                    member.link.build_session(
+                        on_wait=lambda: phase(drv_path, name, "queued", speculative=speculative)
+                    )
+                )
                 client.on_log = self.events.log_handler(drv_path, name)
                 target = name if member.remote else LOCAL
                 sources = self.holders.sources(drv_path, target)

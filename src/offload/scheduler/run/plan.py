@@ -11,7 +11,7 @@ and a ``MemberLink`` to its store. ``InputMoves`` is the policy's cost of moving
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -41,9 +41,14 @@ MOVE_SECONDS = 0.05
 
 
 class MemberLink(Protocol):
-    """A way to reach one machine's store: borrow a serve session, or stop one mid-build."""
+    """A way to reach one machine's store: borrow a serve session (one to build on holds a
+    slot on the machine itself where it can: ``Link.build_session``), or stop one mid-build."""
 
     def session(self) -> AbstractAsyncContextManager[StoreClient]: ...
+
+    def build_session(
+        self, *, on_wait: Callable[[], None] | None = None
+    ) -> AbstractAsyncContextManager[StoreClient]: ...
 
     async def cancel(self, client: StoreClient) -> None: ...
 

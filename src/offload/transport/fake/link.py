@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 from offload.errors import ProtocolError, SshError
@@ -53,6 +53,13 @@ class FakeLink:
         self.store.break_next(at, message=message)
 
     def session(self) -> AbstractAsyncContextManager[StoreClient]:
+        return self._session()
+
+    def build_session(
+        self, *, on_wait: Callable[[], None] | None = None
+    ) -> AbstractAsyncContextManager[StoreClient]:
+        """A session to build on: a fake store counts no slots of its own."""
+        del on_wait
         return self._session()
 
     @contextlib.asynccontextmanager

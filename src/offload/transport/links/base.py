@@ -30,7 +30,7 @@ from offload.protocol.serve import ByteWriter
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.dialect import SERVE, Dialect
-from offload.transport.ssh import parse_start_line
+from offload.transport.ssh import parse_slot, parse_start_line
 
 __all__ = [
     "CONTROL_TIMEOUT",
@@ -83,6 +83,8 @@ class SessionPipes:
     restricted: bool = False
     # The protocol the session speaks (``offload.transport.dialect``).
     dialect: Dialect = SERVE
+    # The builder-side slot the start line says it holds (``ssh.parse_slot``), if asked for one.
+    slot: str | None = None
 
 
 class SessionTransport(Protocol):
@@ -121,6 +123,7 @@ class Opening:
     early: tuple[str, ...]
     failure: str | None = None
     dialect: Dialect = SERVE
+    slot: str | None = None
 
     def pipes(self, proc: asyncio.subprocess.Process) -> SessionPipes:
         """The session's pipes, begun as this says (the hello already sent)."""
@@ -136,6 +139,7 @@ class Opening:
             hello_sent=True,
             restricted=self.restricted,
             dialect=self.dialect,
+            slot=self.slot,
         )
 
 
@@ -176,12 +180,15 @@ async def open_serve(
         await stop(collector)
     if head == dialect.reply:
         return Opening(_Prefixed(head, stdout), None, None, True, tuple(early), None, dialect)
-    start = parse_start_line(head.decode(errors="replace"))
+    text = head.decode(errors="replace")
+    start = parse_start_line(text)
     if start is None:
         shown = head[:60].decode(errors="replace").strip() or repr(head[:16])
         failure = f"the builder answered {shown!r} where the {dialect.name} program's reply belongs"
         return Opening(stdout, None, None, False, tuple(early), failure, dialect)
-    return Opening(stdout, start[0], start[1], False, tuple(early), None, dialect)
+    return Opening(
+        stdout, start[0], start[1], False, tuple(early), None, dialect, slot=parse_slot(text)
+    )
 
 
 async def _first_line(

@@ -18,6 +18,14 @@ anyway, without a round trip of its own. ``link.restricted`` is set once a sessi
 builder's key restricted to the serve program (``base.open_serve``): no pid, so a cut-short
 session is stopped by closing it, and no load.
 
+Builds may also be counted on the builder itself (``build_session``): a link given
+``builder_slots`` opens a fresh session per build whose wrapper holds one of the builder's slot
+files under flock (``offload.transport.ssh``), so every client on every host sees the same
+count; it is closed when the build ends (never kept idle holding a slot), and a builder whose
+slots are all held answers ``busy`` and is asked again every ``BUSY_POLL`` s. Where no lock can
+be taken (a restricted key, no flock(1)) ``slot_fallback`` says why and builds use pooled
+sessions, counted on this host only. ``link.load`` is the latest load a session reported.
+
 Bytes through each session's stdin and stdout are counted in ``link.stats`` (protocol bytes,
 before ssh's own compression and encryption).
 """
@@ -28,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -42,7 +50,24 @@ from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.links.base import TAIL, LinkStats, LogSink, SessionPipes, SessionTransport
 
-__all__ = ["Link"]
+__all__ = ["BUSY_POLL", "FALLBACKS", "RESTRICTED_FALLBACK", "BuilderFullError", "Link"]
+
+SlotStart = Callable[[contextlib.AsyncExitStack, int], Awaitable[SessionPipes]]
+SlotStartOne = Callable[[contextlib.AsyncExitStack], Awaitable[SessionPipes]]
+
+# How often a build waiting for a slot another client holds on the builder asks again.
+BUSY_POLL = 0.25
+# Why a builder's slots are counted on this host only, by what its start line said.
+RESTRICTED_FALLBACK = "its key runs only the serve program: no slot lock can be taken there"
+FALLBACKS = {
+    "noflock": "it has no flock(1) (util-linux): no slot lock can be taken there",
+    "nodir": "no directory for slot locks could be made there (~/.cache/offload-slots)",
+}
+
+
+class BuilderFullError(Exception):
+    """Every builder-side slot is held by another session (another client's, most often)."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +143,14 @@ class Link:
         # builders-use-substitutes: pass to query_valid_paths when sending inputs.
         self.substitute = substitute
         self.stats = LinkStats()
-        # What the first start line that told it said about the machine's load (offload.load).
+        # What the latest start line that told it said about the machine's load (offload.load).
         self.load: RemoteLoad | None = None
         self.restricted = False
+        # Builder-side slots (module docstring): how many, how build sessions are started
+        # holding one (set by links that can), and why they are not counted there, once known.
+        self.builder_slots = 0
+        self._slot_start: SlotStart | None = None
+        self.slot_fallback: str | None = None
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
@@ -144,19 +174,67 @@ class Link:
         """Borrow a handshaken client; its stderr lines go to ``on_log`` while borrowed."""
         async with self._slots:
             session = await self._checkout()
-            session.logs.sink = on_log
+            async with self._lent(session, on_log, keep=True) as client:
+                yield client
+
+    @contextlib.asynccontextmanager
+    async def build_session(
+        self, on_log: LogSink | None = None, on_wait: Callable[[], None] | None = None
+    ) -> AsyncIterator[StoreClient]:
+        """Borrow a client to build on: one holding a builder-side slot for as long as it is
+        lent, then closed (never left idle holding it); while every slot is held by someone
+        else, ``on_wait`` is called once and the builder asked again every ``BUSY_POLL`` s.
+        Without builder-side slots (none set, or ``slot_fallback``), a pooled ``session``."""
+        if self._slot_start is None or self.builder_slots <= 0 or self.slot_fallback:
+            async with self.session(on_log) as client:
+                yield client
+            return
+        async with self._slots:
+            session = await self._open_slot(on_wait)
+            # One that fell back holds nothing on the builder: it may wait idle in the pool.
+            holds = session.pipes.slot is not None and session.pipes.slot.isdigit()
+            async with self._lent(session, on_log, keep=not holds) as client:
+                yield client
+
+    @contextlib.asynccontextmanager
+    async def _lent(
+        self, session: _Session, on_log: LogSink | None, *, keep: bool
+    ) -> AsyncIterator[StoreClient]:
+        """Lend ``session``; afterwards keep it idle (``keep``, and still in step) or close it."""
+        session.logs.sink = on_log
+        try:
+            yield session.client
+        except BaseException:
+            await self._discard(session, kill=not session.client.usable)
+            raise
+        session.logs.sink = None
+        if session.teardown is not None:
+            await _wait(session.teardown)  # cancelled while lent
+        elif keep and session.client.usable and session.pipes.alive() and not self._closed:
+            self._idle.append(session)
+        else:
+            await self._discard(session, kill=not session.client.usable)
+
+    async def _open_slot(self, on_wait: Callable[[], None] | None) -> _Session:
+        start, waited = self._slot_start, False
+        assert start is not None
+        while True:
+            if self._closed:
+                raise TransportError(f"{self.name}: the link is closed")
             try:
-                yield session.client
-            except BaseException:
-                await self._discard(session, kill=not session.client.usable)
-                raise
-            session.logs.sink = None
-            if session.teardown is not None:
-                await _wait(session.teardown)  # cancelled while lent
-            elif session.client.usable and session.pipes.alive() and not self._closed:
-                self._idle.append(session)
-            else:
-                await self._discard(session, kill=not session.client.usable)
+                session = await self._open(lambda stack: start(stack, self.builder_slots))
+            except BuilderFullError:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                await asyncio.sleep(BUSY_POLL)
+                continue
+            slot = session.pipes.slot
+            if session.pipes.restricted:
+                self.slot_fallback = RESTRICTED_FALLBACK
+            elif slot in FALLBACKS:
+                self.slot_fallback = FALLBACKS[slot]
+            return session
 
     async def warm(self, count: int) -> None:
         """Open sessions, in parallel, until ``count`` are open (idle ones count), so the first
@@ -227,13 +305,14 @@ class Link:
             await self._discard(session, kill=False)
         return await self._open()
 
-    async def _open(self) -> _Session:
+    async def _open(self, start: SlotStartOne | None = None) -> _Session:
         stack = contextlib.AsyncExitStack()
         try:
-            pipes = await self._transport.start(stack)
-            if self.load is None:
-                self.load = pipes.load
+            pipes = await (start or self._transport.start)(stack)
+            if pipes.load is not None:
+                self.load = pipes.load  # every session start re-reads it
             self.restricted = self.restricted or pipes.restricted
+            _check_slot(self.name, pipes)
             logs = _LogRoute()
             logs.tail.extend(pipes.early_stderr)
             client = pipes.dialect.client(
@@ -298,6 +377,11 @@ def _keep_stderr(stack: contextlib.AsyncExitStack, pipes: SessionPipes, logs: _L
         pump_lines(stderr, lambda raw: logs.tail.append(raw.decode(errors="replace").rstrip()))
     )
     stack.push_async_callback(stop, task)
+
+
+def _check_slot(name: str, pipes: SessionPipes) -> None:
+    if pipes.slot == "busy":  # the wrapper exited: every slot there is held
+        raise BuilderFullError(name)
 
 
 async def _wait(task: asyncio.Task[None]) -> None:

@@ -224,7 +224,9 @@ class SshTransport:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), _MASTER_EXIT)
         await stack.aclose()
 
-    async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
+    async def start(self, stack: contextlib.AsyncExitStack, slots: int = 0) -> SessionPipes:
+        """A serve session; with ``slots`` above 0, one holding a builder-side slot (its
+        ``pipes.slot`` says which, or ``busy``: then the session has ended already)."""
         control = await self._ensure_master()
         argv = serve_argv(
             self.target,
@@ -235,6 +237,7 @@ class SshTransport:
             connect_timeout=self._connect_timeout,
             wrapped=not self.restricted,
             program=self.dialect.program(self.params),
+            slots=slots,
         )
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
@@ -285,7 +288,8 @@ class SshTransport:
 
 
 class MachineLink(Link):
-    """A builder reached over ssh: one master connection, up to ``max_sessions`` sessions."""
+    """A builder reached over ssh: one master connection, up to ``max_sessions`` sessions, and
+    builds holding one of ``builder_slots`` slot locks on the builder (0: none)."""
 
     def __init__(
         self,
@@ -298,6 +302,7 @@ class MachineLink(Link):
         substitute: bool = False,
         connect_timeout: int = CONNECT_TIMEOUT,
         dialect: Dialect = SERVE,
+        builder_slots: int = 0,
     ) -> None:
         self.ssh = SshTransport(
             target,
@@ -308,6 +313,9 @@ class MachineLink(Link):
             dialect=dialect,
         )
         super().__init__(self.ssh, max_sessions=max_sessions, substitute=substitute)
+        # Builds hold one of these slots on the builder itself (``Link.build_session``).
+        self.builder_slots = builder_slots
+        self._slot_start = self.ssh.start
 
     @classmethod
     def from_machine(
@@ -334,4 +342,5 @@ class MachineLink(Link):
             substitute=substitute,
             connect_timeout=connect_timeout,
             dialect=dialect_of(machine),
+            builder_slots=machine.max_jobs,
         )

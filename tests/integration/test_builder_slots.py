@@ -1,0 +1,197 @@
+"""Slots counted on the builder itself, by every client: real shells, a real fleet, two clients.
+
+The wrapper's slot lock is run with real ``sh`` and ``flock`` first (with a directory of the
+test bind-mounted over ``/nix/var/nix`` in a mount namespace of its own, so this host's Nix
+state is left alone). Then
+two ``offload build`` clients build at once onto one shared member. Each client runs in a mount
+namespace of its own with its own ``current-load`` directory bind-mounted over Nix's, and its
+own state directory: this host's slot locks cannot coordinate them, as on two hosts (they share
+this host's store, which only makes their outputs easy to check). The builds append start and
+end stamps to a file from inside the member, which is the member's own record of how many
+builds ran there at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from offload.fleet import Fleet, MemberSpec
+from offload.transport.ssh import SLOT_BUSY_EXIT, SLOT_DIRS, parse_slot, serve_command
+from tests.helpers import processes
+from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.nix_files import nix_file, out_path
+from tests.helpers.offload_run import offload_argv, offload_env, peak_running, wait_for
+
+SLOTS = 2
+shared_fleet = private_fleet_fixture(
+    [MemberSpec("shared", 1, SLOTS)],
+    "ofls",
+    doc="One member with two slots, shared by the clients of a test.",
+)
+
+# A mount namespace of its own, where a directory of the test is bind-mounted over Nix state.
+PRIVATE_NIX_VAR = ["unshare", "-m", "--propagation", "private", "sh", "-c"]
+
+
+def wrapped(slots: int, program: list[str], lock_dir: Path) -> list[str]:
+    """The wrapper around ``program``, with ``lock_dir`` mounted over /nix/var/nix."""
+    mount = f'mount --bind {lock_dir} /nix/var/nix && exec "$@"'
+    script = serve_command()[2]
+    return [*PRIVATE_NIX_VAR, mount, "sh", "sh", "-c", script, "sh", str(slots), *program]
+
+
+def slot_file(root: Path, slot: int) -> Path:
+    return root / Path(SLOT_DIRS[0]).name / f"slot-{slot}"
+
+
+def held(path: Path) -> bool:
+    """Whether some process holds a flock on ``path`` (tried from this process)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_session_holds_a_slot_while_it_runs_and_a_full_builder_says_busy(tmp_path):
+    first = processes.start(
+        wrapped(1, ["/bin/cat"], tmp_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout is not None
+        assert parse_slot(first.stdout.readline()) == "0"
+        assert held(slot_file(tmp_path, 0))
+        assert slot_file(tmp_path, 0).read_text().startswith("offload pid=")
+        second = subprocess.run(
+            wrapped(1, ["/bin/true"], tmp_path), capture_output=True, text=True, check=False
+        )
+        assert second.returncode == SLOT_BUSY_EXIT  # the serve program was never started
+        assert parse_slot(second.stdout) == "busy"
+        assert oct(slot_file(tmp_path, 0).parent.stat().st_mode & 0o777) == "0o700"
+    finally:
+        processes.stop(first)  # a dead holder: the lock goes with it
+    assert not held(slot_file(tmp_path, 0))
+    again = subprocess.run(
+        wrapped(1, ["/bin/true"], tmp_path), capture_output=True, text=True, check=False
+    )
+    assert (again.returncode, parse_slot(again.stdout)) == (0, "0")
+
+
+def test_without_flock_the_program_still_starts_and_says_so(tmp_path):
+    env = {"PATH": "/nonexistent", "HOME": str(tmp_path)}
+    argv = ["/bin/sh", "-c", serve_command({"remote-program": "/bin/true"}, slots=2)[2], "sh"]
+    done = subprocess.run(
+        [*argv, "2", "/bin/true"], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert parse_slot(done.stdout) == "noflock"
+
+
+# -- two clients, one builder ------------------------------------------------------------------
+
+
+def client(fleet: Fleet, tmp_path: Path, name: str, file: Path) -> subprocess.Popen[str]:
+    """``offload build FILE -j 0`` as if on a host of its own (module docstring)."""
+    home = tmp_path / name
+    (home / "current-load").mkdir(parents=True)
+    Path("/nix/var/nix/current-load").mkdir(exist_ok=True)
+    mount = f'mount --bind {home / "current-load"} /nix/var/nix/current-load && exec "$@"'
+    argv = [
+        *PRIVATE_NIX_VAR,
+        mount,
+        "sh",
+        *offload_argv(file, "--builders", f"@{fleet.machines_file}"),
+    ]
+    env = offload_env(fleet, home)
+    return processes.start(
+        [*argv, "-j", "0", "--no-out-link", "--json"],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stamped(log: Path, then: str) -> str:
+    stamp = "$(/bin/date +%s.%N)"
+    return f"echo start {stamp} >> {log}; {then}; echo end {stamp} >> {log}"
+
+
+def jobs(tmp_path: Path, name: str, script: str, count: int) -> Path:
+    body = (
+        'builtins.listToAttrs (builtins.genList (i: { name = "j${toString i}"; value = '
+        f'mk "{name}-${{toString i}}" "{script}" {{}}; }}) {count})\n'
+    )
+    (tmp_path / name).mkdir()
+    return nix_file(tmp_path / name, body)
+
+
+def test_two_clients_never_hold_more_than_the_builders_slots(shared_fleet, tmp_path):
+    log = tmp_path / "stamps"
+    files = {
+        who: jobs(tmp_path, who, stamped(log, f"/bin/sleep 0.4; echo {who} > $out"), 4)
+        for who in ("one", "two")
+    }
+    clients = {who: client(shared_fleet, tmp_path / who, "c", f) for who, f in files.items()}
+    for who, proc in clients.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"{who}: {err}"
+        built = [json.loads(x) for x in out.splitlines() if '"job_finished"' in x]
+        assert sorted(e["status"] for e in built) == ["built"] * 4
+    for who, file in files.items():
+        for i in range(4):
+            assert Path(out_path(file, f"j{i}")).read_text() == f"{who}\n"
+    stamps, peak = peak_running(log)
+    assert stamps == 16
+    # Each client alone would fill both slots: four at once without the builder's count.
+    assert peak <= SLOTS
+
+
+def test_a_killed_client_frees_its_slots_on_the_builder_at_once(shared_fleet, tmp_path):
+    member_var = shared_fleet.dir / "shared" / "nix" / "var" / "nix"
+    marker = tmp_path / "long"
+    long_file = jobs(tmp_path, "long", f"echo > {marker}-$name; /bin/sleep 60; echo > $out", SLOTS)
+    holder = client(shared_fleet, tmp_path / "long", "c", long_file)
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("long-*"))) == SLOTS, 60, "both long builds")
+        assert all(held(slot_file(member_var, s)) for s in range(SLOTS))
+        log = tmp_path / "stamps"
+        waiter = client(
+            shared_fleet,
+            tmp_path / "quick",
+            "c",
+            jobs(tmp_path, "quick", stamped(log, "echo > $out"), 1),
+        )
+        try:
+            assert waiter.stdout is not None
+            # The second client finds every slot held on the builder and waits for one.
+            while '"phase": "queued"' not in (line := waiter.stdout.readline()):
+                assert line, "the second client ended without waiting for a slot"
+            killed_at = time.time()
+            holder.send_signal(signal.SIGTERM)
+            holder.communicate(timeout=30)
+            wait_for(
+                lambda: (
+                    not any(held(slot_file(member_var, s)) for s in range(SLOTS)) or log.exists()
+                ),
+                10,
+                "the killed client's slots to be free on the builder",
+            )
+            _, err = waiter.communicate(timeout=60)
+            assert waiter.returncode == 0, err
+        finally:
+            processes.stop(waiter)
+    finally:
+        processes.stop(holder)
+    started = float(log.read_text().split()[1])
+    assert started >= killed_at  # it got a slot only once the killed client had let go
