@@ -26,7 +26,7 @@ from offload.ui.events import (
     RunStarted,
 )
 from offload.ui.jsonl import JsonRenderer
-from offload.ui.plain import PlainRenderer
+from offload.ui.plain import PlainRenderer, describe_finished
 from offload.ui.summary import render_summary, summarize
 from offload.ui.term import (
     format_bytes,
@@ -361,3 +361,17 @@ def test_formats() -> None:
     assert format_bytes(512) == "512 B"
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(5 * 1024**3) == "5.0 GiB"
+
+
+def test_a_build_is_timed_without_its_wait_and_copies() -> None:
+    def built(started: float, finished: float, build_seconds: float | None) -> JobFinished:
+        return JobFinished(
+            HELLO, "hello-2.12", "fast", "built", started, finished, 0, 0, None, finished,
+            build_seconds=build_seconds,
+        )  # fmt: skip
+
+    assert describe_finished(built(0.0, 32.4, 2.0)) == (
+        "built hello-2.12 in 2.0s (32.4s with waiting and copies)"
+    )
+    assert describe_finished(built(0.0, 2.2, 2.0)) == "built hello-2.12 in 2.0s"
+    assert describe_finished(built(0.0, 3.2, None)) == "built hello-2.12 in 3.2s"

@@ -39,6 +39,10 @@ from offload.ui.term import PHASE_LABELS, format_duration, sanitize
 __all__ = ["PlainRenderer", "clock_time", "describe_finished", "describe_machine"]
 
 
+# Waiting and copying shorter than this is not worth a mention beside a build's time.
+_ASIDE = 0.5
+
+
 def clock_time(when: float) -> str:
     """Local wall-clock time of day, ``HH:MM:SS``."""
     return time.strftime("%H:%M:%S", time.localtime(when))
@@ -48,6 +52,12 @@ def describe_finished(event: JobFinished) -> str:
     """What happened to a job, in words, without the machine."""
     took = format_duration(event.duration)
     match event.status:
+        case "built" if event.build_seconds is not None:
+            # The build itself, as nix-build's times are; waiting for a slot and copying aside.
+            text = f"built {event.name} in {format_duration(event.build_seconds)}"
+            if event.duration - event.build_seconds >= _ASIDE:
+                text += f" ({took} with waiting and copies)"
+            return text
         case "built":
             return f"built {event.name} in {took}"
         case "fetched":
