@@ -232,3 +232,22 @@ def test_plan_cost_reports(capsys: pytest.CaptureFixture[str]) -> None:
             f"\nplan_cost(1000 nodes, 100 machines): {cost.seconds:.3f} s, "
             f"{cost.peak_bytes / 2**20:.1f} MiB peak\n"
         )
+
+
+def test_the_bound_counts_jobs_only_where_their_features_are() -> None:
+    fast = MachineSlotSpec("fast", 4, 1, frozenset({"x"}), frozenset())
+    gpu = MachineSlotSpec("gpu", 1, 1, frozenset({"x"}), frozenset({"cuda"}))
+    jobs = [Job(f"g{i}", 10, (), "x", frozenset({"cuda"})) for i in range(3)]
+    # Without features: 30 work over capacity 5 = 6 s. Only gpu can build them: 30 s.
+    assert lower_bound(jobs, [fast, gpu]) == pytest.approx(30.0)
+    chain = [Job("a", 8, (), "x"), Job("b", 8, ("a",), "x", frozenset({"cuda"}))]
+    # a on fast (2 s), then b on gpu, the only machine that can (8 s).
+    assert lower_bound(chain, [fast, gpu]) == pytest.approx(10.0)
+
+
+def test_cli_machines_have_nixs_default_features_only(tmp_path: Path) -> None:
+    dag = tmp_path / "dag.json"
+    dag.write_text(json.dumps({"nodes": [{"name": "train", "work": 1, "features": ["cuda"]}]}))
+    with pytest.raises(SchedulerError, match="cuda"):
+        _cli([str(dag)])
+    assert _cli([str(dag), "--machines", "gpu:1:1:cuda"]) == 0

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, TypedDict
 
 from offload.errors import SchedulerError
+from offload.scheduler.bound import lower_bound
 from offload.scheduler.dag import Job, JobGraph, JobState
 from offload.scheduler.policy import (
     Decision,
@@ -158,17 +159,6 @@ class SimResult:
             "cancelled": self.cancelled,
             "machines": [m.as_dict(self.makespan) for m in self.machines],
         }
-
-
-def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSpec]) -> float:
-    """max(critical path / fastest speed, total work / total capacity)."""
-    graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
-    usable = [m for m in machines if m.slots > 0]
-    if not usable:
-        raise SchedulerError("no machine has a slot")
-    fastest = max(m.speed for m in usable)
-    capacity = math.fsum(m.speed * m.slots for m in usable)
-    return max(graph.graph_critical_path() / fastest, graph.total_work() / capacity)
 
 
 # Event kinds, ordered so that at one instant finishes are seen before machine failures.

@@ -1,0 +1,77 @@
+"""The lower bound every simulation and benchmark is measured against: no schedule is shorter.
+
+Two limits, the larger wins. The longest chain of dependencies, each job at the fastest machine
+that can build it (its system and features, as Nix matches them). And for every set of machines
+that some jobs can only run on, those jobs' work over that set's capacity (speed x slots); the
+set of all machines gives total work over total capacity. Without features this is
+max(critical path / fastest speed, total work / total capacity). Transfers are free and
+estimates exact, so a real run stays above it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from offload.errors import SchedulerError
+from offload.scheduler.dag import Job, JobGraph
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.policy.matching import can_build
+
+__all__ = ["lower_bound"]
+
+
+def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSpec]) -> float:
+    """No schedule is shorter: the longest chain of jobs, each at the fastest machine that can
+    build it, and for every set of machines some jobs can only run on, those jobs' work over
+    that set's capacity (with no features, max(critical path / fastest, work / capacity)).
+    Jobs no machine can build are left out: they fail."""
+    graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
+    usable = [m for m in machines if m.slots > 0]
+    if not usable:
+        raise SchedulerError("no machine has a slot")
+    eligible: dict[tuple[str, frozenset[str]], frozenset[int]] = {}
+    speed: dict[str, float] = {}
+    work_on: dict[frozenset[int], float] = {}
+    for job in graph.jobs():
+        kind = (job.system, job.required_features)
+        if kind not in eligible:
+            eligible[kind] = frozenset(
+                i for i, m in enumerate(usable) if can_build(m, job.system, job.required_features)
+            )
+        where = eligible[kind]
+        if where:
+            speed[job.id] = max(usable[i].speed for i in where)
+            work_on[where] = work_on.get(where, 0.0) + job.work_estimate
+    chain = _longest_chain(graph, speed)
+    crowded = max(
+        (
+            math.fsum(w for s, w in work_on.items() if s <= where)
+            / math.fsum(usable[i].speed * usable[i].slots for i in where)
+            for where in {*work_on, frozenset(range(len(usable)))}
+        ),
+        default=0.0,
+    )
+    return max(chain, crowded)
+
+
+def _longest_chain(graph: JobGraph, speed: Mapping[str, float]) -> float:
+    """The longest path of work / speed through the jobs that have a machine (Kahn's order)."""
+    jobs = {job.id: job for job in graph.jobs()}
+    dependents: dict[str, list[str]] = {name: [] for name in jobs}
+    waiting = {name: len(job.deps) for name, job in jobs.items()}
+    for job in jobs.values():
+        for dep in job.deps:
+            dependents[dep].append(job.id)
+    finish: dict[str, float] = {}
+    ready = [name for name, count in waiting.items() if count == 0]
+    while ready:
+        name = ready.pop()
+        job = jobs[name]
+        start = max((finish[dep] for dep in job.deps), default=0.0)
+        finish[name] = start + (job.work_estimate / speed[name] if name in speed else 0.0)
+        for dependent in dependents[name]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                ready.append(dependent)
+    return max(finish.values(), default=0.0)
