@@ -61,7 +61,7 @@ def test_bash_completes_subcommands_options_and_choices(tmp_path):
     assert bash_complete(script, empty, "offload", "setup", "") == {
         "key", "builder", "client", "-h", "--help"
     }  # fmt: skip
-    assert bash_complete(script, empty, "offload", "build", "--ke") == {"--keep-going"}
+    assert bash_complete(script, empty, "offload", "build", "--keep-g") == {"--keep-going"}
     assert bash_complete(script, empty, "offload", "simulate", "--policy", "") == {"nix", "offload"}
     assert bash_complete(script, empty, "offload", "build", "-A", "") == set()  # a name: none
     (empty / "default.nix").touch()

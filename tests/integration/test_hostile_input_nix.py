@@ -18,5 +18,5 @@ def test_an_evaluation_error_in_latin1_is_one_error_line(tmp_path: Path) -> None
     err = done.stderr.decode("utf-8")  # offload's own stderr is UTF-8 whatever Nix printed
     assert done.returncode == 1, err
     assert "Traceback" not in err
-    assert "error: evaluating" in err
-    assert "bad caf\ufffd" in err
+    # Nix's own message comes through whole, its Latin-1 byte replaced.
+    assert "error: bad caf\ufffd" in err

@@ -109,7 +109,7 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, delay):
     # A Ctrl-C that lands before offload's first line (in the harness's line, or in runpy
     # finding the package) is Python's, as in any console script's wrapper: not offload's.
     frames = [line for line in text.splitlines() if line.startswith("  File ")]
-    before = ('  File "<string>"', '  File "<frozen runpy>"')
+    before = ('  File "<string>"', '  File "<frozen ')  # runpy and importlib finding it
     if not (frames and all(line.startswith(before) for line in frames)):
         assert "Traceback" not in text, text
         assert proc.returncode in (0, 130), text
