@@ -60,6 +60,8 @@ __all__ = ["MachineLink", "SshTransport"]
 _MASTER_EXIT = 2.0
 # Authentication can stall after the TCP connect that ConnectTimeout covers.
 _AUTH_SLACK = 15.0
+# A remote stop after the connection was lost: ssh's ConnectTimeout (it covers the banner too).
+KILL_CONNECT_TIMEOUT = 3
 
 
 def _private_dir() -> Path:
@@ -264,7 +266,24 @@ class SshTransport:
         return done.returncode, done.stdout, done.stderr
 
     async def kill(self, pid: int) -> None:
-        code, _, err = await self.run(kill_script(pid, KILL_GRACE))
+        """Stop ``pid``'s tree over the master; if the master is gone (the connection was lost),
+        one direct attempt that gives up after ``KILL_CONNECT_TIMEOUT``: a hung builder must not
+        hold the run for a full connect timeout, and its serve process gets a hang-up anyway."""
+        if self._master is not None and self._master.returncode is None:
+            code, _, err = await self.run(kill_script(pid, KILL_GRACE))
+        else:
+            argv = ssh_argv(
+                self.target,
+                known_hosts=self.known_hosts,
+                nix_sshopts=self._sshopts,
+                connect_timeout=KILL_CONNECT_TIMEOUT,
+            )
+            remote = remote_command(kill_script(pid, KILL_GRACE))
+            done = await asyncio.wait_for(
+                run_async([*argv, remote], env=self._env, check=False),
+                KILL_CONNECT_TIMEOUT + KILL_GRACE + _MASTER_EXIT,
+            )
+            code, err = done.returncode, done.stderr
         if code != 0:
             raise self._error(f"stop process {pid} on", [err])
 
