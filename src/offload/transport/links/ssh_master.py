@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,14 @@ __all__ = ["MachineLink", "SshTransport"]
 _MASTER_EXIT = 2.0
 # Authentication can stall after the TCP connect that ConnectTimeout covers.
 _AUTH_SLACK = 15.0
+# Deletes partial outputs: $1 nix-store, $2 its --store URI or "", then the paths. A valid path
+# (or one that is not there) is never touched.
+_REMOVE_PARTIAL = r"""nix=$1; store=$2; shift 2
+for p; do
+  [ -n "$store" ] || [ -e "$p" ] || continue
+  "$nix" ${store:+--store "$store"} --check-validity "$p" >/dev/null 2>&1 && continue
+  "$nix" ${store:+--store "$store"} --delete "$p" >/dev/null || exit 1
+done"""
 # A remote stop after the connection was lost: ssh's ConnectTimeout (it covers the banner too).
 KILL_CONNECT_TIMEOUT = 3
 
@@ -314,6 +322,19 @@ class MachineLink(Link):
             target, name=name, params=params, env=env, connect_timeout=connect_timeout
         )
         super().__init__(self.ssh, max_sessions=max_sessions, substitute=substitute)
+        self._params = dict(params or {})
+
+    async def remove_partial(self, paths: Sequence[str]) -> None:
+        """Delete what a failed build left of ``paths`` in the builder's store: each path that
+        exists there and is not valid (``offload.scheduler.run.disk``)."""
+        params = self._params
+        program, store = params.get("remote-program") or "nix-store", params.get("remote-store")
+        script = ["sh", "-c", _REMOVE_PARTIAL, "sh", program, store or "", *paths]
+        code, _, err = await self.ssh.run(script)
+        if code != 0:
+            raise SshError(
+                f"cannot delete partial outputs on builder '{self.name}': {err.strip()[-300:]}"
+            )
 
     @classmethod
     def from_machine(
