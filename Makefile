@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test unit lint format bench clean
+.PHONY: setup system-deps demo test unit lint format bench faults clean
 
 setup: system-deps $(STAMP)
 
@@ -50,6 +50,10 @@ test: lint
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# Faults put in at random moments on a local fleet; figures to docs/RELIABILITY.md.
+faults: setup
+	$(BIN)/python -m bench.faults
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
