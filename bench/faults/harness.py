@@ -161,6 +161,16 @@ def member_pids(member: Member) -> list[int]:
     return [member.pid, *(pid for pid, _ in member_processes(member) if pid != member.pid)]
 
 
+def freeze(member: Member) -> list[int]:
+    """SIGSTOP every process of the member, again until none is new: one forked while the
+    first ones were being stopped (a new session) would otherwise still answer."""
+    stopped: list[int] = []
+    while fresh := [pid for pid in member_pids(member) if pid not in stopped]:
+        signal_all(fresh, signal.SIGSTOP)
+        stopped += fresh
+    return stopped
+
+
 def signal_all(pids: Sequence[int], sig: signal.Signals) -> None:
     for pid in pids:
         try:

@@ -29,7 +29,7 @@ from bench.faults.harness import (
     audit,
     empty_store,
     fill_store,
-    member_pids,
+    freeze,
     offload_argv,
     offload_env,
     signal_all,
@@ -154,8 +154,7 @@ def member_fault(suite: Suite, fault: str) -> Trial:
         if fault == "killed":
             drop_member(member)
         else:
-            pids = member_pids(member)
-            signal_all(pids, signal.SIGSTOP)
+            pids = freeze(member)
     _finish(trial, run, graph, started)
     if name is not None:
         down = run.down_at(name, hurt_at)

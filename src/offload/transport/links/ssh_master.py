@@ -276,21 +276,29 @@ class SshTransport:
     async def kill(self, pid: int) -> None:
         """Stop ``pid``'s tree over the master; if the master is gone (the connection was lost),
         one direct attempt that gives up after ``KILL_CONNECT_TIMEOUT``: a hung builder must not
-        hold the run for a full connect timeout, and its serve process gets a hang-up anyway."""
-        if self._master is not None and self._master.returncode is None:
-            code, _, err = await self.run(kill_script(pid, KILL_GRACE))
+        hold anything for a full connect timeout, and its serve process gets a hang-up anyway.
+        Never a new master: that would be a connect timeout and more."""
+        if self.restricted:
+            code, _, err = await self.run(kill_script(pid, KILL_GRACE))  # says why not
         else:
+            # Over the master while it lives; if it dies meanwhile (a builder that stopped
+            # answering), ssh connects directly, for at most the short timeout.
+            alive = self._master is not None and self._master.returncode is None
             argv = ssh_argv(
                 self.target,
                 known_hosts=self.known_hosts,
                 nix_sshopts=self._sshopts,
+                control_path=self.control_path if alive else None,
                 connect_timeout=KILL_CONNECT_TIMEOUT,
             )
             remote = remote_command(kill_script(pid, KILL_GRACE))
-            done = await asyncio.wait_for(
-                run_async([*argv, remote], env=self._env, check=False),
-                KILL_CONNECT_TIMEOUT + KILL_GRACE + _MASTER_EXIT,
-            )
+            try:
+                done = await asyncio.wait_for(
+                    run_async([*argv, remote], env=self._env, check=False),
+                    CONTROL_TIMEOUT + KILL_GRACE,
+                )
+            except TimeoutError:
+                raise self._error(f"stop process {pid} on", ["(no answer)"]) from None
             code, err = done.returncode, done.stderr
         if code != 0:
             raise self._error(f"stop process {pid} on", [err])
