@@ -74,7 +74,12 @@ still held once it is over; *notice*: seconds from the fault to offload saying t
 |---|---|---|---|---|---|---|---|---|---|---"""
 
 OUTRO = """Not in the suite: an untrusted user. The fleet's members run Nix as root without a
-daemon, where every user is trusted; a daemon-backed member is needed to try it."""
+daemon, where every user is trusted; a daemon-backed member is needed to try it.
+
+Unregistered leftovers come from builds a member was running when it was frozen: when it runs
+again, Nix finds its client gone and stops the build, leaving what it wrote (as after any
+interrupted build); offload cannot reach it meanwhile. A full disk's partial outputs are
+deleted by offload (builds it stopped on that member at the same moment are such leftovers)."""
 
 
 def render(results: dict[str, list[Trial]], *, command: str, iterations: int, when: str,
@@ -94,5 +99,5 @@ def render(results: dict[str, list[Trial]], *, command: str, iterations: int, wh
     ]
     notes = [f"- {t.fault}: {t.note}" for ts in results.values() for t in ts if t.note]
     if notes:
-        lines += ["", "What the runs that went wrong said:", "", *notes]
+        lines += ["", "Notes on single runs (an exit status of -N: ended by signal N):", "", *notes]
     return "\n".join(lines) + "\n"
