@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test unit lint format bench seeds clean
+.PHONY: setup system-deps demo test unit lint format bench seeds faults clean
 
 setup: system-deps $(STAMP)
 
@@ -61,6 +61,10 @@ bench: setup
 seeds: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/seeds.py --report
+
+# Faults put in at random moments on a local fleet; figures to docs/RELIABILITY.md.
+faults: setup
+	$(BIN)/python -m bench.faults
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -52,7 +52,7 @@ def test_serve_argv_exact_with_master_pinning_and_sshopts():
         "-F", "/f/ssh_config", "-o", "X=1",  # split on blanks like Nix, no quoting
         "-x", "-a",
         "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-        "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+        "-o", "ServerAliveInterval=4", "-o", "ServerAliveCountMax=2",
         "-i", "/k/id", "-C",
         "-o", "ControlMaster=no", "-o", "ControlPath=/tmp/ofl-x/m",
         "--", "builder@fast",

@@ -8,9 +8,9 @@ anywhere unless it arrived whole. The sessions may speak either protocol (``Stor
 destination decides how inputs travel, and an ssh-ng:// builder's own build phases are passed
 on as steps of "building". How a copy ended is an ``Outcome``, not an exception: a
 derivation that fails to build (with Nix's status for it, so a timeout can be told apart), a
-machine that drops the connection ("lost"), and a copy whose inputs' holder went away
-("returned", no fault of its own machine) are all data for the executor. Every build is sent the
-run's ``BuildOptions`` (Nix's timeouts and log limit).
+machine that drops the connection or whose disk filled up (``disk``: "lost"), and a copy whose
+inputs' holder went away ("returned", no fault of its own machine) are all data for the
+executor. Every build is sent the run's ``BuildOptions`` (Nix's timeouts and log limit).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from offload.errors import OffloadError, ProtocolError
 from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions, BuildStatus
 from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
+from offload.scheduler.run.disk import disk_full, disk_full_error, remove_partial
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import Holders, InputsGone
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
@@ -128,6 +129,12 @@ class BuildCopies:
                 build_seconds = self.clock() - build_start
                 if not result.success:
                     error, status = result.error_msg, result.status
+                    if member.remote and disk_full(status, error):
+                        # Its serve process holds the partial outputs as temporary GC roots.
+                        await member.link.cancel(client)
+                        why = disk_full_error(name, error)
+                        why += await remove_partial(member.link, self.plan.outputs[drv_path])
+                        return Outcome("lost", why, started, sent, received, status=status)
                     return Outcome("failed", error, started, sent, received, status=status)
                 client.on_log = client.on_phase = None
             home = not member.remote

@@ -38,7 +38,7 @@ from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
 from offload.slots import SlotLocks
-from offload.tasks import cancel_and_wait, stop
+from offload.tasks import cancel_and_wait
 from offload.ui.events import Event
 
 __all__ = ["MAX_LOSSES", "Executor"]
@@ -319,7 +319,7 @@ class Executor:
         else:
             self._emit_outcome(drv_path, machine, "built", outcome)
         for cancel in finished.cancel:
-            await self._cancel(cancel)
+            self._cancel(cancel)
 
     def _send_home(self, drv_path: str, machine: str, outcome: Outcome) -> None:
         """Copy a wanted output home in the background: its dependents need not wait for it
@@ -379,11 +379,13 @@ class Executor:
         reason = f"dependency {cause} failed" if cause else "cannot be built"
         self._events.finished(drv_path, "", "skipped", started=self.wall(), error=reason)
 
-    async def _cancel(self, cancel: Cancel) -> None:
-        for task, (drv_path, machine) in list(self._tasks.items()):
+    def _cancel(self, cancel: Cancel) -> None:
+        """Stop a losing copy without waiting for it: stopping its remote build takes until a
+        builder that stopped answering is given up on, and the loop must go on meanwhile (that
+        builder's other builds are lost). The loop settles the task when it ends."""
+        for task, (drv_path, machine) in self._tasks.items():
             if drv_path == cancel.job and machine == cancel.machine:
-                await stop(task)
-                self._tasks.pop(task, None)
+                task.cancel()
 
     async def _stop_all(self) -> None:
         """Stop the copies still running: only a run ending early (interrupted, or an error

@@ -9,7 +9,9 @@ the pool only if the body ended normally and the client is still in step with it
 otherwise it is discarded, and if a request was cut short (cancelled, connection lost) the
 remote process tree is stopped first, because a build keeps running on the builder after the
 local end goes away. ``link.cancel(client)`` does the same on demand, e.g. when a speculative
-build lost or the user pressed Ctrl-C.
+build lost or the user pressed Ctrl-C. A borrower whose request failed (an ``OffloadError``:
+typically the connection was lost) is not held while that stop runs: a hung builder would make
+it wait a connect timeout before it could report the loss; ``aclose`` waits for it instead.
 
 The sessions come from a ``SessionTransport`` (``base``). A link keeps the first load a session
 reported as ``link.load`` (a ``RemoteLoad``; None while the machine has not said, e.g. one
@@ -204,6 +206,12 @@ class Link:
         session.logs.sink = on_log
         try:
             yield session.client
+        except OffloadError:
+            # The session failed (often: its connection is gone). The borrower reports it at
+            # once; stopping the remote process may take a connect timeout on a hung builder,
+            # so it goes on in the background and ``aclose`` waits for it.
+            _ = self._discard_later(session, kill=not session.client.usable)
+            raise
         except BaseException:
             await self._discard(session, kill=not session.client.usable)
             raise
@@ -343,6 +351,10 @@ class Link:
         return session
 
     async def _discard(self, session: _Session, *, kill: bool) -> None:
+        await _wait(self._discard_later(session, kill=kill))
+
+    def _discard_later(self, session: _Session, *, kill: bool) -> asyncio.Task[None]:
+        """Start tearing ``session`` down (once); the task is kept until it ends."""
         if session.teardown is None:
             with contextlib.suppress(ValueError):
                 self._idle.remove(session)
@@ -352,7 +364,7 @@ class Link:
             session.teardown = task
             self._teardowns.add(task)
             task.add_done_callback(self._teardowns.discard)
-        await _wait(session.teardown)
+        return session.teardown
 
     async def _teardown(self, session: _Session, *, kill: bool) -> None:
         try:

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,16 @@ __all__ = ["MachineLink", "SshTransport"]
 _MASTER_EXIT = 2.0
 # Authentication can stall after the TCP connect that ConnectTimeout covers.
 _AUTH_SLACK = 15.0
+# Deletes partial outputs: $1 nix-store, $2 its --store URI or "", then the paths. A valid path
+# (or one that is not there) is never touched.
+_REMOVE_PARTIAL = r"""nix=$1; store=$2; shift 2
+for p; do
+  [ -n "$store" ] || [ -e "$p" ] || continue
+  "$nix" ${store:+--store "$store"} --check-validity "$p" >/dev/null 2>&1 && continue
+  "$nix" ${store:+--store "$store"} --delete "$p" >/dev/null || exit 1
+done"""
+# A remote stop after the connection was lost: ssh's ConnectTimeout (it covers the banner too).
+KILL_CONNECT_TIMEOUT = 3
 
 
 def _private_dir() -> Path:
@@ -274,7 +284,32 @@ class SshTransport:
         return done.returncode, done.stdout, done.stderr
 
     async def kill(self, pid: int) -> None:
-        code, _, err = await self.run(kill_script(pid, KILL_GRACE))
+        """Stop ``pid``'s tree over the master; if the master is gone (the connection was lost),
+        one direct attempt that gives up after ``KILL_CONNECT_TIMEOUT``: a hung builder must not
+        hold anything for a full connect timeout, and its serve process gets a hang-up anyway.
+        Never a new master: that would be a connect timeout and more."""
+        if self.restricted:
+            code, _, err = await self.run(kill_script(pid, KILL_GRACE))  # says why not
+        else:
+            # Over the master while it lives; if it dies meanwhile (a builder that stopped
+            # answering), ssh connects directly, for at most the short timeout.
+            alive = self._master is not None and self._master.returncode is None
+            argv = ssh_argv(
+                self.target,
+                known_hosts=self.known_hosts,
+                nix_sshopts=self._sshopts,
+                control_path=self.control_path if alive else None,
+                connect_timeout=KILL_CONNECT_TIMEOUT,
+            )
+            remote = remote_command(kill_script(pid, KILL_GRACE))
+            try:
+                done = await asyncio.wait_for(
+                    run_async([*argv, remote], env=self._env, check=False),
+                    CONTROL_TIMEOUT + KILL_GRACE,
+                )
+            except TimeoutError:
+                raise self._error(f"stop process {pid} on", ["(no answer)"]) from None
+            code, err = done.returncode, done.stderr
         if code != 0:
             raise self._error(f"stop process {pid} on", [err])
 
@@ -316,6 +351,19 @@ class MachineLink(Link):
         # Builds hold one of these slots on the builder itself (``Link.build_session``).
         self.builder_slots = builder_slots
         self._slot_start = self.ssh.start
+        self._params = dict(params or {})
+
+    async def remove_partial(self, paths: Sequence[str]) -> None:
+        """Delete what a failed build left of ``paths`` in the builder's store: each path that
+        exists there and is not valid (``offload.scheduler.run.disk``)."""
+        params = self._params
+        program, store = params.get("remote-program") or "nix-store", params.get("remote-store")
+        script = ["sh", "-c", _REMOVE_PARTIAL, "sh", program, store or "", *paths]
+        code, _, err = await self.ssh.run(script)
+        if code != 0:
+            raise SshError(
+                f"cannot delete partial outputs on builder '{self.name}': {err.strip()[-300:]}"
+            )
 
     @classmethod
     def from_machine(

@@ -1,0 +1,62 @@
+"""A builder whose disk filled up during a build: the builder's fault, not the derivation's.
+
+Nix 2.8 cannot know whether a builder got ENOSPC, so after a failed build it looks at the free
+space of its store and build directory: under 8 MiB in either, it answers the build with
+``TransientFailure`` and adds "note: build failure may have been caused by lack of free disk
+space" to the error. Nix's own writes (a log, an output it moves or registers) fail with the
+system's "No space left on device" in the error itself. Either text in Nix's answer (never a
+line of the build's own log, which any build may print) is read as a full disk: the copy ends
+"lost", so the builder is backed off with this reason and the build runs elsewhere, at most
+``MAX_LOSSES`` times like any other lost build.
+
+Nix leaves what the build wrote of its outputs in the builder's store (unregistered), keeping
+the disk full; a link that can (``PartialRemover``: an ssh builder whose key may run commands)
+deletes those paths there, never a valid one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from offload.errors import OffloadError
+from offload.protocol.serve import BuildStatus
+
+__all__ = ["PartialRemover", "disk_full", "disk_full_error", "remove_partial"]
+
+# Nix's own note (DerivationGoal, Nix 2.0-2.33) and the C library's ENOSPC text.
+_NIX_NOTE = "lack of free disk space"
+_ENOSPC = "No space left on device"
+
+
+@runtime_checkable
+class PartialRemover(Protocol):
+    """A link that can delete unregistered paths from its machine's store."""
+
+    async def remove_partial(self, paths: Sequence[str]) -> None: ...
+
+
+def disk_full(status: BuildStatus, error_msg: str) -> bool:
+    """Does Nix's answer to a failed build say the builder's disk is full?"""
+    if status.succeeded:
+        return False
+    return _NIX_NOTE in error_msg or _ENOSPC in error_msg
+
+
+def disk_full_error(machine: str, error_msg: str) -> str:
+    """The reason a builder is backed off, with the line of Nix's error that says so."""
+    lines = [line.strip() for line in error_msg.splitlines() if line.strip()]
+    said = [line for line in lines if _NIX_NOTE in line or _ENOSPC in line]
+    return f"{machine}'s disk is full (Nix: {(said or lines or ['no error text'])[0]})"
+
+
+async def remove_partial(link: object, paths: Sequence[str]) -> str:
+    """Delete what a build left of ``paths`` on ``link``'s machine; returns what to add to the
+    reason: how it went, or why the paths stay (a link that cannot run commands)."""
+    if not isinstance(link, PartialRemover):
+        return "; its partial outputs stay there (this link cannot delete them)"
+    try:
+        await link.remove_partial(paths)
+    except OffloadError as exc:
+        return f"; its partial outputs stay there: {exc.message}"
+    return "; its partial outputs were deleted"
