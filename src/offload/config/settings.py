@@ -337,6 +337,7 @@ _MACHINE_KEYS = {
     "compress",
     "builders-use-substitutes",
 }
+_MAX_TOML = 4 << 20  # as for machines files: --config /dev/zero must not read forever
 _LOCAL_KEYS = {"speed-factor", "max-jobs", "systems", "features"}
 
 
@@ -471,7 +472,14 @@ def load_offload_toml(path: Path | None, env: Mapping[str, str]) -> OffloadToml 
     candidates = [path] if path is not None else default_toml_paths(env)
     for candidate in candidates:
         try:
-            text = candidate.read_bytes().decode()
+            with candidate.open("rb") as file:
+                data = file.read(_MAX_TOML + 1)
+            if len(data) > _MAX_TOML:
+                raise ConfigError(
+                    f"{candidate}: larger than {_MAX_TOML >> 20} MiB; not read",
+                    hint="offload.toml describes machines: a few KiB",
+                )
+            text = data.decode()
         except FileNotFoundError:
             if path is not None:
                 raise ConfigError(f"{path}: no such file", hint="check --config") from None
