@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test unit lint format bench clean
+.PHONY: setup system-deps demo test unit lint format bench fuzz clean
 
 setup: system-deps $(STAMP)
 
@@ -47,6 +47,10 @@ unit: setup
 
 test: lint
 	$(BIN)/pytest -q
+
+# 10,000 inputs per reader (make test runs a modest number); figures in docs/RELIABILITY.md.
+fuzz: setup
+	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
 
 bench: setup
 	$(BIN)/python bench/run.py

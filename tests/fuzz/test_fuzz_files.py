@@ -179,3 +179,19 @@ def test_a_damaged_history_is_one_line(scratch: Path) -> None:
     with pytest.raises(StoreError, match="history database is damaged") as raised:
         History(path).close()
     assert "\n" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('"a\\nb" = 1', "unknown key 'a\\nb'"),
+        ('[[machine]]\nname = "@a\\nb"\nhost = "h"', "'@a\\nb' cannot be a machine name"),
+        ("x = " + "[" * 2000, "nested too deeply"),
+        ("x = " + "{a=" * 600, "nested too deeply"),
+    ],
+    ids=["key", "name", "arrays", "tables"],
+)
+def test_offload_toml_errors_are_one_line(text: str, says: str) -> None:
+    result = outcome(lambda: parse_offload_toml(text, "offload.toml"), ConfigError)
+    assert isinstance(result, ConfigError)
+    assert says in result.message

@@ -109,3 +109,9 @@ def test_hello_round_trip(
     received = [10 + i for i in range(len(fds))]
     hello = parse_hello(encode_hello(argv, env, parent, fds), received)
     assert hello == Hello(argv, env, parent, dict(zip(fds, received, strict=True)))
+
+
+def test_an_unknown_request_is_said_on_one_line() -> None:
+    result = outcome(lambda: drive(read_request(Stream(encode_str("tr\ny")))), ProtocolError)
+    assert isinstance(result, ProtocolError)
+    assert result.message == "unknown hook request 'tr\\ny'"

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from offload.config.machines import shown
 from offload.config.reading import (
     MACHINES_DEFAULT_ORIGIN,
     REMOTE_SYSTEMS_ORIGIN,
@@ -259,7 +260,8 @@ def with_nix_options(env: Mapping[str, str], options: Mapping[str, str]) -> dict
         # NIX_CONFIG is nix.conf text: a line per setting, and "#" starts a comment.
         if any(c in name + value for c in "\n#") or "=" in name or not name.strip():
             raise ConfigError(
-                f"--option {name} {value!r}: cannot be passed on to the local Nix",
+                f"--option {name if name.isprintable() else repr(name)} {value!r}: "
+                "cannot be passed on to the local Nix",
                 hint="a setting's name and value may not hold a newline or '#'",
             )
         lines.append(f"{name} = {value}")
@@ -350,7 +352,7 @@ class _Table:
         unknown = sorted(set(data) - keys)
         if unknown:
             raise ConfigError(
-                f"{where}: unknown key '{unknown[0]}'",
+                f"{where}: unknown key '{shown(unknown[0], 200)}'",
                 hint=f"valid keys: {', '.join(sorted(keys))}",
             )
 
@@ -409,6 +411,8 @@ def parse_offload_toml(text: str, source: str) -> OffloadToml:
         raise ConfigError(
             f"{source}: {exc}", hint="offload.toml is TOML (https://toml.io)"
         ) from exc
+    except RecursionError as exc:  # tomllib recurses once per level of [ or {
+        raise ConfigError(f"{source}: arrays or tables nested too deeply") from exc
     _Table(data, source, {"machine", "local"})
     local = None
     if "local" in data:
@@ -451,7 +455,9 @@ def parse_offload_toml(text: str, source: str) -> OffloadToml:
                 hint="uri is the machines-file URI (ssh://user@host), host its ssh host",
             )
         if entry.name == LOCAL or (entry.name or "").startswith("@"):
-            raise ConfigError(f"{table.where}: '{entry.name}' cannot be a machine name")
+            raise ConfigError(
+                f"{table.where}: '{shown(entry.name or '', 200)}' cannot be a machine name"
+            )
         machines.append(entry)
     return OffloadToml(source, tuple(machines), local)
 

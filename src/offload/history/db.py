@@ -44,7 +44,8 @@ def _damaged(path: Path, exc: Exception) -> StoreError:
 def _guarded(
     method: Callable[Concatenate[History, _P], _T],
 ) -> Callable[Concatenate[History, _P], _T]:
-    """A damaged file (sqlite3's DatabaseError, a record that is not JSON) is a StoreError."""
+    """A damaged file (sqlite3's DatabaseError, a record that is not JSON or not UTF-8) is a
+    StoreError."""
 
     def guarded(self: History, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
@@ -122,7 +123,7 @@ class History:
         try:
             path.chmod(0o600)
             self._open()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: text that is not UTF-8
             self._db.close()
             raise _damaged(path, exc) from exc
         except BaseException:
