@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test unit lint format bench seeds faults clean
+.PHONY: setup system-deps demo test unit lint format fuzz bench seeds faults clean
 
 setup: system-deps $(STAMP)
 
@@ -52,6 +52,10 @@ unit: setup
 
 test: lint
 	$(BIN)/pytest -q
+
+# 10,000 inputs per reader (make test runs a modest number); figures in docs/RELIABILITY.md.
+fuzz: setup
+	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
 
 bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.state_json import read_state_json
+
 __all__ = ["Health", "clear_backoff", "load_backoff", "load_backoffs", "save_backoff"]
 
 
@@ -28,17 +30,14 @@ class Health:
 
 def load_backoff(path: Path, now: float) -> dict[str, Health]:
     """Entries still in force at ``now``; a missing or unreadable file means none."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_state_json(path)
     if not isinstance(data, dict):
         return {}
     result = {}
     for name, entry in data.items():
         try:
             health = Health(int(entry["failures"]), float(entry["until"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # int(Infinity), float(10**400)
             continue
         reason = entry.get("reason")
         if isinstance(reason, str) and reason:

@@ -199,11 +199,13 @@ def flake_eval_argv(
 
 
 def first_error_line(stderr: str) -> str:
-    """Nix's message without its trace: the first ``error:`` line, else the last line."""
+    """Nix's message without its trace: the first ``error:`` line, else the last line.
+
+    Newer Nix prints a bare ``error:`` above its trace, and the message on a later ``error:``."""
     lines = [strip_ansi(line).strip() for line in stderr.splitlines()]
     errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
-    if errors:
-        return errors[0]
+    if any(errors):
+        return next(error for error in errors if error)
     rest = [line for line in lines if line]
     return rest[-1] if rest else "(no message)"
 

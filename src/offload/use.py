@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offload.errors import ConfigError
+from offload.state_json import read_state_json
 
 __all__ = ["USE_FILE", "Choice", "clear_choice", "parse_duration", "read_choice", "write_choice"]
 
@@ -55,12 +56,14 @@ def parse_duration(text: str) -> float:
 
 def read_choice(state: Path, now: float) -> Choice | None:
     """The choice in force, or None (none set, expired, or the file unreadable)."""
+    data = read_state_json(state / USE_FILE)
+    if not isinstance(data, dict):
+        return None
     try:
-        data = json.loads((state / USE_FILE).read_text())
         machines = tuple(str(m) for m in data["machines"])
         since = float(data["since"])
         until = None if data.get("until") is None else float(data["until"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: float(10**400)
         return None
     choice = Choice(machines, since, until)
     return choice if machines and choice.in_force(now) else None

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from offload.hook.client import send_hello, socket_path
-from offload.hook.handover import Hello, open_channels, receive_hello
+from offload.hook.client import HELLO_MAGIC, send_hello, socket_path
+from offload.hook.handover import Hello, open_channels, parse_hello, receive_hello
 
 
 def _open_fds() -> set[str]:
@@ -103,3 +104,26 @@ def test_a_long_state_directory_moves_the_socket_to_a_private_one(
     assert len(bytes(long)) < 108
     assert long.parent == tmp_path / f"offload-hook-{os.getuid()}"
     assert long.parent.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[\xff\xff\xff\x7f",  # marshal: a list of 2^31 - 1 items in five bytes
+        HELLO_MAGIC + b"\x001\x000,0\x000",  # one pipe named twice
+        HELLO_MAGIC + b"\x001\x00\x009",  # nine arguments, none sent
+        HELLO_MAGIC + b"\x00-1\x00\x000",
+        HELLO_MAGIC + b"\x001\x00\x000\x00NOEQUALS",
+    ],
+    ids=["huge-list", "same-pipe", "argc", "parent", "env"],
+)
+def test_a_hostile_hello_is_refused_in_bounded_memory(body: bytes) -> None:
+    received = [7, 8] if b"0,0" in body else []
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="hello"):
+            parse_hello(body, received)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

@@ -10,6 +10,7 @@ import pytest
 
 from offload.errors import StoreError
 from offload.hook.unpack import unpack_nar
+from offload.protocol.wire import encode_str
 from offload.store.nar import dump_nar
 
 
@@ -72,3 +73,21 @@ def test_a_damaged_nar_is_refused(
     nar = damage(dump_nar(tmp_path / "src"))
     with pytest.raises(StoreError, match=says):
         unpack_nar(nar, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [b"(", b"type", b"directory", b"entry", b"(", b"name", b"n" * 300, b"node",
+         b"(", b"type", b"regular", b"contents", b"x", b")", b")", b")"],
+        [b"(", b"type", b"symlink", b"target", b"t" * 5000, b")"],
+    ],
+    ids=["name", "target"],
+)  # fmt: skip
+def test_a_name_the_file_system_refuses_is_a_store_error(
+    tmp_path: Path, tokens: list[bytes]
+) -> None:
+    nar = b"".join(encode_str(t) for t in [b"nix-archive-1", *tokens])
+    with pytest.raises(StoreError, match="File name too long") as raised:
+        unpack_nar(nar, tmp_path / "out")
+    assert "\n" not in raised.value.message

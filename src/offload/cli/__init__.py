@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         @override
         def error(self, message: str) -> NoReturn:
             # argparse quotes the bad value whole, and it may be anything a user pasted.
+            # It is said on one line: line breaks and other control characters escaped.
+            message = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
             message = re.sub(r"\S{80,}", lambda long: long[0][:60] + "...", message)
             sys.stderr.write(f"error: {self.prog}: {message}\nhint: see {self.prog} --help\n")
             sys.exit(1)

@@ -27,6 +27,7 @@ from offload.config.machines import (
     format_machines,
     machine_from_columns,
     parse_store_uri,
+    shown,
 )
 from offload.config.reading import read_spec
 from offload.config.settings import (
@@ -96,7 +97,7 @@ class Pool:
         known = ", ".join(self.names())
         tags = ", ".join(f"@{t}" for t in self.tags()) or "none"
         return ConfigError(
-            f"no machine named '{token}' in the pool",
+            f"no machine named '{shown(token, 200)}' in the pool",
             hint=f"known names: {known}; tags: {tags}",
         )
 

@@ -223,7 +223,8 @@ def with_nix_options(env: Mapping[str, str], options: Mapping[str, str]) -> dict
         # NIX_CONFIG is nix.conf text: a line per setting, and "#" starts a comment.
         if any(c in name + value for c in "\n#") or "=" in name or not name.strip():
             raise ConfigError(
-                f"--option {name} {value!r}: cannot be passed on to the local Nix",
+                f"--option {name if name.isprintable() else repr(name)} {value!r}: "
+                "cannot be passed on to the local Nix",
                 hint="a setting's name and value may not hold a newline or '#'",
             )
         lines.append(f"{name} = {value}")

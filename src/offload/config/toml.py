@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from offload.config.machines import shown
 from offload.errors import ConfigError
 from offload.names import LOCAL
 
@@ -98,6 +99,7 @@ _MACHINE_KEYS = {
     "compress",
     "builders-use-substitutes",
 }
+_MAX_TOML = 4 << 20  # as for machines files: --config /dev/zero must not read forever
 _LOCAL_KEYS = {"speed-factor", "max-jobs", "systems", "features"}
 
 
@@ -110,7 +112,7 @@ class _Table:
         unknown = sorted(set(data) - keys)
         if unknown:
             raise ConfigError(
-                f"{where}: unknown key '{unknown[0]}'",
+                f"{where}: unknown key '{shown(unknown[0], 200)}'",
                 hint=f"valid keys: {', '.join(sorted(keys))}",
             )
 
@@ -169,6 +171,8 @@ def parse_offload_toml(text: str, source: str) -> OffloadToml:
         raise ConfigError(
             f"{source}: {exc}", hint="offload.toml is TOML (https://toml.io)"
         ) from exc
+    except RecursionError as exc:  # tomllib recurses once per level of [ or {
+        raise ConfigError(f"{source}: arrays or tables nested too deeply") from exc
     _Table(data, source, {"machine", "local"})
     local = None
     if "local" in data:
@@ -211,7 +215,9 @@ def parse_offload_toml(text: str, source: str) -> OffloadToml:
                 hint="uri is the machines-file URI (ssh://user@host), host its ssh host",
             )
         if entry.name == LOCAL or (entry.name or "").startswith("@"):
-            raise ConfigError(f"{table.where}: '{entry.name}' cannot be a machine name")
+            raise ConfigError(
+                f"{table.where}: '{shown(entry.name or '', 200)}' cannot be a machine name"
+            )
         machines.append(entry)
     return OffloadToml(source, tuple(machines), local)
 
@@ -232,7 +238,14 @@ def load_offload_toml(path: Path | None, env: Mapping[str, str]) -> OffloadToml 
     candidates = [path] if path is not None else default_toml_paths(env)
     for candidate in candidates:
         try:
-            text = candidate.read_bytes().decode()
+            with candidate.open("rb") as file:
+                data = file.read(_MAX_TOML + 1)
+            if len(data) > _MAX_TOML:
+                raise ConfigError(
+                    f"{candidate}: larger than {_MAX_TOML >> 20} MiB; not read",
+                    hint="offload.toml describes machines: a few KiB",
+                )
+            text = data.decode()
         except FileNotFoundError:
             if path is not None:
                 raise ConfigError(f"{path}: no such file", hint="check --config") from None

@@ -16,12 +16,13 @@ that ``runs`` makes up from them, without machines or bound.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from offload.errors import StoreError
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
@@ -29,6 +30,32 @@ from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, Run
 __all__ = ["History"]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+_DAMAGED_HINT = "move the file away: offload starts a new history (estimates are relearned)"
+
+
+def _damaged(path: Path, exc: Exception) -> StoreError:
+    detail = " ".join(str(exc).split())
+    if isinstance(exc, sqlite3.OperationalError):  # locked, I/O error: not the file's fault
+        return StoreError(f"{path}: cannot use the history database: {detail}")
+    return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)
+
+
+def _guarded(
+    method: Callable[Concatenate[History, _P], _T],
+) -> Callable[Concatenate[History, _P], _T]:
+    """A damaged file (sqlite3's DatabaseError, a record that is not JSON or not UTF-8) is a
+    StoreError."""
+
+    def guarded(self: History, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            raise _damaged(self.path, exc) from exc
+
+    functools.update_wrapper(guarded, method)
+    return guarded
+
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -95,14 +122,20 @@ class History:
             raise StoreError(f"{path}: cannot open the history database: {exc}") from exc
         try:
             path.chmod(0o600)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # No fsync per commit (WAL stays consistent; a power cut may lose the last builds'
-            # records, which are estimates, not data): the hook records one build per commit.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            self._open()
+        except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: text that is not UTF-8
+            self._db.close()
+            raise _damaged(path, exc) from exc
         except BaseException:
             self._db.close()
             raise
+
+    def _open(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # No fsync per commit (WAL stays consistent; a power cut may lose the last builds'
+        # records, which are estimates, not data): the hook records one build per commit.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
 
     def close(self) -> None:
         self._db.close()
@@ -135,10 +168,12 @@ class History:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
+    @_guarded
     def record(self, records: Iterable[BuildRecord]) -> None:
         with self._transaction() as db:
             _insert_builds(db, records)
 
+    @_guarded
     def record_run(self, run: RunRecord, builds: Iterable[BuildRecord]) -> None:
         """A run and its builds (their ``run_id`` is the run's), all or nothing."""
         machines = [{"name": m.name, "speed": m.speed, "slots": m.slots} for m in run.machines]
@@ -163,6 +198,7 @@ class History:
             )
             _insert_builds(db, (dataclasses.replace(b, run_id=run.run_id) for b in builds))
 
+    @_guarded
     def durations(self, pnames: Iterable[str], *, per_name: int = 5) -> dict[str, dict[str, float]]:
         """Median of the last ``per_name`` successful build times, by name then machine."""
         result: dict[str, dict[str, float]] = {}
@@ -186,6 +222,7 @@ class History:
                     result.setdefault(pname, {})[machine] = values[len(values) // 2]
         return result
 
+    @_guarded
     def builds(
         self,
         *,
@@ -217,6 +254,7 @@ class History:
             phases = _phases_of(cur, [row[0] for row in rows])
         return [_build(row, phases.get(row[0], ())) for row in rows]
 
+    @_guarded
     def runs(self, *, run_id: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         """Runs, newest first (``run_id`` matches a prefix), made-up ones included; their
         ``deps`` are read only for one run asked by ``run_id``."""
@@ -249,6 +287,7 @@ class History:
                 runs = [dataclasses.replace(run, deps={d: tuple(v) for d, v in deps.items()})]
         return runs
 
+    @_guarded
     def counts(self, run_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         """run -> build status -> how many builds of the run ended so."""
         found: dict[str, dict[str, int]] = {}

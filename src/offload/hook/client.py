@@ -23,7 +23,6 @@ upgraded offload starts a coordinator of its own while the old one finishes and 
 from __future__ import annotations
 
 import _socket  # not `socket`: its import costs more than everything else this process does
-import marshal
 import os
 import stat
 import sys
@@ -32,7 +31,7 @@ import zlib
 from offload import __version__
 from offload.state_location import hook_state, private_dir
 
-__all__ = ["HELLO_FDS", "main", "send_hello", "socket_path"]
+__all__ = ["HELLO_FDS", "HELLO_MAGIC", "encode_hello", "main", "send_hello", "socket_path"]
 
 # Unix socket paths are at most 108 bytes on Linux.
 _MAX_SOCKET = 100
@@ -40,6 +39,7 @@ _READY_TIMEOUT = 20.0
 _ATTEMPTS = 3
 # The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
 HELLO_FDS = (0, 2, 4)
+HELLO_MAGIC = b"offload-hello-1"
 
 
 def _digest(text: str) -> str:
@@ -115,6 +115,15 @@ def _coordinator(state: str, path: str) -> _socket.socket:
     return sock
 
 
+def encode_hello(argv: list[str], env: dict[str, str], parent: int, fds: list[int]) -> bytes:
+    """The hello's body (see ``offload.hook.handover``): NUL-separated fields, since no
+    argument, name or value of an environment can hold a NUL."""
+    fields = [HELLO_MAGIC, b"%d" % parent, ",".join(map(str, fds)).encode(), b"%d" % len(argv)]
+    fields += [os.fsencode(arg) for arg in argv]
+    fields += [os.fsencode(f"{name}={value}") for name, value in env.items()]
+    return b"\0".join(fields)
+
+
 def send_hello(
     sock: _socket.socket,
     pipes: dict[int, int],
@@ -122,10 +131,8 @@ def send_hello(
     env: dict[str, str],
     parent: int,
 ) -> None:
-    """The hello (see ``offload.hook.handover``): ``pipes`` maps our fd numbers (0, 2, 4) to
-    the descriptors to pass."""
-    hello = {"argv": argv, "env": env, "parent": parent, "fds": list(pipes)}
-    body = marshal.dumps(hello)
+    """The hello: ``pipes`` maps our fd numbers (0, 2, 4) to the descriptors to pass."""
+    body = encode_hello(argv, env, parent, list(pipes))
     rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in pipes.values())
     head = len(body).to_bytes(4, "big")
     sock.sendmsg([head], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])

@@ -2,9 +2,11 @@
 
 A hook process (``offload.hook.client``) sends a 4-byte length with its pipes attached
 (``SCM_RIGHTS``: stdin, stderr and fd 4, those that are open), then that many bytes of
-``marshal`` (built in, so the hook process imports no ``json``):
-``argv``, ``env``, ``parent`` and ``fds`` (which of 0, 2 and 4 were sent, in order). Anything
-else, or a peer of another user, is dropped without a word: only the user's own hook talks here.
+NUL-separated fields (``hook.client.encode_hello``): ``offload-hello-1``, the parent's pid,
+which of 0, 2 and 4 were sent (comma-separated, in order), the number of arguments, the
+arguments, then ``NAME=value`` for each variable of the environment. Anything else, or a peer of
+another user, is dropped without a word: only the user's own hook talks here. (Not ``marshal``:
+its lengths are trusted, and four bytes claiming a list of 2^31 items allocate 16 GiB.)
 
 The pipes become a ``StreamReader`` (stdin) and two buffering write transports (stderr, fd 4):
 a write never blocks the coordinator, however long Nix takes to read (its worker may be
@@ -15,7 +17,6 @@ Nix sees every line before the hook's exit.
 from __future__ import annotations
 
 import asyncio
-import marshal
 import os
 import socket
 import struct
@@ -25,10 +26,11 @@ from dataclasses import dataclass, field
 from typing_extensions import override
 
 from offload.errors import OffloadError
+from offload.hook.client import HELLO_MAGIC
 from offload.hook.serve import error_line
 from offload.hook.wire import HookIO, Sink, fd_sink
 
-__all__ = ["Channels", "Hello", "open_channels", "receive_hello"]
+__all__ = ["Channels", "Hello", "open_channels", "parse_hello", "receive_hello"]
 
 _MAX_HELLO = 4 << 20  # an environment is a few KiB; this is not one
 _MAX_FDS = 3
@@ -63,21 +65,29 @@ def _peer_is_us(conn: socket.socket) -> bool:
     return bool(uid == os.getuid())
 
 
-def _parse(body: bytes, received: list[int]) -> Hello:
-    data = marshal.loads(body)  # noqa: S302 - from a process of our own uid (checked), not the net
-    names = data["fds"]
-    if not isinstance(names, list) or len(names) != len(received):
-        raise ValueError("fds do not match what was sent")
-    env = data["env"]
-    argv = data["argv"]
-    if not isinstance(env, dict) or not isinstance(argv, list):
-        raise ValueError("bad hello")  # noqa: TRY004 - one kind of refusal
-    return Hello(
-        [str(a) for a in argv],
-        {str(k): str(v) for k, v in env.items()},
-        int(data["parent"]),
-        dict(zip((int(n) for n in names), received, strict=True)),
-    )
+def _number(field: bytes) -> int:
+    if not (field.isdigit() and len(field) <= 10):
+        raise ValueError("bad number in hello")
+    return int(field)
+
+
+def parse_hello(body: bytes, received: list[int]) -> Hello:
+    """The hello in ``body`` with the ``received`` descriptors; ``ValueError`` if it is none."""
+    fields = body.split(b"\0")
+    if len(fields) < 4 or fields[0] != HELLO_MAGIC:
+        raise ValueError("not a hello")
+    names = [_number(n) for n in fields[2].split(b",")] if fields[2] else []
+    argc = _number(fields[3])
+    if len(set(names)) != len(names) or len(names) != len(received) or argc > len(fields) - 4:
+        raise ValueError("bad hello")
+    env = {}
+    for item in fields[4 + argc :]:
+        name, eq, value = item.partition(b"=")
+        if not eq:
+            raise ValueError("bad variable in hello")
+        env[os.fsdecode(name)] = os.fsdecode(value)
+    argv = [os.fsdecode(arg) for arg in fields[4 : 4 + argc]]
+    return Hello(argv, env, _number(fields[1]), dict(zip(names, received, strict=True)))
 
 
 async def _body(conn: socket.socket, head: bytes) -> bytes:
@@ -103,8 +113,8 @@ async def receive_hello(conn: socket.socket) -> Hello | None:
             return None
         await _readable(conn)
         head, received, _, _ = socket.recv_fds(conn, 4, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
-        return _parse(await _body(conn, head), received)
-    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return parse_hello(await _body(conn, head), received)
+    except (OSError, ValueError):
         for fd in received:
             os.close(fd)
         return None

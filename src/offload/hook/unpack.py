@@ -7,7 +7,8 @@ through Nix, where streaming matters and 30 ms does not.
 
 The reader accepts exactly what ``offload.store.nar`` accepts (nix-protocols.md 3.1: the
 canonical field order, entry names non-empty, without ``/`` or NUL, not ``.`` or ``..``, sorted
-and unique, zero padding) and raises ``StoreError`` on anything else. The tree is written under a
+and unique, zero padding) and raises ``StoreError`` on anything else, as on a name or target
+the file system refuses (longer than ``NAME_MAX``). The tree is written under a
 fresh temporary name that the caller owns: directories are created by us (never followed through
 a symlink, since a name is used once per directory), files with ``O_EXCL | O_NOFOLLOW``, symlinks
 as they are. Modes and times are left to ``nix-store --register-validity``, which canonicalises
@@ -120,5 +121,9 @@ def unpack_nar(data: bytes, dest: Path) -> None:
         _node(tokens, dest)
     except RecursionError as exc:
         raise StoreError("NAR nests directories deeper than any output does") from exc
+    except OSError as exc:
+        # A name or symlink target the file system refuses (longer than NAME_MAX, ...).
+        name = os.fsencode(exc.filename or "")[-60:]
+        raise StoreError(f"NAR cannot be written here: {exc.strerror}: ...{name!r}") from exc
     if tokens.at != len(data):
         raise StoreError(f"NAR has {len(data) - tokens.at} bytes after its end")

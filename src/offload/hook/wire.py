@@ -111,7 +111,7 @@ async def read_request(reader: ByteReader) -> TryRequest | None:
             return None
         raise
     if command != "try":
-        raise ProtocolError(f"unknown hook request '{command[:40]}'")
+        raise ProtocolError(f"unknown hook request {command[:40]!r}")
     willing = await read_int(reader, "amWilling")
     system = await read_str(reader, "the derivation's system")
     drv_path = _store_path(await read_str(reader, "the derivation path"), "the derivation")
