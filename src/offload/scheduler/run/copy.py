@@ -104,13 +104,7 @@ class BuildCopies:
                             lambda: phase(drv_path, name, "queued", speculative=speculative),
                         )
                     )
-                phase(drv_path, name, "connecting", speculative=speculative)
-                # Held on the builder too, where other hosts' clients count it (Link).
-                client = await stack.enter_async_context(
-                    member.link.build_session(
-                        on_wait=lambda: phase(drv_path, name, "queued", speculative=speculative)
-                    )
-                )
+                client = await self._session(stack, drv_path, member, speculative=speculative)
                 client.on_log = self.events.log_handler(drv_path, name)
                 target = name if member.remote else LOCAL
                 sources = self.holders.sources(drv_path, target)
@@ -150,6 +144,24 @@ class BuildCopies:
             # The local store refusing or dropping a copy is final, not the builder's fault.
             kind: Literal["failed", "lost"] = "failed" if local_store_failed(exc) else "lost"
             return Outcome(kind, exc.message, started, sent, received)
+
+    async def _session(
+        self,
+        stack: contextlib.AsyncExitStack,
+        drv_path: str,
+        member: PoolMember,
+        *,
+        speculative: bool,
+    ) -> StoreClient:
+        """A session to build on, held on the builder too, where other hosts' clients count it
+        (``Link.build_session``); "queued" while every slot there is someone else's."""
+        name, phase = member.spec.name, self.events.phase
+        phase(drv_path, name, "connecting", speculative=speculative)
+        return await stack.enter_async_context(
+            member.link.build_session(
+                on_wait=lambda: phase(drv_path, name, "queued", speculative=speculative)
+            )
+        )
 
     async def _feed(
         self, sources: Mapping[str, list[str]], client: StoreClient, target: str, substitute: bool
