@@ -59,6 +59,10 @@ SlotStartOne = Callable[[contextlib.AsyncExitStack], Awaitable[SessionPipes]]
 
 # How often a build waiting for a slot another client holds on the builder asks again.
 BUSY_POLL = 0.25
+# How long a build session keeps its builder-side slot after its build, for this run's next
+# build there: a session start per build costs tens of milliseconds (a chain of small builds
+# paid it on every link), while a slot held this long by an idle client costs others little.
+LINGER = 1.0
 # Why a builder's slots are counted on this host only, by what its start line said.
 RESTRICTED_FALLBACK = "its key runs only the serve program: no slot lock can be taken there"
 FALLBACKS = {
@@ -156,6 +160,8 @@ class Link:
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
+        # Build sessions between builds, still holding a builder-side slot (``LINGER``).
+        self._lingering: dict[_Session, asyncio.Task[None]] = {}
         self._sessions: dict[StoreClient, _Session] = {}
         self._teardowns: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -184,7 +190,8 @@ class Link:
         self, on_log: LogSink | None = None, on_wait: Callable[[], None] | None = None
     ) -> AsyncIterator[StoreClient]:
         """Borrow a client to build on: one holding a builder-side slot for as long as it is
-        lent, then closed (never left idle holding it); while every slot is held by someone
+        lent and ``LINGER`` seconds after for this run's next build there, then closed (never
+        left idle holding it longer); while every slot is held by someone
         else, ``on_wait`` is called once and the builder asked again every ``BUSY_POLL`` s.
         Without builder-side slots (none set, or ``slot_fallback``), a pooled ``session``."""
         if self._slot_start is None or self.builder_slots <= 0 or self.slot_fallback:
@@ -192,17 +199,36 @@ class Link:
                 yield client
             return
         async with self._slots:
-            session = await self._open_slot(on_wait)
+            session = self._lingerer() or await self._open_slot(on_wait)
             # One that fell back holds nothing on the builder: it may wait idle in the pool.
             holds = session.pipes.slot is not None and session.pipes.slot.isdigit()
-            async with self._lent(session, on_log, keep=not holds) as client:
+            async with self._lent(session, on_log, keep=not holds, linger=holds) as client:
                 yield client
+
+    def _lingerer(self) -> _Session | None:
+        """A build session still holding its slot after the last build, if one is alive."""
+        while self._lingering:
+            session, timer = self._lingering.popitem()
+            timer.cancel()
+            if session.client.usable and session.pipes.alive():
+                return session
+            _ = self._discard_later(session, kill=False)
+        return None
+
+    def _linger(self, session: _Session) -> None:
+        async def expire() -> None:
+            await asyncio.sleep(LINGER)
+            if self._lingering.pop(session, None) is not None:
+                await self._discard(session, kill=False)
+
+        self._lingering[session] = asyncio.get_running_loop().create_task(expire())
 
     @contextlib.asynccontextmanager
     async def _lent(
-        self, session: _Session, on_log: LogSink | None, *, keep: bool
+        self, session: _Session, on_log: LogSink | None, *, keep: bool, linger: bool = False
     ) -> AsyncIterator[StoreClient]:
-        """Lend ``session``; afterwards keep it idle (``keep``, and still in step) or close it."""
+        """Lend ``session``; afterwards keep it idle (``keep``, and still in step), let it
+        linger with its builder-side slot (``linger``), or close it."""
         session.logs.sink = on_log
         try:
             yield session.client
@@ -218,8 +244,10 @@ class Link:
         session.logs.sink = None
         if session.teardown is not None:
             await _wait(session.teardown)  # cancelled while lent
-        elif keep and session.client.usable and session.pipes.alive() and not self._closed:
+        elif session.client.usable and session.pipes.alive() and not self._closed and keep:
             self._idle.append(session)
+        elif session.client.usable and session.pipes.alive() and not self._closed and linger:
+            self._linger(session)
         else:
             await self._discard(session, kill=not session.client.usable)
 
@@ -288,8 +316,12 @@ class Link:
         """Close every session (stopping remote processes of any still lent), then the transport."""
         self._closed = True
         try:
+            for timer in self._lingering.values():
+                timer.cancel()
+            idle = {*self._idle, *self._lingering}
+            self._lingering.clear()
             for session in list(self._sessions.values()):
-                lent = session not in self._idle
+                lent = session not in idle
                 await self._discard(session, kill=lent or not session.client.usable)
             while self._teardowns:
                 await _wait(next(iter(self._teardowns)))
