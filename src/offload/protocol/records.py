@@ -183,20 +183,31 @@ async def read_path_info(r: ByteReader, path: str, minor: int) -> PathInfo:
     )
 
 
-async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildResult:
-    """The reply to BuildDerivation of ``drv_path``."""
+async def read_build_status(r: ByteReader) -> tuple[BuildStatus, str]:
+    """A BuildResult's status and error message, first in both protocols."""
     code = await read_int(r, "the build status")
     try:
         status = BuildStatus(code)
     except ValueError as exc:
         raise ProtocolError(f"unknown build status {code}") from exc
-    error_msg = strip_ansi(await read_str(r, "the build error message"))
+    return status, strip_ansi(await read_str(r, "the build error message"))
+
+
+async def read_build_times(r: ByteReader) -> tuple[int, bool, int, int]:
+    """timesBuilt, isNonDeterministic, startTime and stopTime, where the version sends them."""
+    times_built = await read_int(r, "timesBuilt")
+    non_det = bool(await read_int(r, "isNonDeterministic"))
+    start = await read_int(r, "startTime")
+    stop = await read_int(r, "stopTime")
+    return times_built, non_det, start, stop
+
+
+async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildResult:
+    """The reply to BuildDerivation of ``drv_path``."""
+    status, error_msg = await read_build_status(r)
     times_built, non_det, start, stop = 0, False, 0, 0
     if minor >= 3:
-        times_built = await read_int(r, "timesBuilt")
-        non_det = bool(await read_int(r, "isNonDeterministic"))
-        start = await read_int(r, "startTime")
-        stop = await read_int(r, "stopTime")
+        times_built, non_det, start, stop = await read_build_times(r)
     # Nix 2.8-2.10 send builtOutputs whatever the client version (nix-protocols.md 2.6), and
     # newer servers send it to clients announcing minor >= 6, as we do: always read it.
     outputs = await read_built_outputs(r, drv_path)

@@ -19,11 +19,11 @@ from offload.errors import ProtocolError
 from offload.protocol.records import (
     BuildOptions,
     BuildResult,
-    BuildStatus,
     PathInfo,
+    read_build_status,
+    read_build_times,
     read_built_outputs,
 )
-from offload.protocol.stderr import strip_ansi
 from offload.protocol.wire import ByteReader, encode_int, encode_str, read_int, read_str, read_strs
 from offload.store.nar import nar_hash_nix32
 
@@ -218,18 +218,10 @@ async def read_optional_trust(r: ByteReader) -> bool | None:
 
 async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildResult:
     """The reply to BuildDerivation of ``drv_path`` (docs section 4.7)."""
-    code = await read_int(r, "the build status")
-    try:
-        status = BuildStatus(code)
-    except ValueError as exc:
-        raise ProtocolError(f"unknown build status {code}") from exc
-    error_msg = strip_ansi(await read_str(r, "the build error message"))
+    status, error_msg = await read_build_status(r)
     times_built, non_det, start, stop = 0, False, 0, 0
     if minor >= 29:
-        times_built = await read_int(r, "timesBuilt")
-        non_det = bool(await read_int(r, "isNonDeterministic"))
-        start = await read_int(r, "startTime")
-        stop = await read_int(r, "stopTime")
+        times_built, non_det, start, stop = await read_build_times(r)
     cpu_user = cpu_system = None
     if minor >= 37:
         cpu_user = await _read_optional_micros(r, "cpuUser")
