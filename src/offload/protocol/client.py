@@ -42,6 +42,7 @@ from offload.protocol.stderr import ErrorTail, pump_lines, strip_ansi
 from offload.protocol.wire import (
     ByteReader,
     ByteWriter,
+    close_writer,
     encode_int,
     encode_str,
     encode_strs,
@@ -282,11 +283,7 @@ class ServeClient:
             return
         self._closed = True
         self._broken = self._broken or "it was closed"
-        with contextlib.suppress(ConnectionError):
-            self._writer.close()
-            wait_closed = getattr(self._writer, "wait_closed", None)
-            if wait_closed is not None:
-                await wait_closed()
+        await close_writer(self._writer)
         task = self._stderr_task
         if task is not None and not task.done():
             try:

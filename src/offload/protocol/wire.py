@@ -9,6 +9,7 @@ ends early or pads with non-zero bytes raises ``ProtocolError`` naming what was 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import Iterable
 from typing import Protocol
@@ -43,6 +44,16 @@ class ByteWriter(Protocol):
     def write(self, data: bytes) -> None: ...
     async def drain(self) -> None: ...
     def close(self) -> None: ...
+
+
+async def close_writer(writer: ByteWriter) -> None:
+    """Close the sending half (the peer exits at EOF between requests), and wait for it where
+    the writer can; a connection already gone is closed enough."""
+    with contextlib.suppress(ConnectionError):
+        writer.close()
+        wait_closed = getattr(writer, "wait_closed", None)
+        if wait_closed is not None:
+            await wait_closed()
 
 
 def padding(length: int) -> int:

@@ -27,6 +27,7 @@ from offload.protocol.records import BuildOptions, BuildResult, PathInfo, sorted
 from offload.protocol.wire import (
     ByteReader,
     ByteWriter,
+    close_writer,
     encode_int,
     encode_str,
     encode_strs,
@@ -372,11 +373,7 @@ class WorkerClient:
             return
         self._closed = True
         self._broken = self._broken or "it was closed"
-        with contextlib.suppress(ConnectionError):
-            self._writer.close()
-            wait_closed = getattr(self._writer, "wait_closed", None)
-            if wait_closed is not None:
-                await wait_closed()
+        await close_writer(self._writer)
 
     # -- connection plumbing -----------------------------------------------------------------
 
