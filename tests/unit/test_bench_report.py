@@ -420,7 +420,7 @@ def test_received_bytes_count_new_outputs_of_the_graph_not_built_here(tmp_path: 
 
 def test_a_build_counts_only_if_every_output_was_printed_and_arrived():
     from bench.measure import Timed
-    from bench.run import _status
+    from bench.tools import _status
 
     def done(code: int | None) -> Timed:
         return Timed(("nix-build",), code, 1.0, "", "error: boom\n")
