@@ -44,6 +44,18 @@ def offload_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "offload"]
 
 
+def tool_argv(tool: str, nix_file: Path, machines: str, jobs: int) -> list[str]:
+    """The command ``tool`` builds ``nix_file`` with, on the builders ``machines``."""
+    if tool == "offload":
+        argv = [*offload_argv(), "build", str(nix_file), "--builders", machines]
+        return [*argv, "-j", str(jobs), "--no-out-link", "--json"]
+    argv = ["nix-build", str(nix_file), "--builders", machines, "-j", str(jobs)]
+    argv += ["--no-out-link", *NO_SUBSTITUTES]
+    if tool == "hook":
+        argv += ["--option", "build-hook", hook_path()]
+    return argv
+
+
 def build_once(
     bench: Bench,
     dag: Dag,
@@ -55,20 +67,12 @@ def build_once(
     timeout: float,
     builders: bool = True,
 ) -> dict[str, Any]:
-    """Build ``dag`` once with ``tool``; one raw result record. Tools: "nix" (nix-build with Nix's
-    own hook), "hook" (nix-build with ``offload-hook``), "offload" (``offload build``)."""
+    """Build ``dag`` once with ``tool`` (the module lists them); one raw result record."""
     salt = f"{label}-r{rep}-{tool}-{secrets.token_hex(4)}"
     nix_file = bench.work / f"{label}-r{rep}-{tool}.nix"
     nix_file.write_text(to_nix_expression(dag, salt=salt), encoding="utf-8")
     machines = f"@{bench.fleet.machines_file}" if builders else ""
-    if tool == "offload":
-        argv = [*offload_argv(), "build", str(nix_file), "--builders", machines]
-        argv += ["-j", str(jobs), "--no-out-link", "--json"]
-    else:
-        argv = ["nix-build", str(nix_file), "--builders", machines, "-j", str(jobs)]
-        argv += ["--no-out-link", *NO_SUBSTITUTES]
-        if tool == "hook":
-            argv += ["--option", "build-hook", hook_path()]
+    argv = tool_argv(tool, nix_file, machines, jobs)
     names = {node.name for node in dag.nodes}
     before = StoreSnapshot.take(bench.stores)
     host_before = list_store(HOST_STORE, names)
