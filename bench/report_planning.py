@@ -1,0 +1,53 @@
+"""The scheduler-cost section of docs/BENCHMARKS.md: planning 1,000-50,000 simulated nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bench.report_format import MIB
+from bench.report_summaries import TARGETS, summarize_planning
+
+
+def planning_targets(results: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    planning = summarize_planning(results["planning"]) if results.get("planning") else None
+    if planning:
+        target = [r for r in planning.rows if r[0] == TARGETS.plan_nodes]
+        measured = (
+            f"{target[0][1]:.2f} s, {target[0][2] / MIB:.0f} MiB"
+            if target and target[0][1] is not None and target[0][2] is not None
+            else "-"
+        )
+        lines.append(
+            f"| planning {TARGETS.plan_nodes:,} nodes on {planning.machines} machines in < "
+            f"{TARGETS.plan_seconds:g} s and < 1 GiB | {measured} | {planning.verdict} |"
+        )
+    return lines
+
+
+def planning_body(results: Mapping[str, Any], _plots: Mapping[str, str]) -> list[str]:
+    planning = summarize_planning(results["planning"]) if results.get("planning") else None
+    lines: list[str] = []
+    if planning:
+        lines += [
+            "",
+            "## Scheduler cost",
+            "",
+            (
+                f"Planning (simulating the whole schedule of) generated layered graphs on "
+                f"{planning.machines} simulated machines, no building: "
+                f"`{results['planning'].get('function', 'offload.scheduler.simulate.plan_cost')}`. "
+                "Time from an untraced run, peak memory from a second run under tracemalloc."
+            ),
+            "",
+            "| nodes | time (s) | peak memory (MiB) | status |",
+            "|---|---|---|---|",
+        ]
+        lines.extend(
+            f"| {nodes:,} | {'-' if secs is None else f'{secs:.2f}'} | "
+            f"{'-' if peak is None else f'{peak / MIB:.1f}'} | {status} |"
+            for nodes, secs, peak, status in planning.rows
+        )
+        lines += ["", f"Status: {planning.verdict}."]
+    return lines
