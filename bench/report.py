@@ -31,6 +31,7 @@ from bench.report_copy import copy_body, copy_targets
 from bench.report_format import load_before_builds
 from bench.report_hook import hook_rows, hook_section, hook_target_lines
 from bench.report_model import model_lines
+from bench.report_ng import ng_body, ng_targets
 from bench.report_planning import planning_body, planning_targets
 from bench.report_plot import graph_series, svg_plot
 from bench.report_summaries import (
@@ -91,6 +92,7 @@ PARTS = (
     Part(graph_targets, graph_body),
     Part(overhead_targets, overhead_body),
     Part(lambda r: hook_target_lines(hook_rows(r)), lambda r, _p: hook_section(hook_rows(r))),
+    Part(ng_targets, ng_body),
     Part(copy_targets, copy_body),
     Part(planning_targets, planning_body),
     Part(_no_targets, lambda r, _p: model_lines(r)),

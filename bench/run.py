@@ -6,7 +6,8 @@ Sections (``--only`` picks some):
   stock ``nix-build --builders``, by ``offload build`` and by the same ``nix-build`` with
   ``--option build-hook offload-hook``, alternating, fresh outputs each time;
 - ``overhead``: 100 trivial derivations remote-only (``-j 0``) by the same three, plus a
-  local-only floor;
+  local-only floor; these and the layered graph also by ``offload build`` over ``ssh-ng://``
+  (tool ``offload-ng``, bench/ng.py) against its ``ssh://`` runs;
 - ``copy``: a ~200 MB closure to one member, ``nix-copy-closure`` vs offload's serve-protocol copy,
   with and without ssh compression;
 - ``planning``: the scheduler's own cost on 1,000-50,000 simulated nodes, no building.

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.context import LOCAL_SLOTS, Bench, Options, Save, log
 from bench.graphs import generate
+from bench.ng import with_ng
 from bench.tools import build_once
 from offload.dagfile import Dag, DagNode
 from offload.scheduler.dag import Job
@@ -26,6 +27,8 @@ from offload.scheduler.simulate import simulate
 # derivations take seconds to minutes; at scale 2 that fixed cost alone was 10% of a bound.
 GRAPHS = (("layered", 60, 1), ("chain", 40, 2), ("wide", 60, 3), ("huge", 50, 4))
 QUICK_GRAPHS = (("layered", 40, 1),)
+# In the order each repetition runs them (plus offload-ng where bench/ng.py measures it).
+TOOLS = ("nix", "offload", "hook")
 
 
 def planned_makespan(dag: Dag, speeds_and_slots: Sequence[tuple[float, int]]) -> float:
@@ -64,7 +67,7 @@ def graph_section(bench: Bench, opts: Options, save: Save) -> list[dict[str, Any
         }
         out.append(graph)
         for rep in range(opts.reps):
-            for tool in ("nix", "offload", "hook"):
+            for tool in with_ng(TOOLS, shape):
                 log(f"graph {shape} ({nodes} nodes, bound {lower:.1f} s): {tool} rep {rep + 1}")
                 record = build_once(
                     bench, dag, tool=tool, rep=rep, label=shape, jobs=LOCAL_SLOTS, timeout=timeout
@@ -79,7 +82,7 @@ def overhead_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
     dag = Dag(tuple(DagNode(f"trivial-n{i:04d}", 0.0) for i in range(opts.trivial)))
     section: dict[str, Any] = {"derivations": opts.trivial, "runs": []}
     timeout = 30 + 3.0 * opts.trivial
-    plan = [(rep, tool) for rep in range(opts.reps) for tool in ("nix", "offload", "hook")]
+    plan = [(rep, tool) for rep in range(opts.reps) for tool in with_ng(TOOLS)]
     plan += [(rep, "local") for rep in range(opts.reps)]
     for rep, tool in plan:
         log(f"overhead: {opts.trivial} trivial derivations, {tool} rep {rep + 1}")

@@ -2,7 +2,8 @@
 
 The tools: "nix" (stock ``nix-build --builders`` with Nix's own hook), "hook" (the same
 ``nix-build`` with ``--option build-hook offload-hook``) and "offload" (``offload build``), all
-given the fleet's machines file. A record is measured from outside the tool (wall time, store
+given the fleet's machines file, and "offload-ng" (``offload build`` with that file's ``ssh://``
+members as ``ssh-ng://``, bench/ng.py). A record is measured from outside the tool (wall time, store
 growth on every member and here) as well as from what the tool reports; a build counts as "ok"
 only if it exited 0, printed every output and every output arrived in this machine's store.
 """
@@ -28,6 +29,7 @@ from bench.measure import (
     run_timed,
     store_name,
 )
+from bench.ng import OFFLOAD_TOOLS, machines_arg
 from offload.dagfile import Dag, to_nix_expression
 
 HOST_STORE = Path(os.environ.get("NIX_STORE_DIR", "/nix/store"))
@@ -46,7 +48,7 @@ def offload_argv() -> list[str]:
 
 def tool_argv(tool: str, nix_file: Path, machines: str, jobs: int) -> list[str]:
     """The command ``tool`` builds ``nix_file`` with, on the builders ``machines``."""
-    if tool == "offload":
+    if tool in OFFLOAD_TOOLS:
         argv = [*offload_argv(), "build", str(nix_file), "--builders", machines]
         return [*argv, "-j", str(jobs), "--no-out-link", "--json"]
     argv = ["nix-build", str(nix_file), "--builders", machines, "-j", str(jobs)]
@@ -71,7 +73,7 @@ def build_once(
     salt = f"{label}-r{rep}-{tool}-{secrets.token_hex(4)}"
     nix_file = bench.work / f"{label}-r{rep}-{tool}.nix"
     nix_file.write_text(to_nix_expression(dag, salt=salt), encoding="utf-8")
-    machines = f"@{bench.fleet.machines_file}" if builders else ""
+    machines = machines_arg(bench, tool) if builders else ""
     argv = tool_argv(tool, nix_file, machines, jobs)
     names = {node.name for node in dag.nodes}
     before = StoreSnapshot.take(bench.stores)
@@ -81,7 +83,7 @@ def build_once(
     host_after = list_store(HOST_STORE, names)
     account = (
         parse_offload_events(done.stdout)
-        if tool == "offload"
+        if tool in OFFLOAD_TOOLS
         else parse_nix_builds(done.stderr, done.stdout)
     )
     sent, remote_outputs = before.growth(StoreSnapshot.take(bench.stores), account)
