@@ -124,9 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(argv: Sequence[str] | None) -> int:
     # Imported here, not at the top: main() must be running (and catching Ctrl-C) first.
     from offload.errors import OffloadError
+    from offload.marks import mark
 
     parser = _parser()
     args = parser.parse_args(argv)
+    mark("imported")  # the subcommands are imported to build the parser
     func: Handler = args.func
     try:
         return func(args)
