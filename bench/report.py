@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.report_fixed_costs import fixed_cost_lines
+from bench.report_fresh import fresh_lines
 from bench.report_hook import hook_rows, hook_section, hook_target_lines
 from bench.report_model import model_lines
 from bench.sections import keep_sections
@@ -725,6 +727,8 @@ def render_markdown(results: Mapping[str, Any], results_name: str, plots: Mappin
         )
         lines += ["", f"Status: {planning.verdict}."]
     lines += model_lines(results)
+    lines += fixed_cost_lines(results)
+    lines += fresh_lines(results)
     notes = results.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""]
