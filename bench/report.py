@@ -28,7 +28,9 @@ from typing import Any
 
 from bench.report_builds import graph_body, graph_targets, overhead_body, overhead_targets
 from bench.report_copy import copy_body, copy_targets
+from bench.report_fixed_costs import fixed_cost_lines
 from bench.report_format import load_before_builds
+from bench.report_fresh import fresh_lines
 from bench.report_hook import hook_rows, hook_section, hook_target_lines
 from bench.report_model import model_lines
 from bench.report_ng import ng_body, ng_targets
@@ -96,6 +98,8 @@ PARTS = (
     Part(copy_targets, copy_body),
     Part(planning_targets, planning_body),
     Part(_no_targets, lambda r, _p: model_lines(r)),
+    Part(_no_targets, lambda r, _p: fixed_cost_lines(r)),
+    Part(_no_targets, lambda r, _p: fresh_lines(r)),
 )
 
 

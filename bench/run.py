@@ -10,6 +10,9 @@ Sections (``--only`` picks some):
   (tool ``offload-ng``, bench/ng.py) against its ``ssh://`` runs;
 - ``copy``: a ~200 MB closure to one member, ``nix-copy-closure`` vs offload's serve-protocol copy,
   with and without ssh compression;
+- ``fixed_costs``: where offload's wall time goes beyond the plan (``bench/fixed_costs.py``);
+- ``fresh``: seeds drawn anew each run, first and second runs against the optimum
+  (``bench/fresh.py``);
 - ``planning``: the scheduler's own cost on 1,000-50,000 simulated nodes, no building.
 
 Everything runs on a fleet this script brings up under /tmp and always stops (try/finally, also
@@ -58,6 +61,8 @@ from bench.context import (
     log,
     make_env,
 )
+from bench.fixed_costs import fixed_costs_section
+from bench.fresh import fresh_section
 from bench.machine_info import machine_info
 from bench.report import write_report
 from bench.sections_build import graph_section, overhead_section
@@ -71,6 +76,8 @@ FLEET_SECTIONS: dict[str, Callable[[Bench, Options, Save], object]] = {
     "graphs": graph_section,
     "overhead": overhead_section,
     "copy": copy_section,
+    "fixed_costs": fixed_costs_section,
+    "fresh": fresh_section,
 }
 LOCAL_SECTIONS: dict[str, Callable[[Options, Save], object]] = {
     "planning": planning_section,

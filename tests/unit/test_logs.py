@@ -172,7 +172,7 @@ def test_recorder_files_each_build_separately(tmp_path: Path) -> None:
 def run_main(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> int:
     """``offload.cli.main`` with a parser that has the `log` subcommand registered."""
 
-    def parser() -> argparse.ArgumentParser:
+    def parser(_argv: object = ()) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(prog="offload")
         p.add_argument("--debug", action="store_true")
         log_cli.register(p.add_subparsers(dest="command", required=True))

@@ -23,6 +23,7 @@ from offload.build.plan import estimated_plan
 from offload.build.prebuilt import fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
+from offload.marks import mark
 from offload.nix import result_links
 from offload.protocol.serve import BuildOptions
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, RunReport
@@ -125,13 +126,16 @@ async def _plan(
             late=late,
             grace=SLOW_GRACE,
         )
+        mark("answered")
         _tell_slow(late, emit)
         graph = await load_graph(
             local, evaluated, remotes=clients, substitute=pool.local_substitutes
         )
+        mark("graph")
         fetched = report_substituted(graph, emit)
         fetched += await fetch_existing(graph, clients, local, emit)
         plan, estimates = await estimated_plan(graph, local, estimate)
+        mark("planned")
     return evaluated, graph, plan, estimates, fetched
 
 

@@ -17,6 +17,7 @@ subcommands are still being imported is caught as well: no traceback, whenever i
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import signal
@@ -36,7 +37,8 @@ __all__ = ["exit_status", "main", "root_parser"]
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for ``argv``: with the subcommand it names only (every one for ``()``)."""
     # Imported here, not at the top: main() must be running (and catching Ctrl-C) first.
     from typing_extensions import override
 
@@ -52,23 +54,6 @@ def _parser() -> argparse.ArgumentParser:
             sys.stderr.write(f"error: {self.prog}: {message}\nhint: see {self.prog} --help\n")
             sys.exit(1)
 
-    from offload.cli import (
-        build,
-        completion,
-        demo,
-        doctor,
-        fleet,
-        history,
-        hook,
-        log,
-        machines,
-        report,
-        setup,
-        simulate,
-        status,
-        use,
-    )
-
     parser = _Parser(
         prog="offload",
         description="Distribute Nix builds over the local machine and SSH builders.",
@@ -76,24 +61,42 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (
-        build,
-        use,
-        hook,
-        setup,
-        machines,
-        doctor,
-        status,
-        simulate,
-        log,
-        history,
-        report,
-        fleet,
-        demo,
-        completion,
-    ):
-        module.register(sub)
+    for name in _modules(argv):
+        importlib.import_module(f"offload.cli.{name}").register(sub)
     return parser
+
+
+# Each subcommand's module, in the order `offload --help` lists them.
+_MODULES = {
+    "build": "build",
+    "use": "use",
+    "hook": "hook",
+    "setup": "setup",
+    "machines": "machines",
+    "doctor": "doctor",
+    "status": "status",
+    "simulate": "simulate",
+    "log": "log",
+    "history": "history",
+    "report": "report",
+    "fleet": "fleet",
+    "demo": "demo",
+    "completion": "completion",
+    "manpage": "completion",
+}
+
+
+def _modules(argv: Sequence[str]) -> list[str]:
+    """The modules to import for ``argv``: the named subcommand's alone (its imports are a
+    run's first fixed cost), every one when there is none to name or help is asked for."""
+    for word in argv:
+        if word in {"-h", "--help", "--version"}:
+            break
+        if not word.startswith("-"):
+            if word in _MODULES:
+                return [_MODULES[word]]
+            break
+    return list(dict.fromkeys(_MODULES.values()))
 
 
 def root_parser() -> argparse.ArgumentParser:
@@ -124,9 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(argv: Sequence[str] | None) -> int:
     # Imported here, not at the top: main() must be running (and catching Ctrl-C) first.
     from offload.errors import OffloadError
+    from offload.marks import mark
 
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser(argv)
     args = parser.parse_args(argv)
+    mark("imported")  # the subcommands are imported to build the parser
     func: Handler = args.func
     try:
         return func(args)

@@ -22,6 +22,7 @@ from offload.history.db import History
 from offload.history.estimates import estimator
 from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs
+from offload.marks import mark, taken
 from offload.names import LOCAL
 from offload.nix import Installables, add_roots, instantiate, realise_again, sources
 from offload.paths import ensure_state_dir
@@ -30,7 +31,7 @@ from offload.report import check_target, write_report
 from offload.scheduler.run import RunReport
 from offload.slots import SlotLocks
 from offload.ui import RendererKind, make_renderer
-from offload.ui.events import Event, MachineEvent, Renderer
+from offload.ui.events import Event, MachineEvent, Renderer, Timing
 from offload.ui.summary import render_summary
 from offload.ui.term import sanitize
 
@@ -203,6 +204,8 @@ def execute(
                     options=_build_options(pool),
                 )
             )
+            mark("closed")
+            emit(Timing(taken(), time.time()))
         finally:
             recorder.close()
             close()
@@ -265,13 +268,16 @@ def run(args: argparse.Namespace) -> int:
     what = _installables(args)
     sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
-    evaluate = functools.partial(
-        instantiate,
-        what,
-        env=pool.local_env(),
-        say=_said_once({f"warning: {w}" for w in pool.nix_settings.warnings}),
+    evaluate = _marked(
+        functools.partial(
+            instantiate,
+            what,
+            env=pool.local_env(),
+            say=_said_once({f"warning: {w}" for w in pool.nix_settings.warnings}),
+        )
     )
     state = ensure_state_dir()
+    mark("settings")
     if args.report is not None:
         check_target(args.report)  # before the run, not after it
     if args.dry_run:
@@ -312,6 +318,19 @@ def run(args: argparse.Namespace) -> int:
         realise_again(graph.roots, "repair" if args.repair else "check", pool.local_env())
     _results(args, graph)
     return 0
+
+
+def _marked(
+    evaluate: Callable[[], list[tuple[str, str]]],
+) -> Callable[[], list[tuple[str, str]]]:
+    """``evaluate`` noting when it is done (it runs in a thread while sessions open)."""
+
+    def evaluated() -> list[tuple[str, str]]:
+        roots = evaluate()
+        mark("evaluated")
+        return roots
+
+    return evaluated
 
 
 def _installables(args: argparse.Namespace) -> Installables:

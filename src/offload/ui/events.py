@@ -20,6 +20,7 @@ __all__ = [
     "Renderer",
     "RunFinished",
     "RunStarted",
+    "Timing",
     "event_dict",
 ]
 
@@ -118,7 +119,16 @@ class RunFinished:
     interrupted: bool = False
 
 
-Event = RunStarted | JobPhase | JobLog | JobFinished | MachineEvent | RunFinished
+@dataclass(frozen=True)
+class Timing:
+    """Where the command's fixed costs ended (``offload.marks``): (name, time) pairs in order,
+    told once the run is over and its sessions closed."""
+
+    marks: tuple[tuple[str, float], ...]
+    time: float
+
+
+Event = RunStarted | JobPhase | JobLog | JobFinished | MachineEvent | RunFinished | Timing
 
 
 def event_dict(event: Event) -> dict[str, Any]:
@@ -130,6 +140,7 @@ def event_dict(event: Event) -> dict[str, Any]:
         JobFinished: "job_finished",
         MachineEvent: "machine",
         RunFinished: "run_finished",
+        Timing: "timing",
     }[type(event)]
     return {"event": kind, **asdict(event)}
 

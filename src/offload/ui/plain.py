@@ -32,6 +32,7 @@ from offload.ui.events import (
     MachineEvent,
     RunFinished,
     RunStarted,
+    Timing,
 )
 from offload.ui.summary import render_summary
 from offload.ui.term import PHASE_LABELS, format_duration, sanitize
@@ -161,6 +162,8 @@ class PlainRenderer:
                     render_summary(
                         self._finished, self._stream, rich=False, machines=self._machines
                     )
+            case Timing():
+                pass  # for programs measuring a run (--json), not for people
             case _:
                 assert_never(event)
         self._stream.flush()

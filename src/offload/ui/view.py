@@ -37,6 +37,7 @@ from offload.ui.events import (
     Phase,
     RunFinished,
     RunStarted,
+    Timing,
 )
 from offload.ui.plain import clock_time
 from offload.ui.term import PHASE_LABELS, format_duration, sanitize
@@ -119,6 +120,8 @@ class View:
             case RunFinished():
                 self.run_finished = event
                 self.jobs.clear()  # whatever still ran was stopped with the run
+            case Timing():
+                pass  # for programs measuring a run (--json), not for people
             case _:
                 assert_never(event)
 

@@ -1,0 +1,174 @@
+"""Where ``offload build``'s wall time goes beyond the plan: its fixed costs, phase by phase.
+
+A run is split by the marks offload itself reports (its ``--json`` ``timing`` event, see
+``offload.marks``) and its job events, between the outside start of the process and its exit:
+
+- ``interpreter``: process start to "imported" (Python, offload's imports, the parser);
+- ``settings``: to "settings" (nix.conf, the machines file, the state directory);
+- ``evaluation``: to "evaluated" (nix-instantiate, while the builders' sessions open);
+- ``handshakes``: to "answered" (builders still connecting once the evaluation is done);
+- ``graph``: to "graph" (reading the derivations); ``plan``: to "planned" (what exists, estimates);
+- ``first set-up``: to the first build's "building" mark (a session with a slot, the upload);
+- ``builds``: to the last build's end (per-build set-up and fetching included, told apart per
+  build below); ``closing``: to "closed" (the executor's end, sessions closed);
+- ``teardown``: to the process's exit (history, result links, interpreter exit).
+
+Per build (median over the run's builds): ``set-up`` from its first mark to "building",
+``building``, ``fetching`` from "fetching" to its end. ``interpreter`` is measured a second way
+too: ``offload --version`` (imports and parser, nothing else) and a bare ``python -c pass``.
+
+The section builds ``TRIVIAL`` trivial derivations remote-only and one generated graph with
+``offload build --json``, ``reps`` times, fresh outputs each time.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from bench.context import log
+from bench.graphs import generate
+from bench.measure import run_timed
+from bench.tools import offload_argv
+from offload.dagfile import Dag, DagNode, to_nix_expression
+
+if TYPE_CHECKING:
+    from bench.context import Bench, Options, Save
+
+__all__ = ["PHASES", "fixed_costs_section", "per_build", "phases"]
+
+# (phase, the mark that ends it); None: ended by the job events or the exit.
+PHASES = (
+    ("interpreter", "imported"),
+    ("settings", "settings"),
+    ("evaluation", "evaluated"),
+    ("handshakes", "answered"),
+    ("graph", "graph"),
+    ("plan", "planned"),
+    ("first set-up", None),
+    ("builds", None),
+    ("closing", "closed"),
+    ("teardown", None),
+)
+TRIVIAL, QUICK_TRIVIAL = 100, 10
+GRAPH, QUICK_GRAPH = ("layered", 40, 7), ("layered", 12, 7)
+
+
+def _events(stdout: str) -> list[dict[str, Any]]:
+    out = []
+    for line in stdout.splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            out.append(event)
+    return out
+
+
+def phases(spawned: float, exited: float, events: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Seconds of each phase of ``PHASES`` (wall clock); {} without a ``timing`` event."""
+    timing = next((e for e in events if e.get("event") == "timing"), None)
+    if timing is None:
+        return {}
+    at = {str(name): float(t) for name, t in timing["marks"]}
+    building = [
+        float(e["time"])
+        for e in events
+        if e.get("event") == "job_phase" and e.get("phase") == "building" and not e.get("step")
+    ]
+    ends = [float(e["finished"]) for e in events if e.get("event") == "job_finished"]
+    ends_at = {
+        "first set-up": min(building, default=at.get("planned", spawned)),
+        "builds": max(ends, default=min(building, default=at.get("planned", spawned))),
+        "teardown": exited,
+    }
+    out: dict[str, float] = {}
+    last = spawned
+    for phase, name in PHASES:
+        end = at.get(name, last) if name is not None else ends_at[phase]
+        end = max(end, last)
+        out[phase] = round(end - last, 4)
+        last = end
+    return out
+
+
+def per_build(events: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Median seconds per built derivation: set-up (to "building"), building, fetching."""
+    marks: dict[tuple[str, str], dict[str, float]] = {}
+    for e in events:
+        if e.get("event") == "job_phase" and not e.get("step"):
+            key = (str(e["drv_path"]), str(e["machine"]))
+            marks.setdefault(key, {}).setdefault(str(e["phase"]), float(e["time"]))
+    parts: dict[str, list[float]] = {"set-up": [], "building": [], "fetching": []}
+    for e in events:
+        if e.get("event") != "job_finished" or e.get("status") != "built":
+            continue
+        seen = marks.get((str(e["drv_path"]), str(e["machine"])), {})
+        if "building" not in seen:
+            continue
+        start, build, end = min(seen.values()), seen["building"], float(e["finished"])
+        fetch = seen.get("fetching", end)
+        parts["set-up"].append(build - start)
+        parts["building"].append(fetch - build)
+        parts["fetching"].append(end - fetch)
+    return {k: round(statistics.median(v), 4) for k, v in parts.items() if v}
+
+
+def _offload(bench: Bench, argv: Sequence[str], dag: Dag, label: str, jobs: int) -> dict[str, Any]:
+    nix_file = bench.work / f"fixed-{label}.nix"
+    salt = f"{label}-{secrets.token_hex(4)}"
+    nix_file.write_text(to_nix_expression(dag, salt=salt), encoding="utf-8")
+    command = [*argv, "build", str(nix_file), "--builders", f"@{bench.fleet.machines_file}"]
+    command += ["-j", str(jobs), "--no-out-link", "--json"]
+    spawned = time.time()
+    done = run_timed(command, env=bench.env, timeout=30 + 3.0 * len(dag.nodes))
+    exited = spawned + done.elapsed
+    events = _events(done.stdout)
+    ok = done.returncode == 0
+    return {
+        "status": "ok" if ok else ("timeout" if done.timed_out else "failed"),
+        "wall_s": round(done.elapsed, 3),
+        "phases": phases(spawned, exited, events) if ok else {},
+        "per_build": per_build(events) if ok else {},
+        "error": None if ok else done.tail(),
+    }
+
+
+def _bare(argv: Sequence[str], env: Mapping[str, str]) -> float | None:
+    done = run_timed(argv, env=env, timeout=60)
+    return round(done.elapsed, 4) if done.returncode == 0 else None
+
+
+def fixed_costs_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
+    """``reps`` runs of each case."""
+    argv, quick = offload_argv(), opts.quick
+    reps = opts.reps
+    trivial = QUICK_TRIVIAL if quick else TRIVIAL
+    shape, nodes, seed = QUICK_GRAPH if quick else GRAPH
+    cases = {
+        f"{trivial} trivial (-j 0)": (
+            Dag(tuple(DagNode(f"fixed-n{i:04d}", 0.0) for i in range(trivial))),
+            0,
+        ),
+        f"{shape} {nodes} nodes, scale 1": (
+            generate(shape, nodes, seed, prefix=f"fixed-{shape}{nodes}-s{seed}"),
+            2,
+        ),
+    }
+    section: dict[str, Any] = {"cases": {}, "version_s": [], "python_s": []}
+    for rep in range(reps):
+        section["version_s"].append(_bare([*argv, "--version"], bench.env))
+        section["python_s"].append(_bare([sys.executable, "-c", "pass"], bench.env))
+        for label, (dag, jobs) in cases.items():
+            log(f"fixed costs: {label}, rep {rep + 1}")
+            record = _offload(bench, argv, dag, f"r{rep}-{len(dag.nodes)}", jobs)
+            section["cases"].setdefault(label, []).append(record)
+            log(f"  -> {record['status']} in {record['wall_s']:.1f} s")
+            save("fixed_costs", section)
+    return section

@@ -1,0 +1,142 @@
+"""Fresh seeds on the real fleet: offload's first and second runs against the optimum (issue 18).
+
+Every run draws its seeds anew (``os.urandom``) and records them, so nothing can be tuned to
+them. For each shape of ``bench/graphs.py`` a graph of ``NODES`` nodes at scale 1 is built for
+real on the bench fleet:
+
+- ``first``: ``offload build`` with an empty history (a state directory of its own);
+- ``second``: ``offload build`` again with the history of the first, a new salt so every output
+  is built again;
+- ``nix``: stock ``nix-build --builders`` (Nix's own hook), once.
+
+The yardstick is the graph's optimum on the same machines (``bench/optimum.py``, CP-SAT, given
+``SOLVER_SECONDS``; transfers and per-build costs free, so every real run pays those on top).
+``report_fresh`` renders first/optimum, second/optimum, Nix/optimum and Nix/first against the
+targets: first at most 1.15x, second at most 1.08x, Nix at least 2x slower where Nix takes 2.2x
+the optimum or more.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.context import log
+from bench.graphs import generate
+from bench.measure import run_timed
+from bench.optimum import optimum
+from bench.tools import offload_argv
+from offload.dagfile import Dag, to_nix_expression
+from offload.scheduler.dag import Job
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.simulate import simulate
+
+if TYPE_CHECKING:
+    from bench.context import Bench, Options, Save
+
+__all__ = ["RUNS", "SHAPES", "draw_seeds", "fresh_section", "graph_optimum", "ratios"]
+
+SHAPES = ("layered", "chain", "wide", "huge", "bootstrap")
+QUICK_SHAPES = ("layered",)
+NODES, QUICK_NODES = 40, 12
+SOLVER_SECONDS = 5.0
+RUNS = ("first", "second", "nix")
+SEED_LIMIT = 10**6
+NO_SUBSTITUTES = ["--option", "substituters", "", "--option", "builders-use-substitutes", "false"]
+
+
+def draw_seeds(count: int, entropy: Callable[[int], bytes] = os.urandom) -> list[int]:
+    """``count`` seeds from the operating system's randomness (below ``SEED_LIMIT``)."""
+    return [int.from_bytes(entropy(4), "big") % SEED_LIMIT for _ in range(count)]
+
+
+def graph_optimum(
+    dag: Dag, speeds_and_slots: Sequence[tuple[float, int]], seconds: float
+) -> dict[str, object]:
+    """The optimum of ``dag`` on these machines (every one builds everything: the bench fleet
+    and the local machine all offer the graphs' features), offload's plan as the first hint."""
+    machines = [
+        MachineSlotSpec(f"m{i}", speed, slots) for i, (speed, slots) in enumerate(speeds_and_slots)
+    ]
+    jobs = [Job(node.name, node.work, tuple(node.deps)) for node in dag.nodes]
+    hint = {r.job: (r.machine, r.start) for r in simulate(jobs, machines).schedule}
+    return optimum(jobs, machines, seconds=seconds, hint=hint).as_dict()
+
+
+def ratios(graph: Mapping[str, Any]) -> dict[str, float | None]:
+    """first/optimum, second/optimum, nix/optimum and nix/first of one graph's record."""
+    best = float(graph["optimum"]["makespan"])
+    wall = {
+        r["run"]: float(r["wall_s"]) for r in graph["runs"] if r["status"] == "ok" and r["wall_s"]
+    }
+    out: dict[str, float | None] = {
+        f"{run}/optimum": (wall[run] / best if run in wall and best > 0 else None) for run in RUNS
+    }
+    out["nix/first"] = wall["nix"] / wall["first"] if {"nix", "first"} <= wall.keys() else None
+    return out
+
+
+def _build(
+    bench: Bench, argv: Sequence[str], dag: Dag, run: str, *, state: Path, timeout: float
+) -> dict[str, Any]:
+    salt = f"fresh-{run}-{secrets.token_hex(4)}"
+    nix_file = bench.work / f"fresh-{run}.nix"
+    nix_file.write_text(to_nix_expression(dag, salt=salt), encoding="utf-8")
+    builders = ["--builders", f"@{bench.fleet.machines_file}", "-j", "2", "--no-out-link"]
+    if run == "nix":
+        command = ["nix-build", str(nix_file), *builders, *NO_SUBSTITUTES]
+    else:
+        command = [*argv, "build", str(nix_file), *builders, "--json"]
+    env = {**bench.env, "OFFLOAD_STATE_DIR": str(state)}
+    load = os.getloadavg()[0]
+    done = run_timed(command, env=env, timeout=timeout)
+    nix_file.unlink(missing_ok=True)
+    ok = done.returncode == 0
+    return {
+        "run": run,
+        "salt": salt,
+        "status": "ok" if ok else ("timeout" if done.timed_out else "failed"),
+        "wall_s": round(done.elapsed, 3),
+        "loadavg_1m_before": round(load, 2),
+        "error": None if ok else done.tail(),
+    }
+
+
+def fresh_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
+    """One graph per shape on freshly drawn seeds, each built first, second and by Nix."""
+    argv, quick = offload_argv(), opts.quick
+    shapes = QUICK_SHAPES if quick else SHAPES
+    nodes = QUICK_NODES if quick else NODES
+    seeds = draw_seeds(len(shapes))
+    machines = bench.speeds_and_slots()
+    section: dict[str, Any] = {
+        "drawn": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seed_source": "os.urandom",
+        "nodes": nodes,
+        "scale": 1.0,
+        "solver_seconds": SOLVER_SECONDS,
+        "graphs": [],
+    }
+    for shape, seed in zip(shapes, seeds, strict=True):
+        dag = generate(shape, nodes, seed, prefix=f"fresh-{shape}{nodes}-s{seed}")
+        graph: dict[str, Any] = {
+            "shape": shape,
+            "seed": seed,
+            "lower_bound": round(dag.lower_bound(machines), 3),
+            "optimum": graph_optimum(dag, machines, SOLVER_SECONDS),
+            "runs": [],
+        }
+        section["graphs"].append(graph)
+        state = bench.work / f"fresh-state-{shape}-{seed}"  # empty: a first run
+        timeout = 10 * float(graph["lower_bound"]) + 60
+        for run in RUNS:
+            log(f"fresh {shape} seed {seed} (optimum {graph['optimum']['makespan']} s): {run}")
+            record = _build(bench, argv, dag, run, state=state, timeout=timeout)
+            graph["runs"].append(record)
+            log(f"  -> {record['status']} in {record['wall_s']:.1f} s")
+            save("fresh", section)
+    return section

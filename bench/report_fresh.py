@@ -1,0 +1,76 @@
+"""The bench's section on freshly drawn seeds (``bench/fresh.py``): each graph's optimum and
+offload's first and second runs and Nix's hook against it, with the issue's targets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bench.fresh import ratios
+
+__all__ = ["TARGETS", "fresh_lines"]
+
+# Most a run may take, as a multiple of the optimum; Nix's hook at least NIX_SPEEDUP x slower
+# than offload's first run wherever it takes NIX_ROOM x the optimum or more.
+TARGETS = {"first": 1.15, "second": 1.08}
+NIX_ROOM, NIX_SPEEDUP = 2.2, 2.0
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _verdicts(found: Mapping[str, float | None]) -> list[str]:
+    out = []
+    for run, most in TARGETS.items():
+        value = found[f"{run}/optimum"]
+        if value is not None:
+            out.append(f"{run} {'met' if value <= most else 'NOT met'}")
+    nix, speedup = found["nix/optimum"], found["nix/first"]
+    if nix is not None and nix >= NIX_ROOM and speedup is not None:
+        out.append(f"vs Nix {'met' if speedup >= NIX_SPEEDUP else 'NOT met'}")
+    elif nix is not None:
+        out.append("vs Nix: no room")
+    return out
+
+
+def _row(graph: Mapping[str, Any]) -> str:
+    found = ratios(graph)
+    best = graph["optimum"]
+    gap = "proven" if best.get("gap") == 0 else f"gap {float(best.get('gap', 0)):.1%}"
+    if not best.get("solved"):
+        gap = "lower bound (not solved)"
+    failed = [f"{r['run']} {r['status']}" for r in graph["runs"] if r["status"] != "ok"]
+    return (
+        f"| {graph['shape']} | {graph['seed']} | {float(best['makespan']):.2f} ({gap}) | "
+        f"{_x(found['first/optimum'])} | {_x(found['second/optimum'])} | "
+        f"{_x(found['nix/optimum'])} | {_x(found['nix/first'])} | "
+        f"{', '.join(_verdicts(found) + failed) or '-'} |"
+    )
+
+
+def fresh_lines(results: Mapping[str, Any]) -> list[str]:
+    """The section's Markdown lines; none when the results have no ``fresh`` section."""
+    section = results.get("fresh")
+    if not section or not section.get("graphs"):
+        return []
+    return [
+        "",
+        "## Fresh seeds on the real fleet",
+        "",
+        (
+            f"Seeds drawn at {section['drawn']} from {section['seed_source']} (never the same "
+            f"twice): one graph per shape, {section['nodes']} nodes at scale "
+            f"{float(section['scale']):g}, built for real. `first`: offload with an empty "
+            "history; `second`: again with the first's history, every output rebuilt; `nix`: "
+            "stock nix-build with Nix's hook. Wall time / the optimum (`bench/optimum.py`, "
+            f"CP-SAT, {float(section['solver_seconds']):g} s per graph; it pays no start-up, "
+            "transfer or per-build cost). Targets: first at most "
+            f"{TARGETS['first']:.2f}x, second at most {TARGETS['second']:.2f}x, Nix/first at "
+            f"least {NIX_SPEEDUP:g}x where Nix takes {NIX_ROOM:g}x the optimum or more."
+        ),
+        "",
+        "| shape | seed | optimum (s) | first/opt | second/opt | Nix/opt | Nix/first | targets |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_row(graph) for graph in section["graphs"]),
+    ]

@@ -1,0 +1,50 @@
+"""The parser imports the named subcommand's module alone: its imports are a run's first cost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from offload.cli import _parser
+
+
+def _commands(argv: list[str]) -> set[str]:
+    sub = next(a for a in _parser(argv)._actions if a.dest == "command")
+    assert sub.choices is not None
+    return set(sub.choices)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["build", "-A", "x"], {"build"}),
+        (["--debug", "status"], {"status"}),
+        (["manpage"], {"completion", "manpage"}),
+    ],
+)
+def test_a_named_subcommand_gets_its_parser_alone(argv, expected):
+    assert _commands(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["buil"], ["-h", "build"]])
+def test_help_version_or_no_known_subcommand_get_every_parser(argv):
+    commands = _commands(argv)
+    assert {"build", "doctor", "fleet", "demo", "completion", "manpage"} <= commands
+    assert len(commands) == 15
+
+
+def test_offload_build_does_not_import_the_other_subcommands():
+    code = (
+        "import sys\n"
+        "from offload.cli import _parser\n"
+        "_parser(['build', 'x.nix'])\n"
+        "print('\\n'.join(m for m in sys.modules if m.startswith('offload.cli.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = done.stdout.split()
+    assert "offload.cli.build" in loaded
+    assert not {"offload.cli.demo", "offload.cli.doctor", "offload.cli.fleet"} & set(loaded)
