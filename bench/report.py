@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.report_clients import clients_lines
 from bench.report_hook import hook_rows, hook_section, hook_target_lines
 from bench.report_model import model_lines
 from bench.sections import keep_sections
@@ -703,6 +704,7 @@ def render_markdown(results: Mapping[str, Any], results_name: str, plots: Mappin
         if section.get("offload_copy"):
             lines += ["", f"offload's copy: {section['offload_copy']}."]
 
+    lines += clients_lines(results)
     if planning:
         lines += [
             "",

@@ -9,6 +9,7 @@ Sections (``--only`` picks some):
   local-only floor;
 - ``copy``: a ~200 MB closure to one member, ``nix-copy-closure`` vs offload's serve-protocol copy,
   with and without ssh compression;
+- ``clients``: two and three clients at once, offload and Nix's hook (``bench/clients.py``);
 - ``planning``: the scheduler's own cost on 1,000-50,000 simulated nodes, no building.
 
 Everything runs on a fleet this script brings up under /tmp and always stops (try/finally, also
@@ -46,6 +47,7 @@ if __package__ in {None, ""}:
     # `python bench/run.py` puts bench/ first on sys.path; the repository root is what we need.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.clients import clients_section
 from bench.graphs import generate
 from bench.measure import (
     BuildAccount,
@@ -71,7 +73,7 @@ from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.simulate import simulate
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("graphs", "overhead", "copy", "planning", "simulate")
+SECTIONS = ("graphs", "overhead", "copy", "clients", "planning", "simulate")
 FLEET_SPECS = ("fast:4:2", "medium:2:2", "slow:1:2")
 LOCAL_SPEED, LOCAL_SLOTS = 1.0, 2
 # Sizes chosen so the whole run stays well inside 30 minutes on a 2-core machine: Nix's hook
@@ -645,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if results["complete"]:
             partial.unlink(missing_ok=True)
 
-    needs_fleet = any(s in opts.sections for s in ("graphs", "overhead", "copy"))
+    needs_fleet = any(s in opts.sections for s in ("graphs", "overhead", "copy", "clients"))
     # Short: sshd and ssh limit unix socket path lengths.
     work = Path(tempfile.mkdtemp(prefix="ob", dir="/tmp"))
     fleet_dir = work / "f"
@@ -660,6 +662,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["overhead"] = overhead_section(bench, opts, save)
             if "copy" in opts.sections:
                 results["copy"] = copy_section(bench, opts, save)
+            if "clients" in opts.sections:
+                results["clients"] = clients_section(
+                    fleet, work, bench.env, reps=opts.reps, quick=opts.quick, save=save
+                )
         if "planning" in opts.sections:
             results["planning"] = planning_section(opts, save)
         if "simulate" in opts.sections:
