@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report_builds import graph_body, graph_targets, overhead_body, overhead_targets
+from bench.report_clients import clients_lines
 from bench.report_copy import copy_body, copy_targets
 from bench.report_fixed_costs import fixed_cost_lines
 from bench.report_format import load_before_builds
@@ -98,6 +99,7 @@ PARTS = (
     Part(copy_targets, copy_body),
     Part(planning_targets, planning_body),
     Part(_no_targets, lambda r, _p: model_lines(r)),
+    Part(_no_targets, lambda r, _p: clients_lines(r)),
     Part(_no_targets, lambda r, _p: fixed_cost_lines(r)),
     Part(_no_targets, lambda r, _p: fresh_lines(r)),
 )

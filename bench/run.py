@@ -10,6 +10,8 @@ Sections (``--only`` picks some):
   (tool ``offload-ng``, bench/ng.py) against its ``ssh://`` runs;
 - ``copy``: a ~200 MB closure to one member, ``nix-copy-closure`` vs offload's serve-protocol copy,
   with and without ssh compression;
+- ``clients``: two and three clients at once on the fleet, each as a host of its own, offload
+  against Nix's hook: per-client wall and peak builds per member (``bench/clients.py``);
 - ``fixed_costs``: where offload's wall time goes beyond the plan (``bench/fixed_costs.py``);
 - ``fresh``: seeds drawn anew each run, first and second runs against the optimum
   (``bench/fresh.py``);
@@ -50,6 +52,7 @@ if __package__ in {None, ""}:
     # `python bench/run.py` puts bench/ first on sys.path; the repository root is what we need.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.clients import clients_section
 from bench.context import (
     FLEET_SPECS,
     LOCAL_SLOTS,
@@ -76,6 +79,9 @@ FLEET_SECTIONS: dict[str, Callable[[Bench, Options, Save], object]] = {
     "graphs": graph_section,
     "overhead": overhead_section,
     "copy": copy_section,
+    "clients": lambda b, o, s: clients_section(
+        b.fleet, b.work, b.env, reps=o.reps, quick=o.quick, save=s
+    ),
     "fixed_costs": fixed_costs_section,
     "fresh": fresh_section,
 }

@@ -332,19 +332,29 @@ def _nix_string(text: str) -> str:
     return f'"{escaped}"'
 
 
-def to_nix_expression(dag: Dag, *, salt: str, system_expr: str = "builtins.currentSystem") -> str:
+def to_nix_expression(
+    dag: Dag,
+    *,
+    salt: str,
+    system_expr: str = "builtins.currentSystem",
+    wrap: tuple[str, str] = ("", ""),
+) -> str:
     """A Nix expression for ``{ <name> = <derivation>; ... }``, one plain derivation per node.
 
     No nixpkgs: each derivation runs ``/bin/sh``. Dependencies are passed in the ``deps`` attribute,
     so they are the derivation's inputDrvs and their outputs' paths and hashes end up in its output.
     ``system_expr`` is a Nix expression for the default system; a node's ``system`` overrides it.
+    ``wrap``: shell lines every builder runs before and after its work (the bench's stamps); the
+    default leaves the script, and so every derivation's hash, as it always was.
     """
     ident = {node.name: f"n{i}" for i, node in enumerate(dag.nodes)}
+    before, after = wrap
+    script = f"{before}\n{_SCRIPT}\n{after}\n" if before or after else _SCRIPT
     lines = [
         "let",
         f"  system = {system_expr};",
         f"  salt = {_nix_string(salt)};",
-        f"  script = {_nix_string(_SCRIPT)};",
+        f"  script = {_nix_string(script)};",
     ]
     for node in dag.nodes:
         attrs = [

@@ -21,7 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from offload.fleet import Fleet, MemberSpec
+from offload.fleet import Fleet, MemberSpec, client_argv
+from offload.slots import NIX_CURRENT_LOAD
 from offload.transport.ssh import SLOT_BUSY_EXIT, SLOT_DIRS, parse_slot, serve_command
 from tests.helpers import processes
 from tests.helpers.fleets import private_fleet_fixture
@@ -103,14 +104,10 @@ def client(fleet: Fleet, tmp_path: Path, name: str, file: Path) -> subprocess.Po
     """``offload build FILE -j 0`` as if on a host of its own (module docstring)."""
     home = tmp_path / name
     (home / "current-load").mkdir(parents=True)
-    Path("/nix/var/nix/current-load").mkdir(exist_ok=True)
-    mount = f'mount --bind {home / "current-load"} /nix/var/nix/current-load && exec "$@"'
-    argv = [
-        *PRIVATE_NIX_VAR,
-        mount,
-        "sh",
-        *offload_argv(file, "--builders", f"@{fleet.machines_file}"),
-    ]
+    NIX_CURRENT_LOAD.mkdir(exist_ok=True)
+    argv = client_argv(
+        home / "current-load", offload_argv(file, "--builders", f"@{fleet.machines_file}")
+    )
     env = offload_env(fleet, home)
     return processes.start(
         [*argv, "-j", "0", "--no-out-link", "--json"],

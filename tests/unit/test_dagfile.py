@@ -258,3 +258,16 @@ def test_nix_expression_changes_only_in_the_salt(salt: str) -> None:
     two = to_nix_expression(DIAMOND, salt=salt).splitlines()
     changed = [(a, b) for a, b in itertools.zip_longest(one, two) if a != b]
     assert changed == [('  salt = "s0";', f'  salt = "{salt}";')]
+
+
+def test_a_wrapped_script_runs_before_and_after_and_the_default_changes_nothing() -> None:
+    plain = to_nix_expression(DIAMOND, salt="s0")
+    assert to_nix_expression(DIAMOND, salt="s0", wrap=("", "")) == plain
+    wrapped = to_nix_expression(DIAMOND, salt="s0", wrap=("echo a $x", "echo b"))
+    (line,) = [x for x in wrapped.splitlines() if x.startswith("  script = ")]
+    # Nix would otherwise read ``$`` followed by ``{`` as an antiquotation.
+    assert line.startswith('  script = "echo a \\$x\\n')
+    assert line.endswith('\\necho b\\n";')
+    assert [x for x in wrapped.splitlines() if "script" not in x] == [
+        x for x in plain.splitlines() if "script" not in x
+    ]

@@ -14,6 +14,7 @@ from offload.fleet.spec import (
     MemberRecord,
     authorized_keys,
     check_host,
+    client_argv,
     home_to_replace,
     known_hosts_line,
     machines_line,
@@ -183,6 +184,20 @@ def test_member_argv_quotes_paths():
     assert words[-4:] == ["-D", "-e", "-f", "/tmp/a b/m/sshd_config"]
     assert "exec" in words
     assert "/tmp/a b/m/home" not in words
+
+
+def test_client_argv_mounts_its_own_current_load_and_passes_the_program_on_unchanged():
+    argv = client_argv(Path("/tmp/a b/load"), ["offload", "build", "x y.nix"])
+    assert argv[:4] == ["unshare", "-m", "--propagation", "private"]
+    script = argv[argv.index("-c") + 1]
+    assert shlex.split(script)[:4] == [
+        "mount",
+        "--bind",
+        "/tmp/a b/load",
+        "/nix/var/nix/current-load",
+    ]
+    # The program's words are arguments of the shell, never parsed by it.
+    assert argv[-4:] == ["sh", "offload", "build", "x y.nix"]
 
 
 def test_a_clean_home_is_mounted_unless_the_fleet_lives_in_the_login_home():

@@ -16,7 +16,7 @@ from offload.fleet.manager import (
     fleet_up,
     open_fleet,
 )
-from offload.fleet.spec import DEFAULT_SPECS, MemberSpec, default_fleet_dir
+from offload.fleet.spec import DEFAULT_SPECS, MemberSpec, client_argv, default_fleet_dir
 
 __all__ = [
     "DEFAULT_SPECS",
@@ -24,6 +24,7 @@ __all__ = [
     "Member",
     "MemberSpec",
     "MemberStatus",
+    "client_argv",
     "default_fleet_dir",
     "fleet_down",
     "fleet_status",

@@ -30,6 +30,7 @@ from typing import Any
 from offload.errors import FleetError
 from offload.names import LOCAL
 from offload.paths import state_dir
+from offload.slots import NIX_CURRENT_LOAD
 
 __all__ = [
     "CLIENT_KEY",
@@ -45,6 +46,7 @@ __all__ = [
     "MemberSpec",
     "authorized_keys",
     "check_host",
+    "client_argv",
     "default_fleet_dir",
     "home_to_replace",
     "known_hosts_line",
@@ -315,6 +317,19 @@ def member_argv(
         + f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
     )
     return ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", script]
+
+
+def client_argv(current_load: Path, argv: Sequence[str]) -> list[str]:
+    """``argv`` run as if on a client host of its own, next to the fleet's members.
+
+    It runs in a fresh mount namespace where ``current_load`` is bind-mounted over Nix's
+    ``current-load`` directory, so neither offload nor Nix's hook there sees the slot locks of
+    this host's other clients (the store stays this host's, shared). The mount point must exist.
+    ``unshare`` and the shell both exec: the started pid is the client's own.
+    """
+    mount = f"mount --bind {shlex.quote(str(current_load))} {shlex.quote(str(NIX_CURRENT_LOAD))}"
+    script = f'{mount} && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", script, "sh", *argv]
 
 
 def ssh_config(fleet_dir: Path, ports: Mapping[str, int]) -> str:
