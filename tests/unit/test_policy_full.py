@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from offload.scheduler.dag import Job
-from offload.scheduler.policy import Decision, MachineSlotSpec, Move, Policy, Start, Wait
+from offload.scheduler.policy import (
+    BandwidthTransferCost,
+    Decision,
+    MachineSlotSpec,
+    Move,
+    Policy,
+    Start,
+    Wait,
+)
 
 X86 = frozenset({"x86_64-linux"})
 
@@ -136,3 +144,19 @@ def test_a_waiting_job_whose_twin_finishes_leaves_its_slot_withheld() -> None:
     assert policy.on_finished("a", "slow", 6.0, ok=True).accepted
     assert policy.withheld("fast") == 1
     assert not policy.on_finished("a", "fast", 6.0, ok=True).accepted
+
+
+def test_a_machine_whose_every_slot_is_withheld_is_skipped_then_used_when_one_is_back() -> None:
+    big = frozenset({"big"})
+    fast = MachineSlotSpec("fast", 2.0, 1, X86, big, frozenset())
+    jobs = [job("a", 4), Job("b", 4, ("a",), "x86_64-linux", big)]
+    for transfer in (None, BandwidthTransferCost({}, {})):
+        policy = Policy(jobs, [fast, machine("twin", 2.0)], transfer=transfer)
+        assert started(policy.next_decisions(0.0)) == [Start("a", "fast", 2.0)]
+        policy.on_machine_full("a", "fast", 0.0)
+        assert moves(policy.next_decisions(0.0)) == [Move("a", "twin", 2.0, "fast")]
+        policy.on_finished("a", "twin", 2.0, ok=True)
+        # b can only go to fast, whose one slot other clients hold: it waits, nothing breaks.
+        assert policy.next_decisions(2.0) == []
+        policy.on_slot_freed("fast")
+        assert started(policy.next_decisions(3.0)) == [Start("b", "fast", 5.0)]
