@@ -1,5 +1,7 @@
 """The many-clients simulation: shared machines, with and without builder-side slots."""
 
+import pytest
+
 from offload.scheduler.clients import simulate_clients
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
@@ -35,3 +37,14 @@ def test_without_counting_clients_overfill_the_machines_and_slow_each_other():
 def test_one_client_alone_gets_the_whole_pool():
     (alone,) = simulate_clients([flat("x", 8)], MACHINES, counted=True).makespans
     assert 3.9 < alone < 4.2
+
+
+def test_a_client_moves_its_waiting_build_to_a_free_machine():
+    graphs = [flat("x", 1, work=10.0), flat("y", 1, work=10.0)]
+    machines = [MachineSlotSpec("a", 1.0, 1), MachineSlotSpec("b", 1.0, 1)]
+    staying = simulate_clients(graphs, machines, counted=True)
+    moving = simulate_clients(graphs, machines, counted=True, moving=True)
+    # Both clients pick "a" first: one waits 10 s there, unless it moves to the idle "b".
+    assert sorted(staying.makespans) == pytest.approx([10.0, 20.0], abs=0.1)
+    assert sorted(moving.makespans) == pytest.approx([10.0, 10.0], abs=0.1)
+    assert max(moving.peak_running.values()) <= 1

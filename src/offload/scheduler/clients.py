@@ -8,6 +8,10 @@ modelled:
   a machine whose slots are all held by running builds (of any client) waits in that machine's
   queue, first come first served, and runs when a slot frees; the client's policy meanwhile
   takes it for running there.
+  With ``moving``, a client hears that its build waits (``Policy.on_machine_full``), as
+  offload does from the builder's ``busy`` answer, and may move it to a free slot elsewhere
+  (``Move``); a slot that frees on a machine gives withheld slots back to the clients that
+  withheld them (as their probes would find it).
 - ``counted=False`` (each client counts only its own host's slots): every build starts at once,
   and a machine running more builds than it has slots shares itself between them (each runs at
   ``slots / running`` of its speed), which is how oversubscribed builders slow every client.
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 
 from offload.errors import SchedulerError
 from offload.scheduler.dag import Job, JobGraph
-from offload.scheduler.policy import MachineSlotSpec, Policy, Speculate, Start
+from offload.scheduler.policy import MachineSlotSpec, Move, Policy, Speculate, Start
 
 __all__ = ["ClientsResult", "simulate_clients"]
 
@@ -61,6 +65,7 @@ def simulate_clients(
     machines: Sequence[MachineSlotSpec],
     *,
     counted: bool,
+    moving: bool = False,
     step: float = 0.05,
     limit: float = 1e6,
 ) -> ClientsResult:
@@ -74,12 +79,12 @@ def simulate_clients(
             raise SchedulerError(f"the clients' simulation did not end by t={limit:g}s")
         for index, policy in enumerate(policies):
             if ends[index] is None:
-                _decide(index, policy, pool, counted, now)
+                _decide(index, policy, pool, counted=counted, moving=moving, now=now)
         _advance(pool, step)
         now += step
         for machine in pool.values():
             for build in [b for b in machine.running if b.left <= 1e-9]:
-                _finish(build, pool, policies[build.client], now)
+                _finish(build, pool, policies, now)
         for index, policy in enumerate(policies):
             if ends[index] is None and policy.graph.finished:
                 ends[index] = now
@@ -93,15 +98,28 @@ def simulate_clients(
 
 
 def _decide(
-    index: int, policy: Policy, pool: dict[str, _Machine], counted: bool, now: float
+    index: int,
+    policy: Policy,
+    pool: dict[str, _Machine],
+    *,
+    counted: bool,
+    moving: bool,
+    now: float,
 ) -> None:
     for decision in policy.next_decisions(now):
-        if not isinstance(decision, Start | Speculate):
+        if isinstance(decision, Move):
+            source = pool[decision.source]
+            source.waiting = deque(
+                b for b in source.waiting if (b.client, b.job) != (index, decision.job)
+            )
+        elif not isinstance(decision, Start | Speculate):
             continue
         machine = pool[decision.machine]
         build = _Build(index, decision.job, decision.machine, policy.graph.work(decision.job))
         if counted and len(machine.running) >= machine.spec.slots:
             machine.waiting.append(build)
+            if moving and policy.on_machine_full(decision.job, decision.machine, now):
+                machine.waiting.pop()  # a second copy: dropped, the first goes on
         else:
             machine.running.append(build)
             machine.peak = max(machine.peak, len(machine.running))
@@ -118,21 +136,29 @@ def _advance(pool: dict[str, _Machine], step: float) -> None:
         machine.busy += step * min(running, machine.spec.slots)
 
 
-def _finish(build: _Build, pool: dict[str, _Machine], policy: Policy, now: float) -> None:
+def _finish(build: _Build, pool: dict[str, _Machine], policies: list[Policy], now: float) -> None:
     machine = pool[build.machine]
     machine.running.remove(build)
-    finished = policy.on_finished(build.job, build.machine, now, ok=True)
+    finished = policies[build.client].on_finished(build.job, build.machine, now, ok=True)
     for cancel in finished.cancel:  # the losing copies of a speculated job
         other = pool[cancel.machine]
         for queue in (other.running, other.waiting):
             for copy in [c for c in queue if (c.client, c.job) == (build.client, cancel.job)]:
                 queue.remove(copy)
-        _admit(other)
-    _admit(machine)
+        _admit(other, policies, now)
+    _admit(machine, policies, now)
 
 
-def _admit(machine: _Machine) -> None:
-    """Builds waiting for this machine's slots (counted) take the ones that freed, in turn."""
+def _admit(machine: _Machine, policies: list[Policy], now: float) -> None:
+    """Builds waiting for this machine's slots (counted) take the ones that freed, in turn;
+    a slot still free then gives withheld slots back (``moving``)."""
+    name = machine.spec.name
     while machine.waiting and len(machine.running) < machine.spec.slots:
-        machine.running.append(machine.waiting.popleft())
+        build = machine.waiting.popleft()
+        machine.running.append(build)
         machine.peak = max(machine.peak, len(machine.running))
+        policies[build.client].on_slot_taken(build.job, name, now)
+    if len(machine.running) < machine.spec.slots:
+        for policy in policies:
+            if policy.withheld(name) > 0 and not policy.waiting(name):
+                policy.on_slot_freed(name)

@@ -16,6 +16,7 @@ __all__ = [
     "JobLog",
     "JobPhase",
     "MachineEvent",
+    "MachineState",
     "Phase",
     "Renderer",
     "RunFinished",
@@ -33,7 +34,9 @@ JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"
 # ("down" if it fails). "down" with a message is a builder left out: the message says why.
 # "restricted": the builder's key runs only the serve program; the message says what offload
 # cannot know there (its load) and how its builds are stopped.
-MachineState = Literal["up", "down", "loaded", "slow", "restricted"]
+# "full": every slot on the builder is held by other clients; builds wait there or move elsewhere
+# ("up" once a slot is free there again).
+MachineState = Literal["up", "down", "loaded", "slow", "restricted", "full"]
 
 
 @dataclass(frozen=True)

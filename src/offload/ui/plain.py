@@ -82,7 +82,7 @@ def describe_machine(event: MachineEvent, now: float) -> str:
     match event.state:
         case "up":
             text = "up"
-        case "loaded" | "restricted":
+        case "loaded" | "restricted" | "full":
             text = event.state
         case "slow":
             text = "slow to answer"

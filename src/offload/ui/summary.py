@@ -85,6 +85,8 @@ class RunSummary:
     finished: RunFinished | None
     # Each machine's last "down" event, or its "slow" one if it never answered.
     down: tuple[MachineEvent, ...] = ()
+    # Machines whose every slot other clients held at some time in the run (their last word).
+    full: tuple[MachineEvent, ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -106,9 +108,12 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
     skipped: dict[str, JobFinished] = {}
     finished: RunFinished | None = None
     down: dict[str, MachineEvent] = {}
+    full: dict[str, MachineEvent] = {}
     for event in events:
         if isinstance(event, MachineEvent):
-            if event.state in ("down", "slow"):
+            if event.state == "full":
+                full[event.machine] = event
+            elif event.state in ("down", "slow"):
                 down[event.machine] = event
             elif event.state == "up" and event.machine in down:
                 del down[event.machine]
@@ -142,7 +147,13 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
         received=sum(r.received for r in rows),
     )
     return RunSummary(
-        rows, total, tuple(failed.values()), tuple(skipped.values()), finished, tuple(down.values())
+        rows,
+        total,
+        tuple(failed.values()),
+        tuple(skipped.values()),
+        finished,
+        tuple(down.values()),
+        tuple(full.values()),
     )
 
 
@@ -187,6 +198,7 @@ def _problems(summary: RunSummary) -> list[tuple[str, str]]:
     ]
     out += [("skipped", f"{job.name}: {_error(job)}") for job in summary.skipped]
     out += [("down", f"{event.machine}: {_why(event)}") for event in summary.down]
+    out += [("full", f"{event.machine}: {sanitize(event.message)}") for event in summary.full]
     return out
 
 
@@ -220,7 +232,7 @@ def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None
         if kind != heading:
             heading = kind
             count = sum(1 for k, _ in _problems(summary) if k == kind)
-            title = "machines down" if kind == "down" else kind
+            title = {"down": "machines down", "full": "machines full"}.get(kind, kind)
             write(f"{title} ({count}):\n")
         write(f"  {line}\n")
     if summary.failed:
@@ -242,7 +254,7 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
     console.print(table)
     for kind, line in _problems(summary):
         style = "red" if kind == "failed" else "yellow"
-        title = "machine down" if kind == "down" else kind
+        title = {"down": "machine down", "full": "machine full"}.get(kind, kind)
         console.print(Text.assemble((f"{title}: ", f"bold {style}"), line))
     if summary.failed:
         console.print(Text("see a build's log with: offload log DRV", style="dim"))

@@ -174,13 +174,13 @@ class View:
         self.eta.news()
         if event.state == "down":
             machine.down = event
-        elif event.state in {"loaded", "slow", "restricted"}:
+        elif event.state in {"loaded", "slow", "restricted", "full"}:
             machine.note = event
             if event.slots is not None:
                 machine.slots = event.slots
         else:
             machine.down = None
-            if machine.note is not None and machine.note.state == "slow":
+            if machine.note is not None and machine.note.state in {"slow", "full"}:
                 machine.note = None
 
     def _see(self, name: str) -> _Machine:

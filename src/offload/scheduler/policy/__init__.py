@@ -4,7 +4,8 @@ The policy is pure and synchronous (no clock, no I/O); its driver is the simulat
 executor. Each module holds one part of its model:
 
 - ``matching``: which machine may build which job (Nix's rule), ``MachineSlotSpec``;
-- ``decisions``: what the policy tells its driver (``Start``, ``Speculate``, ``Wait``) and what an
+- ``decisions``: what the policy tells its driver (``Start``, ``Speculate``, ``Move``,
+  ``Wait``) and what an
   event changed (``Finished``, ``Cancel``, ``MachineDown``);
 - ``costs``: the time rules: transfer estimates, overdue jobs, machine back-off;
 - ``pool``: machines, their slots, eligibility classes and tiers, as the policy tracks them;
@@ -12,6 +13,7 @@ executor. Each module holds one part of its model:
 - ``placement``: where a job finishes first; holds and claims on busy or free slots;
 - ``slack``: a job off the critical path leaves fast machines to the jobs on it;
 - ``speculation``: second copies of running jobs on idle machines;
+- ``full``: a job waiting on a builder full of other clients' builds moves where it ends sooner;
 - ``core``: ``Policy``, its rounds of decisions and its events.
 """
 
@@ -22,6 +24,7 @@ from offload.scheduler.policy.decisions import (
     Decision,
     Finished,
     MachineDown,
+    Move,
     Speculate,
     Start,
     Wait,
@@ -37,6 +40,7 @@ __all__ = [
     "Finished",
     "MachineDown",
     "MachineSlotSpec",
+    "Move",
     "Policy",
     "Speculate",
     "SpeculationRule",

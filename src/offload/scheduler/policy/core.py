@@ -12,6 +12,11 @@ the async executor) repeatedly
 2. reports events: ``on_finished(job, machine, now, ok)`` (returns the copies to ``Cancel`` and
    the jobs skipped after a failure) and ``on_machine_failed(machine, now)``.
 
+Builders shared with other clients (``full``): a copy that finds every slot on its builder held
+by others is reported (``on_machine_full``); that machine's free slots are withheld, and the
+waiting job is moved (``Move``) to a free slot elsewhere once waiting has cost as much as moving
+would. A slot given out there again (``on_slot_taken``, ``on_slot_freed``) gives slots back.
+
 The policy assumes its decisions are carried out at once: a ``Start`` occupies the slot at
 ``now`` and is expected to end at ``now + transfer + work / speed`` (``costs``).
 
@@ -46,9 +51,11 @@ from offload.scheduler.policy.decisions import (
     Decision,
     Finished,
     MachineDown,
+    Move,
     Start,
     Wait,
 )
+from offload.scheduler.policy.full import move_target
 from offload.scheduler.policy.matching import MachineSlotSpec, unschedulable_reason
 from offload.scheduler.policy.placement import (
     MAX_HOLDS_PER_ROUND,
@@ -111,6 +118,8 @@ class Policy:
         # Jobs whose estimate is a guess, not history: any one of them may be the huge one.
         self._guessed = frozenset(guessed)
         self._runs: dict[str, list[Run]] = {}
+        # Copies waiting for a slot on a builder full of other clients' builds, by job.
+        self._waiting: dict[str, Run] = {}
         self._round = 0
         # Running jobs, most critical first, for the remaining critical path (remaining_path).
         self._by_path: list[tuple[float, int, str]] = []
@@ -176,6 +185,8 @@ class Policy:
         pool.bring_back(now)
         self._round += 1
         rnd = _Round(self._round, MAX_HOLDS_PER_ROUND if self._hold else 0)
+        for job_id, run in list(self._waiting.items()):
+            self._move_waiting(rnd, job_id, run, now)
         classes = list(pool.classes.values())
         while pool.free_up_total > 0:
             cls = self._queues.best_class(classes, rnd.full)
@@ -188,6 +199,23 @@ class Policy:
             else:
                 self._place_ready(rnd, rnd.coming, cls, now)
         return self._end_round(rnd, now)
+
+    def _move_waiting(self, rnd: _Round, job_id: str, run: Run, now: float) -> None:
+        """Move a job waiting on a full builder to a free slot elsewhere, if worth it now
+        (``full``), else ask to be woken when it will be."""
+        target, finish = move_target(
+            self._queues.class_of[job_id], self.graph, self._transfer, job_id, run, now=now
+        )
+        if target is None:
+            rnd.wake = min(rnd.wake, finish)
+            return
+        del self._waiting[job_id]
+        self._pool.release_slot(run, job_id)
+        moved = self._pool.take_slot(target, job_id, now, finish)
+        self._runs[job_id] = [moved]
+        heapq.heappush(self._by_path, (-self.graph.critical_path(job_id), moved.copy, job_id))
+        self._speculation.track(job_id, moved)
+        rnd.decisions.append(Move(job_id, target.spec.name, finish, run.machine.spec.name))
 
     def _remaining(self, rnd: _Round, now: float, ready: float) -> float:
         """The round's longest remaining path, found once (``ready``: the most critical
@@ -328,6 +356,7 @@ class Policy:
         if runs is None or run is None:
             return Finished(accepted=False)
         del self._runs[job_id]
+        self._waiting.pop(job_id, None)
         cancel: list[Cancel] = []
         for other in runs:
             self._pool.release_slot(other, job_id)
@@ -351,6 +380,11 @@ class Policy:
             m.failures = min(m.failures + 1, self._backoff.max_steps)
             m.down_until = now + self._backoff.delay(m.failures)
         m.last_failure = now
+        for _, _, job_id, _ in m.ends:
+            if (waiting := self._waiting.get(job_id)) is not None and waiting.machine is m:
+                del self._waiting[job_id]
+                waiting.waiting_since = None
+        self._pool.restore(m, m.withheld)  # its back-off decides when it is tried again
         self._pool.take_down(m)
         returned: list[str] = []
         for _, _, job_id, _ in list(m.ends):
@@ -361,6 +395,8 @@ class Policy:
 
     def _drop_copy(self, job_id: str, runs: list[Run], run: Run) -> bool:
         """Free one copy's slot; True if it was the job's last, which then goes back."""
+        if run.waiting_since is not None:
+            del self._waiting[job_id]
         self._pool.release_slot(run, job_id)
         runs.remove(run)
         if runs:
@@ -381,6 +417,44 @@ class Policy:
             return False
         self._drop_copy(job_id, runs, run)
         return True
+
+    def on_machine_full(self, job_id: str, machine: str, now: float) -> bool:
+        """The copy of ``job_id`` on ``machine`` waits: every slot on that builder is held by
+        other clients. Its free slots are withheld; the job may move (``Move``). True when
+        that copy is to be stopped at once: the job has another copy, which goes on."""
+        runs = self._runs.get(job_id)
+        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
+        if runs is None or run is None or run.waiting_since is not None:
+            return False
+        self._pool.withhold(run.machine)
+        run.waiting_since = now
+        self._waiting[job_id] = run
+        if len(runs) == 1:
+            return False
+        self._drop_copy(job_id, runs, run)
+        return True
+
+    def on_slot_taken(self, job_id: str, machine: str, now: float) -> None:
+        """The copy of ``job_id`` waiting on ``machine`` got its builder-side slot: it
+        starts now, and is expected to take as long as planned."""
+        run = self._waiting.get(job_id)
+        if run is None or run.machine.spec.name != machine:
+            return
+        del self._waiting[job_id]
+        run.waiting_since = None
+        self._pool.reschedule(run, job_id, now, now + (run.end - run.start))
+
+    def on_slot_freed(self, machine: str) -> None:
+        """A slot on the full ``machine`` was given to this client: one is free again."""
+        self._pool.restore(self._pool.machines[machine], 1)
+
+    def withheld(self, machine: str) -> int:
+        """Slots of ``machine`` withheld because other clients hold them (``on_machine_full``)."""
+        return self._pool.machines[machine].withheld
+
+    def waiting(self, machine: str) -> list[str]:
+        """The jobs whose copy on ``machine`` waits for a builder-side slot."""
+        return [j for j, run in self._waiting.items() if run.machine.spec.name == machine]
 
     def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
         """These finished jobs' outputs are gone and still needed: they must run again

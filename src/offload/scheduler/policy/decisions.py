@@ -1,8 +1,8 @@
 """What the policy tells its driver, and what an event report changed.
 
-``next_decisions`` returns ``Start`` and ``Speculate`` (carry them out at once) and at most one
-``Wait`` (ask again at ``until`` unless an event comes first). ``on_finished`` answers with a
-``Finished`` (the other copies to ``Cancel``, the jobs now ready or skipped);
+``next_decisions`` returns ``Start``, ``Speculate`` and ``Move`` (carry them out at once) and at
+most one ``Wait`` (ask again at ``until`` unless an event comes first). ``on_finished`` answers
+with a ``Finished`` (the other copies to ``Cancel``, the jobs now ready or skipped);
 ``on_machine_failed`` with a ``MachineDown``.
 """
 
@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Cancel", "Decision", "Finished", "MachineDown", "Speculate", "Start", "Wait"]
+__all__ = [
+    "Cancel",
+    "Decision",
+    "Finished",
+    "MachineDown",
+    "Move",
+    "Speculate",
+    "Start",
+    "Wait",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +40,24 @@ class Speculate:
 
 
 @dataclass(frozen=True, slots=True)
+class Move:
+    """Stop the copy of ``job`` waiting on ``source`` (every slot on that builder is held by
+    other clients: ``Policy.on_machine_full``) and start it on ``machine`` instead."""
+
+    job: str
+    machine: str
+    expected_finish: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class Wait:
     """Nothing else can start now; ask again at ``until`` if no event comes first."""
 
     until: float
 
 
-Decision = Start | Speculate | Wait
+Decision = Start | Speculate | Move | Wait
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,9 @@ def slot_start(m: Machine, now: float, duration: float) -> float:
     a claimed one it would leave before the claim; else when the first slot frees."""
     if m.free > m.claimed or (m.free > 0 and now + duration <= m.claimed_from):
         return now
-    return slot_time((m.reserved or m.ends)[0], now)
+    busy = m.reserved or m.ends
+    # None of its slots is ours or free: all withheld for other clients (``pool``).
+    return slot_time(busy[0], now) if busy else math.inf
 
 
 def fastest_free(group: EligibilityClass) -> Machine | None:
@@ -142,8 +144,10 @@ def place_by_tier(
                 elif m.free > 0:
                     start, found, claims = now, m, False
                     break
+                elif busy := m.reserved or m.ends:
+                    t = slot_time(busy[0], now)
                 else:
-                    t = slot_time((m.reserved or m.ends)[0], now)
+                    continue  # every slot withheld for other clients (``pool``)
                 if t < start:
                     start, found = t, m
             # With claims the answer depends on the job's duration: not kept for others.
@@ -177,6 +181,8 @@ def place_by_machine(
         if not m.up:
             continue
         start = max(slot_start(m, now, duration), ready_at)
+        if start == math.inf:
+            continue
         finish = start + duration + transfer.estimate(job, m.spec.name)
         if finish < best_finish or (finish == best_finish and start < best_start):
             best, best_start, best_finish = m, start, finish

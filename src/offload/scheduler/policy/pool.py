@@ -9,6 +9,11 @@ Each machine keeps one entry per busy slot, (expected end, start, job id, copy n
 so its earliest-ending slot is at hand. The counts of free slots on machines that are up (in all,
 and per class) are kept current by ``take_slot``, ``release_slot`` and ``set_up``: they are what
 tells a round whether anything can start at all.
+
+A machine whose builder says every slot is held by other clients is *full* (``withhold``): the
+slots this client took for free are withheld (not free) until the builder gives one out again
+(``restore``). A running copy still waiting there for a builder-side slot (``Run.waiting_since``)
+holds no slot on the builder: when it leaves, its slot is withheld too, not freed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class Machine:
     down_until: float = -math.inf
     failures: int = 0
     last_failure: float = -math.inf
+    # Slots believed free that the builder says other clients hold (module docstring).
+    withheld: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -77,6 +84,8 @@ class Run:
     start: float
     end: float
     copy: int
+    # Since when it waits for a slot on the builder that other clients hold (None: it has one).
+    waiting_since: float | None = None
 
 
 class Pool:
@@ -131,11 +140,36 @@ class Pool:
         m = run.machine
         m.ends.remove((run.end, run.start, job_id, run.copy))
         heapq.heapify(m.ends)
-        m.free += 1
+        if run.waiting_since is not None:
+            m.withheld += 1  # it never held a slot on the builder: others still do
+            return
+        self._add_free(m, 1)
+
+    def reschedule(self, run: Run, job_id: str, start: float, end: float) -> None:
+        """``run`` really started at ``start`` (it waited for its builder-side slot)."""
+        m = run.machine
+        m.ends.remove((run.end, run.start, job_id, run.copy))
+        run.start, run.end = start, end
+        m.ends.append((end, start, job_id, run.copy))
+        heapq.heapify(m.ends)
+
+    def withhold(self, m: Machine) -> None:
+        """The builder says other clients hold every slot: none of ``m``'s free slots is."""
+        m.withheld += m.free
+        self._add_free(m, -m.free)
+
+    def restore(self, m: Machine, count: int) -> None:
+        """``count`` withheld slots of ``m`` are free again (the builder gave one out)."""
+        count = min(count, m.withheld)
+        m.withheld -= count
+        self._add_free(m, count)
+
+    def _add_free(self, m: Machine, delta: int) -> None:
+        m.free += delta
         if m.up:
-            self.free_up_total += 1
+            self.free_up_total += delta
             for cls in m.classes:
-                cls.free_up += 1
+                cls.free_up += delta
 
     def set_up(self, m: Machine, up: bool) -> None:
         if m.up == up:

@@ -3,7 +3,8 @@
 When no job is ready or held and a machine has a free slot, a running job is copied onto the
 fastest such machine if that copy is expected to finish earlier by more than both ``min_gain``
 seconds and ``min_ratio`` of the running copy's expected remaining time. A job gets at most one
-extra copy, ever. The first copy to finish wins; ``on_finished`` returns a ``Cancel`` for the
+extra copy, ever (a copy waiting on a builder full of other clients' builds is moved instead,
+``full``). The first copy to finish wins; ``on_finished`` returns a ``Cancel`` for the
 other, whose slot is free at once. Only a bounded set of running copies is examined per call
 (those with the latest planned end, and the longest-overdue ones), not every running job.
 """
@@ -65,6 +66,8 @@ class Speculation:
                     continue  # finished, lost or already copied: the entry is dead for good
                 kept.append(entry)
                 run = job_runs[0]
+                if run.waiting_since is not None:
+                    continue  # waiting on a full builder: moved, not copied (``full``)
                 if heap is self.by_start and run.end > now:
                     continue  # not overdue; the planned-end heap covers it
                 found.append((job_id, run))

@@ -75,6 +75,8 @@ class BuildCopies:
         wall: Callable[[], float],
         clock: Callable[[], float],
         options: BuildOptions,
+        on_full: Callable[[str, str], None] = lambda _drv, _machine: None,
+        on_slot: Callable[[str, str], None] = lambda _drv, _machine: None,
     ) -> None:
         self.plan = plan
         self.options = options
@@ -85,6 +87,10 @@ class BuildCopies:
         self.slots = slots
         self.wall = wall
         self.clock = clock
+        # Told (derivation, machine) when a copy finds every builder-side slot held by other
+        # clients, and when such a waiting copy gets one.
+        self.on_full = on_full
+        self.on_slot = on_slot
 
     async def build(self, drv_path: str, member: PoolMember, *, speculative: bool) -> Outcome:
         started = self.wall()
@@ -154,14 +160,22 @@ class BuildCopies:
         speculative: bool,
     ) -> StoreClient:
         """A session to build on, held on the builder too, where other hosts' clients count it
-        (``Link.build_session``); "queued" while every slot there is someone else's."""
+        (``Link.build_session``); "queued" while every slot there is someone else's, which
+        ``on_full`` hears (the executor may move the job), and ``on_slot`` when one is had."""
         name, phase = member.spec.name, self.events.phase
         phase(drv_path, name, "connecting", speculative=speculative)
-        return await stack.enter_async_context(
-            member.link.build_session(
-                on_wait=lambda: phase(drv_path, name, "queued", speculative=speculative)
-            )
-        )
+        waited = False
+
+        def wait() -> None:
+            nonlocal waited
+            waited = True
+            phase(drv_path, name, "queued", speculative=speculative)
+            self.on_full(drv_path, name)
+
+        client = await stack.enter_async_context(member.link.build_session(on_wait=wait))
+        if waited:
+            self.on_slot(drv_path, name)
+        return client
 
     async def _feed(
         self, sources: Mapping[str, list[str]], client: StoreClient, target: str, substitute: bool

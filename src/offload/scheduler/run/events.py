@@ -26,6 +26,7 @@ from offload.ui.events import (
     JobLog,
     JobPhase,
     MachineEvent,
+    MachineState,
     Phase,
     RunFinished,
     RunStarted,
@@ -99,6 +100,13 @@ class RunEvents:
     def machine_up(self, machine: str, message: str) -> None:
         self.emit(
             MachineEvent(machine=machine, state="up", message=message, until=None, time=self.wall())
+        )
+
+    def machine_note(self, machine: str, state: MachineState, message: str) -> None:
+        self.emit(
+            MachineEvent(
+                machine=machine, state=state, message=message, until=None, time=self.wall()
+            )
         )
 
     def phase(self, drv_path: str, machine: str, phase: Phase, *, speculative: bool) -> None:

@@ -12,7 +12,8 @@ are skipped, and without keep-going nothing new starts); a machine that cannot b
 drops the connection is backed off by the policy and the build goes back to the queue. A build
 that has lost its machine ``MAX_LOSSES`` times fails, so a broken input cannot loop forever.
 When a machine goes down, a copy that was fetching its inputs from there goes back to the
-queue.
+queue. A copy that waits on a builder full of other clients' builds is reported to the policy,
+which may move it (``Move``: that copy is stopped and the job starts elsewhere; ``full``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from offload.history.records import RunReport
 from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions
 from offload.scheduler.dag import JobState
-from offload.scheduler.policy import Cancel, Policy, Speculate, Start, Wait
+from offload.scheduler.policy import Cancel, Move, Policy, Speculate, Start, Wait
 from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
 from offload.scheduler.run.events import RunEvents
+from offload.scheduler.run.full import FullBuilders
 from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
@@ -98,10 +100,15 @@ class Executor:
             if name in self.members
         }  # fmt: skip
         self._restored = self._restore(backoff or {})
+        self._poke = asyncio.Event()  # set when a copy's news may change the decisions
+        self._full = FullBuilders(
+            self.policy, self.members, self._events, clock=clock, poke=self._poke.set
+        )
         # Nix's per-build settings (timeouts, log size), sent with every build.
         self._copies = BuildCopies(
             plan, self.members, local, self._holders, self._events, slots=slots, wall=wall,
             clock=clock, options=BuildOptions() if build_options is None else build_options,
+            on_full=self._full.full, on_slot=self._full.slot_taken,
         )  # fmt: skip
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
         # Outputs on their way home after their build was accepted: the copy's outcome waits
@@ -189,34 +196,66 @@ class Executor:
         return max(graph.graph_critical_path() / fastest, graph.total_work() / capacity)
 
     async def _loop(self) -> None:
-        while True:
-            wake: float | None = None
-            if not self._stopping:
-                for decision in self.policy.next_decisions(self.clock()):
-                    match decision:
-                        case Start(job=job, machine=machine):
-                            self._start(job, machine, speculative=False)
-                        case Speculate(job=job, machine=machine):
-                            self._start(job, machine, speculative=True)
-                        case Wait(until=until):
-                            wake = until
-            if not self._tasks and not self._homeward and not (self._joining and self._left()):
-                # Nothing runs, so a wake-up could only be for a backed-off machine: rather
-                # than sleep out its backoff, stop and say why (_check_stuck).
-                break
-            timeout = None if wake is None else max(0.0, wake - self.clock())
-            done, _ = await asyncio.wait(
-                {*self._tasks, *self._homeward, *self._joining},
-                timeout=timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for joined in [task for task in self._joining if task in done]:
-                self._joined(joined)
-            for arrived in [task for task in self._homeward if task in done]:
-                self._arrived(arrived)
-            for task in [task for task in self._tasks if task in done]:
-                await self._settle(task)
+        poked = asyncio.create_task(self._poke.wait())
+        try:
+            while await self._step(poked):
+                if poked.done():
+                    self._poke.clear()
+                    poked = asyncio.create_task(self._poke.wait())
+        finally:
+            poked.cancel()
         self._check_stuck()
+
+    def _decide(self) -> float | None:
+        """Carry out the policy's decisions; returns when it asked to be woken."""
+        wake: float | None = None
+        for decision in self.policy.next_decisions(self.clock()):
+            match decision:
+                case Start(job=job, machine=machine):
+                    self._start(job, machine, speculative=False)
+                case Speculate(job=job, machine=machine):
+                    self._start(job, machine, speculative=True)
+                case Move(job=job, machine=machine, source=source):
+                    self._stop_copy(job, source, f"moved to {machine}: every slot is held")
+                    self._start(job, machine, speculative=False)
+                case Wait(until=until):
+                    wake = until
+        self._full.probe()
+        return wake
+
+    async def _step(self, poked: asyncio.Task[bool]) -> bool:
+        """One turn of the loop; False when nothing is left to wait for."""
+        wake = None if self._stopping else self._decide()
+        for drv_path, machine in self._full.drop:
+            self._stop_copy(drv_path, machine, "second copy: every slot is held")
+        self._full.drop.clear()
+        left = self._left()
+        if (
+            not self._tasks
+            and not self._homeward
+            and not (self._joining and left)
+            and not (self._full.probes and left)
+        ):
+            # Nothing runs, so a wake-up could only be for a backed-off machine: rather
+            # than sleep out its backoff, stop and say why (_check_stuck).
+            return False
+        timeout = None if wake is None else max(0.0, wake - self.clock())
+        done, _ = await asyncio.wait(
+            {*self._tasks, *self._homeward, *self._joining, *self._full.probes, poked},
+            timeout=timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for probe in [task for task in self._full.probes if task in done]:
+            machine, error = self._full.probed(probe)
+            if error is not None:
+                self._machine_failed(machine, error.message, self.clock())
+        for joined in [task for task in self._joining if task in done]:
+            self._joined(joined)
+        for arrived in [task for task in self._homeward if task in done]:
+            self._arrived(arrived)
+        for task in [task for task in self._tasks if task in done]:
+            await self._settle(task)
+        return True
 
     def _left(self) -> int:
         """Derivations still to start (ready or waiting for their inputs)."""
@@ -379,6 +418,15 @@ class Executor:
         reason = f"dependency {cause} failed" if cause else "cannot be built"
         self._events.finished(drv_path, "", "skipped", started=self.wall(), error=reason)
 
+    def _stop_copy(self, drv_path: str, machine: str, why: str) -> None:
+        """Stop the copy of ``drv_path`` waiting on ``machine``, which the policy has let go;
+        it has not started building, so nothing is built twice."""
+        for task, entry in self._tasks.items():
+            if entry == (drv_path, machine):
+                task.cancel()
+        error = f"{why} on {machine} by other clients"
+        self._events.finished(drv_path, machine, "cancelled", started=self.wall(), error=error)
+
     def _cancel(self, cancel: Cancel) -> None:
         """Stop a losing copy without waiting for it: stopping its remote build takes until a
         builder that stopped answering is given up on, and the loop must go on meanwhile (that
@@ -391,7 +439,9 @@ class Executor:
         """Stop the copies still running: only a run ending early (interrupted, or an error
         of its own) has any. Their errors are logged, not raised: the run's own is the one
         to report, and this must not replace it."""
-        tasks: list[asyncio.Task[Any]] = [*self._tasks, *self._homeward, *self._joining]
+        tasks: list[asyncio.Task[Any]] = [
+            *self._tasks, *self._homeward, *self._joining, *self._full.probes
+        ]  # fmt: skip
         for error in await cancel_and_wait(tasks):
             # A copy home that lost its builder, as the run stopped, is no news; others are bugs.
             level = logging.DEBUG if isinstance(error, OffloadError) else logging.ERROR
@@ -401,6 +451,7 @@ class Executor:
         self._tasks.clear()
         self._homeward.clear()
         self._joining.clear()
+        self._full.probes.clear()
 
     def _emit_outcome(
         self,

@@ -1,7 +1,8 @@
 """``FakeLink``: the executor's ``MemberLink`` (``offload.scheduler.run``) over one ``FakeStore``.
 
 It opens sessions (at most ``max_sessions`` at once; more wait), cancels them, and simulates an
-unreachable host (``go_down``) or connections that drop at chosen points (``break_next``).
+unreachable host (``go_down``), connections that drop at chosen points (``break_next``), and a
+builder whose slots other clients hold (``fill``: build sessions wait until ``free``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ class FakeLink:
         self._open: set[Session] = set()
         self._sessions: dict[StoreClient, Session] = {}
         self._slots = asyncio.Semaphore(max_sessions)
+        # Set while another client holds every builder-side slot (``fill``).
+        self._full: asyncio.Event | None = None
+        self.full_waits = 0
+
+    def fill(self) -> None:
+        """From now on build sessions wait, as for a builder whose slots others hold."""
+        if self._full is None:
+            self._full = asyncio.Event()
+
+    def free(self) -> None:
+        """The other clients' builds ended: waiting build sessions go on."""
+        if self._full is not None:
+            self._full.set()
+            self._full = None
 
     def go_down(self) -> None:
         """New sessions fail as with an unreachable ssh host; open ones are left alone."""
@@ -55,12 +70,19 @@ class FakeLink:
     def session(self) -> AbstractAsyncContextManager[StoreClient]:
         return self._session()
 
-    def build_session(
+    @contextlib.asynccontextmanager
+    async def build_session(
         self, *, on_wait: Callable[[], None] | None = None
-    ) -> AbstractAsyncContextManager[StoreClient]:
-        """A session to build on: a fake store counts no slots of its own."""
-        del on_wait
-        return self._session()
+    ) -> AsyncIterator[StoreClient]:
+        """A session to build on; while ``fill``-ed, ``on_wait`` is called once and it waits
+        for ``free``, as the real link waits for a slot on the builder."""
+        if (full := self._full) is not None:
+            self.full_waits += 1
+            if on_wait is not None:
+                on_wait()
+            await full.wait()
+        async with self._session() as client:
+            yield client
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[StoreClient]:

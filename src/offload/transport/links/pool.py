@@ -199,7 +199,7 @@ class Link:
                 yield client
             return
         async with self._slots:
-            session = self._lingerer() or await self._open_slot(on_wait)
+            session = await self._open_slot(on_wait)
             # One that fell back holds nothing on the builder: it may wait idle in the pool.
             holds = session.pipes.slot is not None and session.pipes.slot.isdigit()
             async with self._lent(session, on_log, keep=not holds, linger=holds) as client:
@@ -257,6 +257,9 @@ class Link:
         while True:
             if self._closed:
                 raise TransportError(f"{self.name}: the link is closed")
+            # Asked again each time: this run's own build that just ended there may hand over.
+            if (lingering := self._lingerer()) is not None:
+                return lingering
             try:
                 session = await self._open(lambda stack: start(stack, self.builder_slots))
             except BuilderFullError:

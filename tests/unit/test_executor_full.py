@@ -1,0 +1,109 @@
+"""The executor and builders full of other clients' builds, over the fake stores (no sleeps)."""
+
+import asyncio
+
+from offload.history.records import RunReport
+from offload.scheduler.run import Executor, PoolMember
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
+from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
+from offload.ui.summary import summarize
+from tests.helpers.plans import finished, make_plan, spec
+
+
+def run(plan, members, local):
+    events: list[Event] = []
+    executor = Executor(plan, members, local, emit=events.append)
+    report = asyncio.run(executor.run())
+    return report, events, executor
+
+
+def notes(events, state):
+    return [e.machine for e in events if isinstance(e, MachineEvent) and e.state == state]
+
+
+def test_a_job_waiting_on_a_full_builder_moves_to_a_free_one_and_says_so():
+    plan, _, outs, src = make_plan({"a": []})
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    full_store, twin_store = FakeStore("full"), FakeStore("twin")
+    full = FakeLink(full_store)
+    full.fill()
+    members = [
+        PoolMember(spec("local", speed=0.1, slots=1), local, remote=False),
+        PoolMember(spec("full", speed=4, slots=1), full, remote=True),
+        PoolMember(spec("twin", speed=4, slots=1), FakeLink(twin_store), remote=True),
+    ]
+    report, events, _ = run(plan, members, local)
+    assert report.ok
+    assert full.full_waits >= 1  # it went there first, and waited
+    queued = [e.machine for e in events if isinstance(e, JobPhase) and e.phase == "queued"]
+    assert queued == ["full"]
+    assert finished(events) == {"a": "twin"}
+    [moved] = [e for e in events if isinstance(e, JobFinished) and e.status == "cancelled"]
+    assert moved.machine == "full"
+    assert moved.error is not None
+    assert "moved to twin" in moved.error
+    assert notes(events, "full") == ["full"]
+    assert [e.machine for e in summarize(events).full] == ["full"]
+    assert not full_store.builds  # built once, on twin
+    assert local_store.has(outs["a"])
+
+
+def test_a_full_builder_is_probed_and_takes_work_again_once_a_slot_frees():
+    # b can only build on "full"; a goes there first, moves to "twin", and frees "full" (the
+    # other client's build ends) while it builds. The probe sees it, and b builds there.
+    plan, _, outs, src = make_plan({"a": [], "b": ["a"]}, features={"b": "big"})
+    full = FakeLink(FakeStore("full"))
+
+    async def builder(build: FakeBuild) -> BuildOutcome | None:
+        del build
+        full.free()
+        return None
+
+    local = FakeLink(FakeStore("local", [src]))
+    full.fill()
+    members = [
+        PoolMember(spec("local", speed=0.1, slots=1), local, remote=False),
+        PoolMember(spec("full", speed=4, slots=1, supported=("big",)), full, remote=True),
+        PoolMember(
+            spec("twin", speed=4, slots=1),
+            FakeLink(FakeStore("twin", builder=builder)),
+            remote=True,
+        ),
+    ]
+    report, events, executor = run(plan, members, local)
+    assert report.ok
+    assert finished(events) == {"a": "twin", "b": "full"}
+    assert notes(events, "full") == ["full"]
+    assert "full" in notes(events, "up")
+    assert executor.policy.withheld("full") == 0
+    assert local.store.has(outs["b"])
+
+
+def test_a_run_whose_only_builder_is_full_waits_there_and_builds_once_it_frees():
+    plan, _, outs, src = make_plan({"a": []})
+    full = FakeLink(FakeStore("full"))
+    full.fill()
+    local = FakeLink(FakeStore("local", [src]))
+    members = [
+        PoolMember(spec("local", speed=1, slots=0), local, remote=False),
+        PoolMember(spec("full", speed=1, slots=1), full, remote=True),
+    ]
+
+    async def main() -> tuple[RunReport, list[Event]]:
+        events: list[Event] = []
+
+        def emit(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, JobPhase) and event.phase == "queued":
+                full.free()  # the other client's build ends while this one waits
+
+        executor = Executor(plan, members, local, emit=emit)
+        return await executor.run(), events
+
+    report, events = asyncio.run(main())
+    assert report.ok
+    assert finished(events) == {"a": "full"}
+    assert not [e for e in events if isinstance(e, JobFinished) and e.status == "cancelled"]
+    assert notes(events, "full") == ["full"]
+    assert local.store.has(outs["a"])
