@@ -17,11 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from offload.scheduler.dag import Job, JobGraph
 from offload.scheduler.policy import MachineSlotSpec, can_build
 from offload.scheduler.simulate import lower_bound
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model
 
 __all__ = ["Optimum", "optimum"]
 
@@ -76,7 +79,6 @@ def optimum(
     horizon += len(jobs) + 1
     start = {j.id: model.new_int_var(0, horizon, f"s{i}") for i, j in enumerate(jobs)}
     end = {j.id: model.new_int_var(0, horizon, f"e{i}") for i, j in enumerate(jobs)}
-    per_machine: dict[str, list[cp_model.IntervalVar]] = {m.name: [] for m in usable}
     sizes = {
         (j.id, m.name): max(1, round(_UNIT * j.work_estimate / m.speed))
         for j in jobs
@@ -84,7 +86,45 @@ def optimum(
     }
     starts = _integer_schedule(jobs, usable, sizes, hint or {})
     hint = hint or {}
-    presence: dict[tuple[str, str], cp_model.IntVar] = {}
+    per_machine, presence = _add_jobs(
+        model, jobs, usable, sizes=sizes, bounds=(start, end), hint=hint, starts=starts
+    )
+    for m in usable:
+        model.add_cumulative(per_machine[m.name], [1] * len(per_machine[m.name]), m.slots)
+    makespan = model.new_int_var(math.floor(_UNIT * bound), horizon, "makespan")
+    model.add_max_equality(makespan, list(end.values()))
+    model.minimize(makespan)
+    if starts:
+        model.add_hint(makespan, max(starts[j.id] + sizes[j.id, hint[j.id][0]] for j in jobs))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = seconds
+    solver.parameters.num_workers = workers
+    status = solver.solve(model)
+    name = solver.status_name(status)
+    if status not in {cp_model.OPTIMAL, cp_model.FEASIBLE}:
+        return Optimum(bound, bound, solved=False, status=name)
+    found = _exact_makespan(
+        solver, jobs, usable, variables=(start, presence), hint=hint, starts=starts
+    )
+    proven = max(bound, solver.best_objective_bound / _UNIT)
+    return Optimum(found, min(proven, found), solved=True, status=name)
+
+
+def _add_jobs(
+    model: cp_model.CpModel,
+    jobs: Sequence[Job],
+    usable: Sequence[MachineSlotSpec],
+    *,
+    sizes: Mapping[tuple[str, str], int],
+    bounds: tuple[Mapping[str, Any], Mapping[str, Any]],
+    hint: Mapping[str, tuple[str, float]],
+    starts: Mapping[str, int],
+) -> tuple[dict[str, list[Any]], dict[tuple[str, str], Any]]:
+    """Each job as one optional interval per machine that can build it, exactly one present,
+    after its dependencies; the hint as the solver's first guess."""
+    start, end = bounds
+    per_machine: dict[str, list[Any]] = {m.name: [] for m in usable}
+    presence: dict[tuple[str, str], Any] = {}
     for i, job in enumerate(jobs):
         chosen = []
         for m in usable:
@@ -106,21 +146,20 @@ def optimum(
             model.add_hint(end[job.id], starts[job.id] + sizes[job.id, hint[job.id][0]])
         for dep in job.deps:
             model.add(start[job.id] >= end[dep])
-    for m in usable:
-        model.add_cumulative(per_machine[m.name], [1] * len(per_machine[m.name]), m.slots)
-    makespan = model.new_int_var(math.floor(_UNIT * bound), horizon, "makespan")
-    model.add_max_equality(makespan, list(end.values()))
-    model.minimize(makespan)
-    if starts:
-        model.add_hint(makespan, max(starts[j.id] + sizes[j.id, hint[j.id][0]] for j in jobs))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = seconds
-    solver.parameters.num_workers = workers
-    status = solver.solve(model)
-    name = solver.status_name(status)
-    if status not in {cp_model.OPTIMAL, cp_model.FEASIBLE}:
-        return Optimum(bound, bound, solved=False, status=name)
-    # The solver's assignment and order, timed again with exact durations (no rounding).
+    return per_machine, presence
+
+
+def _exact_makespan(
+    solver: cp_model.CpSolver,
+    jobs: Sequence[Job],
+    usable: Sequence[MachineSlotSpec],
+    *,
+    variables: tuple[Mapping[str, Any], Mapping[tuple[str, str], Any]],
+    hint: Mapping[str, tuple[str, float]],
+    starts: Mapping[str, int],
+) -> float:
+    """The solver's assignment and order, timed again with exact durations (no rounding)."""
+    start, presence = variables
     placed = {
         j.id: (m.name, float(solver.value(start[j.id])))
         for j in jobs
@@ -133,8 +172,7 @@ def optimum(
     if starts:  # the hint itself, timed exactly, when the solver found nothing better
         again = _integer_schedule(jobs, usable, exact, hint)
         found = min(found, max(again[j.id] + exact[j.id, hint[j.id][0]] for j in jobs))
-    proven = max(bound, solver.best_objective_bound / _UNIT)
-    return Optimum(found, min(proven, found), solved=True, status=name)
+    return found
 
 
 def _integer_schedule(

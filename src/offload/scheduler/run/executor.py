@@ -104,18 +104,24 @@ class Executor:
         self._full = FullBuilders(
             self.policy, self.members, self._events, clock=clock, poke=self._poke.set
         )
-        # Nix's per-build settings (timeouts, log size), sent with every build.
-        self._copies = BuildCopies(
-            plan, self.members, local, self._holders, self._events, slots=slots, wall=wall,
-            clock=clock, options=BuildOptions() if build_options is None else build_options,
-            on_full=self._full.full, on_slot=self._full.slot_taken,
-        )  # fmt: skip
+        self._copies = self._build_copies(slots, build_options)
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
         # Outputs on their way home after their build was accepted: the copy's outcome waits
         # here to be reported once they arrive.
         self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
         self._losses: dict[str, int] = {}
         self._stopping = False
+
+    def _build_copies(
+        self, slots: SlotLocks | None, build_options: BuildOptions | None
+    ) -> BuildCopies:
+        # Nix's per-build settings (timeouts, log size) are sent with every build.
+        return BuildCopies(
+            self.plan, self.members, self.local, self._holders, self._events, slots=slots,
+            wall=self.wall, clock=self.clock,
+            options=BuildOptions() if build_options is None else build_options,
+            on_full=self._full.full, on_slot=self._full.slot_taken,
+        )  # fmt: skip
 
     def _new_policy(
         self, members: Sequence[PoolMember], estimates: Mapping[str, float] | None
