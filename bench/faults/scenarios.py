@@ -248,8 +248,9 @@ def wrong_key(suite: Suite, what: str) -> Trial:
     """One member's line with a changed host key or a client key it does not accept."""
     trial = Trial(what)
     victim = suite.rng.choice(["fzfast", "fzmed", "fzslow"])
+    uri = suite.fleet.member(victim).uri
     other = next(line.split()[7] for line in suite.fleet.machines_file.read_text().splitlines()
-                 if not line.startswith(f"ssh://{victim} "))  # fmt: skip
+                 if line.split()[0] != uri)  # fmt: skip
     key = suite.work / "stranger"
     if not key.exists():
         subprocess.run(
@@ -258,7 +259,7 @@ def wrong_key(suite: Suite, what: str) -> Trial:
         )
 
     def edit(columns: list[str]) -> None:
-        if columns[0] == f"ssh://{victim}":
+        if columns[0] == uri:
             if what == "host key changed":
                 columns[7] = other
             else:

@@ -117,6 +117,15 @@ def test_up_as_non_root_creates_nothing(tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.parametrize("name", ["with space", "a#b", "q?x", "amp&x", "pct%20"])
+def test_a_fleet_dir_its_machines_line_cannot_carry_creates_nothing(tmp_path, name):
+    target = tmp_path / name
+    with pytest.raises(FleetError, match="machines line") as info:
+        fleet_up(target, DEFAULT_SPECS, euid=0, platform="linux")
+    assert info.value.hint is not None
+    assert not target.exists()
+
+
 def test_default_fleet_dir_order():
     home = Path("/home/u")
     env = {"OFFLOAD_FLEET_DIR": "/f", "XDG_STATE_HOME": "/s"}
@@ -132,7 +141,8 @@ def test_machines_line_has_nix_28_columns():
     assert line.endswith("\n")
     assert len(fields) == 8
     uri, systems, key, jobs, speed, features, mandatory, host_key = fields
-    assert uri == "ssh://medium"
+    # The fleet's own key in the URI: two fleets' members of one name never share slot locks.
+    assert uri == "ssh://medium?ssh-key=/f/client_key"
     assert systems == "x86_64-linux"
     assert key == "/f/client_key"
     assert int(jobs) == 3
@@ -278,4 +288,4 @@ def test_a_restricted_member_survives_the_state_file():
 def test_a_member_forced_to_the_daemon_is_listed_as_ssh_ng(forced: str | None, scheme: str) -> None:
     text = "m:1:1" if forced is None else f"m:1:1:{forced}"
     line = machines_line(MemberSpec.parse(text), "x86_64-linux", Path("/f/client_key"), PUB)
-    assert line.startswith(f"{scheme}://m ")
+    assert line.startswith(f"{scheme}://m?ssh-key=/f/client_key ")

@@ -8,7 +8,11 @@ one does: ``home_to_replace``). A member may also see its own text in some
 ``/proc`` files (``proc_overrides``, bind-mounted from ``<dir>/NAME/proc/N`` the way LXCFS does),
 e.g. a fake ``/proc/loadavg`` and boot id, so that it looks like a busy machine of its own.
 The client side is a key pair, an ssh config with one ``Host NAME`` alias per member (Nix 2.8
-takes no ``host:port``), a pinned ``known_hosts`` and a Nix machines file. ``fleet.json`` records
+takes no ``host:port``), a pinned ``known_hosts`` and a Nix machines file. A member's store URI
+there is ``ssh://NAME?ssh-key=<dir>/client_key`` (``member_uri``): Nix and offload key a
+machine's slot locks by its URI, and the key's path, unique to the fleet's directory, keeps two
+fleets whose members have the same names from sharing them, while the member keeps its name
+(``--on NAME``, offload's tables and events). ``fleet.json`` records
 what was started (pid, the pid's start time so a recycled pid is never signalled, and the mount
 namespace so stray sessions can be found).
 
@@ -44,12 +48,14 @@ __all__ = [
     "MemberRecord",
     "MemberSpec",
     "authorized_keys",
+    "check_fleet_dir",
     "check_host",
     "default_fleet_dir",
     "home_to_replace",
     "known_hosts_line",
     "machines_line",
     "member_argv",
+    "member_uri",
     "nix_conf",
     "parse_proc_stat",
     "proc_override_file",
@@ -69,6 +75,9 @@ MEMBER_AUTHORIZED_KEYS = "/etc/nix/offload-authorized-keys"
 FEATURES = ("benchmark", "big-parallel", "nixos-test", "kvm")
 DEFAULT_SPECS_TEXT = ("fast:4:2", "medium:2:2", "slow:1:2")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# What a fleet directory's path may hold: it goes unquoted into a URI's query, a machines line's
+# columns and ssh_config lines.
+_DIR_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 _RESERVED = frozenset({LOCAL, "localhost"})
 STATE_VERSION = 1
 # The programs hardened builders restrict their key to, by the short name a spec uses: the
@@ -215,6 +224,15 @@ def check_host(euid: int, platform: str) -> None:
         )
 
 
+def check_fleet_dir(fleet_dir: Path) -> None:
+    """Refuse a directory whose path the fleet's files could not carry as written."""
+    if not _DIR_CHARS.fullmatch(str(fleet_dir)):
+        raise FleetError(
+            f"fleet directory {str(fleet_dir)!r} has characters a machines line cannot carry",
+            hint="use a path of letters, digits and . _ / + -",
+        )
+
+
 def default_fleet_dir(env: Mapping[str, str], home: Path) -> Path:
     if env.get("OFFLOAD_FLEET_DIR"):
         return Path(env["OFFLOAD_FLEET_DIR"])
@@ -340,14 +358,20 @@ def known_hosts_line(name: str, host_pub: str) -> str:
     return f"{name} {_key_only(host_pub)}\n"
 
 
-def machines_line(spec: MemberSpec, system: str, client_key: Path, host_pub: str) -> str:
-    """A member's machines line: ``ssh-ng://`` for one whose key runs only the daemon (the
-    only protocol it speaks), ``ssh://`` for the rest."""
-    host_key = base64.b64encode(f"{_key_only(host_pub)}\n".encode()).decode()
+def member_uri(spec: MemberSpec, client_key: Path) -> str:
+    """A member's store URI: ``ssh-ng://`` for one whose key runs only the daemon (the only
+    protocol it speaks), ``ssh://`` for the rest; the fleet's own key in the query makes the
+    URI, and so the slot locks Nix and offload name after it, the fleet's own."""
     daemon = spec.forced is not None and spec.forced.command == FORCED_COMMANDS["daemon"]
     scheme = "ssh-ng" if daemon else "ssh"
+    return f"{scheme}://{spec.name}?ssh-key={client_key}"
+
+
+def machines_line(spec: MemberSpec, system: str, client_key: Path, host_pub: str) -> str:
+    """A member's machines line (``member_uri``), with its host key pinned."""
+    host_key = base64.b64encode(f"{_key_only(host_pub)}\n".encode()).decode()
     return (
-        f"{scheme}://{spec.name} {system} {client_key} {spec.jobs} {spec.nix_speed} "
+        f"{member_uri(spec, client_key)} {system} {client_key} {spec.jobs} {spec.nix_speed} "
         f"{','.join(FEATURES)} - {host_key}\n"
     )
 
