@@ -247,7 +247,7 @@ def test_a_member_may_be_restricted_to_one_command(text, command, where):
     assert spec.forced == ForcedCommand(command, where)
     assert MemberSpec.parse(spec.text) == spec
     keys = authorized_keys(spec, PUB + "\n")
-    config = sshd_config(Path("/m"), 2200, spec.forced)
+    config = sshd_config(Path("/m"), 2200, spec)
     if where == "keys":
         assert keys == f'restrict,command="{command}" {PUB}\n'
         assert "ForceCommand" not in config
@@ -260,7 +260,7 @@ def test_an_unrestricted_member_gets_the_bare_key():
     spec = MemberSpec.parse("h:1:1")
     assert spec.forced is None
     assert authorized_keys(spec, PUB + "\n") == PUB + "\n"
-    assert "ForceCommand" not in sshd_config(Path("/m"), 2200, spec.forced)
+    assert "ForceCommand" not in sshd_config(Path("/m"), 2200, spec)
 
 
 @pytest.mark.parametrize("command", ['nix-store "x"', "a\nb", "", "x\\y"])
@@ -289,3 +289,19 @@ def test_a_member_forced_to_the_daemon_is_listed_as_ssh_ng(forced: str | None, s
     text = "m:1:1" if forced is None else f"m:1:1:{forced}"
     line = machines_line(MemberSpec.parse(text), "x86_64-linux", Path("/f/client_key"), PUB)
     assert line.startswith(f"{scheme}://m?ssh-key=/f/client_key ")
+
+
+def test_an_untrusted_member_stores_through_a_daemon_that_trusts_nobody():
+    spec = MemberSpec.parse("bare:1:1:untrusted")
+    assert spec.untrusted
+    assert spec.forced is None
+    assert spec.text == "bare:1:1:untrusted"
+    assert "trusted-users =\n" in nix_conf(spec)
+    assert "trusted-users = root\n" in nix_conf(MemberSpec("plain"))
+    assert "SetEnv NIX_REMOTE=daemon\n" in sshd_config(Path("/m"), 2200, spec)
+    assert "NIX_REMOTE" not in sshd_config(Path("/m"), 2200, MemberSpec("plain"))
+    script = member_argv(Path("/m"), Path("/m/c"), daemon=True)[-1]
+    assert script.index("nix-daemon") < script.index("exec /usr/sbin/sshd")
+    assert "nix-daemon" not in member_argv(Path("/m"), Path("/m/c"))[-1]
+    record = MemberRecord(spec, 2200, 1, 2, "mnt:[1]")
+    assert MemberRecord.from_dict(record.as_dict()) == record
