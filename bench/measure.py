@@ -110,7 +110,7 @@ def store_name(path: str) -> str:
 
 
 def machine_name(uri: str) -> str:
-    """``ssh://root@fast`` -> ``fast``: the fleet member's alias as offload names it."""
+    """``ssh://root@fast?ssh-key=k`` -> ``fast``: the fleet member's alias as offload names it."""
     host = uri.split("://", 1)[-1]
     host = host.rsplit("@", 1)[-1]
     return host.split("?", 1)[0] or LOCAL

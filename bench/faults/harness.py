@@ -278,7 +278,7 @@ def audit(fleet: Fleet, tag: str, work: Path, *, settle: float = 10.0) -> Leftov
         audit_store(member.name, inside, tag, found)
         if locks is not None:
             slots = member.spec.jobs
-            probe = locks.probe(slot_key(f"ssh://{member.name}"), slots)
+            probe = locks.probe(slot_key(member.uri), slots)
             if probe.free < slots:
                 found.locks.append(f"{member.name}: {slots - probe.free} held")
     audit_store("local", _local, tag, found)

@@ -56,13 +56,15 @@ def verdicts(results: dict[str, list[Trial]]) -> list[str]:
 
 
 INTRO = """`{command}` ({when}, {host}): each fault put in at a random moment, {iterations} runs
-each on a local fleet (fzfast:4:2, fzmed:2:2, fzslow:1:2, and fzhard:1:1 whose key runs only
-`nix-store --serve --write`). The machine is shared with other work, so the runs per fault are
+each on a local fleet (fzfast:4:2, fzmed:2:2, fzslow:1:2, fzhard:1:1 whose key runs only
+`nix-store --serve --write`, and fzbare:1:1 whose sessions store through a nix-daemon that does
+not trust them). The machine is shared with other work, so the runs per fault are
 few; `--iterations N` runs more.
 
 Columns: *correct*: exit 0 with the output valid here and byte for byte right; *clear error*:
 exit non-zero with an `error:` line and no traceback; *said*: the fault reached stderr or
-`--json` where it should (a builder down, its disk full, a wrong key, a restricted builder);
+`--json` where it should (a builder down, its disk full, a wrong key, a restricted builder, an
+untrusted user);
 *partial*: unregistered paths of the run left on any store (the members' and this host's:
 garbage the next GC or build of that path removes, as Nix leaves after an interrupted build);
 *broken*: partial paths *registered* (valid but failing `nix-store --verify-path`);
@@ -73,8 +75,9 @@ still held once it is over; *notice*: seconds from the fault to offload saying t
 | fault | runs | correct | clear error | said | partial | broken | processes | locks | notice | secs
 |---|---|---|---|---|---|---|---|---|---|---"""
 
-OUTRO = """Not in the suite: an untrusted user. The fleet's members run Nix as root without a
-daemon, where every user is trusted; a daemon-backed member is needed to try it.
+OUTRO = """An untrusted user: fzbare's daemon refuses the unsigned inputs and input-addressed
+builds offload sends; offload leaves it out of the run, says why once (stderr and a `down`
+`--json` event naming `trusted-users`) and builds elsewhere.
 
 Unregistered leftovers come from builds a member was running when it was frozen: when it runs
 again, Nix finds its client gone and stops the build, leaving what it wrote (as after any

@@ -42,7 +42,10 @@ SPECS = (
     MemberSpec("fzmed", 2.0, 2),
     MemberSpec("fzslow", 1.0, 2),
     MemberSpec.parse("fzhard:1:1:serve"),
+    MemberSpec.parse("fzbare:1:1:untrusted"),
 )
+# The members only their own faults use: the rest never see them.
+SPECIAL = "fzhard,fzbare"
 # A run that takes longer than this is killed and counted as neither correct nor clear.
 RUN_TIMEOUT = 120.0
 HOOK = str(Path(sys.executable).parent / "offload-hook")
@@ -71,11 +74,15 @@ class Suite:
     work: Path
     rng: random.Random
 
-    def machines(self, *, edit: Callable[[list[str]], None] | None = None) -> Path:
-        """The fleet's machines file, with ``edit`` applied to each line's columns."""
+    def machines(self, *, edit: Callable[[list[str]], None] | None = None, drop: str = "") -> Path:
+        """The fleet's machines file, with ``edit`` applied to each line's columns, without
+        member ``drop``'s line."""
         lines = []
+        dropped = self.fleet.member(drop).uri if drop else None
         for line in self.fleet.machines_file.read_text().splitlines():
             columns = line.split()
+            if columns[0] == dropped:
+                continue
             if edit is not None:
                 edit(columns)
             lines.append(" ".join(columns))
@@ -145,7 +152,7 @@ def member_fault(suite: Suite, fault: str) -> Trial:
     trial = Trial(fault)
     graph = Graph.write(suite.work, width=4, sleep=suite.rng.uniform(1.0, 3.0))
     started = time.monotonic()
-    run = _start(suite, graph, suite.fleet.machines_file, "--exclude", "fzhard")
+    run = _start(suite, graph, suite.fleet.machines_file, "--exclude", SPECIAL)
     name = _busy_member(suite, run, suite.rng.uniform(0.0, 1.5))
     pids: list[int] = []
     hurt_at = time.time()
@@ -172,7 +179,7 @@ def cut(suite: Suite) -> Trial:
     trial = Trial("cut")
     graph = Graph.write(suite.work, width=3, sleep=0.5, size=16 * 1024 * 1024)
     started = time.monotonic()
-    run = _start(suite, graph, suite.fleet.machines_file, "--exclude", "fzhard")
+    run = _start(suite, graph, suite.fleet.machines_file, "--exclude", SPECIAL)
 
     def moving() -> list[str]:
         return [
@@ -216,7 +223,7 @@ def interrupt(suite: Suite, sig: signal.Signals) -> Trial:
     trial = Trial(sig.name)
     graph = Graph.write(suite.work, width=4, sleep=2.0)
     started = time.monotonic()
-    run = _start(suite, graph, suite.fleet.machines_file)
+    run = _start(suite, graph, suite.fleet.machines_file, "--exclude", "fzbare")
     delay = suite.rng.uniform(0.1, 4.0)
     time.sleep(delay)
     if sig == signal.SIGINT:
@@ -244,12 +251,36 @@ def restricted(suite: Suite) -> Trial:
     return trial
 
 
+def untrusted(suite: Suite) -> Trial:
+    """Builds offered to a member whose Nix daemon does not trust the ssh user (it refuses
+    unsigned inputs and input-addressed builds), beside one that works: they must go there."""
+    trial = Trial("untrusted user")
+    graph = Graph.write(suite.work, width=3, sleep=suite.rng.uniform(0.2, 1.0))
+    started = time.monotonic()
+    run = _start(suite, graph, suite.fleet.machines_file, "--on", "fzbare,fzslow")
+    _finish(trial, run, graph, started)
+    down = [
+        e for e in run.events
+        if e["event"] == "machine" and e["machine"] == "fzbare" and e.get("state") == "down"
+    ]  # fmt: skip
+    trial.said = (
+        bool(down)
+        and all("does not trust the ssh user" in e["message"] for e in down)
+        and "'fzbare' does not trust the ssh user" in run.stderr
+    )
+    if not trial.said:
+        trial.note = f"not said: {run.stderr.strip()[-400:]}"
+    trial.left = audit(suite.fleet, graph.tag, suite.work)
+    return trial
+
+
 def wrong_key(suite: Suite, what: str) -> Trial:
     """One member's line with a changed host key or a client key it does not accept."""
     trial = Trial(what)
     victim = suite.rng.choice(["fzfast", "fzmed", "fzslow"])
+    uri = suite.fleet.member(victim).uri
     other = next(line.split()[7] for line in suite.fleet.machines_file.read_text().splitlines()
-                 if not line.startswith(f"ssh://{victim} "))  # fmt: skip
+                 if line.split()[0] != uri)  # fmt: skip
     key = suite.work / "stranger"
     if not key.exists():
         subprocess.run(
@@ -258,7 +289,7 @@ def wrong_key(suite: Suite, what: str) -> Trial:
         )
 
     def edit(columns: list[str]) -> None:
-        if columns[0] == f"ssh://{victim}":
+        if columns[0] == uri:
             if what == "host key changed":
                 columns[7] = other
             else:
@@ -267,7 +298,7 @@ def wrong_key(suite: Suite, what: str) -> Trial:
     graph = Graph.write(suite.work, width=3, sleep=0.3)
     started = time.monotonic()
     sshopts = "" if what == "host key changed" else _ssh_config_with_key(suite, victim, key)
-    run = _start(suite, graph, suite.machines(edit=edit), "--exclude", "fzhard", sshopts=sshopts)
+    run = _start(suite, graph, suite.machines(edit=edit), "--exclude", SPECIAL, sshopts=sshopts)
     _finish(trial, run, graph, started)
     words = "host key" if what == "host key changed" else "key"
     trial.said = any(victim in line and words in line.lower() for line in run.stderr.splitlines())
@@ -282,11 +313,11 @@ def crowd(suite: Suite) -> Trial:
     trial = Trial("3 clients + hook")
     graphs = [Graph.write(suite.work, width=4, sleep=suite.rng.uniform(0.3, 1.5)) for _ in "abcd"]
     started = time.monotonic()
-    runs = [_start(suite, g, suite.fleet.machines_file, "--exclude", "fzhard") for g in graphs[:3]]
+    runs = [_start(suite, g, suite.fleet.machines_file, "--exclude", SPECIAL) for g in graphs[:3]]
     env = offload_env(suite.fleet, suite.work)
     hook = subprocess.run(
         ["nix-build", str(graphs[3].file), "--no-out-link", "-j0", "--option", "build-hook",
-         HOOK, "--option", "substituters", "", "--builders", f"@{suite.fleet.machines_file}"],
+         HOOK, "--option", "substituters", "", "--builders", f"@{suite.machines(drop='fzbare')}"],
         env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
     )  # fmt: skip
     trials = [_finish(Trial("part"), run, g, started) for run, g in zip(runs, graphs, strict=False)]
@@ -320,6 +351,7 @@ def crowd(suite: Suite) -> Trial:
 
 FAULTS: dict[str, Callable[[Suite], Trial]] = {
     "restricted": restricted,
+    "untrusted user": untrusted,
     "killed": lambda s: member_fault(s, "killed"),
     "frozen": lambda s: member_fault(s, "frozen"),
     "cut": cut,

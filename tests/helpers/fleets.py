@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pytest
 
 from offload.config.machines import Machine, parse_machines
+from offload.config.machines.uri import parse_store_uri
 from offload.fleet import DEFAULT_SPECS, Fleet, Member, MemberSpec, fleet_down, fleet_up
 
 
@@ -72,6 +73,20 @@ def fleet_machine(fleet: Fleet, name: str) -> Machine:
 
 def machines_lines(fleet: Fleet) -> list[list[str]]:
     return [line.split() for line in fleet.machines_file.read_text().splitlines() if line]
+
+
+def member_line(fleet: Fleet, name: str) -> str:
+    """Member ``name``'s line in the fleet's machines file."""
+    uri = fleet.member(name).uri
+    return next(
+        line for line in fleet.machines_file.read_text().splitlines() if line.split()[0] == uri
+    )
+
+
+def host_of(uri: str) -> str | None:
+    """A machines line's member: ``ssh://fast?ssh-key=...`` -> ``fast`` (the fleet's URIs carry
+    its key, so that two fleets never share slot locks)."""
+    return parse_store_uri(uri).host
 
 
 def speed_of(fleet: Fleet, name: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 from offload.fleet import Fleet, MemberSpec
 from tests.helpers.fleets import (
     drop_member,
+    host_of,
     machines_lines,
     member_processes,
     private_fleet_fixture,
@@ -202,7 +203,7 @@ def test_a_mandatory_feature_machine_gets_only_matching_work(fleet, tmp_path):
     # every plain build would prefer, so plain work landing there would show.
     lines = []
     for columns in machines_lines(fleet):
-        name = columns[0].removeprefix("ssh://")
+        name = host_of(columns[0])
         features = columns[5].split(",")
         if name == "fast":
             columns[6] = "benchmark"

@@ -22,7 +22,7 @@ import pytest
 from offload.doctor import CHECKS
 from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
-from tests.helpers.fleets import machines_lines, private_fleet_fixture
+from tests.helpers.fleets import host_of, machines_lines, private_fleet_fixture
 
 MEMBERS = ("da", "db", "dc")
 
@@ -59,7 +59,7 @@ def lines_with(fleet: Fleet, name: str, column: int, value: str) -> list[str]:
     """The fleet's machines lines with member ``name``'s ``column`` (0-based) set to ``value``."""
     out = []
     for fields in machines_lines(fleet):
-        if fields[0] == f"ssh://{name}":
+        if fields[0] == fleet.member(name).uri:
             fields[column] = value
         out.append(" ".join(fields))
     return out
@@ -119,7 +119,7 @@ def test_a_wrong_port_fails_the_port_check_and_skips_the_rest(
 
 
 def test_a_changed_host_key_fails_ssh(doctor_fleet: Fleet, tmp_path: Path) -> None:
-    other_key = next(f[7] for f in machines_lines(doctor_fleet) if f[0] == "ssh://db")
+    other_key = next(f[7] for f in machines_lines(doctor_fleet) if host_of(f[0]) == "db")
     machines = write(tmp_path, lines_with(doctor_fleet, "da", 7, other_key))
     done = doctor(doctor_fleet, tmp_path, machines, "--json")
     assert done.returncode == 1, done.stderr
@@ -135,7 +135,7 @@ def test_a_changed_host_key_fails_ssh(doctor_fleet: Fleet, tmp_path: Path) -> No
 def test_a_claimed_feature_the_member_lacks_fails_features(
     doctor_fleet: Fleet, tmp_path: Path
 ) -> None:
-    features = next(f[5] for f in machines_lines(doctor_fleet) if f[0] == "ssh://dc")
+    features = next(f[5] for f in machines_lines(doctor_fleet) if host_of(f[0]) == "dc")
     machines = write(tmp_path, lines_with(doctor_fleet, "dc", 5, f"{features},cuda"))
     done = doctor(doctor_fleet, tmp_path, machines, "dc")
     assert done.returncode == 1, done.stderr

@@ -53,8 +53,10 @@ def test_a_full_disk_on_a_builder_moves_the_build_and_leaves_nothing_there(suite
     assert trial.left.partial == []
 
 
-@pytest.mark.parametrize("fault", ["killed", "cut", "SIGTERM", "restricted", "wrong key"])
+@pytest.mark.parametrize(
+    "fault", ["killed", "cut", "SIGTERM", "restricted", "wrong key", "untrusted user"]
+)
 def test_other_faults_end_cleanly(suite, fault):
     trial = run(suite, fault)
-    if fault in {"killed", "cut", "restricted", "wrong key"}:
+    if fault in {"killed", "cut", "restricted", "wrong key", "untrusted user"}:
         assert trial.correct, trial

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet
-from tests.helpers.fleets import machines_lines
+from tests.helpers.fleets import host_of, machines_lines, member_line
 from tests.helpers.nix_files import nix_file, out_path, valid_locally
 from tests.helpers.offload_run import events, offload, offload_env
 
@@ -65,7 +65,7 @@ def _host(name: str, port: int, key: Path, known_hosts: Path | None = None) -> s
 
 def _pinned(fleet: Fleet, member: str) -> str:
     """The base64 host key column of ``member``'s machines line."""
-    return next(cols[7] for cols in machines_lines(fleet) if cols[0] == f"ssh://{member}")
+    return next(cols[7] for cols in machines_lines(fleet) if host_of(cols[0]) == member)
 
 
 def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], Path, Path]:
@@ -87,7 +87,7 @@ def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], P
         + _host("impostor", port["medium"], fleet.client_key)
         + _host("swapped", port["medium"], fleet.client_key, known_hosts)
     )
-    fast = next(" ".join(c) for c in machines_lines(fleet) if c[0] == "ssh://fast")
+    fast = member_line(fleet, "fast")
     system = fleet.system
     machines = tmp_path / "machines"
     machines.write_text(
@@ -195,7 +195,7 @@ def test_a_builder_that_never_answers_costs_the_run_seconds(fleet, tmp_path, sil
     config.write_text(
         fleet.ssh_config.read_text() + "\n" + _host("silent", silent_port, fleet.client_key)
     )
-    fast = next(" ".join(c) for c in machines_lines(fleet) if c[0] == "ssh://fast")
+    fast = member_line(fleet, "fast")
     alone, with_silent = tmp_path / "alone", tmp_path / "with_silent"
     alone.write_text(f"{fast}\n")
     with_silent.write_text(f"{fast}\nssh://silent {fleet.system} {fleet.client_key} 4 8\n")

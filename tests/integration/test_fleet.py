@@ -150,7 +150,7 @@ def test_stock_nix_builds_on_the_fleet_through_the_machines_file(fleet, tmp_path
     assert done.returncode == 0, done.stderr
     out = done.stdout.strip()
     try:
-        where = re.search(r"on 'ssh://([a-z0-9-]+)'", done.stderr)
+        where = re.search(r"on 'ssh://([a-z0-9-]+)[?']", done.stderr)
         assert where is not None, done.stderr
         name = where.group(1)
         valid = subprocess.run(
@@ -351,7 +351,7 @@ def test_cli_up_status_machines_env_down(tmp_path):
         machines = _offload("fleet", "machines", "--dir", d)
         assert machines.returncode == 0, machines.stderr
         fields = machines.stdout.split()
-        assert fields[0] == "ssh://solo"
+        assert fields[0] == f"ssh://solo?ssh-key={target / 'client_key'}"
         assert (fields[3], fields[4]) == ("3", "2")
         host_pub = (target / "solo" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
         assert base64.b64decode(fields[7]).decode().split() == host_pub

@@ -179,7 +179,7 @@ def all_slots_held(hook_fleet: Fleet) -> Iterator[list[int]]:
     fds = []
     try:
         for name in MEMBERS:
-            path = NIX_CURRENT_LOAD / f"{slot_key(f'ssh://{name}')}-0"
+            path = NIX_CURRENT_LOAD / f"{slot_key(hook_fleet.member(name).uri)}-0"
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             fds.append(fd)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,7 +22,13 @@ import pytest
 
 from offload.fleet import Fleet
 from tests.helpers import processes
-from tests.helpers.fleets import drop_member, machines_lines, private_fleet_fixture, speed_of
+from tests.helpers.fleets import (
+    drop_member,
+    host_of,
+    machines_lines,
+    private_fleet_fixture,
+    speed_of,
+)
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, salt_of, valid_locally
 from tests.helpers.offload_run import events, finished, offload_argv, offload_env, wait_for
 
@@ -45,7 +51,7 @@ def routed(fleet: Fleet, tmp_path: Path) -> Path:
     }
     lines = []
     for columns in machines_lines(fleet):
-        columns[5], columns[6] = features[columns[0].removeprefix("ssh://")]
+        columns[5], columns[6] = features[str(host_of(columns[0]))]
         lines.append(" ".join(columns))
     machines = tmp_path / "machines"
     machines.write_text("\n".join(lines) + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet
-from tests.helpers.fleets import machines_lines
+from tests.helpers.fleets import host_of, machines_lines
 from tests.helpers.nix_files import SPEED, nix_file, out_path, valid_locally
 from tests.helpers.offload_run import built_on, finished, offload
 
@@ -19,7 +19,7 @@ def split_by_feature(fleet: Fleet, tmp_path: Path) -> Path:
     demands = {"fast": "kvm", "medium": "nixos-test"}
     lines = []
     for columns in machines_lines(fleet):
-        name = columns[0].removeprefix("ssh://")
+        name = host_of(columns[0])
         if name in demands:
             columns[5] = columns[6] = demands[name]
             lines.append(" ".join(columns))

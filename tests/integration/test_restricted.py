@@ -26,7 +26,7 @@ from offload.process import spawn
 from offload.protocol.serve import ServeClient
 from offload.transport.links.base import Opening, open_serve
 from offload.transport.ssh import CONNECT_TIMEOUT, serve_command, serve_program
-from tests.helpers.fleets import member_processes, private_fleet_fixture, speed_of
+from tests.helpers.fleets import member_line, member_processes, private_fleet_fixture, speed_of
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, valid_locally
 from tests.helpers.offload_run import (
     built_on,
@@ -61,9 +61,7 @@ GRAPH = """rec {
 
 
 def line_of(fleet: Fleet, name: str) -> str:
-    return next(
-        line for line in fleet.machines_file.read_text().splitlines() if f"ssh://{name} " in line
-    )
+    return member_line(fleet, name)
 
 
 def build_on(fleet: Fleet, tmp_path: Path, name: str, *args: str) -> tuple[Path, str, str]:

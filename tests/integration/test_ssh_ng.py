@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet, Member, MemberSpec
-from tests.helpers.fleets import drop_member, private_fleet_fixture, speed_of
+from tests.helpers.fleets import drop_member, member_line, private_fleet_fixture, speed_of
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, valid_locally
 from tests.helpers.offload_run import (
     built_on,
@@ -66,16 +66,12 @@ GRAPH = """rec {
 
 def line_of(fleet: Fleet, name: str) -> str:
     """Member ``name``'s machines line, as ``ssh-ng://`` whatever the fleet wrote."""
-    line = next(
-        line for line in fleet.machines_file.read_text().splitlines() if f"://{name} " in line
-    )
-    return line.replace(f"ssh://{name} ", f"ssh-ng://{name} ", 1)
+    line = member_line(fleet, name)
+    return line.replace(f"ssh://{name}?", f"ssh-ng://{name}?", 1)
 
 
 def serve_line(fleet: Fleet, name: str) -> str:
-    return next(
-        line for line in fleet.machines_file.read_text().splitlines() if f"ssh://{name} " in line
-    )
+    return member_line(fleet, name)
 
 
 def member_store(member: Member, *args: str) -> subprocess.CompletedProcess[str]:
@@ -104,8 +100,8 @@ def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
 
 def test_the_fleet_lists_a_member_forced_to_the_daemon_as_ssh_ng(ng_fleet: Fleet) -> None:
     text = ng_fleet.machines_file.read_text()
-    assert f"ssh-ng://{NGD} " in text
-    assert f"ssh://{NG} " in text
+    assert f"ssh-ng://{NGD}?ssh-key={ng_fleet.client_key} " in text
+    assert f"ssh://{NG}?ssh-key={ng_fleet.client_key} " in text
     config = (ng_fleet.member(NGD).root / "sshd_config").read_text()
     assert "ForceCommand nix-daemon --stdio\n" in config
 

@@ -118,6 +118,15 @@ def test_up_as_non_root_creates_nothing(tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.parametrize("name", ["with space", "a#b", "q?x", "amp&x", "pct%20"])
+def test_a_fleet_dir_its_machines_line_cannot_carry_creates_nothing(tmp_path, name):
+    target = tmp_path / name
+    with pytest.raises(FleetError, match="machines line") as info:
+        fleet_up(target, DEFAULT_SPECS, euid=0, platform="linux")
+    assert info.value.hint is not None
+    assert not target.exists()
+
+
 def test_default_fleet_dir_order():
     home = Path("/home/u")
     env = {"OFFLOAD_FLEET_DIR": "/f", "XDG_STATE_HOME": "/s"}
@@ -133,7 +142,8 @@ def test_machines_line_has_nix_28_columns():
     assert line.endswith("\n")
     assert len(fields) == 8
     uri, systems, key, jobs, speed, features, mandatory, host_key = fields
-    assert uri == "ssh://medium"
+    # The fleet's own key in the URI: two fleets' members of one name never share slot locks.
+    assert uri == "ssh://medium?ssh-key=/f/client_key"
     assert systems == "x86_64-linux"
     assert key == "/f/client_key"
     assert int(jobs) == 3
@@ -252,7 +262,7 @@ def test_a_member_may_be_restricted_to_one_command(text, command, where):
     assert spec.forced == ForcedCommand(command, where)
     assert MemberSpec.parse(spec.text) == spec
     keys = authorized_keys(spec, PUB + "\n")
-    config = sshd_config(Path("/m"), 2200, spec.forced)
+    config = sshd_config(Path("/m"), 2200, spec)
     if where == "keys":
         assert keys == f'restrict,command="{command}" {PUB}\n'
         assert "ForceCommand" not in config
@@ -265,7 +275,7 @@ def test_an_unrestricted_member_gets_the_bare_key():
     spec = MemberSpec.parse("h:1:1")
     assert spec.forced is None
     assert authorized_keys(spec, PUB + "\n") == PUB + "\n"
-    assert "ForceCommand" not in sshd_config(Path("/m"), 2200, spec.forced)
+    assert "ForceCommand" not in sshd_config(Path("/m"), 2200, spec)
 
 
 @pytest.mark.parametrize("command", ['nix-store "x"', "a\nb", "", "x\\y"])
@@ -293,4 +303,20 @@ def test_a_restricted_member_survives_the_state_file():
 def test_a_member_forced_to_the_daemon_is_listed_as_ssh_ng(forced: str | None, scheme: str) -> None:
     text = "m:1:1" if forced is None else f"m:1:1:{forced}"
     line = machines_line(MemberSpec.parse(text), "x86_64-linux", Path("/f/client_key"), PUB)
-    assert line.startswith(f"{scheme}://m ")
+    assert line.startswith(f"{scheme}://m?ssh-key=/f/client_key ")
+
+
+def test_an_untrusted_member_stores_through_a_daemon_that_trusts_nobody():
+    spec = MemberSpec.parse("bare:1:1:untrusted")
+    assert spec.untrusted
+    assert spec.forced is None
+    assert spec.text == "bare:1:1:untrusted"
+    assert "trusted-users =\n" in nix_conf(spec)
+    assert "trusted-users = root\n" in nix_conf(MemberSpec("plain"))
+    assert "SetEnv NIX_REMOTE=daemon\n" in sshd_config(Path("/m"), 2200, spec)
+    assert "NIX_REMOTE" not in sshd_config(Path("/m"), 2200, MemberSpec("plain"))
+    script = member_argv(Path("/m"), Path("/m/c"), daemon=True)[-1]
+    assert script.index("nix-daemon") < script.index("exec /usr/sbin/sshd")
+    assert "nix-daemon" not in member_argv(Path("/m"), Path("/m/c"))[-1]
+    record = MemberRecord(spec, 2200, 1, 2, "mnt:[1]")
+    assert MemberRecord.from_dict(record.as_dict()) == record

@@ -474,6 +474,28 @@ def test_eof_without_stderr_end_is_bounded() -> None:
     run(go())
 
 
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "cannot add path '/nix/store/x' because it lacks a valid signature",  # Nix 2.8
+        "cannot add path '/nix/store/x' because it lacks a signature by a trusted key",
+        "you are not privileged to build input-addressed derivations",
+    ],
+)
+def test_a_daemon_refusing_the_ssh_user_is_said_with_the_fix(refusal: str) -> None:
+    # nix-store --serve --write as a user outside trusted-users stores through the daemon.
+    async def go() -> None:
+        client, _ = await connected(b"", stderr=reader_with(f"error: {refusal}\n".encode()))
+        with pytest.raises(RemoteError) as info:
+            await client.query_valid_paths([A])
+        assert info.value.message.startswith("builder 'b1' does not trust the ssh user")
+        assert refusal in info.value.message
+        assert info.value.hint is not None
+        assert "trusted-users in b1's nix.conf" in info.value.hint.replace("`", "")
+
+    run(go())
+
+
 def test_later_error_block_wins_over_builder_error_line() -> None:
     async def go() -> None:
         stderr = reader_with(b"error: printed by a builder\nerror: the real one\n")

@@ -93,6 +93,7 @@ def test_the_closure_follows_references_a_level_at_a_time() -> None:
     [
         "you are not privileged to build input-addressed derivations",
         "cannot add path '/nix/store/x' because it lacks a signature by a trusted key",
+        "cannot add path '/nix/store/x' because it lacks a valid signature",  # Nix 2.8
     ],
 )
 def test_an_untrusted_user_is_told_so_with_the_fix(message: str) -> None:

@@ -45,10 +45,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--member",
         action="append",
         default=[],
-        metavar="NAME[:SPEED[:JOBS[:FORCED]]]",
-        help="a member; repeatable (default: fast:4:2 medium:2:2 slow:1:2). FORCED makes its key "
-        "run only one program: serve (nix-store --serve --write) or daemon (nix-daemon --stdio), "
-        "by authorized_keys, or by sshd's ForceCommand with @sshd (serve@sshd)",
+        metavar="NAME[:SPEED[:JOBS[:KIND]]]",
+        help="a member; repeatable (default: fast:4:2 medium:2:2 slow:1:2). KIND serve or daemon "
+        "makes its key run only one program (nix-store --serve --write, nix-daemon --stdio), "
+        "by authorized_keys, or by sshd's ForceCommand with @sshd (serve@sshd); untrusted makes "
+        "its sessions store through a nix-daemon that does not trust them",
     )
     up.set_defaults(func=_up)
     down = add("down", "stop the fleet (idempotent)")

@@ -23,6 +23,7 @@ from offload.fleet.spec import (
     FleetState,
     MemberRecord,
     MemberSpec,
+    check_fleet_dir,
     check_host,
     validate_specs,
 )
@@ -59,6 +60,7 @@ def fleet_up(
     )
     specs = validate_specs(specs)
     fleet_dir = dir.absolute()
+    check_fleet_dir(fleet_dir)
     previous = load_state(fleet_dir)
     kept, dead = _kept_and_dead(fleet_dir, previous, specs)
     prepare_dir(fleet_dir)

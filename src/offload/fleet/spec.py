@@ -8,7 +8,11 @@ one does: ``home_to_replace``). A member may also see its own text in some
 ``/proc`` files (``proc_overrides``, bind-mounted from ``<dir>/NAME/proc/N`` the way LXCFS does),
 e.g. a fake ``/proc/loadavg`` and boot id, so that it looks like a busy machine of its own.
 The client side is a key pair, an ssh config with one ``Host NAME`` alias per member (Nix 2.8
-takes no ``host:port``), a pinned ``known_hosts`` and a Nix machines file. ``fleet.json`` records
+takes no ``host:port``), a pinned ``known_hosts`` and a Nix machines file. A member's store URI
+there is ``ssh://NAME?ssh-key=<dir>/client_key`` (``member_uri``): Nix and offload key a
+machine's slot locks by its URI, and the key's path, unique to the fleet's directory, keeps two
+fleets whose members have the same names from sharing them, while the member keeps its name
+(``--on NAME``, offload's tables and events). ``fleet.json`` records
 what was started (pid, the pid's start time so a recycled pid is never signalled, and the mount
 namespace so stray sessions can be found).
 
@@ -45,6 +49,7 @@ __all__ = [
     "MemberRecord",
     "MemberSpec",
     "authorized_keys",
+    "check_fleet_dir",
     "check_host",
     "client_argv",
     "default_fleet_dir",
@@ -52,6 +57,7 @@ __all__ = [
     "known_hosts_line",
     "machines_line",
     "member_argv",
+    "member_uri",
     "nix_conf",
     "parse_proc_stat",
     "proc_override_file",
@@ -71,11 +77,18 @@ MEMBER_AUTHORIZED_KEYS = "/etc/nix/offload-authorized-keys"
 FEATURES = ("benchmark", "big-parallel", "nixos-test", "kvm")
 DEFAULT_SPECS_TEXT = ("fast:4:2", "medium:2:2", "slow:1:2")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# What a fleet directory's path may hold: it goes unquoted into a URI's query, a machines line's
+# columns and ssh_config lines.
+_DIR_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 _RESERVED = frozenset({LOCAL, "localhost"})
 STATE_VERSION = 1
 # The programs hardened builders restrict their key to, by the short name a spec uses: the
 # serve program (NixOS `nix.sshServe`, ssh://) and the daemon (srvos' remote builder, ssh-ng://).
 FORCED_COMMANDS = {"serve": "nix-store --serve --write", "daemon": "nix-daemon --stdio"}
+# The member kind whose sessions store through a nix-daemon that does not trust them.
+UNTRUSTED = "untrusted"
+# Where such a member's daemon listens (inside its namespace: its own /nix).
+DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
 # Where the restriction is written: the client key's authorized_keys line, or sshd's config.
 _FORCE_IN = ("keys", "sshd")
 
@@ -121,6 +134,8 @@ class MemberSpec:
 
     ``proc_overrides``: (``/proc`` file, text) pairs the member sees instead of the host's.
     ``forced``: the one command the client's key may run there (a hardened builder), or None.
+    ``untrusted``: the client's sessions store through a nix-daemon of the member's own that
+    does not trust them (as for a login user outside ``trusted-users``), not as root directly.
     """
 
     name: str
@@ -128,6 +143,7 @@ class MemberSpec:
     jobs: int = 1
     proc_overrides: tuple[tuple[str, str], ...] = field(default=())
     forced: ForcedCommand | None = None
+    untrusted: bool = False
 
     def __post_init__(self) -> None:
         if not _LABEL.fullmatch(self.name):
@@ -154,10 +170,12 @@ class MemberSpec:
 
     @classmethod
     def parse(cls, text: str) -> MemberSpec:
-        """Parse ``NAME[:SPEED[:JOBS[:FORCED]]]``; SPEED may be a float, JOBS is an integer >= 1,
-        FORCED a ``ForcedCommand`` (``serve``, ``daemon``, ``serve@sshd``...)."""
+        """Parse ``NAME[:SPEED[:JOBS[:KIND]]]``; SPEED may be a float, JOBS is an integer >= 1,
+        KIND a ``ForcedCommand`` (``serve``, ``daemon``, ``serve@sshd``...) or ``untrusted``."""
         parts = text.strip().split(":")
-        hint = "write NAME[:SPEED[:JOBS[:FORCED]]], e.g. fast:4:2 or locked:1:1:serve"
+        hint = (
+            "write NAME[:SPEED[:JOBS[:KIND]]], e.g. fast:4:2, locked:1:1:serve or x:1:1:untrusted"
+        )
         if len(parts) > 4 or not parts[0]:
             raise FleetError(f"invalid fleet member {text!r}", hint=hint)
         speed = 1.0
@@ -172,14 +190,17 @@ class MemberSpec:
                 jobs = int(parts[2])
             except ValueError:
                 raise FleetError(f"invalid jobs in fleet member {text!r}", hint=hint) from None
+        if len(parts) > 3 and parts[3] == UNTRUSTED:
+            return cls(parts[0], speed, jobs, untrusted=True)
         forced = ForcedCommand.parse(parts[3]) if len(parts) > 3 else None
         return cls(parts[0], speed, jobs, forced=forced)
 
     @property
     def text(self) -> str:
-        """Back to ``NAME:SPEED:JOBS[:FORCED]``."""
-        forced = f":{self.forced.text}" if self.forced is not None else ""
-        return f"{self.name}:{speed_text(self.speed)}:{self.jobs}{forced}"
+        """Back to ``NAME:SPEED:JOBS[:KIND]``."""
+        kind = f":{self.forced.text}" if self.forced is not None else ""
+        kind = f":{UNTRUSTED}" if self.untrusted else kind
+        return f"{self.name}:{speed_text(self.speed)}:{self.jobs}{kind}"
 
     @property
     def nix_speed(self) -> int:
@@ -217,6 +238,15 @@ def check_host(euid: int, platform: str) -> None:
         )
 
 
+def check_fleet_dir(fleet_dir: Path) -> None:
+    """Refuse a directory whose path the fleet's files could not carry as written."""
+    if not _DIR_CHARS.fullmatch(str(fleet_dir)):
+        raise FleetError(
+            f"fleet directory {str(fleet_dir)!r} has characters a machines line cannot carry",
+            hint="use a path of letters, digits and . _ / + -",
+        )
+
+
 def default_fleet_dir(env: Mapping[str, str], home: Path) -> Path:
     if env.get("OFFLOAD_FLEET_DIR"):
         return Path(env["OFFLOAD_FLEET_DIR"])
@@ -230,13 +260,16 @@ def speed_text(speed: float) -> str:
 
 def nix_conf(spec: MemberSpec) -> str:
     # An empty build-users-group: the nixbld uids are shared with the host and the other members,
-    # and two stores using nixbld1 at once kill each other's builders (signal 9).
+    # and two stores using nixbld1 at once kill each other's builders (signal 9). An untrusted
+    # member's daemon trusts nobody: its clients (root, through the daemon) are refused as any
+    # login user outside trusted-users is.
+    trusted = "" if spec.untrusted else " root"
     return (
         "build-users-group =\n"
         "substituters =\n"
         "sandbox = false\n"
         f"max-jobs = {spec.jobs}\n"
-        "trusted-users = root\n"
+        f"trusted-users ={trusted}\n"
     )
 
 
@@ -248,8 +281,11 @@ def authorized_keys(spec: MemberSpec, client_pub: str) -> str:
     return f'restrict,command="{forced.command}" {client_pub.strip()}\n'
 
 
-def sshd_config(member_root: Path, port: int, forced: ForcedCommand | None = None) -> str:
+def sshd_config(member_root: Path, port: int, spec: MemberSpec) -> str:
+    forced = spec.forced
     force = f"ForceCommand {forced.command}\n" if forced and forced.where == "sshd" else ""
+    # Sessions of an untrusted member store through its daemon, as a non-root user's Nix does.
+    force += "SetEnv NIX_REMOTE=daemon\n" if spec.untrusted else ""
     return force + (
         f"Port {port}\n"
         "ListenAddress 127.0.0.1\n"
@@ -292,14 +328,22 @@ def member_argv(
     config: Path,
     proc_overrides: Sequence[tuple[str, str]] = (),
     home: Path | None = None,
+    *,
+    daemon: bool = False,
 ) -> list[str]:
     """The command that starts a member: sshd in a fresh mount namespace over its own dirs.
 
     ``home`` is the login user's home directory; the member's own ``<dir>/NAME/home`` is
     mounted over it, so sessions run in a clean home as on a real builder, not under this
     host's shell start-up files (a ``.bashrc`` that sets up pyenv costs each session ~0.1 s).
-    ``unshare`` and the shell both exec, so the started pid is sshd's own.
+    ``unshare`` and the shell both exec, so the started pid is sshd's own. With ``daemon``, a
+    nix-daemon over the member's store runs beside it (an ``untrusted`` member's), listening
+    before sshd starts; it lives in the namespace, where ``fleet down`` stops everything.
     """
+    # At most 10 s: sessions find the daemon listening (if it ever does).
+    wait = f"i=0; while [ ! -S {DAEMON_SOCKET} ] && [ $i -lt 200 ]; do /bin/sleep 0.05; "
+    wait += "i=$((i+1)); done"
+    start_daemon = f"nix-daemon </dev/null & {wait}; " if daemon else ""
     overrides = "".join(
         f"mount --bind {shlex.quote(str(proc_override_file(member_root, i)))} "
         f"{shlex.quote(target)} && "
@@ -314,6 +358,7 @@ def member_argv(
             if home is not None
             else ""
         )
+        + start_daemon
         + f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
     )
     return ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", script]
@@ -355,14 +400,20 @@ def known_hosts_line(name: str, host_pub: str) -> str:
     return f"{name} {_key_only(host_pub)}\n"
 
 
-def machines_line(spec: MemberSpec, system: str, client_key: Path, host_pub: str) -> str:
-    """A member's machines line: ``ssh-ng://`` for one whose key runs only the daemon (the
-    only protocol it speaks), ``ssh://`` for the rest."""
-    host_key = base64.b64encode(f"{_key_only(host_pub)}\n".encode()).decode()
+def member_uri(spec: MemberSpec, client_key: Path) -> str:
+    """A member's store URI: ``ssh-ng://`` for one whose key runs only the daemon (the only
+    protocol it speaks), ``ssh://`` for the rest; the fleet's own key in the query makes the
+    URI, and so the slot locks Nix and offload name after it, the fleet's own."""
     daemon = spec.forced is not None and spec.forced.command == FORCED_COMMANDS["daemon"]
     scheme = "ssh-ng" if daemon else "ssh"
+    return f"{scheme}://{spec.name}?ssh-key={client_key}"
+
+
+def machines_line(spec: MemberSpec, system: str, client_key: Path, host_pub: str) -> str:
+    """A member's machines line (``member_uri``), with its host key pinned."""
+    host_key = base64.b64encode(f"{_key_only(host_pub)}\n".encode()).decode()
     return (
-        f"{scheme}://{spec.name} {system} {client_key} {spec.jobs} {spec.nix_speed} "
+        f"{member_uri(spec, client_key)} {system} {client_key} {spec.jobs} {spec.nix_speed} "
         f"{','.join(FEATURES)} - {host_key}\n"
     )
 
@@ -405,6 +456,7 @@ class MemberRecord:
             "forced": None
             if self.spec.forced is None
             else {"command": self.spec.forced.command, "where": self.spec.forced.where},
+            "untrusted": self.spec.untrusted,
             "port": self.port,
             "pid": self.pid,
             "start_time": self.start_time,
@@ -421,6 +473,7 @@ class MemberRecord:
             int(data["jobs"]),
             tuple((str(target), str(text)) for target, text in overrides.items()),
             None if not forced else ForcedCommand(str(forced["command"]), str(forced["where"])),
+            untrusted=bool(data.get("untrusted", False)),
         )
         return cls(
             spec,

@@ -55,10 +55,12 @@ def start_member(fleet_dir: Path, spec: MemberSpec) -> MemberRecord:
     for _ in range(3):
         port = _free_port()
         config = root / "sshd_config"
-        write_private(config, sshd_config(root, port, spec.forced))
+        write_private(config, sshd_config(root, port, spec))
         log = root / "sshd.log"
         log.write_text("")
-        argv = member_argv(root, config, spec.proc_overrides, home=login_home(fleet_dir))
+        argv = member_argv(
+            root, config, spec.proc_overrides, home=login_home(fleet_dir), daemon=spec.untrusted
+        )
         pid = start_detached(argv, log=log)
         stat = proc_stat(pid)
         record = MemberRecord(spec, port, pid, stat[1] if stat else 0, "")

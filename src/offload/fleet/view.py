@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offload.errors import FleetError
-from offload.fleet.spec import CLIENT_KEY, MemberSpec
+from offload.fleet.spec import CLIENT_KEY, MemberSpec, member_uri
 from offload.process import run
 
 __all__ = ["Fleet", "Member", "MemberStatus"]
@@ -30,6 +30,11 @@ class Member:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def uri(self) -> str:
+        """Its store URI in the fleet's machines file, which its slot locks are named after."""
+        return member_uri(self.spec, self.root.parent / CLIENT_KEY)
 
 
 @dataclass(frozen=True)

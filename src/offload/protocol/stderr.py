@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 
 from offload.errors import RemoteError
+from offload.protocol.trust import is_untrusted, untrusted_hint, untrusted_message
 
 __all__ = ["ErrorTail", "pump_lines", "strip_ansi"]
 
@@ -82,5 +83,7 @@ class ErrorTail:
         # Nix continues long errors on indented lines ("specified: ... got: ..."); one line.
         text = " ".join(" ".join(line.split()) for line in self.lines)
         text = text.removeprefix("error:").strip()
+        if is_untrusted(text):
+            return RemoteError(untrusted_message(name, text), hint=untrusted_hint(name))
         hint = next((h for key, h in _HINTS if key in text), None)
         return RemoteError(f"{name}: {text}", hint=hint)

@@ -24,6 +24,7 @@ from offload.errors import DaemonError, ProtocolError
 from offload.protocol.client import NarProducer, Sink
 from offload.protocol.drv_wire import encode_basic_derivation
 from offload.protocol.records import BuildOptions, BuildResult, PathInfo, sorted_paths
+from offload.protocol.trust import is_untrusted, untrusted_hint, untrusted_message
 from offload.protocol.wire import (
     ByteReader,
     ByteWriter,
@@ -458,24 +459,10 @@ class WorkerClient:
         return error
 
 
-# What a daemon tells a user outside its trusted-users (nix-protocols.md 5.1; daemon.cc:597 and
-# local-store.cc's signature check in 2.8, the same words in every later release).
-_UNTRUSTED = (
-    "not privileged to build input-addressed derivations",
-    "lacks a signature by a trusted key",
-)
-
-
 def _untrusted(exc: DaemonError, name: str) -> DaemonError | None:
     """``exc`` as offload says it when the daemon refused an untrusted user, else None."""
-    if not any(text in exc.message for text in _UNTRUSTED):
+    if not is_untrusted(exc.message):
         return None
-    error = DaemonError(
-        f"builder '{name}' does not trust the ssh user: its Nix daemon refused "
-        f"({exc.message.strip()}); over ssh-ng:// only trusted-users may build derivations "
-        "offload sends and add unsigned paths",
-        hint=f"add the user offload logs in as to `trusted-users` in {name}'s nix.conf "
-        "and restart its nix-daemon",
-    )
+    error = DaemonError(untrusted_message(name, exc.message), hint=untrusted_hint(name))
     error.peer = name
     return error

@@ -1,0 +1,40 @@
+"""What a builder's Nix says to a user outside its ``trusted-users``, and how offload says it.
+
+A Nix daemon builds input-addressed derivations and adds unsigned paths only for trusted users
+(nix-protocols.md 5.1). The refusal reaches offload in the daemon's own words, over
+``ssh-ng://`` as a daemon error and over ``ssh://`` on the stderr of ``nix-store --serve
+--write`` (which, for a user who is not root, stores through that daemon). Either way it is a
+fact about the builder's set-up, not a build failure, and one line says which fix it needs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["is_untrusted", "untrusted_hint", "untrusted_message"]
+
+# daemon.cc and local-store.cc's signature check: "lacks a valid signature" in 2.8, "lacks a
+# signature by a trusted key" in later releases; the build refusal is worded alike in all.
+_REFUSALS = (
+    "not privileged to build input-addressed derivations",
+    "lacks a signature by a trusted key",
+    "lacks a valid signature",
+)
+
+
+def is_untrusted(text: str) -> bool:
+    """Is ``text`` (a remote error) a Nix daemon refusing a user it does not trust?"""
+    return any(refusal in text for refusal in _REFUSALS)
+
+
+def untrusted_message(name: str, detail: str) -> str:
+    return (
+        f"builder '{name}' does not trust the ssh user: its Nix daemon refused "
+        f"({detail.strip()}); only trusted-users may build derivations offload sends "
+        "and add unsigned paths"
+    )
+
+
+def untrusted_hint(name: str) -> str:
+    return (
+        f"add the user offload logs in as to `trusted-users` in {name}'s nix.conf "
+        "and restart its nix-daemon"
+    )
