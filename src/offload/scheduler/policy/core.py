@@ -59,6 +59,7 @@ from offload.scheduler.policy.placement import (
 )
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
 from offload.scheduler.policy.queues import Coming, Queues
+from offload.scheduler.policy.ranked import Ranked
 from offload.scheduler.policy.slack import SLACK_SHARE, remaining_path, slower_in_slack
 from offload.scheduler.policy.speculation import Speculation, SpeculationRule
 
@@ -112,8 +113,9 @@ class Policy:
         self._guessed = frozenset(guessed)
         self._runs: dict[str, list[Run]] = {}
         self._round = 0
-        # Running jobs, most critical first, for the remaining critical path (remaining_path).
-        self._by_path: list[tuple[float, int, str]] = []
+        # Each running job's first copy, most critical first, for the remaining critical path
+        # (remaining_path).
+        self._by_path = Ranked()
         self._queues = Queues(self.graph)
         self.unschedulable: dict[str, str] = {}
         self.skipped_at_start: list[str] = []
@@ -182,7 +184,7 @@ class Policy:
             if cls is None:
                 break
             if rnd.coming is None:
-                rnd.coming = self._queues.coming_jobs(now, rnd.hold_budget, self._runs)
+                rnd.coming = self._queues.coming_jobs(rnd.hold_budget)
             if rnd.coming and rnd.coming[0][0] < cls.heap[0]:
                 self._claim_for_coming(rnd, rnd.coming, cls, now)
             else:
@@ -207,6 +209,8 @@ class Policy:
         remaining = self._remaining(rnd, now, -cls.heap[0][0])
         if remaining - graph.critical_path(job_id) > graph.work(job_id):
             return
+        if ready_at is None:
+            ready_at = self._queues.ready_at(job_id, now, self._runs)
         rnd.hold_budget -= 1
         best, best_start, best_finish = place(
             self._queues.class_of[job_id],
@@ -287,7 +291,7 @@ class Policy:
             tier.round = -1
         run = self._pool.take_slot(m, job_id, now, finish)
         self._runs[job_id] = [run]
-        heapq.heappush(self._by_path, (-graph.critical_path(job_id), run.copy, job_id))
+        self._by_path.add((-graph.critical_path(job_id), run.copy, job_id))
         self._speculation.track(job_id, run)
         rnd.decisions.append(Start(job_id, m.spec.name, finish))
 
@@ -330,7 +334,7 @@ class Policy:
         del self._runs[job_id]
         cancel: list[Cancel] = []
         for other in runs:
-            self._pool.release_slot(other, job_id)
+            self._release(other, job_id)
             if other is not run:
                 cancel.append(Cancel(job_id, other.machine.spec.name))
         if not ok:
@@ -361,7 +365,7 @@ class Policy:
 
     def _drop_copy(self, job_id: str, runs: list[Run], run: Run) -> bool:
         """Free one copy's slot; True if it was the job's last, which then goes back."""
-        self._pool.release_slot(run, job_id)
+        self._release(run, job_id)
         runs.remove(run)
         if runs:
             return False
@@ -370,6 +374,12 @@ class Policy:
         if self.graph.mark_returned(job_id):
             self._queues.enqueue(job_id)
         return True
+
+    def _release(self, run: Run, job_id: str) -> None:
+        """``run`` ended, was cancelled or lost: its slot is free and no round looks at it."""
+        self._pool.release_slot(run, job_id)
+        self._by_path.discard(run.copy)
+        self._speculation.untrack(run)
 
     def on_returned(self, job_id: str, machine: str) -> bool:
         """The copy of ``job_id`` on ``machine`` gave up through no fault of that machine (an
@@ -420,5 +430,6 @@ class Policy:
     def on_estimate(self, job_id: str, work: float) -> None:
         """A better estimate arrived (history, hints): reorder the affected ready jobs."""
         for changed in self.graph.update_estimate(job_id, work):
+            self._queues.refresh(changed)
             if changed in self._queues.queued:
                 self._queues.enqueue(changed)

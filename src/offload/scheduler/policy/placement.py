@@ -30,7 +30,12 @@ import heapq
 import math
 
 from offload.scheduler.dag import Job, JobGraph
-from offload.scheduler.policy.costs import TransferCost, slot_time
+from offload.scheduler.policy.costs import (
+    MIN_OVERDUE,
+    OVERDUE_FRACTION,
+    TransferCost,
+    slot_time,
+)
 from offload.scheduler.policy.pool import EligibilityClass, Machine
 
 __all__ = [
@@ -143,7 +148,11 @@ def place_by_tier(
                     start, found, claims = now, m, False
                     break
                 else:
-                    t = slot_time((m.reserved or m.ends)[0], now)
+                    # slot_time, inlined: this scan is the hottest loop of a round.
+                    entry = (m.reserved or m.ends)[0]
+                    t = entry[0]
+                    if t <= now:
+                        t = now + max(OVERDUE_FRACTION * (now - entry[1]), MIN_OVERDUE)
                 if t < start:
                     start, found = t, m
             # With claims the answer depends on the job's duration: not kept for others.
