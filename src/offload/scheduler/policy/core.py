@@ -287,9 +287,13 @@ class Policy:
         for key in self._queues.count_started(job_id, -1):
             # Coming from now on: it may claim a slot ahead of the ready jobs left.
             bisect.insort(coming, (key, key[2], finish))
-        for tier in m.tiers:
-            tier.round = -1
         run = self._pool.take_slot(m, job_id, now, finish)
+        for tier in m.tiers:
+            # A tier's earliest start this round changes only if it was this machine's
+            # last free slot: others' slots are as they were, and an all-busy tier has no
+            # free slot to start on.
+            if tier.machine is m and m.free <= 0:
+                tier.round = -1
         self._runs[job_id] = [run]
         self._by_path.add((-graph.critical_path(job_id), run.copy, job_id))
         self._speculation.track(job_id, run)

@@ -36,7 +36,10 @@ class Queues:
         # Each job's queue key, kept current (``refresh``) rather than worked out per push.
         self.key = {job.id: self._key(job.id) for job in graph.jobs()}
         # Per waiting job, its dependencies not started yet; at 0 it is *coming*.
-        self.unstarted = {job.id: self.count_unstarted(job.id) for job in graph.jobs()}
+        if graph.count(JobState.DONE) or graph.count(JobState.RUNNING):
+            self.unstarted = {job.id: self.count_unstarted(job.id) for job in graph.jobs()}
+        else:  # nothing started yet (the usual start): no dependency needs a look
+            self.unstarted = {job.id: len(job.deps) for job in graph.jobs()}
         self.coming: list[tuple[float, int, str]] = []
 
     def _key(self, job_id: str) -> tuple[float, int, str]:
