@@ -30,18 +30,21 @@ def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSp
     usable = [m for m in machines if m.slots > 0]
     if not usable:
         raise SchedulerError("no machine has a slot")
-    eligible: dict[tuple[str, frozenset[str]], frozenset[int]] = {}
+    # Per (system, features): the machines that can build it and the fastest one's speed,
+    # found once per kind, not once per job.
+    eligible: dict[tuple[str, frozenset[str]], tuple[frozenset[int], float]] = {}
     speed: dict[str, float] = {}
     work_on: dict[frozenset[int], float] = {}
     for job in graph.jobs():
         kind = (job.system, job.required_features)
         if kind not in eligible:
-            eligible[kind] = frozenset(
+            where = frozenset(
                 i for i, m in enumerate(usable) if can_build(m, job.system, job.required_features)
             )
-        where = eligible[kind]
+            eligible[kind] = (where, max((usable[i].speed for i in where), default=0.0))
+        where, fastest = eligible[kind]
         if where:
-            speed[job.id] = max(usable[i].speed for i in where)
+            speed[job.id] = fastest
             work_on[where] = work_on.get(where, 0.0) + job.work_estimate
     chain = _longest_chain(graph, speed)
     crowded = max(
@@ -56,22 +59,11 @@ def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSp
 
 
 def _longest_chain(graph: JobGraph, speed: Mapping[str, float]) -> float:
-    """The longest path of work / speed through the jobs that have a machine (Kahn's order)."""
-    jobs = {job.id: job for job in graph.jobs()}
-    dependents: dict[str, list[str]] = {name: [] for name in jobs}
-    waiting = {name: len(job.deps) for name, job in jobs.items()}
-    for job in jobs.values():
-        for dep in job.deps:
-            dependents[dep].append(job.id)
+    """The longest path of work / speed through the jobs that have a machine (in the graph's
+    topological order, dependencies first)."""
     finish: dict[str, float] = {}
-    ready = [name for name, count in waiting.items() if count == 0]
-    while ready:
-        name = ready.pop()
-        job = jobs[name]
+    for name in graph.topological_order():
+        job = graph.job(name)
         start = max((finish[dep] for dep in job.deps), default=0.0)
         finish[name] = start + (job.work_estimate / speed[name] if name in speed else 0.0)
-        for dependent in dependents[name]:
-            waiting[dependent] -= 1
-            if waiting[dependent] == 0:
-                ready.append(dependent)
     return max(finish.values(), default=0.0)

@@ -56,6 +56,10 @@ class JobState(enum.Enum):
     FAILED = "failed"
     SKIPPED = "skipped"
 
+    # Members are singletons, so identity is their hash; Enum's own hashes the name in Python
+    # on every lookup, and the state counts are looked up on every transition.
+    __hash__ = object.__hash__
+
 
 _PENDING = JobState.PENDING
 _READY = JobState.READY

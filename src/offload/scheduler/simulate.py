@@ -344,7 +344,7 @@ class _Sim:
         assert self.guesses is not None
         graph = self.policy.graph
         for other, estimate in self.guesses.observe(job, work).items():
-            if graph.state(other) in {JobState.PENDING, JobState.READY}:
+            if (state := graph.state(other)) is JobState.PENDING or state is JobState.READY:
                 self.policy.on_estimate(other, estimate)
 
     def _machine_fails(self, machine: str) -> None:

@@ -66,6 +66,7 @@ from offload.scheduler.policy.placement import (
 )
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
 from offload.scheduler.policy.queues import Coming, Queues
+from offload.scheduler.policy.ranked import Ranked
 from offload.scheduler.policy.slack import SLACK_SHARE, remaining_path, slower_in_slack
 from offload.scheduler.policy.speculation import Speculation, SpeculationRule
 
@@ -121,8 +122,9 @@ class Policy:
         # Copies waiting for a slot on a builder full of other clients' builds, by job.
         self._waiting: dict[str, Run] = {}
         self._round = 0
-        # Running jobs, most critical first, for the remaining critical path (remaining_path).
-        self._by_path: list[tuple[float, int, str]] = []
+        # Each running job's first copy, most critical first, for the remaining critical path
+        # (remaining_path).
+        self._by_path = Ranked()
         self._queues = Queues(self.graph)
         self.unschedulable: dict[str, str] = {}
         self.skipped_at_start: list[str] = []
@@ -193,7 +195,7 @@ class Policy:
             if cls is None:
                 break
             if rnd.coming is None:
-                rnd.coming = self._queues.coming_jobs(now, rnd.hold_budget, self._runs)
+                rnd.coming = self._queues.coming_jobs(rnd.hold_budget)
             if rnd.coming and rnd.coming[0][0] < cls.heap[0]:
                 self._claim_for_coming(rnd, rnd.coming, cls, now)
             else:
@@ -210,10 +212,10 @@ class Policy:
             rnd.wake = min(rnd.wake, finish)
             return
         del self._waiting[job_id]
-        self._pool.release_slot(run, job_id)
+        self._release(run, job_id)
         moved = self._pool.take_slot(target, job_id, now, finish)
         self._runs[job_id] = [moved]
-        heapq.heappush(self._by_path, (-self.graph.critical_path(job_id), moved.copy, job_id))
+        self._by_path.add((-self.graph.critical_path(job_id), moved.copy, job_id))
         self._speculation.track(job_id, moved)
         rnd.decisions.append(Move(job_id, target.spec.name, finish, run.machine.spec.name))
 
@@ -235,6 +237,8 @@ class Policy:
         remaining = self._remaining(rnd, now, -cls.heap[0][0])
         if remaining - graph.critical_path(job_id) > graph.work(job_id):
             return
+        if ready_at is None:
+            ready_at = self._queues.ready_at(job_id, now, self._runs)
         rnd.hold_budget -= 1
         best, best_start, best_finish = place(
             self._queues.class_of[job_id],
@@ -311,11 +315,15 @@ class Policy:
         for key in self._queues.count_started(job_id, -1):
             # Coming from now on: it may claim a slot ahead of the ready jobs left.
             bisect.insort(coming, (key, key[2], finish))
-        for tier in m.tiers:
-            tier.round = -1
         run = self._pool.take_slot(m, job_id, now, finish)
+        for tier in m.tiers:
+            # A tier's earliest start this round changes only if it was this machine's
+            # last free slot: others' slots are as they were, and an all-busy tier has no
+            # free slot to start on.
+            if tier.machine is m and m.free <= 0:
+                tier.round = -1
         self._runs[job_id] = [run]
-        heapq.heappush(self._by_path, (-graph.critical_path(job_id), run.copy, job_id))
+        self._by_path.add((-graph.critical_path(job_id), run.copy, job_id))
         self._speculation.track(job_id, run)
         rnd.decisions.append(Start(job_id, m.spec.name, finish))
 
@@ -359,7 +367,7 @@ class Policy:
         self._waiting.pop(job_id, None)
         cancel: list[Cancel] = []
         for other in runs:
-            self._pool.release_slot(other, job_id)
+            self._release(other, job_id)
             if other is not run:
                 cancel.append(Cancel(job_id, other.machine.spec.name))
         if not ok:
@@ -397,7 +405,7 @@ class Policy:
         """Free one copy's slot; True if it was the job's last, which then goes back."""
         if run.waiting_since is not None:
             del self._waiting[job_id]
-        self._pool.release_slot(run, job_id)
+        self._release(run, job_id)
         runs.remove(run)
         if runs:
             return False
@@ -406,6 +414,12 @@ class Policy:
         if self.graph.mark_returned(job_id):
             self._queues.enqueue(job_id)
         return True
+
+    def _release(self, run: Run, job_id: str) -> None:
+        """``run`` ended, was cancelled or lost: its slot is free and no round looks at it."""
+        self._pool.release_slot(run, job_id)
+        self._by_path.discard(run.copy)
+        self._speculation.untrack(run)
 
     def on_returned(self, job_id: str, machine: str) -> bool:
         """The copy of ``job_id`` on ``machine`` gave up through no fault of that machine (an
@@ -443,6 +457,7 @@ class Policy:
         del self._waiting[job_id]
         run.waiting_since = None
         self._pool.reschedule(run, job_id, now, now + (run.end - run.start))
+        self._speculation.retime(job_id, run)
 
     def on_slot_freed(self, machine: str) -> None:
         """A slot on the full ``machine`` was given to this client: one is free again."""
@@ -494,5 +509,6 @@ class Policy:
     def on_estimate(self, job_id: str, work: float) -> None:
         """A better estimate arrived (history, hints): reorder the affected ready jobs."""
         for changed in self.graph.update_estimate(job_id, work):
+            self._queues.refresh(changed)
             if changed in self._queues.queued:
                 self._queues.enqueue(changed)

@@ -20,11 +20,18 @@ from typing import Protocol
 from offload.names import LOCAL
 from offload.scheduler.dag import Job
 
-__all__ = ["Backoff", "BandwidthTransferCost", "TransferCost", "slot_time"]
+__all__ = [
+    "MIN_OVERDUE",
+    "OVERDUE_FRACTION",
+    "Backoff",
+    "BandwidthTransferCost",
+    "TransferCost",
+    "slot_time",
+]
 
 # An overdue job is assumed to need this fraction of its elapsed time again.
-_OVERDUE_FRACTION = 0.25
-_MIN_OVERDUE = 1e-3
+OVERDUE_FRACTION = 0.25
+MIN_OVERDUE = 1e-3
 
 
 def slot_time(entry: tuple[float, float, str, int], now: float) -> float:
@@ -32,7 +39,7 @@ def slot_time(entry: tuple[float, float, str, int], now: float) -> float:
     end = entry[0]
     if end > now:
         return end
-    return now + max(_OVERDUE_FRACTION * (now - entry[1]), _MIN_OVERDUE)
+    return now + max(OVERDUE_FRACTION * (now - entry[1]), MIN_OVERDUE)
 
 
 @dataclass(frozen=True, slots=True)

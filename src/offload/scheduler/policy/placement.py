@@ -11,9 +11,9 @@ sound); past that a job takes the fastest free slot. Every hold is re-examined a
 cap is what keeps a call cheap on huge graphs (the later, less critical jobs are the right ones for
 slow slots anyway). A running job that has overrun its estimate is assumed to need another quarter
 of its elapsed time. Machines of one speed in a class form a tier whose earliest start is computed
-once per call and again only when a decision touches it (no transfer costs); with a transfer model
-every eligible machine is scored. Either way the scan stops at the first machine too slow to beat
-the best finish found.
+once per call and again only when a hold touches it or a start fills the machine it named
+(no transfer costs); with a transfer model every eligible machine is scored. Either way the
+scan stops at the first machine too slow to beat the best finish found.
 
 Coming work. Each round, the most critical coming jobs (up to the hold budget, and only those with
 less slack than their own work) are placed like held jobs before any ready job less critical than
@@ -30,7 +30,12 @@ import heapq
 import math
 
 from offload.scheduler.dag import Job, JobGraph
-from offload.scheduler.policy.costs import TransferCost, slot_time
+from offload.scheduler.policy.costs import (
+    MIN_OVERDUE,
+    OVERDUE_FRACTION,
+    TransferCost,
+    slot_time,
+)
 from offload.scheduler.policy.pool import EligibilityClass, Machine
 
 __all__ = [
@@ -121,8 +126,9 @@ def place_by_tier(
 ) -> Placement:
     """Earliest finish without transfer costs: machines of one speed differ only in start.
 
-    Each tier remembers its earliest start for the round until a start or hold touches it,
-    so a round with many holds rescans one tier per decision, not the whole class.
+    Each tier remembers its earliest start for the round until a hold touches it or a start
+    fills the machine it named, so a round rescans one tier per decision at most, not the
+    whole class.
     """
     best: Machine | None = None
     best_start = best_finish = math.inf
@@ -145,7 +151,11 @@ def place_by_tier(
                     start, found, claims = now, m, False
                     break
                 elif busy := m.reserved or m.ends:
-                    t = slot_time(busy[0], now)
+                    # slot_time, inlined: this scan is the hottest loop of a round.
+                    entry = busy[0]
+                    t = entry[0]
+                    if t <= now:
+                        t = now + max(OVERDUE_FRACTION * (now - entry[1]), MIN_OVERDUE)
                 else:
                     continue  # every slot withheld for other clients (``pool``)
                 if t < start:

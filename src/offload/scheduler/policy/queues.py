@@ -21,8 +21,9 @@ from offload.scheduler.policy.pool import EligibilityClass, Run
 
 __all__ = ["Coming", "Queues"]
 
-# A coming job as a round sees it: its queue key, its id and when it is expected to be ready.
-Coming = tuple[tuple[float, int, str], str, float]
+# A coming job as a round sees it: its queue key, its id and when it is expected to be ready
+# (None: not worked out yet, see ``Queues.ready_at``).
+Coming = tuple[tuple[float, int, str], str, float | None]
 
 
 class Queues:
@@ -32,16 +33,25 @@ class Queues:
         self.graph = graph
         self.class_of: dict[str, EligibilityClass] = {}
         self.queued: set[str] = set()
+        # Each job's queue key, kept current (``refresh``) rather than worked out per push.
+        self.key = {job.id: self._key(job.id) for job in graph.jobs()}
         # Per waiting job, its dependencies not started yet; at 0 it is *coming*.
-        self.unstarted = {job.id: self.count_unstarted(job.id) for job in graph.jobs()}
+        if graph.count(JobState.DONE) or graph.count(JobState.RUNNING):
+            self.unstarted = {job.id: self.count_unstarted(job.id) for job in graph.jobs()}
+        else:  # nothing started yet (the usual start): no dependency needs a look
+            self.unstarted = {job.id: len(job.deps) for job in graph.jobs()}
         self.coming: list[tuple[float, int, str]] = []
 
-    def enqueue(self, job_id: str) -> None:
-        cls = self.class_of[job_id]
+    def _key(self, job_id: str) -> tuple[float, int, str]:
         graph = self.graph
-        heapq.heappush(
-            cls.heap, (-graph.critical_path(job_id), -graph.dependents_count(job_id), job_id)
-        )
+        return (-graph.critical_path(job_id), -graph.dependents_count(job_id), job_id)
+
+    def refresh(self, job_id: str) -> None:
+        """``job_id``'s critical path changed: its key follows."""
+        self.key[job_id] = self._key(job_id)
+
+    def enqueue(self, job_id: str) -> None:
+        heapq.heappush(self.class_of[job_id].heap, self.key[job_id])
         self.queued.add(job_id)
 
     def best_class(
@@ -50,27 +60,26 @@ class Queues:
         """The class, with a free slot and not ``full`` this round, whose head is most critical."""
         best: EligibilityClass | None = None
         best_key: tuple[float, int, str] | None = None
-        graph = self.graph
+        key = self.key
         queued = self.queued
         for cls in classes:
             if cls.free_up <= 0 or cls in full:
                 continue
             heap = cls.heap
             # Drop stale entries: started, or superseded by a re-push with a new estimate.
-            while heap and (
-                heap[0][2] not in queued or -heap[0][0] != graph.critical_path(heap[0][2])
-            ):
+            while heap and (heap[0][2] not in queued or heap[0][0] != key[heap[0][2]][0]):
                 heapq.heappop(heap)
             if heap and (best_key is None or heap[0] < best_key):
                 best, best_key = cls, heap[0]
         return best
 
     def count_unstarted(self, job_id: str) -> int:
-        graph = self.graph
+        state = self.graph.state
+        done, running = JobState.DONE, JobState.RUNNING
         return sum(
             1
-            for dep in graph.job(job_id).deps
-            if graph.state(dep) not in {JobState.DONE, JobState.RUNNING}
+            for dep in self.graph.job(job_id).deps
+            if (s := state(dep)) is not done and s is not running
         )
 
     def count_started(self, job_id: str, delta: int) -> list[tuple[float, int, str]]:
@@ -82,14 +91,14 @@ class Queues:
         for d in graph.dependents(job_id):
             unstarted[d] += delta
             if unstarted[d] == 0 and graph.state(d) is JobState.PENDING:
-                key = (-graph.critical_path(d), -graph.dependents_count(d), d)
+                key = self.key[d]
                 heapq.heappush(self.coming, key)
                 coming.append(key)
         return coming
 
-    def coming_jobs(self, now: float, limit: int, runs: dict[str, list[Run]]) -> list[Coming]:
-        """Up to ``limit`` coming jobs, most critical first: (queue key, job, expected ready
-        time). A coming job waits only for dependencies that are running (``runs``)."""
+    def coming_jobs(self, limit: int) -> list[Coming]:
+        """Up to ``limit`` coming jobs, most critical first: (queue key, job, None), as their
+        expected ready time is found only for those that claim a slot (``ready_at``)."""
         graph = self.graph
         heap = self.coming
         found: list[Coming] = []
@@ -97,14 +106,18 @@ class Queues:
             job_id = heapq.heappop(heap)[2]
             if graph.state(job_id) is not JobState.PENDING or self.unstarted[job_id]:
                 continue  # ready, started or skipped since, or a dependency went back: dead
-            ready_at = now
-            for dep in graph.job(job_id).deps:
-                dep_runs = runs.get(dep)
-                if dep_runs:
-                    ends = (slot_time((r.end, r.start, dep, 0), now) for r in dep_runs)
-                    ready_at = max(ready_at, min(ends))
-            key = (-graph.critical_path(job_id), -graph.dependents_count(job_id), job_id)
-            found.append((key, job_id, ready_at))
+            found.append((self.key[job_id], job_id, None))
         for key, _, _ in found:
             heapq.heappush(heap, key)
         return found
+
+    def ready_at(self, job_id: str, now: float, runs: dict[str, list[Run]]) -> float:
+        """When a coming job is expected to be ready: it waits only for dependencies that
+        are running (``runs``), each until its first copy is expected to end."""
+        ready = now
+        for dep in self.graph.job(job_id).deps:
+            dep_runs = runs.get(dep)
+            if dep_runs:
+                ends = (slot_time((r.end, r.start, dep, 0), now) for r in dep_runs)
+                ready = max(ready, min(ends))
+        return ready

@@ -12,11 +12,10 @@ machine because it looks short is how a huge one ends up there.
 
 from __future__ import annotations
 
-import heapq
-
 from offload.scheduler.dag import JobGraph
 from offload.scheduler.policy.costs import TransferCost
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Run
+from offload.scheduler.policy.ranked import Ranked
 
 __all__ = ["SLACK_SHARE", "remaining_path", "slower_in_slack"]
 
@@ -26,27 +25,18 @@ SLACK_SHARE = 0.5
 _PATH_LOOKAHEAD = 8
 
 
-def remaining_path(
-    by_path: list[tuple[float, int, str]], runs: dict[str, list[Run]], now: float, ready: float
-) -> float:
+def remaining_path(by_path: Ranked, runs: dict[str, list[Run]], now: float, ready: float) -> float:
     """The longest critical path left, in work: ``ready``'s (the most critical ready job)
-    or a running job's (``by_path``: most critical first) less the work its machine has done
-    on it since it started."""
+    or a running job's (``by_path``: each job's first copy, most critical first) less the work
+    its machine has done on it since it started."""
     longest = ready
-    heap = by_path
-    kept: list[tuple[float, int, str]] = []
     # Most critical first: once a job's whole path is no longer, no later one's rest is.
     # A bounded look keeps a round cheap; too short an answer only leaves less slack.
-    while heap and -heap[0][0] > longest and len(kept) < _PATH_LOOKAHEAD:
-        entry = heapq.heappop(heap)
-        job_runs = runs.get(entry[2])
-        if job_runs is None or job_runs[0].copy != entry[1]:
-            continue  # finished or went back: dead for good
-        kept.append(entry)
-        done = max((now - r.start) * r.machine.speed for r in job_runs)
-        longest = max(longest, -entry[0] - done)
-    for entry in kept:
-        heapq.heappush(heap, entry)
+    for neg_path, _, job_id in by_path.entries[:_PATH_LOOKAHEAD]:
+        if -neg_path <= longest:
+            break
+        done = max((now - r.start) * r.machine.speed for r in runs[job_id])
+        longest = max(longest, -neg_path - done)
     return longest
 
 

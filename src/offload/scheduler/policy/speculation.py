@@ -11,7 +11,6 @@ other, whose slot is free at once. Only a bounded set of running copies is exami
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ from offload.scheduler.policy.costs import TransferCost, slot_time
 from offload.scheduler.policy.decisions import Decision, Speculate
 from offload.scheduler.policy.placement import fastest_free
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
+from offload.scheduler.policy.ranked import Ranked
 
 __all__ = ["Speculation", "SpeculationRule"]
 
@@ -38,16 +38,29 @@ class Speculation:
     """The single-copy runs worth a look, and which jobs got a second copy."""
 
     rule: SpeculationRule
-    # Single-copy runs: latest planned end first, and earliest start first.
-    by_end: list[tuple[float, int, str]] = field(default_factory=list)
-    by_start: list[tuple[float, int, str]] = field(default_factory=list)
+    # Single-copy runs: latest planned end first, and earliest start first. A copy leaves
+    # both when its slot is released (``untrack``), or when a round finds its job has a
+    # second copy.
+    by_end: Ranked = field(default_factory=Ranked)
+    by_start: Ranked = field(default_factory=Ranked)
     speculated: set[str] = field(default_factory=set)
 
     def track(self, job_id: str, run: Run) -> None:
         """``run`` just started as the job's only copy (nothing to track when switched off)."""
         if self.rule.min_gain < math.inf:
-            heapq.heappush(self.by_end, (-run.end, run.copy, job_id))
-            heapq.heappush(self.by_start, (run.start, run.copy, job_id))
+            self.by_end.add((-run.end, run.copy, job_id))
+            self.by_start.add((run.start, run.copy, job_id))
+
+    def untrack(self, run: Run) -> None:
+        """``run``'s slot was released: it is no candidate any more."""
+        self.by_end.discard(run.copy)
+        self.by_start.discard(run.copy)
+
+    def retime(self, job_id: str, run: Run) -> None:
+        """``run``'s start and end changed: if it was a candidate, it is one at its new place."""
+        if run.copy in self.by_end or run.copy in self.by_start:
+            self.untrack(run)
+            self.track(job_id, run)
 
     def candidates(self, runs: dict[str, list[Run]], now: float) -> list[tuple[str, Run]]:
         """The single-copy runs expected to end last: by planned end, and the longest overdue.
@@ -56,23 +69,22 @@ class Speculation:
         per event; the runs that end last are the ones the tail waits for.
         """
         found: list[tuple[str, Run]] = []
-        for heap in (self.by_end, self.by_start):
-            kept: list[tuple[float, int, str]] = []
-            while heap and len(kept) < _SPECULATION_LOOKAHEAD:
-                entry = heapq.heappop(heap)
-                job_id = entry[2]
-                job_runs = runs.get(job_id)
-                if job_runs is None or len(job_runs) != 1 or job_runs[0].copy != entry[1]:
-                    continue  # finished, lost or already copied: the entry is dead for good
-                kept.append(entry)
+        for ranked in (self.by_end, self.by_start):
+            entries = ranked.entries
+            index = 0
+            while index < len(entries) and index < _SPECULATION_LOOKAHEAD:
+                _, copy, job_id = entries[index]
+                job_runs = runs[job_id]
+                if len(job_runs) != 1 or job_runs[0].copy != copy:
+                    ranked.remove_at(index)  # copied since: never looked at again
+                    continue
+                index += 1
                 run = job_runs[0]
                 if run.waiting_since is not None:
                     continue  # waiting on a full builder: moved, not copied (``full``)
-                if heap is self.by_start and run.end > now:
-                    continue  # not overdue; the planned-end heap covers it
+                if ranked is self.by_start and run.end > now:
+                    continue  # not overdue; the planned-end order covers it
                 found.append((job_id, run))
-            for entry in kept:
-                heapq.heappush(heap, entry)
         return found
 
     def decide(
