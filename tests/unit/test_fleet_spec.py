@@ -8,10 +8,9 @@ import pytest
 
 from offload.errors import FleetError
 from offload.fleet import DEFAULT_SPECS, MemberSpec, default_fleet_dir, fleet_up
+from offload.fleet.records import FleetState, MemberRecord, parse_proc_stat
 from offload.fleet.spec import (
-    FleetState,
     ForcedCommand,
-    MemberRecord,
     authorized_keys,
     check_host,
     client_argv,
@@ -20,7 +19,6 @@ from offload.fleet.spec import (
     machines_line,
     member_argv,
     nix_conf,
-    parse_proc_stat,
     speed_text,
     ssh_config,
     sshd_config,

@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from offload.errors import FleetError
+from offload.fleet.records import FleetState, MemberRecord
 from offload.fleet.spec import (
-    FleetState,
-    MemberRecord,
     MemberSpec,
     member_argv,
     proc_override_file,

@@ -9,10 +9,10 @@ import pwd
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from offload.fleet.records import MemberRecord
 from offload.fleet.spec import (
     CLIENT_KEY,
     MEMBER_AUTHORIZED_KEYS,
-    MemberRecord,
     MemberSpec,
     authorized_keys,
     home_to_replace,

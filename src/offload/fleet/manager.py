@@ -18,10 +18,9 @@ from pathlib import Path
 from offload.errors import FleetError
 from offload.fleet.files import prepare_dir, write_client_files
 from offload.fleet.namespace import is_ours, stop_member
+from offload.fleet.records import FleetState, MemberRecord
 from offload.fleet.spec import (
     CLIENT_KEY,
-    FleetState,
-    MemberRecord,
     MemberSpec,
     check_fleet_dir,
     check_host,

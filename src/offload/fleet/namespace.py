@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from offload.errors import FleetError
-from offload.fleet.spec import MemberRecord, parse_proc_stat
+from offload.fleet.records import MemberRecord, parse_proc_stat
 from offload.process import stop_process_group
 
 __all__ = ["is_ours", "mnt_ns", "proc_stat", "stop_member"]

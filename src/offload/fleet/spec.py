@@ -14,7 +14,7 @@ machine's slot locks by its URI, and the key's path, unique to the fleet's direc
 fleets whose members have the same names from sharing them, while the member keeps its name
 (``--on NAME``, offload's tables and events). ``fleet.json`` records
 what was started (pid, the pid's start time so a recycled pid is never signalled, and the mount
-namespace so stray sessions can be found).
+namespace so stray sessions can be found; ``records``).
 
 Everything here is pure: it renders and parses text; ``manager`` does the I/O.
 """
@@ -22,14 +22,12 @@ Everything here is pure: it renders and parses text; ``manager`` does the I/O.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from offload.errors import FleetError
 from offload.names import LOCAL
@@ -44,9 +42,7 @@ __all__ = [
     "MEMBER_AUTHORIZED_KEYS",
     "MEMBER_SPEED_FILE",
     "SSHD",
-    "FleetState",
     "ForcedCommand",
-    "MemberRecord",
     "MemberSpec",
     "authorized_keys",
     "check_fleet_dir",
@@ -59,7 +55,6 @@ __all__ = [
     "member_argv",
     "member_uri",
     "nix_conf",
-    "parse_proc_stat",
     "proc_override_file",
     "speed_text",
     "ssh_config",
@@ -81,7 +76,6 @@ _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # columns and ssh_config lines.
 _DIR_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 _RESERVED = frozenset({LOCAL, "localhost"})
-STATE_VERSION = 1
 # The programs hardened builders restrict their key to, by the short name a spec uses: the
 # serve program (NixOS `nix.sshServe`, ssh://) and the daemon (srvos' remote builder, ssh-ng://).
 FORCED_COMMANDS = {"serve": "nix-store --serve --write", "daemon": "nix-daemon --stdio"}
@@ -424,89 +418,3 @@ def _key_only(pub: str) -> str:
     if len(fields) < 2:
         raise FleetError(f"malformed public key {pub.strip()!r}")
     return f"{fields[0]} {fields[1]}"
-
-
-def parse_proc_stat(text: str) -> tuple[str, int]:
-    """The state letter and start time (field 22, clock ticks since boot) of /proc/PID/stat.
-
-    The command name (field 2) is in parentheses and may itself contain spaces and parentheses,
-    so fields are counted from the last ``)``.
-    """
-    rest = text[text.rindex(")") + 1 :].split()
-    # rest[0] is field 3 (state); field 22 is rest[19].
-    return rest[0], int(rest[19])
-
-
-@dataclass(frozen=True)
-class MemberRecord:
-    """One started member, as written to ``fleet.json``."""
-
-    spec: MemberSpec
-    port: int
-    pid: int
-    start_time: int
-    mnt_ns: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "speed": self.spec.speed,
-            "jobs": self.spec.jobs,
-            "proc_overrides": dict(self.spec.proc_overrides),
-            "forced": None
-            if self.spec.forced is None
-            else {"command": self.spec.forced.command, "where": self.spec.forced.where},
-            "untrusted": self.spec.untrusted,
-            "port": self.port,
-            "pid": self.pid,
-            "start_time": self.start_time,
-            "mnt_ns": self.mnt_ns,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MemberRecord:
-        overrides = data.get("proc_overrides") or {}
-        forced = data.get("forced")
-        spec = MemberSpec(
-            str(data["name"]),
-            float(data["speed"]),
-            int(data["jobs"]),
-            tuple((str(target), str(text)) for target, text in overrides.items()),
-            None if not forced else ForcedCommand(str(forced["command"]), str(forced["where"])),
-            untrusted=bool(data.get("untrusted", False)),
-        )
-        return cls(
-            spec,
-            int(data["port"]),
-            int(data["pid"]),
-            int(data["start_time"]),
-            str(data["mnt_ns"]),
-        )
-
-
-@dataclass(frozen=True)
-class FleetState:
-    system: str
-    members: tuple[MemberRecord, ...]
-
-    def to_json(self) -> str:
-        data = {
-            "version": STATE_VERSION,
-            "system": self.system,
-            "members": [m.as_dict() for m in self.members],
-        }
-        return json.dumps(data, indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str, *, origin: str = "fleet.json") -> FleetState:
-        try:
-            data = json.loads(text)
-            if data.get("version") != STATE_VERSION:
-                raise FleetError(f"{origin}: unknown state version {data.get('version')!r}")
-            members = tuple(MemberRecord.from_dict(m) for m in data["members"])
-            return cls(str(data["system"]), members)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise FleetError(
-                f"{origin} is malformed: {exc}",
-                hint="stop stray sshd processes by hand, then remove the fleet directory",
-            ) from exc

@@ -16,9 +16,9 @@ from pathlib import Path
 from offload.errors import FleetError, OffloadError
 from offload.fleet.files import login_home, prepare_member, write_private
 from offload.fleet.namespace import is_ours, mnt_ns, proc_stat, stop_member
+from offload.fleet.records import MemberRecord
 from offload.fleet.spec import (
     MEMBER_SPEED_FILE,
-    MemberRecord,
     MemberSpec,
     member_argv,
     speed_text,

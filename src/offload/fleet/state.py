@@ -1,4 +1,4 @@
-"""``fleet.json``: what ``fleet_up`` started (see ``spec.FleetState``), read and written
+"""``fleet.json``: what ``fleet_up`` started (see ``records.FleetState``), read and written
 atomically, and turned into the ``Fleet`` its users see."""
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ from pathlib import Path
 
 from offload.errors import FleetError
 from offload.fleet.files import write_private
-from offload.fleet.spec import FleetState, MemberRecord, MemberSpec
+from offload.fleet.records import FleetState, MemberRecord
+from offload.fleet.spec import (
+    MemberSpec,
+)
 from offload.fleet.view import Fleet, Member
 
 __all__ = ["STATE_FILE", "fleet_of", "load_state", "member_of", "ordered", "write_state"]
