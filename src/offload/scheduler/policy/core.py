@@ -41,7 +41,6 @@ import bisect
 import heapq
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 from offload.errors import SchedulerError
 from offload.scheduler.dag import Job, JobGraph, JobState
@@ -67,28 +66,11 @@ from offload.scheduler.policy.placement import (
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
 from offload.scheduler.policy.queues import Coming, Queues
 from offload.scheduler.policy.ranked import Ranked
+from offload.scheduler.policy.round import Round
 from offload.scheduler.policy.slack import SLACK_SHARE, remaining_path, slower_in_slack
 from offload.scheduler.policy.speculation import Speculation, SpeculationRule
 
 __all__ = ["Policy"]
-
-
-@dataclass(slots=True, eq=False)
-class _Round:
-    """What one call of ``next_decisions`` has decided and reserved so far."""
-
-    number: int
-    hold_budget: int
-    decisions: list[Decision] = field(default_factory=list)
-    held: list[str] = field(default_factory=list)
-    wake: float = math.inf
-    # Machines with holds or claims this round, to clear at its end.
-    reserved: list[Machine] = field(default_factory=list)
-    # Classes whose every free slot is claimed: their held heads wait for the next round.
-    full: set[EligibilityClass] = field(default_factory=set)
-    # Found on first need: the longest remaining path, and the most critical coming jobs.
-    remaining: float | None = None
-    coming: list[Coming] | None = None
 
 
 class Policy:
@@ -186,7 +168,7 @@ class Policy:
         pool = self._pool
         pool.bring_back(now)
         self._round += 1
-        rnd = _Round(self._round, MAX_HOLDS_PER_ROUND if self._hold else 0)
+        rnd = Round(self._round, MAX_HOLDS_PER_ROUND if self._hold else 0)
         for job_id, run in list(self._waiting.items()):
             self._move_waiting(rnd, job_id, run, now)
         classes = list(pool.classes.values())
@@ -202,7 +184,7 @@ class Policy:
                 self._place_ready(rnd, rnd.coming, cls, now)
         return self._end_round(rnd, now)
 
-    def _move_waiting(self, rnd: _Round, job_id: str, run: Run, now: float) -> None:
+    def _move_waiting(self, rnd: Round, job_id: str, run: Run, now: float) -> None:
         """Move a job waiting on a full builder to a free slot elsewhere, if worth it now
         (``full``), else ask to be woken when it will be."""
         target, finish = move_target(
@@ -219,7 +201,7 @@ class Policy:
         self._speculation.track(job_id, moved)
         rnd.decisions.append(Move(job_id, target.spec.name, finish, run.machine.spec.name))
 
-    def _remaining(self, rnd: _Round, now: float, ready: float) -> float:
+    def _remaining(self, rnd: Round, now: float, ready: float) -> float:
         """The round's longest remaining path, found once (``ready``: the most critical
         ready job's path at the first need)."""
         if rnd.remaining is None:
@@ -227,7 +209,7 @@ class Policy:
         return rnd.remaining
 
     def _claim_for_coming(
-        self, rnd: _Round, coming: list[Coming], cls: EligibilityClass, now: float
+        self, rnd: Round, coming: list[Coming], cls: EligibilityClass, now: float
     ) -> None:
         """A job more critical than every ready one will be ready soon: unless it has slack
         to spare (more than its own work), it claims the slot it will want, so less critical
@@ -253,7 +235,7 @@ class Policy:
             reserve(best, job_id, best_start, best_finish, now=now, reserved=rnd.reserved)
 
     def _place_ready(
-        self, rnd: _Round, coming: list[Coming], cls: EligibilityClass, now: float
+        self, rnd: Round, coming: list[Coming], cls: EligibilityClass, now: float
     ) -> None:
         """Start the head of ``cls`` where it finishes first (or within its slack), or hold
         it for a busy slot while the round's hold budget lasts."""
@@ -301,7 +283,7 @@ class Policy:
 
     def _start(
         self,
-        rnd: _Round,
+        rnd: Round,
         coming: list[Coming],
         job_id: str,
         m: Machine,
@@ -327,7 +309,7 @@ class Policy:
         self._speculation.track(job_id, run)
         rnd.decisions.append(Start(job_id, m.spec.name, finish))
 
-    def _end_round(self, rnd: _Round, now: float) -> list[Decision]:
+    def _end_round(self, rnd: Round, now: float) -> list[Decision]:
         """Requeue the held jobs, copy running jobs onto idle slots when nothing is ready,
         and say when to call again."""
         pool = self._pool
