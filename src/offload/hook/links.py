@@ -15,7 +15,9 @@ Each build holds one of the builder's slots on the builder itself (``Link.build_
 holding a slot is opened for the build and kept ``LINGER`` s after it for the next derivation
 there, then closed. A builder whose slots are all held by others says so at once: before the
 accept that is ``BuilderFullError`` (``wait=False``: Nix waits for the reply, so the hook decides
-again with that builder taken for full); after it the build waits for a slot there.
+again with that builder taken for full); after it the build waits for a slot there. What the
+first build session learned (slots counted there, or on this host only and why) is written to
+the state directory for ``offload status`` (``offload.slot_fallback``).
 
 A builder whose key runs only the serve program (``Link.restricted``), or only ``nix-daemon
 --stdio`` for an ``ssh-ng://`` one, works the same, its slots counted on this host only; the
@@ -36,6 +38,7 @@ from pathlib import Path
 from offload.config.machines import Machine
 from offload.errors import OffloadError, SshError, TransportError
 from offload.protocol.serve import StoreClient
+from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
 from offload.transport.links import BuilderFullError, Link
 from offload.transport.shared import SharedSshTransport, control_dir
@@ -95,6 +98,8 @@ class BuilderLinks:
         self._noted: set[str] = set()  # restricted builders already told of
         # Sessions lent before: one never lent was handshaken just now and needs no ping.
         self._lent: weakref.WeakSet[StoreClient] = weakref.WeakSet()
+        # What each builder's slots were last found to be (``offload.slot_fallback``).
+        self._recorded: dict[str, str | None] = {}
 
     def _link(self, machine: Machine, env: Mapping[str, str]) -> tuple[SharedSshTransport, Link]:
         params = tuple(sorted(machine.params.items()))
@@ -143,6 +148,7 @@ class BuilderLinks:
             lent = False
             try:
                 async with link.build_session(on_log, on_wait=full) as client:
+                    self._learned(machine.name, link)
                     if not self._fresh(client):
                         try:
                             await client.query_valid_paths([])
@@ -166,6 +172,17 @@ class BuilderLinks:
                 raise Unreachable(exc.message) from exc
             else:
                 return
+
+    def _learned(self, name: str, link: Link) -> None:
+        """Keep what the builder's slots were found to be where ``offload status`` reads it,
+        once per change (a write per build would cost the hook's tiny derivations)."""
+        if link.slots_on_builder is None:
+            return
+        if name in self._recorded and self._recorded[name] == link.slot_fallback:
+            return
+        self._recorded[name] = link.slot_fallback
+        with contextlib.suppress(OSError):  # status shows less; the build goes on
+            record_fallbacks(self._state / FALLBACK_FILE, {name: link.slot_fallback}, time.time())
 
     def _fresh(self, client: StoreClient) -> bool:
         """Handshaken just now, or answered a whole build moments ago (so surely still
