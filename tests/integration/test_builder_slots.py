@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -224,15 +225,19 @@ def test_offload_build_and_offload_hook_count_each_others_builds_on_the_builder(
 ):
     logs = {who: tmp_path / f"stamps-{who}" for who in ("run", "hook")}
     counts = {"run": 4, "hook": 6}
-    # The hook's first build holds its slot until one of the run's has started there (at most
-    # two minutes), so the two clients surely build there at once, whichever starts first.
-    ran = tmp_path / "run-started"
-    gate = (
-        f"case $name in hook-0) n=0; while [ ! -e {ran} ] && [ $n -lt 2400 ]; "
-        "do /bin/sleep 0.05; n=$((n + 1)); done;; esac; "
-    )
-    scripts = {"run": f"echo > {ran}; /bin/sleep 0.6; echo run > $out", "hook": ""}
-    scripts["hook"] = f"{gate}/bin/sleep 0.6; echo hook > $out"
+    # Each client's builds mark that it built there, and its first build holds its slot until
+    # the other's mark is there too (at most two minutes), so the two clients surely build there
+    # at once, whichever starts first. Only one build of each waits: a slot is left to take.
+    marks = {who: tmp_path / f"{who}-started" for who in counts}
+
+    def script(who: str, other: str) -> str:
+        gate = (
+            f"case $name in {who}-0) n=0; while [ ! -e {marks[other]} ] && [ $n -lt 2400 ]; "
+            "do /bin/sleep 0.05; n=$((n + 1)); done;; esac; "
+        )
+        return f"echo > {marks[who]}; {gate}/bin/sleep 0.6; echo {who} > $out"
+
+    scripts = {"run": script("run", "hook"), "hook": script("hook", "run")}
     files = {
         who: jobs(tmp_path, who, stamped(log, scripts[who]), counts[who])
         for who, log in logs.items()
@@ -254,7 +259,7 @@ def test_offload_build_and_offload_hook_count_each_others_builds_on_the_builder(
     for who, log in logs.items():
         times = [float(line.split()[1]) for line in log.read_text().splitlines()]
         spans[who] = (min(times), max(times))
-    assert ran.exists()
+    assert all(mark.exists() for mark in marks.values())
     # The two clients contended: each built while the other did.
     assert spans["run"][0] < spans["hook"][1]
     assert spans["hook"][0] < spans["run"][1]
@@ -264,3 +269,42 @@ def test_offload_build_and_offload_hook_count_each_others_builds_on_the_builder(
     assert stamps == 2 * (counts["run"] + counts["hook"])
     # Either client alone fills both slots: up to four at once if they did not count each other.
     assert peak <= SLOTS
+
+
+def test_the_hook_waits_for_a_slot_another_client_holds_on_the_builder(shared_fleet, tmp_path):
+    member_var = shared_fleet.dir / "shared" / "nix" / "var" / "nix"
+    locks = slot_file(member_var, 0).parent
+    locks.mkdir(mode=0o700, exist_ok=True)
+    # Another client, as the builder sees it: both slot files held under flock.
+    fds = [os.open(slot_file(member_var, s), os.O_WRONLY | os.O_CREAT, 0o600) for s in range(2)]
+    log = tmp_path / "stamps"
+    file = jobs(tmp_path, "waits", stamped(log, "echo waited > $out"), 1)
+    state = tmp_path / "h" / "state"
+    try:
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        hooked = hook_client(shared_fleet, tmp_path / "h", file)
+        watchdog = threading.Timer(120, hooked.kill)
+        watchdog.start()
+        try:
+            assert hooked.stderr is not None
+            while "every slot there is held by another client" not in (
+                line := hooked.stderr.readline()
+            ):
+                assert line, "nix-build ended without waiting for a slot on the builder"
+            assert not log.exists()  # accepted, and waiting: nothing built there yet
+            released = time.time()
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            out, err = hooked.communicate(timeout=60)
+        finally:
+            watchdog.cancel()
+            processes.stop(hooked)
+        assert hooked.returncode == 0, err
+        assert Path(out.split()[0]).read_text() == "waited\n"
+    finally:
+        for fd in fds:
+            os.close(fd)
+        stop_coordinators(state)
+    assert float(log.read_text().split()[1]) >= released
