@@ -9,14 +9,11 @@ seconds so they survive the process; a successful build resets a machine's entry
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.state_json import read_state_json
+from offload.state_json import read_state_json, write_state_json
 
 __all__ = ["Health", "clear_backoff", "load_backoff", "load_backoffs", "save_backoff"]
 
@@ -60,15 +57,7 @@ def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -
         data[name] = {"failures": health.failures, "until": health.until}
         if health.reason is not None:
             data[name]["reason"] = health.reason
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".backoff-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_state_json(path, data)
 
 
 def load_backoffs(paths: Sequence[Path], now: float) -> dict[str, Health]:

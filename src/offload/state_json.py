@@ -1,4 +1,5 @@
-"""The JSON files of the state directory (backoff.json, use.json), read as a cache is read.
+"""The JSON files of the state directory (backoff.json, use.json, slot-fallback.json), read as
+a cache is read and written whole.
 
 These files are what offload learned or was told, rewritten whole on each save; one a user
 damaged (truncated, edited, replaced by a device or a FIFO) reads as no file at all rather than
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["MAX_BYTES", "read_state_json"]
+__all__ = ["MAX_BYTES", "read_state_json", "write_state_json"]
 
 MAX_BYTES = 1 << 20  # a state file holds a few entries per machine; a MiB is thousands
 
@@ -39,3 +41,17 @@ def read_state_json(path: Path) -> object | None:
     except (ValueError, RecursionError):
         return None
     return value
+
+
+def write_state_json(path: Path, data: object) -> None:
+    """``data`` as ``path``, replaced atomically (a reader sees the old file or the new one),
+    mode 0600 in a directory made 0700 if it is missing."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=1)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -11,6 +11,9 @@ on this host, so ``offload status`` is instant and safe to run in a loop:
   one the nix-daemon's hook keeps); a machine backed off in both shows the later end.
 - the builder choice: ``use.json`` (``offload.use``) in the same places; the first one in
   force wins, as the hook reads its own state directory.
+- builders whose slots are counted on this host only (no slot lock could be taken on the
+  builder: a restricted key, no flock(1), no slot directory), and why, as the last
+  ``offload build`` run or hook build there found (``offload.slot_fallback``).
 
 A ``MachineStatus`` per machine (the local one first, as ``local``) and the ``Choice`` in force
 make up a ``PoolStatus``.
@@ -27,6 +30,7 @@ from offload.backoff import Health, load_backoffs
 from offload.config.pool import Pool
 from offload.errors import ConfigError
 from offload.names import LOCAL
+from offload.slot_fallback import FALLBACK_FILE, Fallback, load_fallbacks
 from offload.slots import SlotLocks, slot_key
 from offload.use import Choice, read_choice
 
@@ -41,6 +45,11 @@ class BackoffJson(TypedDict):
     reason: str | None
 
 
+class FallbackJson(TypedDict):
+    reason: str
+    learned: float
+
+
 class MachineStatusJson(TypedDict):
     name: str
     slots: int
@@ -49,6 +58,7 @@ class MachineStatusJson(TypedDict):
     expected_free: list[float]
     backoff: BackoffJson | None
     chosen: bool
+    slot_fallback: FallbackJson | None
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class MachineStatus:
     expected_free: tuple[float, ...]  # wall-clock ends the holders wrote, soonest first
     backoff: Health | None
     chosen: bool  # in the `offload use` choice (True when there is none)
+    # Counted on this host only, as last learned (None: on the builder, or not known yet).
+    slot_fallback: Fallback | None = None
 
     def as_json(self) -> MachineStatusJson:
         backoff: BackoffJson | None = None
@@ -77,6 +89,9 @@ class MachineStatus:
             "expected_free": list(self.expected_free),
             "backoff": backoff,
             "chosen": self.chosen,
+            "slot_fallback": None
+            if self.slot_fallback is None
+            else {"reason": self.slot_fallback.reason, "learned": self.slot_fallback.learned},
         }
 
 
@@ -108,6 +123,7 @@ def pool_status(pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float
     choice = next((c for p in places if (c := read_choice(p, now)) is not None), None)
     chosen = _chosen(pool, choice)
     backoff = _backoff(places, now)
+    fallbacks = load_fallbacks([place / FALLBACK_FILE for place in places])
     entries = [(LOCAL, LOCAL, pool.local.max_jobs)] if pool.local is not None else []
     entries += [(m.name, slot_key(m.uri), m.max_jobs) for m in pool.machines]
     machines = []
@@ -123,6 +139,7 @@ def pool_status(pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float
                 tuple(ends),
                 backoff.get(name),
                 chosen is None or name in chosen,
+                None if name == LOCAL else fallbacks.get(name),
             )
         )
     return PoolStatus(tuple(machines), choice, slots.directory)

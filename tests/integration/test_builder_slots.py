@@ -3,7 +3,8 @@
 The wrapper's slot lock is run with real ``sh`` and ``flock`` first (with a directory of the
 test bind-mounted over ``/nix/var/nix`` in a mount namespace of its own, so this host's Nix
 state is left alone). Then
-two ``offload build`` clients build at once onto one shared member. Each client runs in a mount
+two clients build at once onto one shared member: two ``offload build`` runs, or one and a
+``nix-build`` with ``offload-hook``. Each client runs in a mount
 namespace of its own with its own ``current-load`` directory bind-mounted over Nix's, and its
 own state directory: this host's slot locks cannot coordinate them, as on two hosts (they share
 this host's store, which only makes their outputs easy to check). The builds append start and
@@ -18,6 +19,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +30,13 @@ from offload.transport.ssh import SLOT_BUSY_EXIT, SLOT_DIRS, parse_slot, serve_c
 from tests.helpers import processes
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import nix_file, out_path
-from tests.helpers.offload_run import offload_argv, offload_env, peak_running, wait_for
+from tests.helpers.offload_run import (
+    offload_argv,
+    offload_env,
+    peak_running,
+    stop_coordinators,
+    wait_for,
+)
 
 SLOTS = 2
 shared_fleet = private_fleet_fixture(
@@ -100,18 +109,20 @@ def test_without_flock_the_program_still_starts_and_says_so(tmp_path):
 # -- two clients, one builder ------------------------------------------------------------------
 
 
-def client(fleet: Fleet, tmp_path: Path, name: str, file: Path) -> subprocess.Popen[str]:
-    """``offload build FILE -j 0`` as if on a host of its own (module docstring)."""
-    home = tmp_path / name
+def on_a_host_of_its_own(home: Path, argv: list[str]) -> list[str]:
+    """``argv`` with a ``current-load`` of its own (module docstring)."""
     (home / "current-load").mkdir(parents=True)
     NIX_CURRENT_LOAD.mkdir(exist_ok=True)
-    argv = client_argv(
-        home / "current-load", offload_argv(file, "--builders", f"@{fleet.machines_file}")
-    )
-    env = offload_env(fleet, home)
+    return client_argv(home / "current-load", argv)
+
+
+def client(fleet: Fleet, tmp_path: Path, name: str, file: Path) -> subprocess.Popen[str]:
+    """``offload build FILE -j 0`` as if on a host of its own."""
+    home = tmp_path / name
+    argv = offload_argv(file, "--builders", f"@{fleet.machines_file}", "-j", "0")
     return processes.start(
-        [*argv, "-j", "0", "--no-out-link", "--json"],
-        env=env,
+        on_a_host_of_its_own(home, [*argv, "--no-out-link", "--json"]),
+        env=offload_env(fleet, home),
         cwd=home,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -192,3 +203,108 @@ def test_a_killed_client_frees_its_slots_on_the_builder_at_once(shared_fleet, tm
         processes.stop(holder)
     started = float(log.read_text().split()[1])
     assert started >= killed_at  # it got a slot only once the killed client had let go
+
+
+def hook_client(fleet: Fleet, home: Path, file: Path) -> subprocess.Popen[str]:
+    """``nix-build FILE -j 0`` with ``offload-hook``, as if on a host of its own; its
+    coordinator is started inside that host's namespace too."""
+    hook = str(Path(sys.executable).parent / "offload-hook")
+    argv = ["nix-build", str(file), "--no-out-link", "-j", "0", "--option", "build-hook", hook]
+    argv += ["--option", "substituters", "", "--builders", f"@{fleet.machines_file}"]
+    return processes.start(
+        on_a_host_of_its_own(home, argv),
+        env={**fleet.env(), "OFFLOAD_STATE_DIR": str(home / "state")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_offload_build_and_offload_hook_count_each_others_builds_on_the_builder(
+    shared_fleet, tmp_path
+):
+    logs = {who: tmp_path / f"stamps-{who}" for who in ("run", "hook")}
+    counts = {"run": 4, "hook": 6}
+    # Each client's builds mark that it built there, and its first build holds its slot until
+    # the other's mark is there too (at most two minutes), so the two clients surely build there
+    # at once, whichever starts first. Only one build of each waits: a slot is left to take.
+    marks = {who: tmp_path / f"{who}-started" for who in counts}
+
+    def script(who: str, other: str) -> str:
+        gate = (
+            f"case $name in {who}-0) n=0; while [ ! -e {marks[other]} ] && [ $n -lt 2400 ]; "
+            "do /bin/sleep 0.05; n=$((n + 1)); done;; esac; "
+        )
+        return f"echo > {marks[who]}; {gate}/bin/sleep 0.6; echo {who} > $out"
+
+    scripts = {"run": script("run", "hook"), "hook": script("hook", "run")}
+    files = {
+        who: jobs(tmp_path, who, stamped(log, scripts[who]), counts[who])
+        for who, log in logs.items()
+    }
+    try:
+        hooked = hook_client(shared_fleet, tmp_path / "hook" / "h", files["hook"])
+        run = client(shared_fleet, tmp_path / "run", "c", files["run"])
+        out, err = hooked.communicate(timeout=180)
+        assert hooked.returncode == 0, err
+        assert len(out.split()) == counts["hook"]
+        _, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err
+    finally:
+        stop_coordinators(tmp_path / "hook" / "h" / "state")
+    for who, file in files.items():
+        for i in range(counts[who]):
+            assert Path(out_path(file, f"j{i}")).read_text() == f"{who}\n"
+    spans = {}
+    for who, log in logs.items():
+        times = [float(line.split()[1]) for line in log.read_text().splitlines()]
+        spans[who] = (min(times), max(times))
+    assert all(mark.exists() for mark in marks.values())
+    # The two clients contended: each built while the other did.
+    assert spans["run"][0] < spans["hook"][1]
+    assert spans["hook"][0] < spans["run"][1]
+    both = tmp_path / "stamps"
+    both.write_text(logs["run"].read_text() + logs["hook"].read_text())
+    stamps, peak = peak_running(both)
+    assert stamps == 2 * (counts["run"] + counts["hook"])
+    # Either client alone fills both slots: up to four at once if they did not count each other.
+    assert peak <= SLOTS
+
+
+def test_the_hook_waits_for_a_slot_another_client_holds_on_the_builder(shared_fleet, tmp_path):
+    member_var = shared_fleet.dir / "shared" / "nix" / "var" / "nix"
+    locks = slot_file(member_var, 0).parent
+    locks.mkdir(mode=0o700, exist_ok=True)
+    # Another client, as the builder sees it: both slot files held under flock.
+    fds = [os.open(slot_file(member_var, s), os.O_WRONLY | os.O_CREAT, 0o600) for s in range(2)]
+    log = tmp_path / "stamps"
+    file = jobs(tmp_path, "waits", stamped(log, "echo waited > $out"), 1)
+    state = tmp_path / "h" / "state"
+    try:
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        hooked = hook_client(shared_fleet, tmp_path / "h", file)
+        watchdog = threading.Timer(120, hooked.kill)
+        watchdog.start()
+        try:
+            assert hooked.stderr is not None
+            while "every slot there is held by another client" not in (
+                line := hooked.stderr.readline()
+            ):
+                assert line, "nix-build ended without waiting for a slot on the builder"
+            assert not log.exists()  # accepted, and waiting: nothing built there yet
+            released = time.time()
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            out, err = hooked.communicate(timeout=60)
+        finally:
+            watchdog.cancel()
+            processes.stop(hooked)
+        assert hooked.returncode == 0, err
+        assert Path(out.split()[0]).read_text() == "waited\n"
+    finally:
+        for fd in fds:
+            os.close(fd)
+        stop_coordinators(state)
+    assert float(log.read_text().split()[1]) >= released

@@ -24,7 +24,9 @@ import pytest
 from offload.fleet import Fleet, MemberSpec
 from offload.process import spawn
 from offload.protocol.serve import ServeClient
+from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.links.base import Opening, open_serve
+from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
 from offload.transport.ssh import CONNECT_TIMEOUT, serve_command, serve_program
 from tests.helpers.fleets import member_line, member_processes, private_fleet_fixture, speed_of
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, valid_locally
@@ -191,18 +193,62 @@ def test_nix_build_with_offload_hook_builds_there(restricted_fleet: Fleet, tmp_p
     (out,) = done.stdout.split()
     assert Path(out).read_text().strip() == speed_of(restricted_fleet, SSHD)
     assert "its key runs only `nix-store --serve`" in done.stderr
+    assert "its slots are counted on this host only" in done.stderr
     assert took < CONNECT_TIMEOUT, done.stderr
+    # The coordinator kept what it learned where `offload status` reads it.
+    found = status_json(restricted_fleet, tmp_path)
+    assert found[SSHD]["slot_fallback"]["reason"] == RESTRICTED_FALLBACK
 
 
-def doctor_json(fleet: Fleet, tmp_path: Path) -> dict[str, dict[str, Any]]:
+def status_json(fleet: Fleet, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """``offload status --json`` with the test's state directory, by machine."""
+    return {m["name"]: m for m in offload_json(fleet, tmp_path, "status")["machines"]}
+
+
+def test_status_says_their_slots_are_counted_here_only_after_a_build_there(
+    restricted_fleet: Fleet, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    # An old finding for the normal member: its next build there finds slots on the builder.
+    record_fallbacks(state / FALLBACK_FILE, {PLAIN: FALLBACKS["noflock"]}, time.time() - 60)
+    assert status_json(restricted_fleet, tmp_path)[PLAIN]["slot_fallback"] is not None
+    before = time.time()
+    build_on(restricted_fleet, tmp_path, KEYS)
+    build_on(restricted_fleet, tmp_path, PLAIN)
+    found = status_json(restricted_fleet, tmp_path)
+    keys = found[KEYS]["slot_fallback"]
+    assert keys["reason"] == RESTRICTED_FALLBACK
+    assert before <= keys["learned"] <= time.time()
+    assert found[PLAIN]["slot_fallback"] is None
+    assert found[SSHD]["slot_fallback"] is None  # never built there: nothing learned
+    env = restricted_fleet.env()
+    env["OFFLOAD_STATE_DIR"] = str(state)
+    argv = [sys.executable, "-m", "offload", "status", "--builders"]
+    text = subprocess.run(
+        [*argv, f"@{restricted_fleet.machines_file}"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    told = [line for line in text.splitlines() if "counted on this host only" in line]
+    assert len(told) == 1
+    assert told[0].startswith(f"{KEYS}: slots counted on this host only (learned ")
+    assert told[0].endswith(RESTRICTED_FALLBACK)
+    assert oct((state / FALLBACK_FILE).stat().st_mode & 0o777) == "0o600"
+
+
+def offload_json(fleet: Fleet, tmp_path: Path, command: str) -> Any:
+    """What ``offload COMMAND --json`` over the whole fleet prints, with the test's state."""
     env = fleet.env()
     env["OFFLOAD_STATE_DIR"] = str(tmp_path / "state")
-    argv = [sys.executable, "-m", "offload", "doctor", "--builders", f"@{fleet.machines_file}"]
+    argv = [sys.executable, "-m", "offload", command, "--builders", f"@{fleet.machines_file}"]
     done = subprocess.run(
         [*argv, "--json"], env=env, capture_output=True, text=True, timeout=90, check=False
     )
     assert done.returncode == 0, done.stderr + done.stdout
-    return {m["name"]: m for m in json.loads(done.stdout)}
+    return json.loads(done.stdout)
+
+
+def doctor_json(fleet: Fleet, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in offload_json(fleet, tmp_path, "doctor")}
 
 
 def test_doctor_finds_them_usable_and_says_what_it_cannot_check(
@@ -220,8 +266,15 @@ def test_doctor_finds_them_usable_and_says_what_it_cannot_check(
         assert unknown == {"nix", "systems", "features", "trusted", "disk", "load", "throughput"}
         assert "runs only `nix-store --serve`" in checks["serve"]["detail"]
         assert "load" in checks["load"]["detail"]
-    plain = {c["name"]: c["verdict"] for c in found[PLAIN]["checks"]}
-    assert set(plain.values()) == {"ok"}
+        # Its slots cannot be locked there: counted on this host only, and why.
+        assert checks["slots"]["verdict"] == "warn"
+        assert checks["slots"]["detail"].startswith(
+            f"counted on this host only: {RESTRICTED_FALLBACK}"
+        )
+        assert "command=" in checks["slots"]["fix"]
+    plain = {c["name"]: c for c in found[PLAIN]["checks"]}
+    assert {c["verdict"] for c in plain.values()} == {"ok"}
+    assert plain["slots"]["detail"].startswith("1 counted on the builder")
 
 
 # -- how a session begins, against real local programs ---------------------------------------

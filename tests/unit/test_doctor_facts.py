@@ -6,6 +6,7 @@ from offload.doctor import facts
 from offload.doctor.model import Check, MachineReport, Verdict, skipped
 from offload.doctor.render import format_report
 from offload.load import RemoteLoad
+from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
 
 # `nix --extra-experimental-features nix-command show-config --json` on Nix 2.8, abridged.
 CONFIG_JSON = json.dumps(
@@ -179,15 +180,33 @@ def test_a_restricted_builder_is_usable_and_what_it_cannot_tell_is_said_once():
         unknown[0],
         serve,
         *unknown[1:-1],
+        facts.slots_check(3, RESTRICTED_FALLBACK),
         Check("rtt", Verdict.OK, "3 ms"),
         unknown[-1],
     ]
     report = MachineReport("locked", "ssh://locked", tuple(checks), 0.2)
     assert not report.failed
     text = format_report([report])
-    cells = ["ok", "ok", "ok", "?", "ok", "?", "?", "?", "?", "?", "ok", "?"]
+    cells = ["ok", "ok", "ok", "?", "ok", "?", "?", "?", "?", "?", "warn", "ok", "?"]
     assert text.splitlines()[1].split()[1:-1] == cells
     (told,) = [line for line in text.splitlines() if "unknown" in line]
     assert told.startswith(
         "locked: nix, systems, features, trusted, disk, load, throughput unknown: "
     )
+
+
+def test_slots_say_where_they_are_counted_and_how_to_count_them_on_the_builder():
+    here = facts.slots_check(2, None)
+    assert (here.verdict, here.fix) == (Verdict.OK, None)
+    assert "2 counted on the builder" in here.detail
+    assert facts.slots_check(2, None, full=True).detail.endswith("all held by others now")
+    for reason, fix_word in (
+        (RESTRICTED_FALLBACK, "command="),
+        (FALLBACKS["noflock"], "util-linux"),
+        (FALLBACKS["nodir"], "offload-slots"),
+    ):
+        check = facts.slots_check(2, reason)
+        assert check.verdict == Verdict.WARN
+        assert check.detail.startswith(f"counted on this host only: {reason}")
+        assert check.fix is not None
+        assert fix_word in check.fix

@@ -15,6 +15,7 @@ from offload.load import BOOT_ID_FILE, loaded_specs
 from offload.names import LOCAL
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import PoolMember
+from offload.slot_fallback import record_fallbacks
 from offload.slots import slot_key
 from offload.transport.links import LocalLink, MachineLink
 from offload.ui.events import Event, MachineEvent
@@ -44,8 +45,13 @@ def pool_specs(pool: Pool) -> list[MachineSlotSpec]:
 
 @contextlib.asynccontextmanager
 async def pool_members(
-    pool: Pool, local_link: LocalLink, env: Mapping[str, str] | None = None
+    pool: Pool,
+    local_link: LocalLink,
+    env: Mapping[str, str] | None = None,
+    fallbacks: Path | None = None,
 ) -> AsyncIterator[list[PoolMember]]:
+    """The members, their links open for the body; what their build sessions found of each
+    builder's slots (counted there, or here only and why) is written to ``fallbacks`` after."""
     members: list[PoolMember] = []
     async with contextlib.AsyncExitStack() as stack:
         local = local_spec(pool)
@@ -74,7 +80,23 @@ async def pool_members(
                 "no machine to build on: the local machine takes no jobs and no builder is set",
                 hint="pass -j N, --builders, or set `builders` in nix.conf",
             )
-        yield members
+        try:
+            yield members
+        finally:
+            if fallbacks is not None:
+                _remember_slots(members, fallbacks)
+
+
+def _remember_slots(members: list[PoolMember], path: Path) -> None:
+    """For ``offload status`` (``offload.slot_fallback``): a failure to write costs only that."""
+    learned = {
+        m.spec.name: m.link.slot_fallback
+        for m in members
+        if isinstance(m.link, MachineLink) and m.link.slots_on_builder is not None
+    }
+    if learned:
+        with contextlib.suppress(OSError):
+            record_fallbacks(path, learned, time.time())
 
 
 RESTRICTED = (

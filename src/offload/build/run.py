@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
 
 from offload.backoff import Health
 from offload.build.faults import explain
@@ -52,6 +53,7 @@ async def run_build(
     backoff: Mapping[str, Health] | None = None,
     fetch_all: bool = False,
     options: BuildOptions | None = None,  # Nix's timeouts and log limit, sent with each build
+    fallbacks: Path | None = None,  # where what was learned of builder-side slots is kept
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
 
@@ -65,7 +67,7 @@ async def run_build(
     async with (
         # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
         LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
-        pool_members(pool, local_link, env) as members,
+        pool_members(pool, local_link, env, fallbacks) as members,
     ):
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}

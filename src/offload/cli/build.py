@@ -29,6 +29,7 @@ from offload.paths import ensure_state_dir
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.report import check_target, write_report
 from offload.scheduler.run import RunReport
+from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, Timing
@@ -202,6 +203,7 @@ def execute(
                     fetch_all=fetch_all,
                     # The same timeouts and log limit Nix's build hook passes on.
                     options=_build_options(pool),
+                    fallbacks=state / FALLBACK_FILE,
                 )
             )
             mark("closed")

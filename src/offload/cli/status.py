@@ -1,9 +1,11 @@
 """`offload status [--json] [--watch]`: the pool right now, from this host's shared files.
 
 Per machine: slots in use (by any offload process or Nix's own hook on this host) and when the
-holders expect to be done, backoff (until when, after how many failures), and whether the
-`offload use` choice in force keeps it. Nothing connects to a builder (``offload doctor`` does),
-so it answers at once; ``--watch`` redraws it every ``--interval`` seconds until interrupted.
+holders expect to be done, backoff (until when, after how many failures), whether the
+`offload use` choice in force keeps it, and a builder whose slots are counted on this host
+only (no slot lock on the builder), with why, as the last build there found. Nothing connects
+to a builder (``offload doctor`` does), so it answers at once; ``--watch`` redraws it every
+``--interval`` seconds until interrupted.
 """
 
 from __future__ import annotations
@@ -85,6 +87,12 @@ def format_status(status: PoolStatus) -> str:
         f"{machine.name}: backed off: {machine.backoff.reason}"
         for machine in status.machines
         if machine.backoff is not None and machine.backoff.reason
+    ]
+    lines += [
+        f"{machine.name}: slots counted on this host only "
+        f"(learned {_clock(machine.slot_fallback.learned)}): {machine.slot_fallback.reason}"
+        for machine in status.machines
+        if machine.slot_fallback is not None
     ]
     choice = status.choice
     if choice is None:

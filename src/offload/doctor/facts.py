@@ -24,6 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
+from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
 
 __all__ = [
     "RESTRICTED",
@@ -37,6 +38,7 @@ __all__ = [
     "restricted_checks",
     "rtt_check",
     "serve_check",
+    "slots_check",
     "systems_check",
     "throughput_check",
     "trusted_check",
@@ -309,3 +311,28 @@ def rtt_check(seconds: Sequence[float]) -> Check:
             "a slow link: many small builds there cost more than building them locally",
         )
     return Check("rtt", Verdict.OK, detail)
+
+
+# How to get a builder's slots counted on the builder, by why they are not.
+_SLOT_FIXES = {
+    RESTRICTED_FALLBACK: "nothing to fix if this host is its only client; else let the key run "
+    "more than its one program (`restrict` without `command=`), as `offload setup builder` does",
+    FALLBACKS["noflock"]: "install util-linux on the builder (flock(1))",
+    FALLBACKS["nodir"]: "let the builder's user create ~/.cache/offload-slots "
+    "(or /nix/var/nix/offload-slots)",
+}
+
+
+def slots_check(slots: int, fallback: str | None, *, full: bool = False) -> Check:
+    """Where a build session's slot was counted: on the builder (every client on every host
+    counts the same ``slots``; ``full`` when others hold them all now), or, with why
+    (``fallback``), on this host only."""
+    if fallback is not None:
+        return Check(
+            "slots",
+            Verdict.WARN,
+            f"counted on this host only: {fallback}; clients on other hosts do not see them",
+            _SLOT_FIXES.get(fallback),
+        )
+    detail = f"{slots} counted on the builder, by every offload client on every host"
+    return Check("slots", Verdict.OK, detail + ("; all held by others now" if full else ""))

@@ -36,7 +36,17 @@ class Verdict(enum.StrEnum):
 
 
 PREREQUISITES = ("resolve", "port", "ssh", "nix", "serve")
-CHECKS = (*PREREQUISITES, "systems", "features", "trusted", "disk", "load", "rtt", "throughput")
+CHECKS = (
+    *PREREQUISITES,
+    "systems",
+    "features",
+    "trusted",
+    "disk",
+    "load",
+    "slots",
+    "rtt",
+    "throughput",
+)
 
 
 class CheckJson(TypedDict):

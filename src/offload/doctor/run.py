@@ -6,11 +6,12 @@ host and port ssh would really use (the user's or ``NIX_SSHOPTS``'s ssh config d
 Nix), ``getaddrinfo`` resolves it, a bare TCP connect reads sshd's greeting, ``ssh ... true``
 logs in (its own connection, so its stderr is ssh's alone; the pinned host key as for builds),
 and then one ``MachineLink`` (the master connection builds use) runs ``nix-store --version``
-and opens a serve session, whose start line also reports the load. Last, 8 MiB come down the
-same connection, for its throughput. A builder whose key runs
-only the serve program is told as that master connects: its ``nix`` row and those only a
-command could answer are ``unknown``, and its round trip is timed on serve queries. The first
-prerequisite that
+and opens a serve session, whose start line also reports the load; a build session as builds
+open it says whether its slot is counted on the builder (flock(1) and a slot directory there)
+or on this host only. Last, 8 MiB come down the same connection, for its throughput. A
+builder whose key runs only the serve program is told as that master connects: its ``nix`` row
+and those only a command could answer are ``unknown``, its round trip is timed on serve
+queries, and its slots are counted on this host only. The first prerequisite that
 fails ends the machine's probing; the remaining checks are ``skipped``. The rest ask the
 builder over the same master, one command at a time so the round-trip times are not skewed.
 
@@ -41,7 +42,7 @@ from offload.errors import OffloadError
 from offload.load import BOOT_ID_FILE, RemoteLoad
 from offload.process import run_async
 from offload.transport.dialect import DAEMON, dialect_of
-from offload.transport.links import MachineLink
+from offload.transport.links import BuilderFullError, MachineLink
 from offload.transport.ssh import (
     known_hosts_line,
     remote_command,
@@ -168,6 +169,7 @@ class _Probe:
                 if self.dialect is DAEMON:
                     unknown = {n: facts.daemon_trust(self.trusted, c) for n, c in unknown.items()}
                 unknown["rtt"] = facts.rtt_check(await self._serve_rtts(link))
+                unknown["slots"] = await self._slots(link)
                 self.checks += [
                     unknown[name] for name in CHECKS if name in unknown.keys() - {"nix"}
                 ]
@@ -311,6 +313,26 @@ class _Probe:
         restricted = link.ssh.restricted
         return facts.serve_check(version, pid, None, restricted=restricted, daemon=program)
 
+    async def _slots(self, link: MachineLink) -> Check:
+        """A build session as builds open it: is its slot counted on the builder?"""
+
+        def full() -> None:
+            raise BuilderFullError(self.machine.name)
+
+        async def open_one() -> None:
+            async with link.build_session(on_wait=full):
+                pass
+
+        slots = self.machine.max_jobs
+        try:
+            await self._bounded(open_one(), self.timeout + _SLACK)
+        except BuilderFullError:
+            return facts.slots_check(slots, None, full=True)
+        except (TimeoutError, OffloadError) as exc:
+            error = exc.message if isinstance(exc, OffloadError) else "no answer in time"
+            return Check("slots", Verdict.WARN, f"not checked: {error}")
+        return facts.slots_check(slots, link.slot_fallback)
+
     async def _serve_rtts(self, link: MachineLink) -> list[float]:
         """Round trips of an empty serve query, where no command of ours may run."""
         rtts = []
@@ -361,6 +383,7 @@ class _Probe:
             else facts.trusted_check(user, groups, config, error),
             facts.disk_check(*disk),
             facts.load_check(self.load, machine.max_jobs, _local_boot_id()),
+            await self._slots(link),
             facts.rtt_check(rtts),
             await self._throughput(link),
         ]

@@ -73,8 +73,12 @@ class HookContext:
     def machine(self, name: str) -> Machine:
         return next(m for m in self.pool.machines if m.name == name)
 
-    def builders(self, now: float, exclude: Iterable[str] = ()) -> list[Builder]:
-        skip = set(exclude)
+    def builders(
+        self, now: float, exclude: Iterable[str] = (), *, full: Iterable[str] = ()
+    ) -> list[Builder]:
+        """The usable builders, as this host's slot locks and backoff see them; those in
+        ``full`` (every slot held on the builder itself) taken for having none free."""
+        skip, taken = set(exclude), set(full)
         result = []
         for machine in self.pool.machines:
             if not machine.enabled or machine.max_jobs <= 0 or machine.name in skip:
@@ -83,7 +87,8 @@ class HookContext:
             probe = self.slots.probe(slot_key(machine.uri), spec.slots)
             health = self.backoff.get(spec.name)
             down = health.until if health is not None and health.until > now else None
-            result.append(Builder(spec, probe.free, probe.busy_ends, down))
+            free = 0 if machine.name in taken else probe.free
+            result.append(Builder(spec, free, probe.busy_ends, down))
         return result
 
     def local_offer(self, request: TryRequest, now: float) -> LocalOffer:

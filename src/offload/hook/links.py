@@ -10,9 +10,19 @@ is lent to the next one. A session lent again is first asked a no-op question, s
 whose builder went away since is replaced before the accept, not found dead after it; one that
 finished a build within ``FRESH_SECONDS`` is not asked.
 
+Each build holds one of the builder's slots on the builder itself (``Link.build_session``, as
+``offload build``'s do), so offload's clients on every host count each other there: a session
+holding a slot is opened for the build and kept ``LINGER`` s after it for the next derivation
+there, then closed. A builder whose slots are all held by others says so at once: before the
+accept that is ``BuilderFullError`` (``wait=False``: Nix waits for the reply, so the hook decides
+again with that builder taken for full); after it the build waits for a slot there. What the
+first build session learned (slots counted there, or on this host only and why) is written to
+the state directory for ``offload status`` (``offload.slot_fallback``).
+
 A builder whose key runs only the serve program (``Link.restricted``), or only ``nix-daemon
---stdio`` for an ``ssh-ng://`` one, works the same; the first build there in this process gets
-one line in its log saying what offload then does without. ``ssh-ng://`` builders are spoken to
+--stdio`` for an ``ssh-ng://`` one, works the same, its slots counted on this host only; the
+first build there in this process gets one line in its log saying what offload then does
+without. ``ssh-ng://`` builders are spoken to
 in the daemon's protocol (``offload.transport.dialect``), the rest in serve.
 """
 
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +38,9 @@ from pathlib import Path
 from offload.config.machines import Machine
 from offload.errors import OffloadError, SshError, TransportError
 from offload.protocol.serve import StoreClient
+from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
-from offload.transport.links import Link
+from offload.transport.links import BuilderFullError, Link
 from offload.transport.shared import SharedSshTransport, control_dir
 from offload.transport.ssh import ssh_target
 
@@ -36,6 +48,8 @@ __all__ = [
     "FRESH_SECONDS",
     "HOOK_CONNECT_TIMEOUT",
     "RESTRICTED_NOTE",
+    "WAIT_NOTE",
+    "BuilderFullError",
     "BuilderLinks",
     "Session",
     "Unreachable",
@@ -45,8 +59,10 @@ __all__ = [
 HOOK_CONNECT_TIMEOUT = 5
 RESTRICTED_NOTE = (
     "offload: builder '{name}': its key runs only {program}, so its load is not "
-    "known (all its slots are used) and a build stopped there is stopped by closing its session"
+    "known (all its slots are used), its slots are counted on this host only (no slot lock "
+    "on the builder) and a build stopped there is stopped by closing its session"
 )
+WAIT_NOTE = "offload: builder '{name}': every slot there is held by another client; waiting"
 # A session lent again within this of finishing a build is not pinged: on tiny derivations the
 # ping is a twentieth of what Nix waits for per derivation, and such a session just answered.
 FRESH_SECONDS = 2.0
@@ -80,6 +96,10 @@ class BuilderLinks:
         # When each idle session last finished a build, answering all the way.
         self._answered: dict[StoreClient, float] = {}
         self._noted: set[str] = set()  # restricted builders already told of
+        # Sessions lent before: one never lent was handshaken just now and needs no ping.
+        self._lent: weakref.WeakSet[StoreClient] = weakref.WeakSet()
+        # What each builder's slots were last found to be (``offload.slot_fallback``).
+        self._recorded: dict[str, str | None] = {}
 
     def _link(self, machine: Machine, env: Mapping[str, str]) -> tuple[SharedSshTransport, Link]:
         params = tuple(sorted(machine.params.items()))
@@ -96,19 +116,39 @@ class BuilderLinks:
                 connect_timeout=HOOK_CONNECT_TIMEOUT,
                 dialect=dialect_of(machine),
             )
-            self._links[key] = (transport, Link(transport, max_sessions=machine.max_jobs + 1))
+            link = Link(
+                transport,
+                max_sessions=machine.max_jobs + 1,
+                builder_slots=machine.max_jobs,
+                slot_start=transport.start,
+            )
+            self._links[key] = (transport, link)
         return self._links[key]
 
     @contextlib.asynccontextmanager
     async def session(
-        self, machine: Machine, env: Mapping[str, str], on_log: Callable[[str], None]
+        self,
+        machine: Machine,
+        env: Mapping[str, str],
+        on_log: Callable[[str], None],
+        *,
+        wait: bool = True,
     ) -> AsyncIterator[Session]:
-        """A session known to answer, or ``Unreachable``; the body's log lines go to ``on_log``."""
+        """A session known to answer, holding a slot on the builder where it can, or
+        ``Unreachable``; the body's log lines go to ``on_log``. A builder whose slots are all
+        held by others is waited for, or raises ``BuilderFullError`` (``wait=False``)."""
         transport, link = self._link(machine, env)
+
+        def full() -> None:
+            if not wait:
+                raise BuilderFullError(machine.name)
+            on_log(WAIT_NOTE.format(name=machine.name))
+
         for attempt in (1, 2):
             lent = False
             try:
-                async with link.session(on_log) as client:
+                async with link.build_session(on_log, on_wait=full) as client:
+                    self._learned(machine.name, link)
                     if not self._fresh(client):
                         try:
                             await client.query_valid_paths([])
@@ -133,8 +173,23 @@ class BuilderLinks:
             else:
                 return
 
+    def _learned(self, name: str, link: Link) -> None:
+        """Keep what the builder's slots were found to be where ``offload status`` reads it,
+        once per change (a write per build would cost the hook's tiny derivations)."""
+        if link.slots_on_builder is None:
+            return
+        if name in self._recorded and self._recorded[name] == link.slot_fallback:
+            return
+        self._recorded[name] = link.slot_fallback
+        with contextlib.suppress(OSError):  # status shows less; the build goes on
+            record_fallbacks(self._state / FALLBACK_FILE, {name: link.slot_fallback}, time.time())
+
     def _fresh(self, client: StoreClient) -> bool:
-        """Answered a whole build moments ago (so surely still there): no ping needed."""
+        """Handshaken just now, or answered a whole build moments ago (so surely still
+        there): no ping needed."""
+        if client not in self._lent:
+            self._lent.add(client)
+            return True
         answered = self._answered.pop(client, None)
         return answered is not None and time.monotonic() - answered < FRESH_SECONDS
 

@@ -3,13 +3,15 @@
 For each ``try`` the decision (``offload.hook.decide``) is made from state shared with every
 other hook and ``offload build`` run: slot locks, the backoff file and one history query. To
 accept, a slot lock of the chosen builder is taken (Nix's own ``current-load`` file, with the
-build's expected end written in it) and a serve session there is made ready
-(``offload.hook.links``: one kept from an earlier build when there is one); only then does the
-hook say ``# accept``, as build-remote connects before it accepts. A builder that cannot be
-reached is backed off (remembered in ``backoff.json`` by every later hook and run) and the
-decision is made again without it, so a dead builder costs one connect timeout per back-off
-period, not one per derivation (nix#13513). After the build the hook is done: Nix starts a new
-one for the next derivation.
+build's expected end written in it) and a session there holding one of the builder's own slots
+is made ready (``offload.hook.links``: one kept from an earlier build when there is one); only
+then does the hook say ``# accept``, as build-remote connects before it accepts. A builder
+that cannot be reached is backed off (remembered in ``backoff.json`` by every later hook and
+run) and the decision is made again without it, so a dead builder costs one connect timeout
+per back-off period, not one per derivation (nix#13513). A builder whose own slots are all held
+(by other clients, on any host) is decided again as full: the coordinator then accepts and
+waits for a slot there or elsewhere, a lone hook picks another builder or postpones. After the
+build the hook is done: Nix starts a new one for the next derivation.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from offload.hook.context import HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, place_queued
 from offload.hook.dispatch import Placement
 from offload.hook.guard import Guard
-from offload.hook.links import Unreachable
+from offload.hook.links import BuilderFullError, Unreachable
 from offload.hook.remote import Outcome, build_remote, error_message, log_writer
 from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_reply
 from offload.names import LOCAL
@@ -41,9 +43,11 @@ __all__ = ["answer"]
 _MAX_ATTEMPTS = 8
 
 
-def _decide(context: HookContext, request: TryRequest, work: float, excluded: set[str]) -> Choice:
+def _decide(
+    context: HookContext, request: TryRequest, work: float, excluded: set[str], full: set[str]
+) -> Choice:
     now = time.time()
-    builders = context.builders(now, excluded)
+    builders = context.builders(now, excluded, full=full)
     dispatch = context.keep.dispatch
     if dispatch is not None:
         builders = place_queued(builders, dispatch.queued(), now)
@@ -105,9 +109,10 @@ async def answer(
     itself), so a guard must be ready to clean up after it.
     """
     excluded: set[str] = set()
+    full: set[str] = set()  # every slot held on the builder itself, by others
     work = context.work(request)
     for _ in range(_MAX_ATTEMPTS):
-        choice = _decide(context, request, work, excluded)
+        choice = _decide(context, request, work, excluded, full)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
         if choice.reply is not Reply.ACCEPT:
             if choice.reply is Reply.DECLINE and choice.expected_end is not None:
@@ -125,6 +130,8 @@ async def answer(
             except Unreachable as exc:
                 context.machine_failed(name, exc.reason)
                 excluded.add(name)
+            except BuilderFullError:
+                full.add(name)  # not yet accepted: Nix waits for this reply, so decide again
     write_reply(context.io, Reply.POSTPONE)
     return None
 
@@ -146,7 +153,7 @@ async def _accept(
     accepted = None
     try:
         async with context.keep.links.session(
-            machine, context.env, log_writer(context.io)
+            machine, context.env, log_writer(context.io), wait=False
         ) as session:
             context.machine_ok(name)
             write_reply(context.io, Reply.ACCEPT, machine.uri)

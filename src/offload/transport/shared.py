@@ -132,10 +132,13 @@ class SharedSshTransport:
         # ssh's options must come before `--`, which ssh_argv puts before the destination.
         return [*base[:-2], *shared, *base[-2:], remote_command(remote)]
 
-    async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
+    async def start(self, stack: contextlib.AsyncExitStack, slots: int = 0) -> SessionPipes:
+        """A session; with ``slots`` above 0, one holding a builder-side slot of that many
+        (``Link.build_session``: ``pipes.slot`` says which, or ``busy``)."""
         self._pin()
         program = self.dialect.program(self._params)
-        argv = self.argv(serve_command(wrapped=not self.restricted, program=program))
+        command = serve_command(wrapped=not self.restricted, program=program, slots=slots)
+        argv = self.argv(command)
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         assert proc.stdin is not None
         opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK, self.dialect)

@@ -18,10 +18,11 @@ from offload.transport.links.base import (
     open_serve,
 )
 from offload.transport.links.local import LocalLink, LocalTransport
-from offload.transport.links.pool import Link
+from offload.transport.links.pool import BuilderFullError, Link
 from offload.transport.links.ssh_master import MachineLink, SshTransport
 
 __all__ = [
+    "BuilderFullError",
     "Link",
     "LinkStats",
     "LocalLink",

@@ -21,12 +21,15 @@ builder's key restricted to the serve program (``base.open_serve``): no pid, so 
 session is stopped by closing it, and no load.
 
 Builds may also be counted on the builder itself (``build_session``): a link given
-``builder_slots`` opens a fresh session per build whose wrapper holds one of the builder's slot
-files under flock (``offload.transport.ssh``), so every client on every host sees the same
-count; it is closed when the build ends (never kept idle holding a slot), and a builder whose
-slots are all held answers ``busy`` and is asked again every ``BUSY_POLL`` s. Where no lock can
-be taken (a restricted key, no flock(1)) ``slot_fallback`` says why and builds use pooled
-sessions, counted on this host only. ``link.load`` is the latest load a session reported.
+``builder_slots`` and a ``slot_start`` opens a session per build whose wrapper holds one of the
+builder's slot files under flock (``offload.transport.ssh``), so every client on every host
+(``offload build`` and ``offload-hook`` alike) sees the same count; after its build it keeps
+the slot ``LINGER`` s for this process's next build there, then is closed (never left idle
+holding it longer), and a builder whose slots are all held answers ``busy`` and is asked again
+every ``BUSY_POLL`` s. Where no lock can be taken (a restricted key, no flock(1), no slot
+directory) ``slot_fallback`` says why and builds use pooled sessions, counted on this host
+only; ``slots_on_builder`` says which of the two the first build session found (None before).
+``link.load`` is the latest load a session reported.
 
 Bytes through each session's stdin and stdout are counted in ``link.stats`` (protocol bytes,
 before ssh's own compression and encryption).
@@ -141,6 +144,8 @@ class Link:
         *,
         max_sessions: int = 2,
         substitute: bool = False,
+        builder_slots: int = 0,
+        slot_start: SlotStart | None = None,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
@@ -154,9 +159,10 @@ class Link:
         self.restricted = False
         # Builder-side slots (module docstring): how many, how build sessions are started
         # holding one (set by links that can), and why they are not counted there, once known.
-        self.builder_slots = 0
-        self._slot_start: SlotStart | None = None
+        self.builder_slots = builder_slots
+        self._slot_start = slot_start
         self.slot_fallback: str | None = None
+        self.slots_on_builder: bool | None = None
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
@@ -273,6 +279,8 @@ class Link:
                 self.slot_fallback = RESTRICTED_FALLBACK
             elif slot in FALLBACKS:
                 self.slot_fallback = FALLBACKS[slot]
+            if self.slot_fallback is not None or (slot is not None and slot.isdigit()):
+                self.slots_on_builder = self.slot_fallback is None
             return session
 
     async def warm(self, count: int) -> None:

@@ -347,10 +347,14 @@ class MachineLink(Link):
             connect_timeout=connect_timeout,
             dialect=dialect,
         )
-        super().__init__(self.ssh, max_sessions=max_sessions, substitute=substitute)
-        # Builds hold one of these slots on the builder itself (``Link.build_session``).
-        self.builder_slots = builder_slots
-        self._slot_start = self.ssh.start
+        # Builds hold one of ``builder_slots`` on the builder itself (``Link.build_session``).
+        super().__init__(
+            self.ssh,
+            max_sessions=max_sessions,
+            substitute=substitute,
+            builder_slots=builder_slots,
+            slot_start=self.ssh.start,
+        )
         self._params = dict(params or {})
 
     async def remove_partial(self, paths: Sequence[str]) -> None:
