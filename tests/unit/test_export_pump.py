@@ -13,6 +13,7 @@ import pytest
 
 from offload.protocol.export import ChildBytes, Exporter, ExportFailed
 from offload.protocol.pump import BulkPipe, pump
+from tests.helpers.worker_wire import Writer
 
 T = TypeVar("T")
 PAYLOAD = bytes(range(256)) * 12_289  # 3 MiB and change: several pipe-fulls, not aligned
@@ -27,19 +28,6 @@ def run(coro: Awaitable[T]) -> T:
 
 def _sh(script: str, size: int | None = None, name: str = "local") -> ChildBytes:
     return ChildBytes(("sh", "-c", script), None, name, size)
-
-
-class _ListWriter:
-    """A writer with no descriptor: what pump falls back to reading and writing for."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        return None
 
 
 async def _through_pipe(
@@ -87,7 +75,7 @@ def test_pump_stops_at_the_limit_and_falls_back_without_a_descriptor() -> None:
             assert pipe.write_end is not None
             os.write(pipe.write_end, b"0123456789")
             pipe.release_write()
-            writer = _ListWriter()
+            writer = Writer()  # no descriptor: pump falls back to read and write
             moved = await pump(pipe.read_end, writer, 6)
             return moved, bytes(writer.data), os.read(pipe.read_end, 100)
 
