@@ -125,14 +125,18 @@ async def spawn(
     *,
     env: Mapping[str, str] | None = None,
     stdin: bool = True,
+    stdout: int | None = None,
     grace: float = 3.0,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Start a child with piped stdio in its own process group; always stop it on exit."""
+    """Start a child with piped stdio in its own process group; always stop it on exit.
+
+    ``stdout``: a file descriptor the child writes to instead of a pipe to us (bulk bytes that
+    go straight to where they belong: ``offload.protocol.export``)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if stdout is None else stdout,
             stderr=subprocess.PIPE,
             env=dict(env) if env is not None else None,
             start_new_session=True,

@@ -118,6 +118,8 @@ def test_copy_paths_into_a_daemon_goes_by_add_multiple_to_store() -> None:
     """The destination decides how paths travel: one AddMultipleToStore for the lot."""
 
     class Source:
+        exporter = None  # a builder's session: its NARs come by NarFromPath
+
         async def dump_store_path(self, path: str, sink: Any) -> int:
             await sink(path.encode()[-8:])
             return 8

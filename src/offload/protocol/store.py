@@ -8,7 +8,9 @@ serve, AddMultipleToStore over the daemon) and whether build phases are reported
 the daemon only).
 
 ``copy_paths`` streams paths from one client into another, never holding a NAR whole, in the
-order ``topo_sort_infos`` gives (dependencies first).
+order ``topo_sort_infos`` gives (dependencies first). From the local store, the receiving
+client may have the local ``nix-store`` write them straight into its connection
+(``offload.protocol.export``): the bulk bytes then never pass through this process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 
 from offload.errors import StoreError
 from offload.protocol.client import NarProducer, Sink
+from offload.protocol.export import Exporter
 from offload.protocol.records import BuildOptions, BuildResult, PathInfo
 from offload.store.drv import Derivation
 
@@ -30,6 +33,8 @@ class StoreClient(Protocol):
 
     name: str
     server_version: int | None
+    # A session on the local store: its nix-store can write what it sends (protocol.export).
+    exporter: Exporter | None
     on_log: Callable[[str], None] | None
     # (drv path, phase) as the builder enters a phase; never called over the serve protocol.
     on_phase: Callable[[str, str], None] | None
@@ -46,7 +51,9 @@ class StoreClient(Protocol):
     ) -> set[str]: ...
     async def dump_store_path(self, path: str, sink: Sink) -> int: ...
     async def add_to_store_nar(self, info: PathInfo, nar: NarProducer) -> None: ...
-    async def add_paths(self, items: Sequence[tuple[PathInfo, NarProducer]]) -> None: ...
+    async def add_paths(
+        self, items: Sequence[tuple[PathInfo, NarProducer]], *, exporter: Exporter | None = None
+    ) -> None: ...
     async def build_derivation(
         self,
         drv_path: str,
@@ -95,5 +102,6 @@ async def copy_paths(src: StoreClient, dst: StoreClient, infos: Sequence[PathInf
     """
     if src is dst:
         raise ValueError("cannot copy a connection's paths onto itself")
-    await dst.add_paths([(info, partial(src.dump_store_path, info.path)) for info in infos])
+    items = [(info, partial(src.dump_store_path, info.path)) for info in infos]
+    await dst.add_paths(items, exporter=src.exporter)
     return sum(info.nar_size for info in infos)

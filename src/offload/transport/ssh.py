@@ -66,6 +66,7 @@ __all__ = [
     "split_sshopts",
     "ssh_argv",
     "ssh_target",
+    "store_program",
 ]
 
 CONNECT_TIMEOUT = 10
@@ -245,11 +246,17 @@ def remote_command(argv: Sequence[str]) -> str:
 
 def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
     """``nix-store --serve --write [--store URI]`` as Nix's ssh:// store runs it."""
+    program, *store = store_program(params)
+    return [program, "--serve", "--write", *store]
+
+
+def store_program(params: Mapping[str, str] | None = None) -> list[str]:
+    """``nix-store [--store URI]``: the store program the store URI's parameters name."""
     params = params or {}
-    remote = [params.get("remote-program") or "nix-store", "--serve", "--write"]
+    program = [params.get("remote-program") or "nix-store"]
     if params.get("remote-store"):
-        remote += ["--store", params["remote-store"]]
-    return remote
+        program += ["--store", params["remote-store"]]
+    return program
 
 
 def serve_command(

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from offload.errors import DaemonError, ProtocolError
 from offload.protocol.client import NarProducer, Sink
 from offload.protocol.drv_wire import encode_basic_derivation
+from offload.protocol.export import Exporter
 from offload.protocol.records import BuildOptions, BuildResult, PathInfo, sorted_paths
 from offload.protocol.trust import is_untrusted, untrusted_hint, untrusted_message
 from offload.protocol.wire import (
@@ -105,6 +106,8 @@ class WorkerClient:
         self.daemon_nix_version: str | None = None
         self.trusted: bool | None = None
         self.features: frozenset[str] = frozenset()
+        # Never a session on the local store (that is a serve session); StoreClient's sake.
+        self.exporter: Exporter | None = None
         self._reader = reader
         self._writer = writer
         self._build_events = BuildEvents(on_log, on_phase)
@@ -332,8 +335,12 @@ class WorkerClient:
             await self._send(request)
             await self._upload(stream)
 
-    async def add_paths(self, items: Sequence[tuple[PathInfo, NarProducer]]) -> None:
-        """Register the paths, dependencies first: ``add_multiple_to_store``."""
+    async def add_paths(
+        self, items: Sequence[tuple[PathInfo, NarProducer]], *, exporter: Exporter | None = None
+    ) -> None:
+        """Register the paths, dependencies first: ``add_multiple_to_store``. Its framed
+        stream takes the producers' bytes; ``exporter`` is not used."""
+        del exporter
         await self.add_multiple_to_store(items)
 
     # -- builds ------------------------------------------------------------------------------

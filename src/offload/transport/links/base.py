@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from offload.load import RemoteLoad
+from offload.protocol.export import Exporter
 from offload.protocol.serve import ByteWriter
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
@@ -85,6 +86,8 @@ class SessionPipes:
     dialect: Dialect = SERVE
     # The builder-side slot the start line says it holds (``ssh.parse_slot``), if asked for one.
     slot: str | None = None
+    # On the local store: its nix-store writes what is sent from it (``protocol.export``).
+    exporter: Exporter | None = None
 
 
 class SessionTransport(Protocol):

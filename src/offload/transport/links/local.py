@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from offload.errors import TransportError
 from offload.names import LOCAL
 from offload.process import run_async, spawn
+from offload.protocol.export import Exporter
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
     KILL_GRACE,
@@ -19,7 +20,7 @@ from offload.transport.links.base import (
     open_serve,
 )
 from offload.transport.links.pool import Link
-from offload.transport.ssh import kill_script, serve_command
+from offload.transport.ssh import kill_script, serve_command, store_program
 
 __all__ = ["LocalLink", "LocalTransport"]
 
@@ -48,7 +49,14 @@ class LocalTransport:
         if opening.failure is not None or opening.pid is None:
             tail = " | ".join([*opening.early[-5:], opening.failure or "no start line"])
             raise TransportError(f"{self.name}: `nix-store --serve` did not start: {tail}")
-        return opening.pipes(proc)
+        pipes = opening.pipes(proc)
+        pipes.exporter = Exporter(
+            tuple(store_program(self._params)),
+            self._env,
+            self.name,
+            can_dump=not (self._params or {}).get("remote-store"),
+        )
+        return pipes
 
     async def kill(self, pid: int) -> None:
         await asyncio.wait_for(

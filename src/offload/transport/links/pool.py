@@ -48,6 +48,7 @@ from typing import Self
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.load import RemoteLoad
+from offload.protocol.pump import pump
 from offload.protocol.serve import ByteWriter
 from offload.protocol.stderr import pump_lines
 from offload.protocol.store import StoreClient
@@ -100,6 +101,12 @@ class _CountingWriter:
     def write(self, data: bytes) -> None:
         self._stats.bytes_sent += len(data)
         self._inner.write(data)
+
+    async def pump_from(self, src: int, limit: int | None) -> int:
+        """Bytes from a child's pipe into the connection (``offload.protocol.pump``), counted."""
+        moved = await pump(src, self._inner, limit)
+        self._stats.bytes_sent += moved
+        return moved
 
     async def drain(self) -> None:
         await self._inner.drain()
@@ -373,6 +380,7 @@ class Link:
                 logs.log,
                 self.name,
             )
+            client.exporter = pipes.exporter
             session = _Session(client, stack, pipes, logs)
             stack.push_async_callback(client.close)
             _keep_stderr(stack, pipes, logs)
