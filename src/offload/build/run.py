@@ -79,11 +79,9 @@ async def run_build(
                 pool, local_link, remote, roots,
                 unreachable=unreachable, warm=warm, late=late, emit=emit, estimate=estimate,
             )  # fmt: skip
-            # The sessions just opened reported each builder's load: busy ones get fewer slots.
-            loaded = under_load(members, emit)
             executor = Executor(
                 plan,
-                loaded,
+                under_load(members, emit),  # as just reported: busy builders get fewer slots
                 local_link,
                 emit=emit,
                 log_sink=log_sink,
