@@ -4,13 +4,15 @@ A build copy on a machine goes through the phases (queued ->) connecting -> send
 building; its outputs are fetched home afterwards if they are wanted there (``fetch_home``).
 Inputs come from the local store, else from a builder holding them, streamed through this
 process from one serve session to the other (never through a file); nothing is registered
-anywhere unless it arrived whole. The sessions may speak either protocol (``StoreClient``): the
-destination decides how inputs travel, and an ssh-ng:// builder's own build phases are passed
-on as steps of "building". How a copy ended is an ``Outcome``, not an exception: a
-derivation that fails to build (with Nix's status for it, so a timeout can be told apart), a
-machine that drops the connection or whose disk filled up (``disk``: "lost"), and a copy whose
-inputs' holder went away ("returned", no fault of its own machine) are all data for the
-executor. Every build is sent the run's ``BuildOptions`` (Nix's timeouts and log limit).
+anywhere unless it arrived whole, and what a copy cut off mid-stream left half-written in a
+builder's store (Nix's AddToStoreNar writes in place) is deleted there. The sessions may speak
+either protocol (``StoreClient``): the destination decides how inputs travel, and an ssh-ng://
+builder's own build phases are passed on as steps of "building". How a copy ended is an
+``Outcome``, not an exception: a derivation that fails to build (with Nix's status for it, so a
+timeout can be told apart), a machine that drops the connection or whose disk filled up
+(``disk``: "lost"), and a copy whose inputs' holder went away ("returned", no fault of its own
+machine) are all data for the executor. Every build is sent the run's ``BuildOptions`` (Nix's
+timeouts and log limit).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
 
 __all__ = ["BuildCopies", "Outcome", "local_store_failed", "send_closure", "with_error"]
+
+# Seconds a cut-off copy may spend deleting what it left half-written on its builder.
+PARTIAL_CLEANUP_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,13 @@ class BuildCopies:
                 async with link.session() as src:
                     moved += await send_closure(src, client, paths, substitute=substitute)
             except OffloadError as exc:
+                if target != LOCAL:
+                    # A NAR cut off mid-stream leaves its path half-written there (never
+                    # registered, but taking disk space until a GC): delete what is invalid.
+                    # A builder that no longer answers must not hold the copy's report up.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
+                            await remove_partial(self.members[target].link, paths)
                 # Failures of the source's own session are the source's; the rest (the
                 # target, the local store) are handled as for any other copy.
                 peer = getattr(exc, "peer", None)
