@@ -73,7 +73,7 @@ def test_local_nix_store_writes_the_nars_into_the_session(
 ) -> None:
     if limit is not None:
         # Paths above the import limit go one by one by AddToStoreNar, from `nix-store --dump`.
-        monkeypatch.setattr(serve_client, "IMPORT_LIMIT", limit)
+        monkeypatch.setattr(serve_client, "SPLICED_IMPORT_LIMIT", limit)
     paths = _added(tmp_path, 3 << 20, 3)
     moved, sent = _copy(fleet, paths)
     sizes = [Path(p).stat().st_size for p in paths]

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+from tests.helpers.fleets import member_line
+
 
 def test_machines_json_lists_every_fleet_member_with_its_pinned_key(fleet, tmp_path):
     argv = [sys.executable, "-m", "offload", "machines", "--json"]
@@ -23,7 +25,5 @@ def test_machines_json_lists_every_fleet_member_with_its_pinned_key(fleet, tmp_p
         assert entry["public_host_key"].split()[:2] == host_key
         assert entry["max_jobs"] == member.spec.jobs
         # The machines file carries the key base64-encoded, as Nix's column 8 does.
-        line = next(
-            ln for ln in fleet.machines_file.read_text().splitlines() if f"//{member.name} " in ln
-        )
+        line = member_line(fleet, member.name)
         assert base64.b64decode(line.split()[7]).decode().split()[:2] == host_key

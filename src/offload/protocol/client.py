@@ -58,7 +58,15 @@ from offload.store.drv import Derivation
 from offload.store.nar import copy_nar
 from offload.tasks import stop
 
-__all__ = ["CLIENT_HELLO", "IMPORT_LIMIT", "SERVER_HELLO", "NarProducer", "ServeClient", "Sink"]
+__all__ = [
+    "CLIENT_HELLO",
+    "IMPORT_LIMIT",
+    "SERVER_HELLO",
+    "SPLICED_IMPORT_LIMIT",
+    "NarProducer",
+    "ServeClient",
+    "Sink",
+]
 
 _MAJOR = 0x200
 
@@ -83,13 +91,19 @@ _HANDSHAKE = "the handshake"
 CLIENT_HELLO = encode_int(SERVE_MAGIC_1) + encode_int(CLIENT_VERSION)
 SERVER_HELLO = encode_int(SERVE_MAGIC_2)
 _DEFAULT_OPTIONS = BuildOptions()
-# Paths up to this size travel in one ImportPaths stream (one round trip for the lot). Larger
-# ones go each by AddToStoreNar, as nix-copy-closure sends every path: Nix 2.8's importer holds
-# each NAR in memory and hashes it twice, AddToStoreNar streams it into the store, which made
-# a 200 MiB closure of four paths 1.17x slower than nix-copy-closure's time by ImportPaths and
-# 1.02x by AddToStoreNar (paired medians on a loaded 2-core machine). A cut AddToStoreNar may
-# leave an unregistered partial directory, never a registered path, as Nix's own copy does.
-IMPORT_LIMIT = 4 * 1024 * 1024
+# Paths up to these sizes travel in one ImportPaths stream (one round trip for the lot); larger
+# ones go each by AddToStoreNar. Nix 2.8's importer holds each NAR in memory until it is
+# complete and hashes it twice, so a cut stream leaves nothing on the receiver's disk;
+# AddToStoreNar streams straight into the store (as nix-copy-closure sends every path), so a cut
+# one leaves an unregistered partial directory until Nix next writes that path.
+# From the local store to a builder (the ``exporter``'s splice), large paths go by AddToStoreNar:
+# a 200 MiB closure of four paths took 1.17x nix-copy-closure's time by ImportPaths and 1.02x
+# by AddToStoreNar (paired medians, loaded 2-core machine); the copier deletes what a cut one
+# left there (offload.scheduler.run.copy). Into the local store (outputs fetched home) paths
+# keep the whole-or-nothing ImportPaths up to 512 MiB (and so do copies between builders):
+# nothing half-written stays here.
+IMPORT_LIMIT = 512 * 1024 * 1024
+SPLICED_IMPORT_LIMIT = 4 * 1024 * 1024
 
 
 class ServeClient:
@@ -250,8 +264,9 @@ class ServeClient:
         """Register the paths, dependencies first, each NAR pushed by its producer; or, with
         the local store's ``exporter``, written into this connection by its ``nix-store``."""
         batch: list[tuple[PathInfo, NarProducer]] = []
+        limit = SPLICED_IMPORT_LIMIT if exporter is not None else IMPORT_LIMIT
         for item in [*items, None]:
-            if item is not None and item[0].nar_size <= IMPORT_LIMIT:
+            if item is not None and item[0].nar_size <= limit:
                 batch.append(item)
                 continue
             if batch:
