@@ -26,10 +26,13 @@ builder's slot files under flock (``offload.transport.ssh``), so every client on
 (``offload build`` and ``offload-hook`` alike) sees the same count; after its build it keeps
 the slot ``LINGER`` s for this process's next build there, then is closed (never left idle
 holding it longer), and a builder whose slots are all held answers ``busy`` and is asked again
-every ``BUSY_POLL`` s. Where no lock can be taken (a restricted key, no flock(1), no slot
-directory) ``slot_fallback`` says why and builds use pooled sessions, counted on this host
-only; ``slots_on_builder`` says which of the two the first build session found (None before).
-``link.load`` is the latest load a session reported.
+every ``BUSY_POLL`` s. Turns keep one client from starving others there: a session is reused
+only within its ``TURN`` (from its start), then closed after its build, and a client waiting
+for a slot says so on the builder (``CLIENT_ID``'s marker), where another client's new
+session yields the freed slot to it (``offload.transport.ssh``). Where no lock can be taken
+(a restricted key, no flock(1), no slot directory) ``slot_fallback`` says why and builds use
+pooled sessions, counted on this host only; ``slots_on_builder`` says which of the two the
+first build session found (None before). ``link.load`` is the latest load a session reported.
 
 Bytes through each session's stdin and stdout are counted in ``link.stats`` (protocol bytes,
 before ssh's own compression and encryption).
@@ -39,12 +42,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.load import RemoteLoad
@@ -58,7 +64,16 @@ from offload.transport.links.base import TAIL, LinkStats, LogSink, SessionPipes,
 
 __all__ = ["BUSY_POLL", "FALLBACKS", "RESTRICTED_FALLBACK", "BuilderFullError", "Link"]
 
-SlotStart = Callable[[contextlib.AsyncExitStack, int], Awaitable[SessionPipes]]
+
+class SlotStart(Protocol):
+    """Starts a session holding one of ``slots`` on the builder for ``client``, as
+    ``SshTransport.start`` does (``waited``: this build was answered busy before)."""
+
+    def __call__(
+        self, stack: contextlib.AsyncExitStack, slots: int, *, client: str, waited: bool
+    ) -> Awaitable[SessionPipes]: ...
+
+
 SlotStartOne = Callable[[contextlib.AsyncExitStack], Awaitable[SessionPipes]]
 
 # How often a build waiting for a slot another client holds on the builder asks again.
@@ -67,6 +82,15 @@ BUSY_POLL = 0.25
 # build there: a session start per build costs tens of milliseconds (a chain of small builds
 # paid it on every link), while a slot held this long by an idle client costs others little.
 LINGER = 1.0
+# A build session's turn: one that has held its builder-side slot longer than this (from its
+# start) is closed after its build instead of lingering, so that the builder's next free slot
+# can go to another client waiting there (the wrapper yields to it, ``offload.transport.ssh``).
+# A waiting client then waits at most about TURN plus one build; without contention the cost is
+# one session start (tens of ms) per slot per TURN, under 1% at 5 s.
+TURN = 5.0
+# Who this process is to the builders' slot wrappers (a waiting client's ``want-<id>`` marker):
+# one id per run, or per hook coordinator, random so that two hosts never share one.
+CLIENT_ID = secrets.token_hex(8)
 # Why a builder's slots are counted on this host only, by what its start line said.
 RESTRICTED_FALLBACK = "its key runs only the serve program: no slot lock can be taken there"
 FALLBACKS = {
@@ -140,6 +164,7 @@ class _Session:
     pipes: SessionPipes
     logs: _LogRoute
     teardown: asyncio.Task[None] | None = None
+    opened: float = field(default_factory=time.monotonic)  # when its turn began (``TURN``)
 
 
 class Link:
@@ -170,6 +195,7 @@ class Link:
         self._slot_start = slot_start
         self.slot_fallback: str | None = None
         self.slots_on_builder: bool | None = None
+        self.client_id = CLIENT_ID
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
@@ -260,7 +286,10 @@ class Link:
         elif session.client.usable and session.pipes.alive() and not self._closed and keep:
             self._idle.append(session)
         elif session.client.usable and session.pipes.alive() and not self._closed and linger:
-            self._linger(session)
+            if time.monotonic() - session.opened < TURN:
+                self._linger(session)
+            else:  # its turn is over: the slot goes back to the builder (``TURN``)
+                await self._discard(session, kill=False)
         else:
             await self._discard(session, kill=not session.client.usable)
 
@@ -274,7 +303,10 @@ class Link:
             if (lingering := self._lingerer()) is not None:
                 return lingering
             try:
-                session = await self._open(lambda stack: start(stack, self.builder_slots))
+                ask = functools.partial(
+                    start, slots=self.builder_slots, client=self.client_id, waited=waited
+                )
+                session = await self._open(ask)
             except BuilderFullError:
                 if not waited and on_wait is not None:
                     on_wait()
