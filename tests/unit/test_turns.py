@@ -18,7 +18,13 @@ from offload.protocol.wire import encode_int
 from offload.transport.links import pool
 from offload.transport.links.base import SessionPipes
 from offload.transport.links.pool import CLIENT_ID, Link
-from offload.transport.ssh import CLIENT_ID_CHARS, SshTarget, serve_argv, serve_command
+from offload.transport.ssh import (
+    CLIENT_ID_CHARS,
+    WANT_FRESH,
+    SshTarget,
+    serve_argv,
+    serve_command,
+)
 from tests.helpers.worker_wire import Writer, stream
 
 SCRIPT = serve_command()[2]
@@ -46,7 +52,7 @@ def test_the_client_id_crosses_ssh_as_one_quoted_word_and_the_script_quotes_its_
     assert "case $ofl_id in ''|*[!A-Za-z0-9_.-]*) ofl_id=-;; esac;" in SCRIPT
     assert 'touch "$ofl_d/want-$ofl_id"' in SCRIPT
     assert 'rm -f "$ofl_d/want-$ofl_id"' in SCRIPT
-    assert '! -name "want-$ofl_id" -mmin -0.0333 -print' in SCRIPT
+    assert '! -name "want-$ofl_id" -mmin -0.1000 -print' in SCRIPT
     # Only a build that has not waited yet yields, and it skips every slot when it does.
     assert '[ "$ofl_w" != 1 ] && ofl_wanted && ofl_i=$ofl_n;' in SCRIPT
 
@@ -138,3 +144,25 @@ def test_a_waiting_build_says_so_on_its_next_ask(monkeypatch):
     asyncio.run(build())
     assert builder.asks == [(1, CLIENT_ID, False), (1, CLIENT_ID, True), (1, CLIENT_ID, True)]
     assert waits == [1]
+
+
+async def _refused_then_two_builds(builder: _Builder) -> None:
+    async with _link(builder) as link:
+        for _ in range(2):
+            async with link.build_session():
+                pass
+
+
+@pytest.mark.parametrize(("fresh", "second"), [(WANT_FRESH, True), (0.0, False)])
+def test_a_client_refused_lately_counts_as_waiting_for_its_next_build_there(
+    monkeypatch, fresh, second
+):
+    monkeypatch.setattr(pool, "BUSY_POLL", 0.0)
+    monkeypatch.setattr(pool, "TURN", 0.0)  # no lingering: each build asks the builder
+    monkeypatch.setattr(pool, "WANT_FRESH", fresh)
+    builder = _Builder(["busy", "0", "0"])
+    asyncio.run(_refused_then_two_builds(builder))
+    # The second build asks within WANT_FRESH of the first one's refusal: this client waits
+    # there (its marker is still fresh), so it does not yield to another client's; later, it
+    # is a newcomer again.
+    assert [waited for _, _, waited in builder.asks] == [False, True, second]

@@ -84,10 +84,11 @@ PID_MARKER = "offload-serve-pid"
 # local fleet), else under the user's home (relative); the start line's wrapper picks one.
 SLOT_DIRS = ("/nix/var/nix/offload-slots", ".cache/offload-slots")
 SLOT_BUSY_EXIT = 75
-# A client's want-<id> marker counts as "waiting" this long after its last busy answer: several
-# polls (``BUSY_POLL`` plus a session start's round trip) of a waiting client, and short enough
-# that a client gone or moved elsewhere holds nobody back for long.
-WANT_FRESH = 2.0
+# A client's want-<id> marker counts as "waiting" this long after its last busy answer: longer
+# than offload-hook's clients ask again (Nix's build-poll-interval after a postpone, 5 s; an
+# `offload build` asks every ``BUSY_POLL``), and short enough that a client gone or moved
+# elsewhere holds others back little: each of their builds yields to it once at most.
+WANT_FRESH = 6.0
 # What a client id may be made of (it names a file on the builder); "-" is no id.
 CLIENT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 NO_CLIENT = "-"
@@ -108,16 +109,17 @@ MASTER_READY = "offload-master-ready"
 # when it cannot lock (the client falls back to its own host's count), `slot=-` when not asked.
 # `command exec` keeps a redirection failure from ending the shell, as a special builtin would.
 #
-# Turns (README, "Slots on the builder"): the second argument is the client's id (CLIENT_ID_CHARS
-# only; anything else is taken for none, "-"), the third "1" when this build has been answered
-# busy before. A busy answer touches `want-<id>` there: this client waits. A session of a build
-# that has not waited yet answers busy without trying a slot while another client's marker is
+# Turns (README, the slots paragraph): the second argument is the client's id (CLIENT_ID_CHARS
+# only; anything else is taken for none, "-"), the third "1" when this client waits there
+# itself (``Link``: this build, or another of the client's within WANT_FRESH s, was answered
+# busy). A busy answer touches `want-<id>` there: this client waits. A session of a client
+# that does not wait itself answers busy without trying a slot while another client's marker is
 # fresh (touched within WANT_FRESH s: GNU find's fractional -mmin, as Debian and NixOS have; a
 # find that cannot tell finds none, and nobody yields), so the waiter gets the slot its holder
-# lets go of (``Link`` ends a session after its turn). One that waited already never yields:
-# every build yields at most once, so free slots are always taken (no livelock). A waiter that
-# got its slot removes its marker; markers older than 10 minutes are deleted, younger stale
-# ones are ignored by age. With no marker there, the check is one glob: no process.
+# lets go of (``Link`` ends a session after its turn). A client that waits itself never yields:
+# one that yields is refused, so waits, and takes the next free slot it finds (no livelock). A
+# waiter that got its slot removes its marker; markers older than 10 minutes are deleted,
+# younger stale ones are ignored by age. With no marker there, the check is one glob: no process.
 _WANTED = (
     'ofl_wanted() { for ofl_f in "$ofl_d"/want-*; do [ -e "$ofl_f" ] || return 1; break; done; '
     "ofl_f=$(find \"$ofl_d\" -maxdepth 1 -name 'want-*' \\( -mmin +10 -delete -o "

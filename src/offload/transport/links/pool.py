@@ -61,6 +61,7 @@ from offload.protocol.store import StoreClient
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.links.base import TAIL, LinkStats, LogSink, SessionPipes, SessionTransport
+from offload.transport.ssh import WANT_FRESH
 
 __all__ = ["BUSY_POLL", "FALLBACKS", "RESTRICTED_FALLBACK", "BuilderFullError", "Link"]
 
@@ -196,6 +197,11 @@ class Link:
         self.slot_fallback: str | None = None
         self.slots_on_builder: bool | None = None
         self.client_id = CLIENT_ID
+        # When a build session was last refused a slot there: for WANT_FRESH s after, this
+        # client counts as waiting there (its marker is that fresh) and never yields. Without
+        # it a client that asks seldom (offload-hook: Nix asks again after a postpone, 5 s
+        # later) would yield on every ask to a client that polls and never get a turn.
+        self._refused: float | None = None
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
@@ -296,6 +302,7 @@ class Link:
     async def _open_slot(self, on_wait: Callable[[], None] | None) -> _Session:
         start, waited = self._slot_start, False
         assert start is not None
+        refused = self._refused
         while True:
             if self._closed:
                 raise TransportError(f"{self.name}: the link is closed")
@@ -303,11 +310,16 @@ class Link:
             if (lingering := self._lingerer()) is not None:
                 return lingering
             try:
+                # Waiting: this build was refused, or another of this client's (``_refused``).
+                waiting = waited or (
+                    refused is not None and time.monotonic() - refused < WANT_FRESH
+                )
                 ask = functools.partial(
-                    start, slots=self.builder_slots, client=self.client_id, waited=waited
+                    start, slots=self.builder_slots, client=self.client_id, waited=waiting
                 )
                 session = await self._open(ask)
             except BuilderFullError:
+                refused = self._refused = time.monotonic()
                 if not waited and on_wait is not None:
                     on_wait()
                 waited = True
