@@ -44,13 +44,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Self
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.load import RemoteLoad
@@ -60,20 +61,17 @@ from offload.protocol.stderr import pump_lines
 from offload.protocol.store import StoreClient
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
-from offload.transport.links.base import TAIL, LinkStats, LogSink, SessionPipes, SessionTransport
+from offload.transport.links.base import (
+    TAIL,
+    LinkStats,
+    LogSink,
+    SessionPipes,
+    SessionTransport,
+    SlotStart,
+)
 from offload.transport.ssh import WANT_FRESH
 
 __all__ = ["BUSY_POLL", "FALLBACKS", "RESTRICTED_FALLBACK", "BuilderFullError", "Link"]
-
-
-class SlotStart(Protocol):
-    """Starts a session holding one of ``slots`` on the builder for ``client``, as
-    ``SshTransport.start`` does (``waited``: this build was answered busy before)."""
-
-    def __call__(
-        self, stack: contextlib.AsyncExitStack, slots: int, *, client: str, waited: bool
-    ) -> Awaitable[SessionPipes]: ...
-
 
 SlotStartOne = Callable[[contextlib.AsyncExitStack], Awaitable[SessionPipes]]
 
@@ -84,13 +82,11 @@ BUSY_POLL = 0.25
 # paid it on every link), while a slot held this long by an idle client costs others little.
 LINGER = 1.0
 # A build session's turn: one that has held its builder-side slot longer than this (from its
-# start) is closed after its build instead of lingering, so that the builder's next free slot
-# can go to another client waiting there (the wrapper yields to it, ``offload.transport.ssh``).
-# A waiting client then waits at most about TURN plus one build; without contention the cost is
-# one session start (tens of ms) per slot per TURN, under 1% at 5 s.
+# start) is closed after its build instead of lingering, so that another client waiting there
+# gets the slot (the wrapper yields it, ``offload.transport.ssh``) within about TURN plus one
+# build; without contention it costs a session start (tens of ms) per slot per TURN.
 TURN = 5.0
-# Who this process is to the builders' slot wrappers (a waiting client's ``want-<id>`` marker):
-# one id per run, or per hook coordinator, random so that two hosts never share one.
+# Who this process (a run, a hook coordinator) is to the builders' slot wrappers: random.
 CLIENT_ID = secrets.token_hex(8)
 # Why a builder's slots are counted on this host only, by what its start line said.
 RESTRICTED_FALLBACK = "its key runs only the serve program: no slot lock can be taken there"
@@ -197,11 +193,10 @@ class Link:
         self.slot_fallback: str | None = None
         self.slots_on_builder: bool | None = None
         self.client_id = CLIENT_ID
-        # When a build session was last refused a slot there: for WANT_FRESH s after, this
-        # client counts as waiting there (its marker is that fresh) and never yields. Without
-        # it a client that asks seldom (offload-hook: Nix asks again after a postpone, 5 s
-        # later) would yield on every ask to a client that polls and never get a turn.
-        self._refused: float | None = None
+        # When a build was last refused a slot there: for WANT_FRESH s this client waits there
+        # (its marker is that fresh) and never yields, or one that asks seldom (offload-hook:
+        # Nix asks again 5 s after a postpone) would yield on every ask to one that polls.
+        self._refused = -math.inf
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
@@ -302,7 +297,6 @@ class Link:
     async def _open_slot(self, on_wait: Callable[[], None] | None) -> _Session:
         start, waited = self._slot_start, False
         assert start is not None
-        refused = self._refused
         while True:
             if self._closed:
                 raise TransportError(f"{self.name}: the link is closed")
@@ -310,16 +304,13 @@ class Link:
             if (lingering := self._lingerer()) is not None:
                 return lingering
             try:
-                # Waiting: this build was refused, or another of this client's (``_refused``).
-                waiting = waited or (
-                    refused is not None and time.monotonic() - refused < WANT_FRESH
-                )
+                waiting = waited or time.monotonic() - self._refused < WANT_FRESH
                 ask = functools.partial(
                     start, slots=self.builder_slots, client=self.client_id, waited=waiting
                 )
                 session = await self._open(ask)
             except BuilderFullError:
-                refused = self._refused = time.monotonic()
+                self._refused = time.monotonic()
                 if not waited and on_wait is not None:
                     on_wait()
                 waited = True
