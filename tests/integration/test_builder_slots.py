@@ -26,7 +26,14 @@ from pathlib import Path
 
 from offload.fleet import Fleet, MemberSpec, client_argv
 from offload.slots import NIX_CURRENT_LOAD
-from offload.transport.ssh import SLOT_BUSY_EXIT, SLOT_DIRS, parse_slot, serve_command
+from offload.transport.links.pool import TURN
+from offload.transport.ssh import (
+    SLOT_BUSY_EXIT,
+    SLOT_DIRS,
+    WANT_FRESH,
+    parse_slot,
+    serve_command,
+)
 from tests.helpers import processes
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import nix_file, out_path
@@ -49,11 +56,15 @@ shared_fleet = private_fleet_fixture(
 PRIVATE_NIX_VAR = ["unshare", "-m", "--propagation", "private", "sh", "-c"]
 
 
-def wrapped(slots: int, program: list[str], lock_dir: Path) -> list[str]:
-    """The wrapper around ``program``, with ``lock_dir`` mounted over /nix/var/nix."""
+def wrapped(
+    slots: int, program: list[str], lock_dir: Path, client: str = "-", *, waited: bool = False
+) -> list[str]:
+    """The wrapper around ``program``, with ``lock_dir`` mounted over /nix/var/nix, asked for
+    a slot by ``client`` (``waited``: after a busy answer)."""
     mount = f'mount --bind {lock_dir} /nix/var/nix && exec "$@"'
     script = serve_command()[2]
-    return [*PRIVATE_NIX_VAR, mount, "sh", "sh", "-c", script, "sh", str(slots), *program]
+    asked = [str(slots), client, str(int(waited))]
+    return [*PRIVATE_NIX_VAR, mount, "sh", "sh", "-c", script, "sh", *asked, *program]
 
 
 def slot_file(root: Path, slot: int) -> Path:
@@ -100,10 +111,67 @@ def test_without_flock_the_program_still_starts_and_says_so(tmp_path):
     env = {"PATH": "/nonexistent", "HOME": str(tmp_path)}
     argv = ["/bin/sh", "-c", serve_command({"remote-program": "/bin/true"}, slots=2)[2], "sh"]
     done = subprocess.run(
-        [*argv, "2", "/bin/true"], env=env, capture_output=True, text=True, check=False
+        [*argv, "2", "-", "0", "/bin/true"], env=env, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
     assert parse_slot(done.stdout) == "noflock"
+
+
+def ask(tmp_path: Path, client: str, *, waited: bool = False) -> tuple[int, str | None]:
+    """One session start on a one-slot builder that ends at once: (exit code, its slot)."""
+    argv = wrapped(1, ["/bin/true"], tmp_path, client, waited=waited)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return done.returncode, parse_slot(done.stdout)
+
+
+def test_a_new_session_yields_a_free_slot_to_another_client_waiting_for_one(tmp_path):
+    locks = slot_file(tmp_path, 0).parent
+    holder = processes.start(
+        wrapped(1, ["/bin/cat"], tmp_path, "a"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert parse_slot(holder.stdout.readline()) == "0"
+        # Client b finds the slot held: it says on the builder that it waits.
+        assert ask(tmp_path, "b") == (SLOT_BUSY_EXIT, "busy")
+        assert (locks / "want-b").exists()
+        assert not (locks / "want-a").exists()
+    finally:
+        processes.stop(holder)
+    # The slot is free, but b waits: a's next session yields it and a now waits too.
+    assert ask(tmp_path, "a") == (SLOT_BUSY_EXIT, "busy")
+    assert (locks / "want-a").exists()
+    # b, having waited, takes it (it never yields: a waits too) and takes its marker away.
+    assert ask(tmp_path, "b", waited=True) == (0, "0")
+    assert not (locks / "want-b").exists()
+    # a, having waited, is not held back by its own marker.
+    assert ask(tmp_path, "a", waited=True) == (0, "0")
+    # A marker older than WANT_FRESH is someone gone: nobody yields to it.
+    (locks / "want-c").touch()
+    old = time.time() - WANT_FRESH - 1
+    os.utime(locks / "want-c", (old, old))
+    assert ask(tmp_path, "d") == (0, "0")
+    assert not (locks / "want-d").exists()  # d never waited
+
+
+def test_a_client_id_the_shell_cannot_trust_names_no_file(tmp_path):
+    argv = wrapped(1, ["/bin/true"], tmp_path)
+    argv[argv.index("-")] = "a b"  # as if given by something other than offload
+    locks = slot_file(tmp_path, 0).parent
+    holder = processes.start(
+        wrapped(1, ["/bin/cat"], tmp_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        holder.stdout.readline()
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    finally:
+        processes.stop(holder)
+    assert parse_slot(done.stdout) == "busy"
+    assert not list(locks.glob("want-*"))  # taken for no id: no marker
 
 
 # -- two clients, one builder ------------------------------------------------------------------
@@ -162,6 +230,49 @@ def test_two_clients_never_hold_more_than_the_builders_slots(shared_fleet, tmp_p
     stamps, peak = peak_running(log)
     assert stamps == 16
     # Each client alone would fill both slots: four at once without the builder's count.
+    assert peak <= SLOTS
+
+
+def test_a_client_that_keeps_a_builder_busy_still_lets_a_waiting_client_take_turns(
+    shared_fleet, tmp_path
+):
+    # A has several turns' worth of builds for both slots; B comes once A builds there.
+    logs = {who: tmp_path / f"stamps-{who}" for who in ("a", "b")}
+    counts = {"a": 4 * int(TURN) * SLOTS, "b": 2}
+    files = {
+        who: jobs(tmp_path, who, stamped(log, f"/bin/sleep 0.5; echo {who} > $out"), counts[who])
+        for who, log in logs.items()
+    }
+    first = client(shared_fleet, tmp_path / "a", "c", files["a"])
+    try:
+        wait_for(logs["a"].exists, 120, "client A's first build")
+        second = client(shared_fleet, tmp_path / "b", "c", files["b"])
+        try:
+            _, err = second.communicate(timeout=180)
+            assert second.returncode == 0, err
+        finally:
+            processes.stop(second)
+        _, err = first.communicate(timeout=180)
+        assert first.returncode == 0, err
+    finally:
+        processes.stop(first)
+    for who, file in files.items():
+        for i in range(counts[who]):
+            assert Path(out_path(file, f"j{i}")).read_text() == f"{who}\n"
+    starts = {
+        who: sorted(
+            float(t) for kind, t in map(str.split, log.read_text().splitlines()) if kind == "start"
+        )
+        for who, log in logs.items()
+    }
+    # B was not starved: it built while A still had builds to start (first come, first
+    # served would have kept both slots A's until A ran out of work).
+    assert starts["b"][0] < starts["a"][-1]
+    assert max(starts["b"]) < starts["a"][-1]
+    both = tmp_path / "stamps"
+    both.write_text(logs["a"].read_text() + logs["b"].read_text())
+    stamps, peak = peak_running(both)
+    assert stamps == 2 * (counts["a"] + counts["b"])
     assert peak <= SLOTS
 
 

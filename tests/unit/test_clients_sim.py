@@ -48,3 +48,21 @@ def test_a_client_moves_its_waiting_build_to_a_free_machine():
     assert sorted(staying.makespans) == pytest.approx([10.0, 20.0], abs=0.1)
     assert sorted(moving.makespans) == pytest.approx([10.0, 10.0], abs=0.1)
     assert max(moving.peak_running.values()) <= 1
+
+
+def test_kept_sessions_starve_a_second_client_unless_sessions_take_turns():
+    graphs = [flat("ci", 20, work=1.0), flat("laptop", 2, work=1.0)]
+    machines = [MachineSlotSpec("a", 1.0, 2)]
+    fifo = simulate_clients(graphs, machines, counted=True)
+    kept = simulate_clients(graphs, machines, counted=True, linger=1.0)
+    turns = simulate_clients(graphs, machines, counted=True, linger=1.0, turn=5.0)
+    # Every slot a build frees goes to the laptop's waiting builds first, first come first served.
+    assert fifo.makespans[1] == pytest.approx(2.0, abs=0.2)
+    # A kept session is the CI's next build's at once: the laptop waits for the CI's last.
+    assert kept.makespans[1] > kept.makespans[0]
+    # With turns the laptop gets the slots when the CI's sessions are 5 s old.
+    assert 5.0 < turns.makespans[1] < 7.5
+    # The CI pays for the laptop's two builds and the 1 s each of its sessions then keeps.
+    assert kept.makespans[0] < turns.makespans[0] < kept.makespans[0] + 2.2
+    for result in (fifo, kept, turns):
+        assert result.peak_running == {"a": 2}

@@ -22,7 +22,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
 # The start line: the pid, then the load report of offload.load (cores, /proc/loadavg, boot
 # id), then the builder-side slot; the script is run by real shells in test_builder_slots.
 SCRIPT = serve_command()[2]
-REPORTING = f"sh -c {shlex.quote(SCRIPT)} sh 0 "
+REPORTING = f"sh -c {shlex.quote(SCRIPT)} sh 0 - 0 "
 
 
 def test_the_start_line_script_reads_load_and_takes_a_slot_with_flock():

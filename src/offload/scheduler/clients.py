@@ -12,6 +12,11 @@ modelled:
   offload does from the builder's ``busy`` answer, and may move it to a free slot elsewhere
   (``Move``); a slot that frees on a machine gives withheld slots back to the clients that
   withheld them (as their probes would find it).
+  With ``linger`` (offload's build sessions), a build's slot stays its client's for that long
+  after it ends, and that client's next build there takes it before any other client's
+  waiting build; with ``turn`` too, only while the slot's session is younger than ``turn``
+  (from its start, ``offload.transport.links.pool.TURN``): an older one goes to the builds
+  waiting there, first come first served, as the builder's wrapper yields it to them.
 - ``counted=False`` (each client counts only its own host's slots): every build starts at once,
   and a machine running more builds than it has slots shares itself between them (each runs at
   ``slots / running`` of its speed), which is how oversubscribed builders slow every client.
@@ -49,6 +54,22 @@ class _Build:
     job: str
     machine: str
     left: float  # work still to do, in speed-1 seconds
+    since: float = 0.0  # when the session it runs in started (``turn``)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A slot kept after its build for its client's next build there (``linger``)."""
+
+    client: int
+    until: float
+    since: float
+
+
+@dataclass(frozen=True)
+class _Sessions:
+    linger: float = 0.0
+    turn: float | None = None
 
 
 @dataclass
@@ -56,6 +77,7 @@ class _Machine:
     spec: MachineSlotSpec
     running: list[_Build] = field(default_factory=list)
     waiting: deque[_Build] = field(default_factory=deque)
+    held: list[_Held] = field(default_factory=list)
     peak: int = 0
     busy: float = 0.0  # slot-seconds spent building
 
@@ -66,10 +88,13 @@ def simulate_clients(
     *,
     counted: bool,
     moving: bool = False,
+    linger: float = 0.0,
+    turn: float | None = None,
     step: float = 0.05,
     limit: float = 1e6,
 ) -> ClientsResult:
     """Run every client's graph at once on ``machines`` (module docstring)."""
+    sessions = _Sessions(linger if counted else 0.0, turn)
     policies = [Policy(JobGraph(jobs), machines) for jobs in graphs]
     pool = {m.name: _Machine(m) for m in machines}
     ends: list[float | None] = [None] * len(policies)
@@ -84,7 +109,10 @@ def simulate_clients(
         now += step
         for machine in pool.values():
             for build in [b for b in machine.running if b.left <= 1e-9]:
-                _finish(build, pool, policies, now)
+                _finish(build, pool, policies, now, sessions)
+            if any(held.until <= now for held in machine.held):
+                machine.held = [held for held in machine.held if held.until > now]
+                _admit(machine, policies, now)
         for index, policy in enumerate(policies):
             if ends[index] is None and policy.graph.finished:
                 ends[index] = now
@@ -115,14 +143,18 @@ def _decide(
         elif not isinstance(decision, Start | Speculate):
             continue
         machine = pool[decision.machine]
-        build = _Build(index, decision.job, decision.machine, policy.graph.work(decision.job))
-        if counted and len(machine.running) >= machine.spec.slots:
+        build = _Build(
+            index, decision.job, decision.machine, policy.graph.work(decision.job), since=now
+        )
+        if (held := _own(machine, index)) is not None:
+            build.since = held.since
+        elif counted and _taken(machine) >= machine.spec.slots:
             machine.waiting.append(build)
             if moving and policy.on_machine_full(decision.job, decision.machine, now):
                 machine.waiting.pop()  # a second copy: dropped, the first goes on
-        else:
-            machine.running.append(build)
-            machine.peak = max(machine.peak, len(machine.running))
+            continue
+        machine.running.append(build)
+        machine.peak = max(machine.peak, len(machine.running))
 
 
 def _advance(pool: dict[str, _Machine], step: float) -> None:
@@ -136,9 +168,31 @@ def _advance(pool: dict[str, _Machine], step: float) -> None:
         machine.busy += step * min(running, machine.spec.slots)
 
 
-def _finish(build: _Build, pool: dict[str, _Machine], policies: list[Policy], now: float) -> None:
+def _own(machine: _Machine, client: int) -> _Held | None:
+    """A slot ``client`` kept there after its last build, taken out of the kept ones."""
+    for held in machine.held:
+        if held.client == client:
+            machine.held.remove(held)
+            return held
+    return None
+
+
+def _taken(machine: _Machine) -> int:
+    return len(machine.running) + len(machine.held)
+
+
+def _finish(
+    build: _Build,
+    pool: dict[str, _Machine],
+    policies: list[Policy],
+    now: float,
+    sessions: _Sessions,
+) -> None:
     machine = pool[build.machine]
     machine.running.remove(build)
+    turn = sessions.turn
+    if sessions.linger > 0 and (turn is None or now - build.since < turn):
+        machine.held.append(_Held(build.client, now + sessions.linger, build.since))
     finished = policies[build.client].on_finished(build.job, build.machine, now, ok=True)
     for cancel in finished.cancel:  # the losing copies of a speculated job
         other = pool[cancel.machine]
@@ -153,12 +207,20 @@ def _admit(machine: _Machine, policies: list[Policy], now: float) -> None:
     """Builds waiting for this machine's slots (counted) take the ones that freed, in turn;
     a slot still free then gives withheld slots back (``moving``)."""
     name = machine.spec.name
-    while machine.waiting and len(machine.running) < machine.spec.slots:
+    for build in list(machine.waiting):  # a client's kept slot goes to its own build first
+        if (held := _own(machine, build.client)) is not None:
+            machine.waiting.remove(build)
+            build.since = held.since
+            machine.running.append(build)
+            machine.peak = max(machine.peak, len(machine.running))
+            policies[build.client].on_slot_taken(build.job, name, now)
+    while machine.waiting and _taken(machine) < machine.spec.slots:
         build = machine.waiting.popleft()
+        build.since = now
         machine.running.append(build)
         machine.peak = max(machine.peak, len(machine.running))
         policies[build.client].on_slot_taken(build.job, name, now)
-    if len(machine.running) < machine.spec.slots:
+    if _taken(machine) < machine.spec.slots:
         for policy in policies:
             if policy.withheld(name) > 0 and not policy.waiting(name):
                 policy.on_slot_freed(name)

@@ -32,6 +32,7 @@ from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links import SessionPipes, open_serve
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
+    NO_CLIENT,
     SshTarget,
     kill_script,
     known_hosts_line,
@@ -132,12 +133,21 @@ class SharedSshTransport:
         # ssh's options must come before `--`, which ssh_argv puts before the destination.
         return [*base[:-2], *shared, *base[-2:], remote_command(remote)]
 
-    async def start(self, stack: contextlib.AsyncExitStack, slots: int = 0) -> SessionPipes:
-        """A session; with ``slots`` above 0, one holding a builder-side slot of that many
-        (``Link.build_session``: ``pipes.slot`` says which, or ``busy``)."""
+    async def start(
+        self,
+        stack: contextlib.AsyncExitStack,
+        slots: int = 0,
+        *,
+        client: str = NO_CLIENT,
+        waited: bool = False,
+    ) -> SessionPipes:
+        """A session; with ``slots`` above 0, one holding a builder-side slot of that many for
+        ``client`` (``Link.build_session``: ``pipes.slot`` says which, or ``busy``)."""
         self._pin()
         program = self.dialect.program(self._params)
-        command = serve_command(wrapped=not self.restricted, program=program, slots=slots)
+        command = serve_command(
+            wrapped=not self.restricted, program=program, slots=slots, client=client, waited=waited
+        )
         argv = self.argv(command)
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         assert proc.stdin is not None

@@ -47,11 +47,14 @@ if TYPE_CHECKING:
     from offload.config.machines import Machine
 
 __all__ = [
+    "CLIENT_ID_CHARS",
     "CONNECT_TIMEOUT",
     "MASTER_READY",
+    "NO_CLIENT",
     "PID_MARKER",
     "SLOT_BUSY_EXIT",
     "SLOT_DIRS",
+    "WANT_FRESH",
     "SshTarget",
     "kill_script",
     "known_hosts_line",
@@ -81,6 +84,14 @@ PID_MARKER = "offload-serve-pid"
 # local fleet), else under the user's home (relative); the start line's wrapper picks one.
 SLOT_DIRS = ("/nix/var/nix/offload-slots", ".cache/offload-slots")
 SLOT_BUSY_EXIT = 75
+# A client's want-<id> marker counts as "waiting" this long after its last busy answer: longer
+# than offload-hook's clients ask again (Nix's build-poll-interval after a postpone, 5 s; an
+# `offload build` asks every ``BUSY_POLL``), and short enough that a client gone or moved
+# elsewhere holds others back little: each of their builds yields to it once at most.
+WANT_FRESH = 6.0
+# What a client id may be made of (it names a file on the builder); "-" is no id.
+CLIENT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+NO_CLIENT = "-"
 MASTER_READY = "offload-master-ready"
 
 # `exec "$@"` keeps the reported pid that of nix-store itself (the shell is replaced). The rest
@@ -97,16 +108,40 @@ MASTER_READY = "offload-master-ready"
 # wrapper then exits 75 without starting the serve program), `slot=noflock` / `slot=nodir`
 # when it cannot lock (the client falls back to its own host's count), `slot=-` when not asked.
 # `command exec` keeps a redirection failure from ending the shell, as a special builtin would.
+#
+# Turns (README, the slots paragraph): the second argument is the client's id (CLIENT_ID_CHARS
+# only; anything else is taken for none, "-"), the third "1" when this client waits there
+# itself (``Link``: this build, or another of the client's within WANT_FRESH s, was answered
+# busy). A busy answer touches `want-<id>` there: this client waits. A session of a client
+# that does not wait itself answers busy without trying a slot while another client's marker is
+# fresh (touched within WANT_FRESH s: GNU find's fractional -mmin, as Debian and NixOS have; a
+# find that cannot tell finds none, and nobody yields), so the waiter gets the slot its holder
+# lets go of (``Link`` ends a session after its turn). A client that waits itself never yields:
+# one that yields is refused, so waits, and takes the next free slot it finds (no livelock). A
+# waiter that got its slot removes its marker; markers older than 10 minutes are deleted,
+# younger stale ones are ignored by age. With no marker there, the check is one glob: no process.
+_WANTED = (
+    'ofl_wanted() { for ofl_f in "$ofl_d"/want-*; do [ -e "$ofl_f" ] || return 1; break; done; '
+    "ofl_f=$(find \"$ofl_d\" -maxdepth 1 -name 'want-*' \\( -mmin +10 -delete -o "
+    f'! -name "want-$ofl_id" -mmin -{WANT_FRESH / 60:.4f} -print \\) 2>/dev/null); '
+    '[ -n "$ofl_f" ]; }; '
+)
 _SLOT = (
-    'ofl_n=$1; shift; ofl_s=-; if [ "$ofl_n" -gt 0 ] 2>/dev/null; then '
+    _WANTED + "ofl_n=$1; ofl_id=$2; ofl_w=$3; shift 3; ofl_s=-; "
+    "case $ofl_id in ''|*[!A-Za-z0-9_.-]*) ofl_id=-;; esac; "
+    'if [ "$ofl_n" -gt 0 ] 2>/dev/null; then '
     "if ! command -v flock >/dev/null 2>&1; then ofl_s=noflock; else "
     f"if [ -w {SLOT_DIRS[0].rsplit('/', 1)[0]} ]; then ofl_d={SLOT_DIRS[0]}; "
     f"else ofl_d=${{HOME:-/nonexistent}}/{SLOT_DIRS[1]}; fi; ofl_s=nodir; "
     'if (umask 077 && mkdir -p "$ofl_d") 2>/dev/null; then ofl_s=busy; ofl_i=0; '
+    '[ "$ofl_w" != 1 ] && ofl_wanted && ofl_i=$ofl_n; '
     'while [ "$ofl_i" -lt "$ofl_n" ]; do '
     'if { command exec 9>>"$ofl_d/slot-$ofl_i"; } 2>/dev/null && flock -n 9; then '
     'ofl_s=$ofl_i; echo "offload pid=$$" >"$ofl_d/slot-$ofl_i"; break; fi; '
-    "ofl_i=$((ofl_i + 1)); done; fi; fi; fi; "
+    "ofl_i=$((ofl_i + 1)); done; "
+    'if [ "$ofl_id" = - ]; then :; elif [ "$ofl_s" = busy ]; then '
+    'touch "$ofl_d/want-$ofl_id" 2>/dev/null; '
+    'elif [ "$ofl_w" = 1 ]; then rm -f "$ofl_d/want-$ofl_id"; fi; fi; fi; fi; '
 )
 _REPORT_PID = (
     _SLOT + "ofl_c=$(nproc 2>/dev/null </dev/null); ofl_l=; ofl_b=; "
@@ -265,14 +300,20 @@ def serve_command(
     wrapped: bool = True,
     program: Sequence[str] | None = None,
     slots: int = 0,
+    client: str = NO_CLIENT,
+    waited: bool = False,
 ) -> list[str]:
     """The serve program (or ``program``: the daemon for ssh-ng://) wrapped so that it first
     reports its pid and load on stdout, holding one of ``slots`` builder-side slots if that is
-    above 0; the bare program (``wrapped=False``) for a builder known to run only that."""
+    above 0 for ``client`` (an id of ``CLIENT_ID_CHARS``; ``waited``: this build was answered
+    busy before, see the comment above ``_SLOT``); the bare program (``wrapped=False``) for a
+    builder known to run only that."""
     remote = list(program) if program is not None else serve_program(params)
     if not wrapped:
         return remote
-    return ["sh", "-c", _REPORT_PID, "sh", str(max(0, slots)), *remote]
+    if not client or not CLIENT_ID_CHARS.issuperset(client):
+        raise ValueError(f"invalid client id {client!r}")
+    return ["sh", "-c", _REPORT_PID, "sh", str(max(0, slots)), client, str(int(waited)), *remote]
 
 
 def _split_slot(rest: str) -> tuple[str, str | None]:
@@ -323,10 +364,12 @@ def serve_argv(
     wrapped: bool = True,
     program: Sequence[str] | None = None,
     slots: int = 0,
+    client: str = NO_CLIENT,
+    waited: bool = False,
 ) -> list[str]:
     """``ssh ... -- host 'sh -c ... nix-store --serve --write'``: one serve session (or one of
     ``program``, e.g. ``nix-daemon --stdio``), holding a builder-side slot of ``slots``, if
-    above 0."""
+    above 0, for ``client`` (``serve_command``)."""
     return [
         *ssh_argv(
             target,
@@ -335,7 +378,11 @@ def serve_argv(
             control_path=control_path,
             connect_timeout=connect_timeout,
         ),
-        remote_command(serve_command(params, wrapped=wrapped, program=program, slots=slots)),
+        remote_command(
+            serve_command(
+                params, wrapped=wrapped, program=program, slots=slots, client=client, waited=waited
+            )
+        ),
     ]
 
 

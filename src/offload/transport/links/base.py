@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +42,7 @@ __all__ = [
     "Opening",
     "SessionPipes",
     "SessionTransport",
+    "SlotStart",
     "drain_dead",
     "open_serve",
 ]
@@ -98,6 +99,15 @@ class SessionTransport(Protocol):
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes: ...
     async def kill(self, pid: int) -> None: ...
     async def close(self) -> None: ...
+
+
+class SlotStart(Protocol):
+    """Starts a session holding one of ``slots`` on the builder for ``client``, as
+    ``SshTransport.start`` does (``waited``: this client waits there itself, ``ssh``)."""
+
+    def __call__(
+        self, stack: contextlib.AsyncExitStack, slots: int, *, client: str, waited: bool
+    ) -> Awaitable[SessionPipes]: ...
 
 
 class _Prefixed:

@@ -26,10 +26,13 @@ builder's slot files under flock (``offload.transport.ssh``), so every client on
 (``offload build`` and ``offload-hook`` alike) sees the same count; after its build it keeps
 the slot ``LINGER`` s for this process's next build there, then is closed (never left idle
 holding it longer), and a builder whose slots are all held answers ``busy`` and is asked again
-every ``BUSY_POLL`` s. Where no lock can be taken (a restricted key, no flock(1), no slot
-directory) ``slot_fallback`` says why and builds use pooled sessions, counted on this host
-only; ``slots_on_builder`` says which of the two the first build session found (None before).
-``link.load`` is the latest load a session reported.
+every ``BUSY_POLL`` s. Turns keep one client from starving others there: a session is reused
+only within its ``TURN`` (from its start), then closed after its build, and a client waiting
+for a slot says so on the builder (``CLIENT_ID``'s marker), where another client's new
+session yields the freed slot to it (``offload.transport.ssh``). Where no lock can be taken
+(a restricted key, no flock(1), no slot directory) ``slot_fallback`` says why and builds use
+pooled sessions, counted on this host only; ``slots_on_builder`` says which of the two the
+first build session found (None before). ``link.load`` is the latest load a session reported.
 
 Bytes through each session's stdin and stdout are counted in ``link.stats`` (protocol bytes,
 before ssh's own compression and encryption).
@@ -39,7 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
+import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,11 +61,18 @@ from offload.protocol.stderr import pump_lines
 from offload.protocol.store import StoreClient
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
-from offload.transport.links.base import TAIL, LinkStats, LogSink, SessionPipes, SessionTransport
+from offload.transport.links.base import (
+    TAIL,
+    LinkStats,
+    LogSink,
+    SessionPipes,
+    SessionTransport,
+    SlotStart,
+)
+from offload.transport.ssh import WANT_FRESH
 
 __all__ = ["BUSY_POLL", "FALLBACKS", "RESTRICTED_FALLBACK", "BuilderFullError", "Link"]
 
-SlotStart = Callable[[contextlib.AsyncExitStack, int], Awaitable[SessionPipes]]
 SlotStartOne = Callable[[contextlib.AsyncExitStack], Awaitable[SessionPipes]]
 
 # How often a build waiting for a slot another client holds on the builder asks again.
@@ -67,6 +81,13 @@ BUSY_POLL = 0.25
 # build there: a session start per build costs tens of milliseconds (a chain of small builds
 # paid it on every link), while a slot held this long by an idle client costs others little.
 LINGER = 1.0
+# A build session's turn: one that has held its builder-side slot longer than this (from its
+# start) is closed after its build instead of lingering, so that another client waiting there
+# gets the slot (the wrapper yields it, ``offload.transport.ssh``) within about TURN plus one
+# build; without contention it costs a session start (tens of ms) per slot per TURN.
+TURN = 5.0
+# Who this process (a run, a hook coordinator) is to the builders' slot wrappers: random.
+CLIENT_ID = secrets.token_hex(8)
 # Why a builder's slots are counted on this host only, by what its start line said.
 RESTRICTED_FALLBACK = "its key runs only the serve program: no slot lock can be taken there"
 FALLBACKS = {
@@ -140,6 +161,7 @@ class _Session:
     pipes: SessionPipes
     logs: _LogRoute
     teardown: asyncio.Task[None] | None = None
+    opened: float = field(default_factory=time.monotonic)  # when its turn began (``TURN``)
 
 
 class Link:
@@ -170,6 +192,11 @@ class Link:
         self._slot_start = slot_start
         self.slot_fallback: str | None = None
         self.slots_on_builder: bool | None = None
+        self.client_id = CLIENT_ID
+        # When a build was last refused a slot there: for WANT_FRESH s this client waits there
+        # (its marker is that fresh) and never yields, or one that asks seldom (offload-hook:
+        # Nix asks again 5 s after a postpone) would yield on every ask to one that polls.
+        self._refused = -math.inf
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[_Session] = []
@@ -260,7 +287,10 @@ class Link:
         elif session.client.usable and session.pipes.alive() and not self._closed and keep:
             self._idle.append(session)
         elif session.client.usable and session.pipes.alive() and not self._closed and linger:
-            self._linger(session)
+            if time.monotonic() - session.opened < TURN:
+                self._linger(session)
+            else:  # its turn is over: the slot goes back to the builder (``TURN``)
+                await self._discard(session, kill=False)
         else:
             await self._discard(session, kill=not session.client.usable)
 
@@ -274,8 +304,13 @@ class Link:
             if (lingering := self._lingerer()) is not None:
                 return lingering
             try:
-                session = await self._open(lambda stack: start(stack, self.builder_slots))
+                waiting = waited or time.monotonic() - self._refused < WANT_FRESH
+                ask = functools.partial(
+                    start, slots=self.builder_slots, client=self.client_id, waited=waiting
+                )
+                session = await self._open(ask)
             except BuilderFullError:
+                self._refused = time.monotonic()
                 if not waited and on_wait is not None:
                     on_wait()
                 waited = True

@@ -43,6 +43,7 @@ from offload.transport.links.pool import Link
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
     MASTER_READY,
+    NO_CLIENT,
     SshTarget,
     kill_script,
     known_hosts_line,
@@ -234,9 +235,17 @@ class SshTransport:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), _MASTER_EXIT)
         await stack.aclose()
 
-    async def start(self, stack: contextlib.AsyncExitStack, slots: int = 0) -> SessionPipes:
-        """A serve session; with ``slots`` above 0, one holding a builder-side slot (its
-        ``pipes.slot`` says which, or ``busy``: then the session has ended already)."""
+    async def start(
+        self,
+        stack: contextlib.AsyncExitStack,
+        slots: int = 0,
+        *,
+        client: str = NO_CLIENT,
+        waited: bool = False,
+    ) -> SessionPipes:
+        """A serve session; with ``slots`` above 0, one holding a builder-side slot for
+        ``client`` (its ``pipes.slot`` says which, or ``busy``: then the session has ended
+        already; ``waited``: this build was answered busy before, ``ssh.serve_command``)."""
         control = await self._ensure_master()
         argv = serve_argv(
             self.target,
@@ -248,6 +257,8 @@ class SshTransport:
             wrapped=not self.restricted,
             program=self.dialect.program(self.params),
             slots=slots,
+            client=client,
+            waited=waited,
         )
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
