@@ -3,7 +3,7 @@
 Jobs with the same (system, required features) form an *eligibility class*; each class has its
 own ready queue, so work that only a few machines can take is never buried behind work they
 cannot take (Hydra#971). A class lists its machines fastest first; machines of one speed in a
-class form a *tier*, whose earliest start placement computes once per round.
+class form a *tier*, whose earliest start placement keeps until one of its machines changes.
 
 Each machine keeps one entry per busy slot, (expected end, start, job id, copy number), as a heap,
 so its earliest-ending slot is at hand. The counts of free slots on machines that are up (in all,
@@ -58,10 +58,18 @@ class Tier:
 
     speed: float
     machines: list[Machine]
-    round: int = -1
+    # Its earliest start (``placement.scan_tier``): the machine, when, found at ``at``; kept
+    # while ``fresh`` (nothing in the tier changed since), and past ``at`` only if it is a free
+    # slot (``free``) or no busy slot was ``overdue``.
+    fresh: bool = False
+    at: float = -math.inf
     start: float = math.inf
     machine: Machine | None = None
     claims: bool = False
+    free: bool = False
+    overdue: bool = False
+    # Free slots on its machines that are up (kept current like the class's).
+    free_up: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -120,6 +128,8 @@ class Pool:
                 m.tiers.append(tiers[-1])
             cls = EligibilityClass(job.system, job.required_features, members, set(members), tiers)
             cls.free_up = sum(m.free for m in members if m.up)
+            for tier in tiers:
+                tier.free_up = sum(m.free for m in tier.machines if m.up)
             for m in members:
                 m.classes.append(cls)
             self.classes[key] = cls
@@ -134,12 +144,21 @@ class Pool:
             self.free_up_total -= 1
             for cls in m.classes:
                 cls.free_up -= 1
+            for tier in m.tiers:
+                tier.free_up -= 1
+        for tier in m.tiers:
+            # A tier's earliest start changes only if this was the last free slot of the
+            # machine it named: others' slots are as they were, and an all-busy tier has no
+            # free slot to start on.
+            if tier.machine is m and m.free <= 0:
+                tier.fresh = False
         return run
 
     def release_slot(self, run: Run, job_id: str) -> None:
         m = run.machine
         m.ends.remove((run.end, run.start, job_id, run.copy))
         heapq.heapify(m.ends)
+        _changed(m)
         if run.waiting_since is not None:
             m.withheld += 1  # it never held a slot on the builder: others still do
             return
@@ -152,6 +171,7 @@ class Pool:
         run.start, run.end = start, end
         m.ends.append((end, start, job_id, run.copy))
         heapq.heapify(m.ends)
+        _changed(m)
 
     def withhold(self, m: Machine) -> None:
         """The builder says other clients hold every slot: none of ``m``'s free slots is."""
@@ -166,19 +186,25 @@ class Pool:
 
     def _add_free(self, m: Machine, delta: int) -> None:
         m.free += delta
+        _changed(m)
         if m.up:
             self.free_up_total += delta
             for cls in m.classes:
                 cls.free_up += delta
+            for tier in m.tiers:
+                tier.free_up += delta
 
     def set_up(self, m: Machine, up: bool) -> None:
         if m.up == up:
             return
         m.up = up
+        _changed(m)
         delta = m.free if up else -m.free
         self.free_up_total += delta
         for cls in m.classes:
             cls.free_up += delta
+        for tier in m.tiers:
+            tier.free_up += delta
 
     def take_down(self, m: Machine) -> None:
         self.set_up(m, up=False)
@@ -192,3 +218,9 @@ class Pool:
                 if m.down_until <= now:
                     self.down.remove(m)
                     self.set_up(m, up=True)
+
+
+def _changed(m: Machine) -> None:
+    """``m``'s slots changed: the earliest start its tiers keep must be found again."""
+    for tier in m.tiers:
+        tier.fresh = False
