@@ -50,6 +50,8 @@ class Machine:
     last_failure: float = -math.inf
     # Slots believed free that the builder says other clients hold (module docstring).
     withheld: int = 0
+    # Its place in the pool, fastest first: the order of every tier it is in.
+    order: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -105,6 +107,8 @@ class Pool:
             raise SchedulerError("machine names must be unique: " + ", ".join(names))
         self.machines = {m.name: Machine(m, m.speed, m.slots) for m in machines}
         self.by_speed = sorted(self.machines.values(), key=lambda m: -m.speed)
+        for order, m in enumerate(self.by_speed):
+            m.order = order
         self.free_up_total = sum(m.slots for m in machines)
         self.classes: dict[tuple[str, frozenset[str]], EligibilityClass] = {}
         # Machines backed off, until their ``down_until`` passes.
@@ -151,15 +155,15 @@ class Pool:
             # machine it named: others' slots are as they were, and an all-busy tier has no
             # free slot to start on.
             if tier.machine is m and m.free <= 0:
-                tier.fresh = False
+                _next_free(tier, m)
         return run
 
     def release_slot(self, run: Run, job_id: str) -> None:
         m = run.machine
         m.ends.remove((run.end, run.start, job_id, run.copy))
         heapq.heapify(m.ends)
-        _changed(m)
         if run.waiting_since is not None:
+            _changed(m)
             m.withheld += 1  # it never held a slot on the builder: others still do
             return
         self._add_free(m, 1)
@@ -186,7 +190,10 @@ class Pool:
 
     def _add_free(self, m: Machine, delta: int) -> None:
         m.free += delta
-        _changed(m)
+        if delta > 0 and m.up:
+            _freed(m)
+        else:
+            _changed(m)
         if m.up:
             self.free_up_total += delta
             for cls in m.classes:
@@ -224,3 +231,29 @@ def _changed(m: Machine) -> None:
     """``m``'s slots changed: the earliest start its tiers keep must be found again."""
     for tier in m.tiers:
         tier.fresh = False
+
+
+def _freed(m: Machine) -> None:
+    """``m``, up, has a free slot: its tiers start on it now unless on an earlier free one."""
+    for tier in m.tiers:
+        if m.claimed or (tier.free and tier.machine is not None and tier.machine.order < m.order):
+            if m.claimed:
+                tier.fresh = False
+            continue
+        tier.machine, tier.free = m, True
+
+
+def _next_free(tier: Tier, m: Machine) -> None:
+    """``m``, the first machine of ``tier`` with a free slot, has none left: the next one
+    that has one is the tier's start; else (or past a claim) it must be found again."""
+    if tier.fresh and tier.free and not tier.claims:
+        machines = tier.machines
+        for other in machines[machines.index(m) + 1 :]:
+            if not other.up:
+                continue
+            if other.claimed:
+                break
+            if other.free > 0:
+                tier.machine = other
+                return
+    tier.fresh = False
