@@ -172,6 +172,7 @@ class Policy:
         for job_id, run in list(self._waiting.items()):
             self._move_waiting(rnd, job_id, run, now)
         classes = list(pool.classes.values())
+        work = self.graph.work
         while pool.free_up_total > 0:
             cls = self._queues.best_class(classes, rnd.full)
             if cls is None:
@@ -183,7 +184,13 @@ class Policy:
             # A claim leaves the free slots and the ready queues as they were: the same class
             # and head stay best, so they need no new look.
             while coming and coming[0][0] < head:
-                self._claim_for_coming(rnd, coming, cls, now)
+                key = coming[0][0]
+                # Slack to spare (more than its own work; key[0] is minus its critical path):
+                # it claims nothing.
+                if self._remaining(rnd, now, -head[0]) + key[0] > work(key[2]):
+                    del coming[0]
+                else:
+                    self._claim_for_coming(rnd, coming, now)
             self._place_ready(rnd, coming, cls, now)
         return self._end_round(rnd, now)
 
@@ -211,17 +218,12 @@ class Policy:
             rnd.remaining = remaining_path(self._by_path, self._runs, now, ready)
         return rnd.remaining
 
-    def _claim_for_coming(
-        self, rnd: Round, coming: list[Coming], cls: EligibilityClass, now: float
-    ) -> None:
-        """A job more critical than every ready one will be ready soon: unless it has slack
-        to spare (more than its own work), it claims the slot it will want, so less critical
-        ready work does not take that slot (unless done by then)."""
+    def _claim_for_coming(self, rnd: Round, coming: list[Coming], now: float) -> None:
+        """A job more critical than every ready one, with no slack to spare, will be ready
+        soon: it claims the slot it will want, so less critical ready work does not take
+        that slot (unless done by then)."""
         graph = self.graph
-        key, job_id, ready_at = coming.pop(0)
-        remaining = self._remaining(rnd, now, -cls.heap[0][0])
-        if remaining + key[0] > graph.work(job_id):  # key[0]: minus its critical path
-            return
+        _, job_id, ready_at = coming.pop(0)
         if ready_at is None:
             ready_at = self._queues.ready_at(job_id, now, self._runs)
         rnd.hold_budget -= 1

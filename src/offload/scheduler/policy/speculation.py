@@ -111,7 +111,8 @@ class Speculation:
                 continue
             seen.add(job_id)
             old_end = run.end if run.end > now else slot_time((run.end, run.start, job_id, 0), now)
-            gain = old_end - (now + graph.work(job_id) / top)  # as below, for the same rounding
+            work = graph.work(job_id)
+            gain = old_end - (now + work / top)  # as below, for the same rounding
             if gain <= rule.min_gain or gain <= rule.min_ratio * (old_end - now):
                 continue
             cls = class_of[job_id]
@@ -120,7 +121,7 @@ class Speculation:
             target = fastest[cls]
             if target is None or target is run.machine:
                 continue
-            new_end = now + graph.work(job_id) / target.speed
+            new_end = now + work / target.speed
             if transfer is not None:
                 new_end += transfer.estimate(graph.job(job_id), target.spec.name)
             gain = old_end - new_end
