@@ -14,7 +14,7 @@ import pytest
 from offload.cli import simulate as simulate_cli
 from offload.errors import ConfigError, SchedulerError
 from offload.scheduler.dag import Job
-from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.policy import Decision, MachineSlotSpec, Policy, Wait
 from offload.scheduler.simulate import (
     SimResult,
     layered_jobs,
@@ -115,6 +115,28 @@ def test_noise_triggers_speculation_and_cancels_losers() -> None:
     check_schedule(result, jobs, FLEET)
     again = simulate(jobs, FLEET, noise=0.8, seed=3)
     assert again == result
+
+
+def test_the_policy_is_not_asked_when_only_a_cancelled_copy_was_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[float] = []
+    wakes: set[float] = set()
+    real = Policy.next_decisions
+
+    def spy(self: Policy, now: float) -> list[Decision]:
+        asked.append(now)
+        decisions = real(self, now)
+        wakes.update(d.until for d in decisions if isinstance(d, Wait))
+        return decisions
+
+    monkeypatch.setattr(Policy, "next_decisions", spy)
+    result = simulate(layered_jobs(60, 5, width=6), FLEET, noise=0.8, seed=3)
+    assert result.cancelled > 0
+    # The policy hears of a time only through a copy that ended for real or a wake it asked for.
+    told = {0.0} | wakes | {r.end for r in result.schedule if r.outcome != "cancelled"}
+    assert set(asked) <= told
+    assert len(asked) == len(set(asked))
 
 
 def test_speculation_can_be_turned_off() -> None:

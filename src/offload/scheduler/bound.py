@@ -64,6 +64,6 @@ def _longest_chain(graph: JobGraph, speed: Mapping[str, float]) -> float:
     finish: dict[str, float] = {}
     for name in graph.topological_order():
         job = graph.job(name)
-        start = max((finish[dep] for dep in job.deps), default=0.0)
+        start = max(map(finish.__getitem__, job.deps), default=0.0)
         finish[name] = start + (job.work_estimate / speed[name] if name in speed else 0.0)
     return max(finish.values(), default=0.0)

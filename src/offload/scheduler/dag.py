@@ -103,9 +103,9 @@ class JobGraph:
         self._dependents = dependents
         self._order = self._topological_order()
         self._work = [job.work_estimate for job in self._jobs]
-        self._cp = [0.0] * n
+        cp = self._cp = [0.0] * n
         for i in reversed(self._order):
-            self._cp[i] = self._work[i] + max((self._cp[d] for d in dependents[i]), default=0.0)
+            cp[i] = self._work[i] + max(map(cp.__getitem__, dependents[i]), default=0.0)
         self._waiting = [len(d) for d in deps]
         self._state = [_READY if not d else _PENDING for d in deps]
         self._counts = dict.fromkeys(JobState, 0)

@@ -12,7 +12,9 @@ they end; ``machine_failures`` take machines down at given times (their running 
 lost and the policy requeues them).
 
 Events at the same instant are all applied before the policy is asked again, so the run is
-deterministic for a given input and seed. ``lower_bound`` is the bound every benchmark compares
+deterministic for a given input and seed. An instant whose only events are the planned ends of
+copies cancelled earlier does not ask the policy: the executor stops such a copy at once and
+never hears of it again. ``lower_bound`` is the bound every benchmark compares
 against: max(critical path / fastest speed, total work / total capacity); no schedule can beat it
 when estimates are exact.
 
@@ -275,21 +277,34 @@ class _Sim:
         events = self.events
         while True:
             self._carry_out(policy.next_decisions(self.now))
-            if not events:
+            told = False
+            while events and not told:
+                # An instant of copies cancelled before they ended only: the policy is not asked.
+                told = self._next_instant()
+            if not told:
                 break
-            now = self.now = events[0][0]
-            if self.next_wake <= now:
-                self.next_wake = math.inf
-            while events and events[0][0] == now:
-                _, kind, event_seq, job, machine = heapq.heappop(events)
-                if kind == _FINISH:
-                    self._finish(job, machine, event_seq)
-                elif kind == _MACHINE_FAILS:
-                    self._machine_fails(machine)
         if not policy.graph.finished:
             raise SchedulerError(
                 f"simulation stalled at t={self.now:.1f}s with {policy.ready_count} jobs ready"
             )
+
+    def _next_instant(self) -> bool:
+        """Apply every event of the next instant; False if none told the policy anything
+        (each was the end of a copy cancelled earlier, which the executor never sees)."""
+        events = self.events
+        now = self.now = events[0][0]
+        if self.next_wake <= now:
+            self.next_wake = math.inf
+        told = False
+        while events and events[0][0] == now:
+            _, kind, event_seq, job, machine = heapq.heappop(events)
+            if kind == _FINISH:
+                told = self._finish(job, machine, event_seq) or told
+            else:
+                told = True
+                if kind == _MACHINE_FAILS:
+                    self._machine_fails(machine)
+        return told
 
     def _carry_out(self, decisions: list[Decision]) -> None:
         """Start the copies the policy asked for (ending as their noisy work says) and
@@ -315,10 +330,11 @@ class _Sim:
                 speculative,
             )
 
-    def _finish(self, job: str, machine: str, event_seq: int) -> None:
+    def _finish(self, job: str, machine: str, event_seq: int) -> bool:
+        """A copy's planned end came; False if it was cancelled or lost before."""
         run = self.active.get((job, machine))
         if run is None or run[1] != event_seq:
-            return  # cancelled or lost copy
+            return False
         del self.active[job, machine]
         now = self.now
         ok = job not in self.failing
@@ -338,6 +354,7 @@ class _Sim:
                 RunRecord(cancel.job, cancel.machine, start, now, "cancelled", spec)
             )
             self.cancelled += 1
+        return True
 
     def _learn(self, job: str, work: float) -> None:
         """As the executor does: guessed jobs not started yet take what this run measured."""

@@ -172,16 +172,26 @@ class Policy:
         for job_id, run in list(self._waiting.items()):
             self._move_waiting(rnd, job_id, run, now)
         classes = list(pool.classes.values())
+        work = self.graph.work
         while pool.free_up_total > 0:
             cls = self._queues.best_class(classes, rnd.full)
             if cls is None:
                 break
             if rnd.coming is None:
                 rnd.coming = self._queues.coming_jobs(rnd.hold_budget)
-            if rnd.coming and rnd.coming[0][0] < cls.heap[0]:
-                self._claim_for_coming(rnd, rnd.coming, cls, now)
-            else:
-                self._place_ready(rnd, rnd.coming, cls, now)
+            coming = rnd.coming
+            head = cls.heap[0]
+            # A claim leaves the free slots and the ready queues as they were: the same class
+            # and head stay best, so they need no new look.
+            while coming and coming[0][0] < head:
+                key = coming[0][0]
+                # Slack to spare (more than its own work; key[0] is minus its critical path):
+                # it claims nothing.
+                if self._remaining(rnd, now, -head[0]) + key[0] > work(key[2]):
+                    del coming[0]
+                else:
+                    self._claim_for_coming(rnd, coming, now)
+            self._place_ready(rnd, coming, cls, now)
         return self._end_round(rnd, now)
 
     def _move_waiting(self, rnd: Round, job_id: str, run: Run, now: float) -> None:
@@ -208,17 +218,12 @@ class Policy:
             rnd.remaining = remaining_path(self._by_path, self._runs, now, ready)
         return rnd.remaining
 
-    def _claim_for_coming(
-        self, rnd: Round, coming: list[Coming], cls: EligibilityClass, now: float
-    ) -> None:
-        """A job more critical than every ready one will be ready soon: unless it has slack
-        to spare (more than its own work), it claims the slot it will want, so less critical
-        ready work does not take that slot (unless done by then)."""
+    def _claim_for_coming(self, rnd: Round, coming: list[Coming], now: float) -> None:
+        """A job more critical than every ready one, with no slack to spare, will be ready
+        soon: it claims the slot it will want, so less critical ready work does not take
+        that slot (unless done by then)."""
         graph = self.graph
         _, job_id, ready_at = coming.pop(0)
-        remaining = self._remaining(rnd, now, -cls.heap[0][0])
-        if remaining - graph.critical_path(job_id) > graph.work(job_id):
-            return
         if ready_at is None:
             ready_at = self._queues.ready_at(job_id, now, self._runs)
         rnd.hold_budget -= 1
@@ -228,7 +233,6 @@ class Policy:
             self._transfer,
             job_id,
             now=now,
-            round_no=rnd.number,
             ready_at=ready_at,
         )
         if best is not None:
@@ -244,9 +248,7 @@ class Policy:
         job_id = heapq.heappop(cls.heap)[2]
         self._queues.queued.discard(job_id)
         work = graph.work(job_id)
-        best, best_start, best_finish = place(
-            cls, graph, transfer, job_id, now=now, round_no=rnd.number, ready_at=now
-        )
+        best, best_start, best_finish = place(cls, graph, transfer, job_id, now=now, ready_at=now)
         assert best is not None  # cls.free_up > 0: some member is up with a free slot
         if self._slack_share > 0 and job_id not in self._guessed:
             slower = slower_in_slack(
@@ -298,12 +300,6 @@ class Policy:
             # Coming from now on: it may claim a slot ahead of the ready jobs left.
             bisect.insort(coming, (key, key[2], finish))
         run = self._pool.take_slot(m, job_id, now, finish)
-        for tier in m.tiers:
-            # A tier's earliest start this round changes only if it was this machine's
-            # last free slot: others' slots are as they were, and an all-busy tier has no
-            # free slot to start on.
-            if tier.machine is m and m.free <= 0:
-                tier.round = -1
         self._runs[job_id] = [run]
         self._by_path.add((-graph.critical_path(job_id), run.copy, job_id))
         self._speculation.track(job_id, run)

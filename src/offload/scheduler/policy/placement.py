@@ -10,9 +10,11 @@ next job see the queue it would join, so holding more jobs than there are free s
 sound); past that a job takes the fastest free slot. Every hold is re-examined at each call, so the
 cap is what keeps a call cheap on huge graphs (the later, less critical jobs are the right ones for
 slow slots anyway). A running job that has overrun its estimate is assumed to need another quarter
-of its elapsed time. Machines of one speed in a class form a tier whose earliest start is computed
-once per call and again only when a hold touches it or a start fills the machine it named
-(no transfer costs); with a transfer model every eligible machine is scored. Either way the
+of its elapsed time. Machines of one speed in a class form a tier whose earliest start is kept
+(no transfer costs) until a slot of one of its machines is released, a hold or claim touches it,
+or a start fills the machine it named; from one call to the next only while that start does not
+depend on the time (a free slot, or busy slots none overdue and the first still ahead). With a
+transfer model every eligible machine is scored. Either way the
 scan stops at the first machine too slow to beat the best finish found.
 
 Coming work. Each round, the most critical coming jobs (up to the hold budget, and only those with
@@ -36,7 +38,7 @@ from offload.scheduler.policy.costs import (
     TransferCost,
     slot_time,
 )
-from offload.scheduler.policy.pool import EligibilityClass, Machine
+from offload.scheduler.policy.pool import EligibilityClass, Machine, Tier
 
 __all__ = [
     "MAX_HOLDS_PER_ROUND",
@@ -62,13 +64,12 @@ def place(
     job_id: str,
     *,
     now: float,
-    round_no: int,
     ready_at: float,
 ) -> Placement:
     """Where ``job_id``, ready at ``ready_at``, finishes first: machine, start, finish."""
     work = graph.work(job_id)
     if transfer is None:
-        return place_by_tier(cls, work, now, round_no, ready_at)
+        return place_by_tier(cls, work, now, ready_at)
     return place_by_machine(cls, graph.job(job_id), work, now, transfer, ready_at=ready_at)
 
 
@@ -95,7 +96,7 @@ def reserve(
     else:
         heapq.heapreplace(m.reserved, (finish, start, job_id, 0))
     for tier in m.tiers:
-        tier.round = -1
+        tier.fresh = False
 
 
 def clear_reservations(reserved: list[Machine]) -> None:
@@ -104,6 +105,8 @@ def clear_reservations(reserved: list[Machine]) -> None:
         m.reserved = None
         m.claimed = 0
         m.claimed_from = math.inf
+        for tier in m.tiers:
+            tier.fresh = False
 
 
 def slot_start(m: Machine, now: float, duration: float) -> float:
@@ -121,14 +124,13 @@ def fastest_free(group: EligibilityClass) -> Machine | None:
     return next((m for m in group.machines if m.up and m.free > m.claimed), None)
 
 
-def place_by_tier(
-    group: EligibilityClass, work: float, now: float, round_no: int, ready_at: float
-) -> Placement:
+def place_by_tier(group: EligibilityClass, work: float, now: float, ready_at: float) -> Placement:
     """Earliest finish without transfer costs: machines of one speed differ only in start.
 
-    Each tier remembers its earliest start for the round until a hold touches it or a start
-    fills the machine it named, so a round rescans one tier per decision at most, not the
-    whole class.
+    Each tier keeps its earliest start (``scan_tier``) until one of its machines changes
+    (``Pool``: a slot taken that fills the machine it named, released or rescheduled, a hold or
+    claim): a round rescans one tier per decision at most, not the whole class, and a tier
+    all busy until later is not rescanned at every event.
     """
     best: Machine | None = None
     best_start = best_finish = math.inf
@@ -137,38 +139,52 @@ def place_by_tier(
         duration = work / tier.speed
         if earliest + duration > best_finish:
             break
-        if tier.round != round_no or tier.claims:
-            start = math.inf
-            found: Machine | None = None
-            claims = False
-            for m in tier.machines:
-                if not m.up:
-                    continue
-                if m.claimed:
-                    claims = True
-                    t = slot_start(m, now, duration)
-                elif m.free > 0:
-                    start, found, claims = now, m, False
-                    break
-                elif busy := m.reserved or m.ends:
-                    # slot_time, inlined: this scan is the hottest loop of a round.
-                    entry = busy[0]
-                    t = entry[0]
-                    if t <= now:
-                        t = now + max(OVERDUE_FRACTION * (now - entry[1]), MIN_OVERDUE)
-                else:
-                    continue  # every slot withheld for other clients (``pool``)
-                if t < start:
-                    start, found = t, m
-            # With claims the answer depends on the job's duration: not kept for others.
-            tier.start, tier.machine, tier.round, tier.claims = start, found, round_no, claims
+        if not (
+            tier.fresh
+            and not tier.claims
+            and (tier.at == now or tier.free or (not tier.overdue and tier.start > now))
+        ):
+            scan_tier(tier, now, duration)
         if tier.machine is None:
             continue
-        start = max(tier.start, ready_at)
+        start = max(now if tier.free else tier.start, ready_at)
         finish = start + duration
         if finish < best_finish or (finish == best_finish and start < best_start):
             best, best_start, best_finish = tier.machine, start, finish
     return best, best_start, best_finish
+
+
+def scan_tier(tier: Tier, now: float, duration: float) -> None:
+    """Find ``tier``'s earliest start at ``now``: its first machine with a free slot, else its
+    earliest-ending busy slot. Kept past ``now`` only if nothing in it depends on ``now``: a
+    free slot (start now) or busy slots none of which is overdue; claims depend on the job's
+    ``duration`` and are never kept."""
+    start = math.inf
+    found: Machine | None = None
+    claims = overdue = False
+    for m in tier.machines:
+        if not m.up:
+            continue
+        if m.claimed:
+            claims = True
+            t = slot_start(m, now, duration)
+        elif m.free > 0:
+            start, found, claims = now, m, False
+            break
+        elif busy := m.reserved or m.ends:
+            # slot_time, inlined: this scan is the hottest loop of a round.
+            entry = busy[0]
+            t = entry[0]
+            if t <= now:
+                overdue = True
+                late = OVERDUE_FRACTION * (now - entry[1])
+                t = now + max(late, MIN_OVERDUE)
+        else:
+            continue  # every slot withheld for other clients (``pool``)
+        if t < start:
+            start, found = t, m
+    tier.start, tier.machine, tier.claims, tier.overdue = start, found, claims, overdue
+    tier.fresh, tier.at, tier.free = True, now, found is not None and start == now
 
 
 def place_by_machine(

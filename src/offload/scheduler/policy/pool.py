@@ -3,7 +3,7 @@
 Jobs with the same (system, required features) form an *eligibility class*; each class has its
 own ready queue, so work that only a few machines can take is never buried behind work they
 cannot take (Hydra#971). A class lists its machines fastest first; machines of one speed in a
-class form a *tier*, whose earliest start placement computes once per round.
+class form a *tier*, whose earliest start placement keeps until one of its machines changes.
 
 Each machine keeps one entry per busy slot, (expected end, start, job id, copy number), as a heap,
 so its earliest-ending slot is at hand. The counts of free slots on machines that are up (in all,
@@ -50,6 +50,8 @@ class Machine:
     last_failure: float = -math.inf
     # Slots believed free that the builder says other clients hold (module docstring).
     withheld: int = 0
+    # Its place in the pool, fastest first: the order of every tier it is in.
+    order: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -58,10 +60,18 @@ class Tier:
 
     speed: float
     machines: list[Machine]
-    round: int = -1
+    # Its earliest start (``placement.scan_tier``): the machine, when, found at ``at``; kept
+    # while ``fresh`` (nothing in the tier changed since), and past ``at`` only if it is a free
+    # slot (``free``) or no busy slot was ``overdue``.
+    fresh: bool = False
+    at: float = -math.inf
     start: float = math.inf
     machine: Machine | None = None
     claims: bool = False
+    free: bool = False
+    overdue: bool = False
+    # Free slots on its machines that are up (kept current like the class's).
+    free_up: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -97,6 +107,8 @@ class Pool:
             raise SchedulerError("machine names must be unique: " + ", ".join(names))
         self.machines = {m.name: Machine(m, m.speed, m.slots) for m in machines}
         self.by_speed = sorted(self.machines.values(), key=lambda m: -m.speed)
+        for order, m in enumerate(self.by_speed):
+            m.order = order
         self.free_up_total = sum(m.slots for m in machines)
         self.classes: dict[tuple[str, frozenset[str]], EligibilityClass] = {}
         # Machines backed off, until their ``down_until`` passes.
@@ -120,6 +132,8 @@ class Pool:
                 m.tiers.append(tiers[-1])
             cls = EligibilityClass(job.system, job.required_features, members, set(members), tiers)
             cls.free_up = sum(m.free for m in members if m.up)
+            for tier in tiers:
+                tier.free_up = sum(m.free for m in tier.machines if m.up)
             for m in members:
                 m.classes.append(cls)
             self.classes[key] = cls
@@ -134,6 +148,14 @@ class Pool:
             self.free_up_total -= 1
             for cls in m.classes:
                 cls.free_up -= 1
+            for tier in m.tiers:
+                tier.free_up -= 1
+        for tier in m.tiers:
+            # A tier's earliest start changes only if this was the last free slot of the
+            # machine it named: others' slots are as they were, and an all-busy tier has no
+            # free slot to start on.
+            if tier.machine is m and m.free <= 0:
+                _next_free(tier, m)
         return run
 
     def release_slot(self, run: Run, job_id: str) -> None:
@@ -141,6 +163,7 @@ class Pool:
         m.ends.remove((run.end, run.start, job_id, run.copy))
         heapq.heapify(m.ends)
         if run.waiting_since is not None:
+            _changed(m)
             m.withheld += 1  # it never held a slot on the builder: others still do
             return
         self._add_free(m, 1)
@@ -152,6 +175,7 @@ class Pool:
         run.start, run.end = start, end
         m.ends.append((end, start, job_id, run.copy))
         heapq.heapify(m.ends)
+        _changed(m)
 
     def withhold(self, m: Machine) -> None:
         """The builder says other clients hold every slot: none of ``m``'s free slots is."""
@@ -166,19 +190,28 @@ class Pool:
 
     def _add_free(self, m: Machine, delta: int) -> None:
         m.free += delta
+        if delta > 0 and m.up:
+            _freed(m)
+        else:
+            _changed(m)
         if m.up:
             self.free_up_total += delta
             for cls in m.classes:
                 cls.free_up += delta
+            for tier in m.tiers:
+                tier.free_up += delta
 
     def set_up(self, m: Machine, up: bool) -> None:
         if m.up == up:
             return
         m.up = up
+        _changed(m)
         delta = m.free if up else -m.free
         self.free_up_total += delta
         for cls in m.classes:
             cls.free_up += delta
+        for tier in m.tiers:
+            tier.free_up += delta
 
     def take_down(self, m: Machine) -> None:
         self.set_up(m, up=False)
@@ -192,3 +225,35 @@ class Pool:
                 if m.down_until <= now:
                     self.down.remove(m)
                     self.set_up(m, up=True)
+
+
+def _changed(m: Machine) -> None:
+    """``m``'s slots changed: the earliest start its tiers keep must be found again."""
+    for tier in m.tiers:
+        tier.fresh = False
+
+
+def _freed(m: Machine) -> None:
+    """``m``, up, has a free slot: its tiers start on it now unless on an earlier free one."""
+    for tier in m.tiers:
+        if m.claimed or (tier.free and tier.machine is not None and tier.machine.order < m.order):
+            if m.claimed:
+                tier.fresh = False
+            continue
+        tier.machine, tier.free = m, True
+
+
+def _next_free(tier: Tier, m: Machine) -> None:
+    """``m``, the first machine of ``tier`` with a free slot, has none left: the next one
+    that has one is the tier's start; else (or past a claim) it must be found again."""
+    if tier.fresh and tier.free and not tier.claims:
+        machines = tier.machines
+        for other in machines[machines.index(m) + 1 :]:
+            if not other.up:
+                continue
+            if other.claimed:
+                break
+            if other.free > 0:
+                tier.machine = other
+                return
+    tier.fresh = False

@@ -7,12 +7,15 @@ a changed estimate pushes a fresh heap entry and the stale one is dropped when i
 
 Coming jobs. A waiting job whose dependencies have all started is *coming*: it will be ready when
 the running ones end. Each waiting job counts its dependencies not started yet; the ones whose
-count reaches 0 go on a heap in the same order as the ready queues, so a round can look at the
-most critical coming jobs without scanning the waiting ones (placement decides what they claim).
+count reaches 0 go into a sorted list in the same order as the ready queues, so a round reads the
+most critical coming jobs from its top without scanning the waiting ones (placement decides what
+they claim). A job leaves it when it becomes ready; one that stops coming otherwise (a dependency
+went back, or failed) is dropped when a round finds it at the top. A job is listed once.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 
 from offload.scheduler.dag import JobGraph, JobState
@@ -40,7 +43,10 @@ class Queues:
             self.unstarted = {job.id: self.count_unstarted(job.id) for job in graph.jobs()}
         else:  # nothing started yet (the usual start): no dependency needs a look
             self.unstarted = {job.id: len(job.deps) for job in graph.jobs()}
+        # The coming jobs' queue keys as they were when each became coming, most critical
+        # first, and each listed job's key there.
         self.coming: list[tuple[float, int, str]] = []
+        self._coming_key: dict[str, tuple[float, int, str]] = {}
 
     def _key(self, job_id: str) -> tuple[float, int, str]:
         graph = self.graph
@@ -53,6 +59,21 @@ class Queues:
     def enqueue(self, job_id: str) -> None:
         heapq.heappush(self.class_of[job_id].heap, self.key[job_id])
         self.queued.add(job_id)
+        if job_id in self._coming_key:
+            self._drop_coming(job_id)
+
+    def _add_coming(self, key: tuple[float, int, str]) -> None:
+        listed = self._coming_key.get(key[2])
+        if listed is not None:
+            if listed <= key:
+                return
+            self._drop_coming(key[2])
+        bisect.insort(self.coming, key)
+        self._coming_key[key[2]] = key
+
+    def _drop_coming(self, job_id: str) -> None:
+        key = self._coming_key.pop(job_id)
+        del self.coming[bisect.bisect_left(self.coming, key)]
 
     def best_class(
         self, classes: list[EligibilityClass], full: set[EligibilityClass]
@@ -92,7 +113,7 @@ class Queues:
             unstarted[d] += delta
             if unstarted[d] == 0 and graph.state(d) is JobState.PENDING:
                 key = self.key[d]
-                heapq.heappush(self.coming, key)
+                self._add_coming(key)
                 coming.append(key)
         return coming
 
@@ -100,15 +121,20 @@ class Queues:
         """Up to ``limit`` coming jobs, most critical first: (queue key, job, None), as their
         expected ready time is found only for those that claim a slot (``ready_at``)."""
         graph = self.graph
-        heap = self.coming
+        listed = self.coming
         found: list[Coming] = []
-        while heap and len(found) < limit:
-            job_id = heapq.heappop(heap)[2]
+        index = 0
+        while index < len(listed) and len(found) < limit:
+            job_id = listed[index][2]
             if graph.state(job_id) is not JobState.PENDING or self.unstarted[job_id]:
-                continue  # ready, started or skipped since, or a dependency went back: dead
+                self._drop_coming(job_id)  # skipped since, or a dependency went back
+                continue
             found.append((self.key[job_id], job_id, None))
-        for key, _, _ in found:
-            heapq.heappush(heap, key)
+            index += 1
+        for key, job_id, _ in found:
+            if key != self._coming_key[job_id]:  # its estimate changed: listed where it is now
+                self._drop_coming(job_id)
+                self._add_coming(key)
         return found
 
     def ready_at(self, job_id: str, now: float, runs: dict[str, list[Run]]) -> float:

@@ -12,6 +12,8 @@ machine because it looks short is how a huge one ends up there.
 
 from __future__ import annotations
 
+import math
+
 from offload.scheduler.dag import JobGraph
 from offload.scheduler.policy.costs import TransferCost
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Run
@@ -35,7 +37,9 @@ def remaining_path(by_path: Ranked, runs: dict[str, list[Run]], now: float, read
     for neg_path, _, job_id in by_path.entries[:_PATH_LOOKAHEAD]:
         if -neg_path <= longest:
             break
-        done = max((now - r.start) * r.machine.speed for r in runs[job_id])
+        done = -math.inf
+        for r in runs[job_id]:  # mostly one: a loop, not a generator
+            done = max(done, (now - r.start) * r.machine.speed)
         longest = max(longest, -neg_path - done)
     return longest
 
@@ -69,7 +73,7 @@ def slower_in_slack(
         if tier.speed >= best_speed:
             return None
         finish = now + work / tier.speed
-        if finish > room:
+        if finish > room or tier.free_up <= 0:
             continue
         for m in tier.machines:
             if not m.up or m.free <= m.claimed:

@@ -103,18 +103,25 @@ class Speculation:
         seen: set[str] = set()
         # The fastest machine with a free slot, per class: found once, again after a copy.
         fastest: dict[EligibilityClass, Machine | None] = {}
+        # No copy can run faster than on the fastest free slot of any class: a candidate
+        # that would not gain enough even there needs no look at its class.
+        top = _fastest_free_speed(pool)
         for job_id, run in self.candidates(runs, now):
             if job_id in seen or pool.free_up_total <= 0:
                 continue
             seen.add(job_id)
+            old_end = run.end if run.end > now else slot_time((run.end, run.start, job_id, 0), now)
+            work = graph.work(job_id)
+            gain = old_end - (now + work / top)  # as below, for the same rounding
+            if gain <= rule.min_gain or gain <= rule.min_ratio * (old_end - now):
+                continue
             cls = class_of[job_id]
             if cls not in fastest:
                 fastest[cls] = fastest_free(cls)
             target = fastest[cls]
             if target is None or target is run.machine:
                 continue
-            old_end = slot_time((run.end, run.start, job_id, 0), now)
-            new_end = now + graph.work(job_id) / target.speed
+            new_end = now + work / target.speed
             if transfer is not None:
                 new_end += transfer.estimate(graph.job(job_id), target.spec.name)
             gain = old_end - new_end
@@ -125,3 +132,8 @@ class Speculation:
             fastest.clear()
             decisions.append(Speculate(job_id, target.spec.name, new_end, run.machine.spec.name))
         return decisions
+
+
+def _fastest_free_speed(pool: Pool) -> float:
+    """The speed of the fastest machine that is up with a slot free and not claimed."""
+    return next((m.speed for m in pool.by_speed if m.up and m.free > m.claimed), math.inf)
