@@ -112,4 +112,6 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, delay):
     before = ('  File "<string>"', '  File "<frozen ')  # runpy and importlib finding it
     if not (frames and all(line.startswith(before) for line in frames)):
         assert "Traceback" not in text, text
-        assert proc.returncode in (0, 130), text
+        # -SIGINT: the Ctrl-C came while Python was finalizing after offload had finished
+        # (finalization puts SIGINT's default action back); a shell reports it as 130 too.
+        assert proc.returncode in (0, 130, -signal.SIGINT), text
