@@ -13,12 +13,9 @@ The clients start together: each one, once spawned, writes a ready file and wait
 ``flock`` on a barrier file that this process holds exclusively until every client is ready; a
 client's wall time runs from that release to its exit.
 
-Every build appends ``start MEMBER T`` before its work and ``end MEMBER T`` after it to one stamps
-file, from inside the member (``MEMBER`` is read from a file the bench puts in each member's own
-``/etc/nix``; a build on this host would say ``local``), so the most builds running at once on a
-member is the member's own record (``peaks``). A build killed before its end (offload's losing
-second copy, a stopped run) leaves a start without an end: it is counted as running until the
-last stamp, an upper bound, and reported as ``unfinished``.
+Every build stamps its start and end from inside its member (``bench.stamps``), so the most
+builds running at once on a member is the member's own record; a build stopped before its end
+counts as running until its process was seen gone.
 """
 
 from __future__ import annotations
@@ -30,13 +27,14 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.graphs import generate
 from bench.measure import BuildAccount, parse_nix_builds, parse_offload_events
+from bench.stamps import MEMBER_FILE, MemberPeak, Watch, peaks, stamp_shell
 from offload.dagfile import Dag, to_nix_expression
 from offload.fleet import Fleet, client_argv
 from offload.process import spawn
@@ -63,8 +61,6 @@ NODES, QUICK_NODES = 12, 6
 SCALE, QUICK_SCALE = 3.0, 2.0
 TIMEOUT = 180.0
 READY_TIMEOUT = 30.0
-# In each member's own /etc/nix: its name, for the stamps its builds write.
-MEMBER_FILE = "offload-bench-member"
 NO_SUBSTITUTES = ["--option", "substituters", "", "--option", "builders-use-substitutes", "false"]
 
 Save = Callable[[str, object], None]
@@ -75,52 +71,6 @@ def _log(message: str) -> None:
 
 
 # --- pure parts ----------------------------------------------------------------------------------
-
-
-def stamp_shell(stamps: Path) -> tuple[str, str]:
-    """Shell a builder runs before and after its work: a start and an end line in ``stamps``."""
-    who = f"$(/bin/cat /etc/nix/{MEMBER_FILE} 2>/dev/null || echo local)"
-    now = "$(/bin/date +%s.%N)"
-    return (
-        f"offload_bench_who={who}; echo start $offload_bench_who {now} >> {stamps}",
-        f"echo end $offload_bench_who {now} >> {stamps}",
-    )
-
-
-@dataclass(frozen=True)
-class MemberPeak:
-    peak: int  # most builds running at once
-    builds: int  # builds started
-    unfinished: int  # starts without an end, counted as running until the last stamp
-
-
-def peaks(lines: Iterable[str]) -> tuple[dict[str, MemberPeak], int]:
-    """Per member, from ``start|end MEMBER T`` lines: most builds running at once, builds
-    started and unfinished ones; and the count of lines that are none of these."""
-    events: dict[str, list[tuple[float, int]]] = {}
-    bad = 0
-    for line in lines:
-        fields = line.split()
-        try:
-            kind, who, when = fields
-            at = float(when)
-        except ValueError:
-            bad += 1
-            continue
-        if kind not in {"start", "end"}:
-            bad += 1
-            continue
-        # At equal times an end frees its slot before a start takes it.
-        events.setdefault(who, []).append((at, 1 if kind == "start" else 0))
-    out = {}
-    for who, timeline in sorted(events.items()):
-        running = peak = 0
-        for _, is_start in sorted(timeline):
-            running = running + 1 if is_start else max(running - 1, 0)
-            peak = max(peak, running)
-        starts = sum(s for _, s in timeline)
-        out[who] = MemberPeak(peak, starts, max(starts - (len(timeline) - starts), 0))
-    return out, bad
 
 
 def client_graph(client: int, nodes: int, scale: float) -> Dag:
@@ -267,13 +217,14 @@ def run_once(setup: _Setup, count: int, tool: str, rep: int) -> dict[str, Any]:
         )
         clients.append(_Client(argv, env, ready, len(dag.nodes)))
     load = os.getloadavg()[0]
-    ended = asyncio.run(_run_together(clients, barrier))
+    with Watch(stamps) as watch:
+        ended = asyncio.run(_run_together(clients, barrier))
     per_client = [
         _client_record(i, tool, e, c.nodes)
         for i, (c, e) in enumerate(zip(clients, ended, strict=True))
     ]
     text = stamps.read_text(encoding="utf-8") if stamps.exists() else ""
-    member_peaks, bad = peaks(text.splitlines())
+    member_peaks, bad = peaks(text.splitlines(), watch.gone)
     ok = all(c["status"] == "ok" for c in per_client)
     return {
         "clients": count,
@@ -286,6 +237,7 @@ def run_once(setup: _Setup, count: int, tool: str, rep: int) -> dict[str, Any]:
         "peak": {who: p.peak for who, p in member_peaks.items()},
         "started": {who: p.builds for who, p in member_peaks.items()},
         "unfinished": {who: p.unfinished for who, p in member_peaks.items() if p.unfinished},
+        "stopped": {who: p.stopped for who, p in member_peaks.items() if p.stopped},
         "bad_stamps": bad,
     }
 

@@ -32,6 +32,7 @@ class ClientsRow:
     peak: dict[str, int]  # per member: most builds at once over every run
     over: int  # runs in which some member ran more builds than its slots
     unfinished: int  # builds started without an end stamp, over every run
+    stopped: int = 0  # of those, the ones whose process was seen gone (their end is known)
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -70,6 +71,7 @@ def _row(
         peak,
         over,
         sum(int(n) for r in mine for n in r.get("unfinished", {}).values()),
+        sum(int(n) for r in mine for n in r.get("stopped", {}).values()),
     )
 
 
@@ -152,6 +154,13 @@ def clients_lines(results: Mapping[str, Any]) -> list[str]:
         f"{r.over} of {r.ok[1]} runs."
         for r in nix_over
     ]
+    stopped = sum(r.stopped for r in rows)
+    if stopped:
+        lines.append(
+            f"- {stopped} builds were stopped before their end (offload's losing second copies, "
+            "waiting copies moved, stopped runs); each counts as running until its process was "
+            "seen gone on the member (polled every 0.05 s)."
+        )
     unfinished = sum(r.unfinished for r in rows)
     if unfinished:
         lines.append(

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from bench.clients import MemberPeak, _client_record, _Ended, client_graph, peaks, stamp_shell
 from bench.report import render_markdown
 from bench.report_clients import clients_lines, clients_rows
+from bench.stamps import Watch
 
 
 def test_peaks_count_overlapping_builds_per_member() -> None:
@@ -47,6 +49,35 @@ def test_the_stamp_shell_writes_a_start_and_an_end_that_peaks_reads(tmp_path: Pa
     found, bad = peaks(stamps.read_text().splitlines())
     # Not on a fleet member: no member file in this host's /etc/nix.
     assert found == {"local": MemberPeak(1, 2, 0)}
+    assert bad == 0
+
+
+def test_builds_are_paired_by_id_and_a_stopped_one_ends_when_its_process_went() -> None:
+    lines = ["start m 1 10", "start m 2 11", "end m 3 11", "start m 4 12", "end m 5 12"]
+    # Build 10 wrote no end: without knowing when it went, it runs to the last stamp.
+    assert peaks(lines)[0] == {"m": MemberPeak(2, 3, 1, 0)}
+    # Its process was seen gone at 3.5, before build 12 started: never more than two.
+    assert peaks(lines, {"10": 3.5})[0] == {"m": MemberPeak(2, 3, 0, 1)}
+    assert peaks(["start m 1 10", "start m 2 11", "start m 3 12"], {"10": 2.5})[0] == {
+        "m": MemberPeak(2, 3, 2, 1)
+    }
+
+
+def test_the_watch_notes_a_build_killed_before_its_end(tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    before, after = stamp_shell(stamps)
+    with Watch(stamps) as watch:
+        subprocess.run(["/bin/sh", "-c", f"{before}\n{after}"], check=True)
+        # A build that is stopped: it stamps its start, then waits until it is killed.
+        stopped = subprocess.Popen(["/bin/sh", "-c", f"{before}\nexec sleep 60"])
+        deadline = time.monotonic() + 10
+        while f" {stopped.pid}\n" not in stamps.read_text():  # its start stamp, then kill it
+            assert time.monotonic() < deadline, "the build never stamped its start"
+        stopped.kill()
+        stopped.wait()
+    found, bad = peaks(stamps.read_text().splitlines(), watch.gone)
+    assert list(watch.gone) == [str(stopped.pid)]
+    assert found == {"local": MemberPeak(1, 2, 0, 1)}
     assert bad == 0
 
 

@@ -1,0 +1,159 @@
+"""The builds' own record of how many ran at once on each member, for the clients section.
+
+Every build appends ``start MEMBER T ID`` before its work and ``end MEMBER T ID`` after it to one
+stamps file, from inside the member (``stamp_shell``; ``ID`` is the build's shell pid: members
+are mount namespaces on this host's kernel, without a sandbox, so it is a pid of this host).
+A build stopped before its end (offload's losing second copy, a waiting copy moved elsewhere, a
+stopped run) writes no end: while the clients run, ``Watch`` polls the stamps file and notes
+when each started build's process is gone, and such a build counts as running until then.
+A start with neither an end nor a noted exit counts as running until the last stamp (an upper
+bound), reported as ``unfinished``. Lines of the older three-field form (no ``ID``) pair
+starts and ends by order alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+__all__ = ["MEMBER_FILE", "MemberPeak", "Watch", "peaks", "stamp_shell"]
+
+# In each member's own /etc/nix: its name, for the stamps its builds write.
+MEMBER_FILE = "offload-bench-member"
+# How often the watch looks for builds whose process is gone (the accuracy of their end).
+POLL = 0.05
+
+
+def stamp_shell(stamps: Path) -> tuple[str, str]:
+    """Shell a builder runs before and after its work: a start and an end line in ``stamps``."""
+    who = f"$(/bin/cat /etc/nix/{MEMBER_FILE} 2>/dev/null || echo local)"
+    now = "$(/bin/date +%s.%N)"
+    return (
+        f"offload_bench_who={who}; echo start $offload_bench_who {now} $$ >> {stamps}",
+        f"echo end $offload_bench_who {now} $$ >> {stamps}",
+    )
+
+
+@dataclass(frozen=True)
+class MemberPeak:
+    peak: int  # most builds running at once
+    builds: int  # builds started
+    unfinished: int  # starts with neither an end nor a noted exit
+    stopped: int = 0  # starts without an end whose process was seen gone (``Watch``)
+
+
+def _parse(line: str) -> tuple[str, str, float, str | None] | None:
+    fields = line.split()
+    if len(fields) not in {3, 4} or fields[0] not in {"start", "end"}:
+        return None
+    try:
+        at = float(fields[2])
+    except ValueError:
+        return None
+    return fields[0], fields[1], at, fields[3] if len(fields) == 4 else None
+
+
+def peaks(
+    lines: Iterable[str], gone: Mapping[str, float] | None = None
+) -> tuple[dict[str, MemberPeak], int]:
+    """Per member: most builds running at once, builds started, unfinished and stopped ones;
+    and the count of lines that are none of these. ``gone`` maps a build's ID to when its
+    process was seen gone."""
+    gone = gone or {}
+    events: dict[str, list[tuple[float, int]]] = {}
+    open_ids: set[tuple[str, str]] = set()
+    counts: dict[str, list[int]] = {}  # member -> [starts, unmatched ends or open, stopped]
+    bad = 0
+    for line in lines:
+        parsed = _parse(line)
+        if parsed is None:
+            bad += 1
+            continue
+        kind, who, at, build = parsed
+        tally = counts.setdefault(who, [0, 0, 0])
+        # At equal times an end frees its slot before a start takes it.
+        events.setdefault(who, []).append((at, 1 if kind == "start" else 0))
+        if kind == "start":
+            tally[0] += 1
+            if build is not None:
+                open_ids.add((who, build))
+        elif build is not None:
+            open_ids.discard((who, build))
+    for who, build in sorted(open_ids):
+        if build in gone:
+            events[who].append((gone[build], 0))
+            counts[who][2] += 1
+    out = {}
+    for who, timeline in sorted(events.items()):
+        running = peak = 0
+        for _, is_start in sorted(timeline):
+            running = running + 1 if is_start else max(running - 1, 0)
+            peak = max(peak, running)
+        starts, _, stopped = counts[who]
+        ends = len(timeline) - starts
+        out[who] = MemberPeak(peak, starts, max(starts - ends, 0), stopped)
+    return out, bad
+
+
+@dataclass
+class Watch:
+    """Polls ``stamps`` while the clients run and notes when a started build's process is gone
+    without its end stamp (``gone``: ID -> time.time()). Use as a context manager."""
+
+    stamps: Path
+    gone: dict[str, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name="stamps-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        running: set[str] = set()
+        offset = 0
+        while True:
+            stopping = self._stop.wait(POLL)
+            offset = self._sweep(running, self._read(running, offset))
+            if stopping:  # one last look once the clients are done
+                return
+
+    def _sweep(self, running: set[str], offset: int) -> int:
+        for build in list(running):
+            if Path(f"/proc/{build}").exists():
+                continue
+            now = time.time()
+            # Its end may have been written between the last read and this look.
+            offset = self._read(running, offset)
+            if build in running:
+                running.discard(build)
+                self.gone[build] = now
+        return offset
+
+    def _read(self, running: set[str], offset: int) -> int:
+        try:
+            with self.stamps.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return offset
+        complete = data[: data.rfind(b"\n") + 1]
+        for line in complete.decode(errors="replace").splitlines():
+            parsed = _parse(line)
+            if parsed is None or parsed[3] is None or not parsed[3].isdigit():
+                continue
+            if parsed[0] == "start":
+                running.add(parsed[3])
+            else:
+                running.discard(parsed[3])
+        return offset + len(complete)
