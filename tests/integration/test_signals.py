@@ -49,15 +49,22 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp):
+# A background job of a script starts with Ctrl-C ignored (`offload build ... &`): SIGTERM must
+# stop it all the same.
+IGNORING_CTRL_C = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+@pytest.mark.parametrize("ctrl_c", ["default", "ignored"])
+def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp, ctrl_c):
     marker, release = tmp_path / "running", tmp_path / "never"
     wait = marker_script(marker, f"while [ ! -e {release} ]; do /bin/sleep 0.1; done; echo > $out")
     file = nix_file(tmp_path, f'{{ long = mk "long" "{wait}" {{}}; }}\n')
     env = offload_env(fleet, tmp_path, TMPDIR=str(short_tmp))
     argv = offload_argv(file, "-A", "long", "--builders", f"@{fleet.machines_file}")
     main, other = pty.openpty()  # stderr a terminal: the live view, with its hidden cursor
+    wrap = IGNORING_CTRL_C if ctrl_c == "ignored" else []
     proc = processes.start(
-        [*argv, "--on", "medium", "-j", "0"], env=env, cwd=tmp_path, stderr=other
+        [*wrap, *argv, "--on", "medium", "-j", "0"], env=env, cwd=tmp_path, stderr=other
     )
     os.close(other)
     try:

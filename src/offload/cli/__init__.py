@@ -110,6 +110,10 @@ _stopped_by: list[int] = []
 
 def _as_interrupt(signum: int, _frame: FrameType | None) -> None:
     _stopped_by.append(signum)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started with Ctrl-C ignored (a background job of a script): a SIGTERM must still
+        # stop the run, by the same path (KeyboardInterrupt, then every task's cleanup).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.raise_signal(signal.SIGINT)
 
 
