@@ -27,14 +27,16 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.context import Save, log
 from bench.graphs import generate
 from bench.measure import BuildAccount, parse_nix_builds, parse_offload_events
 from bench.stamps import MEMBER_FILE, MemberPeak, Watch, peaks, stamp_shell
+from bench.tools import NO_SUBSTITUTES
 from offload.dagfile import Dag, to_nix_expression
 from offload.fleet import Fleet, client_argv
 from offload.process import spawn
@@ -61,13 +63,6 @@ NODES, QUICK_NODES = 12, 6
 SCALE, QUICK_SCALE = 3.0, 2.0
 TIMEOUT = 180.0
 READY_TIMEOUT = 30.0
-NO_SUBSTITUTES = ["--option", "substituters", "", "--option", "builders-use-substitutes", "false"]
-
-Save = Callable[[str, object], None]
-
-
-def _log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --- pure parts ----------------------------------------------------------------------------------
@@ -269,11 +264,11 @@ def clients_section(
         for rep in range(reps):
             for count in CLIENT_COUNTS:
                 for tool in TOOLS:
-                    _log(f"clients: {count} at once, {tool} rep {rep + 1}")
+                    log(f"clients: {count} at once, {tool} rep {rep + 1}")
                     record = run_once(setup, count, tool, rep)
                     section["runs"].append(record)
                     walls = ", ".join(f"{c['wall_s']:.1f}" for c in record["per_client"])
-                    _log(f"  -> {record['status']}, walls {walls} s, peaks {record['peak']}")
+                    log(f"  -> {record['status']}, walls {walls} s, peaks {record['peak']}")
                     save("clients", section)
     finally:
         for path in names:

@@ -29,7 +29,7 @@ from bench.context import log
 from bench.graphs import generate
 from bench.measure import run_timed
 from bench.optimum import optimum
-from bench.tools import offload_argv
+from bench.tools import NO_SUBSTITUTES, offload_argv
 from offload.dagfile import Dag, to_nix_expression
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
@@ -46,7 +46,6 @@ NODES, QUICK_NODES = 40, 12
 SOLVER_SECONDS = 5.0
 RUNS = ("first", "second", "nix")
 SEED_LIMIT = 10**6
-NO_SUBSTITUTES = ["--option", "substituters", "", "--option", "builders-use-substitutes", "false"]
 
 
 def draw_seeds(count: int, entropy: Callable[[int], bytes] = os.urandom) -> list[int]:
