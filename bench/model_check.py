@@ -117,22 +117,25 @@ def checks(results: Mapping[str, Any]) -> list[Check]:
         dag = generate(graph["shape"], graph["nodes"], graph["seed"], scale=graph["scale"])
         jobs = [Job(n.name, n.work, n.deps) for n in dag.nodes]
         runs = graph["runs"]
-        nix_wall = _median_wall(runs, "nix")
-        if nix_wall is not None:
+        if nix_walls := _walls(runs, "nix"):
             predicted = statistics.median(
                 simulate_nix(jobs, machines, costs, noise=JITTER, seed=seed).makespan
                 for seed in range(DRAWS)
             )
-            found.append(Check(graph["shape"], "nix", nix_wall, predicted, _walls(runs, "nix")))
-        offload_wall = _median_wall(runs, "offload")
-        if offload_wall is not None:
+            found.append(
+                Check(graph["shape"], "nix", statistics.median(nix_walls), predicted, nix_walls)
+            )
+        if offload_walls := _walls(runs, "offload"):
             planned = statistics.median(
                 simulate(jobs, machines, noise=JITTER, seed=seed).makespan for seed in range(DRAWS)
             )
             predicted = planned + _offload_fixed_cost(runs)
             found.append(
-                Check(graph["shape"], "offload", offload_wall, predicted, _walls(runs, "offload"))
-            )
+                Check(
+                    graph["shape"], "offload", statistics.median(offload_walls), predicted,
+                    offload_walls,
+                )
+            )  # fmt: skip
     return found
 
 
