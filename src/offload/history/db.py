@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -112,6 +113,10 @@ _BUILD_COLUMNS = (
 )
 
 
+# Seconds a new run waits for others that are switching a new database to WAL.
+_OPEN_PATIENCE = 10.0
+
+
 class History:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -131,7 +136,18 @@ class History:
             raise
 
     def _open(self) -> None:
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Runs that start together on a new database race to switch it to WAL; a loser was
+        # seen answered "locked" in spite of the busy timeout (test_concurrent_runs, 2 of 4
+        # CI runs): ask again for a while.
+        deadline = time.monotonic() + _OPEN_PATIENCE
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         # No fsync per commit (WAL stays consistent; a power cut may lose the last builds'
         # records, which are estimates, not data): the hook records one build per commit.
         self._db.execute("PRAGMA synchronous=NORMAL")
