@@ -3,6 +3,7 @@ link per usable builder, each builder's slots cut by the load its link reported.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -53,7 +54,8 @@ async def pool_members(
     """The members, their links open for the body; what their build sessions found of each
     builder's slots (counted there, or here only and why) is written to ``fallbacks`` after."""
     members: list[PoolMember] = []
-    async with contextlib.AsyncExitStack() as stack:
+    links: list[MachineLink] = []
+    try:
         local = local_spec(pool)
         if local is not None:
             members.append(PoolMember(local, local_link, remote=False, slot_key=LOCAL))
@@ -61,11 +63,10 @@ async def pool_members(
             if not machine.enabled or machine.max_jobs <= 0:
                 continue
             # Nix's setting turns it on for every builder; else the machine's URI parameter.
-            link = await stack.enter_async_context(
-                MachineLink.from_machine(
-                    machine, env=env, substitute=pool.builders_use_substitutes or None
-                )
+            link = MachineLink.from_machine(
+                machine, env=env, substitute=pool.builders_use_substitutes or None
             )
+            links.append(link)
             members.append(
                 PoolMember(
                     MachineSlotSpec.from_machine(machine),
@@ -85,6 +86,26 @@ async def pool_members(
         finally:
             if fallbacks is not None:
                 _remember_slots(members, fallbacks)
+    finally:
+        await _close_all(links)
+
+
+async def _close_all(links: list[MachineLink]) -> None:
+    """Close every link at once (its sessions, remote processes and ssh master): each is its own
+    builder's, and one slow to let go holds up none of the others. All are waited for, even by
+    a caller cancelled meanwhile (which is then raised); else the first error is."""
+    closing = [asyncio.ensure_future(link.aclose()) for link in links]
+    interrupted: asyncio.CancelledError | None = None
+    while not all(task.done() for task in closing):
+        try:
+            await asyncio.wait(closing)
+        except asyncio.CancelledError as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+    for task in closing:
+        if (error := task.exception()) is not None:
+            raise error
 
 
 def _remember_slots(members: list[PoolMember], path: Path) -> None:

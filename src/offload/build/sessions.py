@@ -179,7 +179,7 @@ async def warming(
     def warm(name: str) -> None:
         link = remote[name]
         if isinstance(link, MachineLink):
-            tasks.append(asyncio.create_task(link.warm(slots[name])))
+            tasks.append(asyncio.create_task(link.warm_builds(slots[name])))
 
     try:
         yield warm

@@ -55,12 +55,7 @@ from typing import Self
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.load import RemoteLoad
-from offload.protocol.pump import pump
-from offload.protocol.serve import ByteWriter
-from offload.protocol.stderr import pump_lines
 from offload.protocol.store import StoreClient
-from offload.protocol.wire import ByteReader
-from offload.tasks import stop
 from offload.transport.links.base import (
     TAIL,
     LinkStats,
@@ -69,6 +64,7 @@ from offload.transport.links.base import (
     SessionTransport,
     SlotStart,
 )
+from offload.transport.links.streams import CountingReader, CountingWriter, keep_stderr
 from offload.transport.ssh import WANT_FRESH
 
 __all__ = ["BUSY_POLL", "FALLBACKS", "RESTRICTED_FALLBACK", "BuilderFullError", "Link"]
@@ -101,44 +97,6 @@ class BuilderFullError(Exception):
 
 
 logger = logging.getLogger(__name__)
-
-
-class _CountingReader:
-    def __init__(self, inner: ByteReader, stats: LinkStats) -> None:
-        self._inner = inner
-        self._stats = stats
-
-    async def readexactly(self, n: int) -> bytes:
-        data = await self._inner.readexactly(n)
-        self._stats.bytes_received += len(data)
-        return data
-
-
-class _CountingWriter:
-    def __init__(self, inner: ByteWriter, stats: LinkStats) -> None:
-        self._inner = inner
-        self._stats = stats
-
-    def write(self, data: bytes) -> None:
-        self._stats.bytes_sent += len(data)
-        self._inner.write(data)
-
-    async def pump_from(self, src: int, limit: int | None) -> int:
-        """Bytes from a child's pipe into the connection (``offload.protocol.pump``), counted."""
-        moved = await pump(src, self._inner, limit)
-        self._stats.bytes_sent += moved
-        return moved
-
-    async def drain(self) -> None:
-        await self._inner.drain()
-
-    def close(self) -> None:
-        self._inner.close()
-
-    async def wait_closed(self) -> None:
-        wait_closed = getattr(self._inner, "wait_closed", None)
-        if wait_closed is not None:
-            await wait_closed()
 
 
 @dataclass(eq=False)
@@ -203,6 +161,7 @@ class Link:
         # Build sessions between builds, still holding a builder-side slot (``LINGER``).
         self._lingering: dict[_Session, asyncio.Task[None]] = {}
         self._sessions: dict[StoreClient, _Session] = {}
+        self._warming: set[asyncio.Future[None]] = set()  # build sessions opening ahead
         self._teardowns: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -303,6 +262,9 @@ class Link:
             # Asked again each time: this run's own build that just ended there may hand over.
             if (lingering := self._lingerer()) is not None:
                 return lingering
+            if self._warming:  # one opened ahead for it is on its way (``warm_builds``)
+                await asyncio.wait(self._warming, return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
                 waiting = waited or time.monotonic() - self._refused < WANT_FRESH
                 ask = functools.partial(
@@ -316,19 +278,22 @@ class Link:
                 waited = True
                 await asyncio.sleep(BUSY_POLL)
                 continue
-            slot = session.pipes.slot
-            if session.pipes.restricted:
-                self.slot_fallback = RESTRICTED_FALLBACK
-            elif slot in FALLBACKS:
-                self.slot_fallback = FALLBACKS[slot]
-            if self.slot_fallback is not None or (slot is not None and slot.isdigit()):
-                self.slots_on_builder = self.slot_fallback is None
+            self._note_slot(session)
             return session
 
+    def _note_slot(self, session: _Session) -> None:
+        """What a build session's start line says of counting on the builder, kept."""
+        slot = session.pipes.slot
+        if session.pipes.restricted:
+            self.slot_fallback = RESTRICTED_FALLBACK
+        elif slot in FALLBACKS:
+            self.slot_fallback = FALLBACKS[slot]
+        if self.slot_fallback is not None or (slot is not None and slot.isdigit()):
+            self.slots_on_builder = self.slot_fallback is None
+
     async def warm(self, count: int) -> None:
-        """Open sessions, in parallel, until ``count`` are open (idle ones count), so the first
-        builds on each slot do not each wait for a remote ``nix-store`` to start. A failure is
-        left for the next borrower to meet and report."""
+        """Open pooled sessions, in parallel, until ``count`` are open (idle ones count); a
+        failure is left for the next borrower to meet and report."""
         missing = min(count, self.max_sessions) - len(self._sessions)
         if missing <= 0 or self._closed:
             return
@@ -343,6 +308,37 @@ class Link:
                         self._idle.append(session)
 
         await asyncio.gather(*(one() for _ in range(missing)))
+
+    async def warm_builds(self, count: int) -> None:
+        """Open up to ``count`` build sessions ahead, in parallel, lingering for the first
+        builds (as after a build); slots held by others are not waited for, a builder that
+        does not count them gets pooled ones (``warm``); failures are the next borrower's."""
+        start = self._slot_start
+        if start is None or self.builder_slots <= 0 or self.slot_fallback:
+            await self.warm(count)
+            return
+
+        async def one() -> None:
+            # No permit: a lingering session holds none, and builds waiting for it may.
+            with contextlib.suppress(OffloadError, BuilderFullError):
+                ask = functools.partial(
+                    start, slots=self.builder_slots, client=self.client_id, waited=False
+                )
+                session = await self._open(ask)
+                self._note_slot(session)
+                holds = session.pipes.slot is not None and session.pipes.slot.isdigit()
+                if self._closed:
+                    await self._discard(session, kill=False)
+                elif holds:
+                    self._linger(session)
+                else:
+                    self._idle.append(session)  # counted here only: it may wait in the pool
+
+        missing = min(count, self.builder_slots) - len(self._lingering)
+        self._warming.update(opening := [asyncio.ensure_future(one()) for _ in range(missing)])
+        for task in opening:
+            task.add_done_callback(self._warming.discard)
+        await asyncio.gather(*opening)
 
     async def query_valid(self, paths: Iterable[str]) -> set[str]:
         """Which of ``paths`` are valid on this store, substituting first if ``substitute``."""
@@ -375,9 +371,14 @@ class Link:
             self._lingering.clear()
             for session in list(self._sessions.values()):
                 lent = session not in idle
-                await self._discard(session, kill=lent or not session.client.usable)
+                _ = self._discard_later(session, kill=lent or not session.client.usable)
             while self._teardowns:
-                await _wait(next(iter(self._teardowns)))
+                # Awaiting a done task does not yield: its discard from the set would never run.
+                ending = set(self._teardowns)
+                await asyncio.wait(ending)
+                self._teardowns -= ending
+                for task in ending:
+                    await task  # done: raises how it ended, if it failed
         finally:
             self._idle.clear()
             await self._transport.close()
@@ -409,8 +410,8 @@ class Link:
             logs = _LogRoute()
             logs.tail.extend(pipes.early_stderr)
             client = pipes.dialect.client(
-                _CountingReader(pipes.reader, self.stats),
-                _CountingWriter(pipes.writer, self.stats),
+                CountingReader(pipes.reader, self.stats),
+                CountingWriter(pipes.writer, self.stats),
                 pipes.stderr,
                 logs.log,
                 self.name,
@@ -418,7 +419,7 @@ class Link:
             client.exporter = pipes.exporter
             session = _Session(client, stack, pipes, logs)
             stack.push_async_callback(client.close)
-            _keep_stderr(stack, pipes, logs)
+            keep_stderr(stack, pipes, logs.tail.append)
             self.stats.sessions_opened += 1
             try:
                 await client.handshake(sent=pipes.hello_sent)
@@ -462,19 +463,6 @@ class Link:
             await session.stack.aclose()
         finally:
             self._sessions.pop(session.client, None)
-
-
-def _keep_stderr(stack: contextlib.AsyncExitStack, pipes: SessionPipes, logs: _LogRoute) -> None:
-    """A daemon session's stderr (ssh's and the daemon's own words, never build logs: those
-    come in-band) kept in the tail that explains a failure; read, or ssh blocks on a full pipe.
-    The serve client reads its own."""
-    stderr = pipes.stderr
-    if pipes.dialect.name != "daemon" or stderr is None:
-        return
-    task = asyncio.get_running_loop().create_task(
-        pump_lines(stderr, lambda raw: logs.tail.append(raw.decode(errors="replace").rstrip()))
-    )
-    stack.push_async_callback(stop, task)
 
 
 def _check_slot(name: str, pipes: SessionPipes) -> None:
