@@ -1,6 +1,7 @@
 """One run, start to end: sessions open while the roots are evaluated, the graph is read,
 what need not be built is fetched or reported, and the executor builds the rest over the
-pool's members; and the links nix-build would name for the requested outputs.
+pool's members; and the links nix-build would name for the requested outputs. At the end the
+builders' links close at once, each ending its sessions, remote processes and ssh master.
 
 No builder is left out without a word: one that fails to answer is told as a machine "down"
 event with why, in the user's words and with the fix (``faults``); one still silent

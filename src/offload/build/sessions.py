@@ -171,9 +171,10 @@ async def _joining(
 async def warming(
     remote: Mapping[str, MemberLink], slots: Mapping[str, int]
 ) -> AsyncIterator[Callable[[str], None]]:
-    """A callback to tell of each builder that answers: sessions for its other ``slots`` open
-    while the graph is read, so its first builds do not each wait for a remote nix-store to
-    start. Those still opening when the block ends are stopped."""
+    """A callback to tell of each builder that answers: build sessions for its ``slots``, each
+    holding a builder-side slot, open while the graph is read (``Link.warm_builds``), so its
+    first builds do not each wait for a remote nix-store to start. Those still opening when
+    the block ends are stopped."""
     tasks: list[asyncio.Task[None]] = []
 
     def warm(name: str) -> None:

@@ -33,6 +33,9 @@ session yields the freed slot to it (``offload.transport.ssh``). Where no lock c
 (a restricted key, no flock(1), no slot directory) ``slot_fallback`` says why and builds use
 pooled sessions, counted on this host only; ``slots_on_builder`` says which of the two the
 first build session found (None before). ``link.load`` is the latest load a session reported.
+``warm_builds`` opens build sessions ahead (while a run reads its graph), lingering as after a
+build, and a build takes one on its way rather than opening its own. ``aclose`` tears every
+session down at once.
 
 Bytes through each session's stdin and stdout are counted in ``link.stats`` (protocol bytes,
 before ssh's own compression and encryption).
