@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["cancel_and_wait", "stop"]
+__all__ = ["cancel_and_wait", "stop", "wait_all"]
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> list[BaseException]:
@@ -24,6 +24,14 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> list[BaseExcept
     tasks = list(tasks)
     for task in tasks:
         task.cancel()
+    return await wait_all(tasks)
+
+
+async def wait_all(tasks: Iterable[asyncio.Task[Any]]) -> list[BaseException]:
+    """Wait until all of ``tasks`` have ended, even if the caller is cancelled meanwhile (its
+    cancellation is raised after), and return the exceptions they ended with other than their
+    cancellation."""
+    tasks = list(tasks)
     interrupted: asyncio.CancelledError | None = None
     while not all(task.done() for task in tasks):
         try:

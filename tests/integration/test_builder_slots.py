@@ -36,6 +36,7 @@ from offload.transport.ssh import (
 )
 from tests.helpers import processes
 from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.flocks import held
 from tests.helpers.nix_files import nix_file, out_path
 from tests.helpers.offload_run import (
     offload_argv,
@@ -69,18 +70,6 @@ def wrapped(
 
 def slot_file(root: Path, slot: int) -> Path:
     return root / Path(SLOT_DIRS[0]).name / f"slot-{slot}"
-
-
-def held(path: Path) -> bool:
-    """Whether some process holds a flock on ``path`` (tried from this process)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def test_a_session_holds_a_slot_while_it_runs_and_a_full_builder_says_busy(tmp_path):

@@ -20,6 +20,7 @@ from offload.transport.links import MachineLink
 from offload.transport.links.pool import LINGER
 from offload.transport.ssh import SLOT_DIRS
 from tests.helpers.fleets import fleet_machine, private_fleet_fixture
+from tests.helpers.flocks import held
 
 warm_fleet = private_fleet_fixture(
     [MemberSpec("w1", 1, 2)],
@@ -36,18 +37,6 @@ def _link(fleet: Fleet) -> MachineLink:
 def _slot_files(fleet: Fleet) -> list[Path]:
     slots = fleet.member("w1").root / SLOT_DIRS[0].lstrip("/")
     return [slots / f"slot-{i}" for i in range(2)]
-
-
-def _held(path: Path) -> bool:
-    """Whether some process holds a flock on ``path`` (tried from this process)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 @contextlib.contextmanager
@@ -95,7 +84,7 @@ def test_build_sessions_opened_ahead_hold_the_slots_and_serve_the_first_builds(
         async with _link(warm_fleet) as link:
             await link.warm_builds(5)  # never more than the builder's slots
             assert (link.open_sessions, link.stats.sessions_opened) == (2, 2)
-            assert all(_held(path) for path in _slot_files(warm_fleet))
+            assert all(held(path) for path in _slot_files(warm_fleet))
             async with link.build_session() as one, link.build_session() as two:
                 assert one is not two
                 assert await one.query_valid_paths([]) == set()
@@ -105,7 +94,7 @@ def test_build_sessions_opened_ahead_hold_the_slots_and_serve_the_first_builds(
             assert link.stats.sessions_opened == 2  # lingering already: nothing more
             # Unused, they let go of the slots LINGER s later, as a build's session does.
             assert await _until(lambda: link.open_sessions == 0, LINGER + 10)
-            assert not any(_held(path) for path in _slot_files(warm_fleet))
+            assert not any(held(path) for path in _slot_files(warm_fleet))
 
     asyncio.run(go())
 
@@ -143,4 +132,4 @@ def test_closing_ends_every_session_at_once_and_leaves_nothing_on_the_builder(
     assert control is not None
     assert not control.parent.exists()  # the master left, its private directory removed
     assert _serving(warm_fleet) == 0
-    assert not any(_held(path) for path in _slot_files(warm_fleet))
+    assert not any(held(path) for path in _slot_files(warm_fleet))

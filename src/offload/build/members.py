@@ -18,6 +18,7 @@ from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import PoolMember
 from offload.slot_fallback import record_fallbacks
 from offload.slots import slot_key
+from offload.tasks import wait_all
 from offload.transport.links import LocalLink, MachineLink
 from offload.ui.events import Event, MachineEvent
 
@@ -94,18 +95,9 @@ async def _close_all(links: list[MachineLink]) -> None:
     """Close every link at once (its sessions, remote processes and ssh master): each is its own
     builder's, and one slow to let go holds up none of the others. All are waited for, even by
     a caller cancelled meanwhile (which is then raised); else the first error is."""
-    closing = [asyncio.ensure_future(link.aclose()) for link in links]
-    interrupted: asyncio.CancelledError | None = None
-    while not all(task.done() for task in closing):
-        try:
-            await asyncio.wait(closing)
-        except asyncio.CancelledError as exc:
-            interrupted = exc
-    if interrupted is not None:
-        raise interrupted
-    for task in closing:
-        if (error := task.exception()) is not None:
-            raise error
+    closing = [asyncio.create_task(link.aclose()) for link in links]
+    for error in await wait_all(closing):
+        raise error
 
 
 def _remember_slots(members: list[PoolMember], path: Path) -> None:
