@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import os
 import secrets
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from bench.context import Save, log
 from bench.graphs import generate
 from bench.measure import BuildAccount, parse_nix_builds, parse_offload_events
 from bench.stamps import MEMBER_FILE, MemberPeak, Watch, peaks, stamp_shell
-from bench.tools import NO_SUBSTITUTES
+from bench.tools import NO_SUBSTITUTES, offload_argv
 from offload.dagfile import Dag, to_nix_expression
 from offload.fleet import Fleet, client_argv
 from offload.process import spawn
@@ -141,7 +140,7 @@ async def _run_together(clients: Sequence[_Client], barrier: Path) -> list[_Ende
 def _client_argv(tool: str, file: Path, fleet: Fleet) -> list[str]:
     machines = f"@{fleet.machines_file}"
     if tool == "offload":
-        offload = [sys.executable, "-m", "offload", "build"]
+        offload = [*offload_argv(), "build"]
         return [*offload, str(file), "--builders", machines, "-j", "0", "--no-out-link", "--json"]
     nix = ["nix-build", str(file), "--builders", machines, "-j", "0", "--no-out-link"]
     return [*nix, *NO_SUBSTITUTES]
