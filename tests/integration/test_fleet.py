@@ -45,6 +45,13 @@ def _running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
 def _pids_in_namespace(ns: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -253,9 +260,10 @@ def test_down_from_a_fresh_process_stops_everything(tmp_path):
             stderr=subprocess.DEVNULL,
         )
         try:
-            # The session's own ssh handshake may still be running: wait for its sleep to start.
+            # The session's own ssh handshake may still be running: wait for its sleep to start
+            # in the member's namespace (pgrep there would also see other tests' sleeps).
             deadline = time.monotonic() + 20
-            while _ssh(fleet, "solo", "pgrep", "-x", "sleep").returncode != 0:
+            while not any(_comm(pid) == "sleep" for pid in _pids_in_namespace(member.mnt_ns)):
                 assert time.monotonic() < deadline, "the session's sleep never started"
                 assert session.poll() is None, "the session ended before its sleep started"
             assert len(_pids_in_namespace(member.mnt_ns)) >= 3  # sshd, session sshd, sleep
