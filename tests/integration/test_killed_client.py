@@ -7,10 +7,15 @@ serve program and daemon watch their stdin for that hang-up while they build: th
 build, kill its processes and exit, which lets go of the slot lock. Then the sessions' ssh
 processes and the master exit by themselves. Held here to a deadline for ``offload build`` over
 ssh:// and ssh-ng://, and for ``offload-hook`` when nix-build or the coordinator is killed.
+
+A client host that goes silent (suspended: its processes frozen, nothing closed) is noticed only
+by the builder's sshd asking it (``ClientAliveInterval``, which ``offload setup builder`` sets):
+then sshd drops the connection, which closes the sessions' stdin all the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.fleet import Fleet, MemberSpec
+from offload.fleet import Fleet, Member, MemberSpec
 from offload.transport.ssh import SLOT_DIRS
 from tests.helpers import processes
 from tests.helpers.fleets import member_processes, private_fleet_fixture
@@ -81,20 +86,24 @@ def assert_stopped(fleet: Fleet, sleep: str, ssh: list[tuple[int, str]]) -> None
     )
 
 
-@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
-def test_offload_build_killed_mid_build_stops_it_and_frees_its_slot(killed_fleet, tmp_path, scheme):
-    machines = tmp_path / "machines"
-    machines.write_text(killed_fleet.machines_file.read_text().replace("ssh://", f"{scheme}://"))
-    file, marker, sleep = long_build(tmp_path)
+def start_build(fleet: Fleet, tmp_path: Path, file: Path, machines: Path) -> subprocess.Popen[str]:
     argv = offload_argv(file, "-A", "long", "--builders", f"@{machines}", "-j", "0")
-    proc = processes.start(
+    return processes.start(
         [*argv, "--no-out-link"],
-        env=offload_env(killed_fleet, tmp_path),
+        env=offload_env(fleet, tmp_path),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
+def test_offload_build_killed_mid_build_stops_it_and_frees_its_slot(killed_fleet, tmp_path, scheme):
+    machines = tmp_path / "machines"
+    machines.write_text(killed_fleet.machines_file.read_text().replace("ssh://", f"{scheme}://"))
+    file, marker, sleep = long_build(tmp_path)
+    proc = start_build(killed_fleet, tmp_path, file, machines)
     try:
         wait_for_marker(marker, proc, 60)
         assert held_slots(killed_fleet)
@@ -147,3 +156,57 @@ def test_offload_hook_killed_mid_build_stops_it_and_frees_its_slot(killed_fleet,
     finally:
         processes.stop(proc)
         stop_coordinators(state)
+
+
+# -- a client host gone silent -----------------------------------------------------------------
+
+alive_fleet = private_fleet_fixture(
+    [MemberSpec("shared", 1, SLOTS)],
+    "oflv",
+    doc="One member with builder-side slots, for a test that changes its sshd's settings.",
+)
+
+
+def listening(pid: int) -> set[str]:
+    """The sockets ``pid`` holds (an sshd listener's are its listening ones)."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            link = str(fd.readlink())
+            if link.startswith("socket:"):
+                found.add(link)
+    return found
+
+
+def ask_silent_clients(member: Member, interval: int, count: int) -> None:
+    """Give the member's sshd ``offload setup builder``'s ClientAlive lines (shorter), and wait
+    until it runs with them: on SIGHUP sshd executes itself again and listens anew."""
+    config = member.root / "sshd_config"
+    lines = f"ClientAliveInterval {interval}\nClientAliveCountMax {count}\n"
+    config.write_text(config.read_text() + lines)
+    before = listening(member.pid)
+    os.kill(member.pid, signal.SIGHUP)
+    wait_for(lambda: bool(listening(member.pid) - before), 10, "sshd to listen again")
+
+
+def test_a_client_host_gone_silent_loses_its_build_and_slot_to_sshd_keepalives(
+    alive_fleet, tmp_path
+):
+    ask_silent_clients(alive_fleet.member("shared"), 1, 2)
+    file, marker, sleep = long_build(tmp_path)
+    proc = start_build(alive_fleet, tmp_path, file, alive_fleet.machines_file)
+    frozen = [proc.pid]
+    try:
+        wait_for_marker(marker, proc, 60)
+        assert held_slots(alive_fleet)
+        # The client host suspended: nothing of it answers, nothing of it closes.
+        frozen += [pid for pid, _ in processes.children(proc.pid)]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        assert_stopped(alive_fleet, sleep, [])
+        assert not on_member(alive_fleet, "--serve")
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        processes.stop(proc)

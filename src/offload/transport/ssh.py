@@ -30,7 +30,10 @@ watches that stdin for the hang-up while it builds (``MonitorFdHup`` in ``nix-st
 and in the daemon's connections, so ``nix-daemon --stdio`` too): it interrupts the build, kills
 the builder's processes and exits, and the slot lock goes with it. The sessions and then the
 master, which waits for its sessions, exit by themselves. So no watcher runs beside the serve
-program: it would cost every session a process to learn what Nix already acts on.
+program: it would cost every session a process to learn what Nix already acts on. A client host
+that goes silent without closing anything (suspended) is noticed only by the builder's sshd
+asking it (``ClientAliveInterval``, which ``offload.setup.builder`` turns on), which then drops
+the connection and so closes that stdin too.
 
 A builder whose key may run only the serve program (a forced command) ignores all of that and
 runs the serve program at once: ``offload.transport.links.base.open_serve`` tells the two apart
