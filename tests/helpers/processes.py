@@ -1,7 +1,9 @@
 """Processes a test starts: each in a session (and so a process group) of its own.
 
 Stopping one kills its whole group, so whatever it started in turn (ssh, nix-store, a builder's
-shell) goes with it, even when the leader has already exited.
+shell) goes with it, even when the leader has already exited. ``children`` and ``running`` read
+``/proc`` for the processes those start in sessions of their own (ssh), which a group kill
+misses.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -30,3 +33,29 @@ def stop(proc: subprocess.Popen[Any]) -> None:
     """Kill ``proc``'s process group, reap ``proc``, and drain and close its pipes."""
     kill_group(proc)
     proc.communicate()
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live children of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] not in "ZX" and int(fields[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found

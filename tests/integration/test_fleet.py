@@ -37,14 +37,6 @@ def _ssh(fleet: Fleet, name: str, *remote: str, stdin: str | None = None):
     )
 
 
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
@@ -58,7 +50,7 @@ def _pids_in_namespace(ns: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if str((entry / "ns" / "mnt").readlink()) == ns and _running(int(entry.name)):
+            if str((entry / "ns" / "mnt").readlink()) == ns and processes.running(int(entry.name)):
                 pids.append(int(entry.name))
         except OSError:
             continue
@@ -226,7 +218,7 @@ def test_up_is_idempotent_and_restarts_dead_members(tmp_path):
         first = fleet_up(target, specs)
         again = fleet_up(target, specs)
         assert again.members == first.members
-        assert _running(first.member("solo").pid)
+        assert processes.running(first.member("solo").pid)
         with pytest.raises(FleetError, match="running") as info:
             fleet_up(target, [MemberSpec("solo", 2, 1)])
         assert info.value.hint is not None
@@ -234,7 +226,7 @@ def test_up_is_idempotent_and_restarts_dead_members(tmp_path):
         # Kill the member behind the fleet's back: the next `up` starts it again.
         old = first.member("solo")
         fleet_down(target)
-        assert not _running(old.pid)
+        assert not processes.running(old.pid)
         assert [s.running for s in fleet_status(target)] == [False]
         revived = fleet_up(target, specs)
         assert revived.member("solo").pid != old.pid
@@ -281,7 +273,7 @@ def test_down_from_a_fresh_process_stops_everything(tmp_path):
             )
             assert down.returncode == 0, down.stderr
             assert _pids_in_namespace(member.mnt_ns) == []
-            assert not _running(member.pid)
+            assert not processes.running(member.pid)
             session.wait(timeout=30)
         finally:
             processes.stop(session)
@@ -322,7 +314,9 @@ def _cmdline(pid: int) -> str:
 
 def _all_running_pids() -> list[int]:
     return [
-        int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _running(int(e.name))
+        int(e.name)
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and processes.running(int(e.name))
     ]
 
 
@@ -354,7 +348,7 @@ def test_cli_up_status_machines_env_down(tmp_path):
         assert status.returncode == 0, status.stderr
         (row,) = json.loads(status.stdout)
         assert (row["name"], row["speed"], row["jobs"], row["running"]) == ("solo", 1.5, 3, True)
-        assert _running(row["pid"])
+        assert processes.running(row["pid"])
 
         machines = _offload("fleet", "machines", "--dir", d)
         assert machines.returncode == 0, machines.stderr
@@ -379,7 +373,7 @@ def test_cli_up_status_machines_env_down(tmp_path):
         down = _offload("fleet", "down", "--dir", d, "--purge")
         assert down.returncode == 0, down.stderr
         assert not target.exists()
-        assert not _running(row["pid"])
+        assert not processes.running(row["pid"])
         assert _offload("fleet", "down", "--dir", d).returncode == 0
     finally:
         fleet_down(target, purge=True)

@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from offload.setup.builder import BuilderSetup, builder_files, nix_conf_lines, sshd_lines
+from offload.setup.builder import (
+    CLIENT_ALIVE_COUNT_MAX,
+    CLIENT_ALIVE_INTERVAL,
+    BuilderSetup,
+    builder_files,
+    nix_conf_lines,
+    sshd_lines,
+)
 from offload.setup.client import Builder, ClientSetup, client_files, ssh_config_text
 from offload.setup.nix_text import indented, nix_string
 from offload.setup.values import Target, parse_public_key
@@ -115,6 +122,9 @@ def test_sshd_takes_the_sshd_lines(tmp_path: Path, key: Any) -> None:
     shown = subprocess.run(query, capture_output=True, text=True, check=True).stdout
     assert "permittty no" in shown
     assert "allowtcpforwarding no" in shown
+    # A client host gone without closing its connections loses them (and its builds) in 1 min.
+    assert f"clientaliveinterval {CLIENT_ALIVE_INTERVAL}" in shown
+    assert f"clientalivecountmax {CLIENT_ALIVE_COUNT_MAX}" in shown
 
 
 def test_the_client_module_parses_and_says_what_it_should(tmp_path: Path, key: Any) -> None:

@@ -18,7 +18,11 @@ distributed builds", the NixOS & Flakes book, Nix's manual), in one place:
   200 MiB leave builds failing on a full disk before the collector helps), every core
   (``max-jobs = auto``, ``cores = 0``), and the nix-daemon kept from taking the machine's
   memory (``MemoryMax``) and killed first when memory runs out (``OOMScoreAdjust``);
-- sshd lines that take the rest away from that user (no forwarding, tty or tunnel).
+- sshd lines that take the rest away from that user (no forwarding, tty or tunnel), and drop
+  its connections once the client has not answered for a minute (``ClientAliveInterval``: off
+  by default, so a client host that goes away without closing them, suspended or cut off,
+  would keep its builds running there and their slots held until they end; a client that
+  closes them, even by dying, stops them at once: ``offload.transport.ssh``).
 
 The script is for a host without NixOS, run as root: it is safe to run twice (each step looks
 first) and checks sshd's configuration before it is used.
@@ -33,6 +37,8 @@ from offload.setup.nix_text import attr_name, indented, nix_list, nix_string
 from offload.setup.values import PublicKey, check_user
 
 __all__ = [
+    "CLIENT_ALIVE_COUNT_MAX",
+    "CLIENT_ALIVE_INTERVAL",
     "DEFAULT_USER",
     "MAX_FREE",
     "MIN_FREE",
@@ -49,6 +55,10 @@ SERVE_COMMAND = "--serve --write"
 MIN_FREE = 1024**3
 MAX_FREE = 10 * 1024**3
 NR_BUILD_USERS = 64
+# sshd asks a silent client every 15 s and drops it after 4 unanswered asks: a minute, far
+# beyond any live client's answer (offload's ssh gives up on a silent builder after 12 s).
+CLIENT_ALIVE_INTERVAL = 15
+CLIENT_ALIVE_COUNT_MAX = 4
 MODULE_FILE = "offload-builder.nix"
 SCRIPT_FILE = "offload-builder.sh"
 
@@ -88,6 +98,8 @@ def sshd_lines(setup: BuilderSetup) -> str:
         "  PermitTunnel no\n"
         "  X11Forwarding no\n"
         "  PasswordAuthentication no\n"
+        f"  ClientAliveInterval {CLIENT_ALIVE_INTERVAL}\n"
+        f"  ClientAliveCountMax {CLIENT_ALIVE_COUNT_MAX}\n"
         "Match all\n"
     )
 

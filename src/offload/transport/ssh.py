@@ -22,6 +22,19 @@ A session asked to (``slots`` above 0) also holds one of the builder's slot file
 (``parse_slot``): every client on every host then counts the same slots, with no agent on the
 builder; see the comment above ``_SLOT``.
 
+A client that dies without a word (SIGKILL) needs nothing more on the builder to free its slots
+(seen with OpenSSH 9.2 and Nix 2.8, ``tests/integration/test_killed_client.py``): its end of
+each session's pipes closes with it, the master (which holds the session's stdio, passed over
+the control socket) sends EOF on the channel, and sshd closes the serve program's stdin. Nix
+watches that stdin for the hang-up while it builds (``MonitorFdHup`` in ``nix-store --serve``
+and in the daemon's connections, so ``nix-daemon --stdio`` too): it interrupts the build, kills
+the builder's processes and exits, and the slot lock goes with it. The sessions and then the
+master, which waits for its sessions, exit by themselves. So no watcher runs beside the serve
+program: it would cost every session a process to learn what Nix already acts on. A client host
+that goes silent without closing anything (suspended) is noticed only by the builder's sshd
+asking it (``ClientAliveInterval``, which ``offload.setup.builder`` turns on), which then drops
+the connection and so closes that stdin too.
+
 A builder whose key may run only the serve program (a forced command) ignores all of that and
 runs the serve program at once: ``offload.transport.links.base.open_serve`` tells the two apart
 by the first bytes on stdout, and such a builder is then asked for the bare serve program
