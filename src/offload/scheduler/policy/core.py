@@ -441,6 +441,11 @@ class Policy:
         """A slot on the full ``machine`` was given to this client: one is free again."""
         self._pool.restore(self._pool.machines[machine], 1)
 
+    def on_load(self, machine: str, slots: int) -> None:
+        """``machine``'s builder is loaded by others: ``slots`` of its slots are used from now;
+        copies running there go on, fewer start (``Pool.cut``)."""
+        self._pool.cut(self._pool.machines[machine], slots)
+
     def withheld(self, machine: str) -> int:
         """Slots of ``machine`` withheld because other clients hold them (``on_machine_full``)."""
         return self._pool.machines[machine].withheld

@@ -115,8 +115,19 @@ def slot_start(m: Machine, now: float, duration: float) -> float:
     if m.free > m.claimed or (m.free > 0 and now + duration <= m.claimed_from):
         return now
     busy = m.reserved or m.ends
-    # None of its slots is ours or free: all withheld for other clients (``pool``).
-    return slot_time(busy[0], now) if busy else math.inf
+    if len(busy) <= m.owed:
+        # None of its slots is ours or free: all withheld for other clients or cut for the
+        # builder's load (``pool``).
+        return math.inf
+    return slot_time(_past_owed(m, busy), now)
+
+
+def _past_owed(
+    m: Machine, busy: list[tuple[float, float, str, int]]
+) -> tuple[float, float, str, int]:
+    """The busy slot of ``m`` whose end frees one: the first to end, unless the load cut
+    slots while they ran (``pool``): the ends of the ``owed`` first free none."""
+    return busy[0] if not m.owed else heapq.nsmallest(m.owed + 1, busy)[-1]
 
 
 def fastest_free(group: EligibilityClass) -> Machine | None:
@@ -171,16 +182,16 @@ def scan_tier(tier: Tier, now: float, duration: float) -> None:
         elif m.free > 0:
             start, found, claims = now, m, False
             break
-        elif busy := m.reserved or m.ends:
+        elif (busy := m.reserved or m.ends) and len(busy) > m.owed:
             # slot_time, inlined: this scan is the hottest loop of a round.
-            entry = busy[0]
+            entry = busy[0] if not m.owed else _past_owed(m, busy)
             t = entry[0]
             if t <= now:
                 overdue = True
                 late = OVERDUE_FRACTION * (now - entry[1])
                 t = now + max(late, MIN_OVERDUE)
         else:
-            continue  # every slot withheld for other clients (``pool``)
+            continue  # every slot withheld for other clients or cut for load (``pool``)
         if t < start:
             start, found = t, m
     tier.start, tier.machine, tier.claims, tier.overdue = start, found, claims, overdue

@@ -14,6 +14,13 @@ A machine whose builder says every slot is held by other clients is *full* (``wi
 slots this client took for free are withheld (not free) until the builder gives one out again
 (``restore``). A running copy still waiting there for a builder-side slot (``Run.waiting_since``)
 holds no slot on the builder: when it leaves, its slot is withheld too, not freed.
+
+A machine whose builder is loaded by others' work gets fewer slots (``cut``, ``offload.load``):
+the cut takes its free slots first, then withheld ones; running copies are never stopped for
+it, so what is still to cut is *owed* and paid by the next slots that free there. Slots given
+back pay what is owed first. So ``free + busy + withheld + cut - owed == slots`` always, and a
+machine that owes has no free slot: the next slot it frees is the end past its ``owed``
+earliest-ending ones (``placement.slot_start``).
 """
 
 from __future__ import annotations
@@ -50,6 +57,10 @@ class Machine:
     last_failure: float = -math.inf
     # Slots believed free that the builder says other clients hold (module docstring).
     withheld: int = 0
+    # Slots not used while its builder is loaded by others, and how many of those are still
+    # busy with copies that run on (module docstring).
+    cut: int = 0
+    owed: int = 0
     # Its place in the pool, fastest first: the order of every tier it is in.
     order: int = 0
 
@@ -162,6 +173,10 @@ class Pool:
         m = run.machine
         m.ends.remove((run.end, run.start, job_id, run.copy))
         heapq.heapify(m.ends)
+        if m.owed:
+            m.owed -= 1  # a slot the load has cut since it was taken
+            _changed(m)
+            return
         if run.waiting_since is not None:
             _changed(m)
             m.withheld += 1  # it never held a slot on the builder: others still do
@@ -188,7 +203,24 @@ class Pool:
         m.withheld -= count
         self._add_free(m, count)
 
+    def cut(self, m: Machine, slots: int) -> None:
+        """Only ``slots`` (at least one) of ``m``'s slots are used from now (module docstring)."""
+        cut = m.spec.slots - max(1, min(slots, m.spec.slots))
+        more, m.cut = cut - m.cut, cut
+        if more <= 0:
+            self._add_free(m, -more)
+            return
+        taken = min(more, m.free)
+        self._add_free(m, -taken)
+        spared = min(more - taken, m.withheld)
+        m.withheld -= spared
+        m.owed += more - taken - spared
+
     def _add_free(self, m: Machine, delta: int) -> None:
+        if delta > 0 and m.owed:
+            paid = min(delta, m.owed)  # slots back pay what the load cut first
+            m.owed -= paid
+            delta -= paid
         m.free += delta
         if delta > 0 and m.up:
             _freed(m)

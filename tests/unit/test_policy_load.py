@@ -1,0 +1,141 @@
+"""A builder's load cuts its slots mid-run (``Policy.on_load``, ``Pool.cut``): running copies go
+on, fewer start, what is cut while busy is paid by the next slots to free, and slots come back."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from offload.scheduler.dag import Job
+from offload.scheduler.policy import (
+    BandwidthTransferCost,
+    Decision,
+    Policy,
+    Start,
+    Wait,
+)
+from offload.scheduler.policy.pool import Machine, Pool, Run
+from tests.unit.test_policy_full import job, machine
+
+
+def started(decisions: list[Decision]) -> list[str]:
+    return [d.job for d in decisions if isinstance(d, Start)]
+
+
+def jobs(count: int, work: float = 10.0) -> list[Job]:
+    return [job(f"j{i}", work) for i in range(count)]
+
+
+def test_a_cut_before_the_run_starts_fewer_builds_there():
+    policy = Policy(jobs(6), [machine("busy", slots=4)])
+    policy.on_load("busy", 2)
+    assert len(started(policy.next_decisions(0.0))) == 2
+
+
+def test_a_cut_below_the_running_copies_stops_none_and_their_ends_pay_for_it():
+    policy = Policy(jobs(8), [machine("busy", slots=4)])
+    first = started(policy.next_decisions(0.0))
+    assert len(first) == 4
+    policy.on_load("busy", 1)
+    assert policy.next_decisions(1.0) == []  # nothing starts, nothing moves
+    assert len(policy.running("busy")) == 4  # nothing is stopped either
+    # Three of the four ends go to the cut; only the last one's slot is free again.
+    for n, done in enumerate(first):
+        assert policy.on_finished(done, "busy", 10.0 + n, ok=True).accepted
+        now_started = started(policy.next_decisions(10.0 + n))
+        assert len(now_started) == (1 if n == len(first) - 1 else 0)
+        assert len(policy.running("busy")) == max(1, len(first) - 1 - n)
+
+
+def test_slots_given_back_pay_what_is_still_owed_first():
+    policy = Policy(jobs(8), [machine("busy", slots=4)])
+    first = started(policy.next_decisions(0.0))
+    policy.on_load("busy", 1)  # three owed
+    policy.on_load("busy", 3)  # two of them given back: one still owed
+    assert started(policy.next_decisions(1.0)) == []
+    policy.on_finished(first[0], "busy", 2.0, ok=True)
+    assert started(policy.next_decisions(2.0)) == []  # it paid the last one owed
+    policy.on_finished(first[1], "busy", 3.0, ok=True)
+    assert len(started(policy.next_decisions(3.0))) == 1  # three running again
+    policy.on_load("busy", 4)  # the load went away: all four
+    assert len(started(policy.next_decisions(4.0))) == 1
+    assert len(policy.running("busy")) == 4
+
+
+def test_never_below_one_slot():
+    policy = Policy(jobs(3), [machine("busy", slots=2)])
+    policy.on_load("busy", 0)
+    assert len(started(policy.next_decisions(0.0))) == 1
+
+
+@pytest.mark.parametrize("transfer", [False, True])
+def test_a_job_is_not_held_for_a_busy_slot_the_load_has_cut(transfer):
+    # fast runs a (ends at 10) and b (ends at 30); c would end at 15 waiting for a's slot on
+    # fast, at 21 on slow now. Once the load cuts fast to one slot, a's end frees nothing there:
+    # its first slot is b's, at 30, and c goes to slow at once.
+    def policy_with(cut: bool) -> Policy:
+        work = [job("a", 40), job("b", 120), job("c", 20)]
+        policy = Policy(
+            work,
+            [machine("fast", 4.0, slots=2), machine("slow", 1.0, slots=1)],
+            transfer=BandwidthTransferCost({}, {}) if transfer else None,
+            slack_share=0.0,
+        )
+        policy.on_load("slow", 1)  # no change: one slot, and the same decisions
+        assert started(policy.next_decisions(0.0))[:2] == ["b", "a"]
+        if cut:
+            policy.on_load("fast", 1)
+        return policy
+
+    held = policy_with(cut=False).next_decisions(1.0)
+    assert started(held) == []
+    assert Wait(10.0) in held
+    assert policy_with(cut=True).next_decisions(1.0) == [Start("c", "slow", 21.0)]
+
+
+# -- the pool's count, whatever happens in whatever order -----------------------------------
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["take", "release", "cut", "withhold", "restore", "down", "up"]),
+        st.integers(min_value=0, max_value=5),
+    ),
+    max_size=60,
+)
+
+
+def _check(pool: Pool, m: Machine) -> None:
+    slots = m.spec.slots
+    assert m.free + len(m.ends) + m.withheld + m.cut - m.owed == slots
+    assert min(m.free, m.owed, m.withheld) >= 0
+    assert 0 <= m.cut < slots
+    assert not (m.owed and m.free)  # what is owed is paid before a slot is free
+    assert pool.free_up_total == sum(x.free for x in pool.machines.values() if x.up)
+
+
+@given(OPS)
+def test_free_busy_withheld_and_cut_slots_always_add_up(ops):
+    pool = Pool([machine("busy", slots=4)])
+    m = pool.machines["busy"]
+    runs: list[tuple[Run, str]] = []
+    for n, (op, k) in enumerate(ops):
+        match op:
+            case "take" if m.free > 0:
+                runs.append((pool.take_slot(m, f"j{n}", float(n), n + 10.0), f"j{n}"))
+            case "release" if runs:
+                run, job_id = runs.pop(k % len(runs))
+                pool.release_slot(run, job_id)
+            case "cut":
+                pool.cut(m, k)
+            case "withhold":
+                if runs and k % 2:
+                    runs[k % len(runs)][0].waiting_since = float(n)  # it waits on the builder
+                pool.withhold(m)
+            case "restore":
+                pool.restore(m, k)
+            case "down":
+                pool.set_up(m, up=False)
+            case "up":
+                pool.set_up(m, up=True)
+        _check(pool, m)
