@@ -16,36 +16,45 @@ an older start line (``offload-serve-pid 123``) carries no load either. The mode
   1-minute load average, ``runnable`` the instant count of runnable tasks (``3`` of ``3/345``,
   kept for people and JSON; the rule below uses ``load1``, which one busy moment cannot swing),
   ``boot_id`` tells which kernel the builder runs on.
-- A ``Link`` remembers the load its first session reported (``link.load``), so reading it costs
-  no round trip beyond the session a run opens on every builder anyway.
+- A ``Link`` remembers the load its latest session reported (``link.load``), so reading it costs
+  no round trip beyond the sessions a run opens on every builder anyway, and a run hears of it
+  again at every session start there (``Link.on_load``).
 - The slot rule (``effective_slots``): load beyond the builder's cores is other people's work, and
   each whole core of it takes one of the builder's slots away for this run; one slot always
   stays (a loaded builder is still usable, and a dead one is left to the backoff). A builder
   whose ``boot_id`` equals this machine's shares this kernel: its load is largely this run's own
   work, which the local slots already govern, so it is not adjusted.
+- During a run the load also holds the run's own builds there. ``OwnLoad`` says how much: the
+  kernel's 1-minute average is an exponential average over ``LOAD1_SECONDS`` of the runnable
+  tasks, so this run's share is the same average of the number of its builds running there,
+  each counted as one (``own`` in the rule is subtracted from ``load1``). A build that keeps
+  several cores busy counts more than one in the kernel's average: the rest reads as others'
+  load and may cost a slot, but then the builder's cores are over-full anyway, and one build
+  fewer at a time costs it little. A copy counts from its start, waiting for a slot and
+  sending inputs included: that makes the cut smaller, never larger.
+- ``adjusted_slots`` applies the rule again at each report: slots are cut at once, and given
+  back only once the load is ``LIFT_MARGIN`` of a core below the line that cut them, so a load
+  hovering at a whole number does not take a slot and give it back at every session start.
 
 Everything here is pure: reading ``/proc`` locally is the caller's business.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from offload.scheduler.policy import MachineSlotSpec
 
 __all__ = [
     "BOOT_ID_FILE",
+    "LIFT_MARGIN",
+    "LOAD1_SECONDS",
     "LOADAVG_FILE",
     "UNKNOWN",
+    "OwnLoad",
     "RemoteLoad",
+    "adjusted_slots",
     "effective_slots",
-    "loaded_specs",
     "parse_load_report",
 ]
 
@@ -53,6 +62,11 @@ LOADAVG_FILE = "/proc/loadavg"
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 UNKNOWN = "-"
+# The time constant of the kernel's 1-minute load average (kernel/sched/loadavg.c: every 5 s,
+# load1 = load1 * e^(-5/60) + runnable * (1 - e^(-5/60))).
+LOAD1_SECONDS = 60.0
+# How far (in cores) the load must fall below the line that cut a slot before it comes back.
+LIFT_MARGIN = 0.5
 _DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 _COUNT = re.compile(r"[0-9]{1,9}")
 _RUNNABLE = re.compile(r"([0-9]{1,9})/[0-9]{1,12}")
@@ -99,29 +113,52 @@ def parse_load_report(text: str) -> RemoteLoad | None:
     )
 
 
-def effective_slots(slots: int, load: RemoteLoad | None, local_boot_id: str | None) -> int:
-    """The slots a builder gets this run: ``slots`` less one per whole core of excess load."""
+def effective_slots(
+    slots: int, load: RemoteLoad | None, local_boot_id: str | None, own: float = 0.0
+) -> int:
+    """The slots a builder gets: ``slots`` less one per whole core of load beyond its cores,
+    ``own`` (this run's share of ``load1``, ``OwnLoad``) left out."""
     if load is None or slots <= 0:
         return slots
     # Same kernel as ours (the local fleet, a container on this host): its load is mostly this
     # run's own builds, already bounded by the local slots; cutting for it would count them twice.
     if load.boot_id is not None and local_boot_id is not None and load.boot_id == local_boot_id:
         return slots
-    excess = math.floor(load.load1 - load.cores)
+    excess = math.floor(load.load1 - own - load.cores)
     if excess <= 0:
         return slots
     return max(1, slots - excess)
 
 
-def loaded_specs(
-    specs: Sequence[MachineSlotSpec],
-    loads: Mapping[str, RemoteLoad],
-    local_boot_id: str | None,
-) -> dict[str, MachineSlotSpec]:
-    """The specs whose slots the load cuts, by name, with their new slots; others are left out."""
-    cut: dict[str, MachineSlotSpec] = {}
-    for spec in specs:
-        slots = effective_slots(spec.slots, loads.get(spec.name), local_boot_id)
-        if slots != spec.slots:
-            cut[spec.name] = dataclasses.replace(spec, slots=slots)
-    return cut
+def adjusted_slots(
+    slots: int, current: int, load: RemoteLoad, local_boot_id: str | None, own: float
+) -> int:
+    """A builder's slots once ``load`` is reported, from ``current`` (of ``slots``): cut at once,
+    given back only below the line by ``LIFT_MARGIN`` (module docstring)."""
+    given = effective_slots(slots, load, local_boot_id, own)
+    if given <= current:
+        return given
+    return max(current, effective_slots(slots, load, local_boot_id, own - LIFT_MARGIN))
+
+
+class OwnLoad:
+    """What this run's builds on one builder add to its 1-minute load average: the number of
+    them running, averaged as the kernel averages (``LOAD1_SECONDS``), from 0 at the start."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self._average = 0.0
+        self._since = 0.0  # when ``running`` last changed (``_average`` is as of then)
+
+    def value(self, now: float) -> float:
+        """The average at ``now`` (on the clock ``change`` is given)."""
+        if not self.running and not self._average:
+            return 0.0
+        decay = math.exp(-max(0.0, now - self._since) / LOAD1_SECONDS)
+        return self.running + (self._average - self.running) * decay
+
+    def change(self, now: float, by: int) -> None:
+        """``by`` more (or fewer) of this run's builds run there from ``now``."""
+        self._average = self.value(now)
+        self._since = now
+        self.running = max(0, self.running + by)

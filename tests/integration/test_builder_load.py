@@ -3,7 +3,9 @@
 The shell line itself is run with real ``sh`` here (with and without ``/proc`` and ``nproc``),
 sessions are opened on real fleet members, and one private member is made to look busy: its
 ``/proc/loadavg`` and boot id are bind-mounted over with text of our own inside its mount
-namespace (the member spec's ``proc_overrides``), the way LXCFS gives a container its own.
+namespace (the member spec's ``proc_overrides``), the way LXCFS gives a container its own. A
+build there can rewrite that text in place (the bind mount follows the file), so the member's
+load changes mid-run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from offload.fleet import Fleet, MemberSpec
+from offload.fleet.spec import proc_override_file
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad
 from offload.transport.links import MachineLink
 from offload.transport.ssh import parse_start_line, serve_command
@@ -121,16 +124,15 @@ def test_a_session_tells_its_link_the_members_load(fleet):
     assert load.boot_id == LOCAL_BOOT
 
 
+def busy_member(loadavg: str) -> MemberSpec:
+    """A member with ``BUSY_SLOTS`` slots on another kernel, whose /proc/loadavg is ``loadavg``."""
+    overrides = ((LOADAVG_FILE, loadavg), (BOOT_ID_FILE, BUSY_BOOT + "\n"))
+    return MemberSpec("busy", 1, BUSY_SLOTS, proc_overrides=overrides)
+
+
 BUSY_LOADAVG = f"{CORES + 2.5:.2f} {CORES + 1:.2f} 0.50 7/300 4242\n"
 busy_fleet = private_fleet_fixture(
-    [
-        MemberSpec(
-            "busy",
-            1,
-            BUSY_SLOTS,
-            proc_overrides=((LOADAVG_FILE, BUSY_LOADAVG), (BOOT_ID_FILE, BUSY_BOOT + "\n")),
-        )
-    ],
+    [busy_member(BUSY_LOADAVG)],
     "oflb",
     doc="One member with 4 slots that reports 2.5 cores' worth of load beyond its cores.",
 )
@@ -162,3 +164,67 @@ def test_a_busy_member_gets_fewer_slots_and_the_run_stays_within_them(busy_fleet
     stamps, peak = peak_running(log)
     assert stamps == 12
     assert peak <= BUSY_SLOTS - 2
+
+
+IDLE_LOADAVG = "0.00 0.00 0.00 1/300 4242\n"
+turning_fleet = private_fleet_fixture(
+    [busy_member(IDLE_LOADAVG)],
+    "oflt",
+    doc="One member with 4 slots, idle at first: a build there makes it report load.",
+)
+
+
+def test_a_load_that_rises_mid_run_cuts_the_builds_placed_there_after_it(turning_fleet, tmp_path):
+    loadavg = proc_override_file(turning_fleet.member("busy").root, 0)
+    log = tmp_path / "log"
+    stamp = "$(/bin/date +%s.%N)"
+    # flip makes the member report 2.5 cores beyond its cores from then on (written in place:
+    # the bind mount follows the file), and takes longer than the sessions opened ahead of the
+    # run linger, so the builds after it open sessions of their own, whose start lines say so.
+    flip = f"/bin/printf '{BUSY_LOADAVG.strip()}\\n' > {loadavg}; /bin/sleep 1.5; echo > $out"
+    job = f"echo start {stamp} $name >> {log}; /bin/sleep 0.5; echo end {stamp} >> {log}"
+    each = f'mk "j-${{toString i}}" "{job}; echo > $out" {{ inherit flip; }}'
+    body = f'let flip = mk "flip" "{flip}" {{}}; in\nbuiltins.genList (i: {each}) 12\n'
+    file = nix_file(tmp_path, body)
+    builders = ("--builders", f"@{turning_fleet.machines_file}", "-j", "0")
+    done = offload(turning_fleet, tmp_path, file, *builders, "--no-out-link", "--json")
+    assert done.returncode == 0, done.stderr
+    assert loadavg.read_text() == BUSY_LOADAVG
+
+    records = events(done.stdout)
+    built = [e for e in records if e["event"] == "job_finished" and e["status"] == "built"]
+    assert len(built) == 13
+    assert {e["machine"] for e in built} == {"busy"}
+    (loaded,) = [e for e in records if e["event"] == "machine" and e["state"] == "loaded"]
+    assert (loaded["machine"], loaded["slots"]) == ("busy", BUSY_SLOTS - 2)
+    assert loaded["message"].endswith(f"2 of {BUSY_SLOTS} slots")
+    # The builds placed after the cut: their first phase came after it.
+    placed: dict[str, float] = {}
+    for e in records:
+        if e["event"] == "job_phase":
+            placed.setdefault(e["name"], e["time"])
+    after = {name for name, at in placed.items() if at > loaded["time"]}
+    assert len(after) >= 6
+
+    _, peak = peak_running(_stamps(log))
+    assert peak > BUSY_SLOTS - 2  # the first builds after flip ran four at once
+    for name in after:
+        assert _running_at_start(log, name) <= BUSY_SLOTS - 2, name
+
+
+def _stamps(log: Path) -> Path:
+    """The log without the names: ``start T`` / ``end T`` lines, as ``peak_running`` reads."""
+    plain = log.with_suffix(".stamps")
+    plain.write_text(
+        "".join(" ".join(line.split()[:2]) + "\n" for line in log.read_text().splitlines())
+    )
+    return plain
+
+
+def _running_at_start(log: Path, name: str) -> int:
+    """How many builds ran (``name``'s own included) when ``name`` started."""
+    lines = [line.split() for line in log.read_text().splitlines()]
+    (start,) = [float(t) for kind, t, *rest in lines if kind == "start" and rest == [name]]
+    starts = sum(1 for kind, t, *_ in lines if kind == "start" and float(t) <= start)
+    ends = sum(1 for kind, t, *_ in lines if kind == "end" and float(t) <= start)
+    return starts - ends

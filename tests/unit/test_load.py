@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -21,12 +22,13 @@ from offload.fleet.spec import (
 )
 from offload.load import (
     BOOT_ID_FILE,
+    LOAD1_SECONDS,
+    OwnLoad,
     RemoteLoad,
+    adjusted_slots,
     effective_slots,
-    loaded_specs,
     parse_load_report,
 )
-from offload.scheduler.policy import MachineSlotSpec
 from offload.transport.ssh import parse_pid_line, parse_start_line
 from offload.ui.events import MachineEvent, RunStarted
 from offload.ui.jsonl import JsonRenderer
@@ -155,23 +157,67 @@ def test_a_builder_on_this_hosts_kernel_keeps_its_slots_whatever_its_load():
     assert effective_slots(4, RemoteLoad(2, 400.0, 50, None), None) == 1
 
 
-def test_loaded_specs_are_only_the_cut_ones_with_everything_else_kept():
-    fast = MachineSlotSpec("fast", speed=4.0, slots=4, systems=frozenset({"x86_64-linux"}))
-    slow = MachineSlotSpec("slow", slots=2)
-    here = MachineSlotSpec("here", slots=4)
-    loads = {
-        "fast": RemoteLoad(8, 9.5, 3, OTHER_BOOT),
-        "slow": RemoteLoad(8, 1.0, 1, OTHER_BOOT),
-        "here": RemoteLoad(2, 30.0, 9, BOOT),
-    }
-    cut = loaded_specs([fast, slow, here], loads, BOOT)
-    assert list(cut) == ["fast"]
-    assert cut["fast"].slots == 3
-    assert (cut["fast"].name, cut["fast"].speed, cut["fast"].systems) == (
-        fast.name,
-        fast.speed,
-        fast.systems,
-    )
+def test_this_runs_own_share_of_the_load_is_left_out():
+    load = RemoteLoad(8, 12.5, 9, OTHER_BOOT)  # 4.5 cores beyond its cores
+    assert effective_slots(6, load, BOOT) == 2
+    assert effective_slots(6, load, BOOT, own=3.0) == 5  # 1.5 of it others': one slot
+    assert effective_slots(6, load, BOOT, own=4.6) == 6  # all but a fraction was ours
+    assert effective_slots(6, load, BOOT, own=50.0) == 6
+    assert effective_slots(6, RemoteLoad(8, 12.5, 9, BOOT), BOOT, own=0.0) == 6
+
+
+@pytest.mark.parametrize(
+    ("current", "load1", "expected"),
+    [
+        (4, 10.2, 2),  # cut at once
+        (2, 10.2, 2),
+        (2, 9.7, 2),  # 1.7 beyond: one slot would come back, but not half a core below
+        (2, 9.4, 3),  # 1.4 beyond: half a core below the line that cut the second slot
+        (2, 8.4, 4),  # 0.4 beyond: both back
+        (3, 9.9, 3),  # hovering just below the line: it stays as it was
+        (3, 10.0, 2),  # on the line: cut again
+        (1, 400.0, 1),  # never below one
+    ],
+)
+def test_slots_are_cut_at_once_and_given_back_below_the_line(current, load1, expected):
+    load = RemoteLoad(8, load1, 3, OTHER_BOOT)
+    assert adjusted_slots(4, current, load, BOOT, own=0.0) == expected
+
+
+def test_a_builder_on_this_kernel_gets_every_slot_back_whatever_it_was_cut_to():
+    assert adjusted_slots(4, 2, RemoteLoad(8, 400.0, 3, BOOT), BOOT, own=0.0) == 4
+
+
+def _kernel_load1(counts: list[int]) -> float:
+    """The kernel's own update (kernel/sched/loadavg.c), every 5 s, of runnable ``counts``."""
+    load, factor = 0.0, math.exp(-5 / LOAD1_SECONDS)
+    for count in counts:
+        load = load * factor + count * (1 - factor)
+    return load
+
+
+@given(st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=60))
+def test_own_load_follows_the_kernels_average_of_this_runs_running_builds(counts):
+    own = OwnLoad()
+    for tick, count in enumerate(counts):
+        own.change(tick * 5.0, count - own.running)
+    now = len(counts) * 5.0
+    # The kernel samples every 5 s where OwnLoad averages continuously: with the count changing
+    # only at its ticks, the two are the same average.
+    assert own.value(now) == pytest.approx(_kernel_load1(counts), abs=1e-9)
+
+
+def test_own_load_rises_towards_the_builds_running_and_decays_after_them():
+    own = OwnLoad()
+    assert own.value(100.0) == 0.0
+    own.change(0.0, +2)
+    assert own.value(LOAD1_SECONDS) == pytest.approx(2 * (1 - math.exp(-1)))
+    own.change(LOAD1_SECONDS, -2)
+    assert own.running == 0
+    peak = 2 * (1 - math.exp(-1))
+    assert own.value(2 * LOAD1_SECONDS) == pytest.approx(peak * math.exp(-1))
+    own.change(3 * LOAD1_SECONDS, -1)  # a count never goes below none
+    assert own.running == 0
 
 
 def test_describe_names_load_and_cores():

@@ -1,18 +1,19 @@
 """The pool as the executor's members: the local machine (named ``LOCAL``) first, then one
-link per usable builder, each builder's slots cut by the load its link reported."""
+link per usable builder; each builder's load, as its link's sessions report it, goes to the
+executor, which cuts its slots for it (``follow_loads``, ``offload.scheduler.run.loads``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from offload.config.pool import Pool
 from offload.errors import SchedulerError
-from offload.load import BOOT_ID_FILE, loaded_specs
+from offload.load import BOOT_ID_FILE, RemoteLoad
 from offload.names import LOCAL
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import PoolMember
@@ -22,7 +23,15 @@ from offload.tasks import wait_all
 from offload.transport.links import LocalLink, MachineLink
 from offload.ui.events import Event, MachineEvent
 
-__all__ = ["RESTRICTED", "local_spec", "pool_members", "pool_specs", "under_load"]
+__all__ = [
+    "RESTRICTED",
+    "follow_loads",
+    "local_boot_id",
+    "local_spec",
+    "pool_members",
+    "pool_specs",
+    "tell_restricted",
+]
 
 
 def local_spec(pool: Pool) -> MachineSlotSpec | None:
@@ -127,42 +136,27 @@ def restricted_note(link: MachineLink) -> str:
     return RESTRICTED.replace("`nix-store --serve`", program)
 
 
-def under_load(members: list[PoolMember], emit: Callable[[Event], None]) -> list[PoolMember]:
-    """``members`` with the builders' slots cut by the load their links reported (offload.load),
-    each cut told as a "loaded" MachineEvent; a builder that cannot report its load (its key
-    runs only the serve program) is told once as a "restricted" one."""
+def tell_restricted(members: list[PoolMember], emit: Callable[[Event], None]) -> None:
+    """A builder that cannot report its load (its key runs only the serve program) is told
+    once, as a "restricted" MachineEvent."""
     for member in members:
         if member.remote and isinstance(member.link, MachineLink) and member.link.restricted:
             note = restricted_note(member.link)
             emit(MachineEvent(member.spec.name, "restricted", note, None, time.time()))
-    loads = {
-        m.spec.name: m.link.load
-        for m in members
-        if m.remote and isinstance(m.link, MachineLink) and m.link.load is not None
-    }
-    cut = loaded_specs([m.spec for m in members if m.remote], loads, _local_boot_id())
-    result = []
+
+
+def follow_loads(members: list[PoolMember], report: Callable[[str, RemoteLoad], None]) -> None:
+    """Each builder's load goes to ``report`` (by the builder's name): the latest its sessions
+    reported at once (the start-of-run cut), and then every session start's there."""
     for member in members:
-        spec = cut.get(member.spec.name) if member.remote else None
-        if spec is None:
-            result.append(member)
-            continue
-        load = loads[spec.name]
-        emit(
-            MachineEvent(
-                machine=spec.name,
-                state="loaded",
-                message=f"{load.describe()}: {spec.slots} of {member.spec.slots} slots",
-                until=None,
-                time=time.time(),
-                slots=spec.slots,
-            )
-        )
-        result.append(dataclasses.replace(member, spec=spec))
-    return result
+        link = member.link
+        if member.remote and isinstance(link, MachineLink):
+            link.on_load = functools.partial(report, member.spec.name)
+            if link.load is not None:
+                report(member.spec.name, link.load)
 
 
-def _local_boot_id() -> str | None:
+def local_boot_id() -> str | None:
     """This machine's boot id, to tell builders that share its kernel (offload.load)."""
     try:
         return Path(BOOT_ID_FILE).read_text().strip().lower() or None

@@ -20,7 +20,7 @@ from pathlib import Path
 from offload.backoff import Health
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, Roots, load_graph
-from offload.build.members import pool_members, under_load
+from offload.build.members import follow_loads, local_boot_id, pool_members, tell_restricted
 from offload.build.plan import estimated_plan
 from offload.build.prebuilt import fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
@@ -80,9 +80,10 @@ async def run_build(
                 pool, local_link, remote, roots,
                 unreachable=unreachable, warm=warm, late=late, emit=emit, estimate=estimate,
             )  # fmt: skip
+            tell_restricted(members, emit)
             executor = Executor(
                 plan,
-                under_load(members, emit),  # as just reported: busy builders get fewer slots
+                members,
                 local_link,
                 emit=emit,
                 log_sink=log_sink,
@@ -96,7 +97,10 @@ async def run_build(
                 joining=late,
                 explain=lambda name, error: explain(machines[name], error),
                 build_options=options,
+                local_boot_id=local_boot_id(),
             )
+            # As just reported, then at every session start: busy builders get fewer slots.
+            follow_loads(members, executor.loads.reported)
             report = await executor.run()
     report.finished[:0] = fetched
     return report, graph

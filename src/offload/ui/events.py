@@ -29,7 +29,8 @@ Phase = Literal["queued", "connecting", "sending", "building", "fetching"]
 # "fetched": copied from a builder that already held it; "substituted": the local store got it
 # from its binary caches. Neither was built in this run.
 JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched", "substituted"]
-# "loaded": the builder reported load beyond its cores and gets fewer slots this run.
+# "loaded": the builder reported load beyond its cores and gets fewer slots from now (``slots``
+# says how many; the load gone, more again).
 # "slow": it has not answered yet; the run goes on without it, and it is "up" once it answers
 # ("down" if it fails). "down" with a message is a builder left out: the message says why.
 # "restricted": the builder's key runs only the serve program; the message says what offload

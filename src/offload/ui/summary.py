@@ -9,7 +9,8 @@ Busy time is the sum of job durations on the machine, stopped and failed jobs in
 they occupied it; with several slots it can exceed the run's wall time. Bytes count every job
 too. Then the failed and skipped derivations with their errors, how to see a log, and the
 machines left out of the run, backed off during it (their last ``down`` event) or that never
-answered, with why.
+answered, with why; those whose every slot other clients held; and those whose load cut their
+slots (their deepest cut, and where the last report left them when that differs).
 
 ``summarize`` is pure; ``render_summary`` writes it as a rich table or as plain aligned text.
 """
@@ -33,6 +34,7 @@ __all__ = ["MachineTotals", "RunSummary", "render_summary", "summarize"]
 
 _COLUMNS = ("machine", "built", "fetched", "failed", "stopped", "busy", "sent", "received")
 _SUBSTITUTED = 3  # where the optional column goes: after "fetched"
+_TITLES = {"down": "machines down", "full": "machines full", "loaded": "machines loaded"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class RunSummary:
     down: tuple[MachineEvent, ...] = ()
     # Machines whose every slot other clients held at some time in the run (their last word).
     full: tuple[MachineEvent, ...] = ()
+    # Machines whose load cut their slots: (the deepest cut, the last report), each.
+    loaded: tuple[tuple[MachineEvent, MachineEvent], ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -107,16 +111,10 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
     failed: dict[str, JobFinished] = {}
     skipped: dict[str, JobFinished] = {}
     finished: RunFinished | None = None
-    down: dict[str, MachineEvent] = {}
-    full: dict[str, MachineEvent] = {}
+    news = _MachineNews()
     for event in events:
         if isinstance(event, MachineEvent):
-            if event.state == "full":
-                full[event.machine] = event
-            elif event.state in ("down", "slow"):
-                down[event.machine] = event
-            elif event.state == "up" and event.machine in down:
-                del down[event.machine]
+            news.see(event)
         elif isinstance(event, RunStarted):
             for m in event.machines:
                 if m not in per:
@@ -152,9 +150,34 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
         tuple(failed.values()),
         tuple(skipped.values()),
         finished,
-        tuple(down.values()),
-        tuple(full.values()),
+        tuple(news.down.values()),
+        tuple(news.full.values()),
+        tuple((deepest, news.last_load[name]) for name, deepest in news.deepest.items()),
     )
+
+
+class _MachineNews:
+    """What the run's machine events leave for the summary, per machine."""
+
+    def __init__(self) -> None:
+        self.down: dict[str, MachineEvent] = {}
+        self.full: dict[str, MachineEvent] = {}
+        self.deepest: dict[str, MachineEvent] = {}
+        self.last_load: dict[str, MachineEvent] = {}
+
+    def see(self, event: MachineEvent) -> None:
+        name = event.machine
+        if event.state == "full":
+            self.full[name] = event
+        elif event.state in ("down", "slow"):
+            self.down[name] = event
+        elif event.state == "up" and name in self.down:
+            del self.down[name]
+        elif event.state == "loaded" and event.slots is not None:
+            self.last_load[name] = event
+            deepest = self.deepest.get(name)
+            if deepest is None or (deepest.slots or 0) > event.slots:
+                self.deepest[name] = event
 
 
 def render_summary(
@@ -199,7 +222,13 @@ def _problems(summary: RunSummary) -> list[tuple[str, str]]:
     out += [("skipped", f"{job.name}: {_error(job)}") for job in summary.skipped]
     out += [("down", f"{event.machine}: {_why(event)}") for event in summary.down]
     out += [("full", f"{event.machine}: {sanitize(event.message)}") for event in summary.full]
+    out += [("loaded", _cut(deepest, last)) for deepest, last in summary.loaded]
     return out
+
+
+def _cut(deepest: MachineEvent, last: MachineEvent) -> str:
+    line = f"{deepest.machine}: {sanitize(deepest.message)}"
+    return line if last is deepest else f"{line}; at the last report {sanitize(last.message)}"
 
 
 def _why(event: MachineEvent) -> str:
@@ -232,7 +261,7 @@ def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None
         if kind != heading:
             heading = kind
             count = sum(1 for k, _ in _problems(summary) if k == kind)
-            title = {"down": "machines down", "full": "machines full"}.get(kind, kind)
+            title = _TITLES.get(kind, kind)
             write(f"{title} ({count}):\n")
         write(f"  {line}\n")
     if summary.failed:
@@ -254,7 +283,7 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
     console.print(table)
     for kind, line in _problems(summary):
         style = "red" if kind == "failed" else "yellow"
-        title = {"down": "machine down", "full": "machine full"}.get(kind, kind)
+        title = _TITLES.get(kind, kind).replace("machines", "machine")
         console.print(Text.assemble((f"{title}: ", f"bold {style}"), line))
     if summary.failed:
         console.print(Text("see a build's log with: offload log DRV", style="dim"))

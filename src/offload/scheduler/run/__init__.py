@@ -9,6 +9,8 @@ Where to look:
 - ``disk``: a builder's full disk read from Nix's answer, and deleting its partial outputs;
 - ``holders``: where each finished job's outputs live, and undoing jobs whose outputs were lost;
 - ``learning``: better guesses from what this run has built;
+- ``full``: builders whose every slot other clients hold; ``loads``: builders' load, reported at
+  every session start there, setting their usable slots;
 - ``events``: emitting the run's events and keeping its ``RunReport``.
 """
 

@@ -102,10 +102,17 @@ class RunEvents:
             MachineEvent(machine=machine, state="up", message=message, until=None, time=self.wall())
         )
 
-    def machine_note(self, machine: str, state: MachineState, message: str) -> None:
+    def machine_note(
+        self, machine: str, state: MachineState, message: str, slots: int | None = None
+    ) -> None:
         self.emit(
             MachineEvent(
-                machine=machine, state=state, message=message, until=None, time=self.wall()
+                machine=machine,
+                state=state,
+                message=message,
+                until=None,
+                time=self.wall(),
+                slots=slots,
             )
         )
 

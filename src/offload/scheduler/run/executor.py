@@ -13,7 +13,8 @@ drops the connection is backed off by the policy and the build goes back to the 
 that has lost its machine ``MAX_LOSSES`` times fails, so a broken input cannot loop forever.
 When a machine goes down, a copy that was fetching its inputs from there goes back to the
 queue. A copy that waits on a builder full of other clients' builds is reported to the policy,
-which may move it (``Move``: that copy is stopped and the job starts elsewhere; ``full``).
+which may move it (``Move``: that copy is stopped and the job starts elsewhere; ``full``). A
+builder's load, reported at every session start there, sets its usable slots (``loads``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
 from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
+from offload.scheduler.run.loads import Loads
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
@@ -72,6 +74,7 @@ class Executor:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         build_options: BuildOptions | None = None,
+        local_boot_id: str | None = None,  # this host's kernel (offload.load)
     ) -> None:
         self.plan = plan
         self.members = {m.spec.name: m for m in members}
@@ -105,6 +108,10 @@ class Executor:
             self.policy, self.members, self._events, clock=clock, poke=self._poke.set
         )
         self._copies = self._build_copies(slots, build_options)
+        self.loads = Loads(
+            self.policy, self.members, self._events, clock=clock, poke=self._poke.set,
+            local_boot_id=local_boot_id,
+        )  # fmt: skip
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
         # Outputs on their way home after their build was accepted: the copy's outcome waits
         # here to be reported once they arrive.
@@ -302,6 +309,7 @@ class Executor:
             name=f"{machine}:{drv_path}",
         )
         self._tasks[task] = (drv_path, machine)
+        self.loads.started(machine)
 
     # -- how a copy ended --------------------------------------------------------------------
 
@@ -310,6 +318,7 @@ class Executor:
         if entry is None:
             return  # a losing copy, cancelled while settling its twin in the same batch
         drv_path, machine = entry
+        self.loads.ended(machine)
         self._holders.fed.discard(entry)
         now = self.clock()
         if task.cancelled():

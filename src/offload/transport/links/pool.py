@@ -13,12 +13,13 @@ build lost or the user pressed Ctrl-C. A borrower whose request failed (an ``Off
 typically the connection was lost) is not held while that stop runs: a hung builder would make
 it wait a connect timeout before it could report the loss; ``aclose`` waits for it instead.
 
-The sessions come from a ``SessionTransport`` (``base``). A link keeps the first load a session
+The sessions come from a ``SessionTransport`` (``base``). A link keeps the latest load a session
 reported as ``link.load`` (a ``RemoteLoad``; None while the machine has not said, e.g. one
-without ``/proc``), so a run learns every builder's load from the session it opens there
-anyway, without a round trip of its own. ``link.restricted`` is set once a session found the
-builder's key restricted to the serve program (``base.open_serve``): no pid, so a cut-short
-session is stopped by closing it, and no load.
+without ``/proc``), so a run learns every builder's load from the sessions it opens there
+anyway, without a round trip of its own; ``on_load``, when set, is told each one.
+``link.restricted`` is set once a session found the builder's key restricted to the serve
+program (``base.open_serve``): no pid, so a cut-short session is stopped by closing it, and no
+load.
 
 Builds may also be counted on the builder itself (``build_session``): a link given
 ``builder_slots`` and a ``slot_start`` opens a session per build whose wrapper holds one of the
@@ -32,7 +33,7 @@ for a slot says so on the builder (``CLIENT_ID``'s marker), where another client
 session yields the freed slot to it (``offload.transport.ssh``). Where no lock can be taken
 (a restricted key, no flock(1), no slot directory) ``slot_fallback`` says why and builds use
 pooled sessions, counted on this host only; ``slots_on_builder`` says which of the two the
-first build session found (None before). ``link.load`` is the latest load a session reported.
+first build session found (None before).
 ``warm_builds`` opens build sessions ahead (while a run reads its graph), lingering as after a
 build, and a build takes one on its way rather than opening its own. ``aclose`` tears every
 session down at once.
@@ -146,6 +147,7 @@ class Link:
         self.stats = LinkStats()
         # What the latest start line that told it said about the machine's load (offload.load).
         self.load: RemoteLoad | None = None
+        self.on_load: Callable[[RemoteLoad], None] | None = None
         self.restricted = False
         # Builder-side slots (module docstring): how many, how build sessions are started
         # holding one (set by links that can), and why they are not counted there, once known.
@@ -408,6 +410,8 @@ class Link:
             pipes = await (start or self._transport.start)(stack)
             if pipes.load is not None:
                 self.load = pipes.load  # every session start re-reads it
+                if self.on_load is not None:
+                    self.on_load(pipes.load)
             self.restricted = self.restricted or pipes.restricted
             _check_slot(self.name, pipes)
             logs = _LogRoute()
