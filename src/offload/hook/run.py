@@ -139,7 +139,7 @@ async def answer(
         name = str(choice.machine)
         if choice.waits:
             return await _accept_and_wait(
-                context, reader, request, name, work, found_full=name in full
+                context, reader, request, name, work, found_full=name in _full(context, full, 0.0)
             )
         async with _slot(context, choice) as held:
             if not held:
