@@ -5,6 +5,7 @@ from __future__ import annotations
 from offload.hook.decide import REMOTE_OVERHEAD, Builder, LocalOffer, choose, place_queued
 from offload.hook.wire import Reply, TryRequest
 from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.policy.full import worth_moving_from
 
 SYSTEM = "x86_64-linux"
 
@@ -113,3 +114,60 @@ def test_an_overdue_slot_is_still_busy_when_waiters_are_placed() -> None:
     held = builder("b", 1, free=0, busy_ends=(5.0,))
     [after] = place_queued([held], [], now=100)
     assert (after.free, after.busy_ends) == (0, (100,))
+
+
+# -- builders full of other clients' builds (``full_since``, the rent-or-buy rule) -----------
+
+
+def in_coordinator(builders: list[Builder], now: float, work: float = 10) -> tuple[str, bool]:
+    """Where the coordinator's dispatch puts an accepted derivation (Nix cannot take it back:
+    the local machine is no option), and whether it still waits."""
+    choice = choose(request(), builders, LocalOffer(1, False), work=work, now=now, queue=True)
+    assert choice.reply is Reply.ACCEPT
+    return str(choice.machine), choice.waits
+
+
+def test_a_derivation_on_a_full_builder_moves_at_once_to_a_free_one_no_slower() -> None:
+    full = builder("fast", 2, free=0, full_since=100.0)
+    assert in_coordinator([full, builder("twin", 2)], now=100.0) == ("twin", False)
+
+
+def test_a_slower_free_builder_takes_it_once_the_full_one_was_full_as_long_as_moving_costs():
+    # 10 s of work: 5 s on "fast", 10 s on "slow". Moving costs 5 s more, so it moves once
+    # "fast" has been full for 5 s (then taken to stay full 5 s more).
+    full = builder("fast", 2, free=0, full_since=100.0)
+    slow = builder("slow", 1)
+    assert in_coordinator([full, slow], now=100.0) == ("fast", True)
+    assert in_coordinator([full, slow], now=104.9) == ("fast", True)
+    assert in_coordinator([full, slow], now=105.0) == ("slow", False)
+
+
+def test_the_move_is_the_policys_own_rule() -> None:
+    # ``offload build``'s policy moves the same job at the same moment (policy.full).
+    fast, slow = 2.0, 1.0
+    due = worth_moving_from(100.0, REMOTE_OVERHEAD + 10 / fast, REMOTE_OVERHEAD + 10 / slow)
+    full = builder("fast", fast, free=0, full_since=100.0)
+    assert in_coordinator([full, builder("slow", slow)], now=due - 0.01)[0] == "fast"
+    assert in_coordinator([full, builder("slow", slow)], now=due) == ("slow", False)
+
+
+def test_a_slot_of_ours_on_the_full_builder_ending_sooner_keeps_the_derivation_there() -> None:
+    # Full for 20 s: taken to stay so 20 s more, but one of this host's builds there is
+    # expected to end in 1 s, and its slot is ours to take next.
+    ours = builder("fast", 2, free=0, busy_ends=(121.0,), full_since=100.0)
+    assert in_coordinator([ours, builder("slow", 1)], now=120.0) == ("fast", True)
+    # Once that end has passed, only the rent-or-buy wait is left: it moves.
+    assert in_coordinator([ours, builder("slow", 1)], now=121.5) == ("slow", False)
+
+
+def test_a_full_builder_is_no_target_while_every_other_is_busy_longer() -> None:
+    full = builder("fast", 2, free=0, full_since=100.0)
+    busy = builder("slow", 1, free=0, busy_ends=(200.0,))
+    assert in_coordinator([full, busy], now=130.0) == ("fast", True)
+
+
+def test_queued_derivations_keep_a_full_builder_full() -> None:
+    full = builder("fast", 2, free=0, busy_ends=(5.0,), full_since=1.0)
+    [after] = place_queued([full], [4.0], now=2.0)
+    assert after.full_since == 1.0
+    assert after.busy_ends == (5.0 + REMOTE_OVERHEAD + 2.0,)

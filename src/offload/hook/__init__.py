@@ -8,7 +8,8 @@ The rooms: ``client`` is the hook process Nix starts (standard library only: it 
 to the coordinator and waits); ``coordinator`` is the long-lived process that serves every hook
 of a user; ``serve`` is one hook served from its settings to its exit code; ``wire`` the
 protocol; ``decide`` the decision; ``dispatch`` where the coordinator keeps accepted
-derivations until a builder slot is worth taking; ``run`` an accepted build from slot to exit
+derivations until a builder slot is worth taking; ``full`` the builders full of other
+clients' builds that they wait for or move off; ``run`` an accepted build from slot to exit
 code; ``links``
 the serve sessions kept between builds; ``remote`` and ``home`` the build and its outputs;
 ``context`` what a hook knows; ``local_queue`` and ``guard`` the details they need.

@@ -74,11 +74,16 @@ class HookContext:
         return next(m for m in self.pool.machines if m.name == name)
 
     def builders(
-        self, now: float, exclude: Iterable[str] = (), *, full: Iterable[str] = ()
+        self,
+        now: float,
+        exclude: Iterable[str] = (),
+        *,
+        full: Mapping[str, float | None] | None = None,
     ) -> list[Builder]:
         """The usable builders, as this host's slot locks and backoff see them; those in
-        ``full`` (every slot held on the builder itself) taken for having none free."""
-        skip, taken = set(exclude), set(full)
+        ``full`` (every slot held on the builder itself, since when if known) taken for
+        having none free."""
+        skip, full = set(exclude), full or {}
         result = []
         for machine in self.pool.machines:
             if not machine.enabled or machine.max_jobs <= 0 or machine.name in skip:
@@ -87,8 +92,9 @@ class HookContext:
             probe = self.slots.probe(slot_key(machine.uri), spec.slots)
             health = self.backoff.get(spec.name)
             down = health.until if health is not None and health.until > now else None
-            free = 0 if machine.name in taken else probe.free
-            result.append(Builder(spec, free, probe.busy_ends, down))
+            free = 0 if machine.name in full else probe.free
+            since = full.get(machine.name)
+            result.append(Builder(spec, free, probe.busy_ends, down, since))
         return result
 
     def local_offer(self, request: TryRequest, now: float) -> LocalOffer:

@@ -189,7 +189,7 @@ def stop_coordinators(state: Path, timeout: float = 30.0) -> list[int]:
     """SIGTERM every coordinator serving ``state`` and wait (up to ``timeout`` s each) until it
     has exited, its sessions closed; the pids that were stopped."""
     stopped = []
-    for pid_file in state.glob("hook-*.pid"):
+    for pid_file in state.glob("*.sock.pid"):
         try:
             pid = int(pid_file.read_text())
             os.kill(pid, signal.SIGTERM)

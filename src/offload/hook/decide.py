@@ -12,6 +12,16 @@ held slots (written into the slot files by offload; a slot held by Nix's stock h
 nothing and is assumed to end after a default build). Its finish adds a fixed remote overhead
 (copying inputs and outputs, a session) to ``work / speed``.
 
+A builder whose own slots are all held by other clients (on other hosts: this host's locks do
+not see them) is *full* (``Builder.full_since``, known in the coordinator,
+``offload.hook.full``). How long others keep it is unknown, so its start is taken as
+``policy.full``'s rent-or-buy rule has it: it stays full as long again as it has been
+(``full_wait``), or until the earliest expected end this host knows of there if that is
+sooner (one of this host's own builds there, whose slot its coordinator takes over). So a
+derivation waiting for it moves to a free builder once waiting has cost as much as moving, at
+once when that builder is no slower (ties go to the free slot), and stays for a slot of ours
+there that frees sooner.
+
 The answer:
 
 - the local machine finishes first (ties included: nothing to copy) -> ``decline``, and Nix
@@ -36,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from offload.hook.wire import Reply, TryRequest
-from offload.scheduler.policy import MachineSlotSpec, can_build
+from offload.scheduler.policy import MachineSlotSpec, can_build, full_wait
 
 __all__ = ["Builder", "Choice", "LocalOffer", "choose", "place_queued"]
 
@@ -51,6 +61,7 @@ class Builder:
     free: int  # slots free right now
     busy_ends: tuple[float | None, ...] = ()  # expected ends of held slots (None: unknown)
     down_until: float | None = None  # backed off until then (wall clock)
+    full_since: float | None = None  # every slot on the builder held by others since then
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,9 @@ class Choice:
 
 
 def _start(builder: Builder, now: float, default_end: float) -> float:
+    if builder.full_since is not None:
+        ours = [end for end in builder.busy_ends if end is not None and end > now]
+        return min([now + full_wait(builder.full_since, now), *ours])
     if builder.free > 0:
         return now
     ends = [default_end if end is None else max(end, now) for end in builder.busy_ends]
@@ -110,7 +124,8 @@ def choose(
             # Nix asks about a postponed derivation again only after its poll interval.
             start = max(start, now + poll_interval)
         end = start + REMOTE_OVERHEAD + work / builder.spec.speed
-        if best is None or end < best[0]:
+        # A tie goes to a free slot: it is certain, a busy one's end is an estimate.
+        if best is None or (end, builder.free == 0) < (best[0], best[1].free == 0):
             best = (end, builder)
         if builder.free > 0 and (best_free is None or end < best_free[0]):
             best_free = (end, builder)
@@ -169,5 +184,5 @@ def place_queued(
             placed.append(b)
             continue
         busy = tuple(end for end in ends if end is not None)
-        placed.append(Builder(b.spec, len(ends) - len(busy), busy, b.down_until))
+        placed.append(Builder(b.spec, len(ends) - len(busy), busy, b.down_until, b.full_since))
     return placed

@@ -2,11 +2,11 @@
 
 The coordinator keeps one ``Keep`` for every hook it serves, with the dispatch where accepted
 derivations wait for a builder slot (``offload.hook.dispatch``); a hook served in its own
-process keeps one for itself, without a dispatch. Each thing in it costs something to open
-that a derivation should not pay every time: a serve session on a builder (an ssh round trip
-and a remote ``nix-store`` start, ``offload.hook.links``), a local ``nix-store --serve`` to
-read inputs from (a process start), and the history database (a connection and its schema
-check).
+process keeps one for itself, without a dispatch (nor builders known full:
+``offload.hook.full``). Each thing in it costs something to open that a derivation should not
+pay every time: a serve session on a builder (an ssh round trip and a remote ``nix-store``
+start, ``offload.hook.links``), a local ``nix-store --serve`` to read inputs from (a process
+start), and the history database (a connection and its schema check).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from offload.history.db import History
 from offload.hook.dispatch import Dispatch
+from offload.hook.full import FullBuilders
 from offload.hook.links import BuilderLinks
 from offload.protocol.serve import StoreClient
 from offload.transport.links import LocalLink
@@ -33,6 +34,8 @@ class Keep:
         self.links = BuilderLinks(state)
         # Accepted derivations waiting for a slot: only a coordinator can keep them (``queue``).
         self.dispatch = Dispatch() if queue else None
+        # Builders full of other clients' builds, and their probes (``offload.hook.full``).
+        self.full = FullBuilders(self.links, self.dispatch.notify) if self.dispatch else None
         self._local: LocalLink | None = None
         self._history: History | None = None
 
@@ -59,6 +62,8 @@ class Keep:
         try:
             if self.dispatch is not None:
                 await self.dispatch.aclose()
+            if self.full is not None:
+                await self.full.aclose()
             await self.links.aclose()
             if self._local is not None:
                 await self._local.aclose()

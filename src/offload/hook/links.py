@@ -13,9 +13,10 @@ finished a build within ``FRESH_SECONDS`` is not asked.
 Each build holds one of the builder's slots on the builder itself (``Link.build_session``, as
 ``offload build``'s do), so offload's clients on every host count each other there: a session
 holding a slot is opened for the build and kept ``LINGER`` s after it for the next derivation
-there, then closed. A builder whose slots are all held by others says so at once: before the
-accept that is ``BuilderFullError`` (``wait=False``: Nix waits for the reply, so the hook decides
-again with that builder taken for full); after it the build waits for a slot there. What the
+there, then closed. A builder whose slots are all held by others says so at once
+(``BuilderFullError``): before the accept the hook decides again with that builder taken for
+full (Nix waits for the reply); after it the coordinator's dispatch places the derivation again
+(``offload.hook.full``), while ``wait_for_slot`` waits for a slot there. What the
 first build session learned (slots counted there, or on this host only and why) is written to
 the state directory for ``offload status`` (``offload.slot_fallback``).
 
@@ -48,7 +49,6 @@ __all__ = [
     "FRESH_SECONDS",
     "HOOK_CONNECT_TIMEOUT",
     "RESTRICTED_NOTE",
-    "WAIT_NOTE",
     "BuilderFullError",
     "BuilderLinks",
     "Session",
@@ -62,7 +62,6 @@ RESTRICTED_NOTE = (
     "known (all its slots are used), its slots are counted on this host only (no slot lock "
     "on the builder) and a build stopped there is stopped by closing its session"
 )
-WAIT_NOTE = "offload: builder '{name}': every slot there is held by another client; waiting"
 # A session lent again within this of finishing a build is not pinged: on tiny derivations the
 # ping is a twentieth of what Nix waits for per derivation, and such a session just answered.
 FRESH_SECONDS = 2.0
@@ -131,18 +130,14 @@ class BuilderLinks:
         machine: Machine,
         env: Mapping[str, str],
         on_log: Callable[[str], None],
-        *,
-        wait: bool = True,
     ) -> AsyncIterator[Session]:
         """A session known to answer, holding a slot on the builder where it can, or
         ``Unreachable``; the body's log lines go to ``on_log``. A builder whose slots are all
-        held by others is waited for, or raises ``BuilderFullError`` (``wait=False``)."""
+        held by others raises ``BuilderFullError``."""
         transport, link = self._link(machine, env)
 
         def full() -> None:
-            if not wait:
-                raise BuilderFullError(machine.name)
-            on_log(WAIT_NOTE.format(name=machine.name))
+            raise BuilderFullError(machine.name)
 
         for attempt in (1, 2):
             lent = False
@@ -172,6 +167,16 @@ class BuilderLinks:
                 raise Unreachable(exc.message) from exc
             else:
                 return
+
+    async def wait_for_slot(self, machine: Machine, env: Mapping[str, str]) -> None:
+        """Wait until a slot on the full ``machine`` is ours: it then lingers (``LINGER``) for
+        the next session there. ``Unreachable`` if the builder cannot be reached."""
+        _, link = self._link(machine, env)
+        try:
+            async with link.build_session():
+                self._learned(machine.name, link)
+        except (SshError, TransportError) as exc:
+            raise Unreachable(exc.message) from exc
 
     def _learned(self, name: str, link: Link) -> None:
         """Keep what the builder's slots were found to be where ``offload status`` reads it,

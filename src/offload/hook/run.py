@@ -10,8 +10,16 @@ that cannot be reached is backed off (remembered in ``backoff.json`` by every la
 run) and the decision is made again without it, so a dead builder costs one connect timeout
 per back-off period, not one per derivation (nix#13513). A builder whose own slots are all held
 (by other clients, on any host) is decided again as full: the coordinator then accepts and
-waits for a slot there or elsewhere, a lone hook picks another builder or postpones. After the
-build the hook is done: Nix starts a new one for the next derivation.
+waits for a slot there or elsewhere, a lone hook picks another builder or postpones.
+
+Once accepted, Nix cares only that the outputs end up in the local store, not where they were
+built (nor can it take the derivation back: it holds the outputs' locks, so the local machine
+is no longer a place to build it). So in the coordinator an accepted derivation whose builder
+turns out full, or goes away, waits in the dispatch again and is placed where it is expected
+to finish first, a full builder's wait taken by the rent-or-buy rule (``offload.hook.full``);
+a build placed on another builder than the one named in the accept (or last placed on) says
+so in its log, with why. After the build the hook is done: Nix starts a new one for the next
+derivation.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from offload.history.records import BuildRecord
 from offload.hook.context import HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, place_queued
 from offload.hook.dispatch import Placement
+from offload.hook.full import MOVED_NOTE, WAIT_NOTE
 from offload.hook.guard import Guard
 from offload.hook.links import BuilderFullError, Unreachable
 from offload.hook.remote import Outcome, build_remote, error_message, log_writer
@@ -43,11 +52,20 @@ __all__ = ["answer"]
 _MAX_ATTEMPTS = 8
 
 
+def _full(context: HookContext, found: set[str], now: float) -> dict[str, float | None]:
+    """The builders taken for full: those this hook found so (since now in the coordinator,
+    since an unknown time in a lone hook) and those the coordinator knows."""
+    full = context.keep.full
+    if full is None:
+        return dict.fromkeys(found)
+    return {**dict.fromkeys(found, now), **full.since()}
+
+
 def _decide(
     context: HookContext, request: TryRequest, work: float, excluded: set[str], full: set[str]
 ) -> Choice:
     now = time.time()
-    builders = context.builders(now, excluded, full=full)
+    builders = context.builders(now, excluded, full=_full(context, full, now))
     dispatch = context.keep.dispatch
     if dispatch is not None:
         builders = place_queued(builders, dispatch.queued(), now)
@@ -68,9 +86,8 @@ def _pick(
     """For an accepted derivation waiting in the dispatch: the slot to take now, if any."""
     now = time.time()
     unable = LocalOffer(1.0, can_build=False)  # accepted: Nix will not build it here
-    choice = choose(
-        request, context.builders(now, excluded), unable, work=work, now=now, queue=True
-    )
+    builders = context.builders(now, excluded, full=_full(context, set(), now))
+    choice = choose(request, builders, unable, work=work, now=now, queue=True)
     if choice.reply is Reply.DECLINE:
         raise OffloadError(f"no builder is left to build {request.drv_path} ({choice.reason})")
     if choice.reply is not Reply.ACCEPT or choice.waits:
@@ -121,7 +138,9 @@ async def answer(
             return None
         name = str(choice.machine)
         if choice.waits:
-            return await _accept_and_wait(context, reader, request, name, work)
+            return await _accept_and_wait(
+                context, reader, request, name, work, found_full=name in _full(context, full, 0.0)
+            )
         async with _slot(context, choice) as held:
             if not held:
                 continue  # another process took the slot since the probe: decide again
@@ -153,7 +172,7 @@ async def _accept(
     accepted = None
     try:
         async with context.keep.links.session(
-            machine, context.env, log_writer(context.io), wait=False
+            machine, context.env, log_writer(context.io)
         ) as session:
             context.machine_ok(name)
             write_reply(context.io, Reply.ACCEPT, machine.uri)
@@ -171,7 +190,9 @@ async def _accept(
     except _Lost:
         # Only the coordinator goes on: accepted already, but Nix cares not where it builds.
         assert accepted is not None
-        return await _build_where_a_slot_frees(context, request, accepted, work, {name})
+        return await _build_where_a_slot_frees(
+            context, request, accepted, work, excluded={name}, origin=name
+        )
     if outcome is None:
         return 1
     _record(context, request, name, outcome)
@@ -179,44 +200,105 @@ async def _accept(
 
 
 async def _accept_and_wait(
-    context: HookContext, reader: ByteReader, request: TryRequest, name: str, work: float
+    context: HookContext,
+    reader: ByteReader,
+    request: TryRequest,
+    name: str,
+    work: float,
+    *,
+    found_full: bool,
 ) -> int:
-    """Accept for a busy builder, then wait in the dispatch for the slot worth taking."""
+    """Accept for a busy builder (``found_full``: one full of other clients' builds), then
+    wait in the dispatch for the slot worth taking."""
     write_reply(context.io, Reply.ACCEPT, context.machine(name).uri)
     accepted = await read_accepted(reader)
-    return await _build_where_a_slot_frees(context, request, accepted, work, set())
+    return await _build_where_a_slot_frees(
+        context, request, accepted, work, excluded=set(), origin=name, full=found_full
+    )
 
 
 async def _build_where_a_slot_frees(
-    context: HookContext, request: TryRequest, accepted: Accepted, work: float, excluded: set[str]
+    context: HookContext,
+    request: TryRequest,
+    accepted: Accepted,
+    work: float,
+    *,
+    excluded: set[str],
+    origin: str,
+    full: bool = False,
 ) -> int:
     """Wait in the dispatch for a slot and build there; a builder that cannot open a session,
-    or goes away mid-build, is backed off and the derivation waits for another one."""
-    dispatch = context.keep.dispatch
+    or goes away mid-build, is backed off, and one found full (``full``: ``origin`` already
+    was) is waited for in the dispatch with every other builder (``offload.hook.full``)."""
+    dispatch, builders_full = context.keep.dispatch, context.keep.full
     assert dispatch is not None
-    while True:
-        placement = await dispatch.take(work, lambda: _pick(context, request, work, excluded))
-        machine = context.machine(placement.machine)
-        try:
-            async with context.keep.links.session(
-                machine, context.env, log_writer(context.io)
-            ) as session:
-                context.machine_ok(machine.name)
-                outcome = await _build(context, session.client, request, accepted, machine.name)
-        except Unreachable as exc:
-            context.machine_failed(machine.name, exc.reason)
-            excluded.add(machine.name)
-            continue
-        except _Lost:
-            excluded.add(machine.name)
-            continue
-        finally:
-            os.close(placement.fd)
-            context.keep.released()
-        if outcome is None:
-            return 1
-        _record(context, request, machine.name, outcome)
-        return outcome.exit_code
+    assert builders_full is not None
+    log = log_writer(context.io)
+    waiting: list[str] = []  # the full builders this derivation waits for
+    if full:
+        _wait_full(context, origin, waiting)
+    try:
+        while True:
+            placement = await dispatch.take(work, lambda: _pick(context, request, work, excluded))
+            why = _why_moved(context, origin, placement.machine, excluded)
+            for name in waiting:
+                builders_full.left(name)
+            waiting.clear()
+            machine = context.machine(placement.machine)
+            try:
+                async with context.keep.links.session(machine, context.env, log) as session:
+                    context.machine_ok(machine.name)
+                    if why is not None:
+                        log(MOVED_NOTE.format(origin=origin, target=machine.name, why=why))
+                    origin = machine.name
+                    outcome = await _build(context, session.client, request, accepted, machine.name)
+            except BuilderFullError:
+                _wait_full(context, machine.name, waiting)
+                origin = machine.name
+                continue
+            except Unreachable as exc:
+                context.machine_failed(machine.name, exc.reason)
+                excluded.add(machine.name)
+                continue
+            except _Lost:
+                excluded.add(machine.name)
+                continue
+            finally:
+                os.close(placement.fd)
+                context.keep.released()
+            if outcome is None:
+                return 1
+            _record(context, request, machine.name, outcome)
+            return outcome.exit_code
+    finally:
+        for name in waiting:
+            builders_full.left(name)
+
+
+def _wait_full(context: HookContext, name: str, waiting: list[str]) -> None:
+    """The derivation found builder ``name`` full: it waits for a slot there or elsewhere."""
+    assert context.keep.full is not None
+    log_writer(context.io)(WAIT_NOTE.format(name=name))
+    context.keep.full.wait(context.machine(name), context.env, time.time())
+    waiting.append(name)
+
+
+def _why_moved(context: HookContext, origin: str, target: str, excluded: set[str]) -> str | None:
+    """Why a derivation accepted for (or last placed on) ``origin`` is placed on ``target``
+    instead; None when it is not moved."""
+    if target == origin:
+        return None
+    if origin in excluded:
+        return f"'{origin}' failed"
+    assert context.keep.full is not None
+    since = context.keep.full.since().get(origin)
+    if since is None:
+        return f"a slot on '{target}' freed first"
+    return (
+        f"every slot on '{origin}' has been held by other clients for "
+        f"{time.time() - since:.1f} s, so '{target}' is expected to finish it first (a full "
+        "builder is taken to stay full as long again)"
+    )
 
 
 async def _build(

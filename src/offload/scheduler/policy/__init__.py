@@ -29,6 +29,7 @@ from offload.scheduler.policy.decisions import (
     Start,
     Wait,
 )
+from offload.scheduler.policy.full import full_wait
 from offload.scheduler.policy.matching import MachineSlotSpec, can_build, why_cannot_build
 from offload.scheduler.policy.speculation import SpeculationRule
 
@@ -48,5 +49,6 @@ __all__ = [
     "TransferCost",
     "Wait",
     "can_build",
+    "full_wait",
     "why_cannot_build",
 ]

@@ -11,6 +11,12 @@ at once when the other machine is no slower. Whatever the others' builds take, t
 finishes at most about twice as late as it would have with hindsight (the classic 2-competitive
 break-even rule), and a short wait on a much faster machine is not thrown away for a slow one.
 Only slots free now count elsewhere: moving to another wait gains nothing certain.
+
+The same rule reads as an estimate: a builder full for ``w`` seconds is taken to stay full
+``w`` seconds more (``full_wait``), and the job goes where it is then expected to finish
+first. ``offload-hook``'s coordinator places derivations that way (``offload.hook.decide``);
+``move_target`` solves it for the moment the move pays (``worth_moving_from``), to be woken
+then.
 """
 
 from __future__ import annotations
@@ -21,7 +27,20 @@ from offload.scheduler.dag import JobGraph
 from offload.scheduler.policy.costs import TransferCost
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Run
 
-__all__ = ["move_target"]
+__all__ = ["full_wait", "move_target", "worth_moving_from"]
+
+
+def full_wait(waiting_since: float, now: float) -> float:
+    """How much longer a builder full since ``waiting_since`` is taken to stay full: as long
+    as it has been (rent-or-buy: waiting and moving then cost the same)."""
+    return max(0.0, now - waiting_since)
+
+
+def worth_moving_from(waiting_since: float, cost_here: float, cost_there: float) -> float:
+    """When a job waiting since ``waiting_since`` for a full builder where it costs
+    ``cost_here`` is worth moving where it costs ``cost_there``: once ``full_wait`` makes
+    staying cost as much as moving (at once when ``cost_there <= cost_here``)."""
+    return waiting_since + (cost_there - cost_here)
 
 
 def move_target(
@@ -52,7 +71,7 @@ def move_target(
             best, best_cost = m, c
     if best is None:
         return None, math.inf
-    worth_from = run.waiting_since + (best_cost - cost(run.machine))
+    worth_from = worth_moving_from(run.waiting_since, cost(run.machine), best_cost)
     if now >= worth_from:
         return best, now + best_cost
     return None, worth_from
