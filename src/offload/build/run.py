@@ -82,23 +82,13 @@ async def run_build(
             )  # fmt: skip
             tell_restricted(members, emit)
             executor = Executor(
-                plan,
-                members,
-                local_link,
-                emit=emit,
-                log_sink=log_sink,
-                keep_going=keep_going,
-                estimates=estimates,
+                plan, members, local_link, emit=emit, log_sink=log_sink, keep_going=keep_going,
+                estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
-                home=None if fetch_all else {drv for drv, _ in roots},
-                slots=slots,
-                backoff=backoff,
-                unreachable=unreachable,
-                joining=late,
+                home=None if fetch_all else {drv for drv, _ in roots}, joining=late,
                 explain=lambda name, error: explain(machines[name], error),
-                build_options=options,
-                local_boot_id=local_boot_id(),
-            )
+                build_options=options, local_boot_id=local_boot_id(),
+            )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)
             report = await executor.run()

@@ -104,20 +104,26 @@ class Executor:
         }  # fmt: skip
         self._restored = self._restore(backoff or {})
         self._poke = asyncio.Event()  # set when a copy's news may change the decisions
-        self._full = FullBuilders(
-            self.policy, self.members, self._events, clock=clock, poke=self._poke.set
-        )
+        self._full, self.loads = self._capacity_watchers(local_boot_id)
         self._copies = self._build_copies(slots, build_options)
-        self.loads = Loads(
-            self.policy, self.members, self._events, clock=clock, poke=self._poke.set,
-            local_boot_id=local_boot_id,
-        )  # fmt: skip
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
         # Outputs on their way home after their build was accepted: the copy's outcome waits
         # here to be reported once they arrive.
         self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
         self._losses: dict[str, int] = {}
         self._stopping = False
+
+    def _capacity_watchers(self, local_boot_id: str | None) -> tuple[FullBuilders, Loads]:
+        """What cuts a builder's slots during the run: others filling its own slots (full) and
+        its load (offload.load)."""
+        full = FullBuilders(
+            self.policy, self.members, self._events, clock=self.clock, poke=self._poke.set
+        )
+        loads = Loads(
+            self.policy, self.members, self._events, clock=self.clock, poke=self._poke.set,
+            local_boot_id=local_boot_id,
+        )  # fmt: skip
+        return full, loads
 
     def _build_copies(
         self, slots: SlotLocks | None, build_options: BuildOptions | None
