@@ -397,6 +397,23 @@ def test_idle_fast_machine_copies_long_job_and_loser_is_cancelled() -> None:
     assert policy.graph.finished
 
 
+def test_job_within_its_slack_gets_no_copy_until_it_is_overdue() -> None:
+    # The chain needs 48 / 4 = 12 s on fast; side (1 s on fast) may spend half its slack, so it
+    # runs 4 s on slow. A copy on the idle fast slot would end it at 1 s, which ends no path
+    # sooner and would take the slot c1 wants: none while side is expected to end in its slack.
+    pool = [machine("fast", 4, slots=2), machine("slow", 1)]
+    jobs = [job("c0", 16), job("c1", 16, "c0"), job("c2", 16, "c1"), job("side", 4)]
+    policy = Policy(jobs, pool)
+    assert policy.next_decisions(0.0) == [Start("c0", "fast", 4.0), Start("side", "slow", 4.0)]
+    policy.on_finished("c0", "fast", 4.0, ok=True)
+    assert policy.next_decisions(4.0) == [Start("c1", "fast", 8.0)]
+    policy.on_finished("c1", "fast", 8.0, ok=True)
+    assert policy.next_decisions(8.0) == [Start("c2", "fast", 12.0)]
+    # Overdue, side is evidence its estimate was wrong: it is copied like any other job.
+    policy.on_finished("c2", "fast", 12.0, ok=True)
+    assert policy.next_decisions(12.0) == [Speculate("side", "fast", 13.0, "slow")]
+
+
 def test_no_speculation_below_the_margin() -> None:
     # Copying would save 0.5 s: under the 1 s minimum gain.
     policy = Policy([job("a", 40), job("long", 12)], [machine("fast", 4), machine("slow", 1)])

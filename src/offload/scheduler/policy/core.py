@@ -92,14 +92,16 @@ class Policy:
         self.graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
         self._pool = Pool(machines)
         self._transfer = transfer
-        self._speculation = Speculation(
-            speculation if speculation is not None else SpeculationRule()
-        )
         self._backoff = backoff if backoff is not None else Backoff()
         self._hold = hold
         self._slack_share = slack_share
         # Jobs whose estimate is a guess, not history: any one of them may be the huge one.
         self._guessed = frozenset(guessed)
+        self._speculation = Speculation(
+            speculation if speculation is not None else SpeculationRule(),
+            slack_share=slack_share,
+            guessed=self._guessed,
+        )
         self._runs: dict[str, list[Run]] = {}
         # Copies waiting for a slot on a builder full of other clients' builds, by job.
         self._waiting: dict[str, Run] = {}
@@ -322,6 +324,7 @@ class Policy:
                     class_of=self._queues.class_of,
                     graph=self.graph,
                     transfer=self._transfer,
+                    remaining=lambda: self._remaining(rnd, now, 0.0),
                 )
             )
         clear_reservations(rnd.reserved)

@@ -7,7 +7,8 @@ its own path after it. A job takes the slowest free machine where it still ends 
 that slack (``slack_share``), so fast slots stay free for the critical work that becomes ready
 soon; half, because estimates are wrong and a late side job becomes critical. Jobs whose estimate
 is a guess (``guessed``: no history) keep the earliest finish: sending an unknown job to a slow
-machine because it looks short is how a huge one ends up there.
+machine because it looks short is how a huge one ends up there. A job that ends within that
+bound (``ends_in_slack``) gets no second copy on an idle fast slot either (``speculation``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from offload.scheduler.policy.costs import TransferCost
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Run
 from offload.scheduler.policy.ranked import Ranked
 
-__all__ = ["SLACK_SHARE", "remaining_path", "slower_in_slack"]
+__all__ = ["SLACK_SHARE", "ends_in_slack", "remaining_path", "slower_in_slack"]
 
 # The share of its slack a job may spend on a slower machine to leave faster ones free.
 SLACK_SHARE = 0.5
@@ -44,6 +45,35 @@ def remaining_path(by_path: Ranked, runs: dict[str, list[Run]], now: float, read
     return longest
 
 
+def ends_in_slack(
+    cls: EligibilityClass,
+    graph: JobGraph,
+    job_id: str,
+    end: float,
+    now: float,
+    *,
+    share: float,
+    remaining: float,
+) -> bool:
+    """Whether a running ``job_id`` expected to end at ``end`` ends within its share of slack
+    (the bound ``slower_in_slack`` places by): a second copy would end sooner for nothing."""
+    return end <= _room(cls, graph, job_id, now, share=share, remaining=remaining)
+
+
+def _room(
+    cls: EligibilityClass,
+    graph: JobGraph,
+    job_id: str,
+    now: float,
+    *,
+    share: float,
+    remaining: float,
+) -> float:
+    """The latest end within ``job_id``'s share of slack."""
+    fastest = cls.machines[0].speed
+    return now + share * (remaining - graph.critical_path(job_id) + graph.work(job_id)) / fastest
+
+
 def slower_in_slack(
     cls: EligibilityClass,
     graph: JobGraph,
@@ -64,8 +94,7 @@ def slower_in_slack(
     for critical work; None if the earliest finish is the only one that does.
     """
     work = graph.work(job_id)
-    fastest = cls.machines[0].speed
-    room = now + share * (remaining - graph.critical_path(job_id) + work) / fastest
+    room = _room(cls, graph, job_id, now, share=share, remaining=remaining)
     if best_finish >= room:
         return None
     best_speed = best.speed

@@ -2,16 +2,23 @@
 
 When no job is ready or held and a machine has a free slot, a running job is copied onto the
 fastest such machine if that copy is expected to finish earlier by more than both ``min_gain``
-seconds and ``min_ratio`` of the running copy's expected remaining time. A job gets at most one
-extra copy, ever (a copy waiting on a builder full of other clients' builds is moved instead,
-``full``). The first copy to finish wins; ``on_finished`` returns a ``Cancel`` for the
-other, whose slot is free at once. Only a bounded set of running copies is examined per call
-(those with the latest planned end, and the longest-overdue ones), not every running job.
+seconds and ``min_ratio`` of the running copy's expected remaining time. A build nothing
+depends on, known from history (not ``guessed``) and expected to end within its share of slack
+(``slack.ends_in_slack``, the bound that sent it to a slower machine), is not copied onto the
+last free slot as fast as the copy's: ending it sooner ends no path sooner, and that slot is the
+one the critical work about to be ready wants (on a chain with heavy side builds, the side builds
+the slack rule sent to slow machines were copied back onto the fast one whenever it idled, and
+the next critical side build waited for it). A job gets at most one extra copy, ever (a copy
+waiting on a builder full of other clients' builds is moved instead, ``full``). The first copy
+to finish wins; ``on_finished`` returns a ``Cancel`` for the other, whose slot is free at once.
+Only a bounded set of running copies is examined per call (those with the latest planned end,
+and the longest-overdue ones), not every running job.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from offload.scheduler.dag import JobGraph
@@ -20,6 +27,7 @@ from offload.scheduler.policy.decisions import Decision, Speculate
 from offload.scheduler.policy.placement import fastest_free
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
 from offload.scheduler.policy.ranked import Ranked
+from offload.scheduler.policy.slack import ends_in_slack
 
 __all__ = ["Speculation", "SpeculationRule"]
 
@@ -38,6 +46,9 @@ class Speculation:
     """The single-copy runs worth a look, and which jobs got a second copy."""
 
     rule: SpeculationRule
+    # The slack rule's share (0: no slack rule) and the jobs whose estimate is a guess.
+    slack_share: float = 0.0
+    guessed: frozenset[str] = frozenset()
     # Single-copy runs: latest planned end first, and earliest start first. A copy leaves
     # both when its slot is released (``untrack``), or when a round finds its job has a
     # second copy.
@@ -96,8 +107,10 @@ class Speculation:
         class_of: dict[str, EligibilityClass],
         graph: JobGraph,
         transfer: TransferCost | None,
+        remaining: Callable[[], float],
     ) -> list[Decision]:
-        """Copy the candidates that gain enough onto free machines; their slots are taken."""
+        """Copy the candidates that gain enough onto free machines; their slots are taken.
+        ``remaining``: the longest remaining path (``slack.remaining_path``), asked if needed."""
         rule = self.rule
         decisions: list[Decision] = []
         seen: set[str] = set()
@@ -127,11 +140,36 @@ class Speculation:
             gain = old_end - new_end
             if gain <= rule.min_gain or gain <= rule.min_ratio * (old_end - now):
                 continue
+            if run.end > now and self._keeps_slot(
+                job_id, old_end, now, target, cls, graph=graph, remaining=remaining
+            ):
+                continue
             self.speculated.add(job_id)
             runs[job_id].append(pool.take_slot(target, job_id, now, new_end))
             fastest.clear()
             decisions.append(Speculate(job_id, target.spec.name, new_end, run.machine.spec.name))
         return decisions
+
+    def _keeps_slot(
+        self,
+        job_id: str,
+        end: float,
+        now: float,
+        target: Machine,
+        cls: EligibilityClass,
+        *,
+        graph: JobGraph,
+        remaining: Callable[[], float],
+    ) -> bool:
+        """Whether copying ``job_id`` onto ``target`` would take the last free slot that fast
+        for nothing: nothing depends on the job, it is known from history and expected to
+        end within its share of slack (module docstring)."""
+        if self.slack_share <= 0 or job_id in self.guessed or graph.dependents_count(job_id):
+            return False
+        as_fast = sum(m.free - m.claimed for m in cls.machines if m.up and m.speed >= target.speed)
+        return as_fast <= 1 and ends_in_slack(
+            cls, graph, job_id, end, now, share=self.slack_share, remaining=remaining()
+        )
 
 
 def _fastest_free_speed(pool: Pool) -> float:
