@@ -35,8 +35,11 @@ an older start line (``offload-serve-pid 123``) carries no load either. The mode
 - ``adjusted_slots`` applies the rule again at each report: slots are cut at once, and given
   back only once the load is ``LIFT_MARGIN`` of a core below the line that cut them, so a load
   hovering at a whole number does not take a slot and give it back at every session start.
+- ``FollowedLoad`` is one builder followed through a run (``offload build``'s executor) or a
+  hook coordinator's life: its full and current slots and its ``OwnLoad``; each report gives
+  the new slots when they change, and ``describe_cut`` the line that tells people.
 
-Everything here is pure: reading ``/proc`` locally is the caller's business.
+Everything here is pure but ``local_boot_id``, the one reader of this machine's own boot id.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "BOOT_ID_FILE",
@@ -51,10 +55,13 @@ __all__ = [
     "LOAD1_SECONDS",
     "LOADAVG_FILE",
     "UNKNOWN",
+    "FollowedLoad",
     "OwnLoad",
     "RemoteLoad",
     "adjusted_slots",
+    "describe_cut",
     "effective_slots",
+    "local_boot_id",
     "parse_load_report",
 ]
 
@@ -162,3 +169,38 @@ class OwnLoad:
         self._average = self.value(now)
         self._since = now
         self.running = max(0, self.running + by)
+
+
+class FollowedLoad:
+    """One builder's usable slots as its reported load has them, from ``full`` (module
+    docstring): the caller says when its builds there start and end, and hands in each report."""
+
+    def __init__(self, full: int) -> None:
+        self.full = full
+        self.slots = full
+        self.own = OwnLoad()
+
+    def reported(self, load: RemoteLoad, now: float, local_boot_id: str | None) -> str | None:
+        """Take ``load`` (reported at ``now``): the line saying the new slots when they
+        changed (``describe_cut``), else None."""
+        own = self.own.value(now)
+        slots = adjusted_slots(self.full, self.slots, load, local_boot_id, own)
+        if slots == self.slots:
+            return None
+        self.slots = slots
+        return describe_cut(load, own, slots, self.full)
+
+
+def describe_cut(load: RemoteLoad, own: float, slots: int, full: int) -> str:
+    """``load 9.5 on 8 cores (1.2 of it this run's builds): 2 of 4 slots``."""
+    share = f" ({own:.1f} of it this run's builds)" if round(own, 1) else ""
+    given = f"all {full} slots again" if slots == full else f"{slots} of {full} slots"
+    return f"{load.describe()}{share}: {given}"
+
+
+def local_boot_id() -> str | None:
+    """This machine's boot id, to tell builders that share its kernel; None if unreadable."""
+    try:
+        return Path(BOOT_ID_FILE).read_text().strip().lower() or None
+    except OSError:
+        return None

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.state_json import read_state_json, write_state_json
+from offload.state_json import latest_entries, write_state_json
 
 __all__ = ["FALLBACK_FILE", "Fallback", "load_fallbacks", "record_fallbacks"]
 
@@ -32,18 +32,7 @@ class Fallback:
 def load_fallbacks(paths: Sequence[Path]) -> dict[str, Fallback]:
     """The entries of every file in ``paths`` (a builder in several: the latest learned);
     a missing or unreadable file, or a malformed entry, is none."""
-    merged: dict[str, Fallback] = {}
-    for path in paths:
-        data = read_state_json(path)
-        if not isinstance(data, dict):
-            continue
-        for name, entry in data.items():
-            fallback = _entry(entry)
-            if fallback is not None and (
-                name not in merged or fallback.learned > merged[name].learned
-            ):
-                merged[str(name)] = fallback
-    return merged
+    return latest_entries(paths, _entry, lambda fallback: fallback.learned)
 
 
 def _entry(entry: object) -> Fallback | None:

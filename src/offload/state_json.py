@@ -1,5 +1,5 @@
-"""The JSON files of the state directory (backoff.json, use.json, slot-fallback.json), read as
-a cache is read and written whole.
+"""The JSON files of the state directory (backoff.json, use.json, slot-fallback.json,
+loads.json), read as a cache is read and written whole.
 
 These files are what offload learned or was told, rewritten whole on each save; one a user
 damaged (truncated, edited, replaced by a device or a FIFO) reads as no file at all rather than
@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["MAX_BYTES", "read_state_json", "write_state_json"]
+T = TypeVar("T")
+
+__all__ = ["MAX_BYTES", "latest_entries", "read_state_json", "write_state_json"]
 
 MAX_BYTES = 1 << 20  # a state file holds a few entries per machine; a MiB is thousands
 
@@ -41,6 +45,23 @@ def read_state_json(path: Path) -> object | None:
     except (ValueError, RecursionError):
         return None
     return value
+
+
+def latest_entries(
+    paths: Sequence[Path], entry: Callable[[object], T | None], when: Callable[[T], float]
+) -> dict[str, T]:
+    """The entries by name of every file in ``paths`` (JSON objects), each read by ``entry``
+    (None: malformed, left out); a name in several files keeps its latest by ``when``."""
+    merged: dict[str, T] = {}
+    for path in paths:
+        data = read_state_json(path)
+        if not isinstance(data, dict):
+            continue
+        for name, raw in data.items():
+            read = entry(raw)
+            if read is not None and (name not in merged or when(read) > when(merged[name])):
+                merged[str(name)] = read
+    return merged
 
 
 def write_state_json(path: Path, data: object) -> None:

@@ -14,6 +14,8 @@ on this host, so ``offload status`` is instant and safe to run in a loop:
 - builders whose slots are counted on this host only (no slot lock could be taken on the
   builder: a restricted key, no flock(1), no slot directory), and why, as the last
   ``offload build`` run or hook build there found (``offload.slot_fallback``).
+- builders the hook's coordinator gives fewer slots for their load, and the report that cut
+  them (``offload.load_state``; gone once it gives them back or exits).
 
 A ``MachineStatus`` per machine (the local one first, as ``local``) and the ``Choice`` in force
 make up a ``PoolStatus``.
@@ -29,6 +31,7 @@ from typing import TypedDict
 from offload.backoff import Health, load_backoffs
 from offload.config.pool import Pool
 from offload.errors import ConfigError
+from offload.load_state import LOADS_FILE, Loaded, load_loads
 from offload.names import LOCAL
 from offload.slot_fallback import FALLBACK_FILE, Fallback, load_fallbacks
 from offload.slots import SlotLocks, slot_key
@@ -50,6 +53,13 @@ class FallbackJson(TypedDict):
     learned: float
 
 
+class LoadedJson(TypedDict):
+    slots: int
+    full: int
+    said: str
+    reported: float
+
+
 class MachineStatusJson(TypedDict):
     name: str
     slots: int
@@ -59,6 +69,7 @@ class MachineStatusJson(TypedDict):
     backoff: BackoffJson | None
     chosen: bool
     slot_fallback: FallbackJson | None
+    loaded: LoadedJson | None
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class MachineStatus:
     chosen: bool  # in the `offload use` choice (True when there is none)
     # Counted on this host only, as last learned (None: on the builder, or not known yet).
     slot_fallback: Fallback | None = None
+    # Its usable slots cut for its load by the hook's coordinator (None: not cut).
+    loaded: Loaded | None = None
 
     def as_json(self) -> MachineStatusJson:
         backoff: BackoffJson | None = None
@@ -92,7 +105,17 @@ class MachineStatus:
             "slot_fallback": None
             if self.slot_fallback is None
             else {"reason": self.slot_fallback.reason, "learned": self.slot_fallback.learned},
+            "loaded": None if self.loaded is None else _loaded_json(self.loaded),
         }
+
+
+def _loaded_json(loaded: Loaded) -> LoadedJson:
+    return {
+        "slots": loaded.slots,
+        "full": loaded.full,
+        "said": loaded.said,
+        "reported": loaded.reported,
+    }
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,7 @@ def pool_status(pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float
     chosen = _chosen(pool, choice)
     backoff = _backoff(places, now)
     fallbacks = load_fallbacks([place / FALLBACK_FILE for place in places])
+    loads = load_loads([place / LOADS_FILE for place in places])
     entries = [(LOCAL, LOCAL, pool.local.max_jobs)] if pool.local is not None else []
     entries += [(m.name, slot_key(m.uri), m.max_jobs) for m in pool.machines]
     machines = []
@@ -140,6 +164,7 @@ def pool_status(pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float
                 backoff.get(name),
                 chosen is None or name in chosen,
                 None if name == LOCAL else fallbacks.get(name),
+                None if name == LOCAL else loads.get(name),
             )
         )
     return PoolStatus(tuple(machines), choice, slots.directory)

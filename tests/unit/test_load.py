@@ -23,6 +23,7 @@ from offload.fleet.spec import (
 from offload.load import (
     BOOT_ID_FILE,
     LOAD1_SECONDS,
+    FollowedLoad,
     OwnLoad,
     RemoteLoad,
     adjusted_slots,
@@ -218,6 +219,23 @@ def test_own_load_rises_towards_the_builds_running_and_decays_after_them():
     assert own.value(2 * LOAD1_SECONDS) == pytest.approx(peak * math.exp(-1))
     own.change(3 * LOAD1_SECONDS, -1)  # a count never goes below none
     assert own.running == 0
+
+
+def test_a_followed_builder_says_each_change_of_its_slots_once():
+    followed = FollowedLoad(4)
+    busy = RemoteLoad(2, 4.5, 9, OTHER_BOOT)  # 2.5 cores beyond its 2: two slots go
+    assert followed.reported(busy, 0.0, BOOT) == "load 4.5 on 2 cores: 2 of 4 slots"
+    assert followed.slots == 2
+    assert followed.reported(busy, 1.0, BOOT) is None  # no change, nothing said
+    # Its own two builds there for a minute: 1.3 of the load is theirs, one slot comes back.
+    followed.own.change(1.0, +2)
+    said = followed.reported(busy, 1.0 + LOAD1_SECONDS, BOOT)
+    assert said == "load 4.5 on 2 cores (1.3 of it this run's builds): 3 of 4 slots"
+    idle = RemoteLoad(2, 0.5, 1, OTHER_BOOT)
+    assert followed.reported(idle, 2.0 + LOAD1_SECONDS, BOOT) == (
+        "load 0.5 on 2 cores (1.3 of it this run's builds): all 4 slots again"
+    )
+    assert followed.slots == 4
 
 
 def test_describe_names_load_and_cores():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from offload.config.pool import Pool
 from offload.errors import SchedulerError
-from offload.load import BOOT_ID_FILE, RemoteLoad
+from offload.load import RemoteLoad
 from offload.names import LOCAL
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import PoolMember
@@ -26,7 +26,6 @@ from offload.ui.events import Event, MachineEvent
 __all__ = [
     "RESTRICTED",
     "follow_loads",
-    "local_boot_id",
     "local_spec",
     "pool_members",
     "pool_specs",
@@ -154,11 +153,3 @@ def follow_loads(members: list[PoolMember], report: Callable[[str, RemoteLoad], 
             link.on_load = functools.partial(report, member.spec.name)
             if link.load is not None:
                 report(member.spec.name, link.load)
-
-
-def local_boot_id() -> str | None:
-    """This machine's boot id, to tell builders that share its kernel (offload.load)."""
-    try:
-        return Path(BOOT_ID_FILE).read_text().strip().lower() or None
-    except OSError:
-        return None

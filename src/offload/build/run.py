@@ -20,11 +20,12 @@ from pathlib import Path
 from offload.backoff import Health
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, Roots, load_graph
-from offload.build.members import follow_loads, local_boot_id, pool_members, tell_restricted
+from offload.build.members import follow_loads, pool_members, tell_restricted
 from offload.build.plan import estimated_plan
 from offload.build.prebuilt import fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
+from offload.load import local_boot_id
 from offload.marks import mark
 from offload.nix import result_links
 from offload.protocol.serve import BuildOptions

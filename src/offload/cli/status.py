@@ -3,9 +3,10 @@
 Per machine: slots in use (by any offload process or Nix's own hook on this host) and when the
 holders expect to be done, backoff (until when, after how many failures), whether the
 `offload use` choice in force keeps it, and a builder whose slots are counted on this host
-only (no slot lock on the builder), with why, as the last build there found. Nothing connects
-to a builder (``offload doctor`` does), so it answers at once; ``--watch`` redraws it every
-``--interval`` seconds until interrupted.
+only (no slot lock on the builder), with why, as the last build there found, and a builder
+the hook's coordinator gives fewer slots for its load, with the report that cut it. Nothing
+connects to a builder (``offload doctor`` does), so it answers at once; ``--watch`` redraws it
+every ``--interval`` seconds until interrupted.
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ def format_status(status: PoolStatus) -> str:
         f"(learned {_clock(machine.slot_fallback.learned)}): {machine.slot_fallback.reason}"
         for machine in status.machines
         if machine.slot_fallback is not None
+    ]
+    lines += [
+        f"{machine.name}: loaded (hook coordinator, reported {_clock(machine.loaded.reported)}): "
+        f"{machine.loaded.said}"
+        for machine in status.machines
+        if machine.loaded is not None
     ]
     choice = status.choice
     if choice is None:

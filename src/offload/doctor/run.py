@@ -39,7 +39,7 @@ from offload.doctor import facts
 from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
 from offload.doctor.reach import SshConfig, parse_ssh_g, port_check, resolve_check, ssh_check
 from offload.errors import OffloadError
-from offload.load import BOOT_ID_FILE, RemoteLoad
+from offload.load import RemoteLoad, local_boot_id
 from offload.process import run_async
 from offload.transport.dialect import DAEMON, dialect_of
 from offload.transport.links import BuilderFullError, MachineLink
@@ -116,13 +116,6 @@ async def examine(machine: Machine, options: DoctorOptions) -> tuple[MachineRepo
     report = MachineReport(machine.name, machine.uri, tuple(checks), time.monotonic() - started)
     facts = BuilderFacts(probe.config, probe.load) if probe is not None else BuilderFacts()
     return report, facts
-
-
-def _local_boot_id() -> str | None:
-    try:
-        return Path(BOOT_ID_FILE).read_text().strip().lower() or None
-    except OSError:
-        return None
 
 
 class _Probe:
@@ -382,7 +375,7 @@ class _Probe:
             if self.dialect is DAEMON
             else facts.trusted_check(user, groups, config, error),
             facts.disk_check(*disk),
-            facts.load_check(self.load, machine.max_jobs, _local_boot_id()),
+            facts.load_check(self.load, machine.max_jobs, local_boot_id()),
             await self._slots(link),
             facts.rtt_check(rtts),
             await self._throughput(link),

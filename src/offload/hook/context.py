@@ -24,7 +24,7 @@ from offload.config.pool import Pool, load_pool
 from offload.config.settings import NixSettings
 from offload.errors import OffloadError
 from offload.history.estimates import estimator
-from offload.hook.decide import Builder, LocalOffer
+from offload.hook.decide import Builder, LocalOffer, cut
 from offload.hook.keep import Keep
 from offload.hook.local_queue import LocalQueue
 from offload.hook.wire import HookIO, TryRequest, write_nix_json
@@ -82,8 +82,9 @@ class HookContext:
     ) -> list[Builder]:
         """The usable builders, as this host's slot locks and backoff see them; those in
         ``full`` (every slot held on the builder itself, since when if known) taken for
-        having none free."""
+        having none free, and those the coordinator found loaded with fewer slots."""
         skip, full = set(exclude), full or {}
+        loaded = self.keep.loads.slots() if self.keep.loads is not None else {}
         result = []
         for machine in self.pool.machines:
             if not machine.enabled or machine.max_jobs <= 0 or machine.name in skip:
@@ -94,7 +95,10 @@ class HookContext:
             down = health.until if health is not None and health.until > now else None
             free = 0 if machine.name in full else probe.free
             since = full.get(machine.name)
-            result.append(Builder(spec, free, probe.busy_ends, down, since))
+            builder = Builder(spec, free, probe.busy_ends, down, since)
+            if machine.name in loaded:
+                builder = cut(builder, loaded[machine.name], now)
+            result.append(builder)
         return result
 
     def local_offer(self, request: TryRequest, now: float) -> LocalOffer:

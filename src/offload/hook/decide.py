@@ -12,6 +12,11 @@ held slots (written into the slot files by offload; a slot held by Nix's stock h
 nothing and is assumed to end after a default build). Its finish adds a fixed remote overhead
 (copying inputs and outputs, a session) to ``work / speed``.
 
+A builder loaded with other people's work has fewer usable slots (``cut``: the coordinator
+follows its load, ``offload.hook.loads``): the free ones go first, then the held ones that end
+first, each of those paying for one slot cut while it was busy, as ``Policy.on_load`` has it
+for ``offload build``; so its next start is when enough of its builds have ended.
+
 A builder whose own slots are all held by other clients (on other hosts: this host's locks do
 not see them) is *full* (``Builder.full_since``, known in the coordinator,
 ``offload.hook.full``). How long others keep it is unknown, so its start is taken as
@@ -42,13 +47,14 @@ The answer:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from offload.hook.wire import Reply, TryRequest
 from offload.scheduler.policy import MachineSlotSpec, can_build, full_wait
 
-__all__ = ["Builder", "Choice", "LocalOffer", "choose", "place_queued"]
+__all__ = ["Builder", "Choice", "LocalOffer", "choose", "cut", "place_queued"]
 
 # Copying the inputs and outputs and opening a session over a warm connection: a few round
 # trips on each side (docs/BENCHMARKS.md measures about 0.1-0.3 s on loopback).
@@ -78,6 +84,23 @@ class Choice:
     expected_end: float | None = None  # wall clock: of the build where it was placed
     reason: str = ""
     waits: bool = False  # accepted for a builder whose slots are all busy: wait after accepting
+
+
+def cut(builder: Builder, slots: int, now: float, default_work: float = 10.0) -> Builder:
+    """``builder`` with only ``slots`` of its slots usable (module docstring): its slots held
+    on this host beyond that are owed, and the earliest to end pay for them."""
+    if slots >= builder.spec.slots:
+        return builder
+    held = builder.busy_ends
+    default_end = now + default_work / builder.spec.speed
+    owed = max(0, len(held) - slots)
+    ends = sorted(held, key=lambda end: default_end if end is None else max(end, now))[owed:]
+    return dataclasses.replace(
+        builder,
+        spec=dataclasses.replace(builder.spec, slots=slots),
+        free=min(builder.free, max(0, slots - len(held))),
+        busy_ends=tuple(ends),
+    )
 
 
 def _start(builder: Builder, now: float, default_end: float) -> float:

@@ -19,6 +19,8 @@ from offload.history.db import History
 from offload.hook.dispatch import Dispatch
 from offload.hook.full import FullBuilders
 from offload.hook.links import BuilderLinks
+from offload.hook.loads import HookLoads
+from offload.load import local_boot_id
 from offload.protocol.serve import StoreClient
 from offload.transport.links import LocalLink
 
@@ -31,7 +33,9 @@ _LOCAL_SESSIONS = 8
 class Keep:
     def __init__(self, state: Path, *, queue: bool = False) -> None:
         self.state = state
-        self.links = BuilderLinks(state)
+        # Builders' load, followed only by a coordinator (``offload.hook.loads`` says why).
+        self.loads = HookLoads(state, local_boot_id()) if queue else None
+        self.links = BuilderLinks(state, self.loads)
         # Accepted derivations waiting for a slot: only a coordinator can keep them (``queue``).
         self.dispatch = Dispatch() if queue else None
         # Builders full of other clients' builds, and their probes (``offload.hook.full``).
@@ -53,8 +57,15 @@ class Keep:
         async with self._local.session() as client:
             yield client
 
-    def released(self) -> None:
-        """One of our builds gave its slot back: waiting derivations may take it."""
+    def took(self, machine: str) -> None:
+        """One of our builds took a slot of ``machine`` on this host: its load is partly ours."""
+        if self.loads is not None:
+            self.loads.started(machine)
+
+    def released(self, machine: str) -> None:
+        """One of our builds gave its slot of ``machine`` back: waiting derivations may take it."""
+        if self.loads is not None:
+            self.loads.ended(machine)
         if self.dispatch is not None:
             self.dispatch.notify()
 
@@ -68,5 +79,7 @@ class Keep:
             if self._local is not None:
                 await self._local.aclose()
         finally:
+            if self.loads is not None:
+                self.loads.forget()
             if self._history is not None:
                 self._history.close()

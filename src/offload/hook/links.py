@@ -20,6 +20,10 @@ full (Nix waits for the reply); after it the coordinator's dispatch places the d
 first build session learned (slots counted there, or on this host only and why) is written to
 the state directory for ``offload status`` (``offload.slot_fallback``).
 
+In the coordinator every session start's load report goes to its ``HookLoads``
+(``offload.hook.loads``), and a change of the builder's usable slots is told in the log of the
+next build there.
+
 A builder whose key runs only the serve program (``Link.restricted``), or only ``nix-daemon
 --stdio`` for an ``ssh-ng://`` one, works the same, its slots counted on this host only; the
 first build there in this process gets one line in its log saying what offload then does
@@ -30,6 +34,7 @@ in the daemon's protocol (``offload.transport.dialect``), the rest in serve.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -38,6 +43,7 @@ from pathlib import Path
 
 from offload.config.machines import Machine
 from offload.errors import OffloadError, SshError, TransportError
+from offload.hook.loads import HookLoads
 from offload.protocol.serve import StoreClient
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
@@ -89,8 +95,9 @@ class Session:
 class BuilderLinks:
     """One ``Link`` per builder (and per ssh identity), opened on first use; see the module."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, loads: HookLoads | None = None) -> None:
         self._state = state
+        self._loads = loads  # told every session start's load report (the coordinator's)
         self._links: dict[tuple[object, ...], tuple[SharedSshTransport, Link]] = {}
         # When each idle session last finished a build, answering all the way.
         self._answered: dict[StoreClient, float] = {}
@@ -121,6 +128,10 @@ class BuilderLinks:
                 builder_slots=machine.max_jobs,
                 slot_start=transport.start,
             )
+            if self._loads is not None:
+                link.on_load = functools.partial(
+                    self._loads.reported, machine.name, machine.max_jobs
+                )
             self._links[key] = (transport, link)
         return self._links[key]
 
@@ -150,6 +161,7 @@ class BuilderLinks:
                         except OffloadError as exc:
                             raise _Stale(exc.message) from exc  # the link discards it
                     lent = True
+                    self._tell_load(machine.name, on_log)
                     if link.restricted and machine.name not in self._noted:
                         self._noted.add(machine.name)
                         program = transport.dialect.describe(machine.params)
@@ -188,6 +200,12 @@ class BuilderLinks:
         self._recorded[name] = link.slot_fallback
         with contextlib.suppress(OSError):  # status shows less; the build goes on
             record_fallbacks(self._state / FALLBACK_FILE, {name: link.slot_fallback}, time.time())
+
+    def _tell_load(self, name: str, on_log: Callable[[str], None]) -> None:
+        """A change of the builder's usable slots for its load, once, in a build's log there."""
+        said = self._loads.untold(name) if self._loads is not None else None
+        if said is not None:
+            on_log(said)
 
     def _fresh(self, client: StoreClient) -> bool:
         """Handshaken just now, or answered a whole build moments ago (so surely still

@@ -105,12 +105,14 @@ async def _slot(context: HookContext, choice: Choice) -> AsyncIterator[bool]:
     fd = context.slots.try_acquire(
         slot_key(machine.uri), machine.max_jobs, until=choice.expected_end
     )
+    if fd is not None:
+        context.keep.took(machine.name)
     try:
         yield fd is not None
     finally:
         if fd is not None:
             os.close(fd)
-            context.keep.released()
+            context.keep.released(machine.name)
 
 
 async def answer(
@@ -245,6 +247,7 @@ async def _build_where_a_slot_frees(
                 builders_full.left(name)
             waiting.clear()
             machine = context.machine(placement.machine)
+            context.keep.took(machine.name)
             try:
                 async with context.keep.links.session(machine, context.env, log) as session:
                     context.machine_ok(machine.name)
@@ -265,7 +268,7 @@ async def _build_where_a_slot_frees(
                 continue
             finally:
                 os.close(placement.fd)
-                context.keep.released()
+                context.keep.released(machine.name)
             if outcome is None:
                 return 1
             _record(context, request, machine.name, outcome)

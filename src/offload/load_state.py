@@ -1,0 +1,64 @@
+"""Builders whose slots the hook's coordinator cut for their load: ``<state>/loads.json``.
+
+The coordinator follows each builder's load as its sessions report it (``offload.hook.loads``)
+and writes each change here, so ``offload status``, which connects to nothing, can say which
+builders it gives fewer slots and why: an entry per builder cut (its usable and full slots, the
+line that said so, and when), none for a builder given all its slots back. The file is rewritten
+whole (atomically, mode 0600, in the private state directory) and only on a change, which is
+rare: a cut or a slot given back, never a report that changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from offload.state_json import latest_entries, write_state_json
+
+__all__ = ["LOADS_FILE", "Loaded", "load_loads", "record_loads"]
+
+LOADS_FILE = "loads.json"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    slots: int  # usable now
+    full: int  # the builder's slots in the machines file
+    said: str  # ``load 9.5 on 8 cores: 2 of 4 slots`` (``offload.load.describe_cut``)
+    reported: float  # wall clock
+
+
+def load_loads(paths: Sequence[Path]) -> dict[str, Loaded]:
+    """The entries of every file in ``paths`` (a builder in several: the latest reported); a
+    missing or unreadable file, or a malformed entry, is none."""
+    return latest_entries(paths, _entry, lambda loaded: loaded.reported)
+
+
+def _entry(entry: object) -> Loaded | None:
+    if not isinstance(entry, dict):
+        return None
+    slots, full, said, reported = (entry.get(k) for k in ("slots", "full", "said", "reported"))
+    if not (isinstance(slots, int) and isinstance(full, int) and 0 < slots < full):
+        return None
+    if not isinstance(said, str) or not isinstance(reported, int | float):
+        return None
+    return Loaded(slots, full, said, float(reported))
+
+
+def record_loads(path: Path, changed: Mapping[str, Loaded]) -> None:
+    """Merge ``changed`` into ``path``: a builder given all its slots back loses its entry."""
+    current = load_loads([path])
+    merged = dict(current)
+    for name, loaded in changed.items():
+        if loaded.slots >= loaded.full:
+            merged.pop(name, None)
+        else:
+            merged[name] = loaded
+    if merged == current:
+        return
+    data = {
+        name: {"slots": e.slots, "full": e.full, "said": e.said, "reported": e.reported}
+        for name, e in sorted(merged.items())
+    }
+    write_state_json(path, data)
