@@ -48,3 +48,17 @@ def test_offload_build_does_not_import_the_other_subcommands():
     loaded = done.stdout.split()
     assert "offload.cli.build" in loaded
     assert not {"offload.cli.demo", "offload.cli.doctor", "offload.cli.fleet"} & set(loaded)
+
+
+def test_offload_build_imports_neither_rich_nor_the_html_report_until_it_needs_them():
+    # A run with --json or with stderr not a terminal never draws a table or writes a report.
+    code = (
+        "import sys\n"
+        "import offload.cli.build\n"
+        "print('\\n'.join(m for m in sys.modules if m.split('.')[0] == 'rich'"
+        " or m.startswith('offload.report')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == []
