@@ -231,7 +231,15 @@ async def send_closure(
     if not wanted:
         return 0
     closure = await src.query_closure(wanted)
-    missing = await _missing(dst, closure, substitute=substitute)
+    if substitute:
+        missing = await _missing(dst, closure, substitute=True)
+    else:
+        # dst was just asked about ``wanted``: only the closure's other paths are asked about
+        # (a leaf's output, most of what a run fetches home, costs one round trip less). One
+        # made valid in dst meanwhile is skipped by its import, as is any made valid between
+        # the questions and the copy.
+        others = closure - wanted
+        missing = (closure & wanted) | (await _missing(dst, others) if others else set())
     if not missing:
         return 0
     infos = await src.query_path_infos(missing)
