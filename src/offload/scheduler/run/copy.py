@@ -1,7 +1,8 @@
 """One build copy, and copying store paths from one store to another.
 
 A build copy on a machine goes through the phases (queued ->) connecting -> sending inputs ->
-building; its outputs are fetched home afterwards if they are wanted there (``fetch_home``).
+building; its outputs are fetched home afterwards if they are wanted there (``fetch_home``,
+batched per machine by ``homeward``).
 Inputs come from the local store, else from a builder holding them, streamed through this
 process from one serve session to the other (never through a file); nothing is registered
 anywhere unless it arrived whole, and what a copy cut off mid-stream left half-written in a
