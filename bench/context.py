@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.bytecode import compiled_env
 from offload.fleet import Fleet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,4 +64,4 @@ def make_env(fleet: Fleet, work: Path) -> dict[str, str]:
     # No network here: never let either tool wait on a binary cache.
     env["NIX_CONFIG"] = "substituters =\nbuilders-use-substitutes = false\n"
     env["OFFLOAD_STATE_DIR"] = str(work / "offload-state")
-    return env
+    return compiled_env(env)  # offload as installed: no module compiled at each start

@@ -65,7 +65,8 @@ def fixed_cost_lines(results: Mapping[str, Any]) -> list[str]:
             "",
             (
                 f"Interpreter and imports alone: `offload --version` {version:.3f} s "
-                f"(a bare `python -c pass`: {python:.3f} s)."
+                f"(a bare `python -c pass`: {python:.3f} s); offload's bytecode compiled "
+                "beforehand, as an install has it (`bench/bytecode.py`)."
             ),
         ]
     for label, runs in section.get("cases", {}).items():

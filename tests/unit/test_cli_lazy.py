@@ -35,16 +35,23 @@ def test_help_version_or_no_known_subcommand_get_every_parser(argv):
     assert len(commands) == 15
 
 
-def test_offload_build_does_not_import_the_other_subcommands():
-    code = (
-        "import sys\n"
-        "from offload.cli import _parser\n"
-        "_parser(['build', 'x.nix'])\n"
-        "print('\\n'.join(m for m in sys.modules if m.startswith('offload.cli.')))\n"
-    )
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    code += "\nimport sys\nprint('\\n'.join(sys.modules))\n"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    loaded = done.stdout.split()
+    return set(done.stdout.split())
+
+
+def test_offload_build_does_not_import_the_other_subcommands():
+    loaded = _modules_after("from offload.cli import _parser\n_parser(['build', 'x.nix'])")
     assert "offload.cli.build" in loaded
-    assert not {"offload.cli.demo", "offload.cli.doctor", "offload.cli.fleet"} & set(loaded)
+    assert not {"offload.cli.demo", "offload.cli.doctor", "offload.cli.fleet"} & loaded
+
+
+def test_offload_build_imports_neither_rich_nor_the_html_report_until_it_needs_them():
+    # A run with --json or with stderr not a terminal never draws a table or writes a report.
+    loaded = _modules_after("import offload.cli.build")
+    assert "offload.cli.build" in loaded
+    assert not {m for m in loaded if m.split(".")[0] == "rich" or m.startswith("offload.report")}

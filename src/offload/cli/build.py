@@ -27,7 +27,6 @@ from offload.names import LOCAL
 from offload.nix import Installables, add_roots, instantiate, realise_again, sources
 from offload.paths import ensure_state_dir
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
-from offload.report import check_target, write_report
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
@@ -281,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
     state = ensure_state_dir()
     mark("settings")
     if args.report is not None:
+        from offload.report import check_target  # only for --report: it is not cheap
+
         check_target(args.report)  # before the run, not after it
     if args.dry_run:
         return _dry_run(evaluate(), pool, state, as_json=args.json)
@@ -308,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.json and (report.finished or machine_events):  # quiet when nothing was to do
         render_summary([*report.finished, *machine_events], sys.stderr)
     if args.report is not None:
+        from offload.report import write_report
+
         with History(state / "history.sqlite") as history:
             write_report(history, report.run_id, args.report)
     if report.failed:

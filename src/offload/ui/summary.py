@@ -20,15 +20,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import IO
-
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING
 
 from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished, RunStarted
 from offload.ui.term import format_bytes, format_duration, sanitize
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["MachineTotals", "RunSummary", "render_summary", "summarize"]
 
@@ -199,6 +197,9 @@ def render_summary(
     if rich is None:
         rich = console is not None or _isatty(stream)
     if rich:
+        # rich is imported only for a table: a run with --json or into a file never needs it.
+        from rich.console import Console
+
         _render_rich(summary, console or Console(file=stream, width=width, highlight=False))
     else:
         _render_plain(summary, stream)
@@ -269,6 +270,10 @@ def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None
 
 
 def _render_rich(summary: RunSummary, console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
     *cells, totals = summary.rows()
     for n, (name, total) in enumerate(zip(summary.columns, totals, strict=True)):

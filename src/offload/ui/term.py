@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 
-from rich.cells import cell_len, set_cell_size
-
 __all__ = [
     "PHASE_LABELS",
     "format_bytes",
@@ -72,6 +70,9 @@ def truncate(text: str, width: int, ellipsis: str = "…") -> str:
     """``text`` cut to at most ``width`` terminal cells, marked with ``ellipsis`` when cut."""
     if width <= 0:
         return ""
+    # Only the live view truncates: a run with --json or into a file does without rich.
+    from rich.cells import cell_len, set_cell_size
+
     if cell_len(text) <= width:
         return text
     room = width - cell_len(ellipsis)

@@ -6,6 +6,7 @@ Where to look:
   guesses that stand in for history (``plan_jobs``, ``size_factor``, ``InputMoves``);
 - ``executor``: the ``Executor`` and its event loop, and how a build copy's end is handled;
 - ``copy``: one build copy on one machine, and store-to-store copying (``send_closure``);
+- ``homeward``: outputs fetched home one fetch at a time per machine, in batches;
 - ``disk``: a builder's full disk read from Nix's answer, and deleting its partial outputs;
 - ``holders``: where each finished job's outputs live, and undoing jobs whose outputs were lost;
 - ``learning``: better guesses from what this run has built;

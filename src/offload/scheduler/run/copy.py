@@ -1,7 +1,8 @@
 """One build copy, and copying store paths from one store to another.
 
 A build copy on a machine goes through the phases (queued ->) connecting -> sending inputs ->
-building; its outputs are fetched home afterwards if they are wanted there (``fetch_home``).
+building; its outputs are fetched home afterwards if they are wanted there (``fetch_home``,
+batched per machine by ``homeward``).
 Inputs come from the local store, else from a builder holding them, streamed through this
 process from one serve session to the other (never through a file); nothing is registered
 anywhere unless it arrived whole, and what a copy cut off mid-stream left half-written in a
@@ -26,11 +27,12 @@ from typing import Literal, TypeGuard
 
 from offload.errors import OffloadError, ProtocolError
 from offload.names import LOCAL
-from offload.protocol.serve import BuildOptions, BuildStatus
+from offload.protocol.serve import BuildOptions, BuildStatus, PathInfo
 from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
 from offload.scheduler.run.disk import disk_full, disk_full_error, remove_partial
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import Holders, InputsGone
+from offload.scheduler.run.homeward import HomeBatches
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
 
@@ -96,6 +98,7 @@ class BuildCopies:
         # clients, and when such a waiting copy gets one.
         self.on_full = on_full
         self.on_slot = on_slot
+        self._home = HomeBatches(self._fetch)
 
     async def build(self, drv_path: str, member: PoolMember, *, speculative: bool) -> Outcome:
         started = self.wall()
@@ -210,10 +213,18 @@ class BuildCopies:
         return moved
 
     async def fetch_home(self, drv_path: str, machine: str) -> int:
+        """The outputs of ``drv_path`` made valid here (with the other builds' there that
+        end meanwhile: ``homeward``); the bytes that came for it."""
         self.events.phase(drv_path, machine, "fetching", speculative=False)
+        return await self._home.fetch(machine, drv_path, self.plan.outputs[drv_path])
+
+    async def _fetch(self, machine: str, paths: Sequence[str]) -> Sequence[PathInfo]:
         link = self.members[machine].link
         async with link.session() as src, self.local.session() as local:
-            return await send_closure(src, local, self.plan.outputs[drv_path])
+            infos = await to_copy(src, local, paths)
+            if infos:
+                await copy_paths(src, local, infos)
+            return infos
 
 
 async def send_closure(
@@ -224,18 +235,34 @@ async def send_closure(
     With ``substitute``, ``dst`` first fetches what it can from its own substituters
     (Nix's builders-use-substitutes), and only the rest is sent.
     """
+    infos = await to_copy(src, dst, paths, substitute=substitute)
+    return await copy_paths(src, dst, infos) if infos else 0
+
+
+async def to_copy(
+    src: StoreClient, dst: StoreClient, paths: Sequence[str], *, substitute: bool = False
+) -> list[PathInfo]:
+    """What ``send_closure`` copies: the paths of the closure of ``paths`` in ``src`` that
+    ``dst`` lacks, dependencies first."""
     if not paths:
-        return 0
+        return []
     # Only what dst lacks is looked up in src: the rest may be valid in dst alone.
     wanted = await _missing(dst, paths)
     if not wanted:
-        return 0
+        return []
     closure = await src.query_closure(wanted)
-    missing = await _missing(dst, closure, substitute=substitute)
+    if substitute:
+        missing = await _missing(dst, closure, substitute=True)
+    else:
+        # dst was just asked about ``wanted``: only the closure's other paths are asked about
+        # (a leaf's output, most of what a run fetches home, costs one round trip less). One
+        # made valid in dst meanwhile is skipped by its import, as is any made valid between
+        # the questions and the copy.
+        others = closure - wanted
+        missing = (closure & wanted) | (await _missing(dst, others) if others else set())
     if not missing:
-        return 0
-    infos = await src.query_path_infos(missing)
-    return await copy_paths(src, dst, topo_sort_infos(infos))
+        return []
+    return topo_sort_infos(await src.query_path_infos(missing))
 
 
 async def _missing(

@@ -1,0 +1,78 @@
+"""send_closure between two in-memory stores (the real ServeClient against FakeStore): what
+it copies, and how many questions it asks the destination."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import pytest
+
+from offload.scheduler.run import send_closure
+from offload.transport.fake import FakePath, FakeStore, store_path
+
+GUARD = 10.0  # seconds; only a guard against hangs
+
+A = store_path("a")
+B = store_path("b")  # refers to A
+LEAF = store_path("leaf")  # refers to nothing
+
+
+def _paths() -> list[FakePath]:
+    return [
+        FakePath.from_text(A, "a\n"),
+        FakePath.from_text(B, "b\n", references=[A]),
+        FakePath.from_text(LEAF, "leaf\n"),
+    ]
+
+
+def _copy(
+    src_store: FakeStore, dst_store: FakeStore, paths: list[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, list[set[str]]]:
+    """send_closure(paths); the bytes moved and each set of paths dst was asked about."""
+    asked: list[set[str]] = []
+
+    async def go() -> int:
+        async with src_store.connect() as src, dst_store.connect() as dst:
+            real = dst.query_valid_paths
+
+            async def counted(paths: Iterable[str], **kwargs: bool) -> set[str]:
+                paths = set(paths)
+                asked.append(paths)
+                return await real(paths, **kwargs)
+
+            monkeypatch.setattr(dst, "query_valid_paths", counted)
+            return await send_closure(src, dst, paths)
+
+    moved = asyncio.run(asyncio.wait_for(go(), GUARD))
+    return moved, asked
+
+
+def test_a_leaf_is_copied_after_one_question_to_the_destination(monkeypatch):
+    src, dst = FakeStore("src", _paths()), FakeStore("dst")
+    moved, asked = _copy(src, dst, [LEAF], monkeypatch)
+    assert dst.received == [LEAF]
+    assert moved == src.paths[LEAF].info().nar_size
+    assert asked == [{LEAF}]
+
+
+def test_the_closure_beyond_the_asked_paths_is_asked_about_and_only_the_missing_copied(
+    monkeypatch,
+):
+    src, dst = FakeStore("src", _paths()), FakeStore("dst", [FakePath.from_text(A, "a\n")])
+    _, asked = _copy(src, dst, [B], monkeypatch)
+    assert asked == [{B}, {A}]
+    assert dst.received == [B]
+
+
+def test_a_closure_missing_whole_is_copied_in_dependency_order(monkeypatch):
+    src, dst = FakeStore("src", _paths()), FakeStore("dst")
+    _copy(src, dst, [B, LEAF], monkeypatch)
+    assert dst.received.index(A) < dst.received.index(B)
+    assert set(dst.received) == {A, B, LEAF}
+
+
+def test_nothing_is_copied_when_the_destination_has_it(monkeypatch):
+    src, dst = FakeStore("src", _paths()), FakeStore("dst", _paths())
+    moved, asked = _copy(src, dst, [B], monkeypatch)
+    assert (moved, dst.received, asked) == (0, [], [{B}])
