@@ -309,10 +309,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.json and (report.finished or machine_events):  # quiet when nothing was to do
         render_summary([*report.finished, *machine_events], sys.stderr)
     if args.report is not None:
-        from offload.report import write_report
-
-        with History(state / "history.sqlite") as history:
-            write_report(history, report.run_id, args.report)
+        _write_report(state, report.run_id, args.report)
     if report.failed:
         _print_log_tails(BuildLogs(state / "logs"), report.failed)
         raise build_failed(report)
@@ -323,6 +320,13 @@ def run(args: argparse.Namespace) -> int:
         realise_again(graph.roots, "repair" if args.repair else "check", pool.local_env())
     _results(args, graph)
     return 0
+
+
+def _write_report(state: Path, run_id: str, target: Path) -> None:
+    from offload.report import write_report  # not cheap: imported for --report only
+
+    with History(state / "history.sqlite") as history:
+        write_report(history, run_id, target)
 
 
 def _marked(
