@@ -191,7 +191,8 @@ class JobGraph:
         return sum(self._work)
 
     def dependents(self, job_id: str) -> list[str]:
-        return [self._jobs[d].id for d in self._dependents[self._index[job_id]]]
+        jobs = self._jobs
+        return [jobs[d].id for d in self._dependents[self._index[job_id]]]
 
     def dependents_count(self, job_id: str) -> int:
         return len(self._dependents[self._index[job_id]])
@@ -231,10 +232,14 @@ class JobGraph:
         waiting = self._waiting
         state = self._state
         for d in self._dependents[i]:
-            waiting[d] -= 1
-            if waiting[d] == 0 and state[d] is _PENDING:
-                self._move(d, _READY)
+            left = waiting[d] = waiting[d] - 1
+            if left == 0 and state[d] is _PENDING:
+                state[d] = _READY  # _move, inlined: counted below
                 newly.append(self._jobs[d].id)
+        if newly:
+            counts = self._counts
+            counts[_PENDING] -= len(newly)
+            counts[_READY] += len(newly)
         return newly
 
     def mark_undone(self, job_ids: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -110,8 +110,8 @@ class Queues:
         unstarted = self.unstarted
         coming: list[tuple[float, int, str]] = []
         for d in graph.dependents(job_id):
-            unstarted[d] += delta
-            if unstarted[d] == 0 and graph.state(d) is JobState.PENDING:
+            left = unstarted[d] = unstarted[d] + delta
+            if left == 0 and graph.state(d) is JobState.PENDING:
                 key = self.key[d]
                 self._add_coming(key)
                 coming.append(key)
