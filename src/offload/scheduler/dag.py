@@ -187,6 +187,16 @@ class JobGraph:
     def graph_critical_path(self) -> float:
         return max(self._cp, default=0.0)
 
+    def longest_path(self, weights: Sequence[float]) -> float:
+        """The largest sum of ``weights`` (one per job, in the order of ``jobs()``) along a
+        chain of dependencies; 0 for an empty graph."""
+        deps = self._deps
+        end = [0.0] * len(weights)
+        get = end.__getitem__
+        for i in self._order:  # dependencies first
+            end[i] = max(map(get, deps[i]), default=0.0) + weights[i]
+        return max(end, default=0.0)
+
     def total_work(self) -> float:
         return sum(self._work)
 

@@ -70,23 +70,25 @@ class Speculation:
         """
         found: list[tuple[str, Run]] = []
         for ranked in (self.by_end, self.by_start):
-            entries = ranked.entries
             overdue_only = ranked is self.by_start
-            index = 0
-            # Entries past a removed one move up into the look: the list's end is asked anew.
-            while index < _SPECULATION_LOOKAHEAD and index < len(entries):
-                _, copy, job_id = entries[index]
+            looked = 0
+            copied: list[int] = []
+            for _, copy, job_id in ranked.entries:
+                if looked == _SPECULATION_LOOKAHEAD:
+                    break
                 job_runs = runs[job_id]
                 run = job_runs[0]
                 if run.copy != copy or len(job_runs) != 1:
-                    ranked.remove_at(index)  # copied since: never looked at again
+                    copied.append(copy)  # copied since: never looked at again
                     continue
-                index += 1
+                looked += 1
                 if run.waiting_since is not None:
                     continue  # waiting on a full builder: moved, not copied (``full``)
                 if overdue_only and run.end > now:
                     continue  # not overdue; the planned-end order covers it
                 found.append((job_id, run))
+            for copy in copied:
+                ranked.discard(copy)
         return found
 
     def decide(
