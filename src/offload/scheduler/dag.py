@@ -83,21 +83,21 @@ class JobGraph:
             index[job.id] = i
         self._index = index
         n = len(self._jobs)
-        deps: list[list[int]] = [[] for _ in range(n)]
+        deps: list[list[int]] = []
         dependents: list[list[int]] = [[] for _ in range(n)]
         for i, job in enumerate(self._jobs):
-            seen: set[int] = set()
-            for dep in job.deps:
-                j = index.get(dep)
-                if j is None:
-                    raise SchedulerError(
-                        f"job {job.id!r} depends on {dep!r}, which is not in the graph",
-                        hint="a dependency that is already built must be left out of deps",
-                    )
-                if j in seen:
-                    continue
-                seen.add(j)
-                deps[i].append(j)
+            try:
+                mine = [index[dep] for dep in job.deps]
+            except KeyError:
+                dep = next(dep for dep in job.deps if dep not in index)
+                raise SchedulerError(
+                    f"job {job.id!r} depends on {dep!r}, which is not in the graph",
+                    hint="a dependency that is already built must be left out of deps",
+                ) from None
+            if len(mine) > 1 and len(set(mine)) < len(mine):  # one named twice counts once
+                mine = list(dict.fromkeys(mine))
+            deps.append(mine)
+            for j in mine:
                 dependents[j].append(i)
         self._deps = deps
         self._dependents = dependents
