@@ -224,7 +224,13 @@ class JobGraph:
         return i
 
     def mark_started(self, job_id: str) -> None:
-        self._move(self._expect(job_id, (_READY,), "start"), _RUNNING)
+        i = self._index.get(job_id)
+        if i is None or self._state[i] is not _READY:  # the usual case without a call
+            i = self._expect(job_id, (_READY,), "start")  # raises, saying why
+        self._state[i] = _RUNNING  # _move, inlined
+        counts = self._counts
+        counts[_READY] -= 1
+        counts[_RUNNING] += 1
 
     def mark_returned(self, job_id: str) -> bool:
         """A running job goes back because its machine went away; True if it is READY again
