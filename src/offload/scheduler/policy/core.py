@@ -185,12 +185,9 @@ class Policy:
             # and head stay best, so they need no new look.
             while coming and coming[0][0] < head:
                 key = coming[0][0]
-                remaining = rnd.remaining
-                if remaining is None:
-                    remaining = self._remaining(rnd, now, -head[0])
                 # Slack to spare (more than its own work; key[0] is minus its critical path):
                 # it claims nothing.
-                if remaining + key[0] > work(key[2]):
+                if self._remaining(rnd, now, -head[0]) + key[0] > work(key[2]):
                     del coming[0]
                 else:
                     self._claim_for_coming(rnd, coming, now)
@@ -341,12 +338,8 @@ class Policy:
         """A copy of ``job_id`` ended on ``machine``: ok=True built, ok=False build failed."""
         del now  # the policy keeps no timings; history learns durations elsewhere
         runs = self._runs.get(job_id)
-        if runs is None:
-            return Finished(accepted=False)
-        for run in runs:  # mostly one: a loop, not a generator
-            if run.machine.spec.name == machine:
-                break
-        else:
+        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
+        if runs is None or run is None:
             return Finished(accepted=False)
         del self._runs[job_id]
         self._waiting.pop(job_id, None)
