@@ -156,6 +156,19 @@ def test_critical_path_matches_path_enumeration(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(5))
+def test_longest_path_with_other_weights_matches_path_enumeration(seed: int) -> None:
+    jobs = _random_jobs(seed)
+    g = JobGraph(reversed(jobs))
+    # Weights in the graph's own job order, each job's weight unlike its work.
+    weights = {j.id: (i % 4) * 1.5 for i, j in enumerate(jobs)}
+    reweighted = [Job(j.id, weights[j.id], j.deps) for j in jobs]
+    expected = max(_longest_by_enumeration(reweighted, j.id) for j in jobs)
+    assert expected != g.graph_critical_path()
+    assert g.longest_path([weights[j.id] for j in g.jobs()]) == pytest.approx(expected)
+    assert JobGraph([]).longest_path([]) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
 def test_estimate_update_equals_rebuilding(seed: int) -> None:
     jobs = _random_jobs(seed)
     g = JobGraph(jobs)

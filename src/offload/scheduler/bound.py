@@ -11,7 +11,7 @@ estimates exact, so a real run stays above it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from offload.errors import SchedulerError
 from offload.scheduler.dag import Job, JobGraph
@@ -33,7 +33,9 @@ def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSp
     # Per (system, features): the machines that can build it and the fastest one's speed,
     # found once per kind, not once per job.
     eligible: dict[tuple[str, frozenset[str]], tuple[frozenset[int], float]] = {}
-    speed: dict[str, float] = {}
+    # Each job's time at the fastest machine that can build it (0 if none can), in the
+    # order of ``graph.jobs()``.
+    seconds: list[float] = []
     work_on: dict[frozenset[int], float] = {}
     for job in graph.jobs():
         kind = (job.system, job.required_features)
@@ -44,9 +46,11 @@ def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSp
             eligible[kind] = (where, max((usable[i].speed for i in where), default=0.0))
         where, fastest = eligible[kind]
         if where:
-            speed[job.id] = fastest
+            seconds.append(job.work_estimate / fastest)
             work_on[where] = work_on.get(where, 0.0) + job.work_estimate
-    chain = _longest_chain(graph, speed)
+        else:
+            seconds.append(0.0)
+    chain = graph.longest_path(seconds)
     crowded = max(
         (
             math.fsum(w for s, w in work_on.items() if s <= where)
@@ -56,14 +60,3 @@ def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSp
         default=0.0,
     )
     return max(chain, crowded)
-
-
-def _longest_chain(graph: JobGraph, speed: Mapping[str, float]) -> float:
-    """The longest path of work / speed through the jobs that have a machine (in the graph's
-    topological order, dependencies first)."""
-    finish: dict[str, float] = {}
-    for name in graph.topological_order():
-        job = graph.job(name)
-        start = max(map(finish.__getitem__, job.deps), default=0.0)
-        finish[name] = start + (job.work_estimate / speed[name] if name in speed else 0.0)
-    return max(finish.values(), default=0.0)

@@ -83,21 +83,21 @@ class JobGraph:
             index[job.id] = i
         self._index = index
         n = len(self._jobs)
-        deps: list[list[int]] = [[] for _ in range(n)]
+        deps: list[list[int]] = []
         dependents: list[list[int]] = [[] for _ in range(n)]
         for i, job in enumerate(self._jobs):
-            seen: set[int] = set()
-            for dep in job.deps:
-                j = index.get(dep)
-                if j is None:
-                    raise SchedulerError(
-                        f"job {job.id!r} depends on {dep!r}, which is not in the graph",
-                        hint="a dependency that is already built must be left out of deps",
-                    )
-                if j in seen:
-                    continue
-                seen.add(j)
-                deps[i].append(j)
+            try:
+                mine = [index[dep] for dep in job.deps]
+            except KeyError:
+                dep = next(dep for dep in job.deps if dep not in index)
+                raise SchedulerError(
+                    f"job {job.id!r} depends on {dep!r}, which is not in the graph",
+                    hint="a dependency that is already built must be left out of deps",
+                ) from None
+            if len(mine) > 1 and len(set(mine)) < len(mine):  # one named twice counts once
+                mine = list(dict.fromkeys(mine))
+            deps.append(mine)
+            for j in mine:
                 dependents[j].append(i)
         self._deps = deps
         self._dependents = dependents
@@ -187,11 +187,22 @@ class JobGraph:
     def graph_critical_path(self) -> float:
         return max(self._cp, default=0.0)
 
+    def longest_path(self, weights: Sequence[float]) -> float:
+        """The largest sum of ``weights`` (one per job, in the order of ``jobs()``) along a
+        chain of dependencies; 0 for an empty graph."""
+        deps = self._deps
+        end = [0.0] * len(weights)
+        get = end.__getitem__
+        for i in self._order:  # dependencies first
+            end[i] = max(map(get, deps[i]), default=0.0) + weights[i]
+        return max(end, default=0.0)
+
     def total_work(self) -> float:
         return sum(self._work)
 
     def dependents(self, job_id: str) -> list[str]:
-        return [self._jobs[d].id for d in self._dependents[self._index[job_id]]]
+        jobs = self._jobs
+        return [jobs[d].id for d in self._dependents[self._index[job_id]]]
 
     def dependents_count(self, job_id: str) -> int:
         return len(self._dependents[self._index[job_id]])
@@ -213,7 +224,13 @@ class JobGraph:
         return i
 
     def mark_started(self, job_id: str) -> None:
-        self._move(self._expect(job_id, (_READY,), "start"), _RUNNING)
+        i = self._index.get(job_id)
+        if i is None or self._state[i] is not _READY:  # the usual case without a call
+            i = self._expect(job_id, (_READY,), "start")  # raises, saying why
+        self._state[i] = _RUNNING  # _move, inlined
+        counts = self._counts
+        counts[_READY] -= 1
+        counts[_RUNNING] += 1
 
     def mark_returned(self, job_id: str) -> bool:
         """A running job goes back because its machine went away; True if it is READY again
@@ -231,10 +248,14 @@ class JobGraph:
         waiting = self._waiting
         state = self._state
         for d in self._dependents[i]:
-            waiting[d] -= 1
-            if waiting[d] == 0 and state[d] is _PENDING:
-                self._move(d, _READY)
+            left = waiting[d] = waiting[d] - 1
+            if left == 0 and state[d] is _PENDING:
+                state[d] = _READY  # _move, inlined: counted below
                 newly.append(self._jobs[d].id)
+        if newly:
+            counts = self._counts
+            counts[_PENDING] -= len(newly)
+            counts[_READY] += len(newly)
         return newly
 
     def mark_undone(self, job_ids: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -309,7 +309,8 @@ class _Sim:
     def _carry_out(self, decisions: list[Decision]) -> None:
         """Start the copies the policy asked for (ending as their noisy work says) and
         remember the earliest wake-up asked for."""
-        graph = self.policy.graph
+        work = self.policy.graph.work
+        actual, factor, speeds, events = self.actual, self.factor, self.speeds, self.events
         for decision in decisions:
             if isinstance(decision, Wait):
                 if decision.until < self.next_wake:
@@ -317,18 +318,16 @@ class _Sim:
                     self._push(decision.until, _WAKE, "", "")
                 continue
             job, machine = decision.job, decision.machine
-            if self.actual is None:
-                extra = (self.factor.get(job, 1.0) - 1.0) * graph.work(job) / self.speeds[machine]
+            if actual is None:
+                extra = (factor.get(job, 1.0) - 1.0) * work(job) / speeds[machine]
             else:
-                extra = (self.actual[job] - graph.work(job)) / self.speeds[machine]
+                extra = (actual[job] - work(job)) / speeds[machine]
             end = decision.expected_finish + extra
             speculative = isinstance(decision, Speculate)
             self.speculations += speculative
-            self.active[job, machine] = (
-                self.now,
-                self._push(end, _FINISH, job, machine),
-                speculative,
-            )
+            self.seq += 1  # _push, inlined: one call fewer per start
+            heapq.heappush(events, (end, _FINISH, self.seq, job, machine))
+            self.active[job, machine] = (self.now, self.seq, speculative)
 
     def _finish(self, job: str, machine: str, event_seq: int) -> bool:
         """A copy's planned end came; False if it was cancelled or lost before."""

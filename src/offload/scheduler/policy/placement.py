@@ -38,7 +38,7 @@ from offload.scheduler.policy.costs import (
     TransferCost,
     slot_time,
 )
-from offload.scheduler.policy.pool import EligibilityClass, Machine, Tier
+from offload.scheduler.policy.pool import EligibilityClass, Machine, Tier, first_free
 
 __all__ = [
     "MAX_HOLDS_PER_ROUND",
@@ -132,7 +132,7 @@ def _past_owed(
 
 def fastest_free(group: EligibilityClass) -> Machine | None:
     """The fastest machine of ``group`` with a slot free and not claimed this round."""
-    return next((m for m in group.machines if m.up and m.free > m.claimed), None)
+    return first_free(group.tiers)
 
 
 def place_by_tier(group: EligibilityClass, work: float, now: float, ready_at: float) -> Placement:
@@ -189,7 +189,8 @@ def scan_tier(tier: Tier, now: float, duration: float) -> None:
             if t <= now:
                 overdue = True
                 late = OVERDUE_FRACTION * (now - entry[1])
-                t = now + max(late, MIN_OVERDUE)
+                # Not max(): a call costs more than the test in this loop.
+                t = now + (late if late > MIN_OVERDUE else MIN_OVERDUE)  # noqa: FURB136
         else:
             continue  # every slot withheld for other clients or cut for load (``pool``)
         if t < start:

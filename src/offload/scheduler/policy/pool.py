@@ -34,7 +34,7 @@ from offload.errors import SchedulerError
 from offload.scheduler.dag import Job
 from offload.scheduler.policy.matching import MachineSlotSpec, can_build
 
-__all__ = ["EligibilityClass", "Machine", "Pool", "Run", "Tier"]
+__all__ = ["EligibilityClass", "Machine", "Pool", "Run", "Tier", "first_free"]
 
 
 @dataclass(slots=True, eq=False)
@@ -42,6 +42,8 @@ class Machine:
     spec: MachineSlotSpec
     speed: float
     free: int
+    # The pool's machines of its speed, whatever they build (``Pool.speeds``).
+    speed_group: Tier
     # One entry per busy slot: (expected end, start, job id, copy number).
     ends: list[tuple[float, float, str, int]] = field(default_factory=list)
     classes: list[EligibilityClass] = field(default_factory=list)
@@ -116,10 +118,18 @@ class Pool:
         names = [m.name for m in machines]
         if len(set(names)) != len(names):
             raise SchedulerError("machine names must be unique: " + ", ".join(names))
-        self.machines = {m.name: Machine(m, m.speed, m.slots) for m in machines}
+        # The machines of each speed, fastest first, with their free slots on machines that
+        # are up: the fastest free machine is found without a look at the busy ones.
+        self.speeds = [
+            Tier(speed, []) for speed in sorted({m.speed for m in machines}, reverse=True)
+        ]
+        group = {g.speed: g for g in self.speeds}
+        self.machines = {m.name: Machine(m, m.speed, m.slots, group[m.speed]) for m in machines}
         self.by_speed = sorted(self.machines.values(), key=lambda m: -m.speed)
         for order, m in enumerate(self.by_speed):
             m.order = order
+            m.speed_group.machines.append(m)
+            m.speed_group.free_up += m.free
         self.free_up_total = sum(m.slots for m in machines)
         self.classes: dict[tuple[str, frozenset[str]], EligibilityClass] = {}
         # Machines backed off, until their ``down_until`` passes.
@@ -157,6 +167,7 @@ class Pool:
         heapq.heappush(m.ends, (end, now, job_id, run.copy))
         if m.up:
             self.free_up_total -= 1
+            m.speed_group.free_up -= 1
             for cls in m.classes:
                 cls.free_up -= 1
             for tier in m.tiers:
@@ -228,6 +239,7 @@ class Pool:
             _changed(m)
         if m.up:
             self.free_up_total += delta
+            m.speed_group.free_up += delta
             for cls in m.classes:
                 cls.free_up += delta
             for tier in m.tiers:
@@ -240,6 +252,7 @@ class Pool:
         _changed(m)
         delta = m.free if up else -m.free
         self.free_up_total += delta
+        m.speed_group.free_up += delta
         for cls in m.classes:
             cls.free_up += delta
         for tier in m.tiers:
@@ -257,6 +270,17 @@ class Pool:
                 if m.down_until <= now:
                     self.down.remove(m)
                     self.set_up(m, up=True)
+
+
+def first_free(tiers: list[Tier]) -> Machine | None:
+    """The first machine of ``tiers`` (fastest first) that is up with a slot free and not
+    claimed this round; a tier without a free slot on a machine that is up is passed over."""
+    for tier in tiers:
+        if tier.free_up > 0:
+            for m in tier.machines:
+                if m.up and m.free > m.claimed:
+                    return m
+    return None
 
 
 def _changed(m: Machine) -> None:

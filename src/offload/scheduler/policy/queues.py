@@ -110,8 +110,8 @@ class Queues:
         unstarted = self.unstarted
         coming: list[tuple[float, int, str]] = []
         for d in graph.dependents(job_id):
-            unstarted[d] += delta
-            if unstarted[d] == 0 and graph.state(d) is JobState.PENDING:
+            left = unstarted[d] = unstarted[d] + delta
+            if left == 0 and graph.state(d) is JobState.PENDING:
                 key = self.key[d]
                 self._add_coming(key)
                 coming.append(key)
@@ -120,17 +120,21 @@ class Queues:
     def coming_jobs(self, limit: int) -> list[Coming]:
         """Up to ``limit`` coming jobs, most critical first: (queue key, job, None), as their
         expected ready time is found only for those that claim a slot (``ready_at``)."""
-        graph = self.graph
-        listed = self.coming
+        state = self.graph.state
+        unstarted = self.unstarted
         found: list[Coming] = []
-        index = 0
-        while index < len(listed) and len(found) < limit:
-            job_id = listed[index][2]
-            if graph.state(job_id) is not JobState.PENDING or self.unstarted[job_id]:
-                self._drop_coming(job_id)  # skipped since, or a dependency went back
-                continue
-            found.append((self.key[job_id], job_id, None))
-            index += 1
+        gone: list[str] = []
+        if limit > 0:
+            for entry in self.coming:
+                job_id = entry[2]
+                if state(job_id) is not JobState.PENDING or unstarted[job_id]:
+                    gone.append(job_id)  # skipped since, or a dependency went back
+                    continue
+                found.append((self.key[job_id], job_id, None))
+                if len(found) == limit:
+                    break
+        for job_id in gone:
+            self._drop_coming(job_id)
         for key, job_id, _ in found:
             if key != self._coming_key[job_id]:  # its estimate changed: listed where it is now
                 self._drop_coming(job_id)

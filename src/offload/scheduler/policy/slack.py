@@ -39,9 +39,11 @@ def remaining_path(by_path: Ranked, runs: dict[str, list[Run]], now: float, read
         if -neg_path <= longest:
             break
         done = -math.inf
-        for r in runs[job_id]:  # mostly one: a loop, not a generator
-            done = max(done, (now - r.start) * r.machine.speed)
-        longest = max(longest, -neg_path - done)
+        for r in runs[job_id]:  # mostly one: a loop, not a generator (nor max: a call)
+            if (d := (now - r.start) * r.machine.speed) > done:
+                done = d
+        if (rest := -neg_path - done) > longest:
+            longest = rest
     return longest
 
 

@@ -25,7 +25,7 @@ from offload.scheduler.dag import JobGraph
 from offload.scheduler.policy.costs import TransferCost, slot_time
 from offload.scheduler.policy.decisions import Decision, Speculate
 from offload.scheduler.policy.placement import fastest_free
-from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
+from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run, first_free
 from offload.scheduler.policy.ranked import Ranked
 from offload.scheduler.policy.slack import ends_in_slack
 
@@ -81,21 +81,25 @@ class Speculation:
         """
         found: list[tuple[str, Run]] = []
         for ranked in (self.by_end, self.by_start):
-            entries = ranked.entries
-            index = 0
-            while index < len(entries) and index < _SPECULATION_LOOKAHEAD:
-                _, copy, job_id = entries[index]
+            overdue_only = ranked is self.by_start
+            looked = 0
+            copied: list[int] = []
+            for _, copy, job_id in ranked.entries:
+                if looked == _SPECULATION_LOOKAHEAD:
+                    break
                 job_runs = runs[job_id]
-                if len(job_runs) != 1 or job_runs[0].copy != copy:
-                    ranked.remove_at(index)  # copied since: never looked at again
-                    continue
-                index += 1
                 run = job_runs[0]
+                if run.copy != copy or len(job_runs) != 1:
+                    copied.append(copy)  # copied since: never looked at again
+                    continue
+                looked += 1
                 if run.waiting_since is not None:
                     continue  # waiting on a full builder: moved, not copied (``full``)
-                if ranked is self.by_start and run.end > now:
+                if overdue_only and run.end > now:
                     continue  # not overdue; the planned-end order covers it
                 found.append((job_id, run))
+            for copy in copied:
+                ranked.discard(copy)
         return found
 
     def decide(
@@ -119,14 +123,16 @@ class Speculation:
         # No copy can run faster than on the fastest free slot of any class: a candidate
         # that would not gain enough even there needs no look at its class.
         top = _fastest_free_speed(pool)
+        min_gain, min_ratio = rule.min_gain, rule.min_ratio
+        work_of = graph.work
         for job_id, run in self.candidates(runs, now):
             if job_id in seen or pool.free_up_total <= 0:
                 continue
             seen.add(job_id)
             old_end = run.end if run.end > now else slot_time((run.end, run.start, job_id, 0), now)
-            work = graph.work(job_id)
+            work = work_of(job_id)
             gain = old_end - (now + work / top)  # as below, for the same rounding
-            if gain <= rule.min_gain or gain <= rule.min_ratio * (old_end - now):
+            if gain <= min_gain or gain <= min_ratio * (old_end - now):
                 continue
             cls = class_of[job_id]
             if cls not in fastest:
@@ -174,4 +180,5 @@ class Speculation:
 
 def _fastest_free_speed(pool: Pool) -> float:
     """The speed of the fastest machine that is up with a slot free and not claimed."""
-    return next((m.speed for m in pool.by_speed if m.up and m.free > m.claimed), math.inf)
+    m = first_free(pool.speeds)
+    return math.inf if m is None else m.speed
