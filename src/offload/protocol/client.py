@@ -11,7 +11,9 @@ mid-request the connection is out of step with the remote and refuses further re
 NARs are never buffered whole: ``dump_store_path`` pushes chunks into a sink as they arrive and
 ``add_to_store_nar`` pulls them from a producer, so two clients can stream between two stores.
 ``add_paths`` receives many paths: runs of paths below ``IMPORT_LIMIT`` as one export stream
-(one round trip for the lot), a larger path on its own by AddToStoreNar. Given the local
+(one round trip for the lot), runs of larger ones by AddToStoreNar each, pipelined (every
+request sent before the replies are read: the remote registers one path while the next is on
+its way, with no round trip between them; each is still registered only whole). Given the local
 store's ``exporter``, the local ``nix-store`` writes those bodies (``--export``, ``--dump``)
 and ``offload.protocol.pump`` splices them into the connection: only the requests around them
 are written from here.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -224,30 +227,35 @@ class ServeClient:
         The remote checks the hash and size itself and registers nothing on a mismatch. If fewer
         or more bytes are pushed, ``ProtocolError`` is raised and the connection is unusable.
         """
+        await self.add_to_store_nars([(info, nar)], registration_time=registration_time)
+
+    async def add_to_store_nars(
+        self,
+        items: Sequence[tuple[PathInfo, NarProducer]],
+        *,
+        registration_time: int | None = None,
+    ) -> None:
+        """``add_to_store_nar`` for each path in turn, pipelined: every request is sent before
+        the replies are read, so the remote checks and registers one path while the next is
+        already on its way (the serve program reads requests one at a time, in order). Each
+        path is still registered on its own, only once its whole NAR arrived and matched."""
+        if not items:
+            return
         regtime = int(time.time()) if registration_time is None else registration_time
-        header = b"".join(
-            (
-                encode_int(Op.ADD_TO_STORE_NAR),
-                encode_str(info.path),
-                encode_str(info.deriver or ""),
-                encode_str(info.nar_hash),
-                encode_strs(sorted_paths(info.references)),
-                encode_int(regtime),
-                encode_int(info.nar_size),
-                encode_int(0),  # ultimate: the remote did not build it
-                encode_strs(sorted(set(info.sigs))),
-                encode_str(info.ca or ""),
-            )
+        what = f"AddToStoreNar of {items[0][0].path}" + (
+            f" and {len(items) - 1} more" if len(items) > 1 else ""
         )
-        async with self._request(f"AddToStoreNar of {info.path}"):
-            await self._send(header)
-            sent = await self._stream_in(nar, info.nar_size, f"the NAR of {info.path}")
-            if sent != info.nar_size:
-                msg = f"the NAR of {info.path} has {sent} bytes, narSize says {info.nar_size}"
-                raise ProtocolError(msg)
-            ack = await read_int(self._reader, "the AddToStoreNar reply")
-            if ack != 1:
-                raise ProtocolError(f"unexpected AddToStoreNar reply {ack}")
+        async with self._request(what):
+            for info, nar in items:
+                await self._send(_add_header(info, regtime))
+                sent = await self._stream_in(nar, info.nar_size, f"the NAR of {info.path}")
+                if sent != info.nar_size:
+                    msg = f"the NAR of {info.path} has {sent} bytes, narSize says {info.nar_size}"
+                    raise ProtocolError(msg)
+            for _ in items:
+                ack = await read_int(self._reader, "the AddToStoreNar reply")
+                if ack != 1:
+                    raise ProtocolError(f"unexpected AddToStoreNar reply {ack}")
 
     async def import_paths(self, export: NarProducer) -> None:
         """Send the export stream (section 3.2, final ``0`` included) pushed by ``export(sink)``."""
@@ -262,23 +270,20 @@ class ServeClient:
         self, items: Sequence[tuple[PathInfo, NarProducer]], *, exporter: Exporter | None = None
     ) -> None:
         """Register the paths, dependencies first, each NAR pushed by its producer; or, with
-        the local store's ``exporter``, written into this connection by its ``nix-store``."""
-        batch: list[tuple[PathInfo, NarProducer]] = []
+        the local store's ``exporter``, written into this connection by its ``nix-store``.
+        Consecutive small paths go as one export stream, consecutive large ones pipelined."""
         limit = SPLICED_IMPORT_LIMIT if exporter is not None else IMPORT_LIMIT
-        for item in [*items, None]:
-            if item is not None and item[0].nar_size <= limit:
-                batch.append(item)
-                continue
-            if batch:
-                paths = [info.path for info, _ in batch]
-                export = exporter.export(paths) if exporter else partial(_export_stream, batch)
+        for small, run in itertools.groupby(items, key=lambda item: item[0].nar_size <= limit):
+            group = list(run)
+            if small:
+                paths = [info.path for info, _ in group]
+                export = exporter.export(paths) if exporter else partial(_export_stream, group)
                 await self.import_paths(export)
-                batch.clear()
-            if item is not None:
-                info, nar = item
-                if exporter is not None and exporter.can_dump:
-                    nar = exporter.dump(info.path, info.nar_size)
-                await self.add_to_store_nar(info, nar)
+            elif exporter is not None and exporter.can_dump:
+                dumps = [(info, exporter.dump(info.path, info.nar_size)) for info, _ in group]
+                await self.add_to_store_nars(dumps)
+            else:
+                await self.add_to_store_nars(group)
 
     async def build_derivation(
         self,
@@ -430,6 +435,23 @@ class ServeClient:
                 # A broken log consumer must not stop the draining of stderr: the remote would
                 # block once the pipe is full.
                 logger.exception("on_log failed for %s", self.name)
+
+
+def _add_header(info: PathInfo, registration_time: int) -> bytes:
+    return b"".join(
+        (
+            encode_int(Op.ADD_TO_STORE_NAR),
+            encode_str(info.path),
+            encode_str(info.deriver or ""),
+            encode_str(info.nar_hash),
+            encode_strs(sorted_paths(info.references)),
+            encode_int(registration_time),
+            encode_int(info.nar_size),
+            encode_int(0),  # ultimate: the remote did not build it
+            encode_strs(sorted(set(info.sigs))),
+            encode_str(info.ca or ""),
+        )
+    )
 
 
 async def _export_stream(items: Sequence[tuple[PathInfo, NarProducer]], sink: Sink) -> None:
