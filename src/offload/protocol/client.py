@@ -31,7 +31,7 @@ from functools import partial
 
 from offload.errors import ProtocolError
 from offload.protocol.drv_wire import encode_basic_derivation
-from offload.protocol.export import ChildBytes, Exporter, ExportFailed
+from offload.protocol.export import ChildBytes, Exporter, ExportFailed, StartedChild
 from offload.protocol.records import (
     CLIENT_VERSION,
     EXPORT_MAGIC,
@@ -245,10 +245,17 @@ class ServeClient:
         what = f"AddToStoreNar of {items[0][0].path}" + (
             f" and {len(items) - 1} more" if len(items) > 1 else ""
         )
-        async with self._request(what):
-            for info, nar in items:
-                await self._send(_add_header(info, regtime))
-                sent = await self._stream_in(nar, info.nar_size, f"the NAR of {info.path}")
+        async with self._request(what), contextlib.AsyncExitStack() as stack:
+            # Each local nix-store child is started while the path before it is still being
+            # sent, so its start costs nothing between them; each is done with before the next.
+            ahead = await _start(stack, items[0][1])
+            for i, (info, _) in enumerate(items):
+                current, child = ahead, stack.pop_all()
+                async with child:
+                    if i + 1 < len(items):
+                        ahead = await _start(stack, items[i + 1][1])
+                    await self._send(_add_header(info, regtime))
+                    sent = await self._stream_in(current, info.nar_size, f"the NAR of {info.path}")
                 if sent != info.nar_size:
                     msg = f"the NAR of {info.path} has {sent} bytes, narSize says {info.nar_size}"
                     raise ProtocolError(msg)
@@ -336,9 +343,11 @@ class ServeClient:
         # take the minimum. The minimum is right for all of them.
         return min(self.server_version & 0xFF, CLIENT_VERSION & 0xFF)
 
-    async def _stream_in(self, producer: NarProducer, limit: int | None, what: str) -> int:
+    async def _stream_in(
+        self, producer: NarProducer | StartedChild, limit: int | None, what: str
+    ) -> int:
         """Let ``producer`` push bytes to the remote, at most ``limit``; returns how many."""
-        if isinstance(producer, ChildBytes):
+        if isinstance(producer, ChildBytes | StartedChild):
             try:
                 return await producer.pump_into(self._writer)
             except ExportFailed as exc:
@@ -435,6 +444,13 @@ class ServeClient:
                 # A broken log consumer must not stop the draining of stderr: the remote would
                 # block once the pipe is full.
                 logger.exception("on_log failed for %s", self.name)
+
+
+async def _start(stack: contextlib.AsyncExitStack, nar: NarProducer) -> NarProducer | StartedChild:
+    """A local child's bytes started on ``stack``; any other producer as it is."""
+    if isinstance(nar, ChildBytes):
+        return await stack.enter_async_context(nar.started())
+    return nar
 
 
 def _add_header(info: PathInfo, registration_time: int) -> bytes:
