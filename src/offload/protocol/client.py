@@ -102,9 +102,10 @@ _DEFAULT_OPTIONS = BuildOptions()
 # From the local store to a builder (the ``exporter``'s splice), large paths go by AddToStoreNar:
 # a 200 MiB closure of four paths took 1.17x nix-copy-closure's time by ImportPaths and 1.02x
 # by AddToStoreNar (paired medians, loaded 2-core machine); the copier deletes what a cut one
-# left there (offload.scheduler.run.copy). Into the local store (outputs fetched home) paths
-# keep the whole-or-nothing ImportPaths up to 512 MiB (and so do copies between builders):
-# nothing half-written stays here.
+# left there (offload.scheduler.run.copy). Pipelined (``add_to_store_nars``), 40 paths of 5 MiB
+# took 1.09x nix-copy-closure's time against 1.56x one request at a time (4 pairs, loaded).
+# Into the local store (outputs fetched home) paths keep the whole-or-nothing ImportPaths up to
+# 512 MiB (and so do copies between builders): nothing half-written stays here.
 IMPORT_LIMIT = 512 * 1024 * 1024
 SPLICED_IMPORT_LIMIT = 4 * 1024 * 1024
 
