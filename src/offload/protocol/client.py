@@ -41,6 +41,7 @@ from offload.protocol.records import (
     BuildResult,
     Op,
     PathInfo,
+    path_info_bytes,
     read_build_result,
     read_path_info,
     sorted_paths,
@@ -455,19 +456,10 @@ async def _start(stack: contextlib.AsyncExitStack, nar: NarProducer) -> NarProdu
 
 
 def _add_header(info: PathInfo, registration_time: int) -> bytes:
-    return b"".join(
-        (
-            encode_int(Op.ADD_TO_STORE_NAR),
-            encode_str(info.path),
-            encode_str(info.deriver or ""),
-            encode_str(info.nar_hash),
-            encode_strs(sorted_paths(info.references)),
-            encode_int(registration_time),
-            encode_int(info.nar_size),
-            encode_int(0),  # ultimate: the remote did not build it
-            encode_strs(sorted(set(info.sigs))),
-            encode_str(info.ca or ""),
-        )
+    return (
+        encode_int(Op.ADD_TO_STORE_NAR)
+        + encode_str(info.path)
+        + path_info_bytes(info, registration_time)
     )
 
 
