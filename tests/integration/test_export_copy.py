@@ -83,9 +83,13 @@ def test_local_nix_store_writes_the_nars_into_the_session(
     assert _member_hashes(fleet, paths) == _local_hashes(paths)
 
 
+@pytest.mark.parametrize("limit", [None, 1 << 20], ids=["export-stream", "add-to-store-nar"])
 def test_a_failed_export_registers_nothing_and_names_the_local_store(
-    fleet: Fleet, tmp_path: Path
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
 ) -> None:
+    if limit is not None:
+        # Pipelined: the second path's `nix-store --dump` is already running when the first fails.
+        monkeypatch.setattr(serve_client, "SPLICED_IMPORT_LIMIT", limit)
     paths = _added(tmp_path, 3 << 20, 2)
     # A nix-store whose export stops half way through the first NAR and fails.
     script = tmp_path / "nix-store-cut"
@@ -103,3 +107,27 @@ def test_a_failed_export_registers_nothing_and_names_the_local_store(
     # The member still takes the same paths whole afterwards.
     _copy(fleet, paths)
     assert _member_hashes(fleet, paths) == _local_hashes(paths)
+
+
+def test_the_next_dump_starts_while_the_last_path_is_sent(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serve_client, "SPLICED_IMPORT_LIMIT", 1 << 20)
+    first, second = sorted(_added(tmp_path, 3 << 20, 2))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # Each dump leaves a mark; the first one writes nothing until the second has started, and
+    # gives up (failing the copy) if it never does, as when dumps ran one after the other.
+    script = tmp_path / "nix-store-marked"
+    script.write_text(
+        f'#!/bin/sh\ntouch "{marks}/$(basename "$2")"\n'
+        f'if [ "$2" = {first} ]; then i=0\n'
+        f'  until [ -e "{marks}/{Path(second).name}" ]; do\n'
+        '    i=$((i + 1)); [ "$i" -lt 500 ] || { echo "error: not started ahead" >&2; exit 1; }\n'
+        "    sleep 0.01\n  done\nfi\n"
+        'exec nix-store "$@"\n'
+    )
+    script.chmod(0o755)
+    marked = dataclasses.replace(Exporter(("nix-store",), None, LOCAL), program=(str(script),))
+    _copy(fleet, [first, second], marked)
+    assert _member_hashes(fleet, [first, second]) == _local_hashes([first, second])

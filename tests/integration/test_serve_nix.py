@@ -214,6 +214,31 @@ def test_add_with_wrong_nar_hash_is_refused(host_paths: HostPaths, chroot: Path)
     run(go())
 
 
+def test_pipelined_adds_register_each_path_whole_or_not_at_all(
+    host_paths: HostPaths, chroot: Path
+) -> None:
+    """Every request is sent before any reply is read: the first path is registered, the second
+    (a wrong hash) is refused with Nix's own message, and nothing after it is registered."""
+
+    async def go() -> None:
+        async with serve() as host:
+            infos = await host.query_path_infos([host_paths.dep, host_paths.top])
+            nars = {p: await _nar_from(host, p) for p in infos}
+        dep, top = infos[host_paths.dep], infos[host_paths.top]
+        wrong = replace(top, nar_hash=hashlib.sha256(b"x").hexdigest())
+        async with serve(chroot) as remote:
+            items = [(dep, _pusher(nars[dep.path])), (wrong, _pusher(nars[top.path]))]
+            with pytest.raises(RemoteError, match="hash mismatch"):
+                await remote.add_to_store_nars(items)
+        async with serve(chroot) as remote:
+            valid = await remote.query_valid_paths([dep.path, top.path])
+            assert valid == {dep.path}
+            await remote.add_to_store_nars([(top, _pusher(nars[top.path]))])
+            assert await remote.query_valid_paths([top.path]) == {top.path}
+
+    run(go())
+
+
 def test_import_paths_export_stream(host_paths: HostPaths, chroot: Path) -> None:
     export = subprocess.run(
         ["nix-store", "--export", host_paths.dep, host_paths.top], capture_output=True, check=True

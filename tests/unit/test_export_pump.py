@@ -120,3 +120,70 @@ def test_exporter_commands_name_the_store() -> None:
     dump = exporter.dump("/nix/store/a", 42)
     assert dump.argv[-2:] == ("--dump", "/nix/store/a")
     assert dump.size == 42
+
+
+def test_a_cancelled_pump_stops_its_thread_and_leaves_the_descriptors_usable() -> None:
+    async def go() -> None:
+        with BulkPipe() as pipe:
+            dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+            try:
+                assert pipe.write_end is not None
+                os.write(pipe.write_end, b"first")
+                moving = asyncio.create_task(pump(pipe.read_end, _RawWriter(dst_w)))
+                # The splice thread moves what is there, then waits for more that never comes.
+                assert await _read_some(dst_r) == b"first"
+                moving.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await moving
+                # The thread is gone: what is written now stays in the pipe for us to read.
+                os.write(pipe.write_end, b"second")
+                assert os.read(pipe.read_end, 100) == b"second"
+            finally:
+                os.close(dst_r)
+                os.close(dst_w)
+
+    run(go())
+
+
+class _RawWriter:
+    """A writer whose transport is a bare pipe descriptor (as a session's stdin pipe)."""
+
+    def __init__(self, fd: int) -> None:
+        self.transport = _Transport(fd)
+
+    def write(self, data: bytes) -> None:
+        os.write(self.transport.fd, data)
+
+    async def drain(self) -> None:
+        return None
+
+
+class _Transport:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._limits = (0, 0)
+
+    def get_extra_info(self, key: str) -> object:
+        return os.fdopen(self.fd, "wb", closefd=False) if key == "pipe" else None
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._limits
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        self._limits = (low, high)
+
+
+async def _read_some(fd: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    return os.read(fd, 100)

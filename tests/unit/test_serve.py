@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
@@ -647,6 +648,51 @@ def test_add_to_store_nar_bad_ack() -> None:
         client, _ = await connected(u64(0))
         with pytest.raises(ProtocolError, match="unexpected AddToStoreNar reply 0"):
             await client.add_to_store_nar(_info(nar), producer)
+
+    run(go())
+
+
+def test_add_to_store_nars_sends_every_path_before_reading_a_reply() -> None:
+    nar_a, nar_b = nar_of(b"a" * 1000), nar_of(b"b")
+    info_a, info_b = _info(nar_a, A, ()), _info(nar_b, B, (A,))
+
+    async def go() -> None:
+        client, w = await connected(b"", eof=False)
+        reader = client._reader  # the server side of the test pipe
+        assert isinstance(reader, asyncio.StreamReader)
+
+        async def push_a(sink: Callable[[bytes], Awaitable[None]]) -> None:
+            await sink(nar_a)
+
+        async def push_b(sink: Callable[[bytes], Awaitable[None]]) -> None:
+            # The server answers only once both NARs are in: a client that waited for the
+            # first reply before sending the second would never get here.
+            await sink(nar_b)
+            reader.feed_data(u64(1) + u64(1))
+
+        async with asyncio.timeout(5):
+            await client.add_to_store_nars(
+                [(info_a, push_a), (info_b, push_b)], registration_time=0
+            )
+        assert bytes(w.data) == _header(info_a) + nar_a + _header(info_b) + nar_b
+        assert client.usable
+
+    run(go())
+
+
+def test_add_to_store_nars_fails_on_any_bad_reply() -> None:
+    nar_a, nar_b = nar_of(b"a"), nar_of(b"b")
+    info_a, info_b = _info(nar_a, A, ()), _info(nar_b, B, (A,))
+
+    async def push(nar: bytes, sink: Callable[[bytes], Awaitable[None]]) -> None:
+        await sink(nar)
+
+    async def go() -> None:
+        client, _ = await connected(u64(1) + u64(0))
+        items = [(info_a, partial(push, nar_a)), (info_b, partial(push, nar_b))]
+        with pytest.raises(ProtocolError, match="unexpected AddToStoreNar reply 0"):
+            await client.add_to_store_nars(items, registration_time=0)
+        assert not client.usable
 
     run(go())
 

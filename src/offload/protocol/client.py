@@ -11,7 +11,9 @@ mid-request the connection is out of step with the remote and refuses further re
 NARs are never buffered whole: ``dump_store_path`` pushes chunks into a sink as they arrive and
 ``add_to_store_nar`` pulls them from a producer, so two clients can stream between two stores.
 ``add_paths`` receives many paths: runs of paths below ``IMPORT_LIMIT`` as one export stream
-(one round trip for the lot), a larger path on its own by AddToStoreNar. Given the local
+(one round trip for the lot), runs of larger ones by AddToStoreNar each, pipelined (every
+request sent before the replies are read: the remote registers one path while the next is on
+its way, with no round trip between them; each is still registered only whole). Given the local
 store's ``exporter``, the local ``nix-store`` writes those bodies (``--export``, ``--dump``)
 and ``offload.protocol.pump`` splices them into the connection: only the requests around them
 are written from here.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -28,7 +31,7 @@ from functools import partial
 
 from offload.errors import ProtocolError
 from offload.protocol.drv_wire import encode_basic_derivation
-from offload.protocol.export import ChildBytes, Exporter, ExportFailed
+from offload.protocol.export import ChildBytes, Exporter, ExportFailed, StartedChild
 from offload.protocol.records import (
     CLIENT_VERSION,
     EXPORT_MAGIC,
@@ -38,6 +41,7 @@ from offload.protocol.records import (
     BuildResult,
     Op,
     PathInfo,
+    path_info_bytes,
     read_build_result,
     read_path_info,
     sorted_paths,
@@ -99,9 +103,10 @@ _DEFAULT_OPTIONS = BuildOptions()
 # From the local store to a builder (the ``exporter``'s splice), large paths go by AddToStoreNar:
 # a 200 MiB closure of four paths took 1.17x nix-copy-closure's time by ImportPaths and 1.02x
 # by AddToStoreNar (paired medians, loaded 2-core machine); the copier deletes what a cut one
-# left there (offload.scheduler.run.copy). Into the local store (outputs fetched home) paths
-# keep the whole-or-nothing ImportPaths up to 512 MiB (and so do copies between builders):
-# nothing half-written stays here.
+# left there (offload.scheduler.run.copy). Pipelined (``add_to_store_nars``), 40 paths of 5 MiB
+# took 1.09x nix-copy-closure's time against 1.56x one request at a time (4 pairs, loaded).
+# Into the local store (outputs fetched home) paths keep the whole-or-nothing ImportPaths up to
+# 512 MiB (and so do copies between builders): nothing half-written stays here.
 IMPORT_LIMIT = 512 * 1024 * 1024
 SPLICED_IMPORT_LIMIT = 4 * 1024 * 1024
 
@@ -224,30 +229,42 @@ class ServeClient:
         The remote checks the hash and size itself and registers nothing on a mismatch. If fewer
         or more bytes are pushed, ``ProtocolError`` is raised and the connection is unusable.
         """
+        await self.add_to_store_nars([(info, nar)], registration_time=registration_time)
+
+    async def add_to_store_nars(
+        self,
+        items: Sequence[tuple[PathInfo, NarProducer]],
+        *,
+        registration_time: int | None = None,
+    ) -> None:
+        """``add_to_store_nar`` for each path in turn, pipelined: every request is sent before
+        the replies are read, so the remote checks and registers one path while the next is
+        already on its way (the serve program reads requests one at a time, in order). Each
+        path is still registered on its own, only once its whole NAR arrived and matched."""
+        if not items:
+            return
         regtime = int(time.time()) if registration_time is None else registration_time
-        header = b"".join(
-            (
-                encode_int(Op.ADD_TO_STORE_NAR),
-                encode_str(info.path),
-                encode_str(info.deriver or ""),
-                encode_str(info.nar_hash),
-                encode_strs(sorted_paths(info.references)),
-                encode_int(regtime),
-                encode_int(info.nar_size),
-                encode_int(0),  # ultimate: the remote did not build it
-                encode_strs(sorted(set(info.sigs))),
-                encode_str(info.ca or ""),
-            )
+        what = f"AddToStoreNar of {items[0][0].path}" + (
+            f" and {len(items) - 1} more" if len(items) > 1 else ""
         )
-        async with self._request(f"AddToStoreNar of {info.path}"):
-            await self._send(header)
-            sent = await self._stream_in(nar, info.nar_size, f"the NAR of {info.path}")
-            if sent != info.nar_size:
-                msg = f"the NAR of {info.path} has {sent} bytes, narSize says {info.nar_size}"
-                raise ProtocolError(msg)
-            ack = await read_int(self._reader, "the AddToStoreNar reply")
-            if ack != 1:
-                raise ProtocolError(f"unexpected AddToStoreNar reply {ack}")
+        async with self._request(what), contextlib.AsyncExitStack() as stack:
+            # Each local nix-store child is started while the path before it is still being
+            # sent, so its start costs nothing between them; each is done with before the next.
+            ahead = await _start(stack, items[0][1])
+            for i, (info, _) in enumerate(items):
+                current, child = ahead, stack.pop_all()
+                async with child:
+                    if i + 1 < len(items):
+                        ahead = await _start(stack, items[i + 1][1])
+                    await self._send(_add_header(info, regtime))
+                    sent = await self._stream_in(current, info.nar_size, f"the NAR of {info.path}")
+                if sent != info.nar_size:
+                    msg = f"the NAR of {info.path} has {sent} bytes, narSize says {info.nar_size}"
+                    raise ProtocolError(msg)
+            for _ in items:
+                ack = await read_int(self._reader, "the AddToStoreNar reply")
+                if ack != 1:
+                    raise ProtocolError(f"unexpected AddToStoreNar reply {ack}")
 
     async def import_paths(self, export: NarProducer) -> None:
         """Send the export stream (section 3.2, final ``0`` included) pushed by ``export(sink)``."""
@@ -262,23 +279,20 @@ class ServeClient:
         self, items: Sequence[tuple[PathInfo, NarProducer]], *, exporter: Exporter | None = None
     ) -> None:
         """Register the paths, dependencies first, each NAR pushed by its producer; or, with
-        the local store's ``exporter``, written into this connection by its ``nix-store``."""
-        batch: list[tuple[PathInfo, NarProducer]] = []
+        the local store's ``exporter``, written into this connection by its ``nix-store``.
+        Consecutive small paths go as one export stream, consecutive large ones pipelined."""
         limit = SPLICED_IMPORT_LIMIT if exporter is not None else IMPORT_LIMIT
-        for item in [*items, None]:
-            if item is not None and item[0].nar_size <= limit:
-                batch.append(item)
-                continue
-            if batch:
-                paths = [info.path for info, _ in batch]
-                export = exporter.export(paths) if exporter else partial(_export_stream, batch)
+        for small, run in itertools.groupby(items, key=lambda item: item[0].nar_size <= limit):
+            group = list(run)
+            if small:
+                paths = [info.path for info, _ in group]
+                export = exporter.export(paths) if exporter else partial(_export_stream, group)
                 await self.import_paths(export)
-                batch.clear()
-            if item is not None:
-                info, nar = item
-                if exporter is not None and exporter.can_dump:
-                    nar = exporter.dump(info.path, info.nar_size)
-                await self.add_to_store_nar(info, nar)
+            elif exporter is not None and exporter.can_dump:
+                dumps = [(info, exporter.dump(info.path, info.nar_size)) for info, _ in group]
+                await self.add_to_store_nars(dumps)
+            else:
+                await self.add_to_store_nars(group)
 
     async def build_derivation(
         self,
@@ -331,9 +345,11 @@ class ServeClient:
         # take the minimum. The minimum is right for all of them.
         return min(self.server_version & 0xFF, CLIENT_VERSION & 0xFF)
 
-    async def _stream_in(self, producer: NarProducer, limit: int | None, what: str) -> int:
+    async def _stream_in(
+        self, producer: NarProducer | StartedChild, limit: int | None, what: str
+    ) -> int:
         """Let ``producer`` push bytes to the remote, at most ``limit``; returns how many."""
-        if isinstance(producer, ChildBytes):
+        if isinstance(producer, ChildBytes | StartedChild):
             try:
                 return await producer.pump_into(self._writer)
             except ExportFailed as exc:
@@ -430,6 +446,21 @@ class ServeClient:
                 # A broken log consumer must not stop the draining of stderr: the remote would
                 # block once the pipe is full.
                 logger.exception("on_log failed for %s", self.name)
+
+
+async def _start(stack: contextlib.AsyncExitStack, nar: NarProducer) -> NarProducer | StartedChild:
+    """A local child's bytes started on ``stack``; any other producer as it is."""
+    if isinstance(nar, ChildBytes):
+        return await stack.enter_async_context(nar.started())
+    return nar
+
+
+def _add_header(info: PathInfo, registration_time: int) -> bytes:
+    return (
+        encode_int(Op.ADD_TO_STORE_NAR)
+        + encode_str(info.path)
+        + path_info_bytes(info, registration_time)
+    )
 
 
 async def _export_stream(items: Sequence[tuple[PathInfo, NarProducer]], sink: Sink) -> None:

@@ -7,6 +7,8 @@ first, the final ``0``), and ``nix-store --dump P`` exactly the NAR AddToStoreNa
 a ``ChildBytes``: the receiving client moves the child's output into its connection by
 ``offload.protocol.pump`` (``pump_into``, spliced by the kernel), writing only its own framing;
 any other consumer may call it as a plain ``NarProducer`` (the bytes then pass through here).
+A receiver that sends several may start the next child (``started``: a ``StartedChild``) while
+it still sends the last: the child writes into its pipe until the pipe is full, then waits.
 
 ``nix-store --export`` checks every NAR against the hash the store recorded for it and fails
 if it differs, as Nix's own copy does. A child that fails, or whose output is not exactly the
@@ -20,14 +22,14 @@ import asyncio
 import contextlib
 import os
 import shlex
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from offload.errors import ProtocolError
 from offload.process import spawn
 from offload.protocol.pump import CHUNK, BulkPipe, PumpTarget, pump, wait_fd
 
-__all__ = ["ChildBytes", "ExportFailed", "Exporter"]
+__all__ = ["ChildBytes", "ExportFailed", "Exporter", "StartedChild"]
 
 Sink = Callable[[bytes], Awaitable[None]]
 # How much of a failing child's stderr is kept for its error.
@@ -72,7 +74,8 @@ class ChildBytes:
 
         ``OSError`` from ``writer`` passes unchanged; the child's failures are ``ExportFailed``.
         """
-        return await self._run(lambda src: pump(src, writer, self.size))
+        async with self.started() as child:
+            return await child.pump_into(writer)
 
     async def __call__(self, sink: Sink) -> None:
         async def chunks(src: int) -> int:
@@ -90,28 +93,27 @@ class ChildBytes:
                 moved += len(data)
             return moved
 
-        await self._run(chunks)
+        async with self.started() as child:
+            await child.finish(chunks)
 
-    async def _run(self, move: Callable[[int], Awaitable[int]]) -> int:
+    @contextlib.asynccontextmanager
+    async def started(self) -> AsyncIterator[StartedChild]:
+        """The child started now, its output waiting in its pipe until it is moved (a full
+        pipe holds it up); stopped on exit if it was not moved to its end."""
         with BulkPipe() as pipe:
-            src = pipe.read_end
             async with spawn(self.argv, env=self.env, stdin=False, stdout=pipe.write_end) as proc:
                 assert proc.stderr is not None
                 pipe.release_write()  # the child holds it now: its exit is our end of stream
                 errors = asyncio.get_running_loop().create_task(proc.stderr.read())
                 try:
-                    moved = await move(src)
-                    extra = await _excess(src) if self.size is not None else False
-                    code = await proc.wait()
-                    stderr = await errors
+                    yield StartedChild(self, pipe.read_end, proc, errors)
                 finally:
                     if not errors.done():
                         errors.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await errors
-        return self._checked(moved, extra, code, stderr)
 
-    def _checked(self, moved: int, extra: bool, code: int, stderr: bytes) -> int:
+    def checked(self, moved: int, extra: bool, code: int, stderr: bytes) -> int:
         command = shlex.join(self.argv[:3]) + (" ..." if len(self.argv) > 3 else "")
         if code != 0:
             text = stderr[-_STDERR_KEEP:].decode(errors="replace").strip().splitlines()
@@ -139,3 +141,25 @@ async def _excess(src: int) -> bool:
             return bool(_read(src, 1))
         except BlockingIOError:
             await wait_fd(src, write=False)
+
+
+@dataclass(frozen=True)
+class StartedChild:
+    """A running ``ChildBytes`` child: ``src`` is its pipe's read end."""
+
+    spec: ChildBytes
+    src: int
+    proc: asyncio.subprocess.Process
+    errors: asyncio.Task[bytes]
+
+    async def pump_into(self, writer: PumpTarget) -> int:
+        """As ``ChildBytes.pump_into``, for a child already running."""
+        return await self.finish(lambda src: pump(src, writer, self.spec.size))
+
+    async def finish(self, move: Callable[[int], Awaitable[int]]) -> int:
+        """Move its output with ``move``, wait for it to exit; the bytes moved, or its failure."""
+        moved = await move(self.src)
+        extra = await _excess(self.src) if self.spec.size is not None else False
+        code = await self.proc.wait()
+        stderr = await self.errors
+        return self.spec.checked(moved, extra, code, stderr)

@@ -3,7 +3,8 @@
 The model: a child process (``nix-store --export``, ``--dump``) writes into a pipe whose read
 end is ``src``; ``pump`` moves what it writes, up to its end or ``limit`` bytes, into a
 connection's sending half. When that half is a pipe or socket of an asyncio transport, the
-bytes go by ``splice(2)``: the kernel moves pipe pages, nothing is copied into this process.
+bytes go by ``splice(2)``: the kernel moves pipe pages, nothing is copied into this process,
+and the waits between splices happen in a worker thread, off the event loop.
 The transport's own buffer is flushed first and nothing else writes meanwhile (callers hold
 the connection's request lock), so the bytes stay in order. Any other writer (a wrapper that
 counts, in-memory pipes in tests) gets them by ``read``/``write`` instead.
@@ -19,6 +20,8 @@ import contextlib
 import fcntl
 import os
 import select
+import threading
+from collections.abc import Callable
 from typing import Any, Protocol, Self
 
 __all__ = ["CHUNK", "BulkPipe", "PumpTarget", "pump", "wait_fd"]
@@ -107,6 +110,53 @@ async def _flush(writer: PumpTarget) -> None:
 
 
 async def _splice(src: int, dst: int, limit: int | None) -> int:
+    """``_splice_loop`` in a worker thread: waiting for either end costs a ``poll`` there, not a
+    turn of the event loop (ssh reads its stdin 32 KiB at a time: thousands of waits for a
+    200 MiB closure, which through the loop cost a quarter of a core). Cancelling wakes the
+    thread and waits for it, so nothing touches the descriptors once this returns."""
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        moving = _in_thread(_splice_loop, src, dst, limit, wake_r)
+        try:
+            return await asyncio.shield(moving)
+        except asyncio.CancelledError:
+            os.write(wake_w, b"x")
+            while not moving.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([moving])
+            raise
+    finally:
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _in_thread(work: Callable[..., int], *args: int | None) -> asyncio.Future[int]:
+    """``work(*args)`` in a thread of its own: a copy may last minutes, and must hold no
+    thread of the loop's default executor that other work waits for."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    def settle(result: int | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result or 0)
+
+    def run() -> None:
+        try:
+            result = work(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="offload-splice", daemon=True).start()
+    return done
+
+
+def _splice_loop(src: int, dst: int, limit: int | None, wake: int) -> int:
     moved = 0
     flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
     while limit is None or moved < limit:
@@ -115,10 +165,14 @@ async def _splice(src: int, dst: int, limit: int | None) -> int:
             n = os.splice(src, dst, want, flags=flags)
         except BlockingIOError:
             # Either the child has not written yet or the connection is full: wait for that one.
+            poller = select.poll()
             if _ready(src, select.POLLIN):
-                await wait_fd(dst, write=True)
+                poller.register(dst, select.POLLOUT)
             else:
-                await wait_fd(src, write=False)
+                poller.register(src, select.POLLIN)
+            poller.register(wake, select.POLLIN)
+            if any(fd == wake for fd, _ in poller.poll()):
+                break  # cancelled
             continue
         if n == 0:
             break

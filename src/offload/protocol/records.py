@@ -10,13 +10,22 @@ version, so the readers here take it as an argument.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from offload.errors import ProtocolError
 from offload.protocol.stderr import strip_ansi
-from offload.protocol.wire import ByteReader, encode_int, read_int, read_str, read_strs
+from offload.protocol.wire import (
+    ByteReader,
+    encode_int,
+    encode_str,
+    encode_strs,
+    read_int,
+    read_str,
+    read_strs,
+)
 
 __all__ = [
     "CLIENT_VERSION",
@@ -29,6 +38,7 @@ __all__ = [
     "Op",
     "PathInfo",
     "parse_realisation",
+    "path_info_bytes",
     "read_build_result",
     "read_built_outputs",
     "read_path_info",
@@ -246,3 +256,20 @@ def parse_realisation(drv_output: str, realisation: str, store_dir: str) -> tupl
         raise ProtocolError(f"malformed realisation for {drv_output!r}")
     # 2.8 writes the base name only; later versions may write the full path.
     return name, out_path if out_path.startswith("/") else f"{store_dir}/{out_path}"
+
+
+def path_info_bytes(info: PathInfo, registration_time: int | None) -> bytes:
+    """A ValidPathInfo without its path, as AddToStoreNar and AddMultipleToStore send it."""
+    regtime = int(time.time()) if registration_time is None else registration_time
+    return b"".join(
+        (
+            encode_str(info.deriver or ""),
+            encode_str(info.nar_hash),
+            encode_strs(sorted_paths(info.references)),
+            encode_int(regtime),
+            encode_int(info.nar_size),
+            encode_int(0),  # ultimate: the receiving store did not build it
+            encode_strs(sorted(set(info.sigs))),
+            encode_str(info.ca or ""),
+        )
+    )

@@ -24,7 +24,13 @@ from offload.errors import DaemonError, ProtocolError
 from offload.protocol.client import NarProducer, Sink
 from offload.protocol.drv_wire import encode_basic_derivation
 from offload.protocol.export import Exporter
-from offload.protocol.records import BuildOptions, BuildResult, PathInfo, sorted_paths
+from offload.protocol.records import (
+    BuildOptions,
+    BuildResult,
+    PathInfo,
+    path_info_bytes,
+    sorted_paths,
+)
 from offload.protocol.trust import is_untrusted, untrusted_hint, untrusted_message
 from offload.protocol.wire import (
     ByteReader,
@@ -38,7 +44,7 @@ from offload.protocol.wire import (
     read_strs,
 )
 from offload.protocol.worker.frames import BuildEvents, Event, Events, read_frames
-from offload.protocol.worker.nars import SizeMismatch, exact_nar, path_info_bytes
+from offload.protocol.worker.nars import SizeMismatch, exact_nar
 from offload.protocol.worker.records import (
     CLIENT_VERSION,
     MIN_DAEMON_MINOR,

@@ -7,35 +7,15 @@ says: bytes past it would be read by the daemon as the next request.
 
 from __future__ import annotations
 
-import time
-
 from offload.errors import ProtocolError
 from offload.protocol.client import NarProducer, Sink
-from offload.protocol.records import PathInfo, sorted_paths
-from offload.protocol.wire import encode_int, encode_str, encode_strs
+from offload.protocol.records import PathInfo
 
-__all__ = ["SizeMismatch", "exact_nar", "path_info_bytes"]
+__all__ = ["SizeMismatch", "exact_nar"]
 
 
 class SizeMismatch(ProtocolError):
     """A producer pushed more or fewer bytes than the narSize announced."""
-
-
-def path_info_bytes(info: PathInfo, registration_time: int | None) -> bytes:
-    """A ValidPathInfo without its path, as AddToStoreNar and AddMultipleToStore send it."""
-    regtime = int(time.time()) if registration_time is None else registration_time
-    return b"".join(
-        (
-            encode_str(info.deriver or ""),
-            encode_str(info.nar_hash),
-            encode_strs(sorted_paths(info.references)),
-            encode_int(regtime),
-            encode_int(info.nar_size),
-            encode_int(0),  # ultimate: the daemon did not build it
-            encode_strs(sorted(set(info.sigs))),
-            encode_str(info.ca or ""),
-        )
-    )
 
 
 def exact_nar(nar: NarProducer, info: PathInfo) -> NarProducer:
