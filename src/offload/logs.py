@@ -18,7 +18,10 @@ and together they take at most ``max_bytes`` (default 1 GiB). Logs still being w
 A run's recorder (``for_nix``) also copies each finished remote build's log where Nix keeps
 logs (``nix_log_path``: bzip2 under ``$NIX_LOG_DIR/drvs``), so `nix log` and `nix-store -l`
 find it as they find the log of a build Nix's own hook sent away; builds on this machine are
-logged there by the local Nix itself. Not root (the directory is not ours): not copied.
+logged there by the local Nix itself. Not root (the directory is not ours): not copied. The
+copy (read, compress, write, rename) is made by one thread of the recorder's, in the order the
+builds finished, so the run's event loop never waits on the disk for it; ``close`` waits for
+the last one, so every copy is there once the run is over.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import bz2
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -226,6 +230,8 @@ class LogRecorder:
         self._logs = logs
         self._for_nix = for_nix
         self._writers: dict[tuple[str, str], BuildLogWriter] = {}
+        self._keeper: ThreadPoolExecutor | None = None  # started by the first copy for Nix
+        self._kept: list[Future[bool]] = []
 
     def write(self, drv_path: str, machine: str, line: str) -> None:
         self._writer(drv_path, machine).write(line)
@@ -238,12 +244,26 @@ class LogRecorder:
             if writer is not None:
                 writer.close()
                 if self._for_nix and event.status in ("built", "failed"):
-                    keep_for_nix(event.drv_path, event.machine, writer.path)
+                    self._keep(event.drv_path, event.machine, writer.path)
+
+    def _keep(self, drv_path: str, machine: str, text: Path) -> None:
+        if machine == LOCAL:
+            return
+        if self._keeper is None:
+            self._keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nix-logs")
+        # keep_for_nix never raises for the disk (False); anything else is a bug, shown at close.
+        self._kept.append(self._keeper.submit(keep_for_nix, drv_path, machine, text))
 
     def close(self) -> None:
         writers, self._writers = list(self._writers.values()), {}
         for writer in writers:
             writer.close()
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.shutdown(wait=True)
+        kept, self._kept = self._kept, []
+        for copy in kept:
+            copy.result()
 
     def _writer(self, drv_path: str, machine: str) -> BuildLogWriter:
         key = (drv_path, machine)
