@@ -5,40 +5,21 @@ connection each; those nobody takes are closed; host keys are checked as on any 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 from offload.errors import SshError
 from offload.fleet import Fleet
 from offload.transport.links import MachineLink, early
-from tests.helpers.fleets import fleet_machine
-
-
-def _established(port: int) -> int:
-    """Established TCP connections to 127.0.0.1:port (client side), from /proc/net/tcp."""
-    want = f"0100007F:{port:04X}"
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for line in lines if line.split()[2] == want and line.split()[3] == "01")
-
-
-def _ssh_using(control_dir: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if str(control_dir).encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-    return pids
+from tests.helpers.fleets import established, fleet_machine, ssh_using
 
 
 def test_a_link_takes_over_the_master_started_early_and_the_rest_are_closed(fleet: Fleet) -> None:
     env = fleet.env()
     fast, medium = fleet_machine(fleet, "fast"), fleet_machine(fleet, "medium")
     port = fleet.member("fast").port
-    before = _established(port)
+    before = established(port)
 
     async def go() -> None:
         try:
@@ -51,7 +32,7 @@ def test_a_link_takes_over_the_master_started_early_and_the_rest_are_closed(flee
             async with MachineLink.from_machine(fast, env=env, transport=taken) as link:
                 assert link.ssh is taken
                 assert await link.query_valid([]) == set()
-                assert _established(port) - before == 1  # its one connection: no second
+                assert established(port) - before == 1  # its one connection: no second
                 left = early.claim(medium, env=env)
                 assert left is not None
                 early._STARTED[medium, left._connect_timeout] = (left._env, left)  # put back
@@ -59,7 +40,7 @@ def test_a_link_takes_over_the_master_started_early_and_the_rest_are_closed(flee
                 assert control is not None
                 await early.close_unclaimed()
                 assert not control.parent.exists()
-                assert _ssh_using(control.parent) == []
+                assert ssh_using(control.parent) == []
                 assert early.claim(medium, env=env) is None
             assert taken.control_path is None
         finally:
