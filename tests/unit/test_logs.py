@@ -180,6 +180,16 @@ def test_a_runs_recorder_leaves_each_remote_log_where_nix_reads_it_once_closed(
     assert not nix_log_path(OTHER).exists()  # the local Nix logged its own build
 
 
+def test_a_recorder_that_cannot_write_says_so_when_closed(tmp_path: Path) -> None:
+    blocked = tmp_path / "logs"
+    blocked.write_text("")  # a file where the log directory would go
+    recorder = BuildLogs(blocked).recorder()
+    recorder.write(DRV, "fast", "a line")  # the disk is the recorder's thread's to wait on
+    with pytest.raises(OffloadError, match="cannot write build logs in") as info:
+        recorder.close()
+    assert info.value.hint
+
+
 # --- offload log -------------------------------------------------------------------------------
 
 

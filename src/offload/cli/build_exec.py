@@ -198,8 +198,10 @@ def execute(
             mark("closed")
             emit(Timing(taken(), time.time()))
         finally:
-            recorder.close()
-            close()
+            try:
+                recorder.close()
+            finally:
+                close()
         _record(history, remember, report, graph, pool)
     save_backoff(state / "backoff.json", report.health, time.time())
     return report, graph

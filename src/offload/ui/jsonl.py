@@ -26,26 +26,28 @@ class JsonRenderer:
     def __init__(self, stream: TextIO, *, print_logs: bool) -> None:
         self._stream = stream
         self._print_logs = print_logs
-        self._flushing = False  # a flush is due at the end of the loop's current step
+        # Lines held until the end of the loop's current step (the stream may write through:
+        # PYTHONUNBUFFERED makes every write to stdout a system call of its own).
+        self._pending: list[str] = []
 
     def handle(self, event: Event) -> None:
         if isinstance(event, JobLog) and not self._print_logs:
             return
-        self._stream.write(json.dumps(event_dict(event)) + "\n")
-        if self._flushing:
-            return
+        self._pending.append(json.dumps(event_dict(event)) + "\n")
+        if len(self._pending) > 1:
+            return  # the flush is due already
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._stream.flush()
+            self._flush()
             return
-        self._flushing = True
         loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._flushing = False
+        lines, self._pending = self._pending, []
+        if lines:
+            self._stream.write("".join(lines))
         self._stream.flush()
 
     def close(self) -> None:
-        self._flushing = False
-        self._stream.flush()
+        self._flush()
