@@ -3,9 +3,10 @@
 A run is split by the marks offload itself reports (its ``--json`` ``timing`` event, see
 ``offload.marks``) and its job events, between the outside start of the process and its exit:
 
-- ``interpreter``: process start to "imported" (Python, offload's imports, the parser);
+- ``interpreter``: process start to "imported" (Python, the parser and what it imports);
 - ``settings``: to "settings" (nix.conf, the machines file, the state directory);
-- ``evaluation``: to "evaluated" (nix-instantiate, while the builders' sessions open);
+- ``evaluation``: to "evaluated" (the rest of offload build's imports, while the builders' ssh
+  masters connect, then nix-instantiate, while their sessions open);
 - ``handshakes``: to "answered" (builders still connecting once the evaluation is done);
 - ``graph``: to "graph" (reading the derivations); ``plan``: to "planned" (what exists, estimates);
 - ``first set-up``: to the first build's "building" mark (a session with a slot, the upload);

@@ -27,6 +27,7 @@ import bz2
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -220,18 +221,60 @@ class LogRecorder:
     ``Renderer``), it opens the file when the build starts, so a silent build still leaves an
     (empty) log, and closes it when the job finishes, so a retry on the same machine gets a
     file of its own. ``close`` closes whatever is still open.
+
+    The files are created, written, closed and copied for Nix by one thread of the recorder's,
+    in the order it was told of them, so a run's event loop never waits on the disk (creating
+    a file in a directory of thousands, under a busy store, is a journal transaction). ``close``
+    waits for all of it and raises the first error met there, if any (``OffloadError`` for the
+    disk's).
     """
 
     def __init__(self, logs: BuildLogs, *, for_nix: bool = False) -> None:
         self._logs = logs
         self._for_nix = for_nix
-        self._writers: dict[tuple[str, str], BuildLogWriter] = {}
+        self._writers: dict[tuple[str, str], BuildLogWriter] = {}  # the thread's alone
+        self._thread: ThreadPoolExecutor | None = None  # started by the first thing to do
+        self._errors: list[BaseException] = []
 
     def write(self, drv_path: str, machine: str, line: str) -> None:
-        self._writer(drv_path, machine).write(line)
+        self._later(self._write, drv_path, machine, line)
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, JobPhase) and event.phase == "building":
+        if (isinstance(event, JobPhase) and event.phase == "building") or isinstance(
+            event, JobFinished
+        ):
+            self._later(self._handle, event)
+
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.submit(self._close_all)
+            thread.shutdown(wait=True)
+        errors, self._errors = self._errors, []
+        if errors and isinstance(errors[0], OSError):
+            raise OffloadError(
+                f"cannot write build logs in {self._logs.root}: {errors[0]}",
+                hint="the state directory must be writable and have room",
+            ) from errors[0]
+        if errors:
+            raise errors[0]
+
+    def _later(self, work: Callable[..., None], *args: object) -> None:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build-logs")
+        self._thread.submit(self._guarded, work, *args)
+
+    def _guarded(self, work: Callable[..., None], *args: object) -> None:
+        try:
+            work(*args)
+        except Exception as exc:  # noqa: BLE001 - raised by close, in the run's thread
+            self._errors.append(exc)
+
+    def _write(self, drv_path: str, machine: str, line: str) -> None:
+        self._writer(drv_path, machine).write(line)
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, JobPhase):
             self._writer(event.drv_path, event.machine)
         elif isinstance(event, JobFinished):
             writer = self._writers.pop((event.drv_path, event.machine), None)
@@ -240,7 +283,7 @@ class LogRecorder:
                 if self._for_nix and event.status in ("built", "failed"):
                     keep_for_nix(event.drv_path, event.machine, writer.path)
 
-    def close(self) -> None:
+    def _close_all(self) -> None:
         writers, self._writers = list(self._writers.values()), {}
         for writer in writers:
             writer.close()

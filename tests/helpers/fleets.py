@@ -122,3 +122,25 @@ def drop_member(member: Member) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             continue
+
+
+def established(port: int) -> int:
+    """Established TCP connections to 127.0.0.1:port (client side), from /proc/net/tcp."""
+    want = f"0100007F:{port:04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == want and fields[3] == "01":
+            count += 1
+    return count
+
+
+def ssh_using(control_dir: Path) -> list[int]:
+    """Pids of the processes whose command line names ``control_dir`` (ssh masters, sessions)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(control_dir).encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids

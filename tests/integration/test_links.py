@@ -26,7 +26,7 @@ from offload.protocol.serve import BuildStatus, Sink, copy_paths
 from offload.store.drv import read_derivation
 from offload.transport.links import LocalLink, MachineLink
 from offload.transport.ssh import SshTarget
-from tests.helpers.fleets import fleet_machine, private_fleet_fixture
+from tests.helpers.fleets import established, fleet_machine, private_fleet_fixture, ssh_using
 
 own_fleet = private_fleet_fixture(
     [MemberSpec("m1", 1, 2), MemberSpec("s1", 1, 1)],
@@ -75,27 +75,6 @@ def _wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-def _our_ssh(control_dir: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if str(control_dir).encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-    return pids
-
-
-def _established(port: int) -> int:
-    """Established TCP connections to 127.0.0.1:port (client side), from /proc/net/tcp."""
-    want = f"0100007F:{port:04X}"
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[2] == want and fields[3] == "01":
-            count += 1
-    return count
-
-
 def _added_path(tmp_path: Path, size: int) -> str:
     data = tmp_path / f"blob-{uuid.uuid4().hex[:8]}"
     data.write_bytes(os.urandom(size))
@@ -104,7 +83,7 @@ def _added_path(tmp_path: Path, size: int) -> str:
 
 def test_sessions_reuse_one_master_and_run_in_parallel(own_fleet: Fleet) -> None:
     port = own_fleet.member("m1").port
-    before = _established(port)
+    before = established(port)
 
     async def go() -> None:
         async with _link(own_fleet, max_sessions=3) as link:
@@ -129,7 +108,7 @@ def test_sessions_reuse_one_master_and_run_in_parallel(own_fleet: Fleet) -> None
             assert link.stats.sessions_opened <= link.max_sessions
             assert link.open_sessions == link.stats.sessions_opened
             # One ssh connection for all of them: the sessions are multiplexed on the master.
-            assert _established(port) - before == 1
+            assert established(port) - before == 1
             control = link.ssh.control_path
             assert control is not None
             assert control.parent.stat().st_mode & 0o777 == 0o700
@@ -141,10 +120,10 @@ def test_sessions_reuse_one_master_and_run_in_parallel(own_fleet: Fleet) -> None
             )
             assert check.returncode == 0
         assert not control.parent.exists()
-        assert _our_ssh(control.parent) == []
+        assert ssh_using(control.parent) == []
 
     asyncio.run(go())
-    assert _wait_until(lambda: _established(port) == before)
+    assert _wait_until(lambda: established(port) == before)
     assert _wait_until(lambda: not any("nix-store" in c for c in _member_procs(own_fleet, "m1")))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from offload.cli import exit_status
-from offload.cli.build import build_failed
+from offload.cli.build_exec import build_failed
 from offload.config.pool import load_pool
 from offload.config.settings import NixSettings
 from offload.errors import BuildFailed, ConfigError

@@ -166,6 +166,30 @@ def test_recorder_files_each_build_separately(tmp_path: Path) -> None:
     assert logs.read(OTHER) == ""
 
 
+def test_a_runs_recorder_leaves_each_remote_log_where_nix_reads_it_once_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NIX_LOG_DIR", str(tmp_path / "nix"))
+    recorder = BuildLogs(tmp_path / "logs").recorder(for_nix=True)
+    for drv, machine in [(DRV, "fast"), (OTHER, LOCAL)]:
+        recorder.handle(JobPhase(drv, "x", machine, "building", 1.0, T0))
+        recorder.write(drv, machine, f"log of {machine}")
+        recorder.handle(JobFinished(drv, "x", machine, "built", T0, T0 + 1, 0, 0, None, T0 + 1))
+    recorder.close()  # waits for the copies made meanwhile
+    assert bz2.decompress(nix_log_path(DRV).read_bytes()) == b"log of fast\n"
+    assert not nix_log_path(OTHER).exists()  # the local Nix logged its own build
+
+
+def test_a_recorder_that_cannot_write_says_so_when_closed(tmp_path: Path) -> None:
+    blocked = tmp_path / "logs"
+    blocked.write_text("")  # a file where the log directory would go
+    recorder = BuildLogs(blocked).recorder()
+    recorder.write(DRV, "fast", "a line")  # the disk is the recorder's thread's to wait on
+    with pytest.raises(OffloadError, match="cannot write build logs in") as info:
+        recorder.close()
+    assert info.value.hint
+
+
 # --- offload log -------------------------------------------------------------------------------
 
 

@@ -29,6 +29,18 @@ def test_slots_are_shared_between_independent_holders(tmp_path):
     os.close(c)
 
 
+def test_a_slot_file_says_exactly_its_holders_line_whatever_it_said_before(tmp_path):
+    locks = SlotLocks(tmp_path)
+    mine = f"offload pid={os.getpid()}\n"
+    cases = ["offload pid=1 until=1700000000.123\n", "", "x" * len(mine), mine]
+    for before in cases:  # longer, empty, same length, and this process's own line
+        (tmp_path / "local-0").write_text(before)
+        held = locks.try_acquire("local", 1)
+        assert held is not None
+        os.close(held)
+        assert (tmp_path / "local-0").read_text() == mine
+
+
 def test_a_build_waits_while_another_process_holds_the_machines_slots(tmp_path):
     plan, _, outs, src = make_plan({"a": []})
     locks = SlotLocks(tmp_path)

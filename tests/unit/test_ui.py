@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -181,6 +182,27 @@ class FlushRecorder(io.StringIO):
     @override
     def flush(self) -> None:
         self.flushed.append(self.getvalue())
+
+
+def test_json_events_of_one_loop_step_go_out_in_one_flush_at_its_end() -> None:
+    out = FlushRecorder()
+    renderer = JsonRenderer(out, print_logs=False)
+    first, second, third = [e for e in scripted_run() if not isinstance(e, JobLog)][:3]
+
+    async def run() -> list[str]:
+        renderer.handle(first)
+        renderer.handle(second)
+        during = list(out.flushed)  # nothing yet: the step has not ended
+        await asyncio.sleep(0)  # the step ends: the flush due runs before this resumes
+        renderer.handle(third)
+        await asyncio.sleep(0)
+        return during
+
+    assert asyncio.run(run()) == []
+    assert len(out.flushed) == 2
+    assert out.flushed[0].count("\n") == 2
+    assert out.flushed[1] == out.getvalue()
+    assert out.getvalue().count("\n") == 3
 
 
 def plain_json(value: object) -> object:

@@ -20,7 +20,7 @@ from offload.scheduler.run import PoolMember
 from offload.slot_fallback import record_fallbacks
 from offload.slots import slot_key
 from offload.tasks import wait_all
-from offload.transport.links import LocalLink, MachineLink
+from offload.transport.links import LocalLink, MachineLink, early
 from offload.ui.events import Event, MachineEvent
 
 __all__ = [
@@ -73,7 +73,10 @@ async def pool_members(
                 continue
             # Nix's setting turns it on for every builder; else the machine's URI parameter.
             link = MachineLink.from_machine(
-                machine, env=env, substitute=pool.builders_use_substitutes or None
+                machine,
+                env=env,
+                substitute=pool.builders_use_substitutes or None,
+                transport=early.claim(machine, env=env),  # its master started at the outset
             )
             links.append(link)
             members.append(

@@ -19,7 +19,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from offload.cli.build import build_failed, execute
+from offload.cli.build_exec import build_failed, execute
 from offload.config.pool import load_pool
 from offload.dagfile import Dag, parse_dag, write_nix_file
 from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_up, open_fleet

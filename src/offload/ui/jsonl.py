@@ -1,8 +1,10 @@
 """``--json``: one JSON object per event per line, for programs watching a run.
 
 Each line is ``events.event_dict(event)``: the record's fields plus ``"event"`` naming its kind,
-flushed as soon as it is written so a reader sees events as they happen. Non-ASCII text is
-escaped, so every line is plain ASCII whatever a build printed.
+flushed so a reader sees events as they happen: at once outside an event loop, and inside one
+at the end of the loop's current step, so the events one step emits (a build's end and the next
+one's start) go out in one write, not one each. Non-ASCII text is escaped, so every line is
+plain ASCII whatever a build printed.
 
 Build log lines (``job_log``) are written only with ``print_logs`` (``-L``): a large build
 prints hundreds of thousands of lines, which would swamp the events a consumer usually wants,
@@ -11,6 +13,7 @@ and every log is kept anyway (``offload log DRV``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TextIO
 
@@ -23,12 +26,28 @@ class JsonRenderer:
     def __init__(self, stream: TextIO, *, print_logs: bool) -> None:
         self._stream = stream
         self._print_logs = print_logs
+        # Lines held until the end of the loop's current step (the stream may write through:
+        # PYTHONUNBUFFERED makes every write to stdout a system call of its own).
+        self._pending: list[str] = []
 
     def handle(self, event: Event) -> None:
         if isinstance(event, JobLog) and not self._print_logs:
             return
-        self._stream.write(json.dumps(event_dict(event)) + "\n")
+        self._pending.append(json.dumps(event_dict(event)) + "\n")
+        if len(self._pending) > 1:
+            return  # the flush is due already
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        lines, self._pending = self._pending, []
+        if lines:
+            self._stream.write("".join(lines))
         self._stream.flush()
 
     def close(self) -> None:
-        self._stream.flush()
+        self._flush()

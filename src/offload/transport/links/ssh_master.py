@@ -128,6 +128,10 @@ class SshTransport:
         self._master: asyncio.subprocess.Process | None = None
         self._master_tail: deque[str] = deque(maxlen=TAIL)
         self._lock = asyncio.Lock()
+        # The master started ahead of the first session (``connect_early``) while it connects;
+        # ``_spawned`` is set once its process runs.
+        self._early: asyncio.Task[Path] | None = None
+        self._spawned = asyncio.Event()
         # The builder's key runs only the serve program (module docstring); learnt on connect.
         self.restricted = False
 
@@ -177,6 +181,7 @@ class SshTransport:
             self._master_stack = stack
             proc = await stack.enter_async_context(spawn(argv, env=self._env, grace=2.0))
             self._master = proc
+            self._spawned.set()
             self._master_tail.clear()
             assert proc.stdout is not None
             assert proc.stderr is not None
@@ -196,6 +201,30 @@ class SshTransport:
                 await self._stop_master()
                 raise error
             return control
+
+    async def connect_early(self) -> None:
+        """Start the master now, ahead of any session; returns once its ssh runs (or failed to
+        start), leaving it to connect meanwhile. The first session waits for that connection
+        and meets its error, if any: a builder that is down costs one connect timeout, not
+        two."""
+        self._early = asyncio.get_running_loop().create_task(self._ensure_master())
+        spawned = asyncio.get_running_loop().create_task(self._spawned.wait())
+        try:
+            await asyncio.wait([self._early, spawned], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await stop(spawned)
+
+    async def _connected(self) -> Path:
+        """The master's control socket: the early master's once it is connected, else one
+        started (or restarted) now."""
+        early = self._early
+        if early is not None:
+            try:
+                return await asyncio.shield(early)
+            finally:
+                if early.done() and self._early is early:
+                    self._early = None
+        return await self._ensure_master()
 
     async def _greeting(self, proc: asyncio.subprocess.Process) -> bytes:
         """The master's first words: our ready line, or a restricted builder's reply."""
@@ -246,7 +275,7 @@ class SshTransport:
         """A serve session; with ``slots`` above 0, one holding a builder-side slot for
         ``client`` (its ``pipes.slot`` says which, or ``busy``: then the session has ended
         already; ``waited``: this build was answered busy before, ``ssh.serve_command``)."""
-        control = await self._ensure_master()
+        control = await self._connected()
         argv = serve_argv(
             self.target,
             params=self.params,
@@ -273,7 +302,7 @@ class SshTransport:
         """Run a command on the builder over the master; returns (exit code, stdout, stderr).
 
         Refused on a restricted builder: it would run its one program whatever is asked."""
-        control = await self._ensure_master()
+        control = await self._connected()
         if self.restricted:
             raise SshError(
                 f"builder '{self.name}' ({self.target.destination}) runs only "
@@ -325,7 +354,12 @@ class SshTransport:
             raise self._error(f"stop process {pid} on", [err])
 
     async def close(self) -> None:
+        early, self._early = self._early, None
         try:
+            if early is not None:
+                # Its failure to connect was for a session to tell: none asked for one.
+                with contextlib.suppress(Exception):
+                    await stop(early)
             await self._stop_master()
         finally:
             if self._dir is not None:
@@ -349,8 +383,10 @@ class MachineLink(Link):
         connect_timeout: int = CONNECT_TIMEOUT,
         dialect: Dialect = SERVE,
         builder_slots: int = 0,
+        transport: SshTransport | None = None,
     ) -> None:
-        self.ssh = SshTransport(
+        # ``transport``: one made for this builder already, e.g. its master started early.
+        self.ssh = transport or SshTransport(
             target,
             name=name,
             params=params,
@@ -389,10 +425,12 @@ class MachineLink(Link):
         substitute: bool | None = None,
         max_sessions: int | None = None,
         connect_timeout: int = CONNECT_TIMEOUT,
+        transport: SshTransport | None = None,
     ) -> MachineLink:
         """A link sized for ``machine``: its slots plus one session for copying.
 
-        ``substitute`` defaults to the machine's ``builders-use-substitutes`` URI parameter.
+        ``substitute`` defaults to the machine's ``builders-use-substitutes`` URI parameter;
+        ``transport``, the machine's own, made already (``offload.transport.links.early``).
         """
         if substitute is None:
             substitute = machine.params.get("builders-use-substitutes", "false") == "true"
@@ -406,4 +444,5 @@ class MachineLink(Link):
             connect_timeout=connect_timeout,
             dialect=dialect_of(machine),
             builder_slots=machine.max_jobs,
+            transport=transport,
         )

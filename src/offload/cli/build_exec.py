@@ -1,0 +1,310 @@
+"""`offload build`'s run once its settings are read (``offload.cli.build``): the build, with
+what offload keeps between runs (history, logs, slots, backoff), its summary and results, and
+``--dry-run``'s plan. Imported while the builders' ssh masters connect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from offload.backoff import Health, save_backoff
+from offload.build import DrvGraph, Roots, dry_run, out_links, run_build
+from offload.cli.build import remembered_backoff
+from offload.config.pool import Pool
+from offload.errors import BuildFailed, OffloadError
+from offload.history.db import History
+from offload.history.estimates import estimator
+from offload.history.recorder import RunRecorder
+from offload.logs import BuildLogs
+from offload.marks import mark, taken
+from offload.names import LOCAL
+from offload.nix import add_roots, realise_again
+from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
+from offload.scheduler.run import RunReport
+from offload.slot_fallback import FALLBACK_FILE
+from offload.slots import SlotLocks
+from offload.ui import RendererKind, make_renderer
+from offload.ui.events import Event, MachineEvent, Renderer, Timing
+from offload.ui.summary import render_summary
+from offload.ui.term import sanitize
+
+__all__ = ["build", "build_failed", "execute", "show_dry_run"]
+
+Built = tuple[RunReport, DrvGraph]
+LOG_TAIL = 10
+
+
+def _speeds(pool: Pool) -> dict[str, float]:
+    speeds = {m.name: m.speed_factor for m in pool.machines}
+    if pool.local is not None:
+        speeds[LOCAL] = pool.local.speed_factor
+    return speeds
+
+
+def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
+    with History(state / "history.sqlite") as history:
+        graph, sim, unreachable = asyncio.run(
+            dry_run(roots, pool, estimator(history, _speeds(pool)))
+        )
+    rows = sorted(
+        (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
+    )
+    fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
+    if as_json:
+        plan = {
+            "fetch": [
+                {"drv_path": drv, "name": graph.drvs[drv].name, "machine": machine}
+                for drv, machine in fetch
+            ],
+            "build": [
+                {
+                    "drv_path": r.job,
+                    "name": graph.drvs[r.job].name,
+                    "machine": r.machine,
+                    "start": round(r.start, 3),
+                    "end": round(r.end, 3),
+                }
+                for r in rows
+            ],
+            "makespan": round(sim.makespan, 3),
+            "lower_bound": round(sim.lower_bound, 3),
+            "unschedulable": sorted(sim.failed),
+            "unreachable": unreachable,
+        }
+        print(json.dumps(plan, indent=1))
+        return 0
+    for name, error in sorted(unreachable.items()):
+        print(f"warning: builder '{name}' left out of the plan: {error}", file=sys.stderr)
+    if fetch:
+        print(f"these {len(fetch)} outputs would be fetched from builders:", file=sys.stderr)
+        for drv, machine in fetch:
+            print(f"  {graph.drvs[drv].name:<30} from {machine}", file=sys.stderr)
+    if not rows:
+        if not fetch:
+            print("nothing to build: every requested output is valid locally", file=sys.stderr)
+        return 0
+    print(f"these {len(rows)} derivations would be built:", file=sys.stderr)
+    for r in rows:
+        name = graph.drvs[r.job].name
+        print(
+            f"  {name:<30} on {r.machine:<10} at +{r.start:6.1f}s for {r.end - r.start:6.1f}s",
+            file=sys.stderr,
+        )
+    for job in sorted(sim.failed):
+        print(f"  {graph.drvs[job].name:<30} on no machine: none can build it", file=sys.stderr)
+    print(
+        f"estimated time {sim.makespan:.1f}s (lower bound {sim.lower_bound:.1f}s); "
+        "estimates come from history, 10s per derivation without it",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
+    """The last lines of each failed build's log, as nix-build shows them."""
+    for drv_path in failed:
+        path = logs.latest(drv_path)
+        if path is None:
+            continue
+        lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+        name = drv_path.rsplit("/", 1)[-1].split("-", 1)[-1].removesuffix(".drv")
+        print(f"last {len(lines)} log lines of {name}:", file=sys.stderr)
+        for line in lines:
+            print(f"  {name}> {strip_ansi(line)}", file=sys.stderr)
+
+
+def build_failed(report: RunReport) -> BuildFailed:
+    """A run's failed builds as nix-build reports them: one named (a timed-out one first),
+    with Nix's TimedOut status when any build timed out (exit 101), else PermanentFailure (100).
+    """
+    timed_out = [d for d in report.failed if report.statuses.get(d) == BuildStatus.TIMED_OUT]
+    first = (timed_out or list(report.failed))[0]
+    more = len(report.failed) - 1
+    what = "timed out" if timed_out else "failed"
+    return BuildFailed(
+        f"build of '{first}' {what}: {report.failed[first]}"
+        + (f" (and {more} more)" if more else ""),
+        drv_path=first,
+        status=BuildStatus.TIMED_OUT if timed_out else BuildStatus.PERMANENT_FAILURE,
+        hint=f"see its log with `offload log {first}`",
+    )
+
+
+def _warn(event: MachineEvent) -> None:
+    """A machine left out, backed off or slow to answer, as one line on stderr."""
+    if event.state in ("down", "slow"):
+        what = "is down" if event.state == "down" else "is slow to answer"
+        print(
+            f"warning: builder {event.machine!r} {what}: {sanitize(event.message)}", file=sys.stderr
+        )
+
+
+def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
+    for handle in handlers:
+        handle(event)
+
+
+def execute(
+    roots: Roots,
+    pool: Pool,
+    state: Path,
+    *,
+    emit: Callable[[Event], None],
+    close: Callable[[], None],
+    keep_going: bool = False,
+    retry_now: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    fetch_all: bool = False,
+    backoff: Mapping[str, Health] | None = None,
+    run: Callable[[Coroutine[Any, Any, Built]], Built] = asyncio.run,
+) -> Built:
+    """A build run with what offload keeps between runs: history, logs, slots, backoff.
+
+    ``close`` is called when the run is over, before anything is printed after it.
+    ``backoff``: the builders to leave out, as remembered (by default read from ``state``);
+    ``run``: what runs the run's coroutine (the command's ``asyncio.Runner``, whose loop the
+    builders' early masters are on).
+    """
+    logs = BuildLogs(state / "logs")
+    remember = RunRecorder(time.time())
+    with History(state / "history.sqlite") as history:
+        recorder = logs.recorder(for_nix=True)
+        try:
+            report, graph = run(
+                run_build(
+                    roots,
+                    pool,
+                    emit=lambda event: _tee(event, recorder.handle, remember.handle, emit),
+                    log_sink=recorder.write,
+                    keep_going=keep_going,
+                    estimate=estimator(history, _speeds(pool)),
+                    env=env,
+                    slots=SlotLocks.default(state),
+                    backoff=remembered_backoff(state, retry_now) if backoff is None else backoff,
+                    fetch_all=fetch_all,
+                    # The same timeouts and log limit Nix's build hook passes on.
+                    options=_build_options(pool),
+                    fallbacks=state / FALLBACK_FILE,
+                )
+            )
+            mark("closed")
+            emit(Timing(taken(), time.time()))
+        finally:
+            try:
+                recorder.close()
+            finally:
+                close()
+        _record(history, remember, report, graph, pool)
+    save_backoff(state / "backoff.json", report.health, time.time())
+    return report, graph
+
+
+def _build_options(pool: Pool) -> BuildOptions:
+    """What every build gets on every machine: the timeouts and log limit Nix's build hook
+    passes on, and keep-failed (serve protocol 2.7; the builder keeps the directory)."""
+    options = BuildOptions.from_settings(pool.nix_settings.count)
+    return dataclasses.replace(options, keep_failed=pool.nix_settings.get("keep-failed") == "true")
+
+
+def _record(
+    history: History, remember: RunRecorder, report: RunReport, graph: DrvGraph, pool: Pool
+) -> None:
+    """The run, its builds and their phases into history (what ``offload history`` shows)."""
+    slots = {m.name: m.max_jobs for m in pool.machines}
+    if pool.local is not None:
+        slots[LOCAL] = pool.local.max_jobs
+    history.record_run(
+        *remember.run(
+            report,
+            asked=[graph.drvs[drv].name for drv, _ in graph.roots if drv in graph.drvs],
+            speeds=_speeds(pool),
+            slots=slots,
+            deps={drv: tuple(d.input_drvs) for drv, d in graph.drvs.items()},
+            finished=time.time(),
+        )
+    )
+
+
+def _renderer(args: argparse.Namespace) -> Renderer:
+    """Build logs are shown as nix-build shows them, unless -Q or --log-format bar."""
+    print_logs = args.print_build_logs or not (args.no_build_output or args.log_format == "bar")
+    kind: RendererKind = "auto"
+    if args.json:
+        kind = "json"
+    elif args.log_format is not None:
+        kind = "plain" if args.log_format == "raw" else "tty"
+    return make_renderer(kind, print_logs=print_logs)
+
+
+def _write_report(state: Path, run_id: str, target: Path) -> None:
+    from offload.report import write_report  # not cheap: imported for --report only
+
+    with History(state / "history.sqlite") as history:
+        write_report(history, run_id, target)
+
+
+def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
+    """The output paths on stdout, as nix-build prints them, and the result links."""
+    links = out_links(graph.roots, graph, args.out_link)
+    if not args.json:
+        for path, _ in links:
+            print(path)
+    if not args.no_out_link:
+        add_roots(links)
+
+
+def build(
+    args: argparse.Namespace,
+    pool: Pool,
+    evaluate: Callable[[], list[tuple[str, str]]],
+    state: Path,
+    *,
+    backoff: Mapping[str, Health],
+    run: Callable[[Coroutine[Any, Any, Built]], Built],
+) -> int:
+    """``offload build`` once its settings are read: the run, its summary, the results."""
+    renderer = _renderer(args)
+    machine_events: list[MachineEvent] = []
+
+    def emit(event: Event) -> None:
+        renderer.handle(event)
+        if isinstance(event, MachineEvent):
+            machine_events.append(event)
+            if args.json:  # the renderer writes to stdout: people read stderr
+                _warn(event)
+
+    # Evaluated while the connections to the builders open (run_build).
+    report, graph = execute(
+        evaluate,
+        pool,
+        state,
+        emit=emit,
+        close=renderer.close,
+        keep_going=args.keep_going,
+        retry_now=args.on,
+        fetch_all=args.fetch_all,
+        backoff=backoff,
+        run=run,
+    )
+    if not args.json and (report.finished or machine_events):  # quiet when nothing was to do
+        render_summary([*report.finished, *machine_events], sys.stderr)
+    if args.report is not None:
+        _write_report(state, report.run_id, args.report)
+    if report.failed:
+        _print_log_tails(BuildLogs(state / "logs"), report.failed)
+        raise build_failed(report)
+    if report.skipped:
+        msg = f"{len(report.skipped)} derivation(s) were not built"
+        raise OffloadError(msg)
+    if args.check or args.repair:
+        realise_again(graph.roots, "repair" if args.repair else "check", pool.local_env())
+    _results(args, graph)
+    return 0

@@ -1,0 +1,71 @@
+"""Builders' ssh masters started before a run's links exist (``offload.transport.links.early``),
+against the real fleet: the links take them over and reach the builder through them, one
+connection each; those nobody takes are closed; host keys are checked as on any connection."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from offload.errors import SshError
+from offload.fleet import Fleet
+from offload.transport.links import MachineLink, early
+from tests.helpers.fleets import established, fleet_machine, ssh_using
+
+
+def test_a_link_takes_over_the_master_started_early_and_the_rest_are_closed(fleet: Fleet) -> None:
+    env = fleet.env()
+    fast, medium = fleet_machine(fleet, "fast"), fleet_machine(fleet, "medium")
+    port = fleet.member("fast").port
+    before = established(port)
+
+    async def go() -> None:
+        try:
+            await early.start_masters([fast, medium], env=env)
+            assert early.claim(fast, env={**env, "NIX_SSHOPTS": "-v"}) is None  # not its env
+            taken = early.claim(fast, env=env)
+            assert taken is not None
+            assert taken.master_pid is not None  # running, maybe not connected yet
+            assert early.claim(fast, env=env) is None  # taken once
+            async with MachineLink.from_machine(fast, env=env, transport=taken) as link:
+                assert link.ssh is taken
+                assert await link.query_valid([]) == set()
+                assert established(port) - before == 1  # its one connection: no second
+                left = early.claim(medium, env=env)
+                assert left is not None
+                early._STARTED[medium, left._connect_timeout] = (left._env, left)  # put back
+                control = left.control_path
+                assert control is not None
+                await early.close_unclaimed()
+                assert not control.parent.exists()
+                assert ssh_using(control.parent) == []
+                assert early.claim(medium, env=env) is None
+            assert taken.control_path is None
+        finally:
+            await early.close_unclaimed()
+
+    asyncio.run(go())
+
+
+def test_an_early_master_refused_for_its_host_key_fails_the_first_session(fleet: Fleet) -> None:
+    machine = fleet_machine(fleet, "fast")
+    other = (fleet.member("slow").root / "ssh_host_ed25519_key.pub").read_text()
+    machine = dataclasses.replace(machine, public_host_key=other)
+    env = fleet.env()
+    # The fleet's ssh_config pins the right key too; use only the pinned known_hosts.
+    env["NIX_SSHOPTS"] = f"-F /dev/null -o HostName=127.0.0.1 -p {fleet.member('fast').port}"
+
+    async def go() -> None:
+        try:
+            await early.start_masters([machine], env=env)
+            taken = early.claim(machine, env=env)
+            assert taken is not None
+            async with MachineLink.from_machine(machine, env=env, transport=taken) as link:
+                with pytest.raises(SshError, match="Host key verification failed"):
+                    await link.query_valid([])
+        finally:
+            await early.close_unclaimed()
+
+    asyncio.run(go())
