@@ -42,8 +42,8 @@ import heapq
 import math
 from collections.abc import Iterable, Sequence
 
-from offload.errors import SchedulerError
-from offload.scheduler.dag import Job, JobGraph, JobState
+from offload.scheduler.dag import Job, JobGraph
+from offload.scheduler.policy.classify import classify
 from offload.scheduler.policy.costs import Backoff, TransferCost
 from offload.scheduler.policy.decisions import (
     Cancel,
@@ -55,7 +55,7 @@ from offload.scheduler.policy.decisions import (
     Wait,
 )
 from offload.scheduler.policy.full import move_target
-from offload.scheduler.policy.matching import MachineSlotSpec, unschedulable_reason
+from offload.scheduler.policy.matching import MachineSlotSpec
 from offload.scheduler.policy.placement import (
     MAX_HOLDS_PER_ROUND,
     clear_reservations,
@@ -110,33 +110,12 @@ class Policy:
         # (remaining_path).
         self._by_path = Ranked()
         self._queues = Queues(self.graph)
-        self.unschedulable: dict[str, str] = {}
-        self.skipped_at_start: list[str] = []
-        self._classify(machines, strict=strict)
+        # Jobs no machine can build (with why), and those skipped because of them.
+        self.unschedulable, self.skipped_at_start = classify(
+            self.graph, self._pool, machines, self._queues.class_of, strict=strict
+        )
         for job_id in self.graph.ready():
             self._queues.enqueue(job_id)
-
-    def _classify(self, machines: Sequence[MachineSlotSpec], *, strict: bool) -> None:
-        """Put each job in its eligibility class; a job no machine can build is an error
-        (``strict``) or fails at once, skipping its dependents."""
-        for job in self.graph.jobs():
-            cls = self._pool.class_for(job)
-            self._queues.class_of[job.id] = cls
-            if not cls.machines:
-                self.unschedulable[job.id] = unschedulable_reason(job, machines)
-        if not self.unschedulable:
-            return
-        if strict:
-            first, reason = next(iter(self.unschedulable.items()))
-            more = len(self.unschedulable) - 1
-            raise SchedulerError(
-                f"no machine can build {first}: {reason}"
-                + (f" (and {more} more jobs)" if more else ""),
-                hint="add a builder with that system and features, or use --keep-going",
-            )
-        for job_id in self.unschedulable:
-            if self.graph.state(job_id) is not JobState.SKIPPED:
-                self.skipped_at_start.extend(self.graph.mark_failed(job_id))
 
     # Queries
 
