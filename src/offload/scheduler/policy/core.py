@@ -150,9 +150,10 @@ class Policy:
         pool.bring_back(now)
         self._round += 1
         rnd = Round(self._round, MAX_HOLDS_PER_ROUND if self._hold else 0)
-        for job_id, run in list(self._waiting.items()):
-            self._move_waiting(rnd, job_id, run, now)
-        classes = list(pool.classes.values())
+        if self._waiting:
+            for job_id, run in list(self._waiting.items()):
+                self._move_waiting(rnd, job_id, run, now)
+        classes = pool.class_list
         work = self.graph.work
         while pool.free_up_total > 0:
             cls = self._queues.best_class(classes, rnd.full)
@@ -320,7 +321,11 @@ class Policy:
         """A copy of ``job_id`` ended on ``machine``: ok=True built, ok=False build failed."""
         del now  # the policy keeps no timings; history learns durations elsewhere
         runs = self._runs.get(job_id)
-        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
+        run = None
+        for r in runs or ():  # a loop, not next() over a generator: this runs per build
+            if r.machine.spec.name == machine:
+                run = r
+                break
         if runs is None or run is None:
             return Finished(accepted=False)
         del self._runs[job_id]
