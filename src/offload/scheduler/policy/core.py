@@ -169,7 +169,9 @@ class Policy:
                 key = coming[0][0]
                 # Slack to spare (more than its own work; key[0] is minus its critical path):
                 # it claims nothing.
-                if self._remaining(rnd, now, -head[0]) + key[0] > work(key[2]):
+                if (remaining := rnd.remaining) is None:  # found once per round
+                    remaining = self._remaining(rnd, now, -head[0])
+                if remaining + key[0] > work(key[2]):
                     del coming[0]
                 else:
                     self._claim_for_coming(rnd, coming, now)
