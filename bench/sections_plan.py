@@ -1,5 +1,6 @@
 """The sections that build nothing: the scheduler's planning cost on 1,000-50,000 simulated nodes
-(``planning``), and ``offload simulate``'s cost under both policies (``simulate``).
+(``planning``; also with input moves, as ``offload build`` plans: ``plan_moves``), and
+``offload simulate``'s cost under both policies (``simulate``).
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.context import Options, Save, log
+from bench.plan_moves import moves_cost
 from bench.report_model import simulate_section
 from offload.errors import OffloadError
 
@@ -27,6 +29,7 @@ def planning_section(opts: Options, save: Save) -> dict[str, Any]:
             from offload.scheduler.simulate import plan_cost
 
             cost = plan_cost(nodes, 100, seed=0)
+            moves = moves_cost(nodes, 100, seed=0)
         except (ImportError, OffloadError, ValueError) as exc:
             section["runs"].append({"nodes": nodes, "status": "failed", "error": str(exc)})
         else:
@@ -36,9 +39,13 @@ def planning_section(opts: Options, save: Save) -> dict[str, Any]:
                     "status": "ok",
                     "seconds": round(cost.seconds, 4),
                     "peak_bytes": cost.peak_bytes,
+                    "input_moves_seconds": round(moves, 4),
                 }
             )
-            log(f"  -> {cost.seconds:.2f} s, {cost.peak_bytes / (1 << 20):.1f} MiB")
+            log(
+                f"  -> {cost.seconds:.2f} s, {cost.peak_bytes / (1 << 20):.1f} MiB;"
+                f" with input moves (as offload build plans) {moves:.2f} s"
+            )
         save("planning", section)
     return section
 

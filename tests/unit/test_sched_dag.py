@@ -103,6 +103,16 @@ def test_unknown_dependency_and_duplicates_are_errors() -> None:
         JobGraph([job("a"), job("a")])
 
 
+def test_the_first_bad_job_in_order_is_the_one_named() -> None:
+    with pytest.raises(SchedulerError, match="job 'b' has a negative work estimate"):
+        JobGraph([job("a"), job("b", -1), job("c", -2), job("a")])
+    with pytest.raises(SchedulerError, match="job 'a' appears twice"):
+        JobGraph([job("a"), job("b"), job("a"), job("c", -2)])
+    with pytest.raises(SchedulerError, match="job 'c' has a negative work estimate"):
+        JobGraph([job("a", float("nan")), job("b"), job("c", -2)])
+    assert JobGraph([job("a", 0), job("b", 2, "a")]).work("b") == 2
+
+
 def test_cycle_is_reported_with_its_members() -> None:
     jobs = [job("ok"), job("p", 1, "r", "ok"), job("q", 1, "p"), job("r", 1, "q"), job("s", 1, "r")]
     with pytest.raises(SchedulerError, match="dependency cycle") as info:

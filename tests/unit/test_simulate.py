@@ -256,6 +256,17 @@ def test_plan_cost_reports(capsys: pytest.CaptureFixture[str]) -> None:
         )
 
 
+def test_without_the_bound_the_schedule_is_the_same() -> None:
+    jobs = layered_jobs(300, 4, feature_share=0.2)
+    machines = random_machines(6, 4)
+    with_bound = simulate(jobs, machines, noise=0.3, seed=4)
+    without = simulate(jobs, machines, noise=0.3, seed=4, bound=False)
+    assert with_bound.lower_bound > 0
+    assert without.lower_bound == 0
+    assert without.ratio is None
+    assert without.schedule == with_bound.schedule
+
+
 def test_the_bound_counts_jobs_only_where_their_features_are() -> None:
     fast = MachineSlotSpec("fast", 4, 1, frozenset({"x"}), frozenset())
     gpu = MachineSlotSpec("gpu", 1, 1, frozenset({"x"}), frozenset({"cuda"}))

@@ -87,7 +87,7 @@ class JobGraph:
         dependents: list[list[int]] = [[] for _ in range(n)]
         for i, job in enumerate(self._jobs):
             try:
-                mine = [index[dep] for dep in job.deps]
+                mine = list(map(index.__getitem__, job.deps))  # no comprehension: 50k calls
             except KeyError:
                 dep = next(dep for dep in job.deps if dep not in index)
                 raise SchedulerError(

@@ -9,6 +9,7 @@ executor. Each module holds one part of its model:
   event changed (``Finished``, ``Cancel``, ``MachineDown``);
 - ``costs``: the time rules: transfer estimates, overdue jobs, machine back-off;
 - ``pool``: machines, their slots, eligibility classes and tiers, as the policy tracks them;
+- ``classify``: each job's eligibility class, and the jobs no machine can build;
 - ``queues``: the order of ready jobs per class, and the jobs coming soon;
 - ``placement``: where a job finishes first; holds and claims on busy or free slots;
 - ``slack``: a job off the critical path leaves fast machines to the jobs on it;

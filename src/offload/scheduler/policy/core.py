@@ -42,8 +42,8 @@ import heapq
 import math
 from collections.abc import Iterable, Sequence
 
-from offload.errors import SchedulerError
-from offload.scheduler.dag import Job, JobGraph, JobState
+from offload.scheduler.dag import Job, JobGraph
+from offload.scheduler.policy.classify import classify
 from offload.scheduler.policy.costs import Backoff, TransferCost
 from offload.scheduler.policy.decisions import (
     Cancel,
@@ -55,7 +55,7 @@ from offload.scheduler.policy.decisions import (
     Wait,
 )
 from offload.scheduler.policy.full import move_target
-from offload.scheduler.policy.matching import MachineSlotSpec, unschedulable_reason
+from offload.scheduler.policy.matching import MachineSlotSpec
 from offload.scheduler.policy.placement import (
     MAX_HOLDS_PER_ROUND,
     clear_reservations,
@@ -110,33 +110,12 @@ class Policy:
         # (remaining_path).
         self._by_path = Ranked()
         self._queues = Queues(self.graph)
-        self.unschedulable: dict[str, str] = {}
-        self.skipped_at_start: list[str] = []
-        self._classify(machines, strict=strict)
+        # Jobs no machine can build (with why), and those skipped because of them.
+        self.unschedulable, self.skipped_at_start = classify(
+            self.graph, self._pool, machines, self._queues.class_of, strict=strict
+        )
         for job_id in self.graph.ready():
             self._queues.enqueue(job_id)
-
-    def _classify(self, machines: Sequence[MachineSlotSpec], *, strict: bool) -> None:
-        """Put each job in its eligibility class; a job no machine can build is an error
-        (``strict``) or fails at once, skipping its dependents."""
-        for job in self.graph.jobs():
-            cls = self._pool.class_for(job)
-            self._queues.class_of[job.id] = cls
-            if not cls.machines:
-                self.unschedulable[job.id] = unschedulable_reason(job, machines)
-        if not self.unschedulable:
-            return
-        if strict:
-            first, reason = next(iter(self.unschedulable.items()))
-            more = len(self.unschedulable) - 1
-            raise SchedulerError(
-                f"no machine can build {first}: {reason}"
-                + (f" (and {more} more jobs)" if more else ""),
-                hint="add a builder with that system and features, or use --keep-going",
-            )
-        for job_id in self.unschedulable:
-            if self.graph.state(job_id) is not JobState.SKIPPED:
-                self.skipped_at_start.extend(self.graph.mark_failed(job_id))
 
     # Queries
 
@@ -171,9 +150,10 @@ class Policy:
         pool.bring_back(now)
         self._round += 1
         rnd = Round(self._round, MAX_HOLDS_PER_ROUND if self._hold else 0)
-        for job_id, run in list(self._waiting.items()):
-            self._move_waiting(rnd, job_id, run, now)
-        classes = list(pool.classes.values())
+        if self._waiting:
+            for job_id, run in list(self._waiting.items()):
+                self._move_waiting(rnd, job_id, run, now)
+        classes = pool.class_list
         work = self.graph.work
         while pool.free_up_total > 0:
             cls = self._queues.best_class(classes, rnd.full)
@@ -189,7 +169,9 @@ class Policy:
                 key = coming[0][0]
                 # Slack to spare (more than its own work; key[0] is minus its critical path):
                 # it claims nothing.
-                if self._remaining(rnd, now, -head[0]) + key[0] > work(key[2]):
+                if (remaining := rnd.remaining) is None:  # found once per round
+                    remaining = self._remaining(rnd, now, -head[0])
+                if remaining + key[0] > work(key[2]):
                     del coming[0]
                 else:
                     self._claim_for_coming(rnd, coming, now)
@@ -341,7 +323,11 @@ class Policy:
         """A copy of ``job_id`` ended on ``machine``: ok=True built, ok=False build failed."""
         del now  # the policy keeps no timings; history learns durations elsewhere
         runs = self._runs.get(job_id)
-        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
+        run = None
+        for r in runs or ():  # a loop, not next() over a generator: this runs per build
+            if r.machine.spec.name == machine:
+                run = r
+                break
         if runs is None or run is None:
             return Finished(accepted=False)
         del self._runs[job_id]

@@ -57,7 +57,9 @@ class Backoff:
 
 
 class TransferCost(Protocol):
-    """Seconds to bring a job's inputs to a machine; told where outputs end up."""
+    """Seconds to bring a job's inputs to a machine (never negative: placement skips a
+    machine that cannot beat the best finish even without a transfer); told where outputs
+    end up."""
 
     def estimate(self, job: Job, machine: str) -> float: ...
 

@@ -218,10 +218,24 @@ def place_by_machine(
             break
         if not m.up:
             continue
-        start = max(slot_start(m, now, duration), ready_at)
-        if start == math.inf:
+        if m.free > m.claimed:
+            start = now
+        elif m.claimed or m.owed or not (busy := m.reserved or m.ends):
+            start = slot_start(m, now, duration)
+        else:  # slot_start, inlined for a machine whose every slot is busy (the usual one)
+            start = busy[0][0]
+            if start <= now:
+                late = OVERDUE_FRACTION * (now - busy[0][1])
+                start = now + (late if late > MIN_OVERDUE else MIN_OVERDUE)  # noqa: FURB136
+        if start < ready_at:  # noqa: PLR1730 -- max() is a call, in a loop per machine
+            start = ready_at
+        # A transfer costs no less than nothing: a machine that cannot beat the best finish
+        # without one is not asked for its estimate (the costliest call of this loop).
+        if (lower := start + duration) > best_finish or (
+            lower == best_finish and start >= best_start
+        ):
             continue
-        finish = start + duration + transfer.estimate(job, m.spec.name)
+        finish = lower + transfer.estimate(job, m.spec.name)
         if finish < best_finish or (finish == best_finish and start < best_start):
             best, best_start, best_finish = m, start, finish
     return best, best_start, best_finish

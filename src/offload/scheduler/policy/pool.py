@@ -132,6 +132,8 @@ class Pool:
             m.speed_group.free_up += m.free
         self.free_up_total = sum(m.slots for m in machines)
         self.classes: dict[tuple[str, frozenset[str]], EligibilityClass] = {}
+        # The same classes in a list, as every round walks them.
+        self.class_list: list[EligibilityClass] = []
         # Machines backed off, until their ``down_until`` passes.
         self.down: list[Machine] = []
         self._copy_seq = 0
@@ -158,6 +160,7 @@ class Pool:
             for m in members:
                 m.classes.append(cls)
             self.classes[key] = cls
+            self.class_list.append(cls)
         return cls
 
     def take_slot(self, m: Machine, job_id: str, now: float, end: float) -> Run:

@@ -8,7 +8,6 @@ found at their first need and then kept for the rest of the round.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from offload.scheduler.policy.decisions import Decision
 from offload.scheduler.policy.pool import EligibilityClass, Machine
@@ -17,19 +16,32 @@ from offload.scheduler.policy.queues import Coming
 __all__ = ["Round"]
 
 
-@dataclass(slots=True, eq=False)
 class Round:
     """What one call of ``next_decisions`` has decided and reserved so far."""
 
-    number: int
-    hold_budget: int
-    decisions: list[Decision] = field(default_factory=list)
-    held: list[str] = field(default_factory=list)
-    wake: float = math.inf
-    # Machines with holds or claims this round, to clear at its end.
-    reserved: list[Machine] = field(default_factory=list)
-    # Classes whose every free slot is claimed: their held heads wait for the next round.
-    full: set[EligibilityClass] = field(default_factory=set)
-    # Found on first need: the longest remaining path, and the most critical coming jobs.
-    remaining: float | None = None
-    coming: list[Coming] | None = None
+    # A plain class: a dataclass's default factories cost a call each, once per round.
+    __slots__ = (
+        "coming",
+        "decisions",
+        "full",
+        "held",
+        "hold_budget",
+        "number",
+        "remaining",
+        "reserved",
+        "wake",
+    )
+
+    def __init__(self, number: int, hold_budget: int) -> None:
+        self.number = number
+        self.hold_budget = hold_budget
+        self.decisions: list[Decision] = []
+        self.held: list[str] = []
+        self.wake = math.inf
+        # Machines with holds or claims this round, to clear at its end.
+        self.reserved: list[Machine] = []
+        # Classes whose every free slot is claimed: their held heads wait for the next round.
+        self.full: set[EligibilityClass] = set()
+        # Found on first need: the longest remaining path, and the most critical coming jobs.
+        self.remaining: float | None = None
+        self.coming: list[Coming] | None = None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from offload.scheduler.dag import JobGraph
-from offload.scheduler.policy.costs import TransferCost, slot_time
+from offload.scheduler.policy.costs import MIN_OVERDUE, OVERDUE_FRACTION, TransferCost
 from offload.scheduler.policy.decisions import Decision, Speculate
 from offload.scheduler.policy.placement import fastest_free
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run, first_free
@@ -80,8 +80,7 @@ class Speculation:
         per event; the runs that end last are the ones the tail waits for.
         """
         found: list[tuple[str, Run]] = []
-        for ranked in (self.by_end, self.by_start):
-            overdue_only = ranked is self.by_start
+        for ranked, overdue_only in ((self.by_end, False), (self.by_start, True)):
             looked = 0
             copied: list[int] = []
             for _, copy, job_id in ranked.entries:
@@ -126,10 +125,15 @@ class Speculation:
         min_gain, min_ratio = rule.min_gain, rule.min_ratio
         work_of = graph.work
         for job_id, run in self.candidates(runs, now):
-            if job_id in seen or pool.free_up_total <= 0:
+            if pool.free_up_total <= 0:
+                break
+            if job_id in seen:
                 continue
             seen.add(job_id)
-            old_end = run.end if run.end > now else slot_time((run.end, run.start, job_id, 0), now)
+            old_end = run.end
+            if old_end <= now:  # slot_time, inlined: overdue, it needs a share of its time again
+                late = OVERDUE_FRACTION * (now - run.start)
+                old_end = now + (late if late > MIN_OVERDUE else MIN_OVERDUE)  # noqa: FURB136
             work = work_of(job_id)
             gain = old_end - (now + work / top)  # as below, for the same rounding
             if gain <= min_gain or gain <= min_ratio * (old_end - now):

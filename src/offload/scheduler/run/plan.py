@@ -74,7 +74,11 @@ class InputMoves:
 
     def estimate(self, job: Job, machine: str) -> float:
         holders = self._holders
-        return self._seconds * sum(1 for dep in job.deps if machine not in holders.get(dep, ()))
+        missing = 0
+        for dep in job.deps:  # a loop, not sum() over a generator: this runs per machine scored
+            if machine not in holders.get(dep, ()):
+                missing += 1
+        return self._seconds * missing
 
     def record_output(self, job_id: str, machine: str) -> None:
         """The executor records where outputs are itself (``Holders``)."""
