@@ -18,8 +18,9 @@ def copy_targets(results: Mapping[str, Any]) -> list[str]:
             f"{'compressed' if v.compress else 'plain'} {text(v.ratio)}" for v in copy.variants
         )
         lines.append(
-            f"| copying a {bytes_text(copy.total_bytes)} closure within {TARGETS.copy_ratio:g}x of "
-            f"nix-copy-closure | offload/nix-copy-closure {measured or '-'} | {copy.verdict} |"
+            f"| copying a {bytes_text(copy.total_bytes)} closure in at most "
+            f"{TARGETS.copy_ratio:g}x nix-copy-closure's time | "
+            f"offload/nix-copy-closure {measured or '-'} | {copy.verdict} |"
         )
     return lines
 

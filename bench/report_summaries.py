@@ -21,10 +21,11 @@ MIB = 1 << 20
 class Targets:
     graph_lb_ratio: float = 1.25  # issue 4: offload within 1.25x the lower bound
     graph_speedup: float = 1.5  # issue 4: offload at least 1.5x faster than Nix's hook
-    overhead_speedup: float = 10.0  # issue 5: 100 trivial derivations at least 10x faster
-    copy_ratio: float = 2.0  # issue 5: closure copy within 2x of nix-copy-closure
+    overhead_speedup: float = 25.0  # issue 18 (issue 5 asked 10x): 100 trivial derivations
+    copy_ratio: float = 1.0  # issue 18 (issue 5 asked 2x): closure copy vs nix-copy-closure
     plan_nodes: int = 50_000  # issue 6: planning this many nodes ...
-    plan_seconds: float = 5.0  # ... in under 5 s
+    plan_seconds: float = 2.0  # ... in under 2 s (issue 18; issue 6 asked 5 s), as offload
+    # build plans: with input moves when that was measured
     plan_bytes: int = GIB  # ... and 1 GiB
 
 
@@ -203,9 +204,11 @@ def summarize_planning(section: Mapping[str, Any], targets: Targets = TARGETS) -
     rows = []
     target_row = None
     for r in section["runs"]:
+        # Judged on what offload build spends: its planning always weighs input moves.
+        seconds = r.get("input_moves_seconds", r.get("seconds"))
         row = (
             int(r["nodes"]),
-            None if r.get("seconds") is None else float(r["seconds"]),
+            None if seconds is None else float(seconds),
             None if r.get("peak_bytes") is None else int(r["peak_bytes"]),
             str(r["status"]),
         )

@@ -197,14 +197,16 @@ def test_all_offload_runs_failing_is_said_plainly():
     assert "offload failed in all 3 runs" in summary.verdict
 
 
-def test_overhead_needs_ten_times_nix_speed():
+def test_overhead_needs_twenty_five_times_nix_speed():
     summary = summarize_overhead(RESULTS["overhead"])
     assert summary.speedup is not None
     assert summary.speedup.median == pytest.approx(16.71 / 3.73)
     assert not summary.meets
-    assert "< 10x" in summary.verdict
+    assert "< 25x" in summary.verdict
     fast = copy.deepcopy(RESULTS["overhead"])
-    fast["runs"][1]["wall_s"] = 1.5
+    fast["runs"][1]["wall_s"] = 0.7  # 23.9x
+    assert not summarize_overhead(fast).meets
+    fast["runs"][1]["wall_s"] = 0.6  # 27.9x
     assert summarize_overhead(fast).meets
 
 
@@ -220,14 +222,20 @@ def test_copy_compares_offload_with_nix_copy_closure_per_compression():
     assert compressed.nix_wire.median == 11523172
     assert not summary.meets
     assert "compressed: offload/nix-copy-closure" in summary.verdict
-    assert "uncompressed" not in summary.verdict
+    assert "uncompressed: offload/nix-copy-closure 1.32" in summary.verdict  # > 1.0x
+    level = copy.deepcopy(RESULTS["copy"])
+    level["runs"][1]["wall_s"] = 1.021  # as fast as nix-copy-closure: met
+    assert "uncompressed" not in summarize_copy(level).verdict
 
 
 def test_planning_target_is_judged_on_the_fifty_thousand_node_row():
     assert summarize_planning(RESULTS["planning"]).meets
     slow = copy.deepcopy(RESULTS["planning"])
     slow["runs"][1]["seconds"] = 6.0
-    assert "6.00 s >= 5 s" in summarize_planning(slow).verdict
+    assert "6.00 s >= 2 s" in summarize_planning(slow).verdict
+    moves = copy.deepcopy(RESULTS["planning"])
+    moves["runs"][1]["input_moves_seconds"] = 2.5  # what offload build spends is judged
+    assert "2.50 s >= 2 s" in summarize_planning(moves).verdict
     big = copy.deepcopy(RESULTS["planning"])
     big["runs"][1]["peak_bytes"] = 2 << 30
     assert "MiB >= 1024 MiB" in summarize_planning(big).verdict
