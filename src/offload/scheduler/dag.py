@@ -19,8 +19,10 @@ that went away while something still needs them: it must run again, and its depe
 it once more (a running dependent keeps running: it may have its inputs already).
 
 Each job's *remaining critical path* is the longest sum of work estimates on a path from the job
-(included) to a sink. It is computed once in reverse topological order; when an estimate changes
-only the ancestors whose value actually changes are revisited.
+(included) to a sink, over the jobs that can still run: a failed or skipped job counts 0. It is
+computed once in reverse topological order; when an estimate changes, or a failure skips jobs,
+only the ancestors whose value actually changes are revisited (after a failure, latest in
+topological order first, so each is worked out once, from final values).
 
 Everything is indexed by integers internally and is O(nodes + edges) overall.
 """
@@ -28,6 +30,7 @@ Everything is indexed by integers internally and is O(nodes + edges) overall.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +114,10 @@ class JobGraph:
         self._counts = dict.fromkeys(JobState, 0)
         self._counts[_READY] = sum(1 for d in deps if not d)
         self._counts[_PENDING] = n - self._counts[_READY]
+        # Each job's place in ``_order``, found on the first failure (most runs have none).
+        self._position: list[int] | None = None
+        # The jobs whose critical path the last ``mark_failed`` changed.
+        self.paths_changed: list[str] = []
 
     def _topological_order(self) -> list[int]:
         waiting = [len(d) for d in self._deps]
@@ -286,10 +293,13 @@ class JobGraph:
         return ready, demoted
 
     def mark_failed(self, job_id: str) -> list[str]:
-        """Record failure; returns every transitive dependent, now SKIPPED, in BFS order."""
+        """Record failure; returns every transitive dependent, now SKIPPED, in BFS order.
+
+        The critical paths that ran through them are shortened (``paths_changed`` lists the
+        jobs whose value changed)."""
         i = self._expect(job_id, (_RUNNING, _READY, _PENDING), "fail")
         self._move(i, _FAILED)
-        skipped: list[str] = []
+        gone = [i]
         queue = deque(self._dependents[i])
         state = self._state
         while queue:
@@ -298,9 +308,47 @@ class JobGraph:
                 # Already skipped through another failed dep; its dependents are too.
                 continue
             self._move(d, _SKIPPED)
-            skipped.append(self._jobs[d].id)
+            gone.append(d)
             queue.extend(self._dependents[d])
-        return skipped
+        self.paths_changed = self._drop_paths(gone)
+        jobs = self._jobs
+        return [jobs[d].id for d in gone[1:]]
+
+    def _drop_paths(self, gone: list[int]) -> list[str]:
+        """``gone`` can no longer run: their paths count 0, and their ancestors' are worked
+        out again, latest in topological order first, stopping where a value stays."""
+        position = self._position
+        if position is None:
+            position = self._position = [0] * len(self._jobs)
+            for place, j in enumerate(self._order):
+                position[j] = place
+        cp, deps, state = self._cp, self._deps, self._state
+        for g in gone:
+            cp[g] = 0.0
+        # A job's dependencies come before it in ``_order``, so once popped it is not pushed
+        # again: ``pushed`` is every job ever queued. The jobs met are live (a dependency of a
+        # live job is never failed nor skipped) but for the dependencies of ``gone``.
+        pushed: set[int] = set()
+        heap: list[int] = []
+        for g in gone:
+            for p in deps[g]:
+                if p not in pushed and state[p] is not _FAILED and state[p] is not _SKIPPED:
+                    pushed.add(p)
+                    heapq.heappush(heap, -position[p])
+        order, work, dependents, jobs = self._order, self._work, self._dependents, self._jobs
+        changed: list[str] = []
+        while heap:
+            j = order[-heapq.heappop(heap)]
+            value = work[j] + max(map(cp.__getitem__, dependents[j]), default=0.0)
+            if value == cp[j]:
+                continue
+            cp[j] = value
+            changed.append(jobs[j].id)
+            for p in deps[j]:
+                if p not in pushed:
+                    pushed.add(p)
+                    heapq.heappush(heap, -position[p])
+        return changed
 
     def update_estimate(self, job_id: str, work: float) -> list[str]:
         """Change a job's estimate; returns the jobs whose critical path changed."""
@@ -308,6 +356,8 @@ class JobGraph:
             raise SchedulerError(f"job {job_id!r}: negative work estimate {work}")
         i = self._index[job_id]
         self._work[i] = work
+        if self._state[i] is _FAILED or self._state[i] is _SKIPPED:
+            return []  # its path counts 0 however long it would have been
         cp = self._cp
         changed: list[str] = []
         queue = deque([i])

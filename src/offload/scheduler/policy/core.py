@@ -26,9 +26,10 @@ goes where it finishes first (``placement``) or, with slack to spare, to a slowe
 (``slack``); one whose best slot is busy is held. When nothing is ready, idle slots copy running
 jobs (``speculation``).
 
-Failures. A failed build is final and skips its dependents (``JobGraph.mark_failed``). A machine
-that fails (unreachable, connection lost) is backed off (``Backoff``); its running jobs go back
-to the ready queues (or simply lose their copy when another copy runs elsewhere). A successful
+Failures. A failed build is final and skips its dependents (``JobGraph.mark_failed``): paths
+through them no longer count, and the jobs whose critical path that shortens are ordered anew.
+A machine that fails (unreachable, connection lost) is backed off (``Backoff``); its running
+jobs go back to the ready queues (or lose a copy when another copy runs elsewhere). A successful
 build on the machine resets its count. The driver tracks where outputs are: when the only copy
 of needed outputs goes with a machine, it reports those jobs (``on_outputs_lost``) and they run
 again; a copy that cannot get its inputs because their holder went away is handed back with
@@ -114,6 +115,8 @@ class Policy:
         self.unschedulable, self.skipped_at_start = classify(
             self.graph, self._pool, machines, self._queues.class_of, strict=strict
         )
+        if self.unschedulable:  # paths through them no longer count: every key anew, once
+            self._queues.refresh_all()
         for job_id in self.graph.ready():
             self._queues.enqueue(job_id)
 
@@ -338,7 +341,9 @@ class Policy:
             if other is not run:
                 cancel.append(Cancel(job_id, other.machine.spec.name))
         if not ok:
-            return Finished(True, tuple(cancel), (), tuple(self.graph.mark_failed(job_id)))
+            skipped = self.graph.mark_failed(job_id)
+            self._repath(self.graph.paths_changed)
+            return Finished(True, tuple(cancel), (), tuple(skipped))
         run.machine.failures = 0
         if self._transfer is not None:
             self._transfer.record_output(job_id, machine)
@@ -346,6 +351,13 @@ class Policy:
         for ready in newly:
             self._queues.enqueue(ready)
         return Finished(True, tuple(cancel), tuple(newly), ())
+
+    def _repath(self, changed: list[str]) -> None:
+        """A failure shortened these jobs' critical paths: order them by the new value."""
+        for job_id in changed:
+            self._queues.repath(job_id)
+            for run in self._runs.get(job_id, ()):  # ``remaining_path`` reads them
+                self._by_path.rerank(run.copy, -self.graph.critical_path(job_id))
 
     def on_machine_failed(self, machine: str, now: float) -> MachineDown:
         """The machine is unreachable or dropped mid-build: back it off, requeue its work."""

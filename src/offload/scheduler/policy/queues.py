@@ -37,7 +37,8 @@ class Queues:
         self.class_of: dict[str, EligibilityClass] = {}
         self.queued: set[str] = set()
         # Each job's queue key, kept current (``refresh``) rather than worked out per push.
-        self.key = {job.id: self._key(job.id) for job in graph.jobs()}
+        self.key: dict[str, tuple[float, int, str]] = {}
+        self.refresh_all()
         # Per waiting job, its dependencies not started yet; at 0 it is *coming*.
         if graph.count(JobState.DONE) or graph.count(JobState.RUNNING):
             self.unstarted = {job.id: self.count_unstarted(job.id) for job in graph.jobs()}
@@ -55,6 +56,20 @@ class Queues:
     def refresh(self, job_id: str) -> None:
         """``job_id``'s critical path changed: its key follows."""
         self.key[job_id] = self._key(job_id)
+
+    def refresh_all(self) -> None:
+        """Every job's key anew (before anything is queued)."""
+        self.key = {job.id: self._key(job.id) for job in self.graph.jobs()}
+
+    def repath(self, job_id: str) -> None:
+        """``job_id``'s critical path changed after a failure: its key follows at once where
+        it is queued or listed as coming (a changed estimate waits for them to surface)."""
+        self.key[job_id] = key = self._key(job_id)
+        if job_id in self.queued:
+            heapq.heappush(self.class_of[job_id].heap, key)
+        elif job_id in self._coming_key:
+            self._drop_coming(job_id)
+            self._add_coming(key)
 
     def enqueue(self, job_id: str) -> None:
         heapq.heappush(self.class_of[job_id].heap, self.key[job_id])

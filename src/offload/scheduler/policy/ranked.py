@@ -42,3 +42,10 @@ class Ranked:
 
     def remove_at(self, index: int) -> None:
         del self._keys[self.entries.pop(index)[1]]
+
+    def rerank(self, copy: int, rank: float) -> None:
+        """Copy number ``copy`` moves to ``rank``; nothing happens if it is not held."""
+        key = self._keys.get(copy)
+        if key is not None and key[0] != rank:
+            self.discard(copy)
+            self.add((rank, copy, key[2]))
