@@ -48,7 +48,9 @@ def _namespace_pids(record: MemberRecord, root: Path) -> list[int]:
 
     That is the member's sshd and everything below it, including nix-store, which runs in a
     mount namespace of its own (Nix 2.8 unshares one to remount the store) and so does not
-    share the member's namespace id. No other process can see that directory at /nix.
+    share the member's namespace id. No other process can see that directory at /nix. A
+    process that is exiting lets go of its root a moment before its namespace: one whose root
+    cannot be read but is still in the member's namespace id counts too, until it is gone.
     """
     if not record.mnt_ns or record.mnt_ns == mnt_ns(os.getpid()):
         return []
@@ -63,6 +65,10 @@ def _namespace_pids(record: MemberRecord, root: Path) -> list[int]:
         try:
             seen = (entry / "root" / "nix").stat()
         except OSError:
+            # Exiting (or not ours to read): waited for only while it is still in the
+            # member's namespace id, which a live stranger there (an id used again) is not.
+            if mnt_ns(int(entry.name)) == record.mnt_ns:
+                pids.append(int(entry.name))
             continue
         if (seen.st_dev, seen.st_ino) == (want.st_dev, want.st_ino):
             pids.append(int(entry.name))
