@@ -51,9 +51,7 @@ import logging
 import math
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
@@ -61,12 +59,19 @@ from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.load import RemoteLoad
 from offload.protocol.store import StoreClient
 from offload.transport.links.base import (
-    TAIL,
     LinkStats,
     LogSink,
     SessionPipes,
     SessionTransport,
     SlotStart,
+)
+from offload.transport.links.lending import (
+    BuilderFullError,
+    LogRoute,
+    PooledSession,
+    check_slot,
+    close_shielded,
+    wait_teardown,
 )
 from offload.transport.links.streams import CountingReader, CountingWriter, keep_stderr
 from offload.transport.ssh import WANT_FRESH
@@ -96,34 +101,7 @@ FALLBACKS = {
 }
 
 
-class BuilderFullError(Exception):
-    """Every builder-side slot is held by another session (another client's, most often)."""
-
-
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _LogRoute:
-    """A session's stderr: kept as a short tail for errors, passed to the current borrower."""
-
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL))
-    sink: LogSink | None = None
-
-    def log(self, line: str) -> None:
-        self.tail.append(line)
-        if self.sink is not None:
-            self.sink(line)
-
-
-@dataclass(eq=False)
-class _Session:
-    client: StoreClient
-    stack: contextlib.AsyncExitStack
-    pipes: SessionPipes
-    logs: _LogRoute
-    teardown: asyncio.Task[None] | None = None
-    opened: float = field(default_factory=time.monotonic)  # when its turn began (``TURN``)
 
 
 class Link:
@@ -162,10 +140,10 @@ class Link:
         self._refused = -math.inf
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
-        self._idle: list[_Session] = []
+        self._idle: list[PooledSession] = []
         # Build sessions between builds, still holding a builder-side slot (``LINGER``).
-        self._lingering: dict[_Session, asyncio.Task[None]] = {}
-        self._sessions: dict[StoreClient, _Session] = {}
+        self._lingering: dict[PooledSession, asyncio.Task[None]] = {}
+        self._sessions: dict[StoreClient, PooledSession] = {}
         self._warming: set[asyncio.Future[None]] = set()  # build sessions opening ahead
         self._teardowns: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -209,7 +187,7 @@ class Link:
             async with self._lent(session, on_log, keep=not holds, linger=holds) as client:
                 yield client
 
-    def _lingerer(self) -> _Session | None:
+    def _lingerer(self) -> PooledSession | None:
         """A build session still holding its slot after the last build, if one is alive."""
         while self._lingering:
             session, timer = self._lingering.popitem()
@@ -219,7 +197,7 @@ class Link:
             _ = self._discard_later(session, kill=False)
         return None
 
-    def _linger(self, session: _Session) -> None:
+    def _linger(self, session: PooledSession) -> None:
         async def expire() -> None:
             await asyncio.sleep(LINGER)
             if self._lingering.pop(session, None) is not None:
@@ -229,7 +207,7 @@ class Link:
 
     @contextlib.asynccontextmanager
     async def _lent(
-        self, session: _Session, on_log: LogSink | None, *, keep: bool, linger: bool = False
+        self, session: PooledSession, on_log: LogSink | None, *, keep: bool, linger: bool = False
     ) -> AsyncIterator[StoreClient]:
         """Lend ``session``; afterwards keep it idle (``keep``, and still in step), let it
         linger with its builder-side slot (``linger``), or close it."""
@@ -247,7 +225,7 @@ class Link:
             raise
         session.logs.sink = None
         if session.teardown is not None:
-            await _wait(session.teardown)  # cancelled while lent
+            await wait_teardown(session.teardown)  # cancelled while lent
         elif session.client.usable and session.pipes.alive() and not self._closed and keep:
             self._idle.append(session)
         elif session.client.usable and session.pipes.alive() and not self._closed and linger:
@@ -258,7 +236,7 @@ class Link:
         else:
             await self._discard(session, kill=not session.client.usable)
 
-    async def _open_slot(self, on_wait: Callable[[], None] | None) -> _Session:
+    async def _open_slot(self, on_wait: Callable[[], None] | None) -> PooledSession:
         start, waited = self._slot_start, False
         assert start is not None
         while True:
@@ -286,7 +264,7 @@ class Link:
             self._note_slot(session)
             return session
 
-    def _note_slot(self, session: _Session) -> None:
+    def _note_slot(self, session: PooledSession) -> None:
         """What a build session's start line says of counting on the builder, kept."""
         slot = session.pipes.slot
         if session.pipes.restricted:
@@ -394,7 +372,7 @@ class Link:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _checkout(self) -> _Session:
+    async def _checkout(self) -> PooledSession:
         if self._closed:
             raise TransportError(f"{self.name}: the link is closed")
         while self._idle:
@@ -404,7 +382,7 @@ class Link:
             await self._discard(session, kill=False)
         return await self._open()
 
-    async def _open(self, start: SlotStartOne | None = None) -> _Session:
+    async def _open(self, start: SlotStartOne | None = None) -> PooledSession:
         stack = contextlib.AsyncExitStack()
         try:
             pipes = await (start or self._transport.start)(stack)
@@ -413,8 +391,8 @@ class Link:
                 if self.on_load is not None:
                     self.on_load(pipes.load)
             self.restricted = self.restricted or pipes.restricted
-            _check_slot(self.name, pipes)
-            logs = _LogRoute()
+            check_slot(self.name, pipes)
+            logs = LogRoute()
             logs.tail.extend(pipes.early_stderr)
             client = pipes.dialect.client(
                 CountingReader(pipes.reader, self.stats),
@@ -424,7 +402,7 @@ class Link:
                 self.name,
             )
             client.exporter = pipes.exporter
-            session = _Session(client, stack, pipes, logs)
+            session = PooledSession(client, stack, pipes, logs)
             stack.push_async_callback(client.close)
             keep_stderr(stack, pipes, logs.tail.append)
             self.stats.sessions_opened += 1
@@ -439,15 +417,15 @@ class Link:
                     "ssh sessions (remote-program= in the store URI names another program)",
                 ) from exc
         except BaseException:
-            await _close_shielded(stack)
+            await close_shielded(stack)
             raise
         self._sessions[client] = session
         return session
 
-    async def _discard(self, session: _Session, *, kill: bool) -> None:
-        await _wait(self._discard_later(session, kill=kill))
+    async def _discard(self, session: PooledSession, *, kill: bool) -> None:
+        await wait_teardown(self._discard_later(session, kill=kill))
 
-    def _discard_later(self, session: _Session, *, kill: bool) -> asyncio.Task[None]:
+    def _discard_later(self, session: PooledSession, *, kill: bool) -> asyncio.Task[None]:
         """Start tearing ``session`` down (once); the task is kept until it ends."""
         if session.teardown is None:
             with contextlib.suppress(ValueError):
@@ -460,7 +438,7 @@ class Link:
             task.add_done_callback(self._teardowns.discard)
         return session.teardown
 
-    async def _teardown(self, session: _Session, *, kill: bool) -> None:
+    async def _teardown(self, session: PooledSession, *, kill: bool) -> None:
         try:
             if kill and session.pipes.pid is not None:
                 try:
@@ -470,23 +448,3 @@ class Link:
             await session.stack.aclose()
         finally:
             self._sessions.pop(session.client, None)
-
-
-def _check_slot(name: str, pipes: SessionPipes) -> None:
-    if pipes.slot == "busy":  # the wrapper exited: every slot there is held
-        raise BuilderFullError(name)
-
-
-async def _wait(task: asyncio.Task[None]) -> None:
-    """Wait for a teardown; a second cancellation of the waiter does not stop the teardown."""
-    await asyncio.shield(task)
-
-
-async def _close_shielded(stack: contextlib.AsyncExitStack) -> None:
-    """Close ``stack`` to the end even if the caller is cancelled meanwhile."""
-    task = asyncio.get_running_loop().create_task(stack.aclose())
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
