@@ -49,6 +49,46 @@ def _row(graph: Mapping[str, Any]) -> str:
     )
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _split_row(graph: Mapping[str, Any]) -> str:
+    """Optimum, plan, and per offload run its span and its fixed costs (wall less span)."""
+    runs = {r["run"]: r for r in graph["runs"] if r["status"] == "ok"}
+    cells = []
+    for name in ("first", "second"):
+        run = runs.get(name, {})
+        span, wall = run.get("span_s"), run.get("wall_s")
+        fixed = None if span is None or wall is None else float(wall) - float(span)
+        cells += [_seconds(span), _seconds(fixed)]
+    return (
+        f"| {graph['shape']} | {float(graph['optimum']['makespan']):.2f} | "
+        f"{float(graph['plan_s']):.2f} | {' | '.join(cells)} |"
+    )
+
+
+def _split_lines(graphs: list[Mapping[str, Any]]) -> list[str]:
+    """Where the time goes; only for results that recorded it (``plan_s``)."""
+    graphs = [graph for graph in graphs if graph.get("plan_s") is not None]
+    if not graphs:
+        return []
+    return [
+        "",
+        (
+            "Where the time goes (seconds): `plan`, offload's own simulated plan with exact "
+            "durations (the policy's part of the gap to the optimum); per run its `span`, first "
+            "scheduling decision to last build (span less plan: carrying the plan out, per-build "
+            "set-up and copies, and on a first run estimates that were off), and `fixed`, wall "
+            "less span (start-up: interpreter, evaluation, handshakes; shutdown)."
+        ),
+        "",
+        "| shape | optimum | plan | first span | first fixed | second span | second fixed |",
+        "|---|---|---|---|---|---|---|",
+        *(_split_row(graph) for graph in graphs),
+    ]
+
+
 def fresh_lines(results: Mapping[str, Any]) -> list[str]:
     """The section's Markdown lines; none when the results have no ``fresh`` section."""
     section = results.get("fresh")
@@ -73,4 +113,5 @@ def fresh_lines(results: Mapping[str, Any]) -> list[str]:
         "| shape | seed | optimum (s) | first/opt | second/opt | Nix/opt | Nix/first | targets |",
         "|---|---|---|---|---|---|---|---|",
         *(_row(graph) for graph in section["graphs"]),
+        *_split_lines(section["graphs"]),
     ]

@@ -139,6 +139,16 @@ def test_fresh_rows_say_which_targets_are_met():
     assert failed[-1].endswith("| first met, second met, nix timeout |")
 
 
+def test_fresh_split_gives_plan_span_and_fixed_costs_per_run():
+    graph = _graph(11.0, 10.5, 30.0)
+    assert not any("first span" in line for line in fresh_lines({"fresh": _fresh(graph)}))
+    graph["plan_s"] = 10.2
+    graph["runs"][0]["span_s"] = 10.25
+    graph["runs"][1]["span_s"] = None  # a run whose --json said nothing of its span
+    lines = fresh_lines({"fresh": _fresh(graph)})
+    assert "| layered | 10.00 | 10.20 | 10.25 | 0.75 | - | - |" in lines
+
+
 def test_fixed_cost_lines_give_each_phase_its_share_of_the_wall():
     runs = [
         {
