@@ -8,6 +8,12 @@ guess, learnt within the run) and holds and speculation switched or tuned. Each 
 is printed too, so a difference can be traced to its case number (``k % 6`` is the kind).
 
     PYTHONPATH=src python bench/plan_fingerprint.py 300
+
+With ``--moves`` every case plans with input moves instead, as ``offload build`` does
+(``bench.plan_moves.SimulatedMoves``; the bandwidth cases' transfers are replaced too): the
+placement path that scores machines by the inputs they hold, which the plain cases never take.
+
+    PYTHONPATH=src python bench/plan_fingerprint.py 300 --moves
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 if __package__ in {None, ""}:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.plan_moves import SimulatedMoves
 from offload.errors import OffloadError
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import BandwidthTransferCost, MachineSlotSpec, SpeculationRule
@@ -32,8 +39,9 @@ from offload.scheduler.simulate import layered_jobs, random_machines, simulate
 Case = tuple[int, list[Job], list[MachineSlotSpec], dict[str, Any]]
 
 
-def cases(count: int) -> Iterator[Case]:
-    """``count`` random simulations: (number, jobs, machines, simulate's keyword arguments)."""
+def cases(count: int, *, moves: bool = False) -> Iterator[Case]:
+    """``count`` random simulations: (number, jobs, machines, simulate's keyword arguments);
+    ``moves``: each plans with input moves (module docstring)."""
     for k in range(count):
         rng = random.Random(k)
         jobs = layered_jobs(
@@ -77,12 +85,16 @@ def cases(count: int) -> Iterator[Case]:
                 min_gain=rng.choice([0.1, 1, 5]), min_ratio=rng.choice([0.05, 0.2, 0.5])
             )
             kw["speculate"] = rng.random() < 0.8
+        if moves:
+            kw["transfer"] = SimulatedMoves(jobs)
         yield k, jobs, machines, kw
 
 
 def main(argv: list[str]) -> int:
+    moves = "--moves" in argv
+    counts = [arg for arg in argv if arg != "--moves"]
     total = hashlib.sha256()
-    for k, jobs, machines, kw in cases(int(argv[0]) if argv else 300):
+    for k, jobs, machines, kw in cases(int(counts[0]) if counts else 300, moves=moves):
         try:
             res = simulate(jobs, machines, **kw)
             fields = (res.makespan, res.lower_bound, res.schedule, res.failed, res.skipped)

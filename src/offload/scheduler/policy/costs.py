@@ -2,7 +2,8 @@
 
 A job started at ``now`` on a machine of speed ``s`` is expected to end at
 ``now + transfer + work / s``. The transfer estimate is pluggable (``TransferCost``, zero when
-none is given; ``BandwidthTransferCost`` charges missing inputs by bytes and bandwidth). A running
+none is given; ``BandwidthTransferCost`` charges missing inputs by bytes and bandwidth,
+``MissingInputs`` a fixed time per input job whose outputs the machine lacks). A running
 job that has overrun its estimate is assumed to need another quarter of its elapsed time
 (``slot_time``).
 
@@ -13,7 +14,7 @@ within 30 s counting once): ``Backoff``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +26,7 @@ __all__ = [
     "OVERDUE_FRACTION",
     "Backoff",
     "BandwidthTransferCost",
+    "MissingInputs",
     "TransferCost",
     "slot_time",
 ]
@@ -64,6 +66,41 @@ class TransferCost(Protocol):
     def estimate(self, job: Job, machine: str) -> float: ...
 
     def record_output(self, job_id: str, machine: str) -> None: ...
+
+
+class MissingInputs:
+    """``seconds`` for each input job whose outputs a machine does not hold (``holders``: a
+    job -> the machines that hold its outputs, kept by its owner).
+
+    A machine that holds none of a job's inputs pays for all of them: only the machines
+    ``held`` names cost less, which is what lets placement score the others a tier at a time
+    (``placement.place_by_holders``). A subclass keeps ``estimate`` and ``held`` as they are.
+    """
+
+    def __init__(self, holders: Mapping[str, Collection[str]], seconds: float) -> None:
+        self._holders = holders
+        self.seconds = seconds
+
+    def estimate(self, job: Job, machine: str) -> float:
+        holders = self._holders
+        missing = 0
+        for dep in job.deps:  # a loop, not sum() over a generator: this runs per machine scored
+            if machine not in holders.get(dep, ()):
+                missing += 1
+        return self.seconds * missing
+
+    def held(self, job: Job) -> dict[str, int]:
+        """The machines that hold some of ``job``'s inputs, and how many (each input counted
+        as often as ``job.deps`` names it, as ``estimate`` counts the missing ones)."""
+        holders = self._holders
+        counts: dict[str, int] = {}
+        for dep in job.deps:
+            for machine in holders.get(dep, ()):
+                counts[machine] = counts.get(machine, 0) + 1
+        return counts
+
+    def record_output(self, job_id: str, machine: str) -> None:
+        """The owner of ``holders`` records where outputs are."""
 
 
 @dataclass(slots=True)

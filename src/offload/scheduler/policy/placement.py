@@ -14,8 +14,12 @@ of its elapsed time. Machines of one speed in a class form a tier whose earliest
 (no transfer costs) until a slot of one of its machines is released, a hold or claim touches it,
 or a start fills the machine it named; from one call to the next only while that start does not
 depend on the time (a free slot, or busy slots none overdue and the first still ahead). With a
-transfer model every eligible machine is scored. Either way the
-scan stops at the first machine too slow to beat the best finish found.
+transfer model every eligible machine is scored, but for ``MissingInputs`` (what ``offload
+build`` plans with) a machine that holds none of a job's inputs pays for all of them, so of
+those the tier's earliest start is the best (or, for a coming job, the tier's first machine free
+by its ready time), and only those and the machines holding inputs are scored (the same machine
+as scoring each: ties go to the earlier start, then to the machine first in the class's order).
+Either way the scan stops at the first machine too slow to beat the best finish found.
 
 Coming work. Each round, the most critical coming jobs (up to the hold budget, and only those with
 less slack than their own work) are placed like held jobs before any ready job less critical than
@@ -35,6 +39,7 @@ from offload.scheduler.dag import Job, JobGraph
 from offload.scheduler.policy.costs import (
     MIN_OVERDUE,
     OVERDUE_FRACTION,
+    MissingInputs,
     TransferCost,
     slot_time,
 )
@@ -70,6 +75,8 @@ def place(
     work = graph.work(job_id)
     if transfer is None:
         return place_by_tier(cls, work, now, ready_at)
+    if isinstance(transfer, MissingInputs):
+        return place_by_holders(cls, graph.job(job_id), work, now, transfer, ready_at=ready_at)
     return place_by_machine(cls, graph.job(job_id), work, now, transfer, ready_at=ready_at)
 
 
@@ -89,7 +96,8 @@ def reserve(
         m.reserved = list(m.ends)
         reserved.append(m)
     frees_in_time = bool(m.reserved) and m.reserved[0][0] <= start
-    if m.free > m.claimed and not (frees_in_time and start > now):
+    claim = m.free > m.claimed and not (frees_in_time and start > now)
+    if claim:
         m.claimed += 1
         m.claimed_from = min(m.claimed_from, start)
         heapq.heappush(m.reserved, (finish, max(start, now), job_id, 0))
@@ -97,6 +105,7 @@ def reserve(
         heapq.heapreplace(m.reserved, (finish, start, job_id, 0))
     for tier in m.tiers:
         tier.fresh = False
+        tier.claimed += claim
 
 
 def clear_reservations(reserved: list[Machine]) -> None:
@@ -107,6 +116,7 @@ def clear_reservations(reserved: list[Machine]) -> None:
         m.claimed_from = math.inf
         for tier in m.tiers:
             tier.fresh = False
+            tier.claimed = 0
 
 
 def slot_start(m: Machine, now: float, duration: float) -> float:
@@ -150,7 +160,7 @@ def place_by_tier(group: EligibilityClass, work: float, now: float, ready_at: fl
         duration = work / tier.speed
         if earliest + duration > best_finish:
             break
-        if not (
+        if not (  # _kept, inlined: without transfers this is the hottest loop of a round
             tier.fresh
             and not tier.claims
             and (tier.at == now or tier.free or (not tier.overdue and tier.start > now))
@@ -163,6 +173,15 @@ def place_by_tier(group: EligibilityClass, work: float, now: float, ready_at: fl
         if finish < best_finish or (finish == best_finish and start < best_start):
             best, best_start, best_finish = tier.machine, start, finish
     return best, best_start, best_finish
+
+
+def _kept(tier: Tier, now: float) -> bool:
+    """Whether ``tier``'s kept earliest start holds at ``now`` (``scan_tier``)."""
+    return (
+        tier.fresh
+        and not tier.claims
+        and (tier.at == now or tier.free or (not tier.overdue and tier.start > now))
+    )
 
 
 def scan_tier(tier: Tier, now: float, duration: float) -> None:
@@ -239,3 +258,80 @@ def place_by_machine(
         if finish < best_finish or (finish == best_finish and start < best_start):
             best, best_start, best_finish = m, start, finish
     return best, best_start, best_finish
+
+
+def place_by_holders(
+    group: EligibilityClass,
+    job: Job,
+    work: float,
+    now: float,
+    moves: MissingInputs,
+    *,
+    ready_at: float,
+) -> Placement:
+    """Earliest finish with ``MissingInputs``: ``place_by_machine``'s answer, from each tier's
+    earliest start (kept as ``place_by_tier`` keeps it; if that is before ``ready_at``, the
+    tier's first machine free by then) and the machines holding some of the job's inputs
+    (module docstring)."""
+    held = moves.held(job)
+    seconds, inputs = moves.seconds, len(job.deps)
+    by_name = group.by_name
+    # Scored one by one: the holders, and the machines of tiers with claims this round (their
+    # starts depend on the job's duration, ``slot_start``).
+    each = [by_name[name] for name in held if name in by_name]
+    best: Machine | None = None
+    best_start = best_finish = math.inf
+    earliest = max(now, ready_at)
+    for tier in group.tiers:
+        duration = work / tier.speed
+        if earliest + duration > best_finish:
+            break
+        if tier.claimed:
+            each.extend(tier.machines)
+            continue
+        if not _kept(tier, now):
+            scan_tier(tier, now, duration)
+        if (m := tier.machine) is None:
+            continue
+        start = now if tier.free else tier.start
+        if start < ready_at:  # every machine free by then starts then: the first of them
+            m, start = _first_by(tier, now, ready_at) or m, ready_at
+        # As place_by_machine adds them, for the same rounding.
+        finish = start + duration + seconds * (inputs - held.get(m.spec.name, 0))
+        if best is None or _before((finish, start, m), (best_finish, best_start, best)):
+            best, best_start, best_finish = m, start, finish
+    for m in each:
+        if not m.up:
+            continue
+        duration = work / m.speed
+        cost = seconds * (inputs - held.get(m.spec.name, 0))
+        if earliest + duration + cost > best_finish:
+            continue  # it cannot start before ``earliest``
+        start = now if m.free > m.claimed else slot_start(m, now, duration)
+        if start < ready_at:  # noqa: PLR1730 -- max() is a call, in a loop per machine
+            start = ready_at
+        if start == math.inf:
+            continue  # no slot of its own at all (``slot_start``)
+        finish = start + duration + cost
+        if best is None or _before((finish, start, m), (best_finish, best_start, best)):
+            best, best_start, best_finish = m, start, finish
+    return best, best_start, best_finish
+
+
+def _first_by(tier: Tier, now: float, ready_at: float) -> Machine | None:
+    """The first machine of ``tier`` (none of it claimed) that can start by ``ready_at``."""
+    for m in tier.machines:
+        if m.up and (m.free > 0 or slot_start(m, now, 0.0) <= ready_at):
+            return m
+    return None
+
+
+def _before(one: tuple[float, float, Machine], other: tuple[float, float, Machine]) -> bool:
+    """Whether placement ``one`` (finish, start, machine) beats ``other`` as
+    ``place_by_machine``'s scan in the class's order would: an earlier finish, then an
+    earlier start, then first in that order."""
+    if one[0] != other[0]:
+        return one[0] < other[0]
+    if one[1] != other[1]:
+        return one[1] < other[1]
+    return one[2].order < other[2].order

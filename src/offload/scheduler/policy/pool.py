@@ -85,6 +85,8 @@ class Tier:
     overdue: bool = False
     # Free slots on its machines that are up (kept current like the class's).
     free_up: int = 0
+    # Slots of its machines claimed this round (``placement.reserve``).
+    claimed: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -97,6 +99,8 @@ class EligibilityClass:
     # Ready jobs: (-critical path, -direct dependents, job id), most critical first.
     heap: list[tuple[float, int, str]] = field(default_factory=list)
     free_up: int = 0
+    # Its machines by name.
+    by_name: dict[str, Machine] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -155,6 +159,7 @@ class Pool:
                 m.tiers.append(tiers[-1])
             cls = EligibilityClass(job.system, job.required_features, members, set(members), tiers)
             cls.free_up = sum(m.free for m in members if m.up)
+            cls.by_name = {m.spec.name: m for m in members}
             for tier in tiers:
                 tier.free_up = sum(m.free for m in tier.machines if m.up)
             for m in members:

@@ -19,6 +19,7 @@ from typing import Protocol
 from offload.protocol.serve import StoreClient
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.policy.costs import MissingInputs
 from offload.scheduler.policy.guesses import BIG_PARALLEL_WORK, DEFAULT_WORK, guessed_work
 from offload.store.drv import Derivation
 from offload.store.path import split_name_version
@@ -62,26 +63,15 @@ class PoolMember:
     substitute: bool = False  # builders-use-substitutes: the builder tries its caches first
 
 
-class InputMoves:
+class InputMoves(MissingInputs):
     """The policy's transfer cost: ``MOVE_SECONDS`` per input job whose outputs the machine
     does not hold yet. Sizes are not known before outputs exist, and the outputs of most
     derivations move in a few round trips, so what this mostly decides is which of two equally
-    fast machines takes a job: the one that already holds its inputs."""
+    fast machines takes a job: the one that already holds its inputs. The executor records
+    where outputs are itself (``Holders``)."""
 
     def __init__(self, holders: Mapping[str, set[str]], seconds: float | None = None) -> None:
-        self._holders = holders
-        self._seconds = MOVE_SECONDS if seconds is None else seconds
-
-    def estimate(self, job: Job, machine: str) -> float:
-        holders = self._holders
-        missing = 0
-        for dep in job.deps:  # a loop, not sum() over a generator: this runs per machine scored
-            if machine not in holders.get(dep, ()):
-                missing += 1
-        return self._seconds * missing
-
-    def record_output(self, job_id: str, machine: str) -> None:
-        """The executor records where outputs are itself (``Holders``)."""
+        super().__init__(holders, MOVE_SECONDS if seconds is None else seconds)
 
 
 @dataclass(frozen=True)
