@@ -458,17 +458,7 @@ class Policy:
     def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
         """These finished jobs' outputs are gone and still needed: they must run again
         (``JobGraph.mark_undone``: pass every such job, dependencies included)."""
-        queues = self._queues
-        undone = list(job_ids)
-        ready, waiting_again = self.graph.mark_undone(undone)
-        for job_id in undone:
-            queues.count_started(job_id, +1)
-        # Undone jobs count their own dependencies afresh (after the loop above touched them).
-        for job_id in undone:
-            queues.unstarted[job_id] = queues.count_unstarted(job_id)
-        queues.queued.difference_update(waiting_again)
-        for job_id in ready:
-            queues.enqueue(job_id)
+        self._queues.undo(list(job_ids))
 
     def hold(self, machine: str) -> None:
         """Keep ``machine`` out until it answers (``on_machine_up``) or fails
