@@ -24,7 +24,8 @@ A round of ``next_decisions`` takes the most critical head of the class queues w
 free: a more critical *coming* job claims the slot it will want (``placement``), a ready job
 goes where it finishes first (``placement``) or, with slack to spare, to a slower machine
 (``slack``); one whose best slot is busy is held. When nothing is ready, idle slots copy running
-jobs (``speculation``).
+jobs (``speculation``). Before the ready jobs, a guessed build running far past its estimate is
+copied onto a much faster free slot if it has become the critical one (``overrun``).
 
 Failures. A failed build is final and skips its dependents (``JobGraph.mark_failed``): paths
 through them no longer count, and the jobs whose critical path that shortens are ordered anew.
@@ -57,6 +58,7 @@ from offload.scheduler.policy.decisions import (
 )
 from offload.scheduler.policy.full import move_target
 from offload.scheduler.policy.matching import MachineSlotSpec
+from offload.scheduler.policy.overrun import Overrun
 from offload.scheduler.policy.placement import (
     MAX_HOLDS_PER_ROUND,
     clear_reservations,
@@ -111,6 +113,9 @@ class Policy:
         # (remaining_path).
         self._by_path = Ranked()
         self._queues = Queues(self.graph)
+        self._overrun = Overrun(
+            self.graph, self._queues, self._speculation, transfer, self._by_path
+        )
         # Jobs no machine can build (with why), and those skipped because of them.
         self.unschedulable, self.skipped_at_start = classify(
             self.graph, self._pool, machines, self._queues.class_of, strict=strict
@@ -156,6 +161,8 @@ class Policy:
         if self._waiting:
             for job_id, run in list(self._waiting.items()):
                 self._move_waiting(rnd, job_id, run, now)
+        if self._guessed and pool.free_up_total > 0:  # before the ready jobs take the slots
+            rnd.wake = self._overrun.copies(rnd.decisions, now, pool, self._runs)
         classes = pool.class_list
         work = self.graph.work
         while pool.free_up_total > 0:
@@ -458,17 +465,7 @@ class Policy:
     def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
         """These finished jobs' outputs are gone and still needed: they must run again
         (``JobGraph.mark_undone``: pass every such job, dependencies included)."""
-        queues = self._queues
-        undone = list(job_ids)
-        ready, waiting_again = self.graph.mark_undone(undone)
-        for job_id in undone:
-            queues.count_started(job_id, +1)
-        # Undone jobs count their own dependencies afresh (after the loop above touched them).
-        for job_id in undone:
-            queues.unstarted[job_id] = queues.count_unstarted(job_id)
-        queues.queued.difference_update(waiting_again)
-        for job_id in ready:
-            queues.enqueue(job_id)
+        self._queues.undo(list(job_ids))
 
     def hold(self, machine: str) -> None:
         """Keep ``machine`` out until it answers (``on_machine_up``) or fails

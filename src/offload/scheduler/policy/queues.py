@@ -132,6 +132,19 @@ class Queues:
                 coming.append(key)
         return coming
 
+    def undo(self, undone: list[str]) -> None:
+        """Finished jobs must run again (``JobGraph.mark_undone``, every such job named): they
+        and their dependents are counted and queued afresh."""
+        ready, waiting_again = self.graph.mark_undone(undone)
+        for job_id in undone:
+            self.count_started(job_id, +1)
+        # Undone jobs count their own dependencies afresh (after the loop above touched them).
+        for job_id in undone:
+            self.unstarted[job_id] = self.count_unstarted(job_id)
+        self.queued.difference_update(waiting_again)
+        for job_id in ready:
+            self.enqueue(job_id)
+
     def coming_jobs(self, limit: int) -> list[Coming]:
         """Up to ``limit`` coming jobs, most critical first: (queue key, job, None), as their
         expected ready time is found only for those that claim a slot (``ready_at``)."""
