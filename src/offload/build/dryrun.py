@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, load_graph
-from offload.build.members import pool_members, pool_specs
+from offload.build.members import local_spec, pool_members, pool_specs
 from offload.build.plan import estimated_plan
 from offload.build.sessions import open_sessions
 from offload.config.pool import Pool
@@ -42,7 +42,7 @@ async def dry_run(
         local, clients, _ = await open_sessions(opened, local_link, remote, unreachable, roots)
         graph = await load_graph(local, roots, remotes=clients)
         plan, estimates = await estimated_plan(graph, local, estimate)
-    jobs = plan_jobs(plan, estimates)
+    jobs = plan_jobs(plan, estimates, local_spec(pool))
     machines = {m.name: m for m in pool.machines}
     unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
     specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]

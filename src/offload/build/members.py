@@ -17,6 +17,7 @@ from offload.load import RemoteLoad
 from offload.names import LOCAL
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import PoolMember
+from offload.scheduler.run.plan import PREFER_LOCAL
 from offload.slot_fallback import record_fallbacks
 from offload.slots import slot_key
 from offload.tasks import wait_all
@@ -34,6 +35,8 @@ __all__ = [
 
 
 def local_spec(pool: Pool) -> MachineSlotSpec | None:
+    """The local machine as the scheduler sees it (None without slots): it alone offers
+    ``PREFER_LOCAL``, which ``preferLocalBuild`` derivations it can build require."""
     if pool.local is None or pool.local.max_jobs <= 0:
         return None
     return MachineSlotSpec(
@@ -41,7 +44,7 @@ def local_spec(pool: Pool) -> MachineSlotSpec | None:
         speed=pool.local.speed_factor,
         slots=pool.local.max_jobs,
         systems=frozenset(pool.local.systems),
-        supported=frozenset(pool.local.supported_features),
+        supported=frozenset({*pool.local.supported_features, PREFER_LOCAL}),
     )
 
 

@@ -139,8 +139,9 @@ class Executor:
     def _new_policy(
         self, members: Sequence[PoolMember], estimates: Mapping[str, float] | None
     ) -> Policy:
+        local = next((m.spec for m in members if not m.remote), None)
         return Policy(
-            plan_jobs(self.plan, estimates),
+            plan_jobs(self.plan, estimates, local),
             [m.spec for m in members],
             transfer=InputMoves(self._holders.where),
             guessed=self._learning.unknown,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from offload.protocol.serve import StoreClient
 from offload.scheduler.dag import Job
-from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.policy import MachineSlotSpec, can_build
 from offload.scheduler.policy.costs import MissingInputs
 from offload.scheduler.policy.guesses import BIG_PARALLEL_WORK, DEFAULT_WORK, guessed_work
 from offload.store.drv import Derivation
@@ -28,6 +28,7 @@ __all__ = [
     "BIG_PARALLEL_WORK",
     "DEFAULT_WORK",
     "MOVE_SECONDS",
+    "PREFER_LOCAL",
     "BuildPlan",
     "InputMoves",
     "MemberLink",
@@ -39,6 +40,8 @@ __all__ = [
 # Moving one input job's outputs to a machine: a few round trips on each side (measured on
 # loopback at about 20-40 ms builder to builder; see docs/BENCHMARKS.md).
 MOVE_SECONDS = 0.05
+# The feature only the local machine offers: ``preferLocalBuild`` derivations require it.
+PREFER_LOCAL = "offload-prefer-local"
 
 
 class MemberLink(Protocol):
@@ -98,8 +101,17 @@ def size_factor(source_bytes: int) -> float:
 def plan_jobs(
     plan: BuildPlan,
     estimates: Mapping[str, float] | None = None,
+    local: MachineSlotSpec | None = None,
 ) -> list[Job]:
-    """Jobs for the policy; ``estimates`` maps a name without version to speed-1 seconds."""
+    """Jobs for the policy; ``estimates`` maps a name without version to speed-1 seconds.
+
+    A derivation with ``preferLocalBuild`` that the local machine (``local``, None: it has no
+    slots) can build is built there, as Nix does (it never asks its hook for one, 2.4-2.33;
+    2.34 asks only when no local slot is free): they are trivial builds (``writeText``,
+    ``runCommandLocal``, ``buildEnv``, a NixOS system's top level) whose inputs are often
+    large, so a builder would cost their copy both ways. It requires ``PREFER_LOCAL``, a
+    feature only the local machine's spec offers (``build.members.local_spec``).
+    """
     estimates = estimates or {}
     jobs = []
     in_plan = set(plan.order)
@@ -109,13 +121,20 @@ def plan_jobs(
         default = guessed_work(
             drv.required_features, size_factor(plan.source_bytes.get(drv_path, 0))
         )
+        features = drv.required_features
+        if (
+            local is not None
+            and drv.prefer_local_build
+            and can_build(local, drv.platform, features)
+        ):
+            features |= {PREFER_LOCAL}
         jobs.append(
             Job(
                 id=drv_path,
                 work_estimate=estimates.get(pname, default),
                 deps=tuple(d for d in drv.input_drvs if d in in_plan),
                 system=drv.platform,
-                required_features=drv.required_features,
+                required_features=features,
             )
         )
     return jobs

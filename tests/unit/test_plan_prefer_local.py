@@ -1,0 +1,59 @@
+"""plan_jobs and preferLocalBuild: the jobs of derivations the local machine can build require
+the feature only the local machine offers; the rest are left as they were."""
+
+from __future__ import annotations
+
+from offload.names import LOCAL
+from offload.scheduler.policy import MachineSlotSpec, Policy, Start
+from offload.scheduler.run.plan import PREFER_LOCAL, BuildPlan, plan_jobs
+from offload.store.drv import Derivation, DerivationOutput
+
+X86 = "x86_64-linux"
+LOCAL_SPEC = MachineSlotSpec(LOCAL, 1.0, 1, frozenset({X86}), frozenset({PREFER_LOCAL}))
+FAST = MachineSlotSpec("fast", 4.0, 1, frozenset({X86, "aarch64-linux"}))
+
+
+def drv(name: str, *, prefer_local: bool, system: str = X86) -> Derivation:
+    env = {"name": name, "preferLocalBuild": "1" if prefer_local else ""}
+    return Derivation.create(
+        outputs={"out": DerivationOutput(f"/nix/store/{'a' * 32}-{name}", "", "")},
+        input_drvs={},
+        input_srcs=(),
+        platform=system,
+        builder="/bin/sh",
+        args=(),
+        env=env,
+    )
+
+
+def plan(**drvs: Derivation) -> BuildPlan:
+    paths = {f"/nix/store/{'b' * 32}-{name}.drv": d for name, d in drvs.items()}
+    return BuildPlan(paths, tuple(paths), dict.fromkeys(paths, ()), dict.fromkeys(paths, ()))
+
+
+def features(jobs_plan: BuildPlan, local: MachineSlotSpec | None) -> dict[str, bool]:
+    return {
+        job.id.rsplit("-", 1)[1].removesuffix(".drv"): PREFER_LOCAL in job.required_features
+        for job in plan_jobs(jobs_plan, None, local)
+    }
+
+
+def test_only_prefer_local_builds_the_local_machine_can_build_require_it() -> None:
+    p = plan(
+        env=drv("env", prefer_local=True),
+        cc=drv("cc", prefer_local=False),
+        arm=drv("arm", prefer_local=True, system="aarch64-linux"),
+    )
+    assert features(p, LOCAL_SPEC) == {"env": True, "cc": False, "arm": False}
+    assert features(p, None) == {"env": False, "cc": False, "arm": False}  # no local slots
+
+
+def test_the_policy_starts_a_prefer_local_build_on_the_local_machine_only() -> None:
+    p = plan(env=drv("env", prefer_local=True), cc=drv("cc", prefer_local=False))
+    policy = Policy(plan_jobs(p, None, LOCAL_SPEC), [FAST, LOCAL_SPEC])
+    where = {
+        d.job.rsplit("-", 1)[1]: d.machine
+        for d in policy.next_decisions(0.0)
+        if isinstance(d, Start)
+    }
+    assert where == {"env.drv": LOCAL, "cc.drv": "fast"}
