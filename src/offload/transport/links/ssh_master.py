@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from offload.errors import SshError
 from offload.process import run_async, spawn
 from offload.tasks import stop
@@ -353,6 +355,16 @@ class SshTransport:
         if code != 0:
             raise self._error(f"stop process {pid} on", [err])
 
+    def release(self) -> None:
+        """No session will be started or stopped over the master any more: tell it to end once
+        its sessions have (its stdin closed, as ``close`` does), so that it ends while they end
+        rather than after them. Nothing while it is still connecting (``close`` stops that)."""
+        proc = self._master
+        connecting = self._early is not None and not self._early.done()
+        if proc is None or connecting or proc.returncode is not None or proc.stdin is None:
+            return
+        proc.stdin.close()
+
     async def close(self) -> None:
         early, self._early = self._early, None
         try:
@@ -403,6 +415,10 @@ class MachineLink(Link):
             slot_start=self.ssh.start,
         )
         self._params = dict(params or {})
+
+    @override
+    def _release(self) -> None:
+        self.ssh.release()
 
     async def remove_partial(self, paths: Sequence[str]) -> None:
         """Delete what a failed build left of ``paths`` in the builder's store: each path that
