@@ -136,6 +136,9 @@ class SshTransport:
         self._spawned = asyncio.Event()
         # The builder's key runs only the serve program (module docstring); learnt on connect.
         self.restricted = False
+        # The builder's cores as a session reported them: later sessions are told them (no
+        # ``nproc`` there each time, ``offload.transport.ssh``).
+        self.cores: int | None = None
 
     @property
     def control_path(self) -> Path | None:
@@ -290,6 +293,7 @@ class SshTransport:
             slots=slots,
             client=client,
             waited=waited,
+            cores=self.cores,
         )
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
@@ -298,6 +302,8 @@ class SshTransport:
         if opening.failure is not None:
             raise self._error("open a session on", [*opening.early, opening.failure])
         self.restricted = self.restricted or opening.restricted
+        if opening.load is not None:
+            self.cores = opening.load.cores
         return opening.pipes(proc)
 
     async def run(self, remote: list[str]) -> tuple[int, str, str]:
