@@ -43,7 +43,7 @@ Handler = Callable[[argparse.Namespace], int]
 def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser for ``argv``: with the subcommand it names only (every one for ``()``)."""
     # Imported here, not at the top: main() must be running (and catching Ctrl-C) first.
-    from typing_extensions import override
+    from offload.typing_compat import override
 
     class _Parser(argparse.ArgumentParser):
         """argparse with offload's error lines; subcommand parsers are of the same class."""

@@ -27,8 +27,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from typing_extensions import override
-
 from offload.errors import SshError
 from offload.process import run_async, spawn
 from offload.tasks import stop
@@ -55,6 +53,7 @@ from offload.transport.ssh import (
     ssh_argv,
     ssh_target,
 )
+from offload.typing_compat import override
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
