@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import FLEET_SPECS, log
-from bench.fixed_costs import PHASES, phases
+from bench.fixed_costs import PHASES, json_events, phases
 from bench.measure import run_timed
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.fleet import MemberSpec, fleet_down, fleet_up
@@ -50,18 +50,6 @@ def _tree_env(base: Mapping[str, str], src: Path, state: Path) -> dict[str, str]
     return env
 
 
-def _events(stdout: str) -> list[dict[str, Any]]:
-    out = []
-    for line in stdout.splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(event, dict):
-            out.append(event)
-    return out
-
-
 def _one(work: Path, machines: Path, env: Mapping[str, str], label: str, n: int) -> dict[str, Any]:
     nix_file = work / f"ab-{label}.nix"
     dag = Dag(tuple(DagNode(f"ab-n{i:04d}", 0.0) for i in range(n)))
@@ -75,7 +63,7 @@ def _one(work: Path, machines: Path, env: Mapping[str, str], label: str, n: int)
     return {
         "ok": True,
         "wall_s": round(done.elapsed, 4),
-        "phases": phases(spawned, spawned + done.elapsed, _events(done.stdout)),
+        "phases": phases(spawned, spawned + done.elapsed, json_events(done.stdout)),
     }
 
 
