@@ -41,7 +41,7 @@ from offload.dagfile import Dag, DagNode, to_nix_expression
 if TYPE_CHECKING:
     from bench.context import Bench, Options, Save
 
-__all__ = ["PHASES", "fixed_costs_section", "per_build", "phases"]
+__all__ = ["PHASES", "fixed_costs_section", "json_events", "per_build", "phases"]
 
 # (phase, the mark that ends it); None: ended by the job events or the exit.
 PHASES = (
@@ -60,7 +60,8 @@ TRIVIAL, QUICK_TRIVIAL = 100, 10
 GRAPH, QUICK_GRAPH = ("layered", 40, 7), ("layered", 12, 7)
 
 
-def _events(stdout: str) -> list[dict[str, Any]]:
+def json_events(stdout: str) -> list[dict[str, Any]]:
+    """The JSON objects of ``offload build --json``'s output, one a line; other lines skipped."""
     out = []
     for line in stdout.splitlines():
         try:
@@ -130,7 +131,7 @@ def _offload(bench: Bench, argv: Sequence[str], dag: Dag, label: str, jobs: int)
     spawned = time.time()
     done = run_timed(command, env=bench.env, timeout=30 + 3.0 * len(dag.nodes))
     exited = spawned + done.elapsed
-    events = _events(done.stdout)
+    events = json_events(done.stdout)
     ok = done.returncode == 0
     return {
         "status": "ok" if ok else ("timeout" if done.timed_out else "failed"),

@@ -20,7 +20,7 @@ non-zero; tracebacks only under ``--debug``.
 
 from __future__ import annotations
 
-from typing_extensions import override
+from offload.typing_compat import override
 
 __all__ = [
     "BuildFailed",

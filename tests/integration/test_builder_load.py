@@ -89,6 +89,29 @@ def test_without_nproc_the_pid_still_parses_and_the_load_is_unknown():
     assert parse_start_line(line) == (pid, None)
 
 
+def test_told_the_cores_the_wrapper_reports_them_and_asks_no_nproc(tmp_path):
+    # An nproc on PATH that would say 999: the wrapper asks it only when it was told nothing.
+    fake = tmp_path / "nproc"
+    fake.write_text("#!/bin/sh\necho 999\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    program = {"remote-program": "/bin/true"}
+    for cores, reported in ((77, 77), (None, 999), (0, 999)):
+        _, out, _ = start_line(serve_command(program, cores=cores), env)
+        start = parse_start_line(out)
+        assert start is not None
+        assert start[1] is not None
+        assert start[1].cores == reported
+    # Anything but digits there (a wrapper run by something else) is not taken for the cores.
+    argv = serve_command(program)
+    argv[7] = "7;x"
+    _, out, _ = start_line(argv, env)
+    start = parse_start_line(out)
+    assert start is not None
+    assert start[1] is not None
+    assert start[1].cores == 999
+
+
 def test_the_wrapper_leaves_stdin_whole_to_the_program_it_execs():
     # The serve hello is written before the start line is read: nothing but the serve
     # program may consume it.
@@ -113,6 +136,24 @@ async def _first_load(fleet: Fleet, name: str) -> tuple[RemoteLoad | None, Remot
         async with link.session() as client:
             assert client.usable
         return before, link.load
+
+
+async def _later_session_told_cores(fleet: Fleet, name: str) -> tuple[int | None, int | None]:
+    """The cores a link's transport knows before its first session, and after it."""
+    async with MachineLink.from_machine(fleet_machine(fleet, name), env=fleet.env()) as link:
+        before = link.ssh.cores
+        await link.warm(1)
+        after = link.ssh.cores
+        async with link.session() as one, link.session() as two:  # the second: told them
+            assert one.usable
+            assert two.usable
+        assert link.load is not None
+        assert link.load.cores == CORES
+        return before, after
+
+
+def test_a_links_later_sessions_are_told_the_cores_the_first_reported(fleet):
+    assert asyncio.run(_later_session_told_cores(fleet, "medium")) == (None, CORES)
 
 
 def test_a_session_tells_its_link_the_members_load(fleet):

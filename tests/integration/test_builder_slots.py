@@ -64,7 +64,7 @@ def wrapped(
     a slot by ``client`` (``waited``: after a busy answer)."""
     mount = f'mount --bind {lock_dir} /nix/var/nix && exec "$@"'
     script = serve_command()[2]
-    asked = [str(slots), client, str(int(waited))]
+    asked = [str(slots), client, str(int(waited)), "-"]  # "-": the cores are not known
     return [*PRIVATE_NIX_VAR, mount, "sh", "sh", "-c", script, "sh", *asked, *program]
 
 

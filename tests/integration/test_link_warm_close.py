@@ -133,3 +133,23 @@ def test_closing_ends_every_session_at_once_and_leaves_nothing_on_the_builder(
     assert not control.parent.exists()  # the master left, its private directory removed
     assert _serving(warm_fleet) == 0
     assert not any(held(path) for path in _slot_files(warm_fleet))
+
+
+def test_a_released_master_serves_its_open_sessions_and_ends_with_them(warm_fleet: Fleet) -> None:
+    async def go() -> None:
+        link = _link(warm_fleet)
+        try:
+            async with link.session() as client:
+                master = link.ssh.master_pid
+                assert master is not None
+                link.ssh.release()  # what closing does when nothing is left to stop
+                # The master ends only once its sessions have: this one still answers.
+                assert await client.query_valid_paths([]) == set()
+                assert Path(f"/proc/{master}").exists()
+            await asyncio.wait_for(link.aclose(), 20)
+            assert not Path(f"/proc/{master}").exists()
+        finally:
+            await link.aclose()
+
+    asyncio.run(go())
+    assert _serving(warm_fleet) == 0

@@ -231,3 +231,13 @@ def test_fallback_without_nix_reads_nix_conf_and_nix_config(tmp_path):
     assert settings.system  # the host's own, from platform
     assert len(settings.warnings) == 1
     assert "could not ask Nix" in settings.warnings[0]
+
+
+def test_the_native_system_is_nixs_name_for_this_machine_and_kernel():
+    import platform  # what the system was read with before os.uname()
+
+    from offload.config.settings import _native_system
+
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
+    expected = f"{machine or platform.machine().lower()}-{platform.system().lower()}"
+    assert _native_system() == expected

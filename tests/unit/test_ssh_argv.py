@@ -22,7 +22,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
 # The start line: the pid, then the load report of offload.load (cores, /proc/loadavg, boot
 # id), then the builder-side slot; the script is run by real shells in test_builder_slots.
 SCRIPT = serve_command()[2]
-REPORTING = f"sh -c {shlex.quote(SCRIPT)} sh 0 - 0 "
+REPORTING = f"sh -c {shlex.quote(SCRIPT)} sh 0 - 0 - "
 
 
 def test_the_start_line_script_reads_load_and_takes_a_slot_with_flock():
@@ -31,6 +31,12 @@ def test_the_start_line_script_reads_load_and_takes_a_slot_with_flock():
     assert "{ read -r ofl_l </proc/loadavg; } 2>/dev/null; " in SCRIPT
     assert "{ read -r ofl_b </proc/sys/kernel/random/boot_id; } 2>/dev/null; " in SCRIPT
     assert "flock -n 9; then ofl_s=$ofl_i;" in SCRIPT
+    # nproc only when the client does not know the cores, the slot directory made only once.
+    assert "case $ofl_c in ''|*[!0-9]*) ofl_c=$(nproc 2>/dev/null </dev/null);; esac; " in SCRIPT
+    assert SCRIPT.count("nproc") == 1
+    assert 'if [ -d "$ofl_d" ] || (umask 077 && mkdir -p "$ofl_d") 2>/dev/null; then' in SCRIPT
+    assert serve_command(cores=8)[6:8] == ["0", "8"]
+    assert serve_command(cores=None)[7] == serve_command(cores=0)[7] == "-"
     assert SCRIPT.endswith(
         'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--} slot=$ofl_s"; '
         '[ "$ofl_s" = busy ] && exit 75; exec "$@"'

@@ -32,10 +32,10 @@ SCRIPT = serve_command()[2]
 
 def test_the_wrapper_is_given_the_slots_the_client_and_whether_it_waited():
     argv = serve_command({"remote-program": "/bin/x"}, slots=2, client="ab-1.c_d", waited=True)
-    assert argv[3:7] == ["sh", "2", "ab-1.c_d", "1"]
-    assert argv[7:] == ["/bin/x", "--serve", "--write"]
+    assert argv[3:8] == ["sh", "2", "ab-1.c_d", "1", "-"]
+    assert argv[8:] == ["/bin/x", "--serve", "--write"]
     assert serve_command(slots=2, client="ab")[5:7] == ["ab", "0"]
-    assert serve_command()[4:7] == ["0", "-", "0"]  # no slot, no client
+    assert serve_command()[4:8] == ["0", "-", "0", "-"]  # no slot, no client, cores unknown
 
 
 @pytest.mark.parametrize("bad", ["", "a b", "a;rm -rf /", "../x", "a/b", "$(id)", "é"])

@@ -21,7 +21,7 @@ from offload.scheduler.run.plan import PREFER_LOCAL
 from offload.slot_fallback import record_fallbacks
 from offload.slots import slot_key
 from offload.tasks import wait_all
-from offload.transport.links import LocalLink, MachineLink, early
+from offload.transport.links import Link, LocalLink, MachineLink, early
 from offload.ui.events import Event, MachineEvent
 
 __all__ = [
@@ -64,7 +64,8 @@ async def pool_members(
     fallbacks: Path | None = None,
 ) -> AsyncIterator[list[PoolMember]]:
     """The members, their links open for the body; what their build sessions found of each
-    builder's slots (counted there, or here only and why) is written to ``fallbacks`` after."""
+    builder's slots (counted there, or here only and why) is written to ``fallbacks`` after.
+    Every link is closed at the end, ``local_link``'s too: its sessions end with the builders'."""
     members: list[PoolMember] = []
     links: list[MachineLink] = []
     try:
@@ -102,10 +103,10 @@ async def pool_members(
             if fallbacks is not None:
                 _remember_slots(members, fallbacks)
     finally:
-        await _close_all(links)
+        await _close_all([local_link, *links])
 
 
-async def _close_all(links: list[MachineLink]) -> None:
+async def _close_all(links: list[Link]) -> None:
     """Close every link at once (its sessions, remote processes and ssh master): each is its own
     builder's, and one slow to let go holds up none of the others. All are waited for, even by
     a caller cancelled meanwhile (which is then raised); else the first error is."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,9 +115,11 @@ class LocalMachine:
 
 
 def _native_system() -> str:
-    machine = platform.machine().lower()
+    # os.uname() is what platform.machine() and .system() read on POSIX, without importing it.
+    uname = os.uname()
+    machine = uname.machine.lower()
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-    return f"{machine}-{platform.system().lower()}"
+    return f"{machine}-{uname.sysname.lower()}"
 
 
 def parse_nix_conf(text: str, into: dict[str, str] | None = None) -> dict[str, str]:

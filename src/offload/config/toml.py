@@ -21,7 +21,6 @@ match a machine. Parsing here is pure; ``load_offload_toml`` reads the file.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +164,8 @@ def _features(values: tuple[str, ...] | None) -> frozenset[str] | None:
 
 
 def parse_offload_toml(text: str, source: str) -> OffloadToml:
+    import tomllib  # here: a run without offload.toml does without it (and datetime)
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -23,12 +23,11 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from typing_extensions import override
-
 from offload.errors import OffloadError
 from offload.hook.client import HELLO_MAGIC
 from offload.hook.serve import error_line
 from offload.hook.wire import HookIO, Sink, fd_sink
+from offload.typing_compat import override
 
 __all__ = ["Channels", "Hello", "open_channels", "parse_hello", "receive_hello"]
 
@@ -125,7 +124,7 @@ class _Closed(asyncio.BaseProtocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @override
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - asyncio's
         if not self.closed.done():
             self.closed.set_result(None)
 

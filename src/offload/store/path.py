@@ -15,9 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from typing_extensions import override
-
 from offload.errors import StoreError
+from offload.typing_compat import override
 
 __all__ = [
     "NIX32_ALPHABET",

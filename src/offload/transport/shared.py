@@ -101,6 +101,7 @@ class SharedSshTransport:
         # The builder's key runs only the serve program (offload.transport.links.base): learnt
         # from the first session and kept for as long as this object (the coordinator's link).
         self.restricted = False
+        self.cores: int | None = None  # as a session said: later ones are told them (ssh.py)
 
     def _pin(self) -> None:
         if self.known_hosts is None:
@@ -146,7 +147,12 @@ class SharedSshTransport:
         self._pin()
         program = self.dialect.program(self._params)
         command = serve_command(
-            wrapped=not self.restricted, program=program, slots=slots, client=client, waited=waited
+            wrapped=not self.restricted,
+            program=program,
+            slots=slots,
+            client=client,
+            waited=waited,
+            cores=self.cores,
         )
         argv = self.argv(command)
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
@@ -160,6 +166,8 @@ class SharedSshTransport:
                 hint="try `ssh` to it by hand, or leave it out with `offload use`",
             )
         self.restricted = self.restricted or opening.restricted
+        if opening.load is not None:
+            self.cores = opening.load.cores
         return opening.pipes(proc)
 
     def kill_argv(self, pid: int) -> list[str]:

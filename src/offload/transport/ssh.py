@@ -13,7 +13,8 @@ child of ours, never forked into the background) and any number of sessions mult
 session reports its pid on stdout before the serve program takes it over, so that it can be
 stopped remotely: ssh without a PTY does not forward signals, and killing the local ssh leaves
 the remote build running. The same line carries the builder's cores, ``/proc/loadavg`` and
-boot id (``offload.load``), read with shell builtins and one ``nproc``, so a builder's load
+boot id (``offload.load``), read with shell builtins and one ``nproc`` (none once a session
+there told the cores: later ones are given them, ``serve_command``), so a builder's load
 costs no round trip of its own. Every remote argument is quoted on its own because ssh joins
 them into one string for the remote shell.
 
@@ -112,7 +113,8 @@ MASTER_READY = "offload-master-ready"
 # file that cannot be read leaves its variable empty, and anything empty is printed as "-", so a
 # builder without /proc (macOS) still gives a line whose pid parses. The line is the only thing
 # on stdout before the serve protocol's bytes; nothing here reads stdin (`nproc`'s is
-# /dev/null), which holds the serve hello already.
+# /dev/null), which holds the serve hello already. The fourth argument is the cores an earlier
+# session there reported (digits; anything else, "-", asks `nproc`): a process less per session.
 #
 # The first argument is how many builder-side slots there are (0: take none). The session then
 # holds the first free one of `slot-0 .. slot-(N-1)` in SLOT_DIRS (flock(1) on fd 9, which the
@@ -120,7 +122,9 @@ MASTER_READY = "offload-master-ready"
 # says which at the end of the start line: `slot=K`; `slot=busy` when every one is held (the
 # wrapper then exits 75 without starting the serve program), `slot=noflock` / `slot=nodir`
 # when it cannot lock (the client falls back to its own host's count), `slot=-` when not asked.
-# `command exec` keeps a redirection failure from ending the shell, as a special builtin would.
+# The slot directory is made only when it is not there (a process less per session after the
+# first). `command exec` keeps a redirection failure from ending the shell, as a special
+# builtin would.
 #
 # Turns (README, the slots paragraph): the second argument is the client's id (CLIENT_ID_CHARS
 # only; anything else is taken for none, "-"), the third "1" when this client waits there
@@ -140,13 +144,14 @@ _WANTED = (
     '[ -n "$ofl_f" ]; }; '
 )
 _SLOT = (
-    _WANTED + "ofl_n=$1; ofl_id=$2; ofl_w=$3; shift 3; ofl_s=-; "
+    _WANTED + "ofl_n=$1; ofl_id=$2; ofl_w=$3; ofl_c=$4; shift 4; ofl_s=-; "
     "case $ofl_id in ''|*[!A-Za-z0-9_.-]*) ofl_id=-;; esac; "
     'if [ "$ofl_n" -gt 0 ] 2>/dev/null; then '
     "if ! command -v flock >/dev/null 2>&1; then ofl_s=noflock; else "
     f"if [ -w {SLOT_DIRS[0].rsplit('/', 1)[0]} ]; then ofl_d={SLOT_DIRS[0]}; "
     f"else ofl_d=${{HOME:-/nonexistent}}/{SLOT_DIRS[1]}; fi; ofl_s=nodir; "
-    'if (umask 077 && mkdir -p "$ofl_d") 2>/dev/null; then ofl_s=busy; ofl_i=0; '
+    'if [ -d "$ofl_d" ] || (umask 077 && mkdir -p "$ofl_d") 2>/dev/null; then '
+    "ofl_s=busy; ofl_i=0; "
     '[ "$ofl_w" != 1 ] && ofl_wanted && ofl_i=$ofl_n; '
     'while [ "$ofl_i" -lt "$ofl_n" ]; do '
     'if { command exec 9>>"$ofl_d/slot-$ofl_i"; } 2>/dev/null && flock -n 9; then '
@@ -157,7 +162,8 @@ _SLOT = (
     'elif [ "$ofl_w" = 1 ]; then rm -f "$ofl_d/want-$ofl_id"; fi; fi; fi; fi; '
 )
 _REPORT_PID = (
-    _SLOT + "ofl_c=$(nproc 2>/dev/null </dev/null); ofl_l=; ofl_b=; "
+    _SLOT + "case $ofl_c in ''|*[!0-9]*) ofl_c=$(nproc 2>/dev/null </dev/null);; esac; "
+    "ofl_l=; ofl_b=; "
     f"{{ read -r ofl_l <{LOADAVG_FILE}; }} 2>/dev/null; "
     f"{{ read -r ofl_b <{BOOT_ID_FILE}; }} 2>/dev/null; "
     f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}} slot=$ofl_s"; '
@@ -315,18 +321,31 @@ def serve_command(
     slots: int = 0,
     client: str = NO_CLIENT,
     waited: bool = False,
+    cores: int | None = None,
 ) -> list[str]:
     """The serve program (or ``program``: the daemon for ssh-ng://) wrapped so that it first
     reports its pid and load on stdout, holding one of ``slots`` builder-side slots if that is
     above 0 for ``client`` (an id of ``CLIENT_ID_CHARS``; ``waited``: this build was answered
-    busy before, see the comment above ``_SLOT``); the bare program (``wrapped=False``) for a
-    builder known to run only that."""
+    busy before, see the comment above ``_SLOT``); ``cores``: the machine's, as an earlier
+    session reported them (None: the wrapper asks ``nproc``). The bare program
+    (``wrapped=False``) for a builder known to run only that."""
     remote = list(program) if program is not None else serve_program(params)
     if not wrapped:
         return remote
     if not client or not CLIENT_ID_CHARS.issuperset(client):
         raise ValueError(f"invalid client id {client!r}")
-    return ["sh", "-c", _REPORT_PID, "sh", str(max(0, slots)), client, str(int(waited)), *remote]
+    told = str(cores) if cores is not None and cores > 0 else "-"
+    return [
+        "sh",
+        "-c",
+        _REPORT_PID,
+        "sh",
+        str(max(0, slots)),
+        client,
+        str(int(waited)),
+        told,
+        *remote,
+    ]
 
 
 def _split_slot(rest: str) -> tuple[str, str | None]:
@@ -379,10 +398,11 @@ def serve_argv(
     slots: int = 0,
     client: str = NO_CLIENT,
     waited: bool = False,
+    cores: int | None = None,
 ) -> list[str]:
     """``ssh ... -- host 'sh -c ... nix-store --serve --write'``: one serve session (or one of
     ``program``, e.g. ``nix-daemon --stdio``), holding a builder-side slot of ``slots``, if
-    above 0, for ``client`` (``serve_command``)."""
+    above 0, for ``client``, told the builder's ``cores`` if known (``serve_command``)."""
     return [
         *ssh_argv(
             target,
@@ -393,7 +413,13 @@ def serve_argv(
         ),
         remote_command(
             serve_command(
-                params, wrapped=wrapped, program=program, slots=slots, client=client, waited=waited
+                params,
+                wrapped=wrapped,
+                program=program,
+                slots=slots,
+                client=client,
+                waited=waited,
+                cores=cores,
             )
         ),
     ]

@@ -40,15 +40,19 @@ class LocalTransport:
         self._params = params
         self._env = env
         self._start_timeout = start_timeout
+        self._cores: int | None = None  # as the first session said: later ones are told them
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
-        proc = await stack.enter_async_context(spawn(serve_command(self._params), env=self._env))
+        argv = serve_command(self._params, cores=self._cores)
+        proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
         assert proc.stdin is not None
         opening = await open_serve(proc, self._start_timeout)
         if opening.failure is not None or opening.pid is None:
             tail = " | ".join([*opening.early[-5:], opening.failure or "no start line"])
             raise TransportError(f"{self.name}: `nix-store --serve` did not start: {tail}")
+        if opening.load is not None:
+            self._cores = opening.load.cores
         pipes = opening.pipes(proc)
         pipes.exporter = Exporter(
             tuple(store_program(self._params)),

@@ -345,16 +345,23 @@ class Link:
         await self._discard(session, kill=True)
 
     async def aclose(self) -> None:
-        """Close every session (stopping remote processes of any still lent), then the transport."""
+        """Close every session (stopping remote processes of any still lent), then the transport;
+        when no remote process is to be stopped, the transport is let go at once (``_release``)
+        and ends while the sessions do."""
         self._closed = True
         try:
             for timer in self._lingering.values():
                 timer.cancel()
             idle = {*self._idle, *self._lingering}
             self._lingering.clear()
+            # A teardown already under way may be stopping a remote process over the transport.
+            kills = bool(self._teardowns)
             for session in list(self._sessions.values()):
-                lent = session not in idle
-                _ = self._discard_later(session, kill=lent or not session.client.usable)
+                kill = session not in idle or not session.client.usable
+                kills = kills or kill
+                _ = self._discard_later(session, kill=kill)
+            if not kills:
+                self._release()
             while self._teardowns:
                 # Awaiting a done task does not yield: its discard from the set would never run.
                 ending = set(self._teardowns)
@@ -365,6 +372,10 @@ class Link:
         finally:
             self._idle.clear()
             await self._transport.close()
+
+    def _release(self) -> None:
+        """Closing, with no session left to stop: the transport may begin to end now (an ssh
+        master, ``MachineLink``); nothing to do for others."""
 
     @property
     def open_sessions(self) -> int:

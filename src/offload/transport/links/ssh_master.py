@@ -53,6 +53,7 @@ from offload.transport.ssh import (
     ssh_argv,
     ssh_target,
 )
+from offload.typing_compat import override
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -134,6 +135,9 @@ class SshTransport:
         self._spawned = asyncio.Event()
         # The builder's key runs only the serve program (module docstring); learnt on connect.
         self.restricted = False
+        # The builder's cores as a session reported them: later sessions are told them (no
+        # ``nproc`` there each time, ``offload.transport.ssh``).
+        self.cores: int | None = None
 
     @property
     def control_path(self) -> Path | None:
@@ -288,6 +292,7 @@ class SshTransport:
             slots=slots,
             client=client,
             waited=waited,
+            cores=self.cores,
         )
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
@@ -296,6 +301,8 @@ class SshTransport:
         if opening.failure is not None:
             raise self._error("open a session on", [*opening.early, opening.failure])
         self.restricted = self.restricted or opening.restricted
+        if opening.load is not None:
+            self.cores = opening.load.cores
         return opening.pipes(proc)
 
     async def run(self, remote: list[str]) -> tuple[int, str, str]:
@@ -353,6 +360,16 @@ class SshTransport:
         if code != 0:
             raise self._error(f"stop process {pid} on", [err])
 
+    def release(self) -> None:
+        """No session will be started or stopped over the master any more: tell it to end once
+        its sessions have (its stdin closed, as ``close`` does), so that it ends while they end
+        rather than after them. Nothing while it is still connecting (``close`` stops that)."""
+        proc = self._master
+        connecting = self._early is not None and not self._early.done()
+        if proc is None or connecting or proc.returncode is not None or proc.stdin is None:
+            return
+        proc.stdin.close()
+
     async def close(self) -> None:
         early, self._early = self._early, None
         try:
@@ -403,6 +420,10 @@ class MachineLink(Link):
             slot_start=self.ssh.start,
         )
         self._params = dict(params or {})
+
+    @override
+    def _release(self) -> None:
+        self.ssh.release()
 
     async def remove_partial(self, paths: Sequence[str]) -> None:
         """Delete what a failed build left of ``paths`` in the builder's store: each path that

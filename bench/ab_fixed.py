@@ -1,0 +1,125 @@
+"""Paired A/B of ``offload build``'s fixed costs: two source trees, alternated on one fleet.
+
+``python -m bench.ab_fixed --a OLD/src --b NEW/src --pairs 6`` brings up the bench fleet
+(``bench.context.FLEET_SPECS``) under /tmp, compiles each tree's bytecode, and builds
+``--trivial`` trivial derivations remote-only (``-j 0``) with each tree in turn, A then B, then
+B then A, and so on (fresh outputs each time, a state directory per tree so both keep the
+same history). It prints each run's wall time and ``bench.fixed_costs`` phases, the medians per
+tree and the median of the paired ratios B/A; ``--json FILE`` keeps the records. Run it under the
+bench lock (``flock /tmp/offload-bench.lock ...``): it times processes, and others' must not
+overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.context import FLEET_SPECS, log
+from bench.fixed_costs import PHASES, json_events, phases
+from bench.measure import run_timed
+from offload.dagfile import Dag, DagNode, to_nix_expression
+from offload.fleet import MemberSpec, fleet_down, fleet_up
+
+__all__ = ["main"]
+
+
+def _tree_env(base: Mapping[str, str], src: Path, state: Path) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(src)
+    env["OFFLOAD_STATE_DIR"] = str(state)
+    env["NIX_CONFIG"] = "substituters =\nbuilders-use-substitutes = false\n"
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(src / "offload")],
+        env=env,
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
+    return env
+
+
+def _one(work: Path, machines: Path, env: Mapping[str, str], label: str, n: int) -> dict[str, Any]:
+    nix_file = work / f"ab-{label}.nix"
+    dag = Dag(tuple(DagNode(f"ab-n{i:04d}", 0.0) for i in range(n)))
+    nix_file.write_text(to_nix_expression(dag, salt=f"{label}-{secrets.token_hex(4)}"))
+    argv = [sys.executable, "-m", "offload", "build", str(nix_file), "--builders", f"@{machines}"]
+    argv += ["-j", "0", "--no-out-link", "--json"]
+    spawned = time.time()
+    done = run_timed(argv, env=env, timeout=120)
+    if done.returncode != 0:
+        return {"ok": False, "wall_s": done.elapsed, "error": done.tail()}
+    return {
+        "ok": True,
+        "wall_s": round(done.elapsed, 4),
+        "phases": phases(spawned, spawned + done.elapsed, json_events(done.stdout)),
+    }
+
+
+def _summary(records: Mapping[str, list[dict[str, Any]]]) -> None:
+    for tree, runs in records.items():
+        ok = [r for r in runs if r["ok"]]
+        if not ok:
+            print(f"{tree}: no run succeeded")
+            continue
+        line = f"{tree}: wall {statistics.median(r['wall_s'] for r in ok):.3f}"
+        for phase, _ in PHASES:
+            line += f" | {phase} {statistics.median(r['phases'].get(phase, 0.0) for r in ok):.3f}"
+        print(line)
+    pairs = [
+        b["wall_s"] / a["wall_s"]
+        for a, b in zip(records["A"], records["B"], strict=True)
+        if a["ok"] and b["ok"]
+    ]
+    if pairs:
+        shown = ", ".join(f"{p:.3f}" for p in pairs)
+        print(f"B/A wall, {len(pairs)} pairs: median {statistics.median(pairs):.3f} ({shown})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", type=Path, required=True, help="tree A's src directory")
+    parser.add_argument("--b", type=Path, required=True, help="tree B's src directory")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--trivial", type=int, default=100)
+    parser.add_argument("--json", type=Path, help="write every record here")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="oab", dir="/tmp"))
+    fleet_dir = work / "f"
+    records: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+    try:
+        fleet = fleet_up(fleet_dir, [MemberSpec.parse(s) for s in FLEET_SPECS])
+        base = fleet.env()
+        envs = {
+            "A": _tree_env(base, args.a.resolve(), work / "state-a"),
+            "B": _tree_env(base, args.b.resolve(), work / "state-b"),
+        }
+        for pair in range(args.pairs):
+            order = ("A", "B") if pair % 2 == 0 else ("B", "A")
+            for tree in order:
+                record = _one(work, fleet.machines_file, envs[tree], f"{tree}{pair}", args.trivial)
+                records[tree].append(record)
+                log(f"pair {pair + 1} {tree}: {record['wall_s']:.3f} s ok={record['ok']}")
+    finally:
+        fleet_down(fleet_dir, purge=True)
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(records, indent=1) + "\n")
+    _summary(records)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.exit(main())
