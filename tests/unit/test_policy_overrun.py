@@ -33,30 +33,30 @@ def run_fast_steps(policy: Policy, until: float) -> dict[float, list[Decision]]:
 
 
 def test_a_guessed_build_far_past_its_estimate_is_copied_while_others_are_ready() -> None:
-    jobs = [job("a"), job("b", "a"), job("c", "b"), *(job(f"s{i:02}") for i in range(12))]
+    jobs = [job("a"), job("b", "a"), job("c", "b"), *(job(f"s{i:02}") for i in range(24))]
     policy = Policy(jobs, FLEET, guessed=[j.id for j in jobs])
-    seen = run_fast_steps(policy, 2.25)
+    seen = run_fast_steps(policy, 4.25)
     # s00 is held for fast (it ends there sooner), s01 goes to slow.
     assert starts(seen[0.0]) == [("a", "fast"), ("s01", "slow")]
-    # Copied on fast, s01 would end after 2d / 4 s, on slow after d more: the gain reaches the
-    # 1 s minimum at d = 2. The policy asks to be woken then: nothing else might call it.
-    assert Wait(2.000000002) in seen[0.25]
-    assert not any(isinstance(d, Speculate) for t, ds in seen.items() if t < 2.25 for d in ds)
-    assert seen[2.25] == [Speculate("s01", "fast", 3.375, "slow")]
+    # Evidence is 4x its estimate (a copy on fast would also gain the 1 s minimum from 2 s
+    # on): the policy asks to be woken then, as nothing else might call it.
+    assert Wait(4.000000004) in seen[0.25]
+    assert not any(isinstance(d, Speculate) for t, ds in seen.items() if t < 4.25 for d in ds)
+    # Done 4.25 s, it is assumed to need as much again: on fast that is 8.5 / 4 s.
+    assert seen[4.25] == [Speculate("s01", "fast", 6.375, "slow")]
     assert policy.ready_count > 0  # small builds still waited: the copy went first
 
 
 def test_a_build_off_the_critical_path_stays_where_it_is() -> None:
-    # A chain of 20 guessed builds is ready one after another on fast; s00, running on slow,
-    # has done 2.25 s of work by t=2.25: 9 s on fast's scale, against the chain's 11 left.
-    # (No holds, so s00 starts on slow at once instead of waiting for fast.)
-    jobs = [job("c00"), *(job(f"c{i:02}", f"c{i - 1:02}") for i in range(1, 20)), job("s00")]
+    # A chain of 40 guessed builds is ready one after another on fast; s00 runs on slow from
+    # the start (no holds). At t its path is 4t on fast's scale, the chain's 40 - 4t.
+    jobs = [job("c00"), *(job(f"c{i:02}", f"c{i - 1:02}") for i in range(1, 40)), job("s00")]
     policy = Policy(jobs, FLEET, guessed=[j.id for j in jobs], hold=False)
-    seen = run_fast_steps(policy, 2.5)
+    seen = run_fast_steps(policy, 5.0)
     assert starts(seen[0.0]) == [("c00", "fast"), ("s00", "slow")]
-    assert starts(seen[2.25]) == [("c09", "fast")]
-    # By t=2.5, 10 s on fast's scale, as long as the chain's 10 left: as critical, copied.
-    assert seen[2.5] == [Speculate("s00", "fast", 3.75, "slow")]
+    # Past 4x its guess from t=4 on, but the chain's path is the longer one until t=5.
+    assert starts(seen[4.75]) == [("c19", "fast")]
+    assert seen[5.0] == [Speculate("s00", "fast", 7.5, "slow")]
 
 
 def test_builds_known_from_history_are_left_to_the_idle_tail() -> None:

@@ -4,7 +4,7 @@ A first run guesses every build alike (``guesses``), so a huge build may start o
 machine while small ones take the fast slots. Idle-tail speculation (``speculation``) copies it
 only once nothing is ready, which on a graph with a few huge builds early and many small ones
 behind them is far too late. So before the ready jobs take the free slots of a round, each
-guessed build that has run past its estimate is looked at as evidence, not as a guess: having
+guessed build that has run ``OVERRUN`` (4) times its estimate is taken as evidence: having
 done ``d`` of work, it is assumed to need as much again (the doubling assumption, the one a
 scheduler without any other information can defend), so its own copy would end after ``d / v``
 more seconds on its speed-``v`` machine, and a fresh copy on a free speed-``t`` machine after
@@ -21,9 +21,10 @@ more seconds on its speed-``v`` machine, and a fresh copy on a free speed-``t`` 
 Until a candidate's gain is large enough, the round asks to be woken when it will be (the gain
 grows with the time it runs): on a graph blocked behind its huge builds nothing else would
 call the policy. Builds known from history are left to the idle tail: their estimates are not
-guesses. Simulated over 30 seeds of each shape (``bench/seeds.py`` graphs, first runs against
-the same graph with exact history), this took the skewed shape's median from 1.66x to 1.33x,
-p90 2.21x to 1.57x, and left the other shapes as they were (docs/BENCHMARKS.md).
+guesses. Simulated over 20-30 seeds of each shape at scales 1, 2 and 4 (``bench/seeds.py``
+graphs, first runs against the same graph with exact history), this took the skewed shape's
+p90 from 2.2-2.6x to 1.4-1.7x and left the other shapes about as they were
+(docs/BENCHMARKS.md, "First runs").
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ from offload.scheduler.policy.ranked import Ranked
 from offload.scheduler.policy.slack import remaining_path
 from offload.scheduler.policy.speculation import Speculation
 
-__all__ = ["Overrun"]
+__all__ = ["OVERRUN", "Overrun"]
+
+# How far past its estimate a guessed build must run to count as evidence. The gain test alone
+# is in seconds, so it held back small builds only at the scale it was tried at: with builds
+# four times longer, ones just past a learned guess were copied onto the fast slots (simulated
+# first runs, scale 4: wide median 1.05 -> 1.21). Four times the guess leaves every shape but the
+# skewed one as it was at scales 1, 2 and 4 (docs/BENCHMARKS.md).
+OVERRUN = 4.0
 
 _MARGIN = 1 + 1e-9
 
@@ -84,10 +92,10 @@ class Overrun:
             if factor <= rule.min_ratio / v:
                 continue
             estimate = graph.work(job_id)
-            # When it has run past its estimate and long enough for the gain to count (a hair
-            # more, so that the look then finds it does); compared as a time, the same sum
-            # each call, so a driver that calls again at exactly that time gets past it.
-            due = run.start + max(estimate, rule.min_gain / factor) * _MARGIN / v
+            # When it has run OVERRUN times its estimate and long enough for the gain to count
+            # (a hair more, so that the look then finds it does); compared as a time, the same
+            # sum each call, so a driver that calls again at exactly that time gets past it.
+            due = run.start + max(OVERRUN * estimate, rule.min_gain / factor) * _MARGIN / v
             if now < due:
                 wake = min(wake, due)
                 continue
