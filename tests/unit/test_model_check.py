@@ -27,3 +27,12 @@ def test_a_split_outcome_counts_only_when_the_prediction_matches_one_of_the_runs
     steady = (25.4, 25.7, 26.0)
     assert not Check("huge", "nix", 25.7, 35.5, steady).split
     assert not Check("huge", "nix", 25.7, 35.5, steady).within
+
+
+def test_a_split_prediction_counts_only_when_one_draw_matches_what_was_measured() -> None:
+    # Nix's hook on `huge`, simulated: 25.9 s in one draw, 33-37 in the others; measured 25.6.
+    draws = (25.9, 33.0, 34.8, 36.9)
+    assert Check("huge", "nix", 25.6, 34.8, (25.1, 25.6, 25.6), draws).within
+    assert not Check("huge", "nix", 20.0, 34.8, (19.9, 20.0, 20.1), draws).within
+    # Draws that agree leave their median as the only prediction.
+    assert not Check("huge", "nix", 25.6, 34.8, (25.1, 25.6, 25.6), (33.0, 34.8, 35.0)).within
