@@ -162,7 +162,8 @@ class Policy:
             for job_id, run in list(self._waiting.items()):
                 self._move_waiting(rnd, job_id, run, now)
         if self._guessed and pool.free_up_total > 0:  # before the ready jobs take the slots
-            rnd.wake = self._overrun.copies(rnd.decisions, now, pool, self._runs)
+            overrun_wake = self._overrun.copies(rnd.decisions, now, pool, self._runs)
+            rnd.wake = min(rnd.wake, overrun_wake)  # a move waiting above may have set one
         classes = pool.class_list
         work = self.graph.work
         while pool.free_up_total > 0:
