@@ -119,6 +119,45 @@ async def run_async(
     return done.check() if check else done
 
 
+async def run_greeted(
+    argv: Sequence[str],
+    *,
+    greeting: bytes,
+    answer_size: int,
+    env: Mapping[str, str] | None = None,
+) -> Completed:
+    """Run a command that may answer a greeting: write ``greeting``, keep stdin open until
+    ``answer_size`` bytes come back or stdout ends, then close it and run to completion.
+
+    Stdin stays open because a program that watches its input (Nix's daemon does, to notice
+    a client gone away) is interrupted by an EOF that comes before its answer, and then
+    never answers: closing at once made that a race."""
+    async with spawn(argv, env=env) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        errors = asyncio.ensure_future(proc.stderr.read())
+        try:
+            with contextlib.suppress(OSError):
+                proc.stdin.write(greeting)
+            try:
+                head = await proc.stdout.readexactly(answer_size)
+            except asyncio.IncompleteReadError as exc:
+                head = exc.partial
+            proc.stdin.close()
+            out = head + await proc.stdout.read()
+            err = await errors
+            await proc.wait()
+        finally:
+            errors.cancel()
+    return Completed(
+        tuple(argv),
+        proc.returncode if proc.returncode is not None else -1,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+    )
+
+
 @contextlib.asynccontextmanager
 async def spawn(
     argv: Sequence[str],

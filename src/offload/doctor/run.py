@@ -40,7 +40,7 @@ from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Ve
 from offload.doctor.reach import SshConfig, parse_ssh_g, port_check, resolve_check, ssh_check
 from offload.errors import OffloadError
 from offload.load import RemoteLoad, local_boot_id
-from offload.process import run_async
+from offload.process import run_async, run_greeted
 from offload.transport.dialect import DAEMON, dialect_of
 from offload.transport.links import BuilderFullError, MachineLink
 from offload.transport.ssh import (
@@ -246,11 +246,11 @@ class _Probe:
             try:
                 # `true` ignores its stdin; a key restricted to the serve program runs that
                 # instead, which answers the hello and ends (status 0) at the EOF after it.
-                login = run_async(
+                login = run_greeted(
                     [*argv, remote_command(["true"])],
-                    stdin=self.dialect.hello,
+                    greeting=self.dialect.hello,
+                    answer_size=len(self.dialect.reply),
                     env=self.options.env,
-                    check=False,
                 )
                 done = await self._bounded(login, self.timeout + _SLACK)
             except TimeoutError:
