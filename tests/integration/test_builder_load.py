@@ -247,19 +247,13 @@ def test_a_load_that_rises_mid_run_cuts_the_builds_placed_there_after_it(turning
     after = {name for name, at in placed.items() if at > loaded["time"]}
     assert len(after) >= 6
 
-    _, peak = peak_running(_stamps(log))
-    assert peak > BUSY_SLOTS - 2  # the first builds after flip ran four at once
+    # Mid-run: the member was placed on under an idle report first (flip itself). Whether the
+    # first wave after flip is placed before or after the cut depends on when their sessions'
+    # start lines arrive (sessions opened ahead), so only the builds placed after it are held
+    # to the cut.
+    assert placed["flip"] < loaded["time"]
     for name in after:
         assert _running_at_start(log, name) <= BUSY_SLOTS - 2, name
-
-
-def _stamps(log: Path) -> Path:
-    """The log without the names: ``start T`` / ``end T`` lines, as ``peak_running`` reads."""
-    plain = log.with_suffix(".stamps")
-    plain.write_text(
-        "".join(" ".join(line.split()[:2]) + "\n" for line in log.read_text().splitlines())
-    )
-    return plain
 
 
 def _running_at_start(log: Path, name: str) -> int:
