@@ -35,16 +35,17 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from offload.errors import ConfigError, NixError, OffloadError, StoreError
-from offload.process import run
+from offload.process import Completed, Started, run
 from offload.protocol.serve import strip_ansi
 from offload.store.drv import read_derivation
 from offload.store.path import StorePath, is_store_path
 
 __all__ = [
     "FLAKE_APPLY",
+    "Evaluation",
     "Installables",
     "Source",
     "add_root_argv",
@@ -210,17 +211,27 @@ def first_error_line(stderr: str) -> str:
     return rest[-1] if rest else "(no message)"
 
 
-def _evaluate(argv: list[str], source: Source, cwd: Path | None, env: Env, say: Say) -> str:
-    done = run(argv, check=False, cwd=cwd, env=env)
+def _evaluated(done: Completed, source: Source, say: Say) -> str:
+    """An evaluator's stdout; its failure as ``NixError``, its other lines to ``say``."""
     if done.returncode != 0:
         # Nix's words whole: the position names the right file (a bad --arg is «string»).
         raise NixError(
             f"evaluating {source.describe()} failed: {first_error_line(done.stderr)}",
-            text=done.stderr or f"error: {argv[0]} exited with {done.returncode}\n",
+            text=done.stderr or f"error: {done.argv[0]} exited with {done.returncode}\n",
         )
     for line in done.stderr.splitlines():  # trace: and warning: lines, as nix-build shows
         say(line)
     return done.stdout
+
+
+def _evaluator_argv(what: Installables, source: Source) -> list[str] | None:
+    """The command that evaluates ``source``; None for a .drv, which is read, not evaluated."""
+    match source.kind:
+        case "flake":
+            return flake_eval_argv(source.text, flags=what.flags)
+        case "file" | "expr":
+            return instantiate_argv(what, source)
+    return None
 
 
 def _parse_instantiated(stdout: str) -> list[tuple[str, str]]:
@@ -263,6 +274,63 @@ def _say(line: str) -> None:
     sys.stderr.write(line + "\n")
 
 
+class Evaluation:
+    """``instantiate`` begun at once: the first evaluator starts as this is made, so that Nix
+    evaluates while the caller does its own work (``offload build`` imports the scheduler and
+    connects to the builders meanwhile). ``roots`` waits for it and evaluates the rest in
+    turn. A context manager: an evaluation given up on (an error, Ctrl-C) is stopped."""
+
+    def __init__(
+        self, what: Installables, cwd: Path | None = None, *, env: Env = None, say: Say = _say
+    ) -> None:
+        self._what, self._cwd, self._env, self._say = what, cwd, env, say
+        self._sources = sources(what, cwd)
+        # The first source Nix evaluates, and its evaluator, started now.
+        self._early: tuple[Source, Started] | None = None
+        for source in self._sources:
+            argv = _evaluator_argv(what, source)
+            if argv is not None:
+                self._early = (source, Started(argv, env=env, cwd=cwd))
+                break
+
+    def roots(self) -> list[tuple[str, str]]:
+        """(.drv path, output) pairs in nix-build's order; ``NixError`` if Nix fails."""
+        roots: list[tuple[str, str]] = []
+        for source in self._sources:
+            argv = _evaluator_argv(self._what, source)
+            if argv is None:
+                roots.append(_drv_root(source))
+                continue
+            if self._early is not None and self._early[0] is source:
+                done = self._early[1].finish()
+                self._early = None
+            else:
+                done = run(argv, check=False, cwd=self._cwd, env=self._env)
+            stdout = _evaluated(done, source, self._say)
+            if source.kind == "flake":
+                roots.append(_parse_flake(stdout, source))
+            else:
+                roots += _parse_instantiated(stdout)
+        if not roots:
+            raise StoreError(
+                "the expression produced no derivations",
+                hint="an attribute set is searched one level deep, deeper only under "
+                "recurseForDerivations = true",
+            )
+        return roots
+
+    def close(self) -> None:
+        if self._early is not None:
+            self._early[1].stop()
+            self._early = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def instantiate(
     what: Installables,
     cwd: Path | None = None,
@@ -276,24 +344,8 @@ def instantiate(
     error (``trace:``, warnings) goes to ``say`` line by line. A failed evaluation raises
     ``NixError`` with Nix's whole message.
     """
-    roots: list[tuple[str, str]] = []
-    for source in sources(what, cwd):
-        match source.kind:
-            case "drv":
-                roots.append(_drv_root(source))
-            case "flake":
-                argv = flake_eval_argv(source.text, flags=what.flags)
-                roots.append(_parse_flake(_evaluate(argv, source, cwd, env, say), source))
-            case "file" | "expr":
-                argv = instantiate_argv(what, source)
-                roots += _parse_instantiated(_evaluate(argv, source, cwd, env, say))
-    if not roots:
-        raise StoreError(
-            "the expression produced no derivations",
-            hint="an attribute set is searched one level deep, deeper only under "
-            "recurseForDerivations = true",
-        )
-    return roots
+    with Evaluation(what, cwd, env=env, say=say) as evaluation:
+        return evaluation.roots()
 
 
 def result_links(roots: Sequence[tuple[str, str]], base: str) -> list[str]:

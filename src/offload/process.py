@@ -23,6 +23,7 @@ from offload.errors import TransportError
 
 __all__ = [
     "Completed",
+    "Started",
     "run",
     "run_async",
     "spawn",
@@ -98,6 +99,44 @@ def run(
         raise TransportError(msg) from exc
     done = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
     return done.check() if check else done
+
+
+class Started:
+    """A short command started now and finished later: its output is captured as ``run``
+    captures it, so the caller can work while it runs. ``stop`` ends it if it still runs
+    (the caller gave up on it: an error, Ctrl-C), so it never outlives the caller's block."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.argv = tuple(argv)
+        try:
+            self._proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            raise _missing(argv, exc) from exc
+
+    def finish(self) -> Completed:
+        """Wait for the command's end; its output, as ``run(check=False)`` returns it."""
+        out, err = self._proc.communicate()
+        return Completed(self.argv, self._proc.returncode, out, err)
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.communicate()  # reaped, its pipes closed
 
 
 async def run_async(

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from offload.backoff import Health, load_backoff
 from offload.cli.build_args import add_build_arguments, eval_flags, refusal
 from offload.cli.machines import pool_from_args
 from offload.marks import mark
-from offload.nix import Installables, instantiate, sources
+from offload.nix import Evaluation, Installables, sources
 from offload.paths import ensure_state_dir
 from offload.transport.links import early
+
+if TYPE_CHECKING:
+    from offload.config.pool import Pool
 
 
 def remembered_backoff(state: Path, on: Sequence[str]) -> dict[str, Health]:
@@ -60,14 +63,15 @@ def run(args: argparse.Namespace) -> int:
     what = _installables(args)
     sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
-    evaluate = _marked(
-        functools.partial(
-            instantiate,
-            what,
-            env=pool.local_env(),
-            say=_said_once({f"warning: {w}" for w in pool.nix_settings.warnings}),
-        )
-    )
+    said = {f"warning: {w}" for w in pool.nix_settings.warnings}
+    # Nix evaluates from here on, while offload connects and imports the rest of itself.
+    with Evaluation(what, env=pool.local_env(), say=_said_once(said)) as evaluation:
+        return _run(args, pool, _marked(evaluation.roots))
+
+
+def _run(
+    args: argparse.Namespace, pool: Pool, evaluate: Callable[[], list[tuple[str, str]]]
+) -> int:
     state = ensure_state_dir()
     mark("settings")
     if args.report is not None:
