@@ -29,7 +29,6 @@ p90 from 2.2-2.6x to 1.4-1.7x and left the other shapes about as they were
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 
@@ -118,16 +117,12 @@ class Overrun:
 def _most_critical_rival(pool: Pool, queues: Queues, target: Machine) -> float:
     """The longest path of a ready or coming job that could take ``target``'s slot instead."""
     best = 0.0
-    key, queued = queues.key, queues.queued
     for cls in pool.class_list:
         if target not in cls.machines:
             continue
-        heap = cls.heap
-        # Stale entries (started, or re-pushed with a new estimate) go, as in best_class.
-        while heap and (heap[0][2] not in queued or heap[0][0] != key[heap[0][2]][0]):
-            heapq.heappop(heap)
-        if heap and -heap[0][0] > best:
-            best = -heap[0][0]
+        first = queues.head(cls)
+        if first is not None and -first[0] > best:
+            best = -first[0]
     for entry, job_id, _ in queues.coming_jobs(1):
         if target in queues.class_of[job_id].machines and -entry[0] > best:
             best = -entry[0]

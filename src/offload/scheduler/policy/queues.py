@@ -96,18 +96,22 @@ class Queues:
         """The class, with a free slot and not ``full`` this round, whose head is most critical."""
         best: EligibilityClass | None = None
         best_key: tuple[float, int, str] | None = None
-        key = self.key
-        queued = self.queued
+        head = self.head
         for cls in classes:
             if cls.free_up <= 0 or cls in full:
                 continue
-            heap = cls.heap
-            # Drop stale entries: started, or superseded by a re-push with a new estimate.
-            while heap and (heap[0][2] not in queued or heap[0][0] != key[heap[0][2]][0]):
-                heapq.heappop(heap)
-            if heap and (best_key is None or heap[0] < best_key):
-                best, best_key = cls, heap[0]
+            first = head(cls)
+            if first is not None and (best_key is None or first < best_key):
+                best, best_key = cls, first
         return best
+
+    def head(self, cls: EligibilityClass) -> tuple[float, int, str] | None:
+        """The most critical queued job's entry in ``cls``'s heap; None when none is queued."""
+        heap, key, queued = cls.heap, self.key, self.queued
+        # Drop stale entries: started, or superseded by a re-push with a new estimate.
+        while heap and (heap[0][2] not in queued or heap[0][0] != key[heap[0][2]][0]):
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
     def count_unstarted(self, job_id: str) -> int:
         state = self.graph.state
