@@ -8,7 +8,7 @@ import pytest
 
 from offload.errors import FleetError
 from offload.fleet import DEFAULT_SPECS, MemberSpec, default_fleet_dir, fleet_up
-from offload.fleet.records import FleetState, MemberRecord, parse_proc_stat
+from offload.fleet.records import FleetState, MemberRecord
 from offload.fleet.spec import (
     ForcedCommand,
     authorized_keys,
@@ -24,6 +24,7 @@ from offload.fleet.spec import (
     sshd_config,
     validate_specs,
 )
+from offload.procfs import parse_proc_stat
 
 PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIkIuWcCIc92gnUe1CJgB04zoIh42sk/GpRXgorrOQ6q x@y"
 

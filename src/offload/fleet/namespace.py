@@ -15,19 +15,13 @@ import time
 from pathlib import Path
 
 from offload.errors import FleetError
-from offload.fleet.records import MemberRecord, parse_proc_stat
+from offload.fleet.records import MemberRecord
 from offload.process import stop_process_group
+from offload.procfs import proc_stat
 
-__all__ = ["is_ours", "mnt_ns", "proc_stat", "stop_member"]
+__all__ = ["is_ours", "mnt_ns", "stop_member"]
 
 _STOP_TIMEOUT = 5.0
-
-
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    try:
-        return parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def is_ours(pid: int, start_time: int) -> bool:

@@ -1,5 +1,5 @@
 """What ``fleet.json`` records of a started fleet: each member's spec, port, pid, the pid's
-start time (so a recycled pid is never signalled: ``parse_proc_stat``) and mount namespace.
+start time (so a recycled pid is never signalled: ``offload.procfs``) and mount namespace.
 
 Pure: it renders and parses text; ``state`` reads and writes the file.
 """
@@ -14,20 +14,9 @@ from typing import Any
 from offload.errors import FleetError
 from offload.fleet.spec import ForcedCommand, MemberSpec
 
-__all__ = ["STATE_VERSION", "FleetState", "MemberRecord", "parse_proc_stat"]
+__all__ = ["STATE_VERSION", "FleetState", "MemberRecord"]
 
 STATE_VERSION = 1
-
-
-def parse_proc_stat(text: str) -> tuple[str, int]:
-    """The state letter and start time (field 22, clock ticks since boot) of /proc/PID/stat.
-
-    The command name (field 2) is in parentheses and may itself contain spaces and parentheses,
-    so fields are counted from the last ``)``.
-    """
-    rest = text[text.rindex(")") + 1 :].split()
-    # rest[0] is field 3 (state); field 22 is rest[19].
-    return rest[0], int(rest[19])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,30 @@
+"""Processes as /proc tells them: a pid's state and start time, so that a recorded pid is
+recognised as the same process only while its start time matches (never a recycled pid).
+
+``parse_proc_stat`` is pure; ``proc_stat`` reads the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["parse_proc_stat", "proc_stat"]
+
+
+def parse_proc_stat(text: str) -> tuple[str, int]:
+    """The state letter and start time (field 22, clock ticks since boot) of /proc/PID/stat.
+
+    The command name (field 2) is in parentheses and may itself contain spaces and parentheses,
+    so fields are counted from the last ``)``.
+    """
+    rest = text[text.rindex(")") + 1 :].split()
+    # rest[0] is field 3 (state); field 22 is rest[19].
+    return rest[0], int(rest[19])
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``parse_proc_stat`` of a live pid's stat; None when there is no such process."""
+    try:
+        return parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
