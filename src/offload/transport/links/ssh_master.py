@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from offload.transport.links.base import (
     open_serve,
 )
 from offload.transport.links.pool import Link
+from offload.transport.scratch import private_dir
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
     MASTER_READY,
@@ -74,15 +74,6 @@ for p; do
 done"""
 # A remote stop after the connection was lost: ssh's ConnectTimeout (it covers the banner too).
 KILL_CONNECT_TIMEOUT = 3
-
-
-def _private_dir() -> Path:
-    # Unix socket paths are limited to ~104 bytes; a long $TMPDIR would not fit the ssh socket.
-    base = tempfile.gettempdir()
-    # 40 leaves room for "/ofl-XXXXXXXX/m" under the limit.
-    if len(base) > 40:
-        base = "/tmp"  # noqa: S108 - a private 0700 directory is made inside it
-    return Path(tempfile.mkdtemp(prefix="ofl-", dir=base))  # mkdtemp makes it 0700
 
 
 def _ssh_hint(tail: str) -> str:
@@ -168,7 +159,7 @@ class SshTransport:
                 return self.control_path
             await self._stop_master()
             if self._dir is None:
-                self._dir = _private_dir()
+                self._dir = private_dir()
             if self.known_hosts is not None:
                 self.known_hosts.write_text(known_hosts_line(self.target))
                 self.known_hosts.chmod(0o600)

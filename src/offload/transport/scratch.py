@@ -1,0 +1,78 @@
+"""Each run's private scratch directory for its ssh masters' sockets and pinned host keys, and
+the sweep of those a killed run left behind.
+
+A run removes its directory when it ends, Ctrl-C and SIGTERM included; a SIGKILLed one cannot.
+So each directory records its owner (``owner``: pid namespace, pid, the pid's start time) and
+every new one sweeps the directories under the same base whose owner is gone: same uid, same
+pid namespace (a pid means nothing in another), and no live process with that pid and start
+time. A directory without a readable owner (one being made, or an older offload's) is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from offload.procfs import proc_stat
+
+__all__ = ["PREFIX", "private_dir", "sweep"]
+
+PREFIX = "ofl-"
+OWNER = "owner"
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(Path("/proc/self/ns/pid").readlink())
+    except OSError:
+        return "?"
+
+
+def _owner_line(pid: int) -> str | None:
+    found = proc_stat(pid)
+    return None if found is None else f"{_pid_namespace()} {pid} {found[1]}\n"
+
+
+def private_dir() -> Path:
+    """A new 0700 directory for this run, its owner recorded; stale ones swept first."""
+    # Unix socket paths are limited to ~104 bytes; a long $TMPDIR would not fit the ssh socket.
+    base = tempfile.gettempdir()
+    # 40 leaves room for "/ofl-XXXXXXXX/m" under the limit.
+    if len(base) > 40:
+        base = "/tmp"  # noqa: S108 - a private 0700 directory is made inside it
+    sweep(Path(base))
+    made = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))  # mkdtemp makes it 0700
+    line = _owner_line(os.getpid())
+    if line is not None:
+        (made / OWNER).write_text(line)
+    return made
+
+
+def _abandoned(directory: Path, namespace: str) -> bool:
+    try:
+        info = directory.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return False
+        recorded_ns, pid, start = (directory / OWNER).read_text().split()
+        if recorded_ns != namespace:
+            return False
+        found = proc_stat(int(pid))
+    except (OSError, ValueError):
+        return False
+    return found is None or found[0] in {"Z", "X"} or found[1] != int(start)
+
+
+def sweep(base: Path) -> list[Path]:
+    """Remove the scratch directories under ``base`` whose run is gone; those removed."""
+    namespace = _pid_namespace()
+    removed = []
+    with contextlib.suppress(OSError):
+        for directory in base.glob(f"{PREFIX}*"):
+            if _abandoned(directory, namespace):
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory)
+    return removed
