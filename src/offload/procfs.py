@@ -1,14 +1,15 @@
 """Processes as /proc tells them: a pid's state and start time, so that a recorded pid is
 recognised as the same process only while its start time matches (never a recycled pid).
 
-``parse_proc_stat`` is pure; ``proc_stat`` reads the file.
+``parse_proc_stat`` is pure; ``proc_stat`` reads the file and ``is_ours`` asks it whether a
+recorded (pid, start time) is still that live process.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["parse_proc_stat", "proc_stat"]
+__all__ = ["is_ours", "parse_proc_stat", "proc_stat"]
 
 
 def parse_proc_stat(text: str) -> tuple[str, int]:
@@ -28,3 +29,9 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
         return parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, ValueError, IndexError):
         return None
+
+
+def is_ours(pid: int, start_time: int) -> bool:
+    """Is ``pid`` alive and still the process we started (not a recycled pid, not a zombie)?"""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in {"Z", "X"} and stat[1] == start_time

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from offload.errors import FleetError
 from offload.fleet.files import prepare_dir, write_client_files
-from offload.fleet.namespace import is_ours, stop_member
+from offload.fleet.namespace import stop_member
 from offload.fleet.records import FleetState, MemberRecord
 from offload.fleet.spec import (
     CLIENT_KEY,
@@ -30,6 +30,7 @@ from offload.fleet.sshd import check_ssh, start_member
 from offload.fleet.state import fleet_of, load_state, member_of, ordered, write_state
 from offload.fleet.view import Fleet, Member, MemberStatus
 from offload.process import run
+from offload.procfs import is_ours
 
 __all__ = [
     "Fleet",

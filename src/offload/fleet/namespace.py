@@ -19,15 +19,9 @@ from offload.fleet.records import MemberRecord
 from offload.process import stop_process_group
 from offload.procfs import proc_stat
 
-__all__ = ["is_ours", "mnt_ns", "stop_member"]
+__all__ = ["mnt_ns", "stop_member"]
 
 _STOP_TIMEOUT = 5.0
-
-
-def is_ours(pid: int, start_time: int) -> bool:
-    """Is ``pid`` alive and still the process we started (not a recycled pid, not a zombie)?"""
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] not in {"Z", "X"} and stat[1] == start_time
 
 
 def mnt_ns(pid: int) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from offload.errors import FleetError, OffloadError
 from offload.fleet.files import login_home, prepare_member, write_private
-from offload.fleet.namespace import is_ours, mnt_ns, stop_member
+from offload.fleet.namespace import mnt_ns, stop_member
 from offload.fleet.records import MemberRecord
 from offload.fleet.spec import (
     MEMBER_SPEED_FILE,
@@ -25,7 +25,7 @@ from offload.fleet.spec import (
     sshd_config,
 )
 from offload.process import run, start_detached
-from offload.procfs import proc_stat
+from offload.procfs import is_ours, proc_stat
 
 __all__ = ["check_ssh", "start_member"]
 

@@ -17,7 +17,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from offload.procfs import proc_stat
+from offload.procfs import is_ours, proc_stat
 
 __all__ = ["PREFIX", "private_dir", "sweep"]
 
@@ -58,12 +58,9 @@ def _abandoned(directory: Path, namespace: str) -> bool:
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             return False
         recorded_ns, pid, start = (directory / OWNER).read_text().split()
-        if recorded_ns != namespace:
-            return False
-        found = proc_stat(int(pid))
+        return recorded_ns == namespace and not is_ours(int(pid), int(start))
     except (OSError, ValueError):
         return False
-    return found is None or found[0] in {"Z", "X"} or found[1] != int(start)
 
 
 def sweep(base: Path) -> list[Path]:
