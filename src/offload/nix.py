@@ -283,12 +283,12 @@ class Evaluation:
     def __init__(
         self, what: Installables, cwd: Path | None = None, *, env: Env = None, say: Say = _say
     ) -> None:
-        self._what, self._cwd, self._env, self._say = what, cwd, env, say
-        self._sources = sources(what, cwd)
+        self._cwd, self._env, self._say = cwd, env, say
+        # Each source with the command that evaluates it (None: a .drv, read).
+        self._steps = [(source, _evaluator_argv(what, source)) for source in sources(what, cwd)]
         # The first source Nix evaluates, and its evaluator, started now.
         self._early: tuple[Source, Started] | None = None
-        for source in self._sources:
-            argv = _evaluator_argv(what, source)
+        for source, argv in self._steps:
             if argv is not None:
                 self._early = (source, Started(argv, env=env, cwd=cwd))
                 break
@@ -296,8 +296,7 @@ class Evaluation:
     def roots(self) -> list[tuple[str, str]]:
         """(.drv path, output) pairs in nix-build's order; ``NixError`` if Nix fails."""
         roots: list[tuple[str, str]] = []
-        for source in self._sources:
-            argv = _evaluator_argv(self._what, source)
+        for source, argv in self._steps:
             if argv is None:
                 roots.append(_drv_root(source))
                 continue
