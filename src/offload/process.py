@@ -149,13 +149,20 @@ async def run_async(
     """Run a command to completion from async code; stopped if the caller is cancelled."""
     async with spawn(argv, env=env, stdin=stdin is not None) as proc:
         out, err = await proc.communicate(stdin)
-    done = Completed(
+    done = _completed(argv, proc, out, err)
+    return done.check() if check else done
+
+
+def _completed(
+    argv: Sequence[str], proc: asyncio.subprocess.Process, out: bytes, err: bytes
+) -> Completed:
+    """An async child's end as ``Completed``: its output decoded as ``run`` decodes it."""
+    return Completed(
         tuple(argv),
         proc.returncode if proc.returncode is not None else -1,
         out.decode(errors="replace"),
         err.decode(errors="replace"),
     )
-    return done.check() if check else done
 
 
 async def run_greeted(
@@ -189,12 +196,7 @@ async def run_greeted(
             await proc.wait()
         finally:
             errors.cancel()
-    return Completed(
-        tuple(argv),
-        proc.returncode if proc.returncode is not None else -1,
-        out.decode(errors="replace"),
-        err.decode(errors="replace"),
-    )
+    return _completed(argv, proc, out, err)
 
 
 @contextlib.asynccontextmanager
