@@ -2,15 +2,17 @@
 the sweep of those a killed run left behind.
 
 A run removes its directory when it ends, Ctrl-C and SIGTERM included; a SIGKILLed one cannot.
-So each directory records its owner (``owner``: pid namespace, pid, the pid's start time) and
-every new one sweeps the directories under the same base whose owner is gone: same uid, same
-pid namespace (a pid means nothing in another), and no live process with that pid and start
-time. A directory without a readable owner (one being made, or an older offload's) is left.
+So each directory records its owner (``owner``: pid namespace, pid, the pid's start time),
+and a process's first new one sweeps the directories under the same base whose owner is gone:
+same uid, same pid namespace (a pid means nothing in another), and no live process with that
+pid and start time. A directory without a readable owner (one being made, or an older
+offload's) is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import stat
@@ -44,12 +46,19 @@ def private_dir() -> Path:
     # 40 leaves room for "/ofl-XXXXXXXX/m" under the limit.
     if len(base) > 40:
         base = "/tmp"  # noqa: S108 - a private 0700 directory is made inside it
-    sweep(Path(base))
+    _sweep_once(base)
     made = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))  # mkdtemp makes it 0700
     line = _owner_line(os.getpid())
     if line is not None:
         (made / OWNER).write_text(line)
     return made
+
+
+@functools.cache
+def _sweep_once(base: str) -> None:
+    """``sweep`` at a process's first private directory under ``base``: a run makes one per
+    builder, and a directory abandoned now was abandoned then."""
+    sweep(Path(base))
 
 
 def _abandoned(directory: Path, namespace: str) -> bool:
