@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import os
 import secrets
 import shlex
@@ -43,11 +45,23 @@ def _blob(path: Path, size: int, *, compressible: bool) -> None:
 
 
 async def _offload_copy(
-    member: str, paths: Sequence[str], env: Mapping[str, str], compress: bool
+    fleet: Fleet, member: str, paths: Sequence[str], env: Mapping[str, str], compress: bool
 ) -> tuple[float, int]:
+    from offload.config.machines import parse_machines
     from offload.scheduler.run import send_closure
-    from offload.transport.sessions import open_local_store, open_ssh_store
+    from offload.transport.sessions import open_lane, open_local_store, open_ssh_store
     from offload.transport.ssh import SshTarget
+
+    # As ``offload build`` copies to a builder with ``compress=true``: large uploads take a
+    # second connection (``offload.protocol.lanes``).
+    lane = None
+    if compress:
+        machines, _ = parse_machines(
+            fleet.machines_file.read_text(), source="fleet", system=fleet.system
+        )
+        machine = next(m for m in machines if m.name == member)
+        machine = dataclasses.replace(machine, params={**machine.params, "compress": "true"})
+        lane = functools.partial(open_lane, machine, env)
 
     began = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
@@ -65,7 +79,7 @@ async def _offload_copy(
         src, dst = opened
         assert not isinstance(src, BaseException)
         assert not isinstance(dst, BaseException)
-        moved = await send_closure(src, dst, paths)
+        moved = await send_closure(src, dst, paths, lane=lane)
     return time.monotonic() - began, moved
 
 
@@ -87,7 +101,9 @@ def copy_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
         "bytes": total,
         "offload_copy": "offload.scheduler.run.send_closure over open_local_store/open_ssh_store, "
         "opened at once (what a build does to send its inputs: validity and closure queries, "
-        "small paths as one export stream, large ones by pipelined AddToStoreNar)",
+        "small paths as one export stream, large ones by pipelined AddToStoreNar; compressed, "
+        "large paths over two connections, as for a builder with compress=true: "
+        "offload.protocol.lanes)",
         "runs": [],
     }
     wrapper = _ssh_wrapper(bench.work)
@@ -175,7 +191,7 @@ def _copy_once(
         )
     else:
         try:
-            elapsed, _ = asyncio.run(_offload_copy(member, paths, env, compress))
+            elapsed, _ = asyncio.run(_offload_copy(fleet, member, paths, env, compress))
         except (OffloadError, OSError) as exc:
             record.update(status="failed", wall_s=0.0, error=str(exc))
         else:

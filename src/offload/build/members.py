@@ -22,6 +22,7 @@ from offload.slot_fallback import record_fallbacks
 from offload.slots import slot_key
 from offload.tasks import wait_all
 from offload.transport.links import Link, LocalLink, MachineLink, early
+from offload.transport.sessions import open_lane
 from offload.ui.events import Event, MachineEvent
 
 __all__ = [
@@ -90,6 +91,10 @@ async def pool_members(
                     remote=True,
                     slot_key=slot_key(machine.uri),
                     substitute=link.substitute,
+                    # ssh compresses on one core per connection: large uploads take two.
+                    lane=functools.partial(open_lane, machine, env)
+                    if link.ssh.target.compress
+                    else None,
                 )
             )
         if not members:

@@ -8,18 +8,24 @@ partial behind.
 
 These are thin wrappers over a one-session ``Link`` (``offload.transport.links``): code that
 runs many builds on a machine should keep a ``MachineLink`` open instead and borrow sessions.
+``open_lane`` is one of them on purpose: a second ssh connection to a builder, its own master
+and so its own compression (``offload.protocol.lanes``), for one large copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 
 from offload.protocol.serve import StoreClient
 from offload.transport.links import LocalLink, LogSink, MachineLink
 from offload.transport.ssh import SshTarget
 
-__all__ = ["LogSink", "open_local_store", "open_ssh_store"]
+if TYPE_CHECKING:
+    from offload.config.machines import Machine
+
+__all__ = ["LogSink", "open_lane", "open_local_store", "open_ssh_store"]
 
 
 @contextlib.asynccontextmanager
@@ -41,3 +47,14 @@ async def open_ssh_store(
     link = MachineLink(target, name=name, params=params, max_sessions=1, env=env)
     async with link, link.session(on_log) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def open_lane(
+    machine: Machine, env: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[StoreClient, StoreClient]]:
+    """A second lane from the local store to ``machine``: a local session, and a session on
+    the builder over an ssh connection of its own (not the run's master)."""
+    link = MachineLink.from_machine(machine, env=env, max_sessions=1)
+    async with open_local_store() as src, link, link.session() as dst:
+        yield src, dst

@@ -22,11 +22,13 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
 from offload.errors import OffloadError, ProtocolError
 from offload.names import LOCAL
+from offload.protocol.lanes import Lane, copy_in_lanes, worth_lanes
 from offload.protocol.serve import BuildOptions, BuildStatus, PathInfo
 from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
 from offload.scheduler.run.disk import disk_full, disk_full_error, remove_partial
@@ -192,9 +194,13 @@ class BuildCopies:
         moved = 0
         for source, paths in sources.items():
             link = self.local if source == LOCAL else self.members[source].link
+            # Uploads from here may take a second connection to the builder (``lanes``).
+            lane = self.members[target].lane if source == LOCAL and target != LOCAL else None
             try:
                 async with link.session() as src:
-                    moved += await send_closure(src, client, paths, substitute=substitute)
+                    moved += await send_closure(
+                        src, client, paths, substitute=substitute, lane=lane
+                    )
             except OffloadError as exc:
                 if target != LOCAL:
                     # A NAR cut off mid-stream leaves its path half-written there (never
@@ -228,15 +234,28 @@ class BuildCopies:
 
 
 async def send_closure(
-    src: StoreClient, dst: StoreClient, paths: Sequence[str], *, substitute: bool = False
+    src: StoreClient,
+    dst: StoreClient,
+    paths: Sequence[str],
+    *,
+    substitute: bool = False,
+    lane: Callable[[], AbstractAsyncContextManager[Lane]] | None = None,
 ) -> int:
     """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
 
     With ``substitute``, ``dst`` first fetches what it can from its own substituters
-    (Nix's builders-use-substitutes), and only the rest is sent.
+    (Nix's builders-use-substitutes), and only the rest is sent. ``lane`` opens a second
+    (source, destination) pair over connections of their own, taken when the large paths are
+    worth a login (``offload.protocol.lanes``); failing to open it fails the copy, as any
+    connection to that store failing would.
     """
     infos = await to_copy(src, dst, paths, substitute=substitute)
-    return await copy_paths(src, dst, infos) if infos else 0
+    if not infos:
+        return 0
+    if lane is not None and worth_lanes(infos):
+        async with lane() as second:
+            return await copy_in_lanes([(src, dst), second], infos)
+    return await copy_paths(src, dst, infos)
 
 
 async def to_copy(

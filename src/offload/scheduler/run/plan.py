@@ -64,6 +64,9 @@ class PoolMember:
     remote: bool  # False: the local machine, whose store is the run's hub
     slot_key: str | None = None  # shared slot-lock name (offload.slots); None: not shared
     substitute: bool = False  # builders-use-substitutes: the builder tries its caches first
+    # A second lane from the local store to it, for large uploads (``offload.protocol.lanes``):
+    # (local session, session over a connection of its own). None: one connection is enough.
+    lane: Callable[[], AbstractAsyncContextManager[tuple[StoreClient, StoreClient]]] | None = None
 
 
 class InputMoves(MissingInputs):
