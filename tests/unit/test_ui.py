@@ -149,6 +149,18 @@ def test_plain_lines_in_order_with_run_relative_times() -> None:
     assert all("\x1b" not in line for line in lines)
 
 
+def test_plain_times_never_go_back_when_a_builder_is_down_before_the_run() -> None:
+    # A builder found down while Nix evaluated (4 s): its line comes before the run's.
+    out = io.StringIO()
+    renderer = PlainRenderer(out, print_logs=False, clock=FakeClock(T0 - 4.7))
+    renderer.handle(MachineEvent("slow", "down", "connection refused", T0 + 55.3, T0))
+    for event in scripted_run():
+        renderer.handle(event)
+    times = [float(line[1:6]) for line in out.getvalue().splitlines() if line.startswith("[")]
+    assert times == sorted(times)
+    assert times[:2] == [4.7, 4.7]  # the down line, then the run's, on one time base
+
+
 def test_plain_prints_sanitised_logs_only_when_asked() -> None:
     lines = run_plain(print_logs=True)
     # nix-build's lines, prefixed with the machine and the derivation

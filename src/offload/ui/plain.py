@@ -14,7 +14,8 @@ lines prefixed with the machine and the derivation's name::
 A run with nothing to build says nothing; one stopped early says "interrupted", not "finished".
 
 The time base is the run's ``RunStarted`` time, or the injected clock's reading when the
-renderer was made if events come before it. No escape codes are written; build log lines (only
+renderer was made if lines were written before it (a builder down while Nix evaluated): then
+it stays, so the times never go back. No escape codes are written; build log lines (only
 with ``print_logs``) are sanitised. With ``summary=True`` the summary table follows ``RunFinished``.
 """
 
@@ -117,11 +118,13 @@ class PlainRenderer:
         self._finished: list[JobFinished] = []
         self._machines: tuple[str, ...] = ()
         self._quiet = False  # nothing to build: no run lines
+        self._written = False  # a line with a time was written
 
     def handle(self, event: Event) -> None:
         match event:
             case RunStarted():
-                self._start = event.time
+                if not self._written:
+                    self._start = event.time
                 self._machines = event.machines
                 self._quiet = event.total == 0
                 if self._quiet:
@@ -173,6 +176,7 @@ class PlainRenderer:
 
     def _line(self, when: float, who: str, text: str, extra: str = "") -> None:
         suffix = f" ({extra})" if extra else ""
+        self._written = True
         self._write(f"[{when - self._start:5.1f}s] {who}: {text}{suffix}")
 
     def _write(self, line: str) -> None:
