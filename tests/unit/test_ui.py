@@ -161,6 +161,19 @@ def test_plain_times_never_go_back_when_a_builder_is_down_before_the_run() -> No
     assert times[:2] == [4.7, 4.7]  # the down line, then the run's, on one time base
 
 
+@pytest.mark.parametrize("rich", [False, True], ids=["plain", "rich"])
+def test_a_run_with_nothing_to_build_has_no_table_but_its_faults(rich: bool) -> None:
+    out = io.StringIO()
+    down = MachineEvent("slow", "down", "connection refused", T0 + 60.0, T0)
+    render_summary([down], out, rich=rich, width=100)
+    text = visible(out.getvalue())
+    assert "slow: connection refused" in text
+    assert "built" not in text  # no table of zeros
+    out = io.StringIO()
+    render_summary([down, *scripted_run()], out, rich=rich, width=100)
+    assert "built" in visible(out.getvalue())
+
+
 def test_plain_prints_sanitised_logs_only_when_asked() -> None:
     lines = run_plain(print_logs=True)
     # nix-build's lines, prefixed with the machine and the derivation

@@ -89,6 +89,7 @@ class RunSummary:
     full: tuple[MachineEvent, ...] = ()
     # Machines whose load cut their slots: (the deepest cut, the last report), each.
     loaded: tuple[tuple[MachineEvent, MachineEvent], ...] = ()
+    jobs: int = 0  # derivations the run ended (built, fetched, failed, skipped...)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -109,6 +110,7 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
     failed: dict[str, JobFinished] = {}
     skipped: dict[str, JobFinished] = {}
     finished: RunFinished | None = None
+    jobs = 0
     news = _MachineNews()
     for event in events:
         if isinstance(event, MachineEvent):
@@ -121,6 +123,7 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
         elif isinstance(event, RunFinished):
             finished = event
         elif isinstance(event, JobFinished):
+            jobs += 1
             if event.status == "skipped":
                 skipped[event.drv_path] = event
                 continue
@@ -151,6 +154,7 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
         tuple(news.down.values()),
         tuple(news.full.values()),
         tuple((deepest, news.last_load[name]) for name, deepest in news.deepest.items()),
+        jobs,
     )
 
 
@@ -244,6 +248,9 @@ def _error(job: JobFinished) -> str:
 
 
 def _render_plain(summary: RunSummary, stream: IO[str]) -> None:
+    if not summary.jobs:  # a table of zeros says nothing; the faults below still do
+        _write_problems(summary, stream.write)
+        return
     columns = summary.columns
     rows = [columns, *summary.rows()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
@@ -274,18 +281,19 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
-    *cells, totals = summary.rows()
-    for n, (name, total) in enumerate(zip(summary.columns, totals, strict=True)):
-        table.add_column(
-            name,
-            footer=Text(total, style="bold"),
-            justify="left" if n == 0 else "right",
-            no_wrap=True,
-        )
-    for row in cells:
-        table.add_row(*row)
-    console.print(table)
+    if summary.jobs:  # a table of zeros says nothing; the faults below still do
+        table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
+        *cells, totals = summary.rows()
+        for n, (name, total) in enumerate(zip(summary.columns, totals, strict=True)):
+            table.add_column(
+                name,
+                footer=Text(total, style="bold"),
+                justify="left" if n == 0 else "right",
+                no_wrap=True,
+            )
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
     for kind, line in _problems(summary):
         style = "red" if kind == "failed" else "yellow"
         title = _TITLES.get(kind, kind).replace("machines", "machine")
