@@ -56,12 +56,15 @@ async def run_build(
     fetch_all: bool = False,
     options: BuildOptions | None = None,  # Nix's timeouts and log limit, sent with each build
     fallbacks: Path | None = None,  # where what was learned of builder-side slots is kept
+    cut_short: Callable[[RunReport, DrvGraph], None] | None = None,
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
 
     Other outputs stay on the builder that made them unless a local build needs them, or
     ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
-    them: it runs in a thread while the sessions to the stores open.
+    them: it runs in a thread while the sessions to the stores open. A run cut short once it
+    was building (Ctrl-C, SIGTERM, an error) tells ``cut_short`` its report so far (marked
+    ``interrupted``) before the exception goes on: what it built is still worth keeping.
     """
     down = set(backoff or {})
     machines = {m.name: m for m in pool.machines}
@@ -92,7 +95,13 @@ async def run_build(
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)
-            report = await executor.run()
+            try:
+                report = await executor.run()
+            except BaseException:
+                if cut_short is not None:
+                    executor.report.finished[:0] = fetched
+                    cut_short(executor.report, graph)
+                raise
     report.finished[:0] = fetched
     return report, graph
 

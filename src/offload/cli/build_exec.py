@@ -175,6 +175,9 @@ def execute(
     """
     logs = BuildLogs(state / "logs")
     remember = RunRecorder(time.time())
+    # A run cut short (Ctrl-C, SIGTERM) is kept as well: history shows it as "interrupted",
+    # what it built teaches the estimates, and what it learnt of the builders is remembered.
+    cut: list[Built] = []
     with History(state / "history.sqlite") as history:
         recorder = logs.recorder(for_nix=True)
         try:
@@ -193,18 +196,29 @@ def execute(
                     # The same timeouts and log limit Nix's build hook passes on.
                     options=_build_options(pool),
                     fallbacks=state / FALLBACK_FILE,
+                    cut_short=lambda report, graph: cut.append((report, graph)),
                 )
             )
             mark("closed")
             emit(Timing(taken(), time.time()))
+        except BaseException:
+            for built in cut:
+                _keep(state, history, remember, built, pool)
+            raise
         finally:
             try:
                 recorder.close()
             finally:
                 close()
-        _record(history, remember, report, graph, pool)
-    save_backoff(state / "backoff.json", report.health, time.time())
+        _keep(state, history, remember, (report, graph), pool)
     return report, graph
+
+
+def _keep(state: Path, history: History, remember: RunRecorder, built: Built, pool: Pool) -> None:
+    """What outlives the run: its history and the builders' health (backoff)."""
+    report, graph = built
+    _record(history, remember, report, graph, pool)
+    save_backoff(state / "backoff.json", report.health, time.time())
 
 
 def _build_options(pool: Pool) -> BuildOptions:
