@@ -36,8 +36,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "simulate",
         help="simulate scheduling a DAG file on imaginary machines",
-        description="Schedule a DAG file (design.md format) on simulated machines and print the "
+        description="Schedule a DAG file on simulated machines and print the "
         "makespan next to the lower bound max(critical path / fastest, work / capacity).",
+        epilog='A DAG file is JSON: {"nodes": [{"name": "n1", "work": 3.5, "deps": ["n0"], '
+        '"features": ["big-parallel"], "system": "x86_64-linux"}, ...]}; work is seconds on '
+        "a machine of speed 1, features and system are optional, nodes in any order. "
+        "`offload demo` builds one (src/offload/data/sample.json).",
     )
     parser.add_argument("dag", type=Path, metavar="DAG.json", help="the graph to schedule")
     parser.add_argument(
