@@ -344,6 +344,12 @@ def test_cli_up_status_machines_env_down(tmp_path):
         assert up.returncode == 0, up.stderr
         assert "solo" in up.stderr
 
+        table = _offload("fleet", "status", "--dir", d)
+        assert table.returncode == 0, table.stderr
+        header, row = (line.split() for line in table.stdout.splitlines())
+        assert header == ["NAME", "PORT", "SPEED", "JOBS", "PID", "STATE"]
+        assert (row[0], row[2], row[3], row[5]) == ("solo", "1.5", "3", "running")
+
         status = _offload("fleet", "status", "--dir", d, "--json")
         assert status.returncode == 0, status.stderr
         (row,) = json.loads(status.stdout)

@@ -15,7 +15,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from offload.errors import FleetError
 
@@ -74,7 +74,7 @@ def _up(args: argparse.Namespace) -> int:
 
     specs = tuple(MemberSpec.parse(m) for m in args.member) or DEFAULT_SPECS
     fleet = fleet_up(_dir(args), specs)
-    _print_table(fleet_status(fleet.dir))
+    _print_table(fleet_status(fleet.dir), sys.stderr)
     env_cmd = shlex.join(["offload", "fleet", "env", "--dir", str(fleet.dir)])
     print(f'fleet in {fleet.dir}; use it with: eval "$({env_cmd})"', file=sys.stderr)
     return 0
@@ -94,7 +94,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
     elif statuses:
-        _print_table(statuses)
+        _print_table(statuses, sys.stdout)  # what was asked for: stdout, as --json
     else:
         print(f"no fleet in {_dir(args)}", file=sys.stderr)
     return 0
@@ -120,7 +120,7 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(statuses: Sequence[MemberStatus]) -> None:
+def _print_table(statuses: Sequence[MemberStatus], stream: TextIO) -> None:
     rows = [("NAME", "PORT", "SPEED", "JOBS", "PID", "STATE")]
     for status in statuses:
         m = status.member
@@ -138,5 +138,5 @@ def _print_table(statuses: Sequence[MemberStatus]) -> None:
     for row in rows:
         print(
             "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
-            file=sys.stderr,
+            file=stream,
         )
