@@ -77,6 +77,12 @@ def test_on_keeps_only_named_machines_and_local_only_when_named():
     assert names(p.select(on=["ssh://nx-d.invalid"])) == ["nx-d.invalid"]  # so does the URI
 
 
+@pytest.mark.parametrize("on", [[""], [","], [" , "], ["", ""]])
+def test_on_naming_no_machine_is_an_error_not_the_whole_pool(on):
+    with pytest.raises(ConfigError, match="--on names no machine"):
+        pool(SPEC, TOML).select(on=on)
+
+
 def test_tags_select_every_tagged_machine():
     p = pool(SPEC, TOML)
     assert names(p.select(on=["@fast"])) == ["a", "nx-b.invalid"]

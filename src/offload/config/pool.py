@@ -130,6 +130,10 @@ class Pool:
         # Never connect with a pinned "key" ssh cannot use (ssh would refuse it; nothing looser).
         usable = {i for i, m in enumerate(self.machines) if not m.pins_junk}
         on_names = _split_names(on)
+        if on and not on_names:  # `--on ''`, `--on ,`: not the whole pool by accident
+            raise ConfigError(
+                "--on names no machine", hint="name one (offload machines lists them), or drop --on"
+            )
         if on_names:
             keep, want_local = set(), False
             for token in on_names:
