@@ -10,16 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from offload.config.convert import machines_from_nixos, pool_to_nix, pool_to_nixos, pool_to_toml
 from offload.config.machines import Machine, parse_machines
-from offload.config.pool import (
-    Pool,
-    apply_toml,
-    load_pool,
-    machines_from_nixos,
-    pool_to_nix,
-    pool_to_nixos,
-    pool_to_toml,
-)
+from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import LocalMachine, NixSettings, parse_offload_toml
 from offload.errors import ConfigError
 

@@ -27,6 +27,7 @@ from offload.cli.machines_list import (
     pool_problems,
     read_backoff,
 )
+from offload.config.convert import machines_from_nixos, pool_to_nix, pool_to_nixos, pool_to_toml
 from offload.config.machines import (
     Machine,
     machine_problems,
@@ -34,15 +35,7 @@ from offload.config.machines import (
     read_text_file,
     shown,
 )
-from offload.config.pool import (
-    Pool,
-    apply_toml,
-    load_pool,
-    machines_from_nixos,
-    pool_to_nix,
-    pool_to_nixos,
-    pool_to_toml,
-)
+from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import (
     LocalMachine,
     NixSettings,

@@ -7,8 +7,7 @@ named), ``--exclude`` drops what it names, ``-j`` sets or removes the local entr
 machine's name, its ssh host or its URI; ``@tag`` matches offload.toml tags. Disabled machines
 (``enabled = false``) stay listed but are never selected unless ``--on`` names them.
 
-The pool also converts to and from the three forms users keep it in: Nix's machines file
-(``config.machines``), a NixOS ``nix.buildMachines`` list, and offload.toml.
+The pool converts to and from the three forms users keep it in in ``config.convert``.
 """
 
 from __future__ import annotations
@@ -22,9 +21,6 @@ from types import MappingProxyType
 
 from offload.config.machines import (
     Machine,
-    default_name,
-    encode_host_key,
-    format_machines,
     machine_from_columns,
     parse_store_uri,
     shown,
@@ -45,14 +41,7 @@ from offload.config.settings import (
 from offload.errors import ConfigError
 from offload.names import LOCAL
 
-__all__ = [
-    "Pool",
-    "apply_toml",
-    "load_pool",
-    "machines_from_nixos",
-    "pool_to_nixos",
-    "pool_to_toml",
-]
+__all__ = ["Pool", "apply_toml", "load_pool"]
 
 
 def _split_names(values: Sequence[str]) -> list[str]:
@@ -311,181 +300,3 @@ def load_pool(
         nix_settings=settings,
         errors=tuple(error.message for error in errors),
     )
-
-
-# --- conversions --------------------------------------------------------------------------------
-
-
-def _toml_str(text: str) -> str:
-    out = []
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_list(items: Iterable[str]) -> str:
-    return "[" + ", ".join(_toml_str(i) for i in items) + "]"
-
-
-def _speed(value: float) -> str:
-    return repr(float(value))
-
-
-def pool_to_toml(pool: Pool) -> str:
-    """offload.toml that defines the whole pool (every machine by uri, with all its columns)."""
-    lines = ["# offload.toml written by `offload machines convert --to toml`", ""]
-    if pool.local is not None:
-        local = pool.local
-        lines += [
-            "[local]",
-            f"speed-factor = {_speed(local.speed_factor)}",
-            f"max-jobs = {local.max_jobs}",
-            f"systems = {_toml_list(local.systems)}",
-            f"features = {_toml_list(sorted(local.supported_features))}",
-            "",
-        ]
-    for m in pool.machines:
-        lines += ["[[machine]]", f"uri = {_toml_str(m.uri)}"]
-        if m.name != default_name(m.uri):
-            lines.append(f"name = {_toml_str(m.name)}")
-        if m.tags:
-            lines.append(f"tags = {_toml_list(sorted(m.tags))}")
-        if m.port is not None:
-            lines.append(f"port = {m.port}")
-        if not m.enabled:
-            lines.append("enabled = false")
-        for key in ("compress", "builders-use-substitutes"):
-            if m.params.get(key) == "true":
-                lines.append(f"{key} = true")
-        lines.append(f"systems = {_toml_list(m.systems)}")
-        if m.ssh_key is not None:
-            lines.append(f"ssh-key = {_toml_str(m.ssh_key)}")
-        lines += [f"max-jobs = {m.max_jobs}", f"speed-factor = {_speed(m.speed_factor)}"]
-        lines.append(f"supported-features = {_toml_list(sorted(m.supported_features))}")
-        lines.append(f"mandatory-features = {_toml_list(sorted(m.mandatory_features))}")
-        if m.public_host_key is not None:
-            lines.append(f"public-host-key = {_toml_str(encode_host_key(m.public_host_key))}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _nix_str(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
-    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{escaped}"'
-
-
-def _nix_list(items: Iterable[str]) -> str:
-    inner = " ".join(_nix_str(i) for i in items)
-    return f"[ {inner} ]" if inner else "[ ]"
-
-
-def pool_to_nixos(pool: Pool) -> str:
-    """A ``nix.buildMachines`` value. NixOS joins protocol://sshUser@hostName into column 1."""
-    out = ["# nix.buildMachines, written by `offload machines convert --to nixos`", "["]
-    for m in pool.machines:
-        protocol = m.scheme if m.is_ssh else None
-        if protocol is not None:
-            _, _, rest = m.uri.partition("://")
-            host = rest.rpartition("@")[2]
-            if m.port is not None:
-                out.append(
-                    f"  # offload: port {m.port} of {m.name} dropped: Nix 2.8 cannot take "
-                    "host:port (use an ssh Host alias)"
-                )
-                host = host.replace(f":{m.port}", "", 1)
-        else:
-            host = m.uri
-        speed = max(1, round(m.speed_factor))
-        if speed != m.speed_factor:
-            out.append(f"  # offload: speed factor {m.speed_factor:g} of {m.name} rounded")
-        out += ["  {", f"    hostName = {_nix_str(host)};"]
-        out.append(f"    protocol = {_nix_str(protocol) if protocol else 'null'};")
-        if m.user is not None:
-            out.append(f"    sshUser = {_nix_str(m.user)};")
-        if m.ssh_key is not None:
-            out.append(f"    sshKey = {_nix_str(m.ssh_key)};")
-        out += [
-            f"    systems = {_nix_list(m.systems)};",
-            f"    maxJobs = {m.max_jobs};",
-            f"    speedFactor = {speed};",
-            f"    supportedFeatures = {_nix_list(sorted(m.supported_features))};",
-            f"    mandatoryFeatures = {_nix_list(sorted(m.mandatory_features))};",
-        ]
-        if m.public_host_key is not None:
-            out.append(f"    publicHostKey = {_nix_str(encode_host_key(m.public_host_key))};")
-        out.append("  }")
-    out.append("]")
-    return "\n".join(out) + "\n"
-
-
-def _opt_str(entry: Mapping[str, object], key: str, where: str) -> str | None:
-    value = entry.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
-    return value
-
-
-def _opt_int(entry: Mapping[str, object], key: str, where: str) -> int | None:
-    value = entry.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}")
-    return value
-
-
-def _str_list(entry: Mapping[str, object], key: str, where: str) -> list[str]:
-    value = entry.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {key} must be a list of strings")
-    return value
-
-
-def machines_from_nixos(data: object, *, source: str, system: str) -> list[Machine]:
-    """Machines from the JSON of a ``nix.buildMachines`` value (``nix-instantiate --eval --json``).
-
-    Defaults are the NixOS module's: protocol ``ssh``, one job, speed 1, and an empty ``systems``
-    (plus the old single ``system``) meaning the local system.
-    """
-    if not isinstance(data, list):
-        raise ConfigError(f"{source}: expected a list of machines, got {type(data).__name__}")
-    machines = []
-    for index, entry in enumerate(data, start=1):
-        where = f"{source}: machine #{index}"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected an attribute set")
-        host = _opt_str(entry, "hostName", where)
-        if not host:
-            raise ConfigError(f"{where}: hostName is required")
-        protocol = _opt_str(entry, "protocol", where) if "protocol" in entry else "ssh"
-        user = _opt_str(entry, "sshUser", where)
-        uri = f"{protocol}://" if protocol else ""
-        uri += f"{user}@{host}" if user else host
-        systems = _str_list(entry, "systems", where)
-        single = _opt_str(entry, "system", where)
-        systems = [single, *systems] if single else systems
-        max_jobs = _opt_int(entry, "maxJobs", where)
-        speed = entry.get("speedFactor")
-        if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float)):
-            raise ConfigError(f"{where}: speedFactor must be a number, not {speed!r}")
-        columns: list[str | None] = [
-            uri,
-            ",".join(systems) or None,
-            _opt_str(entry, "sshKey", where) or None,
-            None if max_jobs is None else str(max_jobs),
-            None if speed is None else str(speed),
-            ",".join(_str_list(entry, "supportedFeatures", where)) or None,
-            ",".join(_str_list(entry, "mandatoryFeatures", where)) or None,
-            _opt_str(entry, "publicHostKey", where) or None,
-        ]
-        machines.append(machine_from_columns(columns, source=where, system=system))
-    return machines
-
-
-def pool_to_nix(pool: Pool, *, nix28: bool = True) -> str:
-    header = "# machines file written by `offload machines convert --to nix`\n"
-    return header + format_machines(pool.machines, nix28=nix28)
