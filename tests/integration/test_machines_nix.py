@@ -316,6 +316,29 @@ def test_convert_round_trips_through_nixos_and_toml(tmp_path, capsys, monkeypatc
     ]
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[ { hostName = "a" } ]\n', "syntax error, unexpected '}', expecting ';' (at {f}:1:20)"),
+        (
+            "{ ... }: { nix.buildMachines = []; }\n",
+            "cannot convert a function to JSON (at {f}:1:1)",
+        ),
+    ],
+    ids=["syntax", "module"],
+)
+def test_convert_says_nixs_error_and_where(tmp_path, capsys, monkeypatch, text, message):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    file = tmp_path / "bad.nix"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        _cli(["machines", "convert", "--to", "nix", "--from", str(file)], capsys)
+    expected = message.replace("{f}", str(file))
+    assert caught.value.message == f"{file}: nix-instantiate could not evaluate it: {expected}"
+    assert caught.value.hint is not None
+    assert "nix.buildMachines" in caught.value.hint
+
+
 def test_convert_reads_a_hand_written_nixos_expression(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     fixture = Path(__file__).parent.parent / "fixtures" / "machines" / "build-machines.nix"

@@ -264,8 +264,9 @@ def test_nixos_json_defaults_follow_the_module():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({}, "expected a list of machines"),
-        ([3], "machine #1: expected an attribute set"),
+        ({}, "expected a list of machines, got a set"),
+        ([3], "machine #1: expected an attribute set, got a number"),
+        ([{"hostName": "h", "sytem": "x"}], "no option 'sytem' in nix.buildMachines"),
         ([{"maxJobs": 1}], "hostName is required"),
         ([{"hostName": "h", "maxJobs": "2"}], "maxJobs must be a whole number"),
         ([{"hostName": "h", "speedFactor": True}], "speedFactor must be a number"),
@@ -276,6 +277,13 @@ def test_nixos_json_defaults_follow_the_module():
 def test_nixos_json_errors(data, message):
     with pytest.raises(ConfigError, match=message):
         machines_from_nixos(data, source="b.nix", system=SYSTEM)
+
+
+def test_a_misspelt_nixos_option_is_named_with_the_one_meant():
+    with pytest.raises(ConfigError) as caught:
+        machines_from_nixos([{"hostName": "h", "maxjobs": 2}], source="b.nix", system=SYSTEM)
+    assert caught.value.message == "b.nix: machine #1: no option 'maxjobs' in nix.buildMachines"
+    assert caught.value.hint == "did you mean maxJobs?"
 
 
 def test_nixos_output_shape():

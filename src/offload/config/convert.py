@@ -6,6 +6,7 @@ NixOS) is said in a comment where it was dropped or rounded.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 
 from offload.config.machines import (
@@ -150,6 +151,37 @@ def _str_list(entry: Mapping[str, object], key: str, where: str) -> list[str]:
     return value
 
 
+# The options of a nix.buildMachines entry (NixOS's nix.nix module); any other is an error
+# there ("The option ... does not exist"), and so here.
+NIXOS_OPTIONS = (
+    "hostName",
+    "protocol",
+    "sshUser",
+    "sshKey",
+    "system",
+    "systems",
+    "maxJobs",
+    "speedFactor",
+    "supportedFeatures",
+    "mandatoryFeatures",
+    "publicHostKey",
+)
+
+
+def _known_options(entry: Mapping[str, object], where: str) -> None:
+    for key in entry:
+        if key not in NIXOS_OPTIONS:
+            close = difflib.get_close_matches(key, NIXOS_OPTIONS, n=1)
+            hint = f"did you mean {close[0]}?" if close else "one of: " + ", ".join(NIXOS_OPTIONS)
+            raise ConfigError(f"{where}: no option {key!r} in nix.buildMachines", hint=hint)
+
+
+def _nix_type(value: object) -> str:
+    """``value``'s type as Nix names it (it came from nix-instantiate's JSON)."""
+    names = {dict: "a set", list: "a list", str: "a string", bool: "a Boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
 def machines_from_nixos(data: object, *, source: str, system: str) -> list[Machine]:
     """Machines from the JSON of a ``nix.buildMachines`` value (``nix-instantiate --eval --json``).
 
@@ -157,12 +189,16 @@ def machines_from_nixos(data: object, *, source: str, system: str) -> list[Machi
     (plus the old single ``system``) meaning the local system.
     """
     if not isinstance(data, list):
-        raise ConfigError(f"{source}: expected a list of machines, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a list of machines, got {_nix_type(data)}",
+            hint="the file is the value of nix.buildMachines itself: [ { hostName = ...; } ]",
+        )
     machines = []
     for index, entry in enumerate(data, start=1):
         where = f"{source}: machine #{index}"
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected an attribute set")
+            raise ConfigError(f"{where}: expected an attribute set, got {_nix_type(entry)}")
+        _known_options(entry, where)
         host = _opt_str(entry, "hostName", where)
         if not host:
             raise ConfigError(f"{where}: hostName is required")
