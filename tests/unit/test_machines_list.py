@@ -69,3 +69,33 @@ def test_backoff_keeps_a_reason_and_clears_by_name(tmp_path):
     assert clear_backoff(path, ["a", "c"], 100.0) == ["a"]
     assert load_backoff(path, 100.0) == {"b": Health(2, 300.0)}
     assert clear_backoff(tmp_path / "none.json", ["a"], 100.0) == []
+
+
+def test_likely_slips_nix_takes_are_warned_with_the_one_meant():
+    p = pool(
+        "ssh://nx-a.invalid /home/me/.ssh/id 2 4\n"  # column 2 left out: the key is read as system
+        "ssh://nx-b.invalid x86-64-linux\n"
+        "ssh://nx-c.invalid?ssh-kye=/k&compress=true x86_64-linux\n"
+        "ssh://nx-b.invalid aarch64-linux\n"
+        "nx-d.invalid x86_64-linux,aarch64-darwin\n"  # nothing wrong
+    )
+    lines = [line for _, line in pool_problems(p)]
+    assert lines == [
+        "f:1: nx-a.invalid: ssh key file 2 does not exist",
+        (
+            "f:1: nx-a.invalid: system '/home/me/.ssh/id' looks like a path"
+            " (are the columns shifted? 2 is the systems, 3 the ssh key): no build asks for it"
+        ),
+        (
+            "f:2: nx-b.invalid: system 'x86-64-linux' is no Nix system"
+            " (did you mean x86_64-linux?): no build asks for it"
+        ),
+        (
+            "f:3: nx-c.invalid: URI parameter 'ssh-kye' means nothing to Nix's ssh stores"
+            " (did you mean ssh-key?)"
+        ),
+        (
+            "f:4: nx-b.invalid: named as f:2 is: offload cannot tell them apart"
+            " (give one a name in offload.toml)"
+        ),
+    ]

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from offload.backoff import Health, load_backoffs
-from offload.config.machines import Machine, machine_problems, shown
+from offload.config.machines import Machine, duplicate_names, machine_problems, shown
 from offload.config.pool import Pool
 from offload.names import LOCAL
 from offload.paths import SYSTEM_STATE_DIR, state_dir
@@ -57,6 +57,7 @@ def pool_problems(pool: Pool) -> list[tuple[str, str]]:
     found = [("warning", w) for w in pool.warnings]
     for machine in pool.machines:
         found += [("warning", p) for p in machine_problems(machine, os.path.exists)]
+    found += [("warning", p) for p in duplicate_names(pool.machines)]
     found += [("error", e) for e in pool.errors]
     return sorted(found, key=lambda item: _place(item[1]))
 

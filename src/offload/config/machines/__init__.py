@@ -16,7 +16,7 @@ whitespace-separated columns describing one builder. The format's parts each hav
 Their public names are re-exported here.
 """
 
-from offload.config.machines.check import machine_problems
+from offload.config.machines.check import duplicate_names, machine_problems
 from offload.config.machines.compat import NixCompat
 from offload.config.machines.entry import machine_from_columns
 from offload.config.machines.files import read_text_file
@@ -33,6 +33,7 @@ __all__ = [
     "NixCompat",
     "decode_host_key",
     "default_name",
+    "duplicate_names",
     "encode_host_key",
     "format_machine_line",
     "format_machines",

@@ -5,16 +5,23 @@ file that is not there, a store URI no build can run on (``http://`` is a binary
 unknown scheme is no store at all), zero job slots, a host key column that is base64 of no
 ssh key (Nix pins it anyway; ssh then refuses the host), and control or non-UTF-8 bytes in a
 column. Pure: whether a key file exists is asked through ``exists``.
+
+Nix also takes, with at most a warning, what is most likely a slip: a system that is no Nix
+system (``x86-64-linux``, or a path when the columns are shifted), which no build asks for; a
+URI parameter its ssh stores do not know (``ssh-kye=``), which it ignores; and two lines with
+one name (``duplicate_names``), which offload could not tell apart (``--on``, backoff).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from offload.config.machines.model import Machine, shown
 
-__all__ = ["machine_problems"]
+__all__ = ["duplicate_names", "machine_problems"]
 
 _CACHES = ("http", "https", "s3", "file")
 _IN_PROCESS = ("local", "daemon", "auto", "path", "unix")
@@ -29,6 +36,63 @@ def _scheme_problem(machine: Machine) -> str | None:
     if machine.scheme in _IN_PROCESS:
         return f"'{uri}' is a store on this host: offload builds only over ssh:// and ssh-ng://"
     return f"'{uri}': Nix knows no store type '{shown(machine.scheme)}'"
+
+
+# A Nix system is cpu-os ("x86_64-linux", "aarch64-darwin"); these are the common ones.
+_SYSTEM = re.compile(r"[a-z0-9_]+-[a-z0-9]+")
+_KNOWN_SYSTEMS = (
+    "x86_64-linux", "aarch64-linux", "i686-linux", "armv7l-linux", "armv6l-linux",
+    "riscv64-linux", "powerpc64le-linux", "x86_64-darwin", "aarch64-darwin", "x86_64-freebsd",
+)  # fmt: skip
+# The parameters Nix's ssh stores take (nix-protocols.md 6.2: ssh:// and ssh-ng://, with the
+# settings of every store), and offload's own builders-use-substitutes.
+_SSH_PARAMS = (
+    "ssh-key", "base64-ssh-public-host-key", "compress", "remote-program", "remote-store",
+    "max-connections", "max-connection-age", "log-fd", "path-info-cache-size", "trusted",
+    "priority", "want-mass-query", "system-features", "builders-use-substitutes",
+)  # fmt: skip
+
+
+def _close(word: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(word, known, n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _system_problems(machine: Machine) -> list[str]:
+    found = []
+    for system in machine.systems:
+        if _SYSTEM.fullmatch(system):
+            continue
+        if "/" in system:
+            why = "looks like a path (are the columns shifted? 2 is the systems, 3 the ssh key)"
+        else:
+            why = "is no Nix system" + _close(system, _KNOWN_SYSTEMS)
+        found.append(f"system '{shown(system)}' {why}: no build asks for it")
+    return found
+
+
+def _unknown_params(machine: Machine) -> list[str]:
+    if not machine.is_ssh:
+        return []
+    return [
+        f"URI parameter '{shown(key)}' means nothing to Nix's ssh stores{_close(key, _SSH_PARAMS)}"
+        for key in machine.params
+        if key not in _SSH_PARAMS
+    ]
+
+
+def duplicate_names(machines: Sequence[Machine]) -> list[str]:
+    """One line per machine whose name an earlier line has: ``--on``, tables and backoff would
+    take the two for one."""
+    first: dict[str, Machine] = {}
+    for machine in machines:
+        first.setdefault(machine.name, machine)
+    return [
+        f"{machine.source}: {machine.name}: named as {first[machine.name].source} is: offload "
+        "cannot tell them apart (give one a name in offload.toml)"
+        for machine in machines
+        if first[machine.name] is not machine
+    ]
 
 
 def _junk_columns(machine: Machine) -> list[str]:
@@ -60,5 +124,7 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
             "the host key is base64 of no ssh public key: Nix pins it and ssh refuses the host, "
             "so offload does not connect (write base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub)"
         )
+    found += _system_problems(machine)
+    found += _unknown_params(machine)
     found += _junk_columns(machine)
     return [f"{machine.source}: {machine.name}: {problem}" for problem in found]
