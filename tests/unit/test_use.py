@@ -52,3 +52,19 @@ def test_probe_sees_held_slots_and_their_expected_ends(tmp_path: Path) -> None:
 
         os.close(fd)
     assert locks.probe("ssh:__b", 2).free == 2
+
+
+def test_a_state_directory_named_on_purpose_is_the_only_one_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offload.cli import use as use_cli
+
+    system = tmp_path / "system"
+    system.mkdir()
+    monkeypatch.setattr(use_cli, "SYSTEM_STATE_DIR", system)  # as root: writable, taken too
+    monkeypatch.setattr(use_cli.os, "geteuid", lambda: 0)
+    monkeypatch.delenv("OFFLOAD_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert use_cli._places() == [tmp_path / "xdg" / "offload", system]
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "mine"))
+    assert use_cli._places() == [tmp_path / "mine"]

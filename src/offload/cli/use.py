@@ -3,7 +3,7 @@
 Chooses the builders for the builds Nix starts through ``offload-hook`` (and says which are in
 force), without editing nix.conf or the machines file: the choice goes into the user's state
 directory and, when this user may write it (root), into the system one the hook reads when the
-nix-daemon runs it (``/var/lib/offload``). Names are checked against the pool that
+nix-daemon runs it (``/var/lib/offload``), unless ``$OFFLOAD_STATE_DIR`` names the one meant. Names are checked against the pool that
 ``offload machines`` shows, so a typo is an error now rather than a silent no-op later.
 """
 
@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _places() -> list[Path]:
     places = [state_dir()]
+    if os.environ.get("OFFLOAD_STATE_DIR"):
+        # A state directory named on purpose (a test, a second setup) is the only one meant.
+        return places
     system = SYSTEM_STATE_DIR
     if system not in places and (os.geteuid() == 0 or os.access(system, os.W_OK)):
         places.append(system)
