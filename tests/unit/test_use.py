@@ -62,7 +62,7 @@ def test_a_state_directory_named_on_purpose_is_the_only_one_written(
     system = tmp_path / "system"
     system.mkdir()
     monkeypatch.setattr(use_cli, "SYSTEM_STATE_DIR", system)  # as root: writable, taken too
-    monkeypatch.setattr(use_cli.os, "geteuid", lambda: 0)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
     monkeypatch.delenv("OFFLOAD_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert use_cli._places() == [tmp_path / "xdg" / "offload", system]
