@@ -3,8 +3,9 @@
 Chooses the builders for the builds Nix starts through ``offload-hook`` (and says which are in
 force), without editing nix.conf or the machines file: the choice goes into the user's state
 directory and, when this user may write it (root), into the system one the hook reads when the
-nix-daemon runs it (``/var/lib/offload``), unless ``$OFFLOAD_STATE_DIR`` names the one meant. Names are checked against the pool that
-``offload machines`` shows, so a typo is an error now rather than a silent no-op later.
+nix-daemon runs it (``/var/lib/offload``), unless ``$OFFLOAD_STATE_DIR`` names the one meant.
+Names are checked against the pool that ``offload machines`` shows, so a typo is an error now
+rather than a silent no-op later.
 """
 
 from __future__ import annotations

@@ -112,7 +112,8 @@ class ForcedCommand:
         if short not in FORCED_COMMANDS:
             raise FleetError(
                 f"invalid forced command {text!r} in a fleet member",
-                hint="write serve or daemon, optionally with @sshd (ForceCommand) or @keys",
+                hint="write serve or daemon, optionally with @sshd (ForceCommand) or @keys;"
+                " or untrusted (sessions through a daemon that does not trust them)",
             )
         return cls(FORCED_COMMANDS[short], where or "keys")
 
