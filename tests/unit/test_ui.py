@@ -174,6 +174,17 @@ def test_a_run_with_nothing_to_build_has_no_table_but_its_faults(rich: bool) -> 
     assert "built" in visible(out.getvalue())
 
 
+def test_plain_says_how_many_were_left_when_a_run_ends_early() -> None:
+    out = io.StringIO()
+    renderer = PlainRenderer(out, print_logs=False, clock=FakeClock(T0))
+    renderer.handle(RunStarted("r", 5, ("fast",), 9.0, T0, (4.0,), (2,)))
+    renderer.handle(done((BAD, "bad-1.0", "fast"), "failed", (0.0, 1.0), error=BAD_ERROR))
+    renderer.handle(RunFinished("r", 1, 1, 0, 1.5, (), T0 + 1.5, interrupted=False))
+    assert out.getvalue().splitlines()[-1] == (
+        "[  1.5s] run: finished: 1 built, 1 failed, 0 skipped, 3 left in 1.5s"
+    )
+
+
 def test_plain_prints_sanitised_logs_only_when_asked() -> None:
     lines = run_plain(print_logs=True)
     # nix-build's lines, prefixed with the machine and the derivation

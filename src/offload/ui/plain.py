@@ -119,6 +119,7 @@ class PlainRenderer:
         self._machines: tuple[str, ...] = ()
         self._quiet = False  # nothing to build: no run lines
         self._written = False  # a line with a time was written
+        self._total = 0  # derivations the run was to build
 
     def handle(self, event: Event) -> None:
         match event:
@@ -126,6 +127,7 @@ class PlainRenderer:
                 if not self._written:
                     self._start = event.time
                 self._machines = event.machines
+                self._total = event.total
                 self._quiet = event.total == 0
                 if self._quiet:
                     return
@@ -155,9 +157,12 @@ class PlainRenderer:
                 if self._quiet and not self._finished:
                     return
                 what = "interrupted" if event.interrupted else "finished"
+                # Stopped, or never started after a failure without --keep-going.
+                left = self._total - event.built - event.failed - event.skipped
                 text = (
                     f"{what}: {event.built} built, {event.failed} failed, "
-                    f"{event.skipped} skipped in {format_duration(event.elapsed)}"
+                    f"{event.skipped} skipped{f', {left} left' if left > 0 else ''}"
+                    f" in {format_duration(event.elapsed)}"
                 )
                 self._line(event.time, "run", text)
                 if self._summary:
