@@ -7,7 +7,9 @@ machine while the builders sat idle. So each decline is written down, per Nix pr
 hook's parent: ``nix-build``, or the daemon's worker for one client), with the time the build
 is expected to end; the next decision sees the local machine's ``max-jobs`` slots busy until
 then. A derivation asked about again is still waiting, so its old entry is dropped first; an
-entry past its expected end is gone. The file is tiny and written under an exclusive lock.
+entry past its expected end is gone. The file is tiny and written under an exclusive lock. The
+files of Nix processes that have ended are removed as a new one is made: nothing reads them
+again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class LocalQueue:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, float]]:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            _sweep(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "r+") as file:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -57,3 +61,12 @@ class LocalQueue:
     def add(self, drv_path: str, end: float) -> None:
         with self._locked() as entries:
             entries[drv_path] = end
+
+
+def _sweep(directory: Path) -> None:
+    """Remove the files of Nix processes that are gone (a pid recycled since only keeps its
+    file, whose entries expire anyway)."""
+    for path in directory.glob("*.json"):
+        if path.stem.isdigit() and not Path(f"/proc/{path.stem}").exists():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
