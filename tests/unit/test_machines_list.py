@@ -6,8 +6,8 @@ import base64
 import dataclasses
 import json
 
-from offload.backoff import Health, clear_backoff, load_backoff, save_backoff
-from offload.cli.machines_list import format_table, pool_problems
+from offload.backoff import UNKNOWN_REASON, Health, clear_backoff, load_backoff, save_backoff
+from offload.cli.machines_list import backoff_cell, format_table, pool_problems
 from offload.config.machines import parse_machines
 from offload.config.pool import Pool
 
@@ -69,3 +69,8 @@ def test_backoff_keeps_a_reason_and_clears_by_name(tmp_path):
     assert clear_backoff(path, ["a", "c"], 100.0) == ["a"]
     assert load_backoff(path, 100.0) == {"b": Health(2, 300.0)}
     assert clear_backoff(tmp_path / "none.json", ["a"], 100.0) == []
+
+
+def test_wide_says_when_why_a_machine_is_backed_off_is_not_known():
+    assert backoff_cell(Health(1, 2e9), wide=True).endswith(f"(1x): {UNKNOWN_REASON}")
+    assert backoff_cell(Health(1, 2e9), wide=False).endswith("(1x)")
