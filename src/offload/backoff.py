@@ -3,8 +3,10 @@
 A builder that failed is backed off (policy: 60 s x 3^(n-1)); without memory, every new run
 would pay the connect timeout again for each dead builder (nix#13513). Times are wall-clock
 seconds so they survive the process; a successful build resets a machine's entry, and
-``offload machines --reset NAME`` does it by hand (``clear_backoff``). An entry may say why
-(``reason``: the last failure, one line), for people to read.
+``offload machines --reset NAME`` does it by hand (``clear_backoff``). An entry says why
+(``reason``: the error of the failure that backed it off, as ``reason_line`` makes it: one line,
+at most ``REASON_CHARS``), for people to read; an entry written before reasons were kept has
+none, and reads as ``reason=None``: not known.
 """
 
 from __future__ import annotations
@@ -15,14 +17,41 @@ from pathlib import Path
 
 from offload.state_json import read_state_json, write_state_json
 
-__all__ = ["Health", "clear_backoff", "load_backoff", "load_backoffs", "save_backoff"]
+__all__ = [
+    "REASON_CHARS",
+    "UNKNOWN_REASON",
+    "Health",
+    "clear_backoff",
+    "load_backoff",
+    "load_backoffs",
+    "reason_line",
+    "save_backoff",
+]
+
+# Long enough for an explained ssh failure and its fix (a key path, a machines file and line);
+# short enough that a builder's chatter cannot grow the file or a status line without end.
+REASON_CHARS = 400
+UNKNOWN_REASON = "why is not known (backed off by an offload that did not keep reasons)"
 
 
 @dataclass(frozen=True)
 class Health:
     failures: int
     until: float  # wall clock; the machine may be tried again from then on
-    reason: str | None = None
+    reason: str | None = None  # None: not known (an entry from before reasons were kept)
+
+    @property
+    def why(self) -> str:
+        """The reason, or that it is not known, as said to people."""
+        return self.reason or UNKNOWN_REASON
+
+
+def reason_line(text: str, limit: int = REASON_CHARS) -> str:
+    """``text`` on one line (every run of whitespace, newlines included, one space), cut to
+    ``limit`` characters with ``...``: ssh's errors span lines, and a state file and a status
+    row hold one."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def load_backoff(path: Path, now: float) -> dict[str, Health]:
@@ -37,8 +66,8 @@ def load_backoff(path: Path, now: float) -> dict[str, Health]:
         except (KeyError, TypeError, ValueError, OverflowError):  # int(Infinity), float(10**400)
             continue
         reason = entry.get("reason")
-        if isinstance(reason, str) and reason:
-            health = Health(health.failures, health.until, reason)
+        if isinstance(reason, str) and reason.strip():  # bounded even if written by hand
+            health = Health(health.failures, health.until, reason_line(reason))
         if health.failures > 0 and health.until > now:
             result[str(name)] = health
     return result
@@ -55,8 +84,8 @@ def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -
     data: dict[str, dict[str, object]] = {}
     for name, health in sorted(current.items()):
         data[name] = {"failures": health.failures, "until": health.until}
-        if health.reason is not None:
-            data[name]["reason"] = health.reason
+        if health.reason is not None and health.reason.strip():
+            data[name]["reason"] = reason_line(health.reason)
     write_state_json(path, data)
 
 

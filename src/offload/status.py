@@ -8,7 +8,9 @@ on this host, so ``offload status`` is instant and safe to run in a loop:
   writes its name into the file it holds and Nix leaves it empty, so the two are counted apart;
   a holder that wrote when it expects to be done says so (only offload's hook does).
 - backoff: ``backoff.json`` in each state directory that is read (the user's, and the system
-  one the nix-daemon's hook keeps); a machine backed off in both shows the later end.
+  one the nix-daemon's hook keeps); a machine backed off in both shows the later end. Each
+  says why (the error that backed it off, one line); an entry an older offload wrote has no
+  reason (``reason`` null in JSON, "not known" in text).
 - the builder choice: ``use.json`` (``offload.use``) in the same places; the first one in
   force wins, as the hook reads its own state directory.
 - builders whose slots are counted on this host only (no slot lock could be taken on the
@@ -45,7 +47,7 @@ BACKOFF_FILE = "backoff.json"
 class BackoffJson(TypedDict):
     failures: int
     until: float
-    reason: str | None
+    reason: str | None  # null: not known (backed off by an offload that did not keep reasons)
 
 
 class FallbackJson(TypedDict):

@@ -11,14 +11,17 @@ it at most a few seconds.
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from offload.backoff import reason_line
 from offload.fleet import Fleet
 from tests.helpers.fleets import host_of, machines_lines, member_line
 from tests.helpers.nix_files import nix_file, out_path, valid_locally
@@ -160,6 +163,21 @@ def test_builders_left_out_are_told_in_json_and_on_stderr(fleet, tmp_path, close
     }
     _check_reasons(down, machines, known_hosts)
     assert _down_lines(done.stderr) == down
+    # Each is remembered backed off with why, and `offload status` says it to the next user.
+    status = subprocess.run(
+        [sys.executable, "-m", "offload", "status", "--json", "--builders", f"@{machines}"],
+        env=offload_env(fleet, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    said = {
+        m["name"]: m["backoff"]["reason"]
+        for m in json.loads(status.stdout)["machines"]
+        if m["backoff"] is not None
+    }
+    assert said == {name: reason_line(message) for name, message in down.items()}
 
 
 def test_builders_left_out_are_in_the_plain_lines_and_the_summary(fleet, tmp_path, closed_port):

@@ -1,8 +1,9 @@
 import asyncio
+import json
 
 import pytest
 
-from offload.backoff import Health, load_backoff, save_backoff
+from offload.backoff import REASON_CHARS, UNKNOWN_REASON, Health, load_backoff, save_backoff
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import FakeLink, FakeStore
 from offload.ui.events import Event, MachineEvent
@@ -66,6 +67,53 @@ def test_a_failure_is_remembered_and_a_success_forgets_it():
     assert health is not None
     assert health.failures == 1
     assert health.until > 1000.0
+    # Why, as the run said it: the link's error (the fake link's words for a refused port).
+    assert health.reason is not None
+    assert "Connection refused" in health.reason
     healthy, events, _ = _run({})
     assert set(finished(events).values()) == {"fast"}
     assert healthy.health == {"fast": None}
+
+
+def test_the_reason_of_an_earlier_run_is_said_and_kept():
+    why = "connection refused by 10.0.0.9:22: is sshd running and listening there?"
+    report, events, _ = _run({"fast": Health(2, 1060.0, why)})
+    [down] = [e for e in events if isinstance(e, MachineEvent)]
+    assert down.message == f"backed off after 2 failure(s) in earlier runs: {why}"
+    kept = report.health["fast"]
+    assert kept is not None
+    assert kept.reason == why  # not tried this run: the next one still knows why
+
+
+def test_an_entry_without_a_reason_loads_and_says_the_reason_is_unknown(tmp_path):
+    # As every offload before reasons were kept wrote it.
+    path = tmp_path / "backoff.json"
+    path.write_text(json.dumps({"fast": {"failures": 1, "until": 500.0}}))
+    [health] = load_backoff(path, now=100.0).values()
+    assert health == Health(1, 500.0)
+    assert health.why == UNKNOWN_REASON
+    report, events, _ = _run({"fast": Health(1, 1060.0)})
+    [down] = [e for e in events if isinstance(e, MachineEvent)]
+    assert down.message.endswith(f"in earlier runs: {UNKNOWN_REASON}")
+    kept = report.health["fast"]
+    assert kept is not None
+    assert (kept.failures, kept.reason) == (1, None)  # still not known: nothing was learned
+
+
+def test_a_reason_is_kept_on_one_bounded_line(tmp_path):
+    path = tmp_path / "backoff.json"
+    ssh = "ssh: connect to host b port 22:\n  Connection refused\r\n"
+    save_backoff(path, {"a": Health(1, 500.0, ssh), "b": Health(1, 500.0, "x" * 5000)}, 0.0)
+    assert len(json.loads(path.read_text())["b"]["reason"]) == REASON_CHARS  # as written
+    loaded = load_backoff(path, now=0.0)
+    assert loaded["a"].reason == "ssh: connect to host b port 22: Connection refused"
+    long = loaded["b"].reason
+    assert long is not None
+    assert len(long) == REASON_CHARS
+    assert long.endswith("...")
+    # One written by hand (or by anything else) is bounded as it is read.
+    path.write_text(json.dumps({"c": {"failures": 1, "until": 500.0, "reason": "y\n" * 900}}))
+    reason = load_backoff(path, now=0.0)["c"].reason
+    assert reason is not None
+    assert len(reason) == REASON_CHARS
+    assert "\n" not in reason

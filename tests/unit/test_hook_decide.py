@@ -71,6 +71,27 @@ def test_backed_off_builder_is_skipped() -> None:
     assert later.machine == "fast"
 
 
+def test_every_fitting_builder_backed_off_is_said_and_what_is_left_decides() -> None:
+    # Backed off until 80 and 50: named soonest back first, whatever else is decided.
+    down = [builder("fast", 4, down_until=80.0), builder("other", 4, down_until=50.0)]
+    here = choose(request(), down, LocalOffer(1, True), work=10, now=0)
+    assert (here.reply, here.stuck, here.backed_off) == (Reply.DECLINE, False, ("other", "fast"))
+    assert here.expected_end == 10  # the local machine builds it: its slot counts as taken
+    # No local slot free now, but one will be: wait for it.
+    later = choose(request(), down, LocalOffer(1, False, later=True), work=10, now=0)
+    assert (later.reply, later.stuck) == (Reply.POSTPONE, False)
+    # The local machine never builds it (-j 0, or another system): only they could.
+    never = choose(request(), down, LocalOffer(1, False), work=10, now=0)
+    assert (never.reply, never.stuck, never.backed_off) == (Reply.DECLINE, True, ("other", "fast"))
+    elsewhere = choose(request(), [*down, builder("slow", 1)], LocalOffer(1, False), work=10, now=0)
+    assert (elsewhere.machine, elsewhere.stuck) == ("slow", False)
+    assert elsewhere.backed_off == ("other", "fast")
+    # One that could not build it anyway is not named.
+    arm = MachineSlotSpec("arm", 4, slots=2, systems=frozenset({"aarch64-linux"}))
+    others = [Builder(arm, 1, down_until=80.0), builder("slow", 1)]
+    assert choose(request(), others, LocalOffer(1, False), work=10, now=0).backed_off == ()
+
+
 def test_features_no_builder_has_are_declined() -> None:
     choice = choose(request("cuda"), [builder("b", 4)], LocalOffer(1, False), work=10, now=0)
     assert choice.reply is Reply.DECLINE

@@ -6,8 +6,8 @@ import base64
 import dataclasses
 import json
 
-from offload.backoff import Health, clear_backoff, load_backoff, save_backoff
-from offload.cli.machines_list import format_table, pool_problems
+from offload.backoff import UNKNOWN_REASON, Health, clear_backoff, load_backoff, save_backoff
+from offload.cli.machines_list import backoff_cell, format_table, pool_problems
 from offload.config.machines import parse_machines
 from offload.config.pool import Pool
 
@@ -99,3 +99,8 @@ def test_likely_slips_nix_takes_are_warned_with_the_one_meant():
             " (give one a name in offload.toml)"
         ),
     ]
+
+
+def test_wide_says_when_why_a_machine_is_backed_off_is_not_known():
+    assert backoff_cell(Health(1, 2e9), wide=True).endswith(f"(1x): {UNKNOWN_REASON}")
+    assert backoff_cell(Health(1, 2e9), wide=False).endswith("(1x)")

@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from offload.backoff import Health, save_backoff
+from offload.backoff import UNKNOWN_REASON, Health, save_backoff
 from offload.cli.status import format_status, status_json
 from offload.config.machines import parse_machines
 from offload.config.pool import Pool
@@ -78,3 +78,24 @@ def test_the_later_backoff_of_two_state_directories_wins(tmp_path: Path) -> None
     save_backoff(system / "backoff.json", {"fast": Health(3, now + 540)}, now)
     status = pool_status(pool(), [user, system], SlotLocks(tmp_path / "cl"), now)
     assert status.machines[1].backoff == Health(3, now + 540)
+
+
+def test_a_backoff_without_a_reason_says_it_is_not_known(tmp_path: Path) -> None:
+    # backoff.json as an offload that kept no reasons wrote it.
+    now = time.time()
+    (tmp_path / "backoff.json").write_text(f'{{"slow": {{"failures": 1, "until": {now + 60}}}}}')
+    status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), now)
+    assert f"slow: backed off: {UNKNOWN_REASON}" in format_status(status).splitlines()
+    assert status.machines[2].as_json()["backoff"] == {
+        "failures": 1,
+        "until": now + 60,
+        "reason": None,
+    }
+
+
+def test_a_reason_is_printed_safe_for_a_terminal(tmp_path: Path) -> None:
+    now = time.time()
+    why = "ssh: banner \x1b[2Jcleared"
+    save_backoff(tmp_path / "backoff.json", {"slow": Health(1, now + 60, why)}, now)
+    text = format_status(pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), now))
+    assert "slow: backed off: ssh: banner \\x1b[2Jcleared" in text.splitlines()

@@ -76,7 +76,7 @@ class MachineJson(TypedDict):
 class BackoffJson(TypedDict):
     failures: int
     until: float
-    reason: str | None
+    reason: str | None  # null: not known (backed off by an offload that did not keep reasons)
 
 
 def add_pool_arguments(parser: argparse.ArgumentParser) -> None:

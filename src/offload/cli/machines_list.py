@@ -70,8 +70,8 @@ def backoff_cell(health: Health | None, *, wide: bool) -> str:
     if health is None:
         return "-"
     text = f"until {_clock(health.until)} ({health.failures}x)"
-    if wide and health.reason:
-        text += f": {shown(health.reason, 80)}"
+    if wide:
+        text += f": {shown(health.why, 80)}"
     return text
 
 

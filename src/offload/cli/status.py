@@ -1,7 +1,8 @@
 """`offload status [--json] [--watch]`: the pool right now, from this host's shared files.
 
 Per machine: slots in use (by any offload process or Nix's own hook on this host) and when the
-holders expect to be done, backoff (until when, after how many failures), whether the
+holders expect to be done, backoff (until when, after how many failures, and why: a line per
+backed-off machine, saying so when the entry predates kept reasons), whether the
 `offload use` choice in force keeps it, and a builder whose slots are counted on this host
 only (no slot lock on the builder), with why, as the last build there found, and a builder
 the hook's coordinator gives fewer slots for its load, with the report that cut it. Nothing
@@ -18,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from offload.backoff import REASON_CHARS
 from offload.cli.machines import add_pool_arguments, pool_from_args
+from offload.config.machines import shown
 from offload.paths import SYSTEM_STATE_DIR, state_dir
 from offload.slots import SlotLocks
 from offload.status import MachineStatus, PoolStatus, pool_status
@@ -85,9 +88,9 @@ def format_status(status: PoolStatus) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     lines += [
-        f"{machine.name}: backed off: {machine.backoff.reason}"
+        f"{machine.name}: backed off: {shown(machine.backoff.why, REASON_CHARS)}"
         for machine in status.machines
-        if machine.backoff is not None and machine.backoff.reason
+        if machine.backoff is not None
     ]
     lines += [
         f"{machine.name}: slots counted on this host only "

@@ -13,27 +13,33 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offload.backoff import Health, load_backoff, save_backoff
+from offload.backoff import Health, load_backoff, reason_line, save_backoff
 from offload.config.machines import Machine
 from offload.config.pool import Pool, load_pool
 from offload.config.settings import NixSettings
 from offload.errors import OffloadError
 from offload.history.estimates import estimator
+from offload.hook.backed_off import backed_off_key, clock
 from offload.hook.decide import Builder, LocalOffer, cut
 from offload.hook.keep import Keep
 from offload.hook.local_queue import LocalQueue
 from offload.hook.wire import HookIO, TryRequest, write_nix_json
+from offload.procfs import proc_stat
 from offload.scheduler.policy import Backoff, MachineSlotSpec
 from offload.scheduler.run import BIG_PARALLEL_WORK, DEFAULT_WORK
 from offload.slots import SlotLocks, slot_key
 from offload.use import read_choice
 
 __all__ = ["HookContext", "load_context"]
+
+# A client's markers (``first_for_client``) are kept this long: a nix-build rarely runs longer.
+_MARKER_DAYS = 1
 
 
 @dataclass
@@ -49,6 +55,7 @@ class HookContext:
     keep: Keep  # sessions and the history, kept from one hook to the next
     backoff: dict[str, Health] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # said once, before the first reply
+    client: str | None = None  # the Nix process asking, as ``first_for_client`` names it
 
     def say(self, text: str, level: int = 1) -> None:
         """A line on the user's terminal at Nix's ``level`` (1 warn ... 4 talkative, ``-v``): a
@@ -61,7 +68,7 @@ class HookContext:
     def say_once(self, text: str, level: int = 1, every: float = 60.0) -> None:
         """``say``, unless any hook process said the same within ``every`` seconds: Nix starts
         a hook process per accepted derivation, and a note per derivation is noise."""
-        marker = self.state / "said" / hashlib.sha256(text.encode()).hexdigest()[:16]
+        marker = self._marker(text)
         with contextlib.suppress(OSError):
             if time.time() - marker.stat().st_mtime < every:
                 return
@@ -69,6 +76,37 @@ class HookContext:
             marker.parent.mkdir(mode=0o700, exist_ok=True)
             marker.touch()
         self.say(text, level)
+
+    def first_for_client(self, what: str) -> bool:
+        """True the first time any hook process asks about ``what`` for the Nix process
+        asking now (the same nix-build, or daemon connection, across the hook processes Nix
+        starts for it: one per accepted derivation); its next run asks anew. A marker per
+        client and ``what``, created exclusively so two hook processes cannot both be first;
+        markers older than a day go when a new one is made."""
+        marker = self._client_marker(what)
+        try:
+            marker.parent.mkdir(mode=0o700, exist_ok=True)
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        except OSError:
+            return True  # no marker can be made: said (or tried) again rather than never
+        _sweep(marker.parent, time.time() - _MARKER_DAYS * 86400)
+        return True
+
+    def failed_for_client(self, name: str) -> bool:
+        """Has builder ``name`` failed for the Nix process asking now (``machine_failed``)?"""
+        return self._client_marker(f"failed {name}").exists()
+
+    def _client_marker(self, what: str) -> Path:
+        if self.client is None:
+            stat = proc_stat(self.parent)
+            # The start time tells a recycled pid from the Nix process that had it.
+            self.client = f"{self.parent}@{stat[1] if stat is not None else '?'}"
+        return self._marker(f"{self.client} {what}")
+
+    def _marker(self, key: str) -> Path:
+        return self.state / "said" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def machine(self, name: str) -> Machine:
         return next(m for m in self.pool.machines if m.name == name)
@@ -79,11 +117,13 @@ class HookContext:
         exclude: Iterable[str] = (),
         *,
         full: Mapping[str, float | None] | None = None,
+        retry: Iterable[str] = (),
     ) -> list[Builder]:
         """The usable builders, as this host's slot locks and backoff see them; those in
         ``full`` (every slot held on the builder itself, since when if known) taken for
-        having none free, and those the coordinator found loaded with fewer slots."""
-        skip, full = set(exclude), full or {}
+        having none free, those the coordinator found loaded with fewer slots, and those in
+        ``retry`` taken for up whatever their backoff."""
+        skip, full, retry = set(exclude), full or {}, set(retry)
         loaded = self.keep.loads.slots() if self.keep.loads is not None else {}
         result = []
         for machine in self.pool.machines:
@@ -91,7 +131,7 @@ class HookContext:
                 continue
             spec = MachineSlotSpec.from_machine(machine)
             probe = self.slots.probe(slot_key(machine.uri), spec.slots)
-            health = self.backoff.get(spec.name)
+            health = None if machine.name in retry else self.backoff.get(spec.name)
             down = health.until if health is not None and health.until > now else None
             free = 0 if machine.name in full else probe.free
             since = full.get(machine.name)
@@ -106,7 +146,7 @@ class HookContext:
         if local is None or not local.supports(request.system, sorted(request.features)):
             return LocalOffer(1.0, can_build=False)
         if not request.am_willing:
-            return LocalOffer(local.speed_factor, can_build=False)
+            return LocalOffer(local.speed_factor, can_build=False, later=True)
         start = LocalQueue(self.state, self.parent).start(request.drv_path, local.max_jobs, now)
         return LocalOffer(local.speed_factor, can_build=True, start=start)
 
@@ -126,21 +166,44 @@ class HookContext:
             return known[pname]
         return BIG_PARALLEL_WORK if "big-parallel" in request.features else DEFAULT_WORK
 
-    def machine_failed(self, name: str, reason: str) -> None:
+    def reload_backoff(self) -> None:
+        """Backoff as the file has it now: another run's failure, or ``offload machines
+        --reset``, counts from the next decision (Nix keeps a hook process until it accepts)."""
+        self.backoff = load_backoff(self.state / "backoff.json", time.time())
+
+    def machine_failed(self, name: str, error: str) -> None:
+        """Back builder ``name`` off for every hook and run on this host, with why (``error``
+        in the user's words, with the fix, as ``offload build`` says it); said once."""
+        # Imported here: only a failure needs it, and the hook process starts on every try.
+        from offload.build.faults import explain
+
         now = time.time()
         current = self.backoff.get(name)
         failures = (current.failures if current is not None else 0) + 1
-        health = Health(failures, now + Backoff().delay(failures))
+        reason = reason_line(explain(self.machine(name), error))
+        health = Health(failures, now + Backoff().delay(failures), reason)
         self.backoff[name] = health
         save_backoff(self.state / "backoff.json", {name: health}, now)
+        self.first_for_client(backed_off_key(name, health))  # said here: not again as left out
+        self.first_for_client(f"failed {name}")  # no retry out of turn for this client
         self.say(
-            f"builder '{name}' failed ({reason}); backed off for "
-            f"{health.until - now:.0f} s, across builds, until it answers again"
+            f"builder '{name}' failed: {reason}; backed off until {clock(health.until)} "
+            f"({health.until - now:.0f} s), for every build on this host, until it answers again"
         )
 
     def machine_ok(self, name: str) -> None:
         if self.backoff.pop(name, None) is not None:
             save_backoff(self.state / "backoff.json", {name: None}, time.time())
+
+
+def _sweep(directory: Path, before: float) -> None:
+    """Remove the markers in ``directory`` last touched before ``before``: their clients are
+    long gone, and a directory that only grows costs every listing."""
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < before:
+                    entry.unlink()
 
 
 def _chosen(pool: Pool, state: Path, now: float) -> tuple[Pool, str | None]:

@@ -42,7 +42,13 @@ The answer:
   again only after its poll interval (``build-poll-interval``, 5 s: Nix 2.8 does not wake it
   sooner), or when nothing else can build it now;
 - no builder could ever take it -> ``decline`` (Nix builds it locally or says why it cannot),
-  or ``decline-permanently`` when there are no builders at all, as build-remote does.
+  or ``decline-permanently`` when there are no builders at all, as build-remote does;
+- every builder that could take it is backed off -> ``decline`` when the local machine builds
+  it now, ``postpone`` when it will once a local slot frees (``LocalOffer.later``), else the
+  choice is ``stuck``: only a backed-off builder could ever build it here (``-j 0``, or not the
+  local machine's system or features). The caller then tries that builder out of turn or
+  declines (``offload.hook.run``). Every choice names the fitting builders it left out for
+  their backoff (``backed_off``), for the caller to say.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class LocalOffer:
     speed: float
     can_build: bool  # Nix is willing (a free local slot) and the system and features fit
     start: float | None = None  # when a local slot frees for it (None: now)
+    later: bool = False  # not now (no free local slot), but once one frees: it fits here
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,11 @@ class Choice:
     expected_end: float | None = None  # wall clock: of the build where it was placed
     reason: str = ""
     waits: bool = False  # accepted for a builder whose slots are all busy: wait after accepting
+    # The builders that fit but were left out for their backoff, the soonest back first.
+    backed_off: tuple[str, ...] = ()
+    # Declined because only those could ever build it here: neither the local machine (not
+    # now, nor once a slot frees) nor any other builder can.
+    stuck: bool = False
 
 
 def cut(builder: Builder, slots: int, now: float, default_work: float = 10.0) -> Builder:
@@ -136,8 +148,40 @@ def choose(
     if not fitting:
         return Choice(Reply.DECLINE, reason="no builder has this system and these features")
     up = [b for b in fitting if b.down_until is None or b.down_until <= now]
+    down = sorted((b.down_until or now, b.spec.name) for b in fitting if b not in up)
+    backed_off = tuple(name for _, name in down)
     local_start = now if local.start is None else max(now, local.start)
     local_end = local_start + work / local.speed if local.can_build else None
+    if not up:
+        if local_end is not None:
+            reason = "every fitting builder is backed off"
+            return Choice(
+                Reply.DECLINE, expected_end=local_end, reason=reason, backed_off=backed_off
+            )
+        if local.later:
+            reason = "every fitting builder is backed off: waiting for a local slot"
+            return Choice(Reply.POSTPONE, reason=reason, backed_off=backed_off)
+        reason = "every builder that could build it is backed off"
+        return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off, stuck=True)
+    choice = _place(
+        up, local_end, work=work, now=now, poll_interval=poll_interval,
+        default_work=default_work, queue=queue,
+    )  # fmt: skip
+    return dataclasses.replace(choice, backed_off=backed_off)
+
+
+def _place(
+    up: Sequence[Builder],
+    local_end: float | None,
+    *,
+    work: float,
+    now: float,
+    poll_interval: float,
+    default_work: float,
+    queue: bool,
+) -> Choice:
+    """``choose`` among the builders that are not backed off (at least one) and the local
+    machine (``local_end``: when it would finish, None when it cannot build it now)."""
     best: tuple[float, Builder] | None = None
     best_free: tuple[float, Builder] | None = None
     for builder in up:
@@ -152,10 +196,7 @@ def choose(
             best = (end, builder)
         if builder.free > 0 and (best_free is None or end < best_free[0]):
             best_free = (end, builder)
-    if best is None:
-        if local_end is not None:
-            return Choice(Reply.DECLINE, reason="every fitting builder is backed off")
-        return Choice(Reply.POSTPONE, reason="every fitting builder is backed off")
+    assert best is not None
     if local_end is not None and local_end <= best[0]:
         reason = "the local machine is expected to finish first"
         return Choice(Reply.DECLINE, expected_end=local_end, reason=reason)

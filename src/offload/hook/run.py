@@ -6,11 +6,14 @@ accept, a slot lock of the chosen builder is taken (Nix's own ``current-load`` f
 build's expected end written in it) and a session there holding one of the builder's own slots
 is made ready (``offload.hook.links``: one kept from an earlier build when there is one); only
 then does the hook say ``# accept``, as build-remote connects before it accepts. A builder
-that cannot be reached is backed off (remembered in ``backoff.json`` by every later hook and
-run) and the decision is made again without it, so a dead builder costs one connect timeout
-per back-off period, not one per derivation (nix#13513). A builder whose own slots are all held
-(by other clients, on any host) is decided again as full: the coordinator then accepts and
-waits for a slot there or elsewhere, a lone hook picks another builder or postpones.
+that cannot be reached is backed off (remembered in ``backoff.json``, with why, by every later
+hook and run) and the decision is made again without it, so a dead builder costs one connect
+timeout per back-off period, not one per derivation (nix#13513). Backed-off builders left out
+are said in the build log, and a derivation only they could build tries one once more or is
+declined, never left waiting on their backoff (``offload.hook.backed_off``). A builder whose
+own slots are all held (by other clients, on any host) is decided again as full: the
+coordinator then accepts and waits for a slot there or elsewhere, a lone hook picks another
+builder or postpones.
 
 Once accepted, Nix cares only that the outputs end up in the local store, not where they were
 built (nor can it take the derivation back: it holds the outputs' locks, so the local machine
@@ -32,6 +35,7 @@ from collections.abc import AsyncIterator
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.history.records import BuildRecord
+from offload.hook.backed_off import say_declined, say_left_out, to_retry
 from offload.hook.context import HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, place_queued
 from offload.hook.dispatch import Placement
@@ -62,10 +66,10 @@ def _full(context: HookContext, found: set[str], now: float) -> dict[str, float 
 
 
 def _decide(
-    context: HookContext, request: TryRequest, work: float, excluded: set[str], full: set[str]
+    context: HookContext, request: TryRequest, work: float, full: set[str], retry: set[str]
 ) -> Choice:
     now = time.time()
-    builders = context.builders(now, excluded, full=_full(context, full, now))
+    builders = context.builders(now, full=_full(context, full, now), retry=retry)
     dispatch = context.keep.dispatch
     if dispatch is not None:
         builders = place_queued(builders, dispatch.queued(), now)
@@ -88,6 +92,8 @@ def _pick(
     unable = LocalOffer(1.0, can_build=False)  # accepted: Nix will not build it here
     builders = context.builders(now, excluded, full=_full(context, set(), now))
     choice = choose(request, builders, unable, work=work, now=now, queue=True)
+    if choice.stuck:
+        return None  # its builders are backed off: they are tried again once that ends
     if choice.reply is Reply.DECLINE:
         raise OffloadError(f"no builder is left to build {request.drv_path} ({choice.reason})")
     if choice.reply is not Reply.ACCEPT or choice.waits:
@@ -127,16 +133,28 @@ async def answer(
     ``guarded``: this process may be killed without warning mid-build (it is the hook process
     itself), so a guard must be ready to clean up after it.
     """
-    excluded: set[str] = set()
     full: set[str] = set()  # every slot held on the builder itself, by others
+    retry: set[str] = set()  # backed off, but tried now: nothing else can build it
+    tried: set[str] = set()  # tried so here (once each, even were no marker to be made)
     work = context.work(request)
+    context.reload_backoff()
     for _ in range(_MAX_ATTEMPTS):
-        choice = _decide(context, request, work, excluded, full)
+        choice = _decide(context, request, work, full, retry)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
-        if choice.reply is not Reply.ACCEPT:
-            if choice.reply is Reply.DECLINE and choice.expected_end is not None:
+        say_left_out(context, choice)
+        if choice.stuck and (again := to_retry(context, request, choice, tried)) is not None:
+            retry.add(again)
+            tried.add(again)
+            continue
+        if choice.stuck:
+            say_declined(context, request, choice)
+        if choice.reply is not Reply.ACCEPT or (choice.waits and choice.machine in retry):
+            # A builder tried out of turn is taken only with a slot free now: were its slots
+            # held here, Nix asks again after its poll interval.
+            reply = Reply.POSTPONE if choice.reply is Reply.ACCEPT else choice.reply
+            if reply is Reply.DECLINE and choice.expected_end is not None:
                 context.declined(request, choice.expected_end)
-            write_reply(context.io, choice.reply)
+            write_reply(context.io, reply)
             return None
         name = str(choice.machine)
         if choice.waits:
@@ -149,8 +167,9 @@ async def answer(
             try:
                 return await _accept(context, reader, request, name, work, guarded=guarded)
             except Unreachable as exc:
+                # Backed off from now on: the next decision leaves it out, as it says why.
                 context.machine_failed(name, exc.reason)
-                excluded.add(name)
+                retry.discard(name)
             except BuilderFullError:
                 full.add(name)  # not yet accepted: Nix waits for this reply, so decide again
     write_reply(context.io, Reply.POSTPONE)

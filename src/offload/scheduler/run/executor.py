@@ -156,6 +156,8 @@ class Executor:
         for name, health in restored.items():
             until = self.clock() + (health.until - self.wall())
             self.policy.restore_down(name, health.failures, until)
+            if health.reason is not None:  # kept for the next run unless this one learns more
+                self._last_error[name] = health.reason
         # Builders that did not answer when the run looked for outputs they already hold.
         for name, error in self._unreachable.items():
             self._last_error[name] = error
@@ -180,7 +182,7 @@ class Executor:
             self.report.failed[drv_path] = f"no machine can build it: {reason}"
             self._events.finished(drv_path, "", "failed", started=self.wall(), error=reason)
         for name, health in self._restored.items():
-            message = f"backed off after {health.failures} failure(s) in earlier runs"
+            message = f"backed off after {health.failures} failure(s) in earlier runs: {health.why}"
             self._events.machine_down(name, message, health.until)
         for name, error in self._unreachable.items():
             until = self.wall() + (self.policy.down_until(name) - start)
@@ -207,7 +209,8 @@ class Executor:
             failures = self.policy.failures(name)
             until = self.policy.down_until(name)
             down = failures > 0 and until > now
-            result[name] = Health(failures, wall + (until - now)) if down else None
+            reason = self._last_error.get(name)
+            result[name] = Health(failures, wall + (until - now), reason) if down else None
         return result
 
     def _estimate_makespan(self) -> float:

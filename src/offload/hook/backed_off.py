@@ -1,0 +1,131 @@
+"""What the hook says about backed-off builders, and when it tries one before its backoff ends.
+
+A backed-off builder is left out of every decision until its backoff ends (``offload.backoff``:
+remembered across runs, so a dead builder costs one connect timeout per backoff period, not
+one per derivation). Left out silently, a Nix user sees only Nix's own ``waiting for a machine``
+or ``unable to start any build``; so the hook says, in the log Nix prints:
+
+- that a builder is backed off, until when, after how many failures and why (the error that
+  backed it off, with its fix), once per Nix client (one nix-build, or daemon connection) and
+  backoff: the first time a decision for that client leaves the builder out. A failure said
+  as it happens (``HookContext.machine_failed``) is not said again.
+- when only backed-off builders could build a derivation (the local machine builds nothing,
+  ``-j 0``, or not this system or these features: the choice is ``stuck``), what it does:
+
+  - a builder that has not failed for this client yet (its backoff comes from an earlier run
+    or another client) is tried again at once, out of turn: waiting out a backoff that may be
+    stale (the key fixed since, the builder back up) helps no one when nothing else can build
+    the derivation, and a try costs what Nix's own hook pays on every run. It answers: the
+    build goes on and its backoff is cleared. It fails: it is backed off again, said as a
+    failure, and counts as tried for this client.
+  - once each such builder has failed for this client, the derivation is declined, with one
+    line saying why: Nix then says it cannot build it (``unable to start any build`` under
+    ``-j 0``), as it does when its own hook cannot reach the only builder. Postponing instead
+    would keep nix-build printing ``waiting for a machine`` for the whole backoff (up to 27
+    minutes) for a builder that failed minutes ago, and then fail or wait again.
+
+Markers in the state directory make "once per client" hold across the hook processes Nix starts
+for one client (``HookContext.first_for_client``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from offload.backoff import Health
+
+if TYPE_CHECKING:
+    from offload.hook.context import HookContext
+    from offload.hook.decide import Choice
+    from offload.hook.wire import TryRequest
+
+__all__ = [
+    "backed_off_key",
+    "backed_off_line",
+    "clock",
+    "declined_line",
+    "local_why",
+    "retry_line",
+    "say_declined",
+    "say_left_out",
+    "to_retry",
+]
+
+
+def clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def backed_off_key(name: str, health: Health) -> str:
+    """What is said once per client: this builder's backoff until then (a new one is news)."""
+    return f"backed off {name} {health.until:.3f}"
+
+
+def backed_off_line(name: str, health: Health) -> str:
+    failures = f"{health.failures} failure" + ("s" if health.failures != 1 else "")
+    return (
+        f"builder '{name}' is backed off until {clock(health.until)} after {failures}: "
+        f"{health.why}; `offload machines --reset {name}` lets it be tried at once"
+    )
+
+
+def local_why(has_local: bool, fits_local: bool) -> str:
+    """Why the local machine will not build it: nothing is built here, or not this."""
+    if not has_local:
+        return "the local machine builds nothing here: max-jobs is 0"
+    if not fits_local:
+        return "the local machine lacks its system or features"
+    return "the local machine is not offered it"
+
+
+def retry_line(drv_path: str, name: str, local: str) -> str:
+    return (
+        f"nothing else can build '{drv_path}' ({local}); so builder '{name}' is tried again "
+        "now, before its backoff ends"
+    )
+
+
+def declined_line(drv_path: str, names: tuple[str, ...], until: float, local: str) -> str:
+    builders = ", ".join(f"'{name}'" for name in names)
+    return (
+        f"declining '{drv_path}': only {builders} could build it, backed off until "
+        f"{clock(until)} after failing for this build, and {local}"
+    )
+
+
+def say_left_out(context: HookContext, choice: Choice) -> None:
+    """Say each builder ``choice`` left out for its backoff, once per client and backoff."""
+    for name in choice.backed_off:
+        health = context.backoff.get(name)
+        if health is not None and context.first_for_client(backed_off_key(name, health)):
+            context.say(backed_off_line(name, health))
+
+
+def to_retry(
+    context: HookContext, request: TryRequest, choice: Choice, tried: Collection[str]
+) -> str | None:
+    """For a ``stuck`` choice: the backed-off builder to try now, out of turn (said), if one
+    has not failed for this client yet (nor been ``tried`` so for this derivation)."""
+    fresh = (n for n in choice.backed_off if n not in tried and not context.failed_for_client(n))
+    name = next(fresh, None)
+    if name is not None:
+        context.say(retry_line(request.drv_path, name, _local(context, request)))
+    return name
+
+
+def say_declined(context: HookContext, request: TryRequest, choice: Choice) -> None:
+    """Say why a ``stuck`` derivation is declined; once per client and backoff, as Nix asks
+    again about a declined derivation each time one of its builds ends."""
+    ends = [h.until for n in choice.backed_off if (h := context.backoff.get(n)) is not None]
+    until = min(ends, default=time.time())
+    if context.first_for_client(f"declined {request.drv_path} {until:.3f}"):
+        line = declined_line(request.drv_path, choice.backed_off, until, _local(context, request))
+        context.say(line)
+
+
+def _local(context: HookContext, request: TryRequest) -> str:
+    local = context.pool.local
+    fits = local is not None and local.supports(request.system, sorted(request.features))
+    return local_why(local is not None, fits)
