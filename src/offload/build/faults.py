@@ -4,7 +4,8 @@ A link's error carries ssh's own last words, which speak of files the user never
 private known_hosts file offload writes a pinned key to, removed when the run ends) and leave
 the fix to guess. ``explain`` turns the error into one line: what happened, then the fix,
 naming the file the user edits: the machines line the builder comes from (its host-key column
-when the key is pinned there), or the known_hosts file ssh named when nothing is pinned.
+when the key is pinned there, its key column when ssh could not use the key file named there),
+or the known_hosts file ssh named when nothing is pinned.
 A changed host key is said to be what it may be, a man-in-the-middle.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 
 from offload.config.machines import Machine
+from offload.transport.ssh_keys import key_fix, key_place, key_trouble
 
 __all__ = ["explain"]
 
@@ -33,6 +35,10 @@ def explain(machine: Machine, error: str) -> str:
             f"its host key is unknown (nothing pins or trusts it); pin it in column 8 of {where}, "
             "the base64 of the builder's /etc/ssh/ssh_host_ed25519_key.pub"
         )
+    trouble = key_trouble(error)
+    if trouble is not None and "Permission denied" in error:
+        what, fix = key_fix(trouble, machine.ssh_key, key_place(machine))
+        return f"{what}, and the builder took no other key; {fix}"
     if "Permission denied" in error:
         key = machine.ssh_key or "your default ssh key"
         return (

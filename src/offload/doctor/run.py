@@ -50,6 +50,7 @@ from offload.transport.ssh import (
     ssh_argv,
     ssh_target,
 )
+from offload.transport.ssh_keys import key_place
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -270,6 +271,7 @@ class _Probe:
             pinned=known is not None,
             destination=f"{self.user}@{self.target.host}",
             seconds=time.monotonic() - started,
+            key_place=key_place(self.machine) if self.machine.ssh_key else None,
         )
 
     async def _remote(self, link: MachineLink, argv: list[str]) -> tuple[int, str, str]:
