@@ -140,10 +140,11 @@ def test_ssh_g_names_a_proxy_and_falls_back_to_the_given_host():
 
 def test_resolve_fails_with_a_fix_and_shows_the_alias_target():
     config = SshConfig("no-such-host.invalid", 22)
-    check = resolve_check(config, [], "Name or service not known", "b1")
+    check = resolve_check(config, [], "Name or service not known", "b1", "/etc/nix/machines:4")
     assert check.verdict == Verdict.FAIL
     assert "b1 -> no-such-host.invalid" in check.detail
     assert check.fix is not None
+    assert check.fix.startswith("check the host name in /etc/nix/machines:4")
     ok = resolve_check(SshConfig("127.0.0.1", 22), ["127.0.0.1", "127.0.0.1"], None, "b1")
     assert ok.verdict == Verdict.OK
     assert ok.detail == "b1 -> 127.0.0.1 (127.0.0.1)"

@@ -65,9 +65,14 @@ def parse_ssh_g(text: str, host: str, port: int | None) -> SshConfig:
 
 
 def resolve_check(
-    config: SshConfig, addresses: Sequence[str], error: str | None, alias: str
+    config: SshConfig,
+    addresses: Sequence[str],
+    error: str | None,
+    alias: str,
+    where: str = "the machines line",
 ) -> Check:
-    """The name ssh would connect to resolved to ``addresses``, or failed with ``error``."""
+    """The name ssh would connect to resolved to ``addresses``, or failed with ``error``;
+    ``where`` is the machines line (file:line) that names ``alias``."""
     name = config.hostname if config.hostname == alias else f"{alias} -> {config.hostname}"
     if config.proxy is not None:
         return Check("resolve", Verdict.OK, f"{name}, reached through {config.proxy}")
@@ -76,7 +81,7 @@ def resolve_check(
             "resolve",
             Verdict.FAIL,
             f"{name} does not resolve: {error or 'no addresses'}",
-            "check the host name in the machines line, or add a Host alias with HostName "
+            f"check the host name in {where}, or add a Host alias with HostName "
             "to the ssh config (NIX_SSHOPTS=-F FILE for a config of its own)",
         )
     return Check("resolve", Verdict.OK, f"{name} ({', '.join(dict.fromkeys(addresses))})")

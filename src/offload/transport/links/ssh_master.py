@@ -85,7 +85,9 @@ def _ssh_hint(tail: str) -> str:
         return f"ssh key file {trouble.path} {trouble.said()}: check column 3 of machines"
     if "Permission denied" in tail:
         return "check the ssh key (column 3 of machines) and the builder's authorized_keys"
-    if "Connection refused" in tail or "timed out" in tail or "resolve" in tail:
+    if "Could not resolve hostname" in tail:
+        return "check the host name (machines line, or the ssh config's HostName), or --exclude it"
+    if "Connection refused" in tail or "timed out" in tail:
         return "is the builder up and sshd listening? Leave it out with --exclude"
     return "try the same ssh command by hand, or leave the builder out with --exclude"
 
