@@ -33,9 +33,14 @@ keyless_fleet = private_fleet_fixture([MemberSpec("dk", 1.0, 1)], "ofk")
 
 
 def doctor(
-    fleet: Fleet, tmp_path: Path, machines: Path, *args: str, timeout: float = 60
+    fleet: Fleet,
+    tmp_path: Path,
+    machines: Path,
+    *args: str,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = fleet.env()
+    env = {**fleet.env(), **(env or {})}
     env["OFFLOAD_STATE_DIR"] = str(tmp_path / "state")
     argv = [sys.executable, "-m", "offload", "doctor", "--builders", f"@{machines}", *args]
     return subprocess.run(
@@ -157,6 +162,48 @@ def test_a_removed_authorized_key_fails_ssh(keyless_fleet: Fleet, tmp_path: Path
     assert "does not accept" in ssh["detail"]
     assert "Permission denied" in ssh["detail"]
     assert "authorized_keys" in ssh["fix"]
+
+
+def test_a_missing_key_file_is_said_missing_naming_its_line(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    # An ssh config that names no key: column 3 alone says which key ssh offers.
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "".join(
+            line
+            for line in doctor_fleet.ssh_config.read_text().splitlines(keepends=True)
+            if not line.strip().startswith("IdentityFile")
+        )
+    )
+    missing = tmp_path / "nosuchkey"
+    lines = lines_with(doctor_fleet, "da", 2, str(missing))
+    machines = write(tmp_path, lines)
+    env = {"NIX_SSHOPTS": f"-F {config}"}
+    done = doctor(doctor_fleet, tmp_path, machines, "da", "db", "--json", env=env)
+    assert done.returncode == 1, done.stderr
+    found = reports(done)
+    ssh = check(found["da"], "ssh")
+    assert ssh["verdict"] == "fail"
+    assert ssh["detail"].startswith(f"ssh key file {missing} does not exist"), ssh
+    assert "does not accept" not in ssh["detail"]
+    line = 1 + next(i for i, text in enumerate(lines) if str(missing) in text)
+    assert ssh["fix"] == f"name an existing private key file in column 3 of {machines}:{line}"
+    # The same ssh config with the key that exists in column 3 logs in.
+    assert found["db"]["ok"] is True, found["db"]
+
+
+def test_a_missing_key_file_warns_when_the_ssh_config_key_gets_in(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nosuchkey"
+    machines = write(tmp_path, lines_with(doctor_fleet, "dc", 2, str(missing)))
+    done = doctor(doctor_fleet, tmp_path, machines, "dc", "--json")
+    assert done.returncode == 0, done.stderr
+    ssh = check(reports(done)["dc"], "ssh")
+    assert ssh["verdict"] == "warn"
+    assert f"{missing} does not exist" in ssh["detail"]
+    assert f"column 3 of {machines}:" in ssh["fix"]
 
 
 def test_two_dead_machines_among_healthy_ones_cost_one_timeout(

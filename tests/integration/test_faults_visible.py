@@ -1,11 +1,12 @@
 """Every builder left out of a run is seen: why, on stderr, in ``--json`` and in the summary.
 
 Builders next to the shared fleet's real members that cannot be used, each for another reason:
-nothing listens on its port (refused); it does not accept the client's key; it answers with a
-host key other than the one pinned for it in the machines file, or than the one the user's
-own known_hosts holds for it (a possible man-in-the-middle); it accepts TCP and then says
-nothing. The run still builds everything on the good members and exits 0; the silent one costs
-it at most a few seconds.
+nothing listens on its port (refused); its host name does not resolve; it does not accept the
+client's key; the key file the machines line names does not exist; it answers with a host key
+other than the one pinned for it in the machines file, or than the one the user's own
+known_hosts holds for it (a possible man-in-the-middle); it accepts TCP and then says nothing.
+The run still builds everything on the good members and exits 0; the silent one costs it at
+most a few seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ GRAPH = """rec {
   top = mk "top" "/bin/cat $dep > $out" { inherit dep; };
 }
 """
+
+# A name ssh cannot resolve, found out here, never asking a DNS server (the tests contact only
+# loopback addresses): an IPv6 address where only IPv4 is allowed fails in getaddrinfo itself
+# ("Could not resolve hostname ::1: Address family for hostname not supported").
+_UNRESOLVED = "Host nores\n  HostName ::1\n  AddressFamily inet\n  BatchMode yes\n"
 
 # The target of issue 14: a builder that never answers delays the run at most this much.
 SILENT_COST = 3.0
@@ -72,7 +78,7 @@ def _pinned(fleet: Fleet, member: str) -> str:
 
 
 def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], Path, Path]:
-    """(env, machines file, user known_hosts): fast as it is, and four broken builders."""
+    """(env, machines file, user known_hosts): fast as it is, and six broken builders."""
     stranger_key = tmp_path / "stranger_key"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger_key)], check=True
@@ -89,6 +95,8 @@ def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], P
         + _host("stranger", port["fast"], stranger_key)
         + _host("impostor", port["medium"], fleet.client_key)
         + _host("swapped", port["medium"], fleet.client_key, known_hosts)
+        + _host("nokey", port["fast"], tmp_path / "nosuchkey")
+        + _UNRESOLVED
     )
     fast = member_line(fleet, "fast")
     system = fleet.system
@@ -100,6 +108,8 @@ def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], P
         # medium answers, with its own key, where slow's is pinned: as a man in the middle would.
         f"ssh://impostor {system} {fleet.client_key} 1 1 - - {_pinned(fleet, 'slow')}\n"
         f"ssh://swapped {system} {fleet.client_key} 1 1\n"
+        f"ssh://nokey {system} {tmp_path / 'nosuchkey'} 1 1 - - {_pinned(fleet, 'fast')}\n"
+        f"ssh://nores {system} {fleet.client_key} 1 1\n"
     )
     env = offload_env(fleet, tmp_path)
     env["NIX_SSHOPTS"] = f"-F {config}"
@@ -117,10 +127,18 @@ def _down_lines(stderr: str) -> dict[str, str]:
 
 
 def _check_reasons(why: dict[str, str], machines: Path, known_hosts: Path) -> None:
-    assert set(why) == {"refused", "stranger", "impostor", "swapped"}, why
+    assert set(why) == {"refused", "stranger", "impostor", "swapped", "nokey", "nores"}, why
     assert "connection refused" in why["refused"]
+    assert why["refused"].endswith(f"(check {machines}:2, or leave it out with --exclude refused)")
+    assert why["nores"].startswith("host name ::1, the ssh config's HostName for nores, does not")
+    assert why["nores"].endswith(
+        f"(check the ssh config and {machines}:7, or leave it out with --exclude nores)"
+    )
     assert "refused the ssh key" in why["stranger"]
     assert "stranger_key.pub" in why["stranger"]
+    # A key file that is not there is said to be missing, not refused, with its line.
+    assert why["nokey"].startswith(f"ssh key file {machines.parent}/nosuchkey does not exist")
+    assert why["nokey"].endswith(f"column 3 of {machines}:6"), why["nokey"]
     for name in ("impostor", "swapped"):
         assert "HOST KEY CHANGED" in why[name]
         assert "man-in-the-middle" in why[name]
@@ -134,7 +152,7 @@ def _check_reasons(why: dict[str, str], machines: Path, known_hosts: Path) -> No
 def _run_with_broken(
     fleet: Fleet, tmp_path: Path, closed: int, *how: str
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
-    """``offload build`` (with ``how``) on fast and the four broken builders: it succeeds."""
+    """``offload build`` (with ``how``) on fast and the six broken builders: it succeeds."""
     file = nix_file(tmp_path, GRAPH)
     env, machines, known_hosts = _setup(fleet, tmp_path, closed)
     args: tuple[str | Path, ...] = (
@@ -183,8 +201,8 @@ def test_builders_left_out_are_told_in_json_and_on_stderr(fleet, tmp_path, close
 def test_builders_left_out_are_in_the_plain_lines_and_the_summary(fleet, tmp_path, closed_port):
     done, machines, known_hosts = _run_with_broken(fleet, tmp_path, closed_port)
     lines = done.stderr.splitlines()
-    title = lines.index("machines down (4):")
-    listed = dict(line.strip().split(": ", 1) for line in lines[title + 1 : title + 5])
+    title = lines.index("machines down (6):")
+    listed = dict(line.strip().split(": ", 1) for line in lines[title + 1 : title + 7])
     _check_reasons(listed, machines, known_hosts)
     for name in listed:  # and each was told as it happened, by the plain renderer
         assert any(f"] {name}: down until " in line for line in lines[:title]), name

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from offload.cli import main
+from offload.cli import main, root_parser
+from offload.cli.completion import walk
 from offload.process import run
 
 SAMPLE = Path(__file__).resolve().parents[2] / "src" / "offload" / "data" / "sample.json"
@@ -43,6 +44,23 @@ def test_usage_errors_exit_1_with_one_line(
     assert status == 1
     _one_error(err)
     assert "hint: see offload" in err
+
+
+# Every command that runs something (no subcommands of its own), as words after `offload`.
+COMMANDS = [c.path for c in walk(root_parser()).all() if c.path and not c.subcommands]
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_an_unknown_option_names_the_command_it_was_given_to(
+    path: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = _offload([*path, "--frobnicate"], capsys)
+    assert status == 1
+    _one_error(err)
+    prog = " ".join(("offload", *path))
+    # Unknown to it, or (before it is seen) a missing argument: either way, its own help.
+    assert err.startswith(f"error: {prog}: "), err
+    assert err.endswith(f"hint: see {prog} --help\n"), err
 
 
 def test_a_pasted_value_is_not_echoed_whole(capsys: pytest.CaptureFixture[str]) -> None:

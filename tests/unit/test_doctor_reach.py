@@ -83,6 +83,38 @@ def test_a_key_file_others_can_read_only_warns_when_another_key_got_in():
     assert "chmod 600" in check.fix
 
 
+MISSING = "Warning: Identity file /k/id not accessible: No such file or directory.\r\n" + DENIED
+
+
+def test_a_missing_key_file_is_said_missing_with_its_machines_line():
+    check = ssh_check(
+        255, MISSING, key="/k/id", pinned=True, destination="root@b", seconds=0.1,
+        key_place="column 3 of /etc/nix/machines:3",
+    )  # fmt: skip
+    assert check.verdict == Verdict.FAIL
+    assert check.detail.startswith("ssh key file /k/id does not exist"), check.detail
+    assert "does not accept" not in check.detail
+    assert check.fix == "name an existing private key file in column 3 of /etc/nix/machines:3"
+
+
+def test_a_missing_key_file_warns_when_another_key_got_in():
+    check = ssh_check(
+        0, MISSING.replace(DENIED, ""), key="/k/id", pinned=True, destination="root@b",
+        seconds=0.1, key_place="column 3 of m:1",
+    )  # fmt: skip
+    assert check.verdict == Verdict.WARN
+    assert "/k/id does not exist" in check.detail
+    assert check.fix is not None
+    assert "column 3 of m:1" in check.fix
+
+
+def test_an_unreadable_key_file_is_not_a_refused_key():
+    check = login(255, 'Load key "/k/id": Permission denied\r\n' + DENIED)
+    assert check.verdict == Verdict.FAIL
+    assert "/k/id cannot be read" in check.detail
+    assert "authorized_keys" not in (check.fix or "")
+
+
 def test_an_unknown_failure_keeps_ssh_last_words():
     check = login(255, "kex_exchange_identification: Connection closed by remote host\n")
     assert check.verdict == Verdict.FAIL
@@ -108,10 +140,11 @@ def test_ssh_g_names_a_proxy_and_falls_back_to_the_given_host():
 
 def test_resolve_fails_with_a_fix_and_shows_the_alias_target():
     config = SshConfig("no-such-host.invalid", 22)
-    check = resolve_check(config, [], "Name or service not known", "b1")
+    check = resolve_check(config, [], "Name or service not known", "b1", "/etc/nix/machines:4")
     assert check.verdict == Verdict.FAIL
     assert "b1 -> no-such-host.invalid" in check.detail
     assert check.fix is not None
+    assert check.fix.startswith("check the host name in /etc/nix/machines:4")
     ok = resolve_check(SshConfig("127.0.0.1", 22), ["127.0.0.1", "127.0.0.1"], None, "b1")
     assert ok.verdict == Verdict.OK
     assert ok.detail == "b1 -> 127.0.0.1 (127.0.0.1)"

@@ -4,8 +4,10 @@ A link's error carries ssh's own last words, which speak of files the user never
 private known_hosts file offload writes a pinned key to, removed when the run ends) and leave
 the fix to guess. ``explain`` turns the error into one line: what happened, then the fix,
 naming the file the user edits: the machines line the builder comes from (its host-key column
-when the key is pinned there), or the known_hosts file ssh named when nothing is pinned.
-A changed host key is said to be what it may be, a man-in-the-middle.
+when the key is pinned there, its key column when ssh could not use the key file named there),
+or the known_hosts file ssh named when nothing is pinned.
+A changed host key is said to be what it may be, a man-in-the-middle. Every failed connection
+names the machines line and how to leave the builder out (a name that does not resolve, too).
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ from __future__ import annotations
 import re
 
 from offload.config.machines import Machine
+from offload.transport.ssh_keys import key_fix, key_place, key_trouble
 
 __all__ = ["explain"]
 
 _CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "has changed and you have requested strict")
+# ssh's words when the name it connects to does not resolve: the name, then getaddrinfo's why.
+_UNRESOLVED = re.compile(r"Could not resolve hostname (\S+?): ([^|]+?)\s*(?:\||$)")
+# How a link's error starts when its ssh master could not connect (``SshTransport._error``).
+_CONNECT = "cannot connect to builder "
 # The line in which ssh names the known_hosts file and line that hold the old key.
 _OFFENDING = re.compile(r"Offending \S+ key in (\S+?):(\d+)")
 
@@ -33,6 +40,10 @@ def explain(machine: Machine, error: str) -> str:
             f"its host key is unknown (nothing pins or trusts it); pin it in column 8 of {where}, "
             "the base64 of the builder's /etc/ssh/ssh_host_ed25519_key.pub"
         )
+    trouble = key_trouble(error)
+    if trouble is not None and "Permission denied" in error:
+        what, fix = key_fix(trouble, machine.ssh_key, key_place(machine))
+        return f"{what}, and the builder took no other key; {fix}"
     if "Permission denied" in error:
         key = machine.ssh_key or "your default ssh key"
         return (
@@ -49,7 +60,27 @@ def explain(machine: Machine, error: str) -> str:
             f"no answer from {_address(machine)} in time: is it up and reachable? "
             f"(check {where}, or leave it out with --exclude {machine.name})"
         )
+    unresolved = _UNRESOLVED.search(error)
+    if unresolved:
+        return _unresolved(machine, unresolved[1], unresolved[2].rstrip(". "))
+    if error.startswith(_CONNECT):  # any other failed connection: still the line to check
+        return (
+            f"{_last_words(error)} (check {where}, or leave it out with --exclude {machine.name})"
+        )
     return _last_words(error)
+
+
+def _unresolved(machine: Machine, name: str, why: str) -> str:
+    """The name ssh was to connect to does not resolve: the machines line's host, or the
+    HostName an ssh config gives it."""
+    what, check = f"host name {name}", machine.source
+    if name != machine.host:
+        what += f", the ssh config's HostName for {machine.host},"
+        check = f"the ssh config and {check}"
+    return (
+        f"{what} does not resolve ({why}): is it right? "
+        f"(check {check}, or leave it out with --exclude {machine.name})"
+    )
 
 
 def _changed_key(machine: Machine, error: str) -> str:

@@ -28,7 +28,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from offload import __version__
 
@@ -46,7 +46,16 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from offload.typing_compat import override
 
     class _Parser(argparse.ArgumentParser):
-        """argparse with offload's error lines; subcommand parsers are of the same class."""
+        """argparse with offload's error lines; subcommand parsers are of the same class.
+
+        Each parser puts itself in the namespace (``_parser``); a subcommand's parser overrides
+        its parent's there, so after parsing it names the command whose options were given,
+        whose ``error`` and ``--help`` an unrecognized argument is told with (``_parse``).
+        """
+
+        def __init__(self, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's, passed on
+            super().__init__(**kwargs)
+            self.set_defaults(_parser=self)
 
         @override
         def error(self, message: str) -> NoReturn:
@@ -166,8 +175,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     from offload.marks import mark
 
     argv = sys.argv[1:] if argv is None else argv
-    parser = _parser(argv)
-    args = parser.parse_args(argv)
+    args = _parse(argv)
     mark("imported")  # the subcommands are imported to build the parser
     func: Handler = args.func
     try:
@@ -187,6 +195,16 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: run again with --debug to see where, and report it", file=sys.stderr)
         return 1
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed; an argument no parser knows is an error of the (sub)command it was
+    given to, so its hint names that command's ``--help`` (argparse blames the top parser)."""
+    args, unknown = _parser(argv).parse_known_args(argv)
+    parser: argparse.ArgumentParser = vars(args).pop("_parser")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def _print_error(exc: OffloadError) -> None:

@@ -8,7 +8,9 @@ ssh says why it could not log in only on stderr, in OpenSSH's own words; ``ssh_c
 the ones users meet to the fix: a key the builder does not authorize ("Permission denied"), a
 key file others may read ("UNPROTECTED PRIVATE KEY FILE", ssh then ignores the key), a host key
 that is not the pinned one ("REMOTE HOST IDENTIFICATION HAS CHANGED") or that nothing pins
-("Host key verification failed" with no key in column 8).
+("Host key verification failed" with no key in column 8); and before any of them, a key file
+ssh could not use at all (missing, unreadable, not a private key: ``transport.ssh_keys``), which
+ssh only warns about before the builder's "Permission denied".
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from offload.doctor.model import Check, Verdict
+from offload.transport.ssh_keys import key_fix, key_trouble
 
 __all__ = ["SshConfig", "parse_ssh_g", "port_check", "resolve_check", "ssh_check"]
 
@@ -62,9 +65,14 @@ def parse_ssh_g(text: str, host: str, port: int | None) -> SshConfig:
 
 
 def resolve_check(
-    config: SshConfig, addresses: Sequence[str], error: str | None, alias: str
+    config: SshConfig,
+    addresses: Sequence[str],
+    error: str | None,
+    alias: str,
+    where: str = "the machines line",
 ) -> Check:
-    """The name ssh would connect to resolved to ``addresses``, or failed with ``error``."""
+    """The name ssh would connect to resolved to ``addresses``, or failed with ``error``;
+    ``where`` is the machines line (file:line) that names ``alias``."""
     name = config.hostname if config.hostname == alias else f"{alias} -> {config.hostname}"
     if config.proxy is not None:
         return Check("resolve", Verdict.OK, f"{name}, reached through {config.proxy}")
@@ -73,7 +81,7 @@ def resolve_check(
             "resolve",
             Verdict.FAIL,
             f"{name} does not resolve: {error or 'no addresses'}",
-            "check the host name in the machines line, or add a Host alias with HostName "
+            f"check the host name in {where}, or add a Host alias with HostName "
             "to the ssh config (NIX_SSHOPTS=-F FILE for a config of its own)",
         )
     return Check("resolve", Verdict.OK, f"{name} ({', '.join(dict.fromkeys(addresses))})")
@@ -119,8 +127,11 @@ def ssh_check(
     pinned: bool,
     destination: str,
     seconds: float,
+    key_place: str | None = None,
 ) -> Check:
-    """``ssh ... true`` ended with ``returncode`` after printing ``stderr``."""
+    """``ssh ... true`` ended with ``returncode`` after printing ``stderr``. ``key_place`` is
+    where the machines line names ``key`` (``ssh_keys.key_place``); None when ``key`` is the
+    ssh config's."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else "(ssh printed nothing)"
     key_name = key or "your ssh key"
@@ -129,13 +140,23 @@ def ssh_check(
         if returncode == 0:
             return Check("ssh", Verdict.WARN, f"logged in, but {key_name} is ignored", fix)
         return Check("ssh", Verdict.FAIL, f"{key_name} is readable by others: ssh refuses it", fix)
+    trouble = key_trouble(stderr)
+    unusable = None
+    if trouble is not None:
+        unusable = key_fix(trouble, key if key_place else None, key_place or "")
     if returncode == 0:
+        if unusable is not None:
+            what, fix = unusable
+            return Check("ssh", Verdict.WARN, f"logged in with another key, but {what}", fix)
         return Check("ssh", Verdict.OK, f"logged in as {destination} in {seconds * 1000:.0f} ms")
+    if unusable is not None and "Permission denied" in last:
+        what, fix = unusable
+        return Check("ssh", Verdict.FAIL, f"{what}, and the builder took no other key: {last}", fix)
     return Check("ssh", Verdict.FAIL, *_ssh_failure(stderr, last, key_name, pinned=pinned))
 
 
 def _ssh_failure(stderr: str, last: str, key: str, *, pinned: bool) -> tuple[str, str]:
-    """(detail, fix) for a failed login."""
+    """(detail, fix) for a failed login, ssh having used every key it was given."""
     pin_fix = (
         "pin the builder's key: column 8 of its machines line is the base64 of its "
         "/etc/ssh/ssh_host_ed25519_key.pub (`base64 -w0`), or of `ssh-keyscan -t ed25519 HOST`"
@@ -158,8 +179,6 @@ def _ssh_failure(stderr: str, last: str, key: str, *, pinned: bool) -> tuple[str
                 "column 3 of the machines line"
             ),
         )
-    if "No such file or directory" in stderr or "invalid format" in stderr:
-        return (f"cannot read the key {key}: {last}", "check column 3 of the machines line")
     if "Could not resolve hostname" in stderr:
         return (last, "check the host name in the machines line or the ssh config")
     return (last, "try `ssh -v` to the builder by hand to see why it fails")

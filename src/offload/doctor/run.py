@@ -50,6 +50,7 @@ from offload.transport.ssh import (
     ssh_argv,
     ssh_target,
 )
+from offload.transport.ssh_keys import key_place
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -185,18 +186,21 @@ class _Probe:
         return parse_ssh_g(text, self.target.host, self.target.port)
 
     async def _resolve(self, config: SshConfig) -> tuple[Check, list[str]]:
+        def verdict(addresses: list[str], error: str | None) -> Check:
+            return resolve_check(config, addresses, error, self.target.host, self.machine.source)
+
         if config.proxy is not None:
-            return resolve_check(config, [], None, self.target.host), []
+            return verdict([], None), []
         loop = asyncio.get_running_loop()
         lookup = loop.getaddrinfo(config.hostname, config.port, type=socket.SOCK_STREAM)
         try:
             infos = await self._bounded(lookup, self.timeout)
         except TimeoutError:
-            return resolve_check(config, [], "no answer", self.target.host), []
+            return verdict([], "no answer"), []
         except OSError as exc:
-            return resolve_check(config, [], exc.strerror or str(exc), self.target.host), []
+            return verdict([], exc.strerror or str(exc)), []
         addresses = [str(info[4][0]) for info in infos]
-        return resolve_check(config, addresses, None, self.target.host), addresses
+        return verdict(addresses, None), addresses
 
     async def _port(self, config: SshConfig, addresses: list[str]) -> Check:
         if config.proxy is not None or not addresses:
@@ -270,6 +274,7 @@ class _Probe:
             pinned=known is not None,
             destination=f"{self.user}@{self.target.host}",
             seconds=time.monotonic() - started,
+            key_place=key_place(self.machine) if self.machine.ssh_key else None,
         )
 
     async def _remote(self, link: MachineLink, argv: list[str]) -> tuple[int, str, str]:

@@ -15,6 +15,8 @@ reached a coordinator just as it shut down (idle) can tell and try again. If thi
 killed (SIGTERM, or SIGKILL to its process group), its socket closes and the coordinator stops
 the build it ran for it. When no coordinator can be had at all, the hook is served in this
 process (``offload.hook.serve.in_process``), as slowly as before, rather than not at all.
+Started by a person instead (``--help``, or a terminal on stdin), it answers them
+(``offload.hook.usage``) and serves nothing.
 
 The socket's name carries the installation (interpreter, package directory, version), so an
 upgraded offload starts a coordinator of its own while the old one finishes and idles out.
@@ -31,7 +33,15 @@ import zlib
 from offload import __version__
 from offload.state_location import hook_state, private_dir
 
-__all__ = ["HELLO_FDS", "HELLO_MAGIC", "encode_hello", "main", "send_hello", "socket_path"]
+__all__ = [
+    "HELLO_FDS",
+    "HELLO_MAGIC",
+    "encode_hello",
+    "from_nix",
+    "main",
+    "send_hello",
+    "socket_path",
+]
 
 # Unix socket paths are at most 108 bytes on Linux.
 _MAX_SOCKET = 100
@@ -181,7 +191,19 @@ def main() -> int:
         return 130
 
 
+def from_nix(argv: list[str]) -> bool:
+    """``argv`` ends as Nix's ends: with the verbosity, a number (0 to 7)."""
+    return len(argv) > 1 and argv[-1].isascii() and argv[-1].isdigit() and len(argv[-1]) < 3
+
+
 def _main() -> int:
+    terminal = os.isatty(0)
+    if terminal or not from_nix(sys.argv):  # maybe a person: --help, or no Nix at all
+        from offload.hook.usage import answer
+
+        code = answer(sys.argv, terminal=terminal)
+        if code is not None:
+            return code
     if os.environ.get("OFFLOAD_HOOK_COORDINATOR") != "0" and _started_by_nix():
         try:
             state = private_dir(hook_state())

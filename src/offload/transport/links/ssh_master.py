@@ -53,6 +53,7 @@ from offload.transport.ssh import (
     ssh_argv,
     ssh_target,
 )
+from offload.transport.ssh_keys import key_trouble
 from offload.typing_compat import override
 
 if TYPE_CHECKING:
@@ -79,9 +80,14 @@ KILL_CONNECT_TIMEOUT = 3
 def _ssh_hint(tail: str) -> str:
     if "Host key verification failed" in tail or "REMOTE HOST IDENTIFICATION" in tail:
         return "the builder's host key does not match the pinned one (column 8 of machines)"
+    trouble = key_trouble(tail)
+    if trouble is not None and "Permission denied" in tail:
+        return f"ssh key file {trouble.path} {trouble.said()}: check column 3 of machines"
     if "Permission denied" in tail:
         return "check the ssh key (column 3 of machines) and the builder's authorized_keys"
-    if "Connection refused" in tail or "timed out" in tail or "resolve" in tail:
+    if "Could not resolve hostname" in tail:
+        return "check the host name (machines line, or the ssh config's HostName), or --exclude it"
+    if "Connection refused" in tail or "timed out" in tail:
         return "is the builder up and sshd listening? Leave it out with --exclude"
     return "try the same ssh command by hand, or leave the builder out with --exclude"
 

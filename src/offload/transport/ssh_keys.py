@@ -1,0 +1,92 @@
+"""A key file ssh could not use, as ssh said it, and what to fix where the user names the key.
+
+ssh reads the private keys it is given (``-i``: column 3 of a machines line, else its URI's
+``ssh-key=``; ``IdentityFile`` in an ssh config) as it authenticates, and one it cannot use is
+no error to it: it says so on stderr and goes on with the keys it has. A login that then fails
+ends with the builder's "Permission denied (publickey)", which reads as a key the builder
+refused, while the true cause is in ssh's earlier lines (OpenSSH 9)::
+
+    Warning: Identity file /k not accessible: No such file or directory.   (-i, missing)
+    Load key "/k": Permission denied              (there, but this user may not read it)
+    Load key "/k": error in libcrypto             (not a private key: a .pub, say)
+    Load key "/k": bad permissions                (others may read it: ssh ignores it)
+
+``key_trouble`` finds those words in ssh's stderr (whole, or lines joined with `` | `` as a
+link's error keeps them); ``key_fix`` says what is wrong and the fix, naming the place the
+key comes from (``key_place``: the machines file and line). Pure: nothing is read here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from offload.config.machines import Machine
+
+__all__ = ["KeyTrouble", "key_fix", "key_place", "key_trouble"]
+
+# Each ends at its line's end, or at the " | " a link's error joins ssh's lines with.
+_NOT_ACCESSIBLE = re.compile(
+    r"Identity file (.+?) not accessible: ([^|\r\n]+?)\.?\s*(?:\||$)", re.MULTILINE
+)
+_LOAD_KEY = re.compile(r'Load key "([^"]+)": ([^|\r\n]+?)\s*(?:\||$)', re.MULTILINE)
+_CONFIG_PLACE = "the IdentityFile of your ssh config (~/.ssh/config, or NIX_SSHOPTS' -F file)"
+
+
+@dataclass(frozen=True)
+class KeyTrouble:
+    """ssh could not use the key file ``path``, for ``reason`` (ssh's words)."""
+
+    path: str
+    reason: str
+
+    @property
+    def missing(self) -> bool:
+        return self.reason == "No such file or directory"
+
+    def said(self) -> str:
+        """What is wrong with the file, after its name."""
+        if self.missing:
+            return "does not exist"
+        if self.reason == "Permission denied":
+            return "cannot be read by this user (Permission denied)"
+        if self.reason == "bad permissions":
+            return "is readable by others, so ssh ignores it"
+        return f"is not a private key ssh can load ({self.reason})"
+
+
+def key_trouble(stderr: str) -> KeyTrouble | None:
+    """The first key file ssh said it could not use, if any."""
+    found = [
+        (match.start(), KeyTrouble(match[1], match[2].strip()))
+        for pattern in (_NOT_ACCESSIBLE, _LOAD_KEY)
+        for match in pattern.finditer(stderr)
+    ]
+    return min(found, key=lambda item: item[0])[1] if found else None
+
+
+def key_place(machine: Machine) -> str:
+    """Where the user names ``machine``'s key: its line's column 3 (its URI's ``ssh-key=``
+    gives it too when the column is ``-``)."""
+    place = f"column 3 of {machine.source}"
+    if machine.ssh_key is not None and machine.params.get("ssh-key") == machine.ssh_key:
+        return f"{place} (or its URI's ssh-key= parameter)"
+    return place
+
+
+def key_fix(trouble: KeyTrouble, key: str | None, place: str) -> tuple[str, str]:
+    """(what is wrong, the fix) for ``trouble``; ``key`` is the machines line's key (None: the
+    ssh config's), which the user names at ``place``."""
+    ours = key is not None and trouble.path in {key, str(Path(key).expanduser())}
+    where = place if ours else _CONFIG_PLACE
+    what = f"ssh key file {trouble.path} {trouble.said()}"
+    if trouble.missing:
+        return what, f"name an existing private key file in {where}"
+    if trouble.reason == "Permission denied":
+        return what, f"let the user that runs ssh read it, or name another key in {where}"
+    if trouble.reason == "bad permissions":
+        return what, f"chmod 600 {trouble.path}"
+    return what, f"name the private key (not its .pub) in {where}"

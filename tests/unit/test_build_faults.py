@@ -1,0 +1,76 @@
+"""What ``offload build`` says of a builder it could not connect to: what happened, then the
+machines line to check and how to leave the builder out, whatever ssh's reason (recorded
+OpenSSH 9.2 words, in a link's error as ``SshTransport._error`` makes it); and the hint that
+error carries."""
+
+from __future__ import annotations
+
+import pytest
+
+from offload.build.faults import explain
+from offload.config.machines import Machine, parse_machines
+from offload.transport.links.ssh_master import _ssh_hint
+
+LINES = "ssh://a x86_64-linux\nssh://b x86_64-linux\nssh://dfnohost.example x86_64-linux\n"
+
+
+def machine(name: str) -> Machine:
+    found, _ = parse_machines(LINES, source="/etc/nix/machines", system="x86_64-linux")
+    return next(m for m in found if m.name == name)
+
+
+def link_error(name: str, *lines: str) -> str:
+    return f"cannot connect to builder '{name}' ({name}): {' | '.join(lines)}"
+
+
+def test_a_host_name_that_does_not_resolve_names_its_line_and_the_way_out() -> None:
+    error = link_error(
+        "dfnohost.example",
+        "ssh: Could not resolve hostname dfnohost.example: Temporary failure in name resolution",
+    )
+    assert explain(machine("dfnohost.example"), error) == (
+        "host name dfnohost.example does not resolve (Temporary failure in name resolution): "
+        "is it right? (check /etc/nix/machines:3, or leave it out with --exclude "
+        "dfnohost.example)"
+    )
+
+
+def test_a_host_name_from_the_ssh_config_is_said_to_come_from_there() -> None:
+    error = link_error(
+        "b", "ssh: Could not resolve hostname b.example.org: Name or service not known"
+    )
+    why = explain(machine("b"), error)
+    assert why.startswith(
+        "host name b.example.org, the ssh config's HostName for b, does not resolve "
+        "(Name or service not known)"
+    )
+    assert why.endswith(
+        "(check the ssh config and /etc/nix/machines:2, or leave it out with --exclude b)"
+    )
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "kex_exchange_identification: Connection closed by remote host",
+        "ssh: connect to host 127.0.0.1 port 22: No route to host",
+        "(ssh printed nothing)",
+    ],
+)
+def test_any_other_failed_connection_names_its_line_too(words: str) -> None:
+    why = explain(machine("a"), link_error("a", words))
+    assert why.startswith(f"cannot connect to builder 'a' (a): {words}")
+    assert why.endswith("(check /etc/nix/machines:1, or leave it out with --exclude a)")
+
+
+def test_what_is_not_a_connection_is_left_as_it_is() -> None:
+    error = "a: connection unusable: stream ended while reading a build result"
+    assert explain(machine("a"), error) == error
+
+
+def test_the_transports_hint_for_a_name_that_does_not_resolve_is_about_the_name() -> None:
+    # The hint an SshError carries where no machines line is at hand (setup's probes, say).
+    tail = "ssh: Could not resolve hostname b.example.org: Name or service not known"
+    assert _ssh_hint(tail) == (
+        "check the host name (machines line, or the ssh config's HostName), or --exclude it"
+    )

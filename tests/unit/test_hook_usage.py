@@ -1,0 +1,86 @@
+"""``offload-hook`` started by a person, not by Nix: ``--help`` and ``--version`` answer them
+(exit 0), a terminal on stdin or an unknown option is one error line and a hint (exit 1); what
+Nix starts (the verbosity as the last argument, a pipe on stdin) still reaches the protocol.
+
+The real script, as Nix and people start it (``bin/offload-hook`` installed beside Python).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from offload import __version__
+
+HOOK = str(Path(sys.executable).parent / "offload-hook")
+
+
+def _hook(
+    tmp_path: Path, *args: str, stdin: int | None = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path), "OFFLOAD_HOOK_COORDINATOR": "0"}
+    # A pipe on stdin (the default) ends at once, as nothing is written to it.
+    return subprocess.run(
+        [HOOK, *args], stdin=stdin, capture_output=True, text=True, env=env, timeout=30,
+        check=False,
+    )  # fmt: skip
+
+
+def _one_error(err: str) -> None:
+    first, hint = err.splitlines()
+    assert first.startswith("offload-hook: error: "), err
+    assert hint.startswith("hint: "), err
+    assert "--option build-hook" in hint, err
+    assert "preamble" not in err, err
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_says_what_it_is_and_how_nix_starts_it(tmp_path: Path, flag: str) -> None:
+    done = _hook(tmp_path, flag)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.startswith("usage: offload-hook")
+    assert "Nix's build hook" in done.stdout
+    assert '--option build-hook "$(command -v offload-hook)"' in done.stdout
+    assert "build-hook = /" in done.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    done = _hook(tmp_path, "--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"offload-hook {__version__}\n", "")
+
+
+def test_an_unknown_option_is_one_error(tmp_path: Path) -> None:
+    done = _hook(tmp_path, "--frobnicate")
+    assert done.returncode == 1
+    _one_error(done.stderr)
+    assert "'--frobnicate'" in done.stderr
+
+
+@pytest.mark.parametrize("args", [(), ("3",)])
+def test_a_terminal_on_stdin_is_told_nix_starts_it(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # Nix never gives its hook a terminal: even with Nix's argv, this is a person.
+    controller, terminal = os.openpty()
+    try:
+        done = _hook(tmp_path, *args, stdin=terminal)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 1
+    _one_error(done.stderr)
+    assert "meant to be started by Nix" in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("args", [("0",), ("--help", "3"), ("--extra", "7")])
+def test_what_nix_starts_still_reads_the_protocol(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # Nix's argv ends with the verbosity (2.18 and later: the setting's own words before it),
+    # whatever comes before it: the hook reads its settings, here from a pipe that ends at once.
+    done = _hook(tmp_path, *args)
+    assert done.returncode == 1
+    assert "while reading the settings preamble" in done.stderr
+    assert "usage" not in done.stdout
