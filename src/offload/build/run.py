@@ -95,15 +95,27 @@ async def run_build(
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)
-            try:
-                report = await executor.run()
-            except BaseException:
-                if cut_short is not None:
-                    executor.report.finished[:0] = fetched
-                    cut_short(executor.report, graph)
-                raise
-    report.finished[:0] = fetched
+            report = await _carried_out(executor, graph, fetched, cut_short)
     return report, graph
+
+
+async def _carried_out(
+    executor: Executor,
+    graph: DrvGraph,
+    fetched: list[JobFinished],
+    cut_short: Callable[[RunReport, DrvGraph], None] | None,
+) -> RunReport:
+    """The executor's run, the outputs fetched instead of built first in its report; cut
+    short, that report so far goes to ``cut_short`` before the exception goes on."""
+    try:
+        report = await executor.run()
+    except BaseException:
+        if cut_short is not None:
+            executor.report.finished[:0] = fetched
+            cut_short(executor.report, graph)
+        raise
+    report.finished[:0] = fetched
+    return report
 
 
 async def _plan(
