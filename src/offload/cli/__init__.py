@@ -200,8 +200,9 @@ def _dispatch(argv: Sequence[str] | None) -> int:
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     """``argv`` parsed; an argument no parser knows is an error of the (sub)command it was
     given to, so its hint names that command's ``--help`` (argparse blames the top parser)."""
-    args, unknown = _parser(argv).parse_known_args(argv)
-    parser: argparse.ArgumentParser = vars(args).pop("_parser")
+    top = _parser(argv)
+    args, unknown = top.parse_known_args(argv)
+    parser: argparse.ArgumentParser = vars(args).pop("_parser", top)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
