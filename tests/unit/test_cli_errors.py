@@ -63,6 +63,23 @@ def test_an_unknown_option_names_the_command_it_was_given_to(
     assert err.endswith(f"hint: see {prog} --help\n"), err
 
 
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["statuss"], "hint: did you mean status? see offload --help\n"),
+        (["machines", "convrt"], "hint: did you mean convert? see offload machines --help\n"),
+        (["zzz"], "hint: see offload --help\n"),
+    ],
+)
+def test_a_mistyped_command_is_named_with_the_one_meant(
+    argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = _offload(argv, capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.endswith(hint), err
+
+
 def test_a_pasted_value_is_not_echoed_whole(capsys: pytest.CaptureFixture[str]) -> None:
     status, err = _offload(["build", "-j", "9" * 5000], capsys)
     assert status == 1

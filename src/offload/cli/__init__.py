@@ -61,9 +61,10 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         def error(self, message: str) -> NoReturn:
             # argparse quotes the bad value whole, and it may be anything a user pasted.
             # It is said on one line: line breaks and other control characters escaped.
+            hint = _did_you_mean(message) + f"see {self.prog} --help"
             message = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
             message = re.sub(r"\S{80,}", lambda long: long[0][:60] + "...", message)
-            sys.stderr.write(f"error: {self.prog}: {message}\nhint: see {self.prog} --help\n")
+            sys.stderr.write(f"error: {self.prog}: {message}\nhint: {hint}\n")
             sys.exit(1)
 
     parser = _Parser(
@@ -109,6 +110,17 @@ def _modules(argv: Sequence[str]) -> list[str]:
                 return [_MODULES[word]]
             break
     return list(dict.fromkeys(_MODULES.values()))
+
+
+def _did_you_mean(message: str) -> str:
+    """For argparse's "invalid choice: 'statuss' (choose from ...)", the choice meant."""
+    import difflib
+
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if found is None:
+        return ""
+    close = difflib.get_close_matches(found[1], re.findall(r"'([^']*)'", found[2]), n=1)
+    return f"did you mean {close[0]}? " if close else ""
 
 
 def root_parser() -> argparse.ArgumentParser:
