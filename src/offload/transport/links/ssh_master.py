@@ -66,13 +66,14 @@ _MASTER_EXIT = 2.0
 # Authentication can stall after the TCP connect that ConnectTimeout covers.
 _AUTH_SLACK = 15.0
 # Deletes partial outputs: $1 nix-store, $2 its --store URI or "", then the paths. A valid path
-# (or one that is not there) is never touched.
+# (or one that is not there) is never touched; one that cannot go yet does not stop the rest.
 _REMOVE_PARTIAL = r"""nix=$1; store=$2; shift 2
 for p; do
   [ -n "$store" ] || [ -e "$p" ] || continue
   "$nix" ${store:+--store "$store"} --check-validity "$p" >/dev/null 2>&1 && continue
-  "$nix" ${store:+--store "$store"} --delete "$p" >/dev/null || exit 1
-done"""
+  "$nix" ${store:+--store "$store"} --delete "$p" >/dev/null || failed=1
+done
+exit ${failed:-0}"""
 # A remote stop after the connection was lost: ssh's ConnectTimeout (it covers the banner too).
 KILL_CONNECT_TIMEOUT = 3
 
