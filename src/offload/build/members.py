@@ -92,7 +92,7 @@ async def pool_members(
                     slot_key=slot_key(machine.uri),
                     substitute=link.substitute,
                     # ssh compresses on one core per connection: large uploads take two.
-                    lane=functools.partial(open_lane, machine, env)
+                    lane=functools.partial(open_lane, machine, env, pool.local_env())
                     if link.ssh.target.compress
                     else None,
                 )

@@ -29,8 +29,11 @@ __all__ = ["LogSink", "open_lane", "open_local_store", "open_ssh_store"]
 
 
 @contextlib.asynccontextmanager
-async def open_local_store(on_log: LogSink | None = None) -> AsyncIterator[StoreClient]:
-    async with LocalLink(max_sessions=1) as link, link.session(on_log) as client:
+async def open_local_store(
+    on_log: LogSink | None = None, env: Mapping[str, str] | None = None
+) -> AsyncIterator[StoreClient]:
+    """A session on the local store; ``env`` for its nix-store (a run's --options)."""
+    async with LocalLink(max_sessions=1, env=env) as link, link.session(on_log) as client:
         yield client
 
 
@@ -51,10 +54,13 @@ async def open_ssh_store(
 
 @contextlib.asynccontextmanager
 async def open_lane(
-    machine: Machine, env: Mapping[str, str] | None = None
+    machine: Machine,
+    env: Mapping[str, str] | None = None,
+    local_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[StoreClient, StoreClient]]:
-    """A second lane from the local store to ``machine``: a local session, and a session on
-    the builder over an ssh connection of its own (not the run's master)."""
+    """A second lane from the local store to ``machine``: a local session (``local_env``, as
+    the run's own local sessions have it), and a session on the builder over an ssh connection
+    of its own (not the run's master)."""
     link = MachineLink.from_machine(machine, env=env, max_sessions=1)
-    async with open_local_store() as src, link, link.session() as dst:
+    async with open_local_store(env=local_env) as src, link, link.session() as dst:
         yield src, dst

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
-from offload.errors import OffloadError, ProtocolError
+from offload.errors import OffloadError, ProtocolError, SshError
 from offload.names import LOCAL
 from offload.protocol.lanes import Lane, copy_in_lanes, worth_lanes
 from offload.protocol.serve import BuildOptions, BuildStatus, PathInfo
@@ -126,7 +126,9 @@ class BuildCopies:
                 sources = self.holders.sources(drv_path, target)
                 if sources:
                     phase(drv_path, name, "sending", speculative=speculative)
-                    moved = await self._feed(sources, client, target, member.substitute)
+                    moved = await self._feed(
+                        sources, client, target, member.substitute, drv_path=drv_path
+                    )
                     sent, received = (moved, 0) if member.remote else (0, moved)
                 self.holders.fed.add((drv_path, name))
                 phase(drv_path, name, "building", speculative=speculative)
@@ -188,14 +190,20 @@ class BuildCopies:
         return client
 
     async def _feed(
-        self, sources: Mapping[str, list[str]], client: StoreClient, target: str, substitute: bool
+        self,
+        sources: Mapping[str, list[str]],
+        client: StoreClient,
+        target: str,
+        substitute: bool,
+        *,
+        drv_path: str,
     ) -> int:
         """Copy each group of inputs from its store to ``client``'s; returns bytes moved."""
         moved = 0
         for source, paths in sources.items():
             link = self.local if source == LOCAL else self.members[source].link
             # Uploads from here may take a second connection to the builder (``lanes``).
-            lane = self.members[target].lane if source == LOCAL and target != LOCAL else None
+            lane = self._lane(drv_path, target) if source == LOCAL and target != LOCAL else None
             try:
                 async with link.session() as src:
                     moved += await send_closure(
@@ -208,6 +216,7 @@ class BuildCopies:
                     # A builder that no longer answers must not hold the copy's report up.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
+                            await self._stop_cut(client, target)
                             await remove_partial(self.members[target].link, paths)
                 # Failures of the source's own session are the source's; the rest (the
                 # target, the local store) are handled as for any other copy.
@@ -217,6 +226,37 @@ class BuildCopies:
                 raise InputsGone(source, exc.message) from exc
             self.holders.sent(paths, target)
         return moved
+
+    def _lane(
+        self, drv_path: str, target: str
+    ) -> Callable[[], AbstractAsyncContextManager[Lane | None]] | None:
+        """``target``'s second lane for this build's upload; a second login that fails (an
+        agent that asks, a key that wants a touch, sshd's MaxStartups) is said in the build's
+        log and the copy goes over the one connection: the builder itself answered."""
+        opener = self.members[target].lane
+        if opener is None:
+            return None
+        say = self.events.log_handler(drv_path, target)
+
+        @contextlib.asynccontextmanager
+        async def lane() -> AsyncIterator[Lane | None]:
+            async with contextlib.AsyncExitStack() as stack:
+                pair: Lane | None = None
+                try:
+                    pair = await stack.enter_async_context(opener())
+                except SshError as exc:
+                    say(f"offload: no second connection for this copy ({exc.message}): one")
+                yield pair
+
+        return lane
+
+    async def _stop_cut(self, client: StoreClient, target: str) -> None:
+        """A session cut off mid-request (its lane failed, the other was stopped) still has its
+        serve process there, holding the half-written path as a temporary root: stop it first,
+        or the deletion of that path fails."""
+        if not client.usable:
+            with contextlib.suppress(OffloadError):
+                await self.members[target].link.cancel(client)
 
     async def fetch_home(self, drv_path: str, machine: str) -> int:
         """The outputs of ``drv_path`` made valid here (with the other builds' there that
@@ -239,22 +279,22 @@ async def send_closure(
     paths: Sequence[str],
     *,
     substitute: bool = False,
-    lane: Callable[[], AbstractAsyncContextManager[Lane]] | None = None,
+    lane: Callable[[], AbstractAsyncContextManager[Lane | None]] | None = None,
 ) -> int:
     """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
 
     With ``substitute``, ``dst`` first fetches what it can from its own substituters
     (Nix's builders-use-substitutes), and only the rest is sent. ``lane`` opens a second
     (source, destination) pair over connections of their own, taken when the large paths are
-    worth a login (``offload.protocol.lanes``); failing to open it fails the copy, as any
-    connection to that store failing would.
+    worth a login (``offload.protocol.lanes``); None from it: one connection after all.
     """
     infos = await to_copy(src, dst, paths, substitute=substitute)
     if not infos:
         return 0
     if lane is not None and worth_lanes(infos):
         async with lane() as second:
-            return await copy_in_lanes([(src, dst), second], infos)
+            if second is not None:
+                return await copy_in_lanes([(src, dst), second], infos)
     return await copy_paths(src, dst, infos)
 
 
