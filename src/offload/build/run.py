@@ -62,8 +62,8 @@ async def run_build(
 
     Other outputs stay on the builder that made them unless a local build needs them, or
     ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
-    them: it runs in a thread while the sessions to the stores open. A run cut short once it
-    was building (Ctrl-C, SIGTERM, an error) tells ``cut_short`` its report so far (marked
+    them: it runs in a thread while the sessions to the stores open. A run stopped once it
+    was building (Ctrl-C, SIGTERM) tells ``cut_short`` its report so far (marked
     ``interrupted``) before the exception goes on: what it built is still worth keeping.
     """
     down = set(backoff or {})
@@ -105,11 +105,13 @@ async def _carried_out(
     fetched: list[JobFinished],
     cut_short: Callable[[RunReport, DrvGraph], None] | None,
 ) -> RunReport:
-    """The executor's run, the outputs fetched instead of built first in its report; cut
-    short, that report so far goes to ``cut_short`` before the exception goes on."""
+    """The executor's run, the outputs fetched instead of built first in its report; stopped
+    by Ctrl-C or a signal, that report so far goes to ``cut_short`` before the stop goes on."""
     try:
         report = await executor.run()
-    except BaseException:
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Stopped (Ctrl-C, SIGTERM): what ran is kept. An error of the run's own is no
+        # interruption, and its report may not have been made whole.
         if cut_short is not None:
             executor.report.finished[:0] = fetched
             cut_short(executor.report, graph)

@@ -203,7 +203,11 @@ def execute(
             emit(Timing(taken(), time.time()))
         except BaseException:
             for built in cut:
-                _keep(state, history, remember, built, pool)
+                # Keeping it must not turn the stop into another error (exit 130/143 stays).
+                try:
+                    _keep(state, history, remember, built, pool)
+                except (OffloadError, OSError) as exc:
+                    print(f"warning: the stopped run is not kept: {exc}", file=sys.stderr)
             raise
         finally:
             try:
