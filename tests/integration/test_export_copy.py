@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,20 +19,9 @@ from offload.protocol.export import Exporter, ExportFailed
 from offload.protocol.serve import copy_paths, topo_sort_infos
 from offload.transport.links import LocalLink, MachineLink
 from tests.helpers.fleets import fleet_machine
+from tests.helpers.store_paths import added_random
 
 MEMBER = "slow"
-
-
-def _added(tmp_path: Path, size: int, count: int) -> list[str]:
-    files = []
-    for i in range(count):
-        data = tmp_path / f"export-{i}-{uuid.uuid4().hex[:8]}"
-        data.write_bytes(os.urandom(size))
-        files.append(str(data))
-    out = subprocess.run(
-        ["nix-store", "--add", *files], capture_output=True, text=True, check=True
-    ).stdout
-    return out.split()
 
 
 def _member_hashes(fleet: Fleet, paths: list[str]) -> dict[str, str]:
@@ -74,7 +61,7 @@ def test_local_nix_store_writes_the_nars_into_the_session(
     if limit is not None:
         # Paths above the import limit go one by one by AddToStoreNar, from `nix-store --dump`.
         monkeypatch.setattr(serve_client, "SPLICED_IMPORT_LIMIT", limit)
-    paths = _added(tmp_path, 3 << 20, 3)
+    paths = added_random(tmp_path, 3 << 20, 3, prefix="export")
     moved, sent = _copy(fleet, paths)
     sizes = [Path(p).stat().st_size for p in paths]
     assert moved > sum(sizes)
@@ -90,7 +77,7 @@ def test_a_failed_export_registers_nothing_and_names_the_local_store(
     if limit is not None:
         # Pipelined: the second path's `nix-store --dump` is already running when the first fails.
         monkeypatch.setattr(serve_client, "SPLICED_IMPORT_LIMIT", limit)
-    paths = _added(tmp_path, 3 << 20, 2)
+    paths = added_random(tmp_path, 3 << 20, 2, prefix="export")
     # A nix-store whose export stops half way through the first NAR and fails.
     script = tmp_path / "nix-store-cut"
     script.write_text(
@@ -113,7 +100,7 @@ def test_the_next_dump_starts_while_the_last_path_is_sent(
     fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(serve_client, "SPLICED_IMPORT_LIMIT", 1 << 20)
-    first, second = sorted(_added(tmp_path, 3 << 20, 2))
+    first, second = sorted(added_random(tmp_path, 3 << 20, 2, prefix="export"))
     marks = tmp_path / "marks"
     marks.mkdir()
     # Each dump leaves a mark; the first one writes nothing until the second has started, and

@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import os
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,21 +23,10 @@ from offload.transport.links import LocalLink, MachineLink
 from offload.transport.sessions import open_lane
 from tests.helpers.fleets import fleet_machine
 from tests.helpers.processes import children
+from tests.helpers.store_paths import added_random
 
 MEMBER = "medium"
 SIZE = 1 << 20
-
-
-def _added(tmp_path: Path, count: int) -> list[str]:
-    files = []
-    for i in range(count):
-        data = tmp_path / f"lane-{i}-{uuid.uuid4().hex[:8]}"
-        data.write_bytes(os.urandom(SIZE))
-        files.append(str(data))
-    out = subprocess.run(
-        ["nix-store", "--add", *files], capture_output=True, text=True, check=True
-    ).stdout
-    return out.split()
 
 
 def _compressed(fleet: Fleet) -> Machine:
@@ -61,7 +49,7 @@ def test_a_large_upload_takes_a_second_connection(
     # Lanes sized for a quick test: 1 MiB paths are large, 3 MiB of them pay for a login.
     monkeypatch.setattr(lanes, "LANE_PATH", SIZE)
     monkeypatch.setattr(lanes, "LANE_BYTES", 3 * SIZE)
-    paths = _added(tmp_path, 4)
+    paths = added_random(tmp_path, SIZE, 4, prefix="lane")
     machine = _compressed(fleet)
     env = fleet.env()
     lane_ssh: list[set[int]] = []
@@ -99,7 +87,7 @@ def test_small_uploads_stay_on_one_connection(
 ) -> None:
     monkeypatch.setattr(lanes, "LANE_PATH", SIZE)
     monkeypatch.setattr(lanes, "LANE_BYTES", 8 * SIZE)  # more than the paths
-    paths = _added(tmp_path, 2)
+    paths = added_random(tmp_path, SIZE, 2, prefix="lane")
     machine = _compressed(fleet)
     opened: list[bool] = []
 
