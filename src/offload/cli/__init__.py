@@ -114,13 +114,11 @@ def _modules(argv: Sequence[str]) -> list[str]:
 
 def _did_you_mean(message: str) -> str:
     """For argparse's "invalid choice: 'statuss' (choose from ...)", the choice meant."""
-    import difflib
+    from offload.spelling import meant
 
     found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-    if found is None:
-        return ""
-    close = difflib.get_close_matches(found[1], re.findall(r"'([^']*)'", found[2]), n=1)
-    return f"did you mean {close[0]}? " if close else ""
+    close = None if found is None else meant(found[1], re.findall(r"'([^']*)'", found[2]))
+    return f"did you mean {close}? " if close else ""
 
 
 def root_parser() -> argparse.ArgumentParser:

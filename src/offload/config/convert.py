@@ -6,7 +6,6 @@ NixOS) is said in a comment where it was dropped or rounded.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 
 from offload.config.machines import (
@@ -18,6 +17,7 @@ from offload.config.machines import (
 )
 from offload.config.pool import Pool
 from offload.errors import ConfigError
+from offload.spelling import meant
 
 __all__ = ["machines_from_nixos", "pool_to_nix", "pool_to_nixos", "pool_to_toml"]
 
@@ -171,8 +171,8 @@ NIXOS_OPTIONS = (
 def _known_options(entry: Mapping[str, object], where: str) -> None:
     for key in entry:
         if key not in NIXOS_OPTIONS:
-            close = difflib.get_close_matches(key, NIXOS_OPTIONS, n=1)
-            hint = f"did you mean {close[0]}?" if close else "one of: " + ", ".join(NIXOS_OPTIONS)
+            close = meant(key, NIXOS_OPTIONS)
+            hint = f"did you mean {close}?" if close else "one of: " + ", ".join(NIXOS_OPTIONS)
             raise ConfigError(f"{where}: no option {key!r} in nix.buildMachines", hint=hint)
 
 

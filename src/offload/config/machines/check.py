@@ -14,12 +14,12 @@ one name (``duplicate_names``), which offload could not tell apart (``--on``, ba
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from offload.config.machines.model import Machine, shown
+from offload.spelling import meant
 
 __all__ = ["duplicate_names", "machine_problems"]
 
@@ -54,8 +54,8 @@ _SSH_PARAMS = (
 
 
 def _close(word: str, known: Sequence[str]) -> str:
-    match = difflib.get_close_matches(word, known, n=1)
-    return f" (did you mean {match[0]}?)" if match else ""
+    match = meant(word, known)
+    return f" (did you mean {match}?)" if match else ""
 
 
 def _system_problems(machine: Machine) -> list[str]:

@@ -1,0 +1,17 @@
+"""The word a user meant: of the words known where they typed, the closest to what they typed
+(difflib's ratio, as Python's own "did you mean" suggestions), or None when none is close.
+One rule for every "did you mean" offload says: subcommands, machines-file URI parameters,
+systems, NixOS options."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["meant"]
+
+
+def meant(word: str, known: Iterable[str]) -> str | None:
+    import difflib  # only on the way to an error or a warning
+
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return close[0] if close else None
