@@ -50,6 +50,7 @@ __all__ = [
     "Source",
     "add_root_argv",
     "add_roots",
+    "error_position",
     "first_error_line",
     "flake_eval_argv",
     "instantiate",
@@ -209,6 +210,16 @@ def first_error_line(stderr: str) -> str:
         return next(error for error in errors if error)
     rest = [line for line in lines if line]
     return rest[-1] if rest else "(no message)"
+
+
+def error_position(stderr: str) -> str | None:
+    """Where Nix says its error is: the ``FILE:LINE:COL`` of its first ``at FILE:LINE:COL:``
+    line (above the code frame), or None."""
+    for raw in stderr.splitlines():
+        line = strip_ansi(raw).strip()
+        if line.startswith("at "):
+            return line[3:].rstrip(":")
+    return None
 
 
 def _evaluated(done: Completed, source: Source, say: Say) -> str:

@@ -16,6 +16,7 @@ from offload.nix import (
     Installables,
     Source,
     add_root_argv,
+    error_position,
     first_error_line,
     flake_eval_argv,
     instantiate_argv,
@@ -206,6 +207,17 @@ def test_first_error_line_skips_warnings_and_trace() -> None:
         "error: a second one\n"
     )
     assert first_error_line(stderr) == "undefined variable 'q'"
+
+
+def test_error_position_is_the_first_at_line_above_the_code_frame() -> None:
+    stderr = (
+        "error: syntax error, unexpected '}', expecting ';'\n\n"
+        "       at \x1b[35;1m/x/m.nix\x1b[0m:1:20:\n\n"
+        '            1| [ { hostName = "a" } ]\n'
+        "       at /x/other.nix:2:2:\n"
+    )
+    assert error_position(stderr) == "/x/m.nix:1:20"
+    assert error_position("error: cannot convert a function to JSON\n") is None
 
 
 def test_first_error_line_without_an_error_prefix() -> None:

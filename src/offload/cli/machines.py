@@ -310,18 +310,13 @@ def _read(path: Path) -> str:
 
 def _nixos_json(path: Path) -> object:
     from offload import process
-    from offload.nix import first_error_line
+    from offload.nix import error_position, first_error_line
 
     argv = ["nix-instantiate", "--eval", "--strict", "--json", str(path.resolve())]
     done = process.run(argv, check=False, timeout=60)
     if done.returncode != 0:
-        # Nix's message, and where it is (its first "at FILE:LINE:COL:" line), not the code
-        # frame's last line.
-        where = next(
-            (line.strip()[3:].rstrip(":") for line in done.stderr.splitlines()
-             if line.strip().startswith("at ")),
-            None,
-        )  # fmt: skip
+        # Nix's message and where it is, not the code frame's last line.
+        where = error_position(done.stderr)
         message = first_error_line(done.stderr) + (f" (at {where})" if where else "")
         raise ConfigError(
             f"{path}: nix-instantiate could not evaluate it: {message}",
