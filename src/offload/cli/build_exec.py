@@ -202,12 +202,8 @@ def execute(
             mark("closed")
             emit(Timing(taken(), time.time()))
         except BaseException:
-            for built in cut:
-                # Keeping it must not turn the stop into another error (exit 130/143 stays).
-                try:
-                    _keep(state, history, remember, built, pool)
-                except (OffloadError, OSError) as exc:
-                    print(f"warning: the stopped run is not kept: {exc}", file=sys.stderr)
+            if cut:
+                _keep_stopped(state, history, remember, cut[0], pool)
             raise
         finally:
             try:
@@ -223,6 +219,17 @@ def _keep(state: Path, history: History, remember: RunRecorder, built: Built, po
     report, graph = built
     _record(history, remember, report, graph, pool)
     save_backoff(state / "backoff.json", report.health, time.time())
+
+
+def _keep_stopped(
+    state: Path, history: History, remember: RunRecorder, built: Built, pool: Pool
+) -> None:
+    """``_keep`` for a run stopped while building: keeping it must not turn the stop into
+    another error (the exit stays 130/143), so a failure to is a warning."""
+    try:
+        _keep(state, history, remember, built, pool)
+    except (OffloadError, OSError) as exc:
+        print(f"warning: the stopped run is not kept: {exc}", file=sys.stderr)
 
 
 def _build_options(pool: Pool) -> BuildOptions:
