@@ -181,6 +181,24 @@ def test_offload_toml_errors(text, message):
     assert "\n" not in info.value.message
 
 
+def test_offload_toml_names_every_problem_at_once():
+    text = (
+        "[local]\nspede-factor = 2\n[[machine]]\nhost = 'a'\nport = 70000\n"
+        "[[machine]]\nname = 'b'\ntags = 'fast'\n"
+        + "".join(f"[[machine]]\nhost = 'h{i}'\nenabled = 1\n" for i in range(3))
+    )
+    with pytest.raises(ConfigError, match=r"^f: \[local\]: unknown key 'spede-factor'") as info:
+        parse_offload_toml(text, "f")
+    hint = info.value.hint or ""
+    assert hint.startswith("did you mean speed-factor? valid keys:")
+    assert "also [[machine]] #1: port must be a whole number from 1 to 65535, not 70000" in hint
+    assert "[[machine]] #2: tags must be a list" in hint
+    assert "[[machine]] #2: give exactly one of uri or host" in hint
+    assert hint.endswith("; and 3 more")  # the three `enabled = 1`
+    assert "f:" not in hint  # the file is named once, in the message
+    assert "\n" not in info.value.message + hint
+
+
 def test_toml_search_order(tmp_path):
     env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path / "home")}
     assert default_toml_paths(env)[0] == tmp_path / "xdg" / "offload" / "offload.toml"

@@ -100,46 +100,54 @@ _MACHINE_KEYS = {
 }
 _MAX_TOML = 4 << 20  # as for machines files: --config /dev/zero must not read forever
 _LOCAL_KEYS = {"speed-factor", "max-jobs", "systems", "features"}
+# Problems after the first that an error names in its hint.
+_SHOWN_PROBLEMS = 3
 
 
 class _Table:
-    """Typed access to one TOML table, with errors that name the file and the table."""
+    """Typed access to one TOML table. A key of the wrong type is a problem recorded in
+    ``problems`` (naming the file and the table) and reads as absent, so that one pass over
+    the file finds every problem in it."""
 
-    def __init__(self, data: Mapping[str, Any], where: str, keys: set[str]) -> None:
+    def __init__(
+        self, data: Mapping[str, Any], where: str, keys: set[str], problems: list[ConfigError]
+    ) -> None:
         self.data = data
         self.where = where
-        unknown = sorted(set(data) - keys)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key '{shown(unknown[0], 200)}'",
-                hint=f"valid keys: {', '.join(sorted(keys))}",
-            )
+        self.problems = problems
+        problems.extend(
+            ConfigError(f"{where}: unknown key '{shown(key, 200)}'", hint=_unknown_hint(key, keys))
+            for key in sorted(set(data) - keys)
+        )
 
-    def _fail(self, key: str, expected: str) -> ConfigError:
-        return ConfigError(f"{self.where}: {key} must be {expected}, not {self.data[key]!r}")
+    def _fail(self, key: str, expected: str) -> None:
+        self.problems.append(
+            ConfigError(f"{self.where}: {key} must be {expected}, not {self.data[key]!r}")
+        )
 
     def string(self, key: str) -> str | None:
         value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self._fail(key, "a non-empty string")
-        return value
+        if value is None or (isinstance(value, str) and value):
+            return value
+        self._fail(key, "a non-empty string")
+        return None
 
     def strings(self, key: str) -> tuple[str, ...] | None:
         value = self.data.get(key)
         if value is None:
             return None
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self._fail(key, "a list of non-empty strings")
-        return tuple(value)
+        if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+            return tuple(value)
+        self._fail(key, "a list of non-empty strings")
+        return None
 
     def integer(self, key: str, low: int, high: int) -> int | None:
         value = self.data.get(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self._fail(key, f"a whole number from {low} to {high}")
+            self._fail(key, f"a whole number from {low} to {high}")
+            return None
         return value
 
     def number(self, key: str) -> float | None:
@@ -147,16 +155,24 @@ class _Table:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-            raise self._fail(key, "a positive number")
+            self._fail(key, "a positive number")
+            return None
         return float(value)
 
     def boolean(self, key: str) -> bool | None:
         value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, bool):
-            raise self._fail(key, "true or false")
-        return value
+        if value is None or isinstance(value, bool):
+            return value
+        self._fail(key, "true or false")
+        return None
+
+
+def _unknown_hint(key: str, keys: set[str]) -> str:
+    from offload.spelling import meant
+
+    close = meant(key, sorted(keys))
+    mean = f"did you mean {close}? " if close else ""
+    return f"{mean}valid keys: {', '.join(sorted(keys))}"
 
 
 def _features(values: tuple[str, ...] | None) -> frozenset[str] | None:
@@ -164,6 +180,8 @@ def _features(values: tuple[str, ...] | None) -> frozenset[str] | None:
 
 
 def parse_offload_toml(text: str, source: str) -> OffloadToml:
+    """The file's tables; a file with problems fails with the first, the hint naming how
+    many more there are and where, so that one run shows what to fix."""
     import tomllib  # here: a run without offload.toml does without it (and datetime)
 
     try:
@@ -174,53 +192,86 @@ def parse_offload_toml(text: str, source: str) -> OffloadToml:
         ) from exc
     except RecursionError as exc:  # tomllib recurses once per level of [ or {
         raise ConfigError(f"{source}: arrays or tables nested too deeply") from exc
-    _Table(data, source, {"machine", "local"})
-    local = None
-    if "local" in data:
-        if not isinstance(data["local"], dict):
-            raise ConfigError(f"{source}: local must be a table ([local])")
-        table = _Table(data["local"], f"{source}: [local]", _LOCAL_KEYS)
-        local = TomlLocal(
-            speed_factor=table.number("speed-factor"),
-            max_jobs=table.integer("max-jobs", 0, 2**32 - 1),
-            systems=table.strings("systems"),
-            features=_features(table.strings("features")),
-        )
+    problems: list[ConfigError] = []
+    _Table(data, source, {"machine", "local"}, problems)
+    local = _local(data.get("local"), source, problems)
     raw_machines = data.get("machine", [])
-    if not isinstance(raw_machines, list) or not all(isinstance(m, dict) for m in raw_machines):
-        raise ConfigError(f"{source}: machine must be an array of tables ([[machine]])")
     machines = []
-    for index, raw in enumerate(raw_machines, start=1):
-        table = _Table(raw, f"{source}: [[machine]] #{index}", _MACHINE_KEYS)
-        entry = TomlMachine(
-            index=index,
-            uri=table.string("uri"),
-            host=table.string("host"),
-            name=table.string("name"),
-            tags=frozenset(table.strings("tags") or ()),
-            port=table.integer("port", 1, 65535),
-            enabled=table.boolean("enabled"),
-            systems=table.strings("systems"),
-            ssh_key=table.string("ssh-key"),
-            max_jobs=table.integer("max-jobs", 0, 2**32 - 1),
-            speed_factor=table.number("speed-factor"),
-            supported_features=_features(table.strings("supported-features")),
-            mandatory_features=_features(table.strings("mandatory-features")),
-            public_host_key=table.string("public-host-key"),
-            compress=table.boolean("compress"),
-            builders_use_substitutes=table.boolean("builders-use-substitutes"),
-        )
-        if (entry.uri is None) == (entry.host is None):
-            raise ConfigError(
+    if not isinstance(raw_machines, list) or not all(isinstance(m, dict) for m in raw_machines):
+        problems.append(ConfigError(f"{source}: machine must be an array of tables ([[machine]])"))
+    else:
+        for index, raw in enumerate(raw_machines, start=1):
+            if (entry := _machine(raw, index, source, problems)) is not None:
+                machines.append(entry)
+    _raise_first(problems, source)
+    return OffloadToml(source, tuple(machines), local)
+
+
+def _local(raw: object, source: str, problems: list[ConfigError]) -> TomlLocal | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.append(ConfigError(f"{source}: local must be a table ([local])"))
+        return None
+    table = _Table(raw, f"{source}: [local]", _LOCAL_KEYS, problems)
+    return TomlLocal(
+        speed_factor=table.number("speed-factor"),
+        max_jobs=table.integer("max-jobs", 0, 2**32 - 1),
+        systems=table.strings("systems"),
+        features=_features(table.strings("features")),
+    )
+
+
+def _machine(
+    raw: Mapping[str, Any], index: int, source: str, problems: list[ConfigError]
+) -> TomlMachine | None:
+    """The ``index``-th ``[[machine]]``; None when it has a problem (recorded)."""
+    before = len(problems)
+    table = _Table(raw, f"{source}: [[machine]] #{index}", _MACHINE_KEYS, problems)
+    entry = TomlMachine(
+        index=index,
+        uri=table.string("uri"),
+        host=table.string("host"),
+        name=table.string("name"),
+        tags=frozenset(table.strings("tags") or ()),
+        port=table.integer("port", 1, 65535),
+        enabled=table.boolean("enabled"),
+        systems=table.strings("systems"),
+        ssh_key=table.string("ssh-key"),
+        max_jobs=table.integer("max-jobs", 0, 2**32 - 1),
+        speed_factor=table.number("speed-factor"),
+        supported_features=_features(table.strings("supported-features")),
+        mandatory_features=_features(table.strings("mandatory-features")),
+        public_host_key=table.string("public-host-key"),
+        compress=table.boolean("compress"),
+        builders_use_substitutes=table.boolean("builders-use-substitutes"),
+    )
+    if ("uri" in raw) == ("host" in raw):  # a bad value of either was said above
+        problems.append(
+            ConfigError(
                 f"{table.where}: give exactly one of uri or host",
                 hint="uri is the machines-file URI (ssh://user@host), host its ssh host",
             )
-        if entry.name == LOCAL or (entry.name or "").startswith("@"):
-            raise ConfigError(
-                f"{table.where}: '{shown(entry.name or '', 200)}' cannot be a machine name"
-            )
-        machines.append(entry)
-    return OffloadToml(source, tuple(machines), local)
+        )
+    if entry.name == LOCAL or (entry.name or "").startswith("@"):
+        problems.append(
+            ConfigError(f"{table.where}: '{shown(entry.name or '', 200)}' cannot be a machine name")
+        )
+    return entry if len(problems) == before else None
+
+
+def _raise_first(problems: list[ConfigError], source: str) -> None:
+    """Fail with the first problem; the hint says the next few (without the file's name,
+    which the first already gives) and how many more there are."""
+    if not problems:
+        return
+    first, rest = problems[0], problems[1:]
+    if not rest:
+        raise first
+    shown_rest = [p.message.removeprefix(f"{source}: ") for p in rest[:_SHOWN_PROBLEMS]]
+    more = len(rest) - len(shown_rest)
+    also = "also " + "; ".join(shown_rest) + (f"; and {more} more" if more else "")
+    raise ConfigError(first.message, hint=f"{first.hint}; {also}" if first.hint else also)
 
 
 def default_toml_paths(env: Mapping[str, str]) -> list[Path]:
