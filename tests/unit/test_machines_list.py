@@ -23,7 +23,8 @@ def test_the_table_fits_100_columns_and_wide_shows_everything():
     features = ",".join(f"feature-{i}" for i in range(12))
     systems = "x86_64-linux,i686-linux,aarch64-linux,riscv64-linux"
     p = pool(f"builder@nx-long-name-{'x' * 30}.invalid:2222 {systems} - 8 2 {features} kvm")
-    backoff = {f"nx-long-name-{'x' * 30}.invalid": Health(3, 2e9, "refused")}
+    why = "refused: " + "the whole reason, " * 8 + "to its end"
+    backoff = {f"nx-long-name-{'x' * 30}.invalid": Health(3, 2e9, why)}
     narrow = format_table(p, backoff).splitlines()
     assert max(map(len, narrow)) <= 100
     assert narrow[1].split()[-1] == "(3x)"
@@ -31,7 +32,7 @@ def test_the_table_fits_100_columns_and_wide_shows_everything():
     wide = format_table(p, backoff, wide=True)
     assert ",".join(sorted(features.split(","))) + ",!kvm" in wide
     assert "builder@nx-long-name-" + "x" * 30 + ".invalid:2222" in wide
-    assert "(3x): refused" in wide
+    assert f"(3x): {why}" in wide
     assert "f:1" in wide
 
 

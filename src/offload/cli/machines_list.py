@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from offload.backoff import Health, load_backoffs
+from offload.backoff import REASON_CHARS, Health, load_backoffs
 from offload.config.machines import Machine, duplicate_names, machine_problems, shown
 from offload.config.pool import Pool
 from offload.names import LOCAL
@@ -70,8 +70,8 @@ def backoff_cell(health: Health | None, *, wide: bool) -> str:
     if health is None:
         return "-"
     text = f"until {_clock(health.until)} ({health.failures}x)"
-    if wide:
-        text += f": {shown(health.why, 80)}"
+    if wide:  # whole, as status and --json show it (kept at most REASON_CHARS)
+        text += f": {shown(health.why, REASON_CHARS)}"
     return text
 
 
