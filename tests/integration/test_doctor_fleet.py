@@ -132,7 +132,7 @@ def test_a_changed_host_key_fails_ssh(doctor_fleet: Fleet, tmp_path: Path) -> No
     ssh = check(found["da"], "ssh")
     assert ssh["verdict"] == "fail"
     assert "not the pinned one" in ssh["detail"]
-    assert "column 8" in ssh["fix"]
+    assert f"column 8 of {machines}:" in ssh["fix"]
     assert verdicts(found["da"])["serve"] == "skipped"
     assert found["db"]["ok"] is True
 
@@ -141,11 +141,13 @@ def test_a_claimed_feature_the_member_lacks_fails_features(
     doctor_fleet: Fleet, tmp_path: Path
 ) -> None:
     features = next(f[5] for f in machines_lines(doctor_fleet) if host_of(f[0]) == "dc")
-    machines = write(tmp_path, lines_with(doctor_fleet, "dc", 5, f"{features},cuda"))
+    lines = lines_with(doctor_fleet, "dc", 5, f"{features},cuda")
+    machines = write(tmp_path, lines)
+    line = 1 + next(i for i, text in enumerate(lines) if "cuda" in text)
     done = doctor(doctor_fleet, tmp_path, machines, "dc")
     assert done.returncode == 1, done.stderr
     assert "dc: features fail: claims cuda, which the builder lacks" in done.stdout
-    assert "  fix: remove it from columns 6-7 of the machines line" in done.stdout
+    assert f"  fix: remove it from columns 6-7 of {machines}:{line}," in done.stdout
     row = done.stdout.splitlines()[1].split()
     # Everything else was still asked: the feature is not a prerequisite.
     assert row[1 + CHECKS.index("features")] == "FAIL"

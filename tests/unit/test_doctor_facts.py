@@ -61,6 +61,9 @@ def test_systems_claimed_but_absent_fail_and_unclaimed_platforms_are_only_mentio
     bad = facts.systems_check(["x86_64-linux", "aarch64-linux"], CONFIG, "")
     assert bad.verdict == Verdict.FAIL
     assert "claims aarch64-linux" in bad.detail
+    named = facts.systems_check(["aarch64-linux"], CONFIG, "", "/etc/nix/machines:3")
+    assert named.fix is not None
+    assert "column 2 of /etc/nix/machines:3" in named.fix
 
 
 def test_a_claimed_feature_the_builder_lacks_fails_and_an_unclaimed_one_warns():
@@ -77,6 +80,12 @@ def test_a_claimed_feature_the_builder_lacks_fails_and_an_unclaimed_one_warns():
     wasted = facts.features_check({"benchmark", "big-parallel", "nixos-test"}, (), CONFIG, "")
     assert wasted.verdict == Verdict.WARN
     assert "has kvm, not claimed" in wasted.detail
+    named = facts.features_check({"cuda"}, (), CONFIG, "", "m:9")
+    assert named.fix is not None
+    assert "columns 6-7 of m:9" in named.fix
+    unclaimed = facts.features_check({"kvm"}, (), CONFIG, "", "m:9")
+    assert unclaimed.fix is not None
+    assert "column 6 (supported features) of m:9" in unclaimed.fix
 
 
 def test_without_show_config_systems_and_features_cannot_be_told():

@@ -44,6 +44,11 @@ def test_permission_denied_means_the_key_is_not_authorized():
     assert check.fix is not None
     assert "/k/id.pub" in check.fix
     assert "authorized_keys" in check.fix
+    named = ssh_check(
+        255, DENIED, key="/k/id", pinned=False, destination="root@b", seconds=0.1, line="m:5"
+    )
+    assert named.fix is not None
+    assert "column 3 of m:5" in named.fix
 
 
 def test_a_changed_host_key_is_named_as_such_pinned_or_not():
@@ -53,6 +58,13 @@ def test_a_changed_host_key_is_named_as_such_pinned_or_not():
         assert "not the pinned one" in check.detail
         assert check.fix is not None
         assert "column 8" in check.fix
+        named = ssh_check(
+            255, CHANGED, key="/k/id", pinned=pinned, destination="root@b", seconds=0.1,
+            line="/etc/nix/machines:7",
+        )  # fmt: skip
+        assert named.fix is not None
+        assert "column 8 of /etc/nix/machines:7" in named.fix
+        assert "column 8 of /etc/nix/machines:7" in named.detail
 
 
 def test_an_unpinned_unknown_host_key_asks_to_pin_it():
@@ -167,5 +179,10 @@ def test_port_verdicts():
     good = port(None, "SSH-2.0-OpenSSH_9.2p1 Debian-2")
     assert good.verdict == Verdict.OK
     assert "OpenSSH_9.2p1" in good.detail
+    named = port_check(
+        "127.0.0.1:1", error="Connection refused", banner=None, timeout=3, proxy=None, line="m:2"
+    )
+    assert named.fix is not None
+    assert "host:port in m:2" in named.fix
     proxied = port_check("b:22", error=None, banner=None, timeout=3, proxy="proxyjump j")
     assert proxied.verdict == Verdict.OK

@@ -23,10 +23,14 @@ from offload.transport.ssh_keys import key_fix, key_trouble
 
 __all__ = ["SshConfig", "parse_ssh_g", "port_check", "resolve_check", "ssh_check"]
 
-_PORT_FIX = (
-    "check the port (the ssh_config Port, host:port in the machines line, or `port` in "
-    "offload.toml) and that sshd runs on the builder"
-)
+
+def _port_fix(line: str) -> str:
+    return (
+        f"check the port (the ssh_config Port, host:port in {line}, or `port` in "
+        "offload.toml) and that sshd runs on the builder"
+    )
+
+
 _CHANGED = (
     "REMOTE HOST IDENTIFICATION HAS CHANGED",
     "has changed and you have requested strict checking",
@@ -88,9 +92,16 @@ def resolve_check(
 
 
 def port_check(
-    where: str, *, error: str | None, banner: str | None, timeout: float, proxy: str | None
+    where: str,
+    *,
+    error: str | None,
+    banner: str | None,
+    timeout: float,
+    proxy: str | None,
+    line: str = "the machines line",
 ) -> Check:
-    """A TCP connect to ``where`` (``addr:port``) and the first line sshd sends there."""
+    """A TCP connect to ``where`` (``addr:port``) and the first line sshd sends there;
+    ``line`` is the machines line (file:line) that names the builder."""
     if proxy is not None:
         return Check("port", Verdict.OK, f"not tried directly: ssh goes through {proxy}")
     if error is not None:
@@ -101,20 +112,20 @@ def port_check(
             detail = f"{where} did not answer within {timeout:g} s"
         else:
             detail = f"cannot connect to {where}: {error}"
-        return Check("port", Verdict.FAIL, detail, _PORT_FIX)
+        return Check("port", Verdict.FAIL, detail, _port_fix(line))
     if banner is None:
         return Check(
             "port",
             Verdict.FAIL,
             f"{where} accepts connections but sent no ssh greeting within {timeout:g} s",
-            "sshd may be hung or overloaded (MaxStartups); " + _PORT_FIX,
+            "sshd may be hung or overloaded (MaxStartups); " + _port_fix(line),
         )
     if not banner.startswith("SSH-"):
         return Check(
             "port",
             Verdict.FAIL,
             f"{where} answers, but not as sshd: {banner[:60]!r}",
-            _PORT_FIX,
+            _port_fix(line),
         )
     return Check("port", Verdict.OK, f"{where}: {banner[:60]}")
 
@@ -128,10 +139,11 @@ def ssh_check(
     destination: str,
     seconds: float,
     key_place: str | None = None,
+    line: str = "the machines line",
 ) -> Check:
     """``ssh ... true`` ended with ``returncode`` after printing ``stderr``. ``key_place`` is
     where the machines line names ``key`` (``ssh_keys.key_place``); None when ``key`` is the
-    ssh config's."""
+    ssh config's. ``line`` is the machines line (file:line) that names the builder."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else "(ssh printed nothing)"
     key_name = key or "your ssh key"
@@ -152,20 +164,22 @@ def ssh_check(
     if unusable is not None and "Permission denied" in last:
         what, fix = unusable
         return Check("ssh", Verdict.FAIL, f"{what}, and the builder took no other key: {last}", fix)
-    return Check("ssh", Verdict.FAIL, *_ssh_failure(stderr, last, key_name, pinned=pinned))
+    return Check(
+        "ssh", Verdict.FAIL, *_ssh_failure(stderr, last, key_name, pinned=pinned, line=line)
+    )
 
 
-def _ssh_failure(stderr: str, last: str, key: str, *, pinned: bool) -> tuple[str, str]:
+def _ssh_failure(stderr: str, last: str, key: str, *, pinned: bool, line: str) -> tuple[str, str]:
     """(detail, fix) for a failed login, ssh having used every key it was given."""
     pin_fix = (
-        "pin the builder's key: column 8 of its machines line is the base64 of its "
+        f"pin the builder's key: column 8 of {line} is the base64 of its "
         "/etc/ssh/ssh_host_ed25519_key.pub (`base64 -w0`), or of `ssh-keyscan -t ed25519 HOST`"
     )
     if any(marker in stderr for marker in _CHANGED) or (
         pinned and "Host key verification failed" in stderr
     ):
         return (
-            "the builder's host key is not the pinned one (column 8 of the machines line)",
+            f"the builder's host key is not the pinned one (column 8 of {line})",
             "if the builder was reinstalled, " + pin_fix + "; if not, find out who answers there",
         )
     if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr:
@@ -176,9 +190,9 @@ def _ssh_failure(stderr: str, last: str, key: str, *, pinned: bool) -> tuple[str
             (
                 f"add {key}.pub to the builder user's authorized_keys (NixOS: "
                 "users.users.<name>.openssh.authorizedKeys.keys), or name the right key in "
-                "column 3 of the machines line"
+                f"column 3 of {line}"
             ),
         )
     if "Could not resolve hostname" in stderr:
-        return (last, "check the host name in the machines line or the ssh config")
+        return (last, f"check the host name in {line} or the ssh config")
     return (last, "try `ssh -v` to the builder by hand to see why it fails")

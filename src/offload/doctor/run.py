@@ -205,7 +205,14 @@ class _Probe:
     async def _port(self, config: SshConfig, addresses: list[str]) -> Check:
         if config.proxy is not None or not addresses:
             where = f"{config.hostname}:{config.port}"
-            return port_check(where, error=None, banner="", timeout=0, proxy=config.proxy)
+            return port_check(
+                where,
+                error=None,
+                banner="",
+                timeout=0,
+                proxy=config.proxy,
+                line=self.machine.source,
+            )
         address = addresses[0]
         where = f"[{address}]:{config.port}" if ":" in address else f"{address}:{config.port}"
         connected = False
@@ -230,7 +237,14 @@ class _Probe:
         except OSError as exc:
             # asyncio's strerror is "Connect call failed (addr, port)"; the errno says why.
             error = os.strerror(exc.errno) if exc.errno else str(exc)
-        return port_check(where, error=error, banner=banner, timeout=self.timeout, proxy=None)
+        return port_check(
+            where,
+            error=error,
+            banner=banner,
+            timeout=self.timeout,
+            proxy=None,
+            line=self.machine.source,
+        )
 
     async def _login(self, config: SshConfig) -> Check:
         key = self.machine.ssh_key or config.identity
@@ -275,6 +289,7 @@ class _Probe:
             destination=f"{self.user}@{self.target.host}",
             seconds=time.monotonic() - started,
             key_place=key_place(self.machine) if self.machine.ssh_key else None,
+            line=self.machine.source,
         )
 
     async def _remote(self, link: MachineLink, argv: list[str]) -> tuple[int, str, str]:
@@ -372,9 +387,13 @@ class _Probe:
             if (await self._remote(link, ["true"]))[0] == 0:
                 rtts.append(time.monotonic() - started)
         self.checks += [
-            facts.systems_check(machine.systems, config, error),
+            facts.systems_check(machine.systems, config, error, machine.source),
             facts.features_check(
-                machine.supported_features, machine.mandatory_features, config, error
+                machine.supported_features,
+                machine.mandatory_features,
+                config,
+                error,
+                machine.source,
             ),
             facts.daemon_trust(self.trusted, facts.trusted_check(user, groups, config, error))
             if self.dialect is DAEMON
