@@ -2,7 +2,7 @@
 
 Every error a user can cause or meet is an ``OffloadError`` carrying a one-line message and,
 where there is a likely fix, a hint. The CLI prints ``error: <message>`` plus the hint and exits
-non-zero; tracebacks only under ``--debug``.
+non-zero; tracebacks only under ``offload --traceback``.
 
     OffloadError
     ├── ConfigError          bad machines file, offload.toml, command-line value

@@ -148,3 +148,34 @@ def test_output_that_is_not_utf8_is_read_not_fatal() -> None:
     done = run(["printf", r"caf\351 \377"], check=False)
     assert done.returncode == 0
     assert done.stdout == "caf\ufffd \ufffd"
+
+
+def test_an_internal_error_hints_at_the_traceback_option_that_shows_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from offload import cli
+
+    def boom(_args: object) -> int:
+        raise RuntimeError("a bug")
+
+    parse = cli._parse
+
+    def parse_to_boom(argv: list[str]) -> object:
+        args = parse(argv)
+        args.func = boom
+        return args
+
+    monkeypatch.setattr(cli, "_parse", parse_to_boom)
+    status, err = _offload(["status"], capsys)
+    assert status == 1
+    _one_error(err)
+    assert "error: internal error: RuntimeError: a bug" in err
+    assert "hint: run again as `offload --traceback COMMAND ...`" in err
+    # Not --debug after the command: offload build passes that one to Nix.
+    assert parse(["build", "--debug", "x.nix"]).nix_debug is True
+    assert parse(["build", "--debug", "x.nix"]).debug is False
+    for flag in ("--traceback", "--debug"):  # --debug before the command: its old name
+        status, err = _offload([flag, "status"], capsys)
+        assert status == 1
+        assert "Traceback (most recent call last)" in err
+        assert 'raise RuntimeError("a bug")' in err

@@ -2,10 +2,10 @@
 
 Each subcommand lives in its own module with ``register(subparsers)``; the function it sets as
 ``func`` takes the parsed namespace and returns an exit status. Errors are caught here only:
-``error: <message>`` and a hint on stderr, a traceback only with ``--debug``. Usage errors exit 1
-as Nix's own commands do (argparse's 2 is nobody's convention here); an error offload did not
-foresee is still one line, with the way to see its traceback; a closed stdout (``| head``) ends
-the command quietly, as it ends Nix's.
+``error: <message>`` and a hint on stderr, a traceback only with ``--traceback`` (given before
+the command). Usage errors exit 1 as Nix's own commands do (argparse's 2 is nobody's convention
+here); an error offload did not foresee is still one line, with the way to see its traceback; a
+closed stdout (``| head``) ends the command quietly, as it ends Nix's.
 
 SIGTERM and SIGHUP are handled as Ctrl-C is: each is turned into a SIGINT, so the one path that
 stops a run cleanly (asyncio cancels the run, remote builds are stopped, temporary directories
@@ -72,7 +72,15 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         description="Distribute Nix builds over the local machine and SSH builders.",
     )
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # Not --debug, which offload build passes to Nix as nix-build does (Nix's debug output):
+    # one name for two things sent users who appended it to a failing build the wrong way.
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        dest="debug",
+        help="show Python's traceback of an error (before the command: offload --traceback build)",
+    )
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)  # its old name
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _modules(argv):
         importlib.import_module(f"offload.cli.{name}").register(sub)
@@ -203,7 +211,10 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("hint: run again with --debug to see where, and report it", file=sys.stderr)
+        print(
+            "hint: run again as `offload --traceback COMMAND ...` to see where, and report it",
+            file=sys.stderr,
+        )
         return 1
 
 
