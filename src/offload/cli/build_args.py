@@ -153,7 +153,7 @@ def _output(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("-v", "--verbose", action="count", default=0, help="Nix's verbosity up")
     group.add_argument("--quiet", action="count", default=0, help="Nix's verbosity down")
-    # nix-build's --debug (Nix's verbosity); `offload --debug build` shows tracebacks.
+    # nix-build's --debug (Nix's verbosity); `offload --traceback build` shows tracebacks.
     group.add_argument("--debug", action="store_true", dest="nix_debug", help="Nix debug")
     group.add_argument("--log-format", choices=LOG_FORMATS, help="raw: plain lines; bar: live")
     group.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
