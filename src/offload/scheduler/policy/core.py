@@ -70,7 +70,7 @@ from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
 from offload.scheduler.policy.queues import Coming, Queues
 from offload.scheduler.policy.ranked import Ranked
 from offload.scheduler.policy.round import Round
-from offload.scheduler.policy.slack import SLACK_SHARE, remaining_path, slower_in_slack
+from offload.scheduler.policy.slack import SLACK_SHARE, path_margin, remaining_path, slower_in_slack
 from offload.scheduler.policy.speculation import Speculation, SpeculationRule
 
 __all__ = ["Policy"]
@@ -103,6 +103,7 @@ class Policy:
         self._speculation = Speculation(
             speculation if speculation is not None else SpeculationRule(),
             slack_share=slack_share,
+            slack_margin=path_margin(self.graph) if slack_share > 0 else 0.0,
             guessed=self._guessed,
         )
         self._runs: dict[str, list[Run]] = {}
@@ -256,6 +257,7 @@ class Policy:
                 remaining=self._remaining(rnd, now, graph.critical_path(job_id)),
                 best=best,
                 best_finish=best_finish,
+                margin=self._speculation.slack_margin,
             )
             if slower is not None:
                 best, best_finish = slower

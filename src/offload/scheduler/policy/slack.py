@@ -9,6 +9,15 @@ soon; half, because estimates are wrong and a late side job becomes critical. Jo
 is a guess (``guessed``: no history) keep the earliest finish: sending an unknown job to a slow
 machine because it looks short is how a huge one ends up there. A job that ends within that
 bound (``ends_in_slack``) gets no second copy on an idle fast slot either (``speculation``).
+
+Slack is the difference of two estimated paths, and a path is about as far off as its heaviest
+build is: the errors of many small builds partly cancel, one huge build's does not. So the
+slack counted is the estimate less ``PATH_NOISE`` (0.3) times the heaviest build on the graph's
+critical path (``path_margin``, found once, from the estimates at the start). On a graph whose
+few huge builds decide the critical path, a huge build off by 30% turns the small jobs that led
+to it from side work into critical work: sent to slow machines, they made it start late
+(simulated skewed graphs with 30% estimate noise, docs/BENCHMARKS.md "seeds-ideas"). On graphs
+of many small builds the margin is small and the rule acts as before.
 """
 
 from __future__ import annotations
@@ -20,10 +29,20 @@ from offload.scheduler.policy.costs import TransferCost
 from offload.scheduler.policy.pool import EligibilityClass, Machine, Run
 from offload.scheduler.policy.ranked import Ranked
 
-__all__ = ["SLACK_SHARE", "ends_in_slack", "remaining_path", "slower_in_slack"]
+__all__ = [
+    "PATH_NOISE",
+    "SLACK_SHARE",
+    "ends_in_slack",
+    "path_margin",
+    "remaining_path",
+    "slower_in_slack",
+]
 
 # The share of its slack a job may spend on a slower machine to leave faster ones free.
 SLACK_SHARE = 0.5
+# How far off an estimated path is taken to be, as a share of its heaviest build (estimates
+# from history were off by about this much in the measurements the rule was tuned on).
+PATH_NOISE = 0.3
 # Running jobs examined per round for the longest remaining path.
 _PATH_LOOKAHEAD = 8
 
@@ -56,10 +75,11 @@ def ends_in_slack(
     *,
     share: float,
     remaining: float,
+    margin: float = 0.0,
 ) -> bool:
     """Whether a running ``job_id`` expected to end at ``end`` ends within its share of slack
     (the bound ``slower_in_slack`` places by): a second copy would end sooner for nothing."""
-    return end <= _room(cls, graph, job_id, now, share=share, remaining=remaining)
+    return end <= _room(cls, graph, job_id, now, share=share, remaining=remaining, margin=margin)
 
 
 def _room(
@@ -70,10 +90,26 @@ def _room(
     *,
     share: float,
     remaining: float,
+    margin: float,
 ) -> float:
-    """The latest end within ``job_id``'s share of slack."""
+    """The latest end within ``job_id``'s share of slack, ``margin`` (``path_margin``) less."""
     fastest = cls.machines[0].speed
-    return now + share * (remaining - graph.critical_path(job_id) + graph.work(job_id)) / fastest
+    slack = remaining - margin - graph.critical_path(job_id)
+    return now + share * (slack + graph.work(job_id)) / fastest
+
+
+def path_margin(graph: JobGraph) -> float:
+    """``PATH_NOISE`` times the heaviest build on ``graph``'s critical path: how much of an
+    estimated slack may be the estimates' error (module docstring)."""
+    if not len(graph):
+        return 0.0
+    work, critical, after = graph.work, graph.critical_path, graph.dependents
+    job: str | None = max(graph.topological_order(), key=critical)
+    heaviest = 0.0
+    while job is not None:
+        heaviest = max(heaviest, work(job))
+        job = max(after(job), key=critical, default=None)
+    return PATH_NOISE * heaviest
 
 
 def slower_in_slack(
@@ -87,16 +123,18 @@ def slower_in_slack(
     remaining: float,
     best: Machine,
     best_finish: float,
+    margin: float = 0.0,
 ) -> tuple[Machine, float] | None:
     """A slower free machine on which ``job_id`` still ends within its share of slack.
 
     The run is expected to end when the longest ``remaining`` path does, run on the fastest
     machine; a job's latest end leaves room for its own path after it. The slowest machine
     that meets ``now`` + share x (latest end - now) gets the job, so the faster ones stay free
-    for critical work; None if the earliest finish is the only one that does.
+    for critical work; None if the earliest finish is the only one that does. ``margin``: the
+    part of the slack that may be the estimates' error (``path_margin``).
     """
     work = graph.work(job_id)
-    room = _room(cls, graph, job_id, now, share=share, remaining=remaining)
+    room = _room(cls, graph, job_id, now, share=share, remaining=remaining, margin=margin)
     if best_finish >= room:
         return None
     best_speed = best.speed

@@ -46,8 +46,10 @@ class Speculation:
     """The single-copy runs worth a look, and which jobs got a second copy."""
 
     rule: SpeculationRule
-    # The slack rule's share (0: no slack rule) and the jobs whose estimate is a guess.
+    # The slack rule's share (0: no slack rule), the part of a slack that may be the
+    # estimates' error (``slack.path_margin``) and the jobs whose estimate is a guess.
     slack_share: float = 0.0
+    slack_margin: float = 0.0
     guessed: frozenset[str] = frozenset()
     # Single-copy runs: latest planned end first, and earliest start first. A copy leaves
     # both when its slot is released (``untrack``), or when a round finds its job has a
@@ -178,7 +180,14 @@ class Speculation:
             return False
         as_fast = sum(m.free - m.claimed for m in cls.machines if m.up and m.speed >= target.speed)
         return as_fast <= 1 and ends_in_slack(
-            cls, graph, job_id, end, now, share=self.slack_share, remaining=remaining()
+            cls,
+            graph,
+            job_id,
+            end,
+            now,
+            share=self.slack_share,
+            remaining=remaining(),
+            margin=self.slack_margin,
         )
 
 
