@@ -52,11 +52,9 @@ from offload.scheduler.policy.decisions import (
     Decision,
     Finished,
     MachineDown,
-    Move,
     Start,
     Wait,
 )
-from offload.scheduler.policy.full import move_target
 from offload.scheduler.policy.matching import MachineSlotSpec
 from offload.scheduler.policy.overrun import Overrun
 from offload.scheduler.policy.placement import (
@@ -70,13 +68,14 @@ from offload.scheduler.policy.pool import EligibilityClass, Machine, Pool, Run
 from offload.scheduler.policy.queues import Coming, Queues
 from offload.scheduler.policy.ranked import Ranked
 from offload.scheduler.policy.round import Round
+from offload.scheduler.policy.shared import SharedBuilders
 from offload.scheduler.policy.slack import SLACK_SHARE, path_margin, remaining_path, slower_in_slack
 from offload.scheduler.policy.speculation import Speculation, SpeculationRule
 
 __all__ = ["Policy"]
 
 
-class Policy:
+class Policy(SharedBuilders):
     """The scheduler's decisions over one job graph and one pool; see the module docstring."""
 
     def __init__(
@@ -189,23 +188,6 @@ class Policy:
                     self._claim_for_coming(rnd, coming, now)
             self._place_ready(rnd, coming, cls, now)
         return self._end_round(rnd, now)
-
-    def _move_waiting(self, rnd: Round, job_id: str, run: Run, now: float) -> None:
-        """Move a job waiting on a full builder to a free slot elsewhere, if worth it now
-        (``full``), else ask to be woken when it will be."""
-        target, finish = move_target(
-            self._queues.class_of[job_id], self.graph, self._transfer, job_id, run, now=now
-        )
-        if target is None:
-            rnd.wake = min(rnd.wake, finish)
-            return
-        del self._waiting[job_id]
-        self._release(run, job_id)
-        moved = self._pool.take_slot(target, job_id, now, finish)
-        self._runs[job_id] = [moved]
-        self._by_path.add((-self.graph.critical_path(job_id), moved.copy, job_id))
-        self._speculation.track(job_id, moved)
-        rnd.decisions.append(Move(job_id, target.spec.name, finish, run.machine.spec.name))
 
     def _remaining(self, rnd: Round, now: float, ready: float) -> float:
         """The round's longest remaining path, found once (``ready``: the most critical
@@ -420,50 +402,6 @@ class Policy:
             return False
         self._drop_copy(job_id, runs, run)
         return True
-
-    def on_machine_full(self, job_id: str, machine: str, now: float) -> bool:
-        """The copy of ``job_id`` on ``machine`` waits: every slot on that builder is held by
-        other clients. Its free slots are withheld; the job may move (``Move``). True when
-        that copy is to be stopped at once: the job has another copy, which goes on."""
-        runs = self._runs.get(job_id)
-        run = next((r for r in runs or () if r.machine.spec.name == machine), None)
-        if runs is None or run is None or run.waiting_since is not None:
-            return False
-        self._pool.withhold(run.machine)
-        run.waiting_since = now
-        self._waiting[job_id] = run
-        if len(runs) == 1:
-            return False
-        self._drop_copy(job_id, runs, run)
-        return True
-
-    def on_slot_taken(self, job_id: str, machine: str, now: float) -> None:
-        """The copy of ``job_id`` waiting on ``machine`` got its builder-side slot: it
-        starts now, and is expected to take as long as planned."""
-        run = self._waiting.get(job_id)
-        if run is None or run.machine.spec.name != machine:
-            return
-        del self._waiting[job_id]
-        run.waiting_since = None
-        self._pool.reschedule(run, job_id, now, now + (run.end - run.start))
-        self._speculation.retime(job_id, run)
-
-    def on_slot_freed(self, machine: str) -> None:
-        """A slot on the full ``machine`` was given to this client: one is free again."""
-        self._pool.restore(self._pool.machines[machine], 1)
-
-    def on_load(self, machine: str, slots: int) -> None:
-        """``machine``'s builder is loaded by others: ``slots`` of its slots are used from now;
-        copies running there go on, fewer start (``Pool.cut``)."""
-        self._pool.cut(self._pool.machines[machine], slots)
-
-    def withheld(self, machine: str) -> int:
-        """Slots of ``machine`` withheld because other clients hold them (``on_machine_full``)."""
-        return self._pool.machines[machine].withheld
-
-    def waiting(self, machine: str) -> list[str]:
-        """The jobs whose copy on ``machine`` waits for a builder-side slot."""
-        return [j for j, run in self._waiting.items() if run.machine.spec.name == machine]
 
     def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
         """These finished jobs' outputs are gone and still needed: they must run again
