@@ -242,3 +242,41 @@ def test_undoing_a_chain_readies_its_first_job_and_demotes_ready_dependents() ->
     assert sorted(g.mark_done("b")) == ["c", "x"]
     with pytest.raises(SchedulerError, match="cannot undo 'c': it is ready"):
         g.mark_undone(["c"])
+
+
+def _left_by_sum(graph: JobGraph) -> float:
+    live = (JobState.PENDING, JobState.READY, JobState.RUNNING)
+    return sum(graph.work(j.id) for j in graph.jobs() if graph.state(j.id) in live)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_work_left_follows_every_transition(seed: int) -> None:
+    """Kept through starts, ends, failures, returns, undos and new estimates, it equals the
+    sum over the jobs not done, failed nor skipped."""
+    rng = random.Random(seed)  # noqa: S311 -- reproducible test input
+    graph = JobGraph(_random_jobs(seed))
+    assert graph.work_left == pytest.approx(graph.total_work())
+    done: list[str] = []
+    for _ in range(60):
+        ready, running = (
+            graph.ready(),
+            [j.id for j in graph.jobs() if graph.state(j.id) is JobState.RUNNING],
+        )
+        move = rng.choice(["start", "end", "fail", "return", "undo", "estimate"])
+        if move == "start" and ready:
+            graph.mark_started(rng.choice(ready))
+        elif move == "end" and running:
+            done.append(job_id := rng.choice(running))
+            graph.mark_done(job_id)
+        elif move == "fail" and running and rng.random() < 0.3:
+            graph.mark_failed(rng.choice(running))
+        elif move == "return" and running:
+            graph.mark_returned(rng.choice(running))
+        elif move == "undo" and done:
+            # Undone with its done dependents' outputs kept: only jobs whose deps are all done.
+            job_id = done.pop()
+            if graph.state(job_id) is JobState.DONE:
+                graph.mark_undone([job_id])
+        elif move == "estimate":
+            graph.update_estimate(rng.choice(list(graph.jobs())).id, rng.uniform(0, 9))
+        assert graph.work_left == pytest.approx(_left_by_sum(graph), abs=1e-9)

@@ -106,6 +106,9 @@ class JobGraph:
         self._dependents = dependents
         self._order = self._topological_order()
         self._work = [job.work_estimate for job in self._jobs]
+        # The estimated work of the jobs not done, failed nor skipped (``work_left``), kept
+        # through every transition rather than summed when asked.
+        self._left = sum(self._work)
         cp = self._cp = [0.0] * n
         for i in reversed(self._order):
             cp[i] = self._work[i] + max(map(cp.__getitem__, dependents[i]), default=0.0)
@@ -207,6 +210,12 @@ class JobGraph:
     def total_work(self) -> float:
         return sum(self._work)
 
+    @property
+    def work_left(self) -> float:
+        """The estimated work of every job still to finish (pending, ready or running; a
+        running job counted whole)."""
+        return max(self._left, 0.0)  # float sums drift: never below nothing
+
     def dependents(self, job_id: str) -> list[str]:
         jobs = self._jobs
         return [jobs[d].id for d in self._dependents[self._index[job_id]]]
@@ -251,6 +260,7 @@ class JobGraph:
         """Record success; returns the jobs that became ready."""
         i = self._expect(job_id, (_RUNNING, _READY), "finish")
         self._move(i, _DONE)
+        self._left -= self._work[i]
         newly: list[str] = []
         waiting = self._waiting
         state = self._state
@@ -274,6 +284,7 @@ class JobGraph:
         undone = [self._expect(job_id, (_DONE,), "undo") for job_id in job_ids]
         for i in undone:
             self._move(i, _PENDING)
+            self._left += self._work[i]
         waiting = self._waiting
         state = self._state
         demoted: list[str] = []
@@ -310,6 +321,7 @@ class JobGraph:
             self._move(d, _SKIPPED)
             gone.append(d)
             queue.extend(self._dependents[d])
+        self._left -= sum(map(self._work.__getitem__, gone))
         self.paths_changed = self._drop_paths(gone)
         jobs = self._jobs
         return [jobs[d].id for d in gone[1:]]
@@ -355,8 +367,14 @@ class JobGraph:
         if work < 0:
             raise SchedulerError(f"job {job_id!r}: negative work estimate {work}")
         i = self._index[job_id]
+        if (
+            (state := self._state[i]) is not _DONE
+            and state is not _FAILED
+            and state is not _SKIPPED
+        ):
+            self._left += work - self._work[i]
         self._work[i] = work
-        if self._state[i] is _FAILED or self._state[i] is _SKIPPED:
+        if state is _FAILED or state is _SKIPPED:
             return []  # its path counts 0 however long it would have been
         cp = self._cp
         changed: list[str] = []
