@@ -69,7 +69,13 @@ from offload.scheduler.policy.queues import Coming, Queues
 from offload.scheduler.policy.ranked import Ranked
 from offload.scheduler.policy.round import Round
 from offload.scheduler.policy.shared import SharedBuilders
-from offload.scheduler.policy.slack import SLACK_SHARE, path_margin, remaining_path, slower_in_slack
+from offload.scheduler.policy.slack import (
+    SLACK_SHARE,
+    ends_past_run,
+    path_margin,
+    remaining_path,
+    slower_in_slack,
+)
 from offload.scheduler.policy.speculation import Speculation, SpeculationRule
 
 __all__ = ["Policy"]
@@ -252,15 +258,29 @@ class Policy(SharedBuilders):
                 rnd.wake = min(rnd.wake, best_start)
                 return
             fallback = fastest_free(cls)
-            if fallback is None:
-                rnd.held.append(job_id)
-                rnd.full.add(cls)
+            if fallback is None or (self._hold and self._ends_past_run(rnd, fallback, job_id, now)):
+                rnd.held.append(job_id)  # for the next round
+                if fallback is None:
+                    rnd.full.add(cls)
                 return
             best = fallback
             best_finish = now + work / best.speed
             if transfer is not None:
                 best_finish += transfer.estimate(graph.job(job_id), best.spec.name)
         self._start(rnd, coming, job_id, best, finish=best_finish, now=now)
+
+    def _ends_past_run(self, rnd: Round, m: Machine, job_id: str, now: float) -> bool:
+        """Whether ``job_id`` on ``m`` would end after the run is expected to (``slack``): a
+        wait for a busy slot, so only where holds are on."""
+        pool = self._pool
+        return ends_past_run(
+            self.graph,
+            job_id,
+            m.speed,
+            fastest=pool.by_speed[0].speed,
+            remaining=self._remaining(rnd, now, self.graph.critical_path(job_id)),
+            capacity=pool.capacity(),
+        )
 
     def _start(
         self,

@@ -7,19 +7,20 @@ best finish is on a busy machine, the job is *held*: it reserves that slot for t
 jobs see the slot as busy until the held job would finish there) and is offered again at the next
 call. At most 4 jobs are held per round, however few slots are free (each reservation makes the
 next job see the queue it would join, so holding more jobs than there are free slots is still
-sound); past that a job takes the fastest free slot. Every hold is re-examined at each call, so the
-cap is what keeps a call cheap on huge graphs (the later, less critical jobs are the right ones for
-slow slots anyway). A running job that has overrun its estimate is assumed to need another quarter
-of its elapsed time. Machines of one speed in a class form a tier whose earliest start is kept
-(no transfer costs) until a slot of one of its machines is released, a hold or claim touches it,
-or a start fills the machine it named; from one call to the next only while that start does not
-depend on the time (a free slot, or busy slots none overdue and the first still ahead). With a
-transfer model every eligible machine is scored, but for ``MissingInputs`` (what ``offload
-build`` plans with) a machine that holds none of a job's inputs pays for all of them, so of
-those the tier's earliest start is the best (or, for a coming job, the tier's first machine free
-by its ready time), and only those and the machines holding inputs are scored (the same machine
-as scoring each: ties go to the earlier start, then to the machine first in the class's order).
-Either way the scan stops at the first machine too slow to beat the best finish found.
+sound); past that a job takes the fastest free slot, unless its path would then end after the run
+is expected to (``slack.ends_past_run``: it waits for the next call). Every hold is re-examined at
+each call, so the cap is what keeps a call cheap on huge graphs (the later, less critical jobs are
+the right ones for slow slots anyway). A running job that has overrun its estimate is assumed to
+need another quarter of its elapsed time. Machines of one speed in a class form a tier whose
+earliest start is kept (no transfer costs) until a slot of one of its machines is released, a hold
+or claim touches it, or a start fills the machine it named; from one call to the next only while
+that start does not depend on the time (a free slot, or busy slots none overdue and the first still
+ahead). With a transfer model every eligible machine is scored, but for ``MissingInputs`` (what
+``offload build`` plans with) a machine that holds none of a job's inputs pays for all of them, so
+of those the tier's earliest start is the best (or, for a coming job, the tier's first machine free
+by its ready time), and only those and the machines holding inputs are scored (the same machine as
+scoring each: ties go to the earlier start, then to the machine first in the class's order). Either
+way the scan stops at the first machine too slow to beat the best finish found.
 
 Coming work. Each round, the most critical coming jobs (up to the hold budget, and only those with
 less slack than their own work) are placed like held jobs before any ready job less critical than

@@ -168,6 +168,10 @@ class Pool:
             self.class_list.append(cls)
         return cls
 
+    def capacity(self) -> float:
+        """Work per second of every machine that is up, all its slots busy."""
+        return sum(m.speed * m.spec.slots for m in self.by_speed if m.up)
+
     def take_slot(self, m: Machine, job_id: str, now: float, end: float) -> Run:
         self._copy_seq += 1
         run = Run(m, now, end, self._copy_seq)

@@ -18,6 +18,13 @@ few huge builds decide the critical path, a huge build off by 30% turns the smal
 to it from side work into critical work: sent to slow machines, they made it start late
 (simulated skewed graphs with 30% estimate noise, docs/BENCHMARKS.md "seeds-ideas"). On graphs
 of many small builds the margin is small and the rule acts as before.
+
+The other way round, a job does not take a slot so slow that its path would end after the run
+is expected to (``ends_past_run``): when the longest remaining path does on the fastest
+machine, or the work left spread over the whole pool, whichever is later. It is asked where a
+job would otherwise take the fastest free slot for want of holds (``placement``): a long build
+sent there because the round's holds were spent made the whole run wait for it (simulated: a
+first run's every estimate is the same guess, so which build is long is learnt late).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ __all__ = [
     "PATH_NOISE",
     "SLACK_SHARE",
     "ends_in_slack",
+    "ends_past_run",
     "path_margin",
     "remaining_path",
     "slower_in_slack",
@@ -96,6 +104,20 @@ def _room(
     fastest = cls.machines[0].speed
     slack = remaining - margin - graph.critical_path(job_id)
     return now + share * (slack + graph.work(job_id)) / fastest
+
+
+def ends_past_run(
+    graph: JobGraph, job_id: str, speed: float, *, fastest: float, remaining: float, capacity: float
+) -> bool:
+    """Whether ``job_id`` started now on a machine of ``speed`` would end its path (its work
+    there, the rest of its critical path at speed ``fastest``) after the run is expected to
+    end: the longest ``remaining`` path at that speed, or the work left over the pool's
+    ``capacity``, whichever is later (module docstring)."""
+    path, work = graph.critical_path(job_id), graph.work(job_id)
+    ends = work / speed + (path - work) / fastest
+    # A tie is no later: equal guesses make ties common, and ``work_left``'s float sum must
+    # not decide them by its rounding.
+    return ends > max(remaining / fastest, graph.work_left / capacity) * (1 + 1e-9)
 
 
 def path_margin(graph: JobGraph) -> float:
