@@ -131,6 +131,20 @@ def test_waiting_derivations_take_the_slots_they_will_get() -> None:
     assert (slow_after.free, slow_after.busy_ends) == (0, (REMOTE_OVERHEAD + 4,))
 
 
+def test_a_waiter_behind_queued_ones_takes_a_free_slower_slot() -> None:
+    """What the dispatch's pick decides: alone, a short derivation waits for the fast builder's
+    next slot; behind two longer ones waiting for the same builder (they are asked first and
+    take its slots), the idle slow builder finishes it sooner."""
+    fast = builder("fast", 4, free=0, busy_ends=(1.0, 1.0))
+    slow = builder("slow", 1, free=1)
+    unable = LocalOffer(1, False)
+    alone = choose(request(), [fast, slow], unable, work=2, now=0, queue=True)
+    assert (alone.machine, alone.waits) == ("fast", True)
+    behind = place_queued([fast, slow], [8.0, 8.0], now=0)
+    choice = choose(request(), behind, unable, work=2, now=0, queue=True)
+    assert (choice.reply, choice.machine, choice.waits) == (Reply.ACCEPT, "slow", False)
+
+
 def test_an_overdue_slot_is_still_busy_when_waiters_are_placed() -> None:
     held = builder("b", 1, free=0, busy_ends=(5.0,))
     [after] = place_queued([held], [], now=100)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from offload.hook.dispatch import Dispatch, Placement
+from offload.hook.dispatch import Dispatch, Placement, Wait
 
 
 def _slot_fd() -> int:
@@ -18,15 +18,15 @@ def test_the_longest_waiting_derivation_takes_a_freed_slot_first() -> None:
         free = {"slots": 0}
         order: list[str] = []
 
-        def pick(name: str) -> Placement | None:
+        def pick(name: str) -> Placement | Wait:
             if free["slots"] == 0:
-                return None
+                return Wait.QUEUED
             free["slots"] -= 1
             order.append(name)
             return Placement("b", _slot_fd(), 0.0)
 
         async def wait(name: str, work: float) -> None:
-            placement = await dispatch.take(work, lambda: pick(name))
+            placement = await dispatch.take(work, lambda _ahead: pick(name))
             os.close(placement.fd)
 
         short = asyncio.create_task(wait("short", 1.0))
@@ -51,7 +51,7 @@ def test_a_failing_pick_fails_only_its_own_waiter() -> None:
     async def go() -> str:
         dispatch = Dispatch(tick=60)
 
-        def broken() -> Placement | None:
+        def broken(_ahead: tuple[float, ...]) -> Placement | Wait:
             raise RuntimeError("no builder left")
 
         try:
@@ -68,7 +68,7 @@ def test_a_failing_pick_fails_only_its_own_waiter() -> None:
 def test_a_cancelled_waiter_leaves_the_queue() -> None:
     async def go() -> list[float]:
         dispatch = Dispatch(tick=60)
-        waiter = asyncio.create_task(dispatch.take(3.0, lambda: None))
+        waiter = asyncio.create_task(dispatch.take(3.0, lambda _ahead: Wait.QUEUED))
         while not dispatch.queued():
             await asyncio.sleep(0)
         waiter.cancel()
@@ -77,3 +77,41 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
         return dispatch.queued()
 
     assert asyncio.run(go()) == []
+
+
+def test_each_pick_counts_the_waiters_before_it_that_stay_queued() -> None:
+    """A waiter that stays queued takes its slot before the shorter ones asked after it, so
+    they are told of it; one set aside (its builders backed off) takes none and is not."""
+
+    async def go() -> dict[str, tuple[float, ...]]:
+        dispatch = Dispatch(tick=60)
+        seen: dict[str, tuple[float, ...]] = {}
+        answers = {"long": Wait.QUEUED, "aside": Wait.ASIDE, "mid": Wait.QUEUED}
+
+        def pick(name: str, ahead: tuple[float, ...]) -> Placement | Wait:
+            seen[name] = ahead
+            answer = answers.get(name)
+            return Placement("b", _slot_fd(), 0.0) if answer is None else answer
+
+        async def wait(name: str, work: float) -> None:
+            placement = await dispatch.take(work, lambda ahead: pick(name, ahead))
+            os.close(placement.fd)
+
+        tasks = {
+            name: asyncio.create_task(wait(name, work))
+            for name, work in (("short", 1.0), ("mid", 5.0), ("aside", 20.0), ("long", 50.0))
+        }
+        while "short" not in seen or len(dispatch.queued()) < 3:
+            await asyncio.sleep(0)
+        await tasks["short"]
+        for name in ("long", "aside", "mid"):
+            tasks[name].cancel()
+        await asyncio.wait(list(tasks.values()))
+        await dispatch.aclose()
+        return seen
+
+    seen = asyncio.run(go())
+    assert seen["long"] == ()
+    assert seen["aside"] == (50.0,)
+    assert seen["mid"] == (50.0,)
+    assert seen["short"] == (50.0, 5.0)

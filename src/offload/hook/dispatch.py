@@ -5,21 +5,31 @@ asks about it again only after its poll interval (5 s), however soon the slot fr
 coordinator instead accepts it (Nix does not care how long a hook takes after accepting, nor on
 which machine it really builds) and keeps it here until a slot is worth taking. Each waiter
 brings a ``pick``: given the builders now, the slot it should take now (held, with its expected
-end written in), or None to keep waiting because a busy builder still finishes it sooner. The
+end written in), or ``Wait.QUEUED`` to keep waiting because a busy builder still finishes it
+sooner (``Wait.ASIDE``: it cannot be placed at all until its builders' backoff ends). The
 dispatcher asks waiters longest work first, so when a fast slot frees the derivation that gains
 most from it takes it; it asks again whenever one of our builds ends (``notify``) and at least
 every ``TICK`` seconds, for slots freed by other processes and expected ends that have passed.
+
+Each pick is given the works of the waiters asked before it that stay queued: they take the
+slots they wait for first, so a waiter counts them there (``decide.place_queued``). Without
+them every waiter saw the same next slot of the fastest builder as its own, all of them waited
+for it, and a free slot on a slower builder stood idle although the queue on the fast one would
+finish them later: on the bench's layered graph the fast builder was kept 18% busier than
+``offload build`` keeps it and the slow one a third as busy, and the wide graph took 27.8 s
+where it now takes 23.0 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["TICK", "Dispatch", "Placement"]
+__all__ = ["TICK", "Dispatch", "Pick", "Placement", "Wait"]
 
 TICK = 0.25
 
@@ -31,10 +41,21 @@ class Placement:
     expected_end: float
 
 
+class Wait(enum.Enum):
+    """Why a pick placed nothing."""
+
+    QUEUED = "queued"  # waits for a busy builder's slot: the waiters after it count it there
+    ASIDE = "aside"  # its builders are backed off: it waits for no slot meanwhile
+
+
+# Given the works of the waiters asked before it that stay queued: the slot to take, or why not.
+Pick = Callable[[tuple[float, ...]], Placement | Wait]
+
+
 @dataclass(eq=False)
 class _Waiter:
     work: float
-    pick: Callable[[], Placement | None]
+    pick: Pick
     placed: asyncio.Future[Placement] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -55,7 +76,7 @@ class Dispatch:
         """A slot may have freed (one of our builds ended): look again now."""
         self._wake.set()
 
-    async def take(self, work: float, pick: Callable[[], Placement | None]) -> Placement:
+    async def take(self, work: float, pick: Pick) -> Placement:
         """Wait until ``pick`` places the derivation; its slot is then the caller's to free."""
         waiter = _Waiter(work, pick)
         self._waiters.append(waiter)
@@ -74,15 +95,18 @@ class Dispatch:
     async def _run(self) -> None:
         while any(not w.placed.done() for w in self._waiters):
             self._wake.clear()
+            ahead: list[float] = []  # works of the waiters asked so far that stay queued
             for waiter in sorted(self._waiters, key=lambda w: -w.work):
                 if waiter.placed.done():
                     continue
                 try:
-                    placement = waiter.pick()
+                    placement = waiter.pick(tuple(ahead))
                 except Exception as exc:  # noqa: BLE001 - the waiter's own failure, given to it
                     waiter.placed.set_exception(exc)
                     continue
-                if placement is not None:
+                if placement is Wait.QUEUED:
+                    ahead.append(waiter.work)
+                elif placement is not Wait.ASIDE:
                     waiter.placed.set_result(placement)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)

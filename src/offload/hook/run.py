@@ -38,7 +38,7 @@ from offload.history.records import BuildRecord
 from offload.hook.backed_off import say_declined, say_left_out, to_retry
 from offload.hook.context import HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, place_queued
-from offload.hook.dispatch import Placement
+from offload.hook.dispatch import Placement, Wait
 from offload.hook.full import MOVED_NOTE, WAIT_NOTE
 from offload.hook.guard import Guard
 from offload.hook.links import BuilderFullError, Unreachable
@@ -85,23 +85,29 @@ def _decide(
 
 
 def _pick(
-    context: HookContext, request: TryRequest, work: float, excluded: set[str]
-) -> Placement | None:
-    """For an accepted derivation waiting in the dispatch: the slot to take now, if any."""
+    context: HookContext,
+    request: TryRequest,
+    work: float,
+    excluded: set[str],
+    ahead: tuple[float, ...],
+) -> Placement | Wait:
+    """For an accepted derivation waiting in the dispatch: the slot to take now, if any.
+    ``ahead``: the works of the waiters that take a slot before this one (``dispatch``)."""
     now = time.time()
     unable = LocalOffer(1.0, can_build=False)  # accepted: Nix will not build it here
     builders = context.builders(now, excluded, full=_full(context, set(), now))
+    builders = place_queued(builders, ahead, now)
     choice = choose(request, builders, unable, work=work, now=now, queue=True)
     if choice.stuck:
-        return None  # its builders are backed off: they are tried again once that ends
+        return Wait.ASIDE  # its builders are backed off: they are tried again once that ends
     if choice.reply is Reply.DECLINE:
         raise OffloadError(f"no builder is left to build {request.drv_path} ({choice.reason})")
     if choice.reply is not Reply.ACCEPT or choice.waits:
-        return None
+        return Wait.QUEUED
     machine = context.machine(str(choice.machine))
     until = choice.expected_end
     fd = context.slots.try_acquire(slot_key(machine.uri), machine.max_jobs, until=until)
-    return None if fd is None else Placement(machine.name, fd, until or now)
+    return Wait.QUEUED if fd is None else Placement(machine.name, fd, until or now)
 
 
 @contextlib.asynccontextmanager
@@ -260,7 +266,9 @@ async def _build_where_a_slot_frees(
         _wait_full(context, origin, waiting)
     try:
         while True:
-            placement = await dispatch.take(work, lambda: _pick(context, request, work, excluded))
+            placement = await dispatch.take(
+                work, lambda ahead: _pick(context, request, work, excluded, ahead)
+            )
             why = _why_moved(context, origin, placement.machine, excluded)
             for name in waiting:
                 builders_full.left(name)
