@@ -157,9 +157,9 @@ def _cannot_tell(name: str, error: str) -> Check:
 
 
 def systems_check(
-    claimed: Sequence[str], config: NixConfig | None, error: str, where: str = "the machines line"
+    claimed: Sequence[str], config: NixConfig | None, error: str, line: str = "the machines line"
 ) -> Check:
-    """The systems the machines line at ``where`` claims, against the builder's."""
+    """The systems the machines line at ``line`` claims, against the builder's."""
     if not config or "system" not in config:
         return _cannot_tell("systems", error)
     real = {config["system"]} | _words(config, "extra-platforms")
@@ -169,7 +169,7 @@ def systems_check(
             "systems",
             Verdict.FAIL,
             f"claims {', '.join(lacking)}, but the builder builds only {', '.join(sorted(real))}",
-            f"remove them from column 2 of {where}, or add them to the builder's "
+            f"remove them from column 2 of {line}, or add them to the builder's "
             "extra-platforms (with binfmt emulation for other CPUs)",
         )
     unclaimed = sorted(real - set(claimed))
@@ -182,9 +182,9 @@ def features_check(
     mandatory: Collection[str],
     config: NixConfig | None,
     error: str,
-    where: str = "the machines line",
+    line: str = "the machines line",
 ) -> Check:
-    """The features the machines line at ``where`` claims, against the builder's."""
+    """The features the machines line at ``line`` claims, against the builder's."""
     if not config or "system-features" not in config:
         return _cannot_tell("features", error)
     real = _words(config, "system-features")
@@ -195,7 +195,7 @@ def features_check(
             "features",
             Verdict.FAIL,
             f"claims {', '.join(lacking)}, which the builder lacks: builds needing it fail there",
-            f"remove it from columns 6-7 of {where}, or add it to system-features "
+            f"remove it from columns 6-7 of {line}, or add it to system-features "
             "in the builder's nix.conf (NixOS: nix.settings.system-features)",
         )
     unclaimed = sorted(real - claimed)
@@ -205,7 +205,7 @@ def features_check(
             Verdict.WARN,
             f"the builder has {', '.join(unclaimed)}, not claimed: "
             "builds needing it never go there",
-            f"add it to column 6 (supported features) of {where}",
+            f"add it to column 6 (supported features) of {line}",
         )
     return Check("features", Verdict.OK, ", ".join(sorted(claimed)) or "none")
 

@@ -73,10 +73,10 @@ def resolve_check(
     addresses: Sequence[str],
     error: str | None,
     alias: str,
-    where: str = "the machines line",
+    line: str = "the machines line",
 ) -> Check:
     """The name ssh would connect to resolved to ``addresses``, or failed with ``error``;
-    ``where`` is the machines line (file:line) that names ``alias``."""
+    ``line`` is the machines line (file:line) that names ``alias``."""
     name = config.hostname if config.hostname == alias else f"{alias} -> {config.hostname}"
     if config.proxy is not None:
         return Check("resolve", Verdict.OK, f"{name}, reached through {config.proxy}")
@@ -85,7 +85,7 @@ def resolve_check(
             "resolve",
             Verdict.FAIL,
             f"{name} does not resolve: {error or 'no addresses'}",
-            f"check the host name in {where}, or add a Host alias with HostName "
+            f"check the host name in {line}, or add a Host alias with HostName "
             "to the ssh config (NIX_SSHOPTS=-F FILE for a config of its own)",
         )
     return Check("resolve", Verdict.OK, f"{name} ({', '.join(dict.fromkeys(addresses))})")
@@ -144,8 +144,8 @@ def ssh_check(
     """``ssh ... true`` ended with ``returncode`` after printing ``stderr``. ``key_place`` is
     where the machines line names ``key`` (``ssh_keys.key_place``); None when ``key`` is the
     ssh config's. ``line`` is the machines line (file:line) that names the builder."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    last = lines[-1] if lines else "(ssh printed nothing)"
+    said = [text.strip() for text in stderr.splitlines() if text.strip()]
+    last = said[-1] if said else "(ssh printed nothing)"
     key_name = key or "your ssh key"
     if "UNPROTECTED PRIVATE KEY FILE" in stderr:
         fix = f"chmod 600 {key_name}: ssh ignores a private key that others may read"
