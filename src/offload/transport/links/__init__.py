@@ -7,7 +7,7 @@ process tree when a request was cut short, or on ``link.cancel(client)``.
 Where the sessions come from is a ``SessionTransport`` (``base``): ``SshTransport``
 (``ssh_master``: one ControlMaster connection per builder, sessions multiplexed over it, remote
 kills sent over it too) or ``LocalTransport`` (``local``: a local ``nix-store --serve
---write``). ``MachineLink`` and ``LocalLink`` are links over each.
+--write``). ``MachineLink`` (``machine``) and ``LocalLink`` are links over each.
 """
 
 from offload.transport.links.base import (
@@ -18,8 +18,9 @@ from offload.transport.links.base import (
     open_serve,
 )
 from offload.transport.links.local import LocalLink, LocalTransport
+from offload.transport.links.machine import MachineLink
 from offload.transport.links.pool import BuilderFullError, Link
-from offload.transport.links.ssh_master import MachineLink, SshTransport
+from offload.transport.links.ssh_master import SshTransport
 
 __all__ = [
     "BuilderFullError",

@@ -1,6 +1,6 @@
 """A builder over ssh: ``SshTransport`` keeps one ControlMaster connection per builder and
 multiplexes sessions (serve, or the daemon's for ssh-ng://) over it (remote kills go over it
-too); ``MachineLink`` pools them.
+too).
 
 The master is started on first use and again if it died. It reports readiness on its stdout
 (``MASTER_READY``); its stderr is drained all along, both so that ssh never blocks on a full pipe
@@ -12,7 +12,8 @@ daemon's for ssh-ng://) as soon as it starts. A normal builder's ``cat`` swallow
 whose key runs only that protocol's program answers it instead of saying it is ready, which
 tells at once, on the connection every run opens anyway, that the builder is *restricted*
 (``SshTransport.restricted``): its sessions are then started as the bare program, and
-commands of our own (``run``, ``kill``) cannot be run there.
+commands of our own (``run``, ``kill``) cannot be run there. ``MachineLink`` (``machine``) pools
+its sessions.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import contextlib
 import os
 import shutil
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from offload.errors import SshError
 from offload.process import run_async, spawn
 from offload.tasks import stop
-from offload.transport.dialect import SERVE, Dialect, dialect_of
+from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
     KILL_GRACE,
@@ -38,7 +39,6 @@ from offload.transport.links.base import (
     drain_dead,
     open_serve,
 )
-from offload.transport.links.pool import Link
 from offload.transport.scratch import private_dir
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
@@ -51,29 +51,15 @@ from offload.transport.ssh import (
     remote_command,
     serve_argv,
     ssh_argv,
-    ssh_target,
 )
 from offload.transport.ssh_keys import key_trouble
-from offload.typing_compat import override
 
-if TYPE_CHECKING:
-    from offload.config.machines import Machine
-
-__all__ = ["MachineLink", "SshTransport"]
+__all__ = ["SshTransport"]
 
 # How long a master may take to leave once its stdin is closed.
 _MASTER_EXIT = 2.0
 # Authentication can stall after the TCP connect that ConnectTimeout covers.
 _AUTH_SLACK = 15.0
-# Deletes partial outputs: $1 nix-store, $2 its --store URI or "", then the paths. A valid path
-# (or one that is not there) is never touched; one that cannot go yet does not stop the rest.
-_REMOVE_PARTIAL = r"""nix=$1; store=$2; shift 2
-for p; do
-  [ -n "$store" ] || [ -e "$p" ] || continue
-  "$nix" ${store:+--store "$store"} --check-validity "$p" >/dev/null 2>&1 && continue
-  "$nix" ${store:+--store "$store"} --delete "$p" >/dev/null || failed=1
-done
-exit ${failed:-0}"""
 # A remote stop after the connection was lost: ssh's ConnectTimeout (it covers the banner too).
 KILL_CONNECT_TIMEOUT = 3
 
@@ -380,88 +366,3 @@ class SshTransport:
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
                 self._dir = None
-
-
-class MachineLink(Link):
-    """A builder reached over ssh: one master connection, up to ``max_sessions`` sessions, and
-    builds holding one of ``builder_slots`` slot locks on the builder (0: none)."""
-
-    def __init__(
-        self,
-        target: SshTarget,
-        *,
-        name: str,
-        params: Mapping[str, str] | None = None,
-        max_sessions: int = 2,
-        env: Mapping[str, str] | None = None,
-        substitute: bool = False,
-        connect_timeout: int = CONNECT_TIMEOUT,
-        dialect: Dialect = SERVE,
-        builder_slots: int = 0,
-        transport: SshTransport | None = None,
-    ) -> None:
-        # ``transport``: one made for this builder already, e.g. its master started early.
-        self.ssh = transport or SshTransport(
-            target,
-            name=name,
-            params=params,
-            env=env,
-            connect_timeout=connect_timeout,
-            dialect=dialect,
-        )
-        # Builds hold one of ``builder_slots`` on the builder itself (``Link.build_session``).
-        super().__init__(
-            self.ssh,
-            max_sessions=max_sessions,
-            substitute=substitute,
-            builder_slots=builder_slots,
-            slot_start=self.ssh.start,
-        )
-        self._params = dict(params or {})
-
-    @override
-    def _release(self) -> None:
-        self.ssh.release()
-
-    async def remove_partial(self, paths: Sequence[str]) -> None:
-        """Delete what a failed build left of ``paths`` in the builder's store: each path that
-        exists there and is not valid (``offload.scheduler.run.disk``)."""
-        params = self._params
-        program, store = params.get("remote-program") or "nix-store", params.get("remote-store")
-        script = ["sh", "-c", _REMOVE_PARTIAL, "sh", program, store or "", *paths]
-        code, _, err = await self.ssh.run(script)
-        if code != 0:
-            raise SshError(
-                f"cannot delete partial outputs on builder '{self.name}': {err.strip()[-300:]}"
-            )
-
-    @classmethod
-    def from_machine(
-        cls,
-        machine: Machine,
-        *,
-        env: Mapping[str, str] | None = None,
-        substitute: bool | None = None,
-        max_sessions: int | None = None,
-        connect_timeout: int = CONNECT_TIMEOUT,
-        transport: SshTransport | None = None,
-    ) -> MachineLink:
-        """A link sized for ``machine``: its slots plus one session for copying.
-
-        ``substitute`` defaults to the machine's ``builders-use-substitutes`` URI parameter;
-        ``transport``, the machine's own, made already (``offload.transport.links.early``).
-        """
-        if substitute is None:
-            substitute = machine.params.get("builders-use-substitutes", "false") == "true"
-        return cls(
-            ssh_target(machine),
-            name=machine.name,
-            params=machine.params,
-            max_sessions=max_sessions if max_sessions is not None else machine.max_jobs + 1,
-            env=env,
-            substitute=substitute,
-            connect_timeout=connect_timeout,
-            dialect=dialect_of(machine),
-            builder_slots=machine.max_jobs,
-            transport=transport,
-        )

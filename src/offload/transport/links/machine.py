@@ -1,0 +1,116 @@
+"""A builder reached over ssh as a ``Link``: sessions lent out of one ``SshTransport``
+(``ssh_master``), builds holding builder-side slots, and what a failed build left in the
+builder's store deleted over the same master.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from offload.errors import SshError
+from offload.transport.dialect import SERVE, Dialect, dialect_of
+from offload.transport.links.pool import Link
+from offload.transport.links.ssh_master import SshTransport
+from offload.transport.ssh import CONNECT_TIMEOUT, SshTarget, ssh_target
+from offload.typing_compat import override
+
+if TYPE_CHECKING:
+    from offload.config.machines import Machine
+
+__all__ = ["MachineLink"]
+
+# Deletes partial outputs: $1 nix-store, $2 its --store URI or "", then the paths. A valid path
+# (or one that is not there) is never touched; one that cannot go yet does not stop the rest.
+_REMOVE_PARTIAL = r"""nix=$1; store=$2; shift 2
+for p; do
+  [ -n "$store" ] || [ -e "$p" ] || continue
+  "$nix" ${store:+--store "$store"} --check-validity "$p" >/dev/null 2>&1 && continue
+  "$nix" ${store:+--store "$store"} --delete "$p" >/dev/null || failed=1
+done
+exit ${failed:-0}"""
+
+
+class MachineLink(Link):
+    """A builder reached over ssh: one master connection, up to ``max_sessions`` sessions, and
+    builds holding one of ``builder_slots`` slot locks on the builder (0: none)."""
+
+    def __init__(
+        self,
+        target: SshTarget,
+        *,
+        name: str,
+        params: Mapping[str, str] | None = None,
+        max_sessions: int = 2,
+        env: Mapping[str, str] | None = None,
+        substitute: bool = False,
+        connect_timeout: int = CONNECT_TIMEOUT,
+        dialect: Dialect = SERVE,
+        builder_slots: int = 0,
+        transport: SshTransport | None = None,
+    ) -> None:
+        # ``transport``: one made for this builder already, e.g. its master started early.
+        self.ssh = transport or SshTransport(
+            target,
+            name=name,
+            params=params,
+            env=env,
+            connect_timeout=connect_timeout,
+            dialect=dialect,
+        )
+        # Builds hold one of ``builder_slots`` on the builder itself (``Link.build_session``).
+        super().__init__(
+            self.ssh,
+            max_sessions=max_sessions,
+            substitute=substitute,
+            builder_slots=builder_slots,
+            slot_start=self.ssh.start,
+        )
+        self._params = dict(params or {})
+
+    @override
+    def _release(self) -> None:
+        self.ssh.release()
+
+    async def remove_partial(self, paths: Sequence[str]) -> None:
+        """Delete what a failed build left of ``paths`` in the builder's store: each path that
+        exists there and is not valid (``offload.scheduler.run.disk``)."""
+        params = self._params
+        program, store = params.get("remote-program") or "nix-store", params.get("remote-store")
+        script = ["sh", "-c", _REMOVE_PARTIAL, "sh", program, store or "", *paths]
+        code, _, err = await self.ssh.run(script)
+        if code != 0:
+            raise SshError(
+                f"cannot delete partial outputs on builder '{self.name}': {err.strip()[-300:]}"
+            )
+
+    @classmethod
+    def from_machine(
+        cls,
+        machine: Machine,
+        *,
+        env: Mapping[str, str] | None = None,
+        substitute: bool | None = None,
+        max_sessions: int | None = None,
+        connect_timeout: int = CONNECT_TIMEOUT,
+        transport: SshTransport | None = None,
+    ) -> MachineLink:
+        """A link sized for ``machine``: its slots plus one session for copying.
+
+        ``substitute`` defaults to the machine's ``builders-use-substitutes`` URI parameter;
+        ``transport``, the machine's own, made already (``offload.transport.links.early``).
+        """
+        if substitute is None:
+            substitute = machine.params.get("builders-use-substitutes", "false") == "true"
+        return cls(
+            ssh_target(machine),
+            name=machine.name,
+            params=machine.params,
+            max_sessions=max_sessions if max_sessions is not None else machine.max_jobs + 1,
+            env=env,
+            substitute=substitute,
+            connect_timeout=connect_timeout,
+            dialect=dialect_of(machine),
+            builder_slots=machine.max_jobs,
+            transport=transport,
+        )
