@@ -19,7 +19,9 @@ Per build (median over the run's builds): ``set-up`` from its first mark to "bui
 too: ``offload --version`` (imports and parser, nothing else) and a bare ``python -c pass``.
 
 The section builds ``TRIVIAL`` trivial derivations remote-only and one generated graph with
-``offload build --json``, ``reps`` times, fresh outputs each time.
+``offload build --json``, ``reps`` times, fresh outputs each time, each case twice in a row: over
+new ssh connections (the masters kept by earlier runs closed first, ``close_kept``), then over the
+connections that run kept (``offload.transport.persist``), as a user's next run finds them.
 """
 
 from __future__ import annotations
@@ -30,18 +32,22 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tests.helpers.fleets import stop_masters
 
 from bench.context import log
 from bench.graphs import generate
 from bench.measure import run_timed
 from bench.tools import offload_argv
 from offload.dagfile import Dag, DagNode, to_nix_expression
+from offload.transport.persist import control_dir
 
 if TYPE_CHECKING:
     from bench.context import Bench, Options, Save
 
-__all__ = ["PHASES", "fixed_costs_section", "json_events", "per_build", "phases"]
+__all__ = ["PHASES", "close_kept", "fixed_costs_section", "json_events", "per_build", "phases"]
 
 # (phase, the mark that ends it); None: ended by the job events or the exit.
 PHASES = (
@@ -142,6 +148,12 @@ def _offload(bench: Bench, argv: Sequence[str], dag: Dag, label: str, jobs: int)
     }
 
 
+def close_kept(env: Mapping[str, str]) -> None:
+    """Stop the ssh masters offload keeps in the state directory ``env`` names, and wait until
+    they are gone: the next run connects anew."""
+    stop_masters(control_dir(Path(env["OFFLOAD_STATE_DIR"])))
+
+
 def _bare(argv: Sequence[str], env: Mapping[str, str]) -> float | None:
     done = run_timed(argv, env=env, timeout=60)
     return round(done.elapsed, 4) if done.returncode == 0 else None
@@ -168,9 +180,14 @@ def fixed_costs_section(bench: Bench, opts: Options, save: Save) -> dict[str, An
         section["version_s"].append(_bare([*argv, "--version"], bench.env))
         section["python_s"].append(_bare([sys.executable, "-c", "pass"], bench.env))
         for label, (dag, jobs) in cases.items():
-            log(f"fixed costs: {label}, rep {rep + 1}")
-            record = _offload(bench, argv, dag, f"r{rep}-{len(dag.nodes)}", jobs)
-            section["cases"].setdefault(label, []).append(record)
-            log(f"  -> {record['status']} in {record['wall_s']:.1f} s")
-            save("fixed_costs", section)
+            for connections in ("new", "kept"):
+                if connections == "new":
+                    close_kept(bench.env)
+                case = f"{label}, {connections} connections"
+                log(f"fixed costs: {case}, rep {rep + 1}")
+                tag = f"r{rep}-{connections}-{len(dag.nodes)}"
+                record = _offload(bench, argv, dag, tag, jobs)
+                section["cases"].setdefault(case, []).append(record)
+                log(f"  -> {record['status']} in {record['wall_s']:.1f} s")
+                save("fixed_costs", section)
     return section

@@ -4,6 +4,7 @@ and plot per graph) and the per-build overhead of trivial derivations.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,13 @@ from bench.report_format import (
     ok_text,
     seconds_text,
 )
-from bench.report_summaries import TARGETS, GraphSummary, summarize_graph, summarize_overhead
+from bench.report_summaries import (
+    TARGETS,
+    GraphSummary,
+    OverheadSummary,
+    summarize_graph,
+    summarize_overhead,
+)
 from bench.stats import text
 
 
@@ -137,6 +144,26 @@ def overhead_targets(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _cold_line(results: Mapping[str, Any], overhead: OverheadSummary) -> list[str]:
+    """offload's runs here find the ssh connections the run before kept, as a user's next run
+    does; the same over new connections, from the fixed-costs section, beside it."""
+    cases = (results.get("fixed_costs") or {}).get("cases", {})
+    label = f"{overhead.derivations} trivial (-j 0), new connections"
+    new = [float(r["wall_s"]) for r in cases.get(label, []) if r.get("status") == "ok"]
+    if not new or overhead.nix is None:
+        return []
+    cold = statistics.median(new)
+    return [
+        "",
+        (
+            "offload's runs here find the ssh connections its run before kept (two idle "
+            "minutes, `offload.transport.persist`), as a user's next run does. Over new "
+            f"connections (fixed costs below, {len(new)} runs): {cold:.2f} s, Nix / offload "
+            f"{overhead.nix.median / cold:.2f}."
+        ),
+    ]
+
+
 def overhead_body(results: Mapping[str, Any], _plots: Mapping[str, str]) -> list[str]:
     overhead = summarize_overhead(results["overhead"]) if results.get("overhead") else None
     lines: list[str] = []
@@ -167,6 +194,7 @@ def overhead_body(results: Mapping[str, Any], _plots: Mapping[str, str]) -> list
             ),
             "",
             f"Speedup Nix / offload: {text(overhead.speedup)}. Status: {overhead.verdict}.",
+            *_cold_line(results, overhead),
         ]
         for tool, label in (("nix", "Nix hook"), ("offload", "offload"), ("local", "local")):
             for failure in failures(results["overhead"]["runs"], tool):

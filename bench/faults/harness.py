@@ -6,7 +6,8 @@ left on any store (this host's is shared with other work) is found by name: a *p
 an entry of a store directory with the tag that the store does not hold as valid; a *broken*
 one is valid but fails ``nix-store --verify-path``. Leftovers are processes of the run still
 alive (on members: anything whose command line has the tag, or a serve program once the run is
-over; here: ssh processes using the run's temporary directory) and held slot locks of the
+over; here: ssh processes using the run's temporary directory, but for the ssh master kept for
+the next run, ``offload.transport.persist``, stopped once audited) and held slot locks of the
 members (``offload.slots``).
 """
 
@@ -26,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.fleets import member_processes
+from tests.helpers.fleets import member_processes, stop_masters
 
 from offload.fleet import Fleet, Member
 from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
+from offload.transport.persist import control_dir
 
 # Builds run without a sandbox and with an empty PATH (see tests/helpers/nix_files.py).
 GRAPH = """let
@@ -263,12 +265,15 @@ def audit(fleet: Fleet, tag: str, work: Path, *, settle: float = 10.0) -> Leftov
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (OSError, UnicodeDecodeError):
                 continue
+            if cmd.startswith("ssh: ") and cmd.rstrip().endswith("[mux]"):
+                continue  # a master kept for the next run (offload.transport.persist)
             if str(work / "tmp") in cmd or (tag in cmd and "nsenter" not in cmd):
                 left.append(f"local:{entry.name}:{cmd[:80]}")
         return left
 
     wait_until(lambda: not processes(), settle)
     found.processes = processes()
+    stop_masters(control_dir(work / "tmp" / "state"))  # the next run gets a state of its own
     locks = SlotLocks(NIX_CURRENT_LOAD) if os.access(NIX_CURRENT_LOAD, os.W_OK) else None
     for member in fleet.members:
 

@@ -3,7 +3,8 @@
 ``fleet`` is the three-member fleet (fast:4:2, medium:2:2, slow:1:2) shared by the session.
 A module whose tests kill members or edit them gets a fleet of its own from
 ``private_fleet_fixture``, so the shared one is never changed. The functions read what a
-fleet's members are and do.
+fleet's members are and do. The ssh masters a test's runs leave in its state directory
+(``offload.transport.persist``: ``<tmp_path>/state/ssh``) are stopped when the test ends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,7 @@ import pytest
 from offload.config.machines import Machine, parse_machines
 from offload.config.machines.uri import parse_store_uri
 from offload.fleet import DEFAULT_SPECS, Fleet, Member, MemberSpec, fleet_down, fleet_up
+from tests.helpers.processes import running
 
 
 @contextlib.contextmanager
@@ -56,6 +59,40 @@ def private_fleet_fixture(
 
     started.__doc__ = doc
     return pytest.fixture(scope=scope)(started)
+
+
+@pytest.fixture(autouse=True)
+def _persistent_masters_end_with_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    tmp_path = request.node.funcargs.get("tmp_path")
+    if isinstance(tmp_path, Path):
+        stop_masters(tmp_path / "state" / "ssh")
+
+
+def persistent_masters(control_dir: Path) -> list[int]:
+    """Pids of the background ssh masters serving sockets in ``control_dir``."""
+    masters = []
+    for pid in ssh_using(control_dir):
+        with contextlib.suppress(OSError):
+            if b"[mux]" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                masters.append(pid)
+    return masters
+
+
+def stop_masters(control_dir: Path, timeout: float = 10.0) -> None:
+    """Stop the persistent ssh masters (and their sessions) whose sockets are in
+    ``control_dir``, and wait until they are gone: SIGTERM, on which ssh closes the connection
+    and removes its socket; SIGKILL for any still there after ``timeout`` s."""
+    pids = ssh_using(control_dir)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while (pids := [pid for pid in pids if running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not pids:
+            return
 
 
 fleet = private_fleet_fixture(

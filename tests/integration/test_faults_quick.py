@@ -50,7 +50,7 @@ def test_a_frozen_builder_is_noticed_in_time_and_its_work_done_elsewhere(suite):
 def test_a_full_disk_on_a_builder_moves_the_build_and_leaves_nothing_there(suite):
     trial = run(suite, "store full")
     assert trial.correct, trial
-    assert trial.left.partial == []
+    assert trial.left.partial == [], trial
 
 
 @pytest.mark.parametrize(

@@ -26,9 +26,10 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet, Member, MemberSpec
+from offload.transport.persist import control_dir
 from offload.transport.ssh import SLOT_DIRS
 from tests.helpers import processes
-from tests.helpers.fleets import member_processes, private_fleet_fixture
+from tests.helpers.fleets import member_processes, persistent_masters, private_fleet_fixture
 from tests.helpers.flocks import held
 from tests.helpers.nix_files import marker_script, nix_file
 from tests.helpers.offload_run import (
@@ -199,8 +200,10 @@ def test_a_client_host_gone_silent_loses_its_build_and_slot_to_sshd_keepalives(
     try:
         wait_for_marker(marker, proc, 60)
         assert held_slots(alive_fleet)
-        # The client host suspended: nothing of it answers, nothing of it closes.
+        # The client host suspended: nothing of it answers, nothing of it closes; the ssh
+        # master the run keeps for the next (not its child) is frozen with it.
         frozen += [pid for pid, _ in processes.children(proc.pid)]
+        frozen += persistent_masters(control_dir(tmp_path / "state"))
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         assert_stopped(alive_fleet, sleep, [])

@@ -27,8 +27,15 @@ from offload.protocol.serve import ServeClient
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.links.base import Opening, open_serve
 from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
+from offload.transport.persist import control_dir
 from offload.transport.ssh import CONNECT_TIMEOUT, serve_command, serve_program
-from tests.helpers.fleets import member_line, member_processes, private_fleet_fixture, speed_of
+from tests.helpers.fleets import (
+    member_line,
+    member_processes,
+    persistent_masters,
+    private_fleet_fixture,
+    speed_of,
+)
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, valid_locally
 from tests.helpers.offload_run import (
     built_on,
@@ -125,6 +132,23 @@ def test_offload_build_builds_a_graph_there_at_once_and_says_so_once(
     assert started - launched < CONNECT_TIMEOUT + 15, seen
 
 
+def test_the_next_run_over_the_kept_master_still_builds_there_and_says_so(
+    restricted_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The master the first run left is used as it is: no greeting tells the restriction, the
+    # first session does.
+    control = control_dir(tmp_path / "state")
+    kept = []
+    for _ in range(2):
+        _, out, _ = build_on(restricted_fleet, tmp_path, KEYS, "--json")
+        assert built_on(out) == {"dep": KEYS, "top": KEYS}
+        notes = [e for e in events(out) if e["event"] == "machine" and e["state"] == "restricted"]
+        assert [e["machine"] for e in notes] == [KEYS]
+        kept.append(persistent_masters(control))
+    assert len(kept[0]) == 1
+    assert kept[1] == kept[0]
+
+
 def test_a_normal_member_is_not_taken_for_restricted(
     restricted_fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -167,8 +191,13 @@ def test_stopping_offload_leaves_no_process_on_the_restricted_member(
     assert "Traceback" not in err
 
     def nothing_left() -> bool:
-        # Everything in the member's namespace but its listening sshd.
-        return [pid for pid, _ in member_processes(member) if pid != member.pid] == []
+        # Everything in the member's namespace but its listening sshd and the connection the
+        # run keeps for the next (offload.transport.persist): its sshd, with nothing under it.
+        return [
+            cmd
+            for pid, cmd in member_processes(member)
+            if pid != member.pid and not cmd.startswith("sshd: ")
+        ] == []
 
     wait_for(nothing_left, 15, f"the build's processes on {KEYS} to end")
     assert not valid_locally(out_path(file, "x"))

@@ -74,6 +74,11 @@ def test_master_argv():
         "--", "h", "sh -c 'echo offload-master-ready; exec cat >/dev/null'",
     ]  # fmt: skip
     assert "ConnectTimeout=3" in master
+    # A persistent master (offload build's) stays in the background, idle that long.
+    kept = master_argv(target, control_path=Path("/c/m"), persist=120)
+    assert kept[kept.index("ControlMaster=yes") + 1 : kept.index("ControlMaster=yes") + 3] == [
+        "-o", "ControlPersist=120",
+    ]  # fmt: skip
 
 
 def test_pid_line_and_kill_script():

@@ -23,6 +23,7 @@ from offload.marks import mark
 from offload.nix import Evaluation, Installables, sources
 from offload.paths import ensure_state_dir
 from offload.transport.links import early
+from offload.transport.persist import control_dir
 
 if TYPE_CHECKING:
     from offload.config.pool import Pool
@@ -87,7 +88,9 @@ def _run(
     with asyncio.Runner() as runner:
         try:
             # The builders connect while the modules the run builds with are imported.
-            runner.run(early.start_masters(usable))
+            # Over the masters an earlier run or offload-hook left, if still there; those
+            # started now stay for the next (offload.transport.persist).
+            runner.run(early.start_masters(usable, shared=control_dir(state)))
             from offload.cli.build_exec import build
 
             return build(args, pool, evaluate, state, backoff=backoff, run=runner.run)

@@ -48,7 +48,8 @@ from offload.protocol.serve import StoreClient
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
 from offload.transport.links import BuilderFullError, Link
-from offload.transport.shared import SharedSshTransport, control_dir
+from offload.transport.persist import control_dir
+from offload.transport.shared import SharedSshTransport
 from offload.transport.ssh import ssh_target
 
 __all__ = [

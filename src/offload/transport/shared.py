@@ -7,68 +7,37 @@ owned by one process (``SshTransport``) would cost every derivation an ssh hands
 it from our process group and points its stdio at /dev/null, so it neither holds Nix's pipes nor
 dies with the hook), and every later session, from any hook process, multiplexes over it until
 it has been idle for ``PERSIST_SECONDS``. Two sessions racing to start a master are fine: the
-loser runs unmultiplexed once.
-
-The control sockets and the pinned known_hosts files live in ``<state>/ssh`` (mode 0700, files
-0600), named by a hash of everything that makes a connection different, so a changed host key or
-user never reuses a master opened for another. A socket path longer than a Unix socket allows
-moves the directory to ``/tmp/offload-ssh-<uid>``, made 0700 and checked to be ours.
+loser runs unmultiplexed once. Where the sockets live, and that ``offload build`` shares them:
+``offload.transport.persist``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from offload.errors import SshError, TransportError
+from offload.errors import SshError
 from offload.process import run_async, spawn
-from offload.state_location import private_dir
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links import SessionPipes, open_serve
+from offload.transport.persist import PERSIST_SECONDS, SharedPaths
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
     NO_CLIENT,
     SshTarget,
     kill_script,
-    known_hosts_line,
     remote_command,
     serve_command,
     ssh_argv,
 )
 
-__all__ = ["PERSIST_SECONDS", "SharedSshTransport", "control_dir"]
+__all__ = ["PERSIST_SECONDS", "SharedSshTransport"]
 
-PERSIST_SECONDS = 120
-# sun_path is 108 bytes on Linux; ssh appends a random suffix while it binds.
-_MAX_SOCKET = 90
 _AUTH_SLACK = 15.0
 _KILL_GRACE = 2
-
-
-def _private(path: Path) -> Path:
-    try:
-        return Path(private_dir(str(path)))
-    except OSError as exc:
-        raise TransportError(f"{path}: {exc}", hint="remove it") from exc
-
-
-def control_dir(state: Path) -> Path:
-    """Where the persistent masters' sockets go: ``<state>/ssh``, or a short fallback."""
-    preferred = state / "ssh"
-    if len(str(preferred)) + 18 <= _MAX_SOCKET:
-        return _private(preferred)
-    return _private(Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}")
-
-
-def _key(target: SshTarget, sshopts: str) -> str:
-    parts = (target.destination, target.port, target.identity_file, target.public_host_key)
-    text = repr((*parts, target.compress, sshopts))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class SharedSshTransport:
@@ -93,27 +62,13 @@ class SharedSshTransport:
         self._env = dict(os.environ if env is None else env)
         self._sshopts = self._env.get("NIX_SSHOPTS", "")
         self._connect_timeout = connect_timeout
-        key = _key(target, self._sshopts)
-        self.control_path = directory / key
-        self.known_hosts: Path | None = None
-        if target.public_host_key:
-            self.known_hosts = directory / f"{key}.known_hosts"
+        self._paths = SharedPaths(directory, target, self._sshopts)
+        self.control_path = self._paths.control
+        self.known_hosts = self._paths.known_hosts
         # The builder's key runs only the serve program (offload.transport.links.base): learnt
         # from the first session and kept for as long as this object (the coordinator's link).
         self.restricted = False
         self.cores: int | None = None  # as a session said: later ones are told them (ssh.py)
-
-    def _pin(self) -> None:
-        if self.known_hosts is None:
-            return
-        line = known_hosts_line(self.target)
-        with contextlib.suppress(OSError):
-            if self.known_hosts.read_text() == line:
-                return
-        fd, tmp = tempfile.mkstemp(dir=self.known_hosts.parent, prefix=".known_hosts-")
-        with os.fdopen(fd, "w") as out:
-            out.write(line)
-        Path(tmp).replace(self.known_hosts)
 
     def argv(self, remote: list[str]) -> list[str]:
         """ssh over the shared master (started on demand) running ``remote``."""
@@ -144,7 +99,7 @@ class SharedSshTransport:
     ) -> SessionPipes:
         """A session; with ``slots`` above 0, one holding a builder-side slot of that many for
         ``client`` (``Link.build_session``: ``pipes.slot`` says which, or ``busy``)."""
-        self._pin()
+        self._paths.pin()
         program = self.dialect.program(self._params)
         command = serve_command(
             wrapped=not self.restricted,

@@ -262,11 +262,14 @@ def ssh_argv(
     control_path: Path | None = None,
     master: bool = False,
     connect_timeout: int = CONNECT_TIMEOUT,
+    persist: int = 0,
 ) -> list[str]:
     """ssh and its options up to and including ``--`` and the destination.
 
     With ``control_path``, the command is a session over that master (``master=False``) or the
-    master itself (``master=True``, kept in the foreground: ``ControlPersist=no``).
+    master itself (``master=True``): kept in the foreground (``ControlPersist=no``), or with
+    ``persist`` seconds, left in the background once its first session ends, until idle that
+    long (``offload.transport.persist``).
     """
     argv = ["ssh"]
     if known_hosts is not None:
@@ -289,7 +292,8 @@ def ssh_argv(
     if target.compress:
         argv.append("-C")
     if control_path is not None:
-        mode = ["-o", "ControlMaster=yes", "-o", "ControlPersist=no"] if master else []
+        kept = f"ControlPersist={persist}" if persist > 0 else "ControlPersist=no"
+        mode = ["-o", "ControlMaster=yes", "-o", kept] if master else []
         argv += [*(mode or ["-o", "ControlMaster=no"]), "-o", f"ControlPath={control_path}"]
     return [*argv, "--", target.destination]
 
@@ -432,8 +436,10 @@ def master_argv(
     known_hosts: Path | None = None,
     nix_sshopts: str = "",
     connect_timeout: int = CONNECT_TIMEOUT,
+    persist: int = 0,
 ) -> list[str]:
-    """The master connection: says it is ready on stdout, then holds until its stdin closes.
+    """The master connection: says it is ready on stdout, then holds until its stdin closes
+    (the master itself then stays ``persist`` seconds idle, if above 0: ``ssh_argv``).
 
     A builder restricted to the serve program (or the daemon) runs that instead; it answers the
     hello the master is sent (``SshTransport``) and likewise ends when stdin closes."""
@@ -446,6 +452,7 @@ def master_argv(
             control_path=control_path,
             master=True,
             connect_timeout=connect_timeout,
+            persist=persist,
         ),
         remote_command(remote),
     ]

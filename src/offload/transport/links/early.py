@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from offload.config.machines import Machine
 from offload.transport.dialect import dialect_of
@@ -33,9 +34,11 @@ async def start_masters(
     *,
     env: Mapping[str, str] | None = None,
     connect_timeout: int = CONNECT_TIMEOUT,
+    shared: Path | None = None,
 ) -> None:
     """A master to each ssh builder of ``machines``, started; returns once every one's ssh
-    runs, not once they are connected."""
+    runs, not once they are connected. With ``shared``, the builders' persistent masters
+    there (``SshTransport``): one already there is used, one started stays after the run."""
     environ = dict(os.environ if env is None else env)
     starting = []
     for machine in machines:
@@ -48,6 +51,7 @@ async def start_masters(
             env=environ,
             connect_timeout=connect_timeout,
             dialect=dialect_of(machine),
+            shared=shared,
         )
         _STARTED[machine, connect_timeout] = (environ, transport)
         starting.append(transport.connect_early())

@@ -14,6 +14,11 @@ tells at once, on the connection every run opens anyway, that the builder is *re
 (``SshTransport.restricted``): its sessions are then started as the bare program, and
 commands of our own (``run``, ``kill``) cannot be run there. ``MachineLink`` (``machine``) pools
 its sessions.
+
+With ``shared`` (``offload build``), the master is the builder's persistent one
+(``offload.transport.persist``): one left by an earlier run or an ``offload-hook`` is used as it
+is, no handshake; otherwise the one started here stays in the background after the run, for the
+next. A reused master's restriction is learnt from the first session, as the hook learns it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from offload.transport.links.base import (
     drain_dead,
     open_serve,
 )
+from offload.transport.persist import PERSIST_SECONDS, SharedPaths, master_alive
 from offload.transport.scratch import private_dir
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
@@ -100,7 +106,10 @@ class SshTransport:
         env: Mapping[str, str] | None = None,
         connect_timeout: int = CONNECT_TIMEOUT,
         dialect: Dialect = SERVE,
+        shared: Path | None = None,
     ) -> None:
+        # ``shared``: the directory of persistent masters (module docstring); None: a master
+        # of this object's own, in a private directory removed on ``close``.
         self.name = name
         self.target = target
         self.dialect = dialect
@@ -108,6 +117,8 @@ class SshTransport:
         self._env = dict(os.environ if env is None else env)
         self._sshopts = self._env.get("NIX_SSHOPTS", "")
         self._connect_timeout = connect_timeout
+        self._shared = None if shared is None else SharedPaths(shared, target, self._sshopts)
+        self._reused = False  # the shared master was there already: no process of ours
         self._dir: Path | None = None
         self._master_stack: contextlib.AsyncExitStack | None = None
         self._master: asyncio.subprocess.Process | None = None
@@ -125,13 +136,32 @@ class SshTransport:
 
     @property
     def control_path(self) -> Path | None:
+        if self._shared is not None:
+            return self._shared.control
         return None if self._dir is None else self._dir / "m"
 
     @property
     def known_hosts(self) -> Path | None:
+        if self._shared is not None:
+            return self._shared.known_hosts
         if self._dir is None or not self.target.public_host_key:
             return None
         return self._dir / "known_hosts"
+
+    def _master_up(self) -> bool:
+        """A master to multiplex over: ours running, or the shared one we found."""
+        if self._master is not None and self._master.returncode is None:
+            return True
+        return self._reused and self.control_path is not None and master_alive(self.control_path)
+
+    def _reuse(self, shared: SharedPaths) -> bool:
+        """Whether the builder's persistent master is there to use; a dead one's socket is
+        removed, so that a master started now can take its place."""
+        shared.pin()
+        self._reused = master_alive(shared.control)
+        if not self._reused:
+            shared.control.unlink(missing_ok=True)
+        return self._reused
 
     @property
     def master_pid(self) -> int | None:
@@ -147,15 +177,15 @@ class SshTransport:
 
     async def _ensure_master(self) -> Path:
         async with self._lock:
-            if self._master is not None and self._master.returncode is None:
+            if self._master_up() or (self._shared is not None and self._reuse(self._shared)):
                 assert self.control_path is not None
                 return self.control_path
             await self._stop_master()
-            if self._dir is None:
-                self._dir = private_dir()
-            if self.known_hosts is not None:
-                self.known_hosts.write_text(known_hosts_line(self.target))
-                self.known_hosts.chmod(0o600)
+            if self._shared is None:
+                self._dir = self._dir or private_dir()
+                if self.known_hosts is not None:
+                    self.known_hosts.write_text(known_hosts_line(self.target))
+                    self.known_hosts.chmod(0o600)
             control = self.control_path
             assert control is not None
             argv = master_argv(
@@ -164,6 +194,7 @@ class SshTransport:
                 known_hosts=self.known_hosts,
                 nix_sshopts=self._sshopts,
                 connect_timeout=self._connect_timeout,
+                persist=0 if self._shared is None else PERSIST_SECONDS,
             )
             stack = contextlib.AsyncExitStack()
             self._master_stack = stack
@@ -324,12 +355,11 @@ class SshTransport:
         else:
             # Over the master while it lives; if it dies meanwhile (a builder that stopped
             # answering), ssh connects directly, for at most the short timeout.
-            alive = self._master is not None and self._master.returncode is None
             argv = ssh_argv(
                 self.target,
                 known_hosts=self.known_hosts,
                 nix_sshopts=self._sshopts,
-                control_path=self.control_path if alive else None,
+                control_path=self.control_path if self._master_up() else None,
                 connect_timeout=KILL_CONNECT_TIMEOUT,
             )
             remote = remote_command(kill_script(pid, KILL_GRACE))

@@ -1,0 +1,64 @@
+"""``offload build`` keeps each builder's ssh master for the next run
+(``offload.transport.persist``), against a fleet of its own: the master outlives the run that
+started it; the next run builds over it without connecting again (proved by a builder that
+accepts no new connection any more); a master killed outright leaves a socket that the next run
+replaces with a master of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from offload.fleet import Fleet, MemberSpec
+from offload.transport.persist import control_dir, master_alive
+from tests.helpers.fleets import member_line, persistent_masters, private_fleet_fixture
+from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.offload_run import built_on, offload, wait_for
+
+kept_fleet = private_fleet_fixture(
+    [MemberSpec.parse("keep:2:2")],
+    "ofk",
+    doc="One member whose listening sshd the tests stop, its open connections left running.",
+)
+
+
+def _build(fleet: Fleet, tmp_path: Path, name: str) -> dict[str, str]:
+    """``offload build`` of one derivation ``name`` on member ``keep`` alone: where it was
+    built, as the run's events say."""
+    file = nix_file(tmp_path, f'mk "{name}" "SPEED > $out" {{}}\n'.replace("SPEED", SPEED), name)
+    done = offload(
+        fleet, tmp_path, file, "-j0", "--builders", member_line(fleet, "keep"), "--no-out-link",
+        "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return built_on(done.stdout)
+
+
+def test_the_next_run_builds_over_the_master_the_first_left(
+    kept_fleet: Fleet, tmp_path: Path
+) -> None:
+    control = control_dir(tmp_path / "state")
+    assert _build(kept_fleet, tmp_path, "first") == {"first": "keep"}
+    (master,) = persistent_masters(control)  # the run has ended; its master has not
+    # No new connection can be made any more: only one open already can carry the next run.
+    member = kept_fleet.member("keep")
+    os.kill(member.pid, signal.SIGKILL)
+    assert _build(kept_fleet, tmp_path, "second") == {"second": "keep"}
+    assert persistent_masters(control) == [master]
+
+
+def test_a_master_killed_outright_is_replaced_by_the_next_run(
+    kept_fleet: Fleet, tmp_path: Path
+) -> None:
+    control = control_dir(tmp_path / "state")
+    _build(kept_fleet, tmp_path, "first")
+    (master,) = persistent_masters(control)
+    (socket,) = [p for p in control.iterdir() if not p.name.endswith(".known_hosts")]
+    os.kill(master, signal.SIGKILL)  # no chance to remove its socket
+    wait_for(lambda: not master_alive(socket), 10, "the master to stop listening")
+    assert socket.exists()
+    assert _build(kept_fleet, tmp_path, "second") == {"second": "keep"}
+    (replaced,) = persistent_masters(control)
+    assert replaced != master
+    assert master_alive(socket)
