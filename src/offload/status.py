@@ -18,6 +18,8 @@ on this host, so ``offload status`` is instant and safe to run in a loop:
   ``offload build`` run or hook build there found (``offload.slot_fallback``).
 - builders the hook's coordinator gives fewer slots for their load, and the report that cut
   them (``offload.load_state``; gone once it gives them back or exits).
+- builders an ssh connection is kept open to, for the next run or hook
+  (``offload.transport.persist``): its socket answers; nothing goes to the builder.
 
 A ``MachineStatus`` per machine (the local one first, as ``local``) and the ``Choice`` in force
 make up a ``PoolStatus``.
@@ -31,12 +33,15 @@ from pathlib import Path
 from typing import TypedDict
 
 from offload.backoff import Health, load_backoffs
+from offload.config.machines import Machine
 from offload.config.pool import Pool
 from offload.errors import ConfigError
 from offload.load_state import LOADS_FILE, Loaded, load_loads
 from offload.names import LOCAL
 from offload.slot_fallback import FALLBACK_FILE, Fallback, load_fallbacks
 from offload.slots import SlotLocks, slot_key
+from offload.transport.persist import kept
+from offload.transport.ssh import ssh_target
 from offload.use import Choice, read_choice
 
 __all__ = ["MachineStatus", "PoolStatus", "pool_status"]
@@ -72,6 +77,7 @@ class MachineStatusJson(TypedDict):
     chosen: bool
     slot_fallback: FallbackJson | None
     loaded: LoadedJson | None
+    connected: bool
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class MachineStatus:
     slot_fallback: Fallback | None = None
     # Its usable slots cut for its load by the hook's coordinator (None: not cut).
     loaded: Loaded | None = None
+    connected: bool = False  # an ssh connection to it is kept open on this host
 
     def as_json(self) -> MachineStatusJson:
         backoff: BackoffJson | None = None
@@ -108,6 +115,7 @@ class MachineStatus:
             if self.slot_fallback is None
             else {"reason": self.slot_fallback.reason, "learned": self.slot_fallback.learned},
             "loaded": None if self.loaded is None else _loaded_json(self.loaded),
+            "connected": self.connected,
         }
 
 
@@ -143,17 +151,30 @@ def _chosen(pool: Pool, choice: Choice | None) -> set[str] | None:
     return {m.name for m in kept.machines} | ({LOCAL} if kept.local is not None else set())
 
 
-def pool_status(pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float) -> PoolStatus:
-    """The status of every machine of ``pool``; ``places`` are the state directories to read."""
+def _connected(machine: Machine, places: Sequence[Path], sshopts: str) -> bool:
+    if not machine.is_ssh or machine.host is None:
+        return False
+    target = ssh_target(machine)
+    return any(kept(place, target, sshopts) for place in places)
+
+
+def pool_status(
+    pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float, sshopts: str = ""
+) -> PoolStatus:
+    """The status of every machine of ``pool``; ``places`` are the state directories to read,
+    ``sshopts`` the NIX_SSHOPTS the kept connections were made with."""
     choice = next((c for p in places if (c := read_choice(p, now)) is not None), None)
     chosen = _chosen(pool, choice)
     backoff = _backoff(places, now)
     fallbacks = load_fallbacks([place / FALLBACK_FILE for place in places])
     loads = load_loads([place / LOADS_FILE for place in places])
-    entries = [(LOCAL, LOCAL, pool.local.max_jobs)] if pool.local is not None else []
-    entries += [(m.name, slot_key(m.uri), m.max_jobs) for m in pool.machines]
+    entries = [(LOCAL, LOCAL, pool.local.max_jobs, False)] if pool.local is not None else []
+    entries += [
+        (m.name, slot_key(m.uri), m.max_jobs, _connected(m, places, sshopts))
+        for m in pool.machines
+    ]
     machines = []
-    for name, key, count in entries:
+    for name, key, count, connected in entries:
         probe = slots.probe(key, count)
         ends = sorted(end for end in probe.busy_ends if end is not None)
         machines.append(
@@ -167,6 +188,7 @@ def pool_status(pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float
                 chosen is None or name in chosen,
                 None if name == LOCAL else fallbacks.get(name),
                 None if name == LOCAL else loads.get(name),
+                connected,
             )
         )
     return PoolStatus(tuple(machines), choice, slots.directory)

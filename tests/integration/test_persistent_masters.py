@@ -6,15 +6,23 @@ replaces with a master of its own."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from offload.fleet import Fleet, MemberSpec
 from offload.transport.persist import control_dir, master_alive
-from tests.helpers.fleets import member_line, persistent_masters, private_fleet_fixture
+from tests.helpers.fleets import (
+    member_line,
+    persistent_masters,
+    private_fleet_fixture,
+    stop_masters,
+)
 from tests.helpers.nix_files import SPEED, nix_file
-from tests.helpers.offload_run import built_on, offload, wait_for
+from tests.helpers.offload_run import built_on, offload, offload_env, wait_for
 
 kept_fleet = private_fleet_fixture(
     [MemberSpec.parse("keep:2:2")],
@@ -35,17 +43,35 @@ def _build(fleet: Fleet, tmp_path: Path, name: str) -> dict[str, str]:
     return built_on(done.stdout)
 
 
+def _connected(fleet: Fleet, tmp_path: Path) -> dict[str, bool]:
+    """What ``offload status --json`` says of each builder's kept connection."""
+    line = member_line(fleet, "keep")
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "status", "--json", "--builders", line],
+        env=offload_env(fleet, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    machines = json.loads(done.stdout)["machines"]
+    return {m["name"]: m["connected"] for m in machines if m["name"] != "local"}
+
+
 def test_the_next_run_builds_over_the_master_the_first_left(
     kept_fleet: Fleet, tmp_path: Path
 ) -> None:
     control = control_dir(tmp_path / "state")
     assert _build(kept_fleet, tmp_path, "first") == {"first": "keep"}
     (master,) = persistent_masters(control)  # the run has ended; its master has not
+    assert _connected(kept_fleet, tmp_path) == {"keep": True}  # and `offload status` says so
     # No new connection can be made any more: only one open already can carry the next run.
     member = kept_fleet.member("keep")
     os.kill(member.pid, signal.SIGKILL)
     assert _build(kept_fleet, tmp_path, "second") == {"second": "keep"}
     assert persistent_masters(control) == [master]
+    stop_masters(control)
+    assert _connected(kept_fleet, tmp_path) == {"keep": False}
 
 
 def test_a_master_killed_outright_is_replaced_by_the_next_run(

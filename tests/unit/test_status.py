@@ -1,6 +1,7 @@
 """`offload status` from real lock, backoff and choice files in a temporary state directory."""
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from offload.config.pool import Pool
 from offload.config.settings import LocalMachine
 from offload.slots import SlotLocks, slot_key
 from offload.status import pool_status
+from offload.transport.persist import SharedPaths
+from offload.transport.ssh import ssh_target
 from offload.use import Choice, write_choice
 
 SYSTEM = "x86_64-linux"
@@ -99,3 +102,24 @@ def test_a_reason_is_printed_safe_for_a_terminal(tmp_path: Path) -> None:
     save_backoff(tmp_path / "backoff.json", {"slow": Health(1, now + 60, why)}, now)
     text = format_status(pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), now))
     assert "slow: backed off: ssh: banner \\x1b[2Jcleared" in text.splitlines()
+
+
+def test_a_builder_with_a_kept_ssh_connection_is_said_connected(tmp_path: Path) -> None:
+    fast = pool().machines[0]
+    socket_path = SharedPaths(tmp_path / "ssh", ssh_target(fast), "-F cfg").control
+    socket_path.parent.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(str(socket_path))
+        listening.listen()
+        status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), time.time(), "-F cfg")
+        # Made with other ssh options, it is another connection.
+        other = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), time.time(), "")
+    assert [m.connected for m in status.machines] == [False, True, False]
+    assert [m.connected for m in other.machines] == [False, False, False]
+    assert "ssh connections kept open (up to 2 idle minutes): fast" in format_status(status)
+    assert status_json(status)["machines"][1]["connected"] is True  # type: ignore[index]
+    # A socket nobody listens on any more (a master killed outright) is no connection.
+    after = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), time.time(), "-F cfg")
+    assert socket_path.exists()
+    assert not any(m.connected for m in after.machines)
+    assert "ssh connections kept" not in format_status(after)

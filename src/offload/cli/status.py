@@ -5,9 +5,10 @@ holders expect to be done, backoff (until when, after how many failures, and why
 backed-off machine, saying so when the entry predates kept reasons), whether the
 `offload use` choice in force keeps it, and a builder whose slots are counted on this host
 only (no slot lock on the builder), with why, as the last build there found, and a builder
-the hook's coordinator gives fewer slots for its load, with the report that cut it. Nothing
-connects to a builder (``offload doctor`` does), so it answers at once; ``--watch`` redraws it
-every ``--interval`` seconds until interrupted.
+the hook's coordinator gives fewer slots for its load, with the report that cut it, and the
+builders an ssh connection is kept open to for the next run (``offload.transport.persist``).
+Nothing connects to a builder (``offload doctor`` does), so it answers at once; ``--watch``
+redraws it every ``--interval`` seconds until interrupted.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def format_status(status: PoolStatus) -> str:
         for machine in status.machines
         if machine.slot_fallback is not None
     ]
+    connected = [machine.name for machine in status.machines if machine.connected]
+    if connected:
+        lines.append(f"ssh connections kept open (up to 2 idle minutes): {', '.join(connected)}")
     lines += [
         f"{machine.name}: loaded (hook coordinator, reported {_clock(machine.loaded.reported)}): "
         f"{machine.loaded.said}"
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     places = _places()
     slots = SlotLocks.default(places[0])
     while True:
-        status = pool_status(pool, places, slots, time.time())
+        status = pool_status(pool, places, slots, time.time(), os.environ.get("NIX_SSHOPTS", ""))
         if args.json:
             print(json.dumps(status_json(status)), flush=True)
         else:

@@ -26,7 +26,7 @@ from offload.errors import TransportError
 from offload.state_location import private_dir
 from offload.transport.ssh import SshTarget, known_hosts_line
 
-__all__ = ["PERSIST_SECONDS", "SharedPaths", "control_dir", "master_alive"]
+__all__ = ["PERSIST_SECONDS", "SharedPaths", "control_dir", "kept", "master_alive"]
 
 PERSIST_SECONDS = 120
 # sun_path is 108 bytes on Linux; ssh appends a random suffix while it binds.
@@ -40,12 +40,17 @@ def _private(path: Path) -> Path:
         raise TransportError(f"{path}: {exc}", hint="remove it") from exc
 
 
-def control_dir(state: Path) -> Path:
-    """Where the persistent masters' sockets go: ``<state>/ssh``, or a short fallback."""
+def _location(state: Path) -> Path:
     preferred = state / "ssh"
     if len(str(preferred)) + 18 <= _MAX_SOCKET:
-        return _private(preferred)
-    return _private(Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}")
+        return preferred
+    return Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}"
+
+
+def control_dir(state: Path) -> Path:
+    """Where the persistent masters' sockets go: ``<state>/ssh``, or a short fallback; made
+    (0700, checked to be ours) if it is not there."""
+    return _private(_location(state))
 
 
 class SharedPaths:
@@ -86,3 +91,8 @@ def master_alive(control: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def kept(state: Path, target: SshTarget, sshopts: str) -> bool:
+    """Whether a master to ``target`` kept for ``state`` answers now (nothing is made)."""
+    return master_alive(SharedPaths(_location(state), target, sshopts).control)
