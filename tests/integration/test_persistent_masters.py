@@ -31,13 +31,15 @@ kept_fleet = private_fleet_fixture(
 )
 
 
-def _build(fleet: Fleet, tmp_path: Path, name: str) -> dict[str, str]:
-    """``offload build`` of one derivation ``name`` on member ``keep`` alone: where it was
-    built, as the run's events say."""
+def _build(fleet: Fleet, tmp_path: Path, name: str, sshopts: str = "") -> dict[str, str]:
+    """``offload build`` of one derivation ``name`` on member ``keep`` alone (``sshopts`` added
+    to the fleet's NIX_SSHOPTS): where it was built, as the run's events say."""
     file = nix_file(tmp_path, f'mk "{name}" "SPEED > $out" {{}}\n'.replace("SPEED", SPEED), name)
+    env = offload_env(fleet, tmp_path)
+    env["NIX_SSHOPTS"] = f"{sshopts} {env.get('NIX_SSHOPTS', '')}"
     done = offload(
         fleet, tmp_path, file, "-j0", "--builders", member_line(fleet, "keep"), "--no-out-link",
-        "--json",
+        "--json", env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return built_on(done.stdout)
@@ -88,3 +90,13 @@ def test_a_master_killed_outright_is_replaced_by_the_next_run(
     (replaced,) = persistent_masters(control)
     assert replaced != master
     assert master_alive(socket)
+
+
+def test_control_persist_no_in_nix_sshopts_leaves_no_master(
+    kept_fleet: Fleet, tmp_path: Path
+) -> None:
+    # ssh takes the first value it is given: the user's, before offload's own.
+    assert _build(kept_fleet, tmp_path, "once", "-o ControlPersist=no") == {"once": "keep"}
+    control = control_dir(tmp_path / "state")
+    assert persistent_masters(control) == []
+    assert [p for p in control.iterdir() if p.is_socket()] == []

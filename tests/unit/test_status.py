@@ -116,6 +116,8 @@ def test_a_builder_with_a_kept_ssh_connection_is_said_connected(tmp_path: Path) 
         other = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), time.time(), "")
     assert [m.connected for m in status.machines] == [False, True, False]
     assert [m.connected for m in other.machines] == [False, False, False]
+    # Spacing alone in NIX_SSHOPTS is the same connection (ssh gets the same arguments).
+    assert SharedPaths(tmp_path / "ssh", ssh_target(fast), " -F  cfg ").control == socket_path
     assert "ssh connections kept open (up to 2 idle minutes): fast" in format_status(status)
     assert status_json(status)["machines"][1]["connected"] is True  # type: ignore[index]
     # A socket nobody listens on any more (a master killed outright) is no connection.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from offload.errors import TransportError
 from offload.state_location import private_dir
-from offload.transport.ssh import SshTarget, known_hosts_line
+from offload.transport.ssh import SshTarget, known_hosts_line, split_sshopts
 
 __all__ = ["PERSIST_SECONDS", "SharedPaths", "control_dir", "kept", "master_alive"]
 
@@ -59,7 +59,8 @@ class SharedPaths:
 
     def __init__(self, directory: Path, target: SshTarget, sshopts: str) -> None:
         parts = (target.destination, target.port, target.identity_file, target.public_host_key)
-        text = repr((*parts, target.compress, sshopts))
+        # NIX_SSHOPTS as ssh gets it: spacing alone makes no other connection.
+        text = repr((*parts, target.compress, split_sshopts(sshopts)))
         key = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.target = target
         self.control = directory / key
