@@ -170,8 +170,7 @@ def pool_status(
     loads = load_loads([place / LOADS_FILE for place in places])
     entries = [(LOCAL, LOCAL, pool.local.max_jobs, False)] if pool.local is not None else []
     entries += [
-        (m.name, slot_key(m.uri), m.max_jobs, _connected(m, places, sshopts))
-        for m in pool.machines
+        (m.name, slot_key(m.uri), m.max_jobs, _connected(m, places, sshopts)) for m in pool.machines
     ]
     machines = []
     for name, key, count, connected in entries:
