@@ -6,6 +6,7 @@ replaces with a master of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from offload.fleet import Fleet, MemberSpec
 from offload.transport.persist import control_dir, master_alive
 from tests.helpers.fleets import (
     member_line,
+    member_processes,
     persistent_masters,
     private_fleet_fixture,
     stop_masters,
@@ -100,3 +102,32 @@ def test_control_persist_no_in_nix_sshopts_leaves_no_master(
     control = control_dir(tmp_path / "state")
     assert persistent_masters(control) == []
     assert [p for p in control.iterdir() if p.is_socket()] == []
+
+
+def test_a_kept_connection_gone_silent_costs_a_wait_said_as_slow_not_the_builder(
+    kept_fleet: Fleet, tmp_path: Path
+) -> None:
+    _build(kept_fleet, tmp_path, "first")
+    member = kept_fleet.member("keep")
+    # The builder's end of the kept connection stops answering (the kept master's socket
+    # still does); the builder itself still takes new connections. ssh's keepalives end the
+    # master, and the session that waited on it connects directly (ssh's own fallback).
+    silent = [
+        pid for pid, cmd in member_processes(member) if pid != member.pid and cmd.startswith("sshd")
+    ]
+    assert silent
+    for pid in silent:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        file = nix_file(tmp_path, f'mk "second" "{SPEED} > $out" {{}}\n', "second")
+        done = offload(
+            kept_fleet, tmp_path, file, "-j0", "--builders", member_line(kept_fleet, "keep"),
+            "--no-out-link", "--json",
+        )  # fmt: skip
+    finally:
+        for pid in silent:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert done.returncode == 0, done.stderr
+    assert built_on(done.stdout) == {"second": "keep"}
+    assert "builder 'keep' is slow to answer" in done.stderr
