@@ -4,7 +4,8 @@
 A module whose tests kill members or edit them gets a fleet of its own from
 ``private_fleet_fixture``, so the shared one is never changed. The functions read what a
 fleet's members are and do. The ssh masters a test's runs leave in its state directory
-(``offload.transport.persist``: ``<tmp_path>/state/ssh``) are stopped when the test ends.
+(``offload.transport.persist``: ``<tmp_path>/state/ssh``, or its fallback) are stopped when
+the test ends.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from offload.config.machines import Machine, parse_machines
 from offload.config.machines.uri import parse_store_uri
 from offload.fleet import DEFAULT_SPECS, Fleet, Member, MemberSpec, fleet_down, fleet_up
+from offload.transport.persist import location
 from tests.helpers.processes import running
 
 
@@ -66,7 +68,7 @@ def _persistent_masters_end_with_the_test(request: pytest.FixtureRequest) -> Ite
     yield
     tmp_path = request.node.funcargs.get("tmp_path")
     if isinstance(tmp_path, Path):
-        stop_masters(tmp_path / "state" / "ssh")
+        stop_masters(location(tmp_path / "state"))
 
 
 def persistent_masters(control_dir: Path) -> list[int]:

@@ -6,6 +6,7 @@ replaces with a master of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,9 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from offload.errors import SshError
 from offload.fleet import Fleet, MemberSpec
+from offload.transport.dialect import SERVE
+from offload.transport.links import SshTransport
 from offload.transport.persist import control_dir, master_alive
+from offload.transport.ssh import ssh_target
 from tests.helpers.fleets import (
+    fleet_machine,
     member_line,
     member_processes,
     persistent_masters,
@@ -26,6 +34,11 @@ from tests.helpers.fleets import (
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import built_on, offload, offload_env, wait_for
 
+daemon_fleet = private_fleet_fixture(
+    [MemberSpec.parse("onlyd:1:1:daemon")],
+    "ofd",
+    doc="One member whose key runs only nix-daemon --stdio.",
+)
 kept_fleet = private_fleet_fixture(
     [MemberSpec.parse("keep:2:2")],
     "ofk",
@@ -131,3 +144,28 @@ def test_a_kept_connection_gone_silent_costs_a_wait_said_as_slow_not_the_builder
     assert done.returncode == 0, done.stderr
     assert built_on(done.stdout) == {"second": "keep"}
     assert "builder 'keep' is slow to answer" in done.stderr
+
+
+def test_a_kept_master_whose_greeting_failed_does_not_stay(
+    daemon_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The member's key runs only nix-daemon --stdio: a master that says the serve protocol's
+    # hello gets no ready line. ssh has detached the persisting master by then (it logged in).
+    machine = fleet_machine(daemon_fleet, "onlyd")
+    control = control_dir(tmp_path / "state")
+    transport = SshTransport(
+        ssh_target(machine), name="onlyd", env=daemon_fleet.env(), dialect=SERVE, shared=control
+    )
+
+    async def go() -> None:
+        try:
+            await transport.connect_early()
+            async with contextlib.AsyncExitStack() as stack:
+                with pytest.raises(SshError, match="cannot connect to builder 'onlyd'"):
+                    await transport.start(stack)
+        finally:
+            await transport.close()
+
+    asyncio.run(go())
+    wait_for(lambda: not persistent_masters(control), 10, "the failed master to end")
+    assert not [p for p in control.iterdir() if p.is_socket()]

@@ -23,7 +23,7 @@ from offload.marks import mark
 from offload.nix import Evaluation, Installables, sources
 from offload.paths import ensure_state_dir
 from offload.transport.links import early
-from offload.transport.persist import control_dir
+from offload.transport.persist import kept_dir
 
 if TYPE_CHECKING:
     from offload.config.pool import Pool
@@ -90,7 +90,7 @@ def _run(
             # The builders connect while the modules the run builds with are imported.
             # Over the masters an earlier run or offload-hook left, if still there; those
             # started now stay for the next (offload.transport.persist).
-            runner.run(early.start_masters(usable, shared=control_dir(state)))
+            runner.run(early.start_masters(usable, shared=kept_dir(state)))
             from offload.cli.build_exec import build
 
             return build(args, pool, evaluate, state, backoff=backoff, run=runner.run)

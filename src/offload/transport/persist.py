@@ -26,7 +26,15 @@ from offload.errors import TransportError
 from offload.state_location import private_dir
 from offload.transport.ssh import SshTarget, known_hosts_line, split_sshopts
 
-__all__ = ["PERSIST_SECONDS", "SharedPaths", "control_dir", "kept", "master_alive"]
+__all__ = [
+    "PERSIST_SECONDS",
+    "SharedPaths",
+    "control_dir",
+    "kept",
+    "kept_dir",
+    "location",
+    "master_alive",
+]
 
 PERSIST_SECONDS = 120
 # sun_path is 108 bytes on Linux; ssh appends a random suffix while it binds.
@@ -40,7 +48,8 @@ def _private(path: Path) -> Path:
         raise TransportError(f"{path}: {exc}", hint="remove it") from exc
 
 
-def _location(state: Path) -> Path:
+def location(state: Path) -> Path:
+    """Where ``control_dir`` puts the sockets for ``state`` (nothing is made)."""
     preferred = state / "ssh"
     if len(str(preferred)) + 18 <= _MAX_SOCKET:
         return preferred
@@ -50,7 +59,18 @@ def _location(state: Path) -> Path:
 def control_dir(state: Path) -> Path:
     """Where the persistent masters' sockets go: ``<state>/ssh``, or a short fallback; made
     (0700, checked to be ours) if it is not there."""
-    return _private(_location(state))
+    return _private(location(state))
+
+
+def kept_dir(state: Path) -> Path | None:
+    """``control_dir``, or None where masters cannot be kept: a path with ``%`` (ssh reads
+    ``%`` in ControlPath and UserKnownHostsFile as its tokens) or a directory that is not a
+    private one of this user's. A run then keeps a master of its own, as before."""
+    try:
+        directory = control_dir(state)
+    except TransportError:
+        return None
+    return None if "%" in str(directory) else directory
 
 
 class SharedPaths:
@@ -81,19 +101,46 @@ class SharedPaths:
         Path(tmp).replace(self.known_hosts)
 
 
-def master_alive(control: Path) -> bool:
-    """A master listens on ``control``: a socket there that accepts a connection. One that
-    refuses is what a killed master leaves behind (ssh links the socket in only once it
-    listens, so a live one never refuses)."""
+def master_alive(control: Path) -> bool | None:
+    """A master listens on ``control``: True when a socket there accepts a connection; False
+    when there is none, or it refuses (what a killed master leaves behind: ssh links the
+    socket in only once it listens, so a live one never refuses); None when it cannot be
+    told (a full backlog, a timeout, no permission): then it is neither used nor removed."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
             probe.connect(str(control))
-        except OSError:
+        except (FileNotFoundError, ConnectionRefusedError):
             return False
+        except OSError:
+            return None
     return True
 
 
+def _listening(control: Path) -> bool:
+    """Whether a socket listens on ``control``, from /proc/net/unix, without connecting: a
+    connection to a master counts as use, and starts its idle time again (``offload status
+    --watch`` would keep every master alive). Where /proc cannot tell, it connects."""
+    try:
+        table = Path("/proc/net/unix").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return master_alive(control) is True
+    if not control.exists():
+        return False
+    # ssh binds a temporary name beside the socket and links the socket to it: the table
+    # names that one, ``<control>.<16 random characters>``.
+    exact, temporary = str(control), f"{control}."
+    for line in table.splitlines()[1:]:
+        fields = line.split(maxsplit=7)
+        # Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON: listening.
+        if len(fields) < 8 or not int(fields[3], 16) & 0x10000:
+            continue
+        if fields[7] == exact or fields[7].startswith(temporary):
+            return True
+    return False
+
+
 def kept(state: Path, target: SshTarget, sshopts: str) -> bool:
-    """Whether a master to ``target`` kept for ``state`` answers now (nothing is made)."""
-    return master_alive(SharedPaths(_location(state), target, sshopts).control)
+    """Whether a master to ``target`` kept for ``state`` listens now (nothing is made, and
+    the master is not touched)."""
+    return _listening(SharedPaths(location(state), target, sshopts).control)

@@ -152,15 +152,17 @@ class SshTransport:
         """A master to multiplex over: ours running, or the shared one we found."""
         if self._master is not None and self._master.returncode is None:
             return True
-        return self._reused and self.control_path is not None and master_alive(self.control_path)
+        control = self.control_path
+        return self._reused and control is not None and master_alive(control) is True
 
     def _reuse(self, shared: SharedPaths) -> bool:
         """Whether the builder's persistent master is there to use; a dead one's socket is
         removed, so that a master started now can take its place."""
         shared.pin()
-        self._reused = master_alive(shared.control)
-        if not self._reused:
+        alive = master_alive(shared.control)
+        if alive is False:
             shared.control.unlink(missing_ok=True)
+        self._reused = alive is True
         return self._reused
 
     @property
@@ -218,8 +220,26 @@ class SshTransport:
                     await asyncio.wait_for(asyncio.shield(drain), 2.0)
                 error = self._error("connect to", self._master_tail)
                 await self._stop_master()
+                if self._shared is not None:
+                    await self._exit_kept(control)
                 raise error
             return control
+
+    async def _exit_kept(self, control: Path) -> None:
+        """End the master a failed start left in the background (with ControlPersist, ssh
+        detaches it once logged in, whatever the greeting said): nothing stays behind a
+        builder said unreachable, and no later run takes it for a good one."""
+        argv = ssh_argv(
+            self.target,
+            nix_sshopts=self._sshopts,
+            control_path=control,
+            connect_timeout=KILL_CONNECT_TIMEOUT,
+        )
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(
+                run_async([*argv[:-2], "-O", "exit", *argv[-2:]], env=self._env, check=False),
+                CONTROL_TIMEOUT,
+            )
 
     async def connect_early(self) -> None:
         """Start the master now, ahead of any session; returns once its ssh runs (or failed to

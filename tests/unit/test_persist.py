@@ -1,0 +1,34 @@
+"""Where kept ssh masters live (``offload.transport.persist``): a usable directory or none."""
+
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.transport.persist import kept_dir, location
+
+
+@pytest.fixture
+def short() -> Iterator[Path]:
+    """A directory short enough for a socket path: a long one moves them to /tmp."""
+    made = Path(tempfile.mkdtemp(prefix="ofp", dir="/tmp"))
+    yield made
+    shutil.rmtree(made)
+
+
+def test_the_state_directory_holds_the_sockets_made_private(short: Path) -> None:
+    made = kept_dir(short / "state")
+    assert made == location(short / "state") == short / "state" / "ssh"
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+
+
+def test_no_kept_masters_where_ssh_would_read_tokens_or_the_directory_is_not_one(
+    short: Path,
+) -> None:
+    assert kept_dir(short / "100%") is None  # ssh expands % in ControlPath
+    (short / "state").mkdir()
+    (short / "state" / "ssh").write_text("not a directory")
+    assert kept_dir(short / "state") is None
