@@ -42,7 +42,7 @@ from bench.graphs import generate
 from bench.measure import run_timed
 from bench.tools import offload_argv
 from offload.dagfile import Dag, DagNode, to_nix_expression
-from offload.transport.persist import control_dir
+from offload.transport.persist import location
 
 if TYPE_CHECKING:
     from bench.context import Bench, Options, Save
@@ -151,7 +151,7 @@ def _offload(bench: Bench, argv: Sequence[str], dag: Dag, label: str, jobs: int)
 def close_kept(env: Mapping[str, str]) -> None:
     """Stop the ssh masters offload keeps in the state directory ``env`` names, and wait until
     they are gone: the next run connects anew."""
-    stop_masters(control_dir(Path(env["OFFLOAD_STATE_DIR"])))
+    stop_masters(location(Path(env["OFFLOAD_STATE_DIR"])))
 
 
 def _bare(argv: Sequence[str], env: Mapping[str, str]) -> float | None:

@@ -31,7 +31,7 @@ from tests.helpers.fleets import member_processes, stop_masters
 
 from offload.fleet import Fleet, Member
 from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
-from offload.transport.persist import control_dir
+from offload.transport.persist import location
 
 # Builds run without a sandbox and with an empty PATH (see tests/helpers/nix_files.py).
 GRAPH = """let
@@ -273,7 +273,7 @@ def audit(fleet: Fleet, tag: str, work: Path, *, settle: float = 10.0) -> Leftov
 
     wait_until(lambda: not processes(), settle)
     found.processes = processes()
-    stop_masters(control_dir(work / "tmp" / "state"))  # the next run gets a state of its own
+    stop_masters(location(work / "tmp" / "state"))  # the next run gets a state of its own
     locks = SlotLocks(NIX_CURRENT_LOAD) if os.access(NIX_CURRENT_LOAD, os.W_OK) else None
     for member in fleet.members:
 

@@ -40,7 +40,7 @@ from offload.load_state import LOADS_FILE, Loaded, load_loads
 from offload.names import LOCAL
 from offload.slot_fallback import FALLBACK_FILE, Fallback, load_fallbacks
 from offload.slots import SlotLocks, slot_key
-from offload.transport.persist import kept
+from offload.transport.persist import kept, listening
 from offload.transport.ssh import ssh_target
 from offload.use import Choice, read_choice
 
@@ -151,11 +151,13 @@ def _chosen(pool: Pool, choice: Choice | None) -> set[str] | None:
     return {m.name for m in kept.machines} | ({LOCAL} if kept.local is not None else set())
 
 
-def _connected(machine: Machine, places: Sequence[Path], sshopts: str) -> bool:
+def _connected(
+    machine: Machine, places: Sequence[Path], sshopts: str, sockets: list[str] | None
+) -> bool:
     if not machine.is_ssh or machine.host is None:
         return False
     target = ssh_target(machine)
-    return any(kept(place, target, sshopts) for place in places)
+    return any(kept(place, target, sshopts, sockets) for place in places)
 
 
 def pool_status(
@@ -169,8 +171,10 @@ def pool_status(
     fallbacks = load_fallbacks([place / FALLBACK_FILE for place in places])
     loads = load_loads([place / LOADS_FILE for place in places])
     entries = [(LOCAL, LOCAL, pool.local.max_jobs, False)] if pool.local is not None else []
+    sockets = listening()
     entries += [
-        (m.name, slot_key(m.uri), m.max_jobs, _connected(m, places, sshopts)) for m in pool.machines
+        (m.name, slot_key(m.uri), m.max_jobs, _connected(m, places, sshopts, sockets))
+        for m in pool.machines
     ]
     machines = []
     for name, key, count, connected in entries:

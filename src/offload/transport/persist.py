@@ -32,6 +32,7 @@ __all__ = [
     "control_dir",
     "kept",
     "kept_dir",
+    "listening",
     "location",
     "master_alive",
 ]
@@ -117,30 +118,33 @@ def master_alive(control: Path) -> bool | None:
     return True
 
 
-def _listening(control: Path) -> bool:
-    """Whether a socket listens on ``control``, from /proc/net/unix, without connecting: a
-    connection to a master counts as use, and starts its idle time again (``offload status
-    --watch`` would keep every master alive). Where /proc cannot tell, it connects."""
+def listening() -> list[str] | None:
+    """The names of this host's listening Unix sockets, from /proc/net/unix (read once for
+    any number of ``kept`` questions); None where /proc cannot tell."""
     try:
         table = Path("/proc/net/unix").read_text(encoding="utf-8", errors="replace")
     except OSError:
+        return None
+    names = []
+    for line in table.splitlines()[1:]:
+        fields = line.split(maxsplit=7)
+        # Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON: listening.
+        if len(fields) == 8 and int(fields[3], 16) & 0x10000:
+            names.append(fields[7])
+    return names
+
+
+def kept(state: Path, target: SshTarget, sshopts: str, sockets: list[str] | None) -> bool:
+    """Whether a master to ``target`` kept for ``state`` listens now, among ``sockets``
+    (``listening``), without connecting: a connection to a master counts as use and starts
+    its idle time again (``offload status --watch`` would keep every master alive). Where
+    /proc cannot tell (``sockets`` None), it connects. Nothing is made."""
+    control = SharedPaths(location(state), target, sshopts).control
+    if sockets is None:
         return master_alive(control) is True
     if not control.exists():
         return False
     # ssh binds a temporary name beside the socket and links the socket to it: the table
     # names that one, ``<control>.<16 random characters>``.
     exact, temporary = str(control), f"{control}."
-    for line in table.splitlines()[1:]:
-        fields = line.split(maxsplit=7)
-        # Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON: listening.
-        if len(fields) < 8 or not int(fields[3], 16) & 0x10000:
-            continue
-        if fields[7] == exact or fields[7].startswith(temporary):
-            return True
-    return False
-
-
-def kept(state: Path, target: SshTarget, sshopts: str) -> bool:
-    """Whether a master to ``target`` kept for ``state`` listens now (nothing is made, and
-    the master is not touched)."""
-    return _listening(SharedPaths(location(state), target, sshopts).control)
+    return any(name == exact or name.startswith(temporary) for name in sockets)
