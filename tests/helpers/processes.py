@@ -22,6 +22,17 @@ def start(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
     return subprocess.Popen(argv, start_new_session=True, **kwargs)
 
 
+def read_until(proc: subprocess.Popen[str], text: str, seen: list[str]) -> str:
+    """Read ``proc``'s stderr up to the line holding ``text`` (returned); each line read is
+    added to ``seen``, for the failure message and the caller's later checks."""
+    assert proc.stderr is not None
+    while text not in (line := proc.stderr.readline()):
+        assert line, f"the process ended before saying {text!r}:\n{''.join(seen)}"
+        seen.append(line)
+    seen.append(line)
+    return line
+
+
 def kill_group(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL every process in ``proc``'s group (``proc`` was started by ``start``)."""
     # The group outlives its leader while any member lives; once none does, there is no group.

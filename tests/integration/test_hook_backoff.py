@@ -7,11 +7,15 @@ why (the refused key and the fix) in backoff.json, which `offload status` and `o
 --wide` show. A later nix-build that only "bad" could serve tries it once, says so, and
 declines when it fails again (Nix then says it cannot build); one whose builder was fixed since
 builds there. With another builder to use, the backed-off one is named once per nix-build.
+An accepted derivation (Nix cannot take it back) whose builder fails while only backed-off ones
+are left tries one of them at once, and fails with one line once none is left, never waiting
+out their backoff.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from offload.backoff import Health, load_backoff, save_backoff
-from offload.fleet import Fleet, MemberSpec
+from offload.fleet import Fleet, MemberSpec, client_argv
+from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
+from tests.helpers import processes
 from tests.helpers.fleets import member_line, private_fleet_fixture
 from tests.helpers.nix_files import nix_file
 from tests.helpers.offload_run import stop_coordinators
@@ -39,21 +45,30 @@ def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
     stop_coordinators(tmp_path / "state")
 
 
-def _bad_line(fleet: Fleet, tmp_path: Path) -> tuple[str, Path]:
+def _bad_line(fleet: Fleet, tmp_path: Path, *others: str) -> tuple[str, Path]:
     """(machines line, ssh config) of "bad": hb1 reached with a key it does not accept (its
-    host key pinned, so only the user key is wrong)."""
+    host key pinned, so only the user key is wrong); ``others`` get aliases of their own in
+    the config, the same as "bad" (their lines: ``_alias``)."""
     wrong = tmp_path / "wrong_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
     config = tmp_path / "ssh_config"
-    config.write_text(
-        f"{fleet.ssh_config.read_text()}\nHost bad\n  HostName 127.0.0.1\n"
-        f"  Port {fleet.member('hb1').port}\n  User root\n  IdentityFile {wrong}\n"
-        "  IdentitiesOnly yes\n  HostKeyAlias bad\n  BatchMode yes\n  LogLevel ERROR\n"
-    )
+    blocks = [
+        f"Host {name}\n  HostName 127.0.0.1\n  Port {fleet.member('hb1').port}\n  User root\n"
+        f"  IdentityFile {wrong}\n  IdentitiesOnly yes\n  HostKeyAlias {name}\n  BatchMode yes\n"
+        "  LogLevel ERROR\n"
+        for name in ("bad", *others)
+    ]
+    config.write_text(f"{fleet.ssh_config.read_text()}\n" + "".join(blocks))
+    return _alias(fleet, "bad", wrong), config
+
+
+def _alias(fleet: Fleet, name: str, key: Path, jobs: int | None = None, speed: int = 1) -> str:
+    """The machines line of ssh alias ``name`` with ``key`` (in the URI too: slot locks are
+    named after it, so no other run shares them), hb1's slots unless ``jobs``."""
     cols = member_line(fleet, "hb1").split()
-    # The key in the URI too: slot locks are named after it, so no other run shares them.
-    cols[0], cols[2] = f"ssh://bad?ssh-key={wrong}", str(wrong)
-    return " ".join(cols), config
+    cols[0], cols[2] = f"ssh://{name}?ssh-key={key}", str(key)
+    cols[3], cols[4] = cols[3] if jobs is None else str(jobs), str(speed)
+    return " ".join(cols)
 
 
 def _env(fleet: Fleet, tmp_path: Path, config: Path | None = None, **extra: str) -> dict[str, str]:
@@ -183,3 +198,82 @@ def test_a_backed_off_builder_left_out_is_named_once_per_nix_build(
         assert said[0].startswith("offload-hook: builder 'bad' is backed off until ")
         assert said[0].endswith("`offload machines --reset bad` lets it be tried at once")
         assert f"{REFUSED} (seeded)" in said[0]
+
+
+def _accepted_while_busy(
+    tmp_path: Path, uri: str, machines: str, env: dict[str, str]
+) -> tuple[int, str, str]:
+    """``nix-build -j0`` of ``ONE`` on a client host of its own, where the one slot of the
+    builder at ``uri`` is held until Nix says the hook accepted the derivation for it (its
+    slot freeing in a second, it is still the best choice). (exit code, stdout, stderr)"""
+    home = tmp_path / "client"
+    (home / "current-load").mkdir(parents=True)
+    fd: int | None = SlotLocks(home / "current-load").try_acquire(
+        slot_key(uri), 1, until=time.time() + 1
+    )
+    assert fd is not None
+    argv = ["nix-build", str(nix_file(tmp_path, ONE)), "--no-out-link", "-j0"]
+    argv += ["--builders", machines, "--option", "build-hook", HOOK, "--option", "substituters", ""]
+    NIX_CURRENT_LOAD.mkdir(exist_ok=True)
+    proc = processes.start(
+        client_argv(home / "current-load", argv),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        processes.read_until(proc, f"on '{uri}'", seen)  # accepted for it, as Nix says
+        os.close(fd)
+        fd = None
+        # Waiting out a backoff would take 10 minutes: the timeout catches it.
+        out, err = proc.communicate(timeout=40)
+    finally:
+        processes.stop(proc)
+        if fd is not None:
+            os.close(fd)
+    return proc.returncode, out, "".join(seen) + err
+
+
+def test_an_accepted_build_whose_builder_fails_tries_a_backed_off_one_at_once(
+    backoff_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Accepted for "bad" (4x, its slot busy a second), hb1 backed off by an earlier run: bad
+    # fails as the slot frees, and the derivation builds on hb1 now, not in 10 minutes.
+    _, config = _bad_line(backoff_fleet, tmp_path)
+    bad = _alias(backoff_fleet, "bad", tmp_path / "wrong_key", jobs=1, speed=4)
+    machines = f"{bad}\n{member_line(backoff_fleet, 'hb1')}"
+    _seed(tmp_path, "hb1", "unreachable (seeded)")
+    env = _env(backoff_fleet, tmp_path, config)
+    code, out, err = _accepted_while_busy(tmp_path, bad.split()[0], machines, env)
+    assert code == 0, err
+    assert backoff_fleet.store_has("hb1", out.strip())
+    lines = _hook_lines(err)
+    assert any(line.startswith(f"offload-hook: builder 'bad' failed: {REFUSED}") for line in lines)
+    assert any("so builder 'hb1' is tried again now" in line for line in lines), err
+    assert "offload: moved from builder 'bad' to 'hb1': 'bad' failed" in err
+    assert load_backoff(tmp_path / "state" / "backoff.json", time.time()).keys() == {"bad"}
+
+
+def test_an_accepted_build_no_builder_is_left_for_fails_with_one_line(
+    backoff_fleet: Fleet, tmp_path: Path
+) -> None:
+    # As above, but the backed-off builder ("bad2") fails too when tried: the build fails at
+    # once, saying why, and the backoff is left for the next run to see.
+    _, config = _bad_line(backoff_fleet, tmp_path, "bad2")
+    bad = _alias(backoff_fleet, "bad", tmp_path / "wrong_key", jobs=1, speed=4)
+    machines = f"{bad}\n{_alias(backoff_fleet, 'bad2', tmp_path / 'wrong_key')}"
+    _seed(tmp_path, "bad2", "unreachable (seeded)")
+    env = _env(backoff_fleet, tmp_path, config)
+    code, _, err = _accepted_while_busy(tmp_path, bad.split()[0], machines, env)
+    assert code != 0, err
+    assert "so builder 'bad2' is tried again now" in err
+    assert f"builder 'bad2' failed: {REFUSED}" in err
+    [given_up] = [line for line in err.splitlines() if "no builder is left" in line]
+    assert "offload-hook: no builder is left to build '/nix/store/" in given_up
+    assert "only 'bad', 'bad2' could, backed off until " in given_up
+    assert "`offload machines --reset bad` once it answers" in given_up
+    after = load_backoff(tmp_path / "state" / "backoff.json", time.time())
+    assert after.keys() == {"bad", "bad2"}
+    assert after["bad2"].failures == 2

@@ -74,15 +74,6 @@ def hook_client(fleet: Fleet, home: Path, file: Path) -> subprocess.Popen[str]:
     )
 
 
-def read_until(stream: subprocess.Popen[str], text: str, seen: list[str]) -> str:
-    assert stream.stderr is not None
-    while text not in (line := stream.stderr.readline()):
-        assert line, f"nix-build ended before saying {text!r}:\n{''.join(seen)}"
-        seen.append(line)
-    seen.append(line)
-    return line
-
-
 def test_an_accepted_build_moves_off_a_full_builder_and_finishes_elsewhere(
     moves_fleet: Fleet, builder_slot: Path, tmp_path: Path
 ) -> None:
@@ -98,11 +89,11 @@ def test_an_accepted_build_moves_off_a_full_builder_and_finishes_elsewhere(
     watchdog.start()
     seen: list[str] = []
     try:
-        read_until(hooked, f"on '{full.uri}'", seen)  # accepted for full, as Nix says
+        processes.read_until(hooked, f"on '{full.uri}'", seen)  # accepted for full, as Nix says
         os.close(fd)
         fd = None
-        read_until(hooked, "every slot there is held by another client", seen)
-        moved = read_until(hooked, "offload: moved from builder 'full' to 'spare'", seen)
+        processes.read_until(hooked, "every slot there is held by another client", seen)
+        moved = processes.read_until(hooked, "offload: moved from builder 'full' to 'spare'", seen)
         out, err = hooked.communicate(timeout=60)
         # Still held by the other client: the build did not wait for full.
         assert held(builder_slot)

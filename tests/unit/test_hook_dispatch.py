@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from offload.hook.dispatch import Dispatch, Placement, Wait
+from offload.hook.dispatch import Dispatch, Placement
 
 
 def _slot_fd() -> int:
@@ -18,9 +18,9 @@ def test_the_longest_waiting_derivation_takes_a_freed_slot_first() -> None:
         free = {"slots": 0}
         order: list[str] = []
 
-        def pick(name: str) -> Placement | Wait:
+        def pick(name: str) -> Placement | None:
             if free["slots"] == 0:
-                return Wait.QUEUED
+                return None
             free["slots"] -= 1
             order.append(name)
             return Placement("b", _slot_fd(), 0.0)
@@ -51,7 +51,7 @@ def test_a_failing_pick_fails_only_its_own_waiter() -> None:
     async def go() -> str:
         dispatch = Dispatch(tick=60)
 
-        def broken(_ahead: tuple[float, ...]) -> Placement | Wait:
+        def broken(_ahead: tuple[float, ...]) -> Placement | None:
             raise RuntimeError("no builder left")
 
         try:
@@ -68,7 +68,7 @@ def test_a_failing_pick_fails_only_its_own_waiter() -> None:
 def test_a_cancelled_waiter_leaves_the_queue() -> None:
     async def go() -> list[float]:
         dispatch = Dispatch(tick=60)
-        waiter = asyncio.create_task(dispatch.take(3.0, lambda _ahead: Wait.QUEUED))
+        waiter = asyncio.create_task(dispatch.take(3.0, lambda _ahead: None))
         while not dispatch.queued():
             await asyncio.sleep(0)
         waiter.cancel()
@@ -81,17 +81,16 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
 
 def test_each_pick_counts_the_waiters_before_it_that_stay_queued() -> None:
     """A waiter that stays queued takes its slot before the shorter ones asked after it, so
-    they are told of it; one set aside (its builders backed off) takes none and is not."""
+    they are told of it."""
 
     async def go() -> dict[str, tuple[float, ...]]:
         dispatch = Dispatch(tick=60)
         seen: dict[str, tuple[float, ...]] = {}
-        answers = {"long": Wait.QUEUED, "aside": Wait.ASIDE, "mid": Wait.QUEUED}
+        queued = {"long", "mid"}
 
-        def pick(name: str, ahead: tuple[float, ...]) -> Placement | Wait:
+        def pick(name: str, ahead: tuple[float, ...]) -> Placement | None:
             seen[name] = ahead
-            answer = answers.get(name)
-            return Placement("b", _slot_fd(), 0.0) if answer is None else answer
+            return None if name in queued else Placement("b", _slot_fd(), 0.0)
 
         async def wait(name: str, work: float) -> None:
             placement = await dispatch.take(work, lambda ahead: pick(name, ahead))
@@ -99,12 +98,12 @@ def test_each_pick_counts_the_waiters_before_it_that_stay_queued() -> None:
 
         tasks = {
             name: asyncio.create_task(wait(name, work))
-            for name, work in (("short", 1.0), ("mid", 5.0), ("aside", 20.0), ("long", 50.0))
+            for name, work in (("short", 1.0), ("mid", 5.0), ("long", 50.0))
         }
-        while "short" not in seen or len(dispatch.queued()) < 3:
+        while "short" not in seen or len(dispatch.queued()) < 2:
             await asyncio.sleep(0)
         await tasks["short"]
-        for name in ("long", "aside", "mid"):
+        for name in ("long", "mid"):
             tasks[name].cancel()
         await asyncio.wait(list(tasks.values()))
         await dispatch.aclose()
@@ -112,6 +111,5 @@ def test_each_pick_counts_the_waiters_before_it_that_stay_queued() -> None:
 
     seen = asyncio.run(go())
     assert seen["long"] == ()
-    assert seen["aside"] == (50.0,)
     assert seen["mid"] == (50.0,)
     assert seen["short"] == (50.0, 5.0)

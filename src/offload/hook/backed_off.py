@@ -24,6 +24,11 @@ or ``unable to start any build``; so the hook says, in the log Nix prints:
     would keep nix-build printing ``waiting for a machine`` for the whole backoff (up to 27
     minutes) for a builder that failed minutes ago, and then fail or wait again.
 
+An accepted derivation (in the coordinator, its builder full or gone) cannot be declined: Nix
+holds its outputs' locks. When only backed-off builders are left to build it, it tries one out
+of turn as above, and once each has failed for this client the build fails with one line
+saying so (``given_up``), rather than wait out a backoff of up to 27 minutes.
+
 Markers in the state directory make "once per client" hold across the hook processes Nix starts
 for one client (``HookContext.first_for_client``).
 """
@@ -35,6 +40,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from offload.backoff import Health
+from offload.errors import OffloadError
 
 if TYPE_CHECKING:
     from offload.hook.context import HookContext
@@ -46,6 +52,7 @@ __all__ = [
     "backed_off_line",
     "clock",
     "declined_line",
+    "given_up",
     "local_why",
     "retry_line",
     "say_declined",
@@ -118,11 +125,27 @@ def to_retry(
 def say_declined(context: HookContext, request: TryRequest, choice: Choice) -> None:
     """Say why a ``stuck`` derivation is declined; once per client and backoff, as Nix asks
     again about a declined derivation each time one of its builds ends."""
-    ends = [h.until for n in choice.backed_off if (h := context.backoff.get(n)) is not None]
-    until = min(ends, default=time.time())
+    until = _first_end(context, choice.backed_off)
     if context.first_for_client(f"declined {request.drv_path} {until:.3f}"):
         line = declined_line(request.drv_path, choice.backed_off, until, _local(context, request))
         context.say(line)
+
+
+def given_up(context: HookContext, request: TryRequest, names: Collection[str]) -> OffloadError:
+    """The error that ends an accepted derivation no builder is left for: ``names``, the
+    builders that could build it, have all failed for this client (``to_retry`` found none
+    to try) and are backed off."""
+    builders = ", ".join(f"'{name}'" for name in names)
+    return OffloadError(
+        f"no builder is left to build '{request.drv_path}': only {builders} could, backed off "
+        f"until {clock(_first_end(context, names))} after failing for this build",
+        hint=f"`offload machines --reset {next(iter(names))}` once it answers, and build again",
+    )
+
+
+def _first_end(context: HookContext, names: Collection[str]) -> float:
+    ends = [h.until for n in names if (h := context.backoff.get(n)) is not None]
+    return min(ends, default=time.time())
 
 
 def _local(context: HookContext, request: TryRequest) -> str:

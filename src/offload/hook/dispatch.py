@@ -5,8 +5,7 @@ asks about it again only after its poll interval (5 s), however soon the slot fr
 coordinator instead accepts it (Nix does not care how long a hook takes after accepting, nor on
 which machine it really builds) and keeps it here until a slot is worth taking. Each waiter
 brings a ``pick``: given the builders now, the slot it should take now (held, with its expected
-end written in), or ``Wait.QUEUED`` to keep waiting because a busy builder still finishes it
-sooner (``Wait.ASIDE``: it cannot be placed at all until its builders' backoff ends). The
+end written in), or None to keep waiting because a busy builder still finishes it sooner. The
 dispatcher asks waiters longest work first, so when a fast slot frees the derivation that gains
 most from it takes it; it asks again whenever one of our builds ends (``notify``) and at least
 every ``TICK`` seconds, for slots freed by other processes and expected ends that have passed.
@@ -24,12 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["TICK", "Dispatch", "Pick", "Placement", "Wait"]
+__all__ = ["TICK", "Dispatch", "Pick", "Placement"]
 
 TICK = 0.25
 
@@ -41,15 +39,9 @@ class Placement:
     expected_end: float
 
 
-class Wait(enum.Enum):
-    """Why a pick placed nothing."""
-
-    QUEUED = "queued"  # waits for a busy builder's slot: the waiters after it count it there
-    ASIDE = "aside"  # its builders are backed off: it waits for no slot meanwhile
-
-
-# Given the works of the waiters asked before it that stay queued: the slot to take, or why not.
-Pick = Callable[[tuple[float, ...]], Placement | Wait]
+# Given the works of the waiters asked before it that stay queued: the slot to take, or None
+# (it waits for a busy builder's slot, and the waiters after it count it there).
+Pick = Callable[[tuple[float, ...]], Placement | None]
 
 
 @dataclass(eq=False)
@@ -104,9 +96,9 @@ class Dispatch:
                 except Exception as exc:  # noqa: BLE001 - the waiter's own failure, given to it
                     waiter.placed.set_exception(exc)
                     continue
-                if placement is Wait.QUEUED:
+                if placement is None:
                     ahead.append(waiter.work)
-                elif placement is not Wait.ASIDE:
+                else:
                     waiter.placed.set_result(placement)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)

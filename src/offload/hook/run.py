@@ -35,10 +35,10 @@ from collections.abc import AsyncIterator
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.history.records import BuildRecord
-from offload.hook.backed_off import say_declined, say_left_out, to_retry
+from offload.hook.backed_off import given_up, say_declined, say_left_out, to_retry
 from offload.hook.context import HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, place_queued
-from offload.hook.dispatch import Placement, Wait
+from offload.hook.dispatch import Placement
 from offload.hook.full import MOVED_NOTE, WAIT_NOTE
 from offload.hook.guard import Guard
 from offload.hook.links import BuilderFullError, Unreachable
@@ -88,26 +88,39 @@ def _pick(
     context: HookContext,
     request: TryRequest,
     work: float,
-    excluded: set[str],
     ahead: tuple[float, ...],
-) -> Placement | Wait:
+    *,
+    excluded: set[str],
+    tried: set[str],
+) -> Placement | None:
     """For an accepted derivation waiting in the dispatch: the slot to take now, if any.
-    ``ahead``: the works of the waiters that take a slot before this one (``dispatch``)."""
+    ``ahead``: the works of the waiters that take a slot before this one (``dispatch``).
+    When only backed-off builders could build it, one is taken up out of turn (``tried``: those
+    so far, each once; one that fails is ``excluded``, and backed off), and once none is left
+    the build fails (``backed_off.given_up``): accepted, it can be neither declined nor left
+    waiting out a backoff."""
     now = time.time()
     unable = LocalOffer(1.0, can_build=False)  # accepted: Nix will not build it here
-    builders = context.builders(now, excluded, full=_full(context, set(), now))
-    builders = place_queued(builders, ahead, now)
-    choice = choose(request, builders, unable, work=work, now=now, queue=True)
-    if choice.stuck:
-        return Wait.ASIDE  # its builders are backed off: they are tried again once that ends
-    if choice.reply is Reply.DECLINE:
+    while True:
+        builders = context.builders(now, excluded, full=_full(context, set(), now), retry=tried)
+        builders = place_queued(builders, ahead, now)
+        choice = choose(request, builders, unable, work=work, now=now, queue=True)
+        if not choice.stuck:
+            break
+        again = to_retry(context, request, choice, tried)
+        if again is None:
+            raise given_up(context, request, (*choice.backed_off, *sorted(excluded)))
+        tried.add(again)
+    if choice.reply is not Reply.ACCEPT:  # nowhere to build it: declined (Nix cannot take it)
+        if excluded:  # each failed for it, and is backed off
+            raise given_up(context, request, sorted(excluded))
         raise OffloadError(f"no builder is left to build {request.drv_path} ({choice.reason})")
-    if choice.reply is not Reply.ACCEPT or choice.waits:
-        return Wait.QUEUED
+    if choice.waits:
+        return None
     machine = context.machine(str(choice.machine))
     until = choice.expected_end
     fd = context.slots.try_acquire(slot_key(machine.uri), machine.max_jobs, until=until)
-    return Wait.QUEUED if fd is None else Placement(machine.name, fd, until or now)
+    return None if fd is None else Placement(machine.name, fd, until or now)
 
 
 @contextlib.asynccontextmanager
@@ -257,18 +270,18 @@ async def _build_where_a_slot_frees(
     """Wait in the dispatch for a slot and build there; a builder that cannot open a session,
     or goes away mid-build, is backed off, and one found full (``full``: ``origin`` already
     was) is waited for in the dispatch with every other builder (``offload.hook.full``)."""
-    dispatch, builders_full = context.keep.dispatch, context.keep.full
-    assert dispatch is not None
+    builders_full = context.keep.full
     assert builders_full is not None
     log = log_writer(context.io)
     waiting: list[str] = []  # the full builders this derivation waits for
+    tried: set[str] = set()  # backed-off builders taken up out of turn (``_pick``)
     if full:
         _wait_full(context, origin, waiting)
     try:
         while True:
-            placement = await dispatch.take(
-                work, lambda ahead: _pick(context, request, work, excluded, ahead)
-            )
+            placement = await _placement(context, request, work, excluded, tried)
+            if placement is None:
+                return 1
             why = _why_moved(context, origin, placement.machine, excluded)
             for name in waiting:
                 builders_full.left(name)
@@ -303,6 +316,23 @@ async def _build_where_a_slot_frees(
     finally:
         for name in waiting:
             builders_full.left(name)
+
+
+async def _placement(
+    context: HookContext, request: TryRequest, work: float, excluded: set[str], tried: set[str]
+) -> Placement | None:
+    """The slot the dispatch gives the derivation (``_pick``); None when no builder is left to
+    build it, said to Nix: accepted, it cannot be declined now, so the build fails."""
+    dispatch = context.keep.dispatch
+    assert dispatch is not None
+    try:
+        return await dispatch.take(
+            work, lambda ahead: _pick(context, request, work, ahead, excluded=excluded, tried=tried)
+        )
+    except OffloadError as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        error_message(context.io, f"offload-hook: {exc.message}{hint}")
+        return None
 
 
 def _wait_full(context: HookContext, name: str, waiting: list[str]) -> None:
