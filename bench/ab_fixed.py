@@ -32,10 +32,10 @@ from bench.measure import run_timed
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.fleet import MemberSpec, fleet_down, fleet_up
 
-__all__ = ["main"]
+__all__ = ["main", "tree_env"]
 
 
-def _tree_env(base: Mapping[str, str], src: Path, state: Path) -> dict[str, str]:
+def tree_env(base: Mapping[str, str], src: Path, state: Path) -> dict[str, str]:
     env = {k: v for k, v in base.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = str(src)
     env["OFFLOAD_STATE_DIR"] = str(state)
@@ -102,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fleet = fleet_up(fleet_dir, [MemberSpec.parse(s) for s in FLEET_SPECS])
         base = fleet.env()
         envs = {
-            "A": _tree_env(base, args.a.resolve(), work / "state-a"),
-            "B": _tree_env(base, args.b.resolve(), work / "state-b"),
+            "A": tree_env(base, args.a.resolve(), work / "state-a"),
+            "B": tree_env(base, args.b.resolve(), work / "state-b"),
         }
         for pair in range(args.pairs):
             order = ("A", "B") if pair % 2 == 0 else ("B", "A")

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
+from offload.hook.context import load_context
+from offload.hook.keep import Keep
 from offload.hook.local_queue import LocalQueue
+from offload.hook.wire import HookIO, TryRequest
 
 
 def test_a_local_slot_frees_once_the_declines_before_it_are_expected_done(tmp_path: Path) -> None:
@@ -28,3 +32,27 @@ def test_the_files_of_ended_nix_processes_go_when_a_new_one_is_made(tmp_path: Pa
     LocalQueue(tmp_path, os.getpid()).add("/nix/store/b.drv", 5.0)  # alive: kept
     assert sorted(p.name for p in (tmp_path / "local-queue").iterdir()) == [f"{os.getpid()}.json"]
     assert LocalQueue(tmp_path, os.getpid()).start("/nix/store/c.drv", 1, now=1.0) == 5.0
+
+
+def test_a_decline_asked_about_again_while_local_slots_are_full_holds_no_slot(
+    tmp_path: Path,
+) -> None:
+    # Nix built none of a declined derivation (its own slots were full) and asks again: the
+    # entry goes, or the local slot would look busy until the derivation's expected end.
+    said: list[bytes] = []
+    context = load_context(
+        {"max-jobs": "1", "system": "x86_64-linux", "builders": ""},
+        state=tmp_path, verbosity=0, env={}, io=HookIO(said.append, said.append),
+        parent=os.getpid(), keep=Keep(tmp_path),
+    )  # fmt: skip
+
+    def ask(name: str, *, willing: bool = True) -> TryRequest:
+        drv = f"/nix/store/{'a' * 32}-{name}.drv"
+        return TryRequest(willing, "x86_64-linux", drv, frozenset())
+
+    now = time.time()
+    assert context.local_offer(ask("d"), now).start == now
+    context.declined(ask("d"), now + 60)
+    assert context.local_offer(ask("e"), now).start == now + 60  # d holds the one slot
+    assert context.local_offer(ask("d", willing=False), now).later
+    assert context.local_offer(ask("e"), now).start == now

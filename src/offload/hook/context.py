@@ -145,9 +145,11 @@ class HookContext:
         local = self.pool.local
         if local is None or not local.supports(request.system, sorted(request.features)):
             return LocalOffer(1.0, can_build=False)
+        queue = LocalQueue(self.state, self.parent)
         if not request.am_willing:
+            queue.forget(request.drv_path)  # asked again: not building here (local_queue)
             return LocalOffer(local.speed_factor, can_build=False, later=True)
-        start = LocalQueue(self.state, self.parent).start(request.drv_path, local.max_jobs, now)
+        start = queue.start(request.drv_path, local.max_jobs, now)
         return LocalOffer(local.speed_factor, can_build=True, start=start)
 
     def declined(self, request: TryRequest, end: float) -> None:

@@ -6,10 +6,11 @@ believed it would decline them all and Nix would build them one after another on
 machine while the builders sat idle. So each decline is written down, per Nix process (the
 hook's parent: ``nix-build``, or the daemon's worker for one client), with the time the build
 is expected to end; the next decision sees the local machine's ``max-jobs`` slots busy until
-then. A derivation asked about again is still waiting, so its old entry is dropped first; an
-entry past its expected end is gone. The file is tiny and written under an exclusive lock. The
-files of Nix processes that have ended are removed as a new one is made: nothing reads them
-again.
+then. A derivation asked about again is still waiting, so its old entry is dropped first (also
+when Nix's own slots are full then: it is not building there either, and an entry left would
+hold a local slot no build uses until its expected end); an entry past its expected end is
+gone. The file is tiny and written under an exclusive lock. The files of Nix processes that
+have ended are removed as a new one is made: nothing reads them again.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ class LocalQueue:
     def add(self, drv_path: str, end: float) -> None:
         with self._locked() as entries:
             entries[drv_path] = end
+
+    def forget(self, drv_path: str) -> None:
+        """``drv_path`` is asked about again: it was not built here after all (so far)."""
+        if self.path.exists():
+            with self._locked() as entries:
+                entries.pop(drv_path, None)
 
 
 def _sweep(directory: Path) -> None:

@@ -1,0 +1,103 @@
+"""Paired A/B of ``nix-build`` with ``offload-hook``: two source trees, alternated on one fleet.
+
+``python -m bench.ab_hook --a OLD/src --b NEW/src --pairs 8 --graph layered:60:1`` brings up the
+bench fleet (``bench.context.FLEET_SPECS``) under /tmp and builds the bench graph (scale 4, as
+``make bench``; ``--graph`` repeatable) with ``nix-build -j 2 --option build-hook offload-hook``
+and each tree in turn, A then B, then B then A, and so on: fresh outputs each time, a state
+directory per tree (each keeps its own history, as a user's would), and each tree's coordinator
+stopped after every run, so the next run of the other tree starts one of its own. It prints each
+run's wall time, the medians per tree and the median of the paired ratios B/A. Run it under the
+bench lock (``flock /tmp/offload-bench.lock ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bench.ab_fixed import tree_env
+from bench.context import FLEET_SPECS, LOCAL_SLOTS, log
+from bench.graphs import generate
+from bench.measure import run_timed
+from bench.tools import tool_argv
+from offload.dagfile import to_nix_expression
+from offload.fleet import MemberSpec, fleet_down, fleet_up
+from offload.hook.coordinator import stop_coordinators
+
+__all__ = ["main"]
+
+_SCALE = 4.0
+
+
+def _one(work: Path, machines: Path, env: Mapping[str, str], graph: str, label: str) -> float:
+    """Wall seconds of one hooked nix-build of ``graph`` (shape:nodes:seed); inf if it failed."""
+    shape, nodes, seed = graph.split(":")
+    dag = generate(shape, int(nodes), int(seed), scale=_SCALE, prefix=f"ab{shape}{nodes}s{seed}")
+    nix_file = work / f"ab-{label}.nix"
+    nix_file.write_text(to_nix_expression(dag, salt=f"{label}-{secrets.token_hex(4)}"))
+    argv = tool_argv("hook", nix_file, f"@{machines}", LOCAL_SLOTS)
+    try:
+        done = run_timed(argv, env=env, timeout=600)
+    finally:
+        stop_coordinators(Path(env["OFFLOAD_STATE_DIR"]))
+    if done.returncode != 0:
+        log(f"{label}: failed: {done.tail()}")
+        return float("inf")
+    return done.elapsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", type=Path, required=True, help="tree A's src directory")
+    parser.add_argument("--b", type=Path, required=True, help="tree B's src directory")
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--graph", action="append", help="shape:nodes:seed (default layered:60:1)")
+    args = parser.parse_args(argv)
+    graphs = args.graph or ["layered:60:1"]
+    work = Path(tempfile.mkdtemp(prefix="oabh", dir="/tmp"))
+    fleet_dir = work / "f"
+    walls: dict[tuple[str, str], list[float]] = {}
+    try:
+        fleet = fleet_up(fleet_dir, [MemberSpec.parse(s) for s in FLEET_SPECS])
+        base = fleet.env()
+        envs = {
+            "A": tree_env(base, args.a.resolve(), work / "state-a"),
+            "B": tree_env(base, args.b.resolve(), work / "state-b"),
+        }
+        for pair in range(args.pairs):
+            for graph in graphs:
+                for tree in ("A", "B") if pair % 2 == 0 else ("B", "A"):
+                    label = f"{tree}{pair}-{graph.replace(':', '-')}"
+                    wall = _one(work, fleet.machines_file, envs[tree], graph, label)
+                    walls.setdefault((graph, tree), []).append(wall)
+                    log(f"pair {pair + 1} {graph} {tree}: {wall:.2f} s")
+    finally:
+        for tree in ("a", "b"):
+            stop_coordinators(work / f"state-{tree}")
+        fleet_down(fleet_dir, purge=True)
+        shutil.rmtree(work, ignore_errors=True)
+    for graph in graphs:
+        a, b = walls.get((graph, "A"), []), walls.get((graph, "B"), [])
+        ratios = [y / x for x, y in zip(a, b, strict=False)]
+        if not ratios:
+            continue
+        shown = ", ".join(f"{r:.3f}" for r in ratios)
+        print(
+            f"{graph}: A median {statistics.median(a):.2f} s, "
+            f"B median {statistics.median(b):.2f} s; B/A {len(ratios)} pairs: "
+            f"median {statistics.median(ratios):.3f}"
+            f", B faster in {sum(r < 1 for r in ratios)} ({shown})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.exit(main())
