@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,11 +48,16 @@ kept_fleet = private_fleet_fixture(
 )
 
 
-def _build(fleet: Fleet, tmp_path: Path, name: str, sshopts: str = "") -> dict[str, str]:
+def _build(
+    fleet: Fleet, tmp_path: Path, name: str, sshopts: str = "", state: Path | None = None
+) -> dict[str, str]:
     """``offload build`` of one derivation ``name`` on member ``keep`` alone (``sshopts`` added
-    to the fleet's NIX_SSHOPTS): where it was built, as the run's events say."""
+    to the fleet's NIX_SSHOPTS; ``state``: the state directory, if not the test's own): where
+    it was built, as the run's events say."""
     file = nix_file(tmp_path, f'mk "{name}" "SPEED > $out" {{}}\n'.replace("SPEED", SPEED), name)
     env = offload_env(fleet, tmp_path)
+    if state is not None:
+        env["OFFLOAD_STATE_DIR"] = str(state)
     env["NIX_SSHOPTS"] = f"{sshopts} {env.get('NIX_SSHOPTS', '')}"
     done = offload(
         fleet, tmp_path, file, "-j0", "--builders", member_line(fleet, "keep"), "--no-out-link",
@@ -89,6 +96,25 @@ def test_the_next_run_builds_over_the_master_the_first_left(
     assert persistent_masters(control) == [master]
     stop_masters(control)
     assert _connected(kept_fleet, tmp_path) == {"keep": False}
+
+
+def test_a_state_directory_with_a_percent_in_its_name_keeps_its_master_there(
+    kept_fleet: Fleet, tmp_path: Path
+) -> None:
+    # ssh reads % in ControlPath as its tokens (%h: the host name): given as %%, the socket is
+    # where offload looks for it, so the next run finds the master the first left.
+    state = Path(tempfile.mkdtemp(prefix="of%h", dir="/tmp"))  # short: no /tmp/offload-ssh-*
+    control = state / "ssh"
+    try:
+        assert _build(kept_fleet, tmp_path, "first", state=state) == {"first": "keep"}
+        (master,) = persistent_masters(control)
+        assert [p.name for p in control.iterdir() if p.is_socket()] != []
+        os.kill(kept_fleet.member("keep").pid, signal.SIGKILL)  # no new connection now
+        assert _build(kept_fleet, tmp_path, "second", state=state) == {"second": "keep"}
+        assert persistent_masters(control) == [master]
+    finally:
+        stop_masters(control)
+        shutil.rmtree(state)
 
 
 def test_a_master_killed_outright_is_replaced_by_the_next_run(

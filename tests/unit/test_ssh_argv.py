@@ -1,4 +1,5 @@
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from offload.transport.ssh import (
     parse_start_line,
     serve_argv,
     serve_command,
+    ssh_argv,
 )
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"
@@ -144,3 +146,22 @@ def test_the_slot_at_the_end_of_the_start_line_is_read_apart_from_the_load():
     assert parse_slot(line.replace("slot=1", "slot=-")) is None  # none was asked for
     assert parse_slot(line.removesuffix(" slot=1")) is None  # an older wrapper
     assert parse_slot("hello slot=1") is None
+
+
+def test_paths_with_a_percent_reach_ssh_as_they_are(tmp_path: Path) -> None:
+    # ssh reads % in ControlPath and UserKnownHostsFile as its tokens (%h: the host): a state
+    # directory with one in its name must not become another path. Asked of ssh itself (-G
+    # prints the configuration it would use, and connects to nothing).
+    where = tmp_path / "100%h"
+    argv = ssh_argv(
+        SshTarget("127.0.0.1", user="root", public_host_key=KEY),
+        known_hosts=where / "known_hosts",
+        control_path=where / "socket",
+    )
+    assert argv[-2:] == ["--", "root@127.0.0.1"]
+    done = subprocess.run(
+        [*argv[:-2], "-G", "127.0.0.1"], capture_output=True, text=True, check=True, timeout=30
+    )
+    said = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert said["controlpath"] == str(where / "socket")
+    assert said["userknownhostsfile"] == str(where / "known_hosts")

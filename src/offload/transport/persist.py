@@ -10,7 +10,8 @@ Each builder's master has one socket in ``<state>/ssh`` (mode 0700), named by a 
 everything that makes a connection different (destination, port, key, pinned host key,
 compression, NIX_SSHOPTS), so a changed host key or user never reuses a master opened for
 another; its pinned known_hosts file sits beside it. A socket path longer than a Unix socket
-allows moves the directory to ``/tmp/offload-ssh-<uid>``, made 0700 and checked to be ours.
+allows moves the directory to ``/tmp/offload-ssh-<uid>``, made 0700 and checked to be ours. A
+``%`` in the path is given to ssh as ``%%`` (``ssh.ssh_path``): ssh reads its tokens there.
 """
 
 from __future__ import annotations
@@ -64,14 +65,12 @@ def control_dir(state: Path) -> Path:
 
 
 def kept_dir(state: Path) -> Path | None:
-    """``control_dir``, or None where masters cannot be kept: a path with ``%`` (ssh reads
-    ``%`` in ControlPath and UserKnownHostsFile as its tokens) or a directory that is not a
+    """``control_dir``, or None where masters cannot be kept: the directory there is not a
     private one of this user's. A run then keeps a master of its own, as before."""
     try:
-        directory = control_dir(state)
+        return control_dir(state)
     except TransportError:
         return None
-    return None if "%" in str(directory) else directory
 
 
 class SharedPaths:

@@ -32,6 +32,7 @@ from offload.transport.ssh import (
     remote_command,
     serve_command,
     ssh_argv,
+    ssh_path,
 )
 
 __all__ = ["PERSIST_SECONDS", "SharedSshTransport"]
@@ -84,7 +85,7 @@ class SharedSshTransport:
             "-o",
             f"ControlPersist={PERSIST_SECONDS}",
             "-o",
-            f"ControlPath={self.control_path}",
+            f"ControlPath={ssh_path(self.control_path)}",
         ]
         # ssh's options must come before `--`, which ssh_argv puts before the destination.
         return [*base[:-2], *shared, *base[-2:], remote_command(remote)]

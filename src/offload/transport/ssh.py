@@ -82,6 +82,7 @@ __all__ = [
     "serve_program",
     "split_sshopts",
     "ssh_argv",
+    "ssh_path",
     "ssh_target",
     "store_program",
 ]
@@ -249,6 +250,12 @@ def known_hosts_line(target: SshTarget) -> str:
     return f"{name} {target.public_host_key.strip()}\n"
 
 
+def ssh_path(path: Path) -> str:
+    """``path`` as the value of an ssh option that reads ``%`` as its tokens (ControlPath,
+    UserKnownHostsFile): ``%%`` is a plain ``%``, so a state directory named so still works."""
+    return str(path).replace("%", "%%")
+
+
 def split_sshopts(text: str) -> list[str]:
     """NIX_SSHOPTS as Nix splits it: on blanks, with no quoting of any kind."""
     return text.split()
@@ -273,7 +280,8 @@ def ssh_argv(
     """
     argv = ["ssh"]
     if known_hosts is not None:
-        argv += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        argv += ["-o", f"UserKnownHostsFile={ssh_path(known_hosts)}"]
+        argv += ["-o", "StrictHostKeyChecking=yes"]
     argv += [*split_sshopts(nix_sshopts), "-x", "-a"]
     argv += [
         "-o",
@@ -294,7 +302,8 @@ def ssh_argv(
     if control_path is not None:
         kept = f"ControlPersist={persist}" if persist > 0 else "ControlPersist=no"
         mode = ["-o", "ControlMaster=yes", "-o", kept] if master else []
-        argv += [*(mode or ["-o", "ControlMaster=no"]), "-o", f"ControlPath={control_path}"]
+        argv += mode or ["-o", "ControlMaster=no"]
+        argv += ["-o", f"ControlPath={ssh_path(control_path)}"]
     return [*argv, "--", target.destination]
 
 
