@@ -1,7 +1,8 @@
 """Stopping ``offload build`` with a signal: SIGTERM as Ctrl-C, and Ctrl-C at any moment.
 
 SIGTERM while builds run on builders: the live view gives the cursor back, the remote build
-is stopped, offload's temporary directories are gone, and the exit status is 143. Ctrl-C while
+is stopped and what it wrote of its output deleted, offload's temporary directories are gone,
+and the exit status is 143. Ctrl-C while
 offload is still starting never prints a traceback.
 """
 
@@ -58,7 +59,10 @@ IGNORING_CTRL_C = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh"]
 @pytest.mark.parametrize("ctrl_c", ["default", "ignored"])
 def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp, ctrl_c):
     marker, release = tmp_path / "running", tmp_path / "never"
-    wait = marker_script(marker, f"while [ ! -e {release} ]; do /bin/sleep 0.1; done; echo > $out")
+    # Part of the output is written before the wait, as a build stopped mid-way leaves it.
+    wait = marker_script(
+        marker, f"echo part > $out; while [ ! -e {release} ]; do /bin/sleep 0.1; done"
+    )
     file = nix_file(tmp_path, f'{{ long = mk "long" "{wait}" {{}}; }}\n')
     env = offload_env(fleet, tmp_path, TMPDIR=str(short_tmp))
     argv = offload_argv(file, "-A", "long", "--builders", f"@{fleet.machines_file}")
@@ -87,6 +91,9 @@ def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp, ctrl_c
     # The build was stopped on the builder, not left running there.
     assert not [cmd for _, cmd in member_processes(fleet.member("medium")) if str(release) in cmd]
     assert not valid_locally(out_path(file, "long"))
+    # Nor is what it wrote of its output left in the builder's store (unregistered, until a GC).
+    medium = fleet.member("medium").root / "nix" / "store"
+    assert not (medium / Path(out_path(file, "long")).name).exists()
     if ctrl_c == "ignored":
         # SIGINT raised outside asyncio's own handler: the run's tasks are cancelled only as
         # the event loop closes, after the history was closed. Not kept (README's Limits).

@@ -109,6 +109,7 @@ class BuildCopies:
         phase = self.events.phase
         sent = received = 0
         client: StoreClient | None = None
+        building: float | None = None  # when the build itself began
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if self.slots is not None and member.slot_key is not None:
@@ -133,7 +134,7 @@ class BuildCopies:
                 self.holders.fed.add((drv_path, name))
                 phase(drv_path, name, "building", speculative=speculative)
                 client.on_phase = self.events.step_handler(drv_path, name)
-                build_start = self.clock()
+                build_start = building = self.clock()
                 inputs = self.plan.inputs[drv_path]
                 result = await client.build_derivation(
                     drv_path, drv, input_srcs=inputs, options=self.options
@@ -155,13 +156,24 @@ class BuildCopies:
             return Outcome("returned", exc.message, started, sent, received, source=exc.source)
         except asyncio.CancelledError:
             if client is not None:
-                with contextlib.suppress(OffloadError):
-                    await member.link.cancel(client)
+                await self._stop(member, client, drv_path if building is not None else None)
             raise
         except OffloadError as exc:
             # The local store refusing or dropping a copy is final, not the builder's fault.
             kind: Literal["failed", "lost"] = "failed" if local_store_failed(exc) else "lost"
             return Outcome(kind, exc.message, started, sent, received)
+
+    async def _stop(self, member: PoolMember, client: StoreClient, drv_path: str | None) -> None:
+        """A copy cancelled (it lost to another, its builder was taken down, the run stopped):
+        its remote process stopped and, if it was building ``drv_path``, what it wrote of the
+        outputs deleted (Nix leaves them unregistered in the store until the next build or
+        GC), bounded: a builder that no longer answers must not hold the run up."""
+        with contextlib.suppress(OffloadError):
+            await member.link.cancel(client)
+        if drv_path is not None and member.remote:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
+                    await remove_partial(member.link, self.plan.outputs[drv_path])
 
     async def _session(
         self,
