@@ -13,6 +13,7 @@ bench lock (``flock /tmp/offload-bench.lock ...``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import shutil
@@ -84,10 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         fleet_down(fleet_dir, purge=True)
         shutil.rmtree(work, ignore_errors=True)
     for graph in graphs:
-        a, b = walls.get((graph, "A"), []), walls.get((graph, "B"), [])
-        ratios = [y / x for x, y in zip(a, b, strict=False)]
-        if not ratios:
+        pairs = list(zip(walls.get((graph, "A"), []), walls.get((graph, "B"), []), strict=False))
+        ok = [(x, y) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
+        if len(ok) < len(pairs):
+            print(f"{graph}: {len(pairs) - len(ok)} of {len(pairs)} pairs left out (a run failed)")
+        if not ok:
             continue
+        a, b = [x for x, _ in ok], [y for _, y in ok]
+        ratios = [y / x for x, y in ok]
         shown = ", ".join(f"{r:.3f}" for r in ratios)
         print(
             f"{graph}: A median {statistics.median(a):.2f} s, "

@@ -36,6 +36,8 @@ from bench.faults.harness import (
     wait_until,
 )
 from offload.fleet import Fleet, MemberSpec, fleet_up
+from offload.transport.persist import location
+from offload.transport.ssh import ssh_path
 
 SPECS = (
     MemberSpec("fzfast", 4.0, 2),
@@ -336,10 +338,10 @@ def crowd(suite: Suite) -> Trial:
     coordinator.stop_coordinators(state, 30)
     # The hook's ssh masters outlive it by design (ControlPersist, 120 s idle): end them now,
     # as their idle time would, so that what is left is what should not be.
-    for socket in (state / "ssh").glob("*"):
+    for socket in location(state).glob("*"):
         if socket.is_socket():
             subprocess.run(
-                ["ssh", "-O", "exit", "-o", f"ControlPath={socket}", "x"],
+                ["ssh", "-O", "exit", "-o", f"ControlPath={ssh_path(socket)}", "x"],
                 capture_output=True, check=False, timeout=10,
             )  # fmt: skip
     for graph in graphs:

@@ -26,6 +26,7 @@ from offload.config.machines import Machine, parse_machines
 from offload.config.machines.uri import parse_store_uri
 from offload.fleet import DEFAULT_SPECS, Fleet, Member, MemberSpec, fleet_down, fleet_up
 from offload.transport.persist import location
+from offload.transport.ssh import ssh_path
 from tests.helpers.processes import running
 
 
@@ -175,11 +176,14 @@ def established(port: int) -> int:
 
 
 def ssh_using(control_dir: Path) -> list[int]:
-    """Pids of the processes whose command line names ``control_dir`` (ssh masters, sessions)."""
+    """Pids of the processes whose command line names ``control_dir`` (ssh masters, sessions;
+    given to ssh with ``%`` doubled, ``ssh_path``)."""
+    names = {str(control_dir).encode(), ssh_path(control_dir).encode()}
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if str(control_dir).encode() in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                if any(name in cmdline for name in names):
                     pids.append(int(entry.name))
     return pids

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,6 +224,8 @@ def _accepted_while_busy(
         text=True,
     )
     seen: list[str] = []
+    watchdog = threading.Timer(60, proc.kill)  # read_until waits for a line that may not come
+    watchdog.start()
     try:
         processes.read_until(proc, f"on '{uri}'", seen)  # accepted for it, as Nix says
         os.close(fd)
@@ -230,6 +233,7 @@ def _accepted_while_busy(
         # Waiting out a backoff would take 10 minutes: the timeout catches it.
         out, err = proc.communicate(timeout=40)
     finally:
+        watchdog.cancel()
         processes.stop(proc)
         if fd is not None:
             os.close(fd)

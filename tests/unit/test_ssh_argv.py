@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from offload.errors import ConfigError
+from offload.transport.shared import SharedSshTransport
 from offload.transport.ssh import (
     SshTarget,
     kill_script,
@@ -148,20 +149,27 @@ def test_the_slot_at_the_end_of_the_start_line_is_read_apart_from_the_load():
     assert parse_slot("hello slot=1") is None
 
 
+def _as_ssh_reads_them(argv: list[str]) -> dict[str, str]:
+    """ssh's own configuration for ``argv`` up to its destination (``-G`` prints it and
+    connects to nothing)."""
+    end = argv.index("--")
+    done = subprocess.run(
+        [*argv[:end], "-G", "127.0.0.1"], capture_output=True, text=True, check=True, timeout=30
+    )
+    return dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+
+
 def test_paths_with_a_percent_reach_ssh_as_they_are(tmp_path: Path) -> None:
     # ssh reads % in ControlPath and UserKnownHostsFile as its tokens (%h: the host): a state
-    # directory with one in its name must not become another path. Asked of ssh itself (-G
-    # prints the configuration it would use, and connects to nothing).
+    # directory with one in its name must not become another path.
     where = tmp_path / "100%h"
-    argv = ssh_argv(
-        SshTarget("127.0.0.1", user="root", public_host_key=KEY),
-        known_hosts=where / "known_hosts",
-        control_path=where / "socket",
-    )
-    assert argv[-2:] == ["--", "root@127.0.0.1"]
-    done = subprocess.run(
-        [*argv[:-2], "-G", "127.0.0.1"], capture_output=True, text=True, check=True, timeout=30
-    )
-    said = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    target = SshTarget("127.0.0.1", user="root", public_host_key=KEY)
+    argv = ssh_argv(target, known_hosts=where / "known_hosts", control_path=where / "socket")
+    said = _as_ssh_reads_them(argv)
     assert said["controlpath"] == str(where / "socket")
     assert said["userknownhostsfile"] == str(where / "known_hosts")
+    # The hook's shared masters too (offload.transport.shared).
+    shared = SharedSshTransport(target, name="b", directory=where, env={})
+    said = _as_ssh_reads_them(shared.argv(["true"]))
+    assert said["controlpath"] == str(shared.control_path)
+    assert said["userknownhostsfile"] == str(shared.known_hosts)

@@ -167,11 +167,14 @@ class BuildCopies:
         """A copy cancelled (it lost to another, its builder was taken down, the run stopped):
         its remote process stopped and, if it was building ``drv_path``, what it wrote of the
         outputs deleted (Nix leaves them unregistered in the store until the next build or
-        GC), bounded: a builder that no longer answers must not hold the run up."""
-        with contextlib.suppress(OffloadError):
+        GC), bounded: a builder that no longer answers must not hold the run up. Not after a
+        stop that failed: its process may still hold them, and the builder is likely gone."""
+        try:
             await member.link.cancel(client)
+        except OffloadError:
+            return
         if drv_path is not None and member.remote:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, OSError):  # the cancellation must go on
                 async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
                     await remove_partial(member.link, self.plan.outputs[drv_path])
 
