@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet, MemberSpec
+from offload.history.db import History
+from offload.history.tails import name_of, tails
 from offload.slots import NIX_CURRENT_LOAD, slot_key
 from tests.helpers.fleets import drop_member, member_processes, private_fleet_fixture
 from tests.helpers.nix_files import SPEED, nix_file
@@ -109,6 +111,24 @@ def test_graph_uses_the_local_machine_and_the_builders(hook_fleet: Fleet, tmp_pa
     for path, speed in where.items():
         if speed == "local":
             assert not holders(hook_fleet, path)
+
+
+def test_the_hook_keeps_what_each_build_was_built_on_for_later_priorities(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # b is built on a: the history says so (as offload build's runs say their graphs), and
+    # from it a's tail, the work after a, which orders the coordinator's waiting derivations.
+    body = (
+        f'rec {{ a = mk "a" "{SPEED} > $out" {{}}; b = mk "b" "/bin/cat ${{a}} > $out" {{}}; }}\n'
+    )
+    file = nix_file(tmp_path, body)
+    outputs(nix_build(hook_fleet, tmp_path, file, "-A", "b", "-j0"))
+    with History(tmp_path / "state" / "history.sqlite") as history:
+        edges = history.recent_deps()
+        built = {record.pname for record in history.builds()}
+    assert [(name_of(drv), name_of(dep)) for drv, dep in edges] == [("b", "a")]
+    assert built == {"a", "b"}
+    assert tails(edges, {"b": 3.0}.__getitem__) == {"a": 3.0, "b": 0.0}
 
 
 def test_two_builds_run_at_once_on_two_builders(hook_fleet: Fleet, tmp_path: Path) -> None:

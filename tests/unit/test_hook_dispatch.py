@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
+
 from offload.hook.dispatch import Dispatch, Placement
 
 
@@ -12,7 +14,16 @@ def _slot_fd() -> int:
     return os.open(os.devnull, os.O_RDONLY)
 
 
-def test_the_longest_waiting_derivation_takes_a_freed_slot_first() -> None:
+@pytest.mark.parametrize(
+    ("priorities", "first"),
+    [((None, None), "long"), ((60.0, 50.0), "short")],
+    ids=["by work", "by priority"],
+)
+def test_the_highest_priority_waiting_derivation_takes_a_freed_slot_first(
+    priorities: tuple[float | None, float | None], first: str
+) -> None:
+    # By work when no priority is given; else by priority (a short build with the longest
+    # path after it: the critical one, history.tails).
     async def go() -> list[str]:
         dispatch = Dispatch(tick=60)  # only notify() wakes it: no timing in this test
         free = {"slots": 0}
@@ -25,26 +36,31 @@ def test_the_longest_waiting_derivation_takes_a_freed_slot_first() -> None:
             order.append(name)
             return Placement("b", _slot_fd(), 0.0)
 
-        async def wait(name: str, work: float) -> None:
-            placement = await dispatch.take(work, lambda _ahead: pick(name))
+        async def wait(name: str, work: float, priority: float | None) -> None:
+            placement = await dispatch.take(work, lambda _ahead: pick(name), priority=priority)
             os.close(placement.fd)
 
-        short = asyncio.create_task(wait("short", 1.0))
-        long = asyncio.create_task(wait("long", 50.0))
+        tasks = {
+            "short": asyncio.create_task(wait("short", 1.0, priorities[0])),
+            "long": asyncio.create_task(wait("long", 50.0, priorities[1])),
+        }
         while len(dispatch.queued()) < 2:
             await asyncio.sleep(0)
         assert sorted(dispatch.queued()) == [1.0, 50.0]
+        # A newcomer of priority 55 comes after a waiter of 60, before one of 50.
+        assert dispatch.queued(above=55.0) == ([] if priorities[0] is None else [1.0])
         free["slots"] = 1
         dispatch.notify()
-        await long
-        assert not short.done()
+        await tasks[first]
+        second = "short" if first == "long" else "long"
+        assert not tasks[second].done()
         free["slots"] = 1
         dispatch.notify()
-        await short
+        await tasks[second]
         await dispatch.aclose()
         return order
 
-    assert asyncio.run(go()) == ["long", "short"]
+    assert asyncio.run(go()) == [first, "short" if first == "long" else "long"]
 
 
 def test_a_failing_pick_fails_only_its_own_waiter() -> None:

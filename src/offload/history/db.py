@@ -20,7 +20,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
@@ -185,9 +185,29 @@ class History:
                 db.execute(f"PRAGMA user_version = {number}")
 
     @_guarded
-    def record(self, records: Iterable[BuildRecord]) -> None:
+    def record(
+        self, records: Iterable[BuildRecord], deps: Mapping[str, Iterable[str]] | None = None
+    ) -> None:
+        """Builds of no run (``offload-hook``'s), with the input derivations of each
+        (``deps``, by derivation: kept under that build's ``run_id``, as a run's are)."""
+        records = list(records)
+        run_of = {r.drv_path: r.run_id for r in records}
         with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO deps (run_id, drv_path, dep) VALUES (?, ?, ?)",
+                [(run_of[drv], drv, dep) for drv, ins in (deps or {}).items() for dep in ins],
+            )
             _insert_builds(db, records)
+
+    @_guarded
+    def recent_deps(self, limit: int = 20000) -> list[tuple[str, str]]:
+        """The last ``limit`` dependency edges recorded, (derivation, input derivation), by
+        runs and ``offload-hook`` alike, the newest first."""
+        with closing(self._db.cursor()) as cur:
+            rows = cur.execute(
+                "SELECT drv_path, dep FROM deps ORDER BY rowid DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [(str(drv), str(dep)) for drv, dep in rows]
 
     @_guarded
     def record_run(self, run: RunRecord, builds: Iterable[BuildRecord]) -> None:

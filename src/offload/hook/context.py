@@ -168,6 +168,16 @@ class HookContext:
             return known[pname]
         return BIG_PARALLEL_WORK if "big-parallel" in request.features else DEFAULT_WORK
 
+    def priority(self, request: TryRequest, work: float) -> float:
+        """Where ``request`` waits in the coordinator's queue: its ``work`` and the work history
+        saw after it (``history.tails``)."""
+        speeds = {m.name: m.speed_factor for m in self.pool.machines}
+
+        def estimate(names: Iterable[str]) -> Mapping[str, float]:
+            return estimator(self.keep.history(), speeds)(names)
+
+        return work + self.keep.tails(estimate).get(request.pname, 0.0)
+
     def reload_backoff(self) -> None:
         """Backoff as the file has it now: another run's failure, or ``offload machines
         --reset``, counts from the next decision (Nix keeps a hook process until it accepts)."""

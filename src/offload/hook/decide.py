@@ -1,8 +1,10 @@
 """What the hook answers to one ``try``: the policy's placement rule for a single derivation.
 
-Nix asks about one derivation at a time, so the whole-graph parts of the policy (critical
-paths, holds for coming work, speculation) have nothing to work on here; what remains is the
-placement rule of ``offload.scheduler.policy``: a derivation goes where it is expected to
+Nix asks about one derivation at a time, so the whole-graph parts of the policy (holds for
+coming work, speculation, slack) have nothing to work on here, and of critical paths only what
+history saw after a derivation's name (``history.tails``), which orders the coordinator's
+waiting derivations (``offload.hook.dispatch``); what remains is the placement rule of
+``offload.scheduler.policy``: a derivation goes where it is expected to
 *finish* first. The candidates are the local machine, when Nix is willing to build it here
 and it can (system and features, as ``canBuildLocally``), and every builder that may build it
 (``can_build``: Nix's own matching) and is not backed off. A builder's start is now when one

@@ -6,9 +6,11 @@ coordinator instead accepts it (Nix does not care how long a hook takes after ac
 which machine it really builds) and keeps it here until a slot is worth taking. Each waiter
 brings a ``pick``: given the builders now, the slot it should take now (held, with its expected
 end written in), or None to keep waiting because a busy builder still finishes it sooner. The
-dispatcher asks waiters longest work first, so when a fast slot frees the derivation that gains
-most from it takes it; it asks again whenever one of our builds ends (``notify``) and at least
-every ``TICK`` seconds, for slots freed by other processes and expected ends that have passed.
+dispatcher asks waiters highest priority first (its work and the work history saw after it,
+``history.tails``: its critical path; its work alone where none was seen), so when a fast slot
+frees the derivation with the most work behind it takes it; it asks again whenever one of our
+builds ends (``notify``) and at least every ``TICK`` seconds, for slots freed by other
+processes and expected ends that have passed.
 
 Each pick is given the works of the waiters asked before it that stay queued: they take the
 slots they wait for first, so a waiter counts them there (``decide.place_queued``). Without
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ Pick = Callable[[tuple[float, ...]], Placement | None]
 class _Waiter:
     work: float
     pick: Pick
+    priority: float  # asked in this order, the highest first
     placed: asyncio.Future[Placement] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -60,17 +64,19 @@ class Dispatch:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def queued(self) -> list[float]:
-        """The works of the derivations waiting: the coordinator's own queue on the builders."""
-        return [w.work for w in self._waiters if not w.placed.done()]
+    def queued(self, above: float = -math.inf) -> list[float]:
+        """The works of the derivations waiting with a priority of at least ``above`` (those
+        that take a slot before one of that priority): the coordinator's queue on the builders."""
+        return [w.work for w in self._waiters if not w.placed.done() and w.priority >= above]
 
     def notify(self) -> None:
         """A slot may have freed (one of our builds ended): look again now."""
         self._wake.set()
 
-    async def take(self, work: float, pick: Pick) -> Placement:
-        """Wait until ``pick`` places the derivation; its slot is then the caller's to free."""
-        waiter = _Waiter(work, pick)
+    async def take(self, work: float, pick: Pick, priority: float | None = None) -> Placement:
+        """Wait until ``pick`` places the derivation; its slot is then the caller's to free.
+        ``priority``: its place in the queue (its work when not given)."""
+        waiter = _Waiter(work, pick, work if priority is None else priority)
         self._waiters.append(waiter)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dispatch")
@@ -88,7 +94,7 @@ class Dispatch:
         while any(not w.placed.done() for w in self._waiters):
             self._wake.clear()
             ahead: list[float] = []  # works of the waiters asked so far that stay queued
-            for waiter in sorted(self._waiters, key=lambda w: -w.work):
+            for waiter in sorted(self._waiters, key=lambda w: -w.priority):
                 if waiter.placed.done():
                     continue
                 try:

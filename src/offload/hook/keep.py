@@ -12,22 +12,28 @@ start), and the history database (a connection and its schema check).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 
+from offload.errors import OffloadError
 from offload.history.db import History
+from offload.history.tails import name_of, tails
 from offload.hook.dispatch import Dispatch
 from offload.hook.full import FullBuilders
 from offload.hook.links import BuilderLinks
 from offload.hook.loads import HookLoads
 from offload.load import local_boot_id
 from offload.protocol.serve import StoreClient
+from offload.scheduler.run import DEFAULT_WORK
 from offload.transport.links import LocalLink
 
-__all__ = ["Keep"]
+__all__ = ["TAILS_SECONDS", "Keep"]
 
 # Local sessions lent at once: each accepted build reads its inputs through one.
 _LOCAL_SESSIONS = 8
+# How long the tails read from history serve before they are read again (new edges, estimates).
+TAILS_SECONDS = 60.0
 
 
 class Keep:
@@ -42,6 +48,22 @@ class Keep:
         self.full = FullBuilders(self.links, self.dispatch.notify) if self.dispatch else None
         self._local: LocalLink | None = None
         self._history: History | None = None
+        self._tails: tuple[float, Mapping[str, float]] | None = None  # when read, and what
+
+    def tails(
+        self, estimate: Callable[[Iterable[str]], Mapping[str, float]]
+    ) -> Mapping[str, float]:
+        """Each name's tail (``history.tails``) from the edges history holds, with ``estimate``'s
+        work (a guess where it has none); read again after ``TAILS_SECONDS``."""
+        now = time.monotonic()
+        if self._tails is None or now - self._tails[0] > TAILS_SECONDS:
+            try:
+                edges = self.history().recent_deps()
+                known = estimate({n for edge in edges for p in edge if (n := name_of(p))})
+            except OffloadError:
+                edges, known = [], {}
+            self._tails = (now, tails(edges, lambda name: known.get(name, DEFAULT_WORK)))
+        return self._tails[1]
 
     def history(self) -> History:
         """The state directory's history database, opened on first use (``StoreError``)."""

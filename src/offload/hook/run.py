@@ -48,6 +48,7 @@ from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.protocol.wire import ByteReader
 from offload.slots import slot_key
+from offload.store.drv import read_derivation
 from offload.store.path import STORE_DIR
 
 __all__ = ["answer"]
@@ -66,13 +67,20 @@ def _full(context: HookContext, found: set[str], now: float) -> dict[str, float 
 
 
 def _decide(
-    context: HookContext, request: TryRequest, work: float, full: set[str], retry: set[str]
+    context: HookContext,
+    request: TryRequest,
+    work: float,
+    full: set[str],
+    retry: set[str],
+    *,
+    priority: float,
 ) -> Choice:
     now = time.time()
     builders = context.builders(now, full=_full(context, full, now), retry=retry)
     dispatch = context.keep.dispatch
     if dispatch is not None:
-        builders = place_queued(builders, dispatch.queued(), now)
+        # The waiting derivations of its priority or more take their slots before it would.
+        builders = place_queued(builders, dispatch.queued(above=priority), now)
     return choose(
         request,
         builders,
@@ -163,9 +171,11 @@ async def answer(
     retry: set[str] = set()  # backed off, but tried now: nothing else can build it
     tried: set[str] = set()  # tried so here (once each, even were no marker to be made)
     work = context.work(request)
+    queue = context.keep.dispatch is not None
+    priority = context.priority(request, work) if queue else work
     context.reload_backoff()
     for _ in range(_MAX_ATTEMPTS):
-        choice = _decide(context, request, work, full, retry)
+        choice = _decide(context, request, work, full, retry, priority=priority)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
         say_left_out(context, choice)
         if choice.stuck and (again := to_retry(context, request, choice, tried)) is not None:
@@ -334,7 +344,9 @@ async def _placement(
     assert dispatch is not None
     try:
         return await dispatch.take(
-            work, lambda ahead: _pick(context, request, work, ahead, excluded=excluded, tried=tried)
+            work,
+            lambda ahead: _pick(context, request, work, ahead, excluded=excluded, tried=tried),
+            priority=context.priority(request, work),
         )
     except OffloadError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
@@ -414,4 +426,6 @@ def _record(context: HookContext, request: TryRequest, name: str, outcome: Outco
         bytes_received=outcome.received,
     )
     with contextlib.suppress(OffloadError):
-        context.keep.history().record([record])
+        # Its inputs too: what was built on what gives later hooks their tails (keep.tails).
+        inputs = tuple(read_derivation(request.drv_path).input_drvs)
+        context.keep.history().record([record], deps={request.drv_path: inputs})
