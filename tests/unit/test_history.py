@@ -52,3 +52,20 @@ def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
     db.close()
     with pytest.raises(StoreError, match="newer offload"):
         History(path)
+
+
+def test_a_build_of_no_run_keeps_its_inputs_newest_first(tmp_path):
+    with History(tmp_path / "h.sqlite") as history:
+        history.record([_rec("b", "fast", 1.0, drv="/nix/store/b.drv")], deps={
+            "/nix/store/b.drv": ("/nix/store/a.drv", "/nix/store/c.drv"),
+            "/nix/store/other.drv": ("/nix/store/a.drv",),  # not recorded here: left out
+        })  # fmt: skip
+        history.record([_rec("d", "fast", 1.0, drv="/nix/store/d.drv")], deps={
+            "/nix/store/d.drv": ("/nix/store/b.drv",),
+        })  # fmt: skip
+        assert history.recent_deps() == [
+            ("/nix/store/d.drv", "/nix/store/b.drv"),
+            ("/nix/store/b.drv", "/nix/store/c.drv"),
+            ("/nix/store/b.drv", "/nix/store/a.drv"),
+        ]
+        assert history.recent_deps(limit=1) == [("/nix/store/d.drv", "/nix/store/b.drv")]

@@ -9,8 +9,9 @@ records scaled by relative speed at the caller.
 
 Runs (``offload build``) have a row in ``runs`` with their builds' dependencies in ``deps``;
 each build's phases are rows of ``phases``. Builds of Nix's hook belong to no run (their
-``run_id`` starts with ``hook-``); builds recorded before runs were (schema 1) belong to runs
-that ``runs`` makes up from them, without machines or bound.
+``run_id`` starts with ``hook-``), their input derivations in ``deps`` under that id; builds
+recorded before runs were (schema 1) belong to runs that ``runs`` makes up from them, without
+machines or bound.
 """
 
 from __future__ import annotations
@@ -195,7 +196,12 @@ class History:
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO deps (run_id, drv_path, dep) VALUES (?, ?, ?)",
-                [(run_of[drv], drv, dep) for drv, ins in (deps or {}).items() for dep in ins],
+                [
+                    (run_of[drv], drv, dep)
+                    for drv, ins in (deps or {}).items()
+                    if drv in run_of  # only the builds recorded here
+                    for dep in ins
+                ],
             )
             _insert_builds(db, records)
 

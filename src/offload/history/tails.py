@@ -14,6 +14,7 @@ never endless).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 
 from offload.errors import StoreError
@@ -22,6 +23,7 @@ from offload.store.path import StorePath, split_name_version
 __all__ = ["name_of", "tails"]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the edges name the same derivations many times
 def name_of(drv_path: str) -> str | None:
     """The name history learns a derivation under (without version); None if not a store path."""
     try:

@@ -171,8 +171,7 @@ async def answer(
     retry: set[str] = set()  # backed off, but tried now: nothing else can build it
     tried: set[str] = set()  # tried so here (once each, even were no marker to be made)
     work = context.work(request)
-    queue = context.keep.dispatch is not None
-    priority = context.priority(request, work) if queue else work
+    priority = work if context.keep.dispatch is None else context.priority(request, work)
     context.reload_backoff()
     for _ in range(_MAX_ATTEMPTS):
         choice = _decide(context, request, work, full, retry, priority=priority)
@@ -425,7 +424,8 @@ def _record(context: HookContext, request: TryRequest, name: str, outcome: Outco
         bytes_sent=outcome.sent,
         bytes_received=outcome.received,
     )
+    inputs: tuple[str, ...] = ()  # what it was built on gives later hooks their tails
     with contextlib.suppress(OffloadError):
-        # Its inputs too: what was built on what gives later hooks their tails (keep.tails).
         inputs = tuple(read_derivation(request.drv_path).input_drvs)
+    with contextlib.suppress(OffloadError):
         context.keep.history().record([record], deps={request.drv_path: inputs})

@@ -1,0 +1,41 @@
+"""Where a derivation waits in the coordinator's queue (``HookContext.priority``): its work and
+the work history saw built on it (``history.tails``), read through the coordinator's ``Keep``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from offload.history.records import BuildRecord
+from offload.hook.context import load_context
+from offload.hook.keep import Keep
+from offload.hook.wire import HookIO, TryRequest
+
+H = "0" * 32
+
+
+def _drv(name: str) -> str:
+    return f"/nix/store/{H}-{name}.drv"
+
+
+def test_a_derivation_with_work_built_on_it_waits_ahead_of_its_work(tmp_path: Path) -> None:
+    keep = Keep(tmp_path)
+    history = keep.history()  # the coordinator's: open for as long as it runs
+    # c was built on b, b on a: 8 s and 2 s of work at speed 1 (machine "m", speed 1).
+    for name, seconds, inputs in (("a", 1.0, ()), ("b", 2.0, ("a",)), ("c", 8.0, ("b",))):
+        record = BuildRecord(f"hook-{name}", _drv(name), name, "m", 0.0, seconds, "built")
+        history.record([record], deps={_drv(name): tuple(map(_drv, inputs))})
+    context = load_context(
+        {"max-jobs": "0", "system": "x86_64-linux", "builders": "ssh://m x86_64-linux - 1 1"},
+        state=tmp_path, verbosity=0, env={}, io=HookIO(lambda _b: None, lambda _b: None),
+        parent=os.getpid(), keep=keep,
+    )  # fmt: skip
+
+    def ask(name: str) -> TryRequest:
+        return TryRequest(False, "x86_64-linux", _drv(name), frozenset())
+
+    assert context.priority(ask("a"), 1.0) == 1.0 + 2.0 + 8.0
+    assert context.priority(ask("b"), 2.0) == 2.0 + 8.0
+    assert context.priority(ask("c"), 8.0) == 8.0  # nothing seen built on it
+    assert context.priority(ask("new"), 10.0) == 10.0  # a name history has not seen
+    history.close()
