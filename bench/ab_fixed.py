@@ -13,6 +13,7 @@ overlap.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,9 @@ from bench.context import FLEET_SPECS, log
 from bench.fixed_costs import PHASES, json_events, phases
 from bench.measure import run_timed
 from offload.dagfile import Dag, DagNode, to_nix_expression
-from offload.fleet import MemberSpec, fleet_down, fleet_up
+from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
 
-__all__ = ["main", "tree_env"]
+__all__ = ["main", "pair_order", "paired_fleet", "tree_env"]
 
 
 def tree_env(base: Mapping[str, str], src: Path, state: Path) -> dict[str, str]:
@@ -48,6 +49,33 @@ def tree_env(base: Mapping[str, str], src: Path, state: Path) -> dict[str, str]:
         stdout=subprocess.DEVNULL,
     )
     return env
+
+
+@contextlib.contextmanager
+def paired_fleet(
+    a: Path, b: Path, *, prefix: str
+) -> Iterator[tuple[Path, Fleet, dict[str, dict[str, str]]]]:
+    """The bench fleet up in a scratch directory under /tmp, with the environment of tree A's
+    and tree B's src (``tree_env``, a state directory each): (scratch, fleet, envs by "A" and
+    "B"); all of it gone afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    fleet_dir = work / "f"
+    try:
+        fleet = fleet_up(fleet_dir, [MemberSpec.parse(s) for s in FLEET_SPECS])
+        base = fleet.env()
+        envs = {
+            "A": tree_env(base, a.resolve(), work / "state-a"),
+            "B": tree_env(base, b.resolve(), work / "state-b"),
+        }
+        yield work, fleet, envs
+    finally:
+        fleet_down(fleet_dir, purge=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def pair_order(pair: int) -> tuple[str, str]:
+    """Which tree runs first in pair ``pair``: A, then B, then B first, and so on."""
+    return ("A", "B") if pair % 2 == 0 else ("B", "A")
 
 
 def _one(work: Path, machines: Path, env: Mapping[str, str], label: str, n: int) -> dict[str, Any]:
@@ -95,25 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trivial", type=int, default=100)
     parser.add_argument("--json", type=Path, help="write every record here")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="oab", dir="/tmp"))
-    fleet_dir = work / "f"
     records: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
-    try:
-        fleet = fleet_up(fleet_dir, [MemberSpec.parse(s) for s in FLEET_SPECS])
-        base = fleet.env()
-        envs = {
-            "A": tree_env(base, args.a.resolve(), work / "state-a"),
-            "B": tree_env(base, args.b.resolve(), work / "state-b"),
-        }
+    with paired_fleet(args.a, args.b, prefix="oab") as (work, fleet, envs):
         for pair in range(args.pairs):
-            order = ("A", "B") if pair % 2 == 0 else ("B", "A")
-            for tree in order:
+            for tree in pair_order(pair):
                 record = _one(work, fleet.machines_file, envs[tree], f"{tree}{pair}", args.trivial)
                 records[tree].append(record)
                 log(f"pair {pair + 1} {tree}: {record['wall_s']:.3f} s ok={record['ok']}")
-    finally:
-        fleet_down(fleet_dir, purge=True)
-        shutil.rmtree(work, ignore_errors=True)
     if args.json is not None:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
     _summary(records)

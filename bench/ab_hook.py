@@ -16,20 +16,17 @@ import argparse
 import math
 import os
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.ab_fixed import tree_env
-from bench.context import FLEET_SPECS, LOCAL_SLOTS, log
+from bench.ab_fixed import pair_order, paired_fleet
+from bench.context import LOCAL_SLOTS, log
 from bench.graphs import generate
 from bench.measure import run_timed
 from bench.tools import tool_argv
 from offload.dagfile import to_nix_expression
-from offload.fleet import MemberSpec, fleet_down, fleet_up
 from offload.hook.coordinator import stop_coordinators
 
 __all__ = ["main"]
@@ -62,28 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--graph", action="append", help="shape:nodes:seed (default layered:60:1)")
     args = parser.parse_args(argv)
     graphs = args.graph or ["layered:60:1"]
-    work = Path(tempfile.mkdtemp(prefix="oabh", dir="/tmp"))
-    fleet_dir = work / "f"
     walls: dict[tuple[str, str], list[float]] = {}
-    try:
-        fleet = fleet_up(fleet_dir, [MemberSpec.parse(s) for s in FLEET_SPECS])
-        base = fleet.env()
-        envs = {
-            "A": tree_env(base, args.a.resolve(), work / "state-a"),
-            "B": tree_env(base, args.b.resolve(), work / "state-b"),
-        }
-        for pair in range(args.pairs):
-            for graph in graphs:
-                for tree in ("A", "B") if pair % 2 == 0 else ("B", "A"):
-                    label = f"{tree}{pair}-{graph.replace(':', '-')}"
-                    wall = _one(work, fleet.machines_file, envs[tree], graph, label)
-                    walls.setdefault((graph, tree), []).append(wall)
-                    log(f"pair {pair + 1} {graph} {tree}: {wall:.2f} s")
-    finally:
-        for tree in ("a", "b"):
-            stop_coordinators(work / f"state-{tree}")
-        fleet_down(fleet_dir, purge=True)
-        shutil.rmtree(work, ignore_errors=True)
+    with paired_fleet(args.a, args.b, prefix="oabh") as (work, fleet, envs):
+        try:
+            for pair in range(args.pairs):
+                for graph in graphs:
+                    for tree in pair_order(pair):
+                        label = f"{tree}{pair}-{graph.replace(':', '-')}"
+                        wall = _one(work, fleet.machines_file, envs[tree], graph, label)
+                        walls.setdefault((graph, tree), []).append(wall)
+                        log(f"pair {pair + 1} {graph} {tree}: {wall:.2f} s")
+        finally:
+            for tree in ("a", "b"):
+                stop_coordinators(work / f"state-{tree}")
     for graph in graphs:
         pairs = list(zip(walls.get((graph, "A"), []), walls.get((graph, "B"), []), strict=False))
         ok = [(x, y) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]

@@ -156,12 +156,16 @@ class HookContext:
         """Nix will build ``request`` here: its local slot is taken until ``end``."""
         LocalQueue(self.state, self.parent).add(request.drv_path, end)
 
+    def estimates(self, names: Iterable[str]) -> Mapping[str, float]:
+        """History's work for ``names`` (those it knows), on this pool's speeds (``StoreError``)."""
+        speeds = {m.name: m.speed_factor for m in self.pool.machines}
+        return estimator(self.keep.history(), speeds)(names)
+
     def work(self, request: TryRequest) -> float:
         """Expected seconds on a machine of speed 1: history's median, else a default."""
         pname = request.pname
-        speeds = {m.name: m.speed_factor for m in self.pool.machines}
         try:
-            known = estimator(self.keep.history(), speeds)([pname])
+            known = self.estimates([pname])
         except OffloadError:
             known = {}
         if pname in known:
@@ -171,12 +175,7 @@ class HookContext:
     def priority(self, request: TryRequest, work: float) -> float:
         """Where ``request`` waits in the coordinator's queue: its ``work`` and the work history
         saw after it (``history.tails``)."""
-        speeds = {m.name: m.speed_factor for m in self.pool.machines}
-
-        def estimate(names: Iterable[str]) -> Mapping[str, float]:
-            return estimator(self.keep.history(), speeds)(names)
-
-        return work + self.keep.tails(estimate).get(request.pname, 0.0)
+        return work + self.keep.tails(self.estimates).get(request.pname, 0.0)
 
     def reload_backoff(self) -> None:
         """Backoff as the file has it now: another run's failure, or ``offload machines

@@ -109,7 +109,7 @@ class BuildCopies:
         phase = self.events.phase
         sent = received = 0
         client: StoreClient | None = None
-        building: float | None = None  # when the build itself began
+        build_start: float | None = None  # when the build itself began
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if self.slots is not None and member.slot_key is not None:
@@ -134,7 +134,7 @@ class BuildCopies:
                 self.holders.fed.add((drv_path, name))
                 phase(drv_path, name, "building", speculative=speculative)
                 client.on_phase = self.events.step_handler(drv_path, name)
-                build_start = building = self.clock()
+                build_start = self.clock()
                 inputs = self.plan.inputs[drv_path]
                 result = await client.build_derivation(
                     drv_path, drv, input_srcs=inputs, options=self.options
@@ -156,7 +156,7 @@ class BuildCopies:
             return Outcome("returned", exc.message, started, sent, received, source=exc.source)
         except asyncio.CancelledError:
             if client is not None:
-                await self._stop(member, client, drv_path if building is not None else None)
+                await self._stop(member, client, drv_path if build_start is not None else None)
             raise
         except OffloadError as exc:
             # The local store refusing or dropping a copy is final, not the builder's fault.
