@@ -3,8 +3,11 @@ the work history saw built on it (``history.tails``), read through the coordinat
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+
+import pytest
 
 from offload.history.records import BuildRecord
 from offload.hook.context import load_context
@@ -39,3 +42,38 @@ def test_a_derivation_with_work_built_on_it_waits_ahead_of_its_work(tmp_path: Pa
     assert context.priority(ask("c"), 8.0) == 8.0  # nothing seen built on it
     assert context.priority(ask("new"), 10.0) == 10.0  # a name history has not seen
     history.close()
+
+
+def test_tails_are_read_again_in_a_thread_while_the_last_ones_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep = Keep(tmp_path)
+    history = keep.history()
+    speeds = {"m": 1.0}
+
+    def built(name: str, seconds: float, inputs: tuple[str, ...]) -> None:
+        record = BuildRecord(f"hook-{name}", _drv(name), name, "m", 0.0, seconds, "built")
+        history.record([record], deps={_drv(name): tuple(map(_drv, inputs))})
+
+    built("a", 1.0, ())
+    built("b", 2.0, ("a",))
+    first = keep.tails(speeds)  # the first read: at once, no event loop needed
+    assert first == {"a": 2.0, "b": 0.0}
+    built("c", 8.0, ("b",))
+    monkeypatch.setattr("offload.hook.keep.TAILS_SECONDS", -1.0)  # every call finds them old
+
+    def under_way() -> asyncio.Task[None] | None:
+        return keep.tails_reading
+
+    async def read_again() -> None:
+        assert keep.tails(speeds) is first  # the last read serves while the next runs
+        reading = under_way()
+        assert reading is not None
+        assert keep.tails(speeds) is first
+        assert under_way() is reading  # one read at a time
+        await reading
+        assert under_way() is None
+        assert keep.tails(speeds) == {"a": 2.0 + 8.0, "b": 8.0, "c": 0.0}
+        await keep.aclose()  # cancels the read that call started
+
+    asyncio.run(read_again())

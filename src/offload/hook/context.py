@@ -156,10 +156,13 @@ class HookContext:
         """Nix will build ``request`` here: its local slot is taken until ``end``."""
         LocalQueue(self.state, self.parent).add(request.drv_path, end)
 
+    def speeds(self) -> dict[str, float]:
+        """Each machine's speed factor, by name: how history's durations become work."""
+        return {m.name: m.speed_factor for m in self.pool.machines}
+
     def estimates(self, names: Iterable[str]) -> Mapping[str, float]:
         """History's work for ``names`` (those it knows), on this pool's speeds (``StoreError``)."""
-        speeds = {m.name: m.speed_factor for m in self.pool.machines}
-        return estimator(self.keep.history(), speeds)(names)
+        return estimator(self.keep.history(), self.speeds())(names)
 
     def work(self, request: TryRequest) -> float:
         """Expected seconds on a machine of speed 1: history's median, else a default."""
@@ -175,7 +178,7 @@ class HookContext:
     def priority(self, request: TryRequest, work: float) -> float:
         """Where ``request`` waits in the coordinator's queue: its ``work`` and the work history
         saw after it (``history.tails``)."""
-        return work + self.keep.tails(self.estimates).get(request.pname, 0.0)
+        return work + self.keep.tails(self.speeds()).get(request.pname, 0.0)
 
     def reload_backoff(self) -> None:
         """Backoff as the file has it now: another run's failure, or ``offload machines

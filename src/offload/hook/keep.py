@@ -6,18 +6,23 @@ process keeps one for itself, without a dispatch (nor builders known full:
 ``offload.hook.full``). Each thing in it costs something to open that a derivation should not
 pay every time: a serve session on a builder (an ssh round trip and a remote ``nix-store``
 start, ``offload.hook.links``), a local ``nix-store --serve`` to read inputs from (a process
-start), and the history database (a connection and its schema check).
+start), and the history database (a connection and its schema check). The tails history gives
+(``history.tails``) are read once and then again every ``TAILS_SECONDS`` in a thread of their
+own, the last ones serving meanwhile: a read of 20,000 edges takes about 0.1 s, which in the
+coordinator's event loop would stall every hook it serves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from offload.errors import OffloadError
 from offload.history.db import History
+from offload.history.estimates import estimator
 from offload.history.tails import name_of, tails
 from offload.hook.dispatch import Dispatch
 from offload.hook.full import FullBuilders
@@ -48,22 +53,45 @@ class Keep:
         self.full = FullBuilders(self.links, self.dispatch.notify) if self.dispatch else None
         self._local: LocalLink | None = None
         self._history: History | None = None
-        self._tails: tuple[float, Mapping[str, float]] | None = None  # when read, and what
+        self._tails: Mapping[str, float] | None = None
+        self._tails_read = 0.0  # when the last read began (monotonic)
+        self._tails_reading: asyncio.Task[None] | None = None
 
-    def tails(
-        self, estimate: Callable[[Iterable[str]], Mapping[str, float]]
-    ) -> Mapping[str, float]:
-        """Each name's tail (``history.tails``) from the edges history holds, with ``estimate``'s
-        work (a guess where it has none); read again after ``TAILS_SECONDS``."""
+    def tails(self, speeds: Mapping[str, float]) -> Mapping[str, float]:
+        """Each name's tail (``history.tails``) from the edges history holds, with its work on
+        ``speeds`` (a guess where history has none); read at once the first time, then again
+        in a thread once ``TAILS_SECONDS`` have passed (module docstring)."""
         now = time.monotonic()
-        if self._tails is None or now - self._tails[0] > TAILS_SECONDS:
-            try:
-                edges = self.history().recent_deps()
-                known = estimate({n for edge in edges for p in edge if (n := name_of(p))})
+        if self._tails is None:
+            self._tails_read = now
+            self._tails = _read_tails(self.history(), speeds)
+        elif now - self._tails_read > TAILS_SECONDS and self._tails_reading is None:
+            self._tails_read = now
+            self._tails_reading = asyncio.get_running_loop().create_task(
+                self._read_tails_apart(dict(speeds))
+            )
+        return self._tails
+
+    @property
+    def tails_reading(self) -> asyncio.Task[None] | None:
+        """The read of the tails under way in a thread, if any."""
+        return self._tails_reading
+
+    async def _read_tails_apart(self, speeds: Mapping[str, float]) -> None:
+        def read() -> Mapping[str, float]:
+            try:  # a connection of the thread's own: sqlite's stay in the thread that opened them
+                history = History(self.state / "history.sqlite")
             except OffloadError:
-                edges, known = [], {}
-            self._tails = (now, tails(edges, lambda name: known.get(name, DEFAULT_WORK)))
-        return self._tails[1]
+                return {}
+            try:
+                return _read_tails(history, speeds)
+            finally:
+                history.close()
+
+        try:
+            self._tails = await asyncio.to_thread(read)
+        finally:
+            self._tails_reading = None
 
     def history(self) -> History:
         """The state directory's history database, opened on first use (``StoreError``)."""
@@ -92,6 +120,8 @@ class Keep:
             self.dispatch.notify()
 
     async def aclose(self) -> None:
+        if self._tails_reading is not None:
+            self._tails_reading.cancel()  # its thread ends on its own, closing its connection
         try:
             if self.dispatch is not None:
                 await self.dispatch.aclose()
@@ -105,3 +135,13 @@ class Keep:
                 self.loads.forget()
             if self._history is not None:
                 self._history.close()
+
+
+def _read_tails(history: History, speeds: Mapping[str, float]) -> Mapping[str, float]:
+    """The tails of the edges ``history`` holds, each name's work its estimate on ``speeds``."""
+    try:
+        edges = history.recent_deps()
+        known = estimator(history, speeds)({n for edge in edges for p in edge if (n := name_of(p))})
+    except OffloadError:
+        edges, known = [], {}
+    return tails(edges, lambda name: known.get(name, DEFAULT_WORK))
