@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from offload.hook.decide import REMOTE_OVERHEAD, Builder, LocalOffer, choose, place_queued
 from offload.hook.wire import Reply, TryRequest
 from offload.scheduler.policy import MachineSlotSpec
@@ -129,6 +131,18 @@ def test_waiting_derivations_take_the_slots_they_will_get() -> None:
     # sooner on the idle slow slot (4.3) than after it on the fast one (11.6).
     assert (fast_after.free, fast_after.busy_ends) == (0, (REMOTE_OVERHEAD + 10,))
     assert (slow_after.free, slow_after.busy_ends) == (0, (REMOTE_OVERHEAD + 4,))
+
+
+def test_waiting_derivations_are_placed_in_the_order_the_coordinator_asks_them() -> None:
+    # A short one with more work after it (history.tails) is asked before a long one: it
+    # takes the fast slot (ends at 1.3), and the long one still finishes sooner behind it
+    # (11.6) than on the slow slot (40.3), which stays free.
+    fast = builder("fast", 4, free=1)
+    slow = builder("slow", 1, free=1)
+    [fast_after, slow_after] = place_queued([fast, slow], [4.0, 40.0], now=0)
+    assert fast_after.free == 0
+    assert fast_after.busy_ends == pytest.approx((2 * REMOTE_OVERHEAD + 11,))
+    assert (slow_after.free, slow_after.busy_ends) == (1, ())
 
 
 def test_a_waiter_behind_queued_ones_takes_a_free_slower_slot() -> None:

@@ -224,8 +224,8 @@ def place_queued(
     default_work: float = 10.0,
 ) -> list[Builder]:
     """``builders`` as they will be once the derivations accepted and still waiting (their
-    ``works``, longest first, as the coordinator starts them) are placed where each finishes
-    first: a slot they take is busy until then."""
+    ``works``, in the order the coordinator asks them: ``Dispatch.queued``) are placed where
+    each finishes first: a slot they take is busy until then."""
     up = [b for b in builders if b.down_until is None or b.down_until <= now]
     # Per builder: its free slots (None) and its busy ones' expected ends (overdue: now).
     slots: dict[int, list[float | None]] = {
@@ -233,7 +233,7 @@ def place_queued(
         + [now + default_work / b.spec.speed if e is None else max(e, now) for e in b.busy_ends]
         for b in up
     }
-    for work in sorted(works, reverse=True):
+    for work in works:
         options = [
             ((now if end is None else end) + REMOTE_OVERHEAD + work / b.spec.speed, b, i)
             for b in up

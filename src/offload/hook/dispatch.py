@@ -66,8 +66,14 @@ class Dispatch:
 
     def queued(self, above: float = -math.inf) -> list[float]:
         """The works of the derivations waiting with a priority of at least ``above`` (those
-        that take a slot before one of that priority): the coordinator's queue on the builders."""
-        return [w.work for w in self._waiters if not w.placed.done() and w.priority >= above]
+        that take a slot before one of that priority), in the order they are asked: the
+        coordinator's queue on the builders."""
+        return [w.work for w in self._in_turn() if not w.placed.done() and w.priority >= above]
+
+    def _in_turn(self) -> list[_Waiter]:
+        """The waiters in the order they are asked: the highest priority first, then the
+        first come."""
+        return sorted(self._waiters, key=lambda w: -w.priority)
 
     def notify(self) -> None:
         """A slot may have freed (one of our builds ended): look again now."""
@@ -94,7 +100,7 @@ class Dispatch:
         while any(not w.placed.done() for w in self._waiters):
             self._wake.clear()
             ahead: list[float] = []  # works of the waiters asked so far that stay queued
-            for waiter in sorted(self._waiters, key=lambda w: -w.priority):
+            for waiter in self._in_turn():
                 if waiter.placed.done():
                     continue
                 try:
