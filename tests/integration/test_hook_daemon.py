@@ -1,0 +1,113 @@
+"""`offload-hook` where most builds start: `nix build` and a nix-daemon's clients.
+
+A nix-daemon runs its build hook itself, with its own settings and environment (no HOME, the
+hook's state where the daemon's environment says), for every client that asks it to build: the
+way `nixos-rebuild` and a multi-user install reach the builders. The daemon here is a real one
+(Nix 2.8), listening on a socket of the test's own (``NIX_DAEMON_SOCKET_PATH``), its clients
+reaching it with ``--store unix://``; the fleet is the tests' own. Where a derivation was built
+is proved by its output's content (the builder's speed file, or "local") and by which stores
+hold it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.fleet import Fleet, MemberSpec
+from offload.history.db import History
+from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.offload_run import stop_coordinators, wait_for
+from tests.helpers.processes import running, start, stop
+
+HOOK = str(Path(sys.executable).parent / "offload-hook")
+MEMBERS = ("hd1", "hd2")
+
+daemon_fleet = private_fleet_fixture(
+    [MemberSpec(name, 1.0, 1) for name in MEMBERS], "ofhd", scope="module"
+)
+
+
+def _leaves(count: int) -> str:
+    items = " ".join(f'(mk "leaf{i}" "{SPEED} > $out" {{}})' for i in range(count))
+    return f"[ {items} ]\n"
+
+
+def _built_on_builders(fleet: Fleet, paths: list[str]) -> None:
+    """Each output was built by a builder, which holds it, and is in the local store too."""
+    assert paths
+    for path in paths:
+        assert Path(path).read_text().strip() != "local", path
+        assert any(fleet.store_has(name, path) for name in MEMBERS), f"{path} is on no builder"
+
+
+def test_nix_build_uses_the_hook(daemon_fleet: Fleet, tmp_path: Path) -> None:
+    file = nix_file(tmp_path, _leaves(2))
+    env = {**daemon_fleet.env(), "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    try:
+        done = subprocess.run(
+            ["nix", "--extra-experimental-features", "nix-command", "build", "-f", str(file),
+             "--no-link", "--json", "-j0", "--option", "build-hook", HOOK,
+             "--option", "substituters", "", "--builders", f"@{daemon_fleet.machines_file}"],
+            env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+    finally:
+        stop_coordinators(tmp_path / "state")
+    assert done.returncode == 0, done.stderr
+    paths = [output for built in json.loads(done.stdout) for output in built["outputs"].values()]
+    _built_on_builders(daemon_fleet, paths)
+
+
+@pytest.fixture
+def daemon(daemon_fleet: Fleet, tmp_path: Path) -> Iterator[Path]:
+    """A nix-daemon whose build hook is offload-hook (state in ``tmp_path``/daemon-state), no
+    local builds (``max-jobs = 0``): its socket, stopped with the coordinator it started."""
+    socket = tmp_path / "daemon.socket"
+    config = (
+        f"build-hook = {HOOK}\nbuilders = @{daemon_fleet.machines_file}\n"
+        "max-jobs = 0\nsubstituters =\n"
+    )
+    env = {
+        **{k: v for k, v in daemon_fleet.env().items() if k not in {"HOME", "NIX_CONFIG"}},
+        "NIX_CONFIG": config,
+        "NIX_DAEMON_SOCKET_PATH": str(socket),
+        "OFFLOAD_STATE_DIR": str(tmp_path / "daemon-state"),
+    }
+    proc = start(["nix-daemon"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: socket.exists() or proc.poll() is not None, 30, "the daemon's socket")
+        assert proc.poll() is None, proc.communicate()[1]
+        yield socket
+    finally:
+        stop(proc)
+        stop_coordinators(tmp_path / "daemon-state")
+
+
+def test_a_daemon_clients_builds_go_to_the_builders_through_its_hook(
+    daemon_fleet: Fleet, daemon: Path, tmp_path: Path
+) -> None:
+    file = nix_file(tmp_path, _leaves(3))
+    # The client sets no hook and no builders: the daemon's are used, as for nixos-rebuild.
+    # A trusted client's max-jobs is the daemon's for its builds (Nix sends it, 1 unless
+    # set): 0 here, or the hook rightly builds these locally (as fast as the builders).
+    env = {k: v for k, v in daemon_fleet.env().items() if k != "NIX_CONFIG"}
+    done = subprocess.run(
+        ["nix-build", str(file), "--no-out-link", "--store", f"unix://{daemon}", "-j0"],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _built_on_builders(daemon_fleet, done.stdout.split())
+    # The daemon's hook kept its history in the daemon's state directory, through the
+    # coordinator it started (one, still serving).
+    state = tmp_path / "daemon-state"
+    with History(state / "history.sqlite") as history:
+        assert {record.machine for record in history.builds()} <= set(MEMBERS)
+        assert len(history.builds()) == 3
+    [pid_file] = state.glob("*.sock.pid")
+    assert running(int(pid_file.read_text()))
