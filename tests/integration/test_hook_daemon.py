@@ -67,16 +67,24 @@ def test_nix_build_uses_the_hook(daemon_fleet: Fleet, tmp_path: Path) -> None:
 @pytest.fixture
 def daemon(daemon_fleet: Fleet, tmp_path: Path) -> Iterator[Path]:
     """A nix-daemon whose build hook is offload-hook (state in ``tmp_path``/daemon-state), no
-    local builds (``max-jobs = 0``): its socket, stopped with the coordinator it started."""
+    local builds (``max-jobs = 0``): its socket, stopped with the coordinator it started. Its
+    builders are the fleet's behind a fast one that is dead (its port refuses)."""
     socket = tmp_path / "daemon.socket"
-    config = (
-        f"build-hook = {HOOK}\nbuilders = @{daemon_fleet.machines_file}\n"
-        "max-jobs = 0\nsubstituters =\n"
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        daemon_fleet.ssh_config.read_text() + "\nHost deadhost\n  HostName 127.0.0.1\n  Port 9\n"
     )
+    machines = tmp_path / "machines"
+    live = daemon_fleet.machines_file.read_text()
+    dead = live.splitlines()[0].replace(f"ssh://{MEMBERS[0]}", "ssh://deadhost").split()
+    dead[3], dead[4] = "2", "8"  # two slots, speed 8: the first choice
+    machines.write_text(" ".join(dead) + "\n" + live)
+    config = f"build-hook = {HOOK}\nbuilders = @{machines}\nmax-jobs = 0\nsubstituters =\n"
     env = {
         **{k: v for k, v in daemon_fleet.env().items() if k not in {"HOME", "NIX_CONFIG"}},
         "NIX_CONFIG": config,
         "NIX_DAEMON_SOCKET_PATH": str(socket),
+        "NIX_SSHOPTS": f"-F {ssh_config}",
         "OFFLOAD_STATE_DIR": str(tmp_path / "daemon-state"),
     }
     proc = start(["nix-daemon"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -89,7 +97,7 @@ def daemon(daemon_fleet: Fleet, tmp_path: Path) -> Iterator[Path]:
         stop_coordinators(tmp_path / "daemon-state")
 
 
-def test_a_daemon_clients_builds_go_to_the_builders_through_its_hook(
+def test_a_daemon_clients_builds_go_to_the_builders_through_its_hook_faults_said(
     daemon_fleet: Fleet, daemon: Path, tmp_path: Path
 ) -> None:
     file = nix_file(tmp_path, _leaves(3))
@@ -103,6 +111,8 @@ def test_a_daemon_clients_builds_go_to_the_builders_through_its_hook(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     _built_on_builders(daemon_fleet, done.stdout.split())
+    # The dead builder was found once, backed off, and the daemon's client was told.
+    assert done.stderr.count("builder 'deadhost' failed") == 1, done.stderr
     # The daemon's hook kept its history in the daemon's state directory, through the
     # coordinator it started (one, still serving).
     state = tmp_path / "daemon-state"
