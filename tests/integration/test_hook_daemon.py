@@ -66,9 +66,10 @@ def test_nix_build_uses_the_hook(daemon_fleet: Fleet, tmp_path: Path) -> None:
 
 @pytest.fixture
 def daemon(daemon_fleet: Fleet, tmp_path: Path) -> Iterator[Path]:
-    """A nix-daemon whose build hook is offload-hook (state in ``tmp_path``/daemon-state), no
-    local builds (``max-jobs = 0``): its socket, stopped with the coordinator it started. Its
-    builders are the fleet's behind a fast one that is dead (its port refuses)."""
+    """A nix-daemon whose build hook is offload-hook (state in ``tmp_path``/state, where the
+    tests' own cleanup stops the ssh masters it keeps), no local builds (``max-jobs = 0``): its
+    socket, stopped with the coordinator it started. Its builders are the fleet's behind a fast
+    one that is dead (its port refuses)."""
     socket = tmp_path / "daemon.socket"
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text(
@@ -85,16 +86,18 @@ def daemon(daemon_fleet: Fleet, tmp_path: Path) -> Iterator[Path]:
         "NIX_CONFIG": config,
         "NIX_DAEMON_SOCKET_PATH": str(socket),
         "NIX_SSHOPTS": f"-F {ssh_config}",
-        "OFFLOAD_STATE_DIR": str(tmp_path / "daemon-state"),
+        "OFFLOAD_STATE_DIR": str(tmp_path / "state"),
     }
-    proc = start(["nix-daemon"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "daemon.log"  # a file, not a pipe nobody reads while it runs
+    with log.open("wb") as out:
+        proc = start(["nix-daemon"], env=env, stdout=out, stderr=out)
     try:
         wait_for(lambda: socket.exists() or proc.poll() is not None, 30, "the daemon's socket")
-        assert proc.poll() is None, proc.communicate()[1]
+        assert proc.poll() is None, log.read_text()
         yield socket
     finally:
         stop(proc)
-        stop_coordinators(tmp_path / "daemon-state")
+        stop_coordinators(tmp_path / "state")
 
 
 def test_a_daemon_clients_builds_go_to_the_builders_through_its_hook_faults_said(
@@ -115,7 +118,7 @@ def test_a_daemon_clients_builds_go_to_the_builders_through_its_hook_faults_said
     assert done.stderr.count("builder 'deadhost' failed") == 1, done.stderr
     # The daemon's hook kept its history in the daemon's state directory, through the
     # coordinator it started (one, still serving).
-    state = tmp_path / "daemon-state"
+    state = tmp_path / "state"
     with History(state / "history.sqlite") as history:
         assert {record.machine for record in history.builds()} <= set(MEMBERS)
         assert len(history.builds()) == 3

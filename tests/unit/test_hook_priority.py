@@ -4,11 +4,14 @@ the work history saw built on it (``history.tails``), read through the coordinat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from offload.history.db import History
 from offload.history.records import BuildRecord
 from offload.hook.context import load_context
 from offload.hook.keep import Keep
@@ -75,5 +78,39 @@ def test_tails_are_read_again_in_a_thread_while_the_last_ones_serve(
         assert under_way() is None
         assert keep.tails(speeds) == {"a": 2.0 + 8.0, "b": 8.0, "c": 0.0}
         await keep.aclose()  # cancels the read that call started
+
+    asyncio.run(read_again())
+
+
+def _written_by_a_newer_offload(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 99")
+
+
+def test_a_history_that_cannot_be_read_orders_nothing_and_stops_nothing(tmp_path: Path) -> None:
+    history = History(tmp_path / "history.sqlite")
+    history.close()
+    _written_by_a_newer_offload(tmp_path / "history.sqlite")
+    assert Keep(tmp_path).tails({"m": 1.0}) == {}
+
+
+def test_a_read_again_that_fails_keeps_the_last_tails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep = Keep(tmp_path)
+    record = BuildRecord("hook-b", _drv("b"), "b", "m", 0.0, 2.0, "built")
+    keep.history().record([record], deps={_drv("b"): (_drv("a"),)})
+    first = keep.tails({"m": 1.0})
+    assert first == {"a": 2.0, "b": 0.0}
+    _written_by_a_newer_offload(tmp_path / "history.sqlite")
+    monkeypatch.setattr("offload.hook.keep.TAILS_SECONDS", -1.0)
+
+    async def read_again() -> None:
+        keep.tails({"m": 1.0})
+        reading = keep.tails_reading
+        assert reading is not None
+        await reading
+        assert keep.tails({"m": 1.0}) is first
+        await keep.aclose()
 
     asyncio.run(read_again())

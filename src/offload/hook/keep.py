@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from offload.errors import OffloadError
@@ -64,12 +65,11 @@ class Keep:
         now = time.monotonic()
         if self._tails is None:
             self._tails_read = now
-            self._tails = _read_tails(self.history(), speeds)
+            self._tails = _read_tails(self.history, speeds) or {}
         elif now - self._tails_read > TAILS_SECONDS and self._tails_reading is None:
+            loop = asyncio.get_running_loop()
             self._tails_read = now
-            self._tails_reading = asyncio.get_running_loop().create_task(
-                self._read_tails_apart(dict(speeds))
-            )
+            self._tails_reading = loop.create_task(self._read_tails_apart(dict(speeds)))
         return self._tails
 
     @property
@@ -78,20 +78,23 @@ class Keep:
         return self._tails_reading
 
     async def _read_tails_apart(self, speeds: Mapping[str, float]) -> None:
-        def read() -> Mapping[str, float]:
-            try:  # a connection of the thread's own: sqlite's stay in the thread that opened them
-                history = History(self.state / "history.sqlite")
-            except OffloadError:
-                return {}
-            try:
-                return _read_tails(history, speeds)
-            finally:
-                history.close()
+        """Read the tails in a thread; the last ones stay when this read fails."""
+
+        def read() -> Mapping[str, float] | None:
+            # A connection of the thread's own: sqlite's stay in the thread that opened them.
+            with contextlib.ExitStack() as opened:
+                path = self.state / "history.sqlite"
+                return _read_tails(lambda: opened.enter_context(History(path)), speeds)
 
         try:
-            self._tails = await asyncio.to_thread(read)
+            found = await asyncio.to_thread(read)
+        except Exception as exc:  # noqa: BLE001 - no one awaits this task: said, not raised
+            sys.stderr.write(f"offload coordinator: tails not read: {type(exc).__name__}: {exc}\n")
+            found = None
         finally:
             self._tails_reading = None
+        if found is not None:
+            self._tails = found
 
     def history(self) -> History:
         """The state directory's history database, opened on first use (``StoreError``)."""
@@ -137,11 +140,16 @@ class Keep:
                 self._history.close()
 
 
-def _read_tails(history: History, speeds: Mapping[str, float]) -> Mapping[str, float]:
-    """The tails of the edges ``history`` holds, each name's work its estimate on ``speeds``."""
+def _read_tails(
+    history: Callable[[], History], speeds: Mapping[str, float]
+) -> Mapping[str, float] | None:
+    """The tails of the edges ``history`` (opened by the call) holds, each name's work its
+    estimate on ``speeds``; None when it cannot be opened or read (``StoreError``): a damaged
+    history, or one of a newer offload, orders nothing but stops no build."""
     try:
-        edges = history.recent_deps()
-        known = estimator(history, speeds)({n for edge in edges for p in edge if (n := name_of(p))})
+        opened = history()
+        edges = opened.recent_deps()
+        known = estimator(opened, speeds)({n for edge in edges for p in edge if (n := name_of(p))})
     except OffloadError:
-        edges, known = [], {}
+        return None
     return tails(edges, lambda name: known.get(name, DEFAULT_WORK))
