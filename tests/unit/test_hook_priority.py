@@ -114,3 +114,28 @@ def test_a_read_again_that_fails_keeps_the_last_tails(
         await keep.aclose()
 
     asyncio.run(read_again())
+
+
+def test_only_a_derivation_history_knows_gets_room_from_its_nix_builds_paths(
+    tmp_path: Path,
+) -> None:
+    keep = Keep(tmp_path)
+    history = keep.history()
+    for name, seconds, inputs in (("a", 1.0, ()), ("b", 2.0, ("a",)), ("c", 8.0, ("b",))):
+        record = BuildRecord(f"hook-{name}", _drv(name), name, "m", 0.0, seconds, "built")
+        history.record([record], deps={_drv(name): tuple(map(_drv, inputs))})
+    context = load_context(
+        {"max-jobs": "0", "system": "x86_64-linux", "builders": "ssh://m x86_64-linux - 1 2"},
+        state=tmp_path, verbosity=0, env={}, io=HookIO(lambda _b: None, lambda _b: None),
+        parent=os.getpid(), keep=keep,
+    )  # fmt: skip
+
+    def ask(name: str) -> TryRequest:
+        return TryRequest(False, "x86_64-linux", _drv(name), frozenset())
+
+    assert context.room(ask("c"), 8.0, 8.0, now=100.0) is None  # nothing of its placed yet
+    context.placed(130.0, tail=10.0)  # ends at 130, then 10 of work at speed 2: path ends 135
+    # c: 35 s left at speed 2 is 70 of work; c's path is its own 8, so 62 to spare.
+    assert context.room(ask("c"), 8.0, 8.0, now=100.0) == 100.0 + 0.5 * (62.0 + 8.0) / 2.0
+    assert context.room(ask("new"), 10.0, 10.0, now=100.0) is None  # a guess gets no room
+    history.close()

@@ -29,6 +29,7 @@ from offload.hook.backed_off import backed_off_key, clock
 from offload.hook.decide import Builder, LocalOffer, cut
 from offload.hook.keep import Keep
 from offload.hook.local_queue import LocalQueue
+from offload.hook.slack import room
 from offload.hook.wire import HookIO, TryRequest, write_nix_json
 from offload.procfs import proc_stat
 from offload.scheduler.policy import Backoff, MachineSlotSpec
@@ -99,11 +100,14 @@ class HookContext:
         return self._client_marker(f"failed {name}").exists()
 
     def _client_marker(self, what: str) -> Path:
+        return self._marker(f"{self.client_name()} {what}")
+
+    def client_name(self) -> str:
+        """The Nix process asking, as pid@start time (which tells a recycled pid apart)."""
         if self.client is None:
             stat = proc_stat(self.parent)
-            # The start time tells a recycled pid from the Nix process that had it.
             self.client = f"{self.parent}@{stat[1] if stat is not None else '?'}"
-        return self._marker(f"{self.client} {what}")
+        return self.client
 
     def _marker(self, key: str) -> Path:
         return self.state / "said" / hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -179,6 +183,29 @@ class HookContext:
         """Where ``request`` waits in the coordinator's queue: its ``work`` and the work history
         saw after it (``history.tails``)."""
         return work + self.keep.tails(self.speeds()).get(request.pname, 0.0)
+
+    def room(self, request: TryRequest, work: float, priority: float, now: float) -> float | None:
+        """The latest end ``request``'s slack allows (``offload.hook.slack``); None without
+        slack, or when history knows its work or tail not."""
+        tails = self.keep.tails(self.speeds())
+        try:
+            known = request.pname in tails and request.pname in self.estimates([request.pname])
+        except OffloadError:
+            known = False
+        if not known:
+            return None
+        run_end = self.keep.path_ends.latest(self.client_name(), now)
+        return room(run_end, now, work=work, priority=priority, fastest=self.fastest())
+
+    def placed(self, end: float, tail: float) -> None:
+        """One of this nix-build's derivations is expected to end at ``end``, ``tail`` after."""
+        self.keep.path_ends.placed(self.client_name(), end + tail / self.fastest())
+
+    def fastest(self) -> float:
+        """The speed of the pool's fastest machine, the local one included."""
+        local = self.pool.local
+        speeds = [m.speed_factor for m in self.pool.machines]
+        return max([*speeds, local.speed_factor] if local is not None else speeds, default=1.0)
 
     def reload_backoff(self) -> None:
         """Backoff as the file has it now: another run's failure, or ``offload machines

@@ -1,10 +1,11 @@
 """What the hook answers to one ``try``: the policy's placement rule for a single derivation.
 
 Nix asks about one derivation at a time, so the whole-graph parts of the policy (holds for
-coming work, speculation, slack) have nothing to work on here, and of critical paths only what
+coming work, speculation) have nothing to work on here, and of critical paths only what
 history saw after a derivation's name (``history.tails``), which orders the coordinator's
-waiting derivations (``offload.hook.dispatch``); what remains is the placement rule of
-``offload.scheduler.policy``: a derivation goes where it is expected to
+waiting derivations (``offload.hook.dispatch``) and gives slack (``offload.hook.slack``: side
+work takes the slowest free machine that still ends it in time, ``room``); what remains is the
+placement rule of ``offload.scheduler.policy``: a derivation goes where it is expected to
 *finish* first. The candidates are the local machine, when Nix is willing to build it here
 and it can (system and features, as ``canBuildLocally``), and every builder that may build it
 (``can_build``: Nix's own matching) and is not backed off. A builder's start is now when one
@@ -137,12 +138,15 @@ def choose(
     poll_interval: float = 5.0,
     default_work: float = 10.0,
     queue: bool = False,
+    room: float | None = None,
 ) -> Choice:
     """The reply to ``request``; ``work`` is its expected duration on a machine of speed 1.
 
     ``queue``: the caller can accept now and wait for a busy builder's slot afterwards (the
     coordinator can; a lone hook process cannot), so a busy builder is accepted rather than
-    the derivation postponed, and Nix's poll interval does not delay it.
+    the derivation postponed, and Nix's poll interval does not delay it. ``room``: the latest
+    end its slack allows (``offload.hook.slack``): where a free slot finishes it first, the
+    slowest free machine that ends it by then takes it instead.
     """
     if not builders:
         return Choice(Reply.DECLINE_PERMANENTLY, reason="no builders are configured")
@@ -169,6 +173,8 @@ def choose(
         up, local_end, work=work, now=now, poll_interval=poll_interval,
         default_work=default_work, queue=queue,
     )  # fmt: skip
+    if room is not None and choice.reply is Reply.ACCEPT and not choice.waits:
+        choice = _in_slack(up, local, local_end, choice, work=work, now=now, room=room)
     return dataclasses.replace(choice, backed_off=backed_off)
 
 
@@ -215,6 +221,37 @@ def _place(
         return Choice(Reply.ACCEPT, name, best_free[0], "the fastest free builder")
     reason = "the local machine is the fastest free one"
     return Choice(Reply.DECLINE, expected_end=local_end, reason=reason)
+
+
+def _in_slack(
+    up: Sequence[Builder],
+    local: LocalOffer,
+    local_end: float | None,
+    choice: Choice,
+    *,
+    work: float,
+    now: float,
+    room: float,
+) -> Choice:
+    """``choice`` (a free builder, the earliest finish), or the slowest free machine that
+    still ends the derivation by ``room``: the local one (declined) or another free builder."""
+    chosen = next(b for b in up if b.spec.name == choice.machine)
+    slowest: tuple[float, float, Builder | None] | None = None  # speed, end, builder
+    options: list[tuple[float, float, Builder | None]] = [
+        (b.spec.speed, now + REMOTE_OVERHEAD + work / b.spec.speed, b) for b in up if b.free > 0
+    ]
+    if local_end is not None:
+        options.append((local.speed, local_end, None))
+    for speed, end, builder in options:
+        if speed < chosen.spec.speed and end <= room and (slowest is None or speed < slowest[0]):
+            slowest = (speed, end, builder)
+    if slowest is None:
+        return choice
+    _, end, builder = slowest
+    reason = "within its slack: the faster builders are left to the critical path"
+    if builder is None:
+        return Choice(Reply.DECLINE, expected_end=end, reason=reason)
+    return Choice(Reply.ACCEPT, builder.spec.name, end, reason)
 
 
 def place_queued(

@@ -29,6 +29,7 @@ from offload.hook.dispatch import Dispatch
 from offload.hook.full import FullBuilders
 from offload.hook.links import BuilderLinks
 from offload.hook.loads import HookLoads
+from offload.hook.slack import PathEnds
 from offload.load import local_boot_id
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import DEFAULT_WORK
@@ -52,6 +53,8 @@ class Keep:
         self.dispatch = Dispatch() if queue else None
         # Builders full of other clients' builds, and their probes (``offload.hook.full``).
         self.full = FullBuilders(self.links, self.dispatch.notify) if self.dispatch else None
+        # When each nix-build's paths are expected to end (``offload.hook.slack``).
+        self.path_ends = PathEnds()
         self._local: LocalLink | None = None
         self._history: History | None = None
         self._tails: Mapping[str, float] | None = None

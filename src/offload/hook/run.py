@@ -89,6 +89,8 @@ def _decide(
         now=now,
         poll_interval=poll_interval(context.settings),
         queue=dispatch is not None,
+        # Only the coordinator sees a nix-build's every derivation (``offload.hook.slack``).
+        room=None if dispatch is None else context.room(request, work, priority, now),
     )
 
 
@@ -177,6 +179,8 @@ async def answer(
         choice = _decide(context, request, work, full, retry, priority=priority)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
         say_left_out(context, choice)
+        if context.keep.dispatch is not None and choice.expected_end is not None:
+            context.placed(choice.expected_end, priority - work)
         if choice.stuck and (again := to_retry(context, request, choice, tried)) is not None:
             retry.add(again)
             tried.add(again)
