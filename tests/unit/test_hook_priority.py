@@ -134,8 +134,18 @@ def test_only_a_derivation_history_knows_gets_room_from_its_nix_builds_paths(
         return TryRequest(False, "x86_64-linux", _drv(name), frozenset())
 
     assert context.room(ask("c"), 8.0, 8.0, now=100.0) is None  # nothing of its placed yet
-    context.placed(130.0, tail=10.0)  # ends at 130, then 10 of work at speed 2: path ends 135
-    # c: 35 s left at speed 2 is 70 of work; c's path is its own 8, so 62 to spare.
-    assert context.room(ask("c"), 8.0, 8.0, now=100.0) == 100.0 + 0.5 * (62.0 + 8.0) / 2.0
-    assert context.room(ask("new"), 10.0, 10.0, now=100.0) is None  # a guess gets no room
+    # a is built elsewhere meanwhile, expected to end at 130 with 10 of work after it (speed 2):
+    # its path ends at 135.
+    with context.building(ask("a"), 130.0, tail=10.0):
+        # c: 35 s left at speed 2 is 70 of work; c's path is its own 8, so 62 to spare.
+        assert context.room(ask("c"), 8.0, 8.0, now=100.0) == 100.0 + 0.5 * (62.0 + 8.0) / 2.0
+        assert context.room(ask("new"), 10.0, 10.0, now=100.0) is None  # a guess gets no room
+        # Work known, tail not seen: a name nothing was recorded after or before.
+        lone = BuildRecord("hook-lone", _drv("lone"), "lone", "m", 0.0, 3.0, "built")
+        history.record([lone])
+        assert context.room(ask("lone"), 3.0, 3.0, now=100.0) is None
+    assert context.room(ask("c"), 8.0, 8.0, now=100.0) is None  # a's build ended
+    context.declined(ask("b"), 110.0, tail=8.0)  # built here, to end at 110: path ends at 114
+    assert context.room(ask("c"), 8.0, 8.0, now=100.0) == 100.0 + 0.5 * (28.0 - 8.0 + 8.0) / 2
+    assert context.room(ask("c"), 8.0, 8.0, now=110.0) is None  # its expected end has passed
     history.close()

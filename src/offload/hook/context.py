@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,9 +156,13 @@ class HookContext:
         start = queue.start(request.drv_path, local.max_jobs, now)
         return LocalOffer(local.speed_factor, can_build=True, start=start)
 
-    def declined(self, request: TryRequest, end: float) -> None:
-        """Nix will build ``request`` here: its local slot is taken until ``end``."""
+    def declined(self, request: TryRequest, end: float, tail: float = 0.0) -> None:
+        """Nix will build ``request`` here: its local slot is taken until ``end``, and its path
+        (``tail`` after it) counts for this nix-build's slack until then."""
         LocalQueue(self.state, self.parent).add(request.drv_path, end)
+        self.keep.path_ends.placed(
+            self.client_name(), request.drv_path, end + tail / self.fastest(), until=end
+        )
 
     def speeds(self) -> dict[str, float]:
         """Each machine's speed factor, by name: how history's durations become work."""
@@ -197,9 +201,17 @@ class HookContext:
         run_end = self.keep.path_ends.latest(self.client_name(), now)
         return room(run_end, now, work=work, priority=priority, fastest=self.fastest())
 
-    def placed(self, end: float, tail: float) -> None:
-        """One of this nix-build's derivations is expected to end at ``end``, ``tail`` after."""
-        self.keep.path_ends.placed(self.client_name(), end + tail / self.fastest())
+    @contextlib.contextmanager
+    def building(self, request: TryRequest, end: float | None, tail: float) -> Iterator[None]:
+        """While ``request`` is accepted and built elsewhere, expected to end at ``end`` with
+        ``tail`` after it, its path counts for this nix-build's slack."""
+        client = self.client_name()
+        if end is not None:
+            self.keep.path_ends.placed(client, request.drv_path, end + tail / self.fastest())
+        try:
+            yield
+        finally:
+            self.keep.path_ends.ended(client, request.drv_path)
 
     def fastest(self) -> float:
         """The speed of the pool's fastest machine, the local one included."""

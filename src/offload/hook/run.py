@@ -179,8 +179,6 @@ async def answer(
         choice = _decide(context, request, work, full, retry, priority=priority)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
         say_left_out(context, choice)
-        if context.keep.dispatch is not None and choice.expected_end is not None:
-            context.placed(choice.expected_end, priority - work)
         if choice.stuck and (again := to_retry(context, request, choice, tried)) is not None:
             retry.add(again)
             tried.add(again)
@@ -192,25 +190,27 @@ async def answer(
             # held here, Nix asks again after its poll interval.
             reply = Reply.POSTPONE if choice.reply is Reply.ACCEPT else choice.reply
             if reply is Reply.DECLINE and choice.expected_end is not None:
-                context.declined(request, choice.expected_end)
+                context.declined(request, choice.expected_end, tail=priority - work)
             write_reply(context.io, reply)
             return None
         name = str(choice.machine)
-        if choice.waits:
-            return await _accept_and_wait(
-                context, reader, request, name, work, found_full=name in _full(context, full, 0.0)
-            )
-        async with _slot(context, choice) as held:
-            if not held:
-                continue  # another process took the slot since the probe: decide again
-            try:
-                return await _accept(context, reader, request, name, work, guarded=guarded)
-            except Unreachable as exc:
-                # Backed off from now on: the next decision leaves it out, as it says why.
-                context.machine_failed(name, exc.reason)
-                retry.discard(name)
-            except BuilderFullError:
-                full.add(name)  # not yet accepted: Nix waits for this reply, so decide again
+        with context.building(request, choice.expected_end, tail=priority - work):
+            if choice.waits:
+                full_now = name in _full(context, full, 0.0)
+                return await _accept_and_wait(
+                    context, reader, request, name, work, found_full=full_now
+                )
+            async with _slot(context, choice) as held:
+                if not held:
+                    continue  # another process took the slot since the probe: decide again
+                try:
+                    return await _accept(context, reader, request, name, work, guarded=guarded)
+                except Unreachable as exc:
+                    # Backed off from now on: the next decision leaves it out, as it says why.
+                    context.machine_failed(name, exc.reason)
+                    retry.discard(name)
+                except BuilderFullError:
+                    full.add(name)  # not yet accepted: Nix waits for this reply: decide again
     write_reply(context.io, Reply.POSTPONE)
     return None
 
