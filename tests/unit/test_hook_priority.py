@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -133,19 +134,27 @@ def test_only_a_derivation_history_knows_gets_room_from_its_nix_builds_paths(
     def ask(name: str) -> TryRequest:
         return TryRequest(False, "x86_64-linux", _drv(name), frozenset())
 
-    assert context.room(ask("c"), 8.0, 8.0, now=100.0) is None  # nothing of its placed yet
-    # a is built elsewhere meanwhile, expected to end at 130 with 10 of work after it (speed 2):
-    # its path ends at 135.
-    with context.building(ask("a"), 130.0, tail=10.0):
-        # c: 35 s left at speed 2 is 70 of work; c's path is its own 8, so 62 to spare.
-        assert context.room(ask("c"), 8.0, 8.0, now=100.0) == 100.0 + 0.5 * (62.0 + 8.0) / 2.0
-        assert context.room(ask("new"), 10.0, 10.0, now=100.0) is None  # a guess gets no room
-        # Work known, tail not seen: a name nothing was recorded after or before.
-        lone = BuildRecord("hook-lone", _drv("lone"), "lone", "m", 0.0, 3.0, "built")
-        history.record([lone])
-        assert context.room(ask("lone"), 3.0, 3.0, now=100.0) is None
-    assert context.room(ask("c"), 8.0, 8.0, now=100.0) is None  # a's build ended
-    context.declined(ask("b"), 110.0, tail=8.0)  # built here, to end at 110: path ends at 114
-    assert context.room(ask("c"), 8.0, 8.0, now=100.0) == 100.0 + 0.5 * (28.0 - 8.0 + 8.0) / 2
-    assert context.room(ask("c"), 8.0, 8.0, now=110.0) is None  # its expected end has passed
+    t = time.time()  # the hook's clock: a build's real end is read from it
+    assert context.room(ask("c"), 8.0, 8.0, now=t) is None  # nothing of its placed yet
+    # b is declined (built here), to end at t + 10 with 8 of work after it (speed 2): its path
+    # ends at t + 14.
+    context.declined(ask("b"), t + 10, tail=8.0)
+    # c: 14 s left at speed 2 is 28 of work; c's path is its own 8, so 20 to spare.
+    assert context.room(ask("c"), 8.0, 8.0, now=t) == pytest.approx(t + 0.5 * (20 + 8) / 2)
+    assert context.room(ask("new"), 10.0, 10.0, now=t) is None  # a guess gets no room
+    # Work known, tail not seen: a name nothing was recorded after or before.
+    lone = BuildRecord("hook-lone", _drv("lone"), "lone", "m", 0.0, 3.0, "built")
+    history.record([lone])
+    assert context.room(ask("lone"), 3.0, 3.0, now=t) is None
+    assert context.room(ask("c"), 8.0, 8.0, now=t + 14) is None  # b's path's end has passed
+    # a is built elsewhere, expected to end at t + 100 with 30 of work after it: its path
+    # ends at t + 115; then its build ends now, far sooner: the path is from now on.
+    with context.building(ask("a"), t + 100, tail=30.0):
+        assert context.room(ask("c"), 8.0, 8.0, now=t) == pytest.approx(
+            t + 0.5 * (115 * 2 - 8 + 8) / 2
+        )
+    ended = time.time()
+    assert context.room(ask("c"), 8.0, 8.0, now=ended) == pytest.approx(
+        ended + 0.5 * (30 - 8 + 8) / 2, abs=0.01
+    )
     history.close()

@@ -22,30 +22,19 @@ def builder(name: str, speed: float, free: int = 1, busy_ends: tuple[float, ...]
     return Builder(spec, free, busy_ends)
 
 
-def test_a_nix_build_ends_when_its_latest_path_under_way_does() -> None:
+def test_a_nix_build_ends_when_its_latest_path_does() -> None:
     ends = PathEnds()
     assert ends.latest("nix@1", now=0) is None
     ends.placed("nix@1", "a.drv", 30.0)
     ends.placed("nix@1", "b.drv", 20.0)  # a shorter path does not move the end
     ends.placed("nix@2", "c.drv", 50.0)  # another nix-build's are its own
     assert ends.latest("nix@1", now=10) == 30.0
-    # a ended early: its successors are asked about next, and are critical again at once.
-    ends.ended("nix@1", "a.drv")
+    # a's build ended early, at 10, with 5 s of its path left: the rest is critical at once.
+    ends.placed("nix@1", "a.drv", 15.0)
     assert ends.latest("nix@1", now=10) == 20.0
-    ends.ended("nix@1", "b.drv")
-    assert ends.latest("nix@1", now=10) is None
-    assert ends.latest("nix@2", now=10) == 50.0
-
-
-def test_a_local_build_counts_until_its_expected_end_and_a_passed_end_gives_no_slack() -> None:
-    ends = PathEnds()
-    ends.placed("nix@1", "local.drv", 40.0, until=12.0)  # the hook never sees it end
-    ends.placed("nix@1", "late.drv", 15.0)  # built elsewhere, running past its estimate
-    assert ends.latest("nix@1", now=10) == 40.0
-    assert ends.latest("nix@1", now=12) == 15.0  # the local one is gone at its expected end
-    assert ends.latest("nix@1", now=16) is None  # late runs on, its path's end passed: no slack
-    ends.ended("nix@1", "late.drv")
-    assert ends.latest("nix@1", now=12) is None
+    assert ends.latest("nix@1", now=20) is None  # every end of it has passed
+    assert ends.latest("nix@2", now=20) == 50.0
+    assert ends.latest("nix@2", now=50) is None  # and nothing of either stays
 
 
 def test_the_room_is_half_the_slack_and_the_work_on_the_fastest_machine() -> None:

@@ -158,11 +158,10 @@ class HookContext:
 
     def declined(self, request: TryRequest, end: float, tail: float = 0.0) -> None:
         """Nix will build ``request`` here: its local slot is taken until ``end``, and its path
-        (``tail`` after it) counts for this nix-build's slack until then."""
+        (``tail`` after it) counts for this nix-build's slack (``offload.hook.slack``)."""
         LocalQueue(self.state, self.parent).add(request.drv_path, end)
-        self.keep.path_ends.placed(
-            self.client_name(), request.drv_path, end + tail / self.fastest(), until=end
-        )
+        path_end = end + tail / self.fastest()
+        self.keep.path_ends.placed(self.client_name(), request.drv_path, path_end)
 
     def speeds(self) -> dict[str, float]:
         """Each machine's speed factor, by name: how history's durations become work."""
@@ -204,14 +203,15 @@ class HookContext:
     @contextlib.contextmanager
     def building(self, request: TryRequest, end: float | None, tail: float) -> Iterator[None]:
         """While ``request`` is accepted and built elsewhere, expected to end at ``end`` with
-        ``tail`` after it, its path counts for this nix-build's slack."""
-        client = self.client_name()
+        ``tail`` after it, its path counts for this nix-build's slack; once its build ends, from
+        then (``offload.hook.slack``)."""
+        client, rest = self.client_name(), tail / self.fastest()
         if end is not None:
-            self.keep.path_ends.placed(client, request.drv_path, end + tail / self.fastest())
+            self.keep.path_ends.placed(client, request.drv_path, end + rest)
         try:
             yield
         finally:
-            self.keep.path_ends.ended(client, request.drv_path)
+            self.keep.path_ends.placed(client, request.drv_path, time.time() + rest)
 
     def fastest(self) -> float:
         """The speed of the pool's fastest machine, the local one included."""

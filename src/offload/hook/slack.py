@@ -5,12 +5,13 @@ ends within half its slack (``scheduler.policy.slack``), so the fast slots are f
 critical work becomes ready. The hook sees one derivation at a time, but history gives each its
 tail (``history.tails``: the work seen built on it), so each derivation placed says when its
 path is expected to end: its expected end plus its tail on the fastest machine. The
-coordinator keeps, per Nix process, those of its derivations still under way (``PathEnds``): a
-derivation counts from its placement until its build ends (or, declined to the local machine,
-whose end the hook does not see, until its expected end), as a run counts only its running and
-ready jobs: one that ended early makes its successors critical again at once, and paths ended
-earlier (or a daemon connection's previous build) leave no slack behind. The latest of them is
-when that nix-build is expected to end at the soonest. A derivation whose own path ends well
+coordinator keeps, per Nix process, those path ends (``PathEnds``), each again from the
+build's real end once it has ended (its tail starting then): a build that ended early makes
+the path after it critical again at once (a run counts the paths of its running and ready jobs
+the same way), and one that overran pushes its path's end on. Each counts until its end passes
+(a local build's, whose end the hook does not see, from its expected end), so nothing stays
+behind a nix-build, or a daemon connection's previous one. The latest of them is when that
+nix-build is expected to end at the soonest. A derivation whose own path ends well
 before that has slack; ``room`` is the latest end it may take on a slower machine: now +
 ``SLACK_SHARE`` x (slack + its work) on the fastest machine, as ``slower_in_slack`` has it. Only
 derivations known to history in both ways (their work measured, their tail seen) get a room: a
@@ -20,44 +21,32 @@ off the rule too).
 
 from __future__ import annotations
 
-import math
-
 from offload.scheduler.policy.slack import SLACK_SHARE
 
 __all__ = ["PathEnds", "room"]
 
 
 class PathEnds:
-    """Per Nix process (its client name), the expected path ends of its derivations under way."""
+    """Per Nix process (its client name), the expected path ends of its derivations."""
 
     def __init__(self) -> None:
-        # client -> derivation -> (its path's expected end, until when it counts)
-        self._ends: dict[str, dict[str, tuple[float, float]]] = {}
+        self._ends: dict[str, dict[str, float]] = {}  # client -> derivation -> path end
 
-    def placed(self, client: str, drv: str, end: float, *, until: float = math.inf) -> None:
-        """``drv`` of ``client`` was placed, its path expected to end at ``end``; it counts until
-        ``ended``, or ``until`` (a local build, whose end the hook does not see)."""
-        self._ends.setdefault(client, {})[drv] = (end, until)
-
-    def ended(self, client: str, drv: str) -> None:
-        """``drv``'s build ended (built, failed or given up): its path no longer counts."""
-        paths = self._ends.get(client)
-        if paths is not None:
-            paths.pop(drv, None)
-            if not paths:
-                del self._ends[client]
+    def placed(self, client: str, drv: str, end: float) -> None:
+        """``drv``'s path is expected to end at ``end``: placed, or its build ended and the
+        rest of the path (its tail) starts now. It counts until that end passes."""
+        self._ends.setdefault(client, {})[drv] = end
 
     def latest(self, client: str, now: float) -> float | None:
         """When ``client``'s nix-build is expected to end at the soonest (its latest path end
-        under way); None when nothing of it is, or every such end has passed."""
-        for name in list(self._ends):  # local builds past their end, any client's
+        still ahead); None when none is."""
+        for name in list(self._ends):  # every client's ends that passed: nothing stays behind
             paths = self._ends[name]
-            for drv in [drv for drv, (_, until) in paths.items() if until <= now]:
+            for drv in [drv for drv, end in paths.items() if end <= now]:
                 del paths[drv]
             if not paths:
                 del self._ends[name]
-        end = max((end for end, _ in self._ends.get(client, {}).values()), default=None)
-        return end if end is not None and end > now else None
+        return max(self._ends.get(client, {}).values(), default=None)
 
 
 def room(
