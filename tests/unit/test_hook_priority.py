@@ -14,7 +14,7 @@ import pytest
 
 from offload.history.db import History
 from offload.history.records import BuildRecord
-from offload.hook.context import load_context
+from offload.hook.context import HookContext, load_context
 from offload.hook.keep import Keep
 from offload.hook.wire import HookIO, TryRequest
 
@@ -25,21 +25,30 @@ def _drv(name: str) -> str:
     return f"/nix/store/{H}-{name}.drv"
 
 
-def test_a_derivation_with_work_built_on_it_waits_ahead_of_its_work(tmp_path: Path) -> None:
+def _chain_context(tmp_path: Path, speed: int) -> HookContext:
+    """A coordinator's context with one builder "m" of ``speed``, whose history has c built
+    on b and b on a, in 1, 2 and 8 s there; the coordinator's history stays open."""
     keep = Keep(tmp_path)
-    history = keep.history()  # the coordinator's: open for as long as it runs
-    # c was built on b, b on a: 8 s and 2 s of work at speed 1 (machine "m", speed 1).
+    history = keep.history()
     for name, seconds, inputs in (("a", 1.0, ()), ("b", 2.0, ("a",)), ("c", 8.0, ("b",))):
         record = BuildRecord(f"hook-{name}", _drv(name), name, "m", 0.0, seconds, "built")
         history.record([record], deps={_drv(name): tuple(map(_drv, inputs))})
-    context = load_context(
-        {"max-jobs": "0", "system": "x86_64-linux", "builders": "ssh://m x86_64-linux - 1 1"},
+    builders = f"ssh://m x86_64-linux - 1 {speed}"
+    return load_context(
+        {"max-jobs": "0", "system": "x86_64-linux", "builders": builders},
         state=tmp_path, verbosity=0, env={}, io=HookIO(lambda _b: None, lambda _b: None),
         parent=os.getpid(), keep=keep,
     )  # fmt: skip
 
-    def ask(name: str) -> TryRequest:
-        return TryRequest(False, "x86_64-linux", _drv(name), frozenset())
+
+def ask(name: str) -> TryRequest:
+    return TryRequest(False, "x86_64-linux", _drv(name), frozenset())
+
+
+def test_a_derivation_with_work_built_on_it_waits_ahead_of_its_work(tmp_path: Path) -> None:
+    # c was built on b, b on a: 8 s and 2 s of work at speed 1 (machine "m", speed 1).
+    context = _chain_context(tmp_path, speed=1)
+    history = context.keep.history()
 
     assert context.priority(ask("a"), 1.0) == 1.0 + 2.0 + 8.0
     assert context.priority(ask("b"), 2.0) == 2.0 + 8.0
@@ -120,41 +129,40 @@ def test_a_read_again_that_fails_keeps_the_last_tails(
 def test_only_a_derivation_history_knows_gets_room_from_its_nix_builds_paths(
     tmp_path: Path,
 ) -> None:
-    keep = Keep(tmp_path)
-    history = keep.history()
-    for name, seconds, inputs in (("a", 1.0, ()), ("b", 2.0, ("a",)), ("c", 8.0, ("b",))):
-        record = BuildRecord(f"hook-{name}", _drv(name), name, "m", 0.0, seconds, "built")
-        history.record([record], deps={_drv(name): tuple(map(_drv, inputs))})
-    context = load_context(
-        {"max-jobs": "0", "system": "x86_64-linux", "builders": "ssh://m x86_64-linux - 1 2"},
-        state=tmp_path, verbosity=0, env={}, io=HookIO(lambda _b: None, lambda _b: None),
-        parent=os.getpid(), keep=keep,
-    )  # fmt: skip
-
-    def ask(name: str) -> TryRequest:
-        return TryRequest(False, "x86_64-linux", _drv(name), frozenset())
+    context = _chain_context(tmp_path, speed=2)
+    history = context.keep.history()
+    assert context.measured_work(ask("c")) == 8.0 * 2  # 8 s on a machine of speed 2
+    assert context.measured_work(ask("new")) is None  # a guess gets no room below
 
     t = time.time()  # the hook's clock: a build's real end is read from it
-    assert context.room(ask("c"), 8.0, 8.0, now=t) is None  # nothing of its placed yet
+    assert (
+        context.room(ask("c"), 8.0, 8.0, now=t, measured=True) is None
+    )  # nothing of its placed yet
     # b is declined (built here), to end at t + 10 with 8 of work after it (speed 2): its path
     # ends at t + 14.
     context.declined(ask("b"), t + 10, tail=8.0)
     # c: 14 s left at speed 2 is 28 of work; c's path is its own 8, so 20 to spare.
-    assert context.room(ask("c"), 8.0, 8.0, now=t) == pytest.approx(t + 0.5 * (20 + 8) / 2)
-    assert context.room(ask("new"), 10.0, 10.0, now=t) is None  # a guess gets no room
+    assert context.room(ask("c"), 8.0, 8.0, now=t, measured=True) == pytest.approx(
+        t + 0.5 * (20 + 8) / 2
+    )
+    assert (
+        context.room(ask("new"), 10.0, 10.0, now=t, measured=False) is None
+    )  # a guess gets no room
     # Work known, tail not seen: a name nothing was recorded after or before.
     lone = BuildRecord("hook-lone", _drv("lone"), "lone", "m", 0.0, 3.0, "built")
     history.record([lone])
-    assert context.room(ask("lone"), 3.0, 3.0, now=t) is None
-    assert context.room(ask("c"), 8.0, 8.0, now=t + 14) is None  # b's path's end has passed
+    assert context.room(ask("lone"), 3.0, 3.0, now=t, measured=True) is None
+    assert (
+        context.room(ask("c"), 8.0, 8.0, now=t + 14, measured=True) is None
+    )  # b's path's end has passed
     # a is built elsewhere, expected to end at t + 100 with 30 of work after it: its path
     # ends at t + 115; then its build ends now, far sooner: the path is from now on.
     with context.building(ask("a"), t + 100, tail=30.0):
-        assert context.room(ask("c"), 8.0, 8.0, now=t) == pytest.approx(
+        assert context.room(ask("c"), 8.0, 8.0, now=t, measured=True) == pytest.approx(
             t + 0.5 * (115 * 2 - 8 + 8) / 2
         )
     ended = time.time()
-    assert context.room(ask("c"), 8.0, 8.0, now=ended) == pytest.approx(
+    assert context.room(ask("c"), 8.0, 8.0, now=ended, measured=True) == pytest.approx(
         ended + 0.5 * (30 - 8 + 8) / 2, abs=0.01
     )
     history.close()

@@ -33,7 +33,6 @@ from offload.hook.slack import room
 from offload.hook.wire import HookIO, TryRequest, write_nix_json
 from offload.procfs import proc_stat
 from offload.scheduler.policy import Backoff, MachineSlotSpec
-from offload.scheduler.run import BIG_PARALLEL_WORK, DEFAULT_WORK
 from offload.slots import SlotLocks, slot_key
 from offload.use import read_choice
 
@@ -171,31 +170,25 @@ class HookContext:
         """History's work for ``names`` (those it knows), on this pool's speeds (``StoreError``)."""
         return estimator(self.keep.history(), self.speeds())(names)
 
-    def work(self, request: TryRequest) -> float:
-        """Expected seconds on a machine of speed 1: history's median, else a default."""
-        pname = request.pname
+    def measured_work(self, request: TryRequest) -> float | None:
+        """Expected seconds on a machine of speed 1 as history measured them (its median);
+        None when it has none (the caller guesses: ``guessed_work``)."""
         try:
-            known = self.estimates([pname])
+            return self.estimates([request.pname]).get(request.pname)
         except OffloadError:
-            known = {}
-        if pname in known:
-            return known[pname]
-        return BIG_PARALLEL_WORK if "big-parallel" in request.features else DEFAULT_WORK
+            return None
 
     def priority(self, request: TryRequest, work: float) -> float:
         """Where ``request`` waits in the coordinator's queue: its ``work`` and the work history
         saw after it (``history.tails``)."""
         return work + self.keep.tails(self.speeds()).get(request.pname, 0.0)
 
-    def room(self, request: TryRequest, work: float, priority: float, now: float) -> float | None:
+    def room(
+        self, request: TryRequest, work: float, priority: float, now: float, *, measured: bool
+    ) -> float | None:
         """The latest end ``request``'s slack allows (``offload.hook.slack``); None without
-        slack, or when history knows its work or tail not."""
-        tails = self.keep.tails(self.speeds())
-        try:
-            known = request.pname in tails and request.pname in self.estimates([request.pname])
-        except OffloadError:
-            known = False
-        if not known:
+        slack, or when history knows its work (``measured``) or tail not."""
+        if not measured or request.pname not in self.keep.tails(self.speeds()):
             return None
         run_end = self.keep.path_ends.latest(self.client_name(), now)
         return room(run_end, now, work=work, priority=priority, fastest=self.fastest())

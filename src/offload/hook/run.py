@@ -47,6 +47,7 @@ from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_
 from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.protocol.wire import ByteReader
+from offload.scheduler.policy.guesses import guessed_work
 from offload.slots import slot_key
 from offload.store.drv import read_derivation
 from offload.store.path import STORE_DIR
@@ -74,6 +75,7 @@ def _decide(
     retry: set[str],
     *,
     priority: float,
+    measured: float | None,  # history's work for it, None when a guess
 ) -> Choice:
     now = time.time()
     builders = context.builders(now, full=_full(context, full, now), retry=retry)
@@ -90,7 +92,9 @@ def _decide(
         poll_interval=poll_interval(context.settings),
         queue=dispatch is not None,
         # Only the coordinator sees a nix-build's every derivation (``offload.hook.slack``).
-        room=None if dispatch is None else context.room(request, work, priority, now),
+        room=None
+        if dispatch is None
+        else context.room(request, work, priority, now, measured=measured is not None),
     )
 
 
@@ -172,11 +176,12 @@ async def answer(
     full: set[str] = set()  # every slot held on the builder itself, by others
     retry: set[str] = set()  # backed off, but tried now: nothing else can build it
     tried: set[str] = set()  # tried so here (once each, even were no marker to be made)
-    work = context.work(request)
+    measured = context.measured_work(request)
+    work = guessed_work(request.features) if measured is None else measured
     priority = work if context.keep.dispatch is None else context.priority(request, work)
     context.reload_backoff()
     for _ in range(_MAX_ATTEMPTS):
-        choice = _decide(context, request, work, full, retry, priority=priority)
+        choice = _decide(context, request, work, full, retry, priority=priority, measured=measured)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
         say_left_out(context, choice)
         if choice.stuck and (again := to_retry(context, request, choice, tried)) is not None:
