@@ -5,6 +5,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from offload.backoff import UNKNOWN_REASON, Health, save_backoff
 from offload.cli.status import format_status, status_json
 from offload.config.machines import parse_machines
@@ -107,7 +109,7 @@ def test_a_reason_is_printed_safe_for_a_terminal(tmp_path: Path) -> None:
 def test_a_builder_with_a_kept_ssh_connection_is_said_connected(tmp_path: Path) -> None:
     fast = pool().machines[0]
     socket_path = SharedPaths(tmp_path / "ssh", ssh_target(fast), "-F cfg").control
-    socket_path.parent.mkdir()
+    socket_path.parent.mkdir(mode=0o700)  # as ``persist.control_dir`` makes it
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
         listening.bind(str(socket_path))
         listening.listen()
@@ -125,3 +127,31 @@ def test_a_builder_with_a_kept_ssh_connection_is_said_connected(tmp_path: Path) 
     assert socket_path.exists()
     assert not any(m.connected for m in after.machines)
     assert "ssh connections kept" not in format_status(after)
+
+
+@pytest.mark.parametrize("made", ["open to others", "another user's", "a symlink"])
+def test_a_socket_in_a_directory_others_could_write_is_no_kept_connection(
+    tmp_path: Path, made: str
+) -> None:
+    # The /tmp fallback of kept masters (``persist.location``) is a name anyone can take first.
+    fast = pool().machines[0]
+    directory = tmp_path / "ssh"
+    if made == "a symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        directory.symlink_to(tmp_path / "elsewhere")
+    else:
+        directory.mkdir(mode=0o733 if made == "open to others" else 0o700)
+        directory.chmod(0o733 if made == "open to others" else 0o700)  # past the umask
+        if made == "another user's":
+            os.chown(directory, 65534, 65534)  # the tests run as root (README)
+    socket_path = SharedPaths(directory, ssh_target(fast), "").control
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(str(socket_path))  # named through the symlink, as ssh would
+        listening.listen()
+        status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), time.time())
+        if made != "a symlink":  # the same socket counts once the directory is private
+            directory.chmod(0o700)
+            os.chown(directory, os.getuid(), os.getgid())
+            ours = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), time.time())
+            assert [m.connected for m in ours.machines] == [False, True, False]
+    assert [m.connected for m in status.machines] == [False, False, False]

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -133,12 +134,28 @@ def listening() -> list[str] | None:
     return names
 
 
+def _closed_to_others(directory: Path) -> bool:
+    """Whether ``directory`` is a real directory of this user's (or root's, the nix-daemon's
+    hook's) that no other user can write to or read: what ``control_dir`` makes."""
+    try:
+        info = directory.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode) and info.st_uid in {os.getuid(), 0} and not info.st_mode & 0o077
+    )
+
+
 def kept(state: Path, target: SshTarget, sshopts: str, sockets: list[str] | None) -> bool:
     """Whether a master to ``target`` kept for ``state`` listens now, among ``sockets``
     (``listening``), without connecting: a connection to a master counts as use and starts
     its idle time again (``offload status --watch`` would keep every master alive). Where
-    /proc cannot tell (``sockets`` None), it connects. Nothing is made."""
-    control = SharedPaths(location(state), target, sshopts).control
+    /proc cannot tell (``sockets`` None), it connects. Nothing is made, and a directory
+    another user could have put a socket in counts for none."""
+    directory = location(state)
+    if not _closed_to_others(directory):
+        return False  # a socket there may be anyone's (the /tmp fallback made by another user)
+    control = SharedPaths(directory, target, sshopts).control
     if sockets is None:
         return master_alive(control) is True
     if not control.exists():
