@@ -15,10 +15,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from offload.backoff import Health, save_backoff
 from offload.errors import SshError
 from offload.fleet import Fleet, MemberSpec
 from offload.transport.dialect import SERVE
@@ -195,3 +197,39 @@ def test_a_kept_master_whose_greeting_failed_does_not_stay(
     asyncio.run(go())
     wait_for(lambda: not persistent_masters(control), 10, "the failed master to end")
     assert not [p for p in control.iterdir() if p.is_socket()]
+
+
+def test_a_builder_backed_off_as_the_run_starts_keeps_its_master_for_the_next(
+    kept_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Left out of the early masters (backed off), it is tried once its backoff ends, while a
+    # local build (preferLocalBuild: never copied to it) runs on past that end: it alone
+    # offers the feature "late" needs, and it builds over the kept master like the others,
+    # not a master of its own closed with the run.
+    state, now = tmp_path / "state", int(time.time())
+    state.mkdir()
+    save_backoff(state / "backoff.json", {"keep": Health(1, now + 2, "refused")}, now)
+    fields = member_line(kept_fleet, "keep").split()
+    fields[5] = "nixos-test"  # its supported features, which the local machine lacks here:
+    wait = f"while [ $(/bin/date +%s) -le {now + 2} ]; do /bin/sleep 0.1; done"
+    body = (
+        f'{{ first = mk "first" "{wait}; {SPEED} > $out" {{ preferLocalBuild = true; }};\n'
+        f'  late = mk "late" "{SPEED} > $out" {{ requiredSystemFeatures = [ "nixos-test" ]; }};'
+        " }\n"
+    )
+    file = nix_file(tmp_path, body, "late.nix")
+    env = offload_env(kept_fleet, tmp_path)
+    env["NIX_CONFIG"] += "\nsystem-features = benchmark big-parallel\n"
+    try:
+        done = offload(
+            kept_fleet, tmp_path, file, "-j1", "--builders", " ".join(fields), "--no-out-link",
+            "--json", env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert built_on(done.stdout) == {"first": "local", "late": "keep"}
+        (master,) = persistent_masters(control_dir(state))
+        os.kill(kept_fleet.member("keep").pid, signal.SIGKILL)  # no new connection now
+        assert _build(kept_fleet, tmp_path, "next") == {"next": "keep"}
+        assert persistent_masters(control_dir(state)) == [master]
+    finally:
+        stop_masters(control_dir(state))

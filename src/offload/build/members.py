@@ -63,9 +63,12 @@ async def pool_members(
     local_link: LocalLink,
     env: Mapping[str, str] | None = None,
     fallbacks: Path | None = None,
+    shared: Path | None = None,
 ) -> AsyncIterator[list[PoolMember]]:
     """The members, their links open for the body; what their build sessions found of each
     builder's slots (counted there, or here only and why) is written to ``fallbacks`` after.
+    A builder whose master was not started early (left out then, backed off) connects over
+    its persistent master in ``shared`` (``transport.persist``), as the others do.
     Every link is closed at the end, ``local_link``'s too: its sessions end with the builders'."""
     members: list[PoolMember] = []
     links: list[MachineLink] = []
@@ -82,6 +85,7 @@ async def pool_members(
                 env=env,
                 substitute=pool.builders_use_substitutes or None,
                 transport=early.claim(machine, env=env),  # its master started at the outset
+                shared=shared,
             )
             links.append(link)
             members.append(

@@ -56,6 +56,7 @@ async def run_build(
     fetch_all: bool = False,
     options: BuildOptions | None = None,  # Nix's timeouts and log limit, sent with each build
     fallbacks: Path | None = None,  # where what was learned of builder-side slots is kept
+    shared: Path | None = None,  # the persistent masters' directory (``transport.persist``)
     cut_short: Callable[[RunReport, DrvGraph], None] | None = None,
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
@@ -72,7 +73,7 @@ async def run_build(
     async with (
         # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
         LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
-        pool_members(pool, local_link, env, fallbacks) as members,
+        pool_members(pool, local_link, env, fallbacks, shared) as members,
     ):
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}

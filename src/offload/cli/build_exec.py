@@ -31,6 +31,7 @@ from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
+from offload.transport.persist import kept_dir
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, Timing
 from offload.ui.summary import render_summary
@@ -165,13 +166,15 @@ def execute(
     fetch_all: bool = False,
     backoff: Mapping[str, Health] | None = None,
     run: Callable[[Coroutine[Any, Any, Built]], Built] = asyncio.run,
+    shared: Path | None = None,
 ) -> Built:
     """A build run with what offload keeps between runs: history, logs, slots, backoff.
 
     ``close`` is called when the run is over, before anything is printed after it.
     ``backoff``: the builders to leave out, as remembered (by default read from ``state``);
     ``run``: what runs the run's coroutine (the command's ``asyncio.Runner``, whose loop the
-    builders' early masters are on).
+    builders' early masters are on); ``shared``: where builders keep their ssh masters for
+    the next run (``transport.persist``; None: each closes with the run).
     """
     logs = BuildLogs(state / "logs")
     remember = RunRecorder(time.time())
@@ -196,6 +199,7 @@ def execute(
                     # The same timeouts and log limit Nix's build hook passes on.
                     options=_build_options(pool),
                     fallbacks=state / FALLBACK_FILE,
+                    shared=shared,
                     cut_short=lambda report, graph: cut.append((report, graph)),
                 )
             )
@@ -318,6 +322,7 @@ def build(
         fetch_all=args.fetch_all,
         backoff=backoff,
         run=run,
+        shared=kept_dir(state),  # as the early masters (cli.build)
     )
     if not args.json and (report.finished or machine_events):  # quiet when nothing was to do
         render_summary([*report.finished, *machine_events], sys.stderr)

@@ -6,6 +6,7 @@ builder's store deleted over the same master.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from offload.errors import SshError
@@ -48,8 +49,10 @@ class MachineLink(Link):
         dialect: Dialect = SERVE,
         builder_slots: int = 0,
         transport: SshTransport | None = None,
+        shared: Path | None = None,
     ) -> None:
-        # ``transport``: one made for this builder already, e.g. its master started early.
+        # ``transport``: one made for this builder already, e.g. its master started early;
+        # else one of its own, over the persistent master in ``shared`` if given (``persist``).
         self.ssh = transport or SshTransport(
             target,
             name=name,
@@ -57,6 +60,7 @@ class MachineLink(Link):
             env=env,
             connect_timeout=connect_timeout,
             dialect=dialect,
+            shared=shared,
         )
         # Builds hold one of ``builder_slots`` on the builder itself (``Link.build_session``).
         super().__init__(
@@ -94,11 +98,13 @@ class MachineLink(Link):
         max_sessions: int | None = None,
         connect_timeout: int = CONNECT_TIMEOUT,
         transport: SshTransport | None = None,
+        shared: Path | None = None,
     ) -> MachineLink:
         """A link sized for ``machine``: its slots plus one session for copying.
 
         ``substitute`` defaults to the machine's ``builders-use-substitutes`` URI parameter;
-        ``transport``, the machine's own, made already (``offload.transport.links.early``).
+        ``transport``, the machine's own, made already (``offload.transport.links.early``);
+        ``shared``, where its persistent master is when it has none.
         """
         if substitute is None:
             substitute = machine.params.get("builders-use-substitutes", "false") == "true"
@@ -113,4 +119,5 @@ class MachineLink(Link):
             dialect=dialect_of(machine),
             builder_slots=machine.max_jobs,
             transport=transport,
+            shared=shared,
         )
