@@ -130,3 +130,35 @@ def test_each_pick_counts_the_waiters_before_it_that_stay_queued() -> None:
     assert seen["long"] == ()
     assert seen["mid"] == (50.0,)
     assert seen["short"] == (50.0, 5.0)
+
+
+def test_a_derivation_that_waits_again_keeps_its_first_come_turn() -> None:
+    """Of two waiters of one priority, the one that came first and waits again (its builder
+    turned out full) is still asked first, before the one that came after it."""
+
+    async def go() -> list[str]:
+        dispatch = Dispatch(tick=60)
+        asked: list[str] = []
+
+        def pick(name: str) -> Placement | None:
+            asked.append(name)
+            return None
+
+        first = dispatch.ticket()  # it came first, was placed, and found its builder full
+        later = asyncio.create_task(dispatch.take(5.0, lambda _ahead: pick("later")))
+        while not dispatch.queued():
+            await asyncio.sleep(0)
+        again = asyncio.create_task(dispatch.take(5.0, lambda _ahead: pick("first"), ticket=first))
+        while len(dispatch.queued()) < 2:
+            await asyncio.sleep(0)
+        asked.clear()
+        dispatch.notify()
+        while len(asked) < 2:
+            await asyncio.sleep(0)
+        for task in (later, again):
+            task.cancel()
+        await asyncio.wait([later, again])
+        await dispatch.aclose()
+        return asked
+
+    assert asyncio.run(go()) == ["first", "later"]

@@ -10,7 +10,9 @@ dispatcher asks waiters highest priority first (its work and the work history sa
 ``history.tails``: its critical path; its work alone where none was seen), so when a fast slot
 frees the derivation with the most work behind it takes it; it asks again whenever one of our
 builds ends (``notify``) and at least every ``TICK`` seconds, for slots freed by other
-processes and expected ends that have passed.
+processes and expected ends that have passed. Among equal priorities the first come is asked
+first; a derivation that waits again (its builder turned out full, or failed) keeps the turn it
+first came with (``ticket``), as Nix's own queue would.
 
 Each pick is given the works of the waiters asked before it that stay queued: they take the
 slots they wait for first, so a waiter counts them there (``decide.place_queued``). Without
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -52,6 +55,7 @@ class _Waiter:
     work: float
     pick: Pick
     priority: float  # asked in this order, the highest first
+    ticket: int  # then the first come first (``Dispatch.ticket``)
     placed: asyncio.Future[Placement] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -63,6 +67,7 @@ class Dispatch:
         self._waiters: list[_Waiter] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._tickets = itertools.count()
 
     def queued(self, above: float = -math.inf) -> list[float]:
         """The works of the derivations waiting with a priority of at least ``above`` (those
@@ -73,16 +78,26 @@ class Dispatch:
     def _in_turn(self) -> list[_Waiter]:
         """The waiters in the order they are asked: the highest priority first, then the
         first come."""
-        return sorted(self._waiters, key=lambda w: -w.priority)
+        return sorted(self._waiters, key=lambda w: (-w.priority, w.ticket))
+
+    def ticket(self) -> int:
+        """A derivation's turn among equal priorities, taken when it first waits and given
+        to every ``take`` of it."""
+        return next(self._tickets)
 
     def notify(self) -> None:
         """A slot may have freed (one of our builds ended): look again now."""
         self._wake.set()
 
-    async def take(self, work: float, pick: Pick, priority: float | None = None) -> Placement:
+    async def take(
+        self, work: float, pick: Pick, priority: float | None = None, ticket: int | None = None
+    ) -> Placement:
         """Wait until ``pick`` places the derivation; its slot is then the caller's to free.
-        ``priority``: its place in the queue (its work when not given)."""
-        waiter = _Waiter(work, pick, work if priority is None else priority)
+        ``priority``: its place in the queue (its work when not given); ``ticket``: its turn
+        among equal priorities (a new one when not given)."""
+        if ticket is None:
+            ticket = self.ticket()
+        waiter = _Waiter(work, pick, work if priority is None else priority, ticket)
         self._waiters.append(waiter)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dispatch")

@@ -39,7 +39,7 @@ from offload.hook.backed_off import given_up, say_declined, say_left_out, to_ret
 from offload.hook.context import HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, place_queued
 from offload.hook.dispatch import Placement
-from offload.hook.full import MOVED_NOTE, WAIT_NOTE
+from offload.hook.full import MOVED_NOTE, WAIT_NOTE, FullBuilders
 from offload.hook.guard import Guard
 from offload.hook.links import BuilderFullError, Unreachable
 from offload.hook.remote import Outcome, build_remote, error_message, log_writer
@@ -295,22 +295,22 @@ async def _build_where_a_slot_frees(
     """Wait in the dispatch for a slot and build there; a builder that cannot open a session,
     or goes away mid-build, is backed off, and one found full (``full``: ``origin`` already
     was) is waited for in the dispatch with every other builder (``offload.hook.full``)."""
-    builders_full = context.keep.full
+    builders_full, dispatch = context.keep.full, context.keep.dispatch
     assert builders_full is not None
+    assert dispatch is not None
     log = log_writer(context.io)
     waiting: list[str] = []  # the full builders this derivation waits for
     tried: set[str] = set()  # backed-off builders taken up out of turn (``_pick``)
+    turn = dispatch.ticket()  # kept through every wait again: its place among equals
     if full:
         _wait_full(context, origin, waiting)
     try:
         while True:
-            placement = await _placement(context, request, work, excluded, tried)
+            placement = await _placement(context, request, work, excluded, tried, turn=turn)
             if placement is None:
                 return 1
             why = _why_moved(context, origin, placement.machine, excluded)
-            for name in waiting:
-                builders_full.left(name)
-            waiting.clear()
+            _stop_waiting(builders_full, waiting)
             machine = context.machine(placement.machine)
             context.keep.took(machine.name)
             try:
@@ -339,12 +339,17 @@ async def _build_where_a_slot_frees(
             _record(context, request, machine.name, outcome)
             return outcome.exit_code
     finally:
-        for name in waiting:
-            builders_full.left(name)
+        _stop_waiting(builders_full, waiting)
 
 
 async def _placement(
-    context: HookContext, request: TryRequest, work: float, excluded: set[str], tried: set[str]
+    context: HookContext,
+    request: TryRequest,
+    work: float,
+    excluded: set[str],
+    tried: set[str],
+    *,
+    turn: int,
 ) -> Placement | None:
     """The slot the dispatch gives the derivation (``_pick``); None when no builder is left to
     build it, said to Nix: accepted, it cannot be declined now, so the build fails."""
@@ -355,11 +360,19 @@ async def _placement(
             work,
             lambda ahead: _pick(context, request, work, ahead, excluded=excluded, tried=tried),
             priority=context.priority(request, work),
+            ticket=turn,
         )
     except OffloadError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
         error_message(context.io, f"offload-hook: {exc.message}{hint}")
         return None
+
+
+def _stop_waiting(builders_full: FullBuilders, waiting: list[str]) -> None:
+    """The derivation waits no more for the full builders in ``waiting`` (now emptied)."""
+    for name in waiting:
+        builders_full.left(name)
+    waiting.clear()
 
 
 def _wait_full(context: HookContext, name: str, waiting: list[str]) -> None:
