@@ -21,7 +21,7 @@ off the rule too).
 
 from __future__ import annotations
 
-from offload.scheduler.policy.slack import SLACK_SHARE
+from offload.scheduler.policy.slack import SLACK_SHARE, latest_end
 
 __all__ = ["PathEnds", "room"]
 
@@ -60,4 +60,4 @@ def room(
     slack = remaining - priority
     if slack <= 0:
         return None
-    return now + SLACK_SHARE * (slack + work) / fastest
+    return latest_end(now, slack, work, fastest, SLACK_SHARE)

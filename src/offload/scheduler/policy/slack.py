@@ -41,6 +41,7 @@ __all__ = [
     "SLACK_SHARE",
     "ends_in_slack",
     "ends_past_run",
+    "latest_end",
     "path_margin",
     "remaining_path",
     "slower_in_slack",
@@ -101,9 +102,15 @@ def _room(
     margin: float,
 ) -> float:
     """The latest end within ``job_id``'s share of slack, ``margin`` (``path_margin``) less."""
-    fastest = cls.machines[0].speed
     slack = remaining - margin - graph.critical_path(job_id)
-    return now + share * (slack + graph.work(job_id)) / fastest
+    return latest_end(now, slack, graph.work(job_id), cls.machines[0].speed, share)
+
+
+def latest_end(now: float, slack: float, work: float, fastest: float, share: float) -> float:
+    """The latest end a job of ``work`` with ``slack`` (both in work at speed 1) may take on a
+    slower machine, ``fastest`` the speed of the fastest: ``share`` of both on that one, from
+    ``now``. offload-hook places by the same rule (``hook.slack``)."""
+    return now + share * (slack + work) / fastest
 
 
 def ends_past_run(
