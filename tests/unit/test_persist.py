@@ -1,5 +1,6 @@
 """Where kept ssh masters live (``offload.transport.persist``): a usable directory or none."""
 
+import os
 import shutil
 import stat
 import tempfile
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from offload.transport.persist import kept_dir, location
+from offload.transport.persist import kept, kept_dir, location
+from offload.transport.ssh import SshTarget
 
 
 @pytest.fixture
@@ -29,3 +31,28 @@ def test_no_kept_masters_where_the_directory_is_not_one(short: Path) -> None:
     (short / "state").mkdir()
     (short / "state" / "ssh").write_text("not a directory")
     assert kept_dir(short / "state") is None
+
+
+def test_another_users_view_of_roots_kept_masters_is_none_not_an_error(short: Path) -> None:
+    # `offload status` run by a user reads the nix-daemon's state too when it can (root's,
+    # /var/lib/offload, readable), whose ssh directory is root's alone.
+    state = short / "state"
+    kept_dir(state)  # made 0700, root's: the tests run as root (README)
+    short.chmod(0o755)
+    state.chmod(0o755)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # as another user: the interpreter is root's, so no exec
+        answer = b"error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            answer = str(kept(state, SshTarget("b"), "", [])).encode()
+        finally:
+            os.write(write, answer)
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as said:
+        answer = said.read()
+    os.waitpid(child, 0)
+    assert answer == b"False"

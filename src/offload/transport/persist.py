@@ -158,7 +158,10 @@ def kept(state: Path, target: SshTarget, sshopts: str, sockets: list[str] | None
     control = SharedPaths(directory, target, sshopts).control
     if sockets is None:
         return master_alive(control) is True
-    if not control.exists():
+    try:
+        if not control.exists():
+            return False
+    except OSError:  # root's directory (the nix-daemon's hook's), read by another user
         return False
     # ssh binds a temporary name beside the socket and links the socket to it: the table
     # names that one, ``<control>.<16 random characters>``.
