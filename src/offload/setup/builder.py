@@ -25,7 +25,10 @@ distributed builds", the NixOS & Flakes book, Nix's manual), in one place:
   closes them, even by dying, stops them at once: ``offload.transport.ssh``).
 
 The script is for a host without NixOS, run as root: it is safe to run twice (each step looks
-first) and checks sshd's configuration before it is used.
+first), writes each file whole or not at all, and checks sshd's configuration before it is used.
+It leaves alone an account someone logs into (root, or a user with a password), whose logins
+the sshd lines would take away, and makes the client's key line the one asked for, replacing
+one added by hand (the seeds' plain line, which may run any command).
 """
 
 from __future__ import annotations
@@ -165,12 +168,12 @@ def _user_and_key(setup: BuilderSetup) -> str:
     key_data = shlex.quote(setup.key.data)
     if setup.restricted:
         line = (
-            f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s\\n' "
+            f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s' "
             f'"$(command -v nix-store)" {shlex.quote(setup.key.line)}'
         )
         shown = authorized_keys_line(setup, "/path/to/nix-store")
     else:
-        line = f"printf '%s\\n' {shlex.quote(setup.key.line)}"
+        line = f"printf '%s' {shlex.quote(setup.key.line)}"
         shown = authorized_keys_line(setup)
     return f"""#!/bin/sh
 # offload setup builder, for a host without NixOS: run as root on the builder, after reading it.
@@ -182,16 +185,31 @@ command -v nix-store >/dev/null ||
   {{ echo "nix-store is not on PATH: install Nix first" >&2; exit 1; }}
 
 # 1. A system user and group for builds, with a shell (sshd runs the key's command through it).
-id "$user" >/dev/null 2>&1 ||
+#    An account someone logs into (root, or one with a password) is left alone: step 4 takes
+#    password and tty logins away from the user.
+if id "$user" >/dev/null 2>&1; then
+  case "$(id -u "$user"):$(getent shadow "$user" | cut -d: -f2)" in
+    0:* | *:\\$*)
+      echo "user $user is root or has a password: step 4 would take its logins away;" \\
+        "give offload setup builder --user NAME a user of its own" >&2
+      exit 1 ;;
+  esac
+else
   useradd --system --user-group --create-home --home-dir "$home" --shell /bin/sh "$user"
+fi
 home=$(getent passwd "$user" | cut -d: -f6)
 install -d -m 0700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
 
-# 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line:
+# 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line, replacing any
+#    other line of that key (one added by hand has no restriction):
 #    {shown}
 keys="$home/.ssh/authorized_keys"
+want=$({line})
 touch "$keys"
-grep -qF {key_data} "$keys" || {line} >>"$keys"
+if ! grep -qxF "$want" "$keys"; then
+  {{ grep -vF {key_data} "$keys" || true; printf '%s\\n' "$want"; }} >"$keys.offload-new"
+  mv "$keys.offload-new" "$keys"
+fi
 chown "$user:$(id -gn "$user")" "$keys"
 chmod 0600 "$keys"
 """
@@ -203,9 +221,15 @@ def _system(setup: BuilderSetup) -> str:
     return f"""\
 # 3. nix.conf: the user is trusted, and the tuning (garbage collection at 1 GiB free until
 #    10 GiB are, every core). Later lines win in nix.conf: check nothing below overrides them.
-grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null || {{
-  echo "# offload setup builder: $user"
-  cat {_heredoc(nix_conf_lines(setup))}}} >>/etc/nix/nix.conf
+#    Written whole or not at all (a copy replaces it), so the mark is never there alone.
+if ! grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null; then
+  mkdir -p /etc/nix
+  touch /etc/nix/nix.conf
+  new=/etc/nix/nix.conf.offload-new
+  cp -p /etc/nix/nix.conf "$new"
+  {{ echo "# offload setup builder: $user"; cat {_heredoc(nix_conf_lines(setup))}}} >>"$new"
+  mv "$new" /etc/nix/nix.conf
+fi
 
 # 4. sshd: nothing but commands for that user. A Match block runs to the next Match, so it goes
 #    at the end, and the new file is checked before it replaces the old one.
