@@ -264,3 +264,28 @@ def test_a_key_file_others_may_read_warns_with_chmod(doctor_fleet: Fleet, tmp_pa
     ssh = check(reports(done)["dc"], "ssh")
     assert ssh["verdict"] == "warn"
     assert ssh["fix"].startswith(f"chmod 600 {loose}")
+
+
+untrusted_fleet = private_fleet_fixture([MemberSpec.parse("du:1:1:untrusted")], "ofu")
+
+
+def test_a_user_the_builders_daemon_does_not_trust_fails_trusted(
+    untrusted_fleet: Fleet, doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Its sessions store through a nix-daemon whose trusted-users is empty (NIX_REMOTE=daemon):
+    # every build sent there fails, so doctor fails it, where a member whose sessions write the
+    # store themselves passes without being asked.
+    done = doctor(untrusted_fleet, tmp_path, untrusted_fleet.machines_file, "--json")
+    assert done.returncode == 1, done.stderr + done.stdout
+    trusted = check(reports(done)["du"], "trusted")
+    assert trusted["verdict"] == "fail"
+    assert trusted["detail"] == (
+        "root is not in trusted-users: the builder's nix-daemon refuses the derivations and "
+        "unsigned inputs offload sends"
+    )
+    healthy = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "--json", "da")
+    direct = check(reports(healthy)["da"], "trusted")
+    assert (direct["verdict"], direct["detail"]) == (
+        "ok",
+        "root writes the store itself: no daemon asks",
+    )

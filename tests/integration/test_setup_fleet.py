@@ -199,3 +199,23 @@ def test_the_restricted_key_line_serves_stock_nix(serve_only_fleet: Fleet, tmp_p
     done = stock_nix_build(file, serve_only_fleet.machines_file, serve_only_fleet.env())
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).read_text().strip() == speed_of(serve_only_fleet, "sr")
+
+
+untrusted_fleet = private_fleet_fixture([MemberSpec.parse("su:1:1:untrusted")], "ofn")
+
+
+def test_a_builder_whose_daemon_does_not_trust_the_user_is_not_written(
+    untrusted_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Every build sent there would fail: no machines line, the doctor's words and fix.
+    done = setup_client(tmp_path, untrusted_fleet, target(untrusted_fleet, "su"))
+    assert done.returncode == 1
+    port = untrusted_fleet.member("su").port
+    error = (
+        f"error: su (127.0.0.1:{port}): trusted: root is not in trusted-users: the builder's "
+        "nix-daemon refuses the derivations and unsigned inputs offload sends"
+    )
+    hint = "hint: add root to trusted-users in the builder's nix.conf (NixOS: nix.settings."
+    hint += "trusted-users)"
+    assert done.stderr.splitlines()[-2:] == [error, hint]
+    assert not (tmp_path / "client" / "machines").exists()

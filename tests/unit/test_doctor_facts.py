@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from offload.doctor import facts
 from offload.doctor.model import Check, MachineReport, Verdict, skipped
 from offload.doctor.render import format_report
@@ -101,6 +103,39 @@ def test_trusted_users():
     assert untrusted.verdict == Verdict.WARN
     assert untrusted.fix is not None
     assert "trusted-users" in untrusted.fix
+
+
+def test_trust_matters_only_where_a_daemon_is_asked() -> None:
+    # Through the builder's nix-daemon, an untrusted user's builds fail; root is trusted only
+    # if listed there; writing the store itself, nobody asks.
+    assert facts.trusted_check("nixremote", [], CONFIG, "", "daemon").verdict == Verdict.FAIL
+    untrusting = {**CONFIG, "trusted-users": "alice"}
+    assert facts.trusted_check("root", [], untrusting, "", "daemon").verdict == Verdict.FAIL
+    assert facts.trusted_check("root", [], untrusting, "", None).verdict == Verdict.OK
+    assert facts.trusted_check("nixremote", [], CONFIG, "", "local").verdict == Verdict.OK
+    assert facts.trusted_check("nixremote", [], None, "no nix", "local").verdict == Verdict.OK
+
+
+@pytest.mark.parametrize(
+    ("store", "probe", "route"),
+    [
+        ("daemon", "daemon\nlocal\n", "daemon"),
+        ("unix:///run/nix.sock", "", "daemon"),
+        ("local", "", "local"),
+        ("/srv/nix", "", "local"),
+        ("auto", "auto\ndaemon\n", "daemon"),
+        ("auto", "auto\nlocal\n", "local"),
+        ("auto", "", None),
+        ("ssh://elsewhere", "auto\nlocal\n", None),
+        (None, "daemon\nlocal\n", "daemon"),  # no show-config: NIX_REMOTE as the probe says
+        (None, "auto\ndaemon\n", "daemon"),
+    ],
+)
+def test_the_store_route_follows_nix_s_own_choice(
+    store: str | None, probe: str, route: str | None
+) -> None:
+    config = None if store is None else {**CONFIG, "store": store}
+    assert facts.store_route(config, probe) == route
 
 
 def test_free_disk_thresholds():

@@ -210,21 +210,53 @@ def features_check(
     return Check("features", Verdict.OK, ", ".join(sorted(claimed)) or "none")
 
 
+# Run on the builder: NIX_REMOTE, then how Nix's `auto` store would open it for this user (its
+# state directory writable: itself; else a daemon socket there: through the nix-daemon).
+ROUTE_PROBE = (
+    'printf "%s\\n" "${NIX_REMOTE:-auto}"; '
+    "if [ -r /nix/var/nix ] && [ -w /nix/var/nix ]; then echo local; "
+    "elif [ -S /nix/var/nix/daemon-socket/socket ]; then echo daemon; else echo local; fi"
+)
+
+
+def store_route(config: NixConfig | None, probe: str) -> str | None:
+    """How Nix on the builder reaches its store for this user: ``daemon`` (a nix-daemon, which
+    asks for trust), ``local`` (it writes the store itself) or None (cannot be told); from the
+    ``store`` setting (NIX_REMOTE when set), and for ``auto`` what ``ROUTE_PROBE`` printed."""
+    said = probe.split()
+    store = config.get("store", "auto") if config else (said[0] if said else "")
+    if store == "daemon" or store.startswith("unix://"):
+        return "daemon"
+    if store == "local" or store.startswith(("/", "local?")):
+        return "local"
+    if store == "auto" and len(said) == 2 and said[1] in {"local", "daemon"}:
+        return said[1]
+    return None
+
+
 def trusted_check(
-    user: str, groups: Collection[str], config: NixConfig | None, error: str
+    user: str,
+    groups: Collection[str],
+    config: NixConfig | None,
+    error: str,
+    route: str | None = None,
 ) -> Check:
-    """May ``user`` import unsigned paths (what offload sends)? Only a daemon asks."""
+    """May ``user`` build derivations sent over the wire and import unsigned paths (what
+    offload sends)? Only a nix-daemon asks (``route``, ``store_route``): there it must."""
+    if route == "local":
+        return Check("trusted", Verdict.OK, f"{user} writes the store itself: no daemon asks")
     if not config or "trusted-users" not in config:
         return _cannot_tell("trusted", error)
     trusted = _words(config, "trusted-users")
     names = {user, "*", *(f"@{group}" for group in groups)}
-    if user == "root" or names & trusted:
+    if (user == "root" and route is None) or names & trusted:
         return Check("trusted", Verdict.OK, f"{user} is a trusted user")
+    through = "the builder's nix-daemon" if route == "daemon" else "a nix-daemon there"
     return Check(
         "trusted",
-        Verdict.WARN,
-        f"{user} is not in trusted-users: a nix-daemon there refuses the unsigned inputs "
-        "offload sends",
+        Verdict.FAIL if route == "daemon" else Verdict.WARN,
+        f"{user} is not in trusted-users: {through} refuses the derivations and unsigned "
+        "inputs offload sends",
         f"add {user} to trusted-users in the builder's nix.conf "
         "(NixOS: nix.settings.trusted-users)",
     )

@@ -380,6 +380,8 @@ class _Probe:
         who = out.split("\n") if code == 0 else []
         user = who[0].strip() if who and who[0].strip() else self.user
         groups = who[1].split() if len(who) > 1 else []
+        probe = await self._remote(link, ["sh", "-c", facts.ROUTE_PROBE])
+        route = facts.store_route(config, probe[1] if probe[0] == 0 else "")
         disk = await self._remote(link, ["df", "-Pk", "/nix/store"])
         rtts = []
         for _ in range(_RTT_SAMPLES):
@@ -395,9 +397,11 @@ class _Probe:
                 error,
                 machine.source,
             ),
-            facts.daemon_trust(self.trusted, facts.trusted_check(user, groups, config, error))
+            facts.daemon_trust(
+                self.trusted, facts.trusted_check(user, groups, config, error, route)
+            )
             if self.dialect is DAEMON
-            else facts.trusted_check(user, groups, config, error),
+            else facts.trusted_check(user, groups, config, error, route),
             facts.disk_check(*disk),
             facts.load_check(self.load, machine.max_jobs, local_boot_id()),
             await self._slots(link),

@@ -120,6 +120,11 @@ async def _scan(target: Target, timeout: float) -> tuple[PublicKey | None, str]:
     return key, ""
 
 
+# What makes a builder unusable: no session (the prerequisites), or a nix-daemon there that
+# refuses every build the client sends (``trusted``).
+_BLOCKING = (*PREREQUISITES, "trusted")
+
+
 async def _probe(
     target: Target, user: str, identity: str, overrides: Overrides, options: DoctorOptions
 ) -> Probed:
@@ -140,7 +145,7 @@ async def _probe(
     machine = machine_from_columns(columns, source=target.name, system="-")
     report, facts = await examine(machine, options)
     failed = next(
-        (c for c in report.checks if c.name in PREREQUISITES and c.verdict == Verdict.FAIL), None
+        (c for c in report.checks if c.name in _BLOCKING and c.verdict == Verdict.FAIL), None
     )
     if failed is not None:
         return Probed(target, None, f"{failed.name}: {failed.detail}", failed.fix)
