@@ -23,6 +23,8 @@ from offload.doctor import CHECKS
 from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
 from tests.helpers.fleets import host_of, machines_lines, private_fleet_fixture
+from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.offload_run import offload
 
 MEMBERS = ("da", "db", "dc")
 
@@ -289,3 +291,32 @@ def test_a_user_the_builders_daemon_does_not_trust_fails_trusted(
         "ok",
         "root writes the store itself: no daemon asks",
     )
+
+
+noisy_fleet = private_fleet_fixture([MemberSpec("dn", 1.0, 1)], "ofn")
+
+
+def test_a_shell_that_prints_on_start_fails_ssh_with_the_fix_and_offload_build_says_it(
+    noisy_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The Nix manual's classic: a ~/.bashrc that prints, for non-interactive shells too (bash
+    # reads it for ssh's commands). Every session breaks; doctor said "install Nix".
+    home = noisy_fleet.member("dn").root / "home"
+    (home / ".bashrc").write_text("echo Welcome to dn\n")
+    done = doctor(noisy_fleet, tmp_path, noisy_fleet.machines_file, "--json")
+    assert done.returncode == 1
+    ssh = check(reports(done)["dn"], "ssh")
+    assert ssh["verdict"] == "fail"
+    assert ssh["detail"] == (
+        "logged in, but the builder's shell prints 'Welcome to dn' before any command: "
+        "Nix's sessions there break on it"
+    )
+    assert ssh["fix"].startswith("make the builder user's shell start-up files")
+    file = nix_file(tmp_path, f'mk "noisy" "{SPEED} > $out" {{}}\n')
+    machines = f"@{noisy_fleet.machines_file}"
+    built = offload(noisy_fleet, tmp_path, file, "-j0", "--builders", machines, "--no-out-link")
+    assert built.returncode == 1
+    assert (
+        "cannot connect to builder 'dn' (dn): its shell printed 'Welcome to dn' before the "
+        "command: Nix's sessions there break on it"
+    ) in built.stderr

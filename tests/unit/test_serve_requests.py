@@ -54,6 +54,21 @@ def test_bad_magic_is_protocol_error() -> None:
     run(go())
 
 
+def test_a_greeting_of_text_is_said_to_be_the_builder_shell_s() -> None:
+    # A ~/.bashrc that prints on the builder: its first bytes come where the magic should.
+    async def go() -> None:
+        client = ServeClient(reader_with(b"Welcome to b1\n"), Writer(), name="b1")
+        with pytest.raises(ProtocolError) as raised:
+            await client.handshake()
+        assert raised.value.message == (
+            "b1: the builder's shell printed 'Welcome '... where nix-store --serve answers "
+            "(during the handshake)"
+        )
+        assert (raised.value.hint or "").startswith("make the builder user's shell start-up")
+
+    run(go())
+
+
 def test_wrong_major_version_is_protocol_error() -> None:
     async def go() -> None:
         client = ServeClient(reader_with(u64(0x5452EECB) + u64(0x107)), Writer())

@@ -19,9 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from offload.doctor.model import Check, Verdict
+from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.transport.ssh_keys import key_fix, key_trouble
 
-__all__ = ["SshConfig", "parse_ssh_g", "port_check", "resolve_check", "ssh_check"]
+__all__ = [
+    "SshConfig",
+    "noisy_shell_check",
+    "parse_ssh_g",
+    "port_check",
+    "resolve_check",
+    "ssh_check",
+]
 
 
 def _port_fix(line: str) -> str:
@@ -166,6 +174,24 @@ def ssh_check(
         return Check("ssh", Verdict.FAIL, f"{what}, and the builder took no other key: {last}", fix)
     return Check(
         "ssh", Verdict.FAIL, *_ssh_failure(stderr, last, key_name, pinned=pinned, line=line)
+    )
+
+
+def noisy_shell_check(check: Check, stdout: str, reply: bytes) -> Check:
+    """``check`` (the login's), or a failure when the builder user's shell printed something
+    before the command ran (``stdout``: `true` prints nothing; a key forced to Nix's program
+    answers ``reply`` first): that breaks every Nix session there, as Nix's manual warns."""
+    answer = reply.decode(errors="replace")
+    before = stdout.partition(answer)[0]
+    said = [line.strip() for line in before.splitlines() if line.strip()]
+    if check.verdict is not Verdict.OK or not said:
+        return check
+    return Check(
+        "ssh",
+        Verdict.FAIL,
+        f"logged in, but the builder's shell prints {said[0][:60]!r} before any command: "
+        "Nix's sessions there break on it",
+        SHELL_NOISE_HINT,
     )
 
 

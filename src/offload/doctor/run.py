@@ -37,7 +37,14 @@ from typing import TypeVar
 from offload.config.machines import Machine
 from offload.doctor import facts
 from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
-from offload.doctor.reach import SshConfig, parse_ssh_g, port_check, resolve_check, ssh_check
+from offload.doctor.reach import (
+    SshConfig,
+    noisy_shell_check,
+    parse_ssh_g,
+    port_check,
+    resolve_check,
+    ssh_check,
+)
 from offload.errors import OffloadError
 from offload.load import RemoteLoad, local_boot_id
 from offload.process import run_async, run_greeted
@@ -281,7 +288,7 @@ class _Probe:
         code = done.returncode
         if self.dialect is DAEMON and done.stdout.startswith(DAEMON.reply.decode()):
             code = 0  # a key forced to the daemon: it answered, then met EOF mid-handshake
-        return ssh_check(
+        check = ssh_check(
             code,
             done.stderr,
             key=key,
@@ -291,6 +298,7 @@ class _Probe:
             key_place=key_place(self.machine) if self.machine.ssh_key else None,
             line=self.machine.source,
         )
+        return noisy_shell_check(check, done.stdout, self.dialect.reply)
 
     async def _remote(self, link: MachineLink, argv: list[str]) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) of ``argv`` on the builder; -1 when it could not run."""

@@ -50,6 +50,7 @@ from offload.protocol.stderr import ErrorTail, pump_lines, strip_ansi
 from offload.protocol.wire import (
     ByteReader,
     ByteWriter,
+    bad_magic,
     close_writer,
     encode_int,
     encode_str,
@@ -161,7 +162,7 @@ class ServeClient:
                 await self._send(CLIENT_HELLO)
             magic = await read_int(self._reader, "the server magic")
             if magic != SERVE_MAGIC_2:
-                raise ProtocolError(f"bad server magic {magic:#x}, expected {SERVE_MAGIC_2:#x}")
+                raise bad_magic(magic, SERVE_MAGIC_2, "server", "nix-store --serve")
             version = await read_int(self._reader, "the server version")
             if version & 0xFF00 != _MAJOR:
                 raise ProtocolError(f"unsupported serve protocol version {version:#x}")
@@ -425,8 +426,9 @@ class ServeClient:
             return remote
         if eof:
             return ProtocolError(f"{self.name} closed the connection during {what}")
-        detail = exc.message if isinstance(exc, ProtocolError) else str(exc)
-        return ProtocolError(f"{self.name}: {detail} (during {what})")
+        if isinstance(exc, ProtocolError):
+            return ProtocolError(f"{self.name}: {exc.message} (during {what})", hint=exc.hint)
+        return ProtocolError(f"{self.name}: {exc} (during {what})")
 
     # -- stderr ------------------------------------------------------------------------------
 

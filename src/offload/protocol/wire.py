@@ -17,8 +17,10 @@ from typing import Protocol
 from offload.errors import ProtocolError
 
 __all__ = [
+    "SHELL_NOISE_HINT",
     "ByteReader",
     "ByteWriter",
+    "bad_magic",
     "encode_int",
     "encode_str",
     "encode_strs",
@@ -44,6 +46,24 @@ class ByteWriter(Protocol):
     def write(self, data: bytes) -> None: ...
     async def drain(self) -> None: ...
     def close(self) -> None: ...
+
+
+SHELL_NOISE_HINT = (
+    "make the builder user's shell start-up files (~/.bashrc, ~/.profile, /etc/bashrc) print "
+    "nothing when not interactive: put what they print under `case $- in *i*)`"
+)
+
+
+def bad_magic(magic: int, expected: int, what: str, peer: str) -> ProtocolError:
+    """The error for a greeting that is not ``peer``'s magic (``what``: "server", "daemon").
+    Text there is what the builder user's shell printed before ``peer`` ran (a start-up
+    file's echo), the most common cause: it is named, with the fix."""
+    text = _U64.pack(magic).rstrip(b"\0").decode("ascii", errors="replace")
+    if text.isascii() and " ".join(text.split()).isprintable() and sum(map(str.isalpha, text)) > 1:
+        return ProtocolError(
+            f"the builder's shell printed {text!r}... where {peer} answers", hint=SHELL_NOISE_HINT
+        )
+    return ProtocolError(f"bad {what} magic {magic:#x}, expected {expected:#x}")
 
 
 async def close_writer(writer: ByteWriter) -> None:

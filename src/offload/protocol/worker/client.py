@@ -35,6 +35,7 @@ from offload.protocol.trust import is_untrusted, untrusted_hint, untrusted_messa
 from offload.protocol.wire import (
     ByteReader,
     ByteWriter,
+    bad_magic,
     close_writer,
     encode_int,
     encode_str,
@@ -161,8 +162,7 @@ class WorkerClient:
                 await self._send(CLIENT_HELLO)
             magic = await read_int(self._reader, "the daemon magic")
             if magic != WORKER_MAGIC_2:
-                msg = f"bad daemon magic {magic:#x}, expected {WORKER_MAGIC_2:#x}"
-                raise ProtocolError(msg)
+                raise bad_magic(magic, WORKER_MAGIC_2, "daemon", "nix-daemon")
             version = await read_int(self._reader, "the daemon version")
             if version >> 8 != 1 or version & 0xFF < MIN_DAEMON_MINOR:
                 msg = f"unsupported worker protocol version {version >> 8}.{version & 0xFF}"
@@ -467,7 +467,8 @@ class WorkerClient:
             detail = "the connection ended"
         else:
             detail = str(exc) or type(exc).__name__
-        error = ProtocolError(f"{self.name}: {detail} (during {what})")
+        hint = exc.hint if isinstance(exc, ProtocolError) else None
+        error = ProtocolError(f"{self.name}: {detail} (during {what})", hint=hint)
         error.peer = self.name
         return error
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from offload.errors import SshError
 from offload.process import run_async, spawn
+from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.tasks import stop
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links.base import (
@@ -177,6 +178,19 @@ class SshTransport:
             hint=_ssh_hint(text),
         )
 
+    def _noise(self, line: bytes) -> SshError | None:
+        """The error for a first line that is text but not the ready line: what the builder
+        user's shell printed before the command (a start-up file's echo); None otherwise (ssh
+        failed, and says why on stderr)."""
+        text = line.decode(errors="replace").strip()
+        if not text or not text.isprintable():
+            return None
+        return SshError(
+            f"cannot connect to builder '{self.name}' ({self.target.destination}): its shell "
+            f"printed {text[:60]!r} before the command: Nix's sessions there break on it",
+            hint=SHELL_NOISE_HINT,
+        )
+
     async def _ensure_master(self) -> Path:
         async with self._lock:
             if self._master_up() or (self._shared is not None and self._reuse(self._shared)):
@@ -218,7 +232,7 @@ class SshTransport:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), 2.0)
                     await asyncio.wait_for(asyncio.shield(drain), 2.0)
-                error = self._error("connect to", self._master_tail)
+                error = self._noise(line) or self._error("connect to", self._master_tail)
                 await self._stop_master()
                 if self._shared is not None:
                     await self._exit_kept(control)
