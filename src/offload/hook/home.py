@@ -17,13 +17,17 @@ safe because the lock we skip is held for us:
    times, as the store does).
 
 Anything that fails removes what it restored or renamed: no path is ever registered unless it
-arrived whole. A hook killed mid-copy leaves a temporary tree that its guard
+arrived whole. Once the registration has begun it is waited for, even by a build cancelled
+meanwhile (a Ctrl-C, the hook's Nix gone): ``nix-store`` may commit it whatever happens to
+us, and a path removed after that would be valid in the database and missing on disk, which
+Nix then takes for built. A hook killed mid-copy leaves a temporary tree that its guard
 (``offload.hook.guard``) removes; a renamed but unregistered path is invalid, and Nix deletes
 invalid paths before it writes them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -127,6 +131,7 @@ async def import_outputs(
     temps: list[Path] = []
     moved = 0
     batch = next(_BATCHES)
+    registering: asyncio.Task[None] | None = None
     try:
         for n, info in enumerate(infos):
             temp = store / f"{TEMP_PREFIX}{os.getpid()}-{batch}-{n}"
@@ -138,12 +143,33 @@ async def import_outputs(
             temp.rename(final)
             placed.append(final)
             moved += info.nar_size
-        await _register(infos)
+        registering = asyncio.ensure_future(_register(infos))
+        await _to_its_end(registering)
     except BaseException:
-        for path in [*temps, *placed]:
-            _remove(path)
+        # Not begun, or ended without committing: nothing of it is registered. Still running
+        # (the loop itself stopped): it may yet commit, and an invalid leftover is what Nix
+        # deletes, a valid path missing what it trusts.
+        if registering is None or (
+            registering.done() and (registering.cancelled() or registering.exception() is not None)
+        ):
+            for path in [*temps, *placed]:
+                _remove(path)
         raise
     return moved
+
+
+async def _to_its_end(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` to end, cancelled or not (every cancellation meanwhile is raised
+    after it), then for its result."""
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    task.result()
 
 
 def sweep_leftovers(store_dir: str = STORE_DIR) -> None:
