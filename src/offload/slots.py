@@ -124,9 +124,13 @@ class SlotLocks:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            # Nix touches the file it takes (futimens); do the same for anyone watching mtimes.
-            os.utime(fd)
-            _write_holder(fd, _holder_line(until))
+            try:
+                # Nix touches the file it takes (futimens); so do we, for anyone watching.
+                os.utime(fd)
+                _write_holder(fd, _holder_line(until))
+            except BaseException:
+                os.close(fd)  # a full disk, say: the slot is not left held for nothing
+                raise
             return fd
         return None
 

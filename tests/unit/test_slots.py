@@ -2,6 +2,9 @@ import asyncio
 import fcntl
 import os
 
+import pytest
+
+from offload import slots
 from offload.scheduler.run import Executor, PoolMember
 from offload.slots import SlotLocks, slot_key
 from offload.transport.fake import FakeLink, FakeStore
@@ -105,3 +108,19 @@ def test_an_older_hooks_bare_end_is_still_read_as_offloads(tmp_path):
     finally:
         os.close(old)
     assert (probe.free, probe.by_nix, probe.busy_ends) == (0, 0, (99.5,))
+
+
+def test_a_slot_whose_holder_line_cannot_be_written_is_not_left_held(tmp_path, monkeypatch):
+    # A full disk under the state directory: the error goes on, the slot stays free.
+    locks = SlotLocks(tmp_path)
+
+    def full(fd: int, line: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(slots, "_write_holder", full)
+    with pytest.raises(OSError, match="No space left"):
+        locks.try_acquire("b", 1)
+    monkeypatch.undo()
+    fd = locks.try_acquire("b", 1)
+    assert fd is not None  # the only slot: free again
+    os.close(fd)

@@ -21,6 +21,7 @@ from types import FrameType
 from offload.errors import OffloadError
 from offload.hook.context import HookContext, load_context
 from offload.hook.keep import Keep
+from offload.hook.remote import error_message
 from offload.hook.run import answer
 from offload.hook.wire import (
     HookIO,
@@ -91,13 +92,23 @@ async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
             continue
         try:
             code = await answer(context, hook.reader, request, guarded=guarded)
-        except OffloadError as exc:
-            hook.error(exc, f"{request.drv_path} is left to Nix")
+        except Exception as exc:  # noqa: BLE001 - any failure is one line, and Nix goes on
+            failure = exc if isinstance(exc, OffloadError) else _internal(exc)
+            if hook.io.accepted:  # Nix waits for this build's end: it failed, and says why
+                error_message(hook.io, error_line(failure, "the build failed").decode().strip())
+                return 1
+            # Nix waits for a reply: declined, it builds the derivation itself.
+            hook.error(failure, f"{request.drv_path} is left to Nix")
             write_reply(hook.io, Reply.DECLINE)
             continue
         if code is not None:
             return code
     return 0
+
+
+def _internal(exc: Exception) -> OffloadError:
+    """An unexpected failure (a full disk under the state directory, say) as a user's error."""
+    return OffloadError(f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

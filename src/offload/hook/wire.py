@@ -130,13 +130,15 @@ async def read_accepted(reader: ByteReader) -> Accepted:
 Sink = Callable[[bytes], None]
 
 
-@dataclass(frozen=True)
+@dataclass
 class HookIO:
     """The hook's two channels to Nix: ``err``, its stderr (replies, messages, ``@nix`` lines),
-    and ``log``, fd 4 (the build log). Writers, so one coordinator can serve many hooks."""
+    and ``log``, fd 4 (the build log). Writers, so one coordinator can serve many hooks.
+    ``accepted``: a build was accepted on them; Nix reads no other reply after that."""
 
     err: Sink
     log: Sink
+    accepted: bool = False
 
     @classmethod
     def of_fds(cls, err: int = 2, log: int = 4) -> HookIO:
@@ -164,6 +166,7 @@ def write_reply(io: HookIO, reply: Reply, machine: str | None = None) -> None:
     if reply is Reply.ACCEPT:
         assert machine is not None
         text += machine.replace("\n", " ") + "\n"
+        io.accepted = True
     io.err(text.encode())
 
 

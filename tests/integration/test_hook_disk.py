@@ -1,0 +1,47 @@
+"""offload-hook under real Nix 2.8 when its state directory is full (a tmpfs of its own,
+filled, in a mount namespace the test makes): every derivation is declined with one line and
+Nix builds it itself, instead of the whole nix-build failing on the hook's missing reply."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.nix_files import nix_file, valid_locally
+
+HOOK = str(Path(sys.executable).parent / "offload-hook")
+
+
+def test_a_full_state_directory_leaves_the_builds_to_nix(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    file = nix_file(
+        tmp_path, '[ (mk "full-a" "echo a > $out" {}) (mk "full-b" "echo b > $out" {}) ]\n'
+    )
+    # A builder for another system: asked about, never contacted.
+    build = [
+        "nix-build", str(file), "--no-out-link", "--option", "build-hook", HOOK,
+        "--option", "substituters", "", "--builders", "ssh://127.0.0.1 aarch64-linux - 1 1",
+        "-j1",
+    ]  # fmt: skip
+    script = (
+        f"mount -t tmpfs -o size=64k none {shlex.quote(str(state))} && "
+        f"(dd if=/dev/zero of={shlex.quote(str(state / 'fill'))} bs=1k count=64 2>/dev/null; "
+        f"exec {shlex.join(build)})"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OFFLOAD_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = done.stdout.split()
+    assert len(outputs) == 2
+    assert all(valid_locally(path) for path in outputs)
+    assert "No space left on device" in done.stderr
+    assert "unexpected EOF" not in done.stderr
