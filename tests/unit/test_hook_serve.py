@@ -1,12 +1,14 @@
 """How a hook answers when deciding fails (``offload.hook.serve``): before its reply, with one
 line and a decline, so Nix builds the derivation itself; after ``# accept``, with an ``@nix``
-error and exit 1, never a second reply (Nix reads none). ``answer`` is replaced by one that
-fails where it is told to: the thing under test is what ``serve`` does with the failure."""
+error and exit 1, never a second reply (Nix reads none); and a build for another store than
+this host's is declined for good. ``answer`` is replaced by one that fails where it is told
+to: the thing under test is what ``serve`` does with each request."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -18,27 +20,31 @@ from offload.hook.wire import HookIO, Reply, TryRequest, write_reply
 from offload.protocol.wire import encode_int, encode_str, encode_strs
 
 DRV = "/nix/store/" + "a" * 32 + "-hello.drv"
+ERROR = "offload-hook: error: internal error: OSError: [Errno 28] No space left on device"
+
+Answer = Callable[..., Awaitable[int | None]]
 
 
-def _nix_says(accept_first: bool, tmp_path: Path) -> tuple[int, list[str]]:
-    said: list[bytes] = []
-    io = HookIO(said.append, lambda _data: None)
-
-    async def failing(context: object, reader: object, request: TryRequest, **_: object) -> int:
-        del context, reader, request
-        if accept_first:
-            write_reply(io, Reply.ACCEPT, "ssh://b")
-        raise OSError(28, "No space left on device")
-
-    data = (
-        encode_int(1) + encode_str("builders") + encode_str("") + encode_int(0)
+def _nix_asks(settings: dict[str, str]) -> bytes:
+    """The settings preamble, then one ``try`` for ``DRV``."""
+    preamble = b"".join(encode_int(1) + encode_str(k) + encode_str(v) for k, v in settings.items())
+    return (
+        preamble + encode_int(0)
         + encode_str("try") + encode_int(1) + encode_str("x86_64-linux") + encode_str(DRV)
         + encode_strs([])
     )  # fmt: skip
 
+
+def _serve(
+    tmp_path: Path, settings: dict[str, str], answer: Callable[[HookIO], Answer]
+) -> tuple[int, list[str]]:
+    """``serve``'s exit code and the lines Nix reads, with ``answer(io)`` deciding."""
+    said: list[bytes] = []
+    io = HookIO(said.append, lambda _data: None)
+
     async def go() -> int:
         stream = asyncio.StreamReader()
-        stream.feed_data(data)
+        stream.feed_data(_nix_asks(settings))
         stream.feed_eof()
         env = {"OFFLOAD_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
         keep = Keep(tmp_path / "state")
@@ -48,26 +54,68 @@ def _nix_says(accept_first: bool, tmp_path: Path) -> tuple[int, list[str]]:
             await keep.aclose()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(serve_module, "answer", failing)
+        patch.setattr(serve_module, "answer", answer(io))
         code = asyncio.run(go())
     return code, b"".join(said).decode().splitlines()
 
 
+def _failing(accept_first: bool) -> Callable[[HookIO], Answer]:
+    def make(io: HookIO) -> Answer:
+        async def answer(context: object, reader: object, request: TryRequest, **_: object) -> int:
+            del context, reader, request
+            if accept_first:
+                write_reply(io, Reply.ACCEPT, "ssh://b")
+            raise OSError(28, "No space left on device")
+
+        return answer
+
+    return make
+
+
 def test_a_failure_before_the_reply_declines_with_one_line(tmp_path: Path) -> None:
-    code, lines = _nix_says(accept_first=False, tmp_path=tmp_path)
+    code, lines = _serve(tmp_path, {"builders": ""}, _failing(accept_first=False))
     assert code == 0
-    error = "offload-hook: error: internal error: OSError: [Errno 28] No space left on device"
-    assert lines[-2:] == [f"{error}; {DRV} is left to Nix", "# decline"]
+    assert lines[-2:] == [f"{ERROR}; {DRV} is left to Nix", "# decline"]
 
 
 def test_a_failure_after_accepting_fails_the_build_and_says_why(tmp_path: Path) -> None:
-    code, lines = _nix_says(accept_first=True, tmp_path=tmp_path)
+    code, lines = _serve(tmp_path, {"builders": ""}, _failing(accept_first=True))
     assert code == 1
     assert lines[-3:-1] == ["# accept", "ssh://b"]
     assert lines[-1].startswith("@nix ")
-    message = json.loads(lines[-1].removeprefix("@nix "))
-    assert message["msg"] == (
-        "offload-hook: error: internal error: OSError: [Errno 28] No space left on device; "
-        "the build failed"
-    )
+    assert json.loads(lines[-1].removeprefix("@nix "))["msg"] == f"{ERROR}; the build failed"
     assert "# decline" not in lines
+
+
+@pytest.mark.parametrize(
+    ("store", "declined"),
+    [("/mnt", True), ("local?root=/mnt", True), ("auto", False), ("daemon", False)],
+)
+def test_a_build_for_another_store_is_declined_for_good(
+    tmp_path: Path, store: str, declined: bool
+) -> None:
+    # nixos-install builds with --store /mnt: outputs must go there, and the hook brings them
+    # home into this host's store only. Nix builds it itself (it stops asking the hook).
+    answered: list[str] = []
+
+    def declining(io: HookIO) -> Answer:
+        async def answer(context: object, reader: object, request: TryRequest, **_: object) -> None:
+            del context, reader
+            answered.append(request.drv_path)
+            write_reply(io, Reply.DECLINE)
+
+        return answer
+
+    code, lines = _serve(tmp_path, {"builders": "", "store": store}, declining)
+    assert code == 0
+    if declined:
+        assert answered == []
+        said = (
+            f"offload-hook: error: the build is for the store {store!r} (--store), not this "
+            "host's own: offload-hook brings outputs home into this host's store only; "
+            "building locally"
+        )
+        assert lines == [said, "# decline-permanently"]
+    else:
+        assert answered == [DRV]
+        assert lines[-1] == "# decline"

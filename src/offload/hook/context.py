@@ -277,6 +277,7 @@ def load_context(
     keep: Keep,
 ) -> HookContext:
     env = dict(env)
+    _check_store(preamble.get("store", "auto"))
     settings = NixSettings(dict(preamble))
     pool = load_pool(builders=None, config=None, env=env, nix_settings=settings)
     now = time.time()
@@ -297,6 +298,22 @@ def load_context(
     if note is not None:
         context.notes.append(note)
     return context
+
+
+# The store settings that name this host's own store (its /nix/store, directly or through the
+# nix-daemon): what the hook brings outputs home into (``home``, ``nix-store`` of this host).
+_OWN_STORES = frozenset({"", "auto", "daemon", "local"})
+
+
+def _check_store(store: str) -> None:
+    """The hook builds for this host's store only: a build for another one (``--store /mnt``,
+    as nixos-install runs it) is declined for good, and Nix builds it there itself."""
+    if store in _OWN_STORES or store.startswith("unix://"):
+        return
+    raise OffloadError(
+        f"the build is for the store {store!r} (--store), not this host's own: offload-hook "
+        "brings outputs home into this host's store only"
+    )
 
 
 def poll_interval(settings: NixSettings) -> float:
