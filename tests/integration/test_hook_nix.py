@@ -401,3 +401,16 @@ def test_a_builder_lost_mid_build_is_left_for_another(lost_fleet: Fleet, tmp_pat
     other = "hl2" if building == "hl1" else "hl1"
     assert lost_fleet.store_has(other, out.split()[0])
     assert f"builder '{building}' failed" in err
+
+
+def test_a_derivation_no_machine_can_build_is_said_with_what_each_offers(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Nix 2.8 itself says only "unable to start any build" (and its own system's mismatch).
+    body = '[ (mk "arm" "echo > $out" { system = "aarch64-linux"; }) ]\n'
+    done = nix_build(hook_fleet, tmp_path, nix_file(tmp_path, body), "-j0")
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if "no machine can build" in line]
+    assert len(said) == 1, done.stderr
+    assert "-arm.drv', which needs aarch64-linux: the builders offer 'hk1' x86_64-linux" in said[0]
+    assert said[0].endswith("; and the local machine builds nothing here: max-jobs is 0")

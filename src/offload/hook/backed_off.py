@@ -36,13 +36,14 @@ for one client (``HookContext.first_for_client``).
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from offload.backoff import Health
 from offload.errors import OffloadError
 
 if TYPE_CHECKING:
+    from offload.config.machines import Machine
     from offload.hook.context import HookContext
     from offload.hook.decide import Choice
     from offload.hook.wire import TryRequest
@@ -57,7 +58,9 @@ __all__ = [
     "retry_line",
     "say_declined",
     "say_left_out",
+    "say_unfit",
     "to_retry",
+    "unfit_line",
 ]
 
 
@@ -99,6 +102,33 @@ def declined_line(drv_path: str, names: tuple[str, ...], until: float, local: st
     return (
         f"declining '{drv_path}': only {builders} could build it, backed off until "
         f"{clock(until)} after failing for this build, and {local}"
+    )
+
+
+def say_unfit(context: HookContext, request: TryRequest, choice: Choice) -> None:
+    """For a ``choice`` that no builder fits (``unfit``), say once per client and derivation
+    that no machine can build ``request``, if the local machine cannot either (else Nix builds
+    it, and that is no fault). Nix's own words then are only "unable to start any build"."""
+    local = context.pool.local
+    if not choice.unfit or (
+        local is not None and local.supports(request.system, sorted(request.features))
+    ):
+        return
+    if context.first_for_client(f"unfit {request.drv_path}"):
+        context.say(unfit_line(request, context.pool.machines, _local(context, request)))
+
+
+def unfit_line(request: TryRequest, machines: Sequence[Machine], local: str) -> str:
+    """What ``request`` needs, what each builder offers, and why not the local machine."""
+
+    def offered(systems: Sequence[str], features: Collection[str]) -> str:
+        return ",".join(systems) + (f" with {', '.join(sorted(features))}" if features else "")
+
+    offers = "; ".join(f"'{m.name}' {offered(m.systems, m.supported_features)}" for m in machines)
+    return (
+        f"no machine can build '{request.drv_path}', which needs "
+        f"{offered([request.system], request.features)}: the builders offer {offers}; and "
+        f"{local}"
     )
 
 

@@ -99,6 +99,7 @@ class Choice:
     # Declined because only those could ever build it here: neither the local machine (not
     # now, nor once a slot frees) nor any other builder can.
     stuck: bool = False
+    unfit: bool = False  # declined: no builder has its system and features
 
 
 def cut(builder: Builder, slots: int, now: float, default_work: float = 10.0) -> Builder:
@@ -152,7 +153,8 @@ def choose(
         return Choice(Reply.DECLINE_PERMANENTLY, reason="no builders are configured")
     fitting = [b for b in builders if can_build(b.spec, request.system, request.features)]
     if not fitting:
-        return Choice(Reply.DECLINE, reason="no builder has this system and these features")
+        reason = "no builder has this system and these features"
+        return Choice(Reply.DECLINE, reason=reason, unfit=True)
     up = [b for b in fitting if b.down_until is None or b.down_until <= now]
     down = sorted((b.down_until or now, b.spec.name) for b in fitting if b not in up)
     backed_off = tuple(name for _, name in down)

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.history.records import BuildRecord
-from offload.hook.backed_off import given_up, say_declined, say_left_out, to_retry
+from offload.hook.backed_off import given_up, say_declined, say_left_out, say_unfit, to_retry
 from offload.hook.context import HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, place_queued
 from offload.hook.dispatch import Placement
@@ -184,6 +184,7 @@ async def answer(
         choice = _decide(context, request, work, full, retry, priority=priority, measured=measured)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
         say_left_out(context, choice)
+        say_unfit(context, request, choice)
         if choice.stuck and (again := to_retry(context, request, choice, tried)) is not None:
             retry.add(again)
             tried.add(again)
