@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.hook.client import HELLO_MAGIC, send_hello, socket_path
+from offload.hook.client import HELLO_MAGIC, send_hello, served, socket_path
 from offload.hook.handover import Hello, open_channels, parse_hello, receive_hello
 
 
@@ -127,3 +127,28 @@ def test_a_hostile_hello_is_refused_in_bounded_memory(body: bytes) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+def test_a_coordinator_that_closes_with_us_in_its_backlog_is_asked_again(tmp_path: Path) -> None:
+    # It idled out as we reached it: never took our pipes, so the hook tries again (it fell
+    # back to deciding in its own process on the reset).
+    path = str(tmp_path / "c.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(path)
+        listening.listen(4)
+        hook = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hook.connect(path)
+    with hook:  # the listener closed with the connection never accepted
+        assert served(hook) is None
+
+
+def test_a_coordinator_gone_after_taking_the_pipes_fails_the_hook_with_one_line(
+    pair: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str]
+) -> None:
+    hook, coordinator = pair
+    coordinator.setblocking(True)
+    coordinator.sendall(b"+")  # taken: only it may answer Nix now
+    coordinator.shutdown(socket.SHUT_WR)  # then gone without the exit code
+    assert served(hook) == 1
+    said = "offload-hook: error: the coordinator stopped before the hook ended\n"
+    assert capsys.readouterr().err == said

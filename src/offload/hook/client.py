@@ -172,10 +172,25 @@ def _is_open(fd: int) -> bool:
     return True
 
 
+def served(sock: _socket.socket) -> int | None:
+    """The exit code once the coordinator has served us; None when it closed before taking
+    our pipes (it idled out as we reached it, its backlog reset): ask again. Once it has
+    taken them, only it may answer Nix: its failure then is ours, never a second answer."""
+    try:
+        if not _hand_over(sock):
+            return None
+    except ConnectionError:
+        return None
+    return _wait_for_code(sock)
+
+
 def _wait_for_code(sock: _socket.socket) -> int:
     data = b""
     while not data.endswith(b"\n"):
-        chunk = sock.recv(64)
+        try:
+            chunk = sock.recv(64)
+        except ConnectionError:
+            chunk = b""
         if not chunk:
             sys.stderr.write("offload-hook: error: the coordinator stopped before the hook ended\n")
             return 1
@@ -211,8 +226,8 @@ def _main() -> int:
             for _ in range(_ATTEMPTS):
                 sock = _coordinator(state, path)
                 try:
-                    if _hand_over(sock):
-                        return _wait_for_code(sock)
+                    if (code := served(sock)) is not None:
+                        return code
                 finally:
                     sock.close()
         except OSError as exc:
