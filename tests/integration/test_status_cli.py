@@ -112,3 +112,19 @@ def test_slots_held_by_offload_and_by_nix_are_told_apart(
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if line.startswith(f"st{os.getpid()}"))
     assert "2/2 (1 by Nix's hook)" in row
+
+
+@pytest.mark.parametrize("interval", ["inf", "nan", "0", "-1", "soon"])
+def test_an_interval_that_is_no_time_to_wait_is_a_one_line_error(
+    machines: Path, interval: str
+) -> None:
+    done = subprocess.run(
+        status_argv(machines, "--watch", "--interval", interval),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0].startswith("error: offload status: argument --interval: ")
+    assert done.stderr.splitlines()[1:] == ["hint: see offload status --help"]

@@ -79,6 +79,7 @@ def test_likely_slips_nix_takes_are_warned_with_the_one_meant():
         "ssh://nx-c.invalid?ssh-kye=/k&compress=true x86_64-linux\n"
         "ssh://nx-b.invalid aarch64-linux\n"
         "nx-d.invalid x86_64-linux,aarch64-darwin\n"  # nothing wrong
+        "ssh://local x86_64-linux\n"  # a host named as the local machine is
     )
     lines = [line for _, line in pool_problems(p)]
     assert lines == [
@@ -97,6 +98,10 @@ def test_likely_slips_nix_takes_are_warned_with_the_one_meant():
         ),
         (
             "f:4: nx-b.invalid: named as f:2 is: offload cannot tell them apart"
+            " (give one a name in offload.toml)"
+        ),
+        (
+            "f:6: local: named as the local machine is: offload cannot tell them apart"
             " (give one a name in offload.toml)"
         ),
     ]

@@ -73,7 +73,8 @@ def test_targets(text: str, expected: Target) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["b1:0", "b1:65536", "b1:x", "1.2.3.4=b1", "[::1", "a;b=b1", "[::1]:22", "-x=b1"]
+    "text",
+    ["b1:0", "b1:65536", "b1:x", "1.2.3.4=b1", "[::1", "a;b=b1", "[::1]:22", "-x=b1", "local=b1"],
 )
 def test_bad_targets_are_refused(text: str) -> None:
     with pytest.raises(ConfigError):

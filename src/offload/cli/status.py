@@ -30,6 +30,16 @@ from offload.status import MachineStatus, PoolStatus, pool_status
 __all__ = ["register", "run"]
 
 
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:  # NaN and infinity too: sleep() takes neither
+        raise argparse.ArgumentTypeError("the interval must be between 0.1 and 3600 seconds")
+    return value
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "status",
@@ -40,7 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--watch", action="store_true", help="redraw until interrupted")
     parser.add_argument(
-        "--interval", type=float, default=2.0, metavar="SECONDS", help="--watch: default 2"
+        "--interval", type=_interval, default=2.0, metavar="SECONDS", help="--watch: default 2"
     )
     parser.set_defaults(func=run)
 
@@ -143,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.watch:
             return 0
         try:
-            time.sleep(max(0.1, args.interval))
+            time.sleep(args.interval)
         except KeyboardInterrupt:
             return 0
         if not args.json and not sys.stdout.isatty():

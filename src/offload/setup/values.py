@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from offload.errors import ConfigError
+from offload.names import LOCAL
 
 __all__ = [
     "PublicKey",
@@ -75,7 +76,13 @@ def check_host(host: str) -> str:
 
 
 def check_alias(name: str) -> str:
-    """An ssh ``Host`` alias: a host name that is not an address (ssh would connect to it)."""
+    """An ssh ``Host`` alias: a host name that is not an address (ssh would connect to it),
+    nor the local machine's name (``--on``, tables and backoff would take the two for one)."""
+    if name == LOCAL:
+        raise ConfigError(
+            "invalid builder name 'local': it is the local machine's",
+            hint="give the builder another name, e.g. builder1=HOST",
+        )
     if _is_address(name) or ":" in name:
         raise ConfigError(
             f"invalid builder name {name!r}: it is an address",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from offload.config.machines.model import Machine, shown
+from offload.names import LOCAL
 from offload.spelling import meant
 
 __all__ = ["duplicate_names", "machine_problems"]
@@ -82,16 +83,17 @@ def _unknown_params(machine: Machine) -> list[str]:
 
 
 def duplicate_names(machines: Sequence[Machine]) -> list[str]:
-    """One line per machine whose name an earlier line has: ``--on``, tables and backoff would
-    take the two for one."""
+    """One line per machine whose name an earlier line has, or the local machine's:
+    ``--on``, tables and backoff would take the two for one."""
     first: dict[str, Machine] = {}
     for machine in machines:
         first.setdefault(machine.name, machine)
     return [
-        f"{machine.source}: {machine.name}: named as {first[machine.name].source} is: offload "
-        "cannot tell them apart (give one a name in offload.toml)"
+        f"{machine.source}: {machine.name}: named as "
+        + ("the local machine is" if machine.name == LOCAL else f"{first[machine.name].source} is")
+        + ": offload cannot tell them apart (give one a name in offload.toml)"
         for machine in machines
-        if first[machine.name] is not machine
+        if first[machine.name] is not machine or machine.name == LOCAL
     ]
 
 
