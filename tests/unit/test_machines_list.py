@@ -78,7 +78,7 @@ def test_likely_slips_nix_takes_are_warned_with_the_one_meant():
         "ssh://nx-b.invalid x86-64-linux\n"
         "ssh://nx-c.invalid?ssh-kye=/k&compress=true x86_64-linux\n"
         "ssh://nx-b.invalid aarch64-linux\n"
-        "nx-d.invalid x86_64-linux,aarch64-darwin\n"  # nothing wrong
+        "nx-d.invalid x86_64-linux,aarch64-darwin,x86_64-v3-linux\n"  # nothing wrong
         "ssh://local x86_64-linux\n"  # a host named as the local machine is
     )
     lines = [line for _, line in pool_problems(p)]

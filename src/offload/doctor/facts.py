@@ -356,7 +356,8 @@ def rtt_check(seconds: Sequence[float]) -> Check:
 # How to get a builder's slots counted on the builder, by why they are not.
 _SLOT_FIXES = {
     RESTRICTED_FALLBACK: "nothing to fix if this host is its only client; else let the key run "
-    "more than its one program (`restrict` without `command=`), as `offload setup builder` does",
+    "more than its one program (`restrict` without `command=`, what `offload setup builder "
+    "--unrestricted` writes)",
     FALLBACKS["noflock"]: "install util-linux on the builder (flock(1))",
     FALLBACKS["nodir"]: "let the builder's user create ~/.cache/offload-slots "
     "(or /nix/var/nix/offload-slots)",

@@ -39,8 +39,9 @@ def _scheme_problem(machine: Machine) -> str | None:
     return f"'{uri}': Nix knows no store type '{shown(machine.scheme)}'"
 
 
-# A Nix system is cpu-os ("x86_64-linux", "aarch64-darwin"); these are the common ones.
-_SYSTEM = re.compile(r"[a-z0-9_]+-[a-z0-9]+")
+# A Nix system is cpu-os ("x86_64-linux", "aarch64-darwin"), or cpu-level-os for the x86-64
+# levels newer Nix lists in extra-platforms ("x86_64-v3-linux"); these are the common ones.
+_SYSTEM = re.compile(r"[a-z0-9_]+(-v[1-4])?-[a-z0-9]+")
 _KNOWN_SYSTEMS = (
     "x86_64-linux", "aarch64-linux", "i686-linux", "armv7l-linux", "armv6l-linux",
     "riscv64-linux", "powerpc64le-linux", "x86_64-darwin", "aarch64-darwin", "x86_64-freebsd",
