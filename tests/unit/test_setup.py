@@ -185,8 +185,16 @@ def test_facts_become_the_machines_entry() -> None:
     assert (chosen.systems, chosen.features, chosen.max_jobs, chosen.speed) == (
         ("aarch64-linux",), (), 2, 5,
     )  # fmt: skip
-    with pytest.raises(ConfigError, match="cannot read the builder's systems"):
+    with pytest.raises(ConfigError, match="cannot read the builder's systems") as unread:
         facts_to_builder(target, KEY, None, None, Overrides())
+    assert (unread.value.hint or "").startswith("give them with --system, --feature, --jobs (")
+    # A key restricted to the serve program: nothing is guessed (one slot, no features).
+    with pytest.raises(ConfigError) as unread:
+        facts_to_builder(target, KEY, None, None, Overrides(systems=("x86_64-linux",)))
+    assert (unread.value.hint or "").startswith("give them with --feature, --jobs (")
+    given = Overrides(systems=("x86_64-linux",), features=(), jobs=16)
+    restricted = facts_to_builder(target, KEY, None, None, given)
+    assert (restricted.features, restricted.max_jobs) == ((), 16)
 
 
 def test_the_preferred_scanned_key_is_ed25519() -> None:

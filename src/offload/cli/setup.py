@@ -30,7 +30,8 @@ _RESTRICT_HELP = (
     "key may only run the serve program (what Nix's build-remote and offload open on ssh:// "
     "builders; not ssh-ng://), so a stolen client key cannot get a shell on the builder. "
     "Unrestricted, offload can also read the builder's load and `offload doctor` and "
-    "`setup client` can ask its settings; restricted, give `setup client` --system/--feature"
+    "`setup client` can ask its settings; restricted, give `setup client` --system, --feature "
+    "and --jobs"
 )
 
 

@@ -73,18 +73,32 @@ def facts_to_builder(
 
     Systems: ``system`` and ``extra-platforms``, what Nix on the builder accepts. Features: its
     ``system-features``. Jobs: its ``max-jobs`` when above 1 (``auto`` is shown as its cores),
-    else its cores. Each can be overridden; without the settings they must be.
+    else its cores. Each can be overridden; without the settings they must be: a guess of one
+    slot and no features would waste a big builder, silently.
     """
+    if config is None:
+        missing = [
+            flag
+            for flag, given in (
+                ("--system", bool(overrides.systems)),
+                ("--feature", overrides.features is not None),
+                ("--jobs", overrides.jobs is not None),
+            )
+            if not given
+        ]
+        if missing:
+            raise ConfigError(
+                f"{target.name}: cannot read the builder's systems, features and max-jobs",
+                hint=f"give them with {', '.join(missing)} (--feature '' for none; a key "
+                "restricted to the serve program runs nothing else), or set up with an "
+                "unrestricted key",
+            )
     config = config or {}
     systems = overrides.systems or tuple(
         dict.fromkeys([*_words(config, "system"), *_words(config, "extra-platforms")])
     )
     if not systems:
-        raise ConfigError(
-            f"{target.name}: cannot read the builder's systems and features",
-            hint="give them with --system and --feature (a key restricted to the serve "
-            "program runs nothing else), or set up with an unrestricted key",
-        )
+        raise ConfigError(f"{target.name}: the builder reports no system", hint="give --system")
     features = (
         overrides.features
         if overrides.features is not None
