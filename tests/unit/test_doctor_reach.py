@@ -1,7 +1,19 @@
 """The doctor's verdicts on getting to a builder, from recorded OpenSSH output."""
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 from offload.doctor.model import Verdict
-from offload.doctor.reach import SshConfig, parse_ssh_g, port_check, resolve_check, ssh_check
+from offload.doctor.reach import (
+    SshConfig,
+    parse_ssh_g,
+    port_check,
+    resolve_check,
+    roots_key,
+    ssh_check,
+)
 
 DENIED = "root@127.0.0.1: Permission denied (publickey).\r\n"
 CHANGED = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
@@ -186,3 +198,35 @@ def test_port_verdicts():
     assert "host:port in m:2" in named.fix
     proxied = port_check("b:22", error=None, banner=None, timeout=3, proxy="proxyjump j")
     assert proxied.verdict == Verdict.OK
+
+
+def test_roots_key_unreadable_to_another_user_is_unknown_not_a_mode_to_loosen():
+    # `offload setup key` as root makes the nix-daemon's key 0600; a user's `offload doctor`
+    # cannot read it, which says nothing of whether the daemon gets in.
+    place = Path(tempfile.mkdtemp(prefix="ofk", dir="/tmp"))  # others may look inside
+    place.chmod(0o755)
+    key = place / "offload_ed25519"
+    key.write_text("private\n")
+    key.chmod(0o600)  # root's: the tests run as root (README)
+    stderr = f'Load key "{key}": Permission denied\nroot@b: Permission denied (publickey).\n'
+    assert roots_key(stderr) is None  # root reads it: no such case
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # as another user, in this interpreter (it is root's: no exec)
+        said = b"error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            check = roots_key(stderr)
+            said = repr(None if check is None else (check.verdict, check.fix)).encode()
+        finally:
+            os.write(write, said)
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(child, 0)
+    shutil.rmtree(place)
+    assert answer == repr(
+        (Verdict.UNKNOWN, "run `sudo offload doctor` to check as the nix-daemon connects")
+    )

@@ -80,9 +80,9 @@ class Check:
         }
 
 
-def skipped(names: Iterable[str], after: str) -> list[Check]:
-    """The checks ``names`` left unasked because ``after`` failed."""
-    return [Check(name, Verdict.SKIPPED, f"not checked: {after} failed") for name in names]
+def skipped(names: Iterable[str], after: str, why: str = "failed") -> list[Check]:
+    """The checks ``names`` left unasked because ``after`` failed (or ``why``)."""
+    return [Check(name, Verdict.SKIPPED, f"not checked: {after} {why}") for name in names]
 
 
 @dataclass(frozen=True)

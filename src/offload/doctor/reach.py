@@ -15,8 +15,10 @@ ssh only warns about before the builder's "Permission denied".
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from offload.doctor.model import Check, Verdict
 from offload.protocol.wire import SHELL_NOISE_HINT
@@ -28,6 +30,7 @@ __all__ = [
     "parse_ssh_g",
     "port_check",
     "resolve_check",
+    "roots_key",
     "ssh_check",
 ]
 
@@ -174,6 +177,27 @@ def ssh_check(
         return Check("ssh", Verdict.FAIL, f"{what}, and the builder took no other key: {last}", fix)
     return Check(
         "ssh", Verdict.FAIL, *_ssh_failure(stderr, last, key_name, pinned=pinned, line=line)
+    )
+
+
+def roots_key(stderr: str) -> Check | None:
+    """The ``ssh`` row when ssh (``stderr``) could not read a key because it is root's and
+    this user is not (the nix-daemon's key, as ``offload setup key`` makes it: 0600): whether
+    the daemon gets in is not known from here, and loosening the key's mode is no fix."""
+    trouble = key_trouble(stderr)
+    if trouble is None or trouble.reason != "Permission denied":
+        return None
+    try:
+        owner = Path(trouble.path).stat().st_uid
+    except OSError:
+        return None
+    if owner != 0 or os.geteuid() == 0:
+        return None
+    return Check(
+        "ssh",
+        Verdict.UNKNOWN,
+        f"cannot be checked as this user: {trouble.path} is root's (the nix-daemon's key)",
+        "run `sudo offload doctor` to check as the nix-daemon connects",
     )
 
 

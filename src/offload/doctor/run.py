@@ -43,6 +43,7 @@ from offload.doctor.reach import (
     parse_ssh_g,
     port_check,
     resolve_check,
+    roots_key,
     ssh_check,
 )
 from offload.errors import OffloadError
@@ -121,6 +122,8 @@ async def examine(machine: Machine, options: DoctorOptions) -> tuple[MachineRepo
         if failed in PREREQUISITES:
             done = {c.name for c in checks}
             checks += skipped([n for n in CHECKS if n not in done], failed)
+        elif checks and checks[-1].name == "ssh" and checks[-1].verdict is Verdict.UNKNOWN:
+            checks += skipped(CHECKS[CHECKS.index("ssh") + 1 :], "ssh", "could not be checked")
     report = MachineReport(machine.name, machine.uri, tuple(checks), time.monotonic() - started)
     facts = BuilderFacts(probe.config, probe.load) if probe is not None else BuilderFacts()
     return report, facts
@@ -152,7 +155,8 @@ class _Probe:
         check, addresses = await self._resolve(config)
         if not self._passed(check) or not self._passed(await self._port(config, addresses)):
             return
-        if not self._passed(await self._login(config)):
+        login = await self._login(config)
+        if not self._passed(login) or login.verdict is Verdict.UNKNOWN:
             return
         link = MachineLink.from_machine(
             self.machine,
@@ -298,6 +302,8 @@ class _Probe:
             key_place=key_place(self.machine) if self.machine.ssh_key else None,
             line=self.machine.source,
         )
+        if (roots := roots_key(done.stderr)) is not None:
+            return roots
         return noisy_shell_check(check, done.stdout, self.dialect.reply)
 
     async def _remote(self, link: MachineLink, argv: list[str]) -> tuple[int, str, str]:
