@@ -71,7 +71,9 @@ def test_the_builder_module_parses_and_says_what_it_should(
     module = tmp_path / "offload-builder.nix"
     module.write_text(dict(builder_files(setup))["offload-builder.nix"])
     parses(module)
-    got = nix_eval(f'import {module} {{ config.nix.package = "/nix/store/x-nix"; }}')
+    # nixpkgs' lib.mkDefault, as lib/modules.nix defines it (mkOverride 1000).
+    lib = '{ mkDefault = content: { _type = "override"; priority = 1000; inherit content; }; }'
+    got = nix_eval(f'import {module} {{ config.nix.package = "/nix/store/x-nix"; lib = {lib}; }}')
     user = got["users"]["users"]["nixremote"]
     prefix = 'restrict,command="/nix/store/x-nix/bin/nix-store --serve --write" '
     assert user["openssh"]["authorizedKeys"]["keys"] == [(prefix if restricted else "") + key.line]
@@ -80,11 +82,24 @@ def test_the_builder_module_parses_and_says_what_it_should(
     )  # fmt: skip
     assert got["users"]["groups"] == {"nixremote": {}}
     settings = got["nix"]["settings"]
-    assert settings["trusted-users"] == ["root", "nixremote"]
-    assert (settings["min-free"], settings["max-free"]) == (1024**3, 10 * 1024**3)
+    assert settings["trusted-users"] == ["root", "nixremote"]  # merged with the user's
+    # The tuning gives way to the user's own values (a plain one would conflict with them).
+    assert (settings["min-free"], settings["max-free"]) == (
+        _default(1024**3),
+        _default(10 * 1024**3),
+    )
+    assert (settings["max-jobs"], settings["cores"]) == (_default("auto"), _default(0))
+    assert got["nix"]["nrBuildUsers"] == _default(64)
     assert got["services"]["openssh"]["extraConfig"] == sshd_lines(setup)
     limits = got["systemd"]["services"]["nix-daemon"]["serviceConfig"]
-    assert limits == {"MemoryAccounting": True, "MemoryMax": "90%", "OOMScoreAdjust": 500}
+    assert limits == {
+        "MemoryAccounting": _default(True), "MemoryMax": _default("90%"),
+        "OOMScoreAdjust": _default(500),
+    }  # fmt: skip
+
+
+def _default(value: object) -> dict[str, object]:
+    return {"_type": "override", "priority": 1000, "content": value}
 
 
 def test_the_builder_script_is_valid_sh(tmp_path: Path, key: Any) -> None:

@@ -138,7 +138,12 @@ def test_the_authorized_keys_line_is_restricted_to_serve_by_default() -> None:
 def test_the_builder_files_hold_the_tuning() -> None:
     (module_name, module), (script_name, script) = builder_files(BuilderSetup("nixremote", KEY))
     assert (module_name, script_name) == ("offload-builder.nix", "offload-builder.sh")
-    for text in ("nrBuildUsers = 64", 'MemoryMax = "90%"', "OOMScoreAdjust = 500", "cores = 0"):
+    for text in (
+        "nrBuildUsers = lib.mkDefault 64",
+        'MemoryMax = lib.mkDefault "90%"',
+        "OOMScoreAdjust = lib.mkDefault 500",
+        "cores = lib.mkDefault 0",
+    ):
         assert text in module
     assert "extra-trusted-users = nixremote" in script
     assert "sshd -t -f" in script

@@ -124,7 +124,8 @@ def nixos_module(setup: BuilderSetup) -> str:
     return f"""# offload setup builder: this host builds for others over ssh, as user {user}.
 # Import it from configuration.nix (imports = [ ./{MODULE_FILE} ];), then nixos-rebuild switch.
 # The client's key ({setup.key.fingerprint}) is {kind}.
-{{ config, ... }}:
+# The tuning is lib.mkDefault: a value of your own configuration wins over it.
+{{ config, lib, ... }}:
 {{
   users.users.{attr_name(user)} = {{
     isSystemUser = true;
@@ -137,20 +138,20 @@ def nixos_module(setup: BuilderSetup) -> str:
   }};
   users.groups.{attr_name(user)} = {{ }};
 
-  nix.nrBuildUsers = {NR_BUILD_USERS};
+  nix.nrBuildUsers = lib.mkDefault {NR_BUILD_USERS};
   nix.settings = {{
     # Building derivations sent over ssh and importing unsigned paths need a trusted user.
     trusted-users = {nix_list(["root", user])};
-    max-jobs = "auto";
-    cores = 0;
+    max-jobs = lib.mkDefault "auto";
+    cores = lib.mkDefault 0;
     # Collect garbage when less than 1 GiB is free, until 10 GiB are.
-    min-free = 1024 * 1024 * 1024;
-    max-free = 10 * 1024 * 1024 * 1024;
+    min-free = lib.mkDefault (1024 * 1024 * 1024);
+    max-free = lib.mkDefault (10 * 1024 * 1024 * 1024);
   }};
   systemd.services.nix-daemon.serviceConfig = {{
-    MemoryAccounting = true;
-    MemoryMax = "90%";
-    OOMScoreAdjust = 500;
+    MemoryAccounting = lib.mkDefault true;
+    MemoryMax = lib.mkDefault "90%";
+    OOMScoreAdjust = lib.mkDefault 500;
   }};
 
   services.openssh.enable = true;
