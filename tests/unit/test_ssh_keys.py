@@ -94,6 +94,17 @@ def test_build_still_says_a_refused_key_is_refused() -> None:
     assert "column 3 of /etc/nix/machines:1" in why
 
 
+def test_a_refused_key_the_machines_line_does_not_name_is_not_called_a_default_one() -> None:
+    # The key may be the IdentityFile of NIX_SSHOPTS' -F config: not named here, not guessed.
+    machine = machines("ssh://b x86_64-linux - 1 1\n")[0]
+    why = explain(machine, link_error(DENIED))
+    assert why == (
+        "the builder refused the ssh keys offered (your ssh config's IdentityFile, or ssh's "
+        "default keys); add the right public key to the builder's authorized_keys, or name its "
+        "private key in column 3 of /etc/nix/machines:1"
+    )
+
+
 def test_the_transports_hint_says_the_key_file_is_missing() -> None:
     # The hint an SshError carries where no machines line is at hand (setup's probes, say).
     hint = _ssh_hint(link_error(MISSING))

@@ -44,11 +44,17 @@ def explain(machine: Machine, error: str) -> str:
     if trouble is not None and "Permission denied" in error:
         what, fix = key_fix(trouble, machine.ssh_key, key_place(machine))
         return f"{what}, and the builder took no other key; {fix}"
-    if "Permission denied" in error:
-        key = machine.ssh_key or "your default ssh key"
+    if "Permission denied" in error and machine.ssh_key:
+        key = machine.ssh_key
         return (
             f"the builder refused the ssh key {key}; add {key}.pub to the builder's "
             f"authorized_keys, or name the right key in column 3 of {where}"
+        )
+    if "Permission denied" in error:  # the key is the ssh config's (NIX_SSHOPTS' -F), or ssh's
+        return (
+            "the builder refused the ssh keys offered (your ssh config's IdentityFile, or ssh's "
+            "default keys); add the right public key to the builder's authorized_keys, or name "
+            f"its private key in column 3 of {where}"
         )
     if "Connection refused" in error:
         return (
