@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from offload.cli import main
+from offload.errors import StoreError
 from offload.history.db import History
 from offload.history.recorder import RunRecorder, longest_paths, lower_bound
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord, RunReport
@@ -229,3 +234,55 @@ def test_history_cli_names_an_unknown_run_in_one_line(tmp_path, monkeypatch, cap
 
 def test_a_phase_record_never_has_a_negative_duration():
     assert PhaseRecord("building", 5.0, 4.0).duration == 0.0
+
+
+def test_a_run_row_of_json_without_its_fields_is_damage_said_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    # Valid JSON, not what offload wrote: every `offload history` read every run's machines.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    run, builds = _recorded_run()
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(run, builds)
+    with sqlite3.connect(tmp_path / "history.sqlite") as db:
+        db.execute("""UPDATE runs SET machines = '[{"nbme": "fast"}]'""")
+    assert main(["history"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(
+        f"error: {tmp_path / 'history.sqlite'}: the history database is damaged"
+    )
+    assert "internal error" not in err[0]
+
+
+def test_another_users_history_is_read_as_it_is_or_said_unusable(tmp_path):
+    # Left by `sudo -E offload build`: root's, 0644. chmod 0600 by its reader failed with an
+    # internal error; it is read as it is (a write it cannot make is a StoreError).
+    place = Path(tempfile.mkdtemp(prefix="ofh", dir="/tmp"))
+    place.chmod(0o777)  # the reader may make its -wal beside it
+    run, builds = _recorded_run()
+    with History(place / "history.sqlite") as history:
+        history.record_run(run, builds)
+    (place / "history.sqlite").chmod(0o644)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # as another user (the interpreter is root's: no exec)
+        said = "unfinished"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                with History(place / "history.sqlite") as history:
+                    said = repr([r.run_id for r in history.runs()])
+            except StoreError as exc:
+                said = "StoreError: " + exc.message
+        except BaseException as exc:  # noqa: BLE001 - the parent says what it was
+            said = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write, said.encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(child, 0)
+    shutil.rmtree(place)
+    assert answer == "['run1']"

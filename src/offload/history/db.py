@@ -16,6 +16,7 @@ machines or bound.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -46,13 +47,13 @@ def _damaged(path: Path, exc: Exception) -> StoreError:
 def _guarded(
     method: Callable[Concatenate[History, _P], _T],
 ) -> Callable[Concatenate[History, _P], _T]:
-    """A damaged file (sqlite3's DatabaseError, a record that is not JSON or not UTF-8) is a
-    StoreError."""
+    """A damaged file (sqlite3's DatabaseError, a record that is not JSON or not UTF-8, or
+    JSON without the fields it should have) is a StoreError."""
 
     def guarded(self: History, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return method(self, *args, **kwargs)
-        except (sqlite3.DatabaseError, ValueError) as exc:
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
             raise _damaged(self.path, exc) from exc
 
     functools.update_wrapper(guarded, method)
@@ -121,13 +122,15 @@ _OPEN_PATIENCE = 10.0
 class History:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{path}: cannot open the history database: {exc}") from exc
         try:
-            path.chmod(0o600)
+            # Another user's (left by `sudo -E offload build`): read as it is, if it may be.
+            with contextlib.suppress(PermissionError):
+                path.chmod(0o600)
             self._open()
         except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: text that is not UTF-8
             self._db.close()
