@@ -15,17 +15,16 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from offload.backoff import Health, save_backoff
+from offload.backoff import Health
 from offload.build import DrvGraph, Roots, dry_run, out_links, run_build
 from offload.cli.build import remembered_backoff
+from offload.cli.build_keep import Built, guarded_estimator, keep_run, opened_history, warn
 from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
-from offload.history.estimates import estimator
 from offload.history.recorder import RunRecorder
-from offload.logs import BuildLogs
+from offload.logs import BuildLogs, LogRecorder
 from offload.marks import mark, taken
-from offload.names import LOCAL
 from offload.nix import add_roots, realise_again
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
@@ -39,21 +38,13 @@ from offload.ui.term import sanitize
 
 __all__ = ["build", "build_failed", "execute", "show_dry_run"]
 
-Built = tuple[RunReport, DrvGraph]
 LOG_TAIL = 10
 
 
-def _speeds(pool: Pool) -> dict[str, float]:
-    speeds = {m.name: m.speed_factor for m in pool.machines}
-    if pool.local is not None:
-        speeds[LOCAL] = pool.local.speed_factor
-    return speeds
-
-
 def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
-    with History(state / "history.sqlite") as history:
+    with opened_history(state) as history:
         graph, sim, unreachable = asyncio.run(
-            dry_run(roots, pool, estimator(history, _speeds(pool)))
+            dry_run(roots, pool, guarded_estimator(history, pool))
         )
     rows = sorted(
         (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
@@ -181,7 +172,7 @@ def execute(
     # A run cut short (Ctrl-C, SIGTERM) is kept as well: history shows it as "interrupted",
     # what it built teaches the estimates, and what it learnt of the builders is remembered.
     cut: list[Built] = []
-    with History(state / "history.sqlite") as history:
+    with opened_history(state) as history:
         recorder = logs.recorder(for_nix=True)
         try:
             report, graph = run(
@@ -191,7 +182,7 @@ def execute(
                     emit=lambda event: _tee(event, recorder.handle, remember.handle, emit),
                     log_sink=recorder.write,
                     keep_going=keep_going,
-                    estimate=estimator(history, _speeds(pool)),
+                    estimate=guarded_estimator(history, pool),
                     env=env,
                     slots=SlotLocks.default(state),
                     backoff=remembered_backoff(state, retry_now) if backoff is None else backoff,
@@ -206,34 +197,28 @@ def execute(
             mark("closed")
             emit(Timing(taken(), time.time()))
         except BaseException:
-            if cut:
-                _keep_stopped(state, history, remember, cut[0], pool)
+            if cut:  # the exit stays 130/143: keeping it is no error of the run's either
+                keep_run(state, history, remember, cut[0], pool)
             raise
         finally:
-            try:
-                recorder.close()
-            finally:
-                close()
-        _keep(state, history, remember, (report, graph), pool)
+            unkept = _closed(recorder)
+            close()
+            if unkept is not None:
+                warn(f"build logs are not kept: {unkept.message}", unkept.hint)
+        keep_run(state, history, remember, (report, graph), pool)
     return report, graph
 
 
-def _keep(state: Path, history: History, remember: RunRecorder, built: Built, pool: Pool) -> None:
-    """What outlives the run: its history and the builders' health (backoff)."""
-    report, graph = built
-    _record(history, remember, report, graph, pool)
-    save_backoff(state / "backoff.json", report.health, time.time())
-
-
-def _keep_stopped(
-    state: Path, history: History, remember: RunRecorder, built: Built, pool: Pool
-) -> None:
-    """``_keep`` for a run stopped while building: keeping it must not turn the stop into
-    another error (the exit stays 130/143), so a failure to is a warning."""
+def _closed(recorder: LogRecorder) -> OffloadError | None:
+    """Close the run's log files; the error if they could not all be written (a full disk),
+    for a warning: the logs are copies, the build is done."""
     try:
-        _keep(state, history, remember, built, pool)
-    except (OffloadError, OSError) as exc:
-        print(f"warning: the stopped run is not kept: {exc}", file=sys.stderr)
+        recorder.close()
+    except OffloadError as exc:
+        return exc
+    except OSError as exc:
+        return OffloadError(str(exc))
+    return None
 
 
 def _build_options(pool: Pool) -> BuildOptions:
@@ -241,25 +226,6 @@ def _build_options(pool: Pool) -> BuildOptions:
     passes on, and keep-failed (serve protocol 2.7; the builder keeps the directory)."""
     options = BuildOptions.from_settings(pool.nix_settings.count)
     return dataclasses.replace(options, keep_failed=pool.nix_settings.get("keep-failed") == "true")
-
-
-def _record(
-    history: History, remember: RunRecorder, report: RunReport, graph: DrvGraph, pool: Pool
-) -> None:
-    """The run, its builds and their phases into history (what ``offload history`` shows)."""
-    slots = {m.name: m.max_jobs for m in pool.machines}
-    if pool.local is not None:
-        slots[LOCAL] = pool.local.max_jobs
-    history.record_run(
-        *remember.run(
-            report,
-            asked=[graph.drvs[drv].name for drv, _ in graph.roots if drv in graph.drvs],
-            speeds=_speeds(pool),
-            slots=slots,
-            deps={drv: tuple(d.input_drvs) for drv, d in graph.drvs.items()},
-            finished=time.time(),
-        )
-    )
 
 
 def _renderer(args: argparse.Namespace) -> Renderer:

@@ -1,0 +1,106 @@
+"""What an ``offload build`` run keeps beyond itself, and what it does when it cannot.
+
+History (estimates, and what ``offload history`` shows), the builders' health (backoff) and
+the build logs are kept so that later runs do better; none of them is the build. A history
+that cannot be opened (damaged, written by a newer offload, a full disk, a file of another
+user's) leaves the run without estimates; one that cannot be asked mid-run, or written at
+the end, and logs that cannot be kept, are warned of on stderr. The run's outputs and exit
+code are the build's own either way, as a build stopped by Ctrl-C already was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from offload.backoff import save_backoff
+from offload.build import DrvGraph
+from offload.config.pool import Pool
+from offload.errors import OffloadError
+from offload.history.db import History
+from offload.history.estimates import Estimator, estimator
+from offload.history.recorder import RunRecorder
+from offload.names import LOCAL
+from offload.scheduler.run import RunReport
+
+__all__ = ["Built", "guarded_estimator", "keep_run", "opened_history", "speeds", "warn"]
+
+Built = tuple[RunReport, DrvGraph]
+
+
+def warn(text: str, hint: str | None = None) -> None:
+    print(f"warning: {text}" + (f" (hint: {hint})" if hint else ""), file=sys.stderr)
+
+
+def speeds(pool: Pool) -> dict[str, float]:
+    """Each machine's speed factor, the local machine's by its one name."""
+    found = {m.name: m.speed_factor for m in pool.machines}
+    if pool.local is not None:
+        found[LOCAL] = pool.local.speed_factor
+    return found
+
+
+@contextlib.contextmanager
+def opened_history(state: Path) -> Iterator[History | None]:
+    """The history, or None (said) where it cannot be used: the run builds without it."""
+    try:
+        history = History(state / "history.sqlite")
+    except (OffloadError, OSError) as exc:
+        message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)
+        warn(f"{message}; this run builds without estimates and is not kept in history", hint)
+        yield None
+        return
+    with history:
+        yield history
+
+
+def guarded_estimator(history: History | None, pool: Pool) -> Estimator | None:
+    """``estimator`` over ``history``, guessing (no estimates, said) when it fails mid-run."""
+    if history is None:
+        return None
+    estimate = estimator(history, speeds(pool))
+
+    def guarded(pnames: Iterable[str]) -> Mapping[str, float]:
+        try:
+            return estimate(pnames)
+        except OffloadError as exc:
+            warn(f"{exc.message}; this run builds without estimates", exc.hint)
+            return {}
+
+    return guarded
+
+
+def keep_run(
+    state: Path, history: History | None, remember: RunRecorder, built: Built, pool: Pool
+) -> None:
+    """The run into history (what ``offload history`` shows), the builders' health into
+    backoff; a failure to is a warning, never the run's error."""
+    report, graph = built
+    try:
+        if history is not None:
+            _record(history, remember, report, graph, pool)
+        save_backoff(state / "backoff.json", report.health, time.time())
+    except (OffloadError, OSError) as exc:
+        message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)
+        warn(f"the run is not kept: {message}", hint)
+
+
+def _record(
+    history: History, remember: RunRecorder, report: RunReport, graph: DrvGraph, pool: Pool
+) -> None:
+    slots = {m.name: m.max_jobs for m in pool.machines}
+    if pool.local is not None:
+        slots[LOCAL] = pool.local.max_jobs
+    history.record_run(
+        *remember.run(
+            report,
+            asked=[graph.drvs[drv].name for drv, _ in graph.roots if drv in graph.drvs],
+            speeds=speeds(pool),
+            slots=slots,
+            deps={drv: tuple(d.input_drvs) for drv, d in graph.drvs.items()},
+            finished=time.time(),
+        )
+    )
