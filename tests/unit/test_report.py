@@ -3,6 +3,7 @@ in a real browser is tested in tests/integration/test_report_browser.py."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -90,3 +91,16 @@ def test_the_report_file_is_written_whole_and_mistakes_are_one_line(tmp_path, mo
     assert err[0] == "error: no run in the history"
     assert err[1].startswith("hint: ")
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_the_report_file_gets_the_mode_the_umask_allows(tmp_path, umask, mode):
+    # It holds derivation paths, machine names and error lines: umask 077 keeps it private.
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(_run({}), [_build("a", "fast", 1, 5)])
+        before = os.umask(umask)
+        try:
+            write_report(history, "r", tmp_path / "out.html")
+        finally:
+            os.umask(before)
+    assert (tmp_path / "out.html").stat().st_mode & 0o777 == mode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,13 @@ def test_files_are_written_all_or_none_and_never_over_old_ones(tmp_path: Path) -
 def test_printed_files_come_under_their_headers() -> None:
     text = render([("a", "1\n"), ("b", "2\n")], {"a": "here"})
     assert text == "# ==> a: here <==\n1\n\n# ==> b <==\n2\n"
+
+
+def test_written_files_get_the_mode_the_umask_allows(tmp_path: Path) -> None:
+    before = os.umask(0o077)
+    try:
+        write_files(tmp_path / "out", [("a.nix", "A\n"), ("b.sh", "B\n")])
+    finally:
+        os.umask(before)
+    assert (tmp_path / "out" / "a.nix").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "out" / "b.sh").stat().st_mode & 0o777 == 0o700

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from offload.errors import OffloadError
+from offload.file_modes import readable_mode
 from offload.history.db import History
 from offload.report.html import render_html
 from offload.report.model import ReportModel, load_model, make_model
@@ -42,7 +43,7 @@ def write_report(history: History, run_id: str | None, path: Path) -> ReportMode
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(page)
-        Path(tmp).chmod(0o644)  # a page to open and share, as any file written here
+        Path(tmp).chmod(readable_mode())  # a page to open and share, as the umask allows
         Path(tmp).replace(path)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from offload.errors import ConfigError
+from offload.file_modes import readable_mode
 
 __all__ = ["render", "write_files"]
 
@@ -66,7 +67,7 @@ def _write_one(directory: Path, name: str, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
-        Path(scratch).chmod(0o755 if name.endswith(_EXECUTABLE) else 0o644)
+        Path(scratch).chmod(readable_mode(executable=name.endswith(_EXECUTABLE)))
         try:
             os.link(scratch, final)
         except FileExistsError:
