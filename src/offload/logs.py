@@ -166,6 +166,16 @@ class BuildLogs:
 
     def read(self, drv_path: str, machine: str | None = None) -> str:
         """The text of the newest log of ``drv_path``; ``OffloadError`` when none is kept."""
+        return "".join(self.lines(drv_path, machine))
+
+    def lines(self, drv_path: str, machine: str | None = None) -> Iterator[str]:
+        """The newest log of ``drv_path``, line by line (a log may be hundreds of MiB: it is
+        never read whole); ``OffloadError`` at once when none is kept."""
+        path = self.kept(drv_path, machine)
+        return _lines_of(path)
+
+    def kept(self, drv_path: str, machine: str | None = None) -> Path:
+        """The newest log file of ``drv_path``; ``OffloadError`` when none is kept."""
         path = self.latest(drv_path, machine)
         if path is None:
             where = f" on {machine}" if machine else ""
@@ -174,7 +184,7 @@ class BuildLogs:
                 hint="offload keeps the logs of builds it ran itself, "
                 "and Nix keeps none either (`offload log` asks it): was it built on this host?",
             )
-        return path.read_bytes().decode("utf-8", "replace")
+        return path
 
     def prune(self) -> int:
         """Remove the oldest logs beyond the limits; returns how many were removed."""
@@ -327,3 +337,11 @@ def keep_for_nix(drv_path: str, machine: str, text: Path, target: Path | None = 
 def _drv_name(drv_path: str) -> str:
     """The basename of a .drv path; a bare basename is accepted as is."""
     return drv_path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _lines_of(path: Path) -> Iterator[str]:
+    """``path``'s lines, decoded one by one (invalid UTF-8 replaced), with their newlines; a
+    line longer than the read size comes in pieces, as its bytes arrive."""
+    with path.open("rb") as log:
+        for line in log:
+            yield line.decode("utf-8", "replace")

@@ -6,6 +6,7 @@ import argparse
 import bz2
 import io
 import stat
+import tracemalloc
 from pathlib import Path
 from unittest import mock
 
@@ -307,3 +308,33 @@ def test_an_unwritable_nix_log_dir_is_not_an_error(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("")  # a file where a directory would go
     assert not keep_for_nix("/nix/store/abcdef-x.drv", "fast", log, blocked / "ab" / "x.bz2")
+
+
+class Discard(io.TextIOBase):
+    """stdout into a pipe nobody keeps: counts what it is given."""
+
+    def __init__(self) -> None:
+        self.chars = 0
+
+    @override
+    def write(self, text: str) -> int:
+        self.chars += len(text)
+        return len(text)
+
+
+def test_a_huge_log_is_shown_without_being_held_whole(tmp_path: Path) -> None:
+    # 64 MiB of log: read whole it took its size several times over (bytes, text, cleaned).
+    logs = BuildLogs(tmp_path, clock=Clock())
+    line = "x" * 1023
+    with logs.open(DRV, "fast") as writer:
+        for _ in range(64 * 1024):
+            writer.write(line)
+    out = Discard()
+    tracemalloc.start()
+    try:
+        assert log_cli.show_log(DRV, logs=logs, out=out) == 0  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.chars == 64 * 1024 * 1024
+    assert peak < 4 * 1024 * 1024

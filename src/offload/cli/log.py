@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from typing import TextIO
 
 from offload.errors import OffloadError
@@ -47,13 +48,15 @@ def show_log(
     out = sys.stdout if out is None else out
     drv_path = target if target.endswith(".drv") else find_deriver(target)
     try:
-        text = (logs or BuildLogs()).read(drv_path, machine)
+        lines: Iterable[str] = (logs or BuildLogs()).lines(drv_path, machine)
     except OffloadError:
         nix = None if machine else _nix_log(drv_path)
         if nix is None:
             raise
-        text = nix
-    out.write(text if _isatty(out) else sanitize_text(text))
+        lines = nix.splitlines(keepends=True)
+    raw = _isatty(out)
+    for line in lines:  # a log may be hundreds of MiB: never held whole
+        out.write(line if raw else sanitize_text(line))
     out.flush()
     return 0
 
