@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from offload.backoff import Health
 from offload.errors import OffloadError, SchedulerError
@@ -33,7 +33,7 @@ from offload.history.records import RunReport
 from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions
 from offload.scheduler.dag import JobState
-from offload.scheduler.policy import Cancel, Move, Policy, Speculate, Start, Wait
+from offload.scheduler.policy import Move, Policy, Speculate, Start, Wait
 from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
@@ -41,8 +41,8 @@ from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.loads import Loads
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
+from offload.scheduler.run.stopping import Stopping
 from offload.slots import SlotLocks
-from offload.tasks import cancel_and_wait
 from offload.ui.events import Event
 
 __all__ = ["MAX_LOSSES", "Executor"]
@@ -52,7 +52,7 @@ MAX_LOSSES = 3
 logger = logging.getLogger(__name__)
 
 
-class Executor:
+class Executor(Stopping):
     def __init__(
         self,
         plan: BuildPlan,
@@ -443,41 +443,6 @@ class Executor:
         self.report.skipped.append(drv_path)
         reason = f"dependency {cause} failed" if cause else "cannot be built"
         self._events.finished(drv_path, "", "skipped", started=self.wall(), error=reason)
-
-    def _stop_copy(self, drv_path: str, machine: str, why: str) -> None:
-        """Stop the copy of ``drv_path`` waiting on ``machine``, which the policy has let go;
-        it has not started building, so nothing is built twice."""
-        for task, entry in self._tasks.items():
-            if entry == (drv_path, machine):
-                task.cancel()
-        error = f"{why} on {machine} by other clients"
-        self._events.finished(drv_path, machine, "cancelled", started=self.wall(), error=error)
-
-    def _cancel(self, cancel: Cancel) -> None:
-        """Stop a losing copy without waiting for it: stopping its remote build takes until a
-        builder that stopped answering is given up on, and the loop must go on meanwhile (that
-        builder's other builds are lost). The loop settles the task when it ends."""
-        for task, (drv_path, machine) in self._tasks.items():
-            if drv_path == cancel.job and machine == cancel.machine:
-                task.cancel()
-
-    async def _stop_all(self) -> None:
-        """Stop the copies still running: only a run ending early (interrupted, or an error
-        of its own) has any. Their errors are logged, not raised: the run's own is the one
-        to report, and this must not replace it."""
-        tasks: list[asyncio.Task[Any]] = [
-            *self._tasks, *self._homeward, *self._joining, *self._full.probes
-        ]  # fmt: skip
-        for error in await cancel_and_wait(tasks):
-            # A copy home that lost its builder, as the run stopped, is no news; others are bugs.
-            level = logging.DEBUG if isinstance(error, OffloadError) else logging.ERROR
-            logger.log(
-                level, "a build copy ended with %r as the run stopped", error, exc_info=error
-            )
-        self._tasks.clear()
-        self._homeward.clear()
-        self._joining.clear()
-        self._full.probes.clear()
 
     def _emit_outcome(
         self,
