@@ -104,7 +104,9 @@ class BuildFailed(OffloadError):
     """A derivation failed to build.
 
     ``status`` is Nix's BuildResult status code (3 = PermanentFailure, 8 = TimedOut, ...);
-    ``log_tail`` holds the last lines of the build log when they are known.
+    ``log_tail`` holds the last lines of the build log when they are known; ``exit_code``,
+    the command's exit status as Nix would give it for all of a run's failures (None: from
+    ``status`` alone).
     """
 
     def __init__(
@@ -115,11 +117,13 @@ class BuildFailed(OffloadError):
         status: int,
         log_tail: tuple[str, ...] = (),
         hint: str | None = None,
+        exit_code: int | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.drv_path = drv_path
         self.status = status
         self.log_tail = log_tail
+        self.exit_code = exit_code
 
 
 class FleetError(OffloadError):

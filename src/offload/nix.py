@@ -115,8 +115,9 @@ def _as_drv(arg: str, cwd: Path) -> Source | None:
     # nix-build canonicalises the argument (symlinks resolved) and takes it as a derivation when
     # that is a store path ending in .drv; "DRV!OUTPUT" names one output of it.
     path, bang, output = arg.partition("!")
-    if not path.endswith(".drv"):
+    if path.startswith("<") or "://" in path:
         return None
+    # Resolved first: a link named anything (nix-instantiate --add-root ./mydrv) counts.
     real = (cwd / path).resolve()
     if not (is_store_path(str(real)) and real.name.endswith(".drv")):
         return None

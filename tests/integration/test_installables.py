@@ -189,6 +189,9 @@ def test_drv_through_a_symlink(project: Path) -> None:
     m = _drv(project, "m")
     (project / "link.drv").symlink_to(m)
     assert instantiate(Installables(files=("link.drv!dev",)), project) == [(m, "dev")]
+    # Named anything (nix-instantiate --add-root ./mydrv): the target decides, as in nix-build.
+    (project / "mydrv").symlink_to(m)
+    assert instantiate(Installables(files=("mydrv",)), project) == [(m, "out")]
 
 
 def test_drv_without_out_must_name_an_output(project: Path) -> None:

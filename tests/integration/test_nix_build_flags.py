@@ -32,6 +32,10 @@ let s = { b = 1; }; in
   typo = s.a;
   lookup = (import <here/x.nix>).y;
   traced = builtins.trace "hello from eval" (s.b + 1);
+  bad = derivation {
+    name = "bad-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "exit 1" ];
+  };
 }
 """
 
@@ -229,3 +233,39 @@ def test_nothing_to_do_is_quiet(project: Path) -> None:
     _, offload = both(project, *args)
     assert offload.returncode == 0
     assert "total" not in offload.stderr  # no all-zero summary table
+
+
+def test_the_last_of_out_link_and_no_out_link_wins(project: Path) -> None:
+    # COMMON's --no-out-link comes first: a wrapper's default, then the caller's -o.
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix = _run(["nix-build", *COMMON, "-A", "ok", *nonce, "-o", "nixlink"], project)
+    offload = _run([*OFFLOAD, *COMMON, "-A", "ok", *nonce, "-o", "offlink"], project)
+    assert nix.returncode == offload.returncode == 0, offload.stderr
+    assert (project / "nixlink").readlink() == (project / "offlink").readlink()
+    assert offload.stdout == nix.stdout
+
+
+def test_a_result_link_that_cannot_be_made_prints_no_path(project: Path) -> None:
+    (project / "result").mkdir()  # in the way of the link
+    nix, offload = both(project, "-A", "ok", "--argstr", "nonce", uuid.uuid4().hex, "-o", "result")
+    assert nix.returncode == offload.returncode == 1
+    assert offload.stdout == nix.stdout == ""
+
+
+def test_the_keep_going_setting_goes_on_as_k_does(project: Path) -> None:
+    # nix.conf's keep-going = true (common in CI), here as --option. Each tool builds its
+    # own ok (its own nonce), after bad failed.
+    said = []
+    for tool, nonce in ((["nix-build"], uuid.uuid4().hex), (list(OFFLOAD), uuid.uuid4().hex)):
+        args = ("-j", "1", "-A", "bad", "-A", "ok", "--argstr", "nonce", nonce)
+        done = _run([*tool, *COMMON, *args, "--option", "keep-going", "true"], project)
+        said.append((done.returncode, f"building {nonce}" in done.stderr))
+    assert said == [(100, True), (100, True)]
+
+
+def test_repeat_builds_again_and_compares_as_nix_does(project: Path) -> None:
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "-A", "random", *nonce, "--option", "repeat", "1")
+    assert nix.returncode == offload.returncode == 1
+    assert "from previous round" in nix.stderr
+    assert "from previous round" in offload.stderr

@@ -86,8 +86,27 @@ def test_the_pool_keeps_nixs_settings_for_the_build_options():
     )
     pool = load_pool(builders="", config=None, env={}, nix_settings=settings)
     assert pool.select(max_jobs=2).nix_settings is settings  # kept through --on/-j
-    assert BuildOptions.from_settings(pool.nix_settings.count) == BuildOptions(
+    assert BuildOptions.from_settings(pool.nix_settings.get) == BuildOptions(
         max_silent_time=1, build_timeout=7, max_log_size=4096
     )
     # Without Nix's settings (a pool made in code), builds get Nix's defaults: no limits.
-    assert BuildOptions.from_settings(NixSettings({}).count) == BuildOptions()
+    assert BuildOptions.from_settings(NixSettings({}).get) == BuildOptions()
+    # --option repeat 1, enforce-determinism, keep-failed: what Nix's hook sends too.
+    repeated = NixSettings({"repeat": "1", "enforce-determinism": "false", "keep-failed": "true"})
+    assert BuildOptions.from_settings(repeated.get) == BuildOptions(
+        nr_repeats=1, enforce_determinism=False, keep_failed=True
+    )
+
+
+def test_a_hash_mismatch_exits_102_and_a_repeat_that_differed_1_as_in_nix():
+    mismatch = RunReport("r", failed={"/f.drv": "hash mismatch in fixed-output derivation"})
+    mismatch.statuses = {"/f.drv": BuildStatus.OUTPUT_REJECTED}
+    assert exit_status(build_failed(mismatch)) == 102
+    both = RunReport(
+        "r", failed={"/f.drv": "hash mismatch in fixed-output derivation", "/t": SILENT}
+    )
+    both.statuses = {"/f.drv": BuildStatus.OUTPUT_REJECTED, "/t": BuildStatus.TIMED_OUT}
+    assert exit_status(build_failed(both)) == 103  # -k: both at once
+    repeat = RunReport("r", failed={"/r.drv": "output differs from previous round"})
+    repeat.statuses = {"/r.drv": BuildStatus.NOT_DETERMINISTIC}
+    assert exit_status(build_failed(repeat)) == 1

@@ -248,5 +248,7 @@ def exit_status(exc: OffloadError) -> int:
     if isinstance(exc, NixError):
         return exc.status
     if isinstance(exc, BuildFailed):
+        if exc.exit_code is not None:
+            return exc.exit_code
         return 101 if exc.status == BuildStatus.TIMED_OUT else 100
     return 1

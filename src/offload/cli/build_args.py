@@ -177,9 +177,16 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Every argument of `offload build` on ``parser``."""
     parser.add_argument("paths", nargs="*", metavar="FILE|DRV", help="default: ./default.nix")
     _evaluation(parser)
+    # One destination, so the last of -o and --no-out-link wins, as in nix-build (a wrapper
+    # that passes --no-out-link and a caller's -o after it get the link).
     parser.add_argument("-o", "--out-link", default="result", help="symlink name (./result)")
     parser.add_argument(
-        "--no-out-link", "--no-link", action="store_true", help="make no result symlinks"
+        "--no-out-link",
+        "--no-link",
+        action="store_const",
+        const=None,
+        dest="out_link",
+        help="make no result symlinks",
     )
     parser.add_argument(
         "-k",

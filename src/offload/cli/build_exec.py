@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 import time
@@ -127,7 +126,25 @@ def build_failed(report: RunReport) -> BuildFailed:
         drv_path=first,
         status=BuildStatus.TIMED_OUT if timed_out else BuildStatus.PERMANENT_FAILURE,
         hint=f"see its log with `offload log {first}`",
+        exit_code=nix_exit_status(report),
     )
+
+
+def nix_exit_status(report: RunReport) -> int:
+    """The exit status Nix gives for these failures (``Worker::exitStatus``, nix-protocols.md
+    4.6): 0x60 with 4 for failed builds, 1 if one timed out, 2 for a fixed-output hash
+    mismatch (sent as OutputRejected); 1 when every failure was a repeat that differed (--option
+    repeat), which Nix does not count as a failed build. A failure Nix gave no status for (no
+    machine could build it, a lost machine) counts as a failed build."""
+    statuses = [report.statuses.get(drv) for drv in report.failed]
+    timed_out = BuildStatus.TIMED_OUT in statuses
+    mismatch = any(
+        report.statuses.get(drv) == BuildStatus.OUTPUT_REJECTED and "hash mismatch" in why
+        for drv, why in report.failed.items()
+    )
+    if all(status == BuildStatus.NOT_DETERMINISTIC for status in statuses):
+        return 1
+    return 0x60 | 4 | (1 if timed_out else 0) | (2 if mismatch else 0)
 
 
 def _warn(event: MachineEvent) -> None:
@@ -222,10 +239,10 @@ def _closed(recorder: LogRecorder) -> OffloadError | None:
 
 
 def _build_options(pool: Pool) -> BuildOptions:
-    """What every build gets on every machine: the timeouts and log limit Nix's build hook
-    passes on, and keep-failed (serve protocol 2.7; the builder keeps the directory)."""
-    options = BuildOptions.from_settings(pool.nix_settings.count)
-    return dataclasses.replace(options, keep_failed=pool.nix_settings.get("keep-failed") == "true")
+    """What every build gets on every machine: the timeouts, log limit, repeats and
+    keep-failed Nix's build hook passes on (keep-failed: serve protocol 2.7, the builder
+    keeps the directory)."""
+    return BuildOptions.from_settings(pool.nix_settings.get)
 
 
 def _renderer(args: argparse.Namespace) -> Renderer:
@@ -247,13 +264,14 @@ def _write_report(state: Path, run_id: str, target: Path) -> None:
 
 
 def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
-    """The output paths on stdout, as nix-build prints them, and the result links."""
-    links = out_links(graph.roots, graph, args.out_link)
+    """The result links, then the output paths on stdout, as nix-build makes and prints
+    them (a link that cannot be made prints none)."""
+    links = out_links(graph.roots, graph, args.out_link or "result")
+    if args.out_link is not None:
+        add_roots(links)
     if not args.json:
         for path, _ in links:
             print(path)
-    if not args.no_out_link:
-        add_roots(links)
 
 
 def build(
@@ -283,7 +301,8 @@ def build(
         state,
         emit=emit,
         close=renderer.close,
-        keep_going=args.keep_going,
+        # -k, or Nix's keep-going setting (nix.conf, NIX_CONFIG, --option), as nix-build reads it.
+        keep_going=args.keep_going or pool.nix_settings.get("keep-going") == "true",
         retry_now=args.on,
         fetch_all=args.fetch_all,
         backoff=backoff,

@@ -420,7 +420,7 @@ async def _build(
                 local=local,
                 remote=remote,
                 machine=name,
-                options=BuildOptions.from_settings(context.settings.count),
+                options=BuildOptions.from_settings(context.settings.get),
                 substitute=substitute,
             )
     except (OffloadError, OSError) as exc:

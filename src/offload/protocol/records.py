@@ -121,13 +121,22 @@ class BuildOptions:
     keep_failed: bool = False
 
     @classmethod
-    def from_settings(cls, count: Callable[[str], int]) -> BuildOptions:
-        """Nix's own per-build settings, read by ``count`` (e.g. ``NixSettings.count``): what
-        Nix's hook sends, so a build stops where Nix would stop it."""
+    def from_settings(cls, get: Callable[[str], str]) -> BuildOptions:
+        """Nix's own per-build settings, read by ``get`` (e.g. ``NixSettings.get``): what
+        Nix's hook sends (nix-protocols.md 2.4), so a build stops where Nix would stop it and
+        is repeated as often as Nix would repeat it."""
+
+        def whole(name: str) -> int:
+            text = get(name)
+            return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
+
         return cls(
-            max_silent_time=count("max-silent-time"),
-            build_timeout=count("timeout"),
-            max_log_size=count("max-build-log-size"),
+            max_silent_time=whole("max-silent-time"),
+            build_timeout=whole("timeout"),
+            max_log_size=whole("max-build-log-size"),
+            nr_repeats=whole("repeat"),
+            enforce_determinism=get("enforce-determinism") != "false",
+            keep_failed=get("keep-failed") == "true",
         )
 
     def encode(self, minor: int) -> bytes:
