@@ -36,6 +36,10 @@ let s = { b = 1; }; in
     name = "bad-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
     args = [ "-c" "exit 1" ];
   };
+  waits = derivation {
+    name = "waits-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "while [ ! -e /nonexistent/${nonce} ]; do /bin/sleep 0.1; done; echo > $out" ];
+  };
 }
 """
 
@@ -269,3 +273,15 @@ def test_repeat_builds_again_and_compares_as_nix_does(project: Path) -> None:
     assert nix.returncode == offload.returncode == 1
     assert "from previous round" in nix.stderr
     assert "from previous round" in offload.stderr
+
+
+def test_a_failure_stops_the_builds_still_running_without_keep_going(project: Path) -> None:
+    # waits never ends by itself: the run ends only if the failure of bad stops it, as Nix
+    # stops its other builds (offload let it run to its end, hours for a real build).
+    for tool in (["nix-build"], list(OFFLOAD)):
+        nonce = uuid.uuid4().hex
+        args = ("-j", "2", "-A", "bad", "-A", "waits", "--argstr", "nonce", nonce)
+        done = _run([*tool, *COMMON, *args], project)
+        assert done.returncode == 100, done.stderr
+        left = subprocess.run(["pgrep", "-f", f"/nonexistent/{nonce}"], check=False)
+        assert left.returncode == 1  # no builder of waits is left running

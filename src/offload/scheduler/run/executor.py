@@ -113,6 +113,7 @@ class Executor(Stopping):
         self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
         self._losses: dict[str, int] = {}
         self._stopping = False
+        self._halted: set[asyncio.Task[Outcome]] = set()
 
     def _capacity_watchers(self, local_boot_id: str | None) -> tuple[FullBuilders, Loads]:
         """What cuts a builder's slots during the run: others filling its own slots (full) and
@@ -333,7 +334,9 @@ class Executor(Stopping):
         self._holders.fed.discard(entry)
         now = self.clock()
         if task.cancelled():
-            return  # its machine went down and the policy queued the job again
+            if task in self._halted:
+                self._halted_copy(drv_path, machine)
+            return  # else its machine went down and the policy queued the job again
         outcome = task.result()
         match outcome.kind:
             case "cancelled":
@@ -408,7 +411,7 @@ class Executor(Stopping):
             self.report.failed[drv_path] = error.message
             self._emit_outcome(drv_path, machine, "failed", with_error(outcome, error))
             if not self.keep_going:
-                self._stopping = True
+                self._halt()
         elif isinstance(error, OffloadError):
             # The builder went away with outputs this machine still needs: built again.
             self._emit_outcome(drv_path, machine, "lost", with_error(outcome, error))
@@ -437,7 +440,7 @@ class Executor(Stopping):
         for skipped in finished.skipped:
             self._finish_skipped(skipped, drv_path)
         if not self.keep_going:
-            self._stopping = True
+            self._halt()
 
     def _finish_skipped(self, drv_path: str, cause: str) -> None:
         self.report.skipped.append(drv_path)

@@ -32,7 +32,24 @@ class Stopping:
     _joining: dict[asyncio.Task[None], str]
     _full: FullBuilders
     _events: RunEvents
+    _stopping: bool
     wall: Callable[[], float]
+    # Copies stopped because a build failed without keep-going (``_halt``).
+    _halted: set[asyncio.Task[Outcome]]
+
+    def _halt(self) -> None:
+        """A build failed and the run does not keep going: nothing new starts, and the builds
+        still running stop, as Nix stops its other goals then (waiting, maybe hours, for
+        builds whose outputs the failed run will not use helps no one)."""
+        self._stopping = True
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+                self._halted.add(task)
+
+    def _halted_copy(self, drv_path: str, machine: str) -> None:
+        error = "stopped: another build failed (no --keep-going)"
+        self._events.finished(drv_path, machine, "cancelled", started=self.wall(), error=error)
 
     def _stop_copy(self, drv_path: str, machine: str, why: str) -> None:
         """Stop the copy of ``drv_path`` waiting on ``machine``, which the policy has let go;
