@@ -285,3 +285,15 @@ def test_a_failure_stops_the_builds_still_running_without_keep_going(project: Pa
         assert done.returncode == 100, done.stderr
         left = subprocess.run(["pgrep", "-f", f"/nonexistent/{nonce}"], check=False)
         assert left.returncode == 1  # no builder of waits is left running
+
+
+def test_files_among_the_options_are_all_built_in_order(project: Path) -> None:
+    (project / "second.nix").write_text(
+        '{ ok = derivation { name = "second"; system = builtins.currentSystem; '
+        f'builder = "/bin/sh"; args = [ "-c" "echo {uuid.uuid4().hex} > $out" ]; }}; }}\n'
+    )
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "default.nix", "-A", "ok", "second.nix", *nonce)
+    assert nix.returncode == offload.returncode == 0, offload.stderr
+    assert offload.stdout == nix.stdout
+    assert len(offload.stdout.split()) == 2

@@ -224,6 +224,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     top = _parser(argv)
     args, unknown = top.parse_known_args(argv)
     parser: argparse.ArgumentParser = vars(args).pop("_parser", top)
+    if unknown and isinstance(getattr(args, "paths", None), list):
+        # nix-build takes its files anywhere among its options (a.nix -A x b.nix), in order.
+        args.paths += [word for word in unknown if not word.startswith("-")]
+        unknown = [word for word in unknown if word.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
