@@ -1,6 +1,5 @@
 """The doctor's verdicts on getting to a builder, from recorded OpenSSH output."""
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from offload.doctor.reach import (
     roots_key,
     ssh_check,
 )
+from tests.helpers.users import as_another_user
 
 DENIED = "root@127.0.0.1: Permission denied (publickey).\r\n"
 CHANGED = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
@@ -210,22 +210,12 @@ def test_roots_key_unreadable_to_another_user_is_unknown_not_a_mode_to_loosen():
     key.chmod(0o600)  # root's: the tests run as root (README)
     stderr = f'Load key "{key}": Permission denied\nroot@b: Permission denied (publickey).\n'
     assert roots_key(stderr) is None  # root reads it: no such case
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # as another user, in this interpreter (it is root's: no exec)
-        said = b"error"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            check = roots_key(stderr)
-            said = repr(None if check is None else (check.verdict, check.fix)).encode()
-        finally:
-            os.write(write, said)
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        answer = pipe.read().decode()
-    os.waitpid(child, 0)
+
+    def check() -> str:
+        found = roots_key(stderr)
+        return repr(None if found is None else (found.verdict, found.fix))
+
+    answer = as_another_user(check)
     shutil.rmtree(place)
     assert answer == repr(
         (Verdict.UNKNOWN, "run `sudo offload doctor` to check as the nix-daemon connects")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import tempfile
@@ -13,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from offload.cli import main
-from offload.errors import StoreError
 from offload.history.db import History
 from offload.history.recorder import RunRecorder, longest_paths, lower_bound
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord, RunReport
 from offload.history.views import machine_stats, speed_factors
 from offload.ui.events import JobFinished, JobPhase, MachineEvent, RunFinished, RunStarted
+from tests.helpers.users import as_another_user
 
 # The schema offload wrote before runs and phases were recorded (user_version 1), verbatim.
 SCHEMA_1 = """
@@ -263,26 +262,11 @@ def test_another_users_history_is_read_as_it_is_or_said_unusable(tmp_path):
     with History(place / "history.sqlite") as history:
         history.record_run(run, builds)
     (place / "history.sqlite").chmod(0o644)
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # as another user (the interpreter is root's: no exec)
-        said = "unfinished"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                with History(place / "history.sqlite") as history:
-                    said = repr([r.run_id for r in history.runs()])
-            except StoreError as exc:
-                said = "StoreError: " + exc.message
-        except BaseException as exc:  # noqa: BLE001 - the parent says what it was
-            said = f"{type(exc).__name__}: {exc}"
-        finally:
-            os.write(write, said.encode())
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        answer = pipe.read().decode()
-    os.waitpid(child, 0)
+
+    def read_runs() -> str:
+        with History(place / "history.sqlite") as history:
+            return repr([r.run_id for r in history.runs()])
+
+    answer = as_another_user(read_runs)
     shutil.rmtree(place)
     assert answer == "['run1']"

@@ -1,6 +1,5 @@
 """Where kept ssh masters live (``offload.transport.persist``): a usable directory or none."""
 
-import os
 import shutil
 import stat
 import tempfile
@@ -11,6 +10,7 @@ import pytest
 
 from offload.transport.persist import kept, kept_dir, location
 from offload.transport.ssh import SshTarget
+from tests.helpers.users import as_another_user
 
 
 @pytest.fixture
@@ -40,19 +40,5 @@ def test_another_users_view_of_roots_kept_masters_is_none_not_an_error(short: Pa
     kept_dir(state)  # made 0700, root's: the tests run as root (README)
     short.chmod(0o755)
     state.chmod(0o755)
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # as another user: the interpreter is root's, so no exec
-        answer = b"error"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            answer = str(kept(state, SshTarget("b"), "", [])).encode()
-        finally:
-            os.write(write, answer)
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as said:
-        answer = said.read()
-    os.waitpid(child, 0)
-    assert answer == b"False"
+    answer = as_another_user(lambda: str(kept(state, SshTarget("b"), "", [])))
+    assert answer == "False"
