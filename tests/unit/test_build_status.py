@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 
 from offload.cli import exit_status
-from offload.cli.build_exec import build_failed
+from offload.cli.build_exec import _print_log_tails, build_failed
 from offload.config.pool import load_pool
 from offload.config.settings import NixSettings
 from offload.errors import BuildFailed, ConfigError
 from offload.history.records import RunReport
+from offload.logs import BuildLogs
 from offload.protocol.serve import BuildOptions, BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
@@ -110,3 +111,18 @@ def test_a_hash_mismatch_exits_102_and_a_repeat_that_differed_1_as_in_nix():
     repeat = RunReport("r", failed={"/r.drv": "output differs from previous round"})
     repeat.statuses = {"/r.drv": BuildStatus.NOT_DETERMINISTIC}
     assert exit_status(build_failed(repeat)) == 1
+
+
+def test_a_failed_builds_last_log_lines_are_shown_and_an_empty_log_says_nothing(tmp_path, capsys):
+    logs = BuildLogs(tmp_path)
+    failing, silent = "/nix/store/" + "a" * 32 + "-noisy.drv", "/nix/store/" + "b" * 32 + "-fod.drv"
+    with logs.open(failing, "local") as writer:
+        for n in range(15):
+            writer.write(f"line {n}")
+    with logs.open(silent, "local"):
+        pass  # a hash mismatch: the build printed nothing
+    _print_log_tails(logs, {failing: "exit 1", silent: "hash mismatch"})
+    assert capsys.readouterr().err.splitlines() == [
+        "last 10 log lines of noisy:",
+        *(f"  noisy> line {n}" for n in range(5, 15)),
+    ]

@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,10 +103,12 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
 def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
     """The last lines of each failed build's log, as nix-build shows them."""
     for drv_path in failed:
-        path = logs.latest(drv_path)
-        if path is None:
+        if logs.latest(drv_path) is None:
             continue
-        lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+        # Streamed (a failed build's log may be huge); an empty log gets no header.
+        lines = [line.rstrip("\n") for line in deque(logs.lines(drv_path), maxlen=LOG_TAIL)]
+        if not lines:
+            continue
         name = drv_path.rsplit("/", 1)[-1].split("-", 1)[-1].removesuffix(".drv")
         print(f"last {len(lines)} log lines of {name}:", file=sys.stderr)
         for line in lines:
