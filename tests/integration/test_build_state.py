@@ -1,17 +1,20 @@
 """``offload build`` (real Nix 2.8, local builds) with a state directory that cannot keep what
 it should: a history written by a newer offload or damaged, build logs that cannot be written.
 Those are estimates and copies, not the build: it builds, exits 0, makes its result link and
-says what was not kept, once, on stderr."""
+says what was not kept, once, on stderr. And a run forgets history past its keeping."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from offload.history.db import History
+from offload.history.records import RunRecord
 from tests.helpers.nix_files import nix_file, valid_locally
 from tests.helpers.offload_run import offload_argv
 
@@ -66,3 +69,16 @@ def test_what_cannot_be_kept_is_said_and_the_build_stands(
     assert result.is_symlink()
     assert valid_locally(done.stdout.strip())
     assert "internal error" not in done.stderr
+
+
+def test_a_build_forgets_old_runs_and_keeps_its_own(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    long_ago = time.time() - 100 * 86_400
+    old = RunRecord("old-run", long_ago, long_ago + 5, ("x",), "ok", (), None, None)
+    with History(state / "history.sqlite") as history:
+        history.record_run(old, [])
+    done, _ = _build(tmp_path)
+    assert done.returncode == 0, done.stderr
+    with History(state / "history.sqlite") as history:
+        runs = history.runs(limit=None)
+    assert [run.asked for run in runs] == [("kept",)]

@@ -17,6 +17,7 @@ from offload.history.records import BuildRecord
 from offload.hook.context import HookContext, load_context
 from offload.hook.keep import Keep
 from offload.hook.wire import HookIO, TryRequest
+from offload.scheduler.run import DEFAULT_WORK
 
 H = "0" * 32
 
@@ -90,6 +91,29 @@ def test_tails_are_read_again_in_a_thread_while_the_last_ones_serve(
         await keep.aclose()  # cancels the read that call started
 
     asyncio.run(read_again())
+
+
+def test_old_history_is_forgotten_in_the_reads_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep = Keep(tmp_path)
+    long_ago = time.time() - 200 * 86_400
+    old = BuildRecord("hook-old", _drv("old"), "old", "m", long_ago, long_ago + 1, "failed")
+    keep.history().record([old], deps={_drv("old"): (_drv("a"),)})
+    assert keep.tails({"m": 1.0}) == {"a": DEFAULT_WORK, "old": 0.0}  # the first read: no pass
+    assert keep.history().builds(limit=None) == [old]
+    monkeypatch.setattr("offload.hook.keep.TAILS_SECONDS", -1.0)
+
+    async def read_again() -> None:
+        keep.tails({"m": 1.0})
+        reading = keep.tails_reading
+        assert reading is not None
+        await reading
+        await keep.aclose()
+
+    asyncio.run(read_again())
+    with History(tmp_path / "history.sqlite") as history:
+        assert (history.builds(limit=None), history.recent_deps()) == ([], [])
 
 
 def _written_by_a_newer_offload(path: Path) -> None:

@@ -86,6 +86,11 @@ def keep_run(
     except (OffloadError, OSError) as exc:
         message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)
         warn(f"the run is not kept: {message}", hint)
+    if history is not None:
+        try:
+            history.prune_if_due(time.time())
+        except OffloadError as exc:
+            warn(f"old history not forgotten: {exc.message}", exc.hint)
 
 
 def _record(

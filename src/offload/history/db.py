@@ -1,4 +1,4 @@
-"""The history database: SQLite in the state directory, the only module that imports sqlite3.
+"""The history database: SQLite in the state directory (only it and ``prune`` import sqlite3).
 
 Schema changes are migrations keyed by ``PRAGMA user_version``; each only adds (tables,
 columns with defaults), so a database of any earlier version keeps every record and reads
@@ -11,7 +11,8 @@ Runs (``offload build``) have a row in ``runs`` with their builds' dependencies 
 each build's phases are rows of ``phases``. Builds of Nix's hook belong to no run (their
 ``run_id`` starts with ``hook-``), their input derivations in ``deps`` under that id; builds
 recorded before runs were (schema 1) belong to runs that ``runs`` makes up from them, without
-machines or bound.
+machines or bound. Old records are forgotten, except what estimates are learned from
+(``offload.history.prune``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from offload.errors import StoreError
+from offload.history.prune import KEEP_BUILDS, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
 
 __all__ = ["History"]
@@ -108,6 +110,10 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX deps_run ON deps (run_id);
     """,
+    """
+    CREATE INDEX builds_finished ON builds (finished);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
+    """,
 )
 _BUILD_COLUMNS = (
     "id, run_id, drv_path, pname, machine, started, finished, status, bytes_sent,"
@@ -140,6 +146,10 @@ class History:
             raise
 
     def _open(self) -> None:
+        if self._db.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # A new file: pages that pruning frees go back to the file system (``prune``);
+            # only possible before the first table.
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         # Runs that start together on a new database race to switch it to WAL; a loser was
         # seen answered "locked" in spite of the busy timeout (test_concurrent_runs, 2 of 4
         # CI runs): ask again for a while.
@@ -207,6 +217,20 @@ class History:
                 ],
             )
             _insert_builds(db, records)
+
+    @_guarded
+    def prune_if_due(
+        self, now: float, *, every: float = PRUNE_EVERY, builds: int = KEEP_BUILDS
+    ) -> Pruned | None:
+        """Forget old runs and builds, keeping the newest ``builds`` (``offload.history.prune``)
+        unless the last pass is less than ``every`` seconds old; None when not due."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'pruned'").fetchone()
+            if row is not None and 0 <= now - float(row[0]) < every:
+                return None
+            # Claimed first: two processes due at once do not both prune.
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned', ?)", (now,))
+        return prune(self._db, self._transaction, now, builds=builds)
 
     @_guarded
     def recent_deps(self, limit: int = 20000) -> list[tuple[str, str]]:
@@ -316,8 +340,9 @@ class History:
                 for row in cur.execute(
                     "SELECT run_id, MIN(started), MAX(finished), SUM(status = 'failed')"
                     " FROM builds WHERE run_id LIKE ? ESCAPE '\\' AND run_id NOT LIKE 'hook-%'"
-                    " AND run_id NOT IN (SELECT run_id FROM runs) GROUP BY run_id",
-                    (prefix,),
+                    " AND run_id != ? AND run_id NOT IN (SELECT run_id FROM runs)"
+                    " GROUP BY run_id",
+                    (prefix, PRUNED_RUN),
                 ).fetchall()
             ]
             runs.sort(key=lambda r: r.started, reverse=True)

@@ -9,7 +9,8 @@ start, ``offload.hook.links``), a local ``nix-store --serve`` to read inputs fro
 start), and the history database (a connection and its schema check). The tails history gives
 (``history.tails``) are read once and then again every ``TAILS_SECONDS`` in a thread of their
 own, the last ones serving meanwhile: a read of 20,000 edges takes about 0.1 s, which in the
-coordinator's event loop would stall every hook it serves.
+coordinator's event loop would stall every hook it serves. Old history is forgotten in that
+thread too, when it is due (``offload.history.prune``).
 """
 
 from __future__ import annotations
@@ -81,13 +82,16 @@ class Keep:
         return self._tails_reading
 
     async def _read_tails_apart(self, speeds: Mapping[str, float]) -> None:
-        """Read the tails in a thread; the last ones stay when this read fails."""
+        """Read the tails in a thread, and forget old history there if it is due; the last
+        tails stay when this read fails."""
 
         def read() -> Mapping[str, float] | None:
             # A connection of the thread's own: sqlite's stay in the thread that opened them.
+            path = self.state / "history.sqlite"
             with contextlib.ExitStack() as opened:
-                path = self.state / "history.sqlite"
-                return _read_tails(lambda: opened.enter_context(History(path)), speeds)
+                found = _read_tails(lambda: opened.enter_context(History(path)), speeds)
+            _prune(path)  # off the event loop, as the read
+            return found
 
         try:
             found = await asyncio.to_thread(read)
@@ -141,6 +145,16 @@ class Keep:
                 self.loads.forget()
             if self._history is not None:
                 self._history.close()
+
+
+def _prune(path: Path) -> None:
+    """Forget old history if it is due (``History.prune_if_due``), here where no hook waits
+    for it; a failure is said in the coordinator's log."""
+    try:
+        with History(path) as history:
+            history.prune_if_due(time.time())
+    except OffloadError as exc:
+        sys.stderr.write(f"offload coordinator: old history not forgotten: {exc.message}\n")
 
 
 def _read_tails(
