@@ -4,7 +4,9 @@ Without filters: the latest runs (when, what was asked, wall time against the ru
 bound, builds, outcome) and every machine's totals. ``--run``, ``--machine`` and ``--drv``
 narrow both and also list the builds (derivation, machine, seconds waiting, sending,
 building, fetching, bytes, outcome) and the duration estimates the scheduler would use for
-their names now. ``--json`` prints all four parts as one object.
+their names now, as a history of no runs does (the hook's builds belong to none).
+``--json`` prints all four parts as one object. ``--daemon`` reads the nix-daemon's
+``offload-hook`` history instead of the user's (``offload.cli.history_file``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from offload.cli.history_file import history_file
 from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator
@@ -26,7 +29,7 @@ from offload.history.views import (
     run_dict,
     speed_factors,
 )
-from offload.paths import ensure_state_dir
+from offload.paths import SYSTEM_STATE_DIR
 from offload.ui.term import format_bytes, format_duration, sanitize
 
 __all__ = ["positive_count", "register"]
@@ -59,15 +62,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--last", type=positive_count, default=20, metavar="N", help="list N runs, N builds"
     )
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help=f"the nix-daemon's offload-hook's history ({SYSTEM_STATE_DIR}; root's)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with History(ensure_state_dir() / "history.sqlite") as history:
+    with History(history_file(daemon=args.daemon)) as history:
         runs = history.runs(run_id=args.run, limit=None if args.run else args.last)
         if args.run is not None:
             runs = [_one_run(runs, args.run)]
+        # With no run to show (the hook's builds belong to none), the latest builds are.
         filtered = args.run is not None or args.machine is not None or args.drv is not None
+        filtered = filtered or not runs
         run_id = runs[0].run_id if args.run is not None else None
         summed = history.builds(run_id=run_id, machine=args.machine, name=args.drv, limit=_SUMMED)
         if args.machine is not None or args.drv is not None:

@@ -1,0 +1,56 @@
+"""Which history ``offload history`` reads: the user's, or the nix-daemon's hook's.
+
+Nix's daemon runs ``offload-hook`` as root with no home, so what it builds is kept under
+``/var/lib/offload`` (``offload.state_location``), not in the state of the user who asked for
+the build: ``--daemon`` reads that one (root's; ``sudo``), and a reading of the user's own
+history says on stderr that the other exists when it does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from offload.errors import OffloadError
+from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir
+
+__all__ = ["HISTORY_FILE", "history_file"]
+
+HISTORY_FILE = "history.sqlite"
+
+
+def history_file(*, daemon: bool) -> Path:
+    """The history database to read: the daemon hook's (``OffloadError`` if it cannot be read
+    or holds nothing yet), or the user's (made if need be, with a note on stderr when the
+    daemon's hook keeps one of its own)."""
+    if not daemon:
+        if state_dir() != SYSTEM_STATE_DIR and _exists(SYSTEM_STATE_DIR):
+            print(
+                f"note: the nix-daemon's offload-hook keeps its own history in {SYSTEM_STATE_DIR}:"
+                " `sudo offload history --daemon`",
+                file=sys.stderr,
+            )
+        return ensure_state_dir() / HISTORY_FILE
+    if _exists(SYSTEM_STATE_DIR) and not os.access(SYSTEM_STATE_DIR, os.R_OK | os.X_OK):
+        raise OffloadError(
+            f"{SYSTEM_STATE_DIR}: the nix-daemon's history is root's",
+            hint="sudo offload history --daemon",
+        )
+    path = SYSTEM_STATE_DIR / HISTORY_FILE
+    if not path.is_file():
+        raise OffloadError(
+            f"{path}: no history of the nix-daemon's offload-hook",
+            hint="it has built nothing here yet, or Nix's build-hook is not offload-hook"
+            " (`offload doctor` checks)",
+        )
+    return path
+
+
+def _exists(place: Path) -> bool:
+    """Whether ``place`` is there, as far as this user can tell (a parent it may not search
+    hides it: taken as there, so that the reader is told it is not theirs)."""
+    try:
+        return place.is_dir()
+    except PermissionError:
+        return True

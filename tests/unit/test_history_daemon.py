@@ -1,0 +1,100 @@
+"""``offload history --daemon``: the nix-daemon's offload-hook history, read where it is kept
+(its directory pointed into tmp_path), real SQLite."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from offload.cli import main
+from offload.history.db import History
+from offload.history.records import BuildRecord
+from tests.helpers.users import as_another_user
+
+DRV = "/nix/store/" + "a" * 32 + "-firefox-130.0.drv"
+
+
+@pytest.fixture
+def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    place = tmp_path / "system"
+    monkeypatch.setattr("offload.cli.history_file.SYSTEM_STATE_DIR", place)
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "user"))
+    return place
+
+
+def _hook_built(place: Path) -> None:
+    place.mkdir(mode=0o700)
+    build = BuildRecord(
+        "hook-1", DRV, "firefox", "big", 100.0, 700.0, "built", name="firefox-130.0"
+    )
+    with History(place / "history.sqlite") as history:
+        history.record([build], deps={DRV: ()})
+
+
+def test_the_daemons_builds_are_listed_with_their_estimates(
+    system: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _hook_built(system)
+    assert main(["history", "--daemon", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(b["name"], b["machine"]) for b in shown["builds"]] == [("firefox-130.0", "big")]
+    assert shown["estimates"]["firefox"]["work"] == 600.0
+    assert main(["history", "--daemon"]) == 0  # no run to show: the builds are listed
+    assert "firefox-130.0  big" in capsys.readouterr().out
+
+
+def test_the_users_own_history_says_the_daemons_exists(
+    system: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["history"]) == 0
+    assert capsys.readouterr().err == ""
+    _hook_built(system)
+    assert main(["history"]) == 0
+    done = capsys.readouterr()
+    note = f"note: the nix-daemon's offload-hook keeps its own history in {system}:"
+    assert done.err.splitlines() == [f"{note} `sudo offload history --daemon`"]
+    assert "firefox" not in done.out
+
+
+def test_no_daemon_history_is_one_line_and_makes_nothing(
+    system: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["history", "--daemon"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err[0] == f"error: {system / 'history.sqlite'}: no history of the nix-daemon's offload-hook"
+    )
+    assert err[1].startswith("hint: ")
+    assert len(err) == 2
+    assert not system.exists()
+
+
+def test_a_user_is_told_the_daemons_history_is_roots(
+    monkeypatch: pytest.MonkeyPatch, system: Path
+) -> None:
+    # As /var/lib/offload is: a directory of root's, mode 0700, in one everyone may search.
+    place = Path(tempfile.mkdtemp(prefix="ofd", dir="/tmp"))
+    place.chmod(0o755)
+    system = place / "offload"
+    monkeypatch.setattr("offload.cli.history_file.SYSTEM_STATE_DIR", system)
+    _hook_built(system)
+
+    def read() -> str:
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            code = main(["history", "--daemon"])
+        return f"{code}\n{said.getvalue()}"
+
+    said = as_another_user(read)
+    shutil.rmtree(place)
+    assert said.splitlines() == [
+        "1",
+        f"error: {system}: the nix-daemon's history is root's",
+        "hint: sudo offload history --daemon",
+    ]
