@@ -14,7 +14,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -24,6 +24,7 @@ from offload.errors import TransportError
 __all__ = [
     "Completed",
     "Started",
+    "output_lines",
     "run",
     "run_async",
     "spawn",
@@ -137,6 +138,41 @@ class Started:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.communicate()  # reaped, its pipes closed
+
+
+def output_lines(argv: Sequence[str]) -> Generator[str, None, None] | None:
+    """A command's standard output line by line as it comes, for output too big to hold (a
+    build log of hundreds of MiB); None when it failed without printing a line. Its standard
+    error is dropped (a pipe nobody reads would stop it); a reader that stops early stops it."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+        )
+    except OSError as exc:
+        raise _missing(argv, exc) from exc
+    assert proc.stdout is not None  # stdout=PIPE
+    first = proc.stdout.readline()
+    if not first and proc.wait() != 0:
+        proc.stdout.close()
+        return None
+    return _rest(proc, proc.stdout, first)
+
+
+def _rest(proc: subprocess.Popen[str], out: IO[str], first: str) -> Generator[str, None, None]:
+    try:
+        if first:
+            yield first
+        yield from out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+        proc.wait()
 
 
 async def run_async(

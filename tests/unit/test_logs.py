@@ -18,7 +18,7 @@ from offload.cli import log as log_cli
 from offload.errors import OffloadError
 from offload.logs import BuildLogs, LogFile, keep_for_nix, nix_log_path
 from offload.names import LOCAL
-from offload.process import Completed
+from offload.process import Completed, output_lines
 from offload.ui.events import JobFinished, JobPhase
 
 DRV = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
@@ -338,3 +338,34 @@ def test_a_huge_log_is_shown_without_being_held_whole(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert out.chars == 64 * 1024 * 1024
     assert peak < 4 * 1024 * 1024
+
+
+def test_a_huge_log_nix_kept_is_shown_without_being_held_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # offload kept none: Nix's own (its bzip2 file, read by the real `nix-store --read-log`).
+    monkeypatch.setenv("NIX_LOG_DIR", str(tmp_path / "nix"))
+    kept = nix_log_path(DRV)
+    kept.parent.mkdir(parents=True)
+    with bz2.open(kept, "wt") as log:
+        for _ in range(32 * 1024):
+            log.write("y" * 1023 + "\n")
+    out = Discard()
+    tracemalloc.start()
+    try:
+        assert log_cli.show_log(DRV, logs=BuildLogs(tmp_path / "none"), out=out) == 0  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.chars == 32 * 1024 * 1024
+    assert peak < 4 * 1024 * 1024
+    with pytest.raises(OffloadError):  # neither offload nor Nix has one
+        log_cli.show_log(DRV.replace("hello", "other"), logs=BuildLogs(tmp_path / "none"))
+
+
+def test_a_reader_that_stops_early_stops_the_command() -> None:
+    lines = output_lines(["yes", "endless"])
+    assert lines is not None
+    assert next(lines) == "endless\n"
+    lines.close()  # as `offload log | head` ends it
+    assert output_lines(["sh", "-c", "exit 3"]) is None

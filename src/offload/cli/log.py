@@ -17,7 +17,7 @@ from typing import TextIO
 
 from offload.errors import OffloadError
 from offload.logs import BuildLogs
-from offload.process import run
+from offload.process import output_lines, run
 from offload.ui.term import sanitize_text
 
 __all__ = ["find_deriver", "register", "show_log"]
@@ -50,21 +50,15 @@ def show_log(
     try:
         lines: Iterable[str] = (logs or BuildLogs()).lines(drv_path, machine)
     except OffloadError:
-        nix = None if machine else _nix_log(drv_path)
-        if nix is None:
+        nix = None if machine else output_lines(["nix-store", "--read-log", drv_path])
+        if nix is None:  # Nix keeps no log of it either
             raise
-        lines = nix.splitlines(keepends=True)
+        lines = nix
     raw = _isatty(out)
     for line in lines:  # a log may be hundreds of MiB: never held whole
         out.write(line if raw else sanitize_text(line))
     out.flush()
     return 0
-
-
-def _nix_log(drv_path: str) -> str | None:
-    """The log Nix keeps of a build it ran (or its hook sent away), if it has one."""
-    done = run(["nix-store", "--read-log", drv_path], check=False)
-    return done.stdout if done.returncode == 0 else None
 
 
 def find_deriver(path: str) -> str:
