@@ -78,7 +78,10 @@ class ProtocolError(OffloadError):
 
 
 class RemoteError(ProtocolError):
-    """The remote nix-store printed ``error: ...`` and exited; ``message`` is its text."""
+    """The remote nix-store printed ``error: ...`` and exited; ``message`` is its text, or
+    offload's rewording of it with ``said`` its own words."""
+
+    said: str | None = None
 
 
 class DaemonError(RemoteError):

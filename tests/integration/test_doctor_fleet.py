@@ -293,6 +293,32 @@ def test_a_user_the_builders_daemon_does_not_trust_fails_trusted(
     )
 
 
+restricted_untrusted_fleet = private_fleet_fixture(
+    [MemberSpec.parse("dru:1:1:serve+untrusted"), MemberSpec.parse("drd:1:1:daemon+untrusted")],
+    "ofv",
+    doc="Keys restricted to the serve program or the daemon, storing through a daemon that"
+    " trusts nobody.",
+)
+
+
+def test_trust_through_a_restricted_key_is_asked_with_a_probe_path(
+    restricted_untrusted_fleet: Fleet, doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    # No command of doctor's runs there and Nix 2.8's daemon does not say whom it trusts: an
+    # unsigned path offered as an input would be is refused, over ssh:// and ssh-ng:// alike.
+    fleet = restricted_untrusted_fleet
+    done = doctor(fleet, tmp_path, fleet.machines_file, "--json")
+    assert done.returncode == 1, done.stderr + done.stdout
+    for name in ("dru", "drd"):
+        trusted = check(reports(done)[name], "trusted")
+        assert trusted["verdict"] == "fail", trusted
+        assert trusted["detail"].startswith(
+            "the builder's nix-daemon refused an unsigned path from root (cannot add path"
+        ), trusted
+        assert "lacks a valid signature" in trusted["detail"]
+        assert trusted["fix"].startswith("add root to trusted-users")
+
+
 noisy_fleet = private_fleet_fixture([MemberSpec("dn", 1.0, 1)], "ofn")
 
 

@@ -288,10 +288,12 @@ def test_doctor_finds_them_usable_and_says_what_it_cannot_check(
         assert report["ok"] is True
         checks = {c["name"]: c for c in report["checks"]}
         assert {n for n, c in checks.items() if c["verdict"] == "ok"} == {
-            "resolve", "port", "ssh", "serve", "rtt",
+            "resolve", "port", "ssh", "serve", "rtt", "trusted",
         }  # fmt: skip
+        # Trust is asked by offering an unsigned path (doctor.trust); the rest cannot be.
+        assert checks["trusted"]["detail"].startswith("the builder took an unsigned path")
         unknown = {n for n, c in checks.items() if c["verdict"] == "unknown"}
-        assert unknown == {"nix", "systems", "features", "trusted", "disk", "load", "throughput"}
+        assert unknown == {"nix", "systems", "features", "disk", "load", "throughput"}
         assert "runs only `nix-store --serve`" in checks["serve"]["detail"]
         assert "load" in checks["load"]["detail"]
         # Its slots cannot be locked there: counted on this host only, and why.

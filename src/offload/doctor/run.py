@@ -46,9 +46,11 @@ from offload.doctor.reach import (
     roots_key,
     ssh_check,
 )
-from offload.errors import OffloadError
+from offload.doctor.trust import probe_item, trust_probe_check
+from offload.errors import OffloadError, RemoteError
 from offload.load import RemoteLoad, local_boot_id
 from offload.process import run_async, run_greeted
+from offload.store.nar import Sink
 from offload.transport.dialect import DAEMON, dialect_of
 from offload.transport.links import BuilderFullError, MachineLink
 from offload.transport.ssh import (
@@ -173,6 +175,8 @@ class _Probe:
                 }
                 if self.dialect is DAEMON:
                     unknown = {n: facts.daemon_trust(self.trusted, c) for n, c in unknown.items()}
+                if unknown["trusted"].verdict is Verdict.UNKNOWN:
+                    unknown["trusted"] = await self._trust_probe(link)
                 unknown["rtt"] = facts.rtt_check(await self._serve_rtts(link))
                 unknown["slots"] = await self._slots(link)
                 self.checks += [
@@ -339,6 +343,26 @@ class _Probe:
         self.load = link.load
         restricted = link.ssh.restricted
         return facts.serve_check(version, pid, None, restricted=restricted, daemon=program)
+
+    async def _trust_probe(self, link: MachineLink) -> Check:
+        """Whether the builder takes an unsigned path from the user (``doctor.trust``)."""
+        info, nar = probe_item()
+
+        async def offer() -> None:
+            async def push(sink: Sink) -> None:
+                await sink(nar)
+
+            async with link.session() as client:
+                await client.add_to_store_nar(info, push)
+
+        try:
+            await self._bounded(offer(), self.timeout + _SLACK)
+        except TimeoutError:
+            return trust_probe_check(f"no answer within {self.timeout + _SLACK:g} s", self.user)
+        except OffloadError as exc:
+            said = exc.said if isinstance(exc, RemoteError) else None
+            return trust_probe_check(said or exc.message, self.user)
+        return trust_probe_check(None, self.user)
 
     async def _slots(self, link: MachineLink) -> Check:
         """A build session as builds open it: is its slot counted on the builder?"""

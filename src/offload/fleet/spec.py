@@ -166,10 +166,12 @@ class MemberSpec:
     @classmethod
     def parse(cls, text: str) -> MemberSpec:
         """Parse ``NAME[:SPEED[:JOBS[:KIND]]]``; SPEED may be a float, JOBS is an integer >= 1,
-        KIND a ``ForcedCommand`` (``serve``, ``daemon``, ``serve@sshd``...) or ``untrusted``."""
+        KIND a ``ForcedCommand`` (``serve``, ``daemon``, ``serve@sshd``...), ``untrusted``, or
+        both (``serve+untrusted``)."""
         parts = text.strip().split(":")
         hint = (
-            "write NAME[:SPEED[:JOBS[:KIND]]], e.g. fast:4:2, locked:1:1:serve or x:1:1:untrusted"
+            "write NAME[:SPEED[:JOBS[:KIND]]], e.g. fast:4:2, locked:1:1:serve, x:1:1:untrusted"
+            " or y:1:1:serve+untrusted"
         )
         if len(parts) > 4 or not parts[0]:
             raise FleetError(f"invalid fleet member {text!r}", hint=hint)
@@ -185,16 +187,20 @@ class MemberSpec:
                 jobs = int(parts[2])
             except ValueError:
                 raise FleetError(f"invalid jobs in fleet member {text!r}", hint=hint) from None
-        if len(parts) > 3 and parts[3] == UNTRUSTED:
+        kind, plus, untrusted = parts[3].partition(f"+{UNTRUSTED}") if len(parts) > 3 else ("",) * 3
+        if plus and (untrusted or kind in ("", UNTRUSTED)):  # only a forced command before it
+            raise FleetError(f"invalid kind in fleet member {text!r}", hint=hint)
+        if kind == UNTRUSTED:
             return cls(parts[0], speed, jobs, untrusted=True)
-        forced = ForcedCommand.parse(parts[3]) if len(parts) > 3 else None
-        return cls(parts[0], speed, jobs, forced=forced)
+        forced = ForcedCommand.parse(kind) if kind else None
+        return cls(parts[0], speed, jobs, forced=forced, untrusted=bool(plus))
 
     @property
     def text(self) -> str:
         """Back to ``NAME:SPEED:JOBS[:KIND]``."""
-        kind = f":{self.forced.text}" if self.forced is not None else ""
-        kind = f":{UNTRUSTED}" if self.untrusted else kind
+        kinds = [self.forced.text] if self.forced is not None else []
+        kinds += [UNTRUSTED] if self.untrusted else []
+        kind = ":" + "+".join(kinds) if kinds else ""
         return f"{self.name}:{speed_text(self.speed)}:{self.jobs}{kind}"
 
     @property

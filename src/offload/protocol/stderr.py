@@ -84,6 +84,8 @@ class ErrorTail:
         text = " ".join(" ".join(line.split()) for line in self.lines)
         text = text.removeprefix("error:").strip()
         if is_untrusted(text):
-            return RemoteError(untrusted_message(name, text), hint=untrusted_hint(name))
+            error = RemoteError(untrusted_message(name, text), hint=untrusted_hint(name))
+            error.said = text
+            return error
         hint = next((h for key, h in _HINTS if key in text), None)
         return RemoteError(f"{name}: {text}", hint=hint)

@@ -34,8 +34,10 @@ __all__ = [
     "NAR_MAGIC",
     "ByteReader",
     "NarStats",
+    "Sink",
     "copy_nar",
     "dump_nar",
+    "file_nar",
     "nar_hash_nix32",
 ]
 
@@ -272,6 +274,12 @@ def dump_nar(path: Path) -> bytes:
     except OSError as exc:
         raise StoreError(f"cannot archive {str(path)!r}: {exc}") from exc
     return b"".join(out)
+
+
+def file_nar(contents: bytes) -> bytes:
+    """The NAR of one regular, non-executable file holding ``contents``."""
+    node = _str(b"(") + _str(b"type") + _str(b"regular") + _str(b"contents") + _str(contents)
+    return _str(NAR_MAGIC) + node + _str(b")")
 
 
 def nar_hash_nix32(sha256_hex: str) -> str:

@@ -478,5 +478,5 @@ def _untrusted(exc: DaemonError, name: str) -> DaemonError | None:
     if not is_untrusted(exc.message):
         return None
     error = DaemonError(untrusted_message(name, exc.message), hint=untrusted_hint(name))
-    error.peer = name
+    error.peer, error.said = name, exc.message.removeprefix(f"{name}: ")
     return error
