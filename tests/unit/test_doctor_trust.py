@@ -1,0 +1,77 @@
+"""doctor's trust probe (``offload.doctor.trust``): its path as Nix would store it, and what the
+real ``nix-store --serve`` says when it may not take it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from offload.doctor.model import Verdict
+from offload.doctor.trust import PROBE_NAME, probe_item, trust_probe_check
+from offload.errors import RemoteError
+from offload.process import spawn
+from offload.protocol.serve import ServeClient
+from offload.store.nar import Sink, file_nar, nar_hash_nix32
+from offload.store.path import is_store_path
+
+
+@pytest.mark.parametrize("contents", [b"", b"x", b"eight by", b"a longer text\n" * 100])
+def test_a_files_nar_is_what_nix_dumps(tmp_path: Path, contents: bytes) -> None:
+    file = tmp_path / "f"
+    file.write_bytes(contents)
+    dumped = subprocess.run(["nix-store", "--dump", str(file)], capture_output=True, check=True)
+    assert file_nar(contents) == dumped.stdout
+
+
+def test_the_probe_is_an_input_addressed_path_with_its_nars_hash() -> None:
+    info, nar = probe_item()
+    assert is_store_path(info.path)
+    assert info.path.endswith(f"-{PROBE_NAME}")
+    assert (info.nar_size, info.nar_hash) == (
+        len(nar),
+        nar_hash_nix32(hashlib.sha256(nar).hexdigest()),
+    )
+    assert (info.ca, info.sigs, info.references) == (None, (), ())  # nothing vouches for it
+    assert probe_item() == (info, nar)  # the same path from every host, every time
+
+
+def test_a_serve_program_without_write_refuses_it_and_the_fix_says_so() -> None:
+    async def offer() -> str:
+        async with spawn(["nix-store", "--serve"], stdin=True) as proc:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            client = ServeClient(proc.stdout, proc.stdin, stderr=proc.stderr, name="local")
+            await client.handshake()
+            info, nar = probe_item()
+
+            async def push(sink: Sink) -> None:
+                await sink(nar)
+
+            with pytest.raises(RemoteError) as refused:
+                await client.add_to_store_nar(info, push)
+            return refused.value.message
+
+    said = asyncio.run(offer())
+    check = trust_probe_check(said, "root")
+    assert check.verdict is Verdict.FAIL
+    assert "importing paths is not allowed" in check.detail
+    assert check.fix is not None
+    assert "nix-store --serve --write" in check.fix
+
+
+def test_taken_is_ok_a_daemons_refusal_fails_and_anything_else_is_unknown() -> None:
+    assert trust_probe_check(None, "nixremote").verdict is Verdict.OK
+    refused = "cannot add path '/nix/store/x' because it lacks a signature by a trusted key"
+    failed = trust_probe_check(refused, "nixremote")
+    assert failed.verdict is Verdict.FAIL
+    assert failed.fix is not None
+    assert failed.fix.startswith("add nixremote to trusted-users")
+    lost = trust_probe_check("the connection ended", "nixremote")
+    assert (lost.verdict, lost.detail) == (
+        Verdict.UNKNOWN,
+        "a probe path could not be sent: the connection ended",
+    )
