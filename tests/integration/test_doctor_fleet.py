@@ -113,9 +113,9 @@ def test_a_wrong_port_fails_the_port_check_and_skips_the_rest(
     doctor_fleet: Fleet, tmp_path: Path, closed_port: int
 ) -> None:
     machines = write(tmp_path, lines_with(doctor_fleet, "da", 0, f"ssh://da:{closed_port}"))
-    done = doctor(doctor_fleet, tmp_path, machines, "da", "--json")
+    done = doctor(doctor_fleet, tmp_path, machines, "da", "--json")  # its host picks it
     assert done.returncode == 1, done.stderr
-    report = reports(done)["da"]
+    report = reports(done)[f"da:{closed_port}"]  # a port other than 22 is in its name
     port = check(report, "port")
     assert port["verdict"] == "fail"
     assert f"127.0.0.1:{closed_port}" in port["detail"]
@@ -230,8 +230,8 @@ def test_two_dead_machines_among_healthy_ones_cost_one_timeout(
     assert done.returncode == 1, done.stderr
     found = reports(done)
     assert len(found) == 5
-    assert check(found["127.0.0.1"], "port")["verdict"] == "fail"
-    assert "no ssh greeting" in check(found["127.0.0.2"], "port")["detail"]
+    assert check(found[f"127.0.0.1:{closed_port}"], "port")["verdict"] == "fail"
+    assert "no ssh greeting" in check(found[f"127.0.0.2:{hung_port}"], "port")["detail"]
     assert all(found[name]["ok"] for name in MEMBERS)
     assert wall < 10, f"doctor took {wall:.1f} s"
 

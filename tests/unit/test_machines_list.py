@@ -24,7 +24,7 @@ def test_the_table_fits_100_columns_and_wide_shows_everything():
     systems = "x86_64-linux,i686-linux,aarch64-linux,riscv64-linux"
     p = pool(f"builder@nx-long-name-{'x' * 30}.invalid:2222 {systems} - 8 2 {features} kvm")
     why = "refused: " + "the whole reason, " * 8 + "to its end"
-    backoff = {f"nx-long-name-{'x' * 30}.invalid": Health(3, 2e9, why)}
+    backoff = {f"nx-long-name-{'x' * 30}.invalid:2222": Health(3, 2e9, why)}
     narrow = format_table(p, backoff).splitlines()
     assert max(map(len, narrow)) <= 100
     assert narrow[1].split()[-1] == "(3x)"

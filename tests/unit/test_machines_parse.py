@@ -340,7 +340,7 @@ def test_fixture_machines_file():
         ("nx-fix-a.invalid", "root", None, 8, 4.0),
         ("nx-fix-b.invalid", "builder", None, 4, 2.0),
         ("nx-fix-c.invalid", None, None, 1, 1.0),
-        ("nx-fix-d.invalid", None, 2222, 2, 1.5),
+        ("nx-fix-d.invalid:2222", None, 2222, 2, 1.5),  # a port other than 22 is named
     ]
     assert machines[0].ssh_key == "/root/.ssh/id_builder"
     assert machines[1].uri == "ssh-ng://builder@nx-fix-b.invalid?compress=true"

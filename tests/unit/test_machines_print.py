@@ -15,7 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offload.config.machines import Machine, format_machines, machine_from_columns, parse_machines
+from offload.config.machines import (
+    Machine,
+    default_name,
+    format_machines,
+    machine_from_columns,
+    parse_machines,
+)
 from offload.errors import ConfigError
 from tests.helpers.machines_text import KEY_B64, KEY_LINE, SYSTEM, key_line, one, parse
 
@@ -45,7 +51,7 @@ def test_printed_file_is_safe_for_nix_2_8():
             assert "#" not in line
             speed = line.split()[4]
             assert re.fullmatch(r"[0-9]+", speed)
-    assert ":2222" not in printed.replace("port 2222", "")
+    assert not [line for line in printed.splitlines() if ":2222" in line and line[0] != "#"]
     assert "port 2222 of nx-a.invalid dropped" in printed
     reparsed = parse(printed)
     assert [(m.host, m.port, m.speed_factor) for m in reparsed] == [
@@ -143,7 +149,8 @@ def test_nix28_printing_changes_only_ports_and_fractions(lines):
             source="",
             port=None,
             speed_factor=float(max(1, round(m.speed_factor))),
-            uri=re.sub(r":[0-9]+(?=$|\?)", "", m.uri),
+            uri=(uri := re.sub(r":[0-9]+(?=$|\?)", "", m.uri)),
+            name=default_name(uri),  # a port no longer named
         )
         for m in machines
     ]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from offload.config.convert import machines_from_nixos, pool_to_nix, pool_to_nixos, pool_to_toml
 from offload.config.machines import Machine, parse_machines
+from offload.config.naming import one_name_each
 from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import LocalMachine, NixSettings, parse_offload_toml
 from offload.errors import ConfigError
@@ -163,11 +164,15 @@ def test_toml_host_matching_nothing_is_an_error():
     assert "nx-a.invalid" in (info.value.hint or "")
 
 
-def test_duplicate_names_warn():
+def test_a_toml_name_taken_twice_leaves_the_second_out_with_a_line():
     toml = parse_offload_toml('[[machine]]\nhost = "nx-b.invalid"\nname = "nx-a.invalid"\n', "o")
-    _, warnings = apply_toml(machines("nx-a.invalid; nx-b.invalid"), toml, system=SYSTEM)
+    both, _ = apply_toml(machines("nx-a.invalid; nx-b.invalid"), toml, system=SYSTEM)
+    kept, warnings = one_name_each(both)
+    assert [m.uri for m in kept] == ["ssh://nx-a.invalid"]
     assert len(warnings) == 1
-    assert "name 'nx-a.invalid' is also ssh://nx-a.invalid" in warnings[0]
+    assert warnings[0].startswith(
+        "m:1: nx-a.invalid: ssh://nx-b.invalid has the name of m:1's ssh://nx-a.invalid: left out"
+    )
 
 
 # --- load_pool ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from offload.config.machines import (
     read_text_file,
     shown,
 )
+from offload.config.naming import one_name_each
 from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import (
     LocalMachine,
@@ -332,19 +333,20 @@ def pool_from_file(path: Path, form: str, settings: NixSettings) -> Pool:
     """A pool from one file in any of the three forms (the local entry only from toml)."""
     form = _detect(path, form)
     system = settings.system
+    local = None
     if form == "nixos":
-        return Pool(
-            None, tuple(machines_from_nixos(_nixos_json(path), source=str(path), system=system))
-        )
-    if form == "toml":
+        machines = machines_from_nixos(_nixos_json(path), source=str(path), system=system)
+        warnings: list[str] = []
+    elif form == "toml":
         toml = parse_offload_toml(_read(path), str(path))
         machines, warnings = apply_toml([], toml, system=system)
         local = local_machine(settings, toml.local) if toml.local is not None else None
-        return Pool(local, tuple(machines), tuple(warnings))
-    machines, warnings = parse_machines(
-        _read(path), source=str(path), system=system, base_dir=path.parent
-    )
-    return Pool(None, tuple(machines), tuple(warnings))
+    else:
+        machines, warnings = parse_machines(
+            _read(path), source=str(path), system=system, base_dir=path.parent
+        )
+    machines, repeated = one_name_each(machines)
+    return Pool(local, tuple(machines), (*warnings, *repeated))
 
 
 def _convert(args: argparse.Namespace) -> int:

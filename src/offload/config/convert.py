@@ -14,6 +14,7 @@ from offload.config.machines import (
     encode_host_key,
     format_machines,
     machine_from_columns,
+    shown,
 )
 from offload.config.pool import Pool
 from offload.errors import ConfigError
@@ -57,7 +58,7 @@ def pool_to_toml(pool: Pool) -> str:
         ]
     for m in pool.machines:
         lines += ["[[machine]]", f"uri = {_toml_str(m.uri)}"]
-        if m.name != default_name(m.uri):
+        if m.name != default_name(m.uri, port=m.port):
             lines.append(f"name = {_toml_str(m.name)}")
         if m.tags:
             lines.append(f"tags = {_toml_list(sorted(m.tags))}")
@@ -101,8 +102,8 @@ def pool_to_nixos(pool: Pool) -> str:
             host = rest.rpartition("@")[2]
             if m.port is not None:
                 out.append(
-                    f"  # offload: port {m.port} of {m.name} dropped: Nix 2.8 cannot take "
-                    "host:port (use an ssh Host alias)"
+                    f"  # offload: port {m.port} of {shown(m.host or host)} dropped: "
+                    "Nix 2.8 cannot take host:port (use an ssh Host alias)"
                 )
                 host = host.replace(f":{m.port}", "", 1)
         else:

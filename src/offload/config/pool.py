@@ -1,11 +1,12 @@
 """The effective pool for one run, and choosing builders from it.
 
 A pool is the local machine's entry (``None`` when it builds nothing: ``-j 0`` or Nix's
-``max-jobs = 0``) plus the remote machines in the machines spec's order, each with a name.
-``select`` narrows it for one run: ``--on`` keeps only what it names (``local`` included only when
-named), ``--exclude`` drops what it names, ``-j`` sets or removes the local entry. A name matches a
-machine's name, its ssh host or its URI; ``@tag`` matches offload.toml tags. Disabled machines
-(``enabled = false``) stay listed but are never selected unless ``--on`` names them.
+``max-jobs = 0``) plus the remote machines in the machines spec's order, each with a name of
+its own (``config.naming``). ``select`` narrows it for one run: ``--on`` keeps only what it names
+(``local`` included only when named), ``--exclude`` drops what it names, ``-j`` sets or removes
+the local entry. A name matches a machine's name, its ssh host or its URI; ``@tag`` matches
+offload.toml tags. Disabled machines (``enabled = false``) stay listed but are never selected
+unless ``--on`` names them.
 
 The pool converts to and from the three forms users keep it in in ``config.convert``.
 """
@@ -21,10 +22,12 @@ from types import MappingProxyType
 
 from offload.config.machines import (
     Machine,
+    default_name,
     machine_from_columns,
     parse_store_uri,
     shown,
 )
+from offload.config.naming import one_name_each
 from offload.config.reading import read_spec
 from offload.config.settings import (
     LocalMachine,
@@ -175,6 +178,15 @@ _COLUMN_OF = {
 }
 
 
+def _toml_name(machine: Machine, entry: TomlMachine) -> str:
+    """The toml's name; else, given a port, the default name on that port (``a:2222``)."""
+    if entry.name:
+        return entry.name
+    if entry.port is not None and machine.name == default_name(machine.uri, port=machine.port):
+        return default_name(machine.uri, port=entry.port)
+    return machine.name
+
+
 def _with_meta(machine: Machine, entry: TomlMachine) -> Machine:
     params = dict(machine.params)
     for key, value in (
@@ -185,7 +197,7 @@ def _with_meta(machine: Machine, entry: TomlMachine) -> Machine:
             params[key] = "true" if value else "false"
     return dataclasses.replace(
         machine,
-        name=entry.name or machine.name,
+        name=_toml_name(machine, entry),
         tags=machine.tags | entry.tags,
         port=entry.port if entry.port is not None else machine.port,
         enabled=entry.enabled if entry.enabled is not None else machine.enabled,
@@ -244,14 +256,6 @@ def apply_toml(
             result[i], warning = _overlay(result[i], entry, where, system)
             if warning:
                 warnings.append(warning)
-    seen: dict[str, str] = {}
-    for machine in result:
-        if machine.name in seen and seen[machine.name] != machine.uri:
-            warnings.append(
-                f"{machine.source}: name '{machine.name}' is also {seen[machine.name]}; "
-                "--on/--exclude with it pick both"
-            )
-        seen.setdefault(machine.name, machine.uri)
     return result, warnings
 
 
@@ -284,6 +288,8 @@ def load_pool(
     if toml is not None:
         machines, more = apply_toml(machines, toml, system=settings.system)
         warnings += more
+    machines, more = one_name_each(machines)
+    warnings += more
     entry = local_machine(settings, toml.local if toml else None)
     local = entry if entry.max_jobs > 0 else None
     substitutes = settings.get("builders-use-substitutes") == "true"

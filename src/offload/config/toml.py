@@ -16,7 +16,9 @@
 A ``[[machine]]`` whose ``uri`` matches no machine from the machines spec defines a new one; it
 may then also give the Nix columns (``systems``, ``ssh-key``, ``max-jobs``, ``speed-factor``,
 ``supported-features``, ``mandatory-features``, ``public-host-key``). One keyed by ``host`` must
-match a machine. Parsing here is pure; ``load_offload_toml`` reads the file.
+match a machine: every machine with that ssh host, or the one of that name (``host = "a:2222"``
+for ``ssh://a:2222`` alone). Without a ``name``, a ``port`` other than 22 is in the machine's
+(``config.naming``). Parsing here is pure; ``load_offload_toml`` reads the file.
 """
 
 from __future__ import annotations

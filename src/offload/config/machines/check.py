@@ -9,7 +9,8 @@ column. Pure: whether a key file exists is asked through ``exists``.
 Nix also takes, with at most a warning, what is most likely a slip: a system that is no Nix
 system (``x86-64-linux``, or a path when the columns are shifted), which no build asks for; a
 URI parameter its ssh stores do not know (``ssh-kye=``), which it ignores; and two lines with
-one name (``duplicate_names``), which offload could not tell apart (``--on``, backoff).
+one name (``duplicate_names``), which offload could not tell apart (``--on``, backoff): the
+pool leaves a repeat out (``config.naming``), so there it finds a machine named ``local``.
 """
 
 from __future__ import annotations

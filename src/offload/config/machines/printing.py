@@ -60,8 +60,8 @@ def format_machine_line(machine: Machine, *, nix28: bool = True) -> tuple[str, l
         if machine.uri.startswith(("ssh://", "ssh-ng://")):
             uri = _uri_without_port(machine)
         notes.append(
-            f"# offload: port {machine.port} of {machine.name} dropped: Nix 2.8 cannot take "
-            "host:port (use an ssh Host alias, or offload.toml [[machine]] port)"
+            f"# offload: port {machine.port} of {shown(machine.host or machine.uri)} dropped: Nix "
+            "2.8 cannot take host:port (use an ssh Host alias, or offload.toml [[machine]] port)"
         )
     if machine.port is not None and not nix28 and f":{machine.port}" not in machine.uri:
         uri = _uri_with_port(machine)

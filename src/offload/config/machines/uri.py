@@ -102,12 +102,22 @@ def _port(text: str, raw: str) -> int:
     return int(text)
 
 
-def default_name(uri: str) -> str:
-    """A machine's name unless offload.toml gives one: its ssh host, else its whole URI."""
+def default_name(uri: str, *, port: int | None = None) -> str:
+    """A machine's name unless offload.toml gives one: its ssh host, with ``:port`` when it is
+    reached on a port other than 22 (``port``: offload.toml's, which wins over the URI's), so
+    two builders on one host (containers, VMs) are two names; else its whole URI. A plain
+    ``ssh://a`` is ``a``; ``ssh://a:2222`` is ``a:2222``; ``ssh://[::1]:2222`` is ``[::1]:2222``.
+    """
     try:
         parsed = parse_store_uri(uri)
     except ValueError:
         return shown(uri, limit=len(uri) * 4)
-    name = parsed.host if parsed.host is not None and parsed.scheme in SSH_SCHEMES else parsed.uri
+    if parsed.host is None or parsed.scheme not in SSH_SCHEMES:
+        name = parsed.uri
+    else:
+        name = parsed.host
+        port = parsed.port if port is None else port
+        if port is not None and port != 22:
+            name = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
     # A name is printed everywhere (tables, logs, the live view): never raw control bytes.
     return shown(name, limit=len(name) * 4)
