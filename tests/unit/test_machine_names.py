@@ -108,6 +108,15 @@ def test_two_builders_on_one_host_are_two_machines_with_their_own_slots(tmp_path
     assert [m.port for m in pool.select(on=["nx-h.invalid:2222"]).machines] == [2222]
 
 
+def test_a_name_picks_its_own_builder_and_a_host_every_one_on_it(tmp_path: Path) -> None:
+    pool = _pool(tmp_path, TWO_PORTS)
+    assert [m.port for m in pool.select(on=["nx-h.invalid"]).machines] == [None]
+    assert [m.port for m in pool.select(exclude=["nx-h.invalid"]).machines] == [2222]
+    ports = _pool(tmp_path, TWO_PORTS.replace("invalid ", "invalid:2201 "))  # none named so
+    assert [m.port for m in ports.select(on=["nx-h.invalid"]).machines] == [2201, 2222]
+    assert [m.port for m in ports.select(exclude=["nx-h.invalid:2201"]).machines] == [2222]
+
+
 def test_the_backoff_of_one_builder_leaves_the_other_on_its_host_up(tmp_path: Path) -> None:
     said: list[bytes] = []
     context = load_context(

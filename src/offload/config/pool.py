@@ -4,9 +4,10 @@ A pool is the local machine's entry (``None`` when it builds nothing: ``-j 0`` o
 ``max-jobs = 0``) plus the remote machines in the machines spec's order, each with a name of
 its own (``config.naming``). ``select`` narrows it for one run: ``--on`` keeps only what it names
 (``local`` included only when named), ``--exclude`` drops what it names, ``-j`` sets or removes
-the local entry. A name matches a machine's name, its ssh host or its URI; ``@tag`` matches
-offload.toml tags. Disabled machines (``enabled = false``) stay listed but are never selected
-unless ``--on`` names them.
+the local entry. A token matches the machine of that name, else every machine with that ssh
+host or URI (``a`` is ``ssh://a``, not ``a:2222``, unless no machine is named ``a``); ``@tag``
+matches offload.toml tags. Disabled machines (``enabled = false``) stay listed but are never
+selected unless ``--on`` names them.
 
 The pool converts to and from the three forms users keep it in in ``config.convert``.
 """
@@ -102,9 +103,10 @@ class Pool:
             if not found:
                 raise self._unknown(token)
             return False, found, False
-        found = {
-            i for i, m in enumerate(self.machines) if token in (m.name, m.host, m.uri) and token
-        }
+        # A name picks its one machine (`a` is not `a:2222`); a host or URI, every one it has.
+        found = {i for i, m in enumerate(self.machines) if m.name == token}
+        if not found:
+            found = {i for i, m in enumerate(self.machines) if token in (m.host, m.uri) and token}
         if not found:
             raise self._unknown(token)
         return False, found, True
