@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from offload.setup.values import (
     check_user,
     parse_public_key,
     parse_target,
+    parse_targets,
 )
 
 BLOB = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))
@@ -71,6 +73,32 @@ def test_hosts_that_are_not_are_refused(host: str) -> None:
 )
 def test_targets(text: str, expected: Target) -> None:
     assert parse_target(text) == expected
+
+
+def test_builders_on_one_host_get_an_alias_each() -> None:
+    # Two containers on one server: each port other than 22 in its alias, as for an address.
+    assert parse_targets(["box", "box:2201", "box:2202", "b1:2222"]) == [
+        Target("box", "box", 22),
+        Target("box-2201", "box", 2201),
+        Target("box-2202", "box", 2202),
+        Target("b1", "b1", 2222),  # alone: its host is its alias
+    ]
+    assert parse_targets(["fast=box:2201", "box:2201"])[1] == Target("box", "box", 2201)
+
+
+@pytest.mark.parametrize(
+    ("texts", "said"),
+    [
+        (["box:2201", "box:2201"], "'box:2201' and 'box:2201' both get the ssh alias 'box-2201'"),
+        (["box", "box"], "'box' and 'box' both get the ssh alias 'box'"),
+        (["b1=box", "b1=other:2222"], "'b1=box' and 'b1=other:2222' both get the ssh alias 'b1'"),
+    ],
+)
+def test_builders_that_would_share_an_alias_are_refused_both_named(
+    texts: list[str], said: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        parse_targets(texts)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from offload.setup.client import ClientSetup, Overrides, client_files, where_the
 from offload.setup.files import render, write_files
 from offload.setup.key import create_key, default_key_path
 from offload.setup.probe import probe_all
-from offload.setup.values import PublicKey, check_path, parse_public_key, parse_target
+from offload.setup.values import PublicKey, check_path, parse_public_key, parse_targets
 
 __all__ = ["register"]
 
@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     client.add_argument(
         "targets", nargs="+", metavar="[NAME=]HOST[:PORT]",
-        help="builders; NAME is the ssh alias they get (default: the host)",
+        help="builders; NAME is the ssh alias they get (default: the host; HOST-PORT for an "
+        "address, or a host given on two ports)",
     )  # fmt: skip
     client.add_argument("--user", default=DEFAULT_USER, help=f"login user (default {DEFAULT_USER})")
     client.add_argument(
@@ -163,12 +164,7 @@ def run_client(args: argparse.Namespace) -> int:
         )
     if not 0 < args.timeout <= 600:
         raise ConfigError("--timeout must be between 0 and 600 seconds")
-    targets = [parse_target(text) for text in args.targets]
-    names = [t.name for t in targets]
-    if len(set(names)) != len(names):
-        raise ConfigError(
-            "two builders get the same name", hint="name them: NAME=HOST:PORT (NAME is the alias)"
-        )
+    targets = parse_targets(args.targets)
     overrides = Overrides(
         systems=tuple(s for group in args.system for s in group),
         features=None if args.feature is None else tuple(f for g in args.feature for f in g),

@@ -16,6 +16,8 @@ import binascii
 import hashlib
 import ipaddress
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from offload.errors import ConfigError
@@ -30,6 +32,7 @@ __all__ = [
     "check_user",
     "parse_public_key",
     "parse_target",
+    "parse_targets",
 ]
 
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -140,6 +143,30 @@ def parse_target(text: str) -> Target:
     if port != 22 and _is_address(host):
         return Target(f"{host}-{port}", host, port)
     return Target(host, host, port)
+
+
+def parse_targets(texts: Sequence[str]) -> list[Target]:
+    """Each ``[NAME=]HOST[:PORT]`` with an ssh alias of its own: a host name given unnamed on
+    two ports (two containers or VMs on one server) is ``HOST-PORT`` on each port other than
+    22, as an address is; two that would still share an alias are refused, both named."""
+    targets = [parse_target(text) for text in texts]
+    count = Counter(t.name for t in targets)
+    targets = [
+        Target(f"{t.host}-{t.port}", t.host, t.port)
+        if count[t.name] > 1 and t.name == t.host and t.port != 22
+        else t
+        for t in targets
+    ]
+    first: dict[str, str] = {}
+    for text, target in zip(texts, targets, strict=True):
+        if target.name in first:
+            raise ConfigError(
+                f"builders {first[target.name]!r} and {text!r} both get the ssh alias "
+                f"{target.name!r}",
+                hint="name one: NAME=HOST:PORT (NAME is the alias)",
+            )
+        first[target.name] = text
+    return targets
 
 
 @dataclass(frozen=True)
