@@ -36,6 +36,17 @@ def test_the_table_fits_100_columns_and_wide_shows_everything():
     assert "f:1" in wide
 
 
+def test_a_cut_name_keeps_its_end_the_port_that_tells_it_from_its_neighbour():
+    features = ",".join(f"feature-{i}" for i in range(12))
+    host = f"nx-{'long-' * 8}host.invalid"
+    p = pool("\n".join(f"{host}:{port} x86_64-linux - 1 1 {features}" for port in (2201, 2202)))
+    rows = format_table(p, {}).splitlines()[1:]
+    assert max(map(len, rows)) <= 100
+    cut = [row.split()[0] for row in rows]
+    assert [name[-7:] for name in cut] == ["..:2201", "..:2202"]  # "nx-long-long-l..:2201"
+    assert all(name.startswith("nx-long-") for name in cut)
+
+
 def test_cells_say_mandatory_key_and_disabled():
     junk = base64.b64encode(b"no key").decode()
     p = pool(f"nx-a.invalid - - 1 1 kvm,big big {junk}")

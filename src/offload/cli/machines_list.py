@@ -4,8 +4,9 @@ problem with it on stderr, one line each.
 The narrow table has a row per machine: name, ssh destination (or store URI), systems, jobs,
 speed, features (mandatory ones marked ``!``), host key (``pinned``, ``no``, or ``junk`` for base64
 of no key), and backoff (until when, and failures). Cells are cut (``..``) widest first until
-the row fits; ``--wide`` shows every column whole (URI, mandatory features, why backed off,
-source ``file:line``), and ``--json`` everything. Backoff comes from ``backoff.json`` in the
+the row fits, a name's port kept (``nx-long-na..:2222``: it tells the name from another on its
+host); ``--wide`` shows every column whole (URI, mandatory features, why backed off, source
+``file:line``), and ``--json`` everything. Backoff comes from ``backoff.json`` in the
 user's state directory and, when readable, the nix-daemon hook's (``--reset NAME`` clears it).
 Problems: entries Nix rejects the whole spec for (``error:``, exit 1), lines the local Nix reads
 differently and machines Nix takes but no build can use (``warning:``).
@@ -14,6 +15,7 @@ differently and machines Nix takes but no build can use (``warning:``).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +32,7 @@ BACKOFF_FILE = "backoff.json"
 WIDTH = 100
 _CUT = ".."
 _MIN_CELL = 6
+_PORT = re.compile(r":[0-9]+$")
 
 
 def backoff_places() -> list[Path]:
@@ -124,8 +127,14 @@ def _fit(rows: list[list[str]], width: int) -> list[int]:
     return widths
 
 
-def _cut(cell: str, width: int) -> str:
-    return cell if len(cell) <= width else cell[: width - len(_CUT)] + _CUT
+def _cut(cell: str, width: int, *, name: bool = False) -> str:
+    """``cell`` in ``width``, its end cut; a ``name``'s port is kept (it tells the name from
+    another builder's on its host), the host before it cut."""
+    if len(cell) <= width:
+        return cell
+    port = _PORT.search(cell) if name else None
+    keep = port.group() if port is not None and len(port.group()) <= width // 2 else ""
+    return cell[: width - len(_CUT) - len(keep)] + _CUT + keep
 
 
 def format_table(pool: Pool, backoff: Mapping[str, Health], *, wide: bool = False) -> str:
@@ -134,7 +143,10 @@ def format_table(pool: Pool, backoff: Mapping[str, Health], *, wide: bool = Fals
     if not wide:
         widths = _fit(rows, WIDTH)
     lines = [
-        "  ".join(_cut(c, w).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        "  ".join(
+            _cut(c, w, name=i == 0).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
         for row in rows
     ]
     return "".join(f"{line}\n" for line in lines)
