@@ -2,7 +2,7 @@
 
 nix-build's positional arguments are Nix files (a directory means DIR/default.nix; ``<name>``
 lookup paths and URLs are Nix's to resolve), `.drv` store paths (``DRV!OUTPUT`` picks one
-output), or, once ``-E`` is given, expressions: every positional argument then is one. offload
+output), or, with ``-E`` (a switch, anywhere on the line), expressions: every one of them. offload
 adds ``FLAKEREF#ATTR`` (an argument with a ``#`` that is not an existing file), evaluated with
 ``nix eval`` and resolved as ``nix build`` resolves it (packages.SYSTEM.ATTR,
 legacyPackages.SYSTEM.ATTR, then ATTR).
@@ -78,13 +78,13 @@ FLAKE_APPLY = (
 class Installables:
     """What to build, as nix-build takes it.
 
-    ``files`` are the positional arguments (FILE, DIR, DRV[!OUTPUT], FLAKEREF#ATTR); once
-    ``expr`` is given they are further expressions, as nix-build's ``-E`` makes them.
+    ``files`` are the positional arguments (FILE, DIR, DRV[!OUTPUT], FLAKEREF#ATTR); with
+    ``expr`` (nix-build's ``-E``, a switch) every one of them is an expression instead.
     """
 
     files: tuple[str, ...] = ()
     attrs: tuple[str, ...] = ()  # -A, each applied to each file or expression
-    expr: str | None = None  # -E
+    expr: bool = False  # -E: ``files`` are expressions
     args: tuple[tuple[str, str], ...] = ()  # --arg NAME EXPR
     argstrs: tuple[tuple[str, str], ...] = ()  # --argstr NAME VALUE
     # nix-build's evaluation flags, given to Nix as they are: -I, --show-trace, --impure, -v.
@@ -144,8 +144,14 @@ def _as_file(arg: str, cwd: Path) -> Source:
 def sources(what: Installables, cwd: Path | None = None) -> list[Source]:
     """The sources in nix-build's order, with missing files reported now (ConfigError)."""
     here = cwd if cwd is not None else Path.cwd()
-    if what.expr is not None:
-        found = [Source("expr", e) for e in (what.expr, *what.files)]
+    if what.expr:
+        if not what.files:
+            # nix-build builds nothing and exits 0; offload says why nothing would be built.
+            raise ConfigError(
+                "-E/--expr makes the arguments expressions, and none was given",
+                hint="give one: offload build -E 'with import <nixpkgs> {}; hello'",
+            )
+        found = [Source("expr", e) for e in what.files]
     else:
         found = []
         for arg in what.files or ("./default.nix",):

@@ -61,7 +61,7 @@ def test_nix_is_evaluating_before_the_roots_are_asked_for(tmp_path: Path) -> Non
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     marker = uuid.uuid4().hex
-    with Evaluation(Installables(expr=_expr(fifo, marker))) as evaluation:
+    with Evaluation(Installables(files=(_expr(fifo, marker),), expr=True)) as evaluation:
         writer = _write_when_read(fifo, "x")
         writer.join(WAIT)
         if writer.is_alive():
@@ -76,7 +76,7 @@ def test_an_evaluation_given_up_on_leaves_no_evaluator_behind(tmp_path: Path) ->
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     before = _children()
-    with Evaluation(Installables(expr=_expr(fifo, uuid.uuid4().hex))):
+    with Evaluation(Installables(files=(_expr(fifo, uuid.uuid4().hex),), expr=True)):
         # Nix blocks on the FIFO no one writes: it is still evaluating when the block ends.
         evaluators = _children() - before
         assert len(evaluators) == 1
@@ -85,7 +85,7 @@ def test_an_evaluation_given_up_on_leaves_no_evaluator_behind(tmp_path: Path) ->
 
 
 def test_a_failed_early_evaluation_is_nix_error_with_nix_words() -> None:
-    evaluation = Evaluation(Installables(expr='throw "no such thing"'))
+    evaluation = Evaluation(Installables(files=('throw "no such thing"',), expr=True))
     with evaluation, pytest.raises(NixError) as caught:
         evaluation.roots()
     assert "no such thing" in caught.value.message

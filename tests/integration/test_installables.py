@@ -155,19 +155,21 @@ def test_file_named_like_an_option(project: Path) -> None:
 
 
 def test_expression_relative_to_the_working_directory(project: Path) -> None:
-    what = Installables(expr="(import ./default.nix { n = 7; }).args")
+    what = Installables(files=("(import ./default.nix { n = 7; }).args",), expr=True)
     assert _names(instantiate(what, project)) == [("args-7-plain", "out")]
 
 
 def test_expression_with_attrs_and_args(project: Path) -> None:
-    what = Installables(expr="import ./default.nix", attrs=("args", "a"), argstrs=(("s", "e"),))
+    what = Installables(
+        files=("import ./default.nix",), expr=True, attrs=("args", "a"), argstrs=(("s", "e"),)
+    )
     assert _names(instantiate(what, project)) == [("args-1-e", "out"), ("a", "out")]
 
 
 def test_with_expr_positional_arguments_are_expressions(project: Path) -> None:
     what = Installables(
-        expr="(import ./default.nix {}).a",
-        files=("with import ./default.nix {}; [ m.dev nodev ]",),
+        files=("(import ./default.nix {}).a", "with import ./default.nix {}; [ m.dev nodev ]"),
+        expr=True,
     )
     assert _names(instantiate(what, project)) == [("a", "out"), ("m", "dev"), ("nodev", "bin")]
 

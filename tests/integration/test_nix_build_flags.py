@@ -171,6 +171,38 @@ def test_trace_output_is_shown(project: Path) -> None:
     assert "trace: hello from eval" in offload.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-E", "-A", "ok", "import ./."),  # a switch: -A is not its value
+        ("-A", "ok", "-E", "import ./."),
+        ("import ./.", "-A", "ok", "--expr"),  # anywhere on the line
+        ("-E", "-A", "ok", "import ./.", "{ ok = (import ./. { a = 2; }).ok; }"),  # several
+    ],
+    ids=" ".join,
+)
+def test_expr_is_a_switch_making_every_argument_an_expression(
+    project: Path, args: tuple[str, ...]
+) -> None:
+    nix, offload = both(project, *args, "--argstr", "nonce", uuid.uuid4().hex)
+    assert nix.returncode == 0, nix.stderr
+    assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+    expressions = [a for a in args if a.startswith(("import", "{"))]
+    assert len(offload.stdout.split()) == len(expressions)
+
+
+def test_expr_without_an_expression_is_refused(project: Path) -> None:
+    # nix-build -E alone builds nothing and exits 0 (not even ./default.nix); offload, which
+    # refuses an evaluation that gives no derivation, says that nothing was given.
+    nix, offload = both(project, "-A", "ok", "-E")
+    assert (nix.returncode, nix.stdout) == (0, "")
+    assert (offload.returncode, offload.stdout) == (1, "")
+    assert offload.stderr.splitlines() == [
+        "error: -E/--expr makes the arguments expressions, and none was given",
+        "hint: give one: offload build -E 'with import <nixpkgs> {}; hello'",
+    ]
+
+
 def test_unknown_setting_warns_once_as_nix_does(project: Path) -> None:
     nix, offload = both(project, "-A", "ok", "--option", "no-such-setting", "1")
     line = "warning: unknown setting 'no-such-setting'"

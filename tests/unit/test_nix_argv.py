@@ -60,7 +60,7 @@ def test_plain_file_argv() -> None:
 
 
 def test_expression_argv() -> None:
-    what = Installables(attrs=("a",), expr="import ./x.nix")
+    what = Installables(files=("import ./x.nix",), attrs=("a",), expr=True)
     assert instantiate_argv(what, Source("expr", "import ./x.nix")) == [
         *NIX_INSTANTIATE,
         "-A",
@@ -73,7 +73,7 @@ def test_expression_argv() -> None:
 
 def test_expression_starting_with_dash_gets_a_space() -> None:
     # Nix 2.8 rejects a positional argument starting with "-" even after "--".
-    argv = instantiate_argv(Installables(expr="-1"), Source("expr", "-1"))
+    argv = instantiate_argv(Installables(files=("-1",), expr=True), Source("expr", "-1"))
     assert argv[-3:] == ["--expr", "--", " -1"]
 
 
@@ -159,12 +159,18 @@ def test_lookup_paths_and_urls_are_left_to_nix(tmp_path: Path) -> None:
 
 def test_with_expr_every_positional_argument_is_an_expression(tmp_path: Path) -> None:
     # As nix-build -E: "a.nix" is not a file here, and need not exist.
-    what = Installables(files=("a.nix", "x#y"), expr="1")
+    what = Installables(files=("1", "a.nix", "x#y"), expr=True)
     assert sources(what, tmp_path) == [
         Source("expr", "1"),
         Source("expr", "a.nix"),
         Source("expr", "x#y"),
     ]
+
+
+def test_expr_with_no_argument_is_refused_not_default_nix(tmp_path: Path) -> None:
+    (tmp_path / "default.nix").write_text("{}")
+    with pytest.raises(ConfigError, match="-E/--expr makes the arguments expressions"):
+        sources(Installables(attrs=("a",), expr=True), tmp_path)
 
 
 def test_hash_makes_a_flake_unless_such_a_file_exists(tmp_path: Path) -> None:

@@ -131,7 +131,10 @@ def _evaluation(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-A", "--attr", action="append", default=[], help="attribute to build")
     group.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"))
     group.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    group.add_argument("-E", "--expr", help="build the derivations this expression evaluates to")
+    # A switch, as nix-build's: every positional argument is then an expression, not a file.
+    group.add_argument(
+        "-E", "--expr", action="store_true", help="the arguments are Nix expressions, not files"
+    )
     group.add_argument(
         "-I", "--include", action="append", default=[], metavar="PATH", help="as nix-build's -I"
     )
@@ -175,7 +178,9 @@ def _ignored(parser: argparse.ArgumentParser) -> None:
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Every argument of `offload build` on ``parser``."""
-    parser.add_argument("paths", nargs="*", metavar="FILE|DRV", help="default: ./default.nix")
+    parser.add_argument(
+        "paths", nargs="*", metavar="FILE|DRV", help="default: ./default.nix; with -E, expressions"
+    )
     _evaluation(parser)
     # One destination, so the last of -o and --no-out-link wins, as in nix-build (a wrapper
     # that passes --no-out-link and a caller's -o after it get the link).
