@@ -110,6 +110,12 @@ ACCEPTED = [
     ("--no-link",),
     ("-j", "2"),
     ("--max-jobs", "auto"),
+    # A value starting with "-" is the option's, as Nix binds the next words whatever they are.
+    ("--argstr", "nonce", "-O2"),
+    ("--arg", "a", "-(1)"),
+    ("-I", "-x=."),
+    ("--option", "-x", "1"),
+    ("--argstr", "nonce", "--", "--", "default.nix"),  # a value "--"; the next ends the options
 ]
 
 
@@ -278,6 +284,15 @@ def test_the_last_of_out_link_and_no_out_link_wins(project: Path) -> None:
     offload = _run([*OFFLOAD, *COMMON, "-A", "ok", *nonce, "-o", "offlink"], project)
     assert nix.returncode == offload.returncode == 0, offload.stderr
     assert (project / "nixlink").readlink() == (project / "offlink").readlink()
+    assert offload.stdout == nix.stdout
+
+
+def test_an_out_link_starting_with_a_dash_is_made(project: Path) -> None:
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix = _run(["nix-build", *COMMON, "-A", "ok", *nonce, "-o", "-nixlink"], project)
+    offload = _run([*OFFLOAD, *COMMON, "-A", "ok", *nonce, "--out-link", "-offlink"], project)
+    assert nix.returncode == offload.returncode == 0, offload.stderr
+    assert (project / "-nixlink").readlink() == (project / "-offlink").readlink()
     assert offload.stdout == nix.stdout
 
 

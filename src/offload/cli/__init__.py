@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -40,8 +40,8 @@ __all__ = ["exit_status", "main", "root_parser"]
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The parser for ``argv``: with the subcommand it names only (every one for ``()``)."""
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """offload's ArgumentParser, made when a parser is."""
     # Imported here, not at the top: main() must be running (and catching Ctrl-C) first.
     from offload.typing_compat import override
 
@@ -53,9 +53,24 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         whose ``error`` and ``--help`` an unrecognized argument is told with (``_parse``).
         """
 
-        def __init__(self, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's, passed on
+        # kwargs: argparse's, passed on.
+        def __init__(self, *, nix_values: bool = False, **kwargs: Any) -> None:  # noqa: ANN401
             super().__init__(**kwargs)
+            # A stand-in for a Nix command binds option values as Nix does (cli.nix_values).
+            self._nix_values = nix_values
             self.set_defaults(_parser=self)
+
+        @override
+        def parse_known_args(
+            self,
+            args: Iterable[str] | None = None,
+            namespace: Any = None,  # noqa: ANN401 - argparse's overloads: any namespace
+        ) -> tuple[Any, list[str]]:
+            if self._nix_values and args is not None:
+                from offload.cli.nix_values import bind
+
+                args = bind(self._actions, args)
+            return super().parse_known_args(args, namespace)
 
         @override
         def error(self, message: str) -> NoReturn:
@@ -67,7 +82,12 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             sys.stderr.write(f"error: {self.prog}: {message}\nhint: {hint}\n")
             sys.exit(1)
 
-    parser = _Parser(
+    return _Parser
+
+
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for ``argv``: with the subcommand it names only (every one for ``()``)."""
+    parser = _parser_class()(
         prog="offload",
         description="Distribute Nix builds over the local machine and SSH builders.",
     )

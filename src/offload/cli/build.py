@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="build derivations like nix-build, over the whole pool",
         description="Build Nix derivations like nix-build, scheduling the whole graph over the "
         "local machine and the builders. Output paths go to stdout, everything else to stderr.",
+        nix_values=True,  # as nix-build: --argstr flags -O2, -o -link
     )
     add_build_arguments(parser)
     parser.set_defaults(func=run)

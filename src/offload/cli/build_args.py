@@ -1,7 +1,8 @@
 """The command line of `offload build`: nix-build's flags (Nix 2.8) and offload's own.
 
 Every flag nix-build 2.8 accepts is accepted (its `LegacyArgs`, `MixCommonArgs`, `MixEvalArgs`
-and the flag per setting `Config::convertToArgs` makes), and sorted by where its meaning goes:
+and the flag per setting `Config::convertToArgs` makes), with the words after it as its values
+whatever they look like (``cli.nix_values``), and sorted by where its meaning goes:
 
 - build settings become ``--option NAME VALUE`` pairs, in command-line order (``option``): the
   local Nix gets them all (its serve processes' ``NIX_CONFIG``), every builder the ones the serve
