@@ -248,6 +248,44 @@ def test_check_reports_a_nondeterministic_build(project: Path) -> None:
     assert _errors(offload.stderr) == _errors(nix.stderr)
 
 
+def _valid(drv: str) -> bool:
+    """Whether ``drv``'s outputs are all valid in the local store."""
+    outputs = subprocess.run(
+        ["nix-store", "--query", "--outputs", drv], check=True, capture_output=True, text=True
+    ).stdout.split()
+    return subprocess.run(["nix-store", "--check-validity", *outputs], check=False).returncode == 0
+
+
+def test_check_of_an_output_never_built_is_refused_and_builds_nothing(project: Path) -> None:
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "-A", "random", *nonce, "--check")
+    assert nix.returncode == offload.returncode == 1
+    assert offload.stdout == nix.stdout == ""
+    said = _errors(nix.stderr).splitlines()[0]
+    assert said.endswith("are not valid, so checking is not possible")
+    error, hint = offload.stderr.splitlines()  # nix-build's line, and a hint
+    assert error == said
+    assert hint.startswith("hint: build it first without --check")
+    drv = said.split("'")[1]
+    assert drv.endswith(f"-random-{nonce[2]}.drv")
+    assert not _valid(drv)  # offload built nothing (nor did nix-build)
+
+
+def test_check_names_the_unbuilt_derivation_nix_names(project: Path) -> None:
+    # random is asked for first, but Nix's goals go by the .drv's name: ok is named. Once ok
+    # is built, random is the one left.
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    for built in ((), ("ok",)):
+        for attr in built:
+            assert _run(["nix-build", *COMMON, "-A", attr, *nonce], project).returncode == 0
+        nix, offload = both(project, "-A", "random", "-A", "ok", *nonce, "--check")
+        assert nix.returncode == offload.returncode == 1
+        said = _errors(nix.stderr).splitlines()[0]
+        assert f"-{'random-' + nonce[2] if built else 'ok'}.drv'" in said
+        more = "" if built else " (and 1 more)"
+        assert offload.stderr.splitlines()[0] == said + more
+
+
 def test_unknown_flag_is_refused(project: Path) -> None:
     nix, offload = both(project, "--no-such-flag")
     assert nix.returncode == offload.returncode == 1

@@ -1,6 +1,7 @@
 import asyncio
 
 from offload.build import build_plan, load_graph, out_links
+from offload.build.graph import check_impossible
 from offload.transport.fake import FakePath, FakeStore
 from tests.helpers.plans import make_plan
 
@@ -56,3 +57,27 @@ def test_result_links_are_named_like_nix_build():
     graph, paths, outs = _graph(local_paths=["c", "d"], remote_paths=[], roots_names=("d", "c"))
     links = out_links([(paths["d"], "out"), (paths["c"], "out")], graph, "result")
     assert links == [(outs["d"], "result"), (outs["c"], "result-2")]
+
+
+def test_check_is_impossible_only_for_a_root_that_would_be_built():
+    # nix-build --check: a root valid here (its missing inputs are not looked at) or held by a
+    # builder (fetched, not built) can be checked; one that is to be built cannot.
+    for local, remote in ((["d"], []), ([], ["d"])):
+        graph, _, _ = _graph(local_paths=local, remote_paths=remote)
+        assert check_impossible(graph) is None
+    graph, paths, _ = _graph(local_paths=["a", "b", "c"], remote_paths=[])
+    refused = check_impossible(graph)
+    assert refused is not None
+    assert refused.message == (
+        f"some outputs of '{paths['d']}' are not valid, so checking is not possible"
+    )
+    assert refused.hint is not None
+    assert refused.hint.startswith("build it first without --check")
+
+
+def test_check_names_the_first_unbuilt_root_by_name_as_nix_goals_go():
+    graph, paths, _ = _graph(local_paths=["a"], remote_paths=[], roots_names=("d", "b", "c"))
+    refused = check_impossible(graph)
+    assert refused is not None
+    assert refused.message.startswith(f"some outputs of '{paths['b']}' are not valid")
+    assert refused.message.endswith(" (and 2 more)")

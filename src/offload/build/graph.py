@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from offload.errors import ConfigError, OffloadError
+from offload.errors import ConfigError, OffloadError, StoreError
 from offload.protocol.serve import StoreClient
 from offload.store.drv import Derivation, read_derivation
+from offload.store.path import StorePath
 
-__all__ = ["DrvGraph", "Roots", "Substituted", "load_graph"]
+__all__ = ["DrvGraph", "Roots", "Substituted", "check_impossible", "load_graph"]
 
 # (drv path, output name) pairs, or a function that evaluates them (offload.nix.instantiate).
 Roots = Sequence[tuple[str, str]] | Callable[[], Sequence[tuple[str, str]]]
@@ -86,6 +87,27 @@ async def load_graph(
         frontier = _next_level(graph, missing, needs_build, read)
     graph.order = _topological(needs_build, graph.drvs)
     return graph
+
+
+def check_impossible(graph: DrvGraph) -> StoreError | None:
+    """nix-build --check's refusal, or None: a requested derivation ``graph`` would build
+    (its output is valid neither here, nor in a cache, nor on a builder) has nothing to check
+    against, and Nix refuses it before building anything. Named as Nix names it: the first of
+    them in the order its goals run, by the .drv's name."""
+    order = set(graph.order)
+    unbuilt = sorted({drv for drv, _ in graph.roots if drv in order}, key=_goal_key)
+    if not unbuilt:
+        return None
+    more = f" (and {len(unbuilt) - 1} more)" if len(unbuilt) > 1 else ""
+    return StoreError(
+        f"some outputs of '{unbuilt[0]}' are not valid, so checking is not possible{more}",
+        hint="build it first without --check (which builds again what was built, to compare)",
+    )
+
+
+def _goal_key(drv_path: str) -> tuple[str, str]:
+    # Nix's DerivationGoal::key(): "b$" + the .drv's name + "$" + its path.
+    return (StorePath(drv_path).name, drv_path)
 
 
 def _want(graph: DrvGraph, drv_path: str, read: Callable[[str], Derivation]) -> Derivation:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from offload.backoff import Health
 from offload.build.faults import explain
-from offload.build.graph import DrvGraph, Roots, load_graph
+from offload.build.graph import DrvGraph, Roots, check_impossible, load_graph
 from offload.build.members import follow_loads, pool_members, tell_restricted
 from offload.build.plan import estimated_plan
 from offload.build.prebuilt import fetch_existing, report_substituted
@@ -58,6 +58,7 @@ async def run_build(
     fallbacks: Path | None = None,  # where what was learned of builder-side slots is kept
     shared: Path | None = None,  # the persistent masters' directory (``transport.persist``)
     cut_short: Callable[[RunReport, DrvGraph], None] | None = None,
+    check: bool = False,  # nix-build --check: a root to be built is refused, nothing built
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
 
@@ -84,6 +85,7 @@ async def run_build(
             roots, graph, plan, estimates, fetched = await _plan(
                 pool, local_link, remote, roots,
                 unreachable=unreachable, warm=warm, late=late, emit=emit, estimate=estimate,
+                check=check,
             )  # fmt: skip
             tell_restricted(members, emit)
             executor = Executor(
@@ -132,6 +134,7 @@ async def _plan(
     late: dict[str, asyncio.Task[None]],
     emit: Callable[[Event], None],
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None,
+    check: bool,
 ) -> tuple[list[tuple[str, str]], DrvGraph, BuildPlan, Mapping[str, float], list[JobFinished]]:
     """Open the first sessions while ``roots`` evaluate, read the graph, take what the local
     caches and the builders already have, and plan the rest; the sessions close after it."""
@@ -152,6 +155,9 @@ async def _plan(
             local, evaluated, remotes=clients, substitute=pool.local_substitutes
         )
         mark("graph")
+        refused = check_impossible(graph) if check else None
+        if refused is not None:
+            raise refused
         fetched = report_substituted(graph, emit)
         fetched += await fetch_existing(graph, clients, local, emit)
         plan, estimates = await estimated_plan(graph, local, estimate)

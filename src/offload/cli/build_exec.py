@@ -175,17 +175,15 @@ def execute(
     retry_now: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     fetch_all: bool = False,
-    backoff: Mapping[str, Health] | None = None,
+    backoff: Mapping[str, Health] | None = None,  # builders left out (None: as remembered)
     run: Callable[[Coroutine[Any, Any, Built]], Built] = asyncio.run,
-    shared: Path | None = None,
+    shared: Path | None = None,  # ssh masters kept for the next run (transport.persist)
+    check: bool = False,  # nix-build --check: a requested output to be built is refused
 ) -> Built:
     """A build run with what offload keeps between runs: history, logs, slots, backoff.
 
-    ``close`` is called when the run is over, before anything is printed after it.
-    ``backoff``: the builders to leave out, as remembered (by default read from ``state``);
-    ``run``: what runs the run's coroutine (the command's ``asyncio.Runner``, whose loop the
-    builders' early masters are on); ``shared``: where builders keep their ssh masters for
-    the next run (``transport.persist``; None: each closes with the run).
+    ``close`` is called when the run is over, before anything is printed after it; ``run``
+    runs its coroutine (the command's ``asyncio.Runner``: the builders' early masters' loop).
     """
     logs = BuildLogs(state / "logs")
     remember = RunRecorder(time.time())
@@ -212,6 +210,7 @@ def execute(
                     fallbacks=state / FALLBACK_FILE,
                     shared=shared,
                     cut_short=lambda report, graph: cut.append((report, graph)),
+                    check=check,
                 )
             )
             mark("closed")
@@ -221,17 +220,22 @@ def execute(
                 keep_run(state, history, remember, cut[0], pool)
             raise
         finally:
-            unkept = _closed(recorder)
-            close()
-            if unkept is not None:
-                warn(f"build logs are not kept: {unkept.message}", unkept.hint)
+            _close(recorder, close)
         keep_run(state, history, remember, (report, graph), pool)
     return report, graph
 
 
+def _close(recorder: LogRecorder, close: Callable[[], None]) -> None:
+    """Close the run's log files, then ``close`` the run's display; logs that could not all
+    be written (a full disk) are a warning after it: the logs are copies, the build is done."""
+    unkept = _closed(recorder)
+    close()
+    if unkept is not None:
+        warn(f"build logs are not kept: {unkept.message}", unkept.hint)
+
+
 def _closed(recorder: LogRecorder) -> OffloadError | None:
-    """Close the run's log files; the error if they could not all be written (a full disk),
-    for a warning: the logs are copies, the build is done."""
+    """Close the run's log files; the error if they could not all be written (a full disk)."""
     try:
         recorder.close()
     except OffloadError as exc:
@@ -311,6 +315,7 @@ def build(
         backoff=backoff,
         run=run,
         shared=kept_dir(state),  # as the early masters (cli.build)
+        check=args.check,  # nothing is built for it: Nix checks only what was built before
     )
     if not args.json and (report.finished or machine_events):  # quiet when nothing was to do
         render_summary([*report.finished, *machine_events], sys.stderr)
