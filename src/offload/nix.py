@@ -382,8 +382,11 @@ def result_links(roots: Sequence[tuple[str, str]], base: str) -> list[str]:
 
 
 def realise_argv(roots: Sequence[tuple[str, str]], mode: Literal["check", "repair"]) -> list[str]:
-    """nix-store building ``roots`` again (``--check``) or repairing their closure."""
-    return ["nix-store", "--realise", f"--{mode}", "--", *(f"{d}!{o}" for d, o in roots)]
+    """nix-store building ``roots`` again (``--check``) or repairing their closure.
+
+    ``--no-gc-warning``: nix-build makes no "you did not specify '--add-root'" warning."""
+    argv = ["nix-store", "--realise", f"--{mode}", "--no-gc-warning", "--"]
+    return argv + [f"{d}!{o}" for d, o in roots]
 
 
 def realise_again(

@@ -248,6 +248,16 @@ def test_check_reports_a_nondeterministic_build(project: Path) -> None:
     assert _errors(offload.stderr) == _errors(nix.stderr)
 
 
+@pytest.mark.parametrize("mode", ["--check", "--repair"])
+def test_checking_a_built_output_says_what_nix_build_says(project: Path, mode: str) -> None:
+    args = ("-A", "ok", "--argstr", "nonce", uuid.uuid4().hex)
+    assert _run(["nix-build", *COMMON, *args], project).returncode == 0
+    nix, offload = both(project, *args, mode)
+    assert nix.returncode == offload.returncode == 0, offload.stderr
+    assert offload.stdout == nix.stdout
+    assert offload.stderr == nix.stderr  # no "you did not specify '--add-root'" warning
+
+
 def _valid(drv: str) -> bool:
     """Whether ``drv``'s outputs are all valid in the local store."""
     outputs = subprocess.run(

@@ -20,6 +20,7 @@ from offload.nix import (
     first_error_line,
     flake_eval_argv,
     instantiate_argv,
+    realise_argv,
     result_links,
     sources,
 )
@@ -198,6 +199,14 @@ def test_missing_store_drv(tmp_path: Path) -> None:
     drv = "/nix/store/00000000000000000000000000000000-gone.drv"
     with pytest.raises(ConfigError, match=f"^{drv}!dev: no such file$"):
         sources(Installables(files=(f"{drv}!dev",)), tmp_path)
+
+
+def test_check_and_repair_argv_make_no_gc_warning() -> None:
+    roots = [("/nix/store/00000000000000000000000000000000-a.drv", "dev")]
+    assert realise_argv(roots, "check") == [
+        "nix-store", "--realise", "--check", "--no-gc-warning", "--",
+        "/nix/store/00000000000000000000000000000000-a.drv!dev",
+    ]  # fmt: skip
 
 
 # --- messages and link names -----------------------------------------------------------------
