@@ -1,11 +1,10 @@
-"""The history database: SQLite in the state directory (only it and ``prune`` import sqlite3).
+"""The history database: SQLite in the state directory (it, ``rows`` and ``prune`` are the
+modules that import sqlite3).
 
-Schema changes are migrations keyed by ``PRAGMA user_version``; each only adds (tables,
-columns with defaults), so a database of any earlier version keeps every record and reads
-the same after it. Several offload processes may write at once (a build and hooks), so the
-database runs in WAL mode with a busy timeout. Estimates are learned per derivation name
-without version and per machine; a machine with no record for a name borrows the others'
-records scaled by relative speed at the caller.
+Schema changes are migrations (``offload.history.schema``). Several offload processes may write
+at once (a build and hooks), so the database runs in WAL mode with a busy timeout. Estimates
+are learned per derivation name without version and per machine; a machine with no record for
+a name borrows the others' records scaled by relative speed at the caller.
 
 Runs (``offload build``) have a row in ``runs`` with their builds' dependencies in ``deps``;
 each build's phases are rows of ``phases``. Builds of Nix's hook belong to no run (their
@@ -26,11 +25,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Concatenate, ParamSpec, Self, TypeVar
 
 from offload.errors import StoreError
 from offload.history.prune import KEEP_BUILDS, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
-from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
+from offload.history.records import BuildRecord, RunRecord
+from offload.history.rows import (
+    build_row,
+    chunks,
+    insert_builds,
+    legacy_run,
+    like_escape,
+    phases_of,
+    run_row,
+)
+from offload.history.schema import BUILD_COLUMNS, MIGRATIONS
 
 __all__ = ["History"]
 
@@ -60,65 +69,6 @@ def _guarded(
 
     functools.update_wrapper(guarded, method)
     return guarded
-
-
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE builds (
-        id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        drv_path TEXT NOT NULL,
-        pname TEXT NOT NULL,
-        machine TEXT NOT NULL,
-        started REAL NOT NULL,
-        finished REAL NOT NULL,
-        status TEXT NOT NULL,
-        bytes_sent INTEGER NOT NULL DEFAULT 0,
-        bytes_received INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX builds_pname_machine ON builds (pname, machine, finished);
-    CREATE INDEX builds_drv ON builds (drv_path, finished);
-    """,
-    """
-    ALTER TABLE builds ADD COLUMN name TEXT NOT NULL DEFAULT '';
-    ALTER TABLE builds ADD COLUMN error TEXT;
-    ALTER TABLE builds ADD COLUMN speculative INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX builds_run ON builds (run_id);
-    CREATE INDEX builds_machine ON builds (machine, finished);
-    CREATE TABLE phases (
-        build_id INTEGER NOT NULL REFERENCES builds (id),
-        phase TEXT NOT NULL,
-        started REAL NOT NULL,
-        finished REAL NOT NULL
-    );
-    CREATE INDEX phases_build ON phases (build_id);
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        started REAL NOT NULL,
-        finished REAL NOT NULL,
-        asked TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        machines TEXT NOT NULL,
-        estimate REAL,
-        lower_bound REAL
-    );
-    CREATE INDEX runs_started ON runs (started);
-    CREATE TABLE deps (
-        run_id TEXT NOT NULL,
-        drv_path TEXT NOT NULL,
-        dep TEXT NOT NULL
-    );
-    CREATE INDEX deps_run ON deps (run_id);
-    """,
-    """
-    CREATE INDEX builds_finished ON builds (finished);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
-    """,
-)
-_BUILD_COLUMNS = (
-    "id, run_id, drv_path, pname, machine, started, finished, status, bytes_sent,"
-    " bytes_received, name, error, speculative"
-)
 
 
 # Seconds a new run waits for others that are switching a new database to WAL.
@@ -189,10 +139,10 @@ class History:
     def _migrate(self) -> None:
         with self._transaction() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version > len(_MIGRATIONS):
+            if version > len(MIGRATIONS):
                 msg = f"{self.path}: written by a newer offload (schema {version})"
                 raise StoreError(msg, hint="upgrade offload or move the file away")
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in script.split(";"):
                     if statement.strip():
                         db.execute(statement)
@@ -216,7 +166,7 @@ class History:
                     for dep in ins
                 ],
             )
-            _insert_builds(db, records)
+            insert_builds(db, records)
 
     @_guarded
     def prune_if_due(
@@ -265,7 +215,7 @@ class History:
                 "INSERT INTO deps (run_id, drv_path, dep) VALUES (?, ?, ?)",
                 [(run.run_id, drv, dep) for drv, deps in run.deps.items() for dep in deps],
             )
-            _insert_builds(db, (dataclasses.replace(b, run_id=run.run_id) for b in builds))
+            insert_builds(db, (dataclasses.replace(b, run_id=run.run_id) for b in builds))
 
     @_guarded
     def durations(self, pnames: Iterable[str], *, per_name: int = 5) -> dict[str, dict[str, float]]:
@@ -273,7 +223,7 @@ class History:
         result: dict[str, dict[str, float]] = {}
         names = sorted(set(pnames))
         with closing(self._db.cursor()) as cur:
-            for chunk, marks in _chunks(names):
+            for chunk, marks in chunks(names):
                 # Only "?" placeholders are formatted in; the names are bound parameters.
                 rows = cur.execute(
                     "SELECT pname, machine, finished - started FROM builds"  # noqa: S608
@@ -313,30 +263,30 @@ class History:
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        query = f"SELECT {_BUILD_COLUMNS} FROM builds"  # noqa: S608 (constant columns)
+        query = f"SELECT {BUILD_COLUMNS} FROM builds"  # noqa: S608 (constant columns)
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY finished DESC, id DESC LIMIT ?"
         params.append(-1 if limit is None else limit)
         with closing(self._db.cursor()) as cur:
             rows = cur.execute(query, params).fetchall()
-            phases = _phases_of(cur, [row[0] for row in rows])
-        return [_build(row, phases.get(row[0], ())) for row in rows]
+            phases = phases_of(cur, [row[0] for row in rows])
+        return [build_row(row, phases.get(row[0], ())) for row in rows]
 
     @_guarded
     def runs(self, *, run_id: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         """Runs, newest first (``run_id`` matches a prefix), made-up ones included; their
         ``deps`` are read only for one run asked by ``run_id``."""
-        prefix = _like_escape(run_id or "") + "%"
+        prefix = like_escape(run_id or "") + "%"
         with closing(self._db.cursor()) as cur:
             rows = cur.execute(
                 "SELECT run_id, started, finished, asked, outcome, machines, estimate,"
                 " lower_bound FROM runs WHERE run_id LIKE ? ESCAPE '\\'",
                 (prefix,),
             ).fetchall()
-            runs = [_run(row) for row in rows]
+            runs = [run_row(row) for row in rows]
             runs += [
-                _legacy_run(row)
+                legacy_run(row)
                 for row in cur.execute(
                     "SELECT run_id, MIN(started), MAX(finished), SUM(status = 'failed')"
                     " FROM builds WHERE run_id LIKE ? ESCAPE '\\' AND run_id NOT LIKE 'hook-%'"
@@ -363,7 +313,7 @@ class History:
         found: dict[str, dict[str, int]] = {}
         ids = sorted(set(run_ids))
         with closing(self._db.cursor()) as cur:
-            for chunk, marks in _chunks(ids):
+            for chunk, marks in chunks(ids):
                 for run_id, status, count in cur.execute(
                     "SELECT run_id, status, COUNT(*) FROM builds"  # noqa: S608 (only "?"s)
                     f" WHERE run_id IN ({marks}) GROUP BY run_id, status",
@@ -371,96 +321,3 @@ class History:
                 ):
                     found.setdefault(run_id, {})[status] = count
         return found
-
-
-def _chunks(values: list[_T]) -> Iterator[tuple[list[_T], str]]:
-    """Pieces of ``values`` small enough for one query, each with its "?" placeholders."""
-    for start in range(0, len(values), 500):
-        chunk = values[start : start + 500]
-        yield chunk, ",".join("?" * len(chunk))
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _insert_builds(db: sqlite3.Connection, records: Iterable[BuildRecord]) -> None:
-    for r in records:
-        cur = db.execute(
-            "INSERT INTO builds (run_id, drv_path, pname, machine, started, finished, status,"
-            " bytes_sent, bytes_received, name, error, speculative)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                r.run_id,
-                r.drv_path,
-                r.pname,
-                r.machine,
-                r.started,
-                r.finished,
-                r.status,
-                r.bytes_sent,
-                r.bytes_received,
-                r.name,
-                r.error,
-                int(r.speculative),
-            ),
-        )
-        db.executemany(
-            "INSERT INTO phases (build_id, phase, started, finished) VALUES (?, ?, ?, ?)",
-            [(cur.lastrowid, p.phase, p.started, p.finished) for p in r.phases],
-        )
-
-
-def _phases_of(cur: sqlite3.Cursor, ids: list[int]) -> dict[int, tuple[PhaseRecord, ...]]:
-    found: dict[int, list[PhaseRecord]] = {}
-    for chunk, marks in _chunks(ids):
-        for build_id, phase, started, finished in cur.execute(
-            "SELECT build_id, phase, started, finished FROM phases"  # noqa: S608 (only "?"s)
-            f" WHERE build_id IN ({marks}) ORDER BY started, rowid",
-            chunk,
-        ):
-            found.setdefault(build_id, []).append(PhaseRecord(phase, started, finished))
-    return {build_id: tuple(phases) for build_id, phases in found.items()}
-
-
-def _build(row: tuple[Any, ...], phases: tuple[PhaseRecord, ...]) -> BuildRecord:
-    _, run_id, drv_path, pname, machine, started, finished, status, sent, received = row[:10]
-    name, error, speculative = row[10:]
-    return BuildRecord(
-        run_id,
-        drv_path,
-        pname,
-        machine,
-        started,
-        finished,
-        status,
-        sent,
-        received,
-        name=name,
-        error=error,
-        speculative=bool(speculative),
-        phases=phases,
-    )
-
-
-def _run(row: tuple[Any, ...]) -> RunRecord:
-    run_id, started, finished, asked, outcome, machines, estimate, bound = row
-    return RunRecord(
-        run_id=run_id,
-        started=started,
-        finished=finished,
-        asked=tuple(json.loads(asked)),
-        outcome=outcome,
-        machines=tuple(
-            MachineRecord(m["name"], float(m["speed"]), int(m["slots"]))
-            for m in json.loads(machines)
-        ),
-        estimate=estimate,
-        lower_bound=bound,
-    )
-
-
-def _legacy_run(row: tuple[Any, ...]) -> RunRecord:
-    run_id, started, finished, failures = row
-    outcome = "failed" if failures else "ok"
-    return RunRecord(run_id, started, finished, (), outcome, (), None, None)
