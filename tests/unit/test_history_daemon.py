@@ -95,6 +95,6 @@ def test_a_user_is_told_the_daemons_history_is_roots(
     shutil.rmtree(place)
     assert said.splitlines() == [
         "1",
-        f"error: {system}: the nix-daemon's history is root's",
+        f"error: {system / 'history.sqlite'}: the nix-daemon's history is root's",
         "hint: sudo offload history --daemon",
     ]

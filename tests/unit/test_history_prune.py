@@ -6,11 +6,15 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from offload.history.db import History
-from offload.history.prune import KEEP_PER_NAME, PRUNED_RUN
+from offload.history.prune import BATCH, KEEP_PER_NAME, PRUNED_RUN
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
+from offload.history.schema import MIGRATIONS
 
 NOW = 1_800_000_000.0
+SCHEMA_2 = ";".join(MIGRATIONS) + ";PRAGMA user_version = 2;"
 DAY = 86_400.0
 
 
@@ -47,7 +51,7 @@ def test_old_builds_go_but_each_names_last_successes_stay(tmp_path: Path) -> Non
         history.record([_build("broken", 120, status="failed")])
         history.record([_build("fresh", 3)])
         before = history.durations(["rare", "fresh"])
-        pruned = history.prune_if_due(NOW)
+        pruned = history.prune_if_due(NOW, budget=60)
         assert pruned is not None
         assert pruned.builds == 8 - KEEP_PER_NAME + 1
         kept = history.builds(limit=None)
@@ -55,14 +59,15 @@ def test_old_builds_go_but_each_names_last_successes_stay(tmp_path: Path) -> Non
         # The survivors are the newest of their name: what estimates are learned from.
         assert min(b.finished for b in kept if b.pname == "rare") == NOW - 197 * DAY
         assert history.durations(["rare", "fresh"]) == before
-    assert _rows(path, "phases") == KEEP_PER_NAME + 1  # the forgotten builds' phases went too
+    # Old builds keep no phases, the survivors' included: only estimates need them.
+    assert _rows(path, "phases") == 1
 
 
 def test_past_the_newest_builds_cap_only_what_teaches_estimates_stays(tmp_path: Path) -> None:
     with History(tmp_path / "history.sqlite") as history:
         history.record([_build(f"n{i}", 1 + i / 100, status="failed") for i in range(10)])
         history.record([_build("ok", 2)])
-        pruned = history.prune_if_due(NOW, builds=3)
+        pruned = history.prune_if_due(NOW, budget=60, builds=3)
         assert pruned is not None
         names = [b.pname for b in history.builds(limit=None)]
         # The 3 newest (a day old: within KEEP_DAYS), and the only success of 'ok', older.
@@ -76,7 +81,7 @@ def test_an_old_runs_survivors_are_listed_under_no_run(tmp_path: Path) -> None:
         for day in range(5):
             history.record([_build("often", day + 1)])
         history.record_run(*_run("new-run", 1, ["other"]))
-        history.prune_if_due(NOW)
+        history.prune_if_due(NOW, budget=60)
         assert [r.run_id for r in history.runs(limit=None)] == ["new-run"]
         assert history.runs(run_id="old") == []
         (survivor,) = history.builds(name="-once-", limit=None)
@@ -87,31 +92,36 @@ def test_an_old_runs_survivors_are_listed_under_no_run(tmp_path: Path) -> None:
         assert db.execute("SELECT DISTINCT run_id FROM deps").fetchall() == [("new-run",)]
 
 
-def test_the_hooks_old_edges_go_even_where_the_build_stays(tmp_path: Path) -> None:
+def test_only_the_newest_edges_of_the_hook_stay_whatever_their_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("offload.history.prune.KEEP_EDGES", 3)
     with History(tmp_path / "history.sqlite") as history:
-        old, new = _build("a", 95), _build("b", 2)
-        history.record([old], deps={old.drv_path: (_drv("x"),)})
-        history.record([new], deps={new.drv_path: (_drv("y"),)})
-        pruned = history.prune_if_due(NOW)
+        run, builds = _run("a-run", 200, ["r"])  # a run's edges go with the run, not by count
+        history.record_run(run, builds)
+        for i in range(5):
+            build = _build(f"h{i}", 1)
+            history.record([build], deps={build.drv_path: (_drv("in", i),)})
+        pruned = history.prune_if_due(NOW, budget=60)
         assert pruned is not None
-        assert pruned.edges == 1
-        assert history.recent_deps() == [(new.drv_path, _drv("y"))]
-        assert {b.pname for b in history.builds(limit=None)} == {"a", "b"}  # a teaches 'a'
+        assert (pruned.edges, pruned.runs) == (2 + 1, 1)
+        assert history.recent_deps() == [(_drv(f"h{i}"), _drv("in", i)) for i in (4, 3, 2)]
+        assert len(history.builds(limit=None)) == 6  # the builds stay: they are new or teach
 
 
 def test_a_pass_runs_at_most_once_a_day_whoever_asks(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite"
     with History(path) as history:
-        assert history.prune_if_due(NOW) is not None
+        assert history.prune_if_due(NOW, budget=60) is not None
         history.record([_build("late", 100, status="failed")])
     with History(path) as other:  # another process: the pass is recorded in the file
-        assert other.prune_if_due(NOW + DAY / 2) is None
+        assert other.prune_if_due(NOW + DAY / 2, budget=60) is None
         assert len(other.builds(limit=None)) == 1
-        pruned = other.prune_if_due(NOW + DAY + 1)
+        pruned = other.prune_if_due(NOW + DAY + 1, budget=60)
         assert pruned is not None
         assert pruned.builds == 1
         # A clock set back (the last pass "in the future") does not stop pruning for good.
-        assert other.prune_if_due(NOW) is not None
+        assert other.prune_if_due(NOW, budget=60) is not None
 
 
 def test_a_new_file_gives_freed_pages_back(tmp_path: Path) -> None:
@@ -119,11 +129,67 @@ def test_a_new_file_gives_freed_pages_back(tmp_path: Path) -> None:
     with History(path) as history:
         for i in range(2000):
             build = _build(f"p{i}", 100, status="failed")
-            history.record([build], deps={build.drv_path: tuple(_drv("in", n) for n in range(40))})
+            history.record([build], deps={build.drv_path: (_drv("in"),)})
+        history.record_run(*_run("big", 100, [f"q{i}" for i in range(3000)]))
         with closing(sqlite3.connect(path)) as db:
             grown = db.execute("PRAGMA page_count").fetchone()[0]
             assert db.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
-        history.prune_if_due(NOW)
+        pruned = history.prune_if_due(NOW, budget=60)
+        assert pruned is not None
+        assert (pruned.builds, pruned.runs) == (2000, 1)
         with closing(sqlite3.connect(path)) as db:
-            assert db.execute("PRAGMA page_count").fetchone()[0] < grown / 4
+            assert db.execute("PRAGMA page_count").fetchone()[0] < grown * 0.6
+            assert db.execute("PRAGMA freelist_count").fetchone() == (0,)
+        assert [b.run_id for b in history.builds(limit=None)] == [PRUNED_RUN] * 3000  # teach
+
+
+def test_a_run_still_listed_keeps_every_build(tmp_path: Path) -> None:
+    # It began before the cutoff and ended after it: whole runs go, or none of them.
+    with History(tmp_path / "history.sqlite") as history:
+        run, builds = _run("across", 89.9, ["x", "y"])
+        early = BuildRecord("across", _drv("z"), "z", "m", NOW - 95 * DAY, NOW - 94 * DAY, "failed")
+        history.record_run(run, [*builds, early])
+        history.prune_if_due(NOW, budget=60)
+        assert history.counts(["across"]) == {"across": {"built": 2, "failed": 1}}
+
+
+def test_a_pass_cut_by_its_budget_is_taken_up_where_it_stopped(tmp_path: Path) -> None:
+    with History(tmp_path / "history.sqlite") as history:
+        for i in range(3 * BATCH):
+            history.record([_build(f"n{i}", 100 + i / 1000, status="failed")])
+        first = history.prune_if_due(NOW, budget=0.0)  # one step, then out of time
+        assert first is not None
+        assert not first.done
+        passes = [first]
+        while passes[-1].done is False:
+            again = history.prune_if_due(NOW + 1, budget=0.0)  # due again at once
+            assert again is not None
+            passes.append(again)
+        assert sum(p.builds for p in passes) == 3 * BATCH
         assert history.builds(limit=None) == []
+        assert history.prune_if_due(NOW + 2, budget=60) is None  # done: not due for a day
+
+
+def test_old_sqlite_variable_limits_are_kept(tmp_path: Path) -> None:
+    # SQLite before 3.32 binds at most 999 parameters per statement (Debian 10, Ubuntu 20.04).
+    with History(tmp_path / "history.sqlite") as history:
+        history._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        history.record([_build(f"n{i}", 100, status="failed") for i in range(2 * BATCH + 7)])
+        history.record_run(*_run("wide", 100, [f"w{i}" for i in range(1500)]))
+        pruned = history.prune_if_due(NOW, budget=60)
+        assert pruned is not None
+        assert (pruned.builds, pruned.runs, pruned.done) == (2 * BATCH + 7, 1, True)
+
+
+def test_reading_read_only_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    with closing(sqlite3.connect(path)) as db:  # as an older offload of schema 2 made it
+        db.executescript(SCHEMA_2)
+    before = path.read_bytes()
+    with History(path, read_only=True) as history:
+        assert history.builds(limit=None) == []
+    assert path.read_bytes() == before
+    with History(path) as history:  # written: the extras, never a new schema version
+        history.prune_if_due(NOW, budget=60)
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)

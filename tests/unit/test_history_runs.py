@@ -65,7 +65,7 @@ def test_a_schema_1_database_keeps_its_records_and_gains_runs(tmp_path):
         assert (run.run_id, run.started, run.finished, run.outcome) == ("old1", 10, 14, "failed")
         assert history.counts(["old1"]) == {"old1": {"built": 1, "failed": 1}}
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
     db.close()
 
 

@@ -18,7 +18,14 @@ from typing import Any
 from offload.backoff import Health
 from offload.build import DrvGraph, Roots, dry_run, out_links, run_build
 from offload.cli.build import remembered_backoff
-from offload.cli.build_keep import Built, guarded_estimator, keep_run, opened_history, warn
+from offload.cli.build_keep import (
+    Built,
+    forget_old,
+    guarded_estimator,
+    keep_run,
+    opened_history,
+    warn,
+)
 from offload.config.pool import Pool
 from offload.errors import BuildFailed, OffloadError
 from offload.history.db import History
@@ -330,4 +337,5 @@ def build(
     if args.check or args.repair:
         realise_again(graph.roots, "repair" if args.repair else "check", pool.local_env())
     _results(args, graph)
+    forget_old(state)
     return 0

@@ -26,9 +26,22 @@ from offload.history.recorder import RunRecorder
 from offload.names import LOCAL
 from offload.scheduler.run import RunReport
 
-__all__ = ["Built", "guarded_estimator", "keep_run", "opened_history", "speeds", "warn"]
+__all__ = [
+    "PRUNE_BUDGET",
+    "Built",
+    "forget_old",
+    "guarded_estimator",
+    "keep_run",
+    "opened_history",
+    "speeds",
+    "warn",
+]
 
 Built = tuple[RunReport, DrvGraph]
+
+
+# Seconds a run may spend forgetting old history once its results are out (``forget_old``).
+PRUNE_BUDGET = 0.3
 
 
 def warn(text: str, hint: str | None = None) -> None:
@@ -86,11 +99,6 @@ def keep_run(
     except (OffloadError, OSError) as exc:
         message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)
         warn(f"the run is not kept: {message}", hint)
-    if history is not None:
-        try:
-            history.prune_if_due(time.time())
-        except OffloadError as exc:
-            warn(f"old history not forgotten: {exc.message}", exc.hint)
 
 
 def _record(
@@ -109,3 +117,21 @@ def _record(
             finished=time.time(),
         )
     )
+
+
+def forget_old(state: Path) -> None:
+    """Forget old history if it is due (``History.prune_if_due``), for at most
+    ``PRUNE_BUDGET`` seconds: once the run's results are out, so a run pays it only then, and
+    Ctrl-C meanwhile leaves the rest for the next run. A history that cannot be opened was
+    said to be unusable as the run began; a pass that fails is a warning."""
+    try:
+        history = History(state / "history.sqlite")
+    except (OffloadError, OSError):
+        return
+    try:
+        with history:
+            history.prune_if_due(time.time(), budget=PRUNE_BUDGET)
+    except OffloadError as exc:
+        warn(f"old history not forgotten: {exc.message}", exc.hint)
+    except KeyboardInterrupt:
+        pass  # the build is done and its results are out; the next run goes on

@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with History(history_file(daemon=args.daemon)) as history:
+    with History(history_file(daemon=args.daemon), read_only=args.daemon) as history:
         runs = history.runs(run_id=args.run, limit=None if args.run else args.last)
         if args.run is not None:
             runs = [_one_run(runs, args.run)]

@@ -25,24 +25,24 @@ def history_file(*, daemon: bool) -> Path:
     or holds nothing yet), or the user's (made if need be, with a note on stderr when the
     daemon's hook keeps one of its own)."""
     if not daemon:
-        if state_dir() != SYSTEM_STATE_DIR and _exists(SYSTEM_STATE_DIR):
+        if state_dir() != SYSTEM_STATE_DIR and _exists(SYSTEM_STATE_DIR / HISTORY_FILE):
             print(
                 f"note: the nix-daemon's offload-hook keeps its own history in {SYSTEM_STATE_DIR}:"
                 " `sudo offload history --daemon`",
                 file=sys.stderr,
             )
         return ensure_state_dir() / HISTORY_FILE
-    if _exists(SYSTEM_STATE_DIR) and not os.access(SYSTEM_STATE_DIR, os.R_OK | os.X_OK):
+    path = SYSTEM_STATE_DIR / HISTORY_FILE
+    if _exists(path) and not os.access(path, os.R_OK):
         raise OffloadError(
-            f"{SYSTEM_STATE_DIR}: the nix-daemon's history is root's",
+            f"{path}: the nix-daemon's history is root's",
             hint="sudo offload history --daemon",
         )
-    path = SYSTEM_STATE_DIR / HISTORY_FILE
     if not path.is_file():
         raise OffloadError(
             f"{path}: no history of the nix-daemon's offload-hook",
-            hint="it has built nothing here yet, or Nix's build-hook is not offload-hook"
-            " (`offload doctor` checks)",
+            hint="it has built nothing here yet, Nix's build-hook is not offload-hook (`offload"
+            " doctor` checks), or its state is elsewhere (services.offload.stateDir)",
         )
     return path
 
@@ -51,6 +51,6 @@ def _exists(place: Path) -> bool:
     """Whether ``place`` is there, as far as this user can tell (a parent it may not search
     hides it: taken as there, so that the reader is told it is not theirs)."""
     try:
-        return place.is_dir()
+        return place.exists()
     except PermissionError:
         return True

@@ -39,7 +39,7 @@ from offload.history.rows import (
     phases_of,
     run_row,
 )
-from offload.history.schema import BUILD_COLUMNS, MIGRATIONS
+from offload.history.schema import BUILD_COLUMNS, EXTRAS, MIGRATIONS
 
 __all__ = ["History"]
 
@@ -71,23 +71,35 @@ def _guarded(
     return guarded
 
 
+_WAL_LIMIT = 64 * 1024 * 1024
 # Seconds a new run waits for others that are switching a new database to WAL.
 _OPEN_PATIENCE = 10.0
 
 
 class History:
-    def __init__(self, path: Path) -> None:
+    """The database at ``path``, made and brought to this version's schema if need be; or,
+    ``read_only``, read as it is (another process's: the nix-daemon's hook's), changing
+    nothing, not even its schema."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            if read_only:
+                uri = f"{path.absolute().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, timeout=30, isolation_level=None, uri=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{path}: cannot open the history database: {exc}") from exc
         try:
-            # Another user's (left by `sudo -E offload build`): read as it is, if it may be.
-            with contextlib.suppress(PermissionError):
-                path.chmod(0o600)
-            self._open()
+            if read_only:
+                self._check_version()
+            else:
+                # Another user's (left by `sudo -E offload build`): read as it is, if it may be.
+                with contextlib.suppress(PermissionError):
+                    path.chmod(0o600)
+                self._open()
         except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: text that is not UTF-8
             self._db.close()
             raise _damaged(path, exc) from exc
@@ -115,6 +127,8 @@ class History:
         # No fsync per commit (WAL stays consistent; a power cut may lose the last builds'
         # records, which are estimates, not data): the hook records one build per commit.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The log a checkpoint leaves is cut back to this (a pruning pass grows it).
+        self._db.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
         self._migrate()
 
     def close(self) -> None:
@@ -136,6 +150,16 @@ class History:
             raise
         self._db.execute("COMMIT")
 
+    def _check_version(self) -> None:
+        """A file read as it is must be of this version's schema: older lacks what is read."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            msg = f"{self.path}: written by a newer offload (schema {version})"
+            raise StoreError(msg, hint="upgrade offload")
+        if version < len(MIGRATIONS):
+            msg = f"{self.path}: written by an older offload (schema {version})"
+            raise StoreError(msg, hint="its next build with this offload brings it up to date")
+
     def _migrate(self) -> None:
         with self._transaction() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -143,10 +167,9 @@ class History:
                 msg = f"{self.path}: written by a newer offload (schema {version})"
                 raise StoreError(msg, hint="upgrade offload or move the file away")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                _script(db, script)
                 db.execute(f"PRAGMA user_version = {number}")
+            _script(db, EXTRAS)
 
     @_guarded
     def record(
@@ -170,17 +193,30 @@ class History:
 
     @_guarded
     def prune_if_due(
-        self, now: float, *, every: float = PRUNE_EVERY, builds: int = KEEP_BUILDS
+        self,
+        now: float,
+        *,
+        budget: float,
+        every: float = PRUNE_EVERY,
+        builds: int = KEEP_BUILDS,
     ) -> Pruned | None:
-        """Forget old runs and builds, keeping the newest ``builds`` (``offload.history.prune``)
-        unless the last pass is less than ``every`` seconds old; None when not due."""
+        """Forget old runs and builds for about ``budget`` seconds, keeping the newest
+        ``builds`` (``offload.history.prune``), unless the last pass ended less than ``every``
+        seconds ago; None when not due. A pass cut by its budget is due again at once."""
         with self._transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'pruned'").fetchone()
-            if row is not None and 0 <= now - float(row[0]) < every:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if "pruned" in meta and 0 <= now - float(meta["pruned"]) < every:
                 return None
             # Claimed first: two processes due at once do not both prune.
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned', ?)", (now,))
-        return prune(self._db, self._transaction, now, builds=builds)
+        start = float(meta.get("prune_from", 0.0))
+        pruned, start = prune(
+            self._db, self._transaction, now, budget=budget, start=start, builds=builds
+        )
+        with self._transaction() as db:
+            rows = [("prune_from", start)] + ([] if pruned.done else [("pruned", now - every)])
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows)
+        return pruned
 
     @_guarded
     def recent_deps(self, limit: int = 20000) -> list[tuple[str, str]]:
@@ -228,7 +264,7 @@ class History:
                 rows = cur.execute(
                     "SELECT pname, machine, finished - started FROM builds"  # noqa: S608
                     f" WHERE status = 'built' AND pname IN ({marks})"
-                    " ORDER BY finished DESC",
+                    " ORDER BY finished DESC, id DESC",  # as prune orders what it keeps
                     chunk,
                 ).fetchall()
                 seen: dict[tuple[str, str], list[float]] = {}
@@ -321,3 +357,9 @@ class History:
                 ):
                     found.setdefault(run_id, {})[status] = count
         return found
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)

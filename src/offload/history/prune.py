@@ -1,36 +1,40 @@
 """What the history forgets: old runs and builds, never what estimates are learned from.
 
 A history would otherwise grow for ever (about 7 KB per ``offload-hook`` build with 40 inputs,
-mostly dependency edges: a builder serving a team adds gigabytes a year). A build is kept while
-it is younger than ``KEEP_DAYS`` and among the newest ``KEEP_BUILDS``; past that it goes with its
-phases, and a run (``offload build``'s) goes with its dependency edges once it ended before the
-same cutoff (so have all its builds). The last ``KEEP_PER_NAME`` successful builds of each name
-on each machine stay whatever their age, since estimates are learned from them
-(``History.durations`` reads no more):
-a package built twice a year keeps its measured duration rather than falling back to a guess.
-Those that outlive their run keep their record under the run id ``PRUNED_RUN`` (no run of that
-id is ever listed) and lose their phases. Dependency edges of the hook's builds feed only the
-tails (the newest 20,000 edges), so they go with their builds' age whether or not the build
-stays for its estimate.
+mostly dependency edges: a builder serving a team adds gigabytes a year). The cutoff is
+``KEEP_DAYS`` ago, or the end of the ``KEEP_BUILDS``-th newest build if that is later. A run
+(``offload build``'s) that ended before it goes, with its dependency edges and its builds; a
+build of no run kept (the hook's, schema 1's, or one that outlived its run) that ended before it
+goes with its phases. Only whole runs go, so a run still listed keeps all its builds. Whatever
+its age, a build among the last ``KEEP_PER_NAME`` successful ones of its name on its machine
+stays, since estimates are learned from exactly those (``History.durations``): a package built
+twice a year keeps its measured duration rather than a guess. Those that outlive their run keep
+their record under the run id ``PRUNED_RUN`` (no run of that id is ever listed) without their
+phases. So the builds kept number ``KEEP_BUILDS`` plus five per name and machine at most. The
+hook's dependency edges feed only the tails, which read the newest 20,000 edges: all but the
+newest ``KEEP_EDGES`` go, whatever their age.
 
-Pruning runs at most once per ``PRUNE_EVERY`` (the time of the last is kept in the database),
-by whoever keeps a run or reads the hook's tails, in transactions of ``_BATCH`` builds so that
-hooks recording builds meanwhile wait a moment, not for the whole pass. Freed pages go back to
-the file system where the database was created with incremental auto-vacuum (every one made by
-this version); an older file stops growing instead.
+A pass runs at most once per ``PRUNE_EVERY`` (the time of the last is kept in the database) and
+for at most ``budget`` seconds: each step is a transaction of at most ``BATCH`` rows, so a hook
+recording a build meanwhile waits milliseconds, and a pass cut by its budget is taken up where it
+stopped by the next (its place, the end of the last build it looked at, is kept too). Freed pages
+go back to the file system, a few at a time, where the database was made with incremental
+auto-vacuum (every one made by this version); an older file stops growing instead.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TypeVar
 
 __all__ = [
+    "BATCH",
     "KEEP_BUILDS",
     "KEEP_DAYS",
+    "KEEP_EDGES",
     "KEEP_PER_NAME",
     "PRUNED_RUN",
     "PRUNE_EVERY",
@@ -40,28 +44,48 @@ __all__ = [
 
 KEEP_DAYS = 90
 KEEP_BUILDS = 100_000
+KEEP_EDGES = 100_000
 KEEP_PER_NAME = 5  # as many as History.durations takes the median of
 PRUNE_EVERY = 86_400.0  # seconds
 PRUNED_RUN = "pruned"
-_BATCH = 5_000
+BATCH = 500  # rows per statement: SQLite before 3.32 binds at most 999 parameters
+_VACUUM_PAGES = 256
 _DAY = 86_400.0
+# The hook's run ids, as an index range (LIKE cannot use the index: it ignores case).
+_HOOK_IDS = "run_id >= 'hook-' AND run_id < 'hook.'"
 
-_V = TypeVar("_V")
 Transaction = Callable[[], AbstractContextManager[sqlite3.Connection]]
 
 
 @dataclass(frozen=True)
 class Pruned:
-    """What one pass forgot."""
+    """What one pass forgot, and whether it got to the end (else the next takes it up)."""
 
-    builds: int
-    runs: int
-    edges: int
+    builds: int = 0
+    runs: int = 0
+    edges: int = 0
+    done: bool = True
+
+
+@dataclass
+class _Pass:
+    db: sqlite3.Connection
+    transaction: Transaction
+    deadline: float
+    builds: int = 0
+    runs: int = 0
+    edges: int = 0
+
+    def timed_out(self) -> bool:
+        """Out of time: asked after each step, so every pass gets somewhere."""
+        return time.monotonic() > self.deadline
+
+    def result(self, *, done: bool) -> Pruned:
+        return Pruned(self.builds, self.runs, self.edges, done)
 
 
 def cutoff(db: sqlite3.Connection, now: float, *, days: float, builds: int) -> float:
-    """The time before which builds and runs go: ``days`` ago, or the end of the newest
-    ``builds``-th build if later (it stays)."""
+    """The time before which runs and builds go (module docstring)."""
     found = now - days * _DAY
     row = db.execute(
         "SELECT finished FROM builds ORDER BY finished DESC LIMIT 1 OFFSET ?", (builds - 1,)
@@ -74,93 +98,135 @@ def prune(
     transaction: Transaction,
     now: float,
     *,
+    budget: float,
+    start: float = 0.0,
     days: float = KEEP_DAYS,
     builds: int = KEEP_BUILDS,
-) -> Pruned:
-    """Forget what ended before the cutoff (module docstring); ``transaction`` opens one
-    (``BEGIN IMMEDIATE``) on ``db``."""
+) -> tuple[Pruned, float]:
+    """Forget what ended before the cutoff (module docstring), looking at builds that ended
+    from ``start`` on, for about ``budget`` seconds; ``transaction`` opens one (``BEGIN
+    IMMEDIATE``) on ``db``. What it forgot, and where the next pass starts (0 when done)."""
+    step = _Pass(db, transaction, time.monotonic() + budget)
     before = cutoff(db, now, days=days, builds=builds)
-    edges = _forget_hook_edges(db, transaction, before)
-    gone_runs = [
-        str(run_id)
-        for (run_id,) in db.execute("SELECT run_id FROM runs WHERE finished < ?", (before,))
-    ]
-    for chunk in _batches(gone_runs):
-        marks = ",".join("?" * len(chunk))
-        with transaction() as tx:
-            edges += tx.execute(
-                f"DELETE FROM deps WHERE run_id IN ({marks})",  # noqa: S608 (only "?"s)
-                chunk,
+    if not (_forget_edges(step) and _forget_runs(step, before)):
+        return step.result(done=False), start
+    reached = _forget_builds(step, before, start)
+    if reached is not None:
+        return step.result(done=False), reached
+    return step.result(done=_vacuum(step)), 0.0
+
+
+def _forget_edges(step: _Pass) -> bool:
+    """The hook's edges older than the newest ``KEEP_EDGES``; False if out of time."""
+    row = step.db.execute(
+        "SELECT rowid FROM deps ORDER BY rowid DESC LIMIT 1 OFFSET ?", (KEEP_EDGES - 1,)
+    ).fetchone()
+    if row is None:
+        return True
+    while True:
+        with step.transaction() as tx:
+            gone = tx.execute(
+                "DELETE FROM deps WHERE rowid IN (SELECT rowid FROM deps"  # noqa: S608
+                f" WHERE {_HOOK_IDS} AND rowid < ? LIMIT ?)",
+                (row[0], BATCH),
             ).rowcount
-            tx.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", chunk)  # noqa: S608
-    forgotten = _forget_builds(db, transaction, before)
-    _adopt_orphans(db, transaction, before)
-    # Nothing where auto_vacuum is off. Not execute(): Python's sqlite3 steps a statement
-    # without result columns once, and this one frees a page per step.
-    db.executescript("PRAGMA incremental_vacuum;")
-    return Pruned(builds=forgotten, runs=len(gone_runs), edges=edges)
+        step.edges += gone
+        if gone < BATCH:
+            return True
+        if step.timed_out():
+            return False
 
 
-def _forget_hook_edges(db: sqlite3.Connection, transaction: Transaction, before: float) -> int:
-    """The hook's dependency edges of builds that ended before ``before``."""
-    old = [
-        str(run_id)
-        for (run_id,) in db.execute(
-            "SELECT DISTINCT run_id FROM builds WHERE run_id LIKE 'hook-%' AND finished < ?",
-            (before,),
-        )
-    ]
-    edges = 0
-    for chunk in _batches(old):
-        with transaction() as tx:
-            edges += tx.execute(
-                f"DELETE FROM deps WHERE run_id IN ({','.join('?' * len(chunk))})",  # noqa: S608
-                chunk,
-            ).rowcount
-    return edges
-
-
-def _forget_builds(db: sqlite3.Connection, transaction: Transaction, before: float) -> int:
-    """Builds (and their phases) that ended before ``before`` and teach no estimate."""
-    old = [
-        int(build_id)
-        for (build_id,) in db.execute(
-            "SELECT id FROM (SELECT id, finished, status = 'built' AND ROW_NUMBER() OVER"
-            " (PARTITION BY pname, machine, status = 'built' ORDER BY finished DESC) <= ?"
-            " AS teaches FROM builds) WHERE finished < ? AND NOT teaches",
-            (KEEP_PER_NAME, before),
-        )
-    ]
-    for chunk in _batches(old):
-        marks = ",".join("?" * len(chunk))
-        with transaction() as tx:
-            tx.execute(f"DELETE FROM phases WHERE build_id IN ({marks})", chunk)  # noqa: S608
-            tx.execute(f"DELETE FROM builds WHERE id IN ({marks})", chunk)  # noqa: S608
-    return len(old)
-
-
-def _adopt_orphans(db: sqlite3.Connection, transaction: Transaction, before: float) -> None:
-    """Builds kept for their estimate whose run is gone (or that never had a row: schema 1's):
-    under ``PRUNED_RUN``, without phases (``History.runs`` makes a run up from builds of no
-    run, which would show a few survivors as a run)."""
-    orphans = [
-        int(build_id)
-        for (build_id,) in db.execute(
-            "SELECT id FROM builds WHERE finished < ? AND run_id NOT LIKE 'hook-%'"
-            " AND run_id != ? AND run_id NOT IN (SELECT run_id FROM runs)",
-            (before, PRUNED_RUN),
-        )
-    ]
-    for chunk in _batches(orphans):
-        marks = ",".join("?" * len(chunk))
-        with transaction() as tx:
-            tx.execute(f"DELETE FROM phases WHERE build_id IN ({marks})", chunk)  # noqa: S608
-            tx.execute(
-                f"UPDATE builds SET run_id = ? WHERE id IN ({marks})",  # noqa: S608
-                [PRUNED_RUN, *chunk],
+def _forget_runs(step: _Pass, before: float) -> bool:
+    """Runs that ended before ``before``, their edges and the builds that teach nothing; the
+    others under ``PRUNED_RUN`` without phases. False if out of time."""
+    while True:
+        gone = [
+            str(run_id)
+            for (run_id,) in step.db.execute(
+                "SELECT run_id FROM runs WHERE finished < ? LIMIT 50", (before,)
             )
+        ]
+        if not gone:
+            return True
+        for run_id in gone:
+            with step.transaction() as tx:
+                step.edges += tx.execute("DELETE FROM deps WHERE run_id = ?", (run_id,)).rowcount
+                ids = [
+                    int(i)
+                    for (i,) in tx.execute("SELECT id FROM builds WHERE run_id = ?", (run_id,))
+                ]
+                step.builds += _delete_untaught(tx, ids)
+                tx.execute("UPDATE builds SET run_id = ? WHERE run_id = ?", (PRUNED_RUN, run_id))
+                tx.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            step.runs += 1
+        if step.timed_out():
+            return False
 
 
-def _batches(values: list[_V]) -> Iterator[list[_V]]:
-    for start in range(0, len(values), _BATCH):
-        yield values[start : start + _BATCH]
+def _forget_builds(step: _Pass, before: float, start: float) -> float | None:
+    """Builds of no kept run that ended before ``before``, oldest first from ``start``; None
+    when all are looked at, else where the next pass takes up."""
+    at, last_id = start, -1
+    while True:
+        rows = step.db.execute(
+            "SELECT id, finished FROM builds WHERE finished < ? AND (finished, id) > (?, ?)"
+            " AND run_id NOT IN (SELECT run_id FROM runs) ORDER BY finished, id LIMIT ?",
+            (before, at, last_id, BATCH),
+        ).fetchall()
+        if not rows:
+            return None
+        ids = [int(build_id) for build_id, _ in rows]
+        with step.transaction() as tx:
+            step.builds += _delete_untaught(tx, ids)
+            # Schema 1's survivors too: History.runs would make a run up from them.
+            tx.execute(
+                f"UPDATE builds SET run_id = ? WHERE id IN ({','.join('?' * len(ids))})"  # noqa: S608
+                f" AND NOT ({_HOOK_IDS})",
+                [PRUNED_RUN, *ids],
+            )
+        at, last_id = float(rows[-1][1]), int(rows[-1][0])
+        if step.timed_out():
+            return at
+
+
+def _delete_untaught(tx: sqlite3.Connection, ids: list[int]) -> int:
+    """Delete those of ``ids`` no estimate is learned from, and every one's phases; how many."""
+    gone = 0
+    for chunk in _batches(ids):
+        marks = ",".join("?" * len(chunk))
+        tx.execute(f"DELETE FROM phases WHERE build_id IN ({marks})", chunk)  # noqa: S608
+        untaught = [
+            int(build_id)
+            for (build_id,) in tx.execute(
+                f"SELECT id FROM builds b WHERE id IN ({marks}) AND NOT (status = 'built' AND"  # noqa: S608
+                " (SELECT COUNT(*) FROM (SELECT 1 FROM builds n WHERE n.pname = b.pname"
+                " AND n.machine = b.machine AND n.status = 'built' AND (n.finished, n.id) >"
+                " (b.finished, b.id) LIMIT ?)) < ?)",
+                [*chunk, KEEP_PER_NAME, KEEP_PER_NAME],
+            )
+        ]
+        if untaught:
+            marks = ",".join("?" * len(untaught))
+            tx.execute(f"DELETE FROM builds WHERE id IN ({marks})", untaught)  # noqa: S608
+        gone += len(untaught)
+    return gone
+
+
+def _vacuum(step: _Pass) -> bool:
+    """Give free pages back, a few per transaction; False if out of time first."""
+    if step.db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        return True  # an older file: its free pages are reused, not given back
+    while step.db.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+        # Not execute(): Python's sqlite3 steps a statement without result columns once, and
+        # this one frees a page per step.
+        step.db.executescript(f"PRAGMA incremental_vacuum({_VACUUM_PAGES});")
+        if step.timed_out():
+            return False
+    step.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return True
+
+
+def _batches(values: list[int]) -> Iterator[list[int]]:
+    for first in range(0, len(values), BATCH):
+        yield values[first : first + BATCH]

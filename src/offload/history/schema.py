@@ -2,12 +2,13 @@
 
 Each migration only adds (tables, columns with defaults), so a database of any earlier version
 keeps every record and reads the same after it. ``PRAGMA user_version`` says which have run; a
-newer one than this offload knows is refused (``History``).
+newer one than this offload knows is refused (``History``). What older offloads may ignore is
+no migration (``EXTRAS``).
 """
 
 from __future__ import annotations
 
-__all__ = ["BUILD_COLUMNS", "MIGRATIONS"]
+__all__ = ["BUILD_COLUMNS", "EXTRAS", "MIGRATIONS"]
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -57,11 +58,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX deps_run ON deps (run_id);
     """,
-    """
-    CREATE INDEX builds_finished ON builds (finished);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
-    """,
 )
+# Additions an older offload of the same schema version reads past: made where missing at each
+# opening, never a version of their own (a new version locks every older offload out, and a
+# NixOS rollback or a `nix run` of a newer offload would leave the old one without history).
+EXTRAS = """
+    CREATE INDEX IF NOT EXISTS builds_finished ON builds (finished);
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
 BUILD_COLUMNS = (
     "id, run_id, drv_path, pname, machine, started, finished, status, bytes_sent,"
     " bytes_received, name, error, speculative"

@@ -85,23 +85,22 @@ class Keep:
         """Read the tails in a thread, and forget old history there if it is due; the last
         tails stay when this read fails."""
 
+        path = self.state / "history.sqlite"
+
         def read() -> Mapping[str, float] | None:
             # A connection of the thread's own: sqlite's stay in the thread that opened them.
-            path = self.state / "history.sqlite"
             with contextlib.ExitStack() as opened:
-                found = _read_tails(lambda: opened.enter_context(History(path)), speeds)
-            _prune(path)  # off the event loop, as the read
-            return found
+                return _read_tails(lambda: opened.enter_context(History(path)), speeds)
 
         try:
             found = await asyncio.to_thread(read)
+            if found is not None:
+                self._tails = found
+            await asyncio.to_thread(_prune, path)  # off the event loop, as the read
         except Exception as exc:  # noqa: BLE001 - no one awaits this task: said, not raised
             sys.stderr.write(f"offload coordinator: tails not read: {type(exc).__name__}: {exc}\n")
-            found = None
         finally:
             self._tails_reading = None
-        if found is not None:
-            self._tails = found
 
     def history(self) -> History:
         """The state directory's history database, opened on first use (``StoreError``)."""
@@ -147,12 +146,17 @@ class Keep:
                 self._history.close()
 
 
+# Seconds a pass of forgetting old history may take in the coordinator's thread: each of its
+# transactions is short (``offload.history.prune``), so hooks recording builds hardly wait.
+PRUNE_BUDGET = 5.0
+
+
 def _prune(path: Path) -> None:
     """Forget old history if it is due (``History.prune_if_due``), here where no hook waits
     for it; a failure is said in the coordinator's log."""
     try:
         with History(path) as history:
-            history.prune_if_due(time.time())
+            history.prune_if_due(time.time(), budget=PRUNE_BUDGET)
     except OffloadError as exc:
         sys.stderr.write(f"offload coordinator: old history not forgotten: {exc.message}\n")
 
