@@ -217,6 +217,26 @@ def test_unknown_setting_warns_once_as_nix_does(project: Path) -> None:
     assert (offload.returncode, offload.stdout) == (nix.returncode, nix.stdout) == (0, nix.stdout)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("cores", "-1", "setting 'cores' has invalid value '-1'"),
+        ("max-jobs", "foo", "configuration setting 'max-jobs' should be 'auto' or an integer"),
+    ],
+)
+def test_a_refused_setting_warns_and_the_build_goes_on_as_nix_build(
+    project: Path, name: str, value: str, said: str
+) -> None:
+    # Nix warns of an --option it cannot take and keeps the setting as it was; the same text
+    # in NIX_CONFIG, which offload's Nix processes get the options through, fails them.
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "-A", "ok", *nonce, "--option", name, value)
+    line = f"warning: error: {said}"
+    assert nix.stderr.splitlines().count(line) == 1
+    assert offload.stderr.splitlines().count(line) == 1, offload.stderr
+    assert (offload.returncode, offload.stdout) == (nix.returncode, nix.stdout) == (0, nix.stdout)
+
+
 @pytest.mark.parametrize("flag", ["--max-silent-time", "--timeout"])
 @pytest.mark.parametrize("how", ["flag", "option"])
 def test_silent_build_times_out_with_101(project: Path, flag: str, how: str) -> None:

@@ -295,7 +295,8 @@ def load_pool(
     entry = local_machine(settings, toml.local if toml else None)
     local = entry if entry.max_jobs > 0 else None
     substitutes = settings.get("builders-use-substitutes") == "true"
-    options = dict(options or {})
+    # As nix-build, an option Nix refused is one warning and no setting, never a failure.
+    options = {k: v for k, v in (options or {}).items() if k not in settings.refused}
     with_nix_options({}, options)  # refuse options the local store cannot be given, up front
     return Pool(
         local,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,9 @@ class NixSettings:
 
     values: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    # The --option names whose value Nix refused (it warned and kept the setting as it was):
+    # passed on in NIX_CONFIG they would make every Nix process fail instead.
+    refused: frozenset[str] = frozenset()
 
     def get(self, name: str) -> str:
         if name in self.values:
@@ -176,7 +180,8 @@ def read_nix_settings(
                 problem = "`nix show-config --json` printed no JSON"
             else:
                 shown = {k: _show_config_value(v) for k, v in data.items()}
-                return NixSettings(shown, _option_warnings(data, options, done.stderr))
+                warnings = _option_warnings(data, options, done.stderr)
+                return NixSettings(shown, warnings, _refused(warnings, options))
         else:
             problem = (done.stderr.strip().splitlines() or ["no output"])[-1]
     values: dict[str, str] = {}
@@ -203,6 +208,13 @@ def _option_warnings(data: object, options: Mapping[str, str], stderr: str) -> t
         if name not in known and name.removeprefix("extra-") not in known
     ]
     return tuple([line for line in said if line.strip()] + unknown)
+
+
+def _refused(warnings: Sequence[str], options: Mapping[str, str]) -> frozenset[str]:
+    """The ``options`` whose values Nix refused: "error: setting 'cores' has invalid value
+    '-1'", "error: configuration setting 'max-jobs' should be 'auto' or an integer"."""
+    said = (re.match(r"error: (?:configuration )?setting '([^']*)'", w) for w in warnings)
+    return frozenset(m[1] for m in said if m is not None and m[1] in options)
 
 
 def substitutes_locally(settings: NixSettings) -> bool:
