@@ -39,8 +39,9 @@ class Choice:
         return self.until is None or now < self.until
 
 
-def parse_duration(text: str) -> float:
-    """``90s``, ``30m``, ``2h``, ``1d`` or sums of them such as ``1h30m``."""
+def parse_duration(text: str, flag: str = "--for") -> float:
+    """``90s``, ``30m``, ``2h``, ``1d`` or sums of them such as ``1h30m`` (``flag``: what
+    gave it, for the error)."""
     pos, total = 0, 0
     for match in _DURATION.finditer(text):
         if match.start() != pos:
@@ -49,7 +50,7 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if pos != len(text) or not text or total <= 0:
         raise ConfigError(
-            f"--for {text!r}: not a duration", hint="write it as 90s, 30m, 2h or 1h30m"
+            f"{flag} {text!r}: not a duration", hint="write it as 90s, 30m, 2h or 1h30m"
         )
     return float(total)
 

@@ -113,7 +113,7 @@ def test_graph_uses_the_local_machine_and_the_builders(hook_fleet: Fleet, tmp_pa
             assert not holders(hook_fleet, path)
 
 
-def test_the_hook_keeps_what_each_build_was_built_on_for_later_priorities(
+def test_the_hook_keeps_what_each_build_was_built_on_for_priorities_and_its_report(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:
     # b is built on a: the history says so (as offload build's runs say their graphs), and
@@ -129,6 +129,22 @@ def test_the_hook_keeps_what_each_build_was_built_on_for_later_priorities(
     assert [(name_of(drv), name_of(dep)) for drv, dep in edges] == [("b", "a")]
     assert built == {"a", "b"}
     assert tails(edges, {"b": 3.0}.__getitem__) == {"a": 3.0, "b": 0.0}
+    # And `offload report --hook` draws them: b asked, a then b its critical path.
+    page = tmp_path / "hook.html"
+    offload = str(Path(sys.executable).parent / "offload")
+    done = subprocess.run(
+        [offload, "report", "--hook", "-o", str(page)],
+        env=hook_env(hook_fleet, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("report of offload-hook's builds (2 copies on ")
+    text = page.read_text()
+    assert '<div data-fact="asked">asked<b>b</b></div>' in text
+    assert "<h2>Critical path (2 builds, " in text
 
 
 def test_two_builds_run_at_once_on_two_builders(hook_fleet: Fleet, tmp_path: Path) -> None:

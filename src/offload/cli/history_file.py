@@ -1,4 +1,5 @@
-"""Which history ``offload history`` reads: the user's, or the nix-daemon's hook's.
+"""Which history ``offload history`` and ``offload report`` read: the user's, or the
+nix-daemon's hook's.
 
 Nix's daemon runs ``offload-hook`` as root with no home, so what it builds is kept under
 ``/var/lib/offload`` (``offload.state_location``), not in the state of the user who asked for
@@ -20,15 +21,15 @@ __all__ = ["HISTORY_FILE", "history_file"]
 HISTORY_FILE = "history.sqlite"
 
 
-def history_file(*, daemon: bool) -> Path:
-    """The history database to read: the daemon hook's (``OffloadError`` if it cannot be read
-    or holds nothing yet), or the user's (made if need be, with a note on stderr when the
-    daemon's hook keeps one of its own)."""
+def history_file(*, daemon: bool, command: str = "history", note: bool = True) -> Path:
+    """The history database ``offload COMMAND`` reads: the daemon hook's (``OffloadError`` if
+    it cannot be read or holds nothing yet), or the user's (made if need be; with ``note``, a
+    note on stderr when the daemon's hook keeps one of its own)."""
     if not daemon:
-        if state_dir() != SYSTEM_STATE_DIR and _exists(SYSTEM_STATE_DIR / HISTORY_FILE):
+        if note and state_dir() != SYSTEM_STATE_DIR and _exists(SYSTEM_STATE_DIR / HISTORY_FILE):
             print(
                 f"note: the nix-daemon's offload-hook keeps its own history in {SYSTEM_STATE_DIR}:"
-                " `sudo offload history --daemon`",
+                f" `sudo offload {command} --daemon`",
                 file=sys.stderr,
             )
         return ensure_state_dir() / HISTORY_FILE
@@ -36,7 +37,7 @@ def history_file(*, daemon: bool) -> Path:
     if _exists(path) and not os.access(path, os.R_OK):
         raise OffloadError(
             f"{path}: the nix-daemon's history is root's",
-            hint="sudo offload history --daemon",
+            hint=f"sudo offload {command} --daemon",
         )
     if not path.is_file():
         raise OffloadError(

@@ -6,17 +6,26 @@ builds, the biggest transfers and how far the run was from its lower bound. It n
 but a browser: no network, no other file. ``RUN`` is a run id or its start (``offload
 history`` lists them); without it, the latest run. ``offload build --report FILE`` writes the
 same page at the end of a build.
+
+``--hook`` reports ``offload-hook``'s builds instead (``nix-build``, ``nixos-rebuild``, the
+daemon): they are no run, so the page covers its latest burst, back from its newest build until
+none ran for 10 minutes, or with ``--since 2h`` the builds that finished in the last two
+hours. ``--daemon`` reads the nix-daemon's hook's history (/var/lib/offload, root's).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
+from offload.cli.history_file import history_file
+from offload.errors import OffloadError
 from offload.history.db import History
-from offload.paths import ensure_state_dir
-from offload.report import write_report
+from offload.paths import SYSTEM_STATE_DIR
+from offload.report import check_target, load_hook_model, write_page, write_report
+from offload.use import parse_duration
 
 __all__ = ["register"]
 
@@ -24,7 +33,7 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "report",
-        help="write a run's report: one HTML page with its timeline",
+        help="write a run's report (or offload-hook's builds'): one HTML page with its timeline",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,16 +46,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="FILE",
         help="where to write it (default: report.html)",
     )
+    parser.add_argument(
+        "--hook", action="store_true", help="offload-hook's builds (its latest burst) instead"
+    )
+    parser.add_argument(
+        "--since", metavar="DURATION", help="with --hook: the builds of the last DURATION (2h)"
+    )
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help=f"the nix-daemon's offload-hook's builds ({SYSTEM_STATE_DIR}; root's); implies --hook",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with History(ensure_state_dir() / "history.sqlite") as history:
-        model = write_report(history, args.run, args.output)
-    builds = sum(len(lane.bars) for lane in model.lanes)
+    hook = args.hook or args.daemon or args.since is not None
+    if hook and args.run is not None:
+        raise OffloadError(
+            f"'{args.run[:40]}': offload-hook's builds are no run",
+            hint="give a run, or --hook (--since, --daemon) for the hook's builds",
+        )
+    if not hook:
+        with History(history_file(daemon=False, note=False)) as history:
+            model = write_report(history, args.run, args.output)
+        what = f"report of run {model.run.run_id}"
+    else:
+        since = None if args.since is None else time.time() - parse_duration(args.since, "--since")
+        check_target(args.output)
+        with History(
+            history_file(daemon=args.daemon, command="report"), read_only=args.daemon
+        ) as h:
+            model = load_hook_model(h, since)
+        write_page(model, args.output)
+        what = "report of offload-hook's builds"
+    copies = sum(len(lane.bars) for lane in model.lanes)
     print(
-        f"report of run {model.run.run_id} ({builds} copies on {len(model.lanes)} machines)"
-        f" written to {args.output}",
+        f"{what} ({copies} copies on {len(model.lanes)} machines) written to {args.output}",
         file=sys.stderr,
     )
     return 0

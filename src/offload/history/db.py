@@ -285,16 +285,20 @@ class History:
         run_id: str | None = None,
         machine: str | None = None,
         name: str | None = None,
+        since: float | None = None,
+        hook: bool = False,
         limit: int | None = 100,
     ) -> list[BuildRecord]:
-        """Builds, newest first, with their phases; ``name`` matches part of the .drv path."""
-        where: list[str] = []
+        """Builds, newest first, with their phases; ``name`` matches part of the .drv path,
+        ``since`` keeps those finished then or later, ``hook`` only ``offload-hook``'s."""
+        where: list[str] = ["run_id LIKE 'hook-%'"] if hook else []
         params: list[object] = []
         for clause, value in (
             ("drv_path = ?", drv_path),
             ("run_id = ?", run_id),
             ("machine = ?", machine),
             ("instr(drv_path, ?) > 0", name),
+            ("finished >= ?", since),
         ):
             if value is not None:
                 where.append(clause)
@@ -342,6 +346,20 @@ class History:
                     deps.setdefault(drv, []).append(dep)
                 runs = [dataclasses.replace(run, deps={d: tuple(v) for d, v in deps.items()})]
         return runs
+
+    @_guarded
+    def inputs(self, run_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """drv -> the input derivations recorded with it by these runs (or hook builds)."""
+        found: dict[str, list[str]] = {}
+        with closing(self._db.cursor()) as cur:
+            for chunk, marks in chunks(sorted(set(run_ids))):
+                for drv, dep in cur.execute(
+                    "SELECT drv_path, dep FROM deps"  # noqa: S608 (only "?"s)
+                    f" WHERE run_id IN ({marks})",
+                    chunk,
+                ):
+                    found.setdefault(drv, []).append(dep)
+        return {drv: tuple(dict.fromkeys(deps)) for drv, deps in found.items()}
 
     @_guarded
     def counts(self, run_ids: Iterable[str]) -> dict[str, dict[str, int]]:

@@ -1,7 +1,7 @@
 """Run reports: one self-contained HTML page per run, made from history.
 
 ``model`` reads what a report shows from history; ``html`` renders it; ``write_report`` puts
-it in a file whole or not at all (a temporary file beside it, renamed over it).
+it in a file whole or not at all (``write_page``) (a temporary file beside it, renamed over it).
 """
 
 from __future__ import annotations
@@ -15,9 +15,18 @@ from offload.errors import OffloadError
 from offload.file_modes import readable_mode
 from offload.history.db import History
 from offload.report.html import render_html
-from offload.report.model import ReportModel, load_model, make_model
+from offload.report.model import ReportModel, load_hook_model, load_model, make_model
 
-__all__ = ["ReportModel", "check_target", "load_model", "make_model", "render_html", "write_report"]
+__all__ = [
+    "ReportModel",
+    "check_target",
+    "load_hook_model",
+    "load_model",
+    "make_model",
+    "render_html",
+    "write_page",
+    "write_report",
+]
 
 
 def check_target(path: Path) -> None:
@@ -38,6 +47,12 @@ def write_report(history: History, run_id: str | None, path: Path) -> ReportMode
     """The report of run ``run_id`` (a prefix; None: the latest) into ``path``."""
     check_target(path)
     model = load_model(history, run_id)
+    write_page(model, path)
+    return model
+
+
+def write_page(model: ReportModel, path: Path) -> None:
+    """``model``'s page into ``path``, whole or not at all."""
     page = render_html(model)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -49,4 +64,3 @@ def write_report(history: History, run_id: str | None, path: Path) -> ReportMode
         with contextlib.suppress(OSError):
             Path(tmp).unlink()
         raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
-    return model

@@ -38,8 +38,7 @@ def esc(value: object) -> str:
 
 
 def render_html(model: ReportModel) -> str:
-    run = model.run
-    title = f"offload run {run.run_id}"
+    title = model.title
     return "\n".join(
         [
             "<!DOCTYPE html>",

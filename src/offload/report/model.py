@@ -6,10 +6,18 @@ start. The critical path is the chain that decided when the run ended: from the 
 finished last, back through the dependency of it that finished last, and so on; its builds
 are marked. The distance from the lower bound is the run's wall time less the least time its
 own measured builds allow (``offload.history.recorder.lower_bound``).
+
+``offload-hook``'s builds belong to no run (Nix asks for them one at a time): their report is
+of the builds that finished in a window, by default its latest burst, back from the newest
+build until none ran for 10 minutes (a ``nixos-rebuild``, a CI job; at most 10,000 builds).
+Asked are the derivations none of the others was built on; the machines' speeds and slots and
+the lower bound are not known there.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,9 +26,23 @@ from offload.history.db import History
 from offload.history.records import BuildRecord, RunRecord
 from offload.history.views import MachineStats, machine_stats
 
-__all__ = ["Bar", "Lane", "ReportModel", "critical_path", "load_model", "make_model"]
+__all__ = [
+    "Bar",
+    "Lane",
+    "ReportModel",
+    "critical_path",
+    "hook_run",
+    "latest_burst",
+    "load_hook_model",
+    "load_model",
+    "make_model",
+]
 
 TOP = 10  # rows in the slowest-builds and biggest-transfers tables
+# offload-hook's report: its builds are no run (module docstring).
+HOOK_RUN = "offload-hook"
+HOOK_PAUSE = 600.0
+HOOK_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,7 @@ class ReportModel:
     biggest: tuple[BuildRecord, ...]
     machines: tuple[MachineStats, ...]
     unplaced: tuple[BuildRecord, ...]  # skipped: ran on no machine
+    title: str
 
     @property
     def distance(self) -> float | None:
@@ -82,7 +105,60 @@ def load_model(history: History, run_id: str | None) -> ReportModel:
     return make_model(run, history.builds(run_id=run.run_id, limit=None))
 
 
-def make_model(run: RunRecord, builds: Sequence[BuildRecord]) -> ReportModel:
+def load_hook_model(history: History, since: float | None) -> ReportModel:
+    """The report of ``offload-hook``'s builds finished at ``since`` or later, else of its
+    latest burst (module docstring)."""
+    builds = history.builds(hook=True, since=since, limit=HOOK_LIMIT)
+    if since is None:
+        builds = latest_burst(builds, HOOK_PAUSE)
+    if not builds:
+        when = "" if since is None else " since " + time.strftime("%F %T", time.localtime(since))
+        raise OffloadError(
+            f"no offload-hook builds in the history{when}",
+            hint="`offload history` lists the builds; offload-hook records one per build it takes",
+        )
+    run = hook_run(builds, history.inputs(b.run_id for b in builds))
+    return make_model(run, builds, title="offload-hook builds")
+
+
+def latest_burst(builds: Sequence[BuildRecord], pause: float) -> list[BuildRecord]:
+    """Of ``builds`` (newest end first), those back from the newest until none ran for
+    ``pause`` seconds."""
+    kept: list[BuildRecord] = []
+    earliest = math.inf
+    for b in builds:
+        start, end = b.span
+        if kept and end < earliest - pause:
+            break
+        kept.append(b)
+        earliest = min(earliest, start)
+    return kept
+
+
+def hook_run(builds: Sequence[BuildRecord], inputs: Mapping[str, Sequence[str]]) -> RunRecord:
+    """``offload-hook``'s ``builds`` told as one run: asked, the derivations none of the
+    others was built on; failed if a derivation's last copy failed."""
+    drvs = {b.drv_path for b in builds}
+    deps = {drv: tuple(d for d in inputs.get(drv, ()) if d in drvs) for drv in drvs}
+    needed = {d for ds in deps.values() for d in ds}
+    last = {b.drv_path: b for b in sorted(builds, key=lambda b: b.finished)}
+    spans = [b.span for b in builds]
+    return RunRecord(
+        run_id=HOOK_RUN,
+        started=min(s for s, _ in spans),
+        finished=max(e for _, e in spans),
+        asked=tuple(b.pname for drv, b in last.items() if drv not in needed),
+        outcome="ok" if all(b.status == "built" for b in last.values()) else "failed",
+        machines=(),
+        estimate=None,
+        lower_bound=None,
+        deps=deps,
+    )
+
+
+def make_model(
+    run: RunRecord, builds: Sequence[BuildRecord], *, title: str | None = None
+) -> ReportModel:
     placed = [b for b in builds if b.machine]
     critical = critical_path(placed, run.deps)
     marked = {id(b) for b in critical}
@@ -110,6 +186,7 @@ def make_model(run: RunRecord, builds: Sequence[BuildRecord]) -> ReportModel:
         ),
         machines=tuple(machine_stats(placed, speeds)),
         unplaced=tuple(b for b in builds if not b.machine),
+        title=title or f"offload run {run.run_id}",
     )
 
 
