@@ -446,6 +446,7 @@ def _record(context: HookContext, request: TryRequest, name: str, outcome: Outco
         status="built" if outcome.exit_code == 0 else "failed",
         bytes_sent=outcome.sent,
         bytes_received=outcome.received,
+        name=request.name,
     )
     inputs: tuple[str, ...] = ()  # what it was built on gives later hooks their tails
     with contextlib.suppress(OffloadError):

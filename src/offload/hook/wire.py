@@ -63,9 +63,14 @@ class TryRequest:
     features: frozenset[str]  # requiredSystemFeatures
 
     @property
+    def name(self) -> str:
+        """The derivation's name, as it names itself (with version)."""
+        return StorePath.parse(self.drv_path).name.removesuffix(".drv")
+
+    @property
     def pname(self) -> str:
         """The name history learns durations under: the derivation's name without version."""
-        return split_name_version(StorePath.parse(self.drv_path).name.removesuffix(".drv"))[0]
+        return split_name_version(self.name)[0]
 
 
 @dataclass(frozen=True)
