@@ -114,6 +114,20 @@ def test_an_unknown_on_name_is_a_one_line_error(fleet, tmp_path):
     assert not valid_locally(out_path(file, "dep"))
 
 
+def test_a_report_on_standard_output_is_refused_before_building(fleet, tmp_path):
+    # stdout carries the output paths (or --json's events): the page would be mixed in.
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(
+        fleet, tmp_path, file, "-A", "top", "--builders", f"@{fleet.machines_file}", "--report", "-"
+    )
+    assert done.returncode == 1
+    assert_one_line_error(done.stderr)
+    assert done.stderr.startswith("error: --report -: standard output carries")
+    assert done.stdout == ""
+    assert not (tmp_path / "-").exists()
+    assert not valid_locally(out_path(file, "top"))
+
+
 @pytest.mark.parametrize("form", ["uri-port", "ssh-alias"])
 def test_an_unreachable_member_is_a_one_line_error(fleet, tmp_path, closed_port, form):
     file = nix_file(tmp_path, GRAPH)

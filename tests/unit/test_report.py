@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import threading
 
 import pytest
 
@@ -12,7 +14,7 @@ from offload.cli import main
 from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
-from offload.report import check_target, make_model, render_html, write_report
+from offload.report import STDOUT, check_target, make_model, render_html, write_page, write_report
 
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>"\'&'
 
@@ -104,3 +106,33 @@ def test_the_report_file_gets_the_mode_the_umask_allows(tmp_path, umask, mode):
         finally:
             os.umask(before)
     assert (tmp_path / "out.html").stat().st_mode & 0o777 == mode
+
+
+def test_a_link_is_written_through_a_pipe_in_place_and_dash_is_stdout(tmp_path, capsys):
+    # As a shell's redirection writes them: replacing a link, a pipe or a device (as root,
+    # /dev/null) with a file would break what the user pointed the report at.
+    model = make_model(_run({}), [_build("a", "fast", 1, 5)])
+    target = tmp_path / "t.html"
+    link = tmp_path / "l.html"
+    link.symlink_to(target)
+    check_target(link)
+    write_page(model, link)
+    assert link.is_symlink()
+    assert target.read_text().startswith("<!DOCTYPE html>")
+
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    check_target(fifo)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
+    reader.start()
+    write_page(model, fifo)
+    reader.join(timeout=30)
+    assert read[0].startswith("<!DOCTYPE html>")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.html", "p", "t.html"]
+
+    check_target(STDOUT)
+    write_page(model, STDOUT)
+    assert capsys.readouterr().out.startswith("<!DOCTYPE html>")
+    assert not (tmp_path / "-").exists()
