@@ -174,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stopped_by.clear()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _as_interrupt)
+    if argv is None:
+        _standard_streams()
     try:
         status = _dispatch(argv)
     except KeyboardInterrupt:
@@ -182,6 +184,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         _end(status)
     return status
+
+
+def _standard_streams() -> None:
+    """Started with stdin, stdout or stderr closed (``>&-``), as nix-build then runs and
+    exits: what would go there goes nowhere. Each such descriptor is /dev/null from now on, so
+    no file this process opens takes its number and no Nix or ssh it starts writes into that
+    file (Python leaves ``sys.stdout`` None, whose first write was a traceback)."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # the lowest free number: it is fd unless a lower one was closed too
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
 def _end(status: int) -> None:

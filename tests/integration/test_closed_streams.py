@@ -1,0 +1,60 @@
+"""offload started with stdout or stderr closed (`>&-`): as nix-build, it does its work and
+exits as it would, what it would print going nowhere; never a traceback (Python leaves
+``sys.stdout`` None) and never a Nix child writing into a file that took the closed number."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.nix_files import nix_file, valid_locally
+
+
+def _closed(command: str, tmp_path: Path, stream: int) -> subprocess.CompletedProcess[str]:
+    """``offload COMMAND`` with ``stream`` (1 or 2) closed; the other one captured."""
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    env["NIX_CONFIG"] = env.get("NIX_CONFIG", "") + "\nsubstituters =\n"
+    other = "2>&1" if stream == 1 else ""  # stdout captured: stderr joins it there
+    return subprocess.run(
+        ["/bin/sh", "-c", f"'{sys.executable}' -m offload {command} {other} {stream}>&-"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["machines --builders ''", "history", "status"])
+def test_a_listing_with_stdout_closed_exits_0_quietly(tmp_path: Path, command: str) -> None:
+    done = _closed(command, tmp_path, 1)
+    assert done.returncode == 0, done.stdout
+    assert "Traceback" not in done.stdout
+    assert "error" not in done.stdout
+
+
+@pytest.mark.parametrize("stream", [1, 2])
+def test_a_build_with_a_stream_closed_builds_and_exits_0(tmp_path: Path, stream: int) -> None:
+    file = nix_file(tmp_path, 'mk "closed" "/bin/echo built > $out; /bin/echo a log line" {}\n')
+    done = _closed("build --no-out-link --builders ''", tmp_path, stream)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = _out(file)
+    assert valid_locally(output)
+    assert "Traceback" not in done.stdout + done.stderr
+    if stream == 2:  # stdout still has the output path, as nix-build's has
+        assert done.stdout.split() == [output]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default.nix", "state"]
+
+
+def _out(file: Path) -> str:
+    drv = subprocess.run(
+        ["nix-instantiate", str(file)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return subprocess.run(
+        ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
