@@ -80,6 +80,38 @@ def test_a_mistyped_command_is_named_with_the_one_meant(
     assert err.endswith(hint), err
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["build", "-o", ""], "an empty name for the result link"),
+        (["log", ""], "error: an empty path"),
+        (["setup", "key", ""], "an empty path for the key"),
+        (["doctor", "--timeout", "0"], "more than 0 and at most 600 seconds"),
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_as_here(
+    argv: list[str],
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Path("") is the current directory: a result link, a key or a log looked up there.
+    monkeypatch.chdir(tmp_path)
+    status, err = _offload(argv, capsys)
+    assert status == 1
+    _one_error(err)
+    assert said in err.splitlines()[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_long_store_path_is_cut_in_the_error(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _offload(["log", "/nix/store/" + "a" * 5000], capsys)  # Nix echoes it too
+    assert status == 1
+    _one_error(err)
+    assert len(err) < 800
+
+
 def test_a_pasted_value_is_not_echoed_whole(capsys: pytest.CaptureFixture[str]) -> None:
     status, err = _offload(["build", "-j", "9" * 5000], capsys)
     assert status == 1

@@ -177,6 +177,13 @@ def _ignored(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _link_name(text: str) -> str:
+    # nix-build builds first and then fails to make the link; offload would have made ./result.
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name for the result link")
+    return text
+
+
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Every argument of `offload build` on ``parser``."""
     parser.add_argument(
@@ -185,7 +192,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     _evaluation(parser)
     # One destination, so the last of -o and --no-out-link wins, as in nix-build (a wrapper
     # that passes --no-out-link and a caller's -o after it get the link).
-    parser.add_argument("-o", "--out-link", default="result", help="symlink name (./result)")
+    parser.add_argument(
+        "-o", "--out-link", type=_link_name, default="result", help="symlink name (./result)"
+    )
     parser.add_argument(
         "--no-out-link",
         "--no-link",

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
+from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.logs import BuildLogs
 from offload.process import output_lines, run
@@ -35,6 +36,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if not args.target:  # not the current directory
+        raise OffloadError("an empty path", hint="give a .drv path or an output path")
     return show_log(args.target, machine=args.machine)
 
 
@@ -68,7 +71,7 @@ def find_deriver(path: str) -> str:
         lines = result.stderr.strip().splitlines()
         reason = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
         raise OffloadError(
-            f"cannot find the derivation of {path}: {reason}",
+            f"cannot find the derivation of {shown(path, 200)}: {shown(reason, 300)}",
             hint="give a .drv path, or an output path that is valid in the local store",
         )
     deriver = result.stdout.strip()

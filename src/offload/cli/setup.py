@@ -45,6 +45,12 @@ def _list(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
 
+def _key_path(text: str) -> Path:
+    if not text:  # Path("") is the current directory
+        raise argparse.ArgumentTypeError("an empty path for the key")
+    return Path(text)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "setup",
@@ -55,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     steps = parser.add_subparsers(dest="step", metavar="STEP", required=True)
     key = steps.add_parser("key", help="make a dedicated ed25519 key pair (never overwrites)")
     key.add_argument(
-        "path", nargs="?", type=Path, metavar="PATH",
+        "path", nargs="?", type=_key_path, metavar="PATH",
         help="private key path (default: /etc/nix/offload_ed25519 as root, the nix-daemon's; "
         "else ~/.ssh/offload_ed25519)",
     )  # fmt: skip
@@ -163,7 +169,7 @@ def run_client(args: argparse.Namespace) -> int:
             hint="make one with `offload setup key`, or give --identity PATH",
         )
     if not 0 < args.timeout <= 600:
-        raise ConfigError("--timeout must be between 0 and 600 seconds")
+        raise ConfigError("--timeout must be more than 0 and at most 600 seconds")
     targets = parse_targets(args.targets)
     overrides = Overrides(
         systems=tuple(s for group in args.system for s in group),
