@@ -147,6 +147,18 @@ def test_the_hook_keeps_what_each_build_was_built_on_for_priorities_and_its_repo
     assert "<h2>Critical path (2 builds, " in text
 
 
+def test_check_builds_again_on_a_builder_as_nix_s_hook_does(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The outputs are valid here: nothing comes home, and nothing is registered (an empty
+    # registration failed every --check -j0).
+    file = nix_file(tmp_path, f'mk "checked" "{SPEED} > $out" {{}}\n')
+    (path,) = outputs(nix_build(hook_fleet, tmp_path, file, "-j0"))
+    again = nix_build(hook_fleet, tmp_path, file, "-j0", "--check")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == [path]
+
+
 def test_two_builds_run_at_once_on_two_builders(hook_fleet: Fleet, tmp_path: Path) -> None:
     stamp = "/bin/date +%s.%N >> {tmp}/$name; /bin/sleep 2; /bin/date +%s.%N >> {tmp}/$name; "
     file = nix_file(tmp_path, leaves(2, stamp.format(tmp=tmp_path)))
