@@ -346,6 +346,33 @@ def _coordinator_pids(state: Path) -> list[int]:
     return [int(p.read_text()) for p in state.glob("hook-*.pid")]
 
 
+def test_a_coordinator_killed_mid_build_is_said_to_the_user(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # After "# accept" Nix shows only JSON log lines from the hook: a plain line was lost.
+    marker = tmp_path / "started"
+    file = nix_file(
+        tmp_path, f'[ (mk "long" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
+    )
+    proc = start(
+        nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
+        env=hook_env(hook_fleet, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(marker.exists, 60, "the remote build to start")
+        (pid,) = _coordinator_pids(tmp_path / "state")
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode != 0
+    assert "offload-hook: error: the coordinator stopped before the hook ended" in err, err
+    wait_for(lambda: not _remote_leftovers(hook_fleet), 30, "the builder's build to stop")
+
+
 def test_two_nix_builds_share_one_coordinator_and_its_sessions(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:

@@ -50,6 +50,12 @@ _ATTEMPTS = 3
 # The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
 HELLO_FDS = (0, 2, 4)
 HELLO_MAGIC = b"offload-hello-1"
+# What the hook says when its coordinator dies under it: a message Nix shows before or after the
+# hook's reply (``wire.write_nix_json``, written out: this process imports no json).
+_COORDINATOR_STOPPED = (
+    '@nix {"action":"msg","level":0,"msg":"offload-hook: error: the coordinator stopped'
+    ' before the hook ended (its log: hook-coordinator.log in the state directory)"}\n'
+)
 
 
 def _digest(text: str) -> str:
@@ -192,7 +198,8 @@ def _wait_for_code(sock: _socket.socket) -> int:
         except ConnectionError:
             chunk = b""
         if not chunk:
-            sys.stderr.write("offload-hook: error: the coordinator stopped before the hook ended\n")
+            # As Nix's JSON log: after "# accept" Nix drops the hook's plain lines.
+            sys.stderr.write(_COORDINATOR_STOPPED)
             return 1
         data += chunk
     return int(data)
