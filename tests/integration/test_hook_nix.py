@@ -159,6 +159,21 @@ def test_check_builds_again_on_a_builder_as_nix_s_hook_does(
     assert again.stdout.split() == [path]
 
 
+def test_each_nix_build_hears_of_a_builder_left_out(hook_fleet: Fleet, tmp_path: Path) -> None:
+    # Said once per nix-build (not once a minute across them): the second build's user must
+    # learn of it too.
+    lines = hook_fleet.machines_file.read_text().splitlines()
+    machines = tmp_path / "machines"
+    machines.write_text("\n".join([*lines, lines[0]]) + "\n")
+    for n in range(2):
+        file = nix_file(tmp_path, leaves(2), name=f"run{n}.nix")
+        done = nix_build(hook_fleet, tmp_path, file, "-j0", builders=f"@{machines}")
+        outputs(done)
+        said = [line for line in done.stderr.splitlines() if "listed twice" in line]
+        assert len(said) == 1, done.stderr
+        assert f"{machines}:{len(lines) + 1}" in said[0]
+
+
 def test_two_builds_run_at_once_on_two_builders(hook_fleet: Fleet, tmp_path: Path) -> None:
     stamp = "/bin/date +%s.%N >> {tmp}/$name; /bin/sleep 2; /bin/date +%s.%N >> {tmp}/$name; "
     file = nix_file(tmp_path, leaves(2, stamp.format(tmp=tmp_path)))

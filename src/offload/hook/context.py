@@ -54,7 +54,7 @@ class HookContext:
     parent: int  # the Nix process asking: its declines share the local machine's slots
     keep: Keep  # sessions and the history, kept from one hook to the next
     backoff: dict[str, Health] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # said once, before the first reply
+    notes: list[str] = field(default_factory=list)  # said once per client, before the reply
     client: str | None = None  # the Nix process asking, as ``first_for_client`` names it
 
     def say(self, text: str, level: int = 1) -> None:
@@ -65,17 +65,12 @@ class HookContext:
                 self.io, {"action": "msg", "level": level, "msg": f"offload-hook: {text}"}
             )
 
-    def say_once(self, text: str, level: int = 1, every: float = 60.0) -> None:
-        """``say``, unless any hook process said the same within ``every`` seconds: Nix starts
-        a hook process per accepted derivation, and a note per derivation is noise."""
-        marker = self._marker(text)
-        with contextlib.suppress(OSError):
-            if time.time() - marker.stat().st_mtime < every:
-                return
-        with contextlib.suppress(OSError):
-            marker.parent.mkdir(mode=0o700, exist_ok=True)
-            marker.touch()
-        self.say(text, level)
+    def say_to_client(self, text: str, level: int = 1) -> None:
+        """``say``, once per Nix client (``first_for_client``): Nix starts a hook process per
+        accepted derivation, and a note per derivation is noise; the next nix-build hears it
+        again, as it would from Nix."""
+        if self.first_for_client(f"said {text}"):
+            self.say(text, level)
 
     def first_for_client(self, what: str) -> bool:
         """True the first time any hook process asks about ``what`` for the Nix process

@@ -83,7 +83,7 @@ async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
         problem = exc
     if context is not None:
         for note in context.notes:
-            context.say_once(note)
+            context.say_to_client(note)
     while (request := await read_request(hook.reader)) is not None:
         if context is None:
             assert problem is not None
