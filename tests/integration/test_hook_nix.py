@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,11 +25,19 @@ from offload.history.db import History
 from offload.history.tails import name_of, tails
 from offload.slots import NIX_CURRENT_LOAD, slot_key
 from tests.helpers.fleets import drop_member, member_processes, private_fleet_fixture
+from tests.helpers.hook_runs import (
+    coordinator_pids,
+    hook_env,
+    leaves,
+    nix_build,
+    nix_build_argv,
+    outputs,
+    remote_leftovers,
+)
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import stop_coordinators, wait_for
 from tests.helpers.processes import start, stop
 
-HOOK = str(Path(sys.executable).parent / "offload-hook")
 MEMBERS = ("hk1", "hk2")
 
 hook_fleet = private_fleet_fixture(
@@ -43,57 +51,8 @@ def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
     stop_coordinators(tmp_path / "state")
 
 
-def hook_env(fleet: Fleet, tmp_path: Path, sshopts: str | None = None) -> dict[str, str]:
-    env = fleet.env()
-    env["OFFLOAD_STATE_DIR"] = str(tmp_path / "state")
-    if sshopts is not None:
-        env["NIX_SSHOPTS"] = sshopts
-    return env
-
-
-def nix_build_argv(file: Path, builders: str, *args: str) -> list[str]:
-    return [
-        "nix-build",
-        str(file),
-        "--no-out-link",
-        "--option",
-        "build-hook",
-        HOOK,
-        "--option",
-        "substituters",
-        "",
-        "--builders",
-        builders,
-        *args,
-    ]
-
-
-def nix_build(
-    fleet: Fleet, tmp_path: Path, file: Path, *args: str, builders: str | None = None, **env: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        nix_build_argv(file, builders or f"@{fleet.machines_file}", *args),
-        env={**hook_env(fleet, tmp_path), **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-
-def outputs(done: subprocess.CompletedProcess[str]) -> list[str]:
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
-
-
 def holders(fleet: Fleet, path: str) -> set[str]:
     return {name for name in MEMBERS if fleet.store_has(name, path)}
-
-
-def leaves(count: int, script: str = "") -> str:
-    """``count`` independent derivations that record where they ran, as a list."""
-    items = " ".join(f'(mk "leaf{i}" "{script}{SPEED} > $out" {{}})' for i in range(count))
-    return f"[ {items} ]\n"
 
 
 def test_graph_uses_the_local_machine_and_the_builders(hook_fleet: Fleet, tmp_path: Path) -> None:
@@ -145,33 +104,6 @@ def test_the_hook_keeps_what_each_build_was_built_on_for_priorities_and_its_repo
     text = page.read_text()
     assert '<div data-fact="asked">asked<b>b</b></div>' in text
     assert "<h2>Critical path (2 builds, " in text
-
-
-def test_check_builds_again_on_a_builder_as_nix_s_hook_does(
-    hook_fleet: Fleet, tmp_path: Path
-) -> None:
-    # The outputs are valid here: nothing comes home, and nothing is registered (an empty
-    # registration failed every --check -j0).
-    file = nix_file(tmp_path, f'mk "checked" "{SPEED} > $out" {{}}\n')
-    (path,) = outputs(nix_build(hook_fleet, tmp_path, file, "-j0"))
-    again = nix_build(hook_fleet, tmp_path, file, "-j0", "--check")
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.split() == [path]
-
-
-def test_each_nix_build_hears_of_a_builder_left_out(hook_fleet: Fleet, tmp_path: Path) -> None:
-    # Said once per nix-build (not once a minute across them): the second build's user must
-    # learn of it too.
-    lines = hook_fleet.machines_file.read_text().splitlines()
-    machines = tmp_path / "machines"
-    machines.write_text("\n".join([*lines, lines[0]]) + "\n")
-    for n in range(2):
-        file = nix_file(tmp_path, leaves(2), name=f"run{n}.nix")
-        done = nix_build(hook_fleet, tmp_path, file, "-j0", builders=f"@{machines}")
-        outputs(done)
-        said = [line for line in done.stderr.splitlines() if "listed twice" in line]
-        assert len(said) == 1, done.stderr
-        assert f"{machines}:{len(lines) + 1}" in said[0]
 
 
 def test_two_builds_run_at_once_on_two_builders(hook_fleet: Fleet, tmp_path: Path) -> None:
@@ -285,15 +217,6 @@ def test_every_slot_busy_waits_then_builds(
     assert holders(hook_fleet, out.split()[0])
 
 
-def _remote_leftovers(fleet: Fleet) -> Sequence[str]:
-    return [
-        cmd
-        for name in MEMBERS
-        for _, cmd in member_processes(fleet.member(name))
-        if "sleep 60" in cmd or "nix-store --serve" in cmd
-    ]
-
-
 @pytest.mark.parametrize("coordinator", ["1", "0"], ids=["coordinator", "in-process"])
 def test_sigterm_mid_build_leaves_nothing_on_the_builder(
     hook_fleet: Fleet, tmp_path: Path, coordinator: str
@@ -311,10 +234,10 @@ def test_sigterm_mid_build_leaves_nothing_on_the_builder(
     )
     try:
         wait_for(marker.exists, 60, "the remote build to start")
-        assert _remote_leftovers(hook_fleet)
+        assert remote_leftovers(hook_fleet, MEMBERS)
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-        wait_for(lambda: not _remote_leftovers(hook_fleet), 20, "the builder to be clean")
+        wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 20, "the builder to be clean")
     finally:
         stop(proc)
     assert proc.returncode != 0
@@ -357,37 +280,6 @@ def _serve_pids(fleet: Fleet) -> dict[str, set[int]]:
     }
 
 
-def _coordinator_pids(state: Path) -> list[int]:
-    return [int(p.read_text()) for p in state.glob("hook-*.pid")]
-
-
-def test_a_coordinator_killed_mid_build_is_said_to_the_user(
-    hook_fleet: Fleet, tmp_path: Path
-) -> None:
-    # After "# accept" Nix shows only JSON log lines from the hook: a plain line was lost.
-    marker = tmp_path / "started"
-    file = nix_file(
-        tmp_path, f'[ (mk "long" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
-    )
-    proc = start(
-        nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
-        env=hook_env(hook_fleet, tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(marker.exists, 60, "the remote build to start")
-        (pid,) = _coordinator_pids(tmp_path / "state")
-        os.kill(pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        stop(proc)
-    assert proc.returncode != 0
-    assert "offload-hook: error: the coordinator stopped before the hook ended" in err, err
-    wait_for(lambda: not _remote_leftovers(hook_fleet), 30, "the builder's build to stop")
-
-
 def test_two_nix_builds_share_one_coordinator_and_its_sessions(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -412,7 +304,7 @@ def test_two_nix_builds_share_one_coordinator_and_its_sessions(
             stop(proc)
     for proc, (_, err) in zip(runs, done, strict=True):
         assert proc.returncode == 0, err
-    assert len(_coordinator_pids(tmp_path / "state")) == 1
+    assert len(coordinator_pids(tmp_path / "state")) == 1
     before = _serve_pids(hook_fleet)
     assert any(before.values())
     outputs(nix_build(hook_fleet, tmp_path, nix_file(tmp_path, leaves(2, "echo again; ")), "-j0"))
@@ -426,7 +318,7 @@ def test_an_idle_coordinator_exits_and_closes_its_sessions(
     file = nix_file(tmp_path, leaves(1))
     outputs(nix_build(hook_fleet, tmp_path, file, "-j0", OFFLOAD_HOOK_IDLE="1"))
     state = tmp_path / "state"
-    wait_for(lambda: not _coordinator_pids(state), 30, "the idle coordinator to exit")
+    wait_for(lambda: not coordinator_pids(state), 30, "the idle coordinator to exit")
     assert not list(state.glob("hook-*.sock"))
     wait_for(lambda: not any(_serve_pids(hook_fleet).values()), 30, "its sessions to close")
 
@@ -437,7 +329,7 @@ def test_without_a_coordinator_the_hook_builds_in_its_own_process(
     file = nix_file(tmp_path, leaves(1))
     [path] = outputs(nix_build(hook_fleet, tmp_path, file, "-j0", OFFLOAD_HOOK_COORDINATOR="0"))
     assert holders(hook_fleet, path)
-    assert not _coordinator_pids(tmp_path / "state")
+    assert not coordinator_pids(tmp_path / "state")
 
 
 lost_fleet = private_fleet_fixture(

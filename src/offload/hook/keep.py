@@ -20,11 +20,13 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator
+from offload.history.records import BuildRecord
 from offload.history.tails import name_of, tails
 from offload.hook.dispatch import Dispatch
 from offload.hook.full import FullBuilders
@@ -61,6 +63,12 @@ class Keep:
         self._tails: Mapping[str, float] | None = None
         self._tails_read = 0.0  # when the last read began (monotonic)
         self._tails_reading: asyncio.Task[None] | None = None
+        # Builds are recorded in a thread of their own, with its own connection: a history
+        # another process holds locked (offload build's run, a VACUUM) stalls no hook.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offload-history")
+        self._writer_history: History | None = None  # the writer thread's own
+        # Why the history cannot be used (damaged, locked, unwritable), said to each client.
+        self.history_problem: str | None = None
 
     def tails(self, speeds: Mapping[str, float]) -> Mapping[str, float]:
         """Each name's tail (``history.tails``) from the edges history holds, with its work on
@@ -103,10 +111,36 @@ class Keep:
             self._tails_reading = None
 
     def history(self) -> History:
-        """The state directory's history database, opened on first use (``StoreError``)."""
+        """The state directory's history database, opened on first use (``StoreError``, and
+        ``history_problem`` says it)."""
         if self._history is None:
-            self._history = History(self.state / "history.sqlite")
+            try:
+                self._history = History(self.state / "history.sqlite")
+            except OffloadError as exc:
+                self.history_problem = _problem(exc)
+                raise
         return self._history
+
+    def record(self, build: BuildRecord, inputs: tuple[str, ...]) -> None:
+        """Record ``build`` and what it was built on, in the writer thread (``__init__``); a
+        failure is said in the coordinator's log and to the next clients."""
+        self._writer.submit(self._write, build, inputs)
+
+    def _write(self, build: BuildRecord, inputs: tuple[str, ...]) -> None:
+        try:
+            if self._writer_history is None:
+                self._writer_history = History(self.state / "history.sqlite")
+            self._writer_history.record([build], deps={build.drv_path: inputs})
+        except OffloadError as exc:
+            self.history_problem = _problem(exc)
+            sys.stderr.write(f"offload coordinator: build not recorded: {exc.message}\n")
+        else:
+            self.history_problem = None
+
+    def _close_writer(self) -> None:
+        """In the writer thread, after every record before it."""
+        if self._writer_history is not None:
+            self._writer_history.close()
 
     @contextlib.asynccontextmanager
     async def local(self, env: Mapping[str, str]) -> AsyncIterator[StoreClient]:
@@ -144,6 +178,10 @@ class Keep:
                 self.loads.forget()
             if self._history is not None:
                 self._history.close()
+            self._writer.submit(self._close_writer)
+            # The last records are written before the process ends (its own thread: a
+            # locked history keeps no event loop waiting).
+            await asyncio.to_thread(self._writer.shutdown)
 
 
 # Seconds a pass of forgetting old history may take in the coordinator's thread: each of its
@@ -159,6 +197,10 @@ def _prune(path: Path) -> None:
             history.prune_if_due(time.time(), budget=PRUNE_BUDGET)
     except OffloadError as exc:
         sys.stderr.write(f"offload coordinator: old history not forgotten: {exc.message}\n")
+
+
+def _problem(exc: OffloadError) -> str:
+    return f"history not kept: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
 
 
 def _read_tails(

@@ -451,5 +451,4 @@ def _record(context: HookContext, request: TryRequest, name: str, outcome: Outco
     inputs: tuple[str, ...] = ()  # what it was built on gives later hooks their tails
     with contextlib.suppress(OffloadError):
         inputs = tuple(read_derivation(request.drv_path).input_drvs)
-    with contextlib.suppress(OffloadError):
-        context.keep.history().record([record], deps={request.drv_path: inputs})
+    context.keep.record(record, inputs)

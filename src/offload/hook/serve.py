@@ -11,6 +11,7 @@ is decided again without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import stat
@@ -82,7 +83,10 @@ async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
     except OffloadError as exc:
         problem = exc
     if context is not None:
-        for note in context.notes:
+        with contextlib.suppress(OffloadError):  # a history that cannot be used is a note
+            keep.history()
+        problem_notes = [keep.history_problem] if keep.history_problem else []
+        for note in [*context.notes, *problem_notes]:
             context.say_to_client(note)
     while (request := await read_request(hook.reader)) is not None:
         if context is None:

@@ -1,0 +1,144 @@
+"""offload-hook's faults under real Nix 2.8, each said to the user and none stopping a build that
+could go on: a --check with builders only, a coordinator killed mid-build, notes on the
+machines for every nix-build, a history another process holds locked or that is damaged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.fleet import Fleet, MemberSpec
+from offload.history.db import History
+from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.hook_runs import (
+    coordinator_pids,
+    hook_env,
+    leaves,
+    nix_build,
+    nix_build_argv,
+    outputs,
+    remote_leftovers,
+)
+from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.offload_run import stop_coordinators, wait_for
+from tests.helpers.processes import start, stop
+
+MEMBERS = ("hf1", "hf2")
+
+hook_fleet = private_fleet_fixture(
+    [MemberSpec(name, 1.0, 1) for name in MEMBERS], "ohf", scope="module"
+)
+
+
+@pytest.fixture(autouse=True)
+def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
+    yield
+    stop_coordinators(tmp_path / "state")
+
+
+def test_check_builds_again_on_a_builder_as_nix_s_hook_does(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The outputs are valid here: nothing comes home, and nothing is registered (an empty
+    # registration failed every --check -j0).
+    file = nix_file(tmp_path, f'mk "checked" "{SPEED} > $out" {{}}\n')
+    (path,) = outputs(nix_build(hook_fleet, tmp_path, file, "-j0"))
+    again = nix_build(hook_fleet, tmp_path, file, "-j0", "--check")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == [path]
+
+
+def test_each_nix_build_hears_of_a_builder_left_out(hook_fleet: Fleet, tmp_path: Path) -> None:
+    # Said once per nix-build (not once a minute across them): the second build's user must
+    # learn of it too.
+    lines = hook_fleet.machines_file.read_text().splitlines()
+    machines = tmp_path / "machines"
+    machines.write_text("\n".join([*lines, lines[0]]) + "\n")
+    for n in range(2):
+        file = nix_file(tmp_path, leaves(2), name=f"run{n}.nix")
+        done = nix_build(hook_fleet, tmp_path, file, "-j0", builders=f"@{machines}")
+        outputs(done)
+        said = [line for line in done.stderr.splitlines() if "listed twice" in line]
+        assert len(said) == 1, done.stderr
+        assert f"{machines}:{len(lines) + 1}" in said[0]
+
+
+def test_a_coordinator_killed_mid_build_is_said_to_the_user(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # After "# accept" Nix shows only JSON log lines from the hook: a plain line was lost.
+    marker = tmp_path / "started"
+    file = nix_file(
+        tmp_path, f'[ (mk "long" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
+    )
+    proc = start(
+        nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
+        env=hook_env(hook_fleet, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(marker.exists, 60, "the remote build to start")
+        (pid,) = coordinator_pids(tmp_path / "state")
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode != 0
+    assert "offload-hook: error: the coordinator stopped before the hook ended" in err, err
+    wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 30, "the builder's build to stop")
+
+
+def test_a_history_held_locked_stalls_no_build(hook_fleet: Fleet, tmp_path: Path) -> None:
+    # Another process holds the history (offload build's run, a VACUUM): the coordinator
+    # records in a thread of its own, so the builds end while the lock is held (in the event
+    # loop each record waited out sqlite's 30 s), and the records are written once it goes.
+    file = nix_file(tmp_path, leaves(2))
+    outputs(nix_build(hook_fleet, tmp_path, file, "-j0"))  # the history file is made
+    state = tmp_path / "state"
+    holder = sqlite3.connect(state / "history.sqlite", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        file = nix_file(tmp_path, leaves(2), name="second.nix")
+        proc = start(
+            nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
+            env=hook_env(hook_fleet, tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=25)  # < 30 s: one record waited out in the loop
+        finally:
+            stop(proc)
+        assert proc.returncode == 0, err
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    def recorded() -> bool:
+        with History(state / "history.sqlite") as history:
+            return len(history.builds(hook=True, limit=None)) == 4
+
+    wait_for(recorded, 60, "the builds recorded once the lock went")
+    assert len(out.split()) == 2
+
+
+def test_a_damaged_history_is_said_and_builds_go_on(hook_fleet: Fleet, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "history.sqlite").write_bytes(os.urandom(5000))
+    file = nix_file(tmp_path, leaves(2))
+    done = nix_build(hook_fleet, tmp_path, file, "-j0")
+    assert len(outputs(done)) == 2
+    said = [line for line in done.stderr.splitlines() if "history not kept" in line]
+    assert len(said) == 1, done.stderr  # once per nix-build
+    assert "the history database is damaged" in said[0]
+    assert "move the file away" in said[0]
