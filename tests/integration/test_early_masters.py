@@ -1,17 +1,23 @@
 """Builders' ssh masters started before a run's links exist (``offload.transport.links.early``),
 against the real fleet: the links take them over and reach the builder through them, one
-connection each; those nobody takes are closed; host keys are checked as on any connection."""
+connection each; those nobody takes are closed, at once when still in ssh's handshake (a
+loopback listener that never speaks); host keys are checked as on any connection."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
+import time
+from pathlib import Path
 
 import pytest
 
+from offload.config.machines import parse_machines
 from offload.errors import SshError
 from offload.fleet import Fleet
 from offload.transport.links import MachineLink, early
+from offload.transport.persist import control_dir
 from tests.helpers.fleets import established, fleet_machine, ssh_using
 
 
@@ -69,3 +75,53 @@ def test_an_early_master_refused_for_its_host_key_fails_the_first_session(fleet:
             await early.close_unclaimed()
 
     asyncio.run(go())
+
+
+def _to_end(conn: socket.socket) -> bytes:
+    """What the peer sent until it closed the connection."""
+    said = b""
+    while chunk := conn.recv(4096):
+        said += chunk
+    return said
+
+
+def test_masters_still_in_their_handshake_are_closed_at_once(fleet: Fleet, tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        text = "".join(
+            f"ssh://{user}@127.0.0.1:{port} {fleet.system} {fleet.client_key} 2 8\n"
+            for user in ("root", "nobody", "builder")
+        )
+        machines, _ = parse_machines(text, source="m", system=fleet.system)
+        env = {**fleet.env(), "NIX_SSHOPTS": "-F /dev/null -o BatchMode=yes"}
+        held: list[socket.socket] = []
+
+        def accept(count: int) -> None:
+            listener.settimeout(30)
+            held.extend(listener.accept()[0] for _ in range(count))
+
+        async def go() -> float:
+            try:
+                # Two kept for the next run (as offload build's), one of the run's own.
+                await early.start_masters(machines[:2], env=env, shared=control_dir(tmp_path))
+                await early.start_masters(machines[2:], env=env)
+                await asyncio.to_thread(accept, 3)  # each ssh waits for the banner now
+                began = time.monotonic()
+                await early.close_unclaimed()
+                return time.monotonic() - began
+            finally:
+                await early.close_unclaimed()
+
+        try:
+            took = asyncio.run(go())
+            # Each once waited 2 s for its stdin's EOF and 2 s more for its output's end.
+            assert took < 1.0, took
+            for conn in held:  # every ssh is gone: its connection ends after its banner
+                conn.settimeout(10)
+                said = _to_end(conn)
+                assert said.startswith(b"SSH-2.0-"), said
+        finally:
+            for conn in held:
+                conn.close()

@@ -6,6 +6,9 @@ The master is started on first use and again if it died. It reports readiness on
 (``MASTER_READY``); its stderr is drained all along, both so that ssh never blocks on a full pipe
 and so that a failure can be explained with ssh's own last words and a hint. The control socket
 and the pinned known_hosts file live in a private 0700 directory removed on ``close``.
+Closing asks a master that answered to leave in order (EOF on its stdin, up to 2 s); one still
+in its handshake (a builder that accepted TCP and never spoke) reads no stdin and carries no
+session, so it is signalled at once: a run's end never waits on a builder that never answered.
 
 The master is sent the hello of the builder's protocol (``dialect``: serve for ssh://, the
 daemon's for ssh-ng://) as soon as it starts. A normal builder's ``cat`` swallows it; a builder
@@ -124,6 +127,9 @@ class SshTransport:
         self._master_stack: contextlib.AsyncExitStack | None = None
         self._master: asyncio.subprocess.Process | None = None
         self._master_tail: deque[str] = deque(maxlen=TAIL)
+        # The master's first words came (ready, a restricted builder's reply, or why not): its
+        # handshake is over, so it reads its stdin and may be asked to leave in order.
+        self._answered = False
         self._lock = asyncio.Lock()
         # The master started ahead of the first session (``connect_early``) while it connects;
         # ``_spawned`` is set once its process runs.
@@ -214,18 +220,24 @@ class SshTransport:
             )
             stack = contextlib.AsyncExitStack()
             self._master_stack = stack
+            # The readers of its output are finished after the process is stopped (unwound
+            # last): they reach their end once it is gone, not 2 s later each.
+            readers = contextlib.AsyncExitStack()
+            stack.push_async_callback(readers.aclose)
             proc = await stack.enter_async_context(spawn(argv, env=self._env, grace=2.0))
             self._master = proc
+            self._answered = False
             self._spawned.set()
             self._master_tail.clear()
             assert proc.stdout is not None
             assert proc.stderr is not None
             drain = asyncio.get_running_loop().create_task(self._drain(proc.stderr))
-            stack.push_async_callback(_finish, drain)
+            readers.push_async_callback(_finish, drain)
             line = await self._greeting(proc)
             # Read stdout to its end too, so the process's transport closes when it exits.
             rest = asyncio.get_running_loop().create_task(proc.stdout.read())
-            stack.push_async_callback(_finish, rest)
+            readers.push_async_callback(_finish, rest)
+            self._answered = bool(line)
             if line == self.dialect.reply:
                 self.restricted = True
             elif line.decode(errors="replace").strip() != MASTER_READY:
@@ -308,10 +320,12 @@ class SshTransport:
         proc, self._master = self._master, None
         if stack is None:
             return
-        if proc is not None and proc.returncode is None and proc.stdin is not None:
+        if self._answered and proc is not None and proc.returncode is None and proc.stdin:
             # The master's own remote command ends at EOF on its stdin; with no session left,
             # ssh then exits cleanly (socket removed, totals logged), as on `ssh -O exit` but
             # without starting another ssh. Only a master that does not is signalled (stack).
+            # One still in its handshake never reads its stdin: it is signalled at once (it
+            # carries no session, and a kept master it detached lives on in its own session).
             proc.stdin.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(proc.wait()), _MASTER_EXIT)
