@@ -5,6 +5,9 @@ nix-build made, deletes those outputs from the local store, and runs the CLI aga
 with ``--option substituters file://... --option require-sigs false``. Nothing else is ever
 configured as a substituter: the machine's default (cache.nixos.org) is never contacted.
 
+A cache that cannot be reached (a loopback port nothing listens on) costs Nix seconds of
+retries: offload passes Nix's warnings on as nix-build shows them, compared with nix-build's.
+
 Whether a derivation was built is read from marker files its builder leaves in a directory
 outside the store (one file per build, since local builds run as different nixbld users), not
 only from offload's own events. ``top`` reads ``dep``'s output without keeping a reference to it,
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,9 +80,17 @@ class Project:
     def nix_build(self, attr: str) -> str:
         return _run("nix-build", *NO_CACHE, "--no-out-link", *self.args, "-A", attr)
 
-    def offload(self, *extra: str) -> subprocess.CompletedProcess[str]:
+    def offload(self, *extra: str, as_json: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "offload", "build", *self.args, "-A", "top"]
-        argv += ["--builders", "", "-j", "1", "--no-out-link", "--json", *extra]
+        argv += [
+            "--builders",
+            "",
+            "-j",
+            "1",
+            "--no-out-link",
+            *(["--json"] if as_json else []),
+            *extra,
+        ]
         env = {**os.environ, "OFFLOAD_STATE_DIR": str(self.dir / "state")}
         return subprocess.run(
             argv, env=env, cwd=self.dir, capture_output=True, text=True, timeout=120, check=False
@@ -181,3 +194,48 @@ def test_a_cache_the_local_store_does_not_trust_is_not_used(project):
     assert done.returncode == 0, done.stderr
     assert _valid(top)
     assert (project.builds("sub-dep"), project.builds("sub-top")) == (2, 2)
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback port bound and not listening: every connection to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def _cache_warnings(stderr: str, cache: str) -> list[str]:
+    """The warning lines about ``cache``, the retry delays (random) left out."""
+    return [
+        re.sub(r"retrying in \d+ ms", "retrying in N ms", line)
+        for line in stderr.splitlines()
+        if line.startswith("warning:") and cache in line
+    ]
+
+
+def test_an_unreachable_cache_is_said_on_stderr_as_nix_build_says_it(project, refusing_port):
+    cache = f"http://127.0.0.1:{refusing_port}"
+    # Two attempts instead of Nix's five: the same words, one retry, without seconds of waits.
+    flags = ["--option", "substituters", cache, "--option", "download-attempts", "2"]
+    as_json = project.offload(*flags)
+    _delete(project.out("top"), project.out("dep"))
+    plain = project.offload(*flags, as_json=False)
+    _delete(project.out("top"), project.out("dep"))
+    nix = subprocess.run(
+        ["nix-build", "--no-out-link", *project.args, "-A", "top", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    expected = _cache_warnings(nix.stderr, cache)
+    assert len(expected) == 2, nix.stderr  # a retry, then giving up
+    assert expected[-1].startswith(f"warning: unable to download '{cache}/nix-cache-info'")
+    for done in (as_json, plain):
+        assert done.returncode == 0, done.stderr
+        assert _cache_warnings(done.stderr, cache) == expected, done.stderr
+    # --json's stdout stays events; the plain lines say it while the run waits, before it starts.
+    assert all(json.loads(line) for line in as_json.stdout.splitlines() if line.strip())
+    lines = plain.stderr.splitlines()
+    first_run_line = next(i for i, line in enumerate(lines) if "] run: " in line)
+    assert lines.index(expected[-1]) < first_run_line, plain.stderr

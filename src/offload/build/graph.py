@@ -159,7 +159,8 @@ async def _substitute(
     """``missing`` less what the local store substituted, recorded in ``graph.substituted``."""
     started = time.time()
     # The store substitutes what its caches have (and those paths' closures) before it
-    # answers; a failure there is only a warning on its stderr.
+    # answers; a failure there is only a warning on its stderr (the run passes it on: an
+    # unreachable cache costs seconds of retries, ``offload.build.run``).
     got = await local.query_valid_paths(set().union(*missing.values()), substitute=True)
     finished = time.time()
     for drv_path, lacking in missing.items():

@@ -3,6 +3,10 @@ what need not be built is fetched or reported, and the executor builds the rest 
 pool's members; and the links nix-build would name for the requested outputs. At the end the
 builders' links close at once, each ending its sessions, remote processes and ssh master.
 
+The local store's Nix speaks while the graph is read too: asked to substitute, it tries its
+binary caches, and one it cannot reach costs seconds of retries. What it prints then goes to
+stderr as nix-build shows it (``nix_said``), so that wait is explained.
+
 No builder is left out without a word: one that fails to answer is told as a machine "down"
 event with why, in the user's words and with the fix (``faults``); one still silent
 ``SLOW_GRACE`` seconds after the run could start is told as "slow", and the run starts
@@ -13,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from offload.backoff import Health
@@ -28,7 +33,7 @@ from offload.config.pool import Pool
 from offload.load import local_boot_id
 from offload.marks import mark
 from offload.nix import result_links
-from offload.protocol.serve import BuildOptions
+from offload.protocol.serve import BuildOptions, StoreClient
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, RunReport
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
@@ -59,6 +64,7 @@ async def run_build(
     shared: Path | None = None,  # the persistent masters' directory (``transport.persist``)
     cut_short: Callable[[RunReport, DrvGraph], None] | None = None,
     check: bool = False,  # nix-build --check: a root to be built is refused, nothing built
+    nix_said: Callable[[str], None] | None = None,  # default: the local store's lines, stderr
 ) -> tuple[RunReport, DrvGraph]:
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
 
@@ -85,7 +91,7 @@ async def run_build(
             roots, graph, plan, estimates, fetched = await _plan(
                 pool, local_link, remote, roots,
                 unreachable=unreachable, warm=warm, late=late, emit=emit, estimate=estimate,
-                check=check,
+                check=check, nix_said=nix_said or _to_stderr,
             )  # fmt: skip
             tell_restricted(members, emit)
             executor = Executor(
@@ -135,9 +141,11 @@ async def _plan(
     emit: Callable[[Event], None],
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None,
     check: bool,
+    nix_said: Callable[[str], None],
 ) -> tuple[list[tuple[str, str]], DrvGraph, BuildPlan, Mapping[str, float], list[JobFinished]]:
     """Open the first sessions while ``roots`` evaluate, read the graph, take what the local
-    caches and the builders already have, and plan the rest; the sessions close after it."""
+    caches and the builders already have, and plan the rest; the sessions close after it.
+    What the local store prints meanwhile goes to ``nix_said``."""
     async with contextlib.AsyncExitStack() as opened:
         local, clients, evaluated = await open_sessions(
             opened,
@@ -149,6 +157,7 @@ async def _plan(
             late=late,
             grace=SLOW_GRACE,
         )
+        opened.enter_context(_heard(local, nix_said))
         mark("answered")
         _tell_slow(late, emit)
         graph = await load_graph(
@@ -163,6 +172,33 @@ async def _plan(
         plan, estimates = await estimated_plan(graph, local, estimate)
         mark("planned")
     return evaluated, graph, plan, estimates, fetched
+
+
+@contextlib.contextmanager
+def _heard(local: StoreClient, say: Callable[[str], None]) -> Iterator[None]:
+    """What the local store prints meanwhile goes to ``say`` as well (the session keeps its
+    tail), but its "copying path ... from" lines: the run tells each derivation its caches gave
+    (``report_substituted``). For the whole planning, not the substituting query alone: a line
+    printed just before Nix's answer may be read just after it."""
+    kept = local.on_log
+
+    def heard(line: str) -> None:
+        if kept is not None:
+            kept(line)
+        if not line.startswith("copying path "):
+            say(line)
+
+    local.on_log = heard
+    try:
+        yield
+    finally:
+        local.on_log = kept
+
+
+def _to_stderr(line: str) -> None:
+    # As the evaluator's warnings are (``offload.nix``): on stderr whatever the renderer, so
+    # --json's stdout stays events only.
+    sys.stderr.write(line + "\n")
 
 
 @contextlib.asynccontextmanager
