@@ -215,8 +215,13 @@ class BuildLogs:
     def _scan(self, prefix: str = "") -> Iterator[LogFile]:
         try:
             entries = list(os.scandir(self.root))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no directory there: none kept
             return
+        except OSError as exc:
+            raise OffloadError(
+                f"{self.root}: cannot read the kept build logs: {exc.strerror or exc}",
+                hint="let this user read it, or move it away (the logs are copies)",
+            ) from exc
         for entry in entries:
             if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
                 log = LogFile.parse(Path(entry.path))

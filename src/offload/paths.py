@@ -4,16 +4,31 @@ The rules are in ``offload.state_location`` (as strings, for the hook process); 
 ``Path``s. The system directory, ``/var/lib/offload``, is the nix-daemon's hook's, which
 ``offload use`` also writes when it may. The directory is created with mode 0700: it holds
 build logs and fleet keys.
+
+A state directory that cannot be made (a read-only home, ``$XDG_STATE_HOME`` naming a file) is
+``ConfigError`` naming it and the variable to change (``ensure_state_dir``): the commands that
+live on their state (``history``, ``report``, ``use``) stop there. ``offload build`` does not:
+its state is estimates and copies, so it builds with a temporary one instead, said once, and
+keeps nothing of the run (``offload.cli.build``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from offload.errors import ConfigError
 from offload.state_location import SYSTEM_STATE, hook_state, user_state
 
-__all__ = ["SYSTEM_STATE_DIR", "ensure_state_dir", "hook_state_dir", "state_dir"]
+__all__ = [
+    "SYSTEM_STATE_DIR",
+    "ensure_state_dir",
+    "hook_state_dir",
+    "state_dir",
+    "state_hint",
+    "unusable_state",
+]
 
 SYSTEM_STATE_DIR = Path(SYSTEM_STATE)
 
@@ -23,9 +38,44 @@ def state_dir(env: Mapping[str, str] | None = None, home: Path | None = None) ->
 
 
 def ensure_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``state_dir``, made (0700) if it is missing; ``ConfigError`` if it cannot be."""
     path = state_dir(env)
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise unusable_state(path, exc, env) from exc
     return path
+
+
+def unusable_state(
+    path: Path, exc: OSError, env: Mapping[str, str] | None = None, *, doing: str = "make"
+) -> ConfigError:
+    """The error for the state directory ``path`` that could not be made (or written:
+    ``doing``) for ``exc``; its hint names the setting that put it there."""
+    blocker = next((p for p in (path, *path.parents) if _not_directory(p)), None)
+    why = f"{blocker} is not a directory" if blocker is not None else exc.strerror or str(exc)
+    return ConfigError(f"{path}: cannot {doing} the state directory: {why}", hint=state_hint(env))
+
+
+def state_hint(env: Mapping[str, str] | None = None) -> str:
+    """How to put the user's state directory elsewhere, for what chose where it is now."""
+    env = os.environ if env is None else env
+    if env.get("OFFLOAD_STATE_DIR"):
+        return "OFFLOAD_STATE_DIR names it: point it at a directory you may write"
+    if env.get("XDG_STATE_HOME"):
+        return (
+            "it is $XDG_STATE_HOME/offload: point XDG_STATE_HOME (or OFFLOAD_STATE_DIR)"
+            " at a directory you may write"
+        )
+    return "it is under your home: set OFFLOAD_STATE_DIR to a directory you may write"
+
+
+def _not_directory(path: Path) -> bool:
+    try:
+        path.lstat()
+    except OSError:  # missing, or in a directory this user may not search: not the blocker
+        return False
+    return not path.is_dir()
 
 
 def hook_state_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -87,8 +87,10 @@ def write_choice(state: Path, choice: Choice) -> Path:
 
 
 def clear_choice(state: Path) -> bool:
+    """Whether there was a choice file to remove (none: also when ``state`` cannot be a
+    directory, a file in its way)."""
     try:
         (state / USE_FILE).unlink()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     return True

@@ -1,11 +1,14 @@
 """``offload build`` (real Nix 2.8, local builds) with a state directory that cannot keep what
 it should: a history written by a newer offload or damaged, build logs that cannot be written.
 Those are estimates and copies, not the build: it builds, exits 0, makes its result link and
-says what was not kept, once, on stderr. And a run forgets history past its keeping."""
+says what was not kept, once, on stderr. The same where the state directory cannot be made at
+all (``$XDG_STATE_HOME`` a file, a read-only home): the run keeps its state in a temporary
+directory, gone after it. And a run forgets history past its keeping."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
 import subprocess
 import time
@@ -82,3 +85,69 @@ def test_a_build_forgets_old_runs_and_keeps_its_own(tmp_path: Path) -> None:
     with History(state / "history.sqlite") as history:
         runs = history.runs(limit=None)
     assert [run.asked for run in runs] == [("kept",)]
+
+
+def _unkept_build(
+    tmp_path: Path, env: dict[str, str], *, in_namespace: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``offload build --report`` of a fresh derivation with ``env`` (temporary files in
+    ``tmp_path / "tmp"``); ``in_namespace``: shell commands run first in a mount namespace."""
+    file = nix_file(tmp_path, 'mk "unkept" "echo unkept > $out" {}\n')
+    (tmp_path / "tmp").mkdir()
+    argv = offload_argv(file, "--builders", "", "-j1", "--option", "substituters", "")
+    argv += ["--report", str(tmp_path / "run.html")]
+    if in_namespace:
+        script = f"{in_namespace} && exec {shlex.join(argv)}"
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    unset = ("NIX_CONFIG", "OFFLOAD_STATE_DIR", "XDG_STATE_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in unset} | env
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    return subprocess.run(
+        argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _built_without_state(done: subprocess.CompletedProcess[str], tmp_path: Path) -> str:
+    """The one warning of a run whose state could not be kept, once the run is checked."""
+    assert done.returncode == 0, done.stderr
+    assert valid_locally(done.stdout.strip())
+    assert (tmp_path / "result").is_symlink()
+    # The run's page is made from the run's own (temporary) history; nothing else is left.
+    assert (tmp_path / "run.html").stat().st_size > 0
+    assert list((tmp_path / "tmp").iterdir()) == []
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, done.stderr
+    assert "internal error" not in done.stderr
+    assert warnings[0].endswith(" directory you may write)")
+    return warnings[0]
+
+
+def test_a_state_directory_that_cannot_be_made_is_one_warning_and_the_build(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a-file").write_text("XDG_STATE_HOME names a file\n")
+    done = _unkept_build(tmp_path, {"XDG_STATE_HOME": str(tmp_path / "a-file")})
+    warning = _built_without_state(done, tmp_path)
+    assert warning.startswith(
+        f"warning: {tmp_path / 'a-file' / 'offload'}: cannot make the state directory:"
+        f" {tmp_path / 'a-file'} is not a directory; this run's history, build logs and backoff"
+        " are not kept (hint: it is $XDG_STATE_HOME/offload: point XDG_STATE_HOME"
+    )
+    assert (tmp_path / "a-file").read_text() == "XDG_STATE_HOME names a file\n"
+
+
+def test_a_read_only_home_is_one_warning_and_the_build(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    mount = shlex.quote(str(home))
+    done = _unkept_build(
+        tmp_path,
+        {"HOME": str(home)},
+        in_namespace=f"mount --bind {mount} {mount} && mount -o remount,bind,ro {mount}",
+    )
+    warning = _built_without_state(done, tmp_path)
+    state = home / ".local" / "state" / "offload"
+    assert warning.startswith(
+        f"warning: {state}: cannot make the state directory: Read-only file system; this run's"
+    )
+    assert list(home.iterdir()) == []

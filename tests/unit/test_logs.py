@@ -20,6 +20,7 @@ from offload.logs import BuildLogs, LogFile, keep_for_nix, nix_log_path
 from offload.names import LOCAL
 from offload.process import Completed, output_lines
 from offload.ui.events import JobFinished, JobPhase
+from tests.helpers.users import as_another_user
 
 DRV = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
 OTHER = "/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-other-1.drv"
@@ -220,6 +221,29 @@ def test_log_of_unknown_drv_is_a_one_line_error(
     )
     assert len(lines) == 2
     assert lines[1].startswith("hint: ")
+
+
+def test_no_log_is_kept_where_the_state_directory_cannot_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.delenv("OFFLOAD_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "a-file"))
+    assert run_main(monkeypatch, ["log", DRV]) == 1  # real nix-store --read-log: none either
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: no build log kept for 0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
+    assert len(err) == 2
+
+
+def test_kept_logs_this_user_may_not_read_are_one_line(tmp_path: Path) -> None:
+    logs = BuildLogs(tmp_path / "logs", clock=Clock())
+    with logs.open(DRV, "fast") as writer:
+        writer.write("root's\n")
+    # The logs directory is root's, mode 0700 (as `sudo -E offload build` leaves it).
+    said = as_another_user(lambda: str(BuildLogs(tmp_path / "logs").latest(DRV)))
+    assert said == (
+        f"OffloadError: {tmp_path / 'logs'}: cannot read the kept build logs: Permission denied"
+    )
 
 
 def test_log_of_a_path_unknown_to_nix(

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from offload.backoff import Health, load_backoff
 from offload.cli.build_args import add_build_arguments, eval_flags, refusal
 from offload.cli.machines import pool_from_args
-from offload.errors import OffloadError
+from offload.errors import ConfigError, OffloadError
 from offload.marks import mark
 from offload.nix import Evaluation, Installables, sources
 from offload.paths import ensure_state_dir
@@ -75,34 +76,69 @@ def run(args: argparse.Namespace) -> int:
 def _run(
     args: argparse.Namespace, pool: Pool, evaluate: Callable[[], list[tuple[str, str]]]
 ) -> int:
-    state = ensure_state_dir()
-    mark("settings")
-    if args.report is not None:
-        from offload.report import STDOUT, check_target  # only for --report: it is not cheap
+    with _state() as (state, kept):
+        mark("settings")
+        if args.report is not None:
+            from offload.report import STDOUT, check_target  # only for --report: it is not cheap
 
-        if args.report == STDOUT:
-            raise OffloadError(
-                "--report -: standard output carries the build's output paths",
-                hint="name a file, or write it afterwards: offload report -o -",
-            )
-        check_target(args.report)  # before the run, not after it
-    if args.dry_run:
-        from offload.cli.build_exec import show_dry_run
+            if args.report == STDOUT:
+                raise OffloadError(
+                    "--report -: standard output carries the build's output paths",
+                    hint="name a file, or write it afterwards: offload report -o -",
+                )
+            check_target(args.report)  # before the run, not after it
+        if args.dry_run:
+            from offload.cli.build_exec import show_dry_run
 
-        return show_dry_run(evaluate(), pool, state, as_json=args.json)
-    backoff = remembered_backoff(state, args.on)
-    usable = [m for m in pool.machines if m.enabled and m.max_jobs > 0 and m.name not in backoff]
-    with asyncio.Runner() as runner:
-        try:
-            # The builders connect while the modules the run builds with are imported.
-            # Over the masters an earlier run or offload-hook left, if still there; those
-            # started now stay for the next (offload.transport.persist).
-            runner.run(early.start_masters(usable, shared=kept_dir(state)))
-            from offload.cli.build_exec import build
+            return show_dry_run(evaluate(), pool, state, as_json=args.json)
+        backoff = remembered_backoff(state, args.on)
+        usable = [
+            m for m in pool.machines if m.enabled and m.max_jobs > 0 and m.name not in backoff
+        ]
+        # Over the masters an earlier run or offload-hook left, if still there; those started
+        # now stay for the next (offload.transport.persist), unless the state is not kept:
+        # their sockets would go with it.
+        shared = kept_dir(state) if kept else None
+        with asyncio.Runner() as runner:
+            try:
+                # The builders connect while the modules the run builds with are imported.
+                runner.run(early.start_masters(usable, shared=shared))
+                from offload.cli.build_exec import build
 
-            return build(args, pool, evaluate, state, backoff=backoff, run=runner.run)
-        finally:
-            runner.run(early.close_unclaimed())
+                return build(
+                    args, pool, evaluate, state, backoff=backoff, run=runner.run, shared=shared
+                )
+            finally:
+                runner.run(early.close_unclaimed())
+
+
+@contextlib.contextmanager
+def _state() -> Iterator[tuple[Path, bool]]:
+    """The run's state directory and whether it is kept: the user's, or where that cannot be
+    made, a temporary one removed after the run, said once: what a run keeps there (history,
+    logs, backoff) is estimates and copies, no reason not to build (README)."""
+    try:
+        state = ensure_state_dir()
+    except ConfigError as exc:
+        unusable = exc
+    else:
+        yield state, True
+        return
+    import tempfile  # only here: a run's start-up pays for no module it does not use
+
+    try:
+        temporary = tempfile.TemporaryDirectory(prefix="offload-state-")
+    except OSError as exc:  # no temporary directory either: the run could not keep its logs
+        why = exc.strerror or str(exc)
+        msg = f"{unusable.message}; nor a temporary one in {tempfile.gettempdir()}: {why}"
+        raise ConfigError(msg, hint=unusable.hint) from exc
+    print(
+        f"warning: {unusable.message}; this run's history, build logs and backoff are not"
+        f" kept (hint: {unusable.hint})",
+        file=sys.stderr,
+    )
+    with temporary as place:
+        yield Path(place), False
 
 
 def _marked(

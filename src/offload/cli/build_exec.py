@@ -37,7 +37,6 @@ from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
-from offload.transport.persist import kept_dir
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, Timing
 from offload.ui.summary import render_summary
@@ -296,8 +295,10 @@ def build(
     *,
     backoff: Mapping[str, Health],
     run: Callable[[Coroutine[Any, Any, Built]], Built],
+    shared: Path | None,
 ) -> int:
-    """``offload build`` once its settings are read: the run, its summary, the results."""
+    """``offload build`` once its settings are read: the run, its summary, the results
+    (``shared``: where ssh masters are kept for the next run, as ``cli.build`` started them)."""
     renderer = _renderer(args)
     machine_events: list[MachineEvent] = []
 
@@ -321,7 +322,7 @@ def build(
         fetch_all=args.fetch_all,
         backoff=backoff,
         run=run,
-        shared=kept_dir(state),  # as the early masters (cli.build)
+        shared=shared,
         check=args.check,  # nothing is built for it: Nix checks only what was built before
     )
     if not args.json and (report.finished or machine_events):  # quiet when nothing was to do

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from offload.config.pool import load_pool
-from offload.paths import SYSTEM_STATE_DIR, state_dir
+from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir
 from offload.use import Choice, clear_choice, parse_duration, read_choice, write_choice
 
 __all__ = ["register"]
@@ -85,6 +85,7 @@ def _main(args: argparse.Namespace) -> int:
     load_pool(builders=args.builders, config=args.config).select(on=tokens)
     now = time.time()
     until = now + parse_duration(args.duration) if args.duration else None
+    ensure_state_dir()  # one that cannot be made is said as every command says it
     for place in places:
         write_choice(place, Choice(tokens, now, until))
     return _show(places, as_json=args.json)
