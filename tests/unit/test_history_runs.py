@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -270,3 +273,59 @@ def test_another_users_history_is_read_as_it_is_or_said_unusable(tmp_path):
     answer = as_another_user(read_runs)
     shutil.rmtree(place)
     assert answer == "['run1']"
+
+
+def test_history_in_a_directory_this_user_may_not_write_is_read_as_it_is(tmp_path):
+    # The state directory of another user (root's, 0755): `offload history` and `offload
+    # report` read it where they could only fail writing it (its -shm cannot be made there).
+    place = Path(tempfile.mkdtemp(prefix="ofh", dir="/tmp"))
+    place.chmod(0o755)
+    state = place / "state"
+    state.mkdir(mode=0o755)
+    run, builds = _recorded_run()
+    with History(state / "history.sqlite") as history:
+        history.record_run(run, builds)
+    (state / "history.sqlite").chmod(0o644)
+    before = sorted((p.name, p.read_bytes()) for p in state.iterdir())
+    out = place / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+
+    def read() -> str:
+        os.environ["OFFLOAD_STATE_DIR"] = str(state)
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            codes = [main(["history", "--json"]), main(["report", "-o", str(out / "r.html")])]
+        return json.dumps([codes, said.getvalue()])
+
+    codes, said = json.loads(as_another_user(read))
+    after = sorted((p.name, p.read_bytes()) for p in state.iterdir())
+    page = (out / "r.html").read_text() if (out / "r.html").exists() else ""
+    shutil.rmtree(place)
+    assert codes == [0, 0], said
+    assert '"run_id": "run1"' in said
+    assert page.startswith("<!DOCTYPE html>")
+    assert after == before
+
+
+def test_no_history_in_a_directory_this_user_may_not_write_is_one_error(tmp_path):
+    place = Path(tempfile.mkdtemp(prefix="ofh", dir="/tmp"))
+    place.chmod(0o755)
+
+    def read() -> str:
+        os.environ["OFFLOAD_STATE_DIR"] = str(place)
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            code = main(["history"])
+        return f"{code}\n{said.getvalue()}"
+
+    said = as_another_user(read).splitlines()
+    made = list(place.iterdir())
+    shutil.rmtree(place)
+    error = f"error: {place / 'history.sqlite'}: no history, and {place} cannot be written"
+    assert said == [
+        "1",
+        f"{error} to start one",
+        "hint: OFFLOAD_STATE_DIR names it: point it at a directory you may write",
+    ]
+    assert made == []

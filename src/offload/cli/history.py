@@ -17,9 +17,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from offload.cli.history_file import history_file
+from offload.cli.history_file import open_history
 from offload.errors import OffloadError
-from offload.history.db import History
 from offload.history.estimates import estimator
 from offload.history.records import PHASES, BuildRecord, RunRecord
 from offload.history.views import (
@@ -71,7 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with History(history_file(daemon=args.daemon), read_only=args.daemon) as history:
+    with open_history(daemon=args.daemon) as history:
         runs = history.runs(run_id=args.run, limit=None if args.run else args.last)
         if args.run is not None:
             runs = [_one_run(runs, args.run)]

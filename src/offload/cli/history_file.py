@@ -5,6 +5,11 @@ Nix's daemon runs ``offload-hook`` as root with no home, so what it builds is ke
 ``/var/lib/offload`` (``offload.state_location``), not in the state of the user who asked for
 the build: ``--daemon`` reads that one (root's; ``sudo``), and a reading of the user's own
 history says on stderr that the other exists when it does.
+
+Reading changes nothing it need not: the user's history is opened to be written (brought up to
+this version's schema) where it may be, and read as it is where it may not (a read-only mount,
+another user's directory). A state directory that cannot be made, or no history where none can
+be started, is an error naming it (``offload.paths``).
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import sys
 from pathlib import Path
 
 from offload.errors import OffloadError
-from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir
+from offload.history.db import History
+from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir, state_hint
 
-__all__ = ["HISTORY_FILE", "history_file"]
+__all__ = ["HISTORY_FILE", "history_file", "open_history"]
 
 HISTORY_FILE = "history.sqlite"
 
@@ -46,6 +52,22 @@ def history_file(*, daemon: bool, command: str = "history", note: bool = True) -
             " doctor` checks), or its state is elsewhere (services.offload.stateDir)",
         )
     return path
+
+
+def open_history(*, daemon: bool, command: str = "history", note: bool = True) -> History:
+    """``history_file`` opened: the daemon hook's and one this user may not write, read as
+    they are."""
+    path = history_file(daemon=daemon, command=command, note=note)
+    if daemon:
+        return History(path, read_only=True)
+    if os.access(path.parent, os.W_OK) and (not _exists(path) or os.access(path, os.W_OK)):
+        return History(path)
+    if not path.is_file():
+        raise OffloadError(
+            f"{path}: no history, and {path.parent} cannot be written to start one",
+            hint=state_hint(),
+        )
+    return History(path, read_only=True)
 
 
 def _exists(place: Path) -> bool:

@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from offload.cli.history_file import history_file
+from offload.cli.history_file import open_history
 from offload.errors import OffloadError
-from offload.history.db import History
 from offload.paths import SYSTEM_STATE_DIR
 from offload.report import check_target, load_hook_model, write_page, write_report
 from offload.use import parse_duration
@@ -68,15 +67,13 @@ def run(args: argparse.Namespace) -> int:
             hint="give a run, or --hook (--since, --daemon) for the hook's builds",
         )
     if not hook:
-        with History(history_file(daemon=False, note=False)) as history:
+        with open_history(daemon=False, note=False) as history:
             model = write_report(history, args.run, args.output)
         what = f"report of run {model.run.run_id}"
     else:
         since = None if args.since is None else time.time() - parse_duration(args.since, "--since")
         check_target(args.output)
-        with History(
-            history_file(daemon=args.daemon, command="report"), read_only=args.daemon
-        ) as h:
+        with open_history(daemon=args.daemon, command="report") as h:
             model = load_hook_model(h, since)
         write_page(model, args.output)
         what = "report of offload-hook's builds"

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -71,6 +72,31 @@ def _guarded(
     return guarded
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened to be read, changing nothing.
+
+    SQLite opens a WAL database only with its ``-shm`` file, which the last connection to
+    close removes; where it is gone and cannot be made (a read-only mount, another user's
+    directory) no process has the file open, so it is read as immutable: as it is on disk (the
+    ``-wal`` of a writer that crashed there, if any, is not read: it cannot be applied)."""
+    uri = path.absolute().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", timeout=30, isolation_level=None, uri=True)
+    try:
+        db.execute("PRAGMA user_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        db.close()
+        # Its -shm refused: "cannot open" on a read-only mount, "read-only directory" in
+        # another user's.
+        refused = exc.sqlite_errorcode in (
+            sqlite3.SQLITE_CANTOPEN,
+            sqlite3.SQLITE_READONLY_DIRECTORY,
+        )
+        if not refused or os.access(path.parent, os.W_OK) or not path.is_file():
+            raise
+        db = sqlite3.connect(f"{uri}?immutable=1", timeout=30, isolation_level=None, uri=True)
+    return db
+
+
 _WAL_LIMIT = 64 * 1024 * 1024
 # Seconds a new run waits for others that are switching a new database to WAL.
 _OPEN_PATIENCE = 10.0
@@ -78,15 +104,14 @@ _OPEN_PATIENCE = 10.0
 
 class History:
     """The database at ``path``, made and brought to this version's schema if need be; or,
-    ``read_only``, read as it is (another process's: the nix-daemon's hook's), changing
-    nothing, not even its schema."""
+    ``read_only``, read as it is (the nix-daemon's hook's, one in a directory this user may not
+    write), changing nothing, not even its schema."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         try:
             if read_only:
-                uri = f"{path.absolute().as_uri()}?mode=ro"
-                self._db = sqlite3.connect(uri, timeout=30, isolation_level=None, uri=True)
+                self._db = _connect_read_only(path)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
