@@ -7,6 +7,11 @@ choice lives in a file the hook reads at each derivation: ``<state>/use.json``, 
 when (none: until cleared). A choice past its time is not in force. The file is written
 atomically, mode 0644 (it holds only machine names), in the state directory (mode 0700: the
 system one, ``/var/lib/offload``, is written and read by root alone).
+
+A choice is set (or cleared) in several places at once, the user's state directory and the
+system one, and ``set_choice`` sets it in all of them or in none: a place it cannot write is
+an ``OffloadError`` naming it, and the places already written are put back as they were, so
+no hook is left with a choice the command said it could not make.
 """
 
 from __future__ import annotations
@@ -16,13 +21,22 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.errors import ConfigError
+from offload.errors import ConfigError, OffloadError
 from offload.state_json import read_state_json
 
-__all__ = ["USE_FILE", "Choice", "clear_choice", "parse_duration", "read_choice", "write_choice"]
+__all__ = [
+    "USE_FILE",
+    "Choice",
+    "clear_choice",
+    "parse_duration",
+    "read_choice",
+    "set_choice",
+    "write_choice",
+]
 
 USE_FILE = "use.json"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -71,19 +85,8 @@ def read_choice(state: Path, now: float) -> Choice | None:
 
 
 def write_choice(state: Path, choice: Choice) -> Path:
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = {"machines": list(choice.machines), "since": choice.since, "until": choice.until}
-    fd, tmp = tempfile.mkstemp(dir=state, prefix=".use-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(state / USE_FILE)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
-    return state / USE_FILE
+    return _replace(state, json.dumps(data).encode())
 
 
 def clear_choice(state: Path) -> bool:
@@ -94,3 +97,61 @@ def clear_choice(state: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
+
+
+def set_choice(places: Sequence[Path], choice: Choice | None, hint: Callable[[Path], str]) -> None:
+    """``choice`` (None: cleared) in every one of ``places``, or in none: ``OffloadError`` for
+    the first place that cannot be written (``hint(place)``: how to fix it), the places
+    written before it restored."""
+    written: list[tuple[Path, bytes | None]] = []
+    for place in places:
+        try:
+            before = _saved(place)
+            if choice is None:
+                if before is not None:  # a read-only mount refuses even to remove no file
+                    clear_choice(place)
+            else:
+                write_choice(place, choice)
+        except OSError as exc:
+            verb = "clear" if choice is None else "write"
+            msg = f"{place}: cannot {verb} the builder choice: {exc.strerror or exc}"
+            raise OffloadError(msg + _restored(written), hint=hint(place)) from exc
+        written.append((place, before))
+
+
+def _saved(place: Path) -> bytes | None:
+    """The choice file's bytes in ``place`` as they are, None where there is none."""
+    try:
+        return (place / USE_FILE).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _restored(written: Sequence[tuple[Path, bytes | None]]) -> str:
+    """``written`` put back as they were; what the error adds for it."""
+    kept = []
+    for place, before in written:
+        try:
+            if before is None:
+                clear_choice(place)
+            else:
+                _replace(place, before)
+        except OSError as exc:  # the message says which place was left changed
+            kept.append(f"{place} could not be put back ({exc.strerror or exc})")
+    return "; " + ", ".join(kept) if kept else "; nothing was changed"
+
+
+def _replace(state: Path, data: bytes) -> Path:
+    """``data`` as the choice file of ``state`` (made 0700 if missing), replaced atomically."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=state, prefix=".use-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(state / USE_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
+    return state / USE_FILE

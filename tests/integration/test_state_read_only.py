@@ -5,6 +5,7 @@ write it is one error line naming it, with a hint."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -54,3 +55,88 @@ def test_history_and_report_read_a_read_only_state_directory(tmp_path: Path) -> 
     assert page.returncode == 0, page.stderr
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert _contents(state) == before
+
+
+def _use_in_namespace(tmp_path: Path, setup: str, *commands: list[str]) -> tuple[list[str], Path]:
+    """``offload use`` commands, each one's exit status and output (``-- rc=N`` lines), run
+    after ``setup`` (shell, in a private mount namespace: /var/lib is the namespace's own);
+    the user's state directory is ``tmp_path / "xdg" / "offload"``."""
+    script = setup
+    for argv in commands:
+        script += f"; {shlex.join([sys.executable, '-m', 'offload', 'use', *argv])}"
+        script += '; echo "-- rc=$?"'
+    env = {k: v for k, v in os.environ.items() if k not in ("OFFLOAD_STATE_DIR", "NIX_CONFIG")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.splitlines(), tmp_path / "xdg" / "offload"
+
+
+_UNCHANGED = "Read-only file system; nothing was changed"
+_HINT = (
+    "hint: as root, `offload use` chooses for the nix-daemon's offload-hook too, in"
+    " /var/lib/offload: make it writable, or set OFFLOAD_STATE_DIR to choose in that state"
+    " directory only"
+)
+
+
+def test_a_choice_the_daemons_place_cannot_take_is_made_nowhere(tmp_path: Path) -> None:
+    said, user = _use_in_namespace(
+        tmp_path,
+        "mount -t tmpfs -o ro none /var/lib",
+        ["local", "--for", "1h", "--builders", ""],
+    )
+    assert said == [
+        f"error: /var/lib/offload: cannot write the builder choice: {_UNCHANGED}",
+        _HINT,
+        "-- rc=1",
+    ]
+    assert not (user / "use.json").exists()
+
+
+def test_a_choice_the_daemons_place_cannot_clear_stays_everywhere(tmp_path: Path) -> None:
+    choice = '{"machines": ["local"], "since": 1.0, "until": null}'
+    user = tmp_path / "xdg" / "offload"
+    user.mkdir(parents=True)
+    (user / "use.json").write_text(choice)
+    said, _ = _use_in_namespace(
+        tmp_path,
+        "mount -t tmpfs none /var/lib && mkdir /var/lib/offload"
+        f" && echo {shlex.quote(choice)} > /var/lib/offload/use.json"
+        " && mount -o remount,ro /var/lib",
+        ["--clear"],
+        ["--json"],
+    )
+    assert said[:3] == [
+        f"error: /var/lib/offload: cannot clear the builder choice: {_UNCHANGED}",
+        _HINT,
+        "-- rc=1",
+    ]
+    kept = {"machines": ["local"], "until": None}
+    assert said[3:] == [
+        json.dumps({str(user): kept, "/var/lib/offload": kept}),
+        "-- rc=0",
+    ]
+    assert (user / "use.json").read_text() == choice
+
+
+def test_use_on_a_read_only_state_directory(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {"OFFLOAD_STATE_DIR": str(state)}
+    cleared = _offload_read_only(state, "use", "--clear", env=env)  # there is none to clear
+    assert (cleared.returncode, cleared.stderr) == (0, "")
+    chosen = _offload_read_only(state, "use", "local", "--builders", "", env=env)
+    assert chosen.returncode == 1
+    assert chosen.stderr.splitlines() == [
+        f"error: {state}: cannot write the builder choice: {_UNCHANGED}",
+        "hint: OFFLOAD_STATE_DIR names it: point it at a directory you may write",
+    ]
+    assert list(state.iterdir()) == []

@@ -68,3 +68,36 @@ def test_a_state_directory_named_on_purpose_is_the_only_one_written(
     assert use_cli._places() == [tmp_path / "xdg" / "offload", system]
     monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "mine"))
     assert use_cli._places() == [tmp_path / "mine"]
+
+
+@pytest.mark.parametrize("earlier", [None, b'{"machines": ["fast"], "since": 1.0, "until": null}'])
+def test_a_choice_one_place_cannot_take_leaves_every_place_as_it_was(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    earlier: bytes | None,
+) -> None:
+    from offload.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    system = tmp_path / "a-file" / "offload"  # a file in its way: it cannot be made
+    monkeypatch.setattr("offload.cli.use.SYSTEM_STATE_DIR", system)
+    monkeypatch.setattr("os.geteuid", lambda: 0)  # as root: the system place is written too
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", "")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "offload"
+    if earlier is not None:
+        user.mkdir(parents=True)
+        (user / "use.json").write_bytes(earlier)
+    assert main(["use", "local", "--for", "1h", "--builders", ""]) == 1
+    done = capsys.readouterr()
+    assert done.err.splitlines()[0] == (
+        f"error: {system}: cannot write the builder choice: Not a directory; nothing was changed"
+    )
+    assert done.err.splitlines()[1].startswith("hint: as root, `offload use` chooses for")
+    assert done.out == ""
+    if earlier is None:
+        assert list(user.iterdir()) == []
+    else:
+        assert (user / "use.json").read_bytes() == earlier
+        assert [p.name for p in user.iterdir()] == ["use.json"]

@@ -6,6 +6,11 @@ directory and, when this user may write it (root), into the system one the hook 
 nix-daemon runs it (``/var/lib/offload``), unless ``$OFFLOAD_STATE_DIR`` names the one meant.
 Names are checked against the pool that ``offload machines`` shows, so a typo is an error now
 rather than a silent no-op later.
+
+A choice is set (or cleared) in all of those places or in none (``offload.use.set_choice``):
+one that cannot be written is an error naming it, the others left as they were. Not a warning
+for the system one: root runs ``offload use`` for the nix-daemon's builds (``nixos-rebuild``),
+and a choice kept only in root's own state would leave them on the whole pool unsaid.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import time
 from pathlib import Path
 
 from offload.config.pool import load_pool
-from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir
-from offload.use import Choice, clear_choice, parse_duration, read_choice, write_choice
+from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir, state_hint
+from offload.use import Choice, parse_duration, read_choice, set_choice
 
 __all__ = ["register"]
 
@@ -71,11 +76,19 @@ def _show(places: list[Path], *, as_json: bool) -> int:
     return 0
 
 
+def _hint(place: Path) -> str:
+    if place != SYSTEM_STATE_DIR:
+        return state_hint()
+    return (
+        f"as root, `offload use` chooses for the nix-daemon's offload-hook too, in {place}:"
+        " make it writable, or set OFFLOAD_STATE_DIR to choose in that state directory only"
+    )
+
+
 def _main(args: argparse.Namespace) -> int:
     places = _places()
     if args.clear:
-        for place in places:
-            clear_choice(place)
+        set_choice(places, None, _hint)
         print("offload-hook uses the whole pool again")
         return 0
     if args.machines is None:
@@ -86,6 +99,5 @@ def _main(args: argparse.Namespace) -> int:
     now = time.time()
     until = now + parse_duration(args.duration) if args.duration else None
     ensure_state_dir()  # one that cannot be made is said as every command says it
-    for place in places:
-        write_choice(place, Choice(tokens, now, until))
+    set_choice(places, Choice(tokens, now, until), _hint)
     return _show(places, as_json=args.json)
