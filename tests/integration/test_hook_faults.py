@@ -5,9 +5,11 @@ machines for every nix-build, a history another process holds locked or that is 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import pytest
 
 from offload.fleet import Fleet, MemberSpec
 from offload.history.db import History
-from tests.helpers.fleets import private_fleet_fixture
+from offload.transport.persist import location
+from tests.helpers.fleets import private_fleet_fixture, stop_masters
 from tests.helpers.hook_runs import (
     coordinator_pids,
     hook_env,
@@ -142,3 +145,25 @@ def test_a_damaged_history_is_said_and_builds_go_on(hook_fleet: Fleet, tmp_path:
     assert len(said) == 1, done.stderr  # once per nix-build
     assert "the history database is damaged" in said[0]
     assert "move the file away" in said[0]
+
+
+def test_a_state_directory_that_cannot_be_made_costs_no_build(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # OFFLOAD_STATE_DIR names a file: the hook keeps its state under TMPDIR instead, says so,
+    # and the builds go to the builders as ever (it was an internal error failing every one).
+    # A short TMPDIR of the test's own: ssh's control sockets go under it too.
+    tmp = Path(tempfile.mkdtemp(prefix="ohf", dir="/tmp"))
+    env = {"OFFLOAD_STATE_DIR": str(tmp_path / "file"), "TMPDIR": str(tmp)}
+    (tmp_path / "file").write_text("")
+    instead = tmp / f"offload-hook-{os.getuid()}" / "state"
+    file = nix_file(tmp_path, leaves(2))
+    try:
+        done = nix_build(hook_fleet, tmp_path, file, "-j0", **env)
+    finally:
+        stop_masters(location(instead))
+        shutil.rmtree(tmp)
+    assert len(outputs(done)) == 2
+    assert f"kept in {instead} instead" in done.stderr
+    assert "internal error" not in done.stderr
+    assert (tmp_path / "file").read_text() == ""

@@ -16,7 +16,9 @@ import os
 import signal
 import stat
 import sys
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 
 from offload.errors import OffloadError
@@ -34,6 +36,7 @@ from offload.hook.wire import (
 )
 from offload.paths import hook_state_dir
 from offload.protocol.wire import ByteReader
+from offload.state_location import private_dir
 
 __all__ = ["Hook", "error_line", "in_process", "serve"]
 
@@ -60,11 +63,9 @@ def error_line(exc: OffloadError, what: str) -> bytes:
 
 
 def _context(hook: Hook, preamble: Mapping[str, str], keep: Keep) -> HookContext:
-    state = hook_state_dir(hook.env)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
     return load_context(
         preamble,
-        state=state,
+        state=keep.state,  # made by the coordinator, or by ``_usable_state``
         verbosity=hook.level,
         env=hook.env,
         io=hook.io,
@@ -130,11 +131,32 @@ async def _serve_here() -> int:
     else:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     hook = Hook(reader, HookIO.of_fds(), sys.argv, os.environ, os.getppid())
-    keep = Keep(hook_state_dir(hook.env))
+    keep = Keep(_usable_state(hook))
     try:
         return await serve(hook, keep, guarded=True)
     finally:
         await keep.aclose()
+
+
+def _usable_state(hook: Hook) -> Path:
+    """The hook's state directory; when that cannot be made (a read-only home, a file in its
+    place), one under the temporary directory, the same for every hook of this user: a state
+    that cannot be kept where asked costs where it is kept, never the build (Nix ends a hook
+    with SIGKILL, so a directory of each hook's own would be left behind every time)."""
+    state = hook_state_dir(hook.env)
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        tmp = hook.env.get("TMPDIR") or tempfile.gettempdir()
+        instead = Path(private_dir(f"{tmp}/offload-hook-{os.getuid()}")) / "state"
+        hook.io.err(
+            f"offload-hook: warning: {state}: cannot make the state directory"
+            f" ({exc.strerror or exc}); kept in {instead} instead (hint: set OFFLOAD_STATE_DIR"
+            " to a writable directory)\n".encode(errors="replace")
+        )
+        instead.mkdir(exist_ok=True, mode=0o700)
+        return instead
+    return state
 
 
 def _not_pollable(fd: int) -> bool:
