@@ -1,5 +1,6 @@
 """Where kept ssh masters live (``offload.transport.persist``): a usable directory or none."""
 
+import os
 import shutil
 import stat
 import tempfile
@@ -42,3 +43,17 @@ def test_another_users_view_of_roots_kept_masters_is_none_not_an_error(short: Pa
     state.chmod(0o755)
     answer = as_another_user(lambda: str(kept(state, SshTarget("b"), "", [])))
     assert answer == "False"
+
+
+def test_a_long_state_and_a_long_tmpdir_still_give_a_short_enough_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ssh refuses a control socket past 108 bytes: a TMPDIR as long as pytest's own (or a
+    # CI's) made every session fail with "too long for Unix domain socket".
+    deep = tmp_path / ("d" * 60)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    place = location(deep / "state")
+    assert place == Path("/tmp") / f"offload-ssh-{os.getuid()}"
+    short_tmp = Path("/tmp/ofx")
+    monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
+    assert location(deep / "state") == short_tmp / f"offload-ssh-{os.getuid()}"

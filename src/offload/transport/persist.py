@@ -56,7 +56,10 @@ def location(state: Path) -> Path:
     preferred = state / "ssh"
     if len(str(preferred)) + 18 <= _MAX_SOCKET:
         return preferred
-    return Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}"
+    short = Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}"
+    if len(str(short)) + 18 <= _MAX_SOCKET:
+        return short
+    return Path("/tmp") / f"offload-ssh-{os.getuid()}"  # noqa: S108 - a TMPDIR too long for sockets
 
 
 def control_dir(state: Path) -> Path:
