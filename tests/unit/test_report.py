@@ -14,7 +14,7 @@ from offload.cli import main
 from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
-from offload.report import STDOUT, check_target, make_model, render_html, write_page, write_report
+from offload.report import check_target, make_model, render_html, write_page, write_report
 
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>"\'&'
 
@@ -132,7 +132,30 @@ def test_a_link_is_written_through_a_pipe_in_place_and_dash_is_stdout(tmp_path, 
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.html", "p", "t.html"]
 
-    check_target(STDOUT)
-    write_page(model, STDOUT)
+    check_target(None)
+    write_page(model, None)
     assert capsys.readouterr().out.startswith("<!DOCTYPE html>")
     assert not (tmp_path / "-").exists()
+
+
+def test_a_link_planted_by_another_user_is_not_followed_as_root(tmp_path):
+    # /tmp/report.html -> /etc/shadow, planted by another user: refused, whether or not the
+    # kernel's protected_symlinks would (it is 0 here); resolved and renamed over, the file
+    # was replaced by a 0644 page.
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    secret = tmp_path / "secret"
+    secret.write_text("root's")
+    secret.chmod(0o600)
+    link = shared / "report.html"
+    link.symlink_to(secret)
+    os.lchown(link, 65534, 65534)  # nobody's
+    model = make_model(_run({}), [_build("a", "fast", 1, 5)])
+    with pytest.raises(OffloadError, match="a link of another user's"):
+        check_target(link)
+    with pytest.raises(OffloadError, match="a link of another user's"):
+        write_page(model, link)
+    assert secret.read_text() == "root's"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert link.is_symlink()

@@ -82,6 +82,8 @@ def test_the_command_writes_the_page_and_refuses_a_run_with_hook(
     state = tmp_path / "state"
     state.mkdir()
     monkeypatch.setenv("OFFLOAD_STATE_DIR", str(state))
+    # No nix-daemon history to note, whatever this machine's /var/lib/offload holds.
+    monkeypatch.setattr("offload.cli.history_file.SYSTEM_STATE_DIR", tmp_path / "system")
     now = time.time()
     with History(state / "history.sqlite") as history:
         _hook_build(history, "a", "fast", now - 10, now - 5)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from offload.backoff import Health, load_backoff
 from offload.cli.build_args import add_build_arguments, eval_flags, refusal
 from offload.cli.machines import pool_from_args
-from offload.errors import ConfigError, OffloadError
+from offload.errors import ConfigError
 from offload.marks import mark
 from offload.nix import Evaluation, Installables, sources
 from offload.paths import ensure_state_dir
@@ -79,13 +79,8 @@ def _run(
     with _state() as (state, kept):
         mark("settings")
         if args.report is not None:
-            from offload.report import STDOUT, check_target  # only for --report: it is not cheap
+            from offload.report import check_target  # only for --report: it is not cheap
 
-            if args.report == STDOUT:
-                raise OffloadError(
-                    "--report -: standard output carries the build's output paths",
-                    hint="name a file, or write it afterwards: offload report -o -",
-                )
             check_target(args.report)  # before the run, not after it
         if args.dry_run:
             from offload.cli.build_exec import show_dry_run

@@ -184,6 +184,16 @@ def _link_name(text: str) -> str:
     return text
 
 
+def _report_file(text: str) -> Path:
+    # ``./-`` names a file called "-"; "-" alone would mix the page into the output paths.
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            "standard output carries the build's output paths: name a file, or write the page"
+            " afterwards with offload report -o -"
+        )
+    return Path(text)
+
+
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Every argument of `offload build` on ``parser``."""
     parser.add_argument(
@@ -221,7 +231,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--report",
-        type=Path,
+        type=_report_file,
         metavar="FILE",
         help="write the run's HTML report (timeline per machine) to FILE at the end",
     )

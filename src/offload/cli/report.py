@@ -23,7 +23,13 @@ from pathlib import Path
 from offload.cli.history_file import open_history
 from offload.errors import OffloadError
 from offload.paths import SYSTEM_STATE_DIR
-from offload.report import check_target, load_hook_model, write_page, write_report
+from offload.report import (
+    check_target,
+    load_hook_model,
+    report_target,
+    write_page,
+    write_report,
+)
 from offload.use import parse_duration
 
 __all__ = ["register"]
@@ -40,10 +46,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=report_target,
         default=Path("report.html"),
         metavar="FILE",
-        help="where to write it (default: report.html)",
+        help="where to write it (default: report.html; -: standard output)",
     )
     parser.add_argument(
         "--hook", action="store_true", help="offload-hook's builds (its latest burst) instead"
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         what = "report of offload-hook's builds"
     copies = sum(len(lane.bars) for lane in model.lanes)
     print(
-        f"{what} ({copies} copies on {len(model.lanes)} machines) written to {args.output}",
+        f"{what} ({copies} copies on {len(model.lanes)} machines) written to"
+        f" {args.output or 'standard output'}",
         file=sys.stderr,
     )
     return 0

@@ -1,8 +1,9 @@
 """Run reports: one self-contained HTML page per run, made from history.
 
 ``model`` reads what a report shows from history; ``html`` renders it; ``write_page`` puts it
-where it is asked: a file whole or not at all (a temporary file beside it, renamed over it; a
-link to one is written through), a pipe or a device as it is, ``-`` on standard output.
+where it is asked: a file whole or not at all (a temporary file beside it, renamed over it), a link,
+a pipe or a device as it is (a link opened as a shell's ``>`` opens it), ``-`` on standard
+output.
 """
 
 from __future__ import annotations
@@ -19,34 +20,30 @@ from offload.history.db import History
 from offload.report.html import render_html
 from offload.report.model import ReportModel, load_hook_model, load_model, make_model
 
-# ``-o -``: the page goes to standard output.
-STDOUT = Path("-")
-
 __all__ = [
-    "STDOUT",
     "ReportModel",
     "check_target",
     "load_hook_model",
     "load_model",
     "make_model",
     "render_html",
+    "report_target",
     "write_page",
     "write_report",
 ]
 
 
-def check_target(path: Path) -> None:
-    """Fail now, before a run, if ``path`` cannot be written later."""
-    if path == STDOUT:
+def check_target(path: Path | None) -> None:
+    """Fail now, before a run, if ``path`` (None: standard output) cannot be written later."""
+    if path is None:
         return
-    target = path.resolve()  # a link is written through, as a shell's redirection writes it
-    if target.is_dir():
+    if path.is_dir():
         raise OffloadError(f"{path}: is a directory", hint="name a file for the report")
-    if target.exists() and not target.is_file():  # a pipe, a device: written in place
-        if not os.access(target, os.W_OK):
+    if _in_place(path):
+        if path.exists() and not os.access(path, os.W_OK):
             raise OffloadError(f"{path}: cannot write to it", hint="name a writable file")
         return
-    parent = target.parent
+    parent = path.parent
     if not parent.is_dir():
         raise OffloadError(
             f"{path}: no directory {parent} to write the report in",
@@ -56,7 +53,22 @@ def check_target(path: Path) -> None:
         raise OffloadError(f"{path}: cannot write in {parent}", hint="name a writable place")
 
 
-def write_report(history: History, run_id: str | None, path: Path) -> ReportModel:
+def _in_place(path: Path) -> bool:
+    """Whether ``path`` is written as it is rather than replaced: a link of this user's
+    (written through, as a shell's ``>`` writes it), a pipe, a device. Another user's link is
+    refused: planted in a shared /tmp, it would make root write where it points (the kernel
+    may not protect it: fs.protected_symlinks is 0 on many machines)."""
+    if path.is_symlink():
+        if path.lstat().st_uid != os.geteuid():
+            raise OffloadError(
+                f"{path}: a link of another user's, not written through",
+                hint="remove it, or name another file",
+            )
+        return True
+    return path.exists() and not path.is_file()
+
+
+def write_report(history: History, run_id: str | None, path: Path | None) -> ReportModel:
     """The report of run ``run_id`` (a prefix; None: the latest) into ``path``."""
     check_target(path)
     model = load_model(history, run_id)
@@ -64,30 +76,34 @@ def write_report(history: History, run_id: str | None, path: Path) -> ReportMode
     return model
 
 
-def write_page(model: ReportModel, path: Path) -> None:
-    """``model``'s page into ``path`` (``-``: standard output). A file is replaced whole or not
-    at all (a temporary file beside it, renamed over it), through a link to it; a pipe or a
-    device is written as it is, never replaced by a file."""
+def write_page(model: ReportModel, path: Path | None) -> None:
+    """``model``'s page into ``path`` (None: standard output). A file is replaced whole or not
+    at all (a temporary file beside it, renamed over it); a link, a pipe or a device is
+    written as it is (``_in_place``), never replaced by a file."""
     page = render_html(model)
-    if path == STDOUT:
+    if path is None:
         sys.stdout.write(page)
         sys.stdout.flush()
         return
-    target = path.resolve()
     try:
-        if target.exists() and not target.is_file():
-            with target.open("w", encoding="utf-8") as out:
+        if _in_place(path):
+            with path.open("w", encoding="utf-8") as out:
                 out.write(page)
             return
     except OSError as exc:
         raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(page)
         Path(tmp).chmod(readable_mode())  # a page to open and share, as the umask allows
-        Path(tmp).replace(target)
+        Path(tmp).replace(path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             Path(tmp).unlink()
         raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
+
+
+def report_target(text: str) -> Path | None:
+    """``-o``'s value: ``-`` is standard output (None); ``./-`` is a file named ``-``."""
+    return None if text == "-" else Path(text)
