@@ -13,11 +13,21 @@ import os
 import stat
 from collections.abc import Mapping
 
-__all__ = ["SYSTEM_STATE", "hook_state", "private_dir", "user_state"]
+__all__ = [
+    "HOOK_STATE_NOTE",
+    "SYSTEM_STATE",
+    "hook_state",
+    "private_dir",
+    "usable_hook_state",
+    "user_state",
+]
 
 # The hook's state when the nix-daemon runs it (as root, with the daemon's bare environment).
 SYSTEM_STATE = "/var/lib/offload"
 _HOMELESS = frozenset({"", "/", "/homeless-shelter", "/var/empty"})
+# The environment variable a hook passes its coordinator why its state is elsewhere (said once
+# per nix-build).
+HOOK_STATE_NOTE = "OFFLOAD_HOOK_STATE_NOTE"
 
 
 def user_state(env: Mapping[str, str] | None = None, home: str | None = None) -> str:
@@ -48,3 +58,25 @@ def private_dir(path: str) -> str:
         raise OSError(f"{path} is not a directory of this user's")
     os.chmod(path, 0o700)  # noqa: PTH101 - no pathlib here
     return path
+
+
+def usable_hook_state(env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """``hook_state`` made private and writable, with no note; where it cannot be (a read-only
+    home or mount, a file in its place), one under the temporary directory, the same for every
+    hook of this user, with a note saying why: a state that cannot be kept where asked costs
+    where it is kept, never the build (``OSError`` if that cannot be made either)."""
+    env = os.environ if env is None else env
+    state = hook_state(env)
+    try:
+        private_dir(state)
+        if os.access(state, os.W_OK):  # EROFS too, which root's permissions do not pass
+            return state, None
+        why = "read-only"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    tmp = env.get("TMPDIR") or "/tmp"  # noqa: S108 - a directory checked to be ours
+    instead = private_dir(private_dir(f"{tmp}/offload-hook-{os.getuid()}") + "/state")
+    return instead, (
+        f"{state}: cannot use the state directory ({why}); kept in {instead} instead"
+        " (hint: set OFFLOAD_STATE_DIR to a writable directory)"
+    )

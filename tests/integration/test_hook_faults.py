@@ -5,6 +5,7 @@ machines for every nix-build, a history another process holds locked or that is 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -99,13 +100,19 @@ def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 30, "the builder's build to stop")
 
 
-def test_a_history_held_locked_stalls_no_build(hook_fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("coordinator", ["running", "starting"])
+def test_a_history_held_locked_stalls_no_build(
+    hook_fleet: Fleet, tmp_path: Path, coordinator: str
+) -> None:
     # Another process holds the history (offload build's run, a VACUUM): the coordinator
     # records in a thread of its own, so the builds end while the lock is held (in the event
     # loop each record waited out sqlite's 30 s), and the records are written once it goes.
+    # A coordinator starting meanwhile opens its own connection for 0.5 s at most.
     file = nix_file(tmp_path, leaves(2))
     outputs(nix_build(hook_fleet, tmp_path, file, "-j0"))  # the history file is made
     state = tmp_path / "state"
+    if coordinator == "starting":
+        stop_coordinators(state)
     holder = sqlite3.connect(state / "history.sqlite", isolation_level=None)
     try:
         holder.execute("BEGIN EXCLUSIVE")
@@ -147,23 +154,38 @@ def test_a_damaged_history_is_said_and_builds_go_on(hook_fleet: Fleet, tmp_path:
     assert "move the file away" in said[0]
 
 
-def test_a_state_directory_that_cannot_be_made_costs_no_build(
-    hook_fleet: Fleet, tmp_path: Path
+@pytest.mark.parametrize("how", ["a file in its place", "a read-only mount"])
+def test_a_state_directory_that_cannot_be_used_costs_no_build(
+    hook_fleet: Fleet, tmp_path: Path, how: str
 ) -> None:
-    # OFFLOAD_STATE_DIR names a file: the hook keeps its state under TMPDIR instead, says so,
-    # and the builds go to the builders as ever (it was an internal error failing every one).
+    # The hook keeps its state under TMPDIR instead, says so once per nix-build, and the
+    # builds go to the builders as ever, through a coordinator there (it was an internal error
+    # failing every one; a read-only one failed every derivation with -j0).
     # A short TMPDIR of the test's own: ssh's control sockets go under it too.
     tmp = Path(tempfile.mkdtemp(prefix="ohf", dir="/tmp"))
-    env = {"OFFLOAD_STATE_DIR": str(tmp_path / "file"), "TMPDIR": str(tmp)}
-    (tmp_path / "file").write_text("")
-    instead = tmp / f"offload-hook-{os.getuid()}" / "state"
+    state = tmp_path / "state-here"
+    env = {**hook_env(hook_fleet, tmp_path), "OFFLOAD_STATE_DIR": str(state), "TMPDIR": str(tmp)}
     file = nix_file(tmp_path, leaves(2))
+    argv = nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0")
+    if how == "a file in its place":
+        state.write_text("")
+    else:
+        state.mkdir()
+        mount = f"mount --bind {state} {state} && mount -o remount,bind,ro {state}"
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                f"{mount} && exec {shlex.join(argv)}"]  # fmt: skip
+    instead = tmp / f"offload-hook-{os.getuid()}" / "state"
     try:
-        done = nix_build(hook_fleet, tmp_path, file, "-j0", **env)
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=180, check=False
+        )
     finally:
+        stop_coordinators(instead)
         stop_masters(location(instead))
         shutil.rmtree(tmp)
     assert len(outputs(done)) == 2
-    assert f"kept in {instead} instead" in done.stderr
+    said = [line for line in done.stderr.splitlines() if f"kept in {instead} instead" in line]
+    assert len(said) == 1, done.stderr
+    assert "no coordinator" not in done.stderr
     assert "internal error" not in done.stderr
-    assert (tmp_path / "file").read_text() == ""
+    assert state.is_dir() or state.read_text() == ""

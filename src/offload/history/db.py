@@ -107,14 +107,17 @@ class History:
     ``read_only``, read as it is (the nix-daemon's hook's, one in a directory this user may not
     write), changing nothing, not even its schema."""
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, wait: float = 30.0) -> None:
+        """``wait``: seconds a statement waits for another process's lock (a hook's event
+        loop cannot wait long)."""
         self.path = path
+        self._wait = wait
         try:
             if read_only:
                 self._db = _connect_read_only(path)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+                self._db = sqlite3.connect(path, timeout=wait, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{path}: cannot open the history database: {exc}") from exc
         try:
@@ -140,7 +143,7 @@ class History:
         # Runs that start together on a new database race to switch it to WAL; a loser was
         # seen answered "locked" in spite of the busy timeout (test_concurrent_runs, 2 of 4
         # CI runs): ask again for a while.
-        deadline = time.monotonic() + _OPEN_PATIENCE
+        deadline = time.monotonic() + min(_OPEN_PATIENCE, self._wait)
         while True:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")

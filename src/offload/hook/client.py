@@ -31,7 +31,7 @@ import sys
 import zlib
 
 from offload import __version__
-from offload.state_location import hook_state, private_dir
+from offload.state_location import HOOK_STATE_NOTE, private_dir, usable_hook_state
 
 __all__ = [
     "HELLO_FDS",
@@ -155,10 +155,10 @@ def send_hello(
     sock.sendall(body)
 
 
-def _hand_over(sock: _socket.socket) -> bool:
+def _hand_over(sock: _socket.socket, env: dict[str, str]) -> bool:
     """Pass our pipes and context; True once the coordinator has taken them."""
     pipes = {fd: fd for fd in HELLO_FDS if _is_open(fd)}
-    send_hello(sock, pipes, sys.argv, dict(os.environ), os.getppid())
+    send_hello(sock, pipes, sys.argv, env, os.getppid())
     return sock.recv(1) == b"+"
 
 
@@ -178,12 +178,12 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def served(sock: _socket.socket) -> int | None:
+def served(sock: _socket.socket, env: dict[str, str] | None = None) -> int | None:
     """The exit code once the coordinator has served us; None when it closed before taking
     our pipes (it idled out as we reached it, its backlog reset): ask again. Once it has
     taken them, only it may answer Nix: its failure then is ours, never a second answer."""
     try:
-        if not _hand_over(sock):
+        if not _hand_over(sock, dict(os.environ) if env is None else env):
             return None
     except ConnectionError:
         return None
@@ -228,12 +228,15 @@ def _main() -> int:
             return code
     if os.environ.get("OFFLOAD_HOOK_COORDINATOR") != "0" and _started_by_nix():
         try:
-            state = private_dir(hook_state())
+            state, note = usable_hook_state()
+            env = dict(os.environ)
+            if note is not None:  # the coordinator says it, once per nix-build
+                env[HOOK_STATE_NOTE] = note
             path = socket_path(state)
             for _ in range(_ATTEMPTS):
                 sock = _coordinator(state, path)
                 try:
-                    if (code := served(sock)) is not None:
+                    if (code := served(sock, env)) is not None:
                         return code
                 finally:
                     sock.close()

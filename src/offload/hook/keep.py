@@ -10,20 +10,26 @@ start), and the history database (a connection and its schema check). The tails 
 (``history.tails``) are read once and then again every ``TAILS_SECONDS`` in a thread of their
 own, the last ones serving meanwhile: a read of 20,000 edges takes about 0.1 s, which in the
 coordinator's event loop would stall every hook it serves. Old history is forgotten in that
-thread too, when it is due (``offload.history.prune``).
+thread too, when it is due (``offload.history.prune``). Builds are recorded in a thread of
+their own, over its own connection, in order; the event loop's connection reads estimates and
+waits at most ``LOOP_WAIT`` for another process's lock (an ``offload build`` writing its run,
+a ``VACUUM``), and one that could not be opened is not tried again for ``HISTORY_RETRY``:
+either way no hook waits on it. Why the history cannot be used is ``history_problem``, which
+``serve`` says once per nix-build.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from offload.errors import OffloadError
+from offload.errors import OffloadError, StoreError
 from offload.history.db import History
 from offload.history.estimates import estimator
 from offload.history.records import BuildRecord
@@ -40,6 +46,10 @@ from offload.transport.links import LocalLink
 
 __all__ = ["TAILS_SECONDS", "Keep"]
 
+# Seconds the event loop's history connection waits for another process's lock, and how long
+# a history that could not be opened is not tried again (estimates are guessed meanwhile).
+LOOP_WAIT = 0.5
+HISTORY_RETRY = 30.0
 # Local sessions lent at once: each accepted build reads its inputs through one.
 _LOCAL_SESSIONS = 8
 # How long the tails read from history serve before they are read again (new edges, estimates).
@@ -69,6 +79,8 @@ class Keep:
         self._writer_history: History | None = None  # the writer thread's own
         # Why the history cannot be used (damaged, locked, unwritable), said to each client.
         self.history_problem: str | None = None
+        self._history_failed = -math.inf  # when opening it last failed (monotonic)
+        self._closed = False
 
     def tails(self, speeds: Mapping[str, float]) -> Mapping[str, float]:
         """Each name's tail (``history.tails``) from the edges history holds, with its work on
@@ -114,9 +126,12 @@ class Keep:
         """The state directory's history database, opened on first use (``StoreError``, and
         ``history_problem`` says it)."""
         if self._history is None:
+            if time.monotonic() - self._history_failed < HISTORY_RETRY:
+                raise StoreError(self.history_problem or "history not kept")
             try:
-                self._history = History(self.state / "history.sqlite")
+                self._history = History(self.state / "history.sqlite", wait=LOOP_WAIT)
             except OffloadError as exc:
+                self._history_failed = time.monotonic()
                 self.history_problem = _problem(exc)
                 raise
         return self._history
@@ -124,7 +139,8 @@ class Keep:
     def record(self, build: BuildRecord, inputs: tuple[str, ...]) -> None:
         """Record ``build`` and what it was built on, in the writer thread (``__init__``); a
         failure is said in the coordinator's log and to the next clients."""
-        self._writer.submit(self._write, build, inputs)
+        if not self._closed:  # a build that ended as the coordinator stopped: not kept
+            self._writer.submit(self._write, build, inputs)
 
     def _write(self, build: BuildRecord, inputs: tuple[str, ...]) -> None:
         try:
@@ -134,6 +150,8 @@ class Keep:
         except OffloadError as exc:
             self.history_problem = _problem(exc)
             sys.stderr.write(f"offload coordinator: build not recorded: {exc.message}\n")
+        except Exception as exc:  # noqa: BLE001 - no one reads this future: said, not raised
+            sys.stderr.write(f"offload coordinator: build not recorded: {exc!r}\n")
         else:
             self.history_problem = None
 
@@ -163,6 +181,7 @@ class Keep:
             self.dispatch.notify()
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._tails_reading is not None:
             self._tails_reading.cancel()  # its thread ends on its own, closing its connection
         try:

@@ -16,7 +16,6 @@ import os
 import signal
 import stat
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -34,9 +33,8 @@ from offload.hook.wire import (
     verbosity,
     write_reply,
 )
-from offload.paths import hook_state_dir
 from offload.protocol.wire import ByteReader
-from offload.state_location import private_dir
+from offload.state_location import HOOK_STATE_NOTE, usable_hook_state
 
 __all__ = ["Hook", "error_line", "in_process", "serve"]
 
@@ -86,8 +84,9 @@ async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
     if context is not None:
         with contextlib.suppress(OffloadError):  # a history that cannot be used is a note
             keep.history()
-        problem_notes = [keep.history_problem] if keep.history_problem else []
-        for note in [*context.notes, *problem_notes]:
+        elsewhere = hook.env.get(HOOK_STATE_NOTE)
+        problems = [p for p in (elsewhere, keep.history_problem) if p]
+        for note in [*context.notes, *problems]:
             context.say_to_client(note)
     while (request := await read_request(hook.reader)) is not None:
         if context is None:
@@ -139,24 +138,12 @@ async def _serve_here() -> int:
 
 
 def _usable_state(hook: Hook) -> Path:
-    """The hook's state directory; when that cannot be made (a read-only home, a file in its
-    place), one under the temporary directory, the same for every hook of this user: a state
-    that cannot be kept where asked costs where it is kept, never the build (Nix ends a hook
-    with SIGKILL, so a directory of each hook's own would be left behind every time)."""
-    state = hook_state_dir(hook.env)
-    try:
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        tmp = hook.env.get("TMPDIR") or tempfile.gettempdir()
-        instead = Path(private_dir(f"{tmp}/offload-hook-{os.getuid()}")) / "state"
-        hook.io.err(
-            f"offload-hook: warning: {state}: cannot make the state directory"
-            f" ({exc.strerror or exc}); kept in {instead} instead (hint: set OFFLOAD_STATE_DIR"
-            " to a writable directory)\n".encode(errors="replace")
-        )
-        instead.mkdir(exist_ok=True, mode=0o700)
-        return instead
-    return state
+    """The hook's state directory, or where it is kept instead (``usable_hook_state``), which
+    ``serve`` then says."""
+    state, note = usable_hook_state(hook.env)
+    if note is not None:
+        hook.env[HOOK_STATE_NOTE] = note
+    return Path(state)
 
 
 def _not_pollable(fd: int) -> bool:
