@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import tracemalloc
@@ -150,5 +151,12 @@ def test_a_coordinator_gone_after_taking_the_pipes_fails_the_hook_with_one_line(
     coordinator.sendall(b"+")  # taken: only it may answer Nix now
     coordinator.shutdown(socket.SHUT_WR)  # then gone without the exit code
     assert served(hook) == 1
-    said = "offload-hook: error: the coordinator stopped before the hook ended\n"
-    assert capsys.readouterr().err == said
+    err = capsys.readouterr().err
+    assert err.startswith("@nix ")  # after '# accept' Nix drops the hook's plain lines
+    assert err.count("\n") == 1
+    message = json.loads(err.removeprefix("@nix "))
+    assert message["action"] == "msg"
+    assert message["level"] == 0
+    assert message["msg"].startswith(
+        "offload-hook: error: the coordinator stopped before the hook ended"
+    )
