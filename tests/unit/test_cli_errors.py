@@ -211,3 +211,15 @@ def test_an_internal_error_hints_at_the_traceback_option_that_shows_it(
         assert status == 1
         assert "Traceback (most recent call last)" in err
         assert 'raise RuntimeError("a bug")' in err
+
+
+@pytest.mark.parametrize("graph", ["absent.json", ".", "not.json"])
+def test_a_demo_graph_that_cannot_be_read_is_said_before_any_fleet_starts(
+    graph: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not.json").write_text("{not json")
+    status, err = _offload(["demo", "--graph", graph, "--dir", str(tmp_path / "fleet")], capsys)
+    assert status == 1
+    _one_error(err)  # it was an internal error (FileNotFoundError, IsADirectoryError, JSON)
+    assert not (tmp_path / "fleet").exists()

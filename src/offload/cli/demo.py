@@ -21,7 +21,7 @@ from pathlib import Path
 
 from offload.cli.build_exec import build_failed, execute
 from offload.config.pool import load_pool
-from offload.dagfile import Dag, parse_dag, write_nix_file
+from offload.dagfile import Dag, load_dag, parse_dag, write_nix_file
 from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_up, open_fleet
 from offload.fleet.spec import default_fleet_dir
 from offload.nix import Installables, instantiate
@@ -52,11 +52,13 @@ def sample_graph() -> Dag:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Read first: a graph that cannot be used is said before a fleet is started for it.
+    dag = load_dag(args.graph) if args.graph else sample_graph()
     fleet_dir = args.dir or default_fleet_dir(os.environ, Path.home())
     already_up = any(status.running for status in fleet_status(fleet_dir))
     fleet: Fleet = open_fleet(fleet_dir) if already_up else fleet_up(fleet_dir, DEFAULT_SPECS)
     try:
-        return _build(fleet, args)
+        return _build(fleet, dag)
     finally:
         if not already_up and not args.keep_fleet:
             fleet_down(fleet_dir)
@@ -65,12 +67,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fleet left running: `offload fleet down --dir {fleet_dir}`", file=sys.stderr)
 
 
-def _build(fleet: Fleet, args: argparse.Namespace) -> int:
-    dag = (
-        parse_dag(json.loads(args.graph.read_text()), source=str(args.graph))
-        if args.graph
-        else sample_graph()
-    )
+def _build(fleet: Fleet, dag: Dag) -> int:
     speeds = [(m.spec.speed, m.spec.jobs) for m in fleet.members] + [(1.0, LOCAL_SLOTS)]
     bound = dag.lower_bound(speeds)
     members = ", ".join(
