@@ -87,6 +87,8 @@ def test_a_mistyped_command_is_named_with_the_one_meant(
         (["log", ""], "error: an empty path"),
         (["setup", "key", ""], "an empty path for the key"),
         (["doctor", "--timeout", "0"], "more than 0 and at most 600 seconds"),
+        (["demo", "--dir", ""], "an empty path"),
+        (["fleet", "up", "--dir", ""], "an empty path"),
     ],
 )
 def test_an_empty_path_is_refused_not_taken_as_here(

@@ -19,6 +19,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from offload.cli.arguments import nonempty_path
 from offload.cli.build_exec import build_failed, execute
 from offload.config.pool import load_pool
 from offload.dagfile import Dag, load_dag, parse_dag, write_nix_file
@@ -40,9 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dir", type=Path, help="fleet directory (default: the state dir's)")
+    parser.add_argument(
+        "--dir", type=nonempty_path, help="fleet directory (default: the state dir's)"
+    )
     parser.add_argument("--keep-fleet", action="store_true", help="leave the fleet running")
-    parser.add_argument("--graph", type=Path, help="a DAG JSON file instead of the sample")
+    parser.add_argument("--graph", type=nonempty_path, help="a DAG JSON file instead of the sample")
     parser.set_defaults(func=run)
 
 

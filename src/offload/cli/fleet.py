@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from offload.cli.arguments import nonempty_path
 from offload.errors import FleetError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action = actions.add_parser(name, help=help_text)
         action.add_argument(
             "--dir",
-            type=Path,
+            type=nonempty_path,
             default=None,
             help="fleet directory (default: $OFFLOAD_FLEET_DIR, else "
             "$XDG_STATE_HOME/offload/fleet, else ~/.local/state/offload/fleet)",
