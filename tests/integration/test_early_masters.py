@@ -117,7 +117,7 @@ def test_masters_still_in_their_handshake_are_closed_at_once(fleet: Fleet, tmp_p
         try:
             took = asyncio.run(go())
             # Each once waited 2 s for its stdin's EOF and 2 s more for its output's end.
-            assert took < 1.0, took
+            assert took < 2.0, took  # half of it: room for a loaded machine
             for conn in held:  # every ssh is gone: its connection ends after its banner
                 conn.settimeout(10)
                 said = _to_end(conn)
