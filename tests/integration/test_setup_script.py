@@ -1,26 +1,46 @@
 """``offload setup builder``'s script for a host without NixOS, run for real as root in a mount
 namespace of its own: /etc is a copy, /var/lib, /home and /root are empty, so ``useradd``,
 sshd's and Nix's configuration are the script's to change and the host's are not.
-Only ``systemctl`` is a stub (this machine runs no systemd): it records what it was asked."""
+Only ``systemctl`` is a stub (this machine runs no systemd): it records what it was asked.
+
+The nix-daemon's socket directory is one of the test's, 0770 root:nix-users as Debian's nix-bin
+makes it. A session reaches the builder the way a client's does: ssh with the client's key, to
+that host's own sshd (``sshd -i`` in a namespace over the same copies, as ssh's proxy command),
+which runs ``nix-store --serve`` through the build user's shell, and that reaches a nix-daemon
+listening on the directory's socket (made listening before the daemon starts, as systemd's
+socket activation does, so no session waits for it)."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from offload.setup.builder import BuilderSetup, shell_script
-from offload.setup.values import PublicKey
+from offload.setup.values import PublicKey, parse_public_key
+from tests.helpers.processes import start, stop
+from tests.helpers.serve_wire import HANDSHAKE_OUT, SERVER_HELLO, Z, strs, u64
 
 KEY = PublicKey(
     "ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIOk3nH8mP9DqJw2vX2qY5h0YzX1c9m3Wq7kqgQd8n2pK", "c"
 )
 OTHER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHqR0m0yqv2m1Hc9m3Wq7kqgQd8n2pKOk3nH8mP9DqJw other"
+SOCKETS = "/nix/var/nix/daemon-socket"
+SSHD = "/usr/sbin/sshd"
 # Inside the namespace: bind the copies, then run the rest.
 ENTER = 'set -e; mount --bind "$1" /etc; mount --bind "$2" /var/lib; mount --bind "$3" /home; '
-ENTER += 'mount --bind "$4" /root; shift 4; exec "$@"'
+ENTER += f'mount --bind "$4" /root; mount --bind "$5" {SOCKETS}; shift 5; exec "$@"'
+# What the script may change in /etc.
+WRITTEN = ("nix/nix.conf", "ssh/sshd_config", "passwd", "group", "shadow", "gshadow",
+           "systemd/system/nix-daemon.service.d/offload.conf")  # fmt: skip
+# The serve handshake, then whether a path is valid: answering it takes the nix-daemon.
+QUERY = HANDSHAKE_OUT + u64(1) + u64(0) + u64(0) + strs(Z)
 
 
 class Host:
@@ -28,9 +48,9 @@ class Host:
 
     def __init__(self, root: Path) -> None:
         self.etc, self.var_lib, self.home = root / "etc", root / "var-lib", root / "home"
-        self.root = root / "root"
+        self.root, self.sockets = root / "root", root / "daemon-socket"
         shutil.copytree("/etc", self.etc, symlinks=True)
-        for empty in (self.var_lib, self.home, self.root):
+        for empty in (self.var_lib, self.home, self.root, self.sockets):
             empty.mkdir()
         stubs = root / "stubs"
         stubs.mkdir()
@@ -38,26 +58,91 @@ class Host:
         (stubs / "systemctl").write_text(f'#!/bin/sh\necho "$*" >>{self.systemctl}\n')
         (stubs / "systemctl").chmod(0o755)
         self.path = f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin"
+        made = self.run("getent group nix-users >/dev/null || groupadd --system nix-users")
+        assert made.returncode == 0, made.stderr
+        os.chown(self.sockets, 0, self.gid("nix-users"))
+        self.sockets.chmod(0o770)
+
+    def enter(self, *argv: str) -> list[str]:
+        """``argv`` run in a namespace of its own over the copies."""
+        copies = (self.etc, self.var_lib, self.home, self.root, self.sockets)
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", ENTER, "sh",
+                *map(str, copies), *argv]  # fmt: skip
 
     def run(self, script: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", ENTER, "sh",
-             str(self.etc), str(self.var_lib), str(self.home), str(self.root), "sh", "-c", script],
+            self.enter("sh", "-c", script),
             env={"PATH": self.path},
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
-        )  # fmt: skip
+        )
+
+    def gid(self, group: str) -> int:
+        lines = (self.etc / "group").read_text().splitlines()
+        return next(int(line.split(":")[2]) for line in lines if line.split(":")[0] == group)
 
     def keys(self, user: str) -> list[str]:
         home = {"nixremote": self.var_lib / "nixremote"}.get(user, self.home / user)
         return (home / ".ssh" / "authorized_keys").read_text().splitlines()
 
+    def files(self) -> dict[str, bytes | None]:
+        """What the script writes outside the user's home, as it is now (None: not there)."""
+        return {
+            name: (self.etc / name).read_bytes() if (self.etc / name).exists() else None
+            for name in WRITTEN
+        }
+
+    def serve(self, key: Path, user: str = "nixremote") -> subprocess.CompletedProcess[bytes]:
+        """A serve session as a client opens one: ssh with ``key``, to this host's sshd."""
+        sshd = shlex.join(self.enter(SSHD, "-i", "-e", "-f", "/etc/ssh/sshd_config"))
+        options = ["BatchMode=yes", "IdentitiesOnly=yes", "StrictHostKeyChecking=no",
+                   "UserKnownHostsFile=/dev/null", "LogLevel=ERROR",
+                   f"ProxyCommand={sshd}"]  # fmt: skip
+        return subprocess.run(
+            ["ssh", "-F", "none", "-i", str(key), *(f"-o{o}" for o in options),
+             f"{user}@builder", "nix-store --serve --write"],
+            input=QUERY, env={"PATH": self.path, "HOME": str(self.root)},
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+
 
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
     return Host(tmp_path)
+
+
+@pytest.fixture
+def daemon(host: Host, tmp_path: Path) -> Iterator[Path]:
+    """A nix-daemon in the host's namespace on its socket (listening before it starts); its log."""
+    log = tmp_path / "daemon.log"
+    with socket.socket(socket.AF_UNIX) as listener, log.open("w") as out:
+        listener.bind(str(host.sockets / "socket"))
+        (host.sockets / "socket").chmod(0o666)
+        listener.listen()
+        activated = "exec 3<&0 </dev/null; export LISTEN_FDS=1 LISTEN_PID=$$; exec nix-daemon"
+        proc = start(host.enter("sh", "-c", activated), stdin=listener.fileno(), stdout=out,
+                     stderr=out, env={"PATH": host.path})  # fmt: skip
+        try:
+            yield log
+        finally:
+            stop(proc)
+
+
+@pytest.fixture
+def client_key(tmp_path: Path) -> tuple[Path, PublicKey]:
+    path = tmp_path / "client_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "client", "-f", str(path)],
+                   check=True, timeout=60)  # fmt: skip
+    return path, parse_public_key(path.with_name(path.name + ".pub").read_text(), "test")
+
+
+def _served(done: subprocess.CompletedProcess[bytes], daemon_log: Path) -> None:
+    said = f"{done.stderr.decode(errors='replace')}\ndaemon: {daemon_log.read_text()}"
+    assert done.returncode == 0, said
+    assert done.stdout[:8] == SERVER_HELLO[:8], said
+    assert done.stdout[16:] == u64(0), said  # Z is not valid: the daemon answered
 
 
 def _wanted() -> str:
@@ -74,6 +159,10 @@ def test_the_script_sets_a_builder_up_and_a_second_run_changes_nothing(host: Hos
     assert conf.count("extra-trusted-users = nixremote\n") == 1
     sshd = (host.etc / "ssh" / "sshd_config").read_text()
     assert sshd.count("Match User nixremote\n") == 1
+    nix_users = next(
+        g for g in (host.etc / "group").read_text().splitlines() if g.startswith("nix-users:")
+    )
+    assert nix_users.endswith((":nixremote", ",nixremote")), nix_users
     assert host.systemctl.read_text().splitlines() == [
         "reload ssh", "daemon-reload", "restart nix-daemon"
     ]  # fmt: skip
@@ -86,8 +175,33 @@ def test_the_script_sets_a_builder_up_and_a_second_run_changes_nothing(host: Hos
     again = host.run(script)
     assert again.returncode == 0, again.stderr
     assert [f.read_bytes() for f in files] == before
+    assert (host.etc / "group").read_text().count("nixremote") == 2
     assert host.keys("nixremote") == [_wanted()]
     assert not list((host.etc / "nix").glob("*.offload-new"))
+
+
+def test_a_session_through_the_build_user_reaches_the_nix_daemon(
+    host: Host, daemon: Path, client_key: tuple[Path, PublicKey]
+) -> None:
+    # Debian's socket directory is 0770 root:nix-users: a user outside nix-users gets
+    # "getting status of /nix/var/nix/daemon-socket/socket: Permission denied".
+    path, key = client_key
+    done = host.run(shell_script(BuilderSetup("nixremote", key)))
+    assert done.returncode == 0, done.stderr
+    _served(host.serve(path), daemon)
+
+
+def test_a_socket_directory_only_root_may_enter_is_refused_before_any_change(host: Host) -> None:
+    os.chown(host.sockets, 0, 0)
+    before = host.files()
+    done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"{SOCKETS} is closed to all but root: no build user can reach the nix-daemon; give its "
+        "directory a group of its own (Debian's: 0770 root:nix-users) and run this again\n"
+    )
+    assert host.files() == before
+    assert not (host.var_lib / "nixremote").exists()
 
 
 def test_a_key_added_by_hand_without_restriction_is_restricted(host: Host) -> None:

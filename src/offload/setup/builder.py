@@ -4,7 +4,9 @@ Both say the same things, the way the seeds set a builder up by hand (nix.dev's 
 distributed builds", the NixOS & Flakes book, Nix's manual), in one place:
 
 - a system user and group of their own, with a shell (sshd runs a key's ``command=`` through
-  it) and the client's key authorized;
+  it) and the client's key authorized; on a host without NixOS, the user also joins the group
+  that may enter the nix-daemon's socket directory (Debian's nix-bin makes it 0770
+  root:nix-users: outside that group, every session fails with "Permission denied");
 - the key restricted to the serve program by default, the careful way (``restrict`` turns off
   forwarding, the pty and ``~/.ssh/rc``; ``command=`` makes whatever the client asks for run
   ``nix-store --serve --write``, which is what Nix's build-remote and offload open on an
@@ -164,30 +166,41 @@ def _heredoc(text: str) -> str:
     return f"<<'OFFLOAD_EOF'\n{text}OFFLOAD_EOF\n"
 
 
-def _user_and_key(setup: BuilderSetup) -> str:
-    user = shlex.quote(setup.user)
-    key_data = shlex.quote(setup.key.data)
-    if setup.restricted:
-        line = (
-            f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s' "
-            f'"$(command -v nix-store)" {shlex.quote(setup.key.line)}'
-        )
-        shown = authorized_keys_line(setup, "/path/to/nix-store")
-    else:
-        line = f"printf '%s' {shlex.quote(setup.key.line)}"
-        shown = authorized_keys_line(setup)
+def _preamble(setup: BuilderSetup) -> str:
+    """The checks before any change: Nix is there, and its daemon can be let in to."""
     return f"""#!/bin/sh
 # offload setup builder, for a host without NixOS: run as root on the builder, after reading it.
 # Safe to run again: each step looks before it changes anything.
 set -eu
-user={user}
+user={shlex.quote(setup.user)}
 home=/var/lib/{setup.user}
 command -v nix-store >/dev/null ||
   {{ echo "nix-store is not on PATH: install Nix first" >&2; exit 1; }}
 
-# 1. A system user and group for builds, with a shell (sshd runs the key's command through it).
-#    An account someone logs into (root, or one with a password) is left alone: step 4 takes
-#    password and tty logins away from the user.
+# The user must reach the nix-daemon's socket. Debian's nix-bin makes its directory 0770
+# root:nix-users (at every boot): a user outside that group fails every session with
+# "getting status of .../socket: Permission denied". So the user joins the group of a directory
+# closed to others, or nix-users where it is open (a boot closes it again).
+sockets=/nix/var/nix/daemon-socket
+group=nix-users
+if [ -d "$sockets" ]; then
+  case "$(stat -L -c %A "$sockets")" in
+    *[!xt]) group=$(stat -L -c %G "$sockets") ;;
+  esac
+fi
+if [ "$group" = root ] || [ "$group" = UNKNOWN ]; then
+  echo "$sockets is closed to all but root: no build user can reach the nix-daemon;" \\
+    "give its directory a group of its own (Debian's: 0770 root:nix-users) and run this again" >&2
+  exit 1
+fi
+"""
+
+
+def _user() -> str:
+    return """
+# 1. A system user and group for builds, with a shell (sshd runs the key's command through it),
+#    in the daemon socket's group. An account someone logs into (root, or one with a password)
+#    is left alone: step 4 takes password and tty logins away from the user.
 if id "$user" >/dev/null 2>&1; then
   case "$(id -u "$user"):$(getent shadow "$user" | cut -d: -f2)" in
     0:* | *:\\$*)
@@ -198,7 +211,24 @@ if id "$user" >/dev/null 2>&1; then
 else
   useradd --system --user-group --create-home --home-dir "$home" --shell /bin/sh "$user"
 fi
-home=$(getent passwd "$user" | cut -d: -f6)
+if getent group "$group" >/dev/null && ! id -nG "$user" | tr ' ' '\\n' | grep -qxF "$group"; then
+  usermod -a -G "$group" "$user"
+fi
+"""
+
+
+def _key(setup: BuilderSetup) -> str:
+    key_data = shlex.quote(setup.key.data)
+    if setup.restricted:
+        line = (
+            f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s' "
+            f'"$(command -v nix-store)" {shlex.quote(setup.key.line)}'
+        )
+        shown = authorized_keys_line(setup, "/path/to/nix-store")
+    else:
+        line = f"printf '%s' {shlex.quote(setup.key.line)}"
+        shown = authorized_keys_line(setup)
+    return f"""home=$(getent passwd "$user" | cut -d: -f6)
 install -d -m 0700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
 
 # 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line, replacing any
@@ -252,7 +282,7 @@ echo "builder ready: user $user; now run offload setup client on the client"
 
 def shell_script(setup: BuilderSetup) -> str:
     """The script for a host without NixOS: the user and key, then nix.conf, sshd, limits."""
-    return f"{_user_and_key(setup)}\n{_system(setup)}"
+    return f"{_preamble(setup)}{_user()}{_key(setup)}\n{_system(setup)}"
 
 
 def builder_files(setup: BuilderSetup) -> list[tuple[str, str]]:
