@@ -204,6 +204,26 @@ def test_a_socket_directory_only_root_may_enter_is_refused_before_any_change(hos
     assert not (host.var_lib / "nixremote").exists()
 
 
+def test_a_build_user_made_without_a_shell_gets_one(
+    host: Host, daemon: Path, client_key: tuple[Path, PublicKey]
+) -> None:
+    # `adduser --system`'s user has /usr/sbin/nologin: sshd runs the key's command through it.
+    path, key = client_key
+    made = host.run(
+        "useradd --system --user-group --create-home --home-dir /var/lib/nixremote"
+        " --shell /usr/sbin/nologin nixremote"
+    )
+    assert made.returncode == 0, made.stderr
+    done = host.run(shell_script(BuilderSetup("nixremote", key)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == (
+        "user nixremote's shell was /usr/sbin/nologin: now /bin/sh (sshd runs the key's "
+        "command through it)"
+    )
+    assert (host.etc / "passwd").read_text().count(":/var/lib/nixremote:/bin/sh\n") == 1
+    _served(host.serve(path), daemon)
+
+
 def test_a_key_added_by_hand_without_restriction_is_restricted(host: Host) -> None:
     # The seeds add the client's key as a plain line: it could run any command.
     made = host.run(

@@ -29,8 +29,9 @@ distributed builds", the NixOS & Flakes book, Nix's manual), in one place:
 The script is for a host without NixOS, run as root: it is safe to run twice (each step looks
 first), writes each file whole or not at all, and checks sshd's configuration before it is used.
 It leaves alone an account someone logs into (root, or a user with a password), whose logins
-the sshd lines would take away, and makes the client's key line the one asked for, replacing
-one added by hand (the seeds' plain line, which may run any command).
+the sshd lines would take away, gives an existing user without a shell that runs commands
+(``adduser --system`` makes one with nologin) ``/bin/sh``, and makes the client's key line the
+one asked for, replacing one added by hand (the seeds' plain line, which may run any command).
 """
 
 from __future__ import annotations
@@ -208,6 +209,17 @@ if id "$user" >/dev/null 2>&1; then
         "give offload setup builder --user NAME a user of its own" >&2
       exit 1 ;;
   esac
+  # A system user made by hand (adduser --system) has nologin: every session would only say
+  # "This account is currently not available."
+  shell=$(getent passwd "$user" | cut -d: -f7)
+  case "${shell:-/bin/sh}" in
+    */nologin | */false) usable=no ;;
+    *) if [ -x "${shell:-/bin/sh}" ]; then usable=yes; else usable=no; fi ;;
+  esac
+  if [ "$usable" = no ]; then
+    usermod --shell /bin/sh "$user"
+    echo "user $user's shell was $shell: now /bin/sh (sshd runs the key's command through it)"
+  fi
 else
   useradd --system --user-group --create-home --home-dir "$home" --shell /bin/sh "$user"
 fi
