@@ -163,21 +163,28 @@ def test_the_script_sets_a_builder_up_and_a_second_run_changes_nothing(host: Hos
         g for g in (host.etc / "group").read_text().splitlines() if g.startswith("nix-users:")
     )
     assert nix_users.endswith((":nixremote", ",nixremote")), nix_users
-    assert host.systemctl.read_text().splitlines() == [
-        "reload ssh", "daemon-reload", "restart nix-daemon"
-    ]  # fmt: skip
+    restarts = ["daemon-reload", "restart nix-daemon"]
+    assert host.systemctl.read_text().splitlines() == [*restarts, "reload ssh"]
     assert (
         first.stdout
         == "builder ready: user nixremote; now run offload setup client on the client\n"
     )
-    files = [host.etc / "nix" / "nix.conf", host.etc / "ssh" / "sshd_config"]
-    before = [f.read_bytes() for f in files]
+    before = host.files()
     again = host.run(script)
     assert again.returncode == 0, again.stderr
-    assert [f.read_bytes() for f in files] == before
-    assert (host.etc / "group").read_text().count("nixremote") == 2
+    assert again.stdout == first.stdout
+    # Nothing changed, so nothing restarted: a restart would end the builds running there.
+    assert host.files() == before
+    assert host.systemctl.read_text().splitlines() == [*restarts, "reload ssh"]
     assert host.keys("nixremote") == [_wanted()]
-    assert not list((host.etc / "nix").glob("*.offload-new"))
+    assert not list(host.etc.rglob("*.offload-new"))
+    # A drop-in that says something else is written again, and the daemon restarted.
+    dropin = host.etc / WRITTEN[-1]
+    dropin.write_text("[Service]\nMemoryMax=50%\n")
+    third = host.run(script)
+    assert third.returncode == 0, third.stderr
+    assert host.files() == before
+    assert host.systemctl.read_text().splitlines() == [*restarts, "reload ssh", *restarts]
 
 
 def test_a_session_through_the_build_user_reaches_the_nix_daemon(
@@ -247,7 +254,7 @@ def test_an_account_someone_logs_into_is_left_alone(host: Host, user: str) -> No
     done = host.run(shell_script(BuilderSetup(user, KEY)))
     assert done.returncode == 1
     assert done.stderr == (
-        f"user {user} is root or has a password: step 4 would take its logins away; "
+        f"user {user} is root or has a password: step 5 would take its logins away; "
         "give offload setup builder --user NAME a user of its own\n"
     )
     assert [f.read_bytes() for f in files] == before

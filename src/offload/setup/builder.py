@@ -201,11 +201,11 @@ def _user() -> str:
     return """
 # 1. A system user and group for builds, with a shell (sshd runs the key's command through it),
 #    in the daemon socket's group. An account someone logs into (root, or one with a password)
-#    is left alone: step 4 takes password and tty logins away from the user.
+#    is left alone: step 5 takes password and tty logins away from the user.
 if id "$user" >/dev/null 2>&1; then
   case "$(id -u "$user"):$(getent shadow "$user" | cut -d: -f2)" in
     0:* | *:\\$*)
-      echo "user $user is root or has a password: step 4 would take its logins away;" \\
+      echo "user $user is root or has a password: step 5 would take its logins away;" \\
         "give offload setup builder --user NAME a user of its own" >&2
       exit 1 ;;
   esac
@@ -258,13 +258,13 @@ chmod 0600 "$keys"
 """
 
 
-def _system(setup: BuilderSetup) -> str:
-    sshd = _heredoc(sshd_lines(setup))
+def _nix(setup: BuilderSetup) -> str:
     limits = _heredoc(_daemon_limits())
     return f"""\
 # 3. nix.conf: the user is trusted, and the tuning (garbage collection at 1 GiB free until
 #    10 GiB are, every core). Later lines win in nix.conf: check nothing below overrides them.
 #    Written whole or not at all (a copy replaces it), so the mark is never there alone.
+restart=no
 if ! grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null; then
   mkdir -p /etc/nix
   touch /etc/nix/nix.conf
@@ -272,29 +272,45 @@ if ! grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null; t
   cp -p /etc/nix/nix.conf "$new"
   {{ echo "# offload setup builder: $user"; cat {_heredoc(nix_conf_lines(setup))}}} >>"$new"
   mv "$new" /etc/nix/nix.conf
+  restart=yes
 fi
 
-# 4. sshd: nothing but commands for that user. A Match block runs to the next Match, so it goes
+# 4. The nix-daemon may use at most 90% of the memory, and goes first when memory runs out.
+#    It is restarted (which ends the builds it runs) only when this or nix.conf changed.
+dropin=/etc/systemd/system/nix-daemon.service.d/offload.conf
+mkdir -p "${{dropin%/*}}"
+cat >"$dropin.offload-new" {limits}if cmp -s "$dropin.offload-new" "$dropin"; then
+  rm "$dropin.offload-new"
+else
+  mv "$dropin.offload-new" "$dropin"
+  systemctl daemon-reload
+  restart=yes
+fi
+if [ "$restart" = yes ]; then
+  systemctl restart nix-daemon
+fi
+"""
+
+
+def _sshd(setup: BuilderSetup) -> str:
+    return f"""
+# 5. sshd: nothing but commands for that user. A Match block runs to the next Match, so it goes
 #    at the end, and the new file is checked before it replaces the old one.
 if ! grep -qxF "Match User $user" /etc/ssh/sshd_config; then
   cp -p /etc/ssh/sshd_config /etc/ssh/sshd_config.offload-new
-  cat >>/etc/ssh/sshd_config.offload-new {sshd}  sshd -t -f /etc/ssh/sshd_config.offload-new
+  cat >>/etc/ssh/sshd_config.offload-new {_heredoc(sshd_lines(setup))}\
+  sshd -t -f /etc/ssh/sshd_config.offload-new
   mv /etc/ssh/sshd_config.offload-new /etc/ssh/sshd_config
   systemctl reload ssh 2>/dev/null || systemctl reload sshd
 fi
-
-# 5. The nix-daemon may use at most 90% of the memory, and goes first when memory runs out.
-mkdir -p /etc/systemd/system/nix-daemon.service.d
-cat >/etc/systemd/system/nix-daemon.service.d/offload.conf {limits}systemctl daemon-reload
-systemctl restart nix-daemon
 
 echo "builder ready: user $user; now run offload setup client on the client"
 """
 
 
 def shell_script(setup: BuilderSetup) -> str:
-    """The script for a host without NixOS: the user and key, then nix.conf, sshd, limits."""
-    return f"{_preamble(setup)}{_user()}{_key(setup)}\n{_system(setup)}"
+    """The script for a host without NixOS: the user and key, nix.conf and the daemon, sshd."""
+    return f"{_preamble(setup)}{_user()}{_key(setup)}\n{_nix(setup)}{_sshd(setup)}"
 
 
 def builder_files(setup: BuilderSetup) -> list[tuple[str, str]]:
