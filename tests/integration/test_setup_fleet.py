@@ -185,7 +185,7 @@ def test_the_restricted_key_line_serves_stock_nix(serve_only_fleet: Fleet, tmp_p
     key = parse_public_key(Path(f"{serve_only_fleet.client_key}.pub").read_text(), "client")
     nix_store = shutil.which("nix-store")
     assert nix_store is not None
-    line = authorized_keys_line(BuilderSetup("root", key), nix_store)
+    line = authorized_keys_line(BuilderSetup("nixremote", key), nix_store)
     member = serve_only_fleet.member("sr")
     keys = member.root / "etc-nix" / Path(MEMBER_AUTHORIZED_KEYS).name
     keys.write_text(f"{line}\n")

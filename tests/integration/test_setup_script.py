@@ -244,10 +244,14 @@ def test_a_key_added_by_hand_without_restriction_is_restricted(host: Host) -> No
     assert host.keys("nixremote") == [OTHER, _wanted()]
 
 
-@pytest.mark.parametrize("user", ["root", "alice"])
+@pytest.mark.parametrize("user", ["toor", "alice"])
 def test_an_account_someone_logs_into_is_left_alone(host: Host, user: str) -> None:
-    # alice has a password: the sshd block would take password and tty logins from her.
-    made = host.run("useradd --create-home -p '$6$salt$hash' alice")
+    # toor is root under another name (`setup builder` refuses the name root itself); alice has
+    # a password: the sshd block would take password and tty logins from them.
+    made = host.run(
+        "useradd --non-unique --uid 0 --gid 0 --no-create-home --home-dir /root toor"
+        " && useradd --create-home -p '$6$salt$hash' alice"
+    )
     assert made.returncode == 0, made.stderr
     files = [host.etc / "nix" / "nix.conf", host.etc / "ssh" / "sshd_config"]
     before = [f.read_bytes() for f in files]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from offload.cli import main
 from offload.config.machines import parse_machines
 from offload.errors import ConfigError
 from offload.setup.builder import BuilderSetup, authorized_keys_line, builder_files
@@ -162,6 +163,24 @@ def test_the_authorized_keys_line_is_restricted_to_serve_by_default() -> None:
     assert plain == KEY.line
     with pytest.raises(ConfigError):
         BuilderSetup("x;y", KEY)
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_root_as_the_build_user_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], write: bool
+) -> None:
+    # Its sshd block and module would take root's password and tty logins away.
+    out = tmp_path / "out"
+    argv = ["setup", "builder", "--user", "root", "--key", KEY_LINE]
+    assert main([*argv, "--write", str(out)] if write else argv) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == (
+        "error: the build user cannot be root: its sshd lines would take root's password and "
+        "tty logins away\nhint: give the builds a user of their own: --user nixremote "
+        "(the default)\n"
+    )
+    assert not out.exists()
 
 
 def test_the_builder_files_hold_the_tuning() -> None:

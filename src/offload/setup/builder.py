@@ -39,6 +39,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from offload.errors import ConfigError
 from offload.setup.nix_text import attr_name, indented, nix_list, nix_string
 from offload.setup.values import PublicKey, check_user
 
@@ -77,6 +78,14 @@ class BuilderSetup:
 
     def __post_init__(self) -> None:
         check_user(self.user)
+        if self.user == "root":
+            # The sshd block would take root's password and tty logins away, and the module
+            # would make root a system user: the script refuses uid 0 too, on the builder.
+            raise ConfigError(
+                "the build user cannot be root: its sshd lines would take root's password and "
+                "tty logins away",
+                hint=f"give the builds a user of their own: --user {DEFAULT_USER} (the default)",
+            )
 
 
 def authorized_keys_line(setup: BuilderSetup, nix_store: str = "nix-store") -> str:
