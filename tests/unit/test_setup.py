@@ -156,6 +156,32 @@ def test_the_default_key_is_the_daemons_for_root_and_the_users_otherwise() -> No
     assert default_key_path(1000, {"HOME": "/home/u"}) == Path("/home/u/.ssh/offload_ed25519")
 
 
+def test_a_key_path_that_is_taken_gets_a_hint_about_what_is_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "k"
+    key.with_name("k.pub").write_text(f"{KEY_LINE}\n")
+    assert main(["setup", "key", str(key)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {key}.pub already exists: not overwriting it\nhint: it is the public half of a "
+        f"key whose private half {key} is not there: move it away, or give another path: "
+        "offload setup key PATH\n"
+    )
+    key.write_text("private\n")
+    assert main(["setup", "key", str(key)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {key} already exists: not overwriting it\nhint: use the key that is there (its "
+        f"public half is {key}.pub), or give another path: offload setup key PATH\n"
+    )
+    key.with_name("k.pub").unlink()
+    assert main(["setup", "key", str(key)]) == 1
+    assert capsys.readouterr().err.splitlines()[1] == (
+        f"hint: use the key that is there (ssh-keygen -y -f {key} prints its public half), or "
+        "give another path: offload setup key PATH"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
+
+
 def test_the_authorized_keys_line_is_restricted_to_serve_by_default() -> None:
     restricted = authorized_keys_line(BuilderSetup("nixremote", KEY), "/bin/nix-store")
     assert restricted == f'restrict,command="/bin/nix-store --serve --write" {KEY.line}'

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import socket
 import tempfile
 from collections.abc import Mapping
@@ -36,11 +37,20 @@ def default_key_path(euid: int, env: Mapping[str, str]) -> Path:
     return Path(env.get("HOME") or Path.home()) / ".ssh" / USER_KEY_NAME
 
 
-def _exists_error(path: Path) -> ConfigError:
+def _exists_error(taken: Path, path: Path) -> ConfigError:
+    """``taken`` is the private key ``path`` or its public half, which is already there."""
+    public = path.with_name(path.name + ".pub")
+    if taken == public and not path.exists():
+        there = f"it is the public half of a key whose private half {path} is not there: move it"
+        there += " away"
+    elif public.exists():
+        there = f"use the key that is there (its public half is {public})"
+    else:
+        there = f"use the key that is there (ssh-keygen -y -f {shlex.quote(str(path))} prints "
+        there += "its public half)"
     return ConfigError(
-        f"{path} already exists: not overwriting it",
-        hint=f"use the key that is there (its public half is {path}.pub), "
-        "or give another path: offload setup key PATH",
+        f"{taken} already exists: not overwriting it",
+        hint=f"{there}, or give another path: offload setup key PATH",
     )
 
 
@@ -49,7 +59,7 @@ def create_key(path: Path, comment: str | None = None) -> Path:
     public = path.with_name(path.name + ".pub")
     for taken in (path, public):
         if taken.exists() or taken.is_symlink():
-            raise _exists_error(taken)
+            raise _exists_error(taken, path)
     parent = path.parent
     if not parent.exists():
         try:
@@ -82,10 +92,10 @@ def _link_pair(made: Path, path: Path, public: Path) -> None:
     try:
         os.link(made, path)
     except FileExistsError:
-        raise _exists_error(path) from None
+        raise _exists_error(path, path) from None
     try:
         os.link(made.with_name("key.pub"), public)
     except FileExistsError:
         with contextlib.suppress(OSError):
             path.unlink()
-        raise _exists_error(public) from None
+        raise _exists_error(public, path) from None
