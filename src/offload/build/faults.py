@@ -8,6 +8,8 @@ when the key is pinned there, its key column when ssh could not use the key file
 or the known_hosts file ssh named when nothing is pinned.
 A changed host key is said to be what it may be, a man-in-the-middle. Every failed connection
 names the machines line and how to leave the builder out (a name that does not resolve, too).
+Only ssh's own "Permission denied (publickey)" is a refused key: the same words from the
+builder's Nix, which could not reach its daemon's socket, are said as that, with its fix.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import re
 
 from offload.config.machines import Machine
-from offload.transport.ssh_keys import key_fix, key_place, key_trouble
+from offload.transport.daemon_socket import daemon_trouble
+from offload.transport.ssh_keys import key_fix, key_place, key_trouble, refused_by_ssh
 
 __all__ = ["explain"]
 
@@ -40,17 +43,21 @@ def explain(machine: Machine, error: str) -> str:
             f"its host key is unknown (nothing pins or trusts it); pin it in column 8 of {where}, "
             "the base64 of the builder's /etc/ssh/ssh_host_ed25519_key.pub"
         )
+    refused = refused_by_ssh(error)
+    daemon = None if refused else daemon_trouble(error)
+    if daemon is not None:
+        return f"{daemon.detail}; {daemon.fix(machine.user)}"
     trouble = key_trouble(error)
-    if trouble is not None and "Permission denied" in error:
+    if trouble is not None and refused:
         what, fix = key_fix(trouble, machine.ssh_key, key_place(machine))
         return f"{what}, and the builder took no other key; {fix}"
-    if "Permission denied" in error and machine.ssh_key:
+    if refused and machine.ssh_key:
         key = machine.ssh_key
         return (
             f"the builder refused the ssh key {key}; add {key}.pub to the builder's "
             f"authorized_keys, or name the right key in column 3 of {where}"
         )
-    if "Permission denied" in error:  # the key is the ssh config's (NIX_SSHOPTS' -F), or ssh's
+    if refused:  # the key is the ssh config's (NIX_SSHOPTS' -F), or ssh's
         return (
             "the builder refused the ssh keys offered (your ssh config's IdentityFile, or ssh's "
             "default keys); add the right public key to the builder's authorized_keys, or name "

@@ -24,6 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
+from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
 
 __all__ = [
@@ -63,12 +64,25 @@ _NIX_FIX = (
 )
 
 
-def nix_check(returncode: int, stdout: str, stderr: str, program: str) -> Check:
-    """``PROGRAM --version`` on the builder."""
+def _daemon_unreachable(name: str, said: str, user: str | None) -> Check | None:
+    """The row ``name`` failed with Nix's words for a daemon socket it could not use, if
+    ``said`` holds them: Nix is there, so installing it is no fix."""
+    trouble = daemon_trouble(said)
+    if trouble is None:
+        return None
+    return Check(name, Verdict.FAIL, trouble.detail, trouble.fix(user))
+
+
+def nix_check(
+    returncode: int, stdout: str, stderr: str, program: str, user: str | None = None
+) -> Check:
+    """``PROGRAM --version`` on the builder, as ``user``."""
     if returncode == 0:
         match = _VERSION.search(stdout)
         version = (match.group(1) or match.group(2)) if match else stdout.strip()[:40]
         return Check("nix", Verdict.OK, f"Nix {version}")
+    if (unreachable := _daemon_unreachable("nix", stderr, user)) is not None:
+        return unreachable
     last = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1]
     if returncode == 127 or "not found" in stderr:
         detail = f"{program} is not on the builder's PATH: {last}"
@@ -83,10 +97,14 @@ def serve_check(
     *,
     restricted: bool = False,
     daemon: str | None = None,
+    user: str | None = None,
 ) -> Check:
     """The session's handshake (of the serve program, or of ``daemon``, the program an
-    ssh-ng:// builder runs): its protocol version and the remote pid, or an error."""
+    ssh-ng:// builder runs, as ``user``): its protocol version and the remote pid, or an
+    error."""
     program = daemon or _SERVE
+    if error is not None and (unreachable := _daemon_unreachable("serve", error, user)):
+        return unreachable
     if error is not None or version is None:
         return Check(
             "serve", Verdict.FAIL, f"{program} did not start: {error or 'no handshake'}", _NIX_FIX

@@ -5,12 +5,15 @@ exit code and stderr), so each verdict and its fix can be tested without a netwo
 runner (``doctor.run``) does the probing.
 
 ssh says why it could not log in only on stderr, in OpenSSH's own words; ``ssh_check`` maps
-the ones users meet to the fix: a key the builder does not authorize ("Permission denied"), a
-key file others may read ("UNPROTECTED PRIVATE KEY FILE", ssh then ignores the key), a host key
-that is not the pinned one ("REMOTE HOST IDENTIFICATION HAS CHANGED") or that nothing pins
-("Host key verification failed" with no key in column 8); and before any of them, a key file
-ssh could not use at all (missing, unreadable, not a private key: ``transport.ssh_keys``), which
-ssh only warns about before the builder's "Permission denied".
+the ones users meet to the fix: a key the builder does not authorize ("Permission denied
+(publickey)", ssh's own refusal: ``ssh_keys.refused_by_ssh``), a key file others may read
+("UNPROTECTED PRIVATE KEY FILE", ssh then ignores the key), a host key that is not the pinned
+one ("REMOTE HOST IDENTIFICATION HAS CHANGED") or that nothing pins ("Host key verification
+failed" with no key in column 8); and before any of them, a key file ssh could not use at all
+(missing, unreadable, not a private key: ``transport.ssh_keys``), which ssh only warns about
+before the builder's refusal. A key restricted to Nix's program runs that instead of `true`:
+when it stops on the builder's own trouble (its Nix cannot reach the daemon's socket,
+``transport.daemon_socket``), sshd took the key, so the login is ok and the ``nix`` row says why.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 
 from offload.doctor.model import Check, Verdict
 from offload.protocol.wire import SHELL_NOISE_HINT
-from offload.transport.ssh_keys import key_fix, key_trouble
+from offload.transport.daemon_socket import daemon_trouble
+from offload.transport.ssh_keys import key_fix, key_trouble, refused_by_ssh
 
 __all__ = [
     "SshConfig",
@@ -167,12 +171,13 @@ def ssh_check(
     unusable = None
     if trouble is not None:
         unusable = key_fix(trouble, key if key_place else None, key_place or "")
-    if returncode == 0:
+    refused = refused_by_ssh(stderr)
+    if returncode == 0 or (not refused and daemon_trouble(stderr) is not None):
         if unusable is not None:
             what, fix = unusable
             return Check("ssh", Verdict.WARN, f"logged in with another key, but {what}", fix)
         return Check("ssh", Verdict.OK, f"logged in as {destination} in {seconds * 1000:.0f} ms")
-    if unusable is not None and "Permission denied" in last:
+    if unusable is not None and refused_by_ssh(last):
         what, fix = unusable
         return Check("ssh", Verdict.FAIL, f"{what}, and the builder took no other key: {last}", fix)
     return Check(
@@ -234,7 +239,7 @@ def _ssh_failure(stderr: str, last: str, key: str, *, pinned: bool, line: str) -
         )
     if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr:
         return ("the builder's host key is unknown: nothing pins or trusts it", pin_fix)
-    if "Permission denied" in stderr:
+    if refused_by_ssh(stderr):
         return (
             f"the builder does not accept {key}: {last}",
             (

@@ -148,6 +148,11 @@ class _Probe:
         # What the daemon said of our user's trust (ssh-ng:// on Nix 2.15 and later), or None.
         self.trusted: bool | None = None
 
+    @property
+    def known_user(self) -> str | None:
+        """The user ssh logs in as, for fixes that name it; None when not known."""
+        return None if self.user == "?" else self.user
+
     def _passed(self, check: Check) -> bool:
         self.checks.append(check)
         return check.verdict != Verdict.FAIL
@@ -324,7 +329,7 @@ class _Probe:
         code, out, err = await self._remote(link, [program, "--version"])
         if link.ssh.restricted:  # learnt as the master connected, before the command
             return facts.restricted_checks(self.machine.max_jobs, self.daemon)[0]
-        return facts.nix_check(code, out, err, program)
+        return facts.nix_check(code, out, err, program, self.known_user)
 
     async def _serve(self, link: MachineLink) -> Check:
         async def handshake() -> tuple[int | None, int | None]:
@@ -337,9 +342,9 @@ class _Probe:
             version, pid = await self._bounded(handshake(), self.timeout + _SLACK)
         except TimeoutError:
             error = f"no handshake within {self.timeout + _SLACK:g} s"
-            return facts.serve_check(None, None, error, daemon=program)
+            return facts.serve_check(None, None, error, daemon=program, user=self.known_user)
         except OffloadError as exc:
-            return facts.serve_check(None, None, exc.message, daemon=program)
+            return facts.serve_check(None, None, exc.message, daemon=program, user=self.known_user)
         self.load = link.load
         restricted = link.ssh.restricted
         return facts.serve_check(version, pid, None, restricted=restricted, daemon=program)

@@ -14,6 +14,11 @@ refused, while the true cause is in ssh's earlier lines (OpenSSH 9)::
 ``key_trouble`` finds those words in ssh's stderr (whole, or lines joined with `` | `` as a
 link's error keeps them); ``key_fix`` says what is wrong and the fix, naming the place the
 key comes from (``key_place``: the machines file and line). Pure: nothing is read here.
+
+"Permission denied" alone is no refusal of the key: the program the builder runs for it may
+say it too (its Nix that cannot reach the daemon's socket: ``transport.daemon_socket``). ssh's
+own refusal names the methods it tried, ``user@host: Permission denied (publickey).``, and
+``refused_by_ssh`` looks for that.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from offload.config.machines import Machine
 
-__all__ = ["KeyTrouble", "key_fix", "key_place", "key_trouble"]
+__all__ = ["KeyTrouble", "key_fix", "key_place", "key_trouble", "refused_by_ssh"]
 
 # Each ends at its line's end, or at the " | " a link's error joins ssh's lines with.
 _NOT_ACCESSIBLE = re.compile(
     r"Identity file (.+?) not accessible: ([^|\r\n]+?)\.?\s*(?:\||$)", re.MULTILINE
 )
 _LOAD_KEY = re.compile(r'Load key "([^"]+)": ([^|\r\n]+?)\s*(?:\||$)', re.MULTILINE)
+# ssh's own words when the builder took none of its keys: the methods tried, in parentheses.
+_REFUSED = re.compile(r"Permission denied \([a-z-]+(?:,[a-z-]+)*\)")
 _CONFIG_PLACE = "the IdentityFile of your ssh config (~/.ssh/config, or NIX_SSHOPTS' -F file)"
 
 
@@ -66,6 +73,11 @@ def key_trouble(stderr: str) -> KeyTrouble | None:
         for match in pattern.finditer(stderr)
     ]
     return min(found, key=lambda item: item[0])[1] if found else None
+
+
+def refused_by_ssh(text: str) -> bool:
+    """Did ssh itself say the builder refused every key (not a remote program's words)?"""
+    return _REFUSED.search(text) is not None
 
 
 def key_place(machine: Machine) -> str:

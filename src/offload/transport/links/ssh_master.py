@@ -39,6 +39,7 @@ from offload.errors import SshError
 from offload.process import run_async, spawn
 from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.tasks import stop
+from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
@@ -62,7 +63,7 @@ from offload.transport.ssh import (
     serve_argv,
     ssh_argv,
 )
-from offload.transport.ssh_keys import key_trouble
+from offload.transport.ssh_keys import key_trouble, refused_by_ssh
 
 __all__ = ["SshTransport"]
 
@@ -77,10 +78,14 @@ KILL_CONNECT_TIMEOUT = 3
 def _ssh_hint(tail: str) -> str:
     if "Host key verification failed" in tail or "REMOTE HOST IDENTIFICATION" in tail:
         return "the builder's host key does not match the pinned one (column 8 of machines)"
+    refused = refused_by_ssh(tail)
+    daemon = None if refused else daemon_trouble(tail)
+    if daemon is not None:
+        return daemon.fix(None)
     trouble = key_trouble(tail)
-    if trouble is not None and "Permission denied" in tail:
+    if trouble is not None and refused:
         return f"ssh key file {trouble.path} {trouble.said()}: check column 3 of machines"
-    if "Permission denied" in tail:
+    if refused:
         return "check the ssh key (column 3 of machines) and the builder's authorized_keys"
     if "Could not resolve hostname" in tail:
         return "check the host name (machines line, or the ssh config's HostName), or --exclude it"

@@ -1,0 +1,74 @@
+"""`offload doctor` and `offload build` against a real local fleet name the true cause of a
+builder that does not work, where ssh's or Nix's words alone mislead (a "Permission denied"
+that is not ssh's, a "protocol mismatch", a key that sshd never saw), and fail what fails
+every build however well the rest answers.
+
+Each test has a fleet of its own: it changes its members (their store, nix.conf or keys).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from offload.fleet import Fleet, MemberSpec
+from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
+from tests.helpers.doctor_runs import check, doctor, lines_with, reports, verdicts, write
+from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.offload_run import offload
+
+SOCKET_DENIED = "error: getting status of /nix/var/nix/daemon-socket/socket: Permission denied"
+
+socketless_fleet = private_fleet_fixture([MemberSpec("dp", 1.0, 1), MemberSpec("dq", 1.0, 1)])
+
+
+def as_outsider(tmp_path: Path, member: Path) -> Path:
+    """A program that runs the member's nix-store as a user outside its daemon socket's group
+    (nobody), the socket's directory closed to others as Debian's nix-bin makes it (0770 root,
+    nix-users): what a builder user not in nix-users meets, in Nix's own words."""
+    sockets = member / "nix" / "var" / "nix" / "daemon-socket"
+    sockets.mkdir(parents=True, exist_ok=True)
+    sockets.chmod(0o750)
+    program = tmp_path / "nix-store-as-nobody"
+    program.write_text(
+        "#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups "
+        'env HOME=/nonexistent nix-store "$@"\n'
+    )
+    program.chmod(0o755)
+    return program
+
+
+def test_a_nix_that_may_not_reach_its_daemon_is_not_a_refused_key_nor_a_missing_nix(
+    socketless_fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet = socketless_fleet
+    program = as_outsider(tmp_path, fleet.member("dp").root)
+    as_outsider(tmp_path, fleet.member("dq").root)
+    # dp: any command, the store URI names the program; dq: the key runs only that program.
+    keys = fleet.member("dq").root / "etc-nix" / Path(MEMBER_AUTHORIZED_KEYS).name
+    keys.write_text(f'restrict,command="{program} --serve --write" {keys.read_text().strip()}\n')
+    uri = f"{fleet.member('dp').uri}&remote-program={program}"
+    machines = write(tmp_path, lines_with(fleet, "dp", 0, uri))
+    done = doctor(fleet, tmp_path, machines, "--json")
+    assert done.returncode == 1, done.stderr
+    for name in ("dp", "dq"):
+        report = reports(done)[name]
+        assert verdicts(report)["ssh"] == "ok", report  # sshd took the key
+        nix = check(report, "nix")
+        assert nix["verdict"] == "fail"
+        assert nix["detail"] == f"the builder's Nix cannot reach its daemon: {SOCKET_DENIED}"
+        assert nix["fix"].startswith(
+            "let root reach the builder's nix-daemon: add it to the group that owns "
+            "/nix/var/nix/daemon-socket"
+        )
+    file = nix_file(tmp_path, f'mk "denied" "{SPEED} > $out" {{}}\n')
+    for name in ("dp", "dq"):
+        built = offload(
+            fleet, tmp_path, file, "-j0", "--on", name, "--builders", f"@{machines}",
+            "--no-out-link",
+        )  # fmt: skip
+        assert built.returncode == 1
+        assert f"{name}: the builder's Nix cannot reach its daemon: {SOCKET_DENIED}; " in (
+            built.stderr
+        )
+        assert "refused the ssh key" not in built.stderr
