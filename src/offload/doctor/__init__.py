@@ -2,7 +2,8 @@
 
 ``model`` holds the data (a ``Check`` with a verdict, a detail and a fix; a ``MachineReport``
 per machine), ``reach`` and ``facts`` judge what the probes saw (pure, one function per
-check), ``run`` probes the machines concurrently, ``render`` prints the table.
+check), ``login`` probes a machine up to the login and ``run`` the rest, the machines
+concurrently; ``render`` prints the table.
 """
 
 from offload.doctor.model import CHECKS, Check, MachineReport, Verdict

@@ -1,17 +1,14 @@
 """The doctor's probes: one ``_Probe`` per machine, all machines at once.
 
 For one machine the checks run in ``CHECKS`` order. The prerequisites go from the outside in,
-each with its own probe so that a failure is named where it happens: ``ssh -G`` says which
-host and port ssh would really use (the user's or ``NIX_SSHOPTS``'s ssh config decides, as for
-Nix), ``getaddrinfo`` resolves it, a bare TCP connect reads sshd's greeting, ``ssh ... true``
-logs in (its own connection, so its stderr is ssh's alone; the pinned host key as for builds),
-and then one ``MachineLink`` (the master connection builds use) runs ``nix-store --version``
-and opens a serve session, whose start line also reports the load; a build session as builds
-open it says whether its slot is counted on the builder (flock(1) and a slot directory there)
-or on this host only. Last, 8 MiB come down the same connection, for its throughput. A
-builder whose key runs only the serve program is told as that master connects: its ``nix`` row
-and those only a command could answer are ``unknown``, its round trip is timed on serve
-queries, and its slots are counted on this host only. The first prerequisite that
+each with its own probe so that a failure is named where it happens: up to the login, those of
+``doctor.login``; then one ``MachineLink`` (the master connection builds use) runs
+``nix-store --version`` and opens a serve session, whose start line also reports the load; a
+build session as builds open it says whether its slot is counted on the builder (flock(1) and a
+slot directory there) or on this host only. Last, 8 MiB come down the same connection, for its
+throughput. A builder whose key runs only the serve program is told as that master connects:
+its ``nix`` row and those only a command could answer are ``unknown``, its round trip is timed
+on serve queries, and its slots are counted on this host only. The first prerequisite that
 fails ends the machine's probing; the remaining checks are ``skipped``. The rest ask the
 builder over the same master, one command at a time so the round-trip times are not skewed.
 
@@ -25,42 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import socket
-import tempfile
 import time
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from offload.config.machines import Machine
 from offload.doctor import facts
+from offload.doctor.login import DEFAULT_TIMEOUT, SLACK, DoctorOptions, LoginProbe
 from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
-from offload.doctor.reach import (
-    SshConfig,
-    noisy_shell_check,
-    parse_ssh_g,
-    port_check,
-    resolve_check,
-    roots_key,
-    ssh_check,
-)
 from offload.doctor.trust import probe_item, trust_probe_check
 from offload.errors import OffloadError, RemoteError
 from offload.load import RemoteLoad, local_boot_id
-from offload.process import run_async, run_greeted
 from offload.store.nar import Sink
-from offload.transport.dialect import DAEMON, dialect_of
+from offload.transport.dialect import DAEMON
 from offload.transport.links import BuilderFullError, MachineLink
-from offload.transport.ssh import (
-    known_hosts_line,
-    remote_command,
-    split_sshopts,
-    ssh_argv,
-    ssh_target,
-)
-from offload.transport.ssh_keys import key_place
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -71,18 +46,8 @@ __all__ = [
     "examine",
 ]
 
-DEFAULT_TIMEOUT = 5.0
-# Authentication and a remote command may take a while after the TCP connect.
-_SLACK = 10.0
 _RTT_SAMPLES = 3
 _THROUGHPUT_BYTES = 8 << 20
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class DoctorOptions:
-    timeout: float = DEFAULT_TIMEOUT
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
 async def diagnose(machines: Sequence[Machine], options: DoctorOptions) -> list[MachineReport]:
@@ -131,27 +96,14 @@ async def examine(machine: Machine, options: DoctorOptions) -> tuple[MachineRepo
     return report, facts
 
 
-class _Probe:
+class _Probe(LoginProbe):
     def __init__(self, machine: Machine, options: DoctorOptions, checks: list[Check]) -> None:
-        self.machine = machine
-        self.target = ssh_target(machine)
-        self.options = options
-        self.timeout = options.timeout
-        self.sshopts = options.env.get("NIX_SSHOPTS", "")
+        super().__init__(machine, options)
         self.checks = checks
         self.load: RemoteLoad | None = None
         self.config: dict[str, str] | None = None
-        self.user = self.target.user or "?"
-        self.dialect = dialect_of(machine)
-        # The program an ssh-ng:// builder runs, as the rows name it; None for serve.
-        self.daemon = self.dialect.describe(machine.params) if self.dialect is DAEMON else None
         # What the daemon said of our user's trust (ssh-ng:// on Nix 2.15 and later), or None.
         self.trusted: bool | None = None
-
-    @property
-    def known_user(self) -> str | None:
-        """The user ssh logs in as, for fixes that name it; None when not known."""
-        return None if self.user == "?" else self.user
 
     def _passed(self, check: Check) -> bool:
         self.checks.append(check)
@@ -190,137 +142,12 @@ class _Probe:
                 return
             await self._facts(link)
 
-    async def _bounded(self, awaitable: Awaitable[_T], limit: float) -> _T:
-        return await asyncio.wait_for(awaitable, limit)
-
-    async def _ssh_config(self) -> SshConfig:
-        port = ["-p", str(self.target.port)] if self.target.port is not None else []
-        argv = ["ssh", "-G", *split_sshopts(self.sshopts), *port, "--", self.target.destination]
-        try:
-            done = await self._bounded(
-                run_async(argv, env=self.options.env, check=False), self.timeout
-            )
-        except (TimeoutError, OffloadError):
-            return SshConfig(self.target.host, self.target.port or 22)
-        text = done.stdout if done.returncode == 0 else ""
-        return parse_ssh_g(text, self.target.host, self.target.port)
-
-    async def _resolve(self, config: SshConfig) -> tuple[Check, list[str]]:
-        def verdict(addresses: list[str], error: str | None) -> Check:
-            return resolve_check(config, addresses, error, self.target.host, self.machine.source)
-
-        if config.proxy is not None:
-            return verdict([], None), []
-        loop = asyncio.get_running_loop()
-        lookup = loop.getaddrinfo(config.hostname, config.port, type=socket.SOCK_STREAM)
-        try:
-            infos = await self._bounded(lookup, self.timeout)
-        except TimeoutError:
-            return verdict([], "no answer"), []
-        except OSError as exc:
-            return verdict([], exc.strerror or str(exc)), []
-        addresses = [str(info[4][0]) for info in infos]
-        return verdict(addresses, None), addresses
-
-    async def _port(self, config: SshConfig, addresses: list[str]) -> Check:
-        if config.proxy is not None or not addresses:
-            where = f"{config.hostname}:{config.port}"
-            return port_check(
-                where,
-                error=None,
-                banner="",
-                timeout=0,
-                proxy=config.proxy,
-                line=self.machine.source,
-            )
-        address = addresses[0]
-        where = f"[{address}]:{config.port}" if ":" in address else f"{address}:{config.port}"
-        connected = False
-
-        async def greeting() -> str:
-            nonlocal connected
-            reader, writer = await asyncio.open_connection(address, config.port)
-            connected = True
-            try:
-                return (await reader.readline()).decode(errors="replace").strip()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-
-        error: str | None = None
-        banner: str | None = None
-        try:
-            banner = await self._bounded(greeting(), self.timeout) or None
-        except TimeoutError:
-            error = None if connected else "timed out"
-        except OSError as exc:
-            # asyncio's strerror is "Connect call failed (addr, port)"; the errno says why.
-            error = os.strerror(exc.errno) if exc.errno else str(exc)
-        return port_check(
-            where,
-            error=error,
-            banner=banner,
-            timeout=self.timeout,
-            proxy=None,
-            line=self.machine.source,
-        )
-
-    async def _login(self, config: SshConfig) -> Check:
-        key = self.machine.ssh_key or config.identity
-        self.user = config.user or self.target.user or "?"
-        with tempfile.TemporaryDirectory(prefix="ofl-doctor-") as tmp:
-            known = None
-            if self.target.public_host_key:
-                known = Path(tmp) / "known_hosts"
-                known.write_text(known_hosts_line(self.target))
-            argv = ssh_argv(
-                self.target,
-                known_hosts=known,
-                nix_sshopts=self.sshopts,
-                connect_timeout=math.ceil(self.timeout),
-            )
-            started = time.monotonic()
-            try:
-                # `true` ignores its stdin; a key restricted to the serve program runs that
-                # instead, which answers the hello and ends (status 0) at the EOF after it.
-                login = run_greeted(
-                    [*argv, remote_command(["true"])],
-                    greeting=self.dialect.hello,
-                    answer_size=len(self.dialect.reply),
-                    env=self.options.env,
-                )
-                done = await self._bounded(login, self.timeout + _SLACK)
-            except TimeoutError:
-                return Check(
-                    "ssh",
-                    Verdict.FAIL,
-                    f"no login within {self.timeout + _SLACK:g} s",
-                    "try `ssh -v` to the builder by hand to see where it stops",
-                )
-        code = done.returncode
-        if self.dialect is DAEMON and done.stdout.startswith(DAEMON.reply.decode()):
-            code = 0  # a key forced to the daemon: it answered, then met EOF mid-handshake
-        check = ssh_check(
-            code,
-            done.stderr,
-            key=key,
-            pinned=known is not None,
-            destination=f"{self.user}@{self.target.host}",
-            seconds=time.monotonic() - started,
-            key_place=key_place(self.machine) if self.machine.ssh_key else None,
-            line=self.machine.source,
-        )
-        if (roots := roots_key(done.stderr)) is not None:
-            return roots
-        return noisy_shell_check(check, done.stdout, self.dialect.reply)
-
     async def _remote(self, link: MachineLink, argv: list[str]) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) of ``argv`` on the builder; -1 when it could not run."""
         try:
-            return await self._bounded(link.ssh.run(argv), self.timeout + _SLACK)
+            return await self._bounded(link.ssh.run(argv), self.timeout + SLACK)
         except TimeoutError:
-            return -1, "", f"no answer within {self.timeout + _SLACK:g} s"
+            return -1, "", f"no answer within {self.timeout + SLACK:g} s"
         except OffloadError as exc:
             return -1, "", exc.message
 
@@ -339,9 +166,9 @@ class _Probe:
 
         program = self.daemon
         try:
-            version, pid = await self._bounded(handshake(), self.timeout + _SLACK)
+            version, pid = await self._bounded(handshake(), self.timeout + SLACK)
         except TimeoutError:
-            error = f"no handshake within {self.timeout + _SLACK:g} s"
+            error = f"no handshake within {self.timeout + SLACK:g} s"
             return facts.serve_check(None, None, error, daemon=program, user=self.known_user)
         except OffloadError as exc:
             return facts.serve_check(None, None, exc.message, daemon=program, user=self.known_user)
@@ -361,9 +188,9 @@ class _Probe:
                 await client.add_to_store_nar(info, push)
 
         try:
-            await self._bounded(offer(), self.timeout + _SLACK)
+            await self._bounded(offer(), self.timeout + SLACK)
         except TimeoutError:
-            return trust_probe_check(f"no answer within {self.timeout + _SLACK:g} s", self.user)
+            return trust_probe_check(f"no answer within {self.timeout + SLACK:g} s", self.user)
         except OffloadError as exc:
             said = exc.said if isinstance(exc, RemoteError) else None
             return trust_probe_check(said or exc.message, self.user)
@@ -381,7 +208,7 @@ class _Probe:
 
         slots = self.machine.max_jobs
         try:
-            await self._bounded(open_one(), self.timeout + _SLACK)
+            await self._bounded(open_one(), self.timeout + SLACK)
         except BuilderFullError:
             return facts.slots_check(slots, None, full=True)
         except (TimeoutError, OffloadError) as exc:
@@ -396,7 +223,7 @@ class _Probe:
             async with link.session() as client:
                 for _ in range(_RTT_SAMPLES):
                     started = time.monotonic()
-                    await self._bounded(client.query_valid_paths([]), self.timeout + _SLACK)
+                    await self._bounded(client.query_valid_paths([]), self.timeout + SLACK)
                     rtts.append(time.monotonic() - started)
         return rtts
 

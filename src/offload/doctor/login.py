@@ -1,0 +1,205 @@
+"""The doctor's probes from the outside in, up to the login: ``LoginProbe``.
+
+``ssh -G`` says which host and port ssh would really use (the user's or ``NIX_SSHOPTS``'s ssh
+config decides, as for Nix), ``getaddrinfo`` resolves it, a bare TCP connect reads sshd's
+greeting, and ``ssh ... true`` logs in (its own connection, so its stderr is ssh's alone; the
+pinned host key as for builds). Each is bounded: connecting by ``timeout`` (the TCP connect
+and the greeting together, ssh's ``ConnectTimeout``), the login by the timeout plus
+``SLACK`` for the authentication. The verdicts are ``doctor.reach``'s; ``doctor.run`` goes on
+from a login that worked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from offload.config.machines import Machine
+from offload.doctor.model import Check, Verdict
+from offload.doctor.reach import (
+    SshConfig,
+    noisy_shell_check,
+    parse_ssh_g,
+    port_check,
+    resolve_check,
+    roots_key,
+    ssh_check,
+)
+from offload.errors import OffloadError
+from offload.process import run_async, run_greeted
+from offload.transport.dialect import DAEMON, dialect_of
+from offload.transport.ssh import (
+    known_hosts_line,
+    remote_command,
+    split_sshopts,
+    ssh_argv,
+    ssh_target,
+)
+from offload.transport.ssh_keys import key_place
+
+__all__ = ["DEFAULT_TIMEOUT", "SLACK", "DoctorOptions", "LoginProbe"]
+
+DEFAULT_TIMEOUT = 5.0
+# Authentication and a remote command may take a while after the TCP connect.
+SLACK = 10.0
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class DoctorOptions:
+    timeout: float = DEFAULT_TIMEOUT
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+class LoginProbe:
+    """One machine's probes up to the login; ``doctor.run`` adds the ones after it."""
+
+    def __init__(self, machine: Machine, options: DoctorOptions) -> None:
+        self.machine = machine
+        self.target = ssh_target(machine)
+        self.options = options
+        self.timeout = options.timeout
+        self.sshopts = options.env.get("NIX_SSHOPTS", "")
+        self.user = self.target.user or "?"
+        self.dialect = dialect_of(machine)
+        # The program an ssh-ng:// builder runs, as the rows name it; None for serve.
+        self.daemon = self.dialect.describe(machine.params) if self.dialect is DAEMON else None
+
+    @property
+    def known_user(self) -> str | None:
+        """The user ssh logs in as, for fixes that name it; None when not known."""
+        return None if self.user == "?" else self.user
+
+    async def _bounded(self, awaitable: Awaitable[_T], limit: float) -> _T:
+        return await asyncio.wait_for(awaitable, limit)
+
+    async def _ssh_config(self) -> SshConfig:
+        port = ["-p", str(self.target.port)] if self.target.port is not None else []
+        argv = ["ssh", "-G", *split_sshopts(self.sshopts), *port, "--", self.target.destination]
+        try:
+            done = await self._bounded(
+                run_async(argv, env=self.options.env, check=False), self.timeout
+            )
+        except (TimeoutError, OffloadError):
+            return SshConfig(self.target.host, self.target.port or 22)
+        text = done.stdout if done.returncode == 0 else ""
+        return parse_ssh_g(text, self.target.host, self.target.port)
+
+    async def _resolve(self, config: SshConfig) -> tuple[Check, list[str]]:
+        def verdict(addresses: list[str], error: str | None) -> Check:
+            return resolve_check(config, addresses, error, self.target.host, self.machine.source)
+
+        if config.proxy is not None:
+            return verdict([], None), []
+        loop = asyncio.get_running_loop()
+        lookup = loop.getaddrinfo(config.hostname, config.port, type=socket.SOCK_STREAM)
+        try:
+            infos = await self._bounded(lookup, self.timeout)
+        except TimeoutError:
+            return verdict([], "no answer"), []
+        except OSError as exc:
+            return verdict([], exc.strerror or str(exc)), []
+        addresses = [str(info[4][0]) for info in infos]
+        return verdict(addresses, None), addresses
+
+    async def _port(self, config: SshConfig, addresses: list[str]) -> Check:
+        if config.proxy is not None or not addresses:
+            where = f"{config.hostname}:{config.port}"
+            return port_check(
+                where,
+                error=None,
+                banner="",
+                timeout=0,
+                proxy=config.proxy,
+                line=self.machine.source,
+            )
+        address = addresses[0]
+        where = f"[{address}]:{config.port}" if ":" in address else f"{address}:{config.port}"
+        connected = False
+
+        async def greeting() -> str:
+            nonlocal connected
+            reader, writer = await asyncio.open_connection(address, config.port)
+            connected = True
+            try:
+                return (await reader.readline()).decode(errors="replace").strip()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+        error: str | None = None
+        banner: str | None = None
+        try:
+            banner = await self._bounded(greeting(), self.timeout) or None
+        except TimeoutError:
+            error = None if connected else "timed out"
+        except OSError as exc:
+            # asyncio's strerror is "Connect call failed (addr, port)"; the errno says why.
+            error = os.strerror(exc.errno) if exc.errno else str(exc)
+        return port_check(
+            where,
+            error=error,
+            banner=banner,
+            timeout=self.timeout,
+            proxy=None,
+            line=self.machine.source,
+        )
+
+    async def _login(self, config: SshConfig) -> Check:
+        key = self.machine.ssh_key or config.identity
+        self.user = config.user or self.target.user or "?"
+        with tempfile.TemporaryDirectory(prefix="ofl-doctor-") as tmp:
+            known = None
+            if self.target.public_host_key:
+                known = Path(tmp) / "known_hosts"
+                known.write_text(known_hosts_line(self.target))
+            argv = ssh_argv(
+                self.target,
+                known_hosts=known,
+                nix_sshopts=self.sshopts,
+                connect_timeout=math.ceil(self.timeout),
+            )
+            started = time.monotonic()
+            try:
+                # `true` ignores its stdin; a key restricted to the serve program runs that
+                # instead, which answers the hello and ends (status 0) at the EOF after it.
+                login = run_greeted(
+                    [*argv, remote_command(["true"])],
+                    greeting=self.dialect.hello,
+                    answer_size=len(self.dialect.reply),
+                    env=self.options.env,
+                )
+                done = await self._bounded(login, self.timeout + SLACK)
+            except TimeoutError:
+                return Check(
+                    "ssh",
+                    Verdict.FAIL,
+                    f"no login within {self.timeout + SLACK:g} s",
+                    "try `ssh -v` to the builder by hand to see where it stops",
+                )
+        code = done.returncode
+        if self.dialect is DAEMON and done.stdout.startswith(DAEMON.reply.decode()):
+            code = 0  # a key forced to the daemon: it answered, then met EOF mid-handshake
+        check = ssh_check(
+            code,
+            done.stderr,
+            key=key,
+            pinned=known is not None,
+            destination=f"{self.user}@{self.target.host}",
+            seconds=time.monotonic() - started,
+            key_place=key_place(self.machine) if self.machine.ssh_key else None,
+            line=self.machine.source,
+        )
+        if (roots := roots_key(done.stderr)) is not None:
+            return roots
+        return noisy_shell_check(check, done.stdout, self.dialect.reply)
