@@ -72,3 +72,25 @@ def test_a_nix_that_may_not_reach_its_daemon_is_not_a_refused_key_nor_a_missing_
             built.stderr
         )
         assert "refused the ssh key" not in built.stderr
+
+
+stale_fleet = private_fleet_fixture([MemberSpec.parse("ds:1:1:untrusted")])
+
+
+def test_trust_is_the_running_daemon_s_not_what_nix_conf_says_since(
+    stale_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Its sessions store through a nix-daemon that trusts nobody; root is added to
+    # trusted-users in nix.conf, the daemon not restarted: it refuses every build as before
+    # ("you are not privileged to build input-addressed derivations"), where doctor said ok.
+    conf = stale_fleet.member("ds").root / "etc-nix" / "nix.conf"
+    conf.write_text(conf.read_text().replace("trusted-users =", "trusted-users = root"))
+    done = doctor(stale_fleet, tmp_path, stale_fleet.machines_file, "--json")
+    assert done.returncode == 1, done.stderr + done.stdout
+    trusted = check(reports(done)["ds"], "trusted")
+    assert trusted["verdict"] == "fail", trusted
+    assert trusted["detail"].startswith(
+        "root is in trusted-users in the builder's nix.conf, but its running nix-daemon refused "
+        "an unsigned path from root (cannot add path"
+    )
+    assert trusted["fix"].startswith("restart the builder's nix-daemon")

@@ -216,6 +216,6 @@ def test_a_builder_whose_daemon_does_not_trust_the_user_is_not_written(
         "nix-daemon refuses the derivations and unsigned inputs offload sends"
     )
     hint = "hint: add root to trusted-users in the builder's nix.conf (NixOS: nix.settings."
-    hint += "trusted-users)"
+    hint += "trusted-users) and restart its nix-daemon"
     assert done.stderr.splitlines()[-2:] == [error, hint]
     assert not (tmp_path / "client" / "machines").exists()

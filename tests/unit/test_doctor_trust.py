@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from offload.doctor.model import Verdict
-from offload.doctor.trust import PROBE_NAME, probe_item, trust_probe_check
+from offload.doctor.facts import trusted_check
+from offload.doctor.model import Check, Verdict
+from offload.doctor.trust import PROBE_NAME, probe_item, probed_trust_check, trust_probe_check
 from offload.errors import RemoteError
 from offload.process import spawn
 from offload.protocol.serve import ServeClient
@@ -75,3 +76,61 @@ def test_taken_is_ok_a_daemons_refusal_fails_and_anything_else_is_unknown() -> N
         Verdict.UNKNOWN,
         "a probe path could not be sent: the connection ended",
     )
+
+
+REFUSED = "cannot add path '/nix/store/x-offload-trust-probe' because it lacks a valid signature"
+
+
+def conf_row(listed: bool | None) -> Check:
+    """The row nix.conf alone gives for root through a daemon (``facts.trusted_check``)."""
+    config = None if listed is None else {"trusted-users": "root" if listed else ""}
+    return trusted_check("root", [], config, "no nix command", "daemon")
+
+
+def probed(listed: bool | None, error: str | None, *, require_sigs: bool = True) -> Check:
+    return probed_trust_check(listed, conf_row(listed), error, "root", require_sigs=require_sigs)
+
+
+def test_listed_but_refused_by_the_running_daemon_fails_with_restart_as_the_fix() -> None:
+    # nix.conf edited, the daemon not restarted: it still refuses every build offload sends.
+    check = probed(True, REFUSED)
+    assert check.verdict is Verdict.FAIL
+    assert check.detail.startswith(
+        "root is in trusted-users in the builder's nix.conf, but its running nix-daemon "
+        f"refused an unsigned path from root ({REFUSED}): it has not read nix.conf since"
+    )
+    assert check.fix is not None
+    assert check.fix.startswith("restart the builder's nix-daemon")
+
+
+def test_the_daemon_s_answer_decides_and_nix_conf_says_why() -> None:
+    assert probed(True, None).verdict is Verdict.OK
+    assert probed(None, None).verdict is Verdict.OK
+    unlisted = probed(False, REFUSED)
+    assert (unlisted.verdict, unlisted.detail) == (Verdict.FAIL, conf_row(False).detail)
+    assert unlisted.fix is not None
+    assert unlisted.fix.endswith("and restart its nix-daemon")
+    unread = probed(None, REFUSED)
+    assert unread.verdict is Verdict.FAIL
+    # Trusted now, by a daemon that read another nix.conf than the one there now.
+    stale = probed(False, None)
+    assert stale.verdict is Verdict.WARN
+    assert "once the daemon restarts, it refuses the builds offload sends" in stale.detail
+
+
+def test_where_the_probe_proves_nothing_nix_conf_is_said_to_be_the_source() -> None:
+    lax = probed(False, None, require_sigs=False)
+    assert lax.verdict is Verdict.FAIL
+    assert lax.detail.endswith(
+        "(read from nix.conf; its nix-daemon checks no signatures (require-sigs = false): a "
+        "probe proves nothing)"
+    )
+    lost = probed(True, "the connection ended")
+    assert lost.verdict is Verdict.OK
+    assert lost.detail == (
+        "root is a trusted user (read from nix.conf; a probe path could not be sent: the "
+        "connection ended)"
+    )
+    unsent = probed(False, "the connection ended")
+    assert unsent.fix is not None
+    assert "restart" in unsent.fix

@@ -33,6 +33,7 @@ __all__ = [
     "daemon_trust",
     "disk_check",
     "features_check",
+    "listed_trusted",
     "load_check",
     "nix_check",
     "parse_nix_config",
@@ -263,11 +264,10 @@ def trusted_check(
     offload sends)? Only a nix-daemon asks (``route``, ``store_route``): there it must."""
     if route == "local":
         return Check("trusted", Verdict.OK, f"{user} writes the store itself: no daemon asks")
-    if not config or "trusted-users" not in config:
+    listed = listed_trusted(user, groups, config)
+    if listed is None:
         return _cannot_tell("trusted", error)
-    trusted = _words(config, "trusted-users")
-    names = {user, "*", *(f"@{group}" for group in groups)}
-    if (user == "root" and route is None) or names & trusted:
+    if (user == "root" and route is None) or listed:
         return Check("trusted", Verdict.OK, f"{user} is a trusted user")
     through = "the builder's nix-daemon" if route == "daemon" else "a nix-daemon there"
     return Check(
@@ -276,8 +276,17 @@ def trusted_check(
         f"{user} is not in trusted-users: {through} refuses the derivations and unsigned "
         "inputs offload sends",
         f"add {user} to trusted-users in the builder's nix.conf "
-        "(NixOS: nix.settings.trusted-users)",
+        "(NixOS: nix.settings.trusted-users) and restart its nix-daemon",
     )
+
+
+def listed_trusted(user: str, groups: Collection[str], config: NixConfig | None) -> bool | None:
+    """Does the builder's nix.conf, as ``user``'s Nix reads it, list ``user`` (or one of its
+    ``groups``, or everyone) in ``trusted-users``? None when it cannot be read. The running
+    nix-daemon read it when it started, and may not have since (``trust.probed_trust_check``)."""
+    if not config or "trusted-users" not in config:
+        return None
+    return bool({user, "*", *(f"@{group}" for group in groups)} & _words(config, "trusted-users"))
 
 
 def daemon_trust(trusted: bool | None, check: Check) -> Check:

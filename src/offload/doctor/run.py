@@ -30,7 +30,7 @@ from offload.config.machines import Machine
 from offload.doctor import facts
 from offload.doctor.login import DEFAULT_TIMEOUT, SLACK, DoctorOptions, LoginProbe
 from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
-from offload.doctor.trust import probe_item, trust_probe_check
+from offload.doctor.trust import probe_item, probed_trust_check, trust_probe_check
 from offload.errors import OffloadError, RemoteError
 from offload.load import RemoteLoad, local_boot_id
 from offload.store.nar import Sink
@@ -178,6 +178,10 @@ class _Probe(LoginProbe):
 
     async def _trust_probe(self, link: MachineLink) -> Check:
         """Whether the builder takes an unsigned path from the user (``doctor.trust``)."""
+        return trust_probe_check(await self._offer_probe(link), self.user)
+
+    async def _offer_probe(self, link: MachineLink) -> str | None:
+        """Offer the builder the probe path: what it said if it did not take it, else None."""
         info, nar = probe_item()
 
         async def offer() -> None:
@@ -190,11 +194,31 @@ class _Probe(LoginProbe):
         try:
             await self._bounded(offer(), self.timeout + SLACK)
         except TimeoutError:
-            return trust_probe_check(f"no answer within {self.timeout + SLACK:g} s", self.user)
+            return f"no answer within {self.timeout + SLACK:g} s"
         except OffloadError as exc:
             said = exc.said if isinstance(exc, RemoteError) else None
-            return trust_probe_check(said or exc.message, self.user)
-        return trust_probe_check(None, self.user)
+            return said or exc.message
+        return None
+
+    async def _trusted(
+        self,
+        link: MachineLink,
+        who: tuple[str, list[str]],
+        config: dict[str, str] | None,
+        error: str,
+        route: str | None,
+    ) -> Check:
+        """The ``trusted`` row of an unrestricted builder, ``who`` being the user and its
+        groups there: nix.conf says, where no daemon asks (``route`` local) or the daemon
+        itself said (ssh-ng://, Nix 2.15 and later); else the daemon is asked with the probe."""
+        user, groups = who
+        conf = facts.trusted_check(user, groups, config, error, route)
+        if route == "local" or self.trusted is not None:
+            return facts.daemon_trust(self.trusted, conf) if self.dialect is DAEMON else conf
+        listed = facts.listed_trusted(user, groups, config)
+        require_sigs = (config or {}).get("require-sigs", "true") != "false"
+        said = await self._offer_probe(link)
+        return probed_trust_check(listed, conf, said, user, require_sigs=require_sigs)
 
     async def _slots(self, link: MachineLink) -> Check:
         """A build session as builds open it: is its slot counted on the builder?"""
@@ -267,11 +291,7 @@ class _Probe(LoginProbe):
                 error,
                 machine.source,
             ),
-            facts.daemon_trust(
-                self.trusted, facts.trusted_check(user, groups, config, error, route)
-            )
-            if self.dialect is DAEMON
-            else facts.trusted_check(user, groups, config, error, route),
+            await self._trusted(link, (user, groups), config, error, route),
             facts.disk_check(*disk),
             facts.load_check(self.load, machine.max_jobs, local_boot_id()),
             await self._slots(link),
