@@ -1,10 +1,12 @@
-"""Files a user writes or may damage: offload.toml, DAG files, and the state directory's files.
+"""Files a user writes or may damage: offload.toml, DAG files, the state directory's files, and
+the private key files doctor and build read for a passphrase.
 
 Contracts: ``parse_offload_toml`` / ``load_offload_toml`` return the settings or raise a one-line
 ``ConfigError`` naming the file (and read at most 4 MiB); ``load_dag`` returns a ``Dag`` or
 raises a one-line ``ConfigError``; ``load_backoff`` and ``read_choice`` read a damaged file as
 no entry at all (these are caches of what offload learned, rewritten whole on the next save);
-``History`` opens a damaged database with a one-line ``StoreError`` or reads what it can.
+``History`` opens a damaged database with a one-line ``StoreError`` or reads what it can;
+``encrypted_key`` answers True or False for any bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from offload.backoff import load_backoff
 from offload.config.settings import load_offload_toml, parse_offload_toml
 from offload.dagfile import Dag, load_dag
 from offload.errors import ConfigError, OffloadError, StoreError
+from offload.transport.ssh_keys import encrypted_key
 from offload.use import Choice, read_choice
 from tests.fuzz.support import FUZZ, outcome
 
@@ -195,3 +198,13 @@ def test_offload_toml_errors_are_one_line(text: str, says: str) -> None:
     result = outcome(lambda: parse_offload_toml(text, "offload.toml"), ConfigError)
     assert isinstance(result, ConfigError)
     assert says in result.message
+
+
+KEY_HEAD = b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
+
+
+@FUZZ
+@given(st.binary(max_size=300) | st.binary(max_size=300).map(lambda b: KEY_HEAD + b))
+def test_a_private_key_file_s_passphrase(data: bytes) -> None:
+    # Any bytes where a private key should be: an answer, never an error.
+    assert encrypted_key(data) in (True, False)

@@ -8,6 +8,7 @@ Each test has a fleet of its own: it changes its members (their store, nix.conf 
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from offload.fleet import Fleet, MemberSpec
@@ -15,7 +16,7 @@ from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
 from tests.helpers.doctor_runs import check, doctor, lines_with, reports, verdicts, write
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import SPEED, nix_file
-from tests.helpers.offload_run import offload
+from tests.helpers.offload_run import offload, offload_env
 
 SOCKET_DENIED = "error: getting status of /nix/var/nix/daemon-socket/socket: Permission denied"
 
@@ -94,3 +95,53 @@ def test_trust_is_the_running_daemon_s_not_what_nix_conf_says_since(
         "an unsigned path from root (cannot add path"
     )
     assert trusted["fix"].startswith("restart the builder's nix-daemon")
+
+
+keys_fleet = private_fleet_fixture(
+    [MemberSpec("dk", 1.0, 1), MemberSpec.parse("dv:1:1:serve"), MemberSpec.parse("dw:1:1:daemon")],
+    scope="module",
+    doc="Members the tests only read: a plain one, keys restricted to serve and to the daemon.",
+)
+
+
+def without_identity(fleet: Fleet, tmp_path: Path) -> dict[str, str]:
+    """NIX_SSHOPTS for the fleet's ssh config less its IdentityFile: the machines line's key
+    (column 3) is the only one ssh offers, as for the nix-daemon."""
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "".join(
+            line
+            for line in fleet.ssh_config.read_text().splitlines(keepends=True)
+            if not line.strip().startswith("IdentityFile")
+        )
+    )
+    return {"NIX_SSHOPTS": f"-F {config}"}
+
+
+def test_a_key_with_a_passphrase_is_said_to_have_one_not_to_be_refused(
+    keys_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The fleet's own key, authorized there, with a passphrase: ssh without a terminal skips it
+    # without a word, and only the builder's refusal is left to read.
+    locked = tmp_path / "locked_key"
+    locked.write_bytes(keys_fleet.client_key.read_bytes())
+    locked.chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-N", "a secret", "-f", str(locked)], check=True)
+    machines = write(tmp_path, lines_with(keys_fleet, "dk", 2, str(locked)))
+    env = without_identity(keys_fleet, tmp_path)
+    done = doctor(keys_fleet, tmp_path, machines, "dk", "--json", env=env)
+    assert done.returncode == 1, done.stderr
+    ssh = check(reports(done)["dk"], "ssh")
+    assert ssh["verdict"] == "fail"
+    assert ssh["detail"].startswith(
+        f"ssh key {locked} has a passphrase: the nix-daemon cannot type it"
+    ), ssh
+    assert ssh["fix"].startswith("use a key without one: `offload setup key` makes one")
+    file = nix_file(tmp_path, f'mk "locked" "{SPEED} > $out" {{}}\n')
+    built = offload(
+        keys_fleet, tmp_path, file, "-j0", "--on", "dk", "--builders", f"@{machines}",
+        "--no-out-link", env=offload_env(keys_fleet, tmp_path, **env),
+    )  # fmt: skip
+    assert built.returncode == 1
+    assert f"dk: ssh key {locked} has a passphrase: the nix-daemon cannot type it" in built.stderr
+    assert "refused" not in built.stderr

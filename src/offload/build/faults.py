@@ -8,8 +8,10 @@ when the key is pinned there, its key column when ssh could not use the key file
 or the known_hosts file ssh named when nothing is pinned.
 A changed host key is said to be what it may be, a man-in-the-middle. Every failed connection
 names the machines line and how to leave the builder out (a name that does not resolve, too).
-Only ssh's own "Permission denied (publickey)" is a refused key: the same words from the
-builder's Nix, which could not reach its daemon's socket, are said as that, with its fix.
+A refused key that has a passphrase is said to have one (ssh skips it without a word where no
+terminal is: the nix-daemon's). Only ssh's own "Permission denied (publickey)" is a refused
+key: the same words from the builder's Nix, which could not reach its daemon's socket, are
+said as that, with its fix.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import re
 
 from offload.config.machines import Machine
 from offload.transport.daemon_socket import daemon_trouble
-from offload.transport.ssh_keys import key_fix, key_place, key_trouble, refused_by_ssh
+from offload.transport.ssh_keys import (
+    has_passphrase,
+    key_fix,
+    key_place,
+    key_trouble,
+    passphrase_fix,
+    refused_by_ssh,
+)
 
 __all__ = ["explain"]
 
@@ -51,6 +60,10 @@ def explain(machine: Machine, error: str) -> str:
     if trouble is not None and refused:
         what, fix = key_fix(trouble, machine.ssh_key, key_place(machine))
         return f"{what}, and the builder took no other key; {fix}"
+    if refused and has_passphrase(machine.ssh_key):
+        assert machine.ssh_key is not None
+        what, fix = passphrase_fix(machine.ssh_key, key_place(machine))
+        return f"{what}; {fix}"
     if refused and machine.ssh_key:
         key = machine.ssh_key
         return (

@@ -44,7 +44,7 @@ from offload.transport.ssh import (
     ssh_argv,
     ssh_target,
 )
-from offload.transport.ssh_keys import key_place
+from offload.transport.ssh_keys import has_passphrase, key_place
 
 __all__ = ["DEFAULT_TIMEOUT", "SLACK", "DoctorOptions", "LoginProbe"]
 
@@ -199,6 +199,7 @@ class LoginProbe:
             seconds=time.monotonic() - started,
             key_place=key_place(self.machine) if self.machine.ssh_key else None,
             line=self.machine.source,
+            passphrase=has_passphrase(key),
         )
         if (roots := roots_key(done.stderr)) is not None:
             return roots

@@ -11,9 +11,10 @@ the ones users meet to the fix: a key the builder does not authorize ("Permissio
 one ("REMOTE HOST IDENTIFICATION HAS CHANGED") or that nothing pins ("Host key verification
 failed" with no key in column 8); and before any of them, a key file ssh could not use at all
 (missing, unreadable, not a private key: ``transport.ssh_keys``), which ssh only warns about
-before the builder's refusal. A key restricted to Nix's program runs that instead of `true`:
-when it stops on the builder's own trouble (its Nix cannot reach the daemon's socket,
-``transport.daemon_socket``), sshd took the key, so the login is ok and the ``nix`` row says why.
+before the builder's refusal, or a key with a passphrase, which it skips without a word. A key
+restricted to Nix's program runs that instead of `true`: when it stops on the builder's own
+trouble (its Nix cannot reach the daemon's socket, ``transport.daemon_socket``), sshd took the
+key, so the login is ok and the ``nix`` row says why.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from offload.doctor.model import Check, Verdict
 from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.transport.daemon_socket import daemon_trouble
-from offload.transport.ssh_keys import key_fix, key_trouble, refused_by_ssh
+from offload.transport.ssh_keys import key_fix, key_trouble, passphrase_fix, refused_by_ssh
 
 __all__ = [
     "SshConfig",
@@ -155,10 +156,12 @@ def ssh_check(
     seconds: float,
     key_place: str | None = None,
     line: str = "the machines line",
+    passphrase: bool = False,
 ) -> Check:
     """``ssh ... true`` ended with ``returncode`` after printing ``stderr``. ``key_place`` is
     where the machines line names ``key`` (``ssh_keys.key_place``); None when ``key`` is the
-    ssh config's. ``line`` is the machines line (file:line) that names the builder."""
+    ssh config's. ``line`` is the machines line (file:line) that names the builder.
+    ``passphrase``: the key file has one (``ssh_keys.has_passphrase``)."""
     said = [text.strip() for text in stderr.splitlines() if text.strip()]
     last = said[-1] if said else "(ssh printed nothing)"
     key_name = key or "your ssh key"
@@ -172,13 +175,22 @@ def ssh_check(
     if trouble is not None:
         unusable = key_fix(trouble, key if key_place else None, key_place or "")
     refused = refused_by_ssh(stderr)
+    locked = passphrase_fix(key, key_place) if passphrase and key else None
     if returncode == 0 or (not refused and daemon_trouble(stderr) is not None):
         if unusable is not None:
             what, fix = unusable
             return Check("ssh", Verdict.WARN, f"logged in with another key, but {what}", fix)
+        if locked is not None and key_place is not None:  # an ssh agent's, or another key
+            what, fix = locked
+            return Check(
+                "ssh",
+                Verdict.WARN,
+                f"logged in with another key (or an ssh agent's), but {what}",
+                fix,
+            )
         return Check("ssh", Verdict.OK, f"logged in as {destination} in {seconds * 1000:.0f} ms")
-    if unusable is not None and refused_by_ssh(last):
-        what, fix = unusable
+    if (unusable or locked) is not None and refused_by_ssh(last):
+        what, fix = unusable or locked or ("", "")
         return Check("ssh", Verdict.FAIL, f"{what}, and the builder took no other key: {last}", fix)
     return Check(
         "ssh", Verdict.FAIL, *_ssh_failure(stderr, last, key_name, pinned=pinned, line=line)

@@ -19,10 +19,18 @@ key comes from (``key_place``: the machines file and line). Pure: nothing is rea
 say it too (its Nix that cannot reach the daemon's socket: ``transport.daemon_socket``). ssh's
 own refusal names the methods it tried, ``user@host: Permission denied (publickey).``, and
 ``refused_by_ssh`` looks for that.
+
+A key with a passphrase is no error to ssh either: without a terminal (the nix-daemon's ssh,
+``BatchMode``) it skips the key without a word, and the builder's refusal is all it says.
+``has_passphrase`` reads the key file to tell (the one function here that reads anything: a
+private key file, 64 KiB at most): OpenSSH's own format names its cipher (``none`` without a
+passphrase), PEM says ``ENCRYPTED``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +39,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from offload.config.machines import Machine
 
-__all__ = ["KeyTrouble", "key_fix", "key_place", "key_trouble", "refused_by_ssh"]
+__all__ = [
+    "KeyTrouble",
+    "encrypted_key",
+    "has_passphrase",
+    "key_fix",
+    "key_place",
+    "key_trouble",
+    "passphrase_fix",
+    "refused_by_ssh",
+]
 
 # Each ends at its line's end, or at the " | " a link's error joins ssh's lines with.
 _NOT_ACCESSIBLE = re.compile(
@@ -40,6 +57,9 @@ _NOT_ACCESSIBLE = re.compile(
 _LOAD_KEY = re.compile(r'Load key "([^"]+)": ([^|\r\n]+?)\s*(?:\||$)', re.MULTILINE)
 # ssh's own words when the builder took none of its keys: the methods tried, in parentheses.
 _REFUSED = re.compile(r"Permission denied \([a-z-]+(?:,[a-z-]+)*\)")
+_OPENSSH = re.compile(r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END", re.DOTALL)
+_OPENSSH_MAGIC = b"openssh-key-v1\0"
+_KEY_FILE_LIMIT = 64 << 10
 _CONFIG_PLACE = "the IdentityFile of your ssh config (~/.ssh/config, or NIX_SSHOPTS' -F file)"
 
 
@@ -102,3 +122,47 @@ def key_fix(trouble: KeyTrouble, key: str | None, place: str) -> tuple[str, str]
     if trouble.reason == "bad permissions":
         return what, f"chmod 600 {trouble.path}"
     return what, f"name the private key (not its .pub) in {where}"
+
+
+def encrypted_key(text: bytes) -> bool:
+    """Is ``text``, a private key file's, encrypted (the key has a passphrase)?"""
+    found = _OPENSSH.search(text.decode("ascii", errors="replace"))
+    if found is None:
+        return b"-----BEGIN " in text and b"ENCRYPTED" in text  # PEM: Proc-Type or PKCS#8
+    try:
+        raw = base64.b64decode("".join(found[1].split()))
+    except (binascii.Error, ValueError):
+        return False
+    if not raw.startswith(_OPENSSH_MAGIC):
+        return False
+    at = len(_OPENSSH_MAGIC)
+    size = int.from_bytes(raw[at : at + 4], "big")
+    cipher = raw[at + 4 : at + 4 + size]
+    return len(cipher) == size > 0 and cipher != b"none"
+
+
+def has_passphrase(path: str | None) -> bool:
+    """Does the private key file at ``path`` have a passphrase? False when it cannot be read
+    (``key_trouble`` says why ssh could not use it then)."""
+    if not path:
+        return False
+    try:
+        with Path(path).expanduser().open("rb") as file:
+            return encrypted_key(file.read(_KEY_FILE_LIMIT))
+    except (OSError, ValueError):
+        return False
+
+
+def passphrase_fix(key: str, place: str | None) -> tuple[str, str]:
+    """(what is wrong, the fix) for the key file ``key`` with a passphrase, named at ``place``
+    (``key_place``; None: the ssh config's IdentityFile)."""
+    place = place or _CONFIG_PLACE
+    what = (
+        f"ssh key {key} has a passphrase: the nix-daemon cannot type it (ssh runs without a "
+        "terminal for builds)"
+    )
+    fix = (
+        f"use a key without one: `offload setup key` makes one (authorize its .pub on the "
+        f"builder and name it in {place}); or remove this one's: `ssh-keygen -p -f {key}`"
+    )
+    return what, fix
