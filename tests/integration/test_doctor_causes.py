@@ -145,3 +145,37 @@ def test_a_key_with_a_passphrase_is_said_to_have_one_not_to_be_refused(
     assert built.returncode == 1
     assert f"dk: ssh key {locked} has a passphrase: the nix-daemon cannot type it" in built.stderr
     assert "refused" not in built.stderr
+
+
+def test_a_key_forced_to_the_other_scheme_s_program_is_said_to_be(
+    keys_fleet: Fleet, tmp_path: Path
+) -> None:
+    # dv's key runs only `nix-store --serve --write`, dw's only `nix-daemon --stdio`; each line
+    # names the other scheme. Nix says "protocol mismatch" to the hello, nothing more.
+    serve_uri = keys_fleet.member("dv").uri.replace("ssh://", "ssh-ng://")
+    daemon_uri = keys_fleet.member("dw").uri.replace("ssh-ng://", "ssh://")
+    lines = lines_with(keys_fleet, "dv", 0, serve_uri)
+    lines = [line.replace(keys_fleet.member("dw").uri, daemon_uri) for line in lines]
+    machines = write(tmp_path, lines)
+    done = doctor(keys_fleet, tmp_path, machines, "dv", "dw", "--json")
+    assert done.returncode == 1, done.stderr
+    found = reports(done)
+    for name, scheme, other, program in (
+        ("dv", "ssh-ng", "ssh", "nix-store --serve --write"),
+        ("dw", "ssh", "ssh-ng", "nix-daemon --stdio"),
+    ):
+        ssh = check(found[name], "ssh")
+        assert ssh["verdict"] == "fail"
+        assert ssh["detail"] == (
+            f"the builder's key runs another program than {scheme}:// speaks to: Nix there said "
+            f"'protocol mismatch' to its hello; it answers {other}://'s (`{program}`)"
+        )
+        line = 1 + next(i for i, text in enumerate(lines) if f"//{name}?" in text)
+        assert ssh["fix"].startswith(f"write {other}:// in {machines}:{line} ")
+    file = nix_file(tmp_path, f'mk "mismatch" "{SPEED} > $out" {{}}\n')
+    built = offload(
+        keys_fleet, tmp_path, file, "-j0", "--on", "dw", "--builders", f"@{machines}",
+        "--no-out-link",
+    )  # fmt: skip
+    assert built.returncode == 1
+    assert "dw: the builder's key runs another program than ssh:// speaks to" in built.stderr

@@ -11,7 +11,8 @@ names the machines line and how to leave the builder out (a name that does not r
 A refused key that has a passphrase is said to have one (ssh skips it without a word where no
 terminal is: the nix-daemon's). Only ssh's own "Permission denied (publickey)" is a refused
 key: the same words from the builder's Nix, which could not reach its daemon's socket, are
-said as that, with its fix.
+said as that, with its fix. A key forced to the other scheme's program ("protocol mismatch")
+is said to be that.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 
 from offload.config.machines import Machine
 from offload.transport.daemon_socket import daemon_trouble
+from offload.transport.dialect import MISMATCH, mismatch_fix
 from offload.transport.ssh_keys import (
     has_passphrase,
     key_fix,
@@ -76,6 +78,9 @@ def explain(machine: Machine, error: str) -> str:
             "default keys); add the right public key to the builder's authorized_keys, or name "
             f"its private key in column 3 of {where}"
         )
+    if MISMATCH in error and error.startswith(_CONNECT):
+        what, fix = mismatch_fix(machine.scheme, where)
+        return f"{what}; {fix}"
     if "Connection refused" in error:
         return (
             f"connection refused by {_address(machine)}: is sshd running and listening there? "

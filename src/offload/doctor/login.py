@@ -5,8 +5,10 @@ config decides, as for Nix), ``getaddrinfo`` resolves it, a bare TCP connect rea
 greeting, and ``ssh ... true`` logs in (its own connection, so its stderr is ssh's alone; the
 pinned host key as for builds). Each is bounded: connecting by ``timeout`` (the TCP connect
 and the greeting together, ssh's ``ConnectTimeout``), the login by the timeout plus
-``SLACK`` for the authentication. The verdicts are ``doctor.reach``'s; ``doctor.run`` goes on
-from a login that worked.
+``SLACK`` for the authentication. A login whose forced program said "protocol mismatch" to
+the scheme's hello is tried once more with the other scheme's, so the row can say which
+program the key runs (``dialect.mismatch_fix``). The other verdicts are ``doctor.reach``'s;
+``doctor.run`` goes on from a login that worked.
 """
 
 from __future__ import annotations
@@ -35,8 +37,15 @@ from offload.doctor.reach import (
     ssh_check,
 )
 from offload.errors import OffloadError
-from offload.process import run_async, run_greeted
-from offload.transport.dialect import DAEMON, dialect_of
+from offload.process import Completed, run_async, run_greeted
+from offload.transport.dialect import (
+    DAEMON,
+    MISMATCH,
+    Dialect,
+    dialect_of,
+    mismatch_fix,
+    other_dialect,
+)
 from offload.transport.ssh import (
     known_hosts_line,
     remote_command,
@@ -51,6 +60,8 @@ __all__ = ["DEFAULT_TIMEOUT", "SLACK", "DoctorOptions", "LoginProbe"]
 DEFAULT_TIMEOUT = 5.0
 # Authentication and a remote command may take a while after the TCP connect.
 SLACK = 10.0
+# ssh's exit status for its own errors (anything else is the remote command's).
+_SSH_FAILED = 255
 _T = TypeVar("_T")
 
 
@@ -155,6 +166,27 @@ class LoginProbe:
             line=self.machine.source,
         )
 
+    async def _greeted(self, argv: list[str], dialect: Dialect) -> Completed:
+        """``ssh ... true`` with ``dialect``'s hello: `true` ignores its stdin; a key restricted
+        to that protocol's program runs that instead, which answers the hello and ends (status
+        0) at the EOF after it."""
+        login = run_greeted(
+            [*argv, remote_command(["true"])],
+            greeting=dialect.hello,
+            answer_size=len(dialect.reply),
+            env=self.options.env,
+        )
+        return await self._bounded(login, self.timeout + SLACK)
+
+    async def _speaks_other(self, argv: list[str], done: Completed) -> bool | None:
+        """After a login whose forced program said ``MISMATCH`` to the hello: does it answer
+        the other protocol's? None when the login said no such thing."""
+        if done.returncode == _SSH_FAILED or MISMATCH not in done.stderr:
+            return None
+        other = other_dialect(self.dialect)
+        said = (await self._greeted(argv, other)).stdout
+        return said.startswith(other.reply.decode(errors="replace"))
+
     async def _login(self, config: SshConfig) -> Check:
         key = self.machine.ssh_key or config.identity
         self.user = config.user or self.target.user or "?"
@@ -171,15 +203,9 @@ class LoginProbe:
             )
             started = time.monotonic()
             try:
-                # `true` ignores its stdin; a key restricted to the serve program runs that
-                # instead, which answers the hello and ends (status 0) at the EOF after it.
-                login = run_greeted(
-                    [*argv, remote_command(["true"])],
-                    greeting=self.dialect.hello,
-                    answer_size=len(self.dialect.reply),
-                    env=self.options.env,
-                )
-                done = await self._bounded(login, self.timeout + SLACK)
+                done = await self._greeted(argv, self.dialect)
+                seconds = time.monotonic() - started
+                speaks_other = await self._speaks_other(argv, done)
             except TimeoutError:
                 return Check(
                     "ssh",
@@ -187,6 +213,12 @@ class LoginProbe:
                     f"no login within {self.timeout + SLACK:g} s",
                     "try `ssh -v` to the builder by hand to see where it stops",
                 )
+        if speaks_other is not None:
+            return Check(
+                "ssh",
+                Verdict.FAIL,
+                *mismatch_fix(self.machine.scheme, self.machine.source, speaks_other),
+            )
         code = done.returncode
         if self.dialect is DAEMON and done.stdout.startswith(DAEMON.reply.decode()):
             code = 0  # a key forced to the daemon: it answered, then met EOF mid-handshake
@@ -196,7 +228,7 @@ class LoginProbe:
             key=key,
             pinned=known is not None,
             destination=f"{self.user}@{self.target.host}",
-            seconds=time.monotonic() - started,
+            seconds=seconds,
             key_place=key_place(self.machine) if self.machine.ssh_key else None,
             line=self.machine.source,
             passphrase=has_passphrase(key),

@@ -6,6 +6,11 @@ speaking it: the remote program to start (as Nix's own ssh:// and ssh-ng:// stor
 a session starts, before anything is known about the other end) and the first bytes of the
 program's answer (which tell a builder whose key runs only that program, one that ignores
 offload's wrapper, from a normal one), and how to make and handshake a client on the session.
+
+A key forced to the other protocol's program (``nix-store --serve`` for an ``ssh-ng://`` line,
+``nix-daemon --stdio`` for an ``ssh://`` one) reads the hello as a wrong magic number and says
+only "protocol mismatch" (``MISMATCH``), Nix's words for both; ``mismatch_fix`` says what it is
+and the fix, in doctor's words and ``offload build``'s.
 """
 
 from __future__ import annotations
@@ -23,9 +28,22 @@ if TYPE_CHECKING:
     from offload.protocol.store import StoreClient
     from offload.protocol.wire import ByteReader, ByteWriter
 
-__all__ = ["DAEMON", "SERVE", "Dialect", "daemon_program", "dialect_of"]
+__all__ = [
+    "DAEMON",
+    "MISMATCH",
+    "SERVE",
+    "Dialect",
+    "daemon_program",
+    "dialect_of",
+    "mismatch_fix",
+    "other_dialect",
+]
 
 LogSink = Callable[[str], None]
+# What Nix's serve program and its daemon both say to a hello that is not theirs.
+MISMATCH = "protocol mismatch"
+# The program a key is restricted to for each scheme, as NixOS' nix.sshServe writes it.
+_FORCED = {"ssh": "nix-store --serve --write", "ssh-ng": "nix-daemon --stdio"}
 
 
 def daemon_program(params: Mapping[str, str] | None = None) -> list[str]:
@@ -91,3 +109,32 @@ DAEMON = Dialect("daemon", daemon_program)
 def dialect_of(machine: Machine) -> Dialect:
     """``ssh-ng://`` machines are spoken to in the daemon's protocol, every other in serve."""
     return DAEMON if machine.scheme == "ssh-ng" else SERVE
+
+
+def other_dialect(dialect: Dialect) -> Dialect:
+    return SERVE if dialect is DAEMON else DAEMON
+
+
+def mismatch_fix(scheme: str, line: str, speaks_other: bool | None = None) -> tuple[str, str]:
+    """(what is wrong, the fix) for a builder whose program said ``MISMATCH`` to the hello of
+    ``scheme`` (``ssh`` or ``ssh-ng``), named at ``line``; ``speaks_other``: it answered the
+    other scheme's hello (None: not asked)."""
+    other = "ssh-ng" if scheme == "ssh" else "ssh"
+    what = (
+        f"the builder's key runs another program than {scheme}:// speaks to: Nix there said "
+        f"'{MISMATCH}' to its hello"
+    )
+    if speaks_other is False:
+        fix = (
+            "check the key's command= (or sshd's ForceCommand) on the builder: ssh:// needs "
+            f"`{_FORCED['ssh']}`, ssh-ng:// `{_FORCED['ssh-ng']}`"
+        )
+        return f"{what}, and to {other}://'s too", fix
+    if speaks_other:
+        what += f"; it answers {other}://'s (`{_FORCED[other]}`)"
+    fix = (
+        f"write {other}:// in {line} (a key restricted to `{_FORCED[other]}` speaks only "
+        f"that), or change the key's command= (or sshd's ForceCommand) on the builder to "
+        f"`{_FORCED[scheme]}`"
+    )
+    return what, fix
