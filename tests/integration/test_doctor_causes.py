@@ -179,3 +179,35 @@ def test_a_key_forced_to_the_other_scheme_s_program_is_said_to_be(
     )  # fmt: skip
     assert built.returncode == 1
     assert "dw: the builder's key runs another program than ssh:// speaks to" in built.stderr
+
+
+idle_fleet = private_fleet_fixture([MemberSpec("di", 1.0, 1)])
+
+
+def test_a_builder_whose_max_jobs_is_0_fails_where_its_builds_fail(
+    idle_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Over ssh:// the serve program builds under the builder's own max-jobs: 0 starts nothing
+    # ("unable to start any build"). Over ssh-ng:// the session sends offload's own: it builds.
+    conf = idle_fleet.member("di").root / "etc-nix" / "nix.conf"
+    conf.write_text(conf.read_text().replace("max-jobs = 1", "max-jobs = 0"))
+    serve_line = idle_fleet.machines_file.read_text().strip()
+    machines = write(tmp_path, [serve_line])
+    done = doctor(idle_fleet, tmp_path, machines, "--json")
+    assert done.returncode == 1, done.stderr + done.stdout
+    slots = check(reports(done)["di"], "slots")
+    assert slots["verdict"] == "fail"
+    assert slots["detail"].startswith("the builder's max-jobs is 0 and it has no builders")
+    assert slots["fix"].startswith("set max-jobs to 1 or more in the builder's nix.conf")
+    file = nix_file(tmp_path, f'mk "idle" "{SPEED} > $out" {{}}\n')
+    built = offload(
+        idle_fleet, tmp_path, file, "-j0", "--builders", f"@{machines}", "--no-out-link"
+    )
+    assert built.returncode == 100  # a build that failed, as nix-build says it
+    assert "unable to start any build" in built.stderr
+    daemon = write(tmp_path, [serve_line.replace("ssh://", "ssh-ng://", 1)], "daemon")
+    done = doctor(idle_fleet, tmp_path, daemon, "--json")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert check(reports(done)["di"], "slots")["verdict"] == "ok"
+    built = offload(idle_fleet, tmp_path, file, "-j0", "--builders", f"@{daemon}", "--no-out-link")
+    assert built.returncode == 0, built.stderr

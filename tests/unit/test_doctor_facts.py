@@ -254,3 +254,32 @@ def test_slots_say_where_they_are_counted_and_how_to_count_them_on_the_builder()
         assert check.detail.startswith(f"counted on this host only: {reason}")
         assert check.fix is not None
         assert fix_word in check.fix
+
+
+def test_a_builder_whose_max_jobs_is_0_builds_nothing_sent_over_ssh() -> None:
+    slots = facts.slots_check(2, None)
+    idle = {**CONFIG, "max-jobs": "0", "builders": ""}
+    failed = facts.builder_jobs_check(idle, slots, serve=True, own=0)
+    assert failed.verdict is Verdict.FAIL
+    assert failed.detail == (
+        "the builder's max-jobs is 0 and it has no builders of its own: every build sent there "
+        'fails ("unable to start any build")'
+    )
+    assert failed.fix is not None
+    assert failed.fix.startswith("set max-jobs to 1 or more in the builder's nix.conf")
+    handing_on = facts.builder_jobs_check(idle, slots, serve=True, own=2)
+    assert handing_on.verdict is Verdict.WARN
+    assert "only hands builds on to the 2 machine(s)" in handing_on.detail
+    # ssh-ng:// sessions bring the client's max-jobs; a builder that builds is left alone.
+    assert facts.builder_jobs_check(idle, slots, serve=False, own=0) is slots
+    assert facts.builder_jobs_check({**CONFIG, "max-jobs": "4"}, slots, serve=True, own=0) is slots
+    assert facts.builder_jobs_check(None, slots, serve=True, own=0) is slots
+
+
+def test_the_builders_own_builders_are_counted_as_nix_reads_them() -> None:
+    config = {"builders": "ssh://a x86_64-linux ; @/etc/nix/machines;@/nowhere # c\n"}
+    assert facts.builders_files(config) == ["/etc/nix/machines", "/nowhere"]
+    text = "# the builder's machines\nssh://b x86_64-linux\n\nssh://c x86_64-linux - 1 1 a;b\n"
+    assert facts.own_builders(config, {"/etc/nix/machines": text}) == 3
+    assert facts.own_builders({"builders": "@/etc/nix/machines"}, {}) == 0
+    assert facts.own_builders({"builders": ""}, {}) == 0

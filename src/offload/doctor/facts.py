@@ -13,6 +13,10 @@ all in ``system-features``): a system or feature the line claims and the builder
 (builds sent for it fail there); a feature the builder has and the line does not claim only
 warns (builds needing it are never sent: wasted). An unclaimed extra platform is normal (Nix
 adds i686-linux on x86_64) and is only mentioned.
+
+A builder whose own ``max-jobs`` is 0 starts no build sent over ssh:// (its serve program builds
+under its settings): the ``slots`` row fails there (``builder_jobs_check``), unless the builder
+hands builds on to machines of its own ``builders`` (their files read there), which only warns.
 """
 
 from __future__ import annotations
@@ -30,12 +34,16 @@ from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
 __all__ = [
     "RESTRICTED",
     "NixConfig",
+    "builder_jobs_check",
+    "builders_files",
     "daemon_trust",
     "disk_check",
     "features_check",
     "listed_trusted",
     "load_check",
+    "max_jobs_zero",
     "nix_check",
+    "own_builders",
     "parse_nix_config",
     "restricted_checks",
     "rtt_check",
@@ -404,3 +412,61 @@ def slots_check(slots: int, fallback: str | None, *, full: bool = False) -> Chec
         )
     detail = f"{slots} counted on the builder, by every offload client on every host"
     return Check("slots", Verdict.OK, detail + ("; all held by others now" if full else ""))
+
+
+_JOBS_FIX = (
+    "set max-jobs to 1 or more in the builder's nix.conf (its cores: `max-jobs = auto`; NixOS: "
+    "nix.settings.max-jobs): builds sent over ssh:// run under the builder's own max-jobs"
+)
+
+
+def _entries(text: str) -> list[str]:
+    """A ``builders`` value's (or machines file's) entries, as Nix splits them: at newlines and
+    ``;``, less comments and blanks."""
+    pieces = (piece.partition("#")[0].strip() for piece in re.split(r"[\n;]", text))
+    return [piece for piece in pieces if piece]
+
+
+def builders_files(config: NixConfig | None) -> list[str]:
+    """The machines files (``@FILE``) the builder's own ``builders`` setting names."""
+    setting = (config or {}).get("builders", "")
+    return [entry[1:].strip() for entry in _entries(setting) if entry.startswith("@")]
+
+
+def own_builders(config: NixConfig | None, files: Mapping[str, str]) -> int:
+    """How many machines the builder's own ``builders`` setting lists: its entries, and the
+    lines of the files it names (``files``: their text there; one it could not read lists
+    none, as Nix skips a missing one)."""
+    entries = _entries((config or {}).get("builders", ""))
+    inline = [entry for entry in entries if not entry.startswith("@")]
+    named = builders_files(config)
+    return len(inline) + sum(len(_entries(files.get(path, "").replace(";", " "))) for path in named)
+
+
+def max_jobs_zero(config: NixConfig | None) -> bool:
+    return bool(config) and (config or {}).get("max-jobs", "").strip() == "0"
+
+
+def builder_jobs_check(config: NixConfig | None, slots: Check, *, serve: bool, own: int) -> Check:
+    """The ``slots`` row, unless the builder's own ``max-jobs`` (``config``) is 0: over ssh://
+    (``serve``) its serve program then starts no build ("unable to start any build"), or only
+    hands them on to the ``own`` machines its own ``builders`` lists. The daemon's protocol
+    (ssh-ng://) sends the client's max-jobs with every session (offload's and Nix's hook's: 1),
+    so it is not asked."""
+    if not serve or not max_jobs_zero(config):
+        return slots
+    if own:
+        return Check(
+            "slots",
+            Verdict.WARN,
+            f"the builder's max-jobs is 0: it builds nothing itself, only hands builds on to the "
+            f"{own} machine(s) its own builders setting lists; where none takes one, it fails",
+            _JOBS_FIX,
+        )
+    return Check(
+        "slots",
+        Verdict.FAIL,
+        "the builder's max-jobs is 0 and it has no builders of its own: every build sent there "
+        'fails ("unable to start any build")',
+        _JOBS_FIX,
+    )

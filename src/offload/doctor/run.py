@@ -294,10 +294,26 @@ class _Probe(LoginProbe):
             await self._trusted(link, (user, groups), config, error, route),
             facts.disk_check(*disk),
             facts.load_check(self.load, machine.max_jobs, local_boot_id()),
-            await self._slots(link),
+            facts.builder_jobs_check(
+                config,
+                await self._slots(link),
+                serve=self.daemon is None,
+                own=await self._own_builders(link, config),
+            ),
             facts.rtt_check(rtts),
             await self._throughput(link),
         ]
+
+    async def _own_builders(self, link: MachineLink, config: dict[str, str] | None) -> int:
+        """How many machines the builder's own ``builders`` setting lists, its files read
+        there; asked only where its max-jobs is 0 (``facts.builder_jobs_check``)."""
+        if self.daemon is not None or not facts.max_jobs_zero(config):
+            return 0
+        files = {}
+        for path in facts.builders_files(config):
+            code, out, _ = await self._remote(link, ["cat", "--", path])
+            files[path] = out if code == 0 else ""
+        return facts.own_builders(config, files)
 
     async def _throughput(self, link: MachineLink) -> Check:
         """A short download over the open connection: zeros, so nothing is read on the builder
