@@ -4,6 +4,7 @@ refused (it skips such a key without a word when no terminal asks: BatchMode, th
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def test_a_key_file_says_whether_it_has_a_passphrase(tmp_path: Path, kind: str, 
 def test_what_is_no_key_file_has_no_passphrase(tmp_path: Path) -> None:
     assert not has_passphrase(str(tmp_path / "missing"))
     assert not has_passphrase(str(tmp_path))  # a directory
+    os.mkfifo(tmp_path / "fifo")
+    assert not has_passphrase(str(tmp_path / "fifo"))  # not read: no writer would ever come
     assert not has_passphrase(None)
     head = b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
     for body in (b"", b"!!!not base64\n", b"b3BlbnNzaC1rZXktdjEA\n", b"AAAA\n"):

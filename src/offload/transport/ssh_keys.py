@@ -142,13 +142,16 @@ def encrypted_key(text: bytes) -> bool:
 
 
 def has_passphrase(path: str | None) -> bool:
-    """Does the private key file at ``path`` have a passphrase? False when it cannot be read
-    (``key_trouble`` says why ssh could not use it then)."""
+    """Does the private key file at ``path`` have a passphrase? False when it is no regular
+    file or cannot be read (``key_trouble`` says why ssh could not use it then)."""
     if not path:
         return False
     try:
-        with Path(path).expanduser().open("rb") as file:
-            return encrypted_key(file.read(_KEY_FILE_LIMIT))
+        file = Path(path).expanduser()
+        if not file.is_file():  # a directory, or a FIFO that would block the read
+            return False
+        with file.open("rb") as opened:
+            return encrypted_key(opened.read(_KEY_FILE_LIMIT))
     except (OSError, ValueError):
         return False
 
