@@ -2,7 +2,8 @@
 line.
 
 A failure must say what went wrong on stderr, exit non-zero (100 for a failed build, 101 for one
-that timed out, as nix-build), and leave nothing of the failed work registered in the local store.
+that timed out, 1 for an output Nix rejected, as nix-build), and leave nothing of the failed
+work registered in the local store.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ GRAPH = """rec {
   top = mk "top" "/bin/cat $dep > $out" { inherit dep; };
   bad = mk "bad" "echo it-broke-${salt} >&2; echo more >&2; exit 3" { inherit dep; };
   silent = mk "silent" "/bin/sleep 30; echo > $out" { inherit dep; };
+  noout = mk "noout" "echo > $out" { outputs = [ "out" "dev" ]; };
 }
 """
 
@@ -77,6 +79,16 @@ def test_a_silent_build_past_max_silent_time_exits_101(fleet, tmp_path, where):
     assert done.returncode == 101, done.stderr
     assert "timed out" in done.stderr.splitlines()[-2], done.stderr  # the error line
     assert not valid_locally(out_path(file, "silent"))
+
+
+def test_a_missing_output_on_a_builder_exits_1_as_nix_build(fleet, tmp_path):
+    # Nix's OutputRejected sets none of nix-build's exit bits (a hash mismatch alone: 102).
+    file = nix_file(tmp_path, GRAPH)
+    builders = ("--builders", f"@{fleet.machines_file}", "--on", "medium")
+    done = offload(fleet, tmp_path, file, "-A", "noout", *builders)
+    assert done.returncode == 1, done.stderr
+    assert "failed to produce output path for output 'dev'" in done.stderr
+    assert not valid_locally(out_path(file, "noout"))
 
 
 def test_a_missing_file_is_a_one_line_error(fleet, tmp_path):

@@ -40,6 +40,14 @@ let s = { b = 1; }; in
     name = "waits-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
     args = [ "-c" "while [ ! -e /nonexistent/${nonce} ]; do /bin/sleep 0.1; done; echo > $out" ];
   };
+  noout = derivation {
+    name = "noout-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    outputs = [ "out" "dev" ]; args = [ "-c" "echo > $out" ];
+  };
+  badref = derivation {
+    name = "badref-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    allowedReferences = []; args = [ "-c" "echo ${builtins.toFile "dep" nonce} > $out" ];
+  };
 }
 """
 
@@ -235,6 +243,17 @@ def test_a_refused_setting_warns_and_the_build_goes_on_as_nix_build(
     assert nix.stderr.splitlines().count(line) == 1
     assert offload.stderr.splitlines().count(line) == 1, offload.stderr
     assert (offload.returncode, offload.stdout) == (nix.returncode, nix.stdout) == (0, nix.stdout)
+
+
+@pytest.mark.parametrize("attr", ["noout", "badref"])
+def test_an_output_rejected_for_no_hash_exits_1_as_nix_build(project: Path, attr: str) -> None:
+    # A missing output, a forbidden reference: Nix's OutputRejected, which sets none of
+    # nix-build's exit bits (a hash mismatch alone sets 102).
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "-A", attr, *nonce)
+    assert nix.returncode == 1, nix.stderr
+    assert offload.returncode == 1, offload.stderr
+    assert offload.stdout == ""
 
 
 @pytest.mark.parametrize("flag", ["--max-silent-time", "--timeout"])

@@ -1,13 +1,16 @@
 """A failed build's Nix status, from the builder's answer to the exit code, and the build
 options (Nix's timeouts) that go with every build.
 
-nix-build exits 100 when a build failed and 101 when one timed out; ``offload build`` does the
-same from the ``BuildResult`` status Nix sends back.
+nix-build exits 100 when a build failed, 101 when one timed out, 102 for a hash mismatch and 1
+when no failure set one of those bits; ``offload build`` does the same from the ``BuildResult``
+status Nix sends back.
 """
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from offload.cli import exit_status
 from offload.cli.build_exec import _print_log_tails, build_failed
@@ -61,14 +64,42 @@ def test_any_timed_out_build_makes_the_run_exit_101_and_is_the_one_named():
     assert error.message == f"build of '/b.drv' timed out: {SILENT} (and 1 more)"
 
 
-def test_other_failures_exit_100_and_name_the_first():
-    # A failure Nix gave no status for (no machine could build it, a lost machine) is one too.
+def test_failures_that_set_no_nix_bit_exit_1_and_name_the_first():
+    # A failure Nix gave no status for (no machine could build it, a lost machine) and a
+    # MiscFailure set none of Worker::exitStatus's bits: nix-build exits 1 for them.
     report = RunReport("r", failed={"/a.drv": "no machine can build it", "/b.drv": "exit 3"})
     report.statuses = {"/b.drv": BuildStatus.MISC_FAILURE}
     error = build_failed(report)
-    assert (error.drv_path, error.status, exit_status(error)) == ("/a.drv", 3, 100)
+    assert (error.drv_path, error.status, exit_status(error)) == ("/a.drv", 9, 1)
     assert error.message == "build of '/a.drv' failed: no machine can build it (and 1 more)"
     assert error.hint == "see its log with `offload log /a.drv`"
+
+
+MISSING = "builder for '/m.drv' failed to produce output path for output 'dev'"
+
+
+@pytest.mark.parametrize(
+    ("failures", "code"),
+    [
+        ({"/m.drv": (BuildStatus.OUTPUT_REJECTED, MISSING)}, 1),
+        ({"/r.drv": (BuildStatus.OUTPUT_REJECTED, "output refers to forbidden path")}, 1),
+        ({"/t.drv": (BuildStatus.TRANSIENT_FAILURE, "fixed-output builder failed")}, 1),
+        ({"/l.drv": (BuildStatus.LOG_LIMIT_EXCEEDED, "killed after writing 10 bytes")}, 1),
+        ({"/i.drv": (BuildStatus.INPUT_REJECTED, "a 'x' is required to build")}, 100),
+        (
+            {
+                "/m.drv": (BuildStatus.OUTPUT_REJECTED, MISSING),
+                "/p.drv": (BuildStatus.PERMANENT_FAILURE, "exit 3"),
+            },
+            100,
+        ),
+        ({"/m.drv": (None, "lost"), "/s.drv": (BuildStatus.TIMED_OUT, SILENT)}, 101),
+    ],
+)
+def test_each_failure_counts_as_nix_counts_its_status(failures, code):
+    report = RunReport("r", failed={drv: why for drv, (_, why) in failures.items()})
+    report.statuses = {drv: s for drv, (s, _) in failures.items() if s is not None}
+    assert exit_status(build_failed(report)) == code
 
 
 def test_exit_status_follows_nix_build():
@@ -77,7 +108,8 @@ def test_exit_status_follows_nix_build():
 
     assert exit_status(failed(BuildStatus.TIMED_OUT)) == 101
     assert exit_status(failed(BuildStatus.PERMANENT_FAILURE)) == 100
-    assert exit_status(failed(BuildStatus.LOG_LIMIT_EXCEEDED)) == 100
+    assert exit_status(failed(BuildStatus.LOG_LIMIT_EXCEEDED)) == 1
+    assert exit_status(failed(BuildStatus.OUTPUT_REJECTED)) == 1
     assert exit_status(ConfigError("bad")) == 1
 
 

@@ -33,6 +33,7 @@ from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs, LogRecorder
 from offload.marks import mark, taken
 from offload.nix import add_roots, realise_again
+from offload.protocol.records import nix_exit_bits
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
@@ -123,7 +124,8 @@ def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
 
 def build_failed(report: RunReport) -> BuildFailed:
     """A run's failed builds as nix-build reports them: one named (a timed-out one first),
-    with Nix's TimedOut status when any build timed out (exit 101), else PermanentFailure (100).
+    with its Nix status (MiscFailure when Nix gave none), and the exit status nix-build gives
+    for them all (``nix_exit_status``).
     """
     timed_out = [d for d in report.failed if report.statuses.get(d) == BuildStatus.TIMED_OUT]
     first = (timed_out or list(report.failed))[0]
@@ -133,27 +135,23 @@ def build_failed(report: RunReport) -> BuildFailed:
         f"build of '{first}' {what}: {report.failed[first]}"
         + (f" (and {more} more)" if more else ""),
         drv_path=first,
-        status=BuildStatus.TIMED_OUT if timed_out else BuildStatus.PERMANENT_FAILURE,
+        status=report.statuses.get(first, BuildStatus.MISC_FAILURE),
         hint=f"see its log with `offload log {first}`",
         exit_code=nix_exit_status(report),
     )
 
 
 def nix_exit_status(report: RunReport) -> int:
-    """The exit status Nix gives for these failures (``Worker::exitStatus``, nix-protocols.md
-    4.6): 0x60 with 4 for failed builds, 1 if one timed out, 2 for a fixed-output hash
-    mismatch (sent as OutputRejected); 1 when every failure was a repeat that differed (--option
-    repeat), which Nix does not count as a failed build. A failure Nix gave no status for (no
-    machine could build it, a lost machine) counts as a failed build."""
-    statuses = [report.statuses.get(drv) for drv in report.failed]
-    timed_out = BuildStatus.TIMED_OUT in statuses
-    mismatch = any(
-        report.statuses.get(drv) == BuildStatus.OUTPUT_REJECTED and "hash mismatch" in why
-        for drv, why in report.failed.items()
-    )
-    if all(status == BuildStatus.NOT_DETERMINISTIC for status in statuses):
-        return 1
-    return 0x60 | 4 | (1 if timed_out else 0) | (2 if mismatch else 0)
+    """The exit status nix-build 2.8 gives for these failures (``Worker::exitStatus``,
+    nix-protocols.md 4.6): 0x60 with a bit per kind of failure the run saw, or 1 when it saw
+    none of them. Nix sets the bits from each build's ``BuildResult`` status (``nix_exit_bits``);
+    a failure with no bit (an output rejected for another reason than its hash, a repeat that
+    differed, a failure Nix gave no status for: no machine could build it, a lost machine)
+    counts for nothing, so a run with only those exits 1, as nix-build."""
+    bits = 0
+    for drv_path, why in report.failed.items():
+        bits |= nix_exit_bits(report.statuses.get(drv_path), why)
+    return 0x60 | bits if bits else 1
 
 
 def _warn(event: MachineEvent) -> None:

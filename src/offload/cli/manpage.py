@@ -75,8 +75,9 @@ def manpage(root: Command, version: str, name: str = "offload") -> str:
         ".SH EXIT STATUS",
         (
             "0 when every requested output is valid locally, 100 when a build failed, 101 when"
-            " one timed out, 1 for any other error, 128 plus the signal's number when stopped"
-            " by one."
+            " one timed out, 102 for a fixed-output hash mismatch, as nix-build; 1 for any other"
+            " error (an output rejected for another reason, a derivation no machine can build),"
+            " 128 plus the signal's number when stopped by one."
         ),
         ".SH SEE ALSO",
         "\\fBnix-build\\fR(1), \\fBnix.conf\\fR(5)",

@@ -37,6 +37,7 @@ __all__ = [
     "BuildStatus",
     "Op",
     "PathInfo",
+    "nix_exit_bits",
     "parse_realisation",
     "path_info_bytes",
     "read_build_result",
@@ -93,6 +94,28 @@ _SUCCESS = frozenset(
         BuildStatus.ALREADY_VALID,
         BuildStatus.RESOLVES_TO_ALREADY_VALID,
     }
+)
+
+
+def nix_exit_bits(status: int | None, message: str) -> int:
+    """The bits of nix-build's exit status (0x60 | bits, or 1 with none) a failed build with
+    this status sets (Nix 2.8's worker flags): ``done()`` sets permanentFailure (4) for
+    PermanentFailure and InputRejected (CachedFailure in older Nix), timedOut (4 | 1) for
+    TimedOut, and ``registerOutputs`` hashMismatch (4 | 2) for a fixed-output derivation whose
+    hash differs (sent as OutputRejected, "hash mismatch" in its message). Every other status
+    (OutputRejected for a missing output or a forbidden reference, TransientFailure,
+    MiscFailure, LogLimitExceeded, NotDeterministic without --check) and none at all set none."""
+    if status == BuildStatus.TIMED_OUT:
+        return 4 | 1
+    if status in _PERMANENT:
+        return 4
+    if status == BuildStatus.OUTPUT_REJECTED and "hash mismatch" in message:
+        return 4 | 2
+    return 0
+
+
+_PERMANENT = frozenset(
+    {BuildStatus.PERMANENT_FAILURE, BuildStatus.INPUT_REJECTED, BuildStatus.CACHED_FAILURE}
 )
 
 
