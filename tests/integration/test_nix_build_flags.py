@@ -8,6 +8,7 @@ nonce per run makes every build a fresh one where the flag acts on the build.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -47,6 +48,10 @@ let s = { b = 1; }; in
   badref = derivation {
     name = "badref-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
     allowedReferences = []; args = [ "-c" "echo ${builtins.toFile "dep" nonce} > $out" ];
+  };
+  featx = derivation {
+    name = "featx-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    requiredSystemFeatures = [ "nonexistent" ]; args = [ "-c" "echo > $out" ];
   };
 }
 """
@@ -254,6 +259,31 @@ def test_an_output_rejected_for_no_hash_exits_1_as_nix_build(project: Path, attr
     assert nix.returncode == 1, nix.stderr
     assert offload.returncode == 1, offload.stderr
     assert offload.stdout == ""
+
+
+def test_a_derivation_no_machine_can_build_with_k_exits_1_as_nix_build(project: Path) -> None:
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "-k", "-A", "featx", "-A", "ok", *nonce)
+    assert nix.returncode == 1, nix.stderr
+    assert offload.returncode == 1, offload.stderr
+    lines = offload.stderr.splitlines()
+    said = [line.strip() for line in lines if line.strip().startswith(f"featx-{nonce[2]}")]
+    assert said, offload.stderr
+    assert said[0].startswith(f"featx-{nonce[2]}: no machine can build it: "), said
+    assert f"run: failed featx-{nonce[2]}: no machine can build it: " in offload.stderr
+    rows = lines[lines.index(next(x for x in lines if x.startswith("machine "))) + 1 :]
+    assert rows[0].split()[0] == "local"  # no row for a machine with no name
+    assert rows[1].startswith("---")
+    assert "offload log" not in offload.stderr  # it never built: there is no log to see
+    assert lines[-1] == "hint: `offload machines` shows each machine's systems and features"
+    # The events in the order of the run: it starts, then the derivation fails on no machine.
+    events = _run([*OFFLOAD, *COMMON, "-k", "-A", "featx", *nonce, "--json"], project)
+    records = [json.loads(line) for line in events.stdout.splitlines()]
+    kinds = [r["event"] for r in records]
+    failed = next(r for r in records if r["event"] == "job_finished")
+    assert kinds.index("run_started") < kinds.index("job_finished")
+    assert (failed["machine"], failed["status"]) == ("", "failed")
+    assert failed["error"].startswith("no machine can build it: ")
 
 
 @pytest.mark.parametrize("flag", ["--max-silent-time", "--timeout"])

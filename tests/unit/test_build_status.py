@@ -22,6 +22,7 @@ from offload.logs import BuildLogs
 from offload.protocol.serve import BuildOptions, BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
+from offload.ui.events import JobFinished
 from tests.helpers.plans import make_plan, spec
 
 SILENT = "building of 'slow.drv' timed out after 1 seconds of silence"
@@ -72,7 +73,15 @@ def test_failures_that_set_no_nix_bit_exit_1_and_name_the_first():
     error = build_failed(report)
     assert (error.drv_path, error.status, exit_status(error)) == ("/a.drv", 9, 1)
     assert error.message == "build of '/a.drv' failed: no machine can build it (and 1 more)"
-    assert error.hint == "see its log with `offload log /a.drv`"
+    # No machine took it: it has no log to see.
+    assert error.hint == "`offload machines` shows each machine's systems and features"
+
+
+def test_a_failed_build_that_ran_somewhere_points_at_its_log():
+    report = RunReport("r", failed={"/b.drv": "exit 3"})
+    report.statuses = {"/b.drv": BuildStatus.PERMANENT_FAILURE}
+    report.finished = [JobFinished("/b.drv", "b", "fast", "failed", 1.0, 2.0, 0, 0, "x", 2.0)]
+    assert build_failed(report).hint == "see its log with `offload log /b.drv`"
 
 
 MISSING = "builder for '/m.drv' failed to produce output path for output 'dev'"

@@ -14,7 +14,7 @@ from offload.transport.fake import (
     FakeLink,
     FakeStore,
 )
-from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished
+from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished, RunStarted
 from tests.helpers.plans import finished, make_plan, spec
 
 
@@ -145,6 +145,22 @@ def test_work_no_machine_can_build_is_an_error_before_anything_starts():
     members = [PoolMember(spec("local"), local, remote=False)]
     with pytest.raises(SchedulerError, match="no machine can build"):
         Executor(plan, members, local, emit=lambda e: None)
+
+
+def test_with_keep_going_work_no_machine_can_build_fails_once_the_run_has_started():
+    plan, paths, _, src = make_plan(
+        {"arm": [], "after": ["arm"], "x": []}, features={"arm": "big-parallel"}
+    )
+    local = FakeLink(FakeStore("local", [src]))
+    members = [PoolMember(spec("local"), local, remote=False)]
+    report, events = run(plan, members, local, keep_going=True)
+    assert isinstance(events[0], RunStarted)
+    ended = {e.name: e for e in events if isinstance(e, JobFinished)}
+    assert (ended["arm"].machine, ended["arm"].status) == ("", "failed")
+    assert ended["arm"].error == report.failed[paths["arm"]]
+    assert report.failed[paths["arm"]].startswith("no machine can build it: ")
+    assert ended["after"].status == "skipped"
+    assert ended["x"].status == "built"
 
 
 def test_logs_reach_the_sink_with_their_derivation_and_machine():

@@ -136,9 +136,17 @@ def build_failed(report: RunReport) -> BuildFailed:
         + (f" (and {more} more)" if more else ""),
         drv_path=first,
         status=report.statuses.get(first, BuildStatus.MISC_FAILURE),
-        hint=f"see its log with `offload log {first}`",
+        hint=_failed_hint(report, first),
         exit_code=nix_exit_status(report),
     )
+
+
+def _failed_hint(report: RunReport, drv_path: str) -> str:
+    """Where to look next: the failed build's log, or, for a derivation no machine took (no
+    machine can build it), the machines' systems and features: it has no log."""
+    if any(job.drv_path == drv_path and job.machine for job in report.finished):
+        return f"see its log with `offload log {drv_path}`"
+    return "`offload machines` shows each machine's systems and features"
 
 
 def nix_exit_status(report: RunReport) -> int:

@@ -82,7 +82,7 @@ class JobLog:
 class JobFinished:
     drv_path: str
     name: str
-    machine: str  # "" for skipped jobs
+    machine: str  # "" for skipped jobs and for those no machine can build
     status: JobStatus
     started: float
     finished: float

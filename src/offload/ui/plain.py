@@ -66,6 +66,8 @@ def describe_finished(event: JobFinished) -> str:
             return f"fetched {event.name} (already built there) in {took}"
         case "substituted":
             return f"substituted {event.name} from a binary cache in {took}"
+        case "failed" if not event.machine:  # no machine can build it: it never started
+            return f"failed {event.name}: {_first_line(event.error)}"
         case "failed":
             return f"failed {event.name} after {took}: {_first_line(event.error)}"
         case "cancelled":

@@ -7,7 +7,8 @@ only when the local store took some from its binary caches, a ``substituted`` co
 bytes came from the cache, not through offload, so they are not counted).
 Busy time is the sum of job durations on the machine, stopped and failed jobs included since
 they occupied it; with several slots it can exceed the run's wall time. Bytes count every job
-too. Then the failed and skipped derivations with their errors, how to see a log, and the
+too. Then the failed and skipped derivations with their errors (one no machine can build, on no
+machine: no row of its own), how to see a log when one was built somewhere, and the
 machines left out of the run, backed off during it (their last ``down`` event) or that never
 answered, with why; those whose every slot other clients held; and those whose load cut their
 slots (their deepest cut, and where the last report left them when that differs).
@@ -129,6 +130,8 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
                 continue
             if event.status == "failed":
                 failed[event.drv_path] = event
+            if not event.machine:  # failed before any machine had it: no machine can build it
+                continue
             if event.machine not in per:
                 order.append(event.machine)
                 per[event.machine] = MachineTotals(event.machine)
@@ -221,7 +224,7 @@ def _isatty(stream: IO[str]) -> bool:
 def _problems(summary: RunSummary) -> list[tuple[str, str]]:
     """(heading, line) pairs for failed and skipped derivations."""
     out = [
-        ("failed", f"{job.name} on {job.machine}: {_error(job)}  ({job.drv_path})")
+        ("failed", f"{job.name}{_on(job)}: {_error(job)}  ({job.drv_path})")
         for job in summary.failed
     ]
     out += [("skipped", f"{job.name}: {_error(job)}") for job in summary.skipped]
@@ -229,6 +232,15 @@ def _problems(summary: RunSummary) -> list[tuple[str, str]]:
     out += [("full", f"{event.machine}: {sanitize(event.message)}") for event in summary.full]
     out += [("loaded", _cut(deepest, last)) for deepest, last in summary.loaded]
     return out
+
+
+def _on(job: JobFinished) -> str:
+    return f" on {job.machine}" if job.machine else ""
+
+
+def _logged(summary: RunSummary) -> bool:
+    """Whether a failed derivation was built somewhere, so that it has a log to see."""
+    return any(job.machine for job in summary.failed)
 
 
 def _cut(deepest: MachineEvent, last: MachineEvent) -> str:
@@ -272,7 +284,7 @@ def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None
             title = _TITLES.get(kind, kind)
             write(f"{title} ({count}):\n")
         write(f"  {line}\n")
-    if summary.failed:
+    if _logged(summary):
         write("see a build's log with: offload log DRV\n")
 
 
@@ -298,5 +310,5 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
         style = "red" if kind == "failed" else "yellow"
         title = _TITLES.get(kind, kind).replace("machines", "machine")
         console.print(Text.assemble((f"{title}: ", f"bold {style}"), line))
-    if summary.failed:
+    if _logged(summary):
         console.print(Text("see a build's log with: offload log DRV", style="dim"))

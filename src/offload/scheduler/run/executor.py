@@ -177,11 +177,6 @@ class Executor(Stopping):
             and not any(self.policy.is_up(n, start) for n in self.members)
         ):
             self._check_stuck()  # every machine is down before anything started: say so now
-        for drv_path in self.policy.skipped_at_start:
-            self._finish_skipped(drv_path, "")
-        for drv_path, reason in self.policy.unschedulable.items():
-            self.report.failed[drv_path] = f"no machine can build it: {reason}"
-            self._events.finished(drv_path, "", "failed", started=self.wall(), error=reason)
         for name, health in self._restored.items():
             message = f"backed off after {health.failures} failure(s) in earlier runs: {health.why}"
             self._events.machine_down(name, message, health.until)
@@ -189,6 +184,7 @@ class Executor(Stopping):
             until = self.wall() + (self.policy.down_until(name) - start)
             self._events.machine_down(name, error, until)
         self._events.run_started(tuple(self.members), self._estimate_makespan())
+        self._settle_at_start()
         try:
             await self._loop()
         except BaseException:
@@ -199,6 +195,16 @@ class Executor(Stopping):
             self.report.health = self.health()
             self._events.run_finished(self.clock() - start, self.outputs)
         return self.report
+
+    def _settle_at_start(self) -> None:
+        """Derivations the run ends as it starts (they are in its total): with keep-going,
+        those no machine can build fail, on no machine, and what needs them is skipped."""
+        for drv_path, reason in self.policy.unschedulable.items():
+            why = f"no machine can build it: {reason}"
+            self.report.failed[drv_path] = why
+            self._events.finished(drv_path, "", "failed", started=self.wall(), error=why)
+        for drv_path in self.policy.skipped_at_start:
+            self._finish_skipped(drv_path, "")
 
     def health(self) -> dict[str, Health | None]:
         """Each builder's backoff to remember for later runs (None: healthy)."""
