@@ -41,6 +41,10 @@ let s = { b = 1; }; in
     name = "waits-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
     args = [ "-c" "while [ ! -e /nonexistent/${nonce} ]; do /bin/sleep 0.1; done; echo > $out" ];
   };
+  latebad = derivation {
+    name = "latebad-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "/bin/sleep 1; exit 1" ];
+  };
   noout = derivation {
     name = "noout-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
     outputs = [ "out" "dev" ]; args = [ "-c" "echo > $out" ];
@@ -449,6 +453,17 @@ def test_a_failure_stops_the_builds_still_running_without_keep_going(project: Pa
         assert done.returncode == 100, done.stderr
         left = subprocess.run(["pgrep", "-f", f"/nonexistent/{nonce}"], check=False)
         assert left.returncode == 1  # no builder of waits is left running
+
+
+def test_a_build_stopped_after_another_failed_is_reported_from_its_start(project: Path) -> None:
+    # latebad fails a second into its build; waits had started with it.
+    args = ("-j", "2", "-A", "latebad", "-A", "waits", "--argstr", "nonce", uuid.uuid4().hex)
+    done = _run([*OFFLOAD, *COMMON, *args, "--json"], project)
+    assert done.returncode == 100, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    ended = {r["name"].split("-")[0]: r for r in records if r["event"] == "job_finished"}
+    assert ended["waits"]["status"] == "cancelled"
+    assert ended["waits"]["finished"] - ended["waits"]["started"] >= 0.9
 
 
 def test_files_among_the_options_are_all_built_in_order(project: Path) -> None:

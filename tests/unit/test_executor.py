@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import itertools
 
 import pytest
 
@@ -265,3 +266,31 @@ def test_bigger_sources_are_guessed_longer_and_keep_that_order_when_learning():
     # Both learned from a's build, and big is still guessed three times small.
     assert work(paths["small"]) < DEFAULT_WORK
     assert work(paths["big"]) == pytest.approx(3 * work(paths["small"]))
+
+
+def test_a_build_halted_by_another_failure_is_reported_from_when_it_started():
+    plan, _, _, src = make_plan({"bad": [], "long": []})
+    long_building = asyncio.Event()
+
+    async def builder(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "long":
+            long_building.set()
+            await asyncio.Event().wait()  # until the run stops it
+        await long_building.wait()
+        return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for bad failed")
+
+    local = FakeLink(FakeStore("local", [src], builder=builder))
+    ticks = itertools.count()  # every reading of the wall clock is a second later
+    events: list[Event] = []
+    executor = Executor(
+        plan,
+        [PoolMember(spec("local", slots=2), local, remote=False)],
+        local,
+        emit=events.append,
+        wall=lambda: float(next(ticks)),
+    )
+    asyncio.run(executor.run())
+    ended = {e.name: e for e in events if isinstance(e, JobFinished)}
+    assert ended["long"].status == "cancelled"
+    # It started before bad failed, not when it was stopped after that.
+    assert ended["long"].started < ended["bad"].finished < ended["long"].finished

@@ -108,6 +108,7 @@ class Executor(Stopping):
         self._full, self.loads = self._capacity_watchers(local_boot_id)
         self._copies = self._build_copies(slots, build_options)
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
+        self._since: dict[asyncio.Task[Outcome], float] = {}  # when each copy started (wall)
         # Outputs on their way home after their build was accepted: the copy's outcome waits
         # here to be reported once they arrive.
         self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
@@ -327,12 +328,14 @@ class Executor(Stopping):
             name=f"{machine}:{drv_path}",
         )
         self._tasks[task] = (drv_path, machine)
+        self._since[task] = self.wall()
         self.loads.started(machine)
 
     # -- how a copy ended --------------------------------------------------------------------
 
     async def _settle(self, task: asyncio.Task[Outcome]) -> None:
         entry = self._tasks.pop(task, None)
+        since = self._since.pop(task, self.wall())
         if entry is None:
             return  # a losing copy, cancelled while settling its twin in the same batch
         drv_path, machine = entry
@@ -341,7 +344,7 @@ class Executor(Stopping):
         now = self.clock()
         if task.cancelled():
             if task in self._halted:
-                self._halted_copy(drv_path, machine)
+                self._halted_copy(drv_path, machine, since)
             return  # else its machine went down and the policy queued the job again
         outcome = task.result()
         match outcome.kind:

@@ -28,6 +28,7 @@ class Stopping:
     """The executor's copies, and how they are stopped."""
 
     _tasks: dict[asyncio.Task[Outcome], tuple[str, str]]
+    _since: dict[asyncio.Task[Outcome], float]  # when each copy started (wall clock)
     _homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]]
     _joining: dict[asyncio.Task[None], str]
     _full: FullBuilders
@@ -47,9 +48,10 @@ class Stopping:
                 task.cancel()
                 self._halted.add(task)
 
-    def _halted_copy(self, drv_path: str, machine: str) -> None:
+    def _halted_copy(self, drv_path: str, machine: str, started: float) -> None:
+        """Say that a copy halted (``_halt``) has stopped; ``started``: when it started."""
         error = "stopped: another build failed (no --keep-going)"
-        self._events.finished(drv_path, machine, "cancelled", started=self.wall(), error=error)
+        self._events.finished(drv_path, machine, "cancelled", started=started, error=error)
 
     def _stop_copy(self, drv_path: str, machine: str, why: str) -> None:
         """Stop the copy of ``drv_path`` waiting on ``machine``, which the policy has let go;
@@ -82,6 +84,7 @@ class Stopping:
                 level, "a build copy ended with %r as the run stopped", error, exc_info=error
             )
         self._tasks.clear()
+        self._since.clear()
         self._homeward.clear()
         self._joining.clear()
         self._full.probes.clear()
