@@ -25,6 +25,7 @@ from tests.helpers.fleets import (
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, salt_of, valid_locally
 from tests.helpers.offload_run import (
     built_on,
+    events,
     finished,
     offload,
     peak_running,
@@ -40,6 +41,9 @@ own_fleet = private_fleet_fixture(
     doc="A private two-member fleet (a: speed 2, b: speed 1, one slot each) for destructive tests.",
 )
 
+four_slots = private_fleet_fixture(
+    [MemberSpec.parse("four:2:4")], "ofw", doc="One member with four slots, to be killed."
+)
 
 # -- issue 2: a derivation with inputs, built on a named member ----------------------------------
 
@@ -302,6 +306,39 @@ def test_a_member_killed_mid_build_is_replaced_and_the_run_succeeds(own_fleet, t
     x = out_path(file, "x")
     assert valid_locally(x)
     assert Path(x).read_text().strip() == speed_of(own_fleet, survivor)
+
+
+def test_a_member_killed_with_four_builds_running_is_down_once(four_slots, tmp_path):
+    markers = {name: tmp_path / f"marker-{name}" for name in ("w", "x", "y", "z")}
+    file = nix_file(
+        tmp_path,
+        "{ "
+        + " ".join(
+            f'{name} = mk "{name}" "{marker_script(marker, "/bin/sleep 60")}; echo > $out" {{}};'
+            for name, marker in markers.items()
+        )
+        + " }\n",
+    )
+    attrs = [arg for name in markers for arg in ("-A", name)]
+    proc = start_offload(
+        four_slots, tmp_path, file, *attrs,
+        "--builders", f"@{four_slots.machines_file}", "-j", "0", "--json", "--no-out-link",
+    )  # fmt: skip
+    try:
+        for marker in markers.values():
+            wait_for_marker(marker, proc)  # all four build there
+        drop_member(four_slots.member("four"))
+        out, err = proc.communicate(timeout=45)
+    finally:
+        stop(proc)
+    assert proc.returncode == 1, err  # nothing else could build them
+    # Another build's loss may be noticed first as the machine's fall (it is then stopped).
+    assert {e["status"] for e in finished(out)} == {"lost"}
+    downs = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
+    assert [e["machine"] for e in downs] == ["four"]
+    assert [line for line in err.splitlines() if "is down" in line] == [
+        f"warning: builder 'four' is down: {downs[0]['message']}"
+    ]
 
 
 def test_builds_with_keep_going_continue_past_a_failure(fleet, tmp_path):

@@ -294,3 +294,32 @@ def test_a_build_halted_by_another_failure_is_reported_from_when_it_started():
     assert ended["long"].status == "cancelled"
     # It started before bad failed, not when it was stopped after that.
     assert ended["long"].started < ended["bad"].finished < ended["long"].finished
+
+
+def test_a_builder_that_dies_with_two_builds_running_is_down_once():
+    plan, _, outs, src = make_plan({"a": [], "b": []})
+    running: list[str] = []
+    both = asyncio.Event()
+
+    async def dying(build: FakeBuild) -> BuildOutcome | None:
+        running.append(build.drv.name)
+        if len(running) == 2:
+            both.set()
+        await both.wait()
+        raise RuntimeError("killed")  # the session hangs up: the build is lost
+
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("dying", speed=100, slots=2), FakeLink(FakeStore("dying", builder=dying)),
+                   remote=True),
+        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+    ]  # fmt: skip
+    report, events = run(plan, members, local)
+    assert report.ok
+    assert sorted(running) == ["a", "b"]
+    lost = [e for e in events if isinstance(e, JobFinished) and e.status == "lost"]
+    assert len(lost) == 2
+    downs = [e for e in events if isinstance(e, MachineEvent) and e.state == "down"]
+    assert [e.machine for e in downs] == ["dying"]  # one backoff, said once
+    assert all(local_store.has(outs[n]) for n in "ab")

@@ -390,7 +390,7 @@ class Policy(SharedBuilders):
             runs = self._runs[job_id]
             if self._drop_copy(job_id, runs, next(r for r in runs if r.machine is m)):
                 returned.append(job_id)
-        return MachineDown(machine, m.down_until, m.failures, tuple(returned))
+        return MachineDown(machine, m.down_until, m.failures, tuple(returned), merged=within)
 
     def _drop_copy(self, job_id: str, runs: list[Run], run: Run) -> bool:
         """Free one copy's slot; True if it was the job's last, which then goes back."""

@@ -84,3 +84,6 @@ class MachineDown:
     until: float
     failures: int
     returned: tuple[str, ...]
+    # The failure fell within the backoff the machine already had (another build lost in
+    # the same fall): no new backoff, nothing new to say.
+    merged: bool = False

@@ -9,8 +9,9 @@ builder starts at once.
 
 Failures are data, not exceptions: a derivation that fails to build is final (its dependents
 are skipped, and without keep-going nothing new starts); a machine that cannot be reached or
-drops the connection is backed off by the policy and the build goes back to the queue. A build
-that has lost its machine ``MAX_LOSSES`` times fails, so a broken input cannot loop forever.
+drops the connection is backed off by the policy (said once per backoff, however many builds
+it took down) and the build goes back to the queue. A build that has lost its machine
+``MAX_LOSSES`` times fails, so a broken input cannot loop forever.
 When a machine goes down, a copy that was fetching its inputs from there goes back to the
 queue. A copy that waits on a builder full of other clients' builds is reported to the policy,
 which may move it (``Move``: that copy is stopped and the job starts elsewhere; ``full``). A
@@ -430,11 +431,13 @@ class Executor(Stopping):
 
     def _machine_failed(self, machine: str, error: str, now: float) -> None:
         """Back ``machine`` off, stop its builds (the policy queued them again), and have
-        outputs that only it held made again where they are still needed."""
+        outputs that only it held made again where they are still needed. Said once per
+        backoff: the other builds lost in the same fall add nothing."""
         error = self._explain(machine, error)
-        self._last_error[machine] = error
         down = self.policy.on_machine_failed(machine, now)
-        self._events.machine_down(machine, error, self.wall() + (down.until - now))
+        if not down.merged:
+            self._last_error[machine] = error
+            self._events.machine_down(machine, error, self.wall() + (down.until - now))
         for other_task, (other, where) in list(self._tasks.items()):
             if where == machine and other in down.returned:
                 other_task.cancel()
