@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet, Member, MemberSpec
+from offload.transport.links.pool import DAEMON_RESTRICTED_FALLBACK
 from tests.helpers.fleets import drop_member, member_line, private_fleet_fixture, speed_of
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, valid_locally
 from tests.helpers.offload_run import (
@@ -158,6 +159,25 @@ def test_a_graph_spreads_over_ssh_ng_and_ssh_members_as_planned(
             ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
         ).stdout.split()[0]
         assert Path(out).read_text().strip() == speeds[entry["machine"]]
+
+
+def test_status_says_a_builder_forced_to_the_daemon_runs_only_the_daemon(
+    ng_fleet: Fleet, tmp_path: Path
+) -> None:
+    file = nix_file(tmp_path, GRAPH)
+    line = line_of(ng_fleet, NGD)
+    done = offload(ng_fleet, tmp_path, file, "-A", "dep", "-j0", "--builders", line)
+    assert done.returncode == 0, done.stderr
+    argv = [sys.executable, "-m", "offload", "status", "--builders", line]
+    env = {**ng_fleet.env(), "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    said = subprocess.run(
+        [*argv, "--json"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    machines = {m["name"]: m for m in json.loads(said.stdout)["machines"]}
+    assert machines[NGD]["slot_fallback"]["reason"] == DAEMON_RESTRICTED_FALLBACK
+    text = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert "its key runs only `nix-daemon --stdio`" in text.stdout
+    assert "serve program" not in text.stdout
 
 
 @pytest.mark.parametrize("name", [NG, NGD])

@@ -8,7 +8,11 @@ from offload.doctor import facts
 from offload.doctor.model import Check, MachineReport, Verdict, skipped
 from offload.doctor.render import format_report
 from offload.load import RemoteLoad
-from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
+from offload.transport.links.pool import (
+    DAEMON_RESTRICTED_FALLBACK,
+    FALLBACKS,
+    RESTRICTED_FALLBACK,
+)
 
 # `nix --extra-experimental-features nix-command show-config --json` on Nix 2.8, abridged.
 CONFIG_JSON = json.dumps(
@@ -246,6 +250,7 @@ def test_slots_say_where_they_are_counted_and_how_to_count_them_on_the_builder()
     assert facts.slots_check(2, None, full=True).detail.endswith("all held by others now")
     for reason, fix_word in (
         (RESTRICTED_FALLBACK, "command="),
+        (DAEMON_RESTRICTED_FALLBACK, "command="),
         (FALLBACKS["noflock"], "util-linux"),
         (FALLBACKS["nodir"], "offload-slots"),
     ):

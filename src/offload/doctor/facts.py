@@ -29,7 +29,7 @@ from collections.abc import Collection, Mapping, Sequence
 from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
 from offload.transport.daemon_socket import daemon_trouble
-from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
+from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACKS
 
 __all__ = [
     "RESTRICTED",
@@ -389,10 +389,12 @@ def rtt_check(seconds: Sequence[float]) -> Check:
 
 
 # How to get a builder's slots counted on the builder, by why they are not.
+_RESTRICTED_FIX = (
+    "nothing to fix if this host is its only client; else let the key run more than its one "
+    "program (`restrict` without `command=`, what `offload setup builder --unrestricted` writes)"
+)
 _SLOT_FIXES = {
-    RESTRICTED_FALLBACK: "nothing to fix if this host is its only client; else let the key run "
-    "more than its one program (`restrict` without `command=`, what `offload setup builder "
-    "--unrestricted` writes)",
+    **dict.fromkeys(RESTRICTED_FALLBACKS.values(), _RESTRICTED_FIX),
     FALLBACKS["noflock"]: "install util-linux on the builder (flock(1))",
     FALLBACKS["nodir"]: "let the builder's user create ~/.cache/offload-slots "
     "(or /nix/var/nix/offload-slots)",

@@ -18,8 +18,8 @@ reported as ``link.load`` (a ``RemoteLoad``; None while the machine has not said
 without ``/proc``), so a run learns every builder's load from the sessions it opens there
 anyway, without a round trip of its own; ``on_load``, when set, is told each one.
 ``link.restricted`` is set once a session found the builder's key restricted to the serve
-program (``base.open_serve``): no pid, so a cut-short session is stopped by closing it, and no
-load.
+program, or to ``nix-daemon --stdio`` for ssh-ng:// (``base.open_serve``): no pid, so a
+cut-short session is stopped by closing it, and no load.
 
 Builds may also be counted on the builder itself (``build_session``): a link given
 ``builder_slots`` and a ``slot_start`` opens a session per build whose wrapper holds one of the
@@ -76,7 +76,15 @@ from offload.transport.links.lending import (
 from offload.transport.links.streams import CountingReader, CountingWriter, keep_stderr
 from offload.transport.ssh import WANT_FRESH
 
-__all__ = ["BUSY_POLL", "FALLBACKS", "RESTRICTED_FALLBACK", "BuilderFullError", "Link"]
+__all__ = [
+    "BUSY_POLL",
+    "DAEMON_RESTRICTED_FALLBACK",
+    "FALLBACKS",
+    "RESTRICTED_FALLBACK",
+    "RESTRICTED_FALLBACKS",
+    "BuilderFullError",
+    "Link",
+]
 
 SlotStartOne = Callable[[contextlib.AsyncExitStack], Awaitable[SessionPipes]]
 
@@ -93,8 +101,13 @@ LINGER = 1.0
 TURN = 5.0
 # Who this process (a run, a hook coordinator) is to the builders' slot wrappers: random.
 CLIENT_ID = secrets.token_hex(8)
-# Why a builder's slots are counted on this host only, by what its start line said.
+# Why a builder's slots are counted on this host only, by what its start line said; a
+# restricted key, by the program it runs (the session's dialect: ssh:// or ssh-ng://).
 RESTRICTED_FALLBACK = "its key runs only the serve program: no slot lock can be taken there"
+DAEMON_RESTRICTED_FALLBACK = (
+    "its key runs only `nix-daemon --stdio`: no slot lock can be taken there"
+)
+RESTRICTED_FALLBACKS = {"serve": RESTRICTED_FALLBACK, "daemon": DAEMON_RESTRICTED_FALLBACK}
 FALLBACKS = {
     "noflock": "it has no flock(1) (util-linux): no slot lock can be taken there",
     "nodir": "no directory for slot locks could be made there (~/.cache/offload-slots)",
@@ -268,7 +281,7 @@ class Link:
         """What a build session's start line says of counting on the builder, kept."""
         slot = session.pipes.slot
         if session.pipes.restricted:
-            self.slot_fallback = RESTRICTED_FALLBACK
+            self.slot_fallback = RESTRICTED_FALLBACKS[session.pipes.dialect.name]
         elif slot in FALLBACKS:
             self.slot_fallback = FALLBACKS[slot]
         if self.slot_fallback is not None or (slot is not None and slot.isdigit()):
