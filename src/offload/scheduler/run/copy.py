@@ -5,8 +5,9 @@ building; its outputs are fetched home afterwards if they are wanted there (``fe
 batched per machine by ``homeward``).
 Inputs come from the local store, else from a builder holding them, streamed through this
 process from one serve session to the other (never through a file); nothing is registered
-anywhere unless it arrived whole, and what a copy cut off mid-stream left half-written in a
-builder's store (Nix's AddToStoreNar writes in place) is deleted there. The sessions may speak
+anywhere unless it arrived whole, and what a copy cut off mid-stream (it failed, or was
+cancelled: the run stopped, the copy lost) left half-written in a builder's store (Nix's
+AddToStoreNar writes in place) is deleted there. The sessions may speak
 either protocol (``StoreClient``): the destination decides how inputs travel, and an ssh-ng://
 builder's own build phases are passed on as steps of "building". How a copy ended is an
 ``Outcome``, not an exception: a derivation that fails to build (with Nix's status for it, so a
@@ -219,20 +220,19 @@ class BuildCopies:
             link = self.local if source == LOCAL else self.members[source].link
             # Uploads from here may take a second connection to the builder (``lanes``).
             lane = self._lane(drv_path, target) if source == LOCAL and target != LOCAL else None
+            sending: list[str] = []  # what the copy sends, dependencies first
             try:
                 async with link.session() as src:
                     moved += await send_closure(
-                        src, client, paths, substitute=substitute, lane=lane
+                        src, client, paths, substitute=substitute, lane=lane, sending=sending
                     )
+            except asyncio.CancelledError:
+                if target != LOCAL:  # the run stopped, the copy lost: as for a cut-off one
+                    await self._remove_cut(client, target, sending, drv_path)
+                raise
             except OffloadError as exc:
                 if target != LOCAL:
-                    # A NAR cut off mid-stream leaves its path half-written there (never
-                    # registered, but taking disk space until a GC): delete what is invalid.
-                    # A builder that no longer answers must not hold the copy's report up.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
-                            await self._stop_cut(client, target)
-                            await remove_partial(self.members[target].link, paths)
+                    await self._remove_cut(client, target, sending, drv_path)
                 # Failures of the source's own session are the source's; the rest (the
                 # target, the local store) are handled as for any other copy.
                 peer = getattr(exc, "peer", None)
@@ -265,6 +265,28 @@ class BuildCopies:
 
         return lane
 
+    async def _remove_cut(
+        self, client: StoreClient, target: str, sending: Sequence[str], drv_path: str
+    ) -> None:
+        """A copy to ``target`` cut off mid-stream (it failed, or was cancelled) leaves the
+        path it was writing half-written there (never registered, but taking disk space until
+        a GC): what of ``sending`` is there and invalid is deleted, bounded (a builder that no
+        longer answers must not hold the copy's report or the run's stop up). A builder that
+        cannot (its key runs only its protocol's program) keeps it: said in the build's log."""
+        if not sending:
+            return
+        said = f"; its partial inputs may stay there (no answer in {PARTIAL_CLEANUP_TIMEOUT:g} s)"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
+                await self._stop_cut(client, target)
+                # The path being written is the last begun: looked at first.
+                link = self.members[target].link
+                said = await remove_partial(link, sending[::-1], what="inputs")
+        if not said.endswith("deleted"):
+            self.events.log_handler(drv_path, target)(
+                f"offload: the copy of its inputs to {target} was cut off{said}"
+            )
+
     async def _stop_cut(self, client: StoreClient, target: str) -> None:
         """A session cut off mid-request (its lane failed, the other was stopped) still has its
         serve process there, holding the half-written path as a temporary root: stop it first,
@@ -295,6 +317,7 @@ async def send_closure(
     *,
     substitute: bool = False,
     lane: Callable[[], AbstractAsyncContextManager[Lane | None]] | None = None,
+    sending: list[str] | None = None,
 ) -> int:
     """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
 
@@ -302,10 +325,13 @@ async def send_closure(
     (Nix's builders-use-substitutes), and only the rest is sent. ``lane`` opens a second
     (source, destination) pair over connections of their own, taken when the large paths are
     worth a login (``offload.protocol.lanes``); None from it: one connection after all.
+    ``sending`` is told the paths copied (dependencies first) before the first byte goes.
     """
     infos = await to_copy(src, dst, paths, substitute=substitute)
     if not infos:
         return 0
+    if sending is not None:
+        sending.extend(info.path for info in infos)
     if lane is not None and worth_lanes(infos):
         async with lane() as second:
             if second is not None:

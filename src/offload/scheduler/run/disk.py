@@ -50,13 +50,14 @@ def disk_full_error(machine: str, error_msg: str) -> str:
     return f"{machine}'s disk is full (Nix: {(said or lines or ['no error text'])[0]})"
 
 
-async def remove_partial(link: object, paths: Sequence[str]) -> str:
-    """Delete what a build left of ``paths`` on ``link``'s machine; returns what to add to the
-    reason: how it went, or why the paths stay (a link that cannot run commands)."""
+async def remove_partial(link: object, paths: Sequence[str], what: str = "outputs") -> str:
+    """Delete what a build (or a copy of its ``what``) left of ``paths`` on ``link``'s machine;
+    returns what to add to the reason: how it went, or why the paths stay (a link that cannot
+    run commands)."""
     if not isinstance(link, PartialRemover):
-        return "; its partial outputs stay there (this link cannot delete them)"
+        return f"; its partial {what} stay there (this link cannot delete them)"
     try:
         await link.remove_partial(paths)
     except OffloadError as exc:
-        return f"; its partial outputs stay there: {exc.message}"
-    return "; its partial outputs were deleted"
+        return f"; its partial {what} stay there: {exc.message}"
+    return f"; its partial {what} were deleted"

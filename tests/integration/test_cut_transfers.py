@@ -1,0 +1,115 @@
+"""Transfers cut off by the run itself: an upload stopped by Ctrl-C, or by the failure of
+another build (without ``-k`` the run stops the rest), leaves no half-written input on its
+builder, or, on one whose key runs only the serve program, the build's log says it stays.
+
+A private fleet of two members, one of them restricted. The input is a large path built
+locally first, so that the upload takes a while; the test waits until the path appears in the
+member's store directory (Nix writes it in place) before it stops the run, and afterwards looks
+at that directory.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from offload.fleet import Fleet, MemberSpec
+from offload.transport.persist import control_dir
+from tests.helpers.fleets import (
+    member_line,
+    member_processes,
+    private_fleet_fixture,
+    stop_masters,
+)
+from tests.helpers.nix_files import nix_file, out_path
+from tests.helpers.offload_run import events, start_offload, wait_for
+from tests.helpers.processes import stop
+
+MEMBER, LOCKED = "cut", "cutr"  # the second one's key runs only the serve program
+
+cut_fleet = private_fleet_fixture(
+    [MemberSpec.parse(f"{MEMBER}:4:2"), MemberSpec.parse(f"{LOCKED}:4:2:serve")],
+    "oflc",
+    scope="module",
+    doc="Two members with two slots (one restricted): each run builds on one of them.",
+)
+
+# 300 MB: long enough on loopback (about 2 s) to be seen half-written and stopped.
+BODY = """rec {{
+  huge = mk "huge" "/bin/head -c 300000000 /dev/zero > $out" {{}};
+  use = mk "use" "/usr/bin/wc -c ${{huge}} > $out" {{}};
+  fail = mk "fail" "while [ ! -e {go} ]; do /bin/sleep 0.05; done; exit 1" {{}};
+}}
+"""
+
+
+def on_disk(fleet: Fleet, name: str, path: str) -> Path:
+    """Where ``path`` would be in member ``name``'s store directory (valid or not)."""
+    return fleet.member(name).root / "nix" / "store" / Path(path).name
+
+
+def cut_upload(
+    fleet: Fleet, tmp_path: Path, name: str, stopped_by: str, *args: str
+) -> tuple[str, subprocess.Popen[str], str, str]:
+    """A run building ``use`` on member ``name`` alone, stopped (``stopped_by``) once its
+    input ``huge`` is half there: (huge, the run, its stdout, its stderr)."""
+    go = tmp_path / "go"
+    file = nix_file(tmp_path, BODY.format(go=go))
+    subprocess.run(
+        ["nix-build", str(file), "-A", "huge", "--no-out-link"],
+        capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    huge = out_path(file, "huge")
+    attrs = ["-A", "use"] + (["-A", "fail"] if stopped_by == "failure" else [])
+    line = member_line(fleet, name)
+    proc = start_offload(fleet, tmp_path, file, *attrs, "-j0", "--builders", line, *args)
+    try:
+
+        def arriving() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return on_disk(fleet, name, huge).exists()
+
+        wait_for(arriving, 60, f"{huge} to arrive on {name}")
+        if stopped_by == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+        else:
+            go.touch()  # fail fails now
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert not fleet.store_has(name, huge), "the upload was not cut off"
+    assert "Traceback" not in err
+    return huge, proc, out, err
+
+
+@pytest.mark.parametrize("stopped_by", ["ctrl-c", "failure"])
+def test_an_upload_the_run_stops_leaves_no_partial_input(
+    cut_fleet: Fleet, tmp_path: Path, stopped_by: str
+) -> None:
+    huge, proc, _, err = cut_upload(cut_fleet, tmp_path, MEMBER, stopped_by)
+    assert proc.returncode == (130 if stopped_by == "ctrl-c" else 100), err
+    assert not on_disk(cut_fleet, MEMBER, huge).exists(), f"{huge}: left half-written"
+
+
+def test_a_builder_that_cannot_delete_it_is_said_to_keep_it(
+    cut_fleet: Fleet, tmp_path: Path
+) -> None:
+    huge, proc, out, err = cut_upload(cut_fleet, tmp_path, LOCKED, "ctrl-c", "--json", "-L")
+    assert proc.returncode == 130, err
+    said = [e["line"] for e in events(out) if e["event"] == "job_log" and "cut off" in e["line"]]
+    assert len(said) == 1, out
+    assert said[0].startswith(f"offload: the copy of its inputs to {LOCKED} was cut off; ")
+    assert "its partial inputs stay there" in said[0]
+    assert "runs only `nix-store --serve --write`" in said[0]
+    assert on_disk(cut_fleet, LOCKED, huge).exists()  # what Nix's GC there will take
+    # Nothing of this run is left running there (but the connection kept for the next run).
+    stop_masters(control_dir(tmp_path / "state"))
+    member = cut_fleet.member(LOCKED)
+
+    def nothing_left() -> bool:
+        return [pid for pid, _ in member_processes(member) if pid != member.pid] == []
+
+    wait_for(nothing_left, 15, f"the session on {LOCKED} to end")
