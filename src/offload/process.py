@@ -2,7 +2,8 @@
 
 Everything else builds argv lists and hands them here. Child processes of async code live inside
 ``spawn``, an ``async with`` that always stops them (SIGTERM, a grace period, then SIGKILL to the
-child's whole process group). Missing programs become ``TransportError`` with a hint.
+child's whole process group; ``stop_now`` skips the grace, for a child cut off mid-transfer).
+Missing programs become ``TransportError`` with a hint.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "spawn",
     "start_detached",
     "start_guard",
+    "stop_now",
     "stop_process_group",
 ]
 
@@ -264,6 +266,7 @@ async def spawn(
         yield proc
     finally:
         await _stop(proc, grace)
+        await _drain(proc)
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
@@ -279,6 +282,24 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
         except TimeoutError:
             continue
         return
+
+
+async def _drain(proc: asyncio.subprocess.Process) -> None:
+    """Read what is left in a stopped child's stdout pipe (one cut off mid-transfer left
+    some), so that asyncio closes its transport now: else it is closed when collected, maybe
+    after the event loop ("Exception ignored ... Event loop is closed")."""
+    if proc.returncode is not None and proc.stdout is not None:
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(proc.stdout.read(), 2.0)
+
+
+def stop_now(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a child of ``spawn`` (its whole process group) without a grace period: one cut
+    off mid-transfer has nothing left to say, and may be blocked writing to a pipe nobody
+    reads. ``spawn`` still waits for it (at once) on exit."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> int:

@@ -10,8 +10,10 @@ at that directory.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,9 @@ from tests.helpers.fleets import (
     private_fleet_fixture,
     stop_masters,
 )
-from tests.helpers.nix_files import nix_file, out_path
-from tests.helpers.offload_run import events, start_offload, wait_for
-from tests.helpers.processes import stop
+from tests.helpers.nix_files import nix_file, out_path, valid_locally
+from tests.helpers.offload_run import events, offload, start_offload, wait_for
+from tests.helpers.processes import children, stop
 
 MEMBER, LOCKED = "cut", "cutr"  # the second one's key runs only the serve program
 
@@ -41,6 +43,7 @@ cut_fleet = private_fleet_fixture(
 BODY = """rec {{
   huge = mk "huge" "/bin/head -c 300000000 /dev/zero > $out" {{}};
   use = mk "use" "/usr/bin/wc -c ${{huge}} > $out" {{}};
+  big = mk "big" "/bin/head -c 300000000 /dev/zero > $out" {{}};
   fail = mk "fail" "while [ ! -e {go} ]; do /bin/sleep 0.05; done; exit 1" {{}};
 }}
 """
@@ -113,3 +116,47 @@ def test_a_builder_that_cannot_delete_it_is_said_to_keep_it(
         return [pid for pid, _ in member_processes(member) if pid != member.pid] == []
 
     wait_for(nothing_left, 15, f"the session on {LOCKED} to end")
+
+
+def received_here(pid: int) -> int:
+    """Bytes the local ``nix-store`` sessions of run ``pid`` read so far (Nix holds a NAR it
+    imports in memory: the path appears only once it all came)."""
+    total = 0
+    for child, cmdline in children(pid):
+        if cmdline.startswith("nix-store"):
+            with contextlib.suppress(OSError, StopIteration):
+                io = Path(f"/proc/{child}/io").read_text().splitlines()
+                total += int(next(x for x in io if x.startswith("rchar:")).split()[1])
+    return total
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_fetch_home_the_run_stops_ends_at_once_and_quietly(
+    cut_fleet: Fleet, tmp_path: Path, sig: signal.Signals
+) -> None:
+    file = nix_file(tmp_path, BODY.format(go=tmp_path / "go"))
+    big = out_path(file, "big")
+    line = member_line(cut_fleet, MEMBER)
+    proc = start_offload(cut_fleet, tmp_path, file, "-A", "big", "-j0", "--builders", line)
+    try:
+
+        def arriving() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return received_here(proc.pid) > 50_000_000
+
+        wait_for(arriving, 60, f"{big} to be on its way here")
+        proc.send_signal(sig)
+        stopped = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        stop(proc)
+    assert proc.returncode != 0, err
+    assert not valid_locally(big), "the fetch was not cut off"
+    assert "Exception ignored" not in err
+    assert "Traceback" not in err
+    assert took < 2.5, err  # closing its sessions politely took over 8 s
+    # The connection kept for the next run serves it.
+    again = nix_file(tmp_path, 'mk "again" "echo again > $out" {}', name="again.nix")
+    done = offload(cut_fleet, tmp_path, again, "-j0", "--builders", line, "--no-out-link")
+    assert done.returncode == 0, done.stderr

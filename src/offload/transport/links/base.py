@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from offload.load import RemoteLoad
+from offload.process import stop_now
 from offload.protocol.export import Exporter
 from offload.protocol.serve import ByteWriter
 from offload.protocol.wire import ByteReader
@@ -89,6 +91,9 @@ class SessionPipes:
     slot: str | None = None
     # On the local store: its nix-store writes what is sent from it (``protocol.export``).
     exporter: Exporter | None = None
+    # Stops the session's local process at once (``process.stop_now``): a session cut off
+    # mid-request is not closed politely (its remote side ends with the ssh session).
+    stop: Callable[[], None] = lambda: None
 
 
 class SessionTransport(Protocol):
@@ -153,6 +158,7 @@ class Opening:
             restricted=self.restricted,
             dialect=self.dialect,
             slot=self.slot,
+            stop=functools.partial(stop_now, proc),
         )
 
 

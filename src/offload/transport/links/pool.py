@@ -8,7 +8,9 @@ opened lazily and an idle one is lent again rather than a new one opened. A sess
 the pool only if the body ended normally and the client is still in step with its remote;
 otherwise it is discarded, and if a request was cut short (cancelled, connection lost) the
 remote process tree is stopped first, because a build keeps running on the builder after the
-local end goes away. ``link.cancel(client)`` does the same on demand, e.g. when a speculative
+local end goes away; the session's local process is then stopped at once, not closed
+politely (in the middle of a transfer it may be blocked writing to us, and its remote side
+ends with it). ``link.cancel(client)`` does the same on demand, e.g. when a speculative
 build lost or the user pressed Ctrl-C. A borrower whose request failed (an ``OffloadError``:
 typically the connection was lost) is not held while that stop runs: a hung builder would make
 it wait a connect timeout before it could report the loss; ``aclose`` waits for it instead.
@@ -469,6 +471,8 @@ class Link:
                     await self._transport.kill(session.pipes.pid)
                 except OffloadError as exc:
                     logger.warning("%s: could not stop remote process: %s", self.name, exc)
+            if kill:  # cut off mid-request: its process may be blocked writing to us
+                session.pipes.stop()
             await session.stack.aclose()
         finally:
             self._sessions.pop(session.client, None)
