@@ -203,7 +203,7 @@ def test_a_builder_whose_max_jobs_is_0_fails_where_its_builds_fail(
     built = offload(
         idle_fleet, tmp_path, file, "-j0", "--builders", f"@{machines}", "--no-out-link"
     )
-    assert built.returncode == 100  # a build that failed, as nix-build says it
+    assert built.returncode == 1  # Nix's MiscFailure, which nix-build exits 1 for
     assert "unable to start any build" in built.stderr
     daemon = write(tmp_path, [serve_line.replace("ssh://", "ssh-ng://", 1)], "daemon")
     done = doctor(idle_fleet, tmp_path, daemon, "--json")
