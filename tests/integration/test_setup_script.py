@@ -211,6 +211,48 @@ def test_a_socket_directory_only_root_may_enter_is_refused_before_any_change(hos
     assert not (host.var_lib / "nixremote").exists()
 
 
+def test_a_socket_directory_of_another_group_is_refused_before_any_change(host: Host) -> None:
+    # Closed to all but sudo (or wheel, docker, nixbld: Nix takes nixbld's members for build
+    # users): the script adds the build user to no such group.
+    made = host.run("getent group admins >/dev/null || groupadd --system admins")
+    assert made.returncode == 0, made.stderr
+    os.chown(host.sockets, 0, host.gid("admins"))
+    before = host.files()
+    done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"{SOCKETS} is closed to all but group admins, which this")
+    assert host.files() == before
+    assert not (host.var_lib / "nixremote").exists()
+
+
+def test_a_restart_that_failed_is_owed_to_the_next_run(host: Host) -> None:
+    # The daemon reads trusted-users at start: a run whose restart failed left nix.conf changed
+    # and the daemon not knowing it; the next run, finding nothing to change, restarted nothing.
+    stub = Path(host.path.split(":")[0]) / "systemctl"
+    failed = host.root / "failed-once"
+    stub.write_text(
+        f'#!/bin/sh\necho "$*" >>{host.systemctl}\n'
+        f'if [ "$1" = restart ] && [ ! -e {failed} ]; then : >{failed}; exit 1; fi\n'
+    )
+    script = shell_script(BuilderSetup("nixremote", KEY))
+    first = host.run(script)
+    assert first.returncode == 1
+    assert (host.etc / "nix" / ".offload-restart-pending").exists()
+    again = host.run(script)
+    assert again.returncode == 0, again.stderr
+    restarts = [
+        line for line in host.systemctl.read_text().splitlines() if line.startswith("restart")
+    ]
+    assert restarts == ["restart nix-daemon", "restart nix-daemon"]
+    assert not (host.etc / "nix" / ".offload-restart-pending").exists()
+    third = host.run(script)
+    assert third.returncode == 0, third.stderr
+    restarts = [
+        line for line in host.systemctl.read_text().splitlines() if line.startswith("restart")
+    ]
+    assert len(restarts) == 2  # nothing owed, nothing changed
+
+
 def test_a_build_user_made_without_a_shell_gets_one(
     host: Host, daemon: Path, client_key: tuple[Path, PublicKey]
 ) -> None:

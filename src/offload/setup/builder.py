@@ -189,8 +189,9 @@ command -v nix-store >/dev/null ||
 
 # The user must reach the nix-daemon's socket. Debian's nix-bin makes its directory 0770
 # root:nix-users (at every boot): a user outside that group fails every session with
-# "getting status of .../socket: Permission denied". So the user joins the group of a directory
-# closed to others, or nix-users where it is open (a boot closes it again).
+# "getting status of .../socket: Permission denied". So the user joins nix-users (where it
+# exists: a boot closes an open directory again). A directory closed to all but another group
+# (sudo, wheel, nixbld: whose members Nix takes for build users) is the admin's to open.
 sockets=/nix/var/nix/daemon-socket
 group=nix-users
 if [ -d "$sockets" ]; then
@@ -201,6 +202,13 @@ fi
 if [ "$group" = root ] || [ "$group" = UNKNOWN ]; then
   echo "$sockets is closed to all but root: no build user can reach the nix-daemon;" \\
     "give its directory a group of its own (Debian's: 0770 root:nix-users) and run this again" >&2
+  exit 1
+fi
+if [ "$group" != nix-users ] && ! id -nG "$user" 2>/dev/null | tr ' ' '\\n' | grep -qxF "$group"
+then
+  echo "$sockets is closed to all but group $group, which this script adds no one to:" \\
+    "give the directory the group nix-users, or add $user to $group yourself if that" \\
+    "group is meant for Nix's users, and run this again" >&2
   exit 1
 fi
 """
@@ -273,13 +281,20 @@ def _nix(setup: BuilderSetup) -> str:
 # 3. nix.conf: the user is trusted, and the tuning (garbage collection at 1 GiB free until
 #    10 GiB are, every core). Later lines win in nix.conf: check nothing below overrides them.
 #    Written whole or not at all (a copy replaces it), so the mark is never there alone.
+#    A restart owed (a run that changed them and stopped before restarting) is marked by a
+#    file, so that running this again restarts the daemon: it reads trusted-users at start.
+pending=/etc/nix/.offload-restart-pending
 restart=no
+if [ -e "$pending" ]; then
+  restart=yes
+fi
 if ! grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null; then
   mkdir -p /etc/nix
   touch /etc/nix/nix.conf
   new=/etc/nix/nix.conf.offload-new
   cp -p /etc/nix/nix.conf "$new"
   {{ echo "# offload setup builder: $user"; cat {_heredoc(nix_conf_lines(setup))}}} >>"$new"
+  touch "$pending"
   mv "$new" /etc/nix/nix.conf
   restart=yes
 fi
@@ -291,12 +306,14 @@ mkdir -p "${{dropin%/*}}"
 cat >"$dropin.offload-new" {limits}if cmp -s "$dropin.offload-new" "$dropin"; then
   rm "$dropin.offload-new"
 else
+  touch "$pending"
   mv "$dropin.offload-new" "$dropin"
   systemctl daemon-reload
   restart=yes
 fi
 if [ "$restart" = yes ]; then
   systemctl restart nix-daemon
+  rm -f "$pending"
 fi
 """
 
