@@ -284,13 +284,20 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
         return
 
 
+# How long a stopped child's leftover output is read for (it is in the pipe already).
+_DRAIN_SECONDS = 0.5
+
+
 async def _drain(proc: asyncio.subprocess.Process) -> None:
     """Read what is left in a stopped child's stdout pipe (one cut off mid-transfer left
     some), so that asyncio closes its transport now: else it is closed when collected, maybe
     after the event loop ("Exception ignored ... Event loop is closed")."""
-    if proc.returncode is not None and proc.stdout is not None:
-        with contextlib.suppress(TimeoutError, OSError):
-            await asyncio.wait_for(proc.stdout.read(), 2.0)
+    if proc.returncode is None or proc.stdout is None or proc.stdout.at_eof():
+        return
+    # RuntimeError: a task of the caller's still reads it (then that task drains it). A child
+    # of its own holding the pipe (``sleep 1 &``) would keep it open: bounded.
+    with contextlib.suppress(TimeoutError, OSError, RuntimeError):
+        await asyncio.wait_for(proc.stdout.read(), _DRAIN_SECONDS)
 
 
 def stop_now(proc: asyncio.subprocess.Process) -> None:
