@@ -108,6 +108,10 @@ class Executor(Stopping):
         self._poke = asyncio.Event()  # set when a copy's news may change the decisions
         self._full, self.loads = self._capacity_watchers(local_boot_id)
         self._copies = self._build_copies(slots, build_options)
+        self._track_copies()
+
+    def _track_copies(self) -> None:
+        """The run's copies as they go: under way, since when, coming home, lost, halted."""
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
         self._since: dict[asyncio.Task[Outcome], float] = {}  # when each copy started (wall)
         # Outputs on their way home after their build was accepted: the copy's outcome waits
