@@ -225,6 +225,18 @@ def test_a_socket_directory_of_another_group_is_refused_before_any_change(host: 
     assert not (host.var_lib / "nixremote").exists()
 
 
+def test_a_service_account_is_not_made_a_build_user(host: Host) -> None:
+    # A mistyped --user www-data: its nologin shell is no build user's to fix.
+    made = host.run("useradd --system --home-dir /var/www --shell /usr/sbin/nologin webby")
+    assert made.returncode == 0, made.stderr
+    before = host.files()
+    done = host.run(shell_script(BuilderSetup("webby", KEY)))
+    assert done.returncode == 1
+    assert done.stderr.startswith("user webby has no login shell and lives elsewhere")
+    assert host.files() == before
+    assert host.run("getent passwd webby").stdout.strip().endswith(":/usr/sbin/nologin")
+
+
 def test_a_restart_that_failed_is_owed_to_the_next_run(host: Host) -> None:
     # The daemon reads trusted-users at start: a run whose restart failed left nix.conf changed
     # and the daemon not knowing it; the next run, finding nothing to change, restarted nothing.

@@ -233,7 +233,17 @@ if id "$user" >/dev/null 2>&1; then
     */nologin | */false) usable=no ;;
     *) if [ -x "${shell:-/bin/sh}" ]; then usable=yes; else usable=no; fi ;;
   esac
+  # Only an account with a build user's home (this script's, or adduser's): a service's own
+  # (www-data in /var/www, nobody) is not made an ssh login by a mistyped --user.
   if [ "$usable" = no ]; then
+    case "$(getent passwd "$user" | cut -d: -f6)" in
+      "/var/lib/$user" | "/home/$user") ;;
+      *)
+        echo "user $user has no login shell and lives elsewhere than /var/lib/$user or" \\
+          "/home/$user: a service's account, not a build user; give offload setup builder" \\
+          "--user NAME a user of its own" >&2
+        exit 1 ;;
+    esac
     usermod --shell /bin/sh "$user"
     echo "user $user's shell was $shell: now /bin/sh (sshd runs the key's command through it)"
   fi
