@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -147,10 +149,16 @@ def has_passphrase(path: str | None) -> bool:
     if not path:
         return False
     try:
-        file = Path(path).expanduser()
-        if not file.is_file():  # a directory, or a FIFO that would block the read
+        # Opened without blocking and checked on the descriptor: a FIFO (even one swapped in
+        # after a check of the name) would block the read, and the event loop with it.
+        fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             return False
-        with file.open("rb") as opened:
+        with os.fdopen(fd, "rb") as opened:
             return encrypted_key(opened.read(_KEY_FILE_LIMIT))
     except (OSError, ValueError):
         return False
