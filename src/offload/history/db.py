@@ -365,14 +365,8 @@ class History:
             ]
             runs.sort(key=lambda r: r.started, reverse=True)
             runs = runs if limit is None else runs[:limit]
-            if run_id is not None and len(runs) == 1:
-                (run,) = runs
-                deps: dict[str, list[str]] = {}
-                for drv, dep in cur.execute(
-                    "SELECT drv_path, dep FROM deps WHERE run_id = ?", (run.run_id,)
-                ):
-                    deps.setdefault(drv, []).append(dep)
-                runs = [dataclasses.replace(run, deps={d: tuple(v) for d, v in deps.items()})]
+        if run_id is not None and len(runs) == 1:
+            runs = [dataclasses.replace(runs[0], deps=self.inputs([runs[0].run_id]))]
         return runs
 
     @_guarded
