@@ -85,7 +85,7 @@ def test_a_mistyped_command_is_named_with_the_one_meant(
     [
         (["build", "-o", ""], "an empty name for the result link"),
         (["log", ""], "error: an empty path"),
-        (["setup", "key", ""], "an empty path for the key"),
+        (["setup", "key", ""], "argument PATH: an empty path"),
         (["doctor", "--timeout", "0"], "more than 0 and at most 600 seconds"),
         (["demo", "--dir", ""], "an empty path"),
         (["fleet", "up", "--dir", ""], "an empty path"),

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from offload.cli.arguments import nonempty_path
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions
 from offload.errors import ConfigError
 from offload.setup.builder import DEFAULT_USER, BuilderSetup, builder_files
@@ -45,12 +46,6 @@ def _list(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
 
-def _key_path(text: str) -> Path:
-    if not text:  # Path("") is the current directory
-        raise argparse.ArgumentTypeError("an empty path for the key")
-    return Path(text)
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "setup",
@@ -61,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     steps = parser.add_subparsers(dest="step", metavar="STEP", required=True)
     key = steps.add_parser("key", help="make a dedicated ed25519 key pair (never overwrites)")
     key.add_argument(
-        "path", nargs="?", type=_key_path, metavar="PATH",
+        "path", nargs="?", type=nonempty_path, metavar="PATH",
         help="private key path (default: /etc/nix/offload_ed25519 as root, the nix-daemon's; "
         "else ~/.ssh/offload_ed25519)",
     )  # fmt: skip
