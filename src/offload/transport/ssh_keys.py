@@ -155,13 +155,11 @@ def has_passphrase(path: str | None) -> bool:
     except (OSError, ValueError):
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return False
-        with os.fdopen(fd, "rb") as opened:
-            return encrypted_key(opened.read(_KEY_FILE_LIMIT))
-    except (OSError, ValueError):
+        return stat.S_ISREG(os.fstat(fd).st_mode) and encrypted_key(os.read(fd, _KEY_FILE_LIMIT))
+    except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
 def passphrase_fix(key: str, place: str | None) -> tuple[str, str]:
