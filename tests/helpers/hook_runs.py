@@ -10,6 +10,7 @@ from pathlib import Path
 from offload.fleet import Fleet
 from tests.helpers.fleets import member_processes
 from tests.helpers.nix_files import SPEED
+from tests.helpers.processes import start
 
 HOOK = str(Path(sys.executable).parent / "offload-hook")
 
@@ -49,6 +50,20 @@ def nix_build(
         text=True,
         timeout=180,
         check=False,
+    )
+
+
+def start_nix_build(
+    fleet: Fleet, tmp_path: Path, file: Path, *args: str, output: bool = True, **env: str
+) -> subprocess.Popen[str]:
+    """``nix_build`` in the background (its own process group: ``processes.stop`` ends it),
+    stderr piped as text, stdout too unless ``output`` is False."""
+    return start(
+        nix_build_argv(file, f"@{fleet.machines_file}", *args),
+        env={**hook_env(fleet, tmp_path), **env},
+        stdout=subprocess.PIPE if output else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -28,10 +28,11 @@ from tests.helpers.hook_runs import (
     nix_build_argv,
     outputs,
     remote_leftovers,
+    start_nix_build,
 )
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import stop_coordinators, wait_for
-from tests.helpers.processes import start, stop
+from tests.helpers.processes import stop
 
 MEMBERS = ("hf1", "hf2")
 
@@ -81,13 +82,7 @@ def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     file = nix_file(
         tmp_path, f'[ (mk "long" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
     )
-    proc = start(
-        nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
-        env=hook_env(hook_fleet, tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_nix_build(hook_fleet, tmp_path, file, "-j0", output=False)
     try:
         wait_for(marker.exists, 60, "the remote build to start")
         (pid,) = coordinator_pids(tmp_path / "state")
@@ -117,13 +112,7 @@ def test_a_history_held_locked_stalls_no_build(
     try:
         holder.execute("BEGIN EXCLUSIVE")
         file = nix_file(tmp_path, leaves(2), name="second.nix")
-        proc = start(
-            nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
-            env=hook_env(hook_fleet, tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_nix_build(hook_fleet, tmp_path, file, "-j0")
         try:
             out, err = proc.communicate(timeout=25)  # < 30 s: one record waited out in the loop
         finally:

@@ -33,10 +33,11 @@ from tests.helpers.hook_runs import (
     nix_build_argv,
     outputs,
     remote_leftovers,
+    start_nix_build,
 )
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import stop_coordinators, wait_for
-from tests.helpers.processes import start, stop
+from tests.helpers.processes import stop
 
 MEMBERS = ("hk1", "hk2")
 
@@ -194,12 +195,8 @@ def test_every_slot_busy_waits_then_builds(
     hook_fleet: Fleet, tmp_path: Path, all_slots_held: list[int], coordinator: str, said: str
 ) -> None:
     file = nix_file(tmp_path, leaves(1))
-    proc = start(
-        nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0", "-v"),
-        env={**hook_env(hook_fleet, tmp_path), "OFFLOAD_HOOK_COORDINATOR": coordinator},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_nix_build(
+        hook_fleet, tmp_path, file, "-j0", "-v", OFFLOAD_HOOK_COORDINATOR=coordinator
     )
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
@@ -225,12 +222,8 @@ def test_sigterm_mid_build_leaves_nothing_on_the_builder(
     file = nix_file(
         tmp_path, f'[ (mk "long" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
     )
-    proc = start(
-        nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
-        env={**hook_env(hook_fleet, tmp_path), "OFFLOAD_HOOK_COORDINATOR": coordinator},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_nix_build(
+        hook_fleet, tmp_path, file, "-j0", output=False, OFFLOAD_HOOK_COORDINATOR=coordinator
     )
     try:
         wait_for(marker.exists, 60, "the remote build to start")
@@ -285,18 +278,8 @@ def test_two_nix_builds_share_one_coordinator_and_its_sessions(
 ) -> None:
     # Two nix-builds at once, each with its own hook processes: one coordinator serves them all,
     # and the serve sessions it opened for the first are the ones the next build uses.
-    env = hook_env(hook_fleet, tmp_path)
     files = [nix_file(tmp_path, leaves(2), name=f"b{i}.nix") for i in range(2)]
-    runs = [
-        start(
-            nix_build_argv(file, f"@{hook_fleet.machines_file}", "-j0"),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for file in files
-    ]
+    runs = [start_nix_build(hook_fleet, tmp_path, file, "-j0") for file in files]
     try:
         done = [proc.communicate(timeout=180) for proc in runs]
     finally:
@@ -341,13 +324,7 @@ def test_a_builder_lost_mid_build_is_left_for_another(lost_fleet: Fleet, tmp_pat
     # Accepted already, the coordinator builds it elsewhere: Nix cares not where.
     marker = tmp_path / "started"
     body = f'[ (mk "long" "echo x > {marker}; /bin/sleep 3; {SPEED} > $out" {{}}) ]\n'
-    proc = start(
-        nix_build_argv(nix_file(tmp_path, body), f"@{lost_fleet.machines_file}", "-j0"),
-        env=hook_env(lost_fleet, tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_nix_build(lost_fleet, tmp_path, nix_file(tmp_path, body), "-j0")
     try:
         wait_for(marker.exists, 60, "the remote build to start")
         [building] = [
