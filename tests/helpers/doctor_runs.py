@@ -55,3 +55,17 @@ def write(tmp_path: Path, lines: list[str], name: str = "machines") -> Path:
     path = tmp_path / name
     path.write_text("".join(f"{line}\n" for line in lines))
     return path
+
+
+def without_identity(fleet: Fleet, tmp_path: Path) -> dict[str, str]:
+    """NIX_SSHOPTS for the fleet's ssh config less its IdentityFile: the machines line's key
+    (column 3) is the only one ssh offers, as for the nix-daemon."""
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "".join(
+            line
+            for line in fleet.ssh_config.read_text().splitlines(keepends=True)
+            if not line.strip().startswith("IdentityFile")
+        )
+    )
+    return {"NIX_SSHOPTS": f"-F {config}"}

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
-from tests.helpers.doctor_runs import check, doctor, lines_with, reports, verdicts, write
+from tests.helpers.doctor_runs import (
+    check,
+    doctor,
+    lines_with,
+    reports,
+    verdicts,
+    without_identity,
+    write,
+)
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import offload, offload_env
@@ -102,20 +110,6 @@ keys_fleet = private_fleet_fixture(
     scope="module",
     doc="Members the tests only read: a plain one, keys restricted to serve and to the daemon.",
 )
-
-
-def without_identity(fleet: Fleet, tmp_path: Path) -> dict[str, str]:
-    """NIX_SSHOPTS for the fleet's ssh config less its IdentityFile: the machines line's key
-    (column 3) is the only one ssh offers, as for the nix-daemon."""
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        "".join(
-            line
-            for line in fleet.ssh_config.read_text().splitlines(keepends=True)
-            if not line.strip().startswith("IdentityFile")
-        )
-    )
-    return {"NIX_SSHOPTS": f"-F {config}"}
 
 
 def test_a_key_with_a_passphrase_is_said_to_have_one_not_to_be_refused(

@@ -18,7 +18,15 @@ import pytest
 from offload.doctor import CHECKS
 from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
-from tests.helpers.doctor_runs import check, doctor, lines_with, reports, verdicts, write
+from tests.helpers.doctor_runs import (
+    check,
+    doctor,
+    lines_with,
+    reports,
+    verdicts,
+    without_identity,
+    write,
+)
 from tests.helpers.fleets import host_of, machines_lines, private_fleet_fixture
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import offload
@@ -125,18 +133,10 @@ def test_a_missing_key_file_is_said_missing_naming_its_line(
     doctor_fleet: Fleet, tmp_path: Path
 ) -> None:
     # An ssh config that names no key: column 3 alone says which key ssh offers.
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        "".join(
-            line
-            for line in doctor_fleet.ssh_config.read_text().splitlines(keepends=True)
-            if not line.strip().startswith("IdentityFile")
-        )
-    )
+    env = without_identity(doctor_fleet, tmp_path)
     missing = tmp_path / "nosuchkey"
     lines = lines_with(doctor_fleet, "da", 2, str(missing))
     machines = write(tmp_path, lines)
-    env = {"NIX_SSHOPTS": f"-F {config}"}
     done = doctor(doctor_fleet, tmp_path, machines, "da", "db", "--json", env=env)
     assert done.returncode == 1, done.stderr
     found = reports(done)
