@@ -77,10 +77,19 @@ def test_an_early_master_refused_for_its_host_key_fails_the_first_session(fleet:
     asyncio.run(go())
 
 
-def _to_end(conn: socket.socket) -> bytes:
-    """What the peer sent until it closed the connection."""
-    said = b""
+def _to_end(conn: socket.socket, said: bytes = b"") -> bytes:
+    """What the peer sent (after ``said``) until it closed the connection."""
     while chunk := conn.recv(4096):
+        said += chunk
+    return said
+
+
+def _banner(conn: socket.socket) -> bytes:
+    """The peer's first line: once it came, that ssh waits for the server's banner."""
+    said = b""
+    while b"\n" not in said:
+        chunk = conn.recv(4096)
+        assert chunk, said  # an ssh that ends before its banner was not in its handshake
         said += chunk
     return said
 
@@ -96,18 +105,22 @@ def test_masters_still_in_their_handshake_are_closed_at_once(fleet: Fleet, tmp_p
         )
         machines, _ = parse_machines(text, source="m", system=fleet.system)
         env = {**fleet.env(), "NIX_SSHOPTS": "-F /dev/null -o BatchMode=yes"}
-        held: list[socket.socket] = []
+        held: list[tuple[socket.socket, bytes]] = []
 
         def accept(count: int) -> None:
             listener.settimeout(30)
-            held.extend(listener.accept()[0] for _ in range(count))
+            for _ in range(count):
+                conn = listener.accept()[0]
+                conn.settimeout(30)
+                held.append((conn, _banner(conn)))
 
         async def go() -> float:
             try:
                 # Two kept for the next run (as offload build's), one of the run's own.
                 await early.start_masters(machines[:2], env=env, shared=control_dir(tmp_path))
                 await early.start_masters(machines[2:], env=env)
-                await asyncio.to_thread(accept, 3)  # each ssh waits for the banner now
+                # Each ssh has sent its banner and waits for the server's now.
+                await asyncio.to_thread(accept, 3)
                 began = time.monotonic()
                 await early.close_unclaimed()
                 return time.monotonic() - began
@@ -118,10 +131,9 @@ def test_masters_still_in_their_handshake_are_closed_at_once(fleet: Fleet, tmp_p
             took = asyncio.run(go())
             # Each once waited 2 s for its stdin's EOF and 2 s more for its output's end.
             assert took < 2.0, took  # half of it: room for a loaded machine
-            for conn in held:  # every ssh is gone: its connection ends after its banner
-                conn.settimeout(10)
-                said = _to_end(conn)
-                assert said.startswith(b"SSH-2.0-"), said
+            for conn, banner in held:  # every ssh is gone: its connection ends after its banner
+                assert banner.startswith(b"SSH-2.0-"), banner
+                assert _to_end(conn, banner) == banner
         finally:
-            for conn in held:
+            for conn, _ in held:
                 conn.close()
