@@ -88,11 +88,15 @@ def test_a_build_forgets_old_runs_and_keeps_its_own(tmp_path: Path) -> None:
 
 
 def _unkept_build(
-    tmp_path: Path, env: dict[str, str], *, in_namespace: str = ""
+    tmp_path: Path,
+    env: dict[str, str],
+    *,
+    in_namespace: str = "",
+    builder: str = "echo unkept > $out",
 ) -> subprocess.CompletedProcess[str]:
     """``offload build --report`` of a fresh derivation with ``env`` (temporary files in
     ``tmp_path / "tmp"``); ``in_namespace``: shell commands run first in a mount namespace."""
-    file = nix_file(tmp_path, 'mk "unkept" "echo unkept > $out" {}\n')
+    file = nix_file(tmp_path, f'mk "unkept" "{builder}" {{}}\n')
     (tmp_path / "tmp").mkdir()
     argv = offload_argv(file, "--builders", "", "-j1", "--option", "substituters", "")
     argv += ["--report", str(tmp_path / "run.html")]
@@ -151,3 +155,17 @@ def test_a_read_only_home_is_one_warning_and_the_build(tmp_path: Path) -> None:
         f"warning: {state}: cannot make the state directory: Read-only file system; this run's"
     )
     assert list(home.iterdir()) == []
+
+
+def test_a_failed_build_without_state_points_at_its_printed_tail_not_at_offload_log(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a-file").write_text("XDG_STATE_HOME names a file\n")
+    env = {"XDG_STATE_HOME": str(tmp_path / "a-file")}
+    done = _unkept_build(tmp_path, env, builder="echo the-last-words; exit 1")
+    assert done.returncode == 100, done.stderr  # a build failure, as nix-build's
+    assert "the-last-words" in done.stderr  # the tail, printed before the temporary state goes
+    assert "offload log" not in done.stderr  # its log went with the temporary state
+    hint = "hint: its whole log was not kept (no state directory): rerun with -L to see it"
+    assert done.stderr.rstrip().endswith(hint), done.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []

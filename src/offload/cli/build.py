@@ -101,7 +101,14 @@ def _run(
                 from offload.cli.build_exec import build
 
                 return build(
-                    args, pool, evaluate, state, backoff=backoff, run=runner.run, shared=shared
+                    args,
+                    pool,
+                    evaluate,
+                    state,
+                    backoff=backoff,
+                    run=runner.run,
+                    shared=shared,
+                    kept=kept,
                 )
             finally:
                 runner.run(early.close_unclaimed())

@@ -122,7 +122,7 @@ def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
             print(f"  {name}> {strip_ansi(line)}", file=sys.stderr)
 
 
-def build_failed(report: RunReport) -> BuildFailed:
+def build_failed(report: RunReport, *, logs_kept: bool = True) -> BuildFailed:
     """A run's failed builds as nix-build reports them: one named (a timed-out one first),
     with its Nix status (MiscFailure when Nix gave none), and the exit status nix-build gives
     for them all (``nix_exit_status``).
@@ -136,15 +136,18 @@ def build_failed(report: RunReport) -> BuildFailed:
         + (f" (and {more} more)" if more else ""),
         drv_path=first,
         status=report.statuses.get(first, BuildStatus.MISC_FAILURE),
-        hint=_failed_hint(report, first),
+        hint=_failed_hint(report, first, logs_kept=logs_kept),
         exit_code=nix_exit_status(report),
     )
 
 
-def _failed_hint(report: RunReport, drv_path: str) -> str:
-    """Where to look next: the failed build's log, or, for a derivation no machine took (no
-    machine can build it), the machines' systems and features: it has no log."""
+def _failed_hint(report: RunReport, drv_path: str, *, logs_kept: bool) -> str:
+    """Where to look next: the failed build's log (its tail is printed; the whole of it only
+    where the run's state is kept), or, for a derivation no machine took (no machine can build
+    it), the machines' systems and features: it has no log."""
     if any(job.drv_path == drv_path and job.machine for job in report.finished):
+        if not logs_kept:
+            return "its whole log was not kept (no state directory): rerun with -L to see it"
         return f"see its log with `offload log {drv_path}`"
     return "`offload machines` shows each machine's systems and features"
 
@@ -302,9 +305,11 @@ def build(
     backoff: Mapping[str, Health],
     run: Callable[[Coroutine[Any, Any, Built]], Built],
     shared: Path | None,
+    kept: bool = True,
 ) -> int:
     """``offload build`` once its settings are read: the run, its summary, the results
-    (``shared``: where ssh masters are kept for the next run, as ``cli.build`` started them)."""
+    (``shared``: where ssh masters are kept for the next run, as ``cli.build`` started them;
+    ``kept``: whether ``state`` outlives the run)."""
     renderer = _renderer(args)
     machine_events: list[MachineEvent] = []
 
@@ -332,12 +337,12 @@ def build(
         check=args.check,  # nothing is built for it: Nix checks only what was built before
     )
     if not args.json and (report.finished or machine_events):  # quiet when nothing was to do
-        render_summary([*report.finished, *machine_events], sys.stderr)
+        render_summary([*report.finished, *machine_events], sys.stderr, logs_kept=kept)
     if args.report is not None:
         _write_report(state, report.run_id, args.report)
     if report.failed:
         _print_log_tails(BuildLogs(state / "logs"), report.failed)
-        raise build_failed(report)
+        raise build_failed(report, logs_kept=kept)
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"
         raise OffloadError(msg)

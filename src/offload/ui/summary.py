@@ -91,6 +91,8 @@ class RunSummary:
     # Machines whose load cut their slots: (the deepest cut, the last report), each.
     loaded: tuple[tuple[MachineEvent, MachineEvent], ...] = ()
     jobs: int = 0  # derivations the run ended (built, fetched, failed, skipped...)
+    # The run's build logs outlive it (not when its state directory was a temporary one).
+    logs_kept: bool = True
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -193,6 +195,7 @@ def render_summary(
     machines: Sequence[str] = (),
     width: int | None = None,
     console: Console | None = None,
+    logs_kept: bool = True,
 ) -> RunSummary:
     """Write the summary of ``events`` (any events; only the relevant ones are read).
 
@@ -200,7 +203,7 @@ def render_summary(
     width match), else to a console made on ``stream``; ``rich=None`` means rich exactly when
     ``stream`` is a terminal.
     """
-    summary = summarize(events, machines)
+    summary = dataclasses.replace(summarize(events, machines), logs_kept=logs_kept)
     if rich is None:
         rich = console is not None or _isatty(stream)
     if rich:
@@ -240,7 +243,7 @@ def _on(job: JobFinished) -> str:
 
 def _logged(summary: RunSummary) -> bool:
     """Whether a failed derivation was built somewhere, so that it has a log to see."""
-    return any(job.machine for job in summary.failed)
+    return summary.logs_kept and any(job.machine for job in summary.failed)
 
 
 def _cut(deepest: MachineEvent, last: MachineEvent) -> str:
