@@ -4,6 +4,7 @@ exits as it would, what it would print going nowhere; never a traceback (Python 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,3 +59,47 @@ def _out(file: Path) -> str:
     return subprocess.run(
         ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
     ).stdout.split()[0]
+
+
+@pytest.mark.parametrize(
+    ("gone", "args"),
+    [(1, ["--json"]), (1, []), (2, ["-L"]), (2, ["--json", "-L"])],
+    ids=["json-stdout", "paths-stdout", "lines-stderr", "json-stderr"],
+)
+def test_a_build_whose_reader_has_gone_builds_links_and_exits_0(
+    tmp_path: Path, gone: int, args: list[str]
+) -> None:
+    """`offload build --json | head -1`: the reader of stdout (or stderr) goes away while the
+    run writes. As nix-build, the run goes on to its result links and history, and exits 0;
+    no traceback for each event it could not write."""
+    file = nix_file(tmp_path, 'mk "gone" "/bin/echo a log line; /bin/echo built > $out" {}\n')
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    env["NIX_CONFIG"] = env.get("NIX_CONFIG", "") + "\nsubstituters =\n"
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first write: every write to it fails with EPIPE
+    other = subprocess.PIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "offload", "build", "--builders", "", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=writer if gone == 1 else other,
+            stderr=writer if gone == 2 else other,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    said = done.stderr if gone == 1 else done.stdout
+    assert done.returncode == 0, said
+    assert "Traceback" not in said
+    assert "Exception" not in said
+    output = _out(file)
+    assert valid_locally(output)
+    assert str((tmp_path / "result").readlink()) == output
+    history = subprocess.run(
+        [sys.executable, "-m", "offload", "history", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert [run["outcome"] for run in json.loads(history.stdout)["runs"]] == ["ok"]

@@ -31,6 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from offload import __version__
+from offload.streams import ForgivingStderr, reader_gone
 
 if TYPE_CHECKING:
     from offload.errors import OffloadError
@@ -190,7 +191,8 @@ def _standard_streams() -> None:
     """Started with stdin, stdout or stderr closed (``>&-``), as nix-build then runs and
     exits: what would go there goes nowhere. Each such descriptor is /dev/null from now on, so
     no file this process opens takes its number and no Nix or ssh it starts writes into that
-    file (Python leaves ``sys.stdout`` None, whose first write was a traceback)."""
+    file (Python leaves ``sys.stdout`` None, whose first write was a traceback). A reader of
+    stderr that goes away later is no error either (``offload.streams``)."""
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         try:
             os.fstat(fd)
@@ -201,6 +203,13 @@ def _standard_streams() -> None:
                 os.close(null)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+    # A reader of stderr that goes away (`2>&1 | head`) must not stop a run half-way.
+    sys.stderr = ForgivingStderr(
+        open(2, "wb", closefd=False),  # noqa: SIM115 - the stream's own, for the process's life
+        encoding=sys.stderr.encoding,
+        errors="backslashreplace",
+        line_buffering=True,
+    )
 
 
 def _end(status: int) -> None:
@@ -244,7 +253,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return exit_status(exc)
     except BrokenPipeError:
         # Whoever read stdout has gone; later flushes must not fail again at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reader_gone(sys.stdout)
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
     except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
         if args.debug:

@@ -38,6 +38,7 @@ from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
+from offload.streams import reader_gone
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, Timing
 from offload.ui.summary import render_summary
@@ -287,13 +288,17 @@ def _write_report(state: Path, run_id: str, target: Path) -> None:
 
 def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
     """The result links, then the output paths on stdout, as nix-build makes and prints
-    them (a link that cannot be made prints none)."""
+    them (a link that cannot be made prints none; a reader that has gone reads none)."""
     links = out_links(graph.roots, graph, args.out_link or "result")
     if args.out_link is not None:
         add_roots(links)
-    if not args.json:
+    if args.json:
+        return
+    try:
         for path, _ in links:
-            print(path)
+            print(path, flush=True)
+    except BrokenPipeError:  # its reader has gone (`| head -1`): the build stands, as Nix's
+        reader_gone(sys.stdout)
 
 
 def build(

@@ -9,6 +9,9 @@ plain ASCII whatever a build printed.
 Build log lines (``job_log``) are written only with ``print_logs`` (``-L``): a large build
 prints hundreds of thousands of lines, which would swamp the events a consumer usually wants,
 and every log is kept anyway (``offload log DRV``).
+
+A reader that goes away (``| head -1``) ends the lines, not the run: it builds on, makes its
+result links and keeps its history, as nix-build does (``offload.streams``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import json
 from typing import TextIO
 
+from offload.streams import reader_gone
 from offload.ui.events import Event, JobLog, event_dict
 
 __all__ = ["JsonRenderer"]
@@ -45,9 +49,12 @@ class JsonRenderer:
 
     def _flush(self) -> None:
         lines, self._pending = self._pending, []
-        if lines:
-            self._stream.write("".join(lines))
-        self._stream.flush()
+        try:
+            if lines:
+                self._stream.write("".join(lines))
+            self._stream.flush()
+        except BrokenPipeError:
+            reader_gone(self._stream)
 
     def close(self) -> None:
         self._flush()

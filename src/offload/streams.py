@@ -1,0 +1,53 @@
+"""Standard streams whose reader has gone (``offload build --json | head -1``, ``2>&1 | head``).
+
+Nix ignores a failed write to stderr so that its clean-up runs to the end, and nix-build with
+its stdout's reader gone still builds, makes its result links and exits 0. offload does the
+same: the first write that finds the reader gone points the stream's descriptor at /dev/null
+(``reader_gone``), so nothing written there afterwards fails, neither what Python still holds
+in the stream's buffer, nor another write to it, nor a Nix or ssh child sharing it. At the
+bottom of the layers: the renderers and the CLI both use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import TextIO
+
+from offload.typing_compat import override
+
+__all__ = ["ForgivingStderr", "reader_gone"]
+
+
+def reader_gone(stream: TextIO) -> None:
+    """``stream``'s reader has gone: its descriptor (if it has one) writes to /dev/null."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: no descriptor, or closed
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+
+
+class ForgivingStderr(io.TextIOWrapper):
+    """stderr that never fails for a reader that went away: a run's lines and its clean-up's
+    are worth nothing to it, and raising would stop the run half-way (as Nix's
+    ``writeToStderr`` ignores EPIPE)."""
+
+    @override
+    def write(self, text: str, /) -> int:
+        try:
+            return super().write(text)
+        except BrokenPipeError:
+            reader_gone(self)
+            return len(text)
+
+    @override
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BrokenPipeError:
+            reader_gone(self)
+            with contextlib.suppress(OSError):  # what was held goes to /dev/null now
+                super().flush()
