@@ -146,3 +146,39 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, delay):
         # -SIGINT: the Ctrl-C came while Python was finalizing after offload had finished
         # (finalization puts SIGINT's default action back); a shell reports it as 130 too.
         assert proc.returncode in (0, 130, -signal.SIGINT), text
+
+
+def test_a_second_signal_waits_for_the_first_ones_clean_up(fleet, tmp_path, short_tmp):
+    """SIGTERM, then Ctrl-C at once (an impatient user, a supervisor's second word): the second
+    is ignored, as Nix ignores it, so the first one's clean-up goes to its end. asyncio's own
+    runner raised it into that clean-up: the build's partial output stayed on the builder and
+    the run was missing from history."""
+    marker, release = tmp_path / "running", tmp_path / "never"
+    wait = marker_script(
+        marker, f"echo part > $out; while [ ! -e {release} ]; do /bin/sleep 0.1; done"
+    )
+    file = nix_file(tmp_path, f'{{ long = mk "long" "{wait}" {{}}; }}\n')
+    env = offload_env(fleet, tmp_path, TMPDIR=str(short_tmp))
+    argv = offload_argv(file, "-A", "long", "--builders", f"@{fleet.machines_file}")
+    proc = processes.start(
+        [*argv, "--on", "medium", "-j", "0"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for(marker.exists, 30, "the build to run on medium")
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        processes.stop(proc)
+    said = err.decode(errors="replace")
+    assert proc.returncode == 143, said
+    assert "Traceback" not in said
+    assert not [cmd for _, cmd in member_processes(fleet.member("medium")) if str(release) in cmd]
+    medium = fleet.member("medium").root / "nix" / "store"
+    assert not (medium / Path(out_path(file, "long")).name).exists()
+    shown = subprocess.run(
+        [sys.executable, "-m", "offload", "history", "--json"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert [run["outcome"] for run in json.loads(shown.stdout)["runs"]] == ["interrupted"]

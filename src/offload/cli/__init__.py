@@ -7,9 +7,10 @@ the command). Usage errors exit 1 as Nix's own commands do (argparse's 2 is nobo
 here); an error offload did not foresee is still one line, with the way to see its traceback; a
 closed stdout (``| head``) ends the command quietly, as it ends Nix's.
 
-SIGTERM and SIGHUP are handled as Ctrl-C is: each is turned into a SIGINT, so the one path that
-stops a run cleanly (asyncio cancels the run, remote builds are stopped, temporary directories
-removed, the terminal restored) serves all three; the exit status is 128 + the signal's number
+SIGTERM and SIGHUP are handled as Ctrl-C is (``interrupts``): each is turned into a SIGINT, so
+the one path that stops a run cleanly (asyncio cancels the run, remote builds are stopped,
+temporary directories removed, the terminal restored) serves all three, and a second one
+waits for the first one's clean-up; the exit status is 128 + the first signal's number
 (nix-build says "interrupted by the user" and exits 1 for any of them). Ctrl-C while the
 subcommands are still being imported is caught as well: no traceback, whenever it comes.
 """
@@ -27,10 +28,10 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from offload import __version__
+from offload.cli import interrupts
 from offload.streams import ForgivingStderr, reader_gone
 
 if TYPE_CHECKING:
@@ -155,33 +156,20 @@ def root_parser() -> argparse.ArgumentParser:
     return _parser()
 
 
-# The signal that stopped the run (SIGINT unless another was turned into it).
-_stopped_by: list[int] = []
-
-
-def _as_interrupt(signum: int, _frame: FrameType | None) -> None:
-    _stopped_by.append(signum)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        # Started with Ctrl-C ignored (a background job of a script): a SIGTERM must still
-        # stop the run, by the same path (KeyboardInterrupt, then every task's cleanup).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.raise_signal(signal.SIGINT)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv`` and return its exit status; with ``argv`` None, the process's
     own command line (the console script, ``python -m offload``), whose end ends the process
     (``_end``)."""
-    _stopped_by.clear()
+    interrupts.reset()
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _as_interrupt)
+        signal.signal(signum, interrupts.as_interrupt)
     if argv is None:
         _standard_streams()
     try:
         status = _dispatch(argv)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 128 + (_stopped_by[0] if _stopped_by else signal.SIGINT)
+        return interrupts.stopped_status()
     if argv is None:
         _end(status)
     return status

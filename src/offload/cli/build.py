@@ -9,7 +9,6 @@ settings and machines, and the builders' ssh masters, started at once
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from offload.backoff import Health, load_backoff
 from offload.cli.build_args import add_build_arguments, eval_flags, refusal
+from offload.cli.interrupts import steady_runner
 from offload.cli.machines import pool_from_args
 from offload.errors import ConfigError
 from offload.marks import mark
@@ -94,7 +94,8 @@ def _run(
         # now stay for the next (offload.transport.persist), unless the state is not kept:
         # their sockets would go with it.
         shared = kept_dir(state) if kept else None
-        with asyncio.Runner() as runner:
+        # A second Ctrl-C waits for the first one's clean-up (cli.interrupts).
+        with steady_runner() as runner:
             try:
                 # The builders connect while the modules the run builds with are imported.
                 runner.run(early.start_masters(usable, shared=shared))
