@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from offload.errors import TransportError
+from offload.tasks import stop
 
 __all__ = [
     "Completed",
@@ -274,14 +275,33 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
         proc.stdin.close()
     if proc.returncode is not None:
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
-        except TimeoutError:
-            continue
+    # asyncio's wait(), begun before the exit is seen, returns only once the child's pipes have
+    # ended too; a stdout holding more unread bytes than its limit (a transfer cut off) is read
+    # no further, so its end is never seen and the whole grace passed, even for a child killed
+    # already (``stop_now``, when its exit was not seen yet). What is left is read meanwhile.
+    reading = asyncio.get_running_loop().create_task(_discard_stdout(proc))
+    try:
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
+            except TimeoutError:
+                continue
+            return
+    finally:
+        await stop(reading)
+
+
+async def _discard_stdout(proc: asyncio.subprocess.Process) -> None:
+    """Read a stopping child's stdout to its end, dropping it (chunk by chunk: a child that
+    ignores SIGTERM may write on for the whole grace)."""
+    if proc.stdout is None:
         return
+    # RuntimeError: a task of the caller's reads it, and so keeps it read (as in ``_drain``).
+    with contextlib.suppress(OSError, RuntimeError):
+        while await proc.stdout.read(1 << 16):
+            pass
 
 
 # How long a stopped child's leftover output is read for (it is in the pipe already).
