@@ -56,8 +56,9 @@ def _read_all(fd: int) -> bytes:
 IGNORING_CTRL_C = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh"]
 
 
-@pytest.mark.parametrize("ctrl_c", ["default", "ignored"])
-def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp, ctrl_c):
+def _long_build(fleet, tmp_path, short_tmp):
+    """A build on medium that runs until stopped: (its running marker, the file that would
+    release it, its Nix file, the run's env, the command line without ``--on``)."""
     marker, release = tmp_path / "running", tmp_path / "never"
     # Part of the output is written before the wait, as a build stopped mid-way leaves it.
     wait = marker_script(
@@ -66,6 +67,12 @@ def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp, ctrl_c
     file = nix_file(tmp_path, f'{{ long = mk "long" "{wait}" {{}}; }}\n')
     env = offload_env(fleet, tmp_path, TMPDIR=str(short_tmp))
     argv = offload_argv(file, "-A", "long", "--builders", f"@{fleet.machines_file}")
+    return marker, release, file, env, argv
+
+
+@pytest.mark.parametrize("ctrl_c", ["default", "ignored"])
+def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp, ctrl_c):
+    marker, release, file, env, argv = _long_build(fleet, tmp_path, short_tmp)
     main, other = pty.openpty()  # stderr a terminal: the live view, with its hidden cursor
     wrap = IGNORING_CTRL_C if ctrl_c == "ignored" else []
     proc = processes.start(
@@ -154,13 +161,7 @@ def test_a_second_signal_waits_for_the_first_ones_clean_up(fleet, tmp_path, shor
     runner raised it into that clean-up: the build's partial output stayed on the builder and
     the run was missing from history. (In this order because two signals pending together are
     delivered lowest number first: SIGINT's, whichever was sent first.)"""
-    marker, release = tmp_path / "running", tmp_path / "never"
-    wait = marker_script(
-        marker, f"echo part > $out; while [ ! -e {release} ]; do /bin/sleep 0.1; done"
-    )
-    file = nix_file(tmp_path, f'{{ long = mk "long" "{wait}" {{}}; }}\n')
-    env = offload_env(fleet, tmp_path, TMPDIR=str(short_tmp))
-    argv = offload_argv(file, "-A", "long", "--builders", f"@{fleet.machines_file}")
+    marker, release, file, env, argv = _long_build(fleet, tmp_path, short_tmp)
     proc = processes.start(
         [*argv, "--on", "medium", "-j", "0"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
