@@ -159,3 +159,14 @@ def test_a_link_planted_by_another_user_is_not_followed_as_root(tmp_path):
     assert secret.read_text() == "root's"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert link.is_symlink()
+
+
+def test_a_directory_gone_since_the_check_is_one_line(tmp_path):
+    # --report is checked before a build and written after it: the directory may be gone.
+    model = make_model(_run({}), [_build("a", "fast", 1, 5)])
+    target = tmp_path / "gone" / "r.html"
+    target.parent.mkdir()
+    check_target(target)
+    target.parent.rmdir()
+    with pytest.raises(OffloadError, match=r"r\.html: cannot write the report: No such file"):
+        write_page(model, target)

@@ -92,7 +92,12 @@ def write_page(model: ReportModel, path: Path | None) -> None:
             return
     except OSError as exc:
         raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        # Its directory may have gone since check_target (a long build), or be one the kernel
+        # makes no file in (/proc): the same one-line error as a failed write.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(page)
