@@ -22,12 +22,12 @@ from tests.helpers.nix_files import nix_file, valid_locally
 from tests.helpers.offload_run import offload_argv
 
 
-def _build(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+def _build(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     file = nix_file(tmp_path, 'mk "kept" "echo kept > $out" {}\n')
     env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
     env.pop("NIX_CONFIG", None)
     done = subprocess.run(
-        offload_argv(file, "--builders", "", "-j1", "--option", "substituters", ""),
+        offload_argv(file, "--builders", "", "-j1", "--option", "substituters", "", *extra),
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -72,6 +72,20 @@ def test_what_cannot_be_kept_is_said_and_the_build_stands(
     assert result.is_symlink()
     assert valid_locally(done.stdout.strip())
     assert "internal error" not in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root passes the check of /proc's mode")
+def test_a_report_that_cannot_be_written_after_the_build_is_a_warning(tmp_path: Path) -> None:
+    # Checked before the run, the page is written after it, when its place may no longer
+    # take a file (here /proc, which passes root's check and makes no file): the build stands.
+    done, result = _build(tmp_path, "--report", "/proc/offload-report.html")
+    assert done.returncode == 0, done.stderr
+    assert result.is_symlink()
+    assert valid_locally(done.stdout.strip())
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    said = "warning: the run's report was not written: /proc/offload-report.html: cannot write"
+    assert warnings == [f"{said} the report: No such file or directory"], done.stderr
+    assert "error:" not in done.stderr
 
 
 def test_a_build_forgets_old_runs_and_keeps_its_own(tmp_path: Path) -> None:

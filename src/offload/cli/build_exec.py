@@ -280,10 +280,16 @@ def _renderer(args: argparse.Namespace) -> Renderer:
 
 
 def _write_report(state: Path, run_id: str, target: Path) -> None:
+    """The run's page into ``target``; one that cannot be written (its directory gone during
+    the run, a full disk, the run not in history) is a warning: the page is not the build, so
+    its outputs, links and exit status stand."""
     from offload.report import write_report  # not cheap: imported for --report only
 
-    with History(state / "history.sqlite") as history:
-        write_report(history, run_id, target)
+    try:
+        with History(state / "history.sqlite") as history:
+            write_report(history, run_id, target)
+    except OffloadError as exc:
+        warn(f"the run's report was not written: {exc.message}", exc.hint)
 
 
 def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
