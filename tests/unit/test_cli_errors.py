@@ -225,3 +225,20 @@ def test_a_demo_graph_that_cannot_be_read_is_said_before_any_fleet_starts(
     assert status == 1
     _one_error(err)  # it was an internal error (FileNotFoundError, IsADirectoryError, JSON)
     assert not (tmp_path / "fleet").exists()
+
+
+def test_a_dash_dash_given_as_an_options_value_is_that_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--since=--` gives the option the value "--"; Python 3.11's argparse made it [], an
+    # internal error here, and "the history database is damaged: move the file away" there.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    status, err = _offload(["report", "--hook", "--since=--"], capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.startswith("error: --since '--': not a duration\n")
+    status, err = _offload(["history", "--machine=--"], capsys)
+    assert (status, err) == (0, "")
+    status, err = _offload(["report", "-o=--"], capsys)
+    assert status == 1
+    assert err.startswith("error: no run in the history\n")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import functools
 import importlib
 import os
 import re
@@ -75,6 +76,16 @@ def _parser_class() -> type[argparse.ArgumentParser]:
             return super().parse_known_args(args, namespace)
 
         @override
+        def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:  # noqa: ANN401 - what argparse makes of a value: anything
+            # Python 3.11's argparse takes a "--" out of an option's values as if it ended the
+            # options, but only `--since=--` puts one there: it is the value itself, and
+            # without it the value became [] (an internal error, or `offload use --for=--`
+            # silently "until cleared"). A "--" put first is the one it takes out.
+            if action.option_strings and "--" in arg_strings and _strips_option_dashes():
+                arg_strings = ["--", *arg_strings]
+            return super()._get_values(action, arg_strings)
+
+        @override
         def error(self, message: str) -> NoReturn:
             # argparse quotes the bad value whole, and it may be anything a user pasted.
             # It is said on one line: line breaks and other control characters escaped.
@@ -85,6 +96,14 @@ def _parser_class() -> type[argparse.ArgumentParser]:
             sys.exit(1)
 
     return _Parser
+
+
+@functools.cache
+def _strips_option_dashes() -> bool:
+    """Whether this Python's argparse drops a ``--`` given as an option's value (3.11 does)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--value")
+    return bool(probe.parse_args(["--value=--"]).value != "--")
 
 
 def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
