@@ -34,15 +34,35 @@ def user_state(env: Mapping[str, str] | None = None, home: str | None = None) ->
     env = os.environ if env is None else env
     if env.get("OFFLOAD_STATE_DIR"):
         return env["OFFLOAD_STATE_DIR"]
-    if env.get("XDG_STATE_HOME"):
+    if _xdg_state(env):
         return os.path.join(env["XDG_STATE_HOME"], "offload")  # noqa: PTH118 - no pathlib here
-    base = home or os.path.expanduser("~")  # noqa: PTH111 - no pathlib here
+    base = home or _home(env)
     return os.path.join(base, ".local", "state", "offload")  # noqa: PTH118 - no pathlib here
+
+
+def _xdg_state(env: Mapping[str, str]) -> bool:
+    """Whether ``$XDG_STATE_HOME`` is used: the XDG spec has a relative one ignored, as
+    invalid (it would put the history wherever each command happens to run)."""
+    return os.path.isabs(env.get("XDG_STATE_HOME", ""))  # noqa: PTH117 - no pathlib here
+
+
+def _home(env: Mapping[str, str]) -> str:
+    """``$HOME``; where it is empty or relative, the user's home from the password database
+    (``expanduser`` takes an empty one for the root directory: root's state in /.local)."""
+    home = env.get("HOME", "")
+    if os.path.isabs(home):  # noqa: PTH117 - no pathlib here
+        return home
+    import pwd  # only for a home that is not said: a builtin module, cheap for the hook
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # a uid with no entry: as before, whatever expanduser makes of it
+        return os.path.expanduser("~")  # noqa: PTH111 - no pathlib here
 
 
 def hook_state(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
-    if env.get("OFFLOAD_STATE_DIR") or env.get("XDG_STATE_HOME"):
+    if env.get("OFFLOAD_STATE_DIR") or _xdg_state(env):
         return user_state(env)
     if os.geteuid() == 0 and env.get("HOME", "") in _HOMELESS:
         return SYSTEM_STATE
