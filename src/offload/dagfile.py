@@ -37,6 +37,7 @@ from types import MappingProxyType
 from offload.errors import ConfigError
 
 __all__ = [
+    "MAX_WORK",
     "Dag",
     "DagNode",
     "dump_dag",
@@ -49,6 +50,9 @@ __all__ = [
 # Nix's store path name alphabet (a name may not start with a dot); 211 = 255 - hash - dash - slack
 # Nix keeps for ".drv" and output suffixes.
 _NAME_RE = re.compile(r"[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}")
+# Seconds at speed 1 a node may take (31 years): a graph's totals and the simulator's clock
+# stay finite and exact enough; 1e308 twice summed to inf, a lower bound of "inf s".
+MAX_WORK = 1e9
 _NODE_KEYS = frozenset({"name", "work", "deps", "features", "system"})
 _FEATURE_RE = re.compile(r"[^\s,]+")
 
@@ -150,8 +154,11 @@ def _check_node(node: DagNode, *, source: str) -> None:
             f"{where}: name must be 1-211 characters of A-Z a-z 0-9 + - . _ ? = "
             "and not start with '.'",
         )
-    if not math.isfinite(node.work) or node.work < 0:
-        raise ConfigError(f"{where}: work must be a finite number >= 0, not {node.work!r}")
+    if not math.isfinite(node.work) or not 0 <= node.work <= MAX_WORK:
+        raise ConfigError(
+            f"{where}: work must be a finite number >= 0 (at most {MAX_WORK:g} s),"
+            f" not {node.work!r}"
+        )
     if len(set(node.deps)) != len(node.deps):
         raise ConfigError(f"{where}: a dependency is listed twice")
     if node.name in node.deps:

@@ -42,6 +42,11 @@ def error_of(data: object) -> str:
         ({"nodes": [node("a", -1)]}, "g.json: node 'a': work must be a finite number >= 0"),
         ({"nodes": [node("a", math.nan)]}, "g.json: node 'a': work must be a finite number"),
         ({"nodes": [node("a", math.inf)]}, "g.json: node 'a': work must be a finite number"),
+        # Two of them summed to inf: the lower bound "inf s", the makespan 5e307 s.
+        (
+            {"nodes": [node("a", 1e308)]},
+            "work must be a finite number >= 0 (at most 1e+09 s), not 1e+308",
+        ),
         ({"nodes": [node("a", "3")]}, "g.json: node 'a': work must be a number, not \"3\""),
         ({"nodes": [node("a", True)]}, "g.json: node 'a': work must be a number, not true"),
         ({"nodes": [{"name": "a", "work": 1, "deps": "b"}]}, "deps must be a list of strings"),
