@@ -236,7 +236,9 @@ def test_cli_feature_fields_restrict_machines(
     assert built == {"big": 1, "small": 4}
 
 
-@pytest.mark.parametrize("spec", ["a:1", "a:x:1", "a:1:1,a:2:2", "a:0:1", "a:1:0", ""])
+@pytest.mark.parametrize(
+    "spec", ["a:1", "a:x:1", "a:1:1,a:2:2", "a:0:1", "a:1:0", "", "a:1e-300:1", "a:nan:1"]
+)
 def test_cli_rejects_bad_machine_specs(tmp_path: Path, spec: str) -> None:
     with pytest.raises(ConfigError):
         _cli([str(_dag_file(tmp_path)), "--machines", spec])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +29,9 @@ NIX_DEFAULT_FEATURES = frozenset({"benchmark", "big-parallel", "kvm", "nixos-tes
 # this overflows a float (factors of e**(±3 sigma) are already absurd at 10).
 MAX_SLOTS = 10_000
 MAX_NOISE = 10.0
+# Speeds are relative: six orders of magnitude either way is every machine there is, and keeps
+# work / speed finite (1e-300 made every finish inf, and the policy found no best machine).
+SPEEDS = (1e-6, 1e6)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -115,9 +117,11 @@ def parse_machines(
             raise ConfigError(
                 f"--machines: {_shown(item)}: speed must be a number and slots an integer"
             ) from None
-        if not math.isfinite(speed) or speed <= 0 or not 0 <= slots <= MAX_SLOTS:
+        low, high = SPEEDS
+        if not low <= speed <= high or not 0 <= slots <= MAX_SLOTS:  # a nan is neither
             raise ConfigError(
-                f"--machines: {_shown(item)}: speed must be > 0 and slots 0 to {MAX_SLOTS}"
+                f"--machines: {_shown(item)}: speed must be {low:g} to {high:g}"
+                f" and slots 0 to {MAX_SLOTS}"
             )
         supported = _features(fields[3]) if len(fields) > 3 else features
         mandatory = _features(fields[4]) if len(fields) > 4 else frozenset()
