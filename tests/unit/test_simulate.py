@@ -286,3 +286,16 @@ def test_cli_machines_have_nixs_default_features_only(tmp_path: Path) -> None:
     with pytest.raises(SchedulerError, match="cuda"):
         _cli([str(dag)])
     assert _cli([str(dag), "--machines", "gpu:1:1:cuda"]) == 0
+
+
+def test_cli_a_node_no_machine_can_build_is_told_with_simulates_own_fix(tmp_path: Path) -> None:
+    # The scheduler's hint was offload build's --keep-going, an option simulate has not, and a
+    # node without a system "needed system builtin".
+    path = tmp_path / "dag.json"
+    path.write_text(json.dumps({"nodes": [{"name": "a", "work": 1, "features": ["gpu"]}]}))
+    with pytest.raises(SchedulerError) as caught:
+        _cli([str(path), "--machines", "a:1:1"])
+    assert caught.value.message.startswith("no machine can build a: it needs any system with gpu")
+    assert caught.value.hint is not None
+    assert "--keep-going" not in caught.value.hint
+    assert caught.value.hint.startswith("give --machines one with those features")

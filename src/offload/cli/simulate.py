@@ -14,7 +14,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from offload.errors import ConfigError
+from offload.errors import ConfigError, SchedulerError
 from offload.scheduler.dag import Job
 from offload.scheduler.nix_model import NixCosts, simulate_nix
 from offload.scheduler.policy import MachineSlotSpec
@@ -175,9 +175,16 @@ def run(args: argparse.Namespace) -> int:
         costs = replace(NixCosts.measured(), integer_speed=args.nix_version < (2, 20))
         result = simulate_nix(jobs, machines, costs, noise=args.noise, seed=args.seed)
     else:
-        result = simulate(
-            jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation
-        )
+        try:
+            result = simulate(
+                jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation
+            )
+        except SchedulerError as exc:
+            if not exc.message.startswith("no machine can build"):
+                raise
+            # The scheduler's hint is offload build's (--keep-going), which simulate has not.
+            hint = "give --machines one with those features: name:speed:slots:feature+feature"
+            raise SchedulerError(exc.message, hint=hint) from None
     if args.json:
         print(json.dumps(result.as_dict(), indent=None))
     else:
