@@ -10,8 +10,10 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from offload.backoff import Health, save_backoff
 from offload.history.db import History
 from offload.history.records import BuildRecord, RunRecord
 
@@ -140,3 +142,19 @@ def test_use_on_a_read_only_state_directory(tmp_path: Path) -> None:
         "hint: OFFLOAD_STATE_DIR names it: point it at a directory you may write",
     ]
     assert list(state.iterdir()) == []
+
+
+def test_a_backoff_reset_that_cannot_be_written_is_an_error(tmp_path: Path) -> None:
+    # The builder stays backed off: a warning and exit 0 said the reset was done.
+    state = tmp_path / "state"
+    save_backoff(state / "backoff.json", {"b1": Health(2, time.time() + 600, "refused")}, 0.0)
+    before = _contents(state)
+    env = {"OFFLOAD_STATE_DIR": str(state), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    done = _offload_read_only(state, "machines", "--builders", "b1", "--reset", "b1", env=env)
+    assert done.returncode == 1, done.stderr
+    said = f"error: --reset: cannot clear the backoff of b1 in {state}/backoff.json"
+    assert done.stderr.splitlines() == [
+        f"{said}: Read-only file system",
+        "hint: run it where you may write that file (sudo for the nix-daemon's hook's)",
+    ]
+    assert _contents(state) == before

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict
 
-from offload.backoff import Health, clear_backoff
+from offload.backoff import Health, clear_backoff, load_backoff
 from offload.cli.machines_list import (
     BACKOFF_FILE,
     backoff_places,
@@ -212,18 +212,26 @@ def _reset(pool: Pool, values: Sequence[str]) -> None:
                 f"--reset {name}: no machine of that name, and no backoff for it",
                 hint=f"known names: {', '.join(pool.names())}",
             )
+    kept: list[str] = []  # why a backoff asked to be cleared is still in force
     for place in places:
         path = place / BACKOFF_FILE
         try:
             cleared = clear_backoff(path, names, now)
         except OSError as exc:
-            print(f"warning: cannot clear backoff in {path}: {exc.strerror}", file=sys.stderr)
+            held = [n for n in names if n in load_backoff(path, now)]
+            kept += [f"{', '.join(held)} in {path}: {exc.strerror}"] if held else []
             continue
         for name in cleared:
             print(f"offload: backoff of {name} cleared ({path})", file=sys.stderr)
     for name in names:
         if name not in known:
             print(f"offload: {name} was not backed off", file=sys.stderr)
+    if kept:
+        # What was asked was not done: the builder stays left out of runs and the hook's work.
+        raise ConfigError(
+            f"--reset: cannot clear the backoff of {'; '.join(kept)}",
+            hint="run it where you may write that file (sudo for the nix-daemon's hook's)",
+        )
 
 
 # --- list ---------------------------------------------------------------------------------------
