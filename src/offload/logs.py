@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote, unquote
 
+from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.names import LOCAL
 from offload.paths import state_dir
@@ -180,7 +181,8 @@ class BuildLogs:
         if path is None:
             where = f" on {machine}" if machine else ""
             raise OffloadError(
-                f"no build log kept for {_drv_name(drv_path)}{where}",
+                # shown: it is whatever was typed or pasted (a line break, a terminal escape).
+                f"no build log kept for {shown(_drv_name(drv_path), 200)}{shown(where, 200)}",
                 hint="offload keeps the logs of builds it ran itself, "
                 "and Nix keeps none either (`offload log` asks it): was it built on this host?",
             )

@@ -393,3 +393,11 @@ def test_a_reader_that_stops_early_stops_the_command() -> None:
     assert next(lines) == "endless\n"
     lines.close()  # as `offload log | head` ends it
     assert output_lines(["sh", "-c", "exit 3"]) is None
+
+
+def test_a_pasted_name_with_a_line_break_is_one_error_line(tmp_path: Path) -> None:
+    # The name is what was typed: a line break or an escape in it split or coloured the line.
+    logs = BuildLogs(tmp_path / "logs")
+    with pytest.raises(OffloadError) as caught:
+        logs.read("/nix/store/a\nb\x1b[31m.drv", machine="m\n1")
+    assert caught.value.message == "no build log kept for a\\nb\\x1b[31m.drv on m\\n1"

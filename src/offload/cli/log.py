@@ -77,7 +77,7 @@ def find_deriver(path: str) -> str:
     deriver = result.stdout.strip()
     if not deriver.endswith(".drv"):  # Nix prints "unknown-deriver"
         raise OffloadError(
-            f"{path} has no known deriver",
+            f"{shown(path, 200)} has no known deriver",
             hint="it was added to the store, not built; give the .drv path if you know it",
         )
     return deriver
