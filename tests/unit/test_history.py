@@ -69,3 +69,19 @@ def test_a_build_of_no_run_keeps_its_inputs_newest_first(tmp_path):
             ("/nix/store/b.drv", "/nix/store/a.drv"),
         ]
         assert history.recent_deps(limit=1) == [("/nix/store/d.drv", "/nix/store/b.drv")]
+
+
+def test_a_history_locked_by_another_process_is_said_so_not_damaged(tmp_path):
+    # Held past the busy timeout: the hint must not be the damaged file's "move it away".
+    path = tmp_path / "history.sqlite"
+    History(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError) as caught, History(path, wait=0.1) as history:
+            history.runs(limit=1)
+    finally:
+        holder.close()
+    assert caught.value.message.endswith("cannot use the history database: database is locked")
+    assert caught.value.hint is not None
+    assert caught.value.hint.startswith("another process holds it")

@@ -49,10 +49,17 @@ _P = ParamSpec("_P")
 _DAMAGED_HINT = "move the file away: offload starts a new history (estimates are relearned)"
 
 
+_LOCKED_HINT = (
+    "another process holds it (a hung offload, a sqlite3 shell): run this again once it ends"
+)
+
+
 def _damaged(path: Path, exc: Exception) -> StoreError:
     detail = " ".join(str(exc).split())
     if isinstance(exc, sqlite3.OperationalError):  # locked, I/O error: not the file's fault
-        return StoreError(f"{path}: cannot use the history database: {detail}")
+        # Locked past the busy timeout: another process holds it; it is not to be moved away.
+        hint = _LOCKED_HINT if "locked" in detail else None
+        return StoreError(f"{path}: cannot use the history database: {detail}", hint=hint)
     return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)
 
 
