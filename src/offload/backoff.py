@@ -32,6 +32,13 @@ __all__ = [
 # short enough that a builder's chatter cannot grow the file or a status line without end.
 REASON_CHARS = 400
 UNKNOWN_REASON = "why is not known (backed off by an offload that did not keep reasons)"
+# An entry further ahead than this (offload backs off for 27 minutes at most), or with more
+# failures, was not written by offload for this clock: a hand edit, a damaged file, a clock
+# that was far ahead. Read as none: its time is past what a date can show (1e300 made every
+# command that shows it, offload build's first line, an internal error), and a builder would
+# otherwise stay left out for years.
+_MAX_AHEAD = 86400.0
+_MAX_FAILURES = 10**9
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ def load_backoff(path: Path, now: float) -> dict[str, Health]:
         reason = entry.get("reason")
         if isinstance(reason, str) and reason.strip():  # bounded even if written by hand
             health = Health(health.failures, health.until, reason_line(reason))
-        if health.failures > 0 and health.until > now:
+        if 0 < health.failures <= _MAX_FAILURES and now < health.until <= now + _MAX_AHEAD:
             result[str(name)] = health
     return result
 

@@ -25,6 +25,20 @@ def test_a_corrupt_file_means_no_backoff(tmp_path):
     assert load_backoff(path, now=0.0) == {}
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"failures": 1, "until": 1e300},  # past any date: every command showing it failed
+        {"failures": 1, "until": 100.0 + 2 * 86400},  # years out, for a clock far ahead
+        {"failures": 1e300, "until": 500.0},
+    ],
+)
+def test_an_entry_offload_never_writes_means_no_backoff(tmp_path, entry):
+    path = tmp_path / "backoff.json"
+    path.write_text(json.dumps({"fast": entry, "slow": {"failures": 4, "until": 1720.0}}))
+    assert load_backoff(path, now=100.0) == {"slow": Health(4, 1720.0)}
+
+
 def _run(backoff, dead=False):
     plan, _, _, src = make_plan({"a": [], "b": []})
     local = FakeLink(FakeStore("local", [src]))
