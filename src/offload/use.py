@@ -41,6 +41,9 @@ __all__ = [
 USE_FILE = "use.json"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"([0-9]{1,6})([smhd])")
+# The longest duration taken (about 2700 years): a choice in force longer was not written by
+# offload (a hand edit, a damaged file), and until 1e300 was an internal error.
+_LONGEST = 10**6 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ def parse_duration(text: str, flag: str = "--for") -> float:
         raise ConfigError(
             f"{flag} {text!r}: not a duration", hint="write it as 90s, 30m, 2h or 1h30m"
         )
+    if total > _LONGEST:
+        raise ConfigError(f"{flag} {text!r}: longer than {_LONGEST / 86400:.0f} days")
     return float(total)
 
 
@@ -80,6 +85,8 @@ def read_choice(state: Path, now: float) -> Choice | None:
         until = None if data.get("until") is None else float(data["until"])
     except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: float(10**400)
         return None
+    if until is not None and not until <= now + _LONGEST:  # nan too
+        return None  # not offload's (a hand edit, a damaged file): past any date it can show
     choice = Choice(machines, since, until)
     return choice if machines and choice.in_force(now) else None
 

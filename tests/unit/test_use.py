@@ -39,6 +39,20 @@ def test_unreadable_choice_is_no_choice(tmp_path: Path) -> None:
     assert read_choice(tmp_path, now=0.0) is None
 
 
+@pytest.mark.parametrize("until", ["1e300", "Infinity", "NaN"])
+def test_a_choice_until_past_any_date_is_no_choice(tmp_path: Path, until: str) -> None:
+    # Not offload's: `offload use` and `offload status` failed on it (timestamp out of range).
+    text = f'{{"machines": ["fast"], "since": 0, "until": {until}}}'
+    (tmp_path / "use.json").write_text(text)
+    assert read_choice(tmp_path, now=0.0) is None
+
+
+def test_the_longest_duration_is_one_a_date_can_show() -> None:
+    assert parse_duration("999999d") == 999999 * 86400
+    with pytest.raises(ConfigError, match="--for '999999d999999d': longer than 1000000 days"):
+        parse_duration("999999d999999d")
+
+
 def test_probe_sees_held_slots_and_their_expected_ends(tmp_path: Path) -> None:
     locks = SlotLocks(tmp_path)
     assert locks.probe("ssh:__b", 2).free == 2
