@@ -69,6 +69,15 @@ def test_slots_held_backoff_and_choice_are_shown_per_machine(tmp_path: Path) -> 
     assert data["use"] == {"machines": ["fast"], "until": now + 3600}
 
 
+def test_a_choice_for_days_says_its_date(tmp_path: Path) -> None:
+    # `offload use fast --for 3d` said "until 19:46:13", as if it ended today.
+    now = time.time()
+    write_choice(tmp_path, Choice(("fast",), now, now + 3 * 86400))
+    status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "current-load"), now)
+    day = time.strftime("%Y-%m-%d", time.localtime(now + 3 * 86400))
+    assert format_status(status).splitlines()[-1].startswith(f"offload use: fast (until {day} ")
+
+
 def test_nothing_held_and_no_choice(tmp_path: Path) -> None:
     status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "current-load"), time.time())
     assert {(m.in_use, m.backoff, m.chosen) for m in status.machines} == {(0, None, True)}

@@ -69,6 +69,15 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
+def _day_and_clock(at: float) -> str:
+    """``at`` as a clock time, with its date when that is not today: a choice may last days
+    (`--for 3d`), and a clock time alone said it ended today."""
+    day = time.strftime("%Y-%m-%d", time.localtime(at))
+    if day == time.strftime("%Y-%m-%d"):
+        return _clock(at)
+    return f"{day} {_clock(at)}"
+
+
 def _in_use(machine: MachineStatus) -> str:
     text = f"{machine.in_use}/{machine.slots}"
     if machine.by_nix:
@@ -122,7 +131,7 @@ def format_status(status: PoolStatus) -> str:
     if choice is None:
         lines.append("offload use: none (the hook may use the whole pool)")
     else:
-        until = "until cleared" if choice.until is None else f"until {_clock(choice.until)}"
+        until = "until cleared" if choice.until is None else f"until {_day_and_clock(choice.until)}"
         lines.append(f"offload use: {','.join(choice.machines)} ({until})")
     return "".join(f"{line}\n" for line in lines)
 
