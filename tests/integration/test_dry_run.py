@@ -63,3 +63,18 @@ def test_dry_run_asks_builders_and_plans_a_fetch_for_what_they_hold(fleet, tmp_p
     assert not valid_locally(x)  # planned, not fetched
     text = offload(fleet, tmp_path, file, "-A", "y", *builders, "--dry-run")
     assert "x                              from fast" in text.stderr
+
+
+def test_a_dry_run_with_a_report_is_refused_before_evaluating(tmp_path):
+    # It wrote no page and said nothing: the report asked for silently went missing.
+    (tmp_path / "d.nix").write_text(NIX)
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "offload", "build", str(tmp_path / "d.nix"), "-A", "b"]
+    argv += ["--argstr", "salt", "x", "--builders", "", "--dry-run", "--report", "r.html"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: --report: a dry run builds nothing, so there is no run to report",
+        "hint: drop --dry-run to build and report, or --report to see the plan",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.nix"]

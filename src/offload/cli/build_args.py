@@ -266,4 +266,10 @@ def refusal(args: argparse.Namespace) -> ConfigError | None:
             "--log-format internal-json is Nix's own event format, which offload does not write",
             hint="offload's events are one JSON object per line with --json",
         )
+    if args.dry_run and args.report is not None:
+        # A dry run plans and builds nothing: no run is kept, and no page was written.
+        return ConfigError(
+            "--report: a dry run builds nothing, so there is no run to report",
+            hint="drop --dry-run to build and report, or --report to see the plan",
+        )
     return None
