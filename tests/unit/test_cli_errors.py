@@ -178,6 +178,20 @@ def test_a_closed_stdout_ends_quietly() -> None:
     assert done.stderr == ""
 
 
+def test_a_name_the_locale_cannot_encode_is_written_escaped(tmp_path: Path) -> None:
+    # An ISO-8859-1 or ASCII locale: a machine named "ü∞" made every listing an internal error.
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "OFFLOAD_STATE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "machines", "--builders", "ssh://\u00fc\u221e"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\\xfc\\u221e  " in done.stdout
+
+
 def test_output_that_is_not_utf8_is_read_not_fatal() -> None:
     done = run(["printf", r"caf\351 \377"], check=False)
     assert done.returncode == 0

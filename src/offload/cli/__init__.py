@@ -217,6 +217,11 @@ def _standard_streams() -> None:
         errors="backslashreplace",
         line_buffering=True,
     )
+    # A locale that is not UTF-8 (ISO-8859-1, PYTHONIOENCODING=ascii): a machine or file name
+    # it cannot encode is written escaped, as stderr already writes it, not an internal error.
+    with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper; closed
+        if sys.stdout.errors == "strict":
+            sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
 
 
 def _end(status: int) -> None:
