@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -170,3 +172,19 @@ def test_a_directory_gone_since_the_check_is_one_line(tmp_path):
     target.parent.rmdir()
     with pytest.raises(OffloadError, match=r"r\.html: cannot write the report: No such file"):
         write_page(model, target)
+
+
+def test_a_page_on_standard_output_is_utf8_whatever_the_locale(tmp_path):
+    # The page says charset utf-8: in an ISO-8859-1 locale "∞" was an internal error, and
+    # "ü" a byte the browser then misread.
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(_run({}), [_build("a", "fast-\u00fc\u221e", 1, 5)])
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path), "PYTHONIOENCODING": "latin-1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "report", "-o", "-"],
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "fast-\u00fc\u221e".encode() in done.stdout

@@ -82,8 +82,14 @@ def write_page(model: ReportModel, path: Path | None) -> None:
     written as it is (``_in_place``), never replaced by a file."""
     page = render_html(model)
     if path is None:
-        sys.stdout.write(page)
+        # As UTF-8 whatever the locale's encoding: the page says it is (meta charset).
         sys.stdout.flush()
+        out = getattr(sys.stdout, "buffer", None)
+        if out is None:  # a text stream only (a test's capture)
+            sys.stdout.write(page)
+        else:
+            out.write(page.encode("utf-8", "surrogateescape"))
+            out.flush()
         return
     try:
         if _in_place(path):
