@@ -188,3 +188,12 @@ def test_a_page_on_standard_output_is_utf8_whatever_the_locale(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "fast-\u00fc\u221e".encode() in done.stdout
+
+
+def test_a_long_machine_name_is_cut_in_its_lane_and_whole_in_the_tooltip():
+    # Uncut, it ran on under the lane's bars, hidden by them.
+    name = "builder-eu-west-1.example.org:2222"
+    page = render_html(make_model(_run({}), [_build("a", name, 1, 5)]))
+    label = re.search(r'<text class="lane-name"[^>]*>(.*?)</text>', page)
+    assert label is not None
+    assert label[1] == f"builder-eu-west-1.exa\u2026<title>{name}</title>"

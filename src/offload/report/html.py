@@ -25,6 +25,7 @@ from offload.ui.term import format_bytes, format_duration
 __all__ = ["render_html"]
 
 LABEL = 170  # px left of the chart for lane names
+LABEL_CHARS = 22  # of a lane's name, in bold 12px: what fits in LABEL
 WIDTH = 1000  # px of chart
 ROW = 16
 GAP = 3
@@ -158,15 +159,22 @@ def _tick(length: float) -> float:
 
 def _lane(lane: Lane, origin: float, scale: float, y: int) -> str:
     speed = "" if lane.speed is None else f"speed {lane.speed:g}, {lane.slots} slots"
+    name = f"{esc(_fitted(lane.machine))}<title>{esc(lane.machine)}</title>"
     parts = [
         f'<g class="lane" data-machine="{esc(lane.machine)}">',
         f'<line class="grid" x1="0" x2="{LABEL + WIDTH}" y1="{y}" y2="{y}"/>',
-        f'<text class="lane-name" x="4" y="{y + LANE_PAD + 12}">{esc(lane.machine)}</text>',
+        f'<text class="lane-name" x="4" y="{y + LANE_PAD + 12}">{name}</text>',
         f'<text x="4" y="{y + LANE_PAD + 27}">{esc(speed)}</text>',
     ]
     parts += [_bar(bar, origin, scale, y + LANE_PAD + bar.row * (ROW + GAP)) for bar in lane.bars]
     parts.append("</g>")
     return "\n".join(parts)
+
+
+def _fitted(name: str) -> str:
+    """``name`` cut to what the label column shows: a longer one ran on under the bars
+    (``builder-eu-west-1.example.org:2222``); the whole name is the label's tooltip."""
+    return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "\u2026"
 
 
 def _bar(bar: Bar, origin: float, scale: float, y: int) -> str:
