@@ -115,3 +115,29 @@ def test_a_choice_one_place_cannot_take_leaves_every_place_as_it_was(
     else:
         assert (user / "use.json").read_bytes() == earlier
         assert [p.name for p in user.iterdir()] == ["use.json"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--for", "2h"], "error: --for: no builders to use for that long"),
+        (["--clear", "local"], "error: --clear takes no builders and no --for"),
+        (["--clear", "--for", "2h"], "error: --clear takes no builders and no --for"),
+    ],
+)
+def test_what_use_cannot_honour_is_refused_not_dropped(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    said: str,
+) -> None:
+    # `use --for 2h` showed the choice and `use --clear local` cleared it, as if the rest
+    # had not been given.
+    from offload.cli import main
+
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    write_choice(tmp_path, Choice(("fast",), since=0.0))
+    assert main(["use", *argv]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == said
+    assert read_choice(tmp_path, now=1.0) == Choice(("fast",), since=0.0)

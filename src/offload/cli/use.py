@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from offload.config.pool import load_pool
+from offload.errors import ConfigError
 from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir, state_hint
 from offload.use import Choice, parse_duration, read_choice, set_choice
 
@@ -85,8 +86,22 @@ def _hint(place: Path) -> str:
     )
 
 
+def _check_combination(args: argparse.Namespace) -> None:
+    """What was given alongside is not dropped silently: `use --for 2h` (the names forgotten)
+    showed the choice, and `use --clear fast` cleared it, each as if the rest were not there."""
+    if args.clear and (args.machines is not None or args.duration is not None):
+        raise ConfigError(
+            "--clear takes no builders and no --for", hint="`offload use --clear` alone"
+        )
+    if args.duration is not None and args.machines is None:
+        raise ConfigError(
+            "--for: no builders to use for that long", hint="offload use NAME,... --for 2h"
+        )
+
+
 def _main(args: argparse.Namespace) -> int:
     places = _places()
+    _check_combination(args)
     if args.clear:
         set_choice(places, None, _hint)
         print("offload-hook uses the whole pool again")
