@@ -164,3 +164,21 @@ def test_a_socket_in_a_directory_others_could_write_is_no_kept_connection(
             ours = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "cl"), time.time())
             assert [m.connected for m in ours.machines] == [False, True, False]
     assert [m.connected for m in status.machines] == [False, False, False]
+
+
+def test_a_time_no_clock_shows_in_a_state_file_is_a_question_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not offload's (a hand edit, a damaged file): status was an internal error on it.
+    from offload.cli import main
+
+    (tmp_path / "loads.json").write_text(
+        '{"fast": {"slots": 1, "full": 2, "said": "load 9 on 1 core", "reported": 1e300}}'
+    )
+    (tmp_path / "slot-fallback.json").write_text(
+        '{"fast": {"reason": "no flock", "learned": 1e300}}'
+    )
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    assert main(["status", "--builders", "ssh://fast"]) == 0
+    out = capsys.readouterr().out
+    assert "fast: loaded (hook coordinator, reported ?): load 9 on 1 core" in out

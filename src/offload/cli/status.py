@@ -66,7 +66,12 @@ def _places() -> list[Path]:
 
 
 def _clock(at: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(at))
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):
+        # A time no clock shows, from a state file offload did not write so (a hand edit, a
+        # damaged loads.json): the rest of the status is still worth seeing.
+        return "?"
 
 
 def _day_and_clock(at: float) -> str:
