@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,23 @@ def _pids_in_namespace(ns: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+@contextlib.contextmanager
+def _namespace_held(pid: int, ns: str) -> Iterator[None]:
+    """Keep ``ns``, the mount namespace of the live ``pid``, in existence within the block.
+
+    A namespace's id is freed with it, and the next namespace made anywhere on this host (the
+    lowest free id) takes it: a fleet member of another test run was once found in "our" id just
+    after ``down``. An open descriptor keeps the namespace, and so its id, until it is closed,
+    so a process seen in ``ns`` within the block really is one that was left in it.
+    """
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    try:
+        assert str(Path(f"/proc/self/fd/{fd}").readlink()) == ns
+        yield
+    finally:
+        os.close(fd)
 
 
 def test_members_answer_the_serve_handshake(fleet):
@@ -259,20 +279,16 @@ def test_down_from_a_fresh_process_stops_everything(tmp_path):
                 assert time.monotonic() < deadline, "the session's sleep never started"
                 assert session.poll() is None, "the session ended before its sleep started"
             assert len(_pids_in_namespace(member.mnt_ns)) >= 3  # sshd, session sshd, sleep
-            down = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _DOWN_SCRIPT,
-                    str(target),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            assert down.returncode == 0, down.stderr
-            assert _pids_in_namespace(member.mnt_ns) == []
+            with _namespace_held(member.pid, member.mnt_ns):
+                down = subprocess.run(
+                    [sys.executable, "-c", _DOWN_SCRIPT, str(target)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert down.returncode == 0, down.stderr
+                assert _pids_in_namespace(member.mnt_ns) == []
             assert not processes.running(member.pid)
             session.wait(timeout=30)
         finally:
