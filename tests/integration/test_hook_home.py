@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from typing_extensions import override
 
+from offload.errors import StoreError
 from offload.hook import home
 from offload.protocol.records import PathInfo
 from offload.store.nar import nar_hash_nix32
@@ -111,4 +112,19 @@ def test_a_build_cancelled_while_its_outputs_arrive_leaves_nothing(
     asyncio.run(go())
     assert not _valid(info.path)
     assert not Path(info.path).exists()
+    assert not list(Path(STORE_DIR).glob(f"{home.TEMP_PREFIX}{os.getpid()}-*"))
+
+
+def test_an_output_a_builder_names_outside_the_store_touches_nothing(
+    output: tuple[PathInfo, NarSource], tmp_path: Path
+) -> None:
+    # The path is the builder's word: one outside the store must neither be replaced by the
+    # NAR nor removed when its registration fails (the hook runs as root).
+    info, source = output
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    forged = PathInfo(str(victim), None, (), info.nar_size, info.nar_hash)
+    with pytest.raises(StoreError, match="invalid store path"):
+        asyncio.run(home.import_outputs(source, [forged]))  # type: ignore[arg-type]
+    assert victim.read_text() == "precious\n"
     assert not list(Path(STORE_DIR).glob(f"{home.TEMP_PREFIX}{os.getpid()}-*"))

@@ -487,3 +487,17 @@ def test_strip_ansi() -> None:
         "error: x link"
     )
     assert strip_ansi("plain [text]") == "plain [text]"
+
+
+def test_query_path_infos_refuses_an_answer_for_a_path_not_asked() -> None:
+    # A builder that answers with another path (/etc/passwd) would have the hook, as root,
+    # replace that file with its NAR (offload.hook.home uses each answer's own path).
+    reply = s("/etc/passwd") + s("") + strs() + u64(8) + u64(8) + s("sha256:x") + s("")
+    reply += strs() + s("")
+
+    async def go() -> None:
+        client, _ = await connected(reply)
+        with pytest.raises(ProtocolError, match=r"'/etc/passwd'.*not asked"):
+            await client.query_path_infos([A])
+
+    run(go())

@@ -41,7 +41,7 @@ from offload.hook.unpack import SMALL_NAR, unpack_nar
 from offload.process import run_async, spawn
 from offload.protocol.serve import PathInfo, StoreClient
 from offload.store.nar import nar_hash_nix32
-from offload.store.path import STORE_DIR
+from offload.store.path import STORE_DIR, StorePath
 
 __all__ = ["TEMP_PREFIX", "import_outputs", "registration_text", "sweep_leftovers"]
 
@@ -128,6 +128,11 @@ async def import_outputs(
     """Make ``infos`` (dependencies first) valid locally from ``remote``; returns bytes moved."""
     if not infos:  # --check: the outputs were valid here already (Nix 2.8 refuses "\n")
         return 0
+    for info in infos:
+        # The path is the builder's word, and each one is removed, replaced and (on failure)
+        # removed again here, as root under the daemon: one outside the store, or a sub-path,
+        # would be any file of this host's.
+        StorePath.parse(info.path, store_dir)
     store = Path(store_dir)
     placed: list[Path] = []
     temps: list[Path] = []

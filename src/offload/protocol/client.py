@@ -184,11 +184,17 @@ class ServeClient:
 
     async def query_path_infos(self, paths: Iterable[str]) -> dict[str, PathInfo]:
         """Infos of the valid paths among ``paths``; invalid ones are left out."""
-        request = encode_int(Op.QUERY_PATH_INFOS) + encode_strs(sorted_paths(paths))
+        asked = sorted_paths(paths)
+        request = encode_int(Op.QUERY_PATH_INFOS) + encode_strs(asked)
+        wanted = set(asked)
         async with self._request("QueryPathInfos"):
             await self._send(request)
             infos: dict[str, PathInfo] = {}
             while path := await read_str(self._reader, "a path info"):
+                # Each answer names its path: callers act on that name (the hook writes it),
+                # so an answer for a path not asked is the builder's lie, never a path to use.
+                if path not in wanted:
+                    raise ProtocolError(f"the builder answered for {path[:200]!r}, not asked")
                 infos[path] = await read_path_info(self._reader, path, self._minor())
             return infos
 
