@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -161,6 +162,66 @@ def test_a_link_planted_by_another_user_is_not_followed_as_root(tmp_path):
     assert secret.read_text() == "root's"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert link.is_symlink()
+
+
+def test_a_pipe_planted_by_another_user_in_a_shared_directory_gets_no_page(tmp_path):
+    # /tmp/report.html as a FIFO of another user's: root wrote the page into it, for that
+    # user to read (the history's builds, machines and names).
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    fifo = shared / "report.html"
+    os.mkfifo(fifo)
+    os.chown(fifo, 65534, 65534)  # nobody's
+    read: list[bytes] = []
+
+    def drain() -> None:
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as pipe:
+            read.append(pipe.read() or b"")
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    model = make_model(_run({}), [_build("a", "fast", 1, 5)])
+    try:
+        with pytest.raises(OffloadError, match="a pipe or device of another user's"):
+            write_page(model, fifo)
+    finally:
+        reader.join(timeout=30)
+    assert b"DOCTYPE" not in b"".join(read)
+
+
+def test_a_link_of_another_user_outside_a_shared_directory_is_followed(tmp_path):
+    # /dev/stdout is root's link: a user's `-o /dev/stdout` was refused as "another user's
+    # link". Only a sticky directory others write to (/tmp) lets another user plant one.
+    target = tmp_path / "t.html"
+    link = tmp_path / "stdout"
+    link.symlink_to(target)
+    os.lchown(link, 65534, 65534)
+    write_page(make_model(_run({}), [_build("a", "fast", 1, 5)]), link)
+    assert target.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_a_pipe_swapped_for_a_link_after_the_look_is_not_followed(tmp_path, monkeypatch):
+    # The window between looking at a pipe and opening it: a link put there meanwhile
+    # (to /etc/shadow, say) must not be opened through, nor truncated.
+    secret = tmp_path / "secret"
+    secret.write_text("root's")
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    looked = Path.is_file
+
+    def look_then_swap(path: Path) -> bool:
+        answer = looked(path)
+        if path == fifo and not fifo.is_symlink():
+            fifo.unlink()
+            fifo.symlink_to(secret)
+        return answer
+
+    monkeypatch.setattr(Path, "is_file", look_then_swap)
+    with pytest.raises(OffloadError, match="cannot write the report"):
+        write_page(make_model(_run({}), [_build("a", "fast", 1, 5)]), fifo)
+    assert secret.read_text() == "root's"
 
 
 def test_a_directory_gone_since_the_check_is_one_line(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +40,7 @@ def check_target(path: Path | None) -> None:
         return
     if path.is_dir():
         raise OffloadError(f"{path}: is a directory", hint="name a file for the report")
-    if _in_place(path):
+    if _in_place(path) is not None:
         if path.exists() and not os.access(path, os.W_OK):
             raise OffloadError(f"{path}: cannot write to it", hint="name a writable file")
         return
@@ -53,19 +54,41 @@ def check_target(path: Path | None) -> None:
         raise OffloadError(f"{path}: cannot write in {parent}", hint="name a writable place")
 
 
-def _in_place(path: Path) -> bool:
-    """Whether ``path`` is written as it is rather than replaced: a link of this user's
-    (written through, as a shell's ``>`` writes it), a pipe, a device. Another user's link is
-    refused: planted in a shared /tmp, it would make root write where it points (the kernel
-    may not protect it: fs.protected_symlinks is 0 on many machines)."""
+def _planted(path: Path, owner: int) -> bool:
+    """Whether a name owned by ``owner`` may have been put there by another user to catch
+    ours: the kernel's own rule for links (fs.protected_symlinks), applied to every kind of
+    file and whatever the setting: in a sticky directory others may write to (/tmp), a name
+    of neither this user's nor the directory owner's."""
+    try:
+        parent = path.parent.stat()
+    except OSError:
+        return False
+    shared = parent.st_mode & stat.S_ISVTX and parent.st_mode & stat.S_IWOTH
+    return bool(shared) and owner not in {os.geteuid(), parent.st_uid}
+
+
+def _in_place(path: Path) -> int | None:
+    """How ``path`` is written as it is rather than replaced (None: replaced): the flags to
+    open it with. A link is written through (as a shell's ``>`` writes it, /dev/stdout); a
+    pipe or a device is opened without following a link, one swapped in since this look.
+    One planted by another user (``_planted``) is refused: in a shared /tmp, a link would make
+    root write where it points (fs.protected_symlinks is 0 on many machines), a pipe would
+    hand its reader the page."""
     if path.is_symlink():
-        if path.lstat().st_uid != os.geteuid():
+        if _planted(path, path.lstat().st_uid):
             raise OffloadError(
                 f"{path}: a link of another user's, not written through",
                 hint="remove it, or name another file",
             )
-        return True
-    return path.exists() and not path.is_file()
+        return os.O_CREAT | os.O_TRUNC
+    if not path.exists() or path.is_file():
+        return None
+    if _planted(path, path.stat().st_uid):
+        raise OffloadError(
+            f"{path}: a pipe or device of another user's, not written to",
+            hint="remove it, or name another file",
+        )
+    return os.O_NOFOLLOW
 
 
 def write_report(history: History, run_id: str | None, path: Path | None) -> ReportModel:
@@ -92,8 +115,10 @@ def write_page(model: ReportModel, path: Path | None) -> None:
             out.flush()
         return
     try:
-        if _in_place(path):
-            with path.open("w", encoding="utf-8") as out:
+        flags = _in_place(path)
+        if flags is not None:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | flags, 0o666)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(page)
             return
     except OSError as exc:
