@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from offload.config.convert import machines_from_nixos, pool_to_nix, pool_to_nixos, pool_to_toml
-from offload.config.machines import Machine, parse_machines
+from offload.config.machines import Machine, machine_problems, parse_machines
 from offload.config.naming import one_name_each
 from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import LocalMachine, NixSettings, parse_offload_toml
 from offload.errors import ConfigError
+from offload.transport.ssh import ssh_target
 
 SYSTEM = "x86_64-linux"
 LOCAL = LocalMachine(1.0, 2, (SYSTEM,), frozenset({"kvm"}))
@@ -372,3 +373,25 @@ def test_a_machine_pinning_no_key_is_dropped_with_a_warning(tmp_path):
             "(`offload machines` says more)"
         ),
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("ssh://nx-$(id).invalid", "its host name holds '$', which a shell acts on"),
+        ("ssh://a`b`@nx-u.invalid", "its user name holds '`', which a shell acts on"),
+    ],
+)
+def test_a_machine_whose_name_a_shell_acts_on_is_dropped_with_a_warning(tmp_path, entry, why):
+    # ssh 9.6 refuses such names; an older one hands %h and %r to a ProxyCommand's shell.
+    nix = NixSettings({"builders": f"{entry}; nx-ok.invalid"})
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    p = load_pool(builders=None, config=None, env=env, nix_settings=nix)
+    assert [m.name for m in p.select().machines] == ["nx-ok.invalid"]
+    (warning,) = p.warnings
+    assert warning.endswith(f": {why}; not used (`offload machines` says more)")
+    problems = machine_problems(p.machines[0], lambda _: True)
+    assert len(problems) == 1
+    assert "which a shell acts on: offload does not connect to it" in problems[0]
+    with pytest.raises(ConfigError, match=r"invalid ssh (host|user)"):
+        ssh_target(p.machines[0])

@@ -121,8 +121,9 @@ class Pool:
             base = self.local or self.local_entry
             local = dataclasses.replace(base, max_jobs=max_jobs) if base and max_jobs else None
         keep = {i for i, m in enumerate(self.machines) if m.enabled}
-        # Never connect with a pinned "key" ssh cannot use (ssh would refuse it; nothing looser).
-        usable = {i for i, m in enumerate(self.machines) if not m.pins_junk}
+        # Never connect with a pinned "key" ssh cannot use (ssh would refuse it; nothing looser),
+        # or to a name a shell would act on (``Machine.not_connected``).
+        usable = {i for i, m in enumerate(self.machines) if m.not_connected is None}
         on_names = _split_names(on)
         if on and not on_names:  # `--on ''`, `--on ,`: not the whole pool by accident
             raise ConfigError(
@@ -281,10 +282,9 @@ def load_pool(
     warnings = [*settings.warnings, *warnings]
     if not lenient:  # `offload machines` says it among the machines' problems
         warnings += [
-            f"{m.source}: {m.name}: its host key is base64 of no ssh key; not used "
-            "(`offload machines` says more)"
+            f"{m.source}: {m.name}: {why}; not used (`offload machines` says more)"
             for m in machines
-            if m.pins_junk
+            if (why := m.not_connected) is not None
         ]
     toml = load_offload_toml(config, env)
     if toml is not None:

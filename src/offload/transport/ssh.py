@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from offload.config.machines.model import shell_char
 from offload.errors import ConfigError
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
 
@@ -218,11 +219,13 @@ class SshTarget:
     compress: bool = False
 
     def __post_init__(self) -> None:
-        # A host that starts with '-' would be read by ssh as an option.
-        if not self.host or self.host.startswith("-") or any(c.isspace() for c in self.host):
-            raise ConfigError(f"invalid ssh host {self.host!r}", hint="use a host name or alias")
-        if self.user is not None and (not self.user or self.user.startswith("-")):
-            raise ConfigError(f"invalid ssh user {self.user!r}")
+        # A host that starts with '-' would be read by ssh as an option; one with a shell's
+        # metacharacters reaches a shell through a ProxyCommand's %h (an ssh before 9.6).
+        host, user = self.host, self.user
+        if not host or host.startswith("-") or any(c.isspace() for c in host) or shell_char(host):
+            raise ConfigError(f"invalid ssh host {host!r}", hint="use a host name or alias")
+        if user is not None and (not user or user.startswith("-") or shell_char(user)):
+            raise ConfigError(f"invalid ssh user {user!r}", hint="use a user name")
 
     @property
     def destination(self) -> str:

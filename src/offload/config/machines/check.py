@@ -3,8 +3,9 @@
 Nix accepts these lines and finds out at build time, one failed connection at a time: a key
 file that is not there, a store URI no build can run on (``http://`` is a binary cache; an
 unknown scheme is no store at all), zero job slots, a host key column that is base64 of no
-ssh key (Nix pins it anyway; ssh then refuses the host), and control or non-UTF-8 bytes in a
-column. Pure: whether a key file exists is asked through ``exists``.
+ssh key (Nix pins it anyway; ssh then refuses the host), control or non-UTF-8 bytes in a
+column, and host or user names with a shell's metacharacters (ssh 9.6 refuses them). Pure:
+whether a key file exists is asked through ``exists``.
 
 Nix also takes, with at most a warning, what is most likely a slip: a system that is no Nix
 system (``x86-64-linux``, or a path when the columns are shifted), which no build asks for; a
@@ -19,7 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from offload.config.machines.model import Machine, shown
+from offload.config.machines.model import Machine, shell_char, shown
 from offload.names import LOCAL
 from offload.spelling import meant
 
@@ -113,6 +114,17 @@ def _junk_columns(machine: Machine) -> list[str]:
     ]
 
 
+def _shell_names(machine: Machine) -> list[str]:
+    """Host and user names with a character a shell acts on: offload does not connect."""
+    return [
+        f"the {what} name '{shown(name)}' holds '{char}', which a shell acts on: offload does"
+        " not connect to it (OpenSSH 9.6 refuses it too; an older one would hand it to a"
+        " ProxyCommand's shell)"
+        for what, name in (("host", machine.host), ("user", machine.user))
+        if name is not None and (char := shell_char(name)) is not None
+    ]
+
+
 def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[str]:
     """One line per problem, each starting with the machine's ``file:line`` and name."""
     found: list[str] = []
@@ -131,4 +143,5 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
     found += _system_problems(machine)
     found += _unknown_params(machine)
     found += _junk_columns(machine)
+    found += _shell_names(machine)
     return [f"{machine.source}: {machine.name}: {problem}" for problem in found]

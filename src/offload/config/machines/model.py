@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["BLANKS", "COLUMNS", "SSH_SCHEMES", "UINT_RE", "Machine", "shown"]
+__all__ = ["BLANKS", "COLUMNS", "SSH_SCHEMES", "UINT_RE", "Machine", "shell_char", "shown"]
 
 COLUMNS = (
     "storeUri",
@@ -30,6 +30,19 @@ BLANKS = " \t\n\r"
 SSH_SCHEMES = ("ssh", "ssh-ng")
 # boost::lexical_cast<unsigned int>, which Nix uses, takes a leading '+' (and Nix refuses '-').
 UINT_RE = re.compile(r"\+?[0-9]+")
+
+
+# What OpenSSH (9.6 on, and Debian's 9.2 since) refuses in a host or user name on its command
+# line: a shell's metacharacters, since they reach a shell through a ProxyCommand's %h and %r.
+_SHELL_CHARS = frozenset("'`\"$\\;&<>|(){}")
+
+
+def shell_char(name: str) -> str | None:
+    """The first character of host or user ``name`` that a shell would act on, shown."""
+    for char in name:
+        if char in _SHELL_CHARS:
+            return shown(char)
+    return None
 
 
 def shown(text: str, limit: int = 60) -> str:
@@ -85,6 +98,18 @@ class Machine:
         """Column 8 is base64 Nix takes but not of an ssh key: Nix pins it, ssh refuses the host,
         and offload never connects to it (it would not fall back to looser checking)."""
         return self.host_key_base64 is not None and self.public_host_key is None
+
+    @property
+    def not_connected(self) -> str | None:
+        """Why offload never connects to this machine though Nix takes its line (None: it
+        does): a pinned "key" ssh cannot use, or a host or user name a shell would act on
+        (ssh 9.6 refuses it; an older one hands it to a ProxyCommand's shell)."""
+        if self.pins_junk:
+            return "its host key is base64 of no ssh key"
+        for what, name in (("host", self.host), ("user", self.user)):
+            if name is not None and (char := shell_char(name)) is not None:
+                return f"its {what} name holds '{char}', which a shell acts on"
+        return None
 
     def ssh_destination(self) -> str:
         host = self.host or self.uri
