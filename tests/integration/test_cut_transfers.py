@@ -55,10 +55,11 @@ def on_disk(fleet: Fleet, name: str, path: str) -> Path:
 
 
 def cut_upload(
-    fleet: Fleet, tmp_path: Path, name: str, stopped_by: str, *args: str
+    fleet: Fleet, tmp_path: Path, name: str, stopped_by: str, *args: str, scheme: str = "ssh"
 ) -> tuple[str, subprocess.Popen[str], str, str]:
-    """A run building ``use`` on member ``name`` alone, stopped (``stopped_by``) once its
-    input ``huge`` is half there: (huge, the run, its stdout, its stderr)."""
+    """A run building ``use`` on member ``name`` alone (listed as ``scheme``://), stopped
+    (``stopped_by``) once its input ``huge`` is half there: (huge, the run, its stdout, its
+    stderr)."""
     go = tmp_path / "go"
     file = nix_file(tmp_path, BODY.format(go=go))
     subprocess.run(
@@ -67,7 +68,7 @@ def cut_upload(
     )  # fmt: skip
     huge = out_path(file, "huge")
     attrs = ["-A", "use"] + (["-A", "fail"] if stopped_by == "failure" else [])
-    line = member_line(fleet, name)
+    line = member_line(fleet, name).replace("ssh://", f"{scheme}://", 1)
     proc = start_offload(fleet, tmp_path, file, *attrs, "-j0", "--builders", line, *args)
     try:
 
@@ -88,12 +89,17 @@ def cut_upload(
     return huge, proc, out, err
 
 
-@pytest.mark.parametrize("stopped_by", ["ctrl-c", "failure"])
+@pytest.mark.parametrize(
+    ("stopped_by", "scheme"), [("ctrl-c", "ssh"), ("failure", "ssh"), ("ctrl-c", "ssh-ng")]
+)
 def test_an_upload_the_run_stops_leaves_no_partial_input(
-    cut_fleet: Fleet, tmp_path: Path, stopped_by: str
+    cut_fleet: Fleet, tmp_path: Path, stopped_by: str, scheme: str
 ) -> None:
-    huge, proc, _, err = cut_upload(cut_fleet, tmp_path, MEMBER, stopped_by)
+    # Over ssh-ng the builder's nix-daemon, blocked reading the NAR, took no SIGTERM: the run
+    # waited out the kill's 5 s grace and gave up deleting the partial input after 3 s.
+    huge, proc, _, err = cut_upload(cut_fleet, tmp_path, MEMBER, stopped_by, scheme=scheme)
     assert proc.returncode == (130 if stopped_by == "ctrl-c" else 100), err
+    assert "partial inputs" not in err, err
     assert not on_disk(cut_fleet, MEMBER, huge).exists(), f"{huge}: left half-written"
 
 

@@ -6,8 +6,9 @@ borrower writes ``async with link.session() as client`` and gets a handshaken ``
 at most ``max_sessions`` are out at once (a builder's slots plus one for copying), sessions are
 opened lazily and an idle one is lent again rather than a new one opened. A session goes back to
 the pool only if the body ended normally and the client is still in step with its remote;
-otherwise it is discarded, and if a request was cut short (cancelled, connection lost) the
-remote process tree is stopped first, because a build keeps running on the builder after the
+otherwise it is discarded, and if a request was cut short (cancelled, connection lost) its
+input is closed (a remote Nix reading from it gets end of file) and the remote process tree is
+stopped first, because a build keeps running on the builder after the
 local end goes away; the session's local process is then stopped at once, not closed
 politely (in the middle of a transfer it may be blocked writing to us, and its remote side
 ends with it). ``link.cancel(client)`` does the same on demand, e.g. when a speculative
@@ -466,6 +467,11 @@ class Link:
 
     async def _teardown(self, session: PooledSession, *, kill: bool) -> None:
         try:
+            if kill:
+                # Cut off mid-request, its remote side may be blocked reading from us (a Nix in
+                # read(2) takes no SIGTERM until the kill's grace ends): end of file ends that
+                # read. The process is not stopped yet: its builders are found through it.
+                session.pipes.writer.close()
             if kill and session.pipes.pid is not None:
                 try:
                     await self._transport.kill(session.pipes.pid)
