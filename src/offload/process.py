@@ -14,10 +14,12 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 from offload.errors import TransportError
@@ -26,6 +28,7 @@ from offload.tasks import stop
 __all__ = [
     "Completed",
     "Started",
+    "interrupts_held",
     "output_lines",
     "run",
     "run_async",
@@ -327,6 +330,26 @@ def stop_now(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (and SIGTERM and SIGHUP, which the command line turns into it) held until the
+    block ends, then raised: a daemon started in the block is never lost to a KeyboardInterrupt
+    raised as its fork returns, before the caller knows its pid to stop it. Only where Python
+    raises it: in the main thread, over a handler of Python's."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    held: list[tuple[int, FrameType | None]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            previous(*held[0])
 
 
 def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> int:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from offload import process
 from offload.errors import FleetError
-from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_status, fleet_up, open_fleet
+from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_status, fleet_up, open_fleet, sshd
 from offload.process import spawn
 from offload.protocol.wire import encode_int, read_int
 from tests.helpers import processes
@@ -314,6 +316,30 @@ def test_a_member_that_cannot_start_is_reported_and_nothing_is_left(tmp_path):
         assert fleet_status(target) == ()
         for log in (good / "sshd.log", bad / "sshd.log"):
             assert log.exists()
+        assert not any(
+            "sshd" in _cmdline(pid) and str(target) in _cmdline(pid) for pid in _all_running_pids()
+        )
+    finally:
+        fleet_down(target, purge=True)
+
+
+def test_ctrl_c_as_a_member_starts_leaves_nothing_running(tmp_path, monkeypatch):
+    # The Ctrl-C arrives as the second member's sshd has been forked: Python raised it as the
+    # fork returned, before anyone knew the pid, and that sshd ran on, recorded nowhere.
+    target = tmp_path / "f"
+    real = process.start_detached
+
+    def interrupted(*args, **kwargs):
+        pid = real(*args, **kwargs)
+        if kwargs["log"].parent.name == "b":
+            signal.raise_signal(signal.SIGINT)
+        return pid
+
+    monkeypatch.setattr(sshd, "start_detached", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fleet_up(target, [MemberSpec("a"), MemberSpec("b"), MemberSpec("c")])
+        assert fleet_status(target) == ()
         assert not any(
             "sshd" in _cmdline(pid) and str(target) in _cmdline(pid) for pid in _all_running_pids()
         )

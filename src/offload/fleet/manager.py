@@ -29,7 +29,7 @@ from offload.fleet.spec import (
 from offload.fleet.sshd import check_ssh, start_member
 from offload.fleet.state import fleet_of, load_state, member_of, ordered, write_state
 from offload.fleet.view import Fleet, Member, MemberStatus
-from offload.process import run
+from offload.process import interrupts_held, run
 from offload.procfs import is_ours
 
 __all__ = [
@@ -70,11 +70,13 @@ def fleet_up(
     system = previous.system if previous else _current_system()
     records: dict[str, MemberRecord] = dict(kept)
     started: list[MemberRecord] = []
+    # Each sshd as soon as it runs: a Ctrl-C while a member starts stops it too.
+    spawned: list[MemberRecord] = []
     try:
         for spec in specs:
             if spec.name in kept:
                 continue
-            record = start_member(fleet_dir, spec)
+            record = start_member(fleet_dir, spec, spawned.append)
             started.append(record)
             records[spec.name] = record
             write_state(fleet_dir, FleetState(system, ordered(records, specs)))
@@ -84,9 +86,11 @@ def fleet_up(
             for future in [pool.submit(check_ssh, fleet_dir, r) for r in started]:
                 future.result()
     except BaseException:
-        for record in started:
-            stop_member(fleet_dir, record)
-        write_state(fleet_dir, FleetState(system, tuple(kept.values())))
+        # Bounded (stop_member's timeout); a second Ctrl-C must not leave members running.
+        with interrupts_held():
+            for record in [*started, *spawned]:  # one stopped already is not there any more
+                stop_member(fleet_dir, record)
+            write_state(fleet_dir, FleetState(system, tuple(kept.values())))
         raise
     return fleet_of(fleet_dir, FleetState(system, ordered(records, specs)))
 

@@ -11,6 +11,7 @@ import os
 import shlex
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from offload.errors import FleetError, OffloadError
@@ -24,7 +25,7 @@ from offload.fleet.spec import (
     speed_text,
     sshd_config,
 )
-from offload.process import run, start_detached
+from offload.process import interrupts_held, run, start_detached
 from offload.procfs import is_ours, proc_stat
 
 __all__ = ["check_ssh", "start_member"]
@@ -48,7 +49,12 @@ def log_tail(path: Path, lines: int = 10) -> str:
     return " | ".join(tail) or "(empty log)"
 
 
-def start_member(fleet_dir: Path, spec: MemberSpec) -> MemberRecord:
+def start_member(
+    fleet_dir: Path, spec: MemberSpec, started: Callable[[MemberRecord], None] = lambda _: None
+) -> MemberRecord:
+    """Start member ``spec`` and wait until it listens; ``started`` learns each sshd started
+    (with no namespace yet) before a Ctrl-C that came meanwhile is raised, so that the caller
+    can stop it whenever it is interrupted."""
     root = fleet_dir / spec.name
     prepare_member(fleet_dir, root, spec)
     last_error: FleetError | None = None
@@ -62,9 +68,11 @@ def start_member(fleet_dir: Path, spec: MemberSpec) -> MemberRecord:
         argv = member_argv(
             root, config, spec.proc_overrides, home=login_home(fleet_dir), daemon=spec.untrusted
         )
-        pid = start_detached(argv, log=log)
-        stat = proc_stat(pid)
-        record = MemberRecord(spec, port, pid, stat[1] if stat else 0, "")
+        with interrupts_held():
+            pid = start_detached(argv, log=log)
+            stat = proc_stat(pid)
+            record = MemberRecord(spec, port, pid, stat[1] if stat else 0, "")
+            started(record)
         try:
             _wait_listening(record, log)
         except FleetError as exc:
