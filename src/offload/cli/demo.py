@@ -27,6 +27,7 @@ from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_
 from offload.fleet.spec import default_fleet_dir
 from offload.nix import Installables, instantiate
 from offload.paths import ensure_state_dir
+from offload.process import interrupts_held
 from offload.ui import make_renderer
 from offload.ui.events import Event, JobFinished
 from offload.ui.summary import render_summary
@@ -64,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
         return _build(fleet, dag)
     finally:
         if not already_up and not args.keep_fleet:
-            fleet_down(fleet_dir)
-            print(f"fleet stopped (its stores stay in {fleet_dir})", file=sys.stderr)
+            # A second Ctrl-C while it stops (bounded: stop_member's timeout) must not leave
+            # members running, the run stopped already.
+            with interrupts_held():
+                fleet_down(fleet_dir)
+                print(f"fleet stopped (its stores stay in {fleet_dir})", file=sys.stderr)
         else:
             print(f"fleet left running: `offload fleet down --dir {fleet_dir}`", file=sys.stderr)
 
