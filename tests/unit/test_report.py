@@ -235,6 +235,20 @@ def test_a_directory_gone_since_the_check_is_one_line(tmp_path):
         write_page(model, target)
 
 
+def test_ctrl_c_while_the_page_is_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    # `offload build --report` writes it after the run, where Ctrl-C is a KeyboardInterrupt:
+    # only an OSError removed the temporary file, so `.r.html.XXXX` stayed beside the page.
+    model = make_model(_run({}), [_build("a", "fast", 1, 5)])
+
+    def ctrl_c(**_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("offload.report.readable_mode", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        write_page(model, tmp_path / "r.html")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_page_on_standard_output_is_utf8_whatever_the_locale(tmp_path):
     # The page says charset utf-8: in an ISO-8859-1 locale "∞" was an internal error, and
     # "ü" a byte the browser then misread.

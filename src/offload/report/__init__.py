@@ -134,10 +134,13 @@ def write_page(model: ReportModel, path: Path | None) -> None:
             out.write(page)
         Path(tmp).chmod(readable_mode())  # a page to open and share, as the umask allows
         Path(tmp).replace(path)
-    except OSError as exc:
+    except BaseException as exc:
+        # Ctrl-C (or SIGTERM) while it is written too: no stray temporary beside the page.
         with contextlib.suppress(OSError):
             Path(tmp).unlink()
-        raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
+        if isinstance(exc, OSError):
+            raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
+        raise
 
 
 def report_target(text: str) -> Path | None:
