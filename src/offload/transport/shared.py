@@ -124,7 +124,7 @@ class SharedSshTransport:
         self.restricted = self.restricted or opening.restricted
         if opening.load is not None:
             self.cores = opening.load.cores
-        return opening.pipes(proc)
+        return opening.pipes(proc, over_ssh=True)
 
     def kill_argv(self, pid: int) -> list[str]:
         return self.argv(kill_script(pid, _KILL_GRACE))

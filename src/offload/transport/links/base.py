@@ -94,6 +94,10 @@ class SessionPipes:
     # Stops the session's local process at once (``process.stop_now``): a session cut off
     # mid-request is not closed politely (its remote side ends with the ssh session).
     stop: Callable[[], None] = lambda: None
+    # The local process is an ssh client: stopping it first orphans nothing the remote kill
+    # looks for (that runs on the builder, over the master), and ends the builder's Nix that
+    # is blocked writing to us (a fetch home), which takes no SIGTERM until that write returns.
+    over_ssh: bool = False
 
 
 class SessionTransport(Protocol):
@@ -143,8 +147,9 @@ class Opening:
     dialect: Dialect = SERVE
     slot: str | None = None
 
-    def pipes(self, proc: asyncio.subprocess.Process) -> SessionPipes:
-        """The session's pipes, begun as this says (the hello already sent)."""
+    def pipes(self, proc: asyncio.subprocess.Process, *, over_ssh: bool = False) -> SessionPipes:
+        """The session's pipes, begun as this says (the hello already sent); ``over_ssh``:
+        ``proc`` is an ssh client (``SessionPipes.over_ssh``)."""
         assert proc.stdin is not None
         return SessionPipes(
             self.reader,
@@ -159,6 +164,7 @@ class Opening:
             dialect=self.dialect,
             slot=self.slot,
             stop=functools.partial(stop_now, proc),
+            over_ssh=over_ssh,
         )
 
 

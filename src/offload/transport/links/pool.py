@@ -470,8 +470,10 @@ class Link:
             if kill:
                 # Cut off mid-request, its remote side may be blocked reading from us (a Nix in
                 # read(2) takes no SIGTERM until the kill's grace ends): end of file ends that
-                # read. The process is not stopped yet: its builders are found through it.
+                # read. A local nix-store is not stopped yet: its builders are found through it.
                 session.pipes.writer.close()
+                if session.pipes.over_ssh:
+                    session.pipes.stop()  # ends the remote's blocked write too
             if kill and session.pipes.pid is not None:
                 try:
                     await self._transport.kill(session.pipes.pid)

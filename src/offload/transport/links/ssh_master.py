@@ -371,7 +371,7 @@ class SshTransport:
         self.restricted = self.restricted or opening.restricted
         if opening.load is not None:
             self.cores = opening.load.cores
-        return opening.pipes(proc)
+        return opening.pipes(proc, over_ssh=True)
 
     async def run(self, remote: list[str]) -> tuple[int, str, str]:
         """Run a command on the builder over the master; returns (exit code, stdout, stderr).
