@@ -113,6 +113,7 @@ def test_a_builder_that_cannot_delete_it_is_said_to_keep_it(
     assert said[0].startswith(f"offload: the copy of its inputs to {LOCKED} was cut off; ")
     assert "its partial inputs stay there" in said[0]
     assert "runs only `nix-store --serve --write`" in said[0]
+    assert "for p; do" not in said[0]  # the deletion script, its lines run together
     assert on_disk(cut_fleet, LOCKED, huge).exists()  # what Nix's GC there will take
     # Nothing of this run is left running there (but the connection kept for the next run).
     stop_masters(control_dir(tmp_path / "state"))

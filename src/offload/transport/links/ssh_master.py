@@ -379,10 +379,12 @@ class SshTransport:
         Refused on a restricted builder: it would run its one program whatever is asked."""
         control = await self._connected()
         if self.restricted:
+            # A script's first line only: its lines, joined in a build's log, read as garbage.
+            shown, *more = remote_command(remote)[:60].split("\n", 1)
             raise SshError(
                 f"builder '{self.name}' ({self.target.destination}) runs only "
                 f"{self.dialect.describe(self.params)} for this key, "
-                f"not `{remote_command(remote)[:60]}`",
+                f"not `{shown}{' ...' if more else ''}`",
                 hint="its authorized_keys line or sshd's ForceCommand restricts the key",
             )
         argv = ssh_argv(
