@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,42 @@ def test_output_that_cannot_be_written_at_the_end_is_an_error(tmp_path: Path) ->
     assert done.returncode == 1  # the command's own status; 120 only if it had none
     assert done.stderr.startswith("error: no build log kept"), done.stderr
     assert "\nerror: cannot write to <stdout>: [Errno 28]" in done.stderr
+
+
+def test_a_sigterm_while_code_made_from_a_string_runs_still_exits_143(tmp_path: Path) -> None:
+    # A dataclass's methods are compiled from a string as its module is imported: a SIGTERM
+    # then (as `offload build` imports its modules) made `python -m offload` die of SIGINT.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import offload.cli as cli\n"
+        "dispatch = cli._dispatch\n"
+        "def interrupted(argv):\n"
+        "    exec('import os, signal\\nos.kill(os.getpid(), signal.SIGTERM)\\n"
+        "for _ in range(100): pass')\n"
+        "    return dispatch(argv)\n"
+        "cli._dispatch = interrupted\n"
+    )
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "machines", "--builders", "", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.stderr == "error: interrupted\n"
+    assert done.returncode == 143
+
+
+def test_a_sigterm_as_the_process_ends_ends_it_as_sigterm(tmp_path: Path) -> None:
+    # The command is done: from there on a signal ends the process at once, and a SIGTERM as
+    # itself, not as the Ctrl-C it is turned into while a command runs (130).
+    done = _run(
+        "import atexit, os, signal, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))\n"
+        "from offload.cli import main\n"
+        "main()\n",
+        tmp_path,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr

@@ -188,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = _dispatch(argv)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return interrupts.stopped_status()
+        # Ended here too: CPython notes a KeyboardInterrupt raised in code compiled from a
+        # string (a dataclass's methods, made as a module is imported) even when caught, and
+        # `python -m` then kills itself with SIGINT as it exits: SIGTERM's 143 became that.
+        status = interrupts.stopped_status()
     if argv is None:
         _end(status)
     return status
@@ -233,8 +236,10 @@ def _end(status: int) -> None:
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
         return
-    # A Ctrl-C from here on ends the process at once, as it does while Python finalizes.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # A Ctrl-C from here on ends the process at once, as it does while Python finalizes; so do
+    # SIGTERM and SIGHUP, each as itself (turned into a Ctrl-C, they ended it as one: 130).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
     atexit._run_exitfuncs()  # noqa: SLF001 - what Python's exit runs, typed in typeshed
     for stream in (sys.stdout, sys.stderr):
         try:
