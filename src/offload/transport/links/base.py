@@ -94,9 +94,9 @@ class SessionPipes:
     # Stops the session's local process at once (``process.stop_now``): a session cut off
     # mid-request is not closed politely (its remote side ends with the ssh session).
     stop: Callable[[], None] = lambda: None
-    # The local process is an ssh client: stopping it first orphans nothing the remote kill
-    # looks for (that runs on the builder, over the master), and ends the builder's Nix that
-    # is blocked writing to us (a fetch home), which takes no SIGTERM until that write returns.
+    # The local process is an ssh client: stopping it before the remote kill ends (that runs
+    # on the builder, over the master) ends the builder's Nix blocked writing to us (a fetch
+    # home), which takes no SIGTERM until that write returns (``lending.stop_cut_off``).
     over_ssh: bool = False
 
 

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from offload.errors import OffloadError
 from offload.protocol.store import StoreClient
 from offload.transport.links.base import TAIL, LogSink, SessionPipes
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BuilderFullError",
@@ -19,8 +24,15 @@ __all__ = [
     "PooledSession",
     "check_slot",
     "close_shielded",
+    "stop_cut_off",
     "wait_teardown",
 ]
+
+# How long the remote kill runs before a cut session's ends are closed here: enough for its
+# script to find the remote process tree and SIGTERM it (milliseconds), so closing them orphans
+# nothing it looks for; short, since a Nix blocked reading or writing the session takes that
+# SIGTERM only once those ends are closed.
+KILL_HEAD_START = 0.5
 
 
 class BuilderFullError(Exception):
@@ -68,3 +80,26 @@ async def close_shielded(stack: contextlib.AsyncExitStack) -> None:
     except asyncio.CancelledError:
         await task
         raise
+
+
+async def stop_cut_off(
+    name: str, pipes: SessionPipes, kill: Callable[[int], Awaitable[None]]
+) -> None:
+    """Stop a session cut off mid-request (its process may be blocked writing to us): the
+    remote process tree by ``kill`` (a build runs on after the local end goes), then, a head
+    start later, the session's input (a remote Nix in read(2) gets end of file) and, over ssh,
+    its ssh client (one blocked writing to us, a fetch home, gets a failed write); a local
+    nix-store only once the kill is done (the kill finds its builders through it)."""
+    killing = None
+    if pipes.pid is not None:
+        killing = asyncio.ensure_future(kill(pipes.pid))
+        await asyncio.wait([killing], timeout=KILL_HEAD_START)
+    pipes.writer.close()
+    if pipes.over_ssh:
+        pipes.stop()
+    if killing is not None:
+        try:
+            await killing
+        except OffloadError as exc:
+            logger.warning("%s: could not stop remote process: %s", name, exc)
+    pipes.stop()

@@ -6,15 +6,15 @@ borrower writes ``async with link.session() as client`` and gets a handshaken ``
 at most ``max_sessions`` are out at once (a builder's slots plus one for copying), sessions are
 opened lazily and an idle one is lent again rather than a new one opened. A session goes back to
 the pool only if the body ended normally and the client is still in step with its remote;
-otherwise it is discarded, and if a request was cut short (cancelled, connection lost) its
-input is closed (a remote Nix reading from it gets end of file) and the remote process tree is
-stopped first, because a build keeps running on the builder after the
-local end goes away; the session's local process is then stopped at once, not closed
-politely (in the middle of a transfer it may be blocked writing to us, and its remote side
-ends with it). ``link.cancel(client)`` does the same on demand, e.g. when a speculative
-build lost or the user pressed Ctrl-C. A borrower whose request failed (an ``OffloadError``:
-typically the connection was lost) is not held while that stop runs: a hung builder would make
-it wait a connect timeout before it could report the loss; ``aclose`` waits for it instead.
+otherwise it is discarded, and if a request was cut short (cancelled, connection lost) the
+remote process tree is stopped first, because a build keeps running on the builder after the
+local end goes away; a moment into that stop the session's input is closed and its ssh client
+stopped at once, not politely (a remote Nix blocked reading or writing the session takes no
+SIGTERM until then: ``lending.stop_cut_off``). ``link.cancel(client)`` does the same on
+demand, e.g. when a speculative build lost or the user pressed Ctrl-C. A borrower whose
+request failed (an ``OffloadError``: typically the connection was lost) is not held while that
+stop runs: a hung builder would make it wait a connect timeout before it could report the
+loss; ``aclose`` waits for it instead.
 
 The sessions come from a ``SessionTransport`` (``base``). A link keeps the latest load a session
 reported as ``link.load`` (a ``RemoteLoad``; None while the machine has not said, e.g. one
@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import math
 import secrets
 import time
@@ -74,6 +73,7 @@ from offload.transport.links.lending import (
     PooledSession,
     check_slot,
     close_shielded,
+    stop_cut_off,
     wait_teardown,
 )
 from offload.transport.links.streams import CountingReader, CountingWriter, keep_stderr
@@ -115,9 +115,6 @@ FALLBACKS = {
     "noflock": "it has no flock(1) (util-linux): no slot lock can be taken there",
     "nodir": "no directory for slot locks could be made there (~/.cache/offload-slots)",
 }
-
-
-logger = logging.getLogger(__name__)
 
 
 class Link:
@@ -468,19 +465,7 @@ class Link:
     async def _teardown(self, session: PooledSession, *, kill: bool) -> None:
         try:
             if kill:
-                # Cut off mid-request, its remote side may be blocked reading from us (a Nix in
-                # read(2) takes no SIGTERM until the kill's grace ends): end of file ends that
-                # read. A local nix-store is not stopped yet: its builders are found through it.
-                session.pipes.writer.close()
-                if session.pipes.over_ssh:
-                    session.pipes.stop()  # ends the remote's blocked write too
-            if kill and session.pipes.pid is not None:
-                try:
-                    await self._transport.kill(session.pipes.pid)
-                except OffloadError as exc:
-                    logger.warning("%s: could not stop remote process: %s", self.name, exc)
-            if kill:  # cut off mid-request: its process may be blocked writing to us
-                session.pipes.stop()
+                await stop_cut_off(self.name, session.pipes, self._transport.kill)
             await session.stack.aclose()
         finally:
             self._sessions.pop(session.client, None)
