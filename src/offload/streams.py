@@ -11,13 +11,23 @@ bottom of the layers: the renderers and the CLI both use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 from typing import TextIO
 
 from offload.typing_compat import override
 
-__all__ = ["ForgivingStderr", "reader_gone"]
+__all__ = ["ForgivingStderr", "is_gone", "reader_gone"]
+
+# A reader that went away: a pipe's (EPIPE), or a terminal that was closed (EIO on a pty whose
+# other side is gone, as a SIGHUP'd run's clean-up meets it).
+_GONE = frozenset({errno.EPIPE, errno.EIO})
+
+
+def is_gone(exc: OSError) -> bool:
+    """Whether the failed write ``exc`` says the stream's reader has gone."""
+    return exc.errno in _GONE
 
 
 def reader_gone(stream: TextIO) -> None:
@@ -39,7 +49,9 @@ class ForgivingStderr(io.TextIOWrapper):
     def write(self, text: str, /) -> int:
         try:
             return super().write(text)
-        except BrokenPipeError:
+        except OSError as exc:
+            if not is_gone(exc):
+                raise
             reader_gone(self)
             return len(text)
 
@@ -47,7 +59,9 @@ class ForgivingStderr(io.TextIOWrapper):
     def flush(self) -> None:
         try:
             super().flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            if not is_gone(exc):
+                raise
             reader_gone(self)
             with contextlib.suppress(OSError):  # what was held goes to /dev/null now
                 super().flush()

@@ -38,7 +38,7 @@ from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
-from offload.streams import reader_gone
+from offload.streams import is_gone, reader_gone
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, Timing
 from offload.ui.summary import render_summary
@@ -303,7 +303,9 @@ def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
     try:
         for path, _ in links:
             print(path, flush=True)
-    except BrokenPipeError:  # its reader has gone (`| head -1`): the build stands, as Nix's
+    except OSError as exc:  # its reader has gone (`| head -1`): the build stands, as Nix's
+        if not is_gone(exc):
+            raise
         reader_gone(sys.stdout)
 
 

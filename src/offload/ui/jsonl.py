@@ -20,7 +20,7 @@ import asyncio
 import json
 from typing import TextIO
 
-from offload.streams import reader_gone
+from offload.streams import is_gone, reader_gone
 from offload.ui.events import Event, JobLog, event_dict
 
 __all__ = ["JsonRenderer"]
@@ -53,7 +53,9 @@ class JsonRenderer:
             if lines:
                 self._stream.write("".join(lines))
             self._stream.flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            if not is_gone(exc):
+                raise
             reader_gone(self._stream)
 
     def close(self) -> None:
