@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import stat
 import subprocess
 import sys
@@ -173,21 +174,27 @@ def test_a_pipe_planted_by_another_user_in_a_shared_directory_gets_no_page(tmp_p
     fifo = shared / "report.html"
     os.mkfifo(fifo)
     os.chown(fifo, 65534, 65534)  # nobody's
-    read: list[bytes] = []
+    # Read while the page is refused, so that one written in spite of it would arrive (not
+    # block: a writer waits for room in the pipe) and be seen. Opened read-write: it never
+    # waits for a writer, and reads wait for data rather than end at once.
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    done, read = threading.Event(), []
 
     def drain() -> None:
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as pipe:
-            read.append(pipe.read() or b"")
+        while not done.is_set():
+            if select.select([fd], [], [], 0.05)[0]:
+                read.append(os.read(fd, 1 << 16))
 
     reader = threading.Thread(target=drain)
     reader.start()
-    model = make_model(_run({}), [_build("a", "fast", 1, 5)])
     try:
+        model = make_model(_run({}), [_build("a", "fast", 1, 5)])
         with pytest.raises(OffloadError, match="a pipe or device of another user's"):
             write_page(model, fifo)
     finally:
+        done.set()
         reader.join(timeout=30)
+        os.close(fd)
     assert b"DOCTYPE" not in b"".join(read)
 
 
