@@ -167,7 +167,9 @@ def test_a_fetch_home_the_run_stops_ends_at_once_and_quietly(
     assert not valid_locally(big), "the fetch was not cut off"
     assert "Exception ignored" not in err
     assert "Traceback" not in err
-    assert took < 2.5, err  # closing its sessions politely took over 8 s
+    # Closing its sessions politely took over 8 s; over ssh-ng the remote kill's 5 s grace ran
+    # out (now a second's head start for the kill, then the daemon's exit).
+    assert took < 4.5, err
     # The connection kept for the next run serves it.
     again = nix_file(tmp_path, 'mk "again" "echo again > $out" {}', name="again.nix")
     done = offload(cut_fleet, tmp_path, again, "-j0", "--builders", line, "--no-out-link")

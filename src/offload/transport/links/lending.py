@@ -29,10 +29,10 @@ __all__ = [
 ]
 
 # How long the remote kill runs before a cut session's ends are closed here: enough for its
-# script to find the remote process tree and SIGTERM it (milliseconds), so closing them orphans
-# nothing it looks for; short, since a Nix blocked reading or writing the session takes that
-# SIGTERM only once those ends are closed.
-KILL_HEAD_START = 0.5
+# script to find the remote process tree and SIGTERM it (milliseconds; an ssh over the master,
+# then ps and awk, on a loaded machine), so closing them orphans nothing it looks for; short,
+# since a Nix blocked reading or writing the session takes that SIGTERM only once they close.
+KILL_HEAD_START = 1.0
 
 
 class BuilderFullError(Exception):
@@ -91,15 +91,21 @@ async def stop_cut_off(
     its ssh client (one blocked writing to us, a fetch home, gets a failed write); a local
     nix-store only once the kill is done (the kill finds its builders through it)."""
     killing = None
-    if pipes.pid is not None:
-        killing = asyncio.ensure_future(kill(pipes.pid))
-        await asyncio.wait([killing], timeout=KILL_HEAD_START)
-    pipes.writer.close()
-    if pipes.over_ssh:
+    try:
+        if pipes.pid is not None:
+            killing = asyncio.ensure_future(kill(pipes.pid))
+            await asyncio.wait([killing], timeout=KILL_HEAD_START)
+        pipes.writer.close()
+        if pipes.over_ssh:
+            pipes.stop()
+        if killing is not None:
+            try:
+                await killing
+            except OffloadError as exc:
+                logger.warning("%s: could not stop remote process: %s", name, exc)
+    finally:
+        # Cancelled meanwhile (the teardown is shielded, but its loop may be closing): the
+        # kill is not left running unowned, and the session's process is stopped whatever.
+        if killing is not None and not killing.done():
+            killing.cancel()
         pipes.stop()
-    if killing is not None:
-        try:
-            await killing
-        except OffloadError as exc:
-            logger.warning("%s: could not stop remote process: %s", name, exc)
-    pipes.stop()
