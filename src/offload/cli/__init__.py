@@ -81,7 +81,12 @@ def _parser_class() -> type[argparse.ArgumentParser]:
             # options, but only `--since=--` puts one there: it is the value itself, and
             # without it the value became [] (an internal error, or `offload use --for=--`
             # silently "until cleared"). A "--" put first is the one it takes out.
-            if action.option_strings and "--" in arg_strings and _strips_option_dashes():
+            if (
+                action.option_strings
+                and action.nargs not in (argparse.PARSER, argparse.REMAINDER)
+                and "--" in arg_strings
+                and _strips_option_dashes()
+            ):
                 arg_strings = ["--", *arg_strings]
             return super()._get_values(action, arg_strings)
 
@@ -101,9 +106,12 @@ def _parser_class() -> type[argparse.ArgumentParser]:
 @functools.cache
 def _strips_option_dashes() -> bool:
     """Whether this Python's argparse drops a ``--`` given as an option's value (3.11 does)."""
-    probe = argparse.ArgumentParser(add_help=False)
+    probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     probe.add_argument("--value")
-    return bool(probe.parse_args(["--value=--"]).value != "--")
+    try:  # no argparse's answer to the probe may end the process
+        return bool(probe.parse_args(["--value=--"]).value != "--")
+    except (argparse.ArgumentError, SystemExit):
+        return False
 
 
 def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:

@@ -58,11 +58,12 @@ def steady_runner() -> asyncio.Runner:
 
     # Final in typeshed; its private hook is the one place a Ctrl-C reaches the run.
     class _Steady(asyncio.Runner):  # type: ignore[misc]
-        def _on_sigint(self, signum: int, frame: FrameType | None, main_task: Any) -> None:  # noqa: ANN401 - asyncio's private hook
+        # Its arguments passed on as they come: a Python whose hook takes others still works.
+        def _on_sigint(self, signum: int, *rest: Any, **named: Any) -> None:  # noqa: ANN401 - asyncio's private hook
             if signum == signal.SIGINT and not _stopped_by:
                 _stopped_by.append(signum)
             # Ignored from now on: asyncio restores its default handler only over its own.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            super()._on_sigint(signum, frame, main_task)  # type: ignore[misc]
+            super()._on_sigint(signum, *rest, **named)  # type: ignore[misc]
 
     return _Steady()
