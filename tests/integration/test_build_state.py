@@ -107,13 +107,14 @@ def _unkept_build(
     *,
     in_namespace: str = "",
     builder: str = "echo unkept > $out",
+    quiet: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """``offload build --report`` of a fresh derivation with ``env`` (temporary files in
     ``tmp_path / "tmp"``); ``in_namespace``: shell commands run first in a mount namespace."""
     file = nix_file(tmp_path, f'mk "unkept" "{builder}" {{}}\n')
     (tmp_path / "tmp").mkdir()
     argv = offload_argv(file, "--builders", "", "-j1", "--option", "substituters", "")
-    argv += ["--report", str(tmp_path / "run.html")]
+    argv += ["--report", str(tmp_path / "run.html"), *(["-Q"] if quiet else [])]
     if in_namespace:
         script = f"{in_namespace} && exec {shlex.join(argv)}"
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
@@ -180,6 +181,10 @@ def test_a_failed_build_without_state_points_at_its_printed_tail_not_at_offload_
     assert done.returncode == 100, done.stderr  # a build failure, as nix-build's
     assert "the-last-words" in done.stderr  # the tail, printed before the temporary state goes
     assert "offload log" not in done.stderr  # its log went with the temporary state
-    hint = "hint: its whole log was not kept (no state directory): rerun with -L to see it"
+    hint = "hint: its log is above, and was not kept (no state directory)"
     assert done.stderr.rstrip().endswith(hint), done.stderr
+    (tmp_path / "q").mkdir()  # -Q: the log is not shown whole, only its tail
+    quiet = _unkept_build(tmp_path / "q", env, builder="echo the-last-words; exit 1", quiet=True)
+    hint = "hint: its whole log was not kept (no state directory): rerun with -L to see it"
+    assert quiet.stderr.rstrip().endswith(hint), quiet.stderr
     assert list((tmp_path / "tmp").iterdir()) == []

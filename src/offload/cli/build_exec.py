@@ -123,7 +123,9 @@ def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
             print(f"  {name}> {strip_ansi(line)}", file=sys.stderr)
 
 
-def build_failed(report: RunReport, *, logs_kept: bool = True) -> BuildFailed:
+def build_failed(
+    report: RunReport, *, logs_kept: bool = True, logs_shown: bool = True
+) -> BuildFailed:
     """A run's failed builds as nix-build reports them: one named (a timed-out one first),
     with its Nix status (MiscFailure when Nix gave none), and the exit status nix-build gives
     for them all (``nix_exit_status``).
@@ -137,19 +139,22 @@ def build_failed(report: RunReport, *, logs_kept: bool = True) -> BuildFailed:
         + (f" (and {more} more)" if more else ""),
         drv_path=first,
         status=report.statuses.get(first, BuildStatus.MISC_FAILURE),
-        hint=_failed_hint(report, first, logs_kept=logs_kept),
+        hint=_failed_hint(report, first, logs_kept=logs_kept, logs_shown=logs_shown),
         exit_code=nix_exit_status(report),
     )
 
 
-def _failed_hint(report: RunReport, drv_path: str, *, logs_kept: bool) -> str:
-    """Where to look next: the failed build's log (its tail is printed; the whole of it only
-    where the run's state is kept), or, for a derivation no machine took (no machine can build
-    it), the machines' systems and features: it has no log."""
+def _failed_hint(report: RunReport, drv_path: str, *, logs_kept: bool, logs_shown: bool) -> str:
+    """Where to look next: the failed build's log (``offload log`` where the run's state is
+    kept; else the run shows it, whole unless -Q or --log-format bar, its tail always), or, for
+    a derivation no machine took (no machine can build it), the machines' systems and features:
+    it has no log."""
     if any(job.drv_path == drv_path and job.machine for job in report.finished):
-        if not logs_kept:
-            return "its whole log was not kept (no state directory): rerun with -L to see it"
-        return f"see its log with `offload log {drv_path}`"
+        if logs_kept:
+            return f"see its log with `offload log {drv_path}`"
+        if logs_shown:
+            return "its log is above, and was not kept (no state directory)"
+        return "its whole log was not kept (no state directory): rerun with -L to see it"
     return "`offload machines` shows each machine's systems and features"
 
 
@@ -268,9 +273,13 @@ def _build_options(pool: Pool) -> BuildOptions:
     return BuildOptions.from_settings(pool.nix_settings.get)
 
 
-def _renderer(args: argparse.Namespace) -> Renderer:
+def _print_logs(args: argparse.Namespace) -> bool:
     """Build logs are shown as nix-build shows them, unless -Q or --log-format bar."""
-    print_logs = args.print_build_logs or not (args.no_build_output or args.log_format == "bar")
+    return bool(args.print_build_logs or not (args.no_build_output or args.log_format == "bar"))
+
+
+def _renderer(args: argparse.Namespace) -> Renderer:
+    print_logs = _print_logs(args)
     kind: RendererKind = "auto"
     if args.json:
         kind = "json"
@@ -355,7 +364,7 @@ def build(
         _write_report(state, report.run_id, args.report)
     if report.failed:
         _print_log_tails(BuildLogs(state / "logs"), report.failed)
-        raise build_failed(report, logs_kept=kept)
+        raise build_failed(report, logs_kept=kept, logs_shown=_print_logs(args) and not args.json)
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"
         raise OffloadError(msg)

@@ -8,7 +8,8 @@ plain ASCII whatever a build printed.
 
 Build log lines (``job_log``) are written only with ``print_logs`` (``-L``): a large build
 prints hundreds of thousands of lines, which would swamp the events a consumer usually wants,
-and every log is kept anyway (``offload log DRV``).
+and every log is kept anyway (``offload log DRV``; not where the run's state directory was a
+temporary one).
 
 A reader that goes away (``| head -1``) ends the lines, not the run: it builds on, makes its
 result links and keeps its history, as nix-build does (``offload.streams``).

@@ -1,6 +1,7 @@
 """What a ``Link`` (``pool``) keeps of each session it opened, and the small helpers its
-lending and teardown share: a session's stderr route, the busy answer of a slot wrapper, and
-waits that a second cancellation does not cut short."""
+lending and teardown share: a session's stderr route, the busy answer of a slot wrapper, waits
+that a second cancellation does not cut short, and the stop of a session cut off mid-request
+(``stop_cut_off``: the remote kill first, the session's ends closed a moment into it)."""
 
 from __future__ import annotations
 
