@@ -21,6 +21,7 @@ from pathlib import Path
 
 from offload.cli.arguments import nonempty_path
 from offload.cli.build_exec import build_failed, execute
+from offload.cli.interrupts import steady_runner
 from offload.config.pool import load_pool
 from offload.dagfile import Dag, load_dag, parse_dag, write_nix_file
 from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_up, open_fleet
@@ -103,7 +104,17 @@ def _build(fleet: Fleet, dag: Dag) -> int:
         renderer.handle(event)
 
     started = time.monotonic()
-    report, _ = execute(roots, pool, ensure_state_dir(), emit=emit, close=renderer.close, env=env)
+    # As offload build's: a second Ctrl-C waits for the first one's clean-up (cli.interrupts).
+    with steady_runner() as runner:
+        report, _ = execute(
+            roots,
+            pool,
+            ensure_state_dir(),
+            emit=emit,
+            close=renderer.close,
+            env=env,
+            run=runner.run,
+        )
     elapsed = time.monotonic() - started
     _print_builds(finished, started_wall=min((f.started for f in finished), default=0.0))
     render_summary(finished, sys.stderr)
