@@ -319,3 +319,27 @@ def test_an_untrusted_member_stores_through_a_daemon_that_trusts_nobody():
     assert "nix-daemon" not in member_argv(Path("/m"), Path("/m/c"))[-1]
     record = MemberRecord(spec, 2200, 1, 2, "mnt:[1]")
     assert MemberRecord.from_dict(record.as_dict()) == record
+
+
+def test_a_failed_start_stops_every_member_it_started_even_past_one_that_will_not_stop(
+    tmp_path, monkeypatch, caplog
+):
+    from offload.errors import FleetError
+    from offload.fleet import manager
+    from offload.fleet.records import MemberRecord
+
+    tried: list[str] = []
+
+    def stop_member(fleet_dir, record):
+        tried.append(record.spec.name)
+        if record.spec.name == "a":
+            raise FleetError("processes 1 of fleet member a did not stop")
+
+    monkeypatch.setattr(manager, "stop_member", stop_member)
+    records = [
+        MemberRecord(MemberSpec.parse(f"{n}:1:1"), 2200 + i, 100 + i, 1, "mnt:[1]")
+        for i, n in enumerate("ab")
+    ]
+    manager._stop_started(tmp_path, records)
+    assert tried == ["a", "b"]  # b is stopped although a would not
+    assert "fleet member a did not stop" in caplog.text

@@ -8,10 +8,11 @@ each recorded member (``namespace``).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from offload.fleet.state import fleet_of, load_state, member_of, ordered, write_
 from offload.fleet.view import Fleet, Member, MemberStatus
 from offload.process import interrupts_held, run
 from offload.procfs import is_ours
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Fleet",
@@ -88,11 +91,20 @@ def fleet_up(
     except BaseException:
         # Bounded (stop_member's timeout); a second Ctrl-C must not leave members running.
         with interrupts_held():
-            for record in [*started, *spawned]:  # one stopped already is not there any more
-                stop_member(fleet_dir, record)
+            _stop_started(fleet_dir, {r.pid: r for r in [*started, *spawned]}.values())
             write_state(fleet_dir, FleetState(system, tuple(kept.values())))
         raise
     return fleet_of(fleet_dir, FleetState(system, ordered(records, specs)))
+
+
+def _stop_started(fleet_dir: Path, records: Iterable[MemberRecord]) -> None:
+    """Stop each member a failed ``fleet_up`` started, every one even if one of them will not
+    stop (that one is said, with the error that failed the start)."""
+    for record in records:
+        try:
+            stop_member(fleet_dir, record)
+        except FleetError as exc:
+            logger.warning("%s", exc.message)
 
 
 def _kept_and_dead(
