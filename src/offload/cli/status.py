@@ -77,7 +77,10 @@ def _clock(at: float) -> str:
 def _day_and_clock(at: float) -> str:
     """``at`` as a clock time, with its date when that is not today: a choice may last days
     (`--for 3d`), and a clock time alone said it ended today."""
-    day = time.strftime("%Y-%m-%d", time.localtime(at))
+    try:
+        day = time.strftime("%Y-%m-%d", time.localtime(at))
+    except (OverflowError, OSError, ValueError):  # as _clock: a time no clock shows
+        return "?"
     if day == time.strftime("%Y-%m-%d"):
         return _clock(at)
     return f"{day} {_clock(at)}"
