@@ -182,3 +182,10 @@ def test_a_time_no_clock_shows_in_a_state_file_is_a_question_mark(
     assert main(["status", "--builders", "ssh://fast"]) == 0
     out = capsys.readouterr().out
     assert "fast: loaded (hook coordinator, reported ?): load 9 on 1 core" in out
+
+
+def test_a_choice_ending_at_a_date_no_clock_shows_is_a_question_mark() -> None:
+    from offload.cli.status import _day_and_clock
+
+    assert _day_and_clock(1e300) == "?"
+    assert _day_and_clock(0.0).startswith("1970-01-0")  # another day: its date is said
