@@ -131,3 +131,13 @@ def test_a_reason_is_kept_on_one_bounded_line(tmp_path):
     assert reason is not None
     assert len(reason) == REASON_CHARS
     assert "\n" not in reason
+
+
+def test_every_backoff_offload_writes_is_within_what_its_reader_keeps() -> None:
+    # backoff.py reads an entry further ahead than _MAX_AHEAD as one offload never wrote: the
+    # policy's longest backoff must stay inside it, or real backoffs would be dropped.
+    from offload.backoff import _MAX_AHEAD
+    from offload.scheduler.policy.costs import Backoff
+
+    backoff = Backoff()
+    assert backoff.delay(backoff.max_steps) < _MAX_AHEAD
