@@ -35,6 +35,7 @@ __all__ = [
     "SshError",
     "StoreError",
     "TransportError",
+    "Unschedulable",
 ]
 
 
@@ -135,3 +136,7 @@ class FleetError(OffloadError):
 
 class SchedulerError(OffloadError):
     """The scheduler cannot place some work, or the run cannot continue."""
+
+
+class Unschedulable(SchedulerError):
+    """A job no machine of the pool can build (its system or features), found before the run."""

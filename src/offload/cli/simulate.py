@@ -14,7 +14,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from offload.errors import ConfigError, SchedulerError
+from offload.errors import ConfigError, SchedulerError, Unschedulable
 from offload.scheduler.dag import Job
 from offload.scheduler.nix_model import NixCosts, simulate_nix
 from offload.scheduler.policy import MachineSlotSpec
@@ -179,9 +179,7 @@ def run(args: argparse.Namespace) -> int:
             result = simulate(
                 jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation
             )
-        except SchedulerError as exc:
-            if not exc.message.startswith("no machine can build"):
-                raise
+        except Unschedulable as exc:
             # The scheduler's hint is offload build's (--keep-going), which simulate has not.
             hint = "give --machines one with those features: name:speed:slots:feature+feature"
             raise SchedulerError(exc.message, hint=hint) from None

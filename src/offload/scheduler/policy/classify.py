@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from offload.errors import SchedulerError
+from offload.errors import Unschedulable
 from offload.scheduler.dag import JobGraph, JobState
 from offload.scheduler.policy.matching import MachineSlotSpec, unschedulable_reason
 from offload.scheduler.policy.pool import EligibilityClass, Pool
@@ -40,7 +40,7 @@ def classify(
     if strict:
         first, reason = next(iter(unschedulable.items()))
         more = len(unschedulable) - 1
-        raise SchedulerError(
+        raise Unschedulable(
             f"no machine can build {first}: {reason}"
             + (f" (and {more} more jobs)" if more else ""),
             hint="add a builder with that system and features, or use --keep-going",
