@@ -134,7 +134,9 @@ class SharedSshTransport:
             run_async(self.kill_argv(pid), env=self._env, check=False), 15.0
         )
         if done.returncode != 0:
-            raise SshError(f"cannot stop process {pid} on builder '{self.name}': {done.stderr}")
+            # ssh ends its lines with "\r\n": the error is one line of the build's log.
+            said = " | ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
+            raise SshError(f"cannot stop process {pid} on builder '{self.name}': {said}")
 
     async def close(self) -> None:
         """The master stays for the next hook process; it exits after being idle a while."""

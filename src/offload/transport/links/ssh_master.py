@@ -182,7 +182,9 @@ class SshTransport:
         return None if self._master is None else self._master.pid
 
     def _error(self, what: str, tail: Iterable[str]) -> SshError:
-        lines = [line for line in tail if line.strip()]
+        # A piece may be a whole stderr of several lines, each ended by "\r\n" (ssh's own):
+        # the error is one line of a log, so each line is taken bare.
+        lines = [line.strip() for piece in tail for line in piece.splitlines() if line.strip()]
         text = " | ".join(lines[-5:]) or "(ssh printed nothing)"
         return SshError(
             f"cannot {what} builder '{self.name}' ({self.target.destination}): {text}",
