@@ -115,7 +115,10 @@ def _pick(
     waiting out a backoff."""
     now = time.time()
     unable = LocalOffer(1.0, can_build=False)  # accepted: Nix will not build it here
-    reloaded = False
+    # A builder another derivation found dead while this one waited is backed off in the
+    # file only: without it, this one would wait on for that builder's slot.
+    # (Also `offload machines --reset`, or another run's success, meanwhile.)
+    context.reload_backoff()
     while True:
         # One tried here but failed since for another of this client's derivations is not.
         retry = {name for name in tried if not context.failed_for_client(name)}
@@ -124,10 +127,6 @@ def _pick(
         choice = choose(request, builders, unable, work=work, now=now, queue=True)
         if not choice.stuck:
             break
-        if not reloaded:  # `offload machines --reset`, or another run's success, meanwhile
-            context.reload_backoff()
-            reloaded = True
-            continue
         again = to_retry(context, request, choice, tried)
         if again is None:
             raise given_up(context, request, (*choice.backed_off, *sorted(excluded)))

@@ -1,0 +1,54 @@
+"""offload-hook: derivations accepted for a busy builder, waiting in the coordinator for its
+slot, when that builder dies under the build it runs. They learn of its backoff from the one
+that found it dead and go elsewhere, without trying it again (each such try cost a connection
+refused, one more "builder failed" line in the log Nix prints, and a backoff extended)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.fleet import Fleet, MemberSpec
+from tests.helpers.fleets import drop_member, member_processes, private_fleet_fixture
+from tests.helpers.hook_runs import leaves, start_nix_build
+from tests.helpers.nix_files import nix_file
+from tests.helpers.offload_run import stop_coordinators, wait_for
+from tests.helpers.processes import stop
+
+# A fast builder with one slot, worth waiting for, beside a slow one.
+waiting_fleet = private_fleet_fixture(
+    [MemberSpec("hwfast", 4.0, 1), MemberSpec("hwslow", 1.0, 1)], "ohw"
+)
+
+
+@pytest.fixture(autouse=True)
+def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
+    yield
+    stop_coordinators(tmp_path / "state")
+
+
+def test_waiting_derivations_leave_a_builder_that_died_without_trying_it(
+    waiting_fleet: Fleet, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    # Each leaf says it started (on the host's /tmp, shared with the members), then works.
+    file = nix_file(tmp_path, leaves(4, f"/bin/mkdir -p {started}; /bin/sleep 4; "))
+    proc = start_nix_build(waiting_fleet, tmp_path, file, "-j0")
+    fast = waiting_fleet.member("hwfast")
+    try:
+        wait_for(
+            lambda: any("sleep 4" in cmd for _, cmd in member_processes(fast)),
+            60,
+            "a build on the fast builder",
+        )
+        drop_member(fast)
+        out, err = proc.communicate(timeout=150)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert len(out.split()) == 4
+    failed = [line for line in err.splitlines() if "builder 'hwfast' failed" in line]
+    assert failed, err
+    assert not [line for line in failed if "connection refused" in line], err
