@@ -1,10 +1,12 @@
-"""offload-hook: derivations accepted for a busy builder, waiting in the coordinator for its
-slot, when that builder dies under the build it runs. They learn of its backoff from the one
-that found it dead and go elsewhere, without trying it again (each such try cost a connection
-refused, one more "builder failed" line in the log Nix prints, and a backoff extended)."""
+"""offload-hook: a builder that dies under the builds it runs, with more derivations accepted
+for it waiting in the coordinator for its slot. Its death is one failure, said once to the
+nix-build, however many of its builds found it. The waiting derivations learn of its backoff
+from the one that found it dead and go elsewhere, without trying it again (they used to wait
+for its slot on and on: nix-build hung)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +19,9 @@ from tests.helpers.nix_files import nix_file
 from tests.helpers.offload_run import stop_coordinators, wait_for
 from tests.helpers.processes import stop
 
-# A fast builder with one slot, worth waiting for, beside a slow one.
+# A fast builder, worth waiting for, beside a slow one.
 waiting_fleet = private_fleet_fixture(
-    [MemberSpec("hwfast", 4.0, 1), MemberSpec("hwslow", 1.0, 1)], "ohw"
+    [MemberSpec("hwfast", 4.0, 2), MemberSpec("hwslow", 1.0, 1)], "ohw"
 )
 
 
@@ -52,3 +54,27 @@ def test_waiting_derivations_leave_a_builder_that_died_without_trying_it(
     failed = [line for line in err.splitlines() if "builder 'hwfast' failed" in line]
     assert failed, err
     assert not [line for line in failed if "connection refused" in line], err
+
+
+def test_a_builder_that_dies_under_two_builds_is_one_failure_said_once(
+    waiting_fleet: Fleet, tmp_path: Path
+) -> None:
+    file = nix_file(tmp_path, leaves(3, "/bin/sleep 4; "))
+    proc = start_nix_build(waiting_fleet, tmp_path, file, "-j0")
+    fast = waiting_fleet.member("hwfast")
+    try:
+        wait_for(
+            lambda: sum("sleep 4" in cmd for _, cmd in member_processes(fast)) >= 4,
+            60,
+            "two builds on the fast builder (each a shell and its sleep)",
+        )
+        drop_member(fast)
+        out, err = proc.communicate(timeout=150)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert len(out.split()) == 3
+    failed = [line for line in err.splitlines() if "builder 'hwfast' failed" in line]
+    assert len(failed) == 1, err
+    backoff = json.loads((tmp_path / "state" / "backoff.json").read_text())
+    assert backoff["hwfast"]["failures"] == 1

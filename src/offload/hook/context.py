@@ -219,7 +219,13 @@ class HookContext:
         from offload.build.faults import explain
 
         now = time.time()
+        # Another build there (another hook process) may have found it dead a moment ago.
+        self.reload_backoff()
         current = self.backoff.get(name)
+        if current is not None and self.failed_for_client(name) and _just_backed_off(current, now):
+            # The same outage, found by another of this nix-build's builds there (a retry out
+            # of turn it would not make): one failure, said once.
+            return
         failures = (current.failures if current is not None else 0) + 1
         reason = reason_line(explain(self.machine(name), error))
         health = Health(failures, now + Backoff().delay(failures), reason)
@@ -235,6 +241,12 @@ class HookContext:
     def machine_ok(self, name: str) -> None:
         if self.backoff.pop(name, None) is not None:
             save_backoff(self.state / "backoff.json", {name: None}, time.time())
+
+
+def _just_backed_off(health: Health, now: float) -> bool:
+    """Did ``health``'s backoff start within ``Backoff.coalesce`` of ``now``?"""
+    policy = Backoff()
+    return now - (health.until - policy.delay(health.failures)) < policy.coalesce
 
 
 def _sweep(directory: Path, before: float) -> None:
