@@ -27,6 +27,7 @@ from offload.config.machines.uri import parse_store_uri
 from offload.fleet import DEFAULT_SPECS, Fleet, Member, MemberSpec, fleet_down, fleet_up
 from offload.transport.persist import location
 from offload.transport.ssh import ssh_path
+from tests.helpers.offload_run import stop_coordinators
 from tests.helpers.processes import running
 
 
@@ -70,6 +71,15 @@ def _persistent_masters_end_with_the_test(request: pytest.FixtureRequest) -> Ite
     tmp_path = request.node.funcargs.get("tmp_path")
     if isinstance(tmp_path, Path):
         stop_masters(location(tmp_path / "state"))
+
+
+@pytest.fixture
+def coordinators_stopped(tmp_path: Path) -> Iterator[None]:
+    """The hook coordinators a test's nix-builds started (state in ``tmp_path / "state"``)
+    are stopped with the test, and checked gone; a module asks for it with
+    ``pytestmark = pytest.mark.usefixtures("coordinators_stopped")``."""
+    yield
+    stop_coordinators(tmp_path / "state")
 
 
 def persistent_masters(control_dir: Path) -> list[int]:

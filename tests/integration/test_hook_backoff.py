@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,6 @@ from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
 from tests.helpers import processes
 from tests.helpers.fleets import member_line, private_fleet_fixture
 from tests.helpers.nix_files import nix_file
-from tests.helpers.offload_run import stop_coordinators
 
 HOOK = str(Path(sys.executable).parent / "offload-hook")
 ONE = '[ (mk "a" "echo a > $out" {}) ]\n'  # one derivation, new to every store (its salt)
@@ -40,10 +38,7 @@ REFUSED = "the builder refused the ssh key"  # offload's words for ssh's "Permis
 backoff_fleet = private_fleet_fixture([MemberSpec("hb1", 1.0, 2)], "ofbo", scope="module")
 
 
-@pytest.fixture(autouse=True)
-def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
-    yield
-    stop_coordinators(tmp_path / "state")
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
 def _bad_line(fleet: Fleet, tmp_path: Path, *others: str) -> tuple[str, Path]:

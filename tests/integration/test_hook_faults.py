@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,10 +40,7 @@ hook_fleet = private_fleet_fixture(
 )
 
 
-@pytest.fixture(autouse=True)
-def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
-    yield
-    stop_coordinators(tmp_path / "state")
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
 def test_check_builds_again_on_a_builder_as_nix_s_hook_does(

@@ -7,7 +7,6 @@ for its slot on and on: nix-build hung)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from offload.fleet import Fleet, MemberSpec
 from tests.helpers.fleets import drop_member, member_processes, private_fleet_fixture
 from tests.helpers.hook_runs import leaves, start_nix_build
 from tests.helpers.nix_files import nix_file
-from tests.helpers.offload_run import stop_coordinators, wait_for
+from tests.helpers.offload_run import wait_for
 from tests.helpers.processes import stop
 
 # A fast builder, worth waiting for, beside a slow one.
@@ -25,10 +24,7 @@ waiting_fleet = private_fleet_fixture(
 )
 
 
-@pytest.fixture(autouse=True)
-def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
-    yield
-    stop_coordinators(tmp_path / "state")
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
 def test_waiting_derivations_leave_a_builder_that_died_without_trying_it(

@@ -36,7 +36,7 @@ from tests.helpers.hook_runs import (
     start_nix_build,
 )
 from tests.helpers.nix_files import SPEED, nix_file
-from tests.helpers.offload_run import stop_coordinators, wait_for
+from tests.helpers.offload_run import wait_for
 from tests.helpers.processes import stop
 
 MEMBERS = ("hk1", "hk2")
@@ -46,10 +46,7 @@ hook_fleet = private_fleet_fixture(
 )
 
 
-@pytest.fixture(autouse=True)
-def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
-    yield
-    stop_coordinators(tmp_path / "state")
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
 def holders(fleet: Fleet, path: str) -> set[str]:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,6 @@ from tests.helpers.offload_run import (
     events,
     offload,
     start_offload,
-    stop_coordinators,
     wait_for,
     wait_for_marker,
 )
@@ -85,10 +83,7 @@ def build_on(fleet: Fleet, tmp_path: Path, name: str, *args: str) -> tuple[Path,
     return file, done.stdout, done.stderr
 
 
-@pytest.fixture(autouse=True)
-def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
-    yield
-    stop_coordinators(tmp_path / "state")
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
 def test_the_fleet_writes_the_restriction_where_the_spec_says(restricted_fleet: Fleet) -> None:

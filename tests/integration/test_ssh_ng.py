@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,6 @@ from tests.helpers.offload_run import (
     events,
     offload,
     start_offload,
-    stop_coordinators,
     wait_for,
     wait_for_marker,
 )
@@ -93,10 +92,7 @@ def assert_no_partial_path(member: Member, path: str) -> None:
     assert "error" not in verify.stderr.lower(), verify.stderr
 
 
-@pytest.fixture(autouse=True)
-def _coordinators_end_with_the_test(tmp_path: Path) -> Iterator[None]:
-    yield
-    stop_coordinators(tmp_path / "state")
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
 def test_the_fleet_lists_a_member_forced_to_the_daemon_as_ssh_ng(ng_fleet: Fleet) -> None:
