@@ -7,6 +7,7 @@ for its slot on and on: nix-build hung)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,24 +28,33 @@ waiting_fleet = private_fleet_fixture(
 pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
+def _fast_dropped(
+    fleet: Fleet, tmp_path: Path, file: Path, processes: int, what: str
+) -> tuple[subprocess.Popen[str], str, str]:
+    """``nix-build -j0`` of ``file`` with the hook, the fast builder dropped once at least
+    ``processes`` of its processes run "sleep 4": (the nix-build, its stdout, its stderr)."""
+    proc = start_nix_build(fleet, tmp_path, file, "-j0")
+    fast = fleet.member("hwfast")
+    try:
+        wait_for(
+            lambda: sum("sleep 4" in cmd for _, cmd in member_processes(fast)) >= processes,
+            60,
+            what,
+        )
+        drop_member(fast)
+        out, err = proc.communicate(timeout=150)
+    finally:
+        stop(proc)
+    return proc, out, err
+
+
 def test_waiting_derivations_leave_a_builder_that_died_without_trying_it(
     waiting_fleet: Fleet, tmp_path: Path
 ) -> None:
     started = tmp_path / "started"
     # Each leaf says it started (on the host's /tmp, shared with the members), then works.
     file = nix_file(tmp_path, leaves(4, f"/bin/mkdir -p {started}; /bin/sleep 4; "))
-    proc = start_nix_build(waiting_fleet, tmp_path, file, "-j0")
-    fast = waiting_fleet.member("hwfast")
-    try:
-        wait_for(
-            lambda: any("sleep 4" in cmd for _, cmd in member_processes(fast)),
-            60,
-            "a build on the fast builder",
-        )
-        drop_member(fast)
-        out, err = proc.communicate(timeout=150)
-    finally:
-        stop(proc)
+    proc, out, err = _fast_dropped(waiting_fleet, tmp_path, file, 1, "a build on the fast builder")
     assert proc.returncode == 0, err
     assert len(out.split()) == 4
     failed = [line for line in err.splitlines() if "builder 'hwfast' failed" in line]
@@ -56,18 +66,8 @@ def test_a_builder_that_dies_under_two_builds_is_one_failure_said_once(
     waiting_fleet: Fleet, tmp_path: Path
 ) -> None:
     file = nix_file(tmp_path, leaves(3, "/bin/sleep 4; "))
-    proc = start_nix_build(waiting_fleet, tmp_path, file, "-j0")
-    fast = waiting_fleet.member("hwfast")
-    try:
-        wait_for(
-            lambda: sum("sleep 4" in cmd for _, cmd in member_processes(fast)) >= 4,
-            60,
-            "two builds on the fast builder (each a shell and its sleep)",
-        )
-        drop_member(fast)
-        out, err = proc.communicate(timeout=150)
-    finally:
-        stop(proc)
+    what = "two builds on the fast builder (each a shell and its sleep)"
+    proc, out, err = _fast_dropped(waiting_fleet, tmp_path, file, 4, what)
     assert proc.returncode == 0, err
     assert len(out.split()) == 3
     failed = [line for line in err.splitlines() if "builder 'hwfast' failed" in line]
