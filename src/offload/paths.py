@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from offload.errors import ConfigError
-from offload.state_location import SYSTEM_STATE, hook_state, user_state
+from offload.state_location import SYSTEM_STATE, hook_state, user_state, uses_xdg_state
 
 __all__ = [
     "SYSTEM_STATE_DIR",
@@ -62,7 +62,7 @@ def state_hint(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     if env.get("OFFLOAD_STATE_DIR"):
         return "OFFLOAD_STATE_DIR names it: point it at a directory you may write"
-    if Path(env.get("XDG_STATE_HOME", "")).is_absolute():  # a relative one is ignored (XDG)
+    if uses_xdg_state(env):
         return (
             "it is $XDG_STATE_HOME/offload: point XDG_STATE_HOME (or OFFLOAD_STATE_DIR)"
             " at a directory you may write"

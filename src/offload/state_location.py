@@ -20,6 +20,7 @@ __all__ = [
     "private_dir",
     "usable_hook_state",
     "user_state",
+    "uses_xdg_state",
 ]
 
 # The hook's state when the nix-daemon runs it (as root, with the daemon's bare environment).
@@ -34,13 +35,13 @@ def user_state(env: Mapping[str, str] | None = None, home: str | None = None) ->
     env = os.environ if env is None else env
     if env.get("OFFLOAD_STATE_DIR"):
         return env["OFFLOAD_STATE_DIR"]
-    if _xdg_state(env):
+    if uses_xdg_state(env):
         return os.path.join(env["XDG_STATE_HOME"], "offload")  # noqa: PTH118 - no pathlib here
     base = home or _home(env)
     return os.path.join(base, ".local", "state", "offload")  # noqa: PTH118 - no pathlib here
 
 
-def _xdg_state(env: Mapping[str, str]) -> bool:
+def uses_xdg_state(env: Mapping[str, str]) -> bool:
     """Whether ``$XDG_STATE_HOME`` is used: the XDG spec has a relative one ignored, as
     invalid (it would put the history wherever each command happens to run)."""
     return os.path.isabs(env.get("XDG_STATE_HOME", ""))  # noqa: PTH117 - no pathlib here
@@ -62,7 +63,7 @@ def _home(env: Mapping[str, str]) -> str:
 
 def hook_state(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
-    if env.get("OFFLOAD_STATE_DIR") or _xdg_state(env):
+    if env.get("OFFLOAD_STATE_DIR") or uses_xdg_state(env):
         return user_state(env)
     if os.geteuid() == 0 and env.get("HOME", "") in _HOMELESS:
         return SYSTEM_STATE
