@@ -65,25 +65,28 @@ def _places() -> list[Path]:
     return places
 
 
-def _clock(at: float) -> str:
+def _local(at: float) -> time.struct_time | None:
+    """``at`` in local time; None for a time no clock shows, from a state file offload did not
+    write so (a hand edit, a damaged loads.json): the rest of the status is still worth seeing."""
     try:
-        return time.strftime("%H:%M:%S", time.localtime(at))
+        return time.localtime(at)
     except (OverflowError, OSError, ValueError):
-        # A time no clock shows, from a state file offload did not write so (a hand edit, a
-        # damaged loads.json): the rest of the status is still worth seeing.
-        return "?"
+        return None
+
+
+def _clock(at: float) -> str:
+    local = _local(at)
+    return "?" if local is None else time.strftime("%H:%M:%S", local)
 
 
 def _day_and_clock(at: float) -> str:
     """``at`` as a clock time, with its date when that is not today: a choice may last days
     (`--for 3d`), and a clock time alone said it ended today."""
-    try:
-        day = time.strftime("%Y-%m-%d", time.localtime(at))
-    except (OverflowError, OSError, ValueError):  # as _clock: a time no clock shows
+    local = _local(at)
+    if local is None:
         return "?"
-    if day == time.strftime("%Y-%m-%d"):
-        return _clock(at)
-    return f"{day} {_clock(at)}"
+    day, clock = time.strftime("%Y-%m-%d", local), time.strftime("%H:%M:%S", local)
+    return clock if day == time.strftime("%Y-%m-%d") else f"{day} {clock}"
 
 
 def _in_use(machine: MachineStatus) -> str:
