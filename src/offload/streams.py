@@ -14,20 +14,42 @@ import contextlib
 import errno
 import io
 import os
+from types import TracebackType
 from typing import TextIO
 
 from offload.typing_compat import override
 
-__all__ = ["ForgivingStderr", "is_gone", "reader_gone"]
+__all__ = ["ForgivingStderr", "reader_gone", "unless_gone"]
 
 # A reader that went away: a pipe's (EPIPE), or a terminal that was closed (EIO on a pty whose
 # other side is gone, as a SIGHUP'd run's clean-up meets it).
 _GONE = frozenset({errno.EPIPE, errno.EIO})
 
 
-def is_gone(exc: OSError) -> bool:
-    """Whether the failed write ``exc`` says the stream's reader has gone."""
-    return exc.errno in _GONE
+def unless_gone(stream: TextIO) -> _UnlessGone:
+    """Writes to ``stream`` in the block that find its reader gone end the block, and point
+    ``stream`` at /dev/null (``reader_gone``); any other failure is raised."""
+    return _UnlessGone(stream)
+
+
+class _UnlessGone:
+    # A class, not a generator: its __exit__ says (to type checkers too) that it may swallow.
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if not isinstance(exc, OSError) or exc.errno not in _GONE:
+            return False
+        reader_gone(self._stream)
+        return True
 
 
 def reader_gone(stream: TextIO) -> None:
@@ -47,21 +69,14 @@ class ForgivingStderr(io.TextIOWrapper):
 
     @override
     def write(self, text: str, /) -> int:
-        try:
+        with unless_gone(self):
             return super().write(text)
-        except OSError as exc:
-            if not is_gone(exc):
-                raise
-            reader_gone(self)
-            return len(text)
+        return len(text)
 
     @override
     def flush(self) -> None:
-        try:
+        with unless_gone(self):
             super().flush()
-        except OSError as exc:
-            if not is_gone(exc):
-                raise
-            reader_gone(self)
-            with contextlib.suppress(OSError):  # what was held goes to /dev/null now
-                super().flush()
+            return
+        with contextlib.suppress(OSError):  # what was held goes to /dev/null now
+            super().flush()

@@ -38,7 +38,7 @@ from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
-from offload.streams import is_gone, reader_gone
+from offload.streams import unless_gone
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, Timing
 from offload.ui.summary import render_summary
@@ -309,13 +309,9 @@ def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
         add_roots(links)
     if args.json:
         return
-    try:
+    with unless_gone(sys.stdout):  # its reader gone (`| head -1`): the build stands, as Nix's
         for path, _ in links:
             print(path, flush=True)
-    except OSError as exc:  # its reader has gone (`| head -1`): the build stands, as Nix's
-        if not is_gone(exc):
-            raise
-        reader_gone(sys.stdout)
 
 
 def build(

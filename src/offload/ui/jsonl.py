@@ -21,7 +21,7 @@ import asyncio
 import json
 from typing import TextIO
 
-from offload.streams import is_gone, reader_gone
+from offload.streams import unless_gone
 from offload.ui.events import Event, JobLog, event_dict
 
 __all__ = ["JsonRenderer"]
@@ -50,14 +50,10 @@ class JsonRenderer:
 
     def _flush(self) -> None:
         lines, self._pending = self._pending, []
-        try:
+        with unless_gone(self._stream):
             if lines:
                 self._stream.write("".join(lines))
             self._stream.flush()
-        except OSError as exc:
-            if not is_gone(exc):
-                raise
-            reader_gone(self._stream)
 
     def close(self) -> None:
         self._flush()
