@@ -269,8 +269,28 @@ async def spawn(
     try:
         yield proc
     finally:
+        await _ended(proc, grace)
+
+
+async def _ended(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Stop ``proc`` (``_stop``) while what is left of its stdout is read and dropped, and go
+    on reading for ``_DRAIN_SECONDS`` at most once it is gone: asyncio's wait(), begun before
+    the exit is seen, returns only once the child's pipes have ended too, and a stdout holding
+    more unread bytes than its limit (a transfer cut off) is read no further, so its end was
+    never seen and the whole grace passed, even for a child killed already (``stop_now``); and
+    a pipe left unread keeps its transport until it is collected, maybe after the event loop
+    ("Exception ignored ... Event loop is closed")."""
+    reading = None
+    if proc.stdout is not None and not proc.stdout.at_eof():
+        reading = asyncio.get_running_loop().create_task(_discard_stdout(proc))
+    try:
         await _stop(proc, grace)
-        await _drain(proc)
+        if reading is not None:
+            # A child of its own holding the pipe (``sleep 1 &``) would keep it open: bounded.
+            await asyncio.wait([reading], timeout=_DRAIN_SECONDS)
+    finally:
+        if reading is not None:
+            await stop(reading)
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
@@ -278,30 +298,22 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
         proc.stdin.close()
     if proc.returncode is not None:
         return
-    # asyncio's wait(), begun before the exit is seen, returns only once the child's pipes have
-    # ended too; a stdout holding more unread bytes than its limit (a transfer cut off) is read
-    # no further, so its end is never seen and the whole grace passed, even for a child killed
-    # already (``stop_now``, when its exit was not seen yet). What is left is read meanwhile.
-    reading = asyncio.get_running_loop().create_task(_discard_stdout(proc))
-    try:
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
-            except TimeoutError:
-                continue
-            return
-    finally:
-        await stop(reading)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
+        except TimeoutError:
+            continue
+        return
 
 
 async def _discard_stdout(proc: asyncio.subprocess.Process) -> None:
     """Read a stopping child's stdout to its end, dropping it (chunk by chunk: a child that
     ignores SIGTERM may write on for the whole grace)."""
-    if proc.stdout is None:
-        return
-    # RuntimeError: a task of the caller's reads it, and so keeps it read (as in ``_drain``).
+    assert proc.stdout is not None
+    # RuntimeError: a task of the caller's reads it, and so keeps it read (then that task
+    # drains it).
     with contextlib.suppress(OSError, RuntimeError):
         while await proc.stdout.read(1 << 16):
             pass
@@ -309,18 +321,6 @@ async def _discard_stdout(proc: asyncio.subprocess.Process) -> None:
 
 # How long a stopped child's leftover output is read for (it is in the pipe already).
 _DRAIN_SECONDS = 0.5
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    """Read what is left in a stopped child's stdout pipe (one cut off mid-transfer left
-    some), so that asyncio closes its transport now: else it is closed when collected, maybe
-    after the event loop ("Exception ignored ... Event loop is closed")."""
-    if proc.returncode is None or proc.stdout is None or proc.stdout.at_eof():
-        return
-    # RuntimeError: a task of the caller's still reads it (then that task drains it). A child
-    # of its own holding the pipe (``sleep 1 &``) would keep it open: bounded.
-    with contextlib.suppress(TimeoutError, OSError, RuntimeError):
-        await asyncio.wait_for(proc.stdout.read(), _DRAIN_SECONDS)
 
 
 def stop_now(proc: asyncio.subprocess.Process) -> None:
