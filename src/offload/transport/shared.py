@@ -30,6 +30,7 @@ from offload.transport.ssh import (
     SshTarget,
     kill_script,
     remote_command,
+    said_lines,
     serve_command,
     ssh_argv,
     ssh_path,
@@ -134,8 +135,7 @@ class SharedSshTransport:
             run_async(self.kill_argv(pid), env=self._env, check=False), 15.0
         )
         if done.returncode != 0:
-            # ssh ends its lines with "\r\n": the error is one line of the build's log.
-            said = " | ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
+            said = " | ".join(said_lines(done.stderr))
             raise SshError(f"cannot stop process {pid} on builder '{self.name}': {said}")
 
     async def close(self) -> None:

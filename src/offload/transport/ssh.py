@@ -78,6 +78,7 @@ __all__ = [
     "parse_slot",
     "parse_start_line",
     "remote_command",
+    "said_lines",
     "serve_argv",
     "serve_command",
     "serve_program",
@@ -394,6 +395,12 @@ def parse_pid_line(line: str) -> int | None:
     """The pid from ``offload-serve-pid N ...``, or None for any other line."""
     start = parse_start_line(line)
     return None if start is None else start[0]
+
+
+def said_lines(*pieces: str) -> list[str]:
+    """What ssh (or a command through it) printed, as bare lines: ssh ends its own with
+    "\r\n", and an error made of them is one line of a log."""
+    return [line.strip() for piece in pieces for line in piece.splitlines() if line.strip()]
 
 
 def kill_script(pid: int, grace: int = 5) -> list[str]:

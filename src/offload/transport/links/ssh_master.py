@@ -60,6 +60,7 @@ from offload.transport.ssh import (
     known_hosts_line,
     master_argv,
     remote_command,
+    said_lines,
     serve_argv,
     ssh_argv,
 )
@@ -182,9 +183,7 @@ class SshTransport:
         return None if self._master is None else self._master.pid
 
     def _error(self, what: str, tail: Iterable[str]) -> SshError:
-        # A piece may be a whole stderr of several lines, each ended by "\r\n" (ssh's own):
-        # the error is one line of a log, so each line is taken bare.
-        lines = [line.strip() for piece in tail for line in piece.splitlines() if line.strip()]
+        lines = said_lines(*tail)  # a piece may be a whole stderr of several lines
         text = " | ".join(lines[-5:]) or "(ssh printed nothing)"
         return SshError(
             f"cannot {what} builder '{self.name}' ({self.target.destination}): {text}",
