@@ -319,15 +319,14 @@ def _print_error(exc: OffloadError) -> None:
 
 def exit_status(exc: OffloadError) -> int:
     """nix-build's codes: 100 for a failed build, 101 when it timed out, 102 for a hash
-    mismatch, 1 for the rest (``nix_exit_bits``)."""
+    mismatch, 1 for the rest (``nix_exit_code``)."""
     from offload.errors import BuildFailed, NixError
-    from offload.protocol.records import nix_exit_bits
+    from offload.protocol.records import nix_exit_code
 
     if isinstance(exc, NixError):
         return exc.status
     if isinstance(exc, BuildFailed):
         if exc.exit_code is not None:
             return exc.exit_code
-        bits = nix_exit_bits(exc.status, exc.message)
-        return 0x60 | bits if bits else 1
+        return nix_exit_code([(exc.status, exc.message)])
     return 1

@@ -33,7 +33,7 @@ from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs, LogRecorder
 from offload.marks import mark, taken
 from offload.nix import add_roots, realise_again
-from offload.protocol.records import nix_exit_bits
+from offload.protocol.records import nix_exit_code
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
@@ -165,10 +165,7 @@ def nix_exit_status(report: RunReport) -> int:
     a failure with no bit (an output rejected for another reason than its hash, a repeat that
     differed, a failure Nix gave no status for: no machine could build it, a lost machine)
     counts for nothing, so a run with only those exits 1, as nix-build."""
-    bits = 0
-    for drv_path, why in report.failed.items():
-        bits |= nix_exit_bits(report.statuses.get(drv_path), why)
-    return 0x60 | bits if bits else 1
+    return nix_exit_code((report.statuses.get(drv), why) for drv, why in report.failed.items())
 
 
 def _warn(event: MachineEvent) -> None:

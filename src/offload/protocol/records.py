@@ -38,6 +38,7 @@ __all__ = [
     "Op",
     "PathInfo",
     "nix_exit_bits",
+    "nix_exit_code",
     "parse_realisation",
     "path_info_bytes",
     "read_build_result",
@@ -112,6 +113,15 @@ def nix_exit_bits(status: int | None, message: str) -> int:
     if status == BuildStatus.OUTPUT_REJECTED and "hash mismatch" in message:
         return 4 | 2
     return 0
+
+
+def nix_exit_code(failures: Iterable[tuple[int | None, str]]) -> int:
+    """nix-build's exit status for failed builds, each (its status, its message): 0x60 with
+    the bits they set (``nix_exit_bits``), or 1 when they set none."""
+    bits = 0
+    for status, message in failures:
+        bits |= nix_exit_bits(status, message)
+    return 0x60 | bits if bits else 1
 
 
 _PERMANENT = frozenset(
