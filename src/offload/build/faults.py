@@ -54,10 +54,10 @@ def explain(machine: Machine, error: str) -> str:
             f"its host key is unknown (nothing pins or trusts it); pin it in column 8 of {where}, "
             "the base64 of the builder's /etc/ssh/ssh_host_ed25519_key.pub"
         )
-    refused = refused_by_ssh(error)
-    daemon = None if refused else daemon_trouble(error)
+    daemon = daemon_trouble(error)
     if daemon is not None:
         return f"{daemon.detail}; {daemon.fix(machine.user)}"
+    refused = refused_by_ssh(error)
     trouble = key_trouble(error)
     if trouble is not None and refused:
         what, fix = key_fix(trouble, machine.ssh_key, key_place(machine))

@@ -174,9 +174,8 @@ def ssh_check(
     unusable = None
     if trouble is not None:
         unusable = key_fix(trouble, key if key_place else None, key_place or "")
-    refused = refused_by_ssh(stderr)
     locked = passphrase_fix(key, key_place) if passphrase and key else None
-    if returncode == 0 or (not refused and daemon_trouble(stderr) is not None):
+    if returncode == 0 or daemon_trouble(stderr) is not None:
         if unusable is not None:
             what, fix = unusable
             return Check("ssh", Verdict.WARN, f"logged in with another key, but {what}", fix)

@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from offload.transport.ssh_keys import refused_by_ssh
+
 __all__ = ["DaemonTrouble", "daemon_trouble"]
 
 # The socket Nix stats while choosing its store (only the daemon's socket ends so), then the
@@ -63,7 +65,10 @@ class DaemonTrouble:
 
 
 def daemon_trouble(text: str) -> DaemonTrouble | None:
-    """Nix's words in ``text`` for a daemon socket it could not use, if any."""
+    """Nix's words in ``text`` for a daemon socket it could not use, if any; none where ssh
+    itself refused the key (``ssh_keys.refused_by_ssh``): then no remote program ran."""
+    if refused_by_ssh(text):
+        return None
     for pattern in (_STAT, _CONNECT):
         match = pattern.search(text)
         if match is not None:

@@ -79,10 +79,10 @@ KILL_CONNECT_TIMEOUT = 3
 def _ssh_hint(tail: str) -> str:
     if "Host key verification failed" in tail or "REMOTE HOST IDENTIFICATION" in tail:
         return "the builder's host key does not match the pinned one (column 8 of machines)"
-    refused = refused_by_ssh(tail)
-    daemon = None if refused else daemon_trouble(tail)
+    daemon = daemon_trouble(tail)
     if daemon is not None:
         return daemon.fix(None)
+    refused = refused_by_ssh(tail)
     trouble = key_trouble(tail)
     if trouble is not None and refused:
         return f"ssh key file {trouble.path} {trouble.said()}: check column 3 of machines"
