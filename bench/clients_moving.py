@@ -15,7 +15,7 @@ import argparse
 import statistics
 
 from offload.scheduler.clients import ClientsResult, simulate_clients
-from offload.scheduler.simulate import layered_jobs, random_machines
+from offload.scheduler.generated import layered_jobs, random_machines
 
 
 def compare(seed: int, nodes: int, clients: int) -> tuple[ClientsResult, ClientsResult]:

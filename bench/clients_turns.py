@@ -18,8 +18,8 @@ import statistics
 
 from offload.scheduler.clients import simulate_clients
 from offload.scheduler.dag import Job
+from offload.scheduler.generated import layered_jobs
 from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.simulate import layered_jobs
 from offload.transport.links.pool import LINGER, TURN
 
 MACHINES = [

@@ -32,9 +32,10 @@ if __package__ in {None, ""}:
 from bench.plan_moves import SimulatedMoves
 from offload.errors import OffloadError
 from offload.scheduler.dag import Job
+from offload.scheduler.generated import layered_jobs, random_machines
 from offload.scheduler.policy import BandwidthTransferCost, MachineSlotSpec, SpeculationRule
 from offload.scheduler.policy.guesses import Guesses, guessed_work
-from offload.scheduler.simulate import layered_jobs, random_machines, simulate
+from offload.scheduler.simulate import simulate
 
 Case = tuple[int, list[Job], list[MachineSlotSpec], dict[str, Any]]
 

@@ -20,8 +20,9 @@ from typing_extensions import override
 
 from offload.names import LOCAL
 from offload.scheduler.dag import Job
+from offload.scheduler.generated import layered_jobs, random_machines
 from offload.scheduler.run.plan import InputMoves
-from offload.scheduler.simulate import layered_jobs, random_machines, simulate
+from offload.scheduler.simulate import simulate
 
 __all__ = ["SimulatedMoves", "moves_cost"]
 

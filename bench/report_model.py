@@ -38,8 +38,9 @@ def _cost(run: Callable[[], object]) -> dict[str, Any]:
 
 
 def simulate_section(nodes: int = SCALE_NODES, machines: int = SCALE_MACHINES) -> dict[str, Any]:
+    from offload.scheduler.generated import layered_jobs, random_machines
     from offload.scheduler.nix_model import simulate_nix
-    from offload.scheduler.simulate import layered_jobs, random_machines, simulate
+    from offload.scheduler.simulate import simulate
 
     jobs = layered_jobs(nodes, 0, feature_share=0.1)
     pool = random_machines(machines, 0)
@@ -50,7 +51,7 @@ def simulate_section(nodes: int = SCALE_NODES, machines: int = SCALE_MACHINES) -
     return {
         "nodes": nodes,
         "machines": machines,
-        "graph": "offload.scheduler.simulate.layered_jobs(nodes, 0, feature_share=0.1), noise 0.3",
+        "graph": "offload.scheduler.generated.layered_jobs(nodes, 0, feature_share=0.1), noise 0.3",
         "runs": [{"policy": policy, **_cost(run)} for policy, run in runs.items()],
     }
 

@@ -8,6 +8,9 @@ from typing import Any
 from bench.report_format import MIB
 from bench.report_summaries import TARGETS, summarize_planning
 
+# What the planning section times, for results that do not name it.
+PLAN_COST = "offload.scheduler.generated.plan_cost"
+
 
 def planning_targets(results: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
@@ -38,7 +41,7 @@ def planning_body(results: Mapping[str, Any], _plots: Mapping[str, str]) -> list
             (
                 f"Planning (simulating the whole schedule of) generated layered graphs on "
                 f"{planning.machines} simulated machines, no building: "
-                f"`{results['planning'].get('function', 'offload.scheduler.simulate.plan_cost')}`. "
+                f"`{results['planning'].get('function', PLAN_COST)}`. "
                 "Time from an untraced run, peak memory from a second run under tracemalloc. "
                 "That run has no transfer costs; `offload build` plans with input moves "
                 "(`InputMoves`), which scores every eligible machine per placement: the last "

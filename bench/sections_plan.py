@@ -19,14 +19,14 @@ QUICK_PLAN_SIZES = (1_000,)
 def planning_section(opts: Options, save: Save) -> dict[str, Any]:
     section: dict[str, Any] = {
         "machines": 100,
-        "function": "offload.scheduler.simulate.plan_cost",
+        "function": "offload.scheduler.generated.plan_cost",
         "runs": [],
     }
     sizes = QUICK_PLAN_SIZES if opts.quick else PLAN_SIZES
     for nodes in sizes:
         log(f"planning {nodes} nodes on 100 simulated machines")
         try:
-            from offload.scheduler.simulate import plan_cost
+            from offload.scheduler.generated import plan_cost
 
             cost = plan_cost(nodes, 100, seed=0)
             moves = moves_cost(nodes, 100, seed=0)

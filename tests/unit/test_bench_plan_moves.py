@@ -10,8 +10,9 @@ from bench.report_planning import planning_body
 
 from offload.names import LOCAL
 from offload.scheduler.dag import Job
+from offload.scheduler.generated import layered_jobs, random_machines
 from offload.scheduler.run.plan import MOVE_SECONDS
-from offload.scheduler.simulate import layered_jobs, random_machines, simulate
+from offload.scheduler.simulate import simulate
 
 
 def test_outputs_are_held_where_built_where_used_and_home_when_requested() -> None:

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from offload.scheduler.dag import Job
+from offload.scheduler.generated import random_machines
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.policy.costs import MissingInputs
 from offload.scheduler.policy.placement import (
@@ -18,7 +19,6 @@ from offload.scheduler.policy.placement import (
     reserve,
 )
 from offload.scheduler.policy.pool import Machine, Pool
-from offload.scheduler.simulate import random_machines
 
 X86 = frozenset({"x86_64-linux"})
 

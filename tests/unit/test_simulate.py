@@ -14,15 +14,9 @@ import pytest
 from offload.cli import simulate as simulate_cli
 from offload.errors import ConfigError, SchedulerError
 from offload.scheduler.dag import Job
+from offload.scheduler.generated import layered_jobs, plan_cost, random_machines
 from offload.scheduler.policy import Decision, MachineSlotSpec, Policy, Wait
-from offload.scheduler.simulate import (
-    SimResult,
-    layered_jobs,
-    lower_bound,
-    plan_cost,
-    random_machines,
-    simulate,
-)
+from offload.scheduler.simulate import SimResult, lower_bound, simulate
 
 X86 = frozenset({"x86_64-linux"})
 # The local fleet of the benchmarks: the local machine plus members of speed 4, 2 and 1.
