@@ -207,18 +207,7 @@ def simulate(
     for at, name in machine_failures:
         sim.schedule_failure(at, name)
     sim.run()
-    return SimResult(
-        makespan=sim.makespan,
-        lower_bound=bound_at,
-        critical_path=critical,
-        total_work=total,
-        machines=machine_summaries(machines, sim.schedule),
-        schedule=tuple(sim.schedule),
-        failed=tuple(sim.failed),
-        skipped=tuple(sim.skipped),
-        speculations=sim.speculations,
-        cancelled=sim.cancelled,
-    )
+    return sim.result(machines, lower_bound=bound_at, critical_path=critical, total_work=total)
 
 
 def noise_factors(graph: JobGraph, noise: float, seed: int) -> dict[str, float]:
@@ -253,6 +242,28 @@ class _Sim:
     next_wake: float = math.inf
     now: float = 0.0
     makespan: float = 0.0
+
+    def result(
+        self,
+        machines: Sequence[MachineSlotSpec],
+        *,
+        lower_bound: float,
+        critical_path: float,
+        total_work: float,
+    ) -> SimResult:
+        """What the run came to, once it is over."""
+        return SimResult(
+            makespan=self.makespan,
+            lower_bound=lower_bound,
+            critical_path=critical_path,
+            total_work=total_work,
+            machines=machine_summaries(machines, self.schedule),
+            schedule=tuple(self.schedule),
+            failed=tuple(self.failed),
+            skipped=tuple(self.skipped),
+            speculations=self.speculations,
+            cancelled=self.cancelled,
+        )
 
     def _push(self, at: float, kind: int, job: str, machine: str) -> int:
         self.seq += 1
