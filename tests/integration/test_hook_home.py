@@ -1,6 +1,8 @@
 """offload-hook bringing outputs home (``offload.hook.home``) into this host's real store, from
 a NAR that ``nix-store --dump`` made: a build cancelled while ``nix-store --register-validity``
-runs (a Ctrl-C, the hook's Nix gone) waits for it, and what it registered stays on disk.
+runs (a Ctrl-C, the hook's Nix gone) waits for it, and what it registered stays on disk; a path
+another process holds Nix's lock on is waited for as Nix waits, at most the patience
+(``offload.hook.pathlocks``; tests/integration/test_hook_locks.py under real nix-build).
 
 The builder's side is a stand-in that serves that NAR (the seam: the thing under test is the
 local store's registration); everything on the local side is the real Nix."""
@@ -8,6 +10,7 @@ local store's registration); everything on the local side is the real Nix."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -20,6 +23,7 @@ from typing_extensions import override
 
 from offload.errors import StoreError
 from offload.hook import home
+from offload.hook.pathlocks import LockAttempt
 from offload.protocol.records import PathInfo
 from offload.store.nar import nar_hash_nix32
 from offload.store.path import STORE_DIR, nix32_encode
@@ -128,3 +132,51 @@ def test_an_output_a_builder_names_outside_the_store_touches_nothing(
         asyncio.run(home.import_outputs(source, [forged]))  # type: ignore[arg-type]
     assert victim.read_text() == "precious\n"
     assert not list(Path(STORE_DIR).glob(f"{home.TEMP_PREFIX}{os.getpid()}-*"))
+
+
+def _lock(path: str) -> int:
+    """Nix's lock on ``path`` (an exclusive flock on ``<path>.lock``), held by this process on
+    a file description of its own, which excludes the hook's as another process's would."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_path_locked_for_longer_than_the_patience_is_left_alone(
+    output: tuple[PathInfo, NarSource],
+) -> None:
+    # A local build of the path in progress: its output written in place, its lock held.
+    info, source = output
+    held = _lock(info.path)
+    Path(info.path).write_text("half\n")
+    said: list[str] = []
+    try:
+        with pytest.raises(StoreError, match=r"stayed locked by another process for 0.5 s"):
+            asyncio.run(home.import_outputs(source, [info], waiting=said.append, patience=0.5))  # type: ignore[arg-type]
+        assert said == [info.path]
+        assert Path(info.path).read_text() == "half\n"
+        assert not _valid(info.path)
+    finally:
+        os.close(held)
+        Path(info.path).unlink()
+        Path(f"{info.path}.lock").unlink()
+
+
+def test_a_lock_file_its_holder_deleted_is_opened_again(tmp_path: Path) -> None:
+    # Nix's holder, done, unlinks the lock file and writes to it before letting go: a waiter
+    # that then gets the lock on that file holds nothing another process can see, while a
+    # third one may hold the lock on the file now at that name.
+    path = str(tmp_path / "p")
+    first = _lock(path)
+    attempt = LockAttempt(path)
+    try:
+        assert not attempt.try_once()
+        Path(f"{path}.lock").unlink()
+        os.write(first, b"d")
+        second = _lock(path)  # the third process, on the new file
+        os.close(first)
+        assert not attempt.try_once()
+        os.close(second)
+        assert attempt.try_once()
+    finally:
+        attempt.close()

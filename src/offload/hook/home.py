@@ -23,6 +23,13 @@ us, and a path removed after that would be valid in the database and missing on 
 Nix then takes for built. A hook killed mid-copy leaves a temporary tree that its guard
 (``offload.hook.guard``) removes; a renamed but unregistered path is invalid, and Nix deletes
 invalid paths before it writes them.
+
+Nix holds the locks of the derivation's outputs only. Any other path the builder names in their
+closure (for an honest builder there is none: Nix made the inputs valid here first) is locked
+here as Nix locks a path it imports (``offload.hook.pathlocks``), and checked again under the
+lock: an invalid path may be another process's build of it in progress, and one that became
+valid meanwhile is left as it is. A lock another process holds is waited for, as Nix waits,
+said once in the build's log, for at most ``LOCK_PATIENCE``.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ import hashlib
 import itertools
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from offload.errors import StoreError
+from offload.hook.pathlocks import PathLocks
 from offload.hook.unpack import SMALL_NAR, unpack_nar
 from offload.process import run_async, spawn
 from offload.protocol.serve import PathInfo, StoreClient
@@ -46,6 +54,10 @@ from offload.store.path import STORE_DIR, StorePath
 __all__ = ["TEMP_PREFIX", "import_outputs", "registration_text", "sweep_leftovers"]
 
 TEMP_PREFIX = ".offload-hook-"
+# How long a path another process holds locked is waited for (Nix waits for ever; see
+# offload.hook.pathlocks): far beyond any copy, and a dependency only a builder's wrong word can
+# make the hook bring home at all (below).
+LOCK_PATIENCE = 600.0
 # Temporary names are <pid>-<batch>-<n>: one coordinator process imports for many builds at once.
 _BATCHES = itertools.count()
 
@@ -123,9 +135,17 @@ async def _register(infos: Sequence[PathInfo]) -> None:
 
 
 async def import_outputs(
-    remote: StoreClient, infos: Sequence[PathInfo], store_dir: str = STORE_DIR
+    remote: StoreClient,
+    infos: Sequence[PathInfo],
+    store_dir: str = STORE_DIR,
+    *,
+    held: Collection[str] = (),
+    waiting: Callable[[str], None] = lambda _path: None,
+    patience: float = LOCK_PATIENCE,
 ) -> int:
-    """Make ``infos`` (dependencies first) valid locally from ``remote``; returns bytes moved."""
+    """Make ``infos`` (dependencies first) valid locally from ``remote``; returns bytes moved.
+    ``held``: the paths whose locks Nix holds for us (the derivation's outputs); every other
+    one is locked here first, and left alone if it has become valid meanwhile."""
     if not infos:  # --check: the outputs were valid here already (Nix 2.8 refuses "\n")
         return 0
     for info in infos:
@@ -133,7 +153,30 @@ async def import_outputs(
         # removed again here, as root under the daemon: one outside the store, or a sub-path,
         # would be any file of this host's.
         StorePath.parse(info.path, store_dir)
-    store = Path(store_dir)
+    locks = PathLocks()
+    try:
+        ours = [info.path for info in infos if info.path not in held]
+        await locks.lock(ours, patience=patience, waiting=waiting)
+        if ours:  # built or copied here by the process that held the lock, maybe
+            valid = set(ours) - await _invalid(ours)
+            infos = [info for info in infos if info.path not in valid]
+        moved = await _place(remote, infos, Path(store_dir))
+    except BaseException:
+        locks.release(done=False)
+        raise
+    locks.release(done=True)
+    return moved
+
+
+async def _invalid(paths: Sequence[str]) -> set[str]:
+    done = await run_async(["nix-store", "--check-validity", "--print-invalid", *paths])
+    return set(done.stdout.split())
+
+
+async def _place(remote: StoreClient, infos: Sequence[PathInfo], store: Path) -> int:
+    """Restore, rename and register ``infos``, whose paths are locked for us."""
+    if not infos:
+        return 0
     placed: list[Path] = []
     temps: list[Path] = []
     moved = 0
@@ -146,7 +189,8 @@ async def import_outputs(
             _remove(temp)
             await _restore(remote, info, temp)
             final = Path(info.path)
-            _remove(final)  # an invalid leftover: Nix would delete it too
+            # An invalid leftover whose lock is ours (or Nix's, for us): Nix deletes it too.
+            _remove(final)
             temp.rename(final)
             placed.append(final)
             moved += info.nar_size

@@ -75,6 +75,19 @@ class _Activities:
         write_nix_json(self._io, {"action": "stop", "id": act})
 
 
+def _lock_note(io: HookIO, drv_path: str) -> Callable[[str], None]:
+    """Said (a warning, as Nix says its own) when a path to bring home is locked here."""
+
+    def say(path: str) -> None:
+        text = (
+            f"offload-hook: waiting for lock on '{path}' (another process here is building or "
+            f"copying it) before the outputs of '{drv_path}' come home"
+        )
+        write_nix_json(io, {"action": "msg", "level": 1, "msg": text})
+
+    return say
+
+
 def error_message(io: HookIO, text: str) -> None:
     """An error Nix shows after the reply (plain lines are dropped then)."""
     write_nix_json(io, {"action": "msg", "level": 0, "msg": text})
@@ -124,6 +137,13 @@ async def build_remote(
     closure = await remote.query_closure(outputs)
     missing = closure - await local.query_valid_paths(closure)
     infos = await remote.query_path_infos(missing)
-    received = await import_outputs(remote, topo_sort_infos(infos))
+    received = await import_outputs(
+        remote,
+        topo_sort_infos(infos),
+        # Nix locked every output of the derivation before it asked us (locking one again
+        # would wait for ever for our own parent); any other path is the builder's word.
+        held={output.path for output in drv.outputs.values()},
+        waiting=_lock_note(io, request.drv_path),
+    )
     acts.stop(fetch)
     return Outcome(0, started, time.time(), sent, received)
