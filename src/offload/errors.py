@@ -10,6 +10,7 @@ non-zero; tracebacks only under ``offload --traceback``.
     ├── TransportError       a process could not be started or died (ssh, nix-store)
     │   └── SshError         ssh could not connect or authenticate to a builder
     ├── ProtocolError        the peer broke the serve protocol (bad magic, truncated stream)
+    │   ├── PeerSilent       the stream ended because its peer stopped answering
     │   └── RemoteError      the remote nix-store reported ``error: ...`` and exited
     │       └── DaemonError  a nix-daemon answered a request with its error frame
     ├── NixError             a Nix command failed; carries Nix's own words whole (evaluation)
@@ -29,6 +30,7 @@ __all__ = [
     "FleetError",
     "NixError",
     "OffloadError",
+    "PeerSilent",
     "ProtocolError",
     "RemoteError",
     "SchedulerError",
@@ -76,6 +78,26 @@ class ProtocolError(OffloadError):
     """
 
     peer: str | None = None
+
+
+class PeerSilent(ProtocolError):
+    """A stream ended after its peer had sent nothing for ``seconds``, and the transport takes
+    that for the peer having stopped answering (``why``: how it knows, and the likely causes):
+    what the transport's reader raises in place of the end of the stream. A protocol client
+    says it with what it was doing (``during``)."""
+
+    def __init__(self, seconds: float, why: str) -> None:
+        super().__init__(f"no answer for {seconds:.0f} s, and the connection ended ({why})")
+        self.seconds = seconds
+        self.why = why
+
+    def during(self, name: str, what: str) -> ProtocolError:
+        error = ProtocolError(
+            f"{name} did not answer for {self.seconds:.0f} s during {what}, and its "
+            f"connection ended ({self.why})"
+        )
+        error.peer = name
+        return error
 
 
 class RemoteError(ProtocolError):

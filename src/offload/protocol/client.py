@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from functools import partial
 
-from offload.errors import ProtocolError
+from offload.errors import PeerSilent, ProtocolError
 from offload.protocol.drv_wire import encode_basic_derivation
 from offload.protocol.export import ChildBytes, Exporter, ExportFailed, StartedChild
 from offload.protocol.records import (
@@ -430,6 +430,8 @@ class ServeClient:
         remote = self._error_tail.as_error(self.name)
         if remote is not None:
             return remote
+        if isinstance(exc, PeerSilent):
+            return exc.during(self.name, what)
         if eof:
             return ProtocolError(f"{self.name} closed the connection during {what}")
         if isinstance(exc, ProtocolError):

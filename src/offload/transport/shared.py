@@ -23,7 +23,7 @@ from offload.errors import SshError
 from offload.process import run_async, spawn
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links import SessionPipes, open_serve
-from offload.transport.persist import PERSIST_SECONDS, SharedPaths
+from offload.transport.persist import PERSIST_SECONDS, SharedPaths, master_alive
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
     NO_CLIENT,
@@ -125,7 +125,10 @@ class SharedSshTransport:
         self.restricted = self.restricted or opening.restricted
         if opening.load is not None:
             self.cores = opening.load.cores
-        return opening.pipes(proc, over_ssh=True)
+        control = self.control_path
+        return opening.pipes(
+            proc, over_ssh=True, connection_gone=lambda: master_alive(control) is False
+        )
 
     def kill_argv(self, pid: int) -> list[str]:
         return self.argv(kill_script(pid, _KILL_GRACE))

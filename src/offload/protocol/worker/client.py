@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
-from offload.errors import DaemonError, ProtocolError
+from offload.errors import DaemonError, PeerSilent, ProtocolError
 from offload.protocol.client import NarProducer, Sink
 from offload.protocol.drv_wire import encode_basic_derivation
 from offload.protocol.export import Exporter
@@ -461,6 +461,8 @@ class WorkerClient:
                 raise
 
     def _translate(self, exc: Exception, what: str) -> ProtocolError:
+        if isinstance(exc, PeerSilent):
+            return exc.during(self.name, what)
         if isinstance(exc, ProtocolError):
             detail = exc.message
         elif isinstance(exc, asyncio.IncompleteReadError | EOFError):

@@ -98,6 +98,8 @@ class SessionPipes:
     # on the builder, over the master) ends the builder's Nix blocked writing to us (a fetch
     # home), which takes no SIGTERM until that write returns (``lending.stop_cut_off``).
     over_ssh: bool = False
+    # The connection the session ran over (an ssh master) has ended, not only the session.
+    connection_gone: Callable[[], bool] = lambda: False
 
 
 class SessionTransport(Protocol):
@@ -147,9 +149,16 @@ class Opening:
     dialect: Dialect = SERVE
     slot: str | None = None
 
-    def pipes(self, proc: asyncio.subprocess.Process, *, over_ssh: bool = False) -> SessionPipes:
+    def pipes(
+        self,
+        proc: asyncio.subprocess.Process,
+        *,
+        over_ssh: bool = False,
+        connection_gone: Callable[[], bool] = lambda: False,
+    ) -> SessionPipes:
         """The session's pipes, begun as this says (the hello already sent); ``over_ssh``:
-        ``proc`` is an ssh client (``SessionPipes.over_ssh``)."""
+        ``proc`` is an ssh client (``SessionPipes.over_ssh``) over the master that
+        ``connection_gone`` asks after."""
         assert proc.stdin is not None
         return SessionPipes(
             self.reader,
@@ -165,6 +174,7 @@ class Opening:
             slot=self.slot,
             stop=functools.partial(stop_now, proc),
             over_ssh=over_ssh,
+            connection_gone=connection_gone,
         )
 
 

@@ -46,8 +46,10 @@ class LogRoute:
 
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL))
     sink: LogSink | None = None
+    heard: float = field(default_factory=time.monotonic)  # when a line last came
 
     def log(self, line: str) -> None:
+        self.heard = time.monotonic()
         self.tail.append(line)
         if self.sink is not None:
             self.sink(line)

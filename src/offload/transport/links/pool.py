@@ -76,7 +76,12 @@ from offload.transport.links.lending import (
     stop_cut_off,
     wait_teardown,
 )
-from offload.transport.links.streams import CountingReader, CountingWriter, keep_stderr
+from offload.transport.links.streams import (
+    CountingReader,
+    CountingWriter,
+    keep_stderr,
+    silence,
+)
 from offload.transport.ssh import WANT_FRESH
 
 __all__ = [
@@ -419,7 +424,7 @@ class Link:
             logs = LogRoute()
             logs.tail.extend(pipes.early_stderr)
             client = pipes.dialect.client(
-                CountingReader(pipes.reader, self.stats),
+                CountingReader(pipes.reader, self.stats, silence(pipes, lambda: logs.heard)),
                 CountingWriter(pipes.writer, self.stats),
                 pipes.stderr,
                 logs.log,

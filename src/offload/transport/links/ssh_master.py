@@ -372,7 +372,9 @@ class SshTransport:
         self.restricted = self.restricted or opening.restricted
         if opening.load is not None:
             self.cores = opening.load.cores
-        return opening.pipes(proc, over_ssh=True)
+        return opening.pipes(
+            proc, over_ssh=True, connection_gone=lambda: master_alive(control) is False
+        )
 
     async def run(self, remote: list[str]) -> tuple[int, str, str]:
         """Run a command on the builder over the master; returns (exit code, stdout, stderr).

@@ -1,32 +1,90 @@
 """A session's streams: what passes through its stdin and stdout (protocol bytes, before ssh's
 own compression and encryption) counted in its link's ``LinkStats``, and a daemon session's
-stderr kept for the error that explains a failure."""
+stderr kept for the error that explains a failure.
+
+A session over ssh whose stdout ends is asked why (``silence``): a builder that stopped
+answering (hung, stopped, or the network to it cut) and a builder that closed the session both
+end it the same way, ssh exiting 255 without a word (its "Timeout, server not responding" is
+logged at INFO, which LogLevel ERROR or QUIET hides, and by the master, not by the session's
+client, which says nothing at any level). What tells them apart here: the connection (the ssh
+master's control socket) is gone, not only the session, and nothing came from the builder on
+the session for at least ssh's keepalive budget (``ServerAliveInterval`` x
+``ServerAliveCountMax``), which is how long ssh waits for a live builder's answer before it
+gives the connection up. A builder that closed the connection after a shorter silence, or
+closed only the session, is still said to have closed it. One that closed the connection
+after a longer silence (sshd killed during a quiet build) is taken for one that stopped
+answering: the silence said is still true.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
+from offload.errors import PeerSilent
 from offload.protocol.pump import pump
 from offload.protocol.serve import ByteWriter
 from offload.protocol.stderr import pump_lines
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.links.base import LinkStats, SessionPipes
+from offload.transport.ssh import SERVER_ALIVE_COUNT_MAX, SERVER_ALIVE_INTERVAL
 
-__all__ = ["CountingReader", "CountingWriter", "keep_stderr"]
+__all__ = ["KEEPALIVE_BUDGET", "CountingReader", "CountingWriter", "keep_stderr", "silence"]
+
+# How long ssh goes without a word from a live builder before it gives the connection up.
+KEEPALIVE_BUDGET = SERVER_ALIVE_INTERVAL * SERVER_ALIVE_COUNT_MAX
 
 
 class CountingReader:
-    def __init__(self, inner: ByteReader, stats: LinkStats) -> None:
+    """``inner`` counted; at its end, ``ended(last)`` (``last``: when bytes last came, monotonic)
+    may say the peer stopped answering, raised in place of the end."""
+
+    def __init__(
+        self,
+        inner: ByteReader,
+        stats: LinkStats,
+        ended: Callable[[float], PeerSilent | None] = lambda _last: None,
+    ) -> None:
         self._inner = inner
         self._stats = stats
+        self._ended = ended
+        self.last = time.monotonic()
 
     async def readexactly(self, n: int) -> bytes:
-        data = await self._inner.readexactly(n)
+        try:
+            data = await self._inner.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:  # it said something to the last
+                self.last = time.monotonic()
+            silent = self._ended(self.last)
+            if silent is not None:
+                raise silent from exc
+            raise
+        self.last = time.monotonic()
         self._stats.bytes_received += len(data)
         return data
+
+
+def silence(
+    pipes: SessionPipes, heard: Callable[[], float]
+) -> Callable[[float], PeerSilent | None]:
+    """Why ``pipes``'s stdout ended, when the builder stopped answering (module docstring);
+    ``heard()``: when its stderr last said something."""
+
+    def ended(last: float) -> PeerSilent | None:
+        quiet = time.monotonic() - max(last, heard())
+        if not pipes.over_ssh or quiet < KEEPALIVE_BUDGET or not pipes.connection_gone():
+            return None
+        return PeerSilent(
+            quiet,
+            "ssh's keepalives unanswered: the builder is hung or stopped, or the network to it "
+            "is down",
+        )
+
+    return ended
 
 
 class CountingWriter:

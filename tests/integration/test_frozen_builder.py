@@ -1,0 +1,165 @@
+"""A builder that stops answering mid-build (every process of the fleet member SIGSTOPped, as a
+hung machine or a cut network looks from here) is said as one that did not answer, not as one
+that closed the connection: on stderr, in ``--json``, in the summary, and by offload-hook in the
+log Nix prints, over ssh:// and ssh-ng:// alike. One that does close it (its serve program
+killed, the connection kept) after as long a silence is still said to have closed it
+(``offload.transport.links.streams``).
+
+The fleet's ssh logs at ERROR, as many users' does: ssh says nothing of its keepalive timeout."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bench.faults.harness import freeze, signal_all
+
+from offload.fleet import Fleet, MemberSpec
+from offload.transport.links.streams import KEEPALIVE_BUDGET
+from tests.helpers.fleets import member_line, member_processes, private_fleet_fixture, speed_of
+from tests.helpers.hook_runs import start_nix_build
+from tests.helpers.nix_files import marker_script, nix_file
+from tests.helpers.offload_run import events, start_offload, wait_for_marker
+from tests.helpers.processes import stop
+
+MEMBERS = ("fz1", "fz2")
+
+frozen_fleet = private_fleet_fixture(
+    [MemberSpec("fz1", 2.0, 1), MemberSpec("fz2", 1.0, 1)], "ofz", scope="module"
+)
+
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
+
+SAID = "did not answer for"
+HINT = "ssh's keepalives unanswered: the builder is hung or stopped, or the network to it is down"
+
+
+def _quiet_build(tmp_path: Path, seconds: int) -> tuple[Path, Path]:
+    """A build that says where it runs (a marker) and then, the first time only, nothing for
+    ``seconds`` (built again elsewhere, it ends at once)."""
+    marker, once = tmp_path / "started", tmp_path / "once"
+    quiet = f"if [ -e {once} ]; then :; else : > {once}; /bin/sleep {seconds}; fi"
+    script = marker_script(marker, quiet)
+    return nix_file(tmp_path, f'mk "quiet" "{script}; echo done > $out" {{}}\n'), marker
+
+
+def _builder(fleet: Fleet, marker: Path, proc: subprocess.Popen[str]) -> str:
+    """The member the build started on."""
+    speed = wait_for_marker(marker, proc, 60)
+    (name,) = [name for name in MEMBERS if speed_of(fleet, name) == speed]
+    return name
+
+
+@pytest.fixture
+def frozen() -> Iterator[list[int]]:
+    """The pids a test stopped, let go again after it."""
+    pids: list[int] = []
+    yield pids
+    signal_all(pids, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "plain"])
+def test_a_frozen_builder_is_said_to_have_stopped_answering(
+    frozen_fleet: Fleet, tmp_path: Path, frozen: list[int], json_output: bool
+) -> None:
+    file, marker = _quiet_build(tmp_path, 30)
+    builders = f"@{frozen_fleet.machines_file}"
+    args: list[str | Path] = [file, "-j0", "--builders", builders]
+    args += ["--json"] if json_output else []
+    proc = start_offload(frozen_fleet, tmp_path, *args)
+    try:
+        name = _builder(frozen_fleet, marker, proc)
+        frozen += freeze(frozen_fleet.member(name))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert "closed the connection" not in err
+    # Said as it happened: a warning beside --json's events, a progress line without.
+    live = "warning: builder '{0}' is down: " if json_output else "] {0}: down until "
+    (said,) = [line for line in err.splitlines() if live.format(name) in line]
+    message = said[said.index(f"{name} {SAID} ") :]
+    assert "during BuildDerivation of" in message
+    assert message.endswith(f"({HINT})"), message
+    seconds = float(message.split(SAID)[1].split()[0])
+    assert KEEPALIVE_BUDGET <= seconds <= 5 * 12  # ssh gives up 8-12 s after the last word
+    if json_output:
+        down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
+        assert [(e["machine"], e["message"]) for e in down] == [(name, message)]
+        lost = [e for e in events(out) if e["event"] == "job_finished" and e["status"] == "lost"]
+        assert [e["error"] for e in lost] == [message]
+    else:
+        lines = err.splitlines()
+        title = lines.index("machines down (1):")
+        assert lines[title + 1].strip() == f"{name}: {message}", err
+
+
+def test_a_frozen_ssh_ng_builder_is_said_to_have_stopped_answering(
+    frozen_fleet: Fleet, tmp_path: Path, frozen: list[int]
+) -> None:
+    # The daemon's protocol reads the same session stdout, in its own client.
+    machines = tmp_path / "machines"
+    lines = [member_line(frozen_fleet, name) for name in MEMBERS]
+    machines.write_text("".join(f"{line.replace('ssh://', 'ssh-ng://', 1)}\n" for line in lines))
+    file, marker = _quiet_build(tmp_path, 30)
+    proc = start_offload(
+        frozen_fleet, tmp_path, file, "-j0", "--builders", f"@{machines}", "--json"
+    )
+    try:
+        name = _builder(frozen_fleet, marker, proc)
+        frozen += freeze(frozen_fleet.member(name))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
+    assert [e["machine"] for e in down] == [name], err
+    assert down[0]["message"].startswith(f"{name} {SAID} "), down
+    assert down[0]["message"].endswith(f"({HINT})"), down
+
+
+def test_a_builder_that_closes_a_quiet_session_is_still_said_to_have_closed_it(
+    frozen_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Silent for longer than ssh's keepalive budget, then its serve program is killed: the
+    # connection (the master) stays, so the builder closed the session; it did answer.
+    file, marker = _quiet_build(tmp_path, 60)
+    builders = f"@{frozen_fleet.machines_file}"
+    proc = start_offload(frozen_fleet, tmp_path, file, "-j0", "--builders", builders, "--json")
+    try:
+        name = _builder(frozen_fleet, marker, proc)
+        time.sleep(KEEPALIVE_BUDGET + 1)  # the silence under test, not a wait for an event
+        found = member_processes(frozen_fleet.member(name))
+        serving = [pid for pid, cmd in found if "nix-store --serve" in cmd]
+        building = [pid for pid, cmd in found if "sleep 60" in cmd]
+        signal_all(serving, signal.SIGKILL)  # first: a build killed first would fail
+        signal_all(building, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
+    assert [e["machine"] for e in down] == [name], err
+    assert f"{name} closed the connection during BuildDerivation" in down[0]["message"]
+    assert SAID not in err
+
+
+def test_offload_hook_says_a_frozen_builder_stopped_answering(
+    frozen_fleet: Fleet, tmp_path: Path, frozen: list[int]
+) -> None:
+    file, marker = _quiet_build(tmp_path, 30)
+    build = start_nix_build(frozen_fleet, tmp_path, file, "-j0", output=False)
+    try:
+        name = _builder(frozen_fleet, marker, build)
+        frozen += freeze(frozen_fleet.member(name))
+        _, err = build.communicate(timeout=120)
+    finally:
+        stop(build)
+    assert build.returncode == 0, err
+    assert f"{name} {SAID} " in err, err
+    assert HINT in err
+    assert "closed the connection" not in err
