@@ -1,4 +1,7 @@
+import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -85,3 +88,33 @@ def test_a_history_locked_by_another_process_is_said_so_not_damaged(tmp_path):
     assert caught.value.message.endswith("cannot use the history database: database is locked")
     assert caught.value.hint is not None
     assert caught.value.hint.startswith("another process holds it")
+
+
+def test_a_wait_for_a_busy_history_is_said_on_stderr_before_it_ends(tmp_path):
+    # Another process holds the file: `offload history` waits up to 30 s for it, and says so
+    # once it has waited a moment rather than look hung; it goes on once the lock is let go.
+    path = tmp_path / "history.sqlite"
+    History(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "offload", "history", "--last", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        try:
+            # Said while still waiting: the lock is held until that line has been read (a
+            # note that the nix-daemon's hook keeps a history may come first).
+            said = [proc.stderr.readline()]
+            while said[-1] and not said[-1].startswith("note: history is busy"):
+                said.append(proc.stderr.readline())
+        finally:
+            holder.close()
+        rest = proc.stderr.read()
+    assert said[-1] == f"note: history is busy (another offload?), waiting up to 30 s: {path}\n"
+    assert proc.returncode == 0, rest
+    assert "Traceback" not in rest

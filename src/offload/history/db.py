@@ -2,7 +2,8 @@
 modules that import sqlite3).
 
 Schema changes are migrations (``offload.history.schema``). Several offload processes may write
-at once (a build and hooks), so the database runs in WAL mode with a busy timeout. Estimates
+at once (a build and hooks), so the database runs in WAL mode with a busy timeout (a wait
+longer than a moment is said on stderr, as another process holding it looks like a hang). Estimates
 are learned per derivation name without version and per machine; a machine with no record for
 a name borrows the others' records scaled by relative speed at the caller.
 
@@ -22,6 +23,7 @@ import functools
 import json
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -105,6 +107,10 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
 
 
 _WAL_LIMIT = 64 * 1024 * 1024
+# Seconds of waiting for another process's lock before the user is told: a commit of another
+# run's takes milliseconds, so a wait this long is someone holding the file (a hung offload, a
+# sqlite3 shell), and a silent 30 s looks like a hang.
+NOTE_BUSY_AFTER = 1.5
 # Seconds a new run waits for others that are switching a new database to WAL.
 _OPEN_PATIENCE = 10.0
 
@@ -114,11 +120,21 @@ class History:
     ``read_only``, read as it is (the nix-daemon's hook's, one in a directory this user may not
     write), changing nothing, not even its schema."""
 
-    def __init__(self, path: Path, *, read_only: bool = False, wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        read_only: bool = False,
+        wait: float = 30.0,
+        on_busy: Callable[[str], None] | None = None,
+    ) -> None:
         """``wait``: seconds a statement waits for another process's lock (a hook's event
-        loop cannot wait long)."""
+        loop cannot wait long); ``on_busy`` is told, once, when a wait for it passes
+        ``NOTE_BUSY_AFTER`` (default: a note on stderr)."""
         self.path = path
         self._wait = wait
+        self._on_busy = on_busy or _note_busy
+        self._said_busy = False
         try:
             if read_only:
                 self._db = _connect_read_only(path)
@@ -177,13 +193,46 @@ class History:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE: where a writer waits for another's lock (reads of a WAL database
+        do not wait). Asked with a short timeout first, so that a longer wait is said
+        before it is waited out; a BEGIN refused as busy started nothing and is asked again."""
+        if self._wait <= NOTE_BUSY_AFTER:
+            self._db.execute("BEGIN IMMEDIATE")
+            return
+        try:
+            if self._began_within(NOTE_BUSY_AFTER):
+                return
+            if not self._said_busy:
+                self._said_busy = True
+                self._on_busy(
+                    f"history is busy (another offload?), waiting up to {self._wait:g} s:"
+                    f" {self.path}"
+                )
+            self._db.execute(f"PRAGMA busy_timeout = {round(self._wait * 1000)}")
+            # The whole wait from here: what the note promised.
+            self._db.execute("BEGIN IMMEDIATE")
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {round(self._wait * 1000)}")
+
+    def _began_within(self, seconds: float) -> bool:
+        """Whether BEGIN IMMEDIATE took the lock within ``seconds``."""
+        self._db.execute(f"PRAGMA busy_timeout = {round(seconds * 1000)}")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            return False
+        return True
 
     def _check_version(self) -> None:
         """A file read as it is must be of this version's schema: older lacks what is read."""
@@ -404,6 +453,10 @@ class History:
                 ):
                     found.setdefault(run_id, {})[status] = count
         return found
+
+
+def _note_busy(text: str) -> None:
+    sys.stderr.write(f"note: {text}\n")
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
