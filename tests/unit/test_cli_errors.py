@@ -107,6 +107,39 @@ def test_an_empty_path_is_refused_not_taken_as_here(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["report", ""], "offload report: argument RUN: an empty run id"),
+        (["history", "--run", ""], "offload history: argument --run: an empty run id"),
+        (["history", "--machine", ""], "offload history: argument --machine: an empty machine"),
+        (["history", "--drv", ""], "offload history: argument --drv: an empty name"),
+        (["log", "--machine", "", "x.drv"], "offload log: argument --machine: an empty machine"),
+        (["machines", "--reset", ""], "offload machines: argument --reset: names no machine"),
+        (["machines", "--reset", " , "], "offload machines: argument --reset: names no machine"),
+        (["use", ""], "offload use: argument NAME,...|@TAG: names no machine"),
+        (["use", ","], "offload use: argument NAME,...|@TAG: names no machine"),
+        (["doctor", "fast", ""], "offload doctor: argument NAME: names no machine"),
+    ],
+)
+def test_an_empty_name_or_id_is_refused_naming_its_argument(
+    argv: list[str],
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An unset variable in a script: `report ''` reported the latest run, `history --run ''`
+    # matched every run, `machines --reset ''` and `use ''` went on as if nothing was given
+    # (`use ''` even kept an empty choice), `doctor ''` blamed an --on never given.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    status, err = _offload(argv, capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.splitlines()[0].startswith(f"error: {said}"), err
+    assert not (tmp_path / "state").exists()
+
+
 def test_a_long_store_path_is_cut_in_the_error(capsys: pytest.CaptureFixture[str]) -> None:
     status, err = _offload(["log", "/nix/store/" + "a" * 5000], capsys)  # Nix echoes it too
     assert status == 1

@@ -1,11 +1,16 @@
-"""Argument types the subcommands share."""
+"""Argument types the subcommands share.
+
+An empty value (an unset variable in a script) is refused naming its argument, never taken as
+"no value": ``offload report ''`` reported the latest run, ``offload history --run ''`` matched
+every run, ``offload machines --reset ''`` cleared nothing without a word."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["nonempty_path"]
+__all__ = ["machine_names", "nonempty", "nonempty_path"]
 
 
 def nonempty_path(text: str) -> Path:
@@ -14,3 +19,22 @@ def nonempty_path(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     return Path(text)
+
+
+def nonempty(what: str) -> Callable[[str], str]:
+    """A text argument (an id, a name) that may not be empty: ``what`` it is, for the error."""
+
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"an empty {what}")
+        return text
+
+    check.__name__ = what
+    return check
+
+
+def machine_names(text: str) -> str:
+    """Machines, comma-separated (``fast,@gpu``): one at least, as ``--on`` wants them."""
+    if not any(name.strip() for name in text.split(",")):
+        raise argparse.ArgumentTypeError("names no machine (offload machines lists them)")
+    return text

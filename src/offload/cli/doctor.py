@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 
+from offload.cli.arguments import machine_names
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, diagnose, format_report
 from offload.errors import ConfigError
@@ -36,7 +37,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="check that each builder is usable (ssh, Nix, features, disk, load) and say the fix",
         description="Check the builders of the pool, all at once; exit 1 if one is unusable.",
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help="machines to check (@tag too)")
+    parser.add_argument(
+        "names", nargs="*", type=machine_names, metavar="NAME", help="machines to check (@tag too)"
+    )
     add_pool_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list of machines")
     parser.add_argument("-v", "--verbose", action="store_true", help="detail every check")

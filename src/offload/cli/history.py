@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from offload.cli.arguments import nonempty
 from offload.cli.history_file import open_history
 from offload.errors import OffloadError
 from offload.history.estimates import estimator
@@ -55,9 +56,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--run", metavar="ID", help="one run (a prefix of its id)")
-    parser.add_argument("--machine", metavar="NAME", help="builds on this machine")
-    parser.add_argument("--drv", metavar="NAME", help="builds whose .drv path contains NAME")
+    parser.add_argument(
+        "--run", type=nonempty("run id"), metavar="ID", help="one run (a prefix of its id)"
+    )
+    parser.add_argument(
+        "--machine", type=nonempty("machine name"), metavar="NAME", help="builds on this machine"
+    )
+    parser.add_argument(
+        "--drv",
+        type=nonempty("name"),
+        metavar="NAME",
+        help="builds whose .drv path contains NAME",
+    )
     parser.add_argument(
         "--last", type=positive_count, default=20, metavar="N", help="list N runs, N builds"
     )

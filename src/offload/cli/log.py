@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
+from offload.cli.arguments import nonempty
 from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.logs import BuildLogs
@@ -31,7 +32,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Print the kept log of the newest build of a derivation.",
     )
     parser.add_argument("target", metavar="DRV|PATH", help="a .drv path or an output path")
-    parser.add_argument("--machine", metavar="M", help="the newest build on this machine")
+    parser.add_argument(
+        "--machine",
+        type=nonempty("machine name"),
+        metavar="M",
+        help="the newest build on this machine",
+    )
     parser.set_defaults(func=_main)
 
 

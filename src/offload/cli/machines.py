@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from offload.backoff import Health, clear_backoff, load_backoff
+from offload.cli.arguments import machine_names
 from offload.cli.machines_list import (
     BACKOFF_FILE,
     backoff_places,
@@ -144,6 +145,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--reset",
         action="append",
+        type=machine_names,
         default=[],
         metavar="NAME,...",
         help="clear the backoff of these machines (all: every one), then list",

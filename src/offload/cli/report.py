@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from offload.cli.arguments import nonempty
 from offload.cli.history_file import open_history
 from offload.errors import OffloadError
 from offload.paths import SYSTEM_STATE_DIR
@@ -42,7 +43,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run", nargs="?", metavar="RUN", help="run id (default: the latest)")
+    parser.add_argument(
+        "run",
+        nargs="?",
+        type=nonempty("run id"),
+        metavar="RUN",
+        help="run id (default: the latest)",
+    )
     parser.add_argument(
         "-o",
         "--output",

@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+from offload.cli.arguments import machine_names
 from offload.config.pool import load_pool
 from offload.errors import ConfigError
 from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir, state_hint
@@ -36,7 +37,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Choose the builders that offload-hook sends Nix's builds to "
         "(names, @tags or local, comma-separated); with no argument, show the choice in force.",
     )
-    parser.add_argument("machines", nargs="?", metavar="NAME,...|@TAG", help="what to use")
+    parser.add_argument(
+        "machines", nargs="?", type=machine_names, metavar="NAME,...|@TAG", help="what to use"
+    )
     parser.add_argument("--for", dest="duration", metavar="DURATION", help="e.g. 30m, 2h")
     parser.add_argument("--clear", action="store_true", help="use the whole pool again")
     parser.add_argument("--builders", metavar="SPEC", help="check names against this spec")
