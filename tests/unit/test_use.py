@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,18 @@ def test_what_use_cannot_honour_is_refused_not_dropped(
     assert main(["use", *argv]) == 1
     assert capsys.readouterr().err.splitlines()[0] == said
     assert read_choice(tmp_path, now=1.0) == Choice(("fast",), since=0.0)
+
+
+def test_a_builder_named_twice_is_kept_once_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As `offload build --on fast,fast` builds on fast once: the choice was kept, and shown,
+    # with the duplicate.
+    from offload.cli import main
+
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    assert main(["use", "slow,fast, slow,fast", "--builders", "ssh://fast;ssh://slow"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path}: slow,fast (until cleared)\n"
+    choice = read_choice(tmp_path, now=time.time())
+    assert choice is not None
+    assert choice.machines == ("slow", "fast")
