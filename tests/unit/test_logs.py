@@ -6,6 +6,7 @@ import argparse
 import bz2
 import io
 import stat
+import subprocess
 import tracemalloc
 from pathlib import Path
 from unittest import mock
@@ -20,6 +21,7 @@ from offload.logs import BuildLogs, LogFile, keep_for_nix, nix_log_path
 from offload.names import LOCAL
 from offload.process import Completed, output_lines
 from offload.ui.events import JobFinished, JobPhase
+from tests.helpers.nix_files import nix_file
 from tests.helpers.users import as_another_user
 
 DRV = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
@@ -401,3 +403,34 @@ def test_a_pasted_name_with_a_line_break_is_one_error_line(tmp_path: Path) -> No
     with pytest.raises(OffloadError) as caught:
         logs.read("/nix/store/a\nb\x1b[31m.drv", machine="m\n1")
     assert caught.value.message == "no build log kept for a\\nb\\x1b[31m.drv on m\\n1"
+
+
+def test_a_drv_path_is_read_as_nix_store_l_reads_it(tmp_path: Path) -> None:
+    # `x.drv/` (a shell's completion of a directory-like name) and a link to a .drv were taken
+    # for output paths: "has no known deriver", where `nix-store -l` shows the log.
+    file = nix_file(tmp_path, 'mk "logged" "echo hi > $out" {}')
+    drv = subprocess.run(
+        ["nix-instantiate", str(file)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    logs = BuildLogs(tmp_path / "logs", clock=Clock())
+    with logs.open(drv, "fast") as writer:
+        writer.write("the log")
+    (tmp_path / "drv-link").symlink_to(drv)
+    for target in (drv + "/", drv + "//", str(tmp_path / "drv-link")):
+        out = io.StringIO()
+        assert log_cli.show_log(target, logs=logs, out=out) == 0
+        assert out.getvalue() == "the log\n"
+
+
+def test_a_path_that_looks_like_an_option_is_asked_of_nix_as_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `offload log -- --` gave nix-store the word `--`: it asked about no path, and offload
+    # said "-- has no known deriver: it was added to the store, not built".
+    monkeypatch.chdir(tmp_path)
+    assert run_main(monkeypatch, ["log", "--", "--"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        f"error: cannot find the derivation of --: getting status of '{tmp_path}/--':"
+        " No such file or directory"
+    )

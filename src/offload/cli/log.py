@@ -2,15 +2,17 @@
 
 ``DRV`` is a .drv path (or its basename); any other ``PATH`` is taken as an output path (or a
 link to one, like ``./result``) and its deriver asked of the local store with
-``nix-store -q --deriver``. A build offload did not run is looked up in Nix's own logs
-(``nix-store --read-log``). ``--machine`` picks the newest build on one machine, useful when
-speculative copies ran on two. The log is printed as kept, escape codes and all, on a terminal,
-and stripped of them otherwise.
+``nix-store -q --deriver``. A path is read as ``nix-store -l`` reads it: links outside the
+store followed, then the store object it is in taken (``x.drv/`` is ``x.drv``). A build offload
+did not run is looked up in Nix's own logs (``nix-store --read-log``). ``--machine`` picks the
+newest build on one machine, useful when speculative copies ran on two. The log is printed as
+kept, escape codes and all, on a terminal, and stripped of them otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable
 from typing import TextIO
@@ -20,9 +22,13 @@ from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.logs import BuildLogs
 from offload.process import output_lines, run
+from offload.store import STORE_DIR
 from offload.ui.term import sanitize_text
 
-__all__ = ["find_deriver", "register", "show_log"]
+__all__ = ["find_deriver", "register", "show_log", "store_object"]
+
+# Symbolic links followed to reach the store, at most: Linux's own bound (ELOOP).
+_MAX_LINKS = 40
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +61,10 @@ def show_log(
     out: TextIO | None = None,
 ) -> int:
     out = sys.stdout if out is None else out
-    drv_path = target if target.endswith(".drv") else find_deriver(target)
+    # A .drv's basename is looked up as it is; outside the store, Nix says why (not in the
+    # store, no such file).
+    named = store_object(target) or target
+    drv_path = named if named.endswith(".drv") else find_deriver(named)
     try:
         lines: Iterable[str] = (logs or BuildLogs()).lines(drv_path, machine)
     except OffloadError:
@@ -70,9 +79,28 @@ def show_log(
     return 0
 
 
+def store_object(target: str) -> str | None:
+    """The store object ``target`` names, as ``nix-store -l`` finds it: symlinks outside the
+    store followed (``./result``), then a trailing slash or a path inside the object dropped
+    (``x.drv/``, ``OUT/bin/hello``); None where that leads outside the store."""
+    prefix = STORE_DIR + "/"
+    path = os.path.abspath(target)  # noqa: PTH100 - a string, as Nix's absPath makes it
+    for _ in range(_MAX_LINKS):
+        if path.startswith(prefix):
+            base = path[len(prefix) :].split("/", 1)[0]
+            return prefix + base if base else None
+        if not os.path.islink(path):  # noqa: PTH114 - strings throughout
+            return None
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))  # noqa: PTH115, PTH118, PTH120
+    return None
+
+
 def find_deriver(path: str) -> str:
     """The .drv that produced the output ``path``, as the local store records it."""
-    result = run(["nix-store", "--query", "--deriver", path], check=False)
+    # Absolute, as Nix takes a relative one: never a word nix-store could read as an option
+    # (`offload log -- --` asked it about nothing, then blamed the path for no deriver).
+    asked = os.path.abspath(path)  # noqa: PTH100 - a string, as Nix's absPath makes it
+    result = run(["nix-store", "--query", "--deriver", asked], check=False)
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         reason = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
