@@ -6,10 +6,11 @@ The rules are in ``offload.state_location`` (as strings, for the hook process); 
 build logs and fleet keys.
 
 A state directory that cannot be made (a read-only home, ``$XDG_STATE_HOME`` naming a file) is
-``ConfigError`` naming it and the variable to change (``ensure_state_dir``): the commands that
-live on their state (``history``, ``report``, ``use``) stop there. ``offload build`` does not:
-its state is estimates and copies, so it builds with a temporary one instead, said once, and
-keeps nothing of the run (``offload.cli.build``).
+``ConfigError`` naming it and the variable to change (``ensure_state_dir``), and so is a relative
+``$OFFLOAD_STATE_DIR`` (``state_dir``: refused as Nix refuses a relative ``NIX_STATE_DIR``): the
+commands that live on their state (``history``, ``report``, ``use``) stop there. ``offload
+build`` does not: its state is estimates and copies, so it builds with a temporary one instead,
+said once, and keeps nothing of the run (``offload.cli.build``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from offload.errors import ConfigError
-from offload.state_location import SYSTEM_STATE, hook_state, user_state, uses_xdg_state
+from offload.state_location import (
+    SYSTEM_STATE,
+    RelativeStateDir,
+    hook_state,
+    user_state,
+    uses_xdg_state,
+)
 
 __all__ = [
     "SYSTEM_STATE_DIR",
@@ -34,7 +41,11 @@ SYSTEM_STATE_DIR = Path(SYSTEM_STATE)
 
 
 def state_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
-    return Path(user_state(env, None if home is None else str(home)))
+    """The user's state directory; ``ConfigError`` for a relative ``$OFFLOAD_STATE_DIR``."""
+    try:
+        return Path(user_state(env, None if home is None else str(home)))
+    except RelativeStateDir as exc:
+        raise ConfigError(str(exc), hint=exc.HINT) from None
 
 
 def ensure_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -79,4 +90,7 @@ def _not_directory(path: Path) -> bool:
 
 
 def hook_state_dir(env: Mapping[str, str] | None = None) -> Path:
-    return Path(hook_state(env))
+    try:
+        return Path(hook_state(env))
+    except RelativeStateDir as exc:
+        raise ConfigError(str(exc), hint=exc.HINT) from None

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 __all__ = [
     "HOOK_STATE_NOTE",
     "SYSTEM_STATE",
+    "RelativeStateDir",
     "hook_state",
     "private_dir",
     "usable_hook_state",
@@ -31,9 +32,24 @@ _HOMELESS = frozenset({"", "/", "/homeless-shelter", "/var/empty"})
 HOOK_STATE_NOTE = "OFFLOAD_HOOK_STATE_NOTE"
 
 
+class RelativeStateDir(ValueError):
+    """``$OFFLOAD_STATE_DIR`` is not an absolute path: refused, as Nix refuses a relative
+    ``NIX_STATE_DIR`` ("not an absolute path"): it would put the history, logs and backoff
+    wherever each command happens to run. (A relative ``$XDG_STATE_HOME`` is ignored instead,
+    as the XDG spec says: it is every program's, not offload's own setting.)"""
+
+    HINT = "set it to an absolute path, or unset it"
+
+    def __init__(self, value: str) -> None:
+        super().__init__(f"OFFLOAD_STATE_DIR={value!r}: not an absolute path")
+
+
 def user_state(env: Mapping[str, str] | None = None, home: str | None = None) -> str:
+    """``RelativeStateDir`` if ``$OFFLOAD_STATE_DIR`` is relative."""
     env = os.environ if env is None else env
     if env.get("OFFLOAD_STATE_DIR"):
+        if not os.path.isabs(env["OFFLOAD_STATE_DIR"]):  # noqa: PTH117 - no pathlib here
+            raise RelativeStateDir(env["OFFLOAD_STATE_DIR"])
         return env["OFFLOAD_STATE_DIR"]
     if uses_xdg_state(env):
         return os.path.join(env["XDG_STATE_HOME"], "offload")  # noqa: PTH118 - no pathlib here
@@ -87,7 +103,11 @@ def usable_hook_state(env: Mapping[str, str] | None = None) -> tuple[str, str | 
     hook of this user, with a note saying why: a state that cannot be kept where asked costs
     where it is kept, never the build (``OSError`` if that cannot be made either)."""
     env = os.environ if env is None else env
-    state = hook_state(env)
+    try:
+        state = hook_state(env)
+    except RelativeStateDir as exc:
+        instead = _instead(env)
+        return instead, f"{exc}; state kept in {instead} instead (hint: {exc.HINT})"
     try:
         private_dir(state)
         if os.access(state, os.W_OK):  # EROFS too, which root's permissions do not pass
@@ -95,9 +115,14 @@ def usable_hook_state(env: Mapping[str, str] | None = None) -> tuple[str, str | 
         why = "read-only"
     except OSError as exc:
         why = exc.strerror or str(exc)
-    tmp = env.get("TMPDIR") or "/tmp"  # noqa: S108 - a directory checked to be ours
-    instead = private_dir(private_dir(f"{tmp}/offload-hook-{os.getuid()}") + "/state")
+    instead = _instead(env)
     return instead, (
         f"{state}: cannot use the state directory ({why}); kept in {instead} instead"
         " (hint: set OFFLOAD_STATE_DIR to a writable directory)"
     )
+
+
+def _instead(env: Mapping[str, str]) -> str:
+    """The hook's state under the temporary directory, the same for every hook of this user."""
+    tmp = env.get("TMPDIR") or "/tmp"  # noqa: S108 - a directory checked to be ours
+    return private_dir(private_dir(f"{tmp}/offload-hook-{os.getuid()}") + "/state")
