@@ -383,6 +383,20 @@ def test_summary_text_lists_machines_totals_and_problems(rich: bool) -> None:
     assert ("\x1b" in text) is False  # a StringIO is no terminal: no colour codes either way
 
 
+@pytest.mark.parametrize("width", [20, 40, 60])
+def test_a_narrow_terminal_gets_the_summary_table_whole(width: int) -> None:
+    # COLUMNS=20 squeezed every column to "…": the table keeps its columns' width (a floor),
+    # and the terminal wraps its rows; the lines below it wrap at the terminal's width.
+    out = io.StringIO()
+    render_summary(scripted_run(), out, rich=True, width=width)
+    wide = io.StringIO()
+    render_summary(scripted_run(), wide, rich=True, width=100)
+    table = [line for line in out.getvalue().splitlines() if line.startswith(" ")]
+    assert table == [line for line in wide.getvalue().splitlines() if line.startswith(" ")]
+    assert "…" not in "".join(table)
+    assert "total         2" in "".join(table)
+
+
 def test_summary_of_an_empty_run() -> None:
     out = io.StringIO()
     summary = render_summary([], out, rich=False)

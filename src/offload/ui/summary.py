@@ -291,8 +291,13 @@ def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None
         write("see a build's log with: offload log DRV\n")
 
 
+# Room enough for any table's columns whole.
+_UNBOUNDED = 10_000
+
+
 def _render_rich(summary: RunSummary, console: Console) -> None:
     from rich import box
+    from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
 
@@ -308,7 +313,13 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
             )
         for row in cells:
             table.add_row(*row)
-        console.print(table)
+        # Never narrower than its columns (a floor, as Nix's progress keeps its lines whole):
+        # squeezed into a narrow terminal (COLUMNS=20) every number was cut to "…"; whole
+        # rows the terminal wraps are still read.
+        natural = Measurement.get(console, console.options.update_width(_UNBOUNDED), table)
+        if natural.maximum > console.width:
+            table.width = natural.maximum
+        console.print(table, crop=False)
     for kind, line in _problems(summary):
         style = "red" if kind == "failed" else "yellow"
         title = _TITLES.get(kind, kind).replace("machines", "machine")
