@@ -27,7 +27,7 @@ from offload.ui.events import (
     RunStarted,
 )
 from offload.ui.jsonl import JsonRenderer
-from offload.ui.plain import PlainRenderer, describe_finished
+from offload.ui.plain import PlainRenderer, describe_finished, describe_machine, machine_warning
 from offload.ui.summary import render_summary, summarize
 from offload.ui.term import (
     format_bytes,
@@ -310,6 +310,25 @@ def test_tty_logs_above_live_region_sanitised_and_truncated() -> None:
     assert big[0].endswith("…")
     assert "\x07" not in out.getvalue()
     assert "title" not in out.getvalue()
+
+
+UNSTOPPED = "cannot stop process 7 on builder 'slow' (slow): Connection timed out\x1b[2J"
+
+
+@pytest.mark.parametrize("after_run", [False, True])
+def test_a_build_left_running_is_a_warning_line_in_the_live_view(after_run: bool) -> None:
+    # The kill fails as a session closes: during the run, or as the run's sessions close
+    # after its end (the view is over then, and the line comes after the summary).
+    renderer, out, clock = tty(print_logs=False)
+    drive(renderer, clock, upto=100 if after_run else 3)
+    event = MachineEvent("slow", "unstopped", UNSTOPPED, None, T0 + 8.0)
+    renderer.handle(event)
+    lines = visible(out.getvalue()).split("\n")
+    said = "warning: cannot stop process 7 on builder 'slow' (slow): Connection timed out"
+    assert said in lines
+    assert "\x1b[2J" not in out.getvalue()
+    assert machine_warning(event) == said
+    assert describe_machine(event, T0).startswith("not stopped: cannot stop process 7 on")
 
 
 # --- factory -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "pool_members",
     "pool_specs",
     "tell_restricted",
+    "tell_unstopped",
 ]
 
 
@@ -158,6 +159,18 @@ def tell_restricted(members: list[PoolMember], emit: Callable[[Event], None]) ->
         if member.remote and isinstance(member.link, MachineLink) and member.link.restricted:
             note = restricted_note(member.link)
             emit(MachineEvent(member.spec.name, "restricted", note, None, time.time()))
+
+
+def tell_unstopped(members: list[PoolMember], emit: Callable[[Event], None]) -> None:
+    """A build stopped on a builder whose process could not be stopped there (its kill
+    failed: the builder went away) is told, as an "unstopped" MachineEvent, each time."""
+    for member in members:
+        if member.remote and isinstance(member.link, MachineLink):
+            member.link.on_unstopped = functools.partial(_unstopped, emit, member.spec.name)
+
+
+def _unstopped(emit: Callable[[Event], None], name: str, message: str) -> None:
+    emit(MachineEvent(name, "unstopped", message, None, time.time()))
 
 
 def follow_loads(members: list[PoolMember], report: Callable[[str, RemoteLoad], None]) -> None:

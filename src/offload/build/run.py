@@ -25,7 +25,7 @@ from pathlib import Path
 from offload.backoff import Health
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, Roots, check_impossible, load_graph
-from offload.build.members import follow_loads, pool_members, tell_restricted
+from offload.build.members import follow_loads, pool_members, tell_restricted, tell_unstopped
 from offload.build.plan import estimated_plan
 from offload.build.prebuilt import fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
@@ -82,6 +82,7 @@ async def run_build(
         LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
         pool_members(pool, local_link, env, fallbacks, shared) as members,
     ):
+        tell_unstopped(members, emit)
         remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         unreachable: dict[str, str] = {}
         async with (

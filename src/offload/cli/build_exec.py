@@ -41,8 +41,8 @@ from offload.slots import SlotLocks
 from offload.streams import unless_gone
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, Timing
+from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
-from offload.ui.term import sanitize
 
 __all__ = ["build", "build_failed", "execute", "show_dry_run"]
 
@@ -169,12 +169,11 @@ def nix_exit_status(report: RunReport) -> int:
 
 
 def _warn(event: MachineEvent) -> None:
-    """A machine left out, backed off or slow to answer, as one line on stderr."""
-    if event.state in ("down", "slow"):
-        what = "is down" if event.state == "down" else "is slow to answer"
-        print(
-            f"warning: builder {event.machine!r} {what}: {sanitize(event.message)}", file=sys.stderr
-        )
+    """A machine left out, backed off or slow to answer, or a build there that could not be
+    stopped, as one line on stderr."""
+    line = machine_warning(event)
+    if line is not None:
+        print(line, file=sys.stderr)
 
 
 def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:

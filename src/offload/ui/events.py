@@ -37,7 +37,10 @@ JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"
 # cannot know there (its load) and how its builds are stopped.
 # "full": every slot on the builder is held by other clients; builds wait there or move elsewhere
 # ("up" once a slot is free there again).
-MachineState = Literal["up", "down", "loaded", "slow", "restricted", "full"]
+# "unstopped": a build offload stopped there (lost with its connection, a copy that lost, the
+# run's end) could not be stopped on the builder (the message says why): it may run on there
+# until its Nix sees its session gone. Not a state the builder stays in: said once per failure.
+MachineState = Literal["up", "down", "loaded", "slow", "restricted", "full", "unstopped"]
 
 
 @dataclass(frozen=True)

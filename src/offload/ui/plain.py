@@ -38,7 +38,13 @@ from offload.ui.events import (
 from offload.ui.summary import render_summary
 from offload.ui.term import PHASE_LABELS, format_duration, sanitize
 
-__all__ = ["PlainRenderer", "clock_time", "describe_finished", "describe_machine"]
+__all__ = [
+    "PlainRenderer",
+    "clock_time",
+    "describe_finished",
+    "describe_machine",
+    "machine_warning",
+]
 
 
 # Waiting and copying shorter than this is not worth a mention beside a build's time.
@@ -87,6 +93,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
             text = "up"
         case "loaded" | "restricted" | "full":
             text = event.state
+        case "unstopped":
+            text = "not stopped"
         case "slow":
             text = "slow to answer"
         case "down":
@@ -97,6 +105,20 @@ def describe_machine(event: MachineEvent, now: float) -> str:
         case _:
             assert_never(event.state)
     return f"{text}: {event.message}" if event.message else text
+
+
+def machine_warning(event: MachineEvent) -> str | None:
+    """The ``warning:`` line on stderr for a machine event that must be seen whatever shows
+    the run (``--json`` on stdout, the live view): a builder down or slow to answer, a build
+    there that could not be stopped; None for the others."""
+    match event.state:
+        case "down" | "slow":
+            what = "is down" if event.state == "down" else "is slow to answer"
+            return f"warning: builder {event.machine!r} {what}: {sanitize(event.message)}"
+        case "unstopped":  # the message names the builder and the process
+            return f"warning: {sanitize(event.message)}"
+        case _:
+            return None
 
 
 def _first_line(text: str | None) -> str:

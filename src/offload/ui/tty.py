@@ -22,7 +22,8 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from offload.ui.events import Event, JobLog, RunFinished
+from offload.ui.events import Event, JobLog, MachineEvent, RunFinished
+from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
 from offload.ui.term import sanitize, truncate
 from offload.ui.view import View
@@ -59,6 +60,8 @@ class TtyRenderer:
         self._closed = False
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, MachineEvent) and event.state == "unstopped":
+            self._warn(event)  # a kill failing as the run's sessions close: after it, too
         if self._closed:
             return
         with self._lock:
@@ -92,6 +95,12 @@ class TtyRenderer:
             render_summary(
                 finished, self._console.file, rich=True, machines=machines, console=self._console
             )
+
+    def _warn(self, event: MachineEvent) -> None:
+        """A line above the live region (or below the summary), as other warnings are."""
+        line = machine_warning(event)
+        if line is not None:
+            self._live.console.print(Text(line), soft_wrap=True, highlight=False)
 
     def _print_log(self, event: JobLog) -> None:
         prefix = f"{event.name}> "

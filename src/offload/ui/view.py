@@ -172,6 +172,8 @@ class View:
     def _machine_event(self, event: MachineEvent) -> None:
         machine = self._see(event.machine)
         self.eta.news()
+        if event.state == "unstopped":  # a line of its own (``tty``), no state of the machine's
+            return
         if event.state == "down":
             machine.down = event
         elif event.state in {"loaded", "slow", "restricted", "full"}:

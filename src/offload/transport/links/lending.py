@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -16,8 +15,6 @@ from dataclasses import dataclass, field
 from offload.errors import OffloadError
 from offload.protocol.store import StoreClient
 from offload.transport.links.base import TAIL, LogSink, SessionPipes
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "BuilderFullError",
@@ -86,13 +83,16 @@ async def close_shielded(stack: contextlib.AsyncExitStack) -> None:
 
 
 async def stop_cut_off(
-    name: str, pipes: SessionPipes, kill: Callable[[int], Awaitable[None]]
+    pipes: SessionPipes,
+    kill: Callable[[int], Awaitable[None]],
+    unstopped: Callable[[OffloadError], None],
 ) -> None:
     """Stop a session cut off mid-request (its process may be blocked writing to us): the
     remote process tree by ``kill`` (a build runs on after the local end goes), then, a head
     start later, the session's input (a remote Nix in read(2) gets end of file) and, over ssh,
     its ssh client (one blocked writing to us, a fetch home, gets a failed write); a local
-    nix-store only once the kill is done (the kill finds its builders through it)."""
+    nix-store only once the kill is done (the kill finds its builders through it). A kill that
+    failed is told to ``unstopped``."""
     killing = None
     try:
         if pipes.pid is not None:
@@ -105,7 +105,7 @@ async def stop_cut_off(
             try:
                 await killing
             except OffloadError as exc:
-                logger.warning("%s: could not stop remote process: %s", name, exc)
+                unstopped(exc)
     finally:
         # Cancelled meanwhile (the teardown is shielded, but its loop may be closing): the
         # kill is not left running unowned, and the session's process is stopped whatever.

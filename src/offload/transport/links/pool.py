@@ -20,6 +20,8 @@ The sessions come from a ``SessionTransport`` (``base``). A link keeps the lates
 reported as ``link.load`` (a ``RemoteLoad``; None while the machine has not said, e.g. one
 without ``/proc``), so a run learns every builder's load from the sessions it opens there
 anyway, without a round trip of its own; ``on_load``, when set, is told each one.
+``on_unstopped``, when set, is told why a session's remote process could not be stopped (else
+it is a logged warning): a run makes it an event.
 ``link.restricted`` is set once a session found the builder's key restricted to the serve
 program, or to ``nix-daemon --stdio`` for ssh-ng:// (``base.open_serve``): no pid, so a
 cut-short session is stopped by closing it, and no load.
@@ -50,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import math
 import secrets
 import time
@@ -83,6 +86,8 @@ from offload.transport.links.streams import (
     silence,
 )
 from offload.transport.ssh import WANT_FRESH
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BUSY_POLL",
@@ -144,6 +149,7 @@ class Link:
         # What the latest start line that told it said about the machine's load (offload.load).
         self.load: RemoteLoad | None = None
         self.on_load: Callable[[RemoteLoad], None] | None = None
+        self.on_unstopped: Callable[[str], None] | None = None
         self.restricted = False
         # Builder-side slots (module docstring): how many, how build sessions are started
         # holding one (set by links that can), and why they are not counted there, once known.
@@ -467,10 +473,16 @@ class Link:
             task.add_done_callback(self._teardowns.discard)
         return session.teardown
 
+    def _unstopped(self, error: OffloadError) -> None:
+        if self.on_unstopped is not None:
+            self.on_unstopped(error.message)
+        else:
+            logger.warning("%s: could not stop remote process: %s", self.name, error)
+
     async def _teardown(self, session: PooledSession, *, kill: bool) -> None:
         try:
             if kill:
-                await stop_cut_off(self.name, session.pipes, self._transport.kill)
+                await stop_cut_off(session.pipes, self._transport.kill, self._unstopped)
             await session.stack.aclose()
         finally:
             self._sessions.pop(session.client, None)
