@@ -4,7 +4,8 @@ Builders next to the shared fleet's real members that cannot be used, each for a
 nothing listens on its port (refused); its host name does not resolve; it does not accept the
 client's key; the key file the machines line names does not exist; it answers with a host key
 other than the one pinned for it in the machines file, or than the one the user's own
-known_hosts holds for it (a possible man-in-the-middle); it accepts TCP and then says nothing.
+known_hosts holds for it (a possible man-in-the-middle); the program it is to run is not on its
+PATH (said once, naming the builder once); it accepts TCP and then says nothing.
 The run still builds everything on the good members and exits 0; the silent one costs it at
 most a few seconds.
 """
@@ -81,7 +82,7 @@ def _pinned(fleet: Fleet, member: str) -> str:
 
 
 def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], Path, Path]:
-    """(env, machines file, user known_hosts): fast as it is, and six broken builders."""
+    """(env, machines file, user known_hosts): fast as it is, and seven broken builders."""
     stranger_key = tmp_path / "stranger_key"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger_key)], check=True
@@ -99,6 +100,7 @@ def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], P
         + _host("impostor", port["medium"], fleet.client_key)
         + _host("swapped", port["medium"], fleet.client_key, known_hosts)
         + _host("nokey", port["fast"], tmp_path / "nosuchkey")
+        + _host("nonix", port["fast"], fleet.client_key)
         + _UNRESOLVED
     )
     fast = member_line(fleet, "fast")
@@ -113,6 +115,9 @@ def _setup(fleet: Fleet, tmp_path: Path, closed: int) -> tuple[dict[str, str], P
         f"ssh://swapped {system} {fleet.client_key} 1 1\n"
         f"ssh://nokey {system} {tmp_path / 'nosuchkey'} 1 1 - - {_pinned(fleet, 'fast')}\n"
         f"ssh://nores {system} {fleet.client_key} 1 1\n"
+        # fast itself, asked to run a program its PATH does not have (as one without Nix).
+        f"ssh://nonix?remote-program=nix-store-missing {system} {fleet.client_key} 1 1 - -"
+        f" {_pinned(fleet, 'fast')}\n"
     )
     env = offload_env(fleet, tmp_path)
     env["NIX_SSHOPTS"] = f"-F {config}"
@@ -130,7 +135,8 @@ def _down_lines(stderr: str) -> dict[str, str]:
 
 
 def _check_reasons(why: dict[str, str], machines: Path, known_hosts: Path) -> None:
-    assert set(why) == {"refused", "stranger", "impostor", "swapped", "nokey", "nores"}, why
+    broken = {"refused", "stranger", "impostor", "swapped", "nokey", "nores", "nonix"}
+    assert set(why) == broken, why
     assert "connection refused" in why["refused"]
     assert why["refused"].endswith(f"(check {machines}:2, or leave it out with --exclude refused)")
     assert why["nores"].startswith("host name ::1, the ssh config's HostName for nores, does not")
@@ -148,6 +154,12 @@ def _check_reasons(why: dict[str, str], machines: Path, known_hosts: Path) -> No
     # The fix names the file the user edits, never the one offload made for the run.
     assert f"column 8 of {machines}:4" in why["impostor"]
     assert f"{known_hosts} line 1" in why["swapped"]
+    # Said once, naming the builder once: it was "nonix: cannot start ...: nonix closed the
+    # connection during the handshake; stderr: ...".
+    assert why["nonix"].startswith("`nix-store --serve --write` is not on the builder's PATH: ")
+    assert "nix-store-missing: not found; install Nix on the builder" in why["nonix"]
+    assert why["nonix"].endswith(f"?remote-program= in {machines}:8"), why["nonix"]
+    assert "nonix" not in why["nonix"].removesuffix(f"{machines}:8")
     for text in why.values():
         assert "/tmp/ofl-" not in text
 
@@ -155,7 +167,7 @@ def _check_reasons(why: dict[str, str], machines: Path, known_hosts: Path) -> No
 def _run_with_broken(
     fleet: Fleet, tmp_path: Path, closed: int, *how: str
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
-    """``offload build`` (with ``how``) on fast and the six broken builders: it succeeds."""
+    """``offload build`` (with ``how``) on fast and the seven broken builders: it succeeds."""
     file = nix_file(tmp_path, GRAPH)
     env, machines, known_hosts = _setup(fleet, tmp_path, closed)
     args: tuple[str | Path, ...] = (
@@ -204,8 +216,8 @@ def test_builders_left_out_are_told_in_json_and_on_stderr(fleet, tmp_path, close
 def test_builders_left_out_are_in_the_plain_lines_and_the_summary(fleet, tmp_path, closed_port):
     done, machines, known_hosts = _run_with_broken(fleet, tmp_path, closed_port)
     lines = done.stderr.splitlines()
-    title = lines.index("machines down (6):")
-    listed = dict(line.strip().split(": ", 1) for line in lines[title + 1 : title + 7])
+    title = lines.index("machines down (7):")
+    listed = dict(line.strip().split(": ", 1) for line in lines[title + 1 : title + 8])
     _check_reasons(listed, machines, known_hosts)
     for name in listed:  # and each was told as it happened, by the plain renderer
         assert any(f"] {name}: down until " in line for line in lines[:title]), name

@@ -12,7 +12,8 @@ A refused key that has a passphrase is said to have one (ssh skips it without a 
 terminal is: the nix-daemon's). Only ssh's own "Permission denied (publickey)" is a refused
 key: the same words from the builder's Nix, which could not reach its daemon's socket, are
 said as that, with its fix. A key forced to the other scheme's program ("protocol mismatch")
-is said to be that.
+is said to be that. A builder where Nix (or the program ``remote-program=`` names) is not
+found is said so, with the fix.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import re
 from offload.config.machines import Machine
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import MISMATCH, mismatch_fix
+from offload.transport.links.lending import NOT_ON_PATH
 from offload.transport.ssh_keys import (
     has_passphrase,
     key_fix,
@@ -77,6 +79,11 @@ def explain(machine: Machine, error: str) -> str:
             "the builder refused the ssh keys offered (your ssh config's IdentityFile, or ssh's "
             "default keys); add the right public key to the builder's authorized_keys, or name "
             f"its private key in column 3 of {where}"
+        )
+    if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
+        return (
+            f"{_last_words(error)}; install Nix on the builder so that non-interactive ssh"
+            f" sessions find it on PATH, or name the program with ?remote-program= in {where}"
         )
     if MISMATCH in error and error.startswith(_CONNECT):
         what, fix = mismatch_fix(machine.scheme, where)

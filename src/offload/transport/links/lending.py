@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from offload.errors import OffloadError
+from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.protocol.store import StoreClient
 from offload.transport.links.base import TAIL, LogSink, SessionPipes
 
@@ -22,6 +23,7 @@ __all__ = [
     "PooledSession",
     "check_slot",
     "close_shielded",
+    "not_started",
     "stop_cut_off",
     "wait_teardown",
 ]
@@ -60,6 +62,25 @@ class PooledSession:
     logs: LogRoute
     teardown: asyncio.Task[None] | None = None
     opened: float = field(default_factory=time.monotonic)  # when its turn began (``TURN``)
+
+
+# The shell's last word when the program to run is not there: dash's "sh: 1: exec: nix-store:
+# not found", bash's "nix-store: command not found" or, for a path, "No such file or directory".
+_NOT_THERE = re.compile(r"(?:not found|No such file or directory)\s*$")
+NOT_ON_PATH = "is not on the builder's PATH"
+
+
+def not_started(program: str, error: ProtocolError, tail: list[str]) -> TransportError:
+    """The error for a session whose ``program`` gave no handshake (``error``), with the last
+    of what it printed (``tail``); one line that names no builder: who shows it names it."""
+    hint = (
+        "check that Nix is installed and on PATH for non-interactive ssh sessions"
+        " (remote-program= in the store URI names another program)"
+    )
+    if tail and _NOT_THERE.search(tail[-1]):  # as `offload doctor` says it
+        return TransportError(f"{program} {NOT_ON_PATH}: {tail[-1]}", hint=hint)
+    said = " | ".join(tail[-5:]) or "(no output)"
+    return TransportError(f"cannot start {program}: {error.message}; stderr: {said}", hint=hint)
 
 
 def check_slot(name: str, pipes: SessionPipes) -> None:

@@ -76,6 +76,7 @@ from offload.transport.links.lending import (
     PooledSession,
     check_slot,
     close_shielded,
+    not_started,
     stop_cut_off,
     wait_teardown,
 )
@@ -444,13 +445,7 @@ class Link:
             try:
                 await client.handshake(sent=pipes.hello_sent)
             except ProtocolError as exc:
-                tail = " | ".join(list(logs.tail)[-5:]) or "(no output)"
-                program = pipes.dialect.describe()
-                raise TransportError(
-                    f"{self.name}: cannot start {program}: {exc.message}; stderr: {tail}",
-                    hint="check that Nix is installed and on PATH for non-interactive "
-                    "ssh sessions (remote-program= in the store URI names another program)",
-                ) from exc
+                raise not_started(pipes.dialect.describe(), exc, list(logs.tail)) from exc
         except BaseException:
             await close_shielded(stack)
             raise
