@@ -123,6 +123,11 @@ class BuildCopies:
                         )
                     )
                 client = await self._session(stack, drv_path, member, speculative=speculative)
+                # Unheard before the session is let go (the stack unwinds in reverse): what Nix
+                # says as a cancelled copy's session is stopped there ("error: interrupted by
+                # the user") is no line of the build's; offload stopped it (it lost to another
+                # copy, its machine went down, the run ended) and says so where it does.
+                stack.callback(_unheard, client)
                 client.on_log = self.events.log_handler(drv_path, name)
                 target = name if member.remote else LOCAL
                 sources = self.holders.sources(drv_path, target)
@@ -369,3 +374,7 @@ async def _missing(
     store: StoreClient, paths: Sequence[str] | set[str], *, substitute: bool = False
 ) -> set[str]:
     return set(paths) - await store.query_valid_paths(paths, substitute=substitute)
+
+
+def _unheard(client: StoreClient) -> None:
+    client.on_log = client.on_phase = None
