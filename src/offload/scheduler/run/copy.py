@@ -30,7 +30,7 @@ from typing import Literal, TypeGuard
 from offload.errors import OffloadError, ProtocolError, SshError
 from offload.names import LOCAL
 from offload.protocol.lanes import Lane, copy_in_lanes, worth_lanes
-from offload.protocol.serve import BuildOptions, BuildStatus, PathInfo
+from offload.protocol.serve import BuildOptions, BuildResult, BuildStatus, PathInfo
 from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
 from offload.scheduler.run.disk import disk_full, disk_full_error, remove_partial
 from offload.scheduler.run.events import RunEvents
@@ -147,14 +147,16 @@ class BuildCopies:
                 )
                 build_seconds = self.clock() - build_start
                 if not result.success:
-                    error, status = result.error_msg, result.status
-                    if member.remote and disk_full(status, error):
-                        # Its serve process holds the partial outputs as temporary GC roots.
-                        await member.link.cancel(client)
-                        why = disk_full_error(name, error)
-                        why += await remove_partial(member.link, self.plan.outputs[drv_path])
-                        return Outcome("lost", why, started, sent, received, status=status)
-                    return Outcome("failed", error, started, sent, received, status=status)
+                    lost = await self._disk_full(member, client, drv_path, result)
+                    error = result.error_msg if lost is None else lost
+                    return Outcome(
+                        "failed" if lost is None else "lost",
+                        error,
+                        started,
+                        sent,
+                        received,
+                        status=result.status,
+                    )
                 client.on_log = client.on_phase = None
             home = not member.remote
             return Outcome("built", None, started, sent, received, build_seconds, home)
@@ -168,6 +170,18 @@ class BuildCopies:
             # The local store refusing or dropping a copy is final, not the builder's fault.
             kind: Literal["failed", "lost"] = "failed" if local_store_failed(exc) else "lost"
             return Outcome(kind, exc.message, started, sent, received)
+
+    async def _disk_full(
+        self, member: PoolMember, client: StoreClient, drv_path: str, result: BuildResult
+    ) -> str | None:
+        """If the failed build's builder ran out of disk, why the copy is lost there (its
+        partial outputs deleted): not the derivation's failure. None for any other failure."""
+        if not (member.remote and disk_full(result.status, result.error_msg)):
+            return None
+        # Its serve process holds the partial outputs as temporary GC roots.
+        await member.link.cancel(client)
+        why = disk_full_error(member.spec.name, result.error_msg)
+        return why + await remove_partial(member.link, self.plan.outputs[drv_path])
 
     async def _stop(self, member: PoolMember, client: StoreClient, drv_path: str | None) -> None:
         """A copy cancelled (it lost to another, its builder was taken down, the run stopped):
