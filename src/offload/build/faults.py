@@ -59,27 +59,8 @@ def explain(machine: Machine, error: str) -> str:
     daemon = daemon_trouble(error)
     if daemon is not None:
         return f"{daemon.detail}; {daemon.fix(machine.user)}"
-    refused = refused_by_ssh(error)
-    trouble = key_trouble(error)
-    if trouble is not None and refused:
-        what, fix = key_fix(trouble, machine.ssh_key, key_place(machine))
-        return f"{what}, and the builder took no other key; {fix}"
-    if refused and has_passphrase(machine.ssh_key):
-        assert machine.ssh_key is not None
-        what, fix = passphrase_fix(machine.ssh_key, key_place(machine))
-        return f"{what}; {fix}"
-    if refused and machine.ssh_key:
-        key = machine.ssh_key
-        return (
-            f"the builder refused the ssh key {key}; add {key}.pub to the builder's "
-            f"authorized_keys, or name the right key in column 3 of {where}"
-        )
-    if refused:  # the key is the ssh config's (NIX_SSHOPTS' -F), or ssh's
-        return (
-            "the builder refused the ssh keys offered (your ssh config's IdentityFile, or ssh's "
-            "default keys); add the right public key to the builder's authorized_keys, or name "
-            f"its private key in column 3 of {where}"
-        )
+    if refused_by_ssh(error):
+        return _refused(machine, error)
     if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
         return (
             f"{_last_words(error)}; install Nix on the builder so that non-interactive ssh"
@@ -106,6 +87,30 @@ def explain(machine: Machine, error: str) -> str:
             f"{_last_words(error)} (check {where}, or leave it out with --exclude {machine.name})"
         )
     return _last_words(error)
+
+
+def _refused(machine: Machine, error: str) -> str:
+    """ssh's login was refused: the key's own trouble, its passphrase, or the key itself."""
+    trouble = key_trouble(error)
+    if trouble is not None:
+        what, fix = key_fix(trouble, machine.ssh_key, key_place(machine))
+        return f"{what}, and the builder took no other key; {fix}"
+    if has_passphrase(machine.ssh_key):
+        assert machine.ssh_key is not None
+        what, fix = passphrase_fix(machine.ssh_key, key_place(machine))
+        return f"{what}; {fix}"
+    if machine.ssh_key:
+        key = machine.ssh_key
+        return (
+            f"the builder refused the ssh key {key}; add {key}.pub to the builder's "
+            f"authorized_keys, or name the right key in column 3 of {machine.source}"
+        )
+    # The key is the ssh config's (NIX_SSHOPTS' -F), or ssh's.
+    return (
+        "the builder refused the ssh keys offered (your ssh config's IdentityFile, or ssh's "
+        "default keys); add the right public key to the builder's authorized_keys, or name "
+        f"its private key in column 3 of {machine.source}"
+    )
 
 
 def _unresolved(machine: Machine, name: str, why: str) -> str:
