@@ -198,6 +198,7 @@ def test_a_busy_member_gets_fewer_slots_and_the_run_stays_within_them(busy_fleet
     # 2.5 cores of load beyond its cores: two whole cores, two of its four slots.
     assert (loaded["machine"], loaded["slots"]) == ("busy", BUSY_SLOTS - 2)
     assert f"2 of {BUSY_SLOTS} slots" in loaded["message"]
+    assert records[0]["event"] == "run_started"  # the load was known before; told after it
     built = [e for e in records if e["event"] == "job_finished" and e["status"] == "built"]
     assert len(built) == 6
     assert {e["machine"] for e in built} == {"busy"}

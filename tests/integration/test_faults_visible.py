@@ -196,6 +196,7 @@ def test_builders_left_out_are_told_in_json_and_on_stderr(fleet, tmp_path, close
     }
     _check_reasons(down, machines, known_hosts)
     assert _down_lines(done.stderr) == down
+    assert events(done.stdout)[0]["event"] == "run_started"  # who is down follows it
     # Each is remembered backed off with why, and `offload status` says it to the next user.
     status = subprocess.run(
         [sys.executable, "-m", "offload", "status", "--json", "--builders", f"@{machines}"],
@@ -258,6 +259,8 @@ def test_a_builder_that_never_answers_costs_the_run_seconds(fleet, tmp_path, sil
     assert delayed - baseline < SILENT_COST, (baseline, delayed)
     told = [e for e in events(done.stdout) if e["event"] == "machine" and e["machine"] == "silent"]
     assert [e["state"] for e in told] == ["slow"], told
+    # The run's first event opens it, though "slow" was known before the executor started.
+    assert events(done.stdout)[0]["event"] == "run_started", done.stdout
     assert "warning: builder 'silent' is slow to answer" in done.stderr
     # Closing its connection, still in ssh's handshake, does not wait for it (it once took 4 s).
     assert _closing(done) < SILENT_CLOSE, _closing(done)

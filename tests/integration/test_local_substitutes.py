@@ -161,6 +161,10 @@ def test_a_cached_output_is_substituted_and_neither_it_nor_its_input_is_built(pr
     jobs = _finished(done.stdout)
     assert set(jobs) == {"sub-top"}
     assert (jobs["sub-top"]["status"], jobs["sub-top"]["machine"]) == ("substituted", "local")
+    # Substituted while the graph was read, told after the event that opens the run (which
+    # counts it as settled before it).
+    first = json.loads(done.stdout.splitlines()[0])
+    assert (first["event"], first["total"], first["ready"]) == ("run_started", 0, 1), first
     assert project.offload(*project.from_cache()).returncode == 0  # now valid: nothing to do
 
 

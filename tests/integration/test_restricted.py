@@ -116,6 +116,8 @@ def test_offload_build_builds_a_graph_there_at_once_and_says_so_once(
     seen = events(out)
     notes = [e for e in seen if e["event"] == "machine" and e["state"] == "restricted"]
     assert [e["machine"] for e in notes] == [name]
+    # Told before the executor starts, yet after the event that opens the run.
+    assert seen[0]["event"] == "run_started", seen
     assert "load is not known" in notes[0]["message"]
     # Time to first build, from the run's own events: the first session answered at once.
     (started,) = [e["time"] for e in seen if e["event"] == "run_started"]

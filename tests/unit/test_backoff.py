@@ -6,7 +6,7 @@ import pytest
 from offload.backoff import REASON_CHARS, UNKNOWN_REASON, Health, load_backoff, save_backoff
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import FakeLink, FakeStore
-from offload.ui.events import Event, MachineEvent
+from offload.ui.events import Event, MachineEvent, RunStarted
 from tests.helpers.plans import finished, make_plan, spec
 
 
@@ -68,6 +68,7 @@ def test_a_builder_backed_off_in_an_earlier_run_is_not_tried():
     assert fast.sessions_opened == 0
     down = [e for e in events if isinstance(e, MachineEvent)]
     assert [(e.machine, e.state) for e in down] == [("fast", "down")]
+    assert isinstance(events[0], RunStarted)  # the run's first event opens it; the down after
     kept = report.health["fast"]
     assert kept is not None
     assert kept.failures == 1

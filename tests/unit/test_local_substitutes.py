@@ -11,6 +11,7 @@ import asyncio
 import io
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import cast
 
 import pytest
@@ -301,3 +302,31 @@ def test_tty_counts_substituted_as_done_but_not_in_the_pace():
     last = [line for line in text.splitlines() if " done" in line][-1]
     assert "1/2 done" in last
     assert "ETA 8.0s" in last  # the plan's 10 s minus 2 s run: the cached one made no pace
+
+
+@pytest.mark.parametrize("told_first", [False, True])
+def test_tty_counts_an_output_substituted_before_the_run_however_it_is_told(told_first):
+    """``offload build`` tells its run's first event first, counting the outputs settled
+    before it (``ready``), then those outputs: the count is the same as when they came first."""
+    out = io.StringIO()
+    console = Console(file=out, width=100, height=20, force_terminal=True, color_system=None)
+    renderer = TtyRenderer(console, print_logs=False, clock=lambda: T0 + 2.5, auto_refresh=False)
+    first, started, _ = _run()
+    order = [replace(started, ready=1), first] if told_first else [first, started]
+    for event in order:
+        renderer.handle(event)
+    renderer._live.refresh()
+    text = out.getvalue()
+    renderer.close()
+    assert "1/2 done" in [line for line in text.splitlines() if " done" in line][-1]
+
+
+def test_plain_lines_never_go_back_for_what_is_told_after_the_run_started():
+    out = io.StringIO()
+    renderer = PlainRenderer(out, print_logs=False, clock=lambda: T0)
+    first, started, _ = _run()
+    for event in (replace(started, ready=1), first):
+        renderer.handle(event)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[  0.0s] run: 1 to build"), lines
+    assert lines[1].startswith("[  0.0s] local: substituted zlib-1.3"), lines

@@ -11,12 +11,19 @@ No builder is left out without a word: one that fails to answer is told as a mac
 event with why, in the user's words and with the fix (``faults``); one still silent
 ``SLOW_GRACE`` seconds after the run could start is told as "slow", and the run starts
 without it: it joins when it answers (``sessions``).
+
+A run's first event is its ``RunStarted`` (machines, estimate), whoever tells what comes
+before the executor starts (a slow or restricted builder, outputs substituted or fetched):
+those are held until it and told just after it, in their order (``_opened_first``), and it
+counts the outputs settled before it (``ready``). A run that never starts (an error, Ctrl-C
+while the graph is read) still tells what it held, as it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -38,7 +45,7 @@ from offload.scheduler.run import BuildPlan, Executor, MemberLink, RunReport
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
 from offload.transport.links import LocalLink
-from offload.ui.events import Event, JobFinished, MachineEvent
+from offload.ui.events import Event, JobFinished, MachineEvent, RunStarted
 
 __all__ = ["SLOW_GRACE", "out_links", "run_build"]
 
@@ -78,6 +85,7 @@ async def run_build(
     machines = {m.name: m for m in pool.machines}
     late: dict[str, asyncio.Task[None]] = {}
     async with (
+        _opened_first(emit) as told,  # the run's first event first
         # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
         LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
         pool_members(pool, local_link, env, fallbacks, shared) as members,
@@ -91,12 +99,12 @@ async def run_build(
         ):
             roots, graph, plan, estimates, fetched = await _plan(
                 pool, local_link, remote, roots,
-                unreachable=unreachable, warm=warm, late=late, emit=emit, estimate=estimate,
+                unreachable=unreachable, warm=warm, late=late, emit=told, estimate=estimate,
                 check=check, nix_said=nix_said or _to_stderr,
             )  # fmt: skip
-            tell_restricted(members, emit)
+            tell_restricted(members, told)
             executor = Executor(
-                plan, members, local_link, emit=emit, log_sink=log_sink, keep_going=keep_going,
+                plan, members, local_link, emit=told, log_sink=log_sink, keep_going=keep_going,
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
                 home=None if fetch_all else {drv for drv, _ in roots}, joining=late,
@@ -200,6 +208,33 @@ def _to_stderr(line: str) -> None:
     # As the evaluator's warnings are (``offload.nix``): on stderr whatever the renderer, so
     # --json's stdout stays events only.
     sys.stderr.write(line + "\n")
+
+
+@contextlib.asynccontextmanager
+async def _opened_first(emit: Callable[[Event], None]) -> AsyncIterator[Callable[[Event], None]]:
+    """``emit`` with the run's ``RunStarted`` first: what is told before it is held, then told
+    just after it (a program reading ``--json`` takes a run's first event to open it); what
+    is held when the run ends without one is told then."""
+    held: list[Event] | None = []
+
+    def told(event: Event) -> None:
+        nonlocal held
+        if held is None:
+            emit(event)
+        elif isinstance(event, RunStarted):
+            before, held = held, None
+            ready = sum(isinstance(e, JobFinished) for e in before)  # fetched, substituted
+            emit(dataclasses.replace(event, ready=ready))
+            for event_before in before:
+                emit(event_before)
+        else:
+            held.append(event)
+
+    try:
+        yield told
+    finally:
+        for event in held or ():
+            emit(event)
 
 
 @contextlib.asynccontextmanager

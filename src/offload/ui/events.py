@@ -2,7 +2,9 @@
 
 The executor emits these and knows nothing about terminals; renderers (live TTY view, plain
 lines, JSON lines) consume them. ``time`` is wall-clock seconds (``time.time()``), so JSON
-consumers can correlate events with other logs.
+consumers can correlate events with other logs. A run's first event is its ``RunStarted``
+(``offload build`` holds what it learns before, and tells it just after: ``build.run``), so
+a ``time`` may be earlier than the one before it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class RunStarted:
     # Each machine's speed factor and slots, in the order of ``machines`` (the view's header).
     speeds: tuple[float, ...] = ()
     slots: tuple[int, ...] = ()
+    # Outputs settled before the run started (substituted, fetched from a builder that held
+    # them): not in ``total``, told as finished jobs just after this event.
+    ready: int = 0
 
 
 @dataclass(frozen=True)

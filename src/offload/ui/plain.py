@@ -14,8 +14,10 @@ lines prefixed with the machine and the derivation's name::
 A run with nothing to build says nothing; one stopped early says "interrupted", not "finished".
 
 The time base is the run's ``RunStarted`` time, or the injected clock's reading when the
-renderer was made if lines were written before it (a builder down while Nix evaluated): then
-it stays, so the times never go back. No escape codes are written; build log lines (only
+renderer was made if lines were written before it: then it stays. What happened before the
+run started but is told after it (``offload build`` tells its run's first event first: a
+builder slow to answer, an output substituted while the graph was read) is at 0.0s, so the
+times never go back. No escape codes are written; build log lines (only
 with ``print_logs``) are sanitised. With ``summary=True`` the summary table follows ``RunFinished``.
 """
 
@@ -206,7 +208,7 @@ class PlainRenderer:
     def _line(self, when: float, who: str, text: str, extra: str = "") -> None:
         suffix = f" ({extra})" if extra else ""
         self._written = True
-        self._write(f"[{when - self._start:5.1f}s] {who}: {text}{suffix}")
+        self._write(f"[{max(when - self._start, 0.0):5.1f}s] {who}: {text}{suffix}")
 
     def _write(self, line: str) -> None:
         self._stream.write(line + "\n")

@@ -129,8 +129,9 @@ class View:
         self.started = True
         self.start = event.time
         # Fetched and substituted outputs are settled before the run starts and are not in
-        # its total: shown as done.
-        self.ready = len(self.settled)
+        # its total: shown as done (``offload build`` tells them just after this event, with
+        # their number in it; events told before it are counted too).
+        self.ready = max(event.ready, len(self.settled))
         self.total = event.total + self.ready
         for i, name in enumerate(event.machines):
             machine = self._see(name)

@@ -183,13 +183,14 @@ class Executor(Stopping):
             and not any(self.policy.is_up(n, start) for n in self.members)
         ):
             self._check_stuck()  # every machine is down before anything started: say so now
+        # The run's first event opens it (its machines, its estimate); who is down follows.
+        self._events.run_started(tuple(self.members), self._estimate_makespan())
         for name, health in self._restored.items():
             message = f"backed off after {health.failures} failure(s) in earlier runs: {health.why}"
             self._events.machine_down(name, message, health.until)
         for name, error in self._unreachable.items():
             until = self.wall() + (self.policy.down_until(name) - start)
             self._events.machine_down(name, error, until)
-        self._events.run_started(tuple(self.members), self._estimate_makespan())
         self._settle_at_start()
         try:
             await self._loop()
