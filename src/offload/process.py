@@ -332,24 +332,35 @@ def stop_now(proc: asyncio.subprocess.Process) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+# What a person or a supervisor stops a command with (the command line handles each).
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Ctrl-C (and SIGTERM and SIGHUP, which the command line turns into it) held until the
-    block ends, then raised: a daemon started in the block is never lost to a KeyboardInterrupt
-    raised as its fork returns, before the caller knows its pid to stop it. Only where Python
-    raises it: in the main thread, over a handler of Python's."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+    """Ctrl-C, SIGTERM and SIGHUP held until the block ends, then the first of them handed to
+    the handler it had (later ones dropped: the command line stops on the first and ignores
+    the rest, ``offload.cli.interrupts``): a daemon started in the block is never lost to a
+    KeyboardInterrupt raised as its fork returns, before the caller knows its pid to stop it.
+    Each is held over its own handler, whatever the others have: a SIGTERM is held too where
+    Ctrl-C was ignored from the start. Only where Python handles them: in the main thread,
+    over a handler of Python's (one ignored stays ignored)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {s: signal.getsignal(s) for s in _INTERRUPTS}
+    handled = {s: handler for s, handler in previous.items() if callable(handler)}
     held: list[tuple[int, FrameType | None]] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    for signum in handled:
+        signal.signal(signum, lambda signum, frame: held.append((signum, frame)))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in handled.items():
+            signal.signal(signum, handler)
         if held:
-            previous(*held[0])
+            first, frame = held[0]
+            handled[signal.Signals(first)](first, frame)
 
 
 def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> int:
