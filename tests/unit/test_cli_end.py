@@ -119,3 +119,49 @@ def test_a_sigterm_as_the_process_ends_ends_it_as_sigterm(tmp_path: Path) -> Non
         tmp_path,
     )
     assert done.returncode == -signal.SIGTERM, done.stderr
+
+
+def test_a_signal_after_the_command_was_stopped_is_ignored_to_the_end(tmp_path: Path) -> None:
+    # A Ctrl-C stopped the command; a SIGTERM as the process ends (its exit functions) is
+    # ignored as any later signal is: the status stays the first one's, not SIGTERM's death.
+    done = _run(
+        "import atexit, os, signal\n"
+        "import offload.cli as cli\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), print('on')))\n"
+        "def interrupted(argv):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "cli._dispatch = interrupted\n"
+        "cli.main()\n",
+        tmp_path,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (130, "on\n", "error: interrupted\n")
+
+
+def test_a_child_started_while_the_command_stops_can_still_be_stopped_by_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    # Later signals are ignored while the first one's clean-up runs, by a handler: SIG_IGN was
+    # inherited by every child started meanwhile (the ssh that stops a remote build, a
+    # nix-store), which then ignored Ctrl-C too.
+    done = _run(
+        "import asyncio, os, signal\n"
+        "import offload.cli as cli\n"
+        "from offload.cli.interrupts import steady_runner\n"
+        "from offload.process import run_async\n"
+        "async def go():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        await asyncio.sleep(30)\n"
+        "    finally:\n"
+        "        done = await run_async(['grep', 'SigIgn', '/proc/self/status'])\n"
+        "        print(done.stdout.split()[1], flush=True)\n"
+        "def stopped(argv):\n"
+        "    with steady_runner() as runner:\n"
+        "        return runner.run(go())\n"
+        "cli._dispatch = stopped\n"
+        "cli.main()\n",
+        tmp_path,
+    )
+    assert done.returncode == 130, done.stderr
+    ignored = int(done.stdout, 16)
+    assert not ignored & (1 << (signal.SIGINT - 1)), done.stdout

@@ -7,12 +7,13 @@ the command). Usage errors exit 1 as Nix's own commands do (argparse's 2 is nobo
 here); an error offload did not foresee is still one line, with the way to see its traceback; a
 closed stdout (``| head``) ends the command quietly, as it ends Nix's.
 
-SIGTERM and SIGHUP are handled as Ctrl-C is (``interrupts``): each is turned into a SIGINT, so
-the one path that stops a run cleanly (asyncio cancels the run, remote builds are stopped,
-temporary directories removed, the terminal restored) serves all three, and a second one
-waits for the first one's clean-up; the exit status is 128 + the first signal's number
-(nix-build says "interrupted by the user" and exits 1 for any of them). Ctrl-C while the
-subcommands are still being imported is caught as well: no traceback, whenever it comes.
+SIGTERM and SIGHUP are handled as Ctrl-C is (``interrupts``): the first of them stops the
+command by the one path that stops a run cleanly (asyncio cancels the run, remote builds are
+stopped, temporary directories removed, the terminal restored), and later ones are ignored
+while that clean-up runs, wherever the command was; the exit status is 128 + the first
+signal's number (nix-build says "interrupted by the user" and exits 1 for any of them).
+Ctrl-C while the subcommands are still being imported is caught as well: no traceback,
+whenever it comes.
 """
 
 from __future__ import annotations
@@ -188,21 +189,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     own command line (the console script, ``python -m offload``), whose end ends the process
     (``_end``)."""
     interrupts.reset()
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, interrupts.as_interrupt)
+    interrupts.install()
     if argv is None:
         _standard_streams()
     try:
         status = _dispatch(argv)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        # Ended here too: CPython notes a KeyboardInterrupt raised in code compiled from a
-        # string (a dataclass's methods, made as a module is imported) even when caught, and
-        # `python -m` then kills itself with SIGINT as it exits: SIGTERM's 143 became that.
-        status = interrupts.stopped_status()
+        status = _interrupted()
     if argv is None:
         _end(status)
     return status
+
+
+def _interrupted() -> int:
+    """The command stopped by a signal (later ones are ignored meanwhile: ``interrupts``)."""
+    print("error: interrupted", file=sys.stderr)
+    # Ended here too: CPython notes a KeyboardInterrupt raised in code compiled from a
+    # string (a dataclass's methods, made as a module is imported) even when caught, and
+    # `python -m` then kills itself with SIGINT as it exits: SIGTERM's 143 became that.
+    return interrupts.stopped_status()
 
 
 def _standard_streams() -> None:
@@ -244,10 +249,16 @@ def _end(status: int) -> None:
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
         return
-    # A Ctrl-C from here on ends the process at once, as it does while Python finalizes; so do
-    # SIGTERM and SIGHUP, each as itself (turned into a Ctrl-C, they ended it as one: 130).
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+    # A first Ctrl-C from here on ends the process at once, as it does while Python
+    # finalizes; so do SIGTERM and SIGHUP, each as itself (status 128 + its number). Once
+    # one stopped the command, later ones are still ignored: the status stays the first's.
+    try:
+        if not interrupts.stopping():
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    signal.signal(signum, signal.SIG_DFL)
+    except KeyboardInterrupt:  # the first, just before: the command is stopped all the same
+        status = _interrupted()
     atexit._run_exitfuncs()  # noqa: SLF001 - what Python's exit runs, typed in typeshed
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -262,7 +273,6 @@ def _end(status: int) -> None:
 
 def _dispatch(argv: Sequence[str] | None) -> int:
     # Imported here, not at the top: main() must be running (and catching Ctrl-C) first.
-    from offload.errors import OffloadError
     from offload.marks import mark
 
     argv = sys.argv[1:] if argv is None else argv
@@ -271,24 +281,34 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     func: Handler = args.func
     try:
         return func(args)
-    except OffloadError as exc:
-        if args.debug:
-            traceback.print_exc()
-        _print_error(exc)
-        return exit_status(exc)
-    except BrokenPipeError:
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        if interrupts.stopping():
+            # What a signal's KeyboardInterrupt became on its way (Python 3.11 wraps one
+            # raised as a class is made, a dataclass's fields, in a RuntimeError), or an error
+            # of the clean-up it began: the command was stopped.
+            return _interrupted()
+        return _failed(args, exc)
+
+
+def _failed(args: argparse.Namespace, exc: Exception) -> int:
+    """The command's error ``exc`` (being handled), said as one line and a hint."""
+    from offload.errors import OffloadError
+
+    if isinstance(exc, BrokenPipeError):
         # Whoever read stdout has gone; later flushes must not fail again at exit.
         reader_gone(sys.stdout)
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(
-            "hint: run again as `offload --traceback COMMAND ...` to see where, and report it",
-            file=sys.stderr,
-        )
-        return 1
+    if args.debug:
+        traceback.print_exc()
+    if isinstance(exc, OffloadError):
+        _print_error(exc)
+        return exit_status(exc)
+    print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(
+        "hint: run again as `offload --traceback COMMAND ...` to see where, and report it",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:

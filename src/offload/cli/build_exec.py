@@ -17,6 +17,7 @@ from typing import Any
 
 from offload.backoff import Health
 from offload.build import DrvGraph, Roots, dry_run, out_links, run_build
+from offload.cli import interrupts
 from offload.cli.build import remembered_backoff
 from offload.cli.build_keep import (
     Built,
@@ -51,7 +52,7 @@ LOG_TAIL = 10
 
 def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
     with opened_history(state) as history:
-        graph, sim, unreachable = asyncio.run(
+        graph, sim, unreachable = interrupts.run(
             dry_run(roots, pool, guarded_estimator(history, pool))
         )
     rows = sorted(

@@ -9,10 +9,10 @@ has a failing check, so scripts can gate on it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 
+from offload.cli import interrupts
 from offload.cli.arguments import machine_names
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, diagnose, format_report
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             hint="give them with --builders, Nix's builders setting or offload.toml",
         )
     options = DoctorOptions(timeout=args.timeout, env=dict(os.environ))
-    reports = asyncio.run(diagnose(pool.machines, options))
+    reports = interrupts.run(diagnose(pool.machines, options))
     if args.json:
         print(json.dumps([report.as_json() for report in reports], indent=2))
     else:

@@ -1,27 +1,57 @@
-"""Ctrl-C, SIGTERM and SIGHUP: the first stops the command, later ones wait for its clean-up.
+"""Ctrl-C, SIGTERM and SIGHUP: one rule for the whole process. The first stops the command;
+later ones are ignored, as Nix ignores them, while its clean-up runs; the exit status is
+128 + the first one's number (``stopped_status``).
 
-SIGTERM and SIGHUP are turned into a SIGINT (``as_interrupt``), so the one path that stops a
-run cleanly (asyncio cancels the run, remote builds are stopped and their partial outputs
-deleted, the run kept in history, temporary directories removed) serves all three. Once a run
-is stopping, a second signal is ignored, as Nix ignores it: asyncio's own runner would raise
-it into the clean-up, which then left partial outputs on builders and the run out of history
-(a second Ctrl-C within about 0.3 s). The clean-up is bounded (each remote stop and deletion
-has its timeout), and SIGKILL still ends the process at once.
+``install`` gives the three one handler (SIGINT only where it was not ignored as the process
+started: a script's background job keeps Ctrl-C ignored, and SIGTERM still stops it). The
+first signal stops the command where it is: an async run going on (``steady_runner``) has its
+task cancelled, as asyncio's own runner does for a Ctrl-C, so the run's clean-up runs (remote
+builds stopped and their partial outputs deleted, the run kept in history); outside one (Nix
+evaluating, the summary, history and result links after the run), ``KeyboardInterrupt`` is
+raised in the main thread. Then every finally and except clause on the way out (an evaluator
+stopped, history written, a link made, temporary directories removed, the terminal restored)
+runs to its end: a second signal raised into them left partial outputs on builders, the run
+out of history, or a traceback. The clean-up is bounded (each remote stop and deletion has
+its timeout), and SIGKILL still ends the process at once.
+
+Later signals go to a handler that does nothing, not to ``SIG_IGN``: an ignored disposition
+is inherited by every child started during the clean-up (the ssh that stops a remote build,
+a ``nix-store``), which then could not be stopped by a SIGINT; a handler is reset by exec.
+``offload.process.interrupts_held`` defers whichever handler each signal has past a fork;
+this module decides what the handlers do.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from offload.typing_compat import override
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["as_interrupt", "reset", "steady_runner", "stopped_status"]
+__all__ = ["install", "reset", "run", "steady_runner", "stopped_status", "stopping"]
 
-# The signals that stopped the command, first first (SIGINT unless another was turned into it).
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Going:
+    """An async run going on (``steady_runner``): its task once it started, and whether the
+    first signal came for it before it did (it is then cancelled as it starts)."""
+
+    task: asyncio.Task[Any] | None = None
+    stopped: bool = False
+
+
+# The signals that stopped the command, first first.
 _stopped_by: list[int] = []
+_going: list[_Going] = []  # the async run going on, if any
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def reset() -> None:
@@ -33,37 +63,78 @@ def stopped_status() -> int:
     return 128 + (_stopped_by[0] if _stopped_by else signal.SIGINT)
 
 
-def _stopping(signum: int) -> bool:
-    """Note ``signum``; whether the command was stopping already."""
+def stopping() -> bool:
+    """Whether a signal has stopped the command (its clean-up may be running)."""
+    return bool(_stopped_by)
+
+
+def install() -> None:
+    """The rule, for Ctrl-C (unless ignored from the start), SIGTERM and SIGHUP."""
+    for signum in _SIGNALS:
+        if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+            continue  # a script's background job: Ctrl-C is not for it
+        signal.signal(signum, _first)
+
+
+def _first(signum: int, _frame: FrameType | None) -> None:
+    """The first signal: noted, later ones ignored, and the command stopped where it is."""
+    if _stopped_by:
+        return  # a signal pending as the handlers were swapped
     _stopped_by.append(signum)
-    return len(_stopped_by) > 1
+    for other in _SIGNALS:
+        if signal.getsignal(other) is _first:
+            signal.signal(other, _ignored)
+    going = _going[-1] if _going else None
+    if going is None or (going.task is not None and going.task.done()):
+        raise KeyboardInterrupt
+    going.stopped = True
+    if going.task is not None:  # else it is cancelled as it starts (``_told``)
+        going.task.cancel()
+        # Wake the loop if it waits in select() with a long timeout.
+        going.task.get_loop().call_soon_threadsafe(lambda: None)
 
 
-def as_interrupt(signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM's and SIGHUP's handler: Ctrl-C's path, unless the command is stopping already."""
-    if _stopping(signum):
-        return
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        # Started with Ctrl-C ignored (a background job of a script): a SIGTERM must still
-        # stop the run, by the same path (KeyboardInterrupt, then every task's cleanup).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.raise_signal(signal.SIGINT)
+def _ignored(_signum: int, _frame: FrameType | None) -> None:
+    """A signal while the command stops: its clean-up goes on."""
 
 
 def steady_runner() -> asyncio.Runner:
-    """An ``asyncio.Runner`` whose first Ctrl-C cancels the run, as asyncio's does, and whose
-    later ones are ignored for the rest of the process (asyncio's raises them into the
-    clean-up the first started)."""
+    """An ``asyncio.Runner`` whose run the first signal stops by cancelling its task, as
+    asyncio's own stops it for a Ctrl-C (``KeyboardInterrupt`` then comes out of ``run``);
+    a run begun once the command is stopping (its clean-up) is not stopped by later ones."""
     import asyncio  # here: the commands that need no event loop do not pay for it
 
-    # Final in typeshed; its private hook is the one place a Ctrl-C reaches the run.
+    # Final in typeshed; run() is the one place the run's task is known.
     class _Steady(asyncio.Runner):  # type: ignore[misc]
-        # Its arguments passed on as they come: a Python whose hook takes others still works.
-        def _on_sigint(self, signum: int, *rest: Any, **named: Any) -> None:  # noqa: ANN401 - asyncio's private hook
-            if signum == signal.SIGINT and not _stopped_by:
-                _stopped_by.append(signum)
-            # Ignored from now on: asyncio restores its default handler only over its own.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            super()._on_sigint(signum, *rest, **named)  # type: ignore[misc]
+        @override
+        def run(self, coro: Coroutine[Any, Any, _T], **named: Any) -> _T:  # noqa: ANN401 - asyncio's
+            going = _Going()
+            _going.append(going)
+            try:
+                return super().run(_told(coro, going), **named)
+            except asyncio.CancelledError:
+                if going.stopped:
+                    raise KeyboardInterrupt from None
+                raise
+            finally:
+                _going.remove(going)
 
     return _Steady()
+
+
+def run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run`` under the rule (asyncio's would take Ctrl-C over only from Python's
+    default handler, which ``install`` replaces)."""
+    with steady_runner() as runner:
+        return runner.run(coro)
+
+
+async def _told(coro: Coroutine[Any, Any, _T], going: _Going) -> _T:
+    """``coro``, its task made known to ``_first`` while it runs."""
+    import asyncio
+
+    going.task = asyncio.current_task()
+    if going.stopped:
+        coro.close()
+        raise asyncio.CancelledError
+    return await coro

@@ -9,11 +9,11 @@ the others are still printed, and the exit status is then 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
 
+from offload.cli import interrupts
 from offload.cli.arguments import nonempty_path
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions
 from offload.errors import ConfigError
@@ -173,7 +173,7 @@ def run_client(args: argparse.Namespace) -> int:
         speed=args.speed,
     )
     options = DoctorOptions(timeout=args.timeout, env=dict(os.environ))
-    probed = asyncio.run(probe_all(targets, args.user, str(identity), overrides, options))
+    probed = interrupts.run(probe_all(targets, args.user, str(identity), overrides, options))
     for outcome in probed:
         where = f"{outcome.target.host}:{outcome.target.port}"
         if outcome.builder is None:
