@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,7 +297,8 @@ class Evaluation:
     """``instantiate`` begun at once: the first evaluator starts as this is made, so that Nix
     evaluates while the caller does its own work (``offload build`` imports the scheduler and
     connects to the builders meanwhile). ``roots`` waits for it and evaluates the rest in
-    turn. A context manager: an evaluation given up on (an error, Ctrl-C) is stopped."""
+    turn. A context manager: an evaluation given up on (an error, Ctrl-C) is stopped; one
+    ``roots`` waits for in another thread is stopped by ``give_up``."""
 
     def __init__(
         self, what: Installables, cwd: Path | None = None, *, env: Env = None, say: Say = _say
@@ -304,11 +306,13 @@ class Evaluation:
         self._cwd, self._env, self._say = cwd, env, say
         # Each source with the command that evaluates it (None: a .drv, read).
         self._steps = [(source, _evaluator_argv(what, source)) for source in sources(what, cwd)]
-        # The first source Nix evaluates, and its evaluator, started now.
-        self._early: tuple[Source, Started] | None = None
+        # The evaluator running, with its source: the first, started now, then each in turn.
+        self._running: tuple[Source, Started] | None = None
+        self._lock = threading.Lock()  # ``give_up`` may come from another thread
+        self._given_up = False
         for source, argv in self._steps:
             if argv is not None:
-                self._early = (source, Started(argv, env=env, cwd=cwd))
+                self._running = (source, Started(argv, env=env, cwd=cwd))
                 break
 
     def roots(self) -> list[tuple[str, str]]:
@@ -318,11 +322,9 @@ class Evaluation:
             if argv is None:
                 roots.append(_drv_root(source))
                 continue
-            if self._early is not None and self._early[0] is source:
-                done = self._early[1].finish()
-                self._early = None
-            else:
-                done = run(argv, check=False, cwd=self._cwd, env=self._env)
+            done = self._evaluator(source, argv).finish()
+            with self._lock:
+                self._running = None
             stdout = _evaluated(done, source, self._say)
             if source.kind == "flake":
                 roots.append(_parse_flake(stdout, source))
@@ -336,10 +338,28 @@ class Evaluation:
             )
         return roots
 
+    def _evaluator(self, source: Source, argv: list[str]) -> Started:
+        """The evaluator of ``source``: the one started early, or one started now."""
+        with self._lock:
+            if self._given_up:
+                raise OffloadError("the evaluation was given up")
+            if self._running is None or self._running[0] is not source:
+                self._running = (source, Started(argv, env=self._env, cwd=self._cwd))
+            return self._running[1]
+
+    def give_up(self) -> None:
+        """Stop the evaluator running, from any thread (``roots`` waiting for it in another
+        then fails), and start no other."""
+        with self._lock:
+            self._given_up = True
+            if self._running is not None:
+                self._running[1].kill()
+
     def close(self) -> None:
-        if self._early is not None:
-            self._early[1].stop()
-            self._early = None
+        with self._lock:
+            running, self._running = self._running, None
+        if running is not None:
+            running[1].stop()
 
     def __enter__(self) -> Self:
         return self

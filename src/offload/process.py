@@ -140,6 +140,11 @@ class Started:
         out, err = self._proc.communicate()
         return Completed(self.argv, self._proc.returncode, out, err)
 
+    def kill(self) -> None:
+        """SIGKILL it if it still runs, from any thread: ``finish`` waiting for it in another
+        then returns."""
+        self._proc.kill()  # nothing if it was reaped already
+
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.kill()

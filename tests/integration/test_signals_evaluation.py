@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import processes
+from tests.helpers.offload_run import wait_for
 
 WAIT = 30.0  # generous for a loaded machine; reached only when the behaviour is broken
 
@@ -95,4 +96,38 @@ def test_a_second_signal_while_nix_evaluates_outside_the_run_is_ignored(
     assert held.opened.wait(WAIT), "Nix never read the FIFO"
     status, err = _stopped(proc, signal.SIGINT, second)
     assert status == 130, err  # the first one's
+    assert err == "error: interrupted\n", err
+
+
+def _serving(pid: int) -> bool:
+    """Whether ``pid`` has a child ``nix-store --serve`` (its local session): started as the
+    run asks for the roots, so the run waits for the evaluation from then on."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"--serve" in cmdline:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_run_waits_for_nix_stops_the_evaluator(
+    evaluating: tuple[list[str], dict[str, str], _Held], tmp_path: Path, first: int
+) -> None:
+    """A build evaluates while its sessions open (in a thread of the run): a signal then (a
+    supervisor's SIGTERM, a Ctrl-C sent to offload alone) waited for Nix to finish evaluating
+    (here, for ever) before the run could end."""
+    argv, env, held = evaluating
+    proc = processes.start(
+        [*argv, "--no-out-link"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    assert held.opened.wait(WAIT), "Nix never read the FIFO"
+    wait_for(lambda: _serving(proc.pid), WAIT, "the run's local session")
+    status, err = _stopped(proc, first)
+    assert status == 128 + first, err
     assert err == "error: interrupted\n", err

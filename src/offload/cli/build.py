@@ -70,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
     said = {f"warning: {w}" for w in pool.nix_settings.warnings}
     # Nix evaluates from here on, while offload connects and imports the rest of itself.
     with Evaluation(what, env=pool.local_env(), say=_said_once(said)) as evaluation:
-        return _run(args, pool, _marked(evaluation.roots))
+        return _run(args, pool, _marked(evaluation.roots), evaluation.give_up)
 
 
 def _run(
-    args: argparse.Namespace, pool: Pool, evaluate: Callable[[], list[tuple[str, str]]]
+    args: argparse.Namespace,
+    pool: Pool,
+    evaluate: Callable[[], list[tuple[str, str]]],
+    give_up: Callable[[], None],
 ) -> int:
     with _state() as (state, kept):
         mark("settings")
@@ -111,6 +114,12 @@ def _run(
                     shared=shared,
                     kept=kept,
                 )
+            except BaseException:
+                # Stopped (Ctrl-C, an error) while Nix may still evaluate, in a thread of the
+                # run that the runner's close waits for: for ever, for an evaluation that
+                # never ends.
+                give_up()
+                raise
             finally:
                 runner.run(early.close_unclaimed())
 
