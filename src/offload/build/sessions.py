@@ -57,9 +57,15 @@ async def open_sessions(
     ]
     deadline = None if grace is None else _after(here, grace)
     borrowed = _borrow_all(remote, unreachable, answered, deadline, late)
-    local, clients, result = await asyncio.gather(
-        here[0], stack.enter_async_context(borrowed), here[1], return_exceptions=True
-    )
+    try:
+        local, clients, result = await asyncio.gather(
+            here[0], stack.enter_async_context(borrowed), here[1], return_exceptions=True
+        )
+    finally:
+        if deadline is not None:
+            # Never started when the run was cancelled (Ctrl-C) before the builders' sessions
+            # began to open: else Python says it was "never awaited" after "interrupted".
+            deadline.close()
     for outcome in (result, local, clients):
         if isinstance(outcome, BaseException):
             raise outcome
