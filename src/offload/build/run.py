@@ -41,7 +41,7 @@ from offload.load import local_boot_id
 from offload.marks import mark
 from offload.nix import result_links
 from offload.protocol.serve import BuildOptions, StoreClient
-from offload.scheduler.run import BuildPlan, Executor, MemberLink, RunReport
+from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
 from offload.transport.links import LocalLink
@@ -81,7 +81,6 @@ async def run_build(
     was building (Ctrl-C, SIGTERM) tells ``cut_short`` its report so far (marked
     ``interrupted``) before the exception goes on: what it built is still worth keeping.
     """
-    down = set(backoff or {})
     machines = {m.name: m for m in pool.machines}
     late: dict[str, asyncio.Task[None]] = {}
     async with (
@@ -90,8 +89,8 @@ async def run_build(
         LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
         pool_members(pool, local_link, env, fallbacks, shared) as members,
     ):
-        tell_unstopped(members, emit)
-        remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
+        tell_unstopped(members, told)
+        remote = _remote(members, backoff or {})
         unreachable: dict[str, str] = {}
         async with (
             warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm,
@@ -208,6 +207,11 @@ def _to_stderr(line: str) -> None:
     # As the evaluator's warnings are (``offload.nix``): on stderr whatever the renderer, so
     # --json's stdout stays events only.
     sys.stderr.write(line + "\n")
+
+
+def _remote(members: Iterable[PoolMember], down: Mapping[str, Health]) -> dict[str, MemberLink]:
+    """The builders' links, but those backed off (``down``)."""
+    return {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
 
 
 @contextlib.asynccontextmanager
