@@ -129,15 +129,9 @@ class BuildCopies:
                 # copy, its machine went down, the run ended) and says so where it does.
                 stack.callback(_unheard, client)
                 client.on_log = self.events.log_handler(drv_path, name)
-                target = name if member.remote else LOCAL
-                sources = self.holders.sources(drv_path, target)
-                if sources:
-                    phase(drv_path, name, "sending", speculative=speculative)
-                    moved = await self._feed(
-                        sources, client, target, member.substitute, drv_path=drv_path
-                    )
-                    sent, received = (moved, 0) if member.remote else (0, moved)
-                self.holders.fed.add((drv_path, name))
+                sent, received = await self._send_inputs(
+                    drv_path, member, client, speculative=speculative
+                )
                 phase(drv_path, name, "building", speculative=speculative)
                 client.on_phase = self.events.step_handler(drv_path, name)
                 build_start = self.clock()
@@ -148,15 +142,9 @@ class BuildCopies:
                 build_seconds = self.clock() - build_start
                 if not result.success:
                     lost = await self._disk_full(member, client, drv_path, result)
-                    error = result.error_msg if lost is None else lost
-                    return Outcome(
-                        "failed" if lost is None else "lost",
-                        error,
-                        started,
-                        sent,
-                        received,
-                        status=result.status,
-                    )
+                    end: Literal["failed", "lost"] = "failed" if lost is None else "lost"
+                    why = result.error_msg if lost is None else lost
+                    return Outcome(end, why, started, sent, received, status=result.status)
                 client.on_log = client.on_phase = None
             home = not member.remote
             return Outcome("built", None, started, sent, received, build_seconds, home)
@@ -170,6 +158,22 @@ class BuildCopies:
             # The local store refusing or dropping a copy is final, not the builder's fault.
             kind: Literal["failed", "lost"] = "failed" if local_store_failed(exc) else "lost"
             return Outcome(kind, exc.message, started, sent, received)
+
+    async def _send_inputs(
+        self, drv_path: str, member: PoolMember, client: StoreClient, *, speculative: bool
+    ) -> tuple[int, int]:
+        """Copy to ``member`` the inputs of ``drv_path`` it lacks (from here or from the
+        builders that hold them): the bytes (sent, received) this side counts."""
+        name = member.spec.name
+        target = name if member.remote else LOCAL
+        sent = received = 0
+        sources = self.holders.sources(drv_path, target)
+        if sources:
+            self.events.phase(drv_path, name, "sending", speculative=speculative)
+            moved = await self._feed(sources, client, target, member.substitute, drv_path=drv_path)
+            sent, received = (moved, 0) if member.remote else (0, moved)
+        self.holders.fed.add((drv_path, name))
+        return sent, received
 
     async def _disk_full(
         self, member: PoolMember, client: StoreClient, drv_path: str, result: BuildResult
