@@ -81,7 +81,6 @@ async def run_build(
     was building (Ctrl-C, SIGTERM) tells ``cut_short`` its report so far (marked
     ``interrupted``) before the exception goes on: what it built is still worth keeping.
     """
-    machines = {m.name: m for m in pool.machines}
     late: dict[str, asyncio.Task[None]] = {}
     async with (
         _opened_first(emit) as told,  # the run's first event first
@@ -107,13 +106,19 @@ async def run_build(
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
                 home=None if fetch_all else {drv for drv, _ in roots}, joining=late,
-                explain=lambda name, error: explain(machines[name], error),
+                explain=_explainer(pool),
                 build_options=options, local_boot_id=local_boot_id(),
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)
             report = await _carried_out(executor, graph, fetched, cut_short)
     return report, graph
+
+
+def _explainer(pool: Pool) -> Callable[[str, str], str]:
+    """Why the machine named cannot be used, from its link's error, and the fix."""
+    machines = {m.name: m for m in pool.machines}
+    return lambda name, error: explain(machines[name], error)
 
 
 async def _carried_out(
