@@ -2,7 +2,10 @@
 
 nix-build's positional arguments are Nix files (a directory means DIR/default.nix; ``<name>``
 lookup paths and URLs are Nix's to resolve), `.drv` store paths (``DRV!OUTPUT`` picks one
-output), or, with ``-E`` (a switch, anywhere on the line), expressions: every one of them. offload
+output), or, with ``-E`` (a switch, anywhere on the line), expressions: every one of them. A
+``-`` among them, with or without ``-E``, is the expression on standard input, and then the only
+thing evaluated: nix-build 2.8 ignores every other argument then (nix-instantiate reads it, so
+Nix's errors name «stdin»). offload
 adds ``FLAKEREF#ATTR`` (an argument with a ``#`` that is not an existing file), evaluated with
 ``nix eval`` and resolved as ``nix build`` resolves it (packages.SYSTEM.ATTR,
 legacyPackages.SYSTEM.ATTR, then ATTR).
@@ -92,7 +95,7 @@ class Installables:
     flags: tuple[str, ...] = ()
 
 
-SourceKind = Literal["file", "expr", "drv", "flake"]
+SourceKind = Literal["file", "expr", "stdin", "drv", "flake"]
 Env = Mapping[str, str] | None
 Say = Callable[[str], None]
 
@@ -106,6 +109,8 @@ class Source:
     output: str | None = None  # for DRV!OUTPUT
 
     def describe(self) -> str:
+        if self.kind == "stdin":
+            return "the expression on standard input"
         if self.kind != "expr":
             return self.text
         one_line = " ".join(self.text.split())
@@ -145,6 +150,10 @@ def _as_file(arg: str, cwd: Path) -> Source:
 def sources(what: Installables, cwd: Path | None = None) -> list[Source]:
     """The sources in nix-build's order, with missing files reported now (ConfigError)."""
     here = cwd if cwd is not None else Path.cwd()
+    if "-" in what.files:
+        # nix-build 2.8 reads standard input then and evaluates nothing else (.drv paths,
+        # files, expressions): with -A, --arg and the rest applied to it, as to a file.
+        return [Source("stdin", "-")]
     if what.expr:
         if not what.files:
             # nix-build builds nothing and exits 0; offload says why nothing would be built.
@@ -191,6 +200,8 @@ def instantiate_argv(what: Installables, source: Source, *, show_trace: bool = F
             argv += ["--expr", "--", text]
         case "file":
             argv += ["--", source.text]
+        case "stdin":  # not after "--": Nix would take it for a file named "-"
+            argv.append("-")
         case "drv" | "flake":
             msg = f"{source.text}: a {source.kind} is not evaluated by nix-instantiate"
             raise ValueError(msg)
@@ -248,7 +259,7 @@ def _evaluator_argv(what: Installables, source: Source) -> list[str] | None:
     match source.kind:
         case "flake":
             return flake_eval_argv(source.text, flags=what.flags)
-        case "file" | "expr":
+        case "file" | "expr" | "stdin":
             return instantiate_argv(what, source)
     return None
 
@@ -312,7 +323,9 @@ class Evaluation:
         self._given_up = False
         for source, argv in self._steps:
             if argv is not None:
-                self._running = (source, Started(argv, env=env, cwd=cwd))
+                # Only the first source can be standard input: it is the only one then.
+                stdin = source.kind == "stdin"
+                self._running = (source, Started(argv, env=env, cwd=cwd, inherit_stdin=stdin))
                 break
 
     def roots(self) -> list[tuple[str, str]]:

@@ -119,12 +119,14 @@ class Started:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        inherit_stdin: bool = False,
     ) -> None:
         self.argv = tuple(argv)
         try:
             self._proc = subprocess.Popen(
                 list(argv),
-                stdin=subprocess.DEVNULL,
+                # Our standard input, for a command that reads it (nix-build's "-").
+                stdin=None if inherit_stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -197,7 +197,10 @@ def _report_file(text: str) -> Path:
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Every argument of `offload build` on ``parser``."""
     parser.add_argument(
-        "paths", nargs="*", metavar="FILE|DRV", help="default: ./default.nix; with -E, expressions"
+        "paths",
+        nargs="*",
+        metavar="FILE|DRV",
+        help="default: ./default.nix; with -E, expressions; -: the expression on standard input",
     )
     _evaluation(parser)
     # One destination, so the last of -o and --no-out-link wins, as in nix-build (a wrapper

@@ -1,0 +1,101 @@
+"""`offload build` against the real nix-build 2.8 for what Nix users type daily and the odd
+forms their scripts rely on (standard input, exit statuses, links), each case run with both on
+the same project and compared as a user reads them: exit status, stdout, links, Nix's errors.
+
+Builds are local and trivial; a nonce per run makes every build that must fail a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+PROJECT = r"""
+{ nonce ? "" }:
+let mk = name: script: derivation {
+  inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+}; in
+{
+  ok = mk "ok-${nonce}" "echo ok > $out";
+  two = mk "two-${nonce}" "echo two > $out";
+  bad = mk "bad-${nonce}" "echo failing; exit 1";
+}
+"""
+
+# No binary caches: Nix would retry cache.nixos.org for seconds (offline here).
+OFFLINE = ("--option", "substituters", "")
+OFFLOAD = (sys.executable, "-m", "offload", "build", "--builders", "")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "default.nix").write_text(PROJECT)
+    (tmp_path / "nix").mkdir()
+    (tmp_path / "off").mkdir()
+    return tmp_path
+
+
+def both(
+    project: Path, *args: str, stdin: str = ""
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """nix-build and offload build with ``args``, each in its own directory under ``project``
+    (so their links do not meet), reading ``stdin``."""
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")}
+    done = []
+    for command, where in (("nix-build", "nix"), (OFFLOAD, "off")):
+        argv = [*((command,) if isinstance(command, str) else command), *OFFLINE, *args]
+        done.append(
+            subprocess.run(
+                argv,
+                check=False,
+                capture_output=True,
+                text=True,
+                input=stdin,
+                cwd=project / where,
+                env=env,
+                timeout=120,
+            )
+        )
+    return done[0], done[1]
+
+
+def _errors(stderr: str) -> str:
+    """From the first `error:` line on: Nix's message, position and code frame."""
+    at = stderr.find("error:")
+    return stderr[at:] if at >= 0 else ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--no-out-link", "-", "-A", "ok"),
+        ("--no-out-link", "-A", "two", "-"),
+        # "-" is the only thing evaluated: nix-build ignores the other arguments then.
+        ("--no-out-link", "-", "../default.nix", "-A", "two"),
+        ("--no-out-link", "-E", "-", "-A", "ok"),
+    ],
+    ids=" ".join,
+)
+def test_a_dash_reads_the_expression_from_standard_input(
+    project: Path, args: tuple[str, ...]
+) -> None:
+    nonce = uuid.uuid4().hex
+    stdin = f"import {project}/default.nix {{ nonce = {nonce!r}; }}".replace("'", '"')
+    nix, offload = both(project, *args, stdin=stdin)
+    assert nix.returncode == 0, nix.stderr
+    assert len(nix.stdout.split()) == 1
+    assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+
+
+def test_an_error_in_standard_input_is_placed_in_stdin_as_nix_build_places_it(
+    project: Path,
+) -> None:
+    nix, offload = both(project, "-", stdin="let in nope\n")
+    assert nix.returncode == offload.returncode == 1
+    assert "«stdin»:1:8" in nix.stderr
+    assert _errors(offload.stderr) == _errors(nix.stderr)
