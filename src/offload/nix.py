@@ -440,5 +440,12 @@ def add_root_argv(path: str, link: str) -> list[str]:
 
 
 def add_roots(pairs: Sequence[tuple[str, str]]) -> None:
+    """The result links, in order; the first that cannot be made stops them with Nix's own
+    words (``NixError``), as nix-build says it ("cannot create symlink '...'; already
+    exists"), not the nix-store command offload ran."""
     for path, link in pairs:
-        run(add_root_argv(path, link))
+        done = run(add_root_argv(path, link), check=False)
+        if done.returncode != 0:
+            first = first_error_line(done.stderr)
+            text = done.stderr or f"error: nix-store exited with {done.returncode}\n"
+            raise NixError(f"the result link {link} was not made: {first}", text=text)

@@ -99,3 +99,20 @@ def test_an_error_in_standard_input_is_placed_in_stdin_as_nix_build_places_it(
     assert nix.returncode == offload.returncode == 1
     assert "«stdin»:1:8" in nix.stderr
     assert _errors(offload.stderr) == _errors(nix.stderr)
+
+
+@pytest.mark.parametrize("in_the_way", ["a directory", "a file"])
+def test_a_link_in_the_way_is_said_in_nix_builds_words(project: Path, in_the_way: str) -> None:
+    for where in ("nix", "off"):
+        if in_the_way == "a directory":
+            (project / where / "out").mkdir()
+        else:
+            (project / where / "out").write_text("mine\n")
+    nix, offload = both(project, "-A", "ok", "-o", "out", "../default.nix")
+    assert nix.returncode == offload.returncode == 1
+    assert offload.stdout == nix.stdout == ""
+    # "error: cannot create symlink '<dir>/out'; already exists": the one line nix-build
+    # prints, not the nix-store command offload ran to make the link.
+    said = _errors(nix.stderr).replace("/nix/out", "/off/out")
+    assert said.startswith("error: cannot create symlink")
+    assert _errors(offload.stderr) == said
