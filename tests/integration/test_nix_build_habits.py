@@ -8,6 +8,7 @@ Builds are local and trivial; a nonce per run makes every build that must fail a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -116,3 +117,13 @@ def test_a_link_in_the_way_is_said_in_nix_builds_words(project: Path, in_the_way
     said = _errors(nix.stderr).replace("/nix/out", "/off/out")
     assert said.startswith("error: cannot create symlink")
     assert _errors(offload.stderr) == said
+
+
+def test_version_is_one_line_in_nix_builds_form(project: Path) -> None:
+    nix, offload = both(project, "-A", "ok", "--version")
+    assert nix.returncode == offload.returncode == 0
+    # "nix-build (Nix) 2.8.0": the program, its package in parentheses, the version; nothing
+    # is built, and no link is made.
+    assert re.fullmatch(r"nix-build \(Nix\) [\d.]+\n", nix.stdout)
+    assert re.fullmatch(r"offload build \(offload\) [\w.+-]+\n", offload.stdout)
+    assert not list((project / "off").iterdir())

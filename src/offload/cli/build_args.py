@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from offload import __version__
 from offload.cli.machines import add_pool_arguments
 from offload.errors import ConfigError
 
@@ -164,8 +165,11 @@ def _output(parser: argparse.ArgumentParser) -> None:
 
 
 def _ignored(parser: argparse.ArgumentParser) -> None:
-    """What nix-build 2.8 parses and then ignores (obsolete, or only nix-shell's)."""
+    """What nix-build 2.8 parses and then ignores (obsolete, or only nix-shell's), and its
+    --version: offload's own, in nix-build's form ("nix-build (Nix) 2.8.0")."""
     hide = argparse.SUPPRESS
+    version = f"offload build (offload) {__version__}"
+    parser.add_argument("--version", action="version", version=version, help=hide)
     for flag in ("--indirect", "--add-drv-link", "--pure", "--no-gc-warning"):
         parser.add_argument(flag, action="store_true", dest="ignored", help=hide)
     for flag in ("--add-root", "--drv-link", "--keep"):
