@@ -78,6 +78,9 @@ FLAKE_APPLY = (
 )
 
 
+AutoArg = Literal["--arg", "--argstr"]
+
+
 @dataclass(frozen=True)
 class Installables:
     """What to build, as nix-build takes it.
@@ -89,8 +92,9 @@ class Installables:
     files: tuple[str, ...] = ()
     attrs: tuple[str, ...] = ()  # -A, each applied to each file or expression
     expr: bool = False  # -E: ``files`` are expressions
-    args: tuple[tuple[str, str], ...] = ()  # --arg NAME EXPR
-    argstrs: tuple[tuple[str, str], ...] = ()  # --argstr NAME VALUE
+    # ("--arg", NAME, EXPR) and ("--argstr", NAME, VALUE) in command-line order: Nix's last
+    # one for a name wins, whichever of the two it is.
+    args: tuple[tuple[AutoArg, str, str], ...] = ()
     # nix-build's evaluation flags, given to Nix as they are: -I, --show-trace, --impure, -v.
     flags: tuple[str, ...] = ()
 
@@ -185,10 +189,8 @@ def instantiate_argv(what: Installables, source: Source, *, show_trace: bool = F
     """nix-instantiate for one file or expression, with every -A, --arg and --argstr."""
     # --no-gc-warning: nix-build makes no such warning about the .drv files it instantiates.
     argv = ["nix-instantiate", "--no-gc-warning", *NO_SUBSTITUTERS]
-    for name, value in what.args:
-        argv += ["--arg", name, value]
-    for name, value in what.argstrs:
-        argv += ["--argstr", name, value]
+    for flag, name, value in what.args:
+        argv += [flag, name, value]
     for attr in what.attrs:
         argv += ["-A", attr]
     argv += what.flags

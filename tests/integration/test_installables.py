@@ -133,13 +133,15 @@ def test_output_selection_keeps_the_output(project: Path) -> None:
 
 
 def test_arg_and_argstr(project: Path) -> None:
-    what = Installables(attrs=("args",), args=(("n", "20 + 22"),), argstrs=(("s", "str"),))
+    what = Installables(attrs=("args",), args=(("--arg", "n", "20 + 22"), ("--argstr", "s", "str")))
     assert _names(instantiate(what, project)) == [("args-42-str", "out")]
 
 
 def test_values_are_never_seen_by_a_shell(project: Path) -> None:
     value = "$(touch pwned) `touch pwned2`; \"'\\ -x"
-    [(drv, _)] = instantiate(Installables(attrs=("withenv",), argstrs=(("s", value),)), project)
+    [(drv, _)] = instantiate(
+        Installables(attrs=("withenv",), args=(("--argstr", "s", value),)), project
+    )
     assert read_derivation(drv).env["value"] == value
     assert not (project / "pwned").exists()
     assert not (project / "pwned2").exists()
@@ -161,7 +163,10 @@ def test_expression_relative_to_the_working_directory(project: Path) -> None:
 
 def test_expression_with_attrs_and_args(project: Path) -> None:
     what = Installables(
-        files=("import ./default.nix",), expr=True, attrs=("args", "a"), argstrs=(("s", "e"),)
+        files=("import ./default.nix",),
+        expr=True,
+        attrs=("args", "a"),
+        args=(("--argstr", "s", "e"),),
     )
     assert _names(instantiate(what, project)) == [("args-1-e", "out"), ("a", "out")]
 

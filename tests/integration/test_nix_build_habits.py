@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 
 PROJECT = r"""
-{ nonce ? "" }:
+{ nonce ? "", who ? "" }:
 let mk = name: script: derivation {
   inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
 }; in
 {
   ok = mk "ok-${nonce}" "echo ok > $out";
+  greet = mk "greet-${nonce}" "echo ${who} > $out";
   two = mk "two-${nonce}" "echo two > $out";
   bad = mk "bad-${nonce}" "echo failing; exit 1";
 }
@@ -127,3 +128,21 @@ def test_version_is_one_line_in_nix_builds_form(project: Path) -> None:
     assert re.fullmatch(r"nix-build \(Nix\) [\d.]+\n", nix.stdout)
     assert re.fullmatch(r"offload build \(offload\) [\w.+-]+\n", offload.stdout)
     assert not list((project / "off").iterdir())
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ("--argstr", "who", "first", "--arg", "who", '"last"'),
+        ("--arg", "who", '"first"', "--argstr", "who", "last"),
+        ("--argstr", "who", "first", "--argstr", "who", "last"),
+    ],
+    ids=" ".join,
+)
+def test_the_last_of_arg_and_argstr_for_a_name_wins_as_in_nix_build(
+    project: Path, given: tuple[str, ...]
+) -> None:
+    nix, offload = both(project, "--no-out-link", "-A", "greet", *given, "../default.nix")
+    assert nix.returncode == 0, nix.stderr
+    assert Path(nix.stdout.strip()).read_text() == "last\n"
+    assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr

@@ -18,11 +18,11 @@ def _build(*words: str) -> argparse.Namespace:
 @pytest.mark.parametrize(
     ("words", "dest", "value"),
     [
-        (("--argstr", "flags", "-O2"), "argstr", [["flags", "-O2"]]),
-        (("--arg", "n", "-x"), "arg", [["n", "-x"]]),
-        (("--arg", "n", "-1"), "arg", [["n", "-1"]]),
-        (("--argstr", "-x", "--"), "argstr", [["-x", "--"]]),
-        (("--argstr", "a", "-A"), "argstr", [["a", "-A"]]),
+        (("--argstr", "flags", "-O2"), "auto_args", [("--argstr", "flags", "-O2")]),
+        (("--arg", "n", "-x"), "auto_args", [("--arg", "n", "-x")]),
+        (("--arg", "n", "-1"), "auto_args", [("--arg", "n", "-1")]),
+        (("--argstr", "-x", "--"), "auto_args", [("--argstr", "-x", "--")]),
+        (("--argstr", "a", "-A"), "auto_args", [("--argstr", "a", "-A")]),
         (("-I", "-dir"), "include", ["-dir"]),
         (("--include", "--"), "include", ["--"]),
         (("-A", "-x"), "attr", ["-x"]),
@@ -48,7 +48,7 @@ def test_options_and_settings_keep_their_order_with_dash_values() -> None:
 
 def test_a_double_dash_that_is_no_value_ends_the_options() -> None:
     args = _build("--argstr", "a", "--", "--", "-A", "x.nix")
-    assert args.argstr == [["a", "--"]]
+    assert args.auto_args == [("--argstr", "a", "--")]
     assert args.attr == []
     assert args.paths == ["-A", "x.nix"]
 

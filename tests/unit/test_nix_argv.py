@@ -32,8 +32,7 @@ def test_file_argv_with_every_option() -> None:
     what = Installables(
         files=("a.nix",),
         attrs=("x", "y.dev"),
-        args=(("n", "1 + 1"),),
-        argstrs=(("s", "$(touch pwned); 'q\""),),
+        args=(("--arg", "n", "1 + 1"), ("--argstr", "s", "$(touch pwned); 'q\"")),
     )
     assert instantiate_argv(what, Source("file", "a.nix")) == [
         *NIX_INSTANTIATE,

@@ -171,7 +171,6 @@ def _installables(args: argparse.Namespace) -> Installables:
         files=tuple(args.paths),
         attrs=tuple(args.attr),
         expr=args.expr,
-        args=tuple(tuple(a) for a in args.arg),
-        argstrs=tuple(tuple(a) for a in args.argstr),
+        args=tuple(args.auto_args),
         flags=eval_flags(args),
     )

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from offload import __version__
 from offload.cli.machines import add_pool_arguments
 from offload.errors import ConfigError
+from offload.typing_compat import override
 
 __all__ = ["LOG_FORMATS", "add_build_arguments", "eval_flags", "refusal"]
 
@@ -128,11 +130,31 @@ def _nix_settings(parser: argparse.ArgumentParser) -> None:
         valued(f"extra-{name}")
 
 
+class _AutoArg(argparse.Action):
+    """--arg and --argstr: (flag, NAME, VALUE) appended to one list."""
+
+    @override
+    def __call__(
+        self,
+        _parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        _option_string: str | None = None,
+    ) -> None:
+        assert isinstance(values, list)  # nargs=2
+        name, value = values
+        given = [*getattr(namespace, self.dest), (self.option_strings[0], name, value)]
+        setattr(namespace, self.dest, given)
+
+
 def _evaluation(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("-A", "--attr", action="append", default=[], help="attribute to build")
-    group.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"))
-    group.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    # One list for both, in command-line order: for a name given twice Nix takes the last.
+    for flag, metavar in (("--arg", "EXPR"), ("--argstr", "VALUE")):
+        group.add_argument(
+            flag, nargs=2, action=_AutoArg, dest="auto_args", default=[], metavar=("NAME", metavar)
+        )
     # A switch, as nix-build's: every positional argument is then an expression, not a file.
     group.add_argument(
         "-E", "--expr", action="store_true", help="the arguments are Nix expressions, not files"
