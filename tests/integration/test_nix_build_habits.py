@@ -146,3 +146,32 @@ def test_the_last_of_arg_and_argstr_for_a_name_wins_as_in_nix_build(
     assert nix.returncode == 0, nix.stderr
     assert Path(nix.stdout.strip()).read_text() == "last\n"
     assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "status"),
+    [
+        (("-j", "0", "--option", "max-jobs", "1"), 0),  # the option, last, lets it build here
+        (("--option", "max-jobs", "1", "-j", "0"), 1),  # -j 0 last: nowhere to build
+        (("--max-jobs", "0", "--option", "max-jobs", "1"), 0),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
+)
+def test_the_last_of_j_and_option_max_jobs_holds_as_in_nix_build(
+    project: Path, given: tuple[str, ...], status: int
+) -> None:
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "--no-out-link", "-A", "ok", *nonce, *given, "../default.nix")
+    assert nix.returncode == status, nix.stderr
+    assert (offload.returncode, offload.stdout) == (status, nix.stdout), offload.stderr
+
+
+def test_an_option_builders_after_builders_holds_as_in_nix_build(project: Path) -> None:
+    # A wrapper's --builders, then the caller's --option builders '' (none): nix-build takes
+    # the last and builds here, without trying the first one's builder.
+    given = ("--builders", "ssh://nowhere.invalid", "--option", "builders", "")
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "--no-out-link", "-A", "ok", *nonce, *given, "../default.nix")
+    assert nix.returncode == 0, nix.stderr
+    assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+    assert "nowhere" not in nix.stderr + offload.stderr

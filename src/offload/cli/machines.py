@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from offload.backoff import Health, clear_backoff, load_backoff
 from offload.cli.arguments import machine_names
@@ -47,6 +47,7 @@ from offload.config.settings import (
 )
 from offload.errors import ConfigError
 from offload.names import LOCAL
+from offload.typing_compat import override
 
 __all__ = ["add_pool_arguments", "machine_json", "pool_from_args", "register", "run"]
 
@@ -81,6 +82,26 @@ class BackoffJson(TypedDict):
     reason: str | None  # null: not known (backed off by an offload that did not keep reasons)
 
 
+class _NixOption(argparse.Action):
+    """--option NAME VALUE, appended in order. Nix applies its settings in command-line order,
+    so ``--option max-jobs N`` after ``-j`` (``builders`` after ``--builders``) is the one that
+    holds: the flag's value is dropped and the option's taken, as in nix-build."""
+
+    @override
+    def __call__(
+        self,
+        _parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        _option_string: str | None = None,
+    ) -> None:
+        assert isinstance(values, list)  # nargs=2
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])
+        flag_dest = {"max-jobs": "max_jobs", "builders": "builders"}.get(values[0])
+        if flag_dest is not None:
+            setattr(namespace, flag_dest, None)
+
+
 def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("machines")
     group.add_argument("--builders", metavar="SPEC", help="machines spec, as Nix's --builders")
@@ -88,7 +109,7 @@ def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--option",
         nargs=2,
-        action="append",
+        action=_NixOption,
         default=[],
         metavar=("NAME", "VALUE"),
         help="a Nix setting, as nix-build's --option (e.g. --option builders SPEC)",
