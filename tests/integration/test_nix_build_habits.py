@@ -22,7 +22,7 @@ let mk = name: script: derivation {
   inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
 }; in
 {
-  ok = mk "ok-${nonce}" "echo ok > $out";
+  ok = mk "ok-${nonce}" "echo building ${nonce}; echo ok > $out";
   greet = mk "greet-${nonce}" "echo ${who} > $out";
   two = mk "two-${nonce}" "echo two > $out";
   bad = mk "bad-${nonce}" "echo failing; exit 1";
@@ -42,28 +42,27 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def one(project: Path, tool: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``tool`` ("nix" or "off") with ``args``, in its own directory under ``project`` (so the
+    two tools' links do not meet), reading ``stdin``."""
+    command = ("nix-build",) if tool == "nix" else OFFLOAD
+    return subprocess.run(
+        [*command, *OFFLINE, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=project / tool,
+        env={**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")},
+        timeout=120,
+    )
+
+
 def both(
     project: Path, *args: str, stdin: str = ""
 ) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
-    """nix-build and offload build with ``args``, each in its own directory under ``project``
-    (so their links do not meet), reading ``stdin``."""
-    env = {**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")}
-    done = []
-    for command, where in (("nix-build", "nix"), (OFFLOAD, "off")):
-        argv = [*((command,) if isinstance(command, str) else command), *OFFLINE, *args]
-        done.append(
-            subprocess.run(
-                argv,
-                check=False,
-                capture_output=True,
-                text=True,
-                input=stdin,
-                cwd=project / where,
-                env=env,
-                timeout=120,
-            )
-        )
-    return done[0], done[1]
+    """nix-build and offload build with the same ``args``."""
+    return one(project, "nix", *args, stdin=stdin), one(project, "off", *args, stdin=stdin)
 
 
 def _errors(stderr: str) -> str:
@@ -175,3 +174,26 @@ def test_an_option_builders_after_builders_holds_as_in_nix_build(project: Path) 
     assert nix.returncode == 0, nix.stderr
     assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
     assert "nowhere" not in nix.stderr + offload.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "goes_on"),
+    [
+        (("-k", "--option", "keep-going", "false"), False),
+        (("--option", "keep-going", "false", "-k"), True),
+        (("--keep-going", "--option", "keep-going", "true"), True),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
+)
+def test_the_last_of_k_and_option_keep_going_holds_as_in_nix_build(
+    project: Path, given: tuple[str, ...], goes_on: bool
+) -> None:
+    # One job at a time: bad fails first, and ok is built after it only when the run goes on.
+    # Each tool builds its own (its own nonce).
+    said = []
+    for tool in ("nix", "off"):
+        nonce = uuid.uuid4().hex
+        args = ("-j", "1", "-A", "bad", "-A", "ok", *given, "--argstr", "nonce", nonce)
+        done = one(project, tool, "--no-out-link", *args, "../default.nix")
+        said.append((done.returncode, f"building {nonce}" in done.stderr))
+    assert said == [(100, goes_on), (100, goes_on)]

@@ -82,10 +82,20 @@ class BackoffJson(TypedDict):
     reason: str | None  # null: not known (backed off by an offload that did not keep reasons)
 
 
+# The settings a flag of its own also sets: the flag's destination, and its value when not
+# given (-k/--keep-going is offload build's only).
+_FLAG_OF_SETTING = {
+    "max-jobs": ("max_jobs", None),
+    "builders": ("builders", None),
+    "keep-going": ("keep_going", False),
+}
+
+
 class _NixOption(argparse.Action):
     """--option NAME VALUE, appended in order. Nix applies its settings in command-line order,
-    so ``--option max-jobs N`` after ``-j`` (``builders`` after ``--builders``) is the one that
-    holds: the flag's value is dropped and the option's taken, as in nix-build."""
+    so ``--option max-jobs N`` after ``-j`` (``builders`` after ``--builders``, ``keep-going``
+    after ``-k``) is the one that holds: the flag's value is dropped and the option's taken,
+    as in nix-build."""
 
     @override
     def __call__(
@@ -97,9 +107,9 @@ class _NixOption(argparse.Action):
     ) -> None:
         assert isinstance(values, list)  # nargs=2
         setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])
-        flag_dest = {"max-jobs": "max_jobs", "builders": "builders"}.get(values[0])
-        if flag_dest is not None:
-            setattr(namespace, flag_dest, None)
+        flag = _FLAG_OF_SETTING.get(values[0])
+        if flag is not None and hasattr(namespace, flag[0]):
+            setattr(namespace, *flag)
 
 
 def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
