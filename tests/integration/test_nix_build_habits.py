@@ -26,6 +26,7 @@ let mk = name: script: derivation {
   greet = mk "greet-${nonce}" "echo ${who} > $out";
   two = mk "two-${nonce}" "echo two > $out";
   bad = mk "bad-${nonce}" "echo failing; exit 1";
+  top = mk "top-${nonce}" "echo ${mk "dep-${nonce}" "echo > $out"} > $out";
 }
 """
 
@@ -197,3 +198,31 @@ def test_the_last_of_k_and_option_keep_going_holds_as_in_nix_build(
         done = one(project, tool, "--no-out-link", *args, "../default.nix")
         said.append((done.returncode, f"building {nonce}" in done.stderr))
     assert said == [(100, goes_on), (100, goes_on)]
+
+
+def _listed(stderr: str) -> tuple[str, set[str]]:
+    """A dry run's "... will be built:" line and the store paths listed under it."""
+    lines = stderr.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.endswith("will be built:"))
+    paths = set()
+    for line in lines[at + 1 :]:
+        if not line.startswith("  /nix/store/"):
+            break
+        paths.add(line.split()[0])
+    return lines[at], paths
+
+
+@pytest.mark.parametrize(("attrs", "count"), [(("ok",), 1), (("top", "bad"), 3)])
+def test_a_dry_run_lists_the_derivations_nix_build_lists(
+    project: Path, attrs: tuple[str, ...], count: int
+) -> None:
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    selected = [word for attr in attrs for word in ("-A", attr)]
+    nix, offload = both(project, "--dry-run", *selected, *nonce, "../default.nix")
+    assert nix.returncode == offload.returncode == 0, offload.stderr
+    assert nix.stdout == offload.stdout == ""
+    # "this derivation will be built:" or "these 3 derivations will be built:", then each
+    # .drv path (offload's plan for it after it on its line), as a user copies them.
+    head, paths = _listed(nix.stderr)
+    assert len(paths) == count
+    assert _listed(offload.stderr) == (head, paths)

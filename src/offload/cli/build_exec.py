@@ -50,6 +50,16 @@ __all__ = ["build", "build_failed", "execute", "show_dry_run"]
 LOG_TAIL = 10
 
 
+def _listed(noun: str, done: str, items: list[tuple[str, str]]) -> None:
+    """Nix's dry-run list ("these 2 derivations will be built:", one store path a line), each
+    path followed by offload's plan for it."""
+    head = f"this {noun}" if len(items) == 1 else f"these {len(items)} {noun}s"
+    print(f"{head} will be {done}:", file=sys.stderr)
+    width = max(len(path) for path, _ in items)
+    for path, plan in items:
+        print(f"  {path:<{width}}  {plan}", file=sys.stderr)
+
+
 def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
     with opened_history(state) as history:
         graph, sim, unreachable = interrupts.run(
@@ -85,22 +95,19 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
     for name, error in sorted(unreachable.items()):
         print(f"warning: builder '{name}' left out of the plan: {error}", file=sys.stderr)
     if fetch:
-        print(f"these {len(fetch)} outputs would be fetched from builders:", file=sys.stderr)
-        for drv, machine in fetch:
-            print(f"  {graph.drvs[drv].name:<30} from {machine}", file=sys.stderr)
+        _listed("output", "fetched from builders", [(drv, f"from {m}") for drv, m in fetch])
     if not rows:
         if not fetch:
             print("nothing to build: every requested output is valid locally", file=sys.stderr)
         return 0
-    print(f"these {len(rows)} derivations would be built:", file=sys.stderr)
-    for r in rows:
-        name = graph.drvs[r.job].name
-        print(
-            f"  {name:<30} on {r.machine:<10} at +{r.start:6.1f}s for {r.end - r.start:6.1f}s",
-            file=sys.stderr,
-        )
-    for job in sorted(sim.failed):
-        print(f"  {graph.drvs[job].name:<30} on no machine: none can build it", file=sys.stderr)
+    planned = [
+        (r.job, f"on {r.machine:<10} at +{r.start:6.1f}s for {r.end - r.start:6.1f}s") for r in rows
+    ]
+    _listed(
+        "derivation",
+        "built",
+        planned + [(job, "on no machine: none can build it") for job in sorted(sim.failed)],
+    )
     print(
         f"estimated time {sim.makespan:.1f}s (lower bound {sim.lower_bound:.1f}s); "
         "estimates come from history, 10s per derivation without it",
