@@ -239,6 +239,8 @@ def test_unknown_setting_warns_once_as_nix_does(project: Path) -> None:
     [
         ("cores", "-1", "setting 'cores' has invalid value '-1'"),
         ("max-jobs", "foo", "configuration setting 'max-jobs' should be 'auto' or an integer"),
+        ("sandbox", "maybe", "option 'sandbox' has invalid value 'maybe'"),  # a boolean
+        ("keep-outputs", "2", "Boolean setting 'keep-outputs' has invalid value '2'"),
     ],
 )
 def test_a_refused_setting_warns_and_the_build_goes_on_as_nix_build(

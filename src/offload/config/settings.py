@@ -212,8 +212,12 @@ def _option_warnings(data: object, options: Mapping[str, str], stderr: str) -> t
 
 def _refused(warnings: Sequence[str], options: Mapping[str, str]) -> frozenset[str]:
     """The ``options`` whose values Nix refused: "error: setting 'cores' has invalid value
-    '-1'", "error: configuration setting 'max-jobs' should be 'auto' or an integer"."""
-    said = (re.match(r"error: (?:configuration )?setting '([^']*)'", w) for w in warnings)
+    '-1'", "error: configuration setting 'max-jobs' should be 'auto' or an integer", and a
+    boolean's "error: option 'sandbox' has invalid value 'maybe'" or "error: Boolean setting
+    'keep-outputs' has invalid value '2'" (in NIX_CONFIG, where the run's options go, those
+    stop every Nix command instead of being a warning)."""
+    pattern = r"error: (?:configuration |Boolean )?(?:setting|option) '([^']*)'"
+    said = (re.match(pattern, w) for w in warnings)
     return frozenset(m[1] for m in said if m is not None and m[1] in options)
 
 
