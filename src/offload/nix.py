@@ -1,12 +1,12 @@
 """What `offload build` is asked to build, evaluated with the local Nix the way nix-build does it.
 
 nix-build's positional arguments are Nix files (a directory means DIR/default.nix; ``<name>``
-lookup paths and URLs are Nix's to resolve), `.drv` store paths (``DRV!OUTPUT`` picks one
-output), or, with ``-E`` (a switch, anywhere on the line), expressions: every one of them. A
-``-`` among them, with or without ``-E``, is the expression on standard input, and then the only
-thing evaluated: nix-build 2.8 ignores every other argument then (nix-instantiate reads it, so
-Nix's errors name «stdin»). offload
-adds ``FLAKEREF#ATTR`` (an argument with a ``#`` that is not an existing file), evaluated with
+lookup paths, URLs and ``channel:NAME`` are Nix's to resolve), `.drv` store paths
+(``DRV!OUTPUT`` picks one output), or, with ``-E`` (a switch, anywhere on the line),
+expressions: every one of them. A ``-`` among them, with or without ``-E``, is the expression
+on standard input, and then the only thing evaluated: nix-build 2.8 ignores every other
+argument then (nix-instantiate reads it, so Nix's errors name «stdin»). offload adds
+``FLAKEREF#ATTR`` (an argument with a ``#`` that is not an existing file), evaluated with
 ``nix eval`` and resolved as ``nix build`` resolves it (packages.SYSTEM.ATTR,
 legacyPackages.SYSTEM.ATTR, then ATTR).
 
@@ -121,11 +121,17 @@ class Source:
         return f"-E {shlex.quote(one_line)}" if len(one_line) <= 40 else "the -E expression"
 
 
+def _nix_resolves(arg: str) -> bool:
+    """A ``<name>`` lookup in the search path, a URL or a ``channel:NAME``: no local file,
+    Nix finds or downloads it (its lookupFileArg)."""
+    return arg.startswith(("<", "channel:")) or "://" in arg
+
+
 def _as_drv(arg: str, cwd: Path) -> Source | None:
     # nix-build canonicalises the argument (symlinks resolved) and takes it as a derivation when
     # that is a store path ending in .drv; "DRV!OUTPUT" names one output of it.
     path, bang, output = arg.partition("!")
-    if path.startswith("<") or "://" in path:
+    if _nix_resolves(path):
         return None
     # Resolved first: a link named anything (nix-instantiate --add-root ./mydrv) counts.
     real = (cwd / path).resolve()
@@ -137,8 +143,8 @@ def _as_drv(arg: str, cwd: Path) -> Source | None:
 
 
 def _as_file(arg: str, cwd: Path) -> Source:
-    if arg.startswith("<") or "://" in arg:
-        return Source("file", arg)  # a NIX_PATH lookup or a URL: Nix resolves it
+    if _nix_resolves(arg):
+        return Source("file", arg)
     path = cwd / arg
     if path.is_dir():
         path /= "default.nix"

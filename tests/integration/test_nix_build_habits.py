@@ -226,3 +226,14 @@ def test_a_dry_run_lists_the_derivations_nix_build_lists(
     head, paths = _listed(nix.stderr)
     assert len(paths) == count
     assert _listed(offload.stderr) == (head, paths)
+
+
+def test_a_channel_argument_is_nixs_to_download_as_nix_build_does(project: Path) -> None:
+    # `nix-build channel:nixos-22.05 -A hello`: Nix downloads the channel's tarball. Offline
+    # here, so both fail the same way, in Nix's words; offload used to call it a missing file.
+    once = ("--option", "download-attempts", "1", "--option", "connect-timeout", "5")
+    nix, offload = both(project, "--no-out-link", "channel:offload-nope", "-A", "ok", *once)
+    assert nix.returncode == offload.returncode == 1
+    said = "unable to download 'https://nixos.org/channels/offload-nope/nixexprs.tar.xz'"
+    assert said in _errors(nix.stderr)
+    assert _errors(offload.stderr) == _errors(nix.stderr)
