@@ -66,8 +66,6 @@ __all__ = [
 ]
 
 NIX_FEATURES = ["--extra-experimental-features", "nix-command flakes"]
-# Evaluation must not wait on a binary cache (import-from-derivation would query one).
-NO_SUBSTITUTERS = ["--option", "substituters", ""]
 
 # Applied by `nix eval` to the flake output: what nix build 2.8 builds of it is its drvPath and
 # its outputName (`.#pkg.dev` selects the dev output, a plain derivation its first output).
@@ -194,7 +192,9 @@ def sources(what: Installables, cwd: Path | None = None) -> list[Source]:
 def instantiate_argv(what: Installables, source: Source, *, show_trace: bool = False) -> list[str]:
     """nix-instantiate for one file or expression, with every -A, --arg and --argstr."""
     # --no-gc-warning: nix-build makes no such warning about the .drv files it instantiates.
-    argv = ["nix-instantiate", "--no-gc-warning", *NO_SUBSTITUTERS]
+    # The user's substituters hold, as in nix-build: an import-from-derivation's derivation is
+    # fetched from a binary cache that has it rather than built here.
+    argv = ["nix-instantiate", "--no-gc-warning"]
     for flag, name, value in what.args:
         argv += [flag, name, value]
     for attr in what.attrs:
@@ -220,7 +220,7 @@ def flake_eval_argv(
     installable: str, *, show_trace: bool = False, flags: Sequence[str] = ()
 ) -> list[str]:
     """`nix eval` printing {"drvPath": ..., "outputName": ...} for FLAKEREF#ATTR."""
-    argv = ["nix", "eval", *NIX_FEATURES, *NO_SUBSTITUTERS, "--json", "--apply", FLAKE_APPLY]
+    argv = ["nix", "eval", *NIX_FEATURES, "--json", "--apply", FLAKE_APPLY]
     argv += flags
     if show_trace:
         argv.append("--show-trace")

@@ -237,3 +237,44 @@ def test_a_channel_argument_is_nixs_to_download_as_nix_build_does(project: Path)
     said = "unable to download 'https://nixos.org/channels/offload-nope/nixexprs.tar.xz'"
     assert said in _errors(nix.stderr)
     assert _errors(offload.stderr) == _errors(nix.stderr)
+
+
+IFD = r"""
+{ nonce }:
+let
+  gen = derivation {
+    name = "gen-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo GENERATING >&2; echo '\"generated\"' > $out" ];
+  };
+in {
+  inherit gen;
+  top = derivation {
+    name = "top-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${import gen} > $out" ];
+  };
+}
+"""
+
+
+def _sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.parametrize("tool", ["nix", "off"])
+def test_an_import_from_derivation_is_fetched_from_the_users_cache(
+    project: Path, tool: str
+) -> None:
+    # A project generating Nix code in a derivation (haskell.nix, crate2nix): nix-build takes
+    # the generator's output from a binary cache that has it; offload evaluated without
+    # substituters, so it built the generator here (on a real project, from source).
+    (project / "ifd.nix").write_text(IFD)
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    gen = _sh("nix-build", "--no-out-link", *OFFLINE, str(project / "ifd.nix"), "-A", "gen", *nonce)
+    cache = f"file://{project / 'cache'}"
+    _sh("nix", "--extra-experimental-features", "nix-command", "copy", "--to", cache, gen.strip())
+    _sh("nix-store", "--delete", gen.strip())
+    uses = ("--option", "substituters", cache, "--option", "require-sigs", "false")
+    done = one(project, tool, "--no-out-link", "-A", "top", *nonce, *uses, "../ifd.nix")
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).read_text() == "generated\n"
+    assert "GENERATING" not in done.stderr  # fetched, not built
