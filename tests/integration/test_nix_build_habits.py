@@ -26,6 +26,7 @@ let mk = name: script: derivation {
   greet = mk "greet-${nonce}" "echo ${who} > $out";
   two = mk "two-${nonce}" "echo two > $out";
   bad = mk "bad-${nonce}" "echo failing; exit 1";
+  chatty = mk "chatty-${nonce}" "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line$i; done; exit 1";
   top = mk "top-${nonce}" "echo ${mk "dep-${nonce}" "echo > $out"} > $out";
 }
 """
@@ -278,3 +279,22 @@ def test_an_import_from_derivation_is_fetched_from_the_users_cache(
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).read_text() == "generated\n"
     assert "GENERATING" not in done.stderr  # fetched, not built
+
+
+@pytest.mark.parametrize("lines", ["3", "0", None])
+def test_a_failed_builds_last_lines_follow_the_log_lines_setting(
+    project: Path, lines: str | None
+) -> None:
+    # log-lines (nix.conf, often raised; here --option): how much of a failed build's log
+    # nix-build shows under its error with -Q; offload showed 10 whatever it was.
+    setting = ("--option", "log-lines", lines) if lines is not None else ()
+    shown = []
+    for tool in ("nix", "off"):
+        nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+        done = one(
+            project, tool, "-Q", "--no-out-link", "-A", "chatty", *nonce, *setting, "../default.nix"
+        )
+        assert done.returncode == 100, done.stderr
+        shown.append(re.findall(r"line(\d+)$", done.stderr, re.MULTILINE))
+    assert shown[1] == shown[0]
+    assert len(shown[0]) == int(lines or 10)

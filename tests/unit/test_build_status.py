@@ -162,7 +162,7 @@ def test_a_failed_builds_last_log_lines_are_shown_and_an_empty_log_says_nothing(
             writer.write(f"line {n}")
     with logs.open(silent, "local"):
         pass  # a hash mismatch: the build printed nothing
-    _print_log_tails(logs, {failing: "exit 1", silent: "hash mismatch"})
+    _print_log_tails(logs, {failing: "exit 1", silent: "hash mismatch"}, 10)
     assert capsys.readouterr().err.splitlines() == [
         "last 10 log lines of noisy:",
         *(f"  noisy> line {n}" for n in range(5, 15)),

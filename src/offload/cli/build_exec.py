@@ -47,7 +47,7 @@ from offload.ui.summary import render_summary
 
 __all__ = ["build", "build_failed", "execute", "show_dry_run"]
 
-LOG_TAIL = 10
+LOG_TAIL = 10  # Nix's default log-lines
 
 
 def _listed(noun: str, done: str, items: list[tuple[str, str]]) -> None:
@@ -116,13 +116,23 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
     return 0
 
 
-def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str]) -> None:
-    """The last lines of each failed build's log, as nix-build shows them."""
+def _log_lines(pool: Pool) -> int:
+    """How many of a failed build's last log lines to show: Nix's ``log-lines`` setting
+    (nix.conf, NIX_CONFIG, --option), 10 unless set, as nix-build shows them."""
+    text = pool.nix_settings.get("log-lines")
+    return int(text) if text.isascii() and text.isdigit() else LOG_TAIL
+
+
+def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str], count: int) -> None:
+    """The last ``count`` lines of each failed build's log, as nix-build shows them (none
+    for 0, as Nix's ``log-lines = 0``)."""
+    if count == 0:
+        return
     for drv_path in failed:
         if logs.latest(drv_path) is None:
             continue
         # Streamed (a failed build's log may be huge); an empty log gets no header.
-        lines = [line.rstrip("\n") for line in deque(logs.lines(drv_path), maxlen=LOG_TAIL)]
+        lines = [line.rstrip("\n") for line in deque(logs.lines(drv_path), maxlen=count)]
         if not lines:
             continue
         name = drv_path.rsplit("/", 1)[-1].split("-", 1)[-1].removesuffix(".drv")
@@ -363,7 +373,7 @@ def build(
     if args.report is not None:
         _write_report(state, report.run_id, args.report)
     if report.failed:
-        _print_log_tails(BuildLogs(state / "logs"), report.failed)
+        _print_log_tails(BuildLogs(state / "logs"), report.failed, _log_lines(pool))
         raise build_failed(report, logs_kept=kept, logs_shown=_print_logs(args) and not args.json)
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"
