@@ -18,11 +18,16 @@ import pytest
 
 PROJECT = r"""
 { nonce ? "", who ? "" }:
-let mk = name: script: derivation {
-  inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
-}; in
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+  };
+  slow = mk "slow-${nonce}" "/bin/sleep 1; echo > $out";
+in
 {
-  ok = mk "ok-${nonce}" "echo building ${nonce}; echo ok > $out";
+  ok = mk "ok-${nonce}" "echo ok > $out";
+  # Ready only after slow, which a failure (bad's, at once) stops unless the run goes on.
+  late = mk "late-${nonce}" "echo building ${nonce}; echo ${slow} > $out";
   greet = mk "greet-${nonce}" "echo ${who} > $out";
   two = mk "two-${nonce}" "echo two > $out";
   bad = mk "bad-${nonce}" "echo failing; exit 1";
@@ -190,12 +195,13 @@ def test_an_option_builders_after_builders_holds_as_in_nix_build(project: Path) 
 def test_the_last_of_k_and_option_keep_going_holds_as_in_nix_build(
     project: Path, given: tuple[str, ...], goes_on: bool
 ) -> None:
-    # One job at a time: bad fails first, and ok is built after it only when the run goes on.
+    # bad fails at once, while slow (1 s) runs beside it: late, after slow, is built only when
+    # the run goes on. (With -j 1 and ok, the order of bad and ok was the scheduler's choice.)
     # Each tool builds its own (its own nonce).
     said = []
     for tool in ("nix", "off"):
         nonce = uuid.uuid4().hex
-        args = ("-j", "1", "-A", "bad", "-A", "ok", *given, "--argstr", "nonce", nonce)
+        args = ("-j", "2", "-A", "bad", "-A", "late", *given, "--argstr", "nonce", nonce)
         done = one(project, tool, "--no-out-link", *args, "../default.nix")
         said.append((done.returncode, f"building {nonce}" in done.stderr))
     assert said == [(100, goes_on), (100, goes_on)]
