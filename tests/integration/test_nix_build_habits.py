@@ -189,6 +189,9 @@ def test_an_option_builders_after_builders_holds_as_in_nix_build(project: Path) 
         (("-k", "--option", "keep-going", "false"), False),
         (("--option", "keep-going", "false", "-k"), True),
         (("--keep-going", "--option", "keep-going", "true"), True),
+        (("-k", "--no-keep-going"), False),
+        (("--no-keep-going", "-k"), True),
+        (("--option", "keep-going", "true", "--no-keep-going"), False),  # nix.conf's, turned off
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
 )
@@ -304,3 +307,13 @@ def test_a_failed_builds_last_lines_follow_the_log_lines_setting(
         shown.append(re.findall(r"line(\d+)$", done.stderr, re.MULTILINE))
     assert shown[1] == shown[0]
     assert len(shown[0]) == int(lines or 10)
+
+
+@pytest.mark.parametrize("flag", ["--no-fallback", "--no-keep-failed", "--no-show-trace"])
+def test_the_no_form_of_a_setting_offload_spells_out_is_taken(project: Path, flag: str) -> None:
+    # Every boolean Nix setting has its --no-NAME flag in nix-build; these (and --no-keep-going,
+    # above) were refused as unrecognized arguments.
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "--no-out-link", "-A", "ok", *nonce, flag, "../default.nix")
+    assert nix.returncode == 0, nix.stderr
+    assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr

@@ -119,6 +119,9 @@ def _nix_settings(parser: argparse.ArgumentParser) -> None:
         help=None,
     )
     flag("--fallback", "fallback", "true", None)
+    # The other half of the settings spelled out here (--no-NAME, as for every boolean).
+    flag("--no-fallback", "fallback", "false")
+    flag("--no-keep-failed", "keep-failed", "false")
     for name in ("cores", "max-silent-time", "timeout"):
         valued(name, _count, None)
     for name in BOOL_SETTINGS:
@@ -147,6 +150,21 @@ class _AutoArg(argparse.Action):
         setattr(namespace, self.dest, given)
 
 
+class _NoKeepGoing(argparse.Action):
+    """--no-keep-going: no -k before it, and keep-going = false among the settings."""
+
+    @override
+    def __call__(
+        self,
+        _parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        _values: str | Sequence[Any] | None,
+        _option_string: str | None = None,
+    ) -> None:
+        namespace.keep_going = False
+        namespace.option = [*(getattr(namespace, "option", None) or []), ("keep-going", "false")]
+
+
 def _evaluation(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("-A", "--attr", action="append", default=[], help="attribute to build")
@@ -163,6 +181,9 @@ def _evaluation(parser: argparse.ArgumentParser) -> None:
         "-I", "--include", action="append", default=[], metavar="PATH", help="as nix-build's -I"
     )
     group.add_argument("--show-trace", action="store_true", help="Nix's whole trace on errors")
+    group.add_argument(
+        "--no-show-trace", action="store_false", dest="show_trace", help=argparse.SUPPRESS
+    )
     group.add_argument("--impure", action="store_true", help="as nix-build (its default)")
     group.add_argument("--override-flake", nargs=2, action="append", default=[], metavar="REF")
     # nix-build's --check and --repair: carried out by the local Nix (see build.py).
@@ -247,6 +268,16 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-going",
         action="store_true",
         help="go on with what does not depend on a failure",
+    )
+    # Nix's keep-going setting off: after -k, or over nix.conf's keep-going = true (as an
+    # --option keep-going false would).
+    parser.add_argument(
+        "--no-keep-going",
+        action=_NoKeepGoing,
+        nargs=0,
+        dest="keep_going",
+        default=False,
+        help=argparse.SUPPRESS,
     )
     parser.add_argument(
         "--fetch-all",
