@@ -252,10 +252,13 @@ def error_position(stderr: str) -> str | None:
 def _evaluated(done: Completed, source: Source, say: Say) -> str:
     """An evaluator's stdout; its failure as ``NixError``, its other lines to ``say``."""
     if done.returncode != 0:
-        # Nix's words whole: the position names the right file (a bad --arg is «string»).
+        # Nix's words whole: the position names the right file (a bad --arg is «string»);
+        # and its status: 1, or nix-build's 100-103 for a derivation imported from that
+        # failed to build (its bits as for any build).
         raise NixError(
             f"evaluating {source.describe()} failed: {first_error_line(done.stderr)}",
             text=done.stderr or f"error: {done.argv[0]} exited with {done.returncode}\n",
+            status=done.returncode if done.returncode > 0 else 1,
         )
     for line in done.stderr.splitlines():  # trace: and warning: lines, as nix-build shows
         say(line)

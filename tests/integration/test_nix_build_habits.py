@@ -317,3 +317,34 @@ def test_the_no_form_of_a_setting_offload_spells_out_is_taken(project: Path, fla
     nix, offload = both(project, "--no-out-link", "-A", "ok", *nonce, flag, "../default.nix")
     assert nix.returncode == 0, nix.stderr
     assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+
+
+IFD_FAILING = r"""
+{ nonce, script }:
+let gen = derivation {
+  name = "gen-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" script ];
+}; in {
+  top = derivation {
+    name = "top-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${import gen} > $out" ];
+  };
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "given", "status"),
+    [("exit 1", (), 100), ("/bin/sleep 10", ("--timeout", "1"), 101)],
+    ids=["failed", "timed-out"],
+)
+def test_an_import_from_derivation_that_fails_to_build_exits_as_nix_build(
+    project: Path, script: str, given: tuple[str, ...], status: int
+) -> None:
+    # The evaluation's own build fails: nix-build exits with the build's status, not 1.
+    (project / "ifd.nix").write_text(IFD_FAILING)
+    for tool in ("nix", "off"):
+        nonce = ("--argstr", "nonce", uuid.uuid4().hex, "--argstr", "script", script)
+        done = one(project, tool, "--no-out-link", "-A", "top", *nonce, *given, "../ifd.nix")
+        assert done.returncode == status, (tool, done.stderr)
+        assert done.stdout == ""
