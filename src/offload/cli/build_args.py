@@ -7,7 +7,8 @@ whatever they look like (``cli.nix_values``), and sorted by where its meaning go
 - build settings become ``--option NAME VALUE`` pairs, in command-line order (``option``): the
   local Nix gets them all (its serve processes' ``NIX_CONFIG``), every builder the ones the serve
   protocol carries (`max-silent-time`, `timeout`, `max-build-log-size`, `keep-failed`);
-- evaluation flags go to nix-instantiate / nix eval (``eval_flags``), with the options;
+- evaluation flags go to nix-instantiate / nix eval (``eval_flags``), with the options, -j
+  and the builders (for a derivation the evaluation itself builds);
 - output flags choose the renderer (``-Q``, ``--log-format``) and Nix's verbosity (``-v``);
 - flags nix-build 2.8 parses and ignores are parsed and ignored (``--add-root``, ``--indirect``,
   ``--drv-link``, ``--pure``, ``--keep``), and the few whose meaning offload cannot keep are
@@ -311,7 +312,23 @@ def eval_flags(args: argparse.Namespace) -> tuple[str, ...]:
     flags += ["--show-trace"] * args.show_trace + ["--impure"] * args.impure
     flags += ["--verbose"] * args.verbose + ["--quiet"] * args.quiet
     flags += ["--debug"] * bool(getattr(args, "nix_debug", False))
-    return tuple(flags)
+    return tuple(flags + _ifd_flags(args))
+
+
+def _ifd_flags(args: argparse.Namespace) -> list[str]:
+    """-j and the builders for what the evaluator builds itself (an import from a derivation),
+    as nix-build's own evaluation builds it: with -j 0, on the builders, by Nix's hook.
+    --option pairs reach it through NIX_CONFIG, all but builders (a spec may span lines), so a
+    builders option is a flag too; the last of --builders and --option builders holds."""
+    flags: list[str] = []
+    if args.max_jobs is not None:
+        flags += ["--max-jobs", str(args.max_jobs)]
+    builders = args.builders
+    if builders is None:
+        builders = next((v for k, v in reversed(args.option) if k == "builders"), None)
+    if builders is not None:
+        flags += ["--builders", builders]
+    return flags
 
 
 def refusal(args: argparse.Namespace) -> ConfigError | None:
