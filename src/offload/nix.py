@@ -249,19 +249,41 @@ def error_position(stderr: str) -> str | None:
     return None
 
 
-def _evaluated(done: Completed, source: Source, say: Say) -> str:
-    """An evaluator's stdout; its failure as ``NixError``, its other lines to ``say``."""
+class _Relay:
+    """An evaluator's stderr, line by line as Nix prints it (the builds of an import from a
+    derivation, their logs, ``trace:``, warnings), to ``say``, as nix-build shows them while
+    it evaluates; from its first ``error:`` line on, held: that is Nix's error, printed
+    whole if the evaluator fails (position, code frame), and said after all if it does not."""
+
+    def __init__(self, say: Say) -> None:
+        self._say = say
+        self.held: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        if self.held or strip_ansi(line).startswith("error:"):
+            self.held.append(line)
+        else:
+            self._say(line)
+
+    def release(self) -> None:
+        """Say what was held: the evaluator succeeded, so it was no error of its."""
+        for line in self.held:
+            self._say(line)
+
+
+def _evaluated(done: Completed, source: Source, relay: _Relay) -> str:
+    """An evaluator's stdout; its failure as ``NixError`` (with what ``relay`` held)."""
     if done.returncode != 0:
         # Nix's words whole: the position names the right file (a bad --arg is «string»);
         # and its status: 1, or nix-build's 100-103 for a derivation imported from that
         # failed to build (its bits as for any build).
+        said = "".join(f"{line}\n" for line in relay.held)
         raise NixError(
             f"evaluating {source.describe()} failed: {first_error_line(done.stderr)}",
-            text=done.stderr or f"error: {done.argv[0]} exited with {done.returncode}\n",
+            text=said or f"error: {done.argv[0]} exited with {done.returncode}\n",
             status=done.returncode if done.returncode > 0 else 1,
         )
-    for line in done.stderr.splitlines():  # trace: and warning: lines, as nix-build shows
-        say(line)
+    relay.release()
     return done.stdout
 
 
@@ -329,15 +351,22 @@ class Evaluation:
         # Each source with the command that evaluates it (None: a .drv, read).
         self._steps = [(source, _evaluator_argv(what, source)) for source in sources(what, cwd)]
         # The evaluator running, with its source: the first, started now, then each in turn.
-        self._running: tuple[Source, Started] | None = None
+        self._running: tuple[Source, Started, _Relay] | None = None
         self._lock = threading.Lock()  # ``give_up`` may come from another thread
         self._given_up = False
         for source, argv in self._steps:
             if argv is not None:
-                # Only the first source can be standard input: it is the only one then.
-                stdin = source.kind == "stdin"
-                self._running = (source, Started(argv, env=env, cwd=cwd, inherit_stdin=stdin))
+                self._running = (source, *self._started(source, argv))
                 break
+
+    def _started(self, source: Source, argv: list[str]) -> tuple[Started, _Relay]:
+        relay = _Relay(self._say)
+        # Only the first source can be standard input: it is the only one then.
+        stdin = source.kind == "stdin"
+        started = Started(
+            argv, env=self._env, cwd=self._cwd, inherit_stdin=stdin, stderr_lines=relay
+        )
+        return started, relay
 
     def roots(self) -> list[tuple[str, str]]:
         """(.drv path, output) pairs in nix-build's order; ``NixError`` if Nix fails."""
@@ -346,10 +375,11 @@ class Evaluation:
             if argv is None:
                 roots.append(_drv_root(source))
                 continue
-            done = self._evaluator(source, argv).finish()
+            started, relay = self._evaluator(source, argv)
+            done = started.finish()
             with self._lock:
                 self._running = None
-            stdout = _evaluated(done, source, self._say)
+            stdout = _evaluated(done, source, relay)
             if source.kind == "flake":
                 roots.append(_parse_flake(stdout, source))
             else:
@@ -362,14 +392,14 @@ class Evaluation:
             )
         return roots
 
-    def _evaluator(self, source: Source, argv: list[str]) -> Started:
+    def _evaluator(self, source: Source, argv: list[str]) -> tuple[Started, _Relay]:
         """The evaluator of ``source``: the one started early, or one started now."""
         with self._lock:
             if self._given_up:
                 raise OffloadError("the evaluation was given up")
             if self._running is None or self._running[0] is not source:
-                self._running = (source, Started(argv, env=self._env, cwd=self._cwd))
-            return self._running[1]
+                self._running = (source, *self._started(source, argv))
+            return self._running[1], self._running[2]
 
     def give_up(self) -> None:
         """Stop the evaluator running, from any thread (``roots`` waiting for it in another

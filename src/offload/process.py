@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -111,7 +111,10 @@ def run(
 class Started:
     """A short command started now and finished later: its output is captured as ``run``
     captures it, so the caller can work while it runs. ``stop`` ends it if it still runs
-    (the caller gave up on it: an error, Ctrl-C), so it never outlives the caller's block."""
+    (the caller gave up on it: an error, Ctrl-C), so it never outlives the caller's block.
+    With ``stderr_lines``, each line of its stderr also goes there as it comes (from a
+    thread of its own), for a command whose stderr a user watches (Nix building while it
+    evaluates)."""
 
     def __init__(
         self,
@@ -120,6 +123,7 @@ class Started:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         inherit_stdin: bool = False,
+        stderr_lines: Callable[[str], None] | None = None,
     ) -> None:
         self.argv = tuple(argv)
         try:
@@ -136,10 +140,36 @@ class Started:
             )
         except OSError as exc:
             raise _missing(argv, exc) from exc
+        self._said: list[str] = []
+        self._reader: threading.Thread | None = None
+        if stderr_lines is not None:
+            self._reader = threading.Thread(
+                target=self._relay, args=(stderr_lines,), name="stderr", daemon=True
+            )
+            self._reader.start()
+
+    def _relay(self, stderr_lines: Callable[[str], None]) -> None:
+        assert self._proc.stderr is not None  # stderr=PIPE
+        for line in self._proc.stderr:
+            self._said.append(line)
+            stderr_lines(line.rstrip("\n"))
+
+    def _ended(self) -> tuple[str, str]:
+        """Its whole stdout and stderr, once it has exited."""
+        if self._reader is None:
+            return self._proc.communicate()
+        assert self._proc.stdout is not None  # stdout=PIPE
+        out = self._proc.stdout.read()
+        self._proc.wait()
+        self._reader.join()
+        self._proc.stdout.close()
+        assert self._proc.stderr is not None
+        self._proc.stderr.close()
+        return out, "".join(self._said)
 
     def finish(self) -> Completed:
         """Wait for the command's end; its output, as ``run(check=False)`` returns it."""
-        out, err = self._proc.communicate()
+        out, err = self._ended()
         return Completed(self.argv, self._proc.returncode, out, err)
 
     def kill(self) -> None:
@@ -150,7 +180,7 @@ class Started:
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.kill()
-        self._proc.communicate()  # reaped, its pipes closed
+        self._ended()  # reaped, its pipes closed
 
 
 def output_lines(argv: Sequence[str]) -> Generator[str, None, None] | None:

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -348,3 +349,52 @@ def test_an_import_from_derivation_that_fails_to_build_exits_as_nix_build(
         done = one(project, tool, "--no-out-link", "-A", "top", *nonce, *given, "../ifd.nix")
         assert done.returncode == status, (tool, done.stderr)
         assert done.stdout == ""
+
+
+IFD_WAITING = r"""
+{ nonce, go }:
+let
+  # Says it started, then waits (10 s at most) for the test to answer that it saw that line.
+  wait = "n=0; while [ ! -e ${go} ] && [ $n -lt 100 ]; do /bin/sleep 0.1; n=$((n+1)); done";
+  gen = derivation {
+    name = "gen-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo GEN-STARTED; ${wait}; [ -e ${go} ] && echo '\"seen\"' > $out" ];
+  };
+in {
+  top = derivation {
+    name = "top-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${import gen} > $out" ];
+  };
+}
+"""
+
+
+@pytest.mark.parametrize("tool", ["nix", "off"])
+def test_an_import_from_derivations_build_log_shows_while_it_builds(
+    project: Path, tool: str
+) -> None:
+    # A long import-from-derivation (a generator running for minutes): nix-build shows its
+    # log as it comes; offload showed the evaluator's lines only once it had finished.
+    (project / "ifd.nix").write_text(IFD_WAITING)
+    # Where the builder (a build user, not us) can see the test's answer.
+    with tempfile.TemporaryDirectory(dir="/tmp") as answers:
+        Path(answers).chmod(0o755)
+        go = Path(answers) / "go"
+        command = ("nix-build",) if tool == "nix" else OFFLOAD
+        args = ("--argstr", "nonce", uuid.uuid4().hex, "--argstr", "go", str(go))
+        proc = subprocess.Popen(
+            [*command, *OFFLINE, "--no-out-link", "-A", "top", *args, "../ifd.nix"],
+            cwd=project / tool,
+            env={**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "GEN-STARTED" in line:
+                go.touch()  # the generator is still waiting: its line came while it built
+                break
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert Path(out.strip()).read_text() == "seen\n"
