@@ -475,17 +475,30 @@ def realise_again(
     sys.stderr.write(done.stderr)
 
 
-def add_root_argv(path: str, link: str) -> list[str]:
-    # nix-build's own way of making ./result: an indirect GC root pointing at the output.
-    return ["nix-store", "--realise", path, "--add-root", link, "--indirect"]
+def add_root_argv(paths: Sequence[str], link: str) -> list[str]:
+    # nix-build's own way of making ./result: an indirect GC root pointing at the output;
+    # several paths get LINK, LINK-2, LINK-3...
+    return ["nix-store", "--realise", *paths, "--add-root", link, "--indirect"]
+
+
+def _link_batches(pairs: Sequence[tuple[str, str]]) -> list[tuple[list[str], str]]:
+    """The nix-store calls making ``pairs``' links: one for all when their names are those it
+    gives a batch (result, result-2, result-3: each root its own derivation's out, as for
+    -A a -A b or a set of packages; about 20 ms a call, so a thousand links took 20 s),
+    else one per link (result-dev, a derivation named twice)."""
+    base = pairs[0][1] if pairs else ""
+    numbered = [base, *(f"{base}-{n}" for n in range(2, len(pairs) + 1))]
+    if len(pairs) > 1 and [link for _, link in pairs] == numbered:
+        return [([path for path, _ in pairs], base)]
+    return [([path], link) for path, link in pairs]
 
 
 def add_roots(pairs: Sequence[tuple[str, str]]) -> None:
     """The result links, in order; the first that cannot be made stops them with Nix's own
     words (``NixError``), as nix-build says it ("cannot create symlink '...'; already
     exists"), not the nix-store command offload ran."""
-    for path, link in pairs:
-        done = run(add_root_argv(path, link), check=False)
+    for paths, link in _link_batches(pairs):
+        done = run(add_root_argv(paths, link), check=False)
         if done.returncode != 0:
             first = first_error_line(done.stderr)
             text = done.stderr or f"error: nix-store exited with {done.returncode}\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -398,3 +399,48 @@ def test_an_import_from_derivations_build_log_shows_while_it_builds(
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert Path(out.strip()).read_text() == "seen\n"
+
+
+MANY = r"""
+{ nonce }: builtins.listToAttrs (builtins.genList (n: {
+  name = "p${toString n}";
+  value = derivation {
+    name = "many-${toString n}-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${toString n} > $out" ];
+  };
+}) 20)
+"""
+
+
+def test_many_result_links_are_made_as_nix_build_makes_them_in_one_nix_call(
+    project: Path,
+) -> None:
+    # A set of packages (-A a -A b ..., a release.nix): nix-build makes result, result-2 ...
+    # at once; offload ran one nix-store per link (about 20 ms each: 20 s for a thousand).
+    (project / "many.nix").write_text(MANY)
+    shims = project / "shims"
+    shims.mkdir()
+    calls = project / "nix-store-calls"
+    real = shutil.which("nix-store")
+    (shims / "nix-store").write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    (shims / "nix-store").chmod(0o755)
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    made = []
+    for tool in ("nix", "off"):
+        path = f"{shims}:{os.environ['PATH']}" if tool == "off" else os.environ["PATH"]
+        done = subprocess.run(
+            [*(("nix-build",) if tool == "nix" else OFFLOAD), *OFFLINE, "../many.nix", *nonce],
+            cwd=project / tool,
+            env={**os.environ, "PATH": path, "OFFLOAD_STATE_DIR": str(project / "state")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        links = {p.name: str(p.readlink()) for p in (project / tool).iterdir() if p.is_symlink()}
+        made.append((done.stdout, links))
+    assert made[1] == made[0]
+    assert len(made[0][1]) == 20
+    rooting = [line for line in calls.read_text().splitlines() if "--add-root" in line]
+    assert len(rooting) == 1

@@ -105,7 +105,7 @@ def test_flake_argv() -> None:
 
 
 def test_add_root_argv() -> None:
-    assert add_root_argv("/nix/store/x-a", "result-2") == [
+    assert add_root_argv(["/nix/store/x-a"], "result-2") == [
         "nix-store",
         "--realise",
         "/nix/store/x-a",
