@@ -444,3 +444,20 @@ def test_many_result_links_are_made_as_nix_build_makes_them_in_one_nix_call(
     assert len(made[0][1]) == 20
     rooting = [line for line in calls.read_text().splitlines() if "--add-root" in line]
     assert len(rooting) == 1
+
+
+@pytest.mark.parametrize("quiet", [("--quiet",), ("--quiet", "--quiet", "-v")])
+def test_quiet_leaves_the_build_log_alone_as_nix_build(
+    project: Path, quiet: tuple[str, ...]
+) -> None:
+    # nix-build --quiet (a CI script's): Nix's own lines go, the build's log stays. offload
+    # kept its progress lines and summary table.
+    said = []
+    for tool in ("nix", "off"):
+        nonce = uuid.uuid4().hex
+        args = ("--no-out-link", "-A", "late", "--argstr", "nonce", nonce, *quiet)
+        done = one(project, tool, *args, "../default.nix")
+        assert done.returncode == 0, done.stderr
+        lines = done.stderr.replace(nonce, "NONCE").splitlines()
+        said.append([line.rpartition("> ")[2] for line in lines])  # offload's "local: late>"
+    assert said == [["building NONCE"], ["building NONCE"]]  # the build's log, nothing else

@@ -292,6 +292,13 @@ def _print_logs(args: argparse.Namespace) -> bool:
     return bool(args.print_build_logs or not (args.no_build_output or args.log_format == "bar"))
 
 
+def _quiet(args: argparse.Namespace) -> bool:
+    """nix-build's --quiet (more of them than -v): Nix then leaves out its own lines ("these
+    derivations will be built", "building ...") and shows the builds' logs, warnings and
+    errors; offload leaves out its progress lines, live view and summary the same way."""
+    return bool(args.quiet > args.verbose and not args.json)
+
+
 def _renderer(args: argparse.Namespace) -> Renderer:
     print_logs = _print_logs(args)
     kind: RendererKind = "auto"
@@ -299,7 +306,9 @@ def _renderer(args: argparse.Namespace) -> Renderer:
         kind = "json"
     elif args.log_format is not None:
         kind = "plain" if args.log_format == "raw" else "tty"
-    return make_renderer(kind, print_logs=print_logs)
+    elif _quiet(args):
+        kind = "plain"
+    return make_renderer(kind, print_logs=print_logs, progress=not _quiet(args))
 
 
 def _write_report(state: Path, run_id: str, target: Path) -> None:
@@ -368,7 +377,8 @@ def build(
         shared=shared,
         check=args.check,  # nothing is built for it: Nix checks only what was built before
     )
-    if not args.json and (report.finished or machine_events):  # quiet when nothing was to do
+    # Quiet when nothing was to do.
+    if not _quiet(args) and not args.json and (report.finished or machine_events):
         render_summary([*report.finished, *machine_events], sys.stderr, logs_kept=kept)
     if args.report is not None:
         _write_report(state, report.run_id, args.report)

@@ -29,12 +29,14 @@ def make_renderer(
     clock: Callable[[], float] = time.time,
     size: tuple[int, int] | None = None,
     summary: bool = False,
+    progress: bool = True,
 ) -> Renderer:
     """A renderer writing to ``stream`` (default stderr), or JSON to ``json_stream`` (stdout).
 
     ``size`` is the terminal's (columns, lines), detected when None. With ``summary`` the tty and
     plain renderers also write the run's summary table at ``RunFinished`` (off by default: the
-    CLI calls ``ui.summary.render_summary`` itself after ``close``).
+    CLI calls ``ui.summary.render_summary`` itself after ``close``). Without ``progress``
+    (nix-build's --quiet) the plain renderer writes build logs only, not offload's own lines.
     """
     stream = sys.stderr if stream is None else stream
     if kind == "auto":
@@ -48,7 +50,9 @@ def make_renderer(
         case "plain":
             from offload.ui.plain import PlainRenderer
 
-            return PlainRenderer(stream, print_logs=print_logs, clock=clock, summary=summary)
+            return PlainRenderer(
+                stream, print_logs=print_logs, clock=clock, summary=summary, progress=progress
+            )
         case "tty":
             from rich.console import Console
 

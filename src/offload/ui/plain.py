@@ -136,8 +136,10 @@ class PlainRenderer:
         print_logs: bool,
         clock: Callable[[], float] = time.time,
         summary: bool = False,
+        progress: bool = True,  # offload's own lines (run, phases, machines): not with --quiet
     ) -> None:
         self._stream = stream
+        self._progress = progress
         self._print_logs = print_logs
         self._summary = summary
         self._start = clock()
@@ -206,6 +208,8 @@ class PlainRenderer:
         self._stream.flush()
 
     def _line(self, when: float, who: str, text: str, extra: str = "") -> None:
+        if not self._progress:
+            return
         suffix = f" ({extra})" if extra else ""
         self._written = True
         self._write(f"[{max(when - self._start, 0.0):5.1f}s] {who}: {text}{suffix}")
