@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Literal, Self
 
 from offload.errors import ConfigError, NixError, OffloadError, StoreError
-from offload.process import Completed, Started, run
+from offload.process import Completed, Started
 from offload.protocol.serve import strip_ansi
 from offload.store.drv import read_derivation
 from offload.store.path import StorePath, is_store_path
@@ -52,16 +52,11 @@ __all__ = [
     "Evaluation",
     "Installables",
     "Source",
-    "add_root_argv",
-    "add_roots",
     "error_position",
     "first_error_line",
     "flake_eval_argv",
     "instantiate",
     "instantiate_argv",
-    "realise_again",
-    "realise_argv",
-    "result_links",
     "sources",
 ]
 
@@ -437,69 +432,3 @@ def instantiate(
     """
     with Evaluation(what, cwd, env=env, say=say) as evaluation:
         return evaluation.roots()
-
-
-def result_links(roots: Sequence[tuple[str, str]], base: str) -> list[str]:
-    """The link nix-build makes for each root: result, result-2, result-dev, result-2-bin.
-
-    nix-build numbers derivations, not roots: the Nth distinct .drv gets "-N" (none for the
-    first), and an output other than out adds "-OUTPUT"; so ``-A m.dev -A a -A m`` makes
-    result-dev, result-2 and result.
-    """
-    numbers: dict[str, int] = {}
-    links = []
-    for drv, output in roots:
-        number = numbers.setdefault(drv, len(numbers) + 1)
-        link = base if number == 1 else f"{base}-{number}"
-        links.append(link if output == "out" else f"{link}-{output}")
-    return links
-
-
-def realise_argv(roots: Sequence[tuple[str, str]], mode: Literal["check", "repair"]) -> list[str]:
-    """nix-store building ``roots`` again (``--check``) or repairing their closure.
-
-    ``--no-gc-warning``: nix-build makes no "you did not specify '--add-root'" warning."""
-    argv = ["nix-store", "--realise", f"--{mode}", "--no-gc-warning", "--"]
-    return argv + [f"{d}!{o}" for d, o in roots]
-
-
-def realise_again(
-    roots: Sequence[tuple[str, str]], mode: Literal["check", "repair"], env: Env = None
-) -> None:
-    """nix-build's --check and --repair, which only the local Nix can carry out: the serve
-    protocol has no build mode. Its stderr is shown; a failure keeps Nix's exit status."""
-    done = run(realise_argv(roots, mode), check=False, env=env)
-    if done.returncode != 0:
-        first = first_error_line(done.stderr)
-        raise NixError(f"--{mode} failed: {first}", text=done.stderr, status=done.returncode)
-    sys.stderr.write(done.stderr)
-
-
-def add_root_argv(paths: Sequence[str], link: str) -> list[str]:
-    # nix-build's own way of making ./result: an indirect GC root pointing at the output;
-    # several paths get LINK, LINK-2, LINK-3...
-    return ["nix-store", "--realise", *paths, "--add-root", link, "--indirect"]
-
-
-def _link_batches(pairs: Sequence[tuple[str, str]]) -> list[tuple[list[str], str]]:
-    """The nix-store calls making ``pairs``' links: one for all when their names are those it
-    gives a batch (result, result-2, result-3: each root its own derivation's out, as for
-    -A a -A b or a set of packages; about 20 ms a call, so a thousand links took 20 s),
-    else one per link (result-dev, a derivation named twice)."""
-    base = pairs[0][1] if pairs else ""
-    numbered = [base, *(f"{base}-{n}" for n in range(2, len(pairs) + 1))]
-    if len(pairs) > 1 and [link for _, link in pairs] == numbered:
-        return [([path for path, _ in pairs], base)]
-    return [([path], link) for path, link in pairs]
-
-
-def add_roots(pairs: Sequence[tuple[str, str]]) -> None:
-    """The result links, in order; the first that cannot be made stops them with Nix's own
-    words (``NixError``), as nix-build says it ("cannot create symlink '...'; already
-    exists"), not the nix-store command offload ran."""
-    for paths, link in _link_batches(pairs):
-        done = run(add_root_argv(paths, link), check=False)
-        if done.returncode != 0:
-            first = first_error_line(done.stderr)
-            text = done.stderr or f"error: nix-store exited with {done.returncode}\n"
-            raise NixError(f"the result link {link} was not made: {first}", text=text)

@@ -18,7 +18,8 @@ import pytest
 
 from offload.build import DrvGraph, out_links
 from offload.errors import ConfigError, NixError, OffloadError, StoreError
-from offload.nix import Installables, instantiate, result_links
+from offload.nix import Installables, instantiate
+from offload.nix_results import result_links
 from offload.store.drv import read_derivation
 
 # Each output gets its own name in its file, so every output path is a real, distinct file.

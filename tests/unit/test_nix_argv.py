@@ -15,15 +15,13 @@ from offload.nix import (
     FLAKE_APPLY,
     Installables,
     Source,
-    add_root_argv,
     error_position,
     first_error_line,
     flake_eval_argv,
     instantiate_argv,
-    realise_argv,
-    result_links,
     sources,
 )
+from offload.nix_results import add_root_argv, realise_argv, result_links
 
 # No "--option substituters ''": the user's caches serve an import-from-derivation.
 NIX_INSTANTIATE = ["nix-instantiate", "--no-gc-warning"]

@@ -39,7 +39,7 @@ from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
 from offload.load import local_boot_id
 from offload.marks import mark
-from offload.nix import result_links
+from offload.nix_results import result_links
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
 from offload.slots import SlotLocks

@@ -33,7 +33,7 @@ from offload.history.db import History
 from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs, LogRecorder
 from offload.marks import mark, taken
-from offload.nix import add_roots, realise_again
+from offload.nix_results import add_roots, realise_again
 from offload.protocol.records import nix_exit_code
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
