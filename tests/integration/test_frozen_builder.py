@@ -163,3 +163,38 @@ def test_offload_hook_says_a_frozen_builder_stopped_answering(
     assert f"{name} {SAID} " in err, err
     assert HINT in err
     assert "closed the connection" not in err
+
+
+def test_a_builder_that_closes_the_connection_while_its_build_talks_has_closed_it(
+    frozen_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Nothing on the session's stdout for longer than ssh's keepalive budget (a build runs),
+    # but its log goes on, on stderr, until the builder's sshd is killed: the connection ended
+    # while the builder was talking. Before: "did not answer for 9 s" (the build's log lines,
+    # handed to the run, were not counted as the builder's words).
+    marker, once = tmp_path / "started", tmp_path / "once"
+    ticks = "while :; do echo tick; /bin/sleep 0.2; done"
+    talk = f"if [ -e {once} ]; then :; else : > {once}; {ticks}; fi"
+    file = nix_file(
+        tmp_path, f'mk "talks" "{marker_script(marker, talk)}; echo done > $out" {{}}\n'
+    )
+    builders = f"@{frozen_fleet.machines_file}"
+    proc = start_offload(frozen_fleet, tmp_path, file, "-j0", "--builders", builders, "--json")
+    try:
+        name = _builder(frozen_fleet, marker, proc)
+        time.sleep(KEEPALIVE_BUDGET + 1)  # the stdout silence under test, not a wait for an event
+        found = member_processes(frozen_fleet.member(name))
+        # Its connections' sshd, not its listener: the module's other tests still need it.
+        sessions = [
+            pid for pid, cmd in found if cmd.startswith("sshd:") and "[listener]" not in cmd
+        ]
+        assert sessions, found
+        signal_all(sessions, signal.SIGKILL)  # the connection, not only the session
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
+    assert [e["machine"] for e in down] == [name], err
+    assert f"{name} closed the connection during BuildDerivation" in down[0]["message"], down
+    assert SAID not in err

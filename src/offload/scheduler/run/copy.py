@@ -123,12 +123,7 @@ class BuildCopies:
                         )
                     )
                 client = await self._session(stack, drv_path, member, speculative=speculative)
-                # Unheard before the session is let go (the stack unwinds in reverse): what Nix
-                # says as a cancelled copy's session is stopped there ("error: interrupted by
-                # the user") is no line of the build's; offload stopped it (it lost to another
-                # copy, its machine went down, the run ended) and says so where it does.
-                stack.callback(_unheard, client)
-                client.on_log = self.events.log_handler(drv_path, name)
+                _heard(stack, client, self.events.log_handler(drv_path, name))
                 sent, received = await self._send_inputs(
                     drv_path, member, client, speculative=speculative
                 )
@@ -145,7 +140,6 @@ class BuildCopies:
                     end: Literal["failed", "lost"] = "failed" if lost is None else "lost"
                     why = result.error_msg if lost is None else lost
                     return Outcome(end, why, started, sent, received, status=result.status)
-                client.on_log = client.on_phase = None
             home = not member.remote
             return Outcome("built", None, started, sent, received, build_seconds, home)
         except InputsGone as exc:
@@ -394,5 +388,26 @@ async def _missing(
     return set(paths) - await store.query_valid_paths(paths, substitute=substitute)
 
 
-def _unheard(client: StoreClient) -> None:
-    client.on_log = client.on_phase = None
+def _heard(
+    stack: contextlib.AsyncExitStack, client: StoreClient, handler: Callable[[str], None]
+) -> None:
+    """The build's log lines go to ``handler`` until ``stack`` unwinds, and still to the
+    session's own hearer (``client.on_log`` as lent): it notes when the builder last spoke,
+    which tells one that stopped answering from one that closed the connection
+    (``offload.transport.links.streams``). Unheard before the session is let go (the stack
+    unwinds in reverse): what Nix says as a cancelled copy's session is stopped there ("error:
+    interrupted by the user") is no line of the build's; offload stopped it (it lost to
+    another copy, its machine went down, the run ended) and says so where it does."""
+    own = client.on_log
+
+    def both(line: str) -> None:
+        if own is not None:
+            own(line)
+        handler(line)
+
+    client.on_log = both
+    stack.callback(_unheard, client, own)
+
+
+def _unheard(client: StoreClient, own: Callable[[str], None] | None) -> None:
+    client.on_log, client.on_phase = own, None
