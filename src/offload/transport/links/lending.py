@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from offload.errors import OffloadError, ProtocolError, TransportError
+from offload.protocol.stderr import strip_ansi
 from offload.protocol.store import StoreClient
 from offload.transport.links.base import TAIL, LogSink, SessionPipes
 
@@ -66,7 +67,9 @@ class PooledSession:
 
 # The shell's last word when the program to run is not there: dash's "sh: 1: exec: nix-store:
 # not found", bash's "nix-store: command not found" or, for a path, "No such file or directory".
-_NOT_THERE = re.compile(r"(?:not found|No such file or directory)\s*$")
+# Never Nix's own "error: ...": it ran, so it is there (a daemon not running: "error: cannot
+# connect to socket at '...': No such file or directory").
+_NOT_THERE = re.compile(r"^(?!error:).*(?:not found|No such file or directory)\s*$")
 NOT_ON_PATH = "is not on the builder's PATH"
 
 
@@ -77,7 +80,7 @@ def not_started(program: str, error: ProtocolError, tail: list[str]) -> Transpor
         "check that Nix is installed and on PATH for non-interactive ssh sessions"
         " (remote-program= in the store URI names another program)"
     )
-    if tail and _NOT_THERE.search(tail[-1]):  # as `offload doctor` says it
+    if tail and _NOT_THERE.search(strip_ansi(tail[-1])):  # as `offload doctor` says it
         return TransportError(f"{program} {NOT_ON_PATH}: {tail[-1]}", hint=hint)
     said = " | ".join(tail[-5:]) or "(no output)"
     return TransportError(f"cannot start {program}: {error.message}; stderr: {said}", hint=hint)
