@@ -54,6 +54,15 @@ def _builder(fleet: Fleet, marker: Path, proc: subprocess.Popen[str]) -> str:
     return name
 
 
+def _down(proc: subprocess.Popen[str], out: str, err: str, name: str) -> str:
+    """The message of the one builder down in a successful ``--json`` run: ``name``."""
+    assert proc.returncode == 0, err
+    down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
+    assert [e["machine"] for e in down] == [name], err
+    message: str = down[0]["message"]
+    return message
+
+
 @pytest.fixture
 def frozen() -> Iterator[list[int]]:
     """The pids a test stopped, let go again after it."""
@@ -115,11 +124,9 @@ def test_a_frozen_ssh_ng_builder_is_said_to_have_stopped_answering(
         out, err = proc.communicate(timeout=120)
     finally:
         stop(proc)
-    assert proc.returncode == 0, err
-    down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
-    assert [e["machine"] for e in down] == [name], err
-    assert down[0]["message"].startswith(f"{name} {SAID} "), down
-    assert down[0]["message"].endswith(f"({HINT})"), down
+    message = _down(proc, out, err, name)
+    assert message.startswith(f"{name} {SAID} "), message
+    assert message.endswith(f"({HINT})"), message
 
 
 def test_a_builder_that_closes_a_quiet_session_is_still_said_to_have_closed_it(
@@ -141,10 +148,8 @@ def test_a_builder_that_closes_a_quiet_session_is_still_said_to_have_closed_it(
         out, err = proc.communicate(timeout=120)
     finally:
         stop(proc)
-    assert proc.returncode == 0, err
-    down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
-    assert [e["machine"] for e in down] == [name], err
-    assert f"{name} closed the connection during BuildDerivation" in down[0]["message"]
+    message = _down(proc, out, err, name)
+    assert f"{name} closed the connection during BuildDerivation" in message, message
     assert SAID not in err
 
 
@@ -193,8 +198,6 @@ def test_a_builder_that_closes_the_connection_while_its_build_talks_has_closed_i
         out, err = proc.communicate(timeout=120)
     finally:
         stop(proc)
-    assert proc.returncode == 0, err
-    down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
-    assert [e["machine"] for e in down] == [name], err
-    assert f"{name} closed the connection during BuildDerivation" in down[0]["message"], down
+    message = _down(proc, out, err, name)
+    assert f"{name} closed the connection during BuildDerivation" in message, message
     assert SAID not in err
