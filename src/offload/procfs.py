@@ -2,14 +2,21 @@
 recognised as the same process only while its start time matches (never a recycled pid).
 
 ``parse_proc_stat`` is pure; ``proc_stat`` reads the file and ``is_ours`` asks it whether a
-recorded (pid, start time) is still that live process.
+recorded (pid, start time) is still that live process. A process that has exited but is not yet
+reaped (a zombie: state Z or X) keeps its /proc entry, and it holds nothing any more (no file,
+socket or lock); when its parent is init that entry can stay for seconds or longer, so
+``running`` counts it as gone.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["is_ours", "parse_proc_stat", "proc_stat"]
+__all__ = ["is_ours", "parse_proc_stat", "proc_stat", "running"]
+
+
+# The states of a process that has exited: a zombie, and one being reaped.
+_EXITED = frozenset({"Z", "X"})
 
 
 def parse_proc_stat(text: str) -> tuple[str, int]:
@@ -31,7 +38,13 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
+def running(pid: int) -> bool:
+    """Is there a process ``pid`` that has not exited (a zombie has)?"""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in _EXITED
+
+
 def is_ours(pid: int, start_time: int) -> bool:
     """Is ``pid`` alive and still the process we started (not a recycled pid, not a zombie)?"""
     stat = proc_stat(pid)
-    return stat is not None and stat[0] not in {"Z", "X"} and stat[1] == start_time
+    return stat is not None and stat[0] not in _EXITED and stat[1] == start_time

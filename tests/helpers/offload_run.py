@@ -18,6 +18,7 @@ import pytest
 
 from offload.fleet import Fleet
 from offload.hook import coordinator
+from offload.procfs import running
 from tests.helpers import processes
 
 
@@ -121,4 +122,4 @@ def stop_coordinators(state: Path, timeout: float = 30) -> None:
     """Stop every hook coordinator serving ``state`` (the ones a test's hooks started) and check
     that each has exited."""
     for pid in coordinator.stop_coordinators(state, timeout):
-        assert not Path(f"/proc/{pid}").exists(), f"coordinator {pid} did not exit"
+        assert not running(pid), f"coordinator {pid} did not exit"

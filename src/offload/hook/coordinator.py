@@ -37,6 +37,7 @@ from offload.hook.handover import Channels, Hello, open_channels, receive_hello
 from offload.hook.home import sweep_leftovers
 from offload.hook.keep import Keep
 from offload.hook.serve import Hook, serve
+from offload.procfs import running
 
 __all__ = ["IDLE_SECONDS", "IDLE_VARIABLE", "Coordinator", "main", "stop_coordinators"]
 
@@ -187,7 +188,8 @@ class Coordinator:
 
 def stop_coordinators(state: Path, timeout: float = 30.0) -> list[int]:
     """SIGTERM every coordinator serving ``state`` and wait (up to ``timeout`` s each) until it
-    has exited, its sessions closed; the pids that were stopped."""
+    has exited, its sessions closed; the pids that were stopped. A coordinator is a daemon,
+    reaped by init: exited is enough, not reaped (``procfs.running``)."""
     stopped = []
     for pid_file in state.glob("*.sock.pid"):
         try:
@@ -196,7 +198,7 @@ def stop_coordinators(state: Path, timeout: float = 30.0) -> list[int]:
         except (OSError, ValueError):
             continue
         deadline = time.monotonic() + timeout
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while running(pid) and time.monotonic() < deadline:
             time.sleep(0.02)  # not our child: nothing to wait on but its /proc entry
         stopped.append(pid)
     return stopped
