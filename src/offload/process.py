@@ -23,6 +23,7 @@ from types import FrameType
 from typing import IO
 
 from offload.errors import TransportError
+from offload.procfs import running
 from offload.tasks import stop
 
 __all__ = [
@@ -461,19 +462,11 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                done = 0 if _running(pid) else pid
+                # Not our child: someone else reaps it, and some init processes (containers,
+                # microVMs) are slow to or never do, so a zombie counts as gone.
+                done = 0 if running(pid) else pid
         if done == pid:
             _DETACHED.pop(pid, None)
             return True
         time.sleep(0.02)
     return False
-
-
-def _running(pid: int) -> bool:
-    # Not our child: someone else reaps it, and some init processes (containers, microVMs) never
-    # do, so a zombie counts as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :][:1] not in {"Z", "X", ""}

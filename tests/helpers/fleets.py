@@ -25,10 +25,10 @@ import pytest
 from offload.config.machines import Machine, parse_machines
 from offload.config.machines.uri import parse_store_uri
 from offload.fleet import DEFAULT_SPECS, Fleet, Member, MemberSpec, fleet_down, fleet_up
+from offload.procfs import running
 from offload.transport.persist import location
 from offload.transport.ssh import ssh_path
 from tests.helpers.offload_run import stop_coordinators
-from tests.helpers.processes import running
 
 
 @contextlib.contextmanager

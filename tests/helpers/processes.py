@@ -1,9 +1,9 @@
 """Processes a test starts: each in a session (and so a process group) of its own.
 
 Stopping one kills its whole group, so whatever it started in turn (ssh, nix-store, a builder's
-shell) goes with it, even when the leader has already exited. ``children`` and ``running`` read
-``/proc`` for the processes those start in sessions of their own (ssh), which a group kill
-misses.
+shell) goes with it, even when the leader has already exited. ``children`` reads ``/proc`` for
+the processes those start in sessions of their own (ssh), which a group kill misses
+(``offload.procfs.running`` tells whether one is still there).
 """
 
 from __future__ import annotations
@@ -47,15 +47,6 @@ def stop(proc: subprocess.Popen[Any]) -> None:
         proc.wait()  # a failed wait for it read them already: its message is the test's
         return
     proc.communicate()
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie nobody has reaped yet counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def children(pid: int) -> list[tuple[int, str]]:

@@ -23,6 +23,7 @@ from offload import process
 from offload.errors import FleetError
 from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_status, fleet_up, open_fleet, sshd
 from offload.process import spawn
+from offload.procfs import running
 from offload.protocol.wire import encode_int, read_int
 from tests.helpers import processes
 
@@ -55,7 +56,7 @@ def _pids_in_namespace(ns: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if str((entry / "ns" / "mnt").readlink()) == ns and processes.running(int(entry.name)):
+            if str((entry / "ns" / "mnt").readlink()) == ns and running(int(entry.name)):
                 pids.append(int(entry.name))
         except OSError:
             continue
@@ -240,7 +241,7 @@ def test_up_is_idempotent_and_restarts_dead_members(tmp_path):
         first = fleet_up(target, specs)
         again = fleet_up(target, specs)
         assert again.members == first.members
-        assert processes.running(first.member("solo").pid)
+        assert running(first.member("solo").pid)
         with pytest.raises(FleetError, match="running") as info:
             fleet_up(target, [MemberSpec("solo", 2, 1)])
         assert info.value.hint is not None
@@ -248,7 +249,7 @@ def test_up_is_idempotent_and_restarts_dead_members(tmp_path):
         # Kill the member behind the fleet's back: the next `up` starts it again.
         old = first.member("solo")
         fleet_down(target)
-        assert not processes.running(old.pid)
+        assert not running(old.pid)
         assert [s.running for s in fleet_status(target)] == [False]
         revived = fleet_up(target, specs)
         assert revived.member("solo").pid != old.pid
@@ -291,7 +292,7 @@ def test_down_from_a_fresh_process_stops_everything(tmp_path):
                 )
                 assert down.returncode == 0, down.stderr
                 assert _pids_in_namespace(member.mnt_ns) == []
-            assert not processes.running(member.pid)
+            assert not running(member.pid)
             session.wait(timeout=30)
         finally:
             processes.stop(session)
@@ -356,9 +357,7 @@ def _cmdline(pid: int) -> str:
 
 def _all_running_pids() -> list[int]:
     return [
-        int(e.name)
-        for e in Path("/proc").iterdir()
-        if e.name.isdigit() and processes.running(int(e.name))
+        int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and running(int(e.name))
     ]
 
 
@@ -396,7 +395,7 @@ def test_cli_up_status_machines_env_down(tmp_path):
         assert status.returncode == 0, status.stderr
         (row,) = json.loads(status.stdout)
         assert (row["name"], row["speed"], row["jobs"], row["running"]) == ("solo", 1.5, 3, True)
-        assert processes.running(row["pid"])
+        assert running(row["pid"])
 
         machines = _offload("fleet", "machines", "--dir", d)
         assert machines.returncode == 0, machines.stderr
@@ -421,7 +420,7 @@ def test_cli_up_status_machines_env_down(tmp_path):
         down = _offload("fleet", "down", "--dir", d, "--purge")
         assert down.returncode == 0, down.stderr
         assert not target.exists()
-        assert not processes.running(row["pid"])
+        assert not running(row["pid"])
         assert _offload("fleet", "down", "--dir", d).returncode == 0
     finally:
         fleet_down(target, purge=True)

@@ -21,10 +21,11 @@ import pytest
 
 from offload.fleet import Fleet, MemberSpec
 from offload.history.db import History
+from offload.procfs import running
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import stop_coordinators, wait_for
-from tests.helpers.processes import running, start, stop
+from tests.helpers.processes import start, stop
 
 HOOK = str(Path(sys.executable).parent / "offload-hook")
 MEMBERS = ("hd1", "hd2")

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet, Member, MemberSpec
+from offload.procfs import running
 from offload.transport.persist import control_dir
 from offload.transport.ssh import SLOT_DIRS
 from tests.helpers import processes
@@ -81,7 +82,7 @@ def assert_stopped(fleet: Fleet, sleep: str, ssh: list[tuple[int, str]]) -> None
     wait_for(lambda: not on_member(fleet, sleep), STOPPED_WITHIN, "the build to stop")
     wait_for(lambda: not held_slots(fleet), STOPPED_WITHIN, "the slot to be free")
     wait_for(
-        lambda: not any(processes.running(pid) for pid, _ in ssh),
+        lambda: not any(running(pid) for pid, _ in ssh),
         STOPPED_WITHIN,
         f"the client's ssh processes to exit: {ssh}",
     )
