@@ -2,6 +2,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,32 @@ def test_a_wait_for_a_busy_history_is_said_on_stderr_before_it_ends(tmp_path):
     assert said[-1] == f"note: history is busy (another offload?), waiting up to 30 s: {path}\n"
     assert proc.returncode == 0, rest
     assert "Traceback" not in rest
+
+
+class _Busy:
+    """A connection whose BEGIN IMMEDIATE is refused once with ``code`` (SQLite's extended
+    result codes: SQLITE_BUSY_RECOVERY is 261, its primary code SQLITE_BUSY in the low byte)."""
+
+    def __init__(self, real: sqlite3.Connection, code: int) -> None:
+        self.real, self.code, self.refused = real, code, False
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "BEGIN IMMEDIATE" and not self.refused:
+            self.refused = True
+            exc = sqlite3.OperationalError("database is locked")
+            exc.sqlite_errorcode = self.code
+            raise exc
+        return self.real.execute(sql, *args)
+
+
+@pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, 261, 517])
+def test_a_busy_refusal_by_its_extended_code_is_waited_for(tmp_path, code):
+    history = History(tmp_path / "history.sqlite", on_busy=lambda _text: None)
+    real = history._db
+    history._db = _Busy(real, code)  # type: ignore[assignment]
+    try:
+        history._begin()  # refused once, then asked again with the whole wait
+        real.execute("COMMIT")
+    finally:
+        history._db = real
+        history.close()

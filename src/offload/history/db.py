@@ -229,7 +229,8 @@ class History:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            # Its extended code (SQLITE_BUSY_RECOVERY, _SNAPSHOT...): busy in the low byte.
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
             return False
         return True
