@@ -3,12 +3,13 @@ later ones are ignored, and the exit status is the first one's; no evaluator is 
 
 The expression reads a FIFO the test holds open without writing, so Nix is evaluating, and
 stays so, from the moment the test's open returns (opening a FIFO for writing waits for its
-reader): no sleep stands in for that. Two signals sent together may both be pending when the
-process next runs, and are then delivered lowest number first: so the tests send SIGINT first.
+reader): no sleep stands in for that. A second signal is sent once the first has been
+delivered (/proc's pending mask), so that two of one number are two, not one.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -69,12 +70,24 @@ def evaluating(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, str], _Hel
         held.release(fifo)
 
 
+def _delivered(pid: int, signum: int) -> bool:
+    """Whether ``signum`` sent to process ``pid`` is no longer pending there."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    shared = next(line for line in status.splitlines() if line.startswith("ShdPnd:"))
+    return not int(shared.split()[1], 16) >> (signum - 1) & 1
+
+
 def _stopped(proc: subprocess.Popen[str], *signals: int) -> tuple[int, str]:
-    """Send ``signals`` at once; the exit status and stderr. Nothing of the run's process
-    group (its evaluator) may outlive it."""
+    """Send ``signals`` one after another, each once the one before has been delivered (two
+    of one number still pending would be one); the exit status and stderr. Nothing of the
+    run's process group (its evaluator) may outlive it."""
     try:
         for signum in signals:
             proc.send_signal(signum)
+            wait_for(functools.partial(_delivered, proc.pid, signum), WAIT, "its delivery")
         _, err = proc.communicate(timeout=WAIT)
         with pytest.raises(ProcessLookupError):  # the group is gone: no evaluator left
             os.killpg(proc.pid, 0)
