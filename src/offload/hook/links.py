@@ -94,7 +94,8 @@ class Session:
 
 
 class BuilderLinks:
-    """One ``Link`` per builder (and per ssh identity), opened on first use; see the module."""
+    """One ``Link`` per builder as its machines line reads now (and per ssh identity), opened
+    on first use; see the module."""
 
     def __init__(self, state: Path, loads: HookLoads | None = None) -> None:
         self._state = state
@@ -110,12 +111,17 @@ class BuilderLinks:
 
     def _link(self, machine: Machine, env: Mapping[str, str]) -> tuple[SharedSshTransport, Link]:
         params = tuple(sorted(machine.params.items()))
+        target = ssh_target(machine)
+        # Everything the link was made from: a machines file edited while the coordinator
+        # lives (a new pinned host key or ssh key, more or fewer jobs) gets a link of its own,
+        # not the one made for the old line (its sessions then linger out, as after a build).
         # The ssh agent and NIX_SSHOPTS come from the client's environment: a second user's (or
         # a changed) environment gets sessions of its own.
-        key = (machine.name, machine.uri, params, env.get("SSH_AUTH_SOCK"), env.get("NIX_SSHOPTS"))
+        key: tuple[object, ...] = (machine.name, machine.uri, params, target, machine.max_jobs)
+        key += (env.get("SSH_AUTH_SOCK"), env.get("NIX_SSHOPTS"))
         if key not in self._links:
             transport = SharedSshTransport(
-                ssh_target(machine),
+                target,
                 name=machine.name,
                 directory=control_dir(self._state),
                 params=machine.params,

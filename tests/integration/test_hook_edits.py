@@ -1,0 +1,103 @@
+"""The machines file edited while offload-hook's coordinator lives, under real Nix 2.8.
+
+The coordinator keeps its sessions to the builders from one nix-build to the next (and lives as
+long as builds keep coming: all day on a busy nix-daemon). A line changed meanwhile (more
+jobs, a builder reinstalled and its host key pinned anew) is what the next nix-build uses:
+not the sessions, ssh connection and builder-side slot count made for the old line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offload.fleet import Fleet, MemberSpec
+from tests.helpers.fleets import (
+    fleet_machine,
+    member_line,
+    member_processes,
+    private_fleet_fixture,
+)
+from tests.helpers.hook_runs import coordinator_pids, leaves, nix_build, outputs
+from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.offload_run import wait_for
+
+# he1 is the faster: a derivation goes there first whenever it can.
+edit_fleet = private_fleet_fixture(
+    [MemberSpec("he1", 2.0, 1), MemberSpec("he2", 1.0, 1)], "ofe", scope="module"
+)
+
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
+
+
+def _machines(tmp_path: Path, *lines: str) -> str:
+    machines = tmp_path / "machines"
+    machines.write_text("".join(f"{line}\n" for line in lines))
+    return f"@{machines}"
+
+
+def _columns(line: str, **changed: str) -> str:
+    columns = line.split()
+    for index, value in changed.items():
+        columns[int(index.removeprefix("c"))] = value
+    return " ".join(columns)
+
+
+def _serving(fleet: Fleet, name: str) -> bool:
+    return any("nix-store --serve" in cmd for _, cmd in member_processes(fleet.member(name)))
+
+
+def _met(tmp_path: Path) -> str:
+    """Two derivations that each wait (30 s at most) for the other to start, and say whether
+    they met: only two builds running at once meet."""
+    here = tmp_path / "started"
+    here.mkdir()
+    script = (
+        f"/bin/touch {here}/$name; i=0; "
+        f"while [ ! -e {here}/a ] || [ ! -e {here}/b ]; do "
+        "[ $i -ge 300 ] && break; /bin/sleep 0.1; i=$((i+1)); done; "
+        f"if [ -e {here}/a ] && [ -e {here}/b ]; then echo met; else echo alone; fi > $out"
+    )
+    return f'[ (mk "a" "{script}" {{}}) (mk "b" "{script}" {{}}) ]\n'
+
+
+def test_more_jobs_given_to_a_builder_are_used_by_the_live_coordinator(
+    edit_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Before, the coordinator kept the builder's first link, counting 1 slot on the builder:
+    # the second build there waited for the first, said held "by another client".
+    one = member_line(edit_fleet, "he1")
+    first = nix_build(edit_fleet, tmp_path, nix_file(tmp_path, leaves(1)), "-j0",
+                      builders=_machines(tmp_path, one))  # fmt: skip
+    outputs(first)
+    assert coordinator_pids(tmp_path / "state")
+    # The first build's session has let its slot on he1 go (it lingers 1 s for a next build).
+    wait_for(lambda: not _serving(edit_fleet, "he1"), 30, "he1's session to close")
+    two = _columns(one, c3="2")
+    file = nix_file(tmp_path, _met(tmp_path), name="met.nix")
+    done = nix_build(edit_fleet, tmp_path, file, "-j0", builders=_machines(tmp_path, two))
+    assert [Path(path).read_text().strip() for path in outputs(done)] == ["met", "met"]
+    assert "held by another client" not in done.stderr
+    assert len(coordinator_pids(tmp_path / "state")) == 1  # the same coordinator did both
+
+
+def test_a_host_key_pinned_anew_is_checked_by_the_live_coordinator(
+    edit_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The line's pin no longer matches he1's key (he1 reinstalled, or not he1 at all): no
+    # build may go there. Before, the coordinator built there over the session it had opened
+    # while the old pin held.
+    line = member_line(edit_fleet, "he1")
+    outputs(nix_build(edit_fleet, tmp_path, nix_file(tmp_path, leaves(1)), "-j0",
+                      builders=_machines(tmp_path, line)))  # fmt: skip
+    other = fleet_machine(edit_fleet, "he2").host_key_base64
+    assert other is not None
+    builders = _machines(tmp_path, _columns(line, c7=other), member_line(edit_fleet, "he2"))
+    file = nix_file(tmp_path, f'[ (mk "pinned" "{SPEED} > $out" {{}}) ]\n', name="pin.nix")
+    done = nix_build(edit_fleet, tmp_path, file, "-j0", builders=builders)
+    [path] = outputs(done)
+    assert edit_fleet.store_has("he2", path)
+    assert not edit_fleet.store_has("he1", path)
+    said = [line for line in done.stderr.splitlines() if "'he1'" in line]
+    assert any("host key changed" in line.lower() for line in said), done.stderr
