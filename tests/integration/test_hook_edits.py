@@ -1,13 +1,17 @@
-"""The machines file edited while offload-hook's coordinator lives, under real Nix 2.8.
+"""The pool changed while offload-hook's coordinator lives, under real Nix 2.8.
 
 The coordinator keeps its sessions to the builders from one nix-build to the next (and lives as
-long as builds keep coming: all day on a busy nix-daemon). A line changed meanwhile (more
-jobs, a builder reinstalled and its host key pinned anew) is what the next nix-build uses:
-not the sessions, ssh connection and builder-side slot count made for the old line.
+long as builds keep coming: all day on a busy nix-daemon). A machines line changed meanwhile
+(more jobs, a builder reinstalled and its host key pinned anew) is what the next nix-build
+uses: not the sessions, ssh connection and builder-side slot count made for the old line. And
+an ``offload use`` choice made while derivations wait there for a slot is what they follow.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,10 +22,19 @@ from tests.helpers.fleets import (
     member_line,
     member_processes,
     private_fleet_fixture,
+    speed_of,
 )
-from tests.helpers.hook_runs import coordinator_pids, leaves, nix_build, outputs
+from tests.helpers.hook_runs import (
+    coordinator_pids,
+    hook_env,
+    leaves,
+    nix_build,
+    outputs,
+    start_nix_build,
+)
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import wait_for
+from tests.helpers.processes import stop
 
 # he1 is the faster: a derivation goes there first whenever it can.
 edit_fleet = private_fleet_fixture(
@@ -101,3 +114,48 @@ def test_a_host_key_pinned_anew_is_checked_by_the_live_coordinator(
     assert not edit_fleet.store_has("he1", path)
     said = [line for line in done.stderr.splitlines() if "'he1'" in line]
     assert any("host key changed" in line.lower() for line in said), done.stderr
+
+
+def _use(fleet: Fleet, tmp_path: Path, name: str) -> None:
+    chosen = subprocess.run(
+        [sys.executable, "-m", "offload", "use", name, "--builders", f"@{fleet.machines_file}"],
+        env=hook_env(fleet, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert chosen.returncode == 0, chosen.stderr
+
+
+def test_derivations_waiting_for_a_slot_follow_an_offload_use_made_meanwhile(
+    edit_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Three derivations accepted for he1 (one slot), two waiting in the coordinator, when the
+    # user says `offload use he2` (he1 is to go down for maintenance, say): the two build on
+    # he2. Before, they waited on for he1 and built there.
+    _use(edit_fleet, tmp_path, "he1")
+    here = tmp_path / "started"
+    here.mkdir()
+    script = (
+        f"{SPEED} > $out; /bin/touch {here}/$name; i=0; "
+        f"while [ ! -e {tmp_path}/go ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done"
+    )
+    body = " ".join(f'(mk "w{i}" "{script}" {{}})' for i in range(3))
+    proc = start_nix_build(edit_fleet, tmp_path, nix_file(tmp_path, f"[ {body} ]\n"), "-j0")
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        accepted = "' on 'ssh://he1"
+        wait_for(lambda: sum(accepted in line for line in seen) == 3, 60, f"3 accepts: {seen}")
+        wait_for(lambda: any(here.iterdir()), 60, "the first build to start")
+        _use(edit_fleet, tmp_path, "he2")
+        (tmp_path / "go").touch()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+        reader.join()
+    assert proc.returncode == 0, "".join(seen)
+    where = sorted(Path(path).read_text().strip() for path in out.split())
+    assert where == sorted([speed_of(edit_fleet, "he1"), *[speed_of(edit_fleet, "he2")] * 2])

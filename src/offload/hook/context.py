@@ -56,6 +56,7 @@ class HookContext:
     backoff: dict[str, Health] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # said once per client, before the reply
     client: str | None = None  # the Nix process asking, as ``first_for_client`` names it
+    whole: Pool | None = None  # the pool before ``offload use`` narrowed it (None: ``pool``)
 
     def say(self, text: str, level: int = 1) -> None:
         """A line on the user's terminal at Nix's ``level`` (1 warn ... 4 talkative, ``-v``): a
@@ -107,7 +108,19 @@ class HookContext:
         return self.state / "said" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def machine(self, name: str) -> Machine:
-        return next(m for m in self.pool.machines if m.name == name)
+        """Builder ``name``, chosen now or not (one chosen when it was accepted may not be)."""
+        return next(m for m in (self.whole or self.pool).machines if m.name == name)
+
+    def reload_choice(self, request: TryRequest) -> None:
+        """The ``offload use`` choice as its file has it now, for a derivation waiting in the
+        coordinator for a slot: a choice made or cleared while it waits counts from its next
+        pick. One where nothing could build ``request`` leaves the pool as it was: accepted, it
+        can no longer be declined, and failing it is not what choosing builders asks for."""
+        whole = self.whole or self.pool
+        pool, _ = _chosen(whole, self.state, time.time())
+        features = sorted(request.features)
+        if any(m.enabled and m.supports(request.system, features) for m in pool.machines):
+            self.pool = pool
 
     def builders(
         self,
@@ -286,12 +299,13 @@ def load_context(
     env = dict(env)
     _check_store(preamble.get("store", "auto"))
     settings = NixSettings(dict(preamble))
-    pool = load_pool(builders=None, config=None, env=env, nix_settings=settings)
+    whole = load_pool(builders=None, config=None, env=env, nix_settings=settings)
     now = time.time()
-    pool, note = _chosen(pool, state, now)
+    pool, note = _chosen(whole, state, now)
     context = HookContext(
         settings=settings,
         pool=pool,
+        whole=whole,
         state=state,
         slots=SlotLocks.default(state),
         verbosity=verbosity,

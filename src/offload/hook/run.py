@@ -119,6 +119,8 @@ def _pick(
     # file only: without it, this one would wait on for that builder's slot.
     # (Also `offload machines --reset`, or another run's success, meanwhile.)
     context.reload_backoff()
+    # And the builders `offload use` chooses now: one left out meanwhile gets no more builds.
+    context.reload_choice(request)
     while True:
         # One tried here but failed since for another of this client's derivations is not.
         retry = {name for name in tried if not context.failed_for_client(name)}
