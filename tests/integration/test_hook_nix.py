@@ -129,6 +129,21 @@ def test_logs_are_where_nix_keeps_them(hook_fleet: Fleet, tmp_path: Path) -> Non
     assert f"hello from {salt}" in log
 
 
+def test_nix_build_says_where_each_derivation_builds_once(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Nix says "building '...' on 'ssh://...'" at the accept; the hook said it again, with the
+    # builder's name, on the next line (now only with -v).
+    file = nix_file(tmp_path, leaves(2))
+    done = nix_build(hook_fleet, tmp_path, file, "-j0")
+    outputs(done)
+    building = [line for line in done.stderr.splitlines() if line.startswith("building '")]
+    assert len(building) == 2, done.stderr
+    assert all("' on 'ssh://hk" in line for line in building)
+    verbose = nix_build(hook_fleet, tmp_path, nix_file(tmp_path, leaves(1), "v.nix"), "-j0", "-v")
+    assert f"' on '{MEMBERS[0]}'" in verbose.stderr or f"' on '{MEMBERS[1]}'" in verbose.stderr
+
+
 def test_a_failing_derivation_fails_the_build_as_nix_says_it(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:

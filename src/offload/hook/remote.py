@@ -36,6 +36,7 @@ _ACTIVITY_BLOCKS = itertools.count()
 _ACT_BUILD = 105
 _ACT_COPY_PATHS = 103
 _RES_SET_PHASE = 104
+_TALKATIVE = 4  # Nix's verbosity levels: 3 info (its default), 4 talkative (-v)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,9 @@ class _Activities:
         self._io = io
         self._next = (os.getpid() << 32) + next(_ACTIVITY_BLOCKS) * 1000 + 1
 
-    def start(self, kind: int, text: str, fields: list[object]) -> int:
+    def start(self, kind: int, text: str, fields: list[object], level: int = 3) -> int:
         act, self._next = self._next, self._next + 1
-        message = {"action": "start", "id": act, "level": 3, "type": kind, "text": text}
+        message = {"action": "start", "id": act, "level": level, "type": kind, "text": text}
         write_nix_json(self._io, {**message, "fields": fields, "parent": 0})
         return act
 
@@ -110,10 +111,13 @@ async def build_remote(
     copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
     sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
     acts.stop(copy)
+    # Talkative (-v): Nix says "building '...' on '<uri>'" itself at the accept; at its
+    # default verbosity this one, the same line with the builder's name, was said twice.
     build = acts.start(
         _ACT_BUILD,
         f"building '{request.drv_path}' on '{machine}'",
         [request.drv_path, machine, 1, 1],
+        level=_TALKATIVE,
     )
     acts.phase(build, "building")
     # An ssh-ng:// builder reports its own phases: Nix shows them as it does for its own builds.
