@@ -31,7 +31,7 @@ from tests.helpers.hook_runs import (
 )
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import stop_coordinators, wait_for
-from tests.helpers.processes import stop
+from tests.helpers.processes import children, stop
 
 MEMBERS = ("hf1", "hf2")
 
@@ -89,6 +89,45 @@ def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     assert proc.returncode != 0
     assert "offload-hook: error: the coordinator stopped before the hook ended" in err, err
     wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 30, "the builder's build to stop")
+
+
+def test_a_coordinator_killed_between_derivations_is_one_plain_line_and_nix_goes_on(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # a is declined (-j1: the local machine is as fast, with nothing to copy) and builds here;
+    # the hook that declined it waits for Nix's next request (b's, once a is built) when its
+    # coordinator is killed. Nix finds it gone as it asks, shows what it left after "build hook
+    # died unexpectedly: " and builds b itself: that was a JSON message, braces and all.
+    shared = Path(tempfile.mkdtemp(prefix="ohf", dir="/tmp"))  # the local build user's too
+    shared.chmod(0o777)
+    wait = f"i=0; while [ ! -e {shared}/go ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done"
+    body = (
+        f'let a = mk "a" "/bin/touch {shared}/a; {wait}; echo > $out" {{}}; in '
+        'mk "b" "/bin/cat ${a} > $out" {}\n'
+    )
+    proc = start_nix_build(hook_fleet, tmp_path, nix_file(tmp_path, body), "-j1", output=False)
+    try:
+        wait_for((shared / "a").exists, 60, "a to build here")
+        (pid,) = coordinator_pids(tmp_path / "state")
+        os.kill(pid, signal.SIGKILL)
+
+        def hook_gone() -> bool:
+            return not any("offload-hook" in cmd for _, cmd in children(proc.pid))
+
+        wait_for(hook_gone, 30, "the hook to end with its coordinator")
+        (shared / "go").touch()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+        shutil.rmtree(shared)
+    assert proc.returncode == 0, err
+    assert "@nix" not in err
+    said = [line for line in err.splitlines() if "coordinator stopped" in line]
+    expected = (
+        "build hook died unexpectedly: offload-hook: error: the coordinator stopped before the "
+        "hook ended (its log: hook-coordinator.log in the state directory)"
+    )
+    assert said == [expected], err
 
 
 @pytest.mark.parametrize("coordinator", ["running", "starting"])

@@ -143,12 +143,12 @@ def test_a_coordinator_that_closes_with_us_in_its_backlog_is_asked_again(tmp_pat
         assert served(hook) is None
 
 
-def test_a_coordinator_gone_after_taking_the_pipes_fails_the_hook_with_one_line(
+def test_a_coordinator_gone_after_an_accept_fails_the_hook_with_one_json_line(
     pair: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str]
 ) -> None:
     hook, coordinator = pair
     coordinator.setblocking(True)
-    coordinator.sendall(b"+")  # taken: only it may answer Nix now
+    coordinator.sendall(b"+a")  # taken: only it may answer Nix now; and it accepted
     coordinator.shutdown(socket.SHUT_WR)  # then gone without the exit code
     assert served(hook) == 1
     err = capsys.readouterr().err
@@ -160,3 +160,28 @@ def test_a_coordinator_gone_after_taking_the_pipes_fails_the_hook_with_one_line(
     assert message["msg"].startswith(
         "offload-hook: error: the coordinator stopped before the hook ended"
     )
+
+
+def test_a_coordinator_gone_before_an_accept_fails_the_hook_with_one_plain_line(
+    pair: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nix copies a plain line while it waits for a reply, and shows it after "build hook died
+    # unexpectedly: " when it finds the hook gone: a JSON message there was shown raw.
+    hook, coordinator = pair
+    coordinator.setblocking(True)
+    coordinator.sendall(b"+")
+    coordinator.shutdown(socket.SHUT_WR)
+    assert served(hook) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("offload-hook: error: the coordinator stopped before the hook ended")
+    assert err.count("\n") == 1
+    assert "@nix" not in err
+
+
+def test_an_accepted_build_s_exit_code_is_the_hook_s(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    hook, coordinator = pair
+    coordinator.setblocking(True)
+    coordinator.sendall(b"+a100\n")
+    assert served(hook) == 100

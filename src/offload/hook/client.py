@@ -6,8 +6,9 @@ this process costs, every remotely built derivation costs it in series. It there
 little as it can and imports only the standard library: it connects to the user's coordinator
 (``offload.hook.coordinator``) over a Unix socket in the state directory, passes it its stdin,
 stderr and fd 4 (``SCM_RIGHTS``) with its arguments, environment and parent's pid, and waits
-for one line, the exit code, which it exits with. The coordinator speaks the hook protocol on
-those pipes; Nix cannot tell the difference.
+for one line, the exit code, which it exits with (after a byte saying it accepted, when it
+does: a coordinator that dies is said the way Nix reads the hook's lines then). The
+coordinator speaks the hook protocol on those pipes; Nix cannot tell the difference.
 
 The coordinator is started on demand, by the first hook that finds none, under a lock so two
 hooks never start two; it acknowledges every hook it takes with one byte, so a hook that
@@ -34,6 +35,7 @@ from offload import __version__
 from offload.state_location import HOOK_STATE_NOTE, private_dir, usable_hook_state
 
 __all__ = [
+    "ACCEPTED",
     "HELLO_FDS",
     "HELLO_MAGIC",
     "encode_hello",
@@ -50,12 +52,21 @@ _ATTEMPTS = 3
 # The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
 HELLO_FDS = (0, 2, 4)
 HELLO_MAGIC = b"offload-hello-1"
-# What the hook says when its coordinator dies under it: a message Nix shows before or after the
-# hook's reply (``wire.write_nix_json``, written out: this process imports no json).
-_COORDINATOR_STOPPED = (
-    '@nix {"action":"msg","level":0,"msg":"offload-hook: error: the coordinator stopped'
-    ' before the hook ended (its log: hook-coordinator.log in the state directory)"}\n'
+# What the coordinator sends just before it writes "# accept" for this hook.
+ACCEPTED = b"a"
+# What the hook says when its coordinator dies under it. Once it accepted, Nix shows only
+# ``@nix`` messages (``wire.write_nix_json``, written out: this process imports no json); before
+# that, a plain line: Nix copies it while it waits for a reply, and when it finds the hook gone
+# as it asks the next derivation, it shows what the hook left as "build hook died unexpectedly:
+# <it>" (there a JSON message was shown as it is, braces and all).
+_STOPPED = (
+    "offload-hook: error: the coordinator stopped before the hook ended"
+    " (its log: hook-coordinator.log in the state directory)"
 )
+_COORDINATOR_STOPPED = {
+    True: '@nix {"action":"msg","level":0,"msg":"' + _STOPPED + '"}\n',
+    False: _STOPPED + "\n",
+}
 
 
 def _digest(text: str) -> str:
@@ -198,11 +209,10 @@ def _wait_for_code(sock: _socket.socket) -> int:
         except ConnectionError:
             chunk = b""
         if not chunk:
-            # As Nix's JSON log: after "# accept" Nix drops the hook's plain lines.
-            sys.stderr.write(_COORDINATOR_STOPPED)
+            sys.stderr.write(_COORDINATOR_STOPPED[data.startswith(ACCEPTED)])
             return 1
         data += chunk
-    return int(data)
+    return int(data.removeprefix(ACCEPTED))
 
 
 def main() -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from offload.hook.client import ACCEPTED
 from offload.hook.handover import Channels, Hello, open_channels, receive_hello
 from offload.hook.home import sweep_leftovers
 from offload.hook.keep import Keep
@@ -163,6 +165,7 @@ class Coordinator:
             if hello is None:
                 return
             channels = await open_channels(hello.fds)
+            channels.io.on_accept = functools.partial(_tell_accepted, conn)
             try:
                 await asyncio.get_running_loop().sock_sendall(conn, b"+")
                 code = await self._serve(conn, hello, channels)
@@ -184,6 +187,13 @@ class Coordinator:
         gone.cancel()
         await asyncio.wait([gone])
         return channels.result(serving)
+
+
+def _tell_accepted(conn: socket.socket) -> None:
+    """Tell the hook process its derivation is accepted (before Nix reads so): should this
+    coordinator die now, the hook says so as Nix reads a hook's lines after the accept."""
+    with contextlib.suppress(OSError):  # one byte on a socket nothing else was sent on since
+        conn.send(ACCEPTED)
 
 
 def stop_coordinators(state: Path, timeout: float = 30.0) -> list[int]:

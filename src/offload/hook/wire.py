@@ -139,11 +139,14 @@ Sink = Callable[[bytes], None]
 class HookIO:
     """The hook's two channels to Nix: ``err``, its stderr (replies, messages, ``@nix`` lines),
     and ``log``, fd 4 (the build log). Writers, so one coordinator can serve many hooks.
-    ``accepted``: a build was accepted on them; Nix reads no other reply after that."""
+    ``accepted``: a build was accepted on them; Nix reads no other reply after that.
+    ``on_accept``: told just before ``# accept`` is written (the coordinator tells the hook
+    process, which then knows how to say its own failure: ``offload.hook.client``)."""
 
     err: Sink
     log: Sink
     accepted: bool = False
+    on_accept: Callable[[], None] | None = None
 
     @classmethod
     def of_fds(cls, err: int = 2, log: int = 4) -> HookIO:
@@ -172,6 +175,8 @@ def write_reply(io: HookIO, reply: Reply, machine: str | None = None) -> None:
         assert machine is not None
         text += machine.replace("\n", " ") + "\n"
         io.accepted = True
+        if io.on_accept is not None:
+            io.on_accept()
     io.err(text.encode())
 
 
