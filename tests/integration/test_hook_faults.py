@@ -70,6 +70,23 @@ def test_each_nix_build_hears_of_a_builder_left_out(hook_fleet: Fleet, tmp_path:
         assert f"{machines}:{len(lines) + 1}" in said[0]
 
 
+def test_a_note_on_the_builders_given_to_nix_build_names_no_nix_conf(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Nix sends the hook its builders setting whatever set it: here nix-build's --builders,
+    # which the note called "nix.conf builders" (no nix.conf sets it).
+    missing = tmp_path / "missing"
+    file = nix_file(tmp_path, leaves(1))
+    done = nix_build(hook_fleet, tmp_path, file, "-j1", builders=f"@{missing}")
+    assert len(outputs(done)) == 1
+    said = [line for line in done.stderr.splitlines() if str(missing) in line]
+    expected = (
+        f"offload-hook: Nix's builders setting:1: machines file {missing} does not exist; "
+        "skipped, as Nix does"
+    )
+    assert said == [expected], done.stderr
+
+
 def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:

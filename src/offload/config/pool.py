@@ -270,14 +270,16 @@ def load_pool(
     options: Mapping[str, str] | None = None,
     nix_settings: NixSettings | None = None,
     lenient: bool = False,
+    builders_setting: str = "nix.conf builders",
 ) -> Pool:
     """The pool for this run: machines spec, then offload.toml, then the local entry.
 
     A bad machines entry raises, as Nix fails on it; ``lenient`` (`offload machines`) reads on
-    and keeps every such problem in ``Pool.errors`` instead."""
+    and keeps every such problem in ``Pool.errors`` instead. ``builders_setting`` names Nix's
+    ``builders`` setting in what is said about its entries (``settings.builders_spec``)."""
     env = os.environ if env is None else env
     settings = nix_settings if nix_settings is not None else read_nix_settings(env, options)
-    spec, origin = builders_spec(builders, env, settings, options)
+    spec, origin = builders_spec(builders, env, settings, options, setting=builders_setting)
     machines, warnings, errors = read_spec(spec, origin, settings.system, lenient=lenient)
     warnings = [*settings.warnings, *warnings]
     if not lenient:  # `offload machines` says it among the machines' problems

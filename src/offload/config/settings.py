@@ -257,8 +257,12 @@ def builders_spec(
     env: Mapping[str, str],
     nix_conf: NixSettings | Mapping[str, str],
     options: Mapping[str, str] | None = None,
+    *,
+    setting: str = "nix.conf builders",
 ) -> tuple[str, str]:
-    """The machines spec for this run and a label for where it came from."""
+    """The machines spec for this run and a label for where it came from; ``setting``, the
+    label of Nix's own ``builders`` setting (offload-hook's is Nix's whatever set it there:
+    nix.conf, a client's --builders or --option)."""
     if cli_builders is not None:
         return cli_builders, "--builders"
     if options and "builders" in options:
@@ -276,7 +280,7 @@ def builders_spec(
         return remote, REMOTE_SYSTEMS_ORIGIN
     if spec == DEFAULT_BUILDERS:
         return spec, MACHINES_DEFAULT_ORIGIN
-    return spec, "nix.conf builders"
+    return spec, setting
 
 
 def local_machine(settings: NixSettings, toml: TomlLocal | None = None) -> LocalMachine:

@@ -299,7 +299,14 @@ def load_context(
     env = dict(env)
     _check_store(preamble.get("store", "auto"))
     settings = NixSettings(dict(preamble))
-    whole = load_pool(builders=None, config=None, env=env, nix_settings=settings)
+    # Nix sends its settings, not where each was set: a client's --builders is no nix.conf's.
+    whole = load_pool(
+        builders=None,
+        config=None,
+        env=env,
+        nix_settings=settings,
+        builders_setting="Nix's builders setting",
+    )
     now = time.time()
     pool, note = _chosen(whole, state, now)
     context = HookContext(
