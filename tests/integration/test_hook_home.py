@@ -116,7 +116,7 @@ def test_a_build_cancelled_while_its_outputs_arrive_leaves_nothing(
     asyncio.run(go())
     assert not _valid(info.path)
     assert not Path(info.path).exists()
-    assert not list(Path(STORE_DIR).glob(f"{home.TEMP_PREFIX}{os.getpid()}-*"))
+    assert not list(Path(STORE_DIR).glob(f"*-{home.TEMP_MARK}{os.getpid()}-*"))
 
 
 def test_an_output_a_builder_names_outside_the_store_touches_nothing(
@@ -131,7 +131,7 @@ def test_an_output_a_builder_names_outside_the_store_touches_nothing(
     with pytest.raises(StoreError, match="invalid store path"):
         asyncio.run(home.import_outputs(source, [forged]))  # type: ignore[arg-type]
     assert victim.read_text() == "precious\n"
-    assert not list(Path(STORE_DIR).glob(f"{home.TEMP_PREFIX}{os.getpid()}-*"))
+    assert not list(Path(STORE_DIR).glob(f"*-{home.TEMP_MARK}{os.getpid()}-*"))
 
 
 def _lock(path: str) -> int:

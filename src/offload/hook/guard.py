@@ -17,14 +17,15 @@ import os
 from collections.abc import Sequence
 from typing import IO
 
-from offload.hook.home import TEMP_PREFIX
+from offload.hook.home import TEMP_MARK
 from offload.process import start_guard
 
 __all__ = ["Guard", "guard_argv"]
 
 _SCRIPT = (
     'if read -r word && [ "$word" = done ]; then exit 0; fi; '
-    'rm -rf -- "$1"/' + TEMP_PREFIX + '"$2"-*; shift 2; exec "$@"'
+    # <32-character hash part>-offload-hook-temp-<pid>-<batch>-<n> (offload.hook.home)
+    'rm -rf -- "$1"/' + "?" * 32 + "-" + TEMP_MARK + '"$2"-*; shift 2; exec "$@"'
 )
 
 

@@ -6,10 +6,20 @@ forever for the parent that waits for us. build-remote gets round it from inside
 (``locksHeld``); a separate program does what the store would do, without the lock, which is
 safe because the lock we skip is held for us:
 
+0. every path is made a temporary garbage-collector root (``offload.hook.temproots``), before
+   it is locked, as Nix's ``LocalStore::addToStore`` does: else a collection (systemd's nix-gc
+   timer during a nixos-rebuild) could delete a dependency renamed into place and not yet
+   registered: the registration then fails (Nix 2.8 looks for each path first), or, deleted
+   between that look and its commit, the path is valid and missing;
 1. each missing path's NAR is streamed from the builder into ``nix-store --restore`` (or, when
    small, read into memory and unpacked by ``offload.hook.unpack``) under a temporary name
-   beside the store directory's entries (``.offload-hook-<pid>-<batch>-<n>``), and
-   hashed as it goes;
+   beside the store directory's entries, and hashed as it goes. The name is
+   ``<hash>-offload-hook-temp-<pid>-<batch>-<n>``, with the hash part of the path it becomes:
+   the collector deletes any entry not named as a store path, and keeps a temporary root by its
+   hash part (as it keeps Nix's own ``<path>.lock`` and ``.check``). A tree outside the store
+   directory would escape it too, but could not be renamed in: on NixOS the store is a
+   read-only bind mount, writable in the daemon's mount namespace only (``EXDEV``). Newer Nix
+   also spares a ``tmp-*`` directory locked by its writer; Nix 2.8 does not;
 2. the hash and size are checked against what the builder says (a mismatch registers nothing);
 3. the temporary tree is renamed to its store path (atomic, same directory);
 4. all of them are registered at once, dependencies included, with
@@ -22,7 +32,9 @@ meanwhile (a Ctrl-C, the hook's Nix gone): ``nix-store`` may commit it whatever 
 us, and a path removed after that would be valid in the database and missing on disk, which
 Nix then takes for built. A hook killed mid-copy leaves a temporary tree that its guard
 (``offload.hook.guard``) removes; a renamed but unregistered path is invalid, and Nix deletes
-invalid paths before it writes them.
+invalid paths before it writes them (its collector too, once the hook's roots are gone with
+it). The roots go once the paths are registered (or removed): from then on the outputs Nix
+roots for its build keep their dependencies through their references.
 
 Nix holds the locks of the derivation's outputs only. Any other path the builder names in their
 closure (for an honest builder there is none: Nix made the inputs valid here first) is locked
@@ -39,27 +51,37 @@ import contextlib
 import hashlib
 import itertools
 import os
+import re
 import shutil
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from offload.errors import StoreError
 from offload.hook.pathlocks import PathLocks
+from offload.hook.temproots import TempRoots
 from offload.hook.unpack import SMALL_NAR, unpack_nar
 from offload.process import run_async, spawn
 from offload.protocol.serve import PathInfo, StoreClient
 from offload.store.nar import nar_hash_nix32
 from offload.store.path import STORE_DIR, StorePath
 
-__all__ = ["TEMP_PREFIX", "import_outputs", "registration_text", "sweep_leftovers"]
+__all__ = ["TEMP_MARK", "import_outputs", "registration_text", "sweep_leftovers", "temp_name"]
 
-TEMP_PREFIX = ".offload-hook-"
+# After a store path's hash part and "-", as the name of that path's temporary tree.
+TEMP_MARK = "offload-hook-temp-"
+_TEMP_NAME = re.compile(r"[0-9a-df-np-sv-z]{32}-" + TEMP_MARK + r"([0-9]+)-[0-9]+-[0-9]+")
 # How long a path another process holds locked is waited for (Nix waits for ever; see
 # offload.hook.pathlocks): far beyond any copy, and a dependency only a builder's wrong word can
 # make the hook bring home at all (below).
 LOCK_PATIENCE = 600.0
 # Temporary names are <pid>-<batch>-<n>: one coordinator process imports for many builds at once.
 _BATCHES = itertools.count()
+
+
+def temp_name(path: str, batch: int, n: int) -> str:
+    """The temporary tree's name for ``path``, kept by the collector with ``path``'s root."""
+    hash_part = Path(path).name[:32]
+    return f"{hash_part}-{TEMP_MARK}{os.getpid()}-{batch}-{n}"
 
 
 def registration_text(infos: Sequence[PathInfo]) -> str:
@@ -153,8 +175,11 @@ async def import_outputs(
         # removed again here, as root under the daemon: one outside the store, or a sub-path,
         # would be any file of this host's.
         StorePath.parse(info.path, store_dir)
-    locks = PathLocks()
+    roots, locks = TempRoots(), PathLocks()
     try:
+        # Rooted first, as Nix roots what it adds: one found valid below stays so until the
+        # outputs that refer to it are registered.
+        await roots.add(info.path for info in infos)
         ours = [info.path for info in infos if info.path not in held]
         await locks.lock(ours, patience=patience, waiting=waiting)
         if ours:  # built or copied here by the process that held the lock, maybe
@@ -164,6 +189,8 @@ async def import_outputs(
     except BaseException:
         locks.release(done=False)
         raise
+    finally:
+        roots.release()
     locks.release(done=True)
     return moved
 
@@ -184,7 +211,7 @@ async def _place(remote: StoreClient, infos: Sequence[PathInfo], store: Path) ->
     registering: asyncio.Task[None] | None = None
     try:
         for n, info in enumerate(infos):
-            temp = store / f"{TEMP_PREFIX}{os.getpid()}-{batch}-{n}"
+            temp = store / temp_name(info.path, batch, n)
             temps.append(temp)
             _remove(temp)
             await _restore(remote, info, temp)
@@ -227,10 +254,8 @@ def sweep_leftovers(store_dir: str = STORE_DIR) -> None:
     """Remove temporary trees of hook processes that died without cleaning up."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(store_dir):
-            if not entry.name.startswith(TEMP_PREFIX):
-                continue
-            pid = entry.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            match = _TEMP_NAME.fullmatch(entry.name)
+            if match is not None and not _alive(int(match[1])):
                 _remove(Path(entry.path))
 
 
