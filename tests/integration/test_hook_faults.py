@@ -1,6 +1,7 @@
 """offload-hook's faults under real Nix 2.8, each said to the user and none stopping a build that
-could go on: a --check with builders only, a coordinator killed mid-build, notes on the
-machines for every nix-build, a history another process holds locked or that is damaged."""
+could go on: a --check with builders only, a coordinator killed mid-build, between derivations
+or while Nix waits for its reply, notes on the machines for every nix-build, a history another
+process holds locked or that is damaged."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from tests.helpers.hook_runs import (
 )
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import stop_coordinators, wait_for
-from tests.helpers.processes import children, stop
+from tests.helpers.processes import children, start, stop
 
 MEMBERS = ("hf1", "hf2")
 
@@ -104,7 +105,16 @@ def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     finally:
         stop(proc)
     assert proc.returncode != 0
-    assert "offload-hook: error: the coordinator stopped before the hook ended" in err, err
+    assert "@nix" not in err
+    said = [line for line in err.splitlines() if "coordinator" in line]
+    expected = (
+        "offload-hook: error: the coordinator stopped before the hook ended (its log: "
+        "hook-coordinator.log in the state directory)"
+    )
+    assert said == [expected], err
+    failed = err.splitlines()[err.splitlines().index(expected) + 1]
+    assert failed.startswith("error: builder for '/nix/store/"), err
+    assert failed.endswith("-long.drv' failed with exit code 1"), err
     wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 30, "the builder's build to stop")
 
 
@@ -140,6 +150,67 @@ def test_a_coordinator_killed_between_derivations_is_one_plain_line_and_nix_goes
     assert proc.returncode == 0, err
     assert "@nix" not in err
     said = [line for line in err.splitlines() if "coordinator stopped" in line]
+    expected = (
+        "build hook died unexpectedly: offload-hook: error: the coordinator stopped before the "
+        "hook ended (its log: hook-coordinator.log in the state directory)"
+    )
+    assert said == [expected], err
+
+
+def _hanging_builder(fleet: Fleet, tmp_path: Path) -> tuple[Path, Path]:
+    """A machines file whose one builder, fast (the first choice) and with no features, is hf1
+    reached through a proxy that touches ``<tmp_path>/connecting`` and says nothing (ssh's
+    ConnectTimeout ends it); and the ssh config that says so."""
+    proxy = tmp_path / "proxy.sh"
+    proxy.write_text(f"/bin/touch {tmp_path}/connecting; exec /bin/sleep 30\n")
+    text = fleet.ssh_config.read_text()
+    block = text[text.index("Host hf1\n") :].split("\n\n")[0]
+    hangs = block.replace("Host hf1\n", f"Host hangs\n  ProxyCommand /bin/sh {proxy}\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"{text}\n\n{hangs}")
+    line = fleet.machines_file.read_text().splitlines()[0].split()
+    assert line[0].startswith("ssh://hf1?")
+    line[0] = line[0].replace("hf1", "hangs", 1)
+    line[3:6] = ["2", "8", "-"]
+    machines = tmp_path / "machines"
+    machines.write_text(" ".join(line) + "\n")
+    return machines, config
+
+
+# One derivation, asked with the settings; or b, asked of the hook that declined a (the
+# builder lacks the feature it needs), once Nix built a itself.
+ASKED = {
+    "first": f'mk "b" "{SPEED} > $out" {{}}\n',
+    "later": (
+        'let a = mk "a" "echo > $out" { requiredSystemFeatures = [ "big-parallel" ]; }; in '
+        f'mk "b" "/bin/cat ${{a}}; {SPEED} > $out" {{}}\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("which", list(ASKED))
+def test_a_coordinator_killed_while_nix_waits_for_its_reply_lets_nix_build_it(
+    hook_fleet: Fleet, tmp_path: Path, which: str
+) -> None:
+    # The coordinator accepts b for the fast builder, but first opens a session there: Nix
+    # waits for the reply meanwhile, and gets none. That failed the whole nix-build ("unexpected
+    # EOF reading a line"); now the hook postpones for it, and Nix, asking again, finds it
+    # gone, shows what it left and builds b itself.
+    machines, config = _hanging_builder(hook_fleet, tmp_path)
+    argv = nix_build_argv(nix_file(tmp_path, ASKED[which]), f"@{machines}", "-j1")
+    env = hook_env(hook_fleet, tmp_path, sshopts=f"-F {config}")
+    proc = start(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for((tmp_path / "connecting").exists, 60, "the session to the builder to start")
+        (pid,) = coordinator_pids(tmp_path / "state")
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert Path(out.strip()).read_text().strip() == "local"
+    assert "@nix" not in err
+    said = [line for line in err.splitlines() if "coordinator" in line]
     expected = (
         "build hook died unexpectedly: offload-hook: error: the coordinator stopped before the "
         "hook ended (its log: hook-coordinator.log in the state directory)"

@@ -143,39 +143,81 @@ def test_a_coordinator_that_closes_with_us_in_its_backlog_is_asked_again(tmp_pat
         assert served(hook) is None
 
 
+@pytest.fixture
+def nix_stdin() -> Iterator[int]:
+    """A pipe on our fd 0, as Nix gives a hook its requests: its write end."""
+    read, write = os.pipe()
+    saved = os.dup(0)
+    os.dup2(read, 0)
+    os.close(read)
+    try:
+        yield write
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(write)
+
+
+def _gone_after(pair: tuple[socket.socket, socket.socket], sent: bytes) -> int | None:
+    """What the hook returns when its coordinator sends ``sent`` and is gone."""
+    hook, coordinator = pair
+    coordinator.setblocking(True)
+    coordinator.sendall(sent)
+    coordinator.shutdown(socket.SHUT_WR)  # gone without the exit code
+    return served(hook)
+
+
+STOPPED = (
+    "offload-hook: error: the coordinator stopped before the hook ended"
+    " (its log: hook-coordinator.log in the state directory)"
+)
+
+
+@pytest.mark.usefixtures("nix_stdin")
 def test_a_coordinator_gone_after_an_accept_fails_the_hook_with_one_json_line(
     pair: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    hook, coordinator = pair
-    coordinator.setblocking(True)
-    coordinator.sendall(b"+a")  # taken: only it may answer Nix now; and it accepted
-    coordinator.shutdown(socket.SHUT_WR)  # then gone without the exit code
-    assert served(hook) == 1
+    assert _gone_after(pair, b"+wa") == 1  # taken, asked, and about to accept
     err = capsys.readouterr().err
     assert err.startswith("@nix ")  # after '# accept' Nix drops the hook's plain lines
     assert err.count("\n") == 1
     message = json.loads(err.removeprefix("@nix "))
     assert message["action"] == "msg"
     assert message["level"] == 0
-    assert message["msg"].startswith(
-        "offload-hook: error: the coordinator stopped before the hook ended"
-    )
+    assert message["msg"] == STOPPED
 
 
-def test_a_coordinator_gone_before_an_accept_fails_the_hook_with_one_plain_line(
+@pytest.mark.parametrize("sent", [b"+", b"+w", b"+wnw", b"+wnwnw"])
+@pytest.mark.usefixtures("nix_stdin")
+def test_a_coordinator_gone_while_nix_waits_for_a_reply_is_answered_for(
+    pair: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str], sent: bytes
+) -> None:
+    # Nix waits for a reply (its first try comes with the settings): a hook that ended then
+    # failed the whole nix-build. Postponed, Nix asks again, finds the hook gone, and shows
+    # the line that follows as "build hook died unexpectedly: <it>" (raw: no JSON).
+    assert _gone_after(pair, sent) == 1
+    err = capsys.readouterr().err
+    assert err == f"# postpone\n{STOPPED}\n"
+
+
+def test_a_try_the_coordinator_never_read_is_answered_for(
+    pair: tuple[socket.socket, socket.socket],
+    capsys: pytest.CaptureFixture[str],
+    nix_stdin: int,
+) -> None:
+    os.write(nix_stdin, b"\x03\x00\x00\x00\x00\x00\x00\x00try\x00\x00\x00\x00\x00")
+    assert _gone_after(pair, b"+wn") == 1  # it answered the last one only
+    assert capsys.readouterr().err.splitlines()[0] == "# postpone"
+
+
+@pytest.mark.usefixtures("nix_stdin")
+def test_a_coordinator_gone_between_requests_fails_the_hook_with_one_plain_line(
     pair: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Nix copies a plain line while it waits for a reply, and shows it after "build hook died
-    # unexpectedly: " when it finds the hook gone: a JSON message there was shown raw.
-    hook, coordinator = pair
-    coordinator.setblocking(True)
-    coordinator.sendall(b"+")
-    coordinator.shutdown(socket.SHUT_WR)
-    assert served(hook) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("offload-hook: error: the coordinator stopped before the hook ended")
-    assert err.count("\n") == 1
-    assert "@nix" not in err
+    # Nix waits for nothing: it finds the hook gone as it writes the next try, and shows this
+    # line after "build hook died unexpectedly: " (a JSON message there was shown raw).
+    assert _gone_after(pair, b"+wnwn") == 1
+    assert capsys.readouterr().err == f"{STOPPED}\n"
 
 
 def test_an_accepted_build_s_exit_code_is_the_hook_s(
@@ -183,5 +225,5 @@ def test_an_accepted_build_s_exit_code_is_the_hook_s(
 ) -> None:
     hook, coordinator = pair
     coordinator.setblocking(True)
-    coordinator.sendall(b"+a100\n")
+    coordinator.sendall(b"+wnwa100\n")
     assert served(hook) == 100

@@ -2,7 +2,8 @@
 line and a decline, so Nix builds the derivation itself; after ``# accept``, with an ``@nix``
 error and exit 1, never a second reply (Nix reads none); and a build for another store than
 this host's is declined for good. ``answer`` is replaced by one that fails where it is told
-to: the thing under test is what ``serve`` does with each request."""
+to: the thing under test is what ``serve`` does with each request, and the turns it tells the
+hook process (``HookIO.on_turn``: whether Nix waits for a reply)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ def _nix_asks(settings: dict[str, str]) -> bytes:
 def _serve(
     tmp_path: Path, settings: dict[str, str], answer: Callable[[HookIO], Answer]
 ) -> tuple[int, list[str]]:
-    """``serve``'s exit code and the lines Nix reads, with ``answer(io)`` deciding."""
+    """``serve``'s exit code and the lines Nix reads, with ``answer(io)`` deciding; each turn
+    told to the hook process is a line ``<turn>`` among them, where it was told."""
     said: list[bytes] = []
     io = HookIO(said.append, lambda _data: None)
+    io.on_turn = lambda turn: said.append(f"<{turn.value}>\n".encode())
 
     async def go() -> int:
         stream = asyncio.StreamReader()
@@ -75,13 +78,15 @@ def _failing(accept_first: bool) -> Callable[[HookIO], Answer]:
 def test_a_failure_before_the_reply_declines_with_one_line(tmp_path: Path) -> None:
     code, lines = _serve(tmp_path, {"builders": ""}, _failing(accept_first=False))
     assert code == 0
-    assert lines[-2:] == [f"{ERROR}; {DRV} is left to Nix", "# decline"]
+    assert lines[-4:] == ["<asked>", f"{ERROR}; {DRV} is left to Nix", "# decline", "<answered>"]
 
 
 def test_a_failure_after_accepting_fails_the_build_and_says_why(tmp_path: Path) -> None:
     code, lines = _serve(tmp_path, {"builders": ""}, _failing(accept_first=True))
     assert code == 1
-    assert lines[-3:-1] == ["# accept", "ssh://b"]
+    # The hook process is told before Nix reads the accept: were the coordinator to die now,
+    # what it says must be what Nix reads after an accept (only @nix lines).
+    assert lines[-5:-1] == ["<asked>", "<accepted>", "# accept", "ssh://b"]
     assert lines[-1].startswith("@nix ")
     assert json.loads(lines[-1].removeprefix("@nix "))["msg"] == f"{ERROR}; the build failed"
     assert "# decline" not in lines
@@ -115,7 +120,7 @@ def test_a_build_for_another_store_is_declined_for_good(
             "host's own: offload-hook brings outputs home into this host's store only; "
             "building locally"
         )
-        assert lines == [said, "# decline-permanently"]
+        assert lines == ["<asked>", said, "# decline-permanently", "<answered>"]
     else:
         assert answered == [DRV]
-        assert lines[-1] == "# decline"
+        assert lines[-2:] == ["# decline", "<answered>"]

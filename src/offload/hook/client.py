@@ -6,9 +6,12 @@ this process costs, every remotely built derivation costs it in series. It there
 little as it can and imports only the standard library: it connects to the user's coordinator
 (``offload.hook.coordinator``) over a Unix socket in the state directory, passes it its stdin,
 stderr and fd 4 (``SCM_RIGHTS``) with its arguments, environment and parent's pid, and waits
-for one line, the exit code, which it exits with (after a byte saying it accepted, when it
-does: a coordinator that dies is said the way Nix reads the hook's lines then). The
-coordinator speaks the hook protocol on those pipes; Nix cannot tell the difference.
+for one line, the exit code, which it exits with. The coordinator speaks the hook protocol on
+those pipes; Nix cannot tell the difference. Before the exit code it sends a byte at each turn
+of that talk (a try read, a reply written, an accept about to be), so this process knows what
+Nix waits for should the coordinator die: a reply (it answers ``# postpone``: Nix then asks
+again, finds this hook gone and builds the derivation itself), the next try (it says why it
+ends) or the build's end (it says so as Nix reads a hook's lines then: the build failed).
 
 The coordinator is started on demand, by the first hook that finds none, under a lock so two
 hooks never start two; it acknowledges every hook it takes with one byte, so a hook that
@@ -36,6 +39,8 @@ from offload.state_location import HOOK_STATE_NOTE, private_dir, usable_hook_sta
 
 __all__ = [
     "ACCEPTED",
+    "ANSWERED",
+    "ASKED",
     "HELLO_FDS",
     "HELLO_MAGIC",
     "encode_hello",
@@ -52,13 +57,15 @@ _ATTEMPTS = 3
 # The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
 HELLO_FDS = (0, 2, 4)
 HELLO_MAGIC = b"offload-hello-1"
-# What the coordinator sends just before it writes "# accept" for this hook.
-ACCEPTED = b"a"
+# What the coordinator says of Nix's turn (``wire.Turn``), a byte each, before the exit code:
+ASKED = b"w"  # a try was read: Nix waits for a reply
+ANSWERED = b"n"  # declined or postponed (written): Nix waits for nothing until its next try
+ACCEPTED = b"a"  # about to write "# accept": Nix waits for the build's end
+_TURN_BYTES = ASKED + ANSWERED + ACCEPTED
 # What the hook says when its coordinator dies under it. Once it accepted, Nix shows only
-# ``@nix`` messages (``wire.write_nix_json``, written out: this process imports no json); before
-# that, a plain line: Nix copies it while it waits for a reply, and when it finds the hook gone
-# as it asks the next derivation, it shows what the hook left as "build hook died unexpectedly:
-# <it>" (there a JSON message was shown as it is, braces and all).
+# ``@nix`` messages (``wire.write_nix_json``, written out: this process imports no json).
+# Otherwise a plain line, which Nix shows when it next writes to the hook and finds it gone, as
+# "build hook died unexpectedly: <what the hook left>" (a JSON message there was shown raw).
 _STOPPED = (
     "offload-hook: error: the coordinator stopped before the hook ended"
     " (its log: hook-coordinator.log in the state directory)"
@@ -67,6 +74,12 @@ _COORDINATOR_STOPPED = {
     True: '@nix {"action":"msg","level":0,"msg":"' + _STOPPED + '"}\n',
     False: _STOPPED + "\n",
 }
+# What the hook answers for a coordinator that died while Nix waited for its reply (a hook that
+# ends then fails the whole nix-build: "unexpected EOF reading a line"). Nix asks again after a
+# postpone, finds this hook gone (EPIPE), shows the line that follows the postpone, builds the
+# derivation itself and starts a new hook for the next: one derivation built here. A decline
+# would cost two (this one, and the next, which finds the hook gone).
+_POSTPONE = "# postpone\n"
 
 
 def _digest(text: str) -> str:
@@ -209,10 +222,30 @@ def _wait_for_code(sock: _socket.socket) -> int:
         except ConnectionError:
             chunk = b""
         if not chunk:
-            sys.stderr.write(_COORDINATOR_STOPPED[data.startswith(ACCEPTED)])
+            _say_stopped(data.rstrip(b"0123456789-")[-1:])
             return 1
         data += chunk
-    return int(data.removeprefix(ACCEPTED))
+    return int(data.lstrip(_TURN_BYTES))
+
+
+def _say_stopped(turn: bytes) -> None:
+    """Say the coordinator died, after ``turn`` (none yet: Nix sends a try with the settings,
+    so it waits for a reply); and answer for it when Nix waits for one."""
+    if turn == ACCEPTED:
+        sys.stderr.write(_COORDINATOR_STOPPED[True])
+        return
+    waits = turn != ANSWERED or _request_unread()
+    sys.stderr.write((_POSTPONE if waits else "") + _COORDINATOR_STOPPED[False])
+
+
+def _request_unread() -> bool:
+    """Nix wrote a try the coordinator never read (its turn was not told): it waits."""
+    import select
+
+    try:
+        return bool(select.select([0], [], [], 0)[0]) and os.read(0, 1) != b""
+    except OSError:
+        return False
 
 
 def main() -> int:

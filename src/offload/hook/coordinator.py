@@ -34,11 +34,12 @@ import sys
 import time
 from pathlib import Path
 
-from offload.hook.client import ACCEPTED
+from offload.hook.client import ACCEPTED, ANSWERED, ASKED
 from offload.hook.handover import Channels, Hello, open_channels, receive_hello
 from offload.hook.home import sweep_leftovers
 from offload.hook.keep import Keep
 from offload.hook.serve import Hook, serve
+from offload.hook.wire import Turn
 from offload.procfs import running
 
 __all__ = ["IDLE_SECONDS", "IDLE_VARIABLE", "Coordinator", "main", "stop_coordinators"]
@@ -165,7 +166,7 @@ class Coordinator:
             if hello is None:
                 return
             channels = await open_channels(hello.fds)
-            channels.io.on_accept = functools.partial(_tell_accepted, conn)
+            channels.io.on_turn = functools.partial(_tell_turn, conn)
             try:
                 await asyncio.get_running_loop().sock_sendall(conn, b"+")
                 code = await self._serve(conn, hello, channels)
@@ -189,11 +190,15 @@ class Coordinator:
         return channels.result(serving)
 
 
-def _tell_accepted(conn: socket.socket) -> None:
-    """Tell the hook process its derivation is accepted (before Nix reads so): should this
-    coordinator die now, the hook says so as Nix reads a hook's lines after the accept."""
-    with contextlib.suppress(OSError):  # one byte on a socket nothing else was sent on since
-        conn.send(ACCEPTED)
+_TURNS = {Turn.ASKED: ASKED, Turn.ANSWERED: ANSWERED, Turn.ACCEPTED: ACCEPTED}
+
+
+def _tell_turn(conn: socket.socket, turn: Turn) -> None:
+    """Tell the hook process whether Nix waits for its reply (``offload.hook.client``):
+    should this coordinator die, the hook answers for it, or says so as Nix reads its lines
+    then. A byte, sent at once: nothing else is sent on the socket before the exit code."""
+    with contextlib.suppress(OSError):
+        conn.send(_TURNS[turn])
 
 
 def stop_coordinators(state: Path, timeout: float = 30.0) -> list[int]:

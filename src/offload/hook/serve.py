@@ -28,6 +28,7 @@ from offload.hook.run import answer
 from offload.hook.wire import (
     HookIO,
     Reply,
+    Turn,
     read_request,
     read_settings,
     verbosity,
@@ -89,6 +90,7 @@ async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
         for note in [*context.notes, *problems]:
             context.say_to_client(note)
     while (request := await read_request(hook.reader)) is not None:
+        hook.io.turn(Turn.ASKED)
         if context is None:
             assert problem is not None
             hook.error(problem, "building locally")

@@ -35,6 +35,7 @@ __all__ = [
     "HookIO",
     "Reply",
     "TryRequest",
+    "Turn",
     "fd_sink",
     "read_accepted",
     "read_request",
@@ -135,18 +136,32 @@ async def read_accepted(reader: ByteReader) -> Accepted:
 Sink = Callable[[bytes], None]
 
 
+class Turn(Enum):
+    """Whose turn it is in the hook's talk with Nix, as ``HookIO.on_turn`` is told it."""
+
+    ASKED = "asked"  # a try was read: Nix waits for the reply
+    ANSWERED = "answered"  # declined or postponed: Nix waits for nothing until its next try
+    ACCEPTED = "accepted"  # about to accept: Nix waits for the build's end
+
+
 @dataclass
 class HookIO:
     """The hook's two channels to Nix: ``err``, its stderr (replies, messages, ``@nix`` lines),
     and ``log``, fd 4 (the build log). Writers, so one coordinator can serve many hooks.
     ``accepted``: a build was accepted on them; Nix reads no other reply after that.
-    ``on_accept``: told just before ``# accept`` is written (the coordinator tells the hook
-    process, which then knows how to say its own failure: ``offload.hook.client``)."""
+    ``on_turn``: told each ``Turn``, so the hook process knows whether Nix waits for a reply
+    and can give one itself should the coordinator die (``offload.hook.client``). A reply is
+    told after it is written (told first, a death in between would leave Nix waiting), an
+    accept just before (after it, Nix reads only ``@nix`` lines)."""
 
     err: Sink
     log: Sink
     accepted: bool = False
-    on_accept: Callable[[], None] | None = None
+    on_turn: Callable[[Turn], None] | None = None
+
+    def turn(self, turn: Turn) -> None:
+        if self.on_turn is not None:
+            self.on_turn(turn)
 
     @classmethod
     def of_fds(cls, err: int = 2, log: int = 4) -> HookIO:
@@ -175,9 +190,10 @@ def write_reply(io: HookIO, reply: Reply, machine: str | None = None) -> None:
         assert machine is not None
         text += machine.replace("\n", " ") + "\n"
         io.accepted = True
-        if io.on_accept is not None:
-            io.on_accept()
+        io.turn(Turn.ACCEPTED)
     io.err(text.encode())
+    if reply is not Reply.ACCEPT:
+        io.turn(Turn.ANSWERED)
 
 
 def write_nix_json(io: HookIO, message: Mapping[str, object]) -> None:
