@@ -46,7 +46,7 @@ from offload.protocol.records import (
     read_path_info,
     sorted_paths,
 )
-from offload.protocol.stderr import ErrorTail, pump_lines, strip_ansi
+from offload.protocol.stderr import ErrorTail, StderrPump, strip_ansi
 from offload.protocol.wire import (
     ByteReader,
     ByteWriter,
@@ -61,7 +61,6 @@ from offload.protocol.wire import (
 )
 from offload.store.drv import Derivation
 from offload.store.nar import copy_nar
-from offload.tasks import stop
 
 __all__ = [
     "CLIENT_HELLO",
@@ -134,14 +133,12 @@ class ServeClient:
         self.server_version: int | None = None
         self._reader = reader
         self._writer = writer
-        self._stderr = stderr
         self.on_log = on_log
         # The serve protocol reports no build phases; kept for ``StoreClient``'s sake.
         self.on_phase: Callable[[str, str], None] | None = None
-        self._stderr_timeout = stderr_timeout
         # Set on a session on the local store: what it sends may be written by nix-store itself.
         self.exporter: Exporter | None = None
-        self._stderr_task: asyncio.Task[None] | None = None
+        self._stderr = StderrPump(stderr, self._line, name=name, timeout=stderr_timeout)
         self._error_tail = ErrorTail()
         self._lock = asyncio.Lock()
         self._broken: str | None = None
@@ -336,12 +333,7 @@ class ServeClient:
         self._closed = True
         self._broken = self._broken or "it was closed"
         await close_writer(self._writer)
-        task = self._stderr_task
-        if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self._stderr_timeout)
-            except TimeoutError:
-                await stop(task)
+        await self._stderr.close()
 
     # -- connection plumbing -----------------------------------------------------------------
 
@@ -403,7 +395,7 @@ class ServeClient:
                 raise ProtocolError(f"{self.name}: connection unusable: {self._broken}")
             if self.server_version is None and what != _HANDSHAKE:
                 raise ProtocolError(f"{self.name}: {what} before the handshake")
-            self._start_stderr()
+            self._stderr.start()
             self._error_tail.clear()
             try:
                 yield
@@ -423,10 +415,9 @@ class ServeClient:
         eof = not isinstance(exc, ProtocolError) or isinstance(
             exc.__cause__, asyncio.IncompleteReadError
         )
-        if eof and self._stderr_task is not None:
+        if eof:
             # The remote prints its error and then exits; wait for the rest of its stderr.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._stderr_task), self._stderr_timeout)
+            await self._stderr.ended()
         remote = self._error_tail.as_error(self.name)
         if remote is not None:
             return remote
@@ -439,12 +430,6 @@ class ServeClient:
         return ProtocolError(f"{self.name}: {exc} (during {what})")
 
     # -- stderr ------------------------------------------------------------------------------
-
-    def _start_stderr(self) -> None:
-        if self._stderr is not None and self._stderr_task is None:
-            self._stderr_task = asyncio.get_running_loop().create_task(
-                pump_lines(self._stderr, self._line), name=f"{self.name} stderr"
-            )
 
     def _line(self, raw: bytes) -> None:
         line = raw.decode(errors="replace").rstrip("\r")

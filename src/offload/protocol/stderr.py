@@ -10,13 +10,15 @@ too), and keeps the last ``error:`` block (``ErrorTail``) to turn "stdout ended"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
 
 from offload.errors import RemoteError
 from offload.protocol.trust import is_untrusted, untrusted_hint, untrusted_message
+from offload.tasks import stop
 
-__all__ = ["ErrorTail", "pump_lines", "strip_ansi"]
+__all__ = ["ErrorTail", "StderrPump", "pump_lines", "strip_ansi"]
 
 _ANSI = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor movement
@@ -58,6 +60,46 @@ async def pump_lines(stream: asyncio.StreamReader, on_line: Callable[[bytes], No
             on_line(line)
     if pending:
         on_line(pending)
+
+
+class StderrPump:
+    """One session's stderr read in the background (``pump_lines``) once ``start``ed, each line
+    to ``on_line``, until its end; ``stream`` None (no stderr given): nothing is read."""
+
+    def __init__(
+        self,
+        stream: asyncio.StreamReader | None,
+        on_line: Callable[[bytes], None],
+        *,
+        name: str,
+        timeout: float,
+    ) -> None:
+        self._stream = stream
+        self._on_line = on_line
+        self._name = name
+        self._timeout = timeout  # how long its end is waited for
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._stream is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                pump_lines(self._stream, self._on_line), name=f"{self._name} stderr"
+            )
+
+    async def ended(self) -> None:
+        """Wait for the end of stderr, bounded: a remote prints its error and then exits."""
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), self._timeout)
+
+    async def close(self) -> None:
+        """Wait for the end of stderr, bounded, then stop reading it."""
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self._timeout)
+            except TimeoutError:
+                await stop(task)
 
 
 class ErrorTail:
