@@ -186,6 +186,37 @@ def test_logs_reach_the_sink_with_their_derivation_and_machine():
     assert lines == [(paths["chatty"], "r", "line one"), (paths["chatty"], "r", "line two")]
 
 
+def test_a_builds_last_lines_reach_its_log_when_they_come_after_its_result():
+    # Over ssh:// the log is the session's stderr, read apart from the result on stdout: here
+    # the lines reach the client only right after the result, in the same loop turn, as when
+    # ssh passes them on second. Each line goes to its own build's log, none to the next's.
+    plan, paths, _, src = make_plan({"first": [], "second": ["first"]})
+
+    async def builder(build: FakeBuild) -> BuildOutcome | None:
+        build.log(f"{build.drv.name} starts")
+        build.log(f"{build.drv.name} done")
+        return None
+
+    remote = FakeLink(FakeStore("r", builder=builder, late_stderr=True))
+    local = FakeLink(FakeStore("local", [src]))
+    lines: list[tuple[str, str]] = []
+    executor = Executor(
+        plan,
+        [PoolMember(spec("r"), remote, remote=True)],
+        local,
+        emit=lambda e: None,
+        log_sink=lambda drv, machine, line: lines.append((drv, line)),
+    )
+    assert asyncio.run(executor.run()).ok
+    first, second = paths["first"], paths["second"]
+    assert lines == [
+        (first, "first starts"),
+        (first, "first done"),
+        (second, "second starts"),
+        (second, "second done"),
+    ]
+
+
 def test_a_local_build_waits_until_its_remote_input_has_come_home():
     plan, _, outs, src = make_plan({"a": [], "b": ["a"]}, features={"a": "kvm"})
     local_store = FakeStore("local", [src])

@@ -6,7 +6,9 @@ is read in full before the next request may start, so a connection can serve any
 requests in a row. The remote reports failures only on its stderr (``offload.protocol.stderr``):
 the client reads it in the background (when it is given), hands every line to ``on_log``, and
 turns "stdout ended" into a ``RemoteError`` carrying the remote's own message. After any failure
-mid-request the connection is out of step with the remote and refuses further requests.
+mid-request the connection is out of step with the remote and refuses further requests. A
+build's result is returned once every line the build wrote before it has gone to ``on_log``
+(ssh may pass its last lines on after the result: one more round trip is the barrier).
 
 NARs are never buffered whole: ``dump_store_path`` pushes chunks into a sink as they arrive and
 ``add_to_store_nar`` pulls them from a producer, so two clients can stream between two stores.
@@ -324,7 +326,23 @@ class ServeClient:
         )
         async with self._request(f"BuildDerivation of {drv_path}"):
             await self._send(request)
-            return await read_build_result(self._reader, drv_path, minor)
+            result = await read_build_result(self._reader, drv_path, minor)
+        await self._log_ended()
+        return result
+
+    async def _log_ended(self) -> None:
+        """Every line the build wrote to stderr before its result passed to ``on_log``, so
+        none is lost when its borrower stops listening, nor heard by the session's next one.
+        ssh may pass them on after the result (sshd sends a channel's stdout before its stderr
+        when it read both at once; the client writes them to two pipes), by as long as it is
+        kept from running: a round trip on stdout is a barrier (its answer goes out after them,
+        in the same ssh stream), then what the pipe holds is read (``heard_all``). A session
+        that fails there was built on all the same: the next request says so."""
+        if not self._stderr.reading:
+            return
+        with contextlib.suppress(ProtocolError):
+            await self.query_valid_paths(())
+        await self._stderr.heard_all()
 
     async def close(self) -> None:
         """End the session: the remote exits at EOF between commands. Idempotent."""

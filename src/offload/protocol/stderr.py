@@ -33,6 +33,11 @@ _HINTS = (
     ("hash mismatch", "the NAR sent did not match the narHash given for it"),
 )
 
+# ``StderrPump.heard_all``: loop turns per window (one for the loop to poll the pipe and feed the
+# reader, one for the pump to run, one spare), and windows at most (64 KiB read in each).
+_DRAIN_TURNS = 3
+_DRAIN_WINDOWS = 64
+
 # How much of an unterminated stderr line is kept before it is passed on anyway.
 _MAX_LINE = 64 * 1024
 
@@ -41,8 +46,13 @@ def strip_ansi(s: str) -> str:
     return _ANSI.sub("", s)
 
 
-async def pump_lines(stream: asyncio.StreamReader, on_line: Callable[[bytes], None]) -> None:
-    """Read ``stream`` to its end, passing each line (without its ``\\n``) to ``on_line``."""
+async def pump_lines(
+    stream: asyncio.StreamReader,
+    on_line: Callable[[bytes], None],
+    on_read: Callable[[], None] | None = None,
+) -> None:
+    """Read ``stream`` to its end, passing each line (without its ``\\n``) to ``on_line``;
+    ``on_read`` is told of each read that brought bytes, once its whole lines are passed on."""
     pending = b""
     while True:
         try:
@@ -58,6 +68,8 @@ async def pump_lines(stream: asyncio.StreamReader, on_line: Callable[[bytes], No
             pending = b""
         for line in lines:
             on_line(line)
+        if on_read is not None:
+            on_read()
     if pending:
         on_line(pending)
 
@@ -79,12 +91,35 @@ class StderrPump:
         self._name = name
         self._timeout = timeout  # how long its end is waited for
         self._task: asyncio.Task[None] | None = None
+        self._reads = 0  # reads that brought bytes
 
     def start(self) -> None:
         if self._stream is not None and self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                pump_lines(self._stream, self._on_line), name=f"{self._name} stderr"
+                pump_lines(self._stream, self._on_line, self._read), name=f"{self._name} stderr"
             )
+
+    @property
+    def reading(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _read(self) -> None:
+        self._reads += 1
+
+    async def heard_all(self) -> None:
+        """Pass on what stderr's pipe already holds (the lines a build wrote before its result,
+        which came on stdout, may reach this process in the same loop turn as the result).
+        Loop turns, not time: in each window the loop polls the pipe, and the pump reads and
+        passes on what came; the first window that brought nothing ends it. Bounded: a remote
+        that keeps talking has said its build's part by then."""
+        for _ in range(_DRAIN_WINDOWS):
+            if not self.reading:
+                return
+            before = self._reads
+            for _ in range(_DRAIN_TURNS):
+                await asyncio.sleep(0)  # one loop turn; no time passes
+            if self._reads == before:
+                return
 
     async def ended(self) -> None:
         """Wait for the end of stderr, bounded: a remote prints its error and then exits."""

@@ -12,7 +12,9 @@ The model, one module each:
 * ``server``: a session is three one-way in-memory pipes, stdin, stdout and stderr as with a
   real ``nix-store`` child, and one server task answering as Nix 2.8 does. Its commands are in
   ``session_io`` (reading requests), ``transfer`` (moving paths) and ``builds`` (scripted
-  builds: ``FakeBuild`` in, ``BuildOutcome`` out).
+  builds: ``FakeBuild`` in, ``BuildOutcome`` out). With ``late_stderr`` a session's stderr
+  comes out only right after its next reply, as ssh may pass a build's last log lines on after
+  its result.
 * ``faults``: connections that drop at chosen points (``break_next``).
 * ``link``: ``FakeLink`` is the executor's ``MemberLink`` (``offload.scheduler.run``) over one
   store: it opens sessions (at most ``max_sessions`` at once; more wait), cancels them, and

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from offload.errors import ProtocolError
@@ -34,6 +35,7 @@ from offload.transport.fake.builds import BuildCommands
 from offload.transport.fake.faults import Hangup, fatal
 from offload.transport.fake.paths import sorted_paths
 from offload.transport.fake.transfer import TransferCommands
+from offload.typing_compat import override
 
 __all__ = ["SERVER_VERSION", "Pipe", "Server", "Session"]
 
@@ -60,6 +62,44 @@ class Pipe:
         if not self.closed:
             self.closed = True
             self.reader.feed_eof()
+
+
+class LatePipe(Pipe):
+    """A session's stderr whose bytes come out of ``reader`` only right after its stdout's next
+    bytes (``ThenPipe``): sshd and ssh may pass on what a builder wrote to stdout
+    (the build's result) before what it wrote to stderr just before (its last log lines), both
+    in one event-loop turn of the client, which may then read the result first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[bytes] = []
+
+    @override
+    def write(self, data: bytes) -> None:
+        if data and not self.closed and not self.reader_gone:
+            self.held.append(data)
+
+    def release(self) -> None:
+        held, self.held = b"".join(self.held), []
+        super().write(held)
+
+    @override
+    def close(self) -> None:
+        self.release()
+        super().close()
+
+
+class ThenPipe(Pipe):
+    """A ``Pipe`` that calls ``then`` after each write (a ``LatePipe``'s release)."""
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        super().__init__()
+        self.then = then
+
+    @override
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.then()
 
 
 class Server(TransferCommands, BuildCommands):

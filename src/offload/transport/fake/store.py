@@ -19,7 +19,7 @@ from offload.store.path import STORE_DIR
 from offload.transport.fake.builds import Builder
 from offload.transport.fake.faults import BreakPoint, Breaks, Hangup
 from offload.transport.fake.paths import FakePath
-from offload.transport.fake.server import Pipe, Server, Session
+from offload.transport.fake.server import LatePipe, Pipe, Server, Session, ThenPipe
 
 __all__ = ["FakeStore"]
 
@@ -34,8 +34,12 @@ class FakeStore:
         *,
         builder: Builder | None = None,
         store_dir: str = STORE_DIR,
+        late_stderr: bool = False,
     ) -> None:
         self.name = name
+        # Each session's stderr reaches its client only right after the next reply on stdout,
+        # as when ssh passed a build's result on before its last log lines (``LatePipe``).
+        self.late_stderr = late_stderr
         self.store_dir = store_dir
         self.builder = builder
         self.paths: dict[str, FakePath] = {p.path: p for p in paths}
@@ -96,7 +100,8 @@ class FakeStore:
         await Server(self, reader, writer, stderr).run()
 
     async def _open(self, name: str | None, on_log: Callable[[str], None] | None) -> Session:
-        stdin, stdout, stderr = Pipe(), Pipe(), Pipe()
+        stdin = Pipe()
+        stdout, stderr = (Pipe(), Pipe()) if not self.late_stderr else _late_pipes()
         server = Server(self, stdin.reader, stdout, stderr)
 
         async def run() -> None:
@@ -136,3 +141,9 @@ class FakeStore:
             yield session.client
         finally:
             await session.close()
+
+
+def _late_pipes() -> tuple[Pipe, Pipe]:
+    """A session's (stdout, stderr) where stderr comes right after stdout's next bytes."""
+    stderr = LatePipe()
+    return ThenPipe(stderr.release), stderr
