@@ -86,7 +86,7 @@ def _run(
 
             check_target(args.report)  # before the run, not after it
         if args.dry_run:
-            from offload.cli.build_exec import show_dry_run
+            from offload.cli.build_dry import show_dry_run
 
             return show_dry_run(evaluate(), pool, state, as_json=args.json)
         backoff = remembered_backoff(state, args.on)

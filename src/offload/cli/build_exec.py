@@ -1,13 +1,12 @@
 """`offload build`'s run once its settings are read (``offload.cli.build``): the build, with
-what offload keeps between runs (history, logs, slots, backoff), its summary and results, and
-``--dry-run``'s plan. Imported while the builders' ssh masters connect.
+what offload keeps between runs (history, logs, slots, backoff), its summary and results
+(``--dry-run``'s plan: ``offload.cli.build_dry``). Imported while the builders' ssh masters connect.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections import deque
@@ -16,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.backoff import Health
-from offload.build import DrvGraph, Roots, dry_run, out_links, run_build
-from offload.cli import interrupts
+from offload.build import DrvGraph, Roots, out_links, run_build
 from offload.cli.build import remembered_backoff
 from offload.cli.build_keep import (
     Built,
@@ -45,75 +43,9 @@ from offload.ui.events import Event, MachineEvent, Renderer, Timing
 from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
 
-__all__ = ["build", "build_failed", "execute", "show_dry_run"]
+__all__ = ["build", "build_failed", "execute"]
 
 LOG_TAIL = 10  # Nix's default log-lines
-
-
-def _listed(noun: str, done: str, items: list[tuple[str, str]]) -> None:
-    """Nix's dry-run list ("these 2 derivations will be built:", one store path a line), each
-    path followed by offload's plan for it."""
-    head = f"this {noun}" if len(items) == 1 else f"these {len(items)} {noun}s"
-    print(f"{head} will be {done}:", file=sys.stderr)
-    width = max(len(path) for path, _ in items)
-    for path, plan in items:
-        print(f"  {path:<{width}}  {plan}", file=sys.stderr)
-
-
-def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
-    with opened_history(state) as history:
-        graph, sim, unreachable = interrupts.run(
-            dry_run(roots, pool, guarded_estimator(history, pool))
-        )
-    rows = sorted(
-        (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
-    )
-    fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
-    if as_json:
-        plan = {
-            "fetch": [
-                {"drv_path": drv, "name": graph.drvs[drv].name, "machine": machine}
-                for drv, machine in fetch
-            ],
-            "build": [
-                {
-                    "drv_path": r.job,
-                    "name": graph.drvs[r.job].name,
-                    "machine": r.machine,
-                    "start": round(r.start, 3),
-                    "end": round(r.end, 3),
-                }
-                for r in rows
-            ],
-            "makespan": round(sim.makespan, 3),
-            "lower_bound": round(sim.lower_bound, 3),
-            "unschedulable": sorted(sim.failed),
-            "unreachable": unreachable,
-        }
-        print(json.dumps(plan, indent=1))
-        return 0
-    for name, error in sorted(unreachable.items()):
-        print(f"warning: builder '{name}' left out of the plan: {error}", file=sys.stderr)
-    if fetch:
-        _listed("output", "fetched from builders", [(drv, f"from {m}") for drv, m in fetch])
-    if not rows:
-        if not fetch:
-            print("nothing to build: every requested output is valid locally", file=sys.stderr)
-        return 0
-    planned = [
-        (r.job, f"on {r.machine:<10} at +{r.start:6.1f}s for {r.end - r.start:6.1f}s") for r in rows
-    ]
-    _listed(
-        "derivation",
-        "built",
-        planned + [(job, "on no machine: none can build it") for job in sorted(sim.failed)],
-    )
-    print(
-        f"estimated time {sim.makespan:.1f}s (lower bound {sim.lower_bound:.1f}s); "
-        "estimates come from history, 10s per derivation without it",
-        file=sys.stderr,
-    )
-    return 0
 
 
 def _log_lines(pool: Pool) -> int:
