@@ -25,6 +25,11 @@ let
     inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
   };
   slow = mk "slow-${nonce}" "/bin/sleep 1; echo > $out";
+  # No machine has this feature: no machine can build it.
+  odd = derivation {
+    name = "odd-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo > $out" ]; requiredSystemFeatures = [ "offload-test-none" ];
+  };
 in
 {
   ok = mk "ok-${nonce}" "echo ok > $out";
@@ -35,6 +40,8 @@ in
   bad = mk "bad-${nonce}" "echo failing; exit 1";
   chatty = mk "chatty-${nonce}" "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line$i; done; exit 1";
   top = mk "top-${nonce}" "echo ${mk "dep-${nonce}" "echo > $out"} > $out";
+  inherit odd;
+  afterodd = mk "afterodd-${nonce}" "echo ${odd} > $out";
 }
 """
 
@@ -224,13 +231,22 @@ def _listed(stderr: str) -> tuple[str, set[str]]:
     return lines[at], paths
 
 
-@pytest.mark.parametrize(("attrs", "count"), [(("ok",), 1), (("top", "bad"), 3)])
+@pytest.mark.parametrize(
+    ("attrs", "count", "jobs"),
+    [
+        (("ok",), 1, ()),
+        (("top", "bad"), 3, ()),
+        # No machine can build odd, nor so afterodd, which needs it: nix-build lists them.
+        (("odd",), 1, ("-j", "2")),
+        (("afterodd",), 2, ("-j", "2")),
+    ],
+)
 def test_a_dry_run_lists_the_derivations_nix_build_lists(
-    project: Path, attrs: tuple[str, ...], count: int
+    project: Path, attrs: tuple[str, ...], count: int, jobs: tuple[str, ...]
 ) -> None:
     nonce = ("--argstr", "nonce", uuid.uuid4().hex)
     selected = [word for attr in attrs for word in ("-A", attr)]
-    nix, offload = both(project, "--dry-run", *selected, *nonce, "../default.nix")
+    nix, offload = both(project, "--dry-run", *jobs, *selected, *nonce, "../default.nix")
     assert nix.returncode == offload.returncode == 0, offload.stderr
     assert nix.stdout == offload.stdout == ""
     # "this derivation will be built:" or "these 3 derivations will be built:", then each

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from offload.build import dry_run
+from offload.build import DrvGraph, dry_run
 from offload.cli import interrupts
 from offload.cli.build_keep import guarded_estimator, opened_history
 from offload.config.pool import Pool
+from offload.scheduler.simulate import RunRecord, SimResult
 
 __all__ = ["show_dry_run"]
 
@@ -26,57 +28,82 @@ def _listed(noun: str, done: str, items: list[tuple[str, str]]) -> None:
         print(f"  {path:<{width}}  {plan}", file=sys.stderr)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The dry run as shown: builds placed (by start), the rest nix-build would list
+    (dependencies first) with why no machine builds it, and what comes from builders."""
+
+    rows: list[RunRecord]
+    unplaced: list[tuple[str, str]]  # (drv, why)
+    fetch: list[tuple[str, str]]  # (drv, builder)
+
+
+def _plan(graph: DrvGraph, sim: SimResult) -> _Plan:
+    fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
+    rows = sorted(
+        (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
+    )
+    # A derivation none can build, and its dependents: a run fails them, nix-build lists them.
+    why = dict.fromkeys(sim.skipped, "on no machine: it needs a derivation none can build")
+    why.update((drv, "on no machine: none can build it") for drv in sim.failed)
+    unplaced = [(drv, why[drv]) for drv in graph.order if drv in why]
+    return _Plan(rows, unplaced, fetch)
+
+
 def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
+    """The plan on stderr (or stdout, ``as_json``); 0, as nix-build's dry run, even when no
+    machine could build some of it: a dry run builds nothing and says what it would, and a
+    run would refuse or fail those derivations."""
     with opened_history(state) as history:
         graph, sim, unreachable = interrupts.run(
             dry_run(roots, pool, guarded_estimator(history, pool))
         )
-    rows = sorted(
-        (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
-    )
-    fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
+    plan = _plan(graph, sim)
     if as_json:
-        plan = {
-            "fetch": [
-                {"drv_path": drv, "name": graph.drvs[drv].name, "machine": machine}
-                for drv, machine in fetch
-            ],
-            "build": [
-                {
-                    "drv_path": r.job,
-                    "name": graph.drvs[r.job].name,
-                    "machine": r.machine,
-                    "start": round(r.start, 3),
-                    "end": round(r.end, 3),
-                }
-                for r in rows
-            ],
-            "makespan": round(sim.makespan, 3),
-            "lower_bound": round(sim.lower_bound, 3),
-            "unschedulable": sorted(sim.failed),
-            "unreachable": unreachable,
-        }
-        print(json.dumps(plan, indent=1))
+        print(json.dumps(_as_json(graph, sim, plan, unreachable), indent=1))
         return 0
     for name, error in sorted(unreachable.items()):
         print(f"warning: builder '{name}' left out of the plan: {error}", file=sys.stderr)
-    if fetch:
-        _listed("output", "fetched from builders", [(drv, f"from {m}") for drv, m in fetch])
-    if not rows:
-        if not fetch:
+    if plan.fetch:
+        _listed("output", "fetched from builders", [(drv, f"from {m}") for drv, m in plan.fetch])
+    planned = [
+        (r.job, f"on {r.machine:<10} at +{r.start:6.1f}s for {r.end - r.start:6.1f}s")
+        for r in plan.rows
+    ]
+    if not planned and not plan.unplaced:
+        if not plan.fetch:
             print("nothing to build: every requested output is valid locally", file=sys.stderr)
         return 0
-    planned = [
-        (r.job, f"on {r.machine:<10} at +{r.start:6.1f}s for {r.end - r.start:6.1f}s") for r in rows
-    ]
-    _listed(
-        "derivation",
-        "built",
-        planned + [(job, "on no machine: none can build it") for job in sorted(sim.failed)],
-    )
-    print(
-        f"estimated time {sim.makespan:.1f}s (lower bound {sim.lower_bound:.1f}s); "
-        "estimates come from history, 10s per derivation without it",
-        file=sys.stderr,
-    )
+    _listed("derivation", "built", planned + plan.unplaced)
+    if plan.rows:
+        print(
+            f"estimated time {sim.makespan:.1f}s (lower bound {sim.lower_bound:.1f}s); "
+            "estimates come from history, 10s per derivation without it",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _as_json(
+    graph: DrvGraph, sim: SimResult, plan: _Plan, unreachable: dict[str, str]
+) -> dict[str, object]:
+    return {
+        "fetch": [
+            {"drv_path": drv, "name": graph.drvs[drv].name, "machine": machine}
+            for drv, machine in plan.fetch
+        ],
+        "build": [
+            {
+                "drv_path": r.job,
+                "name": graph.drvs[r.job].name,
+                "machine": r.machine,
+                "start": round(r.start, 3),
+                "end": round(r.end, 3),
+            }
+            for r in plan.rows
+        ],
+        "makespan": round(sim.makespan, 3),
+        "lower_bound": round(sim.lower_bound, 3),
+        "unschedulable": [drv for drv, _ in plan.unplaced],
+        "unreachable": unreachable,
+    }
