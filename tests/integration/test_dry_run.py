@@ -1,11 +1,14 @@
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 
 from tests.helpers.nix_files import nix_file, out_path, valid_locally
-from tests.helpers.offload_run import offload
+from tests.helpers.offload_run import offload, offload_env
+
+NO_MACHINE = "the local machine takes no jobs (max-jobs 0)"
 
 NIX = """
 { salt }:
@@ -79,3 +82,32 @@ def test_a_dry_run_with_a_report_is_refused_before_evaluating(tmp_path):
         "hint: drop --dry-run to build and report, or --report to see the plan",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.nix"]
+
+
+def test_a_dry_run_whose_only_builder_is_unreachable_lists_what_would_be_built(fleet, tmp_path):
+    # With -j 0 it said "error: no machine to build on" and exited 1.
+    file = nix_file(tmp_path, 'rec { x = mk "x" "echo x-${salt} > $out" {}; }\n')
+    drv = subprocess.run(
+        ["nix-instantiate", str(file), "-A", "x"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    env = offload_env(fleet, tmp_path)
+    machines = tmp_path / "machines"
+    machines.write_text(f"ssh://ghost {fleet.system} {fleet.client_key} 1 1\n")
+    with socket.socket() as sock:  # bound, not listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            f"Host ghost\n  HostName 127.0.0.1\n  Port {sock.getsockname()[1]}\n  User root\n"
+            f"  IdentityFile {fleet.client_key}\n  BatchMode yes\n  ConnectTimeout 5\n"
+        )
+        env["NIX_SSHOPTS"] = f"-F {config}"
+        done = offload(fleet, tmp_path, file, "-A", "x", "--builders", f"@{machines}", "-j", "0",
+                       "--dry-run", env=env, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("warning: builder 'ghost' left out of the plan: "), lines
+    assert lines[1:] == [
+        "this derivation will be built:",
+        f"  {drv}",
+        f"no machine could build it: {NO_MACHINE} and every builder was left out",
+    ]

@@ -236,6 +236,8 @@ def _listed(stderr: str) -> tuple[str, set[str]]:
     [
         (("ok",), 1, ()),
         (("top", "bad"), 3, ()),
+        # No machine at all: a dry run builds nothing, so it needs none.
+        (("top", "bad"), 3, ("-j", "0")),
         # No machine can build odd, nor so afterodd, which needs it: nix-build lists them.
         (("odd",), 1, ("-j", "2")),
         (("afterodd",), 2, ("-j", "2")),
@@ -254,6 +256,19 @@ def test_a_dry_run_lists_the_derivations_nix_build_lists(
     head, paths = _listed(nix.stderr)
     assert len(paths) == count
     assert _listed(offload.stderr) == (head, paths)
+
+
+def test_a_dry_run_with_no_machine_lists_them_and_says_so_in_one_line(project: Path) -> None:
+    # It said "error: no machine to build on" and exited 1; nix-build lists them and exits 0.
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    nix, offload = both(project, "--dry-run", "-j", "0", "-A", "top", *nonce, "../default.nix")
+    assert nix.returncode == offload.returncode == 0, offload.stderr
+    _, paths = _listed(nix.stderr)
+    lines = offload.stderr.splitlines()
+    at = lines.index("these 2 derivations will be built:")
+    assert {line.strip() for line in lines[at + 1 : at + 3]} == paths  # nothing planned
+    said = "no machine could build them: the local machine takes no jobs (max-jobs 0)"
+    assert lines[at + 3 :] == [f"{said} and no builder is set"]
 
 
 def test_a_channel_argument_is_nixs_to_download_as_nix_build_does(project: Path) -> None:

@@ -1,10 +1,17 @@
 """``offload build --dry-run``: what a run would fetch from builders, build and where,
-planned by the simulator from the same graph a run reads, without building anything."""
+planned by the simulator from the same graph a run reads, without building anything.
+
+A pool with no machine at all (``-j 0`` and no builder, or every builder unreachable) still
+reads the graph: a dry run builds nothing, so nothing needs a machine, and nix-build lists what
+it would build then too. There is nothing to plan (``sim`` is None): the simulator is not asked
+to place jobs on no machine."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, load_graph
@@ -12,12 +19,21 @@ from offload.build.members import local_spec, pool_members, pool_specs
 from offload.build.plan import estimated_plan
 from offload.build.sessions import open_sessions
 from offload.config.pool import Pool
-from offload.errors import SchedulerError
-from offload.scheduler.run import plan_jobs
+from offload.scheduler.run import PoolMember, plan_jobs
 from offload.scheduler.simulate import SimResult, simulate
 from offload.transport.links import LocalLink
 
-__all__ = ["dry_run"]
+__all__ = ["DryRun", "dry_run"]
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a run would do: ``sim`` None when no machine could build anything (no machine in
+    the pool, or every builder in ``unreachable``)."""
+
+    graph: DrvGraph
+    sim: SimResult | None
+    unreachable: dict[str, str]
 
 
 async def dry_run(
@@ -25,7 +41,7 @@ async def dry_run(
     pool: Pool,
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
     env: Mapping[str, str] | None = None,
-) -> tuple[DrvGraph, SimResult, dict[str, str]]:
+) -> DryRun:
     """What a run would fetch from builders, build and where, planned without building.
 
     Builders are asked which needed outputs they hold, as a run asks them; the ones that do not
@@ -35,7 +51,7 @@ async def dry_run(
     unreachable: dict[str, str] = {}
     async with (
         LocalLink(max_sessions=1, env=pool.local_env()) as local_link,
-        pool_members(pool, local_link, env) as members,
+        _members(pool, local_link, env) as members,
         contextlib.AsyncExitStack() as opened,
     ):
         remote = {m.spec.name: m.link for m in members if m.remote}
@@ -47,5 +63,14 @@ async def dry_run(
     unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
     specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
     if not specs:
-        raise SchedulerError("no machine to build on", hint="pass -j N or --builders")
-    return graph, simulate(jobs, specs, strict=False), unreachable
+        return DryRun(graph, None, unreachable)
+    return DryRun(graph, simulate(jobs, specs, strict=False), unreachable)
+
+
+def _members(
+    pool: Pool, local_link: LocalLink, env: Mapping[str, str] | None
+) -> AbstractAsyncContextManager[list[PoolMember]]:
+    """The pool's members, none for a pool with no machine (which a run refuses)."""
+    if not pool_specs(pool):
+        return contextlib.nullcontext([])
+    return pool_members(pool, local_link, env)

@@ -9,23 +9,29 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.build import DrvGraph, dry_run
+from offload.build import dry_run
+from offload.build.dryrun import DryRun
 from offload.cli import interrupts
 from offload.cli.build_keep import guarded_estimator, opened_history
 from offload.config.pool import Pool
-from offload.scheduler.simulate import RunRecord, SimResult
+from offload.scheduler.simulate import RunRecord
 
 __all__ = ["show_dry_run"]
 
 
+# Why no machine could build anything, after "no machine could build them: ".
+_NO_BUILDER = "the local machine takes no jobs (max-jobs 0) and no builder is set"
+_ALL_LEFT_OUT = "the local machine takes no jobs (max-jobs 0) and every builder was left out"
+
+
 def _listed(noun: str, done: str, items: list[tuple[str, str]]) -> None:
     """Nix's dry-run list ("these 2 derivations will be built:", one store path a line), each
-    path followed by offload's plan for it."""
+    path followed by offload's plan for it, if any."""
     head = f"this {noun}" if len(items) == 1 else f"these {len(items)} {noun}s"
     print(f"{head} will be {done}:", file=sys.stderr)
     width = max(len(path) for path, _ in items)
     for path, plan in items:
-        print(f"  {path:<{width}}  {plan}", file=sys.stderr)
+        print(f"  {path:<{width}}  {plan}".rstrip(), file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -36,10 +42,15 @@ class _Plan:
     rows: list[RunRecord]
     unplaced: list[tuple[str, str]]  # (drv, why)
     fetch: list[tuple[str, str]]  # (drv, builder)
+    no_machine: str | None  # why no machine could build anything (no plan at all)
 
 
-def _plan(graph: DrvGraph, sim: SimResult) -> _Plan:
+def _plan(run: DryRun) -> _Plan:
+    graph, sim = run.graph, run.sim
     fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
+    if sim is None:  # nix-build lists what it would build all the same
+        none = _ALL_LEFT_OUT if run.unreachable else _NO_BUILDER
+        return _Plan([], [(drv, "") for drv in graph.order], fetch, none)
     rows = sorted(
         (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
     )
@@ -47,22 +58,20 @@ def _plan(graph: DrvGraph, sim: SimResult) -> _Plan:
     why = dict.fromkeys(sim.skipped, "on no machine: it needs a derivation none can build")
     why.update((drv, "on no machine: none can build it") for drv in sim.failed)
     unplaced = [(drv, why[drv]) for drv in graph.order if drv in why]
-    return _Plan(rows, unplaced, fetch)
+    return _Plan(rows, unplaced, fetch, None)
 
 
 def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
     """The plan on stderr (or stdout, ``as_json``); 0, as nix-build's dry run, even when no
-    machine could build some of it: a dry run builds nothing and says what it would, and a
-    run would refuse or fail those derivations."""
+    machine could build some or all of it: a dry run builds nothing and says what it would,
+    and a run would refuse or fail those derivations."""
     with opened_history(state) as history:
-        graph, sim, unreachable = interrupts.run(
-            dry_run(roots, pool, guarded_estimator(history, pool))
-        )
-    plan = _plan(graph, sim)
+        run = interrupts.run(dry_run(roots, pool, guarded_estimator(history, pool)))
+    plan = _plan(run)
     if as_json:
-        print(json.dumps(_as_json(graph, sim, plan, unreachable), indent=1))
+        print(json.dumps(_as_json(run, plan), indent=1))
         return 0
-    for name, error in sorted(unreachable.items()):
+    for name, error in sorted(run.unreachable.items()):
         print(f"warning: builder '{name}' left out of the plan: {error}", file=sys.stderr)
     if plan.fetch:
         _listed("output", "fetched from builders", [(drv, f"from {m}") for drv, m in plan.fetch])
@@ -75,18 +84,20 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
             print("nothing to build: every requested output is valid locally", file=sys.stderr)
         return 0
     _listed("derivation", "built", planned + plan.unplaced)
-    if plan.rows:
+    if plan.no_machine is not None:
+        them = "it" if len(plan.unplaced) == 1 else "them"
+        print(f"no machine could build {them}: {plan.no_machine}", file=sys.stderr)
+    elif run.sim is not None and plan.rows:
         print(
-            f"estimated time {sim.makespan:.1f}s (lower bound {sim.lower_bound:.1f}s); "
+            f"estimated time {run.sim.makespan:.1f}s (lower bound {run.sim.lower_bound:.1f}s); "
             "estimates come from history, 10s per derivation without it",
             file=sys.stderr,
         )
     return 0
 
 
-def _as_json(
-    graph: DrvGraph, sim: SimResult, plan: _Plan, unreachable: dict[str, str]
-) -> dict[str, object]:
+def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
+    graph, sim = run.graph, run.sim
     return {
         "fetch": [
             {"drv_path": drv, "name": graph.drvs[drv].name, "machine": machine}
@@ -102,8 +113,9 @@ def _as_json(
             }
             for r in plan.rows
         ],
-        "makespan": round(sim.makespan, 3),
-        "lower_bound": round(sim.lower_bound, 3),
+        "makespan": round(sim.makespan, 3) if sim is not None else 0.0,
+        "lower_bound": round(sim.lower_bound, 3) if sim is not None else 0.0,
         "unschedulable": [drv for drv, _ in plan.unplaced],
-        "unreachable": unreachable,
+        "no_machine": plan.no_machine,
+        "unreachable": run.unreachable,
     }
