@@ -227,3 +227,16 @@ def test_an_accepted_build_s_exit_code_is_the_hook_s(
     coordinator.setblocking(True)
     coordinator.sendall(b"+wnwa100\n")
     assert served(hook) == 100
+
+
+@pytest.mark.parametrize("sent", [b"+w", b"+wnwn"])
+def test_nix_s_next_try_finds_a_hook_whose_coordinator_died_gone_at_once(
+    pair: tuple[socket.socket, socket.socket], nix_stdin: int, sent: bytes
+) -> None:
+    # Nix, having read the postpone (or between tries), may write its next try at once, while
+    # the hook process is still ending: a write into an open pipe made Nix wait for a reply
+    # and read EOF, which fails the nix-build; a broken pipe is a hook gone, which it survives.
+    assert _gone_after(pair, sent) == 1  # this process stands for the hook, not yet ended
+    pair[1].close()  # and the pipes it was handed, unread, with it
+    with pytest.raises(BrokenPipeError):
+        os.write(nix_stdin, b"\x03\x00\x00\x00\x00\x00\x00\x00try\x00\x00\x00\x00\x00")

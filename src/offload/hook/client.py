@@ -12,6 +12,8 @@ of that talk (a try read, a reply written, an accept about to be), so this proce
 Nix waits for should the coordinator die: a reply (it answers ``# postpone``: Nix then asks
 again, finds this hook gone and builds the derivation itself), the next try (it says why it
 ends) or the build's end (it says so as Nix reads a hook's lines then: the build failed).
+Before a reply or a reason, it closes the pipe Nix writes its tries to, so that Nix's next try
+finds the hook gone (EPIPE), even while this process is still ending.
 
 The coordinator is started on demand, by the first hook that finds none, under a lock so two
 hooks never start two; it acknowledges every hook it takes with one byte, so a hook that
@@ -235,7 +237,23 @@ def _say_stopped(turn: bytes) -> None:
         sys.stderr.write(_COORDINATOR_STOPPED[True])
         return
     waits = turn != ANSWERED or _request_unread()
+    _refuse_requests()
     sys.stderr.write((_POSTPONE if waits else "") + _COORDINATOR_STOPPED[False])
+
+
+def _refuse_requests() -> None:
+    """Close the pipe Nix writes its tries to (this process holds its last read end), before
+    anything is said: Nix, reading the postpone, may write its next try (another derivation's)
+    at once, while this process still runs; written into an open pipe, Nix would wait for a
+    reply and meet EOF ("unexpected EOF reading a line": the nix-build fails), where EPIPE is
+    a hook gone, which it survives (it builds that derivation itself)."""
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        os.close(0)
+        return
+    os.dup2(null, 0)  # rather than a bare close: fd 0 stays taken, as the interpreter expects
+    os.close(null)
 
 
 def _request_unread() -> bool:
