@@ -4,7 +4,8 @@ Nix's garbage collector deletes every entry of the store directory that is neith
 reachable from a root nor a temporary root: an output's dependency the hook has renamed into
 place but not yet registered is invalid, and a temporary tree that is not named as a store path
 is deleted whatever roots exist. So before it writes a path, the hook makes it a temporary root
-exactly as ``LocalStore::addTempRoot`` does (``gc.cc``, the same from Nix 2.8 to 2.35):
+exactly as ``LocalStore::addTempRoot`` does (``gc.cc``: the same protocol from Nix 2.8 to 2.35;
+newer Nix also takes a missing socket for a collection not yet listening, and waits 100 ms):
 
 1. a roots file in ``<state>/temproots`` (``$NIX_STATE_DIR``, else ``/nix/var/nix``), opened
    ``O_RDWR | O_CREAT`` with mode 0600 and held under an exclusive ``flock`` for as long as its
@@ -22,13 +23,15 @@ The collector keeps a temporary root by its hash part, so that Nix's own ``<path
 ``.check`` and ``.chroot`` siblings are kept with it: the hook's temporary trees are named with
 the hash part of the path they become (``offload.hook.home``), and are kept the same way.
 
-Nix makes one file per process, named by its pid, for the process's life. The hook's coordinator
+Nix makes one file per store object for its life: named by its pid up to 2.34, and
+``temproots-<pid>-<n>`` from 2.35 on (one per ``LocalStore``). The hook's coordinator
 can live for days on a busy host, and every path it brought home would be a root for that long;
 so here each import has a file of its own, ``<pid>-<n>``, made before its first path is written
 and deleted (unlinked, then closed) once they are registered, when the outputs Nix roots for its
-build keep them through their references. Nix 2.8 reads the name's leading number as a pid
-(``std::stoi``, which a name not starting with a digit would make throw); newer Nix shows the
-name as it is; neither requires more of it, and no Nix process makes a name with a ``-``.
+build keep them through their references. Nix up to 2.34 reads the name's leading number as a
+pid (``std::stoi``, which a name not starting with a digit would make throw: ``<pid>-<n>``, not
+2.35's own form); 2.35 shows the name as it is; neither requires more of it, and no Nix process
+makes a name starting with a digit and holding a ``-``.
 """
 
 from __future__ import annotations
