@@ -14,6 +14,7 @@ FIFO it reads once it holds its lock, listens on its socket and has read the roo
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -29,6 +30,7 @@ from offload.hook import home
 from offload.protocol.records import PathInfo
 from offload.store.nar import nar_hash_nix32
 from offload.store.path import nix32_encode
+from tests.helpers.offload_run import wait_for
 
 
 class NarSource:
@@ -160,10 +162,10 @@ def test_a_collection_already_running_is_told_and_keeps_the_temporaries(
 
     async def go() -> None:
         # Opened once the collector reads it: it holds its lock and listens on its socket.
-        waiting_collector = await asyncio.to_thread(sync.open, "w")
+        waiting_collector = await asyncio.to_thread(_opened_by_reader, sync, gc)
         bringing = asyncio.create_task(home.import_outputs(source, infos, store.dir))  # type: ignore[arg-type]
         await restored.wait()
-        waiting_collector.close()  # it goes on: deletes what it finds unrooted
+        os.close(waiting_collector)  # it goes on: deletes what it finds unrooted
         _, err = await asyncio.to_thread(gc.communicate)
         assert gc.returncode == 0, err
         for info in infos:
@@ -177,3 +179,23 @@ def test_a_collection_already_running_is_told_and_keeps_the_temporaries(
         gc.kill()
         gc.wait()
     _assert_whole(store, infos)
+
+
+def _opened_by_reader(fifo: Path, proc: subprocess.Popen[str]) -> int:
+    """``fifo`` opened for writing once ``proc`` opens it to read; a collector that ends
+    without (a Nix that reads other variables, as 2.35 does) fails the test, never hangs it."""
+    opened: list[int] = []
+
+    def reader_came() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"nix-store --gc ended without reading {fifo}")
+        try:
+            opened.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # no reader yet
+                raise
+            return False
+        return True
+
+    wait_for(reader_came, 60, f"nix-store --gc to read {fifo}")
+    return opened[0]
