@@ -209,12 +209,18 @@ def refusing_port() -> Iterator[int]:
 
 
 def _cache_warnings(stderr: str, cache: str) -> list[str]:
-    """The warning lines about ``cache``, the retry delays (random) left out."""
+    """Nix's warning lines about ``cache`` (not offload's own), the retry delays (random) left
+    out."""
     return [
         re.sub(r"retrying in \d+ ms", "retrying in N ms", line)
         for line in stderr.splitlines()
-        if line.startswith("warning:") and cache in line
+        if line.startswith("warning:") and cache in line and not _left_out(line)
     ]
+
+
+def _left_out(line: str) -> bool:
+    """Whether ``line`` is offload's own warning of a cache left out."""
+    return line.startswith("warning: binary cache '") and "' is left out: " in line
 
 
 def test_an_unreachable_cache_is_said_on_stderr_as_nix_build_says_it(project, refusing_port):
@@ -243,3 +249,36 @@ def test_an_unreachable_cache_is_said_on_stderr_as_nix_build_says_it(project, re
     lines = plain.stderr.splitlines()
     first_run_line = next(i for i, line in enumerate(lines) if "] run: " in line)
     assert lines.index(expected[-1]) < first_run_line, plain.stderr
+
+
+def test_a_cache_nix_leaves_out_is_a_fault_of_the_run_once_per_cache(project, refusing_port):
+    # Nix says a cache it cannot use only in its own warning lines (a retry, then giving up):
+    # offload tells each such cache once, in --json, on stderr and in the summary, and the run
+    # still builds what the caches would have given.
+    refusing = f"http://127.0.0.1:{refusing_port}"
+    other_store = project.dir / "other-store-cache"  # a cache made for another store directory
+    other_store.mkdir()
+    (other_store / "nix-cache-info").write_text("StoreDir: /gnu/store\n")
+    caches = f"{refusing} file://{other_store}"
+    flags = ["--option", "substituters", caches, "--option", "download-attempts", "2"]
+    as_json = project.offload(*flags)
+    assert as_json.returncode == 0, as_json.stderr
+    assert _valid(project.out("top"))
+    events = [json.loads(line) for line in as_json.stdout.splitlines() if line.strip()]
+    told = [e for e in events if e["event"] == "machine" and e["state"] == "cache"]
+    assert [(e["machine"], e["cache"]) for e in told] == [
+        ("local", refusing),
+        ("local", f"file://{other_store}"),
+    ], told
+    assert "cannot be reached (Couldn't connect to server (7))" in told[0]["message"]
+    assert "another store directory (/gnu/store)" in told[1]["message"]
+    ours = [line for line in as_json.stderr.splitlines() if _left_out(line)]
+    assert [line.split("'")[1] for line in ours] == [refusing, f"file://{other_store}"], ours
+    assert _cache_warnings(as_json.stderr, refusing)  # Nix's own lines are still there
+    _delete(project.out("top"), project.out("dep"))
+    plain = project.offload(*flags, as_json=False)
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stderr.splitlines()
+    heading = lines.index("binary caches left out (2):")
+    assert lines[heading + 1].startswith(f"  {refusing}: it cannot be reached"), plain.stderr
+    assert lines[heading + 2].startswith(f"  file://{other_store}: it is for another"), lines

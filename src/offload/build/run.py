@@ -5,7 +5,8 @@ builders' links close at once, each ending its sessions, remote processes and ss
 
 The local store's Nix speaks while the graph is read too: asked to substitute, it tries its
 binary caches, and one it cannot reach costs seconds of retries. What it prints then goes to
-stderr as nix-build shows it (``nix_said``), so that wait is explained.
+stderr as nix-build shows it (``nix_said``), so that wait is explained; a cache it leaves out
+is told as a "cache" machine event as well (``caches``): a fault, though the run goes on.
 
 No builder is left out without a word: one that fails to answer is told as a machine "down"
 event with why, in the user's words and with the fix (``faults``); one still silent
@@ -30,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from offload.backoff import Health
+from offload.build.caches import CacheFaults
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, Roots, check_impossible, load_graph
 from offload.build.members import follow_loads, pool_members, tell_restricted, tell_unstopped
@@ -39,6 +41,7 @@ from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
 from offload.load import local_boot_id
 from offload.marks import mark
+from offload.names import LOCAL
 from offload.nix_results import result_links
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
@@ -170,7 +173,7 @@ async def _plan(
             late=late,
             grace=SLOW_GRACE,
         )
-        opened.enter_context(_heard(local, nix_said))
+        opened.enter_context(_heard(local, nix_said, CacheFaults(LOCAL, emit).heard))
         mark("answered")
         _tell_slow(late, emit)
         graph = await load_graph(
@@ -188,10 +191,13 @@ async def _plan(
 
 
 @contextlib.contextmanager
-def _heard(local: StoreClient, say: Callable[[str], None]) -> Iterator[None]:
+def _heard(
+    local: StoreClient, say: Callable[[str], None], read: Callable[[str], None]
+) -> Iterator[None]:
     """What the local store prints meanwhile goes to ``say`` as well (the session keeps its
     tail), but its "copying path ... from" lines: the run tells each derivation its caches gave
-    (``report_substituted``). For the whole planning, not the substituting query alone: a line
+    (``report_substituted``). Each line is ``read`` too (a cache Nix left out is a fault of
+    the run's: ``caches``). For the whole planning, not the substituting query alone: a line
     printed just before Nix's answer may be read just after it."""
     kept = local.on_log
 
@@ -200,6 +206,7 @@ def _heard(local: StoreClient, say: Callable[[str], None]) -> Iterator[None]:
             kept(line)
         if not line.startswith("copying path "):
             say(line)
+            read(line)
 
     local.on_log = heard
     try:

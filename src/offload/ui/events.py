@@ -42,7 +42,10 @@ JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"
 # "unstopped": a build offload stopped there (lost with its connection, a copy that lost, the
 # run's end) could not be stopped on the builder (the message says why): it may run on there
 # until its Nix sees its session gone. Not a state the builder stays in: said once per failure.
-MachineState = Literal["up", "down", "loaded", "slow", "restricted", "full", "unstopped"]
+# "cache": the machine's Nix left out one of its binary caches (``cache`` names it; the message
+# says why, in Nix's words): what it would have given is built, or taken from another cache.
+# Said once per cache and machine; the run goes on.
+MachineState = Literal["up", "down", "loaded", "slow", "restricted", "full", "unstopped", "cache"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class MachineEvent:
     until: float | None  # for "down": when it may be tried again (wall clock)
     time: float
     slots: int | None = None  # for "loaded": the slots it gets this run
+    cache: str | None = None  # for "cache": the binary cache's URL, as the substituters name it
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO, assert_never
 
+from offload.names import LOCAL
 from offload.ui.events import (
     Event,
     JobFinished,
@@ -42,6 +43,7 @@ from offload.ui.term import PHASE_LABELS, format_duration, sanitize
 
 __all__ = [
     "PlainRenderer",
+    "cache_left_out",
     "clock_time",
     "describe_finished",
     "describe_machine",
@@ -97,6 +99,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
             text = event.state
         case "unstopped":
             text = "not stopped"
+        case "cache":
+            text = f"binary cache {event.cache!r} left out"
         case "slow":
             text = "slow to answer"
         case "down":
@@ -112,15 +116,24 @@ def describe_machine(event: MachineEvent, now: float) -> str:
 def machine_warning(event: MachineEvent) -> str | None:
     """The ``warning:`` line on stderr for a machine event that must be seen whatever shows
     the run (``--json`` on stdout, the live view): a builder down or slow to answer, a build
-    there that could not be stopped; None for the others."""
+    there that could not be stopped, a binary cache its Nix left out; None for the others."""
     match event.state:
         case "down" | "slow":
             what = "is down" if event.state == "down" else "is slow to answer"
             return f"warning: builder {event.machine!r} {what}: {sanitize(event.message)}"
         case "unstopped":  # the message names the builder and the process
             return f"warning: {sanitize(event.message)}"
+        case "cache":
+            return f"warning: {cache_left_out(event)}"
         case _:
             return None
+
+
+def cache_left_out(event: MachineEvent) -> str:
+    """A "cache" event in a line: the cache, the machine when not this one, and why."""
+    where = "" if event.machine == LOCAL else f" (on {event.machine})"
+    cache = sanitize(event.cache or "")
+    return f"binary cache {cache!r}{where} is left out: {sanitize(event.message)}"
 
 
 def _first_line(text: str | None) -> str:

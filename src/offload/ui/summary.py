@@ -10,8 +10,9 @@ they occupied it; with several slots it can exceed the run's wall time. Bytes co
 too. Then the failed and skipped derivations with their errors (one no machine can build, on no
 machine: no row of its own), how to see a log when one was built somewhere, and the
 machines left out of the run, backed off during it (their last ``down`` event) or that never
-answered, with why; those whose every slot other clients held; and those whose load cut their
-slots (their deepest cut, and where the last report left them when that differs).
+answered, with why; those whose every slot other clients held; those whose load cut their
+slots (their deepest cut, and where the last report left them when that differs); and the
+binary caches a machine's Nix left out, with why (the run built what they would have given).
 
 ``summarize`` is pure; ``render_summary`` writes it as a rich table or as plain aligned text.
 """
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from offload.names import LOCAL
 from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished, RunStarted
 from offload.ui.term import format_bytes, format_duration, sanitize
 
@@ -33,7 +35,12 @@ __all__ = ["MachineTotals", "RunSummary", "render_summary", "summarize"]
 
 _COLUMNS = ("machine", "built", "fetched", "failed", "stopped", "busy", "sent", "received")
 _SUBSTITUTED = 3  # where the optional column goes: after "fetched"
-_TITLES = {"down": "machines down", "full": "machines full", "loaded": "machines loaded"}
+_TITLES = {
+    "down": "machines down",
+    "full": "machines full",
+    "loaded": "machines loaded",
+    "caches": "binary caches left out",
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,8 @@ class RunSummary:
     full: tuple[MachineEvent, ...] = ()
     # Machines whose load cut their slots: (the deepest cut, the last report), each.
     loaded: tuple[tuple[MachineEvent, MachineEvent], ...] = ()
+    # Binary caches a machine's Nix left out (a "cache" event each: cache and machine).
+    caches: tuple[MachineEvent, ...] = ()
     jobs: int = 0  # derivations the run ended (built, fetched, failed, skipped...)
     # The run's build logs outlive it (not when its state directory was a temporary one).
     logs_kept: bool = True
@@ -159,6 +168,7 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
         tuple(news.down.values()),
         tuple(news.full.values()),
         tuple((deepest, news.last_load[name]) for name, deepest in news.deepest.items()),
+        tuple(news.caches.values()),
         jobs,
     )
 
@@ -171,11 +181,14 @@ class _MachineNews:
         self.full: dict[str, MachineEvent] = {}
         self.deepest: dict[str, MachineEvent] = {}
         self.last_load: dict[str, MachineEvent] = {}
+        self.caches: dict[tuple[str, str | None], MachineEvent] = {}
 
     def see(self, event: MachineEvent) -> None:
         name = event.machine
         if event.state == "full":
             self.full[name] = event
+        elif event.state == "cache":
+            self.caches.setdefault((name, event.cache), event)
         elif event.state in ("down", "slow"):
             self.down[name] = event
         elif event.state == "up" and name in self.down:
@@ -234,7 +247,13 @@ def _problems(summary: RunSummary) -> list[tuple[str, str]]:
     out += [("down", f"{event.machine}: {_why(event)}") for event in summary.down]
     out += [("full", f"{event.machine}: {sanitize(event.message)}") for event in summary.full]
     out += [("loaded", _cut(deepest, last)) for deepest, last in summary.loaded]
+    out += [("caches", _cache(event)) for event in summary.caches]
     return out
+
+
+def _cache(event: MachineEvent) -> str:
+    where = "" if event.machine == LOCAL else f" (on {event.machine})"
+    return f"{sanitize(event.cache or '')}{where}: {sanitize(event.message)}"
 
 
 def _on(job: JobFinished) -> str:
@@ -322,7 +341,7 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
         console.print(table, crop=False)
     for kind, line in _problems(summary):
         style = "red" if kind == "failed" else "yellow"
-        title = _TITLES.get(kind, kind).replace("machines", "machine")
+        title = _TITLES.get(kind, kind).replace("machines", "machine").replace("caches", "cache")
         console.print(Text.assemble((f"{title}: ", f"bold {style}"), line))
     if _logged(summary):
         console.print(Text("see a build's log with: offload log DRV", style="dim"))

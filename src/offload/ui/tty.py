@@ -60,8 +60,9 @@ class TtyRenderer:
         self._closed = False
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, MachineEvent) and event.state == "unstopped":
-            self._warn(event)  # a kill failing as the run's sessions close: after it, too
+        if isinstance(event, MachineEvent) and event.state in {"unstopped", "cache"}:
+            # A kill failing as the run's sessions close (after it, too); a cache left out.
+            self._warn(event)
         if self._closed:
             return
         with self._lock:

@@ -171,6 +171,9 @@ class View:
             self.eta.plan(event.time, event.remaining, overdue=self.overdue(event.time))
 
     def _machine_event(self, event: MachineEvent) -> None:
+        if event.state == "cache":  # a line of its own (``tty``): the machine is not changed
+            self.eta.news()
+            return
         machine = self._see(event.machine)
         self.eta.news()
         if event.state == "unstopped":  # a line of its own (``tty``), no state of the machine's

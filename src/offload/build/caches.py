@@ -1,0 +1,81 @@
+"""A binary cache (substituter) Nix could not use, told as a fault of the run's own.
+
+Nix opens each of its substituters the first time it is asked to substitute; one that fails
+to open is left out for the rest of that Nix process, with one ``warning:`` line and no other
+trace (``getDefaultSubstituters``, store-api.cc: ``logWarning(e.info())``), and the run goes on
+building what it would have given. A cache that opened but then fails is disabled for a while,
+with one line (``maybeDisable``, http-binary-cache-store.cc: ``printError``, no prefix).
+``CacheFaults`` reads Nix's lines as they come and tells each cache left out once, as a
+"cache" machine event: the lines themselves still go to stderr as nix-build shows them.
+
+Nix's words, the same in 2.8 and 2.18 but where said otherwise (its source, by version):
+- ``unable to download '<cache>/nix-cache-info': <why>``: the cache could not be reached
+  (filetransfer.cc). ``<why>`` is curl's ``<error> (<code>)``, to which 2.18 to 2.23 add
+  curl's error buffer, or ``HTTP error <code>`` (2.8: then ``('<status>')``). The lines
+  before it, ``warning: error: unable to download ...; retrying in <n> ms``, are retries
+  that may still succeed: not a fault.
+- ``'<cache>' does not appear to be a binary cache``: it answered, but has no
+  ``nix-cache-info`` (http-binary-cache-store.cc).
+- ``binary cache '<cache>' is for Nix stores with prefix '<dir>', not '<ours>'``
+  (binary-cache-store.cc).
+- ``disabling binary cache '<cache>' for <n> seconds``: it failed after it opened.
+Nix may colour its ``warning:`` prefix: the escapes are left out before reading a line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from offload.ui.events import Event, MachineEvent
+
+__all__ = ["CacheFaults", "cache_fault"]
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_UNREACHABLE = re.compile(
+    r"warning: unable to download '(?P<cache>[^']+)/nix-cache-info': (?P<why>.+)"
+)
+_NOT_A_CACHE = re.compile(r"warning: '(?P<cache>[^']+)' does not appear to be a binary cache")
+_OTHER_STORE = re.compile(
+    r"warning: binary cache '(?P<cache>[^']+)' is for Nix stores with prefix '(?P<dir>[^']*)'"
+)
+_DISABLED = re.compile(r"disabling binary cache '(?P<cache>[^']+)' for (?P<seconds>\d+) seconds")
+# Nix 2.18 to 2.23 add curl's error buffer after ``<error> (<code>)``: it says the same again.
+_CURL_CODE = re.compile(r"^(.*? \(\d+\)) .*$")
+
+
+def cache_fault(line: str) -> tuple[str, str] | None:
+    """(the cache, why Nix left it out) when ``line`` is Nix saying it left a cache out."""
+    line = _ESCAPES.sub("", line).rstrip()
+    if found := _UNREACHABLE.fullmatch(line):
+        why = _CURL_CODE.sub(r"\1", found["why"])
+        return found["cache"], f"it cannot be reached ({why})"
+    if found := _NOT_A_CACHE.fullmatch(line):
+        return found["cache"], "it does not appear to be a binary cache (it has no nix-cache-info)"
+    if found := _OTHER_STORE.match(line):
+        return found["cache"], f"it is for another store directory ({found['dir']})"
+    if found := _DISABLED.fullmatch(line):
+        return found["cache"], f"it failed, and Nix stopped using it for {found['seconds']} seconds"
+    return None
+
+
+class CacheFaults:
+    """Tells each cache ``machine``'s Nix leaves out once, as it says so (``heard``)."""
+
+    def __init__(self, machine: str, emit: Callable[[Event], None]) -> None:
+        self._machine = machine
+        self._emit = emit
+        self._told: set[str] = set()
+
+    def heard(self, line: str) -> None:
+        fault = cache_fault(line)
+        if fault is None or fault[0] in self._told:
+            return
+        cache, why = fault
+        self._told.add(cache)
+        message = (
+            f"{why}; what it has is built instead, or taken from another cache "
+            "(check the substituters setting, or --option substituters)"
+        )
+        self._emit(MachineEvent(self._machine, "cache", message, None, time.time(), cache=cache))

@@ -1,0 +1,90 @@
+"""Nix's words for a binary cache it leaves out, by version, read as one fault per cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from offload.build.caches import CacheFaults, cache_fault
+from offload.ui.events import Event, MachineEvent
+
+CACHE = "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        # Nix 2.8 (filetransfer.cc: curl's error and code), as the real Nix 2.8 here prints it.
+        (
+            f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to server (7)",
+            "it cannot be reached (Couldn't connect to server (7))",
+        ),
+        # Nix 2.18 to 2.23 add curl's error buffer: the same reason.
+        (
+            (
+                f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to server "
+                "(7) Failed to connect to 127.0.0.1 port 9 after 0 ms: Couldn't connect to server"
+            ),
+            "it cannot be reached (Couldn't connect to server (7))",
+        ),
+        # An HTTP error: 2.8 with its status text, 2.18 without.
+        (
+            (
+                f"warning: unable to download '{CACHE}/nix-cache-info': HTTP error 500 "
+                "('Internal Server Error')"
+            ),
+            "it cannot be reached (HTTP error 500 ('Internal Server Error'))",
+        ),
+        (
+            f"warning: unable to download '{CACHE}/nix-cache-info': HTTP error 500",
+            "it cannot be reached (HTTP error 500)",
+        ),
+        # Nix may colour its prefix.
+        (
+            f"\x1b[35;1mwarning:\x1b[0m '{CACHE}' does not appear to be a binary cache",
+            "it does not appear to be a binary cache (it has no nix-cache-info)",
+        ),
+        (
+            (
+                f"warning: binary cache '{CACHE}' is for Nix stores with prefix '/gnu/store', "
+                "not '/nix/store'"
+            ),
+            "it is for another store directory (/gnu/store)",
+        ),
+        (
+            f"disabling binary cache '{CACHE}' for 60 seconds",
+            "it failed, and Nix stopped using it for 60 seconds",
+        ),
+    ],
+)
+def test_each_of_nix_s_words_for_a_cache_left_out_is_read(line: str, why: str) -> None:
+    assert cache_fault(line) == (CACHE, why)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # A retry may still succeed: not a fault.
+        (
+            f"warning: error: unable to download '{CACHE}/nix-cache-info': Couldn't connect to "
+            "server (7); retrying in 253 ms"
+        ),
+        # A path the cache does not have, or any other download: not the cache itself.
+        f"warning: unable to download '{CACHE}/abc.narinfo': Couldn't connect to server (7)",
+        "copying path '/nix/store/abc-x' from 'http://127.0.0.1:9'...",
+        "building '/nix/store/abc-x.drv'...",
+    ],
+)
+def test_other_lines_are_no_fault(line: str) -> None:
+    assert cache_fault(line) is None
+
+
+def test_each_cache_is_told_once() -> None:
+    told: list[Event] = []
+    faults = CacheFaults("local", told.append)
+    line = f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to server (7)"
+    for said in (line, line, "warning: 'file:///x' does not appear to be a binary cache"):
+        faults.heard(said)
+    assert [(e.machine, e.state, e.cache) for e in told if isinstance(e, MachineEvent)] == [
+        ("local", "cache", CACHE),
+        ("local", "cache", "file:///x"),
+    ]
