@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 
 from offload.fleet import MemberSpec
@@ -55,3 +56,47 @@ def test_a_builder_with_a_cache_substitutes_the_input_instead_of_receiving_it(
     assert job["status"] == "built"
     assert job["bytes_sent"] < 100_000  # the 2 MiB input came from the cache, not from us
     assert cache_fleet.store_has("cached", source)
+
+
+def test_a_cache_the_builder_leaves_out_is_a_fault_of_the_run(cache_fleet, tmp_path):
+    # The builder's Nix cannot reach its one cache (a loopback port nothing listens on): it
+    # says so in its own words, which offload tells once as that builder's "cache" event, on
+    # stderr and in the summary; the input is sent instead and the build goes on.
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        cache = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        member = cache_fleet.member("cached")
+        conf = member.root / "etc-nix" / "nix.conf"
+        conf.write_text(
+            conf.read_text().replace("substituters =", f"substituters = {cache}")
+            + "download-attempts = 1\n"
+        )
+        blob = tmp_path / "blob"
+        blob.write_bytes(os.urandom(1024))
+        source = subprocess.run(
+            ["nix-store", "--add", str(blob)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        script = f"/bin/sha256sum ${{builtins.storePath {json.dumps(source)}}} > $out"
+        file = nix_file(tmp_path, f'{{ x = mk "uses-blob" "{script}" {{}}; }}\n')
+        env = offload_env(cache_fleet, tmp_path)
+        common = ["-A", "x", "--builders", f"@{cache_fleet.machines_file}", "-j", "0", "--json"]
+        done = subprocess.run(
+            [*offload_argv(file, *common), "--option", "builders-use-substitutes", "true"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    (job,) = [e for e in finished(done.stdout) if e["name"] == "uses-blob"]
+    assert job["status"] == "built"
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    told = [e for e in events if e["event"] == "machine" and e["state"] == "cache"]
+    assert [(e["machine"], e["cache"]) for e in told] == [("cached", cache)], done.stdout
+    assert "cannot be reached (Couldn't connect to server (7))" in told[0]["message"]
+    warned = [line for line in done.stderr.splitlines() if "is left out" in line]
+    assert warned == [
+        f"warning: binary cache '{cache}' (on cached) is left out: {told[0]['message']}"
+    ], done.stderr

@@ -78,13 +78,15 @@ def test_other_lines_are_no_fault(line: str) -> None:
     assert cache_fault(line) is None
 
 
-def test_each_cache_is_told_once() -> None:
+def test_each_cache_is_told_once_per_machine() -> None:
     told: list[Event] = []
-    faults = CacheFaults("local", told.append)
+    faults = CacheFaults(told.append)
     line = f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to server (7)"
-    for said in (line, line, "warning: 'file:///x' does not appear to be a binary cache"):
-        faults.heard(said)
+    not_a_cache = "warning: 'file:///x' does not appear to be a binary cache"
+    for machine, said in [("local", line), ("local", line), ("b1", line), ("local", not_a_cache)]:
+        faults.heard(machine, said)
     assert [(e.machine, e.state, e.cache) for e in told if isinstance(e, MachineEvent)] == [
         ("local", "cache", CACHE),
+        ("b1", "cache", CACHE),
         ("local", "cache", "file:///x"),
     ]

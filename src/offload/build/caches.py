@@ -5,8 +5,10 @@ to open is left out for the rest of that Nix process, with one ``warning:`` line
 trace (``getDefaultSubstituters``, store-api.cc: ``logWarning(e.info())``), and the run goes on
 building what it would have given. A cache that opened but then fails is disabled for a while,
 with one line (``maybeDisable``, http-binary-cache-store.cc: ``printError``, no prefix).
-``CacheFaults`` reads Nix's lines as they come and tells each cache left out once, as a
-"cache" machine event: the lines themselves still go to stderr as nix-build shows them.
+``CacheFaults`` reads Nix's lines as they come and tells each cache left out once per machine,
+as a "cache" machine event: the lines themselves still go where they went (the local store's
+to stderr as nix-build shows them; a builder's, with builders-use-substitutes, to the log of
+the build whose inputs it was asked to substitute).
 
 Nix's words, the same in 2.8 and 2.18 but where said otherwise (its source, by version):
 - ``unable to download '<cache>/nix-cache-info': <why>``: the cache could not be reached
@@ -61,21 +63,22 @@ def cache_fault(line: str) -> tuple[str, str] | None:
 
 
 class CacheFaults:
-    """Tells each cache ``machine``'s Nix leaves out once, as it says so (``heard``)."""
+    """Tells each cache a machine's Nix leaves out once per run, as it says so (``heard``):
+    each Nix process (a session) that opens it says so again."""
 
-    def __init__(self, machine: str, emit: Callable[[Event], None]) -> None:
-        self._machine = machine
+    def __init__(self, emit: Callable[[Event], None]) -> None:
         self._emit = emit
-        self._told: set[str] = set()
+        self._told: set[tuple[str, str]] = set()
 
-    def heard(self, line: str) -> None:
+    def heard(self, machine: str, line: str) -> None:
+        """``line`` as ``machine``'s Nix said it."""
         fault = cache_fault(line)
-        if fault is None or fault[0] in self._told:
+        if fault is None or (machine, fault[0]) in self._told:
             return
         cache, why = fault
-        self._told.add(cache)
+        self._told.add((machine, cache))
         message = (
             f"{why}; what it has is built instead, or taken from another cache "
             "(check the substituters setting, or --option substituters)"
         )
-        self._emit(MachineEvent(self._machine, "cache", message, None, time.time(), cache=cache))
+        self._emit(MachineEvent(machine, "cache", message, None, time.time(), cache=cache))

@@ -6,7 +6,8 @@ builders' links close at once, each ending its sessions, remote processes and ss
 The local store's Nix speaks while the graph is read too: asked to substitute, it tries its
 binary caches, and one it cannot reach costs seconds of retries. What it prints then goes to
 stderr as nix-build shows it (``nix_said``), so that wait is explained; a cache it leaves out
-is told as a "cache" machine event as well (``caches``): a fault, though the run goes on.
+is told as a "cache" machine event as well (``caches``): a fault, though the run goes on. So
+is one a builder's Nix leaves out (builders-use-substitutes), said in a build's log.
 
 No builder is left out without a word: one that fails to answer is told as a machine "down"
 event with why, in the user's words and with the fix (``faults``); one still silent
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -94,6 +96,7 @@ async def run_build(
         tell_unstopped(members, told)
         remote = _remote(members, backoff or {})
         unreachable: dict[str, str] = {}
+        caches = CacheFaults(told)  # the binary caches each machine's Nix left out
         async with (
             warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm,
             _owning(late),
@@ -101,11 +104,12 @@ async def run_build(
             roots, graph, plan, estimates, fetched = await _plan(
                 pool, local_link, remote, roots,
                 unreachable=unreachable, warm=warm, late=late, emit=told, estimate=estimate,
-                check=check, nix_said=nix_said or _to_stderr,
+                check=check, nix_said=nix_said or _to_stderr, caches=caches,
             )  # fmt: skip
             tell_restricted(members, told)
             executor = Executor(
-                plan, members, local_link, emit=told, log_sink=log_sink, keep_going=keep_going,
+                plan, members, local_link, emit=told, log_sink=_reading(caches, log_sink),
+                keep_going=keep_going,
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
                 home=None if fetch_all else {drv for drv, _ in roots}, joining=late,
@@ -158,6 +162,7 @@ async def _plan(
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None,
     check: bool,
     nix_said: Callable[[str], None],
+    caches: CacheFaults,
 ) -> tuple[list[tuple[str, str]], DrvGraph, BuildPlan, Mapping[str, float], list[JobFinished]]:
     """Open the first sessions while ``roots`` evaluate, read the graph, take what the local
     caches and the builders already have, and plan the rest; the sessions close after it.
@@ -173,7 +178,7 @@ async def _plan(
             late=late,
             grace=SLOW_GRACE,
         )
-        opened.enter_context(_heard(local, nix_said, CacheFaults(LOCAL, emit).heard))
+        opened.enter_context(_heard(local, nix_said, functools.partial(caches.heard, LOCAL)))
         mark("answered")
         _tell_slow(late, emit)
         graph = await load_graph(
@@ -213,6 +218,20 @@ def _heard(
         yield
     finally:
         local.on_log = kept
+
+
+def _reading(
+    caches: CacheFaults, sink: Callable[[str, str, str], None] | None
+) -> Callable[[str, str, str], None]:
+    """``sink`` for the builds' log lines, each read by ``caches`` first: a builder's Nix (with
+    builders-use-substitutes) or the local one says there a cache it left out."""
+
+    def read(drv_path: str, machine: str, line: str) -> None:
+        caches.heard(machine, line)
+        if sink is not None:
+            sink(drv_path, machine, line)
+
+    return read
 
 
 def _to_stderr(line: str) -> None:
