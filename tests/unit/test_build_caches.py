@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from rich.console import Console
 
 from offload.build.caches import CacheFaults, cache_fault
-from offload.ui.events import Event, MachineEvent
+from offload.ui.events import Event, JobFinished, MachineEvent, RunStarted
+from offload.ui.summary import render_summary
+from offload.ui.tty import TtyRenderer
 
 CACHE = "http://127.0.0.1:9"
 
@@ -90,3 +95,36 @@ def test_each_cache_is_told_once_per_machine() -> None:
         ("b1", "cache", CACHE),
         ("local", "cache", "file:///x"),
     ]
+
+
+def _cache_event(machine: str, cache: str, why: str) -> MachineEvent:
+    return MachineEvent(machine, "cache", why, None, 100.0, cache=cache)
+
+
+def test_the_summary_lists_each_cache_left_out_once_with_its_machine_when_a_builder() -> None:
+    events: list[Event] = [
+        JobFinished("/nix/store/a-x.drv", "x", "local", "built", 1.0, 2.0, 0, 0, None, 2.0),
+        _cache_event("local", CACHE, "it cannot be reached"),
+        _cache_event("b1", "https://c", "it does not appear to be a binary cache"),
+        _cache_event("local", CACHE, "it cannot be reached"),
+    ]
+    out = io.StringIO()
+    render_summary(events, out, rich=False)
+    lines = out.getvalue().splitlines()
+    at = lines.index("binary caches left out (2):")
+    assert lines[at + 1 :] == [
+        f"  {CACHE}: it cannot be reached",
+        "  https://c (on b1): it does not appear to be a binary cache",
+    ]
+
+
+def test_the_live_view_warns_of_a_cache_left_out_and_shows_no_machine_for_it() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=200, height=40, force_terminal=True, color_system=None)
+    renderer = TtyRenderer(console, print_logs=False, auto_refresh=False)
+    renderer.handle(RunStarted("r", 1, ("b1",), 1.0, 100.0))
+    renderer.handle(_cache_event("local", CACHE, "it cannot be reached"))
+    renderer.close()
+    text = out.getvalue()
+    assert f"warning: binary cache '{CACHE}' is left out: it cannot be reached" in text
+    assert "local" not in text.replace(CACHE, "")  # no row for a machine not in the run
