@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from offload.build.caches import CacheFaults, cache_fault
-from offload.ui.events import Event, JobFinished, MachineEvent, RunStarted
+from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent, Phase, RunStarted
 from offload.ui.summary import render_summary
 from offload.ui.tty import TtyRenderer
 
@@ -128,3 +128,22 @@ def test_the_live_view_warns_of_a_cache_left_out_and_shows_no_machine_for_it() -
     text = out.getvalue()
     assert f"warning: binary cache '{CACHE}' is left out: it cannot be reached" in text
     assert "local" not in text.replace(CACHE, "")  # no row for a machine not in the run
+
+
+def test_a_build_s_own_log_is_not_read_once_it_builds() -> None:
+    # A build may run a Nix of its own whose caches fail on purpose: only what its machine's
+    # Nix says while the inputs are sent is read; a copy starting again is read again.
+    told: list[Event] = []
+    faults = CacheFaults(told.append)
+    line = f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to server (7)"
+
+    def phase(phase: Phase) -> None:
+        faults.emit(JobPhase("/nix/store/a-x.drv", "x", "b1", phase, None, 100.0))
+
+    phase("building")
+    faults.build_log("/nix/store/a-x.drv", "b1", line)
+    assert [e for e in told if isinstance(e, MachineEvent)] == []
+    phase("sending")
+    faults.build_log("/nix/store/a-x.drv", "b1", line)
+    assert [(e.machine, e.cache) for e in told if isinstance(e, MachineEvent)] == [("b1", CACHE)]
+    assert [e.phase for e in told if isinstance(e, JobPhase)] == ["building", "sending"]

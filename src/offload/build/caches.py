@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Callable
 
-from offload.ui.events import Event, MachineEvent
+from offload.ui.events import Event, JobPhase, MachineEvent
 
 __all__ = ["CacheFaults", "cache_fault"]
 
@@ -64,11 +64,32 @@ def cache_fault(line: str) -> tuple[str, str] | None:
 
 class CacheFaults:
     """Tells each cache a machine's Nix leaves out once per run, as it says so (``heard``):
-    each Nix process (a session) that opens it says so again."""
+    each Nix process (a session) that opens it says so again.
+
+    A build's log is read only while its inputs are sent (``build_log``): what the build
+    itself prints once it runs is its own, and a build may run a Nix of its own (Nix's test
+    suite tries caches that fail on purpose). ``emit`` is where the run's events go, so the
+    phase of each build is known as it changes."""
 
     def __init__(self, emit: Callable[[Event], None]) -> None:
-        self._emit = emit
         self._told: set[tuple[str, str]] = set()
+        self._building: set[tuple[str, str]] = set()  # (derivation, machine)
+        self._out = emit
+
+    def emit(self, event: Event) -> None:
+        """``event`` goes on, as the run tells it; a build's phase is noted."""
+        if isinstance(event, JobPhase):
+            key = (event.drv_path, event.machine)
+            if event.phase == "building":
+                self._building.add(key)
+            else:  # a copy starting again (a retry, another copy there) is read again
+                self._building.discard(key)
+        self._out(event)
+
+    def build_log(self, drv_path: str, machine: str, line: str) -> None:
+        """A line of ``drv_path``'s log on ``machine``: read until the build itself starts."""
+        if (drv_path, machine) not in self._building:
+            self.heard(machine, line)
 
     def heard(self, machine: str, line: str) -> None:
         """``line`` as ``machine``'s Nix said it."""
@@ -81,4 +102,4 @@ class CacheFaults:
             f"{why}; what it has is built instead, or taken from another cache "
             "(check the substituters setting, or --option substituters)"
         )
-        self._emit(MachineEvent(machine, "cache", message, None, time.time(), cache=cache))
+        self._out(MachineEvent(machine, "cache", message, None, time.time(), cache=cache))

@@ -108,7 +108,7 @@ async def run_build(
             )  # fmt: skip
             tell_restricted(members, told)
             executor = Executor(
-                plan, members, local_link, emit=told, log_sink=_reading(caches, log_sink),
+                plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
                 keep_going=keep_going,
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
@@ -227,7 +227,7 @@ def _reading(
     builders-use-substitutes) or the local one says there a cache it left out."""
 
     def read(drv_path: str, machine: str, line: str) -> None:
-        caches.heard(machine, line)
+        caches.build_log(drv_path, machine, line)
         if sink is not None:
             sink(drv_path, machine, line)
 
