@@ -23,7 +23,7 @@ CACHE = "http://127.0.0.1:9"
             f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to server (7)",
             "it cannot be reached (Couldn't connect to server (7))",
         ),
-        # Nix 2.18 to 2.23 add curl's error buffer: the same reason.
+        # Nix 2.25 on add curl's error buffer: the same reason.
         (
             (
                 f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to server "
@@ -72,6 +72,16 @@ def test_each_of_nix_s_words_for_a_cache_left_out_is_read(line: str, why: str) -
         (
             f"warning: error: unable to download '{CACHE}/nix-cache-info': Couldn't connect to "
             "server (7); retrying in 253 ms"
+        ),
+        # From Nix 2.34.1 a retry's line has no "error:" (filetransfer.cc: exc.message()), and
+        # from 2.25 curl's error buffer (here empty) before it.
+        (
+            f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to "
+            "server (7) ; retrying in 250 ms (attempt 1/5)"
+        ),
+        (
+            f"warning: unable to download '{CACHE}/nix-cache-info': HTTP error 503; retrying "
+            "from offset 10 in 512 ms (attempt 2/5)"
         ),
         # A path the cache does not have, or any other download: not the cache itself.
         f"warning: unable to download '{CACHE}/abc.narinfo': Couldn't connect to server (7)",

@@ -12,10 +12,12 @@ the build whose inputs it was asked to substitute).
 
 Nix's words, the same in 2.8 and 2.18 but where said otherwise (its source, by version):
 - ``unable to download '<cache>/nix-cache-info': <why>``: the cache could not be reached
-  (filetransfer.cc). ``<why>`` is curl's ``<error> (<code>)``, to which 2.18 to 2.23 add
-  curl's error buffer, or ``HTTP error <code>`` (2.8: then ``('<status>')``). The lines
-  before it, ``warning: error: unable to download ...; retrying in <n> ms``, are retries
-  that may still succeed: not a fault.
+  (filetransfer.cc). ``<why>`` is curl's ``<error> (<code>)``, to which 2.25 on add curl's
+  error buffer, or ``HTTP error <code>`` (2.8: then ``('<status>')``). The lines
+  before it are retries that may still succeed, not a fault: ``warning: error: unable to
+  download ...; retrying in <n> ms`` up to 2.34.0, and from 2.34.1 without the ``error:``
+  (``exc.message()``), ``warning: unable to download ...; retrying in <n> ms (attempt
+  <i>/<n>)``, told apart by its ``; retrying``.
 - ``'<cache>' does not appear to be a binary cache``: it answered, but has no
   ``nix-cache-info`` (http-binary-cache-store.cc).
 - ``binary cache '<cache>' is for Nix stores with prefix '<dir>', not '<ours>'``
@@ -43,14 +45,16 @@ _OTHER_STORE = re.compile(
     r"warning: binary cache '(?P<cache>[^']+)' is for Nix stores with prefix '(?P<dir>[^']*)'"
 )
 _DISABLED = re.compile(r"disabling binary cache '(?P<cache>[^']+)' for (?P<seconds>\d+) seconds")
-# Nix 2.18 to 2.23 add curl's error buffer after ``<error> (<code>)``: it says the same again.
+# A retry's line (Nix 2.34.1 on: the same words, then ``; retrying in <n> ms (attempt ...)``).
+_RETRY = re.compile(r"; retrying (?:from offset \d+ )?in \d+ ms")
+# Nix 2.25 on add curl's error buffer after ``<error> (<code>)``: it says the same again.
 _CURL_CODE = re.compile(r"^(.*? \(\d+\)) .*$")
 
 
 def cache_fault(line: str) -> tuple[str, str] | None:
     """(the cache, why Nix left it out) when ``line`` is Nix saying it left a cache out."""
     line = _ESCAPES.sub("", line).rstrip()
-    if found := _UNREACHABLE.fullmatch(line):
+    if (found := _UNREACHABLE.fullmatch(line)) and not _RETRY.search(found["why"]):
         why = _CURL_CODE.sub(r"\1", found["why"])
         return found["cache"], f"it cannot be reached ({why})"
     if found := _NOT_A_CACHE.fullmatch(line):
