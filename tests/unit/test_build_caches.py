@@ -93,6 +93,12 @@ def test_other_lines_are_no_fault(line: str) -> None:
     assert cache_fault(line) is None
 
 
+def test_a_cache_fault_carries_no_escape_or_control_characters() -> None:
+    # A builder's line is remote bytes: what is told of it (the URL, why) is shown on terminals.
+    line = f"warning: unable to download '{CACHE}\x1b]0;t\x07/nix-cache-info': \x1b]0;t\x07x (7)"
+    assert cache_fault(line) == (CACHE, "it cannot be reached (x (7))")
+
+
 def test_each_cache_is_told_once_per_machine() -> None:
     told: list[Event] = []
     faults = CacheFaults(told.append)

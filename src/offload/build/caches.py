@@ -23,7 +23,8 @@ Nix's words, the same in 2.8 and 2.18 but where said otherwise (its source, by v
 - ``binary cache '<cache>' is for Nix stores with prefix '<dir>', not '<ours>'``
   (binary-cache-store.cc).
 - ``disabling binary cache '<cache>' for <n> seconds``: it failed after it opened.
-Nix may colour its ``warning:`` prefix: the escapes are left out before reading a line.
+Nix may colour its ``warning:`` prefix and its arguments: a line is read as a terminal would
+show it (``sanitize``: no escape or control characters, which a builder's line could carry).
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ import time
 from collections.abc import Callable
 
 from offload.ui.events import Event, JobPhase, MachineEvent
+from offload.ui.term import sanitize
 
 __all__ = ["CacheFaults", "cache_fault"]
 
-_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNREACHABLE = re.compile(
     r"warning: unable to download '(?P<cache>[^']+)/nix-cache-info': (?P<why>.+)"
 )
@@ -53,7 +54,7 @@ _CURL_CODE = re.compile(r"^(.*? \(\d+\)) .*$")
 
 def cache_fault(line: str) -> tuple[str, str] | None:
     """(the cache, why Nix left it out) when ``line`` is Nix saying it left a cache out."""
-    line = _ESCAPES.sub("", line).rstrip()
+    line = sanitize(line).rstrip()  # a builder's bytes: its URL and why are shown, in --json too
     if (found := _UNREACHABLE.fullmatch(line)) and not _RETRY.search(found["why"]):
         why = _CURL_CODE.sub(r"\1", found["why"])
         return found["cache"], f"it cannot be reached ({why})"
