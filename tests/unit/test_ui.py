@@ -329,6 +329,7 @@ def test_a_build_left_running_is_a_warning_line_in_the_live_view(after_run: bool
     assert "\x1b[2J" not in out.getvalue()
     assert machine_warning(event) == said
     assert describe_machine(event, T0).startswith("not stopped: cannot stop process 7 on")
+    assert "\x1b" not in describe_machine(event, T0)  # the plain renderer's line, too
 
 
 # --- factory -----------------------------------------------------------------------------------

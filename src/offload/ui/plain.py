@@ -110,7 +110,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
                 text += f" until {clock_time(event.until)} (retry in {retry})"
         case _:
             assert_never(event.state)
-    return f"{text}: {event.message}" if event.message else text
+    # The message may carry a builder's bytes (ssh's error, its Nix's words): shown as others.
+    return f"{text}: {sanitize(event.message)}" if event.message else text
 
 
 def machine_warning(event: MachineEvent) -> str | None:
