@@ -9,6 +9,7 @@ from rich.console import Console
 
 from offload.build.caches import CacheFaults, cache_fault
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent, Phase, RunStarted
+from offload.ui.plain import describe_machine, machine_warning
 from offload.ui.summary import render_summary
 from offload.ui.tty import TtyRenderer
 
@@ -128,10 +129,32 @@ def test_the_summary_lists_each_cache_left_out_once_with_its_machine_when_a_buil
     render_summary(events, out, rich=False)
     lines = out.getvalue().splitlines()
     at = lines.index("binary caches left out (2):")
-    assert lines[at + 1 :] == [
+    assert lines[at + 1 : at + 3] == [
         f"  {CACHE}: it cannot be reached",
         "  https://c (on b1): it does not appear to be a binary cache",
     ]
+    assert lines[at + 3].startswith("  what they have is built instead")
+
+
+@pytest.mark.parametrize("rich", [False, True])
+def test_the_summary_says_what_caches_left_out_cost_once_not_on_each(rich: bool) -> None:
+    # With several caches left out each line is its cache and why: the rest is the same for all.
+    told: list[Event] = []
+    faults = CacheFaults(told.append)
+    for port in (1, 2, 3):
+        url = f"http://127.0.0.1:{port}"
+        faults.heard("local", f"warning: unable to download '{url}/nix-cache-info': x (7)")
+    out = io.StringIO()
+    render_summary(told, out, rich=rich)
+    text = out.getvalue()
+    assert text.count("--option substituters") == 1, text
+    assert "http://127.0.0.1:3: it cannot be reached (x (7))\n" in text, text
+    assert all(m.count("--option substituters") == 2 for m in (_plain_line(e) for e in told)), told
+
+
+def _plain_line(event: Event) -> str:
+    assert isinstance(event, MachineEvent)
+    return f"{machine_warning(event)}\n{describe_machine(event, event.time)}"
 
 
 def test_the_live_view_warns_of_a_cache_left_out_and_shows_no_machine_for_it() -> None:

@@ -103,8 +103,6 @@ class CacheFaults:
             return
         cache, why = fault
         self._told.add((machine, cache))
-        message = (
-            f"{why}; what it has is built instead, or taken from another cache "
-            "(check the substituters setting, or --option substituters)"
-        )
-        self._out(MachineEvent(machine, "cache", message, None, time.time(), cache=cache))
+        # Why alone: what follows (built instead, the fix) is the same for every cache, and
+        # said by the renderers (once under the summary's list).
+        self._out(MachineEvent(machine, "cache", why, None, time.time(), cache=cache))

@@ -43,7 +43,7 @@ JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"
 # run's end) could not be stopped on the builder (the message says why): it may run on there
 # until its Nix sees its session gone. Not a state the builder stays in: said once per failure.
 # "cache": the machine's Nix left out one of its binary caches (``cache`` names it; the message
-# says why, in Nix's words): what it would have given is built, or taken from another cache.
+# says why, from Nix's words): what it would have given is built, or taken from another cache.
 # Said once per cache and machine; the run goes on.
 MachineState = Literal["up", "down", "loaded", "slow", "restricted", "full", "unstopped", "cache"]
 

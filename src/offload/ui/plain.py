@@ -44,6 +44,7 @@ from offload.ui.term import PHASE_LABELS, format_duration, sanitize
 __all__ = [
     "PlainRenderer",
     "cache_left_out",
+    "cache_left_out_why",
     "clock_time",
     "describe_finished",
     "describe_machine",
@@ -51,6 +52,11 @@ __all__ = [
 ]
 
 
+# What a binary cache left out costs the run, and where it is set: the same for every cache.
+_CACHE_HINT = (
+    "what it has is built instead, or taken from another cache "
+    "(check the substituters setting, or --option substituters)"
+)
 # Waiting and copying shorter than this is not worth a mention beside a build's time.
 _ASIDE = 0.5
 
@@ -100,7 +106,7 @@ def describe_machine(event: MachineEvent, now: float) -> str:
         case "unstopped":
             text = "not stopped"
         case "cache":
-            text = f"binary cache {event.cache!r} left out"
+            return f"binary cache {event.cache!r} left out: {cache_left_out_why(event)}"
         case "slow":
             text = "slow to answer"
         case "down":
@@ -131,10 +137,15 @@ def machine_warning(event: MachineEvent) -> str | None:
 
 
 def cache_left_out(event: MachineEvent) -> str:
-    """A "cache" event in a line: the cache, the machine when not this one, and why."""
+    """A "cache" event in a line: the cache, the machine when not this one, why, and so what."""
     where = "" if event.machine == LOCAL else f" (on {event.machine})"
     cache = sanitize(event.cache or "")
-    return f"binary cache {cache!r}{where} is left out: {sanitize(event.message)}"
+    return f"binary cache {cache!r}{where} is left out: {cache_left_out_why(event)}"
+
+
+def cache_left_out_why(event: MachineEvent) -> str:
+    """A "cache" event's why (its message), what the run does instead and the fix."""
+    return f"{sanitize(event.message)}; {_CACHE_HINT}"
 
 
 def _first_line(text: str | None) -> str:

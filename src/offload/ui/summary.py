@@ -41,6 +41,11 @@ _TITLES = {
     "loaded": "machines loaded",
     "caches": "binary caches left out",
 }
+# Said once under the binary caches left out (the last of the problems), not on each.
+_CACHES_NOTE = (
+    "what they have is built instead, or taken from other caches "
+    "(check the substituters setting, or --option substituters)"
+)
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,8 @@ def _write_problems(summary: RunSummary, write: Callable[[str], object]) -> None
             title = _TITLES.get(kind, kind)
             write(f"{title} ({count}):\n")
         write(f"  {line}\n")
+    if summary.caches:
+        write(f"  {_CACHES_NOTE}\n")
     if _logged(summary):
         write("see a build's log with: offload log DRV\n")
 
@@ -343,5 +350,7 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
         style = "red" if kind == "failed" else "yellow"
         title = _TITLES.get(kind, kind).replace("machines", "machine").replace("caches", "cache")
         console.print(Text.assemble((f"{title}: ", f"bold {style}"), line))
+    if summary.caches:
+        console.print(Text(_CACHES_NOTE, style="dim"))
     if _logged(summary):
         console.print(Text("see a build's log with: offload log DRV", style="dim"))
