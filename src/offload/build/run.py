@@ -109,12 +109,10 @@ async def run_build(
             tell_restricted(members, told)
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
-                keep_going=keep_going,
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
-                outputs=tuple(path for path, _ in out_links(roots, graph, "result")),
-                home=None if fetch_all else {drv for drv, _ in roots}, joining=late,
-                explain=_explainer(pool),
-                build_options=options, local_boot_id=local_boot_id(),
+                outputs=tuple(path for path, _ in out_links(roots, graph, "result")), joining=late,
+                home=None if fetch_all else {drv for drv, _ in roots}, explain=_explainer(pool),
+                build_options=options, local_boot_id=local_boot_id(), keep_going=keep_going,
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)
