@@ -17,8 +17,10 @@ The time base is the run's ``RunStarted`` time, or the injected clock's reading 
 renderer was made if lines were written before it: then it stays. What happened before the
 run started but is told after it (``offload build`` tells its run's first event first: a
 builder slow to answer, an output substituted while the graph was read) is at 0.0s, so the
-times never go back. No escape codes are written; build log lines (only
-with ``print_logs``) are sanitised. With ``summary=True`` the summary table follows ``RunFinished``.
+times never go back. No escape codes are written: every text that came from elsewhere (build
+log lines, only with ``print_logs``; a builder's words in a machine event's message; a build's
+error) goes through ``term.sanitize``, the one rule every renderer uses. With ``summary=True``
+the summary table follows ``RunFinished``.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def describe_machine(event: MachineEvent, now: float) -> str:
         case "unstopped":
             text = "not stopped"
         case "cache":
-            return f"binary cache {event.cache!r} left out: {cache_left_out_why(event)}"
+            return f"binary cache {sanitize(event.cache or '')!r} left out: {cache_left_out_why(event)}"
         case "slow":
             text = "slow to answer"
         case "down":
