@@ -122,14 +122,14 @@ def test_where_the_probe_proves_nothing_nix_conf_is_said_to_be_the_source() -> N
     lax = probed(False, None, require_sigs=False)
     assert lax.verdict is Verdict.FAIL
     assert lax.detail.endswith(
-        "(read from nix.conf; its nix-daemon checks no signatures (require-sigs = false): a "
-        "probe proves nothing)"
+        "(read as its nix-daemon reads nix.conf, not the ssh session's settings; its "
+        "nix-daemon checks no signatures (require-sigs = false): a probe proves nothing)"
     )
     lost = probed(True, "the connection ended")
     assert lost.verdict is Verdict.OK
     assert lost.detail == (
-        "root is a trusted user (read from nix.conf; a probe path could not be sent: the "
-        "connection ended)"
+        "root is a trusted user (read as its nix-daemon reads nix.conf, not the ssh "
+        "session's settings; a probe path could not be sent: the connection ended)"
     )
     unsent = probed(False, "the connection ended")
     assert unsent.fix is not None

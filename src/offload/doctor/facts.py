@@ -289,7 +289,7 @@ def trusted_check(
 
 
 def listed_trusted(user: str, groups: Collection[str], config: NixConfig | None) -> bool | None:
-    """Does the builder's nix.conf, as ``user``'s Nix reads it, list ``user`` (or one of its
+    """Does the builder's nix.conf, as its nix-daemon reads it, list ``user`` (or one of its
     ``groups``, or everyone) in ``trusted-users``? None when it cannot be read. The running
     nix-daemon read it when it started, and may not have since (``trust.probed_trust_check``)."""
     if not config or "trusted-users" not in config:

@@ -48,6 +48,11 @@ __all__ = [
 
 _RTT_SAMPLES = 3
 _THROUGHPUT_BYTES = 8 << 20
+# Nix as a nix-daemon (root's) reads its configuration: NIX_CONF_DIR/nix.conf with its includes,
+# the system XDG dirs and root's own files, never the NIX_CONFIG of an ssh session's shell, nor
+# another user's ~/.config/nix (NIX_USER_CONF_FILES empty on Nix 2.4+, XDG_CONFIG_HOME on 2.3).
+_NO_SESSION = ["env", "-u", "NIX_CONFIG"]
+_NO_USER_FILES = ["NIX_USER_CONF_FILES=", "XDG_CONFIG_HOME=/nonexistent"]
 
 
 async def diagnose(machines: Sequence[Machine], options: DoctorOptions) -> list[MachineReport]:
@@ -212,6 +217,8 @@ class _Probe(LoginProbe):
         groups there: nix.conf says, where no daemon asks (``route`` local) or the daemon
         itself said (ssh-ng://, Nix 2.15 and later); else the daemon is asked with the probe."""
         user, groups = who
+        if route != "local":  # the daemon's own settings decide, never the ssh user's
+            config, error = await self._nix_config(link, daemon_for=user)
         conf = facts.trusted_check(user, groups, config, error, route)
         if route == "local" or self.trusted is not None:
             return facts.daemon_trust(self.trusted, conf) if self.dialect is DAEMON else conf
@@ -251,15 +258,23 @@ class _Probe(LoginProbe):
                     rtts.append(time.monotonic() - started)
         return rtts
 
-    async def _nix_config(self, link: MachineLink) -> tuple[dict[str, str] | None, str]:
+    async def _nix_config(
+        self, link: MachineLink, *, daemon_for: str | None = None
+    ) -> tuple[dict[str, str] | None, str]:
+        """``nix show-config`` there, as the ssh user's Nix reads it; with ``daemon_for`` (the
+        ssh user), as the nix-daemon reads it: without the session's NIX_CONFIG, and without
+        the user's own files unless the user is root, whose files the daemon reads too."""
         # JSON needs the nix-command feature on Nix 2.4-2.x; Nix 2.3 knows neither the flag nor
         # JSON but prints `name = value` lines.
         error = ""
+        prefix: list[str] = []
+        if daemon_for is not None:
+            prefix = [*_NO_SESSION, *([] if daemon_for == "root" else _NO_USER_FILES)]
         for argv in (
             ["nix", "--extra-experimental-features", "nix-command", "show-config", "--json"],
             ["nix", "show-config"],
         ):
-            code, out, err = await self._remote(link, argv)
+            code, out, err = await self._remote(link, [*prefix, *argv])
             config = facts.parse_nix_config(out) if code == 0 else {}
             if config:
                 return config, ""

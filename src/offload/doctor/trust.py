@@ -104,7 +104,13 @@ def probed_trust_check(
             else f"a probe path could not be sent: {said}"
         )
         fix = conf.fix if conf.fix is None or "restart" in conf.fix else f"{conf.fix}; {_RESTART}"
-        return Check("trusted", conf.verdict, f"{conf.detail} (read from nix.conf; {why})", fix)
+        return Check(
+            "trusted",
+            conf.verdict,
+            f"{conf.detail} (read as its nix-daemon reads nix.conf, not the ssh session's "
+            f"settings; {why})",
+            fix,
+        )
     if refused and listed:
         return Check(
             "trusted",
