@@ -108,7 +108,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
         case "unstopped":
             text = "not stopped"
         case "cache":
-            return f"binary cache {sanitize(event.cache or '')!r} left out: {cache_left_out_why(event)}"
+            cache = sanitize(event.cache or "")
+            return f"binary cache {cache!r} left out: {cache_left_out_why(event)}"
         case "slow":
             text = "slow to answer"
         case "down":
