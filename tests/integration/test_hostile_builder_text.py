@@ -51,3 +51,22 @@ def test_a_builder_s_escape_sequences_never_reach_the_terminal(
     for line in said:
         assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
         assert "red clip link" in line, repr(line)
+
+
+def test_a_dry_runs_warning_shows_a_builder_s_words_without_their_escapes(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    program = _hostile_program(tmp_path)
+    cols = member_line(fleet, "fast").split()
+    cols[0] = f"{cols[0]}{'&' if '?' in cols[0] else '?'}remote-program={program}"
+    machines = tmp_path / "machines"
+    machines.write_text(" ".join(cols) + "\n")
+    file = nix_file(tmp_path, '{ calm = mk "calm-dry" "echo calm > $out" {}; }\n')
+    args = (file, "-A", "calm", "--builders", f"@{machines}", "--dry-run")
+    done = offload(fleet, tmp_path, *args)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "bell" in line]
+    assert said, done.stderr  # the builder left out of the plan, with its words
+    for line in said:
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
+        assert "red clip link" in line, repr(line)

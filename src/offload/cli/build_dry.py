@@ -15,6 +15,7 @@ from offload.cli import interrupts
 from offload.cli.build_keep import guarded_estimator, opened_history
 from offload.config.pool import Pool
 from offload.scheduler.simulate import RunRecord
+from offload.ui.term import sanitize
 
 __all__ = ["show_dry_run"]
 
@@ -72,7 +73,8 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
         print(json.dumps(_as_json(run, plan), indent=1))
         return 0
     for name, error in sorted(run.unreachable.items()):
-        print(f"warning: builder '{name}' left out of the plan: {error}", file=sys.stderr)
+        # The error carries the builder's words: shown, never obeyed.
+        print(f"warning: builder '{name}' left out of the plan: {sanitize(error)}", file=sys.stderr)
     if plan.fetch:
         _listed("output", "fetched from builders", [(drv, f"from {m}") for drv, m in plan.fetch])
     planned = [
