@@ -46,6 +46,7 @@ from offload.marks import mark
 from offload.names import LOCAL
 from offload.nix_results import result_links
 from offload.protocol.serve import BuildOptions, StoreClient
+from offload.protocol.store import also_heard
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
@@ -202,20 +203,14 @@ def _heard(
     (``report_substituted``). Each line is ``read`` too (a cache Nix left out is a fault of
     the run's: ``caches``). For the whole planning, not the substituting query alone: a line
     printed just before Nix's answer may be read just after it."""
-    kept = local.on_log
 
     def heard(line: str) -> None:
-        if kept is not None:
-            kept(line)
         if not line.startswith("copying path "):
             say(line)
             read(line)
 
-    local.on_log = heard
-    try:
+    with also_heard(local, heard):
         yield
-    finally:
-        local.on_log = kept
 
 
 def _reading(

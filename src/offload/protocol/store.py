@@ -15,7 +15,8 @@ client may have the local ``nix-store`` write them straight into its connection
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Protocol
 
@@ -25,7 +26,7 @@ from offload.protocol.export import Exporter
 from offload.protocol.records import BuildOptions, BuildResult, PathInfo
 from offload.store.drv import Derivation
 
-__all__ = ["NarProducer", "Sink", "StoreClient", "copy_paths", "topo_sort_infos"]
+__all__ = ["NarProducer", "Sink", "StoreClient", "also_heard", "copy_paths", "topo_sort_infos"]
 
 
 class StoreClient(Protocol):
@@ -63,6 +64,25 @@ class StoreClient(Protocol):
         options: BuildOptions = ...,
     ) -> BuildResult: ...
     async def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def also_heard(client: StoreClient, handler: Callable[[str], None]) -> Iterator[None]:
+    """``client``'s log lines go to ``handler`` too while the block runs, and still to the
+    hearer it had (a lent session's, which notes when its peer last spoke); that one alone
+    again after it."""
+    kept = client.on_log
+
+    def both(line: str) -> None:
+        if kept is not None:
+            kept(line)
+        handler(line)
+
+    client.on_log = both
+    try:
+        yield
+    finally:
+        client.on_log = kept
 
 
 def topo_sort_infos(infos: Mapping[str, PathInfo]) -> list[PathInfo]:

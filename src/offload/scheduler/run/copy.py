@@ -31,7 +31,7 @@ from offload.errors import OffloadError, ProtocolError, SshError
 from offload.names import LOCAL
 from offload.protocol.lanes import Lane, copy_in_lanes, worth_lanes
 from offload.protocol.serve import BuildOptions, BuildResult, BuildStatus, PathInfo
-from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
+from offload.protocol.store import StoreClient, also_heard, copy_paths, topo_sort_infos
 from offload.scheduler.run.disk import disk_full, disk_full_error, remove_partial
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import Holders, InputsGone
@@ -398,16 +398,9 @@ def _heard(
     unwinds in reverse): what Nix says as a cancelled copy's session is stopped there ("error:
     interrupted by the user") is no line of the build's; offload stopped it (it lost to
     another copy, its machine went down, the run ended) and says so where it does."""
-    own = client.on_log
-
-    def both(line: str) -> None:
-        if own is not None:
-            own(line)
-        handler(line)
-
-    client.on_log = both
-    stack.callback(_unheard, client, own)
+    stack.callback(_unphased, client)
+    stack.enter_context(also_heard(client, handler))
 
 
-def _unheard(client: StoreClient, own: Callable[[str], None] | None) -> None:
-    client.on_log, client.on_phase = own, None
+def _unphased(client: StoreClient) -> None:
+    client.on_phase = None
