@@ -31,14 +31,27 @@ def _hostile_program(tmp_path: Path) -> Path:
     return program
 
 
-def test_a_builder_s_escape_sequences_never_reach_the_terminal(
-    fleet: Fleet, tmp_path: Path
-) -> None:
+def _hostile_machines(fleet: Fleet, tmp_path: Path) -> Path:
+    """A machines file whose one builder, ``fast``, runs the hostile program as its Nix."""
     program = _hostile_program(tmp_path)
     cols = member_line(fleet, "fast").split()
     cols[0] = f"{cols[0]}{'&' if '?' in cols[0] else '?'}remote-program={program}"
     machines = tmp_path / "machines"
     machines.write_text(" ".join(cols) + "\n")
+    return machines
+
+
+def _shown_clean(said: list[str]) -> None:
+    """Each line of the builder's words: its text kept, no escape or control character."""
+    for line in said:
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
+        assert "red clip link" in line, repr(line)
+
+
+def test_a_builder_s_escape_sequences_never_reach_the_terminal(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    machines = _hostile_machines(fleet, tmp_path)
     file = nix_file(tmp_path, '{ calm = mk "calm" "echo calm > $out" {}; }\n')
     # Its only builder cannot be used: the run builds here, and says why on stderr (plain lines,
     # stderr being no terminal).
@@ -48,25 +61,17 @@ def test_a_builder_s_escape_sequences_never_reach_the_terminal(
     assert valid_locally(out_path(file, "calm"))
     said = [line for line in done.stderr.splitlines() if "bell" in line]
     assert len(said) >= 2, done.stderr  # the plain line and the warning
-    for line in said:
-        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
-        assert "red clip link" in line, repr(line)
+    _shown_clean(said)
 
 
 def test_a_dry_runs_warning_shows_a_builder_s_words_without_their_escapes(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    program = _hostile_program(tmp_path)
-    cols = member_line(fleet, "fast").split()
-    cols[0] = f"{cols[0]}{'&' if '?' in cols[0] else '?'}remote-program={program}"
-    machines = tmp_path / "machines"
-    machines.write_text(" ".join(cols) + "\n")
+    machines = _hostile_machines(fleet, tmp_path)
     file = nix_file(tmp_path, '{ calm = mk "calm-dry" "echo calm > $out" {}; }\n')
     args = (file, "-A", "calm", "--builders", f"@{machines}", "--dry-run")
     done = offload(fleet, tmp_path, *args)
     assert done.returncode == 0, done.stderr
     said = [line for line in done.stderr.splitlines() if "bell" in line]
     assert said, done.stderr  # the builder left out of the plan, with its words
-    for line in said:
-        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
-        assert "red clip link" in line, repr(line)
+    _shown_clean(said)
