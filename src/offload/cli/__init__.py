@@ -254,7 +254,7 @@ def _end(status: int) -> None:
     # one stopped the command, later ones are still ignored: the status stays the first's.
     try:
         if not interrupts.stopping():
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for signum in interrupts.SIGNALS:
                 if signal.getsignal(signum) is not signal.SIG_IGN:
                     signal.signal(signum, signal.SIG_DFL)
     except KeyboardInterrupt:  # the first, just before: the command is stopped all the same

@@ -34,7 +34,7 @@ from offload.typing_compat import override
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["install", "reset", "run", "steady_runner", "stopped_status", "stopping"]
+__all__ = ["SIGNALS", "install", "reset", "run", "steady_runner", "stopped_status", "stopping"]
 
 _T = TypeVar("_T")
 
@@ -51,7 +51,8 @@ class _Going:
 # The signals that stopped the command, first first.
 _stopped_by: list[int] = []
 _going: list[_Going] = []  # the async run going on, if any
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The signals the rule is for: Ctrl-C, and what a supervisor or a closed terminal sends.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def reset() -> None:
@@ -70,7 +71,7 @@ def stopping() -> bool:
 
 def install() -> None:
     """The rule, for Ctrl-C (unless ignored from the start), SIGTERM and SIGHUP."""
-    for signum in _SIGNALS:
+    for signum in SIGNALS:
         if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
             continue  # a script's background job: Ctrl-C is not for it
         signal.signal(signum, _first)
@@ -81,7 +82,7 @@ def _first(signum: int, _frame: FrameType | None) -> None:
     if _stopped_by:
         return  # a signal pending as the handlers were swapped
     _stopped_by.append(signum)
-    for other in _SIGNALS:
+    for other in SIGNALS:
         if signal.getsignal(other) is _first:
             signal.signal(other, _ignored)
     going = _going[-1] if _going else None
