@@ -108,7 +108,7 @@ class JobGraph:
         self._work = [job.work_estimate for job in self._jobs]
         # The estimated work of the jobs not done, failed nor skipped (``work_left``), kept
         # through every transition rather than summed when asked.
-        self._left = sum(self._work)
+        self._left: float = sum(self._work, 0.0)
         cp = self._cp = [0.0] * n
         for i in reversed(self._order):
             cp[i] = self._work[i] + max(map(cp.__getitem__, dependents[i]), default=0.0)
@@ -321,7 +321,7 @@ class JobGraph:
             self._move(d, _SKIPPED)
             gone.append(d)
             queue.extend(self._dependents[d])
-        self._left -= sum(map(self._work.__getitem__, gone))
+        self._left -= sum(map(self._work.__getitem__, gone), 0.0)
         self.paths_changed = self._drop_paths(gone)
         jobs = self._jobs
         return [jobs[d].id for d in gone[1:]]
