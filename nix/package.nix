@@ -17,13 +17,20 @@ python3Packages.buildPythonApplication {
     root = ../.;
     fileset = lib.fileset.unions [
       ../pyproject.toml
+      ../setup.py
       ../README.md
       ../src
       ../bin
     ];
   };
 
-  build-system = [ python3Packages.setuptools ];
+  # setup.py compiles the scheduler's policy, graph and simulator with mypyc: the same
+  # decisions, planned about 1.7x faster (docs/BENCHMARKS.md, "Scheduler cost").
+  build-system = with python3Packages; [
+    setuptools
+    mypy
+  ];
+  env.OFFLOAD_USE_MYPYC = "1";
 
   dependencies = with python3Packages; [
     rich
@@ -44,7 +51,10 @@ python3Packages.buildPythonApplication {
 
   # The test suite needs root and mount namespaces for its local sshd fleet: not in a sandbox.
   doCheck = false;
-  pythonImportsCheck = [ "offload" ];
+  pythonImportsCheck = [
+    "offload"
+    "offload.scheduler.policy.core"
+  ];
 
   meta = {
     description = "Distribute Nix builds over the local machine and SSH builders, scheduling the whole graph";

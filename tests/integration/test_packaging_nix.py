@@ -22,7 +22,7 @@ NIX_FILES = ["default.nix", "flake.nix", "nix/package.nix", "nix/module.nix"]
 
 # Just the parts of lib, pkgs and the module system the two files use.
 STUB_LIB = """{
-  fileset = { toSource = a: "src"; unions = l: l; };
+  fileset = { toSource = a: a.fileset; unions = map toString; };
   makeBinPath = ps: builtins.concatStringsSep ":" (map (p: p + "/bin") ps);
   licenses.mit = "mit";
   platforms.unix = [ "unix" ];
@@ -66,7 +66,8 @@ def test_the_package_agrees_with_pyproject() -> None:
           lib = {STUB_LIB};
           python3Packages = {{
             buildPythonApplication = a: a;
-            setuptools = "setuptools"; rich = "rich"; typing-extensions = "typing-extensions";
+            setuptools = "setuptools"; mypy = "mypy";
+            rich = "rich"; typing-extensions = "typing-extensions";
           }};
           nix = "/nix-pkg"; openssh = "/openssh-pkg";
         }}"""
@@ -76,6 +77,12 @@ def test_the_package_agrees_with_pyproject() -> None:
     wanted = {re.split(r"[<>=!~ ]", dep)[0].replace("_", "-") for dep in project["dependencies"]}
     assert set(package["dependencies"]) == wanted
     assert package["meta"]["mainProgram"] in project["scripts"]
+    # Built compiled (setup.py), with mypyc from mypy, and setup.py is in its source.
+    assert package["env"]["OFFLOAD_USE_MYPYC"] == "1"
+    assert package["build-system"] == ["setuptools", "mypy"]
+    assert sorted(package["src"]) == sorted(
+        str(ROOT / name) for name in ("pyproject.toml", "setup.py", "README.md", "src", "bin")
+    )
     # The system's Nix and ssh come first; the package's own only when there are none.
     assert package["makeWrapperArgs"][:3] == ["--suffix", "PATH", ":"]
     assert "/nix-pkg/bin" in package["makeWrapperArgs"][3]

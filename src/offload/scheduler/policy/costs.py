@@ -18,6 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from offload.compiled import mypyc_attr
 from offload.names import LOCAL
 from offload.scheduler.dag import Job
 
@@ -68,6 +69,8 @@ class TransferCost(Protocol):
     def record_output(self, job_id: str, machine: str) -> None: ...
 
 
+# run.plan.InputMoves and the bench's simulated holders subclass it (``offload.compiled``).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MissingInputs:
     """``seconds`` for each input job whose outputs a machine does not hold (``holders``: a
     job -> the machines that hold its outputs, kept by its owner).

@@ -1,0 +1,38 @@
+"""offload's build, beside pyproject.toml: with ``OFFLOAD_USE_MYPYC=1`` the scheduler is compiled.
+
+mypyc compiles the policy, the job graph and the simulator (``COMPILED``) to C extension
+modules from the same source: the same decisions (``tests/integration/test_compiled.py``),
+planned about 1.7x faster (docs/BENCHMARKS.md, "Scheduler cost"). The Nix package builds it so;
+without the variable (pip's default) offload is pure Python. Compiling needs mypy and a C
+compiler where the package is built: ``OFFLOAD_USE_MYPYC=1 pip install --no-build-isolation .``
+with mypy installed. An editable install is never compiled: a compiled module beside its source
+would shadow every later edit of that source.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+SCHEDULER = Path("src/offload/scheduler")
+COMPILED = [
+    SCHEDULER / "dag.py",
+    SCHEDULER / "simulate.py",
+    *sorted((SCHEDULER / "policy").glob("[a-z]*.py")),
+]
+
+
+def extensions() -> list[object]:
+    if os.environ.get("OFFLOAD_USE_MYPYC") != "1":
+        return []
+    if "editable_wheel" in sys.argv:
+        sys.exit("OFFLOAD_USE_MYPYC=1: an editable install is never compiled (setup.py says why)")
+    from mypyc.build import mypycify
+
+    return list(mypycify([str(p) for p in COMPILED], opt_level="3", group_name="offload_scheduler"))
+
+
+setup(ext_modules=extensions())

@@ -1,0 +1,116 @@
+"""offload built compiled by mypyc (``setup.py``, ``OFFLOAD_USE_MYPYC=1``) as the Nix package is.
+
+The build is real: pip builds a copy of this checkout with this environment's mypy and gcc
+(``tests.helpers.compiled``). Under it, the scheduler's modules are C extensions, and they must
+decide exactly as the interpreted source does: ``bench/plan_fingerprint.py`` hashes the
+schedules of many random simulations (failures, transfers, first runs, speculation), and the
+scheduler's own unit tests run against the compiled build.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.compiled import ROOT, copy_source, install_compiled
+
+# What setup.py compiles, as modules.
+COMPILED = [
+    "offload.scheduler.dag",
+    "offload.scheduler.simulate",
+    *sorted(
+        f"offload.scheduler.policy.{p.stem}"
+        for p in (ROOT / "src/offload/scheduler/policy").glob("[a-z]*.py")
+    ),
+]
+# The unit tests of what is compiled.
+SCHEDULER_TESTS = [
+    "tests/unit/test_policy.py",
+    "tests/unit/test_policy_full.py",
+    "tests/unit/test_policy_load.py",
+    "tests/unit/test_policy_overrun.py",
+    "tests/unit/test_policy_past_run.py",
+    "tests/unit/test_policy_slack_margin.py",
+    "tests/unit/test_place_by_holders.py",
+    "tests/unit/test_pool.py",
+    "tests/unit/test_sched_dag.py",
+    "tests/unit/test_simulate.py",
+    "tests/unit/test_failed_paths.py",
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install_compiled(tmp_path_factory.mktemp("compiled"))
+
+
+def _python(pythonpath: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(pythonpath))
+    return subprocess.run(
+        [sys.executable, *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_the_compiled_build_runs_the_scheduler_as_c(site: Path) -> None:
+    files = _python(
+        site,
+        "-c",
+        f"import importlib; [print(importlib.import_module(m).__file__) for m in {COMPILED}]",
+    )
+    assert files.returncode == 0, files.stderr
+    shown = files.stdout.split()
+    assert len(shown) == len(COMPILED) >= 10
+    assert all(Path(f).is_relative_to(site) and f.endswith(".so") for f in shown), shown
+    version = _python(site, "-m", "offload", "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("offload")
+
+
+@pytest.mark.parametrize("moves", [False, True], ids=["plain", "moves"])
+def test_the_compiled_scheduler_decides_as_the_interpreted_one(site: Path, moves: bool) -> None:
+    argv = ["bench/plan_fingerprint.py", "36", *(["--moves"] if moves else [])]
+    interpreted, compiled = _python(ROOT / "src", *argv), _python(site, *argv)
+    assert interpreted.returncode == 0, interpreted.stderr
+    assert compiled.returncode == 0, compiled.stderr
+    last = interpreted.stdout.splitlines()[-1]
+    assert last.startswith("ALL ")
+    assert compiled.stdout.splitlines()[-1] == last
+
+
+def test_the_scheduler_unit_tests_pass_against_the_compiled_build(site: Path) -> None:
+    done = _python(site, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SCHEDULER_TESTS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout.splitlines()[-1]
+
+
+def test_an_editable_install_is_never_compiled(tmp_path: Path) -> None:
+    source = copy_source(tmp_path)
+    env = dict(os.environ, OFFLOAD_USE_MYPYC="1")
+    build = "from setuptools import build_meta; build_meta.build_editable('out')"
+    done = subprocess.run(
+        [sys.executable, "-c", build],
+        env=env, cwd=source, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "an editable install is never compiled" in done.stderr
+    assert not list(source.rglob("*.so"))
+
+
+def test_without_mypy_extensions_the_mark_leaves_a_class_as_it_is() -> None:
+    # An interpreted install need not have mypy_extensions (offload.compiled).
+    code = (
+        "import sys; sys.modules['mypy_extensions'] = None\n"
+        "from offload.compiled import mypyc_attr\n"
+        "class A: pass\n"
+        "assert mypyc_attr(allow_interpreted_subclasses=True)(A) is A\n"
+        "from offload.scheduler.policy.costs import MissingInputs\n"
+        "print(MissingInputs({}, 1.0).estimate.__qualname__)"
+    )
+    done = _python(ROOT / "src", "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "MissingInputs.estimate"
