@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from bench.plan_moves import SimulatedMoves, moves_cost
-from bench.report_planning import planning_body
+from bench.report_planning import planning_body, planning_targets
 
 from offload.names import LOCAL
 from offload.scheduler.dag import Job
@@ -51,8 +51,17 @@ def test_the_planning_table_shows_the_input_moves_column() -> None:
     }
     text = "\n".join(planning_body({"planning": section}, {}))
     assert "| with input moves (s) |" in text
-    assert "| 50,000 | 1.95 | 30.6 | 2.71 | ok |" in text
-    assert "| 1,000 | 0.03 | 0.6 | - | ok |" in text
+    assert "| 50,000 | 1.95 | 30.6 | 2.71 | - | ok |" in text
+    assert "| 1,000 | 0.03 | 0.6 | - | - | ok |" in text
     older = copy.deepcopy(section)
     del older["runs"][1]["input_moves_seconds"]
-    assert "| 50,000 | 1.95 | 30.6 | - | ok |" in "\n".join(planning_body({"planning": older}, {}))
+    assert "| 50,000 | 1.95 | 30.6 | - | - | ok |" in "\n".join(
+        planning_body({"planning": older}, {})
+    )
+    compiled = copy.deepcopy(section)
+    compiled["runs"][1]["compiled_moves_seconds"] = 1.52
+    text = "\n".join(planning_body({"planning": compiled}, {}))
+    assert "| 50,000 | 1.95 | 30.6 | 2.71 | 1.52 | ok |" in text
+    assert "Status: meets target." in text
+    (row,) = planning_targets({"planning": compiled})
+    assert "| 1.52 s, 31 MiB compiled (interpreted 2.71 s) | meets target |" in row
