@@ -30,7 +30,13 @@ def extensions() -> list[object]:
         return []
     if "editable_wheel" in sys.argv:
         sys.exit("OFFLOAD_USE_MYPYC=1: an editable install is never compiled (setup.py says why)")
-    from mypyc.build import mypycify
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        sys.exit(
+            "OFFLOAD_USE_MYPYC=1: mypyc (from mypy) is not where offload is being built;"
+            " install mypy there and build with pip's --no-build-isolation"
+        )
 
     return list(mypycify([str(p) for p in COMPILED], opt_level="3", group_name="offload_scheduler"))
 

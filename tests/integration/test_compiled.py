@@ -114,3 +114,20 @@ def test_without_mypy_extensions_the_mark_leaves_a_class_as_it_is() -> None:
     done = _python(ROOT / "src", "-c", code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "MissingInputs.estimate"
+
+
+def test_a_compiled_build_without_mypy_says_what_it_needs(tmp_path: Path) -> None:
+    source = copy_source(tmp_path)
+    build = (
+        "import sys; sys.modules['mypyc'] = sys.modules['mypyc.build'] = None\n"
+        "from setuptools import build_meta; build_meta.build_wheel('out')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", build],
+        env=dict(os.environ, OFFLOAD_USE_MYPYC="1"),
+        cwd=source, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    (line,) = [ln for ln in done.stderr.splitlines() if "OFFLOAD_USE_MYPYC" in ln]
+    assert "install mypy there and build with pip's --no-build-isolation" in line
+    assert "Traceback" not in done.stderr
