@@ -55,7 +55,7 @@ unit: setup
 	$(BIN)/pytest -q tests/unit
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # 10,000 inputs per reader (make test runs a modest number); figures in docs/RELIABILITY.md.
 fuzz: setup
