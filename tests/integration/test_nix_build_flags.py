@@ -371,11 +371,20 @@ def test_check_names_the_unbuilt_derivation_nix_names(project: Path) -> None:
         assert offload.stderr.splitlines()[0] == said + more
 
 
-def test_unknown_flag_is_refused(project: Path) -> None:
-    nix, offload = both(project, "--no-such-flag")
+@pytest.mark.parametrize(
+    "flag",
+    [("--no-such-flag",), ("--max-j", "2"), ("--builder", ""), ("--keep-go",), ("--show-tr",)],
+    ids=" ".join,
+)
+def test_unknown_flag_is_refused(project: Path, flag: tuple[str, ...]) -> None:
+    # A flag abbreviated (argparse's prefix matching took `--max-j` for --max-jobs) is no flag
+    # to nix-build: "unrecognised flag '--max-j'".
+    nix, offload = both(project, *flag, "-A", "ok")
     assert nix.returncode == offload.returncode == 1
-    assert "--no-such-flag" in nix.stderr
-    assert "--no-such-flag" in offload.stderr
+    assert f"unrecognised flag '{flag[0]}'" in nix.stderr
+    assert offload.stderr == (
+        f"error: offload build: unrecognized arguments: {flag[0]}\nhint: see offload build --help\n"
+    )
 
 
 def test_build_log_is_shown_by_default_and_not_with_q(project: Path) -> None:

@@ -63,6 +63,44 @@ def test_an_unknown_option_names_the_command_it_was_given_to(
     assert err.endswith(f"hint: see {prog} --help\n"), err
 
 
+@pytest.mark.parametrize("path", [(), *COMMANDS], ids=lambda p: " ".join(p) or "offload")
+def test_an_abbreviated_option_is_refused_not_taken_for_the_option(
+    path: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse took `--hel` for --help (and `--max-j 2` for --max-jobs, below): nix-build
+    # refuses a flag that is not spelled whole ("unrecognised flag"), and so does offload.
+    status, err = _offload([*path, "--hel"], capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.endswith(f"hint: see {' '.join(('offload', *path))} --help\n"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "word"),
+    [
+        (["build", "--max-j", "2"], "offload build", "--max-j"),
+        (["build", "--builder", "x"], "offload build", "--builder"),
+        (["build", "--keep-go"], "offload build", "--keep-go"),
+        (["build", "--show-tr=1"], "offload build", "--show-tr=1"),
+        (["--trace", "status"], "offload status", "--trace"),
+        (["history", "--las", "3"], "offload history", "--las 3"),
+        (["setup", "client", "--syst", "x86_64-linux", "h"], "offload setup client", "--syst"),
+        (["fleet", "up", "--di", "d"], "offload fleet up", "--di d"),
+    ],
+)
+def test_an_abbreviated_option_is_an_unrecognized_argument(
+    argv: list[str], prog: str, word: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from offload.cli import _parse
+
+    with pytest.raises(SystemExit) as exit_:
+        _parse(argv)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    _one_error(err)
+    assert err == (f"error: {prog}: unrecognized arguments: {word}\nhint: see {prog} --help\n"), err
+
+
 @pytest.mark.parametrize(
     ("argv", "hint"),
     [

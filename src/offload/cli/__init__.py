@@ -55,11 +55,15 @@ def _parser_class() -> type[argparse.ArgumentParser]:
         Each parser puts itself in the namespace (``_parser``); a subcommand's parser overrides
         its parent's there, so after parsing it names the command whose options were given,
         whose ``error`` and ``--help`` an unrecognized argument is told with (``_parse``).
+        An option is known by its whole name only, as Nix knows its flags: argparse's own
+        prefix matching took `--max-j 2` for `--max-jobs` and `--builder` for `--builders`,
+        which nix-build refuses ("unrecognised flag"), and would take a script's typo for
+        whichever option a later version makes it the prefix of.
         """
 
         # kwargs: argparse's, passed on.
         def __init__(self, *, nix_values: bool = False, **kwargs: Any) -> None:  # noqa: ANN401
-            super().__init__(**kwargs)
+            super().__init__(**{"allow_abbrev": False, **kwargs})
             # A stand-in for a Nix command binds option values as Nix does (cli.nix_values).
             self._nix_values = nix_values
             self.set_defaults(_parser=self)
