@@ -4,7 +4,8 @@ is stopped there ("error: interrupted by the user") are no line of its build's l
 History says f1 and f2 take 20 s on fast, so the run puts them there and ``long`` on slow;
 they take 3 s, and fast, idle, gets a second copy of ``long``, which ends first (it sleeps 24 s
 divided by the builder's speed). The copy on slow is stopped then; its log ended with Nix's
-"interrupted by the user", shown as ``slow: long> error: interrupted by the user``.
+"interrupted by the user", shown as ``slow: long> error: interrupted by the user``, and its
+end was no event of the run's.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def test_the_losing_copy_says_nothing_of_nix_being_stopped(fleet, tmp_path):
         if e["event"] == "job_phase" and e["name"] == "long" and e["phase"] == "building"
     }
     assert copies == {("slow", False), ("fast", True)}, copies  # the case this is about
+    # The loser's copy ends with an event of its own, during the run: it had none.
+    ended = [
+        (e["machine"], e["status"], e["error"])
+        for e in seen[: [e["event"] for e in seen].index("run_finished")]
+        if e["event"] == "job_finished" and e["name"] == "long"
+    ]
+    assert ("fast", "built", None) in ended, ended
+    assert ("slow", "cancelled", "stopped: another copy was built first") in ended, ended
     said = [e["line"] for e in seen if e["event"] == "job_log" and e["machine"] == "slow"]
     assert said == ["started"], said
     assert "interrupted" not in done.stderr

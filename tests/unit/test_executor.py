@@ -15,7 +15,14 @@ from offload.transport.fake import (
     FakeLink,
     FakeStore,
 )
-from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished, RunStarted
+from offload.ui.events import (
+    Event,
+    JobFinished,
+    JobPhase,
+    MachineEvent,
+    RunFinished,
+    RunStarted,
+)
 from tests.helpers.plans import finished, make_plan, spec
 
 
@@ -354,3 +361,82 @@ def test_a_builder_that_dies_with_two_builds_running_is_down_once():
     downs = [e for e in events if isinstance(e, MachineEvent) and e.state == "down"]
     assert [e.machine for e in downs] == ["dying"]  # one backoff, said once
     assert all(local_store.has(outs[n]) for n in "ab")
+
+
+def _untold(events: list[Event]) -> set[tuple[str, str]]:
+    """Copies (derivation, machine) whose last event is a phase: started, never said ended."""
+    last: dict[tuple[str, str], Event] = {}
+    for event in events:
+        if isinstance(event, JobPhase | JobFinished) and event.machine:
+            last[event.name, event.machine] = event
+    return {copy for copy, event in last.items() if isinstance(event, JobPhase)}
+
+
+def test_a_build_stopped_as_its_builder_went_down_ends_with_an_event():
+    # b was still building on dying when a's loss took the builder down: its copy was
+    # stopped and built elsewhere, and --json never said that copy ended.
+    plan, _, outs, src = make_plan({"a": [], "b": []})
+    both = asyncio.Event()
+    running: list[str] = []
+
+    async def dying(build: FakeBuild) -> BuildOutcome | None:
+        running.append(build.drv.name)
+        if len(running) == 2:
+            both.set()
+        await both.wait()
+        if build.drv.name == "a":
+            raise RuntimeError("killed")  # a's session hangs up: the builder is down
+        await asyncio.Event().wait()  # b's hangs on until it is stopped
+        return None
+
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("dying", speed=100, slots=2), FakeLink(FakeStore("dying", builder=dying)),
+                   remote=True),
+        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+    ]  # fmt: skip
+    report, events = run(plan, members, local)
+    assert report.ok
+    ended = [(e.name, e.status) for e in events if isinstance(e, JobFinished)]
+    assert sorted(ended) == [("a", "built"), ("a", "lost"), ("b", "built"), ("b", "lost")]
+    assert _untold(events) == set()
+    assert all(local_store.has(outs[n]) for n in "ab")
+
+
+def test_builds_the_runs_end_stopped_end_with_an_event_before_the_run_does():
+    plan, _, _, src = make_plan({"a": [], "b": []})
+    building = asyncio.Event()
+    running: list[str] = []
+
+    async def endless(build: FakeBuild) -> BuildOutcome | None:
+        running.append(build.drv.name)
+        if len(running) == 2:
+            building.set()
+        await asyncio.Event().wait()
+        return None
+
+    local = FakeLink(FakeStore("local", [src], builder=endless))
+    events: list[Event] = []
+    executor = Executor(
+        plan,
+        [PoolMember(spec("local", slots=2), local, remote=False)],
+        local,
+        emit=events.append,
+    )
+
+    async def interrupted() -> None:
+        run = asyncio.create_task(executor.run())
+        await building.wait()  # both
+        run.cancel()  # as Ctrl-C stops a run
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(interrupted())
+    assert isinstance(events[-1], RunFinished)
+    assert events[-1].interrupted
+    stopped = [e for e in events if isinstance(e, JobFinished)]
+    assert {(e.name, e.status, e.error) for e in stopped} == {
+        (n, "cancelled", "stopped by the run's end") for n in "ab"
+    }
+    assert _untold(events) == set()

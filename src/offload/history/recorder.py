@@ -4,8 +4,9 @@ The executor tells each copy's phases as ``JobPhase`` marks (queued, connecting,
 building, fetching) and its end as a ``JobFinished``; a phase lasts from its mark to the next
 one, the last to the copy's end. Queued and connecting are told as one phase, ``waiting`` (for
 a slot, then a session). Outputs fetched from a builder that already held them, or substituted
-from the local binary caches, are one ``fetching`` phase. A copy stopped without an outcome (a
-speculative copy that lost) is kept as ``cancelled``, ending when the run ended.
+from the local binary caches, are one ``fetching`` phase. The executor tells every copy's
+end; one that was never told (a run whose executor failed) is kept as ``cancelled``, ending when
+another copy was built or else when the run ended.
 
 The run's lower bound is computed from its own measured builds: max(critical path / fastest
 speed, total work / capacity), each build's work being its seconds times its machine's speed.

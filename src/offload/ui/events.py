@@ -91,6 +91,12 @@ class JobLog:
 
 @dataclass(frozen=True)
 class JobFinished:
+    """A job's end, or one copy's: every copy that started (its first ``JobPhase``) ends with
+    one, before the run's ``RunFinished``, whatever ended it. A copy stopped by offload is
+    "cancelled" with why in ``error`` (another copy was built first, another build failed
+    without --keep-going, it was moved off a full builder, the run's end stopped it); one
+    whose machine went down under it is "lost" with the machine's error."""
+
     drv_path: str
     name: str
     machine: str  # "" for skipped jobs and for those no machine can build

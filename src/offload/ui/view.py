@@ -158,6 +158,8 @@ class View:
     def _job_finished(self, event: JobFinished) -> None:
         self.finished.append(event)
         self.jobs.pop((event.drv_path, event.machine), None)
+        # A copy stopped once another built its derivation changes no plan: that one did.
+        news = event.status in _NEWS and event.drv_path not in self.settled
         if event.status in _SETTLED:
             self.settled[event.drv_path] = event.status
             # Other copies of a settled job are stopped: their rows go with it.
@@ -165,7 +167,7 @@ class View:
                 del self.jobs[key]
         if event.status == "built" and event.machine:
             self._see(event.machine).built += 1
-        if event.status in _NEWS:
+        if news:
             self.eta.news()
         if event.remaining is not None:
             self.eta.plan(event.time, event.remaining, overdue=self.overdue(event.time))

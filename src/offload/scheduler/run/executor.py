@@ -119,7 +119,7 @@ class Executor(Stopping):
         self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
         self._losses: dict[str, int] = {}
         self._stopping = False
-        self._halted: set[asyncio.Task[Outcome]] = set()
+        self._stopped: dict[asyncio.Task[Outcome], tuple[Literal["cancelled", "lost"], str]] = {}
 
     def _capacity_watchers(self, local_boot_id: str | None) -> tuple[FullBuilders, Loads]:
         """What cuts a builder's slots during the run: others filling its own slots (full) and
@@ -349,9 +349,9 @@ class Executor(Stopping):
         self._holders.fed.discard(entry)
         now = self.clock()
         if task.cancelled():
-            if task in self._halted:
-                self._halted_copy(drv_path, machine, since)
-            return  # else its machine went down and the policy queued the job again
+            self._stopped_copy(task, drv_path, machine, since)
+            return
+        why = self._stopped.pop(task, None)  # stopped, but it ended first
         outcome = task.result()
         match outcome.kind:
             case "cancelled":
@@ -361,7 +361,7 @@ class Executor(Stopping):
             case "returned":
                 self._returned(drv_path, machine, outcome, now)
             case "built":
-                await self._built(drv_path, machine, outcome, now)
+                await self._built(drv_path, machine, outcome, now, stopped=why)
             case "failed":
                 self._fail(drv_path, machine, outcome, now)
 
@@ -387,9 +387,21 @@ class Executor(Stopping):
         self.policy.on_returned(drv_path, machine)
         self._emit_outcome(drv_path, machine, "cancelled", outcome)
 
-    async def _built(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+    async def _built(
+        self,
+        drv_path: str,
+        machine: str,
+        outcome: Outcome,
+        now: float,
+        *,
+        stopped: tuple[Literal["cancelled", "lost"], str] | None = None,
+    ) -> None:
         finished = self.policy.on_finished(drv_path, machine, now, ok=True)
         if not finished.accepted:
+            # Built after all, but another copy had been (or its machine was let go):
+            # ``stopped`` says which, when it was being stopped for it.
+            status, why = stopped or ("cancelled", "another copy was built first")
+            self._emit_outcome(drv_path, machine, status, dataclasses.replace(outcome, error=why))
             return
         member = self.members[machine]
         self._holders.built(drv_path, machine if member.remote else LOCAL, home=outcome.home)
@@ -446,6 +458,7 @@ class Executor(Stopping):
         for other_task, (other, where) in list(self._tasks.items()):
             if where == machine and other in down.returned:
                 other_task.cancel()
+                self._stopped[other_task] = ("lost", error)
         self._holders.machine_gone(machine, self.policy)
 
     def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:

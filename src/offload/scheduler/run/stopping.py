@@ -2,7 +2,12 @@
 
 A mixin of ``Executor``'s (its task tables are the executor's own): a copy is stopped by
 cancelling its task, which stops its remote build (``copy``); the loop settles the task when
-it ends, and the executor says why it was stopped.
+it ends, and the executor says why it was stopped (``_stopped``, kept from the moment it is
+stopped). So every copy that started ends with one ``JobFinished``, whatever stopped it: a copy
+that lost to another ("cancelled"), one whose machine went down under it ("lost"), one halted
+by another's failure or let go from a full builder ("cancelled"), each when its task settles,
+and those the run's end stopped (``_stop_all``: "cancelled", "stopped by the run's end", said
+as they are stopped, before the run's last event).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from offload.errors import OffloadError
 from offload.scheduler.policy import Cancel
@@ -20,6 +25,10 @@ from offload.scheduler.run.full import FullBuilders
 from offload.tasks import cancel_and_wait
 
 __all__ = ["Stopping"]
+
+# Why copies are stopped, in the words history keeps (``history.recorder`` has the first too).
+_LOST_TO_ANOTHER = "stopped: another copy was built first"
+_HALTED = "stopped: another build failed (no --keep-going)"
 
 logger = logging.getLogger("offload.scheduler.run.executor")
 
@@ -35,8 +44,8 @@ class Stopping:
     _events: RunEvents
     _stopping: bool
     wall: Callable[[], float]
-    # Copies stopped because a build failed without keep-going (``_halt``).
-    _halted: set[asyncio.Task[Outcome]]
+    # Copies being stopped, and how each is to be told once its task settles: (status, why).
+    _stopped: dict[asyncio.Task[Outcome], tuple[Literal["cancelled", "lost"], str]]
 
     def _halt(self) -> None:
         """A build failed and the run does not keep going: nothing new starts, and the builds
@@ -46,12 +55,7 @@ class Stopping:
         for task in self._tasks:
             if not task.done():
                 task.cancel()
-                self._halted.add(task)
-
-    def _halted_copy(self, drv_path: str, machine: str, started: float) -> None:
-        """Say that a copy halted (``_halt``) has stopped; ``started``: when it started."""
-        error = "stopped: another build failed (no --keep-going)"
-        self._events.finished(drv_path, machine, "cancelled", started=started, error=error)
+                self._stopped[task] = ("cancelled", _HALTED)
 
     def _stop_copy(self, drv_path: str, machine: str, why: str) -> None:
         """Stop the copy of ``drv_path`` waiting on ``machine``, which the policy has let go;
@@ -59,8 +63,7 @@ class Stopping:
         for task, entry in self._tasks.items():
             if entry == (drv_path, machine):
                 task.cancel()
-        error = f"{why} on {machine} by other clients"
-        self._events.finished(drv_path, machine, "cancelled", started=self.wall(), error=error)
+                self._stopped[task] = ("cancelled", f"{why} on {machine} by other clients")
 
     def _cancel(self, cancel: Cancel) -> None:
         """Stop a losing copy without waiting for it: stopping its remote build takes until a
@@ -69,6 +72,14 @@ class Stopping:
         for task, (drv_path, machine) in self._tasks.items():
             if drv_path == cancel.job and machine == cancel.machine:
                 task.cancel()
+                self._stopped[task] = ("cancelled", _LOST_TO_ANOTHER)
+
+    def _stopped_copy(
+        self, task: asyncio.Task[Outcome], drv_path: str, machine: str, started: float
+    ) -> None:
+        """Say how a copy whose task was cancelled ended; ``started``: when it started."""
+        if (why := self._stopped.pop(task, None)) is not None:
+            self._events.finished(drv_path, machine, why[0], started=started, error=why[1])
 
     async def _stop_all(self) -> None:
         """Stop the copies still running: only a run ending early (interrupted, or an error
@@ -77,6 +88,10 @@ class Stopping:
         tasks: list[asyncio.Task[Any]] = [
             *self._tasks, *self._homeward, *self._joining, *self._full.probes
         ]  # fmt: skip
+        # Told now, not once stopped: a second signal may cut the wait short.
+        for task, (drv_path, machine) in self._tasks.items():
+            self._stopped.setdefault(task, ("cancelled", "stopped by the run's end"))
+            self._stopped_copy(task, drv_path, machine, self._since.get(task, self.wall()))
         for error in await cancel_and_wait(tasks):
             # A copy home that lost its builder, as the run stopped, is no news; others are bugs.
             level = logging.DEBUG if isinstance(error, OffloadError) else logging.ERROR
@@ -85,6 +100,7 @@ class Stopping:
             )
         self._tasks.clear()
         self._since.clear()
+        self._stopped.clear()
         self._homeward.clear()
         self._joining.clear()
         self._full.probes.clear()
