@@ -121,9 +121,11 @@ def _record(
 
 def forget_old(state: Path) -> None:
     """Forget old history if it is due (``History.prune_if_due``), for at most
-    ``PRUNE_BUDGET`` seconds: once the run's results are out, so a run pays it only then, and
-    Ctrl-C meanwhile leaves the rest for the next run. A history that cannot be opened was
-    said to be unusable as the run began; a pass that fails is a warning."""
+    ``PRUNE_BUDGET`` seconds: once the run's results are out, so a run pays it only then. A
+    signal meanwhile stops the command as anywhere else (``cli.interrupts``: its status is the
+    first signal's, not the build's 0); the step it cut is rolled back, and the rest is left
+    for the next run. A history that cannot be opened was said to be unusable as the run
+    began; a pass that fails is a warning."""
     try:
         history = History(state / "history.sqlite")
     except (OffloadError, OSError):
@@ -133,5 +135,3 @@ def forget_old(state: Path) -> None:
             history.prune_if_due(time.time(), budget=PRUNE_BUDGET)
     except OffloadError as exc:
         warn(f"old history not forgotten: {exc.message}", exc.hint)
-    except KeyboardInterrupt:
-        pass  # the build is done and its results are out; the next run goes on
