@@ -1,13 +1,18 @@
 """A session whose program gave no handshake (``offload.transport.links.lending.not_started``):
 a shell that did not find the program says it is not on the builder's PATH; Nix's own error
-(it ran, so it is there) is never taken for that, whatever its last words."""
+(it ran, so it is there) is never taken for that, whatever its last words. The session's
+error, ``offload build``'s line and doctor's row say it, and its fix, in one wording."""
 
 from __future__ import annotations
 
 import pytest
 
+from offload.build.faults import explain
+from offload.config.machines import parse_machines
+from offload.doctor.facts import nix_check
 from offload.errors import ProtocolError
-from offload.transport.links.lending import NOT_ON_PATH, not_started
+from offload.transport.links.lending import not_started
+from offload.transport.missing_program import NOT_ON_PATH, install_nix, not_on_path
 
 CLOSED = ProtocolError("closed the connection during the handshake")
 
@@ -44,3 +49,19 @@ def test_nix_s_own_error_is_not_a_missing_program(said: str) -> None:
     assert NOT_ON_PATH not in error.message
     assert error.message.startswith("cannot start `nix-daemon --stdio`: ")
     assert said in error.message
+
+
+def test_a_missing_program_and_its_fix_are_worded_one_way_wherever_said() -> None:
+    # The session's hint ("check that Nix is installed and on PATH ..."), offload build's
+    # line and doctor's row ("... ?remote-program=/path/to/nix-store", even for nix-daemon)
+    # gave the same fix in three wordings.
+    said, program = "sh: 1: exec: nix-store: not found", "`nix-store --serve --write`"
+    session = not_started(program, CLOSED, [said])
+    row = nix_check(127, "", said + "\n", program)
+    (machine,), _ = parse_machines(
+        "ssh://a x86_64-linux\n", source="/etc/nix/machines", system="x86_64-linux"
+    )
+    line = explain(machine, session.message)
+    assert session.message == row.detail == not_on_path(program, said)
+    assert session.hint == row.fix == install_nix()
+    assert line == f"{not_on_path(program, said)}; {install_nix('/etc/nix/machines:1')}"

@@ -23,7 +23,7 @@ import re
 from offload.config.machines import Machine
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import MISMATCH, mismatch_fix
-from offload.transport.links.lending import NOT_ON_PATH
+from offload.transport.missing_program import NOT_ON_PATH, install_nix
 from offload.transport.ssh_keys import (
     has_passphrase,
     key_fix,
@@ -62,10 +62,7 @@ def explain(machine: Machine, error: str) -> str:
     if refused_by_ssh(error):
         return _refused(machine, error)
     if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
-        return (
-            f"{_last_words(error)}; install Nix on the builder so that non-interactive ssh"
-            f" sessions find it on PATH, or name the program with ?remote-program= in {where}"
-        )
+        return f"{_last_words(error)}; {install_nix(where)}"
     if MISMATCH in error and error.startswith(_CONNECT):
         what, fix = mismatch_fix(machine.scheme, where)
         return f"{what}; {fix}"

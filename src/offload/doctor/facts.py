@@ -30,6 +30,7 @@ from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACKS
+from offload.transport.missing_program import install_nix, not_on_path
 
 __all__ = [
     "RESTRICTED",
@@ -67,10 +68,7 @@ _DISK_WARN_GIB = 5.0
 _RTT_WARN = 0.5
 # Below 1 MB/s (a poor uplink), a gigabyte of outputs takes a quarter of an hour to come home.
 _THROUGHPUT_WARN = 1e6
-_NIX_FIX = (
-    "install Nix on the builder and make sure non-interactive ssh sessions find it on PATH, "
-    "or name the program with ?remote-program=/path/to/nix-store in the store URI"
-)
+_NIX_FIX = install_nix()
 
 
 def _daemon_unreachable(name: str, said: str, user: str | None) -> Check | None:
@@ -94,7 +92,7 @@ def nix_check(
         return unreachable
     last = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1]
     if returncode == 127 or "not found" in stderr:
-        detail = f"{program} is not on the builder's PATH: {last}"
+        detail = not_on_path(program, last)
         return Check("nix", Verdict.FAIL, detail, _NIX_FIX)
     return Check("nix", Verdict.FAIL, f"`{program} --version` failed: {last}", _NIX_FIX)
 

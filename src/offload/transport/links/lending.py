@@ -17,6 +17,7 @@ from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.protocol.stderr import strip_ansi
 from offload.protocol.store import StoreClient
 from offload.transport.links.base import TAIL, LogSink, SessionPipes
+from offload.transport.missing_program import install_nix, not_on_path
 
 __all__ = [
     "BuilderFullError",
@@ -70,18 +71,14 @@ class PooledSession:
 # Never Nix's own "error: ...": it ran, so it is there (a daemon not running: "error: cannot
 # connect to socket at '...': No such file or directory").
 _NOT_THERE = re.compile(r"^(?!error:).*(?:not found|No such file or directory)\s*$")
-NOT_ON_PATH = "is not on the builder's PATH"
 
 
 def not_started(program: str, error: ProtocolError, tail: list[str]) -> TransportError:
     """The error for a session whose ``program`` gave no handshake (``error``), with the last
     of what it printed (``tail``); one line that names no builder: who shows it names it."""
-    hint = (
-        "check that Nix is installed and on PATH for non-interactive ssh sessions"
-        " (remote-program= in the store URI names another program)"
-    )
+    hint = install_nix()
     if tail and _NOT_THERE.search(strip_ansi(tail[-1])):  # as `offload doctor` says it
-        return TransportError(f"{program} {NOT_ON_PATH}: {tail[-1]}", hint=hint)
+        return TransportError(not_on_path(program, tail[-1]), hint=hint)
     said = " | ".join(tail[-5:]) or "(no output)"
     return TransportError(f"cannot start {program}: {error.message}; stderr: {said}", hint=hint)
 
