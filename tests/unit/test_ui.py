@@ -27,8 +27,14 @@ from offload.ui.events import (
     RunStarted,
 )
 from offload.ui.jsonl import JsonRenderer
-from offload.ui.plain import PlainRenderer, describe_finished, describe_machine, machine_warning
-from offload.ui.summary import render_summary, summarize
+from offload.ui.plain import (
+    PlainRenderer,
+    cache_left_out,
+    describe_finished,
+    describe_machine,
+    machine_warning,
+)
+from offload.ui.summary import on_builder, render_summary, summarize
 from offload.ui.term import (
     format_bytes,
     format_duration,
@@ -467,3 +473,16 @@ def test_a_build_is_timed_without_its_wait_and_copies() -> None:
     )
     assert describe_finished(built(0.0, 2.2, 2.0)) == "built hello-2.12 in 2.0s"
     assert describe_finished(built(0.0, 3.2, None)) == "built hello-2.12 in 3.2s"
+
+
+@pytest.mark.parametrize(("machine", "where"), [("fast", " (on fast)"), ("local", "")])
+def test_a_cache_left_out_is_placed_one_way_in_the_plain_line_and_the_summary(
+    machine: str, where: str
+) -> None:
+    # Each wrote its own "(on MACHINE)": one helper now says where, for both.
+    event = MachineEvent(machine, "cache", "it cannot be reached", None, 0.0, cache="https://c")
+    assert on_builder(machine) == where
+    assert cache_left_out(event).startswith(f"binary cache 'https://c'{where} is left out: ")
+    out = io.StringIO()
+    render_summary([event], out, rich=False)
+    assert f"https://c{where}: it cannot be reached" in out.getvalue()

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from typing import TextIO, assert_never
 
-from offload.names import LOCAL
 from offload.ui.events import (
     Event,
     JobFinished,
@@ -40,7 +39,7 @@ from offload.ui.events import (
     RunStarted,
     Timing,
 )
-from offload.ui.summary import render_summary
+from offload.ui.summary import on_builder, render_summary
 from offload.ui.term import PHASE_LABELS, format_duration, sanitize
 
 __all__ = [
@@ -141,8 +140,7 @@ def machine_warning(event: MachineEvent) -> str | None:
 
 def cache_left_out(event: MachineEvent) -> str:
     """A "cache" event in a line: the cache, the machine when not this one, why, and so what."""
-    where = "" if event.machine == LOCAL else f" (on {event.machine})"
-    cache = sanitize(event.cache or "")
+    cache, where = sanitize(event.cache or ""), on_builder(event.machine)
     return f"binary cache {cache!r}{where} is left out: {cache_left_out_why(event)}"
 
 

@@ -31,7 +31,7 @@ from offload.ui.term import format_bytes, format_duration, sanitize
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["MachineTotals", "RunSummary", "render_summary", "summarize"]
+__all__ = ["MachineTotals", "RunSummary", "on_builder", "render_summary", "summarize"]
 
 _COLUMNS = ("machine", "built", "fetched", "failed", "stopped", "busy", "sent", "received")
 _SUBSTITUTED = 3  # where the optional column goes: after "fetched"
@@ -257,8 +257,14 @@ def _problems(summary: RunSummary) -> list[tuple[str, str]]:
 
 
 def _cache(event: MachineEvent) -> str:
-    where = "" if event.machine == LOCAL else f" (on {event.machine})"
-    return f"{sanitize(event.cache or '')}{where}: {sanitize(event.message)}"
+    return f"{sanitize(event.cache or '')}{on_builder(event.machine)}: {sanitize(event.message)}"
+
+
+def on_builder(machine: str) -> str:
+    """`` (on MACHINE)`` after what a builder's Nix left out (a binary cache), said the same
+    in the summary and the plain lines (``plain.cache_left_out``); nothing for this machine's
+    own, which needs no saying."""
+    return "" if machine == LOCAL else f" (on {machine})"
 
 
 def _on(job: JobFinished) -> str:
