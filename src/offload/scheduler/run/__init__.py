@@ -4,7 +4,8 @@ Where to look:
 
 - ``plan``: what a run is given (``BuildPlan``, ``PoolMember`` and its ``MemberLink``) and the
   guesses that stand in for history (``plan_jobs``, ``size_factor``, ``InputMoves``);
-- ``executor``: the ``Executor`` and its event loop, and how a build copy's end is handled;
+- ``executor``: the ``Executor`` and its event loop; ``endings``: how a build copy's end is
+  handled; ``stopping``: how copies are stopped, and said to be;
 - ``copy``: one build copy on one machine, and store-to-store copying (``send_closure``);
 - ``homeward``: outputs fetched home one fetch at a time per machine, in batches;
 - ``disk``: a builder's full disk read from Nix's answer, and deleting its partial outputs;

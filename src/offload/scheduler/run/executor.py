@@ -21,7 +21,6 @@ builder's load, reported at every session start there, sets its usable slots (``
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import secrets
 import time
@@ -31,29 +30,26 @@ from typing import Literal
 from offload.backoff import Health
 from offload.errors import OffloadError, SchedulerError
 from offload.history.records import RunReport
-from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions
 from offload.scheduler.dag import JobState
 from offload.scheduler.policy import Move, Policy, Speculate, Start, Wait
-from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
+from offload.scheduler.run.copy import BuildCopies, Outcome
+from offload.scheduler.run.endings import MAX_LOSSES, Endings
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
 from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.loads import Loads
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
-from offload.scheduler.run.stopping import Stopping
 from offload.slots import SlotLocks
 from offload.ui.events import Event
 
 __all__ = ["MAX_LOSSES", "Executor"]
 
-MAX_LOSSES = 3
-
 logger = logging.getLogger(__name__)
 
 
-class Executor(Stopping):
+class Executor(Endings):
     def __init__(
         self,
         plan: BuildPlan,
@@ -364,133 +360,3 @@ class Executor(Stopping):
                 await self._built(drv_path, machine, outcome, now, stopped=why)
             case "failed":
                 self._fail(drv_path, machine, outcome, now)
-
-    def _lost(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
-        self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
-        if self._losses[drv_path] >= MAX_LOSSES:
-            self._fail(drv_path, machine, outcome, now)
-        self._machine_failed(machine, outcome.error or "connection lost", now)
-        self._emit_outcome(drv_path, machine, "lost", outcome)
-
-    def _returned(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
-        if outcome.source is None:
-            # Lost inputs are made again before anything needs them (Holders.undo_lost); if
-            # that ever falls short, fail rather than retry forever.
-            self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
-            if self._losses[drv_path] >= MAX_LOSSES:
-                self._fail(drv_path, machine, outcome, now)
-                return
-        else:
-            self._machine_failed(outcome.source, outcome.error or "connection lost", now)
-            why = f"the holder of its inputs, {outcome.source}, went away"
-            outcome = dataclasses.replace(outcome, error=why)
-        self.policy.on_returned(drv_path, machine)
-        self._emit_outcome(drv_path, machine, "cancelled", outcome)
-
-    async def _built(
-        self,
-        drv_path: str,
-        machine: str,
-        outcome: Outcome,
-        now: float,
-        *,
-        stopped: tuple[Literal["cancelled", "lost"], str] | None = None,
-    ) -> None:
-        finished = self.policy.on_finished(drv_path, machine, now, ok=True)
-        if not finished.accepted:
-            # Built after all, but another copy had been (or its machine was let go):
-            # ``stopped`` says which, when it was being stopped for it.
-            status, why = stopped or ("cancelled", "another copy was built first")
-            self._emit_outcome(drv_path, machine, status, dataclasses.replace(outcome, error=why))
-            return
-        member = self.members[machine]
-        self._holders.built(drv_path, machine if member.remote else LOCAL, home=outcome.home)
-        speed = member.spec.speed
-        self._learning.learn(drv_path, speed, outcome.build_seconds, outcome.started, self.policy)
-        if drv_path not in self.report.built:  # built again after its outputs were lost
-            self.report.built.append(drv_path)
-        if drv_path in self._holders.home and not outcome.home:
-            self._send_home(drv_path, machine, outcome)
-        else:
-            self._emit_outcome(drv_path, machine, "built", outcome)
-        for cancel in finished.cancel:
-            self._cancel(cancel)
-
-    def _send_home(self, drv_path: str, machine: str, outcome: Outcome) -> None:
-        """Copy a wanted output home in the background: its dependents need not wait for it
-        (they get it from the builder, or from here once it has arrived)."""
-        task = asyncio.create_task(
-            self._copies.fetch_home(drv_path, machine), name=f"home:{drv_path}"
-        )
-        self._homeward[task] = (drv_path, machine, outcome)
-
-    def _arrived(self, task: asyncio.Task[int]) -> None:
-        drv_path, machine, outcome = self._homeward.pop(task)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is None:
-            self._holders.arrived_home(drv_path)
-            arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
-            self._emit_outcome(drv_path, machine, "built", arrived)
-        elif local_store_failed(error):
-            # The local store refused the outputs: final, as for any other copy home.
-            self.report.failed[drv_path] = error.message
-            self._emit_outcome(drv_path, machine, "failed", with_error(outcome, error))
-            if not self.keep_going:
-                self._halt()
-        elif isinstance(error, OffloadError):
-            # The builder went away with outputs this machine still needs: built again.
-            self._emit_outcome(drv_path, machine, "lost", with_error(outcome, error))
-            self._machine_failed(machine, error.message, self.clock())
-        else:
-            raise error
-
-    def _machine_failed(self, machine: str, error: str, now: float) -> None:
-        """Back ``machine`` off, stop its builds (the policy queued them again), and have
-        outputs that only it held made again where they are still needed. Said once per
-        backoff: the other builds lost in the same fall add nothing."""
-        error = self._explain(machine, error)
-        down = self.policy.on_machine_failed(machine, now)
-        if not down.merged:
-            self._last_error[machine] = error
-            self._events.machine_down(machine, error, self.wall() + (down.until - now))
-        for other_task, (other, where) in list(self._tasks.items()):
-            if where == machine and other in down.returned:
-                other_task.cancel()
-                self._stopped[other_task] = ("lost", error)
-        self._holders.machine_gone(machine, self.policy)
-
-    def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
-        finished = self.policy.on_finished(drv_path, machine, now, ok=False)
-        self.report.failed[drv_path] = outcome.error or "failed"
-        if outcome.status is not None:
-            self.report.statuses[drv_path] = outcome.status
-        self._emit_outcome(drv_path, machine, "failed", outcome)
-        for skipped in finished.skipped:
-            self._finish_skipped(skipped, drv_path)
-        if not self.keep_going:
-            self._halt()
-
-    def _finish_skipped(self, drv_path: str, cause: str) -> None:
-        self.report.skipped.append(drv_path)
-        reason = f"dependency {cause} failed" if cause else "cannot be built"
-        self._events.finished(drv_path, "", "skipped", started=self.wall(), error=reason)
-
-    def _emit_outcome(
-        self,
-        drv_path: str,
-        machine: str,
-        status: Literal["built", "failed", "lost", "cancelled"],
-        outcome: Outcome,
-    ) -> None:
-        self._events.finished(
-            drv_path,
-            machine,
-            status,
-            started=outcome.started,
-            error=outcome.error,
-            sent=outcome.bytes_sent,
-            received=outcome.bytes_received,
-            build_seconds=outcome.build_seconds,
-        )

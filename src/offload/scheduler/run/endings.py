@@ -1,0 +1,176 @@
+"""How an executor's copies end: built (home in the background), failed, lost, given back.
+
+A mixin of ``Executor``'s, as ``Stopping`` is (its tables and collaborators are the executor's
+own): the loop settles a copy's task (``Executor._settle``) and hands its ``Outcome`` here,
+which tells the policy, the run's report and its events. A failed build is final (its
+dependents are skipped, and without keep-going the run halts); a copy lost with its machine
+backs the machine off and goes back to the queue, and a derivation lost ``MAX_LOSSES`` times
+fails; a copy whose inputs' holder went away is given back, no fault of its own machine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+from offload.errors import OffloadError
+from offload.history.records import RunReport
+from offload.names import LOCAL
+from offload.scheduler.policy import Policy
+from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
+from offload.scheduler.run.holders import Holders
+from offload.scheduler.run.learning import Learning
+from offload.scheduler.run.plan import PoolMember
+from offload.scheduler.run.stopping import Stopping
+
+__all__ = ["MAX_LOSSES", "Endings"]
+
+MAX_LOSSES = 3
+
+
+class Endings(Stopping):
+    """What the executor does with each copy's end."""
+
+    policy: Policy
+    report: RunReport
+    members: dict[str, PoolMember]
+    keep_going: bool
+    clock: Callable[[], float]
+    _holders: Holders
+    _learning: Learning
+    _copies: BuildCopies
+    _losses: dict[str, int]
+    _last_error: dict[str, str]
+    _explain: Callable[[str, str], str]
+
+    def _lost(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+        self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+        if self._losses[drv_path] >= MAX_LOSSES:
+            self._fail(drv_path, machine, outcome, now)
+        self._machine_failed(machine, outcome.error or "connection lost", now)
+        self._emit_outcome(drv_path, machine, "lost", outcome)
+
+    def _returned(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+        if outcome.source is None:
+            # Lost inputs are made again before anything needs them (Holders.undo_lost); if
+            # that ever falls short, fail rather than retry forever.
+            self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+            if self._losses[drv_path] >= MAX_LOSSES:
+                self._fail(drv_path, machine, outcome, now)
+                return
+        else:
+            self._machine_failed(outcome.source, outcome.error or "connection lost", now)
+            why = f"the holder of its inputs, {outcome.source}, went away"
+            outcome = dataclasses.replace(outcome, error=why)
+        self.policy.on_returned(drv_path, machine)
+        self._emit_outcome(drv_path, machine, "cancelled", outcome)
+
+    async def _built(
+        self,
+        drv_path: str,
+        machine: str,
+        outcome: Outcome,
+        now: float,
+        *,
+        stopped: tuple[Literal["cancelled", "lost"], str] | None = None,
+    ) -> None:
+        finished = self.policy.on_finished(drv_path, machine, now, ok=True)
+        if not finished.accepted:
+            # Built after all, but another copy had been (or its machine was let go):
+            # ``stopped`` says which, when it was being stopped for it.
+            status, why = stopped or ("cancelled", "another copy was built first")
+            self._emit_outcome(drv_path, machine, status, dataclasses.replace(outcome, error=why))
+            return
+        member = self.members[machine]
+        self._holders.built(drv_path, machine if member.remote else LOCAL, home=outcome.home)
+        speed = member.spec.speed
+        self._learning.learn(drv_path, speed, outcome.build_seconds, outcome.started, self.policy)
+        if drv_path not in self.report.built:  # built again after its outputs were lost
+            self.report.built.append(drv_path)
+        if drv_path in self._holders.home and not outcome.home:
+            self._send_home(drv_path, machine, outcome)
+        else:
+            self._emit_outcome(drv_path, machine, "built", outcome)
+        for cancel in finished.cancel:
+            self._cancel(cancel)
+
+    def _send_home(self, drv_path: str, machine: str, outcome: Outcome) -> None:
+        """Copy a wanted output home in the background: its dependents need not wait for it
+        (they get it from the builder, or from here once it has arrived)."""
+        task = asyncio.create_task(
+            self._copies.fetch_home(drv_path, machine), name=f"home:{drv_path}"
+        )
+        self._homeward[task] = (drv_path, machine, outcome)
+
+    def _arrived(self, task: asyncio.Task[int]) -> None:
+        drv_path, machine, outcome = self._homeward.pop(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._holders.arrived_home(drv_path)
+            arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
+            self._emit_outcome(drv_path, machine, "built", arrived)
+        elif local_store_failed(error):
+            # The local store refused the outputs: final, as for any other copy home.
+            self.report.failed[drv_path] = error.message
+            self._emit_outcome(drv_path, machine, "failed", with_error(outcome, error))
+            if not self.keep_going:
+                self._halt()
+        elif isinstance(error, OffloadError):
+            # The builder went away with outputs this machine still needs: built again.
+            self._emit_outcome(drv_path, machine, "lost", with_error(outcome, error))
+            self._machine_failed(machine, error.message, self.clock())
+        else:
+            raise error
+
+    def _machine_failed(self, machine: str, error: str, now: float) -> None:
+        """Back ``machine`` off, stop its builds (the policy queued them again), and have
+        outputs that only it held made again where they are still needed. Said once per
+        backoff: the other builds lost in the same fall add nothing."""
+        error = self._explain(machine, error)
+        down = self.policy.on_machine_failed(machine, now)
+        if not down.merged:
+            self._last_error[machine] = error
+            self._events.machine_down(machine, error, self.wall() + (down.until - now))
+        for other_task, (other, where) in list(self._tasks.items()):
+            if where == machine and other in down.returned:
+                other_task.cancel()
+                self._stopped[other_task] = ("lost", error)
+        self._holders.machine_gone(machine, self.policy)
+
+    def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+        finished = self.policy.on_finished(drv_path, machine, now, ok=False)
+        self.report.failed[drv_path] = outcome.error or "failed"
+        if outcome.status is not None:
+            self.report.statuses[drv_path] = outcome.status
+        self._emit_outcome(drv_path, machine, "failed", outcome)
+        for skipped in finished.skipped:
+            self._finish_skipped(skipped, drv_path)
+        if not self.keep_going:
+            self._halt()
+
+    def _finish_skipped(self, drv_path: str, cause: str) -> None:
+        self.report.skipped.append(drv_path)
+        reason = f"dependency {cause} failed" if cause else "cannot be built"
+        self._events.finished(drv_path, "", "skipped", started=self.wall(), error=reason)
+
+    def _emit_outcome(
+        self,
+        drv_path: str,
+        machine: str,
+        status: Literal["built", "failed", "lost", "cancelled"],
+        outcome: Outcome,
+    ) -> None:
+        self._events.finished(
+            drv_path,
+            machine,
+            status,
+            started=outcome.started,
+            error=outcome.error,
+            sent=outcome.bytes_sent,
+            received=outcome.bytes_received,
+            build_seconds=outcome.build_seconds,
+        )
