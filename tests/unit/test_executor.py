@@ -440,3 +440,47 @@ def test_builds_the_runs_end_stopped_end_with_an_event_before_the_run_does():
         (n, "cancelled", "stopped by the run's end") for n in "ab"
     }
     assert _untold(events) == set()
+
+
+def test_with_keep_going_a_copy_whose_twin_failed_is_stopped_and_says_so():
+    # a ends at once on fast, far sooner than its estimate, so fast, idle, gets a second copy
+    # of long (on slow, 12 s to go). The copy on slow fails: with -k the copy on fast ran on
+    # to its end, holding fast's slot for a derivation already failed, and was never told.
+    plan, _, _, src = make_plan({"a": [], "long": []})
+    copied = asyncio.Event()
+
+    async def on_slow(build: FakeBuild) -> BuildOutcome | None:
+        await copied.wait()
+        return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for long failed")
+
+    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "long":
+            copied.set()
+            await asyncio.Event().wait()  # until it is stopped
+        return None
+
+    local = FakeLink(FakeStore("local", [src]))
+    members = [
+        PoolMember(spec("fast", speed=4, slots=1), FakeLink(FakeStore("fast", builder=on_fast)),
+                   remote=True),
+        PoolMember(spec("slow", speed=1, slots=1), FakeLink(FakeStore("slow", builder=on_slow)),
+                   remote=True),
+    ]  # fmt: skip
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, local, emit=events.append, keep_going=True,
+        estimates={"a": 40, "long": 12},
+    )  # fmt: skip
+
+    async def bounded() -> None:  # it never ended before: fast's copy waited to be stopped
+        async with asyncio.timeout(10):
+            await executor.run()
+
+    asyncio.run(bounded())
+    ended = {(e.machine, e.status, e.error) for e in events if isinstance(e, JobFinished)}
+    assert ended == {
+        ("fast", "built", None),
+        ("slow", "failed", "builder for long failed"),
+        ("fast", "cancelled", "stopped: another copy failed"),
+    }
+    assert _untold(events) == set()

@@ -28,6 +28,8 @@ from offload.scheduler.run.stopping import Stopping
 __all__ = ["MAX_LOSSES", "Endings"]
 
 MAX_LOSSES = 3
+# Why a copy is stopped when another copy of its derivation failed.
+_TWIN_FAILED = "stopped: another copy failed"
 
 
 class Endings(Stopping):
@@ -58,7 +60,8 @@ class Endings(Stopping):
             # that ever falls short, fail rather than retry forever.
             self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
             if self._losses[drv_path] >= MAX_LOSSES:
-                self._fail(drv_path, machine, outcome, now)
+                if not self._fail(drv_path, machine, outcome, now):
+                    self._superseded(drv_path, machine, outcome)
                 return
         else:
             self._machine_failed(outcome.source, outcome.error or "connection lost", now)
@@ -78,10 +81,7 @@ class Endings(Stopping):
     ) -> None:
         finished = self.policy.on_finished(drv_path, machine, now, ok=True)
         if not finished.accepted:
-            # Built after all, but another copy had been (or its machine was let go):
-            # ``stopped`` says which, when it was being stopped for it.
-            status, why = stopped or ("cancelled", "another copy was built first")
-            self._emit_outcome(drv_path, machine, status, dataclasses.replace(outcome, error=why))
+            self._superseded(drv_path, machine, outcome, stopped)
             return
         member = self.members[machine]
         self._holders.built(drv_path, machine if member.remote else LOCAL, home=outcome.home)
@@ -141,16 +141,37 @@ class Endings(Stopping):
                 self._stopped[other_task] = ("lost", error)
         self._holders.machine_gone(machine, self.policy)
 
-    def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
+    def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> bool:
+        """The derivation failed with this copy; False (and nothing done) when its end
+        decides nothing any more (``_superseded``). Its other copies are stopped: a failed
+        build is final, and theirs would be thrown away."""
         finished = self.policy.on_finished(drv_path, machine, now, ok=False)
+        if not finished.accepted:
+            return False
         self.report.failed[drv_path] = outcome.error or "failed"
         if outcome.status is not None:
             self.report.statuses[drv_path] = outcome.status
         self._emit_outcome(drv_path, machine, "failed", outcome)
+        for cancel in finished.cancel:
+            self._cancel(cancel, _TWIN_FAILED)
         for skipped in finished.skipped:
             self._finish_skipped(skipped, drv_path)
         if not self.keep_going:
             self._halt()
+        return True
+
+    def _superseded(
+        self,
+        drv_path: str,
+        machine: str,
+        outcome: Outcome,
+        stopped: tuple[Literal["cancelled", "lost"], str] | None = None,
+    ) -> None:
+        """A copy that ended (built, or failed) after another had ended its derivation, or
+        after its machine was let go: what it did decides nothing. ``stopped``: how it was
+        being stopped, if it was (it ended before it could be)."""
+        status, why = stopped or ("cancelled", "another copy ended first")
+        self._emit_outcome(drv_path, machine, status, dataclasses.replace(outcome, error=why))
 
     def _finish_skipped(self, drv_path: str, cause: str) -> None:
         self.report.skipped.append(drv_path)

@@ -359,4 +359,5 @@ class Executor(Endings):
             case "built":
                 await self._built(drv_path, machine, outcome, now, stopped=why)
             case "failed":
-                self._fail(drv_path, machine, outcome, now)
+                if not self._fail(drv_path, machine, outcome, now):
+                    self._superseded(drv_path, machine, outcome, why)

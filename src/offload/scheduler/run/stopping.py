@@ -4,10 +4,10 @@ A mixin of ``Executor``'s (its task tables are the executor's own): a copy is st
 cancelling its task, which stops its remote build (``copy``); the loop settles the task when
 it ends, and the executor says why it was stopped (``_stopped``, kept from the moment it is
 stopped). So every copy that started ends with one ``JobFinished``, whatever stopped it: a copy
-that lost to another ("cancelled"), one whose machine went down under it ("lost"), one halted
-by another's failure or let go from a full builder ("cancelled"), each when its task settles,
-and those the run's end stopped (``_stop_all``: "cancelled", "stopped by the run's end", said
-as they are stopped, before the run's last event).
+that lost to another or whose twin failed ("cancelled"), one whose machine went down under it
+("lost"), one halted by another's failure or let go from a full builder ("cancelled"), each
+when its task settles, and those the run's end stopped (``_stop_all``: "cancelled", "stopped by
+the run's end", said as they are stopped, before the run's last event).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Stopping:
         for task in self._tasks:
             if not task.done():
                 task.cancel()
-                self._stopped[task] = ("cancelled", _HALTED)
+                self._stopped.setdefault(task, ("cancelled", _HALTED))
 
     def _stop_copy(self, drv_path: str, machine: str, why: str) -> None:
         """Stop the copy of ``drv_path`` waiting on ``machine``, which the policy has let go;
@@ -65,14 +65,14 @@ class Stopping:
                 task.cancel()
                 self._stopped[task] = ("cancelled", f"{why} on {machine} by other clients")
 
-    def _cancel(self, cancel: Cancel) -> None:
+    def _cancel(self, cancel: Cancel, why: str = _LOST_TO_ANOTHER) -> None:
         """Stop a losing copy without waiting for it: stopping its remote build takes until a
         builder that stopped answering is given up on, and the loop must go on meanwhile (that
         builder's other builds are lost). The loop settles the task when it ends."""
         for task, (drv_path, machine) in self._tasks.items():
             if drv_path == cancel.job and machine == cancel.machine:
                 task.cancel()
-                self._stopped[task] = ("cancelled", _LOST_TO_ANOTHER)
+                self._stopped[task] = ("cancelled", why)
 
     def _stopped_copy(
         self, task: asyncio.Task[Outcome], drv_path: str, machine: str, started: float
