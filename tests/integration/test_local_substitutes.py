@@ -16,6 +16,8 @@ so a cache can hold ``top`` alone and substituting it needs nothing of ``dep``.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import re
@@ -24,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typing_extensions import override
 
 NIX = """{ salt, marker }:
 let
@@ -282,3 +286,67 @@ def test_a_cache_nix_leaves_out_is_a_fault_of_the_run_once_per_cache(project, re
     heading = lines.index("binary caches left out (2):")
     assert lines[heading + 1].startswith(f"  {refusing}: it cannot be reached"), plain.stderr
     assert lines[heading + 2].startswith(f"  file://{other_store}: it is for another"), lines
+
+
+class _Cache:
+    """A binary cache served over HTTP on loopback (only its ``nix-cache-info``: it has
+    nothing), until ``down``: then its port refuses every connection."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir()
+        (root / "nix-cache-info").write_text("StoreDir: /nix/store\n")
+        handler = functools.partial(_Quiet, directory=str(root))
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self._refusing: socket.socket | None = None
+
+    def down(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self._refusing = socket.socket()  # bound, not listening: refused
+        self._refusing.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._refusing.bind(("127.0.0.1", self.port))
+
+    def close(self) -> None:
+        if self._refusing is not None:
+            self._refusing.close()
+        else:
+            self.down()
+            self.close()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    @override
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_cache(tmp_path: Path) -> Iterator[_Cache]:
+    cache = _Cache(tmp_path / "http-cache")
+    try:
+        yield cache
+    finally:
+        cache.close()
+
+
+def test_a_cache_used_lately_and_now_down_fails_the_run_with_its_error_said_once(
+    project, http_cache
+):
+    # Nix remembers for 7 days a cache it opened (its nix-cache-info) and then asks it for
+    # narinfos straight away: down, that query fails and Nix stops, as nix-build does (exit 1).
+    # Its error ends the local session; offload's error says it, Nix's line is not said again.
+    flags = ["--option", "substituters", http_cache.url, "--option", "download-attempts", "1"]
+    # Opens the cache (nothing in it, and no path asked of it): Nix now remembers it.
+    subprocess.run([*NIX_COMMAND, "store", "ping", "--store", http_cache.url], check=True)
+    http_cache.down()
+    done = project.offload(*flags, as_json=False)
+    assert done.returncode == 1, done.stderr
+    said = [line for line in done.stderr.splitlines() if ".narinfo" in line]
+    assert len(said) == 1, done.stderr
+    assert said[0].startswith("error: local: unable to download "), said
+    assert said[0].endswith("(7)"), said

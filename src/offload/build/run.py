@@ -5,9 +5,10 @@ builders' links close at once, each ending its sessions, remote processes and ss
 
 The local store's Nix speaks while the graph is read too: asked to substitute, it tries its
 binary caches, and one it cannot reach costs seconds of retries. What it prints then goes to
-stderr as nix-build shows it (``nix_said``), so that wait is explained; a cache it leaves out
-is told as a "cache" machine event as well (``caches``): a fault, though the run goes on. So
-is one a builder's Nix leaves out (builders-use-substitutes), said in a build's log.
+stderr as nix-build shows it (``nix_said``; its fatal error once: ``build.nix_said``), so
+that wait is explained; a cache it leaves out is told as a "cache" machine event as well
+(``caches``): a fault, though the run goes on. So is one a builder's Nix leaves out
+(builders-use-substitutes), said in a build's log.
 
 No builder is left out without a word: one that fails to answer is told as a machine "down"
 event with why, in the user's words and with the fix (``faults``); one still silent
@@ -29,7 +30,7 @@ import dataclasses
 import functools
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 
 from offload.backoff import Health
@@ -37,6 +38,7 @@ from offload.build.caches import CacheFaults
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, Roots, check_impossible, load_graph
 from offload.build.members import follow_loads, pool_members, tell_restricted, tell_unstopped
+from offload.build.nix_said import heard
 from offload.build.plan import estimated_plan
 from offload.build.prebuilt import fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
@@ -45,8 +47,7 @@ from offload.load import local_boot_id
 from offload.marks import mark
 from offload.names import LOCAL
 from offload.nix_results import result_links
-from offload.protocol.serve import BuildOptions, StoreClient
-from offload.protocol.store import also_heard
+from offload.protocol.serve import BuildOptions
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
@@ -177,7 +178,7 @@ async def _plan(
             late=late,
             grace=SLOW_GRACE,
         )
-        opened.enter_context(_heard(local, nix_said, functools.partial(caches.heard, LOCAL)))
+        opened.enter_context(heard(local, nix_said, functools.partial(caches.heard, LOCAL)))
         mark("answered")
         _tell_slow(late, emit)
         graph = await load_graph(
@@ -192,25 +193,6 @@ async def _plan(
         plan, estimates = await estimated_plan(graph, local, estimate)
         mark("planned")
     return evaluated, graph, plan, estimates, fetched
-
-
-@contextlib.contextmanager
-def _heard(
-    local: StoreClient, say: Callable[[str], None], read: Callable[[str], None]
-) -> Iterator[None]:
-    """What the local store prints meanwhile goes to ``say`` as well (the session keeps its
-    tail), but its "copying path ... from" lines: the run tells each derivation its caches gave
-    (``report_substituted``). Each line is ``read`` too (a cache Nix left out is a fault of
-    the run's: ``caches``). For the whole planning, not the substituting query alone: a line
-    printed just before Nix's answer may be read just after it."""
-
-    def heard(line: str) -> None:
-        if not line.startswith("copying path "):
-            say(line)
-            read(line)
-
-    with also_heard(local, heard):
-        yield
 
 
 def _reading(

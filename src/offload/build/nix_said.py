@@ -1,0 +1,74 @@
+"""What the local store's Nix prints while a run plans, passed on as nix-build shows it, its
+fatal error once.
+
+Asked to substitute, the local Nix tries its binary caches and says what goes wrong in its own
+lines: retries, caches it leaves out, and, when it cannot go on (a cache it used in the last 7
+days, so it skips that cache's ``nix-cache-info``, now fails a narinfo query), its ``error:``
+and exit. That error ends the session, and the run fails with it (``RemoteError``, shown by
+offload as ``error: local: ...``). Passed on as it came as well, it would be said twice.
+
+So an ``error:`` line, and the indented lines Nix continues it on, are held until the next
+other line (then said: an error Nix went on after, such as a substitute that failed) or the
+end of the block: said then, unless the block ends with the local session's own error, which
+carries the same words (``protocol.stderr.ErrorTail`` made it from them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from offload.errors import RemoteError
+from offload.protocol.stderr import strip_ansi
+from offload.protocol.store import StoreClient, also_heard
+
+__all__ = ["heard"]
+
+
+@contextlib.contextmanager
+def heard(
+    local: StoreClient, say: Callable[[str], None], read: Callable[[str], None]
+) -> Iterator[None]:
+    """What ``local`` prints meanwhile goes to ``say`` as well (the session keeps its tail),
+    but its "copying path ... from" lines: the run tells each derivation its caches gave
+    (``report_substituted``). Each line is ``read`` too, as it comes (a cache Nix left out is
+    a fault of the run's: ``caches``). For the whole planning, not the substituting query
+    alone: a line printed just before Nix's answer may be read just after it."""
+    held: list[str] = []
+
+    def flush() -> None:
+        for line in held:
+            say(line)
+        held.clear()
+
+    def hear(line: str) -> None:
+        if line.startswith("copying path "):
+            return
+        read(line)
+        error = strip_ansi(line).startswith("error:")
+        if error or (held and line[:1].isspace()):
+            if error:
+                flush()
+            held.append(line)
+            return
+        flush()
+        say(line)
+
+    with also_heard(local, hear):
+        try:
+            yield
+        except RemoteError as exc:
+            if exc.peer != local.name or not _carries(exc, held):
+                flush()
+            held.clear()
+            raise
+        finally:
+            flush()
+
+
+def _carries(error: RemoteError, held: list[str]) -> bool:
+    """Whether ``error`` says what the ``held`` block said (``ErrorTail`` joins its lines)."""
+    said = (
+        " ".join(" ".join(strip_ansi(line).split()) for line in held).removeprefix("error:").strip()
+    )
+    return bool(said) and said in " ".join((error.said or error.message).split())
