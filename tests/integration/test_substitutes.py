@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ import subprocess
 from offload.fleet import MemberSpec
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import nix_file
-from tests.helpers.offload_run import finished, offload_argv, offload_env
+from tests.helpers.offload_run import events, finished, offload_argv, offload_env
 
 cache_fleet = private_fleet_fixture(
     [MemberSpec.parse("cached:1:1")], "ofs", doc="One member, whose binary cache a test sets."
@@ -99,4 +100,36 @@ def test_a_cache_the_builder_leaves_out_is_a_fault_of_the_run(cache_fleet, tmp_p
     warned = [line for line in done.stderr.splitlines() if "is left out" in line]
     assert [line.split("; ")[0] for line in warned] == [
         f"warning: binary cache '{cache}' (on cached) is left out: {told[0]['message']}"
+    ], done.stderr
+
+
+def test_an_ssh_cache_that_refuses_is_a_fault_of_the_run_and_fails_it_without_fallback(
+    cache_fleet, tmp_path
+):
+    # An ssh:// cache connects only once a path is asked of it: here a real loopback sshd
+    # refuses its user. Nix 2.8 says so only as "cannot connect to '<user@host>'": with
+    # --fallback it goes on building, and offload tells that cache as left out, named as set;
+    # without, Nix stops (nix-build exits 1) and so does the run, its error said once.
+    cache = "ssh://nobody-here@cached"
+    file = nix_file(tmp_path, '{ x = mk "after-ssh-cache" "/bin/echo x > $out" {}; }\n')
+    env = offload_env(cache_fleet, tmp_path)
+    common = ["-A", "x", "--builders", "", "-j", "1", "--no-out-link", "--json"]
+    flags = ["--option", "substituters", cache]
+    run = functools.partial(
+        subprocess.run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    failed = run([*offload_argv(file, *common), *flags], check=False)
+    assert failed.returncode == 1, failed.stderr
+    said = [line for line in failed.stderr.splitlines() if "cannot connect to" in line]
+    assert said == ["error: local: cannot connect to 'nobody-here@cached'"], failed.stderr
+    assert not [e for e in events(failed.stdout) if e.get("state") == "cache"], failed.stdout
+    done = run([*offload_argv(file, *common), *flags, "--option", "fallback", "true"], check=False)
+    assert done.returncode == 0, done.stderr
+    told = [e for e in events(done.stdout) if e["event"] == "machine" and e["state"] == "cache"]
+    assert [(e["machine"], e["cache"], e["message"]) for e in told] == [
+        ("local", cache, "it cannot be reached over ssh")
+    ], done.stdout
+    warned = [line for line in done.stderr.splitlines() if "is left out" in line]
+    assert [line.split(": it")[0] for line in warned] == [
+        f"warning: binary cache '{cache}' is left out"
     ], done.stderr

@@ -66,6 +66,59 @@ def test_each_of_nix_s_words_for_a_cache_left_out_is_read(line: str, why: str) -
     assert cache_fault(line) == (CACHE, why)
 
 
+SSH = "ssh://nix-ssh@cache.example?ssh-key=/k"
+S3 = "s3://bucket?region=eu-west-1"
+
+
+@pytest.mark.parametrize(
+    ("line", "substituters", "fault"),
+    [
+        # ssh:// (legacy-ssh-store.cc), said with --fallback: Nix 2.8 to 2.30 name it by what
+        # follows ssh:// (the real Nix 2.8 here), 2.31 on by its host alone.
+        (
+            "error: cannot connect to 'nix-ssh@cache.example'",
+            [S3, SSH],
+            (SSH, "it cannot be reached over ssh"),
+        ),
+        ("error: cannot connect to 'cache.example'", [SSH], (SSH, "it cannot be reached over ssh")),
+        (
+            "error: cannot connect to 'cache.example'",
+            [],
+            ("ssh://cache.example", "it cannot be reached over ssh"),
+        ),
+        (
+            "error: 'nix-store --serve' protocol mismatch from 'nix-ssh@cache.example', got 'hi'",
+            [SSH],
+            (SSH, "it does not speak Nix's serve protocol: it answered 'hi'"),
+        ),
+        (
+            "error: 'nix-store --serve' protocol mismatch from 'cache.example'",
+            [SSH],
+            (SSH, "it does not speak Nix's serve protocol"),
+        ),
+        # s3:// up to 2.32 (the AWS SDK's words, naming no bucket), 2.31 and 2.32 with the
+        # request's id.
+        (
+            "warning: AWS error fetching 'nix-cache-info': Unable to connect to endpoint",
+            [SSH, S3],
+            (S3, "it cannot be reached (Unable to connect to endpoint)"),
+        ),
+        (
+            (
+                "warning: AWS error fetching 'nix-cache-info': Unable to connect to endpoint "
+                "(request id: )"
+            ),
+            [S3, "s3://other"],
+            ("s3://", "it cannot be reached (Unable to connect to endpoint)"),
+        ),
+    ],
+)
+def test_ssh_and_s3_caches_left_out_are_read_and_named_as_set(
+    line: str, substituters: list[str], fault: tuple[str, str]
+) -> None:
+    assert cache_fault(line, substituters) == fault
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -88,6 +141,8 @@ def test_each_of_nix_s_words_for_a_cache_left_out_is_read(line: str, why: str) -
         f"warning: unable to download '{CACHE}/abc.narinfo': Couldn't connect to server (7)",
         "copying path '/nix/store/abc-x' from 'http://127.0.0.1:9'...",
         "building '/nix/store/abc-x.drv'...",
+        # An S3 request Nix tries again (2.8 to 2.32): not a fault yet.
+        "AWS error 'Unable to connect to endpoint' (NETWORK_CONNECTION), will retry in 250 ms",
     ],
 )
 def test_other_lines_are_no_fault(line: str) -> None:

@@ -23,6 +23,18 @@ Nix's words, the same in 2.8 and 2.18 but where said otherwise (its source, by v
 - ``binary cache '<cache>' is for Nix stores with prefix '<dir>', not '<ours>'``
   (binary-cache-store.cc).
 - ``disabling binary cache '<cache>' for <n> seconds``: it failed after it opened.
+- An ``ssh://`` cache (legacy-ssh-store.cc) connects only when first asked for a path, and one
+  that cannot be reached fails that query: ``cannot connect to '<host>'`` (after ssh's own
+  line), or ``'nix-store --serve' protocol mismatch from '<host>'[, got '<what>']`` when
+  something else answered. Nix names it by what follows ``ssh://`` up to 2.30 (``user@host``),
+  by its host alone from 2.31 (``authority.host``): the cache is the substituter set with that
+  host, else ``ssh://<host>``. Without ``--fallback`` that ends Nix (``error:``, exit 1, as
+  nix-build): the run fails with it, and it is no cache left out (``build.nix_said`` does not
+  pass it here). With it, Nix says it as an ``error:`` line per path asked and goes on.
+- An ``s3://`` cache that cannot be reached fails to open (up to 2.32, the AWS SDK's):
+  ``warning: AWS error fetching 'nix-cache-info': <why>``, 2.31 and 2.32 adding `` (request
+  id: <id>)``. It names no bucket: the cache is the one ``s3://`` substituter set, else
+  ``s3://``. From 2.33 S3 goes through Nix's own downloads, as ``https://`` (the first words).
 Nix may colour its ``warning:`` prefix and its arguments: a line is read as a terminal would
 show it (``sanitize``: no escape or control characters, which a builder's line could carry).
 """
@@ -31,7 +43,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from offload.ui.events import Event, JobPhase, MachineEvent
 from offload.ui.term import sanitize
@@ -45,6 +57,13 @@ _NOT_A_CACHE = re.compile(r"warning: '(?P<cache>[^']+)' does not appear to be a 
 _OTHER_STORE = re.compile(
     r"warning: binary cache '(?P<cache>[^']+)' is for Nix stores with prefix '(?P<dir>[^']*)'"
 )
+_SSH_UNREACHABLE = re.compile(r"error: cannot connect to '(?P<host>[^']+)'")
+_SSH_NOT_SERVE = re.compile(
+    r"error: 'nix-store --serve' protocol mismatch from '(?P<host>[^']+)'(?:, got '(?P<got>.*)')?"
+)
+_S3_UNREACHABLE = re.compile(
+    r"warning: AWS error fetching 'nix-cache-info': (?P<why>.+?)(?: \(request id: [^)]*\))?"
+)
 _DISABLED = re.compile(r"disabling binary cache '(?P<cache>[^']+)' for (?P<seconds>\d+) seconds")
 # A retry's line (Nix 2.34.1 on: the same words, then ``; retrying in <n> ms (attempt ...)``).
 _RETRY = re.compile(r"; retrying (?:from offset \d+ )?in \d+ ms")
@@ -52,9 +71,21 @@ _RETRY = re.compile(r"; retrying (?:from offset \d+ )?in \d+ ms")
 _CURL_CODE = re.compile(r"^(.*? \(\d+\)) .*$")
 
 
-def cache_fault(line: str) -> tuple[str, str] | None:
-    """(the cache, why Nix left it out) when ``line`` is Nix saying it left a cache out."""
+def cache_fault(line: str, substituters: Sequence[str] = ()) -> tuple[str, str] | None:
+    """(the cache, why Nix left it out) when ``line`` is Nix saying it left a cache out;
+    ``substituters`` are the caches that Nix was given, for the words that do not name one
+    whole (``ssh://``, ``s3://``)."""
     line = sanitize(line).rstrip()  # a builder's bytes: its URL and why are shown, in --json too
+    if found := _SSH_UNREACHABLE.fullmatch(line):
+        return _ssh_cache(found["host"], substituters), "it cannot be reached over ssh"
+    if found := _SSH_NOT_SERVE.fullmatch(line):
+        got = f": it answered '{found['got']}'" if found["got"] else ""
+        return _ssh_cache(
+            found["host"], substituters
+        ), f"it does not speak Nix's serve protocol{got}"
+    if found := _S3_UNREACHABLE.fullmatch(line):
+        s3 = [cache for cache in substituters if cache.startswith("s3://")]
+        return (s3[0] if len(s3) == 1 else "s3://"), f"it cannot be reached ({found['why']})"
     if (found := _UNREACHABLE.fullmatch(line)) and not _RETRY.search(found["why"]):
         why = _CURL_CODE.sub(r"\1", found["why"])
         return found["cache"], f"it cannot be reached ({why})"
@@ -67,6 +98,19 @@ def cache_fault(line: str) -> tuple[str, str] | None:
     return None
 
 
+def _ssh_cache(host: str, substituters: Sequence[str]) -> str:
+    """The ``ssh://`` substituter Nix calls ``host``: ``user@host`` up to 2.30, the host alone
+    (no user, no port) from 2.31."""
+    for cache in substituters:
+        if not cache.startswith("ssh://"):
+            continue
+        authority = cache.removeprefix("ssh://").split("?")[0].split("/")[0]
+        bare = authority.rpartition("@")[2]
+        if host in (authority, bare, bare.rpartition(":")[0]):
+            return cache
+    return f"ssh://{host}"
+
+
 class CacheFaults:
     """Tells each cache a machine's Nix leaves out once per run, as it says so (``heard``):
     each Nix process (a session) that opens it says so again.
@@ -74,9 +118,13 @@ class CacheFaults:
     A build's log is read only while its inputs are sent (``build_log``): what the build
     itself prints once it runs is its own, and a build may run a Nix of its own (Nix's test
     suite tries caches that fail on purpose). ``emit`` is where the run's events go, so the
-    phase of each build is known as it changes."""
+    phase of each build is known as it changes. ``substituters``: the caches each machine's
+    Nix was given, where known (the local one's), to name a cache its words do not."""
 
-    def __init__(self, emit: Callable[[Event], None]) -> None:
+    def __init__(
+        self, emit: Callable[[Event], None], substituters: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        self._substituters = substituters or {}
         self._told: set[tuple[str, str]] = set()
         self._building: set[tuple[str, str]] = set()  # (derivation, machine)
         self._out = emit
@@ -98,7 +146,7 @@ class CacheFaults:
 
     def heard(self, machine: str, line: str) -> None:
         """``line`` as ``machine``'s Nix said it."""
-        fault = cache_fault(line)
+        fault = cache_fault(line, self._substituters.get(machine, ()))
         if fault is None or (machine, fault[0]) in self._told:
             return
         cache, why = fault

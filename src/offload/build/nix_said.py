@@ -31,20 +31,21 @@ def heard(
 ) -> Iterator[None]:
     """What ``local`` prints meanwhile goes to ``say`` as well (the session keeps its tail),
     but its "copying path ... from" lines: the run tells each derivation its caches gave
-    (``report_substituted``). Each line is ``read`` too, as it comes (a cache Nix left out is
-    a fault of the run's: ``caches``). For the whole planning, not the substituting query
-    alone: a line printed just before Nix's answer may be read just after it."""
+    (``report_substituted``). Each line said is ``read`` too (a cache Nix left out is a fault
+    of the run's: ``caches``; Nix's fatal error is the run's, and no cache left out). For the
+    whole planning, not the substituting query alone: a line printed just before Nix's answer
+    may be read just after it."""
     held: list[str] = []
 
     def flush() -> None:
         for line in held:
             say(line)
+            read(line)
         held.clear()
 
     def hear(line: str) -> None:
         if line.startswith("copying path "):
             return
-        read(line)
         error = strip_ansi(line).startswith("error:")
         if error or (held and line[:1].isspace()):
             if error:
@@ -53,6 +54,7 @@ def heard(
             return
         flush()
         say(line)
+        read(line)
 
     with also_heard(local, hear):
         try:
