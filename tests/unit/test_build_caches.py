@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
 from rich.console import Console
 
 from offload.build.caches import CacheFaults, cache_fault
+from offload.scheduler.run import Executor, PoolMember
+from offload.transport.fake import FakeLink, FakeStore
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent, Phase, RunStarted
 from offload.ui.plain import describe_machine, machine_warning
 from offload.ui.summary import render_summary
 from offload.ui.tty import TtyRenderer
+from tests.helpers.plans import make_plan, spec
 
 CACHE = "http://127.0.0.1:9"
 
@@ -241,3 +245,26 @@ def test_a_build_s_own_log_is_not_read_once_it_builds() -> None:
     faults.build_log("/nix/store/a-x.drv", "b1", line)
     assert [(e.machine, e.cache) for e in told if isinstance(e, MachineEvent)] == [("b1", CACHE)]
     assert [e.phase for e in told if isinstance(e, JobPhase)] == ["building", "sending"]
+
+
+def test_a_builder_s_cache_left_out_is_told_when_ssh_passes_its_line_on_after_the_answer():
+    # builders-use-substitutes: the builder's Nix says a cache it leaves out while it
+    # substitutes the inputs. Over ssh:// that line is stderr, the answer stdout: ssh may pass
+    # the answer on first, by any number of loop turns (``late_stderr``: the line comes only
+    # with the next answer, which ssh does pass on after it). Here its cache has
+    # the input, so the build starts at once: the line must still be heard before it does
+    # (``CacheFaults`` reads a build's log only until then).
+    plan, _, _, src = make_plan({"a": []})
+    line = f"warning: unable to download '{CACHE}/nix-cache-info': Couldn't connect to server (7)"
+    remote = FakeLink(FakeStore("r", cache=[src], cache_says=[line], late_stderr="a round trip"))
+    told: list[Event] = []
+    faults = CacheFaults(told.append)
+    executor = Executor(
+        plan,
+        [PoolMember(spec("r"), remote, remote=True, substitute=True)],
+        FakeLink(FakeStore("local", [src])),
+        emit=faults.emit,
+        log_sink=faults.build_log,
+    )
+    assert asyncio.run(executor.run()).ok
+    assert [(e.machine, e.cache) for e in told if isinstance(e, MachineEvent)] == [("r", CACHE)]

@@ -171,6 +171,9 @@ class ServeClient:
     async def query_valid_paths(
         self, paths: Iterable[str], *, lock: bool = False, substitute: bool = False
     ) -> set[str]:
+        """The valid paths among ``paths``; with ``substitute`` the remote first fetches what
+        its caches have, and all it said meanwhile (a cache left out: ``build.caches``) has
+        passed to ``on_log`` when this returns (``_log_ended``), before a build's own lines."""
         request = (
             encode_int(Op.QUERY_VALID_PATHS)
             + encode_int(int(lock))
@@ -179,7 +182,10 @@ class ServeClient:
         )
         async with self._request("QueryValidPaths"):
             await self._send(request)
-            return set(await read_strs(self._reader, "the valid paths"))
+            valid = set(await read_strs(self._reader, "the valid paths"))
+        if substitute:
+            await self._log_ended()
+        return valid
 
     async def query_path_infos(self, paths: Iterable[str]) -> dict[str, PathInfo]:
         """Infos of the valid paths among ``paths``; invalid ones are left out."""
@@ -331,13 +337,14 @@ class ServeClient:
         return result
 
     async def _log_ended(self) -> None:
-        """Every line the build wrote to stderr before its result passed to ``on_log``, so
-        none is lost when its borrower stops listening, nor heard by the session's next one.
-        ssh may pass them on after the result (sshd sends a channel's stdout before its stderr
-        when it read both at once; the client writes them to two pipes), by as long as it is
-        kept from running: a round trip on stdout is a barrier (its answer goes out after them,
-        in the same ssh stream), then what the pipe holds is read (``heard_all``). A session
-        that fails there was built on all the same: the next request says so."""
+        """Every line the build (or a substituting query) wrote to stderr before its result
+        passed to ``on_log``, so none is lost when its borrower stops listening, nor heard by
+        the session's next one (nor as the build's own output). ssh may pass them on after the
+        result (sshd sends a channel's stdout before its stderr when it read both at once; the
+        client writes them to two pipes), by as long as it is kept from running: a round trip
+        on stdout is a barrier (its answer goes out after them, in the same ssh stream), then
+        what the pipe holds is read (``heard_all``). A session that fails there was built on
+        all the same: the next request says so."""
         if not self._stderr.reading:
             return
         with contextlib.suppress(ProtocolError):

@@ -14,7 +14,8 @@ The model, one module each:
   ``session_io`` (reading requests), ``transfer`` (moving paths) and ``builds`` (scripted
   builds: ``FakeBuild`` in, ``BuildOutcome`` out). With ``late_stderr`` a session's stderr
   comes out only right after its next reply, as ssh may pass a build's last log lines on after
-  its result.
+  its result ("a round trip": only right before the reply after). ``cache`` and
+  ``cache_says`` are a store's binary caches, for a substituting query.
 * ``faults``: connections that drop at chosen points (``break_next``).
 * ``link``: ``FakeLink`` is the executor's ``MemberLink`` (``offload.scheduler.run``) over one
   store: it opens sessions (at most ``max_sessions`` at once; more wait), cancels them, and

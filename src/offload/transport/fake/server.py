@@ -10,7 +10,9 @@ name. As in Nix there are no in-band errors: a failing command prints ``error: .
 and the session ends (stdout and stderr closed), so the client sees EOF and raises
 ``RemoteError`` carrying the message. Per command:
 
-1 QueryValidPaths   lock and substitute are read and ignored; replies the valid subset.
+1 QueryValidPaths   lock is read and ignored; with substitute, the store's ``cache`` paths asked
+                    are made valid first (after its ``cache_says`` lines on stderr, as Nix
+                    says a cache it leaves out). Replies the valid subset.
 2, 3, 4, 9          QueryPathInfos, DumpStorePath, ImportPaths, AddToStoreNar: see ``transfer``.
 7 QueryClosure      the forward closure; includeOutputs is read and ignored.
 8 BuildDerivation   see ``builds``.
@@ -89,6 +91,44 @@ class LatePipe(Pipe):
         super().close()
 
 
+class RoundTripPipe(LatePipe):
+    """A ``LatePipe`` whose bytes come out only right before its stdout's bytes after the next
+    (``BeforeAndAfterPipe``): later than the reply they were written before by any number of
+    the client's loop turns, but before the reply to its next request, which ssh still passes
+    on after them (a round trip is a barrier: ``ServeClient``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.older: list[bytes] = []
+
+    def release_older(self) -> None:
+        older, self.older = b"".join(self.older), []
+        Pipe.write(self, older)
+
+    def mark(self) -> None:
+        self.older += self.held
+        self.held = []
+
+    @override
+    def close(self) -> None:
+        self.release_older()
+        super().close()
+
+
+class BeforeAndAfterPipe(Pipe):
+    """A ``Pipe`` that lets a ``RoundTripPipe`` go on around each of its writes."""
+
+    def __init__(self, stderr: RoundTripPipe) -> None:
+        super().__init__()
+        self.stderr = stderr
+
+    @override
+    def write(self, data: bytes) -> None:
+        self.stderr.release_older()
+        super().write(data)
+        self.stderr.mark()
+
+
 class ThenPipe(Pipe):
     """A ``Pipe`` that calls ``then`` after each write (a ``LatePipe``'s release)."""
 
@@ -145,8 +185,10 @@ class Server(TransferCommands, BuildCommands):
         match op:
             case Op.QUERY_VALID_PATHS:
                 await read_int(self.inp, "lock")
-                await read_int(self.inp, "substitute")
+                substitute = await read_int(self.inp, "substitute")
                 paths = await self.read_paths()
+                if substitute:
+                    self.store.substitute(paths, self.log)
                 self.out.write(encode_strs(sorted_paths(p for p in paths if self.store.has(p))))
             case Op.QUERY_PATH_INFOS:
                 await self.query_path_infos()

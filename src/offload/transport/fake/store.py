@@ -13,13 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Literal
 
 from offload.protocol.serve import ByteWriter, ServeClient
 from offload.store.path import STORE_DIR
 from offload.transport.fake.builds import Builder
 from offload.transport.fake.faults import BreakPoint, Breaks, Hangup
 from offload.transport.fake.paths import FakePath
-from offload.transport.fake.server import LatePipe, Pipe, Server, Session, ThenPipe
+from offload.transport.fake.server import (
+    BeforeAndAfterPipe,
+    LatePipe,
+    Pipe,
+    RoundTripPipe,
+    Server,
+    Session,
+    ThenPipe,
+)
 
 __all__ = ["FakeStore"]
 
@@ -34,11 +43,18 @@ class FakeStore:
         *,
         builder: Builder | None = None,
         store_dir: str = STORE_DIR,
-        late_stderr: bool = False,
+        late_stderr: bool | Literal["a round trip"] = False,
+        cache: Iterable[FakePath] = (),
+        cache_says: Iterable[str] = (),
     ) -> None:
         self.name = name
+        # Its binary caches (builders-use-substitutes): what a substituting query makes valid,
+        # and the lines its Nix says then (a cache it leaves out).
+        self.cache = {p.path: p for p in cache}
+        self.cache_says = tuple(cache_says)
         # Each session's stderr reaches its client only right after the next reply on stdout,
-        # as when ssh passed a build's result on before its last log lines (``LatePipe``).
+        # as when ssh passed a build's result on before its last log lines (``LatePipe``);
+        # "a round trip": only right before the reply after (``RoundTripPipe``).
         self.late_stderr = late_stderr
         self.store_dir = store_dir
         self.builder = builder
@@ -56,6 +72,15 @@ class FakeStore:
         """Make ``paths`` valid directly (test set-up: no checks, nothing recorded)."""
         for fp in paths:
             self.paths[fp.path] = fp
+
+    def substitute(self, paths: Iterable[str], say: Callable[[str], None]) -> None:
+        """A substituting query's part: ``cache_says`` said, then the ``cache``'s ``paths``
+        made valid (with no closure check: test set-up)."""
+        for line in self.cache_says:
+            say(line)
+        for path in paths:
+            if path in self.cache:
+                self.paths.setdefault(path, self.cache[path])
 
     def closure(self, paths: Iterable[str]) -> set[str]:
         """The valid paths reachable from ``paths`` through references, ``paths`` included."""
@@ -101,7 +126,7 @@ class FakeStore:
 
     async def _open(self, name: str | None, on_log: Callable[[str], None] | None) -> Session:
         stdin = Pipe()
-        stdout, stderr = (Pipe(), Pipe()) if not self.late_stderr else _late_pipes()
+        stdout, stderr = _pipes(self.late_stderr)
         server = Server(self, stdin.reader, stdout, stderr)
 
         async def run() -> None:
@@ -143,7 +168,13 @@ class FakeStore:
             await session.close()
 
 
-def _late_pipes() -> tuple[Pipe, Pipe]:
-    """A session's (stdout, stderr) where stderr comes right after stdout's next bytes."""
-    stderr = LatePipe()
-    return ThenPipe(stderr.release), stderr
+def _pipes(late: bool | Literal["a round trip"]) -> tuple[Pipe, Pipe]:
+    """A session's (stdout, stderr): where ``late``, stderr comes right after stdout's next
+    bytes, or a round trip later."""
+    if late == "a round trip":
+        lagging = RoundTripPipe()
+        return BeforeAndAfterPipe(lagging), lagging
+    if late:
+        stderr = LatePipe()
+        return ThenPipe(stderr.release), stderr
+    return Pipe(), Pipe()
