@@ -350,3 +350,34 @@ def test_a_cache_used_lately_and_now_down_fails_the_run_with_its_error_said_once
     assert len(said) == 1, done.stderr
     assert said[0].startswith("error: local: unable to download "), said
     assert said[0].endswith("(7)"), said
+    # A dry run asks the cache too, as nix-build --dry-run does: it stops the same way.
+    dry = project.offload("--dry-run", *flags, as_json=False)
+    assert dry.returncode == 1, dry.stderr
+    said = [line for line in dry.stderr.splitlines() if ".narinfo" in line]
+    assert len(said) == 1, dry.stderr
+    assert said[0].startswith("error: unable to download "), said
+
+
+def test_a_dry_run_says_a_cache_it_cannot_reach_as_the_run_does(project, refusing_port):
+    # nix-build --dry-run asks its caches what they have (narinfos only): one it cannot reach
+    # is said in Nix's words, and offload tells it left out as a run does, in --json too.
+    cache = f"http://127.0.0.1:{refusing_port}"
+    flags = ["--option", "substituters", cache, "--option", "download-attempts", "1"]
+    plain = project.offload("--dry-run", *flags, as_json=False)
+    as_json = project.offload("--dry-run", *flags)
+    for done in (plain, as_json):
+        assert done.returncode == 0, done.stderr
+        lines = done.stderr.splitlines()
+        nix_said = f"warning: unable to download '{cache}/nix-cache-info': "
+        assert [line for line in lines if line.startswith(nix_said)], done.stderr
+        ours = [line for line in lines if _left_out(line)]
+        why = "it cannot be reached (Couldn't connect to server (7))"
+        assert [line.split("; ")[0] for line in ours] == [
+            f"warning: binary cache '{cache}' is left out: {why}"
+        ], done.stderr
+        # Nix's own lists are not passed on: the dry run's listing is offload's (plain only).
+        headings = [line for line in lines if line.endswith(" will be built:")]
+        assert len(headings) == (done is plain), done.stderr
+    told = json.loads(as_json.stdout)["caches_left_out"]
+    assert [(e["machine"], e["cache"]) for e in told] == [("local", cache)], told
+    assert not _valid(project.out("top"))  # nothing built, nothing fetched

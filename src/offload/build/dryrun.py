@@ -9,10 +9,12 @@ to place jobs on no machine."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from offload.build.dry_caches import caches_asked
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, load_graph
 from offload.build.members import local_spec, pool_members, pool_specs
@@ -22,6 +24,7 @@ from offload.config.pool import Pool
 from offload.scheduler.run import PoolMember, plan_jobs
 from offload.scheduler.simulate import SimResult, simulate
 from offload.transport.links import LocalLink
+from offload.ui.events import MachineEvent
 
 __all__ = ["DryRun", "dry_run"]
 
@@ -34,6 +37,7 @@ class DryRun:
     graph: DrvGraph
     sim: SimResult | None
     unreachable: dict[str, str]
+    caches: list[MachineEvent] = field(default_factory=list)  # binary caches left out
 
 
 async def dry_run(
@@ -41,12 +45,15 @@ async def dry_run(
     pool: Pool,
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
     env: Mapping[str, str] | None = None,
+    nix_said: Callable[[str], None] | None = None,  # default: stderr
 ) -> DryRun:
     """What a run would fetch from builders, build and where, planned without building.
 
     Builders are asked which needed outputs they hold, as a run asks them; the ones that do not
-    answer are left out of the plan and returned with their errors. Binary caches are not asked
-    (that would download): what they may have is counted as to be built.
+    answer are left out of the plan and returned with their errors. Binary caches are asked
+    which of the roots to build they have, as nix-build --dry-run asks (``dry_caches``: what
+    the local Nix says then goes to ``nix_said``), but what they have is still counted as to be
+    built; the caches Nix left out are returned.
     """
     unreachable: dict[str, str] = {}
     async with (
@@ -58,13 +65,16 @@ async def dry_run(
         local, clients, _ = await open_sessions(opened, local_link, remote, unreachable, roots)
         graph = await load_graph(local, roots, remotes=clients)
         plan, estimates = await estimated_plan(graph, local, estimate)
+    building = set(graph.order)
+    to_build = [root for root in roots if root[0] in building]
+    caches = await caches_asked(to_build, pool, nix_said or _to_stderr)
     jobs = plan_jobs(plan, estimates, local_spec(pool))
     machines = {m.name: m for m in pool.machines}
     unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
     specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
     if not specs:
-        return DryRun(graph, None, unreachable)
-    return DryRun(graph, simulate(jobs, specs, strict=False), unreachable)
+        return DryRun(graph, None, unreachable, caches)
+    return DryRun(graph, simulate(jobs, specs, strict=False), unreachable, caches)
 
 
 def _members(
@@ -74,3 +84,8 @@ def _members(
     if not pool_specs(pool):
         return contextlib.nullcontext([])
     return pool_members(pool, local_link, env)
+
+
+def _to_stderr(line: str) -> None:
+    # What the local Nix says as its caches are asked: as nix-build --dry-run shows it.
+    sys.stderr.write(line + "\n")

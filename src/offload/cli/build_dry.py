@@ -1,6 +1,8 @@
 """``offload build --dry-run``'s plan as the user reads it: what would be fetched from builders
 and built, in nix-build's words (``these 3 derivations will be built:``, then one store path a
-line) with offload's plan after each path, then the estimated time; or as one JSON object."""
+line) with offload's plan after each path, then the estimated time; or as one JSON object.
+Before it, the binary caches the local Nix left out as it was asked what they have, one
+``warning:`` line each as a run says them (in JSON, ``caches_left_out`` as well)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from offload.cli import interrupts
 from offload.cli.build_keep import guarded_estimator, opened_history
 from offload.config.pool import Pool
 from offload.scheduler.simulate import RunRecord
+from offload.ui.plain import machine_warning
 from offload.ui.term import sanitize
 
 __all__ = ["show_dry_run"]
@@ -67,7 +70,10 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
     machine could build some or all of it: a dry run builds nothing and says what it would,
     and a run would refuse or fail those derivations."""
     with opened_history(state) as history:
-        run = interrupts.run(dry_run(roots, pool, guarded_estimator(history, pool)))
+        estimator = guarded_estimator(history, pool)
+        run = interrupts.run(dry_run(roots, pool, estimator))
+    for event in run.caches:  # on stderr whatever shows the plan, as a run's warnings
+        print(machine_warning(event), file=sys.stderr)
     plan = _plan(run)
     if as_json:
         print(json.dumps(_as_json(run, plan), indent=1))
@@ -120,4 +126,7 @@ def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
         "unschedulable": [drv for drv, _ in plan.unplaced],
         "no_machine": plan.no_machine,
         "unreachable": run.unreachable,
+        "caches_left_out": [
+            {"machine": e.machine, "cache": e.cache, "message": e.message} for e in run.caches
+        ],
     }

@@ -1,0 +1,70 @@
+"""A dry run's binary caches: asked as nix-build --dry-run asks them, faults told as a run
+tells them.
+
+A run asks the local store to substitute what its caches have, which downloads it: a dry run
+must not. nix-build --dry-run asks its caches only which outputs they have (``queryMissing``:
+narinfos, no NARs), top-down from the roots; ``nix-store --realise --dry-run`` on the roots to
+build asks the same of the same caches (the run's --options in its environment). What it says
+besides its lists of paths (a cache it retries, or cannot reach) goes to stderr as nix-build
+--dry-run shows it, and each cache it leaves out is told as a run tells it (``CacheFaults``).
+A failure that stops Nix (a cache it used in the last 7 days, now down) stops the dry run too,
+with Nix's words once, as it stops nix-build's. Its lists are not read: the plan still counts
+what the caches have as to be built (README, Limits).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from offload.build.caches import CacheFaults
+from offload.config.pool import Pool
+from offload.errors import NixError
+from offload.names import LOCAL
+from offload.process import spawn
+from offload.protocol.stderr import strip_ansi
+from offload.ui.events import Event, MachineEvent
+
+__all__ = ["caches_asked"]
+
+# Nix's lists (printMissing): their headings and their store paths, one a line, indented.
+_LISTING = re.compile(
+    r"(?:these \d+ |this )(?:derivations?|paths?) will be (?:built|fetched)\b.*"
+    r"|don't know how to build these paths.*|  /\S+"
+)
+
+
+async def caches_asked(
+    roots: Sequence[tuple[str, str]], pool: Pool, say: Callable[[str], None]
+) -> list[MachineEvent]:
+    """The caches the local Nix left out, asked which of ``roots`` (derivation, output) they
+    have; what Nix said meanwhile, but its lists, goes to ``say``. ``NixError`` if it failed."""
+    if not pool.local_substitutes or not roots:
+        return []
+    told: list[Event] = []
+    faults = CacheFaults(told.append, {LOCAL: pool.nix_settings.words("substituters")})
+    argv = ["nix-store", "--realise", "--dry-run", *(f"{drv}!{out}" for drv, out in roots)]
+    error: list[str] = []  # Nix's last error block: said once, as the dry run's error
+    async with spawn(argv, env=pool.local_env(), stdin=False) as proc:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            plain = strip_ansi(line)
+            if plain.startswith("error:") or (error and line[:1].isspace()):
+                error = [line] if plain.startswith("error:") else [*error, line]
+                continue
+            for held in error:  # an error Nix went on after (a substitute it could not query)
+                say(held)
+                faults.heard(LOCAL, held)
+            error = []
+            if not _LISTING.fullmatch(plain):
+                say(line)
+            faults.heard(LOCAL, line)
+        status = await proc.wait()
+    if status != 0:
+        text = "\n".join(error) or f"error: nix-store --realise --dry-run exited with {status}"
+        raise NixError(strip_ansi(text.splitlines()[0]).removeprefix("error: "), text=text)
+    for held in error:
+        say(held)
+        faults.heard(LOCAL, held)
+    return [e for e in told if isinstance(e, MachineEvent)]
