@@ -8,14 +8,28 @@ import os
 import socket
 import subprocess
 
+import pytest
+
 from offload.fleet import MemberSpec
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import nix_file
 from tests.helpers.offload_run import events, finished, offload_argv, offload_env
 
 cache_fleet = private_fleet_fixture(
-    [MemberSpec.parse("cached:1:1")], "ofs", doc="One member, whose binary cache a test sets."
+    [MemberSpec.parse("cached:1:1")],
+    "ofs",
+    scope="module",
+    doc="One member, whose binary cache a test sets.",
 )
+
+
+@pytest.fixture(autouse=True)
+def _builder_conf_restored(cache_fleet):
+    """The member's nix.conf as it was before each test, which may set its caches."""
+    conf = cache_fleet.member("cached").root / "etc-nix" / "nix.conf"
+    kept = conf.read_text()
+    yield
+    conf.write_text(kept)
 
 
 def test_a_builder_with_a_cache_substitutes_the_input_instead_of_receiving_it(
