@@ -12,6 +12,7 @@ import pytest
 
 from offload.fleet import MemberSpec
 from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.hook_runs import nix_build, outputs
 from tests.helpers.nix_files import nix_file
 from tests.helpers.offload_run import events, finished, offload_argv, offload_env
 
@@ -147,3 +148,42 @@ def test_an_ssh_cache_that_refuses_is_a_fault_of_the_run_and_fails_it_without_fa
     assert [line.split(": it")[0] for line in warned] == [
         f"warning: binary cache '{cache}' is left out"
     ], done.stderr
+
+
+@pytest.mark.usefixtures("coordinators_stopped")
+def test_offload_hook_says_a_cache_the_builder_leaves_out_once_per_nix_build(cache_fleet, tmp_path):
+    # nix-build with offload-hook and builders-use-substitutes: the builder's Nix cannot reach
+    # its one cache. Its words are in the build's log; the hook says it once, as a line of its
+    # own on the terminal (nix build shows a build's log only when it fails), for the two
+    # derivations whose inputs the builder was asked to substitute; both are built there.
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        cache = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        conf = cache_fleet.member("cached").root / "etc-nix" / "nix.conf"
+        conf.write_text(
+            conf.read_text().replace("substituters =", f"substituters = {cache}")
+            + "download-attempts = 1\n"
+        )
+        body = []
+        for name in ("one", "two"):
+            blob = tmp_path / name
+            blob.write_bytes(os.urandom(1024))
+            source = subprocess.run(
+                ["nix-store", "--add", str(blob)], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            script = f"/bin/sha256sum ${{builtins.storePath {json.dumps(source)}}} > $out"
+            body.append(f'{name} = mk "uses-{name}" "{script}" {{}};')
+        file = nix_file(tmp_path, f"{{ {' '.join(body)} }}\n")
+        done = nix_build(
+            cache_fleet, tmp_path, file, "-j", "0", "--option", "builders-use-substitutes", "true"
+        )
+    assert done.returncode == 0, done.stderr
+    assert len(outputs(done)) == 2, done.stdout
+    said = [line for line in done.stderr.splitlines() if "left out binary cache" in line]
+    why = "it cannot be reached (Couldn't connect to server (7))"
+    line = (
+        f"offload-hook: builder 'cached' left out binary cache '{cache}': {why}; the inputs it "
+        "would have given are sent from here instead (check the substituters setting on "
+        "'cached')"
+    )
+    assert said == [line], done.stderr

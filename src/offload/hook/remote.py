@@ -2,12 +2,14 @@
 
 The inputs Nix names go to the builder as one export stream, only what it lacks
 (``send_closure``, the same as ``offload build`` uses; with builders-use-substitutes it first
-fetches from its own caches). The build runs by ``BuildDerivation`` (the serve protocol's, or the
-daemon's for ssh-ng://, whose build phases go on to Nix as its own would) with
-Nix's ``timeout``, ``max-silent-time`` and ``max-build-log-size``; its log lines go to fd 4,
-where Nix keeps them (``nix log``, ``-L``). The wanted outputs and whatever of their closure
-is missing here come home through ``offload.hook.home``. Each step is announced to Nix as a
-structured activity (``@nix`` lines), so its progress bar and ``--log-format`` see the build.
+fetches from its own caches, and a cache its Nix leaves out then is said to the user as
+``offload build`` says it: ``caches_heard``). The build runs by ``BuildDerivation`` (the
+serve protocol's, or the daemon's for ssh-ng://, whose build phases go on to Nix as its own
+would) with Nix's ``timeout``, ``max-silent-time`` and ``max-build-log-size``; its log lines
+go to fd 4, where Nix keeps them (``nix log``, ``-L``). The wanted outputs and whatever of
+their closure is missing here come home through ``offload.hook.home``. Each step is announced
+to Nix as a structured activity (``@nix`` lines), so its progress bar and ``--log-format``
+see the build.
 
 A build failure is reported the way Nix reads a hook's: the message as a structured error and
 the exit code 100 (101 when the build timed out), which Nix 2.8 turns into the derivation's
@@ -16,19 +18,22 @@ failure (newer Nix takes any non-zero code as a failure).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from offload.cache_words import cache_fault
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
 from offload.protocol.serve import BuildOptions, BuildStatus, StoreClient, topo_sort_infos
+from offload.protocol.store import also_heard
 from offload.scheduler.run import send_closure
 from offload.store.drv import read_derivation
 
-__all__ = ["Outcome", "build_remote", "error_message", "log_writer"]
+__all__ = ["Outcome", "build_remote", "caches_heard", "error_message", "log_writer"]
 
 # Activity ids must be unique per Nix process; one coordinator builds for many hooks at once.
 _ACTIVITY_BLOCKS = itertools.count()
@@ -89,6 +94,25 @@ def _lock_note(io: HookIO, drv_path: str) -> Callable[[str], None]:
     return say
 
 
+def caches_heard(say: Callable[[str], None], machine: str) -> Callable[[str], None]:
+    """Read a line ``machine``'s Nix says while the inputs go (it is in the build's log too):
+    a binary cache it leaves out (builders-use-substitutes) is a line of ``say``'s, which
+    says it once per nix-build (``HookContext.say_to_client``). Its own words are in the log,
+    which ``nix build`` shows only on failure; the run goes on without the cache."""
+
+    def heard(line: str) -> None:
+        fault = cache_fault(line)
+        if fault is not None:
+            cache, why = fault
+            say(
+                f"builder '{machine}' left out binary cache '{cache}': {why}; the inputs it "
+                f"would have given are sent from here instead (check the substituters setting "
+                f"on '{machine}')"
+            )
+
+    return heard
+
+
 def error_message(io: HookIO, text: str) -> None:
     """An error Nix shows after the reply (plain lines are dropped then)."""
     write_nix_json(io, {"action": "msg", "level": 0, "msg": text})
@@ -104,12 +128,14 @@ async def build_remote(
     machine: str,
     options: BuildOptions,
     substitute: bool = False,
+    copying: Callable[[str], None] | None = None,  # the builder's lines while inputs go
 ) -> Outcome:
     drv = read_derivation(request.drv_path)
     acts = _Activities(io)
     started = time.time()
     copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
-    sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
+    with also_heard(remote, copying) if copying is not None else contextlib.nullcontext():
+        sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
     acts.stop(copy)
     # Talkative (-v): Nix says "building '...' on '<uri>'" itself at the accept; at its
     # default verbosity this one, the same line with the builder's name, was said twice.
