@@ -1,10 +1,12 @@
 """What Nix prints and offload reads: nix-instantiate / nix eval output, error text, log names,
-and the worker protocol's replies (a daemon's, for ssh-ng:// builders).
+the worker protocol's replies (a daemon's, for ssh-ng:// builders), and a builder's words for
+a binary cache it left out.
 
 Contracts: ``first_error_line`` makes one line of any stderr; ``_parse_instantiated`` and
 ``_parse_flake`` return roots or raise a one-line ``OffloadError`` (``StoreError`` for a word that
 is not a store path); ``LogFile.parse`` returns a log or ``None``; the worker reply reader returns
-a ``BuildResult`` or raises a one-line ``ProtocolError`` in memory bounded by what arrived.
+a ``BuildResult`` or raises a one-line ``ProtocolError`` in memory bounded by what arrived;
+``cache_fault`` returns nothing or a cache and why, each one line a terminal shows as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from offload.cache_words import cache_fault
 from offload.errors import ProtocolError
 from offload.logs import LogFile
 from offload.nix import Source, _parse_flake, _parse_instantiated, first_error_line
@@ -22,6 +25,7 @@ from offload.protocol.records import BuildResult
 from offload.protocol.wire import encode_int, encode_str
 from offload.protocol.worker.frames import read_frames
 from offload.protocol.worker.records import Frame, ResultType, read_build_result
+from offload.ui.term import sanitize
 from tests.fuzz.support import FUZZ, Stream, bounded_memory, drive, outcome
 
 DRV = "/nix/store/" + "a" * 32 + "-hello-2.12.drv"
@@ -105,3 +109,27 @@ def test_a_bare_error_line_above_a_trace_is_not_the_message() -> None:
     )
     assert first_error_line(stderr) == "undefined variable 'q'"
     assert first_error_line("error:\n") == "error:"
+
+
+CACHE_PIECES = ["warning: ", "error: ", "unable to download '", "/nix-cache-info': ", "(7)",
+                "cannot connect to '", "'nix-store --serve' protocol mismatch from '", ", got '",
+                "AWS error fetching 'nix-cache-info': ", " (request id: ", ")", "'", "ssh://",
+                "s3://b", "http://h", "; retrying in 5 ms", "\x1b]0;t\x07", "\r", "\t", "\x00",
+                "disabling binary cache '", "' for 60 seconds", "binary cache '",
+                "' does not appear to be a binary cache",
+                "' is for Nix stores with prefix '"]  # fmt: skip
+cache_lines = st.lists(st.sampled_from(CACHE_PIECES) | st.text(max_size=6), max_size=16).map(
+    "".join
+)
+
+
+@FUZZ
+@given(cache_lines, st.lists(st.sampled_from(["ssh://u@h", "s3://b", "ssh://h?x=1", ""])))
+def test_cache_fault(line: str, substituters: list[str]) -> None:
+    # A builder's line (builders-use-substitutes): nothing or one cache and why, each shown on
+    # a terminal and in --json as one line without escape or control characters.
+    fault = cache_fault(line, substituters)
+    if fault is not None:
+        for text in fault:
+            assert text == sanitize(text)
+            assert "\n" not in text
