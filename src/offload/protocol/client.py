@@ -1,14 +1,12 @@
 """Client for ``nix-store --serve --write`` (nix-protocols.md section 2) over any byte stream.
 
 The model: one ``ServeClient`` owns one connection to one remote store (a local ``nix-store``
-child, or one behind ssh). Requests run one at a time: each is written in one batch, then its reply
-is read in full before the next request may start, so a connection can serve any number of
-requests in a row. The remote reports failures only on its stderr (``offload.protocol.stderr``):
-the client reads it in the background (when it is given), hands every line to ``on_log``, and
-turns "stdout ended" into a ``RemoteError`` carrying the remote's own message. After any failure
-mid-request the connection is out of step with the remote and refuses further requests. A
-build's result is returned once every line the build wrote before it has gone to ``on_log``
-(ssh may pass its last lines on after the result: one more round trip is the barrier).
+child, or one behind ssh). Requests run one at a time on it, each read in full before the next,
+so a connection can serve any number of requests in a row; how a request is run, how its
+failures are mapped (the remote's own message from its stderr) and how the connection refuses
+requests after one failed mid-way is ``offload.protocol.connection``'s. A build's result is
+returned once every line the build wrote before it has gone to ``on_log`` (ssh may pass its
+last lines on after the result: one more round trip is the barrier).
 
 NARs are never buffered whole: ``dump_store_path`` pushes chunks into a sink as they arrive and
 ``add_to_store_nar`` pulls them from a producer, so two clients can stream between two stores.
@@ -23,17 +21,16 @@ are written from here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 
-from offload.errors import PeerSilent, ProtocolError
+from offload.errors import ProtocolError
+from offload.protocol.connection import HANDSHAKE, NarProducer, ServeConnection, Sink, SinkFailed
 from offload.protocol.drv_wire import encode_basic_derivation
-from offload.protocol.export import ChildBytes, Exporter, ExportFailed, StartedChild
+from offload.protocol.export import ChildBytes, Exporter, StartedChild
 from offload.protocol.records import (
     CLIENT_VERSION,
     EXPORT_MAGIC,
@@ -48,12 +45,8 @@ from offload.protocol.records import (
     read_path_info,
     sorted_paths,
 )
-from offload.protocol.stderr import ErrorTail, StderrPump, strip_ansi
 from offload.protocol.wire import (
-    ByteReader,
-    ByteWriter,
     bad_magic,
-    close_writer,
     encode_int,
     encode_str,
     encode_strs,
@@ -76,21 +69,6 @@ __all__ = [
 
 _MAJOR = 0x200
 
-logger = logging.getLogger(__name__)
-
-Sink = Callable[[bytes], Awaitable[None]]
-NarProducer = Callable[[Sink], Awaitable[object]]
-
-
-class _SinkFailed(Exception):
-    """Carries an exception raised by a caller's sink or producer through our error mapping."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(str(exc))
-        self.exc = exc
-
-
-_HANDSHAKE = "the handshake"
 # The client's half of the handshake, and the first 8 bytes of the server's. A transport may
 # send the hello before the serve program is known to run (``handshake(sent=True)``): the
 # reply then tells a serve program from anything else that answered (offload.transport.links).
@@ -113,50 +91,18 @@ IMPORT_LIMIT = 512 * 1024 * 1024
 SPLICED_IMPORT_LIMIT = 4 * 1024 * 1024
 
 
-class ServeClient:
-    """One connection to a ``nix-store --serve --write`` process.
+class ServeClient(ServeConnection):
+    """One connection to a ``nix-store --serve --write`` process: the requests.
 
-    Lines from ``stderr`` are passed to ``on_log`` without their line ending and with ANSI escapes
-    kept (builder output is passed through as the remote printed it; a renderer decides what to
-    show). Call ``handshake`` first and ``close`` at the end.
+    Call ``handshake`` first and ``close`` at the end.
     """
-
-    def __init__(
-        self,
-        reader: ByteReader,
-        writer: ByteWriter,
-        *,
-        stderr: asyncio.StreamReader | None = None,
-        on_log: Callable[[str], None] | None = None,
-        name: str = "remote",
-        stderr_timeout: float = 5.0,
-    ) -> None:
-        self.name = name
-        self.server_version: int | None = None
-        self._reader = reader
-        self._writer = writer
-        self.on_log = on_log
-        # The serve protocol reports no build phases; kept for ``StoreClient``'s sake.
-        self.on_phase: Callable[[str, str], None] | None = None
-        # Set on a session on the local store: what it sends may be written by nix-store itself.
-        self.exporter: Exporter | None = None
-        self._stderr = StderrPump(stderr, self._line, name=name, timeout=stderr_timeout)
-        self._error_tail = ErrorTail()
-        self._lock = asyncio.Lock()
-        self._broken: str | None = None
-        self._closed = False
-
-    @property
-    def usable(self) -> bool:
-        """False once a request failed or was interrupted, or after ``close``."""
-        return self._broken is None
 
     # -- public requests ---------------------------------------------------------------------
 
     async def handshake(self, *, sent: bool = False) -> int:
         """Exchange magics and versions; returns the server's version. ``sent``: the transport
         wrote ``CLIENT_HELLO`` already."""
-        async with self._request(_HANDSHAKE):
+        async with self._request(HANDSHAKE):
             if not sent:
                 await self._send(CLIENT_HELLO)
             magic = await read_int(self._reader, "the server magic")
@@ -226,7 +172,7 @@ class ServeClient:
             try:
                 await sink(chunk)
             except BaseException as exc:
-                raise _SinkFailed(exc) from exc
+                raise SinkFailed(exc) from exc
 
         async with self._request(f"DumpStorePath of {path}"):
             await self._send(encode_int(Op.DUMP_STORE_PATH) + encode_str(path))
@@ -350,122 +296,6 @@ class ServeClient:
         with contextlib.suppress(ProtocolError):
             await self.query_valid_paths(())
         await self._stderr.heard_all()
-
-    async def close(self) -> None:
-        """End the session: the remote exits at EOF between commands. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._broken = self._broken or "it was closed"
-        await close_writer(self._writer)
-        await self._stderr.close()
-
-    # -- connection plumbing -----------------------------------------------------------------
-
-    def _minor(self) -> int:
-        if self.server_version is None:
-            raise ProtocolError(f"{self.name}: request before the handshake")
-        # The 2.8 server gates on our version and the 2.8 client on the server's; newer ones
-        # take the minimum. The minimum is right for all of them.
-        return min(self.server_version & 0xFF, CLIENT_VERSION & 0xFF)
-
-    async def _stream_in(
-        self, producer: NarProducer | StartedChild, limit: int | None, what: str
-    ) -> int:
-        """Let ``producer`` push bytes to the remote, at most ``limit``; returns how many."""
-        if isinstance(producer, ChildBytes | StartedChild):
-            try:
-                return await producer.pump_into(self._writer)
-            except ExportFailed as exc:
-                raise _SinkFailed(exc) from exc
-            except ConnectionError:
-                raise
-            except OSError as exc:  # the connection's descriptor failed: it is gone for us
-                raise ConnectionError(str(exc)) from exc
-        sent = 0
-        # Failures of this connection raised inside the producer's call to our sink; anything
-        # else the producer raises is its own (e.g. the source store died) and passes unchanged.
-        own: list[BaseException] = []
-
-        async def sink(chunk: bytes) -> None:
-            nonlocal sent
-            if limit is not None and sent + len(chunk) > limit:
-                # Bytes past narSize would be read as the next command; stop before them.
-                own.append(ProtocolError(f"{what} is longer than its narSize {limit}"))
-                raise own[-1]
-            sent += len(chunk)
-            try:
-                self._writer.write(chunk)
-                await self._writer.drain()
-            except BaseException as exc:
-                own.append(exc)
-                raise
-
-        try:
-            await producer(sink)
-        except BaseException as exc:
-            if any(exc is e for e in own):
-                raise
-            raise _SinkFailed(exc) from exc
-        return sent
-
-    async def _send(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    @contextlib.asynccontextmanager
-    async def _request(self, what: str) -> AsyncIterator[None]:
-        async with self._lock:
-            if self._broken is not None:
-                raise ProtocolError(f"{self.name}: connection unusable: {self._broken}")
-            if self.server_version is None and what != _HANDSHAKE:
-                raise ProtocolError(f"{self.name}: {what} before the handshake")
-            self._stderr.start()
-            self._error_tail.clear()
-            try:
-                yield
-            except _SinkFailed as exc:
-                self._broken = f"{what} was interrupted"
-                raise exc.exc from exc.exc.__cause__
-            except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, EOFError) as exc:
-                self._broken = f"{what} failed"
-                error = await self._translate(exc, what)
-                error.peer = self.name
-                raise error from exc
-            except BaseException:
-                self._broken = f"{what} was interrupted"
-                raise
-
-    async def _translate(self, exc: Exception, what: str) -> ProtocolError:
-        eof = not isinstance(exc, ProtocolError) or isinstance(
-            exc.__cause__, asyncio.IncompleteReadError
-        )
-        if eof:
-            # The remote prints its error and then exits; wait for the rest of its stderr.
-            await self._stderr.ended()
-        remote = self._error_tail.as_error(self.name)
-        if remote is not None:
-            return remote
-        if isinstance(exc, PeerSilent):
-            return exc.during(self.name, what)
-        if eof:
-            return ProtocolError(f"{self.name} closed the connection during {what}")
-        if isinstance(exc, ProtocolError):
-            return ProtocolError(f"{self.name}: {exc.message} (during {what})", hint=exc.hint)
-        return ProtocolError(f"{self.name}: {exc} (during {what})")
-
-    # -- stderr ------------------------------------------------------------------------------
-
-    def _line(self, raw: bytes) -> None:
-        line = raw.decode(errors="replace").rstrip("\r")
-        self._error_tail.feed(strip_ansi(line))
-        if self.on_log is not None:
-            try:
-                self.on_log(line)
-            except Exception:
-                # A broken log consumer must not stop the draining of stderr: the remote would
-                # block once the pipe is full.
-                logger.exception("on_log failed for %s", self.name)
 
 
 async def _start(stack: contextlib.AsyncExitStack, nar: NarProducer) -> NarProducer | StartedChild:

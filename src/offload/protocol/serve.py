@@ -2,8 +2,9 @@
 
 The protocol lives in sibling modules, each with its own model: ``wire`` (integers and strings),
 ``records`` (op codes, path infos, build options and results), ``drv_wire`` (derivations as
-BuildDerivation sends them), ``stderr`` (the remote's log lines and errors) and ``client`` (one
-``ServeClient`` per connection). Their public names are re-exported here.
+BuildDerivation sends them), ``stderr`` (the remote's log lines and errors), ``connection``
+(running one request at a time) and ``client`` (one ``ServeClient`` per connection). Their
+public names are re-exported here.
 
 ``copy_paths`` and ``topo_sort_infos`` (copying between two stores whichever protocol each
 speaks) live in ``store`` and are re-exported here for the callers that only know this face.
