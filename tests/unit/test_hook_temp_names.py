@@ -52,3 +52,17 @@ def test_a_new_coordinator_sweeps_what_dead_processes_left(tmp_path: Path) -> No
     assert not dead.exists()
     assert alive.exists()
     assert path.exists()
+
+
+def test_a_new_coordinator_sweeps_what_hooks_before_the_hash_named_trees_left(
+    tmp_path: Path,
+) -> None:
+    # An offload before the trees were named with a hash part wrote .offload-hook-<pid>-<b>-<n>:
+    # one its coordinator left (killed mid-copy) stayed until a full collection.
+    dead = _tree(tmp_path, f".offload-hook-{_gone_pid()}-0-0")
+    alive = _tree(tmp_path, f".offload-hook-{os.getpid()}-0-0")  # an old coordinator still copying
+    other = _tree(tmp_path, f".offload-hook-x{_gone_pid()}-0-0")
+    sweep_leftovers(str(tmp_path))
+    assert not dead.exists()
+    assert alive.exists()
+    assert other.exists()

@@ -70,6 +70,9 @@ __all__ = ["TEMP_MARK", "import_outputs", "registration_text", "sweep_leftovers"
 # After a store path's hash part and "-", as the name of that path's temporary tree.
 TEMP_MARK = "offload-hook-temp-"
 _TEMP_NAME = re.compile(r"[0-9a-df-np-sv-z]{32}-" + TEMP_MARK + r"([0-9]+)-[0-9]+-[0-9]+")
+# The temporary trees of hooks before that name (offload before 5b2b79a): still swept, since an
+# old coordinator killed mid-copy left one that nothing else removes short of a full collection.
+_OLD_TEMP_NAME = re.compile(r"\.offload-hook-([0-9]+)-[0-9]+-[0-9]+")
 # How long a path another process holds locked is waited for (Nix waits for ever; see
 # offload.hook.pathlocks): far beyond any copy, and a dependency only a builder's wrong word can
 # make the hook bring home at all (below).
@@ -251,10 +254,12 @@ async def _to_its_end(task: asyncio.Task[None]) -> None:
 
 
 def sweep_leftovers(store_dir: str = STORE_DIR) -> None:
-    """Remove temporary trees of hook processes that died without cleaning up."""
+    """Remove temporary trees of hook processes that died without cleaning up, under today's
+    name or the one before; a tree whose writer still runs (an old coordinator finishing its
+    builds beside an upgraded one) is left to it."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(store_dir):
-            match = _TEMP_NAME.fullmatch(entry.name)
+            match = _TEMP_NAME.fullmatch(entry.name) or _OLD_TEMP_NAME.fullmatch(entry.name)
             if match is not None and not _alive(int(match[1])):
                 _remove(Path(entry.path))
 
