@@ -28,6 +28,13 @@ def _gone_pid() -> int:
     return done.pid
 
 
+def _zombie() -> subprocess.Popen[bytes]:
+    """A child that has exited and is not reaped yet (waited for with WNOWAIT)."""
+    child = subprocess.Popen(["true"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    return child
+
+
 def test_a_temporary_name_keeps_the_hash_part_of_its_path() -> None:
     name = temp_name(f"/nix/store/{HASH}-hello-2.12", 3, 7)
     assert name == f"{HASH}-{TEMP_MARK}{os.getpid()}-3-7"
@@ -66,3 +73,14 @@ def test_a_new_coordinator_sweeps_what_hooks_before_the_hash_named_trees_left(
     assert not dead.exists()
     assert alive.exists()
     assert other.exists()
+
+
+def test_a_coordinator_that_died_unreaped_has_its_trees_swept(tmp_path: Path) -> None:
+    # A zombie keeps its pid (kill(pid, 0) succeeds) and holds nothing: its trees were kept.
+    zombie = _zombie()
+    try:
+        dead = _tree(tmp_path, f"{HASH}-{TEMP_MARK}{zombie.pid}-0-0")
+        sweep_leftovers(str(tmp_path))
+        assert not dead.exists()
+    finally:
+        zombie.wait()

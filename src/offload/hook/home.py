@@ -61,6 +61,7 @@ from offload.hook.pathlocks import PathLocks
 from offload.hook.temproots import TempRoots
 from offload.hook.unpack import SMALL_NAR, unpack_nar
 from offload.process import run_async, spawn
+from offload.procfs import running
 from offload.protocol.serve import PathInfo, StoreClient
 from offload.store.nar import nar_hash_nix32
 from offload.store.path import STORE_DIR, StorePath
@@ -260,15 +261,6 @@ def sweep_leftovers(store_dir: str = STORE_DIR) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(store_dir):
             match = _TEMP_NAME.fullmatch(entry.name) or _OLD_TEMP_NAME.fullmatch(entry.name)
-            if match is not None and not _alive(int(match[1])):
+            # A zombie writer (killed, not yet reaped by its parent) writes nothing any more.
+            if match is not None and not running(int(match[1])):
                 _remove(Path(entry.path))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
