@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -199,3 +200,33 @@ def _opened_by_reader(fifo: Path, proc: subprocess.Popen[str]) -> int:
 
     wait_for(reader_came, 60, f"nix-store --gc to read {fifo}")
     return opened[0]
+
+
+_ROOT_ON_A_FULL_DISK = """
+import asyncio, sys
+from pathlib import Path
+from offload.errors import StoreError
+from offload.hook.temproots import TempRoots
+try:
+    asyncio.run(TempRoots(Path(sys.argv[1])).add(["/nix/store/" + "0" * 32 + "-x"]))
+except StoreError as exc:
+    print("StoreError:", exc.message)
+"""
+
+
+def test_a_roots_file_on_a_full_disk_is_an_error_naming_it(tmp_path: Path) -> None:
+    # The roots file opens (a tmpfs has inodes left), and its record cannot be written: that
+    # came out as "[Errno 28] No space left on device", naming no file, and not a StoreError.
+    state = tmp_path / "var"
+    state.mkdir()
+    fill = f"mount -t tmpfs -o size=4k tmpfs {state} && (cat /dev/zero > {state}/fill || true)"
+    run = f'{fill} 2>/dev/null && exec {sys.executable} -c "$0" {state}'
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", run, _ROOT_ON_A_FULL_DISK]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.strip()
+    assert said.startswith(f"StoreError: {state}/temproots/"), said
+    assert said.endswith(
+        ": No space left on device (keeping Nix's garbage collector from the paths being "
+        "brought home)"
+    ), said

@@ -3,13 +3,13 @@ lock for it.
 
 Nix (2.3 and later: libstore ``pathlocks.cc``, BSD locks since 2.3; before, POSIX ``fcntl``
 ones, which do not exclude a BSD lock) locks a store path P by an exclusive ``flock`` on
-``P.lock``, opened ``O_RDWR | O_CREAT`` with mode 0600, before it builds, substitutes or
-imports P (``LocalStore::addToStore``), checks P's validity again once it holds it, and only
-then removes an invalid P and writes it. A holder done with P unlinks the lock file and then
-writes one byte into it before closing it: a waiter that gets the lock on a file that has
-been written to holds a deleted file that others can no longer see, and opens the path again.
-Several paths are locked in sorted order (``PathLocks::lockPaths``), so two processes that
-each want several never hold one the other waits for.
+``P.lock``, opened ``O_RDWR | O_CREAT`` with mode 0600 (``offload.hook.lockfiles``), before
+it builds, substitutes or imports P (``LocalStore::addToStore``), checks P's validity again once
+it holds it, and only then removes an invalid P and writes it. A holder done with P unlinks the
+lock file and then writes one byte into it before closing it: a waiter that gets the lock on a
+file that has been written to holds a deleted file that others can no longer see, and opens the
+path again. Several paths are locked in sorted order (``PathLocks::lockPaths``), so two
+processes that each want several never hold one the other waits for.
 
 Nix waits for a lock however long it is held, in one blocking ``flock``. Here the attempt is
 repeated every 0.25 s without blocking, with the file kept open between attempts as Nix keeps
@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from offload.errors import StoreError
+from offload.hook.lockfiles import file_errors, nix_lock_file
 
 __all__ = ["LOCK_POLL", "LockAttempt", "PathLocks"]
 
@@ -40,28 +41,24 @@ class LockAttempt:
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock_file = f"{path}.lock"
+        self.purpose = f"Nix's lock on {path}"
         self.fd: int | None = None
 
     def try_once(self) -> bool:
         """True once this process holds the path's lock (on the file now at that name)."""
         while True:
             if self.fd is None:
-                self.fd = self._open()
+                self.fd = nix_lock_file(self.lock_file, self.purpose)
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                with file_errors(self.lock_file, self.purpose):
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if os.fstat(self.fd).st_size == 0:
+                        return True
             except BlockingIOError:
                 return False
-            if os.fstat(self.fd).st_size == 0:
-                return True
             # Stale: its holder deleted it (and wrote to it) before letting go; another
             # process may already hold the lock on the file now at that name.
             self.close()
-
-    def _open(self) -> int:
-        try:
-            return os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot open the lock file {self.lock_file}: {exc.strerror}") from exc
 
     def close(self) -> None:
         fd, self.fd = self.fd, None

@@ -8,7 +8,8 @@ exactly as ``LocalStore::addTempRoot`` does (``gc.cc``: the same protocol from N
 newer Nix also takes a missing socket for a collection not yet listening, and waits 100 ms):
 
 1. a roots file in ``<state>/temproots`` (``$NIX_STATE_DIR``, else ``/nix/var/nix``), opened
-   ``O_RDWR | O_CREAT`` with mode 0600 and held under an exclusive ``flock`` for as long as its
+   ``O_RDWR | O_CREAT`` with mode 0600 (``offload.hook.lockfiles``: any error on one of these
+   files names it) and held under an exclusive ``flock`` for as long as its
    roots count: the collector takes a file it *can* lock for a dead process's and deletes it
    (unlink, then one byte written), so one found non-empty once locked is made again;
 2. a shared ``flock`` on ``<state>/gc.lock`` tried without blocking. Taken, no collection runs
@@ -45,6 +46,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from offload.errors import StoreError
+from offload.hook.lockfiles import file_errors, nix_lock_file
 
 __all__ = ["TempRoots", "nix_state_dir"]
 
@@ -58,14 +60,8 @@ def nix_state_dir() -> Path:
     return Path(os.environ.get("NIX_STATE_DIR") or "/nix/var/nix")
 
 
-def _open(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StoreError(
-            f"cannot open {path} to keep Nix's garbage collector from the paths being brought "
-            f"home: {exc.strerror}"
-        ) from exc
+# What every error on the files below is said to be for (``file_errors``).
+_PURPOSE = "keeping Nix's garbage collector from the paths being brought home"
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -90,32 +86,41 @@ class TempRoots:
             return
         record = b"".join(os.fsencode(path) + b"\0" for path in paths)
         fd = self._roots_file()
-        gc_lock = _open(self._state / "gc.lock")
+        gc_lock_file = self._state / "gc.lock"
+        gc_lock = nix_lock_file(gc_lock_file, _PURPOSE)
         try:
             while True:
                 try:
-                    fcntl.flock(gc_lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    with file_errors(gc_lock_file, _PURPOSE):
+                        fcntl.flock(gc_lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if await self._tell_collector(paths):
                         break
                     await asyncio.sleep(_SOCKET_RETRY)
                     continue
                 break  # no collection can start before the record is written
-            _write_all(fd, record)
+            with file_errors(self._file, _PURPOSE):
+                _write_all(fd, record)
         finally:
             os.close(gc_lock)  # lets go of the shared lock, if held
 
     def _roots_file(self) -> int:
         if self._fd is not None:
             return self._fd
-        with contextlib.suppress(OSError):  # a directory we cannot make: said by _open
+        with contextlib.suppress(OSError):  # a directory we cannot make: said when opened
             self._file.parent.mkdir(0o755)  # Nix makes it when it opens the store
         while True:
-            with contextlib.suppress(FileNotFoundError):
+            with file_errors(self._file, _PURPOSE), contextlib.suppress(FileNotFoundError):
                 self._file.unlink()  # a dead process's, whose pid was this one's
-            fd = _open(self._file)
-            fcntl.flock(fd, fcntl.LOCK_EX)  # a collector only ever tries it, without waiting
-            if os.fstat(fd).st_size == 0:
+            fd = nix_lock_file(self._file, _PURPOSE)
+            try:
+                with file_errors(self._file, _PURPOSE):
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # a collector only tries it, without waiting
+                    empty = os.fstat(fd).st_size == 0
+            except BaseException:
+                os.close(fd)
+                raise
+            if empty:
                 self._fd = fd
                 return fd
             os.close(fd)  # a collection took it for stale before we locked it
@@ -123,20 +128,21 @@ class TempRoots:
     async def _tell_collector(self, paths: list[str]) -> bool:
         """Each of ``paths`` to the running collection; False if it is gone (or not yet there)."""
         socket_path = self._state / "gc-socket" / "socket"
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(socket_path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        try:
-            for path in paths:
-                writer.write(os.fsencode(path) + b"\n")
-                await writer.drain()
-                if await reader.readexactly(1) != b"1":
-                    raise StoreError(f"Nix's garbage collector did not take {path} as a root")
-        except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
-            return False
-        finally:
-            writer.close()
+        with file_errors(socket_path, _PURPOSE):
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(socket_path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                return False
+            try:
+                for path in paths:
+                    writer.write(os.fsencode(path) + b"\n")
+                    await writer.drain()
+                    if await reader.readexactly(1) != b"1":
+                        raise StoreError(f"Nix's garbage collector did not take {path} as a root")
+            except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
+                return False
+            finally:
+                writer.close()
         return True
 
     def release(self) -> None:
