@@ -7,12 +7,22 @@ import json
 import os
 import socket
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from offload.hook.client import HELLO_MAGIC, send_hello, served, socket_path
+from offload.hook.client import (
+    ANSWERED,
+    ASKED,
+    HELLO_MAGIC,
+    INPUT,
+    REPLYING,
+    SETTINGS,
+    send_hello,
+    served,
+    socket_path,
+)
 from offload.hook.handover import Hello, open_channels, parse_hello, receive_hello
 
 
@@ -158,13 +168,17 @@ def nix_stdin() -> Iterator[int]:
         os.close(write)
 
 
-def _gone_after(pair: tuple[socket.socket, socket.socket], sent: bytes) -> int | None:
+def _gone_after(
+    pair: tuple[socket.socket, socket.socket],
+    sent: bytes,
+    successor: Callable[[], socket.socket] | None = None,
+) -> int | None:
     """What the hook returns when its coordinator sends ``sent`` and is gone."""
     hook, coordinator = pair
     coordinator.setblocking(True)
     coordinator.sendall(sent)
     coordinator.shutdown(socket.SHUT_WR)  # gone without the exit code
-    return served(hook)
+    return served(hook, successor=successor)
 
 
 STOPPED = (
@@ -240,3 +254,65 @@ def test_nix_s_next_try_finds_a_hook_whose_coordinator_died_gone_at_once(
     pair[1].close()  # and the pipes it was handed, unread, with it
     with pytest.raises(BrokenPipeError):
         os.write(nix_stdin, b"\x03\x00\x00\x00\x00\x00\x00\x00try\x00\x00\x00\x00\x00")
+
+
+TAKEN_OVER = (
+    "offload-hook: warning: the coordinator stopped (its log: hook-coordinator.log in the state"
+    " directory); a new one decides in its place\n"
+)
+SETTINGS_READ = b"S" * 24
+TRY = b"T" * 16
+
+
+def _read(data: bytes) -> bytes:
+    """What the coordinator tells of ``data`` read from Nix's stdin."""
+    return INPUT + len(data).to_bytes(4, "big") + data
+
+
+def _told(*turns: bytes) -> bytes:
+    """The coordinator read the settings and a try (together, as Nix sends the first), then
+    told ``turns``."""
+    return (
+        b"+" + _read(SETTINGS_READ + TRY) + SETTINGS + len(SETTINGS_READ).to_bytes(4, "big")
+        + b"".join(turns)
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("turns", "replay"),
+    [((ASKED,), SETTINGS_READ + TRY), ((ASKED, REPLYING, ANSWERED), SETTINGS_READ)],
+    ids=["nix-waits-for-a-reply", "between-tries"],
+)
+@pytest.mark.usefixtures("nix_stdin")
+def test_a_coordinator_gone_before_an_accept_is_taken_over_with_what_nix_said(
+    pair: tuple[socket.socket, socket.socket],
+    capsys: pytest.CaptureFixture[str],
+    turns: tuple[bytes, ...],
+    replay: bytes,
+) -> None:
+    # The new coordinator reads the settings, and the try Nix waits on (none once it was
+    # answered), before Nix's pipe; it serves the rest, and its exit code is the hook's.
+    new_hook, new_coordinator = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with new_coordinator:
+        new_coordinator.sendall(b"+0\n")
+        assert _gone_after(pair, _told(*turns), successor=lambda: new_hook) == 0
+        new_coordinator.setblocking(False)
+        hello = asyncio.run(_receive(new_coordinator))
+    assert hello is not None
+    assert hello.replay == replay
+    for fd in hello.fds.values():
+        os.close(fd)
+    assert capsys.readouterr().err == TAKEN_OVER
+
+
+@pytest.mark.usefixtures("nix_stdin")
+def test_a_coordinator_gone_while_writing_a_reply_is_not_taken_over(
+    pair: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nix may have the reply: a new coordinator answering the try again would give Nix two
+    # replies for one try, the second read as the next try's.
+    def successor() -> socket.socket:
+        raise AssertionError("taken over")
+
+    assert _gone_after(pair, _told(ASKED, REPLYING), successor=successor) == 1
+    assert capsys.readouterr().err == f"# postpone\n{STOPPED}\n"

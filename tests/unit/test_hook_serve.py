@@ -78,7 +78,13 @@ def _failing(accept_first: bool) -> Callable[[HookIO], Answer]:
 def test_a_failure_before_the_reply_declines_with_one_line(tmp_path: Path) -> None:
     code, lines = _serve(tmp_path, {"builders": ""}, _failing(accept_first=False))
     assert code == 0
-    assert lines[-4:] == ["<asked>", f"{ERROR}; {DRV} is left to Nix", "# decline", "<answered>"]
+    assert lines[-5:] == [
+        "<asked>",
+        f"{ERROR}; {DRV} is left to Nix",
+        "<replying>",
+        "# decline",
+        "<answered>",
+    ]
 
 
 def test_a_failure_after_accepting_fails_the_build_and_says_why(tmp_path: Path) -> None:
@@ -120,7 +126,7 @@ def test_a_build_for_another_store_is_declined_for_good(
             "host's own: offload-hook brings outputs home into this host's store only; "
             "building locally"
         )
-        assert lines == ["<asked>", said, "# decline-permanently", "<answered>"]
+        assert lines == ["<asked>", said, "<replying>", "# decline-permanently", "<answered>"]
     else:
         assert answered == [DRV]
         assert lines[-2:] == ["# decline", "<answered>"]

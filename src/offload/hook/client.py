@@ -7,13 +7,21 @@ little as it can and imports only the standard library: it connects to the user'
 (``offload.hook.coordinator``) over a Unix socket in the state directory, passes it its stdin,
 stderr and fd 4 (``SCM_RIGHTS``) with its arguments, environment and parent's pid, and waits
 for one line, the exit code, which it exits with. The coordinator speaks the hook protocol on
-those pipes; Nix cannot tell the difference. Before the exit code it sends a byte at each turn
-of that talk (a try read, a reply written, an accept about to be), so this process knows what
-Nix waits for should the coordinator die: a reply (it answers ``# postpone``: Nix then asks
-again, finds this hook gone and builds the derivation itself), the next try (it says why it
-ends) or the build's end (it says so as Nix reads a hook's lines then: the build failed).
-Before a reply or a reason, it closes the pipe Nix writes its tries to, so that Nix's next try
-finds the hook gone (EPIPE), even while this process is still ending.
+those pipes; Nix cannot tell the difference. Before the exit code it tells this process what
+it needs should the coordinator die: each turn of that talk (a try read, a reply about to be
+written and written, an accept about to be), a byte each; every byte it read from Nix's stdin
+until it accepts (``INPUT``, as read, before it parses them); and where the settings preamble
+ends (``SETTINGS``). So when the coordinator dies before an accept (killed, crashed), this
+process starts a new one and hands it the pipes with what Nix said that no reply has answered
+yet: the settings, and the try Nix waits on, if any (``RESUME_MAGIC``). The new coordinator
+decides that derivation again: with ``-j 0`` Nix has no other way to build it. This is done
+once per hook process. When it cannot be (the death came with a reply half written, before
+the settings were read, a second time, or no coordinator starts), the hook does what it did
+before: when Nix waits for a reply it answers ``# postpone`` (Nix asks again, finds this hook
+gone and builds the derivation itself), between tries it says why it ends, and after an
+accept it says so as Nix reads a hook's lines then (the build failed). Before a reply or a
+reason, it closes the pipe Nix writes its tries to, so that Nix's next try finds the hook gone
+(EPIPE), even while this process is still ending.
 
 The coordinator is started on demand, by the first hook that finds none, under a lock so two
 hooks never start two; it acknowledges every hook it takes with one byte, so a hook that
@@ -35,6 +43,7 @@ import os
 import stat
 import sys
 import zlib
+from collections.abc import Callable
 
 from offload import __version__
 from offload.state_location import HOOK_STATE_NOTE, private_dir, usable_hook_state
@@ -45,6 +54,10 @@ __all__ = [
     "ASKED",
     "HELLO_FDS",
     "HELLO_MAGIC",
+    "INPUT",
+    "REPLYING",
+    "RESUME_MAGIC",
+    "SETTINGS",
     "encode_hello",
     "from_nix",
     "main",
@@ -59,11 +72,24 @@ _ATTEMPTS = 3
 # The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
 HELLO_FDS = (0, 2, 4)
 HELLO_MAGIC = b"offload-hello-1"
+# The hello of a hook whose coordinator died: followed by a 4-byte length and that many bytes
+# (``handover.receive_hello``), what Nix said that the new coordinator reads first.
+RESUME_MAGIC = b"offload-resume-1"
 # What the coordinator says of Nix's turn (``wire.Turn``), a byte each, before the exit code:
 ASKED = b"w"  # a try was read: Nix waits for a reply
+REPLYING = b"r"  # a decline or postpone is being written: whether Nix has it is not known
 ANSWERED = b"n"  # declined or postponed (written): Nix waits for nothing until its next try
 ACCEPTED = b"a"  # about to write "# accept": Nix waits for the build's end
-_TURN_BYTES = ASKED + ANSWERED + ACCEPTED
+_TURN_BYTES = ASKED + REPLYING + ANSWERED + ACCEPTED
+# And what it read: bytes from Nix's stdin (4-byte length, then them), and the settings
+# preamble's length in them (4 bytes) once it has been read.
+INPUT = b"i"
+SETTINGS = b"s"
+# The coordinator is told once it took over.
+_TAKEN_OVER = (
+    "offload-hook: warning: the coordinator stopped (its log: hook-coordinator.log in the state"
+    " directory); a new one decides in its place\n"
+)
 # What the hook says when its coordinator dies under it. Once it accepted, Nix shows only
 # ``@nix`` messages (``wire.write_nix_json``, written out: this process imports no json).
 # Otherwise a plain line, which Nix shows when it next writes to the hook and finds it gone, as
@@ -157,10 +183,14 @@ def _coordinator(state: str, path: str) -> _socket.socket:
     return sock
 
 
-def encode_hello(argv: list[str], env: dict[str, str], parent: int, fds: list[int]) -> bytes:
+def encode_hello(
+    argv: list[str], env: dict[str, str], parent: int, fds: list[int], *, resume: bool = False
+) -> bytes:
     """The hello's body (see ``offload.hook.handover``): NUL-separated fields, since no
-    argument, name or value of an environment can hold a NUL."""
-    fields = [HELLO_MAGIC, b"%d" % parent, ",".join(map(str, fds)).encode(), b"%d" % len(argv)]
+    argument, name or value of an environment can hold a NUL. ``resume``: what Nix said follows
+    it (``RESUME_MAGIC``)."""
+    magic = RESUME_MAGIC if resume else HELLO_MAGIC
+    fields = [magic, b"%d" % parent, ",".join(map(str, fds)).encode(), b"%d" % len(argv)]
     fields += [os.fsencode(arg) for arg in argv]
     fields += [os.fsencode(f"{name}={value}") for name, value in env.items()]
     return b"\0".join(fields)
@@ -172,20 +202,76 @@ def send_hello(
     argv: list[str],
     env: dict[str, str],
     parent: int,
+    *,
+    resume: bytes | None = None,
 ) -> None:
-    """The hello: ``pipes`` maps our fd numbers (0, 2, 4) to the descriptors to pass."""
-    body = encode_hello(argv, env, parent, list(pipes))
+    """The hello: ``pipes`` maps our fd numbers (0, 2, 4) to the descriptors to pass;
+    ``resume``, what Nix said that a new coordinator reads before Nix's pipe."""
+    body = encode_hello(argv, env, parent, list(pipes), resume=resume is not None)
     rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in pipes.values())
     head = len(body).to_bytes(4, "big")
     sock.sendmsg([head], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
     sock.sendall(body)
+    if resume is not None:
+        sock.sendall(len(resume).to_bytes(4, "big") + resume)
 
 
-def _hand_over(sock: _socket.socket, env: dict[str, str]) -> bool:
+def _hand_over(sock: _socket.socket, env: dict[str, str], resume: bytes | None) -> bool:
     """Pass our pipes and context; True once the coordinator has taken them."""
     pipes = {fd: fd for fd in HELLO_FDS if _is_open(fd)}
-    send_hello(sock, pipes, sys.argv, env, os.getppid())
+    send_hello(sock, pipes, sys.argv, env, os.getppid(), resume=resume)
     return sock.recv(1) == b"+"
+
+
+class _Heard:
+    """What the coordinator told of its talk with Nix: the last turn, and what it read from
+    Nix that no reply has answered yet (the settings preamble first, kept throughout)."""
+
+    def __init__(self) -> None:
+        self.turn = b""
+        self.unanswered = bytearray()
+        self.settings: int | None = None  # the preamble's length, once it was read
+        self.lost = False  # bytes were dropped that a new coordinator would need
+
+    def take(self, data: bytes) -> tuple[bytes, int | None]:
+        """Take the whole records at the start of ``data``: the rest (a record cut short) and
+        the exit code once it came."""
+        while data:
+            kind = data[:1]
+            if kind in _TURN_BYTES:
+                self._turn(kind)
+                data = data[1:]
+            elif kind in INPUT + SETTINGS:
+                if len(data) < 5:
+                    break
+                size = int.from_bytes(data[1:5], "big")
+                if kind == SETTINGS:
+                    self.settings, data = size, data[5:]
+                    continue
+                if len(data) < 5 + size:
+                    break
+                self.unanswered += data[5 : 5 + size]
+                data = data[5 + size :]
+            elif data.endswith(b"\n"):
+                return b"", int(data)
+            else:
+                break
+        return data, None
+
+    def _turn(self, turn: bytes) -> None:
+        self.turn = turn
+        if turn == ANSWERED:  # every try read so far is answered; the next is not read yet
+            if self.settings is None:
+                self.lost = True
+            else:
+                del self.unanswered[self.settings :]
+
+    def resume(self) -> bytes | None:
+        """What a new coordinator must read before Nix's pipe; None when it cannot take over
+        (a reply may be half written, or Nix waits for the build an accept began)."""
+        if self.lost or self.turn in {REPLYING, ACCEPTED}:
+            return None
+        return bytes(self.unanswered)
 
 
 def _started_by_nix() -> bool:
@@ -204,30 +290,70 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def served(sock: _socket.socket, env: dict[str, str] | None = None) -> int | None:
+def served(
+    sock: _socket.socket,
+    env: dict[str, str] | None = None,
+    *,
+    successor: Callable[[], _socket.socket] | None = None,
+    resume: bytes | None = None,
+) -> int | None:
     """The exit code once the coordinator has served us; None when it closed before taking
     our pipes (it idled out as we reached it, its backlog reset): ask again. Once it has
-    taken them, only it may answer Nix: its failure then is ours, never a second answer."""
+    taken them, only it may answer Nix: should it die, ``successor`` gives a new one to take
+    over (with ``resume``, what Nix said before), else its failure is ours."""
+    env = dict(os.environ) if env is None else env
     try:
-        if not _hand_over(sock, dict(os.environ) if env is None else env):
+        if not _hand_over(sock, env, resume):
             return None
     except ConnectionError:
         return None
-    return _wait_for_code(sock)
+    heard = _Heard()
+    code = _wait_for_code(sock, heard)
+    if code is not None:
+        return code
+    replay = heard.resume()
+    if successor is not None and replay is not None:
+        code = _take_over(successor, env, replay)
+        if code is not None:
+            return code
+    _say_stopped(heard.turn)
+    return 1
 
 
-def _wait_for_code(sock: _socket.socket) -> int:
+def _wait_for_code(sock: _socket.socket, heard: _Heard) -> int | None:
+    """The exit code; None if the coordinator died first (``heard`` says how far it got)."""
     data = b""
-    while not data.endswith(b"\n"):
+    while True:
+        data, code = heard.take(data)
+        if code is not None:
+            return code
         try:
-            chunk = sock.recv(64)
+            chunk = sock.recv(1 << 16)
         except ConnectionError:
             chunk = b""
         if not chunk:
-            _say_stopped(data.rstrip(b"0123456789-")[-1:])
-            return 1
+            return None
         data += chunk
-    return int(data.lstrip(_TURN_BYTES))
+
+
+def _take_over(
+    successor: Callable[[], _socket.socket], env: dict[str, str], replay: bytes
+) -> int | None:
+    """The exit code once a new coordinator has served the rest; None if none took over."""
+    sys.stderr.write(_TAKEN_OVER)
+    sys.stderr.flush()
+    # The dead one's socket may still take a connection as its process ends: asked again.
+    for _ in range(_ATTEMPTS):
+        try:
+            sock = successor()
+        except OSError:
+            return None
+        try:
+            if (code := served(sock, env, resume=replay)) is not None:
+                return code
+        finally:
+            sock.close()
+    return None
 
 
 def _say_stopped(turn: bytes) -> None:
@@ -297,7 +423,8 @@ def _main() -> int:
             for _ in range(_ATTEMPTS):
                 sock = _coordinator(state, path)
                 try:
-                    if (code := served(sock, env)) is not None:
+                    again = lambda: _coordinator(state, path)  # noqa: E731 - one use
+                    if (code := served(sock, env, successor=again)) is not None:
                         return code
                 finally:
                     sock.close()

@@ -4,11 +4,15 @@ A hook process (``offload.hook.client``) sends a 4-byte length with its pipes at
 (``SCM_RIGHTS``: stdin, stderr and fd 4, those that are open), then that many bytes of
 NUL-separated fields (``hook.client.encode_hello``): ``offload-hello-1``, the parent's pid,
 which of 0, 2 and 4 were sent (comma-separated, in order), the number of arguments, the
-arguments, then ``NAME=value`` for each variable of the environment. Anything else, or a peer of
-another user, is dropped without a word: only the user's own hook talks here. (Not ``marshal``:
+arguments, then ``NAME=value`` for each variable of the environment. A hook whose coordinator
+died sends ``offload-resume-1`` in place of the first field, and after the hello a 4-byte
+length and that many bytes: what Nix said that its reader takes before Nix's pipe (the
+settings, and the try Nix waits on, if any). Anything else, or a peer of another user, is
+dropped without a word: only the user's own hook talks here. (Not ``marshal``:
 its lengths are trusted, and four bytes claiming a list of 2^31 items allocate 16 GiB.)
 
-The pipes become a ``StreamReader`` (stdin) and two buffering write transports (stderr, fd 4):
+The pipes become a ``StreamReader`` (stdin: every chunk read is given to ``echo`` first, before
+it is parsed) and two buffering write transports (stderr, fd 4):
 a write never blocks the coordinator, however long Nix takes to read (its worker may be
 waiting for another hook's reply meanwhile). Closing them flushes what is buffered first, so
 Nix sees every line before the hook's exit.
@@ -17,6 +21,7 @@ Nix sees every line before the hook's exit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import struct
@@ -24,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from offload.errors import OffloadError
-from offload.hook.client import HELLO_MAGIC
+from offload.hook.client import HELLO_MAGIC, RESUME_MAGIC
 from offload.hook.serve import error_line
 from offload.hook.wire import HookIO, Sink, fd_sink
 from offload.typing_compat import override
@@ -41,6 +46,7 @@ class Hello:
     env: dict[str, str]
     parent: int
     fds: dict[int, int]  # the hook's fd number -> ours
+    replay: bytes | None = None  # a resumed hook's: what its reader takes first
 
 
 async def _readable(conn: socket.socket) -> None:
@@ -73,7 +79,7 @@ def _number(field: bytes) -> int:
 def parse_hello(body: bytes, received: list[int]) -> Hello:
     """The hello in ``body`` with the ``received`` descriptors; ``ValueError`` if it is none."""
     fields = body.split(b"\0")
-    if len(fields) < 4 or fields[0] != HELLO_MAGIC:
+    if len(fields) < 4 or fields[0] not in {HELLO_MAGIC, RESUME_MAGIC}:
         raise ValueError("not a hello")
     names = [_number(n) for n in fields[2].split(b",")] if fields[2] else []
     argc = _number(fields[3])
@@ -86,7 +92,9 @@ def parse_hello(body: bytes, received: list[int]) -> Hello:
             raise ValueError("bad variable in hello")
         env[os.fsdecode(name)] = os.fsdecode(value)
     argv = [os.fsdecode(arg) for arg in fields[4 : 4 + argc]]
-    return Hello(argv, env, _number(fields[1]), dict(zip(names, received, strict=True)))
+    replay = b"" if fields[0] == RESUME_MAGIC else None  # read after the hello
+    fds = dict(zip(names, received, strict=True))
+    return Hello(argv, env, _number(fields[1]), fds, replay)
 
 
 async def _body(conn: socket.socket, head: bytes) -> bytes:
@@ -95,6 +103,10 @@ async def _body(conn: socket.socket, head: bytes) -> bytes:
     (length,) = struct.unpack("!I", head)
     if length > _MAX_HELLO:
         raise ValueError("hello too long")
+    return await _exactly(conn, length)
+
+
+async def _exactly(conn: socket.socket, length: int) -> bytes:
     body = b""
     while len(body) < length:
         chunk = await asyncio.get_running_loop().sock_recv(conn, length - len(body))
@@ -112,11 +124,15 @@ async def receive_hello(conn: socket.socket) -> Hello | None:
             return None
         await _readable(conn)
         head, received, _, _ = socket.recv_fds(conn, 4, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
-        return parse_hello(await _body(conn, head), received)
+        hello = parse_hello(await _body(conn, head), received)
+        if hello.replay is not None:
+            replay = await _body(conn, await _exactly(conn, 4))
+            hello = dataclasses.replace(hello, replay=replay)
     except (OSError, ValueError):
         for fd in received:
             os.close(fd)
         return None
+    return hello
 
 
 class _Closed(asyncio.BaseProtocol):
@@ -181,13 +197,32 @@ class Channels:
         return 1
 
 
-async def open_channels(fds: dict[int, int]) -> Channels:
+class _Echoing(asyncio.StreamReaderProtocol):
+    """Nix's stdin: each chunk given to ``echo`` (when there is one) before it is parsed."""
+
+    def __init__(self, reader: asyncio.StreamReader, echo: Sink | None) -> None:
+        super().__init__(reader)
+        self._echo = echo
+
+    @override
+    def data_received(self, data: bytes) -> None:
+        if self._echo is not None:
+            self._echo(data)
+        super().data_received(data)
+
+
+async def open_channels(
+    fds: dict[int, int], *, replay: bytes = b"", echo: Sink | None = None
+) -> Channels:
+    """The hook's pipes as channels; its reader takes ``replay`` before Nix's stdin."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
+    if replay:
+        reader.feed_data(replay)
     closers: list[Callable[[], Awaitable[None]]] = []
     if 0 in fds:
         stdin, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fds[0], "rb", 0)
+            lambda: _Echoing(reader, echo), os.fdopen(fds[0], "rb", 0)
         )
 
         async def close_stdin() -> None:

@@ -26,6 +26,7 @@ from offload.hook.keep import Keep
 from offload.hook.remote import error_message
 from offload.hook.run import answer
 from offload.hook.wire import (
+    CountingReader,
     HookIO,
     Reply,
     Turn,
@@ -75,7 +76,9 @@ def _context(hook: Hook, preamble: Mapping[str, str], keep: Keep) -> HookContext
 
 async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
     """Answer ``hook``'s requests; its exit code (that of the build it accepted, else 0)."""
-    preamble = await read_settings(hook.reader)
+    counted = CountingReader(hook.reader)
+    preamble = await read_settings(counted)
+    hook.io.settings_read(counted.count)
     context: HookContext | None = None
     problem: OffloadError | None = None
     try:

@@ -32,6 +32,7 @@ from offload.store.path import StorePath, split_name_version
 
 __all__ = [
     "Accepted",
+    "CountingReader",
     "HookIO",
     "Reply",
     "TryRequest",
@@ -87,6 +88,19 @@ def verbosity(argv: list[str]) -> int:
     return 3
 
 
+class CountingReader:
+    """``reader``, counting the bytes read through it."""
+
+    def __init__(self, reader: ByteReader) -> None:
+        self.reader = reader
+        self.count = 0
+
+    async def readexactly(self, n: int) -> bytes:
+        data = await self.reader.readexactly(n)
+        self.count += len(data)
+        return data
+
+
 async def read_settings(reader: ByteReader) -> dict[str, str]:
     # Constant descriptions: this runs once per derivation Nix sends away, ~90 settings each.
     settings: dict[str, str] = {}
@@ -140,6 +154,7 @@ class Turn(Enum):
     """Whose turn it is in the hook's talk with Nix, as ``HookIO.on_turn`` is told it."""
 
     ASKED = "asked"  # a try was read: Nix waits for the reply
+    REPLYING = "replying"  # a decline or postpone is being written: Nix may have it or not
     ANSWERED = "answered"  # declined or postponed: Nix waits for nothing until its next try
     ACCEPTED = "accepted"  # about to accept: Nix waits for the build's end
 
@@ -150,18 +165,25 @@ class HookIO:
     and ``log``, fd 4 (the build log). Writers, so one coordinator can serve many hooks.
     ``accepted``: a build was accepted on them; Nix reads no other reply after that.
     ``on_turn``: told each ``Turn``, so the hook process knows whether Nix waits for a reply
-    and can give one itself should the coordinator die (``offload.hook.client``). A reply is
-    told after it is written (told first, a death in between would leave Nix waiting), an
-    accept just before (after it, Nix reads only ``@nix`` lines)."""
+    and can give one itself, or have a new coordinator give it, should the coordinator die
+    (``offload.hook.client``). A reply is told before it is written and after (told only
+    after, a death in between would leave Nix waiting or answer one try twice), an accept
+    just before (after it, Nix reads only ``@nix`` lines). ``on_settings``: told the settings
+    preamble's length in bytes once it is read."""
 
     err: Sink
     log: Sink
     accepted: bool = False
     on_turn: Callable[[Turn], None] | None = None
+    on_settings: Callable[[int], None] | None = None
 
     def turn(self, turn: Turn) -> None:
         if self.on_turn is not None:
             self.on_turn(turn)
+
+    def settings_read(self, size: int) -> None:
+        if self.on_settings is not None:
+            self.on_settings(size)
 
     @classmethod
     def of_fds(cls, err: int = 2, log: int = 4) -> HookIO:
@@ -191,6 +213,8 @@ def write_reply(io: HookIO, reply: Reply, machine: str | None = None) -> None:
         text += machine.replace("\n", " ") + "\n"
         io.accepted = True
         io.turn(Turn.ACCEPTED)
+    else:
+        io.turn(Turn.REPLYING)
     io.err(text.encode())
     if reply is not Reply.ACCEPT:
         io.turn(Turn.ANSWERED)
