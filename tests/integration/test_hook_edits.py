@@ -29,12 +29,13 @@ from tests.helpers.hook_runs import (
     hook_env,
     leaves,
     nix_build,
+    nix_build_argv,
     outputs,
     start_nix_build,
 )
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import wait_for
-from tests.helpers.processes import stop
+from tests.helpers.processes import start, stop
 
 # he1 is the faster: a derivation goes there first whenever it can.
 edit_fleet = private_fleet_fixture(
@@ -93,6 +94,40 @@ def test_more_jobs_given_to_a_builder_are_used_by_the_live_coordinator(
     assert [Path(path).read_text().strip() for path in outputs(done)] == ["met", "met"]
     assert "held by another client" not in done.stderr
     assert len(coordinator_pids(tmp_path / "state")) == 1  # the same coordinator did both
+
+
+def _serve_sessions(fleet: Fleet, name: str) -> int:
+    return sum("nix-store --serve" in cmd for _, cmd in member_processes(fleet.member(name)))
+
+
+def test_a_build_on_a_line_edited_meanwhile_lets_its_slot_go_at_once(
+    edit_fleet: Fleet, tmp_path: Path
+) -> None:
+    # x builds on he1 under its old line (1 job) while a nix-build on the new line (2 jobs)
+    # runs: once x ends, its session held one of he1's slots LINGER (1 s) more for a next
+    # build under a line no longer read, so the new line's second build waited for it. Now it
+    # closes with its build, before the hook's nix-build ends.
+    one = member_line(edit_fleet, "he1")
+    go = tmp_path / "go"
+    script = f"i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done"
+    x = nix_file(tmp_path, f'[ (mk "x" "{script}; echo > $out" {{}}) ]\n', name="x.nix")
+    argv = nix_build_argv(x, _machines(tmp_path, one), "-j0")
+    env = hook_env(edit_fleet, tmp_path)
+    first = start(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _serve_sessions(edit_fleet, "he1") == 1, 60, "x's session on he1")
+        (tmp_path / "two").mkdir()
+        two = _machines(tmp_path / "two", _columns(one, c3="2"))
+        outputs(nix_build(edit_fleet, tmp_path, nix_file(tmp_path, leaves(1)), "-j0", builders=two))
+        wait_for(
+            lambda: _serve_sessions(edit_fleet, "he1") == 1, 30, "the new line's session to end"
+        )
+        go.touch()
+        _, err = first.communicate(timeout=120)
+    finally:
+        stop(first)
+    assert first.returncode == 0, err
+    assert _serve_sessions(edit_fleet, "he1") == 0  # not lingering: the slot is free
 
 
 def test_a_host_key_pinned_anew_is_checked_by_the_live_coordinator(

@@ -33,6 +33,7 @@ in the daemon's protocol (``offload.transport.dialect``), the rest in serve.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import time
@@ -108,6 +109,9 @@ class BuilderLinks:
         self._lent: weakref.WeakSet[StoreClient] = weakref.WeakSet()
         # What each builder's slots were last found to be (``offload.slot_fallback``).
         self._recorded: dict[str, str | None] = {}
+        # Links of a builder's older line (``_retire``), and those being closed.
+        self._retired: list[Link] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _link(self, machine: Machine, env: Mapping[str, str]) -> tuple[SharedSshTransport, Link]:
         params = tuple(sorted(machine.params.items()))
@@ -120,6 +124,7 @@ class BuilderLinks:
         key: tuple[object, ...] = (machine.name, machine.uri, params, target, machine.max_jobs)
         key += (env.get("SSH_AUTH_SOCK"), env.get("NIX_SSHOPTS"))
         if key not in self._links:
+            self._retire(key)
             transport = SharedSshTransport(
                 target,
                 name=machine.name,
@@ -141,6 +146,22 @@ class BuilderLinks:
                 )
             self._links[key] = (transport, link)
         return self._links[key]
+
+    def _retire(self, key: tuple[object, ...]) -> None:
+        """Retire the links made for an older line of the builder ``key`` names (for the same
+        client environment): their sessions between builds close now, not ``LINGER`` s later,
+        so that the new line's slot count holds at once (an old session would hold one of the
+        builder's slots meanwhile); the builds under way on them end there. Each is closed once
+        no session of it is left."""
+        for old in [k for k in self._links if k[0] == key[0] and k[-2:] == key[-2:]]:
+            _, link = self._links.pop(old)
+            link.retire()
+            self._retired.append(link)
+        for link in [link for link in self._retired if not link.open_sessions]:
+            self._retired.remove(link)
+            task = asyncio.get_running_loop().create_task(link.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     @contextlib.asynccontextmanager
     async def session(
@@ -225,6 +246,10 @@ class BuilderLinks:
 
     async def aclose(self) -> None:
         self._answered.clear()
-        links, self._links = list(self._links.values()), {}
-        for _, link in links:
+        links, self._links = [link for _, link in self._links.values()], {}
+        links += self._retired
+        self._retired = []
+        for link in links:
             await link.aclose()
+        if self._closing:
+            await asyncio.wait(set(self._closing))

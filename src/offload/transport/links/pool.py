@@ -172,6 +172,7 @@ class Link:
         self._warming: set[asyncio.Future[None]] = set()  # build sessions opening ahead
         self._teardowns: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._retired = False  # ``retire``: no session is kept after its build
 
     async def __aenter__(self) -> Self:
         return self
@@ -249,11 +250,13 @@ class Link:
             await self._discard(session, kill=not session.client.usable)
             raise
         session.logs.sink = None
+        reusable = session.client.usable and session.pipes.alive()
+        reusable = reusable and not (self._closed or self._retired)
         if session.teardown is not None:
             await wait_teardown(session.teardown)  # cancelled while lent
-        elif session.client.usable and session.pipes.alive() and not self._closed and keep:
+        elif reusable and keep:
             self._idle.append(session)
-        elif session.client.usable and session.pipes.alive() and not self._closed and linger:
+        elif reusable and linger:
             if time.monotonic() - session.opened < TURN:
                 self._linger(session)
             else:  # its turn is over: the slot goes back to the builder (``TURN``)
@@ -368,6 +371,16 @@ class Link:
         if session is None:
             return
         await self._discard(session, kill=True)
+
+    def retire(self) -> None:
+        """Its builder's line changed (a new link stands for it): the sessions between builds
+        close now, their builder-side slots with them, and each lent one after its build."""
+        self._retired = True
+        for timer in self._lingering.values():
+            timer.cancel()
+        for session in [*self._idle, *self._lingering]:
+            _ = self._discard_later(session, kill=False)
+        self._lingering.clear()
 
     async def aclose(self) -> None:
         """Close every session (stopping remote processes of any still lent), then the transport;
