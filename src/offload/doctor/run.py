@@ -53,6 +53,26 @@ _THROUGHPUT_BYTES = 8 << 20
 # another user's ~/.config/nix (NIX_USER_CONF_FILES empty on Nix 2.4+, XDG_CONFIG_HOME on 2.3).
 _NO_SESSION = ["env", "-u", "NIX_CONFIG"]
 _NO_USER_FILES = ["NIX_USER_CONF_FILES=", "XDG_CONFIG_HOME=/nonexistent"]
+# And NIX_CONF_DIR is the daemon's, not the session's (a shell's profile may set it for the
+# user's own Nix): read from the running daemon's environment where it may be read (root: the
+# nix-daemon in this mount namespace, not a `nix-daemon --stdio` of an ssh session), else from
+# its systemd unit (`systemctl show`, open to every user), else unset: Nix's default, /etc/nix.
+# Then the command given runs with it.
+_DAEMON_CONF_DIR = (
+    "d=; f=; m=$(readlink /proc/self/ns/mnt 2>/dev/null); "
+    "for p in /proc/[0-9]*; do "
+    '{ read -r c <"$p/comm"; } 2>/dev/null || continue; [ "$c" = nix-daemon ] || continue; '
+    '[ -n "$m" ] && [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$m" ] || continue; '
+    "case $(tr '\\0' ' ' <\"$p/cmdline\" 2>/dev/null) in *--stdio*) continue ;; esac; "
+    "e=$(tr '\\0' '\\n' <\"$p/environ\" 2>/dev/null) || continue; "
+    "d=$(printf '%s\\n' \"$e\" | sed -n 's/^NIX_CONF_DIR=//p' | head -n 1); f=1; break; "
+    "done; "
+    'if [ -z "$f" ] && command -v systemctl >/dev/null 2>&1; then '
+    "for w in $(systemctl show -p Environment --value nix-daemon.service 2>/dev/null); do "
+    "case $w in NIX_CONF_DIR=*) d=${w#NIX_CONF_DIR=} ;; esac; done; fi; "
+    'if [ -n "$d" ]; then NIX_CONF_DIR=$d; export NIX_CONF_DIR; else unset NIX_CONF_DIR; fi; '
+    'exec "$@"'
+)
 
 
 async def diagnose(machines: Sequence[Machine], options: DoctorOptions) -> list[MachineReport]:
@@ -262,14 +282,16 @@ class _Probe(LoginProbe):
         self, link: MachineLink, *, daemon_for: str | None = None
     ) -> tuple[dict[str, str] | None, str]:
         """``nix show-config`` there, as the ssh user's Nix reads it; with ``daemon_for`` (the
-        ssh user), as the nix-daemon reads it: without the session's NIX_CONFIG, and without
-        the user's own files unless the user is root, whose files the daemon reads too."""
+        ssh user), as the nix-daemon reads it: in the daemon's NIX_CONF_DIR, without the
+        session's NIX_CONFIG, and without the user's own files unless the user is root, whose
+        files the daemon reads too."""
         # JSON needs the nix-command feature on Nix 2.4-2.x; Nix 2.3 knows neither the flag nor
         # JSON but prints `name = value` lines.
         error = ""
         prefix: list[str] = []
         if daemon_for is not None:
-            prefix = [*_NO_SESSION, *([] if daemon_for == "root" else _NO_USER_FILES)]
+            own = [] if daemon_for == "root" else _NO_USER_FILES
+            prefix = ["sh", "-c", _DAEMON_CONF_DIR, "sh", *_NO_SESSION, *own]
         for argv in (
             ["nix", "--extra-experimental-features", "nix-command", "show-config", "--json"],
             ["nix", "show-config"],
