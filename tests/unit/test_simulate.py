@@ -211,6 +211,18 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert sum(m["built"] for m in out["machines"]) == 5
 
 
+def test_cli_json_of_an_empty_graph_says_its_work_as_a_float(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As every other graph's, and as offload built compiled (setup.py) says it: a float, 0.0.
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"nodes": []}')
+    assert _cli([str(empty), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"total_work": 0.0,' in out
+    assert '"critical_path": 0.0,' in out
+
+
 def test_cli_text_and_default_machines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli([str(_dag_file(tmp_path))]) == 0
     out = capsys.readouterr().out

@@ -208,7 +208,8 @@ class JobGraph:
         return max(end, default=0.0)
 
     def total_work(self) -> float:
-        return sum(self._work)
+        # 0.0 for no jobs, not sum()'s int 0: compiled (mypyc) it is a float whatever it sums.
+        return sum(self._work, 0.0)
 
     @property
     def work_left(self) -> float:
