@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "src", "bin")
 
 
+def scheduler_compiled() -> bool:
+    """Is the scheduler this process imports the compiled build (its policy a C extension)?
+    A test that patches a method of a compiled class sees no call from compiled code."""
+    from offload.scheduler.policy import core
+
+    return not (core.__file__ or "").endswith(".py")
+
+
 def copy_source(dest: Path) -> Path:
     """What a build of offload reads, copied to ``dest/source`` (bytecode caches left out)."""
     source = dest / "source"
