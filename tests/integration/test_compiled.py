@@ -134,3 +134,30 @@ def test_a_compiled_build_without_mypy_says_what_it_needs(tmp_path: Path) -> Non
     (line,) = [ln for ln in done.stderr.splitlines() if "OFFLOAD_USE_MYPYC" in ln]
     assert "install mypy there and build with pip's --no-build-isolation" in line
     assert "Traceback" not in done.stderr
+
+
+def _prepare_compiled(source: Path) -> subprocess.CompletedProcess[str]:
+    """setup.py run as a build's metadata step, compiled: mypyc type-checks and writes C."""
+    build = "from setuptools import build_meta; build_meta.prepare_metadata_for_build_wheel('.')"
+    return subprocess.run(
+        [sys.executable, "-c", build],
+        env=dict(os.environ, OFFLOAD_USE_MYPYC="1"),
+        cwd=source, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_the_compiled_build_checks_types_not_the_lint(tmp_path: Path) -> None:
+    # A Nix build has nixpkgs' mypy, not the one make lint pins: what another mypy's strict lint
+    # may add about a module the compiled ones import (here strict's unused-ignore) is no error.
+    source = copy_source(tmp_path)
+    with (source / "src/offload/errors.py").open("a") as errors:
+        errors.write("\n_LINT: int = 1  # type: ignore[assignment]\n")
+    done = _prepare_compiled(source)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (source / "build/__native_offload_scheduler.c").exists()
+    # A type error in what it compiles still stops it: the C would check the wrong type.
+    with (source / "src/offload/scheduler/dag.py").open("a") as dag:
+        dag.write('\n_WRONG: int = "a"\n')
+    done = _prepare_compiled(source)
+    assert done.returncode != 0
+    assert "dag.py" in done.stdout + done.stderr
