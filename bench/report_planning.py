@@ -47,8 +47,8 @@ def planning_body(results: Mapping[str, Any], _plots: Mapping[str, str]) -> list
                 f"`{results['planning'].get('function', PLAN_COST)}`. "
                 "Time from an untraced run, peak memory from a second run under tracemalloc. "
                 "That run has no transfer costs; `offload build` plans with input moves "
-                "(`InputMoves`), which scores every eligible machine per placement: the last "
-                "column times that (`bench.plan_moves`). The last column times it again with "
+                "(`InputMoves`), which scores every eligible machine per placement: the fourth "
+                "column times that (`bench.plan_moves`). The fifth times it again with "
                 "offload built compiled (`setup.py` with `OFFLOAD_USE_MYPYC=1`: mypyc, the same "
                 "source and decisions), as the Nix package builds it; the target is judged on "
                 "that column where it was measured, else on the one before."
@@ -61,8 +61,18 @@ def planning_body(results: Mapping[str, Any], _plots: Mapping[str, str]) -> list
             "|---|---|---|---|---|---|",
         ]
         lines.extend(_row(run) for run in results["planning"]["runs"])
-        lines += ["", f"Status: {planning.verdict}."]
+        lines += ["", f"Status: {planning.verdict}.", *_compiled_errors(results["planning"])]
     return lines
+
+
+def _compiled_errors(section: Mapping[str, Any]) -> list[str]:
+    """Why the compiled column is empty where it failed: the build, or a size's run."""
+    said = [("the compiled build", section.get("compiled_error"))]
+    said += [
+        (f"{int(r['nodes']):,} nodes compiled", r.get("compiled_error")) for r in section["runs"]
+    ]
+    lines = [f"- {what} failed: {' '.join(str(why).split())}" for what, why in said if why]
+    return ["", *lines] if lines else []
 
 
 def _row(run: Mapping[str, Any]) -> str:

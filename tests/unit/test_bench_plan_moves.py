@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 from bench.plan_moves import SimulatedMoves, moves_cost
 from bench.report_planning import planning_body, planning_targets
+from bench.sections_plan import _plan
 
 from offload.names import LOCAL
 from offload.scheduler.dag import Job
@@ -65,3 +67,21 @@ def test_the_planning_table_shows_the_input_moves_column() -> None:
     assert "Status: meets target." in text
     (row,) = planning_targets({"planning": compiled})
     assert "| 1.52 s, 31 MiB compiled (interpreted 2.71 s) | meets target |" in row
+
+
+def test_a_failed_compiled_run_keeps_the_interpreted_figures(tmp_path: Path) -> None:
+    # A build whose offload does not import: the compiled run fails, the rest was measured.
+    broken = tmp_path / "site" / "offload"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('this build is broken')\n")
+    section: dict[str, Any] = {"machines": 100, "runs": []}
+    _plan(1000, broken.parent, section)
+    (run,) = section["runs"]
+    assert run["status"] == "ok"
+    assert run["input_moves_seconds"] > 0
+    assert run["seconds"] > 0
+    assert run["compiled_moves_seconds"] is None
+    assert run["compiled_error"] == "ImportError: this build is broken"
+    text = "\n".join(planning_body({"planning": section}, {}))
+    assert "| 1,000 |" in text
+    assert "- 1,000 nodes compiled failed: ImportError: this build is broken" in text
