@@ -29,7 +29,10 @@ def extensions() -> list[object]:
     if os.environ.get("OFFLOAD_USE_MYPYC") != "1":
         return []
     if "editable_wheel" in sys.argv:
-        sys.exit("OFFLOAD_USE_MYPYC=1: an editable install is never compiled (setup.py says why)")
+        sys.exit(
+            "OFFLOAD_USE_MYPYC=1: an editable install is never compiled (a compiled module would"
+            " hide later edits of its source); install without -e, or unset OFFLOAD_USE_MYPYC"
+        )
     try:
         from mypyc.build import mypycify
     except ImportError:
