@@ -328,3 +328,48 @@ def test_a_state_directory_that_cannot_be_used_costs_no_build(
     assert "no coordinator" not in done.stderr
     assert "internal error" not in done.stderr
     assert state.is_dir() or state.read_text() == ""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to kill at a syscall")
+def test_a_coordinator_killed_as_it_reads_a_try_still_has_it_decided(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # As the between-derivations test, but the coordinator dies once it read b's try from its
+    # pipe and before it told the hook process so (strace kills it as it sends). The new
+    # coordinator, handed only the settings, waited for a try Nix had already sent, and Nix for
+    # its reply: nix-build hung for ever.
+    shared = Path(tempfile.mkdtemp(prefix="ohf", dir="/tmp"))
+    shared.chmod(0o777)
+    wait = f"i=0; while [ ! -e {shared}/go ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done"
+    body = (
+        f'let a = mk "a" "/bin/touch {shared}/a; {wait}; echo > $out" {{}}; in '
+        'mk "b" "/bin/cat ${a} > $out" {}\n'
+    )
+    proc = start_nix_build(hook_fleet, tmp_path, nix_file(tmp_path, body), "-j1", output=False)
+    state = tmp_path / "state"
+    tracer = None
+    try:
+        wait_for((shared / "a").exists, 60, "a to build here")
+        (pid,) = coordinator_pids(state)
+        # Killed as it next sends on a socket (on that call's entry: nothing sent), telling the
+        # hook process what it read of b's try: the first thing it reads and says meanwhile.
+        argv = ["strace", "-qq", "-o", "/dev/null", "-p", str(pid)]
+        tracer = start([*argv, "-e", "trace=read,sendto", "-e", "inject=sendto:signal=KILL"])
+        wait_for(lambda: _traced(pid), 30, "strace to attach")
+        (shared / "go").touch()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+        if tracer is not None:
+            stop(tracer)
+        shutil.rmtree(shared)
+    assert proc.returncode == 0, err
+    said = [line for line in err.splitlines() if "the coordinator" in line]
+    assert said == [TAKEN_OVER], err
+
+
+def _traced(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("TracerPid:")) != (
+        "TracerPid:\t0"
+    )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import socket
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +18,6 @@ from offload.hook.client import (
     ANSWERED,
     ASKED,
     HELLO_MAGIC,
-    INPUT,
     REPLYING,
     SETTINGS,
     send_hello,
@@ -264,18 +265,58 @@ SETTINGS_READ = b"S" * 24
 TRY = b"T" * 16
 
 
-def _read(data: bytes) -> bytes:
-    """What the coordinator tells of ``data`` read from Nix's stdin."""
-    return INPUT + len(data).to_bytes(4, "big") + data
+def _forwarded(fd: int, size: int) -> bytes:
+    """``size`` bytes the hook forwards into ``fd``; fewer if it forwards none for 10 s."""
+    read = b""
+    while len(read) < size and select.select([fd], [], [], 10)[0]:
+        if not (chunk := os.read(fd, size - len(read))):
+            break
+        read += chunk
+    return read
 
 
-def _told(*turns: bytes) -> bytes:
-    """The coordinator read the settings and a try (together, as Nix sends the first), then
-    told ``turns``."""
-    return (
-        b"+" + _read(SETTINGS_READ + TRY) + SETTINGS + len(SETTINGS_READ).to_bytes(4, "big")
-        + b"".join(turns)
-    )  # fmt: skip
+def _gone_after_reading(
+    pair: tuple[socket.socket, socket.socket],
+    nix_stdin: int,
+    turns: tuple[bytes, ...],
+    successor: Callable[[], socket.socket] | None = None,
+    next_try: bytes = b"",
+) -> int | None:
+    """What the hook returns when Nix wrote the settings and a try (together, as it sends the
+    first) and its coordinator took the pipes, read both from the one the hook forwards them
+    into, told the settings' length and ``turns``, and is gone. With ``next_try``, Nix writes
+    it once those turns are told (the last, a reply being written) and the coordinator tells
+    the reply written and reads it before it goes."""
+    hook, coordinator = pair
+    said = SETTINGS_READ + TRY
+    os.write(nix_stdin, said)
+    read: list[bytes] = []
+
+    def coordinate() -> None:
+        hello = asyncio.run(_receive(coordinator))
+        assert hello is not None
+        try:
+            coordinator.setblocking(True)
+            coordinator.sendall(b"+")
+            read.append(_forwarded(hello.fds[0], len(said)))
+            coordinator.sendall(SETTINGS + len(SETTINGS_READ).to_bytes(4, "big"))
+            coordinator.sendall(b"".join(turns))
+            if next_try:
+                os.write(nix_stdin, next_try)  # Nix read the reply, and asks again at once
+                coordinator.sendall(ANSWERED)
+                read.append(_forwarded(hello.fds[0], len(next_try)))
+        finally:
+            for fd in hello.fds.values():
+                os.close(fd)
+            coordinator.shutdown(socket.SHUT_WR)  # gone without the exit code
+
+    thread = threading.Thread(target=coordinate)
+    thread.start()
+    try:
+        return served(hook, successor=successor)
+    finally:
+        thread.join()
+        assert read == [said, next_try] if next_try else [said]
 
 
 @pytest.mark.parametrize(
@@ -283,10 +324,10 @@ def _told(*turns: bytes) -> bytes:
     [((ASKED,), SETTINGS_READ + TRY), ((ASKED, REPLYING, ANSWERED), SETTINGS_READ)],
     ids=["nix-waits-for-a-reply", "between-tries"],
 )
-@pytest.mark.usefixtures("nix_stdin")
 def test_a_coordinator_gone_before_an_accept_is_taken_over_with_what_nix_said(
     pair: tuple[socket.socket, socket.socket],
     capsys: pytest.CaptureFixture[str],
+    nix_stdin: int,
     turns: tuple[bytes, ...],
     replay: bytes,
 ) -> None:
@@ -295,7 +336,7 @@ def test_a_coordinator_gone_before_an_accept_is_taken_over_with_what_nix_said(
     new_hook, new_coordinator = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with new_coordinator:
         new_coordinator.sendall(b"+0\n")
-        assert _gone_after(pair, _told(*turns), successor=lambda: new_hook) == 0
+        assert _gone_after_reading(pair, nix_stdin, turns, successor=lambda: new_hook) == 0
         new_coordinator.setblocking(False)
         hello = asyncio.run(_receive(new_coordinator))
     assert hello is not None
@@ -305,14 +346,36 @@ def test_a_coordinator_gone_before_an_accept_is_taken_over_with_what_nix_said(
     assert capsys.readouterr().err == TAKEN_OVER
 
 
-@pytest.mark.usefixtures("nix_stdin")
 def test_a_coordinator_gone_while_writing_a_reply_is_not_taken_over(
-    pair: tuple[socket.socket, socket.socket], capsys: pytest.CaptureFixture[str]
+    pair: tuple[socket.socket, socket.socket],
+    capsys: pytest.CaptureFixture[str],
+    nix_stdin: int,
 ) -> None:
     # Nix may have the reply: a new coordinator answering the try again would give Nix two
     # replies for one try, the second read as the next try's.
     def successor() -> socket.socket:
         raise AssertionError("taken over")
 
-    assert _gone_after(pair, _told(ASKED, REPLYING), successor=successor) == 1
+    assert _gone_after_reading(pair, nix_stdin, (ASKED, REPLYING), successor=successor) == 1
     assert capsys.readouterr().err == f"# postpone\n{STOPPED}\n"
+
+
+def test_a_try_nix_sends_as_a_reply_is_told_written_is_kept_for_a_new_coordinator(
+    pair: tuple[socket.socket, socket.socket],
+    capsys: pytest.CaptureFixture[str],
+    nix_stdin: int,
+) -> None:
+    # Nix may read a reply and send its next try before the hook process hears the reply was
+    # written: that try is not the one answered, and a new coordinator must have it.
+    new_hook, new_coordinator = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with new_coordinator:
+        new_coordinator.sendall(b"+0\n")
+        turns = (ASKED, REPLYING)
+        assert _gone_after_reading(pair, nix_stdin, turns, lambda: new_hook, b"N" * 20) == 0
+        new_coordinator.setblocking(False)
+        hello = asyncio.run(_receive(new_coordinator))
+    assert hello is not None
+    assert hello.replay == SETTINGS_READ + b"N" * 20
+    for fd in hello.fds.values():
+        os.close(fd)
+    assert capsys.readouterr().err == TAKEN_OVER

@@ -7,16 +7,21 @@ little as it can and imports only the standard library: it connects to the user'
 (``offload.hook.coordinator``) over a Unix socket in the state directory, passes it its stdin,
 stderr and fd 4 (``SCM_RIGHTS``) with its arguments, environment and parent's pid, and waits
 for one line, the exit code, which it exits with. The coordinator speaks the hook protocol on
-those pipes; Nix cannot tell the difference. Before the exit code it tells this process what
-it needs should the coordinator die: each turn of that talk (a try read, a reply about to be
-written and written, an accept about to be), a byte each; every byte it read from Nix's stdin
-until it accepts (``INPUT``, as read, before it parses them); and where the settings preamble
-ends (``SETTINGS``). So when the coordinator dies before an accept (killed, crashed), this
-process starts a new one and hands it the pipes with what Nix said that no reply has answered
-yet: the settings, and the try Nix waits on, if any (``RESUME_MAGIC``). The new coordinator
-decides that derivation again: with ``-j 0`` Nix has no other way to build it. This is done
-once per hook process. When it cannot be (the death came with a reply half written, before
-the settings were read, a second time, or no coordinator starts), the hook does what it did
+those pipes; Nix cannot tell the difference. All but stdin: that one this process keeps and
+forwards (``_forward``) into a pipe it hands over in its place, keeping a copy of each byte
+until it is answered, because a byte the coordinator read is gone from the pipe: one that
+died between reading Nix's try and saying so took the try with it, and Nix waited for a reply
+to it for ever. Before the exit code the coordinator tells this process each turn of that
+talk (a try read, a reply about to be written and written, an accept about to be), a byte
+each, and where the settings preamble ends (``SETTINGS``). This process reads Nix's stdin only
+while Nix waits for nothing (before a try is read, not until its reply is told written), and
+what the coordinator told first: so a reply told written answers every byte after the
+settings forwarded until then. When the coordinator dies before an accept (killed, crashed),
+this process starts a new one and hands it the pipes with what Nix said that no reply has
+answered yet: the settings, and the try Nix waits on, if any (``RESUME_MAGIC``). The new
+coordinator decides that derivation again: with ``-j 0`` Nix has no other way to build it.
+This is done once per hook process. When it cannot be (the death came with a reply half
+written, a second time, or no coordinator starts), the hook does what it did
 before: when Nix waits for a reply it answers ``# postpone`` (Nix asks again, finds this hook
 gone and builds the derivation itself), between tries it says why it ends, and after an
 accept it says so as Nix reads a hook's lines then (the build failed). Before a reply or a
@@ -54,7 +59,6 @@ __all__ = [
     "ASKED",
     "HELLO_FDS",
     "HELLO_MAGIC",
-    "INPUT",
     "REPLYING",
     "RESUME_MAGIC",
     "SETTINGS",
@@ -81,9 +85,7 @@ REPLYING = b"r"  # a decline or postpone is being written: whether Nix has it is
 ANSWERED = b"n"  # declined or postponed (written): Nix waits for nothing until its next try
 ACCEPTED = b"a"  # about to write "# accept": Nix waits for the build's end
 _TURN_BYTES = ASKED + REPLYING + ANSWERED + ACCEPTED
-# And what it read: bytes from Nix's stdin (4-byte length, then them), and the settings
-# preamble's length in them (4 bytes) once it has been read.
-INPUT = b"i"
+# And the settings preamble's length in Nix's stdin (4 bytes) once it has been read.
 SETTINGS = b"s"
 # The coordinator is told once it took over.
 _TAKEN_OVER = (
@@ -216,22 +218,54 @@ def send_hello(
         sock.sendall(len(resume).to_bytes(4, "big") + resume)
 
 
-def _hand_over(sock: _socket.socket, env: dict[str, str], resume: bytes | None) -> bool:
-    """Pass our pipes and context; True once the coordinator has taken them."""
+def _hand_over(sock: _socket.socket, env: dict[str, str], resume: bytes | None) -> int | None:
+    """Pass our pipes and context: the write end of the pipe handed over for stdin once the
+    coordinator has taken them, else None."""
     pipes = {fd: fd for fd in HELLO_FDS if _is_open(fd)}
-    send_hello(sock, pipes, sys.argv, env, os.getppid(), resume=resume)
-    return sock.recv(1) == b"+"
+    forward = None
+    if 0 in pipes:
+        pipes[0], forward = os.pipe()
+    try:
+        send_hello(sock, pipes, sys.argv, env, os.getppid(), resume=resume)
+        taken = sock.recv(1) == b"+"
+    except BaseException:
+        if forward is not None:
+            os.close(forward)
+        raise
+    finally:
+        if forward is not None:
+            os.close(pipes[0])
+    if not taken:
+        if forward is not None:
+            os.close(forward)
+        return None
+    return -1 if forward is None else forward
 
 
 class _Heard:
-    """What the coordinator told of its talk with Nix: the last turn, and what it read from
-    Nix that no reply has answered yet (the settings preamble first, kept throughout)."""
+    """What the coordinator told of its talk with Nix, the last turn, and what Nix said that
+    no reply has answered yet (the settings preamble first, kept throughout); ``said``, what a
+    coordinator was handed before Nix's pipe."""
 
-    def __init__(self) -> None:
+    def __init__(self, said: bytes = b"") -> None:
         self.turn = b""
-        self.unanswered = bytearray()
+        self.unanswered = bytearray(said)
         self.settings: int | None = None  # the preamble's length, once it was read
         self.lost = False  # bytes were dropped that a new coordinator would need
+
+    @property
+    def nix_may_send(self) -> bool:
+        """Nix waits for no reply: what it writes now is a new try (or an accepted build's)."""
+        return self.turn not in {ASKED, REPLYING}
+
+    def forwarded(self, data: bytes) -> None:
+        if self.turn != ACCEPTED:  # after an accept, nothing is handed to another coordinator
+            self.unanswered += data
+
+    @property
+    def try_pending(self) -> bool:
+        """Nix sent a try that no reply answered."""
+        return len(self.unanswered) > (self.settings or 0)
 
     def take(self, data: bytes) -> tuple[bytes, int | None]:
         """Take the whole records at the start of ``data``: the rest (a record cut short) and
@@ -241,17 +275,10 @@ class _Heard:
             if kind in _TURN_BYTES:
                 self._turn(kind)
                 data = data[1:]
-            elif kind in INPUT + SETTINGS:
+            elif kind == SETTINGS:
                 if len(data) < 5:
                     break
-                size = int.from_bytes(data[1:5], "big")
-                if kind == SETTINGS:
-                    self.settings, data = size, data[5:]
-                    continue
-                if len(data) < 5 + size:
-                    break
-                self.unanswered += data[5 : 5 + size]
-                data = data[5 + size :]
+                self.settings, data = int.from_bytes(data[1:5], "big"), data[5:]
             elif data.endswith(b"\n"):
                 return b"", int(data)
             else:
@@ -303,12 +330,13 @@ def served(
     over (with ``resume``, what Nix said before), else its failure is ours."""
     env = dict(os.environ) if env is None else env
     try:
-        if not _hand_over(sock, env, resume):
-            return None
+        forward = _hand_over(sock, env, resume)
     except ConnectionError:
         return None
-    heard = _Heard()
-    code = _wait_for_code(sock, heard)
+    if forward is None:
+        return None
+    heard = _Heard(resume or b"")
+    code = _wait_for_code(sock, heard, forward)
     if code is not None:
         return code
     replay = heard.resume()
@@ -316,24 +344,58 @@ def served(
         code = _take_over(successor, env, replay)
         if code is not None:
             return code
-    _say_stopped(heard.turn)
+    _say_stopped(heard)
     return 1
 
 
-def _wait_for_code(sock: _socket.socket, heard: _Heard) -> int | None:
-    """The exit code; None if the coordinator died first (``heard`` says how far it got)."""
+def _wait_for_code(sock: _socket.socket, heard: _Heard, forward: int) -> int | None:
+    """The exit code; None if the coordinator died first (``heard`` says how far it got).
+    Meanwhile Nix's stdin goes to ``forward`` (-1: there is none), read only once what the
+    coordinator told is (``_forward``); closed at its end, as Nix's own was seen closed."""
+    import select
+
     data = b""
-    while True:
-        data, code = heard.take(data)
-        if code is not None:
-            return code
-        try:
-            chunk = sock.recv(1 << 16)
-        except ConnectionError:
-            chunk = b""
-        if not chunk:
-            return None
-        data += chunk
+    try:
+        while True:
+            data, code = heard.take(data)
+            if code is not None:
+                return code
+            watched = [sock.fileno()]
+            if forward >= 0 and heard.nix_may_send:
+                watched.append(0)
+            ready = select.select(watched, [], [])[0]
+            if sock.fileno() in ready:  # first: a reply Nix read was told before it was written
+                try:
+                    chunk = sock.recv(1 << 16)
+                except ConnectionError:
+                    chunk = b""
+                if not chunk:
+                    return None
+                data += chunk
+            elif forward >= 0 and not _forward(heard, forward):
+                os.close(forward)
+                forward = -1
+    finally:
+        if forward >= 0:
+            os.close(forward)
+
+
+def _forward(heard: _Heard, forward: int) -> bool:
+    """Pass on what Nix wrote to our stdin, kept until answered; False at its end."""
+    try:
+        chunk = os.read(0, 1 << 16)
+    except OSError:
+        chunk = b""
+    if not chunk:
+        return False
+    heard.forwarded(chunk)
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[os.write(forward, view) :]
+    except OSError:
+        pass  # the coordinator is gone: what it did not read is kept for the next one
+    return True
 
 
 def _take_over(
@@ -356,13 +418,14 @@ def _take_over(
     return None
 
 
-def _say_stopped(turn: bytes) -> None:
-    """Say the coordinator died, after ``turn`` (none yet: Nix sends a try with the settings,
-    so it waits for a reply); and answer for it when Nix waits for one."""
+def _say_stopped(heard: _Heard) -> None:
+    """Say the coordinator died, after ``heard.turn`` (none yet: Nix sends a try with the
+    settings, so it waits for a reply); and answer for it when Nix waits for one."""
+    turn = heard.turn
     if turn == ACCEPTED:
         sys.stderr.write(_COORDINATOR_STOPPED[True])
         return
-    waits = turn != ANSWERED or _request_unread()
+    waits = turn != ANSWERED or heard.try_pending or _request_unread()
     _refuse_requests()
     sys.stderr.write((_POSTPONE if waits else "") + _COORDINATOR_STOPPED[False])
 

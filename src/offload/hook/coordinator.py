@@ -17,8 +17,9 @@ that buffers, because Nix's single-threaded worker may be waiting for another ho
 while this one's log pipe is full. A hook process that goes away (Nix kills it: its socket
 closes) has its build cancelled, which stops the remote process and removes partial outputs.
 Each hook process is told what it needs to have a new coordinator take over should this one die
-before an accept (``_Told``; ``offload.hook.client``), and a hook that resumes so is served as
-any other, its reader given first what Nix said to the one that died.
+before an accept (``_Told``; ``offload.hook.client``, which forwards Nix's stdin and keeps it),
+and a hook that resumes so is served as any other, its reader given first what Nix said to the
+one that died.
 After ``IDLE_SECONDS`` with no hook (``$OFFLOAD_HOOK_IDLE`` in the environment of the hook that
 started it overrides them), the coordinator closes its sessions and exits; SIGTERM
 does the same at once, cancelling builds under way. Its pid is in ``<state>/<socket>.pid``.
@@ -36,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from offload.hook.client import ACCEPTED, ANSWERED, ASKED, INPUT, REPLYING, SETTINGS
+from offload.hook.client import ACCEPTED, ANSWERED, ASKED, REPLYING, SETTINGS
 from offload.hook.handover import Channels, Hello, open_channels, receive_hello
 from offload.hook.home import sweep_leftovers
 from offload.hook.keep import Keep
@@ -168,14 +169,14 @@ class Coordinator:
             if hello is None:
                 return
             try:
-                # Before the pipes are read: from then on, what is read is told (``_Told``).
+                # Before the pipes are read: from then on, turns are told (``_Told``).
                 await asyncio.get_running_loop().sock_sendall(conn, b"+")
             except OSError:
                 for fd in hello.fds.values():
                     os.close(fd)
                 raise
             told = _Told(conn)
-            channels = await open_channels(hello.fds, replay=hello.replay or b"", echo=told.input)
+            channels = await open_channels(hello.fds, replay=hello.replay or b"")
             channels.io.on_turn = told.turn
             channels.io.on_settings = told.settings
             try:
@@ -210,24 +211,16 @@ _TURNS = {
 
 class _Told:
     """What the hook process is told (``offload.hook.client``), so that should this coordinator
-    die it can have a new one take over, or answer for it: each turn, Nix's stdin as it is read
-    until an accept, and the settings preamble's length. Sent at once, whole: the hook reads
-    them as they come, and nothing else is sent on the socket before the exit code. A send
-    that fails (the hook gone) ends them."""
+    die it can have a new one take over, or answer for it: each turn, and the settings
+    preamble's length. Sent at once, whole: the hook reads them as they come, and nothing else
+    is sent on the socket before the exit code. A send that fails (the hook gone) ends them."""
 
     def __init__(self, conn: socket.socket) -> None:
         self._conn = conn
-        self._echo = True
         self._broken = False
 
     def turn(self, turn: Turn) -> None:
-        if turn is Turn.ACCEPTED:
-            self._echo = False  # the inputs Nix sends now are this build's: no one else's
         self._send(_TURNS[turn])
-
-    def input(self, data: bytes) -> None:
-        if self._echo:
-            self._send(INPUT + len(data).to_bytes(4, "big") + data)
 
     def settings(self, size: int) -> None:
         self._send(SETTINGS + size.to_bytes(4, "big"))

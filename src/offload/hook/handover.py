@@ -11,8 +11,8 @@ settings, and the try Nix waits on, if any). Anything else, or a peer of another
 dropped without a word: only the user's own hook talks here. (Not ``marshal``:
 its lengths are trusted, and four bytes claiming a list of 2^31 items allocate 16 GiB.)
 
-The pipes become a ``StreamReader`` (stdin: every chunk read is given to ``echo`` first, before
-it is parsed) and two buffering write transports (stderr, fd 4):
+The pipes become a ``StreamReader`` (stdin: a pipe the hook process forwards Nix's stdin into,
+``offload.hook.client``) and two buffering write transports (stderr, fd 4):
 a write never blocks the coordinator, however long Nix takes to read (its worker may be
 waiting for another hook's reply meanwhile). Closing them flushes what is buffered first, so
 Nix sees every line before the hook's exit.
@@ -197,23 +197,7 @@ class Channels:
         return 1
 
 
-class _Echoing(asyncio.StreamReaderProtocol):
-    """Nix's stdin: each chunk given to ``echo`` (when there is one) before it is parsed."""
-
-    def __init__(self, reader: asyncio.StreamReader, echo: Sink | None) -> None:
-        super().__init__(reader)
-        self._echo = echo
-
-    @override
-    def data_received(self, data: bytes) -> None:
-        if self._echo is not None:
-            self._echo(data)
-        super().data_received(data)
-
-
-async def open_channels(
-    fds: dict[int, int], *, replay: bytes = b"", echo: Sink | None = None
-) -> Channels:
+async def open_channels(fds: dict[int, int], *, replay: bytes = b"") -> Channels:
     """The hook's pipes as channels; its reader takes ``replay`` before Nix's stdin."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
@@ -222,7 +206,7 @@ async def open_channels(
     closers: list[Callable[[], Awaitable[None]]] = []
     if 0 in fds:
         stdin, _ = await loop.connect_read_pipe(
-            lambda: _Echoing(reader, echo), os.fdopen(fds[0], "rb", 0)
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fds[0], "rb", 0)
         )
 
         async def close_stdin() -> None:
