@@ -484,3 +484,24 @@ def test_with_keep_going_a_copy_whose_twin_failed_is_stopped_and_says_so():
         ("fast", "cancelled", "stopped: another copy failed"),
     }
     assert _untold(events) == set()
+
+
+def test_a_derivation_lost_for_the_last_time_ends_its_copy_once():
+    # a's session hangs up on each builder in turn; the third loss fails a (MAX_LOSSES). That
+    # copy was told twice, "failed" then "lost": history kept two builds for it and the
+    # summary counted it both failed and stopped on its builder.
+    plan, _, _, src = make_plan({"a": []})
+
+    async def dying(build: FakeBuild) -> BuildOutcome | None:
+        raise RuntimeError("killed")
+
+    local = FakeLink(FakeStore("local", [src]))
+    members = [
+        PoolMember(spec(name, speed=speed, slots=1), FakeLink(FakeStore(name, builder=dying)),
+                   remote=True)
+        for name, speed in (("d1", 3), ("d2", 2), ("d3", 1))
+    ]  # fmt: skip
+    report, events = run(plan, members, local, keep_going=True)
+    assert not report.ok
+    ended = [(e.machine, e.status) for e in events if isinstance(e, JobFinished)]
+    assert ended == [("d1", "lost"), ("d2", "lost"), ("d3", "failed")]

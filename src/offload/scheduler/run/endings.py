@@ -49,10 +49,13 @@ class Endings(Stopping):
 
     def _lost(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
         self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
-        if self._losses[drv_path] >= MAX_LOSSES:
-            self._fail(drv_path, machine, outcome, now)
+        # The last loss fails the derivation, and that copy is told as failed, once.
+        failed = self._losses[drv_path] >= MAX_LOSSES and self._fail(
+            drv_path, machine, outcome, now
+        )
         self._machine_failed(machine, outcome.error or "connection lost", now)
-        self._emit_outcome(drv_path, machine, "lost", outcome)
+        if not failed:
+            self._emit_outcome(drv_path, machine, "lost", outcome)
 
     def _returned(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
         if outcome.source is None:
