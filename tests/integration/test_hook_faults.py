@@ -330,7 +330,6 @@ def test_a_state_directory_that_cannot_be_used_costs_no_build(
     assert state.is_dir() or state.read_text() == ""
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to kill at a syscall")
 def test_a_coordinator_killed_as_it_reads_a_try_still_has_it_decided(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:
