@@ -82,7 +82,11 @@ def test_an_abbreviated_option_is_refused_not_taken_for_the_option(
         (["build", "--builder", "x"], "offload build", "--builder"),
         (["build", "--keep-go"], "offload build", "--keep-go"),
         (["build", "--show-tr=1"], "offload build", "--show-tr=1"),
-        (["--trace", "status"], "offload status", "--trace"),
+        # Given to offload before the command (as --traceback is), not to the command after
+        # it; with none after it, argparse said only that a command is required.
+        (["--trace", "status"], "offload", "--trace"),
+        (["--vers"], "offload", "--vers"),
+        (["--traceback", "--hel"], "offload", "--hel"),
         (["history", "--las", "3"], "offload history", "--las 3"),
         (["setup", "client", "--syst", "x86_64-linux", "h"], "offload setup client", "--syst"),
         (["fleet", "up", "--di", "d"], "offload fleet up", "--di d"),

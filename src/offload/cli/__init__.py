@@ -319,6 +319,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     """``argv`` parsed; an argument no parser knows is an error of the (sub)command it was
     given to, so its hint names that command's ``--help`` (argparse blames the top parser)."""
     top = _parser(argv)
+    if stray := _unknown_before_command(top, argv):
+        # argparse blames the command after them (`offload --trace status`), or, with none,
+        # says only that a command is required (`offload --vers`): neither names the option.
+        top.error(f"unrecognized arguments: {' '.join(stray)}")
     args, unknown = top.parse_known_args(argv)
     parser: argparse.ArgumentParser = vars(args).pop("_parser", top)
     if unknown and isinstance(getattr(args, "paths", None), list):
@@ -328,6 +332,19 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
+
+
+def _unknown_before_command(top: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """The options before the command's name that ``offload`` itself does not know: given to
+    it (``offload --traceback build``), none of which takes a value."""
+    known = top._option_string_actions  # noqa: SLF001 - argparse has no public way to list them
+    stray: list[str] = []
+    for word in argv:
+        if word == "--" or not word.startswith("-"):
+            break
+        if word.split("=", 1)[0] not in known:
+            stray.append(word)
+    return stray
 
 
 def _print_error(exc: OffloadError) -> None:
