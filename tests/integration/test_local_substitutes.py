@@ -381,3 +381,51 @@ def test_a_dry_run_says_a_cache_it_cannot_reach_as_the_run_does(project, refusin
     told = json.loads(as_json.stdout)["caches_left_out"]
     assert [(e["machine"], e["cache"]) for e in told] == [("local", cache)], told
     assert not _valid(project.out("top"))  # nothing built, nothing fetched
+
+
+class _BadGateway(http.server.BaseHTTPRequestHandler):
+    """A cache behind a proxy whose upstream is down: its nix-cache-info answers, every
+    narinfo is a 502 with a short HTML body (which Nix quotes in its error, blank lines and
+    all)."""
+
+    def do_GET(self) -> None:
+        up = self.path.endswith("/nix-cache-info")
+        body = b"StoreDir: /nix/store\n" if up else b"<html><body>upstream down</body></html>\n"
+        self.send_response(200 if up else 502)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    @override
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def bad_gateway() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BadGateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_cache_error_nix_stops_on_is_said_once_with_its_response_body(project, bad_gateway):
+    # Nix quotes the response body in its error, after a blank line (unindented): the block
+    # ended there, so Nix's error went on to stderr and was said again as offload's (a run), or
+    # a second line said only that nix-store failed (a dry run).
+    flags = ["--option", "substituters", bad_gateway, "--option", "download-attempts", "1"]
+    for extra in ((), ("--dry-run",)):
+        done = project.offload(*extra, *flags, as_json=False)
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.splitlines()
+        said = [line for line in lines if ".narinfo" in line]
+        assert len(said) == 1, done.stderr
+        assert "HTTP error 502" in said[0], said
+        assert sum("upstream down" in line for line in lines) == 1, done.stderr
+        assert not [line for line in lines if "exited with" in line], done.stderr
+    assert not _valid(project.out("top"))

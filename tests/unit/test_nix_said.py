@@ -60,3 +60,12 @@ def test_an_error_held_at_the_end_is_said_unless_the_session_s_own(peer: str) ->
     assert other == [FATAL]
     by_peer = _said([FATAL], _local_error(FATAL.removeprefix("error: "), peer))[0]
     assert by_peer == ([] if peer == "local" else [FATAL])
+
+
+def test_an_error_with_blank_lines_is_one_block() -> None:
+    # An HTTP error quotes its response body after blank lines, which Nix leaves unindented.
+    lines = [FATAL, "", "       response body:", "", "       <html>down</html>"]
+    joined = " ".join(" ".join(line.split()) for line in lines).removeprefix("error:").strip()
+    said, read = _said(lines, _local_error(joined))
+    assert (said, read) == ([], [])
+    assert _said([*lines, "warning: went on"])[0] == [*lines, "warning: went on"]

@@ -50,7 +50,8 @@ async def caches_asked(
         async for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip("\r\n")
             plain = strip_ansi(line)
-            if plain.startswith("error:") or (error and line[:1].isspace()):
+            # An error block goes on on indented lines, and blank ones (Nix strips their indent).
+            if plain.startswith("error:") or (error and (not line.strip() or line[:1].isspace())):
                 error = [line] if plain.startswith("error:") else [*error, line]
                 continue
             for held in error:  # an error Nix went on after (a substitute it could not query)

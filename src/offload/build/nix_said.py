@@ -7,7 +7,8 @@ days, so it skips that cache's ``nix-cache-info``, now fails a narinfo query), i
 and exit. That error ends the session, and the run fails with it (``RemoteError``, shown by
 offload as ``error: local: ...``). Passed on as it came as well, it would be said twice.
 
-So an ``error:`` line, and the indented lines Nix continues it on, are held until the next
+So an ``error:`` line, and the lines Nix continues it on (indented, or empty: Nix strips a
+blank line's indent, as in an HTTP error's "response body:" part), are held until the next
 other line (then said: an error Nix went on after, such as a substitute that failed) or the
 end of the block: said then, unless the block ends with the local session's own error, which
 carries the same words (``protocol.stderr.ErrorTail`` made it from them).
@@ -47,7 +48,7 @@ def heard(
         if line.startswith("copying path "):
             return
         error = strip_ansi(line).startswith("error:")
-        if error or (held and line[:1].isspace()):
+        if error or (held and _continues(line)):
             if error:
                 flush()
             held.append(line)
@@ -68,9 +69,15 @@ def heard(
             flush()
 
 
+def _continues(line: str) -> bool:
+    """Whether ``line`` goes on an error block: indented, or blank (Nix's ``indent`` strips
+    the indent off a blank line of a message, then ends the line)."""
+    return not line.strip() or line[:1].isspace()
+
+
 def _carries(error: RemoteError, held: list[str]) -> bool:
-    """Whether ``error`` says what the ``held`` block said (``ErrorTail`` joins its lines)."""
-    said = (
-        " ".join(" ".join(strip_ansi(line).split()) for line in held).removeprefix("error:").strip()
-    )
+    """Whether ``error`` says what the ``held`` block said (``ErrorTail`` joins its lines);
+    compared word by word, as a blank line of the block joins as two spaces."""
+    said = " ".join(" ".join(strip_ansi(line) for line in held).split()).removeprefix("error:")
+    said = said.strip()
     return bool(said) and said in " ".join((error.said or error.message).split())
