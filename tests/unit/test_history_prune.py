@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from offload.history import db
 from offload.history.db import History
-from offload.history.prune import BATCH, KEEP_PER_NAME, PRUNED_RUN
+from offload.history.prune import BATCH, KEEP_PER_NAME, PRUNE_CLAIM, PRUNED_RUN
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
 from offload.history.schema import MIGRATIONS
 
@@ -193,3 +194,27 @@ def test_reading_read_only_changes_nothing(tmp_path: Path) -> None:
         history.prune_if_due(NOW, budget=60)
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+def test_a_pass_stopped_by_a_signal_is_due_again_soon_not_tomorrow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C in a pass stops the command (cli.build_keep.forget_old); its claim, the pass's
+    # start, held for a whole day, so nothing was forgotten until tomorrow's run.
+    path = tmp_path / "history.sqlite"
+    with History(path) as history:
+        history.record([_build("old", 100, status="failed")])
+
+        def stopped(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(db, "prune", stopped)
+            with pytest.raises(KeyboardInterrupt):
+                history.prune_if_due(NOW, budget=60)
+    with History(path) as other:
+        assert other.prune_if_due(NOW + 1, budget=60) is None  # claimed: not two at once
+        pruned = other.prune_if_due(NOW + PRUNE_CLAIM, budget=60)
+        assert pruned is not None
+        assert pruned.builds == 1
+        assert other.prune_if_due(NOW + PRUNE_CLAIM + 1, budget=60) is None  # done today

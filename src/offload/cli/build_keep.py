@@ -124,8 +124,8 @@ def forget_old(state: Path) -> None:
     ``PRUNE_BUDGET`` seconds: once the run's results are out, so a run pays it only then. A
     signal meanwhile stops the command as anywhere else (``cli.interrupts``: its status is the
     first signal's, not the build's 0); the step it cut is rolled back, and the rest is left
-    for the next run. A history that cannot be opened was said to be unusable as the run
-    began; a pass that fails is a warning."""
+    for a run ``PRUNE_CLAIM`` seconds on (the pass's claim). A history that cannot be opened
+    was said to be unusable as the run began; a pass that fails is a warning."""
     try:
         history = History(state / "history.sqlite")
     except (OffloadError, OSError):

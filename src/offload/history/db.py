@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Self, TypeVar
 
 from offload.errors import StoreError
-from offload.history.prune import KEEP_BUILDS, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
+from offload.history.prune import KEEP_BUILDS, PRUNE_CLAIM, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
 from offload.history.records import BuildRecord, RunRecord
 from offload.history.rows import (
     build_row,
@@ -287,19 +287,23 @@ class History:
     ) -> Pruned | None:
         """Forget old runs and builds for about ``budget`` seconds, keeping the newest
         ``builds`` (``offload.history.prune``), unless the last pass ended less than ``every``
-        seconds ago; None when not due. A pass cut by its budget is due again at once."""
+        seconds ago; None when not due. A pass cut by its budget is due again at once; one
+        that never ends (a signal, a kill) ``PRUNE_CLAIM`` seconds after it began."""
         with self._transaction() as db:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if "pruned" in meta and 0 <= now - float(meta["pruned"]) < every:
                 return None
-            # Claimed first: two processes due at once do not both prune.
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned', ?)", (now,))
+            # Claimed first: two processes due at once do not both prune. For a while only: a
+            # pass stopped by a signal (the command stops: cli.interrupts) or killed never
+            # writes its end, and its claim for a whole PRUNE_EVERY left it for tomorrow's run.
+            claim = now - every + min(PRUNE_CLAIM, every)
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned', ?)", (claim,))
         start = float(meta.get("prune_from", 0.0))
         pruned, start = prune(
             self._db, self._transaction, now, budget=budget, start=start, builds=builds
         )
         with self._transaction() as db:
-            rows = [("prune_from", start)] + ([] if pruned.done else [("pruned", now - every)])
+            rows = [("prune_from", start), ("pruned", now if pruned.done else now - every)]
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows)
         return pruned
 

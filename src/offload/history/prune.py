@@ -14,12 +14,14 @@ phases. So the builds kept number ``KEEP_BUILDS`` plus five per name and machine
 hook's dependency edges feed only the tails, which read the newest 20,000 edges: all but the
 newest ``KEEP_EDGES`` go, whatever their age.
 
-A pass runs at most once per ``PRUNE_EVERY`` (the time of the last is kept in the database) and
-for at most ``budget`` seconds: each step is a transaction of at most ``BATCH`` rows, so a hook
-recording a build meanwhile waits milliseconds, and a pass cut by its budget is taken up where it
-stopped by the next (its place, the end of the last build it looked at, is kept too). Freed pages
-go back to the file system, a few at a time, where the database was made with incremental
-auto-vacuum (every one made by this version); an older file stops growing instead.
+A pass runs at most once per ``PRUNE_EVERY`` (the time of the last is kept in the database; a
+pass that never ended, stopped by a signal or killed, is due again ``PRUNE_CLAIM`` after it
+began) and for at most ``budget`` seconds: each step is a transaction of at most ``BATCH``
+rows, so a hook recording a build meanwhile waits milliseconds, and a pass cut by its budget
+is taken up where it stopped by the next (its place, the end of the last build it looked at, is
+kept too). Freed pages go back to the file system, a few at a time, where the database was made
+with incremental auto-vacuum (every one made by this version); an older file stops growing
+instead.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "KEEP_EDGES",
     "KEEP_PER_NAME",
     "PRUNED_RUN",
+    "PRUNE_CLAIM",
     "PRUNE_EVERY",
     "Pruned",
     "prune",
@@ -47,6 +50,9 @@ KEEP_BUILDS = 100_000
 KEEP_EDGES = 100_000
 KEEP_PER_NAME = 5  # as many as History.durations takes the median of
 PRUNE_EVERY = 86_400.0  # seconds
+# How long a pass's claim holds before it ends: a pass stopped by a signal, or killed, never
+# ends, and is due again this long after it began (a pass lasts seconds at most: its budget).
+PRUNE_CLAIM = 600.0  # seconds
 PRUNED_RUN = "pruned"
 BATCH = 500  # rows per statement: SQLite before 3.32 binds at most 999 parameters
 _VACUUM_PAGES = 256
