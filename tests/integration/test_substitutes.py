@@ -150,6 +150,52 @@ def test_an_ssh_cache_that_refuses_is_a_fault_of_the_run_and_fails_it_without_fa
     ], done.stderr
 
 
+def test_a_builder_whose_nix_stops_on_its_ssh_cache_is_down_and_no_cache_is_left_out(
+    cache_fleet, tmp_path
+):
+    # The builder's one cache is an ssh:// one that refuses: without fallback its Nix stops on
+    # it as it substitutes the inputs (its session ends with "cannot connect to ..."), which is
+    # the builder down, not a cache left out while the build goes on there (told before, with
+    # "what it has is built instead"). With fallback = true its Nix goes on: then it is one.
+    member = cache_fleet.member("cached")
+    conf = member.root / "etc-nix" / "nix.conf"
+    cache = "ssh://nobody-here@127.0.0.1"
+    kept = conf.read_text().replace("substituters =", f"substituters = {cache}")
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(1024))
+    source = subprocess.run(
+        ["nix-store", "--add", str(blob)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    script = f"/bin/sha256sum ${{builtins.storePath {json.dumps(source)}}} > $out"
+    file = nix_file(tmp_path, f'{{ x = mk "after-builder-ssh-cache" "{script}" {{}}; }}\n')
+    common = ["-A", "x", "--builders", f"@{cache_fleet.machines_file}", "-j", "0", "--json"]
+    argv = [*offload_argv(file, *common, "--no-out-link"), "--option", "builders-use-substitutes"]
+    runs = {}
+    for fallback in ("false", "true"):
+        conf.write_text(f"{kept}fallback = {fallback}\n")
+        runs[fallback] = subprocess.run(
+            [*argv, "true"],
+            env=offload_env(cache_fleet, tmp_path / fallback),  # its own backoff state
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    stopped, went_on = runs["false"], runs["true"]
+    assert stopped.returncode == 1, stopped.stderr
+    down = [(e["machine"], e["state"]) for e in events(stopped.stdout) if e["event"] == "machine"]
+    assert down == [("cached", "down")], stopped.stdout
+    assert "is left out" not in stopped.stderr, stopped.stderr
+    assert went_on.returncode == 0, went_on.stderr
+    told = [e for e in events(went_on.stdout) if e["event"] == "machine"]
+    assert [(e["machine"], e["state"], e["cache"]) for e in told] == [("cached", "cache", cache)], (
+        went_on.stdout
+    )
+    (job,) = finished(went_on.stdout)
+    assert (job["machine"], job["status"]) == ("cached", "built"), job
+
+
 @pytest.mark.usefixtures("coordinators_stopped")
 def test_offload_hook_says_a_cache_the_builder_leaves_out_once_per_nix_build(cache_fleet, tmp_path):
     # nix-build with offload-hook and builders-use-substitutes: the builder's Nix cannot reach

@@ -10,7 +10,12 @@ as a "cache" machine event: the lines themselves still go where they went (the l
 to stderr as nix-build shows them; a builder's, with builders-use-substitutes, to the log of
 the build whose inputs it was asked to substitute).
 
-Nix's words for it, by version, are read in ``offload.cache_words``.
+Nix's words for it, by version, are read in ``offload.cache_words``. Some are ``error:`` lines
+(an ``ssh://`` cache): Nix goes on after them only with ``--fallback``, and without it stops
+with them, which on a builder ends the session the build's inputs went over. So a builder's
+such line is told once the builder goes on (its next line, or an event of the run's for it),
+and not when that event is the session's end with those very words: the builder is then down
+with them (its Nix stopped on its cache), and no cache was left out while a build went on.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from offload.cache_words import cache_fault
-from offload.ui.events import Event, JobPhase, MachineEvent
+from offload.protocol.stderr import strip_ansi
+from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
 
 __all__ = ["CacheFaults", "cache_fault"]
 
@@ -40,6 +46,8 @@ class CacheFaults:
         self._substituters = substituters or {}
         self._told: set[tuple[str, str]] = set()
         self._building: set[tuple[str, str]] = set()  # (derivation, machine)
+        # A builder's error line naming a cache, until the builder goes on or stops with it.
+        self._held: dict[str, tuple[MachineEvent, str]] = {}
         self._out = emit
 
     def emit(self, event: Event) -> None:
@@ -50,20 +58,56 @@ class CacheFaults:
                 self._building.add(key)
             else:  # a copy starting again (a retry, another copy there) is read again
                 self._building.discard(key)
+        if isinstance(event, JobPhase | JobFinished | MachineEvent):
+            self._settle(event.machine, _said(event))
         self._out(event)
 
     def build_log(self, drv_path: str, machine: str, line: str) -> None:
-        """A line of ``drv_path``'s log on ``machine``: read until the build itself starts."""
-        if (drv_path, machine) not in self._building:
-            self.heard(machine, line)
+        """A line of ``drv_path``'s log on ``machine``: read until the build itself starts.
+        An ``error:`` line is held until ``machine`` goes on (``_settle``)."""
+        if (drv_path, machine) in self._building:
+            return
+        self._settle(machine, None)
+        plain = strip_ansi(line)
+        told = self._told_event(machine, line)
+        if told is not None and plain.startswith("error:"):
+            self._held[machine] = (told, plain.removeprefix("error:").strip())
+        elif told is not None:
+            self._out(told)
 
     def heard(self, machine: str, line: str) -> None:
         """``line`` as ``machine``'s Nix said it."""
+        told = self._told_event(machine, line)
+        if told is not None:
+            self._out(told)
+
+    def _told_event(self, machine: str, line: str) -> MachineEvent | None:
+        """The event telling the cache ``line`` says ``machine`` left out, if not told yet."""
         fault = cache_fault(line, self._substituters.get(machine, ()))
         if fault is None or (machine, fault[0]) in self._told:
-            return
+            return None
         cache, why = fault
         self._told.add((machine, cache))
         # Why alone: what follows (built instead, the fix) is the same for every cache, and
         # said by the renderers (once under the summary's list).
-        self._out(MachineEvent(machine, "cache", why, None, time.time(), cache=cache))
+        return MachineEvent(machine, "cache", why, None, time.time(), cache=cache)
+
+    def _settle(self, machine: str, said: str | None) -> None:
+        """``machine`` went on (a line, an event): its held cache is told, unless what it
+        ``said`` then is its session's end with the held line's words (its Nix stopped)."""
+        held = self._held.pop(machine, None)
+        if held is None:
+            return
+        told, words = held
+        if said is not None and words in said:
+            return  # the builder is down with its Nix's error: that is the fault told
+        self._out(told)
+
+
+def _said(event: JobPhase | JobFinished | MachineEvent) -> str | None:
+    """The words an event for a machine carries: a failure's error, a machine's message."""
+    if isinstance(event, JobFinished):
+        return event.error
+    if isinstance(event, MachineEvent):
+        return event.message
+    return None
