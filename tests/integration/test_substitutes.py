@@ -187,6 +187,10 @@ def test_a_builder_whose_nix_stops_on_its_ssh_cache_is_down_and_no_cache_is_left
     down = [(e["machine"], e["state"]) for e in events(stopped.stdout) if e["event"] == "machine"]
     assert down == [("cached", "down")], stopped.stdout
     assert "is left out" not in stopped.stderr, stopped.stderr
+    # Said as what it is, with the fix on the builder (not offload failing to connect to it).
+    (said,) = [e["message"] for e in events(stopped.stdout) if e["event"] == "machine"]
+    assert said.startswith("its Nix stopped on a binary cache of its own"), said
+    assert f"cannot connect to '{cache.removeprefix('ssh://')}'" in said, said
     assert went_on.returncode == 0, went_on.stderr
     told = [e for e in events(went_on.stdout) if e["event"] == "machine"]
     assert [(e["machine"], e["state"], e["cache"]) for e in told] == [("cached", "cache", cache)], (

@@ -74,3 +74,21 @@ def test_the_transports_hint_for_a_name_that_does_not_resolve_is_about_the_name(
     assert _ssh_hint(tail) == (
         "check the host name (machines line, or the ssh config's HostName), or --exclude it"
     )
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "cannot connect to 'nobody@cache.example'",  # an ssh:// cache, without fallback
+        "unable to download 'http://c.example/0123abcd.narinfo': Couldn't connect to server (7)",
+    ],
+)
+def test_a_builder_whose_nix_stopped_on_its_own_cache_is_said_so_with_the_fix_there(
+    words: str,
+) -> None:
+    # Its session's error, as the builder's Nix said it: it read as offload's own connection
+    # to the builder failing ("a: cannot connect to '...'"), with no fix.
+    why = explain(machine("a"), f"a: {words}")
+    assert why.startswith("its Nix stopped on a binary cache of its own"), why
+    assert f"a: {words}" in why
+    assert "in the builder's nix.conf" in why

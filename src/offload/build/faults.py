@@ -13,7 +13,10 @@ terminal is: the nix-daemon's). Only ssh's own "Permission denied (publickey)" i
 key: the same words from the builder's Nix, which could not reach its daemon's socket, are
 said as that, with its fix. A key forced to the other scheme's program ("protocol mismatch")
 is said to be that. A builder where Nix (or the program ``remote-program=`` names) is not
-found is said so, with the fix.
+found is said so, with the fix. A builder whose own Nix stopped on one of its binary caches
+as it substituted the inputs (builders-use-substitutes: an ``ssh://`` cache it cannot reach,
+without fallback, or one it used lately, now down) is said to be that, not a connection of
+offload's to it, with the fix on the builder.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ _CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "has changed and you have 
 _UNRESOLVED = re.compile(r"Could not resolve hostname (\S+?): ([^|]+?)\s*(?:\||$)")
 # How a link's error starts when its ssh master could not connect (``SshTransport._error``).
 _CONNECT = "cannot connect to builder "
+# The builder's Nix stopping on a cache of its own: an ssh:// one (legacy-ssh-store.cc: the
+# user@host or host it connects to, in quotes; offload's own words name a "builder"), or an
+# http(s) one it skips opening, whose narinfo query fails (filetransfer.cc).
+_OWN_CACHE = re.compile(
+    r"(?:^|: )(?:cannot connect to '[^']+'|unable to download '[^']+\.narinfo')"
+)
 # The line in which ssh names the known_hosts file and line that hold the old key.
 _OFFENDING = re.compile(r"Offending \S+ key in (\S+?):(\d+)")
 
@@ -63,6 +72,13 @@ def explain(machine: Machine, error: str) -> str:
         return _refused(machine, error)
     if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
         return f"{_last_words(error)}; {install_nix(where)}"
+    if not error.startswith(_CONNECT) and _OWN_CACHE.search(error):
+        return (
+            f"its Nix stopped on a binary cache of its own as it substituted the inputs"
+            f" (builders-use-substitutes): {_last_words(error)}; fix the substituters (or set"
+            f" fallback = true) in the builder's nix.conf, or give"
+            f" --option builders-use-substitutes false"
+        )
     if MISMATCH in error and error.startswith(_CONNECT):
         what, fix = mismatch_fix(machine.scheme, where)
         return f"{what}; {fix}"
