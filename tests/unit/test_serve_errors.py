@@ -52,6 +52,23 @@ def test_remote_error_waits_for_stderr_and_keeps_continuation_lines() -> None:
     run(go())
 
 
+def test_a_remote_error_with_blank_lines_is_one_line_single_spaced() -> None:
+    # Nix quotes an HTTP error's response body after blank lines (its indent stripped): the
+    # error line had two spaces at each ("('Bad Gateway')  response body:  <html>...").
+    async def go() -> None:
+        err = b"error: unable to download 'http://c/x.narinfo': HTTP error 502 ('Bad Gateway')\n"
+        err += b"\n       response body:\n\n       <html>down</html>\n"
+        client, _ = await connected(b"", stderr=reader_with(err))
+        with pytest.raises(RemoteError) as info:
+            await client.query_valid_paths([A])
+        assert info.value.message == (
+            "b1: unable to download 'http://c/x.narinfo': HTTP error 502 ('Bad Gateway')"
+            " response body: <html>down</html>"
+        )
+
+    run(go())
+
+
 def test_eof_without_stderr_end_is_bounded() -> None:
     # stderr never ends: after stderr_timeout the plain "closed the connection" error is raised.
     async def go() -> None:

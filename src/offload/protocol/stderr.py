@@ -157,8 +157,9 @@ class ErrorTail:
     def as_error(self, name: str) -> RemoteError | None:
         if not self.lines:
             return None
-        # Nix continues long errors on indented lines ("specified: ... got: ..."); one line.
-        text = " ".join(" ".join(line.split()) for line in self.lines)
+        # Nix continues long errors on indented lines ("specified: ... got: ..."), and blank
+        # ones (an HTTP error's "response body:"): one line, one space between words.
+        text = " ".join(" ".join(self.lines).split())
         text = text.removeprefix("error:").strip()
         if is_untrusted(text):
             error = RemoteError(untrusted_message(name, text), hint=untrusted_hint(name))
