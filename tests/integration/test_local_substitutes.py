@@ -356,6 +356,13 @@ def test_a_cache_used_lately_and_now_down_fails_the_run_with_its_error_said_once
     said = [line for line in dry.stderr.splitlines() if ".narinfo" in line]
     assert len(said) == 1, dry.stderr
     assert said[0].startswith("error: unable to download "), said
+    # With --fallback Nix 2.8 goes on past that error, then aborts (SubstituterDisabled not
+    # caught): said as the signal it died of ("exited with -6" before), its lines passed on.
+    dry = project.offload("--dry-run", *flags, "--fallback", as_json=False)
+    assert dry.returncode == 1, dry.stderr
+    assert dry.stderr.splitlines()[-1] == (
+        "error: nix-store --realise --dry-run was killed by SIGABRT"
+    ), dry.stderr
 
 
 def test_a_dry_run_says_a_cache_it_cannot_reach_as_the_run_does(project, refusing_port):

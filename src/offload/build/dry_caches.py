@@ -14,7 +14,9 @@ what the caches have as to be built (README, Limits).
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 from collections.abc import Callable, Sequence
 
 from offload.build.caches import CacheFaults
@@ -63,9 +65,19 @@ async def caches_asked(
             faults.heard(LOCAL, line)
         status = await proc.wait()
     if status != 0:
-        text = "\n".join(error) or f"error: nix-store --realise --dry-run exited with {status}"
+        text = "\n".join(error) or f"error: nix-store --realise --dry-run {_ended(status)}"
         raise NixError(strip_ansi(text.splitlines()[0]).removeprefix("error: "), text=text)
     for held in error:
         say(held)
         faults.heard(LOCAL, held)
     return [e for e in told if isinstance(e, MachineEvent)]
+
+
+def _ended(status: int) -> str:
+    """How a process that failed ended: its exit code, or the signal that killed it (asyncio
+    gives it negated: Nix 2.8 aborts on a cache it disabled, with --fallback)."""
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-status).name}"
+        return f"was killed by signal {-status}"
+    return f"exited with {status}"
