@@ -98,7 +98,6 @@ async def run_build(
         tell_unstopped(members, told)
         remote = _remote(members, backoff or {})
         unreachable: dict[str, str] = {}
-        # The binary caches each machine's Nix left out.
         caches = CacheFaults(told, {LOCAL: pool.nix_settings.words("substituters")})
         async with (
             warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm,

@@ -97,15 +97,20 @@ def _parser_class() -> type[argparse.ArgumentParser]:
 
         @override
         def error(self, message: str) -> NoReturn:
-            # argparse quotes the bad value whole, and it may be anything a user pasted.
-            # It is said on one line: line breaks and other control characters escaped.
-            hint = _did_you_mean(message) + f"see {self.prog} --help"
-            message = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
-            message = re.sub(r"\S{80,}", lambda long: long[0][:60] + "...", message)
-            sys.stderr.write(f"error: {self.prog}: {message}\nhint: {hint}\n")
+            sys.stderr.write(_error_lines(self.prog, message))
             sys.exit(1)
 
     return _Parser
+
+
+def _error_lines(prog: str, message: str) -> str:
+    """An argparse error as offload says one: the error and its hint, a line each."""
+    # argparse quotes the bad value whole, and it may be anything a user pasted. It is said on
+    # one line: line breaks and other control characters escaped.
+    hint = _did_you_mean(message) + f"see {prog} --help"
+    message = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+    message = re.sub(r"\S{80,}", lambda long: long[0][:60] + "...", message)
+    return f"error: {prog}: {message}\nhint: {hint}\n"
 
 
 @functools.cache
