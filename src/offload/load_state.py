@@ -6,14 +6,22 @@ builders it gives fewer slots and why: an entry per builder cut (its usable and 
 line that said so, and when), none for a builder given all its slots back. The file is rewritten
 whole (atomically, mode 0600, in the private state directory) and only on a change, which is
 rare: a cut or a slot given back, never a report that changes nothing.
+
+Each entry names the coordinator that wrote it (``owner``: pid namespace, pid, start time,
+``offload.procfs.owner_line``). One that ends by itself takes its cuts out; one killed
+outright (SIGKILL, the OOM killer) cannot, so an entry whose coordinator is gone is read as
+none: its cut ended with it, and ``offload status`` does not show it as in force. An entry
+without an owner (an older offload's), or from another pid namespace, is read as before.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from offload.procfs import owner_gone, owner_line
 from offload.state_json import latest_entries, write_state_json
 
 __all__ = ["LOADS_FILE", "Loaded", "load_loads", "record_loads"]
@@ -27,11 +35,12 @@ class Loaded:
     full: int  # the builder's slots in the machines file
     said: str  # ``load 9.5 on 8 cores: 2 of 4 slots`` (``offload.load.describe_cut``)
     reported: float  # wall clock
+    owner: str | None = None  # the coordinator that cut it (``owner_line``); None: not known
 
 
 def load_loads(paths: Sequence[Path]) -> dict[str, Loaded]:
     """The entries of every file in ``paths`` (a builder in several: the latest reported); a
-    missing or unreadable file, or a malformed entry, is none."""
+    missing or unreadable file, a malformed entry, or one whose coordinator is gone, is none."""
     return latest_entries(paths, _entry, lambda loaded: loaded.reported)
 
 
@@ -43,22 +52,33 @@ def _entry(entry: object) -> Loaded | None:
         return None
     if not isinstance(said, str) or not isinstance(reported, int | float):
         return None
-    return Loaded(slots, full, said, float(reported))
+    owner = entry.get("owner")
+    if not isinstance(owner, str | None) or (owner is not None and owner_gone(owner)):
+        return None
+    return Loaded(slots, full, said, float(reported), owner)
 
 
 def record_loads(path: Path, changed: Mapping[str, Loaded]) -> None:
-    """Merge ``changed`` into ``path``: a builder given all its slots back loses its entry."""
+    """Merge ``changed`` into ``path``, each entry owned by this process: a builder given all
+    its slots back loses its entry, as does one whose owner is gone."""
     current = load_loads([path])
     merged = dict(current)
+    owner = owner_line(os.getpid())
     for name, loaded in changed.items():
         if loaded.slots >= loaded.full:
             merged.pop(name, None)
         else:
-            merged[name] = loaded
+            merged[name] = replace(loaded, owner=owner)
     if merged == current:
         return
     data = {
-        name: {"slots": e.slots, "full": e.full, "said": e.said, "reported": e.reported}
+        name: {
+            "slots": e.slots,
+            "full": e.full,
+            "said": e.said,
+            "reported": e.reported,
+            "owner": e.owner,
+        }
         for name, e in sorted(merged.items())
     }
     write_state_json(path, data)

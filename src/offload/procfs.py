@@ -2,17 +2,28 @@
 recognised as the same process only while its start time matches (never a recycled pid).
 
 ``parse_proc_stat`` is pure; ``proc_stat`` reads the file and ``is_ours`` asks it whether a
-recorded (pid, start time) is still that live process. A process that has exited but is not yet
-reaped (a zombie: state Z or X) keeps its /proc entry, and it holds nothing any more (no file,
-socket or lock); when its parent is init that entry can stay for seconds or longer, so
-``running`` counts it as gone.
+recorded (pid, start time) is still that live process. ``owner_line`` is such a record of a
+process for a file it leaves behind, with its pid namespace (a pid means nothing in another),
+and ``owner_gone`` says whether the process a record names has surely ended.
+
+A process that has exited but is not yet reaped (a zombie: state Z or X) keeps its /proc
+entry, and it holds nothing any more (no file, socket or lock); when its parent is init that
+entry can stay for seconds or longer, so ``running`` counts it as gone.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["is_ours", "parse_proc_stat", "proc_stat", "running"]
+__all__ = [
+    "is_ours",
+    "owner_gone",
+    "owner_line",
+    "parse_proc_stat",
+    "pid_namespace",
+    "proc_stat",
+    "running",
+]
 
 
 # The states of a process that has exited: a zombie, and one being reaped.
@@ -48,3 +59,27 @@ def is_ours(pid: int, start_time: int) -> bool:
     """Is ``pid`` alive and still the process we started (not a recycled pid, not a zombie)?"""
     stat = proc_stat(pid)
     return stat is not None and stat[0] not in _EXITED and stat[1] == start_time
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace, as /proc names it (``pid:[4026531836]``), or ``?``."""
+    try:
+        return str(Path("/proc/self/ns/pid").readlink())
+    except OSError:
+        return "?"
+
+
+def owner_line(pid: int) -> str | None:
+    """``NAMESPACE PID START`` of the live process ``pid``, or None when there is none."""
+    found = proc_stat(pid)
+    return None if found is None else f"{pid_namespace()} {pid} {found[1]}"
+
+
+def owner_gone(line: str) -> bool:
+    """Has the process an ``owner_line`` names ended? False when that cannot be told: a record
+    from another pid namespace, or not one at all."""
+    try:
+        namespace, pid, start = line.split()
+        return namespace == pid_namespace() and not is_ours(int(pid), int(start))
+    except ValueError:
+        return False

@@ -13,7 +13,9 @@ and takes the cut out of it when it ends.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -23,10 +25,11 @@ from offload.fleet import Fleet, MemberSpec, client_argv
 from offload.fleet.spec import proc_override_file
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE
 from offload.load_state import LOADS_FILE, load_loads
+from offload.procfs import running
 from offload.slots import NIX_CURRENT_LOAD
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import nix_file
-from tests.helpers.offload_run import peak_running, stop_coordinators
+from tests.helpers.offload_run import peak_running, stop_coordinators, wait_for
 
 HOOK = str(Path(sys.executable).parent / "offload-hook")
 CORES = len(os.sched_getaffinity(0))  # what nproc counts on the member (it inherits ours)
@@ -45,7 +48,9 @@ load_fleet = private_fleet_fixture(
         )
     ],
     "ofhl",
-    doc="One member with 4 slots on a kernel of its own, whose load the test writes.",
+    scope="module",
+    doc="One member with 4 slots on a kernel of its own, whose load the test writes; each "
+    "test leaves it idle again.",
 )
 
 
@@ -86,6 +91,7 @@ def test_the_coordinator_places_fewer_builds_on_a_loaded_builder(
         assert busy.returncode == 0, busy.stderr
         cut = load_loads([busy_home / "state" / LOADS_FILE])
     finally:
+        loadavg.write_text(IDLE)
         stop_coordinators(idle_home / "state")
         stop_coordinators(busy_home / "state")
     assert len(idle.stdout.split()) == len(busy.stdout.split()) == LEAVES
@@ -106,3 +112,45 @@ def test_the_coordinator_places_fewer_builds_on_a_loaded_builder(
     }
     # The coordinator ended: its cut with it, and status shows none.
     assert load_loads([busy_home / "state" / LOADS_FILE]) == {}
+
+
+def test_a_killed_coordinators_cut_is_not_shown_as_in_force(
+    load_fleet: Fleet, tmp_path: Path
+) -> None:
+    # A coordinator SIGKILLed (the OOM killer) cannot take its cut out of loads.json; offload
+    # status showed it as in force for as long as the file stayed, with no coordinator at all.
+    loadavg = proc_override_file(load_fleet.member("busy").root, 0)
+    state = tmp_path / "state"
+    try:
+        loadavg.write_text(BUSY)
+        busy = hook_build(load_fleet, tmp_path, tmp_path / "busy.log")
+        assert busy.returncode == 0, busy.stderr
+        assert set(load_loads([state / LOADS_FILE])) == {"busy"}  # its coordinator lives
+        (pid_file,) = state.glob("*.sock.pid")
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not running(pid), 10, "the coordinator to die")
+    finally:
+        loadavg.write_text(IDLE)
+        stop_coordinators(state)
+    assert (state / LOADS_FILE).exists()  # left behind: nobody could take it out
+    assert load_loads([state / LOADS_FILE]) == {}
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "offload",
+            "status",
+            "--json",
+            "--builders",
+            f"@{load_fleet.machines_file}",
+        ],
+        env={**load_fleet.env(), "OFFLOAD_STATE_DIR": str(state)},
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    machines = {m["name"]: m for m in json.loads(shown.stdout)["machines"]}
+    assert machines["busy"]["loaded"] is None

@@ -5,6 +5,7 @@ builder (as data, no Nix, no ssh), what it tells (a build's log line, ``loads.js
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from offload.hook.loads import HookLoads
 from offload.hook.wire import Reply, TryRequest
 from offload.load import LOAD1_SECONDS, RemoteLoad
 from offload.load_state import LOADS_FILE, Loaded, load_loads
+from offload.procfs import owner_line, pid_namespace
 from offload.scheduler.policy import MachineSlotSpec
 from offload.slots import SlotLocks
 from offload.status import pool_status
@@ -107,7 +109,9 @@ def test_a_report_cuts_the_builder_says_so_once_and_writes_it_for_status(tmp_pat
         == f"offload: builder 'busy' is loaded: {said} for this host's builds"
     )
     assert followed.untold("busy") is None  # told in one build's log, not every one's
-    assert load_loads([tmp_path / LOADS_FILE]) == {"busy": Loaded(2, 4, said, 1000.0)}
+    assert load_loads([tmp_path / LOADS_FILE]) == {
+        "busy": Loaded(2, 4, said, 1000.0, owner_line(os.getpid()))
+    }
     followed.reported("busy", 4, BUSY)  # the same again: nothing new to say or write
     assert followed.untold("busy") is None
     clock.now = 5.0
@@ -170,3 +174,15 @@ def test_status_shows_a_builder_the_coordinator_cut(tmp_path):
     (line,) = [line for line in format_status(status).splitlines() if "loaded" in line]
     assert line.startswith("fast: loaded (hook coordinator, reported ")
     assert line.endswith("): load 4.5 on 2 cores: 2 of 4 slots")
+
+
+def test_a_cut_whose_coordinator_is_gone_reads_as_none(tmp_path: Path) -> None:
+    entry = {"slots": 1, "full": 2, "said": "load 3 on 1 cores: 1 of 2 slots", "reported": 1.0}
+    gone = f"{pid_namespace()} {os.getpid()} 1"  # this pid, but not started then: not ours
+    elsewhere = f"pid:[1] {os.getpid()} 1"  # another pid namespace: cannot be told
+    alive = owner_line(os.getpid())
+    owners = {"gone": gone, "elsewhere": elsewhere, "alive": alive, "older": None}
+    data = {name: {**entry, "owner": owner} for name, owner in owners.items()}
+    del data["older"]["owner"]  # written by an offload that kept no owner
+    (tmp_path / LOADS_FILE).write_text(json.dumps(data))
+    assert sorted(load_loads([tmp_path / LOADS_FILE])) == ["alive", "elsewhere", "older"]

@@ -19,24 +19,12 @@ import stat
 import tempfile
 from pathlib import Path
 
-from offload.procfs import is_ours, proc_stat
+from offload.procfs import is_ours, owner_line, pid_namespace
 
 __all__ = ["PREFIX", "private_dir", "sweep"]
 
 PREFIX = "ofl-"
 OWNER = "owner"
-
-
-def _pid_namespace() -> str:
-    try:
-        return str(Path("/proc/self/ns/pid").readlink())
-    except OSError:
-        return "?"
-
-
-def _owner_line(pid: int) -> str | None:
-    found = proc_stat(pid)
-    return None if found is None else f"{_pid_namespace()} {pid} {found[1]}\n"
 
 
 def private_dir() -> Path:
@@ -48,9 +36,9 @@ def private_dir() -> Path:
         base = "/tmp"  # noqa: S108 - a private 0700 directory is made inside it
     _sweep_once(base)
     made = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))  # mkdtemp makes it 0700
-    line = _owner_line(os.getpid())
+    line = owner_line(os.getpid())
     if line is not None:
-        (made / OWNER).write_text(line)
+        (made / OWNER).write_text(f"{line}\n")
     return made
 
 
@@ -74,7 +62,7 @@ def _abandoned(directory: Path, namespace: str) -> bool:
 
 def sweep(base: Path) -> list[Path]:
     """Remove the scratch directories under ``base`` whose run is gone; those removed."""
-    namespace = _pid_namespace()
+    namespace = pid_namespace()
     removed = []
     with contextlib.suppress(OSError):
         for directory in base.glob(f"{PREFIX}*"):
