@@ -408,3 +408,53 @@ def test_the_hook_waits_for_a_slot_another_client_holds_on_the_builder(shared_fl
             os.close(fd)
         stop_coordinators(state)
     assert float(log.read_text().split()[1]) >= released
+
+
+def busy_in_summary(stderr: str, machine: str) -> float:
+    """The busy seconds of ``machine``'s row in a run's plain summary."""
+    (row,) = (line.split() for line in stderr.splitlines() if line.startswith(f"{machine} "))
+    busy = row[5]  # machine built fetched failed stopped busy sent received
+    minutes, _, seconds = busy.rstrip("s").rpartition("m")
+    return 60 * float(minutes or 0) + float(seconds)
+
+
+def test_the_summary_counts_no_time_waiting_for_other_clients_as_busy(shared_fleet, tmp_path):
+    # Another client holds both of the builder's slots for HOLD s after this run asks for one:
+    # the run's summary said the builder was busy for those seconds, while it built nothing of
+    # the run's (history left them out already: a copy's time less its waiting).
+    member_var = shared_fleet.dir / "shared" / "nix" / "var" / "nix"
+    slot_file(member_var, 0).parent.mkdir(mode=0o700, exist_ok=True)
+    fds = [os.open(slot_file(member_var, s), os.O_WRONLY | os.O_CREAT, 0o600) for s in range(2)]
+    hold = 4.0
+    file = jobs(tmp_path, "waits", "/bin/sleep 0.5; echo > $out", 1)
+    argv = offload_argv(file, "--builders", f"@{shared_fleet.machines_file}", "-j", "0")
+    try:
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        run = processes.start(
+            [*argv, "--no-out-link"],
+            env=offload_env(shared_fleet, tmp_path),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert run.stderr is not None
+            while "full: every slot there is held by other clients" not in (
+                line := run.stderr.readline()
+            ):
+                assert line, "the run ended without waiting for a slot on the builder"
+            time.sleep(hold)  # the other client's builds
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            _, err = run.communicate(timeout=60)
+        finally:
+            processes.stop(run)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert run.returncode == 0, err
+    # About the build's own half a second and its output's fetch; not the wait.
+    assert busy_in_summary(err, "shared") < hold, err

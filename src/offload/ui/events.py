@@ -111,6 +111,9 @@ class JobFinished:
     # history learns estimates from this.
     build_seconds: float | None = None
     remaining: float | None = None  # as in JobPhase
+    # Seconds of it the copy waited for a slot and a session there (its queued and connecting
+    # phases), not keeping the machine busy: all of it for a copy that only waited.
+    waited: float = 0.0
 
     @property
     def duration(self) -> float:

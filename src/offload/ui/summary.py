@@ -6,7 +6,10 @@ holder of their inputs went away), busy time and bytes moved; and
 only when the local store took some from its binary caches, a ``substituted`` column (their
 bytes came from the cache, not through offload, so they are not counted).
 Busy time is the sum of job durations on the machine, stopped and failed jobs included since
-they occupied it; with several slots it can exceed the run's wall time. Bytes count every job
+they occupied it, each less the time it waited for a slot (which other clients may hold for
+long) and a session there (``JobFinished.waited``, as history counts it), so a copy moved off
+a full builder before it started there counts none; with several slots it can exceed the
+run's wall time. Bytes count every job
 too. Then the failed and skipped derivations with their errors (one no machine can build, on no
 machine: no row of its own), how to see a log when one was built somewhere, and the
 machines left out of the run, backed off during it (their last ``down`` event) or that never
@@ -68,7 +71,7 @@ class MachineTotals:
             substituted=self.substituted + (job.status == "substituted"),
             failed=self.failed + (job.status == "failed"),
             stopped=self.stopped + (job.status in ("cancelled", "lost")),
-            busy=self.busy + max(job.duration, 0.0),
+            busy=self.busy + max(job.duration - job.waited, 0.0),
             sent=self.sent + job.bytes_sent,
             received=self.received + job.bytes_received,
         )

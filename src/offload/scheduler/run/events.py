@@ -59,6 +59,8 @@ class RunEvents:
         self.wall = wall
         self.clock = clock  # the policy's clock (which machines are up)
         self._building: dict[tuple[str, str], float] = {}  # (drv, machine) -> since (wall)
+        # (drv, machine) -> when the copy first did more than wait there (wall)
+        self._working: dict[tuple[str, str], float] = {}
         self._planned = (0.0, 0.0)  # when the last plan was made (perf_counter), its cost
 
     def run_started(self, machines: Sequence[str], estimate: float) -> None:
@@ -122,6 +124,8 @@ class RunEvents:
         building = phase == "building"
         if building:
             self._building[drv_path, machine] = self.wall()
+        if phase not in ("queued", "connecting"):
+            self._working.setdefault((drv_path, machine), self.wall())
         self.emit(
             JobPhase(
                 drv_path=drv_path,
@@ -168,6 +172,8 @@ class RunEvents:
         build_seconds: float | None = None,
     ) -> None:
         self._building.pop((drv_path, machine), None)
+        now = self.wall()
+        working = self._working.pop((drv_path, machine), now)
         event = JobFinished(
             drv_path=drv_path,
             name=self.plan.drvs[drv_path].name,
@@ -181,6 +187,7 @@ class RunEvents:
             time=self.wall(),
             build_seconds=build_seconds,
             remaining=None if status == "skipped" else self.remaining(),
+            waited=max(0.0, min(working, now) - started) if machine else 0.0,
         )
         self.report.finished.append(event)
         self.emit(event)
