@@ -13,6 +13,10 @@ offload's hook `` until=<wall-clock time>`` it expects the build to end, so anot
 whether to wait for that slot can tell when it frees (``probe``). Nix never reads the files'
 contents and leaves them empty: a held slot whose file says nothing is Nix's own hook's, which
 is how ``offload status`` tells the two apart. (Older offload hooks wrote the bare time.)
+Nobody empties a file when letting it go (truncating costs a journal transaction per build), and
+Nix's hook leaves what it finds, so a line is believed only while the process it names holds
+the file's lock (``/proc/locks``); the line of a holder that let go, or was killed, is nobody's,
+and a slot held under it is Nix's own hook's, with no expected end.
 
 The directory is Nix's own when it is writable (``/nix/var/nix/current-load``, as root);
 otherwise offload's state directory, which at least coordinates offload's own processes.
@@ -32,6 +36,7 @@ from pathlib import Path
 __all__ = ["NIX_CURRENT_LOAD", "SlotLocks", "SlotProbe", "slot_key"]
 
 NIX_CURRENT_LOAD = Path("/nix/var/nix/current-load")
+PROC_LOCKS = Path("/proc/locks")
 # How often a run waiting for a slot held by another process looks again.
 POLL_INTERVAL = 0.25
 
@@ -48,6 +53,24 @@ class SlotProbe:
     by_nix: int = 0  # held slots whose file is empty: Nix's own hook holds them
 
 
+def _lock_holders(fd: int) -> set[str] | None:
+    """The pids (as text) holding a flock on ``fd``'s file, as /proc/locks tells them; None
+    when it cannot be read. Its lines: ``1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF``
+    (a waiter's has ``->`` after the number)."""
+    try:
+        info = os.fstat(fd)
+        text = PROC_LOCKS.read_text()
+    except OSError:
+        return None
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    holders = set()
+    for line in text.splitlines():
+        fields = line.split()[1:]
+        if len(fields) >= 5 and fields[0] == "FLOCK" and fields[4] == inode:
+            holders.add(fields[3])
+    return holders
+
+
 def _read_holder(fd: int) -> tuple[bool, float | None]:
     """Whether an offload process holds the slot, and the end it expects, if it wrote one."""
     try:
@@ -55,6 +78,9 @@ def _read_holder(fd: int) -> tuple[bool, float | None]:
     except OSError:
         return False, None
     fields = dict(field.partition("=")[::2] for field in text.split()[1:])
+    holders = _lock_holders(fd) if "pid" in fields else None
+    if holders is not None and fields["pid"] not in holders:
+        return False, None  # a line left by a holder gone (module docstring)
     until = fields.get("until") if text.startswith("offload") else text
     try:
         end = float(until or "nan")

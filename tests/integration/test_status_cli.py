@@ -8,13 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
-from tests.helpers.offload_run import wait_for
+from tests.helpers.nix_files import marker_script, nix_file
+from tests.helpers.offload_run import wait_for, wait_for_marker
 from tests.helpers.processes import start, stop
 
 pytestmark = pytest.mark.skipif(
@@ -112,6 +114,43 @@ def test_slots_held_by_offload_and_by_nix_are_told_apart(
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if line.startswith(f"st{os.getpid()}"))
     assert "2/2 (1 by Nix's hook)" in row
+
+
+def test_a_slot_nix_holds_after_offload_let_it_go_is_nix_s(fleet, tmp_path: Path) -> None:
+    # offload (a hook coordinator, say) built on fast and let slot 0 go: its line stays in the
+    # file, as it does when offload is killed. Nix's own hook takes the slot next and leaves the
+    # file as it finds it. Status said the slot was offload's, free by that old time.
+    (line,) = (
+        x for x in fleet.machines_file.read_text().splitlines() if x.startswith("ssh://fast")
+    )
+    machines = tmp_path / "machines"
+    machines.write_text(f"{line}\n")
+    fd = SlotLocks(NIX_CURRENT_LOAD).try_acquire(slot_key(line.split()[0]), 1, time.time() - 60)
+    assert fd is not None
+    os.close(fd)
+    marker, gate = tmp_path / "building", tmp_path / "gate"
+    wait = f"while [ ! -e {gate} ]; do /bin/sleep 0.05; done; echo > $out"
+    file = nix_file(tmp_path, f'{{ held = mk "held" "{marker_script(marker, wait)}" {{}}; }}\n')
+    argv = ["nix-build", str(file), "-A", "held", "--no-out-link", "-j", "0"]
+    argv += ["--builders", f"@{machines}", "--option", "substituters", ""]
+    proc = start(argv, env=fleet.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_marker(marker, proc, 60)  # Nix's hook holds slot 0 while it builds
+        done = subprocess.run(
+            status_argv(machines, "--json"),
+            env=env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    finally:
+        gate.touch()
+        proc.communicate(timeout=60)
+        stop(proc)
+    assert proc.returncode == 0
+    (fast,) = (m for m in json.loads(done.stdout)["machines"] if m["name"] == "fast")
+    assert (fast["in_use"], fast["by_nix"], fast["expected_free"]) == (1, 1, [])
 
 
 @pytest.mark.parametrize("interval", ["inf", "nan", "0", "-1", "soon"])
