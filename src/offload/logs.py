@@ -4,7 +4,11 @@ One file per build attempt, named ``<drv basename>@<machine>@<UTC timestamp>.log
 name percent-quoted, since ssh aliases may hold ``@`` or ``/``); a second attempt in the same
 microsecond gets a ``-N`` suffix. The newest attempt is the one with the greatest timestamp, so
 ``latest`` needs no index: the file names are the index. Speculative copies on two machines
-write two files; ``latest(drv, machine)`` picks either.
+write two files; ``latest(drv, machine)`` picks either. A copy the run stopped (one that lost
+to another, or was moved, or stopped by the run's end) or lost with its machine has its file
+renamed ``...@<stamp>.stopped.log`` once it ends, and ``latest`` takes the newest of the
+attempts that ran to their end (built or failed) over any stopped one: a speculative copy
+started after the one that built, and stopped when that one won, is not the build's log.
 
 Text is stored as received, escape codes included (``offload log`` strips them when its
 output is not a terminal). The directory is 0700 and files 0600: logs can show secrets that a
@@ -44,6 +48,7 @@ __all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder", "keep_for_ni
 
 DEFAULT_MAX_FILES = 5000
 DEFAULT_MAX_BYTES = 1 << 30
+STOPPED = ".stopped.log"  # the suffix of a stopped attempt's log, for ".log"
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,15 @@ class LogFile:
     machine: str
     stamp: str  # UTC, YYYYmmddTHHMMSS.ffffffZ, sorts as time does
     serial: int  # >0 when several attempts shared a stamp
+    stopped: bool = False  # the attempt was stopped before its end (module docstring)
 
     @classmethod
     def parse(cls, path: Path) -> LogFile | None:
         """The log a file name describes, or None for files that are not logs."""
         if not path.name.endswith(".log"):
             return None
-        parts = path.name.removesuffix(".log").split("@")
+        stopped = path.name.endswith(STOPPED)
+        parts = path.name.removesuffix(STOPPED if stopped else ".log").split("@")
         if len(parts) != 3 or not parts[0].endswith(".drv"):
             return None
         drv_name, machine, stamp = parts
@@ -71,7 +78,7 @@ class LogFile:
             if not tail.isdigit():
                 return None
             serial = int(tail)
-        return cls(path, drv_name, unquote(machine), stamp, serial)
+        return cls(path, drv_name, unquote(machine), stamp, serial, stopped)
 
     @property
     def order(self) -> tuple[str, int]:
@@ -156,14 +163,15 @@ class BuildLogs:
         return sorted(self._scan(), key=lambda log: log.order)
 
     def latest(self, drv_path: str, machine: str | None = None) -> Path | None:
-        """The newest log of ``drv_path`` (on ``machine``, when given), if one is kept."""
+        """The newest log of ``drv_path`` (on ``machine``, when given) of an attempt that ran
+        to its end, else the newest stopped one, if one is kept."""
         name = _drv_name(drv_path)
         found = [
             log
             for log in self._scan(prefix=f"{name}@")
             if log.drv_name == name and (machine is None or log.machine == machine)
         ]
-        return max(found, key=lambda log: log.order).path if found else None
+        return max(found, key=lambda log: (not log.stopped, log.order)).path if found else None
 
     def read(self, drv_path: str, machine: str | None = None) -> str:
         """The text of the newest log of ``drv_path``; ``OffloadError`` when none is kept."""
@@ -299,6 +307,9 @@ class LogRecorder:
                 writer.close()
                 if self._for_nix and event.status in ("built", "failed"):
                     keep_for_nix(event.drv_path, event.machine, writer.path)
+                if event.status in ("cancelled", "lost"):
+                    path = writer.path
+                    path.replace(path.with_name(path.name.removesuffix(".log") + STOPPED))
 
     def _close_all(self) -> None:
         writers, self._writers = list(self._writers.values()), {}

@@ -10,10 +10,13 @@ end was no event of the run's.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from offload.history.db import History
 from offload.history.records import BuildRecord
 from tests.helpers.nix_files import nix_file
-from tests.helpers.offload_run import events, offload
+from tests.helpers.offload_run import events, offload, offload_env
 
 # The member's speed, from its speed file: 6 s on fast, 24 s on slow.
 GRAPH = """rec {
@@ -59,3 +62,45 @@ def test_the_losing_copy_says_nothing_of_nix_being_stopped(fleet, tmp_path):
     said = [e["line"] for e in seen if e["event"] == "job_log" and e["machine"] == "slow"]
     assert said == ["started"], said
     assert "interrupted" not in done.stderr
+
+
+# As GRAPH, but ``long`` is slow on fast: the copy on slow, started first, wins.
+SLOW_ON_FAST = GRAPH.replace(
+    '"/bin/sleep $((24 / s))"', '"if [ $s = 1 ]; then /bin/sleep 6; else /bin/sleep 60; fi"'
+).replace("${wait}; echo > $out", "${wait}; echo done on $s; echo > $out")
+
+
+def test_offload_log_shows_the_copy_that_built_not_a_later_one_that_lost(fleet, tmp_path):
+    # The speculative copy started later than the one it lost to: offload log (the newest
+    # log) showed the loser's, cut off, for an output another copy built.
+    state = tmp_path / "state"
+    state.mkdir()
+    with History(state / "history.sqlite") as history:
+        history.record(
+            BuildRecord("hook-seed", f"/nix/store/x-{n}.drv", n, "fast", 0.0, 20.0, "built")
+            for n in ("f1", "f2")
+        )
+    file = nix_file(tmp_path, SLOW_ON_FAST)
+    done = offload(
+        fleet, tmp_path, file, "-A", "top", "--builders", f"@{fleet.machines_file}",
+        "--on", "fast,slow", "-j", "0", "--json", "--no-out-link", timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = events(done.stdout)
+    ended = {
+        (e["machine"], e["status"])
+        for e in seen
+        if e["event"] == "job_finished" and e["name"] == "long"
+    }
+    assert ended == {("slow", "built"), ("fast", "cancelled")}, ended  # the case this is about
+    (drv,) = {e["drv_path"] for e in seen if e.get("name") == "long"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "offload", "log", drv],
+        env=offload_env(fleet, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["started", "done on 1"]

@@ -4,7 +4,9 @@
 link to one, like ``./result``) and its deriver asked of the local store with
 ``nix-store -q --deriver``. A path is read as ``nix-store -l`` reads it: links outside the
 store followed, then the store object it is in taken (``x.drv/`` is ``x.drv``). A build offload
-did not run is looked up in Nix's own logs (``nix-store --read-log``). ``--machine`` picks the
+did not run is looked up in Nix's own logs (``nix-store --read-log``). Of several attempts, the
+newest that ran to its end is shown (a speculative copy that lost, or one stopped or lost with
+its machine, only when no attempt ran to its end: ``offload.logs``). ``--machine`` picks the
 newest build on one machine, useful when speculative copies ran on two. The log is printed as
 kept, escape codes and all, on a terminal, and stripped of them otherwise.
 """
