@@ -23,6 +23,7 @@ import pytest
 from offload.fleet import Fleet, MemberSpec
 from offload.history.db import History
 from offload.history.tails import name_of, tails
+from offload.report.model import load_hook_model
 from offload.slots import NIX_CURRENT_LOAD, slot_key
 from tests.helpers.fleets import drop_member, member_processes, private_fleet_fixture
 from tests.helpers.hook_runs import (
@@ -246,6 +247,39 @@ def test_sigterm_mid_build_leaves_nothing_on_the_builder(
     finally:
         stop(proc)
     assert proc.returncode != 0
+
+
+def test_a_build_stopped_by_ctrl_c_is_in_the_history_as_cancelled(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # nix-build stopped by Ctrl-C: its builds on the builders were stopped and left no trace in
+    # history (offload history, offload report --hook), as if nothing had run there.
+    marker = tmp_path / "started"
+    file = nix_file(
+        tmp_path, f'[ (mk "stopped" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
+    )
+    proc = start_nix_build(hook_fleet, tmp_path, file, "-j0", output=False)
+    try:
+        wait_for(marker.exists, 60, "the remote build to start")
+        begun = time.time()
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+
+    def kept() -> list[tuple[str, str]]:
+        with History(tmp_path / "state" / "history.sqlite") as history:
+            return [(b.name, b.status) for b in history.builds(hook=True)]
+
+    # Written by the coordinator's history thread once the build has stopped.
+    wait_for(lambda: bool(kept()), 20, "the stopped build in the history")
+    with History(tmp_path / "state" / "history.sqlite") as history:
+        (build,) = history.builds(hook=True)
+        report = load_hook_model(history, since=None)  # offload report --hook
+    assert (build.name, build.status, build.machine in MEMBERS) == ("stopped", "cancelled", True)
+    assert build.started < begun < build.finished
+    assert [b.build for lane in report.lanes for b in lane.bars] == [build]
+    assert report.run.outcome == "interrupted"
 
 
 def test_offload_use_chooses_the_builder(hook_fleet: Fleet, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ derivation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -407,7 +408,9 @@ async def _build(
     context: HookContext, remote: StoreClient, request: TryRequest, accepted: Accepted, name: str
 ) -> Outcome | None:
     """The build's outcome; None if it could not be built here (said to the user), ``_Lost``
-    if the builder went away."""
+    if the builder went away. One stopped (Nix gone: Ctrl-C; the coordinator stopped) is kept
+    in history as cancelled, as ``offload build`` keeps its stopped copies."""
+    started = time.time()
     machine = context.machine(name)
     substitute = context.pool.builders_use_substitutes or (
         machine.params.get("builders-use-substitutes") == "true"
@@ -425,6 +428,9 @@ async def _build(
                 substitute=substitute,
                 copying=caches_heard(context.say_to_client, name) if substitute else None,
             )
+    except asyncio.CancelledError:
+        _record(context, request, name, Outcome(0, started, time.time()), status="cancelled")
+        raise
     except (OffloadError, OSError) as exc:
         message = exc.message if isinstance(exc, OffloadError) else str(exc)
         if isinstance(exc, TransportError | ProtocolError) and getattr(exc, "peer", None) != LOCAL:
@@ -437,7 +443,14 @@ async def _build(
         return None
 
 
-def _record(context: HookContext, request: TryRequest, name: str, outcome: Outcome) -> None:
+def _record(
+    context: HookContext,
+    request: TryRequest,
+    name: str,
+    outcome: Outcome,
+    status: str | None = None,
+) -> None:
+    """Keep the build in history: ``status``, else built or failed by its exit code."""
     record = BuildRecord(
         run_id=f"hook-{uuid.uuid4().hex[:12]}",
         drv_path=request.drv_path,
@@ -445,7 +458,7 @@ def _record(context: HookContext, request: TryRequest, name: str, outcome: Outco
         machine=name,
         started=outcome.started,
         finished=outcome.finished,
-        status="built" if outcome.exit_code == 0 else "failed",
+        status=status or ("built" if outcome.exit_code == 0 else "failed"),
         bytes_sent=outcome.sent,
         bytes_received=outcome.received,
         name=request.name,

@@ -137,7 +137,8 @@ def latest_burst(builds: Sequence[BuildRecord], pause: float) -> list[BuildRecor
 
 def hook_run(builds: Sequence[BuildRecord], inputs: Mapping[str, Sequence[str]]) -> RunRecord:
     """``offload-hook``'s ``builds`` told as one run: asked, the derivations none of the
-    others was built on; failed if a derivation's last copy failed."""
+    others was built on; failed if a derivation's last copy failed, interrupted if one was
+    stopped (``_hook_outcome``)."""
     drvs = {b.drv_path for b in builds}
     deps = {drv: tuple(d for d in inputs.get(drv, ()) if d in drvs) for drv in drvs}
     needed = {d for ds in deps.values() for d in ds}
@@ -148,12 +149,20 @@ def hook_run(builds: Sequence[BuildRecord], inputs: Mapping[str, Sequence[str]])
         started=min(s for s, _ in spans),
         finished=max(e for _, e in spans),
         asked=tuple(b.pname for drv, b in last.items() if drv not in needed),
-        outcome="ok" if all(b.status == "built" for b in last.values()) else "failed",
+        outcome=_hook_outcome({b.status for b in last.values()}),
         machines=(),
         estimate=None,
         lower_bound=None,
         deps=deps,
     )
+
+
+def _hook_outcome(last: set[str]) -> str:
+    """Of the derivations' last copies' statuses: failed if one failed (or was lost), else
+    interrupted if one was stopped (nix-build's Ctrl-C), else ok."""
+    if last <= {"built", "fetched", "substituted"}:
+        return "ok"
+    return "interrupted" if last <= {"built", "fetched", "substituted", "cancelled"} else "failed"
 
 
 def make_model(
