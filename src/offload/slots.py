@@ -53,33 +53,54 @@ class SlotProbe:
     by_nix: int = 0  # held slots whose file is empty: Nix's own hook holds them
 
 
-def _lock_holders(fd: int) -> set[str] | None:
-    """The pids (as text) holding a flock on ``fd``'s file, as /proc/locks tells them; None
-    when it cannot be read. Its lines: ``1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF``
-    (a waiter's has ``->`` after the number)."""
+class _FlockHolders:
+    """Who holds a flock on which file, from /proc/locks read once (at the first question):
+    a probe asks it of each held slot, and a busy host's table has a line per lock."""
+
+    def __init__(self) -> None:
+        self._table: dict[str, set[str]] | None = None
+        self._read = False
+
+    def of(self, fd: int) -> set[str] | None:
+        """The pids (as text) holding a flock on ``fd``'s file; None when /proc/locks cannot
+        be read."""
+        if not self._read:
+            self._read = True
+            self._table = _flock_table()
+        if self._table is None:
+            return None
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            return None
+        inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        return self._table.get(inode, set())
+
+
+def _flock_table() -> dict[str, set[str]] | None:
+    """/proc/locks's flock holders by ``MAJOR:MINOR:INODE``. Its lines: ``1: FLOCK  ADVISORY
+    WRITE 4242 08:01:1234 0 EOF`` (a waiter's has ``->`` after the number: not a holder)."""
     try:
-        info = os.fstat(fd)
         text = PROC_LOCKS.read_text()
     except OSError:
         return None
-    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    holders = set()
+    table: dict[str, set[str]] = {}
     for line in text.splitlines():
         fields = line.split()[1:]
-        if len(fields) >= 5 and fields[0] == "FLOCK" and fields[4] == inode:
-            holders.add(fields[3])
-    return holders
+        if len(fields) >= 5 and fields[0] == "FLOCK":
+            table.setdefault(fields[4], set()).add(fields[3])
+    return table
 
 
-def _read_holder(fd: int) -> tuple[bool, float | None]:
+def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None]:
     """Whether an offload process holds the slot, and the end it expects, if it wrote one."""
     try:
         text = os.pread(fd, 128, 0).decode("ascii", "replace").strip()
     except OSError:
         return False, None
     fields = dict(field.partition("=")[::2] for field in text.split()[1:])
-    holders = _lock_holders(fd) if "pid" in fields else None
-    if holders is not None and fields["pid"] not in holders:
+    holding = holders.of(fd) if "pid" in fields else None
+    if holding is not None and fields["pid"] not in holding:
         return False, None  # a line left by a holder gone (module docstring)
     until = fields.get("until") if text.startswith("offload") else text
     try:
@@ -121,6 +142,7 @@ class SlotLocks:
     def probe(self, key: str, slots: int) -> SlotProbe:
         """How many of ``key``'s slots are free, and when the held ones expect to end."""
         free, ends, by_nix = 0, [], 0
+        holders = _FlockHolders()
         for slot in range(slots):
             fd = os.open(
                 self.directory / f"{key}-{slot}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
@@ -128,7 +150,7 @@ class SlotLocks:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                by_offload, end = _read_holder(fd)
+                by_offload, end = _read_holder(fd, holders)
                 ends.append(end)
                 by_nix += not by_offload
             else:
