@@ -4,7 +4,9 @@ Nothing here connects to a builder; everything is read from the files offload an
 on this host, so ``offload status`` is instant and safe to run in a loop:
 
 - slots in use: the lock files under Nix's ``current-load`` (``offload.slots``), which
-  ``offload build``, offload's hook and Nix's own hook all hold while a build runs. offload
+  ``offload build``, offload's hook and Nix's own hook all hold while a build runs; beyond a
+  machine's configured slots too, as a run given more takes them (``offload build -j 8``
+  holds ``local-0`` to ``local-7`` whatever Nix's max-jobs): in use may exceed the slots. offload
   writes its name into the file it holds and Nix leaves it empty, so the two are counted apart;
   a holder that wrote when it expects to be done says so (only offload's hook does).
 - backoff: ``backoff.json`` in each state directory that is read (the user's, and the system
@@ -160,6 +162,16 @@ def _connected(
     return any(kept(place, target, sshopts, sockets) for place in places)
 
 
+def _extent(directory: Path, key: str, count: int) -> int:
+    """How many of ``key``'s slot files to look at: its ``count`` slots, and the files past
+    them a run given more slots made; every holder takes the first free one from 0 on, so
+    they are numbered with no gap."""
+    extent = count
+    while (directory / f"{key}-{extent}").exists():
+        extent += 1
+    return extent
+
+
 def pool_status(
     pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float, sshopts: str = ""
 ) -> PoolStatus:
@@ -178,13 +190,14 @@ def pool_status(
     ]
     machines = []
     for name, key, count, connected in entries:
-        probe = slots.probe(key, count)
+        extent = _extent(slots.directory, key, count)
+        probe = slots.probe(key, extent)
         ends = sorted(end for end in probe.busy_ends if end is not None)
         machines.append(
             MachineStatus(
                 name,
                 count,
-                count - probe.free,
+                extent - probe.free,
                 probe.by_nix,
                 tuple(ends),
                 backoff.get(name),

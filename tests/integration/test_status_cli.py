@@ -6,8 +6,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,11 +148,50 @@ def test_a_slot_nix_holds_after_offload_let_it_go_is_nix_s(fleet, tmp_path: Path
         )
     finally:
         gate.touch()
-        proc.communicate(timeout=60)
-        stop(proc)
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            stop(proc)
     assert proc.returncode == 0
     (fast,) = (m for m in json.loads(done.stdout)["machines"] if m["name"] == "fast")
     assert (fast["in_use"], fast["by_nix"], fast["expected_free"]) == (1, 1, [])
+
+
+def test_local_builds_of_a_run_given_more_jobs_are_all_in_use(tmp_path: Path) -> None:
+    # offload build -j 3 holds local-0 to local-2; status, reading Nix's max-jobs (1 here),
+    # looked at local-0 alone and said "local 1/1" with three builds running.
+    shared = Path(tempfile.mkdtemp(prefix="ost", dir="/tmp"))  # the local build users' too
+    shared.chmod(0o777)
+    wait = f"i=0; while [ ! -e {shared}/go ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done"
+    body = " ".join(
+        f'(mk "held-{i}" "/bin/touch {shared}/building-{i}; {wait}; echo > $out" {{}})'
+        for i in range(3)
+    )
+    file = nix_file(tmp_path, f"[ {body} ]\n")
+    argv = [sys.executable, "-m", "offload", "build", str(file), "--no-out-link"]
+    run_env = {**env(tmp_path), "NIX_CONFIG": "substituters =\nmax-jobs = 1"}
+    proc = start([*argv, "--builders", "", "-j", "3"], env=run_env, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(list(shared.glob("building-*"))) == 3, 60, "three local builds")
+        done = subprocess.run(
+            [sys.executable, "-m", "offload", "status", "--builders", "", "--json"],
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    finally:
+        (shared / "go").touch()
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            stop(proc)
+            shutil.rmtree(shared)
+    assert proc.returncode == 0
+    (local,) = (m for m in json.loads(done.stdout)["machines"] if m["name"] == "local")
+    assert local["slots"] == 1  # as configured
+    assert local["in_use"] >= 3  # at least this run's (another run's local builds count too)
 
 
 @pytest.mark.parametrize("interval", ["inf", "nan", "0", "-1", "soon"])
