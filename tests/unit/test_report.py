@@ -242,6 +242,15 @@ def test_a_directory_gone_since_the_check_is_one_line(tmp_path):
         write_page(model, target)
 
 
+def test_a_place_no_file_can_be_made_in_is_one_line_with_a_hint() -> None:
+    # /proc passes the checks (a directory, no such file) and takes no file: the error said
+    # only "No such file or directory", with no hint of what to do.
+    model = make_model(_run({}), [_build("a", "fast", 1, 5)])
+    with pytest.raises(OffloadError, match=r"x\.html: cannot write the report") as raised:
+        write_page(model, Path("/proc/x.html"))
+    assert raised.value.hint == "name a file in a directory you may write, with room for it"
+
+
 def test_ctrl_c_while_the_page_is_written_leaves_no_temporary_file(tmp_path, monkeypatch):
     # `offload build --report` writes it after the run, where Ctrl-C is a KeyboardInterrupt:
     # only an OSError removed the temporary file, so `.r.html.XXXX` stayed beside the page.

@@ -122,13 +122,13 @@ def write_page(model: ReportModel, path: Path | None) -> None:
                 out.write(page)
             return
     except OSError as exc:
-        raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
+        raise _cannot_write(path, exc) from exc
     try:
         # Its directory may have gone since check_target (a long build), or be one the kernel
         # makes no file in (/proc): the same one-line error as a failed write.
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
+        raise _cannot_write(path, exc) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(page)
@@ -139,8 +139,15 @@ def write_page(model: ReportModel, path: Path | None) -> None:
         with contextlib.suppress(OSError):
             Path(tmp).unlink()
         if isinstance(exc, OSError):
-            raise OffloadError(f"{path}: cannot write the report: {exc.strerror}") from exc
+            raise _cannot_write(path, exc) from exc
         raise
+
+
+def _cannot_write(path: Path, exc: OSError) -> OffloadError:
+    return OffloadError(
+        f"{path}: cannot write the report: {exc.strerror or exc}",
+        hint="name a file in a directory you may write, with room for it",
+    )
 
 
 def report_target(text: str) -> Path | None:
