@@ -387,6 +387,14 @@ def test_a_builder_lost_mid_build_is_left_for_another(lost_fleet: Fleet, tmp_pat
     assert lost_fleet.store_has(other, out.split()[0])
     assert f"builder '{building}' failed" in err
 
+    # History keeps both: the build lost with its builder was not in it.
+    def kept() -> set[tuple[str, str]]:
+        with History(tmp_path / "state" / "history.sqlite") as history:
+            return {(b.machine, b.status) for b in history.builds(hook=True)}
+
+    wait_for(lambda: len(kept()) == 2, 20, f"both builds in the history: {kept()}")
+    assert kept() == {(building, "lost"), (other, "built")}
+
 
 def test_a_derivation_no_machine_can_build_is_said_with_what_each_offers(
     hook_fleet: Fleet, tmp_path: Path

@@ -409,7 +409,8 @@ async def _build(
 ) -> Outcome | None:
     """The build's outcome; None if it could not be built here (said to the user), ``_Lost``
     if the builder went away. One stopped (Nix gone: Ctrl-C; the coordinator stopped) is kept
-    in history as cancelled, as ``offload build`` keeps its stopped copies."""
+    in history as cancelled, and one whose builder went away as lost, as ``offload build``
+    keeps its stopped copies."""
     started = time.time()
     machine = context.machine(name)
     substitute = context.pool.builders_use_substitutes or (
@@ -435,6 +436,7 @@ async def _build(
         message = exc.message if isinstance(exc, OffloadError) else str(exc)
         if isinstance(exc, TransportError | ProtocolError) and getattr(exc, "peer", None) != LOCAL:
             context.machine_failed(name, message)
+            _record(context, request, name, Outcome(0, started, time.time()), status="lost")
             if context.keep.dispatch is not None:
                 raise _Lost(message) from exc
         error_message(
