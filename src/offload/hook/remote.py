@@ -118,6 +118,25 @@ def error_message(io: HookIO, text: str) -> None:
     write_nix_json(io, {"action": "msg", "level": 0, "msg": text})
 
 
+async def _send_inputs(
+    acts: _Activities,
+    accepted: Accepted,
+    local: StoreClient,
+    remote: StoreClient,
+    *,
+    machine: str,
+    substitute: bool,
+    copying: Callable[[str], None] | None,
+) -> int:
+    """The inputs ``remote`` lacks, sent (or, with ``substitute``, fetched by it from its own
+    caches first); the bytes sent."""
+    copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
+    with also_heard(remote, copying) if copying is not None else contextlib.nullcontext():
+        sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
+    acts.stop(copy)
+    return sent
+
+
 async def build_remote(
     io: HookIO,
     request: TryRequest,
@@ -133,10 +152,9 @@ async def build_remote(
     drv = read_derivation(request.drv_path)
     acts = _Activities(io)
     started = time.time()
-    copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
-    with also_heard(remote, copying) if copying is not None else contextlib.nullcontext():
-        sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
-    acts.stop(copy)
+    sent = await _send_inputs(
+        acts, accepted, local, remote, machine=machine, substitute=substitute, copying=copying
+    )
     # Talkative (-v): Nix says "building '...' on '<uri>'" itself at the accept; at its
     # default verbosity this one, the same line with the builder's name, was said twice.
     build = acts.start(
