@@ -237,3 +237,50 @@ def test_offload_hook_says_a_cache_the_builder_leaves_out_once_per_nix_build(cac
         "'cached')"
     )
     assert said == [line], done.stderr
+
+
+@pytest.mark.usefixtures("coordinators_stopped")
+def test_offload_hook_says_a_builder_whose_nix_stops_on_its_ssh_cache_failed_not_a_cache_left_out(
+    cache_fleet, tmp_path
+):
+    # nix-build with offload-hook, builders-use-substitutes on and the builder's one cache an
+    # ssh:// one that refuses. Without fallback its Nix stops on it as it substitutes the
+    # inputs: the builder failed, with its Nix's words and the fix on the builder, and no cache
+    # was left out while the inputs went from here (said so before, then the failure). With
+    # fallback = true its Nix goes on: then it is a cache left out, said once, and built there.
+    conf = cache_fleet.member("cached").root / "etc-nix" / "nix.conf"
+    cache = "ssh://nobody-here@127.0.0.1"
+    kept = conf.read_text().replace("substituters =", f"substituters = {cache}")
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(1024))
+    source = subprocess.run(
+        ["nix-store", "--add", str(blob)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    script = f"/bin/sha256sum ${{builtins.storePath {json.dumps(source)}}} > $out"
+    file = nix_file(tmp_path, f'{{ x = mk "hook-after-ssh-cache" "{script}" {{}}; }}\n')
+    runs = {}
+    for fallback in ("false", "true"):
+        conf.write_text(f"{kept}fallback = {fallback}\n")
+        (tmp_path / fallback).mkdir()  # its own backoff state
+        runs[fallback] = nix_build(
+            cache_fleet, tmp_path / fallback, file, "-j", "0", "--option",
+            "builders-use-substitutes", "true",
+        )  # fmt: skip
+    stopped, went_on = runs["false"], runs["true"]
+    assert stopped.returncode != 0, stopped.stderr
+    assert "left out binary cache" not in stopped.stderr, stopped.stderr
+    (failed,) = [line for line in stopped.stderr.splitlines() if "'cached' failed" in line]
+    assert failed.startswith(
+        "offload-hook: builder 'cached' failed: its Nix stopped on a binary cache of its own as "
+        "it substituted the inputs (builders-use-substitutes): cached: cannot connect to "
+        "'nobody-here@127.0.0.1'; fix the substituters (or set fallback = true) in the builder's "
+        "nix.conf, or give --option builders-use-substitutes false; backed off until "
+    ), failed
+    assert went_on.returncode == 0, went_on.stderr
+    said = [line for line in went_on.stderr.splitlines() if "left out binary cache" in line]
+    line = (
+        f"offload-hook: builder 'cached' left out binary cache '{cache}': it cannot be reached "
+        "over ssh; the inputs it would have given are sent from here instead (check the "
+        "substituters setting on 'cached')"
+    )
+    assert said == [line], went_on.stderr

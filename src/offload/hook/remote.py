@@ -3,13 +3,13 @@
 The inputs Nix names go to the builder as one export stream, only what it lacks
 (``send_closure``, the same as ``offload build`` uses; with builders-use-substitutes it first
 fetches from its own caches, and a cache its Nix leaves out then is said to the user as
-``offload build`` says it: ``caches_heard``). The build runs by ``BuildDerivation`` (the
-serve protocol's, or the daemon's for ssh-ng://, whose build phases go on to Nix as its own
-would) with Nix's ``timeout``, ``max-silent-time`` and ``max-build-log-size``; its log lines
-go to fd 4, where Nix keeps them (``nix log``, ``-L``). The wanted outputs and whatever of
-their closure is missing here come home through ``offload.hook.home``. Each step is announced
-to Nix as a structured activity (``@nix`` lines), so its progress bar and ``--log-format``
-see the build.
+``offload build`` says it: ``CachesHeard``; one its Nix stops on is the builder failed). The
+build runs by ``BuildDerivation`` (the serve protocol's, or the daemon's for ssh-ng://, whose
+build phases go on to Nix as its own would) with Nix's ``timeout``, ``max-silent-time`` and
+``max-build-log-size``; its log lines go to fd 4, where Nix keeps them (``nix log``, ``-L``).
+The wanted outputs and whatever of their closure is missing here come home through
+``offload.hook.home``. Each step is announced to Nix as a structured activity (``@nix`` lines),
+so its progress bar and ``--log-format`` see the build.
 
 A build failure is reported the way Nix reads a hook's: the message as a structured error and
 the exit code 100 (101 when the build timed out), which Nix 2.8 turns into the derivation's
@@ -26,14 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from offload.cache_words import cache_fault
+from offload.errors import OffloadError
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
 from offload.protocol.serve import BuildOptions, BuildStatus, StoreClient, topo_sort_infos
+from offload.protocol.stderr import strip_ansi
 from offload.protocol.store import also_heard
 from offload.scheduler.run import send_closure
 from offload.store.drv import read_derivation
 
-__all__ = ["Outcome", "build_remote", "caches_heard", "error_message", "log_writer"]
+__all__ = ["CachesHeard", "Outcome", "build_remote", "error_message", "log_writer"]
 
 # Activity ids must be unique per Nix process; one coordinator builds for many hooks at once.
 _ACTIVITY_BLOCKS = itertools.count()
@@ -94,23 +96,45 @@ def _lock_note(io: HookIO, drv_path: str) -> Callable[[str], None]:
     return say
 
 
-def caches_heard(say: Callable[[str], None], machine: str) -> Callable[[str], None]:
-    """Read a line ``machine``'s Nix says while the inputs go (it is in the build's log too):
-    a binary cache it leaves out (builders-use-substitutes) is a line of ``say``'s, which
-    says it once per nix-build (``HookContext.say_to_client``). Its own words are in the log,
-    which ``nix build`` shows only on failure; the run goes on without the cache."""
+class CachesHeard:
+    """Reads the lines ``machine``'s Nix says while the inputs go (they are in the build's log
+    too): a binary cache it leaves out (builders-use-substitutes) is a line of ``say``'s,
+    which says it once per nix-build (``HookContext.say_to_client``). Its own words are in the
+    log, which ``nix build`` shows only on failure; the run goes on without the cache.
 
-    def heard(line: str) -> None:
+    An ``error:`` line naming a cache (an ``ssh://`` one) is held until the builder goes on
+    (its next line, or the inputs sent: ``settle``): without fallback its Nix stops with it,
+    which ends the session, and then the builder failed with those words (said as that, with
+    the fix on the builder: ``HookContext.machine_failed``), and no cache was left out."""
+
+    def __init__(self, say: Callable[[str], None], machine: str) -> None:
+        self._say = say
+        self._machine = machine
+        self._held: tuple[str, str] | None = None  # (the line to say, Nix's words)
+
+    def __call__(self, line: str) -> None:
+        self.settle(None)
         fault = cache_fault(line)
-        if fault is not None:
-            cache, why = fault
-            say(
-                f"builder '{machine}' left out binary cache '{cache}': {why}; the inputs it "
-                f"would have given are sent from here instead (check the substituters setting "
-                f"on '{machine}')"
-            )
+        if fault is None:
+            return
+        cache, why = fault
+        text = (
+            f"builder '{self._machine}' left out binary cache '{cache}': {why}; the inputs it "
+            f"would have given are sent from here instead (check the substituters setting "
+            f"on '{self._machine}')"
+        )
+        plain = strip_ansi(line).strip()
+        if plain.startswith("error:"):
+            self._held = (text, plain.removeprefix("error:").strip())
+        else:
+            self._say(text)
 
-    return heard
+    def settle(self, error: str | None) -> None:
+        """The builder went on: a held cache is said, unless the sending ended with an
+        ``error`` carrying the held line's words (its Nix stopped on that cache)."""
+        held, self._held = self._held, None
+        if held is not None and (error is None or held[1] not in error):
+            self._say(held[0])
 
 
 def error_message(io: HookIO, text: str) -> None:
@@ -126,13 +150,20 @@ async def _send_inputs(
     *,
     machine: str,
     substitute: bool,
-    copying: Callable[[str], None] | None,
+    copying: CachesHeard | None,
 ) -> int:
     """The inputs ``remote`` lacks, sent (or, with ``substitute``, fetched by it from its own
     caches first); the bytes sent."""
     copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
     with also_heard(remote, copying) if copying is not None else contextlib.nullcontext():
-        sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
+        try:
+            sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
+        except (OffloadError, OSError) as exc:
+            if copying is not None:
+                copying.settle(str(exc))
+            raise
+    if copying is not None:
+        copying.settle(None)
     acts.stop(copy)
     return sent
 
@@ -147,7 +178,7 @@ async def build_remote(
     machine: str,
     options: BuildOptions,
     substitute: bool = False,
-    copying: Callable[[str], None] | None = None,  # the builder's lines while inputs go
+    copying: CachesHeard | None = None,  # the builder's lines while inputs go
 ) -> Outcome:
     drv = read_derivation(request.drv_path)
     acts = _Activities(io)

@@ -43,7 +43,7 @@ from offload.hook.dispatch import Placement
 from offload.hook.full import MOVED_NOTE, WAIT_NOTE, FullBuilders
 from offload.hook.guard import Guard
 from offload.hook.links import BuilderFullError, Unreachable
-from offload.hook.remote import Outcome, build_remote, caches_heard, error_message, log_writer
+from offload.hook.remote import CachesHeard, Outcome, build_remote, error_message, log_writer
 from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_reply
 from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions, StoreClient
@@ -427,7 +427,7 @@ async def _build(
                 machine=name,
                 options=BuildOptions.from_settings(context.settings.get),
                 substitute=substitute,
-                copying=caches_heard(context.say_to_client, name) if substitute else None,
+                copying=CachesHeard(context.say_to_client, name) if substitute else None,
             )
     except asyncio.CancelledError:
         _record(context, request, name, Outcome(0, started, time.time()), status="cancelled")
