@@ -28,6 +28,14 @@ Nix's words, the same in 2.8 and 2.18 but where said otherwise (its source, by v
   ``s3://``. From 2.33 S3 goes through Nix's own downloads, as ``https://`` (the first words).
 Nix may colour its ``warning:`` prefix and its arguments: a line is read as a terminal would
 show it (``sanitize``: no escape or control characters, which a builder's line could carry).
+
+An HTTP error may quote the cache's response body (a short one, or HTML: filetransfer.cc's
+``FileTransferError``): ``<words>\n\nresponse body:\n\n<body>``. Left out (``logWarning``,
+error.cc's ``showErrorInfo``), every line after the first is indented as far as ``warning: ``
+(a blank one not). A retry (2.34.1 on, ``warn("%s; retrying in %d ms (attempt %d/%d)")``)
+prints the same words unindented, so its first line is the one a cache left out says, and its
+``; retrying ...`` ends its last body line. So ``CacheLines`` reads lines as a block: an HTTP
+error's first line is held until the block shows which it is, its end for a retry (dropped).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from collections.abc import Sequence
 
 from offload.ui.term import sanitize
 
-__all__ = ["cache_fault"]
+__all__ = ["CacheLines", "cache_fault"]
 
 _UNREACHABLE = re.compile(
     r"warning: unable to download '(?P<cache>[^']+)/nix-cache-info': (?P<why>.+)"
@@ -56,6 +64,9 @@ _S3_UNREACHABLE = re.compile(
 _DISABLED = re.compile(r"disabling binary cache '(?P<cache>[^']+)' for (?P<seconds>\d+) seconds")
 # A retry's line (Nix 2.34.1 on: the same words, then ``; retrying in <n> ms (attempt ...)``).
 _RETRY = re.compile(r"; retrying (?:from offset \d+ )?in \d+ ms")
+# The words that start an HTTP error's quoted response body (filetransfer.cc).
+_BODY = "response body:"
+_HTTP = "it cannot be reached (HTTP error"
 # Nix 2.25 on add curl's error buffer after ``<error> (<code>)``: it says the same again.
 _CURL_CODE = re.compile(r"^(.*? \(\d+\)) .*$")
 
@@ -98,3 +109,61 @@ def _ssh_cache(host: str, substituters: Sequence[str]) -> str:
         if host in (authority, bare, bare.rpartition(":")[0]):
             return cache
     return f"ssh://{host}"
+
+
+class CacheLines:
+    """Nix's lines read one by one (``read``), each cache fault they say returned once its
+    block shows it is one: an HTTP error on ``nix-cache-info`` (which may quote a response
+    body) is held, then returned at the next line that is not its body's, dropped when the
+    block ends with ``; retrying`` (a retry that may still succeed), returned by ``end`` when
+    no line came after it."""
+
+    def __init__(self, substituters: Sequence[str] = ()) -> None:
+        self._substituters = substituters
+        self._held: tuple[str, str] | None = None  # the fault its first line says
+        self._lines = 0  # the held block's lines after its first
+        self._retry = False  # the held block is a retry's (unindented body): dropped at its end
+
+    def read(self, line: str) -> list[tuple[str, str]]:
+        """The faults told as ``line`` comes (one held before it, and its own)."""
+        if self._held is None:
+            return self._read_first(line)
+        went = self._go_on(sanitize(line).rstrip())
+        if went == "on":
+            return []
+        if went == "told":  # a cache left out, the rest of whose block is no fault
+            held, self._held, self._lines = self._held, None, 0
+            return [held]
+        return self._read_first(line)  # the held block ended before ``line``: told then
+
+    def end(self) -> tuple[str, str] | None:
+        """No line came after the last: a held cache left out is told (a retry's is not)."""
+        held, retry, self._held, self._lines, self._retry = self._held, self._retry, None, 0, False
+        return None if held is None or retry else held
+
+    def _read_first(self, line: str) -> list[tuple[str, str]]:
+        told = [held] if (held := self.end()) is not None else []
+        fault = cache_fault(line, self._substituters)
+        if fault is None:
+            return told
+        if fault[1].startswith(_HTTP) and _UNREACHABLE.fullmatch(sanitize(line).rstrip()):
+            self._held = fault  # it may quote a body: its block tells what it is
+            return told
+        return [*told, fault]
+
+    def _go_on(self, line: str) -> str:
+        """Where ``line`` leaves the held block: "on" (it goes on), "told" (it is a cache left
+        out: ``logWarning``'s indented block), "ended" (it ended before ``line``)."""
+        self._lines += 1
+        if self._retry:
+            if _RETRY.search(line):  # the retry's last line: dropped with its block
+                self._held, self._lines, self._retry = None, 0, False
+            return "on"
+        if self._lines == 1 and not line.strip():
+            return "on"  # the blank line before "response body:"
+        if self._lines == 2 and line == _BODY:  # unindented: ``warn``'s, a retry's
+            self._retry = True
+            return "on"
+        if self._lines == 2 and line.strip() == _BODY:  # indented: ``logWarning``'s
+            return "told"
+        return "ended"

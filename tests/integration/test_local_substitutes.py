@@ -436,3 +436,45 @@ def test_a_cache_error_nix_stops_on_is_said_once_with_its_response_body(project,
         assert sum("upstream down" in line for line in lines) == 1, done.stderr
         assert not [line for line in lines if "exited with" in line], done.stderr
     assert not _valid(project.out("top"))
+
+
+class _AllBadGateway(_BadGateway):
+    """A cache behind a proxy whose upstream is down: everything, nix-cache-info too, is a 502
+    with a short HTML body."""
+
+    @override
+    def do_GET(self) -> None:
+        body = b"<html><body>upstream down</body></html>\n"
+        self.send_response(502)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_cache_left_out_with_a_response_body_is_told_once(project):
+    # Nix quotes the body in its warning (each line after the first indented): the cache is
+    # read from the block as a whole (a retry's, Nix 2.34.1 on, ends with "; retrying"), and
+    # told once, by a run and a dry run alike.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AllBadGateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cache = f"http://127.0.0.1:{server.server_address[1]}"
+    flags = ["--option", "substituters", cache, "--option", "download-attempts", "1"]
+    try:
+        dry = project.offload("--dry-run", *flags)
+        run = project.offload(*flags)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert dry.returncode == 0, dry.stderr
+    told = json.loads(dry.stdout)["caches_left_out"]
+    assert [(e["machine"], e["cache"], e["message"]) for e in told] == [
+        ("local", cache, "it cannot be reached (HTTP error 502 ('Bad Gateway'))")
+    ], dry.stderr
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    told = [e for e in events if e["event"] == "machine" and e["state"] == "cache"]
+    assert [(e["machine"], e["cache"]) for e in told] == [("local", cache)], run.stdout
+    assert sum(_left_out(line) for line in run.stderr.splitlines()) == 1, run.stderr
+    assert _valid(project.out("top"))

@@ -10,7 +10,10 @@ as a "cache" machine event: the lines themselves still go where they went (the l
 to stderr as nix-build shows them; a builder's, with builders-use-substitutes, to the log of
 the build whose inputs it was asked to substitute).
 
-Nix's words for it, by version, are read in ``offload.cache_words``. Some are ``error:`` lines
+Nix's words for it, by version, are read in ``offload.cache_words``, each machine's lines as
+blocks (``CacheLines``: an HTTP error quoting a response body is a retry only if its block
+ends with ``; retrying``); a block still held when an event comes is told then (Nix writes a
+block at once), or at ``end``. Some are ``error:`` lines
 (an ``ssh://`` cache): Nix goes on after them only with ``--fallback``, and without it stops
 with them, which on a builder ends the session the build's inputs went over. So a builder's
 such line is told once the builder goes on (its next line, or an event of the run's for it),
@@ -23,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from offload.cache_words import cache_fault
+from offload.cache_words import CacheLines, cache_fault
 from offload.protocol.stderr import strip_ansi
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
 
@@ -48,10 +51,14 @@ class CacheFaults:
         self._building: set[tuple[str, str]] = set()  # (derivation, machine)
         # A builder's error line naming a cache, until the builder goes on or stops with it.
         self._held: dict[str, tuple[MachineEvent, str]] = {}
+        self._lines: dict[str, CacheLines] = {}  # each machine's lines, read as blocks
         self._out = emit
 
     def emit(self, event: Event) -> None:
-        """``event`` goes on, as the run tells it; a build's phase is noted."""
+        """``event`` goes on, as the run tells it; a build's phase is noted. A block of a
+        machine's lines held (an HTTP error that may quote a body) is told first: Nix writes
+        a block at once, so the next event comes after it."""
+        self.end()
         if isinstance(event, JobPhase):
             key = (event.drv_path, event.machine)
             if event.phase == "building":
@@ -62,29 +69,44 @@ class CacheFaults:
             self._settle(event.machine, _said(event))
         self._out(event)
 
+    def end(self) -> None:
+        """No more lines come yet: each machine's held block of lines is told, if a fault."""
+        for machine, lines in self._lines.items():
+            fault = lines.end()
+            if fault is not None and (told := self._told_event(machine, fault)) is not None:
+                self._out(told)
+
     def build_log(self, drv_path: str, machine: str, line: str) -> None:
         """A line of ``drv_path``'s log on ``machine``: read until the build itself starts.
-        An ``error:`` line is held until ``machine`` goes on (``_settle``)."""
+        An ``error:`` line's own cache is held until ``machine`` goes on (``_settle``)."""
         if (drv_path, machine) in self._building:
             return
         self._settle(machine, None)
         plain = strip_ansi(line)
-        told = self._told_event(machine, line)
-        if told is not None and plain.startswith("error:"):
-            self._held[machine] = (told, plain.removeprefix("error:").strip())
-        elif told is not None:
-            self._out(told)
+        told = self._read(machine, line)
+        own = cache_fault(line, self._substituters.get(machine, ()))
+        if told and plain.startswith("error:") and own is not None and told[-1].cache == own[0]:
+            *told, last = told
+            self._held[machine] = (last, plain.removeprefix("error:").strip())
+        for event in told:
+            self._out(event)
 
     def heard(self, machine: str, line: str) -> None:
         """``line`` as ``machine``'s Nix said it."""
-        told = self._told_event(machine, line)
-        if told is not None:
-            self._out(told)
+        for event in self._read(machine, line):
+            self._out(event)
 
-    def _told_event(self, machine: str, line: str) -> MachineEvent | None:
-        """The event telling the cache ``line`` says ``machine`` left out, if not told yet."""
-        fault = cache_fault(line, self._substituters.get(machine, ()))
-        if fault is None or (machine, fault[0]) in self._told:
+    def _read(self, machine: str, line: str) -> list[MachineEvent]:
+        """The events telling the caches ``machine``'s lines say it left out as ``line``
+        comes, each once."""
+        lines = self._lines.get(machine)
+        if lines is None:
+            lines = self._lines[machine] = CacheLines(self._substituters.get(machine, ()))
+        return [e for f in lines.read(line) if (e := self._told_event(machine, f)) is not None]
+
+    def _told_event(self, machine: str, fault: tuple[str, str]) -> MachineEvent | None:
+        """The event telling the cache ``fault`` says ``machine`` left out, if not told yet."""
+        if (machine, fault[0]) in self._told:
             return None
         cache, why = fault
         self._told.add((machine, cache))

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from offload.cache_words import cache_fault
+from offload.cache_words import CacheLines, cache_fault
 from offload.errors import OffloadError
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
@@ -110,31 +110,36 @@ class CachesHeard:
     def __init__(self, say: Callable[[str], None], machine: str) -> None:
         self._say = say
         self._machine = machine
+        self._lines = CacheLines()  # its lines read as blocks (an HTTP error's quoted body)
         self._held: tuple[str, str] | None = None  # (the line to say, Nix's words)
 
     def __call__(self, line: str) -> None:
-        self.settle(None)
-        fault = cache_fault(line)
-        if fault is None:
-            return
+        self.settle(None, end=False)
+        plain = strip_ansi(line).strip()
+        own = cache_fault(line) if plain.startswith("error:") else None
+        for fault in self._lines.read(line):
+            if fault == own:  # an error line's own cache: held until the builder goes on
+                self._held = (self._text(fault), plain.removeprefix("error:").strip())
+            else:
+                self._say(self._text(fault))
+
+    def settle(self, error: str | None, *, end: bool = True) -> None:
+        """The builder went on: a held cache is said, unless the sending ended with an
+        ``error`` carrying the held line's words (its Nix stopped on that cache); at its
+        ``end``, a held block of its lines too."""
+        held, self._held = self._held, None
+        if held is not None and (error is None or held[1] not in error):
+            self._say(held[0])
+        if end and (fault := self._lines.end()) is not None:
+            self._say(self._text(fault))
+
+    def _text(self, fault: tuple[str, str]) -> str:
         cache, why = fault
-        text = (
+        return (
             f"builder '{self._machine}' left out binary cache '{cache}': {why}; the inputs it "
             f"would have given are sent from here instead (check the substituters setting "
             f"on '{self._machine}')"
         )
-        plain = strip_ansi(line).strip()
-        if plain.startswith("error:"):
-            self._held = (text, plain.removeprefix("error:").strip())
-        else:
-            self._say(text)
-
-    def settle(self, error: str | None) -> None:
-        """The builder went on: a held cache is said, unless the sending ended with an
-        ``error`` carrying the held line's words (its Nix stopped on that cache)."""
-        held, self._held = self._held, None
-        if held is not None and (error is None or held[1] not in error):
-            self._say(held[0])
 
 
 def error_message(io: HookIO, text: str) -> None:
