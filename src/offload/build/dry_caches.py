@@ -70,6 +70,7 @@ async def caches_asked(
     for held in error:
         say(held)
         faults.heard(LOCAL, held)
+    faults.end()  # a cache's error held for a body that never came: Nix said nothing after it
     return [e for e in told if isinstance(e, MachineEvent)]
 
 
