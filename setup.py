@@ -2,7 +2,7 @@
 
 mypyc compiles the policy, the job graph and the simulator (``COMPILED``) to C extension
 modules from the same source: the same decisions (``tests/integration/test_compiled.py``),
-planned about 1.7x faster (docs/BENCHMARKS.md, "Scheduler cost"). The Nix package builds it so;
+planned 1.5-1.8x faster (docs/BENCHMARKS.md, "Session 21"). The Nix package builds it so;
 without the variable (pip's default) offload is pure Python. Compiling needs mypy and a C
 compiler where the package is built: ``OFFLOAD_USE_MYPYC=1 pip install --no-build-isolation .``
 with mypy installed. An editable install is never compiled: a compiled module beside its source

@@ -25,7 +25,7 @@ python3Packages.buildPythonApplication {
   };
 
   # setup.py compiles the scheduler's policy, graph and simulator with mypyc: the same
-  # decisions, planned about 1.7x faster (docs/BENCHMARKS.md, "Scheduler cost").
+  # decisions, planned 1.5-1.8x faster (docs/BENCHMARKS.md, "Session 21").
   build-system = with python3Packages; [
     setuptools
     mypy
