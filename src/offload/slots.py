@@ -70,16 +70,18 @@ class _FlockHolders:
         if self._table is None:
             return None
         try:
-            info = os.fstat(fd)
+            inode = str(os.fstat(fd).st_ino)
         except OSError:
             return None
-        inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
         return self._table.get(inode, set())
 
 
 def _flock_table() -> dict[str, set[str]] | None:
-    """/proc/locks's flock holders by ``MAJOR:MINOR:INODE``. Its lines: ``1: FLOCK  ADVISORY
-    WRITE 4242 08:01:1234 0 EOF`` (a waiter's has ``->`` after the number: not a holder)."""
+    """/proc/locks's flock holders by inode number. Its lines: ``1: FLOCK  ADVISORY  WRITE 4242
+    08:01:1234 0 EOF`` (a waiter's has ``->`` after the number: not a holder). The device is
+    left out: it is the file system's own, which on btrfs (each subvolume has a device of its
+    own) and on an overlay over several file systems is not the one stat gives. The pid
+    must match too, so another file with that number elsewhere is no real risk."""
     try:
         text = PROC_LOCKS.read_text()
     except OSError:
@@ -88,7 +90,7 @@ def _flock_table() -> dict[str, set[str]] | None:
     for line in text.splitlines():
         fields = line.split()[1:]
         if len(fields) >= 5 and fields[0] == "FLOCK":
-            table.setdefault(fields[4], set()).add(fields[3])
+            table.setdefault(fields[4].rpartition(":")[2], set()).add(fields[3])
     return table
 
 

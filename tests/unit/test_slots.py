@@ -1,6 +1,7 @@
 import asyncio
 import fcntl
 import os
+import subprocess
 
 import pytest
 
@@ -124,3 +125,46 @@ def test_a_slot_whose_holder_line_cannot_be_written_is_not_left_held(tmp_path, m
     fd = locks.try_acquire("b", 1)
     assert fd is not None  # the only slot: free again
     os.close(fd)
+
+
+@pytest.fixture
+def overlay_dir(tmp_path):
+    """A directory on an overlay whose upper layer is on another file system (a tmpfs): there,
+    as on btrfs, stat's device is not the one /proc/locks names. Needs mount rights (root)."""
+    lower, top, merged = tmp_path / "lower", tmp_path / "top", tmp_path / "merged"
+    for path in (lower, top, merged):
+        path.mkdir()
+    tmpfs = ["mount", "-t", "tmpfs", "tmpfs", str(top)]
+    if subprocess.run(tmpfs, check=False, capture_output=True).returncode:
+        pytest.skip("cannot mount here")
+    try:
+        (top / "upper").mkdir()
+        (top / "work").mkdir()
+        opts = f"lowerdir={lower},upperdir={top / 'upper'},workdir={top / 'work'}"
+        argv = ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)]
+        if subprocess.run(argv, check=False, capture_output=True).returncode:
+            pytest.skip("cannot mount an overlay here")
+        try:
+            yield merged
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)
+    finally:
+        subprocess.run(["umount", str(top)], check=True)
+
+
+def test_an_offload_holders_line_is_believed_where_stat_and_proc_locks_differ(overlay_dir):
+    # A slot directory on btrfs (a subvolume: Fedora's /) or such an overlay: the holder's line
+    # was read as left behind (its device never matched /proc/locks's), so every slot offload
+    # held there was 'by Nix's hook' with no expected end.
+    locks = SlotLocks(overlay_dir)
+    ours = locks.try_acquire("ssh:__b", 2, until=1234.5)
+    assert ours is not None
+    try:
+        info = os.fstat(ours)
+        assert f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:" not in (
+            slots.PROC_LOCKS.read_text()
+        )  # what this test is about: the two devices differ
+        probe = locks.probe("ssh:__b", 2)
+    finally:
+        os.close(ours)
+    assert (probe.free, probe.by_nix, probe.busy_ends) == (1, 0, (1234.5,))
