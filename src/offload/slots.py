@@ -8,7 +8,8 @@ builds and never put more than ``maxJobs`` builds on a machine between them. The
 has no such file in Nix (its builds are counted per process); offload uses ``local-<n>`` in the
 same directory so that concurrent offload runs share the local slots too.
 
-Every offload process writes one line into the file it holds: ``offload pid=<pid>``, and for
+Every offload process writes one line into the file it holds: ``offload pid=<pid> ns=<its pid
+namespace>``, and for
 offload's hook `` until=<wall-clock time>`` it expects the build to end, so another hook deciding
 whether to wait for that slot can tell when it frees (``probe``). Nix never reads the files'
 contents and leaves them empty: a held slot whose file says nothing is Nix's own hook's, which
@@ -16,7 +17,9 @@ is how ``offload status`` tells the two apart. (Older offload hooks wrote the ba
 Nobody empties a file when letting it go (truncating costs a journal transaction per build), and
 Nix's hook leaves what it finds, so a line is believed only while the process it names holds
 the file's lock (``/proc/locks``); the line of a holder that let go, or was killed, is nobody's,
-and a slot held under it is Nix's own hook's, with no expected end.
+and a slot held under it is Nix's own hook's, with no expected end. A pid means nothing in
+another pid namespace (a container sharing current-load: /proc/locks gives the holder's pid
+as seen here, or 0), so a line from another one is believed as it is, as a line was before.
 
 The directory is Nix's own when it is writable (``/nix/var/nix/current-load``, as root);
 otherwise offload's state directory, which at least coordinates offload's own processes.
@@ -33,10 +36,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.procfs import pid_namespace
+
 __all__ = ["NIX_CURRENT_LOAD", "SlotLocks", "SlotProbe", "slot_key"]
 
 NIX_CURRENT_LOAD = Path("/nix/var/nix/current-load")
 PROC_LOCKS = Path("/proc/locks")
+# This process's pid namespace (``pid:[4026531836]``), named in its slot lines.
+_NAMESPACE = pid_namespace()
 # How often a run waiting for a slot held by another process looks again.
 POLL_INTERVAL = 0.25
 
@@ -101,7 +108,8 @@ def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None]:
     except OSError:
         return False, None
     fields = dict(field.partition("=")[::2] for field in text.split()[1:])
-    holding = holders.of(fd) if "pid" in fields else None
+    ours = fields.get("ns", _NAMESPACE) == _NAMESPACE  # older lines name none: checked
+    holding = holders.of(fd) if "pid" in fields and ours else None
     if holding is not None and fields["pid"] not in holding:
         return False, None  # a line left by a holder gone (module docstring)
     until = fields.get("until") if text.startswith("offload") else text
@@ -113,7 +121,7 @@ def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None]:
 
 
 def _holder_line(until: float | None) -> bytes:
-    line = f"offload pid={os.getpid()}"
+    line = f"offload pid={os.getpid()} ns={_NAMESPACE}"
     if until is not None:
         line += f" until={until:.3f}"
     return f"{line}\n".encode()

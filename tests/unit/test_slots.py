@@ -2,10 +2,12 @@ import asyncio
 import fcntl
 import os
 import subprocess
+import sys
 
 import pytest
 
 from offload import slots
+from offload.procfs import pid_namespace
 from offload.scheduler.run import Executor, PoolMember
 from offload.slots import SlotLocks, slot_key
 from offload.transport.fake import FakeLink, FakeStore
@@ -35,7 +37,7 @@ def test_slots_are_shared_between_independent_holders(tmp_path):
 
 def test_a_slot_file_says_exactly_its_holders_line_whatever_it_said_before(tmp_path):
     locks = SlotLocks(tmp_path)
-    mine = f"offload pid={os.getpid()}\n"
+    mine = f"offload pid={os.getpid()} ns={pid_namespace()}\n"
     cases = ["offload pid=1 until=1700000000.123\n", "", "x" * len(mine), mine]
     for before in cases:  # longer, empty, same length, and this process's own line
         (tmp_path / "local-0").write_text(before)
@@ -87,7 +89,8 @@ def test_a_probe_tells_offloads_holders_from_nixs(tmp_path):
     locks = SlotLocks(tmp_path)
     ours = locks.try_acquire("ssh:__b", 3, until=1234.5)
     assert ours is not None
-    assert (tmp_path / "ssh:__b-0").read_text() == f"offload pid={os.getpid()} until=1234.500\n"
+    line = f"offload pid={os.getpid()} ns={pid_namespace()} until=1234.500\n"
+    assert (tmp_path / "ssh:__b-0").read_text() == line
     # Nix's build-remote holds slot 1 and leaves its file empty.
     nix = os.open(tmp_path / "ssh:__b-1", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(nix, fcntl.LOCK_EX)
@@ -168,3 +171,34 @@ def test_an_offload_holders_line_is_believed_where_stat_and_proc_locks_differ(ov
     finally:
         os.close(ours)
     assert (probe.free, probe.by_nix, probe.busy_ends) == (1, 0, (1234.5,))
+
+
+_HOLDER = """
+import os, sys
+from pathlib import Path
+from offload.slots import SlotLocks
+fd = SlotLocks(Path(sys.argv[1])).try_acquire("ssh:__b", 1, until=1234.5)
+print("held" if fd is not None else "none", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_offload_holder_in_another_pid_namespace_is_still_offloads(tmp_path):
+    # An offload run in a container (its own pid namespace) sharing current-load with this
+    # host: its line names its pid there, /proc/locks here another number. The slot read as
+    # Nix's hook's, with no expected end.
+    argv = ["unshare", "--pid", "--fork", sys.executable, "-c", _HOLDER, str(tmp_path)]
+    try:
+        holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    try:
+        assert holder.stdout is not None
+        said = holder.stdout.readline().strip()
+        if not said:
+            pytest.skip("cannot make a pid namespace here")
+        assert said == "held"
+        probe = SlotLocks(tmp_path).probe("ssh:__b", 1)
+    finally:
+        holder.communicate("", timeout=30)
+    assert (probe.free, probe.by_nix, probe.busy_ends) == (0, 0, (1234.5,))
