@@ -16,9 +16,11 @@ ends with ``; retrying``); a block still held when an event comes is told then (
 block at once), or at ``end``. Some are ``error:`` lines
 (an ``ssh://`` cache): Nix goes on after them only with ``--fallback``, and without it stops
 with them, which on a builder ends the session the build's inputs went over. So a builder's
-such line is told once the builder goes on (its next line, or an event of the run's for it),
-and not when that event is the session's end with those very words: the builder is then down
-with them (its Nix stopped on its cache), and no cache was left out while a build went on.
+such line is told once that session goes on (its build's next line, or an event of the run's
+for that build, or for the builder), and not when that event is the session's end with those
+very words: the builder is then down with them (its Nix stopped on its cache), and no cache
+was left out while a build went on. Another build's session on the same builder says its own
+lines meanwhile (each Nix there tries the cache): they are no sign the first one went on.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class CacheFaults:
         self._substituters = substituters or {}
         self._told: set[tuple[str, str]] = set()
         self._building: set[tuple[str, str]] = set()  # (derivation, machine)
-        # A builder's error line naming a cache, until the builder goes on or stops with it.
-        self._held: dict[str, tuple[MachineEvent, str]] = {}
+        # A builder's error line naming a cache, by (derivation, machine): until that session
+        # goes on or stops with it.
+        self._held: dict[tuple[str, str], tuple[MachineEvent, str]] = {}
         self._lines: dict[str, CacheLines] = {}  # each machine's lines, read as blocks
         self._out = emit
 
@@ -65,8 +68,10 @@ class CacheFaults:
                 self._building.add(key)
             else:  # a copy starting again (a retry, another copy there) is read again
                 self._building.discard(key)
-        if isinstance(event, JobPhase | JobFinished | MachineEvent):
-            self._settle(event.machine, _said(event))
+        if isinstance(event, JobPhase | JobFinished):
+            self._settle(event.machine, event.drv_path, _said(event))
+        elif isinstance(event, MachineEvent):
+            self._settle(event.machine, None, _said(event))
         self._out(event)
 
     def end(self) -> None:
@@ -81,13 +86,13 @@ class CacheFaults:
         An ``error:`` line's own cache is held until ``machine`` goes on (``_settle``)."""
         if (drv_path, machine) in self._building:
             return
-        self._settle(machine, None)
+        self._settle(machine, drv_path, None)
         plain = strip_ansi(line)
         told = self._read(machine, line)
         own = cache_fault(line, self._substituters.get(machine, ()))
         if told and plain.startswith("error:") and own is not None and told[-1].cache == own[0]:
             *told, last = told
-            self._held[machine] = (last, plain.removeprefix("error:").strip())
+            self._held[drv_path, machine] = (last, plain.removeprefix("error:").strip())
         for event in told:
             self._out(event)
 
@@ -114,16 +119,15 @@ class CacheFaults:
         # said by the renderers (once under the summary's list).
         return MachineEvent(machine, "cache", why, None, time.time(), cache=cache)
 
-    def _settle(self, machine: str, said: str | None) -> None:
-        """``machine`` went on (a line, an event): its held cache is told, unless what it
-        ``said`` then is its session's end with the held line's words (its Nix stopped)."""
-        held = self._held.pop(machine, None)
-        if held is None:
-            return
-        told, words = held
-        if said is not None and words in said:
-            return  # the builder is down with its Nix's error: that is the fault told
-        self._out(told)
+    def _settle(self, machine: str, drv_path: str | None, said: str | None) -> None:
+        """``drv_path``'s session on ``machine`` (every one there, for None: an event of the
+        builder's) went on (a line, an event): its held cache is told, unless what it ``said``
+        then is its session's end with the held line's words (its Nix stopped)."""
+        for key in [k for k in self._held if k[1] == machine and drv_path in (None, k[0])]:
+            told, words = self._held.pop(key)
+            if said is not None and words in said:
+                continue  # the builder is down with its Nix's error: that is the fault told
+            self._out(told)
 
 
 def _said(event: JobPhase | JobFinished | MachineEvent) -> str | None:
