@@ -28,6 +28,7 @@ logged there by the local Nix itself. Not root (the directory is not ours): not 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -49,6 +50,8 @@ __all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder", "keep_for_ni
 DEFAULT_MAX_FILES = 5000
 DEFAULT_MAX_BYTES = 1 << 30
 STOPPED = ".stopped.log"  # the suffix of a stopped attempt's log, for ".log"
+# The phases a recorder is told of: a copy's first ones (a new copy), and "building".
+_OPENING = frozenset({"queued", "connecting", "building"})
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,14 @@ class LogFile:
 class BuildLogWriter:
     """Appends one build's log lines to its file; a context manager."""
 
-    def __init__(self, path: Path, on_close: Callable[[Path], None]) -> None:
+    def __init__(
+        self, path: Path, on_close: Callable[[Path], None], *, append: bool = False
+    ) -> None:
+        """A new file at ``path``; with ``append``, the end of the one there."""
         self.path = path
         self._on_close = on_close
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        how = os.O_APPEND if append else os.O_CREAT | os.O_EXCL
+        fd = os.open(path, os.O_WRONLY | how | os.O_CLOEXEC, 0o600)
         self._file = os.fdopen(fd, "wb")
 
     def write(self, line: str) -> None:
@@ -138,8 +145,16 @@ class BuildLogs:
         self._open: set[Path] = set()
         self._ready = False
 
-    def open(self, drv_path: str, machine: str) -> BuildLogWriter:
-        """A new log file for one build of ``drv_path`` on ``machine``."""
+    def open(
+        self, drv_path: str, machine: str, *, stopped: bool = False, to: Path | None = None
+    ) -> BuildLogWriter:
+        """A new log file for one build of ``drv_path`` on ``machine`` (a stopped one's, with
+        ``stopped``), or the end of its file ``to``, if that is still there."""
+        if to is not None:
+            with contextlib.suppress(FileNotFoundError):  # pruned meanwhile: a new one
+                writer = BuildLogWriter(to, self._open.discard, append=True)
+                self._open.add(to)
+                return writer
         if not self._ready:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.root.chmod(0o700)  # mkdir's mode is masked by the umask
@@ -148,8 +163,9 @@ class BuildLogs:
         now = self._clock()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
         base = f"{_drv_name(drv_path)}@{quote(machine, safe='')}@{stamp}"
+        suffix = STOPPED if stopped else ".log"
         for serial in range(1000):
-            path = self.root / (f"{base}.log" if serial == 0 else f"{base}-{serial}.log")
+            path = self.root / (f"{base}{suffix}" if serial == 0 else f"{base}-{serial}{suffix}")
             try:
                 writer = BuildLogWriter(path, self._open.discard)
             except FileExistsError:
@@ -245,7 +261,10 @@ class LogRecorder:
     ``write`` opens a build's file at its first line. Fed the run's events too (``handle``, a
     ``Renderer``), it opens the file when the build starts, so a silent build still leaves an
     (empty) log, and closes it when the job finishes, so a retry on the same machine gets a
-    file of its own. ``close`` closes whatever is still open.
+    file of its own (it starts with "queued" or "connecting"). A stopped copy may still say
+    a line once told ended (the run's end tells its copies stopped before they are: a cut
+    upload's cleanup is said then): it goes to that copy's stopped log, never to a new
+    attempt's. ``close`` closes whatever is still open.
 
     The files are created, written, closed and copied for Nix by one thread of the recorder's,
     in the order it was told of them, so a run's event loop never waits on the disk (creating
@@ -258,6 +277,8 @@ class LogRecorder:
         self._logs = logs
         self._for_nix = for_nix
         self._writers: dict[tuple[str, str], BuildLogWriter] = {}  # the thread's alone
+        # Copies told stopped: their stopped log, if they had one yet (the thread's alone).
+        self._stopped: dict[tuple[str, str], Path | None] = {}
         self._thread: ThreadPoolExecutor | None = None  # started by the first thing to do
         self._errors: list[BaseException] = []
 
@@ -265,7 +286,7 @@ class LogRecorder:
         self._later(self._write, drv_path, machine, line)
 
     def handle(self, event: Event) -> None:
-        if (isinstance(event, JobPhase) and event.phase == "building") or isinstance(
+        if (isinstance(event, JobPhase) and event.phase in _OPENING) or isinstance(
             event, JobFinished
         ):
             self._later(self._handle, event)
@@ -299,17 +320,28 @@ class LogRecorder:
         self._writer(drv_path, machine).write(line)
 
     def _handle(self, event: Event) -> None:
+        if not isinstance(event, JobPhase | JobFinished):
+            return
+        key = (event.drv_path, event.machine)
         if isinstance(event, JobPhase):
-            self._writer(event.drv_path, event.machine)
-        elif isinstance(event, JobFinished):
-            writer = self._writers.pop((event.drv_path, event.machine), None)
+            if event.phase != "building":  # a new copy there: the stopped one's lines end
+                self._stopped.pop(key, None)
+            else:
+                self._writer(event.drv_path, event.machine)
+        else:
+            writer = self._writers.pop(key, None)
+            stopped = event.status in ("cancelled", "lost")
+            if stopped:
+                self._stopped[key] = None
             if writer is not None:
                 writer.close()
                 if self._for_nix and event.status in ("built", "failed"):
                     keep_for_nix(event.drv_path, event.machine, writer.path)
-                if event.status in ("cancelled", "lost"):
+                if stopped:
                     path = writer.path
-                    path.replace(path.with_name(path.name.removesuffix(".log") + STOPPED))
+                    self._stopped[key] = path.replace(
+                        path.with_name(path.name.removesuffix(".log") + STOPPED)
+                    )
 
     def _close_all(self) -> None:
         writers, self._writers = list(self._writers.values()), {}
@@ -320,7 +352,11 @@ class LogRecorder:
         key = (drv_path, machine)
         writer = self._writers.get(key)
         if writer is None:
-            writer = self._writers[key] = self._logs.open(drv_path, machine)
+            writer = self._writers[key] = self._logs.open(
+                drv_path, machine, stopped=key in self._stopped, to=self._stopped.get(key)
+            )
+            if key in self._stopped:
+                self._stopped[key] = writer.path  # its further lines go on there
         return writer
 
 

@@ -115,6 +115,13 @@ def test_a_builder_that_cannot_delete_it_is_said_to_keep_it(
     assert "runs only `nix-store --serve --write`" in said[0]
     assert "for p; do" not in said[0]  # the deletion script, its lines run together
     assert on_disk(cut_fleet, LOCKED, huge).exists()  # what Nix's GC there will take
+    # That line is the stopped copy's, said after its end: its log is a stopped one's, not a
+    # new attempt's that `offload log` would take over any copy that built.
+    logs = sorted(p.name for p in (tmp_path / "state" / "logs").glob("*-use.drv@*"))
+    assert len(logs) == 1, logs
+    assert logs[0].endswith(".stopped.log"), logs
+    kept = (tmp_path / "state" / "logs" / logs[0]).read_text()
+    assert "was cut off" in kept, kept
     # Nothing of this run is left running there (but the connection kept for the next run).
     stop_masters(control_dir(tmp_path / "state"))
     member = cut_fleet.member(LOCKED)

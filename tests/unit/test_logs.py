@@ -158,7 +158,9 @@ def test_recorder_files_each_build_separately(tmp_path: Path) -> None:
         JobFinished(DRV, "hello-2.12", "fast", "lost", T0, T0 + 1, 0, 0, "gone", T0 + 1)
     )
     clock.now = T0 + 2
-    recorder.write(DRV, "fast", "attempt two")  # no phase event: opened at its first line
+    # A new copy starts with "connecting" (no file yet: opened at its first line).
+    recorder.handle(JobPhase(DRV, "hello-2.12", "fast", "connecting", 1.0, T0 + 2))
+    recorder.write(DRV, "fast", "attempt two")
     recorder.handle(JobPhase(OTHER, "other-1", "slow", "building", 1.0, T0 + 2))  # silent build
     recorder.close()
     assert logs.read(DRV, "fast") == "attempt two\n"
