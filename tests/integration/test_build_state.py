@@ -84,7 +84,8 @@ def test_a_report_that_cannot_be_written_after_the_build_is_a_warning(tmp_path: 
     assert valid_locally(done.stdout.strip())
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     said = "warning: the run's report was not written: /proc/offload-report.html: cannot write"
-    assert warnings == [f"{said} the report: No such file or directory"], done.stderr
+    hint = "(hint: name a file in a directory you may write, with room for it)"
+    assert warnings == [f"{said} the report: No such file or directory {hint}"], done.stderr
     assert "error:" not in done.stderr
 
 
