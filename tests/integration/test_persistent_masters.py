@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,23 @@ kept_fleet = private_fleet_fixture(
     "ofk",
     doc="One member whose listening sshd the tests stop, its open connections left running.",
 )
+
+
+@pytest.fixture(autouse=True)
+def own_masters(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A short temporary directory of the test's own: a state directory under pytest's long
+    tmp_path keeps its masters in ``$TMPDIR/offload-ssh-<uid>`` (``persist.location``), which
+    other offload runs on this host share, and these tests count the masters there. (After
+    ``tmp_path``: pytest finds its own base directory through ``tempfile`` too.)"""
+    del tmp_path
+    short = Path(tempfile.mkdtemp(prefix="ofpm", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(short))
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    try:
+        yield short
+    finally:
+        stop_masters(short / f"offload-ssh-{os.getuid()}")
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def _build(
