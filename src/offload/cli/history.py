@@ -4,7 +4,9 @@ Without filters: the latest runs (when, what was asked, wall time against the ru
 bound, builds, outcome) and every machine's totals. ``--run``, ``--machine`` and ``--drv``
 narrow both and also list the builds (derivation, machine, seconds waiting, sending,
 building, fetching, bytes, outcome) and the duration estimates the scheduler would use for
-their names now, as a history of no runs does (the hook's builds belong to none).
+their names now, as a history of no runs does (the hook's builds belong to none). A
+``--machine`` that neither the history nor the pool knows, or a ``--drv`` no kept build
+matches, is an error naming it and what it may have meant, not empty tables.
 ``--json`` prints all four parts as one object. ``--daemon`` reads the nix-daemon's
 ``offload-hook`` history instead of the user's (``offload.cli.history_file``).
 """
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from offload.cli.arguments import nonempty
 from offload.cli.history_file import open_history
 from offload.errors import OffloadError
+from offload.history.db import History
 from offload.history.estimates import estimator
 from offload.history.records import PHASES, BuildRecord, RunRecord
 from offload.history.views import (
@@ -30,6 +33,7 @@ from offload.history.views import (
     speed_factors,
 )
 from offload.paths import SYSTEM_STATE_DIR
+from offload.spelling import meant
 from offload.ui.term import format_bytes, format_duration, sanitize
 
 __all__ = ["positive_count", "register"]
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         filtered = filtered or not runs
         run_id = runs[0].run_id if args.run is not None else None
         summed = history.builds(run_id=run_id, machine=args.machine, name=args.drv, limit=_SUMMED)
+        if not summed:
+            _check_names(history, args.machine, args.drv)
         if args.machine is not None or args.drv is not None:
             shown = {b.run_id for b in summed}
             runs = [r for r in runs if r.run_id in shown]
@@ -131,6 +137,47 @@ def _one_run(runs: list[RunRecord], prefix: str) -> RunRecord:
         f"'{shown}' is the start of {len(runs)} runs' ids",
         hint="give more of the id: " + ", ".join(r.run_id for r in runs[:5]),
     )
+
+
+def _check_names(history: History, machine: str | None, drv: str | None) -> None:
+    """``OffloadError`` for a ``--machine`` or ``--drv`` that names nothing the history (or,
+    for a machine, the pool) knows: a typo, said as one, rather than empty tables."""
+    machines, pnames = history.known()
+    if machine is not None and machine not in machines:
+        known = sorted({*machines, *_pool_names()})
+        if machine not in known:
+            raise OffloadError(
+                f"no machine '{sanitize(machine)[:40]}' in the history, nor in the pool",
+                hint=_meant(machine, known)
+                + f"known: {_some(known)} (`offload machines`: the pool)",
+            )
+    if drv is not None and not history.builds(name=drv, limit=1):
+        raise OffloadError(
+            f"no build in the history whose .drv path contains '{sanitize(drv)[:60]}'",
+            hint=_meant(drv, pnames)
+            + ("builds kept of: " + _some(pnames) if pnames else "the history has no builds yet"),
+        )
+
+
+def _pool_names() -> list[str]:
+    """The machines' names in the pool Nix's settings and offload.toml give (as `offload
+    machines` reads it), or none where it cannot be read: it only widens a hint."""
+    from offload.config.pool import load_pool  # only on the way to an error
+
+    try:
+        return load_pool(builders=None, config=None, lenient=True).names()
+    except OffloadError:
+        return []
+
+
+def _meant(word: str, known: Sequence[str]) -> str:
+    close = meant(word, known)
+    return f"did you mean {sanitize(close)}? " if close else ""
+
+
+def _some(names: Sequence[str], most: int = 10) -> str:
+    shown = ", ".join(sanitize(n) for n in names[:most])
+    return shown + (f" (and {len(names) - most} more)" if len(names) > most else "")
 
 
 def _estimates_json(

@@ -403,6 +403,16 @@ class History:
         return [build_row(row, phases.get(row[0], ())) for row in rows]
 
     @_guarded
+    def known(self) -> tuple[list[str], list[str]]:
+        """The machines and the derivation names (without version) builds are kept under,
+        sorted: what a filter that matched nothing could have meant."""
+        with closing(self._db.cursor()) as cur:
+            machines = cur.execute("SELECT DISTINCT machine FROM builds ORDER BY machine")
+            found = [str(m) for (m,) in machines.fetchall() if m]
+            pnames = cur.execute("SELECT DISTINCT pname FROM builds ORDER BY pname")
+            return found, [str(p) for (p,) in pnames.fetchall() if p]
+
+    @_guarded
     def runs(self, *, run_id: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         """Runs, newest first (``run_id`` matches a prefix), made-up ones included; their
         ``deps`` are read only for one run asked by ``run_id``."""

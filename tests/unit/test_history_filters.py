@@ -1,0 +1,81 @@
+"""``offload history``'s filters: a name that matches nothing the history or the pool knows is
+one error with what it could have meant (real SQLite in tmp_path; the pool as the real Nix
+reads it from ``NIX_CONFIG``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from offload.cli import main
+from offload.history.db import History
+from offload.history.records import BuildRecord, RunRecord
+
+# (run, machine of its one build of hello), oldest first.
+RUNS = [("run1", "slow"), ("run2", "fast"), ("run3", "fast")]
+
+
+@pytest.fixture
+def history(tmp_path, monkeypatch):
+    """Three runs of hello, one on slow then two on fast; medium is in the pool only."""
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(state))
+    machines = tmp_path / "machines"
+    machines.write_text("ssh://medium x86_64-linux - 2 2\n")
+    monkeypatch.setenv("NIX_CONFIG", f"builders = @{machines}")
+    with History(state / "history.sqlite") as kept:
+        for n, (run_id, machine) in enumerate(RUNS):
+            at = 1000.0 + 100 * n
+            run = RunRecord(run_id, at, at + 5, ("hello",), "ok", (), None, None)
+            drv = f"/nix/store/{n}{'a' * 31}-hello-2.12.drv"
+            build = BuildRecord(
+                run_id, drv, "hello", machine, at, at + 4, "built", name="hello-2.12"
+            )
+            kept.record_run(run, [build])
+    return kept
+
+
+def _error(capsys, argv):
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err.splitlines()
+
+
+def test_a_machine_neither_history_nor_pool_knows_is_one_error_with_the_names(history, capsys):
+    assert _error(capsys, ["history", "--machine", "fsat"]) == [
+        "error: no machine 'fsat' in the history, nor in the pool",
+        "hint: did you mean fast? known: fast, local, medium, slow (`offload machines`: the pool)",
+    ]
+    # Said the same way when another filter is given too.
+    assert _error(capsys, ["history", "--machine", "fsat", "--run", "run2"])[0] == (
+        "error: no machine 'fsat' in the history, nor in the pool"
+    )
+
+
+def test_a_machine_of_the_pool_with_no_builds_kept_shows_empty_tables(history, capsys):
+    assert main(["history", "--json", "--machine", "medium"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["runs"] == shown["machines"] == shown["builds"] == []
+    # Known to the history, only not in that run: nothing to say but what is there.
+    assert main(["history", "--json", "--machine", "slow", "--run", "run3"]) == 0
+    assert json.loads(capsys.readouterr().out)["builds"] == []
+
+
+def test_a_drv_name_no_build_has_is_one_error_with_the_names_kept(history, capsys):
+    assert _error(capsys, ["history", "--drv", "helo"]) == [
+        "error: no build in the history whose .drv path contains 'helo'",
+        "hint: did you mean hello? builds kept of: hello",
+    ]
+    assert main(["history", "--json", "--drv", "hello-2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["builds"]) == 3
+
+
+def test_a_drv_name_in_an_empty_history_says_it_is_empty(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    assert _error(capsys, ["history", "--drv", "hello"]) == [
+        "error: no build in the history whose .drv path contains 'hello'",
+        "hint: the history has no builds yet",
+    ]
