@@ -79,3 +79,24 @@ def test_a_drv_name_in_an_empty_history_says_it_is_empty(tmp_path, monkeypatch, 
         "error: no build in the history whose .drv path contains 'hello'",
         "hint: the history has no builds yet",
     ]
+
+
+def test_last_narrows_the_machine_table_to_what_it_lists(history, capsys):
+    assert main(["history", "--json"]) == 0
+    every = json.loads(capsys.readouterr().out)
+    assert {m["machine"]: m["builds"] for m in every["machines"]} == {"fast": 2, "slow": 1}
+    assert main(["history", "--json", "--last", "1"]) == 0
+    newest = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in newest["runs"]] == ["run3"]
+    assert {m["machine"]: m["builds"] for m in newest["machines"]} == {"fast": 1}
+    assert main(["history", "--last", "1"]) == 0
+    assert "machines (of the listed runs and builds only; " in capsys.readouterr().out
+
+
+def test_last_with_a_machine_lists_the_newest_runs_that_used_it(history, capsys):
+    # slow built only in the oldest run: the newest run *on slow*, not the newest run.
+    assert main(["history", "--json", "--machine", "slow", "--last", "1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in shown["runs"]] == ["run1"]
+    assert [(b["run_id"], b["machine"]) for b in shown["builds"]] == [("run1", "slow")]
+    assert [m["machine"] for m in shown["machines"]] == ["slow"]

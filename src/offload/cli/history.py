@@ -1,8 +1,10 @@
 """`offload history`: past runs, their builds and phases, machines, and the estimates in use.
 
 Without filters: the latest runs (when, what was asked, wall time against the run's lower
-bound, builds, outcome) and every machine's totals. ``--run``, ``--machine`` and ``--drv``
-narrow both and also list the builds (derivation, machine, seconds waiting, sending,
+bound, builds, outcome) and every machine's totals over the whole history. ``--last N`` lists
+the N newest runs (and builds) and narrows the machine table to their builds. ``--run``,
+``--machine`` and ``--drv`` narrow both (the runs listed are those with a build that matches)
+and also list the builds (derivation, machine, seconds waiting, sending,
 building, fetching, bytes, outcome) and the duration estimates the scheduler would use for
 their names now, as a history of no runs does (the hook's builds belong to none). A
 ``--machine`` that neither the history nor the pool knows, or a ``--drv`` no kept build
@@ -18,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from offload.cli.arguments import nonempty
 from offload.cli.history_file import open_history
@@ -38,8 +41,9 @@ from offload.ui.term import format_bytes, format_duration, sanitize
 
 __all__ = ["positive_count", "register"]
 
-# Enough machines' builds to measure them; --last limits what is listed, not what is summed.
+# Enough machines' builds to measure them: the machine table sums that many at most.
 _SUMMED = 20_000
+_LISTED = 20  # runs and builds listed without --last
 
 
 def positive_count(text: str) -> int:
@@ -73,7 +77,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="builds whose .drv path contains NAME",
     )
     parser.add_argument(
-        "--last", type=positive_count, default=20, metavar="N", help="list N runs, N builds"
+        "--last",
+        type=positive_count,
+        metavar="N",
+        help=f"list the N newest runs and builds (default {_LISTED}), and sum only theirs in"
+        " the machine table (without --last: every build kept)",
     )
     parser.add_argument(
         "--daemon",
@@ -85,44 +93,68 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with open_history(daemon=args.daemon) as history:
-        runs = history.runs(run_id=args.run, limit=None if args.run else args.last)
-        if args.run is not None:
-            runs = [_one_run(runs, args.run)]
-        # With no run to show (the hook's builds belong to none), the latest builds are.
-        filtered = args.run is not None or args.machine is not None or args.drv is not None
-        filtered = filtered or not runs
-        run_id = runs[0].run_id if args.run is not None else None
-        summed = history.builds(run_id=run_id, machine=args.machine, name=args.drv, limit=_SUMMED)
-        if not summed:
-            _check_names(history, args.machine, args.drv)
-        if args.machine is not None or args.drv is not None:
-            shown = {b.run_id for b in summed}
-            runs = [r for r in runs if r.run_id in shown]
-        speeds = speed_factors(history.runs(limit=None))
-        builds = summed[: None if args.run else args.last] if filtered else []
-        pnames = sorted({b.pname for b in builds})
+        every = history.runs(limit=None)
+        view = _view(history, args, every)
+        speeds = speed_factors(every)
+        pnames = sorted({b.pname for b in view.builds})
         estimates = dict(estimator(history, speeds)(pnames))
-        counts = history.counts(r.run_id for r in runs)
-    machines = machine_stats(summed, speeds)
+        counts = history.counts(r.run_id for r in view.runs)
+    machines = machine_stats(view.counted, speeds)
     if args.json:
         print(
             json.dumps(
                 {
-                    "runs": [run_dict(r, counts.get(r.run_id, {})) for r in runs],
+                    "runs": [run_dict(r, counts.get(r.run_id, {})) for r in view.runs],
                     "machines": [m.as_dict() for m in machines],
-                    "builds": [build_dict(b) for b in builds],
+                    "builds": [build_dict(b) for b in view.builds],
                     "estimates": _estimates_json(estimates, speeds),
                 },
                 indent=1,
             )
         )
         return 0
-    _print_runs(runs, counts)
-    _print_machines(machines)
-    if filtered:
-        _print_builds(builds)
+    _print_runs(view.runs, counts)
+    _print_machines(machines, windowed=view.windowed)
+    if view.listed:
+        _print_builds(view.builds)
         _print_estimates(estimates, speeds)
     return 0
+
+
+@dataclass(frozen=True)
+class _View:
+    runs: list[RunRecord]  # listed
+    builds: list[BuildRecord]  # listed (when ``listed``)
+    counted: list[BuildRecord]  # summed in the machine table
+    listed: bool
+    windowed: bool  # --last: the machine table sums only what is listed
+
+
+def _view(history: History, args: argparse.Namespace, every: list[RunRecord]) -> _View:
+    """What the filters leave: ``--machine`` and ``--drv`` keep the runs with a build that
+    matches, ``--last`` the newest of them (and of the builds), ``--run`` one run whole."""
+    last = _LISTED if args.last is None else args.last
+    runs = every
+    if args.run is not None:
+        runs = [_one_run(history.runs(run_id=args.run, limit=None), args.run)]
+    run_id = runs[0].run_id if args.run is not None else None
+    summed = history.builds(run_id=run_id, machine=args.machine, name=args.drv, limit=_SUMMED)
+    if not summed:
+        _check_names(history, args.machine, args.drv)
+    if args.machine is not None or args.drv is not None:
+        having = {b.run_id for b in summed}
+        runs = [r for r in runs if r.run_id in having]
+    runs = runs if args.run is not None else runs[:last]
+    # With no run to show (the hook's builds belong to none), the latest builds are.
+    listed = args.run is not None or args.machine is not None or args.drv is not None or not runs
+    builds = summed[: None if args.run else last] if listed else []
+    windowed = args.last is not None and args.run is None
+    counted = summed
+    if windowed:
+        shown = {r.run_id for r in runs}
+        counted = [b for b in summed if b.run_id in shown]
+        counted += [b for b in builds if b.run_id not in shown]
+    return _View(runs, builds, counted, listed, windowed)
 
 
 def _one_run(runs: list[RunRecord], prefix: str) -> RunRecord:
@@ -242,8 +274,9 @@ def _print_runs(runs: list[RunRecord], counts: dict[str, dict[str, int]]) -> Non
     _table(title, header, rows, left=3)
 
 
-def _print_machines(machines: list[MachineStats]) -> None:
-    title = "\nmachines (measured: speed from times against other machines'):"
+def _print_machines(machines: list[MachineStats], *, windowed: bool) -> None:
+    scope = "of the listed runs and builds only; " if windowed else ""
+    title = f"\nmachines ({scope}measured: speed from times against other machines'):"
     _table(title, MachineStats.COLUMNS, [m.cells() for m in machines])
 
 
