@@ -43,6 +43,7 @@ from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.names import LOCAL
 from offload.paths import state_dir
+from offload.spelling import meant
 from offload.ui.events import Event, JobFinished, JobPhase
 
 __all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder", "keep_for_nix", "nix_log_path"]
@@ -203,14 +204,29 @@ class BuildLogs:
         """The newest log file of ``drv_path``; ``OffloadError`` when none is kept."""
         path = self.latest(drv_path, machine)
         if path is None:
-            where = f" on {machine}" if machine else ""
-            raise OffloadError(
-                # shown: it is whatever was typed or pasted (a line break, a terminal escape).
-                f"no build log kept for {shown(_drv_name(drv_path), 200)}{shown(where, 200)}",
+            raise self._none_kept(drv_path, machine)
+        return path
+
+    def _none_kept(self, drv_path: str, machine: str | None) -> OffloadError:
+        name = _drv_name(drv_path)
+        # shown: it is whatever was typed or pasted (a line break, a terminal escape).
+        what = f"no build log kept for {shown(name, 200)}"
+        if machine is None:
+            return OffloadError(
+                what,
                 hint="offload keeps the logs of builds it ran itself, "
                 "and Nix keeps none either (`offload log` asks it): was it built on this host?",
             )
-        return path
+        others = sorted({log.machine for log in self._scan(f"{name}@") if log.drv_name == name})
+        if not others:
+            hint = "offload keeps none of its builds' logs on any machine; without --machine, "
+            hint += "`offload log` asks Nix for its own"
+        else:
+            close = meant(machine, others)
+            hint = f"did you mean {shown(close, 200)}? " if close else ""
+            hint += f"its logs are kept for {shown(', '.join(others), 400)}: give one of those,"
+            hint += " or no --machine for the newest"
+        return OffloadError(f"{what} on {shown(machine, 200)}", hint=hint)
 
     def prune(self) -> int:
         """Remove the oldest logs beyond the limits; returns how many were removed."""

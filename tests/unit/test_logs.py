@@ -227,6 +227,29 @@ def test_log_of_unknown_drv_is_a_one_line_error(
     assert lines[1].startswith("hint: ")
 
 
+def test_log_on_a_machine_without_one_names_the_machines_it_has_logs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "Nix keeps none either (`offload log` asks it)": with --machine Nix is not
+    # asked, and the machines that have the log went unsaid, a typo's too.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    with BuildLogs(tmp_path / "logs", clock=Clock()).open(DRV, "fast") as writer:
+        writer.write("built\n")
+    name = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
+    kept = "its logs are kept for fast: give one of those, or no --machine for the newest"
+    for machine, hint in (("fsat", f"did you mean fast? {kept}"), ("slow", kept)):
+        assert run_main(monkeypatch, ["log", DRV, "--machine", machine]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: no build log kept for {name} on {machine}",
+            f"hint: {hint}",
+        ]
+    assert run_main(monkeypatch, ["log", DRV.replace("hello", "other"), "--machine", "fast"]) == 1
+    assert capsys.readouterr().err.splitlines()[1] == (
+        "hint: offload keeps none of its builds' logs on any machine;"
+        " without --machine, `offload log` asks Nix for its own"
+    )
+
+
 def test_no_log_is_kept_where_the_state_directory_cannot_be(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

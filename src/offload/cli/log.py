@@ -7,7 +7,8 @@ store followed, then the store object it is in taken (``x.drv/`` is ``x.drv``). 
 did not run is looked up in Nix's own logs (``nix-store --read-log``). Of several attempts, the
 newest that ran to its end is shown (a speculative copy that lost, or one stopped or lost with
 its machine, only when no attempt ran to its end: ``offload.logs``). ``--machine`` picks the
-newest build on one machine, useful when speculative copies ran on two. The log is printed as
+newest build on one machine, useful when speculative copies ran on two (Nix is not asked
+then; a machine with no log of it is an error naming those that have one). The log is printed as
 kept, escape codes and all, on a terminal, and stripped of them otherwise.
 """
 
