@@ -21,12 +21,12 @@ this process starts a new one and hands it the pipes with what Nix said that no 
 answered yet: the settings, and the try Nix waits on, if any (``RESUME_MAGIC``). The new
 coordinator decides that derivation again: with ``-j 0`` Nix has no other way to build it.
 This is done once per hook process. When it cannot be (the death came with a reply half
-written, a second time, or no coordinator starts), the hook does what it did
-before: when Nix waits for a reply it answers ``# postpone`` (Nix asks again, finds this hook
-gone and builds the derivation itself), between tries it says why it ends, and after an
-accept it says so as Nix reads a hook's lines then (the build failed). Before a reply or a
-reason, it closes the pipe Nix writes its tries to, so that Nix's next try finds the hook gone
-(EPIPE), even while this process is still ending.
+written, a second time, or no coordinator starts), the hook does what it did before
+(``offload.hook.stopped``): when Nix waits for a reply it answers ``# postpone`` (Nix asks
+again, finds this hook gone and builds the derivation itself), between tries it says why it
+ends, and after an accept it says so as Nix reads a hook's lines then (the build failed).
+Before a reply or a reason, it closes the pipe Nix writes its tries to, so that Nix's next try
+finds the hook gone (EPIPE), even while this process is still ending.
 
 The coordinator is started on demand, by the first hook that finds none, under a lock so two
 hooks never start two; it acknowledges every hook it takes with one byte, so a hook that
@@ -87,29 +87,6 @@ ACCEPTED = b"a"  # about to write "# accept": Nix waits for the build's end
 _TURN_BYTES = ASKED + REPLYING + ANSWERED + ACCEPTED
 # And the settings preamble's length in Nix's stdin (4 bytes) once it has been read.
 SETTINGS = b"s"
-# The coordinator is told once it took over.
-_TAKEN_OVER = (
-    "offload-hook: warning: the coordinator stopped (its log: hook-coordinator.log in the state"
-    " directory); a new one decides in its place\n"
-)
-# What the hook says when its coordinator dies under it. Once it accepted, Nix shows only
-# ``@nix`` messages (``wire.write_nix_json``, written out: this process imports no json).
-# Otherwise a plain line, which Nix shows when it next writes to the hook and finds it gone, as
-# "build hook died unexpectedly: <what the hook left>" (a JSON message there was shown raw).
-_STOPPED = (
-    "offload-hook: error: the coordinator stopped before the hook ended"
-    " (its log: hook-coordinator.log in the state directory)"
-)
-_COORDINATOR_STOPPED = {
-    True: '@nix {"action":"msg","level":0,"msg":"' + _STOPPED + '"}\n',
-    False: _STOPPED + "\n",
-}
-# What the hook answers for a coordinator that died while Nix waited for its reply (a hook that
-# ends then fails the whole nix-build: "unexpected EOF reading a line"). Nix asks again after a
-# postpone, finds this hook gone (EPIPE), shows the line that follows the postpone, builds the
-# derivation itself and starts a new hook for the next: one derivation built here. A decline
-# would cost two (this one, and the next, which finds the hook gone).
-_POSTPONE = "# postpone\n"
 
 
 def _digest(text: str) -> str:
@@ -344,7 +321,9 @@ def served(
         code = _take_over(successor, env, replay)
         if code is not None:
             return code
-    _say_stopped(heard)
+    from offload.hook.stopped import say_stopped  # only now: a hook's every import costs
+
+    say_stopped(heard.turn, try_pending=heard.try_pending)
     return 1
 
 
@@ -402,7 +381,9 @@ def _take_over(
     successor: Callable[[], _socket.socket], env: dict[str, str], replay: bytes
 ) -> int | None:
     """The exit code once a new coordinator has served the rest; None if none took over."""
-    sys.stderr.write(_TAKEN_OVER)
+    from offload.hook.stopped import TAKEN_OVER
+
+    sys.stderr.write(TAKEN_OVER)
     sys.stderr.flush()
     # The dead one's socket may still take a connection as its process ends: asked again.
     for _ in range(_ATTEMPTS):
@@ -416,43 +397,6 @@ def _take_over(
         finally:
             sock.close()
     return None
-
-
-def _say_stopped(heard: _Heard) -> None:
-    """Say the coordinator died, after ``heard.turn`` (none yet: Nix sends a try with the
-    settings, so it waits for a reply); and answer for it when Nix waits for one."""
-    turn = heard.turn
-    if turn == ACCEPTED:
-        sys.stderr.write(_COORDINATOR_STOPPED[True])
-        return
-    waits = turn != ANSWERED or heard.try_pending or _request_unread()
-    _refuse_requests()
-    sys.stderr.write((_POSTPONE if waits else "") + _COORDINATOR_STOPPED[False])
-
-
-def _refuse_requests() -> None:
-    """Close the pipe Nix writes its tries to (this process holds its last read end), before
-    anything is said: Nix, reading the postpone, may write its next try (another derivation's)
-    at once, while this process still runs; written into an open pipe, Nix would wait for a
-    reply and meet EOF ("unexpected EOF reading a line": the nix-build fails), where EPIPE is
-    a hook gone, which it survives (it builds that derivation itself)."""
-    try:
-        null = os.open(os.devnull, os.O_RDONLY)
-    except OSError:
-        os.close(0)
-        return
-    os.dup2(null, 0)  # rather than a bare close: fd 0 stays taken, as the interpreter expects
-    os.close(null)
-
-
-def _request_unread() -> bool:
-    """Nix wrote a try the coordinator never read (its turn was not told): it waits."""
-    import select
-
-    try:
-        return bool(select.select([0], [], [], 0)[0]) and os.read(0, 1) != b""
-    except OSError:
-        return False
 
 
 def main() -> int:
