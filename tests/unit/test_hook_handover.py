@@ -182,9 +182,10 @@ def _gone_after(
     return served(hook, successor=successor)
 
 
+# The socket's other end is this process: alive, and not a child of its own.
 STOPPED = (
     "offload-hook: error: the coordinator stopped before the hook ended"
-    " (its log: hook-coordinator.log in the state directory)"
+    f" (pid {os.getpid()}, its log: hook-coordinator.log in the state directory)"
 )
 
 
@@ -258,8 +259,8 @@ def test_nix_s_next_try_finds_a_hook_whose_coordinator_died_gone_at_once(
 
 
 TAKEN_OVER = (
-    "offload-hook: warning: the coordinator stopped (its log: hook-coordinator.log in the state"
-    " directory); a new one decides in its place\n"
+    f"offload-hook: warning: the coordinator stopped (pid {os.getpid()}, its log:"
+    " hook-coordinator.log in the state directory); a new one decides in its place\n"
 )
 SETTINGS_READ = b"S" * 24
 TRY = b"T" * 16

@@ -57,6 +57,7 @@ __all__ = [
     "ACCEPTED",
     "ANSWERED",
     "ASKED",
+    "COORDINATOR_LOG",
     "HELLO_FDS",
     "HELLO_MAGIC",
     "REPLYING",
@@ -69,6 +70,8 @@ __all__ = [
     "socket_path",
 ]
 
+# The coordinators' stderr, in the state directory (a coordinator writes there only on faults).
+COORDINATOR_LOG = "hook-coordinator.log"
 # Unix socket paths are at most 108 bytes on Linux.
 _MAX_SOCKET = 100
 _READY_TIMEOUT = 20.0
@@ -122,7 +125,7 @@ def _start(state: str, path: str) -> None:
 
     ready_read, ready_write = os.pipe()
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-    log = os.open(f"{state}/hook-coordinator.log", flags, 0o600)
+    log = os.open(f"{state}/{COORDINATOR_LOG}", flags, 0o600)
     try:
         subprocess.Popen(
             [sys.executable, "-m", "offload.hook.coordinator", state, path, str(ready_write)],
@@ -158,7 +161,7 @@ def _coordinator(state: str, path: str) -> _socket.socket:
     finally:
         os.close(lock)
     if sock is None:
-        raise OSError(f"the coordinator did not start (see {state}/hook-coordinator.log)")
+        raise OSError(f"the coordinator did not start (see {state}/{COORDINATOR_LOG})")
     return sock
 
 
@@ -300,12 +303,15 @@ def served(
     *,
     successor: Callable[[], _socket.socket] | None = None,
     resume: bytes | None = None,
+    log: str | None = None,
 ) -> int | None:
     """The exit code once the coordinator has served us; None when it closed before taking
     our pipes (it idled out as we reached it, its backlog reset): ask again. Once it has
     taken them, only it may answer Nix: should it die, ``successor`` gives a new one to take
-    over (with ``resume``, what Nix said before), else its failure is ours."""
+    over (with ``resume``, what Nix said before), else its failure is ours. ``log``, the
+    coordinators' log: whether it died with a word there is said."""
     env = dict(os.environ) if env is None else env
+    logged = _size(log)  # what its log held before it served us
     try:
         forward = _hand_over(sock, env, resume)
     except ConnectionError:
@@ -316,15 +322,27 @@ def served(
     code = _wait_for_code(sock, heard, forward)
     if code is not None:
         return code
+    # Only now: a hook's every import costs.
+    from offload.hook.stopped import say_stopped, say_taken_over, why_stopped
+
+    why = why_stopped(sock, logged, _size(log))
     replay = heard.resume()
     if successor is not None and replay is not None:
-        code = _take_over(successor, env, replay)
+        say_taken_over(why)
+        code = _take_over(successor, env, replay, log)
         if code is not None:
             return code
-    from offload.hook.stopped import say_stopped  # only now: a hook's every import costs
-
-    say_stopped(heard.turn, try_pending=heard.try_pending)
+    say_stopped(heard.turn, try_pending=heard.try_pending, why=why)
     return 1
+
+
+def _size(path: str | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_size  # noqa: PTH116 - no pathlib in the hook process
+    except OSError:
+        return 0
 
 
 def _wait_for_code(sock: _socket.socket, heard: _Heard, forward: int) -> int | None:
@@ -378,13 +396,9 @@ def _forward(heard: _Heard, forward: int) -> bool:
 
 
 def _take_over(
-    successor: Callable[[], _socket.socket], env: dict[str, str], replay: bytes
+    successor: Callable[[], _socket.socket], env: dict[str, str], replay: bytes, log: str | None
 ) -> int | None:
     """The exit code once a new coordinator has served the rest; None if none took over."""
-    from offload.hook.stopped import TAKEN_OVER
-
-    sys.stderr.write(TAKEN_OVER)
-    sys.stderr.flush()
     # The dead one's socket may still take a connection as its process ends: asked again.
     for _ in range(_ATTEMPTS):
         try:
@@ -392,7 +406,7 @@ def _take_over(
         except OSError:
             return None
         try:
-            if (code := served(sock, env, resume=replay)) is not None:
+            if (code := served(sock, env, resume=replay, log=log)) is not None:
                 return code
         finally:
             sock.close()
@@ -431,7 +445,8 @@ def _main() -> int:
                 sock = _coordinator(state, path)
                 try:
                     again = lambda: _coordinator(state, path)  # noqa: E731 - one use
-                    if (code := served(sock, env, successor=again)) is not None:
+                    log = f"{state}/{COORDINATOR_LOG}"
+                    if (code := served(sock, env, successor=again, log=log)) is not None:
                         return code
                 finally:
                     sock.close()

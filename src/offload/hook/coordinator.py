@@ -72,7 +72,7 @@ class Coordinator:
         self._server = self._listen()
         self.pid_file.write_text(f"{os.getpid()}\n")
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+            loop.add_signal_handler(signum, self._signalled, signum)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
@@ -89,6 +89,13 @@ class Coordinator:
             await asyncio.wait([accepting, *self._served])
             await self.keep.aclose()
             self.pid_file.unlink(missing_ok=True)
+
+    def _signalled(self, signum: int) -> None:
+        if self._served:  # the hooks it leaves say it stopped, and point at this log
+            name = signal.Signals(signum).name
+            served = len(self._served)
+            sys.stderr.write(f"offload coordinator: stopped by {name} with {served} hooks served\n")
+        self._stop.set()
 
     def _listen(self) -> socket.socket:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -14,39 +14,103 @@ next, which finds the hook gone).
 
 from __future__ import annotations
 
+import _socket
 import os
+import select
 import sys
 
-from offload.hook.client import ACCEPTED, ANSWERED
+from offload.hook.client import ACCEPTED, ANSWERED, COORDINATOR_LOG
 
-__all__ = ["TAKEN_OVER", "say_stopped"]
+__all__ = ["say_stopped", "say_taken_over", "why_stopped"]
 
-# The coordinator is told once it took over.
-TAKEN_OVER = (
-    "offload-hook: warning: the coordinator stopped (its log: hook-coordinator.log in the state"
-    " directory); a new one decides in its place\n"
-)
-_STOPPED = (
-    "offload-hook: error: the coordinator stopped before the hook ended"
-    " (its log: hook-coordinator.log in the state directory)"
-)
-_COORDINATOR_STOPPED = {
-    True: '@nix {"action":"msg","level":0,"msg":"' + _STOPPED + '"}\n',
-    False: _STOPPED + "\n",
-}
 _POSTPONE = "# postpone\n"
+# How long a coordinator this hook started, its socket closed, may take to end.
+_ENDING = 1.0
 
 
-def say_stopped(turn: bytes, *, try_pending: bool) -> None:
-    """Say the coordinator died, after ``turn`` (none yet: Nix sends a try with the settings,
-    so it waits for a reply; ``try_pending``: Nix sent one no reply answered); and answer for
-    it when Nix waits for one."""
+def why_stopped(sock: _socket.socket, logged: int | None, logs: int | None) -> str:
+    """What is known of the coordinator's end, as words in brackets: how it ended (known only
+    to the hook that started it: its parent), and its log, named only where it wrote there
+    while it served this hook (``logged`` bytes then, ``logs`` now; None: not known). One
+    killed by SIGKILL (the out-of-memory killer, ``kill -9``) writes nothing, and a pointer to
+    an empty file sent the user looking for nothing."""
+    pid = _peer(sock)
+    status = None if pid is None else _status(pid)
+    said: list[str] = []
+    if status is not None and os.WIFSIGNALED(status):
+        said.append(f"killed by {_signal_name(os.WTERMSIG(status))}")
+    elif status is not None:
+        said.append(f"exit status {os.WEXITSTATUS(status)}")
+    if logged is None or logs is None or logs > logged:
+        said.append(f"its log: {COORDINATOR_LOG} in the state directory")
+    elif status is None:  # SIGTERM too: one stopped so says nothing either
+        said.append(
+            "it left no word in its log: killed by a signal? (another hook started it: how it"
+            " ended is not known here)"
+        )
+    else:
+        said.append("it left no word in its log")
+    who = "" if pid is None else f"pid {pid}, "
+    return f"({who}{'; '.join(said)})"
+
+
+def say_taken_over(why: str) -> None:
+    """Tell the user a new coordinator takes the dead one's place."""
+    sys.stderr.write(
+        f"offload-hook: warning: the coordinator stopped {why}; a new one decides in its place\n"
+    )
+    sys.stderr.flush()
+
+
+def say_stopped(turn: bytes, *, try_pending: bool, why: str) -> None:
+    """Say the coordinator died (``why``: ``why_stopped``), after ``turn`` (none yet: Nix sends
+    a try with the settings, so it waits for a reply; ``try_pending``: Nix sent one no reply
+    answered); and answer for it when Nix waits for one."""
+    stopped = f"offload-hook: error: the coordinator stopped before the hook ended {why}"
     if turn == ACCEPTED:
-        sys.stderr.write(_COORDINATOR_STOPPED[True])
+        sys.stderr.write('@nix {"action":"msg","level":0,"msg":"' + stopped + '"}\n')
         return
     waits = turn != ANSWERED or try_pending or _request_unread()
     _refuse_requests()
-    sys.stderr.write((_POSTPONE if waits else "") + _COORDINATOR_STOPPED[False])
+    sys.stderr.write((_POSTPONE if waits else "") + stopped + "\n")
+
+
+def _peer(sock: _socket.socket) -> int | None:
+    """The pid of the process at the socket's other end (the coordinator that listens)."""
+    try:
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    except OSError:
+        return None
+    return int.from_bytes(creds[:4], sys.byteorder) or None
+
+
+def _status(pid: int) -> int | None:
+    """The wait status of ``pid`` if this process started it and it ended (it closed our
+    socket as it ends: waited for ``_ENDING`` at most); else None."""
+    try:
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            return status
+        ending = os.pidfd_open(pid)  # readable once it ended (Linux 5.3)
+    except OSError:  # ChildProcessError: not our child (another hook started it), or reaped
+        return None
+    try:
+        select.select([ending], [], [], _ENDING)
+        ended, status = os.waitpid(pid, os.WNOHANG)
+    except OSError:
+        return None
+    finally:
+        os.close(ending)
+    return status if ended else None
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _refuse_requests() -> None:
@@ -66,8 +130,6 @@ def _refuse_requests() -> None:
 
 def _request_unread() -> bool:
     """Nix wrote a try the coordinator never read (its turn was not told): it waits."""
-    import select
-
     try:
         return bool(select.select([0], [], [], 0)[0]) and os.read(0, 1) != b""
     except OSError:
