@@ -26,7 +26,7 @@ from pathlib import Path
 
 from offload.fleet import Fleet, MemberSpec, client_argv
 from offload.slots import NIX_CURRENT_LOAD
-from offload.transport.links.pool import TURN
+from offload.transport.links.turns import TURN
 from offload.transport.ssh import (
     SLOT_BUSY_EXIT,
     SLOT_DIRS,

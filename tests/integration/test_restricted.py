@@ -25,7 +25,7 @@ from offload.process import spawn
 from offload.protocol.serve import ServeClient
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.links.base import Opening, open_serve
-from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
+from offload.transport.links.turns import FALLBACKS, RESTRICTED_FALLBACK
 from offload.transport.persist import control_dir
 from offload.transport.ssh import CONNECT_TIMEOUT, serve_command, serve_program
 from tests.helpers.fleets import (

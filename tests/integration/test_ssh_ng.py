@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet, Member, MemberSpec
-from offload.transport.links.pool import DAEMON_RESTRICTED_FALLBACK
+from offload.transport.links.turns import DAEMON_RESTRICTED_FALLBACK
 from tests.helpers.fleets import drop_member, member_line, private_fleet_fixture, speed_of
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, valid_locally
 from tests.helpers.offload_run import (

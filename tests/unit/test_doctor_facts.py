@@ -8,7 +8,7 @@ from offload.doctor import facts
 from offload.doctor.model import Check, MachineReport, Verdict, skipped
 from offload.doctor.render import format_report
 from offload.load import RemoteLoad
-from offload.transport.links.pool import (
+from offload.transport.links.turns import (
     DAEMON_RESTRICTED_FALLBACK,
     FALLBACKS,
     RESTRICTED_FALLBACK,

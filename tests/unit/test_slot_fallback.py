@@ -12,7 +12,7 @@ from offload.config.settings import LocalMachine
 from offload.slot_fallback import FALLBACK_FILE, Fallback, load_fallbacks, record_fallbacks
 from offload.slots import SlotLocks
 from offload.status import pool_status
-from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACK
+from offload.transport.links.turns import FALLBACKS, RESTRICTED_FALLBACK
 
 SYSTEM = "x86_64-linux"
 

@@ -17,7 +17,8 @@ from offload.protocol.serve import SERVE_MAGIC_2
 from offload.protocol.wire import encode_int
 from offload.transport.links import pool
 from offload.transport.links.base import SessionPipes
-from offload.transport.links.pool import CLIENT_ID, Link
+from offload.transport.links.pool import Link
+from offload.transport.links.turns import CLIENT_ID
 from offload.transport.ssh import (
     CLIENT_ID_CHARS,
     WANT_FRESH,

@@ -29,7 +29,7 @@ from collections.abc import Collection, Mapping, Sequence
 from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
 from offload.transport.daemon_socket import daemon_trouble
-from offload.transport.links.pool import FALLBACKS, RESTRICTED_FALLBACKS
+from offload.transport.links.turns import FALLBACKS, RESTRICTED_FALLBACKS
 from offload.transport.missing_program import install_nix, not_on_path
 
 __all__ = [

@@ -54,7 +54,6 @@ import contextlib
 import functools
 import logging
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
@@ -86,46 +85,21 @@ from offload.transport.links.streams import (
     keep_stderr,
     silence,
 )
+from offload.transport.links.turns import (
+    BUSY_POLL,
+    CLIENT_ID,
+    LINGER,
+    TURN,
+    holds_slot,
+    slot_fallback,
+)
 from offload.transport.ssh import WANT_FRESH
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "BUSY_POLL",
-    "DAEMON_RESTRICTED_FALLBACK",
-    "FALLBACKS",
-    "RESTRICTED_FALLBACK",
-    "RESTRICTED_FALLBACKS",
-    "BuilderFullError",
-    "Link",
-]
+__all__ = ["LINGER", "TURN", "BuilderFullError", "Link"]  # the two: bench.clients_turns
 
 SlotStartOne = Callable[[contextlib.AsyncExitStack], Awaitable[SessionPipes]]
-
-# How often a build waiting for a slot another client holds on the builder asks again.
-BUSY_POLL = 0.25
-# How long a build session keeps its builder-side slot after its build, for this run's next
-# build there: a session start per build costs tens of milliseconds (a chain of small builds
-# paid it on every link), while a slot held this long by an idle client costs others little.
-LINGER = 1.0
-# A build session's turn: one that has held its builder-side slot longer than this (from its
-# start) is closed after its build instead of lingering, so that another client waiting there
-# gets the slot (the wrapper yields it, ``offload.transport.ssh``) within about TURN plus one
-# build; without contention it costs a session start (tens of ms) per slot per TURN.
-TURN = 5.0
-# Who this process (a run, a hook coordinator) is to the builders' slot wrappers: random.
-CLIENT_ID = secrets.token_hex(8)
-# Why a builder's slots are counted on this host only, by what its start line said; a
-# restricted key, by the program it runs (the session's dialect: ssh:// or ssh-ng://).
-RESTRICTED_FALLBACK = "its key runs only the serve program: no slot lock can be taken there"
-DAEMON_RESTRICTED_FALLBACK = (
-    "its key runs only `nix-daemon --stdio`: no slot lock can be taken there"
-)
-RESTRICTED_FALLBACKS = {"serve": RESTRICTED_FALLBACK, "daemon": DAEMON_RESTRICTED_FALLBACK}
-FALLBACKS = {
-    "noflock": "it has no flock(1) (util-linux): no slot lock can be taken there",
-    "nodir": "no directory for slot locks could be made there (~/.cache/offload-slots)",
-}
 
 
 class Link:
@@ -209,7 +183,7 @@ class Link:
         async with self._slots:
             session = await self._open_slot(on_wait)
             # One that fell back holds nothing on the builder: it may wait idle in the pool.
-            holds = session.pipes.slot is not None and session.pipes.slot.isdigit()
+            holds = holds_slot(session.pipes)
             async with self._lent(session, on_log, keep=not holds, linger=holds) as client:
                 yield client
 
@@ -294,12 +268,8 @@ class Link:
 
     def _note_slot(self, session: PooledSession) -> None:
         """What a build session's start line says of counting on the builder, kept."""
-        slot = session.pipes.slot
-        if session.pipes.restricted:
-            self.slot_fallback = RESTRICTED_FALLBACKS[session.pipes.dialect.name]
-        elif slot in FALLBACKS:
-            self.slot_fallback = FALLBACKS[slot]
-        if self.slot_fallback is not None or (slot is not None and slot.isdigit()):
+        self.slot_fallback = slot_fallback(session.pipes) or self.slot_fallback
+        if self.slot_fallback is not None or holds_slot(session.pipes):
             self.slots_on_builder = self.slot_fallback is None
 
     async def warm(self, count: int) -> None:
@@ -337,7 +307,7 @@ class Link:
                 )
                 session = await self._open(ask)
                 self._note_slot(session)
-                holds = session.pipes.slot is not None and session.pipes.slot.isdigit()
+                holds = holds_slot(session.pipes)
                 if self._closed:
                     await self._discard(session, kill=False)
                 elif holds:

@@ -1,0 +1,65 @@
+"""How a link's build sessions share a builder's slots with other clients (``pool.Link``,
+``offload.transport.ssh`` the wrapper on the builder): how long a session keeps its slot
+after a build and for how long in all (its turn), how often a build waiting for one asks again,
+who this process is to the other clients there, and the words for why a builder's slots are
+counted on this host only.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from offload.transport.links.base import SessionPipes
+
+__all__ = [
+    "BUSY_POLL",
+    "CLIENT_ID",
+    "DAEMON_RESTRICTED_FALLBACK",
+    "FALLBACKS",
+    "LINGER",
+    "RESTRICTED_FALLBACK",
+    "RESTRICTED_FALLBACKS",
+    "TURN",
+    "holds_slot",
+    "slot_fallback",
+]
+
+# How often a build waiting for a slot another client holds on the builder asks again.
+BUSY_POLL = 0.25
+# How long a build session keeps its builder-side slot after its build, for this run's next
+# build there: a session start per build costs tens of milliseconds (a chain of small builds
+# paid it on every link), while a slot held this long by an idle client costs others little.
+LINGER = 1.0
+# A build session's turn: one that has held its builder-side slot longer than this (from its
+# start) is closed after its build instead of lingering, so that another client waiting there
+# gets the slot (the wrapper yields it, ``offload.transport.ssh``) within about TURN plus one
+# build; without contention it costs a session start (tens of ms) per slot per TURN.
+TURN = 5.0
+# Who this process (a run, a hook coordinator) is to the builders' slot wrappers: random.
+CLIENT_ID = secrets.token_hex(8)
+# Why a builder's slots are counted on this host only, by what its start line said; a
+# restricted key, by the program it runs (the session's dialect: ssh:// or ssh-ng://).
+RESTRICTED_FALLBACK = "its key runs only the serve program: no slot lock can be taken there"
+DAEMON_RESTRICTED_FALLBACK = (
+    "its key runs only `nix-daemon --stdio`: no slot lock can be taken there"
+)
+RESTRICTED_FALLBACKS = {"serve": RESTRICTED_FALLBACK, "daemon": DAEMON_RESTRICTED_FALLBACK}
+FALLBACKS = {
+    "noflock": "it has no flock(1) (util-linux): no slot lock can be taken there",
+    "nodir": "no directory for slot locks could be made there (~/.cache/offload-slots)",
+}
+
+
+def holds_slot(pipes: SessionPipes) -> bool:
+    """The session's start line says it holds one of the builder's slots."""
+    return pipes.slot is not None and pipes.slot.isdigit()
+
+
+def slot_fallback(pipes: SessionPipes) -> str | None:
+    """Why a build session's start line says the builder's slots cannot be counted there, if
+    it says so."""
+    if pipes.restricted:
+        return RESTRICTED_FALLBACKS[pipes.dialect.name]
+    return FALLBACKS.get(pipes.slot or "")
