@@ -5,8 +5,13 @@ modules from the same source: the same decisions (``tests/integration/test_compi
 planned 1.5-1.8x faster (docs/BENCHMARKS.md, "Session 21"). The Nix package builds it so;
 without the variable (pip's default) offload is pure Python. Compiling needs mypy and a C
 compiler where the package is built: ``OFFLOAD_USE_MYPYC=1 pip install --no-build-isolation .``
-with mypy installed. An editable install is never compiled: a compiled module beside its source
-would shadow every later edit of that source.
+with mypy installed.
+
+mypyc type-checks and writes the C (about 3 s) only for a step that builds: not for the
+metadata steps a build runs first (``egg_info``, ``dist_info``; ``sdist``), which need no
+extension. A build whose compiled modules would land beside their source is never compiled
+(an editable install, ``setup.py develop``, ``build_ext --inplace``): a module compiled there
+would hide every later edit of that source.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 
 SCHEDULER = Path("src/offload/scheduler")
 COMPILED = [
@@ -23,16 +28,36 @@ COMPILED = [
     SCHEDULER / "simulate.py",
     *sorted((SCHEDULER / "policy").glob("[a-z]*.py")),
 ]
+# The steps that build nothing: their metadata is the same with or without the extensions.
+METADATA_ONLY = frozenset({"egg_info", "dist_info", "sdist"})
+# The steps that build into the source tree: what they are to the user, and what to do instead.
+IN_PLACE = {
+    "editable_wheel": ("an editable install", "install without -e"),
+    "develop": ("setup.py develop", "install with pip install . instead"),
+    "build_ext": ("build_ext --inplace", "build without --inplace"),
+}
+
+
+class CompilingDistribution(Distribution):
+    """Compiles (``extensions``) once the command line is read, for the steps that build."""
+
+    def run_commands(self) -> None:
+        if os.environ.get("OFFLOAD_USE_MYPYC") == "1" and not set(self.commands) <= METADATA_ONLY:
+            steps = [c for c in ("editable_wheel", "develop") if c in self.commands]
+            if self.get_option_dict("build_ext").get("inplace"):  # -i, or setup.cfg's
+                steps.append("build_ext")
+            if steps:
+                what, instead = IN_PLACE[steps[0]]
+                sys.exit(
+                    f"OFFLOAD_USE_MYPYC=1: {what} is never compiled (a compiled module beside"
+                    f" its source would hide later edits of it); {instead}, or unset"
+                    " OFFLOAD_USE_MYPYC"
+                )
+            self.ext_modules = extensions()
+        super().run_commands()
 
 
 def extensions() -> list[object]:
-    if os.environ.get("OFFLOAD_USE_MYPYC") != "1":
-        return []
-    if "editable_wheel" in sys.argv:
-        sys.exit(
-            "OFFLOAD_USE_MYPYC=1: an editable install is never compiled (a compiled module would"
-            " hide later edits of its source); install without -e, or unset OFFLOAD_USE_MYPYC"
-        )
     try:
         from mypyc.build import mypycify
     except ImportError:
@@ -47,10 +72,8 @@ def extensions() -> list[object]:
     # does not compile are read for their types, their findings not reported.
     options = ["--config-file=", "--follow-imports=silent"]
     return list(
-        mypycify(
-            [*options, *map(str, COMPILED)], opt_level="3", group_name="offload_scheduler"
-        )
+        mypycify([*options, *map(str, COMPILED)], opt_level="3", group_name="offload_scheduler")
     )
 
 
-setup(ext_modules=extensions())
+setup(distclass=CompilingDistribution)

@@ -91,19 +91,43 @@ def test_the_scheduler_unit_tests_pass_against_the_compiled_build(site: Path) ->
     assert "compiled: the simulator calls the policy's own next_decisions" in done.stdout
 
 
-def test_an_editable_install_is_never_compiled(tmp_path: Path) -> None:
+# Each way to build into the source tree, run as setup.py is run for it, and what it says.
+IN_PLACE = {
+    "pip install -e": (
+        ["-c", "from setuptools import build_meta; build_meta.build_editable('out')"],
+        "an editable install is never compiled",
+        "install without -e, or unset OFFLOAD_USE_MYPYC",
+    ),
+    "setup.py develop": (
+        ["setup.py", "-q", "develop"],
+        "setup.py develop is never compiled",
+        "install with pip install . instead, or unset OFFLOAD_USE_MYPYC",
+    ),
+    "build_ext --inplace": (
+        ["setup.py", "-q", "build_ext", "--inplace"],
+        "build_ext --inplace is never compiled",
+        "build without --inplace, or unset OFFLOAD_USE_MYPYC",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(IN_PLACE))
+def test_a_build_into_the_source_is_never_compiled(tmp_path: Path, how: str) -> None:
+    # build_ext --inplace compiled, its .so beside their .py; develop (setuptools 80+ runs
+    # pip install -e, isolated) said mypy was missing, and compiled in place on older ones.
     source = copy_source(tmp_path)
-    env = dict(os.environ, OFFLOAD_USE_MYPYC="1")
-    build = "from setuptools import build_meta; build_meta.build_editable('out')"
+    argv, said, hint = IN_PLACE[how]
     done = subprocess.run(
-        [sys.executable, "-c", build],
-        env=env, cwd=source, capture_output=True, text=True, timeout=300, check=False,
+        [sys.executable, *argv],
+        env=dict(os.environ, OFFLOAD_USE_MYPYC="1"),
+        cwd=source, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode != 0
     (line,) = [ln for ln in done.stderr.splitlines() if "OFFLOAD_USE_MYPYC" in ln]
-    assert "an editable install is never compiled" in line
-    assert line.endswith("install without -e, or unset OFFLOAD_USE_MYPYC")
+    assert said in line
+    assert line.endswith(hint)
     assert not list(source.rglob("*.so"))
+    assert not (source / "build").exists()  # refused before mypyc wrote anything
 
 
 def test_without_mypy_extensions_the_mark_leaves_a_class_as_it_is() -> None:
@@ -138,14 +162,33 @@ def test_a_compiled_build_without_mypy_says_what_it_needs(tmp_path: Path) -> Non
     assert "Traceback" not in done.stderr
 
 
-def _prepare_compiled(source: Path) -> subprocess.CompletedProcess[str]:
-    """setup.py run as a build's metadata step, compiled: mypyc type-checks and writes C."""
-    build = "from setuptools import build_meta; build_meta.prepare_metadata_for_build_wheel('.')"
+def _type_checked(source: Path) -> subprocess.CompletedProcess[str]:
+    """setup.py's build_ext, compiled, with ``true`` for the C compiler and linker: mypyc
+    type-checks and writes C, and no gcc runs (25 s here)."""
     return subprocess.run(
-        [sys.executable, "-c", build],
+        [sys.executable, "setup.py", "-q", "build_ext"],
+        env=dict(os.environ, OFFLOAD_USE_MYPYC="1", CC="true", LDSHARED="true"),
+        cwd=source, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_the_metadata_steps_of_a_compiled_build_do_not_compile(tmp_path: Path) -> None:
+    # pip runs setup.py for the build's requirements and metadata before it builds: mypyc
+    # type-checked and wrote C at each of them (3 s each), for metadata that needs none.
+    source = copy_source(tmp_path)
+    steps = (
+        "from setuptools import build_meta\n"
+        "build_meta.get_requires_for_build_wheel()\n"
+        "build_meta.prepare_metadata_for_build_wheel('.')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", steps],
         env=dict(os.environ, OFFLOAD_USE_MYPYC="1"),
         cwd=source, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(source.glob("offload-*.dist-info"))
+    assert not (source / "build").exists()  # the step that builds writes its C there (below)
 
 
 def test_the_compiled_build_checks_types_not_the_lint(tmp_path: Path) -> None:
@@ -154,12 +197,12 @@ def test_the_compiled_build_checks_types_not_the_lint(tmp_path: Path) -> None:
     source = copy_source(tmp_path)
     with (source / "src/offload/errors.py").open("a") as errors:
         errors.write("\n_LINT: int = 1  # type: ignore[assignment]\n")
-    done = _prepare_compiled(source)
+    done = _type_checked(source)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (source / "build/__native_offload_scheduler.c").exists()
     # A type error in what it compiles still stops it: the C would check the wrong type.
     with (source / "src/offload/scheduler/dag.py").open("a") as dag:
         dag.write('\n_WRONG: int = "a"\n')
-    done = _prepare_compiled(source)
+    done = _type_checked(source)
     assert done.returncode != 0
     assert "dag.py" in done.stdout + done.stderr
