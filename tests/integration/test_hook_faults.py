@@ -144,6 +144,44 @@ def _taken_over(pid: int) -> str:
     )
 
 
+# What a coordinator does as it starts (its interpreter's sitecustomize), and what the hook
+# that started it says of that: "did not start (see <its log>)" was all, an empty log after a
+# SIGKILL (the out-of-memory killer) too.
+NOT_STARTED = {
+    "killed": (
+        "os.kill(os.getpid(), 9)",
+        "was killed by SIGKILL before it listened; it left no word in its log",
+    ),
+    "exits": (
+        "sys.stderr.write('no room\\n'); os._exit(3)",
+        "exited with status 3 before it listened; see {state}/hook-coordinator.log",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(NOT_STARTED))
+def test_a_coordinator_that_does_not_start_is_said_as_it_ended(
+    hook_fleet: Fleet, tmp_path: Path, how: str
+) -> None:
+    code, ended = NOT_STARTED[how]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"import os, sys\nif 'offload.hook.coordinator' in sys.orig_argv:\n    {code}\n"
+    )
+    file = nix_file(tmp_path, leaves(1))
+    done = nix_build(hook_fleet, tmp_path, file, "-j0", PYTHONPATH=str(site))
+    assert len(outputs(done)) == 1  # decided in the hook's own process
+    said = [line for line in done.stderr.splitlines() if "no coordinator" in line]
+    assert len(said) == 1, done.stderr
+    pid = said[0].split("pid ", 1)[1].split(",", 1)[0]
+    ended = ended.format(state=tmp_path / "state")
+    assert said[0] == (
+        f"offload-hook: no coordinator (the coordinator, pid {pid}, {ended}); deciding in this"
+        " process"
+    )
+
+
 def _another_coordinator(state: Path, killed: int) -> bool:
     return any(pid != killed for pid in coordinator_pids(state))
 

@@ -49,9 +49,13 @@ import stat
 import sys
 import zlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from offload import __version__
 from offload.state_location import HOOK_STATE_NOTE, private_dir, usable_hook_state
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = [
     "ACCEPTED",
@@ -118,16 +122,18 @@ def _connect(path: str) -> _socket.socket | None:
     return sock
 
 
-def _start(state: str, path: str) -> None:
-    """Start a coordinator and wait until it listens (or has died trying)."""
+def _start(state: str, path: str) -> tuple[subprocess.Popen[bytes], int | None]:
+    """Start a coordinator and wait until it listens (or has died trying); it, and what its
+    log held before."""
     import select
     import subprocess
 
     ready_read, ready_write = os.pipe()
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    logged = _size(f"{state}/{COORDINATOR_LOG}")
     log = os.open(f"{state}/{COORDINATOR_LOG}", flags, 0o600)
     try:
-        subprocess.Popen(
+        started = subprocess.Popen(
             [sys.executable, "-m", "offload.hook.coordinator", state, path, str(ready_write)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -143,6 +149,7 @@ def _start(state: str, path: str) -> None:
         select.select([ready_read], [], [], _READY_TIMEOUT)
     finally:
         os.close(ready_read)
+    return started, logged
 
 
 def _coordinator(state: str, path: str) -> _socket.socket:
@@ -156,12 +163,16 @@ def _coordinator(state: str, path: str) -> _socket.socket:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sock = _connect(path)  # started by another hook while we waited for the lock
         if sock is None:
-            _start(state, path)
+            started, logged = _start(state, path)
             sock = _connect(path)
     finally:
         os.close(lock)
     if sock is None:
-        raise OSError(f"the coordinator did not start (see {state}/{COORDINATOR_LOG})")
+        from offload.hook.stopped import not_started  # only now: a hook's every import costs
+
+        log = f"{state}/{COORDINATOR_LOG}"
+        grew = logged is None or (_size(log) or 0) > logged
+        raise OSError(not_started(started, log if grew else None))
     return sock
 
 

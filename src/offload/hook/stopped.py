@@ -17,11 +17,12 @@ from __future__ import annotations
 import _socket
 import os
 import select
+import subprocess
 import sys
 
-from offload.hook.client import ACCEPTED, ANSWERED, COORDINATOR_LOG
+from offload.hook.client import _READY_TIMEOUT, ACCEPTED, ANSWERED, COORDINATOR_LOG
 
-__all__ = ["say_stopped", "say_taken_over", "why_stopped"]
+__all__ = ["not_started", "say_stopped", "say_taken_over", "why_stopped"]
 
 _POSTPONE = "# postpone\n"
 # How long a coordinator this hook started, its socket closed, may take to end.
@@ -52,6 +53,24 @@ def why_stopped(sock: _socket.socket, logged: int | None, logs: int | None) -> s
         said.append("it left no word in its log")
     who = "" if pid is None else f"pid {pid}, "
     return f"({who}{'; '.join(said)})"
+
+
+def not_started(started: subprocess.Popen[bytes], log: str | None) -> str:
+    """Why the coordinator this hook ``started`` does not listen: how it ended, if it did
+    (within ``_ENDING``: its ready pipe is closed as it exits), and ``log``, the file it wrote
+    to meanwhile (None: it wrote nothing)."""
+    try:
+        code = started.wait(_ENDING)
+    except subprocess.TimeoutExpired:
+        code = None
+    who = f"the coordinator, pid {started.pid},"
+    if code is None:
+        said = f"{who} did not listen within {_READY_TIMEOUT:g} s"
+    elif code < 0:
+        said = f"{who} was killed by {_signal_name(-code)} before it listened"
+    else:
+        said = f"{who} exited with status {code} before it listened"
+    return said + (f"; see {log}" if log is not None else "; it left no word in its log")
 
 
 def say_taken_over(why: str) -> None:
