@@ -45,7 +45,7 @@ SCHEDULER_TESTS = [
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_compiled(tmp_path_factory.mktemp("compiled"))
+    return install_compiled(tmp_path_factory.mktemp("compiled"), opt_level="0")
 
 
 def _python(pythonpath: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -206,3 +206,17 @@ def test_the_compiled_build_checks_types_not_the_lint(tmp_path: Path) -> None:
     done = _type_checked(source)
     assert done.returncode != 0
     assert "dag.py" in done.stdout + done.stderr
+
+
+def test_an_optimisation_level_that_is_none_is_one_line(tmp_path: Path) -> None:
+    source = copy_source(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext"],
+        env=dict(os.environ, OFFLOAD_USE_MYPYC="1", OFFLOAD_MYPYC_OPT_LEVEL="fast"),
+        cwd=source, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    (line,) = [ln for ln in done.stderr.splitlines() if "OFFLOAD_MYPYC_OPT_LEVEL" in ln]
+    assert line == "OFFLOAD_MYPYC_OPT_LEVEL='fast': not an optimisation level; give 0 to 3"
+    assert "Traceback" not in done.stderr
+    assert not (source / "build").exists()  # refused before mypyc wrote anything
