@@ -20,7 +20,7 @@ from offload.scheduler.clients import simulate_clients
 from offload.scheduler.dag import Job
 from offload.scheduler.generated import layered_jobs
 from offload.scheduler.policy import MachineSlotSpec
-from offload.transport.links.pool import LINGER, TURN
+from offload.transport.links.turns import LINGER, TURN
 
 MACHINES = [
     MachineSlotSpec(name, speed, 2, systems=frozenset({"x86_64-linux"}))

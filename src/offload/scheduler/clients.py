@@ -15,7 +15,7 @@ modelled:
   With ``linger`` (offload's build sessions), a build's slot stays its client's for that long
   after it ends, and that client's next build there takes it before any other client's
   waiting build; with ``turn`` too, only while the slot's session is younger than ``turn``
-  (from its start, ``offload.transport.links.pool.TURN``): an older one goes to the builds
+  (from its start, ``offload.transport.links.turns.TURN``): an older one goes to the builds
   waiting there, first come first served, as the builder's wrapper yields it to them.
 - ``counted=False`` (each client counts only its own host's slots): every build starts at once,
   and a machine running more builds than it has slots shares itself between them (each runs at

@@ -97,7 +97,7 @@ from offload.transport.ssh import WANT_FRESH
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LINGER", "TURN", "BuilderFullError", "Link"]  # the two: bench.clients_turns
+__all__ = ["BuilderFullError", "Link"]
 
 SlotStartOne = Callable[[contextlib.AsyncExitStack], Awaitable[SessionPipes]]
 
