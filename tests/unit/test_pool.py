@@ -118,6 +118,15 @@ def test_unknown_name_lists_known_names_and_tags():
         pool(SPEC, TOML).select(exclude=["@slow"])
 
 
+def test_an_unknown_name_in_a_pool_without_builders_says_where_builders_come_from():
+    """`offload use fast` with Nix's default builders file missing listed 'known names: local'."""
+    with pytest.raises(
+        ConfigError, match="no machine named 'fast' in the pool, which has no"
+    ) as info:
+        Pool(LOCAL, (), (), LOCAL).select(on=["fast"])
+    assert "--builders" in (info.value.hint or "")
+
+
 # --- offload.toml overlay -----------------------------------------------------------------------
 
 

@@ -87,12 +87,18 @@ class Pool:
         return sorted({tag for m in self.machines for tag in m.tags})
 
     def _unknown(self, token: str) -> ConfigError:
+        message = f"no machine named '{shown(token, 200)}' in the pool"
+        if not self.machines:
+            # Not a typo: no builder was read at all (Nix's default builders file is missing,
+            # or --builders was left off a command that needs it), so say where they come from.
+            return ConfigError(
+                message + ", which has no builders",
+                hint="give them with --builders SPEC (e.g. --builders @FILE),"
+                " Nix's builders setting or offload.toml",
+            )
         known = ", ".join(self.names())
         tags = ", ".join(f"@{t}" for t in self.tags()) or "none"
-        return ConfigError(
-            f"no machine named '{shown(token, 200)}' in the pool",
-            hint=f"known names: {known}; tags: {tags}",
-        )
+        return ConfigError(message, hint=f"known names: {known}; tags: {tags}")
 
     def _matches(self, token: str) -> tuple[bool, set[int], bool]:
         """(local?, indices of machines, matched by name rather than tag)."""
