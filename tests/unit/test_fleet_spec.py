@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from offload.cli import main
 from offload.errors import FleetError
 from offload.fleet import DEFAULT_SPECS, MemberSpec, default_fleet_dir, fleet_up
 from offload.fleet.records import FleetState, MemberRecord
@@ -343,3 +344,16 @@ def test_a_failed_start_stops_every_member_it_started_even_past_one_that_will_no
     manager._stop_started(tmp_path, records)
     assert tried == ["a", "b"]  # b is stopped although a would not
     assert "fleet member a did not stop" in caplog.text
+
+
+@pytest.mark.parametrize("command", [["fleet", "up"], ["fleet", "status"], ["demo"]])
+def test_the_dir_help_names_the_state_directory_the_default_fleet_follows(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`offload demo` put its fleet in $OFFLOAD_STATE_DIR/fleet while `--dir`'s help named only
+    $OFFLOAD_FLEET_DIR and $XDG_STATE_HOME: the fleet was not where the help said."""
+    assert default_fleet_dir({"OFFLOAD_STATE_DIR": "/st"}, Path("/home/u")) == Path("/st/fleet")
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "$OFFLOAD_FLEET_DIR, else the state directory's: $OFFLOAD_STATE_DIR/fleet" in help_text

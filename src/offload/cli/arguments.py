@@ -10,7 +10,14 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["machine_names", "nonempty", "nonempty_path"]
+__all__ = ["FLEET_DIR_HELP", "machine_names", "nonempty", "nonempty_path"]
+
+
+# What ``fleet.spec.default_fleet_dir`` picks, for the ``--dir`` help of `fleet` and `demo`.
+FLEET_DIR_HELP = (
+    "fleet directory (default: $OFFLOAD_FLEET_DIR, else the state directory's: "
+    "$OFFLOAD_STATE_DIR/fleet, $XDG_STATE_HOME/offload/fleet or ~/.local/state/offload/fleet)"
+)
 
 
 def nonempty_path(text: str) -> Path:

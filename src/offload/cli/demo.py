@@ -19,7 +19,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from offload.cli.arguments import nonempty_path
+from offload.cli.arguments import FLEET_DIR_HELP, nonempty_path
 from offload.cli.build_exec import build_failed, execute
 from offload.cli.interrupts import steady_runner
 from offload.config.pool import load_pool
@@ -43,9 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--dir", type=nonempty_path, help="fleet directory (default: the state dir's)"
-    )
+    parser.add_argument("--dir", type=nonempty_path, help=FLEET_DIR_HELP)
     parser.add_argument("--keep-fleet", action="store_true", help="leave the fleet running")
     parser.add_argument("--graph", type=nonempty_path, help="a DAG JSON file instead of the sample")
     parser.set_defaults(func=run)

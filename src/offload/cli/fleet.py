@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from offload.cli.arguments import nonempty_path
+from offload.cli.arguments import FLEET_DIR_HELP, nonempty_path
 from offload.errors import FleetError
 
 if TYPE_CHECKING:
@@ -36,8 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "--dir",
             type=nonempty_path,
             default=None,
-            help="fleet directory (default: $OFFLOAD_FLEET_DIR, else "
-            "$XDG_STATE_HOME/offload/fleet, else ~/.local/state/offload/fleet)",
+            help=FLEET_DIR_HELP,
         )
         return action
 
