@@ -182,6 +182,22 @@ def test_an_empty_name_or_id_is_refused_naming_its_argument(
     assert not (tmp_path / "state").exists()
 
 
+@pytest.mark.parametrize(
+    "picked", [["local"], ["--on", "local"], ["--exclude", "nx-dr-a.invalid,nx-dr-b.invalid"]]
+)
+def test_doctor_on_no_builder_of_a_pool_with_builders_does_not_ask_for_builders(
+    picked: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`offload doctor local` said 'no builders to check', hint 'give them with --builders', with
+    two builders given: the pool has them, none was picked."""
+    builders = "nx-dr-a.invalid x86_64-linux; nx-dr-b.invalid x86_64-linux"
+    status, err = _offload(["doctor", "--builders", builders, *picked], capsys)
+    assert status == 1
+    _one_error(err)
+    assert "no builder to check among those named" in err
+    assert "--builders" not in err
+
+
 def test_a_long_store_path_is_cut_in_the_error(capsys: pytest.CaptureFixture[str]) -> None:
     status, err = _offload(["log", "/nix/store/" + "a" * 5000], capsys)  # Nix echoes it too
     assert status == 1

@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     args.on = [*args.on, *args.names]
     pool = pool_from_args(args)
+    if not pool.machines and (args.on or args.exclude):
+        # `offload doctor local`: the pool has builders, none of them picked (local is this
+        # machine, which doctor does not log in to); "give them with --builders" was wrong.
+        raise ConfigError(
+            "no builder to check among those named (doctor checks builders; local is this host)",
+            hint="name a builder, or none for all of them (offload machines lists them)",
+        )
     if not pool.machines:
         raise ConfigError(
             "no builders to check",
