@@ -29,6 +29,7 @@ def test_dry_run_plans_every_missing_derivation_and_builds_nothing(tmp_path):
     argv += ["--argstr", "salt", salt, "--builders", "", "-j", "2", "--dry-run", "--json"]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1  # one object per line, as --json's help says
     plan = json.loads(done.stdout)
     names = [row["name"] for row in plan["build"]]
     assert names == ["dry-a", "dry-b"]  # a must come first: b depends on it

@@ -205,7 +205,11 @@ def _output(parser: argparse.ArgumentParser) -> None:
     # nix-build's --debug (Nix's verbosity); `offload --traceback build` shows tracebacks.
     group.add_argument("--debug", action="store_true", dest="nix_debug", help="Nix debug")
     group.add_argument("--log-format", choices=LOG_FORMATS, help="raw: plain lines; bar: live")
-    group.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON event per line on stdout (with --dry-run: the plan, one line)",
+    )
 
 
 def _ignored(parser: argparse.ArgumentParser) -> None:

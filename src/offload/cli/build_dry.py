@@ -76,7 +76,9 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
         print(machine_warning(event), file=sys.stderr)
     plan = _plan(run)
     if as_json:
-        print(json.dumps(_as_json(run, plan), indent=1))
+        # One line, as --json's help promises (one JSON object per line): a script reading
+        # lines gets the plan whole.
+        print(json.dumps(_as_json(run, plan)))
         return 0
     for name, error in sorted(run.unreachable.items()):
         # The error carries the builder's words: shown, never obeyed.
