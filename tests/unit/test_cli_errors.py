@@ -217,6 +217,16 @@ def test_help_still_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 0
 
 
+def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'raw: plain lines; bar: live', nothing of bar-with-logs or internal-json."""
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for said in ("bar: the live view without build logs;", "bar-with-logs: with them;"):
+        assert said in out
+    assert "internal-json is refused" in out
+
+
 def test_deeply_nested_json_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000)

@@ -204,7 +204,12 @@ def _output(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quiet", action="count", default=0, help="Nix's verbosity down")
     # nix-build's --debug (Nix's verbosity); `offload --traceback build` shows tracebacks.
     group.add_argument("--debug", action="store_true", dest="nix_debug", help="Nix debug")
-    group.add_argument("--log-format", choices=LOG_FORMATS, help="raw: plain lines; bar: live")
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="raw: plain lines; bar: the live view without build logs; bar-with-logs: with them;"
+        " internal-json is refused (offload's events: --json)",
+    )
     group.add_argument(
         "--json",
         action="store_true",
