@@ -28,9 +28,12 @@ def test_a_host_name_that_does_not_resolve_names_its_line_and_the_way_out() -> N
         "dfnohost.example",
         "ssh: Could not resolve hostname dfnohost.example: Temporary failure in name resolution",
     )
+    # A fleet member's name with the fleet's ssh config not given (`offload fleet env` not
+    # eval'd) read only 'is it right?', where the name is right and the config missing.
     assert explain(machine("dfnohost.example"), error) == (
         "host name dfnohost.example does not resolve (Temporary failure in name resolution): "
-        "is it right? (check /etc/nix/machines:3, or leave it out with --exclude "
+        "is it right, or an ssh Host alias from a config ssh was not given "
+        "(NIX_SSHOPTS='-F FILE')? (check /etc/nix/machines:3, or leave it out with --exclude "
         "dfnohost.example)"
     )
 

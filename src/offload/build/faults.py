@@ -130,11 +130,17 @@ def _unresolved(machine: Machine, name: str, why: str) -> str:
     """The name ssh was to connect to does not resolve: the machines line's host, or the
     HostName an ssh config gives it."""
     what, check = f"host name {name}", machine.source
+    question = (
+        # A name only an ssh config knows (`offload fleet env` forgotten, a Host alias that
+        # `setup client` wrote): ssh was given no config that has it.
+        "is it right, or an ssh Host alias from a config ssh was not given (NIX_SSHOPTS='-F FILE')?"
+    )
     if name != machine.host:
         what += f", the ssh config's HostName for {machine.host},"
         check = f"the ssh config and {check}"
+        question = "is it right?"
     return (
-        f"{what} does not resolve ({why}): is it right? "
+        f"{what} does not resolve ({why}): {question} "
         f"(check {check}, or leave it out with --exclude {machine.name})"
     )
 
