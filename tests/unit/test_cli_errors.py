@@ -227,6 +227,20 @@ def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str
     assert "internal-json is refused" in out
 
 
+@pytest.mark.parametrize("command", ["history", "report", "demo", "completion"])
+def test_a_help_drawn_from_the_docstring_has_no_source_markup(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`offload history --help` said '``--run``, ``--machine`` and ``--drv``' and named
+    '``offload.cli.history_file``', a module of offload's source."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out
+    assert "offload.cli" not in out
+    assert "::\n" not in out
+
+
 def test_deeply_nested_json_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000)

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["FLEET_DIR_HELP", "machine_names", "nonempty", "nonempty_path"]
+__all__ = ["FLEET_DIR_HELP", "doc_help", "machine_names", "nonempty", "nonempty_path"]
 
 
 # What ``fleet.spec.default_fleet_dir`` picks, for the ``--dir`` help of `fleet` and `demo`.
@@ -18,6 +18,13 @@ FLEET_DIR_HELP = (
     "fleet directory (default: $OFFLOAD_FLEET_DIR, else the state directory's: "
     "$OFFLOAD_STATE_DIR/fleet, $XDG_STATE_HOME/offload/fleet or ~/.local/state/offload/fleet)"
 )
+
+
+def doc_help(doc: str | None) -> str:
+    """A module docstring as a command's --help description: its ``literal`` markup in single
+    backquotes, as the other help texts and the README write commands (reST's double ones
+    are for the source reader)."""
+    return (doc or "").replace("``", "`").replace("::\n", ":\n")
 
 
 def nonempty_path(text: str) -> Path:

@@ -1,7 +1,7 @@
 """`offload completion bash|zsh|fish` and `offload manpage`: both generated from the parser.
 
 The argument parser is the one description of the command line, so the shell completions and
-the man page are made from it at the moment they are asked for, by walking it (``walk``) into
+the man page are made from it at the moment they are asked for, by walking it into
 a small model: each command (the top level, every subcommand, nested ones such as ``setup
 key``) with its subcommands, options (flags, whether they take a value, their choices) and
 help. Nothing is kept in the repository that could fall behind the parser, and no package is
@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+
+from offload.cli.arguments import doc_help
 
 __all__ = ["Command", "Option", "bash", "fish", "register", "walk", "zsh"]
 
@@ -245,7 +247,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "completion",
         help="print a shell completion script (bash, zsh or fish)",
-        description=__doc__,
+        description=doc_help(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("shell", choices=sorted(SHELLS), help="the shell to complete for")

@@ -19,7 +19,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from offload.cli.arguments import FLEET_DIR_HELP, nonempty_path
+from offload.cli.arguments import FLEET_DIR_HELP, doc_help, nonempty_path
 from offload.cli.build_exec import build_failed, execute
 from offload.cli.interrupts import steady_runner
 from offload.config.pool import load_pool
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo",
         help="build a sample graph on a local three-member fleet",
-        description=__doc__,
+        description=doc_help(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dir", type=nonempty_path, help=FLEET_DIR_HELP)

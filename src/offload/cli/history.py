@@ -10,7 +10,7 @@ their names now, as a history of no runs does (the hook's builds belong to none)
 ``--machine`` that neither the history nor the pool knows, or a ``--drv`` no kept build
 matches, is an error naming it and what it may have meant, not empty tables.
 ``--json`` prints all four parts as one object. ``--daemon`` reads the nix-daemon's
-``offload-hook`` history instead of the user's (``offload.cli.history_file``).
+``offload-hook`` history (/var/lib/offload, root's) instead of the user's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from offload.cli.arguments import nonempty
+from offload.cli.arguments import doc_help, nonempty
 from offload.cli.history_file import open_history
 from offload.errors import OffloadError
 from offload.history.db import History
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "history",
         help="show past runs, builds and their phases, machines and estimates",
-        description=__doc__,
+        description=doc_help(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from offload.cli.arguments import nonempty
+from offload.cli.arguments import doc_help, nonempty
 from offload.cli.history_file import open_history
 from offload.errors import OffloadError
 from offload.paths import SYSTEM_STATE_DIR
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "report",
         help="write a run's report (or offload-hook's builds'): one HTML page with its timeline",
-        description=__doc__,
+        description=doc_help(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
