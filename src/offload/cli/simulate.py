@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=("offload", "nix"),
         default="offload",
         help="offload's scheduler, or Nix's own build hook (remote first, one derivation at a "
-        "time; see offload.scheduler.nix_model) (default: %(default)s)",
+        "time, the least loaded builder by its load over its speed) (default: %(default)s)",
     )
     parser.add_argument(
         "--nix-version",
