@@ -98,6 +98,9 @@ def test_the_command_writes_the_page_and_refuses_a_run_with_hook(
     assert "-b.drv" in text
     assert main(["report", "--since", "1h", "-o", str(page)]) == 0  # --since implies --hook
     capsys.readouterr()
+    assert main(["report", "--hook", "--since", "3s", "-o", str(page)]) == 0
+    # One build on one machine was '(1 copies on 1 machines)'.
+    assert "(1 copy on 1 machine) written to" in capsys.readouterr().err
     assert main(["report", "RUN", "--hook", "-o", str(page)]) == 1
     assert capsys.readouterr().err.splitlines()[0] == (
         "error: 'RUN': offload-hook's builds are no run"

@@ -91,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
         write_page(model, args.output)
         what = "report of offload-hook's builds"
     copies = sum(len(lane.bars) for lane in model.lanes)
+    lanes = len(model.lanes)
     print(
-        f"{what} ({copies} copies on {len(model.lanes)} machines) written to"
+        f"{what} ({copies} {'copy' if copies == 1 else 'copies'} on {lanes}"
+        f" {'machine' if lanes == 1 else 'machines'}) written to"
         f" {args.output or 'standard output'}",
         file=sys.stderr,
     )
