@@ -83,9 +83,16 @@ def test_the_hook_keeps_what_each_build_was_built_on_for_priorities_and_its_repo
     outputs(nix_build(hook_fleet, tmp_path, file, "-A", "b", "-j0"))
     with History(tmp_path / "state" / "history.sqlite") as history:
         edges = history.recent_deps()
-        built = {(record.pname, record.name) for record in history.builds()}
+        records = history.builds()
+        built = {(record.pname, record.name) for record in records}
     assert [(name_of(drv), name_of(dep)) for drv, dep in edges] == [("b", "a")]
     assert built == {("a", "a"), ("b", "b")}
+    # Their phases, as offload build's copies have them: none were kept, and offload history
+    # showed '-' for the sending, building and fetching of every hook build.
+    for record in records:
+        assert [p.phase for p in record.phases] == ["sending", "building", "fetching"]
+        assert record.phases[0].started == record.started
+        assert record.phases[-1].finished == record.finished
     assert tails(edges, {"b": 3.0}.__getitem__) == {"a": 3.0, "b": 0.0}
     # And `offload report --hook` draws them: b asked, a then b its critical path.
     page = tmp_path / "hook.html"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from offload.cache_words import CacheLines, cache_fault
 from offload.errors import OffloadError
+from offload.history.records import PhaseRecord
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
 from offload.protocol.serve import BuildOptions, BuildStatus, StoreClient, topo_sort_infos
@@ -53,6 +54,8 @@ class Outcome:
     finished: float
     sent: int = 0
     received: int = 0
+    # sending, building and fetching, as an `offload build` copy's (history, the hook report)
+    phases: tuple[PhaseRecord, ...] = ()
 
 
 def log_writer(io: HookIO) -> Callable[[str], None]:
@@ -191,6 +194,7 @@ async def build_remote(
     sent = await _send_inputs(
         acts, accepted, local, remote, machine=machine, substitute=substitute, copying=copying
     )
+    building_from = time.time()
     # Talkative (-v): Nix says "building '...' on '<uri>'" itself at the accept; at its
     # default verbosity this one, the same line with the builder's name, was said twice.
     build = acts.start(
@@ -210,12 +214,17 @@ async def build_remote(
     finally:
         remote.on_phase = None
     acts.stop(build)
+    built = time.time()
+    phases: tuple[PhaseRecord, ...] = (
+        PhaseRecord("sending", started, building_from),
+        PhaseRecord("building", building_from, built),
+    )
     if not result.success:
         error_message(
             io, f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}"
         )
         code = 101 if result.status is BuildStatus.TIMED_OUT else 100
-        return Outcome(code, started, time.time(), sent)
+        return Outcome(code, started, built, sent, phases=phases)
     fetch = acts.start(_ACT_COPY_PATHS, f"copying outputs from '{machine}'", [])
     outputs = [drv.outputs[name].path for name in accepted.wanted if name in drv.outputs]
     closure = await remote.query_closure(outputs)
@@ -230,4 +239,6 @@ async def build_remote(
         waiting=_lock_note(io, request.drv_path),
     )
     acts.stop(fetch)
-    return Outcome(0, started, time.time(), sent, received)
+    finished = time.time()
+    phases += (PhaseRecord("fetching", built, finished),)
+    return Outcome(0, started, finished, sent, received, phases)

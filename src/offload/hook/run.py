@@ -464,6 +464,7 @@ def _record(
         bytes_sent=outcome.sent,
         bytes_received=outcome.received,
         name=request.name,
+        phases=outcome.phases,
     )
     inputs: tuple[str, ...] = ()  # what it was built on gives later hooks their tails
     with contextlib.suppress(OffloadError):
