@@ -64,6 +64,10 @@ def test_lanes_rows_and_the_critical_path():
     }
     assert model.distance == pytest.approx(10.0)
     assert model.slowest[0].drv_path == "c"
+    # A run's page draws its lower bound, and says so in the legend.
+    page = render_html(model)
+    assert "the lower bound, from the first build" in page
+    assert '<line class="bound"' in page
 
 
 def test_outside_text_is_escaped_everywhere():

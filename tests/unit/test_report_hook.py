@@ -94,6 +94,9 @@ def test_the_command_writes_the_page_and_refuses_a_run_with_hook(
     assert said == f"report of offload-hook's builds (2 copies on 2 machines) written to {page}\n"
     text = page.read_text()
     assert "<title>offload-hook builds</title>" in text
+    # No lower bound is drawn for the hook's builds, so its key is not in the legend either.
+    assert "the lower bound, from the first build" not in text
+    assert 'class="bound"' not in text.split("</style>", 1)[1]
     assert "-a.drv" in text
     assert "-b.drv" in text
     assert main(["report", "--since", "1h", "-o", str(page)]) == 0  # --since implies --hook

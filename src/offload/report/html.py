@@ -52,7 +52,7 @@ def render_html(model: ReportModel) -> str:
             '<ul id="script-errors"></ul>',
             _facts(model),
             "<h2>Timeline</h2>",
-            _legend(),
+            _legend(bound=model.run.lower_bound is not None),
             _timeline(model),
             _machines(model),
             _critical(model),
@@ -98,10 +98,13 @@ def _asked(names: Sequence[str]) -> str:
     return (shown + (f" and {more} more" if more > 0 else "")) or "-"
 
 
-def _legend() -> str:
+def _legend(*, bound: bool) -> str:
+    """The timeline's key; the lower bound's line only when it is drawn (offload-hook's
+    builds have none)."""
     items = [f'<span><i style="background:{COLOURS[p]}"></i>{p}</span>' for p in PHASES]
     items.append('<span><i class="crit"></i>critical path</span>')
-    items.append('<span><i class="bound"></i>the lower bound, from the first build</span>')
+    if bound:
+        items.append('<span><i class="bound"></i>the lower bound, from the first build</span>')
     return f'<div class="legend">{"".join(items)}</div>'
 
 
