@@ -94,6 +94,21 @@ def test_down_machine_failure_and_speculative_copy() -> None:
     assert block[-1].startswith("3/4 done · 1 failed · 1 skipped · 3.5s elapsed · ETA ")
 
 
+def test_a_one_slot_machine_in_the_final_frame_has_one_slot() -> None:
+    """The tour's run on the fleet ended with 'local   speed 1 · 1 slots · built 0'."""
+    renderer, out, clock = tty(print_logs=False)
+    events: list[Event] = [
+        RunStarted("run1", 1, ("local",), 1.0, T0, (1.0,), (1,)),
+        phase((HELLO, "hello-2.12", "local"), "building", 0.1, 1.0),
+        done((HELLO, "hello-2.12", "local"), "built", (0.1, 1.0)),
+        RunFinished("run1", 1, 0, 0, 1.0, ("/nix/store/x-hello-2.12",), T0 + 1.0),
+    ]
+    for event in events:
+        clock.now = max(clock.now, event.time)
+        renderer.handle(event)
+    assert last_frame(out)[0] == "local  speed 1 · 1 slot · built 1"
+
+
 def test_final_frame_is_the_truth_with_no_stale_rows() -> None:
     renderer, out, clock = tty(print_logs=False)
     # A copy stopped without a word (the executor cancels a losing twin) leaves no row.

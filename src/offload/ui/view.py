@@ -235,7 +235,8 @@ class View:
         if machine.speed is not None:
             about.append(f"speed {machine.speed:g}")
         if machine.slots is not None:
-            about.append(f"{machine.slots} slots" if over else f"{busy}/{machine.slots} slots")
+            slots = "slot" if machine.slots == 1 and over else "slots"  # "0/1 slots" in use
+            about.append(f"{machine.slots} {slots}" if over else f"{busy}/{machine.slots} {slots}")
         if over:
             about.append(f"built {machine.built}")
         text = Text(" · ".join(about))
