@@ -126,6 +126,24 @@ def test_an_unknown_on_name_is_a_one_line_error(fleet, tmp_path):
     assert not valid_locally(out_path(file, "dep"))
 
 
+@pytest.mark.parametrize(
+    ("picked", "said"),
+    [
+        (("--exclude", "local"), "--on/--exclude left out the local machine and every builder"),
+        (("-j", "0"), "the local machine takes no jobs and no builder is set"),
+        (("-j", "0", "--exclude", "local"), "the local machine takes no jobs"),
+    ],
+)
+def test_no_machine_to_build_on_says_why(fleet, tmp_path, picked, said):
+    # `--exclude local` with no builders said the local machine takes no jobs (max-jobs is 1).
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "dep", "--builders", "", *picked)
+    assert done.returncode == 1
+    assert_one_line_error(done.stderr)
+    assert f"error: no machine to build on: {said}" in done.stderr
+    assert not valid_locally(out_path(file, "dep"))
+
+
 def test_a_report_on_standard_output_is_refused_before_building(fleet, tmp_path):
     # stdout carries the output paths (or --json's events): the page would be mixed in.
     file = nix_file(tmp_path, GRAPH)

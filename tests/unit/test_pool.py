@@ -118,6 +118,16 @@ def test_unknown_name_lists_known_names_and_tags():
         pool(SPEC, TOML).select(exclude=["@slow"])
 
 
+def test_the_local_machine_left_out_by_name_is_told_from_one_taking_no_jobs():
+    p = Pool(LOCAL, (), (), LOCAL)
+    assert p.select(exclude=["local"]).local_left_out
+    assert p.select(on=["local"]).local_left_out is False
+    assert p.select(max_jobs=0).local_left_out is False
+    assert p.select(max_jobs=0, exclude=["local"]).local_left_out is False
+    assert p.select(max_jobs=2, exclude=["local"]).local_left_out
+    assert Pool(None, (), (), LOCAL).select(exclude=["local"]).local_left_out is False
+
+
 def test_an_unknown_name_in_a_pool_without_builders_says_where_builders_come_from():
     """`offload use fast` with Nix's default builders file missing listed 'known names: local'."""
     with pytest.raises(

@@ -103,10 +103,7 @@ async def pool_members(
                 )
             )
         if not members:
-            raise SchedulerError(
-                "no machine to build on: the local machine takes no jobs and no builder is set",
-                hint="pass -j N, --builders, or set `builders` in nix.conf",
-            )
+            raise _no_machine(pool)
         try:
             yield members
         finally:
@@ -114,6 +111,18 @@ async def pool_members(
                 _remember_slots(members, fallbacks)
     finally:
         await _close_all([local_link, *links])
+
+
+def _no_machine(pool: Pool) -> SchedulerError:
+    if pool.local_left_out:
+        return SchedulerError(
+            "no machine to build on: --on/--exclude left out the local machine and every builder",
+            hint="name a machine that builds (offload machines lists them), or drop --on/--exclude",
+        )
+    return SchedulerError(
+        "no machine to build on: the local machine takes no jobs and no builder is set",
+        hint="pass -j N, --builders, or set `builders` in nix.conf",
+    )
 
 
 async def _close_all(links: list[Link]) -> None:

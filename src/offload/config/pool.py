@@ -72,6 +72,9 @@ class Pool:
     )
     # Lenient reading only: the entries Nix would reject the whole spec for, one line each.
     errors: tuple[str, ...] = field(default=(), compare=False)
+    # ``select`` took the local machine out by name (--exclude local, an --on without it):
+    # a pool left with nothing says so rather than that it takes no jobs.
+    local_left_out: bool = field(default=False, compare=False)
 
     def local_env(self) -> dict[str, str] | None:
         """The environment for the local store's serve processes: ours with the run's
@@ -153,7 +156,11 @@ class Pool:
                 local = None
             keep -= found
         machines = tuple(m for i, m in enumerate(self.machines) if i in keep & usable)
-        return dataclasses.replace(self, local=local, machines=machines)
+        # The local machine there but for --on/--exclude: Nix's, or the one -j N brings back.
+        unpicked = self.local if max_jobs is None else (self.local or self.local_entry)
+        named_out = bool(on_names or _split_names(exclude)) and max_jobs != 0
+        left_out = local is None and named_out and unpicked is not None
+        return dataclasses.replace(self, local=local, machines=machines, local_left_out=left_out)
 
 
 # --- offload.toml over the machines spec --------------------------------------------------------
