@@ -218,6 +218,27 @@ def test_help_still_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 0
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--to", "toml"], "--to: only"),
+        (["--from-format", "nixos"], "--from-format: only"),
+        (["--newer-nix"], "--newer-nix: only"),
+        (["--to", "nix", "--newer-nix"], "--to, --newer-nix: only"),
+    ],
+)
+def test_a_convert_option_without_convert_is_one_line_with_the_command_that_takes_it(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`offload machines --newer-nix` listed the pool as if it was not given; `--to toml` said
+    so with no hint."""
+    status, err = _offload(["machines", "--builders", "", *flags], capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.startswith(f"error: {named} `offload machines convert` takes")
+    assert "hint: offload machines convert --to " in err
+
+
 def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str]) -> None:
     """It said 'raw: plain lines; bar: live', nothing of bar-with-logs or internal-json."""
     with pytest.raises(SystemExit):

@@ -201,8 +201,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "convert":
         return _convert(args)
-    if args.to or args.from_file:
-        raise ConfigError("--to and --from belong to `offload machines convert`")
+    given = [
+        flag
+        for flag, value in (
+            ("--to", args.to),
+            ("--from", args.from_file),
+            ("--from-format", args.from_format != "auto"),
+            ("--newer-nix", args.newer_nix),
+        )
+        if value
+    ]
+    if given:  # --from-format and --newer-nix were ignored, --to and --from said with no hint
+        raise ConfigError(
+            f"{', '.join(given)}: only `offload machines convert` takes "
+            f"{'it' if len(given) == 1 else 'them'}",
+            hint="offload machines convert --to nix|nixos|toml [--from FILE]",
+        )
     pool = load_pool(
         builders=args.builders, config=args.config, options=_options(args), lenient=True
     )
