@@ -239,6 +239,25 @@ def test_a_convert_option_without_convert_is_one_line_with_the_command_that_take
     assert "hint: offload machines convert --to " in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--json"], "--json"),
+        (["--wide"], "--wide"),
+        (["--reset", "a", "--json"], "--json, --reset"),
+    ],
+)
+def test_a_listing_option_with_convert_is_one_line_not_ignored(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`offload machines convert --to nix --reset a` printed the file and cleared nothing."""
+    argv = ["machines", "convert", "--to", "nix", "--builders", "nx-cv-a.invalid", *flags]
+    status, err = _offload(argv, capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.startswith(f"error: {named}: not for `offload machines convert`")
+
+
 def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str]) -> None:
     """It said 'raw: plain lines; bar: live', nothing of bar-with-logs or internal-json."""
     with pytest.raises(SystemExit):

@@ -407,6 +407,14 @@ def pool_from_file(path: Path, form: str, settings: NixSettings) -> Pool:
 def _convert(args: argparse.Namespace) -> int:
     if args.to is None:
         raise ConfigError("`offload machines convert` needs --to nix, nixos or toml")
+    listing = [
+        f for f, v in (("--json", args.json), ("--wide", args.wide), ("--reset", args.reset)) if v
+    ]
+    if listing:  # they were ignored: the machines file printed, no backoff cleared
+        raise ConfigError(
+            f"{', '.join(listing)}: not for `offload machines convert`, which writes the --to form",
+            hint="leave out convert to list the pool (--json, --wide) or clear backoff (--reset)",
+        )
     if args.from_file is not None:
         settings = read_nix_settings(options=_options(args))
         pool = pool_from_file(args.from_file, args.from_format, settings)
