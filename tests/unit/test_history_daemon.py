@@ -71,6 +71,9 @@ def test_no_daemon_history_is_one_line_and_makes_nothing(
         err[0] == f"error: {system / 'history.sqlite'}: no history of the nix-daemon's offload-hook"
     )
     assert err[1].startswith("hint: ")
+    # It sent the user to `offload doctor`, which checks builders, not Nix's build-hook.
+    assert "doctor" not in err[1]
+    assert "`offload hook install --print`" in err[1]
     assert len(err) == 2
     assert not system.exists()
 

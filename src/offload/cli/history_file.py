@@ -48,8 +48,10 @@ def history_file(*, daemon: bool, command: str = "history", note: bool = True) -
     if not path.is_file():
         raise OffloadError(
             f"{path}: no history of the nix-daemon's offload-hook",
+            # doctor checks builders, not the hook: `hook install --print` shows the setting
             hint="it has built nothing here yet, Nix's build-hook is not offload-hook (`offload"
-            " doctor` checks), or its state is elsewhere (services.offload.stateDir)",
+            " hook install --print` shows how to set it), or its state is elsewhere"
+            " (services.offload.stateDir)",
         )
     return path
 
