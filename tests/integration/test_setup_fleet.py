@@ -23,6 +23,7 @@ from offload.config.machines import parse_machines
 from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
 from offload.setup.builder import BuilderSetup, authorized_keys_line
+from offload.setup.probe import DAEMON_ONLY_FIX
 from offload.setup.values import parse_public_key
 from tests.helpers.fleets import private_fleet_fixture, speed_of
 from tests.helpers.nix_files import SPEED, nix_file, out_path, valid_locally
@@ -218,4 +219,21 @@ def test_a_builder_whose_daemon_does_not_trust_the_user_is_not_written(
     hint = "hint: add root to trusted-users in the builder's nix.conf (NixOS: nix.settings."
     hint += "trusted-users) and restart its nix-daemon"
     assert done.stderr.splitlines()[-2:] == [error, hint]
+    assert not (tmp_path / "client" / "machines").exists()
+
+
+daemon_only_fleet = private_fleet_fixture([MemberSpec.parse("sd:1:1:daemon")], "ofd")
+
+
+def test_a_key_restricted_to_the_daemon_is_refused_with_what_setup_can_write(
+    daemon_only_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The doctor's fix was "write ssh-ng:// in sd", a machines line setup client writes as
+    # ssh:// and the user has not got yet.
+    done = setup_client(tmp_path, daemon_only_fleet, target(daemon_only_fleet, "sd"))
+    assert done.returncode == 1
+    error, hint = done.stderr.splitlines()[-2:]
+    assert error.startswith("error: sd (127.0.0.1:")
+    assert "it answers ssh-ng://'s (`nix-daemon --stdio`)" in error
+    assert hint == "hint: " + DAEMON_ONLY_FIX
     assert not (tmp_path / "client" / "machines").exists()

@@ -21,8 +21,16 @@ from offload.errors import ConfigError, OffloadError
 from offload.process import run_async
 from offload.setup.client import Builder, Overrides
 from offload.setup.values import PublicKey, Target, parse_public_key
+from offload.transport.dialect import mismatch_fix
 
-__all__ = ["Probed", "choose_host_key", "facts_to_builder", "probe_all"]
+__all__ = ["DAEMON_ONLY_FIX", "Probed", "choose_host_key", "facts_to_builder", "probe_all"]
+
+# A builder whose key runs only `nix-daemon --stdio`: the lines setup writes are ssh://.
+DAEMON_ONLY_FIX = (
+    "setup client writes ssh:// lines, which run `nix-store --serve --write` there: let the key "
+    "run it (what `offload setup builder` authorizes), or write an ssh-ng:// machines line for "
+    "it by hand"
+)
 
 _KEY_PREFERENCE = (
     "ssh-ed25519",
@@ -162,7 +170,10 @@ async def _probe(
         (c for c in report.checks if c.name in _BLOCKING and c.verdict == Verdict.FAIL), None
     )
     if failed is not None:
-        return Probed(target, None, f"{failed.name}: {failed.detail}", failed.fix)
+        fix = failed.fix
+        if fix == mismatch_fix("ssh", target.name, speaks_other=True)[1]:
+            fix = DAEMON_ONLY_FIX  # the doctor's "write ssh-ng:// in NAME": setup writes ssh://
+        return Probed(target, None, f"{failed.name}: {failed.detail}", fix)
     cores = facts.load.cores if facts.load is not None else None
     try:
         return Probed(target, facts_to_builder(target, key, facts.config, cores, overrides))
