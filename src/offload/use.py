@@ -65,10 +65,12 @@ def parse_duration(text: str, flag: str = "--for") -> float:
             break
         total += int(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
-    if pos != len(text) or not text or total <= 0:
+    if pos != len(text) or not text:
         raise ConfigError(
             f"{flag} {text!r}: not a duration", hint="write it as 90s, 30m, 2h or 1h30m"
         )
+    if total <= 0:  # well written, but "not a duration" sent users to check its spelling
+        raise ConfigError(f"{flag} {text!r}: a duration of 0", hint="give one longer than 0s")
     if total > _LONGEST:
         raise ConfigError(f"{flag} {text!r}: longer than {_LONGEST / 86400:.0f} days")
     return float(total)

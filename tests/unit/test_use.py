@@ -17,10 +17,18 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "10", "m", "1x", "-5m", "1h 2m", "0s"])
+@pytest.mark.parametrize("text", ["", "10", "m", "1x", "-5m", "1h 2m"])
 def test_bad_durations_are_one_line_errors(text: str) -> None:
     with pytest.raises(ConfigError, match="not a duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["0s", "0h0m"])
+def test_a_duration_of_zero_is_said_as_such(text: str) -> None:
+    # It was "'0s': not a duration", hint "write it as 90s, 30m, 2h or 1h30m": it is one.
+    with pytest.raises(ConfigError, match=f"'{text}': a duration of 0$") as raised:
+        parse_duration(text, "--since")
+    assert raised.value.hint == "give one longer than 0s"
 
 
 def test_choice_round_trip_expiry_and_clear(tmp_path: Path) -> None:
