@@ -186,6 +186,10 @@ def test_a_dead_builder_is_skipped_once_and_remembered(hook_fleet: Fleet, tmp_pa
     )
     assert len(outputs(done)) == 3
     assert done.stderr.count("builder 'deadhost' failed") == 1, done.stderr
+    # The way out is the hook's: nix-build refuses offload build's --exclude it was told.
+    failed = next(line for line in done.stderr.splitlines() if "'deadhost' failed" in line)
+    assert "or leave it out by choosing the others with `offload use`)" in failed
+    assert "--exclude" not in failed
     backoff = json.loads((tmp_path / "state" / "backoff.json").read_text())
     assert backoff["deadhost"]["until"] > time.time()
 

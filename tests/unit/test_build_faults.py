@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload.build.faults import explain
+from offload.build.faults import HOOK_LEAVE_OUT, explain
 from offload.config.machines import Machine, parse_machines
 from offload.transport.links.ssh_master import _ssh_hint
 
@@ -95,3 +95,14 @@ def test_a_builder_whose_nix_stopped_on_its_own_cache_is_said_so_with_the_fix_th
     assert why.startswith("its Nix stopped on a binary cache of its own"), why
     assert f"a: {words}" in why
     assert "in the builder's nix.conf" in why
+
+
+def test_the_hooks_way_out_is_offload_use_not_exclude() -> None:
+    # offload-hook said "leave it out with --exclude b", a flag nix-build refuses.
+    error = link_error("b", "ssh: connect to host b port 22: Connection refused")
+    why = explain(machine("b"), error, HOOK_LEAVE_OUT)
+    assert why.endswith(
+        "(check /etc/nix/machines:2, or leave it out by choosing the others with `offload use`)"
+    )
+    unresolved = link_error("b", "ssh: Could not resolve hostname b: Name or service not known")
+    assert "--exclude" not in explain(machine("b"), unresolved, HOOK_LEAVE_OUT)

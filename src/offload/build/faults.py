@@ -53,9 +53,16 @@ _OWN_CACHE = re.compile(
 _OFFENDING = re.compile(r"Offending \S+ key in (\S+?):(\d+)")
 
 
-def explain(machine: Machine, error: str) -> str:
-    """One line: why ``machine`` cannot be used (from its link's ``error``), then the fix."""
+# How a builder is left out, after "or leave it out ": offload build's, and offload-hook's,
+# whose nix-build takes no --exclude (it would refuse the flag).
+HOOK_LEAVE_OUT = "by choosing the others with `offload use`"
+
+
+def explain(machine: Machine, error: str, leave_out: str | None = None) -> str:
+    """One line: why ``machine`` cannot be used (from its link's ``error``), then the fix;
+    ``leave_out``: how to do without it (else offload build's ``--exclude NAME``)."""
     where = machine.source
+    away = f"leave it out {leave_out or f'with --exclude {machine.name}'}"
     if any(marker in error for marker in _CHANGED) or (
         machine.public_host_key and "Host key verification failed" in error
     ):
@@ -85,20 +92,18 @@ def explain(machine: Machine, error: str) -> str:
     if "Connection refused" in error:
         return (
             f"connection refused by {_address(machine)}: is sshd running and listening there? "
-            f"(check {where}, or leave it out with --exclude {machine.name})"
+            f"(check {where}, or {away})"
         )
     if "timed out" in error or "no answer within" in error:
         return (
             f"no answer from {_address(machine)} in time: is it up and reachable? "
-            f"(check {where}, or leave it out with --exclude {machine.name})"
+            f"(check {where}, or {away})"
         )
     unresolved = _UNRESOLVED.search(error)
     if unresolved:
-        return _unresolved(machine, unresolved[1], unresolved[2].rstrip(". "))
+        return _unresolved(machine, unresolved[1], unresolved[2].rstrip(". "), away)
     if error.startswith(_CONNECT):  # any other failed connection: still the line to check
-        return (
-            f"{_last_words(error)} (check {where}, or leave it out with --exclude {machine.name})"
-        )
+        return f"{_last_words(error)} (check {where}, or {away})"
     return _last_words(error)
 
 
@@ -126,7 +131,7 @@ def _refused(machine: Machine, error: str) -> str:
     )
 
 
-def _unresolved(machine: Machine, name: str, why: str) -> str:
+def _unresolved(machine: Machine, name: str, why: str, away: str) -> str:
     """The name ssh was to connect to does not resolve: the machines line's host, or the
     HostName an ssh config gives it."""
     what, check = f"host name {name}", machine.source
@@ -139,10 +144,7 @@ def _unresolved(machine: Machine, name: str, why: str) -> str:
         what += f", the ssh config's HostName for {machine.host},"
         check = f"the ssh config and {check}"
         question = "is it right?"
-    return (
-        f"{what} does not resolve ({why}): {question} "
-        f"(check {check}, or leave it out with --exclude {machine.name})"
-    )
+    return f"{what} does not resolve ({why}): {question} (check {check}, or {away})"
 
 
 def _changed_key(machine: Machine, error: str) -> str:

@@ -229,7 +229,7 @@ class HookContext:
         """Back builder ``name`` off for every hook and run on this host, with why (``error``
         in the user's words, with the fix, as ``offload build`` says it); said once."""
         # Imported here: only a failure needs it, and the hook process starts on every try.
-        from offload.build.faults import explain
+        from offload.build.faults import HOOK_LEAVE_OUT, explain
 
         now = time.time()
         # Another build there (another hook process) may have found it dead a moment ago.
@@ -240,7 +240,7 @@ class HookContext:
             # of turn it would not make): one failure, said once.
             return
         failures = (current.failures if current is not None else 0) + 1
-        reason = reason_line(explain(self.machine(name), error))
+        reason = reason_line(explain(self.machine(name), error, HOOK_LEAVE_OUT))
         health = Health(failures, now + Backoff().delay(failures), reason)
         self.backoff[name] = health
         save_backoff(self.state / "backoff.json", {name: health}, now)
