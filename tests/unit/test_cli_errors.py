@@ -258,6 +258,16 @@ def test_a_listing_option_with_convert_is_one_line_not_ignored(
     assert err.startswith(f"error: {named}: not for `offload machines convert`")
 
 
+def test_status_interval_without_watch_is_refused_not_ignored(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `offload status --interval 5` printed one snapshot, as if --interval was not given.
+    status, err = _offload(["status", "--builders", "", "--interval", "5"], capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.startswith("error: --interval: only --watch redraws the status\n")
+
+
 def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str]) -> None:
     """It said 'raw: plain lines; bar: live', nothing of bar-with-logs or internal-json."""
     with pytest.raises(SystemExit):

@@ -23,6 +23,7 @@ from pathlib import Path
 from offload.backoff import REASON_CHARS
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.machines import shown
+from offload.errors import ConfigError
 from offload.paths import SYSTEM_STATE_DIR, state_dir
 from offload.slots import SlotLocks
 from offload.status import MachineStatus, PoolStatus, pool_status
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--watch", action="store_true", help="redraw until interrupted")
     parser.add_argument(
-        "--interval", type=_interval, default=2.0, metavar="SECONDS", help="--watch: default 2"
+        "--interval", type=_interval, metavar="SECONDS", help="with --watch: default 2"
     )
     parser.set_defaults(func=run)
 
@@ -159,6 +160,11 @@ def status_json(status: PoolStatus) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.interval is not None and not args.watch:  # it printed one snapshot, unsaid
+        raise ConfigError(
+            "--interval: only --watch redraws the status",
+            hint="offload status --watch --interval N",
+        )
     pool = pool_from_args(args)
     places = _places()
     slots = SlotLocks.default(places[0])
@@ -173,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.watch:
             return 0
         try:
-            time.sleep(args.interval)
+            time.sleep(args.interval or 2.0)
         except KeyboardInterrupt:
             return 0
         if not args.json and not sys.stdout.isatty():
