@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -150,6 +151,19 @@ def test_what_use_cannot_honour_is_refused_not_dropped(
     assert main(["use", *argv]) == 1
     assert capsys.readouterr().err.splitlines()[0] == said
     assert read_choice(tmp_path, now=1.0) == Choice(("fast",), since=0.0)
+
+
+def test_clear_with_json_prints_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `use --clear --json` printed 'offload-hook uses the whole pool again': no JSON.
+    from offload.cli import main
+
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    write_choice(tmp_path, Choice(("fast",), since=0.0))
+    assert main(["use", "--clear", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {str(tmp_path): None}
+    assert read_choice(tmp_path, now=1.0) is None
 
 
 def test_a_builder_named_twice_is_kept_once_in_order(

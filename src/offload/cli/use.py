@@ -107,6 +107,8 @@ def _main(args: argparse.Namespace) -> int:
     _check_combination(args)
     if args.clear:
         set_choice(places, None, _hint)
+        if args.json:  # what is in force now, as a choice set says it (it printed the text)
+            return _show(places, as_json=True)
         print("offload-hook uses the whole pool again")
         return 0
     if args.machines is None:
