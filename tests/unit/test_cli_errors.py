@@ -268,6 +268,24 @@ def test_status_interval_without_watch_is_refused_not_ignored(
     assert err.startswith("error: --interval: only --watch redraws the status\n")
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--store", "/x"], "--store"),
+        (["--eval-store", "-x"], "--eval-store"),
+        (["--readonly-mode", "--store", "a", "--store", "b"], "--readonly-mode and --store"),
+    ],
+)
+def test_a_refused_store_flag_is_named_as_given(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each said '--store, --eval-store and --readonly-mode are not supported by offload build'.
+    status, err = _offload(["build", "-A", "x", *flags], capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.startswith(f"error: {named}: not supported by offload build, which builds into")
+
+
 def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str]) -> None:
     """It said 'raw: plain lines; bar: live', nothing of bar-with-logs or internal-json."""
     with pytest.raises(SystemExit):

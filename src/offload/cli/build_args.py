@@ -227,11 +227,10 @@ def _ignored(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, action="store_true", dest="ignored", help=hide)
     for flag in ("--add-root", "--drv-link", "--keep"):
         parser.add_argument(flag, dest="ignored_value", help=hide)
+    # Each kept by its name, for the error to say which was given.
     for flag in ("--store", "--eval-store"):
-        parser.add_argument(flag, action="append", dest="refused", default=[], help=hide)
-    parser.add_argument(
-        "--readonly-mode", action="append_const", const="", dest="refused", help=hide
-    )
+        parser.add_argument(flag, action=_Named, nargs=1, dest="refused", default=[], help=hide)
+    parser.add_argument("--readonly-mode", action=_Named, nargs=0, dest="refused", help=hide)
 
 
 def _link_name(text: str) -> str:
@@ -340,12 +339,30 @@ def _ifd_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+class _Named(argparse.Action):
+    """Appends the option's own name (``--store``), not its value."""
+
+    @override
+    def __call__(
+        self,
+        _parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        _values: object,
+        option_string: str | None = None,
+    ) -> None:
+        given = list(getattr(namespace, self.dest, None) or [])
+        if option_string not in given:
+            given.append(option_string)
+        setattr(namespace, self.dest, given)
+
+
 def refusal(args: argparse.Namespace) -> ConfigError | None:
     """Why a flag nix-build takes cannot be honoured, or None."""
-    if args.refused:
+    if args.refused:  # it named all three whichever was given
+        given = " and ".join(args.refused)
         return ConfigError(
-            "--store, --eval-store and --readonly-mode are not supported by offload build",
-            hint="offload builds into the local store; use nix-build for another store",
+            f"{given}: not supported by offload build, which builds into the local store",
+            hint="use nix-build for another store",
         )
     if args.log_format == "internal-json":
         return ConfigError(
