@@ -393,6 +393,23 @@ def test_summary_totals_from_the_events() -> None:
 
 
 @pytest.mark.parametrize("rich", [False, True])
+def test_a_failure_whose_error_names_its_drv_names_it_once(rich: bool) -> None:
+    # Nix's "builder for '/nix/store/...-bad-1.0.drv' failed" was followed by the path again.
+    nix_said = f"builder for '{BAD}' failed with exit code 3"
+    events = scripted_run()
+    events = [
+        done((BAD, "bad-1.0", "local"), "failed", (0.2, 1.2), error=nix_said)
+        if isinstance(e, JobFinished) and e.drv_path == BAD
+        else e
+        for e in events
+    ]
+    out = io.StringIO()
+    render_summary(events, out, rich=rich, width=300)
+    line = next(line for line in out.getvalue().splitlines() if "bad-1.0 on local" in line)
+    assert line.count(BAD) == 1, line
+
+
+@pytest.mark.parametrize("rich", [False, True])
 def test_summary_text_lists_machines_totals_and_problems(rich: bool) -> None:
     out = io.StringIO()
     render_summary(scripted_run(), out, rich=rich, width=100)

@@ -247,16 +247,21 @@ def _isatty(stream: IO[str]) -> bool:
 
 def _problems(summary: RunSummary) -> list[tuple[str, str]]:
     """(heading, line) pairs for failed and skipped derivations."""
-    out = [
-        ("failed", f"{job.name}{_on(job)}: {_error(job)}  ({job.drv_path})")
-        for job in summary.failed
-    ]
+    out = [("failed", _failed(job)) for job in summary.failed]
     out += [("skipped", f"{job.name}: {_error(job)}") for job in summary.skipped]
     out += [("down", f"{event.machine}: {_why(event)}") for event in summary.down]
     out += [("full", f"{event.machine}: {sanitize(event.message)}") for event in summary.full]
     out += [("loaded", _cut(deepest, last)) for deepest, last in summary.loaded]
     out += [("caches", _cache(event)) for event in summary.caches]
     return out
+
+
+def _failed(job: JobFinished) -> str:
+    """The failure, with its .drv path (for `offload log`) unless its error says it already,
+    as Nix's "builder for '/nix/store/...drv' failed" does."""
+    error = _error(job)
+    where = "" if job.drv_path in error else f"  ({job.drv_path})"
+    return f"{job.name}{_on(job)}: {error}{where}"
 
 
 def _cache(event: MachineEvent) -> str:
