@@ -65,6 +65,15 @@ def test_any_timed_out_build_makes_the_run_exit_101_and_is_the_one_named():
     assert error.message == f"build of '/b.drv' timed out: {SILENT} (and 1 more)"
 
 
+def test_nixs_words_naming_the_derivation_are_the_error_as_nix_build_says_it():
+    # It was "build of '/a.drv' failed: builder for '/a.drv' failed with exit code 3": the
+    # path twice, where nix-build's last line is Nix's words alone.
+    said = "builder for '/a.drv' failed with exit code 3"
+    report = RunReport("r", failed={"/a.drv": said})
+    report.statuses = {"/a.drv": BuildStatus.PERMANENT_FAILURE}
+    assert build_failed(report).message == said
+
+
 def test_failures_that_set_no_nix_bit_exit_1_and_name_the_first():
     # A failure Nix gave no status for (no machine could build it, a lost machine) and a
     # MiscFailure set none of Worker::exitStatus's bits: nix-build exits 1 for them.

@@ -84,9 +84,12 @@ def build_failed(
     first = (timed_out or list(report.failed))[0]
     more = len(report.failed) - 1
     what = "timed out" if timed_out else "failed"
+    said = report.failed[first]
+    # Nix's own words name the derivation ("builder for '/nix/store/...drv' failed with exit
+    # code 3"): said alone, as nix-build's last line, not after "build of '...drv' failed:".
+    message = said if f"'{first}'" in said else f"build of '{first}' {what}: {said}"
     return BuildFailed(
-        f"build of '{first}' {what}: {report.failed[first]}"
-        + (f" (and {more} more)" if more else ""),
+        message + (f" (and {more} more)" if more else ""),
         drv_path=first,
         status=report.statuses.get(first, BuildStatus.MISC_FAILURE),
         hint=_failed_hint(report, first, logs_kept=logs_kept, logs_shown=logs_shown),
