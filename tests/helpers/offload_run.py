@@ -19,7 +19,14 @@ import pytest
 from offload.fleet import Fleet
 from offload.hook import coordinator
 from offload.procfs import running
+from offload.transport.ssh_options import Keepalive
 from tests.helpers import processes
+
+# A keepalive a user gives in NIX_SSHOPTS (ssh takes its values first, offload reads them back):
+# ssh gives a silent builder up 4 s after its last word, not 12 s; a session's end after 3 s of
+# silence, the connection gone, is a builder that stopped answering. A live member answers
+# ssh's asks within milliseconds, even on a loaded machine: four missed in a row is one stopped.
+SHORT_KEEPALIVE = Keepalive(1, 3)
 
 
 def offload_env(fleet: Fleet, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -53,11 +60,22 @@ def offload(
     )
 
 
-def start_offload(fleet: Fleet, tmp_path: Path, *args: str | Path) -> subprocess.Popen[str]:
-    """``offload build ARGS`` in the background, its stdout and stderr piped as text."""
+def with_keepalive(
+    env: Mapping[str, str], keepalive: Keepalive = SHORT_KEEPALIVE
+) -> dict[str, str]:
+    """``env`` with ``keepalive``'s ssh options first in its NIX_SSHOPTS, as a user gives them."""
+    sshopts = " ".join([*keepalive.options(), env.get("NIX_SSHOPTS", "")])
+    return {**env, "NIX_SSHOPTS": sshopts.strip()}
+
+
+def start_offload(
+    fleet: Fleet, tmp_path: Path, *args: str | Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``offload build ARGS`` in the background (``env``: default ``offload_env``), its stdout
+    and stderr piped as text."""
     proc: subprocess.Popen[str] = processes.start(
         offload_argv(*args),
-        env=offload_env(fleet, tmp_path),
+        env=dict(env) if env is not None else offload_env(fleet, tmp_path),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -19,11 +19,18 @@ import pytest
 from bench.faults.harness import freeze, signal_all
 
 from offload.fleet import Fleet, MemberSpec
-from offload.transport.links.streams import KEEPALIVE_BUDGET
+from offload.transport.ssh_options import Keepalive
 from tests.helpers.fleets import member_line, member_processes, private_fleet_fixture, speed_of
 from tests.helpers.hook_runs import start_nix_build
 from tests.helpers.nix_files import marker_script, nix_file
-from tests.helpers.offload_run import events, start_offload, wait_for_marker
+from tests.helpers.offload_run import (
+    SHORT_KEEPALIVE,
+    events,
+    offload_env,
+    start_offload,
+    wait_for_marker,
+    with_keepalive,
+)
 from tests.helpers.processes import stop
 
 MEMBERS = ("fz1", "fz2")
@@ -34,6 +41,7 @@ frozen_fleet = private_fleet_fixture(
 
 pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
+KEEPALIVE_BUDGET = Keepalive().budget  # offload's own: ssh gives up 8-12 s after the last word
 SAID = "did not answer for"
 HINT = "ssh's keepalives unanswered: the builder is hung or stopped, or the network to it is down"
 
@@ -105,6 +113,31 @@ def test_a_frozen_builder_is_said_to_have_stopped_answering(
         lines = err.splitlines()
         title = lines.index("machines down (1):")
         assert lines[title + 1].strip() == f"{name}: {message}", err
+
+
+def test_a_frozen_builder_is_said_to_have_stopped_answering_within_the_users_keepalive(
+    frozen_fleet: Fleet, tmp_path: Path, frozen: list[int]
+) -> None:
+    # NIX_SSHOPTS' ServerAlive* come first on ssh's command line, so ssh (the master) gives the
+    # builder up 4 s after its last word. Before, offload still went by its own 8 s: the
+    # builder was said to have closed the connection.
+    file, marker = _quiet_build(tmp_path, 30)
+    env = with_keepalive(offload_env(frozen_fleet, tmp_path))
+    builders = f"@{frozen_fleet.machines_file}"
+    proc = start_offload(
+        frozen_fleet, tmp_path, file, "-j0", "--builders", builders, "--json", env=env
+    )
+    try:
+        name = _builder(frozen_fleet, marker, proc)
+        frozen += freeze(frozen_fleet.member(name))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    message = _down(proc, out, err, name)
+    assert message.startswith(f"{name} {SAID} "), message
+    assert message.endswith(f"({HINT})"), message
+    seconds = float(message.split(SAID)[1].split()[0])
+    assert SHORT_KEEPALIVE.budget <= seconds <= 5 * SHORT_KEEPALIVE.gives_up, message
 
 
 def test_a_frozen_ssh_ng_builder_is_said_to_have_stopped_answering(

@@ -33,6 +33,7 @@ from offload.transport.ssh import (
     said_lines,
     serve_command,
     ssh_argv,
+    ssh_keepalive,
     ssh_path,
 )
 
@@ -64,6 +65,8 @@ class SharedSshTransport:
         self._env = dict(os.environ if env is None else env)
         self._sshopts = self._env.get("NIX_SSHOPTS", "")
         self._connect_timeout = connect_timeout
+        # ssh's keepalives here, the user's first: how long a silent builder keeps a session.
+        self.keepalive = ssh_keepalive(target, self._sshopts)
         self._paths = SharedPaths(directory, target, self._sshopts)
         self.control_path = self._paths.control
         self.known_hosts = self._paths.known_hosts
@@ -127,7 +130,10 @@ class SharedSshTransport:
             self.cores = opening.load.cores
         control = self.control_path
         return opening.pipes(
-            proc, over_ssh=True, connection_gone=lambda: master_alive(control) is False
+            proc,
+            over_ssh=True,
+            connection_gone=lambda: master_alive(control) is False,
+            keepalive=self.keepalive,
         )
 
     def kill_argv(self, pid: int) -> list[str]:

@@ -5,7 +5,11 @@ keep working, and ``NIX_SSHOPTS`` applies to offload as it does to Nix (split on
 quoting, as Nix's ``tokenizeString``). Host keys are never trusted on first use: a machine's
 pinned key (column 8 of the machines file) is written to a private known_hosts file and passed
 with ``UserKnownHostsFile`` and ``StrictHostKeyChecking=yes`` *before* ``NIX_SSHOPTS``, because
-ssh keeps the first value it sees for an option: nothing later can turn the check off.
+ssh keeps the first value it sees for an option: nothing later can turn the check off. offload's
+keepalives (``ServerAliveInterval``, ``ServerAliveCountMax``) come after ``NIX_SSHOPTS`` too, so
+a user's values there are the ones ssh uses, master included, and offload reads them back from
+the same words (``ssh_keepalive``, ``offload.transport.ssh_options``) for how long a silent
+builder's connection lasts.
 
 One builder gets one ssh connection: a master (``ControlMaster=yes``, run in the foreground as a
 child of ours, never forked into the background) and any number of sessions multiplexed over it
@@ -57,6 +61,7 @@ from typing import TYPE_CHECKING
 from offload.config.machines.model import shell_char
 from offload.errors import ConfigError
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
+from offload.transport.ssh_options import Keepalive, keepalive
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -84,17 +89,13 @@ __all__ = [
     "serve_program",
     "split_sshopts",
     "ssh_argv",
+    "ssh_keepalive",
     "ssh_path",
     "ssh_target",
     "store_program",
 ]
 
 CONNECT_TIMEOUT = 10
-# Keepalives (nix#13513, nix#16437): ssh gives up when a keepalive goes unanswered once more
-# than COUNT_MAX times in a row, i.e. (COUNT_MAX + 1) x INTERVAL = 12 s after the builder's last
-# word; OpenSSH 9.2 measured 20 s with 5 and 3.
-SERVER_ALIVE_INTERVAL = 4
-SERVER_ALIVE_COUNT_MAX = 2
 
 PID_MARKER = "offload-serve-pid"
 # Where a builder keeps its slot files: under its Nix state when that is its own (root, the
@@ -292,10 +293,8 @@ def ssh_argv(
         "BatchMode=yes",
         "-o",
         f"ConnectTimeout={connect_timeout}",
-        "-o",
-        f"ServerAliveInterval={SERVER_ALIVE_INTERVAL}",
-        "-o",
-        f"ServerAliveCountMax={SERVER_ALIVE_COUNT_MAX}",
+        # offload's keepalives: after NIX_SSHOPTS, whose values ssh takes first (ssh_keepalive).
+        *Keepalive().options(),
     ]
     if target.identity_file:
         argv += ["-i", target.identity_file]
@@ -309,6 +308,12 @@ def ssh_argv(
         argv += mode or ["-o", "ControlMaster=no"]
         argv += ["-o", f"ControlPath={ssh_path(control_path)}"]
     return [*argv, "--", target.destination]
+
+
+def ssh_keepalive(target: SshTarget, nix_sshopts: str = "") -> Keepalive:
+    """The keepalive ssh uses for ``target``'s connections (its master's), read from the words
+    ``ssh_argv`` gives it: a ServerAlive* value in ``nix_sshopts`` comes before offload's."""
+    return keepalive(ssh_argv(target, nix_sshopts=nix_sshopts)[1:])
 
 
 def remote_command(argv: Sequence[str]) -> str:

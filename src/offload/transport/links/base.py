@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from offload.load import RemoteLoad
@@ -34,6 +34,7 @@ from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.ssh import parse_slot, parse_start_line
+from offload.transport.ssh_options import Keepalive
 
 __all__ = [
     "CONTROL_TIMEOUT",
@@ -100,6 +101,9 @@ class SessionPipes:
     over_ssh: bool = False
     # The connection the session ran over (an ssh master) has ended, not only the session.
     connection_gone: Callable[[], bool] = lambda: False
+    # That connection's keepalives, as ssh was given them (NIX_SSHOPTS' first): how long a
+    # silent builder keeps it (``streams.silence``).
+    keepalive: Keepalive = field(default_factory=Keepalive)
 
 
 class SessionTransport(Protocol):
@@ -155,10 +159,12 @@ class Opening:
         *,
         over_ssh: bool = False,
         connection_gone: Callable[[], bool] = lambda: False,
+        keepalive: Keepalive | None = None,
     ) -> SessionPipes:
         """The session's pipes, begun as this says (the hello already sent); ``over_ssh``:
         ``proc`` is an ssh client (``SessionPipes.over_ssh``) over the master that
-        ``connection_gone`` asks after."""
+        ``connection_gone`` asks after, whose keepalives are ``keepalive`` (offload's own
+        when None)."""
         assert proc.stdin is not None
         return SessionPipes(
             self.reader,
@@ -175,6 +181,7 @@ class Opening:
             stop=functools.partial(stop_now, proc),
             over_ssh=over_ssh,
             connection_gone=connection_gone,
+            keepalive=keepalive or Keepalive(),
         )
 
 

@@ -63,6 +63,7 @@ from offload.transport.ssh import (
     said_lines,
     serve_argv,
     ssh_argv,
+    ssh_keepalive,
 )
 from offload.transport.ssh_keys import key_trouble, refused_by_ssh
 
@@ -127,6 +128,8 @@ class SshTransport:
         self._env = dict(os.environ if env is None else env)
         self._sshopts = self._env.get("NIX_SSHOPTS", "")
         self._connect_timeout = connect_timeout
+        # ssh's keepalives here, the user's first: how long a silent builder keeps a session.
+        self.keepalive = ssh_keepalive(target, self._sshopts)
         self._shared = None if shared is None else SharedPaths(shared, target, self._sshopts)
         self._reused = False  # the shared master was there already: no process of ours
         self._dir: Path | None = None
@@ -373,7 +376,10 @@ class SshTransport:
         if opening.load is not None:
             self.cores = opening.load.cores
         return opening.pipes(
-            proc, over_ssh=True, connection_gone=lambda: master_alive(control) is False
+            proc,
+            over_ssh=True,
+            connection_gone=lambda: master_alive(control) is False,
+            keepalive=self.keepalive,
         )
 
     async def run(self, remote: list[str]) -> tuple[int, str, str]:

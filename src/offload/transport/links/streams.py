@@ -9,11 +9,14 @@ logged at INFO, which LogLevel ERROR or QUIET hides, and by the master, not by t
 client, which says nothing at any level). What tells them apart here: the connection (the ssh
 master's control socket) is gone, not only the session, and nothing came from the builder on
 the session for at least ssh's keepalive budget (``ServerAliveInterval`` x
-``ServerAliveCountMax``), which is how long ssh waits for a live builder's answer before it
-gives the connection up. A builder that closed the connection after a shorter silence, or
-closed only the session, is still said to have closed it. One that closed the connection
-after a longer silence (sshd killed during a quiet build) is taken for one that stopped
-answering: the silence said is still true.
+``ServerAliveCountMax``, ``Keepalive.budget``: the least a live builder's connection can go
+unanswered before ssh gives it up). The budget is the session's own (``SessionPipes.keepalive``):
+the values its ssh was given, a user's in ``NIX_SSHOPTS`` before offload's 4 and 2 (8 s). A
+builder that closed the connection after a shorter silence, or closed only the session, is
+still said to have closed it. One that closed the connection after a longer silence (sshd
+killed during a quiet build) is taken for one that stopped answering: the silence said is still
+true. With keepalives off (``ServerAliveInterval=0``) ssh never gives up, and a connection that
+ended is always said to be closed.
 """
 
 from __future__ import annotations
@@ -30,12 +33,8 @@ from offload.protocol.stderr import pump_lines
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.links.base import LinkStats, SessionPipes
-from offload.transport.ssh import SERVER_ALIVE_COUNT_MAX, SERVER_ALIVE_INTERVAL
 
-__all__ = ["KEEPALIVE_BUDGET", "CountingReader", "CountingWriter", "keep_stderr", "silence"]
-
-# How long ssh goes without a word from a live builder before it gives the connection up.
-KEEPALIVE_BUDGET = SERVER_ALIVE_INTERVAL * SERVER_ALIVE_COUNT_MAX
+__all__ = ["CountingReader", "CountingWriter", "keep_stderr", "silence"]
 
 
 class CountingReader:
@@ -76,7 +75,7 @@ def silence(
 
     def ended(last: float) -> PeerSilent | None:
         quiet = time.monotonic() - max(last, heard())
-        if not pipes.over_ssh or quiet < KEEPALIVE_BUDGET or not pipes.connection_gone():
+        if not pipes.over_ssh or quiet < pipes.keepalive.budget or not pipes.connection_gone():
             return None
         return PeerSilent(
             quiet,
