@@ -5,7 +5,10 @@ log Nix prints, over ssh:// and ssh-ng:// alike. One that does close it (its ser
 killed, the connection kept) after as long a silence is still said to have closed it
 (``offload.transport.links.streams``).
 
-The fleet's ssh logs at ERROR, as many users' does: ssh says nothing of its keepalive timeout."""
+The fleet's ssh logs at ERROR, as many users' does: ssh says nothing of its keepalive timeout.
+Every test but ``[json]`` gives ssh a user's keepalive in NIX_SSHOPTS (``SHORT_KEEPALIVE``, 1 s
+x 3: ssh gives a silent builder up after 4 s), which ssh takes before offload's own and offload
+goes by; ``[json]`` keeps offload's (4 s x 2: 12 s)."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from bench.faults.harness import freeze, signal_all
 from offload.fleet import Fleet, MemberSpec
 from offload.transport.ssh_options import Keepalive
 from tests.helpers.fleets import member_line, member_processes, private_fleet_fixture, speed_of
-from tests.helpers.hook_runs import start_nix_build
+from tests.helpers.hook_runs import hook_env, start_nix_build
 from tests.helpers.nix_files import marker_script, nix_file
 from tests.helpers.offload_run import (
     SHORT_KEEPALIVE,
@@ -41,7 +44,6 @@ frozen_fleet = private_fleet_fixture(
 
 pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
-KEEPALIVE_BUDGET = Keepalive().budget  # offload's own: ssh gives up 8-12 s after the last word
 SAID = "did not answer for"
 HINT = "ssh's keepalives unanswered: the builder is hung or stopped, or the network to it is down"
 
@@ -79,15 +81,29 @@ def frozen() -> Iterator[list[int]]:
     signal_all(pids, signal.SIGCONT)
 
 
-@pytest.mark.parametrize("json_output", [True, False], ids=["json", "plain"])
+@pytest.mark.parametrize(
+    ("json_output", "keepalive"),
+    [(True, None), (False, SHORT_KEEPALIVE)],
+    ids=["json", "plain-users-keepalive"],
+)
 def test_a_frozen_builder_is_said_to_have_stopped_answering(
-    frozen_fleet: Fleet, tmp_path: Path, frozen: list[int], json_output: bool
+    frozen_fleet: Fleet,
+    tmp_path: Path,
+    frozen: list[int],
+    json_output: bool,
+    keepalive: Keepalive | None,
 ) -> None:
+    # ``keepalive``: one of the user's, in NIX_SSHOPTS before offload's own (None: offload's,
+    # 4 x 2). ssh takes the first value, so its master gives the builder up 4 s after its last
+    # word, not 12 s: said so, not "closed the connection" (offload went by its own 8 s before).
     file, marker = _quiet_build(tmp_path, 30)
     builders = f"@{frozen_fleet.machines_file}"
     args: list[str | Path] = [file, "-j0", "--builders", builders]
     args += ["--json"] if json_output else []
-    proc = start_offload(frozen_fleet, tmp_path, *args)
+    env = offload_env(frozen_fleet, tmp_path)
+    proc = start_offload(
+        frozen_fleet, tmp_path, *args, env=env if keepalive is None else with_keepalive(env)
+    )
     try:
         name = _builder(frozen_fleet, marker, proc)
         frozen += freeze(frozen_fleet.member(name))
@@ -103,7 +119,8 @@ def test_a_frozen_builder_is_said_to_have_stopped_answering(
     assert "during BuildDerivation of" in message
     assert message.endswith(f"({HINT})"), message
     seconds = float(message.split(SAID)[1].split()[0])
-    assert KEEPALIVE_BUDGET <= seconds <= 5 * 12  # ssh gives up 8-12 s after the last word
+    used = keepalive or Keepalive()  # ssh gives up (count + 1) x interval after the last word
+    assert used.budget <= seconds <= 5 * used.gives_up, message
     if json_output:
         down = [e for e in events(out) if e["event"] == "machine" and e["state"] == "down"]
         assert [(e["machine"], e["message"]) for e in down] == [(name, message)]
@@ -115,31 +132,6 @@ def test_a_frozen_builder_is_said_to_have_stopped_answering(
         assert lines[title + 1].strip() == f"{name}: {message}", err
 
 
-def test_a_frozen_builder_is_said_to_have_stopped_answering_within_the_users_keepalive(
-    frozen_fleet: Fleet, tmp_path: Path, frozen: list[int]
-) -> None:
-    # NIX_SSHOPTS' ServerAlive* come first on ssh's command line, so ssh (the master) gives the
-    # builder up 4 s after its last word. Before, offload still went by its own 8 s: the
-    # builder was said to have closed the connection.
-    file, marker = _quiet_build(tmp_path, 30)
-    env = with_keepalive(offload_env(frozen_fleet, tmp_path))
-    builders = f"@{frozen_fleet.machines_file}"
-    proc = start_offload(
-        frozen_fleet, tmp_path, file, "-j0", "--builders", builders, "--json", env=env
-    )
-    try:
-        name = _builder(frozen_fleet, marker, proc)
-        frozen += freeze(frozen_fleet.member(name))
-        out, err = proc.communicate(timeout=120)
-    finally:
-        stop(proc)
-    message = _down(proc, out, err, name)
-    assert message.startswith(f"{name} {SAID} "), message
-    assert message.endswith(f"({HINT})"), message
-    seconds = float(message.split(SAID)[1].split()[0])
-    assert SHORT_KEEPALIVE.budget <= seconds <= 5 * SHORT_KEEPALIVE.gives_up, message
-
-
 def test_a_frozen_ssh_ng_builder_is_said_to_have_stopped_answering(
     frozen_fleet: Fleet, tmp_path: Path, frozen: list[int]
 ) -> None:
@@ -148,9 +140,9 @@ def test_a_frozen_ssh_ng_builder_is_said_to_have_stopped_answering(
     lines = [member_line(frozen_fleet, name) for name in MEMBERS]
     machines.write_text("".join(f"{line.replace('ssh://', 'ssh-ng://', 1)}\n" for line in lines))
     file, marker = _quiet_build(tmp_path, 30)
-    proc = start_offload(
-        frozen_fleet, tmp_path, file, "-j0", "--builders", f"@{machines}", "--json"
-    )
+    env = with_keepalive(offload_env(frozen_fleet, tmp_path))  # given up after 4 s, not 12
+    args: list[str | Path] = [file, "-j0", "--builders", f"@{machines}", "--json"]
+    proc = start_offload(frozen_fleet, tmp_path, *args, env=env)
     try:
         name = _builder(frozen_fleet, marker, proc)
         frozen += freeze(frozen_fleet.member(name))
@@ -167,12 +159,15 @@ def test_a_builder_that_closes_a_quiet_session_is_still_said_to_have_closed_it(
 ) -> None:
     # Silent for longer than ssh's keepalive budget, then its serve program is killed: the
     # connection (the master) stays, so the builder closed the session; it did answer.
+    # The user's keepalive: a silence of 4 s is past its 3 s budget, as 9 s is past 8 s.
     file, marker = _quiet_build(tmp_path, 60)
     builders = f"@{frozen_fleet.machines_file}"
-    proc = start_offload(frozen_fleet, tmp_path, file, "-j0", "--builders", builders, "--json")
+    env = with_keepalive(offload_env(frozen_fleet, tmp_path))
+    args: list[str | Path] = [file, "-j0", "--builders", builders, "--json"]
+    proc = start_offload(frozen_fleet, tmp_path, *args, env=env)
     try:
         name = _builder(frozen_fleet, marker, proc)
-        time.sleep(KEEPALIVE_BUDGET + 1)  # the silence under test, not a wait for an event
+        time.sleep(SHORT_KEEPALIVE.budget + 1)  # the silence under test, not a wait for an event
         found = member_processes(frozen_fleet.member(name))
         serving = [pid for pid, cmd in found if "nix-store --serve" in cmd]
         building = [pid for pid, cmd in found if "sleep 60" in cmd]
@@ -190,7 +185,9 @@ def test_offload_hook_says_a_frozen_builder_stopped_answering(
     frozen_fleet: Fleet, tmp_path: Path, frozen: list[int]
 ) -> None:
     file, marker = _quiet_build(tmp_path, 30)
-    build = start_nix_build(frozen_fleet, tmp_path, file, "-j0", output=False)
+    # The coordinator's ssh gets the nix-build's NIX_SSHOPTS: the user's keepalive first.
+    sshopts = with_keepalive(hook_env(frozen_fleet, tmp_path))["NIX_SSHOPTS"]
+    build = start_nix_build(frozen_fleet, tmp_path, file, "-j0", output=False, NIX_SSHOPTS=sshopts)
     try:
         name = _builder(frozen_fleet, marker, build)
         frozen += freeze(frozen_fleet.member(name))
@@ -217,10 +214,12 @@ def test_a_builder_that_closes_the_connection_while_its_build_talks_has_closed_i
         tmp_path, f'mk "talks" "{marker_script(marker, talk)}; echo done > $out" {{}}\n'
     )
     builders = f"@{frozen_fleet.machines_file}"
-    proc = start_offload(frozen_fleet, tmp_path, file, "-j0", "--builders", builders, "--json")
+    env = with_keepalive(offload_env(frozen_fleet, tmp_path))  # past its budget after 4 s
+    args: list[str | Path] = [file, "-j0", "--builders", builders, "--json"]
+    proc = start_offload(frozen_fleet, tmp_path, *args, env=env)
     try:
         name = _builder(frozen_fleet, marker, proc)
-        time.sleep(KEEPALIVE_BUDGET + 1)  # the stdout silence under test, not a wait for an event
+        time.sleep(SHORT_KEEPALIVE.budget + 1)  # the stdout silence under test, not an event
         found = member_processes(frozen_fleet.member(name))
         # Its connections' sshd, not its listener: the module's other tests still need it.
         sessions = [
