@@ -37,7 +37,14 @@ from tests.helpers.fleets import (
     stop_masters,
 )
 from tests.helpers.nix_files import SPEED, nix_file
-from tests.helpers.offload_run import built_on, offload, offload_env, wait_for
+from tests.helpers.offload_run import (
+    SHORT_KEEPALIVE,
+    built_on,
+    offload,
+    offload_env,
+    wait_for,
+    with_keepalive,
+)
 
 daemon_fleet = private_fleet_fixture(
     [MemberSpec.parse("onlyd:1:1:daemon")],
@@ -166,7 +173,10 @@ def test_control_persist_no_in_nix_sshopts_leaves_no_master(
 def test_a_kept_connection_gone_silent_costs_a_wait_said_as_slow_not_the_builder(
     kept_fleet: Fleet, tmp_path: Path
 ) -> None:
-    _build(kept_fleet, tmp_path, "first")
+    # Both runs give ssh a user's keepalive (NIX_SSHOPTS, so one kept master for both): ssh
+    # gives the silent connection up after 4 s, not 12 s.
+    sshopts = " ".join(SHORT_KEEPALIVE.options())
+    _build(kept_fleet, tmp_path, "first", sshopts)
     member = kept_fleet.member("keep")
     # The builder's end of the kept connection stops answering (the kept master's socket
     # still does); the builder itself still takes new connections. ssh's keepalives end the
@@ -181,7 +191,7 @@ def test_a_kept_connection_gone_silent_costs_a_wait_said_as_slow_not_the_builder
         file = nix_file(tmp_path, f'mk "second" "{SPEED} > $out" {{}}\n', "second")
         done = offload(
             kept_fleet, tmp_path, file, "-j0", "--builders", member_line(kept_fleet, "keep"),
-            "--no-out-link", "--json",
+            "--no-out-link", "--json", env=with_keepalive(offload_env(kept_fleet, tmp_path)),
         )  # fmt: skip
     finally:
         for pid in silent:

@@ -1,8 +1,9 @@
 """A build offload could not stop on its builder is seen in ``--json`` too, not only on stderr.
 
 A member frozen mid-build (SIGSTOP on every process of it: a hung machine) is found gone by
-ssh's keepalives; its build starts again on the local machine, and offload's attempt to stop
-what it left running there fails (nothing there answers). That failure was a logged line on
+ssh's keepalives (a user's, in NIX_SSHOPTS: 4 s after its last word, not offload's 12 s); its
+build starts again on the local machine, and offload's attempt to stop what it left running
+there fails (nothing there answers). That failure was a logged line on
 stderr only ("frozen: could not stop remote process: ..."); it is a ``machine`` event with
 state ``unstopped`` and the same one ``warning:`` line.
 """
@@ -18,10 +19,16 @@ from offload.fleet import Member, MemberSpec
 from tests.helpers import processes
 from tests.helpers.fleets import member_processes, private_fleet_fixture
 from tests.helpers.nix_files import marker_script, nix_file
-from tests.helpers.offload_run import events, offload_argv, offload_env, wait_for_marker
+from tests.helpers.offload_run import (
+    events,
+    offload_argv,
+    offload_env,
+    wait_for_marker,
+    with_keepalive,
+)
 
-# The run: about 12 s for ssh to give the frozen member up, then the build locally; far less
-# than this.
+# The run: about 4 s for ssh to give the frozen member up, 3 s for the attempt to stop its
+# build, and the build locally; far less than this.
 RUN_TIMEOUT = 120
 
 hung_fleet = private_fleet_fixture(
@@ -49,7 +56,7 @@ def test_a_build_that_could_not_be_stopped_is_an_event_and_one_warning(hung_flee
     argv = offload_argv(file, "-A", "long", "--json", "--no-out-link", "--on", "frozen,local")
     proc = processes.start(
         [*argv, "--builders", f"@{hung_fleet.machines_file}"],
-        env=offload_env(hung_fleet, tmp_path),
+        env=with_keepalive(offload_env(hung_fleet, tmp_path)),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
