@@ -27,6 +27,9 @@ waiting_fleet = private_fleet_fixture(
 
 pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
+# A build's work: 4 s on the fast builder (where the test drops it, mid-build), none on the slow.
+ON_FAST = "case $(/bin/cat /etc/nix/offload-speed) in 4) /bin/sleep 4;; esac; "
+
 
 def _fast_dropped(
     fleet: Fleet, tmp_path: Path, file: Path, processes: int, what: str
@@ -53,7 +56,7 @@ def test_waiting_derivations_leave_a_builder_that_died_without_trying_it(
 ) -> None:
     started = tmp_path / "started"
     # Each leaf says it started (on the host's /tmp, shared with the members), then works.
-    file = nix_file(tmp_path, leaves(4, f"/bin/mkdir -p {started}; /bin/sleep 4; "))
+    file = nix_file(tmp_path, leaves(4, f"/bin/mkdir -p {started}; {ON_FAST}"))
     proc, out, err = _fast_dropped(waiting_fleet, tmp_path, file, 1, "a build on the fast builder")
     assert proc.returncode == 0, err
     assert len(out.split()) == 4
@@ -65,7 +68,7 @@ def test_waiting_derivations_leave_a_builder_that_died_without_trying_it(
 def test_a_builder_that_dies_under_two_builds_is_one_failure_said_once(
     waiting_fleet: Fleet, tmp_path: Path
 ) -> None:
-    file = nix_file(tmp_path, leaves(3, "/bin/sleep 4; "))
+    file = nix_file(tmp_path, leaves(3, ON_FAST))
     what = "two builds on the fast builder (each a shell and its sleep)"
     proc, out, err = _fast_dropped(waiting_fleet, tmp_path, file, 4, what)
     assert proc.returncode == 0, err
