@@ -3,9 +3,14 @@
 ``fleet`` is the three-member fleet (fast:4:2, medium:2:2, slow:1:2) shared by the session.
 A module whose tests kill members or edit them gets a fleet of its own from
 ``private_fleet_fixture``, so the shared one is never changed. The functions read what a
-fleet's members are and do. The ssh masters a test's runs leave in its state directory
-(``offload.transport.persist``: ``<tmp_path>/state/ssh``, or its fallback) are stopped when
-the test ends.
+fleet's members are and do.
+
+The ssh masters a test's runs keep (``offload.transport.persist``: ``<tmp_path>/state/ssh``,
+or, as pytest's tmp_path is too long for a socket there, ``$TMPDIR/offload-ssh-<uid>``) are the
+test's own: a test with a ``tmp_path`` gets a short ``TMPDIR`` of its own, in this process (where
+tests look for masters) and in every process it starts, and its masters there are stopped when
+it ends. The shared ``/tmp/offload-ssh-<uid>``, where other pytest sessions' and people's runs
+keep theirs, is never touched.
 """
 
 from __future__ import annotations
@@ -66,11 +71,30 @@ def private_fleet_fixture(
 
 
 @pytest.fixture(autouse=True)
-def _persistent_masters_end_with_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    tmp_path = request.node.funcargs.get("tmp_path")
-    if isinstance(tmp_path, Path):
-        stop_masters(location(tmp_path / "state"))
+def _persistent_masters_end_with_the_test(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A test with a ``tmp_path`` keeps its runs' ssh masters in a directory of its own (module
+    docstring), stopped when it ends. (``tmp_path`` first: pytest finds its own base directory
+    through ``tempfile`` too, when not given one.)"""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    short = Path(tempfile.mkdtemp(prefix="ofm", dir="/tmp"))  # short: sockets go under it
+    monkeypatch.setenv("TMPDIR", str(short))
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    try:
+        yield
+    finally:
+        try:
+            # The state's own directory when short enough, and the fallback, ``short``'s; one
+            # never made holds no socket (a look at /proc the less for most tests).
+            for place in {location(tmp_path / "state"), short / f"offload-ssh-{os.getuid()}"}:
+                if place.exists():
+                    stop_masters(place)
+        finally:
+            shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture

@@ -58,21 +58,19 @@ kept_fleet = private_fleet_fixture(
 )
 
 
-@pytest.fixture(autouse=True)
-def own_masters(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """A short temporary directory of the test's own: a state directory under pytest's long
-    tmp_path keeps its masters in ``$TMPDIR/offload-ssh-<uid>`` (``persist.location``), which
-    other offload runs on this host share, and these tests count the masters there. (After
-    ``tmp_path``: pytest finds its own base directory through ``tempfile`` too.)"""
-    del tmp_path
-    short = Path(tempfile.mkdtemp(prefix="ofpm", dir="/tmp"))
-    monkeypatch.setenv("TMPDIR", str(short))
-    monkeypatch.setattr(tempfile, "tempdir", str(short))
-    try:
-        yield short
-    finally:
-        stop_masters(short / f"offload-ssh-{os.getuid()}")
-        shutil.rmtree(short, ignore_errors=True)
+# Where other pytest sessions' runs (and people's) keep their masters when their state's own
+# directory is too long for a socket: this session's TMPDIR, as it was before any test's.
+SHARED = Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}"
+
+
+@pytest.fixture(scope="module")
+def another_sessions_master() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that looks to ``stop_masters`` as one of another session's ssh masters: its
+    command line names a socket in ``SHARED``."""
+    proc = subprocess.Popen(["sh", "-c", "sleep 600; :", "sh", str(SHARED / "0123456789abcdef")])
+    yield proc
+    proc.kill()
+    proc.wait()
 
 
 def _build(
@@ -168,6 +166,27 @@ def test_control_persist_no_in_nix_sshopts_leaves_no_master(
     control = control_dir(tmp_path / "state")
     assert persistent_masters(control) == []
     assert [p for p in control.iterdir() if p.is_socket()] == []
+
+
+def test_a_tests_runs_keep_their_masters_apart_from_other_sessions(
+    kept_fleet: Fleet, tmp_path: Path, another_sessions_master: subprocess.Popen[bytes]
+) -> None:
+    # A state too deep for a socket there (as under pytest's own base directory): the master
+    # goes to TMPDIR's offload-ssh-<uid>, the test's own (tests/helpers/fleets.py), not the
+    # session's shared one, which the test's end would stop.
+    state = tmp_path / ("d" * 60) / "state"
+    assert _build(kept_fleet, tmp_path, "apart", state=state) == {"apart": "keep"}
+    (master,) = persistent_masters(control_dir(state))
+    assert control_dir(state) != SHARED
+    assert master not in persistent_masters(SHARED)
+
+
+def test_another_sessions_master_outlives_the_test_before(
+    another_sessions_master: subprocess.Popen[bytes],
+) -> None:
+    # The test before stopped its own masters as it ended, and only those: before, every ssh
+    # naming the shared directory was (another pytest session's, a person's run's).
+    assert another_sessions_master.poll() is None
 
 
 def test_a_kept_connection_gone_silent_costs_a_wait_said_as_slow_not_the_builder(
