@@ -106,3 +106,22 @@ def test_the_hooks_way_out_is_offload_use_not_exclude() -> None:
     )
     unresolved = link_error("b", "ssh: Could not resolve hostname b: Name or service not known")
     assert "--exclude" not in explain(machine("b"), unresolved, HOOK_LEAVE_OUT)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "command-line line 0: invalid time value.",  # -o ServerAliveInterval=x
+        "command-line: line 0: Bad configuration option: serveralivinterval",
+    ],
+)
+def test_an_option_ssh_refuses_in_nix_sshopts_is_said_to_be_there(words: str) -> None:
+    # ssh exits before connecting; it read as the machines line's fault ("check
+    # /etc/nix/machines:1"), where nothing is wrong: offload's own options are valid, so the
+    # option ssh refuses is one of NIX_SSHOPTS', which come first on its command line.
+    why = explain(machine("a"), link_error("a", words))
+    assert why == (
+        f"ssh refused an option of NIX_SSHOPTS ({words}); fix or remove it there "
+        "(`ssh -G $NIX_SSHOPTS a` shows how ssh reads them)"
+    )
+    assert _ssh_hint(words) == "ssh refused an option of NIX_SSHOPTS: fix or remove it there"

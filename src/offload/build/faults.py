@@ -16,7 +16,8 @@ is said to be that. A builder where Nix (or the program ``remote-program=`` name
 found is said so, with the fix. A builder whose own Nix stopped on one of its binary caches
 as it substituted the inputs (builders-use-substitutes: an ``ssh://`` cache it cannot reach,
 without fallback, or one it used lately, now down) is said to be that, not a connection of
-offload's to it, with the fix on the builder.
+offload's to it, with the fix on the builder. An option ssh refused on its command line is one
+of ``NIX_SSHOPTS``' (offload's own are valid): said so, with the fix there, not in machines.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from offload.transport.ssh_keys import (
     passphrase_fix,
     refused_by_ssh,
 )
+from offload.transport.ssh_options import option_refused
 
 __all__ = ["explain"]
 
@@ -89,6 +91,12 @@ def explain(machine: Machine, error: str, leave_out: str | None = None) -> str:
     if MISMATCH in error and error.startswith(_CONNECT):
         what, fix = mismatch_fix(machine.scheme, where)
         return f"{what}; {fix}"
+    refused_option = option_refused(error) if error.startswith(_CONNECT) else None
+    if refused_option is not None:  # not the machines line's fault: NIX_SSHOPTS' (ssh_options)
+        return (
+            f"ssh refused an option of NIX_SSHOPTS ({refused_option}); fix or remove it there "
+            f"(`ssh -G $NIX_SSHOPTS {machine.host or machine.name}` shows how ssh reads them)"
+        )
     if "Connection refused" in error:
         return (
             f"connection refused by {_address(machine)}: is sshd running and listening there? "

@@ -14,9 +14,10 @@ each ``-o`` argument as a line of ssh_config (``readconf.c``): the keyword up to
 ``=`` (``Key=Value``, ``Key Value``, ``Key = Value``), matched whatever its case, a line
 starting with ``#`` ignored, the value unquoted (``"1"``), a ``#`` word ending the line; the
 interval a time (``90``, ``1m30s``), the count a whole number. A value ssh refuses (``x``,
-``-1``, ``1.5``) makes ssh exit 255 before connecting, so the builder is down with ssh's own
-words ("command-line line 0: invalid time value."); it is left out here (offload's value then
-counts, though no connection is ever made with it).
+``-1``, ``1.5``) makes ssh exit 255 before connecting: the builder is down, said with ssh's
+words ("command-line line 0: invalid time value.") and the fix in NIX_SSHOPTS
+(``option_refused``). Here it is left out (offload's value then counts, though no connection is
+ever made with it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SERVER_ALIVE_COUNT_MAX", "SERVER_ALIVE_INTERVAL", "Keepalive", "keepalive", "o_lines"]
+__all__ = [
+    "SERVER_ALIVE_COUNT_MAX",
+    "SERVER_ALIVE_INTERVAL",
+    "Keepalive",
+    "keepalive",
+    "o_lines",
+    "option_refused",
+]
 
 # offload's own keepalives (nix#13513, nix#16437): with no ServerAlive* of the user's, ssh
 # gives up 12 s after the builder's last word. OpenSSH 9.2 measured 20 s with 5 and 3.
@@ -35,6 +43,9 @@ SERVER_ALIVE_COUNT_MAX = 2
 # ssh's own, for an option it is not given.
 _SSH_INTERVAL, _SSH_COUNT_MAX = 0, 3
 
+# ssh's words for an -o line it refuses ("command-line line 0: invalid time value.",
+# "command-line: line 0: Bad configuration option: x"), up to the next line of a link's error.
+_REFUSED = re.compile(r"command-line:? line [0-9]+: [^|]*")
 # ssh's options that take an argument (ssh(1), 9.2: its getopt string).
 _WITH_ARGUMENT = frozenset("BbcDEeFIiJLlmOopQRSWw")
 _WHITESPACE = " \t\r\n"
@@ -102,6 +113,14 @@ def keepalive(words: Sequence[str]) -> Keepalive:
         _SSH_INTERVAL if interval is None else interval,
         _SSH_COUNT_MAX if count_max is None else count_max,
     )
+
+
+def option_refused(said: str) -> str | None:
+    """ssh's words, in ``said``, for an option of its command line it refused (it then exits
+    before connecting); None if there are none. offload's own options are valid: such an
+    option is one of NIX_SSHOPTS'."""
+    found = _REFUSED.search(said)
+    return None if found is None else found[0].strip()
 
 
 def o_lines(words: Sequence[str]) -> Iterator[str]:

@@ -66,6 +66,7 @@ from offload.transport.ssh import (
     ssh_keepalive,
 )
 from offload.transport.ssh_keys import key_trouble, refused_by_ssh
+from offload.transport.ssh_options import option_refused
 
 __all__ = ["SshTransport"]
 
@@ -78,6 +79,8 @@ KILL_CONNECT_TIMEOUT = 3
 
 
 def _ssh_hint(tail: str) -> str:
+    if option_refused(tail) is not None:
+        return "ssh refused an option of NIX_SSHOPTS: fix or remove it there"
     if "Host key verification failed" in tail or "REMOTE HOST IDENTIFICATION" in tail:
         return "the builder's host key does not match the pinned one (column 8 of machines)"
     daemon = daemon_trouble(tail)
