@@ -12,7 +12,7 @@ import pytest
 
 from offload.transport.links import SshTransport
 from offload.transport.shared import SharedSshTransport
-from offload.transport.ssh import SshTarget, ssh_argv
+from offload.transport.ssh import SshTarget, master_argv, serve_argv, ssh_argv, ssh_keepalive
 from offload.transport.ssh_options import Keepalive, keepalive, o_lines
 
 
@@ -127,3 +127,15 @@ def test_a_transport_carries_the_keepalive_its_ssh_is_given(tmp_path: Path) -> N
     shared = SharedSshTransport(target, name="b1", directory=tmp_path, env=env)
     assert shared.keepalive == Keepalive(1, 3)
     assert SshTransport(target, name="b1", env={}).keepalive == Keepalive()
+
+
+def test_the_master_and_the_sessions_get_the_keepalive_offload_goes_by(tmp_path: Path) -> None:
+    # The master sends the keepalives; ssh reads its argv as it reads the sessions'.
+    target = SshTarget("127.0.0.1", port=2222, identity_file="/k/id", compress=True)
+    sshopts = "-F /dev/null -oServerAliveCountMax=3 -o ServerAliveInterval=1"
+    said = ssh_keepalive(target, sshopts)
+    assert said == Keepalive(1, 3)
+    control = tmp_path / "m"
+    master = master_argv(target, control_path=control, nix_sshopts=sshopts, persist=120)
+    session = serve_argv(target, control_path=control, nix_sshopts=sshopts)
+    assert _ssh_reads(master) == _ssh_reads(session) == (1, 3)
