@@ -137,10 +137,15 @@ def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 30, "the builder's build to stop")
 
 
-def _taken_over(pid: int) -> str:
+# A coordinator killed under strace is reapable by the hook that started it only once strace
+# let it go: that hook may not know how it ended, only that it was its own.
+NOT_REAPED = f"{NO_WORD}: killed by a signal? (not ended 1 s after it closed this hook's socket)"
+
+
+def _taken_over(pid: int, ended: str = ENDED["SIGKILL"]) -> str:
     return (
-        f"offload-hook: warning: the coordinator stopped (pid {pid}, {ENDED['SIGKILL']}); a new"
-        " one decides in its place"
+        f"offload-hook: warning: the coordinator stopped (pid {pid}, {ended}); a new one decides"
+        " in its place"
     )
 
 
@@ -422,7 +427,7 @@ def test_a_coordinator_killed_as_it_reads_a_try_still_has_it_decided(
         shutil.rmtree(shared)
     assert proc.returncode == 0, err
     said = [line for line in err.splitlines() if "the coordinator" in line]
-    assert said == [_taken_over(pid)], err
+    assert said in ([_taken_over(pid)], [_taken_over(pid, NOT_REAPED)]), err
 
 
 def _traced(pid: int) -> bool:

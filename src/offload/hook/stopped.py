@@ -36,7 +36,7 @@ def why_stopped(sock: _socket.socket, logged: int | None, logs: int | None) -> s
     killed by SIGKILL (the out-of-memory killer, ``kill -9``) writes nothing, and a pointer to
     an empty file sent the user looking for nothing."""
     pid = _peer(sock)
-    status = None if pid is None else _status(pid)
+    ours, status = (False, None) if pid is None else _status(pid)
     said: list[str] = []
     if status is not None and os.WIFSIGNALED(status):
         said.append(f"killed by {_signal_name(os.WTERMSIG(status))}")
@@ -46,8 +46,12 @@ def why_stopped(sock: _socket.socket, logged: int | None, logs: int | None) -> s
         said.append(f"its log: {COORDINATOR_LOG} in the state directory")
     elif status is None:  # SIGTERM too: one stopped so says nothing either
         said.append(
-            "it left no word in its log: killed by a signal? (another hook started it: how it"
-            " ended is not known here)"
+            "it left no word in its log: killed by a signal?"
+            + (
+                " (not ended 1 s after it closed this hook's socket)"
+                if ours
+                else " (another hook started it: how it ended is not known here)"
+            )
         )
     else:
         said.append("it left no word in its log")
@@ -103,24 +107,27 @@ def _peer(sock: _socket.socket) -> int | None:
     return int.from_bytes(creds[:4], sys.byteorder) or None
 
 
-def _status(pid: int) -> int | None:
-    """The wait status of ``pid`` if this process started it and it ended (it closed our
-    socket as it ends: waited for ``_ENDING`` at most); else None."""
+def _status(pid: int) -> tuple[bool, int | None]:
+    """Whether this process started ``pid``, and its wait status if so and it ended (it
+    closed our socket as it ends: waited for ``_ENDING`` at most; a process traced by another,
+    as strace, is reapable by its parent only once its tracer let it go); else None."""
     try:
         ended, status = os.waitpid(pid, os.WNOHANG)
         if ended:
-            return status
+            return True, status
         ending = os.pidfd_open(pid)  # readable once it ended (Linux 5.3)
-    except OSError:  # ChildProcessError: not our child (another hook started it), or reaped
-        return None
+    except ChildProcessError:  # not our child (another hook started it), or reaped
+        return False, None
+    except OSError:
+        return True, None
     try:
         select.select([ending], [], [], _ENDING)
         ended, status = os.waitpid(pid, os.WNOHANG)
     except OSError:
-        return None
+        return True, None
     finally:
         os.close(ending)
-    return status if ended else None
+    return True, (status if ended else None)
 
 
 def _signal_name(number: int) -> str:
