@@ -9,10 +9,13 @@ work registered in the local store.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from offload.backoff import Health, load_backoff, save_backoff
+from tests.helpers.fleets import member_line
 from tests.helpers.nix_files import nix_file, out_path, salt_of, valid_locally
 from tests.helpers.offload_run import offload, offload_env
 
@@ -191,3 +194,21 @@ def test_an_unreachable_member_is_a_one_line_error(fleet, tmp_path, closed_port,
     assert_one_line_error(done.stderr)
     assert not valid_locally(out_path(file, "top"))
     assert not valid_locally(out_path(file, "dep"))
+
+
+def test_a_builder_an_earlier_run_backed_off_is_tried_when_nothing_else_can_build(fleet, tmp_path):
+    # Backed off by an earlier run (its fleet down then, up again since): with -j 0 the run
+    # stopped at once, "no machine can take them (medium: connection refused ...)".
+    machines = tmp_path / "machines"
+    machines.write_text(member_line(fleet, "medium") + "\n")
+    backoff = tmp_path / "state" / "backoff.json"
+    old = "connection refused by 127.0.0.1:22: is sshd running and listening there?"
+    save_backoff(backoff, {"medium": Health(2, time.time() + 600, old)}, time.time())
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "dep", "-j0", "--builders", f"@{machines}")
+    assert done.returncode == 0, done.stderr
+    assert valid_locally(out_path(file, "dep"))
+    said = [line for line in done.stderr.splitlines() if "medium" in line]
+    assert any(f"backed off after 2 failure(s) in earlier runs: {old}" in line for line in said)
+    assert any("tried again before its backoff ends" in line for line in said), done.stderr
+    assert load_backoff(backoff, time.time()) == {}  # it built: forgotten

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from offload.backoff import REASON_CHARS, UNKNOWN_REASON, Health, load_backoff, save_backoff
+from offload.errors import SchedulerError
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import FakeLink, FakeStore
 from offload.ui.events import Event, MachineEvent, RunStarted
@@ -39,19 +40,19 @@ def test_an_entry_offload_never_writes_means_no_backoff(tmp_path, entry):
     assert load_backoff(path, now=100.0) == {"slow": Health(4, 1720.0)}
 
 
-def _run(backoff, dead=False):
+def _run(backoff, dead=False, *, local_builds=True):
     plan, _, _, src = make_plan({"a": [], "b": []})
     local = FakeLink(FakeStore("local", [src]))
     fast = FakeLink(FakeStore("fast"))
     if dead:
         fast.go_down()
     events: list[Event] = []
+    members = [PoolMember(spec("fast", speed=10, slots=2), fast, remote=True)]
+    if local_builds:  # -j 0 leaves the local machine out of the pool
+        members.insert(0, PoolMember(spec("local", speed=1, slots=2), local, remote=False))
     executor = Executor(
         plan,
-        [
-            PoolMember(spec("local", speed=1, slots=2), local, remote=False),
-            PoolMember(spec("fast", speed=10, slots=2), fast, remote=True),
-        ],
+        members,
         local,
         emit=events.append,
         backoff=backoff,
@@ -73,6 +74,32 @@ def test_a_builder_backed_off_in_an_earlier_run_is_not_tried():
     assert kept is not None
     assert kept.failures == 1
     assert kept.until == pytest.approx(1060.0, abs=1.0)
+
+
+def test_a_builder_an_earlier_run_backed_off_is_tried_when_nothing_else_can_build():
+    # -j 0 and the one builder backed off by an earlier run (a fleet since restarted): the
+    # run stopped at once on the old reason ("no machine can take them").
+    why = "connection refused by 10.0.0.9:22: is sshd running and listening there?"
+    report, events, _ = _run({"fast": Health(2, 1060.0, why)}, local_builds=False)
+    assert report.ok
+    assert set(finished(events).values()) == {"fast"}
+    said = [(e.machine, e.state, e.message) for e in events if isinstance(e, MachineEvent)]
+    assert said == [
+        ("fast", "down", f"backed off after 2 failure(s) in earlier runs: {why}"),
+        (
+            "fast",
+            "up",
+            "tried again before its backoff ends: no other machine can take the work left",
+        ),
+    ]
+    assert report.health == {"fast": None}  # it built: forgotten
+
+
+def test_a_builder_tried_again_that_fails_again_stops_the_run_with_its_new_reason():
+    with pytest.raises(SchedulerError, match="no machine can take them") as raised:
+        _run({"fast": Health(2, 1060.0, "old words")}, dead=True, local_builds=False)
+    assert "Connection refused" in str(raised.value)  # this run's reason, not the old one
+    assert "old words" not in str(raised.value)
 
 
 def test_a_failure_is_remembered_and_a_success_forgets_it():

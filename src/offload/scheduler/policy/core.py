@@ -448,6 +448,11 @@ class Policy(SharedBuilders):
         m.down_until = until
         self._pool.take_down(m)
 
+    def retry_now(self, machine: str, now: float) -> None:
+        """``machine``, backed off, is tried again from ``now`` on; its failures kept, so that
+        failing again backs it off longer."""
+        self._pool.machines[machine].down_until = now
+
     def on_estimate(self, job_id: str, work: float) -> None:
         """A better estimate arrived (history, hints): reorder the affected ready jobs."""
         for changed in self.graph.update_estimate(job_id, work):

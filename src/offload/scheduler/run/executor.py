@@ -173,11 +173,12 @@ class Executor(Endings):
 
     async def run(self) -> RunReport:
         start = self.clock()
-        if (
+        stuck = (
             self.plan.order
             and not self._joining
             and not any(self.policy.is_up(n, start) for n in self.members)
-        ):
+        )
+        if stuck and not self._restored:
             self._check_stuck()  # every machine is down before anything started: say so now
         # The run's first event opens it (its machines, its estimate); who is down follows.
         self._events.run_started(tuple(self.members), self._estimate_makespan())
@@ -187,6 +188,8 @@ class Executor(Endings):
         for name, error in self._unreachable.items():
             until = self.wall() + (self.policy.down_until(name) - start)
             self._events.machine_down(name, error, until)
+        if stuck and not self._retry_restored():
+            self._check_stuck()
         self._settle_at_start()
         try:
             await self._loop()
@@ -271,8 +274,9 @@ class Executor(Endings):
             and not (self._full.probes and left)
         ):
             # Nothing runs, so a wake-up could only be for a backed-off machine: rather
-            # than sleep out its backoff, stop and say why (_check_stuck).
-            return False
+            # than sleep out its backoff, try those an earlier run backed off, or stop and say
+            # why (_check_stuck).
+            return bool(left) and self._retry_restored()
         timeout = None if wake is None else max(0.0, wake - self.clock())
         done, _ = await asyncio.wait(
             {*self._tasks, *self._homeward, *self._joining, *self._full.probes, poked},
@@ -290,6 +294,26 @@ class Executor(Endings):
         for task in [task for task in self._tasks if task in done]:
             await self._settle(task)
         return True
+
+    def _retry_restored(self) -> bool:
+        """When nothing runs and work is left, the builders down only because an earlier run
+        backed them off are tried again now, once per run: a fleet restarted or a network back
+        since then would otherwise stop the run on an old reason (with ``-j 0``, or work only
+        they can build). Their failures are kept: failing again backs them off longer. Whether
+        any was."""
+        now = self.clock()
+        retried = [
+            name
+            for name, health in self._restored.items()
+            if not self.policy.is_up(name, now) and self.policy.failures(name) <= health.failures
+        ]
+        self._restored = {}
+        for name in retried:
+            self.policy.retry_now(name, now)
+            self._events.machine_up(
+                name, "tried again before its backoff ends: no other machine can take the work left"
+            )
+        return bool(retried)
 
     def _left(self) -> int:
         """Derivations still to start (ready or waiting for their inputs)."""
