@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import tomllib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -193,6 +194,20 @@ def test_a_toml_name_taken_twice_leaves_the_second_out_with_a_line():
     assert warnings[0].startswith(
         "m:1: nx-a.invalid: ssh://nx-b.invalid has the name of m:1's ssh://nx-a.invalid: left out"
     )
+
+
+def test_a_toml_uri_without_the_lines_query_says_how_to_add_to_that_line():
+    # uri = "ssh://a" for the line ssh://a?ssh-key=...: a builder of its own, left out as the
+    # line's repeat with its tags, and the hint only said to name one of "the two".
+    toml = parse_offload_toml('[[machine]]\nuri = "ssh://nx-a.invalid"\ntags = ["big"]\n', "o")
+    both, _ = apply_toml(machines("ssh://nx-a.invalid?ssh-key=/k"), toml, system=SYSTEM)
+    kept, (warning,) = one_name_each(both)
+    assert [m.uri for m in kept] == ["ssh://nx-a.invalid?ssh-key=/k"]
+    assert warning.startswith("o: [[machine]] #1: nx-a.invalid: ssh://nx-a.invalid has the name")
+    assert (
+        'to add to that builder, key the table by uri = "ssh://nx-a.invalid?ssh-key=/k" or by '
+        "its host; if they are two, give one a name of its own"
+    ) in warning
 
 
 # --- load_pool ----------------------------------------------------------------------------------
@@ -414,3 +429,21 @@ def test_a_machine_whose_name_a_shell_acts_on_is_dropped_with_a_warning(tmp_path
     assert "which a shell acts on: offload does not connect to it" in problems[0]
     with pytest.raises(ConfigError, match=r"invalid ssh (host|user)"):
         ssh_target(p.machines[0])
+
+
+def test_the_readmes_offload_toml_example_is_what_it_says():
+    # The README is where users look for offload.toml's keys: its example must load as it says.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    toml = parse_offload_toml(example, "README.md")
+    (machine,), warnings = apply_toml(machines("ssh://fast"), toml, system=SYSTEM)
+    assert warnings == []
+    assert (machine.name, machine.tags, machine.port, machine.enabled) == (
+        "workstation",
+        frozenset({"big"}),
+        2222,
+        True,
+    )
+    assert machine.params["compress"] == "true"
+    assert toml.local is not None
+    assert toml.local.speed_factor == 2.0

@@ -64,7 +64,21 @@ def one_name_each(machines: Sequence[Machine]) -> tuple[list[Machine], list[str]
             continue
         warnings.append(
             f"{machine.source}: {machine.name}: {shown(machine.uri)} has the name of "
-            f"{other.source}'s {shown(other.uri)}: left out, as one builder listed twice (if "
-            "they are two, give one a name of its own: offload.toml [[machine]] uri, name)"
+            f"{other.source}'s {shown(other.uri)}: left out, as one builder listed twice "
+            f"({_hint(machine, other)})"
         )
     return kept, warnings
+
+
+def _hint(machine: Machine, other: Machine) -> str:
+    """What to do: an offload.toml ``uri`` meant for a line with settings in its query
+    (``ssh://a`` for ``ssh://a?ssh-key=...``) matches no line, so it defined a builder of its
+    own, whose settings (tags, a name) would otherwise be lost without a word of why."""
+    two = "if they are two, give one a name of its own: offload.toml [[machine]] uri, name"
+    from_toml = "[[machine]]" in machine.source and "[[machine]]" not in other.source
+    if from_toml and machine.uri.split("?")[0] == other.uri.split("?")[0] != other.uri:
+        return (
+            f"an offload.toml uri matches a line only as a whole: to add to that builder, key "
+            f'the table by uri = "{shown(other.uri)}" or by its host; {two}'
+        )
+    return two
