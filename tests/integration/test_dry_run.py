@@ -112,3 +112,21 @@ def test_a_dry_run_whose_only_builder_is_unreachable_lists_what_would_be_built(f
         f"  {drv}",
         f"no machine could build it: {NO_MACHINE} and every builder was left out",
     ]
+
+
+def test_a_dry_run_with_the_local_machine_excluded_says_so_not_that_it_takes_no_jobs(tmp_path):
+    # It said "the local machine takes no jobs (max-jobs 0) and no builder is set", where the
+    # local machine takes jobs and --exclude left it out (a run says that since 858a992).
+    (tmp_path / "d.nix").write_text(NIX)
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "offload", "build", str(tmp_path / "d.nix"), "-A", "a"]
+    argv += ["--argstr", "salt", secrets.token_hex(4), "--builders", "", "-j", "2"]
+    # No binary cache to ask (cache.nixos.org is out of reach here: 4.5 s of Nix's retries).
+    argv += ["--exclude", "local", "--dry-run", "--option", "substituters", ""]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    said = "--on/--exclude left out the local machine and every builder"
+    assert done.stderr.splitlines()[-1] == f"no machine could build it: {said}"
+    done = subprocess.run([*argv, "--json"], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["no_machine"] == said

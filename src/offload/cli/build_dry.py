@@ -26,6 +26,12 @@ __all__ = ["show_dry_run"]
 # Why no machine could build anything, after "no machine could build them: ".
 _NO_BUILDER = "the local machine takes no jobs (max-jobs 0) and no builder is set"
 _ALL_LEFT_OUT = "the local machine takes no jobs (max-jobs 0) and every builder was left out"
+# The local machine taken out by name (--exclude local, an --on without it), as a run says it
+# (build.members): it takes jobs, so "takes no jobs (max-jobs 0)" would be false.
+_NAMED_OUT = "--on/--exclude left out the local machine and every builder"
+_NAMED_OUT_DOWN = (
+    "--on/--exclude left out the local machine, and every builder it kept was left out"
+)
 
 
 def _listed(noun: str, done: str, items: list[tuple[str, str]]) -> None:
@@ -49,11 +55,14 @@ class _Plan:
     no_machine: str | None  # why no machine could build anything (no plan at all)
 
 
-def _plan(run: DryRun) -> _Plan:
+def _plan(run: DryRun, *, local_left_out: bool) -> _Plan:
     graph, sim = run.graph, run.sim
     fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
     if sim is None:  # nix-build lists what it would build all the same
-        none = _ALL_LEFT_OUT if run.unreachable else _NO_BUILDER
+        if local_left_out:
+            none = _NAMED_OUT_DOWN if run.unreachable else _NAMED_OUT
+        else:
+            none = _ALL_LEFT_OUT if run.unreachable else _NO_BUILDER
         return _Plan([], [(drv, "") for drv in graph.order], fetch, none)
     rows = sorted(
         (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)
@@ -74,7 +83,7 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
         run = interrupts.run(dry_run(roots, pool, estimator))
     for event in run.caches:  # on stderr whatever shows the plan, as a run's warnings
         print(machine_warning(event), file=sys.stderr)
-    plan = _plan(run)
+    plan = _plan(run, local_left_out=pool.local_left_out)
     if as_json:
         # One line, as --json's help promises (one JSON object per line): a script reading
         # lines gets the plan whole.
