@@ -100,3 +100,23 @@ def test_last_with_a_machine_lists_the_newest_runs_that_used_it(history, capsys)
     assert [r["run_id"] for r in shown["runs"]] == ["run1"]
     assert [(b["run_id"], b["machine"]) for b in shown["builds"]] == [("run1", "slow")]
     assert [m["machine"] for m in shown["machines"]] == ["slow"]
+
+
+def test_a_machine_table_past_the_builds_it_reads_says_it_sums_only_the_newest(
+    history, capsys, monkeypatch
+):
+    # It summed the newest 20,000 builds of up to 100,000 kept, its help saying "every build
+    # kept" and its title nothing. Here 2 of the 3 builds kept.
+    monkeypatch.setattr("offload.cli.history._SUMMED", 2)
+    assert main(["history", "--json"]) == 0
+    summed = json.loads(capsys.readouterr().out)["machines"]
+    assert {m["machine"]: m["builds"] for m in summed} == {"fast": 2}
+    assert main(["history"]) == 0
+    assert "\nmachines (of the newest 2 builds only; measured: " in capsys.readouterr().out
+    # --last 3 lists run1 too, whose build is older than the 2 read: said.
+    assert main(["history", "--last", "3"]) == 0
+    said = "\nmachines (of the listed runs and builds, within the newest 2 builds only; "
+    assert said in capsys.readouterr().out
+    # --last 1 lists run3, all of whose builds were read: nothing left out to say.
+    assert main(["history", "--last", "1"]) == 0
+    assert "\nmachines (of the listed runs and builds only; measured: " in capsys.readouterr().out
