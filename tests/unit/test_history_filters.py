@@ -120,3 +120,25 @@ def test_a_machine_table_past_the_builds_it_reads_says_it_sums_only_the_newest(
     # --last 1 lists run3, all of whose builds were read: nothing left out to say.
     assert main(["history", "--last", "1"]) == 0
     assert "\nmachines (of the listed runs and builds only; measured: " in capsys.readouterr().out
+
+
+def test_a_machine_when_the_pool_cannot_be_read_is_not_said_missing_from_it(
+    history, tmp_path, monkeypatch, capsys
+):
+    # With offload.toml broken, `--machine local` said "no machine 'local' in the history, nor
+    # in the pool", hint "known:  (...)": the pool was not read, and local is always in it.
+    config = tmp_path / "config"
+    (config / "offload").mkdir(parents=True)
+    (config / "offload" / "offload.toml").write_text("not [ toml\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    assert main(["history", "--json", "--machine", "local"]) == 0
+    assert json.loads(capsys.readouterr().out)["builds"] == []
+    error, hint = _error(capsys, ["history", "--machine", "fsat"])
+    assert error.startswith(
+        "error: no machine 'fsat' in the history, and the pool could not be read ("
+        f"{config / 'offload' / 'offload.toml'}: "
+    )
+    assert hint == (
+        "hint: did you mean fast? known: fast, local, slow"
+        " (`offload machines` says what is wrong with it)"
+    )

@@ -36,6 +36,7 @@ from offload.history.views import (
     run_dict,
     speed_factors,
 )
+from offload.names import LOCAL
 from offload.paths import SYSTEM_STATE_DIR
 from offload.spelling import meant
 from offload.ui.term import format_bytes, format_duration, sanitize
@@ -193,12 +194,17 @@ def _check_names(history: History, machine: str | None, drv: str | None) -> None
     for a machine, the pool) knows: a typo, said as one, rather than empty tables."""
     machines, pnames = history.known()
     if machine is not None and machine not in machines:
-        known = sorted({*machines, *_pool_names()})
+        pool, unread = _pool_names()
+        # The local machine is always the pool's, whatever could be read of the rest.
+        known = sorted({*machines, LOCAL, *pool})
         if machine not in known:
+            where, see = "nor in the pool", "`offload machines`: the pool"
+            if unread is not None:  # not "nor in the pool": it was not read
+                where = f"and the pool could not be read ({sanitize(unread)[:200]})"
+                see = "`offload machines` says what is wrong with it"
             raise OffloadError(
-                f"no machine '{sanitize(machine)[:40]}' in the history, nor in the pool",
-                hint=_meant(machine, known)
-                + f"known: {_some(known)} (`offload machines`: the pool)",
+                f"no machine '{sanitize(machine)[:40]}' in the history, {where}",
+                hint=_meant(machine, known) + f"known: {_some(known)} ({see})",
             )
     if drv is not None and not history.builds(name=drv, limit=1):
         raise OffloadError(
@@ -208,15 +214,15 @@ def _check_names(history: History, machine: str | None, drv: str | None) -> None
         )
 
 
-def _pool_names() -> list[str]:
+def _pool_names() -> tuple[list[str], str | None]:
     """The machines' names in the pool Nix's settings and offload.toml give (as `offload
-    machines` reads it), or none where it cannot be read: it only widens a hint."""
+    machines` reads it), and why it could not be read, if it could not (no names then)."""
     from offload.config.pool import load_pool  # only on the way to an error
 
     try:
-        return load_pool(builders=None, config=None, lenient=True).names()
-    except OffloadError:
-        return []
+        return load_pool(builders=None, config=None, lenient=True).names(), None
+    except OffloadError as exc:
+        return [], exc.message
 
 
 def _meant(word: str, known: Sequence[str]) -> str:
