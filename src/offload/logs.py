@@ -219,7 +219,8 @@ class BuildLogs:
             )
         others = sorted({log.machine for log in self._scan(f"{name}@") if log.drv_name == name})
         if not others:
-            hint = "offload keeps none of its builds' logs on any machine; without --machine, "
+            # Not "none of its builds' logs": read as offload's, it says no log is kept at all.
+            hint = "offload keeps no log of it from any machine; without --machine, "
             hint += "`offload log` asks Nix for its own"
         else:
             close = meant(machine, others)

@@ -245,7 +245,8 @@ def test_log_on_a_machine_without_one_names_the_machines_it_has_logs_on(
         ]
     assert run_main(monkeypatch, ["log", DRV.replace("hello", "other"), "--machine", "fast"]) == 1
     assert capsys.readouterr().err.splitlines()[1] == (
-        "hint: offload keeps none of its builds' logs on any machine;"
+        # It said "offload keeps none of its builds' logs on any machine": offload's builds?
+        "hint: offload keeps no log of it from any machine;"
         " without --machine, `offload log` asks Nix for its own"
     )
 
