@@ -142,3 +142,14 @@ def test_a_machine_when_the_pool_cannot_be_read_is_not_said_missing_from_it(
         "hint: did you mean fast? known: fast, local, slow"
         " (`offload machines` says what is wrong with it)"
     )
+
+
+def test_a_name_with_odd_characters_is_said_as_typed(history, capsys):
+    # 'he\x07llo' was said as 'hello' ("no build ... contains 'hello'", a name the history
+    # has): the control character dropped, not shown; a long name was cut with no mark.
+    assert _error(capsys, ["history", "--drv", "he\x07llo"])[0] == (
+        "error: no build in the history whose .drv path contains 'he\\x07llo'"
+    )
+    error = _error(capsys, ["history", "--machine", "fa\x1b[31mst" + "x" * 80])[0]
+    assert error.startswith("error: no machine 'fa\\x1b[31mstxxx")
+    assert error.endswith("...' in the history, nor in the pool")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from offload.cli.arguments import doc_help, nonempty
 from offload.cli.history_file import open_history
+from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator
@@ -191,7 +192,9 @@ def _one_run(runs: list[RunRecord], prefix: str) -> RunRecord:
 
 def _check_names(history: History, machine: str | None, drv: str | None) -> None:
     """``OffloadError`` for a ``--machine`` or ``--drv`` that names nothing the history (or,
-    for a machine, the pool) knows: a typo, said as one, rather than empty tables."""
+    for a machine, the pool) knows: a typo, said as one, rather than empty tables. What was
+    typed is ``shown``: a control character escaped, not dropped (``he\\x07llo`` was said as
+    ``hello``, a name the history has), and a cut one marked."""
     machines, pnames = history.known()
     if machine is not None and machine not in machines:
         pool, unread = _pool_names()
@@ -200,15 +203,15 @@ def _check_names(history: History, machine: str | None, drv: str | None) -> None
         if machine not in known:
             where, see = "nor in the pool", "`offload machines`: the pool"
             if unread is not None:  # not "nor in the pool": it was not read
-                where = f"and the pool could not be read ({sanitize(unread)[:200]})"
+                where = f"and the pool could not be read ({sanitize(unread)[:300]})"
                 see = "`offload machines` says what is wrong with it"
             raise OffloadError(
-                f"no machine '{sanitize(machine)[:40]}' in the history, {where}",
+                f"no machine '{shown(machine, 60)}' in the history, {where}",
                 hint=_meant(machine, known) + f"known: {_some(known)} ({see})",
             )
     if drv is not None and not history.builds(name=drv, limit=1):
         raise OffloadError(
-            f"no build in the history whose .drv path contains '{sanitize(drv)[:60]}'",
+            f"no build in the history whose .drv path contains '{shown(drv, 80)}'",
             hint=_meant(drv, pnames)
             + ("builds kept of: " + _some(pnames) if pnames else "the history has no builds yet"),
         )
