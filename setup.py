@@ -47,7 +47,7 @@ class CompilingDistribution(Distribution):
     def run_commands(self) -> None:
         if os.environ.get("OFFLOAD_USE_MYPYC") == "1" and not set(self.commands) <= METADATA_ONLY:
             steps = [c for c in ("editable_wheel", "develop") if c in self.commands]
-            if self.get_option_dict("build_ext").get("inplace"):  # -i, or setup.cfg's
+            if _inplace(self.get_option_dict("build_ext")):  # -i, or setup.cfg's
                 steps.append("build_ext")
             if steps:
                 what, instead = IN_PLACE[steps[0]]
@@ -58,6 +58,15 @@ class CompilingDistribution(Distribution):
                 )
             self.ext_modules = extensions()
         super().run_commands()
+
+
+def _inplace(options: dict[str, tuple[str, object]]) -> bool:
+    """build_ext's ``inplace`` as setuptools reads it: (where, value), the command line's 1 or
+    a config file's text, true as distutils' strtobool reads it ("inplace = 0" is off)."""
+    _, value = options.get("inplace", ("", False))
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "y", "yes", "t", "true", "on"}
+    return bool(value)
 
 
 def extensions() -> list[object]:

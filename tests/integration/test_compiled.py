@@ -220,3 +220,17 @@ def test_an_optimisation_level_that_is_none_is_one_line(tmp_path: Path) -> None:
     assert line == "OFFLOAD_MYPYC_OPT_LEVEL='fast': not an optimisation level; give 0 to 3"
     assert "Traceback" not in done.stderr
     assert not (source / "build").exists()  # refused before mypyc wrote anything
+
+
+def test_a_config_files_inplace_is_read_as_setuptools_reads_it(tmp_path: Path) -> None:
+    # setup.cfg's "inplace = 0" (off, as distutils reads it) was refused as build_ext
+    # --inplace, whatever was built; "inplace = true" is refused, as -i is.
+    source = copy_source(tmp_path)
+    (source / "setup.cfg").write_text("[build_ext]\ninplace = true\n")
+    done = _type_checked(source)
+    assert done.returncode != 0
+    assert "build_ext --inplace is never compiled" in done.stderr
+    (source / "setup.cfg").write_text("[build_ext]\ninplace = 0\n")
+    done = _type_checked(source)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (source / "build/__native_offload_scheduler.c").exists()
