@@ -268,22 +268,37 @@ def test_status_interval_without_watch_is_refused_not_ignored(
     assert err.startswith("error: --interval: only --watch redraws the status\n")
 
 
+ANOTHER_STORE = "use nix-build for another store"
+
+
 @pytest.mark.parametrize(
-    ("flags", "named"),
+    ("flags", "named", "hint"),
     [
-        (["--store", "/x"], "--store"),
-        (["--eval-store", "-x"], "--eval-store"),
-        (["--readonly-mode", "--store", "a", "--store", "b"], "--readonly-mode and --store"),
+        (["--store", "/x"], "--store", ANOTHER_STORE),
+        (["--eval-store", "-x"], "--eval-store", ANOTHER_STORE),
+        (
+            ["--readonly-mode", "--store", "a", "--store", "b"],
+            "--readonly-mode and --store",
+            ANOTHER_STORE,
+        ),
+        # Its hint was "use nix-build for another store": it names no store, and nix-build
+        # refuses to build with it too.
+        (
+            ["--readonly-mode"],
+            "--readonly-mode",
+            "a build writes to the store; nix-instantiate --eval --readonly-mode evaluates",
+        ),
     ],
 )
 def test_a_refused_store_flag_is_named_as_given(
-    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+    flags: list[str], named: str, hint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Each said '--store, --eval-store and --readonly-mode are not supported by offload build'.
     status, err = _offload(["build", "-A", "x", *flags], capsys)
     assert status == 1
     _one_error(err)
     assert err.startswith(f"error: {named}: not supported by offload build, which builds into")
+    assert err.endswith(f"\nhint: {hint}\n")
 
 
 def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str]) -> None:

@@ -360,9 +360,13 @@ def refusal(args: argparse.Namespace) -> ConfigError | None:
     """Why a flag nix-build takes cannot be honoured, or None."""
     if args.refused:  # it named all three whichever was given
         given = " and ".join(args.refused)
+        # --readonly-mode is no other store: nix-build refuses to build with it too.
+        other_store = any(flag != "--readonly-mode" for flag in args.refused)
         return ConfigError(
             f"{given}: not supported by offload build, which builds into the local store",
-            hint="use nix-build for another store",
+            hint="use nix-build for another store"
+            if other_store
+            else "a build writes to the store; nix-instantiate --eval --readonly-mode evaluates",
         )
     if args.log_format == "internal-json":
         return ConfigError(
