@@ -12,12 +12,15 @@ import signal
 import sqlite3
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from offload.backoff import load_backoff
 from offload.fleet import Fleet, MemberSpec
 from offload.history.db import History
+from offload.procfs import running
 from offload.transport.persist import location
 from tests.helpers.fleets import private_fleet_fixture, stop_masters
 from tests.helpers.hook_runs import (
@@ -130,11 +133,22 @@ def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     failed = err.splitlines()[err.splitlines().index(said[0]) + 1]
     assert failed.startswith("error: builder for '/nix/store/"), err
     assert failed.endswith("-long.drv' failed with exit code 1"), err
-    log = (tmp_path / "state" / "hook-coordinator.log").read_text()
+    state = tmp_path / "state"
+    # Ended, its log whole: a coordinator stopped by SIGTERM mid-build stayed 15 s more and
+    # then died with a traceback (its remote kill waited for its timeout).
+    wait_for(lambda: not running(pid), 30, "the coordinator to exit")
+    log = (state / "hook-coordinator.log").read_text()
     assert log == (
         "offload coordinator: stopped by SIGTERM with 1 hooks served\n" if how == "SIGTERM" else ""
     )
     wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 30, "the builder's build to stop")
+    if how == "SIGTERM":
+        # A build the coordinator stopped is cancelled, as one Nix stopped (Ctrl-C): it was
+        # not kept, and its builder, answering "interrupted by the user", was backed off.
+        assert load_backoff(state / "backoff.json", time.time()) == {}
+        with History(state / "history.sqlite") as history:
+            kept = [(b.name, b.status) for b in history.builds(hook=True)]
+        assert kept == [("long", "cancelled")]
 
 
 # A coordinator killed under strace is reapable by the hook that started it only once strace

@@ -198,13 +198,21 @@ class Coordinator:
         hook = Hook(channels.reader, channels.io, hello.argv, hello.env, hello.parent)
         serving = asyncio.create_task(serve(hook, self.keep, guarded=False))
         gone = asyncio.create_task(asyncio.get_running_loop().sock_recv(conn, 1))
-        await asyncio.wait([serving, gone], return_when=asyncio.FIRST_COMPLETED)
-        if not serving.done():
-            serving.cancel()  # stops the remote build, removes partial outputs, frees the slot
-            await asyncio.wait([serving])
+        try:
+            await asyncio.wait([serving, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this is cancelled (SIGTERM): a build left running here would outlive
+            # its pipes and, once ``aclose`` stopped its session, take the builder's
+            # "interrupted by the user" for a failure of the builder's, backing it off; and
+            # the receive left waiting would keep the loop watching ``conn``'s descriptor
+            # number after ``conn`` is closed, so that the next pipe given that number (the
+            # remote kill's) was never watched, and the stop waited for its 15 s timeout.
+            stopped = not serving.done()
+            for task in (serving, gone):
+                task.cancel()  # a build: stops it there, removes partial outputs, frees its slot
+            await asyncio.wait([serving, gone])
+        if stopped:
             return None
-        gone.cancel()
-        await asyncio.wait([gone])
         return channels.result(serving)
 
 
