@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from offload.backoff import load_backoff
 from offload.fleet import Fleet
 from tests.helpers.fleets import member_processes, speed_of
 from tests.helpers.nix_files import SPEED, marker_script, nix_file, out_path, valid_locally
@@ -104,6 +105,8 @@ def test_ctrl_c_stops_the_remote_build(fleet, tmp_path):
 
     wait_for(builder_gone, 10, "the build's processes on medium to stop")
     assert not valid_locally(out_path(file, "x"))
+    # Stopped by offload, the build's "interrupted by the user" backs medium off for no run.
+    assert load_backoff(tmp_path / "state" / "backoff.json", time.time()) == {}
 
 
 PROXY = """

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
+from offload.backoff import load_backoff
 from offload.history.db import History
 from offload.history.records import BuildRecord
 from tests.helpers.nix_files import nix_file
@@ -62,6 +64,9 @@ def test_the_losing_copy_says_nothing_of_nix_being_stopped(fleet, tmp_path):
     said = [e["line"] for e in seen if e["event"] == "job_log" and e["machine"] == "slow"]
     assert said == ["started"], said
     assert "interrupted" not in done.stderr
+    # Nor is slow, which offload stopped, taken for down by its "interrupted by the user".
+    assert [e for e in seen if e["event"] == "machine" and e["state"] == "down"] == []
+    assert load_backoff(state / "backoff.json", time.time()) == {}
 
 
 # As GRAPH, but ``long`` is slow on fast: the copy on slow, started first, wins.

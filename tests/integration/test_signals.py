@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from offload.backoff import load_backoff
 from tests.helpers import processes
 from tests.helpers.fleets import member_processes
 from tests.helpers.nix_files import marker_script, nix_file, out_path, valid_locally
@@ -112,6 +113,9 @@ def test_sigterm_stops_the_run_as_ctrl_c_does(fleet, tmp_path, short_tmp, ctrl_c
     assert [(run["outcome"], run["builds"]) for run in history["runs"]] == [
         ("interrupted", {"cancelled": 1})
     ]
+    # The build offload stopped ends with its builder's "interrupted by the user": medium is
+    # no less healthy for it, and no later run leaves it out.
+    assert load_backoff(tmp_path / "state" / "backoff.json", time.time()) == {}
 
 
 # Python itself, then `python -m offload` from its first line: interpreter start-up (site, the
