@@ -268,6 +268,18 @@ def test_status_interval_without_watch_is_refused_not_ignored(
     assert err.startswith("error: --interval: only --watch redraws the status\n")
 
 
+def test_history_last_with_run_is_refused_not_ignored(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `offload history --run ID --last 1` listed the run whole, as if --last was not given.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    status, err = _offload(["history", "--run", "abc", "--last", "1"], capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.startswith("error: --last: --run lists one run, whole\n")
+    assert not (tmp_path / "history.sqlite").exists()  # refused before anything was opened
+
+
 ANOTHER_STORE = "use nix-build for another store"
 
 

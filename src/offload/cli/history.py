@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from offload.cli.arguments import doc_help, nonempty
 from offload.cli.history_file import open_history
 from offload.config.machines.model import shown
-from offload.errors import OffloadError
+from offload.errors import ConfigError, OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator
 from offload.history.records import PHASES, BuildRecord, RunRecord
@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=positive_count,
         metavar="N",
         help=f"list the N newest runs and builds (default {_LISTED}), and sum only theirs in"
-        f" the machine table (without --last: every build kept, the newest {_SUMMED:,} at most)",
+        f" the machine table (without --last: every build kept, the newest {_SUMMED:,} at most);"
+        " not with --run",
     )
     parser.add_argument(
         "--daemon",
@@ -97,6 +98,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.run is not None and args.last is not None:  # --run lists one run whole, unsaid
+        raise ConfigError(
+            "--last: --run lists one run, whole", hint="give --run or --last, not both"
+        )
     with open_history(daemon=args.daemon) as history:
         every = history.runs(limit=None)
         view = _view(history, args, every)
