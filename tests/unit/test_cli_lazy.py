@@ -69,3 +69,11 @@ def test_offload_build_does_without_modules_it_has_no_use_for_in_a_run():
     assert not {"typing_extensions", "tomllib", "platform", "uuid", "offload.protocol.worker"} & (
         loaded
     )
+
+
+def test_offload_hook_starts_without_typing_or_re():
+    # Nix starts offload-hook once per derivation it sends away, and waits for it: typing (and
+    # the re, enum, functools it imports) cost each one about 3 ms, for an annotation.
+    loaded = _modules_after("import offload.hook")
+    assert "offload.hook.client" in loaded
+    assert not {"typing", "re", "subprocess", "offload.hook.stopped"} & loaded
