@@ -139,7 +139,7 @@ def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     wait_for(lambda: not running(pid), 30, "the coordinator to exit")
     log = (state / "hook-coordinator.log").read_text()
     assert log == (
-        "offload coordinator: stopped by SIGTERM with 1 hooks served\n" if how == "SIGTERM" else ""
+        "offload coordinator: stopped by SIGTERM with 1 hook served\n" if how == "SIGTERM" else ""
     )
     wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 30, "the builder's build to stop")
     if how == "SIGTERM":

@@ -94,7 +94,8 @@ class Coordinator:
         if self._served:  # the hooks it leaves say it stopped, and point at this log
             name = signal.Signals(signum).name
             served = len(self._served)
-            sys.stderr.write(f"offload coordinator: stopped by {name} with {served} hooks served\n")
+            hooks = "1 hook" if served == 1 else f"{served} hooks"
+            sys.stderr.write(f"offload coordinator: stopped by {name} with {hooks} served\n")
         self._stop.set()
 
     def _listen(self) -> socket.socket:
