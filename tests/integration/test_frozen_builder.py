@@ -8,7 +8,8 @@ killed, the connection kept) after as long a silence is still said to have close
 The fleet's ssh logs at ERROR, as many users' does: ssh says nothing of its keepalive timeout.
 Every test but ``[json]`` gives ssh a user's keepalive in NIX_SSHOPTS (``SHORT_KEEPALIVE``, 1 s
 x 3: ssh gives a silent builder up after 4 s), which ssh takes before offload's own and offload
-goes by; ``[json]`` keeps offload's (4 s x 2: 12 s)."""
+goes by; ``[json]`` keeps offload's (4 s x 2: 12 s). The last checks the budget offload goes by
+against ssh itself, with a count of 0 (ssh then gives up on a live builder too)."""
 
 from __future__ import annotations
 
@@ -233,3 +234,25 @@ def test_a_builder_that_closes_the_connection_while_its_build_talks_has_closed_i
     message = _down(proc, out, err, name)
     assert f"{name} closed the connection during BuildDerivation" in message, message
     assert SAID not in err
+
+
+def test_ssh_with_no_unanswered_ask_allowed_gives_up_no_sooner_than_the_budget(
+    frozen_fleet: Fleet,
+) -> None:
+    # The budget is the least silence after which ssh may give a builder up: what tells a
+    # frozen builder from one that closed the connection. ssh's keepalive clock counts whole
+    # seconds, so its first ask comes up to 1 s early; with ServerAliveCountMax=0 it gives up
+    # at that ask (it waits for no answer: a live builder too), 1 to 2 s after the last word
+    # with an interval of 2. offload went by 2 s, and said a builder frozen so had closed it.
+    keepalive = Keepalive(2, 0)
+    ssh, *rest = frozen_fleet.ssh_argv(MEMBERS[1], "sh", "-c", "echo said; exec sleep 10")
+    proc = subprocess.Popen([ssh, *keepalive.options(), *rest], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"said\n"
+        said = time.monotonic()
+        assert proc.wait(timeout=60) == 255  # ssh's keepalive timeout (the builder is alive)
+        silence = time.monotonic() - said
+    finally:
+        stop(proc)
+    assert keepalive.budget <= silence <= 5 * keepalive.gives_up, silence

@@ -112,8 +112,10 @@ def test_o_lines_follow_getopt() -> None:
 def test_the_budget_is_the_least_silence_ssh_gives_up_after() -> None:
     assert (Keepalive().budget, Keepalive().gives_up) == (8, 12)
     assert (Keepalive(1, 3).budget, Keepalive(1, 3).gives_up) == (3, 4)
-    # No keepalive asked at all: ssh gives up at its first ask.
-    assert (Keepalive(2, 0).budget, Keepalive(2, 0).gives_up) == (2, 2)
+    # No unanswered ask allowed: ssh gives up at its first, which its whole-second clock
+    # makes come between 1 and 2 s after the last word.
+    assert (Keepalive(2, 0).budget, Keepalive(2, 0).gives_up) == (1, 2)
+    assert Keepalive(1, 0).budget == 0
     assert Keepalive(0, 3).budget == math.inf
     assert Keepalive(0, 3).gives_up == math.inf
 

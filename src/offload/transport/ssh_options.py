@@ -59,22 +59,26 @@ _INTEGER = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 class Keepalive:
     """ssh's ``ServerAliveInterval`` (seconds; 0: no keepalives) and ``ServerAliveCountMax``.
 
-    ssh asks a silent server every ``interval`` s since it last heard from it, and gives the
-    connection up once more than ``count_max`` of those asks went unanswered (``clientloop.c``):
-    ``(count_max + 1) x interval`` after the server's last word (``gives_up``). One ask may be
-    unanswered already when that last word comes (it was on its way), so the least silence
-    before ssh gives up on a live server is one interval less (``budget``); with ``count_max``
-    0, ssh gives up at its first ask, ``interval`` after the last word."""
+    ssh asks a silent server every ``interval`` s since it last heard from it (any packet
+    counts), and gives the connection up at the ask after ``count_max`` went unanswered
+    (``clientloop.c``): at most ``(count_max + 1) x interval`` after the server's last word
+    (``gives_up``). Its clock counts whole seconds (``monotime()``), so the first ask may come
+    up to 1 s early: ssh gives up more than ``(count_max + 1) x interval - 1`` s after that
+    word. offload goes by ``count_max x interval`` (``budget``: below that, by an interval
+    less 1 s); with ``count_max`` 0 (ssh gives up at its first ask, waiting for no answer), by
+    ``interval - 1``."""
 
     interval: int = SERVER_ALIVE_INTERVAL
     count_max: int = SERVER_ALIVE_COUNT_MAX
 
     @property
     def budget(self) -> float:
-        """The least a server can be silent before ssh gives its connection up (inf: never)."""
+        """A silence no longer than any after which ssh gives the connection up (inf: never)."""
         if self.interval <= 0:
             return math.inf
-        return float(self.interval * max(self.count_max, 1))
+        if self.count_max <= 0:
+            return float(self.interval - 1)
+        return float(self.interval * self.count_max)
 
     @property
     def gives_up(self) -> float:

@@ -8,15 +8,15 @@ end it the same way, ssh exiting 255 without a word (its "Timeout, server not re
 logged at INFO, which LogLevel ERROR or QUIET hides, and by the master, not by the session's
 client, which says nothing at any level). What tells them apart here: the connection (the ssh
 master's control socket) is gone, not only the session, and nothing came from the builder on
-the session for at least ssh's keepalive budget (``ServerAliveInterval`` x
-``ServerAliveCountMax``, ``Keepalive.budget``: the least a live builder's connection can go
-unanswered before ssh gives it up). The budget is the session's own (``SessionPipes.keepalive``):
-the values its ssh was given, a user's in ``NIX_SSHOPTS`` before offload's 4 and 2 (8 s). A
-builder that closed the connection after a shorter silence, or closed only the session, is
-still said to have closed it. One that closed the connection after a longer silence (sshd
-killed during a quiet build) is taken for one that stopped answering: the silence said is still
-true. With keepalives off (``ServerAliveInterval=0``) ssh never gives up, and a connection that
-ended is always said to be closed.
+the session for at least ssh's keepalive budget (``Keepalive.budget``: ``ServerAliveInterval``
+x ``ServerAliveCountMax``, or 1 s less than the interval with a count of 0; below the least
+silence after which ssh gives a connection up). The budget is the session's own
+(``SessionPipes.keepalive``): the values its ssh was given, a user's in ``NIX_SSHOPTS`` before
+offload's 4 and 2 (8 s). A builder that closed the connection after a shorter silence, or
+closed only the session, is still said to have closed it. One that closed the connection after
+a longer silence (sshd killed during a quiet build) is taken for one that stopped answering:
+the silence said is still true. With keepalives off (``ServerAliveInterval=0``) ssh never
+gives up, and a connection that ended is always said to be closed.
 """
 
 from __future__ import annotations
