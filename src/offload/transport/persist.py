@@ -11,7 +11,8 @@ everything that makes a connection different (destination, port, key, pinned hos
 compression, NIX_SSHOPTS), so a changed host key or user never reuses a master opened for
 another; its pinned known_hosts file sits beside it. A socket path longer than a Unix socket
 allows moves the directory to ``/tmp/offload-ssh-<uid>``, made 0700 and checked to be ours. A
-``%`` in the path is given to ssh as ``%%`` (``ssh.ssh_path``): ssh reads its tokens there.
+``%`` in the path is given to ssh as ``%%`` (``ssh.ssh_path``): ssh reads its tokens there; a
+path with a blank or a quote is given in quotes, as ssh reads an option's value in words.
 """
 
 from __future__ import annotations

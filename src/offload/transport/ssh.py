@@ -257,8 +257,14 @@ def known_hosts_line(target: SshTarget) -> str:
 
 def ssh_path(path: Path) -> str:
     """``path`` as the value of an ssh option that reads ``%`` as its tokens (ControlPath,
-    UserKnownHostsFile): ``%%`` is a plain ``%``, so a state directory named so still works."""
-    return str(path).replace("%", "%%")
+    UserKnownHostsFile): ``%%`` is a plain ``%``, so a state directory named so still works.
+    ssh reads an ``-o`` value as words, as a line of ssh_config: a path with a blank, a quote
+    or a backslash is given in double quotes, those two escaped (ssh refused ControlPath with
+    "extra arguments at end of line", and took the known_hosts file for two)."""
+    text = str(path).replace("%", "%%")
+    if not any(char in text for char in " \t\"'\\"):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def split_sshopts(text: str) -> list[str]:
