@@ -19,6 +19,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 
 from offload.hook.client import _READY_TIMEOUT, ACCEPTED, ANSWERED, COORDINATOR_LOG
 
@@ -115,19 +116,31 @@ def _status(pid: int) -> tuple[bool, int | None]:
         ended, status = os.waitpid(pid, os.WNOHANG)
         if ended:
             return True, status
-        ending = os.pidfd_open(pid)  # readable once it ended (Linux 5.3)
     except ChildProcessError:  # not our child (another hook started it), or reaped
         return False, None
     except OSError:
         return True, None
     try:
-        select.select([ending], [], [], _ENDING)
-        ended, status = os.waitpid(pid, os.WNOHANG)
+        ended, status = _wait_ended(pid)
     except OSError:
         return True, None
+    return True, (status if ended else None)
+
+
+def _wait_ended(pid: int) -> tuple[int, int]:
+    """``waitpid``'s answer for our child ``pid`` once it ended, or ``_ENDING`` s from now."""
+    try:
+        ending = os.pidfd_open(pid)  # readable once it ended (Linux 5.3)
+    except OSError:  # an older kernel, or a seccomp filter that refuses it: asked every 10 ms
+        deadline = time.monotonic() + _ENDING
+        while not (answer := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return answer
+    try:
+        select.select([ending], [], [], _ENDING)
+        return os.waitpid(pid, os.WNOHANG)
     finally:
         os.close(ending)
-    return True, (status if ended else None)
 
 
 def _signal_name(number: int) -> str:
