@@ -295,6 +295,43 @@ def test_a_coordinator_killed_while_nix_waits_for_its_reply_is_taken_over(
     assert said == [_taken_over(pid)], err
 
 
+def test_a_coordinator_that_cannot_take_over_is_said_as_it_ended(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The new coordinator is killed as it starts (its interpreter's sitecustomize, from its
+    # second start on): the hook answers for the dead one, and says how the new one ended, as
+    # it does when none starts at first; it said nothing of it.
+    machines, config = _hanging_builder(hook_fleet, tmp_path)
+    argv = nix_build_argv(nix_file(tmp_path, ASKED["first"]), f"@{machines}", "-j1")
+    site, once = tmp_path / "site", tmp_path / "started-once"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif 'offload.hook.coordinator' in sys.orig_argv:\n"
+        f"    if os.path.exists({str(once)!r}):\n        os.kill(os.getpid(), 9)\n"
+        f"    open({str(once)!r}, 'w').close()\n"
+    )
+    env = {**hook_env(hook_fleet, tmp_path, sshopts=f"-F {config}"), "PYTHONPATH": str(site)}
+    proc = start(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for((tmp_path / "connecting").exists, 60, "the session to the builder to start")
+        (pid,) = coordinator_pids(tmp_path / "state")
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err  # postponed: Nix built it here
+    assert Path(out.strip()).read_text().strip() == "local"
+    said = [line for line in err.splitlines() if "the coordinator" in line]
+    assert len(said) == 2, err
+    assert said[0] == _taken_over(pid), err
+    stopped = f"the coordinator stopped before the hook ended (pid {pid}, {ENDED['SIGKILL']})"
+    new = said[1].split(f"{stopped}, and no new one started (the coordinator, pid ", 1)
+    assert len(new) == 2, err
+    assert new[1].endswith(
+        ", was killed by SIGKILL before it listened; it left no word in its log)"
+    ), err
+
+
 def test_a_coordinator_killed_while_nix_waits_with_no_local_slot_is_taken_over(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:

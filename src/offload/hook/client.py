@@ -341,7 +341,11 @@ def served(
     replay = heard.resume()
     if successor is not None and replay is not None:
         say_taken_over(why)
-        code = _take_over(successor, env, replay, log)
+        try:
+            code = _take_over(successor, env, replay, log)
+        except OSError as exc:  # none could be started: how that one ended too
+            why = f"{why}, and no new one started ({exc})"
+            code = None
         if code is not None:
             return code
     say_stopped(heard.turn, try_pending=heard.try_pending, why=why)
@@ -410,13 +414,11 @@ def _forward(heard: _Heard, forward: int) -> bool:
 def _take_over(
     successor: Callable[[], _socket.socket], env: dict[str, str], replay: bytes, log: str | None
 ) -> int | None:
-    """The exit code once a new coordinator has served the rest; None if none took over."""
+    """The exit code once a new coordinator has served the rest; None if none took over
+    (OSError: none could be had, ``_coordinator``'s words)."""
     # The dead one's socket may still take a connection as its process ends: asked again.
     for _ in range(_ATTEMPTS):
-        try:
-            sock = successor()
-        except OSError:
-            return None
+        sock = successor()
         try:
             if (code := served(sock, env, resume=replay, log=log)) is not None:
                 return code
