@@ -66,8 +66,10 @@ SHARED = Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}"
 @pytest.fixture(scope="module")
 def another_sessions_master() -> Iterator[subprocess.Popen[bytes]]:
     """A process that looks to ``stop_masters`` as one of another session's ssh masters: its
-    command line names a socket in ``SHARED``."""
-    proc = subprocess.Popen(["sh", "-c", "sleep 600; :", "sh", str(SHARED / "0123456789abcdef")])
+    command line names a socket in ``SHARED``. One process, no child: ``sh -c "sleep 600; :"``
+    left its sleep running 10 minutes after the module, killed alone."""
+    socket = str(SHARED / "0123456789abcdef")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", socket])
     yield proc
     proc.kill()
     proc.wait()
