@@ -109,8 +109,13 @@ def test_a_machine_table_past_the_builds_it_reads_says_it_sums_only_the_newest(
     # kept" and its title nothing. Here 2 of the 3 builds kept.
     monkeypatch.setattr("offload.cli.history._SUMMED", 2)
     assert main(["history", "--json"]) == 0
-    summed = json.loads(capsys.readouterr().out)["machines"]
-    assert {m["machine"]: m["builds"] for m in summed} == {"fast": 2}
+    printed = json.loads(capsys.readouterr().out)
+    assert {m["machine"]: m["builds"] for m in printed["machines"]} == {"fast": 2}
+    # The JSON says what its machine table summed, as the title does (it said nothing).
+    assert printed["machines_scope"] == {"listed_only": False, "newest_builds_only": 2}
+    assert main(["history", "--json", "--last", "1"]) == 0
+    scope = json.loads(capsys.readouterr().out)["machines_scope"]
+    assert scope == {"listed_only": True, "newest_builds_only": None}
     assert main(["history"]) == 0
     assert "\nmachines (of the newest 2 builds only; measured: " in capsys.readouterr().out
     # --last 3 lists run1 too, whose build is older than the 2 read: said.
@@ -153,3 +158,7 @@ def test_a_name_with_odd_characters_is_said_as_typed(history, capsys):
     error = _error(capsys, ["history", "--machine", "fa\x1b[31mst" + "x" * 80])[0]
     assert error.startswith("error: no machine 'fa\\x1b[31mstxxx")
     assert error.endswith("...' in the history, nor in the pool")
+    # A run id likewise ("no run 'ab'" for 'a\x07b').
+    assert _error(capsys, ["history", "--run", "a\x07b"])[0] == (
+        "error: no run 'a\\x07b' in the history"
+    )

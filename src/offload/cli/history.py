@@ -10,8 +10,10 @@ duration estimates the scheduler would use for their names now, as a history of 
 does (the hook's builds belong to none). A ``--machine`` that neither the history nor the pool
 knows, or a ``--drv`` no kept build matches, is an error naming it and what it may have meant,
 not empty tables.
-``--json`` prints all four parts as one object. ``--daemon`` reads the nix-daemon's
-``offload-hook`` history (/var/lib/offload, root's) instead of the user's.
+``--json`` prints all four parts as one object, with what the machine table summed
+(``machines_scope``: ``listed_only`` with ``--last``, ``newest_builds_only`` when capped).
+``--daemon`` reads the nix-daemon's ``offload-hook`` history (/var/lib/offload, root's)
+instead of the user's.
 """
 
 from __future__ import annotations
@@ -118,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
                     "machines": [m.as_dict() for m in machines],
                     "builds": [build_dict(b) for b in view.builds],
                     "estimates": _estimates_json(estimates, speeds),
+                    # What "machines" sums, as its table's title says it.
+                    "machines_scope": {
+                        "listed_only": view.windowed,
+                        "newest_builds_only": _SUMMED if view.capped else None,
+                    },
                 },
                 indent=1,
             )
@@ -184,13 +191,13 @@ def _scope(view: _View) -> str:
 def _one_run(runs: list[RunRecord], prefix: str) -> RunRecord:
     if len(runs) == 1:
         return runs[0]
-    shown = sanitize(prefix)[:40]
+    typed = shown(prefix, 40)  # as typed: a control character escaped, not dropped
     if not runs:
         raise OffloadError(
-            f"no run '{shown}' in the history", hint="`offload history` lists the runs and ids"
+            f"no run '{typed}' in the history", hint="`offload history` lists the runs and ids"
         )
     raise OffloadError(
-        f"'{shown}' is the start of {len(runs)} runs' ids",
+        f"'{typed}' is the start of {len(runs)} runs' ids",
         hint="give more of the id: " + ", ".join(r.run_id for r in runs[:5]),
     )
 
