@@ -74,6 +74,9 @@ def test_no_daemon_history_is_one_line_and_makes_nothing(
     # It sent the user to `offload doctor`, which checks builders, not Nix's build-hook.
     assert "doctor" not in err[1]
     assert "`offload hook install --print`" in err[1]
+    # A daemon whose hook keeps its state elsewhere (OFFLOAD_STATE_DIR in its environment,
+    # services.offload.stateDir): the hint says how to read that one, which --daemon never does.
+    assert "`OFFLOAD_STATE_DIR=DIR offload history`, without --daemon" in err[1]
     assert len(err) == 2
     assert not system.exists()
 

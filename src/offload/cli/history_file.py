@@ -51,9 +51,15 @@ def history_file(*, daemon: bool, command: str = "history", note: bool = True) -
             # doctor checks builders, not the hook: `hook install --print` shows the setting
             hint="it has built nothing here yet, Nix's build-hook is not offload-hook (`offload"
             " hook install --print` shows how to set it), or its state is elsewhere"
-            " (services.offload.stateDir)",
+            " (services.offload.stateDir, the daemon's OFFLOAD_STATE_DIR): read that one with"
+            f" `OFFLOAD_STATE_DIR=DIR offload {_own(command)}`, without --daemon",
         )
     return path
+
+
+def _own(command: str) -> str:
+    """``command`` reading a state directory's hook builds as ``--daemon`` would have."""
+    return "report --hook" if command == "report" else command
 
 
 def open_history(*, daemon: bool, command: str = "history", note: bool = True) -> History:
