@@ -1,6 +1,7 @@
 """``offload-hook`` started by a person, not by Nix: ``--help`` and ``--version`` answer them
-(exit 0), a terminal on stdin or an unknown option is one error line and a hint (exit 1); what
-Nix starts (the verbosity as the last argument, a pipe on stdin) still reaches the protocol.
+(exit 0), a terminal on stdin, an unknown option or no verbosity last is one error line and a
+hint (exit 1); what Nix starts (the verbosity as the last argument, a pipe on stdin) still
+reaches the protocol.
 
 The real script, as Nix and people start it (``bin/offload-hook`` installed beside Python).
 """
@@ -73,6 +74,17 @@ def test_a_terminal_on_stdin_is_told_nix_starts_it(tmp_path: Path, args: tuple[s
     assert done.returncode == 1
     _one_error(done.stderr)
     assert "meant to be started by Nix" in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("stdin", [subprocess.PIPE, subprocess.DEVNULL])
+def test_no_verbosity_without_a_terminal_is_one_error(tmp_path: Path, stdin: int) -> None:
+    # A script or a pipe, not Nix (whose argv always ends with the verbosity): before, it read
+    # the protocol and said "stream ended while reading the settings preamble" with no hint.
+    done = _hook(tmp_path, stdin=stdin)
+    assert done.returncode == 1
+    _one_error(done.stderr)
+    assert "verbosity" in done.stderr
     assert done.stdout == ""
 
 

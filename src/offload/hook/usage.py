@@ -2,9 +2,10 @@
 
 Nix starts its build hook itself, as ``offload-hook VERBOSITY`` (a number; Nix 2.18 and later
 put the ``build-hook`` setting's own arguments before it), with the hook protocol on stdin, a
-pipe. So ``--help``, ``--version`` or another option with no number after it, or a terminal on
-stdin, is a person at a shell: they get the usage or the version (exit 0), or one error line and
-a hint (exit 1), not the protocol's first read failing. The client (``offload.hook.client``)
+pipe. So ``--help``, ``--version`` or another option with no number after it, no number last
+at all (a script's start, stdin a pipe or /dev/null), or a terminal on stdin, is a person at a
+shell: they get the usage or the version (exit 0), or one error line and a hint (exit 1), not
+the protocol's first read failing. The client (``offload.hook.client``)
 imports this module only then: Nix's own starts never pay for it.
 
 Standard library only, like the client.
@@ -57,6 +58,11 @@ def answer(argv: list[str], *, terminal: bool) -> int | None:
         unknown = next((word for word in words if word.startswith("-")), None)
         if unknown is not None:
             return _error(f"unknown option {unknown[:40]!r}: it takes --help or --version")
+        if not terminal:  # a script or a pipe: Nix's protocol would only fail on its first read
+            return _error(
+                "started without Nix's verbosity as its last argument: Nix starts its build "
+                "hook as `offload-hook VERBOSITY`, with the hook protocol on stdin"
+            )
     if terminal:
         return _error(
             "this is Nix's build hook, meant to be started by Nix: it reads Nix's hook "
