@@ -192,7 +192,11 @@ class Coordinator:
             finally:
                 await channels.aclose()
             if code is not None:
-                await asyncio.get_running_loop().sock_sendall(conn, f"{code}\n".encode())
+                # Nix closes a hook's stdin and kills it once done with it (after a
+                # decline-permanently, at the end of a build): a hook already gone needs no
+                # exit code, and is no failure to log.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    await asyncio.get_running_loop().sock_sendall(conn, f"{code}\n".encode())
 
     async def _serve(self, conn: socket.socket, hello: Hello, channels: Channels) -> int | None:
         """The hook's exit code, or None if its process went away first."""
