@@ -31,14 +31,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def hook_path() -> Path:
-    """The ``offload-hook`` beside the running interpreter's scripts, else on PATH."""
-    beside = Path(sys.argv[0]).resolve().parent / "offload-hook"
-    if beside.is_file():
-        return beside
+    """The ``offload-hook`` beside the ``offload`` that runs, else on PATH, by the path it was
+    found at: a profile's (``~/.nix-profile/bin``, ``/run/current-system/sw/bin``) follows
+    upgrades, where the store path behind its symlinks is removed by the first garbage
+    collection after the profile moves on, and every build then fails to start its hook."""
+    started = Path(sys.argv[0]).absolute()
+    for beside in (started.parent / "offload-hook", started.resolve().parent / "offload-hook"):
+        if beside.is_file():
+            return beside
     found = shutil.which("offload-hook")
     if found is None:
         raise ConfigError("offload-hook is not installed beside offload nor on PATH")
-    return Path(found).resolve()
+    return Path(found).absolute()
 
 
 def _nix_version() -> tuple[int, int] | None:
