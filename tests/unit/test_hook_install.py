@@ -48,3 +48,15 @@ def test_one_found_on_path_is_printed_as_found(profile: Path) -> None:
     path = f"{profile}:{os.environ['PATH']}"
     lines = _printed([sys.executable, "-m", "offload", "hook", "install", "--print"], path)
     assert lines == [f"build-hook = {profile / 'offload-hook'}"]
+
+
+def test_the_one_build_line_says_who_a_daemon_takes_it_from(profile: Path) -> None:
+    # Checked with Nix 2.8: an untrusted user's `--option build-hook` reaches a nix-daemon,
+    # which ignores it silently and builds with its own hook.
+    done = subprocess.run(
+        [str(profile / "offload"), "hook", "install", "--print"], capture_output=True,
+        text=True, timeout=60, check=True,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    one = lines.index(f"nix-build --option build-hook {profile / 'offload-hook'} ...")
+    assert "trusted user" in " ".join(lines[one - 2 : one])

@@ -47,6 +47,7 @@ def test_help_says_what_it_is_and_how_nix_starts_it(tmp_path: Path, flag: str) -
     assert done.stdout.startswith("usage: offload-hook")
     assert "Nix's build hook" in done.stdout
     assert '--option build-hook "$(command -v offload-hook)"' in done.stdout
+    assert "trusted user" in done.stdout  # a daemon ignores it from anyone else, silently
     assert "build-hook = /" in done.stdout
 
 

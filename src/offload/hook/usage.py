@@ -26,7 +26,8 @@ usage: offload-hook [--help | --version]
 offload-hook is Nix's build hook: Nix starts it, with its verbosity as the argument and the
 hook protocol on stdin, for every derivation it may build elsewhere, and offload-hook sends
 each to the machine expected to finish it first (or declines: Nix builds it locally). It is
-not run by hand; tell Nix to use it, for one build:
+not run by hand; tell Nix to use it, for one build (as root or a trusted user: a nix-daemon
+ignores build-hook from any other user's command, without a word):
 
   nix-build ... --option build-hook "$(command -v offload-hook)"
 
