@@ -30,11 +30,17 @@ from offload.errors import OffloadError
 from offload.history.records import PhaseRecord
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
-from offload.protocol.serve import BuildOptions, BuildStatus, StoreClient, topo_sort_infos
+from offload.protocol.serve import (
+    BuildOptions,
+    BuildResult,
+    BuildStatus,
+    StoreClient,
+    topo_sort_infos,
+)
 from offload.protocol.stderr import strip_ansi
 from offload.protocol.store import also_heard
 from offload.scheduler.run import send_closure
-from offload.store.drv import read_derivation
+from offload.store.drv import Derivation, read_derivation
 
 __all__ = ["CachesHeard", "Outcome", "build_remote", "error_message", "log_writer"]
 
@@ -195,6 +201,37 @@ async def build_remote(
         acts, accepted, local, remote, machine=machine, substitute=substitute, copying=copying
     )
     building_from = time.time()
+    result = await _build(acts, request, drv, accepted, remote, machine=machine, options=options)
+    built = time.time()
+    phases: tuple[PhaseRecord, ...] = (
+        PhaseRecord("sending", started, building_from),
+        PhaseRecord("building", building_from, built),
+    )
+    if not result.success:
+        error_message(
+            io, f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}"
+        )
+        code = 101 if result.status is BuildStatus.TIMED_OUT else 100
+        return Outcome(code, started, built, sent, phases=phases)
+    received = await _fetch(
+        io, acts, request, drv, accepted, local=local, remote=remote, machine=machine
+    )
+    finished = time.time()
+    phases += (PhaseRecord("fetching", built, finished),)
+    return Outcome(0, started, finished, sent, received, phases)
+
+
+async def _build(
+    acts: _Activities,
+    request: TryRequest,
+    drv: Derivation,
+    accepted: Accepted,
+    remote: StoreClient,
+    *,
+    machine: str,
+    options: BuildOptions,
+) -> BuildResult:
+    """The derivation built on ``machine``, its activity and phases shown as Nix shows its own."""
     # Talkative (-v): Nix says "building '...' on '<uri>'" itself at the accept; at its
     # default verbosity this one, the same line with the builder's name, was said twice.
     build = acts.start(
@@ -214,17 +251,21 @@ async def build_remote(
     finally:
         remote.on_phase = None
     acts.stop(build)
-    built = time.time()
-    phases: tuple[PhaseRecord, ...] = (
-        PhaseRecord("sending", started, building_from),
-        PhaseRecord("building", building_from, built),
-    )
-    if not result.success:
-        error_message(
-            io, f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}"
-        )
-        code = 101 if result.status is BuildStatus.TIMED_OUT else 100
-        return Outcome(code, started, built, sent, phases=phases)
+    return result
+
+
+async def _fetch(
+    io: HookIO,
+    acts: _Activities,
+    request: TryRequest,
+    drv: Derivation,
+    accepted: Accepted,
+    *,
+    local: StoreClient,
+    remote: StoreClient,
+    machine: str,
+) -> int:
+    """The wanted outputs' closure brought home from ``machine``; the bytes received."""
     fetch = acts.start(_ACT_COPY_PATHS, f"copying outputs from '{machine}'", [])
     outputs = [drv.outputs[name].path for name in accepted.wanted if name in drv.outputs]
     closure = await remote.query_closure(outputs)
@@ -239,6 +280,4 @@ async def build_remote(
         waiting=_lock_note(io, request.drv_path),
     )
     acts.stop(fetch)
-    finished = time.time()
-    phases += (PhaseRecord("fetching", built, finished),)
-    return Outcome(0, started, finished, sent, received, phases)
+    return received
