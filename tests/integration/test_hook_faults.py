@@ -280,6 +280,19 @@ def test_a_coordinator_killed_while_nix_waits_for_its_reply_is_taken_over(
     machines, config = _hanging_builder(hook_fleet, tmp_path)
     argv = nix_build_argv(nix_file(tmp_path, ASKED[which]), f"@{machines}", "-j1")
     env = hook_env(hook_fleet, tmp_path, sshopts=f"-F {config}")
+    pid, proc, out, err = _killed_while_connecting(tmp_path, argv, env)
+    assert proc.returncode == 0, err
+    assert Path(out.strip()).read_text().strip() == "local"
+    assert "@nix" not in err
+    said = [line for line in err.splitlines() if "the coordinator" in line]
+    assert said == [_taken_over(pid)], err
+
+
+def _killed_while_connecting(
+    tmp_path: Path, argv: list[str], env: dict[str, str]
+) -> tuple[int, subprocess.Popen[str], str, str]:
+    """nix-build ``argv`` run until its coordinator opens a session to the hanging builder,
+    the coordinator then SIGKILLed: its pid, the nix-build and what it printed."""
     proc = start(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for((tmp_path / "connecting").exists, 60, "the session to the builder to start")
@@ -288,11 +301,7 @@ def test_a_coordinator_killed_while_nix_waits_for_its_reply_is_taken_over(
         out, err = proc.communicate(timeout=120)
     finally:
         stop(proc)
-    assert proc.returncode == 0, err
-    assert Path(out.strip()).read_text().strip() == "local"
-    assert "@nix" not in err
-    said = [line for line in err.splitlines() if "the coordinator" in line]
-    assert said == [_taken_over(pid)], err
+    return pid, proc, out, err
 
 
 def test_a_coordinator_that_cannot_take_over_is_said_as_it_ended(
@@ -311,14 +320,7 @@ def test_a_coordinator_that_cannot_take_over_is_said_as_it_ended(
         f"    open({str(once)!r}, 'w').close()\n"
     )
     env = {**hook_env(hook_fleet, tmp_path, sshopts=f"-F {config}"), "PYTHONPATH": str(site)}
-    proc = start(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for((tmp_path / "connecting").exists, 60, "the session to the builder to start")
-        (pid,) = coordinator_pids(tmp_path / "state")
-        os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        stop(proc)
+    pid, proc, out, err = _killed_while_connecting(tmp_path, argv, env)
     assert proc.returncode == 0, err  # postponed: Nix built it here
     assert Path(out.strip()).read_text().strip() == "local"
     said = [line for line in err.splitlines() if "the coordinator" in line]
