@@ -179,7 +179,9 @@ class Executor(Endings):
             and not any(self.policy.is_up(n, start) for n in self.members)
         )
         if stuck and not self._restored:
-            self._check_stuck()  # every machine is down before anything started: say so now
+            # Every machine is down before anything started: say so now. Those an earlier run
+            # backed off are tried again by the loop's first turn (``_retry_restored``).
+            self._check_stuck()
         # The run's first event opens it (its machines, its estimate); who is down follows.
         self._events.run_started(tuple(self.members), self._estimate_makespan())
         for name, health in self._restored.items():
@@ -191,8 +193,6 @@ class Executor(Endings):
         for name, error in self._unreachable.items():
             until = self.wall() + (self.policy.down_until(name) - start)
             self._events.machine_down(name, error, until)
-        if stuck and not self._retry_restored():
-            self._check_stuck()
         self._settle_at_start()
         try:
             await self._loop()
