@@ -4,11 +4,13 @@ A plan is named by a graph of derivation names (``{"b": ["a"]}``: b needs a); ev
 also takes one input source, and its output is named after it.
 """
 
+import asyncio
+
 from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.run import BuildPlan
+from offload.scheduler.run import BuildPlan, Executor, RunReport
 from offload.store.drv import Derivation, DerivationOutput
 from offload.transport.fake import FakePath, store_path
-from offload.ui.events import JobFinished
+from offload.ui.events import Event, JobFinished
 
 SYSTEM = "x86_64-linux"
 
@@ -73,3 +75,14 @@ def spec(name, speed=1.0, slots=2, *, mandatory=(), supported=()):
 
 def finished(events, status="built"):
     return {e.name: e.machine for e in events if isinstance(e, JobFinished) and e.status == status}
+
+
+def run_executor(
+    plan, members, local, *, keep_going=False, estimates=None
+) -> tuple[RunReport, list[Event]]:
+    """Run ``plan`` to its end with an executor; its report and every event it emitted."""
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, local, emit=events.append, keep_going=keep_going, estimates=estimates
+    )
+    return asyncio.run(executor.run()), events

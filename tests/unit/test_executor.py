@@ -2,7 +2,6 @@
 
 import asyncio
 import dataclasses
-import itertools
 
 import pytest
 
@@ -16,23 +15,13 @@ from offload.transport.fake import (
     FakeStore,
 )
 from offload.ui.events import (
-    Event,
     JobFinished,
-    JobPhase,
     MachineEvent,
     RunFinished,
     RunStarted,
 )
 from tests.helpers.plans import finished, make_plan, spec
-
-
-def run(plan, members, local, *, keep_going=False, estimates=None):
-    events: list[Event] = []
-    executor = Executor(
-        plan, members, local, emit=events.append, keep_going=keep_going, estimates=estimates
-    )
-    report = asyncio.run(executor.run())
-    return report, events
+from tests.helpers.plans import run_executor as run
 
 
 def test_graph_splits_across_local_and_remote_and_outputs_come_home():
@@ -304,204 +293,3 @@ def test_bigger_sources_are_guessed_longer_and_keep_that_order_when_learning():
     # Both learned from a's build, and big is still guessed three times small.
     assert work(paths["small"]) < DEFAULT_WORK
     assert work(paths["big"]) == pytest.approx(3 * work(paths["small"]))
-
-
-def test_a_build_halted_by_another_failure_is_reported_from_when_it_started():
-    plan, _, _, src = make_plan({"bad": [], "long": []})
-    long_building = asyncio.Event()
-
-    async def builder(build: FakeBuild) -> BuildOutcome | None:
-        if build.drv.name == "long":
-            long_building.set()
-            await asyncio.Event().wait()  # until the run stops it
-        await long_building.wait()
-        return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for bad failed")
-
-    local = FakeLink(FakeStore("local", [src], builder=builder))
-    ticks = itertools.count()  # every reading of the wall clock is a second later
-    events: list[Event] = []
-    executor = Executor(
-        plan,
-        [PoolMember(spec("local", slots=2), local, remote=False)],
-        local,
-        emit=events.append,
-        wall=lambda: float(next(ticks)),
-    )
-    asyncio.run(executor.run())
-    ended = {e.name: e for e in events if isinstance(e, JobFinished)}
-    assert ended["long"].status == "cancelled"
-    # It started before bad failed, not when it was stopped after that.
-    assert ended["long"].started < ended["bad"].finished < ended["long"].finished
-
-
-def test_a_builder_that_dies_with_two_builds_running_is_down_once():
-    plan, _, outs, src = make_plan({"a": [], "b": []})
-    running: list[str] = []
-    both = asyncio.Event()
-
-    async def dying(build: FakeBuild) -> BuildOutcome | None:
-        running.append(build.drv.name)
-        if len(running) == 2:
-            both.set()
-        await both.wait()
-        raise RuntimeError("killed")  # the session hangs up: the build is lost
-
-    local_store = FakeStore("local", [src])
-    local = FakeLink(local_store)
-    members = [
-        PoolMember(spec("dying", speed=100, slots=2), FakeLink(FakeStore("dying", builder=dying)),
-                   remote=True),
-        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
-    ]  # fmt: skip
-    report, events = run(plan, members, local)
-    assert report.ok
-    assert sorted(running) == ["a", "b"]
-    lost = [e for e in events if isinstance(e, JobFinished) and e.status == "lost"]
-    assert len(lost) == 2
-    downs = [e for e in events if isinstance(e, MachineEvent) and e.state == "down"]
-    assert [e.machine for e in downs] == ["dying"]  # one backoff, said once
-    assert all(local_store.has(outs[n]) for n in "ab")
-
-
-def _untold(events: list[Event]) -> set[tuple[str, str]]:
-    """Copies (derivation, machine) whose last event is a phase: started, never said ended."""
-    last: dict[tuple[str, str], Event] = {}
-    for event in events:
-        if isinstance(event, JobPhase | JobFinished) and event.machine:
-            last[event.name, event.machine] = event
-    return {copy for copy, event in last.items() if isinstance(event, JobPhase)}
-
-
-def test_a_build_stopped_as_its_builder_went_down_ends_with_an_event():
-    # b was still building on dying when a's loss took the builder down: its copy was
-    # stopped and built elsewhere, and --json never said that copy ended.
-    plan, _, outs, src = make_plan({"a": [], "b": []})
-    both = asyncio.Event()
-    running: list[str] = []
-
-    async def dying(build: FakeBuild) -> BuildOutcome | None:
-        running.append(build.drv.name)
-        if len(running) == 2:
-            both.set()
-        await both.wait()
-        if build.drv.name == "a":
-            raise RuntimeError("killed")  # a's session hangs up: the builder is down
-        await asyncio.Event().wait()  # b's hangs on until it is stopped
-        return None
-
-    local_store = FakeStore("local", [src])
-    local = FakeLink(local_store)
-    members = [
-        PoolMember(spec("dying", speed=100, slots=2), FakeLink(FakeStore("dying", builder=dying)),
-                   remote=True),
-        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
-    ]  # fmt: skip
-    report, events = run(plan, members, local)
-    assert report.ok
-    ended = [(e.name, e.status) for e in events if isinstance(e, JobFinished)]
-    assert sorted(ended) == [("a", "built"), ("a", "lost"), ("b", "built"), ("b", "lost")]
-    assert _untold(events) == set()
-    assert all(local_store.has(outs[n]) for n in "ab")
-
-
-def test_builds_the_runs_end_stopped_end_with_an_event_before_the_run_does():
-    plan, _, _, src = make_plan({"a": [], "b": []})
-    building = asyncio.Event()
-    running: list[str] = []
-
-    async def endless(build: FakeBuild) -> BuildOutcome | None:
-        running.append(build.drv.name)
-        if len(running) == 2:
-            building.set()
-        await asyncio.Event().wait()
-        return None
-
-    local = FakeLink(FakeStore("local", [src], builder=endless))
-    events: list[Event] = []
-    executor = Executor(
-        plan,
-        [PoolMember(spec("local", slots=2), local, remote=False)],
-        local,
-        emit=events.append,
-    )
-
-    async def interrupted() -> None:
-        run = asyncio.create_task(executor.run())
-        await building.wait()  # both
-        run.cancel()  # as Ctrl-C stops a run
-        with pytest.raises(asyncio.CancelledError):
-            await run
-
-    asyncio.run(interrupted())
-    assert isinstance(events[-1], RunFinished)
-    assert events[-1].interrupted
-    stopped = [e for e in events if isinstance(e, JobFinished)]
-    assert {(e.name, e.status, e.error) for e in stopped} == {
-        (n, "cancelled", "stopped by the run's end") for n in "ab"
-    }
-    assert _untold(events) == set()
-
-
-def test_with_keep_going_a_copy_whose_twin_failed_is_stopped_and_says_so():
-    # a ends at once on fast, far sooner than its estimate, so fast, idle, gets a second copy
-    # of long (on slow, 12 s to go). The copy on slow fails: with -k the copy on fast ran on
-    # to its end, holding fast's slot for a derivation already failed, and was never told.
-    plan, _, _, src = make_plan({"a": [], "long": []})
-    copied = asyncio.Event()
-
-    async def on_slow(build: FakeBuild) -> BuildOutcome | None:
-        await copied.wait()
-        return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for long failed")
-
-    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
-        if build.drv.name == "long":
-            copied.set()
-            await asyncio.Event().wait()  # until it is stopped
-        return None
-
-    local = FakeLink(FakeStore("local", [src]))
-    members = [
-        PoolMember(spec("fast", speed=4, slots=1), FakeLink(FakeStore("fast", builder=on_fast)),
-                   remote=True),
-        PoolMember(spec("slow", speed=1, slots=1), FakeLink(FakeStore("slow", builder=on_slow)),
-                   remote=True),
-    ]  # fmt: skip
-    events: list[Event] = []
-    executor = Executor(
-        plan, members, local, emit=events.append, keep_going=True,
-        estimates={"a": 40, "long": 12},
-    )  # fmt: skip
-
-    async def bounded() -> None:  # it never ended before: fast's copy waited to be stopped
-        async with asyncio.timeout(10):
-            await executor.run()
-
-    asyncio.run(bounded())
-    ended = {(e.machine, e.status, e.error) for e in events if isinstance(e, JobFinished)}
-    assert ended == {
-        ("fast", "built", None),
-        ("slow", "failed", "builder for long failed"),
-        ("fast", "cancelled", "stopped: another copy failed"),
-    }
-    assert _untold(events) == set()
-
-
-def test_a_derivation_lost_for_the_last_time_ends_its_copy_once():
-    # a's session hangs up on each builder in turn; the third loss fails a (MAX_LOSSES). That
-    # copy was told twice, "failed" then "lost": history kept two builds for it and the
-    # summary counted it both failed and stopped on its builder.
-    plan, _, _, src = make_plan({"a": []})
-
-    async def dying(build: FakeBuild) -> BuildOutcome | None:
-        raise RuntimeError("killed")
-
-    local = FakeLink(FakeStore("local", [src]))
-    members = [
-        PoolMember(spec(name, speed=speed, slots=1), FakeLink(FakeStore(name, builder=dying)),
-                   remote=True)
-        for name, speed in (("d1", 3), ("d2", 2), ("d3", 1))
-    ]  # fmt: skip
-    report, events = run(plan, members, local, keep_going=True)
-    assert not report.ok
-    ended = [(e.machine, e.status) for e in events if isinstance(e, JobFinished)]
-    assert ended == [("d1", "lost"), ("d2", "lost"), ("d3", "failed")]
