@@ -17,7 +17,7 @@ from offload.transport.fake import FakeLink, FakeStore
 from offload.ui.eta import Eta
 from offload.ui.events import Event, JobFinished, JobPhase, RunFinished, RunStarted
 from tests.helpers.plans import make_plan, spec
-from tests.unit.test_ui import (
+from tests.helpers.scripted_run import (
     BIG,
     HELLO,
     T0,
