@@ -112,6 +112,22 @@ def test_noise_triggers_speculation_and_cancels_losers() -> None:
     assert again == result
 
 
+def test_every_build_takes_its_true_work_whatever_the_policy_assumed() -> None:
+    # A first run: every estimate a guess of 1 s, the truth up to 30x that. The overrun rule
+    # copies a build past 4x its guess assuming twice the work done; the copy still runs its
+    # true work from zero (it was once ended as the estimate's error added to that assumption).
+    rng = random.Random(7)  # noqa: S311 -- reproducible test input
+    truth = layered_jobs(120, 7, width=8)
+    actual = {j.id: j.work_estimate * rng.choice([0.2, 1.0, 30.0]) for j in truth}
+    guessed = [Job(j.id, 1.0, j.deps, j.system, j.required_features) for j in truth]
+    result = simulate(guessed, FLEET, actual=actual, guessed=list(actual))
+    speeds = {m.name: m.speed for m in FLEET}
+    built = [r for r in result.schedule if r.outcome == "built"]
+    assert any(r.speculative for r in built)
+    for r in built:
+        assert r.end - r.start == pytest.approx(actual[r.job] / speeds[r.machine]), r
+
+
 @pytest.mark.skipif(
     scheduler_compiled(), reason="compiled: the simulator calls the policy's own next_decisions"
 )

@@ -199,6 +199,7 @@ def simulate(
         factor=noise_factors(graph, noise, seed) if actual is None else {},
         actual=dict(actual) if actual is not None else None,
         guesses=guesses,
+        transfer=transfer,
         failing=frozenset(failing),
         speeds={m.name: m.speed for m in machines},
         failed=list(policy.unschedulable),
@@ -227,6 +228,7 @@ class _Sim:
     factor: dict[str, float]
     actual: dict[str, float] | None
     guesses: Guesses | None
+    transfer: TransferCost | None
     failing: frozenset[str]
     speeds: dict[str, float]
     failed: list[str]
@@ -322,12 +324,21 @@ class _Sim:
                     self._push(decision.until, _WAKE, "", "")
                 continue
             job, machine = decision.job, decision.machine
-            if actual is None:
-                extra = (factor.get(job, 1.0) - 1.0) * work(job) / speeds[machine]
-            else:
-                extra = (actual[job] - work(job)) / speeds[machine]
-            end = decision.expected_finish + extra
             speculative = isinstance(decision, Speculate)
+            if speculative:
+                # A copy starts from nothing: its end is its true work's, whatever the policy
+                # assumed of it (the overrun rule assumes twice the work done so far, not the
+                # estimate).
+                true_work = factor.get(job, 1.0) * work(job) if actual is None else actual[job]
+                end = self.now + true_work / speeds[machine]
+                if self.transfer is not None:
+                    end += self.transfer.estimate(self.policy.graph.job(job), machine)
+            else:
+                if actual is None:
+                    extra = (factor.get(job, 1.0) - 1.0) * work(job) / speeds[machine]
+                else:
+                    extra = (actual[job] - work(job)) / speeds[machine]
+                end = decision.expected_finish + extra
             self.speculations += speculative
             self.seq += 1  # _push, inlined: one call fewer per start
             heapq.heappush(events, (end, _FINISH, self.seq, job, machine))
