@@ -223,10 +223,37 @@ def test_remaining_plans_what_is_left() -> None:
     assert remaining_seconds(graph, {}, [FAST]) == 0.0
 
 
+def test_remaining_plans_with_the_estimates_learnt_since_the_graph_was_made() -> None:
+    graph = JobGraph([Job("a", 8.0), Job("b", 4.0, ("a",)), Job("c", 2.0)])
+    graph.update_estimate("a", 2.0)  # a first run's guess, learnt within the run
+    learnt = JobGraph([Job("a", 2.0), Job("b", 4.0, ("a",)), Job("c", 2.0)])
+    left = remaining_seconds(graph, {}, [FAST, SLOW])
+    assert left == remaining_seconds(learnt, {}, [FAST, SLOW])
+    assert left is not None
+    assert left < 3.0
+
+
 def test_remaining_falls_back_to_the_bound_on_big_graphs() -> None:
     jobs = [Job(f"j{i}", 1.0) for i in range(SIMULATE_LIMIT + 1)]
     left = remaining_seconds(JobGraph(jobs), {}, [FAST, SLOW])
     assert left == (SIMULATE_LIMIT + 1) / 5.0
+
+
+def test_a_first_runs_builds_are_shown_with_the_guess_it_has_learnt() -> None:
+    # a, then b and c after it, all unknown to history: every build seems to take 2 s of wall,
+    # so b and c learn from a and are shown (and planned) with that, not the first guess.
+    plan, paths, _, src = make_plan({"a": [], "b": ["a"], "c": ["a"]})
+    local = FakeLink(FakeStore("local", [src]))
+    events: list[Event] = []
+    member = PoolMember(spec("local", speed=1, slots=1), local, remote=False)
+    wall = iter(range(0, 1000, 2)).__next__
+    assert asyncio.run(Executor(plan, [member], local, emit=events.append, wall=wall).run()).ok
+    building = {e.drv_path: e for e in events if isinstance(e, JobPhase) and e.phase == "building"}
+    assert building[paths["a"]].estimate == DEFAULT_WORK
+    learnt = [building[paths[name]].estimate for name in "bc"]
+    assert all(e is not None and e < DEFAULT_WORK for e in learnt)
+    later = building[paths["c"]]
+    assert later.remaining is None or later.remaining < DEFAULT_WORK
 
 
 def test_the_executor_sends_its_plan_with_builds_and_endings() -> None:

@@ -119,7 +119,7 @@ class RunEvents:
         )
 
     def phase(self, drv_path: str, machine: str, phase: Phase, *, speculative: bool) -> None:
-        jobs = self.policy.graph.job(drv_path)
+        work = self.policy.graph.work(drv_path)  # as learnt so far, not the job's first guess
         speed = self.members[machine].spec.speed
         building = phase == "building"
         if building:
@@ -132,7 +132,7 @@ class RunEvents:
                 name=self.plan.drvs[drv_path].name,
                 machine=machine,
                 phase=phase,
-                estimate=jobs.work_estimate / speed,
+                estimate=work / speed,
                 time=self.wall(),
                 speculative=speculative,
                 remaining=self.remaining() if building else None,
@@ -144,14 +144,14 @@ class RunEvents:
         within "building" (``JobPhase.step``)."""
 
         def handle(_drv: str, step: str) -> None:
-            jobs = self.policy.graph.job(drv_path)
+            work = self.policy.graph.work(drv_path)
             self.emit(
                 JobPhase(
                     drv_path=drv_path,
                     name=self.plan.drvs[drv_path].name,
                     machine=machine,
                     phase="building",
-                    estimate=jobs.work_estimate / self.members[machine].spec.speed,
+                    estimate=work / self.members[machine].spec.speed,
                     time=self.wall(),
                     step=step,
                 )

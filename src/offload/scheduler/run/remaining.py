@@ -43,10 +43,12 @@ def remaining_seconds(
     if not usable:
         return None
     ids = {job.id for job in left}
+    # The graph's estimate, not the job's own: a first run's guesses learn within the run.
+    work = graph.work
     jobs = [
         Job(
             job.id,
-            max(job.work_estimate - done.get(job.id, 0.0), 0.0),
+            max(work(job.id) - done.get(job.id, 0.0), 0.0),
             tuple(dep for dep in job.deps if dep in ids),
             job.system,
             job.required_features,
