@@ -9,6 +9,8 @@ work registered in the local store.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -129,14 +131,14 @@ def test_an_unknown_on_name_is_a_one_line_error(fleet, tmp_path):
     assert not valid_locally(out_path(file, "dep"))
 
 
-@pytest.mark.parametrize(
-    ("picked", "said"),
-    [
-        (("--exclude", "local"), "--on/--exclude left out the local machine and every builder"),
-        (("-j", "0"), "the local machine takes no jobs and no builder is set"),
-        (("-j", "0", "--exclude", "local"), "the local machine takes no jobs"),
-    ],
-)
+NO_MACHINE = [
+    (("--exclude", "local"), "--on/--exclude left out the local machine and every builder"),
+    (("-j", "0"), "the local machine takes no jobs and no builder is set"),
+    (("-j", "0", "--exclude", "local"), "the local machine takes no jobs"),
+]
+
+
+@pytest.mark.parametrize(("picked", "said"), NO_MACHINE)
 def test_no_machine_to_build_on_says_why(fleet, tmp_path, picked, said):
     # `--exclude local` with no builders said the local machine takes no jobs (max-jobs is 1).
     file = nix_file(tmp_path, GRAPH)
@@ -145,6 +147,17 @@ def test_no_machine_to_build_on_says_why(fleet, tmp_path, picked, said):
     assert_one_line_error(done.stderr)
     assert f"error: no machine to build on: {said}" in done.stderr
     assert not valid_locally(out_path(file, "dep"))
+
+
+@pytest.mark.parametrize(("picked", "said"), NO_MACHINE)
+def test_machines_says_no_machine_takes_jobs_as_a_build_does(fleet, tmp_path, picked, said):
+    # `offload machines -j 0 --builders ''` printed the table's header and nothing else.
+    argv = [sys.executable, "-m", "offload", "machines", "--builders", "", *picked]
+    env = offload_env(fleet, tmp_path)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0  # Nix takes the spec: a build fails, not the listing
+    assert f"warning: no machine to build on: {said}" in done.stderr
+    assert "hint: " in done.stderr
 
 
 def test_a_report_on_standard_output_is_refused_before_building(fleet, tmp_path):

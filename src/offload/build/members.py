@@ -114,15 +114,9 @@ async def pool_members(
 
 
 def _no_machine(pool: Pool) -> SchedulerError:
-    if pool.local_left_out:
-        return SchedulerError(
-            "no machine to build on: --on/--exclude left out the local machine and every builder",
-            hint="name a machine that builds (offload machines lists them), or drop --on/--exclude",
-        )
-    return SchedulerError(
-        "no machine to build on: the local machine takes no jobs and no builder is set",
-        hint="pass -j N, --builders, or set `builders` in nix.conf",
-    )
+    why = pool.no_machine()
+    assert why is not None  # no member: neither the local machine nor a builder takes jobs
+    return SchedulerError(f"no machine to build on: {why[0]}", hint=why[1])
 
 
 async def _close_all(links: list[Link]) -> None:

@@ -2,8 +2,10 @@
 
 The table is plain text on stdout (one row per machine, columns padded, nothing else there), so it
 can be piped and diffed; every problem goes to stderr, one line each (``cli.machines_list``), and
-exit 1 means Nix would reject the machines spec. ``--json`` prints a list of objects instead,
-each with its backoff and problems. ``--reset NAME`` clears a machine's backoff.
+exit 1 means Nix would reject the machines spec; a pool where no machine takes jobs is a
+warning in the words `offload build` fails with (``Pool.no_machine``). ``--json`` prints a
+list of objects instead, each with its backoff and problems. ``--reset NAME`` clears a
+machine's backoff.
 ``add_pool_arguments`` and ``pool_from_args`` give every command that builds or inspects machines
 the same ``--builders/--config/--option/--on/--exclude/-j`` handling.
 """
@@ -227,6 +229,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{level}: {shown(text, 2000)}", file=sys.stderr)
     errors = [text for level, text in problems if level == "error"]
     selected = pool.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
+    none = selected.no_machine()
+    if none is not None:  # as `offload build` fails with it: a table alone did not say it
+        print(f"warning: no machine to build on: {none[0]}\nhint: {none[1]}", file=sys.stderr)
     if not args.on and not args.exclude:
         # Show disabled (and unusable) machines too, marked, so a person sees why.
         selected = Pool(selected.local, pool.machines, pool.warnings, pool.local_entry)

@@ -83,6 +83,24 @@ class Pool:
             return None
         return with_nix_options(os.environ, dict(self.nix_options))
 
+    def no_machine(self) -> tuple[str, str] | None:
+        """Why no machine of this (selected) pool takes a job, after "no machine to build on: ",
+        and the hint; None when one does. `offload build` fails with it, `offload machines`
+        warns with it: the two say it in one wording."""
+        if self.local is not None and self.local.max_jobs > 0:
+            return None
+        if any(m.enabled and m.max_jobs > 0 for m in self.machines):
+            return None
+        if self.local_left_out:
+            return (
+                "--on/--exclude left out the local machine and every builder",
+                "name a machine that builds (offload machines lists them), or drop --on/--exclude",
+            )
+        return (
+            "the local machine takes no jobs and no builder is set",
+            "pass -j N, --builders, or set `builders` in nix.conf",
+        )
+
     def names(self) -> list[str]:
         return [LOCAL, *dict.fromkeys(m.name for m in self.machines)]
 
