@@ -9,6 +9,7 @@ The report test keeps its screenshot as an artefact: ``report.png`` in the test'
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,10 +90,21 @@ def test_history_after_fleet_runs_names_the_machines_and_phases(fleet, tmp_path)
 
 def test_the_report_of_a_fleet_run_shows_lanes_bars_and_the_critical_path(fleet, tmp_path):
     file = nix_file(tmp_path, GRAPH)
-    page = tmp_path / "report.html"
+    page = tmp_path / "report.html"  # named relative to the run's directory, tmp_path
     done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{fleet.machines_file}",
-                   "-j", "0", "--json", "--report", page)  # fmt: skip
+                   "-j", "0", "--json", "--report", "report.html")  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # Where the page went was not said (stderr, or --json): now one line, and the last event.
+    run_id = next(e["run_id"] for e in events(done.stdout) if e["event"] == "run_started")
+    said = [line for line in done.stderr.splitlines() if "written to" in line]
+    assert len(said) == 1, done.stderr
+    assert re.fullmatch(
+        rf"offload: report of run {run_id} \([0-9]+ copies on [0-9]+ machines\)"
+        r" written to report\.html",
+        said[0],
+    )
+    last = events(done.stdout)[-1]
+    assert (last["event"], last["path"]) == ("report", str(page))
     built = {e["name"]: e["machine"] for e in finished(done.stdout) if e["status"] == "built"}
     assert set(built) == {"left", "right", "solo", "top"}
     text = page.read_text()

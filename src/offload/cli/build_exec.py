@@ -39,7 +39,7 @@ from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
 from offload.streams import unless_gone
 from offload.ui import RendererKind, make_renderer
-from offload.ui.events import Event, MachineEvent, Renderer, Timing
+from offload.ui.events import Event, MachineEvent, Renderer, ReportWritten, Timing
 from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
 
@@ -246,17 +246,21 @@ def _renderer(args: argparse.Namespace) -> Renderer:
     return make_renderer(kind, print_logs=print_logs, progress=not _quiet(args))
 
 
-def _write_report(state: Path, run_id: str, target: Path) -> None:
-    """The run's page into ``target``; one that cannot be written (its directory gone during
-    the run, a full disk, the run not in history) is a warning: the page is not the build, so
-    its outputs, links and exit status stand."""
-    from offload.report import write_report  # not cheap: imported for --report only
+def _write_report(state: Path, run_id: str, target: Path, renderer: Renderer) -> None:
+    """The run's page into ``target``, then one line on stderr saying where (and a ``report``
+    event for --json); one that cannot be written (its directory gone during the run, a full
+    disk, the run not in history) is a warning: the page is not the build, so its outputs,
+    links and exit status stand."""
+    from offload.report import write_report, written  # not cheap: imported for --report only
 
     try:
         with History(state / "history.sqlite") as history:
-            write_report(history, run_id, target)
+            model = write_report(history, run_id, target)
     except OffloadError as exc:
         warn(f"the run's report was not written: {exc.message}", exc.hint)
+        return
+    print(written(model, f"offload: report of run {run_id}", target), file=sys.stderr)
+    renderer.handle(ReportWritten(str(target.absolute()), time.time()))
 
 
 def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
@@ -316,7 +320,7 @@ def build(
     if not _quiet(args) and not args.json and (report.finished or machine_events):
         render_summary([*report.finished, *machine_events], sys.stderr, logs_kept=kept)
     if args.report is not None:
-        _write_report(state, report.run_id, args.report)
+        _write_report(state, report.run_id, args.report, renderer)
     if report.failed:
         _print_log_tails(BuildLogs(state / "logs"), report.failed, _log_lines(pool))
         raise build_failed(report, logs_kept=kept, logs_shown=_print_logs(args) and not args.json)

@@ -30,6 +30,7 @@ from offload.report import (
     report_target,
     write_page,
     write_report,
+    written,
 )
 from offload.use import parse_duration
 
@@ -90,12 +91,5 @@ def run(args: argparse.Namespace) -> int:
             model = load_hook_model(h, since)
         write_page(model, args.output)
         what = "report of offload-hook's builds"
-    copies = sum(len(lane.bars) for lane in model.lanes)
-    lanes = len(model.lanes)
-    print(
-        f"{what} ({copies} {'copy' if copies == 1 else 'copies'} on {lanes}"
-        f" {'machine' if lanes == 1 else 'machines'}) written to"
-        f" {args.output or 'standard output'}",
-        file=sys.stderr,
-    )
+    print(written(model, what, args.output), file=sys.stderr)
     return 0

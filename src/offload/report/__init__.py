@@ -31,6 +31,7 @@ __all__ = [
     "report_target",
     "write_page",
     "write_report",
+    "written",
 ]
 
 
@@ -97,6 +98,16 @@ def write_report(history: History, run_id: str | None, path: Path | None) -> Rep
     model = load_model(history, run_id)
     write_page(model, path)
     return model
+
+
+def written(model: ReportModel, what: str, path: Path | None) -> str:
+    """The line that says where a page went (``offload report``, ``offload build --report``)."""
+    copies = sum(len(lane.bars) for lane in model.lanes)
+    lanes = len(model.lanes)
+    return (
+        f"{what} ({copies} {'copy' if copies == 1 else 'copies'} on {lanes}"
+        f" {'machine' if lanes == 1 else 'machines'}) written to {path or 'standard output'}"
+    )
 
 
 def write_page(model: ReportModel, path: Path | None) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "MachineState",
     "Phase",
     "Renderer",
+    "ReportWritten",
     "RunFinished",
     "RunStarted",
     "Timing",
@@ -153,7 +154,25 @@ class Timing:
     time: float
 
 
-Event = RunStarted | JobPhase | JobLog | JobFinished | MachineEvent | RunFinished | Timing
+@dataclass(frozen=True)
+class ReportWritten:
+    """``offload build --report FILE``'s page, written once the run is kept (after its other
+    events; none when it could not be written: a warning says why). ``path`` is absolute."""
+
+    path: str
+    time: float
+
+
+Event = (
+    RunStarted
+    | JobPhase
+    | JobLog
+    | JobFinished
+    | MachineEvent
+    | RunFinished
+    | Timing
+    | ReportWritten
+)
 
 
 def event_dict(event: Event) -> dict[str, Any]:
@@ -166,6 +185,7 @@ def event_dict(event: Event) -> dict[str, Any]:
         MachineEvent: "machine",
         RunFinished: "run_finished",
         Timing: "timing",
+        ReportWritten: "report",
     }[type(event)]
     return {"event": kind, **asdict(event)}
 

@@ -35,6 +35,7 @@ from offload.ui.events import (
     JobLog,
     JobPhase,
     MachineEvent,
+    ReportWritten,
     RunFinished,
     RunStarted,
     Timing,
@@ -226,6 +227,8 @@ class PlainRenderer:
                     )
             case Timing():
                 pass  # for programs measuring a run (--json), not for people
+            case ReportWritten():
+                pass  # people are told on a line of its own (cli.build_exec)
             case _:
                 assert_never(event)
         self._stream.flush()

@@ -35,6 +35,7 @@ from offload.ui.events import (
     JobPhase,
     MachineEvent,
     Phase,
+    ReportWritten,
     RunFinished,
     RunStarted,
     Timing,
@@ -122,6 +123,8 @@ class View:
                 self.jobs.clear()  # whatever still ran was stopped with the run
             case Timing():
                 pass  # for programs measuring a run (--json), not for people
+            case ReportWritten():
+                pass  # people are told on a line of its own (cli.build_exec)
             case _:
                 assert_never(event)
 
