@@ -56,6 +56,24 @@ def open_page(page: Path, work: Path, *, screenshot: Path | None = None) -> str:
     return dom
 
 
+# Appended to a copy of the page: how far it is wider than the window, once laid out.
+_MEASURE = (
+    "<script>document.body.setAttribute('data-overflow', String("
+    "document.documentElement.scrollWidth - document.documentElement.clientWidth))</script>"
+)
+
+
+def overflow(page: Path, work: Path, width: int) -> int:
+    """How many px ``page`` is wider than a ``width`` px window (0: no sideways scrolling),
+    measured by the browser's layout on a copy of the page in ``work``."""
+    copy = work / f"measured-{width}-{page.name}"
+    copy.write_text(page.read_text().replace("</body>", _MEASURE + "</body>"))
+    dom = _browse(copy, work / "profile", "--dump-dom", f"--window-size={width},900").stdout
+    found = re.search(r'data-overflow="(-?[0-9]+)"', dom)
+    assert found, "the measuring script did not run"
+    return int(found[1])
+
+
 class Elements(HTMLParser):
     """Every element of a page as (tag, attributes)."""
 

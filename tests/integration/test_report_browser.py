@@ -18,7 +18,7 @@ from typing import Any
 from offload.history.db import History
 from offload.history.records import BuildRecord, PhaseRecord, RunRecord
 from offload.report import write_report
-from tests.helpers.browser import Elements, inner, open_page
+from tests.helpers.browser import Elements, inner, open_page, overflow
 from tests.helpers.nix_files import nix_file
 from tests.helpers.offload_run import events, finished, offload, offload_env
 
@@ -128,6 +128,25 @@ def test_the_report_of_a_fleet_run_shows_lanes_bars_and_the_critical_path(fleet,
     assert critical & {"left", "right", "solo"}  # ...after one of its inputs
     phases = {r["data-phase"] for r in found.having("rect", "phase")}
     assert {"waiting", "building", "fetching"} <= phases
+    assert overflow(page, tmp_path, 1200) == 0  # it scrolled sideways, by 18 px
+
+
+def test_a_page_of_long_names_fits_a_narrow_window(tmp_path):
+    # The timeline was 1190 px whatever the window: a 1200 px one scrolled sideways.
+    name = "python3.11-" + "very-long-package-name-" * 6 + "1.2.3"
+    machine = "builder-eu-west-1.example.org:2222-" + "x" * 30
+    phases = (PhaseRecord("sending", 0.5, 1.0), PhaseRecord("building", 1.0, 2.0))
+    builds = [
+        BuildRecord("", f"/nix/store/{'a' * 32}-{name}.drv", name, machine, 1, 2, "failed",
+                    bytes_sent=10**9, name=name, error="x" * 300, phases=phases),
+        BuildRecord("", f"/nix/store/{'b' * 32}-{name}.drv", name, "", 1, 2, "skipped",
+                    name=name, error=f"it needs {name}"),
+    ]  # fmt: skip
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(RunRecord("r1", 0.0, 3.0, (name,) * 3, "failed", (), None, None), builds)
+        write_report(history, "r1", tmp_path / "long.html")
+    for width in (1200, 800):
+        assert overflow(tmp_path / "long.html", tmp_path, width) == 0, width
 
 
 def test_hostile_names_stay_text_in_the_browser(tmp_path):

@@ -19,14 +19,18 @@ COLOURS = {
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em 2em; color: #222; }
+#timeline { display: block; max-width: 100%; height: auto; }
 h1 { font-size: 1.4em; margin: 0 0 .3em; }
 h2 { font-size: 1.1em; margin: 1.6em 0 .5em; }
-.facts { display: flex; flex-wrap: wrap; gap: .4em 2em; margin: .6em 0; }
+.facts { display: flex; flex-wrap: wrap; gap: .4em 2em; margin: .6em 0;
+  overflow-wrap: anywhere; }
 .facts div b { display: block; font-size: 1.3em; }
 .facts .far b { color: #b03020; }
 table { border-collapse: collapse; }
 th, td { padding: .2em .8em; text-align: right; border-bottom: 1px solid #e4e4e4; }
 th:first-child, td:first-child { text-align: left; }
+th, td { white-space: nowrap; }
+td.name, td.text { white-space: normal; overflow-wrap: anywhere; }
 td.name { font-family: ui-monospace, monospace; text-align: left; }
 .legend span { display: inline-block; margin-right: 1.2em; }
 .legend i { display: inline-block; width: 1.2em; height: .8em; margin-right: .3em;

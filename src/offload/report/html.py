@@ -6,7 +6,8 @@ reads hover details from ``data-tip`` attributes and sets them as text. The time
 drawn here: one lane per machine, one row per concurrent copy, each copy a bar of its phases
 (coloured as ``assets.COLOURS``), critical-path builds outlined, a dashed line where the lower
 bound would have ended the run. Each bar also has an SVG ``<title>``, for readers without
-script.
+script. Nothing makes the page wider than the window: the timeline shrinks to a narrower one
+(its viewBox), and names in the tables wrap.
 """
 
 from __future__ import annotations
@@ -111,10 +112,14 @@ def _legend(*, bound: bool) -> str:
 def _timeline(model: ReportModel) -> str:
     scale = WIDTH / model.length
     height = AXIS + sum(_lane_height(lane) for lane in model.lanes)
+    # Its own size on a wide window; the viewBox lets the style shrink it to a narrower one's
+    # width (text and all), so the page never scrolls sideways.
+    size = f'width="{LABEL + WIDTH + 20}" height="{height + 4}"'
     parts = [
         (
-            f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{LABEL + WIDTH + 20}"'
-            f' height="{height + 4}" role="img" aria-label="timeline per machine">'
+            f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" {size}'
+            f' viewBox="0 0 {LABEL + WIDTH + 20} {height + 4}"'
+            ' role="img" aria-label="timeline per machine">'
         )
     ]
     parts += _axis(model.length, scale, height)
@@ -230,14 +235,20 @@ def _tip(b: BuildRecord, origin: float) -> str:
     return "\n".join(lines)
 
 
+# Columns of names and words, which wrap (anywhere, when a name is longer than the page is
+# wide); numbers and the other short cells stay on one line.
+_TEXT = {"machine", "why"}
+
+
+def _cell(n: int, text: str, heading: str) -> str:
+    if n == 0:
+        return f'<td class="name">{esc(text)}</td>'
+    return f'<td class="text">{esc(text)}</td>' if heading in _TEXT else f"<td>{esc(text)}</td>"
+
+
 def _table(heading: str, ident: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="name">{esc(c)}</td>' if n == 0 else f"<td>{esc(c)}</td>"
-            for n, c in enumerate(row)
-        )
-        + "</tr>"
+        "<tr>" + "".join(_cell(n, c, header[n]) for n, c in enumerate(row)) + "</tr>"
         for row in rows
     )
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
