@@ -160,6 +160,31 @@ def test_machines_says_no_machine_takes_jobs_as_a_build_does(fleet, tmp_path, pi
     assert "hint: " in done.stderr
 
 
+IDLE = "ssh://nx-idle.invalid - - 0"  # a builder with maxJobs 0: kept, but takes no job
+
+
+@pytest.mark.parametrize(
+    ("picked", "local"),
+    [
+        (("--on", "nx-idle.invalid"), "--on/--exclude left out the local machine"),
+        (("-j", "0"), "the local machine takes no jobs"),
+    ],
+)
+def test_a_builder_with_no_jobs_is_said_as_such(fleet, tmp_path, picked, local):
+    # It was said as "--on/--exclude left out ... every builder" (with -j 0: "no builder is
+    # set"), as if the builder named were not there.
+    said = f"{local}, and nx-idle.invalid takes no jobs (its maxJobs is 0: --builders)"
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "dep", "--builders", IDLE, *picked)
+    assert done.returncode == 1
+    assert_one_line_error(done.stderr)
+    assert f"error: no machine to build on: {said}" in done.stderr
+    assert "hint: give it jobs (maxJobs" in done.stderr
+    dry = offload(fleet, tmp_path, file, "-A", "dep", "--builders", IDLE, *picked, "--dry-run")
+    assert dry.returncode == 0
+    assert f"no machine could build it: {said}" in dry.stderr
+
+
 def test_a_report_on_standard_output_is_refused_before_building(fleet, tmp_path):
     # stdout carries the output paths (or --json's events): the page would be mixed in.
     file = nix_file(tmp_path, GRAPH)

@@ -55,11 +55,14 @@ class _Plan:
     no_machine: str | None  # why no machine could build anything (no plan at all)
 
 
-def _plan(run: DryRun, *, local_left_out: bool) -> _Plan:
+def _plan(run: DryRun, pool: Pool) -> _Plan:
     graph, sim = run.graph, run.sim
     fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
     if sim is None:  # nix-build lists what it would build all the same
-        if local_left_out:
+        said = pool.no_machine()
+        if said is not None and pool.idle_builders() is not None:  # kept, with maxJobs 0
+            none = said[0]
+        elif pool.local_left_out:
             none = _NAMED_OUT_DOWN if run.unreachable else _NAMED_OUT
         else:
             none = _ALL_LEFT_OUT if run.unreachable else _NO_BUILDER
@@ -83,7 +86,7 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
         run = interrupts.run(dry_run(roots, pool, estimator))
     for event in run.caches:  # on stderr whatever shows the plan, as a run's warnings
         print(machine_warning(event), file=sys.stderr)
-    plan = _plan(run, local_left_out=pool.local_left_out)
+    plan = _plan(run, pool)
     if as_json:
         # One line, as --json's help promises (one JSON object per line): a script reading
         # lines gets the plan whole.

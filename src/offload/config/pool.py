@@ -91,6 +91,19 @@ class Pool:
             return None
         if any(m.enabled and m.max_jobs > 0 for m in self.machines):
             return None
+        idle = self.idle_builders()
+        if idle is not None:  # kept, but with no slot: not "left out", not "none set"
+            local = (
+                "--on/--exclude left out the local machine, and"
+                if self.local_left_out
+                else "the local machine takes no jobs, and"
+            )
+            it = "it" if idle.split(" ", 2)[1] == "takes" else "them"
+            hint = (
+                f"give {it} jobs (maxJobs, a machines line's 4th column), or pick a machine"
+                " that takes them (offload machines lists them)"
+            )
+            return f"{local} {idle}", hint
         if self.local_left_out:
             return (
                 "--on/--exclude left out the local machine and every builder",
@@ -100,6 +113,18 @@ class Pool:
             "the local machine takes no jobs and no builder is set",
             "pass -j N, --builders, or set `builders` in nix.conf",
         )
+
+    def idle_builders(self) -> str | None:
+        """``a takes no jobs (its maxJobs is 0: FILE:LINE)`` when the builders this pool kept
+        all have maxJobs 0 (None when it kept none, or one takes jobs)."""
+        kept = [m for m in self.machines if m.enabled]
+        if not kept or any(m.max_jobs > 0 for m in kept):
+            return None
+        if len(kept) == 1:
+            return f"{kept[0].name} takes no jobs (its maxJobs is 0: {kept[0].source})"
+        names = ", ".join(m.name for m in kept)
+        places = ", ".join(dict.fromkeys(m.source for m in kept))
+        return f"{names} take no jobs (their maxJobs is 0: {places})"
 
     def names(self) -> list[str]:
         return [LOCAL, *dict.fromkeys(m.name for m in self.machines)]
