@@ -104,3 +104,27 @@ def test_a_user_is_told_the_daemons_history_is_roots(
         f"error: {system / 'history.sqlite'}: the nix-daemon's history is root's",
         "hint: sudo offload history --daemon",
     ]
+
+
+def test_a_machine_is_checked_against_the_daemons_history_not_the_users_pool(
+    system: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # --machine was checked against the user's pool: one of it passed with empty tables, and
+    # a typo was said missing from "the pool", with the user's machines as those known.
+    _hook_built(system)  # the daemon's hook built on big
+    machines = tmp_path / "machines"
+    machines.write_text("ssh://medium x86_64-linux - 2 2\n")
+    monkeypatch.setenv("NIX_CONFIG", f"builders = @{machines}")
+    assert main(["history", "--daemon", "--machine", "medium"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: no machine 'medium' in the nix-daemon's history",
+        "hint: known: big, local (the machines its offload-hook has built on)",
+    ]
+    assert main(["history", "--daemon", "--machine", "bgi"]) == 1
+    assert capsys.readouterr().err.splitlines()[1].startswith("hint: did you mean big? known:")
+    assert main(["history", "--daemon", "--json", "--machine", "big"]) == 0
+    assert [b["machine"] for b in json.loads(capsys.readouterr().out)["builds"]] == ["big"]
+    assert main(["history", "--daemon", "--json", "--machine", "local"]) == 0

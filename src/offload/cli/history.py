@@ -13,7 +13,7 @@ not empty tables.
 ``--json`` prints all four parts as one object, with what the machine table summed
 (``machines_scope``: ``listed_only`` with ``--last``, ``newest_builds_only`` when capped).
 ``--daemon`` reads the nix-daemon's ``offload-hook`` history (/var/lib/offload, root's)
-instead of the user's.
+instead of the user's; its ``--machine`` is checked against that history alone.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def _view(history: History, args: argparse.Namespace, every: list[RunRecord]) ->
     run_id = runs[0].run_id if args.run is not None else None
     summed = history.builds(run_id=run_id, machine=args.machine, name=args.drv, limit=_SUMMED)
     if not summed:
-        _check_names(history, args.machine, args.drv)
+        _check_names(history, args.machine, args.drv, daemon=args.daemon)
     if args.machine is not None or args.drv is not None:
         having = {b.run_id for b in summed}
         runs = [r for r in runs if r.run_id in having]
@@ -202,12 +202,22 @@ def _one_run(runs: list[RunRecord], prefix: str) -> RunRecord:
     )
 
 
-def _check_names(history: History, machine: str | None, drv: str | None) -> None:
+def _check_names(
+    history: History, machine: str | None, drv: str | None, *, daemon: bool = False
+) -> None:
     """``OffloadError`` for a ``--machine`` or ``--drv`` that names nothing the history (or,
     for a machine, the pool) knows: a typo, said as one, rather than empty tables. What was
     typed is ``shown``: a control character escaped, not dropped (``he\\x07llo`` was said as
-    ``hello``, a name the history has), and a cut one marked."""
+    ``hello``, a name the history has), and a cut one marked. The nix-daemon's history
+    (``daemon``) is checked against itself alone: the user's pool is not the daemon's."""
     machines, pnames = history.known()
+    if machine is not None and daemon and machine not in {*machines, LOCAL}:
+        known = sorted({*machines, LOCAL})
+        raise OffloadError(
+            f"no machine '{shown(machine, 60)}' in the nix-daemon's history",
+            hint=_meant(machine, known)
+            + f"known: {_some(known)} (the machines its offload-hook has built on)",
+        )
     if machine is not None and machine not in machines:
         pool, unread = _pool_names()
         # The local machine is always the pool's, whatever could be read of the rest.
