@@ -273,3 +273,30 @@ def _closing(done: subprocess.CompletedProcess[str]) -> float:
     return float(dict(timing["marks"])["closed"]) - max(
         float(e["finished"]) for e in seen if e["event"] == "job_finished"
     )
+
+
+def test_a_missing_key_file_is_said_when_ssh_logs_in_with_another(fleet, tmp_path):
+    # The fleet's ssh config names a key of its own: ssh took that one without a word, and so
+    # did offload, while the key file the machines line names was not there.
+    missing = tmp_path / "nosuchkey"
+    fields = member_line(fleet, "fast").split()
+    fields[2] = str(missing)
+    machines = tmp_path / "machines"
+    machines.write_text(" ".join(fields) + "\n")
+    said = (
+        f"ssh key file {missing} does not exist, so ssh logged in with another key (your ssh"
+        " config's IdentityFile, an ssh agent's or its default); name an existing private key"
+        f" file in column 3 of {machines}:1"
+    )
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0",
+                   "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"warning: builder 'fast': {said}"]
+    told = [e for e in events(done.stdout) if e["event"] == "machine"]
+    assert [(e["machine"], e["state"], e["message"]) for e in told] == [("fast", "key", said)]
+    assert valid_locally(out_path(file, "top"))
+    file = nix_file(tmp_path, GRAPH)  # without --json: one line among the run's
+    done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0")
+    assert done.returncode == 0, done.stderr
+    assert len([line for line in done.stderr.splitlines() if said in line]) == 1, done.stderr

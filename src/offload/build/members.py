@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
 
 from offload.config.pool import Pool
@@ -23,6 +23,7 @@ from offload.slots import slot_key
 from offload.tasks import wait_all
 from offload.transport.links import Link, LocalLink, MachineLink, early
 from offload.transport.sessions import open_lane
+from offload.transport.ssh_keys import key_place, missing_key_note
 from offload.ui.events import Event, MachineEvent
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "local_spec",
     "pool_members",
     "pool_specs",
+    "tell_missing_keys",
     "tell_restricted",
     "tell_unstopped",
 ]
@@ -162,6 +164,17 @@ def tell_restricted(members: list[PoolMember], emit: Callable[[Event], None]) ->
         if member.remote and isinstance(member.link, MachineLink) and member.link.restricted:
             note = restricted_note(member.link)
             emit(MachineEvent(member.spec.name, "restricted", note, None, time.time()))
+
+
+def tell_missing_keys(pool: Pool, answered: Collection[str], emit: Callable[[Event], None]) -> None:
+    """A builder that ``answered`` though the ssh key file its line names does not exist is
+    told once, as a "key" MachineEvent: ssh went on with another key, without a word. (One
+    that did not answer for it is down, and its reason says the file is missing.)"""
+    for machine in pool.machines:
+        key = machine.ssh_key
+        if machine.name in answered and key and not Path(key).expanduser().exists():
+            note = missing_key_note(key, key_place(machine))
+            emit(MachineEvent(machine.name, "key", note, None, time.time()))
 
 
 def tell_unstopped(members: list[PoolMember], emit: Callable[[Event], None]) -> None:

@@ -37,7 +37,13 @@ from offload.backoff import Health
 from offload.build.caches import CacheFaults
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, Roots, check_impossible, load_graph
-from offload.build.members import follow_loads, pool_members, tell_restricted, tell_unstopped
+from offload.build.members import (
+    follow_loads,
+    pool_members,
+    tell_missing_keys,
+    tell_restricted,
+    tell_unstopped,
+)
 from offload.build.nix_said import heard
 from offload.build.plan import estimated_plan
 from offload.build.prebuilt import fetch_existing, report_substituted
@@ -109,6 +115,8 @@ async def run_build(
                 check=check, nix_said=nix_said or _to_stderr, caches=caches,
             )  # fmt: skip
             tell_restricted(members, told)
+            # Those still connecting (``late``) are told down, with why, if they fail.
+            tell_missing_keys(pool, remote.keys() - unreachable.keys() - late.keys(), told)
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,

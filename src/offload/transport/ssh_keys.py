@@ -48,6 +48,7 @@ __all__ = [
     "key_fix",
     "key_place",
     "key_trouble",
+    "missing_key_note",
     "passphrase_fix",
     "refused_by_ssh",
 ]
@@ -124,6 +125,16 @@ def key_fix(trouble: KeyTrouble, key: str | None, place: str) -> tuple[str, str]
     if trouble.reason == "bad permissions":
         return what, f"chmod 600 {trouble.path}"
     return what, f"name the private key (not its .pub) in {where}"
+
+
+def missing_key_note(key: str, place: str) -> str:
+    """What is said of the key file ``key``, named at ``place``, that does not exist when ssh
+    logged in all the same: with another key, which may not be the one meant."""
+    what, fix = key_fix(KeyTrouble(key, "No such file or directory"), key, place)
+    return (
+        f"{what}, so ssh logged in with another key (your ssh config's IdentityFile, an ssh"
+        f" agent's or its default); {fix}"
+    )
 
 
 def encrypted_key(text: bytes) -> bool:

@@ -46,7 +46,12 @@ JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"
 # "cache": the machine's Nix left out one of its binary caches (``cache`` names it; the message
 # says why, from Nix's words): what it would have given is built, or taken from another cache.
 # Said once per cache and machine; the run goes on.
-MachineState = Literal["up", "down", "loaded", "slow", "restricted", "full", "unstopped", "cache"]
+# "key": the ssh key file the machine's line names does not exist, yet ssh logged in there with
+# another key (the ssh config's, an agent's, its default); the message says which file and the
+# fix. Said once, as the run starts; the machine builds on.
+MachineState = Literal[
+    "up", "down", "loaded", "slow", "restricted", "full", "unstopped", "cache", "key"
+]
 
 
 @dataclass(frozen=True)

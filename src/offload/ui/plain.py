@@ -110,6 +110,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
         case "cache":
             cache = sanitize(event.cache or "")
             return f"binary cache {cache!r} left out: {cache_left_out_why(event)}"
+        case "key":
+            return sanitize(event.message)
         case "slow":
             text = "slow to answer"
         case "down":
@@ -126,7 +128,8 @@ def describe_machine(event: MachineEvent, now: float) -> str:
 def machine_warning(event: MachineEvent) -> str | None:
     """The ``warning:`` line on stderr for a machine event that must be seen whatever shows
     the run (``--json`` on stdout, the live view): a builder down or slow to answer, a build
-    there that could not be stopped, a binary cache its Nix left out; None for the others."""
+    there that could not be stopped, a binary cache its Nix left out, its key file missing;
+    None for the others."""
     match event.state:
         case "down" | "slow":
             what = "is down" if event.state == "down" else "is slow to answer"
@@ -135,6 +138,8 @@ def machine_warning(event: MachineEvent) -> str | None:
             return f"warning: {sanitize(event.message)}"
         case "cache":
             return f"warning: {cache_left_out(event)}"
+        case "key":
+            return f"warning: builder {event.machine!r}: {sanitize(event.message)}"
         case _:
             return None
 

@@ -60,8 +60,9 @@ class TtyRenderer:
         self._closed = False
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, MachineEvent) and event.state in {"unstopped", "cache"}:
-            # A kill failing as the run's sessions close (after it, too); a cache left out.
+        if isinstance(event, MachineEvent) and event.state in {"unstopped", "cache", "key"}:
+            # A kill failing as the run's sessions close (after it, too); a cache left out;
+            # a key file missing.
             self._warn(event)
         if self._closed:
             return

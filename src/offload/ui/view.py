@@ -176,7 +176,7 @@ class View:
             self.eta.plan(event.time, event.remaining, overdue=self.overdue(event.time))
 
     def _machine_event(self, event: MachineEvent) -> None:
-        if event.state == "cache":  # a line of its own (``tty``): the machine is not changed
+        if event.state in {"cache", "key"}:  # a line of its own (``tty``): no machine change
             self.eta.news()
             return
         machine = self._see(event.machine)
