@@ -88,6 +88,21 @@ def test_one_builder_listed_twice_is_left_out_with_its_file_and_line(second: str
     )
 
 
+@pytest.mark.parametrize("source", ["/etc/nix/machines", "/srv/[[machine]]/machines"])
+def test_a_toml_uri_meant_for_a_line_is_told_by_where_it_came_from(source: str) -> None:
+    # A toml-defined machine was told by "[[machine]]" in its source: a machines file in a
+    # directory of that name made the line look like a toml table, and the hint was lost.
+    machines = parse_machines("ssh://nx-a.invalid?ssh-key=/k", source=source, system=SYSTEM)[0]
+    toml = parse_offload_toml('[[machine]]\nuri = "ssh://nx-a.invalid"\ntags = ["big"]\n', "o.toml")
+    machines = apply_toml(machines, toml, system=SYSTEM)[0]
+    kept, (warning,) = one_name_each(machines)
+    assert [m.uri for m in kept] == ["ssh://nx-a.invalid?ssh-key=/k"]
+    assert warning.startswith("o.toml: [[machine]] #1: nx-a.invalid: ssh://nx-a.invalid has")
+    assert "an offload.toml uri matches a line only as a whole" in warning
+    assert 'key the table by uri = "ssh://nx-a.invalid?ssh-key=/k"' in warning
+    assert [m.origin for m in machines] == ["machines", "toml"]
+
+
 def _pool(tmp_path: Path, spec: str) -> Pool:
     config = tmp_path / "offload.toml"
     config.write_text("")

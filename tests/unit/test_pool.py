@@ -241,7 +241,8 @@ def test_load_pool_cli_builders_win(tmp_path):
 
 
 def _strip(ms: tuple[Machine, ...] | list[Machine]) -> list[Machine]:
-    return [dataclasses.replace(m, source="") for m in ms]
+    """The machines as described, not where from (a file's line, or an offload.toml table)."""
+    return [dataclasses.replace(m, source="", origin="machines") for m in ms]
 
 
 FULL = f"""

@@ -75,7 +75,7 @@ def _hint(machine: Machine, other: Machine) -> str:
     (``ssh://a`` for ``ssh://a?ssh-key=...``) matches no line, so it defined a builder of its
     own, whose settings (tags, a name) would otherwise be lost without a word of why."""
     two = "if they are two, give one a name of its own: offload.toml [[machine]] uri, name"
-    from_toml = "[[machine]]" in machine.source and "[[machine]]" not in other.source
+    from_toml = machine.origin == "toml" and other.origin != "toml"
     if from_toml and machine.uri.split("?")[0] == other.uri.split("?")[0] != other.uri:
         return (
             f"an offload.toml uri matches a line only as a whole: to add to that builder, key "

@@ -301,6 +301,7 @@ def apply_toml(
             if not found:
                 columns = _toml_columns(entry, uri)
                 machine = machine_from_columns(columns, source=where, system=system)
+                machine = dataclasses.replace(machine, origin="toml")
                 result.append(_with_meta(machine, entry))
                 continue
         else:

@@ -11,8 +11,23 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["BLANKS", "COLUMNS", "SSH_SCHEMES", "UINT_RE", "Machine", "shell_char", "shown"]
+__all__ = [
+    "BLANKS",
+    "COLUMNS",
+    "SSH_SCHEMES",
+    "UINT_RE",
+    "Machine",
+    "Origin",
+    "shell_char",
+    "shown",
+]
+
+# What defined a machine: a line of Nix's machines spec (a file, the builders setting,
+# --builders; NixOS's nix.buildMachines, which are such lines), or an offload.toml
+# ``[[machine]]`` whose uri matched no line. A table that adds to a line leaves it "machines".
+Origin = Literal["machines", "toml"]
 
 COLUMNS = (
     "storeUri",
@@ -92,6 +107,7 @@ class Machine:
     tags: frozenset[str] = frozenset()
     enabled: bool = True
     host_key_base64: str | None = None
+    origin: Origin = "machines"
 
     @property
     def pins_junk(self) -> bool:
