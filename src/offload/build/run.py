@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 from offload.backoff import Health
@@ -114,9 +114,7 @@ async def run_build(
                 unreachable=unreachable, warm=warm, late=late, emit=told, estimate=estimate,
                 check=check, nix_said=nix_said or _to_stderr, caches=caches,
             )  # fmt: skip
-            tell_restricted(members, told)
-            # Those still connecting (``late``) are told down, with why, if they fail.
-            tell_missing_keys(pool, remote.keys() - unreachable.keys() - late.keys(), told)
+            _tell_logins(pool, members, remote.keys() - unreachable.keys() - late.keys(), told)
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
@@ -128,6 +126,19 @@ async def run_build(
             follow_loads(members, executor.loads.reported)
             report = await _carried_out(executor, graph, fetched, cut_short)
     return report, graph
+
+
+def _tell_logins(
+    pool: Pool,
+    members: list[PoolMember],
+    answered: Collection[str],
+    told: Callable[[Event], None],
+) -> None:
+    """What the builders' logins showed: restricted keys, and key files that do not exist
+    (``answered``: the builders that logged in; those still connecting are told down, with
+    why, if they fail)."""
+    tell_restricted(members, told)
+    tell_missing_keys(pool, answered, told)
 
 
 def _explainer(pool: Pool) -> Callable[[str, str], str]:
