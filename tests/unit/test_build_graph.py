@@ -2,7 +2,6 @@ import asyncio
 
 from offload.build import build_plan, load_graph, out_links
 from offload.build.graph import check_impossible
-from offload.protocol.serve import StoreClient
 from offload.transport.fake import FakePath, FakeStore
 from tests.helpers.plans import make_plan
 
@@ -82,43 +81,3 @@ def test_check_names_the_first_unbuilt_root_by_name_as_nix_goals_go():
     assert refused is not None
     assert refused.message.startswith(f"some outputs of '{paths['b']}' are not valid")
     assert refused.message.endswith(" (and 2 more)")
-
-
-def test_each_level_asks_the_local_store_and_the_builders_at_once():
-    # The local store answers a level only once a builder has been asked about it: with the
-    # questions one after the other (two round trips a level), the first would wait forever.
-    plan, paths, outs, src = make_plan({"a": [], "b": ["a"], "c": ["b"]})
-    levels: list[set[str]] = []
-
-    class Local:
-        def __init__(self, client: StoreClient, asked: asyncio.Event) -> None:
-            self.client, self.asked = client, asked
-
-        async def query_valid_paths(self, paths: set[str], **kw: bool) -> set[str]:
-            await asyncio.wait_for(self.asked.wait(), 5)
-            self.asked.clear()
-            return await self.client.query_valid_paths(paths, **kw)
-
-    class Remote:
-        def __init__(self, client: StoreClient, asked: asyncio.Event) -> None:
-            self.client, self.asked = client, asked
-
-        async def query_valid_paths(self, paths: set[str]) -> set[str]:
-            levels.append(set(paths))
-            self.asked.set()
-            return await self.client.query_valid_paths(paths)
-
-    async def scenario():
-        local, remote = FakeStore("local", [src]), FakeStore("fast", [])
-        asked = asyncio.Event()
-        async with local.connect() as lc, remote.connect() as rc:
-            return await load_graph(
-                Local(lc, asked),  # type: ignore[arg-type]
-                [(paths["c"], "out")],
-                read=plan.drvs.__getitem__,
-                remotes={"fast": Remote(rc, asked)},  # type: ignore[dict-item]
-            )
-
-    graph = asyncio.run(scenario())
-    assert set(graph.order) == {paths["a"], paths["b"], paths["c"]}
-    assert levels == [{outs["c"]}, {outs["b"]}, {outs["a"]}]

@@ -17,7 +17,6 @@ from offload.errors import ConfigError, OffloadError, StoreError
 from offload.protocol.serve import StoreClient
 from offload.store.drv import Derivation, read_derivation
 from offload.store.path import StorePath
-from offload.tasks import cancel_and_wait
 
 __all__ = ["DrvGraph", "Roots", "Substituted", "check_impossible", "load_graph"]
 
@@ -132,15 +131,8 @@ async def _missing(
     paths = {
         drvs[d].outputs[o].path for d in frontier for o in wanted[d] if drvs[d].outputs[o].path
     }
-    # Both at once: one round trip a level, not two (a builder far away makes each one cost);
-    # builders are asked about paths valid here too, which costs them a lookup each.
-    here = asyncio.create_task(local.query_valid_paths(paths))
-    try:
-        elsewhere = await _valid_on_remotes(remotes, paths)
-    except BaseException:
-        await cancel_and_wait([here])
-        raise
-    valid = await here
+    valid = await local.query_valid_paths(paths)
+    elsewhere = await _valid_on_remotes(remotes, paths - valid)
     missing: dict[str, set[str]] = {}
     for drv_path in frontier:
         if drv_path in needs_build or drv_path in graph.fetch:
