@@ -98,12 +98,7 @@ class Pool:
                 if self.local_left_out
                 else "the local machine takes no jobs, and"
             )
-            it = "it" if idle.split(" ", 2)[1] == "takes" else "them"
-            hint = (
-                f"give {it} jobs (maxJobs, a machines line's 4th column), or pick a machine"
-                " that takes them (offload machines lists them)"
-            )
-            return f"{local} {idle}", hint
+            return f"{local} {idle[0]}", idle[1]
         if self.local_left_out:
             return (
                 "--on/--exclude left out the local machine and every builder",
@@ -114,17 +109,34 @@ class Pool:
             "pass -j N, --builders, or set `builders` in nix.conf",
         )
 
-    def idle_builders(self) -> str | None:
+    def idle_builders(self) -> tuple[str, str] | None:
         """``a takes no jobs (its maxJobs is 0: FILE:LINE)`` when the builders this pool kept
-        all have maxJobs 0 (None when it kept none, or one takes jobs)."""
+        all have maxJobs 0, and the hint (None when it kept none, or one takes jobs). Where it
+        is 0 is where the user sets it: a machines line, or the offload.toml table that
+        defined the machine or set its max-jobs over its line."""
         kept = [m for m in self.machines if m.enabled]
         if not kept or any(m.max_jobs > 0 for m in kept):
             return None
-        if len(kept) == 1:
-            return f"{kept[0].name} takes no jobs (its maxJobs is 0: {kept[0].source})"
+        places: dict[str, dict[str, None]] = {}  # "maxJobs" / "max-jobs": where, in order
+        for m in kept:
+            table = m.toml_table("max_jobs")
+            key = "maxJobs" if table is None else "max-jobs"
+            places.setdefault(key, {})[table or m.source] = None
+        one = len(kept) == 1
+        whose = "its" if one else "their"
+        why = "; ".join(f"{whose} {key} is 0: {', '.join(at)}" for key, at in places.items())
         names = ", ".join(m.name for m in kept)
-        places = ", ".join(dict.fromkeys(m.source for m in kept))
-        return f"{names} take no jobs (their maxJobs is 0: {places})"
+        said = f"{names} {'takes' if one else 'take'} no jobs ({why})"
+        fixes = {
+            "maxJobs": "maxJobs, a machines line's 4th column",
+            "max-jobs": f"max-jobs in {whose} offload.toml [[machine]]",
+        }
+        fix = "; ".join(fixes[key] for key in places)
+        hint = (
+            f"give {'it' if one else 'them'} jobs ({fix}), or pick a machine that takes them"
+            " (offload machines lists them)"
+        )
+        return said, hint
 
     def names(self) -> list[str]:
         return [LOCAL, *dict.fromkeys(m.name for m in self.machines)]
@@ -278,6 +290,7 @@ def _overlay(machine: Machine, entry: TomlMachine, where: str, system: str) -> t
         if overridden:
             warning = f"{where}: overrides {', '.join(overridden)} of {machine.source}"
             changes = {name: getattr(defined, name) for name in overridden}
+            changes["set_in"] = {**machine.set_in, **dict.fromkeys(overridden, where)}
             if columns[7] is not None:  # the key line and the base64 it came from go together
                 changes["host_key_base64"] = defined.host_key_base64
             machine = dataclasses.replace(machine, **changes)

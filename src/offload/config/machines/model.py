@@ -108,6 +108,16 @@ class Machine:
     enabled: bool = True
     host_key_base64: str | None = None
     origin: Origin = "machines"
+    # The Nix columns (as fields: ``max_jobs``) an offload.toml table set over the line's own
+    # value, and where that table is: what the user edits to change it is there, not the line.
+    set_in: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def toml_table(self, column: str) -> str | None:
+        """The offload.toml ``[[machine]]`` table where ``column`` (a field: ``max_jobs``,
+        ``ssh_key``) is set for this machine, or None when its machines line sets it."""
+        if self.origin == "toml":
+            return self.source
+        return self.set_in.get(column)
 
     @property
     def pins_junk(self) -> bool:

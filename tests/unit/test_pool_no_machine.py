@@ -1,0 +1,55 @@
+"""Why no machine of a selected pool takes a job (``Pool.no_machine``), as `offload build`
+fails with it and `offload machines` warns with it: named where the user would fix it."""
+
+from __future__ import annotations
+
+from offload.config.machines import Machine, parse_machines
+from offload.config.pool import Pool, apply_toml
+from offload.config.settings import LocalMachine, parse_offload_toml
+
+SYSTEM = "x86_64-linux"
+LOCAL = LocalMachine(1.0, 2, (SYSTEM,), frozenset())
+
+
+def machines(text: str) -> list[Machine]:
+    return parse_machines(text, source="m", system=SYSTEM)[0]
+
+
+def pool(text: str, toml: str | None = None) -> Pool:
+    found = machines(text)
+    if toml is not None:
+        found, _ = apply_toml(found, parse_offload_toml(toml, "o.toml"), system=SYSTEM)
+    return Pool(LOCAL, tuple(found), (), LOCAL)
+
+
+IDLE_TOML = """
+[[machine]]
+uri = "ssh://nx-new.invalid"
+max-jobs = 0
+[[machine]]
+host = "nx-a.invalid"
+max-jobs = 0
+"""
+
+
+def test_a_builder_given_no_jobs_by_offload_toml_is_said_there():
+    # `offload machines -j 0` (and a run) said "(its maxJobs is 0: m:1)" of a line whose maxJobs
+    # is 3 when offload.toml set it to 0, named the toml's table as a line, and the hint sent
+    # every user to "a machines line's 4th column": the fix is max-jobs in that table.
+    idle = pool("nx-a.invalid - - 3; nx-b.invalid - - 0", IDLE_TOML).select(max_jobs=0)
+    why, hint = idle.no_machine() or ("", "")
+    assert why == (
+        "the local machine takes no jobs, and nx-a.invalid, nx-b.invalid, nx-new.invalid take"
+        " no jobs (their max-jobs is 0: o.toml: [[machine]] #2, o.toml: [[machine]] #1;"
+        " their maxJobs is 0: m:1)"
+    )
+    assert "max-jobs in their offload.toml [[machine]]" in hint
+    (new,) = [m for m in idle.machines if m.name == "nx-new.invalid"]
+    one = Pool(None, (new,), (), LOCAL)
+    why, hint = one.no_machine() or ("", "")
+    assert why.endswith("nx-new.invalid takes no jobs (its max-jobs is 0: o.toml: [[machine]] #1)")
+    assert hint.startswith("give it jobs (max-jobs in its offload.toml [[machine]])")
+    line = Pool(None, (machines("nx-b.invalid - - 0")[0],), (), LOCAL)
+    why, hint = line.no_machine() or ("", "")
+    assert why.endswith("nx-b.invalid takes no jobs (its maxJobs is 0: m:1)")
+    assert hint.startswith("give it jobs (maxJobs, a machines line's 4th column)")
