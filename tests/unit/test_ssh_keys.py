@@ -7,8 +7,16 @@ import pytest
 
 from offload.build.faults import explain
 from offload.config.machines import Machine, parse_machines
+from offload.config.pool import apply_toml
+from offload.config.settings import parse_offload_toml
 from offload.transport.links.ssh_master import _ssh_hint
-from offload.transport.ssh_keys import KeyTrouble, key_fix, key_place, key_trouble
+from offload.transport.ssh_keys import (
+    KeyTrouble,
+    key_fix,
+    key_place,
+    key_trouble,
+    missing_key_note,
+)
 
 DENIED = "root@127.0.0.1: Permission denied (publickey)."
 MISSING = (
@@ -49,6 +57,32 @@ def test_the_place_is_column_3_of_the_line_or_also_its_uri_parameter() -> None:
     column, uri = machines("ssh://b x86_64-linux /k/a\nssh://c?ssh-key=/k/b x86_64-linux\n")
     assert key_place(column) == "column 3 of /etc/nix/machines:1"
     assert key_place(uri) == "column 3 of /etc/nix/machines:2 (or its URI's ssh-key= parameter)"
+
+
+KEYS_TOML = """
+[[machine]]
+uri = "ssh://d"
+ssh-key = "/k/d"
+[[machine]]
+host = "b"
+ssh-key = "/k/other"
+"""
+
+
+def test_a_key_offload_toml_gives_is_to_be_fixed_there() -> None:
+    # A machine offload.toml defined was told to fix "column 3 of o.toml: [[machine]] #1" (a
+    # table has no columns), and one whose key the toml set over its line to fix the line,
+    # where another key stands: the missing-key warning of a run and offload doctor said so.
+    found, _ = apply_toml(
+        machines("ssh://b x86_64-linux /k/a\n"),
+        parse_offload_toml(KEYS_TOML, "o.toml"),
+        system="x86_64-linux",
+    )
+    line, table = found
+    assert key_place(table) == "ssh-key of o.toml: [[machine]] #1"
+    assert key_place(line) == "ssh-key of o.toml: [[machine]] #2"
+    note = missing_key_note("/k/d", key_place(table))
+    assert note.endswith("name an existing private key file in ssh-key of o.toml: [[machine]] #1")
 
 
 def test_each_trouble_gets_its_own_fix() -> None:

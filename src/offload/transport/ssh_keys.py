@@ -105,8 +105,10 @@ def refused_by_ssh(text: str) -> bool:
 
 def key_place(machine: Machine) -> str:
     """Where the user names ``machine``'s key: its line's column 3 (its URI's ``ssh-key=``
-    gives it too when the column is ``-``)."""
-    place = f"column 3 of {machine.source}"
+    gives it too when the column is ``-``), or ``ssh-key`` in the offload.toml table that
+    defined the machine or set its key over its line."""
+    table = machine.toml_table("ssh_key")
+    place = f"column 3 of {machine.source}" if table is None else f"ssh-key of {table}"
     if machine.ssh_key is not None and machine.params.get("ssh-key") == machine.ssh_key:
         return f"{place} (or its URI's ssh-key= parameter)"
     return place
