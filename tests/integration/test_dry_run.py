@@ -130,3 +130,21 @@ def test_a_dry_run_with_the_local_machine_excluded_says_so_not_that_it_takes_no_
     done = subprocess.run([*argv, "--json"], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["no_machine"] == said
+
+
+def test_a_dry_run_with_j_0_and_every_builder_excluded_says_they_were_left_out(tmp_path):
+    # It said "... and no builder is set" (a run and `offload machines`: with the hint to set
+    # `builders`), where a builder is set and --exclude took it out.
+    (tmp_path / "d.nix").write_text(NIX)
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "offload", "build", str(tmp_path / "d.nix"), "-A", "a"]
+    argv += ["--argstr", "salt", secrets.token_hex(4), "--builders", "ssh://nx-x.invalid - - 2"]
+    argv += ["-j", "0", "--exclude", "nx-x.invalid", "--dry-run", "--option", "substituters", ""]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    said = f"{NO_MACHINE} and every builder was left out"
+    assert done.stderr.splitlines()[-1] == f"no machine could build it: {said}"
+    machines = [sys.executable, "-m", "offload", "machines", *argv[argv.index("--builders") :]]
+    machines.remove("--dry-run")
+    listed = subprocess.run(machines, capture_output=True, text=True, env=env, check=False)
+    assert "and --on/--exclude left out every builder\nhint: name a builder" in listed.stderr

@@ -3,6 +3,8 @@ fails with it and `offload machines` warns with it: named where the user would f
 
 from __future__ import annotations
 
+import pytest
+
 from offload.config.machines import Machine, parse_machines
 from offload.config.pool import Pool, apply_toml
 from offload.config.settings import LocalMachine, parse_offload_toml
@@ -53,3 +55,24 @@ def test_a_builder_given_no_jobs_by_offload_toml_is_said_there():
     why, hint = line.no_machine() or ("", "")
     assert why.endswith("nx-b.invalid takes no jobs (its maxJobs is 0: m:1)")
     assert hint.startswith("give it jobs (maxJobs, a machines line's 4th column)")
+
+
+@pytest.mark.parametrize(
+    ("picked", "said"),
+    [
+        ({"exclude": ["nx-a.invalid"]}, "--on/--exclude left out every builder"),
+        (
+            {"on": ["@nosuch-or-a"], "exclude": ["nx-a.invalid"]},
+            "--on/--exclude left out every builder",
+        ),
+        ({}, "no builder is set"),
+    ],
+)
+def test_builders_left_out_with_j_0_are_not_said_unset(picked, said):
+    # `offload machines -j 0 --exclude a` (and a run) said "the local machine takes no jobs and
+    # no builder is set", with the hint to set `builders` in nix.conf, where they are set.
+    spec = "nx-a.invalid - - 2" if picked else ""
+    toml = '[[machine]]\nhost = "nx-a.invalid"\ntags = ["nosuch-or-a"]\n' if picked else None
+    why, hint = pool(spec, toml).select(max_jobs=0, **picked).no_machine() or ("", "")
+    assert why == f"the local machine takes no jobs and {said}"
+    assert ("--on/--exclude" in hint) == bool(picked)

@@ -65,7 +65,8 @@ def _plan(run: DryRun, pool: Pool) -> _Plan:
         elif pool.local_left_out:
             none = _NAMED_OUT_DOWN if run.unreachable else _NAMED_OUT
         else:
-            none = _ALL_LEFT_OUT if run.unreachable else _NO_BUILDER
+            left_out = run.unreachable or pool.builders_left_out
+            none = _ALL_LEFT_OUT if left_out else _NO_BUILDER
         return _Plan([], [(drv, "") for drv in graph.order], fetch, none)
     rows = sorted(
         (r for r in sim.schedule if r.outcome == "built"), key=lambda r: (r.start, r.machine)

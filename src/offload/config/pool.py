@@ -75,6 +75,9 @@ class Pool:
     # ``select`` took the local machine out by name (--exclude local, an --on without it):
     # a pool left with nothing says so rather than that it takes no jobs.
     local_left_out: bool = field(default=False, compare=False)
+    # ``select``'s --on/--exclude took out every builder that could have been kept: a pool left
+    # with nothing says so rather than that no builder is set.
+    builders_left_out: bool = field(default=False, compare=False)
 
     def local_env(self) -> dict[str, str] | None:
         """The environment for the local store's serve processes: ours with the run's
@@ -103,6 +106,11 @@ class Pool:
             return (
                 "--on/--exclude left out the local machine and every builder",
                 "name a machine that builds (offload machines lists them), or drop --on/--exclude",
+            )
+        if self.builders_left_out:
+            return (
+                "the local machine takes no jobs and --on/--exclude left out every builder",
+                "name a builder that builds (offload machines lists them), or drop --on/--exclude",
             )
         return (
             "the local machine takes no jobs and no builder is set",
@@ -215,7 +223,12 @@ class Pool:
         unpicked = self.local if max_jobs is None else (self.local or self.local_entry)
         named_out = bool(on_names or _split_names(exclude)) and max_jobs != 0
         left_out = local is None and named_out and unpicked is not None
-        return dataclasses.replace(self, local=local, machines=machines, local_left_out=left_out)
+        # Builders there but for --on/--exclude (`-j 0 --exclude a`): not "no builder is set".
+        could = any(self.machines[i].enabled for i in usable)
+        out = not machines and could and bool(on_names or _split_names(exclude))
+        return dataclasses.replace(
+            self, local=local, machines=machines, local_left_out=left_out, builders_left_out=out
+        )
 
 
 # --- offload.toml over the machines spec --------------------------------------------------------
