@@ -12,31 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from offload.config.convert import machines_from_nixos, pool_to_nix, pool_to_nixos, pool_to_toml
-from offload.config.machines import Machine, machine_problems, parse_machines
+from offload.config.machines import Machine, machine_problems
 from offload.config.naming import one_name_each
 from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import LocalMachine, NixSettings, parse_offload_toml
 from offload.errors import ConfigError
 from offload.transport.ssh import ssh_target
+from tests.helpers.pools import LOCAL, SYSTEM, machines, pool
 
-SYSTEM = "x86_64-linux"
-LOCAL = LocalMachine(1.0, 2, (SYSTEM,), frozenset({"kvm"}))
 KEY_LINE = (
     "ssh-ed25519 "
     + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + b"\x07" * 32).decode()
 )
 KEY_B64 = base64.b64encode(KEY_LINE.encode()).decode()
-
-
-def machines(text: str) -> list[Machine]:
-    return parse_machines(text, source="m", system=SYSTEM)[0]
-
-
-def pool(text: str, toml: str | None = None) -> Pool:
-    found = machines(text)
-    if toml is not None:
-        found, _ = apply_toml(found, parse_offload_toml(toml, "o.toml"), system=SYSTEM)
-    return Pool(LOCAL, tuple(found), (), LOCAL)
 
 
 TOML = """
