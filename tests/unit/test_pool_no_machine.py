@@ -60,3 +60,12 @@ def test_builders_left_out_with_j_0_are_not_said_unset(picked, said):
     why, hint = pool(spec, toml).select(max_jobs=0, **picked).no_machine() or ("", "")
     assert why == f"the local machine takes no jobs and {said}"
     assert ("--on/--exclude" in hint) == bool(picked)
+
+
+def test_a_name_with_an_escape_is_said_escaped():
+    # offload.toml's name = "b\u001b[31mRED" reached the terminal as an escape sequence in
+    # `offload machines`' warning, a run's error and a dry run's last line (it turned them red).
+    toml = '[[machine]]\nuri = "ssh://nx-b.invalid"\nname = "b\\u001b[31mRED"\nmax-jobs = 0\n'
+    why, _ = pool("", toml).select(max_jobs=0).no_machine() or ("", "")
+    assert "\x1b" not in why
+    assert "b\\x1b[31mRED takes no jobs" in why

@@ -129,11 +129,12 @@ class Pool:
         for m in kept:
             table = m.toml_table("max_jobs")
             key = "maxJobs" if table is None else "max-jobs"
-            places.setdefault(key, {})[table or m.source] = None
+            places.setdefault(key, {})[shown(table or m.source, 200)] = None
         one = len(kept) == 1
         whose = "its" if one else "their"
         why = "; ".join(f"{whose} {key} is 0: {', '.join(at)}" for key, at in places.items())
-        names = ", ".join(m.name for m in kept)
+        # A name or a file's path may hold what a terminal acts on (an escape): said escaped.
+        names = ", ".join(shown(m.name) for m in kept)
         said = f"{names} {'takes' if one else 'take'} no jobs ({why})"
         fixes = {
             "maxJobs": "maxJobs, a machines line's 4th column",
