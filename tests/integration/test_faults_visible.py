@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from offload.backoff import reason_line
 from offload.fleet import Fleet
+from tests.helpers import processes
 from tests.helpers.fleets import host_of, machines_lines, member_line
 from tests.helpers.nix_files import nix_file, out_path, valid_locally
-from tests.helpers.offload_run import events, offload, offload_env
+from tests.helpers.offload_run import events, offload, offload_env, start_offload
 
 GRAPH = """rec {
   dep = mk "dep" "echo dep-${salt} > $out" {};
@@ -300,3 +303,68 @@ def test_a_missing_key_file_is_said_when_ssh_logs_in_with_another(fleet, tmp_pat
     done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0")
     assert done.returncode == 0, done.stderr
     assert len([line for line in done.stderr.splitlines() if said in line]) == 1, done.stderr
+
+
+# ssh's ProxyCommand to a member that lets the connection through only once the test opens the
+# FIFO (argv 1) for writing: until then the member is a builder slow to answer.
+GATED = """
+import os, socket, sys, threading
+with open(sys.argv[1], "rb") as gate:
+    gate.read()
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+def up():
+    while data := os.read(0, 65536):
+        sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while data := sock.recv(65536):
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+os._exit(0)
+"""
+
+
+def test_a_missing_key_file_is_said_of_a_builder_that_answers_late(fleet, tmp_path):
+    # A builder slow to answer (past the 1.5 s the run waits) took work once it answered, and
+    # the key file its line names, missing, was never said: it was looked for as the run
+    # started, among the builders that had answered by then.
+    gate, proxy = tmp_path / "gate", tmp_path / "gated.py"
+    os.mkfifo(gate)
+    proxy.write_text(GATED)
+    command = f"ProxyCommand {sys.executable} {proxy} {gate} {fleet.member('fast').port}"
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        fleet.ssh_config.read_text().replace("Host fast\n", f"Host fast\n  {command}\n")
+    )
+    assert command in config.read_text()
+    missing = tmp_path / "nosuchkey"
+    fields = member_line(fleet, "fast").split()
+    fields[2] = str(missing)
+    machines = tmp_path / "machines"
+    machines.write_text(" ".join(fields) + "\n")
+    file = nix_file(tmp_path, GRAPH)
+    env = offload_env(fleet, tmp_path, NIX_SSHOPTS=f"-F {config}")
+    argv: list[str | Path] = [file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json"]
+    proc = start_offload(fleet, tmp_path, *argv, env=env)
+    try:
+        assert proc.stdout is not None
+        seen: list[dict[str, Any]] = []
+        while not seen or (seen[-1]["event"], seen[-1].get("state")) != ("machine", "slow"):
+            line = proc.stdout.readline()
+            assert line, f"the run ended before fast was slow: {seen}"
+            seen.append(json.loads(line))
+        # The proxy waits on the FIFO: opening it cannot block (ENXIO if no proxy waits, ssh
+        # never having reached for fast), and lets fast answer.
+        os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        processes.stop(proc)
+    assert proc.returncode == 0, err
+    told = [e for e in [*seen, *events(out)] if e["event"] == "machine"]
+    assert [(e["machine"], e["state"]) for e in told] == [
+        ("fast", "slow"),
+        ("fast", "key"),
+        ("fast", "up"),
+    ]
+    assert f"warning: builder 'fast': ssh key file {missing} does not exist" in err
+    assert valid_locally(out_path(file, "top"))

@@ -114,7 +114,7 @@ async def run_build(
                 unreachable=unreachable, warm=warm, late=late, emit=told, estimate=estimate,
                 check=check, nix_said=nix_said or _to_stderr, caches=caches,
             )  # fmt: skip
-            _tell_logins(pool, members, remote.keys() - unreachable.keys() - late.keys(), told)
+            _tell_logins(pool, members, remote.keys() - unreachable.keys(), late, told)
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
@@ -131,14 +131,24 @@ async def run_build(
 def _tell_logins(
     pool: Pool,
     members: list[PoolMember],
-    answered: Collection[str],
+    reached: Collection[str],
+    late: Mapping[str, asyncio.Task[None]],
     told: Callable[[Event], None],
 ) -> None:
     """What the builders' logins showed: restricted keys, and key files that do not exist
-    (``answered``: the builders that logged in; those still connecting are told down, with
-    why, if they fail)."""
+    (``reached``: the builders that logged in or are still connecting, ``late``; one of those
+    is told once it answers, or down, with why, if it fails)."""
     tell_restricted(members, told)
-    tell_missing_keys(pool, answered, told)
+    tell_missing_keys(pool, reached - late.keys(), told)
+    for name, joining in late.items():
+        joining.add_done_callback(functools.partial(_answered_late, pool, name, told))
+
+
+def _answered_late(
+    pool: Pool, name: str, told: Callable[[Event], None], joining: asyncio.Task[None]
+) -> None:
+    if not joining.cancelled() and joining.exception() is None:
+        tell_missing_keys(pool, [name], told)
 
 
 def _explainer(pool: Pool) -> Callable[[str, str], str]:

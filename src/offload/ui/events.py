@@ -48,7 +48,7 @@ JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched"
 # Said once per cache and machine; the run goes on.
 # "key": the ssh key file the machine's line names does not exist, yet ssh logged in there with
 # another key (the ssh config's, an agent's, its default); the message says which file and the
-# fix. Said once, as the run starts; the machine builds on.
+# fix. Said once, as the run starts (one slow to answer: once it answers); it builds on.
 MachineState = Literal[
     "up", "down", "loaded", "slow", "restricted", "full", "unstopped", "cache", "key"
 ]
