@@ -368,3 +368,25 @@ def test_a_missing_key_file_is_said_of_a_builder_that_answers_late(fleet, tmp_pa
     ]
     assert f"warning: builder 'fast': ssh key file {missing} does not exist" in err
     assert valid_locally(out_path(file, "top"))
+
+
+@pytest.mark.parametrize(("quiet", "said"), [(1, True), (2, True), (3, False)])
+def test_quiet_keeps_a_builders_warning_as_nix_build_keeps_its_warnings(
+    fleet, tmp_path, closed_port, quiet, said
+):
+    # nix-build --quiet (a CI script's) leaves out Nix's progress lines, not its warnings (a
+    # third --quiet does). offload --quiet said nothing at all of a builder down, or of a key
+    # file missing: its plain renderer writes none of offload's lines then, and no summary.
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        fleet.ssh_config.read_text() + "\n" + _host("shut", closed_port, fleet.client_key)
+    )
+    file = nix_file(tmp_path, GRAPH)
+    env = offload_env(fleet, tmp_path, NIX_SSHOPTS=f"-F {config}")
+    line = f"ssh://shut {fleet.system} {fleet.client_key} 2"
+    done = offload(
+        fleet, tmp_path, file, "-A", "top", "--builders", line, *["--quiet"] * quiet, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("warning: builder 'shut' is down" in done.stderr) == said, done.stderr
+    assert valid_locally(out_path(file, "top"))

@@ -234,16 +234,25 @@ def _quiet(args: argparse.Namespace) -> bool:
     return bool(args.quiet > args.verbose and not args.json)
 
 
-def _renderer(args: argparse.Namespace) -> Renderer:
-    print_logs = _print_logs(args)
-    kind: RendererKind = "auto"
+def _warnings_apart(args: argparse.Namespace) -> bool:
+    """Are a machine's warnings (down, slow, its key file missing...) lines of their own on
+    stderr? With --json (the renderer writes to stdout: people read stderr), and with --quiet's
+    plain renderer, which writes no line of offload's: Nix still shows its warnings then, until
+    a third --quiet takes its verbosity below them (lvlInfo less 3 is lvlError)."""
+    quiet = _kind(args) == "plain" and _quiet(args) and args.quiet - args.verbose < 3
+    return bool(args.json or quiet)
+
+
+def _kind(args: argparse.Namespace) -> RendererKind:
     if args.json:
-        kind = "json"
-    elif args.log_format is not None:
-        kind = "plain" if args.log_format == "raw" else "tty"
-    elif _quiet(args):
-        kind = "plain"
-    return make_renderer(kind, print_logs=print_logs, progress=not _quiet(args))
+        return "json"
+    if args.log_format is not None:
+        return "plain" if args.log_format == "raw" else "tty"
+    return "plain" if _quiet(args) else "auto"
+
+
+def _renderer(args: argparse.Namespace) -> Renderer:
+    return make_renderer(_kind(args), print_logs=_print_logs(args), progress=not _quiet(args))
 
 
 def _write_report(state: Path, run_id: str, target: Path, renderer: Renderer) -> None:
@@ -297,7 +306,7 @@ def build(
         renderer.handle(event)
         if isinstance(event, MachineEvent):
             machine_events.append(event)
-            if args.json:  # the renderer writes to stdout: people read stderr
+            if _warnings_apart(args):
                 _warn(event)
 
     # Evaluated while the connections to the builders open (run_build).
