@@ -69,3 +69,14 @@ def test_a_name_with_an_escape_is_said_escaped():
     why, _ = pool("", toml).select(max_jobs=0).no_machine() or ("", "")
     assert "\x1b" not in why
     assert "b\\x1b[31mRED takes no jobs" in why
+
+
+def test_a_second_table_over_a_toml_machine_is_where_its_max_jobs_is():
+    # A machine one table defines (max-jobs 2) and a second sets to 0 was said to be 0 in the
+    # first table.
+    toml = (
+        '[[machine]]\nuri = "ssh://nx-new.invalid"\nmax-jobs = 2\n'
+        '[[machine]]\nhost = "nx-new.invalid"\nmax-jobs = 0\n'
+    )
+    why, _ = pool("", toml).select(max_jobs=0).no_machine() or ("", "")
+    assert why.endswith("(its max-jobs is 0: o.toml: [[machine]] #2)")

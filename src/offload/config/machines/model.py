@@ -115,9 +115,8 @@ class Machine:
     def toml_table(self, column: str) -> str | None:
         """The offload.toml ``[[machine]]`` table where ``column`` (a field: ``max_jobs``,
         ``ssh_key``) is set for this machine, or None when its machines line sets it."""
-        if self.origin == "toml":
-            return self.source
-        return self.set_in.get(column)
+        # A later table over this machine (one an earlier table defined, too) is the last word.
+        return self.set_in.get(column) or (self.source if self.origin == "toml" else None)
 
     @property
     def pins_junk(self) -> bool:
