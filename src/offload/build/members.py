@@ -116,8 +116,9 @@ async def pool_members(
 
 
 def _no_machine(pool: Pool) -> SchedulerError:
-    why = pool.no_machine()
-    assert why is not None  # no member: neither the local machine nor a builder takes jobs
+    # No member means neither the local machine nor a builder takes jobs, which no_machine
+    # says; its fallback is for a pool that ever disagrees, not an assert (gone under -O).
+    why = pool.no_machine() or ("no machine takes jobs", "offload machines lists them")
     return SchedulerError(f"no machine to build on: {why[0]}", hint=why[1])
 
 
