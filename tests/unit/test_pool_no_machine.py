@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from offload.config.machines.check import machine_problems
 from offload.config.pool import Pool
 from tests.helpers.pools import LOCAL, machines, pool
 
@@ -80,3 +81,17 @@ def test_a_second_table_over_a_toml_machine_is_where_its_max_jobs_is():
     )
     why, _ = pool("", toml).select(max_jobs=0).no_machine() or ("", "")
     assert why.endswith("(its max-jobs is 0: o.toml: [[machine]] #2)")
+
+
+def test_offload_machines_says_a_problem_an_offload_toml_table_set_there():
+    # `offload machines` said "m:1: nx-b.invalid: maxJobs is 0" of a line whose maxJobs is 3
+    # when offload.toml set it to 0: the fix is in that table, not the line.
+    toml = '[[machine]]\nhost = "nx-b.invalid"\nmax-jobs = 0\nssh-key = "/nonexistent/key"\n'
+    (over,) = pool("nx-b.invalid - /also/missing 3", toml).machines
+    said = " ".join(machine_problems(over, lambda _: False))
+    assert "max-jobs is 0 in o.toml: [[machine]] #1: no build is ever sent to it" in said
+    assert "/nonexistent/key (ssh-key of o.toml: [[machine]] #1) does not exist" in said
+    (line,) = pool("nx-b.invalid - /also/missing 0", "").machines
+    said = " ".join(machine_problems(line, lambda _: False))
+    assert "maxJobs is 0: no build" in said
+    assert "/also/missing does not exist" in said

@@ -131,10 +131,15 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
     scheme = _scheme_problem(machine)
     if scheme is not None:
         found.append(scheme)
+    # Where the user fixes it: an offload.toml table that set the value, else the line.
     if machine.max_jobs == 0:
-        found.append("maxJobs is 0: no build is ever sent to it")
+        table = machine.toml_table("max_jobs")
+        said = "maxJobs is 0" if table is None else f"max-jobs is 0 in {shown(table)}"
+        found.append(f"{said}: no build is ever sent to it")
     if machine.is_ssh and machine.ssh_key and not exists(str(Path(machine.ssh_key).expanduser())):
-        found.append(f"ssh key file {shown(machine.ssh_key, 400)} does not exist")
+        table = machine.toml_table("ssh_key")
+        where = "" if table is None else f" (ssh-key of {shown(table)})"
+        found.append(f"ssh key file {shown(machine.ssh_key, 400)}{where} does not exist")
     if machine.pins_junk:
         found.append(
             "the host key is base64 of no ssh public key: Nix pins it and ssh refuses the host, "
