@@ -28,12 +28,14 @@ class Learning:
         self.unknown = {
             d for d in plan.order if split_name_version(plan.drvs[d].name)[0] not in known
         }
-        # Big-parallel builds keep their own guess; the others learn from this run's builds.
+        # Big-parallel and preferLocalBuild builds keep their own guess (``guesses``); the
+        # others learn from this run's builds.
         self._guesses = Guesses(
             {
                 d: size_factor(plan.source_bytes.get(d, 0))
                 for d in self.unknown
                 if "big-parallel" not in plan.drvs[d].required_features
+                and not plan.drvs[d].prefer_local_build
             }
         )
 

@@ -20,7 +20,13 @@ from offload.protocol.serve import StoreClient
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec, can_build
 from offload.scheduler.policy.costs import MissingInputs
-from offload.scheduler.policy.guesses import BIG_PARALLEL_WORK, DEFAULT_WORK, guessed_work
+from offload.scheduler.policy.guesses import (
+    BIG_PARALLEL_WORK,
+    DEFAULT_WORK,
+    PREFER_LOCAL,
+    TRIVIAL_WORK,
+    guessed_work,
+)
 from offload.store.drv import Derivation
 from offload.store.path import split_name_version
 
@@ -29,6 +35,7 @@ __all__ = [
     "DEFAULT_WORK",
     "MOVE_SECONDS",
     "PREFER_LOCAL",
+    "TRIVIAL_WORK",
     "BuildPlan",
     "InputMoves",
     "MemberLink",
@@ -40,8 +47,6 @@ __all__ = [
 # Moving one input job's outputs to a machine: a few round trips on each side (measured on
 # loopback at about 20-40 ms builder to builder; see docs/BENCHMARKS.md).
 MOVE_SECONDS = 0.05
-# The feature only the local machine offers: ``preferLocalBuild`` derivations require it.
-PREFER_LOCAL = "offload-prefer-local"
 
 
 class MemberLink(Protocol):
@@ -122,7 +127,9 @@ def plan_jobs(
         drv = plan.drvs[drv_path]
         pname = split_name_version(drv.name)[0]
         default = guessed_work(
-            drv.required_features, size_factor(plan.source_bytes.get(drv_path, 0))
+            drv.required_features,
+            size_factor(plan.source_bytes.get(drv_path, 0)),
+            trivial=drv.prefer_local_build,
         )
         features = drv.required_features
         if (
