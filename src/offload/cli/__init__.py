@@ -108,9 +108,19 @@ def _error_lines(prog: str, message: str) -> str:
     # argparse quotes the bad value whole, and it may be anything a user pasted. It is said on
     # one line: line breaks and other control characters escaped.
     hint = _did_you_mean(message) + f"see {prog} --help"
-    message = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+    message = _one_line(message)
     message = re.sub(r"\S{80,}", lambda long: long[0][:60] + "...", message)
     return f"error: {prog}: {message}\nhint: {hint}\n"
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: a value quoted in an error (a path, a name, a file's line) may
+    hold anything a user typed or a file held, and its line breaks and other control
+    characters (escape sequences, bytes that were not UTF-8) are written escaped, as
+    ``\\n`` or ``\\xNN``: an error is one line, whatever it quotes."""
+    from offload.config.machines.model import shown
+
+    return shown(text, sys.maxsize)
 
 
 @functools.cache
@@ -312,7 +322,7 @@ def _failed(args: argparse.Namespace, exc: Exception) -> int:
     if isinstance(exc, OffloadError):
         _print_error(exc)
         return exit_status(exc)
-    print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(f"error: internal error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
     print(
         "hint: run again as `offload --traceback COMMAND ...` to see where, and report it",
         file=sys.stderr,
@@ -358,9 +368,9 @@ def _print_error(exc: OffloadError) -> None:
     if isinstance(exc, NixError):  # Nix's own words, whole, as nix-build shows them
         sys.stderr.write(exc.text if exc.text.endswith("\n") else exc.text + "\n")
         return
-    print(f"error: {exc.message}", file=sys.stderr)
+    print(f"error: {_one_line(exc.message)}", file=sys.stderr)
     if exc.hint:
-        print(f"hint: {exc.hint}", file=sys.stderr)
+        print(f"hint: {_one_line(exc.hint)}", file=sys.stderr)
 
 
 def exit_status(exc: OffloadError) -> int:
