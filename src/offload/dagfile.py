@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from offload.config.machines.files import read_user_file
 from offload.errors import ConfigError
 
 __all__ = [
@@ -274,11 +275,17 @@ def parse_dag(data: object, *, source: str) -> Dag:
     return Dag.of(nodes, source=source)
 
 
+_BIG_HINT = 'a DAG file is JSON: {"nodes": [{"name", "work", "deps"}, ...]}'
+
+
 def load_dag(path: Path) -> Dag:
+    # Bounded in size and time, as every file a user names: `simulate /dev/zero` (or a FIFO
+    # nobody writes to) hung the command for good.
+    data = read_user_file(str(path), "DAG file", hint_big=_BIG_HINT)
+    if data is None:
+        raise ConfigError(f"{path}: cannot read DAG file: No such file or directory")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read DAG file: {exc.strerror}") from exc
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: byte {exc.start} is not UTF-8", hint="JSON files are UTF-8; save it as UTF-8"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from offload.cli import interrupts
 from offload.cli.arguments import nonempty_path
+from offload.config.machines.files import read_user_file
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions
 from offload.errors import ConfigError
 from offload.setup.builder import DEFAULT_USER, BuilderSetup, builder_files
@@ -127,10 +128,16 @@ def _public_key(text: str | None) -> PublicKey:
                 hint="give the client's key: --key @FILE.pub (made by `offload setup key`)",
             )
     if text.startswith("@"):
+        # Bounded, as every file a user names: `--key @/dev/zero` hung the command.
+        data = read_user_file(
+            text[1:], "public key file", hint_big="give the key's .pub file: one line"
+        )
+        if data is None:
+            raise ConfigError(f"cannot read {text[1:]}: no such file", hint="check --key")
         try:
-            return parse_public_key(Path(text[1:]).read_text(), text[1:])
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {text[1:]}: {exc}") from None
+            return parse_public_key(data.decode(), text[1:])
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{text[1:]}: not UTF-8 text ({exc.reason})") from None
     return parse_public_key(text, "--key")
 
 

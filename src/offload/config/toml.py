@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.config.machines import shown
+from offload.config.machines.files import read_user_file
 from offload.errors import ConfigError
 from offload.names import LOCAL
 
@@ -100,7 +101,6 @@ _MACHINE_KEYS = {
     "compress",
     "builders-use-substitutes",
 }
-_MAX_TOML = 4 << 20  # as for machines files: --config /dev/zero must not read forever
 _LOCAL_KEYS = {"speed-factor", "max-jobs", "systems", "features"}
 # Problems after the first that an error names in its hint.
 _SHOWN_PROBLEMS = 3
@@ -291,21 +291,16 @@ def load_offload_toml(path: Path | None, env: Mapping[str, str]) -> OffloadToml 
     """``--config`` (must exist), else the first of ``default_toml_paths`` that exists."""
     candidates = [path] if path is not None else default_toml_paths(env)
     for candidate in candidates:
-        try:
-            with candidate.open("rb") as file:
-                data = file.read(_MAX_TOML + 1)
-            if len(data) > _MAX_TOML:
-                raise ConfigError(
-                    f"{candidate}: larger than {_MAX_TOML >> 20} MiB; not read",
-                    hint="offload.toml describes machines: a few KiB",
-                )
-            text = data.decode()
-        except FileNotFoundError:
+        # Bounded in size and time: `--config` naming a FIFO hung the command at its open.
+        data = read_user_file(
+            str(candidate), "offload.toml", hint_big="offload.toml describes machines: a few KiB"
+        )
+        if data is None:
             if path is not None:
-                raise ConfigError(f"{path}: no such file", hint="check --config") from None
+                raise ConfigError(f"{path}: no such file", hint="check --config")
             continue
-        except OSError as exc:
-            raise ConfigError(f"cannot read {candidate}: {exc.strerror}") from exc
+        try:
+            text = data.decode()
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{candidate}: not UTF-8 text ({exc.reason})") from exc
         return parse_offload_toml(text, str(candidate))

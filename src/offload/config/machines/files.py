@@ -7,6 +7,10 @@ mistake such as ``@/dev/zero``), and from anything that is not a regular file on
 within ``timeout`` seconds (a FIFO nobody writes to would otherwise hang the command forever, as
 it hangs Nix). Bytes are decoded with ``surrogateescape``: what is not UTF-8 reaches ssh as the
 bytes Nix would pass, and every message shows it escaped (``model.shown``).
+
+Every other file a user names (offload.toml, a DAG file, a public key) is read by the same
+rule (``read_user_file``), each error naming the kind of file: none of them may hang a command
+or fill its memory, whatever the name given turns out to be.
 """
 
 from __future__ import annotations
@@ -19,21 +23,23 @@ import time
 from offload.config.machines.model import shown
 from offload.errors import ConfigError
 
-__all__ = ["MAX_BYTES", "read_text_file"]
+__all__ = ["MAX_BYTES", "read_text_file", "read_user_file"]
 
 MAX_BYTES = 4 << 20
 _TIMEOUT = 10.0
 _CHUNK = 1 << 16
 
 
-def _too_big(path: str) -> ConfigError:
+_MACHINES_HINT = "an @ include names a machines file (one builder a line), not a device or data"
+
+
+def _too_big(path: str, what: str, hint: str) -> ConfigError:
     return ConfigError(
-        f"machines file {shown(path, 400)} is larger than {MAX_BYTES >> 20} MiB; not read",
-        hint="an @ include names a machines file (one builder a line), not a device or data",
+        f"{what} {shown(path, 400)} is larger than {MAX_BYTES >> 20} MiB; not read", hint=hint
     )
 
 
-def _read_stream(fd: int, path: str, timeout: float) -> bytes:
+def _read_stream(fd: int, path: str, timeout: float, what: str, hint: str) -> bytes:
     chunks: list[bytes] = []
     size = 0
     deadline = time.monotonic() + timeout
@@ -42,8 +48,7 @@ def _read_stream(fd: int, path: str, timeout: float) -> bytes:
         ready, _, _ = select.select([fd], [], [], max(left, 0))
         if not ready:
             raise ConfigError(
-                f"machines file {shown(path, 400)} gave no end of file within {timeout:g} s; "
-                "not read",
+                f"{what} {shown(path, 400)} gave no end of file within {timeout:g} s; not read",
                 hint="a FIFO or terminal needs a writer that finishes; write a regular file",
             )
         try:
@@ -54,27 +59,49 @@ def _read_stream(fd: int, path: str, timeout: float) -> bytes:
             return b"".join(chunks)
         size += len(chunk)
         if size > MAX_BYTES:
-            raise _too_big(path)
+            raise _too_big(path, what, hint)
         chunks.append(chunk)
 
 
 def read_text_file(path: str, timeout: float = _TIMEOUT) -> str | None:
     """The text of machines file ``path``; ``None`` when it does not exist (Nix skips it)."""
+    data = read_user_file(
+        path,
+        "machines file",
+        timeout=timeout,
+        hint_big=_MACHINES_HINT,
+        hint_unreadable="a missing include is skipped, but one that exists must be readable",
+    )
+    return None if data is None else data.decode(errors="surrogateescape")
+
+
+def read_user_file(
+    path: str,
+    what: str,
+    *,
+    hint_big: str,
+    hint_unreadable: str | None = None,
+    timeout: float | None = None,
+) -> bytes | None:
+    """The bytes of ``path``, a ``what`` (``"DAG file"``) a user named; ``None`` when it does
+    not exist. At most ``MAX_BYTES``, and from what is no regular file (a FIFO, a device)
+    only until ``timeout``: else a one-line ``ConfigError`` naming it (``hint_big``: what
+    such a file should be), as it is for a directory or a file that cannot be read."""
+    timeout = _TIMEOUT if timeout is None else timeout
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ConfigError(
-            f"cannot read machines file {shown(path, 400)}: {exc.strerror}",
-            hint="a missing include is skipped, but one that exists must be readable",
+            f"cannot read {what} {shown(path, 400)}: {exc.strerror}", hint=hint_unreadable
         ) from exc
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise ConfigError(
-                f"cannot read machines file {shown(path, 400)}: Is a directory",
-                hint="an @ include names a file",
+                f"cannot read {what} {shown(path, 400)}: Is a directory",
+                hint=f"name a {what}, not a directory",
             )
         if stat.S_ISREG(mode):
             os.set_blocking(fd, True)
@@ -82,11 +109,11 @@ def read_text_file(path: str, timeout: float = _TIMEOUT) -> str | None:
             while len(data) <= MAX_BYTES and (more := os.read(fd, MAX_BYTES + 1 - len(data))):
                 data += more
             if len(data) > MAX_BYTES:
-                raise _too_big(path)
+                raise _too_big(path, what, hint_big)
         else:
-            data = _read_stream(fd, path, timeout)
+            data = _read_stream(fd, path, timeout, what, hint_big)
     except OSError as exc:
-        raise ConfigError(f"cannot read machines file {shown(path, 400)}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {what} {shown(path, 400)}: {exc.strerror}") from exc
     finally:
         os.close(fd)
-    return data.decode(errors="surrogateescape")
+    return data
