@@ -47,3 +47,27 @@ def test_a_control_character_in_what_an_error_quotes_is_escaped(
     monkeypatch.chdir(tmp_path)
     lines = _lines(argv, capsys)
     assert said in lines[0], lines
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDtRv6kpQ3Yc3oFsrnzH2Ka3YaMW0OqgPjPzVGQQ5mJZ me"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["report", "-o"], ["setup", "key"], ["setup", "builder", "--key", KEY, "--write"]],
+    ids=["report", "setup-key", "setup-builder"],
+)
+def test_a_path_the_system_refuses_is_an_error_naming_it(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A name longer than the file system takes (ENAMETOOLONG) was an "internal error" to
+    # report: Path.exists() and is_dir() raise it, where they answer False for a missing one.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    long = str(tmp_path / ("x" * 300))
+    lines = _lines([*argv, long], capsys)
+    assert lines[0].startswith(f"error: cannot use {long}"), lines  # or a file in it
+    assert lines[0].endswith(": File name too long"), lines
+    assert lines[1:] == ["hint: check that path (given, or where offload keeps its state)"]

@@ -322,12 +322,25 @@ def _failed(args: argparse.Namespace, exc: Exception) -> int:
     if isinstance(exc, OffloadError):
         _print_error(exc)
         return exit_status(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        _print_os_error(exc)
+        return 1
     print(f"error: internal error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
     print(
         "hint: run again as `offload --traceback COMMAND ...` to see where, and report it",
         file=sys.stderr,
     )
     return 1
+
+
+def _print_os_error(exc: OSError) -> None:
+    """An error of the system's about a file (a name too long, a directory not searchable, a
+    read-only file system) that no command turned into an error of its own: it is the file's,
+    a path given or a place offload keeps its state, not offload's, and said as such."""
+    name = _one_line(os.fsdecode(exc.filename))
+    why = exc.strerror or type(exc).__name__
+    print(f"error: cannot use {name}: {why}", file=sys.stderr)
+    print("hint: check that path (given, or where offload keeps its state)", file=sys.stderr)
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
