@@ -1,6 +1,7 @@
 """Every file a user names is read bounded in size and time, as an ``@`` machines file is: a DAG
 file (``offload simulate``, ``demo --graph``), an offload.toml (``--config``) and a public key
-(``setup builder --key @FILE``). ``/dev/zero`` or a FIFO nobody writes to is a one-line error
+(``setup builder --key @FILE``), and the fleet.json of a fleet directory (``--dir``).
+``/dev/zero`` or a FIFO nobody writes to is a one-line error
 naming the file, not a command that never ends.
 
 Each reader runs in a child process with its memory capped and a deadline: one that reads
@@ -22,19 +23,21 @@ import sys
 from pathlib import Path
 from offload.config.machines import files
 files._TIMEOUT = 0.2  # a FIFO's wait, short for the test
-from offload.errors import ConfigError
+from offload.errors import OffloadError
 from offload.dagfile import load_dag
 from offload.config.toml import load_offload_toml
 from offload.cli.setup import _public_key
+from offload.fleet.state import load_state
 reader, name = sys.argv[1], sys.argv[2]
 calls = {
     "dag": lambda: load_dag(Path(name)),
     "toml": lambda: load_offload_toml(Path(name), {}),
     "key": lambda: _public_key("@" + name),
+    "fleet": lambda: load_state(Path(name).parent),
 }
 try:
     calls[reader]()
-except ConfigError as exc:
+except OffloadError as exc:
     print(exc.message)
 else:
     print("read")
@@ -45,21 +48,9 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
 
-@pytest.fixture
-def fifo(tmp_path: Path) -> Path:
-    path = tmp_path / "fifo"
-    os.mkfifo(path)
-    return path
-
-
-@pytest.mark.parametrize("reader", ["dag", "toml", "key"])
-@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
-def test_a_file_a_user_names_is_read_bounded(
-    reader: str, kind: str, fifo: Path, tmp_path: Path
-) -> None:
-    name = {"device": "/dev/zero", "fifo": str(fifo), "directory": str(tmp_path)}[kind]
+def _read_in_child(reader: str, name: Path) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, reader, name],
+        [sys.executable, "-c", _CHILD, reader, str(name)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -67,11 +58,34 @@ def test_a_file_a_user_names_is_read_bounded(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    said = done.stdout.strip()
-    what = {"dag": "DAG file", "toml": "offload.toml", "key": "public key file"}[reader]
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("reader", ["dag", "toml", "key", "fleet"])
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+def test_a_file_a_user_names_is_read_bounded(reader: str, kind: str, tmp_path: Path) -> None:
+    name = tmp_path / "fleet.json"  # the name load_state reads in the directory
+    if kind == "device":
+        name.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(name)
+    else:
+        name.mkdir()
+    what = {
+        "dag": "DAG file",
+        "toml": "offload.toml",
+        "key": "public key file",
+        "fleet": "fleet state file",
+    }[reader]
     expected = {
-        "device": f"{what} /dev/zero is larger than 4 MiB; not read",
-        "fifo": f"{what} {fifo} gave no end of file within 0.2 s; not read",
-        "directory": f"cannot read {what} {tmp_path}: Is a directory",
+        "device": f"{what} {name} is larger than 4 MiB; not read",
+        "fifo": f"{what} {name} gave no end of file within 0.2 s; not read",
+        "directory": f"cannot read {what} {name}: Is a directory",
     }[kind]
-    assert said == expected
+    assert _read_in_child(reader, name) == expected
+
+
+def test_a_fleet_state_nested_too_deeply_is_malformed(tmp_path: Path) -> None:
+    (tmp_path / "fleet.json").write_text("[" * 100_000)
+    said = _read_in_child("fleet", tmp_path / "fleet.json")
+    assert said.startswith(f"{tmp_path}/fleet.json is malformed: maximum recursion depth"), said

@@ -87,7 +87,8 @@ class FleetState:
                 raise FleetError(f"{origin}: unknown state version {data.get('version')!r}")
             members = tuple(MemberRecord.from_dict(m) for m in data["members"])
             return cls(str(data["system"]), members)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the decoder recurses ("[[[[...").
             raise FleetError(
                 f"{origin} is malformed: {exc}",
                 hint="stop stray sshd processes by hand, then remove the fleet directory",

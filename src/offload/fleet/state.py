@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from offload.errors import FleetError
+from offload.config.machines.files import read_user_file
 from offload.fleet.files import write_private
 from offload.fleet.records import FleetState, MemberRecord
 from offload.fleet.spec import (
@@ -21,13 +21,14 @@ STATE_FILE = "fleet.json"
 
 def load_state(fleet_dir: Path) -> FleetState | None:
     path = fleet_dir / STATE_FILE
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    # Bounded, as every file under a directory a user names (--dir): a fleet.json that is a
+    # FIFO or a link to /dev/zero hung `offload fleet status` and every other fleet command.
+    data = read_user_file(
+        str(path), "fleet state file", hint_big="fleet.json is what `offload fleet up` started"
+    )
+    if data is None:
         return None
-    except OSError as exc:
-        raise FleetError(f"cannot read {path}: {exc.strerror}") from exc
-    return FleetState.from_json(text, origin=str(path))
+    return FleetState.from_json(data.decode(errors="replace"), origin=str(path))
 
 
 def write_state(fleet_dir: Path, state: FleetState) -> None:
