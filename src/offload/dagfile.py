@@ -226,7 +226,10 @@ def _as_float(value: object, where: str) -> float:
     # bool is an int subclass; `"work": true` is a mistake, not 1 second.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{where}: work must be a number, not {json.dumps(value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer no float holds (JSON's have no bound): out of range
+        return math.inf
 
 
 def _as_strings(value: object, where: str, key: str) -> list[str]:

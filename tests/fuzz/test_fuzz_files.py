@@ -70,7 +70,9 @@ json_values = st.recursive(
     max_leaves=20,
 )
 node_keys = st.sampled_from(["name", "work", "deps", "features", "system", "other"])
-nodes = st.dictionaries(node_keys, json_values | st.sampled_from(["a", "b", 1, ["a"], ["b"]]))
+nodes = st.dictionaries(
+    node_keys, json_values | st.sampled_from(["a", "b", 1, ["a"], ["b"], 10**400])
+)
 dags = st.one_of(
     json_values.map(json.dumps),
     st.lists(nodes, max_size=6).map(lambda ns: json.dumps({"nodes": ns})),

@@ -47,6 +47,11 @@ def error_of(data: object) -> str:
             {"nodes": [node("a", 1e308)]},
             "work must be a finite number >= 0 (at most 1e+09 s), not 1e+308",
         ),
+        # An integer no float holds (JSON's have no bound) was an OverflowError: internal error.
+        (
+            {"nodes": [node("a", 10**400)]},
+            "g.json: node 'a': work must be a finite number >= 0 (at most 1e+09 s), not inf",
+        ),
         ({"nodes": [node("a", "3")]}, "g.json: node 'a': work must be a number, not \"3\""),
         ({"nodes": [node("a", True)]}, "g.json: node 'a': work must be a number, not true"),
         ({"nodes": [{"name": "a", "work": 1, "deps": "b"}]}, "deps must be a list of strings"),
