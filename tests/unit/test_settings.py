@@ -259,3 +259,15 @@ def test_the_native_system_is_nixs_name_for_this_machine_and_kernel():
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
     expected = f"{machine or platform.machine().lower()}-{platform.system().lower()}"
     assert _native_system() == expected
+
+
+def test_why_nix_could_not_be_asked_is_one_plain_line(tmp_path, monkeypatch):
+    # A relative NIX_CONF_DIR kills Nix 2.8 ("terminate called after throwing ...", then
+    # "  what():  ESC[31;1merror:ESC[0m not an absolute path"): its colours were in the warning.
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    settings = read_nix_settings({**os.environ, "NIX_CONF_DIR": "relative"})
+    (warning,) = settings.warnings
+    assert warning.isprintable(), repr(warning)
+    assert "error: not an absolute path: 'relative'" in warning, warning

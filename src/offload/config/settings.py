@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.config.machines import shown
 from offload.config.reading import (
     MACHINES_DEFAULT_ORIGIN,
     REMOTE_SYSTEMS_ORIGIN,
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 DEFAULT_BUILDERS = "@/etc/nix/machines"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NIX_DEFAULTS = {
     "builders": DEFAULT_BUILDERS,
     "max-jobs": "1",
@@ -183,7 +185,7 @@ def read_nix_settings(
                 warnings = _option_warnings(data, options, done.stderr)
                 return NixSettings(shown, warnings, _refused(warnings, options))
         else:
-            problem = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            problem = _said(done.stderr)
     values: dict[str, str] = {}
     conf = Path(env.get("NIX_CONF_DIR", "/etc/nix")) / "nix.conf"
     with contextlib.suppress(OSError):  # no nix.conf: Nix's defaults
@@ -192,6 +194,14 @@ def read_nix_settings(
     values.update(options)
     warning = f"could not ask Nix for its settings ({problem}); read {conf} and NIX_CONFIG only"
     return NixSettings(values, (warning,))
+
+
+def _said(stderr: str) -> str:
+    """Nix's last line of ``stderr``, as one plain line: Nix colours its errors, and one it
+    dies of (a relative NIX_CONF_DIR: "terminate called ...", "  what():  ESC[31;1merror:")
+    put its escape sequences into offload's warning."""
+    lines = [" ".join(_ANSI.sub("", line).split()) for line in stderr.splitlines()]
+    return shown(next((line for line in reversed(lines) if line), "no output"), 400)
 
 
 def _option_warnings(data: object, options: Mapping[str, str], stderr: str) -> tuple[str, ...]:
