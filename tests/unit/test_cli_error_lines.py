@@ -71,3 +71,24 @@ def test_a_path_the_system_refuses_is_an_error_naming_it(
     assert lines[0].startswith(f"error: cannot use {long}"), lines  # or a file in it
     assert lines[0].endswith(": File name too long"), lines
     assert lines[1:] == ["hint: check that path (given, or where offload keeps its state)"]
+
+
+@pytest.mark.parametrize(
+    "spec", ["ssh://h\0x x86_64-linux", "ssh://h x86_64-linux /key\0x"], ids=["uri", "key"]
+)
+@pytest.mark.parametrize("command", [["status"], ["doctor", "--timeout", "1"]])
+def test_a_machine_with_a_nul_byte_is_left_out_with_a_warning(
+    spec: str,
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A machines file may hold a NUL; no program can be given it and no file named by it:
+    # status (its slot lock is named after the URI), doctor and build were internal errors
+    # ("ValueError: embedded null byte").
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    main([*command, "--builders", spec])
+    err = capsys.readouterr().err
+    assert "internal error" not in err, err
+    assert "holds a NUL byte, which no program or file name can hold; not used" in err, err

@@ -127,10 +127,14 @@ class Machine:
     @property
     def not_connected(self) -> str | None:
         """Why offload never connects to this machine though Nix takes its line (None: it
-        does): a pinned "key" ssh cannot use, or a host or user name a shell would act on
-        (ssh 9.6 refuses it; an older one hands it to a ProxyCommand's shell)."""
+        does): a pinned "key" ssh cannot use, a NUL byte, or a host or user name a shell would
+        act on (ssh 9.6 refuses it; an older one hands it to a ProxyCommand's shell)."""
         if self.pins_junk:
             return "its host key is base64 of no ssh key"
+        if "\0" in self.uri + (self.ssh_key or ""):
+            # No program can be given it, nor a file be named by it (slot locks are named
+            # after the URI): every process start or open() with it fails.
+            return "its URI or ssh key holds a NUL byte, which no program or file name can hold"
         for what, name in (("host", self.host), ("user", self.user)):
             if name is not None and (char := shell_char(name)) is not None:
                 return f"its {what} name holds '{char}', which a shell acts on"
