@@ -92,3 +92,19 @@ def test_a_machine_with_a_nul_byte_is_left_out_with_a_warning(
     err = capsys.readouterr().err
     assert "internal error" not in err, err
     assert "holds a NUL byte, which no program or file name can hold; not used" in err, err
+
+
+@pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".example"], ids=["empty-label", "long-label"])
+def test_doctor_says_a_host_name_dns_cannot_look_up_as_its_resolve_check(
+    host: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The lookup's encoding of the name (IDNA) refused it with a UnicodeError: an internal
+    # error, where a name that does not resolve is doctor's "resolve" row.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    assert main(["doctor", "--builders", f"ssh://{host} x86_64-linux", "--timeout", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "internal error" not in err, err
+    assert "does not resolve: not a host name DNS can look up" in out, out

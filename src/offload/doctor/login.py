@@ -119,6 +119,8 @@ class LoginProbe:
             return verdict([], "no answer"), []
         except OSError as exc:
             return verdict([], exc.strerror or str(exc)), []
+        except UnicodeError:  # bytes that were not UTF-8, or a label IDNA refuses
+            return verdict([], "not a host name DNS can look up"), []
         addresses = [str(info[4][0]) for info in infos]
         return verdict(addresses, None), addresses
 
