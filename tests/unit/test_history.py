@@ -148,3 +148,22 @@ def test_a_busy_refusal_by_its_extended_code_is_waited_for(tmp_path, code):
     finally:
         history._db = real
         history.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "hint"),
+    [
+        (lambda p: p.mkdir(), "a directory is in its place: move it away"),
+        (lambda p: p.parent.rmdir() or p.parent.write_text(""), "it must be a file this user"),
+    ],
+    ids=["directory", "parent-a-file"],
+)
+def test_a_history_that_cannot_be_opened_says_what_to_do(tmp_path, make, hint):
+    # SQLite's own "unable to open database file" was said with no hint at all.
+    path = tmp_path / "state" / "history.sqlite"
+    path.parent.mkdir()
+    make(path)
+    with pytest.raises(StoreError, match="cannot open the history database") as raised:
+        History(path)
+    assert raised.value.hint is not None
+    assert raised.value.hint.startswith(hint), raised.value.hint

@@ -56,6 +56,18 @@ _LOCKED_HINT = (
 )
 
 
+def _open_hint(path: Path) -> str:
+    """What to do about a history SQLite cannot open ("unable to open database file" says
+    nothing of why): a directory in its place, or a file or directory of another user's."""
+    with contextlib.suppress(OSError):  # a directory that cannot be searched: the general hint
+        if path.is_dir():
+            return "a directory is in its place: move it away (offload starts a new history)"
+    return (
+        "it must be a file this user may read and write, in a directory it may write:"
+        " check their owner and mode, or set OFFLOAD_STATE_DIR to another state directory"
+    )
+
+
 def _damaged(path: Path, exc: Exception) -> StoreError:
     detail = " ".join(str(exc).split())
     if isinstance(exc, sqlite3.OperationalError):  # locked, I/O error: not the file's fault
@@ -142,7 +154,9 @@ class History:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self._db = sqlite3.connect(path, timeout=wait, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"{path}: cannot open the history database: {exc}") from exc
+            raise StoreError(
+                f"{path}: cannot open the history database: {exc}", hint=_open_hint(path)
+            ) from exc
         try:
             if read_only:
                 self._check_version()
