@@ -167,3 +167,36 @@ def test_a_history_that_cannot_be_opened_says_what_to_do(tmp_path, make, hint):
         History(path)
     assert raised.value.hint is not None
     assert raised.value.hint.startswith(hint), raised.value.hint
+
+
+def _made(tmp_path):
+    path = tmp_path / "history.sqlite"
+    History(path).close()
+    return path
+
+
+def test_a_history_whose_wal_file_cannot_be_used_says_which_files_to_check(tmp_path):
+    # SQLite says only "unable to open database file": the error had no hint.
+    path = _made(tmp_path)
+    (tmp_path / "history.sqlite-wal").mkdir()
+    with (
+        pytest.raises(StoreError, match="cannot use the history database") as raised,
+        History(path) as history,
+    ):
+        history.runs()
+    assert raised.value.hint is not None
+    assert "-wal, -shm and -journal files" in raised.value.hint
+
+
+def test_a_history_with_a_table_dropped_is_damaged(tmp_path):
+    # "no such table: runs" was "cannot use", with no hint: it is damage, to move away.
+    path = _made(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE runs")
+    with (
+        pytest.raises(StoreError, match="the history database is damaged") as raised,
+        History(path) as history,
+    ):
+        history.runs()
+    assert raised.value.hint is not None
+    assert raised.value.hint.startswith("move the file away")

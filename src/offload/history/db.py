@@ -49,8 +49,9 @@ __all__ = ["History"]
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 _DAMAGED_HINT = "move the file away: offload starts a new history (estimates are relearned)"
-
-
+# A file the history is or one beside it that cannot be used as it is (another user's, a
+# directory or a device in its place, an I/O error): not necessarily damaged.
+_FILES_HINT = "check it and its -wal, -shm and -journal files (this user must read and write them)"
 _LOCKED_HINT = (
     "another process holds it (a hung offload, a sqlite3 shell): run this again once it ends"
 )
@@ -70,9 +71,10 @@ def _open_hint(path: Path) -> str:
 
 def _damaged(path: Path, exc: Exception) -> StoreError:
     detail = " ".join(str(exc).split())
-    if isinstance(exc, sqlite3.OperationalError):  # locked, I/O error: not the file's fault
+    mangled = detail.startswith(("no such table", "no such column"))  # a table dropped by hand
+    if isinstance(exc, sqlite3.OperationalError) and not mangled:
         # Locked past the busy timeout: another process holds it; it is not to be moved away.
-        hint = _LOCKED_HINT if "locked" in detail else None
+        hint = _LOCKED_HINT if "locked" in detail else _FILES_HINT
         return StoreError(f"{path}: cannot use the history database: {detail}", hint=hint)
     return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)
 
