@@ -89,3 +89,22 @@ def test_a_fleet_state_nested_too_deeply_is_malformed(tmp_path: Path) -> None:
     (tmp_path / "fleet.json").write_text("[" * 100_000)
     said = _read_in_child("fleet", tmp_path / "fleet.json")
     assert said.startswith(f"{tmp_path}/fleet.json is malformed: maximum recursion depth"), said
+
+
+def test_a_file_that_cannot_be_read_says_what_to_check(tmp_path: Path) -> None:
+    from offload.dagfile import load_dag
+    from offload.errors import OffloadError
+    from offload.fleet.state import load_state
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "fleet.json").write_text('{"version": 99}')
+    calls = {  # the errors had no hint line
+        "DAG file": lambda: load_dag(tmp_path / "file" / "g.json"),
+        "fleet state file": lambda: load_state(tmp_path / "file"),
+        "state version": lambda: load_state(tmp_path / "fleet"),
+    }
+    for what, call in calls.items():
+        with pytest.raises(OffloadError, match=what) as raised:
+            call()
+        assert raised.value.hint, (what, raised.value.message)

@@ -84,7 +84,11 @@ class FleetState:
         try:
             data = json.loads(text)
             if data.get("version") != STATE_VERSION:
-                raise FleetError(f"{origin}: unknown state version {data.get('version')!r}")
+                raise FleetError(
+                    f"{origin}: unknown state version {data.get('version')!r}",
+                    hint="an offload of another version started it: stop it with that one, or"
+                    " stop stray sshd processes by hand and remove the fleet directory",
+                )
             members = tuple(MemberRecord.from_dict(m) for m in data["members"])
             return cls(str(data["system"]), members)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:

@@ -88,6 +88,8 @@ def read_user_file(
     only until ``timeout``: else a one-line ``ConfigError`` naming it (``hint_big``: what
     such a file should be), as it is for a directory or a file that cannot be read."""
     timeout = _TIMEOUT if timeout is None else timeout
+    if hint_unreadable is None:
+        hint_unreadable = f"check the path, and that it is a {what} this user may read"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
@@ -113,7 +115,9 @@ def read_user_file(
         else:
             data = _read_stream(fd, path, timeout, what, hint_big)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {shown(path, 400)}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"cannot read {what} {shown(path, 400)}: {exc.strerror}", hint=hint_unreadable
+        ) from exc
     finally:
         os.close(fd)
     return data
