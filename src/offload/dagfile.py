@@ -286,7 +286,9 @@ def load_dag(path: Path) -> Dag:
     # nobody writes to) hung the command for good.
     data = read_user_file(str(path), "DAG file", hint_big=_BIG_HINT)
     if data is None:
-        raise ConfigError(f"{path}: cannot read DAG file: No such file or directory")
+        raise ConfigError(
+            f"{path}: cannot read DAG file: No such file or directory", hint="check the path"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

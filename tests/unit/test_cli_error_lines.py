@@ -108,3 +108,28 @@ def test_doctor_says_a_host_name_dns_cannot_look_up_as_its_resolve_check(
     out, err = capsys.readouterr()
     assert "internal error" not in err, err
     assert "does not resolve: not a host name DNS can look up" in out, out
+
+
+SAMPLE = str(Path(__file__).resolve().parents[2] / "src" / "offload" / "data" / "sample.json")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/nonexistent/g.json"],
+        [SAMPLE, "--noise", "-1"],
+        [SAMPLE, "--machines", ","],
+        [SAMPLE, "--machines", "a:x:1"],
+        [SAMPLE, "--machines", "a:0:1"],
+        [SAMPLE, "--machines", "a:1:1,a:1:1"],
+        [SAMPLE, "--machines", "a:1:0"],
+    ],
+    ids=["missing", "noise", "none", "speed-word", "speed-0", "twice", "no-slot"],
+)
+def test_simulate_s_errors_say_what_to_give(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each was an error line with no hint.
+    lines = _lines(["simulate", *argv], capsys)
+    assert len(lines) == 2, lines
+    assert lines[1].startswith("hint: "), lines

@@ -115,24 +115,31 @@ def parse_machines(
             slots = int(slots_text)
         except ValueError:
             raise ConfigError(
-                f"--machines: {_shown(item)}: speed must be a number and slots an integer"
+                f"--machines: {_shown(item)}: speed must be a number and slots an integer",
+                hint=f"for example {DEFAULT_MACHINES}",
             ) from None
         low, high = SPEEDS
         if not low <= speed <= high or not 0 <= slots <= MAX_SLOTS:  # a nan is neither
             raise ConfigError(
                 f"--machines: {_shown(item)}: speed must be {low:g} to {high:g}"
-                f" and slots 0 to {MAX_SLOTS}"
+                f" and slots 0 to {MAX_SLOTS}",
+                hint=f"for example {DEFAULT_MACHINES}",
             )
         supported = _features(fields[3]) if len(fields) > 3 else features
         mandatory = _features(fields[4]) if len(fields) > 4 else frozenset()
         machines.append(MachineSlotSpec(name, speed, slots, systems, supported, mandatory))
     if not machines:
-        raise ConfigError("--machines: no machines given")
+        raise ConfigError("--machines: no machines given", hint=f"for example {DEFAULT_MACHINES}")
     names = [m.name for m in machines]
     if len(set(names)) != len(names):
-        raise ConfigError(f"--machines: duplicate machine names in {spec!r}")
+        raise ConfigError(
+            f"--machines: duplicate machine names in {_shown(spec)}",
+            hint="give each machine a name of its own",
+        )
     if not any(m.slots for m in machines):
-        raise ConfigError("--machines: no machine has a slot")
+        raise ConfigError(
+            "--machines: no machine has a slot", hint="give one slots > 0: name:speed:slots"
+        )
     return machines
 
 
@@ -170,7 +177,10 @@ def run(args: argparse.Namespace) -> int:
     systems = frozenset(job.system for job in jobs)
     machines = parse_machines(args.machines, systems=systems, features=NIX_DEFAULT_FEATURES)
     if not 0 <= args.noise <= MAX_NOISE:
-        raise ConfigError(f"--noise must be a number from 0 to {MAX_NOISE}")
+        raise ConfigError(
+            f"--noise must be a number from 0 to {MAX_NOISE}",
+            hint="the estimates' error (sigma): 0 is exact, 0.3 about 30% off",
+        )
     if args.policy == "nix":
         costs = replace(NixCosts.measured(), integer_speed=args.nix_version < (2, 20))
         result = simulate_nix(jobs, machines, costs, noise=args.noise, seed=args.seed)
