@@ -73,8 +73,9 @@ def test_parse_member_spec(text, name, speed, jobs):
     ],
 )
 def test_invalid_member_specs_are_refused(text):
-    with pytest.raises(FleetError):
+    with pytest.raises(FleetError) as raised:
         MemberSpec.parse(text)
+    assert raised.value.hint, raised.value.message  # `x:0`, `x:1:0`, ... had none
 
 
 def test_default_members():
@@ -82,10 +83,12 @@ def test_default_members():
 
 
 def test_specs_must_be_unique_and_non_empty():
-    with pytest.raises(FleetError, match="twice"):
+    with pytest.raises(FleetError, match="twice") as twice:
         validate_specs([MemberSpec("a"), MemberSpec("b"), MemberSpec("a", 2)])
-    with pytest.raises(FleetError):
+    with pytest.raises(FleetError) as none:
         validate_specs([])
+    assert twice.value.hint
+    assert none.value.hint
 
 
 @pytest.mark.parametrize(("speed", "expected"), [(0.2, 1), (1.0, 1), (1.5, 2), (2.4, 2), (4.0, 4)])

@@ -152,9 +152,15 @@ class MemberSpec:
                 hint="`local` is the local machine and Nix never uses ssh for `localhost`",
             )
         if not (math.isfinite(self.speed) and self.speed > 0):
-            raise FleetError(f"invalid speed {self.speed!r} for fleet member {self.name}")
+            raise FleetError(
+                f"invalid speed {self.speed!r} for fleet member {self.name}",
+                hint="a speed is a finite number above 0 (NAME:SPEED:JOBS, e.g. fast:4:2)",
+            )
         if self.jobs < 1:
-            raise FleetError(f"invalid jobs {self.jobs!r} for fleet member {self.name}")
+            raise FleetError(
+                f"invalid jobs {self.jobs!r} for fleet member {self.name}",
+                hint="a member takes at least 1 job (NAME:SPEED:JOBS, e.g. fast:4:2)",
+            )
         targets = [target for target, _ in self.proc_overrides]
         for target in targets:
             parts = Path(target).parts
@@ -214,11 +220,13 @@ DEFAULT_SPECS: tuple[MemberSpec, ...] = tuple(MemberSpec.parse(s) for s in DEFAU
 
 def validate_specs(specs: Sequence[MemberSpec]) -> tuple[MemberSpec, ...]:
     if not specs:
-        raise FleetError("a fleet needs at least one member")
+        raise FleetError("a fleet needs at least one member", hint="give --member NAME:SPEED:JOBS")
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
-            raise FleetError(f"fleet member {spec.name!r} is given twice")
+            raise FleetError(
+                f"fleet member {spec.name!r} is given twice", hint="give each member once"
+            )
         seen.add(spec.name)
     return tuple(specs)
 
