@@ -20,13 +20,14 @@ import contextlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from offload.errors import ConfigError, OffloadError
-from offload.state_json import read_state_json
+from offload.state_json import MAX_BYTES, read_state_json
 
 __all__ = [
     "USE_FILE",
@@ -129,9 +130,16 @@ def set_choice(places: Sequence[Path], choice: Choice | None, hint: Callable[[Pa
 
 
 def _saved(place: Path) -> bytes | None:
-    """The choice file's bytes in ``place`` as they are, None where there is none."""
+    """The choice file's bytes in ``place`` as they are (at most ``MAX_BYTES``: a bigger one
+    is no choice offload wrote), None where there is none. Something else in its place (a
+    FIFO, a device: damage, as ``read_choice`` takes it) is not read, which would hang or
+    never end: ``b""``, so that it is replaced or cleared all the same."""
+    path = place / USE_FILE
     try:
-        return (place / USE_FILE).read_bytes()
+        if not stat.S_ISREG(path.stat().st_mode):
+            return b""
+        with path.open("rb") as saved:
+            return saved.read(MAX_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         return None
 

@@ -179,3 +179,45 @@ def test_a_builder_named_twice_is_kept_once_in_order(
     choice = read_choice(tmp_path, now=time.time())
     assert choice is not None
     assert choice.machines == ("slow", "fast")
+
+
+_SET = """
+import sys
+from pathlib import Path
+from offload.use import Choice, set_choice
+choice = None if sys.argv[2] == "clear" else Choice(("a",), 0.0, None)
+set_choice([Path(sys.argv[1])], choice, lambda place: "")
+print((Path(sys.argv[1]) / "use.json").read_text() if choice else "cleared")
+"""
+
+
+@pytest.mark.parametrize("what", ["clear", "write"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_choice_file_that_is_a_fifo_or_device_is_replaced_not_read(
+    tmp_path: Path, kind: str, what: str
+) -> None:
+    # `offload use` read the old file whole first (to put it back if another place failed):
+    # a FIFO there blocked it for good, /dev/zero read until memory ran out.
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "use.json")
+    else:
+        (tmp_path / "use.json").symlink_to("/dev/zero")
+    done = subprocess.run(
+        [sys.executable, "-c", _SET, str(tmp_path), what],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+    if what == "clear":
+        assert done.stdout == "cleared\n"
+        assert not (tmp_path / "use.json").exists()
+    else:
+        assert json.loads(done.stdout)["machines"] == ["a"]
