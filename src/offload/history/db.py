@@ -1,5 +1,5 @@
-"""The history database: SQLite in the state directory (it, ``rows`` and ``prune`` are the
-modules that import sqlite3).
+"""The history database: SQLite in the state directory (it, ``rows``, ``prune`` and ``faults``,
+what its errors say, are the modules that import sqlite3).
 
 Schema changes are migrations (``offload.history.schema``). Several offload processes may write
 at once (a build and hooks), so the database runs in WAL mode with a busy timeout (a wait
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Self, TypeVar
 
 from offload.errors import StoreError
+from offload.history.faults import damaged, open_hint
 from offload.history.prune import KEEP_BUILDS, PRUNE_CLAIM, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
 from offload.history.records import BuildRecord, RunRecord
 from offload.history.rows import (
@@ -48,35 +49,6 @@ __all__ = ["History"]
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
-_DAMAGED_HINT = "move the file away: offload starts a new history (estimates are relearned)"
-# A file the history is or one beside it that cannot be used as it is (another user's, a
-# directory or a device in its place, an I/O error): not necessarily damaged.
-_FILES_HINT = "check it and its -wal, -shm and -journal files (this user must read and write them)"
-_LOCKED_HINT = (
-    "another process holds it (a hung offload, a sqlite3 shell): run this again once it ends"
-)
-
-
-def _open_hint(path: Path) -> str:
-    """What to do about a history SQLite cannot open ("unable to open database file" says
-    nothing of why): a directory in its place, or a file or directory of another user's."""
-    with contextlib.suppress(OSError):  # a directory that cannot be searched: the general hint
-        if path.is_dir():
-            return "a directory is in its place: move it away (offload starts a new history)"
-    return (
-        "it must be a file this user may read and write, in a directory it may write:"
-        " check their owner and mode, or set OFFLOAD_STATE_DIR to another state directory"
-    )
-
-
-def _damaged(path: Path, exc: Exception) -> StoreError:
-    detail = " ".join(str(exc).split())
-    mangled = detail.startswith(("no such table", "no such column"))  # a table dropped by hand
-    if isinstance(exc, sqlite3.OperationalError) and not mangled:
-        # Locked past the busy timeout: another process holds it; it is not to be moved away.
-        hint = _LOCKED_HINT if "locked" in detail else _FILES_HINT
-        return StoreError(f"{path}: cannot use the history database: {detail}", hint=hint)
-    return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)
 
 
 def _guarded(
@@ -89,7 +61,7 @@ def _guarded(
         try:
             return method(self, *args, **kwargs)
         except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
-            raise _damaged(self.path, exc) from exc
+            raise damaged(self.path, exc) from exc
 
     functools.update_wrapper(guarded, method)
     return guarded
@@ -157,7 +129,7 @@ class History:
                 self._db = sqlite3.connect(path, timeout=wait, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
-                f"{path}: cannot open the history database: {exc}", hint=_open_hint(path)
+                f"{path}: cannot open the history database: {exc}", hint=open_hint(path)
             ) from exc
         try:
             if read_only:
@@ -169,7 +141,7 @@ class History:
                 self._open()
         except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: text that is not UTF-8
             self._db.close()
-            raise _damaged(path, exc) from exc
+            raise damaged(path, exc) from exc
         except BaseException:
             self._db.close()
             raise

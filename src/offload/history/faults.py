@@ -1,0 +1,42 @@
+"""What the history database's errors say: locked, damaged, or a file that cannot be used as
+it is, each with its hint (``offload.history.db`` raises them)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from offload.errors import StoreError
+
+__all__ = ["damaged", "open_hint"]
+
+_DAMAGED_HINT = "move the file away: offload starts a new history (estimates are relearned)"
+# A file the history is or one beside it that cannot be used as it is (another user's, a
+# directory or a device in its place, an I/O error): not necessarily damaged.
+_FILES_HINT = "check it and its -wal, -shm and -journal files (this user must read and write them)"
+_LOCKED_HINT = (
+    "another process holds it (a hung offload, a sqlite3 shell): run this again once it ends"
+)
+
+
+def open_hint(path: Path) -> str:
+    """What to do about a history SQLite cannot open ("unable to open database file" says
+    nothing of why): a directory in its place, or a file or directory of another user's."""
+    with contextlib.suppress(OSError):  # a directory that cannot be searched: the general hint
+        if path.is_dir():
+            return "a directory is in its place: move it away (offload starts a new history)"
+    return (
+        "it must be a file this user may read and write, in a directory it may write:"
+        " check their owner and mode, or set OFFLOAD_STATE_DIR to another state directory"
+    )
+
+
+def damaged(path: Path, exc: Exception) -> StoreError:
+    detail = " ".join(str(exc).split())
+    mangled = detail.startswith(("no such table", "no such column"))  # a table dropped by hand
+    if isinstance(exc, sqlite3.OperationalError) and not mangled:
+        # Locked past the busy timeout: another process holds it; it is not to be moved away.
+        hint = _LOCKED_HINT if "locked" in detail else _FILES_HINT
+        return StoreError(f"{path}: cannot use the history database: {detail}", hint=hint)
+    return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)
