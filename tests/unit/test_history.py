@@ -200,3 +200,35 @@ def test_a_history_with_a_table_dropped_is_damaged(tmp_path):
         history.runs()
     assert raised.value.hint is not None
     assert raised.value.hint.startswith("move the file away")
+
+
+_OPEN = """
+import sys
+from pathlib import Path
+from offload.errors import StoreError
+from offload.history.db import History
+try:
+    History(Path(sys.argv[1])).close()
+except StoreError as exc:
+    print(exc.message)
+    print(exc.hint)
+"""
+
+
+@pytest.mark.parametrize("end", ["", "-journal", "-wal", "-shm"])
+def test_a_fifo_in_place_of_the_history_or_a_journal_is_an_error_not_a_hang(tmp_path, end):
+    # SQLite opened a hot journal that was a FIFO and blocked for good, deaf to SIGTERM.
+    path = _made(tmp_path)
+    odd = tmp_path / f"history.sqlite{end}"
+    odd.unlink(missing_ok=True)
+    os.mkfifo(odd)
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    message, hint = done.stdout.splitlines()
+    assert message == f"{odd}: not a file, which the history database and its journals are"
+    assert hint.startswith("move it away: ")

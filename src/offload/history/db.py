@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Self, TypeVar
 
 from offload.errors import StoreError
-from offload.history.faults import damaged, open_hint
+from offload.history.faults import damaged, not_a_file, open_hint
 from offload.history.prune import KEEP_BUILDS, PRUNE_CLAIM, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
 from offload.history.records import BuildRecord, RunRecord
 from offload.history.rows import (
@@ -121,6 +121,8 @@ class History:
         self._wait = wait
         self._on_busy = on_busy or _note_busy
         self._said_busy = False
+        if (odd := not_a_file(path)) is not None:
+            raise odd
         try:
             if read_only:
                 self._db = _connect_read_only(path)

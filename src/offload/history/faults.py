@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import stat
 from pathlib import Path
 
 from offload.errors import StoreError
 
-__all__ = ["damaged", "open_hint"]
+__all__ = ["damaged", "not_a_file", "open_hint"]
 
 _DAMAGED_HINT = "move the file away: offload starts a new history (estimates are relearned)"
 # A file the history is or one beside it that cannot be used as it is (another user's, a
@@ -40,3 +41,21 @@ def damaged(path: Path, exc: Exception) -> StoreError:
         hint = _LOCKED_HINT if "locked" in detail else _FILES_HINT
         return StoreError(f"{path}: cannot use the history database: {detail}", hint=hint)
     return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)
+
+
+def not_a_file(path: Path) -> StoreError | None:
+    """The error for a FIFO, device or socket where the database or its journal is (SQLite
+    opens a hot journal when it sees one: a FIFO there blocked it for good, deaf to SIGTERM,
+    as SQLite opens again on EINTR), None when each is a file or absent."""
+    for name in (path, *(path.with_name(path.name + end) for end in ("-journal", "-wal", "-shm"))):
+        try:
+            mode = name.stat().st_mode
+        except OSError:  # absent, or what SQLite will say it cannot open
+            continue
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            return StoreError(
+                f"{name}: not a file, which the history database and its journals are",
+                hint="move it away: "
+                + ("offload starts a new history" if name == path else "SQLite makes its own"),
+            )
+    return None
