@@ -51,6 +51,7 @@ _INSTALL_HINTS = {
     "nix": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
     "ssh": "install OpenSSH (Debian: apt-get install openssh-client)",
     "ssh-keygen": "install OpenSSH (Debian: apt-get install openssh-client)",
+    "ssh-keyscan": "install OpenSSH (Debian: apt-get install openssh-client)",
     "sshd": "install the OpenSSH server (Debian: apt-get install openssh-server)",
     "unshare": "install util-linux",
 }
@@ -73,7 +74,9 @@ class Completed:
 
 def _missing(argv: Sequence[str], exc: OSError) -> TransportError:
     program = Path(argv[0]).name
-    return TransportError(f"cannot run {argv[0]}: {exc.strerror}", hint=_INSTALL_HINTS.get(program))
+    # One with no install hint of its own still gets one: an error with none said nothing.
+    hint = _INSTALL_HINTS.get(program, f"install {program}, or put it on PATH")
+    return TransportError(f"cannot run {argv[0]}: {exc.strerror}", hint=hint)
 
 
 def run(

@@ -133,3 +133,23 @@ def test_simulate_s_errors_say_what_to_give(
     lines = _lines(["simulate", *argv], capsys)
     assert len(lines) == 2, lines
     assert lines[1].startswith("hint: "), lines
+
+
+def test_a_program_that_is_not_there_is_said_with_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `setup client` with no ssh-keyscan on PATH said "cannot run ssh-keyscan" with no hint.
+    from offload.errors import TransportError
+    from offload.process import run
+
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "key").write_text("")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    lines = _lines(["setup", "client", "127.0.0.1:1", "--identity", str(tmp_path / "key")], capsys)
+    assert lines == [
+        "error: cannot run ssh-keyscan: No such file or directory",
+        "hint: install OpenSSH (Debian: apt-get install openssh-client)",
+    ]
+    with pytest.raises(TransportError) as raised:
+        run(["offload-no-such-program"])
+    assert raised.value.hint == "install offload-no-such-program, or put it on PATH"
