@@ -279,6 +279,9 @@ def parse_dag(data: object, *, source: str) -> Dag:
 
 
 _BIG_HINT = 'a DAG file is JSON: {"nodes": [{"name", "work", "deps"}, ...]}'
+_FORM = (
+    'a DAG file is {"nodes": [{"name": "a", "work": 1.5, "deps": []}, ...]}: see simulate --help'
+)
 
 
 def load_dag(path: Path) -> Dag:
@@ -298,10 +301,13 @@ def load_dag(path: Path) -> Dag:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}", hint=_FORM) from exc
     except RecursionError as exc:  # the decoder recurses once per level of nesting
-        raise ConfigError(f"{path}: JSON nested too deeply to be a DAG file") from exc
-    return parse_dag(data, source=str(path))
+        raise ConfigError(f"{path}: JSON nested too deeply to be a DAG file", hint=_FORM) from exc
+    try:
+        return parse_dag(data, source=str(path))
+    except ConfigError as exc:  # what is wrong, said by node: and the form it should have
+        raise ConfigError(exc.message, hint=exc.hint or _FORM) from None
 
 
 def dump_dag(dag: Dag) -> str:

@@ -281,3 +281,16 @@ def test_a_wrapped_script_runs_before_and_after_and_the_default_changes_nothing(
     assert [x for x in wrapped.splitlines() if "script" not in x] == [
         x for x in plain.splitlines() if "script" not in x
     ]
+
+
+@pytest.mark.parametrize(
+    "text", ['{"nodes": [{"name": "a", "work": -1}]}', '{"nodes": [', "[" * 100_000, "[]"]
+)
+def test_a_dag_file_s_errors_say_the_form_it_takes(tmp_path: Path, text: str) -> None:
+    # Each was an error line with no hint.
+    path = tmp_path / "g.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_dag(path)
+    assert raised.value.hint is not None
+    assert raised.value.hint.startswith('a DAG file is {"nodes": [')
