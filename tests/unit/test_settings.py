@@ -271,3 +271,14 @@ def test_why_nix_could_not_be_asked_is_one_plain_line(tmp_path, monkeypatch):
     (warning,) = settings.warnings
     assert warning.isprintable(), repr(warning)
     assert "error: not an absolute path: 'relative'" in warning, warning
+
+
+def test_a_nix_conf_dir_with_an_escape_is_said_escaped(tmp_path, monkeypatch):
+    # Its name went raw into the warning ("read ESC[2J/nix.conf"): the terminal was cleared.
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    settings = read_nix_settings({**os.environ, "NIX_CONF_DIR": "\x1b[2J"})
+    (warning,) = settings.warnings
+    assert warning.isprintable(), repr(warning)
+    assert "read \\x1b[2J/nix.conf and NIX_CONFIG only" in warning, warning

@@ -181,9 +181,9 @@ def read_nix_settings(
             except ValueError:
                 problem = "`nix show-config --json` printed no JSON"
             else:
-                shown = {k: _show_config_value(v) for k, v in data.items()}
+                found = {k: _show_config_value(v) for k, v in data.items()}
                 warnings = _option_warnings(data, options, done.stderr)
-                return NixSettings(shown, warnings, _refused(warnings, options))
+                return NixSettings(found, warnings, _refused(warnings, options))
         else:
             problem = _said(done.stderr)
     values: dict[str, str] = {}
@@ -192,7 +192,8 @@ def read_nix_settings(
         parse_nix_conf(conf.read_text(errors="replace"), values)
     parse_nix_conf(env.get("NIX_CONFIG", ""), values)
     values.update(options)
-    warning = f"could not ask Nix for its settings ({problem}); read {conf} and NIX_CONFIG only"
+    warning = f"could not ask Nix for its settings ({problem}); read {shown(str(conf), 400)}"
+    warning += " and NIX_CONFIG only"
     return NixSettings(values, (warning,))
 
 
