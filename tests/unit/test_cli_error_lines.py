@@ -153,3 +153,24 @@ def test_a_program_that_is_not_there_is_said_with_what_to_install(
     with pytest.raises(TransportError) as raised:
         run(["offload-no-such-program"])
     assert raised.value.hint == "install offload-no-such-program, or put it on PATH"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["builder", "--key", KEY, "--write", "{file}/out"],
+        ["builder", "--key", "@{binary}"],
+        ["client", "h", "--timeout", "nan"],
+    ],
+    ids=["write-under-a-file", "key-not-utf8", "timeout"],
+)
+def test_setup_s_errors_say_what_to_give(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each was an error line with no hint.
+    (tmp_path / "file").write_text("")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    names = {"file": tmp_path / "file", "binary": tmp_path / "binary"}
+    lines = _lines(["setup", *(word.format(**names) for word in argv)], capsys)
+    assert len(lines) == 2, lines
+    assert lines[1].startswith("hint: "), lines

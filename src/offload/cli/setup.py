@@ -137,7 +137,10 @@ def _public_key(text: str | None) -> PublicKey:
         try:
             return parse_public_key(data.decode(), text[1:])
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{text[1:]}: not UTF-8 text ({exc.reason})") from None
+            raise ConfigError(
+                f"{text[1:]}: not UTF-8 text ({exc.reason})",
+                hint="give the key's .pub file (ssh-keygen -y -f KEY prints it)",
+            ) from None
     return parse_public_key(text, "--key")
 
 
@@ -171,7 +174,10 @@ def run_client(args: argparse.Namespace) -> int:
             hint="make one with `offload setup key`, or give --identity PATH",
         )
     if not 0 < args.timeout <= 600:
-        raise ConfigError("--timeout must be more than 0 and at most 600 seconds")
+        raise ConfigError(
+            "--timeout must be more than 0 and at most 600 seconds",
+            hint="seconds to wait for each builder's answer, e.g. --timeout 10",
+        )
     targets = parse_targets(args.targets)
     overrides = Overrides(
         systems=tuple(s for group in args.system for s in group),

@@ -45,7 +45,10 @@ def write_files(directory: Path, files: Sequence[tuple[str, str]]) -> list[Path]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create {directory}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot create {directory}: {exc.strerror}",
+            hint="give --write a directory this user may create files in",
+        ) from None
     written: list[Path] = []
     try:
         for name, text in files:
@@ -63,7 +66,10 @@ def _write_one(directory: Path, name: str, text: str) -> Path:
     try:
         fd, scratch = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
     except OSError as exc:
-        raise ConfigError(f"cannot write in {directory}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot write in {directory}: {exc.strerror}",
+            hint="give --write a directory this user may create files in",
+        ) from None
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
