@@ -282,3 +282,14 @@ def test_a_nix_conf_dir_with_an_escape_is_said_escaped(tmp_path, monkeypatch):
     (warning,) = settings.warnings
     assert warning.isprintable(), repr(warning)
     assert "read \\x1b[2J/nix.conf and NIX_CONFIG only" in warning, warning
+
+
+@pytest.mark.parametrize("jobs", ["x", "\x1b[2J"])
+def test_a_max_jobs_that_is_no_number_says_what_to_set(jobs):
+    # Read from nix.conf when Nix itself cannot be asked: the error had no hint, and quoted
+    # the value raw.
+    with pytest.raises(ConfigError, match="Nix's max-jobs setting") as raised:
+        local_machine(NixSettings({"max-jobs": jobs, "system": "x86_64-linux"}))
+    assert raised.value.message.isprintable()
+    assert raised.value.hint is not None
+    assert raised.value.hint.startswith("set max-jobs to auto or a whole number")

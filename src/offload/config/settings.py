@@ -303,7 +303,10 @@ def local_machine(settings: NixSettings, toml: TomlLocal | None = None) -> Local
         try:
             max_jobs = int(jobs_text)
         except ValueError:
-            raise ConfigError(f"Nix's max-jobs setting '{jobs_text}' is not a number") from None
+            raise ConfigError(
+                f"Nix's max-jobs setting '{shown(jobs_text, 400)}' is not a number",
+                hint="set max-jobs to auto or a whole number (nix.conf, NIX_CONFIG, --option)",
+            ) from None
     systems = tuple(dict.fromkeys((settings.system, *settings.words("extra-platforms"))))
     features = frozenset(settings.words("system-features"))
     speed = 1.0
