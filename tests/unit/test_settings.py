@@ -293,3 +293,12 @@ def test_a_max_jobs_that_is_no_number_says_what_to_set(jobs):
     assert raised.value.message.isprintable()
     assert raised.value.hint is not None
     assert raised.value.hint.startswith("set max-jobs to auto or a whole number")
+
+
+def test_an_offload_toml_that_is_not_utf8_says_what_to_do(tmp_path):
+    # The error had no hint.
+    path = tmp_path / "offload.toml"
+    path.write_bytes(b"[local]\n\xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text") as raised:
+        load_offload_toml(path, {})
+    assert raised.value.hint == "offload.toml is TOML, which is UTF-8 text: save it as UTF-8"

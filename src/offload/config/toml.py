@@ -302,6 +302,9 @@ def load_offload_toml(path: Path | None, env: Mapping[str, str]) -> OffloadToml 
         try:
             text = data.decode()
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{candidate}: not UTF-8 text ({exc.reason})") from exc
+            raise ConfigError(
+                f"{candidate}: not UTF-8 text ({exc.reason})",
+                hint="offload.toml is TOML, which is UTF-8 text: save it as UTF-8",
+            ) from exc
         return parse_offload_toml(text, str(candidate))
     return None
