@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 from offload.errors import DaemonError, ProtocolError
+from offload.protocol.client import NarProducer, Sink
 from offload.protocol.serve import BuildOptions, BuildStatus, ServeClient
 from offload.protocol.worker import LogMessage, Verbosity, WorkerClient
 from offload.protocol.worker.frames import ActivityStart, Event
@@ -257,5 +258,46 @@ def test_a_daemon_dying_mid_request_is_a_protocol_error(tmp_path: Path) -> None:
             assert not isinstance(lost.value, DaemonError)
             assert lost.value.peer == "doomed"
             assert not client.usable
+
+    run(go())
+
+
+def test_a_path_another_client_adds_meanwhile_does_not_break_a_multiple_add(
+    tmp_path: Path,
+) -> None:
+    # Two clients of one store: the second finds three paths missing, and while it sends the
+    # first, the other client adds the second. The 2.8 daemon skipped that path's NAR and read
+    # the third's info from inside it ("not an absolute path: 'nix-archive-1'"): the builder
+    # was backed off. The soak campaign met it with two builds on one ssh-ng builder that
+    # shared an input, sent at once.
+    salt = uuid.uuid4().hex
+    paths = []
+    for name in ("one", "two", "three"):
+        (tmp_path / name).write_text(f"{name} {salt}\n")
+        paths.append(sh("nix-store", "--add", str(tmp_path / name)))
+    first, second, third = paths
+
+    async def go() -> None:
+        async with (
+            host_store() as host,
+            daemon(tmp_path / "root") as other,
+            daemon(tmp_path / "root") as client,
+        ):
+            await other.handshake()
+            await client.handshake()
+            infos = await host.query_path_infos(paths)
+
+            async def first_nar(sink: Sink) -> None:
+                # The second is added by the other client before this one gets to it.
+                await other.add_to_store_nar(infos[second], partial(host.dump_store_path, second))
+                await host.dump_store_path(first, sink)
+
+            nars: list[NarProducer] = [first_nar]
+            nars += [partial(host.dump_store_path, p) for p in (second, third)]
+            await client.add_multiple_to_store(
+                [(infos[p], nar) for p, nar in zip(paths, nars, strict=True)]
+            )
+            assert await client.query_valid_paths(paths) == set(paths)
+            assert client.usable
 
     run(go())

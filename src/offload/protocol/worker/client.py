@@ -317,17 +317,21 @@ class WorkerClient:
     async def add_multiple_to_store(
         self, items: Sequence[tuple[PathInfo, NarProducer]], *, check_sigs: bool = False
     ) -> None:
-        """Add several paths in one request (1.32 and later; one AddToStoreNar each before).
-
-        Give them dependencies first. Paths the daemon already has are left out first: the
-        2.8 daemon does not read the NAR of a path it already has (docs section 4.6).
-        """
+        """Add several paths in one request (1.32 and later; one AddToStoreNar each before),
+        dependencies first. Paths the daemon has are left out: the 2.8 daemon does not read
+        their NARs (docs section 4.6); added meanwhile, the rest go by AddToStoreNar."""
         valid = await self.query_valid_paths(info.path for info, _ in items)
+        todo: Sequence[tuple[PathInfo, NarProducer]]
         todo = [(info, nar) for info, nar in items if info.path not in valid]
-        if self.minor < 32 or len(todo) <= 1:
-            for info, nar in todo:
-                await self.add_to_store_nar(info, nar, check_sigs=check_sigs)
-            return
+        if self.minor >= 32 and len(todo) > 1:
+            todo = await self._add_multiple(todo, check_sigs)
+        for info, nar in todo:
+            await self.add_to_store_nar(info, nar, check_sigs=check_sigs)
+
+    async def _add_multiple(
+        self, todo: Sequence[tuple[PathInfo, NarProducer]], check_sigs: bool
+    ) -> Sequence[tuple[PathInfo, NarProducer]]:
+        """``todo`` in one request: what is left to add (after section 4.6's hazard)."""
 
         async def stream(sink: Sink) -> None:
             await sink(encode_int(len(todo)))
@@ -337,9 +341,19 @@ class WorkerClient:
 
         request = encode_int(Op.ADD_MULTIPLE_TO_STORE) + encode_int(0)
         request += encode_int(int(not check_sigs))
-        async with self._request(f"AddMultipleToStore of {len(todo)} paths"):
-            await self._send(request)
-            await self._upload(stream)
+        try:
+            async with self._request(f"AddMultipleToStore of {len(todo)} paths"):
+                await self._send(request)
+                await self._upload(stream)
+        except DaemonError:
+            # A path added by someone else since the query: its NAR unread, the next path read
+            # from inside it ("not an absolute path: 'nix-archive-1'"), the session kept whole
+            # by its frames. The rest go one by one; an error of their own comes again then.
+            now = await self.query_valid_paths(info.path for info, _ in todo)
+            if not now:
+                raise
+            return [(info, nar) for info, nar in todo if info.path not in now]
+        return []
 
     async def add_paths(
         self, items: Sequence[tuple[PathInfo, NarProducer]], *, exporter: Exporter | None = None
