@@ -157,6 +157,32 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, delay):
         assert proc.returncode in (0, 130, -signal.SIGINT), text
 
 
+# Ctrl-C exactly while the installed `offload` command imports its CLI: a site hook of the
+# test's sends it as Python looks for offload.cli.interrupts (the CLI's own first import).
+_CTRL_C_ON_IMPORT = """import os, signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "offload.cli.interrupts":
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+def test_ctrl_c_while_the_command_imports_its_cli_prints_no_traceback(tmp_path):
+    """The `offload` users run (not `python -m offload`): pip's entry-point script imported the
+    CLI where nothing caught a Ctrl-C, and a KeyboardInterrupt traceback ended it by SIGINT
+    (the soak campaign's console-script runs: 2 of 20 signals in the first 0.6 s)."""
+    (tmp_path / "sitecustomize.py").write_text(_CTRL_C_ON_IMPORT)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "offload"), "machines", "--builders", ""],
+        env={**os.environ, "PYTHONPATH": path, "OFFLOAD_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 130, done.stderr
+
+
 def test_a_second_signal_waits_for_the_first_ones_clean_up(fleet, tmp_path, short_tmp):
     """Ctrl-C, then SIGTERM at once (an impatient user, a supervisor's word): the second is
     ignored, as Nix ignores it, so the first one's clean-up goes to its end. asyncio's own
