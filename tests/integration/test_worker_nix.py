@@ -278,26 +278,28 @@ def test_a_path_another_client_adds_meanwhile_does_not_break_a_multiple_add(
     first, second, third = paths
 
     async def go() -> None:
-        async with (
-            host_store() as host,
-            daemon(tmp_path / "root") as other,
-            daemon(tmp_path / "root") as client,
-        ):
+        async with host_store() as host, daemon(tmp_path / "root") as other:
+            # The first daemon makes the fresh store before the second opens it: two making it
+            # at once, one exited before its handshake now and then.
             await other.handshake()
-            await client.handshake()
-            infos = await host.query_path_infos(paths)
+            async with daemon(tmp_path / "root") as client:
+                await client.handshake()
+                await add_racing(host, other, client)
 
-            async def first_nar(sink: Sink) -> None:
-                # The second is added by the other client before this one gets to it.
-                await other.add_to_store_nar(infos[second], partial(host.dump_store_path, second))
-                await host.dump_store_path(first, sink)
+    async def add_racing(host: ServeClient, other: WorkerClient, client: WorkerClient) -> None:
+        infos = await host.query_path_infos(paths)
 
-            nars: list[NarProducer] = [first_nar]
-            nars += [partial(host.dump_store_path, p) for p in (second, third)]
-            await client.add_multiple_to_store(
-                [(infos[p], nar) for p, nar in zip(paths, nars, strict=True)]
-            )
-            assert await client.query_valid_paths(paths) == set(paths)
-            assert client.usable
+        async def first_nar(sink: Sink) -> None:
+            # The second is added by the other client before this one gets to it.
+            await other.add_to_store_nar(infos[second], partial(host.dump_store_path, second))
+            await host.dump_store_path(first, sink)
+
+        nars: list[NarProducer] = [first_nar]
+        nars += [partial(host.dump_store_path, p) for p in (second, third)]
+        await client.add_multiple_to_store(
+            [(infos[p], nar) for p, nar in zip(paths, nars, strict=True)]
+        )
+        assert await client.query_valid_paths(paths) == set(paths)
+        assert client.usable
 
     run(go())
