@@ -46,6 +46,7 @@ from offload.config.machines import Machine
 from offload.errors import OffloadError, SshError, TransportError
 from offload.hook.loads import HookLoads
 from offload.protocol.serve import StoreClient
+from offload.protocol.store import also_heard
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
 from offload.transport.links import BuilderFullError, Link
@@ -172,7 +173,10 @@ class BuilderLinks:
     ) -> AsyncIterator[Session]:
         """A session known to answer, holding a slot on the builder where it can, or
         ``Unreachable``; the body's log lines go to ``on_log``. A builder whose slots are all
-        held by others raises ``BuilderFullError``."""
+        held by others raises ``BuilderFullError``. Heard only while the body runs, not as
+        a session it leaves early is stopped there: what Nix says then ("error: interrupted
+        by the user", when the coordinator stopped the build, not the user) is no line of the
+        build's, as in ``offload build`` (``scheduler.run.copy``)."""
         transport, link = self._link(machine, env)
 
         def full() -> None:
@@ -181,7 +185,7 @@ class BuilderLinks:
         for attempt in (1, 2):
             lent = False
             try:
-                async with link.build_session(on_log, on_wait=full) as client:
+                async with link.build_session(on_wait=full) as client:
                     self._learned(machine.name, link)
                     if not self._fresh(client):
                         try:
@@ -196,7 +200,8 @@ class BuilderLinks:
                         if transport.dialect.name == "serve":
                             program = "`nix-store --serve`"
                         on_log(RESTRICTED_NOTE.format(name=machine.name, program=program))
-                    yield Session(client, transport, link.remote_pid(client))
+                    with also_heard(client, on_log):
+                        yield Session(client, transport, link.remote_pid(client))
                     self._answered[client] = time.monotonic()
             except _Stale as exc:
                 if attempt == 2:
