@@ -405,6 +405,11 @@ def test_a_builder_lost_mid_build_is_left_for_another(lost_fleet: Fleet, tmp_pat
 
     wait_for(lambda: len(kept()) == 2, 20, f"both builds in the history: {kept()}")
     assert kept() == {(building, "lost"), (other, "built")}
+    # With why, as `offload build` keeps its lost builds: the hook's had no error.
+    with History(tmp_path / "state" / "history.sqlite") as history:
+        [lost] = [b for b in history.builds(hook=True) if b.status == "lost"]
+    assert lost.error
+    assert lost.error.split(":")[0] in err, (lost.error, err)
 
 
 def test_a_derivation_no_machine_can_build_is_said_with_what_each_offers(

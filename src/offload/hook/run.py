@@ -436,7 +436,8 @@ async def _build(
         message = exc.message if isinstance(exc, OffloadError) else str(exc)
         if isinstance(exc, TransportError | ProtocolError) and getattr(exc, "peer", None) != LOCAL:
             context.machine_failed(name, message)
-            _record(context, request, name, Outcome(0, started, time.time()), status="lost")
+            lost = Outcome(0, started, time.time())
+            _record(context, request, name, lost, status="lost", error=message)
             if context.keep.dispatch is not None:
                 raise _Lost(message) from exc
         error_message(
@@ -450,9 +451,12 @@ def _record(
     request: TryRequest,
     name: str,
     outcome: Outcome,
+    *,
     status: str | None = None,
+    error: str | None = None,
 ) -> None:
-    """Keep the build in history: ``status``, else built or failed by its exit code."""
+    """Keep the build in history: ``status``, else built or failed by its exit code; a lost
+    one with why (``error``: its builder's failure), as ``offload build`` keeps its own."""
     record = BuildRecord(
         run_id=f"hook-{uuid.uuid4().hex[:12]}",
         drv_path=request.drv_path,
@@ -465,6 +469,7 @@ def _record(
         bytes_received=outcome.received,
         name=request.name,
         phases=outcome.phases,
+        error=error,
     )
     inputs: tuple[str, ...] = ()  # what it was built on gives later hooks their tails
     with contextlib.suppress(OffloadError):
