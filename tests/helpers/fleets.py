@@ -178,7 +178,9 @@ def member_processes(member: Member) -> list[tuple[int, str]]:
         try:
             seen = (entry / "root" / "nix").stat()
             stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            # Any process's: not all of them are in UTF-8.
+            raw = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            cmdline = raw.decode(errors="replace").strip()
         except OSError:
             continue
         if stat[stat.rindex(")") + 2] in "ZX":
