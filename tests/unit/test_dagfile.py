@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offload.dagfile import Dag, DagNode, dump_dag, load_dag, parse_dag, to_nix_expression
+from offload.dagfile import (
+    MAX_DAG_BYTES,
+    Dag,
+    DagNode,
+    dump_dag,
+    load_dag,
+    parse_dag,
+    to_nix_expression,
+)
 from offload.errors import ConfigError
 
 
@@ -248,6 +256,23 @@ def test_load_dag_reports_unreadable_and_invalid_files(tmp_path: Path) -> None:
     cyclic.write_text(json.dumps({"nodes": [node("a", 1, "b"), node("b", 1, "a")]}))
     with pytest.raises(ConfigError, match=r"cyclic\.json: node '(a|b)': dependency cycle"):
         load_dag(cyclic)
+
+
+def test_a_dag_file_of_a_big_build_graph_is_read(tmp_path: Path) -> None:
+    # 40,000 nodes, each with a store-path-like name and a dependency: 4.9 MB of JSON, more
+    # than the 4 MiB other user files are read up to, and `simulate` plans it in seconds.
+    names = [f"{i:032x}-package-{i}-1.2.3" for i in range(40_000)]
+    data = {"nodes": [node(name, 1.5, *names[max(i - 1, 0) : i]) for i, name in enumerate(names)]}
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(data))
+    assert path.stat().st_size > 4 << 20
+    assert len(load_dag(path).nodes) == 40_000
+    # Still bounded: a file past the DAG files' own cap is refused, not parsed.
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as out:
+        out.truncate(MAX_DAG_BYTES + 1)
+    with pytest.raises(ConfigError, match="larger than 64 MiB"):
+        load_dag(huge)
 
 
 # -- the Nix expression, as text (tests/integration/test_dag_nix.py evaluates and builds it) ----

@@ -33,22 +33,24 @@ _CHUNK = 1 << 16
 _MACHINES_HINT = "an @ include names a machines file (one builder a line), not a device or data"
 
 
-def _too_big(path: str, what: str, hint: str) -> ConfigError:
+def _too_big(path: str, what: str, hint: str, limit: int) -> ConfigError:
     return ConfigError(
-        f"{what} {shown(path, 400)} is larger than {MAX_BYTES >> 20} MiB; not read", hint=hint
+        f"{what} {shown(path, 400)} is larger than {limit >> 20} MiB; not read", hint=hint
     )
 
 
-def _read_stream(fd: int, path: str, timeout: float, what: str, hint: str) -> bytes:
+def _read_stream(fd: int, label: str, timeout: float, limit: int) -> bytes:
+    """What ``fd`` (no regular file) gives until its end, or past ``limit`` bytes (the caller
+    refuses it then), within ``timeout`` seconds; ``label`` names it in the error."""
     chunks: list[bytes] = []
     size = 0
     deadline = time.monotonic() + timeout
-    while True:
+    while size <= limit:
         left = deadline - time.monotonic()
         ready, _, _ = select.select([fd], [], [], max(left, 0))
         if not ready:
             raise ConfigError(
-                f"{what} {shown(path, 400)} gave no end of file within {timeout:g} s; not read",
+                f"{label} gave no end of file within {timeout:g} s; not read",
                 hint="a FIFO or terminal needs a writer that finishes; write a regular file",
             )
         try:
@@ -56,11 +58,10 @@ def _read_stream(fd: int, path: str, timeout: float, what: str, hint: str) -> by
         except BlockingIOError:
             continue
         if not chunk:
-            return b"".join(chunks)
+            break
         size += len(chunk)
-        if size > MAX_BYTES:
-            raise _too_big(path, what, hint)
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def read_text_file(path: str, timeout: float = _TIMEOUT) -> str | None:
@@ -82,9 +83,11 @@ def read_user_file(
     hint_big: str,
     hint_unreadable: str | None = None,
     timeout: float | None = None,
+    limit: int = MAX_BYTES,
 ) -> bytes | None:
     """The bytes of ``path``, a ``what`` (``"DAG file"``) a user named; ``None`` when it does
-    not exist. At most ``MAX_BYTES``, and from what is no regular file (a FIFO, a device)
+    not exist. At most ``limit`` bytes (a file of a kind that is legitimately bigger than
+    ``MAX_BYTES`` passes its own), and from what is no regular file (a FIFO, a device)
     only until ``timeout``: else a one-line ``ConfigError`` naming it (``hint_big``: what
     such a file should be), as it is for a directory or a file that cannot be read."""
     timeout = _TIMEOUT if timeout is None else timeout
@@ -107,13 +110,13 @@ def read_user_file(
             )
         if stat.S_ISREG(mode):
             os.set_blocking(fd, True)
-            data = os.read(fd, MAX_BYTES + 1)
-            while len(data) <= MAX_BYTES and (more := os.read(fd, MAX_BYTES + 1 - len(data))):
+            data = os.read(fd, limit + 1)
+            while len(data) <= limit and (more := os.read(fd, limit + 1 - len(data))):
                 data += more
-            if len(data) > MAX_BYTES:
-                raise _too_big(path, what, hint_big)
         else:
-            data = _read_stream(fd, path, timeout, what, hint_big)
+            data = _read_stream(fd, f"{what} {shown(path, 400)}", timeout, limit)
+        if len(data) > limit:
+            raise _too_big(path, what, hint_big, limit)
     except OSError as exc:
         raise ConfigError(
             f"cannot read {what} {shown(path, 400)}: {exc.strerror}", hint=hint_unreadable
