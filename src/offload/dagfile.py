@@ -292,7 +292,9 @@ _FORM = (
 def load_dag(path: Path) -> Dag:
     # Bounded in size and time, as every file a user names: `simulate /dev/zero` (or a FIFO
     # nobody writes to) hung the command for good.
-    data = read_user_file(str(path), "DAG file", hint_big=_BIG_HINT, limit=MAX_DAG_BYTES)
+    data = read_user_file(
+        str(path), "DAG file", hint_big=_BIG_HINT, limit=MAX_DAG_BYTES, named=True
+    )
     if data is None:
         raise ConfigError(
             f"{path}: cannot read DAG file: No such file or directory", hint="check the path"

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from offload.config.machines import files
 files._TIMEOUT = 0.2  # a FIFO's wait, short for the test
+files._NAMED_TIMEOUT = float(sys.argv[3])  # one named on the command line: as the test says
 from offload.errors import OffloadError
 from offload.dagfile import load_dag
 from offload.config.toml import load_offload_toml
@@ -48,9 +49,9 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
 
-def _read_in_child(reader: str, name: Path) -> str:
+def _read_in_child(reader: str, name: Path, named_timeout: float = 0.2) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, reader, str(name)],
+        [sys.executable, "-c", _CHILD, reader, str(name), str(named_timeout)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -83,6 +84,27 @@ def test_a_file_a_user_names_is_read_bounded(reader: str, kind: str, tmp_path: P
         "directory": f"cannot read {what} {name}: Is a directory",
     }[kind]
     assert _read_in_child(reader, name) == expected
+
+
+@pytest.mark.parametrize("reader", ["dag", "toml", "key"])
+def test_a_pipe_named_on_the_command_line_may_take_its_time(reader: str, tmp_path: Path) -> None:
+    # `--key @<(ssh host cat key.pub)`: the producer logs in first, and offload gave up on it
+    # after the 10 s an @ include of a machines file gets (0.2 s here): now it waits longer.
+    source = tmp_path / "source"
+    if reader == "key":
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", source], check=True)
+        source = source.with_suffix(".pub")
+    else:
+        source.write_text('{"nodes": []}' if reader == "dag" else "")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # A slow producer: it writes 5 times the short wait after the reader opened the pipe.
+    producer = subprocess.Popen(["sh", "-c", 'sleep 1; cat "$1" > "$2"', "sh", source, fifo])
+    try:
+        assert _read_in_child(reader, fifo, named_timeout=60) == "read"
+    finally:
+        producer.kill()
+        producer.wait()
 
 
 def test_a_fleet_state_nested_too_deeply_is_malformed(tmp_path: Path) -> None:

@@ -130,7 +130,7 @@ def _public_key(text: str | None) -> PublicKey:
     if text.startswith("@"):
         # Bounded, as every file a user names: `--key @/dev/zero` hung the command.
         data = read_user_file(
-            text[1:], "public key file", hint_big="give the key's .pub file: one line"
+            text[1:], "public key file", hint_big="give the key's .pub file: one line", named=True
         )
         if data is None:
             raise ConfigError(f"cannot read {text[1:]}: no such file", hint="check --key")

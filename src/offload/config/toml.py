@@ -293,7 +293,10 @@ def load_offload_toml(path: Path | None, env: Mapping[str, str]) -> OffloadToml 
     for candidate in candidates:
         # Bounded in size and time: `--config` naming a FIFO hung the command at its open.
         data = read_user_file(
-            str(candidate), "offload.toml", hint_big="offload.toml describes machines: a few KiB"
+            str(candidate),
+            "offload.toml",
+            hint_big="offload.toml describes machines: a few KiB",
+            named=path is not None,
         )
         if data is None:
             if path is not None:

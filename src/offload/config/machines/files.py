@@ -10,7 +10,10 @@ bytes Nix would pass, and every message shows it escaped (``model.shown``).
 
 Every other file a user names (offload.toml, a DAG file, a public key) is read by the same
 rule (``read_user_file``), each error naming the kind of file: none of them may hang a command
-or fill its memory, whatever the name given turns out to be.
+or fill its memory, whatever the name given turns out to be. One named on the command line
+(``--key @<(ssh host cat key.pub)``, ``--config <(nix eval ...)``) may come from a producer that
+takes its time, an ssh login or an evaluation, with the user watching: a pipe there is waited
+for ``_NAMED_TIMEOUT`` (``named``), long enough for those, still not forever.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = ["MAX_BYTES", "read_text_file", "read_user_file"]
 
 MAX_BYTES = 4 << 20
 _TIMEOUT = 10.0
+_NAMED_TIMEOUT = 120.0
 _CHUNK = 1 << 16
 
 
@@ -84,13 +88,16 @@ def read_user_file(
     hint_unreadable: str | None = None,
     timeout: float | None = None,
     limit: int = MAX_BYTES,
+    named: bool = False,
 ) -> bytes | None:
     """The bytes of ``path``, a ``what`` (``"DAG file"``) a user named; ``None`` when it does
     not exist. At most ``limit`` bytes (a file of a kind that is legitimately bigger than
-    ``MAX_BYTES`` passes its own), and from what is no regular file (a FIFO, a device)
-    only until ``timeout``: else a one-line ``ConfigError`` naming it (``hint_big``: what
-    such a file should be), as it is for a directory or a file that cannot be read."""
-    timeout = _TIMEOUT if timeout is None else timeout
+    ``MAX_BYTES`` passes its own), and from what is no regular file (a FIFO, a device) only
+    until ``timeout`` (10 s, 120 s for one ``named`` on the command line): else a one-line
+    ``ConfigError`` naming it (``hint_big``: what such a file should be), as it is for a
+    directory or a file that cannot be read."""
+    if timeout is None:
+        timeout = _NAMED_TIMEOUT if named else _TIMEOUT
     if hint_unreadable is None:
         hint_unreadable = f"check the path, and that it is a {what} this user may read"
     try:
