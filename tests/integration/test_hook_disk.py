@@ -1,6 +1,7 @@
 """offload-hook under real Nix 2.8 when its state directory is full (a tmpfs of its own,
 filled, in a mount namespace the test makes): every derivation is declined with one line and
-Nix builds it itself, instead of the whole nix-build failing on the hook's missing reply."""
+Nix builds it itself, instead of the whole nix-build failing on the hook's missing reply. The
+history database there says to free space, not to check its files."""
 
 from __future__ import annotations
 
@@ -45,3 +46,43 @@ def test_a_full_state_directory_leaves_the_builds_to_nix(tmp_path: Path) -> None
     assert all(valid_locally(path) for path in outputs)
     assert "No space left on device" in done.stderr
     assert "unexpected EOF" not in done.stderr
+
+
+_OPEN_HISTORY = """
+import sys
+from pathlib import Path
+from offload.errors import OffloadError
+from offload.history.db import History
+try:
+    History(Path(sys.argv[1]) / "history.sqlite")
+except OffloadError as exc:
+    print(exc.message)
+    print(exc.hint)
+"""
+
+
+def test_a_history_on_a_full_disk_says_to_free_space(tmp_path: Path) -> None:
+    # Real SQLite on a full tmpfs (in a mount namespace of the test's): its hint told to check
+    # the files' owner and mode, which are fine, so a user went looking in the wrong place.
+    state = tmp_path / "state"
+    state.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=64k none {shlex.quote(str(state))} && "
+        f"(dd if=/dev/zero of={shlex.quote(str(state / 'fill'))} bs=1k count=64 2>/dev/null; "
+        f'exec "$0" -c "$1" "$2")'
+    )
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    done = subprocess.run(
+        [*argv, sys.executable, _OPEN_HISTORY, str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    message, hint = done.stdout.splitlines()
+    assert (
+        message
+        == f"{state}/history.sqlite: cannot use the history database: database or disk is full"
+    )
+    assert hint == f"free space on the file system that holds {state} (df shows it)"

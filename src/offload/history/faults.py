@@ -39,6 +39,8 @@ def damaged(path: Path, exc: Exception) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError) and not mangled:
         # Locked past the busy timeout: another process holds it; it is not to be moved away.
         hint = _LOCKED_HINT if "locked" in detail else _FILES_HINT
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:  # its files are fine, not the disk
+            hint = f"free space on the file system that holds {path.parent} (df shows it)"
         return StoreError(f"{path}: cannot use the history database: {detail}", hint=hint)
     return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)
 
