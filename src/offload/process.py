@@ -74,8 +74,11 @@ class Completed:
 
 def _missing(argv: Sequence[str], exc: OSError) -> TransportError:
     program = Path(argv[0]).name
-    # One with no install hint of its own still gets one: an error with none said nothing.
-    hint = _INSTALL_HINTS.get(program, f"install {program}, or put it on PATH")
+    if isinstance(exc, PermissionError):
+        # It is there, and this user may not run it: installing it again changes nothing.
+        hint = f"make {program} executable for this user (chmod +x), or put another first on PATH"
+    else:  # One with no install hint of its own still gets one: none said nothing.
+        hint = _INSTALL_HINTS.get(program, f"install {program}, or put it on PATH")
     return TransportError(f"cannot run {argv[0]}: {exc.strerror}", hint=hint)
 
 

@@ -174,3 +174,22 @@ def test_setup_s_errors_say_what_to_give(
     lines = _lines(["setup", *(word.format(**names) for word in argv)], capsys)
     assert len(lines) == 2, lines
     assert lines[1].startswith("hint: "), lines
+
+
+def test_a_program_that_is_there_but_cannot_be_run_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A non-executable ssh-keyscan first on PATH: "Permission denied", and the hint said to
+    # install OpenSSH, which is installed.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "key").write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh-keyscan").write_text("#!/bin/sh\n")
+    (bin_dir / "ssh-keyscan").chmod(0o644)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    lines = _lines(["setup", "client", "127.0.0.1:1", "--identity", str(tmp_path / "key")], capsys)
+    assert lines == [
+        "error: cannot run ssh-keyscan: Permission denied",
+        "hint: make ssh-keyscan executable for this user (chmod +x), or put another first on PATH",
+    ]
