@@ -3,10 +3,12 @@ another control character in it is said escaped, not spread over lines of the te
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
+from offload.cli import _failed as cli_failed
 from offload.cli import main
 
 
@@ -193,3 +195,14 @@ def test_a_program_that_is_there_but_cannot_be_run_says_so(
         "error: cannot run ssh-keyscan: Permission denied",
         "hint: make ssh-keyscan executable for this user (chmod +x), or put another first on PATH",
     ]
+
+
+def test_an_error_of_a_call_on_a_file_descriptor_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # OSError's filename is the descriptor's number for a call on one (os.utime(fd)): the error
+    # printer itself raised TypeError on os.fsdecode(999).
+    status = cli_failed(argparse.Namespace(debug=False), OSError(9, "Bad file descriptor", 999))
+    assert status == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: cannot use file descriptor 999: Bad file descriptor"

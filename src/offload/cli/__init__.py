@@ -337,7 +337,11 @@ def _print_os_error(exc: OSError) -> None:
     """An error of the system's about a file (a name too long, a directory not searchable, a
     read-only file system) that no command turned into an error of its own: it is the file's,
     a path given or a place offload keeps its state, not offload's, and said as such."""
-    name = _one_line(os.fsdecode(exc.filename))
+    filename = exc.filename
+    if isinstance(filename, str | bytes | os.PathLike):
+        name = _one_line(os.fsdecode(filename))
+    else:  # a call on a descriptor (os.utime(fd)) names it by its number
+        name = f"file descriptor {filename}"
     why = exc.strerror or type(exc).__name__
     print(f"error: cannot use {name}: {why}", file=sys.stderr)
     print("hint: check that path (given, or where offload keeps its state)", file=sys.stderr)
