@@ -177,8 +177,8 @@ def member_processes(member: Member) -> list[tuple[int, str]]:
             continue
         try:
             seen = (entry / "root" / "nix").stat()
-            stat = (entry / "stat").read_text()
-            # Any process's: not all of them are in UTF-8.
+            # Any process's: not all of them are in UTF-8, its name (in stat) nor its arguments.
+            stat = (entry / "stat").read_bytes().decode(errors="replace")
             raw = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             cmdline = raw.decode(errors="replace").strip()
         except OSError:
