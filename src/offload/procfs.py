@@ -44,7 +44,9 @@ def parse_proc_stat(text: str) -> tuple[str, int]:
 def proc_stat(pid: int) -> tuple[str, int] | None:
     """``parse_proc_stat`` of a live pid's stat; None when there is no such process."""
     try:
-        return parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
+        # Its name (field 2) is any bytes the process chose (prctl, its file name cut to 15
+        # bytes): strictly decoded, a live process read as none.
+        return parse_proc_stat(Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace"))
     except (OSError, ValueError, IndexError):
         return None
 

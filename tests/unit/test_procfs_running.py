@@ -1,5 +1,6 @@
 """procfs.running: a process that has exited is gone, even while its /proc entry waits to be
-reaped (a daemon's parent is init, which may take its time)."""
+reaped (a daemon's parent is init, which may take its time); a live one is running, whatever
+bytes it is named by."""
 
 from __future__ import annotations
 
@@ -30,3 +31,17 @@ def test_a_reaped_process_is_not_running() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert not running(child.pid)
+
+
+def test_a_process_named_in_bytes_not_utf_8_is_running() -> None:
+    # A process's name (comm, in /proc/PID/stat) is any bytes it chose: prctl(PR_SET_NAME),
+    # or its executable's file name cut to 15 bytes, mid-character. Decoded strictly, such a
+    # live process was taken for one that had ended.
+    rename = "import ctypes; ctypes.CDLL(None).prctl(15, b'caf\\xe9', 0, 0, 0)"
+    argv = [sys.executable, "-c", f"{rename}; print(flush=True); input()"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"\n"  # renamed
+        assert Path(f"/proc/{child.pid}/comm").read_bytes() == b"caf\xe9\n"
+        assert running(child.pid)
+        child.communicate(b"\n")
