@@ -179,12 +179,14 @@ class Coordinator:
             try:
                 # Before the pipes are read: from then on, turns are told (``_Told``).
                 await asyncio.get_running_loop().sock_sendall(conn, b"+")
-            except OSError:
-                # The hook is gone already (Nix killed it as it stopped): nothing to serve,
-                # and no failure for the log.
+            except OSError as exc:
                 for fd in hello.fds.values():
                     os.close(fd)
-                return
+                if isinstance(exc, BrokenPipeError | ConnectionResetError):
+                    # The hook is gone already (Nix killed it as it stopped): nothing to
+                    # serve, and no failure for the log.
+                    return
+                raise
             told = _Told(conn)
             channels = await open_channels(hello.fds, replay=hello.replay or b"")
             channels.io.on_turn = told.turn
