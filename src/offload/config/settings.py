@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.ansi import strip_ansi
 from offload.config.machines import shown
 from offload.config.reading import (
     MACHINES_DEFAULT_ORIGIN,
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 DEFAULT_BUILDERS = "@/etc/nix/machines"
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NIX_DEFAULTS = {
     "builders": DEFAULT_BUILDERS,
     "max-jobs": "1",
@@ -201,7 +201,7 @@ def _said(stderr: str) -> str:
     """Nix's last line of ``stderr``, as one plain line: Nix colours its errors, and one it
     dies of (a relative NIX_CONF_DIR: "terminate called ...", "  what():  ESC[31;1merror:")
     put its escape sequences into offload's warning."""
-    lines = [" ".join(_ANSI.sub("", line).split()) for line in stderr.splitlines()]
+    lines = [" ".join(strip_ansi(line).split()) for line in stderr.splitlines()]
     return shown(next((line for line in reversed(lines) if line), "no output"), 400)
 
 

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Callable
 
+from offload.ansi import strip_ansi
 from offload.errors import RemoteError
 from offload.protocol.trust import is_untrusted, untrusted_hint, untrusted_message
 from offload.tasks import stop
 
 __all__ = ["ErrorTail", "StderrPump", "pump_lines", "strip_ansi"]
 
-_ANSI = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor movement
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: titles, hyperlinks
-    r"|\x1b[@-Z\\-_]"  # other two-byte escapes
-)
 
 _HINTS = (
     ("is not valid", "copy the path's references to the remote first (dependencies first)"),
@@ -40,10 +35,6 @@ _DRAIN_WINDOWS = 64
 
 # How much of an unterminated stderr line is kept before it is passed on anyway.
 _MAX_LINE = 64 * 1024
-
-
-def strip_ansi(s: str) -> str:
-    return _ANSI.sub("", s)
 
 
 async def pump_lines(
