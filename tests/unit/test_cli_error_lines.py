@@ -137,6 +137,16 @@ def test_simulate_s_errors_say_what_to_give(
     assert lines[1].startswith("hint: "), lines
 
 
+def _setup_client_on(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> list[str]:
+    """`offload setup client`'s lines with ``path`` as the whole PATH (its ssh-keyscan)."""
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "key").write_text("")
+    monkeypatch.setenv("PATH", str(path))
+    return _lines(["setup", "client", "127.0.0.1:1", "--identity", str(tmp_path / "key")], capsys)
+
+
 def test_a_program_that_is_not_there_is_said_with_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -144,10 +154,7 @@ def test_a_program_that_is_not_there_is_said_with_what_to_install(
     from offload.errors import TransportError
     from offload.process import run
 
-    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
-    (tmp_path / "key").write_text("")
-    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
-    lines = _lines(["setup", "client", "127.0.0.1:1", "--identity", str(tmp_path / "key")], capsys)
+    lines = _setup_client_on(tmp_path / "no-bin", tmp_path, monkeypatch, capsys)
     assert lines == [
         "error: cannot run ssh-keyscan: No such file or directory",
         "hint: install OpenSSH (Debian: apt-get install openssh-client)",
@@ -183,14 +190,11 @@ def test_a_program_that_is_there_but_cannot_be_run_says_so(
 ) -> None:
     # A non-executable ssh-keyscan first on PATH: "Permission denied", and the hint said to
     # install OpenSSH, which is installed.
-    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
-    (tmp_path / "key").write_text("")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "ssh-keyscan").write_text("#!/bin/sh\n")
     (bin_dir / "ssh-keyscan").chmod(0o644)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    lines = _lines(["setup", "client", "127.0.0.1:1", "--identity", str(tmp_path / "key")], capsys)
+    lines = _setup_client_on(bin_dir, tmp_path, monkeypatch, capsys)
     assert lines == [
         "error: cannot run ssh-keyscan: Permission denied",
         "hint: make ssh-keyscan executable for this user (chmod +x), or put another first on PATH",

@@ -261,27 +261,26 @@ def test_the_native_system_is_nixs_name_for_this_machine_and_kernel():
     assert _native_system() == expected
 
 
-def test_why_nix_could_not_be_asked_is_one_plain_line(tmp_path, monkeypatch):
-    # A relative NIX_CONF_DIR kills Nix 2.8 ("terminate called after throwing ...", then
-    # "  what():  ESC[31;1merror:ESC[0m not an absolute path"): its colours were in the warning.
+@pytest.mark.parametrize(
+    ("conf_dir", "said"),
+    [
+        # A relative NIX_CONF_DIR kills Nix 2.8 ("terminate called after throwing ...", then
+        # "  what():  ESC[31;1merror:ESC[0m not an absolute path"): its colours were in the
+        # warning.
+        ("relative", "error: not an absolute path: 'relative'"),
+        # Its name went raw into the warning ("read ESC[2J/nix.conf"): the terminal was cleared.
+        ("\x1b[2J", "read \\x1b[2J/nix.conf and NIX_CONFIG only"),
+    ],
+    ids=["relative", "escape"],
+)
+def test_why_nix_could_not_be_asked_is_one_plain_line(conf_dir, said, tmp_path, monkeypatch):
     import os
 
     monkeypatch.chdir(tmp_path)
-    settings = read_nix_settings({**os.environ, "NIX_CONF_DIR": "relative"})
+    settings = read_nix_settings({**os.environ, "NIX_CONF_DIR": conf_dir})
     (warning,) = settings.warnings
     assert warning.isprintable(), repr(warning)
-    assert "error: not an absolute path: 'relative'" in warning, warning
-
-
-def test_a_nix_conf_dir_with_an_escape_is_said_escaped(tmp_path, monkeypatch):
-    # Its name went raw into the warning ("read ESC[2J/nix.conf"): the terminal was cleared.
-    import os
-
-    monkeypatch.chdir(tmp_path)
-    settings = read_nix_settings({**os.environ, "NIX_CONF_DIR": "\x1b[2J"})
-    (warning,) = settings.warnings
-    assert warning.isprintable(), repr(warning)
-    assert "read \\x1b[2J/nix.conf and NIX_CONFIG only" in warning, warning
+    assert said in warning, warning
 
 
 @pytest.mark.parametrize("jobs", ["x", "\x1b[2J"])
