@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
 
+from offload.config.machines.check import key_missing
 from offload.config.pool import Pool
 from offload.errors import SchedulerError
 from offload.load import RemoteLoad
@@ -172,9 +173,8 @@ def tell_missing_keys(pool: Pool, answered: Collection[str], emit: Callable[[Eve
     told once, as a "key" MachineEvent: ssh went on with another key, without a word. (One
     that did not answer for it is down, and its reason says the file is missing.)"""
     for machine in pool.machines:
-        key = machine.ssh_key
-        if machine.name in answered and key and not Path(key).expanduser().exists():
-            note = missing_key_note(key, key_place(machine))
+        if machine.name in answered and machine.ssh_key and key_missing(machine):
+            note = missing_key_note(machine.ssh_key, key_place(machine))
             emit(MachineEvent(machine.name, "key", note, None, time.time()))
 
 

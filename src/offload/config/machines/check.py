@@ -16,6 +16,7 @@ pool leaves a repeat out (``config.naming``), so there it finds a machine named 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from offload.config.machines.model import Machine, shell_char, shown
 from offload.names import LOCAL
 from offload.spelling import meant
 
-__all__ = ["duplicate_names", "machine_problems"]
+__all__ = ["duplicate_names", "key_missing", "machine_problems"]
 
 _CACHES = ("http", "https", "s3", "file")
 _IN_PROCESS = ("local", "daemon", "auto", "path", "unix")
@@ -125,6 +126,15 @@ def _shell_names(machine: Machine) -> list[str]:
     ]
 
 
+def key_missing(machine: Machine, exists: Callable[[str], bool] = os.path.exists) -> bool:
+    """Does ``machine``'s line (or offload.toml) name an ssh key file that does not exist? ssh
+    then logs in with another key where it has one, without a word."""
+    key = machine.ssh_key
+    if not machine.is_ssh or not key:
+        return False
+    return not exists(str(Path(key).expanduser()))
+
+
 def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[str]:
     """One line per problem, each starting with the machine's ``file:line`` and name."""
     found: list[str] = []
@@ -136,7 +146,7 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
         table = machine.toml_table("max_jobs")
         said = "maxJobs is 0" if table is None else f"max-jobs is 0 in {shown(table)}"
         found.append(f"{said}: no build is ever sent to it")
-    if machine.is_ssh and machine.ssh_key and not exists(str(Path(machine.ssh_key).expanduser())):
+    if machine.ssh_key and key_missing(machine, exists):
         table = machine.toml_table("ssh_key")
         where = "" if table is None else f" (ssh-key of {shown(table)})"
         found.append(f"ssh key file {shown(machine.ssh_key, 400)}{where} does not exist")
