@@ -77,10 +77,15 @@ def install() -> None:
         signal.signal(signum, _first)
 
 
-def _first(signum: int, _frame: FrameType | None) -> None:
+def _first(signum: int, frame: FrameType | None) -> None:
     """The first signal: noted, later ones ignored, and the command stopped where it is."""
     if _stopped_by:
         return  # a signal pending as the handlers were swapped
+    if frame is not None and frame.f_code is _first.__code__:
+        # Python runs a handler between any two bytecodes, the first of another handler's
+        # too: one signal a moment after another (a Ctrl-C, then the supervisor's SIGTERM) is
+        # handled inside the first's handler, before that one noted its own. It came first.
+        signum = int(frame.f_locals["signum"])
     _stopped_by.append(signum)
     for other in SIGNALS:
         if signal.getsignal(other) is _first:

@@ -1,0 +1,45 @@
+"""``cli.interrupts``: a signal handled inside the first signal's handler, before that one
+noted its own (Python checks for signals between any two bytecodes, a handler's first too):
+the status is still the first one's. In a fresh interpreter, as the rule swaps the handlers
+of the process it is installed in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+# The second signal's handler is run as Python runs it then: from the first handler's frame
+# before its first line (the profile hook's "call" event), the frame passed as the one it
+# interrupted. Both are real handlers installed by the rule; the first is a real signal.
+_SCRIPT = """
+import signal, sys
+from offload.cli import interrupts
+interrupts.install()
+first, second = (getattr(signal, name) for name in sys.argv[1:3])
+def inside(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "_first":
+        sys.setprofile(None)
+        signal.getsignal(second)(second, frame)
+try:
+    sys.setprofile(inside)
+    signal.raise_signal(first)
+except KeyboardInterrupt:
+    print(interrupts.stopped_status(), signal.getsignal(second).__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("SIGINT", "SIGTERM"), ("SIGTERM", "SIGINT"), ("SIGHUP", "SIGTERM")]
+)
+def test_a_signal_handled_inside_the_first_ones_handler_keeps_the_first_ones_status(
+    first: str, second: str
+) -> None:
+    """It was the second's: a Ctrl-C and a SIGTERM a moment apart exited 143 (seen in CI)."""
+    shown = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, first, second],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    number = {"SIGINT": 2, "SIGTERM": 15, "SIGHUP": 1}[first]
+    assert shown.stdout.split() == [str(128 + number), "_ignored"], shown.stderr
