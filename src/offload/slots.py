@@ -101,8 +101,9 @@ def _flock_table() -> dict[str, set[str]] | None:
     return table
 
 
-def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None]:
-    """Whether an offload process holds the slot, and the end it expects, if it wrote one."""
+def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] | None:
+    """Whether an offload process holds the slot, and the end it expects, if it wrote one;
+    None when /proc/locks shows no holder at all: it let go since the caller's look."""
     try:
         text = os.pread(fd, 128, 0).decode("ascii", "replace").strip()
     except OSError:
@@ -110,6 +111,8 @@ def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None]:
     fields = dict(field.partition("=")[::2] for field in text.split()[1:])
     ours = fields.get("ns", _NAMESPACE) == _NAMESPACE  # older lines name none: checked
     holding = holders.of(fd) if "pid" in fields and ours else None
+    if holding == set():
+        return None
     if holding is not None and fields["pid"] not in holding:
         return False, None  # a line left by a holder gone (module docstring)
     until = fields.get("until") if text.startswith("offload") else text
@@ -118,6 +121,15 @@ def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None]:
     except ValueError:
         end = math.nan
     return bool(text), end if math.isfinite(end) else None
+
+
+def _free_now(fd: int) -> bool:
+    """Whether ``fd``'s slot is free now (a shared flock taken, and let go as ``fd`` closes)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _holder_line(until: float | None) -> bytes:
@@ -160,7 +172,11 @@ class SlotLocks:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                by_offload, end = _read_holder(fd, holders)
+                holder = _read_holder(fd, holders)
+                if holder is None and _free_now(fd):
+                    free += 1  # its holder let go between the two looks
+                    continue
+                by_offload, end = holder or (False, None)
                 ends.append(end)
                 by_nix += not by_offload
             else:

@@ -202,3 +202,20 @@ def test_an_offload_holder_in_another_pid_namespace_is_still_offloads(tmp_path):
     finally:
         holder.communicate("", timeout=30)
     assert (probe.free, probe.by_nix, probe.busy_ends) == (0, 0, (1234.5,))
+
+
+def test_a_slot_let_go_between_the_probes_two_looks_is_free(tmp_path, monkeypatch):
+    """It was taken for Nix's own hook's with no expected end: a hook deciding then sent a
+    build to a slower builder rather than wait the moment left of an offload holder's build."""
+    locks = SlotLocks(tmp_path)
+    holder = locks.try_acquire("ssh:__b", 1, until=1234.5)
+    assert holder is not None
+    read_table = slots._flock_table
+
+    def let_go_first():  # the holder lets go after the probe's flock, before /proc/locks
+        os.close(holder)
+        return read_table()
+
+    monkeypatch.setattr(slots, "_flock_table", let_go_first)
+    probe = locks.probe("ssh:__b", 1)
+    assert (probe.free, probe.busy_ends, probe.by_nix) == (1, (), 0)
