@@ -9,9 +9,9 @@ has no such file in Nix (its builds are counted per process); offload uses ``loc
 same directory so that concurrent offload runs share the local slots too.
 
 Every offload process writes one line into the file it holds: ``offload pid=<pid> ns=<its pid
-namespace>``, and for
-offload's hook `` until=<wall-clock time>`` it expects the build to end, so another hook deciding
-whether to wait for that slot can tell when it frees (``probe``). Nix never reads the files'
+namespace> until=<wall-clock time>``, when it expects the build to end (offload's hook, and
+``offload build`` for each copy it starts), so another hook deciding whether to wait for that
+slot, and ``offload status``, can tell when it frees (``probe``). Nix never reads the files'
 contents and leaves them empty: a held slot whose file says nothing is Nix's own hook's, which
 is how ``offload status`` tells the two apart. (Older offload hooks wrote the bare time.)
 Nobody empties a file when letting it go (truncating costs a journal transaction per build), and
@@ -210,15 +210,20 @@ class SlotLocks:
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, key: str, slots: int, on_wait: Callable[[], None] | None = None
+        self,
+        key: str,
+        slots: int,
+        on_wait: Callable[[], None] | None = None,
+        until: Callable[[], float] | None = None,
     ) -> AsyncIterator[None]:
-        """Hold one slot for the body; ``on_wait`` is called once if all are taken at first."""
-        fd = self.try_acquire(key, slots)
+        """Hold one slot for the body; ``on_wait`` is called once if all are taken at first;
+        ``until`` gives, when a slot is taken, the end its holder expects (``try_acquire``)."""
+        fd = self.try_acquire(key, slots, None if until is None else until())
         if fd is None and on_wait is not None:
             on_wait()
         while fd is None:
             await asyncio.sleep(POLL_INTERVAL)
-            fd = self.try_acquire(key, slots)
+            fd = self.try_acquire(key, slots, None if until is None else until())
         try:
             yield
         finally:

@@ -3,6 +3,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from offload import slots
 from offload.procfs import pid_namespace
 from offload.scheduler.run import Executor, PoolMember
 from offload.slots import SlotLocks, slot_key
-from offload.transport.fake import FakeLink, FakeStore
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
 from offload.ui.events import Event, JobFinished, JobPhase
 from tests.helpers.plans import make_plan, spec
 
@@ -219,3 +220,30 @@ def test_a_slot_let_go_between_the_probes_two_looks_is_free(tmp_path, monkeypatc
     monkeypatch.setattr(slots, "_flock_table", let_go_first)
     probe = locks.probe("ssh:__b", 1)
     assert (probe.free, probe.busy_ends, probe.by_nix) == (1, (), 0)
+
+
+def test_a_run_writes_when_it_expects_each_build_to_end_into_the_slot_it_holds(tmp_path):
+    """It wrote none: a hook on the same host deciding whether to wait for that slot took it
+    for one ending after a default build, and `offload status` showed no FREE BY."""
+    plan, _, _, src = make_plan({"a": []})
+    seen: list[str] = []
+
+    async def builder(build: FakeBuild) -> BuildOutcome | None:
+        seen.append((tmp_path / "ssh:__b-0").read_text())
+        return None  # built
+
+    remote = FakeLink(FakeStore("b", [src], builder=builder))
+    local = FakeLink(FakeStore("local", [src]))
+    before = time.time()
+    executor = Executor(
+        plan,
+        [PoolMember(spec("b", speed=4.0, slots=1), remote, remote=True, slot_key="ssh:__b")],
+        local,
+        emit=lambda _: None,
+        slots=SlotLocks(tmp_path),
+        estimates={"a": 8.0},
+    )
+    assert asyncio.run(executor.run()).ok
+    [line] = seen
+    until = float(line.split("until=")[1])
+    assert before + 8.0 / 4.0 <= until <= time.time() + 8.0 / 4.0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class BuildCopies:
         options: BuildOptions,
         on_full: Callable[[str, str], None] = lambda _drv, _machine: None,
         on_slot: Callable[[str, str], None] = lambda _drv, _machine: None,
+        expected_end: Callable[[str, str], float] | None = None,
     ) -> None:
         self.plan = plan
         self.options = options
@@ -101,6 +103,9 @@ class BuildCopies:
         # clients, and when such a waiting copy gets one.
         self.on_full = on_full
         self.on_slot = on_slot
+        # When a build of (derivation, machine) begun now is expected to end (wall clock),
+        # written into the slot it holds for other processes on this host to read.
+        self.expected_end = expected_end
         self._home = HomeBatches(self._fetch)
 
     async def build(self, drv_path: str, member: PoolMember, *, speculative: bool) -> Outcome:
@@ -114,12 +119,16 @@ class BuildCopies:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if self.slots is not None and member.slot_key is not None:
+                    expected = self.expected_end
                     # Other offload runs and Nix's own hook may hold some of this machine's slots.
                     await stack.enter_async_context(
                         self.slots.hold(
                             member.slot_key,
                             member.spec.slots,
                             lambda: phase(drv_path, name, "queued", speculative=speculative),
+                            None
+                            if expected is None
+                            else functools.partial(expected, drv_path, name),
                         )
                     )
                 client = await self._session(stack, drv_path, member, speculative=speculative)

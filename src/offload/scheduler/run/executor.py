@@ -138,7 +138,13 @@ class Executor(Endings):
             wall=self.wall, clock=self.clock,
             options=BuildOptions() if build_options is None else build_options,
             on_full=self._full.full, on_slot=self._full.slot_taken,
+            expected_end=self._expected_end,
         )  # fmt: skip
+
+    def _expected_end(self, drv_path: str, machine: str) -> float:
+        """When a build of ``drv_path`` begun on ``machine`` now is expected to end (wall
+        clock), from the work the run has learnt, as the live view estimates it."""
+        return self.wall() + self.policy.graph.work(drv_path) / self.members[machine].spec.speed
 
     def _new_policy(
         self, members: Sequence[PoolMember], estimates: Mapping[str, float] | None
