@@ -6,6 +6,7 @@ process holds locked or that is damaged."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -91,6 +92,9 @@ def test_a_note_on_the_builders_given_to_nix_build_names_no_nix_conf(
     assert said == [expected], done.stderr
 
 
+# The local time each line of the coordinator's log starts with.
+TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+
 # How a coordinator ended, by what is known to the hook it left: it started it (its parent),
 # or a hook before it did; and whether it wrote to its log. A pointer to its log, empty after
 # a SIGKILL, was all it said.
@@ -141,9 +145,8 @@ def test_a_coordinator_killed_mid_build_is_said_to_the_user(
     # then died with a traceback (its remote kill waited for its timeout).
     wait_for(lambda: not running(pid), 30, "the coordinator to exit")
     log = (state / "hook-coordinator.log").read_text()
-    assert log == (
-        "offload coordinator: stopped by SIGTERM with 1 hook served\n" if how == "SIGTERM" else ""
-    )
+    stopped = "offload coordinator: stopped by SIGTERM with 1 hook served\n"
+    assert re.fullmatch(rf"{TIME} {stopped}" if how == "SIGTERM" else "", log), log
     wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 30, "the builder's build to stop")
     if how == "SIGTERM":
         # A build the coordinator stopped is cancelled, as one Nix stopped (Ctrl-C): it was

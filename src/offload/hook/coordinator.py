@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from offload.hook.client import ACCEPTED, ANSWERED, ASKED, REPLYING, SETTINGS
+from offload.hook.coordinator_log import configure, note
 from offload.hook.handover import Channels, Hello, open_channels, receive_hello
 from offload.hook.home import sweep_leftovers
 from offload.hook.keep import Keep
@@ -95,7 +96,7 @@ class Coordinator:
             name = signal.Signals(signum).name
             served = len(self._served)
             hooks = "1 hook" if served == 1 else f"{served} hooks"
-            sys.stderr.write(f"offload coordinator: stopped by {name} with {hooks} served\n")
+            note(f"stopped by {name} with {hooks} served")
         self._stop.set()
 
     def _listen(self) -> socket.socket:
@@ -135,7 +136,7 @@ class Coordinator:
         self._served.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            sys.stderr.write(f"offload coordinator: a hook failed: {type(exc).__name__}: {exc}\n")
+            note(f"a hook failed: {type(exc).__name__}: {exc}")
         if not self._served:
             self._arm_idle()
 
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python -m offload.hook.coordinator STATE SOCKET READY_FD\n")
         return 2
     state, path, ready = Path(args[0]), Path(args[1]), int(args[2])
+    configure()
     if sys.version_info < (3, 12):
         # 3.11's default watches each child from a thread of its own; every build starts a few
         # processes, and pidfds (which 3.12 uses by itself) cost the event loop nothing.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from offload.history.db import History
 from offload.history.estimates import estimator
 from offload.history.records import BuildRecord
 from offload.history.tails import name_of, tails
+from offload.hook.coordinator_log import note
 from offload.hook.dispatch import Dispatch
 from offload.hook.full import FullBuilders
 from offload.hook.links import BuilderLinks
@@ -118,7 +118,7 @@ class Keep:
                 self._tails = found
             await asyncio.to_thread(_prune, path)  # off the event loop, as the read
         except Exception as exc:  # noqa: BLE001 - no one awaits this task: said, not raised
-            sys.stderr.write(f"offload coordinator: tails not read: {type(exc).__name__}: {exc}\n")
+            note(f"tails not read: {type(exc).__name__}: {exc}")
         finally:
             self._tails_reading = None
 
@@ -149,9 +149,9 @@ class Keep:
             self._writer_history.record([build], deps={build.drv_path: inputs})
         except OffloadError as exc:
             self.history_problem = _problem(exc)
-            sys.stderr.write(f"offload coordinator: build not recorded: {exc.message}\n")
+            note(f"build not recorded: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - no one reads this future: said, not raised
-            sys.stderr.write(f"offload coordinator: build not recorded: {exc!r}\n")
+            note(f"build not recorded: {exc!r}")
         else:
             self.history_problem = None
 
@@ -215,7 +215,7 @@ def _prune(path: Path) -> None:
         with History(path) as history:
             history.prune_if_due(time.time(), budget=PRUNE_BUDGET)
     except OffloadError as exc:
-        sys.stderr.write(f"offload coordinator: old history not forgotten: {exc.message}\n")
+        note(f"old history not forgotten: {exc.message}")
 
 
 def _problem(exc: OffloadError) -> str:
