@@ -45,12 +45,12 @@ demo: setup
 	$(BIN)/offload demo
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff format --check src tests bench setup.py
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff format src tests bench setup.py
 	$(BIN)/ruff check --fix src tests bench
 
 unit: setup
