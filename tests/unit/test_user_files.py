@@ -130,3 +130,21 @@ def test_a_file_that_cannot_be_read_says_what_to_check(tmp_path: Path) -> None:
         with pytest.raises(OffloadError, match=what) as raised:
             call()
         assert raised.value.hint, (what, raised.value.message)
+
+
+def test_a_hint_names_the_file_with_its_article(tmp_path: Path) -> None:
+    # The hints said "name a offload.toml" and "that it is a offload.toml this user may read".
+    from offload.config.toml import load_offload_toml
+    from offload.errors import OffloadError
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("")
+    hints = {}
+    for name in ("dir", "file/offload.toml"):
+        with pytest.raises(OffloadError) as raised:
+            load_offload_toml(tmp_path / name, {})
+        hints[name] = raised.value.hint
+    assert hints == {
+        "dir": "name an offload.toml, not a directory",
+        "file/offload.toml": "check the path, and that it is an offload.toml this user may read",
+    }

@@ -37,6 +37,11 @@ _CHUNK = 1 << 16
 _MACHINES_HINT = "an @ include names a machines file (one builder a line), not a device or data"
 
 
+def _a(what: str) -> str:
+    """``what`` with its article: "a DAG file", "an offload.toml"."""
+    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+
+
 def _too_big(path: str, what: str, hint: str, limit: int) -> ConfigError:
     return ConfigError(
         f"{what} {shown(path, 400)} is larger than {limit >> 20} MiB; not read", hint=hint
@@ -99,7 +104,7 @@ def read_user_file(
     if timeout is None:
         timeout = _NAMED_TIMEOUT if named else _TIMEOUT
     if hint_unreadable is None:
-        hint_unreadable = f"check the path, and that it is a {what} this user may read"
+        hint_unreadable = f"check the path, and that it is {_a(what)} this user may read"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
@@ -113,7 +118,7 @@ def read_user_file(
         if stat.S_ISDIR(mode):
             raise ConfigError(
                 f"cannot read {what} {shown(path, 400)}: Is a directory",
-                hint=f"name a {what}, not a directory",
+                hint=f"name {_a(what)}, not a directory",
             )
         if stat.S_ISREG(mode):
             os.set_blocking(fd, True)
