@@ -8,13 +8,15 @@ build logs and fleet keys.
 A state directory that cannot be made (a read-only home, ``$XDG_STATE_HOME`` naming a file) is
 ``ConfigError`` naming it and the variable to change (``ensure_state_dir``), and so is a relative
 ``$OFFLOAD_STATE_DIR`` (``state_dir``: refused as Nix refuses a relative ``NIX_STATE_DIR``): the
-commands that live on their state (``history``, ``report``, ``use``) stop there. ``offload
+commands that live on their state (``history``, ``report``, ``use``) stop there; those that
+only read it (``history``, ``report``: ``read_state_dir``) make no directory. ``offload
 build`` does not: its state is estimates and copies, so it builds with a temporary one instead,
 said once, and keeps nothing of the run (``offload.cli.build``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +34,7 @@ __all__ = [
     "SYSTEM_STATE_DIR",
     "ensure_state_dir",
     "hook_state_dir",
+    "read_state_dir",
     "state_dir",
     "state_hint",
     "unusable_state",
@@ -55,6 +58,25 @@ def ensure_state_dir(env: Mapping[str, str] | None = None) -> Path:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise unusable_state(path, exc, env) from exc
+    return path
+
+
+def read_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``state_dir`` for a command that only reads it: not made when it is missing (a reader
+    leaves nothing behind), but ``ConfigError`` where ``ensure_state_dir`` could not make it
+    (a file in its path, a parent this user may not write), so that is what is said."""
+    path = state_dir(env)
+    there = path
+    while not os.path.lexists(there) and there != there.parent:
+        there = there.parent
+    if there != path or not path.is_dir():
+        failed = 0
+        if not there.is_dir():
+            failed = errno.ENOTDIR
+        elif there != path and not os.access(there, os.W_OK | os.X_OK):
+            failed = errno.EACCES
+        if failed:
+            raise unusable_state(path, OSError(failed, os.strerror(failed)), env)
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from offload.history.db import History
 from tests.helpers.nix_files import nix_file, valid_locally
 
 
@@ -33,6 +34,8 @@ def _closed(command: str, tmp_path: Path, stream: int) -> subprocess.CompletedPr
 
 @pytest.mark.parametrize("command", ["machines --builders ''", "history", "status"])
 def test_a_listing_with_stdout_closed_exits_0_quietly(tmp_path: Path, command: str) -> None:
+    (tmp_path / "state").mkdir()
+    History(tmp_path / "state" / "history.sqlite").close()  # a history to list, of nothing
     done = _closed(command, tmp_path, 1)
     assert done.returncode == 0, done.stdout
     assert "Traceback" not in done.stdout

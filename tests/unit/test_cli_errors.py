@@ -14,6 +14,7 @@ import pytest
 
 from offload.cli import main, root_parser
 from offload.cli.completion import walk
+from offload.history.db import History
 from offload.process import run
 
 SAMPLE = Path(__file__).resolve().parents[2] / "src" / "offload" / "data" / "sample.json"
@@ -458,6 +459,8 @@ def test_a_dash_dash_given_as_an_options_value_is_that_value(
     # `--since=--` gives the option the value "--"; Python 3.11's argparse made it [], an
     # internal error here, and "the history database is damaged: move the file away" there.
     monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    History(tmp_path / "state" / "history.sqlite").close()  # a history, of no run
     status, err = _offload(["report", "--hook", "--since=--"], capsys)
     assert status == 1
     _one_error(err)

@@ -52,6 +52,8 @@ def test_the_daemons_builds_are_listed_with_their_estimates(
 def test_the_users_own_history_says_the_daemons_exists(
     system: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    (system.parent / "user").mkdir()
+    History(system.parent / "user" / "history.sqlite").close()
     assert main(["history"]) == 0
     assert capsys.readouterr().err == ""
     _hook_built(system)

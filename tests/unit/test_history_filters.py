@@ -75,6 +75,7 @@ def test_a_drv_name_no_build_has_is_one_error_with_the_names_kept(history, capsy
 
 def test_a_drv_name_in_an_empty_history_says_it_is_empty(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    History(tmp_path / "history.sqlite").close()
     assert _error(capsys, ["history", "--drv", "hello"]) == [
         "error: no build in the history whose .drv path contains 'hello'",
         "hint: the history has no builds yet",

@@ -225,6 +225,7 @@ def test_history_cli_lists_runs_builds_and_estimates(tmp_path, monkeypatch, caps
 
 def test_history_cli_names_an_unknown_run_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    History(tmp_path / "history.sqlite").close()  # a history, without that run
     assert main(["history", "--run", "feed"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "error: no run 'feed' in the history"

@@ -96,6 +96,8 @@ def test_the_report_file_is_written_whole_and_mistakes_are_one_line(tmp_path, mo
     with pytest.raises(OffloadError, match="is a directory"):
         check_target(tmp_path)
     monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    History(tmp_path / "empty" / "history.sqlite").close()  # a history of no run
     assert main(["report", "-o", str(tmp_path / "r.html")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "error: no run in the history"

@@ -97,3 +97,48 @@ def test_a_home_this_user_may_not_write_is_named_with_the_fix(
         "hint: it is under your home: set OFFLOAD_STATE_DIR to a directory you may write",
     ]
     assert made == []
+
+
+_NO_HISTORY_HINT = (
+    "hint: run a build first: `offload build` records its runs there (offload-hook, the builds"
+    " it takes)"
+)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "NO-SUCH-RUN"],
+        ["report"],
+        ["report", "--hook"],
+        ["history"],
+        ["history", "--json"],
+        ["history", "--drv", "hello"],
+        ["history", "--run", "feed"],
+    ],
+    ids=" ".join,
+)
+@pytest.mark.parametrize("made", [True, False], ids=["empty-dir", "no-dir"])
+def test_reading_no_history_yet_says_so_and_makes_nothing(
+    argv: list[str],
+    made: bool,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # They made an empty history database (and the state directory) and then failed, or
+    # listed nothing: the next read found a history, of nothing.
+    state = tmp_path / "state"
+    if made:
+        state.mkdir()
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(state))
+    monkeypatch.setattr("offload.cli.history_file.SYSTEM_STATE_DIR", tmp_path / "system")
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, *(["-o", "run.html"] if argv[0] == "report" else [])]) == 1
+    done = capsys.readouterr()
+    assert done.err.splitlines() == [
+        f"error: {state / 'history.sqlite'}: no history yet",
+        _NO_HISTORY_HINT,
+    ]
+    assert done.out == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["state"] if made else [])

@@ -13,7 +13,8 @@ not empty tables.
 ``--json`` prints all four parts as one object, with what the machine table summed
 (``machines_scope``: ``listed_only`` with ``--last``, ``newest_builds_only`` when capped).
 ``--daemon`` reads the nix-daemon's ``offload-hook`` history (/var/lib/offload, root's)
-instead of the user's; its ``--machine`` is checked against that history alone.
+instead of the user's; its ``--machine`` is checked against that history alone. Where no
+build has been recorded yet, there is no history: an error saying so (nothing is made).
 """
 
 from __future__ import annotations

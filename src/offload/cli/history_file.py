@@ -8,8 +8,9 @@ history says on stderr that the other exists when it does.
 
 Reading changes nothing it need not: the user's history is opened to be written (brought up to
 this version's schema) where it may be, and read as it is where it may not (a read-only mount,
-another user's directory). A state directory that cannot be made, or no history where none can
-be started, is an error naming it (``offload.paths``).
+another user's directory). Where there is none yet, nothing is made (neither the database nor
+the state directory): that is an error saying so, with the hint to run a build first, as is a
+state directory that could not be made (``offload.paths``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from offload.errors import OffloadError
 from offload.history.db import History
-from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir, state_hint
+from offload.paths import SYSTEM_STATE_DIR, read_state_dir, state_dir, state_hint
 
 __all__ = ["HISTORY_FILE", "history_file", "open_history"]
 
@@ -29,8 +30,8 @@ HISTORY_FILE = "history.sqlite"
 
 def history_file(*, daemon: bool, command: str = "history", note: bool = True) -> Path:
     """The history database ``offload COMMAND`` reads: the daemon hook's (``OffloadError`` if
-    it cannot be read or holds nothing yet), or the user's (made if need be; with ``note``, a
-    note on stderr when the daemon's hook keeps one of its own)."""
+    it cannot be read or holds nothing yet), or the user's (with ``note``, a note on stderr
+    when the daemon's hook keeps one of its own), which may not exist yet."""
     if not daemon:
         if note and state_dir() != SYSTEM_STATE_DIR and _exists(SYSTEM_STATE_DIR / HISTORY_FILE):
             print(
@@ -38,7 +39,7 @@ def history_file(*, daemon: bool, command: str = "history", note: bool = True) -
                 f" `sudo offload {command} --daemon`",
                 file=sys.stderr,
             )
-        return ensure_state_dir() / HISTORY_FILE
+        return read_state_dir() / HISTORY_FILE
     path = SYSTEM_STATE_DIR / HISTORY_FILE
     if _exists(path) and not os.access(path, os.R_OK):
         raise OffloadError(
@@ -68,13 +69,21 @@ def open_history(*, daemon: bool, command: str = "history", note: bool = True) -
     path = history_file(daemon=daemon, command=command, note=note)
     if daemon:
         return History(path, read_only=True)
-    if os.access(path.parent, os.W_OK) and (not _exists(path) or os.access(path, os.W_OK)):
-        return History(path)
-    if not path.is_file():
+    if not _exists(path):
+        # Made by no reader: `offload report NO-SUCH-RUN` left an empty database behind. A
+        # missing state directory could be made (``read_state_dir``): a build would start one.
+        if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+            raise OffloadError(
+                f"{path}: no history, and {path.parent} cannot be written to start one",
+                hint=state_hint(),
+            )
         raise OffloadError(
-            f"{path}: no history, and {path.parent} cannot be written to start one",
-            hint=state_hint(),
+            f"{path}: no history yet",
+            hint="run a build first: `offload build` records its runs there (offload-hook, the"
+            " builds it takes)",
         )
+    if os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
+        return History(path)
     return History(path, read_only=True)
 
 

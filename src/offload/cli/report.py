@@ -80,13 +80,13 @@ def run(args: argparse.Namespace) -> int:
             f"'{args.run[:40]}': offload-hook's builds are no run",
             hint="give a run, or --hook (--since, --daemon) for the hook's builds",
         )
+    check_target(args.output)  # a page that could not be written is said before no history
     if not hook:
         with open_history(daemon=False, note=False) as history:
             model = write_report(history, args.run, args.output)
         what = f"report of run {model.run.run_id}"
     else:
         since = None if args.since is None else time.time() - parse_duration(args.since, "--since")
-        check_target(args.output)
         with open_history(daemon=args.daemon, command="report") as h:
             model = load_hook_model(h, since)
         write_page(model, args.output)
