@@ -130,3 +130,21 @@ def test_a_machine_is_checked_against_the_daemons_history_not_the_users_pool(
     assert main(["history", "--daemon", "--json", "--machine", "big"]) == 0
     assert [b["machine"] for b in json.loads(capsys.readouterr().out)["builds"]] == ["big"]
     assert main(["history", "--daemon", "--json", "--machine", "local"]) == 0
+
+
+def test_a_drv_or_run_not_in_the_daemons_history_names_that_history(
+    system: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They were said missing "in the history", as if it were the user's own, and --run's hint
+    # sent to `offload history`, which lists the user's runs.
+    _hook_built(system)
+    assert main(["history", "--daemon", "--drv", "fierfox"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: no build in the nix-daemon's history whose .drv path contains 'fierfox'",
+        "hint: did you mean firefox? builds kept of: firefox",
+    ]
+    assert main(["history", "--daemon", "--run", "feed"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: no run 'feed' in the nix-daemon's history",
+        "hint: `offload history --daemon` lists the runs and ids",
+    ]

@@ -155,7 +155,7 @@ def _view(history: History, args: argparse.Namespace, every: list[RunRecord]) ->
     last = _LISTED if args.last is None else args.last
     runs = every
     if args.run is not None:
-        runs = [_one_run(history.runs(run_id=args.run, limit=None), args.run)]
+        runs = [_one_run(history.runs(run_id=args.run, limit=None), args.run, args.daemon)]
     run_id = runs[0].run_id if args.run is not None else None
     summed = history.builds(run_id=run_id, machine=args.machine, name=args.drv, limit=_SUMMED)
     if not summed:
@@ -189,13 +189,19 @@ def _scope(view: _View) -> str:
     return f"of {newest} only; " if view.capped else ""
 
 
-def _one_run(runs: list[RunRecord], prefix: str) -> RunRecord:
+def _history(daemon: bool) -> str:
+    """Which history a command read, as its errors name it."""
+    return "the nix-daemon's history" if daemon else "the history"
+
+
+def _one_run(runs: list[RunRecord], prefix: str, daemon: bool) -> RunRecord:
     if len(runs) == 1:
         return runs[0]
     typed = shown(prefix, 40)  # as typed: a control character escaped, not dropped
     if not runs:
         raise OffloadError(
-            f"no run '{typed}' in the history", hint="`offload history` lists the runs and ids"
+            f"no run '{typed}' in {_history(daemon)}",
+            hint=f"`offload history{' --daemon' if daemon else ''}` lists the runs and ids",
         )
     raise OffloadError(
         f"'{typed}' is the start of {len(runs)} runs' ids",
@@ -215,7 +221,7 @@ def _check_names(
     if machine is not None and daemon and machine not in {*machines, LOCAL}:
         known = sorted({*machines, LOCAL})
         raise OffloadError(
-            f"no machine '{shown(machine, 60)}' in the nix-daemon's history",
+            f"no machine '{shown(machine, 60)}' in {_history(daemon)}",
             hint=_meant(machine, known)
             + f"known: {_some(known)} (the machines its offload-hook has built on)",
         )
@@ -234,9 +240,13 @@ def _check_names(
             )
     if drv is not None and not history.builds(name=drv, limit=1):
         raise OffloadError(
-            f"no build in the history whose .drv path contains '{shown(drv, 80)}'",
+            f"no build in {_history(daemon)} whose .drv path contains '{shown(drv, 80)}'",
             hint=_meant(drv, pnames)
-            + ("builds kept of: " + _some(pnames) if pnames else "the history has no builds yet"),
+            + (
+                "builds kept of: " + _some(pnames)
+                if pnames
+                else f"{_history(daemon)} has no builds yet"
+            ),
         )
 
 
