@@ -3,7 +3,7 @@
 Everything else builds argv lists and hands them here. Child processes of async code live inside
 ``spawn``, an ``async with`` that always stops them (SIGTERM, a grace period, then SIGKILL to the
 child's whole process group; ``stop_now`` skips the grace, for a child cut off mid-transfer).
-Missing programs become ``TransportError`` with a hint.
+A program that cannot be started is ``TransportError`` with a hint (``offload.spawn_errors``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import IO
 
 from offload.errors import TransportError
 from offload.procfs import running
+from offload.spawn_errors import not_started
 from offload.tasks import stop
 
 __all__ = [
@@ -45,17 +46,6 @@ __all__ = [
 # which pytest's `filterwarnings = error` turns into a failure of whatever test runs next.
 _DETACHED: dict[int, subprocess.Popen[bytes]] = {}
 
-_INSTALL_HINTS = {
-    "nix-store": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
-    "nix-instantiate": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
-    "nix": "install Nix (Debian: apt-get install nix-bin), or run `make setup`",
-    "ssh": "install OpenSSH (Debian: apt-get install openssh-client)",
-    "ssh-keygen": "install OpenSSH (Debian: apt-get install openssh-client)",
-    "ssh-keyscan": "install OpenSSH (Debian: apt-get install openssh-client)",
-    "sshd": "install the OpenSSH server (Debian: apt-get install openssh-server)",
-    "unshare": "install util-linux",
-}
-
 
 @dataclass(frozen=True)
 class Completed:
@@ -70,16 +60,6 @@ class Completed:
             msg = f"`{shlex.join(self.argv)}` failed with exit code {self.returncode}: {last[0]}"
             raise TransportError(msg)
         return self
-
-
-def _missing(argv: Sequence[str], exc: OSError) -> TransportError:
-    program = Path(argv[0]).name
-    if isinstance(exc, PermissionError):
-        # It is there, and this user may not run it: installing it again changes nothing.
-        hint = f"make {program} executable for this user (chmod +x), or put another first on PATH"
-    else:  # One with no install hint of its own still gets one: none said nothing.
-        hint = _INSTALL_HINTS.get(program, f"install {program}, or put it on PATH")
-    return TransportError(f"cannot run {argv[0]}: {exc.strerror}", hint=hint)
 
 
 def run(
@@ -107,7 +87,7 @@ def run(
             stdin=None if stdin is not None else subprocess.DEVNULL,
         )
     except OSError as exc:
-        raise _missing(argv, exc) from exc
+        raise not_started(argv, exc) from exc
     except subprocess.TimeoutExpired as exc:
         msg = f"`{shlex.join(argv)}` did not finish within {timeout} s"
         raise TransportError(msg) from exc
@@ -146,7 +126,7 @@ class Started:
                 cwd=cwd,
             )
         except OSError as exc:
-            raise _missing(argv, exc) from exc
+            raise not_started(argv, exc) from exc
         self._said: list[str] = []
         self._reader: threading.Thread | None = None
         if stderr_lines is not None:
@@ -204,7 +184,7 @@ def output_lines(argv: Sequence[str]) -> Generator[str, None, None] | None:
             errors="replace",
         )
     except OSError as exc:
-        raise _missing(argv, exc) from exc
+        raise not_started(argv, exc) from exc
     assert proc.stdout is not None  # stdout=PIPE
     first = proc.stdout.readline()
     if not first and proc.wait() != 0:
@@ -309,7 +289,7 @@ async def spawn(
             limit=1 << 20,
         )
     except OSError as exc:
-        raise _missing(argv, exc) from exc
+        raise not_started(argv, exc) from exc
     try:
         yield proc
     finally:
@@ -420,7 +400,7 @@ def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | N
                 start_new_session=True,
             )
         except OSError as exc:
-            raise _missing(argv, exc) from exc
+            raise not_started(argv, exc) from exc
     _DETACHED[proc.pid] = proc
     return proc.pid
 
@@ -439,7 +419,7 @@ def start_guard(argv: Sequence[str], *, env: Mapping[str, str] | None = None) ->
             start_new_session=True,
         )
     except OSError as exc:
-        raise _missing(argv, exc) from exc
+        raise not_started(argv, exc) from exc
     assert proc.stdin is not None
     # Not reaped by us when we exit first: it is reparented, and init reaps it.
     _DETACHED[proc.pid] = proc
