@@ -87,7 +87,7 @@ def run(
             stdin=None if stdin is not None else subprocess.DEVNULL,
         )
     except OSError as exc:
-        raise not_started(argv, exc) from exc
+        raise not_started(argv, exc, cwd) from exc
     except subprocess.TimeoutExpired as exc:
         msg = f"`{shlex.join(argv)}` did not finish within {timeout} s"
         raise TransportError(msg) from exc
@@ -126,7 +126,7 @@ class Started:
                 cwd=cwd,
             )
         except OSError as exc:
-            raise not_started(argv, exc) from exc
+            raise not_started(argv, exc, cwd) from exc
         self._said: list[str] = []
         self._reader: threading.Thread | None = None
         if stderr_lines is not None:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,12 +25,33 @@ _INSTALL_HINTS = {
 }
 
 
-def not_started(argv: Sequence[str], exc: OSError) -> TransportError:
-    """Why ``argv`` could not be started (``exc``, from the spawn), with its fix."""
+def not_started(argv: Sequence[str], exc: OSError, cwd: Path | None = None) -> TransportError:
+    """Why ``argv`` could not be started (``exc``, from the spawn, in ``cwd`` if given), with
+    the fix for that cause (each had the install hint: an argument list too long, a program
+    that is no program, a cwd that is gone)."""
     program = Path(argv[0]).name
-    if isinstance(exc, PermissionError):
+    said = f"cannot run {argv[0]}: {exc.strerror}"
+    if cwd is not None and exc.filename in (cwd, str(cwd)):  # its chdir failed, not its exec
+        return TransportError(
+            f"cannot run {argv[0]} in {cwd}: {exc.strerror}",
+            hint="that directory must exist and be searchable by this user",
+        )
+    if exc.errno == errno.E2BIG:
+        size = sum(len(os.fsencode(a)) + 1 for a in argv)
+        longest = max(len(os.fsencode(a)) for a in argv)
+        return TransportError(
+            f"{said} ({size:,} bytes in {len(argv)} arguments, the longest {longest:,})",
+            hint="one argument may be 128 KiB at most, and all of them with the environment"
+            " `getconf ARG_MAX` bytes: give less at once (a long -E expression: in a file),"
+            " or unset large environment variables",
+        )
+    if isinstance(exc, FileNotFoundError):  # One with no hint of its own still gets one.
+        hint = _INSTALL_HINTS.get(program, f"install {program}, or put it on PATH")
+    elif isinstance(exc, PermissionError):
         # It is there, and this user may not run it: installing it again changes nothing.
         hint = f"make {program} executable for this user (chmod +x), or put another first on PATH"
-    else:  # One with no install hint of its own still gets one: none said nothing.
-        hint = _INSTALL_HINTS.get(program, f"install {program}, or put it on PATH")
-    return TransportError(f"cannot run {argv[0]}: {exc.strerror}", hint=hint)
+    elif exc.errno == errno.ENOEXEC:  # a script without its #! line, another machine's binary
+        hint = f"the {program} first on PATH is no program this machine runs: reinstall it"
+    else:  # out of processes or memory (EAGAIN, ENOMEM), ...
+        hint = f"the system would not start it: check {program} and this user's limits (ulimit -a)"
+    return TransportError(said, hint=hint)

@@ -210,3 +210,56 @@ def test_an_error_of_a_call_on_a_file_descriptor_is_one_line(
     assert status == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "error: cannot use file descriptor 999: Bad file descriptor"
+
+
+def test_an_argument_list_too_long_is_said_so_not_as_a_program_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # E2BIG from exec: "cannot run nix-instantiate: Argument list too long", hint: install Nix.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    expression = "1" + " " * 200_000  # one argument past Linux's 128 KiB for one
+    lines = _lines(["build", "--builders", "", "-E", expression], capsys)
+    assert lines[0].startswith("error: cannot run nix-instantiate: Argument list too long ("), lines
+    assert lines[0].endswith(" arguments, the longest 200,001)"), lines
+    assert lines[1] == (
+        "hint: one argument may be 128 KiB at most, and all of them with the environment"
+        " `getconf ARG_MAX` bytes: give less at once (a long -E expression: in a file), or"
+        " unset large environment variables"
+    )
+
+
+def test_a_removed_working_directory_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `cd dir; rm -r dir; offload build ...`: an internal error with a traceback hint.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "gone").mkdir()
+    monkeypatch.chdir(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    for argv in (["build", "--builders", ""], ["machines", "--builders", ""], ["status"]):
+        assert _lines(argv, capsys) == [
+            "error: the working directory no longer exists (it was removed)",
+            "hint: cd into a directory that exists, and run the command again",
+        ], argv
+
+
+def test_a_program_that_is_no_program_or_a_directory_gone_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both had the hint to install OpenSSH (or the program), which was installed.
+    from offload.errors import TransportError
+    from offload.process import run
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh-keyscan").write_bytes(b"\x7fELF not this machine's\n")
+    (bin_dir / "ssh-keyscan").chmod(0o755)
+    assert _setup_client_on(bin_dir, tmp_path, monkeypatch, capsys) == [
+        "error: cannot run ssh-keyscan: Exec format error",
+        "hint: the ssh-keyscan first on PATH is no program this machine runs: reinstall it",
+    ]
+    with pytest.raises(TransportError) as raised:
+        run(["true"], cwd=tmp_path / "gone")
+    assert raised.value.message == f"cannot run true in {tmp_path}/gone: No such file or directory"
+    assert raised.value.hint == "that directory must exist and be searchable by this user"

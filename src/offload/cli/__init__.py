@@ -325,12 +325,27 @@ def _failed(args: argparse.Namespace, exc: Exception) -> int:
     if isinstance(exc, OSError) and exc.filename is not None:
         _print_os_error(exc)
         return 1
+    if isinstance(exc, FileNotFoundError) and _working_directory_gone():
+        # os.getcwd() (a relative path made absolute) fails so in a removed directory.
+        print("error: the working directory no longer exists (it was removed)", file=sys.stderr)
+        print("hint: cd into a directory that exists, and run the command again", file=sys.stderr)
+        return 1
     print(f"error: internal error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
     print(
         "hint: run again as `offload --traceback COMMAND ...` to see where, and report it",
         file=sys.stderr,
     )
     return 1
+
+
+def _working_directory_gone() -> bool:
+    from pathlib import Path  # imported by then: only on the way to an error
+
+    try:
+        Path.cwd()
+    except FileNotFoundError:
+        return True
+    return False
 
 
 def _print_os_error(exc: OSError) -> None:
