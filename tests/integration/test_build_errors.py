@@ -135,6 +135,23 @@ NO_MACHINE = [
     (("--exclude", "local"), "--on/--exclude left out the local machine and every builder"),
     (("-j", "0"), "the local machine takes no jobs and no builder is set"),
     (("-j", "0", "--exclude", "local"), "the local machine takes no jobs"),
+    # Builders offload does not connect to were said "no builder is set".
+    (
+        ("-j", "0", "--builders", "ssh://nx-k.invalid x86_64-linux - 1 1 - - JUNK"),
+        (
+            "the local machine takes no jobs, and offload does not connect to nx-k.invalid (its"
+            " host key is base64 of no ssh key)\nhint: --builders: nx-k.invalid: the host key is"
+            " base64 of no ssh public key"
+        ),
+    ),
+    (
+        ("-j", "0", "--builders", "ssh://nx$x.invalid x86_64-linux - 1 1"),
+        (
+            "the local machine takes no jobs, and offload does not connect to nx$x.invalid (its"
+            " host name holds '$', which a shell acts on)\nhint: --builders: nx$x.invalid: the"
+            " host name 'nx$x.invalid' holds '$'"
+        ),
+    ),
 ]
 
 

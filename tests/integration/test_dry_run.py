@@ -148,3 +148,19 @@ def test_a_dry_run_with_j_0_and_every_builder_excluded_says_they_were_left_out(t
     machines.remove("--dry-run")
     listed = subprocess.run(machines, capture_output=True, text=True, env=env, check=False)
     assert "and --on/--exclude left out every builder\nhint: name a builder" in listed.stderr
+
+
+def test_a_dry_run_with_j_0_names_the_builder_offload_does_not_connect_to(tmp_path):
+    # It said "... and no builder is set", where one is, and offload refuses its host key.
+    (tmp_path / "d.nix").write_text(NIX)
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "offload", "build", str(tmp_path / "d.nix"), "-A", "a"]
+    argv += ["--argstr", "salt", secrets.token_hex(4), "-j", "0", "--dry-run"]
+    argv += ["--builders", "ssh://nx-k.invalid - - 2 1 - - JUNK", "--option", "substituters", ""]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    said = (
+        "the local machine takes no jobs, and offload does not connect to nx-k.invalid (its host"
+        " key is base64 of no ssh key)"
+    )
+    assert done.stderr.splitlines()[-1] == f"no machine could build it: {said}"

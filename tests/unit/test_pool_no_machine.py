@@ -95,3 +95,20 @@ def test_offload_machines_says_a_problem_an_offload_toml_table_set_there():
     said = " ".join(machine_problems(line, lambda _: False))
     assert "maxJobs is 0: no build" in said
     assert "/also/missing does not exist" in said
+
+
+def test_builders_offload_does_not_connect_to_are_named_with_why_and_the_fix():
+    # `-j 0` with only such builders said "no builder is set", hint: set `builders` in nix.conf.
+    spec = "ssh://nx-k.invalid - - 2 1 - - JUNK; ssh://nx$x.invalid - - 2; nx-a.invalid - - 2"
+    kept = pool(spec).select(max_jobs=0, exclude=["nx-a.invalid"])
+    why, hint = kept.no_machine() or ("", "")
+    assert why == (
+        "the local machine takes no jobs, and offload does not connect to nx-k.invalid (its host"
+        " key is base64 of no ssh key), nx$x.invalid (its host name holds '$', which a shell acts"
+        " on)"
+    )
+    lines = [line for m in pool(spec).machines[:2] for line in machine_problems(m, bool)]
+    assert hint == "; ".join(lines)  # as `offload machines` says them, fixes included
+    assert pool(spec).select(max_jobs=0).no_machine() is None  # nx-a.invalid takes the work
+    left = pool(spec).select(on=["nx-k.invalid"]).no_machine() or ("", "")
+    assert left[0].startswith("--on/--exclude left out the local machine, and offload does not")

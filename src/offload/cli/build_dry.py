@@ -60,7 +60,8 @@ def _plan(run: DryRun, pool: Pool) -> _Plan:
     fetch = sorted(graph.fetch.items(), key=lambda item: graph.drvs[item[0]].name)
     if sim is None:  # nix-build lists what it would build all the same
         said = pool.no_machine()
-        if said is not None and pool.idle_builders() is not None:  # kept, with maxJobs 0
+        # Kept with maxJobs 0, or ones offload does not connect to: said as a run says it.
+        if said is not None and (pool.idle_builders() is not None or pool.refused):
             none = said[0]
         elif pool.local_left_out:
             none = _NAMED_OUT_DOWN if run.unreachable else _NAMED_OUT

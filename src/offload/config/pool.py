@@ -28,6 +28,7 @@ from offload.config.machines import (
     parse_store_uri,
     shown,
 )
+from offload.config.machines.check import refusals
 from offload.config.naming import one_name_each
 from offload.config.reading import read_spec
 from offload.config.settings import (
@@ -78,6 +79,9 @@ class Pool:
     # ``select``'s --on/--exclude took out every builder that could have been kept: a pool left
     # with nothing says so rather than that no builder is set.
     builders_left_out: bool = field(default=False, compare=False)
+    # ``select`` would have kept these builders, but offload does not connect to them
+    # (``Machine.not_connected``): a pool left with nothing names them, not "no builder set".
+    refused: tuple[Machine, ...] = field(default=(), compare=False)
 
     def local_env(self) -> dict[str, str] | None:
         """The environment for the local store's serve processes: ours with the run's
@@ -102,6 +106,8 @@ class Pool:
                 else "the local machine takes no jobs, and"
             )
             return f"{local} {idle[0]}", idle[1]
+        if self.refused:
+            return self._refused()
         if self.local_left_out:
             return (
                 "--on/--exclude left out the local machine and every builder",
@@ -116,6 +122,18 @@ class Pool:
             "the local machine takes no jobs and no builder is set",
             "pass -j N, --builders, or set `builders` in nix.conf",
         )
+
+    def _refused(self) -> tuple[str, str]:
+        """``no_machine`` when the only builders kept are ones offload does not connect to:
+        which, and why, with the fix as `offload machines` says it."""
+        local = (
+            "--on/--exclude left out the local machine"
+            if self.local_left_out
+            else "the local machine takes no jobs"
+        )
+        whys = ", ".join(f"{shown(m.name)} ({m.not_connected})" for m in self.refused)
+        fixes = "; ".join(line for m in self.refused for line in refusals(m))
+        return f"{local}, and offload does not connect to {whys}", fixes
 
     def idle_builders(self) -> tuple[str, str] | None:
         """``a takes no jobs (its maxJobs is 0: FILE:LINE)`` when the builders this pool kept
@@ -227,8 +245,14 @@ class Pool:
         # Builders there but for --on/--exclude (`-j 0 --exclude a`): not "no builder is set".
         could = any(self.machines[i].enabled for i in usable)
         out = not machines and could and bool(on_names or _split_names(exclude))
+        refused = tuple(m for i, m in enumerate(self.machines) if i in keep - usable)
         return dataclasses.replace(
-            self, local=local, machines=machines, local_left_out=left_out, builders_left_out=out
+            self,
+            local=local,
+            machines=machines,
+            local_left_out=left_out,
+            builders_left_out=out,
+            refused=refused,
         )
 
 

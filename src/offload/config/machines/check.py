@@ -25,7 +25,7 @@ from offload.config.machines.model import Machine, shell_char, shown
 from offload.names import LOCAL
 from offload.spelling import meant
 
-__all__ = ["duplicate_names", "key_missing", "machine_problems"]
+__all__ = ["duplicate_names", "key_missing", "machine_problems", "refusals"]
 
 _CACHES = ("http", "https", "s3", "file")
 _IN_PROCESS = ("local", "daemon", "auto", "path", "unix")
@@ -115,6 +115,12 @@ def _junk_columns(machine: Machine) -> list[str]:
     ]
 
 
+_PINS_JUNK = (
+    "the host key is base64 of no ssh public key: Nix pins it and ssh refuses the host, "
+    "so offload does not connect (write base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub)"
+)
+
+
 def _shell_names(machine: Machine) -> list[str]:
     """Host and user names with a character a shell acts on: offload does not connect."""
     return [
@@ -151,12 +157,19 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
         where = "" if table is None else f" (ssh-key of {shown(table)})"
         found.append(f"ssh key file {shown(machine.ssh_key, 400)}{where} does not exist")
     if machine.pins_junk:
-        found.append(
-            "the host key is base64 of no ssh public key: Nix pins it and ssh refuses the host, "
-            "so offload does not connect (write base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub)"
-        )
+        found.append(_PINS_JUNK)
     found += _system_problems(machine)
     found += _unknown_params(machine)
     found += _junk_columns(machine)
     found += _shell_names(machine)
+    return [f"{machine.source}: {machine.name}: {problem}" for problem in found]
+
+
+def refusals(machine: Machine) -> list[str]:
+    """Why offload does not connect to ``machine`` (``Machine.not_connected``), with the fix,
+    as ``machine_problems`` says it: one line each (none when it connects)."""
+    found = [_PINS_JUNK] if machine.pins_junk else []
+    found += _shell_names(machine)
+    if not found and machine.not_connected is not None:  # a NUL byte
+        found.append(f"{machine.not_connected}: offload does not connect to it")
     return [f"{machine.source}: {machine.name}: {problem}" for problem in found]
