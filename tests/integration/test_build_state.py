@@ -8,6 +8,7 @@ directory, gone after it. And a run forgets history past its keeping."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sqlite3
 import subprocess
@@ -133,7 +134,18 @@ def _built_without_state(done: subprocess.CompletedProcess[str], tmp_path: Path)
     assert valid_locally(done.stdout.strip())
     assert (tmp_path / "result").is_symlink()
     # The run's page is made from the run's own (temporary) history; nothing else is left.
-    assert (tmp_path / "run.html").stat().st_size > 0
+    page = (tmp_path / "run.html").read_text()
+    # Neither it nor the line saying where it went names the run's id, which `offload report`
+    # could not show: "offload: report of run 3c22d06b9b8f ... written to".
+    assert re.search(r"<title>offload run of [-0-9: ]+ \(not kept\)</title>", page), page[:300]
+    said = [line for line in done.stderr.splitlines() if line.startswith("offload: report of")]
+    assert said == [
+        (
+            "offload: report of this run (not kept: no state directory to keep it in) (1 copy on 1"
+            f" machine) written to {tmp_path / 'run.html'}"
+        )
+    ], done.stderr
+    assert not re.search(r"\b[0-9a-f]{12}\b", said[0] + page.split("</title>")[0])
     assert list((tmp_path / "tmp").iterdir()) == []
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, done.stderr

@@ -255,20 +255,31 @@ def _renderer(args: argparse.Namespace) -> Renderer:
     return make_renderer(_kind(args), print_logs=_print_logs(args), progress=not _quiet(args))
 
 
-def _write_report(state: Path, run_id: str, target: Path, renderer: Renderer) -> None:
+def _write_report(
+    state: Path, run_id: str, target: Path, renderer: Renderer, *, kept: bool
+) -> None:
     """The run's page into ``target``, then one line on stderr saying where (and a ``report``
     event for --json); one that cannot be written (its directory gone during the run, a full
     disk, the run not in history) is a warning: the page is not the build, so its outputs,
-    links and exit status stand."""
-    from offload.report import write_report, written  # not cheap: imported for --report only
+    links and exit status stand. A run whose state is not ``kept`` is named by no id, there
+    or in the page's title: `offload report` could not show it."""
+    import dataclasses
+
+    from offload.report import check_target, load_model, write_page, written  # for --report only
 
     try:
         with History(state / "history.sqlite") as history:
-            model = write_report(history, run_id, target)
+            check_target(target)
+            model = load_model(history, run_id)
+        if not kept:
+            started = time.strftime("%F %T", time.localtime(model.run.started))
+            model = dataclasses.replace(model, title=f"offload run of {started} (not kept)")
+        write_page(model, target)
     except OffloadError as exc:
         warn(f"the run's report was not written: {exc.message}", exc.hint)
         return
-    print(written(model, f"offload: report of run {run_id}", target), file=sys.stderr)
+    what = f"run {run_id}" if kept else "this run (not kept: no state directory to keep it in)"
+    print(written(model, f"offload: report of {what}", target), file=sys.stderr)
     renderer.handle(ReportWritten(str(target.absolute()), time.time()))
 
 
@@ -329,7 +340,7 @@ def build(
     if not _quiet(args) and not args.json and (report.finished or machine_events):
         render_summary([*report.finished, *machine_events], sys.stderr, logs_kept=kept)
     if args.report is not None:
-        _write_report(state, report.run_id, args.report, renderer)
+        _write_report(state, report.run_id, args.report, renderer, kept=kept)
     if report.failed:
         _print_log_tails(BuildLogs(state / "logs"), report.failed, _log_lines(pool))
         raise build_failed(report, logs_kept=kept, logs_shown=_print_logs(args) and not args.json)
