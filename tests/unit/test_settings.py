@@ -169,6 +169,11 @@ def test_parse_offload_toml():
         ("[[machine]]\nhost = 'h'\nenabled = 1", "enabled must be true or false"),
         ("[local]\nspeed-factor = 0", r"\[local\]: speed-factor must be a positive number"),
         ("[local]\nmax-jobs = true", "max-jobs must be a whole number"),
+        ("[local]\nmax-jobs = -1", "max-jobs must be a whole number from 0 to 4294967295"),
+        ("[[machine]]\nhost = 'h'\nspeed-factor = 0", "speed-factor must be a positive number"),
+        ("[[machine]]\nhost = 'h'\nname = '@x'", "'@x' cannot be a machine name"),
+        ("[local]\nfeatures = [[]]", "features must be a list of non-empty strings"),
+        ("a = " + "[" * 2000 + "]" * 2000, "nested too deeply"),
         ("local = 3", "local must be a table"),
         ("machine = 3", "machine must be an array of tables"),
         ("[mahcine]", "unknown key 'mahcine'"),
@@ -179,6 +184,8 @@ def test_offload_toml_errors(text, message):
     with pytest.raises(ConfigError, match=message) as info:
         parse_offload_toml(text, "f")
     assert "\n" not in info.value.message
+    # Each has a hint line: a negative max-jobs or a speed of 0 stated the form and no hint.
+    assert info.value.hint, info.value.message
 
 
 def test_offload_toml_names_every_problem_at_once():
@@ -301,3 +308,9 @@ def test_an_offload_toml_that_is_not_utf8_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="not UTF-8 text") as raised:
         load_offload_toml(path, {})
     assert raised.value.hint == "offload.toml is TOML, which is UTF-8 text: save it as UTF-8"
+
+
+def test_every_offload_toml_key_has_its_hint():
+    from offload.config import toml
+
+    assert set(toml._KEY_HINTS) == toml._MACHINE_KEYS | toml._LOCAL_KEYS

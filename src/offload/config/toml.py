@@ -104,6 +104,25 @@ _MACHINE_KEYS = {
 _LOCAL_KEYS = {"speed-factor", "max-jobs", "systems", "features"}
 # Problems after the first that an error names in its hint.
 _SHOWN_PROBLEMS = 3
+# What a key is, with an example: the hint of a value of the wrong type or out of range.
+_KEY_HINTS = {
+    "uri": 'the machines line\'s whole URI: uri = "ssh://user@host"',
+    "host": 'its ssh host (every line to it): host = "fast", or host = "fast:2222"',
+    "name": 'what --on, history and backoff call it: name = "workstation"',
+    "tags": 'names --on @TAG picks it by: tags = ["big", "gpu"]',
+    "port": "ssh's port: port = 2222",
+    "enabled": "enabled = false leaves it out (unless --on names it)",
+    "systems": 'the systems it builds for: systems = ["x86_64-linux", "i686-linux"]',
+    "ssh-key": 'the key file ssh logs in with: ssh-key = "/root/.ssh/id_ed25519"',
+    "max-jobs": "how many builds it runs at once: max-jobs = 4 (0: none)",
+    "speed-factor": "how fast it is against the others (higher is faster): speed-factor = 2.0",
+    "supported-features": 'supported-features = ["kvm", "big-parallel"]',
+    "mandatory-features": 'the features a build must ask for: mandatory-features = ["benchmark"]',
+    "public-host-key": "its ssh host key, base64 -w0 of its /etc/ssh/ssh_host_ed25519_key.pub",
+    "compress": "compress = true: ssh compresses what goes to it (-C)",
+    "builders-use-substitutes": "builders-use-substitutes = true: it takes inputs from its caches",
+    "features": 'this host\'s system features: features = ["kvm", "big-parallel"]',
+}
 
 
 class _Table:
@@ -124,7 +143,10 @@ class _Table:
 
     def _fail(self, key: str, expected: str) -> None:
         self.problems.append(
-            ConfigError(f"{self.where}: {key} must be {expected}, not {self.data[key]!r}")
+            ConfigError(
+                f"{self.where}: {key} must be {expected}, not {self.data[key]!r}",
+                hint=_KEY_HINTS[key],
+            )
         )
 
     def string(self, key: str) -> str | None:
@@ -193,14 +215,22 @@ def parse_offload_toml(text: str, source: str) -> OffloadToml:
             f"{source}: {exc}", hint="offload.toml is TOML (https://toml.io)"
         ) from exc
     except RecursionError as exc:  # tomllib recurses once per level of [ or {
-        raise ConfigError(f"{source}: arrays or tables nested too deeply") from exc
+        raise ConfigError(
+            f"{source}: arrays or tables nested too deeply",
+            hint="offload.toml holds [local] and [[machine]] tables of plain values",
+        ) from exc
     problems: list[ConfigError] = []
     _Table(data, source, {"machine", "local"}, problems)
     local = _local(data.get("local"), source, problems)
     raw_machines = data.get("machine", [])
     machines = []
     if not isinstance(raw_machines, list) or not all(isinstance(m, dict) for m in raw_machines):
-        problems.append(ConfigError(f"{source}: machine must be an array of tables ([[machine]])"))
+        problems.append(
+            ConfigError(
+                f"{source}: machine must be an array of tables ([[machine]])",
+                hint="begin each machine's keys with a line [[machine]] (two brackets)",
+            )
+        )
     else:
         for index, raw in enumerate(raw_machines, start=1):
             if (entry := _machine(raw, index, source, problems)) is not None:
@@ -213,7 +243,12 @@ def _local(raw: object, source: str, problems: list[ConfigError]) -> TomlLocal |
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        problems.append(ConfigError(f"{source}: local must be a table ([local])"))
+        problems.append(
+            ConfigError(
+                f"{source}: local must be a table ([local])",
+                hint="begin this host's keys with a line [local]: speed-factor, max-jobs, ...",
+            )
+        )
         return None
     table = _Table(raw, f"{source}: [local]", _LOCAL_KEYS, problems)
     return TomlLocal(
@@ -257,7 +292,10 @@ def _machine(
         )
     if entry.name == LOCAL or (entry.name or "").startswith("@"):
         problems.append(
-            ConfigError(f"{table.where}: '{shown(entry.name or '', 200)}' cannot be a machine name")
+            ConfigError(
+                f"{table.where}: '{shown(entry.name or '', 200)}' cannot be a machine name",
+                hint=f"{LOCAL} is this host's, and @ begins a tag: give it another name",
+            )
         )
     return entry if len(problems) == before else None
 
