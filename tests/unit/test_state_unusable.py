@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -111,8 +112,6 @@ _NO_HISTORY_HINT = (
         ["report", "NO-SUCH-RUN"],
         ["report"],
         ["report", "--hook"],
-        ["history"],
-        ["history", "--json"],
         ["history", "--drv", "hello"],
         ["history", "--run", "feed"],
     ],
@@ -142,3 +141,27 @@ def test_reading_no_history_yet_says_so_and_makes_nothing(
     ]
     assert done.out == ""
     assert sorted(p.name for p in tmp_path.rglob("*")) == (["state"] if made else [])
+
+
+@pytest.mark.parametrize("json_out", [False, True], ids=["plain", "json"])
+def test_listing_no_history_yet_is_a_note_and_empty_lists(
+    json_out: bool,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Nothing to list is no failure: a script's `offload history --json` right after the
+    install gets empty lists, exit 0 (and nothing is made)."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(state))
+    monkeypatch.setattr("offload.cli.history_file.SYSTEM_STATE_DIR", tmp_path / "system")
+    assert main(["history", *(["--json"] if json_out else [])]) == 0
+    done = capsys.readouterr()
+    note = f"note: {state / 'history.sqlite'}: no history yet ({_NO_HISTORY_HINT[6:]})"
+    assert done.err.splitlines() == [note]
+    if json_out:
+        shown = json.loads(done.out)
+        assert [shown[k] for k in ("runs", "machines", "builds", "estimates")] == [[], [], [], {}]
+    else:
+        assert done.out == ""
+    assert not state.exists()

@@ -14,7 +14,9 @@ not empty tables.
 (``machines_scope``: ``listed_only`` with ``--last``, ``newest_builds_only`` when capped).
 ``--daemon`` reads the nix-daemon's ``offload-hook`` history (/var/lib/offload, root's)
 instead of the user's; its ``--machine`` is checked against that history alone. Where no
-build has been recorded yet, there is no history: an error saying so (nothing is made).
+build has been recorded yet there is no history, and nothing is made: the listing is a note
+saying so (and empty lists with ``--json``), exit 0; ``--run``, ``--drv`` and ``--machine``
+are an error saying so.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from offload.cli.arguments import doc_help, nonempty
-from offload.cli.history_file import open_history
+from offload.cli.history_file import NoHistoryYet, open_history
 from offload.config.machines.model import shown
 from offload.errors import ConfigError, OffloadError
 from offload.history.db import History
@@ -105,7 +107,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--last: --run lists one run, whole", hint="give --run or --last, not both"
         )
-    with open_history(daemon=args.daemon) as history:
+    try:
+        opened = open_history(daemon=args.daemon)
+    except NoHistoryYet as exc:
+        if args.run is not None or args.drv is not None or args.machine is not None:
+            raise  # nothing to find it in: said as the error it is
+        # A listing of nothing yet is no failure: a script's `offload history --json` right
+        # after the install gets the empty lists, and people the note.
+        print(f"note: {exc.message} ({exc.hint})", file=sys.stderr)
+        if args.json:
+            _print_json(_View([], [], [], False, False, False), {}, [], {}, {})
+        return 0
+    with opened as history:
         every = history.runs(limit=None)
         view = _view(history, args, every)
         speeds = speed_factors(every)
@@ -114,22 +127,7 @@ def run(args: argparse.Namespace) -> int:
         counts = history.counts(r.run_id for r in view.runs)
     machines = machine_stats(view.counted, speeds)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "runs": [run_dict(r, counts.get(r.run_id, {})) for r in view.runs],
-                    "machines": [m.as_dict() for m in machines],
-                    "builds": [build_dict(b) for b in view.builds],
-                    "estimates": _estimates_json(estimates, speeds),
-                    # What "machines" sums, as its table's title says it.
-                    "machines_scope": {
-                        "listed_only": view.windowed,
-                        "newest_builds_only": _SUMMED if view.capped else None,
-                    },
-                },
-                indent=1,
-            )
-        )
+        _print_json(view, counts, machines, estimates, speeds)
         return 0
     _print_runs(view.runs, counts)
     _print_machines(machines, _scope(view))
@@ -137,6 +135,31 @@ def run(args: argparse.Namespace) -> int:
         _print_builds(view.builds)
         _print_estimates(estimates, speeds)
     return 0
+
+
+def _print_json(
+    view: _View,
+    counts: dict[str, dict[str, int]],
+    machines: list[MachineStats],
+    estimates: dict[str, float],
+    speeds: dict[str, float],
+) -> None:
+    print(
+        json.dumps(
+            {
+                "runs": [run_dict(r, counts.get(r.run_id, {})) for r in view.runs],
+                "machines": [m.as_dict() for m in machines],
+                "builds": [build_dict(b) for b in view.builds],
+                "estimates": _estimates_json(estimates, speeds),
+                # What "machines" sums, as its table's title says it.
+                "machines_scope": {
+                    "listed_only": view.windowed,
+                    "newest_builds_only": _SUMMED if view.capped else None,
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ history says on stderr that the other exists when it does.
 Reading changes nothing it need not: the user's history is opened to be written (brought up to
 this version's schema) where it may be, and read as it is where it may not (a read-only mount,
 another user's directory). Where there is none yet, nothing is made (neither the database nor
-the state directory): that is an error saying so, with the hint to run a build first, as is a
-state directory that could not be made (``offload.paths``).
+the state directory): ``NoHistoryYet``, with the hint to run a build first (``offload history``'s
+plain listing makes it a note); a state directory that could not be made is an error
+(``offload.paths``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from offload.errors import OffloadError
 from offload.history.db import History
 from offload.paths import SYSTEM_STATE_DIR, read_state_dir, state_dir, state_hint
 
-__all__ = ["HISTORY_FILE", "history_file", "open_history"]
+__all__ = ["HISTORY_FILE", "NoHistoryYet", "history_file", "open_history"]
 
 HISTORY_FILE = "history.sqlite"
+
+
+class NoHistoryYet(OffloadError):
+    """The user's history is not there: nothing was recorded in this state directory yet."""
 
 
 def history_file(*, daemon: bool, command: str = "history", note: bool = True) -> Path:
@@ -77,7 +82,7 @@ def open_history(*, daemon: bool, command: str = "history", note: bool = True) -
                 f"{path}: no history, and {path.parent} cannot be written to start one",
                 hint=state_hint(),
             )
-        raise OffloadError(
+        raise NoHistoryYet(
             f"{path}: no history yet",
             hint="run a build first: `offload build` records its runs there (offload-hook, the"
             " builds it takes)",
