@@ -8,6 +8,7 @@ from offload.hook.decide import REMOTE_OVERHEAD, Builder, LocalOffer, choose, pl
 from offload.hook.wire import Reply, TryRequest
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.policy.full import worth_moving_from
+from offload.scheduler.policy.guesses import TRIVIAL_WORK, guessed_work
 
 SYSTEM = "x86_64-linux"
 
@@ -99,6 +100,44 @@ def test_features_no_builder_has_are_declined() -> None:
     assert choice.reply is Reply.DECLINE
     fits = choose(request("kvm"), [builder("b", 4)], LocalOffer(1, False), work=10, now=0)
     assert fits.reply is Reply.ACCEPT
+
+
+# -- preferLocalBuild derivations, placed as ``offload build`` places them ---------------------
+
+
+def test_prefer_local_build_stays_on_the_local_machine_whatever_the_builders() -> None:
+    # A 1 s build (TRIVIAL_WORK) finishes sooner on a free speed-4 builder (0.55 s) than here
+    # (1 s): any other derivation goes there; a preferLocalBuild one is built here.
+    fast = builder("fast", 4)
+    plain = choose(request(), [fast], LocalOffer(1, True), work=TRIVIAL_WORK, now=0)
+    assert (plain.reply, plain.machine) == (Reply.ACCEPT, "fast")
+    here = choose(
+        request(), [fast], LocalOffer(1, True), work=TRIVIAL_WORK, now=0, prefer_local=True
+    )
+    assert (here.reply, here.expected_end) == (Reply.DECLINE, TRIVIAL_WORK)
+    assert "preferLocalBuild" in here.reason
+    # Behind the derivations declined to this Nix before it (the local queue), as any other.
+    queued = LocalOffer(2, True, start=3.0)
+    after = choose(request(), [fast], queued, work=TRIVIAL_WORK, now=0, prefer_local=True)
+    assert after.expected_end == 3.0 + TRIVIAL_WORK / 2
+    # Nix 2.34 asks with no local slot free: Nix builds it here once one frees, no builder.
+    later = LocalOffer(1, False, later=True)
+    wait = choose(request(), [fast], later, work=TRIVIAL_WORK, now=0, prefer_local=True)
+    assert (wait.reply, wait.expected_end) == (Reply.DECLINE, None)
+
+
+def test_prefer_local_build_the_local_machine_cannot_build_goes_to_a_builder() -> None:
+    # -j 0 (or another system): placed among the builders as any other, by its trivial guess:
+    # the free slow builder ends it (1.3 s) before the busy fast one (2.5 + 0.55 s); guessed
+    # as a build without history (10 s), it waited for the fast one (5.3 s against 10.3 s).
+    busy_fast = builder("fast", 4, free=0, busy_ends=(2.5,))
+    builders = [builder("slow", 1), busy_fast]
+    unable = LocalOffer(1, False)
+    guess = guessed_work((), trivial=True)
+    choice = choose(request(), builders, unable, work=guess, now=0, queue=True, prefer_local=True)
+    assert (choice.reply, choice.machine, choice.waits) == (Reply.ACCEPT, "slow", False)
+    long = choose(request(), builders, unable, work=guessed_work(()), now=0, queue=True)
+    assert (long.machine, long.waits) == ("fast", True)
 
 
 def test_in_the_coordinator_a_busy_fast_builder_is_accepted_to_wait_for() -> None:

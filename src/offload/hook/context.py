@@ -33,13 +33,24 @@ from offload.hook.slack import room
 from offload.hook.wire import HookIO, TryRequest, write_nix_json
 from offload.procfs import proc_stat
 from offload.scheduler.policy import Backoff, MachineSlotSpec
+from offload.scheduler.policy.guesses import guessed_work
 from offload.slots import SlotLocks, slot_key
+from offload.store.drv import read_derivation
 from offload.use import read_choice
 
-__all__ = ["HookContext", "load_context"]
+__all__ = ["Estimate", "HookContext", "load_context"]
 
 # A client's markers (``first_for_client``) are kept this long: a nix-build rarely runs longer.
 _MARKER_DAYS = 1
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a derivation is expected to take (``HookContext.estimate``)."""
+
+    work: float  # seconds on a machine of speed 1
+    measured: bool  # history's median (else a guess)
+    prefer_local: bool  # its derivation has preferLocalBuild
 
 
 @dataclass
@@ -180,11 +191,30 @@ class HookContext:
 
     def measured_work(self, request: TryRequest) -> float | None:
         """Expected seconds on a machine of speed 1 as history measured them (its median);
-        None when it has none (the caller guesses: ``guessed_work``)."""
+        None when it has none (``estimate`` guesses then)."""
         try:
             return self.estimates([request.pname]).get(request.pname)
         except OffloadError:
             return None
+
+    def estimate(self, request: TryRequest) -> Estimate:
+        """What ``request`` is expected to take: history's work, else guessed as ``offload
+        build`` guesses a build it does not know (``plan_jobs``: a preferLocalBuild one is
+        trivial, and has its own guess, ``guessed_work``)."""
+        measured = self.measured_work(request)
+        prefer_local = self.prefer_local(request)
+        if measured is not None:
+            return Estimate(measured, measured=True, prefer_local=prefer_local)
+        work = guessed_work(request.features, trivial=prefer_local)
+        return Estimate(work, measured=False, prefer_local=prefer_local)
+
+    def prefer_local(self, request: TryRequest) -> bool:
+        """Has ``request``'s derivation ``preferLocalBuild``? Read from the local store; a .drv
+        that cannot be read (or parsed) is taken for one without: guessed as any build."""
+        try:
+            return read_derivation(request.drv_path).prefer_local_build
+        except OffloadError:
+            return False
 
     def priority(self, request: TryRequest, work: float) -> float:
         """Where ``request`` waits in the coordinator's queue: its ``work`` and the work history

@@ -32,6 +32,10 @@ there that frees sooner.
 
 The answer:
 
+- a ``preferLocalBuild`` derivation (``writeText``, ``buildEnv``) the local machine can build
+  -> ``decline``, whatever the builders, as ``offload build`` places it (``plan_jobs``): Nix
+  2.8 asks about one only when the local machine cannot build it (``-j 0``, another system),
+  Nix 2.34 also when no local slot is free, and then Nix builds it once one frees;
 - the local machine finishes first (ties included: nothing to copy) -> ``decline``, and Nix
   builds it here: a fast local machine is never left idle for a slower builder (nix#2589).
   Nix 2.8 asks about every ready derivation before it starts any local build, saying each
@@ -140,6 +144,7 @@ def choose(
     default_work: float = 10.0,
     queue: bool = False,
     room: float | None = None,
+    prefer_local: bool = False,
 ) -> Choice:
     """The reply to ``request``; ``work`` is its expected duration on a machine of speed 1.
 
@@ -147,10 +152,13 @@ def choose(
     coordinator can; a lone hook process cannot), so a busy builder is accepted rather than
     the derivation postponed, and Nix's poll interval does not delay it. ``room``: the latest
     end its slack allows (``offload.hook.slack``): where a free slot finishes it first, the
-    slowest free machine that ends it by then takes it instead.
+    slowest free machine that ends it by then takes it instead. ``prefer_local``: its
+    derivation has ``preferLocalBuild``, and the local machine builds it whenever it can.
     """
     if not builders:
         return Choice(Reply.DECLINE_PERMANENTLY, reason="no builders are configured")
+    if prefer_local and (local.can_build or local.later):
+        return _built_here(local, work=work, now=now)
     fitting = [b for b in builders if can_build(b.spec, request.system, request.features)]
     if not fitting:
         reason = "no builder has this system and these features"
@@ -178,6 +186,18 @@ def choose(
     if room is not None and choice.reply is Reply.ACCEPT and not choice.waits:
         choice = _in_slack(up, local, local_end, choice, work=work, now=now, room=room)
     return dataclasses.replace(choice, backed_off=backed_off)
+
+
+def _built_here(local: LocalOffer, *, work: float, now: float) -> Choice:
+    """Declined for the local machine, which builds preferLocalBuild derivations whenever it
+    can, as ``offload build`` does (``plan_jobs``): a trivial build whose inputs are often
+    large would cost a builder's copies both ways, more than it gains there. When no local
+    slot is free now (``later``: Nix 2.34 asks then), Nix builds it once one frees."""
+    reason = "preferLocalBuild: the local machine builds it"
+    if not local.can_build:
+        return Choice(Reply.DECLINE, reason=f"{reason} once a local slot frees")
+    start = now if local.start is None else max(now, local.start)
+    return Choice(Reply.DECLINE, expected_end=start + work / local.speed, reason=reason)
 
 
 def _place(

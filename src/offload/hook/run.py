@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.history.records import BuildRecord
 from offload.hook.backed_off import given_up, say_declined, say_left_out, say_unfit, to_retry
-from offload.hook.context import HookContext, poll_interval
+from offload.hook.context import Estimate, HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, place_queued
 from offload.hook.dispatch import Placement
 from offload.hook.full import MOVED_NOTE, WAIT_NOTE, FullBuilders
@@ -48,7 +48,6 @@ from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_
 from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.protocol.wire import ByteReader
-from offload.scheduler.policy.guesses import guessed_work
 from offload.slots import slot_key
 from offload.store.drv import read_derivation
 from offload.store.path import STORE_DIR
@@ -71,12 +70,11 @@ def _full(context: HookContext, found: set[str], now: float) -> dict[str, float 
 def _decide(
     context: HookContext,
     request: TryRequest,
-    work: float,
+    estimate: Estimate,
     full: set[str],
     retry: set[str],
     *,
     priority: float,
-    measured: float | None,  # history's work for it, None when a guess
 ) -> Choice:
     now = time.time()
     builders = context.builders(now, full=_full(context, full, now), retry=retry)
@@ -84,6 +82,7 @@ def _decide(
     if dispatch is not None:
         # The waiting derivations of its priority or more take their slots before it would.
         builders = place_queued(builders, dispatch.queued(above=priority), now)
+    work = estimate.work
     return choose(
         request,
         builders,
@@ -95,7 +94,8 @@ def _decide(
         # Only the coordinator sees a nix-build's every derivation (``offload.hook.slack``).
         room=None
         if dispatch is None
-        else context.room(request, work, priority, now, measured=measured is not None),
+        else context.room(request, work, priority, now, measured=estimate.measured),
+        prefer_local=estimate.prefer_local,
     )
 
 
@@ -178,12 +178,12 @@ async def answer(
     full: set[str] = set()  # every slot held on the builder itself, by others
     retry: set[str] = set()  # backed off, but tried now: nothing else can build it
     tried: set[str] = set()  # tried so here (once each, even were no marker to be made)
-    measured = context.measured_work(request)
-    work = guessed_work(request.features) if measured is None else measured
+    estimate = context.estimate(request)
+    work = estimate.work
     priority = work if context.keep.dispatch is None else context.priority(request, work)
     context.reload_backoff()
     for _ in range(_MAX_ATTEMPTS):
-        choice = _decide(context, request, work, full, retry, priority=priority, measured=measured)
+        choice = _decide(context, request, estimate, full, retry, priority=priority)
         context.say(f"{request.drv_path}: {choice.reply.value} ({choice.reason})", level=4)
         say_left_out(context, choice)
         say_unfit(context, request, choice)
