@@ -23,6 +23,7 @@ import pytest
 from offload.fleet import Fleet, MemberSpec
 from offload.history.db import History
 from offload.history.tails import name_of, tails
+from offload.report.html import render_html
 from offload.report.model import load_hook_model
 from offload.slots import NIX_CURRENT_LOAD, slot_key
 from tests.helpers.fleets import drop_member, member_processes, private_fleet_fixture
@@ -161,6 +162,32 @@ def test_a_failing_derivation_fails_the_build_as_nix_says_it(
     assert "builder for" in done.stderr
     assert "failed" in done.stderr
     assert "about to fail" in done.stderr
+    # Its history record says why, as an `offload build` failure's does (it said nothing).
+    drv = subprocess.run(
+        ["nix-instantiate", str(file)], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+
+    def failed() -> list[dict[str, object]]:
+        shown = subprocess.run(
+            [str(Path(sys.executable).parent / "offload"), "history", "--json", "--drv", drv],
+            env=hook_env(hook_fleet, tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        return list(json.loads(shown.stdout)["builds"])
+
+    # Written by the coordinator's history thread once the build has ended.
+    wait_for(lambda: bool(failed()), 20, "the failed build in the history")
+    [build] = failed()
+    assert build["status"] == "failed"
+    assert f"builder for '{drv}' failed with exit code 3" in str(build["error"])
+    # And `offload report --hook` says it on the build's bar, as it does a run's failure.
+    with History(tmp_path / "state" / "history.sqlite") as history:
+        page = render_html(load_hook_model(history, since=None))
+    assert "error: builder for " in page
 
 
 def test_a_dead_builder_is_skipped_once_and_remembered(hook_fleet: Fleet, tmp_path: Path) -> None:

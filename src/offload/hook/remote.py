@@ -62,6 +62,9 @@ class Outcome:
     received: int = 0
     # sending, building and fetching, as an `offload build` copy's (history, the hook report)
     phases: tuple[PhaseRecord, ...] = ()
+    # A failed build's reason, as the builder's Nix gave it (its last log lines with it), kept
+    # in history as an `offload build` failure's is.
+    error: str | None = None
 
 
 def log_writer(io: HookIO) -> Callable[[str], None]:
@@ -212,7 +215,7 @@ async def build_remote(
             io, f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}"
         )
         code = 101 if result.status is BuildStatus.TIMED_OUT else 100
-        return Outcome(code, started, built, sent, phases=phases)
+        return Outcome(code, started, built, sent, phases=phases, error=result.error_msg)
     received = await _fetch(
         io, acts, request, drv, accepted, local=local, remote=remote, machine=machine
     )

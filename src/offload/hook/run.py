@@ -456,7 +456,8 @@ def _record(
     error: str | None = None,
 ) -> None:
     """Keep the build in history: ``status``, else built or failed by its exit code; a lost
-    one with why (``error``: its builder's failure), as ``offload build`` keeps its own."""
+    one with why (``error``: its builder's failure), a failed one with the builder's reason
+    (``outcome``'s), as ``offload build`` keeps its own."""
     record = BuildRecord(
         run_id=f"hook-{uuid.uuid4().hex[:12]}",
         drv_path=request.drv_path,
@@ -469,7 +470,7 @@ def _record(
         bytes_received=outcome.received,
         name=request.name,
         phases=outcome.phases,
-        error=error,
+        error=error if error is not None else outcome.error,
     )
     inputs: tuple[str, ...] = ()  # what it was built on gives later hooks their tails
     with contextlib.suppress(OffloadError):
