@@ -114,4 +114,5 @@ def test_hello_round_trip(
 def test_an_unknown_request_is_said_on_one_line() -> None:
     result = outcome(lambda: drive(read_request(Stream(encode_str("tr\ny")))), ProtocolError)
     assert isinstance(result, ProtocolError)
-    assert result.message == "unknown hook request 'tr\\ny'"
+    assert result.message == "expected Nix's next request ('try'), got 'tr\\ny'"
+    assert result.hint is not None

@@ -16,18 +16,28 @@ from pathlib import Path
 import pytest
 
 from offload import __version__
+from tests.helpers.offload_run import stop_coordinators
 
 HOOK = str(Path(sys.executable).parent / "offload-hook")
 
 
 def _hook(
-    tmp_path: Path, *args: str, stdin: int | None = subprocess.PIPE
+    tmp_path: Path,
+    *args: str,
+    stdin: int | None = subprocess.PIPE,
+    given: str = "",
+    coordinator: str = "0",
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path), "OFFLOAD_HOOK_COORDINATOR": "0"}
-    # A pipe on stdin (the default) ends at once, as nothing is written to it.
+    env = {
+        **os.environ,
+        "OFFLOAD_STATE_DIR": str(tmp_path),
+        "OFFLOAD_HOOK_COORDINATOR": coordinator,
+    }
+    # A pipe on stdin (the default) ends once ``given`` is written to it.
+    feed = {"input": given} if stdin == subprocess.PIPE else {"stdin": stdin}
     return subprocess.run(
-        [HOOK, *args], stdin=stdin, capture_output=True, text=True, env=env, timeout=30,
-        check=False,
+        [HOOK, *args], capture_output=True, text=True, env=env, timeout=30, check=False,
+        **feed,
     )  # fmt: skip
 
 
@@ -95,5 +105,35 @@ def test_what_nix_starts_still_reads_the_protocol(tmp_path: Path, args: tuple[st
     # whatever comes before it: the hook reads its settings, here from a pipe that ends at once.
     done = _hook(tmp_path, *args)
     assert done.returncode == 1
-    assert "while reading the settings preamble" in done.stderr
+    assert "expected Nix's settings first, got nothing" in done.stderr
     assert "usage" not in done.stdout
+
+
+@pytest.mark.parametrize("coordinator", ["0", "1"], ids=["in-process", "coordinator"])
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("hello\n", "expected Nix's settings first, got b'hello\\n' and then the end"),
+        ("try 1 x86_64-linux /nix/store/x.drv\n", "expected Nix's settings first, got b'try 1 x8'"),
+        # Eight zero bytes end the settings: what follows is no request.
+        ("\0" * 100_000, "expected Nix's next request ('try'), got ''"),
+    ],
+    ids=["text", "a-try-as-text", "zeros"],
+)
+def test_a_stdin_that_is_not_nix_is_one_error_with_a_hint(
+    tmp_path: Path, coordinator: str, given: str, said: str
+) -> None:
+    # Nix's argv, but not Nix on stdin (offload-hook run by hand with a number, or another
+    # program feeding it): before, one protocol error ("stream ended while reading the settings
+    # preamble (6 of 8 bytes)", "unknown hook request ''") with no hint.
+    try:
+        done = _hook(tmp_path, "3", given=given, coordinator=coordinator)
+    finally:
+        stop_coordinators(tmp_path)
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith("offload-hook: error: "), line
+    assert said in line
+    assert "offload hook install --print" in line
+    assert '--option build-hook "$(command -v offload-hook)"' in line
+    assert done.stdout == ""

@@ -14,12 +14,17 @@ Nix starts the hook once per worker and talks to it on three channels:
 
 Everything read here is outside input: store paths are checked to be store paths, strings and
 lists are bounded (``offload.protocol.wire``), and an unknown request is a ``ProtocolError``.
+A stdin that does not start with Nix's settings, or brings no ``try`` after them, is not Nix
+(offload-hook run by hand with a number, as Nix starts it, or fed by another program): its
+error names what was expected, with the first bytes read, and says how Nix is told to start
+the hook (``NOT_NIX_HINT``).
 Newer Nix sends more settings than 2.8 and the same requests (4.8): unknown settings are kept
 and ignored by the reader of the mapping.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -31,6 +36,7 @@ from offload.protocol.wire import ByteReader, read_int, read_str, read_strs
 from offload.store.path import StorePath, split_name_version
 
 __all__ = [
+    "NOT_NIX_HINT",
     "Accepted",
     "CountingReader",
     "HookIO",
@@ -101,7 +107,60 @@ class CountingReader:
         return data
 
 
+# Said with a stdin that is not Nix's: offload-hook run by hand with Nix's arguments (what
+# ``offload.hook.usage`` cannot tell from argv), or fed by another program than Nix.
+NOT_NIX_HINT = (
+    "offload-hook reads what Nix writes to its build hook, and only Nix should start it: set "
+    "build-hook in nix.conf (`offload hook install --print` prints the line) or pass --option "
+    'build-hook "$(command -v offload-hook)" to nix-build'
+)
+
+
+# The first bytes of a stdin that is not Nix's, shown in the error.
+_SHOWN = 24
+
+
+class _FirstBytes:
+    """``reader``, keeping the first ``_SHOWN`` bytes read through it, and the count."""
+
+    def __init__(self, reader: ByteReader) -> None:
+        self.reader = reader
+        self.first = b""
+        self.count = 0
+
+    async def readexactly(self, n: int) -> bytes:
+        try:
+            data = await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            self._keep(exc.partial)
+            raise
+        self._keep(data)
+        return data
+
+    def _keep(self, data: bytes) -> None:
+        self.first = (self.first + data)[:_SHOWN]
+        self.count += len(data)
+
+
 async def read_settings(reader: ByteReader) -> dict[str, str]:
+    """Nix's settings preamble, which Nix writes as it starts its hook: what comes first on
+    stdin that is not one is said as no Nix there, with its first bytes (``NOT_NIX_HINT``)."""
+    seen = _FirstBytes(reader)
+    try:
+        return await _read_settings(seen)
+    except ProtocolError as exc:
+        got = repr(seen.first) + ("..." if seen.count > len(seen.first) else "")
+        if not seen.first:
+            got = "nothing"
+        elif "stream ended" in exc.message:
+            got += " and then the end"
+        message = (
+            f"stdin is not Nix's build hook protocol: expected Nix's settings first, got {got}"
+        )
+        raise ProtocolError(message, hint=NOT_NIX_HINT) from exc
+
+
+async def _read_settings(reader: ByteReader) -> dict[str, str]:
     # Constant descriptions: this runs once per derivation Nix sends away, ~90 settings each.
     settings: dict[str, str] = {}
     for _ in range(_MAX_SETTINGS):
@@ -131,7 +190,8 @@ async def read_request(reader: ByteReader) -> TryRequest | None:
             return None
         raise
     if command != "try":
-        raise ProtocolError(f"unknown hook request {command[:40]!r}")
+        message = f"expected Nix's next request ('try'), got {command[:40]!r}"
+        raise ProtocolError(message, hint=NOT_NIX_HINT)
     willing = await read_int(reader, "amWilling")
     system = await read_str(reader, "the derivation's system")
     drv_path = _store_path(await read_str(reader, "the derivation path"), "the derivation")
