@@ -63,7 +63,13 @@ class StoreError(OffloadError):
 
 
 class TransportError(OffloadError):
-    """A child process (ssh, nix-store) could not be started or ended unexpectedly."""
+    """A child process (ssh, nix-store) could not be started or ended unexpectedly.
+
+    ``peer``, when set, names the store whose process it was ("local": this host's own
+    ``nix-store --serve``), as ``ProtocolError.peer`` does: no builder is to blame then.
+    """
+
+    peer: str | None = None
 
 
 class SshError(TransportError):

@@ -11,8 +11,15 @@ from offload.build.faults import explain
 from offload.config.machines import parse_machines
 from offload.doctor.facts import nix_check
 from offload.errors import ProtocolError
+from offload.names import LOCAL
 from offload.transport.links.lending import not_started
-from offload.transport.missing_program import NOT_ON_PATH, install_nix, not_on_path
+from offload.transport.missing_program import (
+    NOT_ON_PATH,
+    NOT_ON_PATH_HERE,
+    fix_path_here,
+    install_nix,
+    not_on_path,
+)
 
 CLOSED = ProtocolError("closed the connection during the handshake")
 
@@ -26,8 +33,9 @@ CLOSED = ProtocolError("closed the connection during the handshake")
     ],
 )
 def test_a_program_the_shell_did_not_find_is_not_on_the_path(said: str) -> None:
-    error = not_started("`nix-store --serve --write`", CLOSED, ["", said])
+    error = not_started("`nix-store --serve --write`", CLOSED, ["", said], "fast")
     assert error.message == f"`nix-store --serve --write` {NOT_ON_PATH}: {said}"
+    assert error.peer == "fast"
 
 
 @pytest.mark.parametrize(
@@ -45,7 +53,7 @@ def test_a_program_the_shell_did_not_find_is_not_on_the_path(said: str) -> None:
     ],
 )
 def test_nix_s_own_error_is_not_a_missing_program(said: str) -> None:
-    error = not_started("`nix-daemon --stdio`", CLOSED, [said])
+    error = not_started("`nix-daemon --stdio`", CLOSED, [said], "fast")
     assert NOT_ON_PATH not in error.message
     assert error.message.startswith("cannot start `nix-daemon --stdio`: ")
     assert said in error.message
@@ -56,7 +64,7 @@ def test_a_missing_program_and_its_fix_are_worded_one_way_wherever_said() -> Non
     # line and doctor's row ("... ?remote-program=/path/to/nix-store", even for nix-daemon)
     # gave the same fix in three wordings.
     said, program = "sh: 1: exec: nix-store: not found", "`nix-store --serve --write`"
-    session = not_started(program, CLOSED, [said])
+    session = not_started(program, CLOSED, [said], "a")
     row = nix_check(127, "", said + "\n", program)
     (machine,), _ = parse_machines(
         "ssh://a x86_64-linux\n", source="/etc/nix/machines", system="x86_64-linux"
@@ -65,3 +73,15 @@ def test_a_missing_program_and_its_fix_are_worded_one_way_wherever_said() -> Non
     assert session.message == row.detail == not_on_path(program, said)
     assert session.hint == row.fix == install_nix()
     assert line == f"{not_on_path(program, said)}; {install_nix('/etc/nix/machines:1')}"
+
+
+def test_this_host_s_own_program_missing_is_said_as_this_host_s() -> None:
+    # The local store's session (offload-hook's inputs and outputs go through it): said as a
+    # builder's, and the builder was backed off for it.
+    said = "sh: 1: exec: nix-store: not found"
+    error = not_started("`nix-store --serve --write`", CLOSED, [said], LOCAL)
+    assert error.message == f"`nix-store --serve --write` {NOT_ON_PATH_HERE}: {said}"
+    assert (error.hint, error.peer) == (fix_path_here(), LOCAL)
+    assert "builder" not in f"{error.message} {error.hint}"
+    other = not_started("`nix-store --serve --write`", CLOSED, ["error: no"], LOCAL)
+    assert (other.hint, other.peer) == (fix_path_here(), LOCAL)

@@ -434,14 +434,17 @@ async def _build(
         raise
     except (OffloadError, OSError) as exc:
         message = exc.message if isinstance(exc, OffloadError) else str(exc)
-        if isinstance(exc, TransportError | ProtocolError) and getattr(exc, "peer", None) != LOCAL:
+        ended = Outcome(1, started, time.time())
+        if isinstance(exc, TransportError | ProtocolError) and exc.peer != LOCAL:
             context.machine_failed(name, message)
-            lost = Outcome(0, started, time.time())
-            _record(context, request, name, lost, status="lost", error=message)
+            _record(context, request, name, ended, status="lost", error=message)
             if context.keep.dispatch is not None:
                 raise _Lost(message) from exc
+        else:  # this host's side (its store, the .drv): the build failed, no builder did
+            _record(context, request, name, ended, status="failed", error=message)
+        hint = f" ({exc.hint})" if isinstance(exc, OffloadError) and exc.hint else ""
         error_message(
-            context.io, f"offload-hook: building '{request.drv_path}' on '{name}': {message}"
+            context.io, f"offload-hook: building '{request.drv_path}' on '{name}': {message}{hint}"
         )
         return None
 

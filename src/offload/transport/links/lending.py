@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from offload.errors import OffloadError, ProtocolError, TransportError
+from offload.names import LOCAL
 from offload.protocol.stderr import strip_ansi
 from offload.protocol.store import StoreClient
 from offload.transport.links.base import TAIL, LogSink, SessionPipes
-from offload.transport.missing_program import install_nix, not_on_path
+from offload.transport.missing_program import fix_path_here, install_nix, not_on_path
 
 __all__ = [
     "BuilderFullError",
@@ -73,14 +74,21 @@ class PooledSession:
 _NOT_THERE = re.compile(r"^(?!error:).*(?:not found|No such file or directory)\s*$")
 
 
-def not_started(program: str, error: ProtocolError, tail: list[str]) -> TransportError:
-    """The error for a session whose ``program`` gave no handshake (``error``), with the last
-    of what it printed (``tail``); one line that names no builder: who shows it names it."""
-    hint = install_nix()
+def not_started(program: str, error: ProtocolError, tail: list[str], peer: str) -> TransportError:
+    """The error for a session of ``peer`` (a builder, or this host's store: ``LOCAL``) whose
+    ``program`` gave no handshake (``error``), with the last of what it printed (``tail``);
+    one line that names no builder: who shows it names it."""
+    here = peer == LOCAL
+    hint = fix_path_here() if here else install_nix()
     if tail and _NOT_THERE.search(strip_ansi(tail[-1])):  # as `offload doctor` says it
-        return TransportError(not_on_path(program, tail[-1]), hint=hint)
-    said = " | ".join(tail[-5:]) or "(no output)"
-    return TransportError(f"cannot start {program}: {error.message}; stderr: {said}", hint=hint)
+        failure = TransportError(not_on_path(program, tail[-1], here=here), hint=hint)
+    else:
+        said = " | ".join(tail[-5:]) or "(no output)"
+        failure = TransportError(
+            f"cannot start {program}: {error.message}; stderr: {said}", hint=hint
+        )
+    failure.peer = peer
+    return failure
 
 
 def check_slot(name: str, pipes: SessionPipes) -> None:

@@ -50,7 +50,9 @@ class LocalTransport:
         opening = await open_serve(proc, self._start_timeout)
         if opening.failure is not None or opening.pid is None:
             tail = " | ".join([*opening.early[-5:], opening.failure or "no start line"])
-            raise TransportError(f"{self.name}: `nix-store --serve` did not start: {tail}")
+            error = TransportError(f"{self.name}: `nix-store --serve` did not start: {tail}")
+            error.peer = self.name  # this host's store failed, not a builder
+            raise error
         if opening.load is not None:
             self._cores = opening.load.cores
         pipes = opening.pipes(proc)

@@ -428,7 +428,9 @@ class Link:
             try:
                 await client.handshake(sent=pipes.hello_sent)
             except ProtocolError as exc:
-                raise not_started(pipes.dialect.describe(), exc, list(logs.tail)) from exc
+                raise not_started(
+                    pipes.dialect.describe(), exc, list(logs.tail), self.name
+                ) from exc
         except BaseException:
             await close_shielded(stack)
             raise
