@@ -2,8 +2,9 @@
 
 The hook reads a build's inputs and brings its outputs home through a ``nix-store --serve``
 of this host's, started from the PATH the hook was given (Nix's: a nix-daemon's, for its
-hook). One that cannot start is this host's fault: the build fails saying so, with the fix,
-and no builder is backed off for it.
+hook), else from beside the Nix that started it (``offload.hook.nix_path``). One that cannot
+start is this host's fault: the build fails saying so, with the fix, and no builder is backed
+off for it.
 """
 
 from __future__ import annotations
@@ -26,17 +27,38 @@ from tests.helpers.offload_run import wait_for
 pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
-def test_no_nix_store_on_the_hook_s_path_fails_the_build_and_backs_off_no_builder(
-    fleet: Fleet, tmp_path: Path
-) -> None:
-    # Only what nix-build and the hook need besides it: the hook's own bin directory, ssh, sh.
+def _no_nix_store(tmp_path: Path, *, nix_build_copied: bool) -> str:
+    """A PATH of only what nix-build and the hook need besides nix-store: the hook's own bin
+    directory, nix-build, ssh and sh; nix-build a link to Nix's binary (beside nix-store, as a
+    nix-daemon's is), or a copy of it alone in a directory of its own."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for program in ("nix-build", "ssh", "sh"):
         found = shutil.which(program)
         assert found is not None, program
-        (bin_dir / program).symlink_to(found)
-    path = f"{Path(sys.executable).parent}:{bin_dir}"
+        if program == "nix-build" and nix_build_copied:
+            shutil.copy(Path(found).resolve(), bin_dir / program)
+        else:
+            (bin_dir / program).symlink_to(found)
+    return f"{Path(sys.executable).parent}:{bin_dir}"
+
+
+def test_no_nix_store_on_the_hook_s_path_is_taken_from_beside_the_nix_that_started_it(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    # A nix-daemon started by systemd outside NixOS has no Nix on its PATH, nor its hooks:
+    # every build failed, `nix-store --serve --write` not on this host's PATH.
+    path = _no_nix_store(tmp_path, nix_build_copied=False)
+    file = nix_file(tmp_path, leaves(1))
+    done = nix_build(fleet, tmp_path, file, "-j0", PATH=path)
+    assert done.returncode == 0, done.stderr
+    assert NOT_ON_PATH_HERE not in done.stderr
+
+
+def test_no_nix_store_on_its_path_nor_beside_its_nix_fails_the_build_and_backs_off_no_builder(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    path = _no_nix_store(tmp_path, nix_build_copied=True)
     file = nix_file(tmp_path, leaves(1))
     done = nix_build(fleet, tmp_path, file, "-j0", PATH=path)
     assert done.returncode != 0, done.stderr

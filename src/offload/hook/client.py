@@ -51,6 +51,7 @@ import zlib
 from collections.abc import Callable
 
 from offload import __version__
+from offload.hook.nix_path import nix_beside_parent
 from offload.state_location import HOOK_STATE_NOTE, private_dir, usable_hook_state
 
 # Not typing's: importing it (and re, enum, functools with it) costs each hook about 3 ms.
@@ -448,6 +449,7 @@ def _main() -> int:
         code = answer(sys.argv, terminal=terminal)
         if code is not None:
             return code
+    nix_beside_parent()  # before the environment is handed on: a nix-daemon's has no Nix
     if os.environ.get("OFFLOAD_HOOK_COORDINATOR") != "0" and _started_by_nix():
         try:
             state, note = usable_hook_state()
