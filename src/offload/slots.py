@@ -62,11 +62,27 @@ class SlotProbe:
 
 class _FlockHolders:
     """Who holds a flock on which file, from /proc/locks read once (at the first question):
-    a probe asks it of each held slot, and a busy host's table has a line per lock."""
+    a probe asks it of each held slot, and a busy host's table has a line per lock. A table
+    read before a later slot's flock may be out of date for it (a holder came or went since):
+    where it names no holder of that slot's line, it is read again (``read_again``)."""
 
     def __init__(self) -> None:
         self._table: dict[str, set[str]] | None = None
         self._read = False
+        self._older = False  # the table was read before the caller's latest flock
+
+    def flocked(self) -> None:
+        """The caller has just tried a slot's flock: a table read before is older than that."""
+        self._older = self._read
+
+    def read_again(self) -> bool:
+        """Read /proc/locks again if the table is older than the caller's latest flock;
+        whether it was read."""
+        if not self._older:
+            return False
+        self._older = False
+        self._table = _flock_table()
+        return True
 
     def of(self, fd: int) -> set[str] | None:
         """The pids (as text) holding a flock on ``fd``'s file; None when /proc/locks cannot
@@ -111,6 +127,8 @@ def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] |
     fields = dict(field.partition("=")[::2] for field in text.split()[1:])
     ours = fields.get("ns", _NAMESPACE) == _NAMESPACE  # older lines name none: checked
     holding = holders.of(fd) if "pid" in fields and ours else None
+    if holding is not None and fields["pid"] not in holding and holders.read_again():
+        holding = holders.of(fd)  # taken, or let go, since the table was read
     if holding == set():
         return None
     if holding is not None and fields["pid"] not in holding:
@@ -172,6 +190,7 @@ class SlotLocks:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
+                holders.flocked()
                 holder = _read_holder(fd, holders)
                 if holder is None and _free_now(fd):
                     free += 1  # its holder let go between the two looks

@@ -222,6 +222,33 @@ def test_a_slot_let_go_between_the_probes_two_looks_is_free(tmp_path, monkeypatc
     assert (probe.free, probe.busy_ends, probe.by_nix) == (1, (), 0)
 
 
+def test_a_slot_taken_after_the_probe_read_proc_locks_is_its_holders(tmp_path, monkeypatch):
+    """/proc/locks is read once, at the first held slot: a later slot another offload process
+    took after that read was taken for Nix's own hook's, with no expected end, as a slot let
+    go between the two looks was (a hook deciding then sent a build to a slower builder)."""
+    locks = SlotLocks(tmp_path)
+    first = locks.try_acquire("ssh:__b", 2, until=1234.5)
+    assert first is not None
+    read_table = slots._flock_table
+    taken: list[int | None] = []
+
+    def take_second_after():  # another holder takes slot 1 once /proc/locks was read
+        table = read_table()
+        if not taken:
+            taken.append(locks.try_acquire("ssh:__b", 2, until=2345.5))
+        return table
+
+    monkeypatch.setattr(slots, "_flock_table", take_second_after)
+    try:
+        probe = locks.probe("ssh:__b", 2)
+    finally:
+        for fd in [first, *taken]:
+            if fd is not None:
+                os.close(fd)
+    assert taken[0] is not None
+    assert (probe.free, probe.busy_ends, probe.by_nix) == (0, (1234.5, 2345.5), 0)
+
+
 def test_a_run_writes_when_it_expects_each_build_to_end_into_the_slot_it_holds(tmp_path):
     """It wrote none: a hook on the same host deciding whether to wait for that slot took it
     for one ending after a default build, and `offload status` showed no FREE BY."""
