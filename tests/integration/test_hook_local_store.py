@@ -27,13 +27,14 @@ from tests.helpers.offload_run import wait_for
 pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
 
-def _no_nix_store(tmp_path: Path, *, nix_build_copied: bool) -> str:
+def _no_nix_store(tmp_path: Path, *, nix_build_copied: bool, nix_store: bool = False) -> str:
     """A PATH of only what nix-build and the hook need besides nix-store: the hook's own bin
     directory, nix-build, ssh and sh; nix-build a link to Nix's binary (beside nix-store, as a
-    nix-daemon's is), or a copy of it alone in a directory of its own."""
+    nix-daemon's is), or a copy of it alone in a directory of its own. With ``nix_store``: that
+    PATH has nix-store, and no sh."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for program in ("nix-build", "ssh", "sh"):
+    for program in ("nix-build", "ssh", "nix-store" if nix_store else "sh"):
         found = shutil.which(program)
         assert found is not None, program
         if program == "nix-build" and nix_build_copied:
@@ -81,3 +82,19 @@ def test_no_nix_store_on_its_path_nor_beside_its_nix_fails_the_build_and_backs_o
     [build] = kept()
     assert build.status == "failed"
     assert NOT_ON_PATH_HERE in str(build.error)
+
+
+def test_a_local_store_session_that_cannot_be_spawned_backs_off_no_builder(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    # The local session's wrapper is an `sh` from the hook's PATH: one without it (Nix there,
+    # but no sh) could not start the session, which was taken for the builder's failure:
+    # "builder 'fast' failed: cannot run sh: ...; backed off", and the next builder the same.
+    path = _no_nix_store(tmp_path, nix_build_copied=True, nix_store=True)
+    file = nix_file(tmp_path, leaves(1))
+    done = nix_build(fleet, tmp_path, file, "-j0", PATH=path)
+    assert done.returncode != 0, done.stderr
+    assert "cannot run sh" in done.stderr
+    assert "backed off" not in done.stderr
+    backoff = tmp_path / "state" / "backoff.json"
+    assert not backoff.exists() or json.loads(backoff.read_text()) == {}

@@ -44,7 +44,11 @@ class LocalTransport:
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
         argv = serve_command(self._params, cores=self._cores)
-        proc = await stack.enter_async_context(spawn(argv, env=self._env))
+        try:
+            proc = await stack.enter_async_context(spawn(argv, env=self._env))
+        except TransportError as exc:  # this host's program (its sh) could not be started
+            exc.peer = self.name
+            raise
         stack.push_async_callback(drain_dead, proc)
         assert proc.stdin is not None
         opening = await open_serve(proc, self._start_timeout)
