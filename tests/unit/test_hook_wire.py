@@ -10,6 +10,7 @@ import pytest
 from offload.errors import ProtocolError
 from offload.hook.home import registration_text
 from offload.hook.wire import (
+    NOT_NIX_HINT,
     Accepted,
     HookIO,
     Reply,
@@ -98,6 +99,22 @@ def test_truncated_preamble_is_an_error() -> None:
 
     with pytest.raises(ProtocolError):
         asyncio.run(go())
+
+
+def test_a_fault_after_nix_s_first_setting_is_said_as_it_is() -> None:
+    # A whole setting read is Nix's preamble (a value of bytes that are not UTF-8, say): it
+    # was said as "stdin is not Nix's build hook protocol: expected Nix's settings first",
+    # with the hint to set build-hook, which was set, and the fault itself left unsaid.
+    bad = settings({"builders": "@/etc/nix/machines"})[:-8]
+    bad += encode_int(1) + encode_str("nix-path") + encode_int(2) + b"\xff\xfe" + b"\0" * 6
+
+    async def go() -> None:
+        await read_settings(reader(bad + encode_int(0)))
+
+    with pytest.raises(ProtocolError) as caught:
+        asyncio.run(go())
+    assert caught.value.message == "a setting's value is not valid UTF-8"
+    assert caught.value.hint != NOT_NIX_HINT
 
 
 def test_verbosity_is_the_last_argument() -> None:

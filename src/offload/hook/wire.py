@@ -144,11 +144,15 @@ class _FirstBytes:
 
 async def read_settings(reader: ByteReader) -> dict[str, str]:
     """Nix's settings preamble, which Nix writes as it starts its hook: what comes first on
-    stdin that is not one is said as no Nix there, with its first bytes (``NOT_NIX_HINT``)."""
+    stdin that is not one is said as no Nix there, with its first bytes (``NOT_NIX_HINT``).
+    Once a whole setting was read it is Nix's preamble: a fault after that is said as it is."""
     seen = _FirstBytes(reader)
+    settings: dict[str, str] = {}
     try:
-        return await _read_settings(seen)
+        return await _read_settings(seen, settings)
     except ProtocolError as exc:
+        if settings:
+            raise
         got = repr(seen.first) + ("..." if seen.count > len(seen.first) else "")
         if not seen.first:
             got = "nothing"
@@ -160,9 +164,9 @@ async def read_settings(reader: ByteReader) -> dict[str, str]:
         raise ProtocolError(message, hint=NOT_NIX_HINT) from exc
 
 
-async def _read_settings(reader: ByteReader) -> dict[str, str]:
+async def _read_settings(reader: ByteReader, settings: dict[str, str]) -> dict[str, str]:
+    """The settings, each added to ``settings`` as it is read."""
     # Constant descriptions: this runs once per derivation Nix sends away, ~90 settings each.
-    settings: dict[str, str] = {}
     for _ in range(_MAX_SETTINGS):
         more = await read_int(reader, "the settings preamble")
         if more == 0:
