@@ -8,7 +8,8 @@ binary itself. So where no ``nix-store`` is on the PATH, the directory of the Ni
 the hook (its parent's executable: ``nix-daemon``, ``nix-build``, ``nix``, each a link to
 Nix's one binary beside ``nix-store``) is put at its end, for this process and every process
 it starts (the coordinator's sessions take the hook's environment). The same Nix then does
-both halves of the build. Standard library only, as the hook's client is.
+both halves of the build. A PATH that is not set is exec's default (``/bin:/usr/bin``), looked
+in and kept as such. Standard library only, as the hook's client is.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ _PROGRAM = "nix-store"
 def nix_beside_parent() -> str | None:
     """Add the starting Nix's directory to PATH when PATH has no ``nix-store``; that
     directory, or None when PATH has one or none is found beside the parent."""
-    path = os.environ.get("PATH", "")
+    # Unset, it is exec's default (/bin:/usr/bin), where every program was looked for: kept.
+    path = os.environ.get("PATH", os.defpath)
     if any(_program(directory) for directory in path.split(os.pathsep) if directory):
         return None
     try:
