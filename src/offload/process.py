@@ -4,6 +4,7 @@ Everything else builds argv lists and hands them here. Child processes of async 
 ``spawn``, an ``async with`` that always stops them (SIGTERM, a grace period, then SIGKILL to the
 child's whole process group; ``stop_now`` skips the grace, for a child cut off mid-transfer).
 A program that cannot be started is ``TransportError`` with a hint (``offload.spawn_errors``).
+A script run on this host takes the ``sh`` of its PATH, else ``/bin/sh`` (``local_sh``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -31,6 +33,7 @@ __all__ = [
     "Completed",
     "Started",
     "interrupts_held",
+    "local_sh",
     "output_lines",
     "run",
     "run_async",
@@ -45,6 +48,20 @@ __all__ = [
 # garbage-collected while running: Popen.__del__ then warns "subprocess N is still running",
 # which pytest's `filterwarnings = error` turns into a failure of whatever test runs next.
 _DETACHED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+# The sh of a PATH that has none (one of Nix's programs alone, as a nix-daemon may give its
+# hook): every Linux system has this one, NixOS included (its only file in /bin).
+FALLBACK_SH = "/bin/sh"
+
+
+def local_sh(argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """``argv`` to run on this host: a script's ``sh`` (``sh -c ...``) is the one on
+    ``env``'s PATH (ours when None), else ``FALLBACK_SH``; anything else as it is."""
+    if not argv or argv[0] != "sh":
+        return list(argv)
+    path = (os.environ if env is None else env).get("PATH", os.defpath)
+    return list(argv) if shutil.which("sh", path=path) else [FALLBACK_SH, *argv[1:]]
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,19 @@ error, ``offload build``'s line and doctor's row say it, and its fix, in one wor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+
 import pytest
 
 from offload.build.faults import explain
 from offload.config.machines import parse_machines
 from offload.doctor.facts import nix_check
-from offload.errors import ProtocolError
+from offload.errors import ProtocolError, TransportError
 from offload.names import LOCAL
 from offload.transport.links.lending import not_started
+from offload.transport.links.local import LocalTransport
 from offload.transport.missing_program import (
     NOT_ON_PATH,
     NOT_ON_PATH_HERE,
@@ -85,3 +90,18 @@ def test_this_host_s_own_program_missing_is_said_as_this_host_s() -> None:
     assert "builder" not in f"{error.message} {error.hint}"
     other = not_started("`nix-store --serve --write`", CLOSED, ["error: no"], LOCAL)
     assert (other.hint, other.peer) == (fix_path_here(), LOCAL)
+
+
+def test_this_host_s_store_session_that_cannot_be_spawned_names_this_host() -> None:
+    # A spawn that fails (here an environment string over Linux's 128 KiB: E2BIG) is this
+    # host's, as a session that started and said nothing is: offload-hook backs off no builder.
+    transport = LocalTransport(env={**os.environ, "OFFLOAD_TOO_BIG": "x" * 200_000})
+
+    async def start() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            await transport.start(stack)
+
+    with pytest.raises(TransportError) as caught:
+        asyncio.run(start())
+    assert "Argument list too long" in caught.value.message
+    assert caught.value.peer == LOCAL

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from offload.hook.home import TEMP_MARK
-from offload.process import start_guard
+from offload.process import local_sh, start_guard
 
 __all__ = ["Guard", "guard_argv"]
 
@@ -36,7 +36,9 @@ def guard_argv(store_dir: str, pid: int, kill: Sequence[str]) -> list[str]:
 
 class Guard:
     def __init__(self, store_dir: str, kill: Sequence[str]) -> None:
-        self._pipe: IO[bytes] | None = start_guard(guard_argv(store_dir, os.getpid(), kill))
+        self._pipe: IO[bytes] | None = start_guard(
+            local_sh(guard_argv(store_dir, os.getpid(), kill))
+        )
 
     def dismiss(self) -> None:
         """The hook cleaned up itself: the guard exits without doing anything."""

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from offload.errors import TransportError
 from offload.names import LOCAL
-from offload.process import run_async, spawn
+from offload.process import local_sh, run_async, spawn
 from offload.protocol.export import Exporter
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
@@ -43,7 +43,7 @@ class LocalTransport:
         self._cores: int | None = None  # as the first session said: later ones are told them
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
-        argv = serve_command(self._params, cores=self._cores)
+        argv = local_sh(serve_command(self._params, cores=self._cores), self._env)
         try:
             proc = await stack.enter_async_context(spawn(argv, env=self._env))
         except TransportError as exc:  # this host's program (its sh) could not be started
@@ -70,7 +70,9 @@ class LocalTransport:
 
     async def kill(self, pid: int) -> None:
         await asyncio.wait_for(
-            run_async(kill_script(pid, KILL_GRACE), env=self._env, check=False),
+            run_async(
+                local_sh(kill_script(pid, KILL_GRACE), self._env), env=self._env, check=False
+            ),
             CONTROL_TIMEOUT,
         )
 
