@@ -163,3 +163,39 @@ def test_a_name_with_odd_characters_is_said_as_typed(history, capsys):
     assert _error(capsys, ["history", "--run", "a\x07b"])[0] == (
         "error: no run 'a\\x07b' in the history"
     )
+
+
+def test_the_builds_listed_say_why_each_that_did_not_build_ended_so(tmp_path, monkeypatch, capsys):
+    """A failed build's Nix error and a lost one's builder fault were in --json only: the
+    listing showed "failed" and no why."""
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(state))
+    monkeypatch.setenv("NIX_CONFIG", "builders =")
+    run = RunRecord("run1", 1000.0, 1005.0, ("hello",), "failed", (), None, None)
+    drv = "/nix/store/" + "a" * 32 + "-{}.drv"
+    builds = [
+        BuildRecord("run1", drv.format("ok"), "ok", "fast", 1000.0, 1001.0, "built", name="ok"),
+        BuildRecord(
+            "run1", drv.format("bad"), "bad", "fast", 1000.0, 1002.0, "failed", name="bad",
+            error="builder for '/nix/store/x-bad.drv' failed with exit code 3",
+        ),
+        BuildRecord(
+            "run1", drv.format("gone"), "gone", "slow", 1000.0, 1003.0, "lost", name="gone",
+            error="ssh: connect to host slow port 22: Connection refused\n" + "x" * 400,
+        ),
+    ]  # fmt: skip
+    with History(state / "history.sqlite") as kept:
+        kept.record_run(run, builds)
+    assert main(["history", "--run", "run1"]) == 0
+    out = capsys.readouterr().out
+    why = out.split("\nwhy (newest first):\n")[1].split("\n\n")[0].splitlines()
+    lost, failed = why  # the build that built has no line
+    assert lost.startswith(
+        "  gone on slow (lost, run1): ssh: connect to host slow port 22: Connection refused / xxx"
+    )
+    assert lost.endswith("x...")
+    assert len(lost) < 400
+    assert failed == (
+        "  bad on fast (failed, run1): builder for '/nix/store/x-bad.drv' failed with exit code 3"
+    )

@@ -5,7 +5,8 @@ bound, builds, outcome) and every machine's totals over the whole history (its n
 builds at most, as the table's title then says). ``--last N`` lists the N newest runs (and
 builds) and narrows the machine table to their builds. ``--run``, ``--machine`` and ``--drv``
 narrow both (the runs listed are those with a build that matches) and also list the builds
-(derivation, machine, seconds waiting, sending, building, fetching, bytes, outcome) and the
+(derivation, machine, seconds waiting, sending, building, fetching, bytes, outcome; then why
+each that did not build ended so: its Nix error, its builder's fault) and the
 duration estimates the scheduler would use for their names now, as a history of no runs
 does (the hook's builds belong to none). A ``--machine`` that neither the history nor the pool
 knows, or a ``--drv`` no kept build matches, is an error naming it and what it may have meant,
@@ -49,6 +50,8 @@ from offload.ui.term import format_bytes, format_duration, sanitize
 
 __all__ = ["positive_count", "register"]
 
+# A reason is cut to this many characters: `offload log` has the build's whole log.
+_WHY_CHARS = 300
 # Enough machines' builds to measure them: the machine table sums that many at most (the
 # newest; its title says so when there were more). A history keeps up to 100,000, and reading
 # them all takes 3 s and 200 MB, against 0.6 s for these.
@@ -376,6 +379,25 @@ def _print_builds(builds: list[BuildRecord]) -> None:
     ]
     header = ("derivation", "machine", "outcome", *PHASES, "sent", "received", "run")
     _table("\nbuilds (newest first):", header, rows, left=3)
+    _print_why(builds)
+
+
+def _print_why(builds: list[BuildRecord]) -> None:
+    """Why each listed build that did not build ended so (a failed build's Nix error, a lost
+    one's builder fault), one line each: the table has no room for them, and they are the
+    first thing asked of a failure."""
+    told = [b for b in builds if b.error]
+    if not told:
+        return
+    sys.stdout.write("\nwhy (newest first):\n")
+    for b in told:
+        why = " / ".join(line.strip() for line in str(b.error).splitlines() if line.strip())
+        if len(why) > _WHY_CHARS:
+            why = why[: _WHY_CHARS - 3] + "..."
+        name = sanitize(b.name or b.pname)
+        sys.stdout.write(
+            f"  {name} on {sanitize(b.machine or '-')} ({b.status}, {b.run_id}): {sanitize(why)}\n"
+        )
 
 
 def _phase(build: BuildRecord, phase: str) -> str:
