@@ -33,3 +33,12 @@ def test_each_line_of_the_coordinators_log_has_its_time() -> None:
     assert re.fullmatch(
         f"{time} offload coordinator: b1: could not stop remote process: gone", lines[1]
     )
+
+
+def test_a_hook_served_in_its_own_process_says_its_notes_as_the_hooks() -> None:
+    """With no coordinator its notes reach Nix's output: they said "offload coordinator"."""
+    shown = subprocess.run(
+        [sys.executable, "-c", "from offload.hook.coordinator_log import note; note('x')"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert shown.stderr == "offload-hook: x\n"
