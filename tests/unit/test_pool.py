@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -304,8 +305,14 @@ def test_nixos_json_defaults_follow_the_module():
     ],
 )
 def test_nixos_json_errors(data, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as caught:
         machines_from_nixos(data, source="b.nix", system=SYSTEM)
+    # Each has its hint line (a value of the wrong type had none): what the NixOS option
+    # looks like written right, or what the file holds.
+    assert caught.value.hint
+    option = re.search(r"(\w+) (must be|is required)", message)
+    if option is not None:
+        assert f"{option[1]} = " in caught.value.hint
 
 
 def test_a_misspelt_nixos_option_is_named_with_the_one_meant():

@@ -134,22 +134,42 @@ def pool_to_nixos(pool: Pool) -> str:
 def _opt_str(entry: Mapping[str, object], key: str, where: str) -> str | None:
     value = entry.get(key)
     if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
+        raise ConfigError(f"{where}: {key} must be a string, not {value!r}", hint=_as(key))
     return value
 
 
 def _opt_int(entry: Mapping[str, object], key: str, where: str) -> int | None:
     value = entry.get(key)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}")
+        raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}", hint=_as(key))
     return value
 
 
 def _str_list(entry: Mapping[str, object], key: str, where: str) -> list[str]:
     value = entry.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {key} must be a list of strings")
+        raise ConfigError(f"{where}: {key} must be a list of strings", hint=_as(key))
     return value
+
+
+# Each option as a nix.buildMachines entry writes it, for the hint of a value of the wrong type.
+_EXAMPLES = {
+    "hostName": 'hostName = "builder.example.org";',
+    "protocol": 'protocol = "ssh-ng";',
+    "sshUser": 'sshUser = "nixbuilder";',
+    "sshKey": 'sshKey = "/root/.ssh/nixbuilder";',
+    "system": 'system = "x86_64-linux";',
+    "systems": 'systems = [ "x86_64-linux" "aarch64-linux" ];',
+    "maxJobs": "maxJobs = 4;",
+    "speedFactor": "speedFactor = 2;",
+    "supportedFeatures": 'supportedFeatures = [ "big-parallel" "kvm" ];',
+    "mandatoryFeatures": "mandatoryFeatures = [ ];",
+    "publicHostKey": 'publicHostKey = "<base64 of the host key line>";',
+}
+
+
+def _as(key: str) -> str:
+    return f"as NixOS's nix.buildMachines has it: {_EXAMPLES[key]}"
 
 
 # The options of a nix.buildMachines entry (NixOS's nix.nix module); any other is an error
@@ -198,11 +218,14 @@ def machines_from_nixos(data: object, *, source: str, system: str) -> list[Machi
     for index, entry in enumerate(data, start=1):
         where = f"{source}: machine #{index}"
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected an attribute set, got {_nix_type(entry)}")
+            raise ConfigError(
+                f"{where}: expected an attribute set, got {_nix_type(entry)}",
+                hint='each machine is { hostName = "builder.example.org"; ... }',
+            )
         _known_options(entry, where)
         host = _opt_str(entry, "hostName", where)
         if not host:
-            raise ConfigError(f"{where}: hostName is required")
+            raise ConfigError(f"{where}: hostName is required", hint=_as("hostName"))
         protocol = _opt_str(entry, "protocol", where) if "protocol" in entry else "ssh"
         user = _opt_str(entry, "sshUser", where)
         uri = f"{protocol}://" if protocol else ""
@@ -213,7 +236,9 @@ def machines_from_nixos(data: object, *, source: str, system: str) -> list[Machi
         max_jobs = _opt_int(entry, "maxJobs", where)
         speed = entry.get("speedFactor")
         if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float)):
-            raise ConfigError(f"{where}: speedFactor must be a number, not {speed!r}")
+            raise ConfigError(
+                f"{where}: speedFactor must be a number, not {speed!r}", hint=_as("speedFactor")
+            )
         columns: list[str | None] = [
             uri,
             ",".join(systems) or None,
