@@ -9,6 +9,7 @@ fleet of its own.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,3 +300,22 @@ def test_a_shell_that_prints_on_start_fails_ssh_with_the_fix_and_offload_build_s
         "cannot connect to builder 'dn' (dn): its shell printed 'Welcome to dn' before the "
         "command: Nix's sessions there break on it"
     ) in built.stderr
+
+
+def test_the_changed_host_key_s_fix_pins_the_key_that_answers(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    """The fix's command, run as it is written, prints the column that makes ssh pass."""
+    other_key = next(f[7] for f in machines_lines(doctor_fleet) if host_of(f[0]) == "db")
+    machines = write(tmp_path, lines_with(doctor_fleet, "da", 7, other_key))
+    done = doctor(doctor_fleet, tmp_path, machines, "--json", "da")
+    quoted = check(reports(done)["da"], "ssh")["fix"].split("`")[1::2]
+    command = next(c for c in quoted if c.startswith("ssh-keyscan"))
+    printed = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert printed.stdout.strip(), f"{command}: {printed.stderr}"
+    fixed = write(tmp_path, lines_with(doctor_fleet, "da", 7, printed.stdout.strip()), "fixed")
+    again = doctor(doctor_fleet, tmp_path, fixed, "--json", "da")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert check(reports(again)["da"], "ssh")["verdict"] == "ok"

@@ -234,6 +234,7 @@ class LoginProbe:
             key_place=key_place(self.machine) if self.machine.ssh_key else None,
             line=self.machine.source,
             passphrase=has_passphrase(key),
+            scanned=config,
         )
         if (roots := roots_key(done.stderr)) is not None:
             return roots

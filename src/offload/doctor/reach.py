@@ -20,6 +20,7 @@ key, so the login is ok and the ``nix`` row says why.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,11 +158,13 @@ def ssh_check(
     key_place: str | None = None,
     line: str = "the machines line",
     passphrase: bool = False,
+    scanned: SshConfig | None = None,
 ) -> Check:
     """``ssh ... true`` ended with ``returncode`` after printing ``stderr``. ``key_place`` is
     where the machines line names ``key`` (``ssh_keys.key_place``); None when ``key`` is the
     ssh config's. ``line`` is the machines line (file:line) that names the builder.
-    ``passphrase``: the key file has one (``ssh_keys.has_passphrase``)."""
+    ``passphrase``: the key file has one (``ssh_keys.has_passphrase``). ``scanned``: where ssh
+    connects (``ssh -G``), for the command that prints the host key to pin."""
     said = [text.strip() for text in stderr.splitlines() if text.strip()]
     last = said[-1] if said else "(ssh printed nothing)"
     key_name = key or "your ssh key"
@@ -192,7 +195,9 @@ def ssh_check(
         what, fix = unusable or locked or ("", "")
         return Check("ssh", Verdict.FAIL, f"{what}, and the builder took no other key: {last}", fix)
     return Check(
-        "ssh", Verdict.FAIL, *_ssh_failure(stderr, last, key_name, pinned=pinned, line=line)
+        "ssh",
+        Verdict.FAIL,
+        *_ssh_failure(stderr, last, key_name, pinned=pinned, line=line, scan=scan_command(scanned)),
     )
 
 
@@ -235,11 +240,24 @@ def noisy_shell_check(check: Check, stdout: str, reply: bytes) -> Check:
     )
 
 
-def _ssh_failure(stderr: str, last: str, key: str, *, pinned: bool, line: str) -> tuple[str, str]:
+def scan_command(config: SshConfig | None) -> str:
+    """The shell command that prints column 8 for the host key answering where ssh connects
+    (``config``): ssh-keyscan's line is ``host type base64``, and Nix's column is the base64
+    of ``type base64`` alone (a host field in it makes the key junk). HOST and PORT stand in
+    for the builder's own when ssh goes through a proxy, which ssh-keyscan cannot take."""
+    if config is None or config.proxy is not None:
+        return "ssh-keyscan -t ed25519 -p PORT HOST | cut -d' ' -f2- | base64 -w0"
+    host = shlex.quote(config.hostname)
+    return f"ssh-keyscan -t ed25519 -p {config.port} {host} | cut -d' ' -f2- | base64 -w0"
+
+
+def _ssh_failure(
+    stderr: str, last: str, key: str, *, pinned: bool, line: str, scan: str
+) -> tuple[str, str]:
     """(detail, fix) for a failed login, ssh having used every key it was given."""
     pin_fix = (
         f"pin the builder's key: column 8 of {line} is the base64 of its "
-        "/etc/ssh/ssh_host_ed25519_key.pub (`base64 -w0`), or of `ssh-keyscan -t ed25519 HOST`"
+        f"/etc/ssh/ssh_host_ed25519_key.pub (`base64 -w0`), as `{scan}` prints it"
     )
     if any(marker in stderr for marker in _CHANGED) or (
         pinned and "Host key verification failed" in stderr
