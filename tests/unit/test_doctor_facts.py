@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from offload.doctor import facts
+from offload.doctor import claims, facts
 from offload.doctor.model import Check, MachineReport, Verdict, skipped
 from offload.doctor.render import format_report
 from offload.load import RemoteLoad
@@ -61,41 +61,41 @@ def test_serve_handshake():
 
 
 def test_systems_claimed_but_absent_fail_and_unclaimed_platforms_are_only_mentioned():
-    ok = facts.systems_check(["x86_64-linux"], CONFIG, "")
+    ok = claims.systems_check(["x86_64-linux"], CONFIG, "")
     assert ok.verdict == Verdict.OK
     assert "could also build i686-linux" in ok.detail
-    bad = facts.systems_check(["x86_64-linux", "aarch64-linux"], CONFIG, "")
+    bad = claims.systems_check(["x86_64-linux", "aarch64-linux"], CONFIG, "")
     assert bad.verdict == Verdict.FAIL
     assert "claims aarch64-linux" in bad.detail
-    named = facts.systems_check(["aarch64-linux"], CONFIG, "", "/etc/nix/machines:3")
+    named = claims.systems_check(["aarch64-linux"], CONFIG, "", "/etc/nix/machines:3")
     assert named.fix is not None
     assert "column 2 of /etc/nix/machines:3" in named.fix
 
 
 def test_a_claimed_feature_the_builder_lacks_fails_and_an_unclaimed_one_warns():
     real = {"benchmark", "big-parallel", "kvm", "nixos-test"}
-    ok = facts.features_check(real, (), CONFIG, "")
+    ok = claims.features_check(real, (), CONFIG, "")
     assert ok.verdict == Verdict.OK
-    lacking = facts.features_check({*real, "cuda"}, (), CONFIG, "")
+    lacking = claims.features_check({*real, "cuda"}, (), CONFIG, "")
     assert lacking.verdict == Verdict.FAIL
     assert "claims cuda" in lacking.detail
     assert lacking.fix is not None
     assert "system-features" in lacking.fix
     # A mandatory feature is claimed as much as a supported one.
-    assert facts.features_check(real, {"cuda"}, CONFIG, "").verdict == Verdict.FAIL
-    wasted = facts.features_check({"benchmark", "big-parallel", "nixos-test"}, (), CONFIG, "")
+    assert claims.features_check(real, {"cuda"}, CONFIG, "").verdict == Verdict.FAIL
+    wasted = claims.features_check({"benchmark", "big-parallel", "nixos-test"}, (), CONFIG, "")
     assert wasted.verdict == Verdict.WARN
     assert "has kvm, not claimed" in wasted.detail
-    named = facts.features_check({"cuda"}, (), CONFIG, "", "m:9")
+    named = claims.features_check({"cuda"}, (), CONFIG, "", "m:9")
     assert named.fix is not None
     assert "columns 6-7 of m:9" in named.fix
-    unclaimed = facts.features_check({"kvm"}, (), CONFIG, "", "m:9")
+    unclaimed = claims.features_check({"kvm"}, (), CONFIG, "", "m:9")
     assert unclaimed.fix is not None
     assert "column 6 (supported features) of m:9" in unclaimed.fix
 
 
 def test_without_show_config_systems_and_features_cannot_be_told():
-    check = facts.features_check({"kvm"}, (), None, "error: unknown command 'show-config'")
+    check = claims.features_check({"kvm"}, (), None, "error: unknown command 'show-config'")
     assert check.verdict == Verdict.WARN
     assert "unknown command" in check.detail
 

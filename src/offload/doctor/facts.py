@@ -7,12 +7,7 @@ Pure functions of remote command results: ``nix-store --version``, the serve han
 start line (pid, cores, load: ``offload.load``), ``nix show-config`` (JSON from Nix >= 2.4 with
 ``nix-command``, ``name = value`` lines otherwise), ``df -Pk /nix/store``, ``id``, and timings.
 
-Systems and features follow Nix's own rule on the builder (it refuses a derivation whose
-system is neither ``system`` nor one of ``extra-platforms``, or whose required features are not
-all in ``system-features``): a system or feature the line claims and the builder lacks fails
-(builds sent for it fail there); a feature the builder has and the line does not claim only
-warns (builds needing it are never sent: wasted). An unclaimed extra platform is normal (Nix
-adds i686-linux on x86_64) and is only mentioned.
+The systems and features the line claims are judged in ``claims``.
 
 A builder whose own ``max-jobs`` is 0 starts no build sent over ssh:// (its serve program builds
 under its settings): the ``slots`` row fails there (``builder_jobs_check``), unless the builder
@@ -37,9 +32,9 @@ __all__ = [
     "NixConfig",
     "builder_jobs_check",
     "builders_files",
+    "cannot_tell",
     "daemon_trust",
     "disk_check",
-    "features_check",
     "listed_trusted",
     "load_check",
     "max_jobs_zero",
@@ -50,9 +45,9 @@ __all__ = [
     "rtt_check",
     "serve_check",
     "slots_check",
-    "systems_check",
     "throughput_check",
     "trusted_check",
+    "words",
 ]
 
 NixConfig = Mapping[str, str]
@@ -168,71 +163,17 @@ def parse_nix_config(text: str) -> dict[str, str]:
     return settings
 
 
-def _words(config: NixConfig, name: str) -> set[str]:
+def words(config: NixConfig, name: str) -> set[str]:
     return set(config.get(name, "").split())
 
 
-def _cannot_tell(name: str, error: str) -> Check:
+def cannot_tell(name: str, error: str) -> Check:
     return Check(
         name,
         Verdict.WARN,
         f"cannot tell: `nix show-config` on the builder failed: {error}",
         "install a Nix with the `nix` command on the builder to have this checked",
     )
-
-
-def systems_check(
-    claimed: Sequence[str], config: NixConfig | None, error: str, line: str = "the machines line"
-) -> Check:
-    """The systems the machines line at ``line`` claims, against the builder's."""
-    if not config or "system" not in config:
-        return _cannot_tell("systems", error)
-    real = {config["system"]} | _words(config, "extra-platforms")
-    lacking = [s for s in claimed if s not in real]
-    if lacking:
-        return Check(
-            "systems",
-            Verdict.FAIL,
-            f"claims {', '.join(lacking)}, but the builder builds only {', '.join(sorted(real))}",
-            f"remove them from column 2 of {line}, or add them to the builder's "
-            "extra-platforms (with binfmt emulation for other CPUs)",
-        )
-    unclaimed = sorted(real - set(claimed))
-    more = f" (could also build {', '.join(unclaimed)})" if unclaimed else ""
-    return Check("systems", Verdict.OK, f"{', '.join(claimed)}{more}")
-
-
-def features_check(
-    supported: Collection[str],
-    mandatory: Collection[str],
-    config: NixConfig | None,
-    error: str,
-    line: str = "the machines line",
-) -> Check:
-    """The features the machines line at ``line`` claims, against the builder's."""
-    if not config or "system-features" not in config:
-        return _cannot_tell("features", error)
-    real = _words(config, "system-features")
-    claimed = set(supported) | set(mandatory)
-    lacking = sorted(claimed - real)
-    if lacking:
-        return Check(
-            "features",
-            Verdict.FAIL,
-            f"claims {', '.join(lacking)}, which the builder lacks: builds needing it fail there",
-            f"remove it from columns 6-7 of {line}, or add it to system-features "
-            "in the builder's nix.conf (NixOS: nix.settings.system-features)",
-        )
-    unclaimed = sorted(real - claimed)
-    if unclaimed:
-        return Check(
-            "features",
-            Verdict.WARN,
-            f"the builder has {', '.join(unclaimed)}, not claimed: "
-            "builds needing it never go there",
-            f"add it to column 6 (supported features) of {line}",
-        )
-    return Check("features", Verdict.OK, ", ".join(sorted(claimed)) or "none")
 
 
 # Run on the builder: NIX_REMOTE, then how Nix's `auto` store would open it for this user (its
@@ -272,7 +213,7 @@ def trusted_check(
         return Check("trusted", Verdict.OK, f"{user} writes the store itself: no daemon asks")
     listed = listed_trusted(user, groups, config)
     if listed is None:
-        return _cannot_tell("trusted", error)
+        return cannot_tell("trusted", error)
     if (user == "root" and route is None) or listed:
         return Check("trusted", Verdict.OK, f"{user} is a trusted user")
     through = "the builder's nix-daemon" if route == "daemon" else "a nix-daemon there"
@@ -292,7 +233,7 @@ def listed_trusted(user: str, groups: Collection[str], config: NixConfig | None)
     nix-daemon read it when it started, and may not have since (``trust.probed_trust_check``)."""
     if not config or "trusted-users" not in config:
         return None
-    return bool({user, "*", *(f"@{group}" for group in groups)} & _words(config, "trusted-users"))
+    return bool({user, "*", *(f"@{group}" for group in groups)} & words(config, "trusted-users"))
 
 
 def daemon_trust(trusted: bool | None, check: Check) -> Check:

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from offload.config.machines import Machine
-from offload.doctor import facts
+from offload.doctor import claims, facts
 from offload.doctor.login import DEFAULT_TIMEOUT, SLACK, DoctorOptions, LoginProbe
 from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
 from offload.doctor.trust import probe_item, probed_trust_check, trust_probe_check
@@ -320,8 +320,8 @@ class _Probe(LoginProbe):
             if (await self._remote(link, ["true"]))[0] == 0:
                 rtts.append(time.monotonic() - started)
         self.checks += [
-            facts.systems_check(machine.systems, config, error, machine.source),
-            facts.features_check(
+            claims.systems_check(machine.systems, config, error, machine.source),
+            claims.features_check(
                 machine.supported_features,
                 machine.mandatory_features,
                 config,
