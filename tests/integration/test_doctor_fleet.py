@@ -319,3 +319,20 @@ def test_the_changed_host_key_s_fix_pins_the_key_that_answers(
     again = doctor(doctor_fleet, tmp_path, fixed, "--json", "da")
     assert again.returncode == 0, again.stdout + again.stderr
     assert check(reports(again)["da"], "ssh")["verdict"] == "ok"
+
+
+def test_a_system_with_a_typo_gets_the_one_meant_and_that_fix_passes(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    """Removing the misspelt system, as for one the builder cannot build, would leave the
+    line without its real system: the fix names the one meant, and doing it passes."""
+    machines = write(tmp_path, lines_with(doctor_fleet, "db", 1, "x86_64-linx"))
+    done = doctor(doctor_fleet, tmp_path, machines, "--json", "db")
+    assert done.returncode == 1, done.stderr
+    systems = check(reports(done)["db"], "systems")
+    assert "x86_64-linx (did you mean x86_64-linux?)" in systems["detail"]
+    assert systems["fix"].startswith("write x86_64-linux for x86_64-linx in column 2 of ")
+    meant = systems["fix"].split()[1]
+    fixed = write(tmp_path, lines_with(doctor_fleet, "db", 1, meant), "fixed")
+    again = doctor(doctor_fleet, tmp_path, fixed, "--json", "db")
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -72,6 +72,20 @@ def test_systems_claimed_but_absent_fail_and_unclaimed_platforms_are_only_mentio
     assert "column 2 of /etc/nix/machines:3" in named.fix
 
 
+def test_a_misspelt_system_gets_the_one_meant_and_a_real_one_is_no_typo():
+    both = claims.systems_check(["x86_64-linx", "aarch64-linux"], CONFIG, "", "m:1")
+    assert both.verdict == Verdict.FAIL
+    assert "claims x86_64-linx (did you mean x86_64-linux?), aarch64-linux," in both.detail
+    assert both.fix == (
+        "write x86_64-linux for x86_64-linx in column 2 of m:1; remove aarch64-linux from "
+        "column 2 of m:1, or add it to the builder's extra-platforms (with binfmt emulation "
+        "for other CPUs)"
+    )
+    levels = claims.systems_check(["x86_64-v4-linux"], CONFIG, "", "m:1")
+    assert levels.fix is not None
+    assert levels.fix.startswith("remove x86_64-v4-linux")
+
+
 def test_a_claimed_feature_the_builder_lacks_fails_and_an_unclaimed_one_warns():
     real = {"benchmark", "big-parallel", "kvm", "nixos-test"}
     ok = claims.features_check(real, (), CONFIG, "")

@@ -5,7 +5,9 @@ system is neither ``system`` nor one of ``extra-platforms``, or whose required f
 all in ``system-features``): a system or feature the line claims and the builder lacks fails
 (builds sent for it fail there); a feature the builder has and the line does not claim only
 warns (builds needing it are never sent: wasted). An unclaimed extra platform is normal (Nix
-adds i686-linux on x86_64) and is only mentioned. Pure functions of ``nix show-config``'s
+adds i686-linux on x86_64) and is only mentioned. A claimed system that is no real one but
+close to one the builder has (``x86_64-linx``) is said as the typo it is, with the system
+meant: removing it would leave the line without that one. Pure functions of ``nix show-config``'s
 answer (``facts.NixConfig``).
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Collection, Sequence
 
 from offload.doctor.facts import NixConfig, cannot_tell, words
 from offload.doctor.model import Check, Verdict
+from offload.spelling import meant
 
 __all__ = ["features_check", "systems_check"]
 
@@ -27,17 +30,54 @@ def systems_check(
         return cannot_tell("systems", error)
     real = {config["system"]} | words(config, "extra-platforms")
     lacking = [s for s in claimed if s not in real]
-    if lacking:
-        return Check(
-            "systems",
-            Verdict.FAIL,
-            f"claims {', '.join(lacking)}, but the builder builds only {', '.join(sorted(real))}",
-            f"remove them from column 2 of {line}, or add them to the builder's "
-            "extra-platforms (with binfmt emulation for other CPUs)",
-        )
     unclaimed = sorted(real - set(claimed))
+    if lacking:
+        return _lacking_systems(lacking, unclaimed, sorted(real), line)
     more = f" (could also build {', '.join(unclaimed)})" if unclaimed else ""
     return Check("systems", Verdict.OK, f"{', '.join(claimed)}{more}")
+
+
+# Nix's CPUs and kernels (nixpkgs' lib.systems.parse, the common ones): a system made of them
+# is one a user may mean (an aarch64-linux claimed for binfmt emulation), not a typo.
+_CPUS = frozenset((
+    "x86_64", "i686", "aarch64", "armv5tel", "armv6l", "armv7l", "armv7a", "riscv32", "riscv64",
+    "powerpc64", "powerpc64le", "mips64el", "mipsel", "s390x", "loongarch64", "wasm32", "wasm64",
+))  # fmt: skip
+_KERNELS = frozenset(
+    ("linux", "darwin", "freebsd", "netbsd", "openbsd", "cygwin", "windows", "none", "wasi")
+)
+
+
+def _typo_of(system: str, has: Sequence[str]) -> str | None:
+    """The system of ``has`` that ``system`` misspells, or None: a real one is no typo."""
+    cpu, _, kernel = system.rpartition("-")
+    if kernel in _KERNELS and (cpu in _CPUS or cpu.rpartition("-")[0] in _CPUS):
+        return None
+    return meant(system, has, cutoff=0.8)
+
+
+def _lacking_systems(
+    lacking: Sequence[str], unclaimed: Sequence[str], real: Sequence[str], line: str
+) -> Check:
+    """A line claiming systems the builder lacks. One close to a system the builder has and
+    the line does not claim (``x86_64-linx``) is a typo: removing it, as for a system the
+    builder cannot build, would leave the line without the one it meant."""
+    meant_for = {s: match for s in lacking if (match := _typo_of(s, unclaimed)) is not None}
+    said = [f"{s} (did you mean {meant_for[s]}?)" if s in meant_for else s for s in lacking]
+    others = [s for s in lacking if s not in meant_for]
+    fixes = [f"write {meant_for[s]} for {s} in column 2 of {line}" for s in meant_for]
+    if others:
+        fixes.append(
+            f"remove {', '.join(others)} from column 2 of {line}, or add "
+            f"{'it' if len(others) == 1 else 'them'} to the builder's extra-platforms "
+            "(with binfmt emulation for other CPUs)"
+        )
+    return Check(
+        "systems",
+        Verdict.FAIL,
+        f"claims {', '.join(said)}, but the builder builds only {', '.join(real)}",
+        "; ".join(fixes),
+    )
 
 
 def features_check(
