@@ -2,7 +2,8 @@
 
 Builders next to the shared fleet's real members that cannot be used, each for another reason:
 nothing listens on its port (refused); its host name does not resolve; it does not accept the
-client's key; the key file the machines line names does not exist; it answers with a host key
+client's key; the key file the machines line names does not exist, or others may read it (ssh
+ignores it; both said too when ssh logs in with another key); it answers with a host key
 other than the one pinned for it in the machines file, or than the one the user's own
 known_hosts holds for it (a possible man-in-the-middle); the program it is to run is not on its
 PATH (said once, naming the builder once); it accepts TCP and then says nothing.
@@ -303,6 +304,34 @@ def test_a_missing_key_file_is_said_when_ssh_logs_in_with_another(fleet, tmp_pat
     done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0")
     assert done.returncode == 0, done.stderr
     assert len([line for line in done.stderr.splitlines() if said in line]) == 1, done.stderr
+
+
+def test_a_key_file_others_may_read_is_said_when_ssh_logs_in_with_another(fleet, tmp_path):
+    # ssh ignores a key file of one's own that others may read and, the fleet's ssh config
+    # naming a key of its own, logged in with that one: offload said nothing, doctor a warning.
+    key = tmp_path / "open_key"
+    key.write_bytes(fleet.client_key.read_bytes())
+    key.chmod(0o644)
+    fields = member_line(fleet, "fast").split()
+    fields[2] = str(key)
+    machines = tmp_path / "machines"
+    machines.write_text(" ".join(fields) + "\n")
+    said = (
+        f"ssh key file {key} is readable by others, so ssh ignores it: ssh logged in with another"
+        f" key (your ssh config's IdentityFile, an ssh agent's or its default); chmod 600 {key}"
+    )
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0",
+                   "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"warning: builder 'fast': {said}"]
+    told = [e for e in events(done.stdout) if e["event"] == "machine"]
+    assert [(e["machine"], e["state"], e["message"]) for e in told] == [("fast", "key", said)]
+    key.chmod(0o600)  # the fix: the run says nothing more
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0")
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
 
 
 # ssh's ProxyCommand to a member that lets the connection through only once the test opens the

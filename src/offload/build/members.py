@@ -24,7 +24,7 @@ from offload.slots import slot_key
 from offload.tasks import wait_all
 from offload.transport.links import Link, LocalLink, MachineLink, early
 from offload.transport.sessions import open_lane
-from offload.transport.ssh_keys import key_place, missing_key_note
+from offload.transport.ssh_keys import key_place, key_too_open, missing_key_note, open_key_note
 from offload.ui.events import Event, MachineEvent
 
 __all__ = [
@@ -169,13 +169,20 @@ def tell_restricted(members: list[PoolMember], emit: Callable[[Event], None]) ->
 
 
 def tell_missing_keys(pool: Pool, answered: Collection[str], emit: Callable[[Event], None]) -> None:
-    """A builder that ``answered`` though the ssh key file its line names does not exist is
-    told once, as a "key" MachineEvent: ssh went on with another key, without a word. (One
-    that did not answer for it is down, and its reason says the file is missing.)"""
+    """A builder that ``answered`` though the ssh key file its line names does not exist, or
+    is one ssh ignores as others may read it, is told once, as a "key" MachineEvent: ssh went
+    on with another key, without a word. (One that did not answer for it is down, and its
+    reason says what is wrong with the file.)"""
     for machine in pool.machines:
-        if machine.name in answered and machine.ssh_key and key_missing(machine):
+        if machine.name not in answered or not machine.ssh_key:
+            continue
+        if key_missing(machine):
             note = missing_key_note(machine.ssh_key, key_place(machine))
-            emit(MachineEvent(machine.name, "key", note, None, time.time()))
+        elif machine.is_ssh and key_too_open(machine.ssh_key):
+            note = open_key_note(machine.ssh_key, key_place(machine))
+        else:
+            continue
+        emit(MachineEvent(machine.name, "key", note, None, time.time()))
 
 
 def tell_unstopped(members: list[PoolMember], emit: Callable[[Event], None]) -> None:
