@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,38 @@ def test_local_builds_of_a_run_given_more_jobs_are_all_in_use(tmp_path: Path) ->
     (local,) = (m for m in json.loads(done.stdout)["machines"] if m["name"] == "local")
     assert local["slots"] == 1  # as configured
     assert local["in_use"] >= 3  # at least this run's (another run's local builds count too)
+
+
+def test_a_backed_off_builder_s_line_says_the_command_that_tries_it_again(
+    tmp_path: Path,
+) -> None:
+    """A run backs off a builder whose port refuses; status said so with no way back (a
+    fixed builder stayed left out for up to its backoff, 60 s x 3^n); its command works."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        config = tmp_path / "ssh_config"
+        config.write_text(f"Host sb{os.getpid()}\n  HostName 127.0.0.1\n"
+                          f"  Port {closed.getsockname()[1]}\n  BatchMode yes\n")  # fmt: skip
+        machines = tmp_path / "machines"
+        machines.write_text(f"ssh://sb{os.getpid()} x86_64-linux - 1 1\n")
+        file = nix_file(tmp_path, '{ one = mk "one" "echo > $out" {}; }')
+        run_env = {**env(tmp_path), "NIX_SSHOPTS": f"-F {config}"}
+        argv = [sys.executable, "-m", "offload", "build", str(file), "-A", "one", "--no-out-link",
+                "--builders", f"@{machines}", "--option", "substituters", ""]  # fmt: skip
+        built = subprocess.run(
+            argv, env=run_env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert built.returncode == 0, built.stderr
+    said = subprocess.run(status_argv(machines), env=env(tmp_path), capture_output=True,
+                          text=True, timeout=30, check=True).stdout  # fmt: skip
+    line = next(line for line in said.splitlines() if "backed off:" in line)
+    command = line.split("`")[1]
+    assert command == f"offload machines --reset sb{os.getpid()}", line
+    reset = [sys.executable, "-m", "offload", *command.split()[1:], "--builders", f"@{machines}"]
+    subprocess.run(reset, env=env(tmp_path), capture_output=True, timeout=30, check=True)
+    said = subprocess.run(status_argv(machines), env=env(tmp_path), capture_output=True,
+                          text=True, timeout=30, check=True).stdout  # fmt: skip
+    assert "backed off" not in said, said
 
 
 @pytest.mark.parametrize("interval", ["inf", "nan", "0", "-1", "soon"])

@@ -120,7 +120,8 @@ def format_status(status: PoolStatus) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     lines += [
-        f"{machine.name}: backed off: {shown(machine.backoff.why, REASON_CHARS)}"
+        f"{machine.name}: backed off: {shown(machine.backoff.why, REASON_CHARS)} (fixed since? "
+        f"`offload machines --reset {machine.name}` tries it from the next run)"
         for machine in status.machines
         if machine.backoff is not None
     ]
