@@ -8,8 +8,10 @@ fleet of its own.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,3 +338,28 @@ def test_a_system_with_a_typo_gets_the_one_meant_and_that_fix_passes(
     fixed = write(tmp_path, lines_with(doctor_fleet, "db", 1, meant), "fixed")
     again = doctor(doctor_fleet, tmp_path, fixed, "--json", "db")
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_builder_fixed_since_a_run_backed_it_off_is_said_to_be_left_out(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    """A run backs da off for a host key pinned wrong; with the line fixed doctor passed it
+    and said nothing of the backoff that keeps runs from it (status did); its command works."""
+    other_key = next(f[7] for f in machines_lines(doctor_fleet) if host_of(f[0]) == "db")
+    wrong = write(tmp_path, lines_with(doctor_fleet, "da", 7, other_key), "wrong")
+    file = nix_file(tmp_path, f'{{ one = mk "one" "{SPEED} > $out" {{}}; }}')
+    built = offload(doctor_fleet, tmp_path, file, "-A", "one", "--builders", f"@{wrong}",
+                    "--on", "da,local", "--no-out-link")  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    done = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da")
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = done.stdout.splitlines()[-1]
+    assert line.startswith("da: backed off until "), done.stdout
+    assert "not the one trusted for it" in line
+    command = line.split("`")[1]
+    assert command == "offload machines --reset da"
+    reset = [sys.executable, "-m", "offload", *command.split()[1:]]
+    subprocess.run(reset, env={**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")},
+                   capture_output=True, timeout=60, check=True)  # fmt: skip
+    again = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da")
+    assert "backed off" not in again.stdout, again.stdout

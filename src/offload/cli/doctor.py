@@ -4,6 +4,10 @@ The machines are the pool as ``offload machines`` shows it (``--builders``, Nix'
 offload.toml); NAMEs (names, hosts, ``@tags``) narrow it. The report goes to stdout (a table, or
 ``--json``: a list of machines with their checks); the exit status is 1 when a selected machine
 has a failing check, so scripts can gate on it.
+
+A builder that passes is not yet used when an earlier run or the hook backed it off: runs leave
+it out until its backoff ends. The text report says so below the table, with the command that
+puts it back (as ``offload status`` does), so doctor and status never disagree about it unsaid.
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
+from collections.abc import Sequence
 
+from offload.backoff import REASON_CHARS
 from offload.cli import interrupts
 from offload.cli.arguments import machine_names
 from offload.cli.machines import add_pool_arguments, pool_from_args
-from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, diagnose, format_report
+from offload.cli.machines_list import backoff_places, read_backoff
+from offload.config.machines import shown
+from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, MachineReport, diagnose, format_report
 from offload.errors import ConfigError
 
 __all__ = ["register", "run"]
@@ -74,4 +83,24 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([report.as_json() for report in reports], indent=2))
     else:
         print(format_report(reports, verbose=args.verbose), end="")
+        print("".join(f"{line}\n" for line in _backed_off(reports)), end="")
     return 1 if any(report.failed for report in reports) else 0
+
+
+def _backed_off(reports: Sequence[MachineReport]) -> list[str]:
+    """A line for each machine checked that runs leave out for an earlier failure."""
+    now = time.time()
+    backoff = read_backoff(backoff_places(), now)
+    lines = []
+    for report in reports:
+        health = backoff.get(report.name)
+        if health is None:
+            continue
+        until = time.strftime("%H:%M:%S", time.localtime(health.until))
+        why = shown(health.why, REASON_CHARS)
+        lines.append(
+            f"{report.name}: backed off until {until} by an earlier run: {why}; runs "
+            f"leave it out until then (fixed since? `offload machines --reset {report.name}` "
+            "tries it from the next run)"
+        )
+    return ["", *lines] if lines else []
