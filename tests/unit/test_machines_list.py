@@ -118,6 +118,19 @@ def test_likely_slips_nix_takes_are_warned_with_the_one_meant():
     ]
 
 
+def test_a_well_formed_system_with_a_typo_is_warned_and_real_ones_are_not():
+    # Nix takes x86_64-linx and sends that builder nothing for x86_64-linux, without a word.
+    p = pool(
+        "ssh://nx-a.invalid x86_64-linx,i686-linux\n"
+        "ssh://nx-b.invalid aarch64-linux,x86_64-v3-linux,x86_64-solaris,riscv64-linux\n"
+    )
+    said = (
+        "f:1: nx-a.invalid: system 'x86_64-linx' is no Nix system"
+        " (did you mean x86_64-linux?): no build asks for it"
+    )
+    assert [line for _, line in pool_problems(p)] == [said]
+
+
 def test_wide_says_when_why_a_machine_is_backed_off_is_not_known():
     assert backoff_cell(Health(1, 2e9), wide=True).endswith(f"(1x): {UNKNOWN_REASON}")
     assert backoff_cell(Health(1, 2e9), wide=False).endswith("(1x)")

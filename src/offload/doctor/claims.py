@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+from offload.config.machines.check import real_system
 from offload.doctor.facts import NixConfig, cannot_tell, words
 from offload.doctor.model import Check, Verdict
 from offload.spelling import meant
@@ -37,23 +38,9 @@ def systems_check(
     return Check("systems", Verdict.OK, f"{', '.join(claimed)}{more}")
 
 
-# Nix's CPUs and kernels (nixpkgs' lib.systems.parse, the common ones): a system made of them
-# is one a user may mean (an aarch64-linux claimed for binfmt emulation), not a typo.
-_CPUS = frozenset((
-    "x86_64", "i686", "aarch64", "armv5tel", "armv6l", "armv7l", "armv7a", "riscv32", "riscv64",
-    "powerpc64", "powerpc64le", "mips64el", "mipsel", "s390x", "loongarch64", "wasm32", "wasm64",
-))  # fmt: skip
-_KERNELS = frozenset(
-    ("linux", "darwin", "freebsd", "netbsd", "openbsd", "cygwin", "windows", "none", "wasi")
-)
-
-
 def _typo_of(system: str, has: Sequence[str]) -> str | None:
     """The system of ``has`` that ``system`` misspells, or None: a real one is no typo."""
-    cpu, _, kernel = system.rpartition("-")
-    if kernel in _KERNELS and (cpu in _CPUS or cpu.rpartition("-")[0] in _CPUS):
-        return None
-    return meant(system, has, cutoff=0.8)
+    return None if real_system(system) else meant(system, has, cutoff=0.8)
 
 
 def _lacking_systems(

@@ -8,7 +8,8 @@ column, and host or user names with a shell's metacharacters (ssh 9.6 refuses th
 whether a key file exists is asked through ``exists``.
 
 Nix also takes, with at most a warning, what is most likely a slip: a system that is no Nix
-system (``x86-64-linux``, or a path when the columns are shifted), which no build asks for; a
+system (``x86-64-linux``; ``x86_64-linx``, a CPU and kernel Nix does not know that is close to a
+common system; or a path when the columns are shifted), which no build asks for; a
 URI parameter its ssh stores do not know (``ssh-kye=``), which it ignores; and two lines with
 one name (``duplicate_names``), which offload could not tell apart (``--on``, backoff): the
 pool leaves a repeat out (``config.naming``), so there it finds a machine named ``local``.
@@ -25,7 +26,7 @@ from offload.config.machines.model import Machine, shell_char, shown
 from offload.names import LOCAL
 from offload.spelling import meant
 
-__all__ = ["duplicate_names", "key_missing", "machine_problems", "refusals"]
+__all__ = ["duplicate_names", "key_missing", "machine_problems", "real_system", "refusals"]
 
 _CACHES = ("http", "https", "s3", "file")
 _IN_PROCESS = ("local", "daemon", "auto", "path", "unix")
@@ -63,10 +64,38 @@ def _close(word: str, known: Sequence[str]) -> str:
     return f" (did you mean {match}?)" if match else ""
 
 
+# Nix's CPUs and kernels (nixpkgs' lib.systems.parse, the common ones): a system made of them
+# is one a user may mean (an aarch64-linux claimed for binfmt emulation), not a slip.
+_CPUS = frozenset((
+    "x86_64", "i686", "aarch64", "armv5tel", "armv6l", "armv7l", "armv7a", "riscv32", "riscv64",
+    "powerpc64", "powerpc64le", "mips64el", "mipsel", "s390x", "loongarch64", "wasm32", "wasm64",
+))  # fmt: skip
+_KERNELS = frozenset((
+    "linux", "darwin", "freebsd", "netbsd", "openbsd", "cygwin", "windows", "none", "wasi",
+    "solaris", "illumos", "genode", "redox",
+))  # fmt: skip
+
+
+def real_system(system: str) -> bool:
+    """Is ``system`` a CPU and kernel Nix knows (``x86_64-v3-linux`` too), not a misspelling?"""
+    cpu, _, kernel = system.rpartition("-")
+    return kernel in _KERNELS and (cpu in _CPUS or cpu.rpartition("-")[0] in _CPUS)
+
+
+def _misspelt(system: str) -> str | None:
+    """The common system a well-formed but unknown ``system`` misspells (``x86_64-linx``)."""
+    return None if real_system(system) else meant(system, _KNOWN_SYSTEMS, cutoff=0.8)
+
+
 def _system_problems(machine: Machine) -> list[str]:
     found = []
     for system in machine.systems:
         if _SYSTEM.fullmatch(system):
+            if (match := _misspelt(system)) is not None:
+                found.append(
+                    f"system '{shown(system)}' is no Nix system (did you mean {match}?): "
+                    "no build asks for it"
+                )
             continue
         if "/" in system:
             why = "looks like a path (are the columns shifted? 2 is the systems, 3 the ssh key)"
