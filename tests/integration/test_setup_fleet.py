@@ -200,6 +200,18 @@ def test_the_restricted_key_line_serves_stock_nix(serve_only_fleet: Fleet, tmp_p
     done = stock_nix_build(file, serve_only_fleet.machines_file, serve_only_fleet.env())
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).read_text().strip() == speed_of(serve_only_fleet, "sr")
+    # setup client cannot ask that key the builder's settings: one line naming it once, and
+    # the hint's flags write its line.
+    where = target(serve_only_fleet, "sr")
+    refused = setup_client(tmp_path, serve_only_fleet, where)
+    assert refused.returncode == 1
+    said = f"error: sr ({where.split('=')[1]}): cannot read the builder's systems, features"
+    assert refused.stderr.splitlines()[-2].startswith(said), refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith("hint: give them with --system, ")
+    given = ("--system", "x86_64-linux", "--feature", "", "--jobs", "1")
+    written = setup_client(tmp_path, serve_only_fleet, *given, where)
+    assert written.returncode == 0, written.stderr
+    assert " x86_64-linux " in (tmp_path / "client" / "machines").read_text()
 
 
 untrusted_fleet = private_fleet_fixture([MemberSpec.parse("su:1:1:untrusted")], "ofn")

@@ -96,7 +96,7 @@ def facts_to_builder(
         ]
         if missing:
             raise ConfigError(
-                f"{target.name}: cannot read the builder's systems, features and max-jobs",
+                "cannot read the builder's systems, features and max-jobs",
                 hint=f"give them with {', '.join(missing)} (--feature '' for none; a key "
                 "restricted to the serve program runs nothing else), or set up with an "
                 "unrestricted key",
@@ -106,7 +106,7 @@ def facts_to_builder(
         dict.fromkeys([*_words(config, "system"), *_words(config, "extra-platforms")])
     )
     if not systems:
-        raise ConfigError(f"{target.name}: the builder reports no system", hint="give --system")
+        raise ConfigError("the builder reports no system", hint="give --system")
     features = (
         overrides.features
         if overrides.features is not None
