@@ -363,3 +363,29 @@ def test_a_builder_fixed_since_a_run_backed_it_off_is_said_to_be_left_out(
                    capture_output=True, timeout=60, check=True)  # fmt: skip
     again = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da")
     assert "backed off" not in again.stdout, again.stdout
+
+
+def test_a_pin_ssh_looks_up_under_the_alias_s_host_name_is_no_changed_key(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    """An ssh config alias without HostKeyAlias: ssh looks the pinned key up as
+    [127.0.0.1]:PORT and never finds it. doctor said the key had changed (find out who
+    answers, pin the new one: no key made it pass); its fix now is the alias, and it works."""
+    config = tmp_path / "ssh_config"
+    fleet_config = doctor_fleet.ssh_config.read_text().splitlines()
+    config.write_text("".join(f"{line}\n" for line in fleet_config if "HostKeyAlias" not in line))
+    sshopts = {"NIX_SSHOPTS": f"-F {config}"}
+    done = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "--json", "da", env=sshopts)
+    assert done.returncode == 1, done.stderr
+    ssh = check(reports(done)["da"], "ssh")
+    port = doctor_fleet.member("da").port
+    assert (
+        f"ssh looks its key up as [127.0.0.1]:{port}, while Nix and offload pin it as da"
+        in (ssh["detail"])
+    )
+    assert "not the pinned one" not in ssh["detail"]
+    alias = ssh["fix"].split("`")[1]
+    assert alias == "HostKeyAlias da"
+    config.write_text(config.read_text().replace("Host da\n", f"Host da\n  {alias}\n"))
+    again = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "--json", "da", env=sshopts)
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -334,6 +334,33 @@ def test_a_key_file_others_may_read_is_said_when_ssh_logs_in_with_another(fleet,
     assert "warning" not in done.stderr, done.stderr
 
 
+def test_a_pin_ssh_looks_up_under_the_alias_s_host_name_is_said_with_the_alias_fix(fleet, tmp_path):
+    # An ssh config alias without HostKeyAlias: ssh looks fast's pinned key up as
+    # [127.0.0.1]:PORT, finds nothing and refuses. The run said HOST KEY CHANGED, a possible
+    # man-in-the-middle, and to pin the new key; no key would have done.
+    config = tmp_path / "ssh_config"
+    lines = fleet.ssh_config.read_text().splitlines()
+    config.write_text("".join(f"{line}\n" for line in lines if "HostKeyAlias" not in line))
+    machines = tmp_path / "machines"
+    machines.write_text(member_line(fleet, "fast") + "\n")
+    env = offload_env(fleet, tmp_path, NIX_SSHOPTS=f"-F {config}")
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "1",
+                   env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    port = fleet.member("fast").port
+    said = f"so ssh looks its key up as [127.0.0.1]:{port}, while Nix and offload pin it as fast"
+    assert said in done.stderr, done.stderr
+    assert "HOST KEY CHANGED" not in done.stderr
+    alias = done.stderr.split("add `")[1].split("`")[0]
+    config.write_text(config.read_text().replace("Host fast\n", f"Host fast\n  {alias}\n"))
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0",
+                   "--on", "fast", env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+
+
 # ssh's ProxyCommand to a member that lets the connection through only once the test opens the
 # FIFO (argv 1) for writing: until then the member is a builder slow to answer.
 GATED = """

@@ -6,8 +6,10 @@ the fix to guess. ``explain`` turns the error into one line: what happened, then
 naming the file the user edits: the machines line the builder comes from (its host-key column
 when the key is pinned there, its key column when ssh could not use the key file named there),
 or the known_hosts file ssh named when nothing is pinned.
-A changed host key is said to be what it may be, a man-in-the-middle. Every failed connection
-names the machines line and how to leave the builder out (a name that does not resolve, too).
+A changed host key is said to be what it may be, a man-in-the-middle; a pinned key ssh looked
+up under another name (an ssh config alias without ``HostKeyAlias``) is said to be that.
+Every failed connection names the machines line and how to leave the builder out (a name
+that does not resolve, too).
 A refused key that has a passphrase is said to have one (ssh skips it without a word where no
 terminal is: the nix-daemon's). Only ssh's own "Permission denied (publickey)" is a refused
 key: the same words from the builder's Nix, which could not reach its daemon's socket, are
@@ -27,6 +29,7 @@ import re
 from offload.config.machines import Machine
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import MISMATCH, mismatch_fix
+from offload.transport.host_key_alias import alias_fix, looked_up_elsewhere
 from offload.transport.missing_program import NOT_ON_PATH, install_nix
 from offload.transport.ssh_keys import (
     has_passphrase,
@@ -65,6 +68,10 @@ def explain(machine: Machine, error: str, leave_out: str | None = None) -> str:
     ``leave_out``: how to do without it (else offload build's ``--exclude NAME``)."""
     where = machine.source
     away = f"leave it out {leave_out or f'with --exclude {machine.name}'}"
+    looked_up = looked_up_elsewhere(error, machine.host, machine.port)
+    if machine.public_host_key and machine.host and looked_up is not None:
+        what, fix = alias_fix(machine.host, looked_up)
+        return f"{what} ({where}); {fix}, or {away}"
     if any(marker in error for marker in _CHANGED) or (
         machine.public_host_key and "Host key verification failed" in error
     ):

@@ -46,6 +46,7 @@ from offload.transport.dialect import (
     mismatch_fix,
     other_dialect,
 )
+from offload.transport.host_key_alias import alias_fix, looked_up_elsewhere
 from offload.transport.ssh import (
     known_hosts_line,
     remote_command,
@@ -221,6 +222,9 @@ class LoginProbe:
                 Verdict.FAIL,
                 *mismatch_fix(self.machine.scheme, self.machine.source, speaks_other),
             )
+        looked_up = looked_up_elsewhere(done.stderr, self.target.host, self.target.port)
+        if known is not None and looked_up is not None:
+            return Check("ssh", Verdict.FAIL, *alias_fix(self.target.host, looked_up))
         code = done.returncode
         if self.dialect is DAEMON and done.stdout.startswith(DAEMON.reply.decode()):
             code = 0  # a key forced to the daemon: it answered, then met EOF mid-handshake

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING
 from offload.config.machines.model import shell_char
 from offload.errors import ConfigError
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
+from offload.transport.host_key_alias import pinned_name
 from offload.transport.ssh_options import Keepalive, keepalive
 
 if TYPE_CHECKING:
@@ -251,8 +252,7 @@ def ssh_target(machine: Machine) -> SshTarget:
 def known_hosts_line(target: SshTarget) -> str:
     """The known_hosts entry that pins ``target``'s key, as ssh looks it up."""
     assert target.public_host_key is not None
-    name = f"[{target.host}]:{target.port}" if target.port and target.port != 22 else target.host
-    return f"{name} {target.public_host_key.strip()}\n"
+    return f"{pinned_name(target.host, target.port)} {target.public_host_key.strip()}\n"
 
 
 def ssh_path(path: Path) -> str:
