@@ -389,3 +389,23 @@ def test_a_pin_ssh_looks_up_under_the_alias_s_host_name_is_no_changed_key(
     config.write_text(config.read_text().replace("Host da\n", f"Host da\n  {alias}\n"))
     again = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "--json", "da", env=sshopts)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_feature_with_a_typo_gets_the_one_meant_and_that_fix_passes(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    """'remove it', the only fix said, left the line without big-parallel: builds needing it
+    never went there."""
+    features = next(f[5] for f in machines_lines(doctor_fleet) if host_of(f[0]) == "dc")
+    typo = features.replace("big-parallel", "big-paralel")
+    machines = write(tmp_path, lines_with(doctor_fleet, "dc", 5, typo))
+    done = doctor(doctor_fleet, tmp_path, machines, "--json", "dc")
+    assert done.returncode == 1, done.stderr
+    said = check(reports(done)["dc"], "features")
+    assert "big-paralel (did you mean big-parallel?)" in said["detail"]
+    assert said["fix"].startswith("write big-parallel for big-paralel in columns 6-7 of ")
+    meant = said["fix"].split()[1]
+    fixed = write(tmp_path, lines_with(doctor_fleet, "dc", 5, typo.replace("big-paralel", meant)))
+    again = doctor(doctor_fleet, tmp_path, fixed, "--json", "dc")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert check(reports(again)["dc"], "features")["verdict"] == "ok"

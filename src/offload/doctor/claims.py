@@ -7,7 +7,9 @@ all in ``system-features``): a system or feature the line claims and the builder
 warns (builds needing it are never sent: wasted). An unclaimed extra platform is normal (Nix
 adds i686-linux on x86_64) and is only mentioned. A claimed system that is no real one but
 close to one the builder has (``x86_64-linx``) is said as the typo it is, with the system
-meant: removing it would leave the line without that one. Pure functions of ``nix show-config``'s
+meant: removing it would leave the line without that one; a claimed feature close to one the
+builder has and the line does not claim (``big-paralel``), with the one likely meant (features
+are free words: it may be no typo). Pure functions of ``nix show-config``'s
 answer (``facts.NixConfig``).
 """
 
@@ -80,15 +82,23 @@ def features_check(
     real = words(config, "system-features")
     claimed = set(supported) | set(mandatory)
     lacking = sorted(claimed - real)
+    unclaimed = sorted(real - claimed)
     if lacking:
+        # One close to a feature the builder has and the line does not claim is likely a typo:
+        # removing it would leave the line without the one meant (builds needing it never go).
+        meant_for = {f: match for f in lacking if (match := meant(f, unclaimed, 0.8)) is not None}
+        said = [f"{f} (did you mean {meant_for[f]}?)" if f in meant_for else f for f in lacking]
+        fix = f"remove it from columns 6-7 of {line}"
+        if meant_for:
+            swaps = ", ".join(f"{meant_for[f]} for {f}" for f in meant_for)
+            fix = f"write {swaps} in columns 6-7 of {line}, if meant; else remove it there"
         return Check(
             "features",
             Verdict.FAIL,
-            f"claims {', '.join(lacking)}, which the builder lacks: builds needing it fail there",
-            f"remove it from columns 6-7 of {line}, or add it to system-features "
-            "in the builder's nix.conf (NixOS: nix.settings.system-features)",
+            f"claims {', '.join(said)}, which the builder lacks: builds needing it fail there",
+            f"{fix}, or add it to system-features in the builder's nix.conf (NixOS: "
+            "nix.settings.system-features)",
         )
-    unclaimed = sorted(real - claimed)
     if unclaimed:
         return Check(
             "features",
