@@ -134,3 +134,16 @@ def test_a_well_formed_system_with_a_typo_is_warned_and_real_ones_are_not():
 def test_wide_says_when_why_a_machine_is_backed_off_is_not_known():
     assert backoff_cell(Health(1, 2e9), wide=True).endswith(f"(1x): {UNKNOWN_REASON}")
     assert backoff_cell(Health(1, 2e9), wide=False).endswith("(1x)")
+
+
+def test_a_key_file_others_may_read_is_warned_with_the_chmod(tmp_path):
+    """ssh ignores it and logs in with another key, or not at all: `offload build` and doctor
+    said so, `offload machines` nothing."""
+    key = tmp_path / "id"
+    key.write_text("not read\n")
+    key.chmod(0o644)
+    lines = [line for _, line in pool_problems(pool(f"ssh://nx-a.invalid x86_64-linux {key}\n"))]
+    said = f"ssh key file {key} is readable by others, so ssh ignores it (chmod 600 {key})"
+    assert lines == [f"f:1: nx-a.invalid: {said}"]
+    key.chmod(0o600)
+    assert pool_problems(pool(f"ssh://nx-a.invalid x86_64-linux {key}\n")) == []

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
 
-from offload.config.machines.check import key_missing
+from offload.config.machines.check import key_missing, key_too_open
 from offload.config.pool import Pool
 from offload.errors import SchedulerError
 from offload.load import RemoteLoad
@@ -24,7 +24,7 @@ from offload.slots import slot_key
 from offload.tasks import wait_all
 from offload.transport.links import Link, LocalLink, MachineLink, early
 from offload.transport.sessions import open_lane
-from offload.transport.ssh_keys import key_place, key_too_open, missing_key_note, open_key_note
+from offload.transport.ssh_keys import key_place, missing_key_note, open_key_note
 from offload.ui.events import Event, MachineEvent
 
 __all__ = [

@@ -24,8 +24,8 @@ A key with a passphrase is no error to ssh either: without a terminal (the nix-d
 ``BatchMode``) it skips the key without a word, and the builder's refusal is all it says.
 ``has_passphrase`` reads the key file to tell (a private key file, 64 KiB at most): OpenSSH's
 own format names its cipher (``none`` without a passphrase), PEM says ``ENCRYPTED``. A key file
-others may read is skipped by ssh as quietly when another key gets in: ``key_too_open`` looks
-at its mode (the only other function here that looks at anything).
+others may read is skipped by ssh as quietly when another key gets in
+(``config.machines.check.key_too_open`` looks at its mode, as ``offload machines`` says it).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ __all__ = [
     "has_passphrase",
     "key_fix",
     "key_place",
-    "key_too_open",
     "key_trouble",
     "missing_key_note",
     "open_key_note",
@@ -142,20 +141,9 @@ def missing_key_note(key: str, place: str) -> str:
     )
 
 
-def key_too_open(key: str) -> bool:
-    """Does ssh ignore the key file ``key`` as too open? It does a file of this user's that
-    others may read or write (OpenSSH's sshkey_perm_ok: mode & 077), and goes on with another
-    key without a word where one gets in. False for a file that cannot be looked at."""
-    try:
-        found = Path(key).expanduser().stat()
-    except (OSError, ValueError):
-        return False
-    return found.st_uid == os.getuid() and bool(found.st_mode & 0o077)
-
-
 def open_key_note(key: str, place: str) -> str:
     """What is said of the key file ``key``, named at ``place``, that ssh ignored as too open
-    (``key_too_open``) when ssh logged in all the same, with another key."""
+    (``config.machines.check.key_too_open``) when ssh logged in all the same, with another key."""
     what, fix = key_fix(KeyTrouble(key, "bad permissions"), key, place)
     return (
         f"{what}: ssh logged in with another key (your ssh config's IdentityFile, an ssh"

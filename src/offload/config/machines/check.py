@@ -26,7 +26,14 @@ from offload.config.machines.model import Machine, shell_char, shown
 from offload.names import LOCAL
 from offload.spelling import meant
 
-__all__ = ["duplicate_names", "key_missing", "machine_problems", "real_system", "refusals"]
+__all__ = [
+    "duplicate_names",
+    "key_missing",
+    "key_too_open",
+    "machine_problems",
+    "real_system",
+    "refusals",
+]
 
 _CACHES = ("http", "https", "s3", "file")
 _IN_PROCESS = ("local", "daemon", "auto", "path", "unix")
@@ -170,6 +177,17 @@ def key_missing(machine: Machine, exists: Callable[[str], bool] = os.path.exists
     return not exists(str(Path(key).expanduser()))
 
 
+def key_too_open(key: str) -> bool:
+    """Does ssh ignore the key file ``key`` as too open? It does a file of this user's that
+    others may read or write (OpenSSH's sshkey_perm_ok: mode & 077), and goes on with another
+    key without a word where one gets in. False for a file that cannot be looked at."""
+    try:
+        found = Path(key).expanduser().stat()
+    except (OSError, ValueError):
+        return False
+    return found.st_uid == os.getuid() and bool(found.st_mode & 0o077)
+
+
 def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[str]:
     """One line per problem, each starting with the machine's ``file:line`` and name."""
     found: list[str] = []
@@ -185,6 +203,11 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
         table = machine.toml_table("ssh_key")
         where = "" if table is None else f" (ssh-key of {shown(table)})"
         found.append(f"ssh key file {shown(machine.ssh_key, 400)}{where} does not exist")
+    elif machine.is_ssh and machine.ssh_key and key_too_open(machine.ssh_key):
+        key = shown(machine.ssh_key, 400)
+        found.append(
+            f"ssh key file {key} is readable by others, so ssh ignores it (chmod 600 {key})"
+        )
     if machine.pins_junk:
         found.append(_PINS_JUNK)
     found += _system_problems(machine)
