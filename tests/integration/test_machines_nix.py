@@ -374,6 +374,7 @@ def _machines_cli(
 def test_every_problem_in_one_pass_where_nix_stops_at_the_first(tmp_path, capsys, monkeypatch):
     key = tmp_path / "id_present"
     key.write_text("")
+    key.chmod(0o600)  # as ssh takes it (one others may read is a problem of its own)
     path = tmp_path / "machines"
     path.write_text(
         f"nx-om-p1.invalid - {tmp_path}/id_missing 2\n"
