@@ -279,19 +279,18 @@ def _closing(done: subprocess.CompletedProcess[str]) -> float:
     )
 
 
-def test_a_missing_key_file_is_said_when_ssh_logs_in_with_another(fleet, tmp_path):
-    # The fleet's ssh config names a key of its own: ssh took that one without a word, and so
-    # did offload, while the key file the machines line names was not there.
-    missing = tmp_path / "nosuchkey"
+def _naming_key(fleet, tmp_path, key):
+    """A machines file of the fleet's member fast whose line names ``key`` (column 3)."""
     fields = member_line(fleet, "fast").split()
-    fields[2] = str(missing)
+    fields[2] = str(key)
     machines = tmp_path / "machines"
     machines.write_text(" ".join(fields) + "\n")
-    said = (
-        f"ssh key file {missing} does not exist, so ssh logged in with another key (your ssh"
-        " config's IdentityFile, an ssh agent's or its default); name an existing private key"
-        f" file in column 3 of {machines}:1"
-    )
+    return machines
+
+
+def _warned_once(fleet, tmp_path, machines, said):
+    """A --json run with ``machines`` builds, says ``said`` of fast in one warning line on
+    stderr, and as a ``key`` machine event."""
     file = nix_file(tmp_path, GRAPH)
     done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0",
                    "--json")  # fmt: skip
@@ -300,10 +299,28 @@ def test_a_missing_key_file_is_said_when_ssh_logs_in_with_another(fleet, tmp_pat
     told = [e for e in events(done.stdout) if e["event"] == "machine"]
     assert [(e["machine"], e["state"], e["message"]) for e in told] == [("fast", "key", said)]
     assert valid_locally(out_path(file, "top"))
-    file = nix_file(tmp_path, GRAPH)  # without --json: one line among the run's
+
+
+def _plain_run(fleet, tmp_path, machines):
+    file = nix_file(tmp_path, GRAPH)
     done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0")
     assert done.returncode == 0, done.stderr
-    assert len([line for line in done.stderr.splitlines() if said in line]) == 1, done.stderr
+    return done.stderr
+
+
+def test_a_missing_key_file_is_said_when_ssh_logs_in_with_another(fleet, tmp_path):
+    # The fleet's ssh config names a key of its own: ssh took that one without a word, and so
+    # did offload, while the key file the machines line names was not there.
+    missing = tmp_path / "nosuchkey"
+    machines = _naming_key(fleet, tmp_path, missing)
+    said = (
+        f"ssh key file {missing} does not exist, so ssh logged in with another key (your ssh"
+        " config's IdentityFile, an ssh agent's or its default); name an existing private key"
+        f" file in column 3 of {machines}:1"
+    )
+    _warned_once(fleet, tmp_path, machines, said)
+    stderr = _plain_run(fleet, tmp_path, machines)  # without --json: one line among the run's
+    assert len([line for line in stderr.splitlines() if said in line]) == 1, stderr
 
 
 def test_a_key_file_others_may_read_is_said_when_ssh_logs_in_with_another(fleet, tmp_path):
@@ -312,26 +329,15 @@ def test_a_key_file_others_may_read_is_said_when_ssh_logs_in_with_another(fleet,
     key = tmp_path / "open_key"
     key.write_bytes(fleet.client_key.read_bytes())
     key.chmod(0o644)
-    fields = member_line(fleet, "fast").split()
-    fields[2] = str(key)
-    machines = tmp_path / "machines"
-    machines.write_text(" ".join(fields) + "\n")
+    machines = _naming_key(fleet, tmp_path, key)
     said = (
         f"ssh key file {key} is readable by others, so ssh ignores it: ssh logged in with another"
         f" key (your ssh config's IdentityFile, an ssh agent's or its default); chmod 600 {key}"
     )
-    file = nix_file(tmp_path, GRAPH)
-    done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0",
-                   "--json")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == [f"warning: builder 'fast': {said}"]
-    told = [e for e in events(done.stdout) if e["event"] == "machine"]
-    assert [(e["machine"], e["state"], e["message"]) for e in told] == [("fast", "key", said)]
+    _warned_once(fleet, tmp_path, machines, said)
     key.chmod(0o600)  # the fix: the run says nothing more
-    file = nix_file(tmp_path, GRAPH)
-    done = offload(fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0")
-    assert done.returncode == 0, done.stderr
-    assert "warning" not in done.stderr, done.stderr
+    stderr = _plain_run(fleet, tmp_path, machines)
+    assert "warning" not in stderr, stderr
 
 
 def test_a_pin_ssh_looks_up_under_the_alias_s_host_name_is_said_with_the_alias_fix(fleet, tmp_path):
