@@ -8,6 +8,7 @@ fleet of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -358,6 +359,12 @@ def test_a_builder_fixed_since_a_run_backed_it_off_is_said_to_be_left_out(
     assert "not the one trusted for it" in line
     command = line.split("`")[1]
     assert command == "offload machines --reset da"
+    # And in --json, which had no word of it.
+    shown = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da", "--json")
+    [da] = json.loads(shown.stdout)
+    assert da["backoff"]["failures"] >= 1, da
+    assert "not the one trusted for it" in da["backoff"]["why"]
+    assert da["backoff"]["until"] > time.time()
     reset = [sys.executable, "-m", "offload", *command.split()[1:]]
     subprocess.run(reset, env={**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")},
                    capture_output=True, timeout=60, check=True)  # fmt: skip

@@ -7,7 +7,8 @@ has a failing check, so scripts can gate on it.
 
 A builder that passes is not yet used when an earlier run or the hook backed it off: runs leave
 it out until its backoff ends. The text report says so below the table, with the command that
-puts it back (as ``offload status`` does), so doctor and status never disagree about it unsaid.
+puts it back (as ``offload status`` does), so doctor and status never disagree about it unsaid;
+``--json`` gives each machine its ``backoff`` (until, failures, why; null when none).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from offload.backoff import REASON_CHARS
+from offload.backoff import REASON_CHARS, Health
 from offload.cli import interrupts
 from offload.cli.arguments import machine_names
 from offload.cli.machines import add_pool_arguments, pool_from_args
@@ -79,18 +80,25 @@ def run(args: argparse.Namespace) -> int:
         )
     options = DoctorOptions(timeout=args.timeout, env=dict(os.environ))
     reports = interrupts.run(diagnose(pool.machines, options))
+    backoff = read_backoff(backoff_places(), time.time())
     if args.json:
-        print(json.dumps([report.as_json() for report in reports], indent=2))
+        print(json.dumps([_as_json(report, backoff.get(report.name)) for report in reports],
+                         indent=2))  # fmt: skip
     else:
         print(format_report(reports, verbose=args.verbose), end="")
-        print("".join(f"{line}\n" for line in _backed_off(reports)), end="")
+        print("".join(f"{line}\n" for line in _backed_off(reports, backoff)), end="")
     return 1 if any(report.failed for report in reports) else 0
 
 
-def _backed_off(reports: Sequence[MachineReport]) -> list[str]:
+def _as_json(report: MachineReport, health: Health | None) -> dict[str, object]:
+    said = None if health is None else {
+        "until": health.until, "failures": health.failures, "why": health.reason,
+    }  # fmt: skip
+    return {**report.as_json(), "backoff": said}
+
+
+def _backed_off(reports: Sequence[MachineReport], backoff: Mapping[str, Health]) -> list[str]:
     """A line for each machine checked that runs leave out for an earlier failure."""
-    now = time.time()
-    backoff = read_backoff(backoff_places(), now)
     lines = []
     for report in reports:
         health = backoff.get(report.name)
