@@ -15,7 +15,7 @@ client's wall time runs from that release to its exit.
 
 Every build stamps its start and end from inside its member (``bench.stamps``), so the most
 builds running at once on a member is the member's own record; a build stopped before its end
-counts as running until its process was seen gone.
+counts as running until its process exited.
 """
 
 from __future__ import annotations
@@ -232,6 +232,8 @@ def run_once(setup: _Setup, count: int, tool: str, rep: int) -> dict[str, Any]:
         "started": {who: p.builds for who, p in member_peaks.items()},
         "unfinished": {who: p.unfinished for who, p in member_peaks.items() if p.unfinished},
         "stopped": {who: p.stopped for who, p in member_peaks.items() if p.stopped},
+        # Of those, the ones gone before their start was read: their end is when that was seen.
+        "stopped_late": len(watch.late),
         "bad_stamps": bad,
     }
 

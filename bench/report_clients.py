@@ -33,6 +33,7 @@ class ClientsRow:
     over: int  # runs in which some member ran more builds than its slots
     unfinished: int  # builds started without an end stamp, over every run
     stopped: int = 0  # of those, the ones whose process was seen gone (their end is known)
+    late: int = 0  # of those, the ones gone before their start was read (their end is a bound)
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -72,6 +73,7 @@ def _row(
         over,
         sum(int(n) for r in mine for n in r.get("unfinished", {}).values()),
         sum(int(n) for r in mine for n in r.get("stopped", {}).values()),
+        sum(int(r.get("stopped_late", 0)) for r in mine),
     )
 
 
@@ -158,8 +160,7 @@ def clients_lines(results: Mapping[str, Any]) -> list[str]:
     if stopped:
         lines.append(
             f"- {stopped} builds were stopped before their end (offload's losing second copies, "
-            "waiting copies moved, stopped runs); each counts as running until its process was "
-            "seen gone on the member (polled every 0.05 s)."
+            f"waiting copies moved, stopped runs); {_stopped_end(section, rows)}"
         )
     unfinished = sum(r.unfinished for r in rows)
     if unfinished:
@@ -168,6 +169,23 @@ def clients_lines(results: Mapping[str, Any]) -> list[str]:
             "second copies, stopped runs); each counts as running until the run's last stamp."
         )
     return lines + _failures(section.get("runs", []))
+
+
+def _stopped_end(section: Mapping[str, Any], rows: Sequence[ClientsRow]) -> str:
+    """How the end of a build stopped before its end stamp was known, as these runs knew it."""
+    if not all("stopped_late" in r for r in section.get("runs", [])):
+        # Recorded before the bench waited on a pidfd per build.
+        return (
+            "each counts as running until its process was seen gone on the member (polled "
+            "every 0.05 s)."
+        )
+    late = sum(r.late for r in rows)
+    return "each counts as running until its process exited (the bench waits on it)" + (
+        f"; {late} of them ended before the bench read their start stamp and count until it "
+        "found them gone."
+        if late
+        else "."
+    )
 
 
 def _failures(runs: Sequence[Mapping[str, Any]]) -> list[str]:

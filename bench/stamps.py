@@ -4,15 +4,21 @@ Every build appends ``start MEMBER T ID`` before its work and ``end MEMBER T ID`
 stamps file, from inside the member (``stamp_shell``; ``ID`` is the build's shell pid: members
 are mount namespaces on this host's kernel, without a sandbox, so it is a pid of this host).
 A build stopped before its end (offload's losing second copy, a waiting copy moved elsewhere, a
-stopped run) writes no end: while the clients run, ``Watch`` polls the stamps file and notes
-when each started build's process is gone, and such a build counts as running until then.
-A start with neither an end nor a noted exit counts as running until the last stamp (an upper
-bound), reported as ``unfinished``. Lines of the older three-field form (no ``ID``) pair
+stopped run) writes no end: while the clients run, ``Watch`` reads the stamps file, opens a
+pidfd for each started build's process and wakes when it exits, and such a build counts as
+running until that moment. The moment matters: a slot a stopped build frees is taken within
+milliseconds when a client waits for it, and an end known only at the next look (once polled
+every 0.05 s) made two builds overlap where they had not. A build whose process was gone before
+its start was read ends when that was seen (an upper bound; ``Watch.late``). A start with
+neither an end nor a noted exit counts as running until the last stamp (an upper bound),
+reported as ``unfinished``. Lines of the older three-field form (no ``ID``) pair
 starts and ends by order alone.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -24,7 +30,7 @@ __all__ = ["MEMBER_FILE", "MemberPeak", "Watch", "peaks", "stamp_shell"]
 
 # In each member's own /etc/nix: its name, for the stamps its builds write.
 MEMBER_FILE = "offload-bench-member"
-# How often the watch looks for builds whose process is gone (the accuracy of their end).
+# How often the watch reads the stamps file for new starts (a build's exit wakes it at once).
 POLL = 0.05
 
 
@@ -101,13 +107,21 @@ def peaks(
 
 @dataclass
 class Watch:
-    """Polls ``stamps`` while the clients run and notes when a started build's process is gone
-    without its end stamp (``gone``: ID -> time.time()). Use as a context manager."""
+    """Follows ``stamps`` while the clients run and notes when a started build's process exits
+    without its end stamp (``gone``: ID -> time.time()); ``late``: the IDs whose process was
+    gone before the watch read their start, whose time is when that was seen. Use as a context
+    manager."""
 
     stamps: Path
     gone: dict[str, float] = field(default_factory=dict)
+    late: set[str] = field(default_factory=set)
+    poll: float = POLL  # seconds between reads of the stamps file
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _pidfds: dict[str, int] = field(default_factory=dict)  # build ID -> its process's pidfd
+    # Exits noted and not yet followed by a read of the stamps file (their end may be there).
+    _exited: dict[str, float] = field(default_factory=dict)
+    _wake: tuple[int, int] = field(default_factory=os.pipe)  # __exit__ writes: stop waiting
 
     def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._run, name="stamps-watch", daemon=True)
@@ -116,44 +130,72 @@ class Watch:
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
+        os.write(self._wake[1], b"x")  # out of its wait at once
         if self._thread is not None:
             self._thread.join()
+        for fd in self._wake:
+            os.close(fd)
 
     def _run(self) -> None:
-        running: set[str] = set()
+        poller = select.poll()
+        poller.register(self._wake[0], select.POLLIN)
         offset = 0
-        while True:
-            stopping = self._stop.wait(POLL)
-            offset = self._sweep(running, self._read(running, offset))
-            if stopping:  # one last look once the clients are done
-                return
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                offset, missed = self._read(offset, poller)
+                # A build writes its end before it exits: an exit noted before this read with
+                # no end in it is a build stopped before its end.
+                self.gone.update(self._exited)
+                self._exited = missed
+                for fd, _ in poller.poll(0 if stopping else self.poll * 1000):
+                    now = time.time()
+                    build = next((b for b, f in self._pidfds.items() if f == fd), None)
+                    if build is not None:  # else the wake-up: stopping is seen at the top
+                        self._forget(build, poller)
+                        self._exited[build] = now
+                if stopping and not self._exited:
+                    return  # the clients are done, and every exit noted is read past
+        finally:
+            for build in list(self._pidfds):
+                self._forget(build, poller)
 
-    def _sweep(self, running: set[str], offset: int) -> int:
-        for build in list(running):
-            if Path(f"/proc/{build}").exists():
-                continue
-            now = time.time()
-            # Its end may have been written between the last read and this look.
-            offset = self._read(running, offset)
-            if build in running:
-                running.discard(build)
-                self.gone[build] = now
-        return offset
-
-    def _read(self, running: set[str], offset: int) -> int:
+    def _read(self, offset: int, poller: select.poll) -> tuple[int, dict[str, float]]:
+        """Reads the stamps past ``offset``: watches each new start's process, forgets each
+        end's. Returns the new offset and the new starts whose process was gone already."""
         try:
             with self.stamps.open("rb") as f:
                 f.seek(offset)
                 data = f.read()
         except FileNotFoundError:
-            return offset
+            return offset, {}
         complete = data[: data.rfind(b"\n") + 1]
+        started: dict[str, None] = {}
         for line in complete.decode(errors="replace").splitlines():
             parsed = _parse(line)
             if parsed is None or parsed[3] is None or not parsed[3].isdigit():
                 continue
             if parsed[0] == "start":
-                running.add(parsed[3])
+                started[parsed[3]] = None
             else:
-                running.discard(parsed[3])
-        return offset + len(complete)
+                started.pop(parsed[3], None)
+                self._exited.pop(parsed[3], None)
+                self.late.discard(parsed[3])
+                self._forget(parsed[3], poller)
+        missed = {}
+        for build in started:
+            try:
+                fd = os.pidfd_open(int(build))
+            except ProcessLookupError:
+                missed[build] = time.time()
+                self.late.add(build)
+                continue
+            self._pidfds[build] = fd
+            poller.register(fd, select.POLLIN)
+        return offset + len(complete), missed
+
+    def _forget(self, build: str, poller: select.poll) -> None:
+        fd = self._pidfds.pop(build, None)
+        if fd is not None:
+            poller.unregister(fd)
+            os.close(fd)

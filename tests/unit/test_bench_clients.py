@@ -81,6 +81,43 @@ def test_the_watch_notes_a_build_killed_before_its_end(tmp_path: Path) -> None:
     assert bad == 0
 
 
+def test_the_watch_wakes_when_a_stopped_build_exits_not_at_its_next_look(tmp_path: Path) -> None:
+    # A slot a stopped build frees is taken within milliseconds when a client waits for it: an
+    # end known only at the watch's next look made the two overlap. The watch here looks at the
+    # stamps file once in 60 s, so only the exit itself can wake it before the deadline.
+    stamps = tmp_path / "stamps"
+    before, _ = stamp_shell(stamps)
+    stopped = subprocess.Popen(["/bin/sh", "-c", f"{before}\nexec sleep 60"])
+    deadline = time.monotonic() + 10
+    while f" {stopped.pid}\n" not in (stamps.read_text() if stamps.exists() else ""):
+        assert time.monotonic() < deadline, "the build never stamped its start"
+    with Watch(stamps, poll=60) as watch:
+        while not watch._pidfds:  # the watch has read the start and follows its process
+            assert time.monotonic() < deadline, "the watch never read the start"
+        killed = time.time()
+        stopped.kill()
+        stopped.wait()
+        while str(stopped.pid) not in watch.gone:
+            assert time.monotonic() < deadline, "the watch did not wake when the build exited"
+        noted = watch.gone[str(stopped.pid)]
+        assert killed <= noted <= time.time()
+    assert watch.late == set()
+
+
+def test_a_build_gone_before_the_watch_read_its_start_is_late(tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    before, after = stamp_shell(stamps)
+    subprocess.run(["/bin/sh", "-c", f"{before}\nexit 1"], check=False)  # no end stamp
+    subprocess.run(["/bin/sh", "-c", f"{before}\n{after}"], check=True)
+    with Watch(stamps) as watch:
+        pass
+    ids = [line.split()[3] for line in stamps.read_text().splitlines()]
+    assert len(ids) == 3
+    # The first's time is only when the watch found it gone; the second ended with its stamp.
+    assert list(watch.gone) == [ids[0]]
+    assert watch.late == {ids[0]}
+
+
 def test_every_client_has_its_own_graph() -> None:
     graphs = [client_graph(i, 16, 1.0) for i in range(3)]
     names = [{node.name for node in g.nodes} for g in graphs]
@@ -172,6 +209,29 @@ def test_the_report_says_not_yet_for_an_oversubscribed_member_or_a_failed_client
     assert "- offload, 2 clients, rep 2, client 2: timeout: stopped after 180 s" in lines
     # A failed client's wall is left out of its median.
     assert "| 2 | offload | 1/2 | 8.5, 9.0 | 9.0 | fast 2/2, slow 3/2 |" in lines
+
+
+def test_the_report_says_how_a_stopped_builds_end_was_known() -> None:
+    runs = [json.loads(json.dumps(r)) for r in SECTION["runs"]]
+    runs[1]["stopped"] = {"slow": 2}
+    runs[3]["stopped"] = {"fast": 1}
+    older = clients_lines({"clients": {**SECTION, "runs": runs}})
+    # Results recorded before the bench waited on each build's process say it as it was then.
+    assert any(
+        line.startswith("- 3 builds were stopped") and line.endswith("(polled every 0.05 s).")
+        for line in older
+    )
+    for run, late in zip(runs, (0, 1, 0, 0), strict=True):
+        run["stopped_late"] = late
+    (stopped,) = [
+        line
+        for line in clients_lines({"clients": {**SECTION, "runs": runs}})
+        if line.startswith("- 3 builds were stopped")
+    ]
+    assert stopped.endswith(
+        "each counts as running until its process exited (the bench waits on it); 1 of them "
+        "ended before the bench read their start stamp and count until it found them gone."
+    )
 
 
 def test_results_without_the_section_render_n_a() -> None:
