@@ -32,7 +32,6 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +43,7 @@ from offload.errors import OffloadError
 from offload.names import LOCAL
 from offload.paths import state_dir
 from offload.spelling import meant
+from offload.threads import Executor
 from offload.ui.events import Event, JobFinished, JobPhase
 
 __all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder", "keep_for_nix", "nix_log_path"]
@@ -296,7 +296,7 @@ class LogRecorder:
         self._writers: dict[tuple[str, str], BuildLogWriter] = {}  # the thread's alone
         # Copies told stopped: their stopped log, if they had one yet (the thread's alone).
         self._stopped: dict[tuple[str, str], Path | None] = {}
-        self._thread: ThreadPoolExecutor | None = None  # started by the first thing to do
+        self._thread: Executor | None = None  # started by the first thing to do
         self._errors: list[BaseException] = []
 
     def write(self, drv_path: str, machine: str, line: str) -> None:
@@ -324,7 +324,7 @@ class LogRecorder:
 
     def _later(self, work: Callable[..., None], *args: object) -> None:
         if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build-logs")
+            self._thread = Executor(max_workers=1, thread_name_prefix="build-logs")
         self._thread.submit(self._guarded, work, *args)
 
     def _guarded(self, work: Callable[..., None], *args: object) -> None:

@@ -28,6 +28,7 @@ from offload.errors import TransportError
 from offload.procfs import running
 from offload.spawn_errors import not_started
 from offload.tasks import stop
+from offload.threads import INTERRUPTS, start, unblocked
 
 __all__ = [
     "Completed",
@@ -90,25 +91,31 @@ def run(
 ) -> Completed:
     """Run a short command to completion and capture its output as text."""
     try:
-        proc = subprocess.run(
-            list(argv),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            # Nix prints a file's bytes as they are (a Latin-1 .nix file in an error message).
-            errors="replace",
-            env=dict(env) if env is not None else None,
-            timeout=timeout,
-            check=False,
-            cwd=cwd,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-        )
+        with unblocked():  # for the spawn only: a worker thread waits with them blocked
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                # Nix prints a file's bytes as they are (a Latin-1 .nix file in an error).
+                errors="replace",
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+            )
     except OSError as exc:
         raise not_started(argv, exc, cwd) from exc
-    except subprocess.TimeoutExpired as exc:
-        msg = f"`{shlex.join(argv)}` did not finish within {timeout} s"
-        raise TransportError(msg) from exc
-    done = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+    with proc:  # as subprocess.run: killed if not done, and waited for
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            msg = f"`{shlex.join(argv)}` did not finish within {timeout} s"
+            raise TransportError(msg) from exc
+        except BaseException:
+            proc.kill()
+            raise
+    done = Completed(tuple(argv), proc.returncode, stdout, stderr)
     return done.check() if check else done
 
 
@@ -131,26 +138,28 @@ class Started:
     ) -> None:
         self.argv = tuple(argv)
         try:
-            self._proc = subprocess.Popen(
-                list(argv),
-                # Our standard input, for a command that reads it (nix-build's "-").
-                stdin=None if inherit_stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
-            )
+            with unblocked():  # Nix stays stoppable, whichever thread starts it
+                self._proc = subprocess.Popen(
+                    list(argv),
+                    # Our standard input, for a command that reads it (nix-build's "-").
+                    stdin=None if inherit_stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    errors="replace",
+                    env=dict(env) if env is not None else None,
+                    cwd=cwd,
+                )
         except OSError as exc:
             raise not_started(argv, exc, cwd) from exc
         self._said: list[str] = []
         self._reader: threading.Thread | None = None
         if stderr_lines is not None:
-            self._reader = threading.Thread(
-                target=self._relay, args=(stderr_lines,), name="stderr", daemon=True
+            self._reader = start(
+                threading.Thread(
+                    target=self._relay, args=(stderr_lines,), name="stderr", daemon=True
+                )
             )
-            self._reader.start()
 
     def _relay(self, stderr_lines: Callable[[str], None]) -> None:
         assert self._proc.stderr is not None  # stderr=PIPE
@@ -192,14 +201,15 @@ def output_lines(argv: Sequence[str]) -> Generator[str, None, None] | None:
     build log of hundreds of MiB); None when it failed without printing a line. Its standard
     error is dropped (a pipe nobody reads would stop it); a reader that stops early stops it."""
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-        )
+        with unblocked():
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+            )
     except OSError as exc:
         raise not_started(argv, exc) from exc
     assert proc.stdout is not None  # stdout=PIPE
@@ -373,10 +383,6 @@ def stop_now(proc: asyncio.subprocess.Process) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-# What a person or a supervisor stops a command with (the command line handles each).
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
     """Ctrl-C, SIGTERM and SIGHUP held until the block ends, then the first of them handed to
@@ -389,7 +395,7 @@ def interrupts_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in _INTERRUPTS}
+    previous = {s: signal.getsignal(s) for s in INTERRUPTS}
     handled = {s: handler for s, handler in previous.items() if callable(handler)}
     held: list[tuple[int, FrameType | None]] = []
     for signum in handled:
@@ -408,14 +414,15 @@ def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | N
     """Start a long-lived daemon in its own session, output to ``log``; return its pid."""
     with log.open("ab") as out:
         try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=dict(env) if env is not None else None,
-                start_new_session=True,
-            )
+            with unblocked():
+                proc = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=dict(env) if env is not None else None,
+                    start_new_session=True,
+                )
         except OSError as exc:
             raise not_started(argv, exc) from exc
     _DETACHED[proc.pid] = proc
@@ -427,14 +434,15 @@ def start_guard(argv: Sequence[str], *, env: Mapping[str, str] | None = None) ->
     stdin a pipe whose write end only we hold; returns that end. The guard learns that we are
     gone, however we went, from EOF on its stdin."""
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-        )
+        with unblocked():
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+            )
     except OSError as exc:
         raise not_started(argv, exc) from exc
     assert proc.stdin is not None

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from offload import __version__
 from offload.cli import interrupts
 from offload.streams import ForgivingStderr, reader_gone
+from offload.threads import INTERRUPTS
 
 if TYPE_CHECKING:
     from offload.errors import OffloadError
@@ -273,7 +274,7 @@ def _end(status: int) -> None:
     # one stopped the command, later ones are still ignored: the status stays the first's.
     try:
         if not interrupts.stopping():
-            for signum in interrupts.SIGNALS:
+            for signum in INTERRUPTS:
                 if signal.getsignal(signum) is not signal.SIG_IGN:
                     signal.signal(signum, signal.SIG_DFL)
     except KeyboardInterrupt:  # the first, just before: the command is stopped all the same

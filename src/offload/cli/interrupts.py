@@ -18,7 +18,8 @@ Later signals go to a handler that does nothing, not to ``SIG_IGN``: an ignored 
 is inherited by every child started during the clean-up (the ssh that stops a remote build,
 a ``nix-store``), which then could not be stopped by a SIGINT; a handler is reset by exec.
 ``offload.process.interrupts_held`` defers whichever handler each signal has past a fork;
-this module decides what the handlers do.
+``offload.threads`` keeps every other thread from taking one, so the main thread notes them
+in order; this module decides what the handlers do.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from offload.threads import INTERRUPTS, Executor, child_watcher
 from offload.typing_compat import override
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["SIGNALS", "install", "reset", "run", "steady_runner", "stopped_status", "stopping"]
+__all__ = ["install", "reset", "run", "steady_runner", "stopped_status", "stopping"]
 
 _T = TypeVar("_T")
 
@@ -51,8 +53,6 @@ class _Going:
 # The signals that stopped the command, first first.
 _stopped_by: list[int] = []
 _going: list[_Going] = []  # the async run going on, if any
-# The signals the rule is for: Ctrl-C, and what a supervisor or a closed terminal sends.
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def reset() -> None:
@@ -71,7 +71,7 @@ def stopping() -> bool:
 
 def install() -> None:
     """The rule, for Ctrl-C (unless ignored from the start), SIGTERM and SIGHUP."""
-    for signum in SIGNALS:
+    for signum in INTERRUPTS:
         if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
             continue  # a script's background job: Ctrl-C is not for it
         signal.signal(signum, _first)
@@ -87,7 +87,7 @@ def _first(signum: int, frame: FrameType | None) -> None:
         # handled inside the first's handler, before that one noted its own. It came first.
         signum = int(frame.f_locals["signum"])
     _stopped_by.append(signum)
-    for other in SIGNALS:
+    for other in INTERRUPTS:
         if signal.getsignal(other) is _first:
             signal.signal(other, _ignored)
     going = _going[-1] if _going else None
@@ -110,10 +110,17 @@ def steady_runner() -> asyncio.Runner:
     a run begun once the command is stopping (its clean-up) is not stopped by later ones."""
     import asyncio  # here: the commands that need no event loop do not pay for it
 
+    child_watcher()  # no thread of the run takes a signal (offload.threads)
+
     # Final in typeshed; run() is the one place the run's task is known.
     class _Steady(asyncio.Runner):  # type: ignore[misc]
+        quiet = False  # whether its loop's default executor is offload's
+
         @override
         def run(self, coro: Coroutine[Any, Any, _T], **named: Any) -> _T:  # noqa: ANN401 - asyncio's
+            if not self.quiet:  # asyncio.to_thread's threads too
+                self.get_loop().set_default_executor(Executor())
+                self.quiet = True
             going = _Going()
             _going.append(going)
             try:

@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from offload.errors import FleetError
@@ -32,6 +31,7 @@ from offload.fleet.state import fleet_of, load_state, member_of, ordered, write_
 from offload.fleet.view import Fleet, Member, MemberStatus
 from offload.process import interrupts_held, run
 from offload.procfs import is_ours
+from offload.threads import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def fleet_up(
             write_state(fleet_dir, FleetState(system, ordered(records, specs)))
         write_client_files(fleet_dir, system, specs, records)
         # One ssh round trip per new member, concurrently: each costs a key exchange.
-        with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
+        with Executor(max_workers=max(1, len(started))) as pool:
             for future in [pool.submit(check_ssh, fleet_dir, r) for r in started]:
                 future.result()
     except BaseException:

@@ -25,7 +25,6 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from offload.errors import OffloadError, StoreError
@@ -42,6 +41,7 @@ from offload.hook.slack import PathEnds
 from offload.load import local_boot_id
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import DEFAULT_WORK
+from offload.threads import Executor
 from offload.transport.links import LocalLink
 
 __all__ = ["TAILS_SECONDS", "Keep"]
@@ -75,7 +75,7 @@ class Keep:
         self._tails_reading: asyncio.Task[None] | None = None
         # Builds are recorded in a thread of their own, with its own connection: a history
         # another process holds locked (offload build's run, a VACUUM) stalls no hook.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offload-history")
+        self._writer = Executor(max_workers=1, thread_name_prefix="offload-history")
         self._writer_history: History | None = None  # the writer thread's own
         # Why the history cannot be used (damaged, locked, unwritable), said to each client.
         self.history_problem: str | None = None

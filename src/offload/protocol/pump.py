@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, Self
 
+from offload.threads import start
+
 __all__ = ["CHUNK", "BulkPipe", "PumpTarget", "pump", "wait_fd"]
 
 # Pipes are grown to this size where the system allows: fewer wake-ups per megabyte.
@@ -152,7 +154,7 @@ def _in_thread(work: Callable[..., int], *args: int | None) -> asyncio.Future[in
         else:
             loop.call_soon_threadsafe(settle, result, None)
 
-    threading.Thread(target=run, name="offload-splice", daemon=True).start()
+    start(threading.Thread(target=run, name="offload-splice", daemon=True))
     return done
 
 

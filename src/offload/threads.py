@@ -1,0 +1,101 @@
+"""Threads offload starts take none of the signals that stop a command (``INTERRUPTS``).
+
+The kernel hands a signal sent to a process to any of its threads that does not block it; that
+thread's C handler notes it, and Python runs the handler later, in the main thread. Taken by a
+worker thread, a signal does not interrupt the main thread's system call (its handler waits
+for that to return) and is not noted in order: a Ctrl-C an idle worker took could be noted
+after a SIGTERM sent a moment later that the main thread took and handled at once, and the
+command stopped with the second signal's status. With every other thread blocking them, each
+goes to the main thread, which notes every pending one, lowest number first, before a handler
+runs.
+
+A thread inherits the mask of the thread that creates it, so the creator blocks them around the
+creation (``start``, ``Executor``, ``child_watcher``): there is no moment in which the new
+thread could take one. A child inherits its spawner's mask across exec, so a spawn in such a
+thread unblocks them for the spawn (``unblocked``, in ``offload.process``): Nix and ssh stay
+stoppable; in that moment the thread may take a signal, which costs only the order above.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import ParamSpec, TypeVar, TypeVarTuple
+
+from offload.typing_compat import override
+
+__all__ = ["INTERRUPTS", "Executor", "blocked", "child_watcher", "start", "unblocked"]
+
+# Ctrl-C, and what a supervisor or a closed terminal sends: what stops a command.
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+
+@contextlib.contextmanager
+def _masked(how: int) -> Iterator[None]:
+    previous = signal.pthread_sigmask(how, INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def blocked() -> contextlib.AbstractContextManager[None]:
+    """``INTERRUPTS`` blocked in this thread while the block runs (then delivered, if sent)."""
+    return _masked(signal.SIG_BLOCK)
+
+
+def unblocked() -> contextlib.AbstractContextManager[None]:
+    """``INTERRUPTS`` unblocked in this thread while the block runs: a child spawned in it
+    takes them, whichever thread spawns it."""
+    return _masked(signal.SIG_UNBLOCK)
+
+
+def start(thread: threading.Thread) -> threading.Thread:
+    """``thread`` started with ``INTERRUPTS`` blocked in it."""
+    with blocked():
+        thread.start()
+    return thread
+
+
+class Executor(ThreadPoolExecutor):
+    """A ``ThreadPoolExecutor`` whose threads block ``INTERRUPTS`` (it starts them in
+    ``submit``)."""
+
+    @override
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        with blocked():
+            return super().submit(fn, *args, **kwargs)
+
+
+def child_watcher() -> None:
+    """On Python 3.11, asyncio's subprocesses waited for by threads that block ``INTERRUPTS``
+    (its default child watcher starts one per child, after the child is spawned). Python 3.12
+    waits with a pidfd where there is one, without a thread, and deprecates setting this."""
+    if sys.version_info >= (3, 12):
+        return
+    import asyncio  # here: the commands that need no event loop do not pay for it
+
+    if isinstance(asyncio.get_child_watcher(), _QuietWatcher):
+        return
+
+    class _Watcher(asyncio.ThreadedChildWatcher, _QuietWatcher):
+        @override
+        def add_child_handler(
+            self, pid: int, callback: Callable[[int, int, *_Ts], object], *args: *_Ts
+        ) -> None:
+            with blocked():
+                super().add_child_handler(pid, callback, *args)
+
+    asyncio.set_child_watcher(_Watcher())
+
+
+class _QuietWatcher:
+    """What ``child_watcher`` sets is one of these (it is set once)."""

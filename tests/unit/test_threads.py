@@ -1,0 +1,97 @@
+"""Threads offload starts block Ctrl-C, SIGTERM and SIGHUP, so that each goes to the main
+thread; what they spawn takes them again. Masks are read as the kernel has them
+(``/proc/self/task/TID/status``), with real threads, processes and an event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+
+from offload import process
+from offload.cli.interrupts import steady_runner
+from offload.threads import INTERRUPTS, Executor, blocked, start
+
+WANTED = {int(s) for s in INTERRUPTS}
+
+
+def _blocked_in(tid: int) -> set[int]:
+    """The signals the kernel holds back from thread ``tid`` of this process."""
+    status = Path(f"/proc/self/task/{tid}/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith("SigBlk:")]
+    mask = int(line.split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def _own_mask() -> set[int]:
+    return _blocked_in(threading.get_native_id())
+
+
+def test_a_started_thread_blocks_them_and_its_creator_does_not() -> None:
+    seen: Future[set[int]] = Future()
+    start(threading.Thread(target=lambda: seen.set_result(_own_mask()))).join()
+    assert seen.result() >= WANTED
+    assert not _own_mask() & WANTED  # the main thread still takes them
+    plain: Future[set[int]] = Future()
+    thread = threading.Thread(target=lambda: plain.set_result(_own_mask()))
+    thread.start()
+    thread.join()
+    assert not plain.result() & WANTED  # what offload.threads is for
+
+
+def test_an_executors_threads_block_them() -> None:
+    with Executor(max_workers=2) as pool:
+        masks = [pool.submit(_own_mask) for _ in range(4)]
+        assert all(m.result() >= WANTED for m in masks)
+    assert not _own_mask() & WANTED
+
+
+def test_a_process_a_blocking_thread_spawns_takes_them(tmp_path: Path) -> None:
+    # A child inherits its spawner's mask across exec: Nix started from such a thread would
+    # ignore a SIGTERM and a Ctrl-C.
+    # (grep reads its own; a shell would not do: dash clears its mask as it starts.)
+    def childs_mask() -> str:
+        done = process.run(["grep", "SigBlk", "/proc/self/status"])
+        started = process.Started(["grep", "SigBlk", "/proc/self/status"])
+        return done.stdout + started.finish().stdout
+
+    with Executor(max_workers=1) as pool:
+        said = pool.submit(childs_mask).result()
+    lines = said.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        mask = int(line.split()[1], 16)
+        assert not {n for n in WANTED if mask >> (n - 1) & 1}, line
+    with blocked():  # and it is given back to a blocking spawner
+        assert _own_mask() >= WANTED
+        process.run(["true"])
+        assert _own_mask() >= WANTED
+    assert not _own_mask() & WANTED
+
+
+def _tasks() -> set[int]:
+    return {int(t.name) for t in Path("/proc/self/task").iterdir()}
+
+
+def test_a_runs_threads_block_them_its_to_thread_and_its_child_waiters() -> None:
+    before = _tasks()  # the test runner's own threads, if any
+
+    async def masks() -> dict[str, set[int]]:
+        child = await asyncio.create_subprocess_exec("sleep", "30")
+        try:
+            # asyncio's own: a thread waits for each child on Python 3.11 (not on 3.12).
+            found = {f"task {t}": _blocked_in(t) for t in _tasks() - before}
+            found["to_thread"] = await asyncio.to_thread(_own_mask)
+            return found
+        finally:
+            child.kill()
+            await child.wait()
+
+    with steady_runner() as runner:
+        found = runner.run(masks())
+    if sys.version_info < (3, 12):
+        assert len(found) >= 2  # the child's waiter was there
+    assert {name: mask & WANTED for name, mask in found.items()} == dict.fromkeys(found, WANTED)
+    assert not _own_mask() & WANTED
