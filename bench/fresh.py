@@ -23,6 +23,13 @@ plan of the graph with exact durations (the policy's part of the gap), and per o
 ``span_s``, from its first scheduling decision to its last build (``--json``'s
 ``run_finished``): span less plan is what executing the plan cost (per-build set-up, copies,
 estimates off on a first run), wall less span the run's fixed costs (start-up and shutdown).
+
+The optimum pays nothing per build, but any tool that builds with Nix pays Nix's own cost of a
+build (its goal, the build's directory, the fork, registering the output; on a builder one
+round trip more) on every build, also on every link of a chain. So each graph also gets a
+``floor``: its optimum with every build taking ``build_cost_s`` seconds more, the median time
+a trivial build takes on the fleet from offload's request to Nix's answer (its ``building``
+phase), measured once per section on a chain of ``COST_LINKS`` trivial builds, one at a time.
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.context import log
+from bench.fixed_costs import json_events, per_build
 from bench.graphs import generate
 from bench.measure import parse_offload_events, run_timed
 from bench.optimum import optimum
 from bench.tools import NO_SUBSTITUTES, offload_argv
-from offload.dagfile import Dag, to_nix_expression
+from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.simulate import simulate
@@ -55,6 +63,7 @@ NODES, QUICK_NODES = 100, 12
 SOLVER_SECONDS = 5.0
 RUNS = ("first", "second", "nix")
 SEED_LIMIT = 10**6
+COST_LINKS = 20
 
 
 def draw_seeds(count: int, entropy: Callable[[int], bytes] = os.urandom) -> list[int]:
@@ -63,18 +72,47 @@ def draw_seeds(count: int, entropy: Callable[[int], bytes] = os.urandom) -> list
 
 
 def graph_optimum(
-    dag: Dag, speeds_and_slots: Sequence[tuple[float, int]], seconds: float
-) -> tuple[dict[str, object], float]:
+    dag: Dag,
+    speeds_and_slots: Sequence[tuple[float, int]],
+    seconds: float,
+    build_cost: float | None = None,
+) -> tuple[dict[str, object], float, dict[str, object] | None]:
     """The optimum of ``dag`` on these machines (every one builds everything: the bench fleet
-    and the local machine all offer the graphs' features), and the makespan of offload's own
-    plan with exact durations, which is the solver's first hint."""
+    and the local machine all offer the graphs' features), the makespan of offload's own plan
+    with exact durations, which is the solver's first hint, and with ``build_cost`` the floor
+    (the optimum with that cost added to every build)."""
     machines = [
         MachineSlotSpec(f"m{i}", speed, slots) for i, (speed, slots) in enumerate(speeds_and_slots)
     ]
     jobs = [Job(node.name, node.work, tuple(node.deps)) for node in dag.nodes]
     plan = simulate(jobs, machines)
     hint = {r.job: (r.machine, r.start) for r in plan.schedule}
-    return optimum(jobs, machines, seconds=seconds, hint=hint).as_dict(), plan.makespan
+    best = optimum(jobs, machines, seconds=seconds, hint=hint).as_dict()
+    if build_cost is None:
+        return best, plan.makespan, None
+    floor = optimum(jobs, machines, seconds=seconds, hint=hint, cost=build_cost).as_dict()
+    return best, plan.makespan, floor
+
+
+def build_cost(bench: Bench, argv: Sequence[str]) -> float | None:
+    """The median seconds of a trivial build on the fleet, request to answer (None: the run
+    failed), from ``COST_LINKS`` of them in a chain (one at a time, as a graph's critical path
+    has them), remote only."""
+    links = [
+        DagNode(f"fresh-cost-{i:02d}", 0.0, (f"fresh-cost-{i - 1:02d}",) if i else ())
+        for i in range(COST_LINKS)
+    ]
+    nix_file = bench.work / "fresh-cost.nix"
+    nix_file.write_text(
+        to_nix_expression(Dag(tuple(links)), salt=f"fresh-cost-{secrets.token_hex(4)}"),
+        encoding="utf-8",
+    )
+    command = [*argv, "build", str(nix_file), "--builders", f"@{bench.fleet.machines_file}"]
+    done = run_timed([*command, "-j", "0", "--no-out-link", "--json"], env=bench.env, timeout=120)
+    nix_file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        return None
+    return per_build(json_events(done.stdout)).get("building")
 
 
 def ratios(graph: Mapping[str, Any]) -> dict[str, float | None]:
@@ -131,16 +169,19 @@ def fresh_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
         "nodes": nodes,
         "scale": 1.0,
         "solver_seconds": SOLVER_SECONDS,
+        "build_cost_s": build_cost(bench, argv),
         "graphs": [],
     }
+    log(f"fresh: a trivial build takes {section['build_cost_s']} s on the fleet")
     for shape, seed in zip(shapes, seeds, strict=True):
         dag = generate(shape, nodes, seed, prefix=f"fresh-{shape}{nodes}-s{seed}")
-        best, plan = graph_optimum(dag, machines, SOLVER_SECONDS)
+        best, plan, floor = graph_optimum(dag, machines, SOLVER_SECONDS, section["build_cost_s"])
         graph: dict[str, Any] = {
             "shape": shape,
             "seed": seed,
             "lower_bound": round(dag.lower_bound(machines), 3),
             "optimum": best,
+            "floor": floor,
             "plan_s": round(plan, 3),
             "runs": [],
         }

@@ -3,13 +3,15 @@
 The model is the lower bound's (``offload.scheduler.simulate.lower_bound``) made exact: each job
 runs once, on one machine that can build it (Nix's matching rule: system and features), for
 ``work / speed`` seconds, in one of the machine's slots, after every job it depends on; moving
-outputs costs nothing. OR-tools CP-SAT minimises the makespan: each job is one optional interval
-per eligible machine (exactly one present), each machine a cumulative resource of ``slots``,
-times in milliseconds. The solver gets ``seconds`` per graph and a starting solution (offload's
-own simulated schedule, when given); it answers the best makespan found and the best bound it
-proved, so ``gap`` says how far from proven optimal the answer may be. When it finds nothing in
-time (or OR-tools is not installed: it is the optional ``bench`` extra, never a runtime
-dependency), the answer is the lower bound, marked ``solved=False``.
+outputs costs nothing; with ``cost``, every build takes that many seconds more (``bench/fresh.py``:
+Nix's own cost of a build, which any tool that builds with Nix pays). OR-tools CP-SAT minimises
+the makespan: each job is one optional interval per eligible machine (exactly one present), each
+machine a cumulative resource of ``slots``, times in milliseconds. The solver gets ``seconds``
+per graph and a starting solution (offload's own simulated schedule, when given); it answers the
+best makespan found and the best bound it proved, so ``gap`` says how far from proven optimal
+the answer may be. When it finds nothing in time (or OR-tools is not installed: it is the
+optional ``bench`` extra, never a runtime dependency), the answer is the lower bound, marked
+``solved=False``.
 """
 
 from __future__ import annotations
@@ -65,9 +67,11 @@ def optimum(
     seconds: float = 10.0,
     hint: Mapping[str, tuple[str, float]] | None = None,
     workers: int = 2,
+    cost: float = 0.0,
 ) -> Optimum:
-    """The near-optimal makespan of ``jobs`` (exact work) on ``machines``; ``hint`` maps a job
-    to (machine, start) from a known schedule, as the solver's first solution."""
+    """The near-optimal makespan of ``jobs`` (exact work, plus ``cost`` seconds per build) on
+    ``machines``; ``hint`` maps a job to (machine, start) from a known schedule, as the
+    solver's first solution."""
     bound = lower_bound(JobGraph(jobs), machines)
     try:
         from ortools.sat.python import cp_model
@@ -75,15 +79,12 @@ def optimum(
         return Optimum(bound, bound, solved=False, status="no solver (pip install '.[bench]')")
     model = cp_model.CpModel()
     usable = [m for m in machines if m.slots > 0]
-    horizon = _UNIT * math.ceil(sum(j.work_estimate for j in jobs) / min(m.speed for m in usable))
-    horizon += len(jobs) + 1
+    serial = sum(j.work_estimate for j in jobs) / min(m.speed for m in usable) + cost * len(jobs)
+    horizon = _UNIT * math.ceil(serial) + len(jobs) + 1
     start = {j.id: model.new_int_var(0, horizon, f"s{i}") for i, j in enumerate(jobs)}
     end = {j.id: model.new_int_var(0, horizon, f"e{i}") for i, j in enumerate(jobs)}
-    sizes = {
-        (j.id, m.name): max(1, round(_UNIT * j.work_estimate / m.speed))
-        for j in jobs
-        for m in usable
-    }
+    exact = {(j.id, m.name): j.work_estimate / m.speed + cost for j in jobs for m in usable}
+    sizes = {key: max(1, round(_UNIT * seconds)) for key, seconds in exact.items()}
     starts = _integer_schedule(jobs, usable, sizes, hint or {})
     hint = hint or {}
     per_machine, presence = _add_jobs(
@@ -104,7 +105,7 @@ def optimum(
     if status not in {cp_model.OPTIMAL, cp_model.FEASIBLE}:
         return Optimum(bound, bound, solved=False, status=name)
     found = _exact_makespan(
-        solver, jobs, usable, variables=(start, presence), hint=hint, starts=starts
+        solver, jobs, usable, variables=(start, presence), hint=hint, starts=starts, exact=exact
     )
     proven = max(bound, solver.best_objective_bound / _UNIT)
     return Optimum(found, min(proven, found), solved=True, status=name)
@@ -157,8 +158,9 @@ def _exact_makespan(
     variables: tuple[Mapping[str, Any], Mapping[tuple[str, str], Any]],
     hint: Mapping[str, tuple[str, float]],
     starts: Mapping[str, int],
+    exact: Mapping[tuple[str, str], float],
 ) -> float:
-    """The solver's assignment and order, timed again with exact durations (no rounding)."""
+    """The solver's assignment and order, timed again with ``exact`` durations (no rounding)."""
     start, presence = variables
     placed = {
         j.id: (m.name, float(solver.value(start[j.id])))
@@ -166,7 +168,6 @@ def _exact_makespan(
         for m in usable
         if (j.id, m.name) in presence and solver.boolean_value(presence[j.id, m.name])
     }
-    exact = {(j.id, m.name): j.work_estimate / m.speed for j in jobs for m in usable}
     timed = _integer_schedule(jobs, usable, exact, placed)
     found = max(timed[j.id] + exact[j.id, placed[j.id][0]] for j in jobs)
     if starts:  # the hint itself, timed exactly, when the solver found nothing better

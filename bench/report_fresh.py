@@ -53,26 +53,37 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _split_row(graph: Mapping[str, Any]) -> str:
-    """Optimum, plan, and per offload run its span and its fixed costs (wall less span)."""
+def _split_row(graph: Mapping[str, Any], with_floor: bool) -> str:
+    """Optimum, plan, and per offload run its span and its fixed costs (wall less span); with
+    the floor, it and each run's wall over it."""
     runs = {r["run"]: r for r in graph["runs"] if r["status"] == "ok"}
-    cells = []
+    floor = graph.get("floor") or {}
+    best = _seconds(float(graph["optimum"]["makespan"]))
+    if with_floor:
+        best += f" | {_seconds(floor.get('makespan'))}"
+    cells, over = [], []
     for name in ("first", "second"):
         run = runs.get(name, {})
         span, wall = run.get("span_s"), run.get("wall_s")
         fixed = None if span is None or wall is None else float(wall) - float(span)
         cells += [_seconds(span), _seconds(fixed)]
+        low = floor.get("makespan")
+        over.append(_x(float(wall) / float(low) if wall and low else None))
+    tail = f" | {' | '.join(over)}" if with_floor else ""
     return (
-        f"| {graph['shape']} | {float(graph['optimum']['makespan']):.2f} | "
-        f"{float(graph['plan_s']):.2f} | {' | '.join(cells)} |"
+        f"| {graph['shape']} | {best} | {float(graph['plan_s']):.2f} | {' | '.join(cells)}{tail} |"
     )
 
 
-def _split_lines(graphs: list[Mapping[str, Any]]) -> list[str]:
+def _split_lines(section: Mapping[str, Any]) -> list[str]:
     """Where the time goes; only for results that recorded it (``plan_s``)."""
-    graphs = [graph for graph in graphs if graph.get("plan_s") is not None]
+    graphs = [graph for graph in section["graphs"] if graph.get("plan_s") is not None]
     if not graphs:
         return []
+    with_floor = any(graph.get("floor") for graph in graphs)
+    header = "| shape | optimum | plan | first span | first fixed | second span | second fixed |"
+    if with_floor:
+        header = header.replace("optimum |", "optimum | floor |") + " first/floor | second/floor |"
     return [
         "",
         (
@@ -81,12 +92,24 @@ def _split_lines(graphs: list[Mapping[str, Any]]) -> list[str]:
             "scheduling decision to last build (span less plan: carrying the plan out, per-build "
             "set-up and copies, and on a first run estimates that were off), and `fixed`, wall "
             "less span (start-up: interpreter, evaluation, handshakes; shutdown)."
+            + (_floor_words(section) if with_floor else "")
         ),
         "",
-        "| shape | optimum | plan | first span | first fixed | second span | second fixed |",
-        "|---|---|---|---|---|---|---|",
-        *(_split_row(graph) for graph in graphs),
+        header,
+        "|---" * header.count(" | ") + "|---|",
+        *(_split_row(graph, with_floor) for graph in graphs),
     ]
+
+
+def _floor_words(section: Mapping[str, Any]) -> str:
+    return (
+        " `floor`: the optimum with every build taking "
+        f"{float(section['build_cost_s']):.3f} s more, what a trivial build took on the fleet "
+        "here from offload's request to Nix's answer (median over a chain of them): Nix's own "
+        "cost of a build, which every tool that builds with Nix pays, on each link of a chain "
+        "too (`bench/fresh.py`). The targets stay against the optimum; the floor says how much "
+        "of the gap no scheduling can close."
+    )
 
 
 def fresh_lines(results: Mapping[str, Any]) -> list[str]:
@@ -113,5 +136,5 @@ def fresh_lines(results: Mapping[str, Any]) -> list[str]:
         "| shape | seed | optimum (s) | first/opt | second/opt | Nix/opt | Nix/first | targets |",
         "|---|---|---|---|---|---|---|---|",
         *(_row(graph) for graph in section["graphs"]),
-        *_split_lines(section["graphs"]),
+        *_split_lines(section),
     ]

@@ -149,6 +149,26 @@ def test_fresh_split_gives_plan_span_and_fixed_costs_per_run():
     assert "| layered | 10.00 | 10.20 | 10.25 | 0.75 | - | - |" in lines
 
 
+def test_fresh_split_gives_the_floor_and_each_run_over_it():
+    graph = _graph(11.0, 10.5, 30.0)
+    graph["plan_s"] = 10.2
+    graph["runs"][0]["span_s"] = 10.25
+    graph["runs"][1]["span_s"] = 9.9
+    graph["floor"] = {"makespan": 10.5, "bound": 10.5, "gap": 0.0, "solved": True}
+    section = {**_fresh(graph), "build_cost_s": 0.031}
+    lines = fresh_lines({"fresh": section})
+    assert "| shape | optimum | floor | plan | first span | first fixed | second span | " in "".join(
+        lines
+    )
+    assert "| layered | 10.00 | 10.50 | 10.20 | 10.25 | 0.75 | 9.90 | 0.60 | 1.05x | 1.00x |" in (
+        lines
+    )
+    assert any("every build taking 0.031 s more" in line for line in lines)
+    header = next(line for line in lines if line.startswith("| shape | optimum | floor"))
+    rule = lines[lines.index(header) + 1]
+    assert rule.count("---") == header.count("|") - 1
+
+
 def test_fixed_cost_lines_give_each_phase_its_share_of_the_wall():
     runs = [
         {

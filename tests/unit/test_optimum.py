@@ -44,6 +44,18 @@ def test_optimum_respects_features_and_dependencies() -> None:
     assert found.makespan == pytest.approx(0.25 + 4.0)
 
 
+def test_a_cost_per_build_is_paid_by_every_build_on_any_machine() -> None:
+    # A chain of three: each link pays the cost on the fast machine whatever its speed, so
+    # the chain takes 3 x (1/4 + 0.1); four independent jobs on two slots pay it twice a slot.
+    chain = [Job("a", 1.0, ()), Job("b", 1.0, ("a",)), Job("c", 1.0, ("b",))]
+    machines = [MachineSlotSpec("fast", 4.0, 1), MachineSlotSpec("slow", 1.0, 1)]
+    assert optimum(chain, machines, seconds=5).makespan == pytest.approx(0.75)
+    assert optimum(chain, machines, seconds=5, cost=0.1).makespan == pytest.approx(1.05)
+    wide = [Job(f"w{i}", 1.0, ()) for i in range(4)]
+    two = [MachineSlotSpec("m", 1.0, 2)]
+    assert optimum(wide, two, seconds=5, cost=0.25).makespan == pytest.approx(2.5)
+
+
 def test_without_a_solver_the_answer_is_the_lower_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ortools.sat.python", None)
     jobs = [Job(f"j{i}", 2.0, (), "x86_64-linux") for i in range(3)]
