@@ -157,8 +157,9 @@ def test_fresh_split_gives_the_floor_and_each_run_over_it():
     graph["floor"] = {"makespan": 10.5, "bound": 10.5, "gap": 0.0, "solved": True}
     section = {**_fresh(graph), "build_cost_s": 0.031}
     lines = fresh_lines({"fresh": section})
-    assert "| shape | optimum | floor | plan | first span | first fixed | second span | " in "".join(
-        lines
+    assert (
+        "| shape | optimum | floor | plan | first span | first fixed | second span | "
+        in "".join(lines)
     )
     assert "| layered | 10.00 | 10.50 | 10.20 | 10.25 | 0.75 | 9.90 | 0.60 | 1.05x | 1.00x |" in (
         lines
