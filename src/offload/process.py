@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mappin
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 from offload.errors import TransportError
 from offload.procfs import running
@@ -90,21 +90,9 @@ def run(
     cwd: Path | None = None,
 ) -> Completed:
     """Run a short command to completion and capture its output as text."""
-    try:
-        with unblocked():  # for the spawn only: a worker thread waits with them blocked
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                # Nix prints a file's bytes as they are (a Latin-1 .nix file in an error).
-                errors="replace",
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
-            )
-    except OSError as exc:
-        raise not_started(argv, exc, cwd) from exc
+    proc = _captured(
+        argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, env=env, cwd=cwd
+    )
     with proc:  # as subprocess.run: killed if not done, and waited for
         try:
             stdout, stderr = proc.communicate(stdin, timeout=timeout)
@@ -117,6 +105,34 @@ def run(
             raise
     done = Completed(tuple(argv), proc.returncode, stdout, stderr)
     return done.check() if check else done
+
+
+def _spawn(argv: Sequence[str], cwd: Path | None = None, **options: Any) -> subprocess.Popen[Any]:  # noqa: ANN401 - Popen's
+    """``subprocess.Popen(argv, ...)``; one that cannot start is said as ``not_started`` says."""
+    try:
+        # For the spawn only: Nix stays stoppable whichever thread starts it, and a worker
+        # thread waits with the signals blocked (offload.threads).
+        with unblocked():
+            return subprocess.Popen(list(argv), cwd=cwd, **options)
+    except OSError as exc:
+        raise not_started(argv, exc, cwd) from exc
+
+
+def _captured(
+    argv: Sequence[str], *, stdin: int | None, env: Mapping[str, str] | None, cwd: Path | None
+) -> subprocess.Popen[str]:
+    """``argv`` started with its stdout and stderr captured as text."""
+    return _spawn(
+        argv,
+        cwd,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Nix prints a file's bytes as they are (a Latin-1 .nix file in an error).
+        errors="replace",
+        env=dict(env) if env is not None else None,
+    )
 
 
 class Started:
@@ -137,21 +153,9 @@ class Started:
         stderr_lines: Callable[[str], None] | None = None,
     ) -> None:
         self.argv = tuple(argv)
-        try:
-            with unblocked():  # Nix stays stoppable, whichever thread starts it
-                self._proc = subprocess.Popen(
-                    list(argv),
-                    # Our standard input, for a command that reads it (nix-build's "-").
-                    stdin=None if inherit_stdin else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    errors="replace",
-                    env=dict(env) if env is not None else None,
-                    cwd=cwd,
-                )
-        except OSError as exc:
-            raise not_started(argv, exc, cwd) from exc
+        # Our standard input, for a command that reads it (nix-build's "-").
+        stdin = None if inherit_stdin else subprocess.DEVNULL
+        self._proc = _captured(argv, stdin=stdin, env=env, cwd=cwd)
         self._said: list[str] = []
         self._reader: threading.Thread | None = None
         if stderr_lines is not None:
@@ -200,18 +204,14 @@ def output_lines(argv: Sequence[str]) -> Generator[str, None, None] | None:
     """A command's standard output line by line as it comes, for output too big to hold (a
     build log of hundreds of MiB); None when it failed without printing a line. Its standard
     error is dropped (a pipe nobody reads would stop it); a reader that stops early stops it."""
-    try:
-        with unblocked():
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                errors="replace",
-            )
-    except OSError as exc:
-        raise not_started(argv, exc) from exc
+    proc = _spawn(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+    )
     assert proc.stdout is not None  # stdout=PIPE
     first = proc.stdout.readline()
     if not first and proc.wait() != 0:
@@ -413,18 +413,14 @@ def interrupts_held() -> Iterator[None]:
 def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> int:
     """Start a long-lived daemon in its own session, output to ``log``; return its pid."""
     with log.open("ab") as out:
-        try:
-            with unblocked():
-                proc = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=out,
-                    env=dict(env) if env is not None else None,
-                    start_new_session=True,
-                )
-        except OSError as exc:
-            raise not_started(argv, exc) from exc
+        proc = _spawn(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
     _DETACHED[proc.pid] = proc
     return proc.pid
 
@@ -433,18 +429,14 @@ def start_guard(argv: Sequence[str], *, env: Mapping[str, str] | None = None) ->
     """Start ``argv`` in a session of its own (so a kill of our process group spares it), with
     stdin a pipe whose write end only we hold; returns that end. The guard learns that we are
     gone, however we went, from EOF on its stdin."""
-    try:
-        with unblocked():
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=dict(env) if env is not None else None,
-                start_new_session=True,
-            )
-    except OSError as exc:
-        raise not_started(argv, exc) from exc
+    proc = _spawn(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+    )
     assert proc.stdin is not None
     # Not reaped by us when we exit first: it is reparented, and init reaps it.
     _DETACHED[proc.pid] = proc
