@@ -43,7 +43,7 @@ from offload.errors import OffloadError
 from offload.names import LOCAL
 from offload.paths import state_dir
 from offload.spelling import meant
-from offload.threads import Executor
+from offload.thread_pool import Executor
 from offload.ui.events import Event, JobFinished, JobPhase
 
 __all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder", "keep_for_nix", "nix_log_path"]

@@ -10,10 +10,13 @@ goes to the main thread, which notes every pending one, lowest number first, bef
 runs.
 
 A thread inherits the mask of the thread that creates it, so the creator blocks them around the
-creation (``start``, ``Executor``, ``child_watcher``): there is no moment in which the new
-thread could take one. A child inherits its spawner's mask across exec, so a spawn in such a
-thread unblocks them for the spawn (``unblocked``, in ``offload.process``): Nix and ssh stay
-stoppable; in that moment the thread may take a signal, which costs only the order above.
+creation (``start``, ``offload.thread_pool.Executor``, ``child_watcher``): there is no moment in
+which the new thread could take one. A child inherits its spawner's mask across exec, so a spawn
+in such a thread unblocks them for the spawn (``unblocked``, in ``offload.process``): Nix and ssh
+stay stoppable; in that moment the thread may take a signal, which costs only the order above.
+The hook's loops (``offload.hook``) keep plain executors: the coordinator takes its signals
+with the loop's own handlers, which wake it from any thread; an in-process hook's handler may
+wait for its loop's next event.
 """
 
 from __future__ import annotations
@@ -22,19 +25,20 @@ import contextlib
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import ParamSpec, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, TypeVarTuple
 
 from offload.typing_compat import override
 
-__all__ = ["INTERRUPTS", "Executor", "blocked", "child_watcher", "start", "unblocked"]
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["INTERRUPTS", "blocked", "child_watcher", "start", "unblocked"]
 
 # Ctrl-C, and what a supervisor or a closed terminal sends: what stops a command.
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 
@@ -65,26 +69,24 @@ def start(thread: threading.Thread) -> threading.Thread:
     return thread
 
 
-class Executor(ThreadPoolExecutor):
-    """A ``ThreadPoolExecutor`` whose threads block ``INTERRUPTS`` (it starts them in
-    ``submit``)."""
-
-    @override
-    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
-        with blocked():
-            return super().submit(fn, *args, **kwargs)
-
-
 def child_watcher() -> None:
-    """On Python 3.11, asyncio's subprocesses waited for by threads that block ``INTERRUPTS``
-    (its default child watcher starts one per child, after the child is spawned). Python 3.12
-    waits with a pidfd where there is one, without a thread, and deprecates setting this."""
-    if sys.version_info >= (3, 12):
+    """asyncio's subprocesses waited for by threads that block ``INTERRUPTS``, where asyncio
+    waits for each child in a thread of its own, started after the child is spawned: Python
+    3.11's default, and 3.12's and 3.13's where the kernel has no pidfds (they use those where
+    it has, without a thread). Python 3.14 has no watcher to set."""
+    if sys.version_info >= (3, 14):
         return
     import asyncio  # here: the commands that need no event loop do not pay for it
 
-    if isinstance(asyncio.get_child_watcher(), _QuietWatcher):
-        return
+    with warnings.catch_warnings():  # deprecated from 3.12 on, and still what they use
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if isinstance(asyncio.get_child_watcher(), (_QuietWatcher, asyncio.PidfdChildWatcher)):
+            return
+        asyncio.set_child_watcher(_watcher())
+
+
+def _watcher() -> asyncio.AbstractChildWatcher:
+    import asyncio
 
     class _Watcher(asyncio.ThreadedChildWatcher, _QuietWatcher):
         @override
@@ -94,7 +96,7 @@ def child_watcher() -> None:
             with blocked():
                 super().add_child_handler(pid, callback, *args)
 
-    asyncio.set_child_watcher(_Watcher())
+    return _Watcher()
 
 
 class _QuietWatcher:

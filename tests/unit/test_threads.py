@@ -5,14 +5,21 @@ thread; what they spawn takes them again. Masks are read as the kernel has them
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from rich.console import Console
+
 from offload import process
 from offload.cli.interrupts import steady_runner
-from offload.threads import INTERRUPTS, Executor, blocked, start
+from offload.thread_pool import Executor
+from offload.threads import INTERRUPTS, blocked, start
+from offload.ui.events import RunStarted
+from offload.ui.tty import TtyRenderer
 
 WANTED = {int(s) for s in INTERRUPTS}
 
@@ -95,3 +102,46 @@ def test_a_runs_threads_block_them_its_to_thread_and_its_child_waiters() -> None
         assert len(found) >= 2  # the child's waiter was there
     assert {name: mask & WANTED for name, mask in found.items()} == dict.fromkeys(found, WANTED)
     assert not _own_mask() & WANTED
+
+
+def test_the_terminal_views_refresh_thread_blocks_them() -> None:
+    # Where people press Ctrl-C: an idle thread redrawing the view must not take it.
+    before = _tasks()
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    renderer = TtyRenderer(console, print_logs=False)
+    renderer.handle(RunStarted("r", 5, ("fast",), 9.0, time.time(), (4.0,), (2,)))
+    try:
+        new = _tasks() - before
+        assert new  # rich's refresh thread
+        assert all(_blocked_in(t) >= WANTED for t in new)
+    finally:
+        renderer.close()
+
+
+def test_a_runners_close_waits_for_a_busy_worker_from_a_thread_that_blocks_them() -> None:
+    # asyncio's close waits for its executor's threads from a thread of its own, for as long
+    # as a worker runs (an evaluation given up on): that thread, too, must not take a Ctrl-C.
+    release, ready = threading.Event(), threading.Event()
+    seen: list[set[int]] = []
+
+    def watch() -> None:
+        # The first thread close starts, while the worker still runs; then the worker goes.
+        known = _tasks()  # this one and the busy worker among them
+        ready.set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not seen:
+            seen.extend(_blocked_in(t) for t in _tasks() - known)
+        release.set()
+
+    async def leave_busy() -> None:
+        _ = asyncio.get_running_loop().run_in_executor(None, release.wait)  # left running
+
+    runner = steady_runner()
+    runner.run(leave_busy())
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    ready.wait()
+    runner.close()
+    watcher.join()
+    assert seen
+    assert all(mask >= WANTED for mask in seen)

@@ -25,12 +25,13 @@ in order; this module decides what the handlers do.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from offload.threads import INTERRUPTS, Executor, child_watcher
+from offload.threads import INTERRUPTS, child_watcher, start
 from offload.typing_compat import override
 
 if TYPE_CHECKING:
@@ -110,17 +111,19 @@ def steady_runner() -> asyncio.Runner:
     a run begun once the command is stopping (its clean-up) is not stopped by later ones."""
     import asyncio  # here: the commands that need no event loop do not pay for it
 
+    from offload.thread_pool import Executor
+
     child_watcher()  # no thread of the run takes a signal (offload.threads)
 
     # Final in typeshed; run() is the one place the run's task is known.
     class _Steady(asyncio.Runner):  # type: ignore[misc]
-        quiet = False  # whether its loop's default executor is offload's
+        pool: Executor | None = None  # its loop's default executor, once it has a loop
 
         @override
         def run(self, coro: Coroutine[Any, Any, _T], **named: Any) -> _T:  # noqa: ANN401 - asyncio's
-            if not self.quiet:  # asyncio.to_thread's threads too
-                self.get_loop().set_default_executor(Executor())
-                self.quiet = True
+            if self.pool is None:  # asyncio.to_thread's threads too
+                self.pool = Executor()
+                self.get_loop().set_default_executor(self.pool)
             going = _Going()
             _going.append(going)
             try:
@@ -131,6 +134,17 @@ def steady_runner() -> asyncio.Runner:
                 raise
             finally:
                 _going.remove(going)
+
+        @override
+        def close(self) -> None:
+            # asyncio's close waits for the executor's threads from a thread of its own, which
+            # would take signals for as long as a worker runs (an evaluation given up on):
+            # waited for from one that does not, that thread lives a moment only.
+            try:
+                if self.pool is not None:
+                    start(threading.Thread(target=self.pool.shutdown, name="pool-down")).join()
+            finally:
+                super().close()
 
     return _Steady()
 

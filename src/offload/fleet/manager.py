@@ -31,7 +31,7 @@ from offload.fleet.state import fleet_of, load_state, member_of, ordered, write_
 from offload.fleet.view import Fleet, Member, MemberStatus
 from offload.process import interrupts_held, run
 from offload.procfs import is_ours
-from offload.threads import Executor
+from offload.thread_pool import Executor
 
 logger = logging.getLogger(__name__)
 

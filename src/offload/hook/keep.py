@@ -41,7 +41,7 @@ from offload.hook.slack import PathEnds
 from offload.load import local_boot_id
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import DEFAULT_WORK
-from offload.threads import Executor
+from offload.thread_pool import Executor
 from offload.transport.links import LocalLink
 
 __all__ = ["TAILS_SECONDS", "Keep"]

@@ -22,6 +22,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from offload.threads import blocked
 from offload.ui.events import Event, JobLog, MachineEvent, RunFinished
 from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
@@ -71,7 +72,8 @@ class TtyRenderer:
             quiet = self._view.idle_run
         if not self._started and not quiet and not isinstance(event, RunFinished):
             self._started = True
-            self._live.start()
+            with blocked():  # its refresh thread must not take a Ctrl-C (offload.threads)
+                self._live.start()
         if isinstance(event, JobLog) and self._print_logs and self._started:
             self._print_log(event)
         if isinstance(event, RunFinished):
