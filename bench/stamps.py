@@ -116,14 +116,17 @@ class Watch:
     gone: dict[str, float] = field(default_factory=dict)
     late: set[str] = field(default_factory=set)
     poll: float = POLL  # seconds between reads of the stamps file
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _pidfds: dict[str, int] = field(default_factory=dict)  # build ID -> its process's pidfd
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    # Build ID -> its process's pidfd.
+    _pidfds: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     # Exits noted and not yet followed by a read of the stamps file (their end may be there).
-    _exited: dict[str, float] = field(default_factory=dict)
-    _wake: tuple[int, int] = field(default_factory=os.pipe)  # __exit__ writes: stop waiting
+    _exited: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _wake: tuple[int, int] = field(default=(-1, -1), init=False, repr=False)  # stop waiting
+    _failed: BaseException | None = field(default=None, init=False, repr=False)
 
     def __enter__(self) -> Self:
+        self._wake = os.pipe()
         self._thread = threading.Thread(target=self._run, name="stamps-watch", daemon=True)
         self._thread.start()
         return self
@@ -135,30 +138,38 @@ class Watch:
             self._thread.join()
         for fd in self._wake:
             os.close(fd)
+        if self._failed is not None:
+            # Ends it knows no more: every stopped build would run to the last stamp.
+            raise RuntimeError(f"the stamps watch failed: {self._failed!r}") from self._failed
 
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._wake[0], select.POLLIN)
-        offset = 0
         try:
-            while True:
-                stopping = self._stop.is_set()
-                offset, missed = self._read(offset, poller)
-                # A build writes its end before it exits: an exit noted before this read with
-                # no end in it is a build stopped before its end.
-                self.gone.update(self._exited)
-                self._exited = missed
-                for fd, _ in poller.poll(0 if stopping else self.poll * 1000):
-                    now = time.time()
-                    build = next((b for b, f in self._pidfds.items() if f == fd), None)
-                    if build is not None:  # else the wake-up: stopping is seen at the top
-                        self._forget(build, poller)
-                        self._exited[build] = now
-                if stopping and not self._exited:
-                    return  # the clients are done, and every exit noted is read past
+            self._follow(poller)
+        except BaseException as exc:  # noqa: BLE001 - said by __exit__, in the bench's thread
+            self._failed = exc
         finally:
             for build in list(self._pidfds):
                 self._forget(build, poller)
+
+    def _follow(self, poller: select.poll) -> None:
+        offset = 0
+        while True:
+            stopping = self._stop.is_set()
+            offset, missed = self._read(offset, poller)
+            # A build writes its end before it exits: an exit noted before this read with
+            # no end in it is a build stopped before its end.
+            self.gone.update(self._exited)
+            self._exited = missed
+            for fd, _ in poller.poll(0 if stopping else self.poll * 1000):
+                now = time.time()
+                build = next((b for b, f in self._pidfds.items() if f == fd), None)
+                if build is not None:  # else the wake-up: stopping is seen at the top
+                    self._forget(build, poller)
+                    self._exited[build] = now
+            if stopping and not self._exited:
+                return  # the clients are done, and every exit noted is read past
 
     def _read(self, offset: int, poller: select.poll) -> tuple[int, dict[str, float]]:
         """Reads the stamps past ``offset``: watches each new start's process, forgets each
@@ -184,9 +195,8 @@ class Watch:
                 self._forget(parsed[3], poller)
         missed = {}
         for build in started:
-            try:
-                fd = os.pidfd_open(int(build))
-            except ProcessLookupError:
+            fd = _pidfd(int(build))
+            if fd is None:  # gone already: its end is when this was seen
                 missed[build] = time.time()
                 self.late.add(build)
                 continue
@@ -199,3 +209,15 @@ class Watch:
         if fd is not None:
             poller.unregister(fd)
             os.close(fd)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of process ``pid`` while it runs; None once it has exited (reaped or not)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if select.select([fd], [], [], 0)[0]:  # exited, not yet reaped
+        os.close(fd)
+        return None
+    return fd

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from bench.clients import MemberPeak, _client_record, _Ended, client_graph, peaks, stamp_shell
 from bench.report import render_markdown
 from bench.report_clients import clients_lines, clients_rows
@@ -116,6 +117,31 @@ def test_a_build_gone_before_the_watch_read_its_start_is_late(tmp_path: Path) ->
     # The first's time is only when the watch found it gone; the second ended with its stamp.
     assert list(watch.gone) == [ids[0]]
     assert watch.late == {ids[0]}
+
+
+def test_a_build_exited_but_not_reaped_when_its_start_is_read_is_late(tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    before, _ = stamp_shell(stamps)
+    zombie = subprocess.Popen(["/bin/sh", "-c", f"{before}\nexit 1"])  # no end stamp
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the build never exited"
+    try:
+        with Watch(stamps) as watch:
+            pass
+    finally:
+        zombie.wait()
+    # Its pidfd opened (not reaped) but it had ended: its time is only when it was seen.
+    assert watch.late == {str(zombie.pid)}
+    assert list(watch.gone) == [str(zombie.pid)]
+
+
+def test_a_watch_that_failed_says_so_rather_than_leave_its_ends_out(tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()  # cannot be read: the watch's thread fails
+    watch = Watch(stamps)
+    with pytest.raises(RuntimeError, match="the stamps watch failed: IsADirectoryError"), watch:
+        pass
 
 
 def test_every_client_has_its_own_graph() -> None:
