@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import FLEET_SPECS, log
-from bench.fixed_costs import PHASES, json_events, phases
-from bench.measure import run_timed
+from bench.fixed_costs import PHASES, phases
+from bench.measure import json_events, run_timed
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
 

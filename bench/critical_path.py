@@ -33,9 +33,8 @@ if __package__ in {None, ""}:  # `python bench/critical_path.py`: the repository
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.context import FLEET_SPECS, make_env
-from bench.fixed_costs import json_events
 from bench.graphs import generate
-from bench.measure import run_timed
+from bench.measure import json_events, run_timed
 from bench.tools import offload_argv
 from offload.dagfile import Dag, to_nix_expression
 from offload.fleet import MemberSpec, fleet_down, fleet_up

@@ -26,9 +26,7 @@ connections that run kept (``offload.transport.persist``), as a user's next run 
 
 from __future__ import annotations
 
-import json
 import secrets
-import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +37,7 @@ from tests.helpers.fleets import stop_masters
 
 from bench.context import log
 from bench.graphs import generate
-from bench.measure import run_timed
+from bench.measure import json_events, per_build, run_timed
 from bench.tools import offload_argv
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.transport.persist import location
@@ -47,7 +45,7 @@ from offload.transport.persist import location
 if TYPE_CHECKING:
     from bench.context import Bench, Options, Save
 
-__all__ = ["PHASES", "close_kept", "fixed_costs_section", "json_events", "per_build", "phases"]
+__all__ = ["PHASES", "close_kept", "fixed_costs_section", "phases"]
 
 # (phase, the mark that ends it); None: ended by the job events or the exit.
 PHASES = (
@@ -64,19 +62,6 @@ PHASES = (
 )
 TRIVIAL, QUICK_TRIVIAL = 100, 10
 GRAPH, QUICK_GRAPH = ("layered", 40, 7), ("layered", 12, 7)
-
-
-def json_events(stdout: str) -> list[dict[str, Any]]:
-    """The JSON objects of ``offload build --json``'s output, one a line; other lines skipped."""
-    out = []
-    for line in stdout.splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(event, dict):
-            out.append(event)
-    return out
 
 
 def phases(spawned: float, exited: float, events: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -104,28 +89,6 @@ def phases(spawned: float, exited: float, events: Sequence[Mapping[str, Any]]) -
         out[phase] = round(end - last, 4)
         last = end
     return out
-
-
-def per_build(events: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Median seconds per built derivation: set-up (to "building"), building, fetching."""
-    marks: dict[tuple[str, str], dict[str, float]] = {}
-    for e in events:
-        if e.get("event") == "job_phase" and not e.get("step"):
-            key = (str(e["drv_path"]), str(e["machine"]))
-            marks.setdefault(key, {}).setdefault(str(e["phase"]), float(e["time"]))
-    parts: dict[str, list[float]] = {"set-up": [], "building": [], "fetching": []}
-    for e in events:
-        if e.get("event") != "job_finished" or e.get("status") != "built":
-            continue
-        seen = marks.get((str(e["drv_path"]), str(e["machine"])), {})
-        if "building" not in seen:
-            continue
-        start, build, end = min(seen.values()), seen["building"], float(e["finished"])
-        fetch = seen.get("fetching", end)
-        parts["set-up"].append(build - start)
-        parts["building"].append(fetch - build)
-        parts["fetching"].append(end - fetch)
-    return {k: round(statistics.median(v), 4) for k, v in parts.items() if v}
 
 
 def _offload(bench: Bench, argv: Sequence[str], dag: Dag, label: str, jobs: int) -> dict[str, Any]:

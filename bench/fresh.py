@@ -42,9 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.context import log
-from bench.fixed_costs import json_events, per_build
 from bench.graphs import generate
-from bench.measure import parse_offload_events, run_timed
+from bench.measure import json_events, parse_offload_events, per_build, run_timed
 from bench.optimum import optimum
 from bench.tools import NO_SUBSTITUTES, offload_argv
 from offload.dagfile import Dag, DagNode, to_nix_expression
@@ -90,14 +89,15 @@ def graph_optimum(
     best = optimum(jobs, machines, seconds=seconds, hint=hint).as_dict()
     if build_cost is None:
         return best, plan.makespan, None
-    floor = optimum(jobs, machines, seconds=seconds, hint=hint, cost=build_cost).as_dict()
-    return best, plan.makespan, floor
+    floor = optimum(jobs, machines, seconds=seconds, hint=hint, cost=build_cost)
+    # Unsolved, its answer would be the lower bound without the cost: no floor at all.
+    return best, plan.makespan, floor.as_dict() if floor.solved else None
 
 
-def build_cost(bench: Bench, argv: Sequence[str]) -> float | None:
+def measure_build_cost(bench: Bench, argv: Sequence[str]) -> float | None:
     """The median seconds of a trivial build on the fleet, request to answer (None: the run
-    failed), from ``COST_LINKS`` of them in a chain (one at a time, as a graph's critical path
-    has them), remote only."""
+    failed, said in the log), from ``COST_LINKS`` of them in a chain (one at a time, as a
+    graph's critical path has them), remote only."""
     links = [
         DagNode(f"fresh-cost-{i:02d}", 0.0, (f"fresh-cost-{i - 1:02d}",) if i else ())
         for i in range(COST_LINKS)
@@ -108,9 +108,14 @@ def build_cost(bench: Bench, argv: Sequence[str]) -> float | None:
         encoding="utf-8",
     )
     command = [*argv, "build", str(nix_file), "--builders", f"@{bench.fleet.machines_file}"]
-    done = run_timed([*command, "-j", "0", "--no-out-link", "--json"], env=bench.env, timeout=120)
-    nix_file.unlink(missing_ok=True)
+    try:
+        done = run_timed(
+            [*command, "-j", "0", "--no-out-link", "--json"], env=bench.env, timeout=120
+        )
+    finally:
+        nix_file.unlink(missing_ok=True)
     if done.returncode != 0:
+        log(f"fresh: the chain of trivial builds failed, no floor: {done.tail()}")
         return None
     return per_build(json_events(done.stdout)).get("building")
 
@@ -169,10 +174,11 @@ def fresh_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
         "nodes": nodes,
         "scale": 1.0,
         "solver_seconds": SOLVER_SECONDS,
-        "build_cost_s": build_cost(bench, argv),
+        "build_cost_s": measure_build_cost(bench, argv),
         "graphs": [],
     }
-    log(f"fresh: a trivial build takes {section['build_cost_s']} s on the fleet")
+    if section["build_cost_s"] is not None:
+        log(f"fresh: a trivial build takes {section['build_cost_s']} s on the fleet")
     for shape, seed in zip(shapes, seeds, strict=True):
         dag = generate(shape, nodes, seed, prefix=f"fresh-{shape}{nodes}-s{seed}")
         best, plan, floor = graph_optimum(dag, machines, SOLVER_SECONDS, section["build_cost_s"])

@@ -22,11 +22,13 @@ import asyncio
 import json
 import os
 import re
+import statistics
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from offload.names import LOCAL
 from offload.process import spawn
@@ -36,12 +38,14 @@ __all__ = [
     "StoreSnapshot",
     "Timed",
     "WireBytes",
+    "json_events",
     "list_store",
     "machine_name",
     "parse_nix_builds",
     "parse_offload_events",
     "parse_ssh_transferred",
     "path_bytes",
+    "per_build",
     "received_bytes",
     "run_timed",
     "store_name",
@@ -87,6 +91,41 @@ async def _run_timed(argv: Sequence[str], env: Mapping[str, str] | None, timeout
         out.decode(errors="replace"),
         err.decode(errors="replace"),
     )
+
+
+def json_events(stdout: str) -> list[dict[str, Any]]:
+    """The JSON objects of ``offload build --json``'s output, one a line; other lines skipped."""
+    out = []
+    for line in stdout.splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            out.append(event)
+    return out
+
+
+def per_build(events: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Median seconds per built derivation: set-up (to "building"), building, fetching."""
+    marks: dict[tuple[str, str], dict[str, float]] = {}
+    for e in events:
+        if e.get("event") == "job_phase" and not e.get("step"):
+            key = (str(e["drv_path"]), str(e["machine"]))
+            marks.setdefault(key, {}).setdefault(str(e["phase"]), float(e["time"]))
+    parts: dict[str, list[float]] = {"set-up": [], "building": [], "fetching": []}
+    for e in events:
+        if e.get("event") != "job_finished" or e.get("status") != "built":
+            continue
+        seen = marks.get((str(e["drv_path"]), str(e["machine"])), {})
+        if "building" not in seen:
+            continue
+        start, build, end = min(seen.values()), seen["building"], float(e["finished"])
+        fetch = seen.get("fetching", end)
+        parts["set-up"].append(build - start)
+        parts["building"].append(fetch - build)
+        parts["fetching"].append(end - fetch)
+    return {k: round(statistics.median(v), 4) for k, v in parts.items() if v}
 
 
 def run_timed(

@@ -84,7 +84,7 @@ def optimum(
     start = {j.id: model.new_int_var(0, horizon, f"s{i}") for i, j in enumerate(jobs)}
     end = {j.id: model.new_int_var(0, horizon, f"e{i}") for i, j in enumerate(jobs)}
     exact = {(j.id, m.name): j.work_estimate / m.speed + cost for j in jobs for m in usable}
-    sizes = {key: max(1, round(_UNIT * seconds)) for key, seconds in exact.items()}
+    sizes = {key: max(1, round(_UNIT * duration)) for key, duration in exact.items()}
     starts = _integer_schedule(jobs, usable, sizes, hint or {})
     hint = hint or {}
     per_machine, presence = _add_jobs(

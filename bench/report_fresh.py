@@ -105,10 +105,11 @@ def _floor_words(section: Mapping[str, Any]) -> str:
     return (
         " `floor`: the optimum with every build taking "
         f"{float(section['build_cost_s']):.3f} s more, what a trivial build took on the fleet "
-        "here from offload's request to Nix's answer (median over a chain of them): Nix's own "
-        "cost of a build, which every tool that builds with Nix pays, on each link of a chain "
-        "too (`bench/fresh.py`). The targets stay against the optimum; the floor says how much "
-        "of the gap no scheduling can close."
+        "here from offload's request to Nix's answer (the median over a chain of them): an "
+        "estimate of Nix's own cost of a build, which every tool that builds with Nix pays, on "
+        "each link of a chain too (`bench/fresh.py`; `-` where the solver found none in time). "
+        "The targets stay against the optimum; the floor tells the part of the gap that is "
+        "Nix's cost from the part that is scheduling and offload's own."
     )
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from bench.fixed_costs import PHASES, per_build, phases
-from bench.fresh import draw_seeds, ratios
+import pytest
+from bench.fixed_costs import PHASES, phases
+from bench.fresh import draw_seeds, graph_optimum, ratios
+from bench.measure import per_build
 from bench.report import render_markdown
 from bench.report_fixed_costs import fixed_cost_lines
 from bench.report_fresh import fresh_lines
+
+from offload.dagfile import Dag, DagNode
 
 T0 = 1000.0
 MARKS = [
@@ -211,3 +216,16 @@ def _minimal_results() -> dict[str, Any]:
         "notes": [],
         "complete": True,
     }
+
+
+def test_a_floor_the_solver_did_not_find_is_none_not_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Unsolved, the answer is the lower bound, which has no cost in it: below the optimum.
+    dag = Dag((DagNode("a", 1.0), DagNode("b", 1.0, ("a",))))
+    best, _, floor = graph_optimum(dag, [(1.0, 1)], 1.0, 0.5)
+    assert floor is not None
+    assert floor["makespan"] == pytest.approx(3.0)
+    assert best["makespan"] == pytest.approx(2.0)
+    monkeypatch.setitem(sys.modules, "ortools.sat.python", None)
+    assert graph_optimum(dag, [(1.0, 1)], 1.0, 0.5)[2] is None
