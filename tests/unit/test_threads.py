@@ -9,14 +9,16 @@ import io
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from offload import process
 from offload.cli.interrupts import steady_runner
-from offload.thread_pool import Executor
+from offload.thread_pool import Executor, QuietRunner
 from offload.threads import INTERRUPTS, blocked, start
 from offload.ui.events import RunStarted
 from offload.ui.tty import TtyRenderer
@@ -82,7 +84,11 @@ def _tasks() -> set[int]:
     return {int(t.name) for t in Path("/proc/self/task").iterdir()}
 
 
-def test_a_runs_threads_block_them_its_to_thread_and_its_child_waiters() -> None:
+# A command's runs, and the in-process hook's loop (offload.hook.serve).
+@pytest.mark.parametrize("make", [steady_runner, QuietRunner])
+def test_a_runs_threads_block_them_its_to_thread_and_its_child_waiters(
+    make: Callable[[], asyncio.Runner],
+) -> None:
     before = _tasks()  # the test runner's own threads, if any
 
     async def masks() -> dict[str, set[int]]:
@@ -96,7 +102,7 @@ def test_a_runs_threads_block_them_its_to_thread_and_its_child_waiters() -> None
             child.kill()
             await child.wait()
 
-    with steady_runner() as runner:
+    with make() as runner:
         found = runner.run(masks())
     if sys.version_info < (3, 12):
         assert len(found) >= 2  # the child's waiter was there

@@ -25,13 +25,12 @@ in order; this module decides what the handlers do.
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from offload.threads import INTERRUPTS, child_watcher, start
+from offload.threads import INTERRUPTS
 from offload.typing_compat import override
 
 if TYPE_CHECKING:
@@ -108,43 +107,27 @@ def _ignored(_signum: int, _frame: FrameType | None) -> None:
 def steady_runner() -> asyncio.Runner:
     """An ``asyncio.Runner`` whose run the first signal stops by cancelling its task, as
     asyncio's own stops it for a Ctrl-C (``KeyboardInterrupt`` then comes out of ``run``);
-    a run begun once the command is stopping (its clean-up) is not stopped by later ones."""
+    a run begun once the command is stopping (its clean-up) is not stopped by later ones. No
+    thread of it takes a signal (``offload.thread_pool.QuietRunner``)."""
     import asyncio  # here: the commands that need no event loop do not pay for it
 
-    from offload.thread_pool import Executor
+    from offload.thread_pool import QuietRunner
 
-    child_watcher()  # no thread of the run takes a signal (offload.threads)
-
-    # Final in typeshed; run() is the one place the run's task is known.
-    class _Steady(asyncio.Runner):  # type: ignore[misc]
-        pool: Executor | None = None  # its loop's default executor, once it has a loop
-
+    # run() is the one place the run's task is known.
+    class _Steady(QuietRunner):  # type: ignore[misc] # Runner is final in typeshed
         @override
         def run(self, coro: Coroutine[Any, Any, _T], **named: Any) -> _T:  # noqa: ANN401 - asyncio's
-            if self.pool is None:  # asyncio.to_thread's threads too
-                self.pool = Executor()
-                self.get_loop().set_default_executor(self.pool)
             going = _Going()
             _going.append(going)
             try:
-                return super().run(_told(coro, going), **named)
+                result: _T = super().run(_told(coro, going), **named)
             except asyncio.CancelledError:
                 if going.stopped:
                     raise KeyboardInterrupt from None
                 raise
             finally:
                 _going.remove(going)
-
-        @override
-        def close(self) -> None:
-            # asyncio's close waits for the executor's threads from a thread of its own, which
-            # would take signals for as long as a worker runs (an evaluation given up on):
-            # waited for from one that does not, that thread lives a moment only.
-            try:
-                if self.pool is not None:
-                    start(threading.Thread(target=self.pool.shutdown, name="pool-down")).join()
-            finally:
-                super().close()
+            return result
 
     return _Steady()
 

@@ -37,6 +37,7 @@ from offload.hook.wire import (
 )
 from offload.protocol.wire import ByteReader
 from offload.state_location import HOOK_STATE_NOTE, usable_hook_state
+from offload.thread_pool import QuietRunner
 
 __all__ = ["Hook", "error_line", "in_process", "serve"]
 
@@ -161,7 +162,9 @@ def in_process() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     try:
-        return asyncio.run(_serve_here())
+        # Its signals go to this thread, whose loop they wake: none waits for its next event.
+        with QuietRunner() as runner:
+            return runner.run(_serve_here())
     except OffloadError as exc:
         sys.stderr.buffer.write(error_line(exc, "stopping"))
         return 1
