@@ -14,9 +14,9 @@ creation (``start``, ``offload.thread_pool.Executor``, ``child_watcher``): there
 which the new thread could take one. A child inherits its spawner's mask across exec, so a spawn
 in such a thread unblocks them for the spawn (``unblocked``, in ``offload.process``): Nix and ssh
 stay stoppable; in that moment the thread may take a signal, which costs only the order above.
-The hook's loops (``offload.hook``) keep plain executors: the coordinator takes its signals
-with the loop's own handlers, which wake it from any thread; an in-process hook's handler may
-wait for its loop's next event.
+The in-process hook runs on such a loop too (``offload.thread_pool.QuietRunner``); the hook's
+coordinator keeps a plain one: it takes its signals with the loop's own handlers, which wake it
+from any thread.
 """
 
 from __future__ import annotations
