@@ -6,13 +6,14 @@ blocked in the caller, so that each new thread inherits that mask. ``QuietRunner
 ``asyncio.Runner`` with one as its loop's default executor (``asyncio.to_thread``), asyncio's
 child waiters blocking them too (``child_watcher``), and a close that waits for its executor
 from a thread that blocks them (asyncio's own waits from a thread of its own, for as long as a
-worker runs). Their own module: ``concurrent.futures`` and ``asyncio`` cost imports that the
-commands without a pool or a loop do not pay.
+worker runs), at the same point of the close. Their own module: ``concurrent.futures`` and
+``asyncio`` cost imports that the commands without a pool or a loop do not pay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,17 +44,38 @@ class QuietRunner(asyncio.Runner):  # type: ignore[misc] # final in typeshed
 
     @override
     def run(self, coro: Coroutine[Any, Any, _T], **named: Any) -> _T:  # noqa: ANN401 - asyncio's
+        loop = self.get_loop()  # a closed runner says so before anything is set up
         if self.pool is None:
             child_watcher()
             self.pool = Executor()
-            self.get_loop().set_default_executor(self.pool)
+            loop.set_default_executor(self.pool)
+            # asyncio's close waits for the pool from a thread of its own, as long as a worker
+            # runs (an evaluation given up on); this waits from one that blocks them, in the
+            # same place of close (after the tasks left and the async generators are done).
+            loop.shutdown_default_executor = self._shutdown_pool  # type: ignore[method-assign]
         result: _T = super().run(coro, **named)
         return result
 
-    @override
-    def close(self) -> None:
-        try:
-            if self.pool is not None:
-                start(threading.Thread(target=self.pool.shutdown, name="pool-down")).join()
-        finally:
-            super().close()
+    async def _shutdown_pool(self, timeout: float | None = None) -> None:
+        """The loop's ``shutdown_default_executor`` (``timeout``: Python 3.12's, after which
+        close goes on and the pool's threads finish on their own)."""
+        pool, loop = self.pool, asyncio.get_running_loop()
+        if pool is None:
+            return
+        done: asyncio.Future[None] = loop.create_future()
+
+        def shut_down() -> None:
+            try:
+                pool.shutdown(wait=True)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(_settle, done)
+
+        start(threading.Thread(target=shut_down, name="pool-down"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)

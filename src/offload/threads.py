@@ -14,9 +14,11 @@ creation (``start``, ``offload.thread_pool.Executor``, ``child_watcher``): there
 which the new thread could take one. A child inherits its spawner's mask across exec, so a spawn
 in such a thread unblocks them for the spawn (``unblocked``, in ``offload.process``): Nix and ssh
 stay stoppable; in that moment the thread may take a signal, which costs only the order above.
-The in-process hook runs on such a loop too (``offload.thread_pool.QuietRunner``); the hook's
-coordinator keeps a plain one: it takes its signals with the loop's own handlers, which wake it
-from any thread.
+A command's event loop and the in-process hook's run on a ``offload.thread_pool.QuietRunner``,
+whose threads block them too; the hook's coordinator keeps a plain loop: it takes its signals
+with the loop's own handlers, which wake it from any thread. Left: Python 3.14 chooses a
+loop's child waiter itself (no watcher to set), a thread per child where the kernel has no
+pidfds.
 """
 
 from __future__ import annotations

@@ -151,3 +151,23 @@ def test_a_runners_close_waits_for_a_busy_worker_from_a_thread_that_blocks_them(
     watcher.join()
     assert seen
     assert all(mask >= WANTED for mask in seen)
+
+
+def test_a_runners_close_cleans_up_its_tasks_before_its_pool_goes() -> None:
+    # asyncio's close cancels the tasks left, then waits for the pool: their clean-up may use it.
+    cleaned: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def left() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            cleaned.append(await asyncio.to_thread(str, "cleaned"))
+
+    async def leave_one() -> None:
+        tasks.append(asyncio.get_running_loop().create_task(left()))
+        await asyncio.sleep(0)
+
+    with QuietRunner() as runner:
+        runner.run(leave_one())
+    assert cleaned == ["cleaned"]
