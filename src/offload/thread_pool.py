@@ -71,9 +71,12 @@ class QuietRunner(asyncio.Runner):  # type: ignore[misc] # final in typeshed
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     loop.call_soon_threadsafe(_settle, done)
 
-        start(threading.Thread(target=shut_down, name="pool-down"))
+        waiter = start(threading.Thread(target=shut_down, name="pool-down", daemon=True))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), timeout)
+            # Gone before close returns, as asyncio's own: a thread still there when the
+            # command ends sends it down Python's slower exit (offload.cli's _end).
+            waiter.join()
 
 
 def _settle(done: asyncio.Future[None]) -> None:
