@@ -24,27 +24,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+if __package__ in {None, ""}:  # `python bench/signal_race.py`: the repository's root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.helpers.full_pipe import drained, full_pipe, writing
+
 WAIT = 60.0  # seconds for offload to reach its output path
-
-
-def _full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is full: the next write to it blocks."""
-    read, write = os.pipe()
-    os.set_blocking(write, False)
-    try:
-        while True:
-            os.write(write, b"-" * 4096)
-    except BlockingIOError:
-        pass
-    os.set_blocking(write, True)
-    return read, write
-
-
-def _writing(pid: int) -> bool:
-    try:
-        return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return False
 
 
 def once(work: Path, env: dict[str, str], index: int) -> int:
@@ -55,21 +40,20 @@ def once(work: Path, env: dict[str, str], index: int) -> int:
     )
     link = work / f"result-{index}"
     argv = [sys.executable, "-m", "offload", "build", "--expr", expr, "--builders", ""]
-    read, write = _full_pipe()
+    read, write = full_pipe()
     try:
         proc = subprocess.Popen(
             [*argv, "-o", str(link)], stdout=write, stderr=subprocess.DEVNULL, env=env
         )
         os.close(write)
         deadline = time.monotonic() + WAIT
-        while not _writing(proc.pid):
+        while not writing(proc.pid):
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 sys.exit(f"offload did not reach its output path (exit {proc.wait()})")
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGTERM)
-        while os.read(read, 1 << 16):
-            pass
+        drained(read)
         return proc.wait()
     finally:
         os.close(read)

@@ -19,36 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import processes
+from tests.helpers.full_pipe import drained, full_pipe, writing
 from tests.helpers.offload_run import wait_for
 
 WAIT = 30.0  # generous for a loaded machine; reached only when the behaviour is broken
-
-
-def _full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is full: the next write to it blocks."""
-    read, write = os.pipe()
-    os.set_blocking(write, False)
-    try:
-        while True:
-            os.write(write, b"-" * 4096)
-    except BlockingIOError:
-        pass
-    os.set_blocking(write, True)
-    return read, write
-
-
-def _writing(pid: int) -> bool:
-    try:
-        return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return False
-
-
-def _drained(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
@@ -65,7 +39,7 @@ def test_a_second_signal_while_the_results_are_printed_is_ignored(
     env["NIX_CONFIG"] = "substituters =\n"
     link = tmp_path / "result"
     argv = [sys.executable, "-m", "offload", "build", "--expr", expr, "--builders", ""]
-    read, write = _full_pipe()
+    read, write = full_pipe()
     try:
         proc = processes.start(
             [*argv, "-o", str(link)], env=env, cwd=tmp_path, stdout=write,
@@ -73,10 +47,10 @@ def test_a_second_signal_while_the_results_are_printed_is_ignored(
         )  # fmt: skip
         os.close(write)
         try:
-            wait_for(lambda: _writing(proc.pid), WAIT, "offload to print its output path")
+            wait_for(lambda: writing(proc.pid), WAIT, "offload to print its output path")
             proc.send_signal(signal.SIGINT)
             proc.send_signal(second)
-            _drained(read)
+            drained(read)
             _, err = proc.communicate(timeout=WAIT)
         finally:
             processes.stop(proc)

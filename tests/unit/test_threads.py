@@ -26,12 +26,17 @@ from offload.ui.tty import TtyRenderer
 WANTED = {int(s) for s in INTERRUPTS}
 
 
+def _signals(sig_blk: str) -> set[int]:
+    """The signals a ``SigBlk:`` line of ``/proc/.../status`` names."""
+    mask = int(sig_blk.split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
 def _blocked_in(tid: int) -> set[int]:
     """The signals the kernel holds back from thread ``tid`` of this process."""
     status = Path(f"/proc/self/task/{tid}/status").read_text()
     (line,) = [line for line in status.splitlines() if line.startswith("SigBlk:")]
-    mask = int(line.split()[1], 16)
-    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+    return _signals(line)
 
 
 def _own_mask() -> set[int]:
@@ -71,8 +76,7 @@ def test_a_process_a_blocking_thread_spawns_takes_them(tmp_path: Path) -> None:
     lines = said.splitlines()
     assert len(lines) == 2
     for line in lines:
-        mask = int(line.split()[1], 16)
-        assert not {n for n in WANTED if mask >> (n - 1) & 1}, line
+        assert not _signals(line) & WANTED, line
     with blocked():  # and it is given back to a blocking spawner
         assert _own_mask() >= WANTED
         process.run(["true"])
