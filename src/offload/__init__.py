@@ -2,10 +2,10 @@
 
 The package root imports nothing: ``offload-hook`` starts once per derivation Nix builds
 remotely, and every millisecond of its start is a millisecond Nix waits. Errors live in
-``offload.errors``.
+``offload.errors``. Not even ``__future__``: ``python -m offload`` runs this first, before
+``offload.__main__`` can take a Ctrl-C, and an import here is a moment in which Python's own
+traceback would say it.
 """
-
-from __future__ import annotations
 
 __version__ = "0.1.0"
 
