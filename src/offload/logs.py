@@ -353,7 +353,7 @@ class LogRecorder:
             if writer is not None:
                 writer.close()
                 if self._for_nix and event.status in ("built", "failed"):
-                    keep_for_nix(event.drv_path, event.machine, writer.path)
+                    keep_for_nix(event.drv_path, event.machine, writer.path, started=event.started)
                 if stopped:
                     path = writer.path
                     self._stopped[key] = path.replace(
@@ -387,10 +387,14 @@ def nix_log_path(drv_path: str, env: Mapping[str, str] | None = None) -> Path:
     return root / "drvs" / name[:2] / f"{name[2:]}.bz2"
 
 
-def keep_for_nix(drv_path: str, machine: str, text: Path, target: Path | None = None) -> bool:
+def keep_for_nix(
+    drv_path: str, machine: str, text: Path, target: Path | None = None, *, started: float
+) -> bool:
     """A builder's log copied where Nix keeps logs, so `nix log` finds it; False when that
     directory is not ours to write (not root, no daemon's log dir). Builds on this machine are
-    Nix's own and logged by it."""
+    Nix's own and logged by it. The copy's time is the build's start (``started``), before the
+    file's birth: ``NixLogs`` reads a build's time from a log's birth to its last change, and
+    this copy's birth is not the build's (offload's history has the build)."""
     if machine == LOCAL:
         return False
     target = nix_log_path(drv_path) if target is None else target
@@ -399,6 +403,7 @@ def keep_for_nix(drv_path: str, machine: str, text: Path, target: Path | None = 
         data = bz2.compress(text.read_bytes())
         tmp = target.with_name(f".{target.name}.{os.getpid()}")
         tmp.write_bytes(data)
+        os.utime(tmp, (started, started))
         tmp.replace(target)  # whole or not at all: Nix must never read half a bzip2 stream
     except OSError:
         return False

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from offload.history.db import History
+from offload.history.nix_logs import default_drvs_dir
 from offload.history.records import BuildRecord
 from offload.hook.context import HookContext, load_context
 from offload.hook.keep import Keep
 from offload.hook.wire import HookIO, TryRequest
 from offload.scheduler.run import DEFAULT_WORK
+from tests.helpers.nix_logs import nix_log
 
 H = "0" * 32
 
@@ -190,3 +192,16 @@ def test_only_a_derivation_history_knows_gets_room_from_its_nix_builds_paths(
         ended + 0.5 * (30 - 8 + 8) / 2, abs=0.01
     )
     history.close()
+
+
+def test_a_name_history_lacks_is_measured_by_nix_s_log_at_the_fastest_speed(
+    tmp_path: Path,
+) -> None:
+    # NIX_LOG_DIR is this test's own (tests/conftest.py): the coordinator reads it.
+    nix_log(default_drvs_dir(), "logged-1.0", 3.0)
+    context = _chain_context(tmp_path, speed=2)
+    assert context.measured_work(ask("logged-2.0")) == pytest.approx(3.0 * 2)
+    assert context.estimate(ask("logged-2.0")).measured
+    assert context.measured_work(ask("c")) == 8.0 * 2  # history's, as before
+    assert not context.estimate(ask("new")).measured
+    context.keep.history().close()

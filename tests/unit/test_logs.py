@@ -346,11 +346,11 @@ def test_a_remote_log_is_kept_as_whole_bzip2_and_a_local_one_is_left_to_nix(
     log = tmp_path / "x.log"
     log.write_bytes(b"line one\nline \xff two\n")
     target = tmp_path / "drvs" / "ab" / "cdef-x.drv.bz2"
-    assert keep_for_nix("/nix/store/abcdef-x.drv", "fast", log, target)
+    assert keep_for_nix("/nix/store/abcdef-x.drv", "fast", log, target, started=1000.0)
     assert bz2.decompress(target.read_bytes()) == log.read_bytes()
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary left
     other = tmp_path / "local.bz2"
-    assert not keep_for_nix("/nix/store/abcdef-x.drv", LOCAL, log, other)
+    assert not keep_for_nix("/nix/store/abcdef-x.drv", LOCAL, log, other, started=1000.0)
     assert not other.exists()
 
 
@@ -359,7 +359,9 @@ def test_an_unwritable_nix_log_dir_is_not_an_error(tmp_path: Path) -> None:
     log.write_text("hi\n")
     blocked = tmp_path / "file"
     blocked.write_text("")  # a file where a directory would go
-    assert not keep_for_nix("/nix/store/abcdef-x.drv", "fast", log, blocked / "ab" / "x.bz2")
+    assert not keep_for_nix(
+        "/nix/store/abcdef-x.drv", "fast", log, blocked / "ab" / "x.bz2", started=1000.0
+    )
 
 
 class Discard(io.TextIOBase):

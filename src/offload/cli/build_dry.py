@@ -114,7 +114,7 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
     elif run.sim is not None and plan.rows:
         print(
             f"estimated time {run.sim.makespan:.1f}s (lower bound {run.sim.lower_bound:.1f}s); "
-            "estimates come from history, 10s per derivation without it",
+            "estimates come from history or Nix's build logs, 10s per derivation without them",
             file=sys.stderr,
         )
     return 0

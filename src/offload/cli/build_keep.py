@@ -22,6 +22,7 @@ from offload.config.pool import Pool
 from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.estimates import Estimator, estimator
+from offload.history.nix_logs import NixLogs, default_drvs_dir
 from offload.history.recorder import RunRecorder
 from offload.names import LOCAL
 from offload.scheduler.run import RunReport
@@ -71,10 +72,11 @@ def opened_history(state: Path) -> Iterator[History | None]:
 
 
 def guarded_estimator(history: History | None, pool: Pool) -> Estimator | None:
-    """``estimator`` over ``history``, guessing (no estimates, said) when it fails mid-run."""
+    """``estimator`` over ``history`` and Nix's build logs, guessing (no estimates, said) when
+    it fails mid-run."""
     if history is None:
         return None
-    estimate = estimator(history, speeds(pool))
+    estimate = estimator(history, speeds(pool), NixLogs(default_drvs_dir()))
 
     def guarded(pnames: Iterable[str]) -> Mapping[str, float]:
         try:

@@ -49,7 +49,7 @@ class Estimate:
     """What a derivation is expected to take (``HookContext.estimate``)."""
 
     work: float  # seconds on a machine of speed 1
-    measured: bool  # history's median (else a guess)
+    measured: bool  # history's median or Nix's build log (else a guess)
     prefer_local: bool  # its derivation has preferLocalBuild
 
 
@@ -186,8 +186,9 @@ class HookContext:
         return {m.name: m.speed_factor for m in self.pool.machines}
 
     def estimates(self, names: Iterable[str]) -> Mapping[str, float]:
-        """History's work for ``names`` (those it knows), on this pool's speeds (``StoreError``)."""
-        return estimator(self.keep.history(), self.speeds())(names)
+        """History's work for ``names`` (those it or Nix's build logs know), on this pool's
+        speeds (``StoreError``)."""
+        return estimator(self.keep.history(), self.speeds(), self.keep.nix_logs)(names)
 
     def measured_work(self, request: TryRequest) -> float | None:
         """Expected seconds on a machine of speed 1 as history measured them (its median);

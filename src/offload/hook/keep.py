@@ -30,6 +30,7 @@ from pathlib import Path
 from offload.errors import OffloadError, StoreError
 from offload.history.db import History
 from offload.history.estimates import estimator
+from offload.history.nix_logs import NixLogs, default_drvs_dir
 from offload.history.records import BuildRecord
 from offload.history.tails import name_of, tails
 from offload.hook.coordinator_log import note
@@ -54,6 +55,8 @@ HISTORY_RETRY = 30.0
 _LOCAL_SESSIONS = 8
 # How long the tails read from history serve before they are read again (new edges, estimates).
 TAILS_SECONDS = 60.0
+# How long a listing of Nix's build logs serves (``offload.history.nix_logs``).
+NIX_LOGS_AGE = 600.0
 
 
 class Keep:
@@ -70,6 +73,9 @@ class Keep:
         self.path_ends = PathEnds()
         self._local: LocalLink | None = None
         self._history: History | None = None
+        # Nix's own build logs, for names history does not know (listed on first use, and
+        # again after NIX_LOGS_AGE for what Nix built here itself since).
+        self.nix_logs = NixLogs(default_drvs_dir(), max_age=NIX_LOGS_AGE)
         self._tails: Mapping[str, float] | None = None
         self._tails_read = 0.0  # when the last read began (monotonic)
         self._tails_reading: asyncio.Task[None] | None = None
