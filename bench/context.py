@@ -64,4 +64,7 @@ def make_env(fleet: Fleet, work: Path) -> dict[str, str]:
     # No network here: never let either tool wait on a binary cache.
     env["NIX_CONFIG"] = "substituters =\nbuilders-use-substitutes = false\n"
     env["OFFLOAD_STATE_DIR"] = str(work / "offload-state")
+    # The bench's build logs are its own: offload's first runs read only what this bench's
+    # Nix built (``offload.history.nix_logs``), and nothing is left in the machine's log dir.
+    env["NIX_LOG_DIR"] = str(work / "nix-log")
     return compiled_env(env)  # offload as installed: no module compiled at each start

@@ -10,7 +10,11 @@ ratios are about the same graphs; at 40 nodes the optimum was 3-6 s and the run'
 - ``first``: ``offload build`` with an empty history (a state directory of its own);
 - ``second``: ``offload build`` again with the history of the first, a new salt so every output
   is built again;
-- ``nix``: stock ``nix-build --builders`` (Nix's own hook), once.
+- ``nix``: stock ``nix-build --builders`` (Nix's own hook), once;
+- ``after-nix``: ``offload build`` with an empty history again, right after Nix's hook built
+  the graph: its estimates come from the build logs Nix kept (``offload.history.nix_logs``),
+  as for a user who built with Nix's hook before offload. Nix's run and this one have a log
+  directory of their own, so only Nix's logs are read.
 
 The yardstick is the graph's optimum on the same machines (``bench/optimum.py``, CP-SAT, given
 ``SOLVER_SECONDS``; transfers and per-build costs free, so every real run pays those on top).
@@ -60,7 +64,7 @@ SHAPES = ("layered", "chain", "wide", "huge", "bootstrap")
 QUICK_SHAPES = ("layered",)
 NODES, QUICK_NODES = 100, 12
 SOLVER_SECONDS = 5.0
-RUNS = ("first", "second", "nix")
+RUNS = ("first", "second", "nix", "after-nix")
 SEED_LIMIT = 10**6
 COST_LINKS = 20
 
@@ -134,8 +138,17 @@ def ratios(graph: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def _build(
-    bench: Bench, argv: Sequence[str], dag: Dag, run: str, *, state: Path, timeout: float
+    bench: Bench,
+    argv: Sequence[str],
+    dag: Dag,
+    run: str,
+    *,
+    state: Path,
+    logs: Path,
+    timeout: float,
 ) -> dict[str, Any]:
+    """One run of ``dag`` (``run`` of ``RUNS``), offload's with the state directory ``state``;
+    Nix's and the one after it with the log directory ``logs``."""
     salt = f"fresh-{run}-{secrets.token_hex(4)}"
     nix_file = bench.work / f"fresh-{run}.nix"
     nix_file.write_text(to_nix_expression(dag, salt=salt), encoding="utf-8")
@@ -145,6 +158,8 @@ def _build(
     else:
         command = [*argv, "build", str(nix_file), *builders, "--json"]
     env = {**bench.env, "OFFLOAD_STATE_DIR": str(state)}
+    if run in {"nix", "after-nix"}:
+        env["NIX_LOG_DIR"] = str(logs)
     load = os.getloadavg()[0]
     done = run_timed(command, env=env, timeout=timeout)
     nix_file.unlink(missing_ok=True)
@@ -193,10 +208,12 @@ def fresh_section(bench: Bench, opts: Options, save: Save) -> dict[str, Any]:
         }
         section["graphs"].append(graph)
         state = bench.work / f"fresh-state-{shape}-{seed}"  # empty: a first run
+        logs = bench.work / f"fresh-nix-log-{shape}-{seed}"
         timeout = 10 * float(graph["lower_bound"]) + 60
         for run in RUNS:
             log(f"fresh {shape} seed {seed} (optimum {graph['optimum']['makespan']} s): {run}")
-            record = _build(bench, argv, dag, run, state=state, timeout=timeout)
+            where = state.with_name(state.name + "-after-nix") if run == "after-nix" else state
+            record = _build(bench, argv, dag, run, state=where, logs=logs, timeout=timeout)
             graph["runs"].append(record)
             log(f"  -> {record['status']} in {record['wall_s']:.1f} s")
             save("fresh", section)

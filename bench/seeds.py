@@ -12,7 +12,11 @@ the lower bound when it cannot solve). The true durations are the graph's. Condi
 - ``first``: a first run: every estimate a guess (``offload.scheduler.policy.guesses``), learnt
   within the run from the run's own builds, as the executor does;
 - ``nix``: Nix 2.8's hook (``offload.scheduler.nix_model``, this machine's measured costs),
-  which uses no estimates.
+  which uses no estimates;
+- ``nixlogs``: a first run of offload after Nix's hook built the same graph: each estimate is
+  the time Nix's log of the build shows (``offload.history.nix_logs``: from the hook's accept
+  to the build's end, on whichever machine the hook chose), read as work at the fleet's fastest
+  speed, as ``offload.history.estimates`` reads it.
 
 Reported per shape and condition: the median, 90th percentile and worst of makespan / optimum.
 Optima are cached in ``bench/results/optima.json`` (by shape, nodes, seed and fleet).
@@ -49,7 +53,7 @@ __all__ = ["CONDITIONS", "FLEET", "SHAPES", "evaluate", "main"]
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / "results" / "optima.json"
 SHAPES = ("layered", "chain", "wide", "huge", "bootstrap")
-CONDITIONS = ("history", "noisy", "first", "nix")
+CONDITIONS = ("history", "noisy", "first", "nixlogs", "nix")
 NOISE = 0.3
 TARGETS = {"history": 1.05, "noisy": 1.15}
 _SYSTEM = "x86_64-linux"
@@ -85,9 +89,25 @@ def run_condition(condition: str, jobs: Sequence[Job], seed: int) -> float:
         guessed = _with(jobs, lambda j: guessed_work(j.required_features))
         learn = Guesses.for_jobs(guessed, dict.fromkeys(actual, 1.0))
         return simulate(guessed, machines, actual=actual, guessed=actual, guesses=learn).makespan
+    if condition == "nixlogs":
+        logged = nix_log_times(jobs)
+        fastest = max(m.speed for m in machines)
+        read = _with(jobs, lambda j: logged[j.id] * fastest)
+        return simulate(read, machines, actual=actual).makespan
     if condition == "nix":
         return simulate_nix(jobs, machines, NixCosts.measured()).makespan
     raise ValueError(condition)
+
+
+def nix_log_times(jobs: Sequence[Job]) -> dict[str, float]:
+    """Each job's time in the build log Nix's hook leaves (``nixlogs``): Nix opens a remote
+    build's log once the hook accepted, after its handshakes, and closes it when the outputs
+    are back."""
+    costs = NixCosts.measured()
+    return {
+        r.job: r.end - r.start - (0.0 if r.machine == LOCAL else costs.accept)
+        for r in simulate_nix(jobs, list(FLEET), costs).schedule
+    }
 
 
 def _optimum(
@@ -174,7 +194,9 @@ def render(found: dict[str, object], command: str) -> str:
                 "`bench/optimum.py`; transfers and per-build costs free for offload, Nix's "
                 "measured per-build costs for Nix). `history`: exact estimates; `noisy`: "
                 "estimates off by 30% (log-normal); `first`: a first run, every estimate a "
-                "guess learnt within the run."
+                "guess learnt within the run; `nixlogs`: a first run after Nix's hook built "
+                "the graph, each estimate the time in Nix's build log, read at the fastest "
+                "speed."
             ),
             "",
             solver_line(found),

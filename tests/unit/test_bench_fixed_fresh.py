@@ -116,10 +116,19 @@ def test_ratios_of_each_run_to_the_optimum_and_nix_to_the_first():
         "second/optimum": 1.05,
         "nix/optimum": 3.0,
         "nix/first": 30.0 / 11.0,
+        "after-nix/optimum": None,  # not run
     }
     failed = ratios(_graph(11.0, 10.5, 30.0, status="timeout"))
     assert failed["nix/optimum"] is None
     assert failed["nix/first"] is None
+
+
+def test_the_run_after_nix_is_against_the_optimum_with_no_verdict():
+    graph = _graph(11.0, 10.5, 30.0)
+    graph["runs"].append({"run": "after-nix", "status": "ok", "wall_s": 10.4})
+    assert ratios(graph)["after-nix/optimum"] == pytest.approx(1.04)
+    row = next(line for line in fresh_lines({"fresh": _fresh(graph)}) if line.startswith("| lay"))
+    assert row.endswith("| 1.04x | first met, second met, vs Nix met |")
 
 
 def _fresh(*graphs: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +146,7 @@ def test_fresh_rows_say_which_targets_are_met():
     lines = fresh_lines({"fresh": _fresh(_graph(11.0, 11.0, 30.0), _graph(12.0, 10.0, 15.0))})
     rows = [line for line in lines if line.startswith("| layered")]
     assert rows[0].endswith("| first met, second NOT met, vs Nix met |")
-    assert "| 1.10x | 1.10x | 3.00x | 2.73x |" in rows[0]
+    assert "| 1.10x | 1.10x | 3.00x | 2.73x | - |" in rows[0]
     # Nix at 1.5x the optimum leaves no room for a 2x speed-up: no verdict against it.
     assert rows[1].endswith("| first NOT met, second met, vs Nix: no room |")
     failed = fresh_lines({"fresh": _fresh(_graph(11.0, 10.0, 99.0, status="timeout"))})
