@@ -137,11 +137,17 @@ def _times(path: Path) -> tuple[float, float] | None:
 
 
 def birth_time(path: Path, status: os.stat_result | None = None) -> float | None:
-    """When ``path`` was created, or None where the system or file system does not say."""
-    born = getattr(status, "st_birthtime", None) if status is not None else None
-    if isinstance(born, float):
-        return born
-    return _statx_birth(path)
+    """When ``path`` was created, or None where the system or file system does not say
+    (``status``: its ``stat``, if the caller has it)."""
+    if _STATX is not None:
+        return _statx_birth(_STATX, path)
+    if status is None:
+        try:
+            status = path.stat(follow_symlinks=False)
+        except OSError:
+            return None
+    born = getattr(status, "st_birthtime", None)  # macOS and the BSDs
+    return born if isinstance(born, float) else None
 
 
 class _Timestamp(ctypes.Structure):
@@ -195,11 +201,9 @@ def _statx_function() -> Callable[..., int] | None:
 _STATX = _statx_function()
 
 
-def _statx_birth(path: Path) -> float | None:
-    if _STATX is None:
-        return None
+def _statx_birth(statx: Callable[..., int], path: Path) -> float | None:
     found = _Statx()
-    if _STATX(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, found) != 0:
+    if statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, found) != 0:
         return None
     if not found.mask & _STATX_BTIME:
         return None
