@@ -40,6 +40,7 @@ from urllib.parse import quote, unquote
 
 from offload.config.machines.model import shown
 from offload.errors import OffloadError
+from offload.history.nix_logs import default_drvs_dir
 from offload.names import LOCAL
 from offload.paths import state_dir
 from offload.spelling import meant
@@ -381,10 +382,8 @@ def nix_log_path(drv_path: str, env: Mapping[str, str] | None = None) -> Path:
     """Where Nix 2.8 keeps a build's log (DerivationGoal::openLogFile, compress-build-log on):
     ``$NIX_LOG_DIR/drvs/<first 2 chars>/<rest of the basename>.bz2``, where `nix log` and
     `nix-store -l` read it (LocalFSStore::getBuildLog)."""
-    env = os.environ if env is None else env
     name = _drv_name(drv_path)
-    root = Path(env.get("NIX_LOG_DIR") or "/nix/var/log/nix")
-    return root / "drvs" / name[:2] / f"{name[2:]}.bz2"
+    return default_drvs_dir(env) / name[:2] / f"{name[2:]}.bz2"
 
 
 def keep_for_nix(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from offload.history.nix_logs import birth_time
+from offload.history.nix_logs import file_times
 
 HASH = "0123456789abcdfghijklmnpqrsvwxyz"
 
@@ -16,7 +16,7 @@ def nix_log(drvs: Path, name: str, seconds: float, *, hash_part: str = HASH) -> 
     path = drvs / hash_part[:2] / f"{hash_part[2:]}-{name}.drv.bz2"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"BZh9")
-    born = birth_time(path)
-    assert born is not None, "this file system keeps no birth times"
-    os.utime(path, (born, born + seconds))
+    times = file_times(path)
+    assert times is not None, "this file system keeps no birth times"
+    os.utime(path, (times[0], times[0] + seconds))
     return path

@@ -9,7 +9,7 @@ import pytest
 
 from offload.history.db import History
 from offload.history.estimates import estimator
-from offload.history.nix_logs import KEEP, NixLogs, birth_time, default_drvs_dir, log_name
+from offload.history.nix_logs import KEEP, NixLogs, default_drvs_dir, file_times, log_name
 from offload.history.records import BuildRecord
 from offload.logs import keep_for_nix
 from tests.helpers.nix_logs import HASH, nix_log
@@ -19,9 +19,9 @@ def _born_after(moment: float, probe: Path) -> None:
     """Return once a file made now is born after ``moment``: file times tick coarsely."""
     while True:
         probe.write_bytes(b"")
-        born = birth_time(probe)
+        times = file_times(probe)
         probe.unlink()
-        if born is not None and born > moment:
+        if times is not None and times[0] > moment:
             return
 
 
@@ -51,7 +51,7 @@ def test_a_name_takes_the_median_of_its_newest_logs_of_any_version(tmp_path: Pat
         nix_log(drvs, f"hello-1.{i}", seconds, hash_part=_hash(i))
         for i, seconds in enumerate([900.0, 800.0])
     ]
-    _born_after(max(birth_time(path) or 0.0 for path in old), tmp_path / "probe")
+    _born_after(max((file_times(path) or (0.0, 0.0))[0] for path in old), tmp_path / "probe")
     times = [10.0, 12.0, 11.0, 30.0, 13.0]
     for i, seconds in enumerate(times):
         nix_log(drvs, f"hello-2.{i}", seconds, hash_part=_hash(10 + i))

@@ -21,17 +21,17 @@ Nothing here is an error: these are hints, and a run without them guesses as bef
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 from offload.store.path import split_name_version
 
-__all__ = ["KEEP", "NixLogs", "birth_time", "default_drvs_dir", "log_name"]
+__all__ = ["KEEP", "NixLogs", "default_drvs_dir", "file_times", "log_name"]
 
 # Per name, the newest logs whose median is its duration (an older version's build is less
 # like the next one).
@@ -126,85 +126,80 @@ def _names(directory: Path) -> list[str]:
 def _times(path: Path) -> tuple[float, float] | None:
     """``path``'s birth and last change, or None if either is unknown or the change is before
     the birth (``offload.logs.keep_for_nix``'s copies)."""
+    times = file_times(path)
+    if times is None or times[1] < times[0]:
+        return None
+    return times
+
+
+def file_times(path: Path) -> tuple[float, float] | None:
+    """When ``path`` was created and last changed, or None where the system or the file
+    system does not say when it was created (or it cannot be read)."""
+    statx = _statx()
+    if statx is not None:
+        return statx(path)
     try:
         status = path.stat(follow_symlinks=False)
     except OSError:
         return None
-    born = birth_time(path, status)
-    if born is None or status.st_mtime < born:
-        return None
-    return born, status.st_mtime
-
-
-def birth_time(path: Path, status: os.stat_result | None = None) -> float | None:
-    """When ``path`` was created, or None where the system or file system does not say
-    (``status``: its ``stat``, if the caller has it)."""
-    if _STATX is not None:
-        return _statx_birth(_STATX, path)
-    if status is None:
-        try:
-            status = path.stat(follow_symlinks=False)
-        except OSError:
-            return None
     born = getattr(status, "st_birthtime", None)  # macOS and the BSDs
-    return born if isinstance(born, float) else None
-
-
-class _Timestamp(ctypes.Structure):
-    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("reserved", ctypes.c_int32)]
-
-
-class _Statx(ctypes.Structure):
-    """``struct statx`` (linux/stat.h) as far as ``stx_btime``; ``_rest`` pads it to its 256
-    bytes, so the kernel never writes past it."""
-
-    _fields_ = [
-        ("mask", ctypes.c_uint32),
-        ("blksize", ctypes.c_uint32),
-        ("attributes", ctypes.c_uint64),
-        ("nlink", ctypes.c_uint32),
-        ("uid", ctypes.c_uint32),
-        ("gid", ctypes.c_uint32),
-        ("mode", ctypes.c_uint16),
-        ("spare0", ctypes.c_uint16),
-        ("ino", ctypes.c_uint64),
-        ("size", ctypes.c_uint64),
-        ("blocks", ctypes.c_uint64),
-        ("attributes_mask", ctypes.c_uint64),
-        ("atime", _Timestamp),
-        ("btime", _Timestamp),
-        ("_rest", ctypes.c_uint8 * 160),
-    ]
+    return (born, status.st_mtime) if isinstance(born, float) else None
 
 
 _AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
-_STATX_BTIME = 0x800
+_STATX_WANTED = 0x40 | 0x800  # STATX_MTIME | STATX_BTIME
 
 
-def _statx_function() -> Callable[..., int] | None:
+@functools.cache
+def _statx() -> Callable[[Path], tuple[float, float] | None] | None:
+    """Linux's ``statx(2)`` as a function of a path to its birth and last change (one call
+    for both), or None without it (not Linux, not glibc 2.28+). ctypes is loaded here, the
+    first time a log's times are asked, not with the module: ``offload build`` imports this
+    on every run."""
+    import ctypes
+
+    class Timestamp(ctypes.Structure):
+        _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("pad", ctypes.c_int32)]
+
+    class Statx(ctypes.Structure):
+        """``struct statx`` (linux/stat.h) up to ``stx_mtime``, padded to its 256 bytes so
+        the kernel never writes past it."""
+
+        _fields_ = [
+            ("mask", ctypes.c_uint32),
+            ("head", ctypes.c_uint8 * 60),  # blksize to attributes_mask: not read
+            ("atime", Timestamp),
+            ("btime", Timestamp),
+            ("ctime", Timestamp),
+            ("mtime", Timestamp),
+            ("tail", ctypes.c_uint8 * 128),
+        ]
+
     try:
-        function = ctypes.CDLL(None, use_errno=True).statx
-    except (OSError, AttributeError):  # not glibc 2.28+ (or not Linux)
+        call = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
         return None
-    function.argtypes = [
+    call.argtypes = [
         ctypes.c_int,
         ctypes.c_char_p,
         ctypes.c_int,
         ctypes.c_uint,
-        ctypes.POINTER(_Statx),
+        ctypes.POINTER(Statx),
     ]
-    function.restype = ctypes.c_int
-    return cast("Callable[..., int]", function)
+    call.restype = ctypes.c_int
+    assert ctypes.sizeof(Statx) == 256
+
+    def times(path: Path) -> tuple[float, float] | None:
+        found = Statx()
+        if call(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_WANTED, found) != 0:
+            return None
+        if found.mask & _STATX_WANTED != _STATX_WANTED:
+            return None
+        return _seconds(found.btime), _seconds(found.mtime)
+
+    return times
 
 
-_STATX = _statx_function()
-
-
-def _statx_birth(statx: Callable[..., int], path: Path) -> float | None:
-    found = _Statx()
-    if statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, found) != 0:
-        return None
-    if not found.mask & _STATX_BTIME:
-        return None
-    return float(found.btime.sec) + float(found.btime.nsec) / 1e9
+def _seconds(stamp: Any) -> float:  # noqa: ANN401 - a ctypes structure of _statx's
+    return float(stamp.sec) + float(stamp.nsec) / 1e9
