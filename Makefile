@@ -57,7 +57,7 @@ unit: setup
 	$(BIN)/pytest -q tests/unit
 
 test: lint
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 # 10,000 inputs per reader (make test runs a modest number); figures in docs/RELIABILITY.md.
 fuzz: setup

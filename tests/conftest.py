@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-pytest_plugins = ["tests.helpers.fleets"]
+pytest_plugins = ["tests.helpers.fleets", "tests.helpers.workers"]
 
 settings.register_profile("offload", deadline=None)
 settings.load_profile("offload")
