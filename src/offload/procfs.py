@@ -8,7 +8,8 @@ and ``owner_gone`` says whether the process a record names has surely ended.
 
 A process that has exited but is not yet reaped (a zombie: state Z or X) keeps its /proc
 entry, and it holds nothing any more (no file, socket or lock); when its parent is init that
-entry can stay for seconds or longer, so ``running`` counts it as gone.
+entry can stay for seconds or longer, so ``running`` counts it as gone. Before that, a process
+that has begun to exit (``exiting``) lets go of its files, root and namespaces one by one.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "exiting",
     "is_ours",
     "owner_gone",
     "owner_line",
+    "parent_pid",
     "parse_proc_stat",
     "pid_namespace",
     "proc_stat",
@@ -28,6 +31,9 @@ __all__ = [
 
 # The states of a process that has exited: a zombie, and one being reaped.
 _EXITED = frozenset({"Z", "X"})
+# PF_EXITING in a process's flags (field 9; include/linux/sched.h): set as do_exit() begins,
+# before the process lets go of its files, its root and its namespaces.
+_PF_EXITING = 0x4
 
 
 def parse_proc_stat(text: str) -> tuple[str, int]:
@@ -49,6 +55,29 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
         return parse_proc_stat(Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace"))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def exiting(pid: int) -> bool:
+    """Has ``pid`` begun to exit (it may still be letting go of what it held), or exited and
+    not been reaped? False for a live process and for no process at all."""
+    rest = _stat_fields(pid)
+    return rest is not None and (rest[0] in _EXITED or bool(int(rest[6]) & _PF_EXITING))
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (field 4), or None for no such process."""
+    rest = _stat_fields(pid)
+    return None if rest is None else int(rest[1])
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields from the third on (state first), or None for no process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace")
+        rest = text[text.rindex(")") + 1 :].split()
+    except (OSError, ValueError):
+        return None
+    return rest if len(rest) >= 20 and rest[1].isdigit() and rest[6].isdigit() else None
 
 
 def running(pid: int) -> bool:

@@ -1,6 +1,7 @@
 """procfs.running: a process that has exited is gone, even while its /proc entry waits to be
 reaped (a daemon's parent is init, which may take its time); a live one is running, whatever
-bytes it is named by."""
+bytes it is named by. procfs.exiting: only a process that has begun to exit is, and
+procfs.parent_pid reads a process's parent."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from offload.procfs import running
+from offload.procfs import exiting, parent_pid, running
 
 
 def test_a_live_process_is_running() -> None:
@@ -25,6 +26,24 @@ def test_a_zombie_has_exited_though_its_proc_entry_stays() -> None:
         assert not running(child.pid)
     finally:
         child.wait()
+
+
+def test_only_a_process_that_began_to_exit_is_exiting() -> None:
+    assert not exiting(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        assert exiting(child.pid)  # a zombie
+    finally:
+        child.wait()
+    assert not exiting(child.pid)  # no process at all
+
+
+def test_a_process_parent_is_read_and_none_for_no_process() -> None:
+    assert parent_pid(os.getpid()) == os.getppid()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert parent_pid(child.pid) is None
 
 
 def test_a_reaped_process_is_not_running() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from offload.errors import FleetError
 from offload.fleet.records import MemberRecord
 from offload.process import stop_process_group
-from offload.procfs import proc_stat
+from offload.procfs import exiting, parent_pid, proc_stat
 
 __all__ = ["mnt_ns", "stop_member"]
 
@@ -36,9 +36,15 @@ def _namespace_pids(record: MemberRecord, root: Path) -> list[int]:
 
     That is the member's sshd and everything below it, including nix-store, which runs in a
     mount namespace of its own (Nix 2.8 unshares one to remount the store) and so does not
-    share the member's namespace id. No other process can see that directory at /nix. A
-    process that is exiting lets go of its root a moment before its namespace: one whose root
-    cannot be read but is still in the member's namespace id counts too, until it is gone.
+    share the member's namespace id. No other process can see that directory at /nix.
+    Two kinds of process have a root that cannot be read:
+    - one exiting lets go of its root a moment before its namespace: it counts while it is
+      still in the member's namespace id, until it is gone;
+    - a live one chrooted elsewhere (an sshd's unprivileged child, in an empty directory)
+      counts when its parent does.
+    Never a live one by the namespace id alone: an id is used again as soon as it is free (the
+    member's is, once its last process has gone), and a process there is a stranger's, maybe
+    another fleet's member's, which a stop killed.
     """
     if not record.mnt_ns or record.mnt_ns == mnt_ns(os.getpid()):
         return []
@@ -46,21 +52,23 @@ def _namespace_pids(record: MemberRecord, root: Path) -> list[int]:
         want = (root / "nix").stat()
     except OSError:
         return []
-    pids = []
+    pids: list[int] = []
+    chrooted: dict[int, int | None] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or (pid := int(entry.name)) == os.getpid():
             continue
         try:
             seen = (entry / "root" / "nix").stat()
         except OSError:
-            # Exiting (or not ours to read): waited for only while it is still in the
-            # member's namespace id, which a live stranger there (an id used again) is not.
-            if mnt_ns(int(entry.name)) == record.mnt_ns:
-                pids.append(int(entry.name))
+            if not exiting(pid):
+                chrooted[pid] = parent_pid(pid)
+            elif mnt_ns(pid) == record.mnt_ns:
+                pids.append(pid)
             continue
         if (seen.st_dev, seen.st_ino) == (want.st_dev, want.st_ino):
-            pids.append(int(entry.name))
-    return pids
+            pids.append(pid)
+    members = set(pids)
+    return pids + [pid for pid, parent in chrooted.items() if parent in members]
 
 
 def stop_member(fleet_dir: Path, record: MemberRecord) -> None:
