@@ -185,11 +185,11 @@ def test_local_builds_of_a_run_given_more_jobs_are_all_in_use(tmp_path: Path) ->
     finally:
         (shared / "go").touch()
         try:
-            proc.communicate(timeout=60)
+            _, err = proc.communicate(timeout=60)
         finally:
             stop(proc)
             shutil.rmtree(shared)
-    assert proc.returncode == 0
+    assert proc.returncode == 0, err
     (local,) = (m for m in json.loads(done.stdout)["machines"] if m["name"] == "local")
     assert local["slots"] == 1  # as configured
     assert local["in_use"] >= 3  # at least this run's (another run's local builds count too)
