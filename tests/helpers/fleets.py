@@ -191,13 +191,21 @@ def member_processes(member: Member) -> list[tuple[int, str]]:
 
 
 def drop_member(member: Member) -> None:
-    """Kill the member outright: its sshd and everything running in its namespace."""
-    os.kill(member.pid, signal.SIGKILL)
-    for pid, _ in member_processes(member):
-        try:
+    """Kill the member outright, as a host that lost its power: its sshd and everything running
+    in its namespace, all at once. Each is stopped first (SIGSTOP, until no new one appears),
+    then all are killed: killed one by one, a build's own process could die before the
+    nix-store serving it, which would then report the build killed by signal 9 over a
+    connection still open (a build that failed, not a builder gone). In /proc's order of pids
+    that happened whenever the pids had wrapped around between the two."""
+    stopped: set[int] = set()
+    while fresh := {member.pid, *(pid for pid, _ in member_processes(member))} - stopped:
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= fresh
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
 
 
 def established(port: int) -> int:
