@@ -262,11 +262,15 @@ class _Told:
 def stop_coordinators(state: Path, timeout: float = 30.0) -> list[int]:
     """SIGTERM every coordinator serving ``state`` and wait (up to ``timeout`` s each) until it
     has exited, its sessions closed; the pids that were stopped. A coordinator is a daemon,
-    reaped by init: exited is enough, not reaped (``procfs.running``)."""
+    reaped by init: exited is enough, not reaped (``procfs.running``). A pid file outlives a
+    coordinator that was killed, and its pid may since be another process's: only a process
+    whose command line is a coordinator's of ``state`` is signalled."""
     stopped = []
     for pid_file in state.glob("*.sock.pid"):
         try:
             pid = int(pid_file.read_text())
+            if not _serves(pid, state):
+                continue
             os.kill(pid, signal.SIGTERM)
         except (OSError, ValueError):
             continue
@@ -275,6 +279,15 @@ def stop_coordinators(state: Path, timeout: float = 30.0) -> list[int]:
             time.sleep(0.02)  # not our child: nothing to wait on but its /proc entry
         stopped.append(pid)
     return stopped
+
+
+def _serves(pid: int, state: Path) -> bool:
+    """Whether ``pid`` runs as a coordinator of ``state`` (``client``'s argv for it: the
+    interpreter, ``-m offload.hook.coordinator``, the state directory, ...)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    if argv[1:3] != [b"-m", b"offload.hook.coordinator"] or len(argv) < 4:
+        return False
+    return Path(os.fsdecode(argv[3])).samefile(state)
 
 
 def main(argv: list[str] | None = None) -> int:
