@@ -37,23 +37,18 @@ _PF_EXITING = 0x4
 
 
 def parse_proc_stat(text: str) -> tuple[str, int]:
-    """The state letter and start time (field 22, clock ticks since boot) of /proc/PID/stat.
-
-    The command name (field 2) is in parentheses and may itself contain spaces and parentheses,
-    so fields are counted from the last ``)``.
-    """
-    rest = text[text.rindex(")") + 1 :].split()
+    """The state letter and start time (field 22, clock ticks since boot) of /proc/PID/stat."""
+    rest = _fields(text)
     # rest[0] is field 3 (state); field 22 is rest[19].
     return rest[0], int(rest[19])
 
 
 def proc_stat(pid: int) -> tuple[str, int] | None:
     """``parse_proc_stat`` of a live pid's stat; None when there is no such process."""
+    text = _read_stat(pid)
     try:
-        # Its name (field 2) is any bytes the process chose (prctl, its file name cut to 15
-        # bytes): strictly decoded, a live process read as none.
-        return parse_proc_stat(Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace"))
-    except (OSError, ValueError, IndexError):
+        return None if text is None else parse_proc_stat(text)
+    except (ValueError, IndexError):
         return None
 
 
@@ -70,12 +65,29 @@ def parent_pid(pid: int) -> int | None:
     return None if rest is None else int(rest[1])
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields from the third on (state first), or None for no process."""
+def _fields(text: str) -> list[str]:
+    """/proc/PID/stat's fields from the third on (state first). The command name (field 2) is
+    in parentheses and may itself hold spaces and parentheses, so they are counted from the
+    last ``)`` (ValueError without one)."""
+    return text[text.rindex(")") + 1 :].split()
+
+
+def _read_stat(pid: int) -> str | None:
+    """/proc/PID/stat, or None for no such process. Its name (field 2) is any bytes the
+    process chose (prctl, its file name cut to 15 bytes): strictly decoded, a live process
+    read as none."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace")
-        rest = text[text.rindex(")") + 1 :].split()
-    except (OSError, ValueError):
+        return Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``_fields`` of ``pid``'s stat with the numbers read here, or None for no process."""
+    text = _read_stat(pid)
+    try:
+        rest = [] if text is None else _fields(text)
+    except ValueError:
         return None
     return rest if len(rest) >= 20 and rest[1].isdigit() and rest[6].isdigit() else None
 
