@@ -63,6 +63,24 @@ def test_a_name_takes_the_median_of_its_newest_logs_of_any_version(tmp_path: Pat
     assert found["hello"] == pytest.approx(12.0)
 
 
+def test_names_that_share_a_first_word_are_told_apart(tmp_path: Path) -> None:
+    drvs = tmp_path / "drvs"
+    nix_log(drvs, "python3.12-requests-2.31.0", 5.0, hash_part=_hash(1))
+    nix_log(drvs, "python3.12-requests-toolbelt-1.0.0", 7.0, hash_part=_hash(2))
+    nix_log(drvs, "python3.12-idna-3.4", 2.0, hash_part=_hash(3))
+    nix_log(drvs, "python3.12", 9.0, hash_part=_hash(4))
+    logs = NixLogs(drvs)
+    assert logs.durations({"python3.12-requests", "python3.12-idna", "python3.12-six"}) == {
+        "python3.12-requests": pytest.approx(5.0),
+        "python3.12-idna": pytest.approx(2.0),
+    }
+    # Asked later of the same listing: the word's logs were read for the first names.
+    assert logs.durations({"python3.12-requests-toolbelt", "python3.12"}) == {
+        "python3.12-requests-toolbelt": pytest.approx(7.0),
+        "python3.12": pytest.approx(9.0),
+    }
+
+
 def test_a_log_changed_before_its_birth_says_nothing(tmp_path: Path) -> None:
     # offload's copy of a builder's log carries the build's start, before the copy's birth.
     drvs = tmp_path / "drvs"

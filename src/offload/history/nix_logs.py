@@ -70,6 +70,10 @@ class NixLogs:
         self.max_age = max_age
         self._files: dict[str, list[tuple[str, str]]] | None = None
         self._listed_at = 0.0  # monotonic
+        # A first word's logs by name without version, parsed the first time one of its names
+        # is asked (``_paths``), then kept with the listing: names that share a first word
+        # (``python3.12-*``) would otherwise parse every log of that word once per name.
+        self._parsed: dict[str, dict[str, list[Path]]] = {}
 
     def durations(self, pnames: Iterable[str]) -> dict[str, float]:
         """Seconds per name of ``pnames`` that has logs with birth times: the median of the
@@ -88,12 +92,15 @@ class NixLogs:
 
     def _paths(self, pname: str) -> list[Path]:
         """The logs of ``pname``'s builds, of any version."""
-        paths = []
-        for directory, file_name in self._listed().get(_token(pname), ()):
-            name = log_name(file_name)
-            if name is not None and split_name_version(name)[0] == pname:
-                paths.append(self.drvs_dir / directory / file_name)
-        return paths
+        files = self._listed()
+        token = _token(pname)
+        if (by_pname := self._parsed.get(token)) is None:
+            by_pname = self._parsed[token] = {}
+            for directory, file_name in files.get(token, ()):
+                if (name := log_name(file_name)) is not None:
+                    path = self.drvs_dir / directory / file_name
+                    by_pname.setdefault(split_name_version(name)[0], []).append(path)
+        return by_pname.get(pname, [])
 
     def _listed(self) -> dict[str, list[tuple[str, str]]]:
         """Every file in the log directories, by the first word of its name (``_token``):
@@ -102,7 +109,7 @@ class NixLogs:
         if self._files is None or (
             self.max_age is not None and now - self._listed_at > self.max_age
         ):
-            self._files, self._listed_at = {}, now
+            self._files, self._listed_at, self._parsed = {}, now, {}
             for directory in _names(self.drvs_dir):
                 for file_name in _names(self.drvs_dir / directory):
                     stem = file_name.removesuffix(".bz2").removesuffix(".drv")
