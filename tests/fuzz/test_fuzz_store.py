@@ -1,11 +1,12 @@
 """Derivations (.drv) and NARs as a store, a builder or a file on disk may hand them over.
 
 Contracts (``store``, ``hook.unpack``): ``parse_derivation`` returns a ``Derivation`` or raises a
-one-line ``StoreError`` naming the byte offset, and so do the derivation's derived attributes
-(name, features, preferLocalBuild). ``copy_nar`` reads exactly one NAR or raises a one-line
-``ProtocolError``; it streams file contents and holds one token (at most 64 KiB) otherwise.
-``unpack_nar`` writes the tree of one NAR, or raises a one-line ``StoreError`` (and leaves what
-it wrote to its caller, who owns the fresh directory); it accepts nothing ``copy_nar`` refuses.
+one-line ``StoreError`` naming the byte offset, the same as the cursor parser's, and so do the
+derivation's derived attributes (name, features, preferLocalBuild). ``copy_nar`` reads exactly
+one NAR or raises a one-line ``ProtocolError``; it streams file contents and holds one token (at
+most 64 KiB) otherwise. ``unpack_nar`` writes the tree of one NAR, or raises a one-line
+``StoreError`` (and leaves what it wrote to its caller, who owns the fresh directory); it accepts
+nothing ``copy_nar`` refuses.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from offload.errors import ProtocolError, StoreError
 from offload.hook.unpack import unpack_nar
 from offload.protocol.wire import encode_str
-from offload.store.drv import Derivation, parse_derivation, print_derivation
+from offload.store.drv import Derivation, cursor_parse, parse_derivation, print_derivation
 from offload.store.nar import NarStats, copy_nar
 from tests.fuzz.support import FUZZ, Stream, bounded_memory, drive, outcome
 
@@ -48,8 +49,14 @@ structured = st.lists(st.sampled_from(JSON_PIECES), max_size=12).map("".join)
 def _check_drv(data: bytes) -> None:
     with bounded_memory(len(data)):
         drv = outcome(lambda: parse_derivation(data), StoreError)
+    # The regular-expression reading (``drv_scan``) and the cursor parser agree: on the value,
+    # or on the error, which the cursor parser alone gives.
+    reference = outcome(lambda: cursor_parse(data), StoreError)
+    assert isinstance(drv, Derivation) == isinstance(reference, Derivation)
     if not isinstance(drv, Derivation):
+        assert str(drv) == str(reference)
         return
+    assert drv == reference
     outcome(lambda: drv.name, StoreError)
     outcome(lambda: drv.required_features, StoreError)
     outcome(lambda: drv.prefer_local_build, StoreError)

@@ -25,11 +25,13 @@ from types import MappingProxyType
 from typing import Literal, TypeVar, assert_never
 
 from offload.errors import StoreError
+from offload.store.drv_scan import scan
 
 __all__ = [
     "Derivation",
     "DerivationOutput",
     "OutputKind",
+    "cursor_parse",
     "derivation_to_json",
     "drv_bytes",
     "parse_derivation",
@@ -64,7 +66,16 @@ class DerivationOutput:
 
 def _frozen_map(items: Iterable[tuple[str, _V]]) -> Mapping[str, _V]:
     # Nix keeps these in std::map<std::string>, ordered by bytes, not by code points.
-    return MappingProxyType(dict(sorted(items, key=lambda kv: _sort_key(kv[0]))))
+    mapping = dict(items)
+    return MappingProxyType({key: mapping[key] for key in _byte_sorted(mapping)})
+
+
+def _byte_sorted(strings: Iterable[str]) -> list[str]:
+    """``strings`` in the order of their UTF-8 bytes (Nix's std::set and std::map order)."""
+    values = list(strings)
+    if all(s.isascii() for s in values):
+        return sorted(values)  # the same order, and no string encoded: most names and paths
+    return sorted(values, key=_sort_key)
 
 
 def _sort_key(s: str) -> bytes:
@@ -98,10 +109,8 @@ class Derivation:
         """Build a derivation in Nix's canonical order (sorted maps and sets)."""
         return cls(
             outputs=_frozen_map(outputs.items()),
-            input_drvs=_frozen_map(
-                (k, tuple(sorted(set(v), key=_sort_key))) for k, v in input_drvs.items()
-            ),
-            input_srcs=tuple(sorted(set(input_srcs), key=_sort_key)),
+            input_drvs=_frozen_map((k, tuple(_byte_sorted(set(v)))) for k, v in input_drvs.items()),
+            input_srcs=tuple(_byte_sorted(set(input_srcs))),
             platform=platform,
             builder=builder,
             args=tuple(args),
@@ -314,7 +323,10 @@ class _Parser:
 
 
 def parse_derivation(text: str | bytes) -> Derivation:
-    """Parse a ``.drv`` file's contents; any malformation is a ``StoreError``."""
+    """Parse a ``.drv`` file's contents; any malformation is a ``StoreError``.
+
+    A well-formed one is read by ``drv_scan`` (a few regular expressions); what that does not
+    take, ``cursor_parse`` reads, and says where it is malformed."""
     if isinstance(text, str):
         try:
             data = text.encode(_ENCODING, _ERRORS)
@@ -323,6 +335,24 @@ def parse_derivation(text: str | bytes) -> Derivation:
             raise StoreError(msg) from exc
     else:
         data = text
+    scanned = scan(data)
+    if scanned is None:
+        return cursor_parse(data)
+    outputs, input_drvs, input_srcs, platform, builder, args, env = scanned
+    return Derivation.create(
+        outputs={name: DerivationOutput(path, algo, hash_) for name, path, algo, hash_ in outputs},
+        input_drvs=dict(input_drvs),
+        input_srcs=input_srcs,
+        platform=platform,
+        builder=builder,
+        args=args,
+        env=dict(env),
+    )
+
+
+def cursor_parse(data: bytes) -> Derivation:
+    """``data`` read token by token (``_Parser``): the reference reading, whose errors name
+    the byte where a derivation is malformed; ``parse_derivation`` gives the same, faster."""
     return _Parser(data).derivation()
 
 
