@@ -3,7 +3,7 @@
 Nix's hook counts only the slot locks held on its own host, so a builder that other clients keep
 busy looks idle to it. offload reads the load at no extra cost: every serve session starts with
 one line on stderr, written by the remote ``sh -c`` before it execs ``nix-store --serve``
-(``offload.transport.ssh``)::
+(``offload.transport.wrapper``)::
 
     offload-serve-pid <pid> <cores> <contents of /proc/loadavg> <boot_id>
 

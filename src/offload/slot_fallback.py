@@ -1,6 +1,6 @@
 """Builders whose slots are counted on this host only, as learned: ``<state>/slot-fallback.json``.
 
-A build session asks the builder for a slot lock of its own (``offload.transport.ssh``); a
+A build session asks the builder for a slot lock of its own (``offload.transport.wrapper``); a
 builder that cannot give one (its key runs only the serve program or ``nix-daemon``, it has no
 flock(1), no directory for the locks could be made) has its slots counted on this host only.
 ``offload build`` and ``offload-hook`` learn which from their first build session there and

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from offload.fleet import MemberSpec
-from offload.transport.ssh import SLOT_DIRS
+from offload.transport.wrapper import SLOT_DIRS
 from tests.helpers.fleets import private_fleet_fixture
 from tests.helpers.nix_files import nix_file, out_path
 from tests.helpers.offload_run import offload, offload_env

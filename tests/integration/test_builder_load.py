@@ -20,7 +20,7 @@ from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import proc_override_file
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad
 from offload.transport.links import MachineLink
-from offload.transport.ssh import parse_start_line, serve_command
+from offload.transport.wrapper import parse_start_line, serve_command
 from tests.helpers import processes
 from tests.helpers.fleets import fleet_machine, private_fleet_fixture
 from tests.helpers.nix_files import nix_file

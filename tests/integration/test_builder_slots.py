@@ -27,7 +27,7 @@ from pathlib import Path
 from offload.fleet import Fleet, MemberSpec, client_argv
 from offload.slots import NIX_CURRENT_LOAD
 from offload.transport.links.turns import TURN
-from offload.transport.ssh import (
+from offload.transport.wrapper import (
     SLOT_BUSY_EXIT,
     SLOT_DIRS,
     WANT_FRESH,

@@ -29,7 +29,7 @@ from offload.fleet import Fleet, MemberSpec, client_argv
 from offload.hook.decide import REMOTE_OVERHEAD
 from offload.scheduler.run import DEFAULT_WORK
 from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
-from offload.transport.ssh import SLOT_DIRS
+from offload.transport.wrapper import SLOT_DIRS
 from tests.helpers import processes
 from tests.helpers.fleets import fleet_machine, private_fleet_fixture
 from tests.helpers.flocks import held

@@ -28,7 +28,7 @@ import pytest
 from offload.fleet import Fleet, Member, MemberSpec
 from offload.procfs import running
 from offload.transport.persist import control_dir
-from offload.transport.ssh import SLOT_DIRS
+from offload.transport.wrapper import SLOT_DIRS
 from tests.helpers import processes
 from tests.helpers.fleets import member_processes, persistent_masters, private_fleet_fixture
 from tests.helpers.flocks import held

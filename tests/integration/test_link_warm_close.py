@@ -18,7 +18,7 @@ from pathlib import Path
 from offload.fleet import Fleet, MemberSpec
 from offload.transport.links import MachineLink
 from offload.transport.links.turns import LINGER
-from offload.transport.ssh import SLOT_DIRS
+from offload.transport.wrapper import SLOT_DIRS
 from tests.helpers.fleets import fleet_machine, private_fleet_fixture
 from tests.helpers.flocks import held
 

@@ -27,7 +27,8 @@ from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.links.base import Opening, open_serve
 from offload.transport.links.turns import FALLBACKS, RESTRICTED_FALLBACK
 from offload.transport.persist import control_dir
-from offload.transport.ssh import CONNECT_TIMEOUT, serve_command, serve_program
+from offload.transport.ssh import CONNECT_TIMEOUT
+from offload.transport.wrapper import serve_command, serve_program
 from tests.helpers.fleets import (
     member_line,
     member_processes,

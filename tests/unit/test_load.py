@@ -30,7 +30,7 @@ from offload.load import (
     effective_slots,
     parse_load_report,
 )
-from offload.transport.ssh import parse_pid_line, parse_start_line
+from offload.transport.wrapper import parse_pid_line, parse_start_line
 from offload.ui.events import MachineEvent, RunStarted
 from offload.ui.jsonl import JsonRenderer
 from offload.ui.plain import PlainRenderer

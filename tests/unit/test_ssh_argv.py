@@ -6,17 +6,13 @@ import pytest
 
 from offload.errors import ConfigError
 from offload.transport.shared import SharedSshTransport
-from offload.transport.ssh import (
-    SshTarget,
+from offload.transport.ssh import SshTarget, known_hosts_line, master_argv, serve_argv, ssh_argv
+from offload.transport.wrapper import (
     kill_script,
-    known_hosts_line,
-    master_argv,
     parse_pid_line,
     parse_slot,
     parse_start_line,
-    serve_argv,
     serve_command,
-    ssh_argv,
 )
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3gKcV0 root@fast"

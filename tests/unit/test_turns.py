@@ -19,13 +19,8 @@ from offload.transport.links import pool
 from offload.transport.links.base import SessionPipes
 from offload.transport.links.pool import Link
 from offload.transport.links.turns import CLIENT_ID
-from offload.transport.ssh import (
-    CLIENT_ID_CHARS,
-    WANT_FRESH,
-    SshTarget,
-    serve_argv,
-    serve_command,
-)
+from offload.transport.ssh import SshTarget, serve_argv
+from offload.transport.wrapper import CLIENT_ID_CHARS, WANT_FRESH, serve_command
 from tests.helpers.worker_wire import Writer, stream
 
 SCRIPT = serve_command()[2]

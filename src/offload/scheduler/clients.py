@@ -4,7 +4,7 @@ Each client has its own graph and its own ``Policy`` over the same machine specs
 nothing of the others, as offload clients on different hosts do. Two ways of sharing are
 modelled:
 
-- ``counted=True`` (builder-side slots, ``offload.transport.ssh``): a build a client starts on
+- ``counted=True`` (builder-side slots, ``offload.transport.wrapper``): a build a client starts on
   a machine whose slots are all held by running builds (of any client) waits in that machine's
   queue, first come first served, and runs when a slot frees; the client's policy meanwhile
   takes it for running there.

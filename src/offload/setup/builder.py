@@ -24,7 +24,7 @@ distributed builds", the NixOS & Flakes book, Nix's manual), in one place:
   its connections once the client has not answered for a minute (``ClientAliveInterval``: off
   by default, so a client host that goes away without closing them, suspended or cut off,
   would keep its builds running there and their slots held until they end; a client that
-  closes them, even by dying, stops them at once: ``offload.transport.ssh``).
+  closes them, even by dying, stops them at once: ``offload.transport.wrapper``).
 
 The script is for a host without NixOS, run as root: it is safe to run twice (each step looks
 first), writes each file whole or not at all, and checks sshd's configuration before it is used.

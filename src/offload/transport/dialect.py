@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from offload.protocol.client import CLIENT_HELLO, SERVER_HELLO, ServeClient
-from offload.transport.ssh import serve_program
+from offload.transport.wrapper import serve_program
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine

@@ -26,16 +26,14 @@ from offload.transport.links import SessionPipes, open_serve
 from offload.transport.persist import PERSIST_SECONDS, SharedPaths, master_alive
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
-    NO_CLIENT,
     SshTarget,
-    kill_script,
     remote_command,
     said_lines,
-    serve_command,
     ssh_argv,
     ssh_keepalive,
     ssh_path,
 )
+from offload.transport.wrapper import NO_CLIENT, kill_script, serve_command
 
 __all__ = ["PERSIST_SECONDS", "SharedSshTransport"]
 

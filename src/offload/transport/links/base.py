@@ -33,8 +33,8 @@ from offload.protocol.serve import ByteWriter
 from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.dialect import SERVE, Dialect
-from offload.transport.ssh import parse_slot, parse_start_line
 from offload.transport.ssh_options import Keepalive
+from offload.transport.wrapper import parse_slot, parse_start_line
 
 __all__ = [
     "CONTROL_TIMEOUT",

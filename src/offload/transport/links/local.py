@@ -20,7 +20,7 @@ from offload.transport.links.base import (
     open_serve,
 )
 from offload.transport.links.pool import Link
-from offload.transport.ssh import kill_script, serve_command, store_program
+from offload.transport.wrapper import kill_script, serve_command, store_program
 
 __all__ = ["LocalLink", "LocalTransport"]
 

@@ -54,9 +54,7 @@ from offload.transport.scratch import private_dir
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
     MASTER_READY,
-    NO_CLIENT,
     SshTarget,
-    kill_script,
     known_hosts_line,
     master_argv,
     remote_command,
@@ -67,6 +65,7 @@ from offload.transport.ssh import (
 )
 from offload.transport.ssh_keys import key_trouble, refused_by_ssh
 from offload.transport.ssh_options import option_refused
+from offload.transport.wrapper import NO_CLIENT, kill_script
 
 __all__ = ["SshTransport"]
 
@@ -150,7 +149,7 @@ class SshTransport:
         # The builder's key runs only the serve program (module docstring); learnt on connect.
         self.restricted = False
         # The builder's cores as a session reported them: later sessions are told them (no
-        # ``nproc`` there each time, ``offload.transport.ssh``).
+        # ``nproc`` there each time, ``offload.transport.wrapper``).
         self.cores: int | None = None
 
     @property

@@ -1,5 +1,5 @@
 """How a link's build sessions share a builder's slots with other clients (``pool.Link``,
-``offload.transport.ssh`` the wrapper on the builder): how long a session keeps its slot
+``offload.transport.wrapper`` the wrapper on the builder): how long a session keeps its slot
 after a build and for how long in all (its turn), how often a build waiting for one asks again,
 who this process is to the other clients there, and the words for why a builder's slots are
 counted on this host only.
@@ -34,7 +34,7 @@ BUSY_POLL = 0.25
 LINGER = 1.0
 # A build session's turn: one that has held its builder-side slot longer than this (from its
 # start) is closed after its build instead of lingering, so that another client waiting there
-# gets the slot (the wrapper yields it, ``offload.transport.ssh``) within about TURN plus one
+# gets the slot (the wrapper yields it, ``offload.transport.wrapper``) within about TURN plus one
 # build; without contention it costs a session start (tens of ms) per slot per TURN.
 TURN = 5.0
 # Who this process (a run, a hook coordinator) is to the builders' slot wrappers: random.

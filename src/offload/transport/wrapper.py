@@ -1,0 +1,258 @@
+"""The shell a builder runs around its serve program: the start line, slots, and the kill.
+
+Every remote serve session (and the local one) is started by a ``sh -c`` wrapper
+(``serve_command``) that reports its pid on stdout before the serve program takes it over, so
+that it can be stopped remotely: ssh without a PTY does not forward signals, and killing the
+local ssh leaves the remote build running. The same line carries the builder's cores,
+``/proc/loadavg`` and boot id (``offload.load``), read with shell builtins and one ``nproc``
+(none once a session there told the cores: later ones are given them), so a builder's load
+costs no round trip of its own.
+
+A session asked to (``slots`` above 0) also holds one of the builder's slot files under
+``flock(1)`` for as long as its serve program runs, and says which at the end of the start line
+(``parse_slot``): every client on every host then counts the same slots, with no agent on the
+builder; see the comment above ``_SLOT``.
+
+A client that dies without a word (SIGKILL) needs nothing more on the builder to free its slots
+(seen with OpenSSH 9.2 and Nix 2.8, ``tests/integration/test_killed_client.py``): its end of
+each session's pipes closes with it, the master (which holds the session's stdio, passed over
+the control socket) sends EOF on the channel, and sshd closes the serve program's stdin. Nix
+watches that stdin for the hang-up while it builds (``MonitorFdHup`` in ``nix-store --serve``
+and in the daemon's connections, so ``nix-daemon --stdio`` too): it interrupts the build, kills
+the builder's processes and exits, and the slot lock goes with it. The sessions and then the
+master, which waits for its sessions, exit by themselves. So no watcher runs beside the serve
+program: it would cost every session a process to learn what Nix already acts on. A client host
+that goes silent without closing anything (suspended) is noticed only by the builder's sshd
+asking it (``ClientAliveInterval``, which ``offload.setup.builder`` turns on), which then drops
+the connection and so closes that stdin too.
+
+A builder whose key may run only the serve program (a forced command) ignores all of that and
+runs the serve program at once: ``offload.transport.links.base.open_serve`` tells the two apart
+by the first bytes on stdout, and such a builder is then asked for the bare serve program
+(``serve_command(..., wrapped=False)``), as Nix asks for it. ``ssh-ng://`` builders get the
+same wrapper around ``nix-daemon --stdio`` (``program``, from ``offload.transport.dialect``),
+and the same detection of a key forced to run the daemon.
+
+This module only builds argv lists and reads start lines; ``offload.transport.links`` runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
+
+__all__ = [
+    "CLIENT_ID_CHARS",
+    "NO_CLIENT",
+    "PID_MARKER",
+    "SLOT_BUSY_EXIT",
+    "SLOT_DIRS",
+    "WANT_FRESH",
+    "kill_script",
+    "parse_pid_line",
+    "parse_slot",
+    "parse_start_line",
+    "serve_command",
+    "serve_program",
+    "store_program",
+]
+
+PID_MARKER = "offload-serve-pid"
+# Where a builder keeps its slot files: under its Nix state when that is its own (root, the
+# local fleet), else under the user's home (relative); the start line's wrapper picks one.
+SLOT_DIRS = ("/nix/var/nix/offload-slots", ".cache/offload-slots")
+SLOT_BUSY_EXIT = 75
+# A client's want-<id> marker counts as "waiting" this long after its last busy answer: longer
+# than offload-hook's clients ask again (Nix's build-poll-interval after a postpone, 5 s; an
+# `offload build` asks every ``BUSY_POLL``), and short enough that a client gone or moved
+# elsewhere holds others back little: each of their builds yields to it once at most.
+WANT_FRESH = 6.0
+# What a client id may be made of (it names a file on the builder); "-" is no id.
+CLIENT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+NO_CLIENT = "-"
+
+# `exec "$@"` keeps the reported pid that of nix-store itself (the shell is replaced). The rest
+# of the line is `offload.load`'s report: `read` is a builtin (no process for the two files), a
+# file that cannot be read leaves its variable empty, and anything empty is printed as "-", so a
+# builder without /proc (macOS) still gives a line whose pid parses. The line is the only thing
+# on stdout before the serve protocol's bytes; nothing here reads stdin (`nproc`'s is
+# /dev/null), which holds the serve hello already. The fourth argument is the cores an earlier
+# session there reported (digits; anything else, "-", asks `nproc`): a process less per session.
+#
+# The first argument is how many builder-side slots there are (0: take none). The session then
+# holds the first free one of `slot-0 .. slot-(N-1)` in SLOT_DIRS (flock(1) on fd 9, which the
+# serve program inherits: the lock lives exactly as long as it does, a dead one frees it), and
+# says which at the end of the start line: `slot=K`; `slot=busy` when every one is held (the
+# wrapper then exits 75 without starting the serve program), `slot=noflock` / `slot=nodir`
+# when it cannot lock (the client falls back to its own host's count), `slot=-` when not asked.
+# The slot directory is made only when it is not there (a process less per session after the
+# first). `command exec` keeps a redirection failure from ending the shell, as a special
+# builtin would.
+#
+# Turns (README, the slots paragraph): the second argument is the client's id (CLIENT_ID_CHARS
+# only; anything else is taken for none, "-"), the third "1" when this client waits there
+# itself (``Link``: this build, or another of the client's within WANT_FRESH s, was answered
+# busy). A busy answer touches `want-<id>` there: this client waits. A session of a client
+# that does not wait itself answers busy without trying a slot while another client's marker is
+# fresh (touched within WANT_FRESH s: GNU find's fractional -mmin, as Debian and NixOS have; a
+# find that cannot tell finds none, and nobody yields), so the waiter gets the slot its holder
+# lets go of (``Link`` ends a session after its turn). A client that waits itself never yields:
+# one that yields is refused, so waits, and takes the next free slot it finds (no livelock). A
+# waiter that got its slot removes its marker; markers older than 10 minutes are deleted,
+# younger stale ones are ignored by age. With no marker there, the check is one glob: no process.
+_WANTED = (
+    'ofl_wanted() { for ofl_f in "$ofl_d"/want-*; do [ -e "$ofl_f" ] || return 1; break; done; '
+    "ofl_f=$(find \"$ofl_d\" -maxdepth 1 -name 'want-*' \\( -mmin +10 -delete -o "
+    f'! -name "want-$ofl_id" -mmin -{WANT_FRESH / 60:.4f} -print \\) 2>/dev/null); '
+    '[ -n "$ofl_f" ]; }; '
+)
+_SLOT = (
+    _WANTED + "ofl_n=$1; ofl_id=$2; ofl_w=$3; ofl_c=$4; shift 4; ofl_s=-; "
+    "case $ofl_id in ''|*[!A-Za-z0-9_.-]*) ofl_id=-;; esac; "
+    'if [ "$ofl_n" -gt 0 ] 2>/dev/null; then '
+    "if ! command -v flock >/dev/null 2>&1; then ofl_s=noflock; else "
+    f"if [ -w {SLOT_DIRS[0].rsplit('/', 1)[0]} ]; then ofl_d={SLOT_DIRS[0]}; "
+    f"else ofl_d=${{HOME:-/nonexistent}}/{SLOT_DIRS[1]}; fi; ofl_s=nodir; "
+    'if [ -d "$ofl_d" ] || (umask 077 && mkdir -p "$ofl_d") 2>/dev/null; then '
+    "ofl_s=busy; ofl_i=0; "
+    '[ "$ofl_w" != 1 ] && ofl_wanted && ofl_i=$ofl_n; '
+    'while [ "$ofl_i" -lt "$ofl_n" ]; do '
+    'if { command exec 9>>"$ofl_d/slot-$ofl_i"; } 2>/dev/null && flock -n 9; then '
+    'ofl_s=$ofl_i; echo "offload pid=$$" >"$ofl_d/slot-$ofl_i"; break; fi; '
+    "ofl_i=$((ofl_i + 1)); done; "
+    'if [ "$ofl_id" = - ]; then :; elif [ "$ofl_s" = busy ]; then '
+    'touch "$ofl_d/want-$ofl_id" 2>/dev/null; '
+    'elif [ "$ofl_w" = 1 ]; then rm -f "$ofl_d/want-$ofl_id"; fi; fi; fi; fi; '
+)
+_REPORT_PID = (
+    _SLOT + "case $ofl_c in ''|*[!0-9]*) ofl_c=$(nproc 2>/dev/null </dev/null);; esac; "
+    "ofl_l=; ofl_b=; "
+    f"{{ read -r ofl_l <{LOADAVG_FILE}; }} 2>/dev/null; "
+    f"{{ read -r ofl_b <{BOOT_ID_FILE}; }} 2>/dev/null; "
+    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}} slot=$ofl_s"; '
+    f'[ "$ofl_s" = busy ] && exit {SLOT_BUSY_EXIT}; '
+    'exec "$@"'
+)
+
+# Stops a serve process and every process group below it. Nix 2.8 on SIGTERM kills its
+# builder's top process but not the builder's children (they sit in the builder's own session
+# and are reparented to init; seen with /bin/sleep on 2.8.0), so the groups of all descendants
+# are collected first and signalled too. SIGTERM, up to $2 seconds, then SIGKILL.
+_KILL = r"""p=$1; grace=${2:-5}
+groups=$(ps -e -o pid= -o ppid= -o pgid= 2>/dev/null | awk -v root="$p" '
+  { pg[$1] = $3; kids[$2] = kids[$2] " " $1 }
+  END {
+    n = 1; st[1] = root
+    while (n > 0) {
+      x = st[n]; n--
+      if (pg[x] > 1) out[pg[x]] = 1
+      m = split(kids[x], k, " ")
+      for (i = 1; i <= m; i++) st[++n] = k[i]
+    }
+    for (g in out) print g
+  }')
+signal() {
+  kill -s "$1" "$p" 2>/dev/null
+  for g in $groups; do kill -s "$1" -- "-$g" 2>/dev/null; done
+}
+alive() {
+  kill -0 "$p" 2>/dev/null && return 0
+  for g in $groups; do kill -0 -- "-$g" 2>/dev/null && return 0; done
+  return 1
+}
+signal TERM
+i=0
+while alive; do
+  if [ "$i" -ge $((grace * 10)) ]; then signal KILL; break; fi
+  sleep 0.1
+  i=$((i + 1))
+done
+exit 0"""
+
+
+def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
+    """``nix-store --serve --write [--store URI]`` as Nix's ssh:// store runs it."""
+    program, *store = store_program(params)
+    return [program, "--serve", "--write", *store]
+
+
+def store_program(params: Mapping[str, str] | None = None) -> list[str]:
+    """``nix-store [--store URI]``: the store program the store URI's parameters name."""
+    params = params or {}
+    program = [params.get("remote-program") or "nix-store"]
+    if params.get("remote-store"):
+        program += ["--store", params["remote-store"]]
+    return program
+
+
+def serve_command(
+    params: Mapping[str, str] | None = None,
+    *,
+    wrapped: bool = True,
+    program: Sequence[str] | None = None,
+    slots: int = 0,
+    client: str = NO_CLIENT,
+    waited: bool = False,
+    cores: int | None = None,
+) -> list[str]:
+    """The serve program (or ``program``: the daemon for ssh-ng://) wrapped so that it first
+    reports its pid and load on stdout, holding one of ``slots`` builder-side slots if that is
+    above 0 for ``client`` (an id of ``CLIENT_ID_CHARS``; ``waited``: this build was answered
+    busy before, see the comment above ``_SLOT``); ``cores``: the machine's, as an earlier
+    session reported them (None: the wrapper asks ``nproc``). The bare program
+    (``wrapped=False``) for a builder known to run only that."""
+    remote = list(program) if program is not None else serve_program(params)
+    if not wrapped:
+        return remote
+    if not client or not CLIENT_ID_CHARS.issuperset(client):
+        raise ValueError(f"invalid client id {client!r}")
+    told = str(cores) if cores is not None and cores > 0 else "-"
+    return [
+        "sh",
+        "-c",
+        _REPORT_PID,
+        "sh",
+        str(max(0, slots)),
+        client,
+        str(int(waited)),
+        told,
+        *remote,
+    ]
+
+
+def _split_slot(rest: str) -> tuple[str, str | None]:
+    head, _, last = rest.rstrip().rpartition(" ")
+    if last.startswith("slot="):
+        return head, last.removeprefix("slot=")
+    return rest, None
+
+
+def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
+    """``offload-serve-pid PID [REPORT] [slot=S]``: the pid and the load it reports (None if it
+    cannot be told); None for any other line. Never raises."""
+    marker, _, rest = line.strip().partition(" ")
+    pid, _, report = rest.strip().partition(" ")
+    if marker != PID_MARKER or not (pid.isascii() and pid.isdigit()) or len(pid) > 12:
+        return None
+    return int(pid), parse_load_report(_split_slot(report)[0])
+
+
+def parse_slot(line: str) -> str | None:
+    """What a start line says of its builder-side slot: its number (``"0"``), ``"busy"``,
+    ``"noflock"``, ``"nodir"``; None when none was asked for or the line is not a start line."""
+    if parse_start_line(line) is None:
+        return None
+    slot = _split_slot(line.strip())[1]
+    return None if slot in {None, "-"} else slot
+
+
+def parse_pid_line(line: str) -> int | None:
+    """The pid from ``offload-serve-pid N ...``, or None for any other line."""
+    start = parse_start_line(line)
+    return None if start is None else start[0]
+
+
+def kill_script(pid: int, grace: int = 5) -> list[str]:
+    """argv (to run locally, or remotely after quoting) that stops ``pid`` and its builders."""
+    return ["sh", "-c", _KILL, "sh", str(pid), str(grace)]
