@@ -20,7 +20,7 @@ from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import proc_override_file
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad
 from offload.transport.links import MachineLink
-from offload.transport.wrapper import parse_start_line, serve_command
+from offload.transport.wrapper import parse_born, parse_start_line, serve_command
 from tests.helpers import processes
 from tests.helpers.fleets import fleet_machine, private_fleet_fixture
 from tests.helpers.nix_files import nix_file
@@ -75,9 +75,11 @@ def test_without_proc_the_pid_still_parses_and_the_load_is_unknown():
     assert err == ""
     lines = out.splitlines()
     assert len(lines) == 1
-    assert lines[0].split()[-3:] == ["-", "-", "slot=-"]
+    # No load, no boot id, no start time: the kill then goes by the pid alone.
+    assert lines[0].split()[-4:] == ["-", "-", "start=-", "slot=-"]
     # unshare and sh both exec, so the pid is still the started process's.
     assert parse_start_line(lines[0]) == (pid, None)
+    assert parse_born(lines[0]) is None
 
 
 def test_without_nproc_the_pid_still_parses_and_the_load_is_unknown():

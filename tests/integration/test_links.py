@@ -207,6 +207,8 @@ def test_cancel_stops_the_remote_build_and_its_builder(own_fleet: Fleet, tmp_pat
                 lambda: any("/bin/sleep 60" in c for c in _member_procs(own_fleet, "m1")),
             )
             assert any("nix-store --serve" in c for c in _member_procs(own_fleet, "m1"))
+            # The kill below stops the serve process only while it is the one that started then.
+            assert (link.remote_born(clients[0]) or "").isdigit()
             task.cancel()  # what Ctrl-C does to the build's task
             await link.cancel(clients[0])
             with pytest.raises(asyncio.CancelledError):

@@ -32,7 +32,7 @@ class _Transport:
         stack.callback(self.said.append, "session closed")
         return SessionPipes(stream(hello), Writer(), None, 100)
 
-    async def kill(self, pid: int) -> None:
+    async def kill(self, pid: int, born: str | None = None) -> None:
         self.said.append(f"kill {pid}")
 
     async def close(self) -> None:

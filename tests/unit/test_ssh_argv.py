@@ -9,6 +9,7 @@ from offload.transport.shared import SharedSshTransport
 from offload.transport.ssh import SshTarget, known_hosts_line, master_argv, serve_argv, ssh_argv
 from offload.transport.wrapper import (
     kill_script,
+    parse_born,
     parse_pid_line,
     parse_slot,
     parse_start_line,
@@ -37,7 +38,7 @@ def test_the_start_line_script_reads_load_and_takes_a_slot_with_flock():
     assert serve_command(cores=8)[6:8] == ["0", "8"]
     assert serve_command(cores=None)[7] == serve_command(cores=0)[7] == "-"
     assert SCRIPT.endswith(
-        'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--} slot=$ofl_s"; '
+        'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--} start=$ofl_t slot=$ofl_s"; '
         '[ "$ofl_s" = busy ] && exit 75; exec "$@"'
     )
 
@@ -87,7 +88,30 @@ def test_pid_line_and_kill_script():
     assert parse_pid_line("building '/nix/store/x.drv'") is None
     argv = kill_script(42, 3)
     assert argv[:2] == ["sh", "-c"]
-    assert argv[-3:] == ["sh", "42", "3"]
+    assert argv[-4:] == ["sh", "42", "3", "-"]
+    assert kill_script(42, 3, "98765")[-4:] == ["sh", "42", "3", "98765"]
+
+
+@pytest.mark.parametrize(
+    ("line", "born", "slot"),
+    [
+        ("offload-serve-pid 7 2 0.1 0.2 0.3 1/9 5 boot start=2137796 slot=0", "2137796", "0"),
+        ("offload-serve-pid 7 2 0.1 0.2 0.3 1/9 5 boot start=- slot=-", None, None),
+        ("offload-serve-pid 7 2 0.1 0.2 0.3 1/9 5 boot slot=1", None, "1"),  # an older line
+        ("offload-serve-pid 7 start=12", "12", None),
+        ("offload-serve-pid 7 start=1x2 slot=0", None, "0"),
+        ("offload-serve-pid 7 start=" + "9" * 21, None, None),
+        ("building start=12", None, None),
+    ],
+)
+def test_the_start_line_s_last_words(line: str, born: str | None, slot: str | None) -> None:
+    assert parse_born(line) == born
+    assert parse_slot(line) == slot
+    if line.startswith("offload-serve-pid 7 2"):
+        start = parse_start_line(line)
+        assert start is not None
+        assert start[1] is not None
+        assert start[1].cores == 2
 
 
 def test_remote_program_and_store_are_quoted_one_by_one():

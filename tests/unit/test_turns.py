@@ -80,7 +80,7 @@ class _Builder:
     def _closed(self) -> None:
         self.open -= 1
 
-    async def kill(self, pid: int) -> None:
+    async def kill(self, pid: int, born: str | None = None) -> None:
         raise AssertionError(pid)
 
     async def start_plain(self, stack: contextlib.AsyncExitStack) -> SessionPipes:

@@ -93,6 +93,7 @@ class Session:
     client: StoreClient
     transport: SharedSshTransport
     remote_pid: int | None  # the serve process on the builder, as its start line said
+    remote_born: str | None  # and when it started (its kill spares a later holder of the pid)
 
 
 class BuilderLinks:
@@ -201,7 +202,9 @@ class BuilderLinks:
                             program = "`nix-store --serve`"
                         on_log(RESTRICTED_NOTE.format(name=machine.name, program=program))
                     with also_heard(client, on_log):
-                        yield Session(client, transport, link.remote_pid(client))
+                        yield Session(
+                            client, transport, link.remote_pid(client), link.remote_born(client)
+                        )
                     self._answered[client] = time.monotonic()
             except _Stale as exc:
                 if attempt == 2:

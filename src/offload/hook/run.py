@@ -248,7 +248,11 @@ async def _accept(
             guard = None
             if guarded:
                 pid = session.remote_pid
-                kill = session.transport.kill_argv(pid) if pid is not None else ["true"]
+                kill = (
+                    session.transport.kill_argv(pid, session.remote_born)
+                    if pid is not None
+                    else ["true"]
+                )
                 guard = Guard(STORE_DIR, kill)
             try:
                 outcome = await _build(context, session.client, request, accepted, name)

@@ -134,12 +134,12 @@ class SharedSshTransport:
             keepalive=self.keepalive,
         )
 
-    def kill_argv(self, pid: int) -> list[str]:
-        return self.argv(kill_script(pid, _KILL_GRACE))
+    def kill_argv(self, pid: int, born: str | None = None) -> list[str]:
+        return self.argv(kill_script(pid, _KILL_GRACE, born))
 
-    async def kill(self, pid: int) -> None:
+    async def kill(self, pid: int, born: str | None = None) -> None:
         done = await asyncio.wait_for(
-            run_async(self.kill_argv(pid), env=self._env, check=False), 15.0
+            run_async(self.kill_argv(pid, born), env=self._env, check=False), 15.0
         )
         if done.returncode != 0:
             said = " | ".join(said_lines(done.stderr))

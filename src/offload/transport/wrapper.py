@@ -3,7 +3,9 @@
 Every remote serve session (and the local one) is started by a ``sh -c`` wrapper
 (``serve_command``) that reports its pid on stdout before the serve program takes it over, so
 that it can be stopped remotely: ssh without a PTY does not forward signals, and killing the
-local ssh leaves the remote build running. The same line carries the builder's cores,
+local ssh leaves the remote build running; with the pid goes when that process started (on
+Linux), and the kill script stops the pid only while it is still that process, since pids are
+used again (every few minutes on a busy host). The same line carries the builder's cores,
 ``/proc/loadavg`` and boot id (``offload.load``), read with shell builtins and one ``nproc``
 (none once a session there told the cores: later ones are given them), so a builder's load
 costs no round trip of its own.
@@ -50,6 +52,7 @@ __all__ = [
     "SLOT_DIRS",
     "WANT_FRESH",
     "kill_script",
+    "parse_born",
     "parse_pid_line",
     "parse_slot",
     "parse_start_line",
@@ -125,12 +128,22 @@ _SLOT = (
     'touch "$ofl_d/want-$ofl_id" 2>/dev/null; '
     'elif [ "$ofl_w" = 1 ]; then rm -f "$ofl_d/want-$ofl_id"; fi; fi; fi; fi; '
 )
+# `ofl_born LINE` sets ofl_t to a /proc/PID/stat line's 22nd field, when that process started
+# (clock ticks since boot), counted after the last ") " as proc(5) says (the command name may
+# hold anything); "-" for a line without one (no /proc: macOS). Builtins only. The start line
+# says it as `start=T` for the serve process (`exec` keeps the shell's pid and start), and the
+# kill script stops a pid only while it is still that process: pids are used again.
+_BORN = (
+    "ofl_born() { ofl_t=-; ofl_k=2; for ofl_x in ${1##*) }; do ofl_k=$((ofl_k + 1)); "
+    'if [ "$ofl_k" = 22 ]; then ofl_t=$ofl_x; return; fi; done; }; '
+)
 _REPORT_PID = (
-    _SLOT + "case $ofl_c in ''|*[!0-9]*) ofl_c=$(nproc 2>/dev/null </dev/null);; esac; "
-    "ofl_l=; ofl_b=; "
+    _SLOT + _BORN + "case $ofl_c in ''|*[!0-9]*) ofl_c=$(nproc 2>/dev/null </dev/null);; esac; "
+    "ofl_l=; ofl_b=; ofl_p=; "
     f"{{ read -r ofl_l <{LOADAVG_FILE}; }} 2>/dev/null; "
     f"{{ read -r ofl_b <{BOOT_ID_FILE}; }} 2>/dev/null; "
-    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}} slot=$ofl_s"; '
+    '{ read -r ofl_p </proc/$$/stat; } 2>/dev/null; ofl_born "$ofl_p"; '
+    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}} start=$ofl_t slot=$ofl_s"; '
     f'[ "$ofl_s" = busy ] && exit {SLOT_BUSY_EXIT}; '
     'exec "$@"'
 )
@@ -138,8 +151,16 @@ _REPORT_PID = (
 # Stops a serve process and every process group below it. Nix 2.8 on SIGTERM kills its
 # builder's top process but not the builder's children (they sit in the builder's own session
 # and are reparented to init; seen with /bin/sleep on 2.8.0), so the groups of all descendants
-# are collected first and signalled too. SIGTERM, up to $2 seconds, then SIGKILL.
-_KILL = r"""p=$1; grace=${2:-5}
+# are collected first and signalled too. SIGTERM, up to $2 seconds, then SIGKILL. With $3, the
+# start the start line told (`_BORN`), a pid that is no longer that process is left alone.
+_KILL = (
+    _BORN
+    + r"""p=$1; grace=${2:-5}; born=${3:--}
+if [ "$born" != - ]; then
+  st=; { read -r st </proc/"$p"/stat; } 2>/dev/null
+  ofl_born "$st"
+  [ "$ofl_t" = "$born" ] || exit 0
+fi
 groups=$(ps -e -o pid= -o ppid= -o pgid= 2>/dev/null | awk -v root="$p" '
   { pg[$1] = $3; kids[$2] = kids[$2] " " $1 }
   END {
@@ -169,6 +190,7 @@ while alive; do
   i=$((i + 1))
 done
 exit 0"""
+)
 
 
 def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
@@ -221,21 +243,24 @@ def serve_command(
     ]
 
 
-def _split_slot(rest: str) -> tuple[str, str | None]:
-    head, _, last = rest.rstrip().rpartition(" ")
-    if last.startswith("slot="):
-        return head, last.removeprefix("slot=")
-    return rest, None
+def _split_tail(rest: str) -> tuple[str, dict[str, str]]:
+    """A start line's words after its pid: the load report, and the ``slot=`` and ``start=``
+    words that end the line (by name: an older line has neither)."""
+    words = rest.split()
+    told: dict[str, str] = {}
+    while words and (key := words[-1].partition("=")[0]) in {"slot", "start"} - told.keys():
+        told[key] = words.pop().partition("=")[2]
+    return " ".join(words), told
 
 
 def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
-    """``offload-serve-pid PID [REPORT] [slot=S]``: the pid and the load it reports (None if it
-    cannot be told); None for any other line. Never raises."""
+    """``offload-serve-pid PID [REPORT] [start=T] [slot=S]``: the pid and the load it reports
+    (None if it cannot be told); None for any other line. Never raises."""
     marker, _, rest = line.strip().partition(" ")
     pid, _, report = rest.strip().partition(" ")
     if marker != PID_MARKER or not (pid.isascii() and pid.isdigit()) or len(pid) > 12:
         return None
-    return int(pid), parse_load_report(_split_slot(report)[0])
+    return int(pid), parse_load_report(_split_tail(report)[0])
 
 
 def parse_slot(line: str) -> str | None:
@@ -243,8 +268,17 @@ def parse_slot(line: str) -> str | None:
     ``"noflock"``, ``"nodir"``; None when none was asked for or the line is not a start line."""
     if parse_start_line(line) is None:
         return None
-    slot = _split_slot(line.strip())[1]
+    slot = _split_tail(line.strip())[1].get("slot")
     return None if slot in {None, "-"} else slot
+
+
+def parse_born(line: str) -> str | None:
+    """When the serve process a start line names started (``_BORN``: digits), for its kill;
+    None when the builder could not tell (no /proc) or the line is not a start line."""
+    if parse_start_line(line) is None:
+        return None
+    born = _split_tail(line.strip())[1].get("start", "")
+    return born if born.isascii() and born.isdigit() and len(born) <= 20 else None
 
 
 def parse_pid_line(line: str) -> int | None:
@@ -253,6 +287,7 @@ def parse_pid_line(line: str) -> int | None:
     return None if start is None else start[0]
 
 
-def kill_script(pid: int, grace: int = 5) -> list[str]:
-    """argv (to run locally, or remotely after quoting) that stops ``pid`` and its builders."""
-    return ["sh", "-c", _KILL, "sh", str(pid), str(grace)]
+def kill_script(pid: int, grace: int = 5, born: str | None = None) -> list[str]:
+    """argv (to run locally, or remotely after quoting) that stops ``pid`` and its builders;
+    with ``born`` (``parse_born``), only while ``pid`` is still the process that started then."""
+    return ["sh", "-c", _KILL, "sh", str(pid), str(grace), born or "-"]

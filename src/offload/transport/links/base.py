@@ -34,7 +34,7 @@ from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.ssh_options import Keepalive
-from offload.transport.wrapper import parse_slot, parse_start_line
+from offload.transport.wrapper import parse_born, parse_slot, parse_start_line
 
 __all__ = [
     "CONTROL_TIMEOUT",
@@ -88,8 +88,12 @@ class SessionPipes:
     restricted: bool = False
     # The protocol the session speaks (``offload.transport.dialect``).
     dialect: Dialect = SERVE
-    # The builder-side slot the start line says it holds (``ssh.parse_slot``), if asked for one.
+    # The builder-side slot the start line says it holds (``wrapper.parse_slot``), if asked for
+    # one.
     slot: str | None = None
+    # When the serve process started, as its start line said (``wrapper.parse_born``): its kill
+    # leaves alone a later process given the same pid.
+    born: str | None = None
     # On the local store: its nix-store writes what is sent from it (``protocol.export``).
     exporter: Exporter | None = None
     # Stops the session's local process at once (``process.stop_now``): a session cut off
@@ -112,7 +116,7 @@ class SessionTransport(Protocol):
     name: str
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes: ...
-    async def kill(self, pid: int) -> None: ...
+    async def kill(self, pid: int, born: str | None = None) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -152,6 +156,7 @@ class Opening:
     failure: str | None = None
     dialect: Dialect = SERVE
     slot: str | None = None
+    born: str | None = None
 
     def pipes(
         self,
@@ -178,6 +183,7 @@ class Opening:
             restricted=self.restricted,
             dialect=self.dialect,
             slot=self.slot,
+            born=self.born,
             stop=functools.partial(stop_now, proc),
             over_ssh=over_ssh,
             connection_gone=connection_gone,
@@ -229,8 +235,9 @@ async def open_serve(
         failure = f"the builder answered {shown!r} where the {dialect.name} program's reply belongs"
         return Opening(stdout, None, None, False, tuple(early), failure, dialect)
     return Opening(
-        stdout, start[0], start[1], False, tuple(early), None, dialect, slot=parse_slot(text)
-    )
+        stdout, start[0], start[1], False, tuple(early), None, dialect,
+        slot=parse_slot(text), born=parse_born(text),
+    )  # fmt: skip
 
 
 async def _first_line(

@@ -113,7 +113,7 @@ async def close_shielded(stack: contextlib.AsyncExitStack) -> None:
 
 async def stop_cut_off(
     pipes: SessionPipes,
-    kill: Callable[[int], Awaitable[None]],
+    kill: Callable[[int, str | None], Awaitable[None]],
     unstopped: Callable[[OffloadError], None],
 ) -> None:
     """Stop a session cut off mid-request (its process may be blocked writing to us): the
@@ -125,7 +125,7 @@ async def stop_cut_off(
     killing = None
     try:
         if pipes.pid is not None:
-            killing = asyncio.ensure_future(kill(pipes.pid))
+            killing = asyncio.ensure_future(kill(pipes.pid, pipes.born))
             await asyncio.wait([killing], timeout=KILL_HEAD_START)
         pipes.writer.close()
         if pipes.over_ssh:

@@ -68,10 +68,12 @@ class LocalTransport:
         )
         return pipes
 
-    async def kill(self, pid: int) -> None:
+    async def kill(self, pid: int, born: str | None = None) -> None:
         await asyncio.wait_for(
             run_async(
-                local_sh(kill_script(pid, KILL_GRACE), self._env), env=self._env, check=False
+                local_sh(kill_script(pid, KILL_GRACE, born), self._env),
+                env=self._env,
+                check=False,
             ),
             CONTROL_TIMEOUT,
         )

@@ -331,6 +331,11 @@ class Link:
         session = self._sessions.get(client)
         return None if session is None else session.pipes.pid
 
+    def remote_born(self, client: StoreClient) -> str | None:
+        """When that process started, as its start line said (``wrapper.parse_born``)."""
+        session = self._sessions.get(client)
+        return None if session is None else session.pipes.born
+
     async def cancel(self, client: StoreClient) -> None:
         """Stop ``client``'s remote process tree (and the build it runs) and discard it.
 

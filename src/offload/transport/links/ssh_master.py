@@ -411,13 +411,13 @@ class SshTransport:
         )
         return done.returncode, done.stdout, done.stderr
 
-    async def kill(self, pid: int) -> None:
+    async def kill(self, pid: int, born: str | None = None) -> None:
         """Stop ``pid``'s tree over the master; if the master is gone (the connection was lost),
         one direct attempt that gives up after ``KILL_CONNECT_TIMEOUT``: a hung builder must not
         hold anything for a full connect timeout, and its serve process gets a hang-up anyway.
         Never a new master: that would be a connect timeout and more."""
         if self.restricted:
-            code, _, err = await self.run(kill_script(pid, KILL_GRACE))  # says why not
+            code, _, err = await self.run(kill_script(pid, KILL_GRACE, born))  # says why not
         else:
             # Over the master while it lives; if it dies meanwhile (a builder that stopped
             # answering), ssh connects directly, for at most the short timeout.
@@ -428,7 +428,7 @@ class SshTransport:
                 control_path=self.control_path if self._master_up() else None,
                 connect_timeout=KILL_CONNECT_TIMEOUT,
             )
-            remote = remote_command(kill_script(pid, KILL_GRACE))
+            remote = remote_command(kill_script(pid, KILL_GRACE, born))
             try:
                 done = await asyncio.wait_for(
                     run_async([*argv, remote], env=self._env, check=False),

@@ -1,0 +1,58 @@
+"""A serve process's start, told by the wrapper's start line, guards its kill: the kill script
+stops the pid only while it is still the process that started then (pids are used again)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.transport.wrapper import kill_script, parse_born, parse_start_line, serve_command
+
+
+def _born(pid: int) -> str:
+    """/proc/PID/stat's start time, read as proc(5) says (after the command's last ")")."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    # A session of its own, as a serve process on a builder is: the kill script signals the
+    # process groups below the pid, and this test's own must not be one of them.
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+def test_the_start_line_tells_when_the_serve_process_started(shell: str) -> None:
+    # The "serve program" prints its own start time: exec keeps the wrapper's pid and start.
+    argv = serve_command(program=["sh", "-c", "exec cat /proc/$$/stat"])
+    done = subprocess.run(
+        [shell, *argv[1:]],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30, check=True,
+    )  # fmt: skip
+    line, stat = done.stdout.splitlines()[:2]
+    start = parse_start_line(line)
+    assert start is not None
+    assert parse_born(line) == stat.rsplit(")", 1)[1].split()[19]
+    assert stat.startswith(f"{start[0]} (")  # the same process
+
+
+def test_a_pid_that_started_at_another_time_is_left_alone(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    other = str(int(_born(sleeper.pid)) + 1)  # what the pid's earlier holder started at
+    subprocess.run(kill_script(sleeper.pid, 1, other), timeout=30, check=True)
+    assert sleeper.poll() is None
+    subprocess.run(kill_script(sleeper.pid, 1, _born(sleeper.pid)), timeout=30, check=True)
+    assert sleeper.wait(timeout=10) == -15
+
+
+def test_without_a_start_the_pid_is_stopped(sleeper: subprocess.Popen[bytes]) -> None:
+    # A builder without /proc (macOS) tells none: the kill goes by the pid, as before.
+    subprocess.run(kill_script(sleeper.pid, 1), timeout=30, check=True)
+    assert sleeper.wait(timeout=10) == -15
