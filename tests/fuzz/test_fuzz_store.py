@@ -56,7 +56,11 @@ def _check_drv(data: bytes) -> None:
     if not isinstance(drv, Derivation):
         assert str(drv) == str(reference)
         return
+    assert isinstance(reference, Derivation)
     assert drv == reference
+    assert [list(m.items()) for m in (drv.outputs, drv.input_drvs, drv.env)] == [
+        list(m.items()) for m in (reference.outputs, reference.input_drvs, reference.env)
+    ]  # in the same order too: equal mappings need not be
     outcome(lambda: drv.name, StoreError)
     outcome(lambda: drv.required_features, StoreError)
     outcome(lambda: drv.prefer_local_build, StoreError)

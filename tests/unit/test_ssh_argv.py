@@ -98,7 +98,8 @@ def test_pid_line_and_kill_script():
         ("offload-serve-pid 7 2 0.1 0.2 0.3 1/9 5 boot start=2137796 slot=0", "2137796", "0"),
         ("offload-serve-pid 7 2 0.1 0.2 0.3 1/9 5 boot start=- slot=-", None, None),
         ("offload-serve-pid 7 2 0.1 0.2 0.3 1/9 5 boot slot=1", None, "1"),  # an older line
-        ("offload-serve-pid 7 start=12", "12", None),
+        ("offload-serve-pid 7 start=12 slot=-", "12", None),
+        ("offload-serve-pid 7 2 0.1 0.2 0.3 1/9 5 boot start=21377", None, None),  # cut short
         ("offload-serve-pid 7 start=1x2 slot=0", None, "0"),
         ("offload-serve-pid 7 start=" + "9" * 21, None, None),
         ("building start=12", None, None),

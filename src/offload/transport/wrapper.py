@@ -274,11 +274,14 @@ def parse_slot(line: str) -> str | None:
 
 def parse_born(line: str) -> str | None:
     """When the serve process a start line names started (``_BORN``: digits), for its kill;
-    None when the builder could not tell (no /proc) or the line is not a start line."""
+    None when the builder could not tell (no /proc) or the line is not a whole start line:
+    the wrapper says ``slot=`` after it, and a line cut short could end in a shorter number."""
     if parse_start_line(line) is None:
         return None
-    born = _split_tail(line.strip())[1].get("start", "")
-    return born if born.isascii() and born.isdigit() and len(born) <= 20 else None
+    told = _split_tail(line.strip())[1]
+    born = told.get("start", "")
+    whole = "slot" in told and born.isascii() and born.isdigit() and len(born) <= 20
+    return born if whole else None
 
 
 def parse_pid_line(line: str) -> int | None:
