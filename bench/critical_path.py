@@ -3,8 +3,9 @@
 ``python bench/critical_path.py SHAPE SEED`` brings up the bench fleet (``bench.context``),
 builds the graph ``bench/graphs.py`` makes of that shape and seed (100 nodes, scale 1, as the
 fresh-seeds section does) twice with ``offload build --json``, the second time with the first's
-history, and walks the second run's critical path back from the build that ended last, each
-build's latest-ending dependency first. Per link, from offload's own marks (``job_phase`` and
+history, and walks the second run's critical path (``--run first``: the first's, on guesses)
+back from the build that ended last, each build's latest-ending dependency first (``--events
+FILE`` keeps that run's events). Per link, from offload's own marks (``job_phase`` and
 ``job_finished`` events):
 
 - ``gap``: from the dependency's build done (its "fetching" mark: the output exists where it was
@@ -20,6 +21,7 @@ It prints the links and the sums; nothing is written to the results.
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import statistics
 import sys
@@ -104,11 +106,11 @@ def critical_links(
     return links
 
 
-def _build_twice(dag: Dag, work: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def _build_twice(dag: Dag, work: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
     fleet = fleet_up(work / "f", [MemberSpec.parse(s) for s in FLEET_SPECS])
     try:
         env = {**make_env(fleet, work), "OFFLOAD_STATE_DIR": str(work / "state")}
-        events: list[dict[str, Any]] = []
+        events: dict[str, list[dict[str, Any]]] = {}
         for run in ("first", "second"):
             file = work / f"{run}.nix"
             file.write_text(to_nix_expression(dag, salt=f"cp-{run}-{secrets.token_hex(4)}"))
@@ -117,7 +119,7 @@ def _build_twice(dag: Dag, work: Path) -> tuple[list[dict[str, Any]], dict[str, 
             print(f"{run} run: exit {done.returncode}, {done.elapsed:.2f} s", flush=True)
             if done.returncode != 0:
                 sys.exit(f"the {run} run failed: {done.tail()}")
-            events = json_events(done.stdout)
+            events[run] = json_events(done.stdout)
         speeds = {m.name: m.spec.speed for m in fleet.members}
         return events, {**speeds, "local": 1.0}
     finally:
@@ -128,11 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("shape")
     parser.add_argument("seed", type=int)
+    parser.add_argument("--run", choices=("first", "second"), default="second")
+    parser.add_argument("--events", type=Path, help="write the run's --json events here")
     args = parser.parse_args(argv)
     dag = generate(args.shape, NODES, args.seed, prefix=f"cp-{args.shape}{NODES}-s{args.seed}")
     with tempfile.TemporaryDirectory(prefix="cp", dir="/tmp") as work:
         events, speeds = _build_twice(dag, Path(work))
-    links = critical_links(events, dag, speeds)
+    if args.events is not None:
+        args.events.write_text("\n".join(json.dumps(e) for e in events[args.run]) + "\n")
+    links = critical_links(events[args.run], dag, speeds)
     print("node machine " + " ".join(PARTS))
     for link in links:
         print(link.node, link.machine, *(f"{getattr(link, p):.4f}" for p in PARTS))
