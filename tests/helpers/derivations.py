@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from offload.store.drv import Derivation, DerivationOutput
 
-__all__ = ["derivations", "nix_strings"]
+__all__ = ["derivations", "mutated", "mutations", "nix_strings"]
 
 # Strings as Nix can hold them: any bytes, seen through surrogateescape.
 nix_strings = st.binary(max_size=20).map(lambda b: b.decode("utf-8", "surrogateescape"))
@@ -31,3 +31,23 @@ derivations = st.builds(
     args=st.lists(nix_strings, max_size=4),
     env=st.dictionaries(nix_strings, nix_strings, max_size=5),
 )
+
+# Up to four (position, byte, delete) changes to a derivation's bytes (``mutated``).
+mutations = st.lists(
+    st.tuples(st.integers(min_value=0), st.integers(0, 255), st.booleans()), max_size=4
+)
+
+
+def mutated(data: bytes, changes: list[tuple[int, int, bool]]) -> bytes:
+    """``data`` with each change made in turn: the byte at the position (modulo the length)
+    deleted, or overwritten."""
+    buf = bytearray(data)
+    for position, value, delete in changes:
+        if not buf:
+            break
+        index = position % len(buf)
+        if delete:
+            del buf[index]
+        else:
+            buf[index] = value
+    return bytes(buf)

@@ -19,7 +19,7 @@ from offload.store.drv import (
     print_derivation,
     read_derivation,
 )
-from tests.helpers.derivations import derivations
+from tests.helpers.derivations import derivations, mutated, mutations
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "drv"
 DRV_FIXTURES = sorted(FIXTURES.glob("*.drv"))
@@ -350,23 +350,11 @@ def test_aterm_like_text_only_raises_store_error(text: str) -> None:
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.sampled_from(FIXTURE_BYTES),
-    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255), st.booleans()), max_size=4),
-)
+@given(st.sampled_from(FIXTURE_BYTES), mutations)
 def test_mutated_fixtures_only_raise_store_error(
-    data: bytes, mutations: list[tuple[int, int, bool]]
+    data: bytes, changes: list[tuple[int, int, bool]]
 ) -> None:
-    buf = bytearray(data)
-    for position, value, delete in mutations:
-        if not buf:
-            break
-        index = position % len(buf)
-        if delete:
-            del buf[index]
-        else:
-            buf[index] = value
-    _parse_or_store_error(bytes(buf))
+    _parse_or_store_error(mutated(data, changes))
 
 
 @given(st.sampled_from(FIXTURE_BYTES), st.integers(min_value=0))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from offload.errors import StoreError
 from offload.store.drv import Derivation, cursor_parse, drv_bytes, parse_derivation
 from offload.store.drv_scan import scan
-from tests.helpers.derivations import derivations, nix_strings
+from tests.helpers.derivations import derivations, mutated, mutations, nix_strings
 
 FIXTURES = sorted((Path(__file__).parent.parent / "fixtures" / "drv").glob("*.drv"))
 FIXTURE_BYTES = [p.read_bytes() for p in FIXTURES]
@@ -73,23 +73,11 @@ def test_strings_with_any_escape_are_read_as_nix_reads_them(
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.sampled_from(FIXTURE_BYTES),
-    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255), st.booleans()), max_size=4),
-)
+@given(st.sampled_from(FIXTURE_BYTES), mutations)
 def test_mutated_fixtures_are_declined_or_read_alike(
-    data: bytes, mutations: list[tuple[int, int, bool]]
+    data: bytes, changes: list[tuple[int, int, bool]]
 ) -> None:
-    buf = bytearray(data)
-    for position, value, delete in mutations:
-        if not buf:
-            break
-        index = position % len(buf)
-        if delete:
-            del buf[index]
-        else:
-            buf[index] = value
-    _read_alike(bytes(buf))
+    _read_alike(mutated(data, changes))
 
 
 def test_what_the_cursor_parser_rejects_is_declined() -> None:

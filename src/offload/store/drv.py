@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Literal, TypeVar, assert_never
 
 from offload.errors import StoreError
-from offload.store.drv_scan import scan
+from offload.store.drv_scan import Scanned, scan
 
 __all__ = [
     "Derivation",
@@ -179,6 +179,10 @@ def _first(pair: tuple[str, object]) -> str:
     return pair[0]
 
 
+def _name(output: tuple[str, str, str, str]) -> str:
+    return output[0]
+
+
 class _Parser:
     """A cursor over the bytes of one ``.drv``; every failure names the byte offset."""
 
@@ -261,7 +265,7 @@ class _Parser:
             if not self.at(b","):
                 raise self.fail("',' or ']' after a list item")
 
-    def output(self) -> tuple[str, DerivationOutput]:
+    def output(self) -> tuple[str, str, str, str]:
         self.literal(b"(")
         name = self.string("an output name")
         self.literal(b",")
@@ -275,7 +279,7 @@ class _Parser:
         self.literal(b",")
         hash_ = self.string("an output hash")
         self.literal(b")")
-        return name, DerivationOutput(path=path, hash_algo=hash_algo, hash=hash_)
+        return name, path, hash_algo, hash_
 
     def input_drv(self) -> tuple[str, list[str]]:
         self.literal(b"(")
@@ -295,7 +299,7 @@ class _Parser:
 
     def derivation(self) -> Derivation:
         self.literal(b"Derive(")
-        outputs = self.items(self.output, ("an output", _first))
+        outputs = self.items(self.output, ("an output", _name))
         self.literal(b",")
         input_drvs = self.items(self.input_drv, ("an input derivation", _first))
         self.literal(b",")
@@ -311,15 +315,21 @@ class _Parser:
         self.literal(b")")
         if self.pos != len(self.data):
             raise self.fail("the end of the derivation")
-        return Derivation.create(
-            outputs=dict(outputs),
-            input_drvs=dict(input_drvs),
-            input_srcs=input_srcs,
-            platform=platform,
-            builder=builder,
-            args=args,
-            env=dict(env),
-        )
+        return _derivation((outputs, input_drvs, input_srcs, platform, builder, args, env))
+
+
+def _derivation(fields: Scanned) -> Derivation:
+    """A derivation from its fields as a ``.drv`` lists them (both readers end here)."""
+    outputs, input_drvs, input_srcs, platform, builder, args, env = fields
+    return Derivation.create(
+        outputs={name: DerivationOutput(path, algo, hash_) for name, path, algo, hash_ in outputs},
+        input_drvs=dict(input_drvs),
+        input_srcs=input_srcs,
+        platform=platform,
+        builder=builder,
+        args=args,
+        env=dict(env),
+    )
 
 
 def parse_derivation(text: str | bytes) -> Derivation:
@@ -338,16 +348,7 @@ def parse_derivation(text: str | bytes) -> Derivation:
     scanned = scan(data)
     if scanned is None:
         return cursor_parse(data)
-    outputs, input_drvs, input_srcs, platform, builder, args, env = scanned
-    return Derivation.create(
-        outputs={name: DerivationOutput(path, algo, hash_) for name, path, algo, hash_ in outputs},
-        input_drvs=dict(input_drvs),
-        input_srcs=input_srcs,
-        platform=platform,
-        builder=builder,
-        args=args,
-        env=dict(env),
-    )
+    return _derivation(scanned)
 
 
 def cursor_parse(data: bytes) -> Derivation:
