@@ -196,3 +196,17 @@ def test_other_store_dir() -> None:
 )
 def test_split_name_version(name: str, expected: tuple[str, str]) -> None:
     assert split_name_version(name) == expected
+
+
+def _split_by_hand(name: str) -> tuple[str, str]:
+    """DrvName's loop, character by character (the reference the regular expression keeps)."""
+    for i, c in enumerate(name[:-1]):
+        nxt = name[i + 1]
+        if c == "-" and not (nxt.isascii() and nxt.isalpha()):
+            return name[:i], name[i + 1 :]
+    return name, ""
+
+
+@given(st.text(st.sampled_from("-aZ0.\n\u00e9_") | st.characters(), max_size=16))
+def test_split_name_version_as_nix_s_loop(name: str) -> None:
+    assert split_name_version(name) == _split_by_hand(name)

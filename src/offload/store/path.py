@@ -36,6 +36,9 @@ MAX_NAME_LENGTH = 211
 _NIX32_INDEX = {c: i for i, c in enumerate(NIX32_ALPHABET)}
 _HASH_PART = re.compile(f"[{NIX32_ALPHABET}]{{{HASH_PART_LENGTH}}}")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9+\-._?=]+")
+# The dash before a version: followed by anything but a letter (Nix uses C isalpha() in the C
+# locale: ASCII letters only). Read for every derivation of a graph and every build log.
+_VERSION_DASH = re.compile(r"-(?=[^A-Za-z])")
 
 
 def nix32_encode(data: bytes) -> str:
@@ -132,9 +135,5 @@ def is_store_path(s: str, store_dir: str = STORE_DIR) -> bool:
 def split_name_version(name: str) -> tuple[str, str]:
     """Split like Nix's ``DrvName``: the version starts after the first ``-`` not followed by a
     letter, so ``gcc-wrapper-12.3.0`` gives ``("gcc-wrapper", "12.3.0")``."""
-    for i, c in enumerate(name[:-1]):
-        # Nix uses C isalpha() in the C locale: ASCII letters only.
-        nxt = name[i + 1]
-        if c == "-" and not (nxt.isascii() and nxt.isalpha()):
-            return name[:i], name[i + 1 :]
-    return name, ""
+    found = _VERSION_DASH.search(name)
+    return (name, "") if found is None else (name[: found.start()], name[found.end() :])
