@@ -270,7 +270,7 @@ def test_the_executor_sends_its_plan_with_builds_and_endings() -> None:
     assert (started.machines, started.speeds, started.slots) == (("local", "fast"), (1, 2), (1, 1))
     building = [e for e in events if isinstance(e, JobPhase) and e.phase == "building"]
     assert len(building) == 3
-    # Planned again unless the last plan was under ten times its cost ago (PLAN_SHARE).
+    # Planned again unless the last plan was under PLAN_SHARE times its cost ago.
     assert building[0].remaining is not None
     others = [e for e in events if isinstance(e, JobPhase) and e.phase != "building"]
     assert all(e.remaining is None for e in others)
