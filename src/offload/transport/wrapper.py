@@ -152,15 +152,18 @@ _REPORT_PID = (
 # builder's top process but not the builder's children (they sit in the builder's own session
 # and are reparented to init; seen with /bin/sleep on 2.8.0), so the groups of all descendants
 # are collected first and signalled too. SIGTERM, up to $2 seconds, then SIGKILL. With $3, the
-# start the start line told (`_BORN`), a pid that is no longer that process is left alone.
+# start the start line told (`_BORN`), a pid that is no longer that process is left alone, at
+# every signal and look (`ours`), and so is the group it led (the only group named by its pid).
 _KILL = (
     _BORN
     + r"""p=$1; grace=${2:-5}; born=${3:--}
-if [ "$born" != - ]; then
+ours() {
+  [ "$born" = - ] && return 0
   st=; { read -r st </proc/"$p"/stat; } 2>/dev/null
   ofl_born "$st"
-  [ "$ofl_t" = "$born" ] || exit 0
-fi
+  [ "$ofl_t" = "$born" ]
+}
+ours || exit 0
 groups=$(ps -e -o pid= -o ppid= -o pgid= 2>/dev/null | awk -v root="$p" '
   { pg[$1] = $3; kids[$2] = kids[$2] " " $1 }
   END {
@@ -174,12 +177,16 @@ groups=$(ps -e -o pid= -o ppid= -o pgid= 2>/dev/null | awk -v root="$p" '
     for (g in out) print g
   }')
 signal() {
-  kill -s "$1" "$p" 2>/dev/null
-  for g in $groups; do kill -s "$1" -- "-$g" 2>/dev/null; done
+  ours && kill -s "$1" "$p" 2>/dev/null
+  for g in $groups; do
+    if [ "$g" != "$p" ] || ours; then kill -s "$1" -- "-$g" 2>/dev/null; fi
+  done
 }
 alive() {
-  kill -0 "$p" 2>/dev/null && return 0
-  for g in $groups; do kill -0 -- "-$g" 2>/dev/null && return 0; done
+  ours && kill -0 "$p" 2>/dev/null && return 0
+  for g in $groups; do
+    if [ "$g" != "$p" ] || ours; then kill -0 -- "-$g" 2>/dev/null && return 0; fi
+  done
   return 1
 }
 signal TERM
