@@ -1,9 +1,13 @@
-"""A serve process's start, told by the wrapper's start line, guards its kill: the kill script
-stops the pid only while it is still the process that started then (pids are used again)."""
+"""The kill script (``wrapper.kill_script``) on real processes: a serve process's start, told by
+the wrapper's start line, guards its kill (it stops the pid only while it is still the process
+that started then: pids are used again), and what the serve process started and that outlives
+SIGTERM gets SIGKILL after the grace, in its group or in a session of its own."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +60,41 @@ def test_without_a_start_the_pid_is_stopped(sleeper: subprocess.Popen[bytes]) ->
     # A builder without /proc (macOS) tells none: the kill goes by the pid, as before.
     subprocess.run(kill_script(sleeper.pid, 1), timeout=30, check=True)
     assert sleeper.wait(timeout=10) == -15
+
+
+def _children(pid: int) -> list[int]:
+    """``pid``'s children, once it has any (it starts them at once)."""
+    deadline = time.monotonic() + 10
+    while not (found := Path(f"/proc/{pid}/task/{pid}/children").read_text().split()):
+        assert time.monotonic() < deadline, "no child started"
+    return [int(child) for child in found]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(
+    "child",
+    [
+        "(trap '' TERM; exec sleep 60) & wait",  # in the serve process's group
+        "setsid sh -c 'trap \"\" TERM; exec sleep 60' & wait",  # in a session of its own
+    ],
+    ids=["same-group", "own-session"],
+)
+def test_what_outlives_sigterm_gets_sigkill_after_the_grace(child: str) -> None:
+    serve = subprocess.Popen(["sh", "-c", child], start_new_session=True)
+    # Reaped as soon as it ends, as sshd reaps it: its pid then names only its group.
+    reaper = threading.Thread(target=serve.wait)
+    reaper.start()
+    (stubborn,) = _children(serve.pid)
+    try:
+        subprocess.run(kill_script(serve.pid, 1, _born(serve.pid)), timeout=30, check=True)
+        assert not _running(stubborn)
+    finally:
+        subprocess.run(["kill", "-KILL", str(stubborn)], check=False, capture_output=True)
+        reaper.join(timeout=10)

@@ -152,18 +152,20 @@ _REPORT_PID = (
 # builder's top process but not the builder's children (they sit in the builder's own session
 # and are reparented to init; seen with /bin/sleep on 2.8.0), so the groups of all descendants
 # are collected first and signalled too. SIGTERM, up to $2 seconds, then SIGKILL. With $3, the
-# start the start line told (`_BORN`), a pid that is no longer that process is left alone, at
-# every signal and look (`ours`), and so is the group it led (the only group named by its pid).
+# start the start line told (`_BORN`), a pid that another process holds by then is left alone,
+# at every signal and look (`taken`), and so is the group that pid names. A pid merely gone is
+# not taken: Linux gives no process a pid still in use as a group's id, so its group, if any
+# of it lives, is still ours. `kill -s 0`: dash reads `kill -0 -- -G` as a bad number.
 _KILL = (
     _BORN
     + r"""p=$1; grace=${2:-5}; born=${3:--}
-ours() {
-  [ "$born" = - ] && return 0
-  st=; { read -r st </proc/"$p"/stat; } 2>/dev/null
+taken() {
+  [ "$born" = - ] && return 1
+  st=; { read -r st </proc/"$p"/stat; } 2>/dev/null || return 1
   ofl_born "$st"
-  [ "$ofl_t" = "$born" ]
+  [ "$ofl_t" != "$born" ]
 }
-ours || exit 0
+taken && exit 0
 groups=$(ps -e -o pid= -o ppid= -o pgid= 2>/dev/null | awk -v root="$p" '
   { pg[$1] = $3; kids[$2] = kids[$2] " " $1 }
   END {
@@ -177,15 +179,15 @@ groups=$(ps -e -o pid= -o ppid= -o pgid= 2>/dev/null | awk -v root="$p" '
     for (g in out) print g
   }')
 signal() {
-  ours && kill -s "$1" "$p" 2>/dev/null
+  taken || kill -s "$1" "$p" 2>/dev/null
   for g in $groups; do
-    if [ "$g" != "$p" ] || ours; then kill -s "$1" -- "-$g" 2>/dev/null; fi
+    if [ "$g" != "$p" ] || ! taken; then kill -s "$1" -- "-$g" 2>/dev/null; fi
   done
 }
 alive() {
-  ours && kill -0 "$p" 2>/dev/null && return 0
+  taken || { kill -s 0 "$p" 2>/dev/null && return 0; }
   for g in $groups; do
-    if [ "$g" != "$p" ] || ours; then kill -0 -- "-$g" 2>/dev/null && return 0; fi
+    if [ "$g" != "$p" ] || ! taken; then kill -s 0 -- "-$g" 2>/dev/null && return 0; fi
   done
   return 1
 }
