@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from offload.procfs import parse_proc_stat, proc_stat, running
 from offload.transport.wrapper import kill_script, parse_born, parse_start_line, serve_command
 
 
 def _born(pid: int) -> str:
-    """/proc/PID/stat's start time, read as proc(5) says (after the command's last ")")."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    """``pid``'s start time, as /proc/PID/stat says it (what the start line tells)."""
+    stat = proc_stat(pid)
+    assert stat is not None
+    return str(stat[1])
 
 
 @pytest.fixture
@@ -42,7 +45,7 @@ def test_the_start_line_tells_when_the_serve_process_started(shell: str) -> None
     line, stat = done.stdout.splitlines()[:2]
     start = parse_start_line(line)
     assert start is not None
-    assert parse_born(line) == stat.rsplit(")", 1)[1].split()[19]
+    assert parse_born(line) == str(parse_proc_stat(stat)[1])
     assert stat.startswith(f"{start[0]} (")  # the same process
 
 
@@ -70,14 +73,6 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in found]
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize(
     "child",
     [
@@ -94,7 +89,7 @@ def test_what_outlives_sigterm_gets_sigkill_after_the_grace(child: str) -> None:
     (stubborn,) = _children(serve.pid)
     try:
         subprocess.run(kill_script(serve.pid, 1, _born(serve.pid)), timeout=30, check=True)
-        assert not _running(stubborn)
+        assert not running(stubborn)
     finally:
         subprocess.run(["kill", "-KILL", str(stubborn)], check=False, capture_output=True)
         reaper.join(timeout=10)

@@ -275,9 +275,7 @@ def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
 def parse_slot(line: str) -> str | None:
     """What a start line says of its builder-side slot: its number (``"0"``), ``"busy"``,
     ``"noflock"``, ``"nodir"``; None when none was asked for or the line is not a start line."""
-    if parse_start_line(line) is None:
-        return None
-    slot = _split_tail(line.strip())[1].get("slot")
+    slot = _told(line).get("slot")
     return None if slot in {None, "-"} else slot
 
 
@@ -285,12 +283,15 @@ def parse_born(line: str) -> str | None:
     """When the serve process a start line names started (``_BORN``: digits), for its kill;
     None when the builder could not tell (no /proc) or the line is not a whole start line:
     the wrapper says ``slot=`` after it, and a line cut short could end in a shorter number."""
-    if parse_start_line(line) is None:
-        return None
-    told = _split_tail(line.strip())[1]
+    told = _told(line)
     born = told.get("start", "")
     whole = "slot" in told and born.isascii() and born.isdigit() and len(born) <= 20
     return born if whole else None
+
+
+def _told(line: str) -> dict[str, str]:
+    """The ``key=value`` words that end a start line (``_split_tail``); none for another line."""
+    return {} if parse_start_line(line) is None else _split_tail(line.strip())[1]
 
 
 def parse_pid_line(line: str) -> int | None:
