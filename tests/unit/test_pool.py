@@ -410,10 +410,14 @@ def test_a_machine_pinning_no_key_is_dropped_with_a_warning(tmp_path):
     [
         ("ssh://nx-$(id).invalid", "its host name holds '$', which a shell acts on"),
         ("ssh://a`b`@nx-u.invalid", "its user name holds '`', which a shell acts on"),
+        ("ssh://-oProxyCommand=x", "its host name starts with '-', which ssh reads as an option"),
+        ("ssh://-l@nx-v.invalid", "its user name starts with '-', which ssh reads as an option"),
     ],
 )
-def test_a_machine_whose_name_a_shell_acts_on_is_dropped_with_a_warning(tmp_path, entry, why):
-    # ssh 9.6 refuses such names; an older one hands %h and %r to a ProxyCommand's shell.
+def test_a_machine_whose_name_ssh_must_not_be_given_is_dropped_with_a_warning(tmp_path, entry, why):
+    # ssh 9.6 refuses a shell's characters; an older one hands %h and %r to a ProxyCommand's
+    # shell. A name starting with '-' is an option to ssh. One such line in a shared machines
+    # file leaves that machine out, never the run.
     nix = NixSettings({"builders": f"{entry}; nx-ok.invalid"})
     env = {"XDG_CONFIG_HOME": str(tmp_path)}
     p = load_pool(builders=None, config=None, env=env, nix_settings=nix)
@@ -422,7 +426,8 @@ def test_a_machine_whose_name_a_shell_acts_on_is_dropped_with_a_warning(tmp_path
     assert warning.endswith(f": {why}; not used (`offload machines` says more)")
     problems = machine_problems(p.machines[0], lambda _: True)
     assert len(problems) == 1
-    assert "which a shell acts on: offload does not connect to it" in problems[0]
+    problem = why.split(" name ", 1)[1]  # "holds '$', ...", after the name itself
+    assert f"{problem}: offload does not connect to it" in problems[0]
     with pytest.raises(ConfigError, match=r"invalid ssh (host|user)"):
         ssh_target(p.machines[0])
 

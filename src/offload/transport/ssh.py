@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from offload.config.machines.model import shell_char
+from offload.config.machines.model import ssh_name_problem
 from offload.errors import ConfigError
 from offload.transport.host_key_alias import pinned_name
 from offload.transport.ssh_options import Keepalive, keepalive
@@ -69,12 +69,15 @@ class SshTarget:
 
     def __post_init__(self) -> None:
         # A host that starts with '-' would be read by ssh as an option; one with a shell's
-        # metacharacters reaches a shell through a ProxyCommand's %h (an ssh before 9.6).
+        # metacharacters reaches a shell through a ProxyCommand's %h (an ssh before 9.6). A
+        # machines line with such a name is left out of the pool (``Machine.not_connected``).
         host, user = self.host, self.user
-        if not host or host.startswith("-") or any(c.isspace() for c in host) or shell_char(host):
-            raise ConfigError(f"invalid ssh host {host!r}", hint="use a host name or alias")
-        if user is not None and (not user or user.startswith("-") or shell_char(user)):
-            raise ConfigError(f"invalid ssh user {user!r}", hint="use a user name")
+        if (problem := ssh_name_problem(host)) is not None:
+            raise ConfigError(
+                f"invalid ssh host {host!r}: it {problem}", hint="use a host name or alias"
+            )
+        if user is not None and (problem := ssh_name_problem(user)) is not None:
+            raise ConfigError(f"invalid ssh user {user!r}: it {problem}", hint="use a user name")
 
     @property
     def destination(self) -> str:

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from offload.config.machines.model import Machine, shell_char, shown
+from offload.config.machines.model import Machine, shell_char, shown, ssh_name_problem
 from offload.names import LOCAL
 from offload.spelling import meant
 
@@ -157,15 +157,19 @@ _PINS_JUNK = (
 )
 
 
-def _shell_names(machine: Machine) -> list[str]:
-    """Host and user names with a character a shell acts on: offload does not connect."""
-    return [
-        f"the {what} name '{shown(name)}' holds '{char}', which a shell acts on: offload does"
-        " not connect to it (OpenSSH 9.6 refuses it too; an older one would hand it to a"
-        " ProxyCommand's shell)"
-        for what, name in (("host", machine.host), ("user", machine.user))
-        if name is not None and (char := shell_char(name)) is not None
-    ]
+def _refused_names(machine: Machine) -> list[str]:
+    """Host and user names ssh must not be given (``ssh_name_problem``): offload does not
+    connect."""
+    found = []
+    for what, name in (("host", machine.host), ("user", machine.user)):
+        if name is None or (problem := ssh_name_problem(name)) is None:
+            continue
+        said = f"the {what} name '{shown(name)}' {problem}: offload does not connect to it"
+        if shell_char(name) is not None:
+            said += " (OpenSSH 9.6 refuses it too; an older one would hand it to a ProxyCommand's"
+            said += " shell)"
+        found.append(said)
+    return found
 
 
 def key_missing(machine: Machine, exists: Callable[[str], bool] = os.path.exists) -> bool:
@@ -213,7 +217,7 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
     found += _system_problems(machine)
     found += _unknown_params(machine)
     found += _junk_columns(machine)
-    found += _shell_names(machine)
+    found += _refused_names(machine)
     return [f"{machine.source}: {machine.name}: {problem}" for problem in found]
 
 
@@ -221,7 +225,7 @@ def refusals(machine: Machine) -> list[str]:
     """Why offload does not connect to ``machine`` (``Machine.not_connected``), with the fix,
     as ``machine_problems`` says it: one line each (none when it connects)."""
     found = [_PINS_JUNK] if machine.pins_junk else []
-    found += _shell_names(machine)
+    found += _refused_names(machine)
     if not found and machine.not_connected is not None:  # a NUL byte
         found.append(f"{machine.not_connected}: offload does not connect to it")
     return [f"{machine.source}: {machine.name}: {problem}" for problem in found]

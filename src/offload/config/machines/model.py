@@ -22,6 +22,7 @@ __all__ = [
     "Origin",
     "shell_char",
     "shown",
+    "ssh_name_problem",
 ]
 
 # What defined a machine: a line of Nix's machines spec (a file, the builders setting,
@@ -57,6 +58,21 @@ def shell_char(name: str) -> str | None:
     for char in name:
         if char in _SHELL_CHARS:
             return shown(char)
+    return None
+
+
+def ssh_name_problem(name: str) -> str | None:
+    """What makes host or user ``name`` one ssh must not be given (None: nothing), said to
+    follow "its host name": ssh reads a leading '-' as an option, and a shell acts on the
+    characters of ``shell_char``."""
+    if not name:
+        return "is empty"
+    if name.startswith("-"):
+        return "starts with '-', which ssh reads as an option"
+    if any(char.isspace() for char in name):
+        return "holds white space"
+    if (char := shell_char(name)) is not None:
+        return f"holds '{char}', which a shell acts on"
     return None
 
 
@@ -127,8 +143,9 @@ class Machine:
     @property
     def not_connected(self) -> str | None:
         """Why offload never connects to this machine though Nix takes its line (None: it
-        does): a pinned "key" ssh cannot use, a NUL byte, or a host or user name a shell would
-        act on (ssh 9.6 refuses it; an older one hands it to a ProxyCommand's shell)."""
+        does): a pinned "key" ssh cannot use, a NUL byte, or a host or user name ssh must not
+        be given (``ssh_name_problem``: one ssh would read as an option, or a shell act on;
+        ssh 9.6 refuses the latter, an older one hands it to a ProxyCommand's shell)."""
         if self.pins_junk:
             return "its host key is base64 of no ssh key"
         if "\0" in self.uri + (self.ssh_key or ""):
@@ -136,8 +153,8 @@ class Machine:
             # after the URI): every process start or open() with it fails.
             return "its URI or ssh key holds a NUL byte, which no program or file name can hold"
         for what, name in (("host", self.host), ("user", self.user)):
-            if name is not None and (char := shell_char(name)) is not None:
-                return f"its {what} name holds '{char}', which a shell acts on"
+            if name is not None and (problem := ssh_name_problem(name)) is not None:
+                return f"its {what} name {problem}"
         return None
 
     def ssh_destination(self) -> str:
