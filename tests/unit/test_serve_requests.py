@@ -142,6 +142,9 @@ def test_query_valid_paths_literal_bytes() -> None:
     run(go())
 
 
+B_HASH = "sha256:" + "1" * 52
+
+
 def test_query_path_infos_parses_until_empty_string() -> None:
     nar_hash = "sha256:0gjxwr2i5rcs1wk9ghzm20ic8j8y3kxrcs49r8l51y5kn9r98l5g"
     reply = (
@@ -158,7 +161,7 @@ def test_query_path_infos_parses_until_empty_string() -> None:
         + strs(A, B)
         + u64(4096)
         + u64(4096)
-        + s("sha256:abc")
+        + s(B_HASH)
         + s("")
         + strs("k:sig")
         + s("")
@@ -174,7 +177,7 @@ def test_query_path_infos_parses_until_empty_string() -> None:
             "/nix/store/dddddddddddddddddddddddddddddddd-b.drv",
             (A, B),
             4096,
-            "sha256:abc",
+            B_HASH,
             None,
             ("k:sig",),
         )

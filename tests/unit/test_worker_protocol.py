@@ -193,7 +193,7 @@ def build_result_bytes(minor: int) -> bytes:
         out += encode_int(1) + encode_int(0) + encode_int(30) + encode_int(50)
     if minor >= 37:
         out += encode_int(1) + encode_int(500) + encode_int(0)
-    realisation = json.dumps({"id": "sha256:00!out", "outPath": "bbbb-x"})
+    realisation = json.dumps({"id": "sha256:00!out", "outPath": "b" * 32 + "-x"})
     return out + encode_int(1) + encode_str("sha256:00!out") + encode_str(realisation)
 
 
@@ -201,7 +201,7 @@ def build_result_bytes(minor: int) -> bytes:
 def test_build_results_by_version(minor: int) -> None:
     reader = stream(build_result_bytes(minor))
     got = run(read_build_result(reader, "/nix/store/aaaa-x.drv", minor))
-    assert got.built_outputs == {"out": "/nix/store/bbbb-x"}
+    assert got.built_outputs == {"out": "/nix/store/" + "b" * 32 + "-x"}
     assert (got.start_time, got.stop_time) == (30, 50)
     assert (got.cpu_user_us, got.cpu_system_us) == ((500, None) if minor == 37 else (None, None))
     assert reader.rest() == b""

@@ -43,7 +43,9 @@ from offload.protocol.records import (
     path_info_bytes,
     read_build_result,
     read_path_info,
+    said_store_paths,
     sorted_paths,
+    store_dir_of,
 )
 from offload.protocol.wire import (
     bad_magic,
@@ -152,14 +154,14 @@ class ServeClient(ServeConnection):
     async def query_closure(
         self, paths: Iterable[str], *, include_outputs: bool = False
     ) -> set[str]:
-        request = (
-            encode_int(Op.QUERY_CLOSURE)
-            + encode_int(int(include_outputs))
-            + encode_strs(sorted_paths(paths))
-        )
+        asked = sorted_paths(paths)
+        request = encode_int(Op.QUERY_CLOSURE) + encode_int(int(include_outputs))
         async with self._request("QueryClosure"):
-            await self._send(request)
-            return set(await read_strs(self._reader, "the closure"))
+            await self._send(request + encode_strs(asked))
+            closure = await read_strs(self._reader, "the closure")
+            if closure:  # in the store of the paths asked (the closure of none is none)
+                said_store_paths(closure, store_dir_of(asked[0]), "the closure")
+        return set(closure)
 
     async def dump_store_path(self, path: str, sink: Sink) -> int:
         """Stream the NAR of ``path`` into ``sink`` chunk by chunk; returns its size.

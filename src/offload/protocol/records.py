@@ -10,12 +10,13 @@ version, so the readers here take it as an argument.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from offload.errors import ProtocolError
+from offload.errors import ProtocolError, StoreError
 from offload.protocol.stderr import strip_ansi
 from offload.protocol.wire import (
     ByteReader,
@@ -26,6 +27,7 @@ from offload.protocol.wire import (
     read_str,
     read_strs,
 )
+from offload.store.path import StorePath
 
 __all__ = [
     "CLIENT_VERSION",
@@ -37,6 +39,7 @@ __all__ = [
     "BuildStatus",
     "Op",
     "PathInfo",
+    "checked_info",
     "nix_exit_bits",
     "nix_exit_code",
     "parse_realisation",
@@ -44,13 +47,17 @@ __all__ = [
     "read_build_result",
     "read_built_outputs",
     "read_path_info",
+    "said_store_paths",
     "sorted_paths",
+    "store_dir_of",
 ]
 
 SERVE_MAGIC_1 = 0x390C9DEB
 SERVE_MAGIC_2 = 0x5452EECB
 CLIENT_VERSION = 0x207
 EXPORT_MAGIC = 0x4558494E  # 'NIXE' (section 3.2)
+# A narHash as PathInfo carries it (the worker protocol's base-16 is turned into this).
+_NAR_HASH = re.compile(r"sha256:[0-9a-df-np-sv-z]{52}")
 
 
 class Op(IntEnum):
@@ -208,6 +215,37 @@ class BuildResult:
         return self.status.succeeded
 
 
+def store_dir_of(path: str) -> str:
+    """The store directory of ``path``, one of ours (asked of a remote, never its answer)."""
+    return path.rpartition("/")[0]
+
+
+def said_store_paths(paths: Iterable[str], store_dir: str, what: str) -> None:
+    """Each of ``paths``, as a remote store said it, is a store path of ``store_dir``. Callers
+    lock, write, register and copy by these names (the hook as root), so any other name is the
+    remote's lie or a damaged stream, never one to act on."""
+    for path in paths:
+        try:
+            StorePath.parse(path, store_dir)
+        except StoreError as exc:
+            raise ProtocolError(f"{what}: {exc.message}") from None
+
+
+def checked_info(info: PathInfo) -> PathInfo:
+    """``info`` as a remote said it, with its path, deriver and references checked to be store
+    paths of the path's own store directory and its narHash to be ``sha256:<nix32>`` (or
+    missing, as the serve protocol before 2.4 leaves it): the hook writes these fields, one
+    a line, into what ``nix-store --register-validity --hash-given`` reads."""
+    what = f"the path info of {info.path[:200]!r}"
+    said = [info.path, *info.references]
+    if info.deriver is not None:
+        said.append(info.deriver)
+    said_store_paths(said, store_dir_of(info.path), what)
+    if info.nar_hash and not _NAR_HASH.fullmatch(info.nar_hash):
+        raise ProtocolError(f"{what}: its narHash {info.nar_hash[:80]!r} is not sha256:<nix32>")
+    return info
+
+
 def sorted_paths(paths: Iterable[str]) -> list[str]:
     # Nix writes a StorePathSet sorted by base name; do the same so requests match Nix's bytes.
     return sorted(set(paths), key=lambda p: (p.rsplit("/", 1)[-1], p))
@@ -224,7 +262,7 @@ async def read_path_info(r: ByteReader, path: str, minor: int) -> PathInfo:
         nar_hash = await read_str(r, f"the narHash of {path}")
         ca = await read_str(r, f"the ca of {path}")
         sigs = await read_strs(r, f"the signatures of {path}")
-    return PathInfo(
+    info = PathInfo(
         path=path,
         deriver=deriver or None,
         references=tuple(references),
@@ -233,6 +271,7 @@ async def read_path_info(r: ByteReader, path: str, minor: int) -> PathInfo:
         ca=ca or None,
         sigs=tuple(sigs),
     )
+    return checked_info(info)
 
 
 async def read_build_status(r: ByteReader) -> tuple[BuildStatus, str]:
@@ -292,12 +331,15 @@ def parse_realisation(drv_output: str, realisation: str, store_dir: str) -> tupl
     name = drv_output.rpartition("!")[2]
     try:
         out_path = json.loads(realisation)["outPath"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProtocolError(f"malformed realisation for {drv_output!r}") from exc
+    # RecursionError: JSON nested deeper than Python's stack ("[" * 100000).
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed realisation for {drv_output[:200]!r}") from exc
     if not isinstance(out_path, str) or not name:
-        raise ProtocolError(f"malformed realisation for {drv_output!r}")
+        raise ProtocolError(f"malformed realisation for {drv_output[:200]!r}")
     # 2.8 writes the base name only; later versions may write the full path.
-    return name, out_path if out_path.startswith("/") else f"{store_dir}/{out_path}"
+    full = out_path if out_path.startswith("/") else f"{store_dir}/{out_path}"
+    said_store_paths([full], store_dir, f"the realisation of {drv_output[:200]!r}")
+    return name, full
 
 
 def path_info_bytes(info: PathInfo, registration_time: int | None) -> bytes:

@@ -20,6 +20,7 @@ from offload.protocol.records import (
     BuildOptions,
     BuildResult,
     PathInfo,
+    checked_info,
     read_build_status,
     read_build_times,
     read_built_outputs,
@@ -188,7 +189,7 @@ async def read_path_info(r: ByteReader, path: str, minor: int) -> PathInfo:
     # sha256:<nix32>, the form PathInfo carries everywhere else.
     if _HEX_SHA256.fullmatch(nar_hash):
         nar_hash = nar_hash_nix32(nar_hash)
-    return PathInfo(
+    info = PathInfo(
         path=path,
         deriver=deriver or None,
         references=tuple(references),
@@ -197,6 +198,7 @@ async def read_path_info(r: ByteReader, path: str, minor: int) -> PathInfo:
         ca=ca or None,
         sigs=tuple(sigs),
     )
+    return checked_info(info)
 
 
 async def _read_optional_micros(r: ByteReader, what: str) -> int | None:
