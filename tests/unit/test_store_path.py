@@ -128,6 +128,9 @@ def test_store_path_properties() -> None:
         f"/nix/store/{HASH}-" + "x" * 211,
         f"/nix/store/{HASH}-a..b",
         f"/nix/store/{HASH}--",
+        f"/nix/store/{HASH}-.dotfiles",  # src = ./. in ~/.dotfiles
+        f"/nix/store/{HASH}-.zshrc",
+        f"/nix/store/{HASH}-...",
     ],
 )
 def test_valid_store_paths(path: str) -> None:
@@ -140,8 +143,10 @@ def test_valid_store_paths(path: str) -> None:
     [
         (f"/nix/store/{HASH}-hello/bin/hello", "sub-path"),
         (f"/nix/store/{HASH}-hello/", "sub-path"),
-        (f"/nix/store/{HASH}-..", "starts with '.'"),
-        (f"/nix/store/{HASH}-.hidden", "starts with '.'"),
+        (f"/nix/store/{HASH}-..", "'.' or '..'"),
+        (f"/nix/store/{HASH}-.", "'.' or '..'"),
+        (f"/nix/store/{HASH}-.-1.0", "'.' or '..'"),
+        (f"/nix/store/{HASH}-..-2", "'.' or '..'"),
         (f"/nix/store/{HASH}-", "name is empty"),
         (f"/nix/store/{HASH}", "no '-<name>'"),
         (f"/nix/store/{HASH}-" + "x" * 212, "212 characters"),

@@ -71,8 +71,11 @@ def _name_problem(name: str) -> str | None:
         return "the name is empty"
     if len(name) > MAX_NAME_LENGTH:
         return f"the name is {len(name)} characters long, more than {MAX_NAME_LENGTH}"
-    if name.startswith("."):
-        return "the name starts with '.'"
+    # Nix's checkName: "." and "..", and names read as them with a version ("..-1"). Any other
+    # name may start with '.' (`src = ./.` in ~/.dotfiles is "<hash>-.dotfiles"), as in every
+    # Nix but 2.19.0-2.20.1, which refused them all and were reverted.
+    if name in {".", ".."} or name.startswith((".-", "..-")):
+        return f"the name {name[:20]!r} is '.' or '..', which no Nix takes"
     if "/" in name:
         return "it has a sub-path after the store object"
     if not _NAME_CHARS.fullmatch(name):
