@@ -40,7 +40,10 @@ class NarSource:
     def __init__(self, nars: dict[str, bytes]) -> None:
         self.nars = nars
 
-    async def dump_store_path(self, path: str, sink: Callable[[bytes], Awaitable[None]]) -> int:
+    async def dump_store_path(
+        self, path: str, sink: Callable[[bytes], Awaitable[None]], *, limit: int | None = None
+    ) -> int:
+        del limit  # the NARs served are whole
         await sink(self.nars[path])
         return len(self.nars[path])
 

@@ -35,8 +35,11 @@ class NarSource:
     def __init__(self, nar: bytes) -> None:
         self.nar = nar
 
-    async def dump_store_path(self, path: str, sink: Callable[[bytes], Awaitable[None]]) -> int:
+    async def dump_store_path(
+        self, path: str, sink: Callable[[bytes], Awaitable[None]], *, limit: int | None = None
+    ) -> int:
         del path
+        assert limit == len(self.nar)  # held to the narSize the builder said
         await sink(self.nar)
         return len(self.nar)
 
@@ -99,7 +102,9 @@ def test_a_build_cancelled_while_its_outputs_arrive_leaves_nothing(
 
     class Stalled(NarSource):
         @override
-        async def dump_store_path(self, path: str, sink: Callable[[bytes], Awaitable[None]]) -> int:
+        async def dump_store_path(
+            self, path: str, sink: Callable[[bytes], Awaitable[None]], *, limit: int | None = None
+        ) -> int:
             await sink(self.nar[:8])
             arriving.set()
             await asyncio.Event().wait()  # the builder goes quiet mid-NAR

@@ -48,7 +48,12 @@ def directory(*entries: tuple[bytes, bytes]) -> bytes:
 
 
 async def copy(
-    data: bytes, *, chunk: int = 1 << 16, eof: bool = True, trailing: bytes = b""
+    data: bytes,
+    *,
+    chunk: int = 1 << 16,
+    eof: bool = True,
+    trailing: bytes = b"",
+    limit: int | None = None,
 ) -> tuple[NarStats, list[bytes], asyncio.StreamReader]:
     reader = asyncio.StreamReader()
     reader.feed_data(data + trailing)
@@ -60,7 +65,7 @@ async def copy(
         chunks.append(piece)
 
     # Guards against a reader that waits for bytes that will never come.
-    stats = await asyncio.wait_for(copy_nar(reader, sink, chunk=chunk), timeout=10)
+    stats = await asyncio.wait_for(copy_nar(reader, sink, chunk=chunk, limit=limit), timeout=10)
     return stats, chunks, reader
 
 
@@ -195,6 +200,31 @@ def test_copy_nar_stops_exactly_at_the_end() -> None:
         second = await copy_nar(reader)
         assert first == second == stats
         assert reader.at_eof()
+
+    asyncio.run(main())
+
+
+def test_a_nar_longer_than_its_limit_is_refused_before_the_excess_is_read() -> None:
+    # A builder's narSize of 512 bytes, then a file it says is 300 MiB: nothing of the file is
+    # read, held or passed on (the hook held small NARs in memory, and wrote large ones).
+    head = MAGIC + s(b"(") + s(b"type") + s(b"regular") + s(b"contents")
+    huge = head + (300 << 20).to_bytes(8, "little")
+    chunks: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    async def main() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(huge)  # no EOF, no contents: reading any of it would wait for ever
+        with pytest.raises(ProtocolError, match="longer than the 512 bytes said of it"):
+            await asyncio.wait_for(copy_nar(reader, sink, limit=512), timeout=10)
+        assert sum(map(len, chunks)) <= 512
+        nar = MAGIC + directory((b"f", regular(b"data")))
+        exact = await copy(nar, limit=len(nar))
+        assert exact[0].size == len(nar)
+        with pytest.raises(ProtocolError, match=f"longer than the {len(nar) - 1} bytes"):
+            await copy(nar, limit=len(nar) - 1)
 
     asyncio.run(main())
 

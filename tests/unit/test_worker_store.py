@@ -120,7 +120,8 @@ def test_copy_paths_into_a_daemon_goes_by_add_multiple_to_store() -> None:
     class Source:
         exporter = None  # a builder's session: its NARs come by NarFromPath
 
-        async def dump_store_path(self, path: str, sink: Any) -> int:
+        async def dump_store_path(self, path: str, sink: Any, *, limit: int | None = None) -> int:
+            assert limit == 8  # each held to its narSize
             await sink(path.encode()[-8:])
             return 8
 

@@ -163,8 +163,9 @@ class ServeClient(ServeConnection):
                 said_store_paths(closure, store_dir_of(asked[0]), "the closure")
         return set(closure)
 
-    async def dump_store_path(self, path: str, sink: Sink) -> int:
-        """Stream the NAR of ``path`` into ``sink`` chunk by chunk; returns its size.
+    async def dump_store_path(self, path: str, sink: Sink, *, limit: int | None = None) -> int:
+        """Stream the NAR of ``path`` into ``sink`` chunk by chunk; returns its size. One
+        longer than ``limit`` (its narSize) is refused before its excess is read.
 
         If ``sink`` raises, its exception propagates unchanged and this connection is unusable
         (the rest of the NAR is still in flight).
@@ -178,7 +179,7 @@ class ServeClient(ServeConnection):
 
         async with self._request(f"DumpStorePath of {path}"):
             await self._send(encode_int(Op.DUMP_STORE_PATH) + encode_str(path))
-            stats = await copy_nar(self._reader, guarded)
+            stats = await copy_nar(self._reader, guarded, limit=limit)
             return stats.size
 
     async def add_to_store_nar(

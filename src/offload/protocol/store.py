@@ -50,7 +50,7 @@ class StoreClient(Protocol):
     async def query_closure(
         self, paths: Iterable[str], *, include_outputs: bool = False
     ) -> set[str]: ...
-    async def dump_store_path(self, path: str, sink: Sink) -> int: ...
+    async def dump_store_path(self, path: str, sink: Sink, *, limit: int | None = None) -> int: ...
     async def add_to_store_nar(self, info: PathInfo, nar: NarProducer) -> None: ...
     async def add_paths(
         self, items: Sequence[tuple[PathInfo, NarProducer]], *, exporter: Exporter | None = None
@@ -122,6 +122,7 @@ async def copy_paths(src: StoreClient, dst: StoreClient, infos: Sequence[PathInf
     """
     if src is dst:
         raise ValueError("cannot copy a connection's paths onto itself")
-    items = [(info, partial(src.dump_store_path, info.path)) for info in infos]
+    # Each NAR held to the size its source said: a longer one is refused as it arrives.
+    items = [(info, partial(src.dump_store_path, info.path, limit=info.nar_size)) for info in infos]
     await dst.add_paths(items, exporter=src.exporter)
     return sum(info.nar_size for info in infos)

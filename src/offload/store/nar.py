@@ -74,10 +74,13 @@ def _show(token: bytes) -> str:
 
 
 class _NarStream:
-    def __init__(self, reader: ByteReader, sink: Sink | None, chunk: int) -> None:
+    def __init__(
+        self, reader: ByteReader, sink: Sink | None, chunk: int, limit: int | None
+    ) -> None:
         self.reader = reader
         self.sink = sink
         self.chunk = chunk
+        self.limit = limit
         self.offset = 0
         self.hasher = hashlib.sha256()
         # Small structural tokens are batched so the sink is not called once per 8 bytes.
@@ -90,6 +93,11 @@ class _NarStream:
         self.pending.clear()
 
     async def read(self, n: int, what: str) -> bytes:
+        if self.limit is not None and self.offset + n > self.limit:
+            raise ProtocolError(
+                f"the NAR is longer than the {self.limit} bytes said of it"
+                f" ({what} at byte {self.offset} claims {n} more)"
+            )
         try:
             data = await self.reader.readexactly(n)
         except asyncio.IncompleteReadError as exc:
@@ -216,16 +224,22 @@ class _NarStream:
 
 
 async def copy_nar(
-    reader: ByteReader, sink: Sink | None = None, *, chunk: int = 1 << 16
+    reader: ByteReader,
+    sink: Sink | None = None,
+    *,
+    chunk: int = 1 << 16,
+    limit: int | None = None,
 ) -> NarStats:
     """Read exactly one NAR from ``reader``, passing its bytes to ``sink`` in order.
 
     Stops at the NAR's last byte, so the reader is left at whatever follows. Raises
-    ``ProtocolError`` naming the byte offset on malformed input or an early end of stream.
+    ``ProtocolError`` naming the byte offset on malformed input or an early end of stream, and
+    with ``limit`` (the narSize the sender said) before a byte past it is read: a sender's
+    word on a file's length is never what the reader holds or writes beyond that.
     """
     if chunk <= 0:
         raise ValueError("chunk must be positive")
-    nar = _NarStream(reader, sink, chunk)
+    nar = _NarStream(reader, sink, chunk, limit)
     await nar.expect(NAR_MAGIC, "the NAR magic")
     # One entry per open directory: the last entry name seen there, for the sort check.
     open_dirs: list[bytes] = []

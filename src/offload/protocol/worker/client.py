@@ -272,8 +272,9 @@ class WorkerClient:
 
     # -- NARs --------------------------------------------------------------------------------
 
-    async def dump_store_path(self, path: str, sink: Sink) -> int:
-        """NarFromPath: stream the NAR of ``path`` into ``sink``; returns its size.
+    async def dump_store_path(self, path: str, sink: Sink, *, limit: int | None = None) -> int:
+        """NarFromPath: stream the NAR of ``path`` into ``sink``; returns its size (at most
+        ``limit``).
 
         If ``sink`` raises, its exception propagates and this connection is unusable.
         """
@@ -287,7 +288,7 @@ class WorkerClient:
         async with self._request(f"NarFromPath of {path}"):
             await self._send(encode_int(Op.NAR_FROM_PATH) + encode_str(path))
             await self._frames()
-            return (await copy_nar(self._reader, guarded)).size
+            return (await copy_nar(self._reader, guarded, limit=limit)).size
 
     async def add_to_store_nar(
         self,
