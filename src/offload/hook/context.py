@@ -217,6 +217,17 @@ class HookContext:
         except OffloadError:
             return False
 
+    def unknown_outputs(self, request: TryRequest) -> bool:
+        """Are the paths of ``request``'s outputs known only once it is built (floating
+        content-addressed, impure or deferred)? The hook brings outputs home by path, so it
+        leaves those to Nix. A .drv that cannot be read is taken for one whose are known: its
+        build says what is wrong with it."""
+        try:
+            outputs = read_derivation(request.drv_path).outputs.values()
+        except OffloadError:
+            return False
+        return any(not output.path for output in outputs)
+
     def priority(self, request: TryRequest, work: float) -> float:
         """Where ``request`` waits in the coordinator's queue: its ``work`` and the work history
         saw after it (``history.tails``)."""
