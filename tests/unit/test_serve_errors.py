@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from offload.errors import ProtocolError, RemoteError
+from offload.protocol.stderr import ErrorTail
 from tests.helpers.serve_wire import A, connected, reader_with, run, strs
 
 
@@ -150,3 +151,16 @@ def test_close_closes_writer_and_finishes_stderr() -> None:
 
     run(go())
     assert lines == ["bye"]
+
+
+def test_a_long_log_after_an_error_line_is_not_held() -> None:
+    # A build prints an "error:" line of its own (rustc, a test suite) and logs on: the tail
+    # keeps the block's first lines, cut, never the whole log.
+    tail = ErrorTail()
+    tail.feed("error: cannot find value `x` in this scope" + " x" * 5000)
+    for n in range(100_000):
+        tail.feed(f"   Compiling crate{n} v1.0")
+    assert len(tail.lines) == ErrorTail.MAX_LINES
+    assert max(map(len, tail.lines)) == ErrorTail.MAX_LINE
+    tail.feed("error: the last block wins")
+    assert tail.lines == ["error: the last block wins"]

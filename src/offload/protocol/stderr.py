@@ -129,7 +129,11 @@ class StderrPump:
 
 
 class ErrorTail:
-    """The last ``error:`` block of one request's stderr, lines without ANSI escapes."""
+    """The last ``error:`` block of one request's stderr, lines without ANSI escapes: its
+    first ``MAX_LINES`` lines, of at most ``MAX_LINE`` characters each."""
+
+    MAX_LINES = 50
+    MAX_LINE = 2000
 
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -139,11 +143,13 @@ class ErrorTail:
 
     def feed(self, plain: str) -> None:
         # The server prints its fatal error last and exits; a builder may print "error:" lines
-        # of its own earlier, so the last error block is the one that explains the EOF.
+        # of its own earlier, so the last error block is the one that explains the EOF. A build
+        # log goes on after its own "error:" lines (rustc's, a test suite's): what follows is
+        # no more of the error, and is not held, however long the log.
         if plain.startswith("error:"):
-            self.lines = [plain]
-        elif self.lines:
-            self.lines.append(plain)
+            self.lines = [plain[: self.MAX_LINE]]
+        elif self.lines and len(self.lines) < self.MAX_LINES:
+            self.lines.append(plain[: self.MAX_LINE])
 
     def as_error(self, name: str) -> RemoteError | None:
         if not self.lines:
