@@ -131,7 +131,8 @@ def test_a_collection_starting_before_the_registration_keeps_every_path(
     monkeypatch.setattr(home, "_register", held_back)
 
     async def go() -> None:
-        bringing = asyncio.create_task(home.import_outputs(source, infos, store.dir))  # type: ignore[arg-type]
+        held = {info.path for info in infos}
+        bringing = asyncio.create_task(home.import_outputs(source, infos, store.dir, held=held))  # type: ignore[arg-type]
         await placed.wait()
         await asyncio.to_thread(_nix_store, "--gc")
         release.set()
@@ -167,7 +168,8 @@ def test_a_collection_already_running_is_told_and_keeps_the_temporaries(
     async def go() -> None:
         # Opened once the collector reads it: it holds its lock and listens on its socket.
         waiting_collector = await asyncio.to_thread(_opened_by_reader, sync, gc)
-        bringing = asyncio.create_task(home.import_outputs(source, infos, store.dir))  # type: ignore[arg-type]
+        held = {info.path for info in infos}
+        bringing = asyncio.create_task(home.import_outputs(source, infos, store.dir, held=held))  # type: ignore[arg-type]
         await restored.wait()
         os.close(waiting_collector)  # it goes on: deletes what it finds unrooted
         _, err = await asyncio.to_thread(gc.communicate)

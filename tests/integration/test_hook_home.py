@@ -1,8 +1,8 @@
 """offload-hook bringing outputs home (``offload.hook.home``) into this host's real store, from
 a NAR that ``nix-store --dump`` made: a build cancelled while ``nix-store --register-validity``
 runs (a Ctrl-C, the hook's Nix gone) waits for it, and what it registered stays on disk; a path
-another process holds Nix's lock on is waited for as Nix waits, at most the patience
-(``offload.hook.pathlocks``; tests/integration/test_hook_locks.py under real nix-build).
+that is no output of the derivation is never brought home (tests/integration/test_hook_strays.py
+under real nix-build).
 
 The builder's side is a stand-in that serves that NAR (the seam: the thing under test is the
 local store's registration); everything on the local side is the real Nix."""
@@ -10,7 +10,6 @@ local store's registration); everything on the local side is the real Nix."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import os
 import subprocess
@@ -23,7 +22,6 @@ from typing_extensions import override
 
 from offload.errors import StoreError
 from offload.hook import home
-from offload.hook.pathlocks import LockAttempt
 from offload.protocol.records import PathInfo
 from offload.store.nar import nar_hash_nix32
 from offload.store.path import STORE_DIR, nix32_encode
@@ -78,7 +76,7 @@ def test_a_build_cancelled_while_its_outputs_register_keeps_them_whole(
     monkeypatch.setattr(home, "_register", slow_to_answer)
 
     async def go() -> None:
-        bringing = asyncio.create_task(home.import_outputs(source, [info]))  # type: ignore[arg-type]
+        bringing = asyncio.create_task(home.import_outputs(source, [info], held={info.path}))  # type: ignore[arg-type]
         await registered.wait()
         bringing.cancel()  # Ctrl-C, or the hook's Nix gone
         release.set()
@@ -112,7 +110,7 @@ def test_a_build_cancelled_while_its_outputs_arrive_leaves_nothing(
 
     async def go() -> None:
         stalled = Stalled(source.nar)
-        bringing = asyncio.create_task(home.import_outputs(stalled, [info]))  # type: ignore[arg-type]
+        bringing = asyncio.create_task(home.import_outputs(stalled, [info], held={info.path}))  # type: ignore[arg-type]
         await arriving.wait()
         bringing.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -134,54 +132,18 @@ def test_an_output_a_builder_names_outside_the_store_touches_nothing(
     victim.write_text("precious\n")
     forged = PathInfo(str(victim), None, (), info.nar_size, info.nar_hash)
     with pytest.raises(StoreError, match="invalid store path"):
-        asyncio.run(home.import_outputs(source, [forged]))  # type: ignore[arg-type]
+        asyncio.run(home.import_outputs(source, [forged], held={forged.path}))  # type: ignore[arg-type]
     assert victim.read_text() == "precious\n"
     assert not list(Path(STORE_DIR).glob(f"*-{home.TEMP_MARK}{os.getpid()}-*"))
 
 
-def _lock(path: str) -> int:
-    """Nix's lock on ``path`` (an exclusive flock on ``<path>.lock``), held by this process on
-    a file description of its own, which excludes the hook's as another process's would."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
-def test_a_path_locked_for_longer_than_the_patience_is_left_alone(
+def test_a_path_that_is_no_output_of_the_derivation_is_not_brought_home(
     output: tuple[PathInfo, NarSource],
 ) -> None:
-    # A local build of the path in progress: its output written in place, its lock held.
+    # Nix holds the locks of the derivation's outputs only (``held``): any other path is a
+    # builder's word, never made valid here.
     info, source = output
-    held = _lock(info.path)
-    Path(info.path).write_text("half\n")
-    said: list[str] = []
-    try:
-        with pytest.raises(StoreError, match=r"stayed locked by another process for 0.5 s"):
-            asyncio.run(home.import_outputs(source, [info], waiting=said.append, patience=0.5))  # type: ignore[arg-type]
-        assert said == [info.path]
-        assert Path(info.path).read_text() == "half\n"
-        assert not _valid(info.path)
-    finally:
-        os.close(held)
-        Path(info.path).unlink()
-        Path(f"{info.path}.lock").unlink()
-
-
-def test_a_lock_file_its_holder_deleted_is_opened_again(tmp_path: Path) -> None:
-    # Nix's holder, done, unlinks the lock file and writes to it before letting go: a waiter
-    # that then gets the lock on that file holds nothing another process can see, while a
-    # third one may hold the lock on the file now at that name.
-    path = str(tmp_path / "p")
-    first = _lock(path)
-    attempt = LockAttempt(path)
-    try:
-        assert not attempt.try_once()
-        Path(f"{path}.lock").unlink()
-        os.write(first, b"d")
-        second = _lock(path)  # the third process, on the new file
-        os.close(first)
-        assert not attempt.try_once()
-        os.close(second)
-        assert attempt.try_once()
-    finally:
-        attempt.close()
+    with pytest.raises(StoreError, match="is no output of the derivation: not brought home"):
+        asyncio.run(home.import_outputs(source, [info], held=()))  # type: ignore[arg-type]
+    assert not _valid(info.path)
+    assert not Path(info.path).exists()

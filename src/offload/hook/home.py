@@ -36,12 +36,12 @@ invalid paths before it writes them (its collector too, once the hook's roots ar
 it). The roots go once the paths are registered (or removed): from then on the outputs Nix
 roots for its build keep their dependencies through their references.
 
-Nix holds the locks of the derivation's outputs only. Any other path the builder names in their
-closure (for an honest builder there is none: Nix made the inputs valid here first) is locked
-here as Nix locks a path it imports (``offload.hook.pathlocks``), and checked again under the
-lock: an invalid path may be another process's build of it in progress, and one that became
-valid meanwhile is left as it is. A lock another process holds is waited for, as Nix waits,
-said once in the build's log, for at most ``LOCK_PATIENCE``.
+Only the derivation's outputs come home, whose locks Nix holds: Nix made the inputs valid here
+before it asked, so an honest builder's closure of the outputs holds nothing else missing
+here. Any other path it names is refused before a byte is read (``offload.hook.remote``), and
+nothing is registered: brought home, it would be a path of the builder's choosing made valid
+in this host's store as root, unsigned (a "bash" nothing here ever built or fetched). Nix's own
+hook copies the outputs alone, and fails such a build when it registers them.
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ import itertools
 import os
 import re
 import shutil
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from offload.errors import StoreError
-from offload.hook.pathlocks import PathLocks
 from offload.hook.temproots import TempRoots
 from offload.hook.unpack import SMALL_NAR, unpack_nar
 from offload.process import run_async, spawn
@@ -74,10 +73,6 @@ _TEMP_NAME = re.compile(r"[0-9a-df-np-sv-z]{32}-" + TEMP_MARK + r"([0-9]+)-[0-9]
 # The temporary trees of hooks before that name (offload before 5b2b79a): still swept, since an
 # old coordinator killed mid-copy left one that nothing else removes short of a full collection.
 _OLD_TEMP_NAME = re.compile(r"\.offload-hook-([0-9]+)-[0-9]+-[0-9]+")
-# How long a path another process holds locked is waited for (Nix waits for ever; see
-# offload.hook.pathlocks): far beyond any copy, and a dependency only a builder's wrong word can
-# make the hook bring home at all (below).
-LOCK_PATIENCE = 600.0
 # Temporary names are <pid>-<batch>-<n>: one coordinator process imports for many builds at once.
 _BATCHES = itertools.count()
 
@@ -167,13 +162,11 @@ async def import_outputs(
     infos: Sequence[PathInfo],
     store_dir: str = STORE_DIR,
     *,
-    held: Collection[str] = (),
-    waiting: Callable[[str], None] = lambda _path: None,
-    patience: float = LOCK_PATIENCE,
+    held: Collection[str],
 ) -> int:
     """Make ``infos`` (dependencies first) valid locally from ``remote``; returns bytes moved.
-    ``held``: the paths whose locks Nix holds for us (the derivation's outputs); every other
-    one is locked here first, and left alone if it has become valid meanwhile."""
+    ``held``: the paths whose locks Nix holds for us (the derivation's outputs), the only ones
+    brought home (module docstring)."""
     if not infos:  # --check: the outputs were valid here already (Nix 2.8 refuses "\n")
         return 0
     for info in infos:
@@ -181,29 +174,15 @@ async def import_outputs(
         # removed again here, as root under the daemon: one outside the store, or a sub-path,
         # would be any file of this host's.
         StorePath.parse(info.path, store_dir)
-    roots, locks = TempRoots(), PathLocks()
+        if info.path not in held:
+            raise StoreError(f"{info.path} is no output of the derivation: not brought home")
+    roots = TempRoots()
     try:
-        # Rooted first, as Nix roots what it adds: one found valid below stays so until the
-        # outputs that refer to it are registered.
+        # Rooted first, as Nix roots what it adds.
         await roots.add(info.path for info in infos)
-        ours = [info.path for info in infos if info.path not in held]
-        await locks.lock(ours, patience=patience, waiting=waiting)
-        if ours:  # built or copied here by the process that held the lock, maybe
-            valid = set(ours) - await _invalid(ours)
-            infos = [info for info in infos if info.path not in valid]
-        moved = await _place(remote, infos, Path(store_dir))
-    except BaseException:
-        locks.release(done=False)
-        raise
+        return await _place(remote, infos, Path(store_dir))
     finally:
         roots.release()
-    locks.release(done=True)
-    return moved
-
-
-async def _invalid(paths: Sequence[str]) -> set[str]:
-    done = await run_async(["nix-store", "--check-validity", "--print-invalid", *paths])
-    return set(done.stdout.split())
 
 
 async def _place(remote: StoreClient, infos: Sequence[PathInfo], store: Path) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from offload.cache_words import CacheLines, cache_fault
-from offload.errors import OffloadError
+from offload.errors import OffloadError, StoreError
 from offload.history.records import PhaseRecord
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
@@ -93,19 +93,6 @@ class _Activities:
 
     def stop(self, act: int) -> None:
         write_nix_json(self._io, {"action": "stop", "id": act})
-
-
-def _lock_note(io: HookIO, drv_path: str) -> Callable[[str], None]:
-    """Said (a warning, as Nix says its own) when a path to bring home is locked here."""
-
-    def say(path: str) -> None:
-        text = (
-            f"offload-hook: waiting for lock on '{path}' (another process here is building or "
-            f"copying it) before the outputs of '{drv_path}' come home"
-        )
-        write_nix_json(io, {"action": "msg", "level": 1, "msg": text})
-
-    return say
 
 
 class CachesHeard:
@@ -217,7 +204,7 @@ async def build_remote(
         code = 101 if result.status is BuildStatus.TIMED_OUT else 100
         return Outcome(code, started, built, sent, phases=phases, error=result.error_msg)
     received = await _fetch(
-        io, acts, request, drv, accepted, local=local, remote=remote, machine=machine
+        acts, request, drv, accepted, local=local, remote=remote, machine=machine
     )
     finished = time.time()
     phases += (PhaseRecord("fetching", built, finished),)
@@ -258,7 +245,6 @@ async def _build(
 
 
 async def _fetch(
-    io: HookIO,
     acts: _Activities,
     request: TryRequest,
     drv: Derivation,
@@ -268,19 +254,24 @@ async def _fetch(
     remote: StoreClient,
     machine: str,
 ) -> int:
-    """The wanted outputs' closure brought home from ``machine``; the bytes received."""
+    """The wanted outputs brought home from ``machine``; the bytes received. Their closure
+    holds nothing else missing here (``offload.hook.home``): anything else is refused."""
     fetch = acts.start(_ACT_COPY_PATHS, f"copying outputs from '{machine}'", [])
     outputs = [drv.outputs[name].path for name in accepted.wanted if name in drv.outputs]
+    # Nix locked every output of the derivation before it asked us (locking one again would
+    # wait for ever for our own parent).
+    held = {output.path for output in drv.outputs.values()}
     closure = await remote.query_closure(outputs)
     missing = closure - await local.query_valid_paths(closure)
+    if strays := sorted(missing - held):
+        raise StoreError(
+            f"builder '{machine}' says the outputs of '{request.drv_path}' refer to"
+            f" '{strays[0]}'{f' and {len(strays) - 1} more' if len(strays) > 1 else ''},"
+            " which is no output of it and not valid here: nothing was brought home",
+            hint=f"its store holds outputs built otherwise than here; delete them there"
+            f" (nix-store --delete on {machine}) and build again",
+        )
     infos = await remote.query_path_infos(missing)
-    received = await import_outputs(
-        remote,
-        topo_sort_infos(infos),
-        # Nix locked every output of the derivation before it asked us (locking one again
-        # would wait for ever for our own parent); any other path is the builder's word.
-        held={output.path for output in drv.outputs.values()},
-        waiting=_lock_note(io, request.drv_path),
-    )
+    received = await import_outputs(remote, topo_sort_infos(infos), held=held)
     acts.stop(fetch)
     return received
