@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,18 +26,21 @@ ERROR = "offload-hook: error: internal error: OSError: [Errno 28] No space left 
 Answer = Callable[..., Awaitable[int | None]]
 
 
-def _nix_asks(settings: dict[str, str]) -> bytes:
-    """The settings preamble, then one ``try`` for ``DRV``."""
+def _nix_asks(settings: dict[str, str], drvs: Sequence[str] = (DRV,)) -> bytes:
+    """The settings preamble, then a ``try`` for each of ``drvs``."""
     preamble = b"".join(encode_int(1) + encode_str(k) + encode_str(v) for k, v in settings.items())
-    return (
-        preamble + encode_int(0)
-        + encode_str("try") + encode_int(1) + encode_str("x86_64-linux") + encode_str(DRV)
+    return preamble + encode_int(0) + b"".join(
+        encode_str("try") + encode_int(1) + encode_str("x86_64-linux") + encode_str(drv)
         + encode_strs([])
+        for drv in drvs
     )  # fmt: skip
 
 
 def _serve(
-    tmp_path: Path, settings: dict[str, str], answer: Callable[[HookIO], Answer]
+    tmp_path: Path,
+    settings: dict[str, str],
+    answer: Callable[[HookIO], Answer],
+    drvs: Sequence[str] = (DRV,),
 ) -> tuple[int, list[str]]:
     """``serve``'s exit code and the lines Nix reads, with ``answer(io)`` deciding; each turn
     told to the hook process is a line ``<turn>`` among them, where it was told."""
@@ -47,7 +50,7 @@ def _serve(
 
     async def go() -> int:
         stream = asyncio.StreamReader()
-        stream.feed_data(_nix_asks(settings))
+        stream.feed_data(_nix_asks(settings, drvs))
         stream.feed_eof()
         env = {"OFFLOAD_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
         keep = Keep(tmp_path / "state")
@@ -130,3 +133,31 @@ def test_a_build_for_another_store_is_declined_for_good(
     else:
         assert answered == [DRV]
         assert lines[-2:] == ["# decline", "<answered>"]
+
+
+def test_a_try_for_no_derivation_offload_can_build_is_declined_and_the_next_answered(
+    tmp_path: Path,
+) -> None:
+    # A name no Nix takes ('..'), or a store path that is no .drv: the try is whole, Nix waits
+    # for its reply, and the hook goes on to the next (it used to end without one).
+    answered: list[str] = []
+
+    def declining(io: HookIO) -> Answer:
+        async def answer(context: object, reader: object, request: TryRequest, **_: object) -> None:
+            del context, reader
+            answered.append(request.drv_path)
+            write_reply(io, Reply.DECLINE)
+
+        return answer
+
+    dots = "/nix/store/" + "a" * 32 + "-.."
+    out = "/nix/store/" + "a" * 32 + "-hello"
+    code, lines = _serve(tmp_path, {"builders": ""}, declining, drvs=(dots, out, DRV))
+    assert code == 0
+    assert answered == [DRV]
+    assert lines.count("# decline") == 3
+    refused = [line for line in lines if line.startswith("offload-hook: error:")]
+    assert len(refused) == 2
+    assert "'.' or '..'" in refused[0]
+    assert refused[0].endswith("; it is left to Nix")
+    assert f"{out!r} is not a derivation" in refused[1]

@@ -86,6 +86,7 @@ def test_accepted_inputs_and_outputs() -> None:
     ],
 )
 def test_hostile_requests_are_protocol_errors(bad: bytes) -> None:
+    # The first two are whole tries (UnusableRequest, a ProtocolError: declined by serve).
     async def go() -> None:
         await read_request(reader(bad))
 

@@ -30,6 +30,7 @@ from offload.hook.wire import (
     HookIO,
     Reply,
     Turn,
+    UnusableRequest,
     read_request,
     read_settings,
     verbosity,
@@ -93,7 +94,16 @@ async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
         problems = [p for p in (elsewhere, keep.history_problem) if p]
         for note in [*context.notes, *problems]:
             context.say_to_client(note)
-    while (request := await read_request(hook.reader)) is not None:
+    while True:
+        try:
+            request = await read_request(hook.reader)
+        except UnusableRequest as exc:
+            hook.io.turn(Turn.ASKED)
+            hook.error(exc, "it is left to Nix")
+            write_reply(hook.io, Reply.DECLINE)
+            continue
+        if request is None:
+            break
         hook.io.turn(Turn.ASKED)
         if context is None:
             assert problem is not None

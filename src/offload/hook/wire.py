@@ -43,6 +43,7 @@ __all__ = [
     "Reply",
     "TryRequest",
     "Turn",
+    "UnusableRequest",
     "fd_sink",
     "read_accepted",
     "read_request",
@@ -185,8 +186,14 @@ def _store_path(text: str, what: str) -> str:
         raise ProtocolError(f"{what} is not a store path: {exc.message}") from exc
 
 
+class UnusableRequest(ProtocolError):
+    """A whole ``try`` was read, but what it names is no derivation offload can build: Nix
+    waits for a reply to it, and the stream goes on (the hook declines it; Nix builds it)."""
+
+
 async def read_request(reader: ByteReader) -> TryRequest | None:
-    """The next ``try``, or None when Nix closed stdin between requests (it is done)."""
+    """The next ``try``, or None when Nix closed stdin between requests (it is done);
+    ``UnusableRequest`` when it is read whole but names no derivation offload can build."""
     try:
         command = await read_str(reader, "the next request")
     except ProtocolError as exc:
@@ -198,10 +205,14 @@ async def read_request(reader: ByteReader) -> TryRequest | None:
         raise ProtocolError(message, hint=NOT_NIX_HINT)
     willing = await read_int(reader, "amWilling")
     system = await read_str(reader, "the derivation's system")
-    drv_path = _store_path(await read_str(reader, "the derivation path"), "the derivation")
-    if not drv_path.endswith(".drv"):
-        raise ProtocolError(f"'{drv_path}' is not a derivation")
+    drv_path = await read_str(reader, "the derivation path")
     features = frozenset(await read_strs(reader, "the required features"))
+    try:
+        _store_path(drv_path, "the derivation")
+    except ProtocolError as exc:
+        raise UnusableRequest(exc.message) from exc
+    if not drv_path.endswith(".drv"):
+        raise UnusableRequest(f"{drv_path[:200]!r} is not a derivation")
     return TryRequest(willing != 0, system, drv_path, features)
 
 
