@@ -6,7 +6,14 @@ import pytest
 
 from offload.errors import ConfigError
 from offload.transport.shared import SharedSshTransport
-from offload.transport.ssh import SshTarget, known_hosts_line, master_argv, serve_argv, ssh_argv
+from offload.transport.ssh import (
+    SshTarget,
+    known_hosts_line,
+    master_argv,
+    serve_argv,
+    split_sshopts,
+    ssh_argv,
+)
 from offload.transport.wrapper import (
     kill_script,
     parse_born,
@@ -194,3 +201,39 @@ def test_paths_with_a_percent_reach_ssh_as_they_are(tmp_path: Path) -> None:
     said = _as_ssh_reads_them(shared.argv(["true"]))
     assert said["controlpath"] == str(shared.control_path)
     assert said["userknownhostsfile"] == str(shared.known_hosts)
+
+
+QUOTED = """-F '/etc/ssh dir/config' -o "ProxyCommand=ssh -W %h:%p jump" -i a\\ b"""
+
+
+@pytest.mark.parametrize(
+    ("version", "words"),
+    [
+        # Nix 2.26 on (nix#12020): as a POSIX shell splits words.
+        (
+            (2, 26),
+            ["-F", "/etc/ssh dir/config", "-o", "ProxyCommand=ssh -W %h:%p jump", "-i", "a b"],
+        ),
+        (
+            (2, 35, 1),
+            ["-F", "/etc/ssh dir/config", "-o", "ProxyCommand=ssh -W %h:%p jump", "-i", "a b"],
+        ),
+        # Before: on blanks, quotes and backslashes as they are.
+        ((2, 25, 9), QUOTED.split()),
+        ((2, 8), QUOTED.split()),
+    ],
+)
+def test_nix_sshopts_are_split_as_the_hosts_nix_splits_them(
+    version: tuple[int, ...], words: list[str]
+) -> None:
+    assert split_sshopts(QUOTED, version) == words
+
+
+def test_nix_sshopts_without_quotes_need_no_version() -> None:
+    # The two splits agree: `nix --version` is not asked (its start is the hook's cost).
+    assert split_sshopts("-o  Port=2222\t-v", None) == ["-o", "Port=2222", "-v"]
+
+
+def test_an_unclosed_quote_in_nix_sshopts_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^NIX_SSHOPTS: No closing quotation: "):
+        split_sshopts("-o 'ProxyCommand=ssh", (2, 26))

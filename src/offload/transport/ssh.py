@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from offload.config.machines.model import ssh_name_problem
+from offload.config.reading import local_nix_version
 from offload.errors import ConfigError
 from offload.transport.host_key_alias import pinned_name
 from offload.transport.ssh_options import Keepalive, keepalive
@@ -116,9 +117,27 @@ def ssh_path(path: Path) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def split_sshopts(text: str) -> list[str]:
-    """NIX_SSHOPTS as Nix splits it: on blanks, with no quoting of any kind."""
-    return text.split()
+# The first Nix that splits NIX_SSHOPTS as a shell would (shellSplitString, nix#12020).
+SHELL_SPLIT_SINCE = (2, 26)
+
+
+def split_sshopts(text: str, nix_version: tuple[int, ...] | None = None) -> list[str]:
+    """NIX_SSHOPTS as this host's Nix splits it: as a POSIX shell splits words (quotes,
+    backslashes) from Nix 2.26 on, so ``-o "ProxyCommand=ssh -W %h:%p jump"`` is one option;
+    before, on blanks with no quoting of any kind. The version (``nix --version``, asked only
+    of a text the two would split apart) is taken for a new one when it cannot be told."""
+    if not any(char in text for char in "'\"\\"):
+        return text.split()
+    version = local_nix_version() if nix_version is None else nix_version
+    if version is not None and version < SHELL_SPLIT_SINCE:
+        return text.split()
+    try:
+        return shlex.split(text)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise ConfigError(
+            f"NIX_SSHOPTS: {exc}: {text[:200]!r}",
+            hint="close its quotes: Nix 2.26 and later read it as a shell reads words",
+        ) from None
 
 
 def ssh_argv(
