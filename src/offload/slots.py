@@ -169,24 +169,38 @@ def _write_holder(fd: int, line: bytes) -> None:
 
 
 class SlotLocks:
-    def __init__(self, directory: Path) -> None:
+    """The slot files of ``directory``, made if ``make`` (a reader, ``offload status``, only
+    probes, and leaves nothing behind)."""
+
+    def __init__(self, directory: Path, *, make: bool = True) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        if make:
+            directory.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def default(cls, fallback: Path) -> SlotLocks:
+    def default(cls, fallback: Path, *, make: bool = True) -> SlotLocks:
+        """Nix's own directory where this user may write there (root), else ``current-load``
+        under the state directory ``fallback``, which is made private (0700) if missing."""
         if os.access(NIX_CURRENT_LOAD.parent, os.W_OK):
-            return cls(NIX_CURRENT_LOAD)
-        return cls(fallback / "current-load")
+            return cls(NIX_CURRENT_LOAD, make=make)
+        if make:
+            fallback.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(fallback / "current-load", make=make)
 
     def probe(self, key: str, slots: int) -> SlotProbe:
-        """How many of ``key``'s slots are free, and when the held ones expect to end."""
+        """How many of ``key``'s slots are free, and when the held ones expect to end. Only
+        reads: a slot whose file was never made is free, and so is every one after it (Nix and
+        offload both take the lowest free slot, making its file only then), so a machine of
+        many slots costs a look at the files there are, not one made for each of its slots
+        (``offload status`` is read-only, and may run in a loop)."""
         free, ends, by_nix = 0, [], 0
         holders = _FlockHolders()
         for slot in range(slots):
-            fd = os.open(
-                self.directory / f"{key}-{slot}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            try:
+                fd = os.open(self.directory / f"{key}-{slot}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                free += slots - slot
+                break
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -104,6 +104,35 @@ def test_a_probe_tells_offloads_holders_from_nixs(tmp_path):
     assert probe.busy_ends == (1234.5, None)
 
 
+def test_a_probe_only_reads_and_looks_at_the_files_there_are(tmp_path):
+    # A machine of 50,000 slots (or -j 4294967295): the probe made a file for each, in Nix's
+    # shared directory, on every `offload status`; now it makes none, and stops at the first
+    # slot never taken (every holder takes the lowest free one, making its file then).
+    locks = SlotLocks(tmp_path)
+    held = locks.try_acquire("ssh:__b", 50_000, until=99.0)
+    assert held is not None
+    try:
+        probe = locks.probe("ssh:__b", 50_000)
+        huge = locks.probe("ssh:__b", 2**32 - 1)
+    finally:
+        os.close(held)
+    assert (probe.free, probe.busy_ends) == (49_999, (99.0,))
+    assert huge.free == 2**32 - 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ssh:__b-0"]
+    reader = SlotLocks(tmp_path / "state" / "current-load", make=False)
+    assert reader.probe("ssh:__b", 4).free == 4
+    assert not (tmp_path / "state").exists()  # a reader leaves nothing behind
+
+
+def test_the_state_directory_made_for_slot_files_is_private(tmp_path, monkeypatch):
+    # Where Nix's directory is not this user's to write (here: not there), the slot files go
+    # under the state directory, made 0700 as every other maker of it makes it.
+    monkeypatch.setattr(slots, "NIX_CURRENT_LOAD", tmp_path / "no-nix" / "current-load")
+    locks = SlotLocks.default(tmp_path / "state")
+    assert locks.directory == tmp_path / "state" / "current-load"
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
 def test_an_older_hooks_bare_end_is_still_read_as_offloads(tmp_path):
     (tmp_path / "ssh:__b-0").write_text("99.5\n")
     old = os.open(tmp_path / "ssh:__b-0", os.O_RDWR)

@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         )
     pool = pool_from_args(args)
     places = _places()
-    slots = SlotLocks.default(places[0])
+    slots = SlotLocks.default(places[0], make=False)  # read-only: probes, makes nothing
     while True:
         status = pool_status(pool, places, slots, time.time(), os.environ.get("NIX_SSHOPTS", ""))
         if args.json:
