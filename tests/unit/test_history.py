@@ -8,7 +8,7 @@ import pytest
 
 from offload.errors import StoreError
 from offload.history.db import History
-from offload.history.records import BuildRecord
+from offload.history.records import BuildRecord, RunRecord
 
 
 def _rec(pname, machine, duration, *, status="built", finished=100.0, drv="/nix/store/x.drv"):
@@ -200,6 +200,43 @@ def test_a_history_with_a_table_dropped_is_damaged(tmp_path):
         history.runs()
     assert raised.value.hint is not None
     assert raised.value.hint.startswith("move the file away")
+
+
+def _with_run(tmp_path):
+    """A history of one run of one build, made as offload makes it."""
+    path = _made(tmp_path)
+    with History(path) as history:
+        run = RunRecord("run", 99.0, 100.0, ("hello",), "ok", (), None, None)
+        history.record_run(run, [_rec("hello", "fast", 1.0)])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "reader"),
+    [
+        # Bytes Python cannot read as text: its own error, with no SQLite error code.
+        ("UPDATE builds SET pname = CAST(x'ffc3' AS TEXT)", "builds"),
+        ("UPDATE runs SET started = 1e300", "runs"),  # past any calendar
+        ("UPDATE runs SET started = 'abc'", "runs"),
+        ("UPDATE builds SET bytes_sent = 'lots'", "builds"),
+        ("UPDATE phases SET started = 'x'", "builds"),
+        ("""UPDATE runs SET machines = '[{"name": "m", "speed": 1e999, "slots": 1}]'""", "runs"),
+    ],
+)
+def test_a_history_holding_what_offload_never_wrote_is_damaged(tmp_path, edit, reader):
+    # Each was an internal error (AttributeError, OverflowError, TypeError) in offload
+    # history, report, and the estimates of offload build and offload-hook.
+    path = _with_run(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO phases (build_id, phase, started, finished) VALUES (1, 'b', 1, 2)")
+        db.execute(edit)
+    reads = {"runs": History.runs, "builds": lambda h: h.builds(run_id="run")}
+    with History(path) as history:
+        with pytest.raises(StoreError) as raised:
+            reads[reader](history)
+        assert "the history database is damaged" in raised.value.message
+        assert raised.value.hint is not None
+        assert raised.value.hint.startswith("move the file away")
 
 
 _OPEN = """

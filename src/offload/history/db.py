@@ -54,13 +54,13 @@ _P = ParamSpec("_P")
 def _guarded(
     method: Callable[Concatenate[History, _P], _T],
 ) -> Callable[Concatenate[History, _P], _T]:
-    """A damaged file (sqlite3's DatabaseError, a record that is not JSON or not UTF-8, or
-    JSON without the fields it should have) is a StoreError."""
+    """A damaged file (sqlite3's DatabaseError, a record that is not JSON or not UTF-8, JSON
+    without the fields it should have, a value no record holds: ``rows``) is a StoreError."""
 
     def guarded(self: History, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return method(self, *args, **kwargs)
-        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, ArithmeticError) as exc:
             raise damaged(self.path, exc) from exc
 
     functools.update_wrapper(guarded, method)

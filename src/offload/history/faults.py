@@ -36,10 +36,13 @@ def open_hint(path: Path) -> str:
 def damaged(path: Path, exc: Exception) -> StoreError:
     detail = " ".join(str(exc).split())
     mangled = detail.startswith(("no such table", "no such column"))  # a table dropped by hand
-    if isinstance(exc, sqlite3.OperationalError) and not mangled:
+    # Python's own OperationalError over a column it cannot read ("Could not decode to UTF-8")
+    # has no SQLite error code: the file holds what offload never wrote.
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.OperationalError) and code is not None and not mangled:
         # Locked past the busy timeout: another process holds it; it is not to be moved away.
         hint = _LOCKED_HINT if "locked" in detail else _FILES_HINT
-        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:  # its files are fine, not the disk
+        if code & 0xFF == sqlite3.SQLITE_FULL:  # its files are fine, not the disk
             hint = f"free space on the file system that holds {path.parent} (df shows it)"
         return StoreError(f"{path}: cannot use the history database: {detail}", hint=hint)
     return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)

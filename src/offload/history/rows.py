@@ -1,6 +1,9 @@
 """Rows of the history database to records and back, and the pieces of its queries.
 
 Below ``History``: plain functions over a connection or cursor, no transactions of their own.
+A value a record cannot hold (a time that is no number or past any calendar, a byte count
+that is text, a speed of 1e999: a file edited or damaged) is a ``ValueError``, which
+``History`` says is a damaged database, as it says of rows that are not JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +26,26 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+# Times are wall-clock seconds: a time past year 9999 is none Python's calendar can show.
+_LATEST = 253402300799.0
+
+
+def _time(value: Any, what: str) -> float:  # noqa: ANN401 - whatever the column holds
+    """``value``, a time of the database's: a number within the calendar."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0.0 <= value <= _LATEST)
+    ):
+        raise ValueError(f"{what} is {str(value)[:40]!r}, not a time")
+    return float(value) if isinstance(value, float) else value
+
+
+def _count(value: Any, what: str) -> int:  # noqa: ANN401 - whatever the column holds
+    """``value``, a count of the database's (bytes, slots): a whole number, not negative."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} is {str(value)[:40]!r}, not a count")
+    return value
 
 
 def chunks(values: list[_T]) -> Iterator[tuple[list[_T], str]]:
@@ -71,7 +94,10 @@ def phases_of(cur: sqlite3.Cursor, ids: list[int]) -> dict[int, tuple[PhaseRecor
             f" WHERE build_id IN ({marks}) ORDER BY started, rowid",
             chunk,
         ):
-            found.setdefault(build_id, []).append(PhaseRecord(phase, started, finished))
+            record = PhaseRecord(
+                phase, _time(started, "a phase's start"), _time(finished, "a phase's end")
+            )
+            found.setdefault(build_id, []).append(record)
     return {build_id: tuple(phases) for build_id, phases in found.items()}
 
 
@@ -83,11 +109,11 @@ def build_row(row: tuple[Any, ...], phases: tuple[PhaseRecord, ...]) -> BuildRec
         drv_path,
         pname,
         machine,
-        started,
-        finished,
+        _time(started, "a build's start"),
+        _time(finished, "a build's end"),
         status,
-        sent,
-        received,
+        _count(sent, "a build's bytes sent"),
+        _count(received, "a build's bytes received"),
         name=name,
         error=error,
         speculative=bool(speculative),
@@ -99,20 +125,25 @@ def run_row(row: tuple[Any, ...]) -> RunRecord:
     run_id, started, finished, asked, outcome, machines, estimate, bound = row
     return RunRecord(
         run_id=run_id,
-        started=started,
-        finished=finished,
+        started=_time(started, "a run's start"),
+        finished=_time(finished, "a run's end"),
         asked=tuple(json.loads(asked)),
         outcome=outcome,
-        machines=tuple(
-            MachineRecord(m["name"], float(m["speed"]), int(m["slots"]))
-            for m in json.loads(machines)
-        ),
+        machines=tuple(_machine(m) for m in json.loads(machines)),
         estimate=estimate,
         lower_bound=bound,
     )
 
 
+def _machine(said: dict[str, Any]) -> MachineRecord:
+    speed = float(said["speed"])
+    if not 0.0 < speed < float("inf"):
+        raise ValueError(f"a machine's speed is {said['speed']!r}")
+    return MachineRecord(said["name"], speed, _count(int(said["slots"]), "a machine's slots"))
+
+
 def legacy_run(row: tuple[Any, ...]) -> RunRecord:
     run_id, started, finished, failures = row
     outcome = "failed" if failures else "ok"
-    return RunRecord(run_id, started, finished, (), outcome, (), None, None)
+    start, end = _time(started, "a run's start"), _time(finished, "a run's end")
+    return RunRecord(run_id, start, end, (), outcome, (), None, None)
