@@ -319,3 +319,34 @@ def test_an_account_someone_logs_into_is_left_alone(host: Host, user: str) -> No
     assert not (host.home / "alice" / ".ssh").exists()
     assert not (host.root / ".ssh").exists()
     assert not host.systemctl.exists()
+
+
+@pytest.mark.parametrize("link", [".ssh", ".ssh/authorized_keys"])
+def test_a_link_the_build_user_planted_is_not_followed_as_root(host: Host, link: str) -> None:
+    # The user's home is the user's: a link there to a root-only file (or directory) had root
+    # copy that file into the user's keys (or chown the directory to the user).
+    secret = host.etc / "offload-secret"
+    secret.write_text("root-secret-hash\n")
+    secret.chmod(0o600)
+    made = host.run(
+        "useradd --system --user-group --create-home --home-dir /var/lib/nixremote nixremote"
+        " && install -d -m 0700 -o nixremote -g nixremote /var/lib/nixremote/.ssh"
+        f" && rm -rf /var/lib/nixremote/{link}"
+        f" && ln -s /etc/{'offload-secret' if link.endswith('keys') else 'nix'}"
+        f" /var/lib/nixremote/{link}"
+    )
+    assert made.returncode == 0, made.stderr
+    nix_dir = (host.etc / "nix").stat()
+    done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(("is a symbolic link: remove it",
+                                         "(this script writes there as root)"))  # fmt: skip
+    assert secret.read_text() == "root-secret-hash\n"
+    assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (0, 0o600)
+    assert ((host.etc / "nix").stat().st_uid, (host.etc / "nix").stat().st_mode) == (
+        nix_dir.st_uid,
+        nix_dir.st_mode,
+    )
+    ssh = host.var_lib / "nixremote" / ".ssh"
+    if not ssh.is_symlink():  # no temporary file left beside the link either
+        assert [p.name for p in ssh.iterdir()] == ["authorized_keys"]

@@ -186,6 +186,9 @@ user={shlex.quote(setup.user)}
 home=/var/lib/{setup.user}
 command -v nix-store >/dev/null ||
   {{ echo "nix-store is not on PATH: install Nix first" >&2; exit 1; }}
+# Step 2 writes the user's keys as the user (util-linux's setpriv, in every Linux's base).
+command -v setpriv >/dev/null ||
+  {{ echo "setpriv is not on PATH: install util-linux first" >&2; exit 1; }}
 
 # The user must reach the nix-daemon's socket. Debian's nix-bin makes its directory 0770
 # root:nix-users (at every boot): a user outside that group fails every session with
@@ -268,20 +271,34 @@ def _key(setup: BuilderSetup) -> str:
         line = f"printf '%s' {shlex.quote(setup.key.line)}"
         shown = authorized_keys_line(setup)
     return f"""home=$(getent passwd "$user" | cut -d: -f6)
+# The user's home is the user's: a link planted there would have root follow it (chown a
+# directory of the system's, copy a root-only file into the user's keys). The directory is
+# refused if it is a link, and its file is written as the user, who opens only its own.
+if [ -L "$home/.ssh" ]; then
+  echo "$home/.ssh is a symbolic link: remove it (this script writes there as root)" >&2
+  exit 1
+fi
 install -d -m 0700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
 
 # 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line, replacing any
 #    other line of that key (one added by hand has no restriction):
 #    {shown}
-keys="$home/.ssh/authorized_keys"
 want=$({line})
-touch "$keys"
-if ! grep -qxF "$want" "$keys"; then
-  {{ grep -vF {key_data} "$keys" || true; printf '%s\\n' "$want"; }} >"$keys.offload-new"
-  mv "$keys.offload-new" "$keys"
-fi
-chown "$user:$(id -gn "$user")" "$keys"
-chmod 0600 "$keys"
+setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups sh -c '
+  keys=$1/.ssh/authorized_keys want=$2 key=$3
+  if [ -L "$keys" ]; then
+    echo "$keys is a symbolic link: remove it" >&2
+    exit 1
+  fi
+  [ -e "$keys" ] || : >"$keys" || exit 1
+  # One made by hand as root is made again, the user'"'"'s own (sshd wants it so).
+  if [ ! -O "$keys" ] || ! grep -qxF "$want" "$keys"; then
+    new=$(mktemp "$keys.XXXXXX") || exit 1
+    {{ grep -vF "$key" "$keys" || true; printf "%s\\n" "$want"; }} >"$new" && mv "$new" "$keys" ||
+      {{ rm -f "$new"; exit 1; }}
+  fi
+  chmod 0600 "$keys"
+' sh "$home" "$want" {key_data}
 """
 
 
