@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -95,6 +96,28 @@ def test_watch_redraws_until_stopped(machines: Path, held_slot: Path, tmp_path: 
             stop(proc)
     snapshots = [json.loads(line) for line in out.read_text().splitlines()[:3]]
     assert all(s["machines"][0]["in_use"] == 1 for s in snapshots)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 0), (signal.SIGTERM, 143)])
+def test_a_watch_ends_on_ctrl_c_with_0_and_on_sigterm_as_any_command(
+    machines: Path, tmp_path: Path, signum: int, code: int
+) -> None:
+    # Ctrl-C is how a watch ends (as `watch` ends); SIGTERM stops it as it stops any command.
+    # Both were 0 when the signal came in the sleep, 130 and 143 when it came in a redraw.
+    out = tmp_path / "out"
+    with out.open("w") as sink:
+        proc = start(
+            status_argv(machines, "--watch", "--interval", "0.1", "--json", "-j", "0"),
+            env=env(tmp_path),
+            stdout=sink,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for(lambda: out.read_text().count("\n") >= 2, 30, "two snapshots")
+            proc.send_signal(signum)
+            assert proc.wait(timeout=30) == code
+        finally:
+            stop(proc)
 
 
 def test_slots_held_by_offload_and_by_nix_are_told_apart(

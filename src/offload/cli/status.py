@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from offload.backoff import REASON_CHARS
+from offload.cli import interrupts
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.machines import shown
 from offload.errors import ConfigError
@@ -169,19 +171,30 @@ def run(args: argparse.Namespace) -> int:
     pool = pool_from_args(args)
     places = _places()
     slots = SlotLocks.default(places[0], make=False)  # read-only: probes, makes nothing
-    while True:
-        status = pool_status(pool, places, slots, time.time(), os.environ.get("NIX_SSHOPTS", ""))
-        if args.json:
-            print(json.dumps(status_json(status)), flush=True)
-        else:
-            if args.watch and sys.stdout.isatty():
-                print("\033[H\033[2J", end="")  # home and clear: redraw in place
-            print(format_status(status), end="", flush=True)
-        if not args.watch:
-            return 0
-        try:
+    if not args.watch:
+        _show(args, pool_status(pool, places, slots, time.time(), _sshopts()))
+        return 0
+    try:
+        while True:
+            _show(args, pool_status(pool, places, slots, time.time(), _sshopts()))
             time.sleep(args.interval or 2.0)
-        except KeyboardInterrupt:
-            return 0
-        if not args.json and not sys.stdout.isatty():
-            print(flush=True)  # a blank line between snapshots when piped
+            if not args.json and not sys.stdout.isatty():
+                print(flush=True)  # a blank line between snapshots when piped
+    except KeyboardInterrupt:
+        # Ctrl-C is how a watch ends, as `watch` ends: 0, whenever it comes. SIGTERM and
+        # SIGHUP stop it as they stop any command: 128 + their number.
+        status = interrupts.stopped_status()
+        return 0 if status == 128 + signal.SIGINT else status
+
+
+def _sshopts() -> str:
+    return os.environ.get("NIX_SSHOPTS", "")
+
+
+def _show(args: argparse.Namespace, status: PoolStatus) -> None:
+    if args.json:
+        print(json.dumps(status_json(status)), flush=True)
+        return
+    if args.watch and sys.stdout.isatty():
+        print("\033[H\033[2J", end="")  # home and clear: redraw in place
+    print(format_status(status), end="", flush=True)
