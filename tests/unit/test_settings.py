@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from offload.config.settings import (
@@ -256,6 +258,16 @@ def test_fallback_without_nix_reads_nix_conf_and_nix_config(tmp_path):
     assert settings.system  # the host's own, from platform
     assert len(settings.warnings) == 1
     assert "could not ask Nix" in settings.warnings[0]
+
+
+def test_a_nix_conf_nix_refuses_is_said_with_nixs_error_not_its_last_line(tmp_path):
+    # Nix 2.8 follows its refusal with "Try 'nix --help' for more information.", which was
+    # all the warning said of it.
+    (tmp_path / "nix.conf").write_text("max-jobs = 99999999999999999999\n")
+    env = {"PATH": os.environ["PATH"], "NIX_CONF_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    (warning,) = read_nix_settings(env).warnings
+    assert "(error: configuration setting 'max-jobs' should be 'auto' or an integer)" in warning
+    assert "nix --help" not in warning
 
 
 def test_the_native_system_is_nixs_name_for_this_machine_and_kernel():

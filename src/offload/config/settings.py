@@ -198,11 +198,15 @@ def read_nix_settings(
 
 
 def _said(stderr: str) -> str:
-    """Nix's last line of ``stderr``, as one plain line: Nix colours its errors, and one it
-    dies of (a relative NIX_CONF_DIR: "terminate called ...", "  what():  ESC[31;1merror:")
-    put its escape sequences into offload's warning."""
+    """What Nix said of why it stopped, as one plain line: its last ``error:`` line, else its
+    last line (Nix follows a setting it refuses with "Try 'nix --help' for more
+    information."). Nix colours its errors, and one it dies of (a relative NIX_CONF_DIR:
+    "terminate called ...", "  what():  ESC[31;1merror:") put its escape sequences into
+    offload's warning."""
     lines = [" ".join(strip_ansi(line).split()) for line in stderr.splitlines()]
-    return shown(next((line for line in reversed(lines) if line), "no output"), 400)
+    errors = [line for line in lines if line.startswith("error:")]
+    last = next((line for line in reversed(lines) if line), "no output")
+    return shown(errors[-1] if errors else last, 400)
 
 
 def _option_warnings(data: object, options: Mapping[str, str], stderr: str) -> tuple[str, ...]:
