@@ -182,6 +182,36 @@ def test_a_key_path_that_is_taken_gets_a_hint_about_what_is_there(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
 
 
+def test_a_key_path_the_next_steps_refuse_is_refused_before_the_key_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `setup client --identity` refused it after `setup key` had made it and printed the next
+    # step with it unquoted.
+    key = tmp_path / "has space"
+    assert main(["setup", "key", str(key)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: invalid key path '{key}'\nhint: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["setup", "builder", "--key", KEY_LINE, "--write", ""],
+        ["setup", "client", "b1", "--write", ""],
+        ["setup", "client", "b1", "--identity", ""],
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_here_or_the_default(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as ended:  # a usage error, as argparse ends one
+        main(argv)
+    assert ended.value.code == 1
+    assert "an empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_authorized_keys_line_is_restricted_to_serve_by_default() -> None:
     restricted = authorized_keys_line(BuilderSetup("nixremote", KEY), "/bin/nix-store")
     assert restricted == f'restrict,command="/bin/nix-store --serve --write" {KEY.line}'

@@ -74,7 +74,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the client's public key, or @ and its .pub file (default: @ the default key's)",
     )  # fmt: skip
     builder.add_argument("--unrestricted", action="store_true", help=_RESTRICT_HELP)
-    builder.add_argument("--write", type=Path, metavar="DIR", help="write the files into DIR")
+    builder.add_argument(
+        "--write", type=nonempty_path, metavar="DIR", help="write the files into DIR"
+    )
     builder.set_defaults(func=run_builder)
 
     client = steps.add_parser(
@@ -87,8 +89,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     client.add_argument("--user", default=DEFAULT_USER, help=f"login user (default {DEFAULT_USER})")
     client.add_argument(
-        "--identity", metavar="PATH", help="private key to log in with (default: `setup key`'s)"
-    )
+        "--identity", type=nonempty_path, metavar="PATH",
+        help="private key to log in with (default: `setup key`'s)",
+    )  # fmt: skip
     client.add_argument(
         "--system", action="append", type=_list, default=[], metavar="SYSTEM[,...]",
         help="systems instead of what the builder reports",
@@ -103,12 +106,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
         help=f"connect timeout per builder (default {DEFAULT_TIMEOUT:g})",
     )  # fmt: skip
-    client.add_argument("--write", type=Path, metavar="DIR", help="write the files into DIR")
+    client.add_argument(
+        "--write", type=nonempty_path, metavar="DIR", help="write the files into DIR"
+    )
     client.set_defaults(func=run_client)
 
 
 def run_key(args: argparse.Namespace) -> int:
     path = args.path or default_key_path(os.geteuid(), os.environ)
+    # Checked as `setup client --identity` checks it, before the key is made: the next steps
+    # print and take this path in machines lines and commands.
+    check_path(str(path.absolute()), "key path")
     public = create_key(path.absolute())
     key = parse_public_key(public.read_text(), str(public))
     print(f"wrote {path.absolute()} (private, 0600) and {public} (0644)")
@@ -165,7 +173,7 @@ def run_builder(args: argparse.Namespace) -> int:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    identity = Path(args.identity) if args.identity else default_key_path(os.geteuid(), os.environ)
+    identity = args.identity or default_key_path(os.geteuid(), os.environ)
     identity = identity.absolute()
     check_path(str(identity), "identity file")
     if not identity.exists():
