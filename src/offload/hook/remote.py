@@ -7,9 +7,10 @@ fetches from its own caches, and a cache its Nix leaves out then is said to the 
 build runs by ``BuildDerivation`` (the serve protocol's, or the daemon's for ssh-ng://, whose
 build phases go on to Nix as its own would) with Nix's ``timeout``, ``max-silent-time`` and
 ``max-build-log-size``; its log lines go to fd 4, where Nix keeps them (``nix log``, ``-L``).
-The wanted outputs and whatever of their closure is missing here come home through
-``offload.hook.home``. Each step is announced to Nix as a structured activity (``@nix`` lines),
-so its progress bar and ``--log-format`` see the build.
+The wanted outputs come home through ``offload.hook.home``, and nothing else: Nix made the
+inputs valid here first, so any other path of their closure missing here is the builder's
+word, refused (the build fails, naming it). Each step is announced to Nix as a structured
+activity (``@nix`` lines), so its progress bar and ``--log-format`` see the build.
 
 A build failure is reported the way Nix reads a hook's: the message as a structured error and
 the exit code 100 (101 when the build timed out), which Nix 2.8 turns into the derivation's
