@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from offload.errors import ConfigError
+from offload.transport import ssh as ssh_module
 from offload.transport.shared import SharedSshTransport
 from offload.transport.ssh import (
     SshTarget,
@@ -229,11 +230,32 @@ def test_nix_sshopts_are_split_as_the_hosts_nix_splits_them(
     assert split_sshopts(QUOTED, version) == words
 
 
-def test_nix_sshopts_without_quotes_need_no_version() -> None:
+def test_nix_sshopts_without_quotes_need_no_version(monkeypatch: pytest.MonkeyPatch) -> None:
     # The two splits agree: `nix --version` is not asked (its start is the hook's cost).
+    def asked() -> None:
+        raise AssertionError("nix --version was asked")
+
+    monkeypatch.setattr(ssh_module, "local_nix_version", asked)
     assert split_sshopts("-o  Port=2222\t-v", None) == ["-o", "Port=2222", "-v"]
 
 
-def test_an_unclosed_quote_in_nix_sshopts_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"^NIX_SSHOPTS: No closing quotation: "):
-        split_sshopts("-o 'ProxyCommand=ssh", (2, 26))
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        # As Nix's shellSplitString, not Python's shlex: a trailing backslash is dropped, a
+        # backslash in double quotes keeps $ (shlex keeps "\\$"), only blanks and tabs split.
+        ("-i /k\\", ["-i", "/k"]),
+        ('-o "A=\\$x"', ["-o", "A=$x"]),
+        ('-o "A=\\q"', ["-o", "A=\\q"]),
+        ("-o 'A=\\$x'", ["-o", "A=\\$x"]),
+        ("a\nb ''", ["a\nb", ""]),
+    ],
+)
+def test_nix_sshopts_are_split_as_nixs_shell_split_string(text: str, words: list[str]) -> None:
+    assert split_sshopts(text, (2, 30)) == words
+
+
+@pytest.mark.parametrize(("text", "kind"), [("-o 'A=b", "single"), ('-o "A=b', "double")])
+def test_an_unclosed_quote_in_nix_sshopts_is_a_config_error(text: str, kind: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^NIX_SSHOPTS: unterminated {kind} quote: "):
+        split_sshopts(text, (2, 26))

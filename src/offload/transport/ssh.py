@@ -23,7 +23,7 @@ This module only builds argv lists and strings; ``offload.transport.links`` runs
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,13 +131,53 @@ def split_sshopts(text: str, nix_version: tuple[int, ...] | None = None) -> list
     version = local_nix_version() if nix_version is None else nix_version
     if version is not None and version < SHELL_SPLIT_SINCE:
         return text.split()
-    try:
-        return shlex.split(text)
-    except ValueError as exc:  # "No closing quotation", "No escaped character"
-        raise ConfigError(
-            f"NIX_SSHOPTS: {exc}: {text[:200]!r}",
-            hint="close its quotes: Nix 2.26 and later read it as a shell reads words",
-        ) from None
+    return shell_words(text)
+
+
+def shell_words(text: str) -> list[str]:
+    """``text`` split as Nix's ``shellSplitString`` splits it (the POSIX reading of Nix 2.28
+    on): words end at a blank or tab outside quotes; a backslash keeps the next character
+    (in double quotes only ``$ ` " \\``, else it stays too); single quotes keep everything; an
+    unclosed quote is an error (``ConfigError``), a backslash at the end is dropped."""
+    words: list[str] = []
+    word: list[str] | None = None  # None: no word begun (quotes begin one, even empty)
+    chars = iter(text)
+    for char in chars:
+        if char in " \t":
+            if word is not None:
+                words.append("".join(word))
+            word = None
+            continue
+        word = [] if word is None else word
+        if char == "\\":
+            word.append(next(chars, ""))
+        elif char == "'":
+            word.extend(_quoted(chars, "'", text))
+        elif char == '"':
+            word.extend(_quoted(chars, '"', text))
+        else:
+            word.append(char)
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
+def _quoted(chars: Iterator[str], quote: str, text: str) -> list[str]:
+    """The characters of a quoted string up to its closing ``quote`` (consumed)."""
+    found: list[str] = []
+    for char in chars:
+        if char == quote:
+            return found
+        if char == "\\" and quote == '"':
+            following = next(chars, "")
+            found.append(following if following in '$`"\\' and following else "\\" + following)
+            continue
+        found.append(char)
+    kind = "single" if quote == "'" else "double"
+    raise ConfigError(
+        f"NIX_SSHOPTS: unterminated {kind} quote: {text[:200]!r}",
+        hint="close its quotes: Nix 2.26 and later read it as a shell reads words",
+    )
 
 
 def ssh_argv(
