@@ -139,6 +139,32 @@ def test_copy_paths_into_a_daemon_goes_by_add_multiple_to_store() -> None:
     assert after.index(A.encode()[-8:]) < after.index(B.encode()[-8:])
 
 
+def test_a_nar_size_of_0_is_unknown_and_holds_the_nar_to_no_size() -> None:
+    # Nix's database says 0 for a path registered without a size: the NAR is whatever it is
+    # (the importer counts it), not refused at its magic.
+    limits: list[int | None] = []
+
+    class Source:
+        exporter = None
+
+        async def dump_store_path(self, path: str, sink: Any, *, limit: int | None = None) -> int:
+            limits.append(limit)
+            await sink(path.encode()[-8:])
+            return 8
+
+    class Destination:
+        async def add_paths(self, items: Any, *, exporter: Any = None) -> None:
+            async def sink(chunk: bytes) -> None:
+                del chunk
+
+            for _, nar in items:
+                await nar(sink)
+
+    infos = [PathInfo(A, None, (), 0, HASH), PathInfo(B, None, (A,), 8, HASH)]
+    run(copy_paths(Source(), Destination(), infos))  # type: ignore[arg-type]
+    assert limits == [None, 8]
+
+
 def test_the_daemon_program_is_what_nix_s_ssh_ng_store_runs() -> None:
     assert daemon_program({}) == ["nix-daemon", "--stdio"]
     params = {"remote-program": "/run/nix-daemon", "remote-store": "/tmp/s"}

@@ -122,7 +122,11 @@ async def copy_paths(src: StoreClient, dst: StoreClient, infos: Sequence[PathInf
     """
     if src is dst:
         raise ValueError("cannot copy a connection's paths onto itself")
-    # Each NAR held to the size its source said: a longer one is refused as it arrives.
-    items = [(info, partial(src.dump_store_path, info.path, limit=info.nar_size)) for info in infos]
+    # Each NAR held to the size its source said: a longer one is refused as it arrives. A
+    # narSize of 0 is Nix's "unknown" (a path registered without one): the importer counts it.
+    items = [
+        (info, partial(src.dump_store_path, info.path, limit=info.nar_size or None))
+        for info in infos
+    ]
     await dst.add_paths(items, exporter=src.exporter)
     return sum(info.nar_size for info in infos)
