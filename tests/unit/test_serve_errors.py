@@ -153,14 +153,39 @@ def test_close_closes_writer_and_finishes_stderr() -> None:
     assert lines == ["bye"]
 
 
-def test_a_long_log_after_an_error_line_is_not_held() -> None:
+def test_a_long_log_after_an_error_line_is_not_held_nor_taken_for_the_end() -> None:
     # A build prints an "error:" line of its own (rustc, a test suite) and logs on: the tail
-    # keeps the block's first lines, cut, never the whole log.
+    # keeps the block's first lines, cut, never the whole log; and that block is not what
+    # explains the session's end.
     tail = ErrorTail()
     tail.feed("error: cannot find value `x` in this scope" + " x" * 5000)
     for n in range(100_000):
-        tail.feed(f"   Compiling crate{n} v1.0")
+        tail.feed(f"   = note: line {n}")
     assert len(tail.lines) == ErrorTail.MAX_LINES
     assert max(map(len, tail.lines)) == ErrorTail.MAX_LINE
+    tail.feed("   Compiling crate2 v1.0")  # still indented: the block goes on, unheld
+    assert tail.as_error("b1") is not None
+    for n in range(3):
+        tail.feed(f"Compiling crate{n} v1.0")
+    assert tail.as_error("b1") is None
+    assert len(tail.lines) == ErrorTail.MAX_LINES
     tail.feed("error: the last block wins")
     assert tail.lines == ["error: the last block wins"]
+
+
+def test_a_session_ending_after_a_builds_own_error_says_its_last_line() -> None:
+    # cargo's "error: could not compile" and its log, then ssh's own last words: the end is
+    # told by those, not by cargo's error.
+    log = "error: could not compile `foo`\n" + "".join(f"Compiling c{n}\n" for n in range(60))
+    log += "Timeout, server b1 not responding.\n"
+
+    async def go() -> None:
+        client, _ = await connected(b"", stderr=reader_with(log.encode()))
+        with pytest.raises(ProtocolError) as raised:
+            await client.query_closure([A])
+        assert raised.value.message == (
+            "b1 closed the connection during QueryClosure"
+            " (its last line: 'Timeout, server b1 not responding.')"
+        )
+
+    run(go())

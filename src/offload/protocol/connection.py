@@ -181,7 +181,9 @@ class ServeConnection:
         if isinstance(exc, PeerSilent):
             return exc.during(self.name, what)
         if eof:
-            return ProtocolError(f"{self.name} closed the connection during {what}")
+            said = self._error_tail.last
+            last = f" (its last line: {said[:300]!r})" if said else ""
+            return ProtocolError(f"{self.name} closed the connection during {what}{last}")
         if isinstance(exc, ProtocolError):
             return ProtocolError(f"{self.name}: {exc.message} (during {what})", hint=exc.hint)
         return ProtocolError(f"{self.name}: {exc} (during {what})")

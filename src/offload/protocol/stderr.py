@@ -129,30 +129,43 @@ class StderrPump:
 
 
 class ErrorTail:
-    """The last ``error:`` block of one request's stderr, lines without ANSI escapes: its
-    first ``MAX_LINES`` lines, of at most ``MAX_LINE`` characters each."""
+    """The last ``error:`` block of one request's stderr, lines without ANSI escapes, and the
+    last line said (``last``).
+
+    A block is its ``error:`` line and the lines that continue it, indented or blank, as Nix
+    continues its errors: its first ``MAX_LINES``, of at most ``MAX_LINE`` characters each. The
+    server prints its fatal error last and exits; a build prints ``error:`` lines of its own
+    (rustc's, a test suite's) and logs on, so a block followed by more than ``AFTER`` other
+    lines is not what explains the end (``as_error`` is None), and is not held beyond its
+    first lines, however long the log."""
 
     MAX_LINES = 50
     MAX_LINE = 2000
+    AFTER = 2  # Nix may follow its error with a line of advice ("(use '--show-trace' ...)")
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.after = 0
+        self.last = ""
 
     def clear(self) -> None:
-        self.lines = []
+        self.lines, self.after, self.last = [], 0, ""
 
     def feed(self, plain: str) -> None:
-        # The server prints its fatal error last and exits; a builder may print "error:" lines
-        # of its own earlier, so the last error block is the one that explains the EOF. A build
-        # log goes on after its own "error:" lines (rustc's, a test suite's): what follows is
-        # no more of the error, and is not held, however long the log.
+        if plain.strip():
+            self.last = plain[: self.MAX_LINE]
         if plain.startswith("error:"):
-            self.lines = [plain[: self.MAX_LINE]]
-        elif self.lines and len(self.lines) < self.MAX_LINES:
-            self.lines.append(plain[: self.MAX_LINE])
+            self.lines, self.after = [plain[: self.MAX_LINE]], 0
+        elif not self.lines:
+            return
+        elif not self.after and (not plain.strip() or plain[0].isspace()):
+            if len(self.lines) < self.MAX_LINES:
+                self.lines.append(plain[: self.MAX_LINE])
+        else:
+            self.after += 1
 
     def as_error(self, name: str) -> RemoteError | None:
-        if not self.lines:
+        if not self.lines or self.after > self.AFTER:
             return None
         # Nix continues long errors on indented lines ("specified: ... got: ..."), and blank
         # ones (an HTTP error's "response body:"): one line, one space between words.
