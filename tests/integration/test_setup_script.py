@@ -285,17 +285,24 @@ def test_a_build_user_made_without_a_shell_gets_one(
     _served(host.serve(path), daemon)
 
 
-def test_a_key_added_by_hand_without_restriction_is_restricted(host: Host) -> None:
-    # The seeds add the client's key as a plain line: it could run any command.
+@pytest.mark.parametrize("mode", ["644", "600"])
+def test_a_key_added_by_hand_without_restriction_is_restricted(host: Host, mode: str) -> None:
+    # The seeds add the client's key as a plain line: it could run any command. Added as root
+    # (the directory and file root's, 0600 even): the user's keys are written as the user,
+    # who is given them first, so no other line is lost.
     made = host.run(
         "useradd --system --user-group --create-home --home-dir /var/lib/nixremote nixremote"
         " && mkdir -p /var/lib/nixremote/.ssh"
         f" && printf '%s\\n%s\\n' '{KEY.line}' '{OTHER}' >/var/lib/nixremote/.ssh/authorized_keys"
+        f" && chmod {mode} /var/lib/nixremote/.ssh/authorized_keys"
     )
     assert made.returncode == 0, made.stderr
     done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
     assert done.returncode == 0, done.stderr
     assert host.keys("nixremote") == [OTHER, _wanted()]
+    keys = host.var_lib / "nixremote" / ".ssh" / "authorized_keys"
+    assert keys.stat().st_mode & 0o777 == 0o600
+    assert keys.stat().st_uid == keys.parent.stat().st_uid != 0
 
 
 @pytest.mark.parametrize("user", ["toor", "alice"])

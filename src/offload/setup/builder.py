@@ -271,31 +271,44 @@ def _key(setup: BuilderSetup) -> str:
         line = f"printf '%s' {shlex.quote(setup.key.line)}"
         shown = authorized_keys_line(setup)
     return f"""home=$(getent passwd "$user" | cut -d: -f6)
-# The user's home is the user's: a link planted there would have root follow it (chown a
-# directory of the system's, copy a root-only file into the user's keys). The directory is
-# refused if it is a link, and its file is written as the user, who opens only its own.
-if [ -L "$home/.ssh" ]; then
-  echo "$home/.ssh is a symbolic link: remove it (this script writes there as root)" >&2
-  exit 1
+# The user's home may be the user's: a link planted there would have root follow it (chown a
+# system directory, copy a root-only file into the user's keys), and one swapped in after a
+# look as well. So root only refuses links and gives the user what is there (chown -h: a link
+# swapped in meanwhile is what changes, not what it names), or makes .ssh in a home the user
+# cannot write; the keys are written as the user, who opens only what it may itself.
+for p in "$home/.ssh" "$home/.ssh/authorized_keys"; do
+  if [ -L "$p" ]; then
+    echo "$p is a symbolic link: remove it (this script writes there as root)" >&2
+    exit 1
+  fi
+  if [ -e "$p" ] && [ "$(stat -c %u "$p")" != "$(id -u "$user")" ]; then
+    chown -h "$user:$(id -gn "$user")" "$p"
+  fi
+done
+if [ ! -e "$home/.ssh" ] && [ "$(stat -c %u "$home")" != "$(id -u "$user")" ]; then
+  install -d -m 0700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
 fi
-install -d -m 0700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
 
 # 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line, replacing any
 #    other line of that key (one added by hand has no restriction):
 #    {shown}
 want=$({line})
 setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups sh -c '
-  keys=$1/.ssh/authorized_keys want=$2 key=$3
-  if [ -L "$keys" ]; then
-    echo "$keys is a symbolic link: remove it" >&2
-    exit 1
-  fi
+  ssh=$1/.ssh want=$2 key=$3
+  keys=$ssh/authorized_keys
+  for p in "$ssh" "$keys"; do
+    if [ -L "$p" ]; then
+      echo "$p is a symbolic link: remove it" >&2
+      exit 1
+    fi
+  done
+  [ -d "$ssh" ] || mkdir -m 0700 "$ssh" || exit 1
+  chmod 0700 "$ssh"
   [ -e "$keys" ] || : >"$keys" || exit 1
-  # One made by hand as root is made again, the user'"'"'s own (sshd wants it so).
-  if [ ! -O "$keys" ] || ! grep -qxF "$want" "$keys"; then
+  if ! grep -qxF "$want" "$keys"; then
     new=$(mktemp "$keys.XXXXXX") || exit 1
-    {{ grep -vF "$key" "$keys" || true; printf "%s\\n" "$want"; }} >"$new" && mv "$new" "$keys" ||
-      {{ rm -f "$new"; exit 1; }}
+    {{ grep -vF "$key" "$keys" || [ $? -eq 1 ]; }} >"$new" && printf "%s\\n" "$want" >>"$new" &&
+      mv "$new" "$keys" || {{ rm -f "$new"; exit 1; }}
   fi
   chmod 0600 "$keys"
 ' sh "$home" "$want" {key_data}
