@@ -193,6 +193,17 @@ def test_a_key_path_the_next_steps_refuse_is_refused_before_the_key_is_made(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_key_path_through_a_parent_is_taken_normalised(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "keys").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert main(["setup", "key", "../keys/id"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path}/keys/id (private, 0600)")
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["id", "id.pub"]
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -116,10 +116,11 @@ def run_key(args: argparse.Namespace) -> int:
     path = args.path or default_key_path(os.geteuid(), os.environ)
     # Checked as `setup client --identity` checks it, before the key is made: the next steps
     # print and take this path in machines lines and commands.
-    check_path(str(path.absolute()), "key path")
-    public = create_key(path.absolute())
+    path = Path(os.path.abspath(path))  # noqa: PTH100 - normalised: "../k" is a path to take
+    check_path(str(path), "key path")
+    public = create_key(path)
     key = parse_public_key(public.read_text(), str(public))
-    print(f"wrote {path.absolute()} (private, 0600) and {public} (0644)")
+    print(f"wrote {path} (private, 0600) and {public} (0644)")
     print(f"{key.line}")
     print(f"fingerprint: {key.fingerprint}")
     print(f"next, for the builder: offload setup builder --key @{public}")
@@ -174,7 +175,7 @@ def run_builder(args: argparse.Namespace) -> int:
 
 def run_client(args: argparse.Namespace) -> int:
     identity = args.identity or default_key_path(os.geteuid(), os.environ)
-    identity = identity.absolute()
+    identity = Path(os.path.abspath(identity))  # noqa: PTH100 - normalised, as setup key's
     check_path(str(identity), "identity file")
     if not identity.exists():
         raise ConfigError(

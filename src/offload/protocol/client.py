@@ -160,7 +160,7 @@ class ServeClient(ServeConnection):
             await self._send(request + encode_strs(asked))
             closure = await read_strs(self._reader, "the closure")
             if closure:  # in the store of the paths asked (the closure of none is none)
-                said_store_paths(closure, store_dir_of(asked[0]), "the closure")
+                said_store_paths(closure, store_dir_of(asked[0]) if asked else "", "the closure")
         return set(closure)
 
     async def dump_store_path(self, path: str, sink: Sink, *, limit: int | None = None) -> int:

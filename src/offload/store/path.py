@@ -75,7 +75,7 @@ def _name_problem(name: str) -> str | None:
     # name may start with '.' (`src = ./.` in ~/.dotfiles is "<hash>-.dotfiles"), as in every
     # Nix but 2.19.0-2.20.1, which refused them all and were reverted.
     if name in {".", ".."} or name.startswith((".-", "..-")):
-        return f"the name {name[:20]!r} is '.' or '..', which no Nix takes"
+        return f"the name {name[:20]!r} is '.' or '..', which Nix 2.20.2 and later refuse"
     if "/" in name:
         return "it has a sub-path after the store object"
     if not _NAME_CHARS.fullmatch(name):
