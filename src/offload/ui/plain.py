@@ -206,8 +206,9 @@ class PlainRenderer:
                     extra.append("speculative copy")
                 self._line(event.time, event.machine, text, ", ".join(extra))
             case JobLog():
-                if self._print_logs:
-                    self._write(f"{event.machine}: {event.name}> {sanitize(event.line)}")
+                if not self._print_logs:
+                    return  # nothing written: nothing to flush (a log may be 100,000s of lines)
+                self._write(f"{event.machine}: {event.name}> {sanitize(event.line)}")
             case JobFinished():
                 self._finished.append(event)
                 self._line(event.time, event.machine or "run", describe_finished(event))
