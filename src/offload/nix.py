@@ -402,7 +402,7 @@ class Evaluation:
         with self._lock:
             self._given_up = True
             if self._running is not None:
-                self._running[1].kill()
+                self._running[1].terminate()
 
     def close(self) -> None:
         with self._lock:

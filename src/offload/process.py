@@ -3,6 +3,9 @@
 Everything else builds argv lists and hands them here. Child processes of async code live inside
 ``spawn``, an ``async with`` that always stops them (SIGTERM, a grace period, then SIGKILL to the
 child's whole process group; ``stop_now`` skips the grace, for a child cut off mid-transfer).
+A short command (``run``, ``Started``) given up on is stopped the same way, SIGTERM first: a Nix
+killed outright leaves the builds it started running (an import-from-derivation's, a --check's),
+where SIGTERM has it stop them.
 A program that cannot be started is ``TransportError`` with a hint (``offload.spawn_errors``).
 A script run on this host takes the ``sh`` of its PATH, else ``/bin/sh`` (``local_sh``).
 """
@@ -97,14 +100,29 @@ def run(
         try:
             stdout, stderr = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            proc.kill()
+            _end(proc)
             msg = f"`{shlex.join(argv)}` did not finish within {timeout} s"
             raise TransportError(msg) from exc
         except BaseException:
-            proc.kill()
+            _end(proc)
             raise
     done = Completed(tuple(argv), proc.returncode, stdout, stderr)
     return done.check() if check else done
+
+
+# How long a short command given up on has after SIGTERM before SIGKILL: Nix stops its builds.
+_GRACE = 3.0
+
+
+def _end(proc: subprocess.Popen[Any], grace: float = _GRACE) -> None:
+    """Stop ``proc`` if it still runs: SIGTERM, then SIGKILL if it outlives ``grace``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _spawn(argv: Sequence[str], cwd: Path | None = None, **options: Any) -> subprocess.Popen[Any]:  # noqa: ANN401 - Popen's
@@ -189,14 +207,13 @@ class Started:
         out, err = self._ended()
         return Completed(self.argv, self._proc.returncode, out, err)
 
-    def kill(self) -> None:
-        """SIGKILL it if it still runs, from any thread: ``finish`` waiting for it in another
-        then returns."""
-        self._proc.kill()  # nothing if it was reaped already
+    def terminate(self) -> None:
+        """SIGTERM it if it still runs, from any thread, without waiting: ``finish`` waiting
+        for it in another then returns once it has stopped (``stop`` kills it after a grace)."""
+        self._proc.terminate()  # nothing if it was reaped already
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
+        _end(self._proc)
         self._ended()  # reaped, its pipes closed
 
 
@@ -226,8 +243,7 @@ def _rest(proc: subprocess.Popen[str], out: IO[str], first: str) -> Generator[st
             yield first
         yield from out
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _end(proc)
         out.close()
         proc.wait()
 

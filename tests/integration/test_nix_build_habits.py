@@ -7,9 +7,11 @@ Builds are local and trivial; a nonce per run makes every build that must fail a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.offload_run import wait_for
+from tests.helpers.processes import read_until, start, stop
 
 PROJECT = r"""
 { nonce ? "", who ? "" }:
@@ -430,6 +435,65 @@ def test_an_import_from_derivations_build_log_shows_while_it_builds(
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert Path(out.strip()).read_text() == "seen\n"
+
+
+IFD_FOREVER = r"""
+{ nonce }:
+let
+  gen = derivation {
+    name = "gen-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo GEN-STARTED; /bin/sleep 600; : ${nonce}" ];
+  };
+in {
+  top = derivation {
+    name = "top-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${import gen} > $out" ];
+  };
+}
+"""
+
+
+def _running_with(text: str) -> list[int]:
+    """The pids of this host's processes whose command line holds ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_offload_alone_mid_evaluation_stops_the_builds_nix_started(
+    project: Path, signum: int
+) -> None:
+    # `kill PID` (a supervisor's stop) reaches offload, not its Nix: the evaluator, killed
+    # outright, left the import-from-derivation's build running; stopped with SIGTERM, Nix
+    # stops it, as nix-build's own Ctrl-C does.
+    (project / "ifd.nix").write_text(IFD_FOREVER)
+    nonce = uuid.uuid4().hex
+    proc = start(
+        [*OFFLOAD, *OFFLINE, "--no-out-link", "-A", "top", "--argstr", "nonce", nonce,
+         "../ifd.nix"],
+        cwd=project / "off",
+        env={**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        read_until(proc, "GEN-STARTED", [])
+        assert _running_with(f": {nonce}")  # the generator's builder
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 128 + signum
+        wait_for(lambda: not _running_with(f": {nonce}"), 10, "the generator's build to stop")
+    finally:
+        stop(proc)
+        for pid in _running_with(f": {nonce}"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 MANY = r"""
