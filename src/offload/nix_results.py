@@ -13,7 +13,7 @@ from typing import Literal
 
 from offload.errors import NixError
 from offload.nix import Env, first_error_line
-from offload.process import run
+from offload.process import Started, run
 
 __all__ = ["add_root_argv", "add_roots", "realise_again", "realise_argv", "result_links"]
 
@@ -34,24 +34,39 @@ def result_links(roots: Sequence[tuple[str, str]], base: str) -> list[str]:
     return links
 
 
-def realise_argv(roots: Sequence[tuple[str, str]], mode: Literal["check", "repair"]) -> list[str]:
-    """nix-store building ``roots`` again (``--check``) or repairing their closure.
+def realise_argv(
+    roots: Sequence[tuple[str, str]], mode: Literal["check", "repair"], flags: Sequence[str] = ()
+) -> list[str]:
+    """nix-store building ``roots`` again (``--check``) or repairing their closure, with
+    nix-build's ``flags`` (``build_args.realise_flags``).
 
     ``--no-gc-warning``: nix-build makes no "you did not specify '--add-root'" warning."""
-    argv = ["nix-store", "--realise", f"--{mode}", "--no-gc-warning", "--"]
+    argv = ["nix-store", "--realise", f"--{mode}", "--no-gc-warning", *flags, "--"]
     return argv + [f"{d}!{o}" for d, o in roots]
 
 
 def realise_again(
-    roots: Sequence[tuple[str, str]], mode: Literal["check", "repair"], env: Env = None
+    roots: Sequence[tuple[str, str]],
+    mode: Literal["check", "repair"],
+    env: Env = None,
+    flags: Sequence[str] = (),
 ) -> None:
     """nix-build's --check and --repair, which only the local Nix can carry out: the serve
-    protocol has no build mode. Its stderr is shown; a failure keeps Nix's exit status."""
-    done = run(realise_argv(roots, mode), check=False, env=env)
+    protocol has no build mode. Its stderr is shown as it comes (a check of a long build
+    says what it does meanwhile); a failure keeps Nix's exit status."""
+    started = Started(realise_argv(roots, mode, flags), env=env, stderr_lines=_said)
+    try:
+        done = started.finish()
+    except BaseException:
+        started.stop()  # a Ctrl-C: Nix stops its builds (SIGTERM first)
+        raise
     if done.returncode != 0:
         first = first_error_line(done.stderr)
         raise NixError(f"--{mode} failed: {first}", text=done.stderr, status=done.returncode)
-    sys.stderr.write(done.stderr)
+
+
+def _said(line: str) -> None:
+    sys.stderr.write(line + "\n")
 
 
 def add_root_argv(paths: Sequence[str], link: str) -> list[str]:

@@ -496,6 +496,42 @@ def test_a_signal_to_offload_alone_mid_evaluation_stops_the_builds_nix_started(
                 os.kill(pid, signal.SIGKILL)
 
 
+CHECKED = r"""
+{ nonce, marks }:
+let
+  mk = name: script: derivation {
+    name = "${name}-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" script ];
+  };
+in {
+  # Another output each time it is built; and one that fails when built again.
+  nondet = mk "nondet" "echo $RANDOM$$ > $out";
+  again = mk "again"
+    "if [ -e ${marks}/again ]; then echo second; exit 1; fi; : > ${marks}/again; echo x > $out";
+}
+"""
+
+
+@pytest.mark.parametrize("tool", ["nix", "off"])
+def test_a_check_goes_on_past_a_failure_with_keep_going_as_nix_build(
+    project: Path, tool: str
+) -> None:
+    # offload's --check ran nix-store without -k: it stopped at the first failure, with 100,
+    # where nix-build checks every derivation and exits 108 (100, and 8 for a check that
+    # differs).
+    (project / "check.nix").write_text(CHECKED)
+    with tempfile.TemporaryDirectory(dir="/tmp") as marks:
+        Path(marks).chmod(0o777)  # the builder (a build user) writes its mark there
+        args = ("--no-out-link", "-A", "nondet", "-A", "again", "--argstr", "nonce",
+                uuid.uuid4().hex, "--argstr", "marks", marks, "../check.nix")  # fmt: skip
+        built = one(project, tool, *args)
+        assert built.returncode == 0, built.stderr
+        checked = one(project, tool, *args, "--check", "-k")
+    assert checked.returncode == 108, checked.stderr  # a build failed (100), a check differs (+8)
+    assert "may not be deterministic" in checked.stderr
+    assert "-again-" in _errors(checked.stderr)
+
+
 MANY = r"""
 { nonce }: builtins.listToAttrs (builtins.genList (n: {
   name = "p${toString n}";

@@ -323,6 +323,15 @@ def eval_flags(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(flags + _ifd_flags(args))
 
 
+def realise_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The flags ``nix-store --realise --check`` (or ``--repair``) gets, as nix-build's own
+    check runs: its logs quiet or not, going on past a failure, and its jobs and builders as
+    an import from a derivation's (``_ifd_flags``)."""
+    flags = ["--verbose"] * args.verbose + ["--quiet"] * args.quiet
+    flags += ["--keep-going"] * bool(args.keep_going) + ["--no-build-output"] * args.no_build_output
+    return tuple(flags + _ifd_flags(args))
+
+
 def _ifd_flags(args: argparse.Namespace) -> list[str]:
     """-j and the builders for what the evaluator builds itself (an import from a derivation),
     as nix-build's own evaluation builds it: with -j 0, on the builders, by Nix's hook.

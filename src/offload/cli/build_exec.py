@@ -12,11 +12,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from offload.backoff import Health
 from offload.build import DrvGraph, Roots, out_links, run_build
 from offload.cli.build import remembered_backoff
+from offload.cli.build_args import realise_flags
 from offload.cli.build_keep import (
     Built,
     forget_old,
@@ -348,7 +349,8 @@ def build(
         msg = f"{len(report.skipped)} derivation(s) were not built"
         raise OffloadError(msg)
     if args.check or args.repair:
-        realise_again(graph.roots, "repair" if args.repair else "check", pool.local_env())
+        mode: Literal["check", "repair"] = "repair" if args.repair else "check"
+        realise_again(graph.roots, mode, pool.local_env(), realise_flags(args))
     _results(args, graph)
     forget_old(state)
     return 0
