@@ -123,8 +123,9 @@ class DaemonError(RemoteError):
 
 class NixError(OffloadError):
     """A Nix command failed and said why: ``text`` is its stderr, printed as it is (the
-    position, the code frame, "Did you mean"), as nix-build would print it; ``message`` is
-    its first line, for one-line uses (``--json``, tests)."""
+    position, the code frame, "Did you mean"), as nix-build would print it, or "" when it was
+    shown as it came (nothing more is printed then); ``message`` is its first line, for
+    one-line uses (``--json``, tests)."""
 
     def __init__(self, message: str, *, text: str, status: int = 1) -> None:
         super().__init__(message)

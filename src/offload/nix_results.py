@@ -61,8 +61,8 @@ def realise_again(
         started.stop()  # a Ctrl-C: Nix stops its builds (SIGTERM first)
         raise
     if done.returncode != 0:
-        first = first_error_line(done.stderr)
-        raise NixError(f"--{mode} failed: {first}", text=done.stderr, status=done.returncode)
+        first = first_error_line(done.stderr)  # its stderr was shown whole as it came
+        raise NixError(f"--{mode} failed: {first}", text="", status=done.returncode)
 
 
 def _said(line: str) -> None:

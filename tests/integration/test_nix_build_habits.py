@@ -532,6 +532,34 @@ def test_a_check_goes_on_past_a_failure_with_keep_going_as_nix_build(
     assert "-again-" in _errors(checked.stderr)
 
 
+FOD = r"""
+{ nonce }: derivation {
+  name = "fod-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo ${nonce} > $out" ];
+  outputHashMode = "flat"; outputHashAlgo = "sha256";
+  outputHash = "0000000000000000000000000000000000000000000000000000";
+}
+"""
+
+
+def test_a_hash_mismatch_is_said_on_nix_builds_lines_with_the_hash_got(project: Path) -> None:
+    # The "got:" hash, which a user copies into the expression, was inside one long line
+    # with a literal "\n" before it.
+    (project / "fod.nix").write_text(FOD)
+    nix, offload = both(project, "--no-out-link", "--argstr", "nonce", uuid.uuid4().hex,
+                        "../fod.nix")  # fmt: skip
+    assert nix.returncode == offload.returncode == 102, offload.stderr
+
+    def said(stderr: str, word: str) -> str:
+        return next(
+            line.split()[-1] for line in stderr.splitlines() if line.split()[:1] == [f"{word}:"]
+        )
+
+    for word in ("specified", "got"):
+        assert said(offload.stderr, word) == said(nix.stderr, word), offload.stderr
+    assert "\\n" not in offload.stderr
+
+
 MANY = r"""
 { nonce }: builtins.listToAttrs (builtins.genList (n: {
   name = "p${toString n}";

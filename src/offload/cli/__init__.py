@@ -396,12 +396,21 @@ def _unknown_before_command(top: argparse.ArgumentParser, argv: Sequence[str]) -
 
 
 def _print_error(exc: OffloadError) -> None:
-    from offload.errors import NixError
+    from offload.errors import BuildFailed, NixError
 
     if isinstance(exc, NixError):  # Nix's own words, whole, as nix-build shows them
-        sys.stderr.write(exc.text if exc.text.endswith("\n") else exc.text + "\n")
+        if exc.text:  # "": shown as they came
+            sys.stderr.write(exc.text if exc.text.endswith("\n") else exc.text + "\n")
         return
-    print(f"error: {_one_line(exc.message)}", file=sys.stderr)
+    if isinstance(exc, BuildFailed):
+        # A builder's Nix says some failures on several lines, as nix-build shows them (a
+        # hash mismatch's "specified:" and "got:", the hash a user copies): each line kept,
+        # the rest indented under "error: " as Nix indents them, each written safe.
+        first, *rest = exc.message.split("\n")
+        lines = [f"error: {_one_line(first)}", *(f"       {_one_line(line)}" for line in rest)]
+        print("\n".join(lines), file=sys.stderr)
+    else:
+        print(f"error: {_one_line(exc.message)}", file=sys.stderr)
     if exc.hint:
         print(f"hint: {_one_line(exc.hint)}", file=sys.stderr)
 
