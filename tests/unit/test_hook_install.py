@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from offload.cli.hook import LocalNix, install_text
+
 BIN = Path(sys.executable).parent
 
 
@@ -60,3 +62,39 @@ def test_the_one_build_line_says_who_a_daemon_takes_it_from(profile: Path) -> No
     lines = done.stdout.splitlines()
     one = lines.index(f"nix-build --option build-hook {profile / 'offload-hook'} ...")
     assert "trusted user" in " ".join(lines[one - 2 : one])
+
+
+@pytest.mark.parametrize("version", [(2, 25), (2, 28), (2, 33)])
+def test_on_a_nix_that_ignores_nix_conf_only_the_ways_that_work_are_printed(
+    version: tuple[int, int],
+) -> None:
+    # nix#15083: Nix 2.25-2.33 overwrite a build-hook read from nix.conf with the default.
+    # The text led with the nix.conf line and nix.settings.build-hook, both ignored there.
+    text = install_text(Path("/p/offload-hook"), LocalNix(version))
+    assert "build-hook = /p/offload-hook\n" not in text  # no nix.conf line
+    assert "nix.settings.build-hook" not in text
+    assert 'Environment="NIX_CONFIG=build-hook = /p/offload-hook"' in text
+    assert (
+        'systemd.services.nix-daemon.environment.NIX_CONFIG = "build-hook = /p/offload-hook";'
+        in text
+    )
+    assert "nix-build --option build-hook /p/offload-hook ..." in text
+
+
+@pytest.mark.parametrize("version", [(2, 8), (2, 24), (2, 34), (2, 35)])
+def test_on_other_nix_the_nix_conf_line_is_printed_where_nix_reads_it(
+    version: tuple[int, int],
+) -> None:
+    text = install_text(Path("/p/offload-hook"), LocalNix(version), "/srv/nix-conf")
+    assert "# nix.conf (/srv/nix-conf/nix.conf; restart nix-daemon" in text
+    assert "\nbuild-hook = /p/offload-hook\n" in text
+    assert "NIX_CONFIG" not in text
+
+
+def test_a_lix_that_speaks_capn_proto_to_its_hook_is_told_it_cannot_run_it() -> None:
+    text = install_text(Path("/p/offload-hook"), LocalNix((2, 94), lix=True))
+    assert "Cap'n Proto" in text
+    assert "build-hook =" not in text
+    older = install_text(Path("/p/offload-hook"), LocalNix((2, 93), lix=True))
+    assert "\nbuild-hook = /p/offload-hook\n" in older  # Lix 2.93 is no Nix 2.25-2.33
+    assert "deprecated" in older

@@ -2,22 +2,24 @@
 
 It prints, and changes nothing: the ``nix.conf`` line, the NixOS option, and how to switch it
 off again. Nix 2.25-2.33 ignore a ``build-hook`` set in nix.conf (nix#15083); on those the
-setting must come through ``NIX_CONFIG`` or ``--option``, which the text says when the local Nix
-is one of them.
+setting must come through ``NIX_CONFIG`` or ``--option``, and only those ways are printed when
+the local Nix is one of them. Lix 2.94 and later cannot run a line-protocol hook at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from offload.errors import ConfigError, OffloadError
 from offload.process import run
 
-__all__ = ["hook_path", "install_text", "register"]
+__all__ = ["LocalNix", "hook_path", "install_text", "register"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,40 +47,77 @@ def hook_path() -> Path:
     return Path(found).absolute()
 
 
-def _nix_version() -> tuple[int, int] | None:
+@dataclass(frozen=True)
+class LocalNix:
+    """The Nix on PATH, as ``nix-store --version`` names it: its version, and whether it is
+    Lix (``nix-store (Lix, like Nix) 2.93.0``), whose versions are its own."""
+
+    version: tuple[int, int]
+    lix: bool = False
+
+
+def _local_nix() -> LocalNix | None:
     try:
         done = run(["nix-store", "--version"], check=False, timeout=30)
     except OffloadError:  # no Nix here: nothing version-specific to say
         return None
     match = re.search(r"(\d+)\.(\d+)", done.stdout)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    if match is None:
+        return None
+    return LocalNix((int(match.group(1)), int(match.group(2))), lix="Lix" in done.stdout)
 
 
-def install_text(path: Path, version: tuple[int, int] | None) -> str:
+def install_text(path: Path, nix: LocalNix | None, conf_dir: str = "/etc/nix") -> str:
+    """What to write where, for ``nix``: Nix 2.25-2.33 overwrite a ``build-hook`` read from
+    nix.conf with the default (nix#15083), so for those only the ways that work are given
+    (the daemon's environment, NIX_CONFIG, --option); Lix 2.94 and later speak Cap'n Proto to
+    their hook, which offload-hook cannot."""
+    if nix is not None and nix.lix and nix.version >= (2, 94):
+        return (
+            f"# Lix {nix.version[0]}.{nix.version[1]} speaks Cap'n Proto to its build hook;"
+            " offload-hook speaks Nix's\n# line protocol and cannot serve it. Use `offload"
+            " build` for builds on the builders.\n"
+        )
+    one = [
+        "# One build only, without changing any file (as root or a trusted user: a",
+        "# nix-daemon ignores build-hook from any other user's command, without a word):",
+        f"nix-build --option build-hook {path} ...",
+    ]
+    if nix is not None and not nix.lix and (2, 25) <= nix.version <= (2, 33):
+        setting = f"build-hook = {path}"
+        return "\n".join([
+            f"# Nix {nix.version[0]}.{nix.version[1]} ignores build-hook in nix.conf (nix#15083):",
+            "# the nix-daemon takes it from NIX_CONFIG in its environment (Nix 2.34 fixes it).",
+            "# systemd (systemctl edit nix-daemon; then systemctl restart nix-daemon):",
+            "[Service]",
+            f'Environment="NIX_CONFIG={setting}"',
+            "",
+            "# NixOS (configuration.nix; or services.offload.enable = true, which does it):",
+            f'systemd.services.nix-daemon.environment.NIX_CONFIG = "{setting}";',
+            "",
+            *one,
+            "",
+            "# To switch it off, remove that Environment line (or the NixOS option) and restart",
+            "# nix-daemon (Nix goes back to its own build-remote).",
+        ]) + "\n"  # fmt: skip
     lines = [
-        "# nix.conf (/etc/nix/nix.conf; restart nix-daemon after changing it):",
+        f"# nix.conf ({conf_dir}/nix.conf; restart nix-daemon after changing it):",
         f"build-hook = {path}",
         "",
         "# NixOS (configuration.nix):",
         f'nix.settings.build-hook = "{path}";',
         "",
-        "# One build only, without changing any file (as root or a trusted user: a",
-        "# nix-daemon ignores build-hook from any other user's command, without a word):",
-        f"nix-build --option build-hook {path} ...",
+        *one,
         "",
         "# To switch it off, remove the line (Nix goes back to its own build-remote).",
     ]
-    if version is not None and (2, 25) <= version <= (2, 33):
-        lines += [
-            "",
-            f"# Nix {version[0]}.{version[1]} ignores build-hook in nix.conf (nix#15083):",
-            f'# set it for the daemon with NIX_CONFIG="build-hook = {path}" in its environment,',
-            "# or pass --option build-hook on each command; Nix 2.34 fixes this.",
-        ]
+    if nix is not None and nix.lix:
+        lines += ["", "# Lix 2.91-2.93 still run a build-hook, but have deprecated it."]
     return "\n".join(lines) + "\n"
 
 
 def _install(args: argparse.Namespace) -> int:
     del args
-    sys.stdout.write(install_text(hook_path(), _nix_version()))
+    conf_dir = os.environ.get("NIX_CONF_DIR") or "/etc/nix"
+    sys.stdout.write(install_text(hook_path(), _local_nix(), conf_dir))
     return 0
