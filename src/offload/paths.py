@@ -31,6 +31,7 @@ from offload.state_location import (
 )
 
 __all__ = [
+    "NIX_DAEMON_SOCKET",
     "SYSTEM_STATE_DIR",
     "ensure_state_dir",
     "hook_state_dir",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 SYSTEM_STATE_DIR = Path(SYSTEM_STATE)
+# Where a nix-daemon listens unless NIX_DAEMON_SOCKET_PATH says otherwise.
+NIX_DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
 
 
 def state_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from offload.errors import ConfigError
+from offload.paths import SYSTEM_STATE_DIR
 from offload.slots import SlotLocks
 from offload.use import Choice, clear_choice, parse_duration, read_choice, write_choice
 
@@ -183,6 +185,7 @@ def test_a_builder_named_twice_is_kept_once_in_order(
 
 _SET = """
 import sys
+import socket
 from pathlib import Path
 from offload.use import Choice, set_choice
 choice = None if sys.argv[2] == "clear" else Choice(("a",), 0.0, None)
@@ -221,3 +224,26 @@ def test_a_choice_file_that_is_a_fifo_or_device_is_replaced_not_read(
         assert not (tmp_path / "use.json").exists()
     else:
         assert json.loads(done.stdout)["machines"] == ["a"]
+
+
+def test_a_user_who_cannot_choose_for_the_daemon_is_told_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not root: the choice goes into the user's state alone, and the nix-daemon's hook reads
+    # /var/lib/offload only; nix-build and nixos-rebuild through it took no part of it, unsaid.
+    from offload.cli import use as use_cli
+
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "daemon.sock"))
+    monkeypatch.delenv("OFFLOAD_STATE_DIR", raising=False)
+    monkeypatch.setenv("NIX_DAEMON_SOCKET_PATH", str(tmp_path / "daemon.sock"))
+    try:
+        mine = [tmp_path / "state"]
+        assert use_cli._daemon_unchosen(mine)
+        use_cli._tell_daemon(mine)
+        assert "`sudo offload use ...` chooses for them" in capsys.readouterr().err
+        assert not use_cli._daemon_unchosen([*mine, SYSTEM_STATE_DIR])
+        monkeypatch.setenv("NIX_DAEMON_SOCKET_PATH", str(tmp_path / "none"))
+        assert not use_cli._daemon_unchosen(mine)
+    finally:
+        listening.close()

@@ -16,15 +16,24 @@ and a choice kept only in root's own state would leave them on the whole pool un
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import stat
+import sys
 import time
 from pathlib import Path
 
 from offload.cli.arguments import machine_names
 from offload.config.pool import load_pool
 from offload.errors import ConfigError
-from offload.paths import SYSTEM_STATE_DIR, ensure_state_dir, state_dir, state_hint
+from offload.paths import (
+    NIX_DAEMON_SOCKET,
+    SYSTEM_STATE_DIR,
+    ensure_state_dir,
+    state_dir,
+    state_hint,
+)
 from offload.use import Choice, parse_duration, read_choice, set_choice
 
 __all__ = ["register"]
@@ -102,11 +111,34 @@ def _check_combination(args: argparse.Namespace) -> None:
         )
 
 
+def _daemon_unchosen(places: list[Path]) -> bool:
+    """Do builds through a nix-daemon here (nix-build, nixos-rebuild as a user) take no part
+    of this choice? Its offload-hook runs as root and reads ``/var/lib/offload`` alone, which
+    this user may not write: the choice then holds only for a Nix without a daemon."""
+    if os.environ.get("OFFLOAD_STATE_DIR") or SYSTEM_STATE_DIR in places:
+        return False
+    socket = os.environ.get("NIX_DAEMON_SOCKET_PATH") or NIX_DAEMON_SOCKET
+    with contextlib.suppress(OSError):
+        return stat.S_ISSOCK(Path(socket).stat().st_mode)
+    return False
+
+
+def _tell_daemon(places: list[Path]) -> None:
+    if _daemon_unchosen(places):
+        print(
+            f"note: builds through the nix-daemon (nix-build, nixos-rebuild) take the choice in"
+            f" {SYSTEM_STATE_DIR}, which this user may not write: `sudo offload use ...`"
+            " chooses for them",
+            file=sys.stderr,
+        )
+
+
 def _main(args: argparse.Namespace) -> int:
     places = _places()
     _check_combination(args)
     if args.clear:
         set_choice(places, None, _hint)
+        _tell_daemon(places)
         if args.json:  # what is in force now, as a choice set says it (it printed the text)
             return _show(places, as_json=True)
         print("offload-hook uses the whole pool again")
@@ -121,4 +153,5 @@ def _main(args: argparse.Namespace) -> int:
     until = now + parse_duration(args.duration) if args.duration else None
     ensure_state_dir()  # one that cannot be made is said as every command says it
     set_choice(places, Choice(tokens, now, until), _hint)
+    _tell_daemon(places)
     return _show(places, as_json=args.json)
