@@ -206,13 +206,9 @@ def roots_key(stderr: str) -> Check | None:
     this user is not (the nix-daemon's key, as ``offload setup key`` makes it: 0600): whether
     the daemon gets in is not known from here, and loosening the key's mode is no fix."""
     trouble = key_trouble(stderr)
-    if trouble is None or trouble.reason != "Permission denied":
+    if trouble is None or trouble.reason != "Permission denied" or os.geteuid() == 0:
         return None
-    try:
-        owner = Path(trouble.path).stat().st_uid
-    except OSError:
-        return None
-    if owner != 0 or os.geteuid() == 0:
+    if _roots(Path(trouble.path)) is not True:
         return None
     return Check(
         "ssh",
@@ -220,6 +216,20 @@ def roots_key(stderr: str) -> Check | None:
         f"cannot be checked as this user: {trouble.path} is root's (the nix-daemon's key)",
         "run `sudo offload doctor` to check as the nix-daemon connects",
     )
+
+
+def _roots(path: Path) -> bool | None:
+    """Whether ``path`` is root's: the file's owner, or, where this user may not look at it
+    (``/root/.ssh/remotebuild`` under a 0700 ``/root``, the seeds' layout), the owner of the
+    nearest directory above it this user can; None when nothing on the way can be looked at."""
+    for place in (path, *path.parents):
+        try:
+            return place.stat().st_uid == 0
+        except PermissionError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 def noisy_shell_check(check: Check, stdout: str, reply: bytes) -> Check:
