@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from offload.state_location import (
 __all__ = [
     "NIX_DAEMON_SOCKET",
     "SYSTEM_STATE_DIR",
+    "daemon_here",
     "ensure_state_dir",
     "hook_state_dir",
     "read_state_dir",
@@ -44,6 +46,17 @@ __all__ = [
 SYSTEM_STATE_DIR = Path(SYSTEM_STATE)
 # Where a nix-daemon listens unless NIX_DAEMON_SOCKET_PATH says otherwise.
 NIX_DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
+
+
+def daemon_here(env: Mapping[str, str] | None = None) -> bool:
+    """Whether a nix-daemon listens on this host (its socket is there): the builds Nix starts
+    for users then go through it, and its offload-hook runs as root."""
+    env = os.environ if env is None else env
+    try:
+        mode = Path(env.get("NIX_DAEMON_SOCKET_PATH") or NIX_DAEMON_SOCKET).stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISSOCK(mode)
 
 
 def state_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:

@@ -1,6 +1,7 @@
 """The doctor's verdicts on getting to a builder, from recorded OpenSSH output."""
 
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -230,3 +231,25 @@ def test_roots_key_unreadable_to_another_user_is_unknown_not_a_mode_to_loosen():
         (Verdict.UNKNOWN, "run `sudo offload doctor` to check as the nix-daemon connects")
     )
     assert answer == behind == expected
+
+
+def test_a_users_check_that_leaned_on_what_the_daemon_lacks_says_so() -> None:
+    # NIX_SSHOPTS, an ssh agent, ~/.ssh/config: a user's doctor passed with them, where the
+    # nix-daemon's builds (as root, from systemd's environment) have none of them.
+    from offload.cli.doctor import _as_this_user
+
+    place = Path(tempfile.mkdtemp(prefix="ofd", dir="/tmp"))
+    place.chmod(0o755)
+    with socket.socket(socket.AF_UNIX) as daemon:
+        daemon.bind(str(place / "socket"))
+        env = {"NIX_DAEMON_SOCKET_PATH": str(place / "socket"), "HOME": str(place)}
+        leaned = {**env, "NIX_SSHOPTS": "-F cfg", "SSH_AUTH_SOCK": "/tmp/agent"}
+        said = as_another_user(lambda: repr(_as_this_user(leaned)))
+        plain = as_another_user(lambda: repr(_as_this_user(env)))
+        no_daemon = {**leaned, "NIX_DAEMON_SOCKET_PATH": str(place / "none")}
+        alone = as_another_user(lambda: repr(_as_this_user(no_daemon)))
+        as_root = _as_this_user(leaned)
+    shutil.rmtree(place)
+    assert "checked as this user, with NIX_SSHOPTS, SSH_AUTH_SOCK; " in said
+    assert "`sudo offload doctor` checks as they do" in said
+    assert (plain, alone, as_root) == ("None", "None", None)

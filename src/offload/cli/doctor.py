@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from offload.backoff import REASON_CHARS, Health
 from offload.cli import interrupts
@@ -27,6 +29,7 @@ from offload.cli.machines_list import backoff_places, read_backoff
 from offload.config.machines import shown
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, MachineReport, diagnose, format_report
 from offload.errors import ConfigError
+from offload.paths import daemon_here
 
 __all__ = ["register", "run"]
 
@@ -87,7 +90,29 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(reports, verbose=args.verbose), end="")
         print("".join(f"{line}\n" for line in _backed_off(reports, backoff)), end="")
+    if (said := _as_this_user(os.environ)) is not None:
+        print(f"note: {said}", file=sys.stderr)
     return 1 if any(report.failed for report in reports) else 0
+
+
+def _as_this_user(env: Mapping[str, str]) -> str | None:
+    """What a non-root check leaned on that the nix-daemon's builds do not have, when there
+    is a daemon here: its offload-hook (or Nix's own) logs in as root, from systemd's
+    environment, with root's ssh configuration: no NIX_SSHOPTS of this user's, no ssh agent,
+    no ~/.ssh/config of this user's. None when it leaned on none of them, or runs as root."""
+    if os.geteuid() == 0 or not daemon_here(env):
+        return None
+    leaned = [name for name in ("NIX_SSHOPTS", "SSH_AUTH_SOCK") if env.get(name)]
+    config = Path(env.get("HOME") or "~").expanduser() / ".ssh" / "config"
+    if config.is_file():
+        leaned.append(str(config))
+    if not leaned:
+        return None
+    return (
+        f"checked as this user, with {', '.join(leaned)}; builds through the nix-daemon"
+        " (nix-build, nixos-rebuild) log in as root without them: `sudo offload doctor`"
+        " checks as they do"
+    )
 
 
 def _as_json(report: MachineReport, health: Health | None) -> dict[str, object]:

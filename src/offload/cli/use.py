@@ -16,10 +16,8 @@ and a choice kept only in root's own state would leave them on the whole pool un
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import stat
 import sys
 import time
 from pathlib import Path
@@ -27,13 +25,7 @@ from pathlib import Path
 from offload.cli.arguments import machine_names
 from offload.config.pool import load_pool
 from offload.errors import ConfigError
-from offload.paths import (
-    NIX_DAEMON_SOCKET,
-    SYSTEM_STATE_DIR,
-    ensure_state_dir,
-    state_dir,
-    state_hint,
-)
+from offload.paths import SYSTEM_STATE_DIR, daemon_here, ensure_state_dir, state_dir, state_hint
 from offload.use import Choice, parse_duration, read_choice, set_choice
 
 __all__ = ["register"]
@@ -117,10 +109,7 @@ def _daemon_unchosen(places: list[Path]) -> bool:
     this user may not write: the choice then holds only for a Nix without a daemon."""
     if os.environ.get("OFFLOAD_STATE_DIR") or SYSTEM_STATE_DIR in places:
         return False
-    socket = os.environ.get("NIX_DAEMON_SOCKET_PATH") or NIX_DAEMON_SOCKET
-    with contextlib.suppress(OSError):
-        return stat.S_ISSOCK(Path(socket).stat().st_mode)
-    return False
+    return daemon_here()
 
 
 def _tell_daemon(places: list[Path]) -> None:
