@@ -302,3 +302,26 @@ def test_the_builders_own_builders_are_counted_as_nix_reads_them() -> None:
     assert facts.own_builders(config, {"/etc/nix/machines": text}) == 3
     assert facts.own_builders({"builders": "@/etc/nix/machines"}, {}) == 0
     assert facts.own_builders({"builders": ""}, {}) == 0
+
+
+def test_a_builder_of_no_slots_is_no_slot_counted_but_one_never_used() -> None:
+    # `ssh://b1 x86_64-linux - 0`: "slots ok: 0 counted on the builder", where `offload
+    # machines` says no build is ever sent to it.
+    check = facts.slots_check(0, None)
+    assert check.verdict == Verdict.WARN
+    assert check.detail == "maxJobs is 0: no build is ever sent to it"
+    assert facts.slots_check(2, None).verdict == Verdict.OK
+
+
+def test_doctor_given_only_builders_it_does_not_connect_to_says_which_and_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It said "no builders to check" with the hint to give some, though one was given.
+    from offload.cli import main
+
+    assert main(["doctor", "--builders", "ssh://-oProxyCommand=x x86_64-linux"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: no builder to check: offload does not connect to -oProxyCommand=x (its host" in err
+    )
+    assert "starts with '-', which ssh reads as an option" in err

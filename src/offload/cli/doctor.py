@@ -27,6 +27,7 @@ from offload.cli.arguments import machine_names
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.cli.machines_list import backoff_places, read_backoff
 from offload.config.machines import shown
+from offload.config.machines.check import refusals
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, MachineReport, diagnose, format_report
 from offload.errors import ConfigError
 from offload.paths import daemon_here
@@ -76,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
             "no builder to check among those named (doctor checks builders; local is this host)",
             hint="name a builder, or none for all of them (offload machines lists them)",
         )
+    if not pool.machines and pool.refused:  # given, but none offload connects to
+        whys = ", ".join(f"{shown(m.name)} ({m.not_connected})" for m in pool.refused)
+        fixes = "; ".join(line for m in pool.refused for line in refusals(m))
+        raise ConfigError(f"no builder to check: offload does not connect to {whys}", hint=fixes)
     if not pool.machines:
         raise ConfigError(
             "no builders to check",
@@ -92,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print("".join(f"{line}\n" for line in _backed_off(reports, backoff)), end="")
     if (said := _as_this_user(os.environ)) is not None:
         print(f"note: {said}", file=sys.stderr)
-    return 1 if any(report.failed for report in reports) else 0
+    # Left out of the pool (their warnings are said above): a builder that cannot be used.
+    return 1 if pool.refused or any(report.failed for report in reports) else 0
 
 
 def _as_this_user(env: Mapping[str, str]) -> str | None:

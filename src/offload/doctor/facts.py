@@ -343,7 +343,15 @@ _SLOT_FIXES = {
 def slots_check(slots: int, fallback: str | None, *, full: bool = False) -> Check:
     """Where a build session's slot was counted: on the builder (every client on every host
     counts the same ``slots``; ``full`` when others hold them all now), or, with why
-    (``fallback``), on this host only."""
+    (``fallback``), on this host only. None at all (maxJobs 0): no build is ever sent there,
+    by Nix or offload."""
+    if slots == 0:
+        return Check(
+            "slots",
+            Verdict.WARN,
+            "maxJobs is 0: no build is ever sent to it",
+            "give its machines line (or offload.toml's max-jobs) 1 or more",
+        )
     if fallback is not None:
         return Check(
             "slots",
