@@ -8,6 +8,7 @@ from pathlib import Path
 from offload.doctor.model import Verdict
 from offload.doctor.reach import (
     SshConfig,
+    no_shell,
     parse_ssh_g,
     port_check,
     resolve_check,
@@ -253,3 +254,18 @@ def test_a_users_check_that_leaned_on_what_the_daemon_lacks_says_so() -> None:
     assert "checked as this user, with NIX_SSHOPTS, SSH_AUTH_SOCK; " in said
     assert "`sudo offload doctor` checks as they do" in said
     assert (plain, alone, as_root) == ("None", "None", None)
+
+
+def test_a_user_without_a_shell_is_said_so_with_the_fix() -> None:
+    # sshd took the key, then ran the command through nologin: "(ssh printed nothing)" and
+    # "try ssh -v" was all doctor said.
+    failed = ssh_check(1, "", key="/k", pinned=True, destination="nixremote@b", seconds=0.1)
+    found = no_shell(failed, "This account is currently not available.\n", "nixremote@b")
+    assert found is not None
+    assert found.verdict == Verdict.FAIL
+    assert "nixremote@b has no login shell" in found.detail
+    assert found.fix is not None
+    assert "useDefaultShell = true" in found.fix
+    assert no_shell(failed, "", "nixremote@b") is None  # another failure: as it was
+    logged_in = ssh_check(0, "", key="/k", pinned=True, destination="nixremote@b", seconds=0.1)
+    assert no_shell(logged_in, "This account is currently not available.\n", "x@b") is None

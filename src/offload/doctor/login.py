@@ -29,6 +29,7 @@ from offload.config.machines import Machine
 from offload.doctor.model import Check, Verdict
 from offload.doctor.reach import (
     SshConfig,
+    no_shell,
     noisy_shell_check,
     parse_ssh_g,
     port_check,
@@ -242,4 +243,6 @@ class LoginProbe:
         )
         if (roots := roots_key(done.stderr)) is not None:
             return roots
+        if (shell := no_shell(check, done.stdout, f"{self.user}@{self.target.host}")) is not None:
+            return shell
         return noisy_shell_check(check, done.stdout, self.dialect.reply)

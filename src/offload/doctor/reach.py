@@ -32,6 +32,7 @@ from offload.transport.ssh_keys import key_fix, key_trouble, passphrase_fix, ref
 
 __all__ = [
     "SshConfig",
+    "no_shell",
     "noisy_shell_check",
     "parse_ssh_g",
     "port_check",
@@ -230,6 +231,26 @@ def _roots(path: Path) -> bool | None:
         except OSError:
             return None
     return None
+
+
+# What nologin(8) prints (shadow's and util-linux's alike) for an account with no shell.
+_NOLOGIN = "This account is currently not available."
+
+
+def no_shell(check: Check, stdout: str, destination: str) -> Check | None:
+    """The ``ssh`` row for a failed login whose key was taken but whose user has no shell
+    (``nologin``, as ``adduser --system`` and NixOS's ``isSystemUser`` make one): sshd runs
+    every command through it, so every session ends before Nix starts. None otherwise."""
+    if check.verdict != Verdict.FAIL or _NOLOGIN not in stdout:
+        return None
+    return Check(
+        "ssh",
+        Verdict.FAIL,
+        f"{destination} has no login shell (its sessions say {_NOLOGIN!r}): sshd runs the"
+        " serve command through it",
+        "give the user a shell: `usermod --shell /bin/sh USER` on the builder (NixOS:"
+        " users.users.<name>.useDefaultShell = true, or `offload setup builder` does it)",
+    )
 
 
 def noisy_shell_check(check: Check, stdout: str, reply: bytes) -> Check:
