@@ -305,8 +305,9 @@ def throughput_check(size: int, received: int, seconds: float, compressed: bool)
             "throughput",
             Verdict.WARN,
             detail,
-            f"a slow link: 1 GB of outputs takes {1e9 / rate:.0f} s; "
-            "builders-use-substitutes lets the builder fetch inputs from caches itself",
+            f"a slow link: 1 GB of outputs takes {1e9 / rate:.0f} s to come home (and"
+            " inputs as long to go: builders-use-substitutes lets the builder fetch those it"
+            " can from caches itself; compress=true in its URI helps text-heavy paths)",
         )
     return Check("throughput", Verdict.OK, detail)
 
