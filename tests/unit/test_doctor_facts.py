@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from offload.config.pool import load_pool
+from offload.config.settings import NixSettings
 from offload.doctor import claims, facts
 from offload.doctor.model import Check, MachineReport, Verdict, skipped
 from offload.doctor.render import format_report
@@ -325,3 +327,22 @@ def test_doctor_given_only_builders_it_does_not_connect_to_says_which_and_why(
         "error: no builder to check: offload does not connect to -oProxyCommand=x (its host" in err
     )
     assert "starts with '-', which ssh reads as an option" in err
+
+
+def test_a_claim_offload_toml_set_is_fixed_there_not_in_the_machines_line(tmp_path):
+    # An offload.toml table over the line set the systems: "remove aarch64-linux from column
+    # 2 of machines:1" named a line without it.
+    toml = tmp_path / "offload.toml"
+    toml.write_text('[[machine]]\nuri = "ssh://b1"\nsystems = ["x86_64-linux", "aarch64-linux"]\n')
+    nix = NixSettings({"builders": "ssh://b1 x86_64-linux"})
+    pool = load_pool(builders=None, config=toml, env={}, nix_settings=nix)
+    (machine,) = pool.machines
+    table = machine.toml_table("systems")
+    assert table is not None
+    assert str(toml) in table
+    bad = claims.systems_check(machine.systems, CONFIG, "", machine.source, table=table)
+    assert bad.fix is not None
+    assert bad.fix.startswith(f"remove aarch64-linux from `systems` in {table}")
+    features = claims.features_check({"cuda"}, (), CONFIG, "", table=table)
+    assert features.fix is not None
+    assert features.fix.startswith(f"remove it from `supported-features` in {table}")

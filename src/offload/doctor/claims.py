@@ -26,16 +26,23 @@ __all__ = ["features_check", "systems_check"]
 
 
 def systems_check(
-    claimed: Sequence[str], config: NixConfig | None, error: str, line: str = "the machines line"
+    claimed: Sequence[str],
+    config: NixConfig | None,
+    error: str,
+    line: str = "the machines line",
+    *,
+    table: str | None = None,
 ) -> Check:
-    """The systems the machines line at ``line`` claims, against the builder's."""
+    """The systems the machines line at ``line`` claims, against the builder's; ``table``:
+    the offload.toml table that set them instead, where the fix goes."""
     if not config or "system" not in config:
         return cannot_tell("systems", error)
     real = {config["system"]} | words(config, "extra-platforms")
     lacking = [s for s in claimed if s not in real]
     unclaimed = sorted(real - set(claimed))
     if lacking:
-        return _lacking_systems(lacking, unclaimed, sorted(real), line)
+        place = f"`systems` in {table}" if table else f"column 2 of {line}"
+        return _lacking_systems(lacking, unclaimed, sorted(real), place)
     more = f" (could also build {', '.join(unclaimed)})" if unclaimed else ""
     return Check("systems", Verdict.OK, f"{', '.join(claimed)}{more}")
 
@@ -46,7 +53,7 @@ def _typo_of(system: str, has: Sequence[str]) -> str | None:
 
 
 def _lacking_systems(
-    lacking: Sequence[str], unclaimed: Sequence[str], real: Sequence[str], line: str
+    lacking: Sequence[str], unclaimed: Sequence[str], real: Sequence[str], place: str
 ) -> Check:
     """A line claiming systems the builder lacks. One close to a system the builder has and
     the line does not claim (``x86_64-linx``) is a typo: removing it, as for a system the
@@ -54,10 +61,10 @@ def _lacking_systems(
     meant_for = {s: match for s in lacking if (match := _typo_of(s, unclaimed)) is not None}
     said = [f"{s} (did you mean {meant_for[s]}?)" if s in meant_for else s for s in lacking]
     others = [s for s in lacking if s not in meant_for]
-    fixes = [f"write {meant_for[s]} for {s} in column 2 of {line}" for s in meant_for]
+    fixes = [f"write {meant_for[s]} for {s} in {place}" for s in meant_for]
     if others:
         fixes.append(
-            f"remove {', '.join(others)} from column 2 of {line}, or add "
+            f"remove {', '.join(others)} from {place}, or add "
             f"{'it' if len(others) == 1 else 'them'} to the builder's extra-platforms "
             "(with binfmt emulation for other CPUs)"
         )
@@ -75,8 +82,15 @@ def features_check(
     config: NixConfig | None,
     error: str,
     line: str = "the machines line",
+    *,
+    table: str | None = None,
 ) -> Check:
-    """The features the machines line at ``line`` claims, against the builder's."""
+    """The features the machines line at ``line`` claims, against the builder's; ``table``:
+    the offload.toml table that set them instead, where the fix goes."""
+    claimed_at = f"`supported-features` in {table}" if table else f"columns 6-7 of {line}"
+    supported_at = (
+        f"`supported-features` in {table}" if table else f"column 6 (supported features) of {line}"
+    )
     if not config or "system-features" not in config:
         return cannot_tell("features", error)
     real = words(config, "system-features")
@@ -88,10 +102,10 @@ def features_check(
         # removing it would leave the line without the one meant (builds needing it never go).
         meant_for = {f: match for f in lacking if (match := meant(f, unclaimed, 0.8)) is not None}
         said = [f"{f} (did you mean {meant_for[f]}?)" if f in meant_for else f for f in lacking]
-        fix = f"remove it from columns 6-7 of {line}"
+        fix = f"remove it from {claimed_at}"
         if meant_for:
             swaps = ", ".join(f"{meant_for[f]} for {f}" for f in meant_for)
-            fix = f"write {swaps} in columns 6-7 of {line}, if meant; else remove it there"
+            fix = f"write {swaps} in {claimed_at}, if meant; else remove it there"
         return Check(
             "features",
             Verdict.FAIL,
@@ -105,6 +119,6 @@ def features_check(
             Verdict.WARN,
             f"the builder has {', '.join(unclaimed)}, not claimed: "
             "builds needing it never go there",
-            f"add it to column 6 (supported features) of {line}",
+            f"add it to {supported_at}",
         )
     return Check("features", Verdict.OK, ", ".join(sorted(claimed)) or "none")

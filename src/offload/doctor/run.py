@@ -320,13 +320,21 @@ class _Probe(LoginProbe):
             if (await self._remote(link, ["true"]))[0] == 0:
                 rtts.append(time.monotonic() - started)
         self.checks += [
-            claims.systems_check(machine.systems, config, error, machine.source),
+            claims.systems_check(
+                machine.systems,
+                config,
+                error,
+                machine.source,
+                table=machine.toml_table("systems"),
+            ),
             claims.features_check(
                 machine.supported_features,
                 machine.mandatory_features,
                 config,
                 error,
                 machine.source,
+                table=machine.toml_table("supported_features")
+                or machine.toml_table("mandatory_features"),
             ),
             await self._trusted(link, (user, groups), config, error, route),
             facts.disk_check(*disk),
