@@ -36,6 +36,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.errors import TransportError
+from offload.names import LOCAL
 from offload.procfs import pid_namespace
 
 __all__ = ["NIX_CURRENT_LOAD", "SlotLocks", "SlotProbe", "slot_key"]
@@ -222,7 +224,21 @@ class SlotLocks:
         """Hold a free slot of ``key`` (an open, flocked fd), or None when all are taken.
 
         ``until``: the wall-clock time the holder expects to be done, written into the file.
+        A slot file that cannot be opened or written (a full disk, no more file descriptors,
+        the directory gone) is ``TransportError`` naming this host's store: no builder's
+        fault, and never an internal error ending the run.
         """
+        try:
+            return self._try_acquire(key, slots, until)
+        except OSError as exc:
+            error = TransportError(
+                f"cannot hold a slot file in {self.directory}: {exc.strerror or exc}",
+                hint=f"check {self.directory}: this user must write it, and its disk have room",
+            )
+            error.peer = LOCAL
+            raise error from exc
+
+    def _try_acquire(self, key: str, slots: int, until: float | None) -> int | None:
         for slot in range(slots):
             path = self.directory / f"{key}-{slot}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

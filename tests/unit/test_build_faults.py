@@ -125,3 +125,45 @@ def test_an_option_ssh_refuses_in_nix_sshopts_is_said_to_be_there(words: str) ->
         "(`ssh -G $NIX_SSHOPTS a` shows how ssh reads them)"
     )
     assert _ssh_hint(words) == "ssh refused an option of NIX_SSHOPTS: fix or remove it there"
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        "curl: (7) Failed to connect to mirror port 443: Connection refused",
+        "test_network ... timed out",
+        "ssh: Could not resolve hostname github.com: Name or service not known",
+    ],
+)
+def test_a_builds_own_last_line_is_quoted_never_read_as_a_connection_fault(last: str) -> None:
+    # A session that closed mid-build quotes its last line: a build's own words, which were
+    # read as "connection refused by b: is sshd running?" and the like, with the wrong fix.
+    error = f"b closed the connection during BuildDerivation (its last line: {last!r})"
+    said = explain(machine("b"), error)
+    assert said == error
+    assert "sshd" not in said
+    assert "reachable" not in said
+
+
+def test_only_ssh_s_own_words_are_read_as_a_connection_fault() -> None:
+    # The same words, not from ssh connecting (no "cannot connect to builder"): left as said.
+    error = "b: build of x failed: Connection refused"
+    assert explain(machine("b"), error) == error
+
+
+def test_a_local_session_that_cannot_start_is_the_local_stores_fault() -> None:
+    # The local nix-daemon restarted by a nixos-rebuild meanwhile: a TransportError naming the
+    # local store, which was taken for the builder's and backed a sound builder off.
+    from offload.errors import ProtocolError, SshError, TransportError
+    from offload.names import LOCAL
+    from offload.scheduler.run.copy import local_store_failed
+
+    started = TransportError("local: `nix-store --serve` did not start: daemon gone")
+    started.peer = LOCAL
+    broke = ProtocolError("local closed the connection during ImportPaths")
+    broke.peer = LOCAL
+    assert local_store_failed(started)
+    assert local_store_failed(broke)
+    builders = SshError("cannot connect to builder 'b': Connection refused")
+    assert not local_store_failed(builders)
+    assert not local_store_failed(RuntimeError("x"))

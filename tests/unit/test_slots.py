@@ -145,14 +145,17 @@ def test_an_older_hooks_bare_end_is_still_read_as_offloads(tmp_path):
 
 
 def test_a_slot_whose_holder_line_cannot_be_written_is_not_left_held(tmp_path, monkeypatch):
-    # A full disk under the state directory: the error goes on, the slot stays free.
+    # A full disk under the state directory: the error goes on (this host's), the slot stays
+    # free.
+    from offload.errors import TransportError
+
     locks = SlotLocks(tmp_path)
 
     def full(fd: int, line: str) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(slots, "_write_holder", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(TransportError, match="No space left"):
         locks.try_acquire("b", 1)
     monkeypatch.undo()
     fd = locks.try_acquire("b", 1)
@@ -303,3 +306,17 @@ def test_a_run_writes_when_it_expects_each_build_to_end_into_the_slot_it_holds(t
     [line] = seen
     until = float(line.split("until=")[1])
     assert before + 8.0 / 4.0 <= until <= time.time() + 8.0 / 4.0
+
+
+def test_a_slot_file_that_cannot_be_written_is_the_local_hosts_error(tmp_path):
+    # A full disk, no descriptors left, the directory removed mid-run: an OSError that ended
+    # the whole run as an internal error. Now an error of this host's store, with a hint.
+    from offload.errors import TransportError
+    from offload.names import LOCAL
+
+    locks = SlotLocks(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    with pytest.raises(TransportError, match=r"cannot hold a slot file in .*gone") as raised:
+        locks.try_acquire("ssh:__b", 2)
+    assert raised.value.peer == LOCAL
+    assert raised.value.hint is not None

@@ -54,6 +54,8 @@ _CONNECT = "cannot connect to builder "
 _OWN_CACHE = re.compile(
     r"(?:^|: )(?:cannot connect to '[^']+'|unable to download '[^']+\.narinfo')"
 )
+# A closed session's last line, as ``ProtocolConnection._translate`` quotes it.
+_LAST_LINE = re.compile(r" \(its last line: .*\)$")
 # The line in which ssh names the known_hosts file and line that hold the old key.
 _OFFENDING = re.compile(r"Offending \S+ key in (\S+?):(\d+)")
 
@@ -65,7 +67,15 @@ HOOK_LEAVE_OUT = "by choosing the others with `offload use`"
 
 def explain(machine: Machine, error: str, leave_out: str | None = None) -> str:
     """One line: why ``machine`` cannot be used (from its link's ``error``), then the fix;
-    ``leave_out``: how to do without it (else offload build's ``--exclude NAME``)."""
+    ``leave_out``: how to do without it (else offload build's ``--exclude NAME``). The last
+    line a closed session said, which ``error`` may quote, is a build's own as often as not
+    (curl's "Connection refused"): it is kept, but no rule reads it."""
+    quoted = _LAST_LINE.search(error)
+    if quoted is not None:
+        said = explain(machine, error[: quoted.start()], leave_out)
+        return (
+            said + error[quoted.start() :] if said == _last_words(error[: quoted.start()]) else said
+        )
     where = machine.source
     away = f"leave it out {leave_out or f'with --exclude {machine.name}'}"
     looked_up = looked_up_elsewhere(error, machine.host, machine.port)
@@ -104,17 +114,18 @@ def explain(machine: Machine, error: str, leave_out: str | None = None) -> str:
             f"ssh refused an option of NIX_SSHOPTS ({refused_option}); fix or remove it there "
             f"(`ssh -G $NIX_SSHOPTS {machine.host or machine.name}` shows how ssh reads them)"
         )
-    if "Connection refused" in error:
+    connecting = error.startswith(_CONNECT)  # ssh's own words, not a build's
+    if connecting and "Connection refused" in error:
         return (
             f"connection refused by {_address(machine)}: is sshd running and listening there? "
             f"(check {where}, or {away})"
         )
-    if "timed out" in error or "no answer within" in error:
+    if connecting and ("timed out" in error or "no answer within" in error):
         return (
             f"no answer from {_address(machine)} in time: is it up and reachable? "
             f"(check {where}, or {away})"
         )
-    unresolved = _UNRESOLVED.search(error)
+    unresolved = _UNRESOLVED.search(error) if connecting else None
     if unresolved:
         return _unresolved(machine, unresolved[1], unresolved[2].rstrip(". "), away)
     if error.startswith(_CONNECT):  # any other failed connection: still the line to check

@@ -28,7 +28,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
-from offload.errors import OffloadError, ProtocolError, SshError
+from offload.errors import OffloadError, SshError
 from offload.names import LOCAL
 from offload.protocol.lanes import Lane, copy_in_lanes, worth_lanes
 from offload.protocol.serve import BuildOptions, BuildResult, BuildStatus, PathInfo
@@ -62,9 +62,11 @@ class Outcome:
     status: BuildStatus | None = None  # Nix's answer to a build that failed
 
 
-def local_store_failed(error: BaseException) -> TypeGuard[ProtocolError]:
-    """Whether a copy failed on the local store's side (its serve session names it)."""
-    return isinstance(error, ProtocolError) and error.peer == LOCAL
+def local_store_failed(error: BaseException) -> TypeGuard[OffloadError]:
+    """Whether a copy failed on the local store's side: its serve session's errors, and a
+    session of it that could not start (a nix-daemon restarted by a nixos-rebuild meanwhile,
+    a process limit), name it as their peer. Never a builder's fault."""
+    return isinstance(error, OffloadError) and getattr(error, "peer", None) == LOCAL
 
 
 def with_error(outcome: Outcome, error: OffloadError) -> Outcome:
