@@ -8,6 +8,7 @@ is recorded, so a test can say which were made.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import os
 from collections.abc import Iterable
@@ -330,3 +331,54 @@ def test_plain_lines_never_go_back_for_what_is_told_after_the_run_started():
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[  0.0s] run: 1 to build"), lines
     assert lines[1].startswith("[  0.0s] local: substituted zlib-1.3"), lines
+
+
+def test_a_builder_failing_as_its_outputs_come_home_is_left_out_and_they_are_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It held d's output: the graph stopped at d ("fetch it"), and the builder dropped during
+    # the copy. The run failed with that error; now the builder is left out (said as one
+    # that did not answer) and the graph is read again without it: d and all under it built.
+    from types import SimpleNamespace
+
+    from offload.build import run as run_module
+    from offload.errors import ProtocolError
+
+    plan, paths, outs, _ = make_plan(EDGES)
+    local = CachingStore(valid=[], cached=[])
+    read = functools.partial(load_graph, read=lambda drv: plan.drvs[drv])
+    monkeypatch.setattr(run_module, "load_graph", read)
+
+    class Dropping:
+        """The builder's session: it holds d's output, then drops as the copy begins."""
+
+        def __init__(self, client: ServeClient) -> None:
+            self.client = client
+
+        async def query_valid_paths(self, paths: Iterable[str], **_: object) -> set[str]:
+            return await self.client.query_valid_paths(paths)
+
+        async def query_closure(self, paths: Iterable[str]) -> set[str]:
+            raise ProtocolError("fast closed the connection during QueryClosure")
+
+    async def scenario() -> tuple[object, dict[str, str], dict[str, object], list[Event]]:
+        remote = FakeStore("fast", [FakePath.from_text(outs["d"], "d")])
+        async with remote.connect() as rc:
+            clients: dict[str, object] = {"fast": Dropping(rc)}
+            unreachable: dict[str, str] = {}
+            told: list[Event] = []
+            graph, _ = await run_module._existing(
+                local.client(),
+                [(paths["d"], "out")],
+                clients,  # type: ignore[arg-type]
+                unreachable=unreachable,
+                pool=SimpleNamespace(local_substitutes=False),  # type: ignore[arg-type]
+                emit=told.append,
+            )
+            return graph, unreachable, clients, told
+
+    graph, unreachable, clients, told = asyncio.run(scenario())
+    assert sorted(graph.order) == sorted(paths[n] for n in "abcd")  # type: ignore[attr-defined]
+    assert unreachable == {"fast": "fast closed the connection during QueryClosure"}
+    assert clients == {}
+    assert told == []  # nothing fetched: no job told finished

@@ -62,6 +62,7 @@ async def load_graph(
     remotes: Mapping[str, StoreClient] | None = None,
     *,
     substitute: bool = False,
+    failed: dict[str, str] | None = None,
 ) -> DrvGraph:
     """``roots`` are (drv path, output name) pairs, as nix-instantiate names them.
 
@@ -69,7 +70,8 @@ async def load_graph(
     there, not built, and what only it needed is not looked at. With ``substitute``, the local
     store is then asked to substitute the outputs still missing (top-down, as Nix's queryMissing
     goes): a derivation whose outputs became valid is done, and its inputs are not looked at.
-    Without it no such query is made.
+    Without it no such query is made. A builder that fails to answer is asked no more, its
+    error put in ``failed`` (the run leaves it out and says why).
     """
     graph = DrvGraph(drvs={}, wanted={}, order=[], roots=list(roots))
     for root, output in roots:
@@ -77,11 +79,12 @@ async def load_graph(
             raise ConfigError(f"{root} has no output '{output}'")
         graph.wanted[root].add(output)
     live_remotes = dict(remotes or {})
+    failed = {} if failed is None else failed
     needs_build: set[str] = set()
     frontier = list(dict.fromkeys(root for root, _ in roots))
     # Breadth-first with one validity query per level, so a deep graph costs few round trips.
     while frontier:
-        missing = await _missing(graph, frontier, local, live_remotes, needs_build)
+        missing = await _missing(graph, frontier, local, live_remotes, needs_build, failed=failed)
         if substitute and missing:
             missing = await _substitute(graph, local, missing)
         frontier = _next_level(graph, missing, needs_build, read)
@@ -124,6 +127,8 @@ async def _missing(
     local: StoreClient,
     remotes: dict[str, StoreClient],
     needs_build: set[str],
+    *,
+    failed: dict[str, str],
 ) -> dict[str, set[str]]:
     """The outputs ``frontier``'s derivations lack here and on every builder, by derivation;
     the ones a builder holds are put in ``graph.fetch`` instead."""
@@ -132,7 +137,7 @@ async def _missing(
         drvs[d].outputs[o].path for d in frontier for o in wanted[d] if drvs[d].outputs[o].path
     }
     valid = await local.query_valid_paths(paths)
-    elsewhere = await _valid_on_remotes(remotes, paths - valid)
+    elsewhere = await _valid_on_remotes(remotes, paths - valid, failed)
     missing: dict[str, set[str]] = {}
     for drv_path in frontier:
         if drv_path in needs_build or drv_path in graph.fetch:
@@ -194,9 +199,10 @@ def _next_level(
 
 
 async def _valid_on_remotes(
-    remotes: dict[str, StoreClient], paths: set[str]
+    remotes: dict[str, StoreClient], paths: set[str], failed: dict[str, str]
 ) -> dict[str, set[str]]:
-    """Which of ``paths`` each builder has; a builder that fails to answer is asked no more."""
+    """Which of ``paths`` each builder has; a builder that fails to answer is asked no more,
+    its error kept in ``failed``."""
     if not paths or not remotes:
         return {}
     names = list(remotes)
@@ -207,6 +213,7 @@ async def _valid_on_remotes(
     for name, answer in zip(names, answers, strict=True):
         if isinstance(answer, OffloadError):
             del remotes[name]
+            failed[name] = answer.message
         elif isinstance(answer, BaseException):
             raise answer
         else:

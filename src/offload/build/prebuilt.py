@@ -8,12 +8,23 @@ import time
 from collections.abc import Callable, Mapping
 
 from offload.build.graph import DrvGraph
+from offload.errors import OffloadError
 from offload.names import LOCAL
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import send_closure
+from offload.scheduler.run.copy import local_store_failed
 from offload.ui.events import Event, JobFinished
 
-__all__ = ["fetch_existing", "report_substituted"]
+__all__ = ["FetchFailed", "fetch_existing", "report_substituted"]
+
+
+class FetchFailed(OffloadError):
+    """A builder failed while its outputs were copied home (``machine``): the run reads the
+    graph again without it, and builds what it held."""
+
+    def __init__(self, machine: str, message: str) -> None:
+        super().__init__(message)
+        self.machine = machine
 
 
 async def fetch_existing(
@@ -27,7 +38,12 @@ async def fetch_existing(
     for drv_path, machine in sorted(graph.fetch.items()):
         started = time.time()
         outputs = [graph.output_path(drv_path, o) for o in sorted(graph.wanted[drv_path])]
-        received = await send_closure(clients[machine], local, outputs)
+        try:
+            received = await send_closure(clients[machine], local, outputs)
+        except OffloadError as exc:
+            if local_store_failed(exc):  # this host's store: no builder to leave out
+                raise
+            raise FetchFailed(machine, exc.message) from exc
         event = JobFinished(
             drv_path=drv_path,
             name=graph.drvs[drv_path].name,

@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from offload.backoff import Health
@@ -46,14 +46,14 @@ from offload.build.members import (
 )
 from offload.build.nix_said import heard
 from offload.build.plan import estimated_plan
-from offload.build.prebuilt import fetch_existing, report_substituted
+from offload.build.prebuilt import FetchFailed, fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
 from offload.load import local_boot_id
 from offload.marks import mark
 from offload.names import LOCAL
 from offload.nix_results import result_links
-from offload.protocol.serve import BuildOptions
+from offload.protocol.serve import BuildOptions, StoreClient
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
@@ -152,9 +152,10 @@ def _answered_late(
 
 
 def _explainer(pool: Pool) -> Callable[[str, str], str]:
-    """Why the machine named cannot be used, from its link's error, and the fix."""
+    """Why the machine named cannot be used, from its link's error, and the fix; the local
+    machine's error (no machines line to fix) as it is."""
     machines = {m.name: m for m in pool.machines}
-    return lambda name, error: explain(machines[name], error)
+    return lambda name, error: explain(machines[name], error) if name in machines else error
 
 
 async def _carried_out(
@@ -210,18 +211,45 @@ async def _plan(
         opened.enter_context(heard(local, nix_said, functools.partial(caches.heard, LOCAL)))
         mark("answered")
         _tell_slow(late, emit)
-        graph = await load_graph(
-            local, evaluated, remotes=clients, substitute=pool.local_substitutes
+        graph, fetched = await _existing(
+            local, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit
         )
         mark("graph")
         refused = check_impossible(graph) if check else None
         if refused is not None:
             raise refused
-        fetched = report_substituted(graph, emit)
-        fetched += await fetch_existing(graph, clients, local, emit)
         plan, estimates = await estimated_plan(graph, local, estimate)
         mark("planned")
     return evaluated, graph, plan, estimates, fetched
+
+
+async def _existing(
+    local: StoreClient,
+    roots: Sequence[tuple[str, str]],
+    clients: dict[str, StoreClient],
+    *,
+    unreachable: dict[str, str],
+    pool: Pool,
+    emit: Callable[[Event], None],
+) -> tuple[DrvGraph, list[JobFinished]]:
+    """The graph, and what the local caches and the builders already hold of it, fetched. A
+    builder that fails meanwhile is left out (``unreachable``, said and backed off as one that
+    did not answer) and the graph is read again without it: what it held is built."""
+    fetched: list[JobFinished] = []
+    while True:
+        graph = await load_graph(
+            local, roots, remotes=clients, substitute=pool.local_substitutes, failed=unreachable
+        )
+        for name in unreachable:
+            clients.pop(name, None)
+        fetched += report_substituted(graph, emit)
+        try:
+            fetched += await fetch_existing(graph, clients, local, emit)
+        except FetchFailed as exc:
+            unreachable[exc.machine] = exc.message
+            clients.pop(exc.machine)
+            continue
+        return graph, fetched
 
 
 def _reading(
