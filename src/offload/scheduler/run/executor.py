@@ -184,11 +184,8 @@ class Executor(Endings):
             and not self._joining
             and not any(self.policy.is_up(n, start) for n in self.members)
         )
-        if stuck and not self._restored:
-            # Every machine is down before anything started: say so now. Those an earlier run
-            # backed off are tried again by the loop's first turn (``_retry_restored``).
-            self._check_stuck()
-        # The run's first event opens it (its machines, its estimate); who is down follows.
+        # The run's first event opens it (its machines, its estimate); who is down follows,
+        # even when that is every machine (the run ends at once then, said in --json too).
         self._events.run_started(tuple(self.members), self._estimate_makespan())
         for name, health in self._restored.items():
             message = (
@@ -199,8 +196,12 @@ class Executor(Endings):
         for name, error in self._unreachable.items():
             until = self.wall() + (self.policy.down_until(name) - start)
             self._events.machine_down(name, error, until)
-        self._settle_at_start()
         try:
+            if stuck and not self._restored:
+                # Every machine is down before anything started: say so now. Those an earlier
+                # run backed off are tried again by the loop's first turn (``_retry_restored``).
+                self._check_stuck()
+            self._settle_at_start()
             await self._loop()
         except BaseException:
             self.report.interrupted = True
