@@ -8,6 +8,7 @@ Builds are local and trivial; a nonce per run makes every build that must fail a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -620,3 +621,27 @@ def test_quiet_leaves_the_build_log_alone_as_nix_build(
         lines = done.stderr.replace(nonce, "NONCE").splitlines()
         said.append([line.rpartition("> ")[2] for line in lines])  # offload's "local: late>"
     assert said == [["building NONCE"], ["building NONCE"]]  # the build's log, nothing else
+
+
+def test_a_builder_offload_never_connects_to_is_down_in_json_and_the_summary(
+    project: Path,
+) -> None:
+    # It was a warning line at the start and nothing else: no event, no summary line.
+    builders = "ssh://-oProxyCommand=x x86_64-linux - 2"
+    nonce = uuid.uuid4().hex
+    argv = [sys.executable, "-m", "offload", "build", "--builders", builders, *OFFLINE,
+            "--no-out-link", "-A", "ok", "--argstr", "nonce", nonce, "../default.nix"]  # fmt: skip
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")}
+
+    def run(*more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, *more], cwd=project / "off", env=env, capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+
+    plain = run()
+    assert plain.returncode == 0, plain.stderr
+    summary = plain.stderr[plain.stderr.index("machines down (1):") :]
+    assert "-oProxyCommand=x: its host name starts with '-'" in summary
+    events = [json.loads(line) for line in run("--json").stdout.splitlines()]
+    down = [e for e in events if e.get("state") == "down"]
+    assert [e["machine"] for e in down] == ["-oProxyCommand=x"]
+    assert "offload does not connect to it" in down[0]["message"]

@@ -102,6 +102,7 @@ async def run_build(
         pool_members(pool, local_link, env, fallbacks, shared) as members,
     ):
         tell_unstopped(members, told)
+        _tell_refused(pool, told)
         remote = _remote(members, backoff or {})
         unreachable: dict[str, str] = {}
         caches = CacheFaults(told, {LOCAL: pool.nix_settings.words("substituters")})
@@ -126,6 +127,15 @@ async def run_build(
             follow_loads(members, executor.loads.reported)
             report = await _carried_out(executor, graph, fetched, cut_short)
     return report, graph
+
+
+def _tell_refused(pool: Pool, told: Callable[[Event], None]) -> None:
+    """Each builder of the machines given that offload never connects to (``not_connected``:
+    a name ssh would read as an option, a pinned key of no ssh key), told down with why, as
+    one that did not answer is: in --json and the summary, not only in a warning at the start."""
+    for machine in pool.refused:
+        why = f"{machine.not_connected}: offload does not connect to it ({machine.source})"
+        told(MachineEvent(machine.name, "down", why, until=None, time=time.time()))
 
 
 def _tell_logins(
