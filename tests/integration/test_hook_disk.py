@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.nix_files import nix_file, valid_locally
 
 HOOK = str(Path(sys.executable).parent / "offload-hook")
@@ -86,3 +88,44 @@ def test_a_history_on_a_full_disk_says_to_free_space(tmp_path: Path) -> None:
         == f"{state}/history.sqlite: cannot use the history database: database or disk is full"
     )
     assert hint == f"free space on the file system that holds {state} (df shows it)"
+
+
+def test_a_builders_full_disk_is_the_builders_fault_not_the_derivations(tmp_path: Path) -> None:
+    # Nix's answer when the builder's store filled up: the hook reported the derivation as
+    # failed (exit 100), the builder was not backed off, and the next one went there again.
+    import asyncio
+
+    from offload.errors import TransportError
+    from offload.hook.remote import build_remote
+    from offload.hook.wire import Accepted, HookIO, TryRequest
+    from offload.protocol.serve import BuildOptions, BuildResult, BuildStatus
+
+    file = nix_file(tmp_path, '{ big = mk "big" "echo > $out" {}; }\n')
+    drv = subprocess.run(
+        ["nix-instantiate", str(file), "-A", "big"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    note = (
+        f"builder for '{drv}' failed with exit code 1\n"
+        "note: build failure may have been caused by lack of free disk space"
+    )
+
+    class Builder:
+        async def build_derivation(self, *_: object, **__: object) -> BuildResult:
+            return BuildResult(status=BuildStatus.TRANSIENT_FAILURE, error_msg=note)
+
+    said: list[bytes] = []
+    request = TryRequest(True, "x86_64-linux", drv, frozenset())
+    with pytest.raises(TransportError) as raised:
+        asyncio.run(
+            build_remote(
+                HookIO(said.append, lambda _data: None),
+                request,
+                Accepted((), ("out",)),
+                local=object(),  # type: ignore[arg-type] # nothing to send: no inputs
+                remote=Builder(),  # type: ignore[arg-type]
+                machine="fast",
+                options=BuildOptions(),
+            )
+        )
+    assert raised.value.peer == "fast"  # the builder's: backed off, the build placed again
+    assert raised.value.message.startswith("fast's disk is full (Nix: note: build failure")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from offload.cache_words import CacheLines, cache_fault
-from offload.errors import OffloadError, StoreError
+from offload.errors import OffloadError, StoreError, TransportError
 from offload.history.records import PhaseRecord
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
@@ -41,6 +41,7 @@ from offload.protocol.serve import (
 from offload.protocol.stderr import strip_ansi
 from offload.protocol.store import also_heard
 from offload.scheduler.run import send_closure
+from offload.scheduler.run.disk import disk_full, disk_full_error
 from offload.store.drv import Derivation, read_derivation
 
 __all__ = ["CachesHeard", "Outcome", "build_remote", "error_message", "log_writer"]
@@ -198,6 +199,12 @@ async def build_remote(
         PhaseRecord("sending", started, building_from),
         PhaseRecord("building", building_from, built),
     )
+    if disk_full(result.status, result.error_msg):
+        # The builder's fault, not the derivation's: backed off, and in the coordinator the
+        # build goes elsewhere, as offload build's (``offload.scheduler.run.disk``).
+        full = TransportError(disk_full_error(machine, result.error_msg))
+        full.peer = machine
+        raise full
     if not result.success:
         error_message(
             io, f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}"
