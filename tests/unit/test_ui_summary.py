@@ -166,3 +166,20 @@ def test_a_cache_left_out_is_placed_one_way_in_the_plain_line_and_the_summary(
     out = io.StringIO()
     render_summary([event], out, rich=False)
     assert f"https://c{where}: it cannot be reached" in out.getvalue()
+
+
+def test_a_machine_that_came_back_is_still_said_with_when() -> None:
+    # A builder slow to answer that joined later, or one backed off and tried again: an "up"
+    # took it off "machines down", so the summary said nothing of a fault the run had.
+    slow = MachineEvent("fast", "slow", "still connecting", None, 10.0)
+    down = MachineEvent("medium", "down", "connection refused by medium", 70.0, 10.0)
+    gone = MachineEvent("slow", "down", "its disk is full", 90.0, 10.0)
+    events = [slow, down, gone]
+    events += [MachineEvent("fast", "up", "answered", None, 12.0)]
+    events += [MachineEvent("medium", "up", "tried again", None, 75.0)]
+    out = io.StringIO()
+    render_summary(events, out, rich=False)
+    text = out.getvalue()
+    assert "fast: slow to answer at the start; it answered at " in text
+    assert "medium: connection refused by medium; up again at " in text
+    assert "slow: its disk is full\n" in text

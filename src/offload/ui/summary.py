@@ -23,7 +23,8 @@ binary caches a machine's Nix left out, with why (the run built what they would 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
@@ -99,7 +100,7 @@ class RunSummary:
     failed: tuple[JobFinished, ...]
     skipped: tuple[JobFinished, ...]
     finished: RunFinished | None
-    # Each machine's last "down" event, or its "slow" one if it never answered.
+    # Each machine's last "down" event, or its "slow" one: said even when it came back.
     down: tuple[MachineEvent, ...] = ()
     # Machines whose every slot other clients held at some time in the run (their last word).
     full: tuple[MachineEvent, ...] = ()
@@ -110,6 +111,8 @@ class RunSummary:
     jobs: int = 0  # derivations the run ended (built, fetched, failed, skipped...)
     # The run's build logs outlive it (not when its state directory was a temporary one).
     logs_kept: bool = True
+    # When each machine of ``down`` came back up (answered, or tried again), if it did.
+    back: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -178,6 +181,7 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
         tuple((deepest, news.last_load[name]) for name, deepest in news.deepest.items()),
         tuple(news.caches.values()),
         jobs,
+        back=dict(news.back),
     )
 
 
@@ -190,6 +194,7 @@ class _MachineNews:
         self.deepest: dict[str, MachineEvent] = {}
         self.last_load: dict[str, MachineEvent] = {}
         self.caches: dict[tuple[str, str | None], MachineEvent] = {}
+        self.back: dict[str, float] = {}
 
     def see(self, event: MachineEvent) -> None:
         name = event.machine
@@ -199,8 +204,11 @@ class _MachineNews:
             self.caches.setdefault((name, event.cache), event)
         elif event.state in ("down", "slow"):
             self.down[name] = event
+            self.back.pop(name, None)
         elif event.state == "up" and name in self.down:
-            del self.down[name]
+            # A fault the run got over is still one the user should hear of (a builder slow
+            # to answer, one backed off and tried again): kept, with when it ended.
+            self.back[name] = event.time
         elif event.state == "loaded" and event.slots is not None:
             self.last_load[name] = event
             deepest = self.deepest.get(name)
@@ -249,7 +257,7 @@ def _problems(summary: RunSummary) -> list[tuple[str, str]]:
     """(heading, line) pairs for failed and skipped derivations."""
     out = [("failed", _failed(job)) for job in summary.failed]
     out += [("skipped", f"{job.name}: {_error(job)}") for job in summary.skipped]
-    out += [("down", f"{event.machine}: {_why(event)}") for event in summary.down]
+    out += [("down", _down(event, summary.back.get(event.machine))) for event in summary.down]
     out += [("full", f"{event.machine}: {sanitize(event.message)}") for event in summary.full]
     out += [("loaded", _cut(deepest, last)) for deepest, last in summary.loaded]
     out += [("caches", _cache(event)) for event in summary.caches]
@@ -293,6 +301,16 @@ def _why(event: MachineEvent) -> str:
     if event.state == "slow":
         return "did not answer during the run"
     return sanitize(event.message)
+
+
+def _down(event: MachineEvent, back: float | None) -> str:
+    """A machine's line under "machines down": why, and when it came back, if it did."""
+    if back is None:
+        return f"{event.machine}: {_why(event)}"
+    at = time.strftime("%H:%M:%S", time.localtime(back))
+    if event.state == "slow":
+        return f"{event.machine}: slow to answer at the start; it answered at {at} and took work"
+    return f"{event.machine}: {_why(event)}; up again at {at}"
 
 
 def _error(job: JobFinished) -> str:
