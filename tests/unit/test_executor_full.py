@@ -107,3 +107,39 @@ def test_a_run_whose_only_builder_is_full_waits_there_and_builds_once_it_frees()
     assert not [e for e in events if isinstance(e, JobFinished) and e.status == "cancelled"]
     assert notes(events, "full") == ["full"]
     assert local.store.has(outs["a"])
+
+
+def test_a_full_builder_backed_off_is_probed_no_more_nor_said_up():
+    # Its probe outlived the backoff: the slot it then found free was said "up" (in --json,
+    # the live view and the summary) while the builder was still backed off.
+    from offload.scheduler.run.full import FullBuilders
+
+    said: list[tuple[str, str]] = []
+
+    class Policy:
+        def on_machine_full(self, *_: object) -> bool:
+            return False
+
+    class Events:
+        def machine_note(self, machine: str, state: str, _message: str) -> None:
+            said.append((machine, state))
+
+        def machine_up(self, machine: str, _message: str) -> None:
+            said.append((machine, "up"))
+
+    async def scenario() -> bool:
+        builders = FullBuilders(Policy(), {}, Events(), clock=lambda: 0.0, poke=lambda: None)  # type: ignore[arg-type]
+        builders.full("/nix/store/x.drv", "full")
+
+        async def waiting() -> None:
+            await asyncio.Event().wait()
+
+        probe = asyncio.create_task(waiting())
+        builders.probes[probe] = "full"
+        builders.gone("full")
+        await asyncio.wait([probe])
+        builders._freed("full")
+        return probe.cancelled()
+
+    assert asyncio.run(scenario())
+    assert said == [("full", "full")]

@@ -135,6 +135,7 @@ class Endings(Stopping):
         backoff: the other builds lost in the same fall add nothing."""
         error = self._explain(machine, error)
         down = self.policy.on_machine_failed(machine, now)
+        self._full.gone(machine)
         if not down.merged:
             self._last_error[machine] = error
             self._events.machine_down(machine, error, self.wall() + (down.until - now))

@@ -68,6 +68,14 @@ class FullBuilders:
             self.events.machine_up(machine, "a slot is free there again")
         self.poke()
 
+    def gone(self, machine: str) -> None:
+        """``machine`` was backed off: its probes are stopped and it is no longer full, so no
+        slot found free there later says it is up while it is not."""
+        self._full.discard(machine)
+        for task, name in self.probes.items():
+            if name == machine:
+                task.cancel()
+
     def probe(self) -> None:
         """Start a probe on each builder with withheld slots and no copy waiting there."""
         probing = set(self.probes.values())
