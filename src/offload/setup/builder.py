@@ -273,19 +273,34 @@ def _key(setup: BuilderSetup) -> str:
     return f"""home=$(getent passwd "$user" | cut -d: -f6)
 # The user's home may be the user's: a link planted there would have root follow it (chown a
 # system directory, copy a root-only file into the user's keys), and one swapped in after a
-# look as well. So root only refuses links and gives the user what is there (chown -h: a link
-# swapped in meanwhile is what changes, not what it names), or makes .ssh in a home the user
-# cannot write; the keys are written as the user, who opens only what it may itself.
-for p in "$home/.ssh" "$home/.ssh/authorized_keys"; do
-  if [ -L "$p" ]; then
-    echo "$p is a symbolic link: remove it (this script writes there as root)" >&2
-    exit 1
-  fi
-  if [ -e "$p" ] && [ "$(stat -c %u "$p")" != "$(id -u "$user")" ]; then
-    chown -h "$user:$(id -gn "$user")" "$p"
-  fi
-done
-if [ ! -e "$home/.ssh" ] && [ "$(stat -c %u "$home")" != "$(id -u "$user")" ]; then
+# look as well, anywhere along the path. So root works inside .ssh itself, once it has made
+# sure the directory it stands in is the home's own .ssh (not a link's target): there it only
+# refuses links and gives the user what is there (chown -h); or it makes .ssh in a home the
+# user cannot write. The keys are written as the user, who opens only what it may itself.
+uid=$(id -u "$user")
+if [ -L "$home/.ssh" ]; then
+  echo "$home/.ssh is a symbolic link: remove it (this script writes there as root)" >&2
+  exit 1
+fi
+if [ -e "$home/.ssh" ]; then
+  (
+    real=$(cd -P "$home" && pwd -P)/.ssh
+    cd -P "$home/.ssh"
+    if [ "$(pwd -P)" != "$real" ]; then
+      echo "$home/.ssh changed while this script ran: run it again" >&2
+      exit 1
+    fi
+    if [ -L authorized_keys ]; then
+      echo "$home/.ssh/authorized_keys is a symbolic link: remove it" >&2
+      exit 1
+    fi
+    for p in . authorized_keys; do
+      if [ -e "$p" ] && [ "$(stat -c %u "$p")" != "$uid" ]; then
+        chown -h "$user:$(id -gn "$user")" "$p"
+      fi
+    done
+  )
+elif [ "$(stat -c %u "$home")" != "$uid" ]; then
   install -d -m 0700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
 fi
 
