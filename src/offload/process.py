@@ -209,8 +209,14 @@ class Started:
 
     def terminate(self) -> None:
         """SIGTERM it if it still runs, from any thread, without waiting: ``finish`` waiting
-        for it in another then returns once it has stopped (``stop`` kills it after a grace)."""
+        for it in another then returns once it has stopped; SIGKILL follows after the grace
+        if it has not (a Nix blocked on a lock), so that wait is bounded."""
         self._proc.terminate()  # nothing if it was reaped already
+        start(threading.Timer(_GRACE, self._kill_if_running))
+
+    def _kill_if_running(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
 
     def stop(self) -> None:
         _end(self._proc)

@@ -253,3 +253,22 @@ def test_result_links_number_derivations_not_roots() -> None:
         "result-3-bin",
     ]
     assert result_links([("a", "out"), ("b", "out")], "/t/o") == ["/t/o", "/t/o-2"]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "expected"),
+    [(None, []), ("2", ["--max-jobs", "2"]), ("0", [])],
+)
+def test_a_check_runs_with_the_runs_jobs_but_never_none(
+    jobs: str | None, expected: list[str]
+) -> None:
+    # Nix checks and repairs on this host only: -j 0 (offload's remote only) gave it no slot,
+    # and it failed "unable to start any build" after offload had built everything.
+    from offload.cli import root_parser
+    from offload.cli.build_args import realise_flags
+
+    argv = ["build", "-k", "x.nix", *(["-j", jobs] if jobs is not None else [])]
+    args = root_parser().parse_args(argv)
+    flags = list(realise_flags(args))
+    assert "--keep-going" in flags
+    assert [f for f in flags if f in ("--max-jobs", jobs)] == expected

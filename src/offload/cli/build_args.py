@@ -329,16 +329,19 @@ def realise_flags(args: argparse.Namespace) -> tuple[str, ...]:
     an import from a derivation's (``_ifd_flags``)."""
     flags = ["--verbose"] * args.verbose + ["--quiet"] * args.quiet
     flags += ["--keep-going"] * bool(args.keep_going) + ["--no-build-output"] * args.no_build_output
-    return tuple(flags + _ifd_flags(args))
+    # Nix checks and repairs here only: -j 0 (offload's remote only) would leave it no slot.
+    jobs = _ifd_flags(args, jobs=bool(args.max_jobs))
+    return tuple(flags + jobs)
 
 
-def _ifd_flags(args: argparse.Namespace) -> list[str]:
-    """-j and the builders for what the evaluator builds itself (an import from a derivation),
-    as nix-build's own evaluation builds it: with -j 0, on the builders, by Nix's hook.
-    --option pairs reach it through NIX_CONFIG, all but builders (a spec may span lines), so a
-    builders option is a flag too; the last of --builders and --option builders holds."""
+def _ifd_flags(args: argparse.Namespace, *, jobs: bool = True) -> list[str]:
+    """-j (unless not ``jobs``) and the builders for what the evaluator builds itself (an
+    import from a derivation), as nix-build's own evaluation builds it: with -j 0, on the
+    builders, by Nix's hook. --option pairs reach it through NIX_CONFIG, all but builders (a
+    spec may span lines), so a builders option is a flag too; the last of --builders and
+    --option builders holds."""
     flags: list[str] = []
-    if args.max_jobs is not None:
+    if jobs and args.max_jobs is not None:
         flags += ["--max-jobs", str(args.max_jobs)]
     builders = args.builders
     if builders is None:
