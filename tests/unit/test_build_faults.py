@@ -167,3 +167,13 @@ def test_a_local_session_that_cannot_start_is_the_local_stores_fault() -> None:
     builders = SshError("cannot connect to builder 'b': Connection refused")
     assert not local_store_failed(builders)
     assert not local_store_failed(RuntimeError("x"))
+
+
+def test_the_hooks_own_ssh_words_are_read_as_a_connection_fault_too() -> None:
+    # offload-hook's sessions open their own ssh: its failure starts "cannot open a session on
+    # builder", which the rule for ssh's own words left out, so the hook said ssh's raw line.
+    error = "cannot open a session on builder 'b' (b): ssh: connect to host b port 22: "
+    error += "Connection refused"
+    said = explain(machine("b"), error, HOOK_LEAVE_OUT)
+    assert said.startswith("connection refused by b")
+    assert "`offload use`" in said

@@ -176,3 +176,17 @@ def test_a_failed_builds_last_log_lines_are_shown_and_an_empty_log_says_nothing(
         "last 10 log lines of noisy:",
         *(f"  noisy> line {n}" for n in range(5, 15)),
     ]
+
+
+def test_and_more_goes_on_the_line_that_names_the_build_not_after_nixs_last():
+    # Now that Nix's words are printed on their lines, "(and 1 more)" ended up after a hash
+    # mismatch's "got:" line.
+    said = (
+        "hash mismatch in fixed-output derivation '/a.drv':\n"
+        "  specified: sha256-AAAA\n     got:    sha256-BBBB"
+    )
+    report = RunReport("r", failed={"/a.drv": said, "/b.drv": "exit 3"})
+    report.statuses = {"/a.drv": BuildStatus.OUTPUT_REJECTED}
+    lines = build_failed(report).message.splitlines()
+    assert lines[0].endswith("'/a.drv': (and 1 more)")
+    assert lines[-1] == "     got:    sha256-BBBB"

@@ -115,3 +115,4 @@ def test_a_run_whose_every_machine_is_down_at_the_start_says_who_in_its_events()
     assert isinstance(events[0], RunStarted)
     assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
     assert isinstance(events[-1], RunFinished)
+    assert not events[-1].interrupted  # nobody stopped it: it found no machine

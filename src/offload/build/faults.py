@@ -48,6 +48,8 @@ _CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "has changed and you have 
 _UNRESOLVED = re.compile(r"Could not resolve hostname (\S+?): ([^|]+?)\s*(?:\||$)")
 # How a link's error starts when its ssh master could not connect (``SshTransport._error``).
 _CONNECT = "cannot connect to builder "
+# ... and either that or offload-hook's own ssh's (``SharedSshTransport``): ssh's words then.
+_OPENING = (_CONNECT, "cannot open a session on builder ")
 # The builder's Nix stopping on a cache of its own: an ssh:// one (legacy-ssh-store.cc: the
 # user@host or host it connects to, in quotes; offload's own words name a "builder"), or an
 # http(s) one it skips opening, whose narinfo query fails (filetransfer.cc).
@@ -114,7 +116,7 @@ def explain(machine: Machine, error: str, leave_out: str | None = None) -> str:
             f"ssh refused an option of NIX_SSHOPTS ({refused_option}); fix or remove it there "
             f"(`ssh -G $NIX_SSHOPTS {machine.host or machine.name}` shows how ssh reads them)"
         )
-    connecting = error.startswith(_CONNECT)  # ssh's own words, not a build's
+    connecting = error.startswith(_OPENING)  # ssh's own words, not a build's
     if connecting and "Connection refused" in error:
         return (
             f"connection refused by {_address(machine)}: is sshd running and listening there? "

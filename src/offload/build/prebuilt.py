@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from offload.build.graph import DrvGraph
-from offload.errors import OffloadError
+from offload.errors import OffloadError, RemoteError
 from offload.names import LOCAL
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import send_closure
@@ -20,11 +20,14 @@ __all__ = ["FetchFailed", "fetch_existing", "report_substituted"]
 
 class FetchFailed(OffloadError):
     """A builder failed while its outputs were copied home (``machine``): the run reads the
-    graph again without it, and builds what it held."""
+    graph again without it, and builds what it held. ``down``: its connection failed (it is
+    left out of the run, as one that did not answer); else its Nix refused the copy in words
+    of its own (a path its garbage collector took meanwhile), and it is only not asked again."""
 
-    def __init__(self, machine: str, message: str) -> None:
+    def __init__(self, machine: str, message: str, *, down: bool) -> None:
         super().__init__(message)
         self.machine = machine
+        self.down = down
 
 
 async def fetch_existing(
@@ -43,7 +46,8 @@ async def fetch_existing(
         except OffloadError as exc:
             if local_store_failed(exc):  # this host's store: no builder to leave out
                 raise
-            raise FetchFailed(machine, exc.message) from exc
+            down = not isinstance(exc, RemoteError)
+            raise FetchFailed(machine, exc.message, down=down) from exc
         event = JobFinished(
             drv_path=drv_path,
             name=graph.drvs[drv_path].name,

@@ -256,7 +256,8 @@ async def _existing(
         try:
             fetched += await fetch_existing(graph, clients, local, emit)
         except FetchFailed as exc:
-            unreachable[exc.machine] = exc.message
+            if exc.down:
+                unreachable[exc.machine] = exc.message
             clients.pop(exc.machine)
             continue
         return graph, fetched

@@ -89,8 +89,11 @@ def build_failed(
     # Nix's own words name the derivation ("builder for '/nix/store/...drv' failed with exit
     # code 3"): said alone, as nix-build's last line, not after "build of '...drv' failed:".
     message = said if f"'{first}'" in said else f"build of '{first}' {what}: {said}"
+    if more:  # on the first line, the one that names the build (Nix's may be several)
+        head, _, rest = message.partition("\n")
+        message = f"{head} (and {more} more)" + (f"\n{rest}" if rest else "")
     return BuildFailed(
-        message + (f" (and {more} more)" if more else ""),
+        message,
         drv_path=first,
         status=report.statuses.get(first, BuildStatus.MISC_FAILURE),
         hint=_failed_hint(report, first, logs_kept=logs_kept, logs_shown=logs_shown),

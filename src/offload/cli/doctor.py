@@ -14,6 +14,7 @@ puts it back (as ``offload status`` does), so doctor and status never disagree a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -110,8 +111,9 @@ def _as_this_user(env: Mapping[str, str]) -> str | None:
         return None
     leaned = [name for name in ("NIX_SSHOPTS", "SSH_AUTH_SOCK") if env.get(name)]
     config = Path(env.get("HOME") or "~").expanduser() / ".ssh" / "config"
-    if config.is_file():
-        leaned.append(str(config))
+    with contextlib.suppress(OSError):  # a HOME this user cannot search (su without -)
+        if config.is_file():
+            leaned.append(str(config))
     if not leaned:
         return None
     return (

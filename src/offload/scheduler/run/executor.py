@@ -203,7 +203,8 @@ class Executor(Endings):
                 self._check_stuck()
             self._settle_at_start()
             await self._loop()
-        except BaseException:
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Stopped (Ctrl-C, SIGTERM): not a run that found no machine, nor a bug's end.
             self.report.interrupted = True
             raise
         finally:
