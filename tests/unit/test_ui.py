@@ -267,3 +267,11 @@ def test_make_renderer_picks_by_kind_and_terminal() -> None:
 
 
 # --- summary -----------------------------------------------------------------------------------
+
+
+def test_a_full_builder_is_a_warning_line_as_the_readme_says() -> None:
+    # Under --json (events on stdout) a full builder reached stderr not at all.
+    event = MachineEvent("b", "full", "every slot there is held by other clients", None, T0)
+    assert machine_warning(event) == (
+        "warning: builder 'b' is full: every slot there is held by other clients"
+    )

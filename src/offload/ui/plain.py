@@ -127,12 +127,12 @@ def describe_machine(event: MachineEvent, now: float) -> str:
 
 def machine_warning(event: MachineEvent) -> str | None:
     """The ``warning:`` line on stderr for a machine event that must be seen whatever shows
-    the run (``--json`` on stdout, the live view): a builder down or slow to answer, a build
-    there that could not be stopped, a binary cache its Nix left out, its key file missing;
-    None for the others."""
+    the run (``--json`` on stdout, the live view): a builder down, slow to answer or full of
+    other clients' builds, a build there that could not be stopped, a binary cache its Nix left
+    out, its key file missing; None for the others."""
     match event.state:
-        case "down" | "slow":
-            what = "is down" if event.state == "down" else "is slow to answer"
+        case "down" | "slow" | "full":
+            what = {"down": "is down", "slow": "is slow to answer", "full": "is full"}[event.state]
             return f"warning: builder {event.machine!r} {what}: {sanitize(event.message)}"
         case "unstopped":  # the message names the builder and the process
             return f"warning: {sanitize(event.message)}"
