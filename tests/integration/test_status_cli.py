@@ -3,6 +3,7 @@ and ``--watch`` keeps redrawing until it is stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -80,7 +81,10 @@ def test_a_slot_held_like_nix_does_is_in_use(
     assert held_slot.exists()
 
 
-def test_watch_redraws_until_stopped(machines: Path, held_slot: Path, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def watching(machines: Path, tmp_path: Path, snapshots: int) -> Iterator[subprocess.Popen[str]]:
+    """`offload status --watch --json` running, once it has printed ``snapshots``; stopped
+    after the block (its output in ``tmp_path / "out"``)."""
     out = tmp_path / "out"
     with out.open("w") as sink:
         proc = start(
@@ -88,12 +92,19 @@ def test_watch_redraws_until_stopped(machines: Path, held_slot: Path, tmp_path: 
             env=env(tmp_path),
             stdout=sink,
             stderr=subprocess.PIPE,
+            text=True,
         )
         try:
-            wait_for(lambda: out.read_text().count("\n") >= 3, 30, "three snapshots")
-            assert proc.poll() is None
+            wait_for(lambda: out.read_text().count("\n") >= snapshots, 30, "snapshots")
+            yield proc
         finally:
             stop(proc)
+
+
+def test_watch_redraws_until_stopped(machines: Path, held_slot: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with watching(machines, tmp_path, 3) as proc:
+        assert proc.poll() is None
     snapshots = [json.loads(line) for line in out.read_text().splitlines()[:3]]
     assert all(s["machines"][0]["in_use"] == 1 for s in snapshots)
 
@@ -104,20 +115,9 @@ def test_a_watch_ends_on_ctrl_c_with_0_and_on_sigterm_as_any_command(
 ) -> None:
     # Ctrl-C is how a watch ends (as `watch` ends); SIGTERM stops it as it stops any command.
     # Both were 0 when the signal came in the sleep, 130 and 143 when it came in a redraw.
-    out = tmp_path / "out"
-    with out.open("w") as sink:
-        proc = start(
-            status_argv(machines, "--watch", "--interval", "0.1", "--json", "-j", "0"),
-            env=env(tmp_path),
-            stdout=sink,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_for(lambda: out.read_text().count("\n") >= 2, 30, "two snapshots")
-            proc.send_signal(signum)
-            assert proc.wait(timeout=30) == code
-        finally:
-            stop(proc)
+    with watching(machines, tmp_path, 2) as proc:
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code
 
 
 def test_slots_held_by_offload_and_by_nix_are_told_apart(

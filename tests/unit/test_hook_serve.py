@@ -101,6 +101,20 @@ def test_a_failure_after_accepting_fails_the_build_and_says_why(tmp_path: Path) 
     assert "# decline" not in lines
 
 
+def _declining(answered: list[str]) -> Callable[[HookIO], Answer]:
+    """An ``answer`` that declines every try, noting the derivations it was asked about."""
+
+    def make(io: HookIO) -> Answer:
+        async def answer(context: object, reader: object, request: TryRequest, **_: object) -> None:
+            del context, reader
+            answered.append(request.drv_path)
+            write_reply(io, Reply.DECLINE)
+
+        return answer
+
+    return make
+
+
 @pytest.mark.parametrize(
     ("store", "declined"),
     [("/mnt", True), ("local?root=/mnt", True), ("auto", False), ("daemon", False)],
@@ -111,14 +125,7 @@ def test_a_build_for_another_store_is_declined_for_good(
     # nixos-install builds with --store /mnt: outputs must go there, and the hook brings them
     # home into this host's store only. Nix builds it itself (it stops asking the hook).
     answered: list[str] = []
-
-    def declining(io: HookIO) -> Answer:
-        async def answer(context: object, reader: object, request: TryRequest, **_: object) -> None:
-            del context, reader
-            answered.append(request.drv_path)
-            write_reply(io, Reply.DECLINE)
-
-        return answer
+    declining = _declining(answered)
 
     code, lines = _serve(tmp_path, {"builders": "", "store": store}, declining)
     assert code == 0
@@ -141,14 +148,7 @@ def test_a_try_for_no_derivation_offload_can_build_is_declined_and_the_next_answ
     # A name no Nix takes ('..'), or a store path that is no .drv: the try is whole, Nix waits
     # for its reply, and the hook goes on to the next (it used to end without one).
     answered: list[str] = []
-
-    def declining(io: HookIO) -> Answer:
-        async def answer(context: object, reader: object, request: TryRequest, **_: object) -> None:
-            del context, reader
-            answered.append(request.drv_path)
-            write_reply(io, Reply.DECLINE)
-
-        return answer
+    declining = _declining(answered)
 
     dots = "/nix/store/" + "a" * 32 + "-.."
     out = "/nix/store/" + "a" * 32 + "-hello"
