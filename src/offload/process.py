@@ -176,6 +176,7 @@ class Started:
         self._proc = _captured(argv, stdin=stdin, env=env, cwd=cwd)
         self._said: list[str] = []
         self._reader: threading.Thread | None = None
+        self._killer: threading.Thread | None = None  # ``terminate``'s SIGKILL to come
         if stderr_lines is not None:
             self._reader = start(
                 threading.Thread(
@@ -191,6 +192,13 @@ class Started:
 
     def _ended(self) -> tuple[str, str]:
         """Its whole stdout and stderr, once it has exited."""
+        try:
+            return self._output()
+        finally:
+            if isinstance(self._killer, threading.Timer):
+                self._killer.cancel()  # it ended: nothing left to kill
+
+    def _output(self) -> tuple[str, str]:
         if self._reader is None:
             return self._proc.communicate()
         assert self._proc.stdout is not None  # stdout=PIPE
@@ -212,7 +220,11 @@ class Started:
         for it in another then returns once it has stopped; SIGKILL follows after the grace
         if it has not (a Nix blocked on a lock), so that wait is bounded."""
         self._proc.terminate()  # nothing if it was reaped already
-        start(threading.Timer(_GRACE, self._kill_if_running))
+        # A daemon, cancelled once the command is reaped: a thread left running kept the
+        # process from its quick exit (``cli._end``), and Python's own then ended it by SIGINT.
+        killer = threading.Timer(_GRACE, self._kill_if_running)
+        killer.daemon = True
+        self._killer = start(killer)
 
     def _kill_if_running(self) -> None:
         if self._proc.poll() is None:
