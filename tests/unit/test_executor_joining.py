@@ -7,12 +7,10 @@ task ends: then it is "up" and takes work, or "down" with why.
 
 import asyncio
 
-import pytest
-
-from offload.errors import SchedulerError, SshError
+from offload.errors import SshError
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import FakeLink, FakeStore
-from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent, RunFinished, RunStarted
+from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
 from tests.helpers.plans import make_plan, spec
 
 
@@ -94,25 +92,3 @@ def test_a_builder_unreachable_at_the_start_is_told_as_down():
     assert report.ok
     assert set(_where(events).values()) == {"local"}
     assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
-
-
-def test_a_run_whose_every_machine_is_down_at_the_start_says_who_in_its_events():
-    # -j 0 and the one builder unreachable: the run ends at once, and --json had no
-    # run_started, no machine down and no run_finished (only stderr's last line said why).
-    plan, _, _, src = make_plan({"a": []})
-    local = FakeLink(FakeStore("local", [src]))
-    events: list[Event] = []
-    executor = Executor(
-        plan,
-        [PoolMember(spec("fast"), FakeLink(FakeStore("fast")), remote=True)],  # -j 0
-        local,
-        emit=events.append,
-        unreachable={"fast": "ssh: Connection refused"},
-        explain=_explain,
-    )
-    with pytest.raises(SchedulerError):
-        asyncio.run(executor.run())
-    assert isinstance(events[0], RunStarted)
-    assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
-    assert isinstance(events[-1], RunFinished)
-    assert not events[-1].interrupted  # nobody stopped it: it found no machine

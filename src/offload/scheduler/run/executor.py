@@ -184,8 +184,12 @@ class Executor(Endings):
             and not self._joining
             and not any(self.policy.is_up(n, start) for n in self.members)
         )
-        # The run's first event opens it (its machines, its estimate); who is down follows,
-        # even when that is every machine (the run ends at once then, said in --json too).
+        if stuck and not self._restored:
+            # Every machine is down before anything started: one error line names each and
+            # why, before the run opens. Those an earlier run backed off are tried again by
+            # the loop's first turn (``_retry_restored``).
+            self._check_stuck()
+        # The run's first event opens it (its machines, its estimate); who is down follows.
         self._events.run_started(tuple(self.members), self._estimate_makespan())
         for name, health in self._restored.items():
             message = (
@@ -196,12 +200,8 @@ class Executor(Endings):
         for name, error in self._unreachable.items():
             until = self.wall() + (self.policy.down_until(name) - start)
             self._events.machine_down(name, error, until)
+        self._settle_at_start()
         try:
-            if stuck and not self._restored:
-                # Every machine is down before anything started: say so now. Those an earlier
-                # run backed off are tried again by the loop's first turn (``_retry_restored``).
-                self._check_stuck()
-            self._settle_at_start()
             await self._loop()
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Stopped (Ctrl-C, SIGTERM): not a run that found no machine, nor a bug's end.
