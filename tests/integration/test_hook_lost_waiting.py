@@ -57,7 +57,11 @@ def test_waiting_derivations_leave_a_builder_that_died_without_trying_it(
     started = tmp_path / "started"
     # Each leaf says it started (on the host's /tmp, shared with the members), then works.
     file = nix_file(tmp_path, leaves(4, f"/bin/mkdir -p {started}; {ON_FAST}"))
-    proc, out, err = _fast_dropped(waiting_fleet, tmp_path, file, 1, "a build on the fast builder")
+    # Dropped once both its slots build (each a shell and its sleep): dropped while the
+    # second was still starting there, that one's session was refused and told the builder's
+    # failure first, under the suite's load, where the test means the running builds to.
+    what = "two builds on the fast builder"
+    proc, out, err = _fast_dropped(waiting_fleet, tmp_path, file, 4, what)
     assert proc.returncode == 0, err
     assert len(out.split()) == 4
     failed = [line for line in err.splitlines() if "builder 'hwfast' failed" in line]
