@@ -5,6 +5,7 @@ SIGTERM gets SIGKILL after the grace, in its group or in a session of its own.""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -73,6 +74,20 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in found]
 
 
+def _ignoring_sigterm(pid: int) -> None:
+    """Once ``pid`` ignores SIGTERM (its trap set, so a setsid before it done too): the kill
+    must find it where it will be, not where it was forked (under load the kill ran first)."""
+    deadline = time.monotonic() + 10
+    while True:
+        status = Path(f"/proc/{pid}/status").read_text()
+        ignored = int(
+            next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16
+        )
+        if ignored & (1 << (signal.SIGTERM - 1)):
+            return
+        assert time.monotonic() < deadline, "the child never ignored SIGTERM"
+
+
 @pytest.mark.parametrize(
     "child",
     [
@@ -87,6 +102,7 @@ def test_what_outlives_sigterm_gets_sigkill_after_the_grace(child: str) -> None:
     reaper = threading.Thread(target=serve.wait)
     reaper.start()
     (stubborn,) = _children(serve.pid)
+    _ignoring_sigterm(stubborn)
     try:
         subprocess.run(kill_script(serve.pid, 1, _born(serve.pid)), timeout=30, check=True)
         assert not running(stubborn)
