@@ -21,22 +21,20 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 from offload.errors import TransportError
 from offload.procfs import running
 from offload.spawn_errors import not_started
 from offload.tasks import stop
-from offload.threads import INTERRUPTS, start, unblocked
+from offload.threads import start, unblocked
 
 __all__ = [
     "Completed",
     "Started",
-    "interrupts_held",
     "local_sh",
     "output_lines",
     "run",
@@ -333,7 +331,7 @@ async def spawn(
     env: Mapping[str, str] | None = None,
     stdin: bool = True,
     stdout: int | None = None,
-    grace: float = 3.0,
+    grace: float = _GRACE,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """Start a child with piped stdio in its own process group; always stop it on exit.
 
@@ -417,33 +415,6 @@ def stop_now(proc: asyncio.subprocess.Process) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP held until the block ends, then the first of them handed to
-    the handler it had (later ones dropped: the command line stops on the first and ignores
-    the rest, ``offload.cli.interrupts``): a daemon started in the block is never lost to a
-    KeyboardInterrupt raised as its fork returns, before the caller knows its pid to stop it.
-    Each is held over its own handler, whatever the others have: a SIGTERM is held too where
-    Ctrl-C was ignored from the start. Only where Python handles them: in the main thread,
-    over a handler of Python's (one ignored stays ignored)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in INTERRUPTS}
-    handled = {s: handler for s, handler in previous.items() if callable(handler)}
-    held: list[tuple[int, FrameType | None]] = []
-    for signum in handled:
-        signal.signal(signum, lambda signum, frame: held.append((signum, frame)))
-    try:
-        yield
-    finally:
-        for signum, handler in handled.items():
-            signal.signal(signum, handler)
-        if held:
-            first, frame = held[0]
-            handled[signal.Signals(first)](first, frame)
-
-
 def start_detached(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> int:
     """Start a long-lived daemon in its own session, output to ``log``; return its pid."""
     with log.open("ab") as out:
@@ -477,7 +448,7 @@ def start_guard(argv: Sequence[str], *, env: Mapping[str, str] | None = None) ->
     return proc.stdin
 
 
-def stop_process_group(pid: int, *, grace: float = 3.0) -> None:
+def stop_process_group(pid: int, *, grace: float = _GRACE) -> None:
     """SIGTERM a detached process group, then SIGKILL whatever is left after ``grace`` s."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:

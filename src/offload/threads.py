@@ -29,6 +29,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, TypeVarTuple
 
 from offload.typing_compat import override
@@ -36,7 +37,7 @@ from offload.typing_compat import override
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["INTERRUPTS", "blocked", "child_watcher", "start", "unblocked"]
+__all__ = ["INTERRUPTS", "blocked", "child_watcher", "interrupts_held", "start", "unblocked"]
 
 # Ctrl-C, and what a supervisor or a closed terminal sends: what stops a command.
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -103,3 +104,30 @@ def _watcher() -> asyncio.AbstractChildWatcher:
 
 class _QuietWatcher:
     """What ``child_watcher`` sets is one of these (it is set once)."""
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP held until the block ends, then the first of them handed to
+    the handler it had (later ones dropped: the command line stops on the first and ignores
+    the rest, ``offload.cli.interrupts``): a daemon started in the block is never lost to a
+    KeyboardInterrupt raised as its fork returns, before the caller knows its pid to stop it.
+    Each is held over its own handler, whatever the others have: a SIGTERM is held too where
+    Ctrl-C was ignored from the start. Only where Python handles them: in the main thread,
+    over a handler of Python's (one ignored stays ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in INTERRUPTS}
+    handled = {s: handler for s, handler in previous.items() if callable(handler)}
+    held: list[tuple[int, FrameType | None]] = []
+    for signum in handled:
+        signal.signal(signum, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for signum, handler in handled.items():
+            signal.signal(signum, handler)
+        if held:
+            first, frame = held[0]
+            handled[signal.Signals(first)](first, frame)

@@ -1,4 +1,4 @@
-"""``process.interrupts_held``: Ctrl-C, SIGTERM and SIGHUP wait for the end of the block (a
+"""``threads.interrupts_held``: Ctrl-C, SIGTERM and SIGHUP wait for the end of the block (a
 daemon's fork), then go to the handler each had; real signals, in a fresh interpreter."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 # to the process itself in the block, and handled at once unless it is held.
 _SCRIPT = """
 import os, signal, sys
-from offload.process import interrupts_held
+from offload.threads import interrupts_held
 if sys.argv[1] == "ignored":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script's background job
 def stop(signum, frame):

@@ -28,7 +28,7 @@ from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_
 from offload.fleet.spec import default_fleet_dir
 from offload.nix import Installables, instantiate
 from offload.paths import ensure_state_dir
-from offload.process import interrupts_held
+from offload.threads import interrupts_held
 from offload.ui import make_renderer
 from offload.ui.events import Event, JobFinished
 from offload.ui.summary import render_summary

@@ -17,7 +17,7 @@ its timeout), and SIGKILL still ends the process at once.
 Later signals go to a handler that does nothing, not to ``SIG_IGN``: an ignored disposition
 is inherited by every child started during the clean-up (the ssh that stops a remote build,
 a ``nix-store``), which then could not be stopped by a SIGINT; a handler is reset by exec.
-``offload.process.interrupts_held`` defers whichever handler each signal has past a fork;
+``offload.threads.interrupts_held`` defers whichever handler each signal has past a fork;
 ``offload.threads`` keeps every other thread from taking one, so the main thread notes them
 in order; this module decides what the handlers do.
 """

@@ -29,9 +29,10 @@ from offload.fleet.spec import (
 from offload.fleet.sshd import check_ssh, start_member
 from offload.fleet.state import fleet_of, load_state, member_of, ordered, write_state
 from offload.fleet.view import Fleet, Member, MemberStatus
-from offload.process import interrupts_held, run
+from offload.process import run
 from offload.procfs import is_ours
 from offload.thread_pool import Executor
+from offload.threads import interrupts_held
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from offload.fleet.spec import (
     speed_text,
     sshd_config,
 )
-from offload.process import interrupts_held, run, start_detached
+from offload.process import run, start_detached
 from offload.procfs import is_ours, proc_stat
+from offload.threads import interrupts_held
 
 __all__ = ["check_ssh", "start_member"]
 
