@@ -28,7 +28,6 @@ from offload.cli.arguments import machine_names
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.cli.machines_list import backoff_places, read_backoff
 from offload.config.machines import shown
-from offload.config.machines.check import refusals
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, MachineReport, diagnose, format_report
 from offload.errors import ConfigError
 from offload.paths import daemon_here
@@ -79,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
             hint="name a builder, or none for all of them (offload machines lists them)",
         )
     if not pool.machines and pool.refused:  # given, but none offload connects to
-        whys = ", ".join(f"{shown(m.name)} ({m.not_connected})" for m in pool.refused)
-        fixes = "; ".join(line for m in pool.refused for line in refusals(m))
+        whys, fixes = pool.refused_said()
         raise ConfigError(f"no builder to check: offload does not connect to {whys}", hint=fixes)
     if not pool.machines:
         raise ConfigError(

@@ -131,9 +131,13 @@ class Pool:
             if self.local_left_out
             else "the local machine takes no jobs"
         )
-        whys = ", ".join(f"{shown(m.name)} ({m.not_connected})" for m in self.refused)
-        fixes = "; ".join(line for m in self.refused for line in refusals(m))
+        whys, fixes = self.refused_said()
         return f"{local}, and offload does not connect to {whys}", fixes
+
+    def refused_said(self) -> tuple[str, str]:
+        """The builders offload does not connect to, each with why, and the fixes."""
+        whys = ", ".join(f"{shown(m.name)} ({m.not_connected})" for m in self.refused)
+        return whys, "; ".join(line for m in self.refused for line in refusals(m))
 
     def idle_builders(self) -> tuple[str, str] | None:
         """``a takes no jobs (its maxJobs is 0: FILE:LINE)`` when the builders this pool kept

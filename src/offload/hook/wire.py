@@ -31,9 +31,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from offload.errors import ProtocolError, StoreError
+from offload.errors import ProtocolError
+from offload.protocol.records import said_store_paths
 from offload.protocol.wire import ByteReader, read_int, read_str, read_strs
-from offload.store.path import StorePath, split_name_version
+from offload.store.path import STORE_DIR, StorePath, split_name_version
 
 __all__ = [
     "NOT_NIX_HINT",
@@ -180,10 +181,8 @@ async def _read_settings(reader: ByteReader, settings: dict[str, str]) -> dict[s
 
 
 def _store_path(text: str, what: str) -> str:
-    try:
-        return str(StorePath.parse(text))
-    except StoreError as exc:
-        raise ProtocolError(f"{what} is not a store path: {exc.message}") from exc
+    said_store_paths([text], STORE_DIR, f"{what} is not a store path")
+    return text
 
 
 class UnusableRequest(ProtocolError):
