@@ -73,11 +73,15 @@ def explain(machine: Machine, error: str, leave_out: str | None = None) -> str:
     line a closed session said, which ``error`` may quote, is a build's own as often as not
     (curl's "Connection refused"): it is kept, but no rule reads it."""
     quoted = _LAST_LINE.search(error)
-    if quoted is not None:
-        said = explain(machine, error[: quoted.start()], leave_out)
-        return (
-            said + error[quoted.start() :] if said == _last_words(error[: quoted.start()]) else said
-        )
+    if quoted is None:
+        return _explained(machine, error, leave_out)
+    head = error[: quoted.start()]
+    said = _explained(machine, head, leave_out)
+    return said + error[quoted.start() :] if said == _last_words(head) else said
+
+
+def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
+    """``explain``'s rules, over an error that quotes no session's last line."""
     where = machine.source
     away = f"leave it out {leave_out or f'with --exclude {machine.name}'}"
     looked_up = looked_up_elsewhere(error, machine.host, machine.port)

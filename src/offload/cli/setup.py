@@ -78,7 +78,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--write", type=nonempty_path, metavar="DIR", help="write the files into DIR"
     )
     builder.set_defaults(func=run_builder)
+    _client_step(steps)
 
+
+def _client_step(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     client = steps.add_parser(
         "client", help="scan and probe builders; print machines lines, ssh aliases, NixOS module"
     )

@@ -217,16 +217,25 @@ class HookContext:
         except OffloadError:
             return False
 
-    def unknown_outputs(self, request: TryRequest) -> bool:
-        """Are the paths of ``request``'s outputs known only once it is built (floating
-        content-addressed, impure or deferred)? The hook brings outputs home by path, so it
-        leaves those to Nix. A .drv that cannot be read is taken for one whose are known: its
-        build says what is wrong with it."""
+    def left_to_nix(self, request: TryRequest) -> bool:
+        """Is ``request`` one to decline (said once) because its outputs' paths are known only
+        once it is built (floating content-addressed, impure or deferred)? Accepted, it would
+        fail after its build (the hook brings outputs home by path) and back its builder off.
+        A .drv that cannot be read is taken for one whose are known: its build says what is
+        wrong with it."""
         try:
             outputs = read_derivation(request.drv_path).outputs.values()
         except OffloadError:
             return False
-        return any(not output.path for output in outputs)
+        if all(output.path for output in outputs):
+            return False
+        if self.first_for_client(f"unknown outputs {request.drv_path}"):
+            self.say(
+                f"'{request.drv_path}' is left to Nix: its outputs' paths are known only once"
+                " it is built (content-addressed, impure or deferred), and offload-hook brings"
+                " outputs home by path"
+            )
+        return True
 
     def priority(self, request: TryRequest, work: float) -> float:
         """Where ``request`` waits in the coordinator's queue: its ``work`` and the work history

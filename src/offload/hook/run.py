@@ -175,14 +175,7 @@ async def answer(
     ``guarded``: this process may be killed without warning mid-build (it is the hook process
     itself), so a guard must be ready to clean up after it.
     """
-    if context.unknown_outputs(request):
-        # Accepted, it would fail after its build (no path to fetch) and back its builder off.
-        if context.first_for_client(f"unknown outputs {request.drv_path}"):
-            context.say(
-                f"'{request.drv_path}' is left to Nix: its outputs' paths are known only once"
-                " it is built (content-addressed, impure or deferred), and offload-hook brings"
-                " outputs home by path"
-            )
+    if context.left_to_nix(request):
         write_reply(context.io, Reply.DECLINE)
         return None
     full: set[str] = set()  # every slot held on the builder itself, by others

@@ -259,18 +259,8 @@ fi
 """
 
 
-def _key(setup: BuilderSetup) -> str:
-    key_data = shlex.quote(setup.key.data)
-    if setup.restricted:
-        line = (
-            f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s' "
-            f'"$(command -v nix-store)" {shlex.quote(setup.key.line)}'
-        )
-        shown = authorized_keys_line(setup, "/path/to/nix-store")
-    else:
-        line = f"printf '%s' {shlex.quote(setup.key.line)}"
-        shown = authorized_keys_line(setup)
-    return f"""home=$(getent passwd "$user" | cut -d: -f6)
+# Step 2's ground, as root: the build user's .ssh, made or taken over without following a link.
+_SSH_DIR = """home=$(getent passwd "$user" | cut -d: -f6)
 # The user's home may be the user's: a link planted there would have root follow it (chown a
 # system directory, copy a root-only file into the user's keys), and one swapped in after a
 # look as well, anywhere along the path. So root works inside .ssh itself, once it has made
@@ -304,6 +294,21 @@ elif [ "$(stat -c %u "$home")" != "$uid" ]; then
   install -d -m 0700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
 fi
 
+"""
+
+
+def _key(setup: BuilderSetup) -> str:
+    key_data = shlex.quote(setup.key.data)
+    if setup.restricted:
+        line = (
+            f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s' "
+            f'"$(command -v nix-store)" {shlex.quote(setup.key.line)}'
+        )
+        shown = authorized_keys_line(setup, "/path/to/nix-store")
+    else:
+        line = f"printf '%s' {shlex.quote(setup.key.line)}"
+        shown = authorized_keys_line(setup)
+    step = f"""\
 # 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line, replacing any
 #    other line of that key (one added by hand has no restriction):
 #    {shown}
@@ -328,6 +333,7 @@ setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups sh -c '
   chmod 0600 "$keys"
 ' sh "$home" "$want" {key_data}
 """
+    return _SSH_DIR + step
 
 
 def _nix(setup: BuilderSetup) -> str:
