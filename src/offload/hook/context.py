@@ -30,7 +30,7 @@ from offload.hook.decide import Builder, LocalOffer, cut
 from offload.hook.keep import Keep
 from offload.hook.local_queue import LocalQueue
 from offload.hook.slack import room
-from offload.hook.wire import HookIO, TryRequest, write_nix_json
+from offload.hook.wire import HookIO, Reply, TryRequest, write_nix_json, write_reply
 from offload.procfs import proc_stat
 from offload.scheduler.policy import Backoff, MachineSlotSpec
 from offload.scheduler.policy.guesses import guessed_work
@@ -218,11 +218,11 @@ class HookContext:
             return False
 
     def left_to_nix(self, request: TryRequest) -> bool:
-        """Is ``request`` one to decline (said once) because its outputs' paths are known only
-        once it is built (floating content-addressed, impure or deferred)? Accepted, it would
-        fail after its build (the hook brings outputs home by path) and back its builder off.
-        A .drv that cannot be read is taken for one whose are known: its build says what is
-        wrong with it."""
+        """Is ``request`` declined here (said once; the reply written) because its outputs'
+        paths are known only once it is built (floating content-addressed, impure or
+        deferred)? Accepted, it would fail after its build (the hook brings outputs home by
+        path) and back its builder off. A .drv that cannot be read is taken for one whose are
+        known: its build says what is wrong with it."""
         try:
             outputs = read_derivation(request.drv_path).outputs.values()
         except OffloadError:
@@ -235,6 +235,7 @@ class HookContext:
                 " it is built (content-addressed, impure or deferred), and offload-hook brings"
                 " outputs home by path"
             )
+        write_reply(self.io, Reply.DECLINE)
         return True
 
     def priority(self, request: TryRequest, work: float) -> float:

@@ -175,8 +175,7 @@ async def answer(
     ``guarded``: this process may be killed without warning mid-build (it is the hook process
     itself), so a guard must be ready to clean up after it.
     """
-    if context.left_to_nix(request):
-        write_reply(context.io, Reply.DECLINE)
+    if context.left_to_nix(request):  # declined
         return None
     full: set[str] = set()  # every slot held on the builder itself, by others
     retry: set[str] = set()  # backed off, but tried now: nothing else can build it
