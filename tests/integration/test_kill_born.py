@@ -1,12 +1,15 @@
 """The kill script (``wrapper.kill_script``) on real processes: a serve process's start, told by
 the wrapper's start line, guards its kill (it stops the pid only while it is still the process
 that started then: pids are used again), and what the serve process started and that outlives
-SIGTERM gets SIGKILL after the grace, in its group or in a session of its own."""
+SIGTERM gets SIGKILL after the grace, in its group or in a session of its own; a zombie that
+init has not reaped yet is not waited for."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -109,3 +112,48 @@ def test_what_outlives_sigterm_gets_sigkill_after_the_grace(child: str) -> None:
     finally:
         subprocess.run(["kill", "-KILL", str(stubborn)], check=False, capture_output=True)
         reaper.join(timeout=10)
+
+
+# Run apart, as the reaper of what is orphaned below it (PR_SET_CHILD_SUBREAPER), which it does
+# not reap: as a container's init that reaps once a second, or later. The serve process
+# (`exec sleep`) never reaps its child in a session of its own, which SIGTERM makes a zombie.
+_ZOMBIE_RUN = """
+import ctypes, json, os, subprocess, sys, threading, time
+from offload.transport.wrapper import kill_script
+
+def stat(pid):  # (name, [state, ppid, pgrp, session, ...]), None once gone
+    try:
+        text = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return text[text.index("(") + 1 : text.rindex(")")], text.rsplit(") ", 1)[1].split()
+
+assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+serve = subprocess.Popen(["sh", "-c", "setsid sleep 60 & exec sleep 61"], start_new_session=True)
+threading.Thread(target=serve.wait, daemon=True).start()  # reaped at once, as sshd reaps it
+deadline = time.monotonic() + 10
+while True:  # until the serve process is sleep and its child sleeps in a session of its own
+    kids = open(f"/proc/{serve.pid}/task/{serve.pid}/children").read().split()
+    top, kid = stat(serve.pid), (stat(int(kids[0])) if kids else None)
+    if top and top[0] == "sleep" and kid and kid[0] == "sleep" and kid[1][3] == kids[0]:
+        break
+    assert time.monotonic() < deadline, "the serve process never started its child"
+child = int(kids[0])
+started = time.monotonic()
+subprocess.run(kill_script(serve.pid, int(sys.argv[1])), check=True, timeout=120)
+took = time.monotonic() - started
+state = stat(child)[1][0]
+os.waitpid(child, 0)
+print(json.dumps({"took": took, "state": state}))
+"""
+
+
+def test_a_zombie_left_for_a_slow_init_is_not_waited_for() -> None:
+    grace = 20
+    done = subprocess.run(
+        [sys.executable, "-c", _ZOMBIE_RUN, str(grace)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    found = json.loads(done.stdout)
+    assert found["state"] == "Z"  # it was left a zombie, as the slow init leaves it
+    assert found["took"] < grace / 2  # the kill saw it dead and did not wait out the grace

@@ -155,7 +155,10 @@ _REPORT_PID = (
 # start the start line told (`_BORN`), a pid that another process holds by then is left alone,
 # at every signal and look (`taken`), and so is the group that pid names. A pid merely gone is
 # not taken: Linux gives no process a pid still in use as a group's id, so its group, if any
-# of it lives, is still ours. `kill -s 0`: dash reads `kill -0 -- -G` as a bad number.
+# of it lives, is still ours. `kill -s 0`: dash reads `kill -0 -- -G` as a bad number. A zombie
+# is not alive (`running`): one gone to init holds its pid and group until init reaps it, and a
+# container's init may take a second (a copy stopped on this machine's builders waited out the
+# whole grace, its slot held), so what kill -s 0 finds is looked up in ps, where one is "Z".
 _KILL = (
     _BORN
     + r"""p=$1; grace=${2:-5}; born=${3:--}
@@ -185,11 +188,23 @@ signal() {
   done
 }
 alive() {
-  taken || { kill -s 0 "$p" 2>/dev/null && return 0; }
+  own=-; taken || own=$p; found=
+  [ "$own" != - ] && kill -s 0 "$p" 2>/dev/null && found=1
   for g in $groups; do
-    if [ "$g" != "$p" ] || ! taken; then kill -s 0 -- "-$g" 2>/dev/null && return 0; fi
+    [ -n "$found" ] && break
+    if [ "$g" != "$p" ] || [ "$own" != - ]; then kill -s 0 -- "-$g" 2>/dev/null && found=1; fi
   done
-  return 1
+  [ -n "$found" ] && running
+}
+running() {
+  table=$(ps -e -o pid= -o pgid= -o stat= 2>/dev/null) || return 0
+  printf '%s\n' "$table" | awk -v p="$p" -v own="$own" -v gs="$groups" '
+    BEGIN {
+      n = split(gs, a, " ")
+      for (i = 1; i <= n; i++) if (a[i] != p || own != "-") g[a[i]] = 1
+    }
+    $3 !~ /^Z/ && (($1 == p && own != "-") || ($2 in g)) { found = 1 }
+    END { exit !found }'
 }
 signal TERM
 i=0
