@@ -176,6 +176,8 @@ class SlotLocks:
 
     def __init__(self, directory: Path, *, make: bool = True) -> None:
         self.directory = directory
+        # This process's copies waiting for a slot of a key, first come first (``hold``).
+        self._waiting: dict[str, list[asyncio.Event]] = {}
         if make:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -266,14 +268,43 @@ class SlotLocks:
         until: Callable[[], float] | None = None,
     ) -> AsyncIterator[None]:
         """Hold one slot for the body; ``on_wait`` is called once if all are taken at first;
-        ``until`` gives, when a slot is taken, the end its holder expects (``try_acquire``)."""
-        fd = self.try_acquire(key, slots, None if until is None else until())
-        if fd is None and on_wait is not None:
-            on_wait()
-        while fd is None:
-            await asyncio.sleep(POLL_INTERVAL)
-            fd = self.try_acquire(key, slots, None if until is None else until())
+        ``until`` gives, when a slot is taken, the end its holder expects (``try_acquire``).
+
+        This process's waiters for ``key`` take its slots in turn, and a slot this process lets
+        go is looked at again at once by the first of them: the policy gives a slot out as soon
+        as it counts it free, which may be before the copy stopped there lets go of its file,
+        and the build given it first must not lose it to one given it later."""
+        queue = self._waiting.setdefault(key, [])
+        fd = None if queue else self.try_acquire(key, slots, None if until is None else until())
+        if fd is None:
+            if on_wait is not None:
+                on_wait()
+            fd = await self._wait_turn(queue, key, slots, until)
         try:
             yield
         finally:
             os.close(fd)
+            if queue:
+                queue[0].set()
+
+    async def _wait_turn(
+        self, queue: list[asyncio.Event], key: str, slots: int, until: Callable[[], float] | None
+    ) -> int:
+        """Wait in ``queue`` until first in it and a slot is free (another process's is looked
+        at again every ``POLL_INTERVAL``); the slot held."""
+        turn = asyncio.Event()
+        queue.append(turn)
+        try:
+            while True:
+                if queue[0] is turn:
+                    fd = self.try_acquire(key, slots, None if until is None else until())
+                    if fd is not None:
+                        return fd
+                turn.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_INTERVAL):
+                        await turn.wait()
+        finally:
+            queue.remove(turn)
+            if queue:
+                queue[0].set()

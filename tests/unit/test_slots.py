@@ -320,3 +320,35 @@ def test_a_slot_file_that_cannot_be_written_is_the_local_hosts_error(tmp_path):
         locks.try_acquire("ssh:__b", 2)
     assert raised.value.peer == LOCAL
     assert raised.value.hint is not None
+
+
+def test_a_slot_this_process_lets_go_goes_to_its_first_waiter_at_once(tmp_path, monkeypatch):
+    # The policy counts a slot free when a losing copy is told to stop; the next build given
+    # it waits for the file, and one given a slot later must not take it first.
+    monkeypatch.setattr(slots, "POLL_INTERVAL", 600.0)  # no second look: only the release wakes
+    locks = SlotLocks(tmp_path)
+    order: list[str] = []
+
+    async def take(name: str, release: asyncio.Event) -> None:
+        async with locks.hold("ssh:__medium", 1):
+            order.append(name)
+            await release.wait()
+
+    async def scenario() -> None:
+        stopping, first, later = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        held = asyncio.create_task(take("stopping copy", stopping))
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(take("given first", first))
+        await asyncio.sleep(0)
+        assert order == ["stopping copy"]
+        stopping.set()
+        await held
+        late = asyncio.create_task(take("given later", later))  # after the let-go
+        while len(order) < 2:
+            await asyncio.sleep(0)
+        first.set()
+        later.set()
+        await asyncio.gather(waiting, late)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert order == ["stopping copy", "given first", "given later"]
