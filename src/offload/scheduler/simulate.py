@@ -21,10 +21,12 @@ when estimates are exact. Generated inputs and the planning cost are in ``genera
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
@@ -55,16 +57,34 @@ __all__ = [
 Outcome = Literal["built", "failed", "cancelled", "lost"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class RunRecord:
-    """One copy of a job on one machine. ``built`` and ``failed`` end the job."""
+    """One copy of a job on one machine. ``built`` and ``failed`` end the job. Made once per
+    copy, by an ``__init__`` mypyc compiles (``policy.decisions`` says why); never changed."""
 
     job: str
     machine: str
     start: float
     end: float
     outcome: Outcome
-    speculative: bool = False
+    speculative: bool
+
+    def __init__(
+        self,
+        job: str,
+        machine: str,
+        start: float,
+        end: float,
+        outcome: Outcome,
+        *,
+        speculative: bool = False,
+    ) -> None:
+        self.job = job
+        self.machine = machine
+        self.start = start
+        self.end = end
+        self.outcome = outcome
+        self.speculative = speculative
 
 
 class MachineSummaryDict(TypedDict):
@@ -207,8 +227,24 @@ def simulate(
     )
     for at, name in machine_failures:
         sim.schedule_failure(at, name)
-    sim.run()
+    with _collector_paused():
+        sim.run()
     return sim.result(machines, lower_bound=bound_at, critical_path=critical, total_work=total)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector held off while a plan runs: a plan makes a few
+    short-lived objects per build, and every full collection meanwhile walked the whole graph
+    (7-9% of planning 50,000 builds). What a plan leaves in cycles is collected after."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def noise_factors(graph: JobGraph, noise: float, seed: int) -> dict[str, float]:
@@ -354,7 +390,7 @@ class _Sim:
         ok = job not in self.failing
         result = self.policy.on_finished(job, machine, now, ok)
         self.schedule.append(
-            RunRecord(job, machine, run[0], now, "built" if ok else "failed", run[2])
+            RunRecord(job, machine, run[0], now, "built" if ok else "failed", speculative=run[2])
         )
         self.makespan = now
         if not ok:
@@ -365,7 +401,7 @@ class _Sim:
         for cancel in result.cancel:
             start, _, spec = self.active.pop((cancel.job, cancel.machine))
             self.schedule.append(
-                RunRecord(cancel.job, cancel.machine, start, now, "cancelled", spec)
+                RunRecord(cancel.job, cancel.machine, start, now, "cancelled", speculative=spec)
             )
             self.cancelled += 1
         return True
@@ -381,7 +417,9 @@ class _Sim:
     def _machine_fails(self, machine: str) -> None:
         for lost in self.policy.running(machine):
             start, _, spec = self.active.pop((lost, machine))
-            self.schedule.append(RunRecord(lost, machine, start, self.now, "lost", spec))
+            self.schedule.append(
+                RunRecord(lost, machine, start, self.now, "lost", speculative=spec)
+            )
         self.policy.on_machine_failed(machine, self.now)
 
 

@@ -103,16 +103,23 @@ class EligibilityClass:
     by_name: dict[str, Machine] = field(default_factory=dict)
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class Run:
-    """One running copy of a job."""
+    """One running copy of a job (made by an ``__init__`` mypyc compiles: ``decisions``)."""
 
     machine: Machine
     start: float
     end: float
     copy: int
     # Since when it waits for a slot on the builder that other clients hold (None: it has one).
-    waiting_since: float | None = None
+    waiting_since: float | None
+
+    def __init__(self, machine: Machine, start: float, end: float, copy: int) -> None:
+        self.machine = machine
+        self.start = start
+        self.end = end
+        self.copy = copy
+        self.waiting_since = None
 
 
 class Pool:
