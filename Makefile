@@ -14,8 +14,9 @@ setup: system-deps $(STAMP)
 # Debian's Nix 2.8 and OpenSSH server are the real parts offload drives, Chromium opens run
 # reports in the tests (headless), tmux shows them the live view as a terminal does, and bash
 # (with bash-completion), zsh and fish load the generated completions, and gcc with Python's
-# headers builds the compiled scheduler the tests check (setup.py), and strace kills a hook
-# coordinator at an exact system call in one test; install them when missing.
+# headers builds the compiled scheduler the tests check (setup.py), strace kills a hook
+# coordinator at an exact system call in one test, and original-awk (BWK's awk, as macOS has)
+# runs the kill script as a macOS builder would; install them when missing.
 system-deps:
 	@missing=""; \
 	command -v nix-store >/dev/null || missing="$$missing nix-bin"; \
@@ -29,6 +30,7 @@ system-deps:
 	command -v fish >/dev/null || missing="$$missing fish"; \
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
+	command -v original-awk >/dev/null || missing="$$missing original-awk"; \
 	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
 	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \

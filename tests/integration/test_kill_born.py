@@ -1,12 +1,15 @@
 """The kill script (``wrapper.kill_script``) on real processes: a serve process's start, told by
 the wrapper's start line, guards its kill (it stops the pid only while it is still the process
 that started then: pids are used again), and what the serve process started and that outlives
-SIGTERM gets SIGKILL after the grace, in its group or in a session of its own; a zombie that
-init has not reaped yet is not waited for."""
+SIGTERM gets SIGKILL after the grace, in its group or in a session of its own, with Debian's
+awk and with BWK's (macOS's); a zombie that init has not reaped yet is not waited for, and a
+process whose main thread alone is gone is not taken for one."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +94,18 @@ def _ignoring_sigterm(pid: int) -> None:
         assert time.monotonic() < deadline, "the child never ignored SIGTERM"
 
 
+@pytest.fixture(params=["awk", "original-awk"])
+def awk_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A PATH whose ``awk`` is this host's (mawk on Debian) or BWK's "one true awk", macOS's:
+    the kill script runs on builders of both kinds."""
+    bin_dir = tmp_path / "awk-bin"
+    bin_dir.mkdir()
+    found = shutil.which(request.param)
+    assert found is not None, f"{request.param} is missing: make setup installs it"
+    (bin_dir / "awk").symlink_to(found)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
 @pytest.mark.parametrize(
     "child",
     [
@@ -99,7 +114,7 @@ def _ignoring_sigterm(pid: int) -> None:
     ],
     ids=["same-group", "own-session"],
 )
-def test_what_outlives_sigterm_gets_sigkill_after_the_grace(child: str) -> None:
+def test_what_outlives_sigterm_gets_sigkill_after_the_grace(child: str, awk_path: str) -> None:
     serve = subprocess.Popen(["sh", "-c", child], start_new_session=True)
     # Reaped as soon as it ends, as sshd reaps it: its pid then names only its group.
     reaper = threading.Thread(target=serve.wait)
@@ -107,7 +122,10 @@ def test_what_outlives_sigterm_gets_sigkill_after_the_grace(child: str) -> None:
     (stubborn,) = _children(serve.pid)
     _ignoring_sigterm(stubborn)
     try:
-        subprocess.run(kill_script(serve.pid, 1, _born(serve.pid)), timeout=30, check=True)
+        subprocess.run(
+            kill_script(serve.pid, 1, _born(serve.pid)),
+            env={**os.environ, "PATH": awk_path}, timeout=30, check=True,
+        )  # fmt: skip
         assert not running(stubborn)
     finally:
         subprocess.run(["kill", "-KILL", str(stubborn)], check=False, capture_output=True)
@@ -157,3 +175,29 @@ def test_a_zombie_left_for_a_slow_init_is_not_waited_for() -> None:
     found = json.loads(done.stdout)
     assert found["state"] == "Z"  # it was left a zombie, as the slow init leaves it
     assert found["took"] < grace / 2  # the kill saw it dead and did not wait out the grace
+
+
+# A process whose main thread is gone while another runs on: /proc says "Z", ps "Zl".
+_HALF_GONE = """
+import ctypes, signal, threading, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+threading.Thread(target=time.sleep, args=(600,)).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_a_process_whose_main_thread_is_gone_still_gets_sigkill() -> None:
+    serve = subprocess.Popen([sys.executable, "-c", _HALF_GONE], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while _state(serve.pid) != "Z":
+            assert time.monotonic() < deadline, "the main thread never exited"
+        subprocess.run(kill_script(serve.pid, 1, _born(serve.pid)), timeout=30, check=True)
+        assert serve.wait(timeout=10) == -signal.SIGKILL  # not taken for a zombie, and killed
+    finally:
+        serve.kill()
+        serve.wait()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]

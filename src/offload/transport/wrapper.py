@@ -158,7 +158,9 @@ _REPORT_PID = (
 # of it lives, is still ours. `kill -s 0`: dash reads `kill -0 -- -G` as a bad number. A zombie
 # is not alive (`running`): one gone to init holds its pid and group until init reaps it, and a
 # container's init may take a second (a copy stopped on this machine's builders waited out the
-# whole grace, its slot held), so what kill -s 0 finds is looked up in ps, where one is "Z".
+# whole grace, its slot held), so what kill -s 0 finds is looked up in ps, where one is "Z" ("Zl":
+# its main thread gone, others running: alive). The groups go to awk on one line: BWK awk
+# (macOS) refuses a -v value holding a newline.
 _KILL = (
     _BORN
     + r"""p=$1; grace=${2:-5}; born=${3:--}
@@ -198,12 +200,12 @@ alive() {
 }
 running() {
   table=$(ps -e -o pid= -o pgid= -o stat= 2>/dev/null) || return 0
-  printf '%s\n' "$table" | awk -v p="$p" -v own="$own" -v gs="$groups" '
+  printf '%s\n' "$table" | awk -v p="$p" -v own="$own" -v gs="$(echo $groups)" '
     BEGIN {
       n = split(gs, a, " ")
       for (i = 1; i <= n; i++) if (a[i] != p || own != "-") g[a[i]] = 1
     }
-    $3 !~ /^Z/ && (($1 == p && own != "-") || ($2 in g)) { found = 1 }
+    ($3 !~ /^Z/ || $3 ~ /l/) && (($1 == p && own != "-") || ($2 in g)) { found = 1 }
     END { exit !found }'
 }
 signal TERM
