@@ -326,3 +326,25 @@ def test_cli_a_node_no_machine_can_build_is_told_with_simulates_own_fix(tmp_path
     assert caught.value.hint is not None
     assert "--keep-going" not in caught.value.hint
     assert caught.value.hint.startswith("give --machines one with those features")
+
+
+def test_a_plans_records_and_decisions_are_values_equal_and_hashable_by_their_fields():
+    # Made by __init__s of their own for mypyc (policy/decisions.py): still values.
+    from offload.scheduler.policy.decisions import Cancel, Finished, Speculate, Start
+    from offload.scheduler.simulate import RunRecord
+
+    made = [
+        lambda: Start("a", "fast", 1.0),
+        lambda: Speculate("a", "fast", 1.0, "slow"),
+        lambda: Cancel("a", "slow"),
+        lambda: Finished(True, (Cancel("a", "slow"),), ("b",)),
+        lambda: RunRecord("a", "fast", 0.0, 1.0, "built", speculative=True),
+    ]
+    for make in made:
+        assert make() == make()
+        assert hash(make()) == hash(make())
+    assert Start("a", "fast", 1.0) != Start("a", "fast", 2.0)
+    assert Finished(True).cancel == ()
+    assert RunRecord("a", "m", 0, 1, "lost").speculative is False
+    result = simulate([Job("a", 1.0)], [MachineSlotSpec("local", 1.0, 1)])
+    assert hash(result) == hash(simulate([Job("a", 1.0)], [MachineSlotSpec("local", 1.0, 1)]))

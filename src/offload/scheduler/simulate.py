@@ -57,7 +57,7 @@ __all__ = [
 Outcome = Literal["built", "failed", "cancelled", "lost"]
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class RunRecord:
     """One copy of a job on one machine. ``built`` and ``failed`` end the job. Made once per
     copy, by an ``__init__`` mypyc compiles (``policy.decisions`` says why); never changed."""

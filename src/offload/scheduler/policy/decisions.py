@@ -8,7 +8,8 @@ with a ``Finished`` (the other copies to ``Cancel``, the jobs now ready or skipp
 Start, Speculate, Cancel and Finished are made once per build (the simulator's plan of 50,000
 builds makes some 200,000), so they are made by ``__init__``s of their own: mypyc compiles
 those, while a dataclass's generated one stays interpreted (and a frozen one's
-``object.__setattr__``s cost five times a compiled one). Nothing changes them once made.
+``object.__setattr__``s cost five times a compiled one). Not frozen for that reason; nothing
+changes them once made, and they hash by their fields as before.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Start:
     job: str
     machine: str
@@ -39,7 +40,7 @@ class Start:
         self.expected_finish = expected_finish
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Speculate:
     """Start a second copy of ``job`` (running on ``original``) on ``machine``."""
 
@@ -76,7 +77,7 @@ class Wait:
 Decision = Start | Speculate | Move | Wait
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Cancel:
     """Stop the copy of ``job`` running on ``machine``: another copy finished first."""
 
@@ -88,7 +89,7 @@ class Cancel:
         self.machine = machine
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Finished:
     """What a finish report changed. ``accepted`` is False for a copy already cancelled."""
 
