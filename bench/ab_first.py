@@ -12,8 +12,6 @@ processes, and others' must not overlap.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import secrets
 import shutil
@@ -23,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.ab_fixed import pair_order, paired_fleet
+from bench.ab_fixed import keep_records, pair_order, paired_fleet, tree_parser
 from bench.context import log
 from bench.graphs import SHAPES, generate
 from bench.measure import run_timed
@@ -61,12 +59,8 @@ def _summary(records: Sequence[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--a", type=Path, required=True, help="tree A's src directory")
-    parser.add_argument("--b", type=Path, required=True, help="tree B's src directory")
-    parser.add_argument("--pairs", type=int, default=3)
+    parser = tree_parser(__doc__, pairs=3)
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--json", type=Path, help="write every record here")
     args = parser.parse_args(argv)
     records: list[dict[str, Any]] = []
     with paired_fleet(args.a, args.b, prefix="oabf") as (work, fleet, envs):
@@ -82,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     record[tree] = _one(work, fleet.machines_file, envs[tree], nix_file, tree)
                     log(f"pair {pair + 1} {shape} {seed} {tree}: {record[tree]['wall_s']:.3f} s")
                 records.append(record)
-    if args.json is not None:
-        args.json.write_text(json.dumps(records, indent=1) + "\n")
+    keep_records(args.json, records)
     _summary(records)
     return 0
 

@@ -33,7 +33,7 @@ from bench.measure import json_events, run_timed
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
 
-__all__ = ["main", "pair_order", "paired_fleet", "tree_env"]
+__all__ = ["keep_records", "main", "pair_order", "paired_fleet", "tree_env", "tree_parser"]
 
 
 def tree_env(base: Mapping[str, str], src: Path, state: Path) -> dict[str, str]:
@@ -71,6 +71,23 @@ def paired_fleet(
     finally:
         fleet_down(fleet_dir, purge=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def tree_parser(doc: str, pairs: int) -> argparse.ArgumentParser:
+    """The arguments every paired A/B takes: the two trees, how many pairs, where to keep the
+    records (``--json``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--a", type=Path, required=True, help="tree A's src directory")
+    parser.add_argument("--b", type=Path, required=True, help="tree B's src directory")
+    parser.add_argument("--pairs", type=int, default=pairs)
+    parser.add_argument("--json", type=Path, help="write every record here")
+    return parser
+
+
+def keep_records(path: Path | None, records: object) -> None:
+    """The records written to ``--json``'s file, if one was named."""
+    if path is not None:
+        path.write_text(json.dumps(records, indent=1) + "\n")
 
 
 def pair_order(pair: int) -> tuple[str, str]:
@@ -116,12 +133,8 @@ def _summary(records: Mapping[str, list[dict[str, Any]]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--a", type=Path, required=True, help="tree A's src directory")
-    parser.add_argument("--b", type=Path, required=True, help="tree B's src directory")
-    parser.add_argument("--pairs", type=int, default=5)
+    parser = tree_parser(__doc__, pairs=5)
     parser.add_argument("--trivial", type=int, default=100)
-    parser.add_argument("--json", type=Path, help="write every record here")
     args = parser.parse_args(argv)
     records: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     with paired_fleet(args.a, args.b, prefix="oab") as (work, fleet, envs):
@@ -130,8 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 record = _one(work, fleet.machines_file, envs[tree], f"{tree}{pair}", args.trivial)
                 records[tree].append(record)
                 log(f"pair {pair + 1} {tree}: {record['wall_s']:.3f} s ok={record['ok']}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(records, indent=1) + "\n")
+    keep_records(args.json, records)
     _summary(records)
     return 0
 

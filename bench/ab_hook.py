@@ -6,13 +6,12 @@ bench fleet (``bench.context.FLEET_SPECS``) under /tmp and builds the bench grap
 and each tree in turn, A then B, then B then A, and so on: fresh outputs each time, a state
 directory per tree (each keeps its own history, as a user's would), and each tree's coordinator
 stopped after every run, so the next run of the other tree starts one of its own. It prints each
-run's wall time, the medians per tree and the median of the paired ratios B/A. Run it under the
-bench lock (``flock /tmp/offload-bench.lock ...``).
+run's wall time, the medians per tree and the median of the paired ratios B/A (``--json FILE``
+keeps the wall times). Run it under the bench lock (``flock /tmp/offload-bench.lock ...``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import secrets
@@ -21,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.ab_fixed import pair_order, paired_fleet
+from bench.ab_fixed import keep_records, pair_order, paired_fleet, tree_parser
 from bench.context import LOCAL_SLOTS, log
 from bench.graphs import generate
 from bench.measure import run_timed
@@ -52,10 +51,7 @@ def _one(work: Path, machines: Path, env: Mapping[str, str], graph: str, label: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--a", type=Path, required=True, help="tree A's src directory")
-    parser.add_argument("--b", type=Path, required=True, help="tree B's src directory")
-    parser.add_argument("--pairs", type=int, default=6)
+    parser = tree_parser(__doc__, pairs=6)
     parser.add_argument("--graph", action="append", help="shape:nodes:seed (default layered:60:1)")
     args = parser.parse_args(argv)
     graphs = args.graph or ["layered:60:1"]
@@ -72,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             for tree in ("a", "b"):
                 stop_coordinators(work / f"state-{tree}")
+    keep_records(args.json, {f"{graph} {tree}": w for (graph, tree), w in walls.items()})
     for graph in graphs:
         pairs = list(zip(walls.get((graph, "A"), []), walls.get((graph, "B"), []), strict=False))
         ok = [(x, y) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
