@@ -8,6 +8,7 @@ work registered in the local store.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -249,6 +250,19 @@ def test_an_unreachable_member_is_a_one_line_error(fleet, tmp_path, closed_port,
     assert_one_line_error(done.stderr)
     assert not valid_locally(out_path(file, "top"))
     assert not valid_locally(out_path(file, "dep"))
+    # --json says it down, with why, though the run never opened; stderr is still one line.
+    done = offload(
+        fleet, tmp_path, file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json",
+        env=env, timeout=30,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert_one_line_error(done.stderr)
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    name = "ghost" if form == "ssh-alias" else f"127.0.0.1:{closed_port}"
+    (down,) = [e for e in events if e["event"] == "machine" and e["state"] == "down"]
+    assert down["machine"] == name
+    assert "connection refused" in down["message"]
+    assert not any(e["event"] == "run_started" for e in events)
 
 
 def test_a_builder_an_earlier_run_backed_off_is_tried_when_nothing_else_can_build(fleet, tmp_path):

@@ -7,7 +7,9 @@ task ends: then it is "up" and takes work, or "down" with why.
 
 import asyncio
 
-from offload.errors import SshError
+import pytest
+
+from offload.errors import SchedulerError, SshError
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import FakeLink, FakeStore
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
@@ -92,3 +94,23 @@ def test_a_builder_unreachable_at_the_start_is_told_as_down():
     assert report.ok
     assert set(_where(events).values()) == {"local"}
     assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
+
+
+def test_a_run_whose_every_machine_is_down_at_the_start_says_each_in_its_events():
+    # -j 0 and the one builder unreachable: the run never opens (one error line names it),
+    # and --json has the builder down all the same, with why.
+    plan, _, _, src = make_plan({"a": []})
+    local = FakeLink(FakeStore("local", [src]))
+    events: list[Event] = []
+    executor = Executor(
+        plan,
+        [PoolMember(spec("fast"), FakeLink(FakeStore("fast")), remote=True)],  # -j 0
+        local,
+        emit=events.append,
+        unreachable={"fast": "ssh: Connection refused"},
+        explain=_explain,
+    )
+    with pytest.raises(SchedulerError, match="no machine can take them"):
+        asyncio.run(executor.run())
+    assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
+    assert all(isinstance(e, MachineEvent) for e in events)  # no RunStarted: it never opened

@@ -40,7 +40,7 @@ from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
 from offload.streams import unless_gone
 from offload.ui import RendererKind, make_renderer
-from offload.ui.events import Event, MachineEvent, Renderer, ReportWritten, Timing
+from offload.ui.events import Event, MachineEvent, Renderer, ReportWritten, RunStarted, Timing
 from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
 
@@ -316,12 +316,16 @@ def build(
     ``kept``: whether ``state`` outlives the run)."""
     renderer = _renderer(args)
     machine_events: list[MachineEvent] = []
+    opened: list[RunStarted] = []
 
     def emit(event: Event) -> None:
         renderer.handle(event)
+        if isinstance(event, RunStarted):
+            opened.append(event)
         if isinstance(event, MachineEvent):
             machine_events.append(event)
-            if _warnings_apart(args):
+            # A run that never opened ends on one error line naming the builders down.
+            if _warnings_apart(args) and (opened or event.state != "down"):
                 _warn(event)
 
     # Evaluated while the connections to the builders open (run_build).

@@ -180,10 +180,16 @@ class PlainRenderer:
         self._quiet = False  # nothing to build: no run lines
         self._written = False  # a line with a time was written
         self._total = 0  # derivations the run was to build
+        self._opened = False  # its RunStarted came
+        self._held: list[MachineEvent] = []  # machines down before it
 
     def handle(self, event: Event) -> None:
         match event:
             case RunStarted():
+                self._opened = True
+                for held in self._held:
+                    self._line(held.time, held.machine, describe_machine(held, held.time))
+                self._held.clear()
                 if not self._written:
                     self._start = event.time
                 self._machines = event.machines
@@ -213,6 +219,12 @@ class PlainRenderer:
                 self._finished.append(event)
                 self._line(event.time, event.machine or "run", describe_finished(event))
             case MachineEvent():
+                if event.state == "down" and not self._opened:
+                    # Said once the run opens; a run that never does ends on one error line
+                    # that names them.
+                    self._held.append(event)
+                    self._written = True  # its time base is the renderer's, as if said now
+                    return
                 self._line(event.time, event.machine, describe_machine(event, event.time))
             case RunFinished():
                 if self._quiet and not self._finished:

@@ -70,7 +70,10 @@ class TtyRenderer:
         with self._lock:
             self._view.update(event)
             quiet = self._view.idle_run
-        if not self._started and not quiet and not isinstance(event, RunFinished):
+        # Machines said down in a run that never opened (every builder down at the start) draw
+        # nothing: the run's one error line names them.
+        unopened = isinstance(event, MachineEvent) and not self._view.started
+        if not self._started and not quiet and not unopened and not isinstance(event, RunFinished):
             self._started = True
             with blocked():  # its refresh thread must not take a Ctrl-C (offload.threads)
                 self._live.start()

@@ -186,8 +186,10 @@ class Executor(Endings):
         )
         if stuck and not self._restored:
             # Every machine is down before anything started: one error line names each and
-            # why, before the run opens. Those an earlier run backed off are tried again by
-            # the loop's first turn (``_retry_restored``).
+            # why, and the run never opens; --json has each down all the same (the plain view
+            # leaves those out: the error line says them). Those an earlier run backed off are
+            # tried again by the loop's first turn (``_retry_restored``).
+            self._tell_unreachable(start)
             self._check_stuck()
         # The run's first event opens it (its machines, its estimate); who is down follows.
         self._events.run_started(tuple(self.members), self._estimate_makespan())
@@ -197,9 +199,7 @@ class Executor(Endings):
                 f"(fixed since? `offload machines --reset {name}` tries it from the next run)"
             )
             self._events.machine_down(name, message, health.until)
-        for name, error in self._unreachable.items():
-            until = self.wall() + (self.policy.down_until(name) - start)
-            self._events.machine_down(name, error, until)
+        self._tell_unreachable(start)
         self._settle_at_start()
         try:
             await self._loop()
@@ -342,6 +342,12 @@ class Executor(Endings):
             self._machine_failed(name, error.message, self.clock())
         else:
             raise error
+
+    def _tell_unreachable(self, start: float) -> None:
+        """Each builder that did not answer at the start, down until its backoff ends."""
+        for name, error in self._unreachable.items():
+            until = self.wall() + (self.policy.down_until(name) - start)
+            self._events.machine_down(name, error, until)
 
     def _check_stuck(self) -> None:
         left = self._left()
