@@ -52,6 +52,13 @@ class Health:
         """The reason, or that it is not known, as said to people."""
         return self.reason or UNKNOWN_REASON
 
+    def said(self, name: str) -> str:
+        """Why builder ``name`` is left out, and how to have it tried, as a run says it."""
+        return (
+            f"backed off after {self.failures} failure(s) in earlier runs: {self.why} "
+            f"(fixed since? `offload machines --reset {name}` tries it from the next run)"
+        )
+
 
 def reason_line(text: str, limit: int = REASON_CHARS) -> str:
     """``text`` on one line (every run of whitespace, newlines included, one space), cut to

@@ -4,7 +4,10 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 
+from offload.backoff import Health, save_backoff
+from tests.helpers.fleets import member_line
 from tests.helpers.nix_files import nix_file, out_path, valid_locally
 from tests.helpers.offload_run import offload, offload_env
 
@@ -164,3 +167,34 @@ def test_a_dry_run_with_j_0_names_the_builder_offload_does_not_connect_to(tmp_pa
         " key is base64 of no ssh key)"
     )
     assert done.stderr.splitlines()[-1] == f"no machine could build it: {said}"
+
+
+def test_a_dry_run_leaves_out_a_builder_an_earlier_run_backed_off_as_a_run_does(fleet, tmp_path):
+    # A run leaves 'fast' out (backed off, its fleet down then): the plan did not, and asked
+    # it, so a dead builder cost the dry run a connect timeout and a plan no run would follow.
+    machines = tmp_path / "machines"
+    machines.write_text(member_line(fleet, "fast") + "\n" + member_line(fleet, "slow") + "\n")
+    why = "connection refused by 127.0.0.1:22: is sshd running and listening there?"
+    backoff = tmp_path / "state" / "backoff.json"
+    save_backoff(backoff, {"fast": Health(2, time.time() + 600, why)}, time.time())
+    file = nix_file(tmp_path, 'rec { x = mk "x" "echo x-${salt} > $out" {}; }\n')
+    builders = ("--builders", f"@{machines}", "-j", "0", "--dry-run")
+    plan = json.loads(offload(fleet, tmp_path, file, "-A", "x", *builders, "--json").stdout)
+    assert [row["machine"] for row in plan["build"]] == ["slow"]
+    assert plan["backed_off"]["fast"]["reason"] == why
+    text = offload(fleet, tmp_path, file, "-A", "x", *builders)
+    assert text.returncode == 0, text.stderr
+    assert (
+        f"warning: builder 'fast' left out of the plan: backed off after 2 failure(s) in earlier "
+        f"runs: {why}" in text.stderr
+    )
+    # Named, it is tried now, as a run tries it; alone, a run tries it again, and so does the plan.
+    named = json.loads(
+        offload(fleet, tmp_path, file, "-A", "x", *builders, "--on", "fast", "--json").stdout
+    )
+    assert [row["machine"] for row in named["build"]] == ["fast"]
+    assert named["backed_off"] == {}
+    machines.write_text(member_line(fleet, "fast") + "\n")
+    alone = json.loads(offload(fleet, tmp_path, file, "-A", "x", *builders, "--json").stdout)
+    assert [row["machine"] for row in alone["build"]] == ["fast"]
+    assert alone["backed_off"] == {}

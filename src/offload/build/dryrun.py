@@ -4,7 +4,12 @@ planned by the simulator from the same graph a run reads, without building anyth
 A pool with no machine at all (``-j 0`` and no builder, or every builder unreachable) still
 reads the graph: a dry run builds nothing, so nothing needs a machine, and nix-build lists what
 it would build then too. There is nothing to plan (``sim`` is None): the simulator is not asked
-to place jobs on no machine."""
+to place jobs on no machine.
+
+Builders an earlier run backed off are left out as a run leaves them out: not asked, not in the
+plan (``backed_off``). A run tries them again when nothing else can build what is left; so does
+the plan: when the others leave a derivation unplaced, or there are no others, it is made again
+with them, and they are not said left out."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
+from offload.backoff import Health
 from offload.build.dry_caches import caches_asked
 from offload.build.faults import explain
 from offload.build.graph import DrvGraph, load_graph
@@ -38,14 +44,17 @@ class DryRun:
     sim: SimResult | None
     unreachable: dict[str, str]
     caches: list[MachineEvent] = field(default_factory=list)  # binary caches left out
+    backed_off: dict[str, Health] = field(default_factory=dict)  # left out of the plan
 
 
 async def dry_run(
     roots: Sequence[tuple[str, str]],
     pool: Pool,
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None = None,
+    *,
     env: Mapping[str, str] | None = None,
     nix_said: Callable[[str], None] | None = None,  # default: stderr
+    backoff: Mapping[str, Health] | None = None,
 ) -> DryRun:
     """What a run would fetch from builders, build and where, planned without building.
 
@@ -61,7 +70,8 @@ async def dry_run(
         _members(pool, local_link, env) as members,
         contextlib.AsyncExitStack() as opened,
     ):
-        remote = {m.spec.name: m.link for m in members if m.remote}
+        down = backoff or {}
+        remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
         local, clients, _ = await open_sessions(opened, local_link, remote, unreachable, roots)
         graph = await load_graph(local, roots, remotes=clients)
         plan, estimates = await estimated_plan(graph, local, estimate)
@@ -70,11 +80,16 @@ async def dry_run(
     caches = await caches_asked(to_build, pool, nix_said or _to_stderr)
     jobs = plan_jobs(plan, estimates, local_spec(pool))
     machines = {m.name: m for m in pool.machines}
+    names = {spec.name for spec in pool_specs(pool)}
     unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
     specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
-    if not specs:
-        return DryRun(graph, None, unreachable, caches)
-    return DryRun(graph, simulate(jobs, specs, strict=False), unreachable, caches)
+    kept = [spec for spec in specs if spec.name not in down]
+    sim = simulate(jobs, kept, strict=False) if kept else None
+    if sim is None or sim.failed:
+        # A run tries the backed-off builders again when nothing else can build what is left.
+        sim = simulate(jobs, specs, strict=False) if specs else None
+        down = {}
+    return DryRun(graph, sim, unreachable, caches, {n: h for n, h in down.items() if n in names})
 
 
 def _members(

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.backoff import Health
 from offload.build import dry_run
 from offload.build.dryrun import DryRun
 from offload.cli import interrupts
@@ -79,13 +81,21 @@ def _plan(run: DryRun, pool: Pool) -> _Plan:
     return _Plan(rows, unplaced, fetch, None)
 
 
-def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_json: bool) -> int:
+def show_dry_run(
+    roots: list[tuple[str, str]],
+    pool: Pool,
+    state: Path,
+    *,
+    as_json: bool,
+    backoff: Mapping[str, Health] | None = None,
+) -> int:
     """The plan on stderr (or stdout, ``as_json``); 0, as nix-build's dry run, even when no
     machine could build some or all of it: a dry run builds nothing and says what it would,
-    and a run would refuse or fail those derivations."""
+    and a run would refuse or fail those derivations. ``backoff``: the builders earlier runs
+    backed off, left out as a run leaves them out (``build.dryrun``)."""
     with opened_history(state) as history:
         estimator = guarded_estimator(history, pool)
-        run = interrupts.run(dry_run(roots, pool, estimator))
+        run = interrupts.run(dry_run(roots, pool, estimator, backoff=backoff))
     for event in run.caches:  # on stderr whatever shows the plan, as a run's warnings
         print(machine_warning(event), file=sys.stderr)
     plan = _plan(run, pool)
@@ -94,7 +104,8 @@ def show_dry_run(roots: list[tuple[str, str]], pool: Pool, state: Path, *, as_js
         # lines gets the plan whole.
         print(json.dumps(_as_json(run, plan)))
         return 0
-    for name, error in sorted(run.unreachable.items()):
+    left_out = {**run.unreachable, **{n: h.said(n) for n, h in run.backed_off.items()}}
+    for name, error in sorted(left_out.items()):
         # The error carries the builder's words: shown, never obeyed.
         print(f"warning: builder '{name}' left out of the plan: {sanitize(error)}", file=sys.stderr)
     if plan.fetch:
@@ -142,6 +153,10 @@ def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
         "unschedulable": [drv for drv, _ in plan.unplaced],
         "no_machine": plan.no_machine,
         "unreachable": run.unreachable,
+        "backed_off": {
+            name: {"failures": h.failures, "until": h.until, "reason": h.why}
+            for name, h in run.backed_off.items()
+        },
         "caches_left_out": [
             {"machine": e.machine, "cache": e.cache, "message": e.message} for e in run.caches
         ],

@@ -194,11 +194,7 @@ class Executor(Endings):
         # The run's first event opens it (its machines, its estimate); who is down follows.
         self._events.run_started(tuple(self.members), self._estimate_makespan())
         for name, health in self._restored.items():
-            message = (
-                f"backed off after {health.failures} failure(s) in earlier runs: {health.why} "
-                f"(fixed since? `offload machines --reset {name}` tries it from the next run)"
-            )
-            self._events.machine_down(name, message, health.until)
+            self._events.machine_down(name, health.said(name), health.until)
         self._tell_unreachable(start)
         self._settle_at_start()
         try:
