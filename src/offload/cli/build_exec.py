@@ -133,6 +133,26 @@ def _warn(event: MachineEvent) -> None:
         print(line, file=sys.stderr)
 
 
+def _emitter(
+    renderer: Renderer, machine_events: list[MachineEvent], *, warn: bool
+) -> Callable[[Event], None]:
+    """The run's events to ``renderer``, its machine events kept in ``machine_events`` and,
+    with ``warn``, each said on stderr as well (``_warn``)."""
+    opened: list[RunStarted] = []
+
+    def emit(event: Event) -> None:
+        renderer.handle(event)
+        if isinstance(event, RunStarted):
+            opened.append(event)
+        if isinstance(event, MachineEvent):
+            machine_events.append(event)
+            # A run that never opened ends on one error line naming the builders down.
+            if warn and (opened or event.state != "down"):
+                _warn(event)
+
+    return emit
+
+
 def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
     for handle in handlers:
         handle(event)
@@ -316,17 +336,7 @@ def build(
     ``kept``: whether ``state`` outlives the run)."""
     renderer = _renderer(args)
     machine_events: list[MachineEvent] = []
-    opened: list[RunStarted] = []
-
-    def emit(event: Event) -> None:
-        renderer.handle(event)
-        if isinstance(event, RunStarted):
-            opened.append(event)
-        if isinstance(event, MachineEvent):
-            machine_events.append(event)
-            # A run that never opened ends on one error line naming the builders down.
-            if _warnings_apart(args) and (opened or event.state != "down"):
-                _warn(event)
+    emit = _emitter(renderer, machine_events, warn=_warnings_apart(args))
 
     # Evaluated while the connections to the builders open (run_build).
     report, graph = execute(

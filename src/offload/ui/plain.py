@@ -186,20 +186,7 @@ class PlainRenderer:
     def handle(self, event: Event) -> None:
         match event:
             case RunStarted():
-                self._opened = True
-                for held in self._held:
-                    self._line(held.time, held.machine, describe_machine(held, held.time))
-                self._held.clear()
-                if not self._written:
-                    self._start = event.time
-                self._machines = event.machines
-                self._total = event.total
-                self._quiet = event.total == 0
-                if self._quiet:
-                    return
-                machines = ", ".join(event.machines) or "no machines"
-                estimate = f"estimate {format_duration(event.estimate)}"
-                self._line(event.time, "run", f"{event.total} to build on {machines}", estimate)
+                self._run_started(event)
             case JobPhase():
                 label = PHASE_LABELS[event.phase]
                 text = f"{label} {event.name}"
@@ -253,6 +240,22 @@ class PlainRenderer:
 
     def close(self) -> None:
         self._stream.flush()
+
+    def _run_started(self, event: RunStarted) -> None:
+        self._opened = True
+        for held in self._held:
+            self._line(held.time, held.machine, describe_machine(held, held.time))
+        self._held.clear()
+        if not self._written:
+            self._start = event.time
+        self._machines = event.machines
+        self._total = event.total
+        self._quiet = event.total == 0
+        if self._quiet:
+            return
+        machines = ", ".join(event.machines) or "no machines"
+        estimate = f"estimate {format_duration(event.estimate)}"
+        self._line(event.time, "run", f"{event.total} to build on {machines}", estimate)
 
     def _line(self, when: float, who: str, text: str, extra: str = "") -> None:
         if not self._progress:
