@@ -12,7 +12,7 @@ import pytest
 from offload.errors import SchedulerError, SshError
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import FakeLink, FakeStore
-from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
+from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent, RunStarted
 from tests.helpers.plans import make_plan, spec
 
 
@@ -114,3 +114,24 @@ def test_a_run_whose_every_machine_is_down_at_the_start_says_each_in_its_events(
         asyncio.run(executor.run())
     assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
     assert all(isinstance(e, MachineEvent) for e in events)  # no RunStarted: it never opened
+
+
+def test_a_run_that_goes_on_with_every_builder_down_tells_each_once():
+    # -k and nothing any machine could build (a feature none has): the run opens and ends,
+    # and the builder down is said once, after run_started (it was said twice: early too).
+    plan, _, _, src = make_plan({"a": []}, features={"a": "kvm"})
+    local = FakeLink(FakeStore("local", [src]))
+    events: list[Event] = []
+    executor = Executor(
+        plan,
+        [PoolMember(spec("fast"), FakeLink(FakeStore("fast")), remote=True)],  # -j 0
+        local,
+        emit=events.append,
+        unreachable={"fast": "ssh: Connection refused"},
+        explain=_explain,
+        keep_going=True,
+    )
+    report = asyncio.run(executor.run())
+    assert not report.ok
+    assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
+    assert isinstance(events[0], RunStarted)

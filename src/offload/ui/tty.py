@@ -70,9 +70,9 @@ class TtyRenderer:
         with self._lock:
             self._view.update(event)
             quiet = self._view.idle_run
-        # Machines said down in a run that never opened (every builder down at the start) draw
-        # nothing: the run's one error line names them.
-        unopened = isinstance(event, MachineEvent) and not self._view.started
+        # Nothing draws before the run opens (build.run holds what comes first until then): a
+        # run that never opens (every builder down at the start) ends on one error line.
+        unopened = not self._view.started
         if not self._started and not quiet and not unopened and not isinstance(event, RunFinished):
             self._started = True
             with blocked():  # its refresh thread must not take a Ctrl-C (offload.threads)

@@ -188,9 +188,14 @@ class Executor(Endings):
             # Every machine is down before anything started: one error line names each and
             # why, and the run never opens; --json has each down all the same (the plain view
             # leaves those out: the error line says them). Those an earlier run backed off are
-            # tried again by the loop's first turn (``_retry_restored``).
-            self._tell_unreachable(start)
-            self._check_stuck()
+            # tried again by the loop's first turn (``_retry_restored``). Told only when it
+            # does stop: one that goes on (-k, nothing left that a machine could build) tells
+            # them once, opened.
+            try:
+                self._check_stuck()
+            except SchedulerError:
+                self._tell_unreachable(start)
+                raise
         # The run's first event opens it (its machines, its estimate); who is down follows.
         self._events.run_started(tuple(self.members), self._estimate_makespan())
         for name, health in self._restored.items():
