@@ -8,8 +8,8 @@ to place jobs on no machine.
 
 Builders an earlier run backed off are left out as a run leaves them out: not asked, not in the
 plan (``backed_off``). A run tries them again when nothing else can build what is left; so does
-the plan: when the others leave a derivation unplaced, or there are no others, it is made again
-with them, and they are not said left out."""
+the plan, when with them it places a derivation the others could not (or there are no others):
+then they are in it, not asked what they hold (``retried``: the plan assumes they answer)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ class DryRun:
     unreachable: dict[str, str]
     caches: list[MachineEvent] = field(default_factory=list)  # binary caches left out
     backed_off: dict[str, Health] = field(default_factory=dict)  # left out of the plan
+    retried: bool = False  # backed_off are in the plan after all: nothing else builds it all
 
 
 async def dry_run(
@@ -83,13 +84,16 @@ async def dry_run(
     names = {spec.name for spec in pool_specs(pool)}
     unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
     specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
-    kept = [spec for spec in specs if spec.name not in down]
+    backed_off = {name: health for name, health in down.items() if name in names}
+    kept = [spec for spec in specs if spec.name not in backed_off]
     sim = simulate(jobs, kept, strict=False) if kept else None
-    if sim is None or sim.failed:
+    retried = False
+    if backed_off and (sim is None or sim.failed):
         # A run tries the backed-off builders again when nothing else can build what is left.
-        sim = simulate(jobs, specs, strict=False) if specs else None
-        down = {}
-    return DryRun(graph, sim, unreachable, caches, {n: h for n, h in down.items() if n in names})
+        full = simulate(jobs, specs, strict=False)
+        retried = sim is None or set(full.failed) < set(sim.failed)
+        sim = full if retried else sim
+    return DryRun(graph, sim, unreachable, caches, backed_off, retried)
 
 
 def _members(

@@ -104,10 +104,11 @@ def show_dry_run(
         # lines gets the plan whole.
         print(json.dumps(_as_json(run, plan)))
         return 0
-    left_out = {**run.unreachable, **{n: h.said(n) for n, h in run.backed_off.items()}}
-    for name, error in sorted(left_out.items()):
+    for name, error in sorted(run.unreachable.items()):
         # The error carries the builder's words: shown, never obeyed.
         print(f"warning: builder '{name}' left out of the plan: {sanitize(error)}", file=sys.stderr)
+    for name, health in sorted(run.backed_off.items()):
+        print(f"warning: builder '{name}' {_backed_off(run, name, health)}", file=sys.stderr)
     if plan.fetch:
         _listed("output", "fetched from builders", [(drv, f"from {m}") for drv, m in plan.fetch])
     planned = [
@@ -129,6 +130,17 @@ def show_dry_run(
             file=sys.stderr,
         )
     return 0
+
+
+def _backed_off(run: DryRun, name: str, health: Health) -> str:
+    """What the plan did with a builder an earlier run backed off, as a run would say it."""
+    said = sanitize(health.said(name))
+    if not run.retried:
+        return f"left out of the plan: {said}"
+    return (
+        f"is in the plan though {said}: a run tries it again, as nothing else can build all of"
+        " this; not asked what it holds, the plan assumes it answers"
+    )
 
 
 def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
@@ -154,7 +166,12 @@ def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
         "no_machine": plan.no_machine,
         "unreachable": run.unreachable,
         "backed_off": {
-            name: {"failures": h.failures, "until": h.until, "reason": h.why}
+            name: {
+                "failures": h.failures,
+                "until": h.until,
+                "reason": h.why,
+                "retried": run.retried,
+            }
             for name, h in run.backed_off.items()
         },
         "caches_left_out": [
