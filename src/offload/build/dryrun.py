@@ -66,13 +66,17 @@ async def dry_run(
     built; the caches Nix left out are returned.
     """
     unreachable: dict[str, str] = {}
+    every = pool_specs(pool)
+    names = {spec.name for spec in every}
+    backed_off = {name: health for name, health in (backoff or {}).items() if name in names}
     async with (
         LocalLink(max_sessions=1, env=pool.local_env()) as local_link,
         _members(pool, local_link, env) as members,
         contextlib.AsyncExitStack() as opened,
     ):
-        down = backoff or {}
-        remote = {m.spec.name: m.link for m in members if m.remote and m.spec.name not in down}
+        remote = {
+            m.spec.name: m.link for m in members if m.remote and m.spec.name not in backed_off
+        }
         local, clients, _ = await open_sessions(opened, local_link, remote, unreachable, roots)
         graph = await load_graph(local, roots, remotes=clients)
         plan, estimates = await estimated_plan(graph, local, estimate)
@@ -81,10 +85,8 @@ async def dry_run(
     caches = await caches_asked(to_build, pool, nix_said or _to_stderr)
     jobs = plan_jobs(plan, estimates, local_spec(pool))
     machines = {m.name: m for m in pool.machines}
-    names = {spec.name for spec in pool_specs(pool)}
     unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
-    specs = [spec for spec in pool_specs(pool) if spec.name not in unreachable]
-    backed_off = {name: health for name, health in down.items() if name in names}
+    specs = [spec for spec in every if spec.name not in unreachable]
     kept = [spec for spec in specs if spec.name not in backed_off]
     sim = simulate(jobs, kept, strict=False) if kept else None
     retried = False

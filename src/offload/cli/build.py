@@ -85,12 +85,11 @@ def _run(
             from offload.report import check_target  # only for --report: it is not cheap
 
             check_target(args.report)  # before the run, not after it
+        backoff = remembered_backoff(state, args.on)
         if args.dry_run:
             from offload.cli.build_dry import show_dry_run
 
-            backoff = remembered_backoff(state, args.on)
             return show_dry_run(evaluate(), pool, state, as_json=args.json, backoff=backoff)
-        backoff = remembered_backoff(state, args.on)
         usable = [
             m for m in pool.machines if m.enabled and m.max_jobs > 0 and m.name not in backoff
         ]
