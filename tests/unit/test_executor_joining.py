@@ -96,10 +96,11 @@ def test_a_builder_unreachable_at_the_start_is_told_as_down():
     assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
 
 
-def test_a_run_whose_every_machine_is_down_at_the_start_says_each_in_its_events():
-    # -j 0 and the one builder unreachable: the run never opens (one error line names it),
-    # and --json has the builder down all the same, with why.
-    plan, _, _, src = make_plan({"a": []})
+def _every_builder_down(
+    *, features: dict[str, str] | None = None, keep_going: bool = False
+) -> tuple[Executor, list[Event]]:
+    """-j 0 and the one builder unreachable at the start: the executor and what it emits."""
+    plan, _, _, src = make_plan({"a": []}, features=features)
     local = FakeLink(FakeStore("local", [src]))
     events: list[Event] = []
     executor = Executor(
@@ -109,7 +110,15 @@ def test_a_run_whose_every_machine_is_down_at_the_start_says_each_in_its_events(
         emit=events.append,
         unreachable={"fast": "ssh: Connection refused"},
         explain=_explain,
+        keep_going=keep_going,
     )
+    return executor, events
+
+
+def test_a_run_whose_every_machine_is_down_at_the_start_says_each_in_its_events():
+    # The run never opens (one error line names the builder), and --json has it down all
+    # the same, with why.
+    executor, events = _every_builder_down()
     with pytest.raises(SchedulerError, match="no machine can take them"):
         asyncio.run(executor.run())
     assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
@@ -119,18 +128,7 @@ def test_a_run_whose_every_machine_is_down_at_the_start_says_each_in_its_events(
 def test_a_run_that_goes_on_with_every_builder_down_tells_each_once():
     # -k and nothing any machine could build (a feature none has): the run opens and ends,
     # and the builder down is said once, after run_started (it was said twice: early too).
-    plan, _, _, src = make_plan({"a": []}, features={"a": "kvm"})
-    local = FakeLink(FakeStore("local", [src]))
-    events: list[Event] = []
-    executor = Executor(
-        plan,
-        [PoolMember(spec("fast"), FakeLink(FakeStore("fast")), remote=True)],  # -j 0
-        local,
-        emit=events.append,
-        unreachable={"fast": "ssh: Connection refused"},
-        explain=_explain,
-        keep_going=True,
-    )
+    executor, events = _every_builder_down(features={"a": "kvm"}, keep_going=True)
     report = asyncio.run(executor.run())
     assert not report.ok
     assert _machines(events) == [("fast", "down", "fast in words: ssh: Connection refused")]
