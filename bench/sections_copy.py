@@ -50,27 +50,27 @@ async def _offload_copy(
     from offload.config.machines import parse_machines
     from offload.scheduler.run import send_closure
     from offload.transport.sessions import open_lane, open_local_store, open_ssh_store
-    from offload.transport.ssh import SshTarget
+    from offload.transport.ssh import ssh_target
 
+    # The member's target from its machines line, as ``offload build`` takes it (its systems
+    # tell the cipher its master offers: offload.transport.ciphers).
+    machines, _ = parse_machines(
+        fleet.machines_file.read_text(), source="fleet", system=fleet.system
+    )
+    machine = next(m for m in machines if m.name == member)
+    if compress:
+        machine = dataclasses.replace(machine, params={**machine.params, "compress": "true"})
+    target = ssh_target(machine)
     # As ``offload build`` copies to a builder with ``compress=true``: large uploads take a
     # second connection (``offload.protocol.lanes``).
-    lane = None
-    if compress:
-        machines, _ = parse_machines(
-            fleet.machines_file.read_text(), source="fleet", system=fleet.system
-        )
-        machine = next(m for m in machines if m.name == member)
-        machine = dataclasses.replace(machine, params={**machine.params, "compress": "true"})
-        lane = functools.partial(open_lane, machine, env)
+    lane = functools.partial(open_lane, machine, env) if compress else None
 
     began = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         # Both sessions start at once, as a build opens its links while it reads the graph.
         opened = await asyncio.gather(
             stack.enter_async_context(open_local_store()),
-            stack.enter_async_context(
-                open_ssh_store(SshTarget(member, compress=compress), name=member, env=env)
-            ),
+            stack.enter_async_context(open_ssh_store(target, name=member, env=env)),
             return_exceptions=True,
         )
         for result in opened:

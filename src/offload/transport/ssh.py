@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from offload.config.machines.model import ssh_name_problem
 from offload.config.reading import local_nix_version
 from offload.errors import ConfigError
+from offload.transport.ciphers import builds_on_aes
 from offload.transport.host_key_alias import pinned_name
 from offload.transport.ssh_options import Keepalive, keepalive
 from offload.transport.wrapper import NO_CLIENT, serve_command
@@ -67,6 +68,8 @@ class SshTarget:
     identity_file: str | None = None
     public_host_key: str | None = None  # "type base64 [comment]", pinned
     compress: bool = False
+    # Its CPU has AES instructions, as its systems tell (``offload.transport.ciphers``).
+    aes: bool = False
 
     def __post_init__(self) -> None:
         # A host that starts with '-' would be read by ssh as an option; one with a shell's
@@ -96,6 +99,7 @@ def ssh_target(machine: Machine) -> SshTarget:
         identity_file=machine.ssh_key,
         public_host_key=machine.public_host_key,
         compress=machine.params.get("compress", "false") == "true",
+        aes=builds_on_aes(machine.systems),
     )
 
 
@@ -189,13 +193,15 @@ def ssh_argv(
     master: bool = False,
     connect_timeout: int = CONNECT_TIMEOUT,
     persist: int = 0,
+    ciphers: str | None = None,
 ) -> list[str]:
     """ssh and its options up to and including ``--`` and the destination.
 
     With ``control_path``, the command is a session over that master (``master=False``) or the
     master itself (``master=True``): kept in the foreground (``ControlPersist=no``), or with
     ``persist`` seconds, left in the background once its first session ends, until idle that
-    long (``offload.transport.persist``).
+    long (``offload.transport.persist``). ``ciphers``: the connection's ``Ciphers``, after
+    ``NIX_SSHOPTS`` (``offload.transport.ciphers``).
     """
     argv = ["ssh"]
     if known_hosts is not None:
@@ -210,6 +216,8 @@ def ssh_argv(
         # offload's keepalives: after NIX_SSHOPTS, whose values ssh takes first (ssh_keepalive).
         *Keepalive().options(),
     ]
+    if ciphers is not None:
+        argv += ["-o", f"Ciphers={ciphers}"]
     if target.identity_file:
         argv += ["-i", target.identity_file]
     if target.port is not None:
@@ -288,9 +296,11 @@ def master_argv(
     nix_sshopts: str = "",
     connect_timeout: int = CONNECT_TIMEOUT,
     persist: int = 0,
+    ciphers: str | None = None,
 ) -> list[str]:
     """The master connection: says it is ready on stdout, then holds until its stdin closes
-    (the master itself then stays ``persist`` seconds idle, if above 0: ``ssh_argv``).
+    (the master itself then stays ``persist`` seconds idle, if above 0: ``ssh_argv``), its
+    traffic under ``ciphers`` if given.
 
     A builder restricted to the serve program (or the daemon) runs that instead; it answers the
     hello the master is sent (``SshTransport``) and likewise ends when stdin closes."""
@@ -304,6 +314,7 @@ def master_argv(
             master=True,
             connect_timeout=connect_timeout,
             persist=persist,
+            ciphers=ciphers,
         ),
         remote_command(remote),
     ]

@@ -39,6 +39,7 @@ from offload.errors import SshError
 from offload.process import run_async, spawn
 from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.tasks import stop
+from offload.transport.ciphers import offered_ciphers
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links.base import (
@@ -228,6 +229,7 @@ class SshTransport:
                 nix_sshopts=self._sshopts,
                 connect_timeout=self._connect_timeout,
                 persist=0 if self._shared is None else PERSIST_SECONDS,
+                ciphers=await self._ciphers(),
             )
             stack = contextlib.AsyncExitStack()
             self._master_stack = stack
@@ -261,6 +263,13 @@ class SshTransport:
                     await self._exit_kept(control)
                 raise error
             return control
+
+    async def _ciphers(self) -> str | None:
+        """The ciphers the master offers: AES-GCM first where both ends have AES and the user
+        chose none (``offload.transport.ciphers``); None: ssh's own."""
+        if not self.target.aes:
+            return None
+        return await offered_ciphers(ssh_argv(self.target, nix_sshopts=self._sshopts), self._env)
 
     async def _exit_kept(self, control: Path) -> None:
         """End the master a failed start left in the background (with ControlPersist, ssh
