@@ -31,7 +31,14 @@ from pathlib import Path
 from offload.errors import OffloadError
 from offload.process import run_async
 
-__all__ = ["AES_SYSTEMS", "builds_on_aes", "cpu_has_aes", "gcm_first", "offered_ciphers", "this_host_has_aes"]
+__all__ = [
+    "AES_SYSTEMS",
+    "builds_on_aes",
+    "cpu_has_aes",
+    "gcm_first",
+    "offered_ciphers",
+    "this_host_has_aes",
+]
 
 # Systems whose CPUs have AES instructions: x86-64 since Westmere and Bulldozer (2010), and
 # every Mac on Apple silicon. Other systems' boards may lack them (the Pi 4's Cortex-A72).
