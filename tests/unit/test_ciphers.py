@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from offload.config.machines import parse_machines
+from offload.procfs import running
 from offload.transport import ciphers
 from offload.transport.ciphers import cpu_has_aes, gcm_first, offered_ciphers
 from offload.transport.ssh import SshTarget, master_argv, ssh_argv, ssh_target
@@ -83,3 +84,19 @@ def test_a_host_without_aes_offers_nothing_and_asks_ssh_nothing(
 
 def test_an_ssh_that_cannot_resolve_offers_nothing() -> None:
     assert asyncio.run(offered_ciphers(["/nonexistent/ssh", "--", "b"], {})) is None
+
+
+def test_an_ssh_that_does_not_answer_in_time_offers_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A config's ``Match exec`` command that hangs: ssh's order is kept, nothing is left.
+    ssh = tmp_path / "ssh"
+    ssh.write_text(f"#!/bin/sh\necho $$ >> {tmp_path}/pids\nexec sleep 60\n")
+    ssh.chmod(0o755)
+    monkeypatch.setattr(ciphers, "RESOLVE_TIMEOUT", 0.3)
+    # Without the timeout this waits the full minute: 20 s is a bound no run comes near.
+    offered = asyncio.run(asyncio.wait_for(offered_ciphers([str(ssh), "--", "b"], {}), 20))
+    assert offered is None
+    pids = [int(line) for line in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 2
+    assert not any(running(pid) for pid in pids)

@@ -46,6 +46,9 @@ AES_SYSTEMS = frozenset({"x86_64-linux", "x86_64-darwin", "aarch64-darwin"})
 # Listed beside one of those by a machine that builds for it too (an x86-64 one for i686).
 _ALSO_BUILT = frozenset({"i686-linux"})
 _GCM = "-gcm@openssh.com"
+# How long ``ssh -G`` may take (it connects nowhere, but a config's ``Match exec`` runs a
+# command): past it, ssh's own order is kept.
+RESOLVE_TIMEOUT = 5.0
 _CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -94,10 +97,11 @@ def _resolved(out: str) -> str | None:
 
 
 async def _ciphers(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
-    """The cipher list ``argv`` (an ``ssh -G``) resolves; None if ssh could not tell."""
+    """The cipher list ``argv`` (an ``ssh -G``) resolves; None if ssh could not tell in time."""
     try:
-        done = await run_async(argv, env=env, check=False)
-    except OffloadError:
+        async with asyncio.timeout(RESOLVE_TIMEOUT):
+            done = await run_async(argv, env=env, check=False)
+    except (OffloadError, TimeoutError):
         return None
     return _resolved(done.stdout) if done.returncode == 0 else None
 
