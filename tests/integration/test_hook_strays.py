@@ -1,11 +1,14 @@
-"""offload-hook and a builder whose closure of a derivation's outputs names a path that is no
-output of it and is missing here, under real Nix 2.8 and a fleet member. Nix made the inputs
-valid here before it asked, so only a builder that says more than Nix guarantees names one:
-the member's store here says it, by the output registered there with a reference to a path
-only it has, so the build there is already done. Brought home, that path would be one of the
-builder's choosing made valid in this host's store, as root under the daemon: the hook
-refuses it before a byte is read, the build fails naming it, and nothing is registered, as
-Nix's own hook fails such a build when it registers the output."""
+"""offload-hook and offload build, and a builder whose closure of a derivation's outputs names
+a path that is no output of it and is missing here, under real Nix 2.8 and a fleet member. Nix
+made the inputs valid here before it asked, so only a builder that says more than Nix
+guarantees names one: the member's store here says it, by the output registered there with a
+reference to a path only it has, so the build there is already done. Brought home, that path
+would be one of the builder's choosing made valid in this host's store, as root under the
+daemon: the hook refuses it before a byte is read, the build fails naming it, and nothing is
+registered, as Nix's own hook fails such a build when it registers the output. ``offload
+build``, finding the output already there, would fetch it rather than build it: it refuses the
+path too, leaves the builder out of the run as one down (said, with why) and builds the output
+here."""
 
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet, MemberSpec
-from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.fleets import member_line, private_fleet_fixture
 from tests.helpers.hook_runs import start_nix_build
 from tests.helpers.nix_files import nix_file, out_path, valid_locally
+from tests.helpers.offload_run import built_on, offload
 from tests.helpers.processes import stop
 
 strays_fleet = private_fleet_fixture([MemberSpec("hl1", 1.0, 1)], "ohl", scope="module")
@@ -66,10 +70,32 @@ def test_a_path_that_is_no_output_is_refused_and_nothing_registered(
         stop(build)
     assert build.returncode != 0, out
     assert "builder 'hl1' says the outputs of '" in err
-    assert "refer to '" + dep + "', which is no output of it and not valid here" in err, err
+    assert "refer to '" + dep + "', which is no output of it and is not valid here" in err, err
     assert "nothing was brought home" in err
     assert not valid_locally(dep)
     assert not valid_locally(top)
     assert not Path(dep).exists()
     backoff = tmp_path / "state" / "backoff.json"  # the builder is sound: not backed off
     assert "hl1" not in (json.loads(backoff.read_text() or "{}") if backoff.exists() else {})
+
+
+def test_offload_build_refuses_it_leaves_the_builder_out_and_builds_here(
+    strays_fleet: Fleet, tmp_path: Path, claimed: tuple[Path, str, str, str]
+) -> None:
+    file, top, dep, _ = claimed
+    line = member_line(strays_fleet, "hl1")
+    done = offload(strays_fleet, tmp_path, file, "-A", "top", "--builders", line, "--json")
+    assert done.returncode == 0, done.stderr
+    assert built_on(done.stdout) == {"top": "local"}
+    assert Path(top).read_text() == "here\n"  # not the builder's "there"
+    assert not valid_locally(dep)
+    assert not Path(dep).exists()
+    said = f"refer to '{dep}', which is not in its closure and is not valid here"
+    downs = [
+        event
+        for event in map(json.loads, done.stdout.splitlines())
+        if event.get("event") == "machine" and event.get("state") == "down"
+    ]
+    assert [event["machine"] for event in downs] == ["hl1"]
+    assert said in downs[0]["message"], downs
+    assert said in done.stderr

@@ -1,18 +1,25 @@
 """Outputs a run does not build: copied from a builder that already holds them, or
 substituted by the local store while the graph was read. Each is told as a finished job, so
-the run's report and its renderers count them like any other."""
+the run's report and its renderers count them like any other.
+
+A builder's outputs come with the closure it says they have, and that closure must be what
+their derivation's closure makes (``offload.store.provenance``): a path of the builder's own
+choosing is refused before a byte is copied, and the builder is left out of the run as one
+down, its outputs built instead."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from offload.build.graph import DrvGraph
 from offload.errors import OffloadError, RemoteError
 from offload.names import LOCAL
-from offload.protocol.serve import StoreClient
+from offload.protocol.serve import PathInfo, StoreClient
 from offload.scheduler.run import send_closure
 from offload.scheduler.run.copy import local_store_failed
+from offload.store.drv import Derivation, read_derivation
+from offload.store.provenance import Provenance, RefusedPaths, refused_paths
 from offload.ui.events import Event, JobFinished
 
 __all__ = ["FetchFailed", "fetch_existing", "report_substituted"]
@@ -35,18 +42,23 @@ async def fetch_existing(
     clients: Mapping[str, StoreClient],
     local: StoreClient,
     emit: Callable[[Event], None],
+    read: Callable[[str], Derivation] = read_derivation,
 ) -> list[JobFinished]:
-    """Copy outputs that a builder already holds instead of building them again."""
+    """Copy outputs that a builder already holds instead of building them again (with the
+    closure ``read``'s derivation files say they have)."""
     done: list[JobFinished] = []
+    provenance = Provenance(graph.drvs, read)
     for drv_path, machine in sorted(graph.fetch.items()):
         started = time.time()
         outputs = [graph.output_path(drv_path, o) for o in sorted(graph.wanted[drv_path])]
         try:
-            received = await send_closure(clients[machine], local, outputs)
+            vet = _vetted(drv_path, machine, provenance)
+            received = await send_closure(clients[machine], local, outputs, vet=vet)
         except OffloadError as exc:
             if local_store_failed(exc):  # this host's store: no builder to leave out
                 raise
-            down = not isinstance(exc, RemoteError)
+            # Paths of its own choosing: left out of the run as one down, and said so.
+            down = isinstance(exc, RefusedPaths) or not isinstance(exc, RemoteError)
             raise FetchFailed(machine, exc.message, down=down) from exc
         event = JobFinished(
             drv_path=drv_path,
@@ -63,6 +75,20 @@ async def fetch_existing(
         done.append(event)
         emit(event)
     return done
+
+
+def _vetted(
+    drv_path: str, machine: str, provenance: Provenance
+) -> Callable[[Sequence[PathInfo]], None]:
+    """Refuses a closure of ``drv_path``'s outputs that names what its closure does not make
+    (``offload.store.provenance``)."""
+
+    def vet(infos: Sequence[PathInfo]) -> None:
+        if strays := provenance.unexplained((info.path for info in infos), roots=[drv_path]):
+            what = f"the outputs of '{drv_path}' it holds"
+            raise refused_paths(machine, what, strays, "which is not in its closure")
+
+    return vet
 
 
 def report_substituted(graph: DrvGraph, emit: Callable[[Event], None]) -> list[JobFinished]:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from offload.cache_words import CacheLines, cache_fault
-from offload.errors import OffloadError, StoreError, TransportError
+from offload.errors import OffloadError, TransportError
 from offload.history.records import PhaseRecord
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
@@ -43,6 +43,7 @@ from offload.protocol.store import also_heard
 from offload.scheduler.run import send_closure
 from offload.scheduler.run.disk import disk_full, disk_full_error
 from offload.store.drv import Derivation, read_derivation
+from offload.store.provenance import refused_paths
 
 __all__ = ["CachesHeard", "Outcome", "build_remote", "error_message", "log_writer"]
 
@@ -272,13 +273,8 @@ async def _fetch(
     closure = await remote.query_closure(outputs)
     missing = closure - await local.query_valid_paths(closure)
     if strays := sorted(missing - held):
-        raise StoreError(
-            f"builder '{machine}' says the outputs of '{request.drv_path}' refer to"
-            f" '{strays[0]}'{f' and {len(strays) - 1} more' if len(strays) > 1 else ''},"
-            " which is no output of it and not valid here: nothing was brought home",
-            hint=f"its store holds outputs built otherwise than here; delete them there"
-            f" (nix-store --delete on {machine}) and build again",
-        )
+        what = f"the outputs of '{request.drv_path}'"
+        raise refused_paths(machine, what, strays, "which is no output of it")
     infos = await remote.query_path_infos(missing)
     received = await import_outputs(remote, topo_sort_infos(infos), held=held)
     acts.stop(fetch)

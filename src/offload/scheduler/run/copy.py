@@ -39,8 +39,15 @@ from offload.scheduler.run.holders import Holders, InputsGone
 from offload.scheduler.run.homeward import HomeBatches
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
+from offload.store.provenance import Provenance, refused_paths
 
-__all__ = ["BuildCopies", "Outcome", "local_store_failed", "send_closure", "with_error"]
+__all__ = [
+    "BuildCopies",
+    "Outcome",
+    "local_store_failed",
+    "send_closure",
+    "with_error",
+]
 
 # Seconds a cut-off copy may spend deleting what it left half-written on its builder.
 PARTIAL_CLEANUP_TIMEOUT = 3.0
@@ -109,6 +116,8 @@ class BuildCopies:
         # written into the slot it holds for other processes on this host to read.
         self.expected_end = expected_end
         self._home = HomeBatches(self._fetch)
+        # What may come home: the paths the plan's derivations make (``offload.store.provenance``).
+        self._provenance = Provenance(plan.drvs)
 
     async def build(self, drv_path: str, member: PoolMember, *, speculative: bool) -> Outcome:
         started = self.wall()
@@ -249,11 +258,13 @@ class BuildCopies:
             # Uploads from here may take a second connection to the builder (``lanes``).
             lane = self._lane(drv_path, target) if source == LOCAL and target != LOCAL else None
             sending: list[str] = []  # what the copy sends, dependencies first
+            vet = None if source == LOCAL else functools.partial(self._vet, source)
             try:
                 async with link.session() as src:
                     moved += await send_closure(
-                        src, client, paths, substitute=substitute, lane=lane, sending=sending
-                    )
+                        src, client, paths, substitute=substitute, lane=lane, sending=sending,
+                        vet=vet,
+                    )  # fmt: skip
             except asyncio.CancelledError:
                 if target != LOCAL:  # the run stopped, the copy lost: as for a cut-off one
                     await self._remove_cut(client, target, sending, drv_path)
@@ -329,10 +340,19 @@ class BuildCopies:
         self.events.phase(drv_path, machine, "fetching", speculative=False)
         return await self._home.fetch(machine, drv_path, self.plan.outputs[drv_path])
 
+    def _vet(self, machine: str, infos: Sequence[PathInfo]) -> None:
+        """Refuse a copy from ``machine`` that names a path no derivation of the run makes
+        (``offload.store.provenance``). Its fault, as for one that went away: it is backed
+        off, and what it built is made again elsewhere (``endings``)."""
+        if strays := self._provenance.unexplained(info.path for info in infos):
+            which = "which is made by no derivation of this run"
+            raise refused_paths(machine, "the outputs it built", strays, which)
+
     async def _fetch(self, machine: str, paths: Sequence[str]) -> Sequence[PathInfo]:
         link = self.members[machine].link
         async with link.session() as src, self.local.session() as local:
             infos = await to_copy(src, local, paths)
+            self._vet(machine, infos)
             if infos:
                 await copy_paths(src, local, infos)
             return infos
@@ -346,6 +366,7 @@ async def send_closure(
     substitute: bool = False,
     lane: Callable[[], AbstractAsyncContextManager[Lane | None]] | None = None,
     sending: list[str] | None = None,
+    vet: Callable[[Sequence[PathInfo]], None] | None = None,
 ) -> int:
     """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
 
@@ -354,8 +375,11 @@ async def send_closure(
     (source, destination) pair over connections of their own, taken when the large paths are
     worth a login (``offload.protocol.lanes``); None from it: one connection after all.
     ``sending`` is told the paths copied (dependencies first) before the first byte goes.
+    ``vet`` sees them first, and may refuse them (raises): then nothing is copied.
     """
     infos = await to_copy(src, dst, paths, substitute=substitute)
+    if vet is not None:
+        vet(infos)
     if not infos:
         return 0
     if sending is not None:

@@ -1,0 +1,84 @@
+"""Which store paths the run's derivations make: the test a path from a builder must pass
+before it may come into this host's store.
+
+The model: a path is *made by* a set of derivations when it is an output of one of them or
+an input source of one. An honest build's output refers only to paths of its inputs' closure
+(Nix finds references by scanning for their hashes among the inputs), and those are exactly
+the paths the derivation's closure makes. Any other path a builder names is one of its own
+choosing. Brought home, it would be valid in this host's store, unsigned, as though it had
+been built or fetched here, and any later build here would use it: a "bash" of the builder's.
+Nix's own hook brings a build's outputs alone, and fails a build whose outputs refer to
+anything else not valid here.
+
+``Provenance`` knows at once the paths of the derivations a run has read. A derivation it has
+not read (one a builder already held, whose inputs were never looked at) has its closure's
+files read only when a path is not explained otherwise, and each file once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from offload.errors import StoreError
+from offload.store.drv import Derivation
+
+__all__ = ["Provenance", "RefusedPaths", "refused_paths"]
+
+
+class RefusedPaths(StoreError):
+    """A builder named paths that may not come here (``refused_paths``): its fault."""
+
+
+class Provenance:
+    """The paths made by ``drvs`` (drv path -> derivation), and by the closures of the
+    derivations ``read`` reads (None: none is read)."""
+
+    def __init__(
+        self,
+        drvs: Mapping[str, Derivation],
+        read: Callable[[str], Derivation] | None = None,
+    ) -> None:
+        self._read = read
+        self._made: set[str] = set()
+        self._walked: set[str] = set()
+        self._known = dict(drvs)
+        for drv in drvs.values():
+            self._add(drv)
+
+    def _add(self, drv: Derivation) -> None:
+        self._made.update(output.path for output in drv.outputs.values() if output.path)
+        self._made.update(drv.input_srcs)
+
+    def unexplained(self, paths: Iterable[str], roots: Iterable[str] = ()) -> list[str]:
+        """Those of ``paths`` (sorted) that no derivation here makes, nor one of the closures of
+        the derivations ``roots``."""
+        left = sorted(path for path in paths if path not in self._made)
+        if left and self._read is not None:
+            self._walk(roots, self._read)
+            left = [path for path in left if path not in self._made]
+        return left
+
+    def _walk(self, roots: Iterable[str], read: Callable[[str], Derivation]) -> None:
+        stack = [root for root in roots if root not in self._walked]
+        while stack:
+            drv_path = stack.pop()
+            if drv_path in self._walked:
+                continue
+            self._walked.add(drv_path)
+            drv = self._known.get(drv_path)
+            if drv is None:
+                drv = self._known[drv_path] = read(drv_path)
+                self._add(drv)
+            stack.extend(dep for dep in drv.input_drvs if dep not in self._walked)
+
+
+def refused_paths(machine: str, what: str, strays: Sequence[str], which: str) -> RefusedPaths:
+    """The error for ``strays`` (at least one), named by ``machine`` as what ``what`` (the
+    outputs of ...) refer to, ``which`` saying why each may not come here."""
+    more = f" and {len(strays) - 1} more" if len(strays) > 1 else ""
+    return RefusedPaths(
+        f"builder '{machine}' says {what} refer to '{strays[0]}'{more}, {which} and is not"
+        " valid here: nothing was brought home",
+        hint=f"its store holds outputs built otherwise than here; delete them there"
+        f" (nix-store --delete on {machine}) and build again",
+    )
