@@ -3,8 +3,9 @@
 OpenSSH offers chacha20-poly1305 first, because it is fast on any CPU. Where both ends have
 AES instructions, AES-GCM moves bulk bytes faster. Measured here (loopback, 2 cores, 200 MiB
 through ``ssh host 'cat >/dev/null'``): 0.47-0.53 s against 0.56-0.69 s for chacha20. A closure
-copy took 0.83x the time (paired median of 8, ``docs/BENCHMARKS.md``). Where one end has no AES
-unit (a Raspberry Pi 4), AES-GCM is several times slower than chacha20: ssh's order is kept.
+copy took 0.855x the time (paired median of 8, ``docs/BENCHMARKS.md``, session 31). Where one
+end has no AES unit (a Raspberry Pi 4), AES-GCM is several times slower than chacha20: ssh's
+order is kept.
 
 The model, decided once per master started (``offload.transport.links.ssh_master``):
 
@@ -12,8 +13,12 @@ The model, decided once per master started (``offload.transport.links.ssh_master
   Nix runs on have had AES since 2010; an ``aarch64-linux`` board may not);
 - this host's CPU: ``/proc/cpuinfo``'s flags (``aes``), on macOS every Mac Nix supports;
 - the user's choice: whatever ``Ciphers`` (or ``-c``) their ssh config, the system's (a
-  crypto policy) or ``NIX_SSHOPTS`` gives for that host is kept. ``ssh -G`` tells: the list it
-  resolves for the host is then not ssh's own default (``ssh -G -F /dev/null``).
+  crypto policy) or ``NIX_SSHOPTS`` gives for that host is kept. ``ssh -G`` with the master's
+  own words tells: the list it resolves is then not ssh's own default (``ssh -G -F
+  /dev/null``, asked once per process). A config's ``Match exec`` command runs once more for
+  it, as ssh runs it for every connection; a ``Ciphers`` that is exactly ssh's default list
+  looks like no choice. A builder whose x86-64 CPU is a virtual one without AES (a VM's
+  ``kvm64`` model) is better off with ``Ciphers`` set for it in the ssh config.
 
 The offer is ssh's default list with its AES-GCM ciphers moved to the front, so a server that
 refuses them still agrees on what it would have without offload; nothing is offered that ssh
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -49,6 +55,8 @@ _GCM = "-gcm@openssh.com"
 # How long ``ssh -G`` may take (it connects nowhere, but a config's ``Match exec`` runs a
 # command): past it, ssh's own order is kept.
 RESOLVE_TIMEOUT = 5.0
+# ssh's default list per (program, PATH): ``_default``.
+_DEFAULTS: dict[tuple[str, str | None], str | None] = {}
 _CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -74,7 +82,10 @@ def this_host_has_aes() -> bool:
     if sys.platform == "darwin":
         return True
     try:
-        return cpu_has_aes(_CPUINFO.read_text(errors="replace"))
+        with _CPUINFO.open(errors="replace") as lines:
+            # The first processor's lines say it: a big host's whole file is long.
+            head = itertools.takewhile(lambda line: line.strip(), lines)
+            return cpu_has_aes("".join(head))
     except OSError:
         return False
 
@@ -106,16 +117,25 @@ async def _ciphers(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
     return _resolved(done.stdout) if done.returncode == 0 else None
 
 
-async def offered_ciphers(ssh_argv: Sequence[str], env: Mapping[str, str]) -> str | None:
-    """The ``Ciphers`` value a master with ``ssh_argv`` (``ssh``, its options, ``--`` and the
-    destination, as ``offload.transport.ssh.ssh_argv`` builds it for a builder with AES) is
-    to be given, or None: keep what ssh resolves (the module docstring)."""
+async def _default(program: str, env: Mapping[str, str]) -> str | None:
+    """ssh's own list, with no config at all: the same for every host (asked once)."""
+    key = (program, env.get("PATH"))
+    if key not in _DEFAULTS:
+        argv = [program, "-G", "-F", "/dev/null", "--", "offload-default"]
+        _DEFAULTS[key] = await _ciphers(argv, env)
+    return _DEFAULTS[key]
+
+
+async def offered_ciphers(master_argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """The ``Ciphers`` value a master started with ``master_argv`` (``ssh``, its options, the
+    destination and its command, for a builder with AES, without a ``Ciphers`` of offload's)
+    is to be given, or None: keep what ssh resolves (the module docstring)."""
     if not this_host_has_aes():
         return None
-    program, *words = ssh_argv
+    program, *words = master_argv
+    # The master's own words, command included: a config may choose by it (``Match``).
     users, default = await asyncio.gather(
-        _ciphers([program, "-G", *words], env),
-        _ciphers([program, "-G", "-F", "/dev/null", "--", "offload-default"], env),
+        _ciphers([program, "-G", *words], env), _default(program, env)
     )
     if users is None or users != default:
         return None

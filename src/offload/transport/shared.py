@@ -21,6 +21,7 @@ from pathlib import Path
 
 from offload.errors import SshError
 from offload.process import run_async, spawn
+from offload.transport.ciphers import offered_ciphers
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links import SessionPipes, open_serve
 from offload.transport.persist import PERSIST_SECONDS, SharedPaths, master_alive
@@ -72,6 +73,10 @@ class SharedSshTransport:
         # from the first session and kept for as long as this object (the coordinator's link).
         self.restricted = False
         self.cores: int | None = None  # as a session said: later ones are told them (ssh.py)
+        # What a session offers if it starts the master (``offload.transport.ciphers``), once
+        # ``_offer`` has asked.
+        self._ciphers: str | None = None
+        self._offer_asked = False
 
     def argv(self, remote: list[str]) -> list[str]:
         """ssh over the shared master (started on demand) running ``remote``."""
@@ -80,6 +85,7 @@ class SharedSshTransport:
             known_hosts=self.known_hosts,
             nix_sshopts=self._sshopts,
             connect_timeout=self._connect_timeout,
+            ciphers=self._ciphers,
         )
         shared = [
             "-o",
@@ -112,6 +118,7 @@ class SharedSshTransport:
             waited=waited,
             cores=self.cores,
         )
+        await self._offer(command)
         argv = self.argv(command)
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         assert proc.stdin is not None
@@ -133,6 +140,12 @@ class SharedSshTransport:
             connection_gone=lambda: master_alive(control) is False,
             keepalive=self.keepalive,
         )
+
+    async def _offer(self, command: list[str]) -> None:
+        """Decide once which ciphers a session offers: any of them may start the master."""
+        if not self._offer_asked and self.target.aes:
+            self._ciphers = await offered_ciphers(self.argv(command), self._env)
+        self._offer_asked = True
 
     def kill_argv(self, pid: int, born: str | None = None) -> list[str]:
         return self.argv(kill_script(pid, _KILL_GRACE, born))

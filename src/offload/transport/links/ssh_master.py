@@ -222,15 +222,7 @@ class SshTransport:
                     self.known_hosts.chmod(0o600)
             control = self.control_path
             assert control is not None
-            argv = master_argv(
-                self.target,
-                control_path=control,
-                known_hosts=self.known_hosts,
-                nix_sshopts=self._sshopts,
-                connect_timeout=self._connect_timeout,
-                persist=0 if self._shared is None else PERSIST_SECONDS,
-                ciphers=await self._ciphers(),
-            )
+            argv = await self._master_argv(control)
             stack = contextlib.AsyncExitStack()
             self._master_stack = stack
             # The readers of its output are finished after the process is stopped (unwound
@@ -264,12 +256,24 @@ class SshTransport:
                 raise error
             return control
 
-    async def _ciphers(self) -> str | None:
-        """The ciphers the master offers: AES-GCM first where both ends have AES and the user
-        chose none (``offload.transport.ciphers``); None: ssh's own."""
-        if not self.target.aes:
-            return None
-        return await offered_ciphers(ssh_argv(self.target, nix_sshopts=self._sshopts), self._env)
+    async def _master_argv(self, control: Path) -> list[str]:
+        """The master's command: offering AES-GCM first where both ends have AES and the user
+        chose no ciphers (``offload.transport.ciphers``)."""
+
+        def argv(ciphers: str | None) -> list[str]:
+            return master_argv(
+                self.target,
+                control_path=control,
+                known_hosts=self.known_hosts,
+                nix_sshopts=self._sshopts,
+                connect_timeout=self._connect_timeout,
+                persist=0 if self._shared is None else PERSIST_SECONDS,
+                ciphers=ciphers,
+            )
+
+        plain = argv(None)
+        offered = await offered_ciphers(plain, self._env) if self.target.aes else None
+        return plain if offered is None else argv(offered)
 
     async def _exit_kept(self, control: Path) -> None:
         """End the master a failed start left in the background (with ControlPersist, ssh
