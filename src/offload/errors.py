@@ -59,7 +59,12 @@ class ConfigError(OffloadError):
 
 
 class StoreError(OffloadError):
-    """A store path, derivation or archive is malformed, or the local store refused it."""
+    """A store path, derivation or archive is malformed, or the local store refused it.
+
+    ``peer`` "local": this host's own store failed (a derivation file it could not read), as
+    ``TransportError.peer`` says; no builder is to blame then."""
+
+    peer: str | None = None
 
 
 class TransportError(OffloadError):

@@ -4,9 +4,18 @@ output names anything else, refused in a run over the in-memory serve store."""
 
 from __future__ import annotations
 
-from offload.scheduler.run import PoolMember
+import asyncio
+from collections.abc import Awaitable
+
+import pytest
+
+from offload.build.prebuilt import closure_vet
+from offload.errors import StoreError
+from offload.protocol.serve import PathInfo
+from offload.scheduler.run import MAX_LOSSES, PoolMember
+from offload.scheduler.run.copy import local_store_failed
 from offload.store.drv import Derivation, DerivationOutput
-from offload.store.provenance import Provenance
+from offload.store.provenance import Provenance, RefusedPaths
 from offload.transport.fake import (
     BuildOutcome,
     FakeBuild,
@@ -87,3 +96,90 @@ def test_a_builder_whose_output_names_a_stray_is_down_and_the_build_made_here() 
     assert f"refer to '{stray.path}', which is made by no derivation of this run" in down.message
     ended = [(e.machine, e.status) for e in events if isinstance(e, JobFinished)]
     assert ended == [("liar", "lost"), ("local", "built")]
+
+
+def test_an_honest_builders_output_referring_to_what_is_valid_here_goes_on_to_another() -> None:
+    # a (built on X) refers to libbar, valid here but made by no derivation of the run (its
+    # derivation was never read); b, which needs a, can build on Y only, which lacks libbar.
+    plan, _, outs, src = make_plan({"a": [], "b": ["a"]}, features={"a": "fx", "b": "fy"})
+    libbar = FakePath.from_text(store_path("libbar"), "libbar\n")
+
+    async def linking(build: FakeBuild) -> BuildOutcome | None:
+        refers = [src.path, libbar.path]
+        return BuildOutcome(outputs={"out": FakePath.from_text(outs["a"], "a\n", refers)})
+
+    local = FakeLink(FakeStore("local", [src, libbar]))
+    y_store = FakeStore("Y", [])
+    members = [
+        PoolMember(spec("X", speed=10, slots=1, supported=("fx",)),
+                   FakeLink(FakeStore("X", [src, libbar], builder=linking)), remote=True),
+        PoolMember(spec("Y", speed=10, slots=1, supported=("fy",)), FakeLink(y_store),
+                   remote=True),
+    ]  # fmt: skip
+    report, events = run(plan, members, local)
+    assert report.ok
+    assert not [e for e in events if isinstance(e, MachineEvent) and e.state == "down"]
+    assert y_store.has(libbar.path)  # from X, or from here: either is its closure's
+    ended = {(e.name, e.machine, e.status) for e in events if isinstance(e, JobFinished)}
+    assert ended == {("a", "X", "built"), ("b", "Y", "built")}
+
+
+def test_a_builder_that_names_a_stray_every_time_fails_the_build_in_the_end() -> None:
+    # Only liars can build it: each is backed off in turn, and after MAX_LOSSES refusals the
+    # derivation fails with the refusal, rather than the run trying for ever.
+    plan, _, outs, src = make_plan({"top": []})
+    stray = FakePath.from_text(store_path("bash"), "not the bash you know\n")
+
+    async def lying(build: FakeBuild) -> BuildOutcome:
+        out = FakePath.from_text(outs["top"], "top\n", references=[stray.path])
+        return BuildOutcome(outputs={"out": out})
+
+    local = FakeLink(FakeStore("local", [src]))
+    members = [
+        PoolMember(spec(f"liar{i}", speed=100, slots=1),
+                   FakeLink(FakeStore(f"liar{i}", [src, stray], builder=lying)), remote=True)
+        for i in range(MAX_LOSSES)
+    ]  # fmt: skip
+    report, events = run(plan, members, local, keep_going=True)
+    assert not report.ok
+    (why,) = report.failed.values()
+    assert f"refer to '{stray.path}', which is made by no derivation of this run" in why
+    downs = [e.machine for e in events if isinstance(e, MachineEvent) and e.state == "down"]
+    assert len(downs) == MAX_LOSSES - 1  # the last refusal fails the build instead
+
+
+def test_the_walk_stops_once_every_path_is_explained() -> None:
+    leaf = _drv("glibc", {})
+    mid = _drv("hello", {"glibc": leaf})
+    files = {store_path("glibc.drv"): leaf, store_path("hello.drv"): mid}
+    reads: list[str] = []
+
+    def read(path: str) -> Derivation:
+        reads.append(path)
+        return files[path]
+
+    known = Provenance({store_path("app.drv"): _drv("app", {"hello": mid})}, read)
+    assert known.unexplained([store_path("hello")], roots=[store_path("app.drv")]) == []
+    assert reads == [store_path("hello.drv")]  # glibc's file is not needed for it
+    assert known.unexplained([store_path("glibc")], roots=[store_path("app.drv")]) == []
+    assert reads == [store_path("hello.drv"), store_path("glibc.drv")]
+
+
+def test_a_derivation_this_host_cannot_read_is_its_own_fault_not_the_builders() -> None:
+    def unreadable(path: str) -> Derivation:
+        raise OSError(f"{path}: Input/output error")
+
+    app = store_path("app.drv")
+    vet = closure_vet(
+        app, "b1", Provenance({app: _drv("app", {"hello": _drv("hello", {})})}, unreadable)
+    )
+    info = PathInfo(path=store_path("hello"), deriver=None, references=(), nar_size=8, nar_hash="")
+    with pytest.raises(StoreError) as caught:
+        asyncio.run(_awaited(vet([info])))
+    assert not isinstance(caught.value, RefusedPaths)
+    assert local_store_failed(caught.value)
+    assert "Input/output error" in caught.value.message
+
+
+async def _awaited(step: Awaitable[None]) -> None:
+    await step

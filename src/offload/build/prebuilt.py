@@ -9,11 +9,12 @@ down, its outputs built instead."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from offload.build.graph import DrvGraph
-from offload.errors import OffloadError, RemoteError
+from offload.errors import OffloadError, RemoteError, StoreError
 from offload.names import LOCAL
 from offload.protocol.serve import PathInfo, StoreClient
 from offload.scheduler.run import send_closure
@@ -22,7 +23,7 @@ from offload.store.drv import Derivation, read_derivation
 from offload.store.provenance import Provenance, RefusedPaths, refused_paths
 from offload.ui.events import Event, JobFinished
 
-__all__ = ["FetchFailed", "fetch_existing", "report_substituted"]
+__all__ = ["FetchFailed", "closure_vet", "fetch_existing", "report_substituted"]
 
 
 class FetchFailed(OffloadError):
@@ -52,7 +53,7 @@ async def fetch_existing(
         started = time.time()
         outputs = [graph.output_path(drv_path, o) for o in sorted(graph.wanted[drv_path])]
         try:
-            vet = _vetted(drv_path, machine, provenance)
+            vet = closure_vet(drv_path, machine, provenance)
             received = await send_closure(clients[machine], local, outputs, vet=vet)
         except OffloadError as exc:
             if local_store_failed(exc):  # this host's store: no builder to leave out
@@ -77,16 +78,25 @@ async def fetch_existing(
     return done
 
 
-def _vetted(
+def closure_vet(
     drv_path: str, machine: str, provenance: Provenance
-) -> Callable[[Sequence[PathInfo]], None]:
-    """Refuses a closure of ``drv_path``'s outputs that names what its closure does not make
-    (``offload.store.provenance``)."""
+) -> Callable[[Sequence[PathInfo]], Awaitable[None]]:
+    """Refuses a closure of ``drv_path``'s outputs that names what no derivation of the run,
+    nor its own closure, makes (``offload.store.provenance``). Its files are read in a
+    thread: a system's closure is thousands of them. Failing to read one is this host's
+    fault, not the builder's."""
 
-    def vet(infos: Sequence[PathInfo]) -> None:
-        if strays := provenance.unexplained((info.path for info in infos), roots=[drv_path]):
-            what = f"the outputs of '{drv_path}' it holds"
-            raise refused_paths(machine, what, strays, "which is not in its closure")
+    async def vet(infos: Sequence[PathInfo]) -> None:
+        paths = [info.path for info in infos]
+        try:
+            strays = await asyncio.to_thread(provenance.unexplained, paths, [drv_path])
+        except (OSError, StoreError) as exc:
+            error = StoreError(f"cannot read the derivations of {drv_path} here: {exc}")
+            error.peer = LOCAL
+            raise error from exc
+        if strays:
+            which = "which is made by no derivation of this run"
+            raise refused_paths(machine, f"the outputs of '{drv_path}' it holds", strays, which)
 
     return vet
 

@@ -5,14 +5,19 @@ The model: a path is *made by* a set of derivations when it is an output of one 
 an input source of one. An honest build's output refers only to paths of its inputs' closure
 (Nix finds references by scanning for their hashes among the inputs), and those are exactly
 the paths the derivation's closure makes. Any other path a builder names is one of its own
-choosing. Brought home, it would be valid in this host's store, unsigned, as though it had
-been built or fetched here, and any later build here would use it: a "bash" of the builder's.
+choosing, unless this host holds it (the closure of an input valid here, whose derivation a
+run never reads: glibc, on its way from one builder to another). Brought home, it would be
+valid in this host's store, unsigned, as though it had been built or fetched here, and any
+later build here would use it: a "bash" of the builder's.
 Nix's own hook brings a build's outputs alone, and fails a build whose outputs refer to
 anything else not valid here.
 
 ``Provenance`` knows at once the paths of the derivations a run has read. A derivation it has
 not read (one a builder already held, whose inputs were never looked at) has its closure's
-files read only when a path is not explained otherwise, and each file once.
+files read only when a path is not explained otherwise, each file once, and only until every
+path asked about is explained. Anything a builder built or holds may also be made by any
+other derivation the run has read: the check keeps the builder's word within the run's own
+paths, not within one derivation's.
 """
 
 from __future__ import annotations
@@ -41,26 +46,36 @@ class Provenance:
         self._read = read
         self._made: set[str] = set()
         self._walked: set[str] = set()
+        self._pending: list[str] = []  # derivations met but not yet read (``_walk``)
         self._known = dict(drvs)
         for drv in drvs.values():
             self._add(drv)
 
-    def _add(self, drv: Derivation) -> None:
-        self._made.update(output.path for output in drv.outputs.values() if output.path)
-        self._made.update(drv.input_srcs)
+    def _add(self, drv: Derivation) -> list[str]:
+        made = [output.path for output in drv.outputs.values() if output.path]
+        made += drv.input_srcs
+        self._made.update(made)
+        return made
 
     def unexplained(self, paths: Iterable[str], roots: Iterable[str] = ()) -> list[str]:
         """Those of ``paths`` (sorted) that no derivation here makes, nor one of the closures of
         the derivations ``roots``."""
-        left = sorted(path for path in paths if path not in self._made)
+        left = {path for path in paths if path not in self._made}
         if left and self._read is not None:
-            self._walk(roots, self._read)
-            left = [path for path in left if path not in self._made]
-        return left
+            self._walk(roots, self._read, left)
+        return sorted(left)
 
-    def _walk(self, roots: Iterable[str], read: Callable[[str], Derivation]) -> None:
-        stack = [root for root in roots if root not in self._walked]
+    def _walk(
+        self, roots: Iterable[str], read: Callable[[str], Derivation], left: set[str]
+    ) -> None:
+        """Read the closures of ``roots`` until ``left`` (emptied as they are found) is
+        explained; the rest is read when a later call needs it."""
+        stack = self._pending + [root for root in roots if root not in self._walked]
+        self._pending = []
         while stack:
+            if not left:
+                self._pending = stack
+                return
             drv_path = stack.pop()
             if drv_path in self._walked:
                 continue
@@ -68,17 +83,19 @@ class Provenance:
             drv = self._known.get(drv_path)
             if drv is None:
                 drv = self._known[drv_path] = read(drv_path)
-                self._add(drv)
+                left.difference_update(self._add(drv))
             stack.extend(dep for dep in drv.input_drvs if dep not in self._walked)
 
 
-def refused_paths(machine: str, what: str, strays: Sequence[str], which: str) -> RefusedPaths:
+def refused_paths(
+    machine: str, what: str, strays: Sequence[str], which: str, *, to: str = "brought home"
+) -> RefusedPaths:
     """The error for ``strays`` (at least one), named by ``machine`` as what ``what`` (the
-    outputs of ...) refer to, ``which`` saying why each may not come here."""
+    outputs of ...) refer to, ``which`` saying why each may not be copied (``to``: where)."""
     more = f" and {len(strays) - 1} more" if len(strays) > 1 else ""
     return RefusedPaths(
         f"builder '{machine}' says {what} refer to '{strays[0]}'{more}, {which} and is not"
-        " valid here: nothing was brought home",
+        f" valid here: nothing was {to}",
         hint=f"its store holds outputs built otherwise than here; delete them there"
         f" (nix-store --delete on {machine}) and build again",
     )

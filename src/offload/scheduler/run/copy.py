@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
@@ -41,13 +41,7 @@ from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
 from offload.store.provenance import Provenance, refused_paths
 
-__all__ = [
-    "BuildCopies",
-    "Outcome",
-    "local_store_failed",
-    "send_closure",
-    "with_error",
-]
+__all__ = ["BuildCopies", "Outcome", "local_store_failed", "send_closure", "with_error"]
 
 # Seconds a cut-off copy may spend deleting what it left half-written on its builder.
 PARTIAL_CLEANUP_TIMEOUT = 3.0
@@ -258,13 +252,18 @@ class BuildCopies:
             # Uploads from here may take a second connection to the builder (``lanes``).
             lane = self._lane(drv_path, target) if source == LOCAL and target != LOCAL else None
             sending: list[str] = []  # what the copy sends, dependencies first
-            vet = None if source == LOCAL else functools.partial(self._vet, source)
+            vet = None if source == LOCAL else functools.partial(self._vet, source, here=False)
             try:
                 async with link.session() as src:
                     moved += await send_closure(
-                        src, client, paths, substitute=substitute, lane=lane, sending=sending,
+                        src,
+                        client,
+                        paths,
+                        substitute=substitute,
+                        lane=lane,
+                        sending=sending,
                         vet=vet,
-                    )  # fmt: skip
+                    )
             except asyncio.CancelledError:
                 if target != LOCAL:  # the run stopped, the copy lost: as for a cut-off one
                     await self._remove_cut(client, target, sending, drv_path)
@@ -340,19 +339,27 @@ class BuildCopies:
         self.events.phase(drv_path, machine, "fetching", speculative=False)
         return await self._home.fetch(machine, drv_path, self.plan.outputs[drv_path])
 
-    def _vet(self, machine: str, infos: Sequence[PathInfo]) -> None:
+    async def _vet(self, machine: str, infos: Sequence[PathInfo], *, here: bool = True) -> None:
         """Refuse a copy from ``machine`` that names a path no derivation of the run makes
-        (``offload.store.provenance``). Its fault, as for one that went away: it is backed
-        off, and what it built is made again elsewhere (``endings``)."""
-        if strays := self._provenance.unexplained(info.path for info in infos):
+        (``offload.store.provenance``) and this host lacks. Copied here (``here``), what this
+        host has is never asked for; to another builder, the closures of what is valid here
+        (glibc under a local input) are asked about, only when a path is not explained
+        otherwise. Its fault, as for one that went away: it is backed off, and what it built
+        is made again elsewhere (``endings``)."""
+        strays = self._provenance.unexplained(info.path for info in infos)
+        if strays and not here:
+            async with self.local.session() as local:
+                strays = sorted(set(strays) - await local.query_valid_paths(strays))
+        if strays:
             which = "which is made by no derivation of this run"
-            raise refused_paths(machine, "the outputs it built", strays, which)
+            to = "brought home" if here else "copied on"
+            raise refused_paths(machine, "the outputs it built", strays, which, to=to)
 
     async def _fetch(self, machine: str, paths: Sequence[str]) -> Sequence[PathInfo]:
         link = self.members[machine].link
         async with link.session() as src, self.local.session() as local:
             infos = await to_copy(src, local, paths)
-            self._vet(machine, infos)
+            await self._vet(machine, infos)
             if infos:
                 await copy_paths(src, local, infos)
             return infos
@@ -366,7 +373,7 @@ async def send_closure(
     substitute: bool = False,
     lane: Callable[[], AbstractAsyncContextManager[Lane | None]] | None = None,
     sending: list[str] | None = None,
-    vet: Callable[[Sequence[PathInfo]], None] | None = None,
+    vet: Callable[[Sequence[PathInfo]], Awaitable[None]] | None = None,
 ) -> int:
     """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
 
@@ -379,7 +386,7 @@ async def send_closure(
     """
     infos = await to_copy(src, dst, paths, substitute=substitute)
     if vet is not None:
-        vet(infos)
+        await vet(infos)
     if not infos:
         return 0
     if sending is not None:
