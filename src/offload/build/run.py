@@ -49,6 +49,7 @@ from offload.build.plan import estimated_plan
 from offload.build.prebuilt import FetchFailed, fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
+from offload.errors import SchedulerError
 from offload.load import local_boot_id
 from offload.marks import mark
 from offload.names import LOCAL
@@ -83,6 +84,7 @@ async def run_build(
     fallbacks: Path | None = None,  # where what was learned of builder-side slots is kept
     shared: Path | None = None,  # the persistent masters' directory (``transport.persist``)
     cut_short: Callable[[RunReport, DrvGraph], None] | None = None,
+    stuck: Callable[[Mapping[str, Health | None]], None] | None = None,
     check: bool = False,  # nix-build --check: a root to be built is refused, nothing built
     nix_said: Callable[[str], None] | None = None,  # default: the local store's lines, stderr
 ) -> tuple[RunReport, DrvGraph]:
@@ -92,7 +94,9 @@ async def run_build(
     ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
     them: it runs in a thread while the sessions to the stores open. A run stopped once it
     was building (Ctrl-C, SIGTERM) tells ``cut_short`` its report so far (marked
-    ``interrupted``) before the exception goes on: what it built is still worth keeping.
+    ``interrupted``) before the exception goes on: what it built is still worth keeping. A run
+    that stops because no machine is left to build what remains tells ``stuck`` the builders'
+    health first: the next run need not wait for those that did not answer.
     """
     late: dict[str, asyncio.Task[None]] = {}
     async with (
@@ -125,7 +129,7 @@ async def run_build(
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)
-            report = await _carried_out(executor, graph, fetched, cut_short)
+            report = await _carried_out(executor, graph, fetched, cut_short=cut_short, stuck=stuck)
     return report, graph
 
 
@@ -172,12 +176,19 @@ async def _carried_out(
     executor: Executor,
     graph: DrvGraph,
     fetched: list[JobFinished],
+    *,
     cut_short: Callable[[RunReport, DrvGraph], None] | None,
+    stuck: Callable[[Mapping[str, Health | None]], None] | None,
 ) -> RunReport:
     """The executor's run, the outputs fetched instead of built first in its report; stopped
-    by Ctrl-C or a signal, that report so far goes to ``cut_short`` before the stop goes on."""
+    by Ctrl-C or a signal, that report so far goes to ``cut_short`` before the stop goes on;
+    stopped with no machine left, the builders' health goes to ``stuck``."""
     try:
         report = await executor.run()
+    except SchedulerError:
+        if stuck is not None:
+            stuck(executor.health())
+        raise
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Stopped (Ctrl-C, SIGTERM): what ran is kept. An error of the run's own is no
         # interruption, and its report may not have been made whole.
