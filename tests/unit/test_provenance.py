@@ -50,18 +50,24 @@ def test_outputs_and_sources_of_the_read_derivations_are_explained() -> None:
     assert known.unexplained(paths) == [stray]
 
 
+class _Files:
+    """hello's derivation files (hello on glibc) as ``read`` reads them, each read noted."""
+
+    def __init__(self) -> None:
+        leaf = _drv("glibc", {}, srcs=(store_path("glibc-src"),))
+        self.hello = _drv("hello", {"glibc": leaf})
+        self.files = {store_path("glibc.drv"): leaf, store_path("hello.drv"): self.hello}
+        self.reads: list[str] = []
+
+    def __call__(self, path: str) -> Derivation:
+        self.reads.append(path)
+        return self.files[path]
+
+
 def test_an_unread_closure_is_read_only_when_a_path_needs_it_and_each_file_once() -> None:
-    leaf = _drv("glibc", {}, srcs=(store_path("glibc-src"),))
-    mid = _drv("hello", {"glibc": leaf})
-    files = {store_path("glibc.drv"): leaf, store_path("hello.drv"): mid}
-    reads: list[str] = []
-
-    def read(path: str) -> Derivation:
-        reads.append(path)
-        return files[path]
-
-    top = _drv("app", {"hello": mid})
-    known = Provenance({store_path("app.drv"): top}, read)
+    read = _Files()
+    files, reads = read.files, read.reads
+    known = Provenance({store_path("app.drv"): _drv("app", {"hello": read.hello})}, read)
     assert known.unexplained([store_path("app")], roots=[store_path("app.drv")]) == []
     assert reads == []  # explained by what was read already
     wanted = [store_path("glibc"), store_path("glibc-src"), store_path("hello")]
@@ -149,16 +155,9 @@ def test_a_builder_that_names_a_stray_every_time_fails_the_build_in_the_end() ->
 
 
 def test_the_walk_stops_once_every_path_is_explained() -> None:
-    leaf = _drv("glibc", {})
-    mid = _drv("hello", {"glibc": leaf})
-    files = {store_path("glibc.drv"): leaf, store_path("hello.drv"): mid}
-    reads: list[str] = []
-
-    def read(path: str) -> Derivation:
-        reads.append(path)
-        return files[path]
-
-    known = Provenance({store_path("app.drv"): _drv("app", {"hello": mid})}, read)
+    read = _Files()
+    reads = read.reads
+    known = Provenance({store_path("app.drv"): _drv("app", {"hello": read.hello})}, read)
     assert known.unexplained([store_path("hello")], roots=[store_path("app.drv")]) == []
     assert reads == [store_path("hello.drv")]  # glibc's file is not needed for it
     assert known.unexplained([store_path("glibc")], roots=[store_path("app.drv")]) == []
