@@ -177,10 +177,8 @@ def execute(
     check: bool = False,  # nix-build --check: a requested output to be built is refused
 ) -> Built:
     """A build run with what offload keeps between runs: history, logs, slots, backoff.
-
     ``close`` is called when the run is over, before anything is printed after it; ``run``
-    runs its coroutine (the command's ``asyncio.Runner``: the builders' early masters' loop).
-    """
+    runs its coroutine (the command's ``asyncio.Runner``: the builders' early masters' loop)."""
     logs = BuildLogs(state / "logs")
     remember = RunRecorder(time.time())
     # A run cut short (Ctrl-C, SIGTERM) is kept as well: history shows it as "interrupted",
