@@ -49,7 +49,6 @@ from offload.build.plan import estimated_plan
 from offload.build.prebuilt import FetchFailed, fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
-from offload.errors import SchedulerError
 from offload.load import local_boot_id
 from offload.marks import mark
 from offload.names import LOCAL
@@ -84,16 +83,17 @@ async def run_build(
     fallbacks: Path | None = None,  # where what was learned of builder-side slots is kept
     shared: Path | None = None,  # the persistent masters' directory (``transport.persist``)
     cut_short: Callable[[RunReport, DrvGraph], None] | None = None,
-    stuck: Callable[[Mapping[str, Health | None]], None] | None = None,
     check: bool = False,  # nix-build --check: a root to be built is refused, nothing built
     nix_said: Callable[[str], None] | None = None,  # default: the local store's lines, stderr
 ) -> tuple[RunReport, DrvGraph]:
-    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally. The
-    others stay where they were built unless a local build needs them, or ``fetch_all``, as in
-    Nix. ``roots`` may be a function evaluating them, run in a thread as the sessions open.
-    Stopped while building (Ctrl-C, SIGTERM), the run tells ``cut_short`` its report so far
-    (``interrupted``: worth keeping); stopped with no machine left for what remains, it tells
-    ``stuck`` the builders' health (the next run need not wait for those that did not answer)."""
+    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
+
+    Other outputs stay on the builder that made them unless a local build needs them, or
+    ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
+    them: it runs in a thread while the sessions to the stores open. A run stopped once it
+    was building (Ctrl-C, SIGTERM) tells ``cut_short`` its report so far (marked
+    ``interrupted``) before the exception goes on: what it built is still worth keeping.
+    """
     late: dict[str, asyncio.Task[None]] = {}
     async with (
         _opened_first(emit) as told,  # the run's first event first
@@ -125,7 +125,7 @@ async def run_build(
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)
-            report = await _carried_out(executor, graph, fetched, cut_short=cut_short, stuck=stuck)
+            report = await _carried_out(executor, graph, fetched, cut_short)
     return report, graph
 
 
@@ -172,19 +172,12 @@ async def _carried_out(
     executor: Executor,
     graph: DrvGraph,
     fetched: list[JobFinished],
-    *,
     cut_short: Callable[[RunReport, DrvGraph], None] | None,
-    stuck: Callable[[Mapping[str, Health | None]], None] | None,
 ) -> RunReport:
     """The executor's run, the outputs fetched instead of built first in its report; stopped
-    by Ctrl-C or a signal, that report so far goes to ``cut_short`` before the stop goes on;
-    stopped with no machine left, the builders' health goes to ``stuck``."""
+    by Ctrl-C or a signal, that report so far goes to ``cut_short`` before the stop goes on."""
     try:
         report = await executor.run()
-    except SchedulerError:
-        if stuck is not None:
-            stuck(executor.health())
-        raise
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Stopped (Ctrl-C, SIGTERM): what ran is kept. An error of the run's own is no
         # interruption, and its report may not have been made whole.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import sys
 import time
 from collections import deque
@@ -23,7 +22,6 @@ from offload.cli.build_keep import (
     Built,
     forget_old,
     guarded_estimator,
-    keep_backoff,
     keep_run,
     opened_history,
     warn,
@@ -204,7 +202,6 @@ def execute(
                     fallbacks=state / FALLBACK_FILE,
                     shared=shared,
                     cut_short=lambda report, graph: cut.append((report, graph)),
-                    stuck=functools.partial(keep_backoff, state),
                     check=check,
                 )
             )

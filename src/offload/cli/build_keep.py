@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from offload.backoff import Health, save_backoff
+from offload.backoff import save_backoff
 from offload.build import DrvGraph
 from offload.config.pool import Pool
 from offload.errors import OffloadError
@@ -32,7 +32,6 @@ __all__ = [
     "Built",
     "forget_old",
     "guarded_estimator",
-    "keep_backoff",
     "keep_run",
     "opened_history",
     "speeds",
@@ -95,27 +94,13 @@ def keep_run(
     """The run into history (what ``offload history`` shows), the builders' health into
     backoff; a failure to is a warning, never the run's error."""
     report, graph = built
-    with _or_warned("the run is not kept"):
+    try:
         if history is not None:
             _record(history, remember, report, graph, pool)
         save_backoff(state / "backoff.json", report.health, time.time())
-
-
-def keep_backoff(state: Path, health: Mapping[str, Health | None]) -> None:
-    """The builders' health into backoff, for a run that stopped with no machine left (its
-    history is not kept: it built nothing whole); a failure to is a warning."""
-    with _or_warned("the builders' backoff is not kept"):
-        save_backoff(state / "backoff.json", health, time.time())
-
-
-@contextlib.contextmanager
-def _or_warned(what: str) -> Iterator[None]:
-    """A failure to keep something is a warning (``what``: why), never the run's error."""
-    try:
-        yield
     except (OffloadError, OSError) as exc:
         message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)
-        warn(f"{what}: {message}", hint)
+        warn(f"the run is not kept: {message}", hint)
 
 
 def _record(
