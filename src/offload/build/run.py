@@ -86,14 +86,11 @@ async def run_build(
     check: bool = False,  # nix-build --check: a root to be built is refused, nothing built
     nix_said: Callable[[str], None] | None = None,  # default: the local store's lines, stderr
 ) -> tuple[RunReport, DrvGraph]:
-    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally.
-
-    Other outputs stay on the builder that made them unless a local build needs them, or
-    ``fetch_all`` asks for every one, as Nix does. ``roots`` may be a function that evaluates
-    them: it runs in a thread while the sessions to the stores open. A run stopped once it
-    was building (Ctrl-C, SIGTERM) tells ``cut_short`` its report so far (marked
-    ``interrupted``) before the exception goes on: what it built is still worth keeping.
-    """
+    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally. The
+    others stay where they were built unless a local build needs them, or ``fetch_all``, as in
+    Nix. ``roots`` may be a function evaluating them, run in a thread as the sessions open.
+    Stopped while building (Ctrl-C, SIGTERM), the run tells ``cut_short`` its report so far
+    (``interrupted``) before the exception goes on: what it built is still worth keeping."""
     late: dict[str, asyncio.Task[None]] = {}
     async with (
         _opened_first(emit) as told,  # the run's first event first
