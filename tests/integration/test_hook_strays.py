@@ -90,7 +90,7 @@ def test_offload_build_refuses_it_leaves_the_builder_out_and_builds_here(
     assert Path(top).read_text() == "here\n"  # not the builder's "there"
     assert not valid_locally(dep)
     assert not Path(dep).exists()
-    said = f"refer to '{dep}', which is not in its closure and is not valid here"
+    said = f"refer to '{dep}', which is made by no derivation of this run and is not valid here"
     downs = [
         event
         for event in map(json.loads, done.stdout.splitlines())

@@ -80,23 +80,27 @@ async def fetch_existing(
 
 def closure_vet(
     drv_path: str, machine: str, provenance: Provenance
-) -> Callable[[Sequence[PathInfo]], Awaitable[None]]:
+) -> Callable[[Sequence[PathInfo]], Awaitable[Sequence[PathInfo]]]:
     """Refuses a closure of ``drv_path``'s outputs that names what no derivation of the run,
     nor its own closure, makes (``offload.store.provenance``). Its files are read in a
     thread: a system's closure is thousands of them. Failing to read one is this host's
     fault, not the builder's."""
 
-    async def vet(infos: Sequence[PathInfo]) -> None:
+    async def vet(infos: Sequence[PathInfo]) -> Sequence[PathInfo]:
         paths = [info.path for info in infos]
         try:
             strays = await asyncio.to_thread(provenance.unexplained, paths, [drv_path])
-        except (OSError, StoreError) as exc:
-            error = StoreError(f"cannot read the derivations of {drv_path} here: {exc}")
+        except OSError as exc:
+            error = StoreError(f"cannot read a derivation of {drv_path}: {exc}")
             error.peer = LOCAL
             raise error from exc
+        except StoreError as exc:
+            exc.peer = LOCAL
+            raise
         if strays:
             which = "which is made by no derivation of this run"
             raise refused_paths(machine, f"the outputs of '{drv_path}' it holds", strays, which)
+        return infos
 
     return vet
 

@@ -36,7 +36,8 @@ class RefusedPaths(StoreError):
 
 class Provenance:
     """The paths made by ``drvs`` (drv path -> derivation), and by the closures of the
-    derivations ``read`` reads (None: none is read)."""
+    derivations ``read`` reads (None: none is read). One caller at a time: a run's copies
+    each have their own, or take turns (``asyncio.to_thread`` from one task)."""
 
     def __init__(
         self,
@@ -69,22 +70,27 @@ class Provenance:
         self, roots: Iterable[str], read: Callable[[str], Derivation], left: set[str]
     ) -> None:
         """Read the closures of ``roots`` until ``left`` (emptied as they are found) is
-        explained; the rest is read when a later call needs it."""
+        explained; the rest (also after a file that could not be read) is read when a later
+        call needs it."""
         stack = self._pending + [root for root in roots if root not in self._walked]
-        self._pending = []
-        while stack:
-            if not left:
-                self._pending = stack
-                return
-            drv_path = stack.pop()
-            if drv_path in self._walked:
-                continue
-            self._walked.add(drv_path)
-            drv = self._known.get(drv_path)
-            if drv is None:
-                drv = self._known[drv_path] = read(drv_path)
-                left.difference_update(self._add(drv))
-            stack.extend(dep for dep in drv.input_drvs if dep not in self._walked)
+        try:
+            while stack and left:
+                drv_path = stack.pop()
+                if drv_path in self._walked:
+                    continue
+                drv = self._known.get(drv_path)
+                if drv is None:
+                    try:
+                        drv = read(drv_path)
+                    except BaseException:
+                        stack.append(drv_path)  # read again by a later call
+                        raise
+                    self._known[drv_path] = drv
+                    left.difference_update(self._add(drv))
+                self._walked.add(drv_path)
+                stack.extend(dep for dep in drv.input_drvs if dep not in self._walked)
+        finally:
+            self._pending = stack
 
 
 def refused_paths(

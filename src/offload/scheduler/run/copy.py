@@ -252,7 +252,7 @@ class BuildCopies:
             # Uploads from here may take a second connection to the builder (``lanes``).
             lane = self._lane(drv_path, target) if source == LOCAL and target != LOCAL else None
             sending: list[str] = []  # what the copy sends, dependencies first
-            vet = None if source == LOCAL else functools.partial(self._vet, source, here=False)
+            vet = None if source == LOCAL else functools.partial(self._vet, source, to=client)
             try:
                 async with link.session() as src:
                     moved += await send_closure(
@@ -339,27 +339,35 @@ class BuildCopies:
         self.events.phase(drv_path, machine, "fetching", speculative=False)
         return await self._home.fetch(machine, drv_path, self.plan.outputs[drv_path])
 
-    async def _vet(self, machine: str, infos: Sequence[PathInfo], *, here: bool = True) -> None:
-        """Refuse a copy from ``machine`` that names a path no derivation of the run makes
-        (``offload.store.provenance``) and this host lacks. Copied here (``here``), what this
-        host has is never asked for; to another builder, the closures of what is valid here
-        (glibc under a local input) are asked about, only when a path is not explained
-        otherwise. Its fault, as for one that went away: it is backed off, and what it built
-        is made again elsewhere (``endings``)."""
+    async def _vet(
+        self, machine: str, infos: Sequence[PathInfo], *, to: StoreClient | None = None
+    ) -> Sequence[PathInfo]:
+        """What to copy of ``infos`` from ``machine``: a path no derivation of the run makes
+        (``offload.store.provenance``) is refused, unless this host holds it. Copied here, what
+        this host holds is never asked for; to another builder (``to``), such a path (glibc
+        under an input valid here) goes from this host's store, never from the builder's.
+        A refusal is its fault, as for one that went away: it is backed off, and what it
+        built is made again elsewhere (``endings``)."""
         strays = self._provenance.unexplained(info.path for info in infos)
-        if strays and not here:
+        if not strays:
+            return infos
+        here: set[str] = set()
+        if to is not None:
             async with self.local.session() as local:
-                strays = sorted(set(strays) - await local.query_valid_paths(strays))
-        if strays:
-            which = "which is made by no derivation of this run"
-            to = "brought home" if here else "copied on"
-            raise refused_paths(machine, "the outputs it built", strays, which, to=to)
+                here = await local.query_valid_paths(strays)
+                if not set(strays) - here:
+                    sent: list[str] = []
+                    await send_closure(local, to, sorted(here), sending=sent)
+                    return [info for info in infos if info.path not in here | set(sent)]
+        which = "which is made by no derivation of this run"
+        where = "brought home" if to is None else f"copied to '{to.name}'"
+        refused = sorted(set(strays) - here)
+        raise refused_paths(machine, "the outputs it built", refused, which, to=where)
 
     async def _fetch(self, machine: str, paths: Sequence[str]) -> Sequence[PathInfo]:
         link = self.members[machine].link
         async with link.session() as src, self.local.session() as local:
-            infos = await to_copy(src, local, paths)
-            await self._vet(machine, infos)
+            infos = await self._vet(machine, await to_copy(src, local, paths))
             if infos:
                 await copy_paths(src, local, infos)
             return infos
@@ -373,7 +381,7 @@ async def send_closure(
     substitute: bool = False,
     lane: Callable[[], AbstractAsyncContextManager[Lane | None]] | None = None,
     sending: list[str] | None = None,
-    vet: Callable[[Sequence[PathInfo]], Awaitable[None]] | None = None,
+    vet: Callable[[Sequence[PathInfo]], Awaitable[Sequence[PathInfo]]] | None = None,
 ) -> int:
     """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
 
@@ -382,11 +390,12 @@ async def send_closure(
     (source, destination) pair over connections of their own, taken when the large paths are
     worth a login (``offload.protocol.lanes``); None from it: one connection after all.
     ``sending`` is told the paths copied (dependencies first) before the first byte goes.
-    ``vet`` sees them first, and may refuse them (raises): then nothing is copied.
+    ``vet`` sees them first and says which to copy from ``src`` (it may send some from
+    elsewhere), or refuses them (raises): then nothing is copied.
     """
     infos = await to_copy(src, dst, paths, substitute=substitute)
     if vet is not None:
-        await vet(infos)
+        infos = list(await vet(infos))
     if not infos:
         return 0
     if sending is not None:

@@ -24,7 +24,6 @@ from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.plan import PoolMember
 from offload.scheduler.run.stopping import Stopping
-from offload.store.provenance import RefusedPaths
 
 __all__ = ["MAX_LOSSES", "Endings"]
 
@@ -117,11 +116,8 @@ class Endings(Stopping):
             self._holders.arrived_home(drv_path)
             arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
             self._emit_outcome(drv_path, machine, "built", arrived)
-        elif local_store_failed(error) or (
-            isinstance(error, RefusedPaths) and self._refused_again(drv_path)
-        ):
-            # The local store refused the outputs, or builders named paths of their own for
-            # them time and again: final, as for any other copy home.
+        elif local_store_failed(error):
+            # The local store refused the outputs: final, as for any other copy home.
             self.report.failed[drv_path] = error.message
             self._emit_outcome(drv_path, machine, "failed", with_error(outcome, error))
             if not self.keep_going:
@@ -132,13 +128,6 @@ class Endings(Stopping):
             self._machine_failed(machine, error.message, self.clock())
         else:
             raise error
-
-    def _refused_again(self, drv_path: str) -> bool:
-        """Counts a refusal of the outputs of ``drv_path`` (``RefusedPaths``); whether it was
-        the ``MAX_LOSSES``-th: the builder is backed off each time and they are made again
-        elsewhere, but a run must not do that for ever."""
-        self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
-        return self._losses[drv_path] >= MAX_LOSSES
 
     def _machine_failed(self, machine: str, error: str, now: float) -> None:
         """Back ``machine`` off, stop its builds (the policy queued them again), and have
