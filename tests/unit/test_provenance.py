@@ -128,6 +128,10 @@ def test_a_path_valid_here_goes_on_to_another_builder_from_here_not_from_the_bui
     assert report.ok
     assert not [e for e in events if isinstance(e, MachineEvent) and e.state == "down"]
     assert y_store.paths[libbar.path].nar == libbar.nar  # this host's, never X's
+    (b_built,) = [e for e in events if isinstance(e, JobFinished) and e.name == "b"]
+    a_nar = y_store.paths[outs["a"]].nar
+    # Its inputs' bytes: the source and libbar from here, a from X.
+    assert b_built.bytes_sent == len(src.nar) + len(libbar.nar) + len(a_nar)
     ended = {(e.name, e.machine, e.status) for e in events if isinstance(e, JobFinished)}
     assert ended == {("a", "X", "built"), ("b", "Y", "built")}
 

@@ -63,6 +63,16 @@ class Outcome:
     status: BuildStatus | None = None  # Nix's answer to a build that failed
 
 
+@dataclass
+class _Onward:
+    """A copy from one builder to another (``to``): what goes to it, told before it goes
+    (``sending``, for the clean-up of a cut copy), and the bytes that went from this host."""
+
+    to: StoreClient
+    sending: list[str]
+    moved: int = 0
+
+
 def local_store_failed(error: BaseException) -> TypeGuard[OffloadError]:
     """Whether a copy failed on the local store's side: its serve session's errors, and a
     session of it that could not start (a nix-daemon restarted by a nixos-rebuild meanwhile,
@@ -252,7 +262,8 @@ class BuildCopies:
             # Uploads from here may take a second connection to the builder (``lanes``).
             lane = self._lane(drv_path, target) if source == LOCAL and target != LOCAL else None
             sending: list[str] = []  # what the copy sends, dependencies first
-            vet = None if source == LOCAL else functools.partial(self._vet, source, to=client)
+            onward = _Onward(client, sending) if target != LOCAL else None
+            vet = None if source == LOCAL else functools.partial(self._vet, source, onward=onward)
             try:
                 async with link.session() as src:
                     moved += await send_closure(
@@ -264,6 +275,7 @@ class BuildCopies:
                         sending=sending,
                         vet=vet,
                     )
+                moved += onward.moved if onward is not None else 0
             except asyncio.CancelledError:
                 if target != LOCAL:  # the run stopped, the copy lost: as for a cut-off one
                     await self._remove_cut(client, target, sending, drv_path)
@@ -340,11 +352,11 @@ class BuildCopies:
         return await self._home.fetch(machine, drv_path, self.plan.outputs[drv_path])
 
     async def _vet(
-        self, machine: str, infos: Sequence[PathInfo], *, to: StoreClient | None = None
+        self, machine: str, infos: Sequence[PathInfo], *, onward: _Onward | None = None
     ) -> Sequence[PathInfo]:
         """What to copy of ``infos`` from ``machine``: a path no derivation of the run makes
         (``offload.store.provenance``) is refused, unless this host holds it. Copied here, what
-        this host holds is never asked for; to another builder (``to``), such a path (glibc
+        this host holds is never asked for; to another builder (``onward``), such a path (glibc
         under an input valid here) goes from this host's store, never from the builder's.
         A refusal is its fault, as for one that went away: it is backed off, and what it
         built is made again elsewhere (``endings``)."""
@@ -352,15 +364,20 @@ class BuildCopies:
         if not strays:
             return infos
         here: set[str] = set()
-        if to is not None:
+        if onward is not None:
             async with self.local.session() as local:
                 here = await local.query_valid_paths(strays)
                 if not set(strays) - here:
-                    sent: list[str] = []
-                    await send_closure(local, to, sorted(here), sending=sent)
-                    return [info for info in infos if info.path not in here | set(sent)]
+                    # Told what it sends before a byte goes: a cut copy's partial path there
+                    # is deleted as for the builder's own (``_remove_cut``).
+                    first = len(onward.sending)
+                    onward.moved += await send_closure(
+                        local, onward.to, sorted(here), sending=onward.sending
+                    )
+                    skip = here | set(onward.sending[first:])
+                    return [info for info in infos if info.path not in skip]
         which = "which is made by no derivation of this run"
-        where = "brought home" if to is None else f"copied to '{to.name}'"
+        where = "brought home" if onward is None else f"copied to '{onward.to.name}'"
         refused = sorted(set(strays) - here)
         raise refused_paths(machine, "the outputs it built", refused, which, to=where)
 
