@@ -16,8 +16,8 @@ TARGETS = {"first": 1.15, "second": 1.08}
 NIX_ROOM, NIX_SPEEDUP = 2.2, 2.0
 
 
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+def _x(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}x"
 
 
 def _verdicts(found: Mapping[str, float | None]) -> list[str]:
@@ -34,17 +34,9 @@ def _verdicts(found: Mapping[str, float | None]) -> list[str]:
     return out
 
 
-def _ratio_cells(found: Mapping[str, float | None]) -> str:
-    return " | ".join(
-        _x(found[key])
-        for key in (
-            "first/optimum",
-            "second/optimum",
-            "nix/optimum",
-            "nix/first",
-            "after-nix/optimum",
-        )
-    )
+def _ratio_cells(found: Mapping[str, float | None], digits: int = 2) -> str:
+    keys = ("first/optimum", "second/optimum", "nix/optimum", "nix/first", "after-nix/optimum")
+    return " | ".join(_x(found[key], digits) for key in keys)
 
 
 def _row(graph: Mapping[str, Any]) -> str:
@@ -59,10 +51,14 @@ def _row(graph: Mapping[str, Any]) -> str:
     )
 
 
-def _shape_row(shape: str, graphs: int, medians: Mapping[str, float | None]) -> str:
-    return (
-        f"| {shape} | {graphs} | {_ratio_cells(medians)} | {', '.join(_verdicts(medians)) or '-'} |"
-    )
+def _shape_row(section: Mapping[str, Any], shape: str, medians: Mapping[str, float | None]) -> str:
+    """A shape's medians, to three decimals (a verdict is on them, not on their rounding), and
+    the runs its medians leave out because they failed."""
+    graphs = [graph for graph in section["graphs"] if graph["shape"] == shape]
+    failed = sum(run["status"] != "ok" for graph in graphs for run in graph["runs"])
+    said = _verdicts(medians) + ([f"{failed} run(s) failed, left out"] if failed else [])
+    cells = _ratio_cells(medians, digits=3)
+    return f"| {shape} | {len(graphs)} | {cells} | {', '.join(said) or '-'} |"
 
 
 def _seconds(value: float | None) -> str:
@@ -163,7 +159,7 @@ def fresh_lines(results: Mapping[str, Any]) -> list[str]:
             "| targets |"
         ),
         "|---|---|---|---|---|---|---|---|",
-        *(_shape_row(shape, n, m) for shape, (n, m) in shape_medians(section).items()),
+        *(_shape_row(section, shape, m) for shape, (_, m) in shape_medians(section).items()),
         "",
         "Each graph:",
         "",
