@@ -22,6 +22,7 @@ import pytest
 from offload.doctor import CHECKS
 from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
+from offload.transport.ciphers import this_host_has_aes
 from tests.helpers.doctor_runs import (
     check,
     doctor,
@@ -416,3 +417,25 @@ def test_a_feature_with_a_typo_gets_the_one_meant_and_that_fix_passes(
     again = doctor(doctor_fleet, tmp_path, fixed, "--json", "dc")
     assert again.returncode == 0, again.stdout + again.stderr
     assert check(reports(again)["dc"], "features")["verdict"] == "ok"
+
+
+# A VM whose CPU model has no AES instructions (kvm64): its /proc/cpuinfo says so, as the
+# member's own file here.
+NO_AES_CPU = "processor\t: 0\nflags\t\t: fpu sse sse2 ssse3 cx16 avx\n"
+no_aes_fleet = private_fleet_fixture(
+    [MemberSpec("dv", 1.0, 1, proc_overrides=(("/proc/cpuinfo", NO_AES_CPU),))], "ofv"
+)
+
+
+def test_an_x86_builder_without_aes_gets_the_cipher_warning_and_its_fix(
+    no_aes_fleet: Fleet, tmp_path: Path
+) -> None:
+    done = doctor(no_aes_fleet, tmp_path, no_aes_fleet.machines_file, "--json")
+    assert done.returncode == 0, done.stderr + done.stdout  # a warning, not unusable
+    cipher = check(reports(done)["dv"], "cipher")
+    if not this_host_has_aes():  # offload offers nothing of its own: nothing to warn of
+        assert cipher["verdict"] == "ok"
+        return
+    assert cipher["verdict"] == "warn"
+    assert "its CPU has no AES instructions" in cipher["detail"]
+    assert "Ciphers chacha20-poly1305@openssh.com" in cipher["fix"]

@@ -291,7 +291,7 @@ def test_doctor_finds_them_usable_and_says_what_it_cannot_check(
         # Trust is asked by offering an unsigned path (doctor.trust); the rest cannot be.
         assert checks["trusted"]["detail"].startswith("the builder took an unsigned path")
         unknown = {n for n, c in checks.items() if c["verdict"] == "unknown"}
-        assert unknown == {"nix", "systems", "features", "disk", "load", "throughput"}
+        assert unknown == {"nix", "systems", "features", "disk", "load", "throughput", "cipher"}
         assert "runs only `nix-store --serve`" in checks["serve"]["detail"]
         assert "load" in checks["load"]["detail"]
         # Its slots cannot be locked there: counted on this host only, and why.

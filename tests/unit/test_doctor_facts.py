@@ -230,7 +230,7 @@ def test_the_report_marks_failures_skips_and_their_fixes():
 def test_a_restricted_builder_is_usable_and_what_it_cannot_tell_is_said_once():
     unknown = facts.restricted_checks(3)
     assert [c.name for c in unknown] == [
-        "nix", "systems", "features", "trusted", "disk", "load", "throughput",
+        "nix", "systems", "features", "trusted", "disk", "load", "throughput", "cipher",
     ]  # fmt: skip
     assert {c.verdict for c in unknown} == {Verdict.UNKNOWN}
     assert "all 3 of its slots" in unknown[-1].detail
@@ -243,19 +243,19 @@ def test_a_restricted_builder_is_usable_and_what_it_cannot_tell_is_said_once():
         Check("ssh", Verdict.OK, "s"),
         unknown[0],
         serve,
-        *unknown[1:-1],
+        *unknown[1:-2],
         facts.slots_check(3, RESTRICTED_FALLBACK),
         Check("rtt", Verdict.OK, "3 ms"),
-        unknown[-1],
+        *unknown[-2:],
     ]
     report = MachineReport("locked", "ssh://locked", tuple(checks), 0.2)
     assert not report.failed
     text = format_report([report])
-    cells = ["ok", "ok", "ok", "?", "ok", "?", "?", "?", "?", "?", "warn", "ok", "?"]
+    cells = ["ok", "ok", "ok", "?", "ok", "?", "?", "?", "?", "?", "warn", "ok", "?", "?"]
     assert text.splitlines()[1].split()[1:-1] == cells
     (told,) = [line for line in text.splitlines() if "unknown" in line]
     assert told.startswith(
-        "locked: nix, systems, features, trusted, disk, load, throughput unknown: "
+        "locked: nix, systems, features, trusted, disk, load, throughput, cipher unknown: "
     )
 
 
@@ -346,3 +346,26 @@ def test_a_claim_offload_toml_set_is_fixed_there_not_in_the_machines_line(tmp_pa
     features = claims.features_check({"cuda"}, (), CONFIG, "", table=table)
     assert features.fix is not None
     assert features.fix.startswith(f"remove it from `supported-features` in {table}")
+
+
+@pytest.mark.parametrize(
+    ("offered", "code", "cpu", "verdict", "said"),
+    [
+        (None, 0, "flags : fpu aes", Verdict.OK, "ssh's own order"),
+        ("aes128-gcm@openssh.com,chacha20-poly1305@openssh.com", 0, "flags\t: fpu sse2 aes avx",
+         Verdict.OK, "aes128-gcm@openssh.com offered first: both ends have AES"),
+        ("aes128-gcm@openssh.com,chacha20-poly1305@openssh.com", 0, "flags\t: fpu sse2 avx",
+         Verdict.WARN, "but its CPU has no AES instructions"),
+        ("aes128-gcm@openssh.com", 1, "", Verdict.OK, "its CPU not asked"),
+    ],
+    ids=["ssh-order", "both-aes", "kvm64", "no-cpuinfo"],
+)  # fmt: skip
+def test_the_cipher_offered_is_judged_against_the_builders_cpu(
+    offered: str | None, code: int, cpu: str, verdict: Verdict, said: str
+) -> None:
+    found = facts.cipher_check(offered, code, cpu)
+    assert found.verdict == verdict
+    assert said in found.detail
+    assert (found.fix is not None) == (verdict == Verdict.WARN)
+    if found.fix:
+        assert "Ciphers chacha20-poly1305@openssh.com" in found.fix

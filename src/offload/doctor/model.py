@@ -46,6 +46,7 @@ CHECKS = (
     "slots",
     "rtt",
     "throughput",
+    "cipher",
 )
 
 

@@ -347,6 +347,7 @@ class _Probe(LoginProbe):
             ),
             facts.rtt_check(rtts),
             await self._throughput(link),
+            await self._cipher(link),
         ]
 
     async def _own_builders(self, link: MachineLink, config: dict[str, str] | None) -> int:
@@ -359,6 +360,11 @@ class _Probe(LoginProbe):
             code, out, _ = await self._remote(link, ["cat", "--", path])
             files[path] = out if code == 0 else ""
         return facts.own_builders(config, files)
+
+    async def _cipher(self, link: MachineLink) -> Check:
+        """What its master offered against what the builder's CPU has."""
+        code, cpu, _ = await self._remote(link, ["sh", "-c", facts.CPU_PROBE])
+        return facts.cipher_check(link.ssh.ciphers_offered, code, cpu)
 
     async def _throughput(self, link: MachineLink) -> Check:
         """A short download over the open connection: zeros, so nothing is read on the builder

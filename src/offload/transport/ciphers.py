@@ -18,7 +18,8 @@ The model, decided once per master started (``offload.transport.links.ssh_master
   /dev/null``, asked once per process). A config's ``Match exec`` command runs once more for
   it, as ssh runs it for every connection; a ``Ciphers`` that is exactly ssh's default list
   looks like no choice. A builder whose x86-64 CPU is a virtual one without AES (a VM's
-  ``kvm64`` model) is better off with ``Ciphers`` set for it in the ssh config.
+  ``kvm64`` model) is better off with ``Ciphers`` set for it in the ssh config: ``offload
+  doctor`` reads its ``/proc/cpuinfo`` and says so (``doctor.facts.cipher_check``).
 
 The offer is ssh's default list with its AES-GCM ciphers moved to the front, so a server that
 refuses them still agrees on what it would have without offload; nothing is offered that ssh

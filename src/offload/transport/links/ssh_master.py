@@ -152,6 +152,9 @@ class SshTransport:
         # The builder's cores as a session reported them: later sessions are told them (no
         # ``nproc`` there each time, ``offload.transport.wrapper``).
         self.cores: int | None = None
+        # The Ciphers its last master started here was given (None: ssh's own order; a master
+        # found running is not asked): ``offload.transport.ciphers``, told by doctor.
+        self.ciphers_offered: str | None = None
 
     @property
     def control_path(self) -> Path | None:
@@ -273,6 +276,7 @@ class SshTransport:
 
         plain = argv(None)
         offered = await offered_ciphers(plain, self._env) if self.target.aes else None
+        self.ciphers_offered = offered
         return plain if offered is None else argv(offered)
 
     async def _exit_kept(self, control: Path) -> None:
