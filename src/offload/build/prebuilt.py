@@ -20,7 +20,7 @@ from offload.protocol.serve import PathInfo, StoreClient
 from offload.scheduler.run import send_closure
 from offload.scheduler.run.copy import local_store_failed
 from offload.store.drv import Derivation, read_derivation
-from offload.store.provenance import Provenance, RefusedPaths, refused_paths
+from offload.store.provenance import NOT_MADE, Provenance, RefusedPaths, refused_paths
 from offload.ui.events import Event, JobFinished
 
 __all__ = ["FetchFailed", "closure_vet", "fetch_existing", "report_substituted"]
@@ -98,8 +98,8 @@ def closure_vet(
             exc.peer = LOCAL
             raise
         if strays:
-            which = "which is made by no derivation of this run"
-            raise refused_paths(machine, f"the outputs of '{drv_path}' it holds", strays, which)
+            what = f"the outputs of '{drv_path}' it holds"
+            raise refused_paths(machine, what, strays, NOT_MADE)
         return infos
 
     return vet

@@ -27,7 +27,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from offload.errors import StoreError
 from offload.store.drv import Derivation
 
-__all__ = ["Provenance", "RefusedPaths", "refused_paths"]
+__all__ = ["NOT_MADE", "Provenance", "RefusedPaths", "refused_paths"]
+
+# Why a path is refused, where the run's derivations are the test (``refused_paths``).
+NOT_MADE = "which is made by no derivation of this run"
 
 
 class RefusedPaths(StoreError):

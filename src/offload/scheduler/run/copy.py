@@ -39,7 +39,7 @@ from offload.scheduler.run.holders import Holders, InputsGone
 from offload.scheduler.run.homeward import HomeBatches
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
-from offload.store.provenance import Provenance, refused_paths
+from offload.store.provenance import NOT_MADE, Provenance, refused_paths
 
 __all__ = ["BuildCopies", "Outcome", "local_store_failed", "send_closure", "with_error"]
 
@@ -376,10 +376,9 @@ class BuildCopies:
                     )
                     skip = here | set(onward.sending[first:])
                     return [info for info in infos if info.path not in skip]
-        which = "which is made by no derivation of this run"
         where = "brought home" if onward is None else f"copied to '{onward.to.name}'"
         refused = sorted(set(strays) - here)
-        raise refused_paths(machine, "the outputs it built", refused, which, to=where)
+        raise refused_paths(machine, "the outputs it built", refused, NOT_MADE, to=where)
 
     async def _fetch(self, machine: str, paths: Sequence[str]) -> Sequence[PathInfo]:
         link = self.members[machine].link
