@@ -78,21 +78,32 @@ def test_an_unread_closure_is_read_only_when_a_path_needs_it_and_each_file_once(
     assert len(reads) == 2  # the closure was walked once
 
 
-def test_a_builder_whose_output_names_a_stray_is_down_and_the_build_made_here() -> None:
-    plan, _, outs, src = make_plan({"top": []})
-    stray = FakePath.from_text(store_path("bash"), "not the bash you know\n")
+class _Liars:
+    """A plan of one derivation, ``top``, and builders whose output of it refers to ``stray``,
+    a "bash" of their own that they alone hold."""
 
-    async def lying(build: FakeBuild) -> BuildOutcome:
-        out = FakePath.from_text(outs["top"], "top\n", references=[stray.path])
+    def __init__(self) -> None:
+        self.plan, _, self.outs, self.src = make_plan({"top": []})
+        self.stray = FakePath.from_text(store_path("bash"), "not the bash you know\n")
+
+    async def _lying(self, build: FakeBuild) -> BuildOutcome:
+        out = FakePath.from_text(self.outs["top"], "top\n", references=[self.stray.path])
         return BuildOutcome(outputs={"out": out})
 
+    def member(self, name: str) -> PoolMember:
+        store = FakeStore(name, [self.src, self.stray], builder=self._lying)
+        return PoolMember(spec(name, speed=100, slots=1), FakeLink(store), remote=True)
+
+
+def test_a_builder_whose_output_names_a_stray_is_down_and_the_build_made_here() -> None:
+    liars = _Liars()
+    plan, outs, src, stray = liars.plan, liars.outs, liars.src, liars.stray
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
     members = [
-        PoolMember(spec("liar", speed=100, slots=1),
-                   FakeLink(FakeStore("liar", [src, stray], builder=lying)), remote=True),
+        liars.member("liar"),
         PoolMember(spec("local", speed=1, slots=1), local, remote=False),
-    ]  # fmt: skip
+    ]
     report, events = run(plan, members, local)
     assert report.ok
     assert not local_store.has(stray.path)
@@ -139,19 +150,10 @@ def test_a_path_valid_here_goes_on_to_another_builder_from_here_not_from_the_bui
 def test_builders_that_all_name_a_stray_end_the_run_each_said_down_with_it() -> None:
     # Only liars can build it: each is backed off in turn (its refusal said), and once none
     # is left the run ends as one with no machine for what remains, nothing brought home.
-    plan, _, outs, src = make_plan({"top": []})
-    stray = FakePath.from_text(store_path("bash"), "not the bash you know\n")
-
-    async def lying(build: FakeBuild) -> BuildOutcome:
-        out = FakePath.from_text(outs["top"], "top\n", references=[stray.path])
-        return BuildOutcome(outputs={"out": out})
-
-    local_store = FakeStore("local", [src])
-    members = [
-        PoolMember(spec(f"liar{i}", speed=100, slots=1),
-                   FakeLink(FakeStore(f"liar{i}", [src, stray], builder=lying)), remote=True)
-        for i in range(3)
-    ]  # fmt: skip
+    liars = _Liars()
+    plan, outs, stray = liars.plan, liars.outs, liars.stray
+    local_store = FakeStore("local", [liars.src])
+    members = [liars.member(f"liar{i}") for i in range(3)]
     events: list[Event] = []
     executor = Executor(plan, members, FakeLink(local_store), emit=events.append)
     with pytest.raises(SchedulerError) as caught:
