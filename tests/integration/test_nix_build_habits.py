@@ -7,12 +7,10 @@ Builds are local and trivial; a nonce per run makes every build that must fail a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,76 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.offload_run import wait_for
-from tests.helpers.processes import read_until, start, stop
-
-PROJECT = r"""
-{ nonce ? "", who ? "" }:
-let
-  mk = name: script: derivation {
-    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
-  };
-  slow = mk "slow-${nonce}" "/bin/sleep 1; echo > $out";
-  # No machine has this feature: no machine can build it.
-  odd = derivation {
-    name = "odd-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo > $out" ]; requiredSystemFeatures = [ "offload-test-none" ];
-  };
-in
-{
-  ok = mk "ok-${nonce}" "echo ok > $out";
-  # Ready only after slow, which a failure (bad's, at once) stops unless the run goes on.
-  late = mk "late-${nonce}" "echo building ${nonce}; echo ${slow} > $out";
-  greet = mk "greet-${nonce}" "echo ${who} > $out";
-  two = mk "two-${nonce}" "echo two > $out";
-  bad = mk "bad-${nonce}" "echo failing; exit 1";
-  chatty = mk "chatty-${nonce}" "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line$i; done; exit 1";
-  top = mk "top-${nonce}" "echo ${mk "dep-${nonce}" "echo > $out"} > $out";
-  inherit odd;
-  afterodd = mk "afterodd-${nonce}" "echo ${odd} > $out";
-}
-"""
-
-# No binary caches: Nix would retry cache.nixos.org for seconds (offline here).
-OFFLINE = ("--option", "substituters", "")
-OFFLOAD = (sys.executable, "-m", "offload", "build", "--builders", "")
+from tests.helpers.nix_build_habits import OFFLINE, OFFLOAD, both, errors, lay_out, one
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "default.nix").write_text(PROJECT)
-    (tmp_path / "nix").mkdir()
-    (tmp_path / "off").mkdir()
-    return tmp_path
-
-
-def one(project: Path, tool: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """``tool`` ("nix" or "off") with ``args``, in its own directory under ``project`` (so the
-    two tools' links do not meet), reading ``stdin``."""
-    command = ("nix-build",) if tool == "nix" else OFFLOAD
-    return subprocess.run(
-        [*command, *OFFLINE, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        input=stdin,
-        cwd=project / tool,
-        env={**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")},
-        timeout=120,
-    )
-
-
-def both(
-    project: Path, *args: str, stdin: str = ""
-) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
-    """nix-build and offload build with the same ``args``."""
-    return one(project, "nix", *args, stdin=stdin), one(project, "off", *args, stdin=stdin)
-
-
-def _errors(stderr: str) -> str:
-    """From the first `error:` line on: Nix's message, position and code frame."""
-    at = stderr.find("error:")
-    return stderr[at:] if at >= 0 else ""
+    return lay_out(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +55,7 @@ def test_an_error_in_standard_input_is_placed_in_stdin_as_nix_build_places_it(
     nix, offload = both(project, "-", stdin="let in nope\n")
     assert nix.returncode == offload.returncode == 1
     assert "«stdin»:1:8" in nix.stderr
-    assert _errors(offload.stderr) == _errors(nix.stderr)
+    assert errors(offload.stderr) == errors(nix.stderr)
 
 
 @pytest.mark.parametrize("in_the_way", ["a directory", "a file"])
@@ -136,9 +70,9 @@ def test_a_link_in_the_way_is_said_in_nix_builds_words(project: Path, in_the_way
     assert offload.stdout == nix.stdout == ""
     # "error: cannot create symlink '<dir>/out'; already exists": the one line nix-build
     # prints, not the nix-store command offload ran to make the link.
-    said = _errors(nix.stderr).replace("/nix/out", "/off/out")
+    said = errors(nix.stderr).replace("/nix/out", "/off/out")
     assert said.startswith("error: cannot create symlink")
-    assert _errors(offload.stderr) == said
+    assert errors(offload.stderr) == said
 
 
 def test_version_is_one_line_in_nix_builds_form(project: Path) -> None:
@@ -284,49 +218,8 @@ def test_a_channel_argument_is_nixs_to_download_as_nix_build_does(project: Path)
     nix, offload = both(project, "--no-out-link", "channel:offload-nope", "-A", "ok", *once)
     assert nix.returncode == offload.returncode == 1
     said = "unable to download 'https://nixos.org/channels/offload-nope/nixexprs.tar.xz'"
-    assert said in _errors(nix.stderr)
-    assert _errors(offload.stderr) == _errors(nix.stderr)
-
-
-IFD = r"""
-{ nonce }:
-let
-  gen = derivation {
-    name = "gen-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo GENERATING >&2; echo '\"generated\"' > $out" ];
-  };
-in {
-  inherit gen;
-  top = derivation {
-    name = "top-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo ${import gen} > $out" ];
-  };
-}
-"""
-
-
-def _sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
-
-
-@pytest.mark.parametrize("tool", ["nix", "off"])
-def test_an_import_from_derivation_is_fetched_from_the_users_cache(
-    project: Path, tool: str
-) -> None:
-    # A project generating Nix code in a derivation (haskell.nix, crate2nix): nix-build takes
-    # the generator's output from a binary cache that has it; offload evaluated without
-    # substituters, so it built the generator here (on a real project, from source).
-    (project / "ifd.nix").write_text(IFD)
-    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
-    gen = _sh("nix-build", "--no-out-link", *OFFLINE, str(project / "ifd.nix"), "-A", "gen", *nonce)
-    cache = f"file://{project / 'cache'}"
-    _sh("nix", "--extra-experimental-features", "nix-command", "copy", "--to", cache, gen.strip())
-    _sh("nix-store", "--delete", gen.strip())
-    uses = ("--option", "substituters", cache, "--option", "require-sigs", "false")
-    done = one(project, tool, "--no-out-link", "-A", "top", *nonce, *uses, "../ifd.nix")
-    assert done.returncode == 0, done.stderr
-    assert Path(done.stdout.strip()).read_text() == "generated\n"
-    assert "GENERATING" not in done.stderr  # fetched, not built
+    assert said in errors(nix.stderr)
+    assert errors(offload.stderr) == errors(nix.stderr)
 
 
 @pytest.mark.parametrize("lines", ["3", "0", None])
@@ -356,145 +249,6 @@ def test_the_no_form_of_a_setting_offload_spells_out_is_taken(project: Path, fla
     nix, offload = both(project, "--no-out-link", "-A", "ok", *nonce, flag, "../default.nix")
     assert nix.returncode == 0, nix.stderr
     assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
-
-
-IFD_FAILING = r"""
-{ nonce, script }:
-let gen = derivation {
-  name = "gen-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-  args = [ "-c" script ];
-}; in {
-  top = derivation {
-    name = "top-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo ${import gen} > $out" ];
-  };
-}
-"""
-
-
-@pytest.mark.parametrize(
-    ("script", "given", "status"),
-    [("exit 1", (), 100), ("/bin/sleep 10", ("--timeout", "1"), 101)],
-    ids=["failed", "timed-out"],
-)
-def test_an_import_from_derivation_that_fails_to_build_exits_as_nix_build(
-    project: Path, script: str, given: tuple[str, ...], status: int
-) -> None:
-    # The evaluation's own build fails: nix-build exits with the build's status, not 1.
-    (project / "ifd.nix").write_text(IFD_FAILING)
-    for tool in ("nix", "off"):
-        nonce = ("--argstr", "nonce", uuid.uuid4().hex, "--argstr", "script", script)
-        done = one(project, tool, "--no-out-link", "-A", "top", *nonce, *given, "../ifd.nix")
-        assert done.returncode == status, (tool, done.stderr)
-        assert done.stdout == ""
-
-
-IFD_WAITING = r"""
-{ nonce, go }:
-let
-  # Says it started, then waits (10 s at most) for the test to answer that it saw that line.
-  wait = "n=0; while [ ! -e ${go} ] && [ $n -lt 100 ]; do /bin/sleep 0.1; n=$((n+1)); done";
-  gen = derivation {
-    name = "gen-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo GEN-STARTED; ${wait}; [ -e ${go} ] && echo '\"seen\"' > $out" ];
-  };
-in {
-  top = derivation {
-    name = "top-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo ${import gen} > $out" ];
-  };
-}
-"""
-
-
-@pytest.mark.parametrize("tool", ["nix", "off"])
-def test_an_import_from_derivations_build_log_shows_while_it_builds(
-    project: Path, tool: str
-) -> None:
-    # A long import-from-derivation (a generator running for minutes): nix-build shows its
-    # log as it comes; offload showed the evaluator's lines only once it had finished.
-    (project / "ifd.nix").write_text(IFD_WAITING)
-    # Where the builder (a build user, not us) can see the test's answer.
-    with tempfile.TemporaryDirectory(dir="/tmp") as answers:
-        Path(answers).chmod(0o755)
-        go = Path(answers) / "go"
-        command = ("nix-build",) if tool == "nix" else OFFLOAD
-        args = ("--argstr", "nonce", uuid.uuid4().hex, "--argstr", "go", str(go))
-        proc = subprocess.Popen(
-            [*command, *OFFLINE, "--no-out-link", "-A", "top", *args, "../ifd.nix"],
-            cwd=project / tool,
-            env={**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "GEN-STARTED" in line:
-                go.touch()  # the generator is still waiting: its line came while it built
-                break
-        out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert Path(out.strip()).read_text() == "seen\n"
-
-
-IFD_FOREVER = r"""
-{ nonce }:
-let
-  gen = derivation {
-    name = "gen-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo GEN-STARTED; /bin/sleep 600; : ${nonce}" ];
-  };
-in {
-  top = derivation {
-    name = "top-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo ${import gen} > $out" ];
-  };
-}
-"""
-
-
-def _running_with(text: str) -> list[int]:
-    """The pids of this host's processes whose command line holds ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:  # gone meanwhile
-            continue
-    return found
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_to_offload_alone_mid_evaluation_stops_the_builds_nix_started(
-    project: Path, signum: int
-) -> None:
-    # `kill PID` (a supervisor's stop) reaches offload, not its Nix: the evaluator, killed
-    # outright, left the import-from-derivation's build running; stopped with SIGTERM, Nix
-    # stops it, as nix-build's own Ctrl-C does.
-    (project / "ifd.nix").write_text(IFD_FOREVER)
-    nonce = uuid.uuid4().hex
-    proc = start(
-        [*OFFLOAD, *OFFLINE, "--no-out-link", "-A", "top", "--argstr", "nonce", nonce,
-         "../ifd.nix"],
-        cwd=project / "off",
-        env={**os.environ, "OFFLOAD_STATE_DIR": str(project / "state")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        read_until(proc, "GEN-STARTED", [])
-        assert _running_with(f": {nonce}")  # the generator's builder
-        proc.send_signal(signum)
-        assert proc.wait(timeout=60) == 128 + signum
-        wait_for(lambda: not _running_with(f": {nonce}"), 10, "the generator's build to stop")
-    finally:
-        stop(proc)
-        for pid in _running_with(f": {nonce}"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 CHECKED = r"""
@@ -530,7 +284,7 @@ def test_a_check_goes_on_past_a_failure_with_keep_going_as_nix_build(
         checked = one(project, tool, *args, "--check", "-k")
     assert checked.returncode == 108, checked.stderr  # a build failed (100), a check differs (+8)
     assert "may not be deterministic" in checked.stderr
-    assert "-again-" in _errors(checked.stderr)
+    assert "-again-" in errors(checked.stderr)
 
 
 FOD = r"""
