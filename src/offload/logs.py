@@ -43,6 +43,7 @@ from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.history.nix_logs import default_drvs_dir
 from offload.names import LOCAL
+from offload.numerals import is_decimal
 from offload.paths import state_dir
 from offload.spelling import meant
 from offload.thread_pool import Executor
@@ -81,7 +82,7 @@ class LogFile:
         serial = 0
         if "-" in stamp:
             stamp, _, tail = stamp.partition("-")
-            if not tail.isdigit():
+            if not is_decimal(tail):
                 return None
             serial = int(tail)
         return cls(path, drv_name, unquote(machine), stamp, serial, stopped)

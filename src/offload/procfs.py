@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from offload.numerals import is_decimal
+
 __all__ = [
     "exiting",
     "is_ours",
@@ -89,7 +91,7 @@ def _stat_fields(pid: int) -> list[str] | None:
         rest = [] if text is None else _fields(text)
     except ValueError:
         return None
-    return rest if len(rest) >= 20 and rest[1].isdigit() and rest[6].isdigit() else None
+    return rest if len(rest) >= 20 and is_decimal(rest[1]) and is_decimal(rest[6]) else None
 
 
 def running(pid: int) -> bool:

@@ -55,7 +55,12 @@ def test_hosts_that_are_hosts_pass(host: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["", "-oProxyCommand=x", "a b", "a_b", "a..b", 'a"b', "a${b}", "x" * 64, "[::1]"]
+    "host",
+    [
+        *("", "-oProxyCommand=x", "a b", "a_b", "a..b", 'a"b', "a${b}", "x" * 64, "[::1]"),
+        # A scope: Python's ipaddress takes any (a newline and an ssh option too).
+        *("fe80::1%eth0", "::1%x\n  ProxyCommand touch pwn"),
+    ],
 )
 def test_hosts_that_are_not_are_refused(host: str) -> None:
     with pytest.raises(ConfigError, match="invalid host"):
@@ -104,7 +109,10 @@ def test_builders_that_would_share_an_alias_are_refused_both_named(
 
 @pytest.mark.parametrize(
     "text",
-    ["b1:0", "b1:65536", "b1:x", "1.2.3.4=b1", "[::1", "a;b=b1", "[::1]:22", "-x=b1", "local=b1"],
+    [
+        *("b1:0", "b1:65536", "b1:x", "1.2.3.4=b1", "[::1", "a;b=b1", "[::1]:22", "-x=b1"),
+        *("local=b1", "b1:\u00b2", "[::1]:\u00b2"),  # '²' is a digit to str.isdigit, not to int
+    ],
 )
 def test_bad_targets_are_refused(text: str) -> None:
     with pytest.raises(ConfigError):

@@ -33,6 +33,7 @@ from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs, LogRecorder
 from offload.marks import mark, taken
 from offload.nix_results import add_roots, realise_again
+from offload.numerals import is_decimal
 from offload.protocol.records import nix_exit_code
 from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
 from offload.scheduler.run import RunReport
@@ -53,7 +54,7 @@ def _log_lines(pool: Pool) -> int:
     """How many of a failed build's last log lines to show: Nix's ``log-lines`` setting
     (nix.conf, NIX_CONFIG, --option), 10 unless set, as nix-build shows them."""
     text = pool.nix_settings.get("log-lines")
-    return int(text) if text.isascii() and text.isdigit() else LOG_TAIL
+    return int(text) if is_decimal(text) else LOG_TAIL
 
 
 def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str], count: int) -> None:

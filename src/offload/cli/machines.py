@@ -49,6 +49,7 @@ from offload.config.settings import (
 )
 from offload.errors import ConfigError
 from offload.names import LOCAL
+from offload.numerals import is_decimal
 from offload.typing_compat import override
 
 __all__ = ["add_pool_arguments", "machine_json", "pool_from_args", "register", "run"]
@@ -143,7 +144,7 @@ def _jobs(text: str) -> int:
 
         return os.cpu_count() or 1
     # Nix's max-jobs is an unsigned int: a larger number is refused, as nix-build refuses it.
-    if not (text.isascii() and text.isdigit()) or int(text) >= 1 << 32:
+    if not is_decimal(text) or int(text) >= 1 << 32:
         msg = "configuration setting 'max-jobs' should be 'auto' or an integer"
         raise argparse.ArgumentTypeError(msg)
     return int(text)

@@ -24,6 +24,7 @@ from offload.backoff import REASON_CHARS, Health, load_backoffs
 from offload.config.machines import Machine, duplicate_names, machine_problems, shown
 from offload.config.pool import Pool
 from offload.names import LOCAL
+from offload.numerals import is_decimal
 from offload.paths import SYSTEM_STATE_DIR, state_dir
 
 __all__ = ["BACKOFF_FILE", "backoff_places", "format_table", "pool_problems", "read_backoff"]
@@ -50,7 +51,7 @@ def read_backoff(places: Sequence[Path], now: float) -> dict[str, Health]:
 def _place(line: str) -> tuple[str, int]:
     where = line.split(": ", 1)[0]
     path, _, number = where.rpartition(":")
-    return (path, int(number)) if number.isdigit() else (where, 0)
+    return (path, int(number)) if is_decimal(number) else (where, 0)
 
 
 def pool_problems(pool: Pool) -> list[tuple[str, str]]:

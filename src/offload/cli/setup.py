@@ -18,6 +18,7 @@ from offload.cli.arguments import nonempty_path
 from offload.config.machines.files import read_user_file
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions
 from offload.errors import ConfigError
+from offload.numerals import is_decimal
 from offload.setup.builder import DEFAULT_USER, BuilderSetup, builder_files
 from offload.setup.client import ClientSetup, Overrides, client_files, where_they_go
 from offload.setup.files import render, write_files
@@ -38,7 +39,7 @@ _RESTRICT_HELP = (
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 100_000:
+    if not is_decimal(text) or not 0 < int(text) < 100_000:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to 99999")
     return int(text)
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from offload.errors import ConfigError, SchedulerError, Unschedulable
+from offload.numerals import is_decimal
 from offload.scheduler.dag import Job
 from offload.scheduler.nix_model import NixCosts, simulate_nix
 from offload.scheduler.policy import MachineSlotSpec
@@ -81,7 +82,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _version(text: str) -> tuple[int, int]:
     major, _, minor = text.partition(".")
-    if not (major.isdigit() and minor.isdigit() and len(text) < 12):
+    if not (is_decimal(major) and is_decimal(minor) and len(text) < 12):
         raise argparse.ArgumentTypeError(f"{text!r} is not a Nix version such as 2.18")
     return int(major), int(minor)
 

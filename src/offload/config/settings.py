@@ -43,6 +43,7 @@ from offload.config.toml import (
     parse_offload_toml,
 )
 from offload.errors import ConfigError, TransportError
+from offload.numerals import is_decimal
 
 __all__ = [
     "DEFAULT_BUILDERS",
@@ -97,7 +98,7 @@ class NixSettings:
     def count(self, name: str, default: int = 0) -> int:
         """A setting that is a whole number (seconds, bytes); anything else is ``default``."""
         text = self.get(name)
-        return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else default
+        return int(text) if is_decimal(text) and len(text) < 19 else default
 
     def words(self, name: str) -> tuple[str, ...]:
         return tuple(self.get(name).split())

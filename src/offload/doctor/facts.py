@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
+from offload.numerals import is_decimal
 from offload.transport.ciphers import cpu_has_aes
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.links.turns import FALLBACKS, RESTRICTED_FALLBACKS
@@ -261,7 +262,7 @@ def disk_check(returncode: int, stdout: str, stderr: str) -> Check:
     """``df -Pk /nix/store``: the second line's fourth field is the free KiB."""
     lines = stdout.strip().splitlines()
     fields = lines[-1].split() if len(lines) >= 2 else []
-    if returncode != 0 or len(fields) < 4 or not fields[3].isdigit():
+    if returncode != 0 or len(fields) < 4 or not is_decimal(fields[3]):
         last = (stderr.strip().splitlines() or ["no output"])[-1]
         return Check("disk", Verdict.WARN, f"cannot tell: `df -Pk /nix/store` said {last}")
     free = int(fields[3]) / _KIB_PER_GIB

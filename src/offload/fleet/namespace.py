@@ -16,6 +16,7 @@ from pathlib import Path
 
 from offload.errors import FleetError
 from offload.fleet.records import MemberRecord
+from offload.numerals import is_decimal
 from offload.process import stop_process_group
 from offload.procfs import exiting, parent_pid, proc_stat
 
@@ -55,7 +56,7 @@ def _namespace_pids(record: MemberRecord, root: Path) -> list[int]:
     pids: list[int] = []
     chrooted: dict[int, int | None] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or (pid := int(entry.name)) == os.getpid():
+        if not is_decimal(entry.name) or (pid := int(entry.name)) == os.getpid():
             continue
         try:
             seen = (entry / "root" / "nix").stat()

@@ -52,6 +52,7 @@ from collections.abc import Callable
 
 from offload import __version__
 from offload.hook.nix_path import nix_beside_parent
+from offload.numerals import is_decimal
 from offload.state_location import HOOK_STATE_NOTE, private_dir, usable_hook_state
 
 # Not typing's: importing it (and re, enum, functools with it) costs each hook about 3 ms.
@@ -438,7 +439,7 @@ def main() -> int:
 
 def from_nix(argv: list[str]) -> bool:
     """``argv`` ends as Nix's ends: with the verbosity, a number (0 to 7)."""
-    return len(argv) > 1 and argv[-1].isascii() and argv[-1].isdigit() and len(argv[-1]) < 3
+    return len(argv) > 1 and is_decimal(argv[-1]) and len(argv[-1]) < 3
 
 
 def _main() -> int:

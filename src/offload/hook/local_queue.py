@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from offload.numerals import is_decimal
 from offload.procfs import running
 
 __all__ = ["LocalQueue"]
@@ -76,6 +77,6 @@ def _sweep(directory: Path) -> None:
     """Remove the files of Nix processes that are gone (a pid recycled since only keeps its
     file, whose entries expire anyway)."""
     for path in directory.glob("*.json"):
-        if path.stem.isdigit() and not running(int(path.stem)):
+        if is_decimal(path.stem) and not running(int(path.stem)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from offload.errors import ProtocolError
+from offload.numerals import is_decimal
 from offload.protocol.records import said_store_paths
 from offload.protocol.wire import ByteReader, read_int, read_str, read_strs
 from offload.store.path import STORE_DIR, StorePath, split_name_version
@@ -91,7 +92,7 @@ class Accepted:
 
 def verbosity(argv: list[str]) -> int:
     """Nix passes its verbosity as the last argument (newer Nix may put more before it)."""
-    if len(argv) > 1 and argv[-1].isascii() and argv[-1].isdigit() and len(argv[-1]) < 3:
+    if len(argv) > 1 and is_decimal(argv[-1]) and len(argv[-1]) < 3:
         return int(argv[-1])
     return 3
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from offload.errors import ProtocolError, StoreError
+from offload.numerals import is_decimal
 from offload.protocol.stderr import strip_ansi
 from offload.protocol.wire import (
     ByteReader,
@@ -168,7 +169,7 @@ class BuildOptions:
 
         def whole(name: str) -> int:
             text = get(name)
-            return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
+            return int(text) if is_decimal(text) and len(text) < 19 else 0
 
         return cls(
             max_silent_time=whole("max-silent-time"),

@@ -18,6 +18,7 @@ from offload.config.machines import encode_host_key, machine_from_columns
 from offload.doctor import DoctorOptions, Verdict, examine
 from offload.doctor.model import PREREQUISITES
 from offload.errors import ConfigError, OffloadError
+from offload.numerals import is_decimal
 from offload.process import run_async
 from offload.setup.client import Builder, Overrides
 from offload.setup.values import PublicKey, Target, parse_public_key
@@ -115,7 +116,7 @@ def facts_to_builder(
     max_jobs = overrides.jobs
     if max_jobs is None:
         setting = config.get("max-jobs", "")
-        max_jobs = int(setting) if setting.isdigit() and int(setting) > 1 else (cores or 1)
+        max_jobs = int(setting) if is_decimal(setting) and int(setting) > 1 else (cores or 1)
     return Builder(target, key, systems, features, max_jobs, overrides.speed)
 
 

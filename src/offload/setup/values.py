@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from offload.errors import ConfigError
 from offload.names import LOCAL
+from offload.numerals import is_decimal
 
 __all__ = [
     "PublicKey",
@@ -69,6 +70,13 @@ def _is_address(text: str) -> bool:
 
 def check_host(host: str) -> str:
     """A host name of RFC 1123 labels, or an IP address (IPv6 without brackets)."""
+    if "%" in host:
+        # Python takes any scope after an IPv6 address's '%' (newlines too), and ssh_config
+        # reads '%' as the start of one of its own tokens (%h, %p): no such builder works.
+        raise ConfigError(
+            f"invalid host {host!r}: an IPv6 scope (%eth0) cannot be written in ssh_config",
+            hint="give the builder a host name or an address without a scope",
+        )
     labels = host.rstrip(".").split(".")
     if _is_address(host) or (len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)):
         return host
@@ -127,7 +135,7 @@ def parse_target(text: str) -> Target:
     else:
         host, port_text = where, ""
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not is_decimal(port_text) or not 0 < int(port_text) < 65536:
             raise ConfigError(f"invalid port in {text!r}", hint="a port is 1 to 65535")
         port = int(port_text)
     check_host(host)

@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
+from offload.numerals import is_decimal
 
 __all__ = [
     "CLIENT_ID_CHARS",
@@ -284,7 +285,7 @@ def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
     (None if it cannot be told); None for any other line. Never raises."""
     marker, _, rest = line.strip().partition(" ")
     pid, _, report = rest.strip().partition(" ")
-    if marker != PID_MARKER or not (pid.isascii() and pid.isdigit()) or len(pid) > 12:
+    if marker != PID_MARKER or not is_decimal(pid) or len(pid) > 12:
         return None
     return int(pid), parse_load_report(_split_tail(report)[0])
 
@@ -302,7 +303,7 @@ def parse_born(line: str) -> str | None:
     the wrapper says ``slot=`` after it, and a line cut short could end in a shorter number."""
     told = _told(line)
     born = told.get("start", "")
-    whole = "slot" in told and born.isascii() and born.isdigit() and len(born) <= 20
+    whole = "slot" in told and is_decimal(born) and len(born) <= 20
     return born if whole else None
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
+from offload.numerals import is_decimal
+
 if TYPE_CHECKING:
     from offload.transport.links.base import SessionPipes
 
@@ -54,7 +56,7 @@ FALLBACKS = {
 
 def holds_slot(pipes: SessionPipes) -> bool:
     """The session's start line says it holds one of the builder's slots."""
-    return pipes.slot is not None and pipes.slot.isdigit()
+    return pipes.slot is not None and is_decimal(pipes.slot)
 
 
 def slot_fallback(pipes: SessionPipes) -> str | None:
