@@ -5,12 +5,16 @@ These files are what offload learned or was told, rewritten whole on each save; 
 damaged (truncated, edited, replaced by a device or a FIFO) reads as no file at all rather than
 failing every command. So reading never raises and never waits: at most ``MAX_BYTES`` are read,
 without blocking, and text that is not UTF-8, not JSON or nested beyond the decoder's recursion
-limit is ``None``. The callers check the shape of what they get.
+limit is ``None``; so is a number no state file holds, which would pass a type check and then
+fail where it is used (``float`` of a 400-digit integer raises, and ``NaN`` printed back is not
+JSON): ``NaN`` and ``Infinity``, a float that overflows, an integer of more than 18 digits. The
+callers check the shape of what they get.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -22,6 +26,8 @@ T = TypeVar("T")
 __all__ = ["MAX_BYTES", "latest_entries", "read_state_json", "write_state_json"]
 
 MAX_BYTES = 1 << 20  # a state file holds a few entries per machine; a MiB is thousands
+# Digits of the longest integer read: a time in nanoseconds has 19, offload writes seconds.
+_MAX_DIGITS = 18
 
 
 def read_state_json(path: Path) -> object | None:
@@ -41,10 +47,29 @@ def read_state_json(path: Path) -> object | None:
     if len(data) > MAX_BYTES:
         return None
     try:
-        value: object = json.loads(data.decode())
+        value: object = json.loads(
+            data.decode(), parse_int=_int, parse_float=_float, parse_constant=_constant
+        )
     except (ValueError, RecursionError):
         return None
     return value
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"float {text[:20]} out of range")
+    return value
+
+
+def _constant(name: str) -> float:
+    raise ValueError(f"{name} in a state file")
 
 
 def latest_entries(

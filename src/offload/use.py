@@ -83,7 +83,11 @@ def read_choice(state: Path, now: float) -> Choice | None:
     if not isinstance(data, dict):
         return None
     try:
-        machines = tuple(str(m) for m in data["machines"])
+        named = data["machines"]
+        # A list of names: a string is iterable too, and "fast" read as f, a, s, t.
+        if not isinstance(named, list) or not all(isinstance(m, str) for m in named):
+            return None
+        machines = tuple(named)
         since = float(data["since"])
         until = None if data.get("until") is None else float(data["until"])
     except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: float(10**400)

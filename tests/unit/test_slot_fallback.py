@@ -5,10 +5,13 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from offload.cli.status import format_status, status_json
 from offload.config.machines import parse_machines
 from offload.config.pool import Pool
 from offload.config.settings import LocalMachine
+from offload.load_state import LOADS_FILE, load_loads
 from offload.slot_fallback import FALLBACK_FILE, Fallback, load_fallbacks, record_fallbacks
 from offload.slots import SlotLocks
 from offload.status import pool_status
@@ -71,3 +74,28 @@ def test_status_says_which_builders_count_their_slots_here_only(tmp_path: Path) 
     assert rows["kept"]["slot_fallback"] == {"reason": RESTRICTED_FALLBACK, "learned": now}
     assert rows["plain"]["slot_fallback"] is None
     assert rows["local"]["slot_fallback"] is None
+
+
+@pytest.mark.parametrize("learned", ["1" * 400, "NaN", "Infinity", "1e999"])
+def test_a_number_no_state_file_holds_reads_as_no_file(tmp_path: Path, learned: str) -> None:
+    # A 400-digit integer passed the type check, and float() of it failed every run that used a
+    # builder ("internal error: OverflowError") and `offload status`; NaN came out of
+    # `offload status --json` as NaN, which is not JSON.
+    path = tmp_path / FALLBACK_FILE
+    path.write_text(f'{{"fast": {{"reason": "r", "learned": {learned}}}}}')
+    assert load_fallbacks([path]) == {}
+    loads = tmp_path / LOADS_FILE
+    loads.write_text(f'{{"fast": {{"slots": 1, "full": 2, "said": "s", "reported": {learned}}}}}')
+    assert load_loads([loads]) == {}
+
+
+def test_status_shows_a_learned_reason_safe_for_the_terminal(tmp_path: Path) -> None:
+    # The files are offload's, but a hand edit put a terminal's escape sequence on its screen.
+    machines, _ = parse_machines(f"ssh://kept {SYSTEM} - 2 1\n", source="m", system=SYSTEM)
+    pool = Pool(LocalMachine(1.0, 1, (SYSTEM,), frozenset()), tuple(machines))
+    now = time.time()
+    record_fallbacks(tmp_path / FALLBACK_FILE, {"kept": "no flock\x1b[2J\nthere"}, now)
+    status = pool_status(pool, [tmp_path], SlotLocks(tmp_path / "current-load"), now)
+    shown = format_status(status)
+    assert "\x1b" not in shown
+    assert "no flock\\x1b[2J\\nthere" in shown

@@ -51,6 +51,13 @@ def test_unreadable_choice_is_no_choice(tmp_path: Path) -> None:
     assert read_choice(tmp_path, now=0.0) is None
 
 
+@pytest.mark.parametrize("machines", ['"fast"', '["fast", 1]', '{"fast": 1}'])
+def test_a_choice_not_a_list_of_names_is_no_choice(tmp_path: Path, machines: str) -> None:
+    # "fast" was read as the machines f, a, s and t, and every real one shown as not chosen.
+    (tmp_path / "use.json").write_text(f'{{"machines": {machines}, "since": 0}}')
+    assert read_choice(tmp_path, now=0.0) is None
+
+
 @pytest.mark.parametrize("until", ["1e300", "Infinity", "NaN"])
 def test_a_choice_until_past_any_date_is_no_choice(tmp_path: Path, until: str) -> None:
     # Not offload's: `offload use` and `offload status` failed on it (timestamp out of range).

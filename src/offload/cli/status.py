@@ -129,7 +129,8 @@ def format_status(status: PoolStatus) -> str:
     ]
     lines += [
         f"{machine.name}: slots counted on this host only "
-        f"(learned {_clock(machine.slot_fallback.learned)}): {machine.slot_fallback.reason}"
+        f"(learned {_clock(machine.slot_fallback.learned)}): "
+        f"{shown(machine.slot_fallback.reason, REASON_CHARS)}"
         for machine in status.machines
         if machine.slot_fallback is not None
     ]
@@ -138,7 +139,7 @@ def format_status(status: PoolStatus) -> str:
         lines.append(f"ssh connections kept open (up to 2 idle minutes): {', '.join(connected)}")
     lines += [
         f"{machine.name}: loaded (hook coordinator, reported {_clock(machine.loaded.reported)}): "
-        f"{machine.loaded.said}"
+        f"{shown(machine.loaded.said, REASON_CHARS)}"
         for machine in status.machines
         if machine.loaded is not None
     ]
