@@ -47,11 +47,11 @@ def start(act: int, kind: int, fields: bytes, text: str = "") -> bytes:
     return out + encode_str(text) + fields + encode_int(0)
 
 
-def result(act: int, kind: int, text: str) -> bytes:
+def result(act: int, kind: int, text: str | bytes) -> bytes:
     return encode_int(Frame.RESULT) + encode_int(act) + encode_int(kind) + str_fields(text)
 
 
-def str_fields(*texts: str) -> bytes:
+def str_fields(*texts: str | bytes) -> bytes:
     return encode_int(len(texts)) + b"".join(encode_int(1) + encode_str(t) for t in texts)
 
 
@@ -134,6 +134,19 @@ def test_frames_carry_log_lines_and_phases_of_build_activities() -> None:
     run(read_frames(stream(data), 34, events, "peer"))
     assert lines == ["compiling", "a message"]
     assert phases == [(drv, "installPhase"), ("", "after the stop")]
+
+
+def test_a_build_printing_bytes_that_are_not_utf8_is_logged_not_a_broken_daemon() -> None:
+    # A build's tools print Latin-1 (a compiler's message, a file name): the builder was said
+    # down ("a string field is not valid UTF-8") and the build lost; ssh:// showed the line.
+    data = result(7, ResultType.BUILD_LOG_LINE, b"caf\xe9") + encode_int(Frame.NEXT)
+    data += encode_str(b"na\xefve\n") + LAST
+    lines: list[str] = []
+    run(read_frames(stream(data), 34, BuildEvents(lines.append, lambda d, p: None), "peer"))
+    assert lines == ["caf\ufffd", "na\ufffdve"]
+    old_error = encode_int(Frame.ERROR) + encode_str(b"error: caf\xe9 failed") + encode_int(1)
+    with pytest.raises(DaemonError, match="peer: caf\ufffd failed"):
+        frames(old_error, minor=25)
 
 
 def test_a_failing_consumer_does_not_desynchronise() -> None:

@@ -131,6 +131,13 @@ async def read_str(reader: ByteReader, what: str = "a string") -> str:
         raise ProtocolError(f"{what} is not valid UTF-8") from exc
 
 
+async def read_text(reader: ByteReader, what: str = "a text") -> str:
+    """A string meant for people (a build's log line, an error message): bytes that are not
+    UTF-8 become U+FFFD, as the serve protocol's log lines do, since a build prints whatever
+    its tools print (a Latin-1 message), and that is no fault of the connection."""
+    return (await read_bytes(reader, what)).decode(errors="replace")
+
+
 async def read_strs(reader: ByteReader, what: str = "a list of strings") -> list[str]:
     count = await read_int(reader, f"the length of {what}")
     if count > MAX_STRING:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from offload.errors import DaemonError, ProtocolError
 from offload.protocol.stderr import strip_ansi
-from offload.protocol.wire import ByteReader, read_int, read_str
+from offload.protocol.wire import ByteReader, read_int, read_str, read_text
 from offload.protocol.worker.records import ActivityType, Frame, ResultType
 
 __all__ = [
@@ -85,7 +85,7 @@ async def _read_fields(r: ByteReader) -> tuple[Field, ...]:
         if kind == 0:
             fields.append(await read_int(r, "an integer field"))
         elif kind == 1:
-            fields.append(await read_str(r, "a string field"))
+            fields.append(await read_text(r, "a string field"))
         else:
             raise ProtocolError(f"unknown log field type {kind}")
     return tuple(fields)
@@ -98,7 +98,7 @@ def _one_line(text: str) -> str:
 async def read_error(r: ByteReader, minor: int, name: str) -> DaemonError:
     """The body of an ``ERROR`` frame as a ``DaemonError`` (docs section 3.2)."""
     if minor < 26:
-        message = await read_str(r, "the error message")
+        message = await read_text(r, "the error message")
         await read_int(r, "the error status")
         text = _one_line(message)
         return DaemonError(f"{name}: {text}", hint=_hint(text))
@@ -106,8 +106,8 @@ async def read_error(r: ByteReader, minor: int, name: str) -> DaemonError:
     if kind != "Error":
         raise ProtocolError(f"unknown error type {kind!r}")
     await read_int(r, "the error level")
-    await read_str(r, "the error name")
-    message = await read_str(r, "the error message")
+    await read_text(r, "the error name")
+    message = await read_text(r, "the error message")
     if await read_int(r, "the error position flag"):
         raise ProtocolError("an error frame carries a position; Nix never sends one")
     traces = await read_int(r, "the number of error traces")
@@ -117,7 +117,7 @@ async def read_error(r: ByteReader, minor: int, name: str) -> DaemonError:
     for _ in range(traces):
         if await read_int(r, "a trace position flag"):
             raise ProtocolError("an error trace carries a position; Nix never sends one")
-        texts.append(await read_str(r, "an error trace"))
+        texts.append(await read_text(r, "an error trace"))
     text = _one_line(message)
     if texts:
         text += " (" + "; ".join(_one_line(t) for t in texts) + ")"
@@ -154,12 +154,12 @@ async def read_frames(r: ByteReader, minor: int, events: Events, name: str) -> N
 
 async def _read_event(r: ByteReader, tag: int) -> Event:
     if tag == Frame.NEXT:
-        return LogMessage((await read_str(r, "a log message")).rstrip("\n"))
+        return LogMessage((await read_text(r, "a log message")).rstrip("\n"))
     if tag == Frame.START_ACTIVITY:
         act = await read_int(r, "an activity id")
         level = await read_int(r, "an activity level")
         kind = await read_int(r, "an activity type")
-        text = await read_str(r, "an activity text")
+        text = await read_text(r, "an activity text")
         fields = await _read_fields(r)
         parent = await read_int(r, "a parent activity id")
         return ActivityStart(act, level, kind, text, fields, parent)
