@@ -178,6 +178,23 @@ def test_a_failed_builds_last_log_lines_are_shown_and_an_empty_log_says_nothing(
     ]
 
 
+def test_a_failed_builds_last_log_lines_reach_the_terminal_without_its_controls(tmp_path, capsys):
+    # Only colours were taken out: a build printing ESC c (a terminal's full reset) erased the
+    # run's summary above it, failures included; C1 controls and backspaces went through too.
+    logs = BuildLogs(tmp_path)
+    failing = "/nix/store/" + "a" * 32 + "-noisy.drv"
+    with logs.open(failing, "local") as writer:
+        writer.write("reset\x1bc here")
+        writer.write("c1 \u009b2J and \u009dtitle\x07 bs\x08\x08 so\x0e")
+        writer.write("zw\u202edesrever")
+    _print_log_tails(logs, {failing: "exit 1"}, 10)
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  noisy> reset here",
+        "  noisy> c1  and title bs so",
+        "  noisy> zwdesrever",
+    ]
+
+
 def test_and_more_goes_on_the_line_that_names_the_build_not_after_nixs_last():
     # Now that Nix's words are printed on their lines, "(and 1 more)" ended up after a hash
     # mismatch's "got:" line.

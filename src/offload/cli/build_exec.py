@@ -35,7 +35,7 @@ from offload.marks import mark, taken
 from offload.nix_results import add_roots, realise_again
 from offload.numerals import is_decimal
 from offload.protocol.records import nix_exit_code
-from offload.protocol.serve import BuildOptions, BuildStatus, strip_ansi
+from offload.protocol.serve import BuildOptions, BuildStatus
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
 from offload.slots import SlotLocks
@@ -44,6 +44,7 @@ from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, ReportWritten, RunStarted, Timing
 from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
+from offload.ui.term import sanitize
 
 __all__ = ["build", "build_failed", "execute"]
 
@@ -72,7 +73,7 @@ def _print_log_tails(logs: BuildLogs, failed: Mapping[str, str], count: int) -> 
         name = drv_path.rsplit("/", 1)[-1].split("-", 1)[-1].removesuffix(".drv")
         print(f"last {len(lines)} log lines of {name}:", file=sys.stderr)
         for line in lines:
-            print(f"  {name}> {strip_ansi(line)}", file=sys.stderr)
+            print(f"  {name}> {sanitize(line)}", file=sys.stderr)
 
 
 def build_failed(

@@ -27,6 +27,7 @@ from offload.protocol.wire import (
     read_int,
     read_str,
     read_strs,
+    read_text,
 )
 from offload.store.path import StorePath
 
@@ -282,7 +283,7 @@ async def read_build_status(r: ByteReader) -> tuple[BuildStatus, str]:
         status = BuildStatus(code)
     except ValueError as exc:
         raise ProtocolError(f"unknown build status {code}") from exc
-    return status, strip_ansi(await read_str(r, "the build error message"))
+    return status, strip_ansi(await read_text(r, "the build error message"))
 
 
 async def read_build_times(r: ByteReader) -> tuple[int, bool, int, int]:

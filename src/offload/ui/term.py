@@ -41,7 +41,9 @@ _ESCAPES = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
-_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# C0 and C1 controls but tab; and Unicode's bidirectional embeddings, overrides and isolates,
+# which reorder how the rest of the line is shown (a log line could show text it does not hold).
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _TAB = 8
 
 
