@@ -221,6 +221,13 @@ def _with_run(tmp_path):
         ("UPDATE builds SET bytes_sent = 'lots'", "builds"),
         ("UPDATE phases SET started = 'x'", "builds"),
         ("""UPDATE runs SET machines = '[{"name": "m", "speed": 1e999, "slots": 1}]'""", "runs"),
+        # Read whole, then a TypeError or OverflowError where offload history formatted them.
+        ("UPDATE runs SET asked = '[1, 2]'", "runs"),
+        ("UPDATE runs SET lower_bound = 'abc'", "runs"),
+        ("UPDATE runs SET estimate = 1e999", "runs"),
+        ("""UPDATE runs SET machines = '[{"name": 7, "speed": 1, "slots": 1}]'""", "runs"),
+        ("""UPDATE runs SET machines = '{"a": 1}'""", "runs"),
+        ("UPDATE builds SET status = x'ff'", "builds"),
     ],
 )
 def test_a_history_holding_what_offload_never_wrote_is_damaged(tmp_path, edit, reader):

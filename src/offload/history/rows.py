@@ -2,13 +2,16 @@
 
 Below ``History``: plain functions over a connection or cursor, no transactions of their own.
 A value a record cannot hold (a time that is no number or past any calendar, a byte count
-that is text, a speed of 1e999: a file edited or damaged) is a ``ValueError``, which
-``History`` says is a damaged database, as it says of rows that are not JSON.
+that is text, a speed of 1e999, a name that is a number: a file edited or damaged) is a
+``ValueError`` or ``TypeError``, which ``History`` says is a damaged database, as it says of
+rows that are not JSON; checked here, while the read is guarded, not later where a command
+formats what it read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -46,6 +49,26 @@ def _count(value: Any, what: str) -> int:  # noqa: ANN401 - whatever the column 
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what} is {str(value)[:40]!r}, not a count")
     return value
+
+
+def _text(value: Any, what: str) -> str:  # noqa: ANN401 - whatever the column holds
+    """``value``, a text column's: a str (SQLite keeps whatever it was given)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is {str(value)[:40]!r}, not text")
+    return value
+
+
+def _maybe_text(value: Any, what: str) -> str | None:  # noqa: ANN401 - whatever it holds
+    return None if value is None else _text(value, what)
+
+
+def _seconds(value: Any, what: str) -> float | None:  # noqa: ANN401 - whatever it holds
+    """``value``, a duration column's (an estimate, a bound): a finite number, or none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} is {str(value)[:40]!r}, not a number of seconds")
+    return float(value)
 
 
 def chunks(values: list[_T]) -> Iterator[tuple[list[_T], str]]:
@@ -105,17 +128,17 @@ def build_row(row: tuple[Any, ...], phases: tuple[PhaseRecord, ...]) -> BuildRec
     _, run_id, drv_path, pname, machine, started, finished, status, sent, received = row[:10]
     name, error, speculative = row[10:]
     return BuildRecord(
-        run_id,
-        drv_path,
-        pname,
-        machine,
+        _text(run_id, "a build's run"),
+        _text(drv_path, "a build's derivation"),
+        _text(pname, "a build's name"),
+        _text(machine, "a build's machine"),
         _time(started, "a build's start"),
         _time(finished, "a build's end"),
-        status,
+        _text(status, "a build's status"),
         _count(sent, "a build's bytes sent"),
         _count(received, "a build's bytes received"),
-        name=name,
-        error=error,
+        name=_text(name, "a build's full name"),
+        error=_maybe_text(error, "a build's error"),
         speculative=bool(speculative),
         phases=phases,
     )
@@ -123,23 +146,29 @@ def build_row(row: tuple[Any, ...], phases: tuple[PhaseRecord, ...]) -> BuildRec
 
 def run_row(row: tuple[Any, ...]) -> RunRecord:
     run_id, started, finished, asked, outcome, machines, estimate, bound = row
+    listed = json.loads(_text(machines, "a run's machines"))
+    if not isinstance(listed, list):
+        raise TypeError(f"a run's machines are {machines[:40]!r}, not a list")
     return RunRecord(
-        run_id=run_id,
+        run_id=_text(run_id, "a run's id"),
         started=_time(started, "a run's start"),
         finished=_time(finished, "a run's end"),
-        asked=tuple(json.loads(asked)),
-        outcome=outcome,
-        machines=tuple(_machine(m) for m in json.loads(machines)),
-        estimate=estimate,
-        lower_bound=bound,
+        asked=tuple(_text(a, "a name asked") for a in json.loads(_text(asked, "a run's ask"))),
+        outcome=_text(outcome, "a run's outcome"),
+        machines=tuple(_machine(m) for m in listed),
+        estimate=_seconds(estimate, "a run's estimate"),
+        lower_bound=_seconds(bound, "a run's lower bound"),
     )
 
 
-def _machine(said: dict[str, Any]) -> MachineRecord:
+def _machine(said: Any) -> MachineRecord:  # noqa: ANN401 - whatever the JSON holds
+    if not isinstance(said, dict):
+        raise TypeError(f"a run's machine is {str(said)[:40]!r}")
     speed = float(said["speed"])
     if not 0.0 < speed < float("inf"):
         raise ValueError(f"a machine's speed is {said['speed']!r}")
-    return MachineRecord(said["name"], speed, _count(int(said["slots"]), "a machine's slots"))
+    name = _text(said["name"], "a machine's name")
+    return MachineRecord(name, speed, _count(int(said["slots"]), "a machine's slots"))
 
 
 def legacy_run(row: tuple[Any, ...]) -> RunRecord:
