@@ -81,9 +81,10 @@ def test_a_history_locked_by_another_process_is_said_so_not_damaged(tmp_path):
     History(path).close()
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
+    run = RunRecord("run", 99.0, 100.0, ("hello",), "ok", (), None, None)
     try:
         with pytest.raises(StoreError) as caught, History(path, wait=0.1) as history:
-            history.runs(limit=1)
+            history.record_run(run, [])
     finally:
         holder.close()
     assert caught.value.message.endswith("cannot use the history database: database is locked")
@@ -96,6 +97,8 @@ def test_a_wait_for_a_busy_history_is_said_on_stderr_before_it_ends(tmp_path):
     # once it has waited a moment rather than look hung; it goes on once the lock is let go.
     path = tmp_path / "history.sqlite"
     History(path).close()
+    with sqlite3.connect(path) as db:  # an older offload's file: opening it adds what is missing
+        db.execute("DROP TABLE meta")
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path)}
@@ -119,6 +122,21 @@ def test_a_wait_for_a_busy_history_is_said_on_stderr_before_it_ends(tmp_path):
     assert said[-1] == f"note: history is busy (another offload?), waiting up to 30 s: {path}\n"
     assert proc.returncode == 0, rest
     assert "Traceback" not in rest
+
+
+def test_reading_the_history_does_not_wait_for_a_writer(tmp_path):
+    # offload history, report and a dry run took the write lock to check the schema: behind
+    # a writer (a pruning pass, another run's records) they waited 30 s, then failed.
+    path = _with_run(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("DELETE FROM builds")  # not committed: readers see the file as it was
+    try:
+        with History(path, wait=0.1) as history:
+            assert [r.run_id for r in history.runs()] == ["run"]
+            assert len(history.builds(run_id="run")) == 1
+    finally:
+        holder.close()
 
 
 class _Busy:

@@ -43,7 +43,7 @@ from offload.history.rows import (
     phases_of,
     run_row,
 )
-from offload.history.schema import BUILD_COLUMNS, EXTRAS, MIGRATIONS
+from offload.history.schema import BUILD_COLUMNS, EXTRA_NAMES, EXTRAS, MIGRATIONS
 
 __all__ = ["History"]
 
@@ -225,6 +225,13 @@ class History:
             return False
         return True
 
+    def _up_to_date(self) -> bool:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        marks = ",".join("?" * len(EXTRA_NAMES))
+        query = f"SELECT count(*) FROM sqlite_master WHERE name IN ({marks})"  # noqa: S608
+        (made,) = self._db.execute(query, EXTRA_NAMES).fetchone()
+        return bool(version == len(MIGRATIONS) and made == len(EXTRA_NAMES))
+
     def _check_version(self) -> None:
         """A file read as it is must be of this version's schema: older lacks what is read."""
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -236,6 +243,10 @@ class History:
             raise StoreError(msg, hint="its next build with this offload brings it up to date")
 
     def _migrate(self) -> None:
+        # Read first: a file already of this schema needs no write lock, and a reader
+        # (offload history, report, a dry run) must not wait for a writer's, as WAL lets it.
+        if self._up_to_date():
+            return
         with self._transaction() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version > len(MIGRATIONS):

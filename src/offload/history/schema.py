@@ -8,7 +8,7 @@ no migration (``EXTRAS``).
 
 from __future__ import annotations
 
-__all__ = ["BUILD_COLUMNS", "EXTRAS", "MIGRATIONS"]
+__all__ = ["BUILD_COLUMNS", "EXTRAS", "EXTRA_NAMES", "MIGRATIONS"]
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -66,6 +66,7 @@ EXTRAS = """
     CREATE INDEX IF NOT EXISTS builds_finished ON builds (finished);
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 """
+EXTRA_NAMES = ("builds_finished", "meta")  # what EXTRAS makes, as sqlite_master names them
 BUILD_COLUMNS = (
     "id, run_id, drv_path, pname, machine, started, finished, status, bytes_sent,"
     " bytes_received, name, error, speculative"
