@@ -281,3 +281,23 @@ def test_a_builder_an_earlier_run_backed_off_is_tried_when_nothing_else_can_buil
     assert any(f"backed off after 2 failure(s) in earlier runs: {old}" in line for line in said)
     assert any("tried again before its backoff ends" in line for line in said), done.stderr
     assert load_backoff(backoff, time.time()) == {}  # it built: forgotten
+
+
+def test_a_backoff_file_that_cannot_be_written_says_so_and_the_run_is_kept(fleet, tmp_path):
+    # A directory where backoff.json goes: "the run is not kept: [Errno 21] ..." with no hint,
+    # though the run was in the history all the same.
+    (tmp_path / "state" / "backoff.json").mkdir(parents=True)
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "dep", "--builders", "")
+    assert done.returncode == 0, done.stderr
+    backoff = tmp_path / "state" / "backoff.json"
+    said = f"warning: {backoff}: the builders' backoff is not kept: Is a directory (hint: "
+    assert said in done.stderr
+    assert "the run is not kept" not in done.stderr
+    env = offload_env(fleet, tmp_path)
+    listed = subprocess.run(
+        [sys.executable, "-m", "offload", "history", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)["runs"]) == 1

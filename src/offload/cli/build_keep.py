@@ -97,10 +97,18 @@ def keep_run(
     try:
         if history is not None:
             _record(history, remember, report, graph, pool)
-        save_backoff(state / "backoff.json", report.health, time.time())
     except (OffloadError, OSError) as exc:
         message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)
         warn(f"the run is not kept: {message}", hint)
+    backoff = state / "backoff.json"
+    try:
+        save_backoff(backoff, report.health, time.time())
+    except OSError as exc:  # the run is kept all the same: said as what it is
+        why = exc.strerror or str(exc)
+        warn(
+            f"{backoff}: the builders' backoff is not kept: {why}",
+            "make it a file offload can write",
+        )
 
 
 def _record(
