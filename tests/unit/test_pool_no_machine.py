@@ -7,6 +7,7 @@ import pytest
 
 from offload.config.machines.check import machine_problems
 from offload.config.pool import Pool
+from offload.errors import ConfigError
 from tests.helpers.pools import LOCAL, machines, pool
 
 IDLE_TOML = """
@@ -63,13 +64,14 @@ def test_builders_left_out_with_j_0_are_not_said_unset(picked, said):
     assert ("--on/--exclude" in hint) == bool(picked)
 
 
-def test_a_name_with_an_escape_is_said_escaped():
+def test_a_name_with_an_escape_is_refused_and_said_escaped():
     # offload.toml's name = "b\u001b[31mRED" reached the terminal as an escape sequence in
     # `offload machines`' warning, a run's error and a dry run's last line (it turned them red).
     toml = '[[machine]]\nuri = "ssh://nx-b.invalid"\nname = "b\\u001b[31mRED"\nmax-jobs = 0\n'
-    why, _ = pool("", toml).select(max_jobs=0).no_machine() or ("", "")
-    assert "\x1b" not in why
-    assert "b\\x1b[31mRED takes no jobs" in why
+    with pytest.raises(ConfigError, match="name must be one word") as refused:
+        pool("", toml)
+    assert "\x1b" not in refused.value.message
+    assert "b\\x1b[31mRED" in refused.value.message
 
 
 def test_a_second_table_over_a_toml_machine_is_where_its_max_jobs_is():

@@ -173,7 +173,12 @@ def test_parse_offload_toml():
         ("[local]\nmax-jobs = true", "max-jobs must be a whole number"),
         ("[local]\nmax-jobs = -1", "max-jobs must be a whole number from 0 to 4294967295"),
         ("[[machine]]\nhost = 'h'\nspeed-factor = 0", "speed-factor must be a positive number"),
-        ("[[machine]]\nhost = 'h'\nname = '@x'", "'@x' cannot be a machine name"),
+        ("[[machine]]\nhost = 'h'\nname = '@x'", "name must be one word"),
+        # A name --on could never pick, or that printed a terminal's escape in a warning.
+        ("[[machine]]\nhost = 'h'\nname = 'a b,c'", "name must be one word"),
+        ("[[machine]]\nhost = 'h'\nname = '-x'", "name must be one word"),
+        ("[[machine]]\nhost = 'h'\nname = \"x\\n\\u001b[31m\"", "name must be one word"),
+        ("[[machine]]\nhost = 'h'\ntags = ['gpu', 'big fast']", "tags must be a list of words"),
         ("[local]\nfeatures = [[]]", "features must be a list of non-empty strings"),
         ("a = " + "[" * 2000 + "]" * 2000, "nested too deeply"),
         ("local = 3", "local must be a table"),

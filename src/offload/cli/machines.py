@@ -157,8 +157,8 @@ def _options(args: argparse.Namespace) -> dict[str, str]:
 def pool_from_args(args: argparse.Namespace) -> Pool:
     """The selected pool for a command with ``add_pool_arguments``; warnings go to stderr."""
     pool = load_pool(builders=args.builders, config=args.config, options=_options(args))
-    for warning in pool.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    for warning in pool.warnings:  # one line each, whatever a file put in it
+        print(f"warning: {shown(warning, 2000)}", file=sys.stderr)
     return pool.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
 
 

@@ -125,6 +125,20 @@ _KEY_HINTS = {
 }
 
 
+# A machine's name or tag is one word to --on, `offload use`, the tables and the warnings:
+# printable, no blank or comma, not beginning as an option ('-') or a tag ('@') does. A name
+# may hold '@' and ':' after that: those of machines-file lines do (alice@b, b:2222).
+_WORD_SAID = "printable, no blank or comma, not beginning with '-' or '@'"
+
+
+def _is_word(text: str) -> bool:
+    return (
+        text[:1] not in {"", "-", "@"}
+        and text.isprintable()
+        and not any(c.isspace() or c == "," for c in text)
+    )
+
+
 class _Table:
     """Typed access to one TOML table. A key of the wrong type is a problem recorded in
     ``problems`` (naming the file and the table) and reads as absent, so that one pass over
@@ -163,6 +177,20 @@ class _Table:
         if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
             return tuple(value)
         self._fail(key, "a list of non-empty strings")
+        return None
+
+    def word(self, key: str) -> str | None:
+        value = self.string(key)
+        if value is None or _is_word(value):
+            return value
+        self._fail(key, f"one word ({_WORD_SAID})")
+        return None
+
+    def words(self, key: str) -> tuple[str, ...] | None:
+        values = self.strings(key)
+        if values is None or all(_is_word(v) for v in values):
+            return values
+        self._fail(key, f"a list of words ({_WORD_SAID})")
         return None
 
     def integer(self, key: str, low: int, high: int) -> int | None:
@@ -269,8 +297,8 @@ def _machine(
         index=index,
         uri=table.string("uri"),
         host=table.string("host"),
-        name=table.string("name"),
-        tags=frozenset(table.strings("tags") or ()),
+        name=table.word("name"),
+        tags=frozenset(table.words("tags") or ()),
         port=table.integer("port", 1, 65535),
         enabled=table.boolean("enabled"),
         systems=table.strings("systems"),
