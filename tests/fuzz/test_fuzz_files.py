@@ -190,7 +190,7 @@ def test_a_damaged_history_is_one_line(scratch: Path) -> None:
     ("text", "says"),
     [
         ('"a\\nb" = 1', "unknown key 'a\\nb'"),
-        ('[[machine]]\nname = "@a\\nb"\nhost = "h"', "'@a\\nb' cannot be a machine name"),
+        ('[[machine]]\nname = "@a\\nb"\nhost = "h"', "'-' or '@'), not '@a\\nb'"),
         ("x = " + "[" * 2000, "nested too deeply"),
         ("x = " + "{a=" * 600, "nested too deeply"),
     ],
