@@ -11,7 +11,6 @@ machines, by speed factor, file order among equals) URI for URI.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import re
@@ -22,10 +21,10 @@ import pytest
 
 from offload import process
 from offload.backoff import Health, load_backoff, save_backoff
-from offload.cli import machines as machines_cli
 from offload.config.machines import Machine, format_machines, parse_machines
 from offload.config.settings import builders_spec, local_machine, read_nix_settings
 from offload.errors import ConfigError
+from tests.helpers.machines_cli import run_machines_cli
 
 SYSTEM = read_nix_settings().system
 KEY_LINE = (
@@ -246,22 +245,13 @@ def test_settings_come_from_nix_show_config(tmp_path):
 # --- the command ---------------------------------------------------------------------------------
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="offload")
-    machines_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    status = args.func(args)
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def test_machines_json_and_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     (tmp_path / "offload").mkdir()
     (tmp_path / "offload" / "offload.toml").write_text(
         '[[machine]]\nhost = "nx-om-a.invalid"\nname = "a"\ntags = ["fast"]\nport = 2222\n'
     )
-    status, out, _ = _cli(["machines", "--builders", RICH, "--json", "-j", "2"], capsys)
+    status, out, _ = run_machines_cli(["machines", "--builders", RICH, "--json", "-j", "2"], capsys)
     assert status == 0
     rows = json.loads(out)
     assert [r["name"] for r in rows] == [
@@ -277,7 +267,7 @@ def test_machines_json_and_table(tmp_path, capsys, monkeypatch):
     assert rows[1]["host_key_pinned"]
     assert rows[1]["port"] == 2222
     assert not rows[2]["host_key_pinned"]
-    status, out, _ = _cli(["machines", "--builders", RICH, "--on", "@fast"], capsys)
+    status, out, _ = run_machines_cli(["machines", "--builders", RICH, "--on", "@fast"], capsys)
     lines = out.splitlines()
     assert lines[0].split() == [
         "NAME", "HOST", "SYSTEMS", "JOBS", "SPEED", "FEATURES", "KEY", "BACKOFF",
@@ -287,28 +277,32 @@ def test_machines_json_and_table(tmp_path, capsys, monkeypatch):
     assert lines[1].split()[1].startswith("root@nx-om-a.invalid")
     assert "pinned" in lines[1].split()
     assert max(map(len, lines)) <= 100  # cut to fit; --wide shows it whole
-    status, out, _ = _cli(["machines", "--builders", RICH, "--on", "@fast", "--wide"], capsys)
+    status, out, _ = run_machines_cli(
+        ["machines", "--builders", RICH, "--on", "@fast", "--wide"], capsys
+    )
     assert out.splitlines()[1].split()[1] == "root@nx-om-a.invalid:2222"
 
 
 def test_machines_unknown_name_fails(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     with pytest.raises(ConfigError, match="no machine named 'nope'"):
-        _cli(["machines", "--builders", "nx-om-a.invalid", "--on", "nope"], capsys)
+        run_machines_cli(["machines", "--builders", "nx-om-a.invalid", "--on", "nope"], capsys)
 
 
 def test_convert_round_trips_through_nixos_and_toml(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     spec = tmp_path / "machines"
     spec.write_text(format_machines(offload_parse(RICH, tmp_path)))
-    _, nixos, _ = _cli(["machines", "convert", "--to", "nixos", "--from", str(spec)], capsys)
+    _, nixos, _ = run_machines_cli(
+        ["machines", "convert", "--to", "nixos", "--from", str(spec)], capsys
+    )
     (tmp_path / "machines.nix").write_text(nixos)
     # nix-instantiate (real Nix) evaluates what we wrote; read back, it is the same pool.
-    _, toml, _ = _cli(
+    _, toml, _ = run_machines_cli(
         ["machines", "convert", "--to", "toml", "--from", str(tmp_path / "machines.nix")], capsys
     )
     (tmp_path / "pool.toml").write_text(toml)
-    _, back, _ = _cli(
+    _, back, _ = run_machines_cli(
         ["machines", "convert", "--to", "nix", "--from", str(tmp_path / "pool.toml")], capsys
     )
     assert [line for line in back.splitlines() if not line.startswith("#")] == [
@@ -316,58 +310,15 @@ def test_convert_round_trips_through_nixos_and_toml(tmp_path, capsys, monkeypatc
     ]
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ('[ { hostName = "a" } ]\n', "syntax error, unexpected '}', expecting ';' (at {f}:1:20)"),
-        (
-            "{ ... }: { nix.buildMachines = []; }\n",
-            "cannot convert a function to JSON (at {f}:1:1)",
-        ),
-    ],
-    ids=["syntax", "module"],
-)
-def test_convert_says_nixs_error_and_where(tmp_path, capsys, monkeypatch, text, message):
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    file = tmp_path / "bad.nix"
-    file.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        _cli(["machines", "convert", "--to", "nix", "--from", str(file)], capsys)
-    expected = message.replace("{f}", str(file))
-    assert caught.value.message == f"{file}: nix-instantiate could not evaluate it: {expected}"
-    assert caught.value.hint is not None
-    assert "nix.buildMachines" in caught.value.hint
-
-
-def test_convert_reads_a_hand_written_nixos_expression(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    fixture = Path(__file__).parent.parent / "fixtures" / "machines" / "build-machines.nix"
-    _, out, _ = _cli(["machines", "convert", "--to", "nix", "--from", str(fixture)], capsys)
-    (a, b) = offload_parse(out, tmp_path)
-    assert (a.uri, a.systems, a.max_jobs, a.speed_factor) == (
-        "ssh://root@nx-fix-a.invalid",
-        ("x86_64-linux",),
-        8,
-        4.0,
-    )
-    assert a.public_host_key is not None
-    assert a.public_host_key.startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")
-    assert (b.uri, b.systems, b.mandatory_features) == (
-        "ssh-ng://nx-fix-b.invalid",
-        ("aarch64-linux", "armv7l-linux"),
-        frozenset({"benchmark"}),
-    )
-
-
 # --- `offload machines`: every problem, what the local Nix would reject, backoff ------------------
 
 
-def _machines_cli(
+def _machinesrun_machines_cli(
     argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path, mp: pytest.MonkeyPatch
 ) -> tuple[int, str, list[str]]:
     mp.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     mp.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    status, out, err = _cli(["machines", *argv], capsys)
+    status, out, err = run_machines_cli(["machines", *argv], capsys)
     return status, out, err.splitlines()
 
 
@@ -389,7 +340,9 @@ def test_every_problem_in_one_pass_where_nix_stops_at_the_first(tmp_path, capsys
     assert "bad machine specification" in nix.stderr
     assert "'nx-om-p2.invalid - - two'" in nix.stderr
     assert nix.tried == []
-    status, out, err = _machines_cli(["--builders", f"@{path}"], capsys, tmp_path, monkeypatch)
+    status, out, err = _machinesrun_machines_cli(
+        ["--builders", f"@{path}"], capsys, tmp_path, monkeypatch
+    )
     assert status == 1
     assert [line.split(": ")[:2] for line in err[:-1]] == [
         ["warning", f"{path}:1"],
@@ -419,7 +372,9 @@ def test_lines_the_local_nix_rejects_are_warned_about(tmp_path, capsys, monkeypa
     path.write_text("nx-om-w1.invalid - - 1 1.5\n")
     nix = nix_hook(tmp_path, f"@{path}")
     assert "to 'unsigned int'" in nix.stderr  # Nix 2.8 rejects the file for the speed
-    status, _, err = _machines_cli(["--builders", f"@{path}"], capsys, tmp_path, monkeypatch)
+    status, _, err = _machinesrun_machines_cli(
+        ["--builders", f"@{path}"], capsys, tmp_path, monkeypatch
+    )
     assert status == 0  # newer Nix and offload read it
     (line,) = err
     assert line.startswith(f"warning: {path}:1: Nix before 2.20 rejects the whole file")
@@ -428,7 +383,7 @@ def test_lines_the_local_nix_rejects_are_warned_about(tmp_path, capsys, monkeypa
     (tmp_path / "port").mkdir()
     nix = nix_hook(tmp_path / "port", f"@{path}")
     assert "Could not resolve hostname nx-om-w2.invalid:2222" in nix.stderr
-    _, _, err = _machines_cli(["--builders", f"@{path}"], capsys, tmp_path, monkeypatch)
+    _, _, err = _machinesrun_machines_cli(["--builders", f"@{path}"], capsys, tmp_path, monkeypatch)
     assert len(err) == 1
     assert "Nix before 2.31 gives ssh 'host:2222' as a host name" in err[0]
 
@@ -444,7 +399,7 @@ def test_nix_remote_systems_is_read_as_newer_nix_reads_it(tmp_path, capsys, monk
     assert two.listing is None  # Nix 2.8 reads none of several files
     assert "enable remote builds" in two.stderr
     monkeypatch.setenv("NIX_REMOTE_SYSTEMS", both)
-    status, out, err = _machines_cli(["--json"], capsys, tmp_path, monkeypatch)
+    status, out, err = _machinesrun_machines_cli(["--json"], capsys, tmp_path, monkeypatch)
     assert status == 0
     rows = json.loads(out)
     assert [(r["name"], r["max_jobs"], r["source"]) for r in rows[1:]] == [
@@ -469,14 +424,18 @@ def test_backoff_is_shown_and_reset(tmp_path, capsys, monkeypatch):
         time.time(),
     )
     spec = "nx-om-b1.invalid; nx-om-b2.invalid"
-    _, out, _ = _machines_cli(["--builders", spec], capsys, tmp_path, monkeypatch)
+    _, out, _ = _machinesrun_machines_cli(["--builders", spec], capsys, tmp_path, monkeypatch)
     clock = time.strftime("%H:%M:%S", time.localtime(until))
     assert out.splitlines()[2].endswith(f"until {clock} (2x)")
-    _, out, _ = _machines_cli(["--builders", spec, "--wide"], capsys, tmp_path, monkeypatch)
+    _, out, _ = _machinesrun_machines_cli(
+        ["--builders", spec, "--wide"], capsys, tmp_path, monkeypatch
+    )
     assert f"until {clock} (2x): ssh: connection refused\\x1b[2J" in out
-    _, out, _ = _machines_cli(["--builders", spec, "--json"], capsys, tmp_path, monkeypatch)
+    _, out, _ = _machinesrun_machines_cli(
+        ["--builders", spec, "--json"], capsys, tmp_path, monkeypatch
+    )
     assert json.loads(out)[1]["backoff"]["failures"] == 2
-    status, out, err = _machines_cli(
+    status, out, err = _machinesrun_machines_cli(
         ["--builders", spec, "--reset", "nx-om-b1.invalid,nx-om-b2.invalid"],
         capsys,
         tmp_path,
@@ -490,10 +449,14 @@ def test_backoff_is_shown_and_reset(tmp_path, capsys, monkeypatch):
     assert out.splitlines()[2].endswith("-")
     assert load_backoff(state / "backoff.json", time.time()) == {}
     with pytest.raises(ConfigError, match="--reset nx-om-nope: no machine of that name"):
-        _machines_cli(["--builders", spec, "--reset", "nx-om-nope"], capsys, tmp_path, monkeypatch)
+        _machinesrun_machines_cli(
+            ["--builders", spec, "--reset", "nx-om-nope"], capsys, tmp_path, monkeypatch
+        )
 
 
 def test_dev_zero_include_fails_cleanly_through_the_command(tmp_path, capsys, monkeypatch):
-    status, _, err = _machines_cli(["--builders", "@/dev/zero"], capsys, tmp_path, monkeypatch)
+    status, _, err = _machinesrun_machines_cli(
+        ["--builders", "@/dev/zero"], capsys, tmp_path, monkeypatch
+    )
     assert status == 1
     assert err[0] == "error: --builders: machines file /dev/zero is larger than 4 MiB; not read"

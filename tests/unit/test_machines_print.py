@@ -67,6 +67,14 @@ def test_newer_nix_output_keeps_ports_and_fractions():
     assert _strip(parse(format_machines(machines, nix28=False))) == _strip(machines)
 
 
+def test_newer_nix_output_writes_the_port_offload_toml_set():
+    # offload.toml's port = 2222 over ssh://a:22222: ":2222" is in the URI as text, so the URI
+    # was written as it was, and Nix connected to 22222.
+    (machine,) = parse("ssh://nx-p.invalid:22222 - - 1 1")
+    printed = format_machines([dataclasses.replace(machine, port=2222)], nix28=False)
+    assert [m.port for m in parse(printed)] == [2222]
+
+
 def test_printer_refuses_what_the_format_cannot_say():
     machine = one("m")
     with pytest.raises(ConfigError, match="cannot go in a machines file"):

@@ -448,3 +448,29 @@ def test_the_readmes_offload_toml_example_is_what_it_says():
     assert machine.params["compress"] == "true"
     assert toml.local is not None
     assert toml.local.speed_factor == 2.0
+
+
+def test_a_key_given_in_the_uri_stays_there_in_toml_and_nixos():
+    # ssh://a?ssh-key=/my%20key: toml and NixOS had ssh-key = "/my key" beside it, a column
+    # no machines file can hold (offload refused the toml; Nix read "key" as max-jobs).
+    p = pool("ssh://nx-k.invalid?ssh-key=/my%20key x86_64-linux - 1 1")
+    text = pool_to_toml(p)
+    assert "ssh-key" not in text.replace("?ssh-key=", "")
+    back, _ = apply_toml([], parse_offload_toml(text, "t"), system=SYSTEM)
+    assert [m.ssh_key for m in back] == ["/my key"]
+    nixos = pool_to_nixos(p)
+    assert "sshKey" not in nixos
+    assert 'hostName = "nx-k.invalid?ssh-key=/my%20key";' in nixos
+
+
+def test_an_at_sign_in_the_query_is_not_the_users():
+    uri = "ssh://nixb@nx-q.invalid?remote-store=local%3Froot%3D/a@b"
+    nixos = pool_to_nixos(pool(f"{uri} x86_64-linux - 1 1"))
+    assert 'hostName = "nx-q.invalid?remote-store=local%3Froot%3D/a@b";' in nixos
+    assert 'sshUser = "nixb";' in nixos
+
+
+def test_a_speed_any_machines_file_holds_reads_back_from_toml():
+    p = pool("nx-s.invalid x86_64-linux - 1 10000000000")
+    back, _ = apply_toml([], parse_offload_toml(pool_to_toml(p), "t"), system=SYSTEM)
+    assert [m.speed_factor for m in back] == [1e10]

@@ -13,6 +13,7 @@ the same ``--builders/--config/--option/--on/--exclude/-j`` handling.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -156,10 +157,14 @@ def _options(args: argparse.Namespace) -> dict[str, str]:
 
 def pool_from_args(args: argparse.Namespace) -> Pool:
     """The selected pool for a command with ``add_pool_arguments``; warnings go to stderr."""
+    return _whole_pool(args).select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
+
+
+def _whole_pool(args: argparse.Namespace) -> Pool:
     pool = load_pool(builders=args.builders, config=args.config, options=_options(args))
     for warning in pool.warnings:  # one line each, whatever a file put in it
         print(f"warning: {shown(warning, 2000)}", file=sys.stderr)
-    return pool.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
+    return pool
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -364,7 +369,7 @@ def _detect(path: Path, given: str) -> str:
 
 
 def _read(path: Path) -> str:
-    text = read_text_file(str(path))
+    text = read_text_file(str(path), named=True)  # `--from <(...)`: 120 s, as README says
     if text is None:
         raise ConfigError(f"{path}: no such file", hint="check --from")
     return text
@@ -423,12 +428,14 @@ def _convert(args: argparse.Namespace) -> int:
         )
     if args.from_file is not None:
         settings = read_nix_settings(options=_options(args))
-        pool = pool_from_file(args.from_file, args.from_format, settings)
-        for warning in (*settings.warnings, *pool.warnings):
-            print(f"warning: {warning}", file=sys.stderr)
-        pool = pool.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
+        whole = pool_from_file(args.from_file, args.from_format, settings)
+        for warning in (*settings.warnings, *whole.warnings):
+            print(f"warning: {shown(warning, 2000)}", file=sys.stderr)
     else:
-        pool = pool_from_args(args)
+        whole = _whole_pool(args)
+    pool = whole.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
+    if not (args.on or args.exclude):
+        pool = dataclasses.replace(pool, machines=_convertible(whole.machines, args.to))
     if args.to == "nix":
         sys.stdout.write(pool_to_nix(pool, nix28=not args.newer_nix))
     elif args.to == "nixos":
@@ -436,3 +443,20 @@ def _convert(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(pool_to_toml(pool))
     return 0
+
+
+def _convertible(machines: Sequence[Machine], to: str) -> tuple[Machine, ...]:
+    """Every machine of the file but those the ``to`` form cannot hold as they are, each of
+    those said: a conversion loses nothing unsaid (a selection left out machines that offload
+    does not use: disabled ones, and those it never connects to)."""
+    kept = []
+    for m in machines:
+        if m.not_connected is not None:
+            why = f"offload never connects to it: {m.not_connected}"
+        elif not m.enabled and to != "toml":
+            why = f"enabled = false has no form in a {to} file, where a machine is used"
+        else:
+            kept.append(m)
+            continue
+        print(f"warning: {shown(m.name, 200)} left out: {why}", file=sys.stderr)
+    return tuple(kept)

@@ -43,6 +43,12 @@ def _speed(value: float) -> str:
     return repr(float(value))
 
 
+def _key_column(m: Machine) -> str | None:
+    """The ssh key of ``m``'s third column: its key, unless the URI's ``ssh-key`` gave it (a
+    path with a blank, percent-encoded there, is no column's)."""
+    return m.ssh_key if m.ssh_key != m.params.get("ssh-key") else None
+
+
 def pool_to_toml(pool: Pool) -> str:
     """offload.toml that defines the whole pool (every machine by uri, with all its columns)."""
     lines = ["# offload.toml written by `offload machines convert --to toml`", ""]
@@ -70,8 +76,8 @@ def pool_to_toml(pool: Pool) -> str:
             if m.params.get(key) == "true":
                 lines.append(f"{key} = true")
         lines.append(f"systems = {_toml_list(m.systems)}")
-        if m.ssh_key is not None:
-            lines.append(f"ssh-key = {_toml_str(m.ssh_key)}")
+        if (column := _key_column(m)) is not None:  # the URI's ssh-key stays in it
+            lines.append(f"ssh-key = {_toml_str(column)}")
         lines += [f"max-jobs = {m.max_jobs}", f"speed-factor = {_speed(m.speed_factor)}"]
         lines.append(f"supported-features = {_toml_list(sorted(m.supported_features))}")
         lines.append(f"mandatory-features = {_toml_list(sorted(m.mandatory_features))}")
@@ -98,14 +104,16 @@ def pool_to_nixos(pool: Pool) -> str:
     for m in pool.machines:
         protocol = m.scheme if m.is_ssh else None
         if protocol is not None:
-            _, _, rest = m.uri.partition("://")
-            host = rest.rpartition("@")[2]
+            # user@host, then the query kept whole (an '@' in it is no user's).
+            authority, mark, query = m.uri.partition("://")[2].partition("?")
+            host = authority.rpartition("@")[2]
             if m.port is not None:
                 out.append(
                     f"  # offload: port {m.port} of {shown(m.host or host)} dropped: "
                     "Nix 2.8 cannot take host:port (use an ssh Host alias)"
                 )
-                host = host.replace(f":{m.port}", "", 1)
+                host = host.removesuffix(f":{m.port}")
+            host += mark + query
         else:
             host = m.uri
         speed = max(1, round(m.speed_factor))
@@ -115,8 +123,8 @@ def pool_to_nixos(pool: Pool) -> str:
         out.append(f"    protocol = {_nix_str(protocol) if protocol else 'null'};")
         if m.user is not None:
             out.append(f"    sshUser = {_nix_str(m.user)};")
-        if m.ssh_key is not None:
-            out.append(f"    sshKey = {_nix_str(m.ssh_key)};")
+        if (key := _key_column(m)) is not None:  # the URI's ssh-key stays in it (hostName)
+            out.append(f"    sshKey = {_nix_str(key)};")
         out += [
             f"    systems = {_nix_list(m.systems)};",
             f"    maxJobs = {m.max_jobs};",

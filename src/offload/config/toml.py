@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.config.machines import shown
+from offload.config.machines.entry import MAX_SPEED
 from offload.config.machines.files import read_user_file
 from offload.errors import ConfigError
 from offload.names import LOCAL
@@ -206,7 +207,12 @@ class _Table:
         value = self.data.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value <= MAX_SPEED
+        ):
+            # The machines file's own limit: a file convert wrote from one must read back.
             self._fail(key, "a positive number")
             return None
         return float(value)

@@ -19,14 +19,15 @@ from offload.config.machines.model import BLANKS, COLUMNS, UINT_RE, Machine, sho
 from offload.config.machines.uri import StoreUri, default_name, parse_store_uri
 from offload.errors import ConfigError
 
-__all__ = ["machine_from_columns", "parse_entry"]
+__all__ = ["MAX_SPEED", "machine_from_columns", "parse_entry"]
 
 _COLUMN_HINT = (
     "the columns are: URI systems ssh-key max-jobs speed-factor supported-features "
     "mandatory-features base64-host-key; write - for a default"
 )
 _MAX_UINT = 2**32 - 1
-_MAX_FLOAT32 = 3.4028234663852886e38
+# Nix reads the speed factor as a float (32 bits): the largest it can hold.
+MAX_SPEED = 3.4028234663852886e38
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _SPECIAL_FLOAT_RE = re.compile(r"[+-]?(?:inf(?:inity)?|nan)", re.IGNORECASE)
 
@@ -114,7 +115,7 @@ def _speed_factor(text: str | None, where: str, compat: list[NixCompat]) -> floa
     if _SPECIAL_FLOAT_RE.fullmatch(text):
         message = f"'{text}' cannot rank machines (Nix takes it; offload does not)"
         raise _column_error(where, 4, message)
-    if not _FLOAT_RE.fullmatch(text) or abs(float(text)) > _MAX_FLOAT32:
+    if not _FLOAT_RE.fullmatch(text) or abs(float(text)) > MAX_SPEED:
         raise _column_error(where, 4, f"'{shown(text)}' is not a number")
     value = float(text)
     if value < 0:

@@ -73,12 +73,14 @@ def _read_stream(fd: int, label: str, timeout: float, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_text_file(path: str, timeout: float = _TIMEOUT) -> str | None:
-    """The text of machines file ``path``; ``None`` when it does not exist (Nix skips it)."""
+def read_text_file(path: str, timeout: float | None = None, *, named: bool = False) -> str | None:
+    """The text of machines file ``path``; ``None`` when it does not exist (Nix skips it).
+    ``named``: on the command line (``read_user_file``'s longer wait for a pipe)."""
     data = read_user_file(
         path,
         "machines file",
         timeout=timeout,
+        named=named,
         hint_big=_MACHINES_HINT,
         hint_unreadable="a missing include is skipped, but one that exists must be readable",
     )

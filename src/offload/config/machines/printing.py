@@ -63,7 +63,9 @@ def format_machine_line(machine: Machine, *, nix28: bool = True) -> tuple[str, l
             f"# offload: port {machine.port} of {shown(machine.host or machine.uri)} dropped: Nix "
             "2.8 cannot take host:port (use an ssh Host alias, or offload.toml [[machine]] port)"
         )
-    if machine.port is not None and not nix28 and f":{machine.port}" not in machine.uri:
+    if machine.port is not None and not nix28:
+        # Written whatever the URI says: ":2222" is in "ssh://a:22222", and offload.toml's
+        # port of a machine is over its URI's.
         uri = _uri_with_port(machine)
     if nix28 and not float(machine.speed_factor).is_integer():
         notes.append(

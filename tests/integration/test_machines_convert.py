@@ -1,0 +1,92 @@
+"""`offload machines convert` on real files, with the real Nix evaluating a NixOS expression:
+what it says of a file it cannot read, and that it loses no machine without saying so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offload.config.machines import parse_machines
+from offload.config.settings import read_nix_settings
+from offload.errors import ConfigError
+from tests.helpers.machines_cli import run_machines_cli
+
+SYSTEM = read_nix_settings().system
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[ { hostName = "a" } ]\n', "syntax error, unexpected '}', expecting ';' (at {f}:1:20)"),
+        (
+            "{ ... }: { nix.buildMachines = []; }\n",
+            "cannot convert a function to JSON (at {f}:1:1)",
+        ),
+    ],
+    ids=["syntax", "module"],
+)
+def test_convert_says_nixs_error_and_where(tmp_path, capsys, monkeypatch, text, message):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    file = tmp_path / "bad.nix"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        run_machines_cli(["machines", "convert", "--to", "nix", "--from", str(file)], capsys)
+    expected = message.replace("{f}", str(file))
+    assert caught.value.message == f"{file}: nix-instantiate could not evaluate it: {expected}"
+    assert caught.value.hint is not None
+    assert "nix.buildMachines" in caught.value.hint
+
+
+def test_convert_reads_a_hand_written_nixos_expression(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    fixture = Path(__file__).parent.parent / "fixtures" / "machines" / "build-machines.nix"
+    _, out, _ = run_machines_cli(
+        ["machines", "convert", "--to", "nix", "--from", str(fixture)], capsys
+    )
+    (a, b) = parse_machines(out, source="-", system=SYSTEM, base_dir=tmp_path)[0]
+    assert (a.uri, a.systems, a.max_jobs, a.speed_factor) == (
+        "ssh://root@nx-fix-a.invalid",
+        ("x86_64-linux",),
+        8,
+        4.0,
+    )
+    assert a.public_host_key is not None
+    assert a.public_host_key.startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")
+    assert (b.uri, b.systems, b.mandatory_features) == (
+        "ssh-ng://nx-fix-b.invalid",
+        ("aarch64-linux", "armv7l-linux"),
+        frozenset({"benchmark"}),
+    )
+
+
+def test_convert_keeps_every_machine_or_says_why_not(tmp_path, capsys, monkeypatch):
+    # A disabled machine, and one offload never connects to, were dropped without a word
+    # (exit 0), though toml can say enabled = false.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    toml = tmp_path / "pool.toml"
+    toml.write_text(
+        '[[machine]]\nuri = "ssh://nx-cv-a.invalid"\n'
+        '[[machine]]\nuri = "ssh://nx-cv-b.invalid"\nenabled = false\n'
+        '[[machine]]\nuri = "ssh://nx-cv-c.invalid"\npublic-host-key = "bm90IGEga2V5"\n'
+    )
+    _, out, err = run_machines_cli(
+        ["machines", "convert", "--to", "toml", "--from", str(toml)], capsys
+    )
+    assert 'uri = "ssh://nx-cv-b.invalid"\nenabled = false' in out
+    assert "nx-cv-c" not in out
+    assert "warning: nx-cv-c.invalid left out: offload never connects to it: " in err
+    _, out, err = run_machines_cli(
+        ["machines", "convert", "--to", "nix", "--from", str(toml)], capsys
+    )
+    assert [line.split()[0] for line in out.splitlines() if not line.startswith("#")] == [
+        "ssh://nx-cv-a.invalid"
+    ]
+    said = "warning: nx-cv-b.invalid left out: enabled = false has no form in a nix file"
+    assert said in err
+    _, out, err = run_machines_cli(
+        ["machines", "convert", "--to", "toml", "--from", str(toml), "--on", "nx-cv-b.invalid"],
+        capsys,
+    )
+    assert "nx-cv-a" not in out
+    assert "nx-cv-b" in out  # named: taken, disabled or not
