@@ -28,7 +28,9 @@ logged there by the local Nix itself. Not root (the directory is not ours): not 
 from __future__ import annotations
 
 import bz2
+import codecs
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -56,6 +58,8 @@ DEFAULT_MAX_BYTES = 1 << 30
 STOPPED = ".stopped.log"  # the suffix of a stopped attempt's log, for ".log"
 # The phases a recorder is told of: a copy's first ones (a new copy), and "building".
 _OPENING = frozenset({"queued", "connecting", "building"})
+# Bytes read from a log at a time: a line longer than this comes in pieces.
+_READ_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -437,14 +441,21 @@ def keep_for_nix(
     target = nix_log_path(drv_path) if target is None else target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = bz2.compress(text.read_bytes())
         tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        tmp.write_bytes(data)
+        _compress(text, tmp)  # a piece at a time: a log may be hundreds of MiB
         os.utime(tmp, (started, started))
         tmp.replace(target)  # whole or not at all: Nix must never read half a bzip2 stream
     except OSError:
         return False
     return True
+
+
+def _compress(source: Path, target: Path) -> None:
+    compressor = bz2.BZ2Compressor()
+    with source.open("rb") as text, target.open("wb") as out:
+        while chunk := text.read(_READ_SIZE):
+            out.write(compressor.compress(chunk))
+        out.write(compressor.flush())
 
 
 def _drv_name(drv_path: str) -> str:
@@ -455,6 +466,11 @@ def _drv_name(drv_path: str) -> str:
 def _lines_of(path: Path) -> Iterator[str]:
     """``path``'s lines, decoded one by one (invalid UTF-8 replaced), with their newlines; a
     line longer than the read size comes in pieces, as its bytes arrive."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character cut in two
     with path.open("rb") as log:
-        for line in log:
-            yield line.decode("utf-8", "replace")
+        # readline() would hold a log without a newline whole (a progress bar's \r's).
+        for piece in iter(functools.partial(log.readline, _READ_SIZE), b""):
+            if text := decoder.decode(piece):
+                yield text
+        if rest := decoder.decode(b"", final=True):
+            yield rest
