@@ -14,6 +14,12 @@ runs to its end: a second signal raised into them left partial outputs on builde
 out of history, or a traceback. The clean-up is bounded (each remote stop and deletion has
 its timeout), and SIGKILL still ends the process at once.
 
+Python runs a handler wherever the main thread is, a callback whose exception it cannot
+pass on too (the import system's module lock's): the ``KeyboardInterrupt`` raised there is
+"Exception ignored", printed with its traceback, and the command went on. So ``install`` also
+takes the interpreter's unraisable hook: such a ``KeyboardInterrupt`` is raised again, at the
+main thread's next step out of the callback (``_lost``), silently.
+
 Later signals go to a handler that does nothing, not to ``SIG_IGN``: an ignored disposition
 is inherited by every child started during the clean-up (the ssh that stops a remote build,
 a ``nix-store``), which then could not be stopped by a SIGINT; a handler is reset by exec.
@@ -24,7 +30,10 @@ in order; this module decides what the handlers do.
 
 from __future__ import annotations
 
+import _thread
 import signal
+import sys
+import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import FrameType
@@ -75,6 +84,39 @@ def install() -> None:
         if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
             continue  # a script's background job: Ctrl-C is not for it
         signal.signal(signum, _first)
+    if sys.unraisablehook is not _lost:
+        _hooks.append(sys.unraisablehook)
+        sys.unraisablehook = _lost
+
+
+_hooks: list[Any] = []  # the unraisable hook before ``_lost``
+
+
+def _lost(unraisable: Any) -> None:  # noqa: ANN401 - sys.UnraisableHookArgs
+    """The first signal's ``KeyboardInterrupt``, raised in a callback that could not pass it
+    on: raised again once out of it, by a signal of its own to the main thread (handled at
+    its next step, where an exception goes its way). Anything else: Python's own hook."""
+    lost = isinstance(unraisable.exc_value, KeyboardInterrupt) and bool(_stopped_by)
+    if not lost or threading.current_thread() is not threading.main_thread():
+        _hooks[-1](unraisable)
+        return
+
+    before = signal.getsignal(signal.SIGINT)  # ``_ignored``, or SIG_IGN kept from the start
+
+    def again(_signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, before)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, again)
+    # A real signal (it wakes a wait: interrupt_main() only marks one), from another thread:
+    # the main thread runs a handler at its next step, which from here (raise_signal) would
+    # be in this hook still. Lost again, still in the callback when it came, it comes back.
+    main = threading.main_thread().ident or 0  # known: it runs this
+    _thread.start_new_thread(_signal_thread, (main,))  # not waited for
+
+
+def _signal_thread(ident: int) -> None:
+    signal.pthread_kill(ident, signal.SIGINT)
 
 
 def _first(signum: int, frame: FrameType | None) -> None:
