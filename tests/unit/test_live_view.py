@@ -279,3 +279,29 @@ def test_the_executor_sends_its_plan_with_builds_and_endings() -> None:
     assert ends[-1].remaining == 0.0  # nothing left after the last one
     assert isinstance(events[-1], RunFinished)
     assert not events[-1].interrupted
+
+
+def test_a_long_machine_name_leaves_the_rows_room() -> None:
+    # Every row was indented by the longest name + 2: at 80 columns a cloud host's name left
+    # the job rows their name and phase, their times and log lines cut off.
+    long = "ip-10-0-12-34.eu-west-1.compute.internal"
+
+    def renamed(event: Event) -> Event:
+        if isinstance(event, RunStarted):
+            return dataclasses.replace(event, machines=(*event.machines[:1], long, "local"))
+        if isinstance(event, JobPhase | JobFinished) and event.machine == "slow":
+            return dataclasses.replace(event, machine=long)
+        return event
+
+    renderer, out, clock = tty(print_logs=False, width=80)
+    for event in map(renamed, scripted_run()):
+        if event.time - T0 <= 2.1:
+            clock.now = max(clock.now, event.time)
+            renderer.handle(event)
+    renderer._live.refresh()
+    block = last_frame(out)
+    assert any(line.startswith("ip-10-0-12-34.eu-we…  speed 1") for line in block)
+    hello = next(line for line in block if "hello-2.12" in line)
+    assert hello.startswith(" " * 22 + "hello-2.12")
+    assert "/ est 4.0s" in hello
+    assert all(cell_len(line) <= 80 for line in block)

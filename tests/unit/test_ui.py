@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import io
 import json
+import os
 import re
+import tempfile
 import time
 
 import pytest
@@ -27,6 +29,7 @@ from offload.ui.plain import (
     machine_warning,
 )
 from offload.ui.summary import render_summary
+from offload.ui.term import sanitize
 from offload.ui.tty import TtyRenderer
 from tests.helpers.scripted_run import (
     BAD,
@@ -204,16 +207,16 @@ def test_json_one_object_per_event_per_line(print_logs: bool) -> None:
 # --- tty ---------------------------------------------------------------------------------------
 
 
-def test_tty_logs_above_live_region_sanitised_and_truncated() -> None:
+def test_tty_logs_above_live_region_sanitised_and_whole() -> None:
+    # Whole, as nix-build -L prints them: cut to the width, a compiler's error lost its end.
     renderer, out, clock = tty(print_logs=True, width=60)
     drive(renderer, clock, upto=100)
     lines = visible(out.getvalue()).split("\n")
     assert "hello-2.12> checking for gcc... yes" in lines
     assert "bad-1.0> error: oops done" in lines
     big = [line for line in lines if line.startswith("big-3> ")]
-    assert len(big) == 1
-    assert cell_len(big[0]) <= 60
-    assert big[0].endswith("…")
+    assert big == [f"big-3> {sanitize(LONG_LINE)}"]
+    assert cell_len(big[0]) > 60
     assert "\x07" not in out.getvalue()
     assert "title" not in out.getvalue()
 
@@ -275,3 +278,22 @@ def test_a_full_builder_is_a_warning_line_as_the_readme_says() -> None:
     assert machine_warning(event) == (
         "warning: builder 'b' is full: every slot there is held by other clients"
     )
+
+
+@pytest.mark.parametrize(("encoding", "live"), [("utf-8", True), ("ascii", False)])
+def test_the_live_view_is_drawn_on_a_utf8_terminal_only(encoding: str, live: bool) -> None:
+    # PYTHONIOENCODING=ascii: "…" and "·" came out as \u2026 and \xb7, wider than the view
+    # counted, and its redraws piled up in the scrollback. Plain lines instead.
+    main, side = os.openpty()
+    try:
+        with open(side, "w", encoding=encoding, closefd=False) as terminal:
+            renderer = make_renderer("auto", stream=terminal, print_logs=False)
+            assert isinstance(renderer, TtyRenderer) is live
+            assert isinstance(renderer, PlainRenderer) is not live
+            with tempfile.TemporaryFile("w+") as file:  # and into a file: plain, never tty
+                assert isinstance(
+                    make_renderer("auto", stream=file, print_logs=False), PlainRenderer
+                )
+    finally:
+        os.close(main)
+        os.close(side)

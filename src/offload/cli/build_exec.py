@@ -271,7 +271,8 @@ def _kind(args: argparse.Namespace) -> RendererKind:
     if args.json:
         return "json"
     if args.log_format is not None:
-        return "plain" if args.log_format == "raw" else "tty"
+        # bar: the live view where it can be one, plain lines into a file, as Nix's bar.
+        return "plain" if args.log_format == "raw" else "auto"
     return "plain" if _quiet(args) else "auto"
 
 

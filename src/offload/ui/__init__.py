@@ -40,7 +40,7 @@ def make_renderer(
     """
     stream = sys.stderr if stream is None else stream
     if kind == "auto":
-        kind = "tty" if _isatty(stream) else "plain"
+        kind = "tty" if _isatty(stream) and _utf8(stream) else "plain"
     match kind:
         case "json":
             from offload.ui.jsonl import JsonRenderer
@@ -70,6 +70,13 @@ def make_renderer(
                 redirect_stderr=stream is sys.stderr,
             )
     raise AssertionError(kind)  # pragma: no cover - kind is exhausted above
+
+
+def _utf8(stream: TextIO) -> bool:
+    """Whether ``stream`` writes UTF-8: the live view draws with "…" and "·", which another
+    encoding writes escaped (\\u2026), wider than counted: its redraws then piled up."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return encoding.lower().replace("-", "").replace("_", "") == "utf8"
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -26,7 +26,7 @@ from offload.threads import blocked
 from offload.ui.events import Event, JobLog, MachineEvent, RunFinished
 from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
-from offload.ui.term import sanitize, truncate
+from offload.ui.term import sanitize
 from offload.ui.view import View
 
 __all__ = ["TtyRenderer"]
@@ -110,11 +110,13 @@ class TtyRenderer:
             self._live.console.print(Text(line), soft_wrap=True, highlight=False)
 
     def _print_log(self, event: JobLog) -> None:
+        # Whole, as nix-build -L prints it: the terminal wraps a long line (a compiler's
+        # error), above the live region, which is redrawn below it. Cut to the width, the
+        # line lost what it was printed for.
         prefix = f"{event.name}> "
-        line = truncate(prefix + sanitize(event.line), self._live.console.width)
-        text = Text(line, no_wrap=True, overflow="ellipsis")
-        text.stylize("bold blue", 0, min(len(prefix), len(line)))
-        self._live.console.print(text, crop=True, soft_wrap=False)
+        text = Text(prefix + sanitize(event.line))
+        text.stylize("bold blue", 0, len(prefix))
+        self._live.console.print(text, soft_wrap=True, highlight=False)
 
     def _render(self) -> RenderableType:
         now = self._clock()

@@ -41,7 +41,7 @@ from offload.ui.events import (
     Timing,
 )
 from offload.ui.plain import clock_time
-from offload.ui.term import PHASE_LABELS, format_duration, sanitize
+from offload.ui.term import PHASE_LABELS, format_duration, sanitize, truncate
 
 __all__ = ["View"]
 
@@ -210,7 +210,10 @@ class View:
 
     def frame(self, now: float, width: int) -> RenderableType:
         """The view at ``now`` for a terminal ``width`` cells wide; no line is longer."""
-        indent = max((cell_len(m) for m in self.machines), default=0) + 2
+        # Job rows sit under the longest name, but a quarter of the width at most: a cloud
+        # host's name (ip-10-0-12-34.eu-west-1.compute.internal) left no room for the rows.
+        longest = max((cell_len(m) for m in self.machines), default=0)
+        indent = min(longest, max(width // 4, 6)) + 2
         headers: list[tuple[str, Text]] = []
         rows: list[list[Text]] = []
         for name, machine in self.machines.items():
@@ -220,7 +223,7 @@ class View:
         lines: list[Text] = []
         row = iter(rows)
         for name, header in headers:
-            line = Text(name.ljust(indent), style="bold")
+            line = Text(truncate(name, indent - 2).ljust(indent), style="bold")
             line.append_text(header)
             lines.append(line)
             count = sum(1 for (_, m) in self.jobs if m == name)
