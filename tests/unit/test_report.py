@@ -18,7 +18,13 @@ from offload.cli import main
 from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.records import BuildRecord, MachineRecord, PhaseRecord, RunRecord
-from offload.report import check_target, make_model, render_html, write_page, write_report
+from offload.report import (
+    check_target,
+    make_model,
+    render_html,
+    write_page,
+    write_report,
+)
 
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>"\'&'
 
@@ -294,3 +300,53 @@ def test_a_long_machine_name_is_cut_in_its_lane_and_whole_in_the_tooltip():
     label = re.search(r'<text class="lane-name"[^>]*>(.*?)</text>', page)
     assert label is not None
     assert label[1] == f"builder-eu-west-1.exa\u2026<title>{name}</title>"
+
+
+def test_a_status_no_run_writes_is_escaped_too():
+    # Only a tampered history holds one, but it closed the bar's class attribute.
+    builds = [_build("/nix/store/x-a.drv", "fast", 1, 2, status='built" onmouseover="alert(1)')]
+    page = render_html(make_model(RunRecord("r1", 0.0, 3.0, ("a",), "ok", (), None, None), builds))
+    assert 'onmouseover="alert(1)' not in page
+    assert "built&quot; onmouseover=&quot;alert(1)" in page
+
+
+def test_a_replaced_page_keeps_its_mode_and_its_name_may_be_long(tmp_path):
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(_run({}), [_build("a", "fast", 1, 5)])
+        private = tmp_path / "private.html"
+        private.write_text("old")
+        private.chmod(0o600)
+        write_report(history, "r", private)
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600  # was made 0644
+        long = tmp_path / ("p" * 250 + ".html")  # 255 bytes: its temporary was over
+        write_report(history, "r", long)
+        assert long.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_history_itself_or_a_directory_to_be_is_no_target(tmp_path, capsys):
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(_run({}), [_build("a", "fast", 1, 5)])
+        with pytest.raises(OffloadError, match="is the history database the report is made"):
+            write_report(history, "r", tmp_path / "history.sqlite")
+        assert history.runs()[0].run_id == "r1"  # not replaced by a page
+    with pytest.raises(SystemExit) as refused:  # a file named newdir was written
+        main(["report", "-o", f"{tmp_path}/newdir/"])
+    assert refused.value.code == 1
+    assert "names a directory: name a file" in capsys.readouterr().err
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_standard_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(_run({}), [_build("a", "fast", 1, 5)])
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path)}
+    with Path("/dev/full").open("w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "offload", "report", "-o", "-"],
+            env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: cannot write the report to standard output: No space left on device",
+        "hint: free space where it goes, or name a file with -o",
+    ]

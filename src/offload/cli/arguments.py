@@ -35,6 +35,16 @@ def nonempty_path(text: str) -> Path:
     return Path(text)
 
 
+def page_file(text: str) -> str:
+    """A file to write a page to (``--report``, ``-o``): not empty, and not a directory
+    named with its slash, which ``Path`` drops (`-o newdir/` wrote a file named newdir)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    if text.endswith("/"):
+        raise argparse.ArgumentTypeError(f"'{text}' names a directory: name a file")
+    return text
+
+
 def nonempty(what: str) -> Callable[[str], str]:
     """A text argument (an id, a name) that may not be empty: ``what`` it is, for the error."""
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from offload import __version__
+from offload.cli.arguments import page_file
 from offload.cli.machines import add_pool_arguments
 from offload.errors import ConfigError
 from offload.typing_compat import override
@@ -242,6 +243,7 @@ def _link_name(text: str) -> str:
 
 def _report_file(text: str) -> Path:
     # ``./-`` names a file called "-"; "-" alone would mix the page into the output paths.
+    text = page_file(text)
     if text == "-":
         raise argparse.ArgumentTypeError(
             "standard output carries the build's output paths: name a file, or write the page"

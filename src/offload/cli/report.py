@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from offload.cli.arguments import doc_help, nonempty
+from offload.cli.arguments import doc_help, nonempty, page_file
 from offload.cli.history_file import open_history
 from offload.errors import OffloadError
 from offload.paths import SYSTEM_STATE_DIR
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "-o",
         "--output",
-        type=report_target,
+        type=lambda text: report_target(page_file(text)),
         default=Path("report.html"),
         metavar="FILE",
         help="where to write it (default: report.html; -: standard output)",

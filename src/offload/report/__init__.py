@@ -55,6 +55,20 @@ def check_target(path: Path | None) -> None:
         raise OffloadError(f"{path}: cannot write in {parent}", hint="name a writable place")
 
 
+def not_history(path: Path | None, history: Path) -> None:
+    """``path`` is not the history the page is made from (or its write-ahead log): the page
+    replaced it, and every run kept in it was lost."""
+    if path is None:
+        return
+    for kept in (history, history.with_name(history.name + "-wal")):
+        with contextlib.suppress(OSError):
+            if path.resolve() == kept.resolve() or path.samefile(kept):
+                raise OffloadError(
+                    f"{path}: is the history database the report is made from",
+                    hint="name another file for the report",
+                )
+
+
 def _planted(path: Path, owner: int) -> bool:
     """Whether a name owned by ``owner`` may have been put there by another user to catch
     ours: the kernel's own rule for links (fs.protected_symlinks), applied to every kind of
@@ -95,6 +109,7 @@ def _in_place(path: Path) -> int | None:
 def write_report(history: History, run_id: str | None, path: Path | None) -> ReportModel:
     """The report of run ``run_id`` (a prefix; None: the latest) into ``path``."""
     check_target(path)
+    not_history(path, history.path)
     model = load_model(history, run_id)
     write_page(model, path)
     return model
@@ -117,13 +132,21 @@ def write_page(model: ReportModel, path: Path | None) -> None:
     page = render_html(model)
     if path is None:
         # As UTF-8 whatever the locale's encoding: the page says it is (meta charset).
-        sys.stdout.flush()
-        out = getattr(sys.stdout, "buffer", None)
-        if out is None:  # a text stream only (a test's capture)
-            sys.stdout.write(page)
-        else:
-            out.write(page.encode("utf-8", "surrogateescape"))
-            out.flush()
+        try:
+            sys.stdout.flush()
+            out = getattr(sys.stdout, "buffer", None)
+            if out is None:  # a text stream only (a test's capture)
+                sys.stdout.write(page)
+            else:
+                out.write(page.encode("utf-8", "surrogateescape"))
+                out.flush()
+        except BrokenPipeError:
+            raise  # `| head`: the reader is gone, as for any command
+        except OSError as exc:  # /dev/full
+            raise OffloadError(
+                f"cannot write the report to standard output: {exc.strerror or exc}",
+                hint="free space where it goes, or name a file with -o",
+            ) from exc
         return
     try:
         flags = _in_place(path)
@@ -137,13 +160,17 @@ def write_page(model: ReportModel, path: Path | None) -> None:
     try:
         # Its directory may have gone since check_target (a long build), or be one the kernel
         # makes no file in (/proc): the same one-line error as a failed write.
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        # A short name: beside a page named with 250 characters, ".NAME.XXXXXXXX" was over
+        # the file system's 255.
+        fd, tmp = tempfile.mkstemp(prefix=".offload-report-", dir=path.parent)
     except OSError as exc:
         raise _cannot_write(path, exc) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(page)
-        Path(tmp).chmod(readable_mode())  # a page to open and share, as the umask allows
+        # A page to open and share, as the umask allows; one replaced keeps its mode, as a
+        # shell's `>` keeps it (a 0600 page stays private).
+        Path(tmp).chmod(_kept_mode(path))
         Path(tmp).replace(path)
     except BaseException as exc:
         # Ctrl-C (or SIGTERM) while it is written too: no stray temporary beside the page.
@@ -152,6 +179,13 @@ def write_page(model: ReportModel, path: Path | None) -> None:
         if isinstance(exc, OSError):
             raise _cannot_write(path, exc) from exc
         raise
+
+
+def _kept_mode(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:  # none there yet
+        return readable_mode()
 
 
 def _cannot_write(path: Path, exc: OSError) -> OffloadError:

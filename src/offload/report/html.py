@@ -212,7 +212,7 @@ def _bar(bar: Bar, origin: float, scale: float, y: int) -> str:
         )
     width = max((end - start) * scale, 1.0)
     return (
-        f'<g class="{" ".join(classes)}" data-drv="{esc(b.drv_path)}" data-tip="{esc(tip)}">'
+        f'<g class="{esc(" ".join(classes))}" data-drv="{esc(b.drv_path)}" data-tip="{esc(tip)}">'
         f"<title>{esc(tip)}</title>{''.join(rects)}"
         f'<rect class="outline" x="{x0:.1f}" y="{y}" width="{width:.1f}" height="{ROW}" rx="2"/>'
         "</g>"
