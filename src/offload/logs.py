@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 from urllib.parse import quote, unquote
 
 from offload.config.machines.model import shown
@@ -210,8 +210,14 @@ class BuildLogs:
     def lines(self, drv_path: str, machine: str | None = None) -> Iterator[str]:
         """The newest log of ``drv_path``, line by line (a log may be hundreds of MiB: it is
         never read whole); ``OffloadError`` at once when none is kept."""
-        path = self.kept(drv_path, machine)
-        return _lines_of(path)
+        for _ in range(2):
+            path = self.kept(drv_path, machine)
+            try:
+                log = path.open("rb")
+            except FileNotFoundError:  # renamed (a stopped copy's) or pruned since the look
+                continue
+            return _lines_of(log)
+        raise self._none_kept(drv_path, machine)
 
     def kept(self, drv_path: str, machine: str | None = None) -> Path:
         """The newest log file of ``drv_path``; ``OffloadError`` when none is kept."""
@@ -463,11 +469,11 @@ def _drv_name(drv_path: str) -> str:
     return drv_path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _lines_of(path: Path) -> Iterator[str]:
-    """``path``'s lines, decoded one by one (invalid UTF-8 replaced), with their newlines; a
-    line longer than the read size comes in pieces, as its bytes arrive."""
+def _lines_of(log: BinaryIO) -> Iterator[str]:
+    """``log``'s lines, decoded one by one (invalid UTF-8 replaced), with their newlines, the
+    file closed after the last; a line longer than the read size comes in pieces."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character cut in two
-    with path.open("rb") as log:
+    with log:
         # readline() would hold a log without a newline whole (a progress bar's \r's).
         for piece in iter(functools.partial(log.readline, _READ_SIZE), b""):
             if text := decoder.decode(piece):

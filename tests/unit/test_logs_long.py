@@ -1,11 +1,18 @@
-"""Kept build logs of a size that must not be read whole (``offload.logs``): real files in
-tmp_path."""
+"""Kept build logs of a size that must not be read whole (``offload.logs``), and `offload log`
+where it prints one: real files in tmp_path."""
 
 from __future__ import annotations
 
 import bz2
+import contextlib
+import io
 from pathlib import Path
 
+import pytest
+from typing_extensions import override
+
+from offload.cli import log as log_cli
+from offload.errors import OffloadError
 from offload.logs import BuildLogs, keep_for_nix
 
 DRV = "/nix/store/" + "a" * 32 + "-long.drv"
@@ -32,3 +39,58 @@ def test_a_long_log_is_copied_for_nix_whole(tmp_path: Path) -> None:
     assert keep_for_nix(DRV, "fast", log, target, started=1000.0)
     assert bz2.decompress(target.read_bytes()) == log.read_bytes()
     assert target.stat().st_mtime == 1000.0
+
+
+class _Terminal(io.StringIO):
+    @override
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_log_on_a_terminal_keeps_its_colours_and_nothing_else(tmp_path: Path) -> None:
+    # Printed as kept: a build (or the builder it ran on) could set the clipboard (OSC 52),
+    # the window's title, clear the screen; nix log's pager (less -R) lets colours only through.
+    logs = BuildLogs(tmp_path)
+    with logs.open(DRV, "fast") as writer:
+        writer.write(
+            "\x1b]52;c;cm0gLXJmIH4=\x07\x1b]0;fake title\x07\x1b[2J\u009b31m\x1b[1mbold\x1b[0m"
+        )
+    out = _Terminal()
+    assert log_cli.show_log(DRV, logs=logs, out=out) == 0
+    assert out.getvalue() == "\x1b[1mbold\x1b[0m\n"
+
+
+def test_a_log_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    logs = BuildLogs(tmp_path)
+    with logs.open(DRV, "fast") as writer:
+        writer.write("line")
+    full = Path("/dev/full").open("w")  # noqa: SIM115 - closed below, its failure expected
+    try:
+        with pytest.raises(OffloadError) as failed:
+            log_cli.show_log(DRV, logs=logs, out=full)
+    finally:
+        with contextlib.suppress(OSError):  # what is still buffered fails again
+            full.close()
+    assert failed.value.message == "cannot write the log to /dev/full: No space left on device"
+
+
+def test_a_log_gone_between_its_look_up_and_its_read_is_looked_up_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Renamed to .stopped.log (its copy stopped) or pruned just after the look: "cannot use
+    # ...log: No such file or directory", with a hint to check the path given.
+    logs = BuildLogs(tmp_path)
+    with logs.open(DRV, "fast") as writer:
+        writer.write("the older one")
+    with logs.open(DRV, "slow") as writer:
+        writer.write("the newest")
+    looked = BuildLogs.kept
+
+    def gone_once(self: BuildLogs, drv: str, machine: str | None = None) -> Path:
+        path = looked(self, drv, machine)
+        if "slow" in path.name:
+            path.unlink()  # as the look returns
+        return path
+
+    monkeypatch.setattr(BuildLogs, "kept", gone_once)
+    assert list(logs.lines(DRV)) == ["the older one\n"]

@@ -8,8 +8,10 @@ did not run is looked up in Nix's own logs (``nix-store --read-log``). Of severa
 newest that ran to its end is shown (a speculative copy that lost, or one stopped or lost with
 its machine, only when no attempt ran to its end: ``offload.logs``). ``--machine`` picks the
 newest build on one machine, useful when speculative copies ran on two (Nix is not asked
-then; a machine with no log of it is an error naming those that have one). The log is printed as
-kept, escape codes and all, on a terminal, and stripped of them otherwise.
+then; a machine with no log of it is an error naming those that have one). On a terminal the
+log keeps its colours, as ``nix log``'s pager shows them, and loses every other escape code and
+control character (a build could set the clipboard or the window's title); elsewhere it is
+stripped of them all. A write that fails (a full disk) is one error line.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from offload.errors import OffloadError
 from offload.logs import BuildLogs
 from offload.process import output_lines, run
 from offload.store import STORE_DIR
-from offload.ui.term import sanitize_text
+from offload.ui.term import colours_only, sanitize_text
 
 __all__ = ["find_deriver", "register", "show_log", "store_object"]
 
@@ -75,11 +77,23 @@ def show_log(
         if nix is None:  # Nix keeps no log of it either
             raise
         lines = nix
-    raw = _isatty(out)
-    for line in lines:  # a log may be hundreds of MiB: never held whole
-        out.write(line if raw else sanitize_text(line))
-    out.flush()
+    shown_as = colours_only if _isatty(out) else sanitize_text
+    try:
+        for line in lines:  # a log may be hundreds of MiB: never held whole
+            out.write(shown_as(line))
+        out.flush()
+    except BrokenPipeError:
+        raise  # `| head`: the reader is gone, as for any command (cli's exit 141)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        hint = "free space where it goes, or send it elsewhere"
+        raise OffloadError(f"cannot write the log to {_name(out)}: {why}", hint=hint) from exc
     return 0
+
+
+def _name(out: TextIO) -> str:
+    name = getattr(out, "name", None)
+    return "standard output" if name in (None, "<stdout>", 1) else str(name)
 
 
 def store_object(target: str) -> str | None:

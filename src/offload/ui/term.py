@@ -13,6 +13,7 @@ import re
 
 __all__ = [
     "PHASE_LABELS",
+    "colours_only",
     "format_bytes",
     "format_duration",
     "sanitize",
@@ -58,6 +59,21 @@ def sanitize(line: str) -> str:
         segments = [s for s in line.split("\r") if s]
         line = segments[-1] if segments else ""
     return _CONTROLS.sub("", line.expandtabs(_TAB))
+
+
+# What a log may still do on a terminal: colour (SGR), and move to a line's start or the next.
+_COLOUR = re.compile(r"\x1b\[[0-9;:]*m")
+_ESCAPE_OR_CONTROL = re.compile(
+    _ESCAPES.pattern + r"| [\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]",
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def colours_only(text: str) -> str:
+    """``text`` for a terminal with its colours kept (``nix log``'s pager, ``less -R``, keeps
+    as much) and every other escape or control taken out: a log must not set the clipboard
+    (OSC 52), the window's title, clear the screen or move the cursor."""
+    return _ESCAPE_OR_CONTROL.sub(lambda m: m.group() if _COLOUR.fullmatch(m.group()) else "", text)
 
 
 def sanitize_text(text: str) -> str:
