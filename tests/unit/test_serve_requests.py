@@ -289,8 +289,23 @@ def test_failed_build_result_strips_ansi_and_keeps_stream_in_step() -> None:
     run(go())
 
 
-def test_built_outputs_read_even_for_old_server_version() -> None:
-    # Nix 2.8 sends builtOutputs whatever the version (nix-protocols.md 2.6 bug).
+def test_a_nix_2_3_server_sends_no_built_outputs_and_the_stream_stays_in_step() -> None:
+    # Serve 0x205 is Nix 2.3 (Debian 11's 2.3.7): builtOutputs came with 2.4. Read anyway, the
+    # client waited for them while the server waited for the next request, for ever.
+    async def go() -> None:
+        hello = SERVER_HELLO[:8] + u64(0x205)
+        client, _ = await connected(_result(0, "", outputs=b"") + strs(B), hello=hello)
+        result = await client.build_derivation(DRV_PATH, _drv())
+        assert result.success
+        assert result.built_outputs == {}
+        assert await client.query_valid_paths([B]) == {B}
+
+    run(go())
+
+
+def test_built_outputs_read_from_a_2_4_server_on() -> None:
+    # Nix 2.8 sends builtOutputs whatever the client's version (nix-protocols.md 2.6 bug);
+    # every server from 0x206 (Nix 2.4) sends them to our 0x207.
     out = "cccccccccccccccccccccccccccccccc-c"
     realisation = (
         '{"dependentRealisations":{},"id":"sha256:316a!out","outPath":"' + out + '",'
@@ -299,7 +314,7 @@ def test_built_outputs_read_even_for_old_server_version() -> None:
     outputs = u64(1) + s("sha256:316a!out") + s(realisation)
 
     async def go() -> None:
-        hello = SERVER_HELLO[:8] + u64(0x205)
+        hello = SERVER_HELLO[:8] + u64(0x206)
         client, _ = await connected(_result(0, "", outputs) + strs(B), hello=hello)
         result = await client.build_derivation(DRV_PATH, _drv())
         assert result.status is BuildStatus.BUILT

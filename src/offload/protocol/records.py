@@ -302,8 +302,10 @@ async def read_build_result(r: ByteReader, drv_path: str, minor: int) -> BuildRe
     if minor >= 3:
         times_built, non_det, start, stop = await read_build_times(r)
     # Nix 2.8-2.10 send builtOutputs whatever the client version (nix-protocols.md 2.6), and
-    # newer servers send it to clients announcing minor >= 6, as we do: always read it.
-    outputs = await read_built_outputs(r, drv_path)
+    # newer servers send it to clients announcing minor >= 6, as we do. ``minor`` is the
+    # lower of the two versions: below 6 the server is Nix 2.3 (0x205), which never sends it
+    # (read, it was waited for while the server waited for the next request: a hang).
+    outputs = await read_built_outputs(r, drv_path) if minor >= 6 else {}
     return BuildResult(
         status=status,
         error_msg=error_msg,
