@@ -8,10 +8,11 @@ is recorded, so a test can say which were made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from typing import cast
 
@@ -372,8 +373,14 @@ def test_a_builder_failing_as_its_outputs_come_home_is_left_out_and_they_are_bui
             clients: dict[str, object] = {"fast": Dropping(rc)}
             unreachable: dict[str, str] = {}
             told: list[Event] = []
+
+            @contextlib.asynccontextmanager
+            async def session() -> AsyncIterator[object]:
+                yield local.client()
+
             graph, _ = await run_module._existing(
                 local.client(),
+                SimpleNamespace(session=session),  # type: ignore[arg-type]
                 [(paths["d"], "out")],
                 clients,  # type: ignore[arg-type]
                 unreachable=unreachable,

@@ -4,6 +4,7 @@ ImportPaths, copy_paths between two clients, and the dependency order paths are 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -246,6 +247,31 @@ def test_copy_paths_source_failure_is_the_sources_error() -> None:
         # Both connections are mid-request and refuse further use.
         with pytest.raises(ProtocolError, match="dst: connection unusable"):
             await dst.query_valid_paths([A])
+
+    run(go())
+
+
+@pytest.mark.parametrize("said", ["hash", "size"])
+def test_a_nar_other_than_its_source_said_is_the_sources_error_and_no_trailer_goes(
+    said: str,
+) -> None:
+    # Nix's importPaths hashes what arrives and registers that: the builder's word (its path
+    # info) was never held against its bytes.
+    nar_a, other = nar_of(b"a" * 100), nar_of(b"b" * 100)  # the same size
+    info_a = _info(nar_a, A, ())
+    if said == "size":  # the right bytes, said to be more of them
+        info_a = dataclasses.replace(info_a, nar_size=len(nar_a) + 8)
+
+    async def go() -> None:
+        src, _ = await connected(other if said == "hash" else nar_a)
+        src.name = "src"
+        dst, dst_w = await connected(u64(1))
+        with pytest.raises(
+            ProtocolError, match=r"^src: .*-a arrived as another NAR than said"
+        ) as raised:
+            await copy_paths(src, dst, [info_a])
+        assert raised.value.peer == "src"  # the builder's fault, not this host's store
+        assert b"NIXE" not in bytes(dst_w.data)  # no trailer: the receiver registers nothing
 
     run(go())
 

@@ -120,7 +120,9 @@ def test_copy_paths_into_a_daemon_goes_by_add_multiple_to_store() -> None:
     class Source:
         exporter = None  # a builder's session: its NARs come by NarFromPath
 
-        async def dump_store_path(self, path: str, sink: Any, *, limit: int | None = None) -> int:
+        async def dump_store_path(
+            self, path: str, sink: Any, *, limit: int | None = None, said: Any = None
+        ) -> int:
             assert limit == 8  # each held to its narSize
             await sink(path.encode()[-8:])
             return 8
@@ -147,7 +149,9 @@ def test_a_nar_size_of_0_is_unknown_and_holds_the_nar_to_no_size() -> None:
     class Source:
         exporter = None
 
-        async def dump_store_path(self, path: str, sink: Any, *, limit: int | None = None) -> int:
+        async def dump_store_path(
+            self, path: str, sink: Any, *, limit: int | None = None, said: Any = None
+        ) -> int:
             limits.append(limit)
             await sink(path.encode()[-8:])
             return 8

@@ -219,7 +219,7 @@ async def _plan(
         mark("answered")
         _tell_slow(late, emit)
         graph, fetched = await _existing(
-            local, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit
+            local, local_link, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit
         )
         mark("graph")
         refused = check_impossible(graph) if check else None
@@ -232,6 +232,7 @@ async def _plan(
 
 async def _existing(
     local: StoreClient,
+    local_link: LocalLink,
     roots: Sequence[tuple[str, str]],
     clients: dict[str, StoreClient],
     *,
@@ -251,7 +252,11 @@ async def _existing(
             clients.pop(name, None)
         fetched += report_substituted(graph, emit)
         try:
-            fetched += await fetch_existing(graph, clients, local, emit)
+            if graph.fetch:
+                # A session of their own: a copy cut off (a builder gone, a NAR not as it
+                # said) leaves it unusable, and the graph is read again on ``local``.
+                async with local_link.session() as fetching:
+                    fetched += await fetch_existing(graph, clients, fetching, emit)
         except FetchFailed as exc:
             if exc.down:
                 unreachable[exc.machine] = exc.message

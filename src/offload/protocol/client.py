@@ -40,6 +40,7 @@ from offload.protocol.records import (
     BuildResult,
     Op,
     PathInfo,
+    nar_as_said,
     path_info_bytes,
     read_build_result,
     read_path_info,
@@ -163,9 +164,14 @@ class ServeClient(ServeConnection):
                 said_store_paths(closure, store_dir_of(asked[0]) if asked else "", "the closure")
         return set(closure)
 
-    async def dump_store_path(self, path: str, sink: Sink, *, limit: int | None = None) -> int:
+    async def dump_store_path(
+        self, path: str, sink: Sink, *, limit: int | None = None, said: PathInfo | None = None
+    ) -> int:
         """Stream the NAR of ``path`` into ``sink`` chunk by chunk; returns its size. One
-        longer than ``limit`` (its narSize) is refused before its excess is read.
+        longer than ``limit`` (its narSize) is refused before its excess is read; with
+        ``said`` (what this store said of the path), one whose size or hash is not that is a
+        ``ProtocolError`` once its last byte is through, before the caller writes anything
+        after it (an export's trailer: the receiving Nix registers nothing then).
 
         If ``sink`` raises, its exception propagates unchanged and this connection is unusable
         (the rest of the NAR is still in flight).
@@ -180,6 +186,8 @@ class ServeClient(ServeConnection):
         async with self._request(f"DumpStorePath of {path}"):
             await self._send(encode_int(Op.DUMP_STORE_PATH) + encode_str(path))
             stats = await copy_nar(self._reader, guarded, limit=limit)
+            if said is not None:
+                nar_as_said(said, stats.size, stats.sha256)
             return stats.size
 
     async def add_to_store_nar(

@@ -29,6 +29,7 @@ from offload.protocol.wire import (
     read_strs,
     read_text,
 )
+from offload.store.nar import nar_hash_nix32
 from offload.store.path import StorePath
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Op",
     "PathInfo",
     "checked_info",
+    "nar_as_said",
     "nix_exit_bits",
     "nix_exit_code",
     "parse_realisation",
@@ -60,6 +62,7 @@ CLIENT_VERSION = 0x207
 EXPORT_MAGIC = 0x4558494E  # 'NIXE' (section 3.2)
 # A narHash as PathInfo carries it (the worker protocol's base-16 is turned into this).
 _NAR_HASH = re.compile(r"sha256:[0-9a-df-np-sv-z]{52}")
+_HEX_NAR_HASH = re.compile(r"(?:sha256:)?[0-9a-fA-F]{64}")
 
 
 class Op(IntEnum):
@@ -361,3 +364,22 @@ def path_info_bytes(info: PathInfo, registration_time: int | None) -> bytes:
             encode_str(info.ca or ""),
         )
     )
+
+
+def nar_as_said(info: PathInfo, size: int, sha256_hex: str) -> None:
+    """The NAR that came is the one ``info`` says: a ``ProtocolError`` if not. A narSize of 0
+    or no hash is Nix's "unknown" (paths registered without them), not held against it; a
+    hash is ``sha256:<nix32>`` as Nix prints it, or in hex."""
+    said = info.nar_hash
+    if _NAR_HASH.fullmatch(said):
+        same = said == nar_hash_nix32(sha256_hex)
+    elif _HEX_NAR_HASH.fullmatch(said):
+        same = said.removeprefix("sha256:").lower() == sha256_hex
+    else:
+        same = not said
+    if not same or (info.nar_size and size != info.nar_size):
+        got = nar_hash_nix32(sha256_hex)
+        raise ProtocolError(
+            f"{info.path} arrived as another NAR than said ({size} bytes, {got}; said "
+            f"{info.nar_size} bytes, {said[:80]!r})"
+        )

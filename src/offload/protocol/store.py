@@ -50,7 +50,9 @@ class StoreClient(Protocol):
     async def query_closure(
         self, paths: Iterable[str], *, include_outputs: bool = False
     ) -> set[str]: ...
-    async def dump_store_path(self, path: str, sink: Sink, *, limit: int | None = None) -> int: ...
+    async def dump_store_path(
+        self, path: str, sink: Sink, *, limit: int | None = None, said: PathInfo | None = None
+    ) -> int: ...
     async def add_to_store_nar(self, info: PathInfo, nar: NarProducer) -> None: ...
     async def add_paths(
         self, items: Sequence[tuple[PathInfo, NarProducer]], *, exporter: Exporter | None = None
@@ -122,10 +124,12 @@ async def copy_paths(src: StoreClient, dst: StoreClient, infos: Sequence[PathInf
     """
     if src is dst:
         raise ValueError("cannot copy a connection's paths onto itself")
-    # Each NAR held to the size its source said: a longer one is refused as it arrives. A
-    # narSize of 0 is Nix's "unknown" (a path registered without one): the importer counts it.
+    # Each NAR held to the size its source said: a longer one is refused as it arrives, and
+    # one of another size or hash once through (Nix's own importPaths computes the hash of
+    # what arrives, and registers that). A narSize of 0 is Nix's "unknown" (a path registered
+    # without one): the importer counts it.
     items = [
-        (info, partial(src.dump_store_path, info.path, limit=info.nar_size or None))
+        (info, partial(src.dump_store_path, info.path, limit=info.nar_size or None, said=info))
         for info in infos
     ]
     await dst.add_paths(items, exporter=src.exporter)

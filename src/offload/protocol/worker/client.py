@@ -22,12 +22,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 from offload.errors import DaemonError, PeerSilent, ProtocolError
 from offload.protocol.client import NarProducer, Sink
+from offload.protocol.connection import SinkFailed
 from offload.protocol.drv_wire import encode_basic_derivation
 from offload.protocol.export import Exporter
 from offload.protocol.records import (
     BuildOptions,
     BuildResult,
     PathInfo,
+    nar_as_said,
     path_info_bytes,
     sorted_paths,
 )
@@ -74,14 +76,6 @@ _PIPELINE = 64
 _DEFAULT_OPTIONS = BuildOptions()
 # A daemon announces a handful of feature names; more is a corrupt or hostile stream.
 _MAX_FEATURES = 1024
-
-
-class _Failed(Exception):
-    """Carries an exception of a caller's sink or producer through our error mapping."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(str(exc))
-        self.exc = exc
 
 
 class _Answered(Exception):
@@ -272,23 +266,25 @@ class WorkerClient:
 
     # -- NARs --------------------------------------------------------------------------------
 
-    async def dump_store_path(self, path: str, sink: Sink, *, limit: int | None = None) -> int:
-        """NarFromPath: stream the NAR of ``path`` into ``sink``; returns its size (at most
-        ``limit``).
-
-        If ``sink`` raises, its exception propagates and this connection is unusable.
-        """
+    async def dump_store_path(
+        self, path: str, sink: Sink, *, limit: int | None = None, said: PathInfo | None = None
+    ) -> int:
+        """NarFromPath of ``path`` into ``sink``: its size, at most ``limit``, and as ``said``
+        (``nar_as_said``). A ``sink`` that raises leaves this connection unusable."""
 
         async def guarded(chunk: bytes) -> None:
             try:
                 await sink(chunk)
             except BaseException as exc:
-                raise _Failed(exc) from exc
+                raise SinkFailed(exc) from exc
 
         async with self._request(f"NarFromPath of {path}"):
             await self._send(encode_int(Op.NAR_FROM_PATH) + encode_str(path))
             await self._frames()
-            return (await copy_nar(self._reader, guarded, limit=limit)).size
+            stats = await copy_nar(self._reader, guarded, limit=limit)
+            if said is not None:
+                nar_as_said(said, stats.size, stats.sha256)
+            return stats.size
 
     async def add_to_store_nar(
         self,
@@ -442,7 +438,7 @@ class WorkerClient:
             except BaseException as exc:
                 if any(exc is e for e in own) or isinstance(exc, SizeMismatch):
                     raise
-                raise _Failed(exc) from exc
+                raise SinkFailed(exc) from exc
             # The daemon reads up to the empty frame even after failing, so end the stream.
             await self._send(encode_int(0))
             await frames
@@ -465,7 +461,7 @@ class WorkerClient:
                 if untrusted is None:
                     raise
                 raise untrusted from exc
-            except _Failed as exc:
+            except SinkFailed as exc:
                 self._broken = f"{what} was interrupted"
                 raise exc.exc from exc.exc.__cause__
             except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, EOFError) as exc:
