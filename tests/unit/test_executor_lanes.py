@@ -13,7 +13,7 @@ import pytest
 from offload.errors import SshError
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import Executor, PoolMember
-from offload.scheduler.run import copy as run_copy
+from offload.scheduler.run import closure_copy as run_copy
 from offload.transport.fake import FakeLink, FakeStore
 from offload.ui.events import Event, JobLog
 from tests.helpers.plans import finished, make_plan, spec

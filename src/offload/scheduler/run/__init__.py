@@ -17,7 +17,7 @@ Where to look:
 """
 
 from offload.history.records import RunReport
-from offload.scheduler.run.copy import send_closure
+from offload.scheduler.run.closure_copy import send_closure
 from offload.scheduler.run.executor import MAX_LOSSES, Executor
 from offload.scheduler.run.plan import (
     BIG_PARALLEL_WORK,

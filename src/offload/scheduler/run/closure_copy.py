@@ -1,0 +1,81 @@
+"""What a copy between two stores moves: the closure of some paths in the source that the
+destination lacks, dependencies first (``to_copy``), and the copy of it (``send_closure``),
+which a builder's store may send in two lanes and a builder's closure must pass a vet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+from offload.protocol.lanes import Lane, copy_in_lanes, worth_lanes
+from offload.protocol.serve import PathInfo
+from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
+
+__all__ = ["send_closure", "to_copy"]
+
+
+async def send_closure(
+    src: StoreClient,
+    dst: StoreClient,
+    paths: Sequence[str],
+    *,
+    substitute: bool = False,
+    lane: Callable[[], AbstractAsyncContextManager[Lane | None]] | None = None,
+    sending: list[str] | None = None,
+    vet: Callable[[Sequence[PathInfo]], Awaitable[Sequence[PathInfo]]] | None = None,
+) -> int:
+    """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
+
+    With ``substitute``, ``dst`` first fetches what it can from its own substituters
+    (Nix's builders-use-substitutes), and only the rest is sent. ``lane`` opens a second
+    (source, destination) pair over connections of their own, taken when the large paths are
+    worth a login (``offload.protocol.lanes``); None from it: one connection after all.
+    ``sending`` is told the paths copied (dependencies first) before the first byte goes.
+    ``vet`` sees them first and says which to copy from ``src`` (it may send some from
+    elsewhere), or refuses them (raises): then nothing is copied.
+    """
+    infos = await to_copy(src, dst, paths, substitute=substitute)
+    if vet is not None:
+        infos = list(await vet(infos))
+    if not infos:
+        return 0
+    if sending is not None:
+        sending.extend(info.path for info in infos)
+    if lane is not None and worth_lanes(infos):
+        async with lane() as second:
+            if second is not None:
+                return await copy_in_lanes([(src, dst), second], infos)
+    return await copy_paths(src, dst, infos)
+
+
+async def to_copy(
+    src: StoreClient, dst: StoreClient, paths: Sequence[str], *, substitute: bool = False
+) -> list[PathInfo]:
+    """What ``send_closure`` copies: the paths of the closure of ``paths`` in ``src`` that
+    ``dst`` lacks, dependencies first."""
+    if not paths:
+        return []
+    # Only what dst lacks is looked up in src: the rest may be valid in dst alone.
+    wanted = await _missing(dst, paths)
+    if not wanted:
+        return []
+    closure = await src.query_closure(wanted)
+    if substitute:
+        missing = await _missing(dst, closure, substitute=True)
+    else:
+        # dst was just asked about ``wanted``: only the closure's other paths are asked about
+        # (a leaf's output, most of what a run fetches home, costs one round trip less). One
+        # made valid in dst meanwhile is skipped by its import, as is any made valid between
+        # the questions and the copy.
+        others = closure - wanted
+        missing = (closure & wanted) | (await _missing(dst, others) if others else set())
+    if not missing:
+        return []
+    return topo_sort_infos(await src.query_path_infos(missing))
+
+
+async def _missing(
+    store: StoreClient, paths: Sequence[str] | set[str], *, substitute: bool = False
+) -> set[str]:
+    return set(paths) - await store.query_valid_paths(paths, substitute=substitute)
