@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from offload.errors import ProtocolError
 from offload.scheduler.run import send_closure
 from offload.transport.fake import FakePath, FakeStore, store_path
 
@@ -76,3 +77,52 @@ def test_nothing_is_copied_when_the_destination_has_it(monkeypatch):
     src, dst = FakeStore("src", _paths()), FakeStore("dst", _paths())
     moved, asked = _copy(src, dst, [B], monkeypatch)
     assert (moved, dst.received, asked) == (0, [], [{B}])
+
+
+async def _passed(infos: object) -> object:
+    return infos
+
+
+def _from_builder(src_store: FakeStore, dst_store: FakeStore, paths: list[str]) -> int:
+    """send_closure(paths) from a builder (a vet given, as for every builder's copy)."""
+
+    async def go() -> int:
+        async with src_store.connect() as src, dst_store.connect() as dst:
+            return await send_closure(src, dst, paths, vet=_passed)  # type: ignore[arg-type]
+
+    return asyncio.run(asyncio.wait_for(go(), GUARD))
+
+
+def test_a_builder_that_leaves_out_what_it_is_asked_for_is_at_fault(monkeypatch):
+    # A store leaves out what it does not hold: a builder that answers QueryClosure without
+    # the path asked (Nix errs there, a lying builder need not) made the copy "succeed" with
+    # nothing copied, the output found missing here later with no builder to blame.
+    src, dst = FakeStore("b1", [FakePath.from_text(LEAF, "leaf\n")]), FakeStore("local")
+
+    async def go() -> int:
+        async with src.connect() as builder, dst.connect() as local:
+
+            async def without(paths: Iterable[str]) -> set[str]:
+                return set()
+
+            monkeypatch.setattr(builder, "query_closure", without)
+            return await send_closure(builder, local, [LEAF], vet=_passed)  # type: ignore[arg-type]
+
+    with pytest.raises(ProtocolError, match=rf"^b1: does not hold '{LEAF}'") as raised:
+        asyncio.run(asyncio.wait_for(go(), GUARD))
+    assert raised.value.peer == "b1"
+    assert dst.received == []
+
+
+def test_a_builder_whose_path_refers_to_what_it_does_not_send_is_at_fault():
+    # B refers to A, which the builder left out of the closure it gave: this host's import
+    # refused B ("path ... is not valid"), and the fault was this host's store's.
+    src = FakeStore("b1", [FakePath.from_text(B, "b\n", references=[A])])  # no A
+    dst = FakeStore("local")
+    with pytest.raises(ProtocolError, match=rf"^b1: does not hold '{A}'") as raised:
+        _from_builder(src, dst, [B])
+    assert raised.value.peer == "b1"
+    assert dst.received == []
+    dst_with_a = FakeStore("local", [FakePath.from_text(A, "a\n")])  # held here: fine
+    _from_builder(src, dst_with_a, [B])
+    assert dst_with_a.received == [B]

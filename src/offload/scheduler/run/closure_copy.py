@@ -5,9 +5,10 @@ which a builder's store may send in two lanes and a builder's closure must pass 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 
+from offload.errors import ProtocolError
 from offload.protocol.lanes import Lane, copy_in_lanes, worth_lanes
 from offload.protocol.serve import PathInfo
 from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
@@ -33,9 +34,10 @@ async def send_closure(
     worth a login (``offload.protocol.lanes``); None from it: one connection after all.
     ``sending`` is told the paths copied (dependencies first) before the first byte goes.
     ``vet`` sees them first and says which to copy from ``src`` (it may send some from
-    elsewhere), or refuses them (raises): then nothing is copied.
+    elsewhere), or refuses them (raises): then nothing is copied. ``src`` is then a builder,
+    which must hold all it is asked for (``to_copy``'s ``whole``).
     """
-    infos = await to_copy(src, dst, paths, substitute=substitute)
+    infos = await to_copy(src, dst, paths, substitute=substitute, whole=vet is not None)
     if vet is not None:
         infos = list(await vet(infos))
     if not infos:
@@ -50,10 +52,17 @@ async def send_closure(
 
 
 async def to_copy(
-    src: StoreClient, dst: StoreClient, paths: Sequence[str], *, substitute: bool = False
+    src: StoreClient,
+    dst: StoreClient,
+    paths: Sequence[str],
+    *,
+    substitute: bool = False,
+    whole: bool = False,
 ) -> list[PathInfo]:
     """What ``send_closure`` copies: the paths of the closure of ``paths`` in ``src`` that
-    ``dst`` lacks, dependencies first."""
+    ``dst`` lacks, dependencies first. With ``whole`` (``src`` a builder), a path it was
+    asked for and does not hold, or one a path it sends refers to that is neither sent nor
+    in ``dst``, is ``src``'s ``ProtocolError`` (``_held_whole``)."""
     if not paths:
         return []
     # Only what dst lacks is looked up in src: the rest may be valid in dst alone.
@@ -70,9 +79,37 @@ async def to_copy(
         # the questions and the copy.
         others = closure - wanted
         missing = (closure & wanted) | (await _missing(dst, others) if others else set())
-    if not missing:
-        return []
-    return topo_sort_infos(await src.query_path_infos(missing))
+    infos = await src.query_path_infos(missing) if missing else {}
+    if whole:
+        await _held_whole(src, dst, wanted=wanted, closure=closure, missing=missing, infos=infos)
+    return topo_sort_infos(infos)
+
+
+async def _held_whole(
+    src: StoreClient,
+    dst: StoreClient,
+    *,
+    wanted: set[str],
+    closure: set[str],
+    missing: set[str],
+    infos: Mapping[str, PathInfo],
+) -> None:
+    """A store leaves out what it does not hold: a builder's output gone (collected since
+    it was built), or a builder that says more than it has. Unchecked, the copy "succeeded"
+    with the output not here, or this host's import refused a path whose reference never
+    came, and the builder's fault was this host's store's."""
+    absent = (wanted - closure) | (missing - set(infos))
+    referred = {r for info in infos.values() for r in info.references} - missing
+    if referred and not absent:  # the rest of the closure: in dst already, or nowhere
+        absent = referred - await dst.query_valid_paths(sorted(referred))
+    if absent:
+        first, *more = sorted(absent)
+        error = ProtocolError(
+            f"{src.name}: does not hold '{first}', which it was asked for or said it holds"
+            + (f" (and {len(more)} more)" if more else "")
+        )
+        error.peer = src.name
+        raise error
 
 
 async def _missing(
