@@ -311,6 +311,8 @@ def load_dag(path: Path) -> Dag:
         raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}", hint=_FORM) from exc
     except RecursionError as exc:  # the decoder recurses once per level of nesting
         raise ConfigError(f"{path}: JSON nested too deeply to be a DAG file", hint=_FORM) from exc
+    except ValueError as exc:  # an integer of more than 4300 digits, Python's limit
+        raise ConfigError(f"{path}: {exc}", hint=_FORM) from exc
     try:
         return parse_dag(data, source=str(path))
     except ConfigError as exc:  # what is wrong, said by node: and the form it should have

@@ -127,7 +127,13 @@ def _as_drv(arg: str, cwd: Path) -> Source | None:
     if _nix_resolves(path):
         return None
     # Resolved first: a link named anything (nix-instantiate --add-root ./mydrv) counts.
-    real = (cwd / path).resolve()
+    try:
+        real = (cwd / path).resolve()
+    except (RuntimeError, OSError) as exc:  # RuntimeError: a loop of links (Python 3.11)
+        raise ConfigError(
+            f"{arg}: too many symbolic links encountered while resolving it",
+            hint="a link points back to itself: fix or remove it",
+        ) from exc
     if not (is_store_path(str(real)) and real.name.endswith(".drv")):
         return None
     if not real.exists():

@@ -202,6 +202,13 @@ def test_drv_through_a_symlink(project: Path) -> None:
     assert instantiate(Installables(files=("mydrv",)), project) == [(m, "out")]
 
 
+def test_a_loop_of_links_is_one_error_naming_it(project: Path) -> None:
+    # `ln -s loop loop; offload build loop`: "internal error: RuntimeError: Symlink loop".
+    (project / "loop").symlink_to("loop")
+    with pytest.raises(ConfigError, match=r"^loop: too many symbolic links encountered"):
+        instantiate(Installables(files=("loop",)), project)
+
+
 def test_drv_without_out_must_name_an_output(project: Path) -> None:
     nodev = _drv(project, "nodev").partition("!")[0]
     with pytest.raises(ConfigError, match="does not have output 'out'") as info:

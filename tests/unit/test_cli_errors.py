@@ -163,6 +163,8 @@ def test_an_empty_path_is_refused_not_taken_as_here(
         (["machines", "--reset", " , "], "offload machines: argument --reset: names no machine"),
         (["use", ""], "offload use: argument NAME,...|@TAG: names no machine"),
         (["use", ","], "offload use: argument NAME,...|@TAG: names no machine"),
+        # `--for "$DUR"`, DUR unset: the choice was kept for ever, "until cleared".
+        (["use", "local", "--for", "", "--builders", ""], "--for '': not a duration"),
         (["doctor", "fast", ""], "offload doctor: argument NAME: names no machine"),
     ],
 )

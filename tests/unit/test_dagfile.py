@@ -309,7 +309,15 @@ def test_a_wrapped_script_runs_before_and_after_and_the_default_changes_nothing(
 
 
 @pytest.mark.parametrize(
-    "text", ['{"nodes": [{"name": "a", "work": -1}]}', '{"nodes": [', "[" * 100_000, "[]"]
+    "text",
+    [
+        '{"nodes": [{"name": "a", "work": -1}]}',
+        '{"nodes": [',
+        "[" * 100_000,
+        "[]",
+        # More digits than Python reads as an integer: "internal error: ValueError".
+        '{"nodes": [{"name": "a", "work": 1' + "0" * 5000 + "}]}",
+    ],
 )
 def test_a_dag_file_s_errors_say_the_form_it_takes(tmp_path: Path, text: str) -> None:
     # Each was an error line with no hint.

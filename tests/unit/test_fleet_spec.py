@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shlex
 from pathlib import Path
 
@@ -249,6 +250,13 @@ def test_state_round_trip_and_malformed_state():
         FleetState.from_json('{"version": 99, "system": "x", "members": []}')
     with pytest.raises(FleetError):
         FleetState.from_json('{"version": 1, "system": "x", "members": [{"name": "a"}]}')
+    # A pid of Infinity: "internal error: OverflowError" in fleet status and fleet down.
+    damaged = json.loads(state.to_json())
+    for number in ("Infinity", "1e999"):
+        text = json.dumps(damaged).replace('"pid": 123', f'"pid": {number}')
+        assert number in text
+        with pytest.raises(FleetError, match="is malformed"):
+            FleetState.from_json(text)
 
 
 @pytest.mark.parametrize(

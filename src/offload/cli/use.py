@@ -139,7 +139,8 @@ def _main(args: argparse.Namespace) -> int:
     # The same check `offload build --on` makes: unknown names and tags are errors.
     load_pool(builders=args.builders, config=args.config).select(on=tokens)
     now = time.time()
-    until = now + parse_duration(args.duration) if args.duration else None
+    # `--for "$DUR"` with DUR unset is no duration, not for ever (parse_duration says so).
+    until = now + parse_duration(args.duration) if args.duration is not None else None
     ensure_state_dir()  # one that cannot be made is said as every command says it
     set_choice(places, Choice(tokens, now, until), _hint)
     _tell_daemon(places)

@@ -91,8 +91,16 @@ class FleetState:
                 )
             members = tuple(MemberRecord.from_dict(m) for m in data["members"])
             return cls(str(data["system"]), members)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-            # RecursionError: JSON nested deeper than the decoder recurses ("[[[[...").
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,
+            OverflowError,
+        ) as exc:
+            # RecursionError: JSON nested deeper than the decoder recurses ("[[[[...");
+            # OverflowError: int() of Infinity or 1e999 where a pid goes.
             raise FleetError(
                 f"{origin} is malformed: {exc}",
                 hint="stop stray sshd processes by hand, then remove the fleet directory",
