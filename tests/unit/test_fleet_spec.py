@@ -65,6 +65,7 @@ def test_parse_member_spec(text, name, speed, jobs):
         "x:nan",
         "x:inf",
         "x:1:0",
+        "x:1:4294967296",  # past Nix's max-jobs: refused once its sshd ran
         "x:1:1.5",
         "x:1:two",
         "x:1:2:3",

@@ -27,7 +27,7 @@ from offload.fleet.spec import (
     validate_specs,
 )
 from offload.fleet.sshd import check_ssh, start_member
-from offload.fleet.state import fleet_of, load_state, member_of, ordered, write_state
+from offload.fleet.state import STATE_FILE, fleet_of, load_state, member_of, ordered, write_state
 from offload.fleet.view import Fleet, Member, MemberStatus
 from offload.process import run
 from offload.procfs import is_ours
@@ -65,6 +65,7 @@ def fleet_up(
     specs = validate_specs(specs)
     fleet_dir = dir.absolute()
     check_fleet_dir(fleet_dir)
+    _not_taken_over(fleet_dir)
     previous = load_state(fleet_dir)
     kept, dead = _kept_and_dead(fleet_dir, previous, specs)
     prepare_dir(fleet_dir)
@@ -150,6 +151,20 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
                 hint="remove it by hand if it is really yours",
             )
         shutil.rmtree(fleet_dir)
+
+
+def _not_taken_over(fleet_dir: Path) -> None:
+    """A directory that holds files of its own is no fleet's: `fleet up` made it 0700, and
+    `fleet down --purge` then removed it whole, with what it held (`--dir /tmp`)."""
+    if not fleet_dir.is_dir() or (fleet_dir / STATE_FILE).exists():
+        return
+    if (fleet_dir / CLIENT_KEY).exists() or not any(fleet_dir.iterdir()):
+        return
+    raise FleetError(
+        f"{fleet_dir} holds files of its own: it is not a fleet directory",
+        hint="name a new or empty directory with --dir: the fleet keeps its files there, and"
+        " fleet down --purge removes it",
+    )
 
 
 def fleet_status(dir: Path) -> tuple[MemberStatus, ...]:  # noqa: A002

@@ -156,10 +156,11 @@ class MemberSpec:
                 f"invalid speed {self.speed!r} for fleet member {self.name}",
                 hint="a speed is a finite number above 0 (NAME:SPEED:JOBS, e.g. fast:4:2)",
             )
-        if self.jobs < 1:
+        # Nix reads max-jobs as an unsigned int: more failed only once the member's sshd ran.
+        if not 1 <= self.jobs < 2**32:
             raise FleetError(
                 f"invalid jobs {self.jobs!r} for fleet member {self.name}",
-                hint="a member takes at least 1 job (NAME:SPEED:JOBS, e.g. fast:4:2)",
+                hint="a member takes 1 to 4294967295 jobs (NAME:SPEED:JOBS, e.g. fast:4:2)",
             )
         targets = [target for target, _ in self.proc_overrides]
         for target in targets:
