@@ -473,3 +473,14 @@ def test_a_dash_dash_given_as_an_options_value_is_that_value(
     status, err = _offload(["report", "-o=--"], capsys)
     assert status == 1
     assert err.startswith("error: no run in the history\n")
+
+
+def test_a_simulated_machine_name_is_one_printable_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `simulate --machines $'a\nb:1:1'` printed the name on two lines in its table.
+    dag = tmp_path / "g.json"
+    dag.write_text('{"nodes": [{"name": "a", "work": 1}]}')
+    status, err = _offload(["simulate", str(dag), "--machines", "a\nb:1:1"], capsys)
+    assert status == 1
+    assert err.splitlines()[0].startswith("error: --machines: 'a\\nb:1:1' is not name:speed:slots")

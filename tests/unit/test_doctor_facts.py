@@ -219,6 +219,16 @@ def test_the_report_marks_failures_skips_and_their_fixes():
     assert "dead: port fail: nothing listens\n  fix: start sshd\n" in text
     assert "fast: resolve" not in text
     assert "fast: resolve ok: fast" in format_report([good], verbose=True)
+    # What a builder or a file said, quoted in a detail, reached the terminal raw.
+    odd = MachineReport(
+        "a\x1b[31mb",
+        "ssh://a",
+        (Check("resolve", Verdict.FAIL, "no host 'a\x1b[31mb'", "fix\nit"),),
+        0.01,
+    )
+    said = format_report([odd])
+    assert "\x1b" not in said
+    assert "a\\x1b[31mb: resolve fail: no host 'a\\x1b[31mb'\n  fix: fix\\nit\n" in said
     assert dead.as_json()["checks"][2] == {
         "name": "ssh",
         "verdict": "skipped",

@@ -105,7 +105,8 @@ def parse_machines(
         if not item:
             continue
         fields = item.split(":")
-        if not 3 <= len(fields) <= 5 or not fields[0]:
+        # A name printed in the tables: one line, no terminal escape.
+        if not 3 <= len(fields) <= 5 or not fields[0] or not fields[0].isprintable():
             raise ConfigError(
                 f"--machines: {_shown(item)} is not name:speed:slots[:features[:mandatory]]",
                 hint=f"for example {DEFAULT_MACHINES}",

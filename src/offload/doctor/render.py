@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from offload.config.machines import shown
 from offload.doctor.model import CHECKS, MachineReport, Verdict
 
 __all__ = ["format_report"]
@@ -30,7 +31,7 @@ def _table(reports: Sequence[MachineReport]) -> list[str]:
         for name in CHECKS:
             check = report.check(name)
             cells.append(_CELL[check.verdict] if check is not None else "-")
-        rows.append([report.name, *cells, f"{report.seconds:.1f}s"])
+        rows.append([shown(report.name, 200), *cells, f"{report.seconds:.1f}s"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
@@ -47,15 +48,19 @@ def format_report(reports: Sequence[MachineReport], *, verbose: bool = False) ->
             if check.verdict == Verdict.UNKNOWN:
                 unknown.setdefault(check.detail, []).append(check.name)
         for detail, names in unknown.items():
-            notes.append(f"{report.name}: {', '.join(names)} unknown: {detail}")
+            notes.append(
+                f"{shown(report.name, 200)}: {', '.join(names)} unknown: {shown(detail, 2000)}"
+            )
         for check in report.checks:
             if check.verdict in {Verdict.SKIPPED, Verdict.UNKNOWN} or (
                 check.verdict == Verdict.OK and not verbose
             ):
                 continue
-            notes.append(f"{report.name}: {check.name} {check.verdict.value}: {check.detail}")
+            # The detail may quote what a builder or a file said: one line, no escape.
+            detail = shown(check.detail, 2000)
+            notes.append(f"{shown(report.name, 200)}: {check.name} {check.verdict.value}: {detail}")
             if check.fix:
-                notes.append(f"  fix: {check.fix}")
+                notes.append(f"  fix: {shown(check.fix, 2000)}")
     if notes:
         lines += ["", *notes]
     return "".join(f"{line}\n" for line in lines)
