@@ -240,8 +240,9 @@ def test_an_unreachable_cache_is_said_on_stderr_as_nix_build_says_it(project, re
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
+        check=False,
     )
+    assert nix.returncode == 0, nix.stderr  # said: it failed once in CI, with no word why
     expected = _cache_warnings(nix.stderr, cache)
     assert len(expected) == 2, nix.stderr  # a retry, then giving up
     assert expected[-1].startswith(f"warning: unable to download '{cache}/nix-cache-info'")

@@ -65,7 +65,7 @@ def fleet_up(
     specs = validate_specs(specs)
     fleet_dir = dir.absolute()
     check_fleet_dir(fleet_dir)
-    _not_taken_over(fleet_dir)
+    _not_taken_over(fleet_dir, {spec.name for spec in specs})
     previous = load_state(fleet_dir)
     kept, dead = _kept_and_dead(fleet_dir, previous, specs)
     prepare_dir(fleet_dir)
@@ -153,12 +153,15 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
         shutil.rmtree(fleet_dir)
 
 
-def _not_taken_over(fleet_dir: Path) -> None:
+def _not_taken_over(fleet_dir: Path, members: set[str]) -> None:
     """A directory that holds files of its own is no fleet's: `fleet up` made it 0700, and
-    `fleet down --purge` then removed it whole, with what it held (`--dir /tmp`)."""
+    `fleet down --purge` then removed it whole, with what it held (`--dir /tmp`). One of
+    the fleet's files, or of the members' directories only, is its."""
     if not fleet_dir.is_dir() or (fleet_dir / STATE_FILE).exists():
         return
-    if (fleet_dir / CLIENT_KEY).exists() or not any(fleet_dir.iterdir()):
+    if (fleet_dir / CLIENT_KEY).exists():
+        return
+    if all(entry.name in members and entry.is_dir() for entry in fleet_dir.iterdir()):
         return
     raise FleetError(
         f"{fleet_dir} holds files of its own: it is not a fleet directory",
