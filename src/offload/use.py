@@ -41,7 +41,7 @@ __all__ = [
 
 USE_FILE = "use.json"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"([0-9]{1,6})([smhd])")
+_DURATION = re.compile(r"([0-9]{1,12})([smhd])")  # 9999999s is 115 days: a duration
 # The longest duration taken (about 2700 years): a choice in force longer was not written by
 # offload (a hand edit, a damaged file), and until 1e300 was an internal error.
 _LONGEST = 10**6 * 86400.0

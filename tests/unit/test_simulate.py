@@ -348,3 +348,14 @@ def test_a_plans_records_and_decisions_are_values_equal_and_hashable_by_their_fi
     assert RunRecord("a", "m", 0, 1, "lost").speculative is False
     result = simulate([Job("a", 1.0)], [MachineSlotSpec("local", 1.0, 1)])
     assert hash(result) == hash(simulate([Job("a", 1.0)], [MachineSlotSpec("local", 1.0, 1)]))
+
+
+def test_cli_nixs_policy_fails_as_nix_build_when_a_node_cannot_be_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It printed "failed 1" and exited 0, where --policy offload exits 1.
+    dag = tmp_path / "dag.json"
+    dag.write_text(json.dumps({"nodes": [{"name": "train", "work": 1, "features": ["cuda"]}]}))
+    with pytest.raises(SchedulerError, match=r"^no machine can build train"):
+        _cli([str(dag), "--policy", "nix"])
+    assert "failed 1" in capsys.readouterr().out  # the simulated run is shown all the same

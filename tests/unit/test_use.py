@@ -68,6 +68,7 @@ def test_a_choice_until_past_any_date_is_no_choice(tmp_path: Path, until: str) -
 
 def test_the_longest_duration_is_one_a_date_can_show() -> None:
     assert parse_duration("999999d") == 999999 * 86400
+    assert parse_duration("9999999s") == 9999999  # 115 days: it was "not a duration"
     with pytest.raises(ConfigError, match="--for '999999d999999d': longer than 1000000 days"):
         parse_duration("999999d999999d")
 

@@ -199,4 +199,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_dict(), indent=None))
     else:
         _print_text(result)
+    if result.failed:  # Nix's hook: run, those failed, as nix-build exits 1 for them
+        more = f" (and {len(result.failed) - 1} more jobs)" if len(result.failed) > 1 else ""
+        raise SchedulerError(
+            f"no machine can build {result.failed[0]}{more}",
+            hint="give --machines one with those features: name:speed:slots:feature+feature",
+        )
     return 0
