@@ -213,3 +213,86 @@ def test_a_derivation_lost_for_the_last_time_ends_its_copy_once():
     assert not report.ok
     ended = [(e.machine, e.status) for e in events if isinstance(e, JobFinished)]
     assert ended == [("d1", "lost"), ("d2", "lost"), ("d3", "failed")]
+
+
+def test_a_second_copy_on_a_builder_said_down_is_stopped_with_it():
+    # fast drops (x's session hangs up) while it runs the second copy of long, whose first
+    # copy builds on slow: that copy was never stopped, a long build going on for hours on a
+    # machine said down, and the run waited for it (a guard of 10 s stands in for hours).
+    plan, _, _, src = make_plan({"a": [], "x": [], "long": []})
+    copied, x_lost = asyncio.Event(), asyncio.Event()
+
+    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "long":
+            copied.set()
+            await asyncio.Event().wait()  # hours of work
+        if build.drv.name == "x":
+            await copied.wait()
+            x_lost.set()
+            raise RuntimeError("killed")  # the session drops
+        return None
+
+    async def on_slow(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "long":
+            await x_lost.wait()
+        return None
+
+    members = [
+        _member("fast", 4, 2, on_fast),
+        _member("slow", 1, 2, on_slow),
+    ]
+    local = FakeLink(FakeStore("local", [src]))
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, local, emit=events.append, estimates={"a": 40, "x": 40, "long": 12}
+    )
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert report.ok
+    ended = [(e.name, e.machine, e.status) for e in events if isinstance(e, JobFinished)]
+    assert ("long", "fast", "lost") in ended  # stopped with its machine, said
+    assert ("long", "slow", "built") in ended
+
+
+def test_a_lost_second_copy_does_not_count_against_a_healthy_first():
+    # Every loss counted: a derivation with MAX_LOSSES - 1 losses behind it failed when its
+    # speculative second copy was lost, and its healthy first copy was stopped with it.
+    from offload.scheduler.run.endings import MAX_LOSSES
+
+    plan, _, _, src = make_plan({"a": [], "long": []})
+    second = asyncio.Event()
+
+    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "long":
+            second.set()
+            raise RuntimeError("killed")  # the second copy's session drops
+        return None
+
+    async def on_slow(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "long":
+            await second.wait()
+        return None
+
+    members = [
+        _member("fast", 4, 1, on_fast),
+        _member("slow", 1, 1, on_slow),
+    ]
+    events: list[Event] = []
+    executor = Executor(
+        plan,
+        members,
+        FakeLink(FakeStore("local", [src])),
+        emit=events.append,
+        estimates={"a": 40, "long": 12},
+    )
+    long_drv = next(d for d in plan.order if plan.drvs[d].name == "long")
+    executor._losses[long_drv] = MAX_LOSSES - 1
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert report.ok, report.failed
+    ended = [(e.name, e.machine, e.status) for e in events if isinstance(e, JobFinished)]
+    assert ("long", "fast", "lost") in ended
+    assert ("long", "slow", "built") in ended
+
+
+def _member(name: str, speed: int, slots: int, builder: object) -> PoolMember:
+    store = FakeStore(name, builder=builder)  # type: ignore[arg-type]
+    return PoolMember(spec(name, speed=speed, slots=slots), FakeLink(store), remote=True)

@@ -48,10 +48,16 @@ class Endings(Stopping):
     _explain: Callable[[str, str], str]
 
     def _lost(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
-        self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+        # Only a loss that leaves the derivation no copy counts: a second copy lost while its
+        # twin builds on failed, at the last loss, a derivation whose first copy was healthy.
+        last = self.policy.copies(drv_path) == [machine]
+        if last:
+            self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
         # The last loss fails the derivation, and that copy is told as failed, once.
-        failed = self._losses[drv_path] >= MAX_LOSSES and self._fail(
-            drv_path, machine, outcome, now
+        failed = (
+            last
+            and self._losses[drv_path] >= MAX_LOSSES
+            and self._fail(drv_path, machine, outcome, now)
         )
         self._machine_failed(machine, outcome.error or "connection lost", now)
         if not failed:
@@ -139,8 +145,10 @@ class Endings(Stopping):
         if not down.merged:
             self._last_error[machine] = error
             self._events.machine_down(machine, error, self.wall() + (down.until - now))
-        for other_task, (other, where) in list(self._tasks.items()):
-            if where == machine and other in down.returned:
+        # Every copy there: the policy dropped them all, those with a twin elsewhere too (left
+        # running, one built for hours on a machine said down, and the run waited for it).
+        for other_task, (_, where) in list(self._tasks.items()):
+            if where == machine:
                 other_task.cancel()
                 self._stopped[other_task] = ("lost", error)
         self._holders.machine_gone(machine, self.policy)
