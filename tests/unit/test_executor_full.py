@@ -3,6 +3,7 @@
 import asyncio
 
 from offload.history.records import RunReport
+from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
@@ -143,3 +144,36 @@ def test_a_full_builder_backed_off_is_probed_no_more_nor_said_up():
 
     assert asyncio.run(scenario())
     assert said == [("full", "full")]
+
+
+def test_a_run_halted_by_a_failure_does_not_wait_for_a_full_builder():
+    # Without -k a failure halts the run; the probe of a builder full of other clients'
+    # builds kept it open until one of theirs ended, however long (a guard of 10 s here).
+    plan, _, _, src = make_plan(
+        {"a": [], "c": ["a"], "d": ["c"], "bad": []}, features={"bad": "loc"}
+    )
+    moved = asyncio.Event()
+
+    async def on_twin(build: FakeBuild) -> BuildOutcome | None:
+        moved.set()
+        return None
+
+    async def on_local(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "bad":
+            await moved.wait()
+            return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for bad failed")
+        return None
+
+    full = FakeLink(FakeStore("full"))
+    full.fill()  # every slot held by other clients, for as long as the test runs
+    twin = FakeStore("twin", builder=on_twin)
+    local = FakeLink(FakeStore("local", [src], builder=on_local))
+    members = [
+        PoolMember(spec("local", speed=0.1, slots=1, supported=("loc",)), local, remote=False),
+        PoolMember(spec("full", speed=4, slots=1), full, remote=True),
+        PoolMember(spec("twin", speed=4, slots=1), FakeLink(twin), remote=True),
+    ]  # fmt: skip
+    estimates = {"a": 10, "c": 100, "bad": 1}
+    executor = Executor(plan, members, local, emit=lambda _: None, estimates=estimates)
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert list(report.failed) == [next(d for d in plan.order if plan.drvs[d].name == "bad")]

@@ -278,7 +278,9 @@ class Executor(Endings):
         for drv_path, machine in self._full.drop:
             self._stop_copy(drv_path, machine, "second copy: every slot is held")
         self._full.drop.clear()
-        left = self._left()
+        # A builder still answering, or full of other clients' builds, matters only while
+        # there is work to give it: a run stopping (a failure without -k) has none.
+        left = self._left() and not self._stopping
         if (
             not self._tasks
             and not self._homeward
