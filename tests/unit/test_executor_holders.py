@@ -2,10 +2,15 @@
 through the client, and outputs lost with their builder are built again (in-memory stores)."""
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
+from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport import fake
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
+from offload.typing_compat import override
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
 from tests.helpers.plans import finished, make_plan, spec
 
@@ -170,3 +175,52 @@ def test_outputs_lost_on_their_way_home_are_built_again():
     ends = [(e.machine, e.status) for e in events if isinstance(e, JobFinished)]
     assert ends == [("fast", "lost"), ("slow", "built")]
     assert local_store.has(outs["a"])
+
+
+def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again():
+    # fast's disk fills up during k while a's outputs come home from it: a was undone and
+    # built again on the local machine, though its fetch then arrived (two "built" events).
+    plan, paths, _, src = make_plan({"a": [], "k": []})
+    fetching, fast_down = asyncio.Event(), asyncio.Event()
+
+    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "k":
+            await fetching.wait()  # a is built, its outputs on their way home
+            return BuildOutcome(
+                BuildStatus.TRANSIENT_FAILURE, "error: writing to file: No space left on device"
+            )
+        return None
+
+    class FetchAcrossTheFall(FakeLink):
+        """Its sessions (a fetch home) go on only once fast has been said down."""
+
+        @override
+        def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+            return self._late()
+
+        @contextlib.asynccontextmanager
+        async def _late(self) -> AsyncIterator[Any]:
+            fetching.set()
+            await fast_down.wait()
+            async with self._session() as client:
+                yield client
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, MachineEvent) and event.state == "down":
+            fast_down.set()
+
+    fast_store = FakeStore("fast", builder=on_fast)
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("fast", speed=4, slots=2), FetchAcrossTheFall(fast_store), remote=True),
+        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+    ]
+    events: list[Event] = []
+    executor = Executor(plan, members, local, emit=emit, estimates={"a": 10, "k": 10})
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert report.ok
+    built_a = [e.machine for e in events if isinstance(e, JobFinished) and e.name == "a"]
+    assert built_a == ["fast"]
+    assert paths["a"] not in local_store.builds

@@ -151,7 +151,8 @@ class Endings(Stopping):
             if where == machine:
                 other_task.cancel()
                 self._stopped[other_task] = ("lost", error)
-        self._holders.machine_gone(machine, self.policy)
+        coming = {drv for drv, _, _ in self._homeward.values()}
+        self._holders.machine_gone(machine, self.policy, coming)
 
     def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> bool:
         """The derivation failed with this copy; False (and nothing done) when its end

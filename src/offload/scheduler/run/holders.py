@@ -12,7 +12,7 @@ that made them run again if anything still needs them (``Policy.on_outputs_lost`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from offload.names import LOCAL
 from offload.scheduler.dag import JobState
@@ -75,17 +75,25 @@ class Holders:
             if job is not None and job in self.where:
                 self.where[job].add(target)
 
-    def machine_gone(self, machine: str, policy: Policy) -> None:
-        """Outputs only ``machine`` held are lost: have them made again where still needed."""
+    def machine_gone(
+        self, machine: str, policy: Policy, coming: Collection[str] = frozenset()
+    ) -> None:
+        """Outputs only ``machine`` held are lost: have them made again where still needed,
+        but those ``coming`` home from it already (a fetch under way may well end: a builder
+        whose disk filled up answers still), made again only if their fetch fails."""
         for holders in self.where.values():
             holders.discard(machine)
-        self.undo_lost(policy)
+        self.undo_lost(policy, coming)
 
-    def undo_lost(self, policy: Policy) -> None:
+    def undo_lost(self, policy: Policy, coming: Collection[str] = frozenset()) -> None:
         """Jobs whose outputs are nowhere any more and are still needed run again, with any
         of their dependencies in the same state."""
         graph = policy.graph
-        stack = [job for job, where in self.where.items() if not where and self.needed(job, policy)]
+        stack = [
+            job
+            for job, where in self.where.items()
+            if not where and job not in coming and self.needed(job, policy)
+        ]
         undo: set[str] = set()
         while stack:
             job = stack.pop()
