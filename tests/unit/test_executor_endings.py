@@ -2,13 +2,17 @@
 build ends with exactly one event, over the in-memory serve store (no processes, no sleeps)."""
 
 import asyncio
+import contextlib
 import itertools
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
+from offload.typing_compat import override
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent, RunFinished
 from tests.helpers.plans import make_plan, spec
 from tests.helpers.plans import run_executor as run
@@ -296,3 +300,45 @@ def test_a_lost_second_copy_does_not_count_against_a_healthy_first():
 def _member(name: str, speed: int, slots: int, builder: object) -> PoolMember:
     store = FakeStore(name, builder=builder)  # type: ignore[arg-type]
     return PoolMember(spec(name, speed=speed, slots=slots), FakeLink(store), remote=True)
+
+
+def test_outputs_on_their_way_home_as_the_run_stops_end_that_copy_stopped():
+    # Ctrl-C while a built output came home: the copy's last event was "fetching", it had no
+    # end, and the report counted it built though its output was not here.
+    plan, _, _, src = make_plan({"a": []})
+    fetching = asyncio.Event()
+
+    class HangingFetch(FakeLink):
+        @override
+        def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+            return self._hanging()
+
+        @contextlib.asynccontextmanager
+        async def _hanging(self) -> AsyncIterator[Any]:
+            fetching.set()
+            await asyncio.Event().wait()
+            yield
+
+    local = FakeLink(FakeStore("local", [src]))
+    members = [
+        PoolMember(spec("r"), HangingFetch(FakeStore("r")), remote=True),
+        PoolMember(spec("local", slots=0), local, remote=False),
+    ]
+    events: list[Event] = []
+    executor = Executor(plan, members, local, emit=events.append)
+
+    async def stopped() -> None:
+        run = asyncio.create_task(executor.run())
+        await fetching.wait()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+
+    asyncio.run(asyncio.wait_for(stopped(), 10))
+    (ended,) = [e for e in events if isinstance(e, JobFinished)]
+    assert (ended.name, ended.status) == ("a", "cancelled")
+    assert ended.error is not None
+    assert "before its outputs were brought home" in ended.error
+    assert executor.report.built == []
+    (last,) = [e for e in events if isinstance(e, RunFinished)]
+    assert last.built == 0

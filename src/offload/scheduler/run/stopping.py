@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from offload.errors import OffloadError
+from offload.history.records import RunReport
 from offload.scheduler.policy import Cancel
 from offload.scheduler.run.copy import Outcome
 from offload.scheduler.run.events import RunEvents
@@ -29,6 +30,8 @@ __all__ = ["Stopping"]
 # Why copies are stopped, in the words history keeps (``history.recorder`` has the first too).
 _LOST_TO_ANOTHER = "stopped: another copy was built first"
 _HALTED = "stopped: another build failed (no --keep-going)"
+# Why a build's outputs, on their way home as the run stopped, are not here.
+_HOME_CUT = "stopped by the run's end before its outputs were brought home"
 
 logger = logging.getLogger("offload.scheduler.run.executor")
 
@@ -42,6 +45,7 @@ class Stopping:
     _joining: dict[asyncio.Task[None], str]
     _full: FullBuilders
     _events: RunEvents
+    report: RunReport
     _stopping: bool
     wall: Callable[[], float]
     # Copies being stopped, and how each is to be told once its task settles: (status, why).
@@ -92,6 +96,14 @@ class Stopping:
         for task, (drv_path, machine) in self._tasks.items():
             self._stopped.setdefault(task, ("cancelled", "stopped by the run's end"))
             self._stopped_copy(task, drv_path, machine, self._since.get(task, self.wall()))
+        # Built there, its outputs not here: the copy ends stopped (it had no end in the
+        # events), and the run has not built it (its report listed an output not here).
+        for drv_path, machine, outcome in self._homeward.values():
+            self._events.finished(
+                drv_path, machine, "cancelled", started=outcome.started, error=_HOME_CUT
+            )
+            if drv_path in self.report.built:
+                self.report.built.remove(drv_path)
         for error in await cancel_and_wait(tasks):
             # A copy home that lost its builder, as the run stopped, is no news; others are bugs.
             level = logging.DEBUG if isinstance(error, OffloadError) else logging.ERROR
