@@ -103,19 +103,36 @@ def test_truncated_preamble_is_an_error() -> None:
 
 
 def test_a_fault_after_nix_s_first_setting_is_said_as_it_is() -> None:
-    # A whole setting read is Nix's preamble (a value of bytes that are not UTF-8, say): it
-    # was said as "stdin is not Nix's build hook protocol: expected Nix's settings first",
-    # with the hint to set build-hook, which was set, and the fault itself left unsaid.
-    bad = settings({"builders": "@/etc/nix/machines"})[:-8]
-    bad += encode_int(1) + encode_str("nix-path") + encode_int(2) + b"\xff\xfe" + b"\0" * 6
+    # A whole setting read is Nix's preamble: a fault after it was said as "stdin is not
+    # Nix's build hook protocol: expected Nix's settings first", with the hint to set
+    # build-hook, which was set, and the fault itself left unsaid.
+    bad = settings({"builders": "@/etc/nix/machines"})[:-8] + encode_int(2)
 
     async def go() -> None:
-        await read_settings(reader(bad + encode_int(0)))
+        await read_settings(reader(bad))
 
     with pytest.raises(ProtocolError) as caught:
         asyncio.run(go())
-    assert caught.value.message == "a setting's value is not valid UTF-8"
+    assert caught.value.message == "bad settings preamble marker 2"
     assert caught.value.hint != NOT_NIX_HINT
+
+
+def test_settings_and_a_system_nix_keeps_as_bytes_are_read_as_they_came() -> None:
+    # `--option netrc-file $'/tmp/x\xff'`: "a setting's value is not valid UTF-8", and the
+    # whole nix-build failed before any reply; Nix's own hook keeps these strings as bytes.
+    odd = encode_int(1) + encode_str("netrc-file") + encode_str(b"/tmp/x\xff") + encode_int(0)
+    request = encode_str("try") + encode_int(1) + encode_str(b"x86\xff") + encode_str(DRV)
+    request += encode_int(1) + encode_str(b"kvm\xfe")
+
+    async def go() -> tuple[dict[str, str], object]:
+        stream = reader(odd + request)
+        return await read_settings(stream), await read_request(stream)
+
+    read, tried = asyncio.run(go())
+    assert read["netrc-file"].encode("utf-8", "surrogateescape") == b"/tmp/x\xff"
+    assert tried is not None
+    assert tried.system.encode("utf-8", "surrogateescape") == b"x86\xff"  # type: ignore[attr-defined]
+    assert tried.features == {b"kvm\xfe".decode("utf-8", "surrogateescape")}  # type: ignore[attr-defined]
 
 
 def test_verbosity_is_the_last_argument() -> None:

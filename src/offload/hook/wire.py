@@ -34,7 +34,7 @@ from enum import Enum
 from offload.errors import ProtocolError
 from offload.numerals import is_decimal
 from offload.protocol.records import said_store_paths
-from offload.protocol.wire import ByteReader, read_int, read_str, read_strs
+from offload.protocol.wire import ByteReader, read_bytes_str, read_int, read_str, read_strs
 from offload.store.path import STORE_DIR, StorePath, split_name_version
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
 
 # Nix 2.8 sends about 90 settings; newer ones more. Far more than that is not Nix talking.
 _MAX_SETTINGS = 10_000
+_MAX_FEATURES = 10_000  # a derivation requires a few; more is a corrupt stream
 
 
 class Reply(Enum):
@@ -176,8 +177,9 @@ async def _read_settings(reader: ByteReader, settings: dict[str, str]) -> dict[s
             return settings
         if more != 1:
             raise ProtocolError(f"bad settings preamble marker {more}")
-        name = await read_str(reader, "a setting's name")
-        settings[name] = await read_str(reader, "a setting's value")
+        # As bytes, as Nix has them: a value not UTF-8 (a path) failed the whole build.
+        name = await read_bytes_str(reader, "a setting's name")
+        settings[name] = await read_bytes_str(reader, "a setting's value")
     raise ProtocolError(f"more than {_MAX_SETTINGS} settings in the preamble")
 
 
@@ -204,9 +206,12 @@ async def read_request(reader: ByteReader) -> TryRequest | None:
         message = f"expected Nix's next request ('try'), got {command[:40]!r}"
         raise ProtocolError(message, hint=NOT_NIX_HINT)
     willing = await read_int(reader, "amWilling")
-    system = await read_str(reader, "the derivation's system")
+    system = await read_bytes_str(reader, "the derivation's system")
     drv_path = await read_str(reader, "the derivation path")
-    features = frozenset(await read_strs(reader, "the required features"))
+    count = await read_int(reader, "the number of required features")
+    if count > _MAX_FEATURES:
+        raise ProtocolError(f"the required features claim {count} entries")
+    features = frozenset([await read_bytes_str(reader, "a required feature") for _ in range(count)])
     try:
         _store_path(drv_path, "the derivation")
     except ProtocolError as exc:

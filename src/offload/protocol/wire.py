@@ -131,6 +131,12 @@ async def read_str(reader: ByteReader, what: str = "a string") -> str:
         raise ProtocolError(f"{what} is not valid UTF-8") from exc
 
 
+async def read_bytes_str(reader: ByteReader, what: str = "a string") -> str:
+    """A string Nix keeps as bytes (a setting's value, a path, a system name): its bytes that
+    are not UTF-8 kept as surrogate escapes, so that it is written back as it came."""
+    return (await read_bytes(reader, what)).decode("utf-8", "surrogateescape")
+
+
 async def read_text(reader: ByteReader, what: str = "a text") -> str:
     """A string meant for people (a build's log line, an error message): bytes that are not
     UTF-8 become U+FFFD, as the serve protocol's log lines do, since a build prints whatever
