@@ -104,8 +104,10 @@ class BuilderLinks:
         self._state = state
         self._loads = loads  # told every session start's load report (the coordinator's)
         self._links: dict[tuple[object, ...], tuple[SharedSshTransport, Link]] = {}
-        # When each idle session last finished a build, answering all the way.
-        self._answered: dict[StoreClient, float] = {}
+        # When each idle session last finished a build, answering all the way; weakly: a
+        # session closed after its linger or its turn goes, and its entry with it (12 KB each,
+        # a new one every turn of every busy slot, kept for a coordinator's life).
+        self._answered: weakref.WeakKeyDictionary[StoreClient, float] = weakref.WeakKeyDictionary()
         self._noted: set[str] = set()  # restricted builders already told of
         # Sessions lent before: one never lent was handshaken just now and needs no ping.
         self._lent: weakref.WeakSet[StoreClient] = weakref.WeakSet()
