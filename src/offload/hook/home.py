@@ -53,18 +53,22 @@ import itertools
 import os
 import re
 import shutil
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import TypeVar
 
-from offload.errors import StoreError
+from offload.errors import StoreError, TransportError
 from offload.hook.temproots import TempRoots
 from offload.hook.unpack import SMALL_NAR, unpack_nar
+from offload.names import LOCAL
 from offload.process import run_async, spawn
 from offload.procfs import running
 from offload.protocol.serve import PathInfo, StoreClient
 from offload.store.nar import nar_hash_nix32
 from offload.store.path import STORE_DIR, StorePath
 
+_T = TypeVar("_T")
 __all__ = ["TEMP_MARK", "import_outputs", "registration_text", "sweep_leftovers", "temp_name"]
 
 # After a store path's hash part and "-", as the name of that path's temporary tree.
@@ -98,7 +102,7 @@ async def _restore(remote: StoreClient, info: PathInfo, temp: Path) -> None:
         await _restore_small(remote, info, temp)
         return
     digest = hashlib.sha256()
-    async with spawn(["nix-store", "--restore", str(temp)]) as proc:
+    async with _here(spawn(["nix-store", "--restore", str(temp)])) as proc:
         assert proc.stdin is not None
         stdin = proc.stdin
 
@@ -147,12 +151,29 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+@contextlib.asynccontextmanager
+async def _here(started: AbstractAsyncContextManager[_T]) -> AsyncIterator[_T]:
+    """``started``, whose failure to start (EAGAIN, EMFILE) is this host's, not the
+    builder's: unsaid, the builder was backed off for it, every builder in turn."""
+    try:
+        async with started as value:
+            yield value
+    except TransportError as exc:
+        if exc.peer is None:  # a session's faults name their builder
+            exc.peer = LOCAL
+        raise
+
+
 async def _register(infos: Sequence[PathInfo]) -> None:
-    done = await run_async(
-        ["nix-store", "--register-validity", "--hash-given"],
-        stdin=registration_text(infos).encode(),
-        check=False,
-    )
+    try:
+        done = await run_async(
+            ["nix-store", "--register-validity", "--hash-given"],
+            stdin=registration_text(infos).encode(),
+            check=False,
+        )
+    except TransportError as exc:  # it could not start: this host's fault
+        exc.peer = LOCAL
+        raise
     if done.returncode != 0:
         raise StoreError(f"cannot register outputs: {done.stderr.strip()}")
 
