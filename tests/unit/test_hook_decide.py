@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from offload.hook.decide import REMOTE_OVERHEAD, Builder, LocalOffer, choose, place_queued
+from offload.hook.decide import (
+    QUEUE_FLOOR,
+    QUEUE_PER_SLOT,
+    REMOTE_OVERHEAD,
+    Builder,
+    LocalOffer,
+    choose,
+    may_queue,
+    place_queued,
+)
 from offload.hook.wire import Reply, TryRequest
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.policy.full import worth_moving_from
@@ -259,3 +268,19 @@ def test_queued_derivations_keep_a_full_builder_full() -> None:
     [after] = place_queued([full], [4.0], now=2.0)
     assert after.full_since == 1.0
     assert after.busy_ends == (5.0 + REMOTE_OVERHEAD + 2.0,)
+
+
+def test_the_coordinators_queue_is_bounded_by_the_builders_slots() -> None:
+    # Every ready derivation was accepted to wait: Nix keeps a hook for each it accepted, and
+    # 60 of them on a builder of 2 slots ran it out of file descriptors. Past the bound, the
+    # busy builder is not waited for: postpone, and Nix asks again once a child ends.
+    builders = [builder("b", 4.0, free=0, busy_ends=(10.0, 10.0))]  # 2 slots
+    bound = max(QUEUE_FLOOR, QUEUE_PER_SLOT * 2)
+    assert may_queue(bound - 1, builders)
+    assert not may_queue(bound, builders)
+    assert may_queue(QUEUE_FLOOR - 1, [])  # no builder: the floor
+    unable = LocalOffer(speed=1.0, can_build=False)
+    waiting = choose(request(), builders, unable, work=10.0, now=0, queue=True)
+    assert (waiting.reply, waiting.waits) == (Reply.ACCEPT, True)
+    beyond = choose(request(), builders, unable, work=10.0, now=0, queue=False)
+    assert beyond.reply is Reply.POSTPONE

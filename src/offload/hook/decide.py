@@ -67,7 +67,17 @@ from dataclasses import dataclass
 from offload.hook.wire import Reply, TryRequest
 from offload.scheduler.policy import MachineSlotSpec, can_build, full_wait
 
-__all__ = ["Builder", "Choice", "LocalOffer", "choose", "cut", "place_queued"]
+__all__ = [
+    "QUEUE_FLOOR",
+    "QUEUE_PER_SLOT",
+    "Builder",
+    "Choice",
+    "LocalOffer",
+    "choose",
+    "cut",
+    "may_queue",
+    "place_queued",
+]
 
 # Copying the inputs and outputs and opening a session over a warm connection: a few round
 # trips on each side (docs/BENCHMARKS.md measures about 0.1-0.3 s on loopback).
@@ -198,6 +208,22 @@ def _built_here(local: LocalOffer, *, work: float, now: float) -> Choice:
         return Choice(Reply.DECLINE, reason=f"{reason} once a local slot frees")
     start = now if local.start is None else max(now, local.start)
     return Choice(Reply.DECLINE, expected_end=start + work / local.speed, reason=reason)
+
+
+# Derivations a coordinator accepts to wait for a slot: at most this many a builder slot (and
+# never fewer than the floor). Nix starts a hook for each it has accepted and never limits
+# them: with a queue of every ready derivation, 60 of them on a builder of 2 slots ran Nix
+# out of file descriptors ("creating pipe: Too many open files"). Past it, ``postpone``:
+# Nix asks again once one of its children ends, and then the queue has room.
+QUEUE_PER_SLOT = 2
+QUEUE_FLOOR = 4
+
+
+def may_queue(waiting: int, builders: Sequence[Builder]) -> bool:
+    """Whether one more derivation may wait in the coordinator's queue for these builders,
+    ``waiting`` waiting already."""
+    slots = sum(b.spec.slots for b in builders)
+    return waiting < max(QUEUE_FLOOR, QUEUE_PER_SLOT * slots)
 
 
 def _place(

@@ -38,7 +38,7 @@ from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.history.records import BuildRecord
 from offload.hook.backed_off import given_up, say_declined, say_left_out, say_unfit, to_retry
 from offload.hook.context import Estimate, HookContext, poll_interval
-from offload.hook.decide import Choice, LocalOffer, choose, place_queued
+from offload.hook.decide import Choice, LocalOffer, choose, may_queue, place_queued
 from offload.hook.dispatch import Placement
 from offload.hook.full import MOVED_NOTE, WAIT_NOTE, FullBuilders
 from offload.hook.guard import Guard
@@ -90,7 +90,7 @@ def _decide(
         work=work,
         now=now,
         poll_interval=poll_interval(context.settings),
-        queue=dispatch is not None,
+        queue=dispatch is not None and may_queue(len(dispatch.queued()), builders),
         # Only the coordinator sees a nix-build's every derivation (``offload.hook.slack``).
         room=None
         if dispatch is None
