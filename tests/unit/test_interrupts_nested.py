@@ -5,6 +5,7 @@ of the process it is installed in."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -73,3 +74,33 @@ def test_a_first_signal_lost_in_a_callback_still_stops_the_command_without_a_tra
     )
     assert shown.stdout.split() == ["stopped", "143", "_ignored"]
     assert shown.stderr == ""
+
+
+def test_an_interrupt_wrapped_while_the_parser_is_imported_is_an_interruption(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A Ctrl-C as `class MachinesReading` was made (dataclass fields): Python 3.11 raised
+    # "RuntimeError: Error calling __set_name__ ...", and a traceback ended the command.
+    from offload import cli
+    from offload.cli import interrupts
+
+    def stopped_while_importing(_argv: object) -> int:
+        interrupts._first(2, None)
+        raise AssertionError("unreachable")
+
+    def wrapped(_argv: object) -> int:
+        try:
+            stopped_while_importing(_argv)
+        except KeyboardInterrupt as exc:
+            message = "Error calling __set_name__ on 'Field' instance 'machines'"
+            raise RuntimeError(message) from exc
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", wrapped)
+    try:
+        assert cli.main(["machines"]) == 130
+    finally:
+        interrupts.reset()
+        for signum in (2, 15, 1):
+            signal.signal(signum, signal.default_int_handler if signum == 2 else signal.SIG_DFL)
+    assert capsys.readouterr().err == "error: interrupted\n"

@@ -216,6 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = _dispatch(argv)
     except KeyboardInterrupt:
         status = _interrupted()
+    except Exception:
+        if not interrupts.stopping():
+            raise
+        # What a signal's KeyboardInterrupt became on its way while the parser's modules were
+        # imported: Python 3.11 wraps one raised as a class is made (a dataclass's fields) in
+        # a RuntimeError. The command was stopped (seen in CI: a Ctrl-C 75 ms in).
+        status = _interrupted()
     if argv is None:
         _end(status)
     return status
