@@ -63,12 +63,13 @@ def test_serve_argv_exact_with_master_pinning_and_sshopts():
         "ssh",
         # Pinning first: ssh keeps the first value, NIX_SSHOPTS cannot turn checking off.
         "-o", "UserKnownHostsFile=/tmp/kh", "-o", "StrictHostKeyChecking=yes",
+        # The master's socket too: a ControlPath there hid the master from offload.
+        "-o", "ControlMaster=no", "-o", "ControlPath=/tmp/ofl-x/m", "-o", "ControlPersist=no",
         "-F", "/f/ssh_config", "-o", "X=1",  # split on blanks like Nix, no quoting
         "-x", "-a",
         "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
         "-o", "ServerAliveInterval=4", "-o", "ServerAliveCountMax=2",
         "-i", "/k/id", "-C",
-        "-o", "ControlMaster=no", "-o", "ControlPath=/tmp/ofl-x/m",
         "--", "builder@fast",
         REPORTING + "nix-store --serve --write",
     ]  # fmt: skip
@@ -77,16 +78,26 @@ def test_serve_argv_exact_with_master_pinning_and_sshopts():
 def test_master_argv():
     target = SshTarget(host="h", port=2222)
     master = master_argv(target, control_path=Path("/c/m"), connect_timeout=3)
-    assert master[master.index("--") - 6 :] == [
-        "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-o", "ControlPath=/c/m",
+    assert master[1:7] == [
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        "ControlPath=/c/m",
+        "-o",
+        "ControlPersist=no",
+    ]
+    assert master[master.index("--") :] == [
         "--", "h", "sh -c 'echo offload-master-ready; exec cat >/dev/null'",
     ]  # fmt: skip
     assert "ConnectTimeout=3" in master
-    # A persistent master (offload build's) stays in the background, idle that long.
-    kept = master_argv(target, control_path=Path("/c/m"), persist=120)
-    assert kept[kept.index("ControlMaster=yes") + 1 : kept.index("ControlMaster=yes") + 3] == [
-        "-o", "ControlPersist=120",
-    ]  # fmt: skip
+    # A persistent master (offload build's) stays in the background, idle that long: its
+    # ControlPersist after NIX_SSHOPTS, whose ControlPersist=no keeps nothing (ssh takes the
+    # first value); its socket and mode before them, which a ControlPath there cannot move.
+    opts = "-o ControlPersist=no -o ControlPath=/u/%C -o ControlMaster=auto"
+    kept = master_argv(target, control_path=Path("/c/m"), persist=120, nix_sshopts=opts)
+    assert kept[1:5] == ["-o", "ControlMaster=yes", "-o", "ControlPath=/c/m"]
+    assert kept.index("ControlPersist=no") < kept.index("ControlPersist=120")
+    assert "ControlPersist=no" not in kept[:5]
 
 
 def test_pid_line_and_kill_script():
@@ -259,3 +270,25 @@ def test_nix_sshopts_are_split_as_nixs_shell_split_string(text: str, words: list
 def test_an_unclosed_quote_in_nix_sshopts_is_a_config_error(text: str, kind: str) -> None:
     with pytest.raises(ConfigError, match=rf"^NIX_SSHOPTS: unterminated {kind} quote: "):
         split_sshopts(text, (2, 26))
+
+
+def test_a_control_path_in_nix_sshopts_cannot_take_the_master_out_of_sight(
+    tmp_path: Path,
+) -> None:
+    # ssh takes the first value of an option, and NIX_SSHOPTS came before offload's Control*:
+    # a ControlPath there put the master at the user's socket, never reused nor ended (it
+    # ran on in the background after the run), and ControlMaster=auto rode a master whose
+    # host key offload never pinned. ControlPersist=no there still keeps nothing (README).
+    target = SshTarget("127.0.0.1", user="root", public_host_key=KEY)
+    opts = "-o ControlPath=/tmp/elsewhere/%C -o ControlMaster=auto -o ControlPersist=no"
+    socket = tmp_path / "socket"
+    kept = master_argv(target, control_path=socket, persist=120, nix_sshopts=opts)
+    said = _as_ssh_reads_them(kept)
+    assert (said["controlpath"], said["controlmaster"]) == (str(socket), "true")
+    assert said["controlpersist"] == "no"  # the user's no, over offload's 120
+    session = _as_ssh_reads_them(ssh_argv(target, nix_sshopts=opts, control_path=socket))
+    assert (session["controlpath"], session["controlmaster"]) == (str(socket), "false")
+    env = {"NIX_SSHOPTS": opts}
+    shared = SharedSshTransport(target, name="b", directory=tmp_path, env=env)
+    said = _as_ssh_reads_them(shared.argv(["true"]))
+    assert (said["controlpath"], said["controlmaster"]) == (str(shared.control_path), "auto")

@@ -87,16 +87,12 @@ class SharedSshTransport:
             connect_timeout=self._connect_timeout,
             ciphers=self._ciphers,
         )
-        shared = [
-            "-o",
-            "ControlMaster=auto",
-            "-o",
-            f"ControlPersist={PERSIST_SECONDS}",
-            "-o",
-            f"ControlPath={ssh_path(self.control_path)}",
-        ]
+        # The socket before NIX_SSHOPTS (ssh takes the first value: a ControlPath there put
+        # the master out of offload's sight), its persistence after (ControlPersist=no wins).
+        first = ["-o", "ControlMaster=auto", "-o", f"ControlPath={ssh_path(self.control_path)}"]
+        last = ["-o", f"ControlPersist={PERSIST_SECONDS}"]
         # ssh's options must come before `--`, which ssh_argv puts before the destination.
-        return [*base[:-2], *shared, *base[-2:], remote_command(remote)]
+        return [base[0], *first, *base[1:-2], *last, *base[-2:], remote_command(remote)]
 
     async def start(
         self,

@@ -207,6 +207,16 @@ def ssh_argv(
     if known_hosts is not None:
         argv += ["-o", f"UserKnownHostsFile={ssh_path(known_hosts)}"]
         argv += ["-o", "StrictHostKeyChecking=yes"]
+    # The master's socket and mode before NIX_SSHOPTS, whose values ssh would take first: a
+    # ControlPath there put the master out of offload's sight (never reused, never ended:
+    # it ran on in the background after the run), and ControlMaster=auto rode a master whose
+    # host key offload never pinned. A kept master's ControlPersist comes after them, so that
+    # the user's ControlPersist=no keeps nothing (README).
+    if control_path is not None:
+        mode = "yes" if master else "no"
+        argv += ["-o", f"ControlMaster={mode}", "-o", f"ControlPath={ssh_path(control_path)}"]
+        if not master or persist <= 0:
+            argv += ["-o", "ControlPersist=no"]
     argv += [*split_sshopts(nix_sshopts), "-x", "-a"]
     argv += [
         "-o",
@@ -224,11 +234,8 @@ def ssh_argv(
         argv += ["-p", str(target.port)]
     if target.compress:
         argv.append("-C")
-    if control_path is not None:
-        kept = f"ControlPersist={persist}" if persist > 0 else "ControlPersist=no"
-        mode = ["-o", "ControlMaster=yes", "-o", kept] if master else []
-        argv += mode or ["-o", "ControlMaster=no"]
-        argv += ["-o", f"ControlPath={ssh_path(control_path)}"]
+    if control_path is not None and master and persist > 0:
+        argv += ["-o", f"ControlPersist={persist}"]
     return [*argv, "--", target.destination]
 
 
