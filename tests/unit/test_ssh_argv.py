@@ -292,3 +292,22 @@ def test_a_control_path_in_nix_sshopts_cannot_take_the_master_out_of_sight(
     shared = SharedSshTransport(target, name="b", directory=tmp_path, env=env)
     said = _as_ssh_reads_them(shared.argv(["true"]))
     assert (said["controlpath"], said["controlmaster"]) == (str(shared.control_path), "auto")
+
+
+@pytest.mark.parametrize(
+    ("text", "version", "words"),
+    [
+        # Nix 2.28's shellSplitString splits on blanks and tabs only; 2.18's tokenizeString
+        # on newlines and carriage returns too; neither on a no-break space or a form feed.
+        ("-o Foo=1\n-p 22", (2, 28), ["-o", "Foo=1\n-p", "22"]),
+        ("-o Foo=1\n-p 22", (2, 18), ["-o", "Foo=1", "-p", "22"]),
+        ("-o\xa0X=1 -p 22", (2, 28), ["-o\xa0X=1", "-p", "22"]),
+        ("-o\xa0X=1 -p 22", (2, 18), ["-o\xa0X=1", "-p", "22"]),
+        ("-F  /f\t-o X\x0cY", (2, 28), ["-F", "/f", "-o", "X\x0cY"]),
+    ],
+)
+def test_nix_sshopts_is_split_on_what_nix_splits_it_on(
+    text: str, version: tuple[int, int], words: list[str]
+) -> None:
+    # str.split() took any whitespace for a separator: ssh got other words than Nix's.
+    assert split_sshopts(text, version) == words

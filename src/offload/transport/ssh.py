@@ -22,6 +22,7 @@ This module only builds argv lists and strings; ``offload.transport.links`` runs
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -130,11 +131,14 @@ def split_sshopts(text: str, nix_version: tuple[int, ...] | None = None) -> list
     backslashes) from Nix 2.26 on, so ``-o "ProxyCommand=ssh -W %h:%p jump"`` is one option;
     before, on blanks with no quoting of any kind. The version (``nix --version``, asked only
     of a text the two would split apart) is taken for a new one when it cannot be told."""
-    if not any(char in text for char in "'\"\\"):
-        return text.split()
+    if not any(char in text for char in "'\"\\\n\r"):
+        # Where both Nixes split alike: on blanks and tabs only (str.split() took a newline,
+        # a form feed or a no-break space for one too, and ssh got other words than Nix's).
+        return [word for word in re.split(r"[ \t]+", text) if word]
     version = local_nix_version() if nix_version is None else nix_version
     if version is not None and version < SHELL_SPLIT_SINCE:
-        return text.split()
+        # tokenizeString's separators: blank, tab, newline, carriage return.
+        return [word for word in re.split(r"[ \t\n\r]+", text) if word]
     return shell_words(text)
 
 
