@@ -28,9 +28,15 @@ def _paths() -> list[FakePath]:
 
 
 def _copy(
-    src_store: FakeStore, dst_store: FakeStore, paths: list[str], monkeypatch: pytest.MonkeyPatch
+    src_store: FakeStore,
+    dst_store: FakeStore,
+    paths: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    builder: bool = False,
 ) -> tuple[int, list[set[str]]]:
-    """send_closure(paths); the bytes moved and each set of paths dst was asked about."""
+    """send_closure(paths); the bytes moved and each set of paths dst was asked about
+    (``builder``: from a builder, vetted and held whole)."""
     asked: list[set[str]] = []
 
     async def go() -> int:
@@ -43,7 +49,8 @@ def _copy(
                 return await real(paths, **kwargs)
 
             monkeypatch.setattr(dst, "query_valid_paths", counted)
-            return await send_closure(src, dst, paths)
+            vet = _passed if builder else None
+            return await send_closure(src, dst, paths, vet=vet)  # type: ignore[arg-type]
 
     moved = asyncio.run(asyncio.wait_for(go(), GUARD))
     return moved, asked
@@ -57,11 +64,13 @@ def test_a_leaf_is_copied_after_one_question_to_the_destination(monkeypatch):
     assert asked == [{LEAF}]
 
 
+@pytest.mark.parametrize("builder", [False, True])
 def test_the_closure_beyond_the_asked_paths_is_asked_about_and_only_the_missing_copied(
-    monkeypatch,
+    monkeypatch, builder
 ):
+    # From a builder too: what it gives is held whole without one more question here.
     src, dst = FakeStore("src", _paths()), FakeStore("dst", [FakePath.from_text(A, "a\n")])
-    _, asked = _copy(src, dst, [B], monkeypatch)
+    _, asked = _copy(src, dst, [B], monkeypatch, builder=builder)
     assert asked == [{B}, {A}]
     assert dst.received == [B]
 

@@ -99,8 +99,8 @@ async def _held_whole(
     with the output not here, or this host's import refused a path whose reference never
     came, and the builder's fault was this host's store's."""
     absent = (wanted - closure) | (missing - set(infos))
-    referred = {r for info in infos.values() for r in info.references} - missing
-    if referred and not absent:  # the rest of the closure: in dst already, or nowhere
+    referred = {r for info in infos.values() for r in info.references} - closure
+    if referred and not absent:  # outside the closure it gave: in dst already, or nowhere
         absent = referred - await dst.query_valid_paths(sorted(referred))
     if absent:
         first, *more = sorted(absent)
