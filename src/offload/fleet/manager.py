@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from offload.errors import FleetError
@@ -145,7 +145,7 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
     if errors:
         raise FleetError("; ".join(errors), hint="stop the listed processes by hand")
     if purge and fleet_dir.exists():
-        if state is None and any(fleet_dir.iterdir()) and not (fleet_dir / CLIENT_KEY).exists():
+        if not _is_fleets(fleet_dir):
             raise FleetError(
                 f"{fleet_dir} does not look like a fleet directory; not removing it",
                 hint="remove it by hand if it is really yours",
@@ -153,15 +153,18 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
         shutil.rmtree(fleet_dir)
 
 
+def _is_fleets(fleet_dir: Path, members: Collection[str] = ()) -> bool:
+    """Whether the directory ``fleet_dir`` is a fleet's to take or remove whole: it has the
+    fleet's own files, or nothing but the directories of ``members``."""
+    if (fleet_dir / STATE_FILE).exists() or (fleet_dir / CLIENT_KEY).exists():
+        return True
+    return all(entry.name in members and entry.is_dir() for entry in fleet_dir.iterdir())
+
+
 def _not_taken_over(fleet_dir: Path, members: set[str]) -> None:
     """A directory that holds files of its own is no fleet's: `fleet up` made it 0700, and
-    `fleet down --purge` then removed it whole, with what it held (`--dir /tmp`). One of
-    the fleet's files, or of the members' directories only, is its."""
-    if not fleet_dir.is_dir() or (fleet_dir / STATE_FILE).exists():
-        return
-    if (fleet_dir / CLIENT_KEY).exists():
-        return
-    if all(entry.name in members and entry.is_dir() for entry in fleet_dir.iterdir()):
+    `fleet down --purge` then removed it whole, with what it held (`--dir /tmp`)."""
+    if not fleet_dir.is_dir() or _is_fleets(fleet_dir, members):
         return
     raise FleetError(
         f"{fleet_dir} holds files of its own: it is not a fleet directory",
