@@ -224,3 +224,43 @@ def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again
     built_a = [e.machine for e in events if isinstance(e, JobFinished) and e.name == "a"]
     assert built_a == ["fast"]
     assert paths["a"] not in local_store.builds
+
+
+def test_outputs_a_builder_leaves_out_of_their_fetch_home_are_its_fault():
+    # Fetched home, a builder that gave a closure without the outputs asked for (collected
+    # since, or lying) made the fetch "succeed" with nothing copied: the run ended with the
+    # output missing here. It is the builder's fault: it is said down, the output made here.
+    plan, _, outs, src = make_plan({"a": []})
+
+    class Leaving(FakeLink):
+        """Its sessions (a fetch home) answer every closure with nothing."""
+
+        @override
+        def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+            return self._leaving()
+
+        @contextlib.asynccontextmanager
+        async def _leaving(self) -> AsyncIterator[Any]:
+            async with self._session() as client:
+
+                async def nothing(_paths: object, **_: object) -> set[str]:
+                    return set()
+
+                client.query_closure = nothing  # type: ignore[method-assign,assignment]
+                yield client
+
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("fast", speed=4, slots=1), Leaving(FakeStore("fast")), remote=True),
+        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
+    ]
+    events: list[Event] = []
+    executor = Executor(plan, members, local, emit=events.append, estimates={"a": 10})
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert report.ok
+    assert local_store.has(outs["a"])
+    ended = [(e.machine, e.status) for e in events if isinstance(e, JobFinished)]
+    assert ended == [("fast", "lost"), ("local", "built")]
+    (down,) = [e for e in events if isinstance(e, MachineEvent) and e.state == "down"]
+    assert "does not hold" in down.message

@@ -384,7 +384,7 @@ class BuildCopies:
     async def _fetch(self, machine: str, paths: Sequence[str]) -> Sequence[PathInfo]:
         link = self.members[machine].link
         async with link.session() as src, self.local.session() as local:
-            infos = await self._vet(machine, await to_copy(src, local, paths))
+            infos = await self._vet(machine, await to_copy(src, local, paths, whole=True))
             if infos:
                 await copy_paths(src, local, infos)
             return infos
