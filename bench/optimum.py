@@ -6,12 +6,18 @@ runs once, on one machine that can build it (Nix's matching rule: system and fea
 outputs costs nothing; with ``cost``, every build takes that many seconds more (``bench/fresh.py``:
 Nix's own cost of a build, which any tool that builds with Nix pays). OR-tools CP-SAT minimises
 the makespan: each job is one optional interval per eligible machine (exactly one present), each
-machine a cumulative resource of ``slots``, times in milliseconds. The solver gets ``seconds``
-per graph and a starting solution (offload's own simulated schedule, when given); it answers the
-best makespan found and the best bound it proved, so ``gap`` says how far from proven optimal
-the answer may be. When it finds nothing in time (or OR-tools is not installed: it is the
-optional ``bench`` extra, never a runtime dependency), the answer is the lower bound, marked
-``solved=False``.
+machine a cumulative resource of ``slots``, times in whole milliseconds, every duration rounded
+down. Rounded down, every schedule of the exact durations fits the model (each start rounded
+down too), so the bound the solver proves is a bound on the exact problem; its schedule is then
+timed again with the exact durations, so the makespan it gives is one a schedule reaches.
+
+The answer is two numbers, never one called "the optimum" unless they meet: ``makespan``, the
+best schedule found (the solver's, or the hint's, offload's own plan, when that is shorter or the
+solver found none), which the optimum does not exceed; and ``bound``, what no schedule beats. A
+ratio to ``makespan`` may flatter, one to ``bound`` may not: ``bench/verdicts.py`` judges a
+target on both. When the solver finds nothing in time and there is no hint (or OR-tools is not
+installed: it is the optional ``bench`` extra, never a runtime dependency), ``makespan`` is the
+lower bound, marked ``solved=False``.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ __all__ = ["Optimum", "optimum"]
 
 T = TypeVar("T", int, float)
 
-# Solver time unit: milliseconds (rounding each duration moves a makespan by far less than 1%).
-_UNIT = 100
+# Solver time unit: milliseconds (rounding each duration down moves a makespan by far under 1%).
+_UNIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +48,7 @@ class Optimum:
 
     makespan: float
     bound: float
-    solved: bool  # False: no solution in time (or no solver); makespan is the lower bound
+    solved: bool  # False: none in time (or no solver); makespan: the hint's, or the lower bound
     status: str
 
     @property
@@ -76,7 +82,9 @@ def optimum(
     try:
         from ortools.sat.python import cp_model
     except ImportError:
-        return Optimum(bound, bound, solved=False, status="no solver (pip install '.[bench]')")
+        return _unsolved(
+            jobs, machines, bound, hint, status="no solver (pip install '.[bench]')", cost=cost
+        )
     model = cp_model.CpModel()
     usable = [m for m in machines if m.slots > 0]
     serial = sum(j.work_estimate for j in jobs) / min(m.speed for m in usable) + cost * len(jobs)
@@ -84,7 +92,7 @@ def optimum(
     start = {j.id: model.new_int_var(0, horizon, f"s{i}") for i, j in enumerate(jobs)}
     end = {j.id: model.new_int_var(0, horizon, f"e{i}") for i, j in enumerate(jobs)}
     exact = {(j.id, m.name): j.work_estimate / m.speed + cost for j in jobs for m in usable}
-    sizes = {key: max(1, round(_UNIT * duration)) for key, duration in exact.items()}
+    sizes = {key: math.floor(_UNIT * duration) for key, duration in exact.items()}
     starts = _integer_schedule(jobs, usable, sizes, hint or {})
     hint = hint or {}
     per_machine, presence = _add_jobs(
@@ -103,12 +111,31 @@ def optimum(
     status = solver.solve(model)
     name = solver.status_name(status)
     if status not in {cp_model.OPTIMAL, cp_model.FEASIBLE}:
-        return Optimum(bound, bound, solved=False, status=name)
+        return _unsolved(jobs, usable, bound, hint, status=name, cost=cost)
     found = _exact_makespan(
         solver, jobs, usable, variables=(start, presence), hint=hint, starts=starts, exact=exact
     )
     proven = max(bound, solver.best_objective_bound / _UNIT)
     return Optimum(found, min(proven, found), solved=True, status=name)
+
+
+def _unsolved(
+    jobs: Sequence[Job],
+    machines: Sequence[MachineSlotSpec],
+    bound: float,
+    hint: Mapping[str, tuple[str, float]] | None,
+    *,
+    status: str,
+    cost: float,
+) -> Optimum:
+    """No solution from the solver: the hint's schedule timed exactly, if there is one, against
+    the lower bound; else the lower bound alone."""
+    exact = {(j.id, m.name): j.work_estimate / m.speed + cost for j in jobs for m in machines}
+    timed = _integer_schedule(jobs, machines, exact, hint or {})
+    if not timed or hint is None:
+        return Optimum(bound, bound, solved=False, status=status)
+    found = max(timed[j.id] + exact[j.id, hint[j.id][0]] for j in jobs)
+    return Optimum(found, min(bound, found), solved=False, status=f"{status}; the hint's schedule")
 
 
 def _add_jobs(

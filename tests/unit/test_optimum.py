@@ -66,6 +66,33 @@ def test_without_a_solver_the_answer_is_the_lower_bound(monkeypatch: pytest.Monk
     assert "no solver" in found.status
 
 
+def test_the_bound_holds_for_the_exact_durations_not_the_rounded_ones() -> None:
+    # Three 2.0066 s jobs on two one-slot machines: the optimum is 2 x 2.0066 = 4.0132 s. A
+    # model whose durations were rounded up (to 10 ms: 2.01 s) proved 4.02 s, past the optimum.
+    jobs = [Job(f"j{i}", 2.0066, (), "x86_64-linux") for i in range(3)]
+    machines = [MachineSlotSpec(f"m{i}", 1.0, 1, X86) for i in range(2)]
+    found = optimum(jobs, machines, seconds=5)
+    assert found.makespan == pytest.approx(4.0132)
+    assert found.bound <= 4.0132
+    assert found.bound > lower_bound(jobs, machines)
+
+
+def test_unsolved_with_a_hint_the_answer_is_the_hints_schedule_against_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "ortools.sat.python", None)
+    jobs = [Job(f"j{i}", 2.0, (), "x86_64-linux") for i in range(3)]
+    machines = [MachineSlotSpec(f"m{i}", 1.0, 1, X86) for i in range(2)]
+    # A poor schedule: all three on m0, one after another.
+    hint = {"j0": ("m0", 0.0), "j1": ("m0", 2.0), "j2": ("m0", 4.0)}
+    found = optimum(jobs, machines, hint=hint)
+    assert not found.solved
+    assert found.makespan == pytest.approx(6.0)
+    assert found.bound == pytest.approx(3.0)
+    assert found.gap == pytest.approx(1.0)
+    assert "hint" in found.status
+
+
 def test_offload_never_beats_the_optimum_and_every_condition_runs() -> None:
     jobs = graph_jobs("bootstrap", 40, 7)
     hint = {r.job: (r.machine, r.start) for r in simulate(jobs, _fleet()).schedule}
