@@ -31,12 +31,13 @@ from bench.report_clients import clients_lines
 from bench.report_copy import copy_body, copy_targets
 from bench.report_fixed_costs import fixed_cost_lines
 from bench.report_format import load_before_builds
-from bench.report_fresh import fresh_lines
+from bench.report_fresh import fresh_lines, fresh_targets
 from bench.report_hook import hook_rows, hook_section, hook_target_lines
 from bench.report_model import model_lines
 from bench.report_ng import ng_body, ng_targets
 from bench.report_planning import planning_body, planning_targets
 from bench.report_plot import graph_series, svg_plot
+from bench.report_seeds import seeds_targets
 from bench.report_summaries import (
     TARGETS,
     CopySummary,
@@ -76,6 +77,8 @@ __all__ = [
 ]
 
 Results = Mapping[str, Any]
+# The seed sets' verdicts (bench/seeds.py --report), taken into the targets table.
+SEEDS_FILE = "seeds.json"
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ PARTS = (
     Part(_no_targets, lambda r, _p: model_lines(r)),
     Part(_no_targets, lambda r, _p: clients_lines(r)),
     Part(_no_targets, lambda r, _p: fixed_cost_lines(r)),
-    Part(_no_targets, lambda r, _p: fresh_lines(r)),
+    Part(fresh_targets, lambda r, _p: fresh_lines(r)),
+    Part(seeds_targets, lambda _r, _p: []),  # its body is a section of its own (make seeds)
 )
 
 
@@ -193,6 +197,9 @@ def _machine_lines(results: Results) -> list[str]:
 def write_report(results_path: Path, doc: Path) -> list[Path]:
     """Write the plots next to the results file and ``doc``; returns the files written."""
     results = json.loads(results_path.read_text(encoding="utf-8"))
+    seeds = results_path.with_name(SEEDS_FILE)
+    if "seeds" not in results and seeds.exists():
+        results["seeds"] = json.loads(seeds.read_text(encoding="utf-8"))
     written = []
     plots: dict[str, str] = {}
     for graph in results.get("graphs", []):

@@ -3,12 +3,15 @@ offload's first and second runs and Nix's hook against it, with the issue's targ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import statistics
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.fresh import ratios, shape_medians
+from bench.verdicts import NOT_MET, Judged, judge
 
-__all__ = ["TARGETS", "fresh_lines"]
+__all__ = ["TARGETS", "fresh_lines", "fresh_targets", "judged_runs"]
 
 # Most a run may take, as a multiple of the optimum; Nix's hook at least NIX_SPEEDUP x slower
 # than offload's first run wherever it takes NIX_ROOM x the optimum or more.
@@ -20,12 +23,37 @@ def _x(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}x"
 
 
-def _verdicts(found: Mapping[str, float | None]) -> list[str]:
+def judged_runs(graphs: Sequence[Mapping[str, Any]], run: str) -> Judged | None:
+    """The median over ``graphs`` of ``run``'s wall against each graph's optimum, judged as
+    ``bench/verdicts`` does (against the schedule found and the bound); a run that failed is
+    NOT met whatever the others did, as every target of the report is. None: no such run."""
+    mine = [r for graph in graphs for r in graph["runs"] if r["run"] == run]
+    if not mine:
+        return None
+    triples = [
+        (float(r["wall_s"]), float(graph["optimum"]["makespan"]), _bound(graph))
+        for graph in graphs
+        for r in graph["runs"]
+        if r["run"] == run and r["status"] == "ok"
+    ]
+    if len(triples) < len(mine):
+        return Judged(math.inf, math.inf, NOT_MET)
+    return judge(triples, TARGETS[run], statistics.median)
+
+
+def _bound(graph: Mapping[str, Any]) -> float:
+    """What the optimum is proven to be at least: the solver's bound (a results file older
+    than the bound has none: its makespan, as it was judged then)."""
+    best = graph["optimum"]
+    return float(best.get("bound", best["makespan"]))
+
+
+def _verdicts(graphs: Sequence[Mapping[str, Any]], found: Mapping[str, float | None]) -> list[str]:
     out = []
-    for run, most in TARGETS.items():
-        value = found[f"{run}/optimum"]
-        if value is not None:
-            out.append(f"{run} {'met' if value <= most else 'NOT met'}")
+    for run in TARGETS:
+        judged = judged_runs(graphs, run)
+        if judged is not None:
+            out.append(f"{run} {judged.verdict}")
     nix, speedup = found["nix/optimum"], found["nix/first"]
     if nix is not None and nix >= NIX_ROOM and speedup is not None:
         out.append(f"vs Nix {'met' if speedup >= NIX_SPEEDUP else 'NOT met'}")
@@ -52,13 +80,50 @@ def _row(graph: Mapping[str, Any]) -> str:
 
 
 def _shape_row(section: Mapping[str, Any], shape: str, medians: Mapping[str, float | None]) -> str:
-    """A shape's medians, to three decimals (a verdict is on them, not on their rounding), and
-    the runs its medians leave out because they failed."""
-    graphs = [graph for graph in section["graphs"] if graph["shape"] == shape]
+    """A shape's medians, to three decimals (a verdict is on them, not on their rounding), each
+    run's also against the bound where that differs, and how many runs failed."""
+    graphs = _of_shape(section, shape)
     failed = sum(run["status"] != "ok" for graph in graphs for run in graph["runs"])
-    said = _verdicts(medians) + ([f"{failed} run(s) failed, left out"] if failed else [])
-    cells = _ratio_cells(medians, digits=3)
-    return f"| {shape} | {len(graphs)} | {cells} | {', '.join(said) or '-'} |"
+    said = _verdicts(graphs, medians) + ([f"{failed} run(s) failed"] if failed else [])
+    cells = _ratio_cells(medians, digits=3).split(" | ")
+    for i, run in enumerate(TARGETS):
+        judged = judged_runs(graphs, run)
+        if judged is not None and not math.isinf(judged.found):
+            cells[i] = judged.text(unit="x")
+    return f"| {shape} | {len(graphs)} | {' | '.join(cells)} | {', '.join(said) or '-'} |"
+
+
+def _of_shape(section: Mapping[str, Any], shape: str) -> list[Mapping[str, Any]]:
+    return [graph for graph in section["graphs"] if graph["shape"] == shape]
+
+
+def fresh_targets(results: Mapping[str, Any]) -> list[str]:
+    """The targets table's rows: per shape, its first and second runs against the optimum and
+    Nix's hook against the first run, judged on the shape's medians."""
+    section = results.get("fresh")
+    if not section or not section.get("graphs"):
+        return []
+    rows = []
+    for shape, (count, medians) in shape_medians(section).items():
+        graphs = _of_shape(section, shape)
+        measured = []
+        for run in TARGETS:
+            judged = judged_runs(graphs, run)
+            if judged is not None:
+                failed = math.isinf(judged.found)
+                measured.append(
+                    f"{run}/opt " + ("a run failed" if failed else judged.text(unit="x"))
+                )
+        if medians["nix/first"] is not None:
+            measured.append(f"Nix/first {medians['nix/first']:.2f}")
+        rows.append(
+            f"| fresh {shape} ({count} graphs of {section['nodes']} nodes drawn this run, scale "
+            f"{float(section['scale']):g}): first run <= {TARGETS['first']:.2f}x the optimum, "
+            f"second <= {TARGETS['second']:.2f}x, >= {NIX_SPEEDUP:g}x faster than Nix's hook "
+            f"where it takes >= {NIX_ROOM:g}x | {', '.join(measured)} "
+            f"| {', '.join(_verdicts(graphs, medians))} |"
+        )
+    return rows
 
 
 def _seconds(value: float | None) -> str:
