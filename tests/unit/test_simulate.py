@@ -307,6 +307,21 @@ def test_the_bound_counts_jobs_only_where_their_features_are() -> None:
     assert lower_bound(chain, [fast, gpu]) == pytest.approx(10.0)
 
 
+def test_the_bound_leaves_out_the_jobs_after_one_no_machine_can_build() -> None:
+    # b (100 s) waits on a, which no machine can build: b is skipped, never built, so a bound
+    # counting it (100 s) was above the run itself (0 s) and the ratio said 0.000x.
+    x86 = MachineSlotSpec("m", 1, 1, frozenset({"x86_64-linux"}))
+    jobs = [
+        Job("a", 1, (), "aarch64-linux"),
+        Job("b", 100, ("a",), "x86_64-linux"),
+        Job("c", 3, (), "x86_64-linux"),
+    ]
+    assert lower_bound(jobs, [x86]) == pytest.approx(3.0)
+    result = simulate(jobs, [x86], strict=False)
+    assert result.skipped == ("b",)
+    assert result.makespan >= result.lower_bound
+
+
 def test_cli_machines_have_nixs_default_features_only(tmp_path: Path) -> None:
     dag = tmp_path / "dag.json"
     dag.write_text(json.dumps({"nodes": [{"name": "train", "work": 1, "features": ["cuda"]}]}))

@@ -25,7 +25,7 @@ def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSp
     """No schedule is shorter: the longest chain of jobs, each at the fastest machine that can
     build it, and for every set of machines some jobs can only run on, those jobs' work over
     that set's capacity (with no features, max(critical path / fastest, work / capacity)).
-    Jobs no machine can build are left out: they fail."""
+    Jobs no machine can build are left out: they fail; so are the jobs after them, skipped."""
     graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
     usable = [m for m in machines if m.slots > 0]
     if not usable:
@@ -33,23 +33,27 @@ def lower_bound(jobs: Iterable[Job] | JobGraph, machines: Sequence[MachineSlotSp
     # Per (system, features): the machines that can build it and the fastest one's speed,
     # found once per kind, not once per job.
     eligible: dict[tuple[str, frozenset[str]], tuple[frozenset[int], float]] = {}
-    # Each job's time at the fastest machine that can build it (0 if none can), in the
-    # order of ``graph.jobs()``.
-    seconds: list[float] = []
+    # Each job's time at the fastest machine that can build it, in the order of
+    # ``graph.jobs()``; 0 for one no machine can build and for every job after it, which are
+    # skipped, never built (a bound counting them would be longer than such a run).
+    index = {job.id: i for i, job in enumerate(graph.jobs())}
+    seconds = [0.0] * len(index)
+    built = [False] * len(index)
     work_on: dict[frozenset[int], float] = {}
-    for job in graph.jobs():
+    for job_id in graph.topological_order():  # dependencies first
+        i = index[job_id]
+        job = graph.jobs()[i]
         kind = (job.system, job.required_features)
         if kind not in eligible:
             where = frozenset(
-                i for i, m in enumerate(usable) if can_build(m, job.system, job.required_features)
+                k for k, m in enumerate(usable) if can_build(m, job.system, job.required_features)
             )
-            eligible[kind] = (where, max((usable[i].speed for i in where), default=0.0))
+            eligible[kind] = (where, max((usable[k].speed for k in where), default=0.0))
         where, fastest = eligible[kind]
-        if where:
-            seconds.append(job.work_estimate / fastest)
+        if where and all(built[index[dep]] for dep in job.deps):
+            built[i] = True
+            seconds[i] = job.work_estimate / fastest
             work_on[where] = work_on.get(where, 0.0) + job.work_estimate
-        else:
-            seconds.append(0.0)
     chain = graph.longest_path(seconds)
     crowded = max(
         (
