@@ -68,6 +68,14 @@ def test_speed_factor_zero_becomes_one():
     assert one("nx-a.invalid - - 1 0").speed_factor == 1.0
 
 
+def test_a_speed_factor_too_small_to_rank_is_refused_naming_the_least():
+    with pytest.raises(
+        ConfigError, match=r"'1e-310' is too small a speed factor \(the least: 1e-06\)"
+    ):
+        one("nx-a.invalid - - 1 1e-310")
+    assert one("nx-a.invalid - - 1 0.000001").speed_factor == pytest.approx(1e-6)
+
+
 def test_empty_system_list_is_not_the_default():
     # "," tokenizes to no systems at all; only "builtin" derivations can go there.
     m = one("nx-a.invalid ,")

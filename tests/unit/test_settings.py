@@ -173,6 +173,8 @@ def test_parse_offload_toml():
         ("[local]\nmax-jobs = true", "max-jobs must be a whole number"),
         ("[local]\nmax-jobs = -1", "max-jobs must be a whole number from 0 to 4294967295"),
         ("[[machine]]\nhost = 'h'\nspeed-factor = 0", "speed-factor must be a positive number"),
+        # Work over such a speed is past the largest float: no build there would ever end.
+        ("[[machine]]\nhost = 'h'\nspeed-factor = 1e-310", "a positive number, at least 1e-06"),
         ("[[machine]]\nhost = 'h'\nname = '@x'", "name must be one word"),
         # A name --on could never pick, or that printed a terminal's escape in a warning.
         ("[[machine]]\nhost = 'h'\nname = 'a b,c'", "name must be one word"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from collections import defaultdict
@@ -13,7 +14,7 @@ import pytest
 
 from offload.cli import simulate as simulate_cli
 from offload.errors import ConfigError, SchedulerError
-from offload.scheduler.dag import Job
+from offload.scheduler.dag import Job, JobGraph
 from offload.scheduler.generated import layered_jobs, plan_cost, random_machines
 from offload.scheduler.policy import Decision, MachineSlotSpec, Policy, Wait
 from offload.scheduler.simulate import SimResult, lower_bound, simulate
@@ -320,6 +321,24 @@ def test_the_bound_leaves_out_the_jobs_after_one_no_machine_can_build() -> None:
     result = simulate(jobs, [x86], strict=False)
     assert result.skipped == ("b",)
     assert result.makespan >= result.lower_bound
+
+
+@pytest.mark.parametrize("work", [math.inf, math.nan, -1.0])
+def test_a_work_estimate_that_is_no_finite_number_is_refused(work: float) -> None:
+    # An infinite one made an end at NaN, never the next instant: simulate looped for ever.
+    with pytest.raises(SchedulerError, match="must be a finite number >= 0"):
+        simulate([Job("a", work)], [MachineSlotSpec("m")])
+    graph = JobGraph([Job("a", 1.0)])
+    with pytest.raises(SchedulerError, match="must be a finite number >= 0"):
+        graph.update_estimate("a", work)
+    assert graph.work("a") == 1.0
+
+
+def test_a_machine_failure_at_no_time_and_a_speed_too_small_are_refused() -> None:
+    with pytest.raises(SchedulerError, match="not a time"):
+        simulate([Job("a", 1.0)], [MachineSlotSpec("m")], machine_failures=[(math.nan, "m")])
+    with pytest.raises(SchedulerError, match="speed must be at least 1e-06"):
+        MachineSlotSpec("m", 1e-300, 1)
 
 
 def test_cli_machines_have_nixs_default_features_only(tmp_path: Path) -> None:

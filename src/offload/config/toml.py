@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.config.machines import shown
-from offload.config.machines.entry import MAX_SPEED
+from offload.config.machines.entry import MAX_SPEED, MIN_SPEED
 from offload.config.machines.files import read_user_file
 from offload.errors import ConfigError
 from offload.names import LOCAL
@@ -210,10 +210,10 @@ class _Table:
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not 0 < value <= MAX_SPEED
+            or not MIN_SPEED <= value <= MAX_SPEED
         ):
-            # The machines file's own limit: a file convert wrote from one must read back.
-            self._fail(key, "a positive number")
+            # The machines file's own limits: a file convert wrote from one must read back.
+            self._fail(key, f"a positive number, at least {MIN_SPEED:g}")
             return None
         return float(value)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,8 +82,11 @@ class JobGraph:
         for i, job in enumerate(self._jobs):
             if job.id in index:
                 raise SchedulerError(f"job {job.id!r} appears twice in the graph")
-            if job.work_estimate < 0:
-                raise SchedulerError(f"job {job.id!r} has a negative work estimate")
+            if not 0.0 <= job.work_estimate < math.inf:  # NaN too: no comparison holds for it
+                raise SchedulerError(
+                    f"job {job.id!r}: its work estimate must be a finite number >= 0, "
+                    f"not {job.work_estimate}"
+                )
             index[job.id] = i
         self._index = index
         n = len(self._jobs)
@@ -365,8 +369,10 @@ class JobGraph:
 
     def update_estimate(self, job_id: str, work: float) -> list[str]:
         """Change a job's estimate; returns the jobs whose critical path changed."""
-        if work < 0:
-            raise SchedulerError(f"job {job_id!r}: negative work estimate {work}")
+        if not 0.0 <= work < math.inf:
+            raise SchedulerError(
+                f"job {job_id!r}: its work estimate must be a finite number >= 0, not {work}"
+            )
         i = self._index[job_id]
         if (
             (state := self._state[i]) is not _DONE

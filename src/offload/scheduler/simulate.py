@@ -311,6 +311,8 @@ class _Sim:
     def schedule_failure(self, at: float, machine: str) -> None:
         if machine not in self.speeds:
             raise SchedulerError(f"machine failure for unknown machine {machine!r}")
+        if not 0.0 <= at < math.inf:  # an event at NaN is never the next instant: no end
+            raise SchedulerError(f"machine failure of {machine!r} at {at}: not a time")
         self._push(at, _MACHINE_FAILS, "", machine)
 
     def run(self) -> None:

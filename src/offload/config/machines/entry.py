@@ -28,6 +28,9 @@ _COLUMN_HINT = (
 _MAX_UINT = 2**32 - 1
 # Nix reads the speed factor as a float (32 bits): the largest it can hold.
 MAX_SPEED = 3.4028234663852886e38
+# The least speed offload ranks (and offload simulate takes): slower, a day's work looks like
+# more than 2,700 years, and a build's expected end past the largest float is no end at all.
+MIN_SPEED = 1e-6
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _SPECIAL_FLOAT_RE = re.compile(r"[+-]?(?:inf(?:inity)?|nan)", re.IGNORECASE)
 
@@ -120,6 +123,10 @@ def _speed_factor(text: str | None, where: str, compat: list[NixCompat]) -> floa
     value = float(text)
     if value < 0:
         raise _column_error(where, 4, f"'{text}': the speed factor must be >= 0")
+    if 0 < value < MIN_SPEED:
+        raise _column_error(
+            where, 4, f"'{text}' is too small a speed factor (the least: {MIN_SPEED:g})"
+        )
     if not UINT_RE.fullmatch(text) or int(text) > _MAX_UINT:
         clause = f"rejects the whole file: speed factor '{text}' is not a whole number"
         compat.append(NixCompat(where, (2, 20), clause))

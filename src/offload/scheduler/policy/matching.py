@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from offload.config.machines import Machine
+from offload.config.machines.entry import MIN_SPEED
 from offload.errors import SchedulerError
 from offload.scheduler.dag import Job
 
@@ -44,8 +45,10 @@ class MachineSlotSpec:
         )
 
     def __post_init__(self) -> None:
-        if not self.speed > 0 or math.isinf(self.speed):
-            raise SchedulerError(f"machine {self.name!r}: speed must be positive, not {self.speed}")
+        if not MIN_SPEED <= self.speed < math.inf:
+            raise SchedulerError(
+                f"machine {self.name!r}: speed must be at least {MIN_SPEED:g}, not {self.speed}"
+            )
         if self.slots < 0:
             raise SchedulerError(f"machine {self.name!r}: slots must be >= 0, not {self.slots}")
 
