@@ -253,13 +253,39 @@ class JobGraph:
         counts[_READY] -= 1
         counts[_RUNNING] += 1
 
-    def mark_returned(self, job_id: str) -> bool:
-        """A running job goes back because its machine went away; True if it is READY again
-        (False: a dependency was undone meanwhile, so it is PENDING)."""
+    def mark_returned(self, job_id: str) -> list[str] | None:
+        """A running job goes back because its machine went away: None if it is READY again;
+        else the jobs now SKIPPED because of it, the job itself first, when a dependency was
+        undone meanwhile and then failed (or was skipped) while it ran, so it never can run;
+        else [] (a dependency undone meanwhile: it is PENDING until that is built again). The
+        critical paths that ran through skipped jobs are shortened (``paths_changed``)."""
         i = self._expect(job_id, (_RUNNING,), "return")
-        ready = self._waiting[i] == 0
-        self._move(i, _READY if ready else _PENDING)
-        return ready
+        if self._waiting[i] == 0:
+            self._move(i, _READY)
+            return None
+        state = self._state
+        if not any(state[d] is _FAILED or state[d] is _SKIPPED for d in self._deps[i]):
+            self._move(i, _PENDING)
+            return []
+        self._move(i, _SKIPPED)
+        return self._skip_after(i)
+
+    def failed_before(self, job_id: str) -> str:
+        """A FAILED job ``job_id`` depends on, nearest first ("" if none)."""
+        seen: set[int] = set()
+        queue = deque(self._deps[self._index[job_id]])
+        while queue:
+            d = queue.popleft()
+            if self._state[d] is _FAILED:
+                return self._jobs[d].id
+            if d not in seen:
+                seen.add(d)
+                queue.extend(self._deps[d])
+        return ""
+
+    def inputs_done(self, job_id: str) -> bool:
+        """Every dependency of ``job_id`` is built (none undone since): a copy may start."""
+        return self._waiting[self._index[job_id]] == 0
 
     def mark_done(self, job_id: str) -> list[str]:
         """Record success; returns the jobs that became ready."""
@@ -315,6 +341,12 @@ class JobGraph:
         jobs whose value changed)."""
         i = self._expect(job_id, (_RUNNING, _READY, _PENDING), "fail")
         self._move(i, _FAILED)
+        return self._skip_after(i)[1:]
+
+    def _skip_after(self, i: int) -> list[str]:
+        """Job ``i`` failed or was skipped: every PENDING job after it is SKIPPED. Returns
+        ``i`` and those, in BFS order. (A RUNNING one is left: its copy may hold its inputs
+        already; if it comes back, ``mark_returned`` skips it then.)"""
         gone = [i]
         queue = deque(self._dependents[i])
         state = self._state
@@ -329,7 +361,7 @@ class JobGraph:
         self._left -= sum(map(self._work.__getitem__, gone), 0.0)
         self.paths_changed = self._drop_paths(gone)
         jobs = self._jobs
-        return [jobs[d].id for d in gone[1:]]
+        return [jobs[d].id for d in gone]
 
     def _drop_paths(self, gone: list[int]) -> list[str]:
         """``gone`` can no longer run: their paths count 0, and their ancestors' are worked

@@ -423,6 +423,8 @@ class _Sim:
                 RunRecord(lost, machine, start, self.now, "lost", speculative=spec)
             )
         self.policy.on_machine_failed(machine, self.now)
+        for _, skipped in self.policy.take_skipped():
+            self.skipped.extend(skipped)
 
 
 def machine_summaries(

@@ -122,6 +122,8 @@ class Policy(SharedBuilders):
         self._overrun = Overrun(
             self.graph, self._queues, self._speculation, transfer, self._by_path
         )
+        # Jobs skipped when a copy came back (``take_skipped``).
+        self._skipped_later: list[tuple[str, tuple[str, ...]]] = []
         # Jobs no machine can build (with why), and those skipped because of them.
         self.unschedulable, self.skipped_at_start = classify(
             self.graph, self._pool, machines, self._queues.class_of, strict=strict
@@ -402,9 +404,19 @@ class Policy(SharedBuilders):
             return False
         del self._runs[job_id]
         self._queues.count_started(job_id, +1)
-        if self.graph.mark_returned(job_id):
+        skipped = self.graph.mark_returned(job_id)
+        if skipped is None:
             self._queues.enqueue(job_id)
+        elif skipped:
+            self._repath(self.graph.paths_changed)
+            self._skipped_later.append((self.graph.failed_before(job_id), tuple(skipped)))
         return True
+
+    def take_skipped(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The jobs skipped since the last call because a copy came back for one that can
+        never run now (``JobGraph.mark_returned``): (the failed job that doomed them, them)."""
+        taken, self._skipped_later = self._skipped_later, []
+        return taken
 
     def _release(self, run: Run, job_id: str) -> None:
         """``run`` ended, was cancelled or lost: its slot is free and no round looks at it."""

@@ -80,6 +80,8 @@ class Overrun:
                 break
             if len(job_runs) != 1 or job_id not in guessed or job_id in speculated:
                 continue
+            if not graph.inputs_done(job_id):  # an input is being built again: none to copy
+                continue
             run = job_runs[0]
             target = fastest_free(queues.class_of[job_id])
             v = run.machine.speed

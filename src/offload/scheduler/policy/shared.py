@@ -48,7 +48,10 @@ class SharedBuilders:
 
     def _move_waiting(self: _Policy, rnd: Round, job_id: str, run: Run, now: float) -> None:
         """Move a job waiting on a full builder to a free slot elsewhere, if worth it now
-        (``full``), else ask to be woken when it will be."""
+        (``full``), else ask to be woken when it will be. Not while an input is being built
+        again: there would be nothing to copy to the new slot (it moves once that is built)."""
+        if not self.graph.inputs_done(job_id):
+            return
         target, finish = move_target(
             self._queues.class_of[job_id], self.graph, self._transfer, job_id, run, now=now
         )

@@ -132,6 +132,8 @@ class Speculation:
             if job_id in seen:
                 continue
             seen.add(job_id)
+            if not graph.inputs_done(job_id):  # an input is being built again: none to copy
+                continue
             old_end = run.end
             if old_end <= now:  # slot_time, inlined: overdue, it needs a share of its time again
                 late = OVERDUE_FRACTION * (now - run.start)

@@ -78,6 +78,13 @@ class Endings(Stopping):
             outcome = dataclasses.replace(outcome, error=why)
         self.policy.on_returned(drv_path, machine)
         self._emit_outcome(drv_path, machine, "cancelled", outcome)
+        self._skipped_later()
+
+    def _skipped_later(self) -> None:
+        """Say the jobs the policy skipped when a copy came back (``Policy.take_skipped``)."""
+        for cause, skipped in self.policy.take_skipped():
+            for drv_path in skipped:
+                self._finish_skipped(drv_path, cause)
 
     async def _built(
         self,
@@ -141,6 +148,7 @@ class Endings(Stopping):
         backoff: the other builds lost in the same fall add nothing."""
         error = self._explain(machine, error)
         down = self.policy.on_machine_failed(machine, now)
+        self._skipped_later()
         self._full.gone(machine)
         if not down.merged:
             self._last_error[machine] = error

@@ -1,0 +1,51 @@
+"""A job whose input was undone (its outputs lost) while it ran: no copy of it starts before
+that input is built again, and if the input then fails, the job is skipped when it comes back,
+never left pending for ever."""
+
+from __future__ import annotations
+
+from offload.scheduler.dag import Job, JobState
+from offload.scheduler.policy import MachineSlotSpec, Policy, Speculate, Start
+
+
+def test_a_job_back_after_its_undone_input_failed_is_skipped_not_left_pending():
+    policy = Policy(
+        [Job("a", 1.0), Job("b", 10.0, ("a",)), Job("c", 1.0, ("b",))],
+        [MachineSlotSpec("m1", 1, 1), MachineSlotSpec("m2", 1, 1)],
+    )
+    assert policy.next_decisions(0) == [Start("a", "m1", 1.0)]
+    policy.on_finished("a", "m1", 1, True)
+    assert [d.job for d in policy.next_decisions(1) if isinstance(d, Start)] == ["b"]
+    policy.on_outputs_lost(["a"])  # b runs on m1; a is built again on m2, and fails there
+    assert policy.next_decisions(2) == [Start("a", "m2", 3.0)]
+    policy.on_finished("a", "m2", 3, False)
+    assert policy.graph.state("b") is JobState.RUNNING  # its copy may hold its inputs already
+    down = policy.on_machine_failed("m1", 4)
+    assert down.returned == ("b",)
+    # b was put back as pending for ever: the run never finished, and -k said "no machine
+    # can take them".
+    assert policy.graph.state("b") is JobState.SKIPPED
+    assert policy.graph.state("c") is JobState.SKIPPED
+    assert policy.graph.finished
+    assert policy.take_skipped() == [("a", ("b", "c"))]
+    assert policy.take_skipped() == []
+
+
+def test_no_speculative_copy_starts_while_an_input_is_built_again():
+    policy = Policy(
+        [Job("a", 1.0), Job("b", 1000.0, ("a",))],
+        [MachineSlotSpec("fast", 4, 2), MachineSlotSpec("slow", 1, 1)],
+    )
+    policy.next_decisions(0.0)
+    policy.on_finished("a", "fast", 0.25, True)
+    assert [d.machine for d in policy.next_decisions(0.25) if isinstance(d, Start)] == ["fast"]
+    policy.on_machine_failed("fast", 0.5)  # b goes back, and starts on slow
+    assert [d.machine for d in policy.next_decisions(0.5) if isinstance(d, Start)] == ["slow"]
+    policy.on_outputs_lost(["a"])  # a's only outputs were on fast: it is built again
+    later = policy.next_decisions(70.0)
+    # A copy of b onto fast once it is back would have nothing to copy there: it was made,
+    # and counted a loss of b when it found a's outputs nowhere.
+    assert not [d for d in later if isinstance(d, Speculate)]
+    assert [(d.job, d.machine) for d in later if isinstance(d, Start)] == [("a", "fast")]
+    policy.on_finished("a", "fast", 70.25, True)
+    assert [d.job for d in policy.next_decisions(70.25) if isinstance(d, Speculate)] == ["b"]
