@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shlex
+from typing import Any
 
 import pytest
 
@@ -162,3 +163,50 @@ def test_a_client_refused_lately_counts_as_waiting_for_its_next_build_there(
     # there (its marker is still fresh), so it does not yield to another client's; later, it
     # is a newcomer again.
     assert [waited for _, _, waited in builder.asks] == [False, True, second]
+
+
+def test_a_probe_of_a_full_builder_counts_a_slot_beyond_the_runs_own(monkeypatch):
+    # A builder this run found full (3 slots withheld) frees one slot: one probe gets it, and
+    # the next finds the builder full again. A probe lent the first probe's lingering session
+    # instead, so each probe "found" the same slot and every withheld slot came back.
+    from offload.scheduler.run.full import FullBuilders
+
+    monkeypatch.setattr(pool, "BUSY_POLL", 0.01)
+    builder = _Builder(["0"] + ["busy"] * 200)
+
+    class Policy:
+        withheld_slots = 3
+
+        def withheld(self, _name: str) -> int:
+            return self.withheld_slots
+
+        def waiting(self, _name: str) -> list[str]:
+            return []
+
+        def on_slot_freed(self, _name: str) -> None:
+            self.withheld_slots -= 1
+
+    class Events:
+        def machine_up(self, *_args: object) -> None:
+            pass
+
+    async def probe_until_quiet() -> int:
+        policy: Any = Policy()  # the policy's and the events' parts FullBuilders uses
+        events: Any = Events()
+        async with _link(builder) as link:
+            member = type("Member", (), {"remote": True, "link": link})()
+            full = FullBuilders(policy, {"b": member}, events, clock=lambda: 0.0, poke=lambda: None)
+            while True:
+                full.probe()
+                done, _ = await asyncio.wait(set(full.probes), timeout=0.5)
+                if not done:
+                    for task in full.probes:
+                        task.cancel()
+                    await asyncio.gather(*full.probes, return_exceptions=True)
+                    return 3 - int(policy.withheld_slots)
+                for task in done:
+                    full.probed(task)
+
+    assert asyncio.run(probe_until_quiet()) == 1
+    assert builder.asks[0][0] == 1  # every probe asked the builder for a slot of its own
+    assert len(builder.asks) > 2

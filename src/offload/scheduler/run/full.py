@@ -90,7 +90,9 @@ class FullBuilders:
                 self.probes[task] = name
 
     async def _probe(self, member: PoolMember) -> None:
-        async with member.link.build_session():
+        # A slot beyond this run's own: its lingering one is counted free already, and lent
+        # to each probe in turn it had given back every withheld slot for one freed.
+        async with member.link.build_session(fresh=True):
             pass
 
     def probed(self, task: asyncio.Task[None]) -> tuple[str, OffloadError | None]:

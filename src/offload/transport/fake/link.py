@@ -72,10 +72,12 @@ class FakeLink:
 
     @contextlib.asynccontextmanager
     async def build_session(
-        self, *, on_wait: Callable[[], None] | None = None
+        self, *, on_wait: Callable[[], None] | None = None, fresh: bool = False
     ) -> AsyncIterator[StoreClient]:
         """A session to build on; while ``fill``-ed, ``on_wait`` is called once and it waits
-        for ``free``, as the real link waits for a slot on the builder."""
+        for ``free``, as the real link waits for a slot on the builder (``fresh`` changes
+        nothing here: no session lingers)."""
+        del fresh
         if (full := self._full) is not None:
             self.full_waits += 1
             if on_wait is not None:

@@ -169,19 +169,25 @@ class Link:
 
     @contextlib.asynccontextmanager
     async def build_session(
-        self, on_log: LogSink | None = None, on_wait: Callable[[], None] | None = None
+        self,
+        on_log: LogSink | None = None,
+        on_wait: Callable[[], None] | None = None,
+        *,
+        fresh: bool = False,
     ) -> AsyncIterator[StoreClient]:
         """Borrow a client to build on: one holding a builder-side slot for as long as it is
         lent and ``LINGER`` seconds after for this run's next build there, then closed (never
         left idle holding it longer); while every slot is held by someone
         else, ``on_wait`` is called once and the builder asked again every ``BUSY_POLL`` s.
+        ``fresh``: a slot beyond those this run holds (a probe of a full builder), never one
+        lingering or opened ahead, which this run counts already.
         Without builder-side slots (none set, or ``slot_fallback``), a pooled ``session``."""
         if self._slot_start is None or self.builder_slots <= 0 or self.slot_fallback:
             async with self.session(on_log) as client:
                 yield client
             return
         async with self._slots:
-            session = await self._open_slot(on_wait)
+            session = await self._open_slot(on_wait, fresh=fresh)
             # One that fell back holds nothing on the builder: it may wait idle in the pool.
             holds = holds_slot(session.pipes)
             async with self._lent(session, on_log, keep=not holds, linger=holds) as client:
@@ -238,16 +244,16 @@ class Link:
         else:
             await self._discard(session, kill=not session.client.usable)
 
-    async def _open_slot(self, on_wait: Callable[[], None] | None) -> PooledSession:
+    async def _open_slot(self, on_wait: Callable[[], None] | None, *, fresh: bool) -> PooledSession:
         start, waited = self._slot_start, False
         assert start is not None
         while True:
             if self._closed:
                 raise TransportError(f"{self.name}: the link is closed")
             # Asked again each time: this run's own build that just ended there may hand over.
-            if (lingering := self._lingerer()) is not None:
+            if not fresh and (lingering := self._lingerer()) is not None:
                 return lingering
-            if self._warming:  # one opened ahead for it is on its way (``warm_builds``)
+            if not fresh and self._warming:  # one opened ahead is on its way (``warm_builds``)
                 await asyncio.wait(self._warming, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
