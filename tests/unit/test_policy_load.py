@@ -63,6 +63,20 @@ def test_slots_given_back_pay_what_is_still_owed_first():
     assert len(policy.running("busy")) == 4
 
 
+def test_a_cut_that_shrinks_gives_the_withheld_slots_it_took_back_as_withheld():
+    # The builder said others hold all four; a load report then cut two, and the next one
+    # none: the two came back as free, slots the builder never said were free (builds went
+    # there and were answered busy).
+    pool = Pool([machine("busy", slots=4)])
+    m = pool.machines["busy"]
+    pool.withhold(m)
+    pool.cut(m, 2)
+    assert (m.free, m.withheld) == (0, 2)
+    pool.cut(m, 4)
+    assert (m.free, m.withheld) == (0, 4)
+    _check(pool, m)
+
+
 def test_never_below_one_slot():
     policy = Policy(jobs(3), [machine("busy", slots=2)])
     policy.on_load("busy", 0)
@@ -110,6 +124,7 @@ def _check(pool: Pool, m: Machine) -> None:
     assert m.free + len(m.ends) + m.withheld + m.cut - m.owed == slots
     assert min(m.free, m.owed, m.withheld) >= 0
     assert 0 <= m.cut < slots
+    assert m.owed + m.cut_withheld <= m.cut  # the cut's parts: still busy, taken from withheld
     assert not (m.owed and m.free)  # what is owed is paid before a slot is free
     assert pool.free_up_total == sum(x.free for x in pool.machines.values() if x.up)
 

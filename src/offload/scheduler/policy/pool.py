@@ -18,9 +18,11 @@ holds no slot on the builder: when it leaves, its slot is withheld too, not free
 A machine whose builder is loaded by others' work gets fewer slots (``cut``, ``offload.load``):
 the cut takes its free slots first, then withheld ones; running copies are never stopped for
 it, so what is still to cut is *owed* and paid by the next slots that free there. Slots given
-back pay what is owed first. So ``free + busy + withheld + cut - owed == slots`` always, and a
-machine that owes has no free slot: the next slot it frees is the end past its ``owed``
-earliest-ending ones (``placement.slot_start``).
+back pay what is owed first. When the cut shrinks, it gives back what is owed first, then the
+withheld slots it took (still withheld), then free ones. So
+``free + busy + withheld + cut - owed == slots`` always, and a machine that owes has no free
+slot: the next slot it frees is the end past its ``owed`` earliest-ending ones
+(``placement.slot_start``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class Machine:
     # busy with copies that run on (module docstring).
     cut: int = 0
     owed: int = 0
+    # How many of the cut came out of ``withheld``: they go back there, not to free, when the
+    # cut shrinks (the builder still says others hold them).
+    cut_withheld: int = 0
     # Its place in the pool, fastest first: the order of every tier it is in.
     order: int = 0
 
@@ -238,12 +243,20 @@ class Pool:
         cut = m.spec.slots - max(1, min(slots, m.spec.slots))
         more, m.cut = cut - m.cut, cut
         if more <= 0:
-            self._add_free(m, -more)
+            back = -more
+            paid = min(back, m.owed)  # still busy: they are just busy again
+            m.owed -= paid
+            withheld = min(back - paid, m.cut_withheld)
+            m.cut_withheld -= withheld
+            m.withheld += withheld
+            _changed(m)
+            self._add_free(m, back - paid - withheld)
             return
         taken = min(more, m.free)
         self._add_free(m, -taken)
         spared = min(more - taken, m.withheld)
         m.withheld -= spared
+        m.cut_withheld += spared
         m.owed += more - taken - spared
 
     def _add_free(self, m: Machine, delta: int) -> None:
