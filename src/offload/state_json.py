@@ -23,7 +23,13 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["MAX_BYTES", "latest_entries", "read_state_json", "write_state_json"]
+__all__ = [
+    "MAX_BYTES",
+    "decode_state_json",
+    "latest_entries",
+    "read_state_json",
+    "write_state_json",
+]
 
 MAX_BYTES = 1 << 20  # a state file holds a few entries per machine; a MiB is thousands
 # Digits of the longest integer read: a time in nanoseconds has 19, offload writes seconds.
@@ -44,6 +50,12 @@ def read_state_json(path: Path) -> object | None:
         return None
     finally:
         os.close(fd)
+    return decode_state_json(data)
+
+
+def decode_state_json(data: bytes) -> object | None:
+    """``data`` decoded as a state file is, or None (too big, not JSON, a number no state file
+    holds): for a file the caller read itself (under a lock)."""
     if len(data) > MAX_BYTES:
         return None
     try:

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from offload.hook.context import load_context
 from offload.hook.keep import Keep
 from offload.hook.local_queue import LocalQueue
@@ -23,6 +25,20 @@ def test_a_local_slot_frees_once_the_declines_before_it_are_expected_done(tmp_pa
     assert queue.start("/nix/store/b.drv", 2, now=1.0) == 1.0  # a second slot is free
     assert queue.start("/nix/store/a.drv", 1, now=1.0) == 1.0  # asked again: still waiting
     assert queue.start("/nix/store/b.drv", 1, now=11.0) == 11.0  # past its end
+
+
+@pytest.mark.parametrize(
+    "text", ["[]", '{"/nix/store/x.drv": Infinity}', '{"/nix/store/x.drv": NaN}', "1" * 400, "{"]
+)
+def test_a_damaged_queue_file_is_an_empty_queue(tmp_path: Path, text: str) -> None:
+    # "[]" raised AttributeError in the hook; Infinity held a local slot for ever; a 400-digit
+    # number overflowed.
+    queue = LocalQueue(tmp_path, os.getpid())
+    queue.path.parent.mkdir(parents=True)
+    queue.path.write_text(text, encoding="utf-8")
+    assert queue.start("/nix/store/b.drv", 1, now=5.0) == 5.0
+    queue.add("/nix/store/b.drv", 9.0)
+    assert queue.start("/nix/store/c.drv", 1, now=6.0) == 9.0
 
 
 def test_the_files_of_ended_nix_processes_go_when_a_new_one_is_made(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from offload.numerals import is_decimal
 from offload.procfs import running
+from offload.state_json import MAX_BYTES, decode_state_json
 
 __all__ = ["LocalQueue"]
 
@@ -38,17 +39,20 @@ class LocalQueue:
         if not self.path.exists():
             _sweep(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "r+") as file:
+        with os.fdopen(fd, "r+b") as file:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                data = json.loads(file.read() or "{}")
-            except ValueError:
-                data = {}
-            entries = {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
+            # A damaged file is an empty queue: "[]" had raised, Infinity held a local slot
+            # for ever, a 400-digit number overflowed (decode_state_json refuses them).
+            data = decode_state_json(file.read(MAX_BYTES + 1))
+            entries = {
+                str(k): float(v)
+                for k, v in (data.items() if isinstance(data, dict) else ())
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
             yield entries
             file.seek(0)
             file.truncate()
-            file.write(json.dumps(entries))
+            file.write(json.dumps(entries).encode())
 
     def start(self, drv_path: str, slots: int, now: float) -> float:
         """When a local slot frees for ``drv_path``, given the declines still expected to run."""
