@@ -79,7 +79,7 @@ def test_output_that_cannot_be_written_at_the_end_is_an_error(tmp_path: Path) ->
         )
     assert done.returncode == 1  # the command's own status; 120 only if it had none
     assert done.stderr.startswith("error: no build log kept"), done.stderr
-    assert "\nerror: cannot write to <stdout>: [Errno 28]" in done.stderr
+    assert "\nerror: cannot write to standard output: No space left on device" in done.stderr
 
 
 def test_a_sigterm_while_code_made_from_a_string_runs_still_exits_143(tmp_path: Path) -> None:
@@ -165,3 +165,18 @@ def test_a_child_started_while_the_command_stops_can_still_be_stopped_by_ctrl_c(
     assert done.returncode == 130, done.stderr
     ignored = int(done.stdout, 16)
     assert not ignored & (1 << (signal.SIGINT - 1)), done.stdout
+
+
+def test_stdout_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> None:
+    # `offload completion bash > /dev/full` said "internal error: OSError ... report it".
+    with Path("/dev/full").open("w") as full:
+        done = _run(
+            "sys.argv = ['offload', 'completion', 'bash']\nfrom offload.cli import main\nmain()\n",
+            tmp_path,
+            stdout=full,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: cannot write to standard output: No space left on device",
+        "hint: send it where there is room (a file on another disk, a pipe)",
+    ]

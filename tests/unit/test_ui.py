@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import time
+from typing import cast
 
 import pytest
 from rich.cells import cell_len
@@ -172,6 +173,26 @@ def test_json_events_of_one_loop_step_go_out_in_one_flush_at_its_end() -> None:
     assert out.flushed[0].count("\n") == 2
     assert out.flushed[1] == out.getvalue()
     assert out.getvalue().count("\n") == 3
+
+
+def test_json_events_that_cannot_be_written_are_said_once_and_the_run_goes_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # --json > /dev/full: each flush raised in the loop's callback (nine tracebacks) and the
+    # run was stopped half-way.
+    with open(os.open("/dev/full", os.O_WRONLY), "w", encoding="utf-8") as full:  # noqa: PTH123
+        renderer = JsonRenderer(full, print_logs=False)
+        for event in scripted_run():
+            renderer.handle(event)
+        renderer.close()
+        cast(
+            "io.BufferedWriter", full.buffer
+        ).raw.close()  # what it holds cannot be written: not at its close
+    said = capsys.readouterr().err
+    assert said == (
+        "warning: cannot write the --json events: No space left on device; the run goes on "
+        "without them\n"
+    )
 
 
 def plain_json(value: object) -> object:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from offload import __version__
 from offload.cli import interrupts
-from offload.streams import ForgivingStderr, reader_gone
+from offload.streams import ForgivingStderr, SaidStdout, StdoutError, reader_gone
 from offload.threads import INTERRUPTS
 
 if TYPE_CHECKING:
@@ -253,6 +253,20 @@ def _standard_streams() -> None:
                 os.close(null)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+    # stdout that cannot be written is said as such (``offload.streams``). In a locale that
+    # is not UTF-8 (ISO-8859-1, PYTHONIOENCODING=ascii), a machine or file name it cannot
+    # encode is written escaped, as stderr writes it, not an internal error.
+    # What it holds already that cannot be written leaves it as it is: said at the exit.
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # not a file's; closed
+        stdout = sys.stdout
+        stdout.flush()
+        sys.stdout = SaidStdout(
+            open(stdout.fileno(), "wb", closefd=False),  # noqa: SIM115 - as stderr's below
+            encoding=stdout.encoding,
+            errors="backslashreplace" if stdout.errors == "strict" else stdout.errors,
+            line_buffering=bool(stdout.line_buffering),
+            write_through=getattr(stdout, "write_through", False),
+        )
     # A reader of stderr that goes away (`2>&1 | head`) must not stop a run half-way.
     sys.stderr = ForgivingStderr(
         open(2, "wb", closefd=False),  # noqa: SIM115 - the stream's own, for the process's life
@@ -260,11 +274,6 @@ def _standard_streams() -> None:
         errors="backslashreplace",
         line_buffering=True,
     )
-    # A locale that is not UTF-8 (ISO-8859-1, PYTHONIOENCODING=ascii): a machine or file name
-    # it cannot encode is written escaped, as stderr already writes it, not an internal error.
-    with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper; closed
-        if sys.stdout.errors == "strict":
-            sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
 
 
 def _end(status: int) -> None:
@@ -287,13 +296,14 @@ def _end(status: int) -> None:
     except KeyboardInterrupt:  # the first, just before: the command is stopped all the same
         status = _interrupted()
     atexit._run_exitfuncs()  # noqa: SLF001 - what Python's exit runs, typed in typeshed
-    for stream in (sys.stdout, sys.stderr):
+    for stream, name in ((sys.stdout, "standard output"), (sys.stderr, "standard error")):
         try:
             stream.flush()
         except (OSError, ValueError) as exc:  # ValueError: closed
             status = status or 120
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             with contextlib.suppress(OSError, ValueError):
-                sys.stderr.write(f"error: cannot write to {stream.name}: {exc}\n")
+                sys.stderr.write(f"error: cannot write to {name}: {why}\n")
                 sys.stderr.flush()
     os._exit(status)
 
@@ -330,6 +340,11 @@ def _failed(args: argparse.Namespace, exc: Exception) -> int:
     if isinstance(exc, OffloadError):
         _print_error(exc)
         return exit_status(exc)
+    if isinstance(exc, StdoutError):
+        reader_gone(sys.stdout)  # what it still holds would fail again at the exit
+        print(f"error: cannot write to standard output: {exc.strerror}", file=sys.stderr)
+        print("hint: send it where there is room (a file on another disk, a pipe)", file=sys.stderr)
+        return 1
     if isinstance(exc, OSError) and exc.filename is not None:
         _print_os_error(exc)
         return 1

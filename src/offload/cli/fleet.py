@@ -105,9 +105,10 @@ def _machines(args: argparse.Namespace) -> int:
 
     fleet = open_fleet(_dir(args))
     try:
-        sys.stdout.write(fleet.machines_file.read_text())
+        text = fleet.machines_file.read_text()
     except OSError as exc:
         raise FleetError(f"cannot read {fleet.machines_file}: {exc.strerror}") from exc
+    sys.stdout.write(text)  # a failure here is stdout's (offload.streams), not the file's
     return 0
 
 

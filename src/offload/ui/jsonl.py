@@ -12,13 +12,16 @@ and every log is kept anyway (``offload log DRV``; not where the run's state dir
 temporary one).
 
 A reader that goes away (``| head -1``) ends the lines, not the run: it builds on, makes its
-result links and keeps its history, as nix-build does (``offload.streams``).
+result links and keeps its history, as nix-build does (``offload.streams``). A stream that
+cannot be written (a full disk) ends them too, said once on stderr: a run stopped half-way
+for its events' sake would stop its builds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import TextIO
 
 from offload.streams import unless_gone
@@ -34,9 +37,10 @@ class JsonRenderer:
         # Lines held until the end of the loop's current step (the stream may write through:
         # PYTHONUNBUFFERED makes every write to stdout a system call of its own).
         self._pending: list[str] = []
+        self._failed = False  # the stream could not be written: no more lines
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, JobLog) and not self._print_logs:
+        if self._failed or (isinstance(event, JobLog) and not self._print_logs):
             return
         self._pending.append(json.dumps(event_dict(event)) + "\n")
         if len(self._pending) > 1:
@@ -50,10 +54,19 @@ class JsonRenderer:
 
     def _flush(self) -> None:
         lines, self._pending = self._pending, []
-        with unless_gone(self._stream):
-            if lines:
-                self._stream.write("".join(lines))
-            self._stream.flush()
+        if self._failed:
+            return
+        try:
+            with unless_gone(self._stream):
+                if lines:
+                    self._stream.write("".join(lines))
+                self._stream.flush()
+        except OSError as exc:
+            self._failed = True
+            sys.stderr.write(
+                f"warning: cannot write the --json events: {exc.strerror or exc}; the run goes "
+                "on without them\n"
+            )
 
     def close(self) -> None:
         self._flush()
