@@ -93,17 +93,32 @@ class SharedPaths:
 
     def pin(self) -> None:
         """Write the known_hosts file, unless it says the same already (atomically: a session
-        of another process may be reading it)."""
+        of another process may be reading it). ``TransportError`` when it cannot be written
+        (a full disk), nothing left behind."""
         if self.known_hosts is None:
             return
         line = known_hosts_line(self.target)
         with contextlib.suppress(OSError):
             if self.known_hosts.read_text() == line:
                 return
-        fd, tmp = tempfile.mkstemp(dir=self.known_hosts.parent, prefix=".known_hosts-")
-        with os.fdopen(fd, "w") as out:
-            out.write(line)
-        Path(tmp).replace(self.known_hosts)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.known_hosts.parent, prefix=".known_hosts-")
+            with os.fdopen(fd, "w") as out:
+                out.write(line)
+            Path(tmp).replace(self.known_hosts)
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise pin_error(self.target.destination, self.known_hosts, exc) from exc
+
+
+def pin_error(destination: str, path: Path, exc: OSError) -> TransportError:
+    """A builder's pinned host key that could not be written to ``path``."""
+    return TransportError(
+        f"cannot write the pinned host key of {destination} to {path}: {exc.strerror or exc}",
+        hint="free space on that disk (or point OFFLOAD_STATE_DIR and TMPDIR where there is room)",
+    )
 
 
 def master_alive(control: Path) -> bool | None:

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from offload.errors import SshError
+from offload.errors import SshError, TransportError
 from offload.process import run_async, spawn
 from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.tasks import stop
@@ -50,7 +50,7 @@ from offload.transport.links.base import (
     drain_dead,
     open_serve,
 )
-from offload.transport.persist import PERSIST_SECONDS, SharedPaths, master_alive
+from offload.transport.persist import PERSIST_SECONDS, SharedPaths, master_alive, pin_error
 from offload.transport.scratch import private_dir
 from offload.transport.ssh import (
     CONNECT_TIMEOUT,
@@ -179,8 +179,13 @@ class SshTransport:
 
     def _reuse(self, shared: SharedPaths) -> bool:
         """Whether the builder's persistent master is there to use; a dead one's socket is
-        removed, so that a master started now can take its place."""
-        shared.pin()
+        removed, so that a master started now can take its place. Where its pinned key
+        cannot be written (a full state disk), none is kept: a master of this run's own."""
+        try:
+            shared.pin()
+        except TransportError:
+            self._shared = None
+            return False
         alive = master_alive(shared.control)
         if alive is False:
             shared.control.unlink(missing_ok=True)
@@ -220,9 +225,12 @@ class SshTransport:
             await self._stop_master()
             if self._shared is None:
                 self._dir = self._dir or private_dir()
-                if self.known_hosts is not None:
-                    self.known_hosts.write_text(known_hosts_line(self.target))
-                    self.known_hosts.chmod(0o600)
+                if (pinned := self.known_hosts) is not None:
+                    try:
+                        pinned.write_text(known_hosts_line(self.target))
+                        pinned.chmod(0o600)
+                    except OSError as exc:
+                        raise pin_error(self.target.destination, pinned, exc) from exc
             control = self.control_path
             assert control is not None
             argv = await self._master_argv(control)
