@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
@@ -109,6 +109,9 @@ async def _borrow_all(
         await _until(list(waiting.values()), deadline)
     except BaseException:
         await cancel_and_wait(list(waiting.values()))
+        # Those that had opened are closed here, not by the garbage collector (a traceback
+        # of a generator that "didn't stop" after a Ctrl-C as sessions were opening).
+        await _close(managers[name] for name, task in waiting.items() if _opened(task))
         raise
     clients: dict[str, StoreClient] = {}
     opened: list[AbstractAsyncContextManager[StoreClient]] = []
@@ -126,12 +129,21 @@ async def _borrow_all(
         elif isinstance(result, OffloadError):
             unreachable[name] = result.message
         else:
+            await _close(managers[other] for other, done in waiting.items() if _opened(done))
             raise result
     try:
         yield clients
     finally:
-        for cm in opened:
-            await cm.__aexit__(None, None, None)
+        await _close(opened)
+
+
+def _opened(task: asyncio.Future[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+async def _close(managers: Iterable[AbstractAsyncContextManager[StoreClient]]) -> None:
+    for cm in managers:
+        await cm.__aexit__(None, None, None)
 
 
 def _told(answered: Callable[[str], None] | None, name: str, task: asyncio.Future[Any]) -> None:
