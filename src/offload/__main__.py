@@ -1,8 +1,10 @@
-"""``python -m offload``: Ctrl-C while the CLI is imported ends it quietly, as later on."""
+"""``python -m offload``: Ctrl-C, SIGTERM and SIGHUP are held while the CLI is imported, and
+taken by its own handlers as it starts, as for the ``offload`` script (``bin/offload``)."""
 
-try:
-    from offload.cli import main
-except KeyboardInterrupt:
-    raise SystemExit(130) from None
+import signal
+
+signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+from offload.cli import main  # noqa: E402 - after the signals are held
 
 raise SystemExit(main())

@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 from typing import IO
 
+import pytest
+
 Done = subprocess.CompletedProcess[str]
+SCRIPT = Path(__file__).resolve().parents[2] / "bin" / "offload"
 
 COMMAND = "sys.argv = ['offload', 'machines', '--builders', '', '--json']\n"
 
@@ -180,3 +183,40 @@ def test_stdout_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> 
         "error: cannot write to standard output: No space left on device",
         "hint: send it where there is room (a file on another disk, a pipe)",
     ]
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_a_signal_while_the_cli_is_imported_is_held_and_then_stops_the_command(
+    tmp_path: Path, how: str
+) -> None:
+    # A Ctrl-C as the CLI was imported could land in the import lock's callback: "Exception
+    # ignored", and the command ran on to its end with 0. The scripts hold the signals until
+    # the CLI's handlers take them: one sent as offload.cli is looked up is said at once.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "class Interrupt:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name == 'offload.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "            held = signal.SIGINT in signal.sigpending()\n"
+        "            open(os.environ['HELD_FILE'], 'w').write(str(held))\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Interrupt)\n"
+    )
+    held = tmp_path / "held"
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state"), "HELD_FILE": str(held)}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    start = [str(SCRIPT)] if how == "script" else ["-m", "offload"]
+    done = subprocess.run(
+        [sys.executable, *start, "machines", "--builders", "", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert held.read_text() == "True"
+    assert done.stderr == "error: interrupted\n"
+    assert done.returncode == 130
+    assert done.stdout == ""

@@ -213,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         _standard_streams()
     try:
+        interrupts.unblock()  # held by the script while this was imported: taken from here
         status = _dispatch(argv)
     except KeyboardInterrupt:
         status = _interrupted()

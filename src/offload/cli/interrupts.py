@@ -45,7 +45,15 @@ from offload.typing_compat import override
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["install", "reset", "run", "steady_runner", "stopped_status", "stopping"]
+__all__ = [
+    "install",
+    "reset",
+    "run",
+    "steady_runner",
+    "stopped_status",
+    "stopping",
+    "unblock",
+]
 
 _T = TypeVar("_T")
 
@@ -87,6 +95,12 @@ def install() -> None:
     if sys.unraisablehook is not _lost:
         _hooks.append(sys.unraisablehook)
         sys.unraisablehook = _lost
+
+
+def unblock() -> None:
+    """Take the three signals from here on: the scripts hold them while the CLI is imported
+    (``bin/offload``), so one sent meanwhile is taken now, by ``install``'s handler."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
 
 
 _hooks: list[Any] = []  # the unraisable hook before ``_lost``
