@@ -17,9 +17,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from offload.transport.wrapper import (
     SLOT_BUSY_EXIT,
     SLOT_DIRS,
     WANT_FRESH,
+    parse_count,
     parse_slot,
     serve_command,
 )
@@ -55,6 +58,7 @@ shared_fleet = private_fleet_fixture(
 
 # A mount namespace of its own, where a directory of the test is bind-mounted over Nix state.
 PRIVATE_NIX_VAR = ["unshare", "-m", "--propagation", "private", "sh", "-c"]
+NOBODY = 65534  # a user who cannot write this host's Nix state
 
 
 def wrapped(
@@ -78,7 +82,9 @@ def test_a_session_holds_a_slot_while_it_runs_and_a_full_builder_says_busy(tmp_p
     )
     try:
         assert first.stdout is not None
-        assert parse_slot(first.stdout.readline()) == "0"
+        line = first.stdout.readline()
+        assert parse_slot(line) == "0"
+        assert parse_count(line) == "nix"  # every account that writes the Nix state counts here
         assert held(slot_file(tmp_path, 0))
         assert slot_file(tmp_path, 0).read_text().startswith("offload pid=")
         second = subprocess.run(
@@ -94,6 +100,29 @@ def test_a_session_holds_a_slot_while_it_runs_and_a_full_builder_says_busy(tmp_p
         wrapped(1, ["/bin/true"], tmp_path), capture_output=True, text=True, check=False
     )
     assert (again.returncode, parse_slot(again.stdout)) == (0, "0")
+
+
+def test_a_user_who_cannot_write_the_nix_state_counts_in_its_home_and_says_so(tmp_path):
+    # `offload doctor` tells such a builder's count apart: clients logging in as another
+    # account count theirs apart there (doctor.facts.slots_check).
+    home = Path(tempfile.mkdtemp(prefix="ofl-slots-home-", dir="/tmp"))
+    try:
+        os.chown(home, NOBODY, NOBODY)
+        nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        mount = f'mount --bind {tmp_path} /nix/var/nix && exec "$@"'
+        argv = [*PRIVATE_NIX_VAR, mount, "sh", *nobody, "env", f"HOME={home}", "sh", "-c"]
+        done = subprocess.run(
+            [*argv, serve_command()[2], "sh", "1", "-", "0", "-", "/bin/true"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (parse_slot(done.stdout), parse_count(done.stdout)) == ("0", "home")
+        assert (home / SLOT_DIRS[1] / "slot-0").exists()
+        assert not (tmp_path / Path(SLOT_DIRS[0]).name).exists()
+    finally:
+        shutil.rmtree(home)
 
 
 def test_without_flock_the_program_still_starts_and_says_so(tmp_path):

@@ -287,6 +287,23 @@ def test_slots_say_where_they_are_counted_and_how_to_count_them_on_the_builder()
         assert fix_word in check.fix
 
 
+def test_slots_counted_in_the_builder_users_home_are_said_per_account() -> None:
+    # A builder user who cannot write the Nix state counts in its home: a CI logging in as
+    # root, or a person as themselves, counted their builds apart, and doctor said "by every
+    # offload client on every host".
+    own = facts.slots_check(2, None, counted="home")
+    assert own.verdict is Verdict.OK
+    assert own.detail == (
+        "2 counted on the builder, by every offload client logging in as this user (in its "
+        "~/.cache/offload-slots); clients logging in as another user count theirs apart"
+    )
+    assert own.fix is not None
+    assert own.fix.startswith("nothing to fix if every client logs in as this user")
+    assert facts.slots_check(2, None, counted="nix").detail == (
+        "2 counted on the builder, by every offload client on every host"
+    )
+
+
 def test_a_builder_whose_max_jobs_is_0_builds_nothing_sent_over_ssh() -> None:
     slots = facts.slots_check(2, None)
     idle = {**CONFIG, "max-jobs": "0", "builders": ""}

@@ -46,7 +46,8 @@ def test_the_start_line_script_reads_load_and_takes_a_slot_with_flock():
     assert serve_command(cores=8)[6:8] == ["0", "8"]
     assert serve_command(cores=None)[7] == serve_command(cores=0)[7] == "-"
     assert SCRIPT.endswith(
-        'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--} start=$ofl_t slot=$ofl_s"; '
+        'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--} start=$ofl_t '
+        'count=$ofl_u slot=$ofl_s"; '
         '[ "$ofl_s" = busy ] && exit 75; exec "$@"'
     )
 

@@ -28,6 +28,7 @@ from offload.transport.ciphers import cpu_has_aes
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.links.turns import FALLBACKS, RESTRICTED_FALLBACKS
 from offload.transport.missing_program import install_nix, not_on_path
+from offload.transport.wrapper import SLOT_DIRS
 
 __all__ = [
     "RESTRICTED",
@@ -369,11 +370,13 @@ _SLOT_FIXES = {
 }
 
 
-def slots_check(slots: int, fallback: str | None, *, full: bool = False) -> Check:
+def slots_check(
+    slots: int, fallback: str | None, *, full: bool = False, counted: str | None = None
+) -> Check:
     """Where a build session's slot was counted: on the builder (every client on every host
-    counts the same ``slots``; ``full`` when others hold them all now), or, with why
-    (``fallback``), on this host only. None at all (maxJobs 0): no build is ever sent there,
-    by Nix or offload."""
+    counts the same ``slots``, among the accounts ``counted`` says: ``wrapper.parse_count``;
+    ``full`` when others hold them all now), or, with why (``fallback``), on this host only.
+    None at all (maxJobs 0): no build is ever sent there, by Nix or offload."""
     if slots == 0:
         return Check(
             "slots",
@@ -388,8 +391,24 @@ def slots_check(slots: int, fallback: str | None, *, full: bool = False) -> Chec
             f"counted on this host only: {fallback}; clients on other hosts do not see them",
             _SLOT_FIXES.get(fallback),
         )
+    now = "; all held by others now" if full else ""
+    if counted == "home":
+        # Its user cannot write the Nix state: the count is in its home, apart from other
+        # accounts' (a CI logging in as root, a person as themselves).
+        detail = (
+            f"{slots} counted on the builder, by every offload client logging in as this "
+            f"user (in its ~/{SLOT_DIRS[1]}){now}; clients logging in as another user count "
+            "theirs apart"
+        )
+        return Check("slots", Verdict.OK, detail, _PER_USER_FIX)
     detail = f"{slots} counted on the builder, by every offload client on every host"
-    return Check("slots", Verdict.OK, detail + ("; all held by others now" if full else ""))
+    return Check("slots", Verdict.OK, detail + now)
+
+
+_PER_USER_FIX = (
+    "nothing to fix if every client logs in as this user (`offload setup builder` makes one "
+    "for all); else give them all that one, or each builder's max-jobs is per account"
+)
 
 
 _JOBS_FIX = (

@@ -261,11 +261,11 @@ class _Probe(LoginProbe):
         try:
             await self._bounded(open_one(), self.timeout + SLACK)
         except BuilderFullError:
-            return facts.slots_check(slots, None, full=True)
+            return facts.slots_check(slots, None, full=True, counted=link.slots_counted)
         except (TimeoutError, OffloadError) as exc:
             error = exc.message if isinstance(exc, OffloadError) else "no answer in time"
             return Check("slots", Verdict.WARN, f"not checked: {error}")
-        return facts.slots_check(slots, link.slot_fallback)
+        return facts.slots_check(slots, link.slot_fallback, counted=link.slots_counted)
 
     async def _serve_rtts(self, link: MachineLink) -> list[float]:
         """Round trips of an empty serve query, where no command of ours may run."""

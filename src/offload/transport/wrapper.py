@@ -54,6 +54,7 @@ __all__ = [
     "WANT_FRESH",
     "kill_script",
     "parse_born",
+    "parse_count",
     "parse_pid_line",
     "parse_slot",
     "parse_start_line",
@@ -112,12 +113,12 @@ _WANTED = (
     '[ -n "$ofl_f" ]; }; '
 )
 _SLOT = (
-    _WANTED + "ofl_n=$1; ofl_id=$2; ofl_w=$3; ofl_c=$4; shift 4; ofl_s=-; "
+    _WANTED + "ofl_n=$1; ofl_id=$2; ofl_w=$3; ofl_c=$4; shift 4; ofl_s=-; ofl_u=-; "
     "case $ofl_id in ''|*[!A-Za-z0-9_.-]*) ofl_id=-;; esac; "
     'if [ "$ofl_n" -gt 0 ] 2>/dev/null; then '
     "if ! command -v flock >/dev/null 2>&1; then ofl_s=noflock; else "
-    f"if [ -w {SLOT_DIRS[0].rsplit('/', 1)[0]} ]; then ofl_d={SLOT_DIRS[0]}; "
-    f"else ofl_d=${{HOME:-/nonexistent}}/{SLOT_DIRS[1]}; fi; ofl_s=nodir; "
+    f"if [ -w {SLOT_DIRS[0].rsplit('/', 1)[0]} ]; then ofl_d={SLOT_DIRS[0]}; ofl_u=nix; "
+    f"else ofl_d=${{HOME:-/nonexistent}}/{SLOT_DIRS[1]}; ofl_u=home; fi; ofl_s=nodir; "
     'if [ -d "$ofl_d" ] || (umask 077 && mkdir -p "$ofl_d") 2>/dev/null; then '
     "ofl_s=busy; ofl_i=0; "
     '[ "$ofl_w" != 1 ] && ofl_wanted && ofl_i=$ofl_n; '
@@ -144,7 +145,8 @@ _REPORT_PID = (
     f"{{ read -r ofl_l <{LOADAVG_FILE}; }} 2>/dev/null; "
     f"{{ read -r ofl_b <{BOOT_ID_FILE}; }} 2>/dev/null; "
     '{ read -r ofl_p </proc/$$/stat; } 2>/dev/null; ofl_born "$ofl_p"; '
-    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}} start=$ofl_t slot=$ofl_s"; '
+    f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}} start=$ofl_t '
+    'count=$ofl_u slot=$ofl_s"; '
     f'[ "$ofl_s" = busy ] && exit {SLOT_BUSY_EXIT}; '
     'exec "$@"'
 )
@@ -270,19 +272,22 @@ def serve_command(
     ]
 
 
+_TAIL_KEYS = frozenset({"slot", "count", "start"})
+
+
 def _split_tail(rest: str) -> tuple[str, dict[str, str]]:
-    """A start line's words after its pid: the load report, and the ``slot=`` and ``start=``
-    words that end the line (by name: an older line has neither)."""
+    """A start line's words after its pid: the load report, and the ``slot=``, ``count=`` and
+    ``start=`` words that end the line (by name: an older line has none)."""
     words = rest.split()
     told: dict[str, str] = {}
-    while words and (key := words[-1].partition("=")[0]) in {"slot", "start"} - told.keys():
+    while words and (key := words[-1].partition("=")[0]) in _TAIL_KEYS - told.keys():
         told[key] = words.pop().partition("=")[2]
     return " ".join(words), told
 
 
 def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
-    """``offload-serve-pid PID [REPORT] [start=T] [slot=S]``: the pid and the load it reports
-    (None if it cannot be told); None for any other line. Never raises."""
+    """``offload-serve-pid PID [REPORT] [start=T] [count=K] [slot=S]``: the pid and the load
+    it reports (None if it cannot be told); None for any other line. Never raises."""
     marker, _, rest = line.strip().partition(" ")
     pid, _, report = rest.strip().partition(" ")
     if marker != PID_MARKER or not is_decimal(pid) or len(pid) > 12:
@@ -295,6 +300,15 @@ def parse_slot(line: str) -> str | None:
     ``"noflock"``, ``"nodir"``; None when none was asked for or the line is not a start line."""
     slot = _told(line).get("slot")
     return None if slot in {None, "-"} else slot
+
+
+def parse_count(line: str) -> str | None:
+    """Whose slots a start line's slot is one of: ``"nix"``, every account's that can write
+    the builder's Nix state (SLOT_DIRS[0]: root, the Nix daemon's); ``"home"``, the builder
+    user's own (SLOT_DIRS[1]: clients logging in as another user count theirs apart); None
+    when none was asked for or it cannot be told."""
+    count = _told(line).get("count")
+    return count if count in {"nix", "home"} else None
 
 
 def parse_born(line: str) -> str | None:

@@ -34,7 +34,7 @@ from offload.protocol.wire import ByteReader
 from offload.tasks import stop
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.ssh_options import Keepalive
-from offload.transport.wrapper import parse_born, parse_slot, parse_start_line
+from offload.transport.wrapper import parse_born, parse_count, parse_slot, parse_start_line
 
 __all__ = [
     "CONTROL_TIMEOUT",
@@ -89,8 +89,9 @@ class SessionPipes:
     # The protocol the session speaks (``offload.transport.dialect``).
     dialect: Dialect = SERVE
     # The builder-side slot the start line says it holds (``wrapper.parse_slot``), if asked for
-    # one.
+    # one, and whose slots it is one of (``wrapper.parse_count``).
     slot: str | None = None
+    count: str | None = None
     # When the serve process started, as its start line said (``wrapper.parse_born``): its kill
     # leaves alone a later process given the same pid.
     born: str | None = None
@@ -156,6 +157,7 @@ class Opening:
     failure: str | None = None
     dialect: Dialect = SERVE
     slot: str | None = None
+    count: str | None = None
     born: str | None = None
 
     def pipes(
@@ -183,6 +185,7 @@ class Opening:
             restricted=self.restricted,
             dialect=self.dialect,
             slot=self.slot,
+            count=self.count,
             born=self.born,
             stop=functools.partial(stop_now, proc),
             over_ssh=over_ssh,
@@ -236,7 +239,7 @@ async def open_serve(
         return Opening(stdout, None, None, False, tuple(early), failure, dialect)
     return Opening(
         stdout, start[0], start[1], False, tuple(early), None, dialect,
-        slot=parse_slot(text), born=parse_born(text),
+        slot=parse_slot(text), count=parse_count(text), born=parse_born(text),
     )  # fmt: skip
 
 

@@ -132,6 +132,9 @@ class Link:
         self._slot_start = slot_start
         self.slot_fallback: str | None = None
         self.slots_on_builder: bool | None = None
+        # Whose slots there the count is (``wrapper.parse_count``): "home", the builder user's
+        # own; "nix", every account's that writes the builder's Nix state; None, not known.
+        self.slots_counted: str | None = None
         self.client_id = CLIENT_ID
         # When a build was last refused a slot there: for WANT_FRESH s this client waits there
         # (its marker is that fresh) and never yields, or one that asks seldom (offload-hook:
@@ -277,6 +280,7 @@ class Link:
         self.slot_fallback = slot_fallback(session.pipes) or self.slot_fallback
         if self.slot_fallback is not None or holds_slot(session.pipes):
             self.slots_on_builder = self.slot_fallback is None
+            self.slots_counted = session.pipes.count or self.slots_counted
 
     async def warm(self, count: int) -> None:
         """Open pooled sessions, in parallel, until ``count`` are open (idle ones count); a
