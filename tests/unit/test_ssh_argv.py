@@ -48,7 +48,7 @@ def test_the_start_line_script_reads_load_and_takes_a_slot_with_flock():
     assert SCRIPT.endswith(
         'echo "offload-serve-pid $$ ${ofl_c:--} ${ofl_l:--} ${ofl_b:--} start=$ofl_t '
         'count=$ofl_u slot=$ofl_s"; '
-        '[ "$ofl_s" = busy ] && exit 75; exec "$@"'
+        'case $ofl_s in busy|yield) exit 75;; esac; exec "$@"'
     )
 
 

@@ -51,7 +51,7 @@ def test_the_client_id_crosses_ssh_as_one_quoted_word_and_the_script_quotes_its_
     assert 'rm -f "$ofl_d/want-$ofl_id"' in SCRIPT
     assert '! -name "want-$ofl_id" -mmin -0.1000 -print' in SCRIPT
     # Only a build that has not waited yet yields, and it skips every slot when it does.
-    assert '[ "$ofl_w" != 1 ] && ofl_wanted && ofl_i=$ofl_n;' in SCRIPT
+    assert '[ "$ofl_w" != 1 ] && ofl_wanted && { ofl_i=$ofl_n; ofl_y=1; };' in SCRIPT
 
 
 def test_this_process_has_one_client_id_fit_for_a_file_name():
@@ -163,6 +163,27 @@ def test_a_client_refused_lately_counts_as_waiting_for_its_next_build_there(
     # there (its marker is still fresh), so it does not yield to another client's; later, it
     # is a newcomer again.
     assert [waited for _, _, waited in builder.asks] == [False, True, second]
+
+
+def test_a_client_that_yielded_does_not_wait_itself_and_yields_again(monkeypatch):
+    # A yield (a free slot left to a client waiting there) made this client wait: its next
+    # ask took the slot back 0.25 s later, before a waiter asking each 5 s (a lone
+    # offload-hook) could (55 s and more for one slot in the review's run). Now it yields
+    # until it finds a slot, telling its build once that it waits.
+    monkeypatch.setattr(pool, "BUSY_POLL", 0.0)
+    monkeypatch.setattr(pool, "TURN", 0.0)
+    builder = _Builder(["yield", "yield", "0", "0"])
+    waits: list[int] = []
+
+    async def builds() -> None:
+        async with _link(builder) as link:
+            for _ in range(2):
+                async with link.build_session(on_wait=lambda: waits.append(1)):
+                    pass
+
+    asyncio.run(builds())
+    assert [waited for _, _, waited in builder.asks] == [False, False, False, False]
+    assert waits == [1]
 
 
 def test_a_probe_of_a_full_builder_counts_a_slot_beyond_the_runs_own(monkeypatch):

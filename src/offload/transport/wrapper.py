@@ -99,13 +99,16 @@ NO_CLIENT = "-"
 # only; anything else is taken for none, "-"), the third "1" when this client waits there
 # itself (``Link``: this build, or another of the client's within WANT_FRESH s, was answered
 # busy). A busy answer touches `want-<id>` there: this client waits. A session of a client
-# that does not wait itself answers busy without trying a slot while another client's marker is
-# fresh (touched within WANT_FRESH s: GNU find's fractional -mmin, as Debian and NixOS have; a
-# find that cannot tell finds none, and nobody yields), so the waiter gets the slot its holder
-# lets go of (``Link`` ends a session after its turn). A client that waits itself never yields:
-# one that yields is refused, so waits, and takes the next free slot it finds (no livelock). A
-# waiter that got its slot removes its marker; markers older than 10 minutes are deleted,
-# younger stale ones are ignored by age. With no marker there, the check is one glob: no process.
+# that does not wait itself answers `yield` without trying a slot while another client's marker
+# is fresh (touched within WANT_FRESH s: GNU find's fractional -mmin, as Debian and NixOS have;
+# a find that cannot tell finds none, and nobody yields), so the waiter gets the slot its holder
+# lets go of (``Link`` ends a session after its turn). A yield touches no marker, and the client
+# that yielded goes on not waiting (``Link``): it yields again at each ask until the waiter's
+# marker goes stale or is removed, so a waiter that asks seldom (a lone offload-hook, each 5 s)
+# still finds the slot free. A client that waits itself never yields, and only a real busy
+# answer makes one wait, so two clients never yield to each other for good. A waiter that got
+# its slot removes its marker; markers older than 10 minutes are deleted, younger stale ones
+# are ignored by age. With no marker there, the check is one glob: no process.
 _WANTED = (
     'ofl_wanted() { for ofl_f in "$ofl_d"/want-*; do [ -e "$ofl_f" ] || return 1; break; done; '
     "ofl_f=$(find \"$ofl_d\" -maxdepth 1 -name 'want-*' \\( -mmin +10 -delete -o "
@@ -120,13 +123,14 @@ _SLOT = (
     f"if [ -w {SLOT_DIRS[0].rsplit('/', 1)[0]} ]; then ofl_d={SLOT_DIRS[0]}; ofl_u=nix; "
     f"else ofl_d=${{HOME:-/nonexistent}}/{SLOT_DIRS[1]}; ofl_u=home; fi; ofl_s=nodir; "
     'if [ -d "$ofl_d" ] || (umask 077 && mkdir -p "$ofl_d") 2>/dev/null; then '
-    "ofl_s=busy; ofl_i=0; "
-    '[ "$ofl_w" != 1 ] && ofl_wanted && ofl_i=$ofl_n; '
+    "ofl_s=busy; ofl_i=0; ofl_y=0; "
+    '[ "$ofl_w" != 1 ] && ofl_wanted && { ofl_i=$ofl_n; ofl_y=1; }; '
     'while [ "$ofl_i" -lt "$ofl_n" ]; do '
     'if { command exec 9>>"$ofl_d/slot-$ofl_i"; } 2>/dev/null && flock -n 9; then '
     'ofl_s=$ofl_i; echo "offload pid=$$" >"$ofl_d/slot-$ofl_i"; break; fi; '
     "ofl_i=$((ofl_i + 1)); done; "
-    'if [ "$ofl_id" = - ]; then :; elif [ "$ofl_s" = busy ]; then '
+    'if [ "$ofl_y" = 1 ]; then ofl_s=yield; elif [ "$ofl_id" = - ]; then :; '
+    'elif [ "$ofl_s" = busy ]; then '
     'touch "$ofl_d/want-$ofl_id" 2>/dev/null; '
     'elif [ "$ofl_w" = 1 ]; then rm -f "$ofl_d/want-$ofl_id"; fi; fi; fi; fi; '
 )
@@ -147,7 +151,7 @@ _REPORT_PID = (
     '{ read -r ofl_p </proc/$$/stat; } 2>/dev/null; ofl_born "$ofl_p"; '
     f'echo "{PID_MARKER} $$ ${{ofl_c:--}} ${{ofl_l:--}} ${{ofl_b:--}} start=$ofl_t '
     'count=$ofl_u slot=$ofl_s"; '
-    f'[ "$ofl_s" = busy ] && exit {SLOT_BUSY_EXIT}; '
+    f"case $ofl_s in busy|yield) exit {SLOT_BUSY_EXIT};; esac; "
     'exec "$@"'
 )
 
@@ -297,7 +301,8 @@ def parse_start_line(line: str) -> tuple[int, RemoteLoad | None] | None:
 
 def parse_slot(line: str) -> str | None:
     """What a start line says of its builder-side slot: its number (``"0"``), ``"busy"``,
-    ``"noflock"``, ``"nodir"``; None when none was asked for or the line is not a start line."""
+    ``"yield"`` (left to a client waiting there), ``"noflock"``, ``"nodir"``; None when none
+    was asked for or the line is not a start line."""
     slot = _told(line).get("slot")
     return None if slot in {None, "-"} else slot
 

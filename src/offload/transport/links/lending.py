@@ -39,7 +39,13 @@ KILL_HEAD_START = 1.0
 
 
 class BuilderFullError(Exception):
-    """Every builder-side slot is held by another session (another client's, most often)."""
+    """Every builder-side slot is held by another session (another client's, most often), or
+    (``yielded``) a free one is left to a client waiting there (``offload.transport.wrapper``).
+    """
+
+    def __init__(self, name: str, *, yielded: bool = False) -> None:
+        super().__init__(name)
+        self.yielded = yielded
 
 
 @dataclass(eq=False)
@@ -92,8 +98,8 @@ def not_started(program: str, error: ProtocolError, tail: list[str], peer: str) 
 
 
 def check_slot(name: str, pipes: SessionPipes) -> None:
-    if pipes.slot == "busy":  # the wrapper exited: every slot there is held
-        raise BuilderFullError(name)
+    if pipes.slot in {"busy", "yield"}:  # the wrapper exited: every slot there is held, or
+        raise BuilderFullError(name, yielded=pipes.slot == "yield")  # left to a waiter
 
 
 async def wait_teardown(task: asyncio.Task[None]) -> None:

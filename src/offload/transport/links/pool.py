@@ -248,7 +248,9 @@ class Link:
             await self._discard(session, kill=not session.client.usable)
 
     async def _open_slot(self, on_wait: Callable[[], None] | None, *, fresh: bool) -> PooledSession:
-        start, waited = self._slot_start, False
+        # ``waited``: answered busy in this call, so this client waits there (never yields);
+        # ``told``: ``on_wait`` was called (busy or yielded: the build waits either way).
+        start, waited, told = self._slot_start, False, False
         assert start is not None
         while True:
             if self._closed:
@@ -265,11 +267,13 @@ class Link:
                     start, slots=self.builder_slots, client=self.client_id, waited=waiting
                 )
                 session = await self._open(ask)
-            except BuilderFullError:
-                self._refused = time.monotonic()
-                if not waited and on_wait is not None:
+            except BuilderFullError as full:
+                if not full.yielded:  # one that yielded goes on yielding to the waiter
+                    self._refused = time.monotonic()
+                    waited = True
+                if not told and on_wait is not None:
                     on_wait()
-                waited = True
+                told = True
                 await asyncio.sleep(BUSY_POLL)
                 continue
             self._note_slot(session)
