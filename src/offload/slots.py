@@ -95,10 +95,27 @@ class _FlockHolders:
         if self._table is None:
             return None
         try:
-            inode = str(os.fstat(fd).st_ino)
+            inode = os.fstat(fd).st_ino
         except OSError:
             return None
-        return self._table.get(inode, set())
+        return self.of_inode(inode)
+
+    def of_inode(self, inode: int) -> set[str] | None:
+        """The pids holding a flock on the file of that inode number (one this user may not
+        open); None when /proc/locks cannot be read."""
+        if not self._read:
+            self._read = True
+            self._table = _flock_table()
+        return None if self._table is None else self._table.get(str(inode), set())
+
+
+def _held_by_inode(path: Path, holders: _FlockHolders) -> bool:
+    """Whether a file this user may not open is flocked (unknown: held)."""
+    try:
+        pids = holders.of_inode(path.stat().st_ino)
+    except OSError:
+        return False  # gone meanwhile: nobody holds it
+    return pids is None or bool(pids)
 
 
 def _flock_table() -> dict[str, set[str]] | None:
@@ -197,14 +214,24 @@ class SlotLocks:
         offload both take the lowest free slot, making its file only then), so a machine of
         many slots costs a look at the files there are, not one made for each of its slots
         (``offload status`` is read-only, and may run in a loop)."""
-        free, ends, by_nix = 0, [], 0
+        free, by_nix = 0, 0
+        ends: list[float | None] = []
         holders = _FlockHolders()
         for slot in range(slots):
+            path = self.directory / f"{key}-{slot}"
             try:
-                fd = os.open(self.directory / f"{key}-{slot}", os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 free += slots - slot
                 break
+            except PermissionError:
+                # Another user's (root's: the daemon's hook), read by its lock alone: held or
+                # not, by whom and until when unknown. Not a slot that is free for sure.
+                held = _held_by_inode(path, holders)
+                free += not held
+                if held:
+                    ends.append(None)
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -173,10 +173,18 @@ def _extent(directory: Path, key: str, count: int) -> int:
 
 
 def pool_status(
-    pool: Pool, places: Sequence[Path], slots: SlotLocks, now: float, sshopts: str = ""
+    pool: Pool,
+    places: Sequence[Path],
+    slots: SlotLocks,
+    now: float,
+    sshopts: str = "",
+    *,
+    others: SlotLocks | None = None,
 ) -> PoolStatus:
     """The status of every machine of ``pool``; ``places`` are the state directories to read,
-    ``sshopts`` the NIX_SSHOPTS the kept connections were made with."""
+    ``sshopts`` the NIX_SSHOPTS the kept connections were made with; ``others``: slots held
+    in another directory too (Nix's own, where root's hooks and the daemon's hold theirs,
+    read by a user whose own slots are in its state directory)."""
     choice = next((c for p in places if (c := read_choice(p, now)) is not None), None)
     chosen = _chosen(pool, choice)
     backoff = _backoff(places, now)
@@ -190,15 +198,20 @@ def pool_status(
     ]
     machines = []
     for name, key, count, connected in entries:
-        extent = _extent(slots.directory, key, count)
-        probe = slots.probe(key, extent)
-        ends = sorted(end for end in probe.busy_ends if end is not None)
+        busy, by_nix = 0, 0
+        held_ends: list[float | None] = []
+        for where in (slots, others) if others is not None else (slots,):
+            extent = _extent(where.directory, key, count)
+            probe = where.probe(key, extent)
+            busy, by_nix = busy + extent - probe.free, by_nix + probe.by_nix
+            held_ends += probe.busy_ends
+        ends = sorted(end for end in held_ends if end is not None)
         machines.append(
             MachineStatus(
                 name,
                 count,
-                extent - probe.free,
-                probe.by_nix,
+                min(busy, count),
+                by_nix,
                 tuple(ends),
                 backoff.get(name),
                 chosen is None or name in chosen,

@@ -1,7 +1,11 @@
 """`offload status` from real lock, backoff and choice files in a temporary state directory."""
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from offload.transport.ssh import ssh_target
 from offload.use import Choice, write_choice
 
 SYSTEM = "x86_64-linux"
+NOBODY = 65534  # a user who cannot open root's slot files
 MACHINES = f"ssh://fast {SYSTEM} - 2 4\nssh://slow {SYSTEM} - 1 1\n"
 # What a backed-off machine's line ends with: the command that puts it back, once fixed.
 RESET_SLOW = " (fixed since? `offload machines --reset slow` tries it from the next run)"
@@ -191,3 +196,45 @@ def test_a_choice_ending_at_a_date_no_clock_shows_is_a_question_mark() -> None:
 
     assert _day_and_clock(1e300) == "?"
     assert _day_and_clock(0.0).startswith("1970-01-0")  # another day: its date is said
+
+
+def test_a_user_counts_the_slots_root_holds_in_nixs_own_directory() -> None:
+    # A user's own slots are in its state directory; root's (the daemon's hook's) in Nix's,
+    # 0600: a user's status showed the builders idle while the daemon's hook used them. Run
+    # as nobody, which cannot open root's slot file and reads its lock alone.
+    base = Path(tempfile.mkdtemp(prefix="ofl-status-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        nix = SlotLocks(base / "nix")
+        (base / "nix").chmod(0o755)
+        held = nix.try_acquire(slot_key("ssh://fast"), 2, until=time.time() + 60)
+        assert held is not None
+        (base / "nix" / f"{slot_key('ssh://fast')}-0").chmod(0o600)
+        own = base / "own"
+        own.mkdir()
+        os.chown(own, NOBODY, NOBODY)
+        code = (
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from offload.slots import SlotLocks\n"
+            "from offload.status import pool_status\n"
+            "from tests.unit.test_status import pool\n"
+            f"own, nix = Path({str(own)!r}), Path({str(base / 'nix')!r})\n"
+            "status = pool_status(pool(), [own], SlotLocks(own / 'cl', make=False), time.time(),"
+            " others=SlotLocks(nix, make=False))\n"
+            "print(*(f'{m.name}={m.in_use}' for m in status.machines))\n"
+        )
+        nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        done = subprocess.run(
+            [*nobody, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        os.close(held)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["local=0", "fast=1", "slow=0"]
+    finally:
+        shutil.rmtree(base)

@@ -27,7 +27,7 @@ from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.machines import shown
 from offload.errors import ConfigError
 from offload.paths import SYSTEM_STATE_DIR, state_dir
-from offload.slots import SlotLocks
+from offload.slots import NIX_CURRENT_LOAD, SlotLocks
 from offload.status import MachineStatus, PoolStatus, pool_status
 
 __all__ = ["register", "run"]
@@ -172,12 +172,17 @@ def run(args: argparse.Namespace) -> int:
     pool = pool_from_args(args)
     places = _places()
     slots = SlotLocks.default(places[0], make=False)  # read-only: probes, makes nothing
+    # A user's own slots are in its state directory; root's hooks and the daemon's hold theirs
+    # in Nix's, on the same builders: both are counted (those it cannot open by their locks).
+    others = None
+    if slots.directory != NIX_CURRENT_LOAD and NIX_CURRENT_LOAD.is_dir():
+        others = SlotLocks(NIX_CURRENT_LOAD, make=False)
     if not args.watch:
-        _show(args, pool_status(pool, places, slots, time.time(), _sshopts()))
+        _show(args, pool_status(pool, places, slots, time.time(), _sshopts(), others=others))
         return 0
     try:
         while True:
-            _show(args, pool_status(pool, places, slots, time.time(), _sshopts()))
+            _show(args, pool_status(pool, places, slots, time.time(), _sshopts(), others=others))
             time.sleep(args.interval or 2.0)
             if not args.json and not sys.stdout.isatty():
                 print(flush=True)  # a blank line between snapshots when piped
