@@ -3,13 +3,15 @@ own (nothing is started: the refusal comes first)."""
 
 from __future__ import annotations
 
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
 from offload.errors import FleetError
-from offload.fleet import MemberSpec, fleet_up
+from offload.fleet import MemberSpec, fleet_down, fleet_up
+from offload.fleet.spec import CLIENT_KEY
 
 
 def test_a_directory_with_files_of_its_own_is_not_taken_for_a_fleet(tmp_path: Path) -> None:
@@ -23,3 +25,32 @@ def test_a_directory_with_files_of_its_own_is_not_taken_for_a_fleet(tmp_path: Pa
         fleet_up(shared, [MemberSpec.parse("a:1:1")], euid=0, platform="linux")
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
     assert sorted(p.name for p in shared.iterdir()) == ["userfile"]
+
+
+def test_a_purge_cut_short_leaves_a_directory_the_next_purge_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C while a member's large store was removed: the fleet's own files had gone
+    # first (directory order), and the next purge refused the rest as no fleet's.
+    fleet = tmp_path / "fleet"
+    (fleet / "a" / "store").mkdir(parents=True)
+    (fleet / "a" / "store" / "path").write_text("x")
+    (fleet / CLIENT_KEY).write_text("key")
+    (fleet / f"{CLIENT_KEY}.pub").write_text("key.pub")
+    real = shutil.rmtree
+
+    def cut_short(path: Path) -> None:
+        """rmtree as a Ctrl-C finds it: what comes first in the directory (here the fleet's
+        own files) gone, then stopped in a member's store."""
+        for entry in Path(path).iterdir():
+            if entry.is_file():
+                entry.unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        fleet_down(fleet, purge=True)
+    monkeypatch.setattr(shutil, "rmtree", real)
+    assert (fleet / CLIENT_KEY).exists()
+    fleet_down(fleet, purge=True)
+    assert not fleet.exists()

@@ -150,7 +150,19 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
                 f"{fleet_dir} does not look like a fleet directory; not removing it",
                 hint="remove it by hand if it is really yours",
             )
-        shutil.rmtree(fleet_dir)
+        _purge(fleet_dir)
+
+
+def _purge(fleet_dir: Path) -> None:
+    """Remove the fleet's directory, its own files (what ``_is_fleets`` knows it by) last: a
+    removal cut short (Ctrl-C in a large store) leaves one ``fleet down --purge`` still takes."""
+    marks = {STATE_FILE, CLIENT_KEY}
+    for entry in sorted(fleet_dir.iterdir(), key=lambda entry: entry.name in marks):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    fleet_dir.rmdir()
 
 
 def _is_fleets(fleet_dir: Path, members: Collection[str] = ()) -> bool:
