@@ -11,6 +11,7 @@ import pytest
 
 from offload.errors import FleetError
 from offload.fleet import MemberSpec, fleet_down, fleet_up
+from offload.fleet.files import prepare_dir
 from offload.fleet.spec import CLIENT_KEY
 
 
@@ -54,3 +55,20 @@ def test_a_purge_cut_short_leaves_a_directory_the_next_purge_takes(
     assert (fleet / CLIENT_KEY).exists()
     fleet_down(fleet, purge=True)
     assert not fleet.exists()
+
+
+def test_a_key_pair_left_half_made_is_made_again(tmp_path: Path) -> None:
+    # ssh-keygen on a full disk left client_key and an empty client_key.pub: every later
+    # `fleet up` took it, and its members refused the key ("Permission denied (publickey)").
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / CLIENT_KEY).write_text("half\n")
+    (fleet / f"{CLIENT_KEY}.pub").write_text("")
+    prepare_dir(fleet)
+    assert (fleet / CLIENT_KEY).read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert (fleet / f"{CLIENT_KEY}.pub").read_text().startswith("ssh-ed25519 ")
+    assert stat.S_IMODE((fleet / CLIENT_KEY).stat().st_mode) == 0o600
+    assert sorted(p.name for p in fleet.iterdir()) == [CLIENT_KEY, f"{CLIENT_KEY}.pub"]
+    made = (fleet / CLIENT_KEY).read_text()
+    prepare_dir(fleet)  # a whole pair is kept
+    assert (fleet / CLIENT_KEY).read_text() == made

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -56,15 +58,36 @@ def prepare_dir(fleet_dir: Path) -> None:
         if not needed.is_dir():
             needed.mkdir(mode=mode, parents=True)
     key = fleet_dir / CLIENT_KEY
-    if not key.exists():
+    if not _whole_pair(key):
         _keygen(key, "offload-fleet-client")
 
 
+def _whole_pair(key: Path) -> bool:
+    """A key and its public half, neither empty: one ssh-keygen cut short (a full disk, a
+    Ctrl-C between the two files) left is made again, not taken."""
+    try:
+        return key.stat().st_size > 0 and _public(key).stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _public(key: Path) -> Path:
+    return key.with_name(key.name + ".pub")
+
+
 def _keygen(path: Path, comment: str) -> None:
-    for stale in (path, path.with_name(path.name + ".pub")):
-        stale.unlink(missing_ok=True)
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-    path.chmod(0o600)
+    """A new pair at ``path``, made beside it and moved in whole: the public half first, so
+    a private key is there only with its public half."""
+    made = Path(tempfile.mkdtemp(prefix=".keygen-", dir=path.parent))
+    try:
+        new = made / "key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(new)])
+        new.chmod(0o600)
+        path.unlink(missing_ok=True)
+        _public(new).replace(_public(path))
+        new.replace(path)
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def prepare_member(fleet_dir: Path, root: Path, spec: MemberSpec) -> None:
@@ -88,7 +111,7 @@ def prepare_member(fleet_dir: Path, root: Path, spec: MemberSpec) -> None:
     for index, (_, text) in enumerate(spec.proc_overrides):
         write_private(proc_override_file(root, index), text, 0o644)
     host_key = root / "ssh_host_ed25519_key"
-    if not host_key.exists() or not host_key.with_name(host_key.name + ".pub").exists():
+    if not _whole_pair(host_key):
         _keygen(host_key, f"offload-fleet-{spec.name}")
 
 
