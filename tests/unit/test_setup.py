@@ -364,3 +364,21 @@ def test_written_files_get_the_mode_the_umask_allows(tmp_path: Path) -> None:
         os.umask(before)
     assert (tmp_path / "out" / "a.nix").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "out" / "b.sh").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_directory_made_for_the_files_is_at_most_0755_and_goes_if_they_fail(
+    tmp_path: Path,
+) -> None:
+    # Under umask 000 it was 0777, holding the script root runs on the builder; a write that
+    # failed left it behind, empty.
+    before = os.umask(0)
+    try:
+        write_files(tmp_path / "out", [("a.nix", "A\n")])
+        with pytest.raises(ConfigError, match=r"^cannot write in .*new"):
+            # The second file's name makes its scratch file fail: the first goes, and so
+            # does the directory made for them.
+            write_files(tmp_path / "new", [("a.nix", "A\n"), ("sub/b.sh", "B\n")])
+    finally:
+        os.umask(before)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert not (tmp_path / "new").exists()

@@ -42,8 +42,10 @@ def write_files(directory: Path, files: Sequence[tuple[str, str]]) -> list[Path]
     for name, _ in files:
         if (directory / name).exists() or (directory / name).is_symlink():
             raise _taken(directory / name)
+    made = not directory.exists()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        # 0755 at most, whatever the umask: it holds a script root runs on the builder.
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
             f"cannot create {directory}: {exc.strerror}",
@@ -57,6 +59,9 @@ def write_files(directory: Path, files: Sequence[tuple[str, str]]) -> list[Path]
         for path in written:
             with contextlib.suppress(OSError):
                 path.unlink()
+        if made:  # nothing of ours is left in it: the directory goes too
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     return written
 
@@ -78,6 +83,11 @@ def _write_one(directory: Path, name: str, text: str) -> Path:
             os.link(scratch, final)
         except FileExistsError:
             raise _taken(final) from None
+    except OSError as exc:  # a full disk: said as the file's, not as an internal error
+        raise ConfigError(
+            f"cannot write {final}: {exc.strerror or exc} (nothing was written)",
+            hint="give --write a directory on a disk with room",
+        ) from None
     finally:
         Path(scratch).unlink()
     return final
