@@ -136,30 +136,48 @@ def overhead_targets(results: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     overhead = summarize_overhead(results["overhead"]) if results.get("overhead") else None
     if overhead:
+        cold = _cold(results, overhead)
+        measured, verdict = f"Nix/offload {text(overhead.speedup)}", overhead.verdict
+        if cold is not None:
+            # A first run pays new connections; only the runs after it find them kept.
+            _, speedup = cold
+            measured += f" over kept connections; {speedup:.2f} over new ones"
+            if speedup < TARGETS.overhead_speedup:
+                verdict = f"{verdict} over kept connections; NOT met over new ones"
         lines.append(
             f"| {overhead.derivations} trivial derivations remote-only: offload >= "
-            f"{TARGETS.overhead_speedup:g}x faster than Nix's hook | Nix/offload "
-            f"{text(overhead.speedup)} | {overhead.verdict} |"
+            f"{TARGETS.overhead_speedup:g}x faster than Nix's hook | {measured} | {verdict} |"
         )
     return lines
+
+
+def _cold(
+    results: Mapping[str, Any], overhead: OverheadSummary
+) -> tuple[list[float], float] | None:
+    """offload's walls over new connections (the fixed-costs section's runs of the same
+    graph), and Nix's median over their median; None when not measured."""
+    cases = (results.get("fixed_costs") or {}).get("cases", {})
+    label = f"{overhead.derivations} trivial (-j 0), new connections"
+    new = [float(r["wall_s"]) for r in cases.get(label, []) if r.get("status") == "ok"]
+    if not new or overhead.nix is None:
+        return None
+    return new, overhead.nix.median / statistics.median(new)
 
 
 def _cold_line(results: Mapping[str, Any], overhead: OverheadSummary) -> list[str]:
     """offload's runs here find the ssh connections the run before kept, as a user's next run
     does; the same over new connections, from the fixed-costs section, beside it."""
-    cases = (results.get("fixed_costs") or {}).get("cases", {})
-    label = f"{overhead.derivations} trivial (-j 0), new connections"
-    new = [float(r["wall_s"]) for r in cases.get(label, []) if r.get("status") == "ok"]
-    if not new or overhead.nix is None:
+    found = _cold(results, overhead)
+    if found is None:
         return []
-    cold = statistics.median(new)
+    new, speedup = found
     return [
         "",
         (
             "offload's runs here find the ssh connections its run before kept (two idle "
             "minutes, `offload.transport.persist`), as a user's next run does. Over new "
-            f"connections (fixed costs below, {len(new)} runs): {cold:.2f} s, Nix / offload "
-            f"{overhead.nix.median / cold:.2f}."
+            f"connections (fixed costs below, {len(new)} runs): {statistics.median(new):.2f} s, "
+            f"Nix / offload {speedup:.2f}."
         ),
     ]
 
