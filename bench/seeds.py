@@ -239,8 +239,8 @@ def verdict_rows(found: Found, command: str) -> dict[str, Any]:
                     "runs": len(triples),
                     "graphs": len(seed_rows),
                     "target": target,
-                    "p90": round(verdict.found, 4),
-                    "p90_bound": round(verdict.bound, 4),
+                    "p90": round(verdict.found, 6),
+                    "p90_bound": round(verdict.bound, 6),
                     "verdict": verdict.verdict,
                 }
             )
@@ -252,11 +252,12 @@ def solver_line(found: Found) -> str:
     solved = sum(1 for row in rows if row.optimum["solved"])
     proven = sum(1 for row in rows if row.bound >= row.best - 1e-9)
     worst = max(((row.best - row.bound) / row.bound for row in rows), default=0.0)
+    unsolved = len(rows) - solved
+    rest = f", {unsolved} are offload's own plan against the lower bound" if unsolved else ""
     return (
-        f"{len(rows)} graphs: the solver found a schedule for {solved} in time, the rest are "
-        f"offload's own plan against the lower bound; {proven} proven optimal, the widest gap "
-        f"between the best schedule known and the bound {worst:.1%} (where a gap straddles a "
-        f"target, its verdict is {UNDECIDED})."
+        f"{len(rows)} graphs: the solver found a schedule for {solved} in time{rest}; "
+        f"{proven} proven optimal, the widest gap between the best schedule known and the bound "
+        f"{worst:.1%} (where a gap straddles a target, its verdict is {UNDECIDED})."
     )
 
 
