@@ -210,7 +210,7 @@ def pool_status(
             MachineStatus(
                 name,
                 count,
-                min(busy, count),
+                busy,
                 by_nix,
                 tuple(ends),
                 backoff.get(name),

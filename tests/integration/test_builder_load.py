@@ -76,7 +76,7 @@ def test_without_proc_the_pid_still_parses_and_the_load_is_unknown():
     lines = out.splitlines()
     assert len(lines) == 1
     # No load, no boot id, no start time: the kill then goes by the pid alone.
-    assert lines[0].split()[-4:] == ["-", "-", "start=-", "slot=-"]
+    assert lines[0].split()[-5:] == ["-", "-", "start=-", "count=-", "slot=-"]
     # unshare and sh both exec, so the pid is still the started process's.
     assert parse_start_line(lines[0]) == (pid, None)
     assert parse_born(lines[0]) is None

@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import functools
 import importlib
+import io
 import os
 import re
 import signal
@@ -261,8 +262,10 @@ def _standard_streams() -> None:
     with contextlib.suppress(AttributeError, ValueError, OSError):  # not a file's; closed
         stdout = sys.stdout
         stdout.flush()
+        # Unbuffered as it was (PYTHONUNBUFFERED, python -u): each write is a system call.
+        unbuffered = not isinstance(getattr(stdout, "buffer", None), io.BufferedIOBase)
         sys.stdout = SaidStdout(
-            open(stdout.fileno(), "wb", closefd=False),  # noqa: SIM115 - as stderr's below
+            open(stdout.fileno(), "wb", buffering=0 if unbuffered else -1, closefd=False),  # noqa: SIM115
             encoding=stdout.encoding,
             errors="backslashreplace" if stdout.errors == "strict" else stdout.errors,
             line_buffering=bool(stdout.line_buffering),
