@@ -218,7 +218,9 @@ def _integer_schedule(
     by_id = {j.id: j for j in jobs}
     starts: dict[str, T] = {}
     ends: dict[str, T] = {}
-    for job_id in sorted(hint, key=lambda j: hint[j][1]):
+    # Dependencies first among equal starts: a job of no length starts as its dependent does.
+    place = {job_id: i for i, job_id in enumerate(JobGraph(jobs).topological_order())}
+    for job_id in sorted(hint, key=lambda j: (hint[j][1], place[j])):
         machine = hint[job_id][0]
         free = slots[machine]
         slot = min(range(len(free)), key=free.__getitem__)

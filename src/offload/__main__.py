@@ -3,8 +3,9 @@ taken by its own handlers as it starts, as for the ``offload`` script (``bin/off
 
 import signal
 
-signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+before = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
 
-from offload.cli import main  # noqa: E402 - after the signals are held
+from offload.cli import interrupts, main  # noqa: E402 - after the signals are held
 
+interrupts.held_before(before)  # those blocked by whoever started it stay blocked
 raise SystemExit(main())

@@ -113,8 +113,10 @@ def _held_by_inode(path: Path, holders: _FlockHolders) -> bool:
     """Whether a file this user may not open is flocked (unknown: held)."""
     try:
         pids = holders.of_inode(path.stat().st_ino)
-    except OSError:
+    except FileNotFoundError:
         return False  # gone meanwhile: nobody holds it
+    except OSError:
+        return True  # cannot be told
     return pids is None or bool(pids)
 
 

@@ -220,3 +220,29 @@ def test_a_signal_while_the_cli_is_imported_is_held_and_then_stops_the_command(
     assert done.stderr == "error: interrupted\n"
     assert done.returncode == 130
     assert done.stdout == ""
+
+
+def test_signals_blocked_by_whoever_started_it_stay_blocked(tmp_path: Path) -> None:
+    # The script held the three signals while the CLI was imported and then unblocked all
+    # three, a SIGHUP its parent had blocked too, for itself and every child it started.
+    mask = tmp_path / "mask"
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, os, signal\n"
+        "def said():\n"
+        "    held = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+        "    open(os.environ['MASK_FILE'], 'w').write(' '.join(sorted(s.name for s in held)))\n"
+        "atexit.register(said)\n"
+    )
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state"), "MASK_FILE": str(mask)}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "machines", "--builders", "", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}),
+    )
+    assert done.returncode == 0, done.stderr
+    assert mask.read_text() == "SIGHUP"

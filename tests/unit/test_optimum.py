@@ -77,6 +77,14 @@ def test_the_bound_holds_for_the_exact_durations_not_the_rounded_ones() -> None:
     assert found.bound > lower_bound(jobs, machines)
 
 
+def test_a_job_of_no_length_is_timed_after_its_dependency_at_the_same_start() -> None:
+    # Rounded down to 0 ms, a's interval starts where b's does: b was timed first, and the
+    # exact timing of the solver's schedule failed on a's end (KeyError).
+    jobs = [Job("b", 1.0, ("a",)), Job("a", 0.0)]
+    found = optimum(jobs, [MachineSlotSpec("m", 1.0, 1)], seconds=5)
+    assert found.makespan == pytest.approx(1.0)
+
+
 def test_unsolved_with_a_hint_the_answer_is_the_hints_schedule_against_the_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

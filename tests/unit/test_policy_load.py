@@ -77,6 +77,18 @@ def test_a_cut_that_shrinks_gives_the_withheld_slots_it_took_back_as_withheld():
     _check(pool, m)
 
 
+def test_a_machine_failure_forgets_the_withheld_slots_a_cut_took_too():
+    # Back from a failure, a builder is tried afresh: the slots a load cut took from withheld
+    # came back withheld when the cut ended, each needing a probe.
+    policy = Policy(jobs(8), [machine("busy", slots=4)])
+    m = policy._pool.machines["busy"]
+    policy._pool.withhold(m)
+    policy.on_load("busy", 1)
+    policy.on_machine_failed("busy", 1.0)
+    policy.on_load("busy", 4)
+    assert (m.free, m.withheld) == (4, 0)
+
+
 def test_never_below_one_slot():
     policy = Policy(jobs(3), [machine("busy", slots=2)])
     policy.on_load("busy", 0)

@@ -374,11 +374,13 @@ def test_a_directory_made_for_the_files_is_at_most_0755_and_goes_if_they_fail(
     before = os.umask(0)
     try:
         write_files(tmp_path / "out", [("a.nix", "A\n")])
+        write_files(tmp_path / "up" / "out", [("a.nix", "A\n")])  # the one above too
         with pytest.raises(ConfigError, match=r"^cannot write in .*new"):
             # The second file's name makes its scratch file fail: the first goes, and so
-            # does the directory made for them.
-            write_files(tmp_path / "new", [("a.nix", "A\n"), ("sub/b.sh", "B\n")])
+            # do the directories made for them.
+            write_files(tmp_path / "new" / "er", [("a.nix", "A\n"), ("sub/b.sh", "B\n")])
     finally:
         os.umask(before)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "up").stat().st_mode & 0o777 == 0o755
     assert not (tmp_path / "new").exists()

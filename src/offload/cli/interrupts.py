@@ -34,7 +34,7 @@ import _thread
 import signal
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
+    "held_before",
     "install",
     "reset",
     "run",
@@ -97,10 +98,19 @@ def install() -> None:
         sys.unraisablehook = _lost
 
 
+def held_before(blocked: Iterable[int]) -> None:
+    """The signals blocked before the script held the three (``bin/offload``): those of the
+    three stay blocked (``unblock``), for this process and the children it starts."""
+    _inherited[:] = [signum for signum in INTERRUPTS if signum in set(blocked)]
+
+
+_inherited: list[int] = []  # of INTERRUPTS, blocked by whoever started this process
+
+
 def unblock() -> None:
     """Take the three signals from here on: the scripts hold them while the CLI is imported
     (``bin/offload``), so one sent meanwhile is taken now, by ``install``'s handler."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(INTERRUPTS) - set(_inherited))
 
 
 _hooks: list[Any] = []  # the unraisable hook before ``_lost``

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     # A user's own slots are in its state directory; root's hooks and the daemon's hold theirs
     # in Nix's, on the same builders: both are counted (those it cannot open by their locks).
     others = None
-    if slots.directory != NIX_CURRENT_LOAD and NIX_CURRENT_LOAD.is_dir():
+    if slots.directory != NIX_CURRENT_LOAD and os.access(NIX_CURRENT_LOAD, os.X_OK):
         others = SlotLocks(NIX_CURRENT_LOAD, make=False)
     if not args.watch:
         _show(args, pool_status(pool, places, slots, time.time(), _sshopts(), others=others))

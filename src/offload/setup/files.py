@@ -42,11 +42,13 @@ def write_files(directory: Path, files: Sequence[tuple[str, str]]) -> list[Path]
     for name, _ in files:
         if (directory / name).exists() or (directory / name).is_symlink():
             raise _taken(directory / name)
-    made = not directory.exists()
+    made = _missing(directory)
     try:
-        # 0755 at most, whatever the umask: it holds a script root runs on the builder.
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # Each 0755 at most, whatever the umask: they hold a script root runs on the builder.
+        for new in reversed(made):
+            new.mkdir(mode=0o755, exist_ok=True)
     except OSError as exc:
+        _remove(made)
         raise ConfigError(
             f"cannot create {directory}: {exc.strerror}",
             hint="give --write a directory this user may create files in",
@@ -59,11 +61,24 @@ def write_files(directory: Path, files: Sequence[tuple[str, str]]) -> list[Path]
         for path in written:
             with contextlib.suppress(OSError):
                 path.unlink()
-        if made:  # nothing of ours is left in it: the directory goes too
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        _remove(made)  # nothing of ours is left in them: the directories made go too
         raise
     return written
+
+
+def _missing(directory: Path) -> list[Path]:
+    """``directory`` and those above it that are not there yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def _remove(made: list[Path]) -> None:
+    for directory in made:  # deepest first
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _write_one(directory: Path, name: str, text: str) -> Path:

@@ -24,7 +24,7 @@ import json
 import sys
 from typing import TextIO
 
-from offload.streams import unless_gone
+from offload.streams import reader_gone, unless_gone
 from offload.ui.events import Event, JobLog, event_dict
 
 __all__ = ["JsonRenderer"]
@@ -63,6 +63,7 @@ class JsonRenderer:
                 self._stream.flush()
         except OSError as exc:
             self._failed = True
+            reader_gone(self._stream)  # what it holds would fail again at the exit: said once
             sys.stderr.write(
                 f"warning: cannot write the --json events: {exc.strerror or exc}; the run goes "
                 "on without them\n"

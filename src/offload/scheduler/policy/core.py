@@ -386,6 +386,7 @@ class Policy(SharedBuilders):
                 del self._waiting[job_id]
                 waiting.waiting_since = None
         self._pool.restore(m, m.withheld)  # its back-off decides when it is tried again
+        m.cut_withheld = 0  # nor are the slots a load cut took from withheld: free when it ends
         self._pool.take_down(m)
         returned: list[str] = []
         for _, _, job_id, _ in list(m.ends):
