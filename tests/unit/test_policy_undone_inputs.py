@@ -5,7 +5,7 @@ never left pending for ever."""
 from __future__ import annotations
 
 from offload.scheduler.dag import Job, JobState
-from offload.scheduler.policy import MachineSlotSpec, Policy, Speculate, Start
+from offload.scheduler.policy import MachineSlotSpec, Move, Policy, Speculate, Start
 
 
 def test_a_job_back_after_its_undone_input_failed_is_skipped_not_left_pending():
@@ -49,3 +49,40 @@ def test_no_speculative_copy_starts_while_an_input_is_built_again():
     assert [(d.job, d.machine) for d in later if isinstance(d, Start)] == [("a", "fast")]
     policy.on_finished("a", "fast", 70.25, True)
     assert [d.job for d in policy.next_decisions(70.25) if isinstance(d, Speculate)] == ["b"]
+
+
+def test_no_overrun_copy_starts_while_an_input_is_built_again():
+    # The same with guessed estimates: the copy would come from the overrun rule (a guessed
+    # build far past its guess), which checked the inputs no more than speculation did.
+    policy = Policy(
+        [Job("a", 1.0), Job("b", 1.0, ("a",))],
+        [MachineSlotSpec("fast", 4, 2), MachineSlotSpec("slow", 1, 1)],
+        guessed=["a", "b"],
+    )
+    policy.next_decisions(0.0)
+    policy.on_finished("a", "fast", 0.25, True)
+    assert [d.machine for d in policy.next_decisions(0.25) if isinstance(d, Start)] == ["fast"]
+    policy.on_machine_failed("fast", 0.5)
+    assert [d.machine for d in policy.next_decisions(0.5) if isinstance(d, Start)] == ["slow"]
+    policy.on_outputs_lost(["a"])
+    later = policy.next_decisions(70.0)  # b has run 70x its guess on slow
+    assert not [d for d in later if isinstance(d, Speculate)]
+    assert [(d.job, d.machine) for d in later if isinstance(d, Start)] == [("a", "fast")]
+    policy.on_finished("a", "fast", 70.25, True)
+    assert [d.job for d in policy.next_decisions(70.25) if isinstance(d, Speculate)] == ["b"]
+
+
+def test_a_job_waiting_on_a_full_builder_is_not_moved_while_an_input_is_built_again():
+    policy = Policy(
+        [Job("p", 2.0), Job("a", 10.0, ("p",))],
+        [MachineSlotSpec("fast", 2.0, 1), MachineSlotSpec("twin", 2.0, 1)],
+    )
+    assert policy.next_decisions(0.0) == [Start("p", "fast", 1.0)]
+    policy.on_finished("p", "fast", 1.0, True)
+    assert policy.next_decisions(1.0) == [Start("a", "fast", 6.0)]
+    policy.on_machine_full("a", "fast", 1.5)  # other clients hold fast's slots: a waits
+    policy.on_outputs_lost(["p"])
+    later = policy.next_decisions(2.0)
+    # Moved to twin, a would find p's outputs nowhere: it waits for p, built again there.
+    assert not [d for d in later if isinstance(d, Move)]
+    assert [(d.job, d.machine) for d in later if isinstance(d, Start)] == [("p", "twin")]
