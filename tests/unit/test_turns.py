@@ -64,10 +64,11 @@ class _Builder:
 
     name = "b"
 
-    def __init__(self, answers: list[str]) -> None:
+    def __init__(self, answers: list[str], count: str | None = None) -> None:
         self.answers = answers
         self.asks: list[tuple[int, str, bool]] = []
         self.open = 0
+        self.count = count  # the start lines' count= word
 
     async def start(
         self, stack: contextlib.AsyncExitStack, slots: int, *, client: str, waited: bool
@@ -76,7 +77,8 @@ class _Builder:
         hello = encode_int(SERVE_MAGIC_2) + encode_int(0x205)
         self.open += 1
         stack.callback(self._closed)
-        return SessionPipes(stream(hello), Writer(), None, 100, slot=self.answers.pop(0))
+        slot = self.answers.pop(0)
+        return SessionPipes(stream(hello), Writer(), None, 100, slot=slot, count=self.count)
 
     def _closed(self) -> None:
         self.open -= 1
@@ -184,6 +186,22 @@ def test_a_client_that_yielded_does_not_wait_itself_and_yields_again(monkeypatch
     asyncio.run(builds())
     assert [waited for _, _, waited in builder.asks] == [False, False, False, False]
     assert waits == [1]
+
+
+def test_whose_slots_a_builder_counts_is_known_from_a_busy_answer_too(monkeypatch):
+    # doctor on a full builder counting in its user's home said "by every offload client on
+    # every host": only a session that got a slot said whose slots they were.
+    monkeypatch.setattr(pool, "BUSY_POLL", 0.0)
+    builder = _Builder(["busy"] * 3, count="home")
+
+    async def refused() -> str | None:
+        async with _link(builder) as link:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.build_session().__aenter__(), 0.05)
+            return link.slots_counted
+
+    builder.answers += ["busy"] * 10_000
+    assert asyncio.run(refused()) == "home"
 
 
 def test_a_probe_of_a_full_builder_counts_a_slot_beyond_the_runs_own(monkeypatch):

@@ -43,9 +43,10 @@ class BuilderFullError(Exception):
     (``yielded``) a free one is left to a client waiting there (``offload.transport.wrapper``).
     """
 
-    def __init__(self, name: str, *, yielded: bool = False) -> None:
+    def __init__(self, name: str, *, yielded: bool = False, count: str | None = None) -> None:
         super().__init__(name)
         self.yielded = yielded
+        self.count = count  # whose slots they are (``wrapper.parse_count``), if said
 
 
 @dataclass(eq=False)
@@ -98,8 +99,9 @@ def not_started(program: str, error: ProtocolError, tail: list[str], peer: str) 
 
 
 def check_slot(name: str, pipes: SessionPipes) -> None:
-    if pipes.slot in {"busy", "yield"}:  # the wrapper exited: every slot there is held, or
-        raise BuilderFullError(name, yielded=pipes.slot == "yield")  # left to a waiter
+    # The wrapper exited: every slot there is held, or a free one is left to a waiter.
+    if pipes.slot in {"busy", "yield"}:
+        raise BuilderFullError(name, yielded=pipes.slot == "yield", count=pipes.count)
 
 
 async def wait_teardown(task: asyncio.Task[None]) -> None:

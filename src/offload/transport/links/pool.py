@@ -268,6 +268,7 @@ class Link:
                 )
                 session = await self._open(ask)
             except BuilderFullError as full:
+                self.slots_counted = full.count or self.slots_counted  # doctor's, when full
                 if not full.yielded:  # one that yielded goes on yielding to the waiter
                     self._refused = time.monotonic()
                     waited = True
