@@ -9,7 +9,7 @@ import asyncio
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import BuildPlan, Executor, RunReport
 from offload.store.drv import Derivation, DerivationOutput
-from offload.transport.fake import FakePath, store_path
+from offload.transport.fake import BuildOutcome, FakeBuild, FakePath, store_path
 from offload.ui.events import Event, JobFinished
 
 SYSTEM = "x86_64-linux"
@@ -60,6 +60,15 @@ def _topo(edges):
     for n in edges:
         visit(n)
     return order
+
+
+async def keeps_no_references(build: FakeBuild) -> BuildOutcome:
+    """Outputs that use their inputs only while building, so their closures are themselves."""
+    outputs = {
+        name: FakePath.from_text(out.path, f"{name} of {build.drv_path}\n")
+        for name, out in build.drv.outputs.items()
+    }
+    return BuildOutcome(outputs=outputs)
 
 
 def spec(name, speed=1.0, slots=2, *, mandatory=(), supported=()):

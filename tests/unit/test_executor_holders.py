@@ -9,19 +9,10 @@ from typing import Any
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport import fake
-from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
 from offload.typing_compat import override
 from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent
-from tests.helpers.plans import finished, make_plan, spec
-
-
-async def keeps_no_references(build: FakeBuild) -> BuildOutcome:
-    """Outputs that use their inputs only while building, so their closures are themselves."""
-    outputs = {
-        name: FakePath.from_text(out.path, f"{name} of {build.drv_path}\n")
-        for name, out in build.drv.outputs.items()
-    }
-    return BuildOutcome(outputs=outputs)
+from tests.helpers.plans import finished, keeps_no_references, make_plan, spec
 
 
 def store(name, *paths):

@@ -1,0 +1,49 @@
+"""A job whose input was built, lost with its builder and built again without success while the
+job waited on a full builder: when its copy comes back, it is skipped, said as any skip (the
+dependency that failed), with what follows it; the run ends (in-memory stores)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from offload.protocol.serve import BuildStatus
+from offload.scheduler.run import Executor, PoolMember
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
+from offload.ui.events import Event, JobFinished
+from tests.helpers.plans import keeps_no_references, make_plan, spec
+
+
+def test_a_job_back_after_its_rebuilt_input_failed_is_skipped_and_the_run_ends() -> None:
+    plan, paths, _outs, src = make_plan({"a": [], "b": ["a"], "c": ["b"]}, features={"b": "y"})
+
+    async def fails(build: FakeBuild) -> BuildOutcome:
+        return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for a failed")
+
+    local_store = FakeStore("local", [src], builder=fails)  # a's second build, here
+    fast = FakeStore("fast", builder=keeps_no_references)
+    slow = FakeStore("slow", builder=keeps_no_references)
+    fast.break_next("dump")  # fast dies as a's output is fetched home from it
+    slow_link = FakeLink(slow)
+    slow_link.fill()  # b can build only there, and waits for a slot others hold
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("local", slots=1), local, remote=False),
+        PoolMember(spec("fast", speed=8, slots=1), FakeLink(fast), remote=True),
+        PoolMember(spec("slow", speed=1, slots=1, supported=("y",)), slow_link, True),
+    ]
+    events: list[Event] = []
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, JobFinished) and event.status == "failed":
+            slow_link.free()  # b's copy goes on, with a nowhere
+
+    executor = Executor(plan, members, local, emit=emit, keep_going=True, home={paths["a"]})
+    # b was put back to wait for a for ever: the run ended "2 derivation(s) could not be
+    # built: no machine can take them".
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    said = [(e.name, e.status, e.error) for e in events if isinstance(e, JobFinished)]
+    assert paths["a"] in report.failed
+    assert sorted(report.skipped) == sorted([paths["b"], paths["c"]])
+    why = f"dependency {paths['a']} failed"  # as a skip after a failure says it
+    assert said[-2:] == [("b", "skipped", why), ("c", "skipped", why)]
