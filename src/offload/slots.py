@@ -88,12 +88,7 @@ class _FlockHolders:
 
     def of(self, fd: int) -> set[str] | None:
         """The pids (as text) holding a flock on ``fd``'s file; None when /proc/locks cannot
-        be read."""
-        if not self._read:
-            self._read = True
-            self._table = _flock_table()
-        if self._table is None:
-            return None
+        be read (or ``fd`` cannot be looked at)."""
         try:
             inode = os.fstat(fd).st_ino
         except OSError:
