@@ -102,17 +102,20 @@ class SaidStdout(io.TextIOWrapper):
         try:
             return super().write(text)
         except OSError as exc:
-            raise _said(exc) from exc
+            _as_stdouts(exc)
+            raise
 
     @override
     def flush(self) -> None:
         try:
             super().flush()
         except OSError as exc:
-            raise _said(exc) from exc
+            _as_stdouts(exc)
+            raise
 
 
-def _said(exc: OSError) -> OSError:
-    if exc.errno in _GONE or isinstance(exc, StdoutError):
-        return exc  # its reader gone: said so where that is looked for (``unless_gone``)
-    return StdoutError(exc.errno, exc.strerror)
+def _as_stdouts(exc: OSError) -> None:
+    """Raise ``exc`` as ``StdoutError``, unless it is one already (a flush inside a write) or
+    says the reader went away, which is said where that is looked for (``unless_gone``)."""
+    if exc.errno not in _GONE and not isinstance(exc, StdoutError):
+        raise StdoutError(exc.errno, exc.strerror) from exc
