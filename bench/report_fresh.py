@@ -48,12 +48,14 @@ def _bound(graph: Mapping[str, Any]) -> float:
     return float(best.get("bound", best["makespan"]))
 
 
-def _verdicts(graphs: Sequence[Mapping[str, Any]], found: Mapping[str, float | None]) -> list[str]:
-    out = []
-    for run in TARGETS:
-        judged = judged_runs(graphs, run)
-        if judged is not None:
-            out.append(f"{run} {judged.verdict}")
+def _judged(graphs: Sequence[Mapping[str, Any]]) -> dict[str, Judged]:
+    """``judged_runs`` of each run with a target that ``graphs`` have."""
+    found = {run: judged_runs(graphs, run) for run in TARGETS}
+    return {run: judged for run, judged in found.items() if judged is not None}
+
+
+def _verdicts(judged: Mapping[str, Judged], found: Mapping[str, float | None]) -> list[str]:
+    out = [f"{run} {verdict.verdict}" for run, verdict in judged.items()]
     nix, speedup = found["nix/optimum"], found["nix/first"]
     if nix is not None and nix >= NIX_ROOM and speedup is not None:
         out.append(f"vs Nix {'met' if speedup >= NIX_SPEEDUP else 'NOT met'}")
@@ -83,13 +85,13 @@ def _shape_row(section: Mapping[str, Any], shape: str, medians: Mapping[str, flo
     """A shape's medians, to three decimals (a verdict is on them, not on their rounding), each
     run's also against the bound where that differs, and how many runs failed."""
     graphs = _of_shape(section, shape)
+    judged = _judged(graphs)
     failed = sum(run["status"] != "ok" for graph in graphs for run in graph["runs"])
-    said = _verdicts(graphs, medians) + ([f"{failed} run(s) failed"] if failed else [])
+    said = _verdicts(judged, medians) + ([f"{failed} run(s) failed"] if failed else [])
     cells = _ratio_cells(medians, digits=3).split(" | ")
     for i, run in enumerate(TARGETS):
-        judged = judged_runs(graphs, run)
-        if judged is not None and not math.isinf(judged.found):
-            cells[i] = judged.text(unit="x")
+        if run in judged and not math.isinf(judged[run].found):
+            cells[i] = judged[run].text(unit="x")
     return f"| {shape} | {len(graphs)} | {' | '.join(cells)} | {', '.join(said) or '-'} |"
 
 
@@ -105,15 +107,11 @@ def fresh_targets(results: Mapping[str, Any]) -> list[str]:
         return []
     rows = []
     for shape, (count, medians) in shape_medians(section).items():
-        graphs = _of_shape(section, shape)
-        measured = []
-        for run in TARGETS:
-            judged = judged_runs(graphs, run)
-            if judged is not None:
-                failed = math.isinf(judged.found)
-                measured.append(
-                    f"{run}/opt " + ("a run failed" if failed else judged.text(unit="x"))
-                )
+        judged = _judged(_of_shape(section, shape))
+        measured = [
+            f"{run}/opt " + ("a run failed" if math.isinf(j.found) else j.text(unit="x"))
+            for run, j in judged.items()
+        ]
         if medians["nix/first"] is not None:
             measured.append(f"Nix/first {medians['nix/first']:.2f}")
         rows.append(
@@ -121,7 +119,7 @@ def fresh_targets(results: Mapping[str, Any]) -> list[str]:
             f"{float(section['scale']):g}): first run <= {TARGETS['first']:.2f}x the optimum, "
             f"second <= {TARGETS['second']:.2f}x, >= {NIX_SPEEDUP:g}x faster than Nix's hook "
             f"where it takes >= {NIX_ROOM:g}x | {', '.join(measured)} "
-            f"| {', '.join(_verdicts(graphs, medians))} |"
+            f"| {', '.join(_verdicts(judged, medians))} |"
         )
     return rows
 
