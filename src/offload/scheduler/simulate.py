@@ -43,6 +43,7 @@ from offload.scheduler.policy import (
     Wait,
 )
 from offload.scheduler.policy.guesses import Guesses
+from offload.scheduler.policy.slack import SLACK_SHARE
 
 __all__ = [
     "MachineSummary",
@@ -196,9 +197,12 @@ def simulate(
     guessed: Iterable[str] = (),
     guesses: Guesses | None = None,
     bound: bool = True,
+    slack_share: float = SLACK_SHARE,
+    weights: Mapping[str, float] | None = None,
 ) -> SimResult:
     """``bound=False`` leaves the lower bound out (0 in the result): a real run plans
-    without one, and ``plan_cost`` times what it plans."""
+    without one, and ``plan_cost`` times what it plans. ``slack_share`` and ``weights`` are
+    the policy's (``scheduler.search`` tries others)."""
     graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
     bound_at = lower_bound(graph, machines) if bound else 0.0
     critical, total = graph.graph_critical_path(), graph.total_work()
@@ -213,6 +217,8 @@ def simulate(
         hold=hold,
         strict=strict,
         guessed=guessed,
+        slack_share=slack_share,
+        weights=weights,
     )
     sim = _Sim(
         policy,

@@ -42,7 +42,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from offload.scheduler.dag import Job, JobGraph
 from offload.scheduler.policy.classify import classify
@@ -96,7 +96,9 @@ class Policy(SharedBuilders):
         slack_share: float = SLACK_SHARE,
         guessed: Iterable[str] = (),
         strict: bool = True,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
+        """``weights`` weigh each job's critical path in the order of ready jobs (``queues``)."""
         self.graph = jobs if isinstance(jobs, JobGraph) else JobGraph(jobs)
         self._pool = Pool(machines)
         self._transfer = transfer
@@ -118,7 +120,7 @@ class Policy(SharedBuilders):
         # Each running job's first copy, most critical first, for the remaining critical path
         # (remaining_path).
         self._by_path = Ranked()
-        self._queues = Queues(self.graph)
+        self._queues = Queues(self.graph, weights)
         self._overrun = Overrun(
             self.graph, self._queues, self._speculation, transfer, self._by_path
         )

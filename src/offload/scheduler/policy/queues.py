@@ -2,6 +2,8 @@
 
 Ordering. Ready jobs are taken by remaining critical path (the longest chain of work estimates
 from the job to a sink), ties by more direct dependents, then by id, from one heap per class.
+A job's path may be weighed (``weights``, 1 when not given): ``scheduler.search`` tries weights
+near 1 and keeps those whose plan is shorter.
 Nothing is re-sorted per decision (Hydra's per-step re-sort was O(N² log N), hydra PR #1301);
 a changed estimate pushes a fresh heap entry and the stale one is dropped when it surfaces.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Mapping
 
 from offload.scheduler.dag import JobGraph, JobState
 from offload.scheduler.policy.costs import slot_time
@@ -32,8 +35,9 @@ Coming = tuple[tuple[float, int, str], str, float | None]
 class Queues:
     """The ready jobs (``queued``, one heap per class) and the coming jobs of one graph."""
 
-    def __init__(self, graph: JobGraph) -> None:
+    def __init__(self, graph: JobGraph, weights: Mapping[str, float] | None = None) -> None:
         self.graph = graph
+        self.weights = weights or {}
         self.class_of: dict[str, EligibilityClass] = {}
         self.queued: set[str] = set()
         # Each job's queue key, kept current (``refresh``) rather than worked out per push.
@@ -51,7 +55,10 @@ class Queues:
 
     def _key(self, job_id: str) -> tuple[float, int, str]:
         graph = self.graph
-        return (-graph.critical_path(job_id), -graph.dependents_count(job_id), job_id)
+        path = graph.critical_path(job_id)
+        if self.weights:
+            path *= self.weights.get(job_id, 1.0)
+        return (-path, -graph.dependents_count(job_id), job_id)
 
     def refresh(self, job_id: str) -> None:
         """``job_id``'s critical path changed: its key follows."""
