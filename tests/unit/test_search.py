@@ -90,3 +90,10 @@ def test_a_graph_no_machine_can_finish_is_left_plain():
     tuning = tune(jobs, MACHINES, budget=60.0)
     assert (tuning.plain, tuning.tries, tuning.tuned) == (0.0, 0, False)
 
+
+def test_a_dry_run_plans_as_the_run_will():
+    # offload build --dry-run's plan is the run's: tuned when history gives every estimate.
+    from offload.build.dryrun import _planned
+
+    assert _planned(SPINE_AND_SIDE, MACHINES, tuned=True).makespan == 10.5
+    assert _planned(SPINE_AND_SIDE, MACHINES, tuned=False).makespan == 14.5

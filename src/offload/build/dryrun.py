@@ -27,7 +27,11 @@ from offload.build.members import local_spec, pool_members, pool_specs
 from offload.build.plan import estimated_plan
 from offload.build.sessions import open_sessions
 from offload.config.pool import Pool
+from offload.scheduler.dag import Job
+from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import PoolMember, plan_jobs
+from offload.scheduler.run.plan import guessed_drvs
+from offload.scheduler.search import PLAIN, tune
 from offload.scheduler.simulate import SimResult, simulate
 from offload.transport.links import LocalLink
 from offload.ui.events import MachineEvent
@@ -88,14 +92,23 @@ async def dry_run(
     unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
     specs = [spec for spec in every if spec.name not in unreachable]
     kept = [spec for spec in specs if spec.name not in backed_off]
-    sim = simulate(jobs, kept, strict=False) if kept else None
+    # The run tunes its plan when history gives every estimate (``scheduler.search``).
+    tuned = bool(jobs) and not guessed_drvs(plan, estimates)
+    sim = _planned(jobs, kept, tuned) if kept else None
     retried = False
     if backed_off and (sim is None or sim.failed):
         # A run tries the backed-off builders again when nothing else can build what is left.
-        full = simulate(jobs, specs, strict=False)
+        full = _planned(jobs, specs, tuned)
         retried = sim is None or set(full.failed) < set(sim.failed)
         sim = full if retried else sim
     return DryRun(graph, sim, unreachable, caches, backed_off, retried)
+
+
+def _planned(jobs: list[Job], specs: list[MachineSlotSpec], tuned: bool) -> SimResult:
+    tuning = tune(jobs, specs) if tuned else PLAIN
+    return simulate(
+        jobs, specs, strict=False, slack_share=tuning.slack_share, weights=tuning.weights
+    )
 
 
 def _members(

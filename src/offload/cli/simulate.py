@@ -5,6 +5,10 @@ features joined by ``+`` (``big:4:2:big-parallel+kvm``). Without a features fiel
 has Nix 2.8's default ``system-features`` (benchmark, big-parallel, kvm, nixos-test), so a node
 that needs another one (``cuda``) builds only where a machine says it has it, as with Nix; every
 machine builds every system the graph names.
+
+The graph's estimates stand for history's, so the plan is first tuned (``scheduler.search``) as
+``offload build`` tunes a run whose every estimate history gives; ``--no-tune`` shows the plain
+policy's plan.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from offload.numerals import is_decimal
 from offload.scheduler.dag import Job
 from offload.scheduler.nix_model import NixCosts, simulate_nix
 from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.search import PLAIN, tune
 from offload.scheduler.simulate import SimResult, simulate
 
 __all__ = ["DEFAULT_MACHINES", "jobs_from_dag", "parse_machines", "register", "run"]
@@ -61,6 +66,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --noise")
     parser.add_argument("--no-speculation", action="store_true", help="never copy running jobs")
+    parser.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="the plain policy: no search for a shorter plan first (offload build searches when "
+        "history gives every estimate, as the graph's estimates stand for here)",
+    )
     parser.add_argument(
         "--policy",
         choices=("offload", "nix"),
@@ -188,9 +199,11 @@ def run(args: argparse.Namespace) -> int:
         result = simulate_nix(jobs, machines, costs, noise=args.noise, seed=args.seed)
     else:
         try:
+            tuning = PLAIN if args.no_tune else tune(jobs, machines)
             result = simulate(
-                jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation
-            )
+                jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation,
+                slack_share=tuning.slack_share, weights=tuning.weights,
+            )  # fmt: skip
         except Unschedulable as exc:
             # The scheduler's hint is offload build's (--keep-going), which simulate has not.
             hint = "give --machines one with those features: name:speed:slots:feature+feature"

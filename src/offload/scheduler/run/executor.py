@@ -41,6 +41,7 @@ from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.loads import Loads
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
+from offload.scheduler.search import PLAIN, Tuning, tune
 from offload.slots import SlotLocks
 from offload.ui.events import Event
 
@@ -85,6 +86,7 @@ class Executor(Endings):
         self.slots = slots
         self._holders = Holders(plan, home)
         self._learning = Learning(plan, estimates, wall)
+        self.tuning: Tuning = PLAIN
         self.policy = policy or self._new_policy(members, estimates)
         self._last_error: dict[str, str] = {}
         # Why a machine cannot be used, in the user's words, from its link's error.
@@ -150,12 +152,22 @@ class Executor(Endings):
         self, members: Sequence[PoolMember], estimates: Mapping[str, float] | None
     ) -> Policy:
         local = next((m.spec for m in members if not m.remote), None)
+        jobs, specs = plan_jobs(self.plan, estimates, local), [m.spec for m in members]
+        # A plan is tuned to history's estimates, never to guesses (``scheduler.search``).
+        self.tuning = tune(jobs, specs) if jobs and not self._learning.unknown else PLAIN
+        if self.tuning.tuned:
+            logger.debug(
+                "plan tuned in %d tries: %.2f s, plain %.2f s",
+                self.tuning.tries, self.tuning.planned, self.tuning.plain,
+            )  # fmt: skip
         return Policy(
-            plan_jobs(self.plan, estimates, local),
-            [m.spec for m in members],
+            jobs,
+            specs,
             transfer=InputMoves(self._holders.where),
             guessed=self._learning.unknown,
             strict=not self.keep_going,
+            slack_share=self.tuning.slack_share,
+            weights=self.tuning.weights,
         )
 
     def _restore(self, backoff: Mapping[str, Health]) -> dict[str, Health]:

@@ -12,8 +12,7 @@ from collections.abc import Callable, Mapping
 from offload.scheduler.dag import JobState
 from offload.scheduler.policy import Policy
 from offload.scheduler.policy.guesses import LEARN_CHANGE, LEARN_LIMIT, Guesses
-from offload.scheduler.run.plan import BuildPlan, size_factor
-from offload.store.path import split_name_version
+from offload.scheduler.run.plan import BuildPlan, guessed_drvs, size_factor
 
 __all__ = ["LEARN_CHANGE", "LEARN_LIMIT", "Learning"]
 
@@ -24,10 +23,7 @@ class Learning:
     ) -> None:
         self.wall = wall
         # Jobs history does not know: their estimates are guesses.
-        known = estimates or {}
-        self.unknown = {
-            d for d in plan.order if split_name_version(plan.drvs[d].name)[0] not in known
-        }
+        self.unknown = guessed_drvs(plan, estimates)
         # Big-parallel and preferLocalBuild builds keep their own guess (``guesses``); the
         # others learn from this run's builds.
         self._guesses = Guesses(

@@ -40,6 +40,7 @@ __all__ = [
     "InputMoves",
     "MemberLink",
     "PoolMember",
+    "guessed_drvs",
     "plan_jobs",
     "size_factor",
 ]
@@ -104,6 +105,12 @@ def size_factor(source_bytes: int) -> float:
     run's own builds correct the guess)."""
     mib = source_bytes / 2**20
     return min(4.0, 1.0 + math.log10(max(mib, 1.0)))
+
+
+def guessed_drvs(plan: BuildPlan, estimates: Mapping[str, float] | None) -> set[str]:
+    """The derivations whose work ``estimates`` (by name without version) do not give: guessed."""
+    known = estimates or {}
+    return {d for d in plan.order if split_name_version(plan.drvs[d].name)[0] not in known}
 
 
 def plan_jobs(
