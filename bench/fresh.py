@@ -40,6 +40,7 @@ phase), measured once per section on a chain of ``COST_LINKS`` trivial builds, o
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import statistics
@@ -56,7 +57,7 @@ from bench.tools import NO_SUBSTITUTES, offload_argv
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.simulate import simulate
+from offload.scheduler.search import simulate_tuned
 
 if TYPE_CHECKING:
     from bench.context import Bench, Options, Save
@@ -94,13 +95,14 @@ def graph_optimum(
 ) -> tuple[dict[str, object], float, dict[str, object] | None]:
     """The optimum of ``dag`` on these machines (every one builds everything: the bench fleet
     and the local machine all offer the graphs' features), the makespan of offload's own plan
-    with exact durations, which is the solver's first hint, and with ``build_cost`` the floor
+    with exact durations (tuned, as a run with history tunes it), which is the solver's first
+    hint, and with ``build_cost`` the floor
     (the optimum with that cost added to every build)."""
     machines = [
         MachineSlotSpec(f"m{i}", speed, slots) for i, (speed, slots) in enumerate(speeds_and_slots)
     ]
     jobs = [Job(node.name, node.work, tuple(node.deps)) for node in dag.nodes]
-    plan = simulate(jobs, machines)
+    plan = simulate_tuned(jobs, machines, budget=math.inf)
     hint = {r.job: (r.machine, r.start) for r in plan.schedule}
     best = optimum(jobs, machines, seconds=seconds, hint=hint).as_dict()
     if build_cost is None:

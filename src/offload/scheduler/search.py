@@ -37,9 +37,9 @@ from offload.errors import SchedulerError
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.policy.slack import SLACK_SHARE
-from offload.scheduler.simulate import simulate
+from offload.scheduler.simulate import SimResult, simulate
 
-__all__ = ["MARGIN", "PLAIN", "Tuning", "tune"]
+__all__ = ["MARGIN", "PLAIN", "Tuning", "simulate_tuned", "tune"]
 
 TRIES = 16
 SLACK_SHARES = (0.0, 0.3, 0.8, 1.0)
@@ -104,6 +104,21 @@ def tune(
     if planned > plain * (1.0 - margin):
         return Tuning(plain=plain, planned=plain, tries=tried)
     return Tuning(kept[0], kept[1], plain, planned, tried)
+
+
+def simulate_tuned(
+    jobs: Sequence[Job],
+    machines: Sequence[MachineSlotSpec],
+    *,
+    budget: float | None = None,
+    actual: Mapping[str, float] | None = None,
+) -> SimResult:
+    """The plan ``tune`` keeps, simulated (``actual``: the true durations, when the estimates
+    are not): what ``offload build`` runs when history gives every estimate."""
+    tuning = tune(jobs, machines, budget=budget)
+    return simulate(
+        jobs, machines, actual=actual, slack_share=tuning.slack_share, weights=tuning.weights
+    )
 
 
 def _plan(
