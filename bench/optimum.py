@@ -1,6 +1,7 @@
 """The yardstick: a near-optimal makespan for a job graph on a pool, from an exact solver.
 
-The model is the lower bound's (``offload.scheduler.simulate.lower_bound``) made exact: each job
+The model is the lower bound's (``offload.scheduler.simulate.lower_bound``, with
+``bench/window_bound.py``'s as the makespan's floor too) made exact: each job
 runs once, on one machine that can build it (Nix's matching rule: system and features), for
 ``work / speed`` seconds, in one of the machine's slots, after every job it depends on; moving
 outputs costs nothing; with ``cost``, every build takes that many seconds more (``bench/fresh.py``:
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from bench.window_bound import window_bound
 from offload.scheduler.dag import Job, JobGraph
 from offload.scheduler.policy import MachineSlotSpec, can_build
 from offload.scheduler.simulate import lower_bound
@@ -78,7 +80,7 @@ def optimum(
     """The near-optimal makespan of ``jobs`` (exact work, plus ``cost`` seconds per build) on
     ``machines``; ``hint`` maps a job to (machine, start) from a known schedule, as the
     solver's first solution."""
-    bound = lower_bound(JobGraph(jobs), machines)
+    bound = max(lower_bound(JobGraph(jobs), machines), window_bound(jobs, machines, cost))
     try:
         from ortools.sat.python import cp_model
     except ImportError:

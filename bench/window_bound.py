@@ -1,0 +1,104 @@
+"""A tighter lower bound for the optimum's solver: work that waits for a job, or comes before it.
+
+``offload.scheduler.bound`` takes the longest chain and the total work apart. A graph with a long
+serial spine (the bootstrap shape) is bounded by neither: the spine is short at the fastest
+speed and the work is small over the whole pool, yet what hangs off the spine's far end cannot
+start before the spine gets there. So, for each job ``k``:
+
+- everything that depends on ``k`` starts after ``k``'s earliest end (the longest chain up to and
+  through it): the makespan is at least that end plus their work over the pool's capacity; or,
+  counting ``k``'s own work with theirs, ``k``'s earliest start plus all of it over the capacity;
+- everything ``k`` depends on ends before ``k`` starts, and ``k`` then needs its longest chain to
+  a sink: the makespan is at least their work over the capacity plus that chain; or, with ``k``'s
+  work among theirs, plus the chain after ``k``.
+
+Each chain counts each job at the fastest machine that can build it; capacity is every machine's
+(speed x slots), whatever can build what, so both hold with features too. With ``cost`` (seconds
+added to every build) a job takes that much more on a chain, and at least ``cost`` times the
+slowest speed of the pool's capacity while it holds a slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from offload.scheduler.dag import Job, JobGraph
+from offload.scheduler.policy import MachineSlotSpec, can_build
+
+__all__ = ["window_bound"]
+
+
+def window_bound(
+    jobs: Sequence[Job], machines: Sequence[MachineSlotSpec], cost: float = 0.0
+) -> float:
+    """No schedule of ``jobs`` on ``machines`` is shorter (module docstring); 0 when some job no
+    machine builds (the plain bound leaves those out, and so does this one, by not trying)."""
+    usable = [m for m in machines if m.slots > 0]
+    if not jobs or not usable:
+        return 0.0
+    graph = JobGraph(jobs)
+    order = graph.topological_order()
+    by_id = {job.id: job for job in jobs}
+    seconds: dict[str, float] = {}
+    for job in jobs:
+        speeds = [m.speed for m in usable if can_build(m, job.system, job.required_features)]
+        if not speeds:
+            return 0.0
+        seconds[job.id] = job.work_estimate / max(speeds) + cost
+    capacity = sum(m.speed * m.slots for m in usable)
+    slot_work = cost * min(m.speed for m in usable)  # a build's cost, as work it keeps out
+    energy = {job.id: job.work_estimate + slot_work for job in jobs}
+    # Heads (longest chain before a job) and tails (longest chain from it, itself included).
+    head: dict[str, float] = {}
+    for job_id in order:
+        head[job_id] = max((head[d] + seconds[d] for d in by_id[job_id].deps), default=0.0)
+    dependents: dict[str, list[str]] = {job_id: [] for job_id in by_id}
+    for job in jobs:
+        for dep in job.deps:
+            dependents[dep].append(job.id)
+    tail: dict[str, float] = {}
+    for job_id in reversed(order):
+        tail[job_id] = seconds[job_id] + max((tail[d] for d in dependents[job_id]), default=0.0)
+    before, after = _closures(order, {j: by_id[j].deps for j in order}, dependents)
+    weight = [energy[job_id] for job_id in order]
+    best = 0.0
+    for job_id in order:
+        first, last = head[job_id], tail[job_id]
+        own, held = energy[job_id], seconds[job_id]
+        waiting, needed = _sum(after[job_id], weight), _sum(before[job_id], weight)
+        best = max(
+            best,
+            first + held + waiting / capacity,  # what depends on it starts once it ends
+            first + (own + waiting) / capacity,  # ... or, with it, once it can start
+            needed / capacity + last,  # what it depends on ends before it starts
+            (needed + own) / capacity + last - held,  # ... or, with it, before its dependents
+        )
+    return best
+
+
+def _closures(
+    order: Sequence[str], deps: Mapping[str, Sequence[str]], dependents: Mapping[str, list[str]]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Each job's ancestors and descendants (itself left out), as bit sets over ``order``."""
+    bit = {job_id: 1 << i for i, job_id in enumerate(order)}
+    before: dict[str, int] = {}
+    for job_id in order:
+        before[job_id] = 0
+        for dep in deps[job_id]:
+            before[job_id] |= before[dep] | bit[dep]
+    after: dict[str, int] = {}
+    for job_id in reversed(order):
+        after[job_id] = 0
+        for later in dependents[job_id]:
+            after[job_id] |= after[later] | bit[later]
+    return before, after
+
+
+def _sum(members: int, weight: list[float]) -> float:
+    total, i = 0.0, 0
+    while members:
+        if members & 1:
+            total += weight[i]
+        members >>= 1
+        i += 1
+    return total

@@ -1,0 +1,69 @@
+"""bench/window_bound.py: a bound that holds, and is tighter where a spine holds work back."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from bench.optimum import optimum
+from bench.window_bound import window_bound
+
+from offload.scheduler.dag import Job
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.simulate import lower_bound
+
+X86 = frozenset({"x86_64-linux"})
+BIG = frozenset({"big-parallel"})
+POOL = [MachineSlotSpec("fast", 2.0, 1, X86, BIG), MachineSlotSpec("slow", 1.0, 2, X86)]
+
+
+def spine_with_a_fan(fan: int) -> list[Job]:
+    # A spine of three 2 s jobs, then `fan` jobs of 3 s that all wait for its end.
+    spine = [Job("s0", 2.0, ()), Job("s1", 2.0, ("s0",)), Job("s2", 2.0, ("s1",))]
+    return spine + [Job(f"f{i}", 3.0, ("s2",)) for i in range(fan)]
+
+
+def test_work_held_back_by_a_spine_is_counted_after_it():
+    jobs = spine_with_a_fan(8)
+    # The spine takes 3 s at speed 2; the fan's 24 s of work then needs 6 s of the pool's 4
+    # work-seconds per second: 9 s. Apart, the chain (4.5 s) and all work (30/4 = 7.5 s) say less.
+    assert lower_bound(jobs, POOL) == pytest.approx(7.5)
+    assert window_bound(jobs, POOL) == pytest.approx(9.0)
+    assert optimum(jobs, POOL, seconds=5).makespan >= window_bound(jobs, POOL) - 1e-9
+
+
+def test_work_that_must_come_first_is_counted_before_a_chain():
+    # Eight 3 s jobs that one 2 s job waits for, then its chain of two more.
+    fan = [Job(f"f{i}", 3.0, ()) for i in range(8)]
+    chain = [
+        Job("c0", 2.0, tuple(f"f{i}" for i in range(8))),
+        Job("c1", 2.0, ("c0",)),
+        Job("c2", 2.0, ("c1",)),
+    ]
+    assert window_bound(fan + chain, POOL) == pytest.approx(24 / 4 + 3.0)
+
+
+def test_a_cost_per_build_counts_on_chains_and_as_work_held_in_a_slot():
+    jobs = spine_with_a_fan(8)
+    # Each spine job 1 + 0.5 s; each fan job holds a slot 0.5 s more, at least 0.5 work-seconds.
+    assert window_bound(jobs, POOL, cost=0.5) == pytest.approx(4.5 + (24 + 8 * 0.5) / 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_it_never_passes_the_optimum(seed: int) -> None:
+    rng = random.Random(seed)  # noqa: S311 -- reproducible test input
+    jobs: list[Job] = []
+    for i in range(9):
+        deps = tuple(j.id for j in jobs if rng.random() < 0.3)
+        features = BIG if rng.random() < 0.2 else frozenset()
+        jobs.append(Job(f"j{i}", float(rng.randint(1, 6)), deps, "x86_64-linux", features))
+    found = optimum(jobs, POOL, seconds=5)
+    assert found.solved
+    assert found.gap == pytest.approx(0.0)  # proven: the optimum itself
+    assert window_bound(jobs, POOL) <= found.makespan + 1e-9
+    assert found.bound >= window_bound(jobs, POOL) - 1e-3  # the solver's floor holds it
+
+
+def test_a_job_no_machine_builds_leaves_the_bound_to_the_plain_one():
+    jobs = [Job("a", 1.0, ()), Job("kvm", 1.0, ("a",), "x86_64-linux", frozenset({"kvm"}))]
+    assert window_bound(jobs, POOL) == 0.0
