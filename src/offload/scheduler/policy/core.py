@@ -175,7 +175,8 @@ class Policy(SharedBuilders):
             overrun_wake = self._overrun.copies(rnd.decisions, now, pool, self._runs)
             rnd.wake = min(rnd.wake, overrun_wake)  # a move waiting above may have set one
         classes = pool.class_list
-        work = self.graph.work
+        graph = self.graph
+        work = graph.work
         while pool.free_up_total > 0:
             cls = self._queues.best_class(classes, rnd.full)
             if cls is None:
@@ -188,11 +189,11 @@ class Policy(SharedBuilders):
             # and head stay best, so they need no new look.
             while coming and coming[0][0] < head:
                 key = coming[0][0]
-                # Slack to spare (more than its own work; key[0] is minus its critical path):
-                # it claims nothing.
+                # Slack to spare (more than its own work): it claims nothing. The paths are the
+                # graph's, not the queue keys' (which ``weights`` may weigh).
                 if (remaining := rnd.remaining) is None:  # found once per round
-                    remaining = self._remaining(rnd, now, -head[0])
-                if remaining + key[0] > work(key[2]):
+                    remaining = self._remaining(rnd, now, graph.critical_path(head[2]))
+                if remaining - graph.critical_path(key[2]) > work(key[2]):
                     del coming[0]
                 else:
                     self._claim_for_coming(rnd, coming, now)
