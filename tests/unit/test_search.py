@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 from offload.scheduler.dag import Job
 from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.policy.slack import SLACK_SHARE
-from offload.scheduler.search import JOB_PLANS, PLAIN, TRIES, tune
+from offload.scheduler.search import JOB_PLANS, PLAIN, TRIES, simulate_tuned, tune
 from offload.scheduler.simulate import simulate
 
 SYSTEM = "x86_64-linux"
@@ -28,7 +29,7 @@ SPINE_AND_SIDE = [job("a", 7.0), job("b", 9.0), job("c", 6.0, "a"), job("d", 8.0
 
 def test_a_shorter_plan_is_found_and_its_knobs_give_it_again():
     plain = simulate(SPINE_AND_SIDE, MACHINES).makespan
-    tuning = tune(SPINE_AND_SIDE, MACHINES, budget=60.0)
+    tuning = tune(SPINE_AND_SIDE, MACHINES, budget=math.inf)
     assert tuning.tuned
     assert tuning.plain == plain
     # The spine on the fast machine end to end (3.5 + 3 + 4 s) while b builds locally.
@@ -42,7 +43,7 @@ def test_a_shorter_plan_is_found_and_its_knobs_give_it_again():
 
 def test_nothing_shorter_keeps_the_plain_policy():
     chain = [job("a", 3.0), job("b", 2.0, "a"), job("c", 4.0, "b")]
-    tuning = tune(chain, MACHINES, budget=60.0)
+    tuning = tune(chain, MACHINES, budget=math.inf)
     assert not tuning.tuned
     assert tuning.tries == TRIES  # it did look
     assert (tuning.slack_share, dict(tuning.weights)) == (SLACK_SHARE, {})
@@ -51,21 +52,35 @@ def test_nothing_shorter_keeps_the_plain_policy():
 
 def test_a_gain_under_the_margin_is_not_worth_a_different_plan():
     # The tuned plan is 4 s shorter than the plain plan's 14.5 s: 27.6%.
-    assert tune(SPINE_AND_SIDE, MACHINES, budget=60.0, margin=0.25).tuned
-    tuning = tune(SPINE_AND_SIDE, MACHINES, budget=60.0, margin=0.3)
+    assert tune(SPINE_AND_SIDE, MACHINES, budget=math.inf, margin=0.25).tuned
+    tuning = tune(SPINE_AND_SIDE, MACHINES, budget=math.inf, margin=0.3)
     assert not tuning.tuned
     assert tuning.planned == tuning.plain == 14.5
     assert (tuning.slack_share, dict(tuning.weights)) == (SLACK_SHARE, {})
 
 
 def test_one_graph_gets_one_plan_whatever_the_order_of_its_jobs():
+    # Three independent jobs and two that wait for two of them: the plain order takes 6.5 s,
+    # an order the weights find 6 s.
     jobs = [
-        job(f"j{i}", float(1 + (i * 7) % 5), *(f"j{d}" for d in range(i) if (i + d) % 3 == 0))
-        for i in range(12)
+        job("j0", 5.0),
+        job("j1", 3.0),
+        job("j2", 4.0),
+        job("j3", 4.0, "j1", "j2"),
+        job("j4", 1.0, "j1", "j2"),
     ]
-    tunings = [tune(list(order), MACHINES, budget=60.0) for order in (jobs, jobs[::-1])]
+    tunings = [tune(order, MACHINES, budget=math.inf) for order in (jobs, jobs[::-1])]
+    assert tunings[0].weights  # the weights won, not a slack share
+    assert (tunings[0].plain, tunings[0].planned) == (6.5, 6.0)
     assert tunings[0] == tunings[1]
-    assert tunings[0] == tune(jobs, MACHINES, budget=60.0)
+
+
+def test_simulate_tuned_runs_the_kept_plan_or_the_plain_one():
+    assert simulate_tuned(SPINE_AND_SIDE, MACHINES).makespan == 10.5
+    assert simulate_tuned(SPINE_AND_SIDE, MACHINES, tuned=False).makespan == 14.5
+    # The true durations differ from the estimates: the tuned plan meets them as it is.
+    actual = {j.id: j.work_estimate for j in SPINE_AND_SIDE} | {"b": 12.0}
+    assert simulate_tuned(SPINE_AND_SIDE, MACHINES, actual=actual).makespan == 12.0
 
 
 def test_the_search_keeps_within_its_budget_and_its_plans():
@@ -82,18 +97,10 @@ def test_the_search_keeps_within_its_budget_and_its_plans():
     # A graph of more than half JOB_PLANS jobs is not even planned: the plain plan and one try
     # would be past them.
     wide = [job(f"w{i}", 1.0) for i in range(JOB_PLANS // 2 + 1)]
-    assert tune(wide, MACHINES, budget=60.0) is PLAIN
+    assert tune(wide, MACHINES, budget=math.inf) is PLAIN
 
 
 def test_a_graph_no_machine_can_finish_is_left_plain():
     jobs = [job("a", 1.0), job("kvm", 1.0, "a", features=frozenset({"kvm"}))]
-    tuning = tune(jobs, MACHINES, budget=60.0)
+    tuning = tune(jobs, MACHINES, budget=math.inf)
     assert (tuning.plain, tuning.tries, tuning.tuned) == (0.0, 0, False)
-
-
-def test_a_dry_run_plans_as_the_run_will():
-    # offload build --dry-run's plan is the run's: tuned when history gives every estimate.
-    from offload.build.dryrun import _planned
-
-    assert _planned(SPINE_AND_SIDE, MACHINES, tuned=True).makespan == 10.5
-    assert _planned(SPINE_AND_SIDE, MACHINES, tuned=False).makespan == 14.5

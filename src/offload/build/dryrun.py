@@ -27,12 +27,10 @@ from offload.build.members import local_spec, pool_members, pool_specs
 from offload.build.plan import estimated_plan
 from offload.build.sessions import open_sessions
 from offload.config.pool import Pool
-from offload.scheduler.dag import Job
-from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.run import PoolMember, plan_jobs
 from offload.scheduler.run.plan import guessed_drvs
-from offload.scheduler.search import PLAIN, tune
-from offload.scheduler.simulate import SimResult, simulate
+from offload.scheduler.search import simulate_tuned
+from offload.scheduler.simulate import SimResult
 from offload.transport.links import LocalLink
 from offload.ui.events import MachineEvent
 
@@ -94,21 +92,14 @@ async def dry_run(
     kept = [spec for spec in specs if spec.name not in backed_off]
     # The run tunes its plan when history gives every estimate (``scheduler.search``).
     tuned = bool(jobs) and not guessed_drvs(plan, estimates)
-    sim = _planned(jobs, kept, tuned) if kept else None
+    sim = simulate_tuned(jobs, kept, tuned=tuned, strict=False) if kept else None
     retried = False
     if backed_off and (sim is None or sim.failed):
         # A run tries the backed-off builders again when nothing else can build what is left.
-        full = _planned(jobs, specs, tuned)
+        full = simulate_tuned(jobs, specs, tuned=tuned, strict=False)
         retried = sim is None or set(full.failed) < set(sim.failed)
         sim = full if retried else sim
     return DryRun(graph, sim, unreachable, caches, backed_off, retried)
-
-
-def _planned(jobs: list[Job], specs: list[MachineSlotSpec], tuned: bool) -> SimResult:
-    tuning = tune(jobs, specs) if tuned else PLAIN
-    return simulate(
-        jobs, specs, strict=False, slack_share=tuning.slack_share, weights=tuning.weights
-    )
 
 
 def _members(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from offload.numerals import is_decimal
 from offload.scheduler.dag import Job
 from offload.scheduler.nix_model import NixCosts, simulate_nix
 from offload.scheduler.policy import MachineSlotSpec
-from offload.scheduler.search import PLAIN, tune
-from offload.scheduler.simulate import SimResult, simulate
+from offload.scheduler.search import simulate_tuned
+from offload.scheduler.simulate import SimResult
 
 __all__ = ["DEFAULT_MACHINES", "jobs_from_dag", "parse_machines", "register", "run"]
 
@@ -199,10 +200,10 @@ def run(args: argparse.Namespace) -> int:
         result = simulate_nix(jobs, machines, costs, noise=args.noise, seed=args.seed)
     else:
         try:
-            tuning = PLAIN if args.no_tune else tune(jobs, machines)
-            result = simulate(
-                jobs, machines, noise=args.noise, seed=args.seed, speculate=not args.no_speculation,
-                slack_share=tuning.slack_share, weights=tuning.weights,
+            # No wall budget: the same graph gives the same plan on any machine.
+            result = simulate_tuned(
+                jobs, machines, tuned=not args.no_tune, budget=math.inf, noise=args.noise,
+                seed=args.seed, speculate=not args.no_speculation,
             )  # fmt: skip
         except Unschedulable as exc:
             # The scheduler's hint is offload build's (--keep-going), which simulate has not.

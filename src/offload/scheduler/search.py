@@ -9,20 +9,21 @@ own simulator, a few times, each time with one knob turned:
 
 - the share of its slack a job may spend on a slower machine (``SLACK_SHARES``, beside the
   policy's ``SLACK_SHARE``);
-- each job's critical path weighed by a factor drawn near 1 (log-normal, sigma ``SPREAD``), which
-  reorders only jobs whose paths are close.
+- each job's critical path weighed by a factor drawn near 1 (log-normal, sigma ``SPREAD``), in
+  the order of ready jobs only (``policy.queues``): jobs whose paths are close change places.
 
 The shortest plan is kept if it is at least ``MARGIN`` shorter than the plain one; otherwise the
-plain policy runs. Estimates off by 30% make a tuned plan no better and no worse than the plain
-one at the median and p90 (measured over the seed sets); the margin keeps the plain plan where
-the gain is within what such noise moves. A run with any guessed estimate is not tuned: it would
-be tuned to the guesses.
+plain policy runs. A run with any guessed estimate is not tuned: it would be tuned to the
+guesses. With estimates off by 30% a tuned plan, carried out with the true durations, was
+neither better nor worse than the plain one at the median (docs/BENCHMARKS.md, "Session 34");
+the margin keeps the plain plan where the gain is within what such noise moves. Transfers are
+left out of the plans, as from the ETA's (``run.remaining``).
 
-The draws come from a generator seeded by the jobs' ids, so one graph gets one plan, run after
-run. Each try is one whole plan, so tries are limited to ``JOB_PLANS`` jobs planned in all (a
-graph of more than half of them is not tuned at all) and to a wall-clock ``budget`` (by default
-``BUDGET_SHARE`` of the plain plan, at most ``MAX_SECONDS``): a search never costs more than a
-small part of what it may save.
+Tries are fixed by the graph's size: ``TRIES``, fewer when that would plan more than
+``JOB_PLANS`` jobs in all (a graph of more than half of them is not tuned). The draws come from
+a generator seeded by the jobs' ids, so one graph gets one plan, run after run. A wall-clock
+``budget`` (by default ``BUDGET_SHARE`` of the plain plan, at most ``MAX_SECONDS``) only guards
+a machine far slower than the planning figures of docs/BENCHMARKS.md: past it, no try starts.
 """
 
 from __future__ import annotations
@@ -39,15 +40,16 @@ from offload.scheduler.policy import MachineSlotSpec
 from offload.scheduler.policy.slack import SLACK_SHARE
 from offload.scheduler.simulate import SimResult, simulate
 
-__all__ = ["MARGIN", "PLAIN", "Tuning", "simulate_tuned", "tune"]
+__all__ = ["JOB_PLANS", "MARGIN", "PLAIN", "TRIES", "Tuning", "simulate_tuned", "tune"]
 
 TRIES = 16
 SLACK_SHARES = (0.0, 0.3, 0.8, 1.0)
 SPREAD = 0.1
 MARGIN = 0.01
-JOB_PLANS = 20_000
-BUDGET_SHARE = 0.01
-MAX_SECONDS = 2.0
+# About 0.3 s of planning on this project's 2-core machine (30 us per job planned).
+JOB_PLANS = 10_000
+BUDGET_SHARE = 0.02
+MAX_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,19 +77,20 @@ def tune(
     *,
     budget: float | None = None,
     margin: float = MARGIN,
+    speculate: bool = True,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Tuning:
     """The knobs whose plan of ``jobs`` (their estimates taken as exact) on ``machines`` is
     shortest, if shorter than the plain plan by ``margin`` (a share of it); ``PLAIN`` when no
-    machine can build them all. ``budget``: wall seconds the search may take (module docstring
-    for the default)."""
+    machine can build them all. ``budget``: wall seconds past which no try starts (module
+    docstring for the default); ``speculate``: as ``simulate``'s."""
     began = clock()
     # The plain plan counts among the jobs planned.
     tries = min(TRIES, JOB_PLANS // max(len(jobs), 1) - 1)
     if tries <= 0:
         return PLAIN
     try:
-        plain = _plan(jobs, machines, SLACK_SHARE, None)
+        plain = _plan(jobs, machines, speculate, SLACK_SHARE, None)
     except SchedulerError:
         return PLAIN
     if budget is None:
@@ -98,7 +101,7 @@ def tune(
         if clock() - began >= budget:
             break
         tried += 1
-        length = _plan(jobs, machines, share, weights)
+        length = _plan(jobs, machines, speculate, share, weights)
         if length < planned:
             planned, kept = length, (share, weights or {})
     if planned > plain * (1.0 - margin):
@@ -110,24 +113,34 @@ def simulate_tuned(
     jobs: Sequence[Job],
     machines: Sequence[MachineSlotSpec],
     *,
+    tuned: bool = True,
     budget: float | None = None,
     actual: Mapping[str, float] | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+    speculate: bool = True,
+    strict: bool = True,
 ) -> SimResult:
-    """The plan ``tune`` keeps, simulated (``actual``: the true durations, when the estimates
-    are not): what ``offload build`` runs when history gives every estimate."""
-    tuning = tune(jobs, machines, budget=budget)
+    """What ``offload build`` runs when history gives every estimate: the plan ``tune`` keeps
+    (the plain one without ``tuned``), simulated; the other options are ``simulate``'s."""
+    tuning = tune(jobs, machines, budget=budget, speculate=speculate) if tuned else PLAIN
     return simulate(
-        jobs, machines, actual=actual, slack_share=tuning.slack_share, weights=tuning.weights
-    )
+        jobs, machines, actual=actual, noise=noise, seed=seed, speculate=speculate,
+        strict=strict, slack_share=tuning.slack_share, weights=tuning.weights,
+    )  # fmt: skip
 
 
 def _plan(
     jobs: Sequence[Job],
     machines: Sequence[MachineSlotSpec],
+    speculate: bool,
     share: float,
     weights: Mapping[str, float] | None,
 ) -> float:
-    result = simulate(jobs, machines, strict=False, bound=False, slack_share=share, weights=weights)
+    result = simulate(
+        jobs, machines, speculate=speculate, strict=False, bound=False, slack_share=share,
+        weights=weights,
+    )  # fmt: skip
     if result.failed:  # a graph no machine can finish has no plan to shorten
         raise SchedulerError("no plan")
     return result.makespan

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Literal
 
 from offload.backoff import Health
@@ -87,7 +87,9 @@ class Executor(Endings):
         self._holders = Holders(plan, home)
         self._learning = Learning(plan, estimates, wall)
         self.tuning: Tuning = PLAIN
-        self.policy = policy or self._new_policy(members, estimates)
+        # Tuned for the machines the run starts with, as the dry run plans (``build.dryrun``).
+        down = {*(unreachable or ()), *(backoff or ())}
+        self.policy = policy or self._new_policy(members, estimates, down)
         self._last_error: dict[str, str] = {}
         # Why a machine cannot be used, in the user's words, from its link's error.
         self._explain = explain or (lambda _machine, error: error)
@@ -149,12 +151,17 @@ class Executor(Endings):
         return self.wall() + self.policy.graph.work(drv_path) / self.members[machine].spec.speed
 
     def _new_policy(
-        self, members: Sequence[PoolMember], estimates: Mapping[str, float] | None
+        self,
+        members: Sequence[PoolMember],
+        estimates: Mapping[str, float] | None,
+        down: Collection[str],
     ) -> Policy:
         local = next((m.spec for m in members if not m.remote), None)
         jobs, specs = plan_jobs(self.plan, estimates, local), [m.spec for m in members]
+        up = [spec for spec in specs if spec.name not in down]
         # A plan is tuned to history's estimates, never to guesses (``scheduler.search``).
-        self.tuning = tune(jobs, specs) if jobs and not self._learning.unknown else PLAIN
+        known = jobs and up and not self._learning.unknown
+        self.tuning = tune(jobs, up) if known else PLAIN
         if self.tuning.tuned:
             logger.debug(
                 "plan tuned in %d tries: %.2f s, plain %.2f s",
