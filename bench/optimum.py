@@ -224,9 +224,13 @@ def _integer_schedule(
     place = {job_id: i for i, job_id in enumerate(JobGraph(jobs).topological_order())}
     for job_id in sorted(hint, key=lambda j: (hint[j][1], place[j])):
         machine = hint[job_id][0]
+        ready = max((ends[d] for d in by_id[job_id].deps), default=zero)
+        if sizes[job_id, machine] == zero:
+            # As in the solver's model, a job of no length holds no slot: it ends as it starts.
+            starts[job_id] = ends[job_id] = ready
+            continue
         free = slots[machine]
         slot = min(range(len(free)), key=free.__getitem__)
-        ready = max((ends[d] for d in by_id[job_id].deps), default=zero)
         starts[job_id] = max(ready, free[slot])
         ends[job_id] = free[slot] = starts[job_id] + sizes[job_id, machine]
     return starts
