@@ -12,6 +12,11 @@ start before the spine gets there. So, for each job ``k``:
   a sink: the makespan is at least their work over the capacity plus that chain; or, with ``k``'s
   work among theirs, plus the chain after ``k``.
 
+And over time rather than jobs (energetic reasoning): the jobs whose head is at least ``t`` and
+whose chain after them is at least ``a`` all run between ``t`` and the makespan less ``a``. On the
+layered and wide shapes, whose work is spread over layers rather than hung off one job, this is
+the tighter of the two.
+
 Each chain counts each job at the fastest machine that can build it; capacity is every machine's
 (speed x slots), whatever can build what, so both hold with features too. With ``cost`` (seconds
 added to every build) a job takes that much more on a chain, and at least ``cost`` times the
@@ -36,9 +41,6 @@ def window_bound(
     usable = [m for m in machines if m.slots > 0]
     if not jobs or not usable:
         return 0.0
-    graph = JobGraph(jobs)
-    order = graph.topological_order()
-    by_id = {job.id: job for job in jobs}
     seconds: dict[str, float] = {}
     for job in jobs:
         speeds = [m.speed for m in usable if can_build(m, job.system, job.required_features)]
@@ -47,33 +49,68 @@ def window_bound(
         seconds[job.id] = job.work_estimate / max(speeds) + cost
     capacity = sum(m.speed * m.slots for m in usable)
     slot_work = cost * min(m.speed for m in usable)  # a build's cost, as work it keeps out
-    energy = {job.id: job.work_estimate + slot_work for job in jobs}
-    # Heads (longest chain before a job) and tails (longest chain from it, itself included).
-    head: dict[str, float] = {}
-    for job_id in order:
-        head[job_id] = max((head[d] + seconds[d] for d in by_id[job_id].deps), default=0.0)
-    dependents: dict[str, list[str]] = {job_id: [] for job_id in by_id}
-    for job in jobs:
-        for dep in job.deps:
-            dependents[dep].append(job.id)
-    tail: dict[str, float] = {}
-    for job_id in reversed(order):
-        tail[job_id] = seconds[job_id] + max((tail[d] for d in dependents[job_id]), default=0.0)
-    before, after = _closures(order, {j: by_id[j].deps for j in order}, dependents)
-    weight = [energy[job_id] for job_id in order]
-    best = 0.0
-    for job_id in order:
-        first, last = head[job_id], tail[job_id]
-        own, held = energy[job_id], seconds[job_id]
-        waiting, needed = _sum(after[job_id], weight), _sum(before[job_id], weight)
-        best = max(
-            best,
-            first + held + waiting / capacity,  # what depends on it starts once it ends
-            first + (own + waiting) / capacity,  # ... or, with it, once it can start
-            needed / capacity + last,  # what it depends on ends before it starts
-            (needed + own) / capacity + last - held,  # ... or, with it, before its dependents
-        )
-    return best
+    chains = _Chains(jobs, seconds, {job.id: job.work_estimate + slot_work for job in jobs})
+    return max(chains.job_windows(capacity), chains.time_windows(capacity))
+
+
+class _Chains:
+    """Each job's time (``seconds``, at its fastest), its share of capacity (``energy``), its
+    head (the longest chain before it) and its tail (the longest from it, itself included)."""
+
+    def __init__(
+        self, jobs: Sequence[Job], seconds: Mapping[str, float], energy: Mapping[str, float]
+    ) -> None:
+        self.seconds, self.energy = seconds, energy
+        self.order = JobGraph(jobs).topological_order()
+        self.deps = {job.id: job.deps for job in jobs}
+        self.dependents: dict[str, list[str]] = {job.id: [] for job in jobs}
+        for job in jobs:
+            for dep in job.deps:
+                self.dependents[dep].append(job.id)
+        self.head: dict[str, float] = {}
+        for job_id in self.order:
+            self.head[job_id] = max(
+                (self.head[d] + seconds[d] for d in self.deps[job_id]), default=0.0
+            )
+        self.tail: dict[str, float] = {}
+        for job_id in reversed(self.order):
+            self.tail[job_id] = seconds[job_id] + max(
+                (self.tail[d] for d in self.dependents[job_id]), default=0.0
+            )
+
+    def job_windows(self, capacity: float) -> float:
+        """The windows each job opens (module docstring)."""
+        before, after = _closures(self.order, self.deps, self.dependents)
+        weight = [self.energy[job_id] for job_id in self.order]
+        best = 0.0
+        for job_id in self.order:
+            first, last = self.head[job_id], self.tail[job_id]
+            own, held = self.energy[job_id], self.seconds[job_id]
+            waiting, needed = _sum(after[job_id], weight), _sum(before[job_id], weight)
+            best = max(
+                best,
+                first + held + waiting / capacity,  # what depends on it starts once it ends
+                first + (own + waiting) / capacity,  # ... or, with it, once it can start
+                needed / capacity + last,  # what it depends on ends before it starts
+                (needed + own) / capacity + last - held,  # ... or, with it, before dependents
+            )
+        return best
+
+    def time_windows(self, capacity: float) -> float:
+        """The jobs that start no sooner than ``t`` and leave at least ``a`` to go after they
+        end all run between ``t`` and the makespan less ``a``, for every such ``t`` and ``a``."""
+        after_end = {job_id: self.tail[job_id] - self.seconds[job_id] for job_id in self.order}
+        best = 0.0
+        for t in set(self.head.values()):
+            late = sorted(
+                ((after_end[j], self.energy[j]) for j in self.order if self.head[j] >= t),
+                reverse=True,
+            )
+            work = 0.0
+            for to_go, energy in late:
+                work += energy
+                best = max(best, t + work / capacity + to_go)
+        return best
 
 
 def _closures(

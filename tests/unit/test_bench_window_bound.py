@@ -43,6 +43,26 @@ def test_work_that_must_come_first_is_counted_before_a_chain():
     assert window_bound(fan + chain, POOL) == pytest.approx(24 / 4 + 3.0)
 
 
+def test_a_layer_between_a_root_and_a_tail_is_counted_in_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # j0, then three jobs side by side (15 s of work), then j4 and j5 after them: the three start
+    # no sooner than 1 s (j0 at speed 2) and must end 4 s before the end (j4 then j5 at speed
+    # 2), so 1 + 15/4 + 4 = 8.75 s. Each job's own windows say 8.25 s, the plain bound 8 s.
+    jobs = [
+        Job("j0", 2.0, ()),
+        Job("j1", 5.0, ("j0",)),
+        Job("j2", 6.0, ("j0",)),
+        Job("j3", 4.0, ("j0",)),
+        Job("j4", 3.0, ("j0", "j1", "j2", "j3")),
+        Job("j5", 5.0, ("j0", "j3", "j4")),
+    ]
+    assert lower_bound(jobs, POOL) == pytest.approx(8.0)
+    assert window_bound(jobs, POOL) == pytest.approx(8.75)
+    monkeypatch.setattr("bench.optimum.window_bound", lambda *_args: 0.0)
+    assert optimum(jobs, POOL, seconds=5).makespan >= 8.75
+
+
 def test_a_cost_per_build_counts_on_chains_and_as_work_held_in_a_slot():
     jobs = spine_with_a_fan(8)
     # Each spine job 1 + 0.5 s; each fan job holds a slot 0.5 s more, at least 0.5 work-seconds.
