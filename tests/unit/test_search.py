@@ -94,10 +94,10 @@ def test_the_search_keeps_within_its_budget_and_its_plans():
     # under a clock that jumps a minute per look.
     slow = itertools.count(step=60)
     assert tune(SPINE_AND_SIDE, MACHINES, clock=lambda: float(next(slow))).tries == 0
-    # A graph of more than half JOB_PLANS jobs is not even planned: the plain plan and one try
-    # would be past them.
-    wide = [job(f"w{i}", 1.0) for i in range(JOB_PLANS // 2 + 1)]
+    # A graph too big for the slack shares' four tries and the plain plan is not even planned.
+    wide = [job(f"w{i}", 1.0) for i in range(JOB_PLANS // 5 + 1)]
     assert tune(wide, MACHINES, budget=math.inf) is PLAIN
+    assert tune(wide[: JOB_PLANS // 5], MACHINES, budget=math.inf).tries == 4
 
 
 def test_a_graph_no_machine_can_finish_is_left_plain():

@@ -20,10 +20,12 @@ the margin keeps the plain plan where the gain is within what such noise moves. 
 left out of the plans, as from the ETA's (``run.remaining``).
 
 Tries are fixed by the graph's size: ``TRIES``, fewer when that would plan more than
-``JOB_PLANS`` jobs in all (a graph of more than half of them is not tuned). The draws come from
-a generator seeded by the jobs' ids, so one graph gets one plan, run after run. A wall-clock
-``budget`` (by default ``BUDGET_SHARE`` of the plain plan, at most ``MAX_SECONDS``) only guards
-a machine far slower than the planning figures of docs/BENCHMARKS.md: past it, no try starts.
+``JOB_PLANS`` jobs in all; a graph too big for the slack shares' four tries (more than a fifth
+of ``JOB_PLANS`` jobs) is not tuned. Here that costs 55 ms for 100 jobs and 0.33 s for 1,000.
+The draws come from a generator seeded by the jobs' ids, so one graph gets one plan, run after
+run. A wall-clock ``budget`` (by default ``BUDGET_SHARE`` of the plain plan, at most
+``MAX_SECONDS``) only guards a machine far slower than the planning figures of
+docs/BENCHMARKS.md: past it, no try starts.
 """
 
 from __future__ import annotations
@@ -85,9 +87,10 @@ def tune(
     machine can build them all. ``budget``: wall seconds past which no try starts (module
     docstring for the default); ``speculate``: as ``simulate``'s."""
     began = clock()
-    # The plain plan counts among the jobs planned.
+    # The plain plan counts among the jobs planned; fewer tries than the slack shares are not
+    # worth the plain plan they need.
     tries = min(TRIES, JOB_PLANS // max(len(jobs), 1) - 1)
-    if tries <= 0:
+    if tries < len(SLACK_SHARES):
         return PLAIN
     try:
         plain = _plan(jobs, machines, speculate, SLACK_SHARE, None)
