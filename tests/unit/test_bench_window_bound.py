@@ -23,12 +23,13 @@ def spine_with_a_fan(fan: int) -> list[Job]:
     return spine + [Job(f"f{i}", 3.0, ("s2",)) for i in range(fan)]
 
 
-def test_work_held_back_by_a_spine_is_counted_after_it():
+def test_work_held_back_by_a_spine_is_counted_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = spine_with_a_fan(8)
     # The spine takes 3 s at speed 2; the fan's 24 s of work then needs 6 s of the pool's 4
     # work-seconds per second: 9 s. Apart, the chain (4.5 s) and all work (30/4 = 7.5 s) say less.
     assert lower_bound(jobs, POOL) == pytest.approx(7.5)
     assert window_bound(jobs, POOL) == pytest.approx(9.0)
+    monkeypatch.setattr("bench.optimum.window_bound", lambda *_args: 0.0)
     assert optimum(jobs, POOL, seconds=5).makespan >= window_bound(jobs, POOL) - 1e-9
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 
+import pytest
+
 from offload.scheduler.run import Executor, PoolMember
 from offload.scheduler.run.plan import plan_jobs
 from offload.scheduler.search import PLAIN, tune
@@ -15,6 +17,14 @@ from tests.helpers.plans import finished, make_plan, spec
 # tests/unit/test_search.py's spine and side job: the plain plan takes 14.5 s, a tuned one 10.5.
 EDGES = {"a": [], "b": [], "c": ["a"], "d": ["a", "c"]}
 WORK = {"a": 7.0, "b": 9.0, "c": 6.0, "d": 8.0}
+
+
+@pytest.fixture(autouse=True)
+def no_wall_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor tunes with the default budget, a share of the plan: a loaded machine must
+    not cut these tries short."""
+    monkeypatch.setattr("offload.scheduler.search.BUDGET_SHARE", math.inf)
+    monkeypatch.setattr("offload.scheduler.search.MAX_SECONDS", math.inf)
 
 
 def executor_for(

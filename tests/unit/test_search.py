@@ -76,11 +76,12 @@ def test_one_graph_gets_one_plan_whatever_the_order_of_its_jobs():
 
 
 def test_simulate_tuned_runs_the_kept_plan_or_the_plain_one():
-    assert simulate_tuned(SPINE_AND_SIDE, MACHINES).makespan == 10.5
-    assert simulate_tuned(SPINE_AND_SIDE, MACHINES, tuned=False).makespan == 14.5
+    assert simulate_tuned(SPINE_AND_SIDE, MACHINES, budget=math.inf).makespan == 10.5
+    assert simulate_tuned(SPINE_AND_SIDE, MACHINES, search=False).makespan == 14.5
     # The true durations differ from the estimates: the tuned plan meets them as it is.
     actual = {j.id: j.work_estimate for j in SPINE_AND_SIDE} | {"b": 12.0}
-    assert simulate_tuned(SPINE_AND_SIDE, MACHINES, actual=actual).makespan == 12.0
+    tuned = simulate_tuned(SPINE_AND_SIDE, MACHINES, budget=math.inf, actual=actual)
+    assert tuned.makespan == 12.0
 
 
 def test_the_search_keeps_within_its_budget_and_its_plans():

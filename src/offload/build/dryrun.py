@@ -91,12 +91,12 @@ async def dry_run(
     specs = [spec for spec in every if spec.name not in unreachable]
     kept = [spec for spec in specs if spec.name not in backed_off]
     # The run tunes its plan when history gives every estimate (``scheduler.search``).
-    tuned = bool(jobs) and not guessed_drvs(plan, estimates)
-    sim = simulate_tuned(jobs, kept, tuned=tuned, strict=False) if kept else None
+    known = bool(jobs) and not guessed_drvs(plan, estimates)
+    sim = simulate_tuned(jobs, kept, search=known, strict=False) if kept else None
     retried = False
     if backed_off and (sim is None or sim.failed):
         # A run tries the backed-off builders again when nothing else can build what is left.
-        full = simulate_tuned(jobs, specs, tuned=tuned, strict=False)
+        full = simulate_tuned(jobs, specs, search=known, strict=False)
         retried = sim is None or set(full.failed) < set(sim.failed)
         sim = full if retried else sim
     return DryRun(graph, sim, unreachable, caches, backed_off, retried)

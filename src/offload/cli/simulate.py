@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             # No wall budget: the same graph gives the same plan on any machine.
             result = simulate_tuned(
-                jobs, machines, tuned=not args.no_tune, budget=math.inf, noise=args.noise,
+                jobs, machines, search=not args.no_tune, budget=math.inf, noise=args.noise,
                 seed=args.seed, speculate=not args.no_speculation,
             )  # fmt: skip
         except Unschedulable as exc:

@@ -84,8 +84,9 @@ def tune(
 ) -> Tuning:
     """The knobs whose plan of ``jobs`` (their estimates taken as exact) on ``machines`` is
     shortest, if shorter than the plain plan by ``margin`` (a share of it); ``PLAIN`` when no
-    machine can build them all. ``budget``: wall seconds past which no try starts (module
-    docstring for the default); ``speculate``: as ``simulate``'s."""
+    machine can build them all, or the graph is too big to tune (module docstring).
+    ``budget``: wall seconds past which no try starts (module docstring for the default);
+    ``speculate``: as ``simulate``'s."""
     began = clock()
     # The plain plan counts among the jobs planned; fewer tries than the slack shares are not
     # worth the plain plan they need.
@@ -116,7 +117,7 @@ def simulate_tuned(
     jobs: Sequence[Job],
     machines: Sequence[MachineSlotSpec],
     *,
-    tuned: bool = True,
+    search: bool = True,
     budget: float | None = None,
     actual: Mapping[str, float] | None = None,
     noise: float = 0.0,
@@ -125,8 +126,8 @@ def simulate_tuned(
     strict: bool = True,
 ) -> SimResult:
     """What ``offload build`` runs when history gives every estimate: the plan ``tune`` keeps
-    (the plain one without ``tuned``), simulated; the other options are ``simulate``'s."""
-    tuning = tune(jobs, machines, budget=budget, speculate=speculate) if tuned else PLAIN
+    (the plain one without ``search``), simulated; the other options are ``simulate``'s."""
+    tuning = tune(jobs, machines, budget=budget, speculate=speculate) if search else PLAIN
     return simulate(
         jobs, machines, actual=actual, noise=noise, seed=seed, speculate=speculate,
         strict=strict, slack_share=tuning.slack_share, weights=tuning.weights,
