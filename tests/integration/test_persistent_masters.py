@@ -76,16 +76,24 @@ def another_sessions_master() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def _build(
-    fleet: Fleet, tmp_path: Path, name: str, sshopts: str = "", state: Path | None = None
+    fleet: Fleet,
+    tmp_path: Path,
+    name: str,
+    sshopts: str = "",
+    *,
+    state: Path | None = None,
+    config: Path | None = None,
 ) -> dict[str, str]:
     """``offload build`` of one derivation ``name`` on member ``keep`` alone (``sshopts`` added
-    to the fleet's NIX_SSHOPTS; ``state``: the state directory, if not the test's own): where
-    it was built, as the run's events say."""
+    to the fleet's NIX_SSHOPTS; ``state``: the state directory, if not the test's own;
+    ``config``: the ssh config given with -F instead of the fleet's): where it was built, as
+    the run's events say."""
     file = nix_file(tmp_path, f'mk "{name}" "SPEED > $out" {{}}\n'.replace("SPEED", SPEED), name)
     env = offload_env(fleet, tmp_path)
     if state is not None:
         env["OFFLOAD_STATE_DIR"] = str(state)
-    env["NIX_SSHOPTS"] = f"{sshopts} {env.get('NIX_SSHOPTS', '')}"
+    fleets = env.get("NIX_SSHOPTS", "") if config is None else f"-F {config}"
+    env["NIX_SSHOPTS"] = f"{sshopts} {fleets}"
     done = offload(
         fleet, tmp_path, file, "-j0", "--builders", member_line(fleet, "keep"), "--no-out-link",
         "--json", env=env,
@@ -123,6 +131,25 @@ def test_the_next_run_builds_over_the_master_the_first_left(
     assert persistent_masters(control) == [master]
     stop_masters(control)
     assert _connected(kept_fleet, tmp_path) == {"keep": False}
+
+
+def test_a_mended_ssh_config_gets_a_master_of_its_own(kept_fleet: Fleet, tmp_path: Path) -> None:
+    # A master opened under the old config would carry its options (its user, its key) into
+    # the next runs for two idle minutes: the fix doctor asked for would seem not to work.
+    config = tmp_path / "ssh_config"
+    shutil.copy(kept_fleet.ssh_config, config)
+    control = control_dir(tmp_path / "state")
+    assert _build(kept_fleet, tmp_path, "first", config=config) == {"first": "keep"}
+    (before,) = persistent_masters(control)
+    assert _build(kept_fleet, tmp_path, "again", config=config) == {"again": "keep"}
+    assert persistent_masters(control) == [before]  # unchanged: the same master
+    with config.open("a") as mended:
+        mended.write("\nHost *\n  ServerAliveCountMax 3\n")
+    assert _build(kept_fleet, tmp_path, "mended", config=config) == {"mended": "keep"}
+    masters = persistent_masters(control)
+    assert len(masters) == 2
+    assert before in masters
+    stop_masters(control)
 
 
 # ssh reads % in ControlPath as its tokens (%h: the host name): given as %%, the socket is

@@ -8,8 +8,10 @@ both ends; over a WAN several round trips more).
 
 Each builder's master has one socket in ``<state>/ssh`` (mode 0700), named by a hash of
 everything that makes a connection different (destination, port, key, pinned host key,
-compression, NIX_SSHOPTS), so a changed host key or user never reuses a master opened for
-another; its pinned known_hosts file sits beside it. A socket path longer than a Unix socket
+compression, NIX_SSHOPTS, and the text of the ssh config files ssh reads: ``-F``'s, else the
+user's and the system's), so a changed host key or user never reuses a master opened for
+another, nor does a ssh config just mended (``Include``d files are not read); its pinned
+known_hosts file sits beside it. A socket path longer than a Unix socket
 allows moves the directory to ``/tmp/offload-ssh-<uid>``, made 0700 and checked to be ours. A
 ``%`` in the path is given to ssh as ``%%`` (``ssh.ssh_path``): ssh reads its tokens there; a
 path with a blank or a quote is given in quotes, as ssh reads an option's value in words.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pwd
 import socket
 import stat
 import tempfile
@@ -32,6 +35,7 @@ from offload.transport.ssh import SshTarget, known_hosts_line, split_sshopts
 __all__ = [
     "PERSIST_SECONDS",
     "SharedPaths",
+    "config_stamp",
     "control_dir",
     "kept",
     "kept_dir",
@@ -78,6 +82,36 @@ def kept_dir(state: Path) -> Path | None:
         return None
 
 
+SYSTEM_CONFIG = Path("/etc/ssh/ssh_config")
+
+
+def config_stamp(sshopts: list[str]) -> str:
+    """A digest of the ssh config files an ssh with ``sshopts`` reads: the ``-F`` file alone
+    (ssh then skips the system one), else the user's (under the home ssh takes from the
+    password database, not $HOME) and the system's. A file that cannot be read counts as
+    empty. A master opened before a fix there is then not the one the fixed config asks for."""
+    given = [
+        word[2:] or (sshopts[i + 1] if i + 1 < len(sshopts) else "")
+        for i, word in enumerate(sshopts)
+        if word.startswith("-F")
+    ]
+    if given:
+        # ssh takes the last -F given; "none" reads no file at all.
+        files = [] if given[-1] == "none" else [Path(given[-1])]
+    else:
+        try:
+            home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+        except KeyError:  # a uid with no entry: ssh itself refuses to run
+            home = Path("/nonexistent")
+        files = [home / ".ssh" / "config", SYSTEM_CONFIG]
+    digest = hashlib.sha256()
+    for path in files:
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 class SharedPaths:
     """One builder's master socket and pinned known_hosts file (None: no key pinned) in a
     control directory."""
@@ -85,7 +119,8 @@ class SharedPaths:
     def __init__(self, directory: Path, target: SshTarget, sshopts: str) -> None:
         parts = (target.destination, target.port, target.identity_file, target.public_host_key)
         # NIX_SSHOPTS as ssh gets it: spacing alone makes no other connection.
-        text = repr((*parts, target.compress, split_sshopts(sshopts)))
+        words = split_sshopts(sshopts)
+        text = repr((*parts, target.compress, words, config_stamp(words)))
         key = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.target = target
         self.control = directory / key
