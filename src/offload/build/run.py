@@ -49,6 +49,7 @@ from offload.build.plan import estimated_plan
 from offload.build.prebuilt import FetchFailed, fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
+from offload.errors import SchedulerError
 from offload.load import local_boot_id
 from offload.marks import mark
 from offload.names import LOCAL
@@ -89,8 +90,9 @@ async def run_build(
     """Build what ``roots`` need over ``pool``; on success their outputs are valid locally. The
     others stay where they were built unless a local build needs them, or ``fetch_all``, as in
     Nix. ``roots`` may be a function evaluating them, run in a thread as the sessions open.
-    Stopped while building (Ctrl-C, SIGTERM), the run tells ``cut_short`` its report so far
-    (``interrupted``) before the exception goes on: what it built is still worth keeping."""
+    Stopped while building (Ctrl-C, SIGTERM), or with work left that no machine can take any
+    more, the run tells ``cut_short`` its report so far (``interrupted``, ``stranded``) before
+    the exception goes on: what it built is still worth keeping."""
     late: dict[str, asyncio.Task[None]] = {}
     async with (
         _opened_first(emit) as told,  # the run's first event first
@@ -172,13 +174,15 @@ async def _carried_out(
     cut_short: Callable[[RunReport, DrvGraph], None] | None,
 ) -> RunReport:
     """The executor's run, the outputs fetched instead of built first in its report; stopped
-    by Ctrl-C or a signal, that report so far goes to ``cut_short`` before the stop goes on."""
+    by Ctrl-C or a signal, or stranded with no machine left, that report so far goes to
+    ``cut_short`` before the stop goes on."""
     try:
         report = await executor.run()
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        # Stopped (Ctrl-C, SIGTERM): what ran is kept. An error of the run's own is no
-        # interruption, and its report may not have been made whole.
-        if cut_short is not None:
+    except (asyncio.CancelledError, KeyboardInterrupt, SchedulerError) as exc:
+        # Stopped (Ctrl-C, SIGTERM) or stranded: what ran is kept. Any other error of the
+        # run's own is neither, and its report may not have been made whole.
+        kept = executor.report.stranded or not isinstance(exc, SchedulerError)
+        if cut_short is not None and kept:
             executor.report.finished[:0] = fetched
             cut_short(executor.report, graph)
         raise

@@ -182,7 +182,8 @@ def execute(
     logs = BuildLogs(state / "logs")
     remember = RunRecorder(time.time())
     # A run cut short (Ctrl-C, SIGTERM) is kept as well: history shows it as "interrupted",
-    # what it built teaches the estimates, and what it learnt of the builders is remembered.
+    # what it built teaches the estimates, and what it learnt of the builders is remembered;
+    # so is one stranded with no machine left ("incomplete"; ``keep_run``).
     cut: list[Built] = []
     with opened_history(state) as history:
         recorder = logs.recorder(for_nix=True)

@@ -92,7 +92,9 @@ def keep_run(
     state: Path, history: History | None, remember: RunRecorder, built: Built, pool: Pool
 ) -> None:
     """The run into history (what ``offload history`` shows), the builders' health into
-    backoff; a failure to is a warning, never the run's error."""
+    backoff; a failure to is a warning, never the run's error. A run stranded with no machine
+    left keeps no backoff: the next run would only retry its dead builders at once, when
+    nothing else can build, and back them off longer, a run's display for one error line."""
     report, graph = built
     try:
         if history is not None:
@@ -100,6 +102,8 @@ def keep_run(
     except (OffloadError, OSError) as exc:
         message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)
         warn(f"the run is not kept: {message}", hint)
+    if report.stranded:
+        return
     backoff = state / "backoff.json"
     try:
         save_backoff(backoff, report.health, time.time())

@@ -153,7 +153,7 @@ def outcome_of(report: RunReport) -> str:
         return "interrupted"
     if report.failed:
         return "failed"
-    return "incomplete" if report.skipped else "ok"
+    return "incomplete" if report.skipped or report.stranded else "ok"
 
 
 def _record(event: JobFinished, marks: list[Mark], *, speculative: bool) -> BuildRecord:

@@ -58,7 +58,7 @@ class RunRecord:
     started: float  # unix time
     finished: float
     asked: tuple[str, ...]  # the requested derivations' names
-    outcome: str  # "ok", "failed", "interrupted", "incomplete"
+    outcome: str  # "ok", "failed", "interrupted", "incomplete" (skipped or stranded work)
     machines: tuple[MachineRecord, ...]
     estimate: float | None  # the makespan the scheduler expected
     lower_bound: float | None  # from the run's own measured builds; None if nothing was built
@@ -150,8 +150,10 @@ class RunReport:
     skipped: list[str] = field(default_factory=list)
     finished: list[JobFinished] = field(default_factory=list)
     interrupted: bool = False
+    # Stopped with work left that no machine could take any more (every one down mid-run).
+    stranded: bool = False
     health: dict[str, Health | None] = field(default_factory=dict)  # builders' backoff to keep
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.skipped and not self.interrupted
+        return not (self.failed or self.skipped or self.interrupted or self.stranded)

@@ -211,7 +211,7 @@ class Executor(Endings):
             # does stop: one that goes on (-k, nothing left that a machine could build) tells
             # them once, opened.
             try:
-                self._check_stuck()
+                self._check_stuck(opened=False)
             except SchedulerError:
                 self._tell_unreachable(start)
                 raise
@@ -371,7 +371,9 @@ class Executor(Endings):
             until = self.wall() + (self.policy.down_until(name) - start)
             self._events.machine_down(name, error, until)
 
-    def _check_stuck(self) -> None:
+    def _check_stuck(self, *, opened: bool = True) -> None:
+        """Stop the run when work is left that no machine can take: ``stranded`` once it has
+        opened (what it built is kept, ``build.run``), not when it never began."""
         left = self._left()
         if left and not self._stopping:
             now = self.clock()
@@ -381,6 +383,7 @@ class Executor(Endings):
                 if not self.policy.is_up(name, now)
             ]
             msg = f"{left} derivation(s) could not be built: no machine can take them"
+            self.report.stranded = opened
             raise SchedulerError(
                 msg + (f" ({'; '.join(down)})" if down else ""),
                 hint="check the builders with `ssh` or `offload machines`; -j N builds locally; "
