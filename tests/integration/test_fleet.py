@@ -217,6 +217,24 @@ def test_a_fleet_inside_the_login_home_keeps_that_home():
         target.rmdir()
 
 
+def test_a_fleet_started_under_umask_000_keeps_its_private_files_private(tmp_path):
+    # sshd.log was written under the umask (0666 here) and sshd wrote its pid file 0644.
+    before = os.umask(0)
+    try:
+        fleet = fleet_up(tmp_path / "f", [MemberSpec("modes", 1, 1)])
+    finally:
+        os.umask(before)
+    try:
+        root = fleet.member("modes").root
+        for private in ("sshd.log", "sshd_config", "ssh_host_ed25519_key"):
+            assert (root / private).stat().st_mode & 0o777 == 0o600, private
+        for directory in (fleet.dir, root, root / "home"):
+            assert directory.stat().st_mode & 0o777 == 0o700, directory
+        assert not (root / "sshd.pid").exists()  # nothing reads it
+    finally:
+        fleet_down(tmp_path / "f", purge=True)
+
+
 def test_host_keys_are_pinned(fleet, tmp_path):
     # A known_hosts that pins "fast" to medium's key: ssh must refuse to talk to fast.
     medium_key = (fleet.member("medium").root / "ssh_host_ed25519_key.pub").read_text().split()

@@ -301,7 +301,7 @@ def sshd_config(member_root: Path, port: int, spec: MemberSpec) -> str:
         "ListenAddress 127.0.0.1\n"
         f"HostKey {member_root / 'ssh_host_ed25519_key'}\n"
         f"AuthorizedKeysFile {MEMBER_AUTHORIZED_KEYS}\n"
-        f"PidFile {member_root / 'sshd.pid'}\n"
+        "PidFile none\n"  # nothing reads it; sshd would write it 0644
         "PermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\n"

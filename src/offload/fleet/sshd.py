@@ -65,7 +65,7 @@ def start_member(
         config = root / "sshd_config"
         write_private(config, sshd_config(root, port, spec))
         log = root / "sshd.log"
-        log.write_text("")
+        write_private(log, "")  # under umask 000 it was 0666
         argv = member_argv(
             root, config, spec.proc_overrides, home=login_home(fleet_dir), daemon=spec.untrusted
         )
