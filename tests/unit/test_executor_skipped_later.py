@@ -5,11 +5,13 @@ dependency that failed), with what follows it; the run ends (in-memory stores)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+from offload.errors import SchedulerError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
-from offload.ui.events import Event, JobFinished
+from offload.ui.events import Event, JobFinished, MachineEvent
 from tests.helpers.plans import keeps_no_references, make_plan, spec
 
 
@@ -47,3 +49,47 @@ def test_a_job_back_after_its_rebuilt_input_failed_is_skipped_and_the_run_ends()
     assert sorted(report.skipped) == sorted([paths["b"], paths["c"]])
     why = f"dependency {paths['a']} failed"  # as a skip after a failure says it
     assert said[-2:] == [("b", "skipped", why), ("c", "skipped", why)]
+
+
+def test_a_copy_lost_with_its_builder_is_said_before_the_skips_its_fall_makes() -> None:
+    # The same graph; b's copy is lost with slow as the failed rebuild of a comes back. The
+    # skip of b came before its own lost copy in --json, and before slow's fall.
+    plan, paths, _outs, src = make_plan({"a": [], "b": ["a"], "c": ["b"]}, features={"b": "y"})
+
+    async def fails(build: FakeBuild) -> BuildOutcome:
+        return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for a failed")
+
+    fast = FakeStore("fast", builder=keeps_no_references)
+    fast.break_next("dump")
+    slow_link = FakeLink(FakeStore("slow", builder=keeps_no_references))
+    slow_link.fill()
+    local = FakeLink(FakeStore("local", [src], builder=fails))
+    members = [
+        PoolMember(spec("local", slots=1), local, remote=False),
+        PoolMember(spec("fast", speed=8, slots=1), FakeLink(fast), remote=True),
+        PoolMember(spec("slow", speed=1, slots=1, supported=("y",)), slow_link, True),
+    ]
+    events: list[Event] = []
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, JobFinished) and event.status == "failed":
+            slow_link.go_down()  # b's waiting copy fails to connect: slow is lost
+            slow_link.free()
+
+    executor = Executor(plan, members, local, emit=emit, keep_going=True, home={paths["a"]})
+    with contextlib.suppress(SchedulerError):  # slow, the one that could build b, is down
+        asyncio.run(asyncio.wait_for(executor.run(), 10))
+    told = [
+        (e.name, e.status) if isinstance(e, JobFinished) else (e.machine, e.state)
+        for e in events
+        if (isinstance(e, JobFinished) and e.name in {"b", "c"})
+        or (isinstance(e, MachineEvent) and e.machine == "slow")
+    ]
+    assert told == [
+        ("slow", "full"),  # b's copy waits for a slot there
+        ("b", "lost"),
+        ("slow", "down"),
+        ("b", "skipped"),
+        ("c", "skipped"),
+    ]

@@ -59,9 +59,10 @@ class Endings(Stopping):
             and self._losses[drv_path] >= MAX_LOSSES
             and self._fail(drv_path, machine, outcome, now)
         )
-        self._machine_failed(machine, outcome.error or "connection lost", now)
         if not failed:
+            # Said before the machine's fall, which may skip this job too: its skip follows.
             self._emit_outcome(drv_path, machine, "lost", outcome)
+        self._machine_failed(machine, outcome.error or "connection lost", now)
 
     def _returned(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
         if outcome.source is None:
@@ -148,11 +149,11 @@ class Endings(Stopping):
         backoff: the other builds lost in the same fall add nothing."""
         error = self._explain(machine, error)
         down = self.policy.on_machine_failed(machine, now)
-        self._skipped_later()
         self._full.gone(machine)
         if not down.merged:
             self._last_error[machine] = error
             self._events.machine_down(machine, error, self.wall() + (down.until - now))
+        self._skipped_later()  # what its fall skips, once it is said
         # Every copy there: the policy dropped them all, those with a twin elsewhere too (left
         # running, one built for hours on a machine said down, and the run waited for it).
         for other_task, (_, where) in list(self._tasks.items()):
