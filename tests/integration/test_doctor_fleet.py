@@ -439,3 +439,22 @@ def test_an_x86_builder_without_aes_gets_the_cipher_warning_and_its_fix(
     assert cipher["verdict"] == "warn"
     assert "its CPU has no AES instructions" in cipher["detail"]
     assert "Ciphers chacha20-poly1305@openssh.com" in cipher["fix"]
+
+
+def test_a_slot_left_to_another_client_waiting_is_said_as_that(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Another client waits for a slot on da (its fresh marker there): doctor's session is
+    # answered "yield", which doctor said as "all held by others now" though none was held.
+    slots = doctor_fleet.member("da").root / "nix" / "var" / "nix" / "offload-slots"
+    slots.mkdir(mode=0o700, parents=True, exist_ok=True)
+    marker = slots / "want-another-client"
+    marker.touch()
+    try:
+        done = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da", "--json")
+    finally:
+        marker.unlink()
+    assert done.returncode == 0, done.stderr + done.stdout
+    said = check(reports(done)["da"], "slots")
+    assert said["verdict"] == "ok"
+    assert said["detail"].endswith("; the next free one goes to another client waiting there now")

@@ -273,7 +273,10 @@ def test_slots_say_where_they_are_counted_and_how_to_count_them_on_the_builder()
     here = facts.slots_check(2, None)
     assert (here.verdict, here.fix) == (Verdict.OK, None)
     assert "2 counted on the builder" in here.detail
-    assert facts.slots_check(2, None, full=True).detail.endswith("all held by others now")
+    assert facts.slots_check(2, None, full="busy").detail.endswith("all held by others now")
+    # A slot left free for another client waiting there is not one held by others.
+    yielded = facts.slots_check(2, None, full="yield").detail
+    assert yielded.endswith("the next free one goes to another client waiting there now")
     for reason, fix_word in (
         (RESTRICTED_FALLBACK, "command="),
         (DAEMON_RESTRICTED_FALLBACK, "command="),

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Collection, Mapping, Sequence
+from typing import Literal
 
 from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
@@ -371,11 +372,16 @@ _SLOT_FIXES = {
 
 
 def slots_check(
-    slots: int, fallback: str | None, *, full: bool = False, counted: str | None = None
+    slots: int,
+    fallback: str | None,
+    *,
+    full: Literal["busy", "yield"] | None = None,
+    counted: str | None = None,
 ) -> Check:
     """Where a build session's slot was counted: on the builder (every client on every host
     counts the same ``slots``, among the accounts ``counted`` says: ``wrapper.parse_count``;
-    ``full`` when others hold them all now), or, with why (``fallback``), on this host only.
+    ``full`` when none was had now: others hold them all, ``busy``, or a free one is left to
+    another client waiting there, ``yield``), or, with why (``fallback``), on this host only.
     None at all (maxJobs 0): no build is ever sent there, by Nix or offload."""
     if slots == 0:
         return Check(
@@ -391,7 +397,7 @@ def slots_check(
             f"counted on this host only: {fallback}; clients on other hosts do not see them",
             _SLOT_FIXES.get(fallback),
         )
-    now = "; all held by others now" if full else ""
+    now = _FULL_NOW[full] if full else ""
     if counted == "home":
         # Its user cannot write the Nix state: the count is in its home, apart from other
         # accounts' (a CI logging in as root, a person as themselves).
@@ -404,6 +410,11 @@ def slots_check(
     detail = f"{slots} counted on the builder, by every offload client on every host"
     return Check("slots", Verdict.OK, detail + now)
 
+
+_FULL_NOW = {
+    "busy": "; all held by others now",
+    "yield": "; the next free one goes to another client waiting there now",
+}
 
 _PER_USER_FIX = (
     "nothing to fix if every client logs in as this user (`offload setup builder` makes one "

@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from offload.config.machines import Machine
 from offload.doctor import claims, facts
@@ -261,7 +262,8 @@ class _Probe(LoginProbe):
         try:
             await self._bounded(open_one(), self.timeout + SLACK)
         except BuilderFullError:
-            return facts.slots_check(slots, None, full=True, counted=link.slots_counted)
+            now: Literal["busy", "yield"] = "yield" if link.slot_yielded else "busy"
+            return facts.slots_check(slots, None, full=now, counted=link.slots_counted)
         except (TimeoutError, OffloadError) as exc:
             error = exc.message if isinstance(exc, OffloadError) else "no answer in time"
             return Check("slots", Verdict.WARN, f"not checked: {error}")

@@ -135,6 +135,8 @@ class Link:
         # Whose slots there the count is (``wrapper.parse_count``): "home", the builder user's
         # own; "nix", every account's that writes the builder's Nix state; None, not known.
         self.slots_counted: str | None = None
+        # The last wait for a slot there was a yield: a free one left to a client waiting.
+        self.slot_yielded = False
         self.client_id = CLIENT_ID
         # When a build was last refused a slot there: for WANT_FRESH s this client waits there
         # (its marker is that fresh) and never yields, or one that asks seldom (offload-hook:
@@ -269,6 +271,7 @@ class Link:
                 session = await self._open(ask)
             except BuilderFullError as full:
                 self.slots_counted = full.count or self.slots_counted  # doctor's, when full
+                self.slot_yielded = full.yielded
                 if not full.yielded:  # one that yielded goes on yielding to the waiter
                     self._refused = time.monotonic()
                     waited = True
