@@ -350,3 +350,21 @@ def test_standard_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
         "error: cannot write the report to standard output: No space left on device",
         "hint: free space where it goes, or name a file with -o",
     ]
+
+
+def test_the_page_is_on_disk_whole_before_it_takes_the_name(tmp_path, monkeypatch):
+    # Renamed unsynced, a crash could leave an empty file under the page's name.
+    target = tmp_path / "r.html"
+    target.write_text("the page before")
+    synced: list[tuple[bytes, str]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((Path(f"/proc/self/fd/{fd}").read_bytes(), target.read_text()))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_page(make_model(_run({}), [_build("a", "fast", 1, 5)]), target)
+    ((written, there),) = synced
+    assert written.decode() == target.read_text()  # the whole page, synced
+    assert there == "the page before"  # before the rename

@@ -351,6 +351,23 @@ def test_files_are_written_all_or_none_and_never_over_old_ones(tmp_path: Path) -
     assert (other / "b.sh").read_text() == "mine\n"
 
 
+def test_each_file_is_on_disk_whole_before_it_takes_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Linked in unsynced, a crash could leave an empty nix.conf or machines file.
+    synced: list[tuple[bytes, list[str]]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        there = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+        synced.append((Path(f"/proc/self/fd/{fd}").read_bytes(), there))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_files(tmp_path / "out", [("a.nix", "A\n"), ("b.sh", "B\n")])
+    assert synced == [(b"A\n", []), (b"B\n", ["a.nix"])]
+
+
 def test_printed_files_come_under_their_headers() -> None:
     text = render([("a", "1\n"), ("b", "2\n")], {"a": "here"})
     assert text == "# ==> a: here <==\n1\n\n# ==> b <==\n2\n"

@@ -168,6 +168,10 @@ def write_page(model: ReportModel, path: Path | None) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(page)
+            out.flush()
+            # On disk before its name is: a crash after the rename leaves the whole page, or
+            # the one it replaced, never an empty file under the page's name.
+            os.fsync(out.fileno())
         # A page to open and share, as the umask allows; one replaced keeps its mode, as a
         # shell's `>` keeps it (a 0600 page stays private).
         Path(tmp).chmod(_kept_mode(path))

@@ -93,6 +93,8 @@ def _write_one(directory: Path, name: str, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
+            out.flush()
+            os.fsync(out.fileno())  # whole on disk before its name is: a config is never empty
         Path(scratch).chmod(readable_mode(executable=name.endswith(_EXECUTABLE)))
         try:
             os.link(scratch, final)
