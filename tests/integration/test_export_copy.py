@@ -118,3 +118,22 @@ def test_the_next_dump_starts_while_the_last_path_is_sent(
     marked = dataclasses.replace(Exporter(("nix-store",), None, LOCAL), program=(str(script),))
     _copy(fleet, [first, second], marked)
     assert _member_hashes(fleet, [first, second]) == _local_hashes([first, second])
+
+
+def test_a_few_small_paths_go_through_the_session_not_a_nix_store_child(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    # A build's inputs are most often a few small outputs: a `nix-store --export` child cost
+    # more to start than they take to send. An exporter that always fails shows it unused.
+    paths = added_random(tmp_path, 64 << 10, 3, prefix="small")
+    script = tmp_path / "nix-store-fails"
+    script.write_text('#!/bin/sh\necho "error: not to be run" >&2\nexit 1\n')
+    script.chmod(0o755)
+    failing = dataclasses.replace(Exporter(("nix-store",), None, LOCAL), program=(str(script),))
+    moved, _ = _copy(fleet, paths, failing)
+    assert moved > 3 * (64 << 10)
+    assert _member_hashes(fleet, paths) == _local_hashes(paths)
+    # Past SPLICED_FROM in all, the same exporter is the one that writes them: it fails.
+    many = added_random(tmp_path, 3 << 20, 2, prefix="bulk")
+    with pytest.raises(ExportFailed, match="not to be run"):
+        _copy(fleet, many, failing)
