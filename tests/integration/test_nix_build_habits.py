@@ -211,6 +211,42 @@ def test_a_dry_run_with_no_machine_lists_them_and_says_so_in_one_line(project: P
     assert lines[at + 3 :] == [f"{said} and no builder is set"]
 
 
+@pytest.mark.parametrize("expression", ["[]", "{ lib = { x = 1; }; }"])
+def test_an_expression_of_no_derivations_builds_nothing_and_exits_0(
+    project: Path, expression: str
+) -> None:
+    # A job set empty on this platform (`lib.optionalAttrs isLinux {...}` on Darwin): it
+    # said "error: the expression produced no derivations" and exited 1.
+    for args in (("-E", expression), ("--dry-run", "-E", expression)):
+        nix, offload = both(project, *args)
+        assert (nix.returncode, nix.stdout) == (0, ""), nix.stderr
+        assert (offload.returncode, offload.stdout) == (0, ""), offload.stderr
+        assert "error" not in offload.stderr
+    assert list((project / "off").iterdir()) == []  # no result link
+
+
+def test_max_jobs_0_with_no_builder_is_fine_while_every_output_is_valid(project: Path) -> None:
+    # It said "error: no machine to build on" before looking; nix-build (a cache-only CI's
+    # max-jobs = 0) builds nothing and links what is there.
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    assert (
+        one(project, "nix", "--no-out-link", "-A", "ok", *nonce, "../default.nix").returncode == 0
+    )
+    nix, offload = both(project, "-j", "0", "-A", "ok", *nonce, "../default.nix")
+    assert nix.returncode == 0, nix.stderr
+    assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+    assert (project / "off" / "result").resolve() == (project / "nix" / "result").resolve()
+    # With one to build, both fail, offload in one line with its hint.
+    nix, offload = both(project, "-j", "0", "-A", "two", *nonce, "../default.nix")
+    assert nix.returncode == offload.returncode == 1
+    said = errors(offload.stderr).splitlines()
+    assert (
+        said[0]
+        == "error: no machine to build on: the local machine takes no jobs and no builder is set"
+    )
+    assert said[1].startswith("hint: ")
+
+
 def test_a_channel_argument_is_nixs_to_download_as_nix_build_does(project: Path) -> None:
     # `nix-build channel:nixos-22.05 -A hello`: Nix downloads the channel's tarball. Offline
     # here, so both fail the same way, in Nix's words; offload used to call it a missing file.

@@ -31,6 +31,7 @@ __all__ = [
     "RESTRICTED",
     "follow_loads",
     "local_spec",
+    "no_machine_error",
     "pool_members",
     "pool_specs",
     "tell_missing_keys",
@@ -73,7 +74,9 @@ async def pool_members(
     builder's slots (counted there, or here only and why) is written to ``fallbacks`` after.
     A builder whose master was not started early (left out then, backed off) connects over
     its persistent master in ``shared`` (``transport.persist``), as the others do.
-    Every link is closed at the end, ``local_link``'s too: its sessions end with the builders'."""
+    Every link is closed at the end, ``local_link``'s too: its sessions end with the builders'.
+    None at all is no error here: a run with nothing to build needs none (``no_machine_error``
+    is the caller's once it knows)."""
     members: list[PoolMember] = []
     links: list[MachineLink] = []
     try:
@@ -105,8 +108,6 @@ async def pool_members(
                     else None,
                 )
             )
-        if not members:
-            raise _no_machine(pool)
         try:
             yield members
         finally:
@@ -116,7 +117,7 @@ async def pool_members(
         await _close_all([local_link, *links])
 
 
-def _no_machine(pool: Pool) -> SchedulerError:
+def no_machine_error(pool: Pool) -> SchedulerError:
     # No member means neither the local machine nor a builder takes jobs, which no_machine
     # says; its fallback is for a pool that ever disagrees, not an assert (gone under -O).
     why = pool.no_machine() or ("no machine takes jobs", "offload machines lists them")

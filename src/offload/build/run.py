@@ -39,6 +39,7 @@ from offload.build.faults import explain
 from offload.build.graph import DrvGraph, Roots, check_impossible, load_graph
 from offload.build.members import (
     follow_loads,
+    no_machine_error,
     pool_members,
     tell_missing_keys,
     tell_restricted,
@@ -114,6 +115,8 @@ async def run_build(
                 unreachable=unreachable, warm=warm, late=late, emit=told, estimate=estimate,
                 check=check, nix_said=nix_said or _to_stderr, caches=caches,
             )  # fmt: skip
+            if not members and plan.order:  # -j 0 and no builder: fine while all is valid
+                raise no_machine_error(pool)
             _tell_logins(pool, members, remote.keys() - unreachable.keys(), late, told)
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
