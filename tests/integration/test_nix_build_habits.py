@@ -247,6 +247,18 @@ def test_max_jobs_0_with_no_builder_is_fine_while_every_output_is_valid(project:
     assert said[1].startswith("hint: ")
 
 
+def test_the_store_named_auto_is_the_local_one_as_nix_build_takes_it(project: Path) -> None:
+    # --store auto (a script's or an alias's) was refused as another store.
+    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
+    store = ("--store", "auto", "--eval-store", "auto")
+    nix, offload = both(project, "--no-out-link", *store, "-A", "ok", *nonce, "../default.nix")
+    assert nix.returncode == 0, nix.stderr
+    assert (offload.returncode, offload.stdout) == (0, nix.stdout), offload.stderr
+    other = one(project, "off", "--store", "auto", "--store", "/tmp/x", "-A", "ok")
+    assert other.returncode == 1
+    assert errors(other.stderr).startswith("error: --store: not supported by offload build")
+
+
 def test_a_channel_argument_is_nixs_to_download_as_nix_build_does(project: Path) -> None:
     # `nix-build channel:nixos-22.05 -A hello`: Nix downloads the channel's tarball. Offline
     # here, so both fail the same way, in Nix's words; offload used to call it a missing file.

@@ -354,16 +354,19 @@ def _ifd_flags(args: argparse.Namespace, *, jobs: bool = True) -> list[str]:
 
 
 class _Named(argparse.Action):
-    """Appends the option's own name (``--store``), not its value."""
+    """Appends the option's own name (``--store``), not its value; a store named ``auto`` is
+    the one Nix picks by default, the one offload builds into: no other store."""
 
     @override
     def __call__(
         self,
         _parser: argparse.ArgumentParser,
         namespace: argparse.Namespace,
-        _values: object,
+        values: object,
         option_string: str | None = None,
     ) -> None:
+        if values == ["auto"]:
+            return
         given = list(getattr(namespace, self.dest, None) or [])
         if option_string not in given:
             given.append(option_string)
