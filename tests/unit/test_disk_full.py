@@ -28,6 +28,22 @@ def test_other_failures_are_the_derivations_own():
     assert not disk_full(BuildStatus.BUILT, "No space left on device")
 
 
+def test_the_builds_own_lines_nix_quotes_are_not_read():
+    # The daemon's answer (ssh-ng://) quotes the build's last lines behind "> "; Nix's own
+    # note comes after them.
+    quoted = (
+        "builder for '/nix/store/x.drv' failed with exit code 1;\n"
+        "last 2 log lines:\n"
+        "> cp: error writing 't': No space left on device\n"
+        "> note: build failure may have been caused by lack of free disk space\n"
+        "For full logs, run '\x1b[1mnix-store -l /nix/store/x.drv\x1b[0m'."
+    )
+    assert not disk_full(BuildStatus.PERMANENT_FAILURE, quoted)
+    with_note = quoted + "\nnote: build failure may have been caused by lack of free disk space"
+    assert disk_full(BuildStatus.TRANSIENT_FAILURE, with_note)
+    assert disk_full_error("fast", with_note).endswith("lack of free disk space)")
+
+
 def test_the_reason_quotes_the_line_that_says_so():
     assert disk_full_error("fast", NOTE) == (
         "fast's disk is full "

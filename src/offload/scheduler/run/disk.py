@@ -4,8 +4,10 @@ Nix 2.8 cannot know whether a builder got ENOSPC, so after a failed build it loo
 space of its store and build directory: under 8 MiB in either, it answers the build with
 ``TransientFailure`` and adds "note: build failure may have been caused by lack of free disk
 space" to the error. Nix's own writes (a log, an output it moves or registers) fail with the
-system's "No space left on device" in the error itself. Either text in Nix's answer (never a
-line of the build's own log, which any build may print) is read as a full disk: the copy ends
+system's "No space left on device" in the error itself. Either text in Nix's own lines of its
+answer is read as a full disk; the build's last log lines, which Nix quotes there after "last N
+log lines:" each behind "> " (the daemon's answer, an ssh-ng:// builder's), are the build's
+words, which any build may print (a test filling its own tmpfs): never read. The copy ends
 "lost", so the builder is backed off with this reason and the build runs elsewhere, at most
 ``MAX_LOSSES`` times like any other lost build.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from offload.ansi import strip_ansi
 from offload.errors import OffloadError
 from offload.protocol.serve import BuildStatus
 
@@ -36,17 +39,27 @@ class PartialRemover(Protocol):
     async def remove_partial(self, paths: Sequence[str]) -> None: ...
 
 
+def _nix_lines(error_msg: str) -> list[str]:
+    """The lines of Nix's answer that are Nix's own: not the build's log lines it quotes."""
+    lines = (line.strip() for line in strip_ansi(error_msg).splitlines())
+    return [line for line in lines if line and not line.startswith(">")]
+
+
+def _says_full(line: str) -> bool:
+    return _NIX_NOTE in line or _ENOSPC in line
+
+
 def disk_full(status: BuildStatus, error_msg: str) -> bool:
     """Does Nix's answer to a failed build say the builder's disk is full?"""
     if status.succeeded:
         return False
-    return _NIX_NOTE in error_msg or _ENOSPC in error_msg
+    return any(_says_full(line) for line in _nix_lines(error_msg))
 
 
 def disk_full_error(machine: str, error_msg: str) -> str:
     """The reason a builder is backed off, with the line of Nix's error that says so."""
-    lines = [line.strip() for line in error_msg.splitlines() if line.strip()]
-    said = [line for line in lines if _NIX_NOTE in line or _ENOSPC in line]
+    lines = _nix_lines(error_msg)
+    said = [line for line in lines if _says_full(line)]
     return f"{machine}'s disk is full (Nix: {(said or lines or ['no error text'])[0]})"
 
 
