@@ -27,29 +27,24 @@ derivation.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 
-from offload.errors import OffloadError, ProtocolError, TransportError
-from offload.history.records import BuildRecord
+from offload.errors import OffloadError
 from offload.hook.backed_off import given_up, say_declined, say_left_out, say_unfit, to_retry
+from offload.hook.build_one import Lost, build_on, record_build
 from offload.hook.context import Estimate, HookContext, poll_interval
 from offload.hook.decide import Choice, LocalOffer, choose, may_queue, place_queued
 from offload.hook.dispatch import Placement
 from offload.hook.full import MOVED_NOTE, WAIT_NOTE, FullBuilders
 from offload.hook.guard import Guard
 from offload.hook.links import BuilderFullError, Unreachable
-from offload.hook.remote import CachesHeard, Outcome, build_remote, error_message, log_writer
+from offload.hook.remote import error_message, log_writer
 from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_reply
-from offload.names import LOCAL
-from offload.protocol.serve import BuildOptions, StoreClient
 from offload.protocol.wire import ByteReader
 from offload.slots import slot_key
-from offload.store.drv import read_derivation
 from offload.store.path import STORE_DIR
 
 __all__ = ["answer"]
@@ -225,10 +220,6 @@ async def answer(
     return None
 
 
-class _Lost(Exception):
-    """The builder went away mid-build (already backed off): build it somewhere else."""
-
-
 async def _accept(
     context: HookContext,
     reader: ByteReader,
@@ -257,11 +248,11 @@ async def _accept(
                 )
                 guard = Guard(STORE_DIR, kill)
             try:
-                outcome = await _build(context, session.client, request, accepted, name)
+                outcome = await build_on(context, session.client, request, accepted, name)
             finally:
                 if guard is not None:
                     guard.dismiss()
-    except _Lost:
+    except Lost:
         # Only the coordinator goes on: accepted already, but Nix cares not where it builds.
         assert accepted is not None
         return await _build_where_a_slot_frees(
@@ -269,7 +260,7 @@ async def _accept(
         )
     if outcome is None:
         return 1
-    _record(context, request, name, outcome)
+    record_build(context, request, name, outcome)
     return outcome.exit_code
 
 
@@ -328,7 +319,9 @@ async def _build_where_a_slot_frees(
                     if why is not None:
                         log(MOVED_NOTE.format(origin=origin, target=machine.name, why=why))
                     origin = machine.name
-                    outcome = await _build(context, session.client, request, accepted, machine.name)
+                    outcome = await build_on(
+                        context, session.client, request, accepted, machine.name
+                    )
             except BuilderFullError:
                 _wait_full(context, machine.name, waiting)
                 origin = machine.name
@@ -337,7 +330,7 @@ async def _build_where_a_slot_frees(
                 context.machine_failed(machine.name, exc.reason)
                 excluded.add(machine.name)
                 continue
-            except _Lost:
+            except Lost:
                 excluded.add(machine.name)
                 continue
             finally:
@@ -345,7 +338,7 @@ async def _build_where_a_slot_frees(
                 context.keep.released(machine.name)
             if outcome is None:
                 return 1
-            _record(context, request, machine.name, outcome)
+            record_build(context, request, machine.name, outcome)
             return outcome.exit_code
     finally:
         _stop_waiting(builders_full, waiting)
@@ -408,80 +401,3 @@ def _why_moved(context: HookContext, origin: str, target: str, excluded: set[str
         f"{time.time() - since:.1f} s, so '{target}' is expected to finish it first (a full "
         "builder is taken to stay full as long again)"
     )
-
-
-async def _build(
-    context: HookContext, remote: StoreClient, request: TryRequest, accepted: Accepted, name: str
-) -> Outcome | None:
-    """The build's outcome; None if it could not be built here (said to the user), ``_Lost``
-    if the builder went away. One stopped (Nix gone: Ctrl-C; the coordinator stopped) is kept
-    in history as cancelled, and one whose builder went away as lost, as ``offload build``
-    keeps its stopped copies."""
-    started = time.time()
-    machine = context.machine(name)
-    substitute = context.pool.builders_use_substitutes or (
-        machine.params.get("builders-use-substitutes") == "true"
-    )
-    try:
-        async with context.keep.local(context.env) as local:
-            return await build_remote(
-                context.io,
-                request,
-                accepted,
-                local=local,
-                remote=remote,
-                machine=name,
-                options=BuildOptions.from_settings(context.settings.get),
-                substitute=substitute,
-                copying=CachesHeard(context.say_to_client, name) if substitute else None,
-            )
-    except asyncio.CancelledError:
-        _record(context, request, name, Outcome(0, started, time.time()), status="cancelled")
-        raise
-    except (OffloadError, OSError) as exc:
-        message = exc.message if isinstance(exc, OffloadError) else str(exc)
-        ended = Outcome(1, started, time.time())
-        if isinstance(exc, TransportError | ProtocolError) and exc.peer != LOCAL:
-            context.machine_failed(name, message)
-            _record(context, request, name, ended, status="lost", error=message)
-            if context.keep.dispatch is not None:
-                raise _Lost(message) from exc
-        else:  # this host's side (its store, the .drv): the build failed, no builder did
-            _record(context, request, name, ended, status="failed", error=message)
-        hint = f" ({exc.hint})" if isinstance(exc, OffloadError) and exc.hint else ""
-        error_message(
-            context.io, f"offload-hook: building '{request.drv_path}' on '{name}': {message}{hint}"
-        )
-        return None
-
-
-def _record(
-    context: HookContext,
-    request: TryRequest,
-    name: str,
-    outcome: Outcome,
-    *,
-    status: str | None = None,
-    error: str | None = None,
-) -> None:
-    """Keep the build in history: ``status``, else built or failed by its exit code; a lost
-    one with why (``error``: its builder's failure), a failed one with the builder's reason
-    (``outcome``'s), as ``offload build`` keeps its own."""
-    record = BuildRecord(
-        run_id=f"hook-{uuid.uuid4().hex[:12]}",
-        drv_path=request.drv_path,
-        pname=request.pname,
-        machine=name,
-        started=outcome.started,
-        finished=outcome.finished,
-        status=status or ("built" if outcome.exit_code == 0 else "failed"),
-        bytes_sent=outcome.sent,
-        bytes_received=outcome.received,
-        name=request.name,
-        phases=outcome.phases,
-        error=error if error is not None else outcome.error,
-    )
-    inputs: tuple[str, ...] = ()  # what it was built on gives later hooks their tails
-    with contextlib.suppress(OffloadError):
-        inputs = tuple(read_derivation(request.drv_path).input_drvs)
-    context.keep.record(record, inputs)

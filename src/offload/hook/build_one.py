@@ -1,0 +1,103 @@
+"""One accepted build on its builder (``build_on``): its outcome, kept in history as
+``offload build`` keeps its copies (``record_build``). A builder that goes away under it is
+backed off and, in the coordinator, the build is ``Lost``: ``offload.hook.run`` then builds it
+where a slot frees."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+from offload.errors import OffloadError, ProtocolError, TransportError
+from offload.history.records import BuildRecord
+from offload.hook.context import HookContext
+from offload.hook.remote import CachesHeard, Outcome, build_remote, error_message
+from offload.hook.wire import Accepted, TryRequest
+from offload.names import LOCAL
+from offload.protocol.serve import BuildOptions, StoreClient
+from offload.store.drv import read_derivation
+
+__all__ = ["Lost", "build_on", "record_build"]
+
+
+class Lost(Exception):
+    """The builder went away mid-build (already backed off): build it somewhere else."""
+
+
+async def build_on(
+    context: HookContext, remote: StoreClient, request: TryRequest, accepted: Accepted, name: str
+) -> Outcome | None:
+    """The build's outcome; None if it could not be built here (said to the user), ``Lost``
+    if the builder went away. One stopped (Nix gone: Ctrl-C; the coordinator stopped) is kept
+    in history as cancelled, and one whose builder went away as lost, as ``offload build``
+    keeps its stopped copies."""
+    started = time.time()
+    machine = context.machine(name)
+    substitute = context.pool.builders_use_substitutes or (
+        machine.params.get("builders-use-substitutes") == "true"
+    )
+    try:
+        async with context.keep.local(context.env) as local:
+            return await build_remote(
+                context.io,
+                request,
+                accepted,
+                local=local,
+                remote=remote,
+                machine=name,
+                options=BuildOptions.from_settings(context.settings.get),
+                substitute=substitute,
+                copying=CachesHeard(context.say_to_client, name) if substitute else None,
+            )
+    except asyncio.CancelledError:
+        record_build(context, request, name, Outcome(0, started, time.time()), status="cancelled")
+        raise
+    except (OffloadError, OSError) as exc:
+        message = exc.message if isinstance(exc, OffloadError) else str(exc)
+        ended = Outcome(1, started, time.time())
+        if isinstance(exc, TransportError | ProtocolError) and exc.peer != LOCAL:
+            context.machine_failed(name, message)
+            record_build(context, request, name, ended, status="lost", error=message)
+            if context.keep.dispatch is not None:
+                raise Lost(message) from exc
+        else:  # this host's side (its store, the .drv): the build failed, no builder did
+            record_build(context, request, name, ended, status="failed", error=message)
+        hint = f" ({exc.hint})" if isinstance(exc, OffloadError) and exc.hint else ""
+        error_message(
+            context.io, f"offload-hook: building '{request.drv_path}' on '{name}': {message}{hint}"
+        )
+        return None
+
+
+def record_build(
+    context: HookContext,
+    request: TryRequest,
+    name: str,
+    outcome: Outcome,
+    *,
+    status: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Keep the build in history: ``status``, else built or failed by its exit code; a lost
+    one with why (``error``: its builder's failure), a failed one with the builder's reason
+    (``outcome``'s), as ``offload build`` keeps its own."""
+    record = BuildRecord(
+        run_id=f"hook-{uuid.uuid4().hex[:12]}",
+        drv_path=request.drv_path,
+        pname=request.pname,
+        machine=name,
+        started=outcome.started,
+        finished=outcome.finished,
+        status=status or ("built" if outcome.exit_code == 0 else "failed"),
+        bytes_sent=outcome.sent,
+        bytes_received=outcome.received,
+        name=request.name,
+        phases=outcome.phases,
+        error=error if error is not None else outcome.error,
+    )
+    inputs: tuple[str, ...] = ()  # what it was built on gives later hooks their tails
+    with contextlib.suppress(OffloadError):
+        inputs = tuple(read_derivation(request.drv_path).input_drvs)
+    context.keep.record(record, inputs)
