@@ -23,7 +23,10 @@ __all__ = ["Lost", "build_on", "record_build"]
 
 
 class Lost(Exception):
-    """The builder went away mid-build (already backed off): build it somewhere else."""
+    """The builder went away mid-build (already backed off): build it somewhere else, as
+    ``accepted`` (set by whoever accepted it)."""
+
+    accepted: Accepted | None = None
 
 
 async def build_on(

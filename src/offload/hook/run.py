@@ -205,19 +205,47 @@ async def answer(
                 return await _accept_and_wait(
                     context, reader, request, name, work, found_full=full_now
                 )
-            async with _slot(context, choice) as held:
-                if not held:
-                    continue  # another process took the slot since the probe: decide again
-                try:
-                    return await _accept(context, reader, request, name, work, guarded=guarded)
-                except Unreachable as exc:
-                    # Backed off from now on: the next decision leaves it out, as it says why.
-                    context.machine_failed(name, exc.reason)
-                    retry.discard(name)
-                except BuilderFullError:
-                    full.add(name)  # not yet accepted: Nix waits for this reply: decide again
+            code = await _accept_in_slot(context, reader, request, choice, work, guarded=guarded)
+            if isinstance(code, int):
+                return code
+            if isinstance(code, Unreachable):
+                # Backed off from now on: the next decision leaves it out, as it says why.
+                context.machine_failed(name, code.reason)
+                retry.discard(name)
+            elif isinstance(code, BuilderFullError):
+                full.add(name)  # not yet accepted: Nix waits for this reply: decide again
     write_reply(context.io, Reply.POSTPONE)
     return None
+
+
+async def _accept_in_slot(
+    context: HookContext,
+    reader: ByteReader,
+    request: TryRequest,
+    choice: Choice,
+    work: float,
+    *,
+    guarded: bool,
+) -> int | Unreachable | BuilderFullError | None:
+    """Accept and build on ``choice``'s builder with its slot here held: the exit code, or
+    why to decide again (None: another process took the slot since the probe). A builder lost
+    mid-build lets its slot here go before the build waits for one elsewhere: held on, it
+    read busy, to this host's other clients too, for as long as that build took."""
+    name = str(choice.machine)
+    async with _slot(context, choice) as held:
+        if not held:
+            return None
+        try:
+            return await _accept(context, reader, request, name, guarded=guarded)
+        except (Unreachable, BuilderFullError) as exc:
+            return exc
+        except Lost as exc:
+            lost = exc
+    # Only the coordinator goes on: accepted already, but Nix cares not where it builds.
+    assert lost.accepted is not None
+    return await _build_where_a_slot_frees(
+        context, request, lost.accepted, work, excluded={name}, origin=name
+    )
 
 
 async def _accept(
@@ -225,7 +253,6 @@ async def _accept(
     reader: ByteReader,
     request: TryRequest,
     name: str,
-    work: float,
     *,
     guarded: bool,
 ) -> int:
@@ -252,12 +279,9 @@ async def _accept(
             finally:
                 if guard is not None:
                     guard.dismiss()
-    except Lost:
-        # Only the coordinator goes on: accepted already, but Nix cares not where it builds.
-        assert accepted is not None
-        return await _build_where_a_slot_frees(
-            context, request, accepted, work, excluded={name}, origin=name
-        )
+    except Lost as lost:
+        lost.accepted = accepted  # built elsewhere once its slot here is let go
+        raise
     if outcome is None:
         return 1
     record_build(context, request, name, outcome)
