@@ -82,3 +82,23 @@ def test_prefer_local_build_on_builders_is_guessed_trivial(
     assert "expected to finish first" in str(decided("env"))
     env, plain = out.split()
     assert (Path(env).read_text().strip(), Path(plain).read_text().strip()) == ("1", "4")
+
+
+def test_offload_toml_local_slots_do_not_hold_against_nixs_own(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    # `[local] max-jobs = 4` brought back in the hook a local machine Nix was told not to
+    # use (-j 0): the preferLocalBuild derivation was declined for it, and Nix, with no slot
+    # of its own, failed ("unable to start any build").
+    config = tmp_path / "config"
+    (config / "offload").mkdir(parents=True)
+    (config / "offload" / "offload.toml").write_text("[local]\nmax-jobs = 4\n")
+    file = nix_file(tmp_path, BODY)
+    proc = start_nix_build(fleet, tmp_path, file, "-A", "env", "-j0", XDG_CONFIG_HOME=str(config))
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    (built,) = out.split()
+    assert Path(built).read_text().strip() in {"1", "2", "4"}  # a builder's speed: not local

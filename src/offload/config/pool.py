@@ -383,12 +383,15 @@ def load_pool(
     nix_settings: NixSettings | None = None,
     lenient: bool = False,
     builders_setting: str = "nix.conf builders",
+    nix_builds_here: bool = False,
 ) -> Pool:
     """The pool for this run: machines spec, then offload.toml, then the local entry.
 
     A bad machines entry raises, as Nix fails on it; ``lenient`` (`offload machines`) reads on
     and keeps every such problem in ``Pool.errors`` instead. ``builders_setting`` names Nix's
-    ``builders`` setting in what is said about its entries (``settings.builders_spec``)."""
+    ``builders`` setting in what is said about its entries (``settings.builders_spec``).
+    ``nix_builds_here`` (the build hook): the local machine's slots, systems and features are
+    Nix's, whatever offload.toml's ``[local]`` says (``settings.local_machine``)."""
     env = os.environ if env is None else env
     settings = nix_settings if nix_settings is not None else read_nix_settings(env, options)
     spec, origin = builders_spec(builders, env, settings, options, setting=builders_setting)
@@ -406,7 +409,7 @@ def load_pool(
         warnings += more
     machines, more = one_name_each(machines)
     warnings += more
-    entry = local_machine(settings, toml.local if toml else None)
+    entry = local_machine(settings, toml.local if toml else None, nix_builds_here=nix_builds_here)
     local = entry if entry.max_jobs > 0 else None
     substitutes = settings.get("builders-use-substitutes") == "true"
     # As nix-build, an option Nix refused is one warning and no setting, never a failure.

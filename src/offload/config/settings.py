@@ -299,8 +299,12 @@ def builders_spec(
     return spec, setting
 
 
-def local_machine(settings: NixSettings, toml: TomlLocal | None = None) -> LocalMachine:
-    """The local machine's entry: Nix's settings, overridden by offload.toml's ``[local]``."""
+def local_machine(
+    settings: NixSettings, toml: TomlLocal | None = None, *, nix_builds_here: bool = False
+) -> LocalMachine:
+    """The local machine's entry: Nix's settings, overridden by offload.toml's ``[local]``;
+    with ``nix_builds_here`` (the build hook: Nix builds what it declines, in Nix's own slots,
+    for Nix's own systems and features) only its speed factor."""
     jobs_text = settings.get("max-jobs")
     if jobs_text == "auto":
         max_jobs = os.cpu_count() or 1
@@ -317,6 +321,7 @@ def local_machine(settings: NixSettings, toml: TomlLocal | None = None) -> Local
     speed = 1.0
     if toml is not None:
         speed = toml.speed_factor if toml.speed_factor is not None else speed
+    if toml is not None and not nix_builds_here:
         max_jobs = toml.max_jobs if toml.max_jobs is not None else max_jobs
         systems = toml.systems if toml.systems is not None else systems
         features = toml.features if toml.features is not None else features

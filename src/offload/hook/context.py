@@ -358,6 +358,7 @@ def load_context(
         env=env,
         nix_settings=settings,
         builders_setting="Nix's builders setting",
+        nix_builds_here=True,
     )
     now = time.time()
     pool, note = _chosen(whole, state, now)
