@@ -1,6 +1,8 @@
 """What a program that could not be started is said as: ``not_started`` makes the
 ``TransportError`` (why, and its fix) that ``offload.process`` raises for every spawn's
-``OSError``, so that each way of starting a process says it in one wording."""
+``OSError``, so that each way of starting a process says it in one wording. Every process
+offload starts runs on this host: its ``peer`` is ``LOCAL``, so that no builder is blamed for
+an ssh missing here, or a process limit reached (EAGAIN, EMFILE)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from offload.errors import TransportError
+from offload.names import LOCAL
 
 __all__ = ["not_started"]
 
@@ -28,7 +31,13 @@ _INSTALL_HINTS = {
 def not_started(argv: Sequence[str], exc: OSError, cwd: Path | None = None) -> TransportError:
     """Why ``argv`` could not be started (``exc``, from the spawn, in ``cwd`` if given), with
     the fix for that cause (each had the install hint: an argument list too long, a program
-    that is no program, a cwd that is gone)."""
+    that is no program, a cwd that is gone); this host's fault (``peer``)."""
+    error = _said(argv, exc, cwd)
+    error.peer = LOCAL
+    return error
+
+
+def _said(argv: Sequence[str], exc: OSError, cwd: Path | None) -> TransportError:
     program = Path(argv[0]).name
     said = f"cannot run {argv[0]}: {exc.strerror}"
     if cwd is not None and exc.filename in (cwd, str(cwd)):  # its chdir failed, not its exec

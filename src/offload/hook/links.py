@@ -45,6 +45,7 @@ from pathlib import Path
 from offload.config.machines import Machine
 from offload.errors import OffloadError, SshError, TransportError
 from offload.hook.loads import HookLoads
+from offload.names import LOCAL
 from offload.protocol.serve import StoreClient
 from offload.protocol.store import also_heard
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
@@ -212,7 +213,7 @@ class BuilderLinks:
                 if attempt == 2:
                     raise Unreachable(exc.reason) from exc
             except (SshError, TransportError) as exc:
-                if lent:
+                if lent or exc.peer == LOCAL:  # a program that would not start here: not it
                     raise
                 raise Unreachable(exc.message) from exc
             else:
@@ -226,6 +227,8 @@ class BuilderLinks:
             async with link.build_session():
                 self._learned(machine.name, link)
         except (SshError, TransportError) as exc:
+            if exc.peer == LOCAL:
+                raise
             raise Unreachable(exc.message) from exc
 
     def _learned(self, name: str, link: Link) -> None:

@@ -1,0 +1,45 @@
+"""offload-hook on a host whose PATH has no ssh: a program that cannot start here is this
+host's fault, said once with its fix, and no builder is backed off for it. Each builder was
+backed off in turn ("builder 'b1' failed: cannot run ssh: ..."), host-wide and kept in
+backoff.json, and the install hint was dropped."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from offload.backoff import load_backoff
+from offload.fleet import Fleet
+from tests.helpers.hook_runs import nix_build
+from tests.helpers.nix_files import SPEED, nix_file
+
+pytestmark = pytest.mark.usefixtures("coordinators_stopped")
+
+
+def _path_without_ssh(tmp_path: Path) -> str:
+    """A PATH of one directory: every program of this PATH's but ssh."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in map(Path, reversed(os.environ["PATH"].split(os.pathsep))):
+        if not directory.is_dir():
+            continue
+        for program in directory.iterdir():
+            if program.name != "ssh":
+                target = bin_dir / program.name
+                target.unlink(missing_ok=True)  # the first on PATH wins, as it would
+                target.symlink_to(program)
+    return str(bin_dir)
+
+
+def test_no_ssh_here_is_said_and_backs_no_builder_off(fleet: Fleet, tmp_path: Path) -> None:
+    file = nix_file(tmp_path, f'mk "nossh" "{SPEED} > $out" {{}}\n')
+    done = nix_build(fleet, tmp_path, file, "-j0", PATH=_path_without_ssh(tmp_path))
+    assert done.returncode != 0  # no ssh, no local slot: Nix cannot build it
+    said = [line for line in done.stderr.splitlines() if "cannot run ssh" in line]
+    assert said, done.stderr
+    assert "install OpenSSH" in said[0]
+    assert "builder '" not in done.stderr.split("cannot run ssh")[0].splitlines()[-1]
+    assert load_backoff(tmp_path / "state" / "backoff.json", time.time()) == {}
