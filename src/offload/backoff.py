@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.state_json import read_state_json, write_state_json
+from offload.state_json import merging, read_state_json, write_state_json
 
 __all__ = [
     "REASON_CHARS",
@@ -89,6 +89,11 @@ def load_backoff(path: Path, now: float) -> dict[str, Health]:
 
 def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -> None:
     """Merge ``changes`` (None: the machine is healthy) into the file, atomically, mode 0600."""
+    with merging(path):
+        _save_backoff_merged(path, changes, now)
+
+
+def _save_backoff_merged(path: Path, changes: Mapping[str, Health | None], now: float) -> None:
     current = load_backoff(path, now)
     for name, health in changes.items():
         if health is None:

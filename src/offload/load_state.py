@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from offload.procfs import owner_gone, owner_line
-from offload.state_json import latest_entries, write_state_json
+from offload.state_json import latest_entries, merging, write_state_json
 
 __all__ = ["LOADS_FILE", "Loaded", "load_loads", "record_loads"]
 
@@ -61,6 +61,11 @@ def _entry(entry: object) -> Loaded | None:
 def record_loads(path: Path, changed: Mapping[str, Loaded]) -> None:
     """Merge ``changed`` into ``path``, each entry owned by this process: a builder given all
     its slots back loses its entry, as does one whose owner is gone."""
+    with merging(path):
+        _record_loads_merged(path, changed)
+
+
+def _record_loads_merged(path: Path, changed: Mapping[str, Loaded]) -> None:
     current = load_loads([path])
     merged = dict(current)
     owner = owner_line(os.getpid())

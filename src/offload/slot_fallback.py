@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.state_json import latest_entries, write_state_json
+from offload.state_json import latest_entries, merging, write_state_json
 
 __all__ = ["FALLBACK_FILE", "Fallback", "load_fallbacks", "record_fallbacks"]
 
@@ -47,6 +47,11 @@ def _entry(entry: object) -> Fallback | None:
 def record_fallbacks(path: Path, learned: Mapping[str, str | None], now: float) -> None:
     """Merge what was ``learned`` (a reason: counted here only; None: counted on the builder)
     into ``path``; nothing is written when that changes nothing it says."""
+    with merging(path):
+        _record_fallbacks_merged(path, learned, now)
+
+
+def _record_fallbacks_merged(path: Path, learned: Mapping[str, str | None], now: float) -> None:
     current = load_fallbacks([path])
     changed = dict(current)
     for name, reason in learned.items():

@@ -8,16 +8,20 @@ without blocking, and text that is not UTF-8, not JSON or nested beyond the deco
 limit is ``None``; so is a number no state file holds, which would pass a type check and then
 fail where it is used (``float`` of a 400-digit integer raises, and ``NaN`` printed back is not
 JSON): ``NaN`` and ``Infinity``, a float that overflows, an integer of more than 18 digits. The
-callers check the shape of what they get.
+callers check the shape of what they get. Each is a merge of what a process learned into what
+the file says: read, merged and written under ``merging``'s lock, so that two processes saving
+at once (a hook's coordinator, an ``offload build``) each keep the other's change.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +31,7 @@ __all__ = [
     "MAX_BYTES",
     "decode_state_json",
     "latest_entries",
+    "merging",
     "read_state_json",
     "write_state_json",
 ]
@@ -99,6 +104,25 @@ def latest_entries(
             if read is not None and (name not in merged or when(read) > when(merged[name])):
                 merged[str(name)] = read
     return merged
+
+
+@contextlib.contextmanager
+def merging(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock (``.<name>.lock`` beside it, 0600) for a read, merge and write of
+    it. Where the lock cannot be made (a read-only directory), none is held: the write that
+    follows fails there all the same, and says why."""
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_state_json(path: Path, data: object) -> None:
