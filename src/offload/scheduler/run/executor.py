@@ -86,10 +86,12 @@ class Executor(Endings):
         self.slots = slots
         self._holders = Holders(plan, home)
         self._learning = Learning(plan, estimates, wall)
-        self.tuning: Tuning = PLAIN
         # Tuned for the machines the run starts with, as the dry run plans (``build.dryrun``).
         down = {*(unreachable or ()), *(backoff or ())}
-        self.policy = policy or self._new_policy(members, estimates, down)
+        self.tuning: Tuning = PLAIN  # a policy given is taken as it is
+        if policy is None:
+            policy, self.tuning = self._new_policy(members, estimates, down)
+        self.policy = policy
         self._last_error: dict[str, str] = {}
         # Why a machine cannot be used, in the user's words, from its link's error.
         self._explain = explain or (lambda _machine, error: error)
@@ -155,27 +157,29 @@ class Executor(Endings):
         members: Sequence[PoolMember],
         estimates: Mapping[str, float] | None,
         down: Collection[str],
-    ) -> Policy:
+    ) -> tuple[Policy, Tuning]:
+        """The run's policy, and the knobs it was tuned with."""
         local = next((m.spec for m in members if not m.remote), None)
         jobs, specs = plan_jobs(self.plan, estimates, local), [m.spec for m in members]
         up = [spec for spec in specs if spec.name not in down]
         # A plan is tuned to history's estimates, never to guesses (``scheduler.search``).
         known = jobs and up and not self._learning.unknown
-        self.tuning = tune(jobs, up) if known else PLAIN
-        if self.tuning.tuned:
+        tuning = tune(jobs, up) if known else PLAIN
+        if tuning.tuned:
             logger.debug(
                 "plan tuned in %d tries: %.2f s, plain %.2f s",
-                self.tuning.tries, self.tuning.planned, self.tuning.plain,
+                tuning.tries, tuning.planned, tuning.plain,
             )  # fmt: skip
-        return Policy(
+        policy = Policy(
             jobs,
             specs,
             transfer=InputMoves(self._holders.where),
             guessed=self._learning.unknown,
             strict=not self.keep_going,
-            slack_share=self.tuning.slack_share,
-            weights=self.tuning.weights,
+            slack_share=tuning.slack_share,
+            weights=tuning.weights,
         )
+        return policy, tuning
 
     def _restore(self, backoff: Mapping[str, Health]) -> dict[str, Health]:
         """Tell the policy which builders are down or still connecting before the run starts;
