@@ -8,7 +8,8 @@ non-zero; tracebacks only under ``offload --traceback``.
     ├── ConfigError          bad machines file, offload.toml, command-line value
     ├── StoreError           invalid store path, malformed .drv or NAR, local store refused
     ├── TransportError       a process could not be started or died (ssh, nix-store)
-    │   └── SshError         ssh could not connect or authenticate to a builder
+    │   ├── SshError         ssh could not connect or authenticate to a builder
+    │   └── NotStarted       a program could not be started on this host (EMFILE, no ssh)
     ├── ProtocolError        the peer broke the serve protocol (bad magic, truncated stream)
     │   ├── PeerSilent       the stream ended because its peer stopped answering
     │   └── RemoteError      the remote nix-store reported ``error: ...`` and exited
@@ -79,6 +80,11 @@ class TransportError(OffloadError):
 
 class SshError(TransportError):
     """ssh could not reach or authenticate to a builder."""
+
+
+class NotStarted(TransportError):
+    """A program could not be started on this host (``offload.spawn_errors``): ``peer`` is
+    ``"local"``, the fault neither a builder's nor a derivation's."""
 
 
 class ProtocolError(OffloadError):

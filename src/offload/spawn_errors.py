@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from offload.errors import TransportError
+from offload.errors import NotStarted, TransportError
 from offload.names import LOCAL
 
 __all__ = ["not_started"]
@@ -28,11 +28,12 @@ _INSTALL_HINTS = {
 }
 
 
-def not_started(argv: Sequence[str], exc: OSError, cwd: Path | None = None) -> TransportError:
+def not_started(argv: Sequence[str], exc: OSError, cwd: Path | None = None) -> NotStarted:
     """Why ``argv`` could not be started (``exc``, from the spawn, in ``cwd`` if given), with
     the fix for that cause (each had the install hint: an argument list too long, a program
     that is no program, a cwd that is gone); this host's fault (``peer``)."""
-    error = _said(argv, exc, cwd)
+    said = _said(argv, exc, cwd)
+    error = NotStarted(said.message, hint=said.hint)
     error.peer = LOCAL
     return error
 

@@ -28,7 +28,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
-from offload.errors import OffloadError, SshError
+from offload.errors import NotStarted, OffloadError, SshError
 from offload.names import LOCAL
 from offload.protocol.lanes import Lane
 from offload.protocol.serve import BuildOptions, BuildResult, BuildStatus, PathInfo
@@ -173,6 +173,10 @@ class BuildCopies:
             if client is not None:
                 await self._stop(member, client, drv_path if build_start is not None else None)
             raise
+        except NotStarted as exc:
+            # This host could not start a program for it (EMFILE, EAGAIN): neither the
+            # machine's fault nor the derivation's: tried again, as a copy whose inputs went.
+            return Outcome("returned", exc.message, started, sent, received)
         except OffloadError as exc:
             # The local store refusing or dropping a copy is final, not the builder's fault.
             kind: Literal["failed", "lost"] = "failed" if local_store_failed(exc) else "lost"

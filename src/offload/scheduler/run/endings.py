@@ -130,7 +130,10 @@ class Endings(Stopping):
             self._holders.arrived_home(drv_path)
             arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
             self._emit_outcome(drv_path, machine, "built", arrived)
-        elif local_store_failed(error):
+            return
+        if drv_path in self.report.built:  # not built for the run until its outputs are home
+            self.report.built.remove(drv_path)
+        if local_store_failed(error):
             # The local store refused the outputs: final, as for any other copy home.
             self.report.failed[drv_path] = error.message
             self._emit_outcome(drv_path, machine, "failed", with_error(outcome, error))
