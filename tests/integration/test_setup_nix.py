@@ -109,6 +109,54 @@ def test_the_builder_script_is_valid_sh(tmp_path: Path, key: Any) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_the_builder_script_ends_a_files_last_line_before_it_appends(
+    tmp_path: Path, key: Any
+) -> None:
+    # An sshd_config whose last line had no newline became "...sftp-serverMatch User
+    # nixremote": every restriction for the build user applied to every user.
+    text = dict(builder_files(BuilderSetup("nixremote", key)))["offload-builder.sh"]
+    start = text.index("ended() {")
+    function = text[start : text.index("\n}\n", start) + 3]
+    for appended in ('cp -p /etc/nix/nix.conf "$new"', "cp -p /etc/ssh/sshd_config "):
+        at = text.index(appended)
+        assert text[text.index("\n", at) + 1 :].lstrip().startswith("ended "), appended
+    files = {"unended": "Subsystem sftp /usr/lib/openssh/sftp-server", "ended": "a\n", "empty": ""}
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+        subprocess.run(
+            ["sh", "-c", f'{function}ended "$1"', "sh", str(tmp_path / name)], check=True
+        )
+    assert (tmp_path / "unended").read_text() == files["unended"] + "\n"
+    assert (tmp_path / "ended").read_text() == "a\n"
+    assert (tmp_path / "empty").read_text() == ""
+
+
+def test_the_keys_command_runs_the_system_profiles_nix_store(tmp_path: Path, key: Any) -> None:
+    # Root's PATH may start at /root/.nix-profile (0700): the build user could not run it.
+    text = dict(builder_files(BuilderSetup("nixremote", key)))["offload-builder.sh"]
+    profile = "/nix/var/nix/profiles/default/bin/nix-store"
+    start = text.index(f"nix_store={profile}")
+    choose = text[start : text.index("install Nix first", start)]
+    choose = choose[: choose.rindex("\n")]  # up to the line that fails
+    assert '"$nix_store"' in text[text.index("want=$(") :].splitlines()[0]
+    system, roots = tmp_path / "profile" / "nix-store", tmp_path / "root-profile"
+    for program in (system, roots / "nix-store"):
+        program.parent.mkdir(parents=True, exist_ok=True)
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    script = choose.replace(profile, str(system)) + " exit 1\necho $nix_store"
+    env = {**os.environ, "PATH": f"{roots}:{os.environ['PATH']}"}
+
+    def chosen() -> str:
+        return subprocess.run(
+            ["sh", "-c", script], env=env, capture_output=True, text=True, check=True
+        ).stdout
+
+    assert chosen() == f"{system}\n"
+    system.unlink()  # no system profile: PATH's
+    assert chosen() == f"{roots / 'nix-store'}\n"
+
+
 def test_nix_takes_the_nix_conf_lines(tmp_path: Path, key: Any) -> None:
     (tmp_path / "nix.conf").write_text("trusted-users = root\n" + nix_conf_lines(
         BuilderSetup("nixremote", key)))  # fmt: skip

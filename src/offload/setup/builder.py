@@ -184,8 +184,18 @@ def _preamble(setup: BuilderSetup) -> str:
 set -eu
 user={shlex.quote(setup.user)}
 home=/var/lib/{setup.user}
-command -v nix-store >/dev/null ||
+# The nix-store the key's command runs: the system profile's where there is one (root's
+# PATH may start at /root/.nix-profile, which the build user cannot reach), else PATH's.
+nix_store=/nix/var/nix/profiles/default/bin/nix-store
+[ -x "$nix_store" ] || nix_store=$(command -v nix-store) ||
   {{ echo "nix-store is not on PATH: install Nix first" >&2; exit 1; }}
+# A file appended to ends its last line first: else the first line added joins it
+# ("...sftp-serverMatch User ...": every restriction for the build user made global).
+ended() {{
+  if [ -s "$1" ] && [ -n "$(tail -c 1 "$1")" ]; then
+    echo >>"$1"
+  fi
+}}
 # Step 2 writes the user's keys as the user (util-linux's setpriv, in every Linux's base).
 command -v setpriv >/dev/null ||
   {{ echo "setpriv is not on PATH: install util-linux first" >&2; exit 1; }}
@@ -302,7 +312,7 @@ def _key(setup: BuilderSetup) -> str:
     if setup.restricted:
         line = (
             f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s' "
-            f'"$(command -v nix-store)" {shlex.quote(setup.key.line)}'
+            f'"$nix_store" {shlex.quote(setup.key.line)}'
         )
         shown = authorized_keys_line(setup, "/path/to/nix-store")
     else:
@@ -354,6 +364,7 @@ if ! grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null; t
   touch /etc/nix/nix.conf
   new=/etc/nix/nix.conf.offload-new
   cp -p /etc/nix/nix.conf "$new"
+  ended "$new"
   {{ echo "# offload setup builder: $user"; cat {_heredoc(nix_conf_lines(setup))}}} >>"$new"
   touch "$pending"
   mv "$new" /etc/nix/nix.conf
@@ -385,6 +396,7 @@ def _sshd(setup: BuilderSetup) -> str:
 #    at the end, and the new file is checked before it replaces the old one.
 if ! grep -qxF "Match User $user" /etc/ssh/sshd_config; then
   cp -p /etc/ssh/sshd_config /etc/ssh/sshd_config.offload-new
+  ended /etc/ssh/sshd_config.offload-new
   cat >>/etc/ssh/sshd_config.offload-new {_heredoc(sshd_lines(setup))}\
   sshd -t -f /etc/ssh/sshd_config.offload-new
   mv /etc/ssh/sshd_config.offload-new /etc/ssh/sshd_config
