@@ -484,3 +484,14 @@ def test_a_simulated_machine_name_is_one_printable_line(
     status, err = _offload(["simulate", str(dag), "--machines", "a\nb:1:1"], capsys)
     assert status == 1
     assert err.splitlines()[0].startswith("error: --machines: 'a\\nb:1:1' is not name:speed:slots")
+
+
+def test_a_key_under_a_user_that_does_not_exist_is_a_missing_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was an internal error: pathlib could not determine that home directory.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    status, err = _offload(["machines", "--builders", "ssh://h - ~offloadnouser/k"], capsys)
+    assert status == 0, err
+    assert "warning: --builders: h: ssh key file ~offloadnouser/k does not exist" in err
+    assert "internal error" not in err

@@ -36,8 +36,9 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from offload.config.machines.check import expanded
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -119,7 +120,7 @@ def key_place(machine: Machine) -> str:
 def key_fix(trouble: KeyTrouble, key: str | None, place: str) -> tuple[str, str]:
     """(what is wrong, the fix) for ``trouble``; ``key`` is the machines line's key (None: the
     ssh config's), which the user names at ``place``."""
-    ours = key is not None and trouble.path in {key, str(Path(key).expanduser())}
+    ours = key is not None and trouble.path in {key, expanded(key)}
     where = place if ours else _CONFIG_PLACE
     what = f"ssh key file {trouble.path} {trouble.said()}"
     if trouble.missing:
@@ -176,7 +177,7 @@ def has_passphrase(path: str | None) -> bool:
     try:
         # Opened without blocking and checked on the descriptor: a FIFO (even one swapped in
         # after a check of the name) would block the read, and the event loop with it.
-        fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(expanded(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
         return False
     try:

@@ -28,6 +28,7 @@ from offload.spelling import meant
 
 __all__ = [
     "duplicate_names",
+    "expanded",
     "key_missing",
     "key_too_open",
     "machine_problems",
@@ -172,13 +173,19 @@ def _refused_names(machine: Machine) -> list[str]:
     return found
 
 
+def expanded(path: str) -> str:
+    """``path`` with a leading ``~`` or ``~user`` expanded; one naming no user stays as it is
+    (a file then missing, as ssh finds it), where ``Path.expanduser`` raised an internal error."""
+    return os.path.expanduser(path)  # noqa: PTH111 - see above
+
+
 def key_missing(machine: Machine, exists: Callable[[str], bool] = os.path.exists) -> bool:
     """Does ``machine``'s line (or offload.toml) name an ssh key file that does not exist? ssh
     then logs in with another key where it has one, without a word."""
     key = machine.ssh_key
     if not machine.is_ssh or not key:
         return False
-    return not exists(str(Path(key).expanduser()))
+    return not exists(expanded(key))
 
 
 def key_too_open(key: str) -> bool:
@@ -186,7 +193,7 @@ def key_too_open(key: str) -> bool:
     others may read or write (OpenSSH's sshkey_perm_ok: mode & 077), and goes on with another
     key without a word where one gets in. False for a file that cannot be looked at."""
     try:
-        found = Path(key).expanduser().stat()
+        found = Path(expanded(key)).stat()
     except (OSError, ValueError):
         return False
     return found.st_uid == os.getuid() and bool(found.st_mode & 0o077)
