@@ -76,10 +76,13 @@ def test_the_builder_module_parses_and_says_what_it_should(
     got = nix_eval(f'import {module} {{ config.nix.package = "/nix/store/x-nix"; lib = {lib}; }}')
     user = got["users"]["users"]["nixremote"]
     prefix = 'restrict,command="/nix/store/x-nix/bin/nix-store --serve --write" '
-    assert user["openssh"]["authorizedKeys"]["keys"] == [(prefix if restricted else "") + key.line]
+    keys = user["openssh"]["authorizedKeys"]["keys"]
+    assert keys == [(prefix if restricted else "restrict ") + key.line]
     assert (user["isSystemUser"], user["group"], user["useDefaultShell"]) == (
         True, "nixremote", True,
     )  # fmt: skip
+    # A home it may write: /var/empty, a system user's, holds no slot counts.
+    assert (user["home"], user["createHome"]) == ("/var/lib/nixremote", True)
     assert got["users"]["groups"] == {"nixremote": {}}
     settings = got["nix"]["settings"]
     assert settings["trusted-users"] == ["root", "nixremote"]  # merged with the user's

@@ -89,8 +89,10 @@ class BuilderSetup:
 
 
 def authorized_keys_line(setup: BuilderSetup, nix_store: str = "nix-store") -> str:
+    """The client key's authorized_keys line: ``restrict`` (no forwarding, no pty, no
+    ``~/.ssh/rc``) always, and with it the one command unless ``--unrestricted``."""
     if not setup.restricted:
-        return setup.key.line
+        return f"restrict {setup.key.line}"
     return f'restrict,command="{nix_store} {SERVE_COMMAND}" {setup.key.line}'
 
 
@@ -131,7 +133,7 @@ def nixos_module(setup: BuilderSetup) -> str:
         key = f"({serve} + {nix_string(setup.key.line)})"
         kind = f"restricted to `nix-store {SERVE_COMMAND}`"
     else:
-        key = nix_string(setup.key.line)
+        key = nix_string(authorized_keys_line(setup))
         kind = "unrestricted: it may run any command as this user"
     return f"""# offload setup builder: this host builds for others over ssh, as user {user}.
 # Import it from configuration.nix (imports = [ ./{MODULE_FILE} ];), then nixos-rebuild switch.
@@ -142,6 +144,10 @@ def nixos_module(setup: BuilderSetup) -> str:
   users.users.{attr_name(user)} = {{
     isSystemUser = true;
     group = {nix_string(user)};
+    # A home it may write: the builder-side slot counts live there when /nix/var/nix is
+    # root's (an unrestricted key's sessions; /var/empty, a system user's default, is not).
+    home = {nix_string(f"/var/lib/{user}")};
+    createHome = true;
     # sshd runs the key's command through the user's shell.
     useDefaultShell = true;
     openssh.authorizedKeys.keys = [
@@ -316,7 +322,7 @@ def _key(setup: BuilderSetup) -> str:
         )
         shown = authorized_keys_line(setup, "/path/to/nix-store")
     else:
-        line = f"printf '%s' {shlex.quote(setup.key.line)}"
+        line = f"printf '%s' {shlex.quote(authorized_keys_line(setup))}"
         shown = authorized_keys_line(setup)
     step = f"""\
 # 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line, replacing any
