@@ -8,6 +8,7 @@ fleet of its own.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -458,3 +459,16 @@ def test_a_slot_left_to_another_client_waiting_is_said_as_that(
     said = check(reports(done)["da"], "slots")
     assert said["verdict"] == "ok"
     assert said["detail"].endswith("; the next free one goes to another client waiting there now")
+
+
+def test_a_host_key_column_of_several_keys_passes_as_nix_takes_it(
+    doctor_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Refused as junk: doctor found no builder to check.
+    fields = {host_of(f[0]): f for f in machines_lines(doctor_fleet)}
+    keys = [base64.b64decode(fields[name][7]).decode().strip() for name in ("da", "db")]
+    both = base64.b64encode("\n".join(keys).encode()).decode()
+    machines = write(tmp_path, lines_with(doctor_fleet, "da", 7, both))
+    done = doctor(doctor_fleet, tmp_path, machines, "da", "--json")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert set(verdicts(reports(done)["da"]).values()) == {"ok"}

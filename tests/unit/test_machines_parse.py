@@ -330,6 +330,14 @@ def test_host_key_column_is_base64_whatever_it_decodes_to():
     assert one("ssh://m?base64-ssh-public-host-key=!!").pins_junk
 
 
+def test_a_host_key_column_of_several_keys_pins_the_first_as_nix_does():
+    # `cat *.pub | base64`: refused as junk ("Nix pins it and ssh refuses the host"), though
+    # Nix writes it after the host name as its known_hosts file, the first line pinned.
+    several = base64.b64encode(f"{KEY_LINE}\n{key_line('ssh-rsa')}\n".encode()).decode()
+    m = one(f"m - - - - - - {several}")
+    assert (m.public_host_key, m.pins_junk) == (KEY_LINE, False)
+
+
 def test_host_key_padding_is_optional_like_nix():
     assert decode_host_key(KEY_B64.rstrip("=")) == KEY_LINE
 

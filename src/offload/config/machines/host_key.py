@@ -46,12 +46,15 @@ def nix_base64_decode(text: str) -> bytes:
 
 
 def decode_host_key(text: str) -> str:
-    """Column 8 as its ``type base64key [comment]`` line; ``ValueError`` says why not."""
+    """Column 8 as its ``type base64key [comment]`` line; ``ValueError`` says why not. Of
+    several keys (``cat *.pub | base64``), the first: Nix writes the decoded text after the host
+    name as its known_hosts file, where the first line alone names the host."""
     raw = nix_base64_decode(text)
     try:
-        line = raw.decode().strip(BLANKS)
+        lines = [line.strip(BLANKS) for line in raw.decode().strip(BLANKS).splitlines()]
     except UnicodeDecodeError:
         raise ValueError("decodes to bytes that are not text, not an ssh public key") from None
+    line = lines[0] if lines else ""
     parts = line.split()
     if len(parts) < 2 or not _KEY_TYPE_RE.fullmatch(parts[0]):
         raise ValueError(
