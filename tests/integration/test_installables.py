@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from offload.build import DrvGraph, out_links
-from offload.errors import ConfigError, NixError, OffloadError, StoreError
+from offload.errors import ConfigError, NixError, OffloadError
 from offload.nix import Installables, instantiate
 from offload.nix_results import result_links
 from offload.store.drv import read_derivation
@@ -317,8 +317,9 @@ def test_not_a_derivation(project: Path) -> None:
 
 
 def test_nothing_to_build(project: Path) -> None:
-    with pytest.raises(StoreError, match="no derivations"):
-        instantiate(Installables(attrs=("empty",)), project)
+    # No derivation is no error, as nix-build builds nothing and exits 0 (a job set empty on
+    # this platform); it said "the expression produced no derivations".
+    assert instantiate(Installables(attrs=("empty",)), project) == []
 
 
 def test_cli_reports_nix_error_and_fails(project: Path) -> None:
