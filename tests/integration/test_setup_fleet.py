@@ -32,6 +32,7 @@ setup_fleet = private_fleet_fixture(
     [MemberSpec("sa", 3.0, 2), MemberSpec("sb", 2.0, 1)], "ofu", scope="module"
 )
 serve_only_fleet = private_fleet_fixture([MemberSpec("sr", 2.0, 1)], "ofr")
+idle_fleet = private_fleet_fixture([MemberSpec("si", 1.0, 1)], "ofsi")
 
 BODY = f'{{ one = mk "setup-one" "{SPEED} > $out" {{}}; }}\n'
 
@@ -248,4 +249,21 @@ def test_a_key_restricted_to_the_daemon_is_refused_with_what_setup_can_write(
     assert error.startswith("error: sd (127.0.0.1:")
     assert "it answers ssh-ng://'s (`nix-daemon --stdio`)" in error
     assert hint == "hint: " + DAEMON_ONLY_FIX
+    assert not (tmp_path / "client" / "machines").exists()
+
+
+def test_a_builder_whose_own_max_jobs_is_0_is_refused_with_the_doctors_words(
+    idle_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Its line was written (jobs 1), and every build sent there failed: "unable to start
+    # any build" (its serve program builds under its own max-jobs).
+    conf = idle_fleet.member("si").root / "etc-nix" / "nix.conf"
+    conf.write_text(conf.read_text().replace("max-jobs = 1", "max-jobs = 0"))
+    done = setup_client(tmp_path, idle_fleet, target(idle_fleet, "si"))
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    error = next(line for line in lines if line.startswith("error: "))
+    assert error.startswith(f"error: si (127.0.0.1:{idle_fleet.member('si').port}): ")
+    assert "the builder's max-jobs is 0" in error
+    assert lines[lines.index(error) + 1].startswith("hint: set max-jobs to 1 or more")
     assert not (tmp_path / "client" / "machines").exists()
