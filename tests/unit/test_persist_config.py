@@ -38,6 +38,9 @@ def test_the_last_f_counts_and_none_reads_nothing(tmp_path: Path) -> None:
     assert config_stamp(["-F", str(first), "-F", str(last)]) != stamp
     assert config_stamp(["-F", "none"]) == config_stamp([f"-F{first}", "-F", "none"])
     assert config_stamp([f"-F{last}"]) == config_stamp(["-F", str(last)])
+    # As ssh's getopt reads them: bundled after another flag, or the argument of another.
+    assert config_stamp(["-qF", str(last)]) == config_stamp(["-F", str(last)])
+    assert config_stamp(["-i", "-Fnot-a-config", "-F", str(last)]) == config_stamp([f"-F{last}"])
     # An unreadable file counts as empty, never as an error.
     assert config_stamp(["-F", str(tmp_path / "missing")]) == config_stamp(["-F", "/dev/null"])
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from offload.errors import TransportError
 from offload.state_location import private_dir
 from offload.transport.ssh import SshTarget, known_hosts_line, split_sshopts
+from offload.transport.ssh_options import flag_arguments
 
 __all__ = [
     "PERSIST_SECONDS",
@@ -90,11 +91,7 @@ def config_stamp(sshopts: list[str]) -> str:
     (ssh then skips the system one), else the user's (under the home ssh takes from the
     password database, not $HOME) and the system's. A file that cannot be read counts as
     empty. A master opened before a fix there is then not the one the fixed config asks for."""
-    given = [
-        word[2:] or (sshopts[i + 1] if i + 1 < len(sshopts) else "")
-        for i, word in enumerate(sshopts)
-        if word.startswith("-F")
-    ]
+    given = list(flag_arguments(sshopts, "F"))
     if given:
         # ssh takes the last -F given; "none" reads no file at all.
         files = [] if given[-1] == "none" else [Path(given[-1])]

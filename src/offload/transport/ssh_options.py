@@ -31,6 +31,7 @@ __all__ = [
     "SERVER_ALIVE_COUNT_MAX",
     "SERVER_ALIVE_INTERVAL",
     "Keepalive",
+    "flag_arguments",
     "keepalive",
     "o_lines",
     "option_refused",
@@ -128,9 +129,14 @@ def option_refused(said: str) -> str | None:
 
 
 def o_lines(words: Sequence[str]) -> Iterator[str]:
-    """The arguments of ``-o`` among ``words``, in order, as ssh's getopt finds them. The first
-    word that is not an option is the destination, and ssh reads options after it too, up to
-    the next such word (the remote command) or ``--``."""
+    """The arguments of ``-o`` among ``words``, in order (``flag_arguments``)."""
+    return flag_arguments(words, "o")
+
+
+def flag_arguments(words: Sequence[str], wanted: str) -> Iterator[str]:
+    """The arguments of option ``wanted`` (``o``, ``F``...) among ``words``, in order, as ssh's
+    getopt finds them. The first word that is not an option is the destination, and ssh reads
+    options after it too, up to the next such word (the remote command) or ``--``."""
     at, destination = 0, False
     while at < len(words):
         word = words[at]
@@ -149,7 +155,7 @@ def o_lines(words: Sequence[str]) -> Iterator[str]:
                     return  # ssh: "option requires an argument"
                 argument = words[at]
                 at += 1
-            if flag == "o":
+            if flag == wanted:
                 yield argument
             break
 
