@@ -90,22 +90,18 @@ def load_backoff(path: Path, now: float) -> dict[str, Health]:
 def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -> None:
     """Merge ``changes`` (None: the machine is healthy) into the file, atomically, mode 0600."""
     with merging(path):
-        _save_backoff_merged(path, changes, now)
-
-
-def _save_backoff_merged(path: Path, changes: Mapping[str, Health | None], now: float) -> None:
-    current = load_backoff(path, now)
-    for name, health in changes.items():
-        if health is None:
-            current.pop(name, None)
-        else:
-            current[name] = health
-    data: dict[str, dict[str, object]] = {}
-    for name, health in sorted(current.items()):
-        data[name] = {"failures": health.failures, "until": health.until}
-        if health.reason is not None and health.reason.strip():
-            data[name]["reason"] = reason_line(health.reason)
-    write_state_json(path, data)
+        current = load_backoff(path, now)
+        for name, health in changes.items():
+            if health is None:
+                current.pop(name, None)
+            else:
+                current[name] = health
+        data: dict[str, dict[str, object]] = {}
+        for name, health in sorted(current.items()):
+            data[name] = {"failures": health.failures, "until": health.until}
+            if health.reason is not None and health.reason.strip():
+                data[name]["reason"] = reason_line(health.reason)
+        write_state_json(path, data)
 
 
 def load_backoffs(paths: Sequence[Path], now: float) -> dict[str, Health]:

@@ -62,28 +62,24 @@ def record_loads(path: Path, changed: Mapping[str, Loaded]) -> None:
     """Merge ``changed`` into ``path``, each entry owned by this process: a builder given all
     its slots back loses its entry, as does one whose owner is gone."""
     with merging(path):
-        _record_loads_merged(path, changed)
-
-
-def _record_loads_merged(path: Path, changed: Mapping[str, Loaded]) -> None:
-    current = load_loads([path])
-    merged = dict(current)
-    owner = owner_line(os.getpid())
-    for name, loaded in changed.items():
-        if loaded.slots >= loaded.full:
-            merged.pop(name, None)
-        else:
-            merged[name] = replace(loaded, owner=owner)
-    if merged == current:
-        return
-    data = {
-        name: {
-            "slots": e.slots,
-            "full": e.full,
-            "said": e.said,
-            "reported": e.reported,
-            "owner": e.owner,
+        current = load_loads([path])
+        merged = dict(current)
+        owner = owner_line(os.getpid())
+        for name, loaded in changed.items():
+            if loaded.slots >= loaded.full:
+                merged.pop(name, None)
+            else:
+                merged[name] = replace(loaded, owner=owner)
+        if merged == current:
+            return
+        data = {
+            name: {
+                "slots": e.slots,
+                "full": e.full,
+                "said": e.said,
+                "reported": e.reported,
+                "owner": e.owner,
+            }
+            for name, e in sorted(merged.items())
         }
-        for name, e in sorted(merged.items())
-    }
-    write_state_json(path, data)
+        write_state_json(path, data)

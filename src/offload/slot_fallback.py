@@ -48,18 +48,16 @@ def record_fallbacks(path: Path, learned: Mapping[str, str | None], now: float) 
     """Merge what was ``learned`` (a reason: counted here only; None: counted on the builder)
     into ``path``; nothing is written when that changes nothing it says."""
     with merging(path):
-        _record_fallbacks_merged(path, learned, now)
-
-
-def _record_fallbacks_merged(path: Path, learned: Mapping[str, str | None], now: float) -> None:
-    current = load_fallbacks([path])
-    changed = dict(current)
-    for name, reason in learned.items():
-        if reason is None:
-            changed.pop(name, None)
-        elif name not in current or current[name].reason != reason:
-            changed[name] = Fallback(reason, now)
-    if changed == current:
-        return
-    data = {name: {"reason": f.reason, "learned": f.learned} for name, f in sorted(changed.items())}
-    write_state_json(path, data)
+        current = load_fallbacks([path])
+        changed = dict(current)
+        for name, reason in learned.items():
+            if reason is None:
+                changed.pop(name, None)
+            elif name not in current or current[name].reason != reason:
+                changed[name] = Fallback(reason, now)
+        if changed == current:
+            return
+        data = {
+            name: {"reason": f.reason, "learned": f.learned} for name, f in sorted(changed.items())
+        }
+        write_state_json(path, data)
