@@ -1,8 +1,8 @@
 """What a program that could not be started is said as: ``not_started`` makes the
-``TransportError`` (why, and its fix) that ``offload.process`` raises for every spawn's
-``OSError``, so that each way of starting a process says it in one wording. Every process
-offload starts runs on this host: its ``peer`` is ``LOCAL``, so that no builder is blamed for
-an ssh missing here, or a process limit reached (EAGAIN, EMFILE)."""
+``NotStarted`` (a ``TransportError``: why, and its fix) that ``offload.process`` raises for
+every spawn's ``OSError``, so that each way of starting a process says it in one wording.
+Every process offload starts runs on this host: its ``peer`` is ``LOCAL``, so that no builder
+is blamed for an ssh missing here, or a process limit reached (EAGAIN, EMFILE)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from offload.errors import NotStarted, TransportError
+from offload.errors import NotStarted
 from offload.names import LOCAL
 
 __all__ = ["not_started"]
@@ -32,24 +32,23 @@ def not_started(argv: Sequence[str], exc: OSError, cwd: Path | None = None) -> N
     """Why ``argv`` could not be started (``exc``, from the spawn, in ``cwd`` if given), with
     the fix for that cause (each had the install hint: an argument list too long, a program
     that is no program, a cwd that is gone); this host's fault (``peer``)."""
-    said = _said(argv, exc, cwd)
-    error = NotStarted(said.message, hint=said.hint)
+    error = _said(argv, exc, cwd)
     error.peer = LOCAL
     return error
 
 
-def _said(argv: Sequence[str], exc: OSError, cwd: Path | None) -> TransportError:
+def _said(argv: Sequence[str], exc: OSError, cwd: Path | None) -> NotStarted:
     program = Path(argv[0]).name
     said = f"cannot run {argv[0]}: {exc.strerror}"
     if cwd is not None and exc.filename in (cwd, str(cwd)):  # its chdir failed, not its exec
-        return TransportError(
+        return NotStarted(
             f"cannot run {argv[0]} in {cwd}: {exc.strerror}",
             hint="that directory must exist and be searchable by this user",
         )
     if exc.errno == errno.E2BIG:
         size = sum(len(os.fsencode(a)) + 1 for a in argv)
         longest = max(len(os.fsencode(a)) for a in argv)
-        return TransportError(
+        return NotStarted(
             f"{said} ({size:,} bytes in {len(argv)} arguments, the longest {longest:,})",
             hint="one argument may be 128 KiB at most, and all of them with the environment"
             " `getconf ARG_MAX` bytes: give less at once (a long -E expression: in a file),"
@@ -64,4 +63,4 @@ def _said(argv: Sequence[str], exc: OSError, cwd: Path | None) -> TransportError
         hint = f"the {program} first on PATH is no program this machine runs: reinstall it"
     else:  # out of processes or memory (EAGAIN, ENOMEM), ...
         hint = f"the system would not start it: check {program} and this user's limits (ulimit -a)"
-    return TransportError(said, hint=hint)
+    return NotStarted(said, hint=hint)
