@@ -111,6 +111,7 @@ ACCEPTED = [
     ("--log-format", "raw"),
     ("--log-format", "bar"),
     ("--log-format", "bar-with-logs"),
+    ("--log-format", "internal-json"),
     ("--add-root", "gcroot"),
     ("--indirect",),
     ("--max-silent-time", "30"),

@@ -323,7 +323,14 @@ def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str
     out = " ".join(capsys.readouterr().out.split())
     for said in ("bar: the live view without build logs;", "bar-with-logs: with them;"):
         assert said in out
-    assert "internal-json is refused" in out
+    assert "internal-json: Nix's @nix lines on stderr (for nom --json)" in out
+
+
+def test_json_and_internal_json_together_are_one_error(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _offload(["build", "-A", "x", "--json", "--log-format", "internal-json"], capsys)
+    assert status == 1
+    _one_error(err)
+    assert err.startswith("error: --json and --log-format internal-json: choose one\nhint: ")
 
 
 @pytest.mark.parametrize("command", ["history", "report", "demo", "completion", "simulate"])

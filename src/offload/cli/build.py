@@ -50,12 +50,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
-def _said_once(said: set[str]) -> Callable[[str], None]:
-    """Prints an evaluator's line unless it was said already (unknown settings)."""
+def _said_once(said: set[str], *, nix_json: bool) -> Callable[[str], None]:
+    """Prints an evaluator's line unless it was said already (unknown settings); with
+    ``nix_json`` (--log-format internal-json), as the ``@nix`` line Nix would have written."""
+    shown: Callable[[str], str] = str
+    if nix_json:
+        from offload.ui.nixjson import nix_msg  # only then: start-up pays for no other module
+
+        shown = nix_msg
 
     def say(line: str) -> None:
         if line not in said:
-            print(line, file=sys.stderr)
+            print(shown(line), file=sys.stderr)
 
     return say
 
@@ -69,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     pool = pool_from_args(args)
     said = {f"warning: {w}" for w in pool.nix_settings.warnings}
     # Nix evaluates from here on, while offload connects and imports the rest of itself.
-    with Evaluation(what, env=pool.local_env(), say=_said_once(said)) as evaluation:
+    say = _said_once(said, nix_json=args.log_format == "internal-json")
+    with Evaluation(what, env=pool.local_env(), say=say) as evaluation:
         return _run(args, pool, _marked(evaluation.roots), evaluation.give_up)
 
 

@@ -209,7 +209,7 @@ def _output(parser: argparse.ArgumentParser) -> None:
         "--log-format",
         choices=LOG_FORMATS,
         help="raw: plain lines; bar: the live view without build logs; bar-with-logs: with them;"
-        " internal-json is refused (offload's events: --json)",
+        " internal-json: Nix's @nix lines on stderr (for nom --json)",
     )
     group.add_argument(
         "--json",
@@ -325,12 +325,21 @@ def eval_flags(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(flags + _ifd_flags(args))
 
 
+def _log_format(args: argparse.Namespace) -> list[str]:
+    """A check's or repair's Nix writes its lines as the run's are written: with
+    internal-json, a reader of stderr (``nom --json``) gets them as ``@nix`` lines too. (The
+    evaluator's are read, so they stay plain: ``offload.ui.nixjson.nix_msg`` wraps them.)"""
+    internal = getattr(args, "log_format", None) == "internal-json"
+    return ["--log-format", "internal-json"] if internal else []
+
+
 def realise_flags(args: argparse.Namespace) -> tuple[str, ...]:
     """The flags ``nix-store --realise --check`` (or ``--repair``) gets, as nix-build's own
     check runs: its logs quiet or not, going on past a failure, and its jobs and builders as
     an import from a derivation's (``_ifd_flags``)."""
     flags = ["--verbose"] * args.verbose + ["--quiet"] * args.quiet
     flags += ["--keep-going"] * bool(args.keep_going) + ["--no-build-output"] * args.no_build_output
+    flags += _log_format(args)
     # Nix checks and repairs here only: -j 0 (offload's remote only) would leave it no slot.
     jobs = _ifd_flags(args, jobs=bool(args.max_jobs))
     return tuple(flags + jobs)
@@ -385,10 +394,11 @@ def refusal(args: argparse.Namespace) -> ConfigError | None:
             if other_store
             else "a build writes to the store; nix-instantiate --eval --readonly-mode evaluates",
         )
-    if args.log_format == "internal-json":
+    if args.log_format == "internal-json" and args.json:
+        # Both are for programs; one reader wants one stream of events.
         return ConfigError(
-            "--log-format internal-json is Nix's own event format, which offload does not write",
-            hint="offload's events are one JSON object per line with --json",
+            "--json and --log-format internal-json: choose one",
+            hint="--json: offload's events on stdout; internal-json: Nix's @nix lines on stderr",
         )
     if args.dry_run and args.report is not None:
         # A dry run plans and builds nothing: no run is kept, and no page was written.

@@ -42,6 +42,7 @@ from offload.slots import SlotLocks
 from offload.streams import unless_gone
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, ReportWritten, RunStarted, Timing
+from offload.ui.nixjson import nix_msg
 from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
 from offload.ui.term import sanitize
@@ -175,6 +176,7 @@ def execute(
     run: Callable[[Coroutine[Any, Any, Built]], Built] = asyncio.run,
     shared: Path | None = None,  # ssh masters kept for the next run (transport.persist)
     check: bool = False,  # nix-build --check: a requested output to be built is refused
+    nix_said: Callable[[str], None] | None = None,  # the local store's lines (default: stderr)
 ) -> Built:
     """A build run with what offload keeps between runs: history, logs, slots, backoff.
     ``close`` is called when the run is over, before anything is printed after it; ``run``
@@ -206,6 +208,7 @@ def execute(
                     shared=shared,
                     cut_short=lambda report, graph: cut.append((report, graph)),
                     check=check,
+                    nix_said=nix_said,
                 )
             )
             mark("closed")
@@ -252,6 +255,23 @@ def _print_logs(args: argparse.Namespace) -> bool:
     return bool(args.print_build_logs or not (args.no_build_output or args.log_format == "bar"))
 
 
+def _nix_json(args: argparse.Namespace) -> bool:
+    """--log-format internal-json: stderr is Nix's @nix lines, which a program reads."""
+    return bool(args.log_format == "internal-json")
+
+
+def _nix_lines(line: str) -> None:
+    """A line of the local store's Nix, with internal-json: as Nix's JSON logger writes it."""
+    print(nix_msg(line), file=sys.stderr)
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    """Nix's verbosity for these flags: info (3), -v up and --quiet down; --debug is debug."""
+    if getattr(args, "nix_debug", False):
+        return 6
+    return int(min(max(3 + args.verbose - args.quiet, 0), 7))
+
+
 def _quiet(args: argparse.Namespace) -> bool:
     """nix-build's --quiet (more of them than -v): Nix then leaves out its own lines ("these
     derivations will be built", "building ...") and shows the builds' logs, warnings and
@@ -271,6 +291,8 @@ def _warnings_apart(args: argparse.Namespace) -> bool:
 def _kind(args: argparse.Namespace) -> RendererKind:
     if args.json:
         return "json"
+    if _nix_json(args):
+        return "nixjson"
     if args.log_format is not None:
         # bar: the live view where it can be one, plain lines into a file, as Nix's bar.
         return "plain" if args.log_format == "raw" else "auto"
@@ -278,7 +300,12 @@ def _kind(args: argparse.Namespace) -> RendererKind:
 
 
 def _renderer(args: argparse.Namespace) -> Renderer:
-    return make_renderer(_kind(args), print_logs=_print_logs(args), progress=not _quiet(args))
+    return make_renderer(
+        _kind(args),
+        print_logs=_print_logs(args),
+        progress=not _quiet(args),
+        verbosity=_verbosity(args),
+    )
 
 
 def _write_report(
@@ -355,14 +382,17 @@ def build(
         run=run,
         shared=shared,
         check=args.check,  # nothing is built for it: Nix checks only what was built before
+        nix_said=_nix_lines if _nix_json(args) else None,
     )
-    # Quiet when nothing was to do.
-    if not _quiet(args) and not args.json and (report.finished or machine_events):
+    # Quiet when nothing was to do; and where stderr is for a program (internal-json).
+    people = not (_quiet(args) or args.json or _nix_json(args))
+    if people and (report.finished or machine_events):
         render_summary([*report.finished, *machine_events], sys.stderr, logs_kept=kept)
     if args.report is not None:
         _write_report(state, report.run_id, args.report, renderer, kept=kept)
     if report.failed:
-        _print_log_tails(BuildLogs(state / "logs"), report.failed, _log_lines(pool))
+        if not _nix_json(args):  # there, the log went as lines of the build's activity
+            _print_log_tails(BuildLogs(state / "logs"), report.failed, _log_lines(pool))
         raise build_failed(report, logs_kept=kept, logs_shown=_print_logs(args) and not args.json)
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"

@@ -1,7 +1,8 @@
 """Everything a run shows: renderers that consume the executor's events (``ui.events``).
 
 ``make_renderer`` picks one: the live view (``tty``) when stderr is a terminal, plain lines
-(``plain``) otherwise, or JSON lines on stdout (``json``, no live view). All of them take the
+(``plain``) otherwise, JSON lines on stdout (``json``, no live view), or Nix's own ``@nix``
+lines on stderr (``nixjson``, ``--log-format internal-json``). All of them take the
 same events through the ``Renderer`` protocol; the clock and the terminal size are parameters
 so that tests drive them with scripted events and read back exactly what was written.
 """
@@ -17,7 +18,7 @@ from offload.ui.events import Renderer
 
 __all__ = ["RendererKind", "make_renderer"]
 
-RendererKind = Literal["auto", "tty", "plain", "json"]
+RendererKind = Literal["auto", "tty", "plain", "json", "nixjson"]
 
 
 def make_renderer(
@@ -30,6 +31,7 @@ def make_renderer(
     size: tuple[int, int] | None = None,
     summary: bool = False,
     progress: bool = True,
+    verbosity: int = 3,
 ) -> Renderer:
     """A renderer writing to ``stream`` (default stderr), or JSON to ``json_stream`` (stdout).
 
@@ -37,6 +39,8 @@ def make_renderer(
     plain renderers also write the run's summary table at ``RunFinished`` (off by default: the
     CLI calls ``ui.summary.render_summary`` itself after ``close``). Without ``progress``
     (nix-build's --quiet) the plain renderer writes build logs only, not offload's own lines.
+    ``verbosity`` is Nix's (3, info, by default): the ``nixjson`` renderer's messages above it
+    are not written.
     """
     stream = sys.stderr if stream is None else stream
     if kind == "auto":
@@ -47,6 +51,10 @@ def make_renderer(
 
             out = sys.stdout if json_stream is None else json_stream
             return JsonRenderer(out, print_logs=print_logs)
+        case "nixjson":
+            from offload.ui.nixjson import NixJsonRenderer
+
+            return NixJsonRenderer(stream, verbosity=verbosity, print_logs=print_logs)
         case "plain":
             from offload.ui.plain import PlainRenderer
 
