@@ -297,6 +297,45 @@ def test_a_lost_second_copy_does_not_count_against_a_healthy_first():
     assert ("long", "slow", "built") in ended
 
 
+def test_a_build_that_brings_its_builders_down_is_charged_when_another_notices():
+    # crash brings down every builder it runs on, and innocent, beside it, is the build whose
+    # session notices first. Only innocent was charged: crash went on from builder to builder
+    # uncounted, until the last was backed off and the run stranded with nothing failed.
+    plan, _, _, src = make_plan({"innocent": [], "crash": []})
+    falls: list[str] = []
+
+    def dying(name: str) -> object:
+        crashing = asyncio.Event()
+
+        async def build(build: FakeBuild) -> BuildOutcome | None:
+            if build.drv.name == "crash":
+                crashing.set()
+                await asyncio.Event().wait()  # the machine goes down under it
+            await crashing.wait()
+            falls.append(name)
+            raise RuntimeError("killed")  # innocent's session notices the fall first
+
+        return build
+
+    members = [_member(f"d{i}", 2 ** (4 - i), 2, dying(f"d{i}")) for i in range(4)]
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, FakeLink(FakeStore("local", [src])), emit=events.append,
+        keep_going=True, estimates={"innocent": 40, "crash": 40},
+    )  # fmt: skip
+    # Before, crash went on to d3 alone, where (in this fake) nothing noticed: a guard.
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert falls == ["d0", "d1", "d2"]  # each fall with both there; d3 never used
+    ended = [(e.name, e.machine, e.status) for e in events if isinstance(e, JobFinished)]
+    assert ended.count(("crash", "", "failed")) == 1
+    assert ("innocent", "d2", "failed") in ended  # lost beside it three times: counted too
+    assert (
+        "lost with its machine 3 times, the last on d2: "
+        in report.failed[next(d for d in plan.order if plan.drvs[d].name == "crash")]
+    )
+    assert _untold(events) == set()
+
+
 def _member(name: str, speed: int, slots: int, builder: object) -> PoolMember:
     store = FakeStore(name, builder=builder)  # type: ignore[arg-type]
     return PoolMember(spec(name, speed=speed, slots=slots), FakeLink(store), remote=True)

@@ -5,7 +5,9 @@ own): the loop settles a copy's task (``Executor._settle``) and hands its ``Outc
 which tells the policy, the run's report and its events. A failed build is final (its
 dependents are skipped, and without keep-going the run halts); a copy lost with its machine
 backs the machine off and goes back to the queue, and a derivation lost ``MAX_LOSSES`` times
-fails; a copy whose inputs' holder went away is given back, no fault of its own machine's.
+fails (every build lost in one fall counts it, the one that noticed and the others there with
+no copy elsewhere: nothing tells which brought the machine down); a copy whose inputs' holder
+went away is given back, no fault of its own machine's.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Endings(Stopping):
     _learning: Learning
     _copies: BuildCopies
     _losses: dict[str, int]
+    _lost_with: dict[str, str]  # the machine and error of each derivation's last loss
     _last_error: dict[str, str]
     _explain: Callable[[str, str], str]
 
@@ -151,6 +154,15 @@ class Endings(Stopping):
         outputs that only it held made again where they are still needed. Said once per
         backoff: the other builds lost in the same fall add nothing."""
         error = self._explain(machine, error)
+        # Its builds that had no copy elsewhere are lost with it: each counts a loss, not only
+        # the one whose session noticed first (``_lost``): that was often not the build that
+        # brought the machine down, which went on being retried uncounted.
+        alone = [
+            drv_path
+            for task, (drv_path, where) in self._tasks.items()
+            if where == machine and task not in self._stopped
+            and self.policy.copies(drv_path) == [machine]
+        ]  # fmt: skip
         down = self.policy.on_machine_failed(machine, now)
         self._full.gone(machine)
         if not down.merged:
@@ -163,8 +175,32 @@ class Endings(Stopping):
             if where == machine:
                 other_task.cancel()
                 self._stopped[other_task] = ("lost", error)
+        for drv_path in alone:
+            self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+            self._lost_with[drv_path] = f"{machine}: {error}"
         coming = {drv for drv, _, _ in self._homeward.values()}
         self._holders.machine_gone(machine, self.policy, coming)
+
+    def _lost_too_often(self, drv_path: str) -> bool:
+        """Whether ``drv_path`` was lost with its machine ``MAX_LOSSES`` times: it is not
+        started again (``_fail_lost``)."""
+        return self._losses.get(drv_path, 0) >= MAX_LOSSES
+
+    def _fail_lost(self, drv_path: str, machine: str, now: float) -> None:
+        """The policy placed ``drv_path`` on ``machine`` again after its ``MAX_LOSSES``-th loss
+        beside another build (``_machine_failed``): it fails there, never started, with the
+        last machine's error, as the derivation whose own copy noticed it fails (``_lost``)."""
+        finished = self.policy.on_finished(drv_path, machine, now, ok=False)
+        error = (
+            f"lost with its machine {self._losses[drv_path]} times, the last on "
+            f"{self._lost_with.get(drv_path, 'its builder')}"
+        )
+        self.report.failed[drv_path] = error
+        self._events.finished(drv_path, "", "failed", started=self.wall(), error=error)
+        for skipped in finished.skipped:
+            self._finish_skipped(skipped, drv_path)
+        if not self.keep_going:
+            self._halt()
 
     def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> bool:
         """The derivation failed with this copy; False (and nothing done) when its end

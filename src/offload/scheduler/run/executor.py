@@ -120,6 +120,7 @@ class Executor(Endings):
         # here to be reported once they arrive.
         self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
         self._losses: dict[str, int] = {}
+        self._lost_with: dict[str, str] = {}
         self._stopping = False
         self._stopped: dict[asyncio.Task[Outcome], tuple[Literal["cancelled", "lost"], str]] = {}
 
@@ -283,6 +284,8 @@ class Executor(Endings):
         wake: float | None = None
         for decision in self.policy.next_decisions(self.clock()):
             match decision:
+                case Start(job=job, machine=machine) if self._lost_too_often(job):
+                    self._fail_lost(job, machine, self.clock())
                 case Start(job=job, machine=machine):
                     self._start(job, machine, speculative=False)
                 case Speculate(job=job, machine=machine):
