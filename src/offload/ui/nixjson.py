@@ -25,7 +25,9 @@ lines. Ids are Nix's: the process id in the high 32 bits and a count, so they ne
 within a stream. Text from elsewhere (log lines, a builder's error) is written as received,
 JSON-escaped to plain ASCII, as Nix passes it on; the reader decides how to show it. Not told:
 the list of derivations to build (Nix's "these N derivations will be built:"), and copies,
-which Nix tells path by path (``actCopyPath``) and offload's events tell per build.
+which Nix tells path by path (``actCopyPath``) and offload's events tell per build. (nom takes a
+build as done when its output appears in the local store: one offload leaves on its builder
+looks running to it, unless ``--fetch-all``; README.)
 """
 
 from __future__ import annotations
