@@ -47,6 +47,7 @@ class Endings(Stopping):
     _copies: BuildCopies
     _losses: dict[str, int]
     _lost_with: dict[str, str]  # the machine and error of each derivation's last loss
+    _told: set[asyncio.Task[Outcome]]  # copies said lost with their machine, not settled yet
     _last_error: dict[str, str]
     _explain: Callable[[str, str], str]
 
@@ -160,7 +161,7 @@ class Endings(Stopping):
         alone = [
             drv_path
             for task, (drv_path, where) in self._tasks.items()
-            if where == machine and task not in self._stopped
+            if where == machine and task not in self._stopped and task not in self._told
             and self.policy.copies(drv_path) == [machine]
         ]  # fmt: skip
         down = self.policy.on_machine_failed(machine, now)
@@ -168,13 +169,17 @@ class Endings(Stopping):
         if not down.merged:
             self._last_error[machine] = error
             self._events.machine_down(machine, error, self.wall() + (down.until - now))
-        self._skipped_later()  # what its fall skips, once it is said
         # Every copy there: the policy dropped them all, those with a twin elsewhere too (left
         # running, one built for hours on a machine said down, and the run waited for it).
-        for other_task, (_, where) in list(self._tasks.items()):
-            if where == machine:
+        # Each is said lost now, with its machine: its task may settle after the derivation
+        # was placed again, or skipped by this very fall.
+        for other_task, (drv_path, where) in list(self._tasks.items()):
+            if where == machine and other_task not in self._told:
                 other_task.cancel()
-                self._stopped[other_task] = ("lost", error)
+                self._told.add(other_task)
+                since = self._since.get(other_task, self.wall())
+                self._events.finished(drv_path, machine, "lost", started=since, error=error)
+        self._skipped_later()  # what its fall skips, once it is said
         for drv_path in alone:
             self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
             self._lost_with[drv_path] = f"{machine}: {error}"

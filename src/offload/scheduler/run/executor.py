@@ -120,6 +120,7 @@ class Executor(Endings):
         # here to be reported once they arrive.
         self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
         self._losses: dict[str, int] = {}
+        self._told: set[asyncio.Task[Outcome]] = set()
         self._lost_with: dict[str, str] = {}
         self._stopping = False
         self._stopped: dict[asyncio.Task[Outcome], tuple[Literal["cancelled", "lost"], str]] = {}
@@ -417,6 +418,10 @@ class Executor(Endings):
         self.loads.ended(machine)
         self._holders.fed.discard(entry)
         now = self.clock()
+        if task in self._told:  # said lost with its machine; how it ended decides nothing
+            self._told.discard(task)
+            self._stopped.pop(task, None)
+            return
         if task.cancelled():
             self._stopped_copy(task, drv_path, machine, since)
             return

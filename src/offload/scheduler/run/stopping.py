@@ -4,10 +4,11 @@ A mixin of ``Executor``'s (its task tables are the executor's own): a copy is st
 cancelling its task, which stops its remote build (``copy``); the loop settles the task when
 it ends, and the executor says why it was stopped (``_stopped``, kept from the moment it is
 stopped). So every copy that started ends with one ``JobFinished``, whatever stopped it: a copy
-that lost to another or whose twin failed ("cancelled"), one whose machine went down under it
-("lost"), one halted by another's failure or let go from a full builder ("cancelled"), each
-when its task settles, and those the run's end stopped (``_stop_all``: "cancelled", "stopped by
-the run's end", said as they are stopped, before the run's last event).
+that lost to another or whose twin failed, one halted by another's failure or let go from a
+full builder ("cancelled"), each when its task settles; one whose machine went down under it
+("lost") as the fall is said (``Endings._machine_failed``); and those the run's end stopped
+(``_stop_all``: "cancelled", "stopped by the run's end", said as they are stopped, before the
+run's last event).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Stopping:
     wall: Callable[[], float]
     # Copies being stopped, and how each is to be told once its task settles: (status, why).
     _stopped: dict[asyncio.Task[Outcome], tuple[Literal["cancelled", "lost"], str]]
+    _told: set[asyncio.Task[Outcome]]  # copies said lost with their machine (``Endings``)
 
     def _halt(self) -> None:
         """A build failed and the run does not keep going: nothing new starts, and the builds
@@ -94,6 +96,8 @@ class Stopping:
         ]  # fmt: skip
         # Told now, not once stopped: a second signal may cut the wait short.
         for task, (drv_path, machine) in self._tasks.items():
+            if task in self._told:
+                continue  # said lost with its machine already
             self._stopped.setdefault(task, ("cancelled", "stopped by the run's end"))
             self._stopped_copy(task, drv_path, machine, self._since.get(task, self.wall()))
         # Built there, its outputs not here: the copy ends stopped (it had no end in the
@@ -113,6 +117,7 @@ class Stopping:
         self._tasks.clear()
         self._since.clear()
         self._stopped.clear()
+        self._told.clear()
         self._homeward.clear()
         self._joining.clear()
         self._full.probes.clear()
