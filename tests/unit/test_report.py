@@ -336,6 +336,28 @@ def test_the_history_itself_or_a_directory_to_be_is_no_target(tmp_path, capsys):
     assert not (tmp_path / "newdir").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["report", "--hook"], "history.sqlite"),  # only `offload report RUN` checked it
+        (["report"], "history.sqlite-shm"),  # "written", then SQLite removed it on closing
+        (["build", "-E", "1", "--builders", ""], "history.sqlite"),  # before the run
+    ],
+)
+def test_no_page_replaces_the_history_or_its_files(tmp_path, capsys, monkeypatch, argv, name):
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(_run({}), [_build("a", "fast", 1, 5)])
+    target = tmp_path / name
+    before = target.read_bytes() if target.exists() else None
+    assert main([*argv, "-o" if argv[0] == "report" else "--report", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {target}: is the history database the report is made from")
+    assert (target.read_bytes() if target.exists() else None) == before
+    with History(tmp_path / "history.sqlite") as history:
+        assert history.runs()[0].run_id == "r1"
+
+
 def test_standard_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
     with History(tmp_path / "history.sqlite") as history:
         history.record_run(_run({}), [_build("a", "fast", 1, 5)])

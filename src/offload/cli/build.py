@@ -89,9 +89,10 @@ def _run(
     with _state() as (state, kept):
         mark("settings")
         if args.report is not None:
-            from offload.report import check_target  # only for --report: it is not cheap
+            from offload.report import check_target, not_history  # not cheap: --report only
 
             check_target(args.report)  # before the run, not after it
+            not_history(args.report, state / "history.sqlite")
         backoff = remembered_backoff(state, args.on)
         if args.dry_run:
             from offload.cli.build_dry import show_dry_run

@@ -318,11 +318,12 @@ def _write_report(
     or in the page's title: `offload report` could not show it."""
     import dataclasses
 
-    from offload.report import check_target, load_model, write_page, written  # for --report only
+    from offload.report import check_target, load_model, not_history, write_page, written
 
     try:
         with History(state / "history.sqlite") as history:
             check_target(target)
+            not_history(target, history.path)
             model = load_model(history, run_id)
         if not kept:
             started = time.strftime("%F %T", time.localtime(model.run.started))

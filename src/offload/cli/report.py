@@ -27,6 +27,7 @@ from offload.paths import SYSTEM_STATE_DIR
 from offload.report import (
     check_target,
     load_hook_model,
+    not_history,
     report_target,
     write_page,
     write_report,
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         since = None if args.since is None else time.time() - parse_duration(args.since, "--since")
         with open_history(daemon=args.daemon, command="report") as h:
+            not_history(args.output, h.path)
             model = load_hook_model(h, since)
         write_page(model, args.output)
         what = "report of offload-hook's builds"

@@ -56,11 +56,13 @@ def check_target(path: Path | None) -> None:
 
 
 def not_history(path: Path | None, history: Path) -> None:
-    """``path`` is not the history the page is made from (or its write-ahead log): the page
-    replaced it, and every run kept in it was lost."""
+    """``path`` is not the history the page is made from, nor one of SQLite's files beside it
+    (its write-ahead log, shared memory, rollback journal): the page replaced it, and every
+    run kept in it was lost (or, for the shared memory, SQLite removed the page on closing)."""
     if path is None:
         return
-    for kept in (history, history.with_name(history.name + "-wal")):
+    beside = [history.with_name(history.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+    for kept in (history, *beside):
         with contextlib.suppress(OSError):
             if path.resolve() == kept.resolve() or path.samefile(kept):
                 raise OffloadError(
