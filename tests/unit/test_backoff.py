@@ -3,7 +3,14 @@ import json
 
 import pytest
 
-from offload.backoff import REASON_CHARS, UNKNOWN_REASON, Health, load_backoff, save_backoff
+from offload.backoff import (
+    REASON_CHARS,
+    UNKNOWN_REASON,
+    Health,
+    clear_backoff,
+    load_backoff,
+    save_backoff,
+)
 from offload.errors import SchedulerError
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import FakeLink, FakeStore
@@ -74,10 +81,8 @@ def test_a_builder_backed_off_in_an_earlier_run_is_not_tried():
     down = [e for e in events if isinstance(e, MachineEvent)]
     assert [(e.machine, e.state) for e in down] == [("fast", "down")]
     assert isinstance(events[0], RunStarted)  # the run's first event opens it; the down after
-    kept = report.health["fast"]
-    assert kept is not None
-    assert kept.failures == 1
-    assert kept.until == pytest.approx(1060.0, abs=1.0)
+    # Nothing learnt of it: the file keeps what is there (another process may reset it).
+    assert "fast" not in report.health
 
 
 def test_a_builder_an_earlier_run_backed_off_is_tried_when_nothing_else_can_build():
@@ -106,6 +111,20 @@ def test_a_builder_tried_again_that_fails_again_stops_the_run_with_its_new_reaso
     assert "old words" not in str(raised.value)
 
 
+def test_a_run_keeps_only_what_it_learnt_and_others_changes_stand(tmp_path):
+    # A run that started with fast backed off and never tried it wrote fast's backoff back
+    # at its end, undoing an `offload machines --reset fast` made meanwhile, and wrote every
+    # other builder healthy, erasing what the hook had backed off meanwhile.
+    path = tmp_path / "backoff.json"
+    save_backoff(path, {"fast": Health(1, 1060.0, "refused")}, now=1000.0)
+    report, _, _ = _run({"fast": Health(1, 1060.0, "refused")})
+    assert report.ok
+    clear_backoff(path, ["fast"], now=1000.0)  # meanwhile: offload machines --reset fast
+    save_backoff(path, {"slow": Health(1, 1070.0, "the hook's")}, now=1000.0)  # and the hook
+    save_backoff(path, report.health, now=1000.0)  # the run ends
+    assert set(load_backoff(path, now=1000.0)) == {"slow"}
+
+
 def test_a_failure_is_remembered_and_a_success_forgets_it():
     report, _, _ = _run({}, dead=True)
     assert report.ok
@@ -126,9 +145,7 @@ def test_the_reason_of_an_earlier_run_is_said_and_kept():
     report, events, _ = _run({"fast": Health(2, 1060.0, why)})
     [down] = [e for e in events if isinstance(e, MachineEvent)]
     assert down.message == f"backed off after 2 failure(s) in earlier runs: {why} {RESET}"
-    kept = report.health["fast"]
-    assert kept is not None
-    assert kept.reason == why  # not tried this run: the next one still knows why
+    assert "fast" not in report.health  # not tried this run: the file still says why
 
 
 def test_an_entry_without_a_reason_loads_and_says_the_reason_is_unknown(tmp_path):
@@ -141,9 +158,7 @@ def test_an_entry_without_a_reason_loads_and_says_the_reason_is_unknown(tmp_path
     report, events, _ = _run({"fast": Health(1, 1060.0)})
     [down] = [e for e in events if isinstance(e, MachineEvent)]
     assert down.message.endswith(f"in earlier runs: {UNKNOWN_REASON} {RESET}")
-    kept = report.health["fast"]
-    assert kept is not None
-    assert (kept.failures, kept.reason) == (1, None)  # still not known: nothing was learned
+    assert "fast" not in report.health  # nothing was learned
 
 
 def test_a_reason_is_kept_on_one_bounded_line(tmp_path):

@@ -48,6 +48,8 @@ class Endings(Stopping):
     _losses: dict[str, int]
     _lost_with: dict[str, str]  # the machine and error of each derivation's last loss
     _told: set[asyncio.Task[Outcome]]  # copies said lost with their machine, not settled yet
+    _fell: set[str]  # machines this run backed off
+    _built_on: set[str]  # machines that built for it
     _last_error: dict[str, str]
     _explain: Callable[[str, str], str]
 
@@ -105,6 +107,7 @@ class Endings(Stopping):
             self._superseded(drv_path, machine, outcome, stopped)
             return
         member = self.members[machine]
+        self._built_on.add(machine)
         self._holders.built(drv_path, machine if member.remote else LOCAL, home=outcome.home)
         speed = member.spec.speed
         self._learning.learn(drv_path, speed, outcome.build_seconds, outcome.started, self.policy)
@@ -165,6 +168,7 @@ class Endings(Stopping):
             and self.policy.copies(drv_path) == [machine]
         ]  # fmt: skip
         down = self.policy.on_machine_failed(machine, now)
+        self._fell.add(machine)
         self._full.gone(machine)
         if not down.merged:
             self._last_error[machine] = error

@@ -106,7 +106,10 @@ class Executor(Endings):
             name: self._explain(name, error) for name, error in (unreachable or {}).items()
             if name in self.members
         }  # fmt: skip
+        self._fell: set[str] = set()  # builders this run backed off (``health``)
+        self._built_on: set[str] = set()  # and those that built for it
         self._restored = self._restore(backoff or {})
+        self._started_down = frozenset(self._restored)
         self._poke = asyncio.Event()  # set when a copy's news may change the decisions
         self._full, self.loads = self._capacity_watchers(local_boot_id)
         self._copies = self._build_copies(slots, build_options)
@@ -196,6 +199,7 @@ class Executor(Endings):
         for name, error in self._unreachable.items():
             self._last_error[name] = error
             self.policy.on_machine_failed(name, self.clock())
+            self._fell.add(name)
         for name in self._joining.values():
             self.policy.hold(name)
         return restored
@@ -250,13 +254,18 @@ class Executor(Endings):
             self._finish_skipped(drv_path, "")
 
     def health(self) -> dict[str, Health | None]:
-        """Each builder's backoff to remember for later runs (None: healthy)."""
+        """The backoff this run learnt, to remember for later runs: each builder it backed
+        off, and each that built for it or came back from a backoff (None: healthy). Those it
+        learnt nothing of (left backed off, or not used) are left out: what other processes
+        wrote of them meanwhile (the hook's backoff, ``offload machines --reset``) stands."""
         now, wall = self.clock(), self.wall()
         result: dict[str, Health | None] = {}
         for name, member in self.members.items():
-            if not member.remote:
-                continue
             failures = self.policy.failures(name)
+            healthy = failures == 0 and (name in self._started_down or name in self._built_on)
+            learnt = name in self._fell or healthy
+            if not member.remote or not learnt:
+                continue
             until = self.policy.down_until(name)
             down = failures > 0 and until > now
             reason = self._last_error.get(name)
