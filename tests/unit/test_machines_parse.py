@@ -116,6 +116,25 @@ def test_query_parameters_and_column_precedence():
     assert one("ssh://nx-a.invalid?ssh-key=/from-uri - /from-column").ssh_key == "/from-column"
 
 
+def test_a_parameter_given_twice_is_its_first_as_to_nix():
+    # decodeQuery's emplace keeps the first: offload pinned the second host key given.
+    other = base64.b64encode(b"ssh-ed25519 AAAAother").decode()
+    m = one(
+        f"ssh://nx-a.invalid?base64-ssh-public-host-key={KEY_B64}"
+        f"&base64-ssh-public-host-key={other}&ssh-key=/ka&ssh-key=/kb"
+    )
+    assert (m.public_host_key, m.ssh_key) == (KEY_LINE, "/ka")
+
+
+def test_an_empty_port_is_none_as_to_nix():
+    # "ssh://h:" failed the whole spec (every builder of --builders left out with it).
+    assert (one("ssh://nx-a.invalid:").host, one("ssh://nx-a.invalid:").port) == (
+        "nx-a.invalid",
+        None,
+    )
+    assert one("ssh://[::1]:").port is None
+
+
 def test_host_key_from_uri_parameter():
     m = one(f"ssh://nx-a.invalid?base64-ssh-public-host-key={KEY_B64.rstrip('=')}")
     assert m.public_host_key == KEY_LINE

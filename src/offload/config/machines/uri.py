@@ -46,8 +46,8 @@ def _parse_query(query: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for part in query.split("&"):
         key, eq, value = part.partition("=")
-        if eq:  # Nix's decodeQuery drops parameters without '='.
-            params[unquote(key)] = unquote(value)
+        if eq:  # Nix's decodeQuery drops parameters without '=', and keeps a name's first.
+            params.setdefault(unquote(key), unquote(value))
     return params
 
 
@@ -85,14 +85,14 @@ def _split_port(hostport: str, raw: str) -> tuple[str, int | None]:
         if end < 0:
             raise ValueError(f"unclosed '[' in '{shown(raw)}'")
         host, rest = hostport[1:end], hostport[end + 1 :]
-        if not rest:
+        if rest in ("", ":"):
             return host, None
         if not rest.startswith(":"):
             raise ValueError(f"unexpected text after ']' in '{shown(raw)}'")
         return host, _port(rest[1:], raw)
     if hostport.count(":") == 1:
         host, _, port = hostport.partition(":")
-        return host, _port(port, raw)
+        return host, _port(port, raw) if port else None  # "h:" is no port, as to Nix
     return hostport, None
 
 
