@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from offload.backoff import Health
+from offload.booleans import nix_bool
 from offload.build import DrvGraph, Roots, out_links, run_build
 from offload.cli.build import remembered_backoff
 from offload.cli.build_args import realise_flags
@@ -376,7 +377,7 @@ def build(
         emit=emit,
         close=renderer.close,
         # -k, or Nix's keep-going setting (nix.conf, NIX_CONFIG, --option), as nix-build reads it.
-        keep_going=args.keep_going or pool.nix_settings.get("keep-going") == "true",
+        keep_going=args.keep_going or nix_bool(pool.nix_settings.get("keep-going")),
         retry_now=args.on,
         fetch_all=args.fetch_all,
         backoff=backoff,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from offload.booleans import nix_bool
 from offload.config.machines import (
     Machine,
     default_name,
@@ -73,7 +74,7 @@ def pool_to_toml(pool: Pool) -> str:
         if not m.enabled:
             lines.append("enabled = false")
         for key in ("compress", "builders-use-substitutes"):
-            if m.params.get(key) == "true":
+            if nix_bool(m.params.get(key)):
                 lines.append(f"{key} = true")
         lines.append(f"systems = {_toml_list(m.systems)}")
         if (column := _key_column(m)) is not None:  # the URI's ssh-key stays in it

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from offload.booleans import nix_bool
 from offload.config.machines import (
     Machine,
     default_name,
@@ -411,7 +412,7 @@ def load_pool(
     warnings += more
     entry = local_machine(settings, toml.local if toml else None, nix_builds_here=nix_builds_here)
     local = entry if entry.max_jobs > 0 else None
-    substitutes = settings.get("builders-use-substitutes") == "true"
+    substitutes = nix_bool(settings.get("builders-use-substitutes"))
     # As nix-build, an option Nix refused is one warning and no setting, never a failure.
     options = {k: v for k, v in (options or {}).items() if k not in settings.refused}
     with_nix_options({}, options)  # refuse options the local store cannot be given, up front

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offload.ansi import strip_ansi
+from offload.booleans import nix_bool
 from offload.config.machines import shown
 from offload.config.reading import (
     MACHINES_DEFAULT_ORIGIN,
@@ -239,7 +240,9 @@ def _refused(warnings: Sequence[str], options: Mapping[str, str]) -> frozenset[s
 
 def substitutes_locally(settings: NixSettings) -> bool:
     """Would the local Nix fetch a missing path from a binary cache rather than build it?"""
-    return settings.get("substitute") != "false" and bool(settings.words("substituters"))
+    return nix_bool(settings.get("substitute"), default=True) and bool(
+        settings.words("substituters")
+    )
 
 
 def with_nix_options(env: Mapping[str, str], options: Mapping[str, str]) -> dict[str, str]:

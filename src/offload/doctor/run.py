@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from offload.booleans import nix_bool
 from offload.config.machines import Machine
 from offload.doctor import claims, facts
 from offload.doctor.login import DEFAULT_TIMEOUT, SLACK, DoctorOptions, LoginProbe
@@ -244,7 +245,7 @@ class _Probe(LoginProbe):
         if route == "local" or self.trusted is not None:
             return facts.daemon_trust(self.trusted, conf) if self.dialect is DAEMON else conf
         listed = facts.listed_trusted(user, groups, config)
-        require_sigs = (config or {}).get("require-sigs", "true") != "false"
+        require_sigs = nix_bool((config or {}).get("require-sigs"), default=True)
         said = await self._offer_probe(link)
         return probed_trust_check(listed, conf, said, user, require_sigs=require_sigs)
 
@@ -378,5 +379,5 @@ class _Probe(LoginProbe):
         seconds = time.monotonic() - started
         if code != 0:
             return Check("throughput", Verdict.WARN, f"not measured: {err.strip() or code}")
-        compressed = self.machine.params.get("compress") == "true"
+        compressed = nix_bool(self.machine.params.get("compress"))
         return facts.throughput_check(_THROUGHPUT_BYTES, len(out), seconds, compressed)

@@ -10,6 +10,7 @@ import contextlib
 import time
 import uuid
 
+from offload.booleans import nix_bool
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.history.records import BuildRecord
 from offload.hook.context import HookContext
@@ -39,7 +40,7 @@ async def build_on(
     started = time.time()
     machine = context.machine(name)
     substitute = context.pool.builders_use_substitutes or (
-        machine.params.get("builders-use-substitutes") == "true"
+        nix_bool(machine.params.get("builders-use-substitutes"))
     )
     try:
         async with context.keep.local(context.env) as local:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from offload.booleans import nix_bool
 from offload.errors import ProtocolError, StoreError
 from offload.numerals import is_decimal
 from offload.protocol.stderr import strip_ansi
@@ -180,8 +181,8 @@ class BuildOptions:
             build_timeout=whole("timeout"),
             max_log_size=whole("max-build-log-size"),
             nr_repeats=whole("repeat"),
-            enforce_determinism=get("enforce-determinism") != "false",
-            keep_failed=get("keep-failed") == "true",
+            enforce_determinism=nix_bool(get("enforce-determinism"), default=True),
+            keep_failed=nix_bool(get("keep-failed")),
         )
 
     def encode(self, minor: int) -> bytes:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from offload.booleans import nix_bool
 from offload.config.machines.model import ssh_name_problem
 from offload.config.reading import local_nix_version
 from offload.errors import ConfigError
@@ -99,7 +100,7 @@ def ssh_target(machine: Machine) -> SshTarget:
         port=machine.port,
         identity_file=machine.ssh_key,
         public_host_key=machine.public_host_key,
-        compress=machine.params.get("compress", "false") == "true",
+        compress=nix_bool(machine.params.get("compress")),
         aes=builds_on_aes(machine.systems),
     )
 

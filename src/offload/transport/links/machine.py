@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from offload.booleans import nix_bool
 from offload.errors import SshError
 from offload.transport.dialect import SERVE, Dialect, dialect_of
 from offload.transport.links.pool import Link
@@ -107,7 +108,7 @@ class MachineLink(Link):
         ``shared``, where its persistent master is when it has none.
         """
         if substitute is None:
-            substitute = machine.params.get("builders-use-substitutes", "false") == "true"
+            substitute = nix_bool(machine.params.get("builders-use-substitutes"))
         return cls(
             ssh_target(machine),
             name=machine.name,
