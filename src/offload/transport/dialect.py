@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from offload.protocol.client import CLIENT_HELLO, SERVER_HELLO, ServeClient
-from offload.transport.wrapper import serve_program
+from offload.transport.wrapper import remote_program, serve_program
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -48,11 +48,9 @@ _FORCED = {"ssh": "nix-store --serve --write", "ssh-ng": "nix-daemon --stdio"}
 
 def daemon_program(params: Mapping[str, str] | None = None) -> list[str]:
     """``nix-daemon --stdio [--store URI]`` as Nix's ssh-ng:// store runs it."""
-    params = params or {}
-    remote = [params.get("remote-program") or "nix-daemon", "--stdio"]
-    if params.get("remote-store"):
-        remote += ["--store", params["remote-store"]]
-    return remote
+    remote = [*remote_program(params, "nix-daemon"), "--stdio"]
+    store = (params or {}).get("remote-store")
+    return [*remote, "--store", store] if store else remote
 
 
 @dataclass(frozen=True)

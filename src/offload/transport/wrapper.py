@@ -40,10 +40,14 @@ This module only builds argv lists and reads start lines; ``offload.transport.li
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
 from offload.numerals import is_decimal
+
+# What Nix splits a list setting on (tokenizeString's default separators).
+_NIX_BLANKS = re.compile(r"[ \t\n\r]+")
 
 __all__ = [
     "CLIENT_ID_CHARS",
@@ -58,6 +62,7 @@ __all__ = [
     "parse_pid_line",
     "parse_slot",
     "parse_start_line",
+    "remote_program",
     "serve_command",
     "serve_program",
     "store_program",
@@ -228,17 +233,25 @@ exit 0"""
 
 def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
     """``nix-store --serve --write [--store URI]`` as Nix's ssh:// store runs it."""
-    program, *store = store_program(params)
-    return [program, "--serve", "--write", *store]
+    return [*remote_program(params, "nix-store"), "--serve", "--write", *_store_flag(params)]
 
 
 def store_program(params: Mapping[str, str] | None = None) -> list[str]:
     """``nix-store [--store URI]``: the store program the store URI's parameters name."""
-    params = params or {}
-    program = [params.get("remote-program") or "nix-store"]
-    if params.get("remote-store"):
-        program += ["--store", params["remote-store"]]
-    return program
+    return [*remote_program(params, "nix-store"), *_store_flag(params)]
+
+
+def remote_program(params: Mapping[str, str] | None, default: str) -> list[str]:
+    """The words of the URI's ``remote-program`` (``sudo -n nix-store``), else ``default``.
+    Nix 2.8 put the text into the remote command as it was, Nix 2.20 on splits it on its
+    blanks (a list setting): both run its words; offload quotes each."""
+    words = _NIX_BLANKS.split((params or {}).get("remote-program") or "")
+    return [word for word in words if word] or [default]
+
+
+def _store_flag(params: Mapping[str, str] | None) -> list[str]:
+    store = (params or {}).get("remote-store")
+    return ["--store", store] if store else []
 
 
 def serve_command(
