@@ -76,7 +76,9 @@ def test_a_path_the_system_refuses_is_an_error_naming_it(
 
 
 @pytest.mark.parametrize(
-    "spec", ["ssh://h\0x x86_64-linux", "ssh://h x86_64-linux /key\0x"], ids=["uri", "key"]
+    "spec",
+    ["ssh://h\0x x86_64-linux", "ssh://h x86_64-linux /key\0x", "ssh://h?remote-store=%00"],
+    ids=["uri", "key", "parameter"],  # a parameter's %00 passed, and ssh could not start
 )
 @pytest.mark.parametrize("command", [["status"], ["doctor", "--timeout", "1"]])
 def test_a_machine_with_a_nul_byte_is_left_out_with_a_warning(
@@ -94,6 +96,20 @@ def test_a_machine_with_a_nul_byte_is_left_out_with_a_warning(
     err = capsys.readouterr().err
     assert "internal error" not in err, err
     assert "holds a NUL byte, which no program or file name can hold; not used" in err, err
+
+
+def test_an_include_named_with_a_nul_byte_is_an_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "internal error: ValueError: embedded null byte".
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    machines = tmp_path / "machines"
+    machines.write_bytes(b"ssh://h\n@/tmp/x\0y\n")
+    assert main(["machines", "--builders", f"@{machines}"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"error: {machines}:2: cannot read machines file /tmp/x\\x00y: its name holds a NUL" in err
+    )
 
 
 @pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".example"], ids=["empty-label", "long-label"])

@@ -145,8 +145,11 @@ def _junk_columns(machine: Machine) -> list[str]:
         "sshKey": machine.ssh_key or "",
         "features": ",".join(sorted(machine.supported_features | machine.mandatory_features)),
     }
+    # A parameter's value as decoded (%00 is a NUL byte in remote-store).
+    values |= {f"storeUri's parameter {name}": text for name, text in machine.params.items()}
     return [
-        f"column {column} holds control characters or bytes that are not UTF-8: '{shown(text)}'"
+        f"{'' if ' ' in column else 'column '}{column} holds control characters or bytes "
+        f"that are not UTF-8: '{shown(text)}'"
         for column, text in values.items()
         if shown(text, len(text) * 4) != text
     ]

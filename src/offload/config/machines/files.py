@@ -115,6 +115,11 @@ def read_user_file(
         raise ConfigError(
             f"cannot read {what} {shown(path, 400)}: {exc.strerror}", hint=hint_unreadable
         ) from exc
+    except ValueError as exc:  # a NUL byte: no file is named so
+        raise ConfigError(
+            f"cannot read {what} {shown(path, 400)}: its name holds a NUL byte",
+            hint=f"name {_a(what)} whose path has no NUL byte",
+        ) from exc
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):

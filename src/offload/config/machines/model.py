@@ -148,10 +148,14 @@ class Machine:
         ssh 9.6 refuses the latter, an older one hands it to a ProxyCommand's shell)."""
         if self.pins_junk:
             return "its host key is base64 of no ssh key"
-        if "\0" in self.uri + (self.ssh_key or ""):
+        decoded = "".join(self.params.values())  # %00 in remote-store, remote-program...
+        if "\0" in self.uri + (self.ssh_key or "") + decoded:
             # No program can be given it, nor a file be named by it (slot locks are named
             # after the URI): every process start or open() with it fails.
-            return "its URI or ssh key holds a NUL byte, which no program or file name can hold"
+            return (
+                "its URI, a parameter of it or its ssh key holds a NUL byte, which no program "
+                "or file name can hold"
+            )
         for what, name in (("host", self.host), ("user", self.user)):
             if name is not None and (problem := ssh_name_problem(name)) is not None:
                 return f"its {what} name {problem}"
