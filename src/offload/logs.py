@@ -378,7 +378,10 @@ class LogRecorder:
         try:
             work(*args)
         except Exception as exc:  # noqa: BLE001 - raised by close, in the run's thread
-            self._errors.append(exc)
+            # The first is the one close raises. Kept all, a disk full under a build printing
+            # millions of lines held an exception (and its frames) per line: gigabytes.
+            if not self._errors:
+                self._errors.append(exc)
 
     def _write(self, drv_path: str, machine: str, line: str) -> None:
         writer = self._writer(drv_path, machine)
@@ -445,13 +448,16 @@ def keep_for_nix(
     if machine == LOCAL:
         return False
     target = nix_log_path(drv_path) if target is None else target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
         _compress(text, tmp)  # a piece at a time: a log may be hundreds of MiB
         os.utime(tmp, (started, started))
         tmp.replace(target)  # whole or not at all: Nix must never read half a bzip2 stream
     except OSError:
+        # Not left behind: on a full disk, one per remote build took yet more of it.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         return False
     return True
 
