@@ -86,11 +86,13 @@ def hook_state(env: Mapping[str, str] | None = None) -> str:
     return user_state(env)
 
 
-def private_dir(path: str) -> str:
+def private_dir(path: str, *, follow: bool = False) -> str:
     """``path`` made (with parents) and checked to be a real directory of this user's, mode
-    0700: where sockets and keys may go, also under a shared /tmp. ``OSError`` if it is not."""
+    0700: where sockets and keys may go, also under a shared /tmp. ``OSError`` if it is not.
+    With ``follow``, a symbolic link to such a directory is one too: a state directory the
+    user named (``offload build`` takes it so), not a name under a shared /tmp."""
     os.makedirs(path, mode=0o700, exist_ok=True)  # noqa: PTH103 - no pathlib here
-    info = os.lstat(path)
+    info = os.stat(path) if follow else os.lstat(path)  # noqa: PTH116 - no pathlib here
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise OSError(f"{path} is not a directory of this user's")
     os.chmod(path, 0o700)  # noqa: PTH101 - no pathlib here
@@ -109,7 +111,9 @@ def usable_hook_state(env: Mapping[str, str] | None = None) -> tuple[str, str | 
         instead = _instead(env)
         return instead, f"{exc}; state kept in {instead} instead (hint: {exc.HINT})"
     try:
-        private_dir(state)
+        # The user's own (a link to another disk is theirs to make, and `offload use`
+        # writes through it): one that is refused here splits the state in two.
+        private_dir(state, follow=True)
         if os.access(state, os.W_OK):  # EROFS too, which root's permissions do not pass
             return state, None
         why = "read-only"

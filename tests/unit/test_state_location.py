@@ -72,3 +72,14 @@ def test_the_hook_keeps_its_state_aside_for_a_relative_offload_state_dir(
         " (hint: set it to an absolute path, or unset it)"
     )
     assert not (tmp_path / "rel").exists()
+
+
+def test_the_hook_takes_a_state_directory_that_is_a_link_to_the_user_s_own(
+    tmp_path: Path,
+) -> None:
+    # Refused as "not a directory of this user's": the hook kept its state under the
+    # temporary directory while `offload use` wrote through the link: two states.
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    env = {"HOME": str(tmp_path), "OFFLOAD_STATE_DIR": str(tmp_path / "link")}
+    assert usable_hook_state(env) == (str(tmp_path / "link"), None)
