@@ -32,6 +32,8 @@ import contextlib
 import fcntl
 import math
 import os
+import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,7 @@ class _FlockHolders:
         self._table: dict[str, set[str]] | None = None
         self._read = False
         self._older = False  # the table was read before the caller's latest flock
+        self.read_at = math.inf  # when the table was last read (wall clock, before reading)
 
     def flocked(self) -> None:
         """The caller has just tried a slot's flock: a table read before is older than that."""
@@ -83,6 +86,7 @@ class _FlockHolders:
         if not self._older:
             return False
         self._older = False
+        self.read_at = time.time()
         self._table = _flock_table()
         return True
 
@@ -100,6 +104,7 @@ class _FlockHolders:
         open); None when /proc/locks cannot be read."""
         if not self._read:
             self._read = True
+            self.read_at = time.time()
             self._table = _flock_table()
         return None if self._table is None else self._table.get(str(inode), set())
 
@@ -155,6 +160,33 @@ def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] |
     except ValueError:
         end = math.nan
     return bool(text), end if math.isfinite(end) else None
+
+
+# How far a file's time may lag the clock (the kernel stamps files from a coarse clock).
+_COARSE_CLOCK = 0.05
+
+
+def _slot_held(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] | None:
+    """None when ``fd``'s slot is free; else whether offload holds it (``_read_holder``) and
+    the end its holder expects. Told by /proc/locks where it can be read: a flock of the
+    look's own, even a shared one for a moment, made a build taking the slot then (Nix's
+    hook's, offload's) find it busy, 5% of tries with a probe in a loop. Where it cannot be
+    read, by the file's own flock."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        return True, None  # no slot file Nix or offload made (a FIFO): not free for sure
+    pids = holders.of(fd)
+    if pids == set() and info.st_mtime >= holders.read_at - _COARSE_CLOCK:
+        # Touched since the table was read: Nix and offload touch the file they take.
+        holders.flocked()
+        holders.read_again()
+        pids = holders.of(fd)
+    if pids == set():
+        return None
+    if pids is None:
+        return None if _free_now(fd) else _read_holder(fd, holders) or (False, None)
+    holders.flocked()  # the table may be older than this look: read again if it must be
+    return _read_holder(fd, holders)  # None: let go since the table was read
 
 
 def _free_now(fd: int) -> bool:
@@ -217,7 +249,8 @@ class SlotLocks:
         for slot in range(slots):
             path = self.directory / f"{key}-{slot}"
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                # Not blocking: a FIFO in its place (damage) would hang the look for ever.
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except FileNotFoundError:
                 free += slots - slot
                 break
@@ -230,20 +263,15 @@ class SlotLocks:
                     ends.append(None)
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holders.flocked()
-                holder = _read_holder(fd, holders)
-                if holder is None and _free_now(fd):
-                    free += 1  # its holder let go between the two looks
-                    continue
-                by_offload, end = holder or (False, None)
-                ends.append(end)
-                by_nix += not by_offload
-            else:
-                free += 1
+                holding = _slot_held(fd, holders)
             finally:
                 os.close(fd)
+            if holding is None:
+                free += 1
+                continue
+            by_offload, end = holding
+            ends.append(end)
+            by_nix += not by_offload
         return SlotProbe(free, tuple(ends), by_nix)
 
     def try_acquire(self, key: str, slots: int, until: float | None = None) -> int | None:

@@ -245,8 +245,12 @@ def test_a_slot_let_go_between_the_probes_two_looks_is_free(tmp_path, monkeypatc
     assert holder is not None
     read_table = slots._flock_table
 
-    def let_go_first():  # the holder lets go after the probe's flock, before /proc/locks
-        os.close(holder)
+    closed: list[bool] = []
+
+    def let_go_first():  # the holder lets go after the probe's look, before /proc/locks
+        if not closed:
+            os.close(holder)
+            closed.append(True)
         return read_table()
 
     monkeypatch.setattr(slots, "_flock_table", let_go_first)
