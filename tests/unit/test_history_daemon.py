@@ -49,6 +49,17 @@ def test_the_daemons_builds_are_listed_with_their_estimates(
     assert "firefox-130.0  big" in capsys.readouterr().out
 
 
+def test_estimates_weigh_the_builds_by_the_pool_s_speed_factors(
+    system: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hook's builds record no factor: "big" at speed 4 was read as speed 1, a quarter of
+    # the work the scheduler and the hook estimate from the same history.
+    monkeypatch.setenv("NIX_CONFIG", "builders = ssh://big x86_64-linux - 1 4")
+    _hook_built(system)
+    assert main(["history", "--daemon", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["estimates"]["firefox"]["work"] == 2400.0
+
+
 def test_the_users_own_history_says_the_daemons_exists(
     system: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -124,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
     with opened as history:
         every = history.runs(limit=None)
         view = _view(history, args, every)
-        speeds = speed_factors(every)
+        # The pool's own factors, as the scheduler and the hook weigh history with: those
+        # recorded by past runs only for machines it no longer has (a hook's builds record
+        # none, and a factor changed since would be off by its ratio).
+        speeds = {**speed_factors(every), **_pool_speeds()}
         pnames = sorted({b.pname for b in view.builds})
         estimates = dict(estimator(history, speeds)(pnames))
         counts = history.counts(r.run_id for r in view.runs)
@@ -138,6 +141,18 @@ def run(args: argparse.Namespace) -> int:
         _print_builds(view.builds)
         _print_estimates(estimates, speeds)
     return 0
+
+
+def _pool_speeds() -> dict[str, float]:
+    """Each machine's speed factor in the pool Nix's settings and offload.toml give; none
+    where that cannot be read (no Nix here: the factors runs recorded stand)."""
+    from offload.cli.build_keep import speeds
+    from offload.config.pool import load_pool
+
+    try:
+        return speeds(load_pool(builders=None, config=None, lenient=True))
+    except (OffloadError, OSError):
+        return {}
 
 
 def _print_json(
