@@ -111,3 +111,29 @@ def test_the_command_writes_the_page_and_refuses_a_run_with_hook(
     assert main(["report", "--since", "soon", "-o", str(tmp_path / "x.html")]) == 1
     assert capsys.readouterr().err.splitlines()[0] == "error: --since 'soon': not a duration"
     assert not (tmp_path / "x.html").exists()
+
+
+def test_a_history_of_hook_builds_only_is_sent_to_report_hook(history: History) -> None:
+    # "no run in the history; hint: ... `offload build` records one": the builds were there.
+    from offload.report import load_model
+
+    now = time.time()
+    _hook_build(history, "h", "fast", now - 10, now - 5)
+    with pytest.raises(OffloadError, match="no run in the history") as said:
+        load_model(history, None)
+    assert said.value.hint == "offload-hook's builds are there: `offload report --hook`"
+
+
+def test_a_page_of_the_newest_builds_only_says_so(
+    history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10,050 builds made a page of 10,000 that said nothing of the rest.
+    monkeypatch.setattr("offload.report.model.HOOK_LIMIT", 3)
+    now = time.time()
+    for i in range(3):
+        _hook_build(history, f"b{i}", "fast", now - 10 + i, now - 9 + i)
+    assert load_hook_model(history, since=now - 60).title == "offload-hook builds"
+    _hook_build(history, "b3", "fast", now - 5, now - 4)
+    capped = load_hook_model(history, since=now - 60)
+    assert capped.title == "offload-hook builds, the newest 3"
+    assert sum(len(lane.bars) for lane in capped.lanes) == 3

@@ -93,5 +93,7 @@ def run(args: argparse.Namespace) -> int:
             model = load_hook_model(h, since)
         write_page(model, args.output)
         what = "report of offload-hook's builds"
+        if model.title != "offload-hook builds":  # capped: said (``load_hook_model``)
+            what += f" ({model.title.removeprefix('offload-hook builds, ')}; --since for fewer)"
     print(written(model, what, args.output), file=sys.stderr)
     return 0

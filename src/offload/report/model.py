@@ -95,9 +95,12 @@ def load_model(history: History, run_id: str | None) -> ReportModel:
         )
     if not runs:
         what = f"no run '{run_id[:40]}'" if run_id else "no run"
+        hooked = run_id is None and history.builds(hook=True, limit=1)
         raise OffloadError(
             f"{what} in the history",
-            hint="`offload history` lists the runs; `offload build` records one",
+            hint="offload-hook's builds are there: `offload report --hook`"
+            if hooked
+            else "`offload history` lists the runs; `offload build` records one",
         )
     run = runs[0]
     if not run.deps:  # the latest run was read without its dependencies
@@ -108,7 +111,9 @@ def load_model(history: History, run_id: str | None) -> ReportModel:
 def load_hook_model(history: History, since: float | None) -> ReportModel:
     """The report of ``offload-hook``'s builds finished at ``since`` or later, else of its
     latest burst (module docstring)."""
-    builds = history.builds(hook=True, since=since, limit=HOOK_LIMIT)
+    builds = history.builds(hook=True, since=since, limit=HOOK_LIMIT + 1)
+    capped = len(builds) > HOOK_LIMIT
+    builds = builds[:HOOK_LIMIT]
     if since is None:
         builds = latest_burst(builds, HOOK_PAUSE)
     if not builds:
@@ -118,7 +123,9 @@ def load_hook_model(history: History, since: float | None) -> ReportModel:
             hint="`offload history` lists the builds; offload-hook records one per build it takes",
         )
     run = hook_run(builds, history.inputs(b.run_id for b in builds))
-    return make_model(run, builds, title="offload-hook builds")
+    # A page of more would not draw; said in its title, and by ``written``, not left unsaid.
+    title = f"offload-hook builds, the newest {HOOK_LIMIT}" if capped else "offload-hook builds"
+    return make_model(run, builds, title=title)
 
 
 def latest_burst(builds: Sequence[BuildRecord], pause: float) -> list[BuildRecord]:
