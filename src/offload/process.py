@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shlex
 import shutil
@@ -237,23 +238,19 @@ def output_lines(argv: Sequence[str]) -> Generator[str, None, None] | None:
     """A command's standard output line by line as it comes, for output too big to hold (a
     build log of hundreds of MiB); None when it failed without printing a line. Its standard
     error is dropped (a pipe nobody reads would stop it); a reader that stops early stops it."""
-    proc = _spawn(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-    )
+    proc = _spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None  # stdout=PIPE
-    first = proc.stdout.readline()
+    # Lines end at "\n" alone, a "\r" kept in its line (a progress bar's redraws), as
+    # offload's own logs are read: Popen's text mode made each "\r" a line of its own.
+    out = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline="\n")
+    first = out.readline()
     if not first and proc.wait() != 0:
-        proc.stdout.close()
+        out.close()
         return None
-    return _rest(proc, proc.stdout, first)
+    return _rest(proc, out, first)
 
 
-def _rest(proc: subprocess.Popen[str], out: IO[str], first: str) -> Generator[str, None, None]:
+def _rest(proc: subprocess.Popen[bytes], out: IO[str], first: str) -> Generator[str, None, None]:
     try:
         if first:
             yield first

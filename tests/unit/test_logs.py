@@ -453,6 +453,21 @@ def test_a_huge_log_nix_kept_is_shown_without_being_held_whole(
         log_cli.show_log(DRV.replace("hello", "other"), logs=BuildLogs(tmp_path / "none"))
 
 
+def test_a_log_nix_kept_shows_a_progress_bar_s_redraws_as_its_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read in Popen's text mode, each "\r" ended a line: every redraw of a bar was a line,
+    # where the same log kept by offload shows the last one.
+    monkeypatch.setenv("NIX_LOG_DIR", str(tmp_path / "nix"))
+    kept = nix_log_path(DRV)
+    kept.parent.mkdir(parents=True)
+    with bz2.open(kept, "wt", newline="") as log:
+        log.write("10%\r50%\r100%\ndone\n")
+    out = io.StringIO()
+    assert log_cli.show_log(DRV, logs=BuildLogs(tmp_path / "none"), out=out) == 0
+    assert out.getvalue() == "100%\ndone\n"
+
+
 def test_a_reader_that_stops_early_stops_the_command() -> None:
     lines = output_lines(["yes", "endless"])
     assert lines is not None
