@@ -220,8 +220,13 @@ class SlotLocks:
     """The slot files of ``directory``, made if ``make`` (a reader, ``offload status``, only
     probes, and leaves nothing behind)."""
 
-    def __init__(self, directory: Path, *, make: bool = True) -> None:
+    def __init__(
+        self, directory: Path, *, make: bool = True, others: SlotLocks | None = None
+    ) -> None:
         self.directory = directory
+        # Slots held where this process cannot take them (Nix's directory, for a user that
+        # may not write it: the daemon's hook holds them there) count as taken here too.
+        self.others = others
         # This process's copies waiting for a slot of a key, first come first (``hold``).
         self._waiting: dict[str, list[asyncio.Event]] = {}
         if make:
@@ -230,12 +235,15 @@ class SlotLocks:
     @classmethod
     def default(cls, fallback: Path, *, make: bool = True) -> SlotLocks:
         """Nix's own directory where this user may write there (root), else ``current-load``
-        under the state directory ``fallback``, which is made private (0700) if missing."""
+        under the state directory ``fallback``, which is made private (0700) if missing, with
+        Nix's directory's held slots counted as taken (``others``) where it may be looked in."""
         if os.access(NIX_CURRENT_LOAD.parent, os.W_OK):
             return cls(NIX_CURRENT_LOAD, make=make)
         if make:
             fallback.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return cls(fallback / "current-load", make=make)
+        nix = SlotLocks(NIX_CURRENT_LOAD, make=False)
+        others = nix if os.access(NIX_CURRENT_LOAD, os.X_OK) else None
+        return cls(fallback / "current-load", make=make, others=others)
 
     def probe(self, key: str, slots: int) -> SlotProbe:
         """How many of ``key``'s slots are free, and when the held ones expect to end. Only
@@ -293,7 +301,7 @@ class SlotLocks:
             raise error from exc
 
     def _try_acquire(self, key: str, slots: int, until: float | None) -> int | None:
-        for slot in range(slots):
+        for slot in range(slots - self._held_elsewhere(key, slots)):
             path = self.directory / f"{key}-{slot}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -310,6 +318,17 @@ class SlotLocks:
                 raise
             return fd
         return None
+
+    def _held_elsewhere(self, key: str, slots: int) -> int:
+        """How many of ``key``'s slots are held in ``others`` (Nix's hook's, the daemon's):
+        a user's builds and the daemon's together never put more than ``slots`` there. Each
+        process takes the lowest free slot, so this one's are the first ones."""
+        if self.others is None:
+            return 0
+        try:
+            return slots - self.others.probe(key, slots).free
+        except OSError:
+            return 0  # its directory gone, say: no slot of it is known held
 
     @contextlib.asynccontextmanager
     async def hold(

@@ -356,3 +356,26 @@ def test_a_slot_this_process_lets_go_goes_to_its_first_waiter_at_once(tmp_path, 
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
     assert order == ["stopping copy", "given first", "given later"]
+
+
+def test_slots_held_in_nix_s_directory_count_as_taken_in_a_user_s(tmp_path, monkeypatch):
+    """A user (who may not write Nix's current-load) took a builder's every slot in its own
+    directory while the daemon's hook held some in Nix's: four builds on a two-slot builder."""
+    nix = tmp_path / "nix"
+    monkeypatch.setattr(slots, "NIX_CURRENT_LOAD", nix)
+    daemons = SlotLocks(nix).try_acquire("ssh:__b", 2)  # the daemon's hook's build there
+    assert daemons is not None
+    real_access = os.access
+    monkeypatch.setattr(  # as a user: Nix's directory may be looked in, not written
+        os, "access", lambda p, m: False if m == os.W_OK else real_access(p, m)
+    )
+    own = SlotLocks.default(tmp_path / "state")
+    assert own.directory == tmp_path / "state" / "current-load"
+    first = own.try_acquire("ssh:__b", 2)
+    assert first is not None
+    assert own.try_acquire("ssh:__b", 2) is None
+    os.close(daemons)
+    second = own.try_acquire("ssh:__b", 2)
+    assert second is not None
+    for fd in (first, second):
+        os.close(fd)

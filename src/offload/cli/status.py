@@ -27,7 +27,7 @@ from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.config.machines import shown
 from offload.errors import ConfigError
 from offload.paths import SYSTEM_STATE_DIR, state_dir
-from offload.slots import NIX_CURRENT_LOAD, SlotLocks
+from offload.slots import SlotLocks
 from offload.status import MachineStatus, PoolStatus, pool_status
 
 __all__ = ["register", "run"]
@@ -174,9 +174,7 @@ def run(args: argparse.Namespace) -> int:
     slots = SlotLocks.default(places[0], make=False)  # read-only: probes, makes nothing
     # A user's own slots are in its state directory; root's hooks and the daemon's hold theirs
     # in Nix's, on the same builders: both are counted (those it cannot open by their locks).
-    others = None
-    if slots.directory != NIX_CURRENT_LOAD and os.access(NIX_CURRENT_LOAD, os.X_OK):
-        others = SlotLocks(NIX_CURRENT_LOAD, make=False)
+    others = slots.others
     if not args.watch:
         _show(args, pool_status(pool, places, slots, time.time(), _sshopts(), others=others))
         return 0
