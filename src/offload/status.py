@@ -29,6 +29,7 @@ make up a ``PoolStatus``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,9 @@ def _extent(directory: Path, key: str, count: int) -> int:
     them a run given more slots made; every holder takes the first free one from 0 on, so
     they are numbered with no gap."""
     extent = count
-    while (directory / f"{key}-{extent}").exists():
+    # lexists: a directory this user may not search (root's, made by `sudo offload`) is
+    # none to look at here, not an error that stops the whole status (its probe says held).
+    while os.path.lexists(directory / f"{key}-{extent}"):
         extent += 1
     return extent
 

@@ -21,6 +21,7 @@ from offload.status import pool_status
 from offload.transport.persist import SharedPaths
 from offload.transport.ssh import ssh_target
 from offload.use import Choice, write_choice
+from tests.helpers.users import as_another_user
 
 SYSTEM = "x86_64-linux"
 NOBODY = 65534  # a user who cannot open root's slot files
@@ -238,3 +239,19 @@ def test_a_user_counts_the_slots_root_holds_in_nixs_own_directory() -> None:
         assert done.stdout.split() == ["local=0", "fast=1", "slow=0"]
     finally:
         shutil.rmtree(base)
+
+
+def test_a_state_directory_this_user_may_not_search_is_no_error(tmp_path: Path) -> None:
+    # Made by `sudo offload build` (root's, 0700): the whole status was "error: cannot use
+    # .../current-load/local-1: Permission denied" for the user.
+    tmp_path.chmod(0o755)
+    state = tmp_path / "state"
+    (state / "current-load").mkdir(parents=True)
+    (state / "current-load" / "local-1").touch()
+    state.chmod(0o700)
+
+    def status() -> str:
+        found = pool_status(pool(), [state], SlotLocks(state / "current-load", make=False), 0.0)
+        return " ".join(f"{m.name}:{m.slots}" for m in found.machines)
+
+    assert as_another_user(status) == "local:2 fast:2 slow:1"
