@@ -108,7 +108,7 @@ def usable_hook_state(env: Mapping[str, str] | None = None) -> tuple[str, str | 
     try:
         state = hook_state(env)
     except RelativeStateDir as exc:
-        instead = _instead(env)
+        instead = spare_state(env)
         return instead, f"{exc}; state kept in {instead} instead (hint: {exc.HINT})"
     try:
         # The user's own (a link to another disk is theirs to make, and `offload use`
@@ -119,14 +119,16 @@ def usable_hook_state(env: Mapping[str, str] | None = None) -> tuple[str, str | 
         why = "read-only"
     except OSError as exc:
         why = exc.strerror or str(exc)
-    instead = _instead(env)
+    instead = spare_state(env)
     return instead, (
         f"{state}: cannot use the state directory ({why}); kept in {instead} instead"
         " (hint: set OFFLOAD_STATE_DIR to a writable directory)"
     )
 
 
-def _instead(env: Mapping[str, str]) -> str:
-    """The hook's state under the temporary directory, the same for every hook of this user."""
+def spare_state(env: Mapping[str, str] | None = None) -> str:
+    """The state under the temporary directory, the same for every hook of this user (and
+    where a run keeps its slot locks when its own state cannot hold them)."""
+    env = os.environ if env is None else env
     tmp = env.get("TMPDIR") or "/tmp"  # noqa: S108 - a directory checked to be ours
     return private_dir(private_dir(f"{tmp}/offload-hook-{os.getuid()}") + "/state")

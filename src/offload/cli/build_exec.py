@@ -25,6 +25,7 @@ from offload.cli.build_keep import (
     guarded_estimator,
     keep_run,
     opened_history,
+    slot_locks,
     warn,
 )
 from offload.config.pool import Pool
@@ -39,7 +40,6 @@ from offload.protocol.records import nix_exit_code
 from offload.protocol.serve import BuildOptions, BuildStatus
 from offload.scheduler.run import RunReport
 from offload.slot_fallback import FALLBACK_FILE
-from offload.slots import SlotLocks
 from offload.streams import unless_gone
 from offload.ui import RendererKind, make_renderer
 from offload.ui.events import Event, MachineEvent, Renderer, ReportWritten, RunStarted, Timing
@@ -200,7 +200,7 @@ def execute(
                     keep_going=keep_going,
                     estimate=guarded_estimator(history, pool),
                     env=env,
-                    slots=SlotLocks.default(state),
+                    slots=slot_locks(state),
                     backoff=remembered_backoff(state, retry_now) if backoff is None else backoff,
                     fetch_all=fetch_all,
                     # The same timeouts and log limit Nix's build hook passes on.

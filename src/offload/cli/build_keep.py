@@ -11,6 +11,7 @@ code are the build's own either way, as a build stopped by Ctrl-C already was.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,6 +27,8 @@ from offload.history.nix_logs import NixLogs, default_drvs_dir
 from offload.history.recorder import RunRecorder
 from offload.names import LOCAL
 from offload.scheduler.run import RunReport
+from offload.slots import SlotLocks
+from offload.state_location import spare_state
 
 __all__ = [
     "PRUNE_BUDGET",
@@ -47,6 +50,26 @@ PRUNE_BUDGET = 0.3
 
 def warn(text: str, hint: str | None = None) -> None:
     print(f"warning: {text}" + (f" (hint: {hint})" if hint else ""), file=sys.stderr)
+
+
+def slot_locks(state: Path) -> SlotLocks:
+    """The run's slot locks; where its state directory cannot hold them (read-only: a
+    user's on a read-only mount), those under the temporary directory this user's hooks
+    keep, said once: a run never fails for where it counts its slots."""
+    try:
+        slots = SlotLocks.default(state)
+        if os.access(slots.directory, os.W_OK):  # EROFS too, which root's rights do not pass
+            return slots
+        why = "read-only"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    instead = Path(spare_state())
+    warn(
+        f"{state / 'current-load'}: cannot hold build slots there ({why}); held in "
+        f"{instead / 'current-load'} instead",
+        "set OFFLOAD_STATE_DIR to a writable directory",
+    )
+    return SlotLocks.default(instead)
 
 
 def speeds(pool: Pool) -> dict[str, float]:
