@@ -60,14 +60,18 @@ def _entry(entry: object) -> Loaded | None:
 
 def record_loads(path: Path, changed: Mapping[str, Loaded]) -> None:
     """Merge ``changed`` into ``path``, each entry owned by this process: a builder given all
-    its slots back loses its entry, as does one whose owner is gone."""
+    its slots back loses its entry if this process (or no known one) cut it, and one whose
+    owner is gone loses it too."""
     with merging(path):
         current = load_loads([path])
         merged = dict(current)
         owner = owner_line(os.getpid())
         for name, loaded in changed.items():
             if loaded.slots >= loaded.full:
-                merged.pop(name, None)
+                # Its own cut ends; another live coordinator's (one of an older offload left
+                # running after an upgrade) stands until that one ends it.
+                if (there := current.get(name)) is None or there.owner in (None, owner):
+                    merged.pop(name, None)
             else:
                 merged[name] = replace(loaded, owner=owner)
         if merged == current:

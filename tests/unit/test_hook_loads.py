@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -186,3 +188,24 @@ def test_a_cut_whose_coordinator_is_gone_reads_as_none(tmp_path: Path) -> None:
     del data["older"]["owner"]  # written by an offload that kept no owner
     (tmp_path / LOADS_FILE).write_text(json.dumps(data))
     assert sorted(load_loads([tmp_path / LOADS_FILE])) == ["alive", "elsewhere", "older"]
+
+
+def test_a_coordinator_that_ends_leaves_another_live_one_s_cuts(tmp_path: Path) -> None:
+    # Two coordinators share a state directory after an upgrade (the old one runs on): the
+    # old one idling out erased the new one's cut, and `offload status` stopped showing it.
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        entry = {"slots": 1, "full": 4, "said": "load 9 on 2 cores: 1 of 4 slots", "reported": 1.0}
+        theirs = {"busy": {**entry, "owner": owner_line(other.pid)}}
+        (tmp_path / LOADS_FILE).write_text(json.dumps(theirs))
+        followed = loads(tmp_path, Clock())
+        followed.reported("busy", 4, BUSY)  # this one cut it too: its entry now
+        followed.forget()
+        assert "busy" not in load_loads([tmp_path / LOADS_FILE])  # its own, ended
+        (tmp_path / LOADS_FILE).write_text(json.dumps(theirs))
+        followed.forget()
+        assert set(load_loads([tmp_path / LOADS_FILE])) == {"busy"}  # the other's stands
+    finally:
+        other.communicate(b"")
