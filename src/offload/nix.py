@@ -231,13 +231,27 @@ def flake_eval_argv(
 def first_error_line(stderr: str) -> str:
     """Nix's message without its trace: the first ``error:`` line, else the last line.
 
-    Newer Nix prints a bare ``error:`` above its trace, and the message on a later ``error:``."""
-    lines = [strip_ansi(line).strip() for line in stderr.splitlines()]
+    Newer Nix prints a bare ``error:`` above its trace, and the message on a later ``error:``.
+    With ``--log-format internal-json`` its lines are ``@nix`` ones: their messages are read."""
+    lines = [strip_ansi(_said_text(line)).strip() for line in stderr.splitlines()]
     errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
     if any(errors):
         return next(error for error in errors if error)
     rest = [line for line in lines if line]
     return rest[-1] if rest else "(no message)"
+
+
+def _said_text(line: str) -> str:
+    """A line of Nix's stderr as text: a ``@nix`` message's own (its first line), else the
+    line itself."""
+    if not line.startswith("@nix {"):
+        return line
+    try:
+        message = json.loads(line.removeprefix("@nix "))
+    except ValueError:
+        return line
+    said = message.get("msg") if isinstance(message, dict) else None
+    return said.split("\n", 1)[0] if isinstance(said, str) else ""
 
 
 def error_position(stderr: str) -> str | None:

@@ -301,7 +301,10 @@ class SlotLocks:
             raise error from exc
 
     def _try_acquire(self, key: str, slots: int, until: float | None) -> int | None:
-        for slot in range(slots - self._held_elsewhere(key, slots)):
+        elsewhere = self._held_elsewhere(key, slots)
+        if elsewhere and slots - self.probe(key, slots).free + elsewhere >= slots:
+            return None  # the builder's slots are all held, here and there together
+        for slot in range(slots):
             path = self.directory / f"{key}-{slot}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -321,8 +324,7 @@ class SlotLocks:
 
     def _held_elsewhere(self, key: str, slots: int) -> int:
         """How many of ``key``'s slots are held in ``others`` (Nix's hook's, the daemon's):
-        a user's builds and the daemon's together never put more than ``slots`` there. Each
-        process takes the lowest free slot, so this one's are the first ones."""
+        a user's builds and the daemon's together never put more than ``slots`` there."""
         if self.others is None:
             return 0
         try:

@@ -380,6 +380,58 @@ def test_a_copy_lost_in_a_fall_is_said_before_its_derivation_starts_again():
     assert _untold(events) == set()
 
 
+def test_a_derivation_failed_for_its_losses_halts_what_was_to_start_with_it():
+    # Without -k, a failed at its next placement (lost MAX_LOSSES times before) and the run
+    # halted; b, placed in the same turn after it, started all the same and built to its end.
+    from offload.scheduler.run.endings import MAX_LOSSES
+
+    plan, _, _, src = make_plan({"a": [], "b": []})
+
+    async def ok(build: FakeBuild) -> BuildOutcome | None:
+        return None
+
+    events: list[Event] = []
+    executor = Executor(
+        plan, [_member("m", 1, 2, ok)], FakeLink(FakeStore("local", [src])),
+        emit=events.append, estimates={"a": 40, "b": 10},
+    )  # fmt: skip
+    executor._losses[next(d for d in plan.order if plan.drvs[d].name == "a")] = MAX_LOSSES
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert list(report.failed) == [next(d for d in plan.order if plan.drvs[d].name == "a")]
+    assert not [e for e in events if isinstance(e, JobPhase) and e.name == "b"]
+
+
+def test_a_copy_that_never_began_building_there_is_not_charged_for_the_fall():
+    # dying has two slots but one session: b waits for it, connecting, as a's build brings
+    # dying down. b never built there; it was charged a loss all the same.
+    plan, _, _, src = make_plan({"a": [], "b": []})
+
+    async def dying(build: FakeBuild) -> BuildOutcome | None:
+        raise RuntimeError("killed")
+
+    async def ok(build: FakeBuild) -> BuildOutcome | None:
+        return None
+
+    members = [
+        PoolMember(spec("dying", speed=8, slots=2),
+                   FakeLink(FakeStore("dying", builder=dying), max_sessions=1), remote=True),
+        _member("ok", 1, 2, ok),
+    ]  # fmt: skip
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, FakeLink(FakeStore("local", [src])), emit=events.append,
+        estimates={"a": 40, "b": 40},
+    )  # fmt: skip
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert report.ok
+    began = {e.name for e in events if isinstance(e, JobPhase) and e.machine == "dying"
+             and e.phase == "building"}  # fmt: skip
+    assert len(began) == 1
+    (waited,) = {"a", "b"} - began
+    drv = next(d for d in plan.order if plan.drvs[d].name == waited)
+    assert executor._losses.get(drv, 0) == 0
+
+
 def _member(name: str, speed: int, slots: int, builder: object) -> PoolMember:
     store = FakeStore(name, builder=builder)  # type: ignore[arg-type]
     return PoolMember(spec(name, speed=speed, slots=slots), FakeLink(store), remote=True)

@@ -219,6 +219,18 @@ def test_first_error_line_skips_warnings_and_trace() -> None:
     assert first_error_line(stderr) == "undefined variable 'q'"
 
 
+def test_first_error_line_reads_nix_s_json_messages() -> None:
+    # --check with --log-format internal-json ended on '--check failed: @nix {"action":...'.
+    stderr = (
+        '@nix {"action":"start","id":1,"level":0,"text":"","type":104}\n'
+        '@nix {"action":"msg","level":0,"msg":"\\u001b[31;1merror:\\u001b[0m some outputs'
+        " of '/nix/store/x.drv' are not valid, so checking is not possible\\nmore\"}\n"
+        '@nix {"action":"stop","id":1}\n'
+    )
+    said = "some outputs of '/nix/store/x.drv' are not valid, so checking is not possible"
+    assert first_error_line(stderr) == said
+
+
 def test_error_position_is_the_first_at_line_above_the_code_frame() -> None:
     stderr = (
         "error: syntax error, unexpected '}', expecting ';'\n\n"

@@ -137,3 +137,16 @@ def test_a_page_of_the_newest_builds_only_says_so(
     capped = load_hook_model(history, since=now - 60)
     assert capped.title == "offload-hook builds, the newest 3"
     assert sum(len(lane.bars) for lane in capped.lanes) == 3
+
+
+def test_a_page_of_the_latest_burst_is_not_said_capped(
+    history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More builds in the history than the limit, and a burst of one: "the newest 3".
+    monkeypatch.setattr("offload.report.model.HOOK_LIMIT", 3)
+    now = time.time()
+    for i in range(4):
+        old = now - 10 * HOOK_PAUSE - i
+        _hook_build(history, f"old{i}", "fast", old - 1, old)
+    _hook_build(history, "new", "fast", now - 2, now - 1)
+    assert load_hook_model(history, since=None).title == "offload-hook builds"

@@ -379,3 +379,22 @@ def test_slots_held_in_nix_s_directory_count_as_taken_in_a_user_s(tmp_path, monk
     assert second is not None
     for fd in (first, second):
         os.close(fd)
+
+
+def test_slots_let_go_out_of_turn_still_count_with_nix_s(tmp_path, monkeypatch):
+    """The builds here were taken to hold the first slots: with slot 1 held here and slot 0
+    let go, a third build took slot 0 beside the daemon's one, three on two slots."""
+    nix = tmp_path / "nix"
+    monkeypatch.setattr(slots, "NIX_CURRENT_LOAD", nix)
+    own = SlotLocks(tmp_path / "own", others=SlotLocks(nix, make=False))
+    first, second = own.try_acquire("ssh:__b", 2), own.try_acquire("ssh:__b", 2)
+    assert first is not None
+    assert second is not None
+    os.close(first)  # slot 0 let go, slot 1 still held here
+    daemons = SlotLocks(nix).try_acquire("ssh:__b", 2)
+    assert daemons is not None
+    try:
+        assert own.try_acquire("ssh:__b", 2) is None
+    finally:
+        os.close(daemons)
+        os.close(second)

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from offload.ui import make_renderer
-from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished, RunStarted
+from offload.ui.events import Event, JobFinished, JobPhase, MachineEvent, RunFinished, RunStarted
 from offload.ui.nixjson import NixJsonRenderer, nix_msg
 from tests.helpers.scripted_run import BAD, BIG, HELLO, NEEDS, T0, done, phase, scripted_run
 
@@ -145,3 +145,22 @@ def test_make_renderer_gives_it_for_nixjson() -> None:
     assert isinstance(renderer, NixJsonRenderer)
     assert "offload: 1 to build" not in out.getvalue()  # an info msg, above verbosity 0
     assert '"type":104' in out.getvalue()
+
+
+def test_a_line_after_a_copy_ended_starts_no_activity() -> None:
+    # A copy said lost as its machine fell may still have a line on its way: it started an
+    # actBuild again, which nothing stopped (nom showed it running for ever).
+    from offload.ui.events import JobLog
+
+    events: list[Event] = [
+        RunStarted("r", 1, ("fast",), 1.0, T0),
+        phase((BAD, "bad-1.0", "fast"), "building", 0.1, 1.0),
+        done((BAD, "bad-1.0", "fast"), "lost", (0.1, 0.5), error="connection lost"),
+        JobLog(BAD, "bad-1.0", "fast", "a last line", T0 + 0.6),
+        JobPhase(BAD, "bad-1.0", "fast", "building", 1.0, T0 + 0.6, step="installPhase"),
+        RunFinished("r", 0, 0, 0, 0.7, (), T0 + 0.7),
+    ]
+    lines = lines_of(events)
+    starts = [x["id"] for x in lines if x["action"] == "start"]
+    assert sorted(starts) == sorted(x["id"] for x in lines if x["action"] == "stop")
+    assert not [x for x in lines if x.get("type") in (101, 104) and x["action"] == "result"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from offload.backoff import save_backoff
 from offload.build import DrvGraph
 from offload.config.pool import Pool
-from offload.errors import OffloadError
+from offload.errors import ConfigError, OffloadError
 from offload.history.db import History
 from offload.history.estimates import Estimator, estimator
 from offload.history.nix_logs import NixLogs, default_drvs_dir
@@ -63,7 +63,14 @@ def slot_locks(state: Path) -> SlotLocks:
         why = "read-only"
     except OSError as exc:
         why = exc.strerror or str(exc)
-    instead = Path(spare_state())
+    try:
+        instead = Path(spare_state())
+    except OSError as exc:
+        raise ConfigError(
+            f"{state / 'current-load'}: cannot hold build slots there ({why}), nor in the "
+            f"temporary directory ({exc.strerror or exc})",
+            hint="set OFFLOAD_STATE_DIR to a writable directory",
+        ) from exc
     warn(
         f"{state / 'current-load'}: cannot hold build slots there ({why}); held in "
         f"{instead / 'current-load'} instead",

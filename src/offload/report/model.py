@@ -112,10 +112,11 @@ def load_hook_model(history: History, since: float | None) -> ReportModel:
     """The report of ``offload-hook``'s builds finished at ``since`` or later, else of its
     latest burst (module docstring)."""
     builds = history.builds(hook=True, since=since, limit=HOOK_LIMIT + 1)
-    capped = len(builds) > HOOK_LIMIT
+    more = len(builds) > HOOK_LIMIT
     builds = builds[:HOOK_LIMIT]
     if since is None:
         builds = latest_burst(builds, HOOK_PAUSE)
+    capped = more and len(builds) == HOOK_LIMIT  # the page reaches the limit: more left out
     if not builds:
         when = "" if since is None else " since " + time.strftime("%F %T", time.localtime(since))
         raise OffloadError(

@@ -110,12 +110,12 @@ class NixJsonRenderer:
             case JobPhase():
                 pass  # waiting and copying: Nix's hook tells no activity of a build for them
             case JobLog():
-                if self._print_logs:
-                    self._result(
-                        self._build_id(event.drv_path, event.machine),
-                        RES_BUILD_LOG_LINE,
-                        [event.line],
-                    )
+                activity = self._builds.get((event.drv_path, event.machine))
+                # None: a line of a copy already said ended (lost with its machine, its
+                # session's last words); kept in its log (`offload log`), not an activity
+                # started again, which nothing would stop.
+                if self._print_logs and activity is not None:
+                    self._result(activity, RES_BUILD_LOG_LINE, [event.line])
             case JobFinished():
                 self._finished(event)
             case MachineEvent():
@@ -153,20 +153,15 @@ class NixJsonRenderer:
         self._progress()
 
     def _building(self, event: JobPhase) -> None:
-        if event.step is not None:
-            self._result(self._build_id(event.drv_path, event.machine), RES_SET_PHASE, [event.step])
-            return
-        self._build_id(event.drv_path, event.machine)
-        self._progress()
-
-    def _build_id(self, drv_path: str, machine: str) -> int:
-        """The copy's actBuild, started on its first word (its "building" phase)."""
-        key = (drv_path, machine)
-        if key not in self._builds:
-            host = "" if machine == LOCAL else machine
-            text = f"building '{drv_path}'" + (f" on '{host}'" if host else "")
-            self._builds[key] = self._start(ACT_BUILD, INFO, text, [drv_path, host, 1, 1])
-        return self._builds[key]
+        key = (event.drv_path, event.machine)
+        if event.step is None and key not in self._builds:  # the copy's build begins
+            host = "" if event.machine == LOCAL else event.machine
+            text = f"building '{event.drv_path}'" + (f" on '{host}'" if host else "")
+            fields = [event.drv_path, host, 1, 1]
+            self._builds[key] = self._start(ACT_BUILD, INFO, text, fields)
+            self._progress()
+        elif event.step is not None and (activity := self._builds.get(key)) is not None:
+            self._result(activity, RES_SET_PHASE, [event.step])
 
     def _finished(self, event: JobFinished) -> None:
         activity = self._builds.pop((event.drv_path, event.machine), None)

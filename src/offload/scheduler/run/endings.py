@@ -161,10 +161,12 @@ class Endings(Stopping):
         # Its builds that had no copy elsewhere are lost with it: each counts a loss, not only
         # the one whose session noticed first (``_lost``): that was often not the build that
         # brought the machine down, which went on being retried uncounted.
+        # One still waiting for a slot or its session there never built: no loss of its.
         alone = [
             drv_path
             for task, (drv_path, where) in self._tasks.items()
             if where == machine and task not in self._stopped and task not in self._told
+            and self._events.building(drv_path, machine)
             and self.policy.copies(drv_path) == [machine]
         ]  # fmt: skip
         down = self.policy.on_machine_failed(machine, now)

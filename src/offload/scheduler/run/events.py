@@ -140,6 +140,10 @@ class RunEvents:
             )
         )
 
+    def building(self, drv_path: str, machine: str) -> bool:
+        """Whether the copy of ``drv_path`` on ``machine`` began building (and has not ended)."""
+        return (drv_path, machine) in self._building
+
     def step_handler(self, drv_path: str, machine: str) -> Callable[[str, str], None]:
         """Where a builder's own phases of ``drv_path`` go (``StoreClient.on_phase``): marks
         within "building" (``JobPhase.step``)."""

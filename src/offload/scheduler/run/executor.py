@@ -92,7 +92,6 @@ class Executor(Endings):
         if policy is None:
             policy, self.tuning = self._new_policy(members, estimates, down)
         self.policy = policy
-        self._last_error: dict[str, str] = {}
         # Why a machine cannot be used, in the user's words, from its link's error.
         self._explain = explain or (lambda _machine, error: error)
         # 12 random hex digits, as uuid4().hex[:12] were (uuid imports platform, ~2 ms).
@@ -106,23 +105,24 @@ class Executor(Endings):
             name: self._explain(name, error) for name, error in (unreachable or {}).items()
             if name in self.members
         }  # fmt: skip
-        self._fell: set[str] = set()  # builders this run backed off (``health``)
-        self._built_on: set[str] = set()  # and those that built for it
+        self._track_copies()
         self._restored = self._restore(backoff or {})
-        self._started_down = frozenset(self._restored)
         self._poke = asyncio.Event()  # set when a copy's news may change the decisions
         self._full, self.loads = self._capacity_watchers(local_boot_id)
         self._copies = self._build_copies(slots, build_options)
-        self._track_copies()
 
     def _track_copies(self) -> None:
-        """The run's copies as they go: under way, since when, coming home, lost, halted."""
+        """The run's copies as they go: under way, since when, coming home, lost, halted; and
+        the builders that fell or built (``health``)."""
         self._tasks: dict[asyncio.Task[Outcome], tuple[str, str]] = {}
         self._since: dict[asyncio.Task[Outcome], float] = {}  # when each copy started (wall)
         # Outputs on their way home after their build was accepted: the copy's outcome waits
         # here to be reported once they arrive.
         self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
         self._losses: dict[str, int] = {}
+        self._last_error: dict[str, str] = {}  # each machine's, as last said
+        self._fell: set[str] = set()  # builders this run backed off (``health``)
+        self._built_on: set[str] = set()  # and those that built for it
         self._told: set[asyncio.Task[Outcome]] = set()
         self._lost_with: dict[str, str] = {}
         self._stopping = False
@@ -190,6 +190,7 @@ class Executor(Endings):
         """Tell the policy which builders are down or still connecting before the run starts;
         returns the backoff kept from earlier runs, to announce when the run starts."""
         restored = {name: health for name, health in backoff.items() if name in self.members}
+        self._started_down = frozenset(restored)
         for name, health in restored.items():
             until = self.clock() + (health.until - self.wall())
             self.policy.restore_down(name, health.failures, until)
@@ -293,6 +294,8 @@ class Executor(Endings):
         """Carry out the policy's decisions; returns when it asked to be woken."""
         wake: float | None = None
         for decision in self.policy.next_decisions(self.clock()):
+            if self._stopping:
+                break  # a derivation failed just now (``_fail_lost``): nothing new starts
             match decision:
                 case Start(job=job, machine=machine) if self._lost_too_often(job):
                     self._fail_lost(job, machine, self.clock())
