@@ -237,12 +237,22 @@ def said_store_paths(paths: Iterable[str], store_dir: str, what: str) -> None:
             raise ProtocolError(f"{what}: {exc.message}") from None
 
 
-def checked_info(info: PathInfo) -> PathInfo:
+def checked_info(info: PathInfo, *, complete: bool = True) -> PathInfo:
     """``info`` as a remote said it, with its path, deriver and references checked to be store
     paths of the path's own store directory and its narHash to be ``sha256:<nix32>`` (or
     missing, as the serve protocol before 2.4 leaves it): the hook writes these fields, one
-    a line, into what ``nix-store --register-validity --hash-given`` reads."""
+    a line, into what ``nix-store --register-validity --hash-given`` reads.
+
+    ``complete``: the protocol's version carries narHash and narSize (serve 2.4 on, every
+    daemon), which Nix always fills: one without them is refused. Taken as "unknown" instead,
+    they switched off the checks of the NAR that came (``nar_as_said``) and its bound: a
+    builder could push any bytes, any number of them, into this host's store."""
     what = f"the path info of {info.path[:200]!r}"
+    if complete and (not info.nar_hash or info.nar_size <= 0):
+        raise ProtocolError(
+            f"{what}: no narHash or narSize ({info.nar_size} bytes, {info.nar_hash[:80]!r}), "
+            "which Nix always sends"
+        )
     said = [info.path, *info.references]
     if info.deriver is not None:
         said.append(info.deriver)
@@ -277,7 +287,7 @@ async def read_path_info(r: ByteReader, path: str, minor: int) -> PathInfo:
         ca=ca or None,
         sigs=tuple(sigs),
     )
-    return checked_info(info)
+    return checked_info(info, complete=minor >= 4)
 
 
 async def read_build_status(r: ByteReader) -> tuple[BuildStatus, str]:
