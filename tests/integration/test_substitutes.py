@@ -33,9 +33,11 @@ def _builder_conf_restored(cache_fleet):
     conf.write_text(kept)
 
 
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
 def test_a_builder_with_a_cache_substitutes_the_input_instead_of_receiving_it(
-    cache_fleet, tmp_path
+    cache_fleet, tmp_path, scheme
 ):
+    # ssh-ng: the daemon was never told useSubstitutes, and took nothing from its cache.
     blob = tmp_path / "blob"
     blob.write_bytes(os.urandom(2 * 1024 * 1024))
     source = subprocess.run(
@@ -57,7 +59,9 @@ def test_a_builder_with_a_cache_substitutes_the_input_instead_of_receiving_it(
     script = f"/bin/sha256sum ${{builtins.storePath {json.dumps(source)}}} > $out"
     file = nix_file(tmp_path, f'{{ x = mk "uses-blob" "{script}" {{}}; }}\n')
     env = offload_env(cache_fleet, tmp_path)
-    common = ["-A", "x", "--builders", f"@{cache_fleet.machines_file}", "-j", "0", "--json"]
+    machines = tmp_path / "machines"
+    machines.write_text(cache_fleet.machines_file.read_text().replace("ssh://", f"{scheme}://"))
+    common = ["-A", "x", "--builders", f"@{machines}", "-j", "0", "--json"]
     done = subprocess.run(
         [*offload_argv(file, *common), "--option", "builders-use-substitutes", "true"],
         env=env,

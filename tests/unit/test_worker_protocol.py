@@ -87,6 +87,27 @@ def test_handshake_with_a_2_8_daemon_negotiates_1_34() -> None:
     assert (client.minor, client.trusted, client.features) == (34, None, frozenset())
 
 
+def test_a_query_that_substitutes_turns_the_daemon_s_substitutes_on_first() -> None:
+    # builders-use-substitutes on an ssh-ng:// builder: SetOptions said useSubstitutes 0 and
+    # QueryValidPaths substitute 1, which a daemon answers from its store alone (misc.cc).
+    reply = encode_int(WORKER_MAGIC_2) + encode_int(0x126) + encode_strs([]) + encode_str("2.35")
+    reply += encode_int(1) + LAST + LAST  # handshake, SetOptions
+    reply += LAST  # the SetOptions that turns them on
+    reply += LAST + encode_strs([])  # QueryValidPaths
+    reply += LAST + encode_strs([])  # again: no SetOptions this time
+    writer = Writer()
+    client = WorkerClient(stream(reply), writer)
+    run(client.handshake())
+    handshake = len(writer.data)
+    path = "/nix/store/" + "a" * 32 + "-x"
+    run(client.query_valid_paths([path], substitute=True))
+    query = encode_int(Op.QUERY_VALID_PATHS) + encode_strs([path]) + encode_int(1)
+    on = DaemonOptions(use_substitutes=True).encode()
+    assert bytes(writer.data[handshake:]) == on + query
+    run(client.query_valid_paths([path], substitute=True))
+    assert bytes(writer.data[handshake:]) == on + query + query
+
+
 @pytest.mark.parametrize(
     ("reply", "message"),
     [

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import replace
 
 from offload.errors import DaemonError, PeerSilent, ProtocolError
 from offload.protocol.client import NarProducer, Sink
@@ -114,6 +115,7 @@ class WorkerClient:
         self._build_events = BuildEvents(on_log, on_phase)
         self._on_event = on_event
         self._options_sent: BuildOptions | None = None
+        self._daemon_options = DaemonOptions()  # as last sent by SetOptions
         self._lock = asyncio.Lock()
         self._broken: str | None = None
         self._closed = False
@@ -188,6 +190,7 @@ class WorkerClient:
         async with self._request("SetOptions"):
             await self._send(options.encode())
             await self._frames()
+        self._daemon_options = options
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -203,6 +206,10 @@ class WorkerClient:
         """The valid paths among ``paths``; ``lock`` is accepted for ``ServeClient``'s sake (the
         daemon has no such flag: its GC respects the paths our requests touch)."""
         del lock
+        if substitute and not self._daemon_options.use_substitutes:
+            # The daemon substitutes (for this query, and for builds) only with useSubstitutes
+            # set: the flag below alone gets nothing from its caches (misc.cc queryMissing).
+            await self.set_options(replace(self._daemon_options, use_substitutes=True))
         request = encode_int(Op.QUERY_VALID_PATHS) + encode_strs(sorted_paths(paths))
         if self.minor >= 27:
             request += encode_int(int(substitute))
@@ -377,7 +384,9 @@ class WorkerClient:
         """
         if options != self._options_sent:
             daemon_options = DaemonOptions.from_build_options(options, build_cores=self.build_cores)
-            await self.set_options(daemon_options)
+            # Substitution, once asked for (builders-use-substitutes), stays on for builds.
+            on = self._daemon_options.use_substitutes
+            await self.set_options(replace(daemon_options, use_substitutes=on))
             self._options_sent = options
         request = b"".join(
             (
