@@ -70,6 +70,30 @@ def _info(nar: bytes, path: str = B, refs: tuple[str, ...] = (A,)) -> PathInfo:
     )
 
 
+def _unsigned(nar: bytes, path: str, refs: tuple[str, ...]) -> PathInfo:
+    return dataclasses.replace(_info(nar, path, refs), sigs=())
+
+
+def test_a_path_with_signatures_or_a_content_address_keeps_them() -> None:
+    # An export stream holds neither: a fixed output fetched home had no ca here, and a
+    # builder's signatures were lost. Such a path goes by AddToStoreNar, with both.
+    nar_a, nar_b = nar_of(b"a"), nar_of(b"b")
+    signed = _info(nar_a, A, ())
+    fixed = dataclasses.replace(_unsigned(nar_b, B, (A,)), ca="fixed:r:sha256:" + "0" * 52)
+
+    async def go() -> None:
+        src, _ = await connected(nar_a + nar_b)
+        dst, dst_w = await connected(u64(1) + u64(1))
+        await copy_paths(src, dst, [signed, fixed])
+        data = bytes(dst_w.data)
+        assert data.startswith(u64(9) + s(A))
+        assert s("k2:x") in data
+        assert data.index(u64(9) + s(B)) < data.index(s("fixed:r:sha256:" + "0" * 52))
+        assert u64(4) not in data[:8]  # no ImportPaths
+
+    run(go())
+
+
 def test_add_to_store_nar_bytes() -> None:
     nar = nar_of(b"contents")
     info = _info(nar)
@@ -194,7 +218,7 @@ def test_add_to_store_nars_fails_on_any_bad_reply() -> None:
 
 def test_copy_paths_streams_between_clients_in_order() -> None:
     nar_a, nar_b = nar_of(b"a" * 70000), nar_of(b"b")
-    info_a, info_b = _info(nar_a, A, ()), _info(nar_b, B, (A,))
+    info_a, info_b = _unsigned(nar_a, A, ()), _unsigned(nar_b, B, (A,))
 
     def trailer(info: PathInfo) -> bytes:
         return (
@@ -218,7 +242,7 @@ def test_copy_paths_sends_a_path_over_the_import_limit_alone_by_add_to_store_nar
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     nar_a, nar_b = nar_of(b"a" * 70000), nar_of(b"b")
-    info_a, info_b = _info(nar_a, A, ()), _info(nar_b, B, (A,))
+    info_a, info_b = _unsigned(nar_a, A, ()), _unsigned(nar_b, B, (A,))
     monkeypatch.setattr(serve_client, "IMPORT_LIMIT", 1000)
 
     async def go() -> None:

@@ -258,16 +258,17 @@ class ServeClient(ServeConnection):
         for a few small ones: ``SPLICED_FROM``). Consecutive small paths go as one export
         stream, consecutive large ones pipelined."""
         limit = SPLICED_IMPORT_LIMIT if exporter is not None else IMPORT_LIMIT
-        for small, run in itertools.groupby(items, key=lambda item: item[0].nar_size <= limit):
+        keep = exporter is None
+        for way, run in itertools.groupby(items, key=lambda item: _way(item[0], limit, keep)):
             group = list(run)
-            if small:
+            if way == "export":
                 paths = [info.path for info, _ in group]
                 bulk = sum(info.nar_size for info, _ in group) > SPLICED_FROM
                 export = (
                     exporter.export(paths) if exporter and bulk else partial(_export_stream, group)
                 )
                 await self.import_paths(export)
-            elif exporter is not None and exporter.can_dump:
+            elif way == "large" and exporter is not None and exporter.can_dump:
                 dumps = [(info, exporter.dump(info.path, info.nar_size)) for info, _ in group]
                 await self.add_to_store_nars(dumps)
             else:
@@ -332,6 +333,18 @@ def _add_header(info: PathInfo, registration_time: int) -> bytes:
         + encode_str(info.path)
         + path_info_bytes(info, registration_time)
     )
+
+
+def _way(info: PathInfo, limit: int, keep: bool) -> str:
+    """How a path goes: in an export stream ("export"), whose format holds no signature or
+    content address; a large one by AddToStoreNar ("large"), its NAR written by the local
+    ``nix-store`` if it can. With ``keep`` (a copy from a builder: to this host, or to another
+    builder), one that has either goes by AddToStoreNar as well ("kept"): a fixed output
+    brought home kept no ``ca`` here, and a builder's signatures were lost. Uploads from here
+    stay spliced (a source is content-addressed, and its bytes would pass through Python)."""
+    if info.nar_size > limit:
+        return "large"
+    return "kept" if keep and (info.ca or info.sigs) else "export"
 
 
 async def _export_stream(items: Sequence[tuple[PathInfo, NarProducer]], sink: Sink) -> None:
