@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +59,22 @@ async def _removed(link: MachineLink, path: str) -> None:
         await link.remove_partial([path])
     finally:
         await link.aclose()
+
+
+def test_what_a_cut_copy_left_here_goes_and_a_valid_path_stays(tmp_path) -> None:
+    # A NAR is restored straight into its path here too (AddToStoreNar, an import): a copy
+    # cut off mid-way (Ctrl-C, the builder lost) left the half-written tree in /nix/store.
+    from offload.transport.links import LocalLink
+
+    partial = Path("/nix/store/" + "".join(secrets.choice(_BASE32) for _ in range(32)) + "-p")
+    partial.mkdir()
+    (tmp_path / "kept").write_text(secrets.token_hex(8))
+    valid = subprocess.run(
+        ["nix-store", "--add", str(tmp_path / "kept")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        asyncio.run(LocalLink().remove_partial([str(partial), valid]))
+        assert not partial.exists()
+        assert Path(valid).exists()
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

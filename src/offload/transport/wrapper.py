@@ -41,6 +41,7 @@ This module only builds argv lists and reads start lines; ``offload.transport.li
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
@@ -63,6 +64,7 @@ __all__ = [
     "parse_slot",
     "parse_start_line",
     "remote_program",
+    "remove_partial_argv",
     "serve_command",
     "serve_program",
     "store_program",
@@ -247,6 +249,30 @@ def remote_program(params: Mapping[str, str] | None, default: str) -> list[str]:
     blanks (a list setting): both run its words; offload quotes each."""
     words = _NIX_BLANKS.split((params or {}).get("remote-program") or "")
     return [word for word in words if word] or [default]
+
+
+# Deletes partial outputs: $1 nix-store's words, each quoted (run by eval), $2 its --store URI
+# or "", then the paths. A valid path (or one that is not there) is never touched; one that
+# cannot go yet does not stop the rest.
+_REMOVE_PARTIAL = r"""nix=$1; store=$2; shift 2
+for p; do
+  [ -n "$store" ] || [ -e "$p" ] || continue
+  eval "$nix"' ${store:+--store "$store"} --check-validity "$p"' >/dev/null 2>&1 && continue
+  eval "$nix"' ${store:+--store "$store"} --delete "$p"' >/dev/null || failed=1
+done
+exit ${failed:-0}"""
+
+
+def remove_partial_argv(
+    params: Mapping[str, str] | None, paths: Sequence[str], serve: bool = True
+) -> list[str]:
+    """``sh -c ...`` deleting what of ``paths`` is in the store and not valid, with the store
+    program the URI's parameters name (``serve``: its remote-program is the store program,
+    not an ``ssh-ng://`` builder's daemon)."""
+    words = remote_program(params if serve else None, "nix-store")
+    program = " ".join(shlex.quote(word) for word in words)
+    store = (params or {}).get("remote-store") or ""
+    return ["sh", "-c", _REMOVE_PARTIAL, "sh", program, store, *paths]
 
 
 def _store_flag(params: Mapping[str, str] | None) -> list[str]:

@@ -282,12 +282,12 @@ class BuildCopies:
                     )
                 moved += onward.moved if onward is not None else 0
             except asyncio.CancelledError:
-                if target != LOCAL:  # the run stopped, the copy lost: as for a cut-off one
-                    await self._remove_cut(client, target, sending, drv_path)
+                # The run stopped, the copy lost: as for a cut-off one (here too: Nix restores
+                # a NAR straight into its path).
+                await self._remove_cut(client, target, sending, drv_path)
                 raise
             except OffloadError as exc:
-                if target != LOCAL:
-                    await self._remove_cut(client, target, sending, drv_path)
+                await self._remove_cut(client, target, sending, drv_path)
                 # Failures of the source's own session are the source's; the rest (the
                 # target, the local store) are handled as for any other copy.
                 peer = getattr(exc, "peer", None)
@@ -335,8 +335,7 @@ class BuildCopies:
             async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
                 await self._stop_cut(client, target)
                 # The path being written is the last begun: looked at first.
-                link = self.members[target].link
-                said = await remove_partial(link, sending[::-1], what="inputs")
+                said = await remove_partial(self._link(target), sending[::-1], what="inputs")
         if not said.endswith("deleted"):
             self.events.log_handler(drv_path, target)(
                 f"offload: the copy of its inputs to {target} was cut off{said}"
@@ -348,7 +347,12 @@ class BuildCopies:
         or the deletion of that path fails."""
         if not client.usable:
             with contextlib.suppress(OffloadError):
-                await self.members[target].link.cancel(client)
+                await self._link(target).cancel(client)
+
+    def _link(self, machine: str) -> MemberLink:
+        """``machine``'s link; this host's store's is the run's local link (with -j 0 the
+        local machine is no member)."""
+        return self.local if machine == LOCAL else self.members[machine].link
 
     async def fetch_home(self, drv_path: str, machine: str) -> int:
         """The outputs of ``drv_path`` made valid here (with the other builds' there that
@@ -387,11 +391,21 @@ class BuildCopies:
 
     async def _fetch(self, machine: str, paths: Sequence[str]) -> Sequence[PathInfo]:
         link = self.members[machine].link
-        async with link.session() as src, self.local.session() as local:
-            infos = await self._vet(machine, await to_copy(src, local, paths, whole=True))
+        infos: Sequence[PathInfo] = ()
+        try:
+            async with link.session() as src, self.local.session() as local:
+                infos = await self._vet(machine, await to_copy(src, local, paths, whole=True))
+                if infos:
+                    await copy_paths(src, local, infos)
+                return infos
+        except (asyncio.CancelledError, OffloadError):
+            # Cut off (Ctrl-C, the builder lost): what it left half-written here goes, its
+            # session closed first (it holds the path being written).
             if infos:
-                await copy_paths(src, local, infos)
-            return infos
+                with contextlib.suppress(TimeoutError, OffloadError):
+                    async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
+                        await remove_partial(self.local, [i.path for i in infos][::-1])
+            raise
 
 
 def _heard(

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from offload.errors import TransportError
+from offload.errors import StoreError, TransportError
 from offload.names import LOCAL
 from offload.process import local_sh, run_async, spawn
 from offload.protocol.export import Exporter
@@ -20,7 +20,12 @@ from offload.transport.links.base import (
     open_serve,
 )
 from offload.transport.links.pool import Link
-from offload.transport.wrapper import kill_script, serve_command, store_program
+from offload.transport.wrapper import (
+    kill_script,
+    remove_partial_argv,
+    serve_command,
+    store_program,
+)
 
 __all__ = ["LocalLink", "LocalTransport"]
 
@@ -37,15 +42,15 @@ class LocalTransport:
         start_timeout: float = 30.0,
     ) -> None:
         self.name = name
-        self._params = params
-        self._env = env
+        self.params = params
+        self.env = env
         self._start_timeout = start_timeout
         self._cores: int | None = None  # as the first session said: later ones are told them
 
     async def start(self, stack: contextlib.AsyncExitStack) -> SessionPipes:
-        argv = local_sh(serve_command(self._params, cores=self._cores), self._env)
+        argv = local_sh(serve_command(self.params, cores=self._cores), self.env)
         try:
-            proc = await stack.enter_async_context(spawn(argv, env=self._env))
+            proc = await stack.enter_async_context(spawn(argv, env=self.env))
         except TransportError as exc:  # this host's program (its sh) could not be started
             exc.peer = self.name
             raise
@@ -61,18 +66,18 @@ class LocalTransport:
             self._cores = opening.load.cores
         pipes = opening.pipes(proc)
         pipes.exporter = Exporter(
-            tuple(store_program(self._params)),
-            self._env,
+            tuple(store_program(self.params)),
+            self.env,
             self.name,
-            can_dump=not (self._params or {}).get("remote-store"),
+            can_dump=not (self.params or {}).get("remote-store"),
         )
         return pipes
 
     async def kill(self, pid: int, born: str | None = None) -> None:
         await asyncio.wait_for(
             run_async(
-                local_sh(kill_script(pid, KILL_GRACE, born), self._env),
-                env=self._env,
+                local_sh(kill_script(pid, KILL_GRACE, born), self.env),
+                env=self.env,
                 check=False,
             ),
             CONTROL_TIMEOUT,
@@ -85,6 +90,19 @@ class LocalTransport:
 class LocalLink(Link):
     """The local store behind the same interface as a builder."""
 
+    async def remove_partial(self, paths: Sequence[str]) -> None:
+        """Delete what a copy cut off mid-stream left of ``paths`` in this host's store (Nix
+        restores a NAR straight into its path): each there and not valid, never a valid one
+        (``offload.scheduler.run.disk``)."""
+        transport = self._local_transport
+        argv = local_sh(remove_partial_argv(transport.params, paths), transport.env)
+        done = await run_async(argv, env=transport.env, check=False)
+        if done.returncode != 0:
+            raise StoreError(
+                f"cannot delete partial paths here: {done.stderr.strip()[-300:]}",
+                hint="`nix-store --delete` them, or leave them to the garbage collector",
+            )
+
     def __init__(
         self,
         *,
@@ -93,8 +111,5 @@ class LocalLink(Link):
         params: Mapping[str, str] | None = None,
         substitute: bool = False,
     ) -> None:
-        super().__init__(
-            LocalTransport(params=params, env=env),
-            max_sessions=max_sessions,
-            substitute=substitute,
-        )
+        self._local_transport = LocalTransport(params=params, env=env)
+        super().__init__(self._local_transport, max_sessions=max_sessions, substitute=substitute)

@@ -5,7 +5,6 @@ builder's store deleted over the same master.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,24 +15,13 @@ from offload.transport.dialect import SERVE, Dialect, dialect_of
 from offload.transport.links.pool import Link
 from offload.transport.links.ssh_master import SshTransport
 from offload.transport.ssh import CONNECT_TIMEOUT, SshTarget, ssh_target
-from offload.transport.wrapper import remote_program
+from offload.transport.wrapper import remove_partial_argv
 from offload.typing_compat import override
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
 
 __all__ = ["MachineLink"]
-
-# Deletes partial outputs: $1 nix-store's words, each quoted (run by eval), $2 its --store URI
-# or "", then the paths. A valid path (or one that is not there) is never touched; one that
-# cannot go yet does not stop the rest.
-_REMOVE_PARTIAL = r"""nix=$1; store=$2; shift 2
-for p; do
-  [ -n "$store" ] || [ -e "$p" ] || continue
-  eval "$nix"' ${store:+--store "$store"} --check-validity "$p"' >/dev/null 2>&1 && continue
-  eval "$nix"' ${store:+--store "$store"} --delete "$p"' >/dev/null || failed=1
-done
-exit ${failed:-0}"""
 
 
 class MachineLink(Link):
@@ -84,13 +72,9 @@ class MachineLink(Link):
     async def remove_partial(self, paths: Sequence[str]) -> None:
         """Delete what a failed build left of ``paths`` in the builder's store: each path that
         exists there and is not valid (``offload.scheduler.run.disk``)."""
-        params, store = self._params, self._params.get("remote-store")
         # An ssh-ng:// builder's remote-program is its nix-daemon: the store program is
         # nix-store there, as on PATH.
-        words = remote_program(params if self._serve else None, "nix-store")
-        program = " ".join(shlex.quote(word) for word in words)
-        script = ["sh", "-c", _REMOVE_PARTIAL, "sh", program, store or "", *paths]
-        code, _, err = await self.ssh.run(script)
+        code, _, err = await self.ssh.run(remove_partial_argv(self._params, paths, self._serve))
         if code != 0:
             raise SshError(
                 f"cannot delete partial outputs on builder '{self.name}': {err.strip()[-300:]}"
