@@ -11,7 +11,7 @@ none, and reads as ``reason=None``: not known.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ __all__ = [
     "REASON_CHARS",
     "UNKNOWN_REASON",
     "Health",
+    "change_backoff",
     "clear_backoff",
     "load_backoff",
     "load_backoffs",
@@ -96,12 +97,35 @@ def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -
                 current.pop(name, None)
             else:
                 current[name] = health
-        data: dict[str, dict[str, object]] = {}
-        for name, health in sorted(current.items()):
-            data[name] = {"failures": health.failures, "until": health.until}
-            if health.reason is not None and health.reason.strip():
-                data[name]["reason"] = reason_line(health.reason)
-        write_state_json(path, data)
+        _write(path, current)
+
+
+def change_backoff(
+    path: Path, name: str, change: Callable[[Health | None], Health | None], now: float
+) -> Health | None:
+    """``name``'s entry made by ``change`` from the one in force in the file now (None: none),
+    read and written under the file's lock: two processes failing at once on one builder
+    each count a failure, where reading it first, then saving, lost one. Returns the entry."""
+    with merging(path):
+        current = load_backoff(path, now)
+        changed = change(current.get(name))
+        if changed == current.get(name):
+            return changed
+        if changed is None:
+            current.pop(name, None)
+        else:
+            current[name] = changed
+        _write(path, current)
+        return changed
+
+
+def _write(path: Path, entries: Mapping[str, Health]) -> None:
+    data: dict[str, dict[str, object]] = {}
+    for name, health in sorted(entries.items()):
+        data[name] = {"failures": health.failures, "until": health.until}
+        if health.reason is not None and health.reason.strip():
+            data[name]["reason"] = reason_line(health.reason)
+    write_state_json(path, data)
 
 
 def load_backoffs(paths: Sequence[Path], now: float) -> dict[str, Health]:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offload.backoff import Health, load_backoff, reason_line, save_backoff
+from offload.backoff import Health, change_backoff, load_backoff, reason_line, save_backoff
 from offload.config.machines import Machine
 from offload.config.pool import Pool, load_pool
 from offload.config.settings import NixSettings
@@ -284,18 +284,28 @@ class HookContext:
         from offload.build.faults import HOOK_LEAVE_OUT, explain
 
         now = time.time()
-        # Another build there (another hook process) may have found it dead a moment ago.
-        self.reload_backoff()
-        current = self.backoff.get(name)
-        if current is not None and self.failed_for_client(name) and _just_backed_off(current, now):
-            # The same outage, found by another of this nix-build's builds there (a retry out
-            # of turn it would not make): one failure, said once.
-            return
-        failures = (current.failures if current is not None else 0) + 1
         reason = reason_line(explain(self.machine(name), error, HOOK_LEAVE_OUT))
-        health = Health(failures, now + Backoff().delay(failures), reason)
-        self.backoff[name] = health
-        save_backoff(self.state / "backoff.json", {name: health}, now)
+        counted: list[Health] = []
+
+        def failed(current: Health | None) -> Health | None:
+            # Another build there (another hook process) may have found it dead a moment ago.
+            if (
+                current is not None
+                and self.failed_for_client(name)
+                and _just_backed_off(current, now)
+            ):
+                # The same outage, found by another of this nix-build's builds there (a retry
+                # out of turn it would not make): one failure, said once.
+                return current
+            failures = (current.failures if current is not None else 0) + 1
+            counted.append(Health(failures, now + Backoff().delay(failures), reason))
+            return counted[0]
+
+        change_backoff(self.state / "backoff.json", name, failed, now)
+        self.reload_backoff()
+        if not counted:
+            return
+        health = counted[0]
         self.first_for_client(backed_off_key(name, health))  # said here: not again as left out
         self.first_for_client(f"failed {name}")  # no retry out of turn for this client
         self.say(
