@@ -90,3 +90,22 @@ def test_convert_keeps_every_machine_or_says_why_not(tmp_path, capsys, monkeypat
     )
     assert "nx-cv-a" not in out
     assert "nx-cv-b" in out  # named: taken, disabled or not
+
+
+def test_a_file_s_relative_include_is_relative_to_the_current_directory(
+    tmp_path, capsys, monkeypatch
+):
+    # As Nix reads it (and `--builders @sub/machines`): `convert --from` read it relative to
+    # the file's directory, and converted another machine than Nix uses.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "machines").write_text("@extra\n")
+    (tmp_path / "extra").write_text(f"ssh://inc-cwd.invalid {SYSTEM}\n")
+    (tmp_path / "sub" / "extra").write_text(f"ssh://inc-sub.invalid {SYSTEM}\n")
+    _, out, _ = run_machines_cli(
+        ["machines", "convert", "--to", "nix", "--from", "sub/machines"], capsys
+    )
+    assert [m.uri for m in parse_machines(out, source="-", system=SYSTEM)[0]] == [
+        "ssh://inc-cwd.invalid"
+    ]

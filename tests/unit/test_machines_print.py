@@ -83,6 +83,13 @@ def test_printer_refuses_what_the_format_cannot_say():
         format_machines([dataclasses.replace(machine, supported_features=frozenset({"a#b"}))])
 
 
+def test_a_column_but_the_first_may_start_with_at():
+    # Only an entry's first word starting with '@' is an include: `--to nix` refused an ssh
+    # key '@k' and a feature '@gpu', which Nix and `offload machines` take.
+    machines = parse(f"ssh://a.invalid {SYSTEM} @k 1 1 @gpu")
+    assert _strip(parse(format_machines(machines))) == _strip(machines)
+
+
 def test_machine_from_columns_validates_tokens():
     m = machine_from_columns(["ssh://h", "x86_64-linux", None, "2"], source="t", system=SYSTEM)
     assert (m.uri, m.max_jobs) == ("ssh://h", 2)

@@ -17,13 +17,20 @@ from offload.errors import ConfigError
 __all__ = ["format_machine_line", "format_machines"]
 
 
-def _check_token(value: str, what: str, machine: Machine) -> str:
-    # What the parser could never give back: blanks split columns, '#' and ';' end an entry.
-    if not value or value == "-" or any(c in value for c in "#;\n\r\t ") or value.startswith("@"):
+def _check_token(value: str, what: str, machine: Machine, *, first: bool = False) -> str:
+    # What the parser could never give back: blanks split columns, '#' and ';' end an entry,
+    # and an entry's first word starting with '@' is an include (another column's may).
+    if (
+        not value
+        or value == "-"
+        or any(c in value for c in "#;\n\r\t ")
+        or (first and value.startswith("@"))
+    ):
         raise ConfigError(
             f"{machine.source}: {machine.name}: {what} '{shown(value)}' "
             "cannot go in a machines file",
-            hint="values cannot be empty, '-', start with '@', or hold blanks, '#' or ';'",
+            hint="values cannot be empty, '-', or hold blanks, '#' or ';' (nor a store URI "
+            "start with '@')",
         )
     return value
 
@@ -72,7 +79,7 @@ def format_machine_line(machine: Machine, *, nix28: bool = True) -> tuple[str, l
             f"# offload: speed factor {machine.speed_factor:g} of {machine.name} written as "
             f"{_speed_text(machine.speed_factor, nix28=True)}: Nix 2.8 takes whole numbers only"
         )
-    _check_token(uri, "store URI", machine)
+    _check_token(uri, "store URI", machine, first=True)
     # "," is an empty list, which is not the same as '-' (the local system).
     systems = _list(machine.systems, "system", machine) if machine.systems else ","
     uri_key = machine.params.get("ssh-key")
