@@ -255,3 +255,29 @@ def test_a_user_who_cannot_choose_for_the_daemon_is_told_so(
         assert not use_cli._daemon_unchosen(mine)
     finally:
         listening.close()
+
+
+@pytest.mark.parametrize(
+    ("builders", "why"),
+    [
+        ("ssh://a.invalid x86_64-linux - 1 1 - - aGVsbG8=", "does not connect to a.invalid"),
+        ("ssh://a.invalid x86_64-linux - 0", "a.invalid"),
+    ],
+    ids=["junk-host-key", "no-jobs"],
+)
+def test_a_choice_of_no_machine_that_takes_jobs_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    builders: str,
+    why: str,
+) -> None:
+    # It was kept: the hook then declined every build, saying it used a.invalid.
+    from offload.cli import main
+
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    assert main(["use", "a.invalid", "--builders", builders]) == 1
+    err = capsys.readouterr().err
+    assert "error: a.invalid: no machine to build on: " in err
+    assert why in err
+    assert read_choice(tmp_path, now=1.0) is None

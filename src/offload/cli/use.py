@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from offload.cli.arguments import machine_names
+from offload.config.machines.model import shown
 from offload.config.pool import load_pool
 from offload.errors import ConfigError
 from offload.paths import SYSTEM_STATE_DIR, daemon_here, ensure_state_dir, state_dir, state_hint
@@ -136,8 +137,14 @@ def _main(args: argparse.Namespace) -> int:
         return _show(places, as_json=args.json)
     # Each once, in the order given: as `offload build --on fast,fast` builds on fast once.
     tokens = tuple(dict.fromkeys(t.strip() for t in args.machines.split(",") if t.strip()))
-    # The same check `offload build --on` makes: unknown names and tags are errors.
-    load_pool(builders=args.builders, config=args.config).select(on=tokens)
+    # The same checks `offload build --on` makes: unknown names and tags are errors, and so
+    # is a choice of no machine that takes jobs (a builder offload never connects to, one of
+    # max-jobs 0): the hook would decline every build, saying it used them.
+    pool = load_pool(builders=args.builders, config=args.config)
+    for warning in pool.warnings:
+        print(f"warning: {shown(warning, 2000)}", file=sys.stderr)
+    if (none := pool.select(on=tokens).no_machine()) is not None:
+        raise ConfigError(f"{args.machines}: no machine to build on: {none[0]}", hint=none[1])
     now = time.time()
     # `--for "$DUR"` with DUR unset is no duration, not for ever (parse_duration says so).
     until = now + parse_duration(args.duration) if args.duration is not None else None
