@@ -474,3 +474,26 @@ def test_a_speed_any_machines_file_holds_reads_back_from_toml():
     p = pool("nx-s.invalid x86_64-linux - 1 10000000000")
     back, _ = apply_toml([], parse_offload_toml(pool_to_toml(p), "t"), system=SYSTEM)
     assert [m.speed_factor for m in back] == [1e10]
+
+
+def test_conversions_keep_offload_toml_s_compress_and_substitutes() -> None:
+    # Written from the URI alone: a's toml compress and substitutes were lost in the nix
+    # and NixOS forms, and b's 'compress = false' over its URI's '?compress=true' came back on.
+    spec = f"ssh://nx-a.invalid {SYSTEM}\nssh://nx-b.invalid?compress=true {SYSTEM}\n"
+    toml = (
+        '[[machine]]\nhost = "nx-a.invalid"\ncompress = true\nbuilders-use-substitutes = true\n'
+        '[[machine]]\nhost = "nx-b.invalid"\ncompress = false\n'
+    )
+    wanted = {
+        "nx-a.invalid": {"compress": "true", "builders-use-substitutes": "true"},
+        "nx-b.invalid": {"compress": "false"},
+    }
+    p = pool(spec, toml)
+    assert {m.host: dict(m.params) for m in p.machines} == wanted
+    back_nix = machines(pool_to_nix(p))
+    assert {m.host: dict(m.params) for m in back_nix} == wanted
+    back_toml, _ = apply_toml([], parse_offload_toml(pool_to_toml(p), "t"), system=SYSTEM)
+    assert {m.host: dict(m.params) for m in back_toml} == wanted
+    nixos = pool_to_nixos(p)
+    assert 'hostName = "nx-a.invalid?compress=true&builders-use-substitutes=true";' in nixos
+    assert 'hostName = "nx-b.invalid?compress=false";' in nixos

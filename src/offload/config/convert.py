@@ -17,6 +17,7 @@ from offload.config.machines import (
     machine_from_columns,
     shown,
 )
+from offload.config.machines.uri import TOML_PARAMS, with_settings
 from offload.config.pool import Pool
 from offload.errors import ConfigError
 from offload.spelling import meant
@@ -73,9 +74,9 @@ def pool_to_toml(pool: Pool) -> str:
             lines.append(f"port = {m.port}")
         if not m.enabled:
             lines.append("enabled = false")
-        for key in ("compress", "builders-use-substitutes"):
-            if nix_bool(m.params.get(key)):
-                lines.append(f"{key} = true")
+        for key in TOML_PARAMS:  # false too: over a URI that says true, it is what is used
+            if key in m.params:
+                lines.append(f"{key} = {'true' if nix_bool(m.params[key]) else 'false'}")
         lines.append(f"systems = {_toml_list(m.systems)}")
         if (column := _key_column(m)) is not None:  # the URI's ssh-key stays in it
             lines.append(f"ssh-key = {_toml_str(column)}")
@@ -106,7 +107,8 @@ def pool_to_nixos(pool: Pool) -> str:
         protocol = m.scheme if m.is_ssh else None
         if protocol is not None:
             # user@host, then the query kept whole (an '@' in it is no user's).
-            authority, mark, query = m.uri.partition("://")[2].partition("?")
+            uri = with_settings(m.uri, m.params, TOML_PARAMS)  # offload.toml's over the URI's
+            authority, mark, query = uri.partition("://")[2].partition("?")
             host = authority.rpartition("@")[2]
             if m.port is not None:
                 out.append(

@@ -30,6 +30,7 @@ from offload.config.machines import (
     shown,
 )
 from offload.config.machines.check import refusals
+from offload.config.machines.uri import TOML_PARAMS
 from offload.config.naming import one_name_each
 from offload.config.reading import read_spec
 from offload.config.settings import (
@@ -303,9 +304,8 @@ def _toml_name(machine: Machine, entry: TomlMachine) -> str:
 
 def _with_meta(machine: Machine, entry: TomlMachine) -> Machine:
     params = dict(machine.params)
-    for key, value in (
-        ("compress", entry.compress),
-        ("builders-use-substitutes", entry.builders_use_substitutes),
+    for key, value in zip(
+        TOML_PARAMS, (entry.compress, entry.builders_use_substitutes), strict=True
     ):
         if value is not None:  # the toml wins over the URI's own parameter
             params[key] = "true" if value else "false"

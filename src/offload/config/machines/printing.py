@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from offload.config.machines.host_key import decode_host_key, encode_host_key
 from offload.config.machines.model import Machine, shown
+from offload.config.machines.uri import TOML_PARAMS, with_settings
 from offload.errors import ConfigError
 
 __all__ = ["format_machine_line", "format_machines"]
@@ -79,6 +80,8 @@ def format_machine_line(machine: Machine, *, nix28: bool = True) -> tuple[str, l
             f"# offload: speed factor {machine.speed_factor:g} of {machine.name} written as "
             f"{_speed_text(machine.speed_factor, nix28=True)}: Nix 2.8 takes whole numbers only"
         )
+    # offload.toml's compress and builders-use-substitutes, which its URI does not say.
+    uri = with_settings(uri, machine.params, TOML_PARAMS)
     _check_token(uri, "store URI", machine, first=True)
     # "," is an empty list, which is not the same as '-' (the local system).
     systems = _list(machine.systems, "system", machine) if machine.systems else ","

@@ -7,14 +7,17 @@ offload accepts ``host:port`` (as Nix >= 2.31 does) and ``[v6addr]:port``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from offload.config.machines.model import SSH_SCHEMES, shown
 
-__all__ = ["StoreUri", "default_name", "parse_store_uri"]
+__all__ = ["TOML_PARAMS", "StoreUri", "default_name", "parse_store_uri", "with_settings"]
+
+# The URI parameters offload.toml may set over a URI's own (``config.pool``).
+TOML_PARAMS = ("compress", "builders-use-substitutes")
 
 _SPECIAL_STORES = ("auto", "daemon", "local")
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -49,6 +52,28 @@ def _parse_query(query: str) -> dict[str, str]:
         if eq:  # Nix's decodeQuery drops parameters without '=', and keeps a name's first.
             params.setdefault(unquote(key), unquote(value))
     return params
+
+
+def with_settings(uri: str, params: Mapping[str, str], names: Sequence[str]) -> str:
+    """``uri`` with the ``names`` of ``params`` its query does not say as they are (offload.toml
+    sets ``compress`` over the URI's): written in, or over its own first, so that a machines
+    line made from it reads back the same (``offload machines convert``)."""
+    base, mark, query = uri.partition("?")
+    parts = query.split("&") if mark else []
+    for name in names:
+        if name not in params:
+            continue
+        said = f"{quote(name)}={quote(params[name])}"
+        index = next(
+            (i for i, part in enumerate(parts) if unquote(part.partition("=")[0]) == name
+             and "=" in part),
+            None,
+        )  # fmt: skip
+        if index is None:
+            parts.append(said)
+        elif unquote(parts[index].partition("=")[2]) != params[name]:
+            parts[index] = said
+    return f"{base}?{'&'.join(parts)}" if parts else base
 
 
 def parse_store_uri(raw: str) -> StoreUri:
