@@ -183,3 +183,12 @@ def test_a_machine_that_came_back_is_still_said_with_when() -> None:
     assert "fast: slow to answer at the start; it answered at " in text
     assert "medium: connection refused by medium; up again at " in text
     assert "slow: its disk is full\n" in text
+
+
+@pytest.mark.parametrize("machine", ["[fd00::5]:2222", "gpu[/]", "[bold]x"])
+def test_a_machine_name_is_shown_as_written_not_read_as_markup(machine: str) -> None:
+    # "[fd00::5]:2222" showed as ":2222"; "gpu[/]" raised MarkupError after a successful
+    # build, before its result links were made.
+    out = io.StringIO()
+    render_summary([done((HELLO, "hello-2.12", machine), "built", (0.0, 1.0))], out, rich=True)
+    assert machine in out.getvalue()

@@ -370,7 +370,9 @@ def _render_rich(summary: RunSummary, console: Console) -> None:
                 no_wrap=True,
             )
         for row in cells:
-            table.add_row(*row)
+            # Text, not str: rich reads a str as markup, and a machine named "[fd00::5]:2222"
+            # showed as ":2222", one named "gpu[/]" stopped the command after its build.
+            table.add_row(*(Text(cell) for cell in row))
         # Never narrower than its columns (a floor, as Nix's progress keeps its lines whole):
         # squeezed into a narrow terminal (COLUMNS=20) every number was cut to "…"; whole
         # rows the terminal wraps are still read.
