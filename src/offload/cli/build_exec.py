@@ -294,10 +294,12 @@ def _kind(args: argparse.Namespace) -> RendererKind:
         return "json"
     if _nix_json(args):
         return "nixjson"
+    if _quiet(args):  # no live view, whatever the format (README): the logs and warnings
+        return "plain"
     if args.log_format is not None:
         # bar: the live view where it can be one, plain lines into a file, as Nix's bar.
         return "plain" if args.log_format == "raw" else "auto"
-    return "plain" if _quiet(args) else "auto"
+    return "auto"
 
 
 def _renderer(args: argparse.Namespace) -> Renderer:

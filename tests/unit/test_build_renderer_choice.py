@@ -1,0 +1,41 @@
+"""Which renderer `offload build`'s output flags choose, and whether machine warnings are
+lines of their own (README: --quiet leaves out the live view and keeps the warnings)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from offload.cli import build_exec
+from offload.cli.build_args import add_build_arguments
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    return parser.parse_args([*argv, "-A", "x"])
+
+
+@pytest.mark.parametrize("log_format", ["bar", "bar-with-logs", "raw"])
+def test_quiet_is_plain_lines_with_the_warnings_whatever_the_format(log_format: str) -> None:
+    # --quiet --log-format bar drew the live view on a terminal, and into a file said no
+    # warning: a builder down or its key missing went unsaid.
+    args = _args("--quiet", "--log-format", log_format)
+    assert build_exec._kind(args) == "plain"
+    assert build_exec._warnings_apart(args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [
+        ((), "auto"),
+        (("--log-format", "bar"), "auto"),
+        (("--log-format", "raw"), "plain"),
+        (("--json",), "json"),
+        (("--quiet", "--json"), "json"),
+        (("--log-format", "internal-json", "--quiet"), "nixjson"),
+    ],
+)
+def test_the_other_flags_choose_as_before(argv: tuple[str, ...], kind: str) -> None:
+    assert build_exec._kind(_args(*argv)) == kind
