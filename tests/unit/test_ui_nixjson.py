@@ -164,3 +164,21 @@ def test_a_line_after_a_copy_ended_starts_no_activity() -> None:
     starts = [x["id"] for x in lines if x["action"] == "start"]
     assert sorted(starts) == sorted(x["id"] for x in lines if x["action"] == "stop")
     assert not [x for x in lines if x.get("type") in (101, 104) and x["action"] == "result"]
+
+
+def test_a_derivation_built_again_is_done_once() -> None:
+    # Its outputs lost with their builder, built again elsewhere: the progress ended at 3 done
+    # of 2 expected.
+    events: list[Event] = [
+        RunStarted("r", 2, ("a", "b"), 1.0, T0),
+        phase((HELLO, "hello-2.12", "a"), "building", 0.1, 1.0),
+        done((HELLO, "hello-2.12", "a"), "built", (0.1, 0.5)),
+        phase((HELLO, "hello-2.12", "b"), "building", 0.6, 1.0),
+        done((HELLO, "hello-2.12", "b"), "built", (0.6, 0.9)),
+        phase((BIG, "big-3", "b"), "building", 1.0, 1.0),
+        done((BIG, "big-3", "b"), "built", (1.0, 1.5)),
+        RunFinished("r", 2, 0, 0, 1.6, (), T0 + 1.6),
+    ]
+    lines = lines_of(events)
+    progress = [x["fields"] for x in lines if x["action"] == "result" and x["type"] == 105]
+    assert progress[-1] == [2, 2, 0, 0]

@@ -98,7 +98,7 @@ class NixJsonRenderer:
         self._run: int | None = None  # the actBuilds activity, once the run opened
         self._builds: dict[tuple[str, str], int] = {}  # (drv, machine) -> its actBuild
         self._expected = 0
-        self._done = 0
+        self._done: set[str] = set()  # derivations built: one built again (its outputs lost) once
         self._failed = 0
 
     def handle(self, event: Event) -> None:
@@ -169,7 +169,8 @@ class NixJsonRenderer:
             self._stop(activity)
         match event.status:
             case "built" | "fetched" | "substituted":
-                self._done += event.status == "built"
+                if event.status == "built":
+                    self._done.add(event.drv_path)
                 self._msg(TALKATIVE, describe_finished(event))
             case "failed":
                 self._failed += 1
@@ -187,7 +188,7 @@ class NixJsonRenderer:
         if self._run is not None:
             running = len(self._builds)
             self._result(
-                self._run, RES_PROGRESS, [self._done, self._expected, running, self._failed]
+                self._run, RES_PROGRESS, [len(self._done), self._expected, running, self._failed]
             )
 
     def _start(self, kind: int, level: int, text: str, fields: list[Any] | None = None) -> int:
