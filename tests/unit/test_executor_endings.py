@@ -445,3 +445,25 @@ def test_outputs_on_their_way_home_as_the_run_stops_end_that_copy_stopped():
     assert executor.report.built == []
     (last,) = [e for e in events if isinstance(e, RunFinished)]
     assert last.built == 0
+
+
+def test_a_run_stranded_with_no_machine_left_does_not_say_it_finished():
+    # Its one builder fell mid-run: the run stopped, "no machine can take them", and its last
+    # event (the live view's last frame, the plain "run:" line) said "finished".
+    from offload.errors import SchedulerError
+
+    plan, _, _, src = make_plan({"a": []})
+
+    async def dying(build: FakeBuild) -> BuildOutcome | None:
+        raise RuntimeError("killed")
+
+    events: list[Event] = []
+    executor = Executor(
+        plan, [_member("only", 1, 1, dying)], FakeLink(FakeStore("local", [src])),
+        emit=events.append,
+    )  # fmt: skip
+    with pytest.raises(SchedulerError, match="no machine can take them"):
+        asyncio.run(asyncio.wait_for(executor.run(), 10))
+    (last,) = [e for e in events if isinstance(e, RunFinished)]
+    assert last.interrupted
+    assert events[-1] is last

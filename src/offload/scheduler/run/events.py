@@ -77,7 +77,9 @@ class RunEvents:
             )
         )
 
-    def run_finished(self, elapsed: float, outputs: tuple[str, ...]) -> None:
+    def run_finished(self, elapsed: float, outputs: tuple[str, ...], *, cut: bool = False) -> None:
+        """``cut``: the run ended before its end (an error of its own: stranded with no
+        machine left), as an interrupted one is told: not "finished"."""
         report = self.report
         self.emit(
             RunFinished(
@@ -88,7 +90,7 @@ class RunEvents:
                 elapsed=elapsed,
                 outputs=outputs if report.ok else (),
                 time=self.wall(),
-                interrupted=report.interrupted,
+                interrupted=report.interrupted or cut,
             )
         )
 

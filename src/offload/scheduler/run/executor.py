@@ -232,8 +232,10 @@ class Executor(Endings):
             self._events.machine_down(name, health.said(name), health.until)
         self._tell_unreachable(start)
         self._settle_at_start()
+        ended = False
         try:
             await self._loop()
+            ended = True
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Stopped (Ctrl-C, SIGTERM): not a run that found no machine, nor a bug's end.
             self.report.interrupted = True
@@ -241,7 +243,7 @@ class Executor(Endings):
         finally:
             await self._stop_all()
             self.report.health = self.health()
-            self._events.run_finished(self.clock() - start, self.outputs)
+            self._events.run_finished(self.clock() - start, self.outputs, cut=not ended)
         return self.report
 
     def _settle_at_start(self) -> None:
