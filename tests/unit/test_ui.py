@@ -318,3 +318,12 @@ def test_the_live_view_is_drawn_on_a_utf8_terminal_only(encoding: str, live: boo
     finally:
         os.close(main)
         os.close(side)
+
+
+@pytest.mark.parametrize(
+    "mark", ["\u200e", "\u200f", "\u061c", "\u2028", "\u2029", "\u3164", "\uffa0", "\u115f"]
+)
+def test_marks_that_reorder_break_or_widen_a_line_are_taken_out(mark: str) -> None:
+    # Bidirectional marks reorder what a terminal shows; line separators break it; a
+    # Hangul filler is one cell to rich and two to the terminal, which broke the redraws.
+    assert sanitize(f"a{mark}b") == "ab"

@@ -42,9 +42,14 @@ _ESCAPES = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
-# C0 and C1 controls but tab; and Unicode's bidirectional embeddings, overrides and isolates,
-# which reorder how the rest of the line is shown (a log line could show text it does not hold).
-_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls but tab; Unicode's bidirectional marks, embeddings, overrides and isolates,
+# which reorder how the rest of the line is shown (a log line could show text it does not
+# hold); its line and paragraph separators; and the fillers a terminal draws wider than rich
+# counts them (U+3164: 1 cell to rich, 2 to glibc), which broke the live view's redraws.
+_CONTROLS = re.compile(
+    r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+    r"\u2066-\u2069\u115f\u1160\u3164\uffa0]"
+)
 _TAB = 8
 
 
@@ -64,7 +69,9 @@ def sanitize(line: str) -> str:
 # What a log may still do on a terminal: colour (SGR), and move to a line's start or the next.
 _COLOUR = re.compile(r"\x1b\[[0-9;:]*m")
 _ESCAPE_OR_CONTROL = re.compile(
-    _ESCAPES.pattern + r"| [\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]",
+    _ESCAPES.pattern
+    + r"| [\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+    + r"\u202a-\u202e\u2066-\u2069\u115f\u1160\u3164\uffa0]",
     re.VERBOSE | re.DOTALL,
 )
 
