@@ -327,3 +327,20 @@ def test_marks_that_reorder_break_or_widen_a_line_are_taken_out(mark: str) -> No
     # Bidirectional marks reorder what a terminal shows; line separators break it; a
     # Hangul filler is one cell to rich and two to the terminal, which broke the redraws.
     assert sanitize(f"a{mark}b") == "ab"
+
+
+def test_machine_headers_line_up_whatever_the_width_of_their_names() -> None:
+    # Padded by characters: "ビルド機" (8 cells, 4 characters) put its header four cells
+    # further right than fast's.
+    from rich.console import Console
+
+    from offload.ui.view import View
+
+    view = View(T0)
+    view.update(RunStarted("r", 2, ("ビルド機", "fast"), 10.0, T0, (1.0, 4.0), (1, 1)))
+    out = io.StringIO()
+    Console(file=out, width=100, color_system=None).print(view.frame(T0 + 1, 100))
+    headers = [line for line in out.getvalue().splitlines() if line.startswith(("ビ", "fast"))]
+    assert len(headers) == 2
+    starts = {cell_len(line) - cell_len(line[len(line.split()[0]) :].lstrip()) for line in headers}
+    assert len(starts) == 1, headers

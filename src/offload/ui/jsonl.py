@@ -6,10 +6,10 @@ at the end of the loop's current step, so the events one step emits (a build's e
 one's start) go out in one write, not one each. Non-ASCII text is escaped, so every line is
 plain ASCII whatever a build printed.
 
-Build log lines (``job_log``) are written only with ``print_logs`` (``-L``): a large build
-prints hundreds of thousands of lines, which would swamp the events a consumer usually wants,
-and every log is kept anyway (``offload log DRV``; not where the run's state directory was a
-temporary one).
+Build log lines (``job_log``) are written with ``print_logs``: as nix-build shows logs, by
+default, not with ``-Q`` (a large build prints hundreds of thousands of lines, which may swamp
+the events a consumer wants) or ``--log-format bar``; every log is kept anyway (``offload log
+DRV``; not where the run's state directory was a temporary one).
 
 A reader that goes away (``| head -1``) ends the lines, not the run: it builds on, makes its
 result links and keeps its history, as nix-build does (``offload.streams``). A stream that

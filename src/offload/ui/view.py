@@ -223,7 +223,10 @@ class View:
         lines: list[Text] = []
         row = iter(rows)
         for name, header in headers:
-            line = Text(truncate(name, indent - 2).ljust(indent), style="bold")
+            cut = truncate(name, indent - 2)
+            # Padded by cells, not characters: a name of wide characters ("ビルド機") put
+            # its header four cells further right than the others'.
+            line = Text(cut + " " * (indent - cell_len(cut)), style="bold")
             line.append_text(header)
             lines.append(line)
             count = sum(1 for (_, m) in self.jobs if m == name)
