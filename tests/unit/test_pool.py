@@ -497,3 +497,13 @@ def test_conversions_keep_offload_toml_s_compress_and_substitutes() -> None:
     nixos = pool_to_nixos(p)
     assert 'hostName = "nx-a.invalid?compress=true&builders-use-substitutes=true";' in nixos
     assert 'hostName = "nx-b.invalid?compress=false";' in nixos
+
+
+def test_nixos_form_drops_the_uri_s_port_whatever_offload_toml_s_is() -> None:
+    p = pool(
+        f"ssh://nx-a.invalid:2201 {SYSTEM}\n",
+        '[[machine]]\nhost = "nx-a.invalid:2201"\nport = 2202\n',
+    )
+    nixos = pool_to_nixos(p)
+    assert 'hostName = "nx-a.invalid";' in nixos
+    assert "port 2202 of nx-a.invalid dropped" in nixos

@@ -115,7 +115,10 @@ def pool_to_nixos(pool: Pool) -> str:
                     f"  # offload: port {m.port} of {shown(m.host or host)} dropped: "
                     "Nix 2.8 cannot take host:port (use an ssh Host alias)"
                 )
-                host = host.removesuffix(f":{m.port}")
+                # The URI's own port, whatever offload.toml's (which wins) is: "a:2201" was
+                # left with toml's 2202 named dropped, a host:port Nix 2.8 cannot read.
+                bare = m.host or host.rpartition(":")[0]
+                host = f"[{bare}]" if ":" in bare else bare
             host += mark + query
         else:
             host = m.uri
