@@ -149,8 +149,9 @@ def _chosen(pool: Pool, choice: Choice | None) -> set[str] | None:
     try:
         kept = pool.select(on=choice.machines)
     except ConfigError:
-        # A choice naming machines no longer in the pool keeps none of them, as in the hook.
-        return set()
+        # A choice naming no machine of this pool is ignored, as the hook ignores it (it
+        # builds on the whole pool, saying so): every machine is in.
+        return None
     return {m.name for m in kept.machines} | ({LOCAL} if kept.local is not None else set())
 
 

@@ -255,3 +255,12 @@ def test_a_state_directory_this_user_may_not_search_is_no_error(tmp_path: Path) 
         return " ".join(f"{m.name}:{m.slots}" for m in found.machines)
 
     assert as_another_user(status) == "local:2 fast:2 slow:1"
+
+
+def test_a_choice_of_machines_not_in_the_pool_is_ignored_as_the_hook_ignores_it(
+    tmp_path: Path,
+) -> None:
+    # Status showed no machine chosen; the hook builds on the whole pool then, saying so.
+    write_choice(tmp_path, Choice(("gone",), 0.0, None))
+    status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "current-load"), 1.0)
+    assert [m.chosen for m in status.machines] == [True, True, True]
