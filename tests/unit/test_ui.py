@@ -19,6 +19,7 @@ from typing_extensions import override
 from offload.ui import make_renderer
 from offload.ui.events import (
     JobLog,
+    JobPhase,
     MachineEvent,
     RunFinished,
     RunStarted,
@@ -344,3 +345,25 @@ def test_machine_headers_line_up_whatever_the_width_of_their_names() -> None:
     assert len(headers) == 2
     starts = {cell_len(line) - cell_len(line[len(line.split()[0]) :].lstrip()) for line in headers}
     assert len(starts) == 1, headers
+
+
+def test_a_frame_taller_than_the_terminal_keeps_every_header_and_the_progress_line() -> None:
+    # 16 builds on fast in a terminal of 10 lines: rich ended the frame in "...", and local's
+    # header and the "done · ETA" line were gone.
+    from rich.console import Console
+
+    from offload.ui.view import View
+
+    view = View(T0)
+    view.update(RunStarted("r", 20, ("fast", "local"), 10.0, T0, (4.0, 1.0), (16, 2)))
+    for i in range(16):
+        drv = f"/nix/store/{i:032d}-job{i}.drv"
+        view.update(JobPhase(drv, f"job{i}", "fast", "building", 1.0, T0 + 0.1))
+    out = io.StringIO()
+    Console(file=out, width=80, height=10, color_system=None).print(view.frame(T0 + 1, 80, 10))
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 9
+    assert lines[0].startswith("fast")
+    assert any(line.startswith("local") for line in lines)
+    assert "+11 more" in out.getvalue()
+    assert " done" in lines[-1]

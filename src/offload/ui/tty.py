@@ -121,4 +121,4 @@ class TtyRenderer:
     def _render(self) -> RenderableType:
         now = self._clock()
         with self._lock:
-            return self._view.frame(now, self._console.width)
+            return self._view.frame(now, self._console.width, self._console.height)

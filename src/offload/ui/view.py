@@ -208,8 +208,11 @@ class View:
 
     # -- the frame ---------------------------------------------------------------------------
 
-    def frame(self, now: float, width: int) -> RenderableType:
-        """The view at ``now`` for a terminal ``width`` cells wide; no line is longer."""
+    def frame(self, now: float, width: int, height: int | None = None) -> RenderableType:
+        """The view at ``now`` for a terminal ``width`` cells wide; no line is longer. With
+        ``height`` (its lines), the job rows are cut to fit, each machine's last shown row
+        saying how many more it runs: every header and the progress line stay (rich ends a
+        taller frame in "...", where those were lost)."""
         # Job rows sit under the longest name, but a quarter of the width at most: a cloud
         # host's name (ip-10-0-12-34.eu-west-1.compute.internal) left no room for the rows.
         longest = max((cell_len(m) for m in self.machines), default=0)
@@ -222,6 +225,9 @@ class View:
         widths = _widths(rows, width - indent)
         lines: list[Text] = []
         row = iter(rows)
+        # Rows there is room for: the terminal's lines less the headers, the progress line
+        # and the one the cursor rests on.
+        room = len(rows) if height is None else max(height - len(headers) - 2, 0)
         for name, header in headers:
             cut = truncate(name, indent - 2)
             # Padded by cells, not characters: a name of wide characters ("ビルド機") put
@@ -230,7 +236,13 @@ class View:
             line.append_text(header)
             lines.append(line)
             count = sum(1 for (_, m) in self.jobs if m == name)
-            lines.extend(_join(next(row), widths, indent) for _ in range(count))
+            shown = count if count <= room else max(room - 1, 0)
+            lines.extend(_join(next(row), widths, indent) for _ in range(shown))
+            for _ in range(count - shown):
+                next(row)
+            if shown < count and room > 0:
+                lines.append(Text(" " * indent + f"+{count - shown} more", style="dim"))
+            room -= min(count, room)
         lines.append(self._overall(now))
         for line in lines:
             line.truncate(width, overflow="ellipsis")
