@@ -9,7 +9,9 @@ fact about the builder's set-up, not a build failure, and one line says which fi
 
 from __future__ import annotations
 
-__all__ = ["is_untrusted", "untrusted_hint", "untrusted_message"]
+from offload.errors import DaemonError
+
+__all__ = ["is_untrusted", "untrusted_daemon_error", "untrusted_hint", "untrusted_message"]
 
 # daemon.cc and local-store.cc's signature check: "lacks a valid signature" in 2.8, "lacks a
 # signature by a trusted key" in later releases; the build refusal is worded alike in all.
@@ -38,3 +40,12 @@ def untrusted_hint(name: str) -> str:
         f"add the user offload logs in as to `trusted-users` in {name}'s nix.conf "
         "and restart its nix-daemon"
     )
+
+
+def untrusted_daemon_error(exc: DaemonError, name: str) -> DaemonError | None:
+    """``exc`` as offload says it when the daemon refused an untrusted user, else None."""
+    if not is_untrusted(exc.message):
+        return None
+    error = DaemonError(untrusted_message(name, exc.message), hint=untrusted_hint(name))
+    error.peer, error.said = name, exc.message.removeprefix(f"{name}: ")
+    return error

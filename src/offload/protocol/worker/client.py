@@ -34,7 +34,7 @@ from offload.protocol.records import (
     path_info_bytes,
     sorted_paths,
 )
-from offload.protocol.trust import is_untrusted, untrusted_hint, untrusted_message
+from offload.protocol.trust import untrusted_daemon_error
 from offload.protocol.wire import (
     ByteReader,
     ByteWriter,
@@ -466,7 +466,7 @@ class WorkerClient:
                 yield
             except DaemonError as exc:
                 exc.peer = self.name
-                untrusted = _untrusted(exc, self.name)
+                untrusted = untrusted_daemon_error(exc, self.name)
                 if untrusted is None:
                     raise
                 raise untrusted from exc
@@ -493,12 +493,3 @@ class WorkerClient:
         error = ProtocolError(f"{self.name}: {detail} (during {what})", hint=hint)
         error.peer = self.name
         return error
-
-
-def _untrusted(exc: DaemonError, name: str) -> DaemonError | None:
-    """``exc`` as offload says it when the daemon refused an untrusted user, else None."""
-    if not is_untrusted(exc.message):
-        return None
-    error = DaemonError(untrusted_message(name, exc.message), hint=untrusted_hint(name))
-    error.peer, error.said = name, exc.message.removeprefix(f"{name}: ")
-    return error
