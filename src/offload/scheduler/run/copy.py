@@ -330,16 +330,24 @@ class BuildCopies:
         cannot (its key runs only its protocol's program) keeps it: said in the build's log."""
         if not sending:
             return
-        said = f"; its partial inputs may stay there (no answer in {PARTIAL_CLEANUP_TIMEOUT:g} s)"
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
-                await self._stop_cut(client, target)
-                # The path being written is the last begun: looked at first.
-                said = await remove_partial(self._link(target), sending[::-1], what="inputs")
+        said = await self._cleared(client, target, sending, "inputs")
         if not said.endswith("deleted"):
             self.events.log_handler(drv_path, target)(
                 f"offload: the copy of its inputs to {target} was cut off{said}"
             )
+
+    async def _cleared(
+        self, client: StoreClient, target: str, sending: Sequence[str], what: str
+    ) -> str:
+        """What of ``sending`` a cut copy left at ``target`` deleted, its session stopped
+        first (it holds the path being written), bounded; how it went, in words."""
+        said = f"; its partial {what} may stay there (no answer in {PARTIAL_CLEANUP_TIMEOUT:g} s)"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
+                await self._stop_cut(client, target)
+                # The path being written is the last begun: looked at first.
+                said = await remove_partial(self._link(target), sending[::-1], what=what)
+        return said
 
     async def _stop_cut(self, client: StoreClient, target: str) -> None:
         """A session cut off mid-request (its lane failed, the other was stopped) still has its
@@ -391,21 +399,16 @@ class BuildCopies:
 
     async def _fetch(self, machine: str, paths: Sequence[str]) -> Sequence[PathInfo]:
         link = self.members[machine].link
-        infos: Sequence[PathInfo] = ()
-        try:
-            async with link.session() as src, self.local.session() as local:
-                infos = await self._vet(machine, await to_copy(src, local, paths, whole=True))
+        async with link.session() as src, self.local.session() as local:
+            infos = await self._vet(machine, await to_copy(src, local, paths, whole=True))
+            try:
                 if infos:
                     await copy_paths(src, local, infos)
-                return infos
-        except (asyncio.CancelledError, OffloadError):
-            # Cut off (Ctrl-C, the builder lost): what it left half-written here goes, its
-            # session closed first (it holds the path being written).
-            if infos:
-                with contextlib.suppress(TimeoutError, OffloadError):
-                    async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
-                        await remove_partial(self.local, [i.path for i in infos][::-1])
-            raise
+            except (asyncio.CancelledError, OffloadError):
+                # Cut off (Ctrl-C, the builder lost): what it left half-written here goes.
+                await self._cleared(local, LOCAL, [info.path for info in infos], "outputs")
+                raise
+            return infos
 
 
 def _heard(
