@@ -100,7 +100,7 @@ class Endings(Stopping):
         outcome: Outcome,
         now: float,
         *,
-        stopped: tuple[Literal["cancelled", "lost"], str] | None = None,
+        stopped: str | None = None,
     ) -> None:
         finished = self.policy.on_finished(drv_path, machine, now, ok=True)
         if not finished.accepted:
@@ -237,13 +237,13 @@ class Endings(Stopping):
         drv_path: str,
         machine: str,
         outcome: Outcome,
-        stopped: tuple[Literal["cancelled", "lost"], str] | None = None,
+        stopped: str | None = None,
     ) -> None:
         """A copy that ended (built, or failed) after another had ended its derivation, or
-        after its machine was let go: what it did decides nothing. ``stopped``: how it was
+        after its machine was let go: what it did decides nothing. ``stopped``: why it was
         being stopped, if it was (it ended before it could be)."""
-        status, why = stopped or ("cancelled", "another copy ended first")
-        self._emit_outcome(drv_path, machine, status, dataclasses.replace(outcome, error=why))
+        why = stopped or "another copy ended first"
+        self._emit_outcome(drv_path, machine, "cancelled", dataclasses.replace(outcome, error=why))
 
     def _finish_skipped(self, drv_path: str, cause: str) -> None:
         self.report.skipped.append(drv_path)

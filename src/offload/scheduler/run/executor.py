@@ -25,7 +25,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Literal
 
 from offload.backoff import Health
 from offload.errors import OffloadError, SchedulerError
@@ -126,7 +125,7 @@ class Executor(Endings):
         self._told: set[asyncio.Task[Outcome]] = set()
         self._lost_with: dict[str, str] = {}
         self._stopping = False
-        self._stopped: dict[asyncio.Task[Outcome], tuple[Literal["cancelled", "lost"], str]] = {}
+        self._stopped: dict[asyncio.Task[Outcome], str] = {}  # why each was stopped
 
     def _capacity_watchers(self, local_boot_id: str | None) -> tuple[FullBuilders, Loads]:
         """What cuts a builder's slots during the run: others filling its own slots (full) and

@@ -2,8 +2,8 @@
 
 A mixin of ``Executor``'s (its task tables are the executor's own): a copy is stopped by
 cancelling its task, which stops its remote build (``copy``); the loop settles the task when
-it ends, and the executor says why it was stopped (``_stopped``, kept from the moment it is
-stopped). So every copy that started ends with one ``JobFinished``, whatever stopped it: a copy
+it ends, and the executor says why it was stopped (``_stopped``: why, kept from the moment it
+is stopped). So every copy that started ends with one ``JobFinished``, whatever stopped it: a copy
 that lost to another or whose twin failed, one halted by another's failure or let go from a
 full builder ("cancelled"), each when its task settles; one whose machine went down under it
 ("lost") as the fall is said (``Endings._machine_failed``); and those the run's end stopped
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from offload.errors import OffloadError
 from offload.history.records import RunReport
@@ -50,7 +50,7 @@ class Stopping:
     _stopping: bool
     wall: Callable[[], float]
     # Copies being stopped, and how each is to be told once its task settles: (status, why).
-    _stopped: dict[asyncio.Task[Outcome], tuple[Literal["cancelled", "lost"], str]]
+    _stopped: dict[asyncio.Task[Outcome], str]
     _told: set[asyncio.Task[Outcome]]  # copies said lost with their machine (``Endings``)
 
     def _halt(self) -> None:
@@ -61,7 +61,7 @@ class Stopping:
         for task in self._tasks:
             if not task.done():
                 task.cancel()
-                self._stopped.setdefault(task, ("cancelled", _HALTED))
+                self._stopped.setdefault(task, _HALTED)
 
     def _stop_copy(self, drv_path: str, machine: str, why: str) -> None:
         """Stop the copy of ``drv_path`` waiting on ``machine``, which the policy has let go;
@@ -69,7 +69,7 @@ class Stopping:
         for task, entry in self._tasks.items():
             if entry == (drv_path, machine):
                 task.cancel()
-                self._stopped[task] = ("cancelled", f"{why} on {machine} by other clients")
+                self._stopped[task] = f"{why} on {machine} by other clients"
 
     def _cancel(self, cancel: Cancel, why: str = _LOST_TO_ANOTHER) -> None:
         """Stop a losing copy without waiting for it: stopping its remote build takes until a
@@ -78,14 +78,14 @@ class Stopping:
         for task, (drv_path, machine) in self._tasks.items():
             if drv_path == cancel.job and machine == cancel.machine:
                 task.cancel()
-                self._stopped[task] = ("cancelled", why)
+                self._stopped[task] = why
 
     def _stopped_copy(
         self, task: asyncio.Task[Outcome], drv_path: str, machine: str, started: float
     ) -> None:
         """Say how a copy whose task was cancelled ended; ``started``: when it started."""
         if (why := self._stopped.pop(task, None)) is not None:
-            self._events.finished(drv_path, machine, why[0], started=started, error=why[1])
+            self._events.finished(drv_path, machine, "cancelled", started=started, error=why)
 
     async def _stop_all(self) -> None:
         """Stop the copies still running: only a run ending early (interrupted, or an error
@@ -98,7 +98,7 @@ class Stopping:
         for task, (drv_path, machine) in self._tasks.items():
             if task in self._told:
                 continue  # said lost with its machine already
-            self._stopped.setdefault(task, ("cancelled", "stopped by the run's end"))
+            self._stopped.setdefault(task, "stopped by the run's end")
             self._stopped_copy(task, drv_path, machine, self._since.get(task, self.wall()))
         # Built there, its outputs not here: the copy ends stopped (it had no end in the
         # events), and the run has not built it (its report listed an output not here).
