@@ -20,7 +20,7 @@ from typing import Literal
 from offload.errors import OffloadError
 from offload.history.records import RunReport
 from offload.names import LOCAL
-from offload.scheduler.policy import Policy
+from offload.scheduler.policy import Finished, Policy
 from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
 from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
@@ -208,10 +208,7 @@ class Endings(Stopping):
         )
         self.report.failed[drv_path] = error
         self._events.finished(drv_path, "", "failed", started=self.wall(), error=error)
-        for skipped in finished.skipped:
-            self._finish_skipped(skipped, drv_path)
-        if not self.keep_going:
-            self._halt()
+        self._failure_ends(drv_path, finished)
 
     def _fail(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> bool:
         """The derivation failed with this copy; False (and nothing done) when its end
@@ -224,13 +221,18 @@ class Endings(Stopping):
         if outcome.status is not None:
             self.report.statuses[drv_path] = outcome.status
         self._emit_outcome(drv_path, machine, "failed", outcome)
+        self._failure_ends(drv_path, finished)
+        return True
+
+    def _failure_ends(self, drv_path: str, finished: Finished) -> None:
+        """What the failure of ``drv_path`` ends: its other copies, its dependents (skipped),
+        and, without keep-going, the run."""
         for cancel in finished.cancel:
             self._cancel(cancel, _TWIN_FAILED)
         for skipped in finished.skipped:
             self._finish_skipped(skipped, drv_path)
         if not self.keep_going:
             self._halt()
-        return True
 
     def _superseded(
         self,
