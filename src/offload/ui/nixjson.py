@@ -67,9 +67,12 @@ def nix_msg(line: str) -> str:
     ``trace:`` (Nix 2.8 logs traces so), warning for ``warning:``, info otherwise."""
     word = strip_ansi(line).lstrip().partition(":")[0]
     level = {"error": ERROR, "trace": ERROR, "warning": WARN}.get(word, INFO)
-    return "@nix " + json.dumps(
-        {"action": "msg", "level": level, "msg": line}, separators=(",", ":")
-    )
+    return _nix_line({"action": "msg", "level": level, "msg": line})
+
+
+def _nix_line(message: dict[str, Any]) -> str:
+    """One ``@nix`` line, without its newline, as Nix's JSON logger writes it."""
+    return "@nix " + json.dumps(message, separators=(",", ":"))
 
 
 def _failure(event: JobFinished) -> str:
@@ -211,4 +214,4 @@ class NixJsonRenderer:
             self._write({"action": "msg", "level": level, "msg": text})
 
     def _write(self, line: dict[str, Any]) -> None:
-        self._stream.write("@nix " + json.dumps(line, separators=(",", ":")) + "\n")
+        self._stream.write(_nix_line(line) + "\n")
