@@ -66,22 +66,23 @@ class SlotProbe:
 
 class _FlockHolders:
     """Who holds a flock on which file, from /proc/locks read once (at the first question):
-    a probe asks it of each held slot, and a busy host's table has a line per lock. A table
-    read before a later slot's flock may be out of date for it (a holder came or went since):
-    where it names no holder of that slot's line, it is read again (``read_again``)."""
+    a probe asks it of each slot, and a busy host's table has a line per lock. A table read
+    before a later slot's look may be out of date for it (a holder came or went since): where
+    that slot's file was touched since, or the table names no holder of its line, it is read
+    again (``read_again``)."""
 
     def __init__(self) -> None:
         self._table: dict[str, set[str]] | None = None
         self._read = False
-        self._older = False  # the table was read before the caller's latest flock
+        self._older = False  # the table was read before the caller's latest look
         self.read_at = math.inf  # when the table was last read (wall clock, before reading)
 
-    def flocked(self) -> None:
-        """The caller has just tried a slot's flock: a table read before is older than that."""
+    def looked(self) -> None:
+        """The caller has just looked at a slot: a table read before is older than that."""
         self._older = self._read
 
     def read_again(self) -> bool:
-        """Read /proc/locks again if the table is older than the caller's latest flock;
+        """Read /proc/locks again if the table is older than the caller's latest look;
         whether it was read."""
         if not self._older:
             return False
@@ -178,14 +179,14 @@ def _slot_held(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] | N
     pids = holders.of(fd)
     if pids == set() and info.st_mtime >= holders.read_at - _COARSE_CLOCK:
         # Touched since the table was read: Nix and offload touch the file they take.
-        holders.flocked()
+        holders.looked()
         holders.read_again()
         pids = holders.of(fd)
     if pids == set():
         return None
     if pids is None:
         return None if _free_now(fd) else _read_holder(fd, holders) or (False, None)
-    holders.flocked()  # the table may be older than this look: read again if it must be
+    holders.looked()  # the table may be older than this look: read again if it must be
     return _read_holder(fd, holders)  # None: let go since the table was read
 
 
