@@ -242,8 +242,8 @@ class SlotLocks:
             return cls(NIX_CURRENT_LOAD, make=make)
         if make:
             fallback.mkdir(parents=True, exist_ok=True, mode=0o700)
-        nix = SlotLocks(NIX_CURRENT_LOAD, make=False)
-        others = nix if os.access(NIX_CURRENT_LOAD, os.X_OK) else None
+        looked_in = os.access(NIX_CURRENT_LOAD, os.X_OK)
+        others = SlotLocks(NIX_CURRENT_LOAD, make=False) if looked_in else None
         return cls(fallback / "current-load", make=make, others=others)
 
     def probe(self, key: str, slots: int) -> SlotProbe:

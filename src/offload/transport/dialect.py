@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from offload.protocol.client import CLIENT_HELLO, SERVER_HELLO, ServeClient
-from offload.transport.wrapper import remote_program, serve_program
+from offload.transport.wrapper import remote_program, serve_program, store_flag
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -48,9 +48,7 @@ _FORCED = {"ssh": "nix-store --serve --write", "ssh-ng": "nix-daemon --stdio"}
 
 def daemon_program(params: Mapping[str, str] | None = None) -> list[str]:
     """``nix-daemon --stdio [--store URI]`` as Nix's ssh-ng:// store runs it."""
-    remote = [*remote_program(params, "nix-daemon"), "--stdio"]
-    store = (params or {}).get("remote-store")
-    return [*remote, "--store", store] if store else remote
+    return [*remote_program(params, "nix-daemon"), "--stdio", *store_flag(params)]
 
 
 @dataclass(frozen=True)

@@ -40,15 +40,12 @@ This module only builds argv lists and reads start lines; ``offload.transport.li
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 
+from offload.config.machines.model import nix_words
 from offload.load import BOOT_ID_FILE, LOADAVG_FILE, RemoteLoad, parse_load_report
 from offload.numerals import is_decimal
-
-# What Nix splits a list setting on (tokenizeString's default separators).
-_NIX_BLANKS = re.compile(r"[ \t\n\r]+")
 
 __all__ = [
     "CLIENT_ID_CHARS",
@@ -67,6 +64,7 @@ __all__ = [
     "remove_partial_argv",
     "serve_command",
     "serve_program",
+    "store_flag",
     "store_program",
 ]
 
@@ -235,20 +233,19 @@ exit 0"""
 
 def serve_program(params: Mapping[str, str] | None = None) -> list[str]:
     """``nix-store --serve --write [--store URI]`` as Nix's ssh:// store runs it."""
-    return [*remote_program(params, "nix-store"), "--serve", "--write", *_store_flag(params)]
+    return [*remote_program(params, "nix-store"), "--serve", "--write", *store_flag(params)]
 
 
 def store_program(params: Mapping[str, str] | None = None) -> list[str]:
     """``nix-store [--store URI]``: the store program the store URI's parameters name."""
-    return [*remote_program(params, "nix-store"), *_store_flag(params)]
+    return [*remote_program(params, "nix-store"), *store_flag(params)]
 
 
 def remote_program(params: Mapping[str, str] | None, default: str) -> list[str]:
     """The words of the URI's ``remote-program`` (``sudo -n nix-store``), else ``default``.
     Nix 2.8 put the text into the remote command as it was, Nix 2.20 on splits it on its
     blanks (a list setting): both run its words; offload quotes each."""
-    words = _NIX_BLANKS.split((params or {}).get("remote-program") or "")
-    return [word for word in words if word] or [default]
+    return nix_words((params or {}).get("remote-program") or "") or [default]
 
 
 # Deletes partial outputs: $1 nix-store's words, each quoted (run by eval), $2 its --store URI
@@ -275,7 +272,8 @@ def remove_partial_argv(
     return ["sh", "-c", _REMOVE_PARTIAL, "sh", program, store, *paths]
 
 
-def _store_flag(params: Mapping[str, str] | None) -> list[str]:
+def store_flag(params: Mapping[str, str] | None) -> list[str]:
+    """``--store URI`` for the URI's ``remote-store``, or nothing."""
     store = (params or {}).get("remote-store")
     return ["--store", store] if store else []
 

@@ -10,10 +10,9 @@ comments before ``;`` and trimmed entries in 2.29, ``host:port`` in 2.31.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from offload.config.machines.model import BLANKS, shown
+from offload.config.machines.model import BLANKS, nix_words, shown
 
 __all__ = ["NixCompat", "old_reading_of_line"]
 
@@ -36,10 +35,6 @@ class NixCompat:
         return f"{self.where}: Nix before {since} {self.older} (the local Nix is {local})"
 
 
-def _blank_split(text: str) -> list[str]:
-    return [t for t in re.split(f"[{BLANKS}]+", text) if t]
-
-
 def _new_reading(line: str) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
     for piece in line.split("#", 1)[0].split(";"):
@@ -47,7 +42,7 @@ def _new_reading(line: str) -> list[tuple[str, ...]]:
         if entry.startswith("@"):
             out.append(("@", entry[1:].strip(BLANKS)))
         elif entry:
-            out.append(("machine", *_blank_split(entry)))
+            out.append(("machine", *nix_words(entry)))
     return out
 
 
@@ -77,7 +72,7 @@ def old_reading_of_line(line: str) -> str | None:
         elif not text.strip(BLANKS):
             return "rejects the whole file for a blank entry here ('store URL was not found')"
         else:
-            old.append(("machine", *_blank_split(text)))
+            old.append(("machine", *nix_words(text)))
     new = _new_reading(line)
     if old == new:
         return None

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from offload.config.machines.compat import NixCompat
 from offload.config.machines.host_key import decode_host_key, nix_base64_decode
-from offload.config.machines.model import BLANKS, COLUMNS, UINT_RE, Machine, shown
+from offload.config.machines.model import BLANKS, COLUMNS, UINT_RE, Machine, nix_words, shown
 from offload.config.machines.uri import StoreUri, default_name, parse_store_uri
 from offload.errors import ConfigError
 
@@ -49,7 +49,7 @@ def parse_entry(entry: str, where: str, system: str) -> tuple[Machine, list[NixC
     """The machine of one trimmed, comment-free entry, and what older Nix makes of it.
 
     ``where`` starts every error message."""
-    tokens = [t for t in re.split(f"[{BLANKS}]+", entry) if t][:8]
+    tokens = nix_words(entry)[:8]
     compat: list[NixCompat] = []
 
     def given(index: int) -> str | None:

@@ -20,6 +20,7 @@ __all__ = [
     "UINT_RE",
     "Machine",
     "Origin",
+    "nix_words",
     "shell_char",
     "shown",
     "ssh_name_problem",
@@ -43,9 +44,15 @@ COLUMNS = (
 
 # Nix's trim() and tokenizeString() default separators: exactly these, not Python's isspace().
 BLANKS = " \t\n\r"
+_BLANK_RUNS = re.compile(f"[{BLANKS}]+")
 SSH_SCHEMES = ("ssh", "ssh-ng")
 # boost::lexical_cast<unsigned int>, which Nix uses, takes a leading '+' (and Nix refuses '-').
 UINT_RE = re.compile(r"\+?[0-9]+")
+
+
+def nix_words(text: str) -> list[str]:
+    """``text``'s words as Nix's ``tokenizeString`` splits them: on its blanks alone."""
+    return [word for word in _BLANK_RUNS.split(text) if word]
 
 
 # What OpenSSH (9.6 on, and Debian's 9.2 since) refuses in a host or user name on its command
