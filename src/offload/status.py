@@ -182,13 +182,11 @@ def pool_status(
     slots: SlotLocks,
     now: float,
     sshopts: str = "",
-    *,
-    others: SlotLocks | None = None,
 ) -> PoolStatus:
     """The status of every machine of ``pool``; ``places`` are the state directories to read,
-    ``sshopts`` the NIX_SSHOPTS the kept connections were made with; ``others``: slots held
-    in another directory too (Nix's own, where root's hooks and the daemon's hold theirs,
-    read by a user whose own slots are in its state directory)."""
+    ``sshopts`` the NIX_SSHOPTS the kept connections were made with. Slots held in the
+    directory ``slots.others`` names are counted too (Nix's own, where root's hooks and the
+    daemon's hold theirs, read by a user whose own slots are in its state directory)."""
     choice = next((c for p in places if (c := read_choice(p, now)) is not None), None)
     chosen = _chosen(pool, choice)
     backoff = _backoff(places, now)
@@ -204,7 +202,7 @@ def pool_status(
     for name, key, count, connected in entries:
         busy, by_nix = 0, 0
         held_ends: list[float | None] = []
-        for where in (slots, others) if others is not None else (slots,):
+        for where in (slots, slots.others) if slots.others is not None else (slots,):
             extent = _extent(where.directory, key, count)
             probe = where.probe(key, extent)
             busy, by_nix = busy + extent - probe.free, by_nix + probe.by_nix

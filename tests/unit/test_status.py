@@ -221,8 +221,8 @@ def test_a_user_counts_the_slots_root_holds_in_nixs_own_directory() -> None:
             "from offload.status import pool_status\n"
             "from tests.unit.test_status import pool\n"
             f"own, nix = Path({str(own)!r}), Path({str(base / 'nix')!r})\n"
-            "status = pool_status(pool(), [own], SlotLocks(own / 'cl', make=False), time.time(),"
-            " others=SlotLocks(nix, make=False))\n"
+            "slots = SlotLocks(own / 'cl', make=False, others=SlotLocks(nix, make=False))\n"
+            "status = pool_status(pool(), [own], slots, time.time())\n"
             "print(*(f'{m.name}={m.in_use}' for m in status.machines))\n"
         )
         nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]

@@ -171,16 +171,16 @@ def run(args: argparse.Namespace) -> int:
         )
     pool = pool_from_args(args)
     places = _places()
-    slots = SlotLocks.default(places[0], make=False)  # read-only: probes, makes nothing
-    # A user's own slots are in its state directory; root's hooks and the daemon's hold theirs
-    # in Nix's, on the same builders: both are counted (those it cannot open by their locks).
-    others = slots.others
+    # Read-only: probes, makes nothing. A user's own slots are in its state directory; root's
+    # hooks and the daemon's hold theirs in Nix's (``slots.others``), on the same builders:
+    # both are counted (those it cannot open by their locks).
+    slots = SlotLocks.default(places[0], make=False)
     if not args.watch:
-        _show(args, pool_status(pool, places, slots, time.time(), _sshopts(), others=others))
+        _show(args, pool_status(pool, places, slots, time.time(), _sshopts()))
         return 0
     try:
         while True:
-            _show(args, pool_status(pool, places, slots, time.time(), _sshopts(), others=others))
+            _show(args, pool_status(pool, places, slots, time.time(), _sshopts()))
             time.sleep(args.interval or 2.0)
             if not args.json and not sys.stdout.isatty():
                 print(flush=True)  # a blank line between snapshots when piped
