@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from offload.backoff import Health, load_backoff
-from offload.cli.build_args import add_build_arguments, eval_flags, refusal
+from offload.cli.build_args import add_build_arguments, eval_flags, nix_json, refusal
 from offload.cli.interrupts import steady_runner
 from offload.cli.machines import pool_from_args
 from offload.errors import ConfigError
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     pool = pool_from_args(args)
     said = {f"warning: {w}" for w in pool.nix_settings.warnings}
     # Nix evaluates from here on, while offload connects and imports the rest of itself.
-    say = _said_once(said, nix_json=args.log_format == "internal-json")
+    say = _said_once(said, nix_json=nix_json(args))
     with Evaluation(what, env=pool.local_env(), say=say) as evaluation:
         return _run(args, pool, _marked(evaluation.roots), evaluation.give_up)
 

@@ -29,7 +29,7 @@ from offload.cli.machines import add_pool_arguments
 from offload.errors import ConfigError
 from offload.typing_compat import override
 
-__all__ = ["LOG_FORMATS", "add_build_arguments", "eval_flags", "refusal"]
+__all__ = ["LOG_FORMATS", "add_build_arguments", "eval_flags", "nix_json", "refusal"]
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -325,12 +325,16 @@ def eval_flags(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(flags + _ifd_flags(args))
 
 
+def nix_json(args: argparse.Namespace) -> bool:
+    """--log-format internal-json: stderr is Nix's @nix lines, which a program reads."""
+    return getattr(args, "log_format", None) == "internal-json"
+
+
 def _log_format(args: argparse.Namespace) -> list[str]:
     """A check's or repair's Nix writes its lines as the run's are written: with
     internal-json, a reader of stderr (``nom --json``) gets them as ``@nix`` lines too. (The
     evaluator's are read, so they stay plain: ``offload.ui.nixjson.nix_msg`` wraps them.)"""
-    internal = getattr(args, "log_format", None) == "internal-json"
-    return ["--log-format", "internal-json"] if internal else []
+    return ["--log-format", "internal-json"] if nix_json(args) else []
 
 
 def realise_flags(args: argparse.Namespace) -> tuple[str, ...]:
@@ -394,7 +398,7 @@ def refusal(args: argparse.Namespace) -> ConfigError | None:
             if other_store
             else "a build writes to the store; nix-instantiate --eval --readonly-mode evaluates",
         )
-    if args.log_format == "internal-json" and args.json:
+    if nix_json(args) and args.json:
         # Both are for programs; one reader wants one stream of events.
         return ConfigError(
             "--json and --log-format internal-json: choose one",

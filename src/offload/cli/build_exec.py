@@ -18,7 +18,7 @@ from offload.backoff import Health
 from offload.booleans import nix_bool
 from offload.build import DrvGraph, Roots, out_links, run_build
 from offload.cli.build import remembered_backoff
-from offload.cli.build_args import realise_flags
+from offload.cli.build_args import nix_json, realise_flags
 from offload.cli.build_keep import (
     Built,
     forget_old,
@@ -256,11 +256,6 @@ def _print_logs(args: argparse.Namespace) -> bool:
     return bool(args.print_build_logs or not (args.no_build_output or args.log_format == "bar"))
 
 
-def _nix_json(args: argparse.Namespace) -> bool:
-    """--log-format internal-json: stderr is Nix's @nix lines, which a program reads."""
-    return bool(args.log_format == "internal-json")
-
-
 def _nix_lines(line: str) -> None:
     """A line of the local store's Nix, with internal-json: as Nix's JSON logger writes it."""
     print(nix_msg(line), file=sys.stderr)
@@ -292,7 +287,7 @@ def _warnings_apart(args: argparse.Namespace) -> bool:
 def _kind(args: argparse.Namespace) -> RendererKind:
     if args.json:
         return "json"
-    if _nix_json(args):
+    if nix_json(args):
         return "nixjson"
     if _quiet(args):  # no live view, whatever the format (README): the logs and warnings
         return "plain"
@@ -386,16 +381,16 @@ def build(
         run=run,
         shared=shared,
         check=args.check,  # nothing is built for it: Nix checks only what was built before
-        nix_said=_nix_lines if _nix_json(args) else None,
+        nix_said=_nix_lines if nix_json(args) else None,
     )
     # Quiet when nothing was to do; and where stderr is for a program (internal-json).
-    people = not (_quiet(args) or args.json or _nix_json(args))
+    people = not (_quiet(args) or args.json or nix_json(args))
     if people and (report.finished or machine_events):
         render_summary([*report.finished, *machine_events], sys.stderr, logs_kept=kept)
     if args.report is not None:
         _write_report(state, report.run_id, args.report, renderer, kept=kept)
     if report.failed:
-        if not _nix_json(args):  # there, the log went as lines of the build's activity
+        if not nix_json(args):  # there, the log went as lines of the build's activity
             _print_log_tails(BuildLogs(state / "logs"), report.failed, _log_lines(pool))
         raise build_failed(report, logs_kept=kept, logs_shown=_print_logs(args) and not args.json)
     if report.skipped:
