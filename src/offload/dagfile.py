@@ -49,14 +49,21 @@ __all__ = [
     "write_nix_file",
 ]
 
-# Nix's store path name alphabet (a name may not start with a dot); 211 = 255 - hash - dash - slack
-# Nix keeps for ".drv" and output suffixes.
-_NAME_RE = re.compile(r"[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}")
+# Nix's store path name alphabet (a name may not start with a dot). A node is a derivation, whose
+# ".drv" file's name Nix caps at 211 characters: 207 for the name, which may not end in ".drv".
+_NAME_RE = re.compile(r"[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,206}")
+# The names Nix's nix-instantiate and nix-build take from a top-level set (get-drvs' attrRegex;
+# others it skips without a word), less the "__" ones Nix gives a meaning (``__functor`` makes
+# the set a function).
+_ATTR_RE = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_+\-]*")
 # Seconds at speed 1 a node may take (31 years): a graph's totals and the simulator's clock
 # stay finite and exact enough; 1e308 twice summed to inf, a lower bound of "inf s".
 MAX_WORK = 1e9
 _NODE_KEYS = frozenset({"name", "work", "deps", "features", "system"})
-_FEATURE_RE = re.compile(r"[^\s,]+")
+# Printable ASCII but the separators of machines lines and of simulate's --machines: Nix's own
+# strings end at a NUL, so a feature with one would not be the one simulated.
+_FEATURE_RE = re.compile(r"[!-~]+")
+_SEPARATORS = frozenset(",+:")
 
 
 @dataclass(frozen=True)
@@ -151,10 +158,11 @@ def _check_order(nodes: tuple[DagNode, ...], *, source: str) -> None:
 
 def _check_node(node: DagNode, *, source: str) -> None:
     where = f"{source}: node {node.name!r}"
-    if not _NAME_RE.fullmatch(node.name):
+    if not _NAME_RE.fullmatch(node.name) or node.name.endswith(".drv"):
         raise ConfigError(
-            f"{where}: name must be 1-211 characters of A-Z a-z 0-9 + - . _ ? = "
-            "and not start with '.'",
+            f"{where}: name must be 1-207 characters of A-Z a-z 0-9 + - . _ ? = "
+            "and not start with '.' nor end in '.drv'",
+            hint="a node is a derivation, and its name that derivation's name, as Nix takes it",
         )
     if not math.isfinite(node.work) or not 0 <= node.work <= MAX_WORK:
         raise ConfigError(
@@ -166,10 +174,18 @@ def _check_node(node: DagNode, *, source: str) -> None:
     if node.name in node.deps:
         raise ConfigError(f"{where}: depends on itself (dependency cycle)")
     for feature in node.features:
-        if not _FEATURE_RE.fullmatch(feature):
-            raise ConfigError(f"{where}: bad feature {feature!r} (empty or contains space/comma)")
-    if node.system is not None and not node.system.strip():
-        raise ConfigError(f"{where}: system must not be empty")
+        if not _FEATURE_RE.fullmatch(feature) or _SEPARATORS & set(feature):
+            raise ConfigError(
+                f"{where}: bad feature {feature!r}",
+                hint="a feature is printable ASCII without spaces, ',', '+' or ':'",
+            )
+    if node.system is not None and not (
+        _FEATURE_RE.fullmatch(node.system) and not _SEPARATORS & set(node.system)
+    ):
+        raise ConfigError(
+            f"{where}: bad system {node.system!r}",
+            hint="a system is printable ASCII without spaces, ',', '+' or ':' (x86_64-linux)",
+        )
 
 
 def _topological(nodes: tuple[DagNode, ...], *, source: str) -> tuple[DagNode, ...]:
@@ -300,7 +316,7 @@ def load_dag(path: Path) -> Dag:
             f"{path}: cannot read DAG file: No such file or directory", hint="check the path"
         )
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte order mark, as some editors write, is read past
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: byte {exc.start} is not UTF-8", hint="JSON files are UTF-8; save it as UTF-8"
@@ -312,7 +328,7 @@ def load_dag(path: Path) -> Dag:
     except RecursionError as exc:  # the decoder recurses once per level of nesting
         raise ConfigError(f"{path}: JSON nested too deeply to be a DAG file", hint=_FORM) from exc
     except ValueError as exc:  # an integer of more than 4300 digits, Python's limit
-        raise ConfigError(f"{path}: {exc}", hint=_FORM) from exc
+        raise ConfigError(f"{path}: a number has too many digits", hint=_FORM) from exc
     try:
         return parse_dag(data, source=str(path))
     except ConfigError as exc:  # what is wrong, said by node: and the form it should have
@@ -373,7 +389,8 @@ def to_nix_expression(
     system_expr: str = "builtins.currentSystem",
     wrap: tuple[str, str] = ("", ""),
 ) -> str:
-    """A Nix expression for ``{ <name> = <derivation>; ... }``, one plain derivation per node.
+    """A Nix expression for ``{ <name> = <derivation>; ... }``, one plain derivation per node
+    (a list of them when a name is not one nix-build takes from a set: ``app-1.0``, ``0lib``).
 
     No nixpkgs: each derivation runs ``/bin/sh``. Dependencies are passed in the ``deps`` attribute,
     so they are the derivation's inputDrvs and their outputs' paths and hashes end up in its output.
@@ -405,9 +422,12 @@ def to_nix_expression(
             features = " ".join(_nix_string(f) for f in sorted(node.features))
             attrs.append(f"requiredSystemFeatures = [ {features} ];")
         lines.append(f"  {ident[node.name]} = derivation {{ " + " ".join(attrs) + " };")
-    lines.append("in {")
-    lines.extend(f"  {_nix_string(node.name)} = {ident[node.name]};" for node in dag.nodes)
-    lines.append("}")
+    if all(_ATTR_RE.fullmatch(node.name) for node in dag.nodes):
+        lines.append("in {")
+        lines.extend(f"  {_nix_string(node.name)} = {ident[node.name]};" for node in dag.nodes)
+        lines.append("}")
+    else:  # nix-build would skip the nodes a set cannot name: a list builds every one
+        lines.append("in [ " + " ".join(ident[node.name] for node in dag.nodes) + " ]")
     return "\n".join(lines) + "\n"
 
 

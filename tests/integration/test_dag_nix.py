@@ -102,6 +102,16 @@ def test_drv_graph_mirrors_the_dag(store: Store, tmp_path: Path) -> None:
         assert drvs[node.name].endswith(f"-{node.name}.drv")
 
 
+def test_every_node_is_instantiated_whatever_its_name(store: Store, tmp_path: Path) -> None:
+    # nix-instantiate skips, without a word, what a top-level set names with a "." or "?" or
+    # a leading digit: "app-1.0" depending on "lib" instantiated "lib" alone, and exited 0.
+    names = ["lib", "app-1.0", "0lib", "x?y", "ok_name"]
+    dag = Dag.of([DagNode("lib", WORK), *(DagNode(n, WORK, ("lib",)) for n in names[1:])])
+    nix_file = write_nix_file(dag, tmp_path / "dag.nix", "names")
+    drvs = store.run("nix-instantiate", str(nix_file)).stdout.split()
+    assert sorted(d.split("-", 1)[1] for d in drvs) == sorted(f"{n}.drv" for n in names)
+
+
 def test_features_and_system_reach_the_derivation(store: Store, tmp_path: Path) -> None:
     dag = Dag.of(
         [

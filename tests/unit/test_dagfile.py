@@ -67,9 +67,19 @@ def error_of(data: object) -> str:
         ({"nodes": [node("a", 1, features=["x y"])]}, "bad feature 'x y'"),
         ({"nodes": [node("a", 1, features=["k", "k"])]}, "a feature is listed twice"),
         ({"nodes": [node("a", 1, system=7)]}, "g.json: node 'a': system must be a string"),
-        ({"nodes": [node("a", 1, system="")]}, "g.json: node 'a': system must not be empty"),
+        ({"nodes": [node("a", 1, system="")]}, "g.json: node 'a': bad system ''"),
+        # Nix's strings end at a NUL: the derivation would need "x86", not what was simulated.
+        ({"nodes": [node("a", 1, system="x86\x00-linux")]}, "node 'a': bad system"),
+        ({"nodes": [node("a", 1, system="\ud800")]}, "node 'a': bad system"),
+        ({"nodes": [node("a", 1, features=["kvm\x00"])]}, "bad feature 'kvm\\x00'"),
+        # No --machines line could offer them: it splits on these.
+        ({"nodes": [node("a", 1, features=["a+b"])]}, "bad feature 'a+b'"),
+        ({"nodes": [node("a", 1, features=["a:b"])]}, "bad feature 'a:b'"),
         ({"nodes": [node("a", 1, wrk=2)]}, "g.json: node 'a': unknown key 'wrk'"),
-        ({"nodes": [node("a b")]}, "g.json: node 'a b': name must be 1-211 characters"),
+        ({"nodes": [node("a b")]}, "g.json: node 'a b': name must be 1-207 characters"),
+        # Nix refuses both: a .drv file's name is at most 211 characters, and no name ends so.
+        ({"nodes": [node("a" * 208)]}, "name must be 1-207 characters"),
+        ({"nodes": [node("foo.drv")]}, "node 'foo.drv': name must be"),
         ({"nodes": [node(".a")]}, "g.json: node '.a': name must be"),
         ({"nodes": [node("")]}, "g.json: node '': name must be"),
         ({"nodes": [node("a"), node("a")]}, "g.json: node 'a': duplicate name"),
@@ -258,6 +268,18 @@ def test_load_dag_reports_unreadable_and_invalid_files(tmp_path: Path) -> None:
         load_dag(cyclic)
 
 
+def test_a_byte_order_mark_is_read_past_and_a_long_number_said_in_words(tmp_path: Path) -> None:
+    marked = tmp_path / "marked.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + json.dumps({"nodes": [node("a", 1)]}).encode())
+    assert [n.name for n in load_dag(marked).nodes] == ["a"]  # was "Unexpected UTF-8 BOM"
+    long = tmp_path / "long.json"
+    long.write_text('{"nodes": [{"name": "a", "work": 1' + "0" * 5000 + "}]}")
+    with pytest.raises(ConfigError) as raised:
+        load_dag(long)
+    # Was Python's "Exceeds the limit (4300 digits) ... use sys.set_int_max_str_digits()".
+    assert raised.value.message == f"{long}: a number has too many digits"
+
+
 def test_a_dag_file_of_a_big_build_graph_is_read(tmp_path: Path) -> None:
     # 40,000 nodes, each with a store-path-like name and a dependency: 4.9 MB of JSON, more
     # than the 4 MiB other user files are read up to, and `simulate` plans it in seconds.
@@ -279,12 +301,23 @@ def test_a_dag_file_of_a_big_build_graph_is_read(tmp_path: Path) -> None:
 
 
 def test_nix_expression_quotes_awkward_salts_and_names() -> None:
-    dag = Dag.of([DagNode("x?=+1", 1), DagNode("y", 2, ("x?=+1",))])
+    dag = Dag.of([DagNode("x+1", 1), DagNode("y", 2, ("x+1",))])
     expr = to_nix_expression(dag, salt='a"${b}\\c')
     assert 'salt = "a\\"\\${b}\\\\c";' in expr
-    assert '"x?=+1" = n0;' in expr
+    assert '"x+1" = n0;' in expr
     # Every node is its own binding, and dependencies refer to the bindings, not to strings.
     assert "deps = [ n0 ];" in expr
+
+
+@pytest.mark.parametrize("name", ["app-1.0", "0lib", "x?y", "a=b", "__functor"])
+def test_names_nix_build_would_skip_make_the_expression_a_list(name: str) -> None:
+    # nix-build takes from a set only the names its attribute pattern matches, and skips the
+    # rest without a word ("__functor" made the set a function): a list builds every node.
+    dag = Dag.of([DagNode("lib", 1), DagNode(name, 2, ("lib",))])
+    expr = to_nix_expression(dag, salt="s")
+    assert expr.endswith("in [ n0 n1 ]\n")
+    assert f'name = "{name}";' in expr
+    assert to_nix_expression(DIAMOND, salt="s").endswith("}\n")  # names it takes: a set
 
 
 @pytest.mark.parametrize("salt", ["s1", "s2"])
