@@ -116,14 +116,18 @@ def _build(fleet: Fleet, dag: Dag) -> int:
     elapsed = time.monotonic() - started
     _print_builds(finished, started_wall=min((f.started for f in finished), default=0.0))
     render_summary(finished, sys.stderr)
-    print(
-        f"\n{len(report.built)} derivations built in {elapsed:.1f} s "
-        f"(lower bound {bound:.1f} s, ratio {elapsed / bound:.2f})",
-        file=sys.stderr,
-    )
+    print("\n" + result_line(len(report.built), elapsed, bound), file=sys.stderr)
     if report.failed:
         raise build_failed(report)
     return 0
+
+
+def result_line(built: int, elapsed: float, bound: float) -> str:
+    """The run against its lower bound; a graph of no work has none to divide by."""
+    ratio = f"{elapsed / bound:.2f}" if bound > 0 else "n/a"
+    return (
+        f"{built} derivations built in {elapsed:.1f} s (lower bound {bound:.1f} s, ratio {ratio})"
+    )
 
 
 def _print_builds(finished: list[JobFinished], *, started_wall: float) -> None:

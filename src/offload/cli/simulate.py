@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +40,8 @@ MAX_NOISE = 10.0
 # Speeds are relative: six orders of magnitude either way is every machine there is, and keeps
 # work / speed finite (1e-300 made every finish inf, and the policy found no best machine).
 SPEEDS = (1e-6, 1e6)
+# A speed as people write one: 4, 0.5, 1e-3 (ASCII, no "_" grouping).
+_PLAIN_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -124,14 +127,13 @@ def parse_machines(
                 hint=f"for example {DEFAULT_MACHINES}",
             )
         name, speed_text, slots_text = fields[:3]
-        try:
-            speed = float(speed_text)
-            slots = int(slots_text)
-        except ValueError:
+        # float() and int() read "1_0", "+2" and other scripts' digits too.
+        if not (is_decimal(slots_text) and _PLAIN_NUMBER.fullmatch(speed_text)):
             raise ConfigError(
                 f"--machines: {_shown(item)}: speed must be a number and slots an integer",
                 hint=f"for example {DEFAULT_MACHINES}",
-            ) from None
+            )
+        speed, slots = float(speed_text), int(slots_text)
         low, high = SPEEDS
         if not low <= speed <= high or not 0 <= slots <= MAX_SLOTS:  # a nan is neither
             raise ConfigError(
