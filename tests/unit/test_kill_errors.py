@@ -34,3 +34,33 @@ def test_a_refused_kill_is_one_line_without_carriage_returns(tmp_path, shared):
     assert "\r" not in message
     assert "\n" not in message
     assert message.endswith("Connection refused")
+
+
+async def _never(*_args: object, **_kwargs: object) -> None:
+    await asyncio.Event().wait()
+
+
+def test_a_remote_command_or_kill_with_no_answer_is_the_links_error(tmp_path, monkeypatch):
+    # A bare TimeoutError passed every handler of OffloadError: a deletion waiting on a full
+    # builder's garbage collector ended the run, and a hook's hung kill skipped its teardown.
+    import offload.transport.links.ssh_master as master
+    from offload.transport import shared
+
+    monkeypatch.setattr(master, "run_async", _never)
+    monkeypatch.setattr(master, "CONTROL_TIMEOUT", 0.05)
+    monkeypatch.setattr(master, "KILL_GRACE", 0)
+    monkeypatch.setattr(shared, "run_async", _never)
+    monkeypatch.setattr(shared, "KILL_TIMEOUT", 0.05)
+    target = SshTarget(host="127.0.0.1", identity_file=str(tmp_path / "none"))
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    ssh = SshTransport(target, name="hung", env=env)
+
+    async def connected() -> object:
+        return tmp_path / "socket"
+
+    monkeypatch.setattr(ssh, "_connected", connected)
+    with pytest.raises(SshError, match=r"cannot run `nix-store` on builder 'hung'.*no answer"):
+        asyncio.run(ssh.run(["nix-store", "--delete", "/nix/store/x"]))
+    hook = SharedSshTransport(target, name="hung", directory=tmp_path / "ssh", env=env)
+    with pytest.raises(SshError, match="cannot stop process 12345 on builder 'hung': no answer"):
+        asyncio.run(hook.kill(12345))

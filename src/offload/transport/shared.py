@@ -40,6 +40,8 @@ __all__ = ["PERSIST_SECONDS", "SharedSshTransport"]
 
 _AUTH_SLACK = 15.0
 _KILL_GRACE = 2
+# How long a remote kill may take before the builder counts as not answering.
+KILL_TIMEOUT = 15.0
 
 
 class SharedSshTransport:
@@ -147,9 +149,15 @@ class SharedSshTransport:
         return self.argv(kill_script(pid, _KILL_GRACE, born))
 
     async def kill(self, pid: int, born: str | None = None) -> None:
-        done = await asyncio.wait_for(
-            run_async(self.kill_argv(pid, born), env=self._env, check=False), 15.0
-        )
+        try:
+            done = await asyncio.wait_for(
+                run_async(self.kill_argv(pid, born), env=self._env, check=False), KILL_TIMEOUT
+            )
+        except TimeoutError:
+            # An error of the link's: a bare TimeoutError skipped the session's teardown.
+            raise SshError(
+                f"cannot stop process {pid} on builder '{self.name}': no answer"
+            ) from None
         if done.returncode != 0:
             said = " | ".join(said_lines(done.stderr))
             raise SshError(f"cannot stop process {pid} on builder '{self.name}': {said}")

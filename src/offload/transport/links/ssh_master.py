@@ -430,10 +430,15 @@ class SshTransport:
             control_path=control,
             connect_timeout=self._connect_timeout,
         )
-        done = await asyncio.wait_for(
-            run_async([*argv, remote_command(remote)], env=self._env, check=False),
-            CONTROL_TIMEOUT + KILL_GRACE,
-        )
+        try:
+            done = await asyncio.wait_for(
+                run_async([*argv, remote_command(remote)], env=self._env, check=False),
+                CONTROL_TIMEOUT + KILL_GRACE,
+            )
+        except TimeoutError:
+            # An error of the link's, as every other: a bare TimeoutError (a deletion waiting
+            # on a full builder's garbage collector) passed every handler and ended the run.
+            raise self._error(f"run `{remote[0]}` on", ["(no answer)"]) from None
         return done.returncode, done.stdout, done.stderr
 
     async def kill(self, pid: int, born: str | None = None) -> None:
