@@ -15,6 +15,7 @@ from offload.transport.ssh import (
     split_sshopts,
     ssh_argv,
 )
+from offload.transport.ssh_options import without_sharing
 from offload.transport.wrapper import (
     kill_script,
     parse_born,
@@ -295,6 +296,46 @@ def test_a_control_path_in_nix_sshopts_cannot_take_the_master_out_of_sight(
     shared = SharedSshTransport(target, name="b", directory=tmp_path, env=env)
     said = _as_ssh_reads_them(shared.argv(["true"]))
     assert (said["controlpath"], said["controlmaster"]) == (str(shared.control_path), "auto")
+
+
+def test_sharing_flags_in_nix_sshopts_and_the_users_config_are_not_taken(
+    tmp_path: Path,
+) -> None:
+    # -S replaces the first -o ControlPath (ssh sets it, whatever came before): sessions rode
+    # the user's own master, whose host key no pin checked, and -M made each one a master.
+    target = SshTarget("127.0.0.1", user="root", public_host_key=KEY)
+    opts = "-S /tmp/elsewhere/%C -vM -O exit -p 2222"
+    socket = tmp_path / "socket"
+    session = _as_ssh_reads_them(ssh_argv(target, nix_sshopts=opts, control_path=socket))
+    assert (session["controlpath"], session["controlmaster"]) == (str(socket), "false")
+    assert session["port"] == "2222"  # the rest of NIX_SSHOPTS is taken
+    said = _as_ssh_reads_them(master_argv(target, control_path=socket, nix_sshopts=opts))
+    assert (said["controlpath"], said["controlmaster"]) == (str(socket), "true")
+    shared = SharedSshTransport(target, name="b", directory=tmp_path, env={"NIX_SSHOPTS": opts})
+    said = _as_ssh_reads_them(shared.argv(["true"]))
+    assert (said["controlpath"], said["controlmaster"]) == (str(shared.control_path), "auto")
+    # Without a master of offload's (a kill after it died, doctor's login), none of the
+    # user's config either: ControlMaster auto there rode or left a master unpinned.
+    config = tmp_path / "config"
+    config.write_text("ControlMaster auto\nControlPath /tmp/mine-%C\nControlPersist yes\n")
+    alone = _as_ssh_reads_them(ssh_argv(target, nix_sshopts=f"-F {config} {opts}"))
+    assert alone["controlmaster"] == "false"
+    assert "controlpath" not in alone  # "none": ssh -G prints no path
+
+
+@pytest.mark.parametrize(
+    ("words", "kept"),
+    [
+        (["-vS", "/x", "-C"], ["-v", "-C"]),
+        (["-Spath", "-oA=1"], ["-oA=1"]),
+        (["-MCS", "p", "-i", "k"], ["-C", "-i", "k"]),
+        (["-O", "exit", "-o", "A=1"], ["-o", "A=1"]),
+        # Past the first word that is not an option, nothing is an option of NIX_SSHOPTS'.
+        (["-F", "c", "host", "-S", "x"], ["-F", "c", "host", "-S", "x"]),
+    ],
+)
+def test_without_sharing_reads_flags_as_getopt_does(words: list[str], kept: list[str]) -> None:
+    assert without_sharing(words) == kept
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,8 @@ class SharedSshTransport:
             ciphers=self._ciphers,
         )
         # The socket before NIX_SSHOPTS (ssh takes the first value: a ControlPath there put
-        # the master out of offload's sight), its persistence after (ControlPersist=no wins).
+        # the master out of offload's sight) and before ssh_argv's "no master", its
+        # persistence after (ControlPersist=no wins).
         first = ["-o", "ControlMaster=auto", "-o", f"ControlPath={ssh_path(self.control_path)}"]
         last = ["-o", f"ControlPersist={PERSIST_SECONDS}"]
         # ssh's options must come before `--`, which ssh_argv puts before the destination.

@@ -35,7 +35,7 @@ from offload.config.reading import local_nix_version
 from offload.errors import ConfigError
 from offload.transport.ciphers import builds_on_aes
 from offload.transport.host_key_alias import pinned_name
-from offload.transport.ssh_options import Keepalive, keepalive
+from offload.transport.ssh_options import Keepalive, keepalive, without_sharing
 from offload.transport.wrapper import NO_CLIENT, serve_command
 
 if TYPE_CHECKING:
@@ -222,7 +222,13 @@ def ssh_argv(
         argv += ["-o", f"ControlMaster={mode}", "-o", f"ControlPath={ssh_path(control_path)}"]
         if not master or persist <= 0:
             argv += ["-o", "ControlPersist=no"]
-    argv += [*split_sshopts(nix_sshopts), "-x", "-a"]
+    else:
+        # No master of offload's, and none of the user's ~/.ssh/config either: a kill or a
+        # doctor's login rode a connection whose host key no pin had checked, or left a
+        # master of its own behind (ControlMaster=auto, ControlPersist=yes).
+        argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    # Less NIX_SSHOPTS' -S, -M and -O, which would override these (``without_sharing``).
+    argv += [*without_sharing(split_sshopts(nix_sshopts)), "-x", "-a"]
     argv += [
         "-o",
         "BatchMode=yes",

@@ -35,6 +35,7 @@ __all__ = [
     "keepalive",
     "o_lines",
     "option_refused",
+    "without_sharing",
 ]
 
 # offload's own keepalives (nix#13513, nix#16437): with no ServerAlive* of the user's, ssh
@@ -158,6 +159,42 @@ def flag_arguments(words: Sequence[str], wanted: str) -> Iterator[str]:
             if flag == wanted:
                 yield argument
             break
+
+
+# ssh's connection-sharing flags: a master (-M), its socket (-S) and a command to it (-O).
+_SHARING = frozenset("MSO")
+
+
+def without_sharing(words: Sequence[str]) -> list[str]:
+    """``words`` (NIX_SSHOPTS) less ssh's connection-sharing flags and their arguments, read
+    as ssh's getopt reads them (``flag_arguments``), up to the first word that is not an
+    option. offload keeps its own connections, and its ``-o ControlPath`` came first in vain:
+    a ``-S`` replaces it, so sessions rode whatever master listened there, whose host key no
+    pin had checked, and ``-M`` made each session a master."""
+    kept: list[str] = []
+    at = 0
+    while at < len(words):
+        word = words[at]
+        at += 1
+        if word in {"--", "-"} or not word.startswith("-"):
+            return [*kept, word, *words[at:]]
+        letters, argument = "", []
+        for index, flag in enumerate(word[1:], start=2):
+            if flag not in _WITH_ARGUMENT:
+                letters += "" if flag in _SHARING else flag
+                continue
+            inline = word[index:]
+            argument = [] if inline else list(words[at : at + 1])
+            at += len(argument)
+            if flag in _SHARING:
+                argument = []
+            else:
+                letters += flag + inline
+            break
+        if letters:
+            kept.append("-" + letters)
+        kept += argument
+    return kept
 
 
 def _config_line(line: str) -> tuple[str, str] | None:
