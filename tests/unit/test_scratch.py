@@ -4,6 +4,7 @@ Real /proc and real processes: a child started and SIGKILLed here stands in for 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from offload.errors import TransportError
 from offload.procfs import proc_stat
 from offload.transport import scratch
 
@@ -88,3 +90,21 @@ def test_a_new_private_dir_records_its_owner_and_sweeps_first(short_tmp: Path) -
     assert (namespace, int(pid)) == (_namespace(), os.getpid())
     assert not dead.exists()
     assert scratch.sweep(tmp_path) == []  # ours, while we live
+
+
+def test_a_private_dir_that_cannot_be_written_is_an_error_and_leaves_nothing(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk failed the owner file's write: a bare OSError out of the link, and an
+    # "ofl-" directory without an owner, which no sweep ever removes.
+    real_write = Path.write_text
+
+    def full(self: Path, *args: object, **kwargs: object) -> int:
+        if self.name == scratch.OWNER:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(TransportError, match=r"cannot make a private directory in .*space left"):
+        scratch.private_dir()
+    assert list(short_tmp.iterdir()) == []

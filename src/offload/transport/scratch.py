@@ -19,6 +19,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from offload.errors import TransportError
 from offload.procfs import is_ours, owner_line, pid_namespace
 
 __all__ = ["PREFIX", "private_dir", "sweep"]
@@ -28,17 +29,29 @@ OWNER = "owner"
 
 
 def private_dir() -> Path:
-    """A new 0700 directory for this run, its owner recorded; stale ones swept first."""
+    """A new 0700 directory for this run, its owner recorded; stale ones swept first.
+    ``TransportError`` when it cannot be made whole (nothing left behind)."""
     # Unix socket paths are limited to ~104 bytes; a long $TMPDIR would not fit the ssh socket.
     base = tempfile.gettempdir()
     # 40 leaves room for "/ofl-XXXXXXXX/m" under the limit.
     if len(base) > 40:
         base = "/tmp"  # noqa: S108 - a private 0700 directory is made inside it
     _sweep_once(base)
-    made = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))  # mkdtemp makes it 0700
-    line = owner_line(os.getpid())
-    if line is not None:
-        (made / OWNER).write_text(f"{line}\n")
+    made: Path | None = None
+    try:
+        made = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))  # mkdtemp makes it 0700
+        line = owner_line(os.getpid())
+        if line is not None:
+            (made / OWNER).write_text(f"{line}\n")
+    except OSError as exc:
+        # A full disk: said as the link's error, and nothing left that no sweep would find
+        # (a directory without its owner is never swept).
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise TransportError(
+            f"cannot make a private directory in {base}: {exc.strerror or exc}",
+            hint="free space there (or point TMPDIR where there is room)",
+        ) from exc
     return made
 
 
