@@ -6,11 +6,11 @@ A module whose tests kill members or edit them gets a fleet of its own from
 fleet's members are and do.
 
 The ssh masters a test's runs keep (``offload.transport.persist``: ``<tmp_path>/state/ssh``,
-or, as pytest's tmp_path is too long for a socket there, ``$TMPDIR/offload-ssh-<uid>``) are the
-test's own: a test with a ``tmp_path`` gets a short ``TMPDIR`` of its own, in this process (where
-tests look for masters) and in every process it starts, and its masters there are stopped when
-it ends. The shared ``/tmp/offload-ssh-<uid>``, where other pytest sessions' and people's runs
-keep theirs, is never touched.
+or, as pytest's tmp_path is too long for a socket there, ``$TMPDIR/offload-ssh-<uid>-<hash>``)
+are the test's own: a test with a ``tmp_path`` gets a short ``TMPDIR`` of its own, in this
+process (where tests look for masters) and in every process it starts, and its masters there
+are stopped when it ends. Those under ``/tmp``, where other pytest sessions' and people's runs
+keep theirs, are never touched.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def _persistent_masters_end_with_the_test(
         try:
             # The state's own directory when short enough, and the fallback, ``short``'s; one
             # never made holds no socket (a look at /proc the less for most tests).
-            for place in {location(tmp_path / "state"), short / f"offload-ssh-{os.getuid()}"}:
+            fallbacks = short.glob(f"offload-ssh-{os.getuid()}-*")
+            for place in {location(tmp_path / "state"), *fallbacks}:
                 if place.exists():
                     stop_masters(place)
         finally:

@@ -58,9 +58,9 @@ kept_fleet = private_fleet_fixture(
 )
 
 
-# Where other pytest sessions' runs (and people's) keep their masters when their state's own
-# directory is too long for a socket: this session's TMPDIR, as it was before any test's.
-SHARED = Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}"
+# Where another pytest session's run (or a person's) keeps its masters when its state's own
+# directory is too long for a socket: under this session's TMPDIR, as it was before any test's.
+SHARED = Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}-0another"
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +206,8 @@ def test_a_tests_runs_keep_their_masters_apart_from_other_sessions(
     kept_fleet: Fleet, tmp_path: Path, another_sessions_master: subprocess.Popen[bytes]
 ) -> None:
     # A state too deep for a socket there (as under pytest's own base directory): the master
-    # goes to TMPDIR's offload-ssh-<uid>, the test's own (tests/helpers/fleets.py), not the
-    # session's shared one, which the test's end would stop.
+    # goes to TMPDIR's offload-ssh-<uid>-<hash>, the test's own (tests/helpers/fleets.py),
+    # not another session's, which the test's end would stop.
     state = tmp_path / ("d" * 60) / "state"
     assert _build(kept_fleet, tmp_path, "apart", state=state) == {"apart": "keep"}
     (master,) = persistent_masters(control_dir(state))

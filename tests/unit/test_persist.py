@@ -53,7 +53,11 @@ def test_a_long_state_and_a_long_tmpdir_still_give_a_short_enough_place(
     deep = tmp_path / ("d" * 60)
     monkeypatch.setattr(tempfile, "tempdir", str(deep))
     place = location(deep / "state")
-    assert place == Path("/tmp") / f"offload-ssh-{os.getuid()}"
+    assert place.parent == Path("/tmp")
+    assert place.name.startswith(f"offload-ssh-{os.getuid()}-")
     short_tmp = Path("/tmp/ofx")
     monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
-    assert location(deep / "state") == short_tmp / f"offload-ssh-{os.getuid()}"
+    assert location(deep / "state") == short_tmp / place.name
+    # Each state directory its own, as <state>/ssh is: two fleets' runs never share masters
+    # (every state too long for a socket there shared /tmp/offload-ssh-<uid>).
+    assert location(deep / "other") != location(deep / "state")

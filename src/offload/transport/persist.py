@@ -62,10 +62,14 @@ def location(state: Path) -> Path:
     preferred = state / "ssh"
     if len(str(preferred)) + 18 <= _MAX_SOCKET:
         return preferred
-    short = Path(tempfile.gettempdir()) / f"offload-ssh-{os.getuid()}"
+    # One per state directory, as ``<state>/ssh`` is: two state directories (two fleets, two
+    # setups of one user) never share a master.
+    of_state = hashlib.sha256(str(state.absolute()).encode()).hexdigest()[:8]
+    name = f"offload-ssh-{os.getuid()}-{of_state}"
+    short = Path(tempfile.gettempdir()) / name
     if len(str(short)) + 18 <= _MAX_SOCKET:
         return short
-    return Path("/tmp") / f"offload-ssh-{os.getuid()}"  # noqa: S108 - a TMPDIR too long for sockets
+    return Path("/tmp") / name  # noqa: S108 - a TMPDIR too long for sockets
 
 
 def control_dir(state: Path) -> Path:
