@@ -379,6 +379,70 @@ def _all_running_pids() -> list[int]:
     ]
 
 
+_KILLED_SCRIPT = """
+import os, pathlib, signal, sys
+import offload.fleet as f
+real = f.sshd._wait_listening
+def killed_while_b_starts(record, log):
+    if record.spec.name == "b":
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of ours runs
+    real(record, log)
+f.sshd._wait_listening = killed_while_b_starts
+f.fleet_up(pathlib.Path(sys.argv[1]), [f.MemberSpec("a"), f.MemberSpec("b")])
+"""
+
+
+def test_down_stops_what_an_up_killed_meanwhile_had_started(tmp_path):
+    # Each member was recorded once it listened: a SIGKILL while one started (up to 10 s)
+    # left an sshd that `fleet down` did not know of.
+    target = tmp_path / "f"
+    try:
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_SCRIPT, str(target)], timeout=120, check=False
+        )
+        assert killed.returncode == -signal.SIGKILL
+        assert {s.member.name for s in fleet_status(target)} == {"a", "b"}
+        fleet_down(target)
+        assert not any(
+            "sshd" in _cmdline(pid) and str(target) in _cmdline(pid) for pid in _all_running_pids()
+        )
+    finally:
+        fleet_down(target, purge=True)
+
+
+def test_a_fleet_directory_of_another_user_is_refused(tmp_path):
+    # Its owner could change the ssh_config ssh reads as root, or the pids `down` stops.
+    target = tmp_path / "theirs"
+    target.mkdir()
+    os.chown(target, 65534, 65534)
+    for call in (
+        lambda: fleet_up(target, [MemberSpec("a")]),
+        lambda: fleet_down(target, purge=True),
+        lambda: open_fleet(target),
+    ):
+        with pytest.raises(FleetError, match="belongs to uid 65534, not to this user"):
+            call()
+    assert list(target.iterdir()) == []  # nothing made in it
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(FleetError, match="belongs to uid 65534"):
+        fleet_up(link, [MemberSpec("a")])
+
+
+def test_down_purge_through_a_link_removes_the_directory_and_the_link(tmp_path):
+    # It removed the files, then failed on the link ("Not a directory"), and kept it.
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    try:
+        fleet_up(link, [MemberSpec("a")])
+        fleet_down(link, purge=True)
+        assert not real.exists()
+        assert not link.is_symlink()
+    finally:
+        fleet_down(real, purge=True)
+
+
 def test_down_on_a_never_started_dir(tmp_path):
     fleet_down(tmp_path / "never")
     fleet_down(tmp_path / "never", purge=True)

@@ -15,6 +15,7 @@ from offload.fleet.spec import (
     ForcedCommand,
     authorized_keys,
     check_host,
+    check_programs,
     client_argv,
     home_to_replace,
     known_hosts_line,
@@ -112,6 +113,19 @@ def test_check_host_needs_root_on_linux():
     assert "root" in info.value.hint
     with pytest.raises(FleetError, match="Linux"):
         check_host(0, "darwin")
+
+
+def test_a_nix_inside_nix_or_no_sshd_is_said_before_anything_is_made(tmp_path):
+    # A member mounts its own store over /nix: NixOS's or the installer's Nix is not there.
+    check_programs()  # this host's: Debian's nix-bin and openssh-server
+    link = tmp_path / "nix-store"
+    link.symlink_to("/nix/store/0000-nix-2.24/bin/nix-store")
+    with pytest.raises(FleetError, match=r"this Nix lives in it \(/nix/store/0000-nix-2\.24/"):
+        check_programs(find=lambda _: str(link))
+    with pytest.raises(FleetError, match="no nix-store is on PATH"):
+        check_programs(find=lambda _: None)
+    with pytest.raises(FleetError, match="OpenSSH's server at /nonexistent/sshd"):
+        check_programs(sshd="/nonexistent/sshd")
 
 
 def test_up_as_non_root_creates_nothing(tmp_path):

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from offload.errors import FleetError
 from offload.fleet.records import MemberRecord
 from offload.fleet.spec import (
     CLIENT_KEY,
@@ -28,6 +29,7 @@ from offload.fleet.spec import (
 from offload.process import run
 
 __all__ = [
+    "check_owned",
     "login_home",
     "prepare_dir",
     "prepare_member",
@@ -46,8 +48,33 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     tmp.replace(path)
 
 
+def check_owned(fleet_dir: Path) -> None:
+    """Refuse a fleet directory (or a symbolic link to one) that is not this user's: whoever
+    owns it could change the ssh_config that ssh reads as root (a ProxyCommand), or the state
+    whose process ids `fleet down` stops. Nothing to check where there is none yet."""
+    for path, info in _infos(fleet_dir):
+        if info.st_uid != os.geteuid():
+            raise FleetError(
+                f"fleet directory {path} belongs to uid {info.st_uid}, not to this user:"
+                " its owner could change what the fleet runs",
+                hint="name a directory of your own with --dir (a new one is made 0700)",
+            )
+
+
+def _infos(path: Path) -> list[tuple[Path, os.stat_result]]:
+    """The path itself and, through a symbolic link, what it names; none where it is not."""
+    try:
+        found = [(path, path.lstat())]
+        if path.is_symlink():
+            found.append((path.resolve(), path.stat()))
+    except OSError:
+        return []
+    return found
+
+
 def prepare_dir(fleet_dir: Path) -> None:
     fleet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_owned(fleet_dir)  # made by someone else meanwhile: exist_ok takes it
     fleet_dir.chmod(0o700)
     # Mount points and sshd's privilege-separation directory must exist on the host.
     for needed, mode in (

@@ -16,7 +16,7 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from offload.errors import FleetError
-from offload.fleet.files import prepare_dir, write_client_files
+from offload.fleet.files import check_owned, prepare_dir, write_client_files
 from offload.fleet.namespace import stop_member
 from offload.fleet.records import FleetState, MemberRecord
 from offload.fleet.spec import (
@@ -24,6 +24,7 @@ from offload.fleet.spec import (
     MemberSpec,
     check_fleet_dir,
     check_host,
+    check_programs,
     validate_specs,
 )
 from offload.fleet.sshd import check_ssh, start_member
@@ -63,8 +64,10 @@ def fleet_up(
         os.geteuid() if euid is None else euid, sys.platform if platform is None else platform
     )
     specs = validate_specs(specs)
+    check_programs()
     fleet_dir = dir.absolute()
     check_fleet_dir(fleet_dir)
+    check_owned(fleet_dir)
     _not_taken_over(fleet_dir, {spec.name for spec in specs})
     previous = load_state(fleet_dir)
     kept, dead = _kept_and_dead(fleet_dir, previous, specs)
@@ -75,13 +78,20 @@ def fleet_up(
     system = previous.system if previous else _current_system()
     records: dict[str, MemberRecord] = dict(kept)
     started: list[MemberRecord] = []
-    # Each sshd as soon as it runs: a Ctrl-C while a member starts stops it too.
+    # Each sshd as soon as it runs: a Ctrl-C while a member starts stops it too, and it is
+    # recorded at once, so that `fleet down` stops it after this process is killed meanwhile.
     spawned: list[MemberRecord] = []
+
+    def spawn(record: MemberRecord) -> None:
+        spawned.append(record)
+        now = {**records, record.spec.name: record}
+        write_state(fleet_dir, FleetState(system, ordered(now, specs)))
+
     try:
         for spec in specs:
             if spec.name in kept:
                 continue
-            record = start_member(fleet_dir, spec, spawned.append)
+            record = start_member(fleet_dir, spec, spawn)
             started.append(record)
             records[spec.name] = record
             write_state(fleet_dir, FleetState(system, ordered(records, specs)))
@@ -93,20 +103,25 @@ def fleet_up(
     except BaseException:
         # Bounded (stop_member's timeout); a second Ctrl-C must not leave members running.
         with interrupts_held():
-            _stop_started(fleet_dir, {r.pid: r for r in [*started, *spawned]}.values())
-            write_state(fleet_dir, FleetState(system, tuple(kept.values())))
+            # A started record (its namespace known) over the same sshd's spawned one.
+            left = _stop_started(fleet_dir, {r.pid: r for r in [*spawned, *started]}.values())
+            write_state(fleet_dir, FleetState(system, (*kept.values(), *left)))
         raise
     return fleet_of(fleet_dir, FleetState(system, ordered(records, specs)))
 
 
-def _stop_started(fleet_dir: Path, records: Iterable[MemberRecord]) -> None:
+def _stop_started(fleet_dir: Path, records: Iterable[MemberRecord]) -> list[MemberRecord]:
     """Stop each member a failed ``fleet_up`` started, every one even if one of them will not
-    stop (that one is said, with the error that failed the start)."""
+    stop (that one is said, with the error that failed the start): those that did not, which
+    stay recorded for `fleet down`."""
+    left = []
     for record in records:
         try:
             stop_member(fleet_dir, record)
         except FleetError as exc:
             logger.warning("%s", exc.message)
+            left.append(record)
+    return left
 
 
 def _kept_and_dead(
@@ -135,6 +150,7 @@ def _kept_and_dead(
 def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
     """Stop every member recorded in ``dir``; with ``purge``, remove the directory too."""
     fleet_dir = dir.absolute()
+    check_owned(fleet_dir)
     state = load_state(fleet_dir)
     errors: list[str] = []
     for record in state.members if state else ():
@@ -150,7 +166,9 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
                 f"{fleet_dir} does not look like a fleet directory; not removing it",
                 hint="remove it by hand if it is really yours",
             )
-        _purge(fleet_dir)
+        _purge(fleet_dir.resolve())
+        if fleet_dir.is_symlink():  # --dir named a link to the directory: it goes with it
+            fleet_dir.unlink()
 
 
 def _purge(fleet_dir: Path) -> None:
@@ -198,6 +216,7 @@ def fleet_status(dir: Path) -> tuple[MemberStatus, ...]:  # noqa: A002
 def open_fleet(dir: Path) -> Fleet:  # noqa: A002
     """The fleet recorded in ``dir``, as started by ``fleet_up`` (possibly in another process)."""
     fleet_dir = dir.absolute()
+    check_owned(fleet_dir)  # its ssh_config is what ssh reads to reach the members
     state = load_state(fleet_dir)
     if state is None or not state.members:
         raise FleetError(

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,7 @@ __all__ = [
     "authorized_keys",
     "check_fleet_dir",
     "check_host",
+    "check_programs",
     "client_argv",
     "default_fleet_dir",
     "home_to_replace",
@@ -245,6 +248,26 @@ def check_host(euid: int, platform: str) -> None:
             hint=(
                 "the local fleet needs root for mount namespaces; run as root or use real builders"
             ),
+        )
+
+
+def check_programs(find: Callable[[str], str | None] = shutil.which, sshd: str = SSHD) -> None:
+    """Refuse early where a member could not run: each mounts a store of its own over /nix,
+    so its Nix must live outside it (a distribution's package, as Debian's nix-bin), and
+    it is OpenSSH's sshd. On NixOS, or with Nix's own installer, `fleet up` failed late, at
+    its first ssh, with a hint about ssh."""
+    if not os.access(sshd, os.X_OK):
+        raise FleetError(
+            f"the local fleet runs OpenSSH's server at {sshd}, and there is none",
+            hint="install OpenSSH's server (Debian: openssh-server), or use real builders",
+        )
+    found = find("nix-store")
+    where = None if found is None else os.path.realpath(found)
+    if where is None or where.startswith("/nix/"):
+        raise FleetError(
+            "the local fleet mounts a store of its own over /nix, and "
+            + ("no nix-store is on PATH" if where is None else f"this Nix lives in it ({where})"),
+            hint="it needs a Nix installed outside /nix (Debian's nix-bin); or use real builders",
         )
 
 
