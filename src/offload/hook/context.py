@@ -220,21 +220,23 @@ class HookContext:
     def left_to_nix(self, request: TryRequest) -> bool:
         """Is ``request`` declined here (said once; the reply written) because its outputs'
         paths are known only once it is built (floating content-addressed, impure or
-        deferred)? Accepted, it would fail after its build (the hook brings outputs home by
-        path) and back its builder off. A .drv that cannot be read is taken for one whose are
-        known: its build says what is wrong with it."""
+        deferred), or because its .drv cannot be read here? Accepted, the first would fail
+        after its build (the hook brings outputs home by path) and back its builder off; the
+        second would fail at once, where Nix can build it (a newer Nix's derivation format,
+        as its dynamic derivations' ``DrvWithVersion``)."""
         try:
             outputs = read_derivation(request.drv_path).outputs.values()
-        except OffloadError:
-            return False
-        if all(output.path for output in outputs):
-            return False
-        if self.first_for_client(f"unknown outputs {request.drv_path}"):
-            self.say(
-                f"'{request.drv_path}' is left to Nix: its outputs' paths are known only once"
-                " it is built (content-addressed, impure or deferred), and offload-hook brings"
-                " outputs home by path"
+        except OffloadError as exc:
+            why = f"offload-hook cannot read its derivation ({exc.message})"
+        else:
+            if all(output.path for output in outputs):
+                return False
+            why = (
+                "its outputs' paths are known only once it is built (content-addressed, impure"
+                " or deferred), and offload-hook brings outputs home by path"
             )
+        if self.first_for_client(f"left to Nix {request.drv_path}"):
+            self.say(f"'{request.drv_path}' is left to Nix: {why}")
         write_reply(self.io, Reply.DECLINE)
         return True
 
