@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from offload.cli.hook import LocalNix, install_text
+from offload.errors import ConfigError
 
 BIN = Path(sys.executable).parent
 
@@ -88,7 +89,18 @@ def test_on_other_nix_the_nix_conf_line_is_printed_where_nix_reads_it(
     text = install_text(Path("/p/offload-hook"), LocalNix(version), "/srv/nix-conf")
     assert "# nix.conf (/srv/nix-conf/nix.conf; restart nix-daemon" in text
     assert "\nbuild-hook = /p/offload-hook\n" in text
-    assert "NIX_CONFIG" not in text
+    # A daemon of another Nix than the command's may be one that ignores nix.conf's line.
+    assert "nix-daemon of Nix 2.25-2.33 ignores that line" in text
+    assert 'give it NIX_CONFIG="build-hook = /p/offload-hook" in its environment' in text
+    assert "Environment=" not in text
+
+
+def test_a_hook_path_with_a_blank_is_refused_with_a_way_round() -> None:
+    # Nix 2.17 and later split build-hook into words: every build ran "/opt/my" or failed.
+    with pytest.raises(ConfigError, match="Nix splits build-hook on blanks: /opt/my apps/") as e:
+        install_text(Path("/opt/my apps/offload-hook"), LocalNix((2, 30)))
+    assert e.value.hint is not None
+    assert "ln -s" in e.value.hint
 
 
 def test_a_lix_that_speaks_capn_proto_to_its_hook_is_told_it_cannot_run_it() -> None:

@@ -78,6 +78,13 @@ def install_text(path: Path, nix: LocalNix | None, conf_dir: str = "/etc/nix") -
             " offload-hook speaks Nix's\n# line protocol and cannot serve it. Use `offload"
             " build` for builds on the builders.\n"
         )
+    if any(char.isspace() for char in str(path)):
+        # Nix 2.17 on splits build-hook into words, and ran the first (or failed every build).
+        raise ConfigError(
+            f"offload-hook's path has a blank, and Nix splits build-hook on blanks: {path}",
+            hint="link it from a path without one (ln -s ... /usr/local/bin/offload-hook) and"
+            " run that offload",
+        )
     one = [
         "# One build only, without changing any file (as root or a trusted user: a",
         "# nix-daemon ignores build-hook from any other user's command, without a word):",
@@ -103,6 +110,9 @@ def install_text(path: Path, nix: LocalNix | None, conf_dir: str = "/etc/nix") -
     lines = [
         f"# nix.conf ({conf_dir}/nix.conf; restart nix-daemon after changing it):",
         f"build-hook = {path}",
+        "# (A nix-daemon of Nix 2.25-2.33 ignores that line, nix#15083: where the daemon runs",
+        "# another Nix than this command's, as `nix store ping` says, and it is one of those,",
+        f'# give it NIX_CONFIG="build-hook = {path}" in its environment instead.)',
         "",
         "# NixOS (configuration.nix):",
         f'nix.settings.build-hook = "{path}";',
