@@ -35,7 +35,9 @@ The answer:
 - a ``preferLocalBuild`` derivation (``writeText``, ``buildEnv``) the local machine can build
   -> ``decline``, whatever the builders, as ``offload build`` places it (``plan_jobs``): Nix
   2.8 asks about one only when the local machine cannot build it (``-j 0``, another system),
-  Nix 2.34 also when no local slot is free, and then Nix builds it once one frees;
+  and Nix 2.34 only when it rejects building it here (when no local slot is free it waits for
+  one, asking nothing); the later answer is for where offload's view of the local machine
+  differs from Nix's;
 - the local machine finishes first (ties included: nothing to copy) -> ``decline``, and Nix
   builds it here: a fast local machine is never left idle for a slower builder (nix#2589).
   Nix 2.8 asks about every ready derivation before it starts any local build, saying each
@@ -202,7 +204,9 @@ def _built_here(local: LocalOffer, *, work: float, now: float) -> Choice:
     """Declined for the local machine, which builds preferLocalBuild derivations whenever it
     can, as ``offload build`` does (``plan_jobs``): a trivial build whose inputs are often
     large would cost a builder's copies both ways, more than it gains there. When no local
-    slot is free now (``later``: Nix 2.34 asks then), Nix builds it once one frees."""
+    slot is free now (``later``: offload's view of the local machine is not Nix's, which
+    asks about such a derivation only when it cannot build it here), Nix builds it once one
+    frees."""
     reason = "preferLocalBuild: the local machine builds it"
     if not local.can_build:
         return Choice(Reply.DECLINE, reason=f"{reason} once a local slot frees")

@@ -1,7 +1,7 @@
 """The guard: what cleans up after a hook process that did not get to do it itself.
 
 Nix 2.8 ends a hook with SIGKILL to its process group when the user interrupts the build
-(newer Nix sends SIGTERM first and waits 500 ms, nix#15083-era ``buildHookKillTimeout``), and
+(Nix 2.35 sends SIGTERM first and waits 500 ms, ``HookInstance``'s destructor), and
 killing ssh does not stop a remote build: without help, the builder would go on building for
 nobody and keep the slot. So once the remote serve process is known, the hook starts a guard: a
 ``sh`` in a session of its own whose stdin is a pipe only the hook holds. When the hook is done
