@@ -443,6 +443,40 @@ def test_down_purge_through_a_link_removes_the_directory_and_the_link(tmp_path):
         fleet_down(real, purge=True)
 
 
+def test_a_member_named_directory_with_files_of_its_own_is_not_taken(tmp_path):
+    # "fast" of notes was made 0700 as a member's, and `down --purge` removed the notes.
+    target = tmp_path / "data"
+    (target / "fast").mkdir(parents=True)
+    (target / "fast" / "notes.txt").write_text("mine\n")
+    with pytest.raises(FleetError, match="holds files of its own"):
+        fleet_up(target, [MemberSpec("fast")])
+    with pytest.raises(FleetError, match="does not look like a fleet directory"):
+        fleet_down(target, purge=True)
+    assert (target / "fast" / "notes.txt").read_text() == "mine\n"
+    file = tmp_path / "afile"
+    file.write_text("")
+    for call in (lambda: fleet_up(file, [MemberSpec("a")]), lambda: fleet_down(file)):
+        with pytest.raises(FleetError, match=f"cannot use {file} as the fleet directory"):
+            call()
+
+
+def test_two_ups_at_once_start_each_member_once(tmp_path):
+    # Unlocked, both started every member: two sshds served one store, one of them unrecorded.
+    target = tmp_path / "f"
+    argv = [sys.executable, "-m", "offload", "fleet", "up", "--dir", str(target), "--member", "a"]
+    try:
+        ups = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+        ups.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for up in ups:
+            _, err = up.communicate(timeout=120)
+            assert up.returncode == 0, err
+        sshds = [p for p in _all_running_pids() if f"{target}/a/sshd_config" in _cmdline(p)]
+        assert len(sshds) == 1
+        assert [s.member.name for s in fleet_status(target)] == ["a"]
+    finally:
+        fleet_down(target, purge=True)
+
+
 def test_down_on_a_never_started_dir(tmp_path):
     fleet_down(tmp_path / "never")
     fleet_down(tmp_path / "never", purge=True)

@@ -8,11 +8,13 @@ each recorded member (``namespace``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from offload.errors import FleetError
@@ -69,6 +71,13 @@ def fleet_up(
     check_fleet_dir(fleet_dir)
     check_owned(fleet_dir)
     _not_taken_over(fleet_dir, {spec.name for spec in specs})
+    with _locked(fleet_dir):
+        return _up(fleet_dir, specs)
+
+
+def _up(fleet_dir: Path, specs: Sequence[MemberSpec]) -> Fleet:
+    """``fleet_up`` once the directory is checked and locked."""
+    _not_taken_over(fleet_dir, {spec.name for spec in specs})  # as another up left it
     previous = load_state(fleet_dir)
     kept, dead = _kept_and_dead(fleet_dir, previous, specs)
     prepare_dir(fleet_dir)
@@ -108,6 +117,27 @@ def fleet_up(
             write_state(fleet_dir, FleetState(system, (*kept.values(), *left)))
         raise
     return fleet_of(fleet_dir, FleetState(system, ordered(records, specs)))
+
+
+@contextlib.contextmanager
+def _locked(fleet_dir: Path) -> Iterator[None]:
+    """The fleet directory (made if new) held for one ``fleet_up`` or ``fleet_down`` at a time:
+    two ups at once both started every member (two sshds on one store), or one took the
+    other's half-made key for files of the directory's own."""
+    try:
+        fleet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_owned(fleet_dir)  # made by someone else meanwhile: exist_ok takes it
+        fd = os.open(fleet_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:  # a file there, or a parent one may not write
+        raise FleetError(
+            f"cannot use {fleet_dir} as the fleet directory: {exc.strerror or exc}",
+            hint="name a new or empty directory of your own with --dir",
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _stop_started(fleet_dir: Path, records: Iterable[MemberRecord]) -> list[MemberRecord]:
@@ -151,6 +181,15 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
     """Stop every member recorded in ``dir``; with ``purge``, remove the directory too."""
     fleet_dir = dir.absolute()
     check_owned(fleet_dir)
+    if not fleet_dir.exists():
+        return  # never started: nothing to stop nor remove
+    with _locked(fleet_dir):
+        _down(fleet_dir, purge)
+    if purge and fleet_dir.is_symlink():  # --dir named a link to the directory: it goes too
+        fleet_dir.unlink()
+
+
+def _down(fleet_dir: Path, purge: bool) -> None:
     state = load_state(fleet_dir)
     errors: list[str] = []
     for record in state.members if state else ():
@@ -167,8 +206,6 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
                 hint="remove it by hand if it is really yours",
             )
         _purge(fleet_dir.resolve())
-        if fleet_dir.is_symlink():  # --dir named a link to the directory: it goes with it
-            fleet_dir.unlink()
 
 
 def _purge(fleet_dir: Path) -> None:
@@ -185,10 +222,35 @@ def _purge(fleet_dir: Path) -> None:
 
 def _is_fleets(fleet_dir: Path, members: Collection[str] = ()) -> bool:
     """Whether the directory ``fleet_dir`` is a fleet's to take or remove whole: it has the
-    fleet's own files, or nothing but the directories of ``members``."""
+    fleet's own files, or nothing but the directories of ``members``, each holding nothing
+    but a member's own entries (a directory ``fast`` of notes was made 0700, and purged)."""
     if (fleet_dir / STATE_FILE).exists() or (fleet_dir / CLIENT_KEY).exists():
         return True
-    return all(entry.name in members and entry.is_dir() for entry in fleet_dir.iterdir())
+    return all(
+        _temporary(entry.name)
+        or (
+            (entry.name in members and entry.is_dir() and not entry.is_symlink())
+            and _a_members(entry)
+        )
+        for entry in fleet_dir.iterdir()
+    )
+
+
+# What a member's directory holds (``files.prepare_member``, ``sshd``), and the temporary
+# names of its files while they are written.
+_MEMBER_ENTRIES = frozenset(
+    {"nix", "etc-nix", "home", "proc", "sshd_config", "sshd.log", "ssh_host_ed25519_key",
+     "ssh_host_ed25519_key.pub"}
+)  # fmt: skip
+
+
+def _a_members(directory: Path) -> bool:
+    return all(e.name in _MEMBER_ENTRIES or _temporary(e.name) for e in directory.iterdir())
+
+
+def _temporary(name: str) -> bool:
+    """A key pair or a file being written (``files``), as one cut short leaves it."""
+    return name.startswith(".keygen-") or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _not_taken_over(fleet_dir: Path, members: set[str]) -> None:
