@@ -260,6 +260,9 @@ def test_nix_sshopts_without_quotes_need_no_version(monkeypatch: pytest.MonkeyPa
         # As Nix's shellSplitString, not Python's shlex: a trailing backslash is dropped, a
         # backslash in double quotes keeps $ (shlex keeps "\\$"), only blanks and tabs split.
         ("-i /k\\", ["-i", "/k"]),
+        # Alone at the end it begins no word: ssh took an empty one for its destination.
+        ('-o "X=1" \\', ["-o", "X=1"]),
+        ("-o X=1 \\  -v", ["-o", "X=1", " ", "-v"]),
         ('-o "A=\\$x"', ["-o", "A=$x"]),
         ('-o "A=\\q"', ["-o", "A=\\q"]),
         ("-o 'A=\\$x'", ["-o", "A=\\$x"]),

@@ -157,9 +157,12 @@ def shell_words(text: str) -> list[str]:
                 words.append("".join(word))
             word = None
             continue
+        following = next(chars, None) if char == "\\" else char
+        if following is None:
+            break  # a backslash at the very end: dropped, and no word begun (as Nix's)
         word = [] if word is None else word
         if char == "\\":
-            word.append(next(chars, ""))
+            word.append(following)
         elif char == "'":
             word.extend(_quoted(chars, "'", text))
         elif char == '"':
