@@ -279,6 +279,31 @@ def test_an_unclosed_quote_in_nix_sshopts_is_a_config_error(text: str, kind: str
         split_sshopts(text, (2, 26))
 
 
+def _controls(tmp_path: Path, opts: str) -> dict[str, dict[str, str]]:
+    """How ssh reads a kept master's, a session's and the hook's shared master's words with
+    NIX_SSHOPTS ``opts``; each must stay offload's own socket and mode."""
+    target = SshTarget("127.0.0.1", user="root", public_host_key=KEY)
+    socket = tmp_path / "socket"
+    said = {
+        "master": _as_ssh_reads_them(
+            master_argv(target, control_path=socket, persist=120, nix_sshopts=opts)
+        ),
+        "session": _as_ssh_reads_them(ssh_argv(target, nix_sshopts=opts, control_path=socket)),
+    }
+    shared = SharedSshTransport(target, name="b", directory=tmp_path, env={"NIX_SSHOPTS": opts})
+    said["shared"] = _as_ssh_reads_them(shared.argv(["true"]))
+    assert (said["master"]["controlpath"], said["master"]["controlmaster"]) == (str(socket), "true")
+    assert (said["session"]["controlpath"], said["session"]["controlmaster"]) == (
+        str(socket),
+        "false",
+    )
+    assert (said["shared"]["controlpath"], said["shared"]["controlmaster"]) == (
+        str(shared.control_path),
+        "auto",
+    )
+    return said
+
+
 def test_a_control_path_in_nix_sshopts_cannot_take_the_master_out_of_sight(
     tmp_path: Path,
 ) -> None:
@@ -286,19 +311,9 @@ def test_a_control_path_in_nix_sshopts_cannot_take_the_master_out_of_sight(
     # a ControlPath there put the master at the user's socket, never reused nor ended (it
     # ran on in the background after the run), and ControlMaster=auto rode a master whose
     # host key offload never pinned. ControlPersist=no there still keeps nothing (README).
-    target = SshTarget("127.0.0.1", user="root", public_host_key=KEY)
     opts = "-o ControlPath=/tmp/elsewhere/%C -o ControlMaster=auto -o ControlPersist=no"
-    socket = tmp_path / "socket"
-    kept = master_argv(target, control_path=socket, persist=120, nix_sshopts=opts)
-    said = _as_ssh_reads_them(kept)
-    assert (said["controlpath"], said["controlmaster"]) == (str(socket), "true")
-    assert said["controlpersist"] == "no"  # the user's no, over offload's 120
-    session = _as_ssh_reads_them(ssh_argv(target, nix_sshopts=opts, control_path=socket))
-    assert (session["controlpath"], session["controlmaster"]) == (str(socket), "false")
-    env = {"NIX_SSHOPTS": opts}
-    shared = SharedSshTransport(target, name="b", directory=tmp_path, env=env)
-    said = _as_ssh_reads_them(shared.argv(["true"]))
-    assert (said["controlpath"], said["controlmaster"]) == (str(shared.control_path), "auto")
+    said = _controls(tmp_path, opts)
+    assert said["master"]["controlpersist"] == "no"  # the user's no, over offload's 120
 
 
 def test_sharing_flags_in_nix_sshopts_and_the_users_config_are_not_taken(
@@ -306,21 +321,14 @@ def test_sharing_flags_in_nix_sshopts_and_the_users_config_are_not_taken(
 ) -> None:
     # -S replaces the first -o ControlPath (ssh sets it, whatever came before): sessions rode
     # the user's own master, whose host key no pin checked, and -M made each one a master.
-    target = SshTarget("127.0.0.1", user="root", public_host_key=KEY)
     opts = "-S /tmp/elsewhere/%C -vM -O exit -p 2222"
-    socket = tmp_path / "socket"
-    session = _as_ssh_reads_them(ssh_argv(target, nix_sshopts=opts, control_path=socket))
-    assert (session["controlpath"], session["controlmaster"]) == (str(socket), "false")
-    assert session["port"] == "2222"  # the rest of NIX_SSHOPTS is taken
-    said = _as_ssh_reads_them(master_argv(target, control_path=socket, nix_sshopts=opts))
-    assert (said["controlpath"], said["controlmaster"]) == (str(socket), "true")
-    shared = SharedSshTransport(target, name="b", directory=tmp_path, env={"NIX_SSHOPTS": opts})
-    said = _as_ssh_reads_them(shared.argv(["true"]))
-    assert (said["controlpath"], said["controlmaster"]) == (str(shared.control_path), "auto")
+    said = _controls(tmp_path, opts)
+    assert said["session"]["port"] == "2222"  # the rest of NIX_SSHOPTS is taken
     # Without a master of offload's (a kill after it died, doctor's login), none of the
     # user's config either: ControlMaster auto there rode or left a master unpinned.
     config = tmp_path / "config"
     config.write_text("ControlMaster auto\nControlPath /tmp/mine-%C\nControlPersist yes\n")
+    target = SshTarget("127.0.0.1", user="root", public_host_key=KEY)
     alone = _as_ssh_reads_them(ssh_argv(target, nix_sshopts=f"-F {config} {opts}"))
     assert alone["controlmaster"] == "false"
     assert "controlpath" not in alone  # "none": ssh -G prints no path
