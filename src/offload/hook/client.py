@@ -135,9 +135,14 @@ def _start(state: str, path: str) -> tuple[subprocess.Popen[bytes], int | None]:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     logged = _size(f"{state}/{COORDINATOR_LOG}")
     log = os.open(f"{state}/{COORDINATOR_LOG}", flags, 0o600)
+    # This process's own import path: nixpkgs' wrapper adds offload and its dependencies from
+    # inside the hook's script (site.addsitedir), so the store's bare Python, started with -m,
+    # found no module named offload, and every hook decided alone.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
     try:
         started = subprocess.Popen(
             [sys.executable, "-m", "offload.hook.coordinator", state, path, str(ready_write)],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -168,6 +173,11 @@ def _coordinator(state: str, path: str) -> _socket.socket:
         if sock is None:
             started, logged = _start(state, path)
             sock = _connect(path)
+            if sock is None and started.poll() is None:
+                # Too slow to listen: stopped before the lock goes, or it would bind later
+                # over the socket of the one the next hook starts.
+                started.kill()
+                started.wait()
     finally:
         os.close(lock)
     if sock is None:
