@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import resource
 import signal
 import socket
 import sys
@@ -49,6 +50,9 @@ from offload.procfs import running
 __all__ = ["IDLE_SECONDS", "IDLE_VARIABLE", "Coordinator", "main", "stop_coordinators"]
 
 IDLE_SECONDS = 120.0  # as long as the ssh masters persist (offload.transport.shared)
+# How long a hook that cannot be taken (no descriptor left) waits in the backlog per try.
+_ACCEPT_PAUSE = 0.1
+_DESCRIPTORS = 1 << 16
 IDLE_VARIABLE = (
     "OFFLOAD_HOOK_IDLE"  # seconds, to override it (the tests' coordinators idle out fast)
 )
@@ -75,8 +79,12 @@ class Coordinator:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._signalled, signum)
         if ready_fd is not None:
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
+            try:
+                os.write(ready_fd, b"ready\n")
+            except BrokenPipeError:  # the hook that started us gave up (Ctrl-C): it kills us
+                self._stop.set()
+            finally:
+                os.close(ready_fd)
         sweep_leftovers()
         accepting = asyncio.create_task(self._accept(self._server))
         self._arm_idle()
@@ -89,7 +97,13 @@ class Coordinator:
                 task.cancel()
             await asyncio.wait([accepting, *self._served])
             await self.keep.aclose()
-            self.pid_file.unlink(missing_ok=True)
+            self._forget_pid()
+
+    def _forget_pid(self) -> None:
+        """The pid file goes, unless a successor (started while this one closed) wrote its own."""
+        with contextlib.suppress(OSError, ValueError):
+            if int(self.pid_file.read_text()) == os.getpid():
+                self.pid_file.unlink()
 
     def _signalled(self, signum: int) -> None:
         if self._served:  # the hooks it leaves say it stopped, and point at this log
@@ -125,8 +139,20 @@ class Coordinator:
 
     async def _accept(self, server: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        failing = False
         while True:
-            conn, _ = await loop.sock_accept(server)
+            try:
+                conn, _ = await loop.sock_accept(server)
+            except OSError as exc:
+                # Out of descriptors (EMFILE, ENFILE) or memory: one failure ended the loop,
+                # and every hook after it waited for good. It waits in the backlog until a
+                # build ends and frees some.
+                if not failing:
+                    note(f"cannot take a hook now ({exc.strerror or exc}); trying again")
+                failing = True
+                await asyncio.sleep(_ACCEPT_PAUSE)
+                continue
+            failing = False
             task = asyncio.create_task(self._connection(conn))
             self._served.add(task)
             self._disarm_idle()
@@ -297,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state, path, ready = Path(args[0]), Path(args[1]), int(args[2])
     configure()
+    _more_descriptors()
     if sys.version_info < (3, 12):
         # 3.11's default watches each child from a thread of its own; every build starts a few
         # processes, and pidfds (which 3.12 uses by itself) cost the event loop nothing.
@@ -306,6 +333,18 @@ def main(argv: list[str] | None = None) -> int:
         idle = max(0.0, float(os.environ.get(IDLE_VARIABLE, IDLE_SECONDS)))
     asyncio.run(Coordinator(state, path, idle).run(ready))
     return 0
+
+
+def _more_descriptors() -> None:
+    """More open files, up to ``_DESCRIPTORS`` and this user's hard limit: the coordinator
+    inherits the first hook's soft limit (often 1024 under a nix-build) and holds a few per
+    hook served, more per build."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Bounded: what it starts inherits it, and a program may close every descriptor below.
+        wanted = _DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, _DESCRIPTORS)
+        if wanted > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 if __name__ == "__main__":

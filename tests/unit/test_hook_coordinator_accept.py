@@ -1,0 +1,65 @@
+"""The coordinator's accept loop outlives running out of descriptors.
+
+One EMFILE from ``accept`` ended the loop for good: the socket still listened, so every later
+hook connected and waited forever for its first byte. Run in a process of its own, whose limit
+of open files is lowered to a few more than it holds; the hooks are real connections from
+another process, each served (held open) a moment, as a build holds its hook's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+_SCRIPT = """
+import asyncio, os, resource, socket, subprocess, sys, types
+from offload.hook.coordinator import Coordinator
+
+path, hooks = sys.argv[1], 20
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+server.listen(64)
+server.setblocking(False)
+clients = subprocess.Popen([sys.executable, "-c", (
+    "import socket, sys, time\\n"
+    "held = []\\n"
+    "for _ in range(%d):\\n"
+    "    s = socket.socket(socket.AF_UNIX)\\n"
+    "    s.connect(sys.argv[1])\\n"
+    "    held.append(s)\\n"
+    "for s in held:\\n"
+    "    s.recv(1)\\n"  # until the coordinator has served it and let it go
+) % hooks, path])
+served = []
+
+async def connection(conn):
+    await asyncio.sleep(0.2)  # a build under way holds its hook's descriptor
+    served.append(1)
+    conn.close()
+
+async def main():
+    stub = types.SimpleNamespace(_served=set(), _connection=connection)
+    stub._disarm_idle = lambda: None
+    stub._done = stub._served.discard
+    used = len(os.listdir("/proc/self/fd"))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 6, hard))
+    accepting = asyncio.create_task(Coordinator._accept(stub, server))
+    while len(served) < hooks and not accepting.done():
+        await asyncio.sleep(0.05)
+    print(len(served), accepting.done())
+
+asyncio.run(main())
+clients.wait(timeout=30)
+"""
+
+
+def test_hooks_past_the_descriptor_limit_wait_and_are_served(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(tmp_path / "s.sock")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["20", "False"]  # every hook served, the loop still on
+    assert done.stderr.count("cannot take a hook now") >= 1  # said once per streak
