@@ -8,9 +8,12 @@ another process, each served (held open) a moment, as a build holds its hook's.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from offload.hook.coordinator import Coordinator
 
 _SCRIPT = """
 import asyncio, os, resource, socket, subprocess, sys, types
@@ -63,3 +66,15 @@ def test_hooks_past_the_descriptor_limit_wait_and_are_served(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["20", "False"]  # every hook served, the loop still on
     assert done.stderr.count("cannot take a hook now") >= 1  # said once per streak
+
+
+def test_a_coordinator_that_ends_leaves_a_successors_pid_file(tmp_path: Path) -> None:
+    # Its end (sessions closed, history written) can take seconds, and a successor started
+    # meanwhile writes the same pid file: removing it hid the live coordinator.
+    ending = Coordinator(tmp_path, tmp_path / "hook.sock", 0.0)
+    ending.pid_file.write_text("999999999\n")  # the successor's
+    ending._forget_pid()
+    assert ending.pid_file.read_text() == "999999999\n"
+    ending.pid_file.write_text(f"{os.getpid()}\n")  # its own
+    ending._forget_pid()
+    assert not ending.pid_file.exists()
