@@ -44,7 +44,6 @@ from urllib.parse import quote, unquote
 from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.history.nix_logs import default_drvs_dir
-from offload.names import LOCAL
 from offload.numerals import is_decimal
 from offload.paths import state_dir
 from offload.spelling import meant
@@ -405,7 +404,7 @@ class LogRecorder:
             if writer is not None:
                 writer.close()
                 if self._for_nix and event.status in ("built", "failed"):
-                    keep_for_nix(event.drv_path, event.machine, writer.path, started=event.started)
+                    keep_for_nix(event.drv_path, writer.path, started=event.started)
                 if stopped:
                     path = writer.path
                     self._stopped[key] = path.replace(
@@ -437,16 +436,14 @@ def nix_log_path(drv_path: str, env: Mapping[str, str] | None = None) -> Path:
     return default_drvs_dir(env) / name[:2] / f"{name[2:]}.bz2"
 
 
-def keep_for_nix(
-    drv_path: str, machine: str, text: Path, target: Path | None = None, *, started: float
-) -> bool:
-    """A builder's log copied where Nix keeps logs, so `nix log` finds it; False when that
-    directory is not ours to write (not root, no daemon's log dir). Builds on this machine are
-    Nix's own and logged by it. The copy's time is the build's start (``started``), before the
-    file's birth: ``NixLogs`` reads a build's time from a log's birth to its last change, and
-    this copy's birth is not the build's (offload's history has the build)."""
-    if machine == LOCAL:
-        return False
+def keep_for_nix(drv_path: str, text: Path, target: Path | None = None, *, started: float) -> bool:
+    """A build's log copied where Nix keeps logs, so `nix log` finds it; False when that
+    directory is not ours to write (not root, no daemon's log dir). Builds on this machine too:
+    offload runs them through ``nix-store --serve``, which keeps no log (Nix's serve sets
+    ``keepLog`` false), and `nix-store -l` found none after a build nix-build would have logged.
+    The copy's time is the build's start (``started``), before the file's birth: ``NixLogs``
+    reads a build's time from a log's birth to its last change, and this copy's birth is not
+    the build's (offload's history has the build)."""
     target = nix_log_path(drv_path) if target is None else target
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     try:

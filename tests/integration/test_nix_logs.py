@@ -1,4 +1,4 @@
-"""Build logs where Nix keeps them: `nix-store -l` finds a build offload ran on a builder, and
+"""Build logs where Nix keeps them: `nix-store -l` finds a build offload ran, and
 `offload log` finds one Nix ran. Real Nix, the real local fleet."""
 
 from __future__ import annotations
@@ -8,27 +8,22 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from offload.fleet import Fleet
 from offload.logs import nix_log_path
 from tests.helpers.nix_files import nix_file
 from tests.helpers.offload_run import offload, offload_env
 
 
-def test_nix_store_l_reads_the_log_of_a_remote_build(fleet: Fleet, tmp_path: Path) -> None:
-    words = f"remote-words-{uuid.uuid4().hex}"
+@pytest.mark.parametrize("remote", [True, False], ids=["builder", "this-machine"])
+def test_nix_store_l_reads_the_log_of_a_build(fleet: Fleet, tmp_path: Path, remote: bool) -> None:
+    # A build on this machine too: offload runs it through nix-store --serve, which keeps no
+    # log, and `nix-store -l` said "not available" where nix-build's build had one.
+    words = f"{'remote' if remote else 'local'}-words-{uuid.uuid4().hex}"
     file = nix_file(tmp_path, f'{{ t = mk "t" "echo {words}; echo > $out" {{}}; }}\n')
-    done = offload(
-        fleet,
-        tmp_path,
-        file,
-        "-A",
-        "t",
-        "--builders",
-        f"@{fleet.machines_file}",
-        "-j",
-        "0",
-        "--no-out-link",
-    )
+    where = ["--builders", f"@{fleet.machines_file}", "-j", "0"] if remote else ["--builders", ""]
+    done = offload(fleet, tmp_path, file, "-A", "t", *where, "--no-out-link")
     assert done.returncode == 0, done.stderr
     out = done.stdout.strip()
     drv = subprocess.run(

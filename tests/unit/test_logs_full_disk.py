@@ -48,7 +48,7 @@ def test_a_log_copied_for_nix_that_does_not_fit_leaves_no_temporary(tmp_path: Pa
         with log.open("wb") as out:  # random: bzip2 cannot make it small
             out.write(os.urandom(150_000))
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-        kept = keep_for_nix("/nix/store/abcdef-x.drv", "fast", log, Path("drvs/x.bz2"), started=1.0)
+        kept = keep_for_nix("/nix/store/abcdef-x.drv", log, Path("drvs/x.bz2"), started=1.0)
         print(kept, sorted(os.listdir("drvs")))
         """,
     )

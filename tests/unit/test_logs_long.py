@@ -36,7 +36,7 @@ def test_a_long_log_is_copied_for_nix_whole(tmp_path: Path) -> None:
     log = tmp_path / "long.log"
     log.write_bytes(b"line\r" * (3 * 2**20) + b"end\n")
     target = tmp_path / "nix" / "log"
-    assert keep_for_nix(DRV, "fast", log, target, started=1000.0)
+    assert keep_for_nix(DRV, log, target, started=1000.0)
     assert bz2.decompress(target.read_bytes()) == log.read_bytes()
     assert target.stat().st_mtime == 1000.0
 

@@ -88,7 +88,7 @@ def test_a_log_changed_before_its_birth_says_nothing(tmp_path: Path) -> None:
     text.write_text("built\n")
     drv = f"/nix/store/{HASH}-copied-1.0.drv"
     target = drvs / HASH[:2] / f"{HASH[2:]}-copied-1.0.drv.bz2"
-    assert keep_for_nix(drv, "fast", text, target, started=1_000_000.0)
+    assert keep_for_nix(drv, text, target, started=1_000_000.0)
     assert target.stat().st_mtime == 1_000_000.0
     assert NixLogs(drvs).durations({"copied"}) == {}
 
