@@ -27,11 +27,29 @@ def test_quiet_is_plain_lines_with_the_warnings_whatever_the_format(log_format: 
 
 
 @pytest.mark.parametrize(
+    ("argv", "mode"),
+    [
+        ((), None),
+        (("--check",), "check"),
+        (("--repair", "--check"), "check"),
+        (("--check", "--repair"), "repair"),
+    ],
+)
+def test_the_last_of_check_and_repair_holds_as_in_nix_build(
+    argv: tuple[str, ...], mode: str | None
+) -> None:
+    # --repair --check repaired; nix-build's buildMode is the last one given.
+    assert _args(*argv).mode == mode
+
+
+@pytest.mark.parametrize(
     ("argv", "kind"),
     [
         ((), "auto"),
         (("--log-format", "bar"), "auto"),
         (("--log-format", "raw"), "plain"),
+        # Nix 2.8's too (nix-build takes it; offload refused it as no choice of its own).
+        (("--log-format", "raw-with-logs"), "plain"),
         (("--json",), "json"),
         (("--quiet", "--json"), "json"),
         (("--log-format", "internal-json", "--quiet"), "nixjson"),

@@ -316,6 +316,31 @@ def test_a_refused_store_flag_is_named_as_given(
     assert err.endswith(f"\nhint: {hint}\n")
 
 
+@pytest.mark.parametrize(
+    "flag",
+    ["--repeat x", "--log-lines -1", "--min-free 1K", "--http-connections 1.5", "--tarball-ttl ''"],
+)
+def test_a_whole_number_setting_takes_what_nix_takes(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # nix-build 2.8: "error: setting 'repeat' has invalid value 'x'", exit 1; offload passed
+    # it on, Nix warned, and the run went on.
+    name, value = flag.split(" ", 1)
+    value = "" if value == "''" else value
+    status, err = _offload(["build", "-A", "x", name, value], capsys)
+    assert status == 1
+    _one_error(err)
+    assert f"setting '{name[2:]}' has invalid value '{value}'" in err
+
+
+def test_whole_number_settings_and_relaxed_sandbox_as_nix_build_takes_them() -> None:
+    parser = root_parser()
+    args = parser.parse_args(
+        ["build", "-A", "x", "--repeat", "+2", "--min-free", "1024", "--relaxed-sandbox"]
+    )
+    assert args.option == [("repeat", "+2"), ("min-free", "1024"), ("sandbox", "relaxed")]
+
+
 def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str]) -> None:
     """It said 'raw: plain lines; bar: live', nothing of bar-with-logs or internal-json."""
     with pytest.raises(SystemExit):

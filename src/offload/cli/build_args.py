@@ -63,7 +63,15 @@ VALUE_SETTINGS = _words(
     "sandbox-build-dir sandbox-dev-shm-size stalled-download-timeout system tarball-ttl "
     "user-agent-suffix"
 )
-LOG_FORMATS = ("raw", "internal-json", "bar", "bar-with-logs")
+# The settings Nix 2.8 holds as whole numbers: it refuses any other value ("setting 'repeat'
+# has invalid value 'x'") where offload only passed it on, and Nix's warning let the run go.
+WHOLE_SETTINGS = _words(
+    "build-poll-interval connect-timeout download-attempts gc-reserved-space http-connections "
+    "log-lines max-build-log-size max-free min-free min-free-check-interval nar-buffer-size "
+    "narinfo-cache-negative-ttl narinfo-cache-positive-ttl repeat stalled-download-timeout "
+    "tarball-ttl"
+)
+LOG_FORMATS = ("raw", "raw-with-logs", "internal-json", "bar", "bar-with-logs")
 
 
 def _setting(name: str, parse: Callable[[str], str] = str) -> Callable[[str], tuple[str, str]]:
@@ -85,6 +93,17 @@ def _count(text: str) -> str:
     if value >= 1 << 64:
         raise argparse.ArgumentTypeError(f"'{text}' is too large")
     return str(value)
+
+
+def _whole(name: str) -> Callable[[str], str]:
+    """A whole number as Nix 2.8 reads one for setting ``name`` (an optional "+", no unit)."""
+
+    def parse(text: str) -> str:
+        if re.fullmatch(r"\+?[0-9]+", text, flags=re.ASCII) is None or int(text) >= 1 << 64:
+            raise argparse.ArgumentTypeError(f"setting '{name}' has invalid value '{text}'")
+        return text
+
+    return parse
 
 
 def _nix_settings(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +148,9 @@ def _nix_settings(parser: argparse.ArgumentParser) -> None:
     for name in BOOL_SETTINGS:
         flag(f"--{name}", name, "true")
         flag(f"--no-{name}", name, "false")
+    flag("--relaxed-sandbox", "sandbox", "relaxed")
     for name in (*LIST_SETTINGS, *VALUE_SETTINGS):
-        valued(name)
+        valued(name, _whole(name) if name in WHOLE_SETTINGS else str)
     for name in LIST_SETTINGS:
         valued(f"extra-{name}")
 
@@ -189,8 +209,21 @@ def _evaluation(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--impure", action="store_true", help="as nix-build (its default)")
     group.add_argument("--override-flake", nargs=2, action="append", default=[], metavar="REF")
     # nix-build's --check and --repair: carried out by the local Nix (see build.py).
-    group.add_argument("--check", action="store_true", help="build the requested ones again")
-    group.add_argument("--repair", action="store_true", help="repair corrupt paths (local Nix)")
+    # One place for both: nix-build takes the last of them (its buildMode).
+    group.add_argument(
+        "--check",
+        dest="mode",
+        action="store_const",
+        const="check",
+        help="build the requested ones again",
+    )
+    group.add_argument(
+        "--repair",
+        dest="mode",
+        action="store_const",
+        const="repair",
+        help="repair corrupt paths (local Nix)",
+    )
 
 
 def _output(parser: argparse.ArgumentParser) -> None:
@@ -208,7 +241,8 @@ def _output(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
-        help="raw: plain lines; bar: the live view without build logs; bar-with-logs: with them;"
+        help="raw, raw-with-logs: plain lines; bar: the live view without build logs;"
+        " bar-with-logs: with them;"
         " internal-json: Nix's @nix lines on stderr (for nom --json)",
     )
     group.add_argument(

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from offload.backoff import Health
 from offload.booleans import nix_bool
@@ -293,7 +293,7 @@ def _kind(args: argparse.Namespace) -> RendererKind:
         return "plain"
     if args.log_format is not None:
         # bar: the live view where it can be one, plain lines into a file, as Nix's bar.
-        return "plain" if args.log_format == "raw" else "auto"
+        return "plain" if args.log_format in {"raw", "raw-with-logs"} else "auto"
     return "auto"
 
 
@@ -380,7 +380,7 @@ def build(
         backoff=backoff,
         run=run,
         shared=shared,
-        check=args.check,  # nothing is built for it: Nix checks only what was built before
+        check=args.mode == "check",  # nothing is built for it: Nix checks what was built before
         nix_said=_nix_lines if nix_json(args) else None,
     )
     # Quiet when nothing was to do; and where stderr is for a program (internal-json).
@@ -396,9 +396,8 @@ def build(
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"
         raise OffloadError(msg)
-    if args.check or args.repair:
-        mode: Literal["check", "repair"] = "repair" if args.repair else "check"
-        realise_again(graph.roots, mode, pool.local_env(), realise_flags(args))
+    if args.mode is not None:
+        realise_again(graph.roots, args.mode, pool.local_env(), realise_flags(args))
     _results(args, graph)
     forget_old(state)
     return 0
