@@ -68,11 +68,18 @@ def test_a_failing_builder_exits_100_with_its_log_and_registers_nothing(fleet, t
         "medium",
     )
     assert done.returncode == 100, done.stderr
-    assert f"it-broke-{salt}" in done.stderr  # the log tail
+    # Its log, once: shown as it ran, and not again as a tail (nix-build shows none then).
+    assert done.stderr.count(f"it-broke-{salt}") == 1
+    assert "log lines of" not in done.stderr
     assert "error: " in done.stderr
     assert done.stdout == ""
     assert not valid_locally(out_path(file, "bad"))
     assert not (tmp_path / "result").exists()
+    hidden = offload(fleet, tmp_path, file, "-A", "bad", "--builders", "", "-Q")
+    assert hidden.returncode == 100, hidden.stderr
+    # -Q: the log was not shown, so its tail is, as nix-build -Q shows it.
+    assert "last 2 log lines of bad:" in hidden.stderr
+    assert hidden.stderr.count(f"it-broke-{salt}") == 1
 
 
 @pytest.mark.parametrize("where", [("--on", "medium"), ("--on", "local", "-j", "1")])

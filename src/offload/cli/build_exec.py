@@ -390,9 +390,12 @@ def build(
     if args.report is not None:
         _write_report(state, report.run_id, args.report, renderer, kept=kept)
     if report.failed:
-        if not nix_json(args):  # there, the log went as lines of the build's activity
+        shown = _print_logs(args) and not args.json
+        # As nix-build: the tail only where the log was not shown (-Q, --log-format bar,
+        # --json); shown, it came twice. With internal-json it went as the activity's lines.
+        if not shown and not nix_json(args):
             _print_log_tails(BuildLogs(state / "logs"), report.failed, _log_lines(pool))
-        raise build_failed(report, logs_kept=kept, logs_shown=_print_logs(args) and not args.json)
+        raise build_failed(report, logs_kept=kept, logs_shown=shown)
     if report.skipped:
         msg = f"{len(report.skipped)} derivation(s) were not built"
         raise OffloadError(msg)
