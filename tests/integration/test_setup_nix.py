@@ -17,9 +17,9 @@ import pytest
 from offload.setup.builder import (
     CLIENT_ALIVE_COUNT_MAX,
     CLIENT_ALIVE_INTERVAL,
+    TUNING,
     BuilderSetup,
     builder_files,
-    nix_conf_lines,
     sshd_lines,
 )
 from offload.setup.client import Builder, ClientSetup, client_files, ssh_config_text
@@ -161,8 +161,10 @@ def test_the_keys_command_runs_the_system_profiles_nix_store(tmp_path: Path, key
 
 
 def test_nix_takes_the_nix_conf_lines(tmp_path: Path, key: Any) -> None:
-    (tmp_path / "nix.conf").write_text("trusted-users = root\n" + nix_conf_lines(
-        BuilderSetup("nixremote", key)))  # fmt: skip
+    # What the script appends to a nix.conf that sets none of them (test_setup_script.py).
+    tuning = "".join(f"{name} = {value}\n" for name, value in TUNING)
+    (tmp_path / "nix.conf").write_text("trusted-users = root\nextra-trusted-users = nixremote\n"
+                                       + tuning)  # fmt: skip
     env = {**os.environ, "NIX_CONF_DIR": str(tmp_path), "NIX_USER_CONF_FILES": ""}
     env.pop("NIX_CONFIG", None)
     done = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "show-config"],

@@ -159,6 +159,11 @@ def test_the_script_sets_a_builder_up_and_a_second_run_changes_nothing(host: Hos
     assert conf.count("extra-trusted-users = nixremote\n") == 1
     sshd = (host.etc / "ssh" / "sshd_config").read_text()
     assert sshd.count("Match User nixremote\n") == 1
+    # One connection carries a session per build slot: sshd's 10 refused those past it.
+    spec = "user=nixremote,host=client,addr=127.0.0.1"
+    said = host.run(f"/usr/sbin/sshd -T -C {spec} -f /etc/ssh/sshd_config")
+    assert said.returncode == 0, said.stderr
+    assert "maxsessions 256" in said.stdout.splitlines()
     nix_users = next(
         g for g in (host.etc / "group").read_text().splitlines() if g.startswith("nix-users:")
     )
@@ -185,6 +190,25 @@ def test_the_script_sets_a_builder_up_and_a_second_run_changes_nothing(host: Hos
     assert third.returncode == 0, third.stderr
     assert host.files() == before
     assert host.systemctl.read_text().splitlines() == [*restarts, "reload ssh", *restarts]
+
+
+def test_the_hosts_own_nix_tuning_wins(host: Host) -> None:
+    # Appended last, the script's max-jobs, cores, min-free and max-free won over the
+    # host's (Nix takes a setting's last line), where the NixOS module's mkDefault yields.
+    conf = host.etc / "nix" / "nix.conf"
+    conf.parent.mkdir(exist_ok=True)
+    conf.write_text("cores = 4\n  min-free = 5000000000\n")
+    done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert done.returncode == 0, done.stderr
+    env = {"PATH": os.environ["PATH"], "NIX_CONF_DIR": str(conf.parent), "NIX_USER_CONF_FILES": ""}
+    shown = subprocess.run(
+        ["nix", "--extra-experimental-features", "nix-command", "show-config"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    settings = dict(line.split(" = ", 1) for line in shown.splitlines() if " = " in line)
+    assert (settings["cores"], settings["min-free"]) == ("4", "5000000000")
+    assert settings["max-free"] == str(10 * 1024**3)  # the host set none: the script's
+    assert "nixremote" in settings["trusted-users"].split()
 
 
 def test_a_session_through_the_build_user_reaches_the_nix_daemon(

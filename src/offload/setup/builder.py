@@ -20,7 +20,9 @@ distributed builds", the NixOS & Flakes book, Nix's manual), in one place:
   200 MiB leave builds failing on a full disk before the collector helps), every core
   (``max-jobs = auto``, ``cores = 0``), and the nix-daemon kept from taking the machine's
   memory (``MemoryMax``) and killed first when memory runs out (``OOMScoreAdjust``);
-- sshd lines that take the rest away from that user (no forwarding, tty or tunnel), and drop
+- sshd lines that take the rest away from that user (no forwarding, tty or tunnel), let one
+  connection carry a session per build slot (``MaxSessions``: sshd's 10 refused the sessions
+  past it that offload runs over one connection to a builder of 10 jobs or more), and drop
   its connections once the client has not answered for a minute (``ClientAliveInterval``: off
   by default, so a client host that goes away without closing them, suspended or cut off,
   would keep its builds running there and their slots held until they end; a client that
@@ -50,10 +52,10 @@ __all__ = [
     "MAX_FREE",
     "MIN_FREE",
     "SERVE_COMMAND",
+    "TUNING",
     "BuilderSetup",
     "authorized_keys_line",
     "builder_files",
-    "nix_conf_lines",
     "sshd_lines",
 ]
 
@@ -66,6 +68,10 @@ NR_BUILD_USERS = 64
 # beyond any live client's answer (offload's ssh gives up on a silent builder after 12 s).
 CLIENT_ALIVE_INTERVAL = 15
 CLIENT_ALIVE_COUNT_MAX = 4
+# Sessions one connection may carry: offload runs one per build slot and one more over a
+# builder's one connection (``transport.links.machine``), and every core is a slot (max-jobs
+# auto). sshd's own 10 refused them on a builder of 10 cores or more.
+MAX_SESSIONS = 256
 MODULE_FILE = "offload-builder.nix"
 SCRIPT_FILE = "offload-builder.sh"
 
@@ -96,14 +102,10 @@ def authorized_keys_line(setup: BuilderSetup, nix_store: str = "nix-store") -> s
     return f'restrict,command="{nix_store} {SERVE_COMMAND}" {setup.key.line}'
 
 
-def nix_conf_lines(setup: BuilderSetup) -> str:
-    return (
-        f"extra-trusted-users = {setup.user}\n"
-        "max-jobs = auto\n"
-        "cores = 0\n"
-        f"min-free = {MIN_FREE}\n"
-        f"max-free = {MAX_FREE}\n"
-    )
+# The seeds' tuning, each set only where nix.conf does not set it already (as the NixOS
+# module's mkDefault: the host's own value wins).
+TUNING = (("max-jobs", "auto"), ("cores", "0"), ("min-free", str(MIN_FREE)),
+          ("max-free", str(MAX_FREE)))  # fmt: skip
 
 
 def sshd_lines(setup: BuilderSetup) -> str:
@@ -117,6 +119,7 @@ def sshd_lines(setup: BuilderSetup) -> str:
         "  PasswordAuthentication no\n"
         f"  ClientAliveInterval {CLIENT_ALIVE_INTERVAL}\n"
         f"  ClientAliveCountMax {CLIENT_ALIVE_COUNT_MAX}\n"
+        f"  MaxSessions {MAX_SESSIONS}\n"
         "Match all\n"
     )
 
@@ -352,11 +355,12 @@ setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups sh -c '
     return _SSH_DIR + step
 
 
-def _nix(setup: BuilderSetup) -> str:
+def _nix() -> str:
     limits = _heredoc(_daemon_limits())
     return f"""\
 # 3. nix.conf: the user is trusted, and the tuning (garbage collection at 1 GiB free until
-#    10 GiB are, every core). Later lines win in nix.conf: check nothing below overrides them.
+#    10 GiB are, every core) where nix.conf has none of its own. Later lines win in nix.conf:
+#    check nothing below overrides them.
 #    Written whole or not at all (a copy replaces it), so the mark is never there alone.
 #    A restart owed (a run that changed them and stopped before restarting) is marked by a
 #    file, so that running this again restarts the daemon: it reads trusted-users at start.
@@ -371,7 +375,15 @@ if ! grep -qxF "# offload setup builder: $user" /etc/nix/nix.conf 2>/dev/null; t
   new=/etc/nix/nix.conf.offload-new
   cp -p /etc/nix/nix.conf "$new"
   ended "$new"
-  {{ echo "# offload setup builder: $user"; cat {_heredoc(nix_conf_lines(setup))}}} >>"$new"
+  {{
+    echo "# offload setup builder: $user"
+    echo "extra-trusted-users = $user"
+    # Appended last, a line here won over the host's own: max-jobs, cores and the
+    # garbage collection's bounds are set only where nix.conf does not set them yet.
+    for setting in {" ".join(shlex.quote(f"{k} = {v}") for k, v in TUNING)}; do
+      grep -qE "^[[:space:]]*${{setting%% *}}[[:space:]]*=" "$new" || echo "$setting"
+    done
+  }} >>"$new"
   touch "$pending"
   mv "$new" /etc/nix/nix.conf
   restart=yes
@@ -415,7 +427,7 @@ echo "builder ready: user $user; now run offload setup client on the client"
 
 def shell_script(setup: BuilderSetup) -> str:
     """The script for a host without NixOS: the user and key, nix.conf and the daemon, sshd."""
-    return f"{_preamble(setup)}{_user()}{_key(setup)}\n{_nix(setup)}{_sshd(setup)}"
+    return f"{_preamble(setup)}{_user()}{_key(setup)}\n{_nix()}{_sshd(setup)}"
 
 
 def builder_files(setup: BuilderSetup) -> list[tuple[str, str]]:
