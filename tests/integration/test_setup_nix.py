@@ -91,7 +91,11 @@ def test_the_builder_module_parses_and_says_what_it_should(
         _default(1024**3),
         _default(10 * 1024**3),
     )
-    assert (settings["max-jobs"], settings["cores"]) == (_default("auto"), _default(0))
+    # NixOS's own defaults ("auto", 0), left to it: a mkDefault here met an older
+    # hardware-configuration.nix's nix.maxJobs = lib.mkDefault 8 at the same priority, and
+    # the evaluation stopped ("conflicting definition values").
+    assert "max-jobs" not in settings
+    assert "cores" not in settings
     assert got["nix"]["nrBuildUsers"] == _default(64)
     assert got["services"]["openssh"]["extraConfig"] == sshd_lines(setup)
     limits = got["systemd"]["services"]["nix-daemon"]["serviceConfig"]

@@ -163,8 +163,8 @@ def nixos_module(setup: BuilderSetup) -> str:
   nix.settings = {{
     # Building derivations sent over ssh and importing unsigned paths need a trusted user.
     trusted-users = {nix_list(["root", user])};
-    max-jobs = lib.mkDefault "auto";
-    cores = lib.mkDefault 0;
+    # max-jobs and cores are NixOS's own defaults ("auto", 0): set here too, they conflicted
+    # with an older hardware-configuration.nix's nix.maxJobs = lib.mkDefault 8.
     # Collect garbage when less than 1 GiB is free, until 10 GiB are.
     min-free = lib.mkDefault (1024 * 1024 * 1024);
     max-free = lib.mkDefault (10 * 1024 * 1024 * 1024);
