@@ -324,6 +324,11 @@ def test_a_key_added_by_hand_without_restriction_is_restricted(host: Host, mode:
     done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
     assert done.returncode == 0, done.stderr
     assert host.keys("nixremote") == [OTHER, _wanted()]
+    # Said: that line may have served ssh-ng:// machines lines, which now fail.
+    assert "the line of this key in /var/lib/nixremote/.ssh/authorized_keys is replaced" in (
+        done.stderr
+    )
+    assert host.run(shell_script(BuilderSetup("nixremote", KEY))).stderr == ""  # once
     keys = host.var_lib / "nixremote" / ".ssh" / "authorized_keys"
     assert keys.stat().st_mode & 0o777 == 0o600
     assert keys.stat().st_uid == keys.parent.stat().st_uid != 0

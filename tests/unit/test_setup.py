@@ -258,6 +258,18 @@ def test_root_as_the_build_user_is_refused_before_anything_is_written(
     assert not out.exists()
 
 
+def test_a_second_key_is_refused_not_the_first_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The last --key was taken and the first left out, without a word.
+    out = tmp_path / "out"
+    argv = ["setup", "builder", "--key", KEY_LINE, "--key", KEY_LINE, "--write", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --key given 2 times: setup builder authorizes one client key")
+    assert not out.exists()
+
+
 def test_the_builder_files_hold_the_tuning() -> None:
     (module_name, module), (script_name, script) = builder_files(BuilderSetup("nixremote", KEY))
     assert (module_name, script_name) == ("offload-builder.nix", "offload-builder.sh")
@@ -265,10 +277,11 @@ def test_the_builder_files_hold_the_tuning() -> None:
         "nrBuildUsers = lib.mkDefault 64",
         'MemoryMax = lib.mkDefault "90%"',
         "OOMScoreAdjust = lib.mkDefault 500",
-        "cores = lib.mkDefault 0",
+        "min-free = lib.mkDefault (1024 * 1024 * 1024)",
     ):
         assert text in module
-    assert "extra-trusted-users = nixremote" in script
+    assert 'echo "extra-trusted-users = $user"' in script
+    assert "'max-jobs = auto' 'cores = 0'" in script  # each where nix.conf sets none
     assert "sshd -t -f" in script
 
 

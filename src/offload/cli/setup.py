@@ -70,8 +70,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     builder.add_argument(
         "--user", default=DEFAULT_USER, help=f"build user (default {DEFAULT_USER})"
     )
+    # A list, so that a second one is refused, not the first dropped without a word.
     builder.add_argument(
-        "--key", metavar="PUBKEY|@FILE",
+        "--key", metavar="PUBKEY|@FILE", action="append",
         help="the client's public key, or @ and its .pub file (default: @ the default key's)",
     )  # fmt: skip
     builder.add_argument("--unrestricted", action="store_true", help=_RESTRICT_HELP)
@@ -131,7 +132,13 @@ def run_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _public_key(text: str | None) -> PublicKey:
+def _public_key(given: list[str] | None) -> PublicKey:
+    if given is not None and len(given) > 1:
+        raise ConfigError(
+            f"--key given {len(given)} times: setup builder authorizes one client key a run",
+            hint="run it once for each client's key: each run keeps the other keys' lines",
+        )
+    text = None if given is None else given[0]
     if text is None:
         default = default_key_path(os.geteuid(), os.environ)
         text = f"@{default}.pub"

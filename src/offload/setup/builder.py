@@ -345,6 +345,11 @@ setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups sh -c '
   chmod 0700 "$ssh"
   [ -e "$keys" ] || : >"$keys" || exit 1
   if ! grep -qxF "$want" "$keys"; then
+    if grep -F "$key" "$keys" | grep -qv "command="; then
+      echo "note: the line of this key in $keys is replaced; it ran any command, which" \\
+        "ssh-ng:// machines lines for this builder need: use ssh:// ones (setup client writes" \\
+        "them), or --unrestricted" >&2
+    fi
     new=$(mktemp "$keys.XXXXXX") || exit 1
     {{ grep -vF "$key" "$keys" || [ $? -eq 1 ]; }} >"$new" && printf "%s\\n" "$want" >>"$new" &&
       mv "$new" "$keys" || {{ rm -f "$new"; exit 1; }}
