@@ -192,6 +192,22 @@ def test_the_script_sets_a_builder_up_and_a_second_run_changes_nothing(host: Hos
     assert host.systemctl.read_text().splitlines() == [*restarts, "reload ssh", *restarts]
 
 
+def test_a_host_not_linux_is_refused_before_any_change(host: Host, tmp_path: Path) -> None:
+    # macOS was told to install util-linux; a host without systemctl had the user, its key
+    # and nix.conf made, then `systemctl daemon-reload` failed, and so did every run after.
+    before = host.files()
+    darwin = tmp_path / "darwin"
+    darwin.mkdir()
+    (darwin / "uname").write_text("#!/bin/sh\necho Darwin\n")
+    (darwin / "uname").chmod(0o755)
+    host.path = f"{darwin}:{host.path}"
+    done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert done.returncode == 1
+    assert done.stderr.startswith("this script is for Linux with systemd;")
+    assert host.files() == before
+    assert "nixremote" not in (host.etc / "passwd").read_text()
+
+
 def test_the_hosts_own_nix_tuning_wins(host: Host) -> None:
     # Appended last, the script's max-jobs, cores, min-free and max-free won over the
     # host's (Nix takes a setting's last line), where the NixOS module's mkDefault yields.

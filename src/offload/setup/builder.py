@@ -193,6 +193,11 @@ def _preamble(setup: BuilderSetup) -> str:
 set -eu
 user={shlex.quote(setup.user)}
 home=/var/lib/{setup.user}
+# Linux with systemd (useradd, setpriv, stat -c and the nix-daemon's unit): elsewhere a step
+# failed halfway, after the user, the key and nix.conf were made, and every run again.
+[ "$(uname -s)" = Linux ] && command -v systemctl >/dev/null ||
+  {{ echo "this script is for Linux with systemd; on another host, make the user, its" \
+      "authorized_keys line and trusted-users by hand (README, A short tour)" >&2; exit 1; }}
 # The nix-store the key's command runs: the system profile's where there is one (root's
 # PATH may start at /root/.nix-profile, which the build user cannot reach), else PATH's.
 nix_store=/nix/var/nix/profiles/default/bin/nix-store
