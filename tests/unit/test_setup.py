@@ -14,7 +14,15 @@ from offload.cli import main
 from offload.config.machines import parse_machines
 from offload.errors import ConfigError
 from offload.setup.builder import BuilderSetup, authorized_keys_line, builder_files
-from offload.setup.client import Builder, ClientSetup, Overrides, client_files, machines_text
+from offload.setup.client import (
+    SSH_CONFIG_FILE,
+    Builder,
+    ClientSetup,
+    Overrides,
+    client_files,
+    machines_text,
+    where_they_go,
+)
 from offload.setup.files import render, write_files
 from offload.setup.key import DAEMON_KEY, default_key_path
 from offload.setup.nix_text import attr_name, indented, nix_list, nix_string
@@ -414,3 +422,10 @@ def test_a_directory_made_for_the_files_is_at_most_0755_and_goes_if_they_fail(
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "up").stat().st_mode & 0o777 == 0o755
     assert not (tmp_path / "new").exists()
+
+
+def test_the_ssh_alias_goes_where_the_daemon_reads_it() -> None:
+    # NIX_SSHOPTS='-F FILE' was offered: the nix-daemon's hook never sees a user's shell's.
+    (said,) = where_they_go([SSH_CONFIG_FILE]).values()
+    assert said.startswith("append to /root/.ssh/config (the nix-daemon runs ssh as root")
+    assert "-F FILE" not in said

@@ -163,8 +163,8 @@ def where_they_go(names: Sequence[str]) -> dict[str, str]:
     """One line per file: where it goes on a host without NixOS (NixOS: the module)."""
     places = {
         MACHINES_FILE: "/etc/nix/machines (or give it to offload/nix-build as --builders @FILE)",
-        SSH_CONFIG_FILE: "append to /root/.ssh/config (the nix-daemon runs ssh as root) or "
-        "~/.ssh/config, or pass NIX_SSHOPTS='-F FILE'",
+        SSH_CONFIG_FILE: "append to /root/.ssh/config (the nix-daemon runs ssh as root, and"
+        " reads no NIX_SSHOPTS of a user's shell) or ~/.ssh/config (offload build as you)",
         KNOWN_HOSTS_FILE: "append to /etc/ssh/ssh_known_hosts, for `ssh NAME` by hand",
         NIX_CONF_FILE: "append to /etc/nix/nix.conf, then restart nix-daemon",
         MODULE_FILE: "NixOS: instead of all the above",
