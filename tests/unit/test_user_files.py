@@ -33,7 +33,7 @@ reader, name = sys.argv[1], sys.argv[2]
 calls = {
     "dag": lambda: load_dag(Path(name)),
     "toml": lambda: load_offload_toml(Path(name), {}),
-    "key": lambda: _public_key("@" + name),
+    "key": lambda: _public_key(["@" + name]),
     "fleet": lambda: load_state(Path(name).parent),
 }
 try:
