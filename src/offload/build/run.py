@@ -47,6 +47,7 @@ from offload.build.members import (
 )
 from offload.build.nix_said import heard
 from offload.build.plan import estimated_plan
+from offload.build.post_hook import run_post_build_hook
 from offload.build.prebuilt import FetchFailed, fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
@@ -57,6 +58,7 @@ from offload.names import LOCAL
 from offload.nix_results import result_links
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
+from offload.scheduler.run.copy import AfterHome
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
 from offload.transport.links import LocalLink
@@ -67,6 +69,15 @@ __all__ = ["SLOW_GRACE", "out_links", "run_build"]
 # Seconds a builder may stay silent, once the graph could be read, before the run starts
 # without it. A healthy one answers well within: its connect began with the evaluation.
 SLOW_GRACE = 1.5
+
+
+def _post_build_hook(pool: Pool) -> AfterHome | None:
+    """Nix's ``post-build-hook``, run for each build on a builder once its outputs are here
+    (``offload.build.post_hook``); None when the local Nix names none."""
+    program = pool.nix_settings.get("post-build-hook")
+    if not program:
+        return None
+    return functools.partial(run_post_build_hook, program, env=pool.local_env())
 
 
 async def run_build(
@@ -95,6 +106,8 @@ async def run_build(
     more, the run tells ``cut_short`` its report so far (``interrupted``, ``stranded``) before
     the exception goes on: what it built is still worth keeping."""
     late: dict[str, asyncio.Task[None]] = {}
+    after_home = _post_build_hook(pool)
+    fetch_all = fetch_all or after_home is not None  # every build's outputs, for the hook
     async with (
         _opened_first(emit) as told,  # the run's first event first
         # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
@@ -124,6 +137,7 @@ async def run_build(
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")), joining=late,
                 home=None if fetch_all else {drv for drv, _ in roots}, explain=_explainer(pool),
                 build_options=options, local_boot_id=local_boot_id(), keep_going=keep_going,
+                after_home=after_home,
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)

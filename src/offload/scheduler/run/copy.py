@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
@@ -42,7 +42,14 @@ from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
 from offload.store.provenance import NOT_MADE, Provenance, refused_paths
 
-__all__ = ["BuildCopies", "Outcome", "local_store_failed", "send_closure", "with_error"]
+__all__ = [
+    "AfterHome",
+    "BuildCopies",
+    "Outcome",
+    "local_store_failed",
+    "send_closure",
+    "with_error",
+]
 
 # Seconds a cut-off copy may spend deleting what it left half-written on its builder.
 PARTIAL_CLEANUP_TIMEOUT = 3.0
@@ -74,6 +81,11 @@ class _Onward:
     moved: int = 0
 
 
+# What runs once a derivation built elsewhere has its outputs valid here: (derivation, its
+# outputs, where its lines go). An OffloadError of it fails the build.
+AfterHome = Callable[[str, Sequence[str], Callable[[str], None]], Awaitable[None]]
+
+
 def local_store_failed(error: BaseException) -> TypeGuard[OffloadError]:
     """Whether a copy failed on the local store's side: its serve session's errors, and a
     session of it that could not start (a nix-daemon restarted by a nixos-rebuild meanwhile,
@@ -103,8 +115,12 @@ class BuildCopies:
         on_full: Callable[[str, str], None] = lambda _drv, _machine: None,
         on_slot: Callable[[str, str], None] = lambda _drv, _machine: None,
         expected_end: Callable[[str, str], float] | None = None,
+        after_home: AfterHome | None = None,
     ) -> None:
         self.plan = plan
+        # Told each derivation built elsewhere once its outputs are valid here, with its
+        # outputs and where its lines go; its error fails the build (Nix's post-build-hook).
+        self.after_home = after_home
         self.options = options
         self.members = members
         self.local = local
@@ -366,7 +382,11 @@ class BuildCopies:
         """The outputs of ``drv_path`` made valid here (with the other builds' there that
         end meanwhile: ``homeward``); the bytes that came for it."""
         self.events.phase(drv_path, machine, "fetching", speculative=False)
-        return await self._home.fetch(machine, drv_path, self.plan.outputs[drv_path])
+        outputs = self.plan.outputs[drv_path]
+        moved = await self._home.fetch(machine, drv_path, outputs)
+        if self.after_home is not None:
+            await self.after_home(drv_path, outputs, self.events.log_handler(drv_path, machine))
+        return moved
 
     async def _vet(
         self, machine: str, infos: Sequence[PathInfo], *, onward: _Onward | None = None

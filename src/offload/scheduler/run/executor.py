@@ -32,7 +32,7 @@ from offload.history.records import RunReport
 from offload.protocol.serve import BuildOptions
 from offload.scheduler.dag import JobState
 from offload.scheduler.policy import Move, Policy, Speculate, Start, Wait
-from offload.scheduler.run.copy import BuildCopies, Outcome
+from offload.scheduler.run.copy import AfterHome, BuildCopies, Outcome
 from offload.scheduler.run.endings import MAX_LOSSES, Endings
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
@@ -72,6 +72,7 @@ class Executor(Endings):
         wall: Callable[[], float] = time.time,
         build_options: BuildOptions | None = None,
         local_boot_id: str | None = None,  # this host's kernel (offload.load)
+        after_home: AfterHome | None = None,
     ) -> None:
         self.plan = plan
         self.members = {m.spec.name: m for m in members}
@@ -98,17 +99,23 @@ class Executor(Endings):
         self._events = RunEvents(
             plan, self.members, self.policy, self.report, emit=emit, log_sink=log_sink,
             wall=wall, clock=clock)  # fmt: skip
-        # Builders still connecting: held out of the run until their task ends (``_joined``).
-        self._joining = {task: name for name, task in (joining or {}).items()}
-        self._unreachable = {
-            name: self._explain(name, error) for name, error in (unreachable or {}).items()
-            if name in self.members
-        }  # fmt: skip
+        self._track_joining(joining or {}, unreachable or {})
         self._track_copies()
         self._restored = self._restore(backoff or {})
         self._poke = asyncio.Event()  # set when a copy's news may change the decisions
         self._full, self.loads = self._capacity_watchers(local_boot_id)
-        self._copies = self._build_copies(slots, build_options)
+        self._copies = self._build_copies(slots, build_options, after_home)
+
+    def _track_joining(
+        self, joining: Mapping[str, asyncio.Task[None]], unreachable: Mapping[str, str]
+    ) -> None:
+        """Builders still connecting, held out of the run until their task ends (``_joined``),
+        and those that could not be reached, in the user's words."""
+        self._joining = {task: name for name, task in joining.items()}
+        self._unreachable = {
+            name: self._explain(name, error) for name, error in unreachable.items()
+            if name in self.members
+        }  # fmt: skip
 
     def _track_copies(self) -> None:
         """The run's copies as they go: under way, since when, coming home, lost, halted; and
@@ -140,7 +147,10 @@ class Executor(Endings):
         return full, loads
 
     def _build_copies(
-        self, slots: SlotLocks | None, build_options: BuildOptions | None
+        self,
+        slots: SlotLocks | None,
+        build_options: BuildOptions | None,
+        after_home: AfterHome | None,
     ) -> BuildCopies:
         # Nix's per-build settings (timeouts, log size) are sent with every build.
         return BuildCopies(
@@ -148,7 +158,7 @@ class Executor(Endings):
             wall=self.wall, clock=self.clock,
             options=BuildOptions() if build_options is None else build_options,
             on_full=self._full.full, on_slot=self._full.slot_taken,
-            expected_end=self._expected_end,
+            expected_end=self._expected_end, after_home=after_home,
         )  # fmt: skip
 
     def _expected_end(self, drv_path: str, machine: str) -> float:

@@ -1,0 +1,66 @@
+"""Nix's ``post-build-hook`` for the builds a run has on builders.
+
+Nix runs the program its ``post-build-hook`` setting names after each build it registers here,
+its own and those its build hook brought home (``DerivationGoal::buildDone``), with
+``DRV_PATH`` and ``OUT_PATHS`` (the outputs, blank-separated) added to its environment: that is
+how people upload what they build to a cache, or sign it. A build on this machine runs it
+already, as its ``nix-store --serve`` is this host's Nix. One on a builder runs the builder's
+setting, never this host's: so a run whose local Nix names a hook has every build's outputs
+brought home, as Nix's own hook does, and runs it for each once they are valid here
+(``offload.scheduler.run.copy``'s ``after_home``).
+
+Its output (stdout and stderr) goes to the build's log lines, as Nix shows it under the build.
+One that fails fails the build, in Nix's words ("program '...' failed with exit code 1"),
+its outputs valid here all the same (nix-build stops at it), and the run goes on as for any
+failed build (on with ``-k``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+from offload.errors import NotStarted, StoreError
+from offload.names import LOCAL
+from offload.process import spawn
+
+__all__ = ["run_post_build_hook"]
+
+
+async def run_post_build_hook(
+    program: str,
+    drv_path: str,
+    outputs: Sequence[str],
+    said: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None,
+) -> None:
+    """Run ``program`` for ``drv_path`` built with ``outputs``, its lines told to ``said``;
+    ``StoreError`` (this host's, not a builder's) when it fails or cannot be started.
+    ``env``: the local store's (None: this process's)."""
+    # The local store's environment (the run's --option in NIX_CONFIG), as Nix gives its own.
+    hook_env = {
+        **(os.environ if env is None else env),
+        "DRV_PATH": drv_path,
+        "OUT_PATHS": " ".join(sorted(outputs)),
+    }
+    try:
+        async with spawn([program], env=hook_env, stdin=False) as proc:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            await asyncio.gather(_lines(proc.stdout, said), _lines(proc.stderr, said))
+            code = await proc.wait()
+    except NotStarted as exc:
+        error = StoreError(f"cannot run post-build-hook '{program}': {exc.message}")
+    else:
+        if code == 0:
+            return
+        error = StoreError(f"program '{program}' failed with exit code {code}")
+    error.peer = LOCAL  # this host's hook: no builder is to blame
+    raise error
+
+
+async def _lines(stream: asyncio.StreamReader, said: Callable[[str], None]) -> None:
+    while line := await stream.readline():
+        said(line.decode(errors="replace").rstrip("\n"))
