@@ -38,6 +38,8 @@ __all__ = ["Channels", "Hello", "open_channels", "parse_hello", "receive_hello"]
 
 _MAX_HELLO = 4 << 20  # an environment is a few KiB; this is not one
 _MAX_FDS = 3
+# Bytes of a build's log that may wait unread for Nix before more is left out (``_writer``).
+LOG_BACKLOG = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,14 @@ class _Closed(asyncio.BaseProtocol):
             self.closed.set_result(None)
 
 
-async def _writer(fd: int | None) -> tuple[Sink, Callable[[], Awaitable[None]]]:
-    """A non-blocking sink for ``fd`` and how to flush and close it."""
+async def _writer(
+    fd: int | None, cap: int | None = None
+) -> tuple[Sink, Callable[[], Awaitable[None]]]:
+    """A non-blocking sink for ``fd`` and how to flush and close it. With ``cap``, what comes
+    while that many bytes wait unread is dropped, and said (one line, once it has drained by
+    half): under the nix-daemon, a client that stops reading (a paused pager) stops the
+    daemon's worker reading the hook's log, and the coordinator, serving every hook, held
+    the whole build's log in memory for it."""
     if fd is None:
         return (lambda _data: None), _nothing
     loop = asyncio.get_running_loop()
@@ -160,9 +168,21 @@ async def _writer(fd: int | None) -> tuple[Sink, Callable[[], Awaitable[None]]]:
 
         return sink, close_fd
 
+    dropped = 0
+
     def write(data: bytes) -> None:
-        if not transport.is_closing():
-            transport.write(data)
+        nonlocal dropped
+        if transport.is_closing():
+            return
+        waiting = transport.get_write_buffer_size()
+        if cap is not None and (waiting > cap or (dropped and waiting > cap // 2)):
+            dropped += len(data)
+            return
+        if dropped:
+            said = f"offload-hook: {dropped} bytes of log left out: Nix was not reading\n"
+            transport.write(said.encode())
+            dropped = 0
+        transport.write(data)
 
     async def close() -> None:
         transport.close()
@@ -216,5 +236,5 @@ async def open_channels(fds: dict[int, int], *, replay: bytes = b"") -> Channels
     else:
         reader.feed_eof()
     err, close_err = await _writer(fds.get(2))
-    log, close_log = await _writer(fds.get(4))
+    log, close_log = await _writer(fds.get(4), LOG_BACKLOG)
     return Channels(reader, HookIO(err, log), [*closers, close_log, close_err])
