@@ -18,14 +18,36 @@ failed build (on with ``-k``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 
+from offload.config.pool import Pool
 from offload.errors import NotStarted, StoreError
 from offload.names import LOCAL
 from offload.process import spawn
+from offload.scheduler.run.copy import AfterHome
 
-__all__ = ["run_post_build_hook"]
+__all__ = ["post_build_hook", "run_post_build_hook"]
+
+# The longest piece of a hook's line told at once.
+_LINE = 64 << 10
+
+
+def post_build_hook(pool: Pool, euid: int) -> tuple[AfterHome | None, str | None]:
+    """What runs the local Nix's ``post-build-hook`` after each build on a builder (None when
+    it names none), and a warning when it is not run here: where this process is not root,
+    the nix-daemon runs it, as root, for the builds it makes, and here it would run as this
+    user, without root's keys or credentials, and fail builds that succeeded."""
+    program = pool.nix_settings.get("post-build-hook")
+    if not program:
+        return None, None
+    if euid != 0:
+        return None, (
+            f"post-build-hook '{program}' is the nix-daemon's to run, as root: the builds on"
+            " builders do not get it (run offload as root for them to)"
+        )
+    return functools.partial(run_post_build_hook, program, env=pool.local_env()), None
 
 
 async def run_post_build_hook(
@@ -62,5 +84,16 @@ async def run_post_build_hook(
 
 
 async def _lines(stream: asyncio.StreamReader, said: Callable[[str], None]) -> None:
-    while line := await stream.readline():
-        said(line.decode(errors="replace").rstrip("\n"))
+    """``stream``'s lines to ``said``; one longer than ``_LINE`` comes in pieces of that size
+    (readline raised ValueError past the stream's limit, and the run ended with it)."""
+    pending = b""
+    while chunk := await stream.read(_LINE):
+        pending += chunk
+        *whole, pending = pending.split(b"\n")
+        for line in whole:
+            said(line.decode(errors="replace"))
+        while len(pending) >= _LINE:
+            said(pending[:_LINE].decode(errors="replace"))
+            pending = pending[_LINE:]
+    if pending:
+        said(pending.decode(errors="replace"))

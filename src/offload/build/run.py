@@ -47,7 +47,6 @@ from offload.build.members import (
 )
 from offload.build.nix_said import heard
 from offload.build.plan import estimated_plan
-from offload.build.post_hook import run_post_build_hook
 from offload.build.prebuilt import FetchFailed, fetch_existing, report_substituted
 from offload.build.sessions import open_sessions, warming
 from offload.config.pool import Pool
@@ -71,15 +70,6 @@ __all__ = ["SLOW_GRACE", "out_links", "run_build"]
 SLOW_GRACE = 1.5
 
 
-def _post_build_hook(pool: Pool) -> AfterHome | None:
-    """Nix's ``post-build-hook``, run for each build on a builder once its outputs are here
-    (``offload.build.post_hook``); None when the local Nix names none."""
-    program = pool.nix_settings.get("post-build-hook")
-    if not program:
-        return None
-    return functools.partial(run_post_build_hook, program, env=pool.local_env())
-
-
 async def run_build(
     roots: Roots,
     pool: Pool,
@@ -98,24 +88,21 @@ async def run_build(
     cut_short: Callable[[RunReport, DrvGraph], None] | None = None,
     check: bool = False,  # nix-build --check: a root to be built is refused, nothing built
     nix_said: Callable[[str], None] | None = None,  # default: the local store's lines, stderr
+    after_home: AfterHome | None = None,  # run once a build's outputs are here (post_hook)
 ) -> tuple[RunReport, DrvGraph]:
-    """Build what ``roots`` need over ``pool``; on success their outputs are valid locally. The
-    others stay where they were built unless a local build needs them, or ``fetch_all``, as in
-    Nix. ``roots`` may be a function evaluating them, run in a thread as the sessions open.
-    Stopped while building (Ctrl-C, SIGTERM), or with work left that no machine can take any
-    more, the run tells ``cut_short`` its report so far (``interrupted``, ``stranded``) before
-    the exception goes on: what it built is still worth keeping."""
+    """Build what ``roots`` need over ``pool`` (or a function evaluating them, run in a thread
+    as the sessions open). On success their outputs are valid here, the others where they
+    were built unless needed here or ``fetch_all`` (``after_home``: Nix's post-build-hook).
+    Stopped (Ctrl-C, SIGTERM) or stranded, the run tells ``cut_short`` what it built so far
+    (``interrupted``, ``stranded``: still worth keeping) before the exception goes on."""
     late: dict[str, asyncio.Task[None]] = {}
-    after_home = _post_build_hook(pool)
-    fetch_all = fetch_all or after_home is not None  # every build's outputs, for the hook
     async with (
         _opened_first(emit) as told,  # the run's first event first
         # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
         LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
         pool_members(pool, local_link, env, fallbacks, shared) as members,
     ):
-        tell_unstopped(members, told)
-        _tell_refused(pool, told)
+        _tell_refused(pool, members, told)
         remote = _remote(members, backoff or {})
         unreachable: dict[str, str] = {}
         caches = CacheFaults(told, {LOCAL: pool.nix_settings.words("substituters")})
@@ -145,10 +132,12 @@ async def run_build(
     return report, graph
 
 
-def _tell_refused(pool: Pool, told: Callable[[Event], None]) -> None:
-    """Each builder of the machines given that offload never connects to (``not_connected``:
-    a name ssh would read as an option, a pinned key of no ssh key), told down with why, as
-    one that did not answer is: in --json and the summary, not only in a warning at the start."""
+def _tell_refused(pool: Pool, members: list[PoolMember], told: Callable[[Event], None]) -> None:
+    """What an earlier run could not stop (``tell_unstopped``), and each builder of the
+    machines given that offload never connects to (``not_connected``: a name ssh would read
+    as an option, a pinned key of no ssh key), told down with why, as one that did not answer
+    is: in --json and the summary, not only in a warning at the start."""
+    tell_unstopped(members, told)
     for machine in pool.refused:
         why = f"{machine.not_connected}: offload does not connect to it ({machine.source})"
         told(MachineEvent(machine.name, "down", why, until=None, time=time.time()))

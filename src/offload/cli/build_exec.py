@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections import deque
@@ -17,6 +18,7 @@ from typing import Any
 from offload.backoff import Health
 from offload.booleans import nix_bool
 from offload.build import DrvGraph, Roots, out_links, run_build
+from offload.build.post_hook import post_build_hook
 from offload.cli.build import remembered_backoff
 from offload.cli.build_args import nix_json, realise_flags
 from offload.cli.build_keep import (
@@ -202,9 +204,7 @@ def execute(
                     env=env,
                     slots=slot_locks(state),
                     backoff=remembered_backoff(state, retry_now) if backoff is None else backoff,
-                    fetch_all=fetch_all,
-                    # The same timeouts and log limit Nix's build hook passes on.
-                    options=_build_options(pool),
+                    **_from_settings(pool, fetch_all=fetch_all),
                     fallbacks=state / FALLBACK_FILE,
                     shared=shared,
                     cut_short=lambda report, graph: cut.append((report, graph)),
@@ -242,6 +242,21 @@ def _closed(recorder: LogRecorder) -> OffloadError | None:
     except OSError as exc:
         return OffloadError(str(exc))
     return None
+
+
+def _from_settings(pool: Pool, *, fetch_all: bool) -> dict[str, Any]:
+    """What the local Nix's settings give a run: the timeouts and log limit Nix's build hook
+    passes on with each build, and its post-build-hook for the builds on builders (their
+    outputs then all come home for it; ``offload.build.post_hook``), or the warning that it
+    is not run here."""
+    after_home, not_run = post_build_hook(pool, os.geteuid())
+    if not_run is not None:
+        print(f"warning: {not_run}", file=sys.stderr)
+    return {
+        "options": _build_options(pool),
+        "after_home": after_home,
+        "fetch_all": fetch_all or after_home is not None,
+    }
 
 
 def _build_options(pool: Pool) -> BuildOptions:

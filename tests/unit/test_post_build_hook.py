@@ -1,0 +1,71 @@
+"""Nix's post-build-hook as offload runs it for builds on builders (``offload.build.post_hook``):
+real programs; the fleet's end-to-end runs are in tests/integration/test_post_build_hook.py."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from offload.build.post_hook import post_build_hook, run_post_build_hook
+from offload.config.pool import Pool
+from offload.errors import StoreError
+from offload.names import LOCAL
+
+DRV = "/nix/store/" + "a" * 32 + "-x.drv"
+OUTS = ["/nix/store/" + "b" * 32 + "-x-dev", "/nix/store/" + "c" * 32 + "-x"]
+
+
+def _script(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "hook.sh"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def _run(program: str) -> list[str]:
+    said: list[str] = []
+    asyncio.run(run_post_build_hook(program, DRV, OUTS, said.append, env={"PATH": "/bin"}))
+    return said
+
+
+def test_the_hook_gets_the_derivation_and_its_outputs_and_its_lines_are_told(
+    tmp_path: Path,
+) -> None:
+    # A line longer than the stream's limit raised ValueError: the run ended with it.
+    body = 'echo "$DRV_PATH"; echo "$OUT_PATHS" >&2; head -c 3000000 /dev/zero | tr "\\0" x'
+    said = _run(_script(tmp_path, body))
+    assert said[:2] == [DRV, " ".join(sorted(OUTS))]
+    assert "".join(said[2:]) == "x" * 3_000_000
+    assert max(len(line) for line in said) <= 64 << 10
+
+
+def test_a_hook_that_fails_or_cannot_start_is_this_hosts_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as failed:
+        _run(_script(tmp_path, "exit 3"))
+    assert failed.value.message == f"program '{tmp_path / 'hook.sh'}' failed with exit code 3"
+    assert failed.value.peer == LOCAL  # no builder is to blame
+    with pytest.raises(StoreError, match=r"^cannot run post-build-hook '/nonexistent/hook'"):
+        _run("/nonexistent/hook")
+
+
+def _pool(program: str) -> Pool:
+    return cast("Pool", types.SimpleNamespace(
+        nix_settings={"post-build-hook": program}, local_env=lambda: None
+    ))  # fmt: skip
+
+
+def test_the_hook_is_run_here_by_root_only() -> None:
+    # Not root, the nix-daemon runs it as root for its builds: here it would run without
+    # root's keys, and fail builds that succeeded.
+    assert post_build_hook(_pool(""), 0) == (None, None)
+    run, note = post_build_hook(_pool("/etc/nix/upload.sh"), 0)
+    assert run is not None
+    assert note is None
+    run, note = post_build_hook(_pool("/etc/nix/upload.sh"), 1000)
+    assert run is None
+    assert note is not None
+    assert note.startswith("post-build-hook '/etc/nix/upload.sh' is the")
