@@ -63,8 +63,8 @@ VALUE_SETTINGS = _words(
     "sandbox-build-dir sandbox-dev-shm-size stalled-download-timeout system tarball-ttl "
     "user-agent-suffix"
 )
-# The settings Nix 2.8 holds as whole numbers: it refuses any other value ("setting 'repeat'
-# has invalid value 'x'") where offload only passed it on, and Nix's warning let the run go.
+# The settings Nix holds as whole numbers: it refuses any other value ("setting 'repeat' has
+# invalid value 'x'") where offload only passed it on, and Nix's warning let the run go.
 WHOLE_SETTINGS = _words(
     "build-poll-interval connect-timeout download-attempts gc-reserved-space http-connections "
     "log-lines max-build-log-size max-free min-free min-free-check-interval nar-buffer-size "
@@ -96,12 +96,16 @@ def _count(text: str) -> str:
 
 
 def _whole(name: str) -> Callable[[str], str]:
-    """A whole number as Nix 2.8 reads one for setting ``name`` (an optional "+", no unit)."""
+    """A whole number for setting ``name``, as the local Nix gets it: digits, a unit prefix
+    (K, M, G, T) read as Nix 2.24 and later read one (``_count``), so that Nix 2.8, which reads
+    none, gets the same number; anything else refused in Nix's words."""
 
     def parse(text: str) -> str:
-        if re.fullmatch(r"\+?[0-9]+", text, flags=re.ASCII) is None or int(text) >= 1 << 64:
-            raise argparse.ArgumentTypeError(f"setting '{name}' has invalid value '{text}'")
-        return text
+        try:
+            return _count(text.removeprefix("+"))
+        except argparse.ArgumentTypeError:
+            msg = f"setting '{name}' has invalid value '{text}'"
+            raise argparse.ArgumentTypeError(msg) from None
 
     return parse
 
