@@ -96,11 +96,15 @@ def test_on_other_nix_the_nix_conf_line_is_printed_where_nix_reads_it(
 
 
 def test_a_hook_path_with_a_blank_is_refused_with_a_way_round() -> None:
-    # Nix 2.17 and later split build-hook into words: every build ran "/opt/my" or failed.
+    # Nix 2.10 and later split build-hook into words: every build ran "/opt/my" or failed.
     with pytest.raises(ConfigError, match="Nix splits build-hook on blanks: /opt/my apps/") as e:
-        install_text(Path("/opt/my apps/offload-hook"), LocalNix((2, 30)))
+        install_text(Path("/opt/my apps/offload-hook"), LocalNix((2, 10)))
     assert e.value.hint is not None
     assert "ln -s" in e.value.hint
+    # Nix 2.8 and 2.9 take the setting whole.
+    assert "build-hook = /opt/my apps/offload-hook\n" in install_text(
+        Path("/opt/my apps/offload-hook"), LocalNix((2, 9))
+    )
 
 
 def test_a_lix_that_speaks_capn_proto_to_its_hook_is_told_it_cannot_run_it() -> None:

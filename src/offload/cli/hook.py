@@ -78,8 +78,10 @@ def install_text(path: Path, nix: LocalNix | None, conf_dir: str = "/etc/nix") -
             " offload-hook speaks Nix's\n# line protocol and cannot serve it. Use `offload"
             " build` for builds on the builders.\n"
         )
-    if any(char.isspace() for char in str(path)):
-        # Nix 2.17 on splits build-hook into words, and ran the first (or failed every build).
+    splits = nix is None or nix.lix or nix.version >= (2, 10)
+    if splits and any(char.isspace() for char in str(path)):
+        # Nix 2.10 on splits build-hook into words (its sources), and ran the first, or
+        # failed every build; 2.8 and 2.9 take it whole.
         raise ConfigError(
             f"offload-hook's path has a blank, and Nix splits build-hook on blanks: {path}",
             hint="link it from a path without one (ln -s ... /usr/local/bin/offload-hook) and"

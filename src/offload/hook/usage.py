@@ -1,6 +1,6 @@
 """``offload-hook`` run by a person: what it is, and how Nix is told to start it.
 
-Nix starts its build hook itself, as ``offload-hook VERBOSITY`` (a number; Nix 2.17 and later
+Nix starts its build hook itself, as ``offload-hook VERBOSITY`` (a number; Nix 2.10 and later
 put the ``build-hook`` setting's own arguments before it), with the hook protocol on stdin, a
 pipe. So ``--help``, ``--version`` or another option with no number after it, no number last
 at all (a script's start, stdin a pipe or /dev/null), or a terminal on stdin, is a person at a
