@@ -383,3 +383,46 @@ def test_the_dir_help_names_the_state_directory_the_default_fleet_follows(
         main([*command, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "$OFFLOAD_FLEET_DIR, else the state directory's: $OFFLOAD_STATE_DIR/fleet" in help_text
+
+
+def test_a_lock_on_a_fleet_directory_removed_meanwhile_is_let_go(tmp_path):
+    # `down --purge` removes the directory it holds: an `up` waiting on it held a lock on a
+    # removed directory, and a third one took the path's new directory alongside it.
+    import fcntl
+    import os
+    import shutil
+    import threading
+
+    from offload.fleet.manager import _locked
+
+    fleet_dir = tmp_path / "f"
+    holding, done = threading.Event(), threading.Event()
+
+    def up() -> None:
+        with _locked(fleet_dir):
+            holding.set()
+            done.wait(30)
+
+    with _locked(fleet_dir):
+        number = f":{fleet_dir.stat().st_ino} "
+        waiting = threading.Thread(target=up)
+        waiting.start()
+        # Until it waits on the lock: /proc/locks shows a blocked flock as "-> FLOCK".
+        while not any("->" in line and number in line for line in _proc_locks()):
+            assert waiting.is_alive()
+        shutil.rmtree(fleet_dir)
+        os.mkdir(fleet_dir)  # what another up makes meanwhile
+    assert holding.wait(30)
+    third = os.open(fleet_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(BlockingIOError):  # the waiter holds the new directory's lock
+            fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(third)
+        done.set()
+        waiting.join(timeout=30)
+
+
+def _proc_locks() -> list[str]:
+    with open("/proc/locks") as locks:  # noqa: PTH123
+        return locks.read().splitlines()

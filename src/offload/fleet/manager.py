@@ -123,21 +123,38 @@ def _up(fleet_dir: Path, specs: Sequence[MemberSpec]) -> Fleet:
 def _locked(fleet_dir: Path) -> Iterator[None]:
     """The fleet directory (made if new) held for one ``fleet_up`` or ``fleet_down`` at a time:
     two ups at once both started every member (two sshds on one store), or one took the
-    other's half-made key for files of the directory's own."""
+    other's half-made key for files of the directory's own. The lock is the directory's own:
+    one a ``down --purge`` removed while this waited is let go, and the path's new one taken."""
+    while True:
+        fd = _opened(fleet_dir)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            with contextlib.suppress(OSError):  # removed: no directory there now
+                # A removed one has no links left, and its number may be the new one's.
+                if held.st_nlink > 0 and fleet_dir.stat().st_ino == held.st_ino:
+                    break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _opened(fleet_dir: Path) -> int:
+    """The fleet directory, made if new, open for its lock."""
     try:
         fleet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         check_owned(fleet_dir)  # made by someone else meanwhile: exist_ok takes it
-        fd = os.open(fleet_dir, os.O_RDONLY | os.O_DIRECTORY)
+        return os.open(fleet_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:  # a file there, or a parent one may not write
         raise FleetError(
             f"cannot use {fleet_dir} as the fleet directory: {exc.strerror or exc}",
             hint="name a new or empty directory of your own with --dir",
         ) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _stop_started(fleet_dir: Path, records: Iterable[MemberRecord]) -> list[MemberRecord]:
@@ -157,13 +174,15 @@ def _stop_started(fleet_dir: Path, records: Iterable[MemberRecord]) -> list[Memb
 def _kept_and_dead(
     fleet_dir: Path, previous: FleetState | None, specs: Sequence[MemberSpec]
 ) -> tuple[dict[str, MemberRecord], list[MemberRecord]]:
-    """The recorded members still running as asked, by name, and the ones no longer running;
-    one running with another spec, or not asked for, is an error."""
+    """The recorded members still running as asked, by name, and the ones no longer running
+    (or never seen to start); one running with another spec, or not asked for, is an error."""
     wanted = {s.name: s for s in specs}
     kept: dict[str, MemberRecord] = {}
     dead: list[MemberRecord] = []
     for record in previous.members if previous else ():
-        if not is_ours(record.pid, record.start_time):
+        # One recorded as spawned, by an up killed before it listened: its namespace unknown,
+        # a down would leave its sessions; stopped and started again.
+        if not record.mnt_ns or not is_ours(record.pid, record.start_time):
             dead.append(record)
             continue
         if wanted.get(record.spec.name) != record.spec:
