@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import os
 import shlex
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import pytest
 from offload.cli import main
 from offload.errors import FleetError
 from offload.fleet import DEFAULT_SPECS, MemberSpec, default_fleet_dir, fleet_up
+from offload.fleet.manager import _locked
 from offload.fleet.records import FleetState, MemberRecord
 from offload.fleet.spec import (
     ForcedCommand,
@@ -388,13 +393,6 @@ def test_the_dir_help_names_the_state_directory_the_default_fleet_follows(
 def test_a_lock_on_a_fleet_directory_removed_meanwhile_is_let_go(tmp_path):
     # `down --purge` removes the directory it holds: an `up` waiting on it held a lock on a
     # removed directory, and a third one took the path's new directory alongside it.
-    import fcntl
-    import os
-    import shutil
-    import threading
-
-    from offload.fleet.manager import _locked
-
     fleet_dir = tmp_path / "f"
     holding, done = threading.Event(), threading.Event()
 
@@ -411,7 +409,7 @@ def test_a_lock_on_a_fleet_directory_removed_meanwhile_is_let_go(tmp_path):
         while not any("->" in line and number in line for line in _proc_locks()):
             assert waiting.is_alive()
         shutil.rmtree(fleet_dir)
-        os.mkdir(fleet_dir)  # what another up makes meanwhile
+        fleet_dir.mkdir()  # what another up makes meanwhile
     assert holding.wait(30)
     third = os.open(fleet_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
