@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from offload.hook.coordinator import Coordinator
 
 _SCRIPT = """
@@ -78,3 +80,22 @@ def test_a_coordinator_that_ends_leaves_a_successors_pid_file(tmp_path: Path) ->
     ending.pid_file.write_text(f"{os.getpid()}\n")  # its own
     ending._forget_pid()
     assert not ending.pid_file.exists()
+
+
+def test_the_coordinator_gives_what_it_starts_the_hooks_own_pythonpath(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Started with the hook's whole sys.path as PYTHONPATH (nixpkgs' wrapper sets none): an
+    # ssh ProxyCommand of another Python read this interpreter's standard library from it.
+    from offload.hook.client import KEPT_PYTHONPATH
+    from offload.hook.coordinator import _own_pythonpath
+
+    monkeypatch.setenv("PYTHONPATH", "/nix/store/x-python3/lib/python3.11")
+    monkeypatch.setenv(KEPT_PYTHONPATH, "")
+    _own_pythonpath()
+    assert "PYTHONPATH" not in os.environ
+    assert KEPT_PYTHONPATH not in os.environ
+    monkeypatch.setenv("PYTHONPATH", "/nix/store/x-python3/lib/python3.11")
+    monkeypatch.setenv(KEPT_PYTHONPATH, "/home/me/lib")
+    _own_pythonpath()
+    assert os.environ["PYTHONPATH"] == "/home/me/lib"

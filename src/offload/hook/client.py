@@ -125,6 +125,10 @@ def _connect(path: str) -> _socket.socket | None:
     return sock
 
 
+# The hook's own PYTHONPATH, for the coordinator to put back (empty: none, as Python reads it).
+KEPT_PYTHONPATH = "OFFLOAD_HOOK_PYTHONPATH"
+
+
 def _start(state: str, path: str) -> tuple[subprocess.Popen[bytes], int | None]:
     """Start a coordinator and wait until it listens (or has died trying); it, and what its
     log held before."""
@@ -138,7 +142,13 @@ def _start(state: str, path: str) -> tuple[subprocess.Popen[bytes], int | None]:
     # This process's own import path: nixpkgs' wrapper adds offload and its dependencies from
     # inside the hook's script (site.addsitedir), so the store's bare Python, started with -m,
     # found no module named offload, and every hook decided alone.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
+    # Its own value is kept for the coordinator to put back: its children (ssh, a ProxyCommand
+    # of another Python) must not get this interpreter's path.
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry),
+        KEPT_PYTHONPATH: os.environ.get("PYTHONPATH", ""),
+    }
     try:
         started = subprocess.Popen(
             [sys.executable, "-m", "offload.hook.coordinator", state, path, str(ready_write)],

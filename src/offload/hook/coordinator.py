@@ -38,7 +38,14 @@ import sys
 import time
 from pathlib import Path
 
-from offload.hook.client import ACCEPTED, ANSWERED, ASKED, REPLYING, SETTINGS
+from offload.hook.client import (
+    ACCEPTED,
+    ANSWERED,
+    ASKED,
+    KEPT_PYTHONPATH,
+    REPLYING,
+    SETTINGS,
+)
 from offload.hook.coordinator_log import configure, note
 from offload.hook.handover import Channels, Hello, open_channels, receive_hello
 from offload.hook.home import sweep_leftovers
@@ -323,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state, path, ready = Path(args[0]), Path(args[1]), int(args[2])
     configure()
+    _own_pythonpath()
     _more_descriptors()
     if sys.version_info < (3, 12):
         # 3.11's default watches each child from a thread of its own; every build starts a few
@@ -333,6 +341,19 @@ def main(argv: list[str] | None = None) -> int:
         idle = max(0.0, float(os.environ.get(IDLE_VARIABLE, IDLE_SECONDS)))
     asyncio.run(Coordinator(state, path, idle).run(ready))
     return 0
+
+
+def _own_pythonpath() -> None:
+    """The environment without the import path the hook gave this process (``client._start``),
+    so that what it starts gets the hook's own: a ProxyCommand of another Python read this
+    interpreter's standard library."""
+    kept = os.environ.pop(KEPT_PYTHONPATH, None)
+    if kept is None:
+        return
+    if not kept:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = kept
 
 
 def _more_descriptors() -> None:
