@@ -208,6 +208,17 @@ def test_a_host_not_linux_is_refused_before_any_change(host: Host, tmp_path: Pat
     assert "nixremote" not in (host.etc / "passwd").read_text()
 
 
+def test_an_earlier_runs_sshd_block_without_max_sessions_is_said(host: Host) -> None:
+    # Step 5 leaves a block that is there alone: one from before MaxSessions kept sshd's 10.
+    sshd = host.etc / "ssh" / "sshd_config"
+    sshd.write_text(sshd.read_text() + "Match User nixremote\n  PermitTTY no\nMatch all\n")
+    done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert done.returncode == 0, done.stderr
+    assert "block in /etc/ssh/sshd_config sets no MaxSessions: add 'MaxSessions 256'" in (
+        " ".join(done.stderr.split())
+    )
+
+
 def test_the_hosts_own_nix_tuning_wins(host: Host) -> None:
     # Appended last, the script's max-jobs, cores, min-free and max-free won over the
     # host's (Nix takes a setting's last line), where the NixOS module's mkDefault yields.

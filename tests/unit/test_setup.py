@@ -13,7 +13,7 @@ import pytest
 from offload.cli import main
 from offload.config.machines import parse_machines
 from offload.errors import ConfigError
-from offload.setup.builder import BuilderSetup, authorized_keys_line, builder_files
+from offload.setup.builder import BuilderSetup, authorized_keys_line, builder_files, shell_script
 from offload.setup.client import (
     SSH_CONFIG_FILE,
     Builder,
@@ -429,3 +429,10 @@ def test_the_ssh_alias_goes_where_the_daemon_reads_it() -> None:
     (said,) = where_they_go([SSH_CONFIG_FILE]).values()
     assert said.startswith("append to /root/.ssh/config (the nix-daemon runs ssh as root")
     assert "-F FILE" not in said
+
+
+def test_the_replaced_line_is_said_only_where_the_new_one_restricts_the_key() -> None:
+    # --unrestricted's line runs any command, as ssh-ng:// needs: nothing to say then.
+    assert "is replaced; it ran any command" in shell_script(BuilderSetup("nixremote", KEY))
+    unrestricted = shell_script(BuilderSetup("nixremote", KEY, restricted=False))
+    assert "is replaced; it ran any command" not in unrestricted

@@ -321,6 +321,15 @@ fi
 """
 
 
+_REPLACED_NOTE = """\
+    if grep -F "$key" "$keys" | grep -qv "command="; then
+      echo "note: the line of this key in $keys is replaced; it ran any command, which" \\
+        "ssh-ng:// machines lines for this builder need: use ssh:// ones (setup client writes" \\
+        "them), or --unrestricted" >&2
+    fi
+"""
+
+
 def _key(setup: BuilderSetup) -> str:
     key_data = shlex.quote(setup.key.data)
     if setup.restricted:
@@ -332,6 +341,8 @@ def _key(setup: BuilderSetup) -> str:
     else:
         line = f"printf '%s' {shlex.quote(authorized_keys_line(setup))}"
         shown = authorized_keys_line(setup)
+    # Said where the new line restricts the key: ssh-ng:// lines needed the old one.
+    replaced = _REPLACED_NOTE if setup.restricted else ""
     step = f"""\
 # 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line, replacing any
 #    other line of that key (one added by hand has no restriction):
@@ -350,12 +361,7 @@ setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups sh -c '
   chmod 0700 "$ssh"
   [ -e "$keys" ] || : >"$keys" || exit 1
   if ! grep -qxF "$want" "$keys"; then
-    if grep -F "$key" "$keys" | grep -qv "command="; then
-      echo "note: the line of this key in $keys is replaced; it ran any command, which" \\
-        "ssh-ng:// machines lines for this builder need: use ssh:// ones (setup client writes" \\
-        "them), or --unrestricted" >&2
-    fi
-    new=$(mktemp "$keys.XXXXXX") || exit 1
+{replaced}    new=$(mktemp "$keys.XXXXXX") || exit 1
     {{ grep -vF "$key" "$keys" || [ $? -eq 1 ]; }} >"$new" && printf "%s\\n" "$want" >>"$new" &&
       mv "$new" "$keys" || {{ rm -f "$new"; exit 1; }}
   fi
@@ -429,6 +435,12 @@ if ! grep -qxF "Match User $user" /etc/ssh/sshd_config; then
   sshd -t -f /etc/ssh/sshd_config.offload-new
   mv /etc/ssh/sshd_config.offload-new /etc/ssh/sshd_config
   systemctl reload ssh 2>/dev/null || systemctl reload sshd
+elif ! sed -n "/^Match User $user\\$/,/^Match all\\$/p" /etc/ssh/sshd_config | grep -q MaxSessions
+then
+  # An earlier run's block, from before it set MaxSessions: changed by hand, not here.
+  echo "note: the Match User $user block in /etc/ssh/sshd_config sets no MaxSessions: add" \\
+    "'MaxSessions {MAX_SESSIONS}' to it, or sshd refuses the sessions past 10 that offload" \\
+    "runs over one connection" >&2
 fi
 
 echo "builder ready: user $user; now run offload setup client on the client"
