@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from offload.errors import TransportError
+from offload.names import LOCAL
 from offload.procfs import proc_stat
 from offload.transport import scratch
 
@@ -105,6 +106,9 @@ def test_a_private_dir_that_cannot_be_written_is_an_error_and_leaves_nothing(
         return real_write(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(TransportError, match=r"cannot make a private directory in .*space left"):
+    with pytest.raises(
+        TransportError, match=r"cannot make a private directory in .*space left"
+    ) as e:
         scratch.private_dir()
+    assert e.value.peer == LOCAL  # this host's disk: each builder in turn was backed off for it
     assert list(short_tmp.iterdir()) == []

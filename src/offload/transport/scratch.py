@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from offload.errors import TransportError
+from offload.names import LOCAL
 from offload.procfs import is_ours, owner_line, pid_namespace
 
 __all__ = ["PREFIX", "private_dir", "sweep"]
@@ -48,10 +49,12 @@ def private_dir() -> Path:
         # (a directory without its owner is never swept).
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
-        raise TransportError(
+        error = TransportError(
             f"cannot make a private directory in {base}: {exc.strerror or exc}",
             hint="free space there (or point TMPDIR where there is room)",
-        ) from exc
+        )
+        error.peer = LOCAL  # this host's disk: no builder is to blame (nor backed off)
+        raise error from exc
     return made
 
 
