@@ -31,7 +31,9 @@ def instantiate(nodes: int) -> list[bytes]:
         graph = Path(scratch) / "graph.nix"
         graph.write_text(to_nix_expression(dag, salt=secrets.token_hex(4)), encoding="utf-8")
         listed = Path(scratch) / "all.nix"
-        listed.write_text(f"builtins.attrValues (import {graph})\n", encoding="utf-8")
+        # A set, or a list where a name is not one a set can give (``to_nix_expression``).
+        every = f"let g = import {graph}; in if builtins.isList g then g else builtins.attrValues g"
+        listed.write_text(every + "\n", encoding="utf-8")
         done = subprocess.run(
             ["nix-instantiate", str(listed)],
             capture_output=True,

@@ -167,10 +167,12 @@ _SHARING = frozenset("MSO")
 
 def without_sharing(words: Sequence[str]) -> list[str]:
     """``words`` (NIX_SSHOPTS) less ssh's connection-sharing flags and their arguments, read
-    as ssh's getopt reads them (``flag_arguments``), up to the first word that is not an
-    option. offload keeps its own connections, and its ``-o ControlPath`` came first in vain:
-    a ``-S`` replaces it, so sessions rode whatever master listened there, whose host key no
-    pin had checked, and ``-M`` made each session a master."""
+    as ssh's getopt reads them, up to the first word that is not an option (ssh would take it
+    for the destination: a NIX_SSHOPTS neither Nix's ssh commands nor offload's work with;
+    what follows it is left as it is). offload keeps its own connections, and its ``-o
+    ControlPath`` came first in vain: a ``-S`` replaces it, so sessions rode whatever master
+    listened there, whose host key no pin had checked, and ``-M`` made each session a
+    master."""
     kept: list[str] = []
     at = 0
     while at < len(words):
