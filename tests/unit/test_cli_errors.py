@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.cli import demo, main, root_parser
+from offload.cli import main, root_parser
 from offload.cli.completion import walk
 from offload.history.db import History
 from offload.process import run
@@ -316,32 +316,6 @@ def test_a_refused_store_flag_is_named_as_given(
     assert err.endswith(f"\nhint: {hint}\n")
 
 
-@pytest.mark.parametrize(
-    "flag",
-    ["--repeat x", "--log-lines -1", "--min-free 1X", "--http-connections 1.5", "--tarball-ttl ''"],
-)
-def test_a_whole_number_setting_takes_what_nix_takes(
-    flag: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # nix-build 2.8: "error: setting 'repeat' has invalid value 'x'", exit 1; offload passed
-    # it on, Nix warned, and the run went on.
-    name, value = flag.split(" ", 1)
-    value = "" if value == "''" else value
-    status, err = _offload(["build", "-A", "x", name, value], capsys)
-    assert status == 1
-    _one_error(err)
-    assert f"setting '{name[2:]}' has invalid value '{value}'" in err
-
-
-def test_whole_number_settings_and_relaxed_sandbox_as_nix_build_takes_them() -> None:
-    parser = root_parser()
-    args = parser.parse_args(
-        ["build", "-A", "x", "--repeat", "+2", "--min-free", "1G", "--relaxed-sandbox"]
-    )
-    # A unit prefix as Nix 2.24 on reads it, given as digits: Nix 2.8 reads none.
-    assert args.option == [("repeat", "2"), ("min-free", str(1 << 30)), ("sandbox", "relaxed")]
-
-
 def test_the_log_format_help_says_every_choice(capsys: pytest.CaptureFixture[str]) -> None:
     """It said 'raw: plain lines; bar: live', nothing of bar-with-logs or internal-json."""
     with pytest.raises(SystemExit):
@@ -406,17 +380,6 @@ def test_huge_slot_counts_are_refused_and_not_echoed_whole(
     assert status == 1
     _one_error(err)
     assert len(err) < 300
-
-
-@pytest.mark.parametrize("machine", ["a:1:\u0663", "a:1:1_0", "a:1_0:1", "a:\u0664:1", "a:1:+2"])
-def test_numbers_in_machines_are_ascii_as_written(
-    machine: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # int() and float() read Arabic-Indic digits and "_" groups: "a:1:1_0" was 10 slots.
-    status, err = _offload(["simulate", str(SAMPLE), "--machines", machine], capsys)
-    assert status == 1
-    _one_error(err)
-    assert "speed must be a number and slots an integer" in err
 
 
 def test_a_closed_stdout_ends_quietly() -> None:
@@ -485,14 +448,6 @@ def test_an_internal_error_hints_at_the_traceback_option_that_shows_it(
         assert status == 1
         assert "Traceback (most recent call last)" in err
         assert 'raise RuntimeError("a bug")' in err
-
-
-def test_a_demo_of_a_graph_of_no_work_has_no_ratio() -> None:
-    # Its lower bound is 0: "internal error: ZeroDivisionError" after a successful build.
-    assert demo.result_line(1, 0.4, 0.0).endswith("(lower bound 0.0 s, ratio n/a)")
-    assert demo.result_line(30, 7.5, 5.0) == (
-        "30 derivations built in 7.5 s (lower bound 5.0 s, ratio 1.50)"
-    )
 
 
 @pytest.mark.parametrize("graph", ["absent.json", ".", "not.json"])

@@ -12,7 +12,8 @@ compression, NIX_SSHOPTS, and the text of the ssh config files ssh reads: ``-F``
 user's and the system's), so a changed host key or user never reuses a master opened for
 another, nor does a ssh config just mended (``Include``d files are not read); its pinned
 known_hosts file sits beside it. A socket path longer than a Unix socket
-allows moves the directory to ``/tmp/offload-ssh-<uid>``, made 0700 and checked to be ours. A
+allows moves the directory to ``$TMPDIR/offload-ssh-<uid>-<hash of the state directory>``
+(``/tmp`` when that is too long too), made 0700 and checked to be ours. A
 ``%`` in the path is given to ssh as ``%%`` (``ssh.ssh_path``): ssh reads its tokens there; a
 path with a blank or a quote is given in quotes, as ssh reads an option's value in words.
 """
