@@ -7,6 +7,7 @@ non-zero; tracebacks only under ``offload --traceback``.
     OffloadError
     ├── ConfigError          bad machines file, offload.toml, command-line value
     ├── StoreError           invalid store path, malformed .drv or NAR, local store refused
+    │   └── HookFailed       Nix's post-build-hook failed here: the run stops, as nix-build's
     ├── TransportError       a process could not be started or died (ssh, nix-store)
     │   ├── SshError         ssh could not connect or authenticate to a builder
     │   └── NotStarted       a program could not be started on this host (EMFILE, no ssh)
@@ -22,6 +23,7 @@ non-zero; tracebacks only under ``offload --traceback``.
 
 from __future__ import annotations
 
+from offload.names import LOCAL
 from offload.typing_compat import override
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DaemonError",
     "FleetError",
+    "HookFailed",
     "NixError",
     "OffloadError",
     "PeerSilent",
@@ -66,6 +69,13 @@ class StoreError(OffloadError):
     ``TransportError.peer`` says; no builder is to blame then."""
 
     peer: str | None = None
+
+
+class HookFailed(StoreError):
+    """Nix's ``post-build-hook`` failed on this host after a build (``offload.build.post_hook``):
+    the build is failed and the run stops, with ``-k`` too, as nix-build stops there."""
+
+    peer = LOCAL
 
 
 class TransportError(OffloadError):

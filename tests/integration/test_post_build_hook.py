@@ -68,3 +68,17 @@ def test_a_hook_that_fails_fails_its_build_in_nixs_words(fleet: Fleet, tmp_path:
     assert done.returncode == 1, done.stderr  # nix-build's exit for it
     assert f"failed: program '{hook}' failed with exit code 3" in done.stderr
     assert len(seen.read_text().splitlines()) == 1
+
+
+def test_a_hook_that_fails_stops_the_run_with_k_too(fleet: Fleet, tmp_path: Path) -> None:
+    # nix-build stops at it, -k or not; with -k the run went on, and top's hook ran as well
+    # under a dep reported failed.
+    hook, seen = _hook(tmp_path, code=3)
+    file = nix_file(tmp_path, GRAPH)
+    builders = ("--builders", f"@{fleet.machines_file}", "-j", "0", "-k")
+    done = offload(
+        fleet, tmp_path, file, "-A", "top", *builders, "--option", "post-build-hook", str(hook)
+    )
+    assert done.returncode == 1, done.stderr
+    # dep's hook, and no other: top, stopped or built on the builder meanwhile, gets none.
+    assert seen.read_text().splitlines() == [" ".join(_drv(file, "dep"))]

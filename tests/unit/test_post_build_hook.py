@@ -12,7 +12,7 @@ import pytest
 
 from offload.build.post_hook import post_build_hook, run_post_build_hook
 from offload.config.pool import Pool
-from offload.errors import StoreError
+from offload.errors import HookFailed, StoreError
 from offload.names import LOCAL
 
 DRV = "/nix/store/" + "a" * 32 + "-x.drv"
@@ -69,3 +69,24 @@ def test_the_hook_is_run_here_by_root_only() -> None:
     assert run is None
     assert note is not None
     assert note.startswith("post-build-hook '/etc/nix/upload.sh' is the")
+
+
+def test_hooks_run_one_at_a_time_and_none_after_one_failed(tmp_path: Path) -> None:
+    # Nix runs them in turn and stops at a failure: the builds that ended meanwhile get none.
+    log = tmp_path / "log"
+    program = _script(tmp_path, f'echo "start $DRV_PATH" >>{log}; sleep 0.2; echo end >>{log};'
+                      ' [ "$DRV_PATH" != /nix/store/bad.drv ]')  # fmt: skip
+    run, _ = post_build_hook(_pool(program), 0)
+    assert run is not None
+
+    async def both() -> tuple[BaseException | None, BaseException | None]:
+        said: list[str] = []
+        first = run("/nix/store/bad.drv", OUTS, said.append)
+        second = run(DRV, OUTS, said.append)
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    failed, skipped = asyncio.run(both())
+    assert isinstance(failed, HookFailed)
+    assert isinstance(skipped, HookFailed)
+    assert skipped.message == "post-build-hook not run: it failed for '/nix/store/bad.drv'"
+    assert log.read_text().splitlines() == ["start /nix/store/bad.drv", "end"]

@@ -11,20 +11,18 @@ brought home, as Nix's own hook does, and runs it for each once they are valid h
 
 Its output (stdout and stderr) goes to the build's log lines, as Nix shows it under the build.
 One that fails fails the build, in Nix's words ("program '...' failed with exit code 1"),
-its outputs valid here all the same (nix-build stops at it), and the run goes on as for any
-failed build (on with ``-k``).
+its outputs valid here all the same, and stops the run, with ``-k`` too, as nix-build stops
+at it (builds that ended meanwhile get no hook). Hooks run one at a time, as Nix runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 
 from offload.config.pool import Pool
-from offload.errors import NotStarted, StoreError
-from offload.names import LOCAL
+from offload.errors import HookFailed, NotStarted
 from offload.process import spawn
 from offload.scheduler.run.copy import AfterHome
 
@@ -47,7 +45,21 @@ def post_build_hook(pool: Pool, euid: int) -> tuple[AfterHome | None, str | None
             f"post-build-hook '{program}' is the nix-daemon's to run, as root: the builds on"
             " builders do not get it (run offload as root for them to)"
         )
-    return functools.partial(run_post_build_hook, program, env=pool.local_env()), None
+    one_at_a_time = asyncio.Lock()
+    failed: list[str] = []
+
+    async def run(drv_path: str, outputs: Sequence[str], said: Callable[[str], None]) -> None:
+        async with one_at_a_time:
+            # Builds that ended while one failed, the run stopping: nix-build never got there.
+            if failed:
+                raise HookFailed(f"post-build-hook not run: it failed for '{failed[0]}'")
+            try:
+                await run_post_build_hook(program, drv_path, outputs, said, env=pool.local_env())
+            except HookFailed:
+                failed.append(drv_path)
+                raise
+
+    return run, None
 
 
 async def run_post_build_hook(
@@ -59,7 +71,7 @@ async def run_post_build_hook(
     env: Mapping[str, str] | None,
 ) -> None:
     """Run ``program`` for ``drv_path`` built with ``outputs``, its lines told to ``said``;
-    ``StoreError`` (this host's, not a builder's) when it fails or cannot be started.
+    ``HookFailed`` (this host's, not a builder's) when it fails or cannot be started.
     ``env``: the local store's (None: this process's)."""
     # The local store's environment (the run's --option in NIX_CONFIG), as Nix gives its own.
     hook_env = {
@@ -74,13 +86,9 @@ async def run_post_build_hook(
             await asyncio.gather(_lines(proc.stdout, said), _lines(proc.stderr, said))
             code = await proc.wait()
     except NotStarted as exc:
-        error = StoreError(f"cannot run post-build-hook '{program}': {exc.message}")
-    else:
-        if code == 0:
-            return
-        error = StoreError(f"program '{program}' failed with exit code {code}")
-    error.peer = LOCAL  # this host's hook: no builder is to blame
-    raise error
+        raise HookFailed(f"cannot run post-build-hook '{program}': {exc.message}") from exc
+    if code != 0:
+        raise HookFailed(f"program '{program}' failed with exit code {code}")
 
 
 async def _lines(stream: asyncio.StreamReader, said: Callable[[str], None]) -> None:

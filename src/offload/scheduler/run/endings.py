@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Literal
 
-from offload.errors import OffloadError
+from offload.errors import HookFailed, OffloadError
 from offload.history.records import RunReport
 from offload.names import LOCAL
 from offload.scheduler.policy import Finished, Policy
@@ -144,7 +144,8 @@ class Endings(Stopping):
             # The local store refused the outputs: final, as for any other copy home.
             self.report.failed[drv_path] = error.message
             self._emit_outcome(drv_path, machine, "failed", with_error(outcome, error))
-            if not self.keep_going:
+            # Nix's post-build-hook failing stops nix-build, -k or not.
+            if not self.keep_going or isinstance(error, HookFailed):
                 self._halt()
         elif isinstance(error, OffloadError):
             # The builder went away with outputs this machine still needs: built again.
