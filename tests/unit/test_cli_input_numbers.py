@@ -12,7 +12,14 @@ from tests.unit.test_cli_errors import SAMPLE, _offload, _one_error
 
 @pytest.mark.parametrize(
     "flag",
-    ["--repeat x", "--log-lines -1", "--min-free 1X", "--http-connections 1.5", "--tarball-ttl ''"],
+    [
+        "--repeat x",
+        "--log-lines -1",
+        "--min-free 1X",
+        "--http-connections 1.5",
+        "--tarball-ttl ''",
+        "--repeat \u0663",
+    ],
 )
 def test_a_whole_number_setting_takes_what_nix_takes(
     flag: str, capsys: pytest.CaptureFixture[str]
@@ -30,7 +37,7 @@ def test_a_whole_number_setting_takes_what_nix_takes(
 def test_whole_number_settings_and_relaxed_sandbox_as_nix_build_takes_them() -> None:
     parser = root_parser()
     args = parser.parse_args(
-        ["build", "-A", "x", "--repeat", "+2", "--min-free", "1G", "--relaxed-sandbox"]
+        ["build", "-A", "x", "--repeat", "+2", "--min-free", "1g", "--relaxed-sandbox"]
     )
     # A unit prefix as Nix 2.24 on reads it, given as digits: Nix 2.8 reads none.
     assert args.option == [("repeat", "2"), ("min-free", str(1 << 30)), ("sandbox", "relaxed")]

@@ -58,14 +58,16 @@ def _pool(program: str) -> Pool:
     ))  # fmt: skip
 
 
-def test_the_hook_is_run_here_by_root_only() -> None:
-    # Not root, the nix-daemon runs it as root for its builds: here it would run without
-    # root's keys, and fail builds that succeeded.
-    assert post_build_hook(_pool(""), 0) == (None, None)
-    run, note = post_build_hook(_pool("/etc/nix/upload.sh"), 0)
-    assert run is not None
-    assert note is None
-    run, note = post_build_hook(_pool("/etc/nix/upload.sh"), 1000)
+def test_the_hook_is_left_to_the_daemon_that_runs_it_as_root() -> None:
+    # Not root, where a nix-daemon builds: it runs it as root for its builds, and here it
+    # would run without root's keys and fail builds that succeeded. A single-user Nix runs
+    # it as its user.
+    assert post_build_hook(_pool(""), euid=0, daemon=True) == (None, None)
+    for euid, daemon in ((0, True), (0, False), (1000, False)):
+        run, note = post_build_hook(_pool("/etc/nix/upload.sh"), euid=euid, daemon=daemon)
+        assert run is not None
+        assert note is None
+    run, note = post_build_hook(_pool("/etc/nix/upload.sh"), euid=1000, daemon=True)
     assert run is None
     assert note is not None
     assert note.startswith("post-build-hook '/etc/nix/upload.sh' is the")
@@ -76,7 +78,7 @@ def test_hooks_run_one_at_a_time_and_none_after_one_failed(tmp_path: Path) -> No
     log = tmp_path / "log"
     program = _script(tmp_path, f'echo "start $DRV_PATH" >>{log}; sleep 0.2; echo end >>{log};'
                       ' [ "$DRV_PATH" != /nix/store/bad.drv ]')  # fmt: skip
-    run, _ = post_build_hook(_pool(program), 0)
+    run, _ = post_build_hook(_pool(program), euid=0, daemon=False)
     assert run is not None
 
     async def both() -> tuple[BaseException | None, BaseException | None]:

@@ -32,15 +32,16 @@ __all__ = ["post_build_hook", "run_post_build_hook"]
 _LINE = 64 << 10
 
 
-def post_build_hook(pool: Pool, euid: int) -> tuple[AfterHome | None, str | None]:
+def post_build_hook(pool: Pool, *, euid: int, daemon: bool) -> tuple[AfterHome | None, str | None]:
     """What runs the local Nix's ``post-build-hook`` after each build on a builder (None when
-    it names none), and a warning when it is not run here: where this process is not root,
-    the nix-daemon runs it, as root, for the builds it makes, and here it would run as this
-    user, without root's keys or credentials, and fail builds that succeeded."""
+    it names none), and a warning when it is not run here: where a nix-daemon builds for this
+    user (``daemon``: one listens here; ``euid`` not root), the daemon runs it, as root, for
+    the builds it makes, and here it would run as this user, without root's keys or
+    credentials, and fail builds that succeeded. A single-user Nix runs it as its user."""
     program = pool.nix_settings.get("post-build-hook")
     if not program:
         return None, None
-    if euid != 0:
+    if euid != 0 and daemon:
         return None, (
             f"post-build-hook '{program}' is the nix-daemon's to run, as root: the builds on"
             " builders do not get it (run offload as root for them to)"

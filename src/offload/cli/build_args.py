@@ -85,11 +85,13 @@ def _setting(name: str, parse: Callable[[str], str] = str) -> Callable[[str], tu
 
 def _count(text: str) -> str:
     """A count with Nix's unit prefixes (string2IntWithUnitPrefix: K, M, G, T), as digits."""
-    match = re.fullmatch(r"(\d+)([KMGT]?)", text)
-    if match is None or len(match[1]) > 19:
+    # ASCII digits (int() reads "٣" as 3, where Nix refuses it) and the unit in either case,
+    # as Nix upper-cases it; leading zeros any number of them, as Nix reads them.
+    match = re.fullmatch(r"([0-9]+)([KMGTkmgt]?)", text)
+    if match is None or len(match[1].lstrip("0")) > 20:
         msg = f"'{text}' is not a number (units K, M, G, T allowed)"
         raise argparse.ArgumentTypeError(msg)
-    value = int(match[1]) << (10 * " KMGT".index(match[2] or " "))
+    value = int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
     if value >= 1 << 64:
         raise argparse.ArgumentTypeError(f"'{text}' is too large")
     return str(value)

@@ -38,6 +38,7 @@ from offload.logs import BuildLogs, LogRecorder
 from offload.marks import mark, taken
 from offload.nix_results import add_roots, realise_again
 from offload.numerals import is_decimal
+from offload.paths import daemon_here
 from offload.protocol.records import nix_exit_code
 from offload.protocol.serve import BuildOptions, BuildStatus
 from offload.scheduler.run import RunReport
@@ -249,7 +250,8 @@ def _from_settings(pool: Pool, *, fetch_all: bool) -> dict[str, Any]:
     passes on with each build, and its post-build-hook for the builds on builders (their
     outputs then all come home for it; ``offload.build.post_hook``), or the warning that it
     is not run here."""
-    after_home, not_run = post_build_hook(pool, os.geteuid())
+    daemon = daemon_here(pool.local_env())
+    after_home, not_run = post_build_hook(pool, euid=os.geteuid(), daemon=daemon)
     if not_run is not None:
         print(f"warning: {not_run}", file=sys.stderr)
     return {
