@@ -61,6 +61,21 @@ def test_down_stops_what_an_up_killed_meanwhile_had_started(tmp_path):
         fleet_down(target, purge=True)
 
 
+def test_an_up_after_one_killed_meanwhile_starts_that_member_again(tmp_path):
+    # b, recorded as spawned, had no namespace: the next up kept it as it was, and a down
+    # could not sweep its sessions. It is stopped (its namespace read then) and started anew.
+    target = tmp_path / "f"
+    try:
+        subprocess.run(
+            [sys.executable, "-c", _KILLED_SCRIPT, str(target)], timeout=120, check=False
+        )
+        fleet = fleet_up(target, [MemberSpec("a"), MemberSpec("b")])
+        assert fleet.member("b").mnt_ns
+        assert len(_sshds_of(f"{target}/b/sshd_config")) == 1
+    finally:
+        fleet_down(target, purge=True)
+
+
 def test_a_fleet_directory_of_another_user_is_refused(tmp_path):
     # Its owner could change the ssh_config ssh reads as root, or the pids `down` stops.
     target = tmp_path / "theirs"

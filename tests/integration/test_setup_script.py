@@ -217,6 +217,11 @@ def test_an_earlier_runs_sshd_block_without_max_sessions_is_said(host: Host) -> 
     assert "block in /etc/ssh/sshd_config sets no MaxSessions: add 'MaxSessions 256'" in (
         " ".join(done.stderr.split())
     )
+    # One set for every user is the admin's, and in force in the block too: nothing to say.
+    sshd.write_text("MaxSessions 300\n" + sshd.read_text())
+    again = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert again.returncode == 0, again.stderr
+    assert "MaxSessions" not in again.stderr
 
 
 def test_the_hosts_own_nix_tuning_wins(host: Host) -> None:

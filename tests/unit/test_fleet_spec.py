@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -406,8 +407,10 @@ def test_a_lock_on_a_fleet_directory_removed_meanwhile_is_let_go(tmp_path):
         waiting = threading.Thread(target=up)
         waiting.start()
         # Until it waits on the lock: /proc/locks shows a blocked flock as "-> FLOCK".
+        deadline = time.monotonic() + 30
         while not any("->" in line and number in line for line in _proc_locks()):
             assert waiting.is_alive()
+            assert time.monotonic() < deadline, "the waiter never waited on the lock"
         shutil.rmtree(fleet_dir)
         fleet_dir.mkdir()  # what another up makes meanwhile
     assert holding.wait(30)

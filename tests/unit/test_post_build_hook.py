@@ -41,6 +41,11 @@ def test_the_hook_gets_the_derivation_and_its_outputs_and_its_lines_are_told(
     assert said[:2] == [DRV, " ".join(sorted(OUTS))]
     assert "".join(said[2:]) == "x" * 3_000_000
     assert max(len(line) for line in said) <= 64 << 10
+    # A line of just that size is one line, and no empty one after it.
+    assert _run(_script(tmp_path, 'head -c 65536 /dev/zero | tr "\\0" y; echo; echo z')) == [
+        "y" * 65536,
+        "z",
+    ]
 
 
 def test_a_hook_that_fails_or_cannot_start_is_this_hosts_error(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ async def _lines(stream: asyncio.StreamReader, said: Callable[[str], None]) -> N
         *whole, pending = pending.split(b"\n")
         for line in whole:
             said(line.decode(errors="replace"))
-        while len(pending) >= _LINE:
+        while len(pending) > _LINE:
             said(pending[:_LINE].decode(errors="replace"))
             pending = pending[_LINE:]
     if pending:

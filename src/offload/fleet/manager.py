@@ -9,6 +9,7 @@ each recorded member (``namespace``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from offload.errors import FleetError
 from offload.fleet.files import check_owned, prepare_dir, write_client_files
-from offload.fleet.namespace import stop_member
+from offload.fleet.namespace import mnt_ns, stop_member
 from offload.fleet.records import FleetState, MemberRecord
 from offload.fleet.spec import (
     CLIENT_KEY,
@@ -119,25 +120,35 @@ def _up(fleet_dir: Path, specs: Sequence[MemberSpec]) -> Fleet:
     return fleet_of(fleet_dir, FleetState(system, ordered(records, specs)))
 
 
+# How often the directory may be removed under a waiting lock before it gives up.
+_LOCK_TRIES = 20
+
+
 @contextlib.contextmanager
 def _locked(fleet_dir: Path) -> Iterator[None]:
     """The fleet directory (made if new) held for one ``fleet_up`` or ``fleet_down`` at a time:
     two ups at once both started every member (two sshds on one store), or one took the
     other's half-made key for files of the directory's own. The lock is the directory's own:
     one a ``down --purge`` removed while this waited is let go, and the path's new one taken."""
-    while True:
+    for _ in range(_LOCK_TRIES):
         fd = _opened(fleet_dir)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             held = os.fstat(fd)
             with contextlib.suppress(OSError):  # removed: no directory there now
+                there = fleet_dir.stat()
                 # A removed one has no links left, and its number may be the new one's.
-                if held.st_nlink > 0 and fleet_dir.stat().st_ino == held.st_ino:
+                if held.st_nlink > 0 and (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino):
                     break
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
+    else:
+        raise FleetError(
+            f"{fleet_dir} was removed and made again {_LOCK_TRIES} times while this waited",
+            hint="run it again once the other offload fleet commands there have ended",
+        )
     try:
         yield
     finally:
@@ -180,10 +191,13 @@ def _kept_and_dead(
     kept: dict[str, MemberRecord] = {}
     dead: list[MemberRecord] = []
     for record in previous.members if previous else ():
-        # One recorded as spawned, by an up killed before it listened: its namespace unknown,
-        # a down would leave its sessions; stopped and started again.
-        if not record.mnt_ns or not is_ours(record.pid, record.start_time):
+        if not is_ours(record.pid, record.start_time):
             dead.append(record)
+            continue
+        if not record.mnt_ns:
+            # Recorded as spawned, by an up killed before it listened: its namespace is read
+            # now, so that its sessions are swept with it, and it is started again.
+            dead.append(dataclasses.replace(record, mnt_ns=mnt_ns(record.pid) or ""))
             continue
         if wanted.get(record.spec.name) != record.spec:
             asked = wanted.get(record.spec.name)
@@ -204,8 +218,8 @@ def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
         return  # never started: nothing to stop nor remove
     with _locked(fleet_dir):
         _down(fleet_dir, purge)
-    if purge and fleet_dir.is_symlink():  # --dir named a link to the directory: it goes too
-        fleet_dir.unlink()
+        if purge and fleet_dir.is_symlink():  # --dir named a link to the directory: it goes too
+            fleet_dir.unlink()
 
 
 def _down(fleet_dir: Path, purge: bool) -> None:

@@ -435,9 +435,11 @@ if ! grep -qxF "Match User $user" /etc/ssh/sshd_config; then
   sshd -t -f /etc/ssh/sshd_config.offload-new
   mv /etc/ssh/sshd_config.offload-new /etc/ssh/sshd_config
   systemctl reload ssh 2>/dev/null || systemctl reload sshd
-elif ! sed -n "/^Match User $user\\$/,/^Match all\\$/p" /etc/ssh/sshd_config | grep -q MaxSessions
+elif sshd -T -C "user=$user,host=localhost,addr=127.0.0.1" 2>/dev/null |
+  grep -qix "maxsessions 10"
 then
-  # An earlier run's block, from before it set MaxSessions: changed by hand, not here.
+  # An earlier run's block, from before it set MaxSessions, and sshd's 10 in force for the
+  # user (set anywhere else, it is the admin's): changed by hand, not here.
   echo "note: the Match User $user block in /etc/ssh/sshd_config sets no MaxSessions: add" \\
     "'MaxSessions {MAX_SESSIONS}' to it, or sshd refuses the sessions past 10 that offload" \\
     "runs over one connection" >&2
