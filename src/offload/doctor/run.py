@@ -29,6 +29,7 @@ from typing import Literal
 
 from offload.booleans import nix_bool
 from offload.config.machines import Machine
+from offload.config.machines.check import scheme_problem
 from offload.doctor import claims, facts
 from offload.doctor.login import DEFAULT_TIMEOUT, SLACK, DoctorOptions, LoginProbe
 from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
@@ -101,7 +102,11 @@ async def examine(machine: Machine, options: DoctorOptions) -> tuple[MachineRepo
     checks: list[Check] = []
     probe = None
     if not machine.is_ssh:
-        checks.append(Check("ssh", Verdict.SKIPPED, f"not an ssh builder ({machine.scheme}://)"))
+        # A cache or a store on this host takes no build of offload's: it passed as "ok" with
+        # a row of "-", where `offload machines` said why.
+        why = scheme_problem(machine) or f"not an ssh builder ({machine.scheme}://)"
+        fix = "write it as ssh://[USER@]HOST (or ssh-ng://), or remove the line"
+        checks.append(Check("ssh", Verdict.FAIL, why, fix))
     else:
         try:
             probe = _Probe(machine, options, checks)

@@ -34,13 +34,15 @@ __all__ = [
     "machine_problems",
     "real_system",
     "refusals",
+    "scheme_problem",
 ]
 
 _CACHES = ("http", "https", "s3", "file")
 _IN_PROCESS = ("local", "daemon", "auto", "path", "unix")
 
 
-def _scheme_problem(machine: Machine) -> str | None:
+def scheme_problem(machine: Machine) -> str | None:
+    """Why ``machine`` is no builder offload can use (not ssh:// or ssh-ng://); None if it is."""
     if machine.is_ssh:
         return None
     uri = shown(machine.uri)
@@ -205,7 +207,7 @@ def key_too_open(key: str) -> bool:
 def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[str]:
     """One line per problem, each starting with the machine's ``file:line`` and name."""
     found: list[str] = []
-    scheme = _scheme_problem(machine)
+    scheme = scheme_problem(machine)
     if scheme is not None:
         found.append(scheme)
     # Where the user fixes it: an offload.toml table that set the value, else the line.
