@@ -74,6 +74,14 @@ def test_systems_claimed_but_absent_fail_and_unclaimed_platforms_are_only_mentio
     assert "column 2 of /etc/nix/machines:3" in named.fix
 
 
+def test_a_line_leaving_out_the_builders_own_system_warns_with_the_fix():
+    # i686-linux alone on an x86_64 builder passed: no x86_64-linux build ever went there.
+    only = claims.systems_check(["i686-linux"], CONFIG, "", "/etc/nix/machines:2")
+    assert only.verdict == Verdict.WARN
+    assert "not the builder's own x86_64-linux: no x86_64-linux build goes there" in only.detail
+    assert only.fix == "add x86_64-linux to column 2 of /etc/nix/machines:2"
+
+
 def test_a_misspelt_system_gets_the_one_meant_and_a_real_one_is_no_typo():
     both = claims.systems_check(["x86_64-linx", "aarch64-linux"], CONFIG, "", "m:1")
     assert both.verdict == Verdict.FAIL

@@ -44,6 +44,18 @@ def systems_check(
         place = f"`systems` in {table}" if table else f"column 2 of {line}"
         return _lacking_systems(lacking, unclaimed, sorted(real), place)
     more = f" (could also build {', '.join(unclaimed)})" if unclaimed else ""
+    own = config["system"]
+    if own not in claimed:
+        # Its own system's builds (most of them) never go there: said, as a feature it has
+        # and the line leaves out is (an i686-linux line for an x86_64 builder passed).
+        place = f"`systems` in {table}" if table else f"column 2 of {line}"
+        return Check(
+            "systems",
+            Verdict.WARN,
+            f"claims {', '.join(claimed)}, not the builder's own {own}: no {own} build goes"
+            f" there{more}",
+            f"add {own} to {place}",
+        )
     return Check("systems", Verdict.OK, f"{', '.join(claimed)}{more}")
 
 
