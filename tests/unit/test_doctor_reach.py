@@ -57,7 +57,9 @@ def test_permission_denied_means_the_key_is_not_authorized():
     assert "does not accept /k/id" in check.detail
     assert check.fix is not None
     assert "/k/id.pub" in check.fix
-    assert "authorized_keys" in check.fix
+    # sshd says the same of a user it does not have: the fix names the user.
+    assert "add /k/id.pub to root's authorized_keys on the builder" in check.fix
+    assert "check that root exists there" in check.fix
     named = ssh_check(
         255, DENIED, key="/k/id", pinned=False, destination="root@b", seconds=0.1, line="m:5"
     )

@@ -198,7 +198,15 @@ def ssh_check(
     return Check(
         "ssh",
         Verdict.FAIL,
-        *_ssh_failure(stderr, last, key_name, pinned=pinned, line=line, scan=scan_command(scanned)),
+        *_ssh_failure(
+            stderr,
+            last,
+            key_name,
+            pinned=pinned,
+            line=line,
+            scan=scan_command(scanned),
+            user=destination.rpartition("@")[0] or None,
+        ),
     )
 
 
@@ -283,9 +291,10 @@ def scan_command(config: SshConfig | None) -> str:
 
 
 def _ssh_failure(
-    stderr: str, last: str, key: str, *, pinned: bool, line: str, scan: str
+    stderr: str, last: str, key: str, *, pinned: bool, line: str, scan: str, user: str | None
 ) -> tuple[str, str]:
-    """(detail, fix) for a failed login, ssh having used every key it was given."""
+    """(detail, fix) for a failed login, ssh having used every key it was given; ``user``:
+    the one logged in as, if the line names one."""
     pin_fix = (
         f"pin the builder's key: column 8 of {line} is the base64 of its "
         f"/etc/ssh/ssh_host_ed25519_key.pub (`base64 -w0`), as `{scan}` prints it"
@@ -300,12 +309,15 @@ def _ssh_failure(
     if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr:
         return ("the builder's host key is unknown: nothing pins or trusts it", pin_fix)
     if refused_by_ssh(stderr):
+        # sshd says the same of a user it does not have: the fix names the user.
+        whose = f"{user}'s" if user else "the builder user's"
+        exists = f", and check that {user} exists there" if user else ""
         return (
             f"the builder does not accept {key}: {last}",
             (
-                f"add {key}.pub to the builder user's authorized_keys (NixOS: "
-                "users.users.<name>.openssh.authorizedKeys.keys), or name the right key in "
-                f"column 3 of {line}"
+                f"add {key}.pub to {whose} authorized_keys on the builder (NixOS: "
+                f"users.users.<name>.openssh.authorizedKeys.keys){exists}, or name the right"
+                f" key in column 3 of {line}"
             ),
         )
     if "Could not resolve hostname" in stderr:
