@@ -28,6 +28,7 @@ from offload.cli.arguments import machine_names
 from offload.cli.machines import add_pool_arguments, pool_from_args
 from offload.cli.machines_list import backoff_places, read_backoff
 from offload.config.machines import shown
+from offload.config.machines.check import param_problems
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, MachineReport, diagnose, format_report
 from offload.errors import ConfigError
 from offload.paths import daemon_here
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
             "no builders to check",
             hint="give them with --builders, Nix's builders setting or offload.toml",
         )
+    for machine in pool.machines:  # as `offload machines` says them: no check finds them
+        for problem in param_problems(machine):
+            print(f"warning: {shown(machine.name, 200)}: {problem}", file=sys.stderr)
     options = DoctorOptions(timeout=args.timeout, env=dict(os.environ))
     reports = interrupts.run(diagnose(pool.machines, options))
     backoff = read_backoff(backoff_places(), time.time())

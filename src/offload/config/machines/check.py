@@ -32,6 +32,7 @@ __all__ = [
     "key_missing",
     "key_too_open",
     "machine_problems",
+    "param_problems",
     "real_system",
     "refusals",
     "scheme_problem",
@@ -115,14 +116,24 @@ def _system_problems(machine: Machine) -> list[str]:
     return found
 
 
-def _unknown_params(machine: Machine) -> list[str]:
+def param_problems(machine: Machine) -> list[str]:
+    """What is wrong with the URI's parameters as written (a name Nix does not know, an empty
+    remote-program), which no check of the builder itself finds (``offload doctor``)."""
     if not machine.is_ssh:
         return []
-    return [
+    found = [
         f"URI parameter '{shown(key)}' means nothing to Nix's ssh stores{_close(key, _SSH_PARAMS)}"
         for key in machine.params
         if key not in _SSH_PARAMS
     ]
+    if machine.params.get("remote-program") == "":
+        # offload runs the default there; Nix's own hook runs nothing ("--serve: command
+        # not found"), and every build it sends fails.
+        found.append(
+            "remote-program is empty: Nix's own hook runs no program there, and its builds"
+            " fail; remove the parameter (offload runs the default)"
+        )
+    return found
 
 
 def duplicate_names(machines: Sequence[Machine]) -> list[str]:
@@ -227,7 +238,7 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
     if machine.pins_junk:
         found.append(_PINS_JUNK)
     found += _system_problems(machine)
-    found += _unknown_params(machine)
+    found += param_problems(machine)
     found += _junk_columns(machine)
     found += _refused_names(machine)
     return [f"{machine.source}: {machine.name}: {problem}" for problem in found]
