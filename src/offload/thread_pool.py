@@ -37,6 +37,20 @@ class Executor(ThreadPoolExecutor):
             return super().submit(fn, *args, **kwargs)
 
 
+def _pipe_race_passed(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: asyncio's own, but for Python 3.11's race when a task
+    waiting on a child's pipe is cancelled as the pipe ends (a Ctrl-C while sessions close):
+    ``SubprocessStreamProtocol.pipe_connection_lost`` then sets a result on a cancelled
+    future, and the loop printed its InvalidStateError's traceback before "interrupted" (two
+    Ctrl-Cs of twenty in ``offload doctor``). Nothing is lost: the waiter was cancelled."""
+    exception = context.get("exception")
+    if isinstance(exception, asyncio.InvalidStateError) and "pipe_connection_lost" in repr(
+        context.get("handle")
+    ):
+        return
+    loop.default_exception_handler(context)
+
+
 class QuietRunner(asyncio.Runner):  # type: ignore[misc] # final in typeshed
     """An ``asyncio.Runner`` none of whose threads takes ``offload.threads.INTERRUPTS``."""
 
@@ -46,6 +60,7 @@ class QuietRunner(asyncio.Runner):  # type: ignore[misc] # final in typeshed
     def run(self, coro: Coroutine[Any, Any, _T], **named: Any) -> _T:  # noqa: ANN401 - asyncio's
         loop = self.get_loop()  # a closed runner says so before anything is set up
         if self.pool is None:
+            loop.set_exception_handler(_pipe_race_passed)
             child_watcher()
             self.pool = Executor()
             loop.set_default_executor(self.pool)
