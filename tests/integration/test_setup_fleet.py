@@ -180,7 +180,8 @@ def test_a_key_that_is_not_authorized_is_refused_with_the_doctors_words(
     first = done.stderr.splitlines()[0]
     assert first.startswith(f"error: sa (127.0.0.1:{setup_fleet.member('sa').port}): ssh: ")
     assert f"does not accept {stranger}" in first
-    assert done.stderr.splitlines()[1].startswith(f"hint: add {stranger}.pub to the builder")
+    hint = done.stderr.splitlines()[1]
+    assert hint.startswith(f"hint: add {stranger}.pub to root's authorized_keys on the builder")
 
 
 def test_the_restricted_key_line_serves_stock_nix(serve_only_fleet: Fleet, tmp_path: Path) -> None:
