@@ -208,7 +208,9 @@ def test_a_missing_nix_store_fails_nix_and_skips_the_session(
     nix = check(report, "nix")
     assert nix["verdict"] == "fail"
     assert "/nonexistent/nix-store is not on the builder's PATH" in nix["detail"]
-    assert "remote-program" in nix["fix"]
+    # The line names its program: the fix is that parameter, not "install Nix".
+    assert nix["fix"].startswith("remote-program=/nonexistent/nix-store in ")
+    assert "ssh:// runs nix-store" in nix["fix"]
     assert verdicts(report)["ssh"] == "ok"
     assert verdicts(report)["serve"] == "skipped"
 

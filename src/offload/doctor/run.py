@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ from offload.load import RemoteLoad, local_boot_id
 from offload.store.nar import Sink
 from offload.transport.dialect import DAEMON
 from offload.transport.links import BuilderFullError, MachineLink
+from offload.transport.missing_program import install_nix
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -188,7 +190,7 @@ class _Probe(LoginProbe):
         code, out, err = await self._remote(link, [program, "--version"])
         if link.ssh.restricted:  # learnt as the master connected, before the command
             return facts.restricted_checks(self.machine.max_jobs, self.daemon)[0]
-        return facts.nix_check(code, out, err, program, self.known_user)
+        return self._named(facts.nix_check(code, out, err, program, self.known_user))
 
     async def _serve(self, link: MachineLink) -> Check:
         async def handshake() -> tuple[int | None, int | None]:
@@ -203,10 +205,27 @@ class _Probe(LoginProbe):
             error = f"no handshake within {self.timeout + SLACK:g} s"
             return facts.serve_check(None, None, error, daemon=program, user=self.known_user)
         except OffloadError as exc:
-            return facts.serve_check(None, None, exc.message, daemon=program, user=self.known_user)
+            failed = facts.serve_check(
+                None, None, exc.message, daemon=program, user=self.known_user
+            )
+            return self._named(failed)
         self.load = link.load
         restricted = link.ssh.restricted
         return facts.serve_check(version, pid, None, restricted=restricted, daemon=program)
+
+    def _named(self, check: Check) -> Check:
+        """``check``, its fix "install Nix" made the line's own where the line names its
+        program (``remote-program``): a missing one, or one of the other protocol's."""
+        named = self.machine.params.get("remote-program")
+        if not named or check.verdict != Verdict.FAIL or check.fix != install_nix():
+            return check
+        wanted = "nix-daemon (it runs it with --stdio)" if self.daemon else "nix-store"
+        fix = (
+            f"remote-program={named} in {self.machine.source} names a program the builder has"
+            f" not, or not of this protocol: {self.machine.scheme}:// runs {wanted}; name"
+            " that, or remove the parameter"
+        )
+        return dataclasses.replace(check, fix=fix)
 
     async def _trust_probe(self, link: MachineLink) -> Check:
         """Whether the builder takes an unsigned path from the user (``doctor.trust``)."""
