@@ -73,8 +73,8 @@ def _infos(path: Path) -> list[tuple[Path, os.stat_result]]:
 
 
 def prepare_dir(fleet_dir: Path) -> None:
+    # Made and told to be this user's by the fleet's lock (``manager._locked``).
     fleet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_owned(fleet_dir)  # made by someone else meanwhile: exist_ok takes it
     fleet_dir.chmod(0o700)
     # Mount points and sshd's privilege-separation directory must exist on the host.
     for needed, mode in (

@@ -70,15 +70,14 @@ def fleet_up(
     check_programs()
     fleet_dir = dir.absolute()
     check_fleet_dir(fleet_dir)
-    check_owned(fleet_dir)
-    _not_taken_over(fleet_dir, {spec.name for spec in specs})
+    # Whose it is, and whether it is a fleet's, are told under the lock (``_opened``, ``_up``).
     with _locked(fleet_dir):
         return _up(fleet_dir, specs)
 
 
 def _up(fleet_dir: Path, specs: Sequence[MemberSpec]) -> Fleet:
     """``fleet_up`` once the directory is checked and locked."""
-    _not_taken_over(fleet_dir, {spec.name for spec in specs})  # as another up left it
+    _not_taken_over(fleet_dir, {spec.name for spec in specs})
     previous = load_state(fleet_dir)
     kept, dead = _kept_and_dead(fleet_dir, previous, specs)
     prepare_dir(fleet_dir)
@@ -213,10 +212,9 @@ def _kept_and_dead(
 def fleet_down(dir: Path, purge: bool = False) -> None:  # noqa: A002
     """Stop every member recorded in ``dir``; with ``purge``, remove the directory too."""
     fleet_dir = dir.absolute()
-    check_owned(fleet_dir)
     if not fleet_dir.exists():
         return  # never started: nothing to stop nor remove
-    with _locked(fleet_dir):
+    with _locked(fleet_dir):  # whose it is told there (``_opened``)
         _down(fleet_dir, purge)
         if purge and fleet_dir.is_symlink():  # --dir named a link to the directory: it goes too
             fleet_dir.unlink()
