@@ -66,6 +66,11 @@ _FEATURE_RE = re.compile(r"[!-~]+")
 _SEPARATORS = frozenset(",+:")
 
 
+def _plain(text: str) -> bool:
+    """Whether ``text`` may be a feature or a system (the comment above)."""
+    return _FEATURE_RE.fullmatch(text) is not None and not _SEPARATORS & set(text)
+
+
 @dataclass(frozen=True)
 class DagNode:
     name: str
@@ -174,14 +179,12 @@ def _check_node(node: DagNode, *, source: str) -> None:
     if node.name in node.deps:
         raise ConfigError(f"{where}: depends on itself (dependency cycle)")
     for feature in node.features:
-        if not _FEATURE_RE.fullmatch(feature) or _SEPARATORS & set(feature):
+        if not _plain(feature):
             raise ConfigError(
                 f"{where}: bad feature {feature!r}",
                 hint="a feature is printable ASCII without spaces, ',', '+' or ':'",
             )
-    if node.system is not None and not (
-        _FEATURE_RE.fullmatch(node.system) and not _SEPARATORS & set(node.system)
-    ):
+    if node.system is not None and not _plain(node.system):
         raise ConfigError(
             f"{where}: bad system {node.system!r}",
             hint="a system is printable ASCII without spaces, ',', '+' or ':' (x86_64-linux)",
