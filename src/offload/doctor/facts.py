@@ -80,9 +80,16 @@ def _daemon_unreachable(name: str, said: str, user: str | None) -> Check | None:
 
 
 def nix_check(
-    returncode: int, stdout: str, stderr: str, program: str, user: str | None = None
+    returncode: int,
+    stdout: str,
+    stderr: str,
+    program: str,
+    user: str | None = None,
+    *,
+    missing_fix: str = _NIX_FIX,
 ) -> Check:
-    """``PROGRAM --version`` on the builder, as ``user``."""
+    """``PROGRAM --version`` on the builder, as ``user``; ``missing_fix``: the fix when the
+    program is not there or fails (installing Nix, unless the line names the program)."""
     if returncode == 0:
         match = _VERSION.search(stdout)
         version = (match.group(1) or match.group(2)) if match else stdout.strip()[:40]
@@ -92,8 +99,8 @@ def nix_check(
     last = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1]
     if returncode == 127 or "not found" in stderr:
         detail = not_on_path(program, last)
-        return Check("nix", Verdict.FAIL, detail, _NIX_FIX)
-    return Check("nix", Verdict.FAIL, f"`{program} --version` failed: {last}", _NIX_FIX)
+        return Check("nix", Verdict.FAIL, detail, missing_fix)
+    return Check("nix", Verdict.FAIL, f"`{program} --version` failed: {last}", missing_fix)
 
 
 def serve_check(
@@ -104,16 +111,20 @@ def serve_check(
     restricted: bool = False,
     daemon: str | None = None,
     user: str | None = None,
+    missing_fix: str = _NIX_FIX,
 ) -> Check:
     """The session's handshake (of the serve program, or of ``daemon``, the program an
     ssh-ng:// builder runs, as ``user``): its protocol version and the remote pid, or an
-    error."""
+    error, whose fix is ``missing_fix`` unless a daemon could not be reached."""
     program = daemon or _SERVE
     if error is not None and (unreachable := _daemon_unreachable("serve", error, user)):
         return unreachable
     if error is not None or version is None:
         return Check(
-            "serve", Verdict.FAIL, f"{program} did not start: {error or 'no handshake'}", _NIX_FIX
+            "serve",
+            Verdict.FAIL,
+            f"{program} did not start: {error or 'no handshake'}",
+            missing_fix,
         )
     where = f", remote pid {pid}" if pid is not None else ""
     if restricted:

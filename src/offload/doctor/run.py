@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -190,7 +189,9 @@ class _Probe(LoginProbe):
         code, out, err = await self._remote(link, [program, "--version"])
         if link.ssh.restricted:  # learnt as the master connected, before the command
             return facts.restricted_checks(self.machine.max_jobs, self.daemon)[0]
-        return self._named(facts.nix_check(code, out, err, program, self.known_user))
+        return facts.nix_check(
+            code, out, err, program, self.known_user, missing_fix=self._missing_fix()
+        )
 
     async def _serve(self, link: MachineLink) -> Check:
         async def handshake() -> tuple[int | None, int | None]:
@@ -205,27 +206,27 @@ class _Probe(LoginProbe):
             error = f"no handshake within {self.timeout + SLACK:g} s"
             return facts.serve_check(None, None, error, daemon=program, user=self.known_user)
         except OffloadError as exc:
-            failed = facts.serve_check(
-                None, None, exc.message, daemon=program, user=self.known_user
-            )
-            return self._named(failed)
+            return facts.serve_check(
+                None, None, exc.message, daemon=program, user=self.known_user,
+                missing_fix=self._missing_fix(),
+            )  # fmt: skip
         self.load = link.load
         restricted = link.ssh.restricted
         return facts.serve_check(version, pid, None, restricted=restricted, daemon=program)
 
-    def _named(self, check: Check) -> Check:
-        """``check``, its fix "install Nix" made the line's own where the line names its
-        program (``remote-program``): a missing one, or one of the other protocol's."""
+    def _missing_fix(self) -> str:
+        """The fix for a program that is not there or fails: installing Nix, or, where the
+        line names its program (``remote-program``: a missing one, or one of the other
+        protocol's), that parameter."""
         named = self.machine.params.get("remote-program")
-        if not named or check.verdict != Verdict.FAIL or check.fix != install_nix():
-            return check
+        if not named:
+            return install_nix()
         wanted = "nix-daemon (it runs it with --stdio)" if self.daemon else "nix-store"
-        fix = (
+        return (
             f"remote-program={named} in {self.machine.source} names a program the builder has"
             f" not, or not of this protocol: {self.machine.scheme}:// runs {wanted}; name"
             " that, or remove the parameter"
         )
-        return dataclasses.replace(check, fix=fix)
 
     async def _trust_probe(self, link: MachineLink) -> Check:
         """Whether the builder takes an unsigned path from the user (``doctor.trust``)."""
