@@ -1,0 +1,94 @@
+"""What a builder's side says, once, for the NixOS module and the script alike: the build user
+and the client's key (``BuilderSetup``), the key's authorized_keys line, the sshd lines for that
+user, the nix-daemon's memory limits and the seeds' tuning (``offload.setup.builder`` says why
+each is there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from offload.errors import ConfigError
+from offload.setup.values import PublicKey, check_user
+
+__all__ = [
+    "CLIENT_ALIVE_COUNT_MAX",
+    "CLIENT_ALIVE_INTERVAL",
+    "DEFAULT_USER",
+    "MAX_FREE",
+    "MAX_SESSIONS",
+    "MIN_FREE",
+    "NR_BUILD_USERS",
+    "SERVE_COMMAND",
+    "TUNING",
+    "BuilderSetup",
+    "authorized_keys_line",
+    "daemon_limits",
+    "sshd_lines",
+]
+
+DEFAULT_USER = "nixremote"
+SERVE_COMMAND = "--serve --write"
+MIN_FREE = 1024**3
+MAX_FREE = 10 * 1024**3
+NR_BUILD_USERS = 64
+# sshd asks a silent client every 15 s and drops it after 4 unanswered asks: a minute, far
+# beyond any live client's answer (offload's ssh gives up on a silent builder after 12 s).
+CLIENT_ALIVE_INTERVAL = 15
+CLIENT_ALIVE_COUNT_MAX = 4
+# Sessions one connection may carry: offload runs one per build slot and one more over a
+# builder's one connection (``transport.links.machine``), and every core is a slot (max-jobs
+# auto). sshd's own 10 refused them on a builder of 10 cores or more.
+MAX_SESSIONS = 256
+
+
+@dataclass(frozen=True)
+class BuilderSetup:
+    user: str
+    key: PublicKey
+    restricted: bool = True
+
+    def __post_init__(self) -> None:
+        check_user(self.user)
+        if self.user == "root":
+            # The sshd block would take root's password and tty logins away, and the module
+            # would make root a system user: the script refuses uid 0 too, on the builder.
+            raise ConfigError(
+                "the build user cannot be root: its sshd lines would take root's password and "
+                "tty logins away",
+                hint=f"give the builds a user of their own: --user {DEFAULT_USER} (the default)",
+            )
+
+
+def authorized_keys_line(setup: BuilderSetup, nix_store: str = "nix-store") -> str:
+    """The client key's authorized_keys line: ``restrict`` (no forwarding, no pty, no
+    ``~/.ssh/rc``) always, and with it the one command unless ``--unrestricted``."""
+    if not setup.restricted:
+        return f"restrict {setup.key.line}"
+    return f'restrict,command="{nix_store} {SERVE_COMMAND}" {setup.key.line}'
+
+
+# The seeds' tuning, each set only where nix.conf does not set it already (as the NixOS
+# module's mkDefault: the host's own value wins).
+TUNING = (("max-jobs", "auto"), ("cores", "0"), ("min-free", str(MIN_FREE)),
+          ("max-free", str(MAX_FREE)))  # fmt: skip
+
+
+def sshd_lines(setup: BuilderSetup) -> str:
+    return (
+        f"Match User {setup.user}\n"
+        "  AllowAgentForwarding no\n"
+        "  AllowTcpForwarding no\n"
+        "  PermitTTY no\n"
+        "  PermitTunnel no\n"
+        "  X11Forwarding no\n"
+        "  PasswordAuthentication no\n"
+        f"  ClientAliveInterval {CLIENT_ALIVE_INTERVAL}\n"
+        f"  ClientAliveCountMax {CLIENT_ALIVE_COUNT_MAX}\n"
+        f"  MaxSessions {MAX_SESSIONS}\n"
+        "Match all\n"
+    )
+
+
+def daemon_limits() -> str:
+    return "[Service]\nMemoryAccounting=yes\nMemoryMax=90%\nOOMScoreAdjust=500\n"
