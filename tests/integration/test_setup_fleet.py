@@ -23,7 +23,7 @@ from offload.config.machines import parse_machines
 from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
 from offload.setup.builder import BuilderSetup, authorized_keys_line
-from offload.setup.probe import DAEMON_ONLY_FIX
+from offload.setup.probe import OTHER_PROGRAM_FIX
 from offload.setup.values import parse_public_key
 from tests.helpers.fleets import private_fleet_fixture, speed_of
 from tests.helpers.nix_files import SPEED, nix_file, out_path, valid_locally
@@ -214,6 +214,11 @@ def test_the_restricted_key_line_serves_stock_nix(serve_only_fleet: Fleet, tmp_p
     written = setup_client(tmp_path, serve_only_fleet, *given, where)
     assert written.returncode == 0, written.stderr
     assert " x86_64-linux " in (tmp_path / "client" / "machines").read_text()
+    # ssh-ng:// lines would open `nix-daemon --stdio`, which that key does not run.
+    other = setup_client(tmp_path / "ng", serve_only_fleet, "--ssh-ng", *given, where)
+    assert other.returncode == 1
+    assert other.stderr.splitlines()[-1] == "hint: " + OTHER_PROGRAM_FIX["ssh-ng"]
+    assert not (tmp_path / "ng" / "client").exists()
 
 
 untrusted_fleet = private_fleet_fixture([MemberSpec.parse("su:1:1:untrusted")], "ofn")
@@ -239,18 +244,41 @@ def test_a_builder_whose_daemon_does_not_trust_the_user_is_not_written(
 daemon_only_fleet = private_fleet_fixture([MemberSpec.parse("sd:1:1:daemon")], "ofd")
 
 
-def test_a_key_restricted_to_the_daemon_is_refused_with_what_setup_can_write(
+def test_a_key_restricted_to_the_daemon_is_set_up_with_ssh_ng(
     daemon_only_fleet: Fleet, tmp_path: Path
 ) -> None:
-    # The doctor's fix was "write ssh-ng:// in sd", a machines line setup client writes as
-    # ssh:// and the user has not got yet.
-    done = setup_client(tmp_path, daemon_only_fleet, target(daemon_only_fleet, "sd"))
+    # Without --ssh-ng, the doctor's fix was "write ssh-ng:// in sd", a machines line setup
+    # client writes as ssh:// and the user has not got yet.
+    where = target(daemon_only_fleet, "sd")
+    done = setup_client(tmp_path / "ssh", daemon_only_fleet, where)
     assert done.returncode == 1
     error, hint = done.stderr.splitlines()[-2:]
     assert error.startswith("error: sd (127.0.0.1:")
     assert "it answers ssh-ng://'s (`nix-daemon --stdio`)" in error
-    assert hint == "hint: " + DAEMON_ONLY_FIX
-    assert not (tmp_path / "client" / "machines").exists()
+    assert hint == "hint: " + OTHER_PROGRAM_FIX["ssh"]
+    assert not (tmp_path / "ssh" / "client").exists()
+    # With it, an ssh-ng:// line, which offload and stock Nix build through.
+    given = ("--system", "x86_64-linux", "--feature", "", "--jobs", "1")
+    written = setup_client(tmp_path, daemon_only_fleet, "--ssh-ng", *given, where)
+    assert written.returncode == 0, written.stderr
+    machines = tmp_path / "client" / "machines"
+    text = machines.read_text()
+    (line,), _ = parse_machines(text, source="machines", system=daemon_only_fleet.system)
+    assert (line.uri, line.max_jobs) == ("ssh-ng://root@sd", 1)
+    file = nix_file(tmp_path, BODY)
+    env = client_env(tmp_path)
+    stock = stock_nix_build(file, machines, env)
+    assert stock.returncode == 0, stock.stderr
+    assert Path(stock.stdout.strip()).read_text().strip() == speed_of(daemon_only_fleet, "sd")
+    env["NIX_CONFIG"] = "substituters =\n"
+    file = nix_file(tmp_path, BODY, name="ours.nix")  # a salt of its own: built again
+    argv = [
+        sys.executable, "-m", "offload", "build", str(file), "-A", "one", "--no-out-link",
+        "--builders", f"@{machines}", "-j", "0",
+    ]  # fmt: skip
+    ours = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert ours.returncode == 0, ours.stderr
+    assert Path(ours.stdout.strip()).read_text().strip() == speed_of(daemon_only_fleet, "sd")
 
 
 def test_a_builder_whose_own_max_jobs_is_0_is_refused_with_the_doctors_words(

@@ -63,11 +63,15 @@ def test_indented_strings_evaluate_to_exactly_the_text(text: str) -> None:
     assert nix_eval(indented(text, "    ")) == text
 
 
-@pytest.mark.parametrize("restricted", [True, False])
+@pytest.mark.parametrize(
+    ("restricted", "scheme", "program"),
+    [(True, "ssh", "nix-store --serve --write"), (False, "ssh", ""),
+     (True, "ssh-ng", "nix-daemon --stdio")],
+)  # fmt: skip
 def test_the_builder_module_parses_and_says_what_it_should(
-    tmp_path: Path, key: Any, restricted: bool
+    tmp_path: Path, key: Any, restricted: bool, scheme: str, program: str
 ) -> None:
-    setup = BuilderSetup("nixremote", key, restricted=restricted)
+    setup = BuilderSetup("nixremote", key, restricted, scheme)
     module = tmp_path / "offload-builder.nix"
     module.write_text(dict(builder_files(setup))["offload-builder.nix"])
     parses(module)
@@ -75,7 +79,7 @@ def test_the_builder_module_parses_and_says_what_it_should(
     lib = '{ mkDefault = content: { _type = "override"; priority = 1000; inherit content; }; }'
     got = nix_eval(f'import {module} {{ config.nix.package = "/nix/store/x-nix"; lib = {lib}; }}')
     user = got["users"]["users"]["nixremote"]
-    prefix = 'restrict,command="/nix/store/x-nix/bin/nix-store --serve --write" '
+    prefix = f'restrict,command="/nix/store/x-nix/bin/{program}" '
     keys = user["openssh"]["authorizedKeys"]["keys"]
     assert keys == [(prefix if restricted else "restrict ") + key.line]
     assert (user["isSystemUser"], user["group"], user["useDefaultShell"]) == (
@@ -142,16 +146,16 @@ def test_the_keys_command_runs_the_system_profiles_nix_store(tmp_path: Path, key
     # Root's PATH may start at /root/.nix-profile (0700): the build user could not run it.
     text = dict(builder_files(BuilderSetup("nixremote", key)))["offload-builder.sh"]
     profile = "/nix/var/nix/profiles/default/bin/nix-store"
-    start = text.index(f"nix_store={profile}")
+    start = text.index(f"program={profile}")
     choose = text[start : text.index("install Nix first", start)]
     choose = choose[: choose.rindex("\n")]  # up to the line that fails
-    assert '"$nix_store"' in text[text.index("want=$(") :].splitlines()[0]
+    assert '"$program"' in text[text.index("want=$(") :].splitlines()[0]
     system, roots = tmp_path / "profile" / "nix-store", tmp_path / "root-profile"
     for program in (system, roots / "nix-store"):
         program.parent.mkdir(parents=True, exist_ok=True)
         program.write_text("#!/bin/sh\n")
         program.chmod(0o755)
-    script = choose.replace(profile, str(system)) + " exit 1\necho $nix_store"
+    script = choose.replace(profile, str(system)) + " exit 1\necho $program"
     env = {**os.environ, "PATH": f"{roots}:{os.environ['PATH']}"}
 
     def chosen() -> str:
@@ -199,12 +203,15 @@ def test_sshd_takes_the_sshd_lines(tmp_path: Path, key: Any) -> None:
     assert f"clientalivecountmax {CLIENT_ALIVE_COUNT_MAX}" in shown
 
 
-def test_the_client_module_parses_and_says_what_it_should(tmp_path: Path, key: Any) -> None:
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
+def test_the_client_module_parses_and_says_what_it_should(
+    tmp_path: Path, key: Any, scheme: str
+) -> None:
     builders = (
         Builder(Target("fast", "127.0.0.1", 2201), key, ("x86_64-linux",), ("kvm",), 4, 3),
         Builder(Target("127.0.0.1-2202", "127.0.0.1", 2202), key, ("x86_64-linux",), (), 1, 1),
     )
-    setup = ClientSetup("nixremote", "/etc/nix/offload_ed25519", builders)
+    setup = ClientSetup("nixremote", "/etc/nix/offload_ed25519", builders, scheme)
     module = tmp_path / "offload-client.nix"
     module.write_text(dict(client_files(setup))["offload-client.nix"])
     parses(module)
@@ -217,6 +224,8 @@ def test_the_client_module_parses_and_says_what_it_should(tmp_path: Path, key: A
     assert first["sshKey"] == "/etc/nix/offload_ed25519"
     assert first["sshUser"] == "nixremote"
     assert second["supportedFeatures"] == []
+    # NixOS's nix.buildMachines.*.protocol, "ssh" by default (22.11 on).
+    assert first.get("protocol", "ssh") == second.get("protocol", "ssh") == scheme
     assert base64.b64decode(first["publicHostKey"]).decode() == key.bare
     assert got["programs"]["ssh"]["extraConfig"] == ssh_config_text(setup)
     assert got["programs"]["ssh"]["knownHosts"]["127.0.0.1-2202"] == {"publicKey": key.bare}

@@ -13,10 +13,12 @@ socket activation does, so no session waits for it)."""
 from __future__ import annotations
 
 import os
+import select
 import shlex
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import pytest
 from offload.setup.builder import BuilderSetup, shell_script
 from offload.setup.values import PublicKey, parse_public_key
 from tests.helpers.processes import start, stop
-from tests.helpers.serve_wire import HANDSHAKE_OUT, SERVER_HELLO, Z, strs, u64
+from tests.helpers.serve_wire import HANDSHAKE_OUT, SERVER_HELLO, Z, s, strs, u64
 
 KEY = PublicKey(
     "ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIOk3nH8mP9DqJw2vX2qY5h0YzX1c9m3Wq7kqgQd8n2pK", "c"
@@ -41,6 +43,12 @@ WRITTEN = ("nix/nix.conf", "ssh/sshd_config", "passwd", "group", "shadow", "gsha
            "systemd/system/nix-daemon.service.d/offload.conf")  # fmt: skip
 # The serve handshake, then whether a path is valid: answering it takes the nix-daemon.
 QUERY = HANDSHAKE_OUT + u64(1) + u64(0) + u64(0) + strs(Z)
+# The same over the daemon's protocol (nix-protocols.md, worker): its magic and version 1.34,
+# no CPU affinity, no reserved space, then IsValidPath (op 1). The answer ends with the last
+# stderr frame and "not valid"; Nix 2.8's `nix-daemon --stdio`, run by a user who is not
+# root, forwards it all to the nix-daemon's socket.
+DAEMON_HELLO, DAEMON_LAST = u64(0x6E697863), u64(0x616C7473)
+DAEMON_QUERY = DAEMON_HELLO + u64(0x122) + u64(0) + u64(0) + u64(1) + s(Z)
 
 
 class Host:
@@ -94,18 +102,51 @@ class Host:
             for name in WRITTEN
         }
 
-    def serve(self, key: Path, user: str = "nixremote") -> subprocess.CompletedProcess[bytes]:
-        """A serve session as a client opens one: ssh with ``key``, to this host's sshd."""
+    def _ssh(self, key: Path, user: str) -> list[str]:
+        """ssh with ``key`` to this host's sshd, whose key's command decides what it runs."""
         sshd = shlex.join(self.enter(SSHD, "-i", "-e", "-f", "/etc/ssh/sshd_config"))
         options = ["BatchMode=yes", "IdentitiesOnly=yes", "StrictHostKeyChecking=no",
                    "UserKnownHostsFile=/dev/null", "LogLevel=ERROR",
                    f"ProxyCommand={sshd}"]  # fmt: skip
+        return ["ssh", "-F", "none", "-i", str(key), *(f"-o{o}" for o in options),
+                f"{user}@builder", "nix-store --serve --write"]  # fmt: skip
+
+    def serve(self, key: Path, user: str = "nixremote") -> subprocess.CompletedProcess[bytes]:
+        """A serve session as a client opens one."""
         return subprocess.run(
-            ["ssh", "-F", "none", "-i", str(key), *(f"-o{o}" for o in options),
-             f"{user}@builder", "nix-store --serve --write"],
-            input=QUERY, env={"PATH": self.path, "HOME": str(self.root)},
+            self._ssh(key, user), input=QUERY, env={"PATH": self.path, "HOME": str(self.root)},
             capture_output=True, timeout=60, check=False,
         )  # fmt: skip
+
+    def daemon_session(self, key: Path) -> tuple[bytes, str]:
+        """A daemon session's answer to ``DAEMON_QUERY``, and ssh's stderr. Its input is held
+        open until the answer ends: Nix 2.8's `nix-daemon --stdio` forwarding to the socket
+        stops as its input ends, before the daemon has answered."""
+        answer, said = b"", ""
+        with subprocess.Popen(
+            self._ssh(key, "nixremote"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env={"PATH": self.path, "HOME": str(self.root)},
+        ) as proc:  # fmt: skip
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            try:
+                proc.stdin.write(DAEMON_QUERY)
+                proc.stdin.flush()
+                deadline = time.monotonic() + 60
+                while not answer.endswith(DAEMON_LAST + u64(0)):
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+                        break
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+                proc.stdin.close()
+                said = proc.stderr.read().decode(errors="replace")
+            finally:
+                proc.kill()
+        return answer, said
 
 
 @pytest.fixture
@@ -145,9 +186,9 @@ def _served(done: subprocess.CompletedProcess[bytes], daemon_log: Path) -> None:
     assert done.stdout[16:] == u64(0), said  # Z is not valid: the daemon answered
 
 
-def _wanted() -> str:
-    nix_store = shutil.which("nix-store")
-    return f'restrict,command="{nix_store} --serve --write" {KEY.line}'
+def _wanted(program: str = "nix-store --serve --write") -> str:
+    name, arguments = program.split(" ", 1)
+    return f'restrict,command="{shutil.which(name)} {arguments}" {KEY.line}'
 
 
 def test_the_script_sets_a_builder_up_and_a_second_run_changes_nothing(host: Host) -> None:
@@ -252,6 +293,36 @@ def test_a_session_through_the_build_user_reaches_the_nix_daemon(
     done = host.run(shell_script(BuilderSetup("nixremote", key)))
     assert done.returncode == 0, done.stderr
     _served(host.serve(path), daemon)
+
+
+def test_with_ssh_ng_a_session_through_the_build_user_reaches_the_daemon(
+    host: Host, daemon: Path, client_key: tuple[Path, PublicKey]
+) -> None:
+    # The key runs `nix-daemon --stdio` whatever the client asks: what Nix's ssh-ng store
+    # opens. The serve program's hello is not let through.
+    path, key = client_key
+    done = host.run(shell_script(BuilderSetup("nixremote", key, scheme="ssh-ng")))
+    assert done.returncode == 0, done.stderr
+    (line,) = host.keys("nixremote")
+    assert line == f'restrict,command="{shutil.which("nix-daemon")} --stdio" {key.line}'
+    answer, ssh_said = host.daemon_session(path)
+    said = f"{ssh_said}\ndaemon: {daemon.read_text()}"
+    assert answer[:8] == u64(0x6478696F), said
+    assert answer.endswith(DAEMON_LAST + u64(0)), said  # Z is not valid
+    assert host.serve(path).stdout[:8] != SERVER_HELLO[:8]
+
+
+def test_a_key_moved_from_one_program_to_the_other_is_said(host: Host) -> None:
+    # The ssh:// machines lines that served the builder fail from then on.
+    assert host.run(shell_script(BuilderSetup("nixremote", KEY))).returncode == 0
+    moved = host.run(shell_script(BuilderSetup("nixremote", KEY, scheme="ssh-ng")))
+    assert moved.returncode == 0, moved.stderr
+    assert host.keys("nixremote") == [_wanted("nix-daemon --stdio")]
+    assert " ".join(moved.stderr.split()) == (
+        "note: the line of this key in /var/lib/nixremote/.ssh/authorized_keys is replaced; "
+        "it ran nix-store --serve --write, which ssh:// machines lines for this builder need: "
+        "use ssh-ng:// ones (setup client --ssh-ng writes them)"
+    )
 
 
 def test_a_socket_directory_only_root_may_enter_is_refused_before_any_change(host: Host) -> None:

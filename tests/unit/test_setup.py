@@ -248,6 +248,32 @@ def test_the_authorized_keys_line_is_restricted_to_serve_by_default() -> None:
         BuilderSetup("x;y", KEY)
 
 
+def test_with_ssh_ng_the_key_runs_only_the_daemon() -> None:
+    # What Nix's ssh-ng store opens, as srvos' remote-builder role restricts its key.
+    daemon = BuilderSetup("nixremote", KEY, scheme="ssh-ng")
+    line = authorized_keys_line(daemon, "/bin/nix-daemon")
+    assert line == f'restrict,command="/bin/nix-daemon --stdio" {KEY.line}'
+    script = shell_script(daemon)
+    assert "program=/nix/var/nix/profiles/default/bin/nix-daemon\n" in script
+    assert 'restrict,command="%s --stdio" %s' in script
+    assert "--serve" not in authorized_keys_line(daemon)
+
+
+def test_ssh_ng_with_unrestricted_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An unrestricted key runs both programs: --ssh-ng would be dropped without a word.
+    out = tmp_path / "out"
+    argv = ["setup", "builder", "--key", KEY_LINE, "--ssh-ng", "--unrestricted"]
+    assert main([*argv, "--write", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: --ssh-ng restricts the key to `nix-daemon --stdio`, ")
+    assert (
+        err[1] == "hint: an unrestricted key serves ssh:// and ssh-ng:// lines alike: drop --ssh-ng"
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("write", [False, True])
 def test_root_as_the_build_user_is_refused_before_anything_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], write: bool
@@ -436,3 +462,13 @@ def test_the_replaced_line_is_said_only_where_the_new_one_restricts_the_key() ->
     assert "is replaced; it ran any command" in shell_script(BuilderSetup("nixremote", KEY))
     unrestricted = shell_script(BuilderSetup("nixremote", KEY, restricted=False))
     assert "is replaced; it ran any command" not in unrestricted
+
+
+@pytest.mark.parametrize(
+    ("scheme", "other"), [("ssh", "nix-daemon --stdio"), ("ssh-ng", "nix-store --serve --write")]
+)
+def test_a_line_of_the_other_programs_replaced_is_said(scheme: str, other: str) -> None:
+    # Its machines lines (the other scheme's) fail from then on.
+    script = shell_script(BuilderSetup("nixremote", KEY, scheme=scheme))
+    assert f'grep -qF -e "{other}"; then' in script
+    assert f"is replaced; it ran {other}," in script

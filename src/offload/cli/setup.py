@@ -23,7 +23,7 @@ from offload.setup.builder import DEFAULT_USER, BuilderSetup, builder_files
 from offload.setup.client import ClientSetup, Overrides, client_files, where_they_go
 from offload.setup.files import render, write_files
 from offload.setup.key import create_key, default_key_path
-from offload.setup.probe import probe_all
+from offload.setup.probe import Login, probe_all
 from offload.setup.values import PublicKey, check_path, parse_public_key, parse_targets
 
 __all__ = ["register"]
@@ -31,10 +31,13 @@ __all__ = ["register"]
 _RESTRICT_HELP = (
     "authorize the key for any command, not only `nix-store --serve --write`. By default the "
     "key may only run the serve program (what Nix's build-remote and offload open on ssh:// "
-    "builders; not ssh-ng://), so a stolen client key cannot get a shell on the builder. "
-    "Unrestricted, offload can also read the builder's load and `offload doctor` and "
-    "`setup client` can ask its settings; restricted, give `setup client` --system, --feature "
-    "and --jobs"
+    "builders), so a stolen client key cannot get a shell on the builder. Unrestricted, "
+    "offload can also read the builder's load and `offload doctor` and `setup client` can ask "
+    "its settings; restricted, give `setup client` --system, --feature and --jobs"
+)
+_SSH_NG_HELP = (
+    "restrict the key to `nix-daemon --stdio` instead, what Nix and offload open on ssh-ng:// "
+    "builders: give `setup client` --ssh-ng too"
 )
 
 
@@ -76,6 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the client's public key, or @ and its .pub file (default: @ the default key's)",
     )  # fmt: skip
     builder.add_argument("--unrestricted", action="store_true", help=_RESTRICT_HELP)
+    builder.add_argument("--ssh-ng", action="store_true", help=_SSH_NG_HELP)
     builder.add_argument(
         "--write", type=nonempty_path, metavar="DIR", help="write the files into DIR"
     )
@@ -110,6 +114,11 @@ def _client_step(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     client.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
         help=f"connect timeout per builder (default {DEFAULT_TIMEOUT:g})",
+    )  # fmt: skip
+    client.add_argument(
+        "--ssh-ng", action="store_true",
+        help="write ssh-ng:// machines lines (Nix's daemon protocol, `nix-daemon --stdio` on the "
+        "builder: for keys that `setup builder --ssh-ng` restricted to it)",
     )  # fmt: skip
     client.add_argument(
         "--write", type=nonempty_path, metavar="DIR", help="write the files into DIR"
@@ -174,7 +183,8 @@ def _emit(files: list[tuple[str, str]], places: dict[str, str], write: Path | No
 
 
 def run_builder(args: argparse.Namespace) -> int:
-    setup = BuilderSetup(args.user, _public_key(args.key), restricted=not args.unrestricted)
+    scheme = "ssh-ng" if args.ssh_ng else "ssh"
+    setup = BuilderSetup(args.user, _public_key(args.key), not args.unrestricted, scheme)
     files = builder_files(setup)
     places = {
         files[0][0]: "NixOS",
@@ -206,7 +216,8 @@ def run_client(args: argparse.Namespace) -> int:
         speed=args.speed,
     )
     options = DoctorOptions(timeout=args.timeout, env=dict(os.environ))
-    probed = interrupts.run(probe_all(targets, args.user, str(identity), overrides, options))
+    login = Login(args.user, str(identity), "ssh-ng" if args.ssh_ng else "ssh")
+    probed = interrupts.run(probe_all(targets, login, overrides, options))
     for outcome in probed:
         where = f"{outcome.target.host}:{outcome.target.port}"
         if outcome.builder is None:
@@ -223,6 +234,6 @@ def run_client(args: argparse.Namespace) -> int:
         )
     builders = tuple(o.builder for o in probed if o.builder is not None)
     if builders:
-        files = client_files(ClientSetup(args.user, str(identity), builders))
+        files = client_files(ClientSetup(login.user, login.identity, builders, login.scheme))
         _emit(files, where_they_go([name for name, _ in files]), args.write)
     return 0 if len(builders) == len(probed) else 1

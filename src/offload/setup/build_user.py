@@ -19,7 +19,7 @@ __all__ = [
     "MAX_SESSIONS",
     "MIN_FREE",
     "NR_BUILD_USERS",
-    "SERVE_COMMAND",
+    "PROGRAMS",
     "TUNING",
     "BuilderSetup",
     "authorized_keys_line",
@@ -28,7 +28,10 @@ __all__ = [
 ]
 
 DEFAULT_USER = "nixremote"
-SERVE_COMMAND = "--serve --write"
+# The one program a restricted key runs, by the scheme of the client's machines lines: Nix's
+# serve program for ``ssh://`` (what Nix's build-remote and offload open), its daemon for
+# ``ssh-ng://`` (Nix's ssh-ng store, as srvos' remote-builder role restricts its key).
+PROGRAMS = {"ssh": ("nix-store", "--serve --write"), "ssh-ng": ("nix-daemon", "--stdio")}
 MIN_FREE = 1024**3
 MAX_FREE = 10 * 1024**3
 NR_BUILD_USERS = 64
@@ -47,9 +50,18 @@ class BuilderSetup:
     user: str
     key: PublicKey
     restricted: bool = True
+    scheme: str = "ssh"  # of the machines lines the client will write: ssh or ssh-ng
 
     def __post_init__(self) -> None:
         check_user(self.user)
+        if self.scheme not in PROGRAMS:
+            raise ValueError(f"no program for the scheme {self.scheme!r}")
+        if self.scheme != "ssh" and not self.restricted:
+            raise ConfigError(
+                "--ssh-ng restricts the key to `nix-daemon --stdio`, --unrestricted lets it run "
+                "any command: give one of them",
+                hint="an unrestricted key serves ssh:// and ssh-ng:// lines alike: drop --ssh-ng",
+            )
         if self.user == "root":
             # The sshd block would take root's password and tty logins away, and the module
             # would make root a system user: the script refuses uid 0 too, on the builder.
@@ -59,13 +71,20 @@ class BuilderSetup:
                 hint=f"give the builds a user of their own: --user {DEFAULT_USER} (the default)",
             )
 
+    @property
+    def program(self) -> tuple[str, str]:
+        """The restricted key's program: its name and its arguments."""
+        return PROGRAMS[self.scheme]
 
-def authorized_keys_line(setup: BuilderSetup, nix_store: str = "nix-store") -> str:
+
+def authorized_keys_line(setup: BuilderSetup, path: str | None = None) -> str:
     """The client key's authorized_keys line: ``restrict`` (no forwarding, no pty, no
-    ``~/.ssh/rc``) always, and with it the one command unless ``--unrestricted``."""
+    ``~/.ssh/rc``) always, and with it the one command unless ``--unrestricted``; ``path``
+    is the program's where it is known (the key's command runs without the user's PATH)."""
     if not setup.restricted:
         return f"restrict {setup.key.line}"
-    return f'restrict,command="{nix_store} {SERVE_COMMAND}" {setup.key.line}'
+    name, arguments = setup.program
+    return f'restrict,command="{path or name} {arguments}" {setup.key.line}'
 
 
 # The seeds' tuning, each set only where nix.conf does not set it already (as the NixOS

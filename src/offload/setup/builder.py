@@ -7,12 +7,14 @@ distributed builds", the NixOS & Flakes book, Nix's manual), in one place:
   it) and the client's key authorized; on a host without NixOS, the user also joins the group
   that may enter the nix-daemon's socket directory (Debian's nix-bin makes it 0770
   root:nix-users: outside that group, every session fails with "Permission denied");
-- the key restricted to the serve program by default, the careful way (``restrict`` turns off
+- the key restricted to one program by default, the careful way (``restrict`` turns off
   forwarding, the pty and ``~/.ssh/rc``; ``command=`` makes whatever the client asks for run
-  ``nix-store --serve --write``, which is what Nix's build-remote and offload open on an
-  ``ssh://`` builder), as NixOS's ``nix.sshServe`` and careful admins do. ``unrestricted``
-  gives a plain key line instead: the key may then run any command as that user, which lets
-  offload read the builder's load (and ``offload doctor``/``setup client`` ask its settings);
+  that program): ``nix-store --serve --write``, which Nix's build-remote and offload open on an
+  ``ssh://`` builder, as NixOS's ``nix.sshServe`` and careful admins do; with ``--ssh-ng``,
+  ``nix-daemon --stdio``, which Nix's ssh-ng store and offload open on an ``ssh-ng://`` one, as
+  srvos' remote-builder role does. ``unrestricted`` gives a plain key line instead: the key may
+  then run any command as that user, which lets offload read the builder's load (and
+  ``offload doctor``/``setup client`` ask its settings);
 - the user trusted (``trusted-users``: building derivations sent over the wire and importing
   unsigned paths need it), root kept trusted;
 - the seeds' tuning: Nix's build users (``nrBuildUsers``), garbage collection when the disk is
@@ -41,7 +43,6 @@ from offload.setup.build_user import (
     MAX_FREE,
     MIN_FREE,
     NR_BUILD_USERS,
-    SERVE_COMMAND,
     TUNING,
     BuilderSetup,
     authorized_keys_line,
@@ -56,7 +57,6 @@ __all__ = [
     "DEFAULT_USER",
     "MAX_FREE",
     "MIN_FREE",
-    "SERVE_COMMAND",
     "TUNING",
     "BuilderSetup",
     "authorized_keys_line",
@@ -74,9 +74,10 @@ def nixos_module(setup: BuilderSetup) -> str:
     user = setup.user
     if setup.restricted:
         # The store path of this system's own Nix: no PATH lookup in the forced command.
-        serve = f'"restrict,command=\\"${{config.nix.package}}/bin/nix-store {SERVE_COMMAND}\\" "'
-        key = f"({serve} + {nix_string(setup.key.line)})"
-        kind = f"restricted to `nix-store {SERVE_COMMAND}`"
+        name, arguments = setup.program
+        forced = f'"restrict,command=\\"${{config.nix.package}}/bin/{name} {arguments}\\" "'
+        key = f"({forced} + {nix_string(setup.key.line)})"
+        kind = f"restricted to `{name} {arguments}`"
     else:
         key = nix_string(authorized_keys_line(setup))
         kind = "unrestricted: it may run any command as this user"

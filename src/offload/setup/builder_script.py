@@ -14,7 +14,7 @@ import shlex
 
 from offload.setup.build_user import (
     MAX_SESSIONS,
-    SERVE_COMMAND,
+    PROGRAMS,
     TUNING,
     BuilderSetup,
     authorized_keys_line,
@@ -31,6 +31,7 @@ def _heredoc(text: str) -> str:
 
 def _preamble(setup: BuilderSetup) -> str:
     """The checks before any change: Nix is there, and its daemon can be let in to."""
+    name = setup.program[0]
     return f"""#!/bin/sh
 # offload setup builder, for a host without NixOS: run as root on the builder, after reading it.
 # Safe to run again: each step looks before it changes anything.
@@ -42,11 +43,11 @@ home=/var/lib/{setup.user}
 [ "$(uname -s)" = Linux ] && command -v systemctl >/dev/null ||
   {{ echo "this script is for Linux with systemd; on another host, make the user, its" \
       "authorized_keys line and trusted-users by hand (README, A short tour)" >&2; exit 1; }}
-# The nix-store the key's command runs: the system profile's where there is one (root's
+# The {name} the key's command runs: the system profile's where there is one (root's
 # PATH may start at /root/.nix-profile, which the build user cannot reach), else PATH's.
-nix_store=/nix/var/nix/profiles/default/bin/nix-store
-[ -x "$nix_store" ] || nix_store=$(command -v nix-store) ||
-  {{ echo "nix-store is not on PATH: install Nix first" >&2; exit 1; }}
+program=/nix/var/nix/profiles/default/bin/{name}
+[ -x "$program" ] || program=$(command -v {name}) ||
+  {{ echo "{name} is not on PATH: install Nix first" >&2; exit 1; }}
 # A file appended to ends its last line first: else the first line added joins it
 # ("...sftp-serverMatch User ...": every restriction for the build user made global).
 ended() {{
@@ -165,11 +166,22 @@ fi
 """
 
 
-_REPLACED_NOTE = """\
+def _replaced_note(setup: BuilderSetup) -> str:
+    """Said where the new line restricts the key and replaces one that served the other
+    scheme's machines lines: those fail from now on. (Inside the user's single-quoted
+    ``sh -c``: no quote of that kind, and no backquote, which that shell would run.)"""
+    other = next(s for s in PROGRAMS if s != setup.scheme)
+    writes = "setup client --ssh-ng" if setup.scheme == "ssh-ng" else "setup client"
+    use = f"use {setup.scheme}:// ones ({writes} writes them)"
+    other_program = " ".join(PROGRAMS[other])
+    return f"""\
     if grep -F "$key" "$keys" | grep -qv "command="; then
       echo "note: the line of this key in $keys is replaced; it ran any command, which" \\
-        "ssh-ng:// machines lines for this builder need: use ssh:// ones (setup client writes" \\
-        "them), or --unrestricted" >&2
+        "{other}:// machines lines for this builder need:" \\
+        "{use}, or --unrestricted" >&2
+    elif grep -F "$key" "$keys" | grep -qF -e "{other_program}"; then
+      echo "note: the line of this key in $keys is replaced; it ran {other_program}," \\
+        "which {other}:// machines lines for this builder need: {use}" >&2
     fi
 """
 
@@ -177,16 +189,16 @@ _REPLACED_NOTE = """\
 def _key(setup: BuilderSetup) -> str:
     key_data = shlex.quote(setup.key.data)
     if setup.restricted:
+        name, arguments = setup.program
         line = (
-            f"printf 'restrict,command=\"%s {SERVE_COMMAND}\" %s' "
-            f'"$nix_store" {shlex.quote(setup.key.line)}'
+            f"printf 'restrict,command=\"%s {arguments}\" %s' "
+            f'"$program" {shlex.quote(setup.key.line)}'
         )
-        shown = authorized_keys_line(setup, "/path/to/nix-store")
+        shown = authorized_keys_line(setup, f"/path/to/{name}")
     else:
         line = f"printf '%s' {shlex.quote(authorized_keys_line(setup))}"
         shown = authorized_keys_line(setup)
-    # Said where the new line restricts the key: ssh-ng:// lines needed the old one.
-    replaced = _REPLACED_NOTE if setup.restricted else ""
+    replaced = _replaced_note(setup) if setup.restricted else ""
     step = f"""\
 # 2. The client's key ({setup.key.fingerprint}), as this authorized_keys line, replacing any
 #    other line of that key (one added by hand has no restriction):

@@ -8,9 +8,11 @@ machines line's key (column 8, ``publicHostKey``) into a known_hosts file under 
 and without ``HostKeyAlias`` ssh would look it up under ``HostName`` and port instead and refuse
 the builder. The same key is also given as a known_hosts line, for ``ssh NAME`` by hand.
 
-The machines lines are written by offload's own printer from entries offload's parser read
-back, so they say exactly what the parser takes. ``builders-use-substitutes`` lets builders
-fetch what caches have themselves rather than receive it from the client.
+The machines lines are ``ssh://``, or ``ssh-ng://`` for builders whose key runs only the
+daemon (``setup builder --ssh-ng``; NixOS: ``protocol``). offload's own printer writes them
+from entries offload's parser read back, so they say exactly what the parser takes.
+``builders-use-substitutes`` lets builders fetch what caches have themselves rather than
+receive it from the client.
 """
 
 from __future__ import annotations
@@ -66,17 +68,20 @@ class ClientSetup:
     user: str
     identity: str
     builders: tuple[Builder, ...]
+    scheme: str = "ssh"  # ssh-ng: the builders' keys run `nix-daemon --stdio`
 
     def __post_init__(self) -> None:
         check_user(self.user)
         check_path(self.identity, "identity file")
+        if self.scheme not in {"ssh", "ssh-ng"}:
+            raise ValueError(f"no machines lines of the scheme {self.scheme!r}")
 
 
 def machines_text(setup: ClientSetup) -> str:
     machines = []
     for builder in setup.builders:
         columns = [
-            f"ssh://{setup.user}@{builder.target.name}",
+            f"{setup.scheme}://{setup.user}@{builder.target.name}",
             ",".join(builder.systems),
             setup.identity,
             str(builder.max_jobs),
@@ -111,9 +116,11 @@ def nix_conf_text(machines_path: str = "/etc/nix/machines") -> str:
 
 
 def _build_machine(setup: ClientSetup, builder: Builder) -> str:
+    # NixOS 22.11 on; without it, the machines line is ssh://.
+    protocol = f"      protocol = {nix_string(setup.scheme)};\n" if setup.scheme != "ssh" else ""
     return f"""    {{
       hostName = {nix_string(builder.target.name)};
-      sshUser = {nix_string(setup.user)};
+{protocol}      sshUser = {nix_string(setup.user)};
       sshKey = {nix_string(setup.identity)};
       systems = {nix_list(builder.systems)};
       maxJobs = {builder.max_jobs};

@@ -24,14 +24,23 @@ from offload.setup.client import Builder, Overrides
 from offload.setup.values import PublicKey, Target, parse_public_key
 from offload.transport.dialect import mismatch_fix
 
-__all__ = ["DAEMON_ONLY_FIX", "Probed", "choose_host_key", "facts_to_builder", "probe_all"]
+__all__ = [
+    "OTHER_PROGRAM_FIX",
+    "Login",
+    "Probed",
+    "choose_host_key",
+    "facts_to_builder",
+    "probe_all",
+]
 
-# A builder whose key runs only `nix-daemon --stdio`: the lines setup writes are ssh://.
-DAEMON_ONLY_FIX = (
-    "setup client writes ssh:// lines, which run `nix-store --serve --write` there: let the key "
-    "run it (what `offload setup builder` authorizes), or write an ssh-ng:// machines line for "
-    "it by hand"
-)
+# A builder whose key runs only the other scheme's program than the lines setup would write:
+# the doctor's fix ("write ssh-ng:// in NAME") names a line the user has not got yet.
+OTHER_PROGRAM_FIX = {
+    "ssh": "give setup client --ssh-ng: the key runs only `nix-daemon --stdio` (what `offload "
+    "setup builder --ssh-ng` authorizes), which ssh-ng:// machines lines open",
+    "ssh-ng": "leave --ssh-ng out: the key runs only `nix-store --serve --write` (what `offload "
+    "setup builder` authorizes), which ssh:// machines lines open",
+}
 
 _KEY_PREFERENCE = (
     "ssh-ed25519",
@@ -99,7 +108,7 @@ def facts_to_builder(
             raise ConfigError(
                 "cannot read the builder's systems, features and max-jobs",
                 hint=f"give them with {', '.join(missing)} (--feature '' for none; a key "
-                "restricted to the serve program runs nothing else), or set up with an "
+                "restricted to one of Nix's programs runs nothing else), or set up with an "
                 "unrestricted key",
             )
     config = config or {}
@@ -149,17 +158,26 @@ async def _scan(target: Target, timeout: float) -> tuple[PublicKey | None, str]:
 _BLOCKING = (*PREREQUISITES, "trusted", "slots")
 
 
+@dataclass(frozen=True)
+class Login:
+    """How every builder is logged into: user, key, and the machines lines' scheme."""
+
+    user: str
+    identity: str
+    scheme: str = "ssh"
+
+
 async def _probe(
-    target: Target, user: str, identity: str, overrides: Overrides, options: DoctorOptions
+    target: Target, login: Login, overrides: Overrides, options: DoctorOptions
 ) -> Probed:
     key, why = await _scan(target, options.timeout)
     if key is None:
         return Probed(target, None, why, "check the host and port, and that sshd runs there")
     host = f"[{target.host}]" if ":" in target.host else target.host
     columns = [
-        f"ssh://{user}@{host}:{target.port}",
+        f"{login.scheme}://{login.user}@{host}:{target.port}",
         None,
-        identity,
+        login.identity,
         None,
         None,
         None,
@@ -173,8 +191,8 @@ async def _probe(
     )
     if failed is not None:
         fix = failed.fix
-        if fix == mismatch_fix("ssh", target.name, speaks_other=True)[1]:
-            fix = DAEMON_ONLY_FIX  # the doctor's "write ssh-ng:// in NAME": setup writes ssh://
+        if fix == mismatch_fix(login.scheme, target.name, speaks_other=True)[1]:
+            fix = OTHER_PROGRAM_FIX[login.scheme]
         return Probed(target, None, f"{failed.name}: {failed.detail}", fix)
     cores = facts.load.cores if facts.load is not None else None
     try:
@@ -184,13 +202,7 @@ async def _probe(
 
 
 async def probe_all(
-    targets: Sequence[Target],
-    user: str,
-    identity: str,
-    overrides: Overrides,
-    options: DoctorOptions,
+    targets: Sequence[Target], login: Login, overrides: Overrides, options: DoctorOptions
 ) -> list[Probed]:
     """Every target probed at once, in the order given."""
-    return list(
-        await asyncio.gather(*(_probe(t, user, identity, overrides, options) for t in targets))
-    )
+    return list(await asyncio.gather(*(_probe(t, login, overrides, options) for t in targets)))
