@@ -205,3 +205,23 @@ def test_a_builder_whose_max_jobs_is_0_fails_where_its_builds_fail(
     assert check(reports(done)["di"], "slots")["verdict"] == "ok"
     built = offload(idle_fleet, tmp_path, file, "-j0", "--builders", f"@{daemon}", "--no-out-link")
     assert built.returncode == 0, built.stderr
+
+
+storeless_fleet = private_fleet_fixture([MemberSpec("dn", 1.0, 1)])
+
+
+def test_a_store_the_line_names_that_the_builder_cannot_reach_fails_the_serve_check(
+    storeless_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The member runs no nix-daemon. Nix's serve program opens the store `remote-store` names
+    # at its first question, not at the hello: the doctor said ok, and every build failed.
+    line = storeless_fleet.machines_file.read_text().strip()
+    for scheme in ("ssh", "ssh-ng"):
+        named = line.replace("ssh://dn?", f"{scheme}://dn?remote-store=daemon&", 1)
+        machines = write(tmp_path, [named], scheme)
+        done = doctor(storeless_fleet, tmp_path, machines, "--json")
+        assert done.returncode == 1, done.stderr + done.stdout
+        serve = check(reports(done)["dn"], "serve")
+        assert serve["verdict"] == "fail", serve
+        assert serve["detail"].startswith("the builder's Nix cannot reach its daemon: error: ")
+        assert serve["fix"].startswith("start the builder's nix-daemon")

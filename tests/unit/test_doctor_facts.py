@@ -407,3 +407,12 @@ def test_the_cipher_offered_is_judged_against_the_builders_cpu(
     assert (found.fix is not None) == (verdict == Verdict.WARN)
     if found.fix:
         assert "Ciphers chacha20-poly1305@openssh.com" in found.fix
+
+
+def test_the_store_the_machines_line_names_is_the_route() -> None:
+    # offload passes `remote-store` on as --store: the builder's own setting is not read.
+    local = {**CONFIG, "store": "local"}
+    assert facts.store_route(local, "local\nlocal\n", "daemon") == "daemon"
+    assert facts.store_route(local, "auto\ndaemon\n", "local") == "local"
+    assert facts.store_route(local, "auto\ndaemon\n", "auto") == "daemon"
+    assert facts.store_route(local, "auto\ndaemon\n", None) == "local"

@@ -200,12 +200,14 @@ ROUTE_PROBE = (
 )
 
 
-def store_route(config: NixConfig | None, probe: str) -> str | None:
+def store_route(config: NixConfig | None, probe: str, named: str | None = None) -> str | None:
     """How Nix on the builder reaches its store for this user: ``daemon`` (a nix-daemon, which
     asks for trust), ``local`` (it writes the store itself) or None (cannot be told); from the
-    ``store`` setting (NIX_REMOTE when set), and for ``auto`` what ``ROUTE_PROBE`` printed."""
+    store the machines line ``named`` (``remote-store``, which offload passes as ``--store``),
+    else the ``store`` setting (NIX_REMOTE when set), and for ``auto`` what ``ROUTE_PROBE``
+    printed."""
     said = probe.split()
-    store = config.get("store", "auto") if config else (said[0] if said else "")
+    store = named or (config.get("store", "auto") if config else (said[0] if said else ""))
     if store == "daemon" or store.startswith("unix://"):
         return "daemon"
     if store == "local" or store.startswith(("/", "local?")):

@@ -197,6 +197,10 @@ class _Probe(LoginProbe):
         async def handshake() -> tuple[int | None, int | None]:
             async with link.session() as client:
                 self.trusted = getattr(client, "trusted", None)
+                # Nix opens its store at the first question, not at the hello: a store it
+                # cannot reach (`?remote-store=daemon` where no daemon runs) fails only here,
+                # as every build there would.
+                await client.query_valid_paths([probe_item()[0].path])
                 return client.server_version, link.remote_pid(client)
 
         program = self.daemon
@@ -340,7 +344,8 @@ class _Probe(LoginProbe):
         user = who[0].strip() if who and who[0].strip() else self.user
         groups = who[1].split() if len(who) > 1 else []
         probe = await self._remote(link, ["sh", "-c", facts.ROUTE_PROBE])
-        route = facts.store_route(config, probe[1] if probe[0] == 0 else "")
+        named = self.machine.params.get("remote-store")
+        route = facts.store_route(config, probe[1] if probe[0] == 0 else "", named)
         disk = await self._remote(link, ["df", "-Pk", "/nix/store"])
         rtts = []
         for _ in range(_RTT_SAMPLES):
