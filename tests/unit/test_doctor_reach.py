@@ -201,6 +201,7 @@ def test_port_verdicts():
     assert named.fix is not None
     # Only Nix 2.31 on reads a port there: the fix said host:port to every Nix.
     assert "host:port in m:2 (Nix 2.31 on; an older Nix reads no port there)" in named.fix
+    assert "`-p` in NIX_SSHOPTS" in named.fix  # where Nix's own hook takes one too
     proxied = port_check("b:22", error=None, banner=None, timeout=3, proxy="proxyjump j")
     assert proxied.verdict == Verdict.OK
 

@@ -45,7 +45,8 @@ __all__ = [
 def _port_fix(line: str) -> str:
     return (
         f"check the port (the ssh_config Port, host:port in {line} (Nix 2.31 on; an older"
-        " Nix reads no port there), or `port` in offload.toml) and that sshd runs on the builder"
+        " Nix reads no port there), `-p` in NIX_SSHOPTS, or `port` in offload.toml) and that"
+        " sshd runs on the builder"
     )
 
 
