@@ -24,12 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from offload.config.pool import Pool
 from offload.errors import HookFailed, NotStarted
 from offload.process import spawn
+from offload.protocol.stderr import pump_lines
 from offload.scheduler.run.copy import AfterHome
 
 __all__ = ["post_build_hook", "run_post_build_hook"]
-
-# The longest piece of a hook's line told at once.
-_LINE = 64 << 10
 
 
 def post_build_hook(pool: Pool, *, euid: int, daemon: bool) -> tuple[AfterHome | None, str | None]:
@@ -84,25 +82,15 @@ async def run_post_build_hook(
         async with spawn([program], env=hook_env, stdin=False) as proc:
             assert proc.stdout is not None
             assert proc.stderr is not None
-            await asyncio.gather(_lines(proc.stdout, said), _lines(proc.stderr, said))
+
+            # A line past 64 KiB comes in pieces: readline raised ValueError past the
+            # stream's limit, and the run ended with it.
+            def heard(line: bytes) -> None:
+                said(line.decode(errors="replace"))
+
+            await asyncio.gather(pump_lines(proc.stdout, heard), pump_lines(proc.stderr, heard))
             code = await proc.wait()
     except NotStarted as exc:
         raise HookFailed(f"cannot run post-build-hook '{program}': {exc.message}") from exc
     if code != 0:
         raise HookFailed(f"program '{program}' failed with exit code {code}")
-
-
-async def _lines(stream: asyncio.StreamReader, said: Callable[[str], None]) -> None:
-    """``stream``'s lines to ``said``; one longer than ``_LINE`` comes in pieces of that size
-    (readline raised ValueError past the stream's limit, and the run ended with it)."""
-    pending = b""
-    while chunk := await stream.read(_LINE):
-        pending += chunk
-        *whole, pending = pending.split(b"\n")
-        for line in whole:
-            said(line.decode(errors="replace"))
-        while len(pending) > _LINE:
-            said(pending[:_LINE].decode(errors="replace"))
-            pending = pending[_LINE:]
-    if pending:
-        said(pending.decode(errors="replace"))

@@ -42,8 +42,9 @@ async def pump_lines(
     on_line: Callable[[bytes], None],
     on_read: Callable[[], None] | None = None,
 ) -> None:
-    """Read ``stream`` to its end, passing each line (without its ``\\n``) to ``on_line``;
-    ``on_read`` is told of each read that brought bytes, once its whole lines are passed on."""
+    """Read ``stream`` to its end, passing each line (without its ``\\n``) to ``on_line``, one
+    longer than 64 KiB in pieces of that size; ``on_read`` is told of each read that brought
+    bytes, once its whole lines are passed on."""
     pending = b""
     while True:
         try:
@@ -54,9 +55,9 @@ async def pump_lines(
             break
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        if len(pending) > _MAX_LINE:
-            lines.append(pending)
-            pending = b""
+        while len(pending) > _MAX_LINE:
+            lines.append(pending[:_MAX_LINE])
+            pending = pending[_MAX_LINE:]
         for line in lines:
             on_line(line)
         if on_read is not None:
