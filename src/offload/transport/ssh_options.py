@@ -134,31 +134,58 @@ def o_lines(words: Sequence[str]) -> Iterator[str]:
     return flag_arguments(words, "o")
 
 
-def flag_arguments(words: Sequence[str], wanted: str) -> Iterator[str]:
-    """The arguments of option ``wanted`` (``o``, ``F``...) among ``words``, in order, as ssh's
-    getopt finds them. The first word that is not an option is the destination, and ssh reads
-    options after it too, up to the next such word (the remote command) or ``--``."""
-    at, destination = 0, False
+@dataclass(frozen=True)
+class _Word:
+    """One option word of ssh's command line as its getopt reads it (with the next word when
+    that is its argument), or a word that is not an option (``plain``: the destination, a
+    remote command's, ``--`` or ``-``). ``at``: where it is in the words."""
+
+    at: int
+    text: str = ""  # a plain word itself
+    letters: str = ""  # the flags before one that takes an argument (or all of them)
+    flag: str | None = None  # the flag that takes an argument, if the word has one
+    argument: str | None = None  # its argument (None: the words end before it)
+    inline: bool = False  # the argument is the rest of the word
+    plain: bool = False
+
+
+def _getopt(words: Sequence[str]) -> Iterator[_Word]:
+    """``words`` as ssh's getopt reads them: flags may be bundled (``-xo Key=Value``), and an
+    option's argument is the rest of its word or the next word."""
+    at = 0
     while at < len(words):
-        word = words[at]
+        word, start = words[at], at
         at += 1
-        if word == "--" or (destination and not word.startswith("-")) or word == "-":
-            return
-        if not word.startswith("-"):
-            destination = True
+        if word in {"--", "-"} or not word.startswith("-"):
+            yield _Word(start, text=word, plain=True)
             continue
         for index, flag in enumerate(word[1:], start=2):
             if flag not in _WITH_ARGUMENT:
                 continue
-            argument = word[index:]
-            if not argument:
-                if at == len(words):
-                    return  # ssh: "option requires an argument"
-                argument = words[at]
+            if inline := word[index:]:
+                yield _Word(start, letters=word[1 : index - 1], flag=flag, argument=inline,
+                            inline=True)  # fmt: skip
+            else:
+                argument = words[at] if at < len(words) else None
                 at += 1
-            if flag == wanted:
-                yield argument
+                yield _Word(start, letters=word[1 : index - 1], flag=flag, argument=argument)
             break
+        else:
+            yield _Word(start, letters=word[1:])
+
+
+def flag_arguments(words: Sequence[str], wanted: str) -> Iterator[str]:
+    """The arguments of option ``wanted`` (``o``, ``F``...) among ``words``, in order, as ssh's
+    getopt finds them. The first word that is not an option is the destination, and ssh reads
+    options after it too, up to the next such word (the remote command) or ``--``."""
+    destination = False
+    for word in _getopt(words):
+        if word.plain:
+            if destination or word.text in {"--", "-"}:
+                return
+            destination = True
+        elif word.flag == wanted and word.argument is not None:
+            yield word.argument
 
 
 # ssh's connection-sharing flags: a master (-M), its socket (-S) and a command to it (-O).
@@ -174,28 +201,17 @@ def without_sharing(words: Sequence[str]) -> list[str]:
     listened there, whose host key no pin had checked, and ``-M`` made each session a
     master."""
     kept: list[str] = []
-    at = 0
-    while at < len(words):
-        word = words[at]
-        at += 1
-        if word in {"--", "-"} or not word.startswith("-"):
-            return [*kept, word, *words[at:]]
-        letters, argument = "", []
-        for index, flag in enumerate(word[1:], start=2):
-            if flag not in _WITH_ARGUMENT:
-                letters += "" if flag in _SHARING else flag
-                continue
-            inline = word[index:]
-            argument = [] if inline else list(words[at : at + 1])
-            at += len(argument)
-            if flag in _SHARING:
-                argument = []
-            else:
-                letters += flag + inline
-            break
+    for word in _getopt(words):
+        if word.plain:
+            return [*kept, *words[word.at :]]
+        letters = "".join(flag for flag in word.letters if flag not in _SHARING)
+        taken = word.flag is not None and word.flag not in _SHARING
+        if taken:
+            letters += f"{word.flag}{word.argument if word.inline else ''}"
         if letters:
             kept.append("-" + letters)
-        kept += argument
+        if taken and not word.inline and word.argument is not None:
+            kept.append(word.argument)
     return kept
 
 
