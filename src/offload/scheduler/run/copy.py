@@ -137,6 +137,9 @@ class BuildCopies:
         # written into the slot it holds for other processes on this host to read.
         self.expected_end = expected_end
         self._home = HomeBatches(self._fetch)
+        # The derivations whose outputs are on their way home (``fetch_home``): a copy whose
+        # inputs no store holds meanwhile waits for them (``_inputs_arriving``).
+        self._arriving: dict[str, asyncio.Event] = {}
         # What may come home: the paths the plan's derivations make (``offload.store.provenance``).
         self._provenance = Provenance(plan.drvs)
 
@@ -206,6 +209,7 @@ class BuildCopies:
         name = member.spec.name
         target = name if member.remote else LOCAL
         sent = received = 0
+        await self._inputs_arriving(drv_path)
         sources = self.holders.sources(drv_path, target)
         if sources:
             self.events.phase(drv_path, name, "sending", speculative=speculative)
@@ -378,15 +382,34 @@ class BuildCopies:
         local machine is no member)."""
         return self.local if machine == LOCAL else self.members[machine].link
 
-    async def fetch_home(self, drv_path: str, machine: str) -> int:
-        """The outputs of ``drv_path`` made valid here (with the other builds' there that
-        end meanwhile: ``homeward``); the bytes that came for it."""
+    async def fetch_home(self, drv_path: str, machine: str, source: str | None = None) -> int:
+        """The outputs of ``drv_path``, built on ``machine``, made valid here from ``source``
+        (another builder they were sent to; default ``machine``), with the other builds'
+        there that end meanwhile (``homeward``); the bytes that came for it."""
         self.events.phase(drv_path, machine, "fetching", speculative=False)
         outputs = self.plan.outputs[drv_path]
-        moved = await self._home.fetch(machine, drv_path, outputs)
+        arriving = self._arriving[drv_path] = asyncio.Event()
+        try:
+            moved = await self._home.fetch(source or machine, drv_path, outputs)
+            self.holders.arrived_home(drv_path)
+        finally:
+            arriving.set()
+            if self._arriving.get(drv_path) is arriving:
+                del self._arriving[drv_path]
         if self.after_home is not None:
             await self.after_home(drv_path, outputs, self.events.log_handler(drv_path, machine))
         return moved
+
+    async def _inputs_arriving(self, drv_path: str) -> None:
+        """Wait for the inputs of ``drv_path`` that no store holds but that are on their way
+        here: their builder fell as they came (its disk filled up, say), and a fetch under
+        way may well end. Taken for lost, each start of a dependent counted a loss, and three
+        failed it while its input was still arriving."""
+        for path in self.plan.inputs[drv_path]:
+            job = self.holders.producer.get(path)
+            arriving = None if job is None else self._arriving.get(job)
+            if arriving is not None and job is not None and not self.holders.where.get(job):
+                await arriving.wait()
 
     async def _vet(
         self, machine: str, infos: Sequence[PathInfo], *, onward: _Onward | None = None

@@ -53,6 +53,10 @@ class Endings(Stopping):
     _last_error: dict[str, str]
     _explain: Callable[[str, str], str]
 
+    def _settle(self, task: asyncio.Task[Outcome]) -> None:
+        """Hand a copy's ended task to the ending it calls for (``Executor._settle``)."""
+        raise NotImplementedError
+
     def _lost(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
         # Only a loss that leaves the derivation no copy counts: a second copy lost while its
         # twin builds on failed, at the last loss, a derivation whose first copy was healthy.
@@ -93,7 +97,7 @@ class Endings(Stopping):
             for drv_path in skipped:
                 self._finish_skipped(drv_path, cause)
 
-    async def _built(
+    def _built(
         self,
         drv_path: str,
         machine: str,
@@ -120,16 +124,19 @@ class Endings(Stopping):
         for cancel in finished.cancel:
             self._cancel(cancel)
 
-    def _send_home(self, drv_path: str, machine: str, outcome: Outcome) -> None:
+    def _send_home(
+        self, drv_path: str, machine: str, outcome: Outcome, source: str | None = None
+    ) -> None:
         """Copy a wanted output home in the background: its dependents need not wait for it
-        (they get it from the builder, or from here once it has arrived)."""
+        (they get it from the builder, or from here once it has arrived). ``source``: the
+        store to fetch it from, if not ``machine``, which built it."""
         task = asyncio.create_task(
-            self._copies.fetch_home(drv_path, machine), name=f"home:{drv_path}"
+            self._copies.fetch_home(drv_path, machine, source), name=f"home:{drv_path}"
         )
-        self._homeward[task] = (drv_path, machine, outcome)
+        self._homeward[task] = (drv_path, machine, source or machine, outcome)
 
     def _arrived(self, task: asyncio.Task[int]) -> None:
-        drv_path, machine, outcome = self._homeward.pop(task)
+        drv_path, machine, source, outcome = self._homeward.pop(task)
         if task.cancelled():
             return
         error = task.exception()
@@ -137,6 +144,13 @@ class Endings(Stopping):
             self._holders.arrived_home(drv_path)
             arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
             self._emit_outcome(drv_path, machine, "built", arrived)
+            return
+        held = self._holders.where.get(drv_path, set()) - {source}
+        if isinstance(error, OffloadError) and not local_store_failed(error) and held:
+            # Sent to another builder as an input meanwhile: fetched from there. Not made
+            # again, and not left there: the run's success means its outputs are here.
+            self._machine_failed(source, error.message, self.clock())
+            self._send_home(drv_path, machine, outcome, min(held))
             return
         if drv_path in self.report.built:  # not built for the run until its outputs are home
             self.report.built.remove(drv_path)
@@ -150,14 +164,19 @@ class Endings(Stopping):
         elif isinstance(error, OffloadError):
             # The builder went away with outputs this machine still needs: built again.
             self._emit_outcome(drv_path, machine, "lost", with_error(outcome, error))
-            self._machine_failed(machine, error.message, self.clock())
+            self._machine_failed(source, error.message, self.clock())
         else:
             raise error
 
     def _machine_failed(self, machine: str, error: str, now: float) -> None:
         """Back ``machine`` off, stop its builds (the policy queued them again), and have
         outputs that only it held made again where they are still needed. Said once per
-        backoff: the other builds lost in the same fall add nothing."""
+        backoff: the other builds lost in the same fall add nothing. Its copies that had
+        already built or failed before the fall is said end as they ended: a build that
+        failed there is final, not retried elsewhere as one lost with the machine."""
+        for task, (_, where) in list(self._tasks.items()):
+            if where == machine and task not in self._told and _ended_on_its_own(task):
+                self._settle(task)
         error = self._explain(machine, error)
         # Its builds that had no copy elsewhere are lost with it: each counts a loss, not only
         # the one whose session noticed first (``_lost``): that was often not the build that
@@ -190,7 +209,7 @@ class Endings(Stopping):
         for drv_path in alone:
             self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
             self._lost_with[drv_path] = f"{machine}: {error}"
-        coming = {drv for drv, _, _ in self._homeward.values()}
+        coming = {drv for drv, _, _, _ in self._homeward.values()}
         self._holders.machine_gone(machine, self.policy, coming)
 
     def _lost_too_often(self, drv_path: str) -> bool:
@@ -270,3 +289,13 @@ class Endings(Stopping):
             received=outcome.bytes_received,
             build_seconds=outcome.build_seconds,
         )
+
+
+def _ended_on_its_own(task: asyncio.Task[Outcome]) -> bool:
+    """Whether ``task`` is a copy that ended built or failed (not lost, given back or stopped)."""
+    return (
+        task.done()
+        and not task.cancelled()
+        and task.exception() is None
+        and task.result().kind in {"built", "failed"}
+    )

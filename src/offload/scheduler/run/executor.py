@@ -42,6 +42,7 @@ from offload.scheduler.run.loads import Loads
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
 from offload.scheduler.search import PLAIN, Tuning, tune
 from offload.slots import SlotLocks
+from offload.typing_compat import override
 from offload.ui.events import Event
 
 __all__ = ["MAX_LOSSES", "Executor"]
@@ -124,7 +125,7 @@ class Executor(Endings):
         self._since: dict[asyncio.Task[Outcome], float] = {}  # when each copy started (wall)
         # Outputs on their way home after their build was accepted: the copy's outcome waits
         # here to be reported once they arrive.
-        self._homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]] = {}
+        self._homeward: dict[asyncio.Task[int], tuple[str, str, str, Outcome]] = {}
         self._losses: dict[str, int] = {}
         self._last_error: dict[str, str] = {}  # each machine's, as last said
         self._fell: set[str] = set()  # builders this run backed off (``health``)
@@ -306,7 +307,11 @@ class Executor(Endings):
         wake: float | None = None
         for decision in self.policy.next_decisions(self.clock()):
             if self._stopping:
-                break  # a derivation failed just now (``_fail_lost``): nothing new starts
+                # A derivation failed just now (``_fail_lost``): nothing new starts, and what
+                # the policy placed goes back to it, never started (counted as not built).
+                if isinstance(decision, Start | Speculate):
+                    self.policy.on_returned(decision.job, decision.machine)
+                continue
             match decision:
                 case Start(job=job, machine=machine) if self._lost_too_often(job):
                     self._fail_lost(job, machine, self.clock())
@@ -356,7 +361,7 @@ class Executor(Endings):
         for arrived in [task for task in self._homeward if task in done]:
             self._arrived(arrived)
         for task in [task for task in self._tasks if task in done]:
-            await self._settle(task)
+            self._settle(task)
         return True
 
     def _retry_restored(self) -> bool:
@@ -432,7 +437,8 @@ class Executor(Endings):
 
     # -- how a copy ended --------------------------------------------------------------------
 
-    async def _settle(self, task: asyncio.Task[Outcome]) -> None:
+    @override
+    def _settle(self, task: asyncio.Task[Outcome]) -> None:
         entry = self._tasks.pop(task, None)
         since = self._since.pop(task, self.wall())
         if entry is None:
@@ -458,7 +464,7 @@ class Executor(Endings):
             case "returned":
                 self._returned(drv_path, machine, outcome, now)
             case "built":
-                await self._built(drv_path, machine, outcome, now, stopped=why)
+                self._built(drv_path, machine, outcome, now, stopped=why)
             case "failed":
                 if not self._fail(drv_path, machine, outcome, now):
                     self._superseded(drv_path, machine, outcome, why)

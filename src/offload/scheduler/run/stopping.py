@@ -42,7 +42,7 @@ class Stopping:
 
     _tasks: dict[asyncio.Task[Outcome], tuple[str, str]]
     _since: dict[asyncio.Task[Outcome], float]  # when each copy started (wall clock)
-    _homeward: dict[asyncio.Task[int], tuple[str, str, Outcome]]
+    _homeward: dict[asyncio.Task[int], tuple[str, str, str, Outcome]]  # drv, builder, source
     _joining: dict[asyncio.Task[None], str]
     _full: FullBuilders
     _events: RunEvents
@@ -102,7 +102,7 @@ class Stopping:
             self._stopped_copy(task, drv_path, machine, self._since.get(task, self.wall()))
         # Built there, its outputs not here: the copy ends stopped (it had no end in the
         # events), and the run has not built it (its report listed an output not here).
-        for drv_path, machine, outcome in self._homeward.values():
+        for drv_path, machine, _, outcome in self._homeward.values():
             self._events.finished(
                 drv_path, machine, "cancelled", started=outcome.started, error=_HOME_CUT
             )

@@ -1,0 +1,162 @@
+"""A builder falling while its work is still settling: outputs on their way home, a fetch home
+that fails while another builder holds a copy, and copies that had already ended when the fall
+is said. Over the in-memory stores of ``offload.transport.fake``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from offload.errors import ProtocolError
+from offload.protocol.serve import BuildStatus
+from offload.scheduler.run import Executor, PoolMember
+from offload.scheduler.run.copy import BuildCopies
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
+from offload.typing_compat import override
+from offload.ui.events import Event, JobFinished, MachineEvent
+from tests.helpers.plans import keeps_no_references, make_plan, spec
+
+
+def _ends(events: list[Event], name: str) -> list[tuple[str, str]]:
+    return [(e.machine, e.status) for e in events if isinstance(e, JobFinished) and e.name == name]
+
+
+def test_an_output_whose_fetch_home_fails_comes_from_the_builder_it_was_sent_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a is built on fast and sent to other for b; fast drops while a comes home. a's outputs
+    # were left on other: the run said ok, and a's were not here (nor its hook run).
+    plan, _, outs, src = make_plan({"a": [], "b": ["a"]}, features={"b": "big"})
+    b_building = asyncio.Event()
+
+    async def slow_b(build: FakeBuild) -> BuildOutcome:
+        if build.drv.name == "b":
+            b_building.set()
+            await asyncio.sleep(0.2)
+        return await keeps_no_references(build)
+
+    fetch = BuildCopies._fetch
+
+    async def failing_on_fast(self: BuildCopies, machine: str, paths: Any) -> Any:
+        if machine == "fast" and outs["a"] in paths:
+            await b_building.wait()
+            error = ProtocolError("fast: Connection to fast closed by remote host.")
+            error.peer = "fast"
+            raise error
+        return await fetch(self, machine, paths)
+
+    monkeypatch.setattr(BuildCopies, "_fetch", failing_on_fast)
+    fast_store = FakeStore("fast", builder=keeps_no_references)
+    other_store = FakeStore("other", builder=slow_b)
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("fast", speed=8, slots=1), FakeLink(fast_store), remote=True),
+        PoolMember(
+            spec("other", speed=4, slots=1, supported=("big",)), FakeLink(other_store),
+            remote=True,
+        ),
+    ]  # fmt: skip
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, local, emit=events.append, home=None, estimates={"a": 1, "b": 10}
+    )
+    asyncio.run(asyncio.wait_for(executor.run(), 20))
+    assert executor.report.ok, executor.report.failed
+    assert local_store.has(outs["a"])
+    assert local_store.has(outs["b"])
+    assert fast_store.builds.count(plan.order[0]) == 1  # fetched from other, not built again
+    assert _ends(events, "a") == [("fast", "built")]
+    assert [e.machine for e in events if isinstance(e, MachineEvent) and e.state == "down"] == [
+        "fast"
+    ]
+
+
+def test_a_dependent_waits_for_an_input_still_coming_home() -> None:
+    # fast fills up (k) while a's outputs stream home from it: a is not made again (its fetch
+    # may well end), and b, started meanwhile, was failed after three instant "losses" of an
+    # input that arrived a moment later.
+    plan, _, outs, src = make_plan({"a": [], "k": [], "b": ["a"]})
+    fetching, fast_down = asyncio.Event(), asyncio.Event()
+
+    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "k":
+            await fetching.wait()
+            return BuildOutcome(
+                BuildStatus.TRANSIENT_FAILURE, "error: writing to file: No space left on device"
+            )
+        return None
+
+    class SlowFetch(FakeLink):
+        """A's output still streaming home after fast is said down."""
+
+        @override
+        def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+            return self._late()
+
+        @contextlib.asynccontextmanager
+        async def _late(self) -> AsyncIterator[Any]:
+            fetching.set()
+            await fast_down.wait()
+            await asyncio.sleep(0.2)
+            async with self._session() as client:
+                yield client
+
+    events: list[Event] = []
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, MachineEvent) and event.state == "down":
+            fast_down.set()
+
+    fast_store = FakeStore("fast", builder=on_fast)
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("fast", speed=4, slots=3), SlowFetch(fast_store), remote=True),
+        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+    ]
+    executor = Executor(plan, members, local, emit=emit, estimates={"a": 10, "k": 10, "b": 1})
+    asyncio.run(asyncio.wait_for(executor.run(), 20))
+    assert executor.report.ok, executor.report.failed
+    assert local_store.has(outs["b"])
+    assert "failed" not in [status for _, status in _ends(events, "b")]
+    assert plan.order[0] not in local_store.builds  # a came home: not made again
+
+
+def test_a_build_that_failed_before_its_machine_fell_stays_failed() -> None:
+    # x failed for real on fast in the same turn as y's disk-full loss took fast down: x was
+    # said lost with its machine and built again on local (a failed build is final).
+    plan, paths, _, src = make_plan({"y": [], "x": []})
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
+        started.append(build.drv.name)
+        if len(started) == 2:
+            gate.set()
+        await gate.wait()
+        if build.drv.name == "y":
+            return BuildOutcome(BuildStatus.TRANSIENT_FAILURE, "error: No space left on device")
+        return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for x failed with exit code 1")
+
+    fast_store = FakeStore("fast", builder=on_fast)
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("fast", speed=4, slots=2), FakeLink(fast_store), remote=True),
+        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+    ]
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, local, emit=events.append, keep_going=True, estimates={"y": 10, "x": 10}
+    )
+    asyncio.run(asyncio.wait_for(executor.run(), 20))
+    assert list(executor.report.failed) == [paths["x"]]
+    assert _ends(events, "x") == [("fast", "failed")]
+    assert paths["x"] not in local_store.builds
+    assert paths["y"] in local_store.builds  # the loss went elsewhere, as losses do
