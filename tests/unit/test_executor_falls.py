@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from offload.build.graph import DrvGraph
+from offload.build.prebuilt import FetchFailed, fetch_existing
 from offload.errors import ProtocolError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.scheduler.run.copy import BuildCopies
-from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
 from offload.typing_compat import override
 from offload.ui.events import Event, JobFinished, MachineEvent
 from tests.helpers.plans import keeps_no_references, make_plan, spec
@@ -160,3 +162,28 @@ def test_a_build_that_failed_before_its_machine_fell_stays_failed() -> None:
     assert _ends(events, "x") == [("fast", "failed")]
     assert paths["x"] not in local_store.builds
     assert paths["y"] in local_store.builds  # the loss went elsewhere, as losses do
+
+
+def test_a_fetch_of_existing_outputs_cut_off_says_what_it_was_writing() -> None:
+    # The run reads the graph again without the builder; what the copy was writing here is
+    # deleted then (build.run._existing): it stayed half-written until a garbage collection.
+    plan, paths, outs, src = make_plan({"a": []})
+    fast_store = FakeStore("fast", [FakePath.from_text(outs["a"], "a\n")])
+    fast_store.break_next("dump", message="Connection to fast closed by remote host.")
+    local_store = FakeStore("local", [src])
+    graph = DrvGraph(
+        drvs=dict(plan.drvs), wanted={paths["a"]: {"out"}}, order=[], fetch={paths["a"]: "fast"}
+    )
+
+    async def fetch() -> None:
+        async with FakeLink(fast_store).session() as there, FakeLink(local_store).session() as here:
+            await fetch_existing(
+                graph, {"fast": there}, here, lambda _: None, plan.drvs.__getitem__
+            )
+
+    with pytest.raises(FetchFailed) as failed:
+        asyncio.run(asyncio.wait_for(fetch(), 20))
+    assert failed.value.machine == "fast"
+    assert failed.value.down
+    assert failed.value.partial == (outs["a"],)
+    assert not local_store.has(outs["a"])

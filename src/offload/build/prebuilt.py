@@ -32,10 +32,15 @@ class FetchFailed(OffloadError):
     left out of the run, as one that did not answer); else its Nix refused the copy in words
     of its own (a path its garbage collector took meanwhile), and it is only not asked again."""
 
-    def __init__(self, machine: str, message: str, *, down: bool) -> None:
+    def __init__(
+        self, machine: str, message: str, *, down: bool, partial: Sequence[str] = ()
+    ) -> None:
         super().__init__(message)
         self.machine = machine
         self.down = down
+        # What the cut copy was sending here, dependencies first: the last begun may be
+        # half-written in this host's store (Nix restores a NAR straight into its path).
+        self.partial = tuple(partial)
 
 
 async def fetch_existing(
@@ -52,15 +57,18 @@ async def fetch_existing(
     for drv_path, machine in sorted(graph.fetch.items()):
         started = time.time()
         outputs = [graph.output_path(drv_path, o) for o in sorted(graph.wanted[drv_path])]
+        sending: list[str] = []
         try:
             vet = closure_vet(drv_path, machine, provenance)
-            received = await send_closure(clients[machine], local, outputs, vet=vet)
+            received = await send_closure(
+                clients[machine], local, outputs, vet=vet, sending=sending
+            )
         except OffloadError as exc:
             if local_store_failed(exc):  # this host's store: no builder to leave out
                 raise
             # Paths of its own choosing: left out of the run as one down, and said so.
             down = isinstance(exc, RefusedPaths) or not isinstance(exc, RemoteError)
-            raise FetchFailed(machine, exc.message, down=down) from exc
+            raise FetchFailed(machine, exc.message, down=down, partial=sending) from exc
         event = JobFinished(
             drv_path=drv_path,
             name=graph.drvs[drv_path].name,

@@ -58,6 +58,7 @@ from offload.nix_results import result_links
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
 from offload.scheduler.run.copy import AfterHome
+from offload.scheduler.run.disk import remove_partial
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
 from offload.transport.links import LocalLink
@@ -268,8 +269,10 @@ async def _existing(
                 async with local_link.session() as fetching:
                     fetched += await fetch_existing(graph, clients, fetching, emit)
         except FetchFailed as exc:
+            # Its session is closed by now, so nothing holds the path it was writing.
+            said = await remove_partial(local_link, exc.partial[::-1]) if exc.partial else ""
             if exc.down:
-                unreachable[exc.machine] = exc.message
+                unreachable[exc.machine] = exc.message + said
             clients.pop(exc.machine)
             continue
         return graph, fetched
