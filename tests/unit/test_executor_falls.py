@@ -16,7 +16,7 @@ from offload.build.prebuilt import FetchFailed, fetch_existing
 from offload.errors import ProtocolError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
-from offload.scheduler.run.copy import BuildCopies
+from offload.scheduler.run.copy import BuildCopies, Outcome
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
 from offload.typing_compat import override
 from offload.ui.events import Event, JobFinished, MachineEvent
@@ -187,3 +187,34 @@ def test_a_fetch_of_existing_outputs_cut_off_says_what_it_was_writing() -> None:
     assert failed.value.down
     assert failed.value.partial == (outs["a"],)
     assert not local_store.has(outs["a"])
+
+
+def test_a_bug_in_a_copy_said_lost_with_its_machine_is_logged_not_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A copy turns every fault into its Outcome; an exception is a bug, and one whose copy
+    # was said lost with its machine (y's loss, settled first in the same turn) vanished.
+    plan, paths, _, src = make_plan({"y": [], "x": []})
+    gate = asyncio.Event()
+    build = BuildCopies.build
+
+    async def on_fast(self: BuildCopies, drv_path: str, member: PoolMember, **kw: Any) -> Any:
+        if member.spec.name != "fast":
+            return await build(self, drv_path, member, **kw)
+        if drv_path == paths["y"]:
+            gate.set()
+            return Outcome("lost", "connection lost", 0.0, 0, 0)
+        await gate.wait()
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(BuildCopies, "build", on_fast)
+    local = FakeLink(FakeStore("local", [src]))
+    members = [
+        PoolMember(spec("fast", speed=4, slots=2), FakeLink(FakeStore("fast")), remote=True),
+        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+    ]
+    # y's longer path starts it first: its loss is settled first.
+    executor = Executor(plan, members, local, emit=lambda _: None, estimates={"y": 20, "x": 10})
+    with caplog.at_level("ERROR", logger="offload.scheduler.run.executor"):
+        asyncio.run(asyncio.wait_for(executor.run(), 20))
+    assert any("a bug" in repr(r.exc_info) for r in caplog.records), caplog.records

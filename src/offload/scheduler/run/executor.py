@@ -450,6 +450,9 @@ class Executor(Endings):
         if task in self._told:  # said lost with its machine; how it ended decides nothing
             self._told.discard(task)
             self._stopped.pop(task, None)
+            if not task.cancelled() and (error := task.exception()) is not None:
+                # A copy turns every fault into its Outcome: anything else is a bug.
+                logger.error("a copy said lost ended with %r", error, exc_info=error)
             return
         if task.cancelled():
             self._stopped_copy(task, drv_path, machine, since)
