@@ -218,3 +218,38 @@ def test_a_bug_in_a_copy_said_lost_with_its_machine_is_logged_not_dropped(
     with caplog.at_level("ERROR", logger="offload.scheduler.run.executor"):
         asyncio.run(asyncio.wait_for(executor.run(), 20))
     assert any("a bug" in repr(r.exc_info) for r in caplog.records), caplog.records
+
+
+def test_a_build_that_ended_as_the_run_was_stopped_is_kept_as_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stopped (Ctrl-C) in the turn a local build ended: it was said stopped, and the run's
+    # report and history left out a build that was made and is valid here.
+    plan, paths, outs, src = make_plan({"x": []})
+    build = BuildCopies.build
+    run: list[asyncio.Task[Any]] = []
+
+    async def stopped_as_it_ends(
+        self: BuildCopies, drv_path: str, member: PoolMember, **kw: Any
+    ) -> Any:
+        outcome = await build(self, drv_path, member, **kw)
+        run[0].cancel()  # the signal comes as the copy ends, before the loop sees it end
+        return outcome
+
+    monkeypatch.setattr(BuildCopies, "build", stopped_as_it_ends)
+    local_store = FakeStore("local", [src], builder=keeps_no_references)
+    local = FakeLink(local_store)
+    members = [PoolMember(spec("local", speed=1, slots=1), local, remote=False)]
+    events: list[Event] = []
+    executor = Executor(plan, members, local, emit=events.append)
+
+    async def main() -> None:
+        run.append(asyncio.create_task(executor.run()))
+        with contextlib.suppress(asyncio.CancelledError):
+            await run[0]
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert executor.report.interrupted
+    assert local_store.has(outs["x"])
+    assert executor.report.built == [paths["x"]]
+    assert _ends(events, "x") == [("local", "built")]

@@ -93,6 +93,16 @@ def local_store_failed(error: BaseException) -> TypeGuard[OffloadError]:
     return isinstance(error, OffloadError) and getattr(error, "peer", None) == LOCAL
 
 
+def ended_on_its_own(task: asyncio.Task[Outcome]) -> bool:
+    """Whether ``task`` is a copy that ended built or failed (not lost, given back or stopped)."""
+    return (
+        task.done()
+        and not task.cancelled()
+        and task.exception() is None
+        and task.result().kind in {"built", "failed"}
+    )
+
+
 def with_error(outcome: Outcome, error: OffloadError) -> Outcome:
     return dataclasses.replace(outcome, error=error.message)
 

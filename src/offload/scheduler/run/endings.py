@@ -21,7 +21,13 @@ from offload.errors import HookFailed, OffloadError
 from offload.history.records import RunReport
 from offload.names import LOCAL
 from offload.scheduler.policy import Finished, Policy
-from offload.scheduler.run.copy import BuildCopies, Outcome, local_store_failed, with_error
+from offload.scheduler.run.copy import (
+    BuildCopies,
+    Outcome,
+    ended_on_its_own,
+    local_store_failed,
+    with_error,
+)
 from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.plan import PoolMember
@@ -52,10 +58,6 @@ class Endings(Stopping):
     _built_on: set[str]  # machines that built for it
     _last_error: dict[str, str]
     _explain: Callable[[str, str], str]
-
-    def _settle(self, task: asyncio.Task[Outcome]) -> None:
-        """Hand a copy's ended task to the ending it calls for (``Executor._settle``)."""
-        raise NotImplementedError
 
     def _lost(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
         # Only a loss that leaves the derivation no copy counts: a second copy lost while its
@@ -175,7 +177,7 @@ class Endings(Stopping):
         already built or failed before the fall is said end as they ended: a build that
         failed there is final, not retried elsewhere as one lost with the machine."""
         for task, (_, where) in list(self._tasks.items()):
-            if where == machine and task not in self._told and _ended_on_its_own(task):
+            if where == machine and task not in self._told and ended_on_its_own(task):
                 self._settle(task)
         error = self._explain(machine, error)
         # Its builds that had no copy elsewhere are lost with it: each counts a loss, not only
@@ -289,13 +291,3 @@ class Endings(Stopping):
             received=outcome.bytes_received,
             build_seconds=outcome.build_seconds,
         )
-
-
-def _ended_on_its_own(task: asyncio.Task[Outcome]) -> bool:
-    """Whether ``task`` is a copy that ended built or failed (not lost, given back or stopped)."""
-    return (
-        task.done()
-        and not task.cancelled()
-        and task.exception() is None
-        and task.result().kind in {"built", "failed"}
-    )

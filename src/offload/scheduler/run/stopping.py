@@ -21,7 +21,7 @@ from typing import Any
 from offload.errors import OffloadError
 from offload.history.records import RunReport
 from offload.scheduler.policy import Cancel
-from offload.scheduler.run.copy import Outcome
+from offload.scheduler.run.copy import Outcome, ended_on_its_own
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
 from offload.tasks import cancel_and_wait
@@ -87,10 +87,17 @@ class Stopping:
         if (why := self._stopped.pop(task, None)) is not None:
             self._events.finished(drv_path, machine, "cancelled", started=started, error=why)
 
+    def _settle(self, task: asyncio.Task[Outcome]) -> None:
+        """Hand a copy's ended task to the ending it calls for (``Executor._settle``)."""
+        raise NotImplementedError
+
     async def _stop_all(self) -> None:
         """Stop the copies still running: only a run ending early (interrupted, or an error
         of its own) has any. Their errors are logged, not raised: the run's own is the one
-        to report, and this must not replace it."""
+        to report, and this must not replace it. Copies that had ended, built or failed,
+        end as they did: a build made is in the run's report and history."""
+        for task in [t for t in self._tasks if t not in self._told and ended_on_its_own(t)]:
+            self._settle(task)
         tasks: list[asyncio.Task[Any]] = [
             *self._tasks, *self._homeward, *self._joining, *self._full.probes
         ]  # fmt: skip
