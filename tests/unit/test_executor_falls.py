@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.scheduler.run.copy import BuildCopies, Outcome
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
-from offload.typing_compat import override
 from offload.ui.events import Event, JobFinished, MachineEvent
 from tests.helpers.plans import keeps_no_references, make_plan, spec
 
@@ -76,58 +74,6 @@ def test_an_output_whose_fetch_home_fails_comes_from_the_builder_it_was_sent_to(
     assert [e.machine for e in events if isinstance(e, MachineEvent) and e.state == "down"] == [
         "fast"
     ]
-
-
-def test_a_dependent_waits_for_an_input_still_coming_home() -> None:
-    # fast fills up (k) while a's outputs stream home from it: a is not made again (its fetch
-    # may well end), and b, started meanwhile, was failed after three instant "losses" of an
-    # input that arrived a moment later.
-    plan, _, outs, src = make_plan({"a": [], "k": [], "b": ["a"]})
-    fetching, fast_down = asyncio.Event(), asyncio.Event()
-
-    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
-        if build.drv.name == "k":
-            await fetching.wait()
-            return BuildOutcome(
-                BuildStatus.TRANSIENT_FAILURE, "error: writing to file: No space left on device"
-            )
-        return None
-
-    class SlowFetch(FakeLink):
-        """A's output still streaming home after fast is said down."""
-
-        @override
-        def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
-            return self._late()
-
-        @contextlib.asynccontextmanager
-        async def _late(self) -> AsyncIterator[Any]:
-            fetching.set()
-            await fast_down.wait()
-            await asyncio.sleep(0.2)
-            async with self._session() as client:
-                yield client
-
-    events: list[Event] = []
-
-    def emit(event: Event) -> None:
-        events.append(event)
-        if isinstance(event, MachineEvent) and event.state == "down":
-            fast_down.set()
-
-    fast_store = FakeStore("fast", builder=on_fast)
-    local_store = FakeStore("local", [src])
-    local = FakeLink(local_store)
-    members = [
-        PoolMember(spec("fast", speed=4, slots=3), SlowFetch(fast_store), remote=True),
-        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
-    ]
-    executor = Executor(plan, members, local, emit=emit, estimates={"a": 10, "k": 10, "b": 1})
-    asyncio.run(asyncio.wait_for(executor.run(), 20))
-    assert executor.report.ok, executor.report.failed
-    assert local_store.has(outs["b"])
-    assert "failed" not in [status for _, status in _ends(events, "b")]
-    assert plan.order[0] not in local_store.builds  # a came home: not made again
 
 
 def test_a_build_that_failed_before_its_machine_fell_stays_failed() -> None:

@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport import fake
@@ -168,10 +170,15 @@ def test_outputs_lost_on_their_way_home_are_built_again():
     assert local_store.has(outs["a"])
 
 
-def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again():
+@pytest.mark.parametrize("dependent", [False, True])
+def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again(
+    dependent: bool,
+) -> None:
     # fast's disk fills up during k while a's outputs come home from it: a was undone and
     # built again on the local machine, though its fetch then arrived (two "built" events).
-    plan, paths, _, src = make_plan({"a": [], "k": []})
+    # A dependent b, started meanwhile, found no store holding a's outputs, counted a loss
+    # at each instant retry, and failed after three while they arrived a moment later.
+    plan, paths, outs, src = make_plan({"a": [], "k": [], **({"b": ["a"]} if dependent else {})})
     fetching, fast_down = asyncio.Event(), asyncio.Event()
 
     async def on_fast(build: FakeBuild) -> BuildOutcome | None:
@@ -183,7 +190,8 @@ def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again
         return None
 
     class FetchAcrossTheFall(FakeLink):
-        """Its sessions (a fetch home) go on only once fast has been said down."""
+        """Its sessions (a fetch home) go on only once fast has been said down (and a while
+        more where b waits for them: a large output still streaming)."""
 
         @override
         def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -193,6 +201,7 @@ def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again
         async def _late(self) -> AsyncIterator[Any]:
             fetching.set()
             await fast_down.wait()
+            await asyncio.sleep(0.2 if dependent else 0)
             async with self._session() as client:
                 yield client
 
@@ -205,16 +214,21 @@ def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
     members = [
-        PoolMember(spec("fast", speed=4, slots=2), FetchAcrossTheFall(fast_store), remote=True),
+        PoolMember(spec("fast", speed=4, slots=3), FetchAcrossTheFall(fast_store), remote=True),
         PoolMember(spec("local", speed=1, slots=2), local, remote=False),
     ]
     events: list[Event] = []
-    executor = Executor(plan, members, local, emit=emit, estimates={"a": 10, "k": 10})
+    estimates = {"a": 10, "k": 10, "b": 1}
+    executor = Executor(plan, members, local, emit=emit, estimates=estimates)
     report = asyncio.run(asyncio.wait_for(executor.run(), 10))
-    assert report.ok
+    assert report.ok, report.failed
     built_a = [e.machine for e in events if isinstance(e, JobFinished) and e.name == "a"]
     assert built_a == ["fast"]
     assert paths["a"] not in local_store.builds
+    if dependent:
+        assert local_store.has(outs["b"])
+        ends_b = [e.status for e in events if isinstance(e, JobFinished) and e.name == "b"]
+        assert "failed" not in ends_b
 
 
 def test_outputs_a_builder_leaves_out_of_their_fetch_home_are_its_fault():
