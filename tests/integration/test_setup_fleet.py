@@ -83,6 +83,18 @@ def stock_nix_build(
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
+def offload_build(
+    file: Path, machines: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """offload build on the builders only (-j 0), no cache."""
+    argv = [
+        sys.executable, "-m", "offload", "build", str(file), "-A", "one", "--no-out-link",
+        "--builders", f"@{machines}", "-j", "0",
+    ]  # fmt: skip
+    env = {**env, "NIX_CONFIG": "substituters =\n"}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
 @pytest.fixture(scope="module")
 def written(setup_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("setup")
@@ -117,13 +129,7 @@ def test_offload_build_uses_only_what_setup_wrote(
     setup_fleet: Fleet, written: Path, tmp_path: Path
 ) -> None:
     file = nix_file(tmp_path, BODY)
-    env = client_env(written)
-    env["NIX_CONFIG"] = "substituters =\n"
-    argv = [
-        sys.executable, "-m", "offload", "build", str(file), "-A", "one", "--no-out-link",
-        "--builders", f"@{written / 'client' / 'machines'}", "-j", "0",
-    ]  # fmt: skip
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = offload_build(file, written / "client" / "machines", client_env(written))
     assert done.returncode == 0, done.stderr
     out = out_path(file, "one")
     assert valid_locally(out)
@@ -270,13 +276,8 @@ def test_a_key_restricted_to_the_daemon_is_set_up_with_ssh_ng(
     stock = stock_nix_build(file, machines, env)
     assert stock.returncode == 0, stock.stderr
     assert Path(stock.stdout.strip()).read_text().strip() == speed_of(daemon_only_fleet, "sd")
-    env["NIX_CONFIG"] = "substituters =\n"
     file = nix_file(tmp_path, BODY, name="ours.nix")  # a salt of its own: built again
-    argv = [
-        sys.executable, "-m", "offload", "build", str(file), "-A", "one", "--no-out-link",
-        "--builders", f"@{machines}", "-j", "0",
-    ]  # fmt: skip
-    ours = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    ours = offload_build(file, machines, env)
     assert ours.returncode == 0, ours.stderr
     assert Path(ours.stdout.strip()).read_text().strip() == speed_of(daemon_only_fleet, "sd")
 
