@@ -1,7 +1,7 @@
-"""offload-hook on a host whose PATH has no ssh: a program that cannot start here is this
-host's fault, said once with its fix, and no builder is backed off for it. Each builder was
-backed off in turn ("builder 'b1' failed: cannot run ssh: ..."), host-wide and kept in
-backoff.json, and the install hint was dropped."""
+"""offload-hook and offload build on a host whose PATH has no ssh: a program that cannot start
+here is this host's fault, said with its fix, and no builder is backed off for it in later
+runs. Each builder was backed off in turn ("builder 'b1' failed: cannot run ssh: ..."),
+host-wide and kept in backoff.json, and the install hint was dropped."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from offload.backoff import load_backoff
 from offload.fleet import Fleet
 from tests.helpers.hook_runs import nix_build
 from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.offload_run import offload, offload_env
 
 pytestmark = pytest.mark.usefixtures("coordinators_stopped")
 
@@ -42,4 +43,19 @@ def test_no_ssh_here_is_said_and_backs_no_builder_off(fleet: Fleet, tmp_path: Pa
     assert said, done.stderr
     assert "install OpenSSH" in said[0]
     assert "builder '" not in done.stderr.split("cannot run ssh")[0].splitlines()[-1]
+    assert load_backoff(tmp_path / "state" / "backoff.json", time.time()) == {}
+
+
+def test_offload_build_without_ssh_builds_here_and_backs_no_builder_off(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    # The builders are left out of this run (said, in --json too), not remembered as down:
+    # the next run, with ssh back, found them backed off "after 1 failure".
+    file = nix_file(tmp_path, f'mk "nossh-build" "{SPEED} > $out" {{}}\n')
+    env = offload_env(fleet, tmp_path, PATH=_path_without_ssh(tmp_path))
+    builders = f"@{fleet.machines_file}"
+    done = offload(fleet, tmp_path, file, "--no-out-link", "--builders", builders, env=env)
+    assert done.returncode == 0, done.stderr
+    down = next(line for line in done.stderr.splitlines() if "cannot run ssh" in line)
+    assert "; install OpenSSH" in down
     assert load_backoff(tmp_path / "state" / "backoff.json", time.time()) == {}

@@ -106,6 +106,7 @@ async def run_build(
         _tell_refused(pool, members, told)
         remote = _remote(members, backoff or {})
         unreachable: dict[str, str] = {}
+        here: set[str] = set()  # of those, left out for a fault of this host's
         caches = CacheFaults(told, {LOCAL: pool.nix_settings.words("substituters")})
         async with (
             warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm,
@@ -113,8 +114,8 @@ async def run_build(
         ):
             roots, graph, plan, estimates, fetched = await _plan(
                 pool, local_link, remote, roots,
-                unreachable=unreachable, warm=warm, late=late, emit=told, estimate=estimate,
-                check=check, nix_said=nix_said or _to_stderr, caches=caches,
+                unreachable=unreachable, here=here, warm=warm, late=late, emit=told,
+                estimate=estimate, check=check, nix_said=nix_said or _to_stderr, caches=caches,
             )  # fmt: skip
             if not members and plan.order:  # -j 0 and no builder: fine while all is valid
                 raise no_machine_error(pool)
@@ -122,6 +123,7 @@ async def run_build(
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
+                faults_here=here,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")), joining=late,
                 home=None if fetch_all else {drv for drv, _ in roots}, explain=_explainer(pool),
                 build_options=options, local_boot_id=local_boot_id(), keep_going=keep_going,
@@ -204,6 +206,7 @@ async def _plan(
     roots: Roots,
     *,
     unreachable: dict[str, str],
+    here: set[str],
     warm: Callable[[str], None],
     late: dict[str, asyncio.Task[None]],
     emit: Callable[[Event], None],
@@ -225,6 +228,7 @@ async def _plan(
             answered=warm,
             late=late,
             grace=SLOW_GRACE,
+            faults_here=here,
         )
         opened.enter_context(heard(local, nix_said, functools.partial(caches.heard, LOCAL)))
         mark("answered")

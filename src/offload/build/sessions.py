@@ -20,7 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 from offload.build.graph import Roots
-from offload.errors import OffloadError
+from offload.errors import NotStarted, OffloadError
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import MemberLink
 from offload.tasks import cancel_and_wait
@@ -41,6 +41,7 @@ async def open_sessions(
     answered: Callable[[str], None] | None = None,
     late: dict[str, asyncio.Task[None]] | None = None,
     grace: float | None = None,
+    faults_here: set[str] | None = None,
 ) -> tuple[StoreClient, dict[str, StoreClient], list[tuple[str, str]]]:
     """A local session, one on each builder that answers, and the evaluated roots, all at
     once: ssh handshakes are most of a run's start-up, and evaluation can run meanwhile.
@@ -48,7 +49,9 @@ async def open_sessions(
     Builders that have not answered ``grace`` seconds after the local session and the roots
     are ready are put in ``late`` (see the module docstring); without ``grace`` every builder
     is waited for. What opened is closed by ``stack``; an evaluation error wins over a local
-    store error. The caller owns the ``late`` tasks.
+    store error. The caller owns the ``late`` tasks. ``faults_here`` is told the builders left out
+    for a fault of this host's (a program it could not start: no ssh, no file descriptors),
+    which says nothing of the builder.
     """
     evaluated = asyncio.to_thread(_as_list, roots) if callable(roots) else _ready(list(roots))
     here = [
@@ -56,7 +59,7 @@ async def open_sessions(
         asyncio.ensure_future(evaluated),
     ]
     deadline = None if grace is None else _after(here, grace)
-    borrowed = _borrow_all(remote, unreachable, answered, deadline, late)
+    borrowed = _borrow_all(remote, unreachable, answered, deadline, late, faults_here=faults_here)
     try:
         local, clients, result = await asyncio.gather(
             here[0], stack.enter_async_context(borrowed), here[1], return_exceptions=True
@@ -96,6 +99,8 @@ async def _borrow_all(
     answered: Callable[[str], None] | None = None,
     deadline: Coroutine[Any, Any, None] | None = None,
     late: dict[str, asyncio.Task[None]] | None = None,
+    *,
+    faults_here: set[str] | None = None,
 ) -> AsyncIterator[dict[str, StoreClient]]:
     """A session on each builder that answers, opened in parallel; the others are left out
     and their errors put in ``unreachable``. ``answered(name)`` is told of each as it opens.
@@ -128,6 +133,9 @@ async def _borrow_all(
             opened.append(cm)
         elif isinstance(result, OffloadError):
             unreachable[name] = result.message
+            if faults_here is not None and isinstance(result, NotStarted):
+                faults_here.add(name)
+                unreachable[name] += f"; {result.hint}" if result.hint else ""
         else:
             await _close(managers[other] for other, done in waiting.items() if _opened(done))
             raise result

@@ -67,6 +67,7 @@ class Executor(Endings):
         slots: SlotLocks | None = None,
         backoff: Mapping[str, Health] | None = None,
         unreachable: Mapping[str, str] | None = None,
+        faults_here: Collection[str] = (),  # of those, left out for this host's fault
         joining: Mapping[str, asyncio.Task[None]] | None = None,
         explain: Callable[[str, str], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -101,6 +102,7 @@ class Executor(Endings):
             plan, self.members, self.policy, self.report, emit=emit, log_sink=log_sink,
             wall=wall, clock=clock)  # fmt: skip
         self._track_joining(joining or {}, unreachable or {})
+        self._faults_here = frozenset(faults_here)
         self._track_copies()
         self._restored = self._restore(backoff or {})
         self._poke = asyncio.Event()  # set when a copy's news may change the decisions
@@ -210,7 +212,8 @@ class Executor(Endings):
         for name, error in self._unreachable.items():
             self._last_error[name] = error
             self.policy.on_machine_failed(name, self.clock())
-            self._fell.add(name)
+            if name not in self._faults_here:  # this host's fault: not kept against it
+                self._fell.add(name)
         for name in self._joining.values():
             self.policy.hold(name)
         return restored
