@@ -1,6 +1,6 @@
 """A job whose input was undone (its outputs lost) while it ran: no copy of it starts before
 that input is built again, and if the input then fails, the job is skipped when it comes back,
-never left pending for ever."""
+never left pending for ever; so is a done one undone after that failure."""
 
 from __future__ import annotations
 
@@ -86,3 +86,25 @@ def test_a_job_waiting_on_a_full_builder_is_not_moved_while_an_input_is_built_ag
     # Moved to twin, a would find p's outputs nowhere: it waits for p, built again there.
     assert not [d for d in later if isinstance(d, Move)]
     assert [(d.job, d.machine) for d in later if isinstance(d, Start)] == [("p", "twin")]
+
+
+def test_a_done_job_undone_after_its_input_failed_is_skipped_and_told():
+    # b was built before a's outputs were lost and a failed when made again; then b's went
+    # too: b waited for a for ever, and -k ended with "no machine can take them".
+    policy = Policy(
+        [Job("a", 1.0), Job("b", 1.0, ("a",)), Job("c", 1.0, ("b",))],
+        [MachineSlotSpec("m", 1, 2)],
+    )
+    policy.next_decisions(0)
+    policy.on_finished("a", "m", 1, True)
+    policy.next_decisions(1)
+    policy.on_finished("b", "m", 2, True)
+    policy.next_decisions(2)  # c starts
+    policy.on_outputs_lost(["a"])
+    assert policy.next_decisions(3) == [Start("a", "m", 4.0)]
+    policy.on_finished("a", "m", 4, False)
+    policy.on_outputs_lost(["b"])
+    assert policy.graph.state("b") is JobState.SKIPPED
+    assert policy.take_skipped() == [("a", ("b",))]
+    policy.on_finished("c", "m", 5, True)
+    assert policy.graph.finished

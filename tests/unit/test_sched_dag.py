@@ -9,6 +9,10 @@ import pytest
 
 from offload.errors import SchedulerError
 from offload.scheduler.dag import Job, JobGraph, JobState
+from offload.scheduler.policy import MachineSlotSpec
+from offload.scheduler.simulate import simulate
+
+X = frozenset({"x"})
 
 
 def job(name: str, work: float = 1.0, *deps: str) -> Job:
@@ -101,6 +105,19 @@ def test_unknown_dependency_and_duplicates_are_errors() -> None:
         JobGraph([job("a", 1, "b")])
     with pytest.raises(SchedulerError, match="twice"):
         JobGraph([job("a"), job("a")])
+
+
+def test_a_dependency_named_twice_is_one_dependency_everywhere() -> None:
+    # The graph counted it once and the policy's count of unstarted dependencies twice: the
+    # job never became "coming", so it never claimed a slot ahead of less critical work.
+    ms = [MachineSlotSpec("fast", 4.0, 2, X), MachineSlotSpec("slow", 1.0, 1, X)]
+    schedules = []
+    for deps in (("a",), ("a", "a")):
+        jobs = [Job("a", 4, (), "x"), Job("b", 40, deps, "x"), Job("s1", 8, (), "x"),
+                Job("s2", 8, (), "x")]  # fmt: skip
+        assert JobGraph(jobs).job("b").deps == ("a",)
+        schedules.append(simulate(jobs, ms).schedule)
+    assert schedules[0] == schedules[1]
 
 
 def test_the_first_bad_job_in_order_is_the_one_named() -> None:
@@ -215,7 +232,7 @@ def test_undone_job_runs_again_and_its_waiting_dependents_wait_for_it() -> None:
         g.mark_done(name)
     g.mark_started("c")
     # a's outputs are gone: c (running, fed already) keeps running, d waits for a again.
-    ready, demoted = g.mark_undone(["a"])
+    ready, demoted, _ = g.mark_undone(["a"])
     assert (ready, demoted) == (["a"], [])
     assert g.state("b") is JobState.DONE
     assert g.state("c") is JobState.RUNNING
@@ -232,7 +249,7 @@ def test_undoing_a_chain_readies_its_first_job_and_demotes_ready_dependents() ->
         g.mark_done(name)
     assert sorted(g.ready()) == ["c", "x"]
     g.mark_started("x")
-    ready, demoted = g.mark_undone(["a", "b"])
+    ready, demoted, _ = g.mark_undone(["a", "b"])
     assert ready == ["a"]
     assert demoted == ["c"]
     assert g.state("b") is JobState.PENDING
@@ -245,6 +262,43 @@ def test_undoing_a_chain_readies_its_first_job_and_demotes_ready_dependents() ->
     assert sorted(g.mark_done("b")) == ["c", "x"]
     with pytest.raises(SchedulerError, match="cannot undo 'c': it is ready"):
         g.mark_undone(["c"])
+
+
+def test_a_job_undone_after_its_dependency_failed_is_skipped_not_left_waiting() -> None:
+    # a was undone, made again and failed; b (done meanwhile) is then undone too: it waited
+    # for a forever, and the run ended "no machine can take them" instead of "skipped".
+    g = JobGraph([job("a"), job("b", 1, "a"), job("c", 1, "b"), job("d", 1, "c")])
+    for name in ("a", "b"):
+        g.mark_started(name)
+        g.mark_done(name)
+    g.mark_undone(["a"])
+    g.mark_started("a")
+    g.mark_failed("a")
+    assert g.state("b") is JobState.DONE
+    assert g.mark_undone(["b"]) == ([], ["c"], ["b", "c", "d"])  # c was ready
+    assert [g.state(n) for n in "abcd"] == [JobState.FAILED, *[JobState.SKIPPED] * 3]
+    assert g.finished
+    assert g.work_left == 0
+
+
+def test_a_failed_dependency_of_a_done_job_keeps_its_path_at_zero() -> None:
+    # After the undo-then-fail above, a later failure downstream and a new estimate both
+    # walked up through the failed job and gave it (and its ancestors) its old path back.
+    g = JobGraph([job("r"), job("y", 1, "r"), job("x", 1, "y"), job("w", 50, "x"),
+                  job("q", 0.5, "r")])  # fmt: skip
+    for name in ("r", "y", "q", "x"):
+        g.mark_started(name)
+        g.mark_done(name)
+    g.mark_started("w")
+    g.mark_undone(["y"])
+    g.mark_started("y")
+    g.mark_failed("y")
+    g.mark_undone(["r"])
+    assert g.critical_path("r") == 1.5
+    g.mark_failed("w")
+    assert (g.critical_path("y"), g.critical_path("r")) == (0.0, 1.5)
+    g.update_estimate("x", 7)
+    assert (g.critical_path("y"), g.critical_path("r")) == (0.0, 1.5)
 
 
 def _left_by_sum(graph: JobGraph) -> float:

@@ -103,6 +103,10 @@ class JobGraph:
                 ) from None
             if len(mine) > 1 and len(set(mine)) < len(mine):  # one named twice counts once
                 mine = list(dict.fromkeys(mine))
+                # The job as the graph keeps it names each once too: its readers (the
+                # policy's count of dependencies not started) count what the graph counts.
+                self._jobs[i] = Job(job.id, job.work_estimate, tuple(dict.fromkeys(job.deps)),
+                                    job.system, job.required_features)  # fmt: skip
             deps.append(mine)
             for j in mine:
                 dependents[j].append(i)
@@ -306,12 +310,15 @@ class JobGraph:
             counts[_READY] += len(newly)
         return newly
 
-    def mark_undone(self, job_ids: Iterable[str]) -> tuple[list[str], list[str]]:
-        """DONE jobs must run again; returns (those now READY, READY dependents now PENDING).
+    def mark_undone(self, job_ids: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+        """DONE jobs must run again; returns (those now READY, READY dependents now PENDING,
+        those now SKIPPED).
 
         The caller undoes together every job whose outputs are gone and still needed,
-        dependencies included, so each one's wait count is its deps that are not DONE.
-        """
+        dependencies included, so each one's wait count is its deps that are not DONE. One
+        whose dependency was undone before and has failed (or been skipped) since can never
+        run: it is SKIPPED, with the dependents that wait on it, each undone job first
+        (``paths_changed`` as ``mark_failed`` leaves it)."""
         undone = [self._expect(job_id, (_DONE,), "undo") for job_id in job_ids]
         for i in undone:
             self._move(i, _PENDING)
@@ -327,12 +334,23 @@ class JobGraph:
                     self._move(d, _PENDING)
                     demoted.append(self._jobs[d].id)
         ready: list[str] = []
+        doomed: list[int] = []
         for i in undone:
             waiting[i] = sum(1 for dep in self._deps[i] if state[dep] is not _DONE)
-            if waiting[i] == 0:
+            if any(state[dep] is _FAILED or state[dep] is _SKIPPED for dep in self._deps[i]):
+                doomed.append(i)
+            elif waiting[i] == 0:
                 self._move(i, _READY)
                 ready.append(self._jobs[i].id)
-        return ready, demoted
+        skipped: list[str] = []
+        changed: list[str] = []
+        for i in doomed:
+            if state[i] is _PENDING:  # not skipped already, through another of them
+                self._move(i, _SKIPPED)
+                skipped += self._skip_after(i)
+                changed += self.paths_changed
+        self.paths_changed = changed
+        return ready, demoted, skipped
 
     def mark_failed(self, job_id: str) -> list[str]:
         """Record failure; returns every transitive dependent, now SKIPPED, in BFS order.
@@ -375,8 +393,8 @@ class JobGraph:
         for g in gone:
             cp[g] = 0.0
         # A job's dependencies come before it in ``_order``, so once popped it is not pushed
-        # again: ``pushed`` is every job ever queued. The jobs met are live (a dependency of a
-        # live job is never failed nor skipped) but for the dependencies of ``gone``.
+        # again: ``pushed`` is every job ever queued. Failed and skipped jobs are never pushed:
+        # their paths stay 0.
         pushed: set[int] = set()
         heap: list[int] = []
         for g in gone:
@@ -394,7 +412,8 @@ class JobGraph:
             cp[j] = value
             changed.append(jobs[j].id)
             for p in deps[j]:
-                if p not in pushed:
+                # A live job's dependency may have failed: undone, then failed when made again.
+                if p not in pushed and state[p] is not _FAILED and state[p] is not _SKIPPED:
                     pushed.add(p)
                     heapq.heappush(heap, -position[p])
         return changed
@@ -415,7 +434,7 @@ class JobGraph:
         self._work[i] = work
         if state is _FAILED or state is _SKIPPED:
             return []  # its path counts 0 however long it would have been
-        cp = self._cp
+        cp, states = self._cp, self._state
         changed: list[str] = []
         queue = deque([i])
         while queue:
@@ -425,5 +444,9 @@ class JobGraph:
                 continue
             cp[j] = value
             changed.append(self._jobs[j].id)
-            queue.extend(self._deps[j])
+            # Failed and skipped jobs' paths stay 0 (a done job's dependency may have failed:
+            # undone, then failed when made again).
+            queue.extend(
+                d for d in self._deps[j] if states[d] is not _FAILED and states[d] is not _SKIPPED
+            )
         return changed

@@ -441,8 +441,15 @@ class Policy(SharedBuilders):
 
     def on_outputs_lost(self, job_ids: Iterable[str]) -> None:
         """These finished jobs' outputs are gone and still needed: they must run again
-        (``JobGraph.mark_undone``: pass every such job, dependencies included)."""
-        self._queues.undo(list(job_ids))
+        (``JobGraph.mark_undone``: pass every such job, dependencies included), or, where a
+        dependency failed since, are skipped (told by ``take_skipped``)."""
+        skipped = self._queues.undo(list(job_ids))
+        if skipped:
+            self._repath(self.graph.paths_changed)
+        causes: dict[str, list[str]] = {}
+        for job_id in skipped:
+            causes.setdefault(self.graph.failed_before(job_id), []).append(job_id)
+        self._skipped_later += [(cause, tuple(jobs)) for cause, jobs in causes.items()]
 
     def hold(self, machine: str) -> None:
         """Keep ``machine`` out until it answers (``on_machine_up``) or fails

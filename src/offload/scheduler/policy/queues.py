@@ -143,18 +143,21 @@ class Queues:
                 coming.append(key)
         return coming
 
-    def undo(self, undone: list[str]) -> None:
+    def undo(self, undone: list[str]) -> list[str]:
         """Finished jobs must run again (``JobGraph.mark_undone``, every such job named): they
-        and their dependents are counted and queued afresh."""
-        ready, waiting_again = self.graph.mark_undone(undone)
+        and their dependents are counted and queued afresh. Returns the jobs skipped instead
+        (a dependency failed since: ``mark_undone``; ``paths_changed`` then as it left it)."""
+        ready, waiting_again, skipped = self.graph.mark_undone(undone)
         for job_id in undone:
             self.count_started(job_id, +1)
         # Undone jobs count their own dependencies afresh (after the loop above touched them).
         for job_id in undone:
             self.unstarted[job_id] = self.count_unstarted(job_id)
         self.queued.difference_update(waiting_again)
+        self.queued.difference_update(skipped)
         for job_id in ready:
             self.enqueue(job_id)
+        return skipped
 
     def coming_jobs(self, limit: int) -> list[Coming]:
         """Up to ``limit`` coming jobs, most critical first: (queue key, job, None), as their

@@ -213,6 +213,7 @@ class Endings(Stopping):
             self._lost_with[drv_path] = f"{machine}: {error}"
         coming = {drv for drv, _, _, _ in self._homeward.values()}
         self._holders.machine_gone(machine, self.policy, coming)
+        self._skipped_later()  # what was to be made again and cannot be (a dependency failed)
 
     def _lost_too_often(self, drv_path: str) -> bool:
         """Whether ``drv_path`` was lost with its machine ``MAX_LOSSES`` times: it is not
@@ -270,6 +271,8 @@ class Endings(Stopping):
         self._emit_outcome(drv_path, machine, "cancelled", dataclasses.replace(outcome, error=why))
 
     def _finish_skipped(self, drv_path: str, cause: str) -> None:
+        if drv_path in self.report.built:  # built, its outputs lost since, and not made again
+            self.report.built.remove(drv_path)
         self.report.skipped.append(drv_path)
         reason = f"dependency {cause} failed" if cause else "cannot be built"
         self._events.finished(drv_path, "", "skipped", started=self.wall(), error=reason)
