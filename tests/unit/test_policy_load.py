@@ -11,6 +11,7 @@ from offload.scheduler.dag import Job
 from offload.scheduler.policy import (
     BandwidthTransferCost,
     Decision,
+    MachineSlotSpec,
     Policy,
     Start,
     Wait,
@@ -166,3 +167,15 @@ def test_free_busy_withheld_and_cut_slots_always_add_up(ops):
             case "up":
                 pool.set_up(m, up=True)
         _check(pool, m)
+
+
+def test_a_load_on_a_machine_of_no_slots_cuts_none() -> None:
+    # Its cut was -1: a slot that was never there counted free, and every round looked for
+    # work to copy onto it.
+    x = frozenset({"x"})
+    policy = Policy(
+        [Job("j", 1, (), "x")], [MachineSlotSpec("z", 4, 0, x), MachineSlotSpec("a", 1, 1, x)]
+    )
+    policy.on_load("z", 3)
+    zero = policy._pool.machines["z"]
+    assert (zero.cut, zero.free, policy._pool.free_up_total) == (0, 0, 1)  # a's one

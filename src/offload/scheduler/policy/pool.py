@@ -240,7 +240,7 @@ class Pool:
 
     def cut(self, m: Machine, slots: int) -> None:
         """Only ``slots`` (at least one) of ``m``'s slots are used from now (module docstring)."""
-        cut = m.spec.slots - max(1, min(slots, m.spec.slots))
+        cut = max(0, m.spec.slots - max(1, min(slots, m.spec.slots)))  # none of no slots
         more, m.cut = cut - m.cut, cut
         if more <= 0:
             back = -more
