@@ -113,6 +113,29 @@ def test_noise_triggers_speculation_and_cancels_losers() -> None:
     assert again == result
 
 
+def test_a_copy_goes_only_to_a_machine_faster_than_the_running_one() -> None:
+    # long overran its 1 s on fast (it takes 100 s there): it was copied onto slow, 10x
+    # slower, on the estimate the overrun had disproved, and that copy held the only slot
+    # n2 could use until long ended (makespan 105, not 100).
+    x = frozenset({"x"})
+    fleet = [
+        MachineSlotSpec("fast", 10.0, 1, x),
+        MachineSlotSpec("slow", 1.0, 1, x, frozenset({"f"})),
+        MachineSlotSpec("side", 1.0, 1, x, frozenset(), frozenset({"g"})),
+    ]
+    jobs = [
+        Job("long", 10, (), "x"),
+        Job("m1", 60, (), "x", frozenset({"g"})),
+        Job("m2", 5, ("m1",), "x", frozenset({"f"})),
+        Job("n1", 10, ("m1",), "x", frozenset({"g"})),
+        Job("n2", 5, ("n1",), "x", frozenset({"f"})),
+    ]
+    actual = {"long": 1000, "m1": 60, "m2": 5, "n1": 10, "n2": 5}
+    result = simulate(jobs, fleet, actual=actual)
+    assert not [r for r in result.schedule if r.speculative]
+    assert result.makespan == 100.0
+
+
 def test_every_build_takes_its_true_work_whatever_the_policy_assumed() -> None:
     # A first run: every estimate a guess of 1 s, the truth up to 30x that. The overrun rule
     # copies a build past 4x its guess assuming twice the work done; the copy still runs its

@@ -2,7 +2,10 @@
 
 When no job is ready or held and a machine has a free slot, a running job is copied onto the
 fastest such machine if that copy is expected to finish earlier by more than both ``min_gain``
-seconds and ``min_ratio`` of the running copy's expected remaining time. A build nothing
+seconds and ``min_ratio`` of the running copy's expected remaining time; a running copy past
+its expected end only onto a machine faster than its own (its estimate is disproved: one was
+copied onto a machine ten times slower, and held the only slot a later job could use, until it
+ended; a copy no faster may still gain where the inputs move faster to it). A build nothing
 depends on, known from history (not ``guessed``) and expected to end within its share of slack
 (``slack.ends_in_slack``, the bound that sent it to a slower machine), is not copied onto the
 last free slot as fast as the copy's: ending it sooner ends no path sooner, and that slot is the
@@ -147,6 +150,10 @@ class Speculation:
                 fastest[cls] = fastest_free(cls)
             target = fastest[cls]
             if target is None or target is run.machine:
+                continue
+            if run.end <= now and target.speed <= run.machine.speed:
+                # Overdue, its estimate is disproved, for a copy too: one on a machine no
+                # faster than its own cannot be trusted to end first.
                 continue
             new_end = now + work / target.speed
             if transfer is not None:
