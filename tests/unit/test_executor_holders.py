@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from offload.errors import ProtocolError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport import fake
@@ -170,14 +171,16 @@ def test_outputs_lost_on_their_way_home_are_built_again():
     assert local_store.has(outs["a"])
 
 
-@pytest.mark.parametrize("dependent", [False, True])
+@pytest.mark.parametrize(("dependent", "arrives"), [(False, True), (True, True), (True, False)])
 def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again(
-    dependent: bool,
+    dependent: bool, arrives: bool
 ) -> None:
     # fast's disk fills up during k while a's outputs come home from it: a was undone and
     # built again on the local machine, though its fetch then arrived (two "built" events).
     # A dependent b, started meanwhile, found no store holding a's outputs, counted a loss
-    # at each instant retry, and failed after three while they arrived a moment later.
+    # at each instant retry, and failed after three while they arrived a moment later; and
+    # where the fetch failed after all, b counted a loss for having waited, beside the one
+    # of its copy on fast.
     plan, paths, outs, src = make_plan({"a": [], "k": [], **({"b": ["a"]} if dependent else {})})
     fetching, fast_down = asyncio.Event(), asyncio.Event()
 
@@ -202,6 +205,10 @@ def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again
             fetching.set()
             await fast_down.wait()
             await asyncio.sleep(0.2 if dependent else 0)
+            if not arrives:
+                error = ProtocolError("fast: Connection to fast closed by remote host.")
+                error.peer = "fast"
+                raise error
             async with self._session() as client:
                 yield client
 
@@ -223,9 +230,10 @@ def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again
     report = asyncio.run(asyncio.wait_for(executor.run(), 10))
     assert report.ok, report.failed
     built_a = [e.machine for e in events if isinstance(e, JobFinished) and e.name == "a"]
-    assert built_a == ["fast"]
-    assert paths["a"] not in local_store.builds
+    assert built_a == (["fast"] if arrives else ["fast", "local"])
+    assert (paths["a"] in local_store.builds) is not arrives
     if dependent:
+        assert executor._losses.get(paths["b"], 0) <= 1  # lost with fast, if it was there
         assert local_store.has(outs["b"])
         ends_b = [e.status for e in events if isinstance(e, JobFinished) and e.name == "b"]
         assert "failed" not in ends_b

@@ -79,9 +79,12 @@ class Endings(Stopping):
     def _returned(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
         if outcome.source is None:
             # Lost inputs are made again before anything needs them (Holders.undo_lost); if
-            # that ever falls short, fail rather than retry forever.
-            self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
-            if self._losses[drv_path] >= MAX_LOSSES:
+            # that ever falls short, fail rather than retry forever. (An input being made
+            # again, its fetch home failed as the copy waited for it, is no such shortfall:
+            # the copy starts again only once it is built.)
+            if self.policy.graph.inputs_done(drv_path):
+                self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
+            if self._losses.get(drv_path, 0) >= MAX_LOSSES:
                 if not self._fail(drv_path, machine, outcome, now):
                     self._superseded(drv_path, machine, outcome)
                 return
