@@ -25,12 +25,14 @@ def _ends(events: list[Event], name: str) -> list[tuple[str, str]]:
     return [(e.machine, e.status) for e in events if isinstance(e, JobFinished) and e.name == name]
 
 
-def test_an_output_whose_fetch_home_fails_comes_from_the_builder_it_was_sent_to(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("dependent_on", ["other", "local"])
+def test_an_output_whose_fetch_home_fails_comes_from_the_store_it_was_sent_to(
+    monkeypatch: pytest.MonkeyPatch, dependent_on: str
 ) -> None:
-    # a is built on fast and sent to other for b; fast drops while a comes home. a's outputs
-    # were left on other: the run said ok, and a's were not here (nor its hook run).
-    plan, _, outs, src = make_plan({"a": [], "b": ["a"]}, features={"b": "big"})
+    # a is built on fast and sent to b's machine; fast drops while a comes home. a's outputs
+    # were left on other: the run said ok, and a's were not here (nor its hook run). Sent
+    # to this host's store for a local b, they are home: nothing is fetched, the hook runs.
+    plan, paths, outs, src = make_plan({"a": [], "b": ["a"]}, features={"b": "big"})
     b_building = asyncio.Event()
 
     async def slow_b(build: FakeBuild) -> BuildOutcome:
@@ -49,27 +51,35 @@ def test_an_output_whose_fetch_home_fails_comes_from_the_builder_it_was_sent_to(
             raise error
         return await fetch(self, machine, paths)
 
+    hooked: list[str] = []
+
+    async def hook(drv_path: str, outputs: Any, said: Any) -> None:
+        hooked.append(drv_path)
+
     monkeypatch.setattr(BuildCopies, "_fetch", failing_on_fast)
     fast_store = FakeStore("fast", builder=keeps_no_references)
     other_store = FakeStore("other", builder=slow_b)
-    local_store = FakeStore("local", [src])
+    local_store = FakeStore("local", [src], builder=slow_b)
     local = FakeLink(local_store)
+    big = ("big",)
     members = [
         PoolMember(spec("fast", speed=8, slots=1), FakeLink(fast_store), remote=True),
-        PoolMember(
-            spec("other", speed=4, slots=1, supported=("big",)), FakeLink(other_store),
-            remote=True,
-        ),
+        PoolMember(spec("other", speed=4, slots=1, supported=big if dependent_on == "other"
+                        else ()), FakeLink(other_store), remote=True),
+        PoolMember(spec("local", speed=1, slots=1, supported=big if dependent_on == "local"
+                        else ()), local, remote=False),
     ]  # fmt: skip
     events: list[Event] = []
     executor = Executor(
-        plan, members, local, emit=events.append, home=None, estimates={"a": 1, "b": 10}
-    )
+        plan, members, local, emit=events.append, home=None, estimates={"a": 1, "b": 10},
+        after_home=hook,
+    )  # fmt: skip
     asyncio.run(asyncio.wait_for(executor.run(), 20))
     assert executor.report.ok, executor.report.failed
     assert local_store.has(outs["a"])
     assert local_store.has(outs["b"])
-    assert fast_store.builds.count(plan.order[0]) == 1  # fetched from other, not built again
+    assert fast_store.builds.count(paths["a"]) == 1  # not built again
+    assert paths["a"] in hooked
     assert _ends(events, "a") == [("fast", "built")]
     assert [e.machine for e in events if isinstance(e, MachineEvent) and e.state == "down"] == [
         "fast"

@@ -162,6 +162,7 @@ class BuildCopies:
         client: StoreClient | None = None
         build_start: float | None = None  # when the build itself began
         try:
+            await self._inputs_arriving(drv_path)  # before it holds a slot there
             async with contextlib.AsyncExitStack() as stack:
                 if self.slots is not None and member.slot_key is not None:
                     expected = self.expected_end
@@ -219,7 +220,6 @@ class BuildCopies:
         name = member.spec.name
         target = name if member.remote else LOCAL
         sent = received = 0
-        await self._inputs_arriving(drv_path)
         sources = self.holders.sources(drv_path, target)
         if sources:
             self.events.phase(drv_path, name, "sending", speculative=speculative)
@@ -394,13 +394,19 @@ class BuildCopies:
 
     async def fetch_home(self, drv_path: str, machine: str, source: str | None = None) -> int:
         """The outputs of ``drv_path``, built on ``machine``, made valid here from ``source``
-        (another builder they were sent to; default ``machine``), with the other builds'
-        there that end meanwhile (``homeward``); the bytes that came for it."""
+        (another store they were sent to; default ``machine``), with the other builds' there
+        that end meanwhile (``homeward``), and Nix's post-build-hook run for them; the bytes
+        that came for it."""
         self.events.phase(drv_path, machine, "fetching", speculative=False)
         outputs = self.plan.outputs[drv_path]
         arriving = self._arriving[drv_path] = asyncio.Event()
         try:
-            moved = await self._home.fetch(source or machine, drv_path, outputs)
+            # Valid here already (``source`` this host's store): nothing to fetch.
+            moved = (
+                0
+                if source == LOCAL
+                else await self._home.fetch(source or machine, drv_path, outputs)
+            )
             self.holders.arrived_home(drv_path)
         finally:
             arriving.set()

@@ -145,17 +145,18 @@ class Endings(Stopping):
         if task.cancelled():
             return
         error = task.exception()
-        if error is None:
-            self._holders.arrived_home(drv_path)
+        if error is None:  # its outputs are home (``fetch_home`` told the holders)
             arrived = dataclasses.replace(outcome, bytes_received=task.result(), home=True)
             self._emit_outcome(drv_path, machine, "built", arrived)
             return
         held = self._holders.where.get(drv_path, set()) - {source}
         if isinstance(error, OffloadError) and not local_store_failed(error) and held:
-            # Sent to another builder as an input meanwhile: fetched from there. Not made
-            # again, and not left there: the run's success means its outputs are here.
+            # Sent elsewhere as an input meanwhile: not made again, nor left there (the run's
+            # success means its outputs are here). From this host's store, where a local
+            # dependent's copy brought them (nothing to fetch; the post-build-hook runs),
+            # else from a builder they were sent to.
             self._machine_failed(source, error.message, self.clock())
-            self._send_home(drv_path, machine, outcome, min(held))
+            self._send_home(drv_path, machine, outcome, LOCAL if LOCAL in held else min(held))
             return
         if drv_path in self.report.built:  # not built for the run until its outputs are home
             self.report.built.remove(drv_path)
