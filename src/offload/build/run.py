@@ -57,8 +57,7 @@ from offload.names import LOCAL
 from offload.nix_results import result_links
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.scheduler.run import BuildPlan, Executor, MemberLink, PoolMember, RunReport
-from offload.scheduler.run.copy import AfterHome
-from offload.scheduler.run.disk import remove_partial
+from offload.scheduler.run.copy import AfterHome, cleared_cut
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
 from offload.transport.links import LocalLink
@@ -266,15 +265,19 @@ async def _existing(
         for name in unreachable:
             clients.pop(name, None)
         fetched += report_substituted(graph, emit)
+        said = ""
         try:
             if graph.fetch:
                 # A session of their own: a copy cut off (a builder gone, a NAR not as it
                 # said) leaves it unusable, and the graph is read again on ``local``.
                 async with local_link.session() as fetching:
-                    fetched += await fetch_existing(graph, clients, fetching, emit)
+                    try:
+                        fetched += await fetch_existing(graph, clients, fetching, emit)
+                    except FetchFailed as exc:
+                        if exc.partial:  # what it left half-written here goes
+                            said = await cleared_cut(local_link, fetching, exc.partial, "outputs")
+                        raise
         except FetchFailed as exc:
-            # Its session is closed by now, so nothing holds the path it was writing.
-            said = await remove_partial(local_link, exc.partial[::-1]) if exc.partial else ""
             if exc.down:
                 unreachable[exc.machine] = exc.message + said
             clients.pop(exc.machine)

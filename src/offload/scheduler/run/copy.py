@@ -93,6 +93,24 @@ def local_store_failed(error: BaseException) -> TypeGuard[OffloadError]:
     return isinstance(error, OffloadError) and getattr(error, "peer", None) == LOCAL
 
 
+async def cleared_cut(
+    link: MemberLink, client: StoreClient, sending: Sequence[str], what: str
+) -> str:
+    """What of ``sending`` (dependencies first) a copy cut off mid-stream left on ``link``'s
+    machine deleted, bounded; how it went, in words. Its session is stopped first: one cut
+    off mid-request still has its serve process there, holding the half-written path as a
+    temporary root, and the deletion of that path fails while it lives."""
+    said = f"; its partial {what} may stay there (no answer in {PARTIAL_CLEANUP_TIMEOUT:g} s)"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
+            if not client.usable:
+                with contextlib.suppress(OffloadError):
+                    await link.cancel(client)
+            # The path being written is the last begun: looked at first.
+            said = await remove_partial(link, sending[::-1], what=what)
+    return said
+
+
 def ended_on_its_own(task: asyncio.Task[Outcome]) -> bool:
     """Whether ``task`` is a copy that ended built or failed (not lost, given back or stopped)."""
     return (
@@ -369,23 +387,8 @@ class BuildCopies:
     async def _cleared(
         self, client: StoreClient, target: str, sending: Sequence[str], what: str
     ) -> str:
-        """What of ``sending`` a cut copy left at ``target`` deleted, its session stopped
-        first (it holds the path being written), bounded; how it went, in words."""
-        said = f"; its partial {what} may stay there (no answer in {PARTIAL_CLEANUP_TIMEOUT:g} s)"
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
-                await self._stop_cut(client, target)
-                # The path being written is the last begun: looked at first.
-                said = await remove_partial(self._link(target), sending[::-1], what=what)
-        return said
-
-    async def _stop_cut(self, client: StoreClient, target: str) -> None:
-        """A session cut off mid-request (its lane failed, the other was stopped) still has its
-        serve process there, holding the half-written path as a temporary root: stop it first,
-        or the deletion of that path fails."""
-        if not client.usable:
-            with contextlib.suppress(OffloadError):
-                await self._link(target).cancel(client)
+        """What of ``sending`` a cut copy left at ``target`` deleted (``cleared_cut``)."""
+        return await cleared_cut(self._link(target), client, sending, what)
 
     def _link(self, machine: str) -> MemberLink:
         """``machine``'s link; this host's store's is the run's local link (with -j 0 the
