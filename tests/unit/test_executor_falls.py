@@ -209,3 +209,41 @@ def test_a_build_that_ended_as_the_run_was_stopped_is_kept_as_built(
     assert local_store.has(outs["x"])
     assert executor.report.built == [paths["x"]]
     assert _ends(events, "x") == [("local", "built")]
+
+
+def test_a_bug_settling_an_ended_copy_at_the_stop_does_not_replace_the_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stop settles ended copies in run()'s finally: a bug there replaced the run's own
+    # end (Ctrl-C's) and left the other copies unstopped. Logged, and the stop goes on.
+    plan, _, _, src = make_plan({"x": []})
+    build = BuildCopies.build
+    run: list[asyncio.Task[Any]] = []
+
+    async def stopped_as_it_ends(
+        self: BuildCopies, drv_path: str, member: PoolMember, **kw: Any
+    ) -> Any:
+        outcome = await build(self, drv_path, member, **kw)
+        run[0].cancel()
+        return outcome
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a bug in the ending")
+
+    monkeypatch.setattr(BuildCopies, "build", stopped_as_it_ends)
+    monkeypatch.setattr(Executor, "_built", broken)
+    local = FakeLink(FakeStore("local", [src], builder=keeps_no_references))
+    members = [PoolMember(spec("local", speed=1, slots=1), local, remote=False)]
+    executor = Executor(plan, members, local, emit=lambda _: None)
+
+    async def main() -> None:
+        run.append(asyncio.create_task(executor.run()))
+        await run[0]
+
+    with (
+        caplog.at_level("ERROR", logger="offload.scheduler.run.executor"),
+        pytest.raises(asyncio.CancelledError),
+    ):
+        asyncio.run(asyncio.wait_for(main(), 20))
+    assert executor.report.interrupted
+    assert any("a bug in the ending" in repr(r.exc_info) for r in caplog.records)

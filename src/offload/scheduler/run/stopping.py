@@ -97,7 +97,10 @@ class Stopping:
         to report, and this must not replace it. Copies that had ended, built or failed,
         end as they did: a build made is in the run's report and history."""
         for task in [t for t in self._tasks if t not in self._told and ended_on_its_own(t)]:
-            self._settle(task)
+            try:
+                self._settle(task)
+            except Exception:  # a bug's, here as at the stop of the rest: logged, not raised
+                logger.exception("a copy that ended could not be settled as the run stopped")
         tasks: list[asyncio.Task[Any]] = [
             *self._tasks, *self._homeward, *self._joining, *self._full.probes
         ]  # fmt: skip
