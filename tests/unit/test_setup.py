@@ -257,6 +257,11 @@ def test_with_ssh_ng_the_key_runs_only_the_daemon() -> None:
     assert "program=/nix/var/nix/profiles/default/bin/nix-daemon\n" in script
     assert 'restrict,command="%s --stdio" %s' in script
     assert "--serve" not in authorized_keys_line(daemon)
+    # The way back to a line for both schemes, as setup builder takes it.
+    assert (
+        '"use ssh-ng:// ones (setup client --ssh-ng writes them), or --unrestricted without'
+        " --ssh-ng" in script
+    )
 
 
 def test_ssh_ng_with_unrestricted_is_refused_before_anything_is_written(

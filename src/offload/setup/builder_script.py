@@ -173,12 +173,14 @@ def _replaced_note(setup: BuilderSetup) -> str:
     other = next(s for s in PROGRAMS if s != setup.scheme)
     writes = "setup client --ssh-ng" if setup.scheme == "ssh-ng" else "setup client"
     use = f"use {setup.scheme}:// ones ({writes} writes them)"
+    # The key's line as it was serves both schemes: what --unrestricted writes (alone).
+    keep = "--unrestricted" if setup.scheme == "ssh" else "--unrestricted without --ssh-ng"
     other_program = " ".join(PROGRAMS[other])
     return f"""\
     if grep -F "$key" "$keys" | grep -qv "command="; then
       echo "note: the line of this key in $keys is replaced; it ran any command, which" \\
         "{other}:// machines lines for this builder need:" \\
-        "{use}, or --unrestricted" >&2
+        "{use}, or {keep}" >&2
     elif grep -F "$key" "$keys" | grep -qF -e "{other_program}"; then
       echo "note: the line of this key in $keys is replaced; it ran {other_program}," \\
         "which {other}:// machines lines for this builder need: {use}" >&2

@@ -124,7 +124,8 @@ class Policy(SharedBuilders):
         self._overrun = Overrun(
             self.graph, self._queues, self._speculation, transfer, self._by_path
         )
-        # Jobs skipped when a copy came back (``take_skipped``).
+        # Jobs skipped later (``take_skipped``): when a copy came back, or outputs to be made
+        # again were lost after a dependency failed.
         self._skipped_later: list[tuple[str, tuple[str, ...]]] = []
         # Jobs no machine can build (with why), and those skipped because of them.
         self.unschedulable, self.skipped_at_start = classify(
@@ -418,7 +419,8 @@ class Policy(SharedBuilders):
 
     def take_skipped(self) -> list[tuple[str, tuple[str, ...]]]:
         """The jobs skipped since the last call because a copy came back for one that can
-        never run now (``JobGraph.mark_returned``): (the failed job that doomed them, them)."""
+        never run now (``JobGraph.mark_returned``), or one to be made again that cannot
+        (``on_outputs_lost``): (the failed job that doomed them, them)."""
         taken, self._skipped_later = self._skipped_later, []
         return taken
 

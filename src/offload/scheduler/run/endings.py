@@ -97,7 +97,8 @@ class Endings(Stopping):
         self._skipped_later()
 
     def _skipped_later(self) -> None:
-        """Say the jobs the policy skipped when a copy came back (``Policy.take_skipped``)."""
+        """Say the jobs the policy skipped since it was last asked: a copy came back, or a
+        job to be made again cannot be (``Policy.take_skipped``)."""
         for cause, skipped in self.policy.take_skipped():
             for drv_path in skipped:
                 self._finish_skipped(drv_path, cause)

@@ -80,7 +80,8 @@ class Holders:
     ) -> None:
         """Outputs only ``machine`` held are lost: have them made again where still needed,
         but those ``coming`` home from it already (a fetch under way may well end: a builder
-        whose disk filled up answers still), made again only if their fetch fails."""
+        whose disk filled up answers still), made again only if their fetch fails and no
+        other store holds them (``Endings._arrived`` fetches them from there)."""
         for holders in self.where.values():
             holders.discard(machine)
         self.undo_lost(policy, coming)
