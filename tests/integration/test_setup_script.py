@@ -143,6 +143,7 @@ class Host:
                         break
                     answer += chunk
                 proc.stdin.close()
+                proc.wait(timeout=60)  # bounded: then its stderr is all there
                 said = proc.stderr.read().decode(errors="replace")
             finally:
                 proc.kill()
@@ -309,7 +310,10 @@ def test_with_ssh_ng_a_session_through_the_build_user_reaches_the_daemon(
     said = f"{ssh_said}\ndaemon: {daemon.read_text()}"
     assert answer[:8] == u64(0x6478696F), said
     assert answer.endswith(DAEMON_LAST + u64(0)), said  # Z is not valid
-    assert host.serve(path).stdout[:8] != SERVER_HELLO[:8]
+    # The serve hello, on the same login, gets no serve answer: the daemon runs instead.
+    refused = host.serve(path)
+    assert b"Accepted publickey for nixremote" in refused.stderr, refused.stderr
+    assert (refused.returncode, refused.stdout) == (0, b"")
 
 
 def test_a_key_moved_from_one_program_to_the_other_is_said(host: Host) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from offload.protocol.serve import BuildStatus
+from offload.scheduler.dag import JobState
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
 from offload.typing_compat import override
@@ -367,6 +368,9 @@ def test_a_derivation_failed_for_its_losses_halts_what_was_to_start_with_it():
     report = asyncio.run(asyncio.wait_for(executor.run(), 10))
     assert list(report.failed) == [next(d for d in plan.order if plan.drvs[d].name == "a")]
     assert not [e for e in events if isinstance(e, JobPhase) and e.name == "b"]
+    # b went back to the policy, never started: it was left RUNNING there with no copy.
+    b = next(d for d in plan.order if plan.drvs[d].name == "b")
+    assert executor.policy.graph.state(b) is JobState.READY
 
 
 def test_a_copy_that_never_began_building_there_is_not_charged_for_the_fall():

@@ -36,13 +36,16 @@ def test_the_hook_gets_the_derivation_and_its_outputs_and_its_lines_are_told(
     tmp_path: Path,
 ) -> None:
     # A line longer than the stream's limit raised ValueError: the run ended with it.
-    body = 'echo "$DRV_PATH"; echo "$OUT_PATHS" >&2; head -c 3000000 /dev/zero | tr "\\0" x'
+    long = "0123456789" * 300_000  # pieces out of order would not make it again
+    body = 'echo "$DRV_PATH"; echo "$OUT_PATHS" >&2; yes 0123456789 | head -n 300000 | tr -d "\\n"'
     said = _run(_script(tmp_path, body))
-    # stdout's and stderr's lines are read at once, from two pipes: in no set order.
-    pieces = [line for line in said if set(line) == {"x"}]
-    told = [line for line in said if line not in pieces]
-    assert sorted(told) == sorted([DRV, " ".join(sorted(OUTS))])
-    assert "".join(pieces) == "x" * 3_000_000
+    # stdout's and stderr's lines are read at once, from two pipes: in no set order between
+    # them, each pipe's in its own.
+    outs = " ".join(sorted(OUTS))
+    pieces = [line for line in said if line not in {DRV, outs}]
+    assert (said.count(DRV), said.count(outs)) == (1, 1)
+    assert said.index(DRV) < said.index(pieces[0])
+    assert "".join(pieces) == long
     assert max(len(line) for line in said) <= 64 << 10
     # A line of just that size is one line, and no empty one after it.
     assert _run(_script(tmp_path, 'head -c 65536 /dev/zero | tr "\\0" y; echo; echo z')) == [

@@ -113,7 +113,7 @@ def test_noise_triggers_speculation_and_cancels_losers() -> None:
     assert again == result
 
 
-def test_a_copy_goes_only_to_a_machine_faster_than_the_running_one() -> None:
+def test_an_overdue_copy_goes_only_to_a_machine_faster_than_its_own() -> None:
     # long overran its 1 s on fast (it takes 100 s there): it was copied onto slow, 10x
     # slower, on the estimate the overrun had disproved, and that copy held the only slot
     # n2 could use until long ended (makespan 105, not 100).
