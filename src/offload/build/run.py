@@ -104,8 +104,7 @@ async def run_build(
     ):
         _tell_refused(pool, members, told)
         remote = _remote(members, backoff or {})
-        unreachable: dict[str, str] = {}
-        here: set[str] = set()  # of those, left out for a fault of this host's
+        unreachable, local_faults = dict[str, str](), set[str]()  # left out (why; this host's)
         caches = CacheFaults(told, {LOCAL: pool.nix_settings.words("substituters")})
         async with (
             warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm,
@@ -113,8 +112,8 @@ async def run_build(
         ):
             roots, graph, plan, estimates, fetched = await _plan(
                 pool, local_link, remote, roots,
-                unreachable=unreachable, here=here, warm=warm, late=late, emit=told,
-                estimate=estimate, check=check, nix_said=nix_said or _to_stderr, caches=caches,
+                unreachable=unreachable, local_faults=local_faults, warm=warm, late=late,
+                emit=told, estimate=estimate, check=check, nix_said=nix_said, caches=caches,
             )  # fmt: skip
             if not members and plan.order:  # -j 0 and no builder: fine while all is valid
                 raise no_machine_error(pool)
@@ -122,11 +121,10 @@ async def run_build(
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
                 estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
-                faults_here=here,
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")), joining=late,
                 home=None if fetch_all else {drv for drv, _ in roots}, explain=_explainer(pool),
                 build_options=options, local_boot_id=local_boot_id(), keep_going=keep_going,
-                after_home=after_home,
+                after_home=after_home, faults_here=local_faults,
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)
@@ -205,13 +203,13 @@ async def _plan(
     roots: Roots,
     *,
     unreachable: dict[str, str],
-    here: set[str],
+    local_faults: set[str],
     warm: Callable[[str], None],
     late: dict[str, asyncio.Task[None]],
     emit: Callable[[Event], None],
     estimate: Callable[[Iterable[str]], Mapping[str, float]] | None,
     check: bool,
-    nix_said: Callable[[str], None],
+    nix_said: Callable[[str], None] | None,  # None: stderr
     caches: CacheFaults,
 ) -> tuple[list[tuple[str, str]], DrvGraph, BuildPlan, Mapping[str, float], list[JobFinished]]:
     """Open the first sessions while ``roots`` evaluate, read the graph, take what the local
@@ -227,9 +225,10 @@ async def _plan(
             answered=warm,
             late=late,
             grace=SLOW_GRACE,
-            faults_here=here,
+            faults_here=local_faults,
         )
-        opened.enter_context(heard(local, nix_said, functools.partial(caches.heard, LOCAL)))
+        said = nix_said or _to_stderr
+        opened.enter_context(heard(local, said, functools.partial(caches.heard, LOCAL)))
         mark("answered")
         _tell_slow(late, emit)
         graph, fetched = await _existing(

@@ -149,11 +149,7 @@ class Speculation:
             if cls not in fastest:
                 fastest[cls] = fastest_free(cls)
             target = fastest[cls]
-            if target is None or target is run.machine:
-                continue
-            if run.end <= now and target.speed <= run.machine.speed:
-                # Overdue, its estimate is disproved, for a copy too: one on a machine no
-                # faster than its own cannot be trusted to end first.
+            if target is None or target is run.machine or _disproved(run, target, now):
                 continue
             new_end = now + work / target.speed
             if transfer is not None:
@@ -198,6 +194,13 @@ class Speculation:
             remaining=remaining(),
             margin=self.slack_margin,
         )
+
+
+def _disproved(run: Run, target: Machine, now: float) -> bool:
+    """Whether ``run`` is overdue and ``target`` no faster than its machine: the estimate
+    the copy would be planned from is disproved, and a copy no faster cannot be trusted to
+    end first."""
+    return run.end <= now and target.speed <= run.machine.speed
 
 
 def _fastest_free_speed(pool: Pool) -> float:
