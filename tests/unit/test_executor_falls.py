@@ -176,46 +176,9 @@ def test_a_bug_in_a_copy_said_lost_with_its_machine_is_logged_not_dropped(
     assert any("a bug" in repr(r.exc_info) for r in caplog.records), caplog.records
 
 
-def test_a_build_that_ended_as_the_run_was_stopped_is_kept_as_built(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Stopped (Ctrl-C) in the turn a local build ended: it was said stopped, and the run's
-    # report and history left out a build that was made and is valid here.
-    plan, paths, outs, src = make_plan({"x": []})
-    build = BuildCopies.build
-    run: list[asyncio.Task[Any]] = []
-
-    async def stopped_as_it_ends(
-        self: BuildCopies, drv_path: str, member: PoolMember, **kw: Any
-    ) -> Any:
-        outcome = await build(self, drv_path, member, **kw)
-        run[0].cancel()  # the signal comes as the copy ends, before the loop sees it end
-        return outcome
-
-    monkeypatch.setattr(BuildCopies, "build", stopped_as_it_ends)
-    local_store = FakeStore("local", [src], builder=keeps_no_references)
-    local = FakeLink(local_store)
-    members = [PoolMember(spec("local", speed=1, slots=1), local, remote=False)]
-    events: list[Event] = []
-    executor = Executor(plan, members, local, emit=events.append)
-
-    async def main() -> None:
-        run.append(asyncio.create_task(executor.run()))
-        with contextlib.suppress(asyncio.CancelledError):
-            await run[0]
-
-    asyncio.run(asyncio.wait_for(main(), 20))
-    assert executor.report.interrupted
-    assert local_store.has(outs["x"])
-    assert executor.report.built == [paths["x"]]
-    assert _ends(events, "x") == [("local", "built")]
-
-
-def test_a_bug_settling_an_ended_copy_at_the_stop_does_not_replace_the_stop(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The stop settles ended copies in run()'s finally: a bug there replaced the run's own
-    # end (Ctrl-C's) and left the other copies unstopped. Logged, and the stop goes on.
+def _stopped_as_x_ends(monkeypatch: pytest.MonkeyPatch) -> tuple[Executor, FakeStore, list[Event]]:
+    """A run of one build, x, on this machine, stopped (as by Ctrl-C) the moment x's copy
+    ends, before the loop sees it end; the run's stop (CancelledError) is let through."""
     plan, _, _, src = make_plan({"x": []})
     build = BuildCopies.build
     run: list[asyncio.Task[Any]] = []
@@ -227,23 +190,45 @@ def test_a_bug_settling_an_ended_copy_at_the_stop_does_not_replace_the_stop(
         run[0].cancel()
         return outcome
 
-    def broken(*_: Any, **__: Any) -> None:
-        raise RuntimeError("a bug in the ending")
-
     monkeypatch.setattr(BuildCopies, "build", stopped_as_it_ends)
-    monkeypatch.setattr(Executor, "_built", broken)
-    local = FakeLink(FakeStore("local", [src], builder=keeps_no_references))
+    local_store = FakeStore("local", [src], builder=keeps_no_references)
+    local = FakeLink(local_store)
     members = [PoolMember(spec("local", speed=1, slots=1), local, remote=False)]
-    executor = Executor(plan, members, local, emit=lambda _: None)
+    events: list[Event] = []
+    executor = Executor(plan, members, local, emit=events.append)
 
     async def main() -> None:
         run.append(asyncio.create_task(executor.run()))
         await run[0]
 
-    with (
-        caplog.at_level("ERROR", logger="offload.scheduler.run.executor"),
-        pytest.raises(asyncio.CancelledError),
-    ):
+    with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(asyncio.wait_for(main(), 20))
+    return executor, local_store, events
+
+
+def test_a_build_that_ended_as_the_run_was_stopped_is_kept_as_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It was said stopped, and the run's report and history left out a build that was made
+    # and is valid here.
+    executor, local_store, events = _stopped_as_x_ends(monkeypatch)
+    assert executor.report.interrupted
+    (x,) = executor.policy.graph.jobs()
+    assert local_store.has(executor.plan.outputs[x.id][0])
+    assert executor.report.built == [x.id]
+    assert _ends(events, "x") == [("local", "built")]
+
+
+def test_a_bug_settling_an_ended_copy_at_the_stop_does_not_replace_the_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stop settles ended copies in run()'s finally: a bug there replaced the run's own
+    # end (Ctrl-C's) and left the other copies unstopped. Logged, and the stop goes on.
+    def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a bug in the ending")
+
+    monkeypatch.setattr(Executor, "_built", broken)
+    with caplog.at_level("ERROR", logger="offload.scheduler.run.executor"):
+        executor, _, _ = _stopped_as_x_ends(monkeypatch)  # a RuntimeError would come out
     assert executor.report.interrupted
     assert any("a bug in the ending" in repr(r.exc_info) for r in caplog.records)
