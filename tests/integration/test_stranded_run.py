@@ -1,7 +1,8 @@
 """A run left with no machine mid-run (``-j 0``, its one builder killed under a build) ends
-with one error line, and what it built is kept: the run is in ``offload history`` as
-"incomplete", its built derivation among its builds (the next run's estimates), while the
-builder's failure is not kept as backoff (the next run would only retry it at once)."""
+with one error line (its last progress line says "incomplete"), and what it built is kept:
+the run is in ``offload history`` as "incomplete", its built derivation among its builds (the
+next run's estimates), while the builder's failure is not kept as backoff (the next run would
+only retry it at once)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ def test_a_run_stranded_mid_run_is_kept_in_history_but_not_in_backoff(dying_flee
     assert len(errors) == 1, err
     assert "no machine can take them" in errors[0]
     assert "Traceback" not in err
+    # Its last line says how it ended as history does: nobody interrupted it.
+    ended = [line for line in err.splitlines() if "run: " in line and " built, " in line]
+    assert len(ended) == 1, err
+    assert "run: incomplete: 1 built, 0 failed, 0 skipped, 1 left in " in ended[0], err
     listed = subprocess.run(
         [sys.executable, "-m", "offload", "history", "--json", "--last", "1", "--drv", "dep"],
         env=env, capture_output=True, text=True, timeout=60, check=False,

@@ -118,6 +118,12 @@ def test_plain_says_how_many_were_left_when_a_run_ends_early() -> None:
     assert out.getvalue().splitlines()[-1] == (
         "[  1.5s] run: finished: 1 built, 1 failed, 0 skipped, 3 left in 1.5s"
     )
+    # Stranded with no machine left: as history says it, not "interrupted" (nobody did).
+    stranded = RunFinished("r", 1, 1, 0, 2.5, (), T0 + 2.5, interrupted=True, incomplete=True)
+    renderer.handle(stranded)
+    assert out.getvalue().splitlines()[-1] == (
+        "[  2.5s] run: incomplete: 1 built, 1 failed, 0 skipped, 3 left in 2.5s"
+    )
 
 
 def test_plain_prints_sanitised_logs_only_when_asked() -> None:

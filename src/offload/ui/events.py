@@ -148,6 +148,15 @@ class RunFinished:
     time: float
     # The run was stopped before its end (Ctrl-C, a signal, an error of its own).
     interrupted: bool = False
+    # Of those, one that stopped with work left that no machine could take (``stranded``).
+    incomplete: bool = False
+
+    @property
+    def ending(self) -> str:
+        """How the run ended, in one word, as ``offload history`` says it."""
+        if self.incomplete:
+            return "incomplete"
+        return "interrupted" if self.interrupted else "finished"
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ class NixJsonRenderer:
                 else:
                     self._msg(TALKATIVE, f"{event.machine}: {describe_machine(event, event.time)}")
             case RunFinished():
-                what = "interrupted" if event.interrupted else "finished"
+                what = event.ending
                 if self._run is not None:
                     self._msg(
                         INFO,

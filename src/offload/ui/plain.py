@@ -216,7 +216,7 @@ class PlainRenderer:
             case RunFinished():
                 if self._quiet and not self._finished:
                     return
-                what = "interrupted" if event.interrupted else "finished"
+                what = event.ending
                 # Stopped, or never started after a failure without --keep-going.
                 left = self._total - event.built - event.failed - event.skipped
                 text = (

@@ -300,7 +300,7 @@ class View:
             parts.append(f"{skipped} skipped")
         finished = self.run_finished
         if finished is not None and finished.interrupted:
-            parts.append(f"interrupted after {format_duration(finished.elapsed)}")
+            parts.append(f"{finished.ending} after {format_duration(finished.elapsed)}")
         elif finished is not None:
             parts.append(f"finished in {format_duration(finished.elapsed)}")
         else:

@@ -91,6 +91,7 @@ class RunEvents:
                 outputs=outputs if report.ok else (),
                 time=self.wall(),
                 interrupted=report.interrupted or cut,
+                incomplete=report.stranded,
             )
         )
 
