@@ -14,7 +14,7 @@ from offload.build.graph import DrvGraph
 from offload.build.prebuilt import FetchFailed, fetch_existing
 from offload.errors import ProtocolError
 from offload.protocol.serve import BuildStatus
-from offload.scheduler.run import Executor, PoolMember
+from offload.scheduler.run import Executor, PoolMember, stopping
 from offload.scheduler.run.copy import BuildCopies, Outcome
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
 from offload.ui.events import Event, JobFinished, MachineEvent
@@ -232,3 +232,45 @@ def test_a_bug_settling_an_ended_copy_at_the_stop_does_not_replace_the_stop(
         executor, _, _ = _stopped_as_x_ends(monkeypatch)  # a RuntimeError would come out
     assert executor.report.interrupted
     assert any("a bug in the ending" in repr(r.exc_info) for r in caplog.records)
+
+
+def test_a_stop_that_waits_on_a_builder_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A builder that no longer answers holds its builds' kill until ssh gives it up (about
+    # 15 s): the run's stop waited that long without a word, a Ctrl-C seemingly ignored.
+    monkeypatch.setattr(stopping, "STOP_NOTICE", 0.0)
+    plan, _, _, src = make_plan({"x": []})
+    said = asyncio.Event()
+    building = asyncio.Event()
+
+    async def hung(build: FakeBuild) -> BuildOutcome | None:
+        building.set()
+        await asyncio.Event().wait()  # never ends: the builder stopped answering
+        return None
+
+    async def slow_stop(self: BuildCopies, member: PoolMember, client: Any, drv: Any) -> None:
+        await said.wait()  # the kill waits on the silent builder, until the notice is out
+
+    monkeypatch.setattr(BuildCopies, "_stop", slow_stop)
+    events: list[Event] = []
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, MachineEvent) and event.state == "slow":
+            said.set()
+
+    local = FakeLink(FakeStore("local", [src]))
+    members = [
+        PoolMember(spec("fast", 4, 1), FakeLink(FakeStore("fast", builder=hung)), remote=True)
+    ]
+    executor = Executor(plan, members, local, emit=emit)
+
+    async def main() -> None:
+        run = asyncio.create_task(executor.run())
+        await building.wait()
+        run.cancel()  # Ctrl-C
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    notes = [(e.machine, e.message) for e in events if isinstance(e, MachineEvent)]
+    assert notes == [("fast", "its builds are being stopped: it has not answered yet")]

@@ -24,9 +24,9 @@ from offload.scheduler.policy import Cancel
 from offload.scheduler.run.copy import Outcome, ended_on_its_own
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
-from offload.tasks import cancel_and_wait
+from offload.tasks import wait_all
 
-__all__ = ["Stopping"]
+__all__ = ["STOP_NOTICE", "Stopping"]
 
 # Why copies are stopped, in the words history keeps (``history.recorder`` has the first too).
 _LOST_TO_ANOTHER = "stopped: another copy was built first"
@@ -35,6 +35,8 @@ _HALTED = "stopped: another build failed (no --keep-going)"
 _HOME_CUT = "stopped by the run's end before its outputs were brought home"
 
 logger = logging.getLogger("offload.scheduler.run.executor")
+# How long the run's stop waits for its copies before it says which builders it waits for.
+STOP_NOTICE = 2.0
 
 
 class Stopping:
@@ -87,6 +89,29 @@ class Stopping:
         if (why := self._stopped.pop(task, None)) is not None:
             self._events.finished(drv_path, machine, "cancelled", started=started, error=why)
 
+    async def _cancelled(self, tasks: list[asyncio.Task[Any]]) -> list[BaseException]:
+        """``cancel_and_wait(tasks)``, saying after ``STOP_NOTICE`` s each builder whose
+        builds are still being stopped: one that no longer answers holds their kill until ssh
+        gives it up (about 12 s, then 3 s to connect directly), and without a word the stop
+        looked like a Ctrl-C ignored that long."""
+        if not tasks:
+            return []
+        for task in tasks:
+            task.cancel()
+        interrupted: asyncio.CancelledError | None = None
+        try:
+            await asyncio.wait(tasks, timeout=STOP_NOTICE)
+        except asyncio.CancelledError as exc:  # raised once they have all ended (wait_all)
+            interrupted = exc
+        for machine in sorted({m for t, (_, m) in self._tasks.items() if not t.done()}):
+            self._events.machine_note(
+                machine, "slow", "its builds are being stopped: it has not answered yet"
+            )
+        errors = await wait_all(tasks)
+        if interrupted is not None:
+            raise interrupted
+        return errors
+
     def _settle(self, task: asyncio.Task[Outcome]) -> None:
         """Hand a copy's ended task to the ending it calls for (``Executor._settle``)."""
         raise NotImplementedError
@@ -118,7 +143,7 @@ class Stopping:
             )
             if drv_path in self.report.built:
                 self.report.built.remove(drv_path)
-        for error in await cancel_and_wait(tasks):
+        for error in await self._cancelled(tasks):
             # A copy home that lost its builder, as the run stopped, is no news; others are bugs.
             level = logging.DEBUG if isinstance(error, OffloadError) else logging.ERROR
             logger.log(
