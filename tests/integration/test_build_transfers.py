@@ -84,6 +84,8 @@ def test_ctrl_c_stops_the_remote_build(fleet, tmp_path):
         "--on",
         "medium",
         "--no-out-link",
+        "--report",
+        tmp_path / "run.html",
     )
     try:
         wait_for_marker(marker, proc)
@@ -97,6 +99,10 @@ def test_ctrl_c_stops_the_remote_build(fleet, tmp_path):
     assert proc.returncode != 0
     assert took < 10, err
     assert "Traceback" not in err
+    # Its --report page is not written: said, with the command that writes it from history.
+    assert not (tmp_path / "run.html").exists()
+    assert f"warning: the run's report was not written to {tmp_path / 'run.html'}: the run" in err
+    assert f"offload report -o {tmp_path / 'run.html'}" in err
 
     def builder_gone() -> bool:
         return not [

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shlex
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +325,21 @@ def _renderer(args: argparse.Namespace) -> Renderer:
     )
 
 
+@contextlib.contextmanager
+def _report_unwritten_said(target: Path | None) -> Iterator[None]:
+    """A run stopped (Ctrl-C, SIGTERM) writes no ``--report`` page: said, with the command
+    that writes it from history, where the stopped run is kept (the latest)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if target is not None:
+            warn(
+                f"the run's report was not written to {target}: the run was stopped",
+                f"`offload report -o {shlex.quote(str(target))}` writes it from history",
+            )
+        raise
+
+
 def _write_report(
     state: Path, run_id: str, target: Path, renderer: Renderer, *, kept: bool
 ) -> None:
@@ -384,22 +401,25 @@ def build(
     emit = _emitter(renderer, machine_events, warn=_warnings_apart(args))
 
     # Evaluated while the connections to the builders open (run_build).
-    report, graph = execute(
-        evaluate,
-        pool,
-        state,
-        emit=emit,
-        close=renderer.close,
-        # -k, or Nix's keep-going setting (nix.conf, NIX_CONFIG, --option), as nix-build reads it.
-        keep_going=args.keep_going or nix_bool(pool.nix_settings.get("keep-going")),
-        retry_now=args.on,
-        fetch_all=args.fetch_all,
-        backoff=backoff,
-        run=run,
-        shared=shared,
-        check=args.mode == "check",  # nothing is built for it: Nix checks what was built before
-        nix_said=_nix_lines if nix_json(args) else None,
-    )
+    with _report_unwritten_said(args.report):
+        report, graph = execute(
+            evaluate,
+            pool,
+            state,
+            emit=emit,
+            close=renderer.close,
+            # -k, or Nix's keep-going setting (nix.conf, NIX_CONFIG, --option), as nix-build
+            # reads it.
+            keep_going=args.keep_going or nix_bool(pool.nix_settings.get("keep-going")),
+            retry_now=args.on,
+            fetch_all=args.fetch_all,
+            backoff=backoff,
+            run=run,
+            shared=shared,
+            # Nothing is built for it: Nix checks what was built before.
+            check=args.mode == "check",
+            nix_said=_nix_lines if nix_json(args) else None,
+        )
     # Quiet when nothing was to do; and where stderr is for a program (internal-json).
     people = not (_quiet(args) or args.json or nix_json(args))
     if people and (report.finished or machine_events):
