@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -330,3 +331,15 @@ def test_no_history_in_a_directory_this_user_may_not_write_is_one_error(tmp_path
         "hint: OFFLOAD_STATE_DIR names it: point it at a directory you may write",
     ]
     assert made == []
+
+
+def test_an_interrupted_run_shows_no_bound_nor_ratio(tmp_path, monkeypatch, capsys):
+    # Its bound is of what it built before the Ctrl-C: "0.0s", a ratio of 3423.27.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    run, builds = _recorded_run()
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(dataclasses.replace(run, outcome="interrupted"), builds)
+    assert main(["history"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "run1" in line]
+    assert row.split()[-5:-3] == ["-", "-"]  # bound, ratio
+    assert row.endswith("interrupted")

@@ -353,7 +353,10 @@ def _seconds(value: float | None) -> str:
 def _print_runs(runs: list[RunRecord], counts: dict[str, dict[str, int]]) -> None:
     rows = []
     for r in runs:
-        ratio = f"{r.wall / r.lower_bound:.2f}" if r.lower_bound else "-"
+        # A run stopped early has a bound of what it built, not of what it was asked: its
+        # ratio to the wall time it ran says nothing (a Ctrl-C after one small build: 3423).
+        bound = None if r.outcome == "interrupted" else r.lower_bound
+        ratio = f"{r.wall / bound:.2f}" if bound else "-"
         asked = sanitize(" ".join(r.asked)) or "-"
         done = counts.get(r.run_id, {})
         rows.append(
@@ -362,7 +365,7 @@ def _print_runs(runs: list[RunRecord], counts: dict[str, dict[str, int]]) -> Non
                 r.run_id,
                 asked if len(asked) <= 40 else asked[:37] + "...",
                 format_duration(r.wall),
-                _seconds(r.lower_bound),
+                _seconds(bound),
                 ratio,
                 str(done.get("built", 0)),
                 str(done.get("failed", 0)),
