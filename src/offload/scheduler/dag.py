@@ -267,12 +267,16 @@ class JobGraph:
         if self._waiting[i] == 0:
             self._move(i, _READY)
             return None
-        state = self._state
-        if not any(state[d] is _FAILED or state[d] is _SKIPPED for d in self._deps[i]):
+        if not self._doomed(i):
             self._move(i, _PENDING)
             return []
         self._move(i, _SKIPPED)
         return self._skip_after(i)
+
+    def _doomed(self, i: int) -> bool:
+        """Whether job ``i`` depends on one that failed or was skipped: it never can run."""
+        state = self._state
+        return any(state[d] is _FAILED or state[d] is _SKIPPED for d in self._deps[i])
 
     def failed_before(self, job_id: str) -> str:
         """A FAILED job ``job_id`` depends on, nearest first ("" if none)."""
@@ -337,7 +341,7 @@ class JobGraph:
         doomed: list[int] = []
         for i in undone:
             waiting[i] = sum(1 for dep in self._deps[i] if state[dep] is not _DONE)
-            if any(state[dep] is _FAILED or state[dep] is _SKIPPED for dep in self._deps[i]):
+            if self._doomed(i):
                 doomed.append(i)
             elif waiting[i] == 0:
                 self._move(i, _READY)
