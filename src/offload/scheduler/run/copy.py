@@ -395,21 +395,17 @@ class BuildCopies:
         local machine is no member)."""
         return self.local if machine == LOCAL else self.members[machine].link
 
-    async def fetch_home(self, drv_path: str, machine: str, source: str | None = None) -> int:
+    async def fetch_home(self, drv_path: str, machine: str, source: str) -> int:
         """The outputs of ``drv_path``, built on ``machine``, made valid here from ``source``
-        (another store they were sent to; default ``machine``), with the other builds' there
-        that end meanwhile (``homeward``), and Nix's post-build-hook run for them; the bytes
-        that came for it."""
+        (``machine``, or another store they were sent to), with the other builds' there that
+        end meanwhile (``homeward``), and Nix's post-build-hook run for them; the bytes that
+        came for it."""
         self.events.phase(drv_path, machine, "fetching", speculative=False)
         outputs = self.plan.outputs[drv_path]
         arriving = self._arriving[drv_path] = asyncio.Event()
         try:
             # Valid here already (``source`` this host's store): nothing to fetch.
-            moved = (
-                0
-                if source == LOCAL
-                else await self._home.fetch(source or machine, drv_path, outputs)
-            )
+            moved = 0 if source == LOCAL else await self._home.fetch(source, drv_path, outputs)
             self.holders.arrived_home(drv_path)
         finally:
             arriving.set()

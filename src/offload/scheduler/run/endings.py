@@ -136,10 +136,11 @@ class Endings(Stopping):
         """Copy a wanted output home in the background: its dependents need not wait for it
         (they get it from the builder, or from here once it has arrived). ``source``: the
         store to fetch it from, if not ``machine``, which built it."""
+        source = source or machine
         task = asyncio.create_task(
             self._copies.fetch_home(drv_path, machine, source), name=f"home:{drv_path}"
         )
-        self._homeward[task] = (drv_path, machine, source or machine, outcome)
+        self._homeward[task] = (drv_path, machine, source, outcome)
 
     def _arrived(self, task: asyncio.Task[int]) -> None:
         drv_path, machine, source, outcome = self._homeward.pop(task)
