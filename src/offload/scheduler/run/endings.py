@@ -24,7 +24,6 @@ from offload.scheduler.policy import Finished, Policy
 from offload.scheduler.run.copy import (
     BuildCopies,
     Outcome,
-    ended_on_its_own,
     local_store_failed,
     with_error,
 )
@@ -182,9 +181,8 @@ class Endings(Stopping):
         backoff: the other builds lost in the same fall add nothing. Its copies that had
         already built or failed before the fall is said end as they ended: a build that
         failed there is final, not retried elsewhere as one lost with the machine."""
-        for task, (_, where) in list(self._tasks.items()):
-            if where == machine and task not in self._told and ended_on_its_own(task):
-                self._settle(task)
+        for task in self._ended_copies(machine):
+            self._settle(task)
         error = self._explain(machine, error)
         # Its builds that had no copy elsewhere are lost with it: each counts a loss, not only
         # the one whose session noticed first (``_lost``): that was often not the build that

@@ -116,12 +116,20 @@ class Stopping:
         """Hand a copy's ended task to the ending it calls for (``Executor._settle``)."""
         raise NotImplementedError
 
+    def _ended_copies(self, machine: str | None = None) -> list[asyncio.Task[Outcome]]:
+        """The copies (on ``machine``, or anywhere) that ended built or failed and are not
+        settled yet, nor said lost: they end as they did, whatever stops the rest."""
+        return [
+            task for task, (_, where) in self._tasks.items()
+            if machine in {None, where} and task not in self._told and ended_on_its_own(task)
+        ]  # fmt: skip
+
     async def _stop_all(self) -> None:
         """Stop the copies still running: only a run ending early (interrupted, or an error
         of its own) has any. Their errors are logged, not raised: the run's own is the one
         to report, and this must not replace it. Copies that had ended, built or failed,
         end as they did: a build made is in the run's report and history."""
-        for task in [t for t in self._tasks if t not in self._told and ended_on_its_own(t)]:
+        for task in self._ended_copies():
             try:
                 self._settle(task)
             except Exception:  # a bug's, here as at the stop of the rest: logged, not raised
