@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offload.errors import FleetError
+from offload.forced import FORCED
 from offload.names import LOCAL
 from offload.paths import state_dir
 from offload.slots import NIX_CURRENT_LOAD
@@ -81,7 +82,7 @@ _DIR_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 _RESERVED = frozenset({LOCAL, "localhost"})
 # The programs hardened builders restrict their key to, by the short name a spec uses: the
 # serve program (NixOS `nix.sshServe`, ssh://) and the daemon (srvos' remote builder, ssh-ng://).
-FORCED_COMMANDS = {"serve": "nix-store --serve --write", "daemon": "nix-daemon --stdio"}
+FORCED_COMMANDS = {"serve": FORCED["ssh"], "daemon": FORCED["ssh-ng"]}
 # The member kind whose sessions store through a nix-daemon that does not trust them.
 UNTRUSTED = "untrusted"
 # Where such a member's daemon listens (inside its namespace: its own /nix).

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from offload.errors import ConfigError
+from offload.forced import FORCED
 from offload.setup.values import PublicKey, check_user
 
 __all__ = [
@@ -19,7 +20,6 @@ __all__ = [
     "MAX_SESSIONS",
     "MIN_FREE",
     "NR_BUILD_USERS",
-    "PROGRAMS",
     "TUNING",
     "BuilderSetup",
     "authorized_keys_line",
@@ -28,10 +28,6 @@ __all__ = [
 ]
 
 DEFAULT_USER = "nixremote"
-# The one program a restricted key runs, by the scheme of the client's machines lines: Nix's
-# serve program for ``ssh://`` (what Nix's build-remote and offload open), its daemon for
-# ``ssh-ng://`` (Nix's ssh-ng store, as srvos' remote-builder role restricts its key).
-PROGRAMS = {"ssh": ("nix-store", "--serve --write"), "ssh-ng": ("nix-daemon", "--stdio")}
 MIN_FREE = 1024**3
 MAX_FREE = 10 * 1024**3
 NR_BUILD_USERS = 64
@@ -54,7 +50,7 @@ class BuilderSetup:
 
     def __post_init__(self) -> None:
         check_user(self.user)
-        if self.scheme not in PROGRAMS:
+        if self.scheme not in FORCED:
             raise ValueError(f"no program for the scheme {self.scheme!r}")
         if self.scheme != "ssh" and not self.restricted:
             raise ConfigError(
@@ -73,8 +69,10 @@ class BuilderSetup:
 
     @property
     def program(self) -> tuple[str, str]:
-        """The restricted key's program: its name and its arguments."""
-        return PROGRAMS[self.scheme]
+        """The restricted key's program (``offload.forced``: the one the scheme's machines
+        lines open there): its name and its arguments."""
+        name, _, arguments = FORCED[self.scheme].partition(" ")
+        return name, arguments
 
 
 def authorized_keys_line(setup: BuilderSetup, path: str | None = None) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import shlex
 
+from offload.forced import FORCED
 from offload.setup.build_user import (
     MAX_SESSIONS,
-    PROGRAMS,
     TUNING,
     BuilderSetup,
     authorized_keys_line,
@@ -170,12 +170,12 @@ def _replaced_note(setup: BuilderSetup) -> str:
     """Said where the new line restricts the key and replaces one that served the other
     scheme's machines lines: those fail from now on. (Inside the user's single-quoted
     ``sh -c``: no quote of that kind, and no backquote, which that shell would run.)"""
-    other = next(s for s in PROGRAMS if s != setup.scheme)
+    other = next(s for s in FORCED if s != setup.scheme)
     writes = "setup client --ssh-ng" if setup.scheme == "ssh-ng" else "setup client"
     use = f"use {setup.scheme}:// ones ({writes} writes them)"
     # The key's line as it was serves both schemes: what --unrestricted writes (alone).
     keep = "--unrestricted" if setup.scheme == "ssh" else "--unrestricted without --ssh-ng"
-    other_program = " ".join(PROGRAMS[other])
+    other_program = FORCED[other]
     return f"""\
     if grep -F "$key" "$keys" | grep -qv "command="; then
       echo "note: the line of this key in $keys is replaced; it ran any command, which" \\

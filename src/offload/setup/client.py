@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from offload.config.machines import encode_host_key, format_machines, machine_from_columns
+from offload.forced import FORCED
 from offload.setup.nix_text import attr_name, indented, nix_list, nix_string
 from offload.setup.values import PublicKey, Target, check_path, check_user
 
@@ -73,7 +74,7 @@ class ClientSetup:
     def __post_init__(self) -> None:
         check_user(self.user)
         check_path(self.identity, "identity file")
-        if self.scheme not in {"ssh", "ssh-ng"}:
+        if self.scheme not in FORCED:
             raise ValueError(f"no machines lines of the scheme {self.scheme!r}")
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from offload.forced import FORCED
 from offload.protocol.client import CLIENT_HELLO, SERVER_HELLO, ServeClient
 from offload.transport.wrapper import remote_program, serve_program, store_flag
 
@@ -42,8 +43,6 @@ __all__ = [
 LogSink = Callable[[str], None]
 # What Nix's serve program and its daemon both say to a hello that is not theirs.
 MISMATCH = "protocol mismatch"
-# The program a key is restricted to for each scheme, as NixOS' nix.sshServe writes it.
-_FORCED = {"ssh": "nix-store --serve --write", "ssh-ng": "nix-daemon --stdio"}
 
 
 def daemon_program(params: Mapping[str, str] | None = None) -> list[str]:
@@ -123,14 +122,14 @@ def mismatch_fix(scheme: str, line: str, speaks_other: bool | None = None) -> tu
     if speaks_other is False:
         fix = (
             "check the key's command= (or sshd's ForceCommand) on the builder: ssh:// needs "
-            f"`{_FORCED['ssh']}`, ssh-ng:// `{_FORCED['ssh-ng']}`"
+            f"`{FORCED['ssh']}`, ssh-ng:// `{FORCED['ssh-ng']}`"
         )
         return f"{what}, and to {other}://'s too", fix
     if speaks_other:
-        what += f"; it answers {other}://'s (`{_FORCED[other]}`)"
+        what += f"; it answers {other}://'s (`{FORCED[other]}`)"
     fix = (
-        f"write {other}:// in {line} (a key restricted to `{_FORCED[other]}` speaks only "
+        f"write {other}:// in {line} (a key restricted to `{FORCED[other]}` speaks only "
         f"that), or change the key's command= (or sshd's ForceCommand) on the builder to "
-        f"`{_FORCED[scheme]}`"
+        f"`{FORCED[scheme]}`"
     )
     return what, fix
