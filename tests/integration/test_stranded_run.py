@@ -1,14 +1,15 @@
 """A run left with no machine mid-run (``-j 0``, its one builder killed under a build) ends
-with one error line (its last progress line says "incomplete"), and what it built is kept:
-the run is in ``offload history`` as "incomplete", its built derivation among its builds (the
-next run's estimates), while the builder's failure is not kept as backoff (the next run would
-only retry it at once)."""
+with one error line (its last progress line says "incomplete") after its summary and report
+page, as a failed run's, and what it built is kept: the run is in ``offload history`` as
+"incomplete", its built derivation among its builds (the next run's estimates), while the
+builder's failure is not kept as backoff (the next run would only retry it at once)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def test_a_run_stranded_mid_run_is_kept_in_history_but_not_in_backoff(dying_flee
         f'  top = mk "top" "{marker_script(marker, wait)}" {{ inherit dep; }}; }}\n',
     )
     env = offload_env(dying_fleet, tmp_path)
-    argv = offload_argv(file, "-A", "top", "-j0", "--no-out-link")
+    page = tmp_path / "report.html"
+    argv = offload_argv(file, "-A", "top", "-j0", "--no-out-link", "--report", str(page))
     proc = processes.start(
         [*argv, "--builders", f"@{dying_fleet.machines_file}"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -59,6 +61,13 @@ def test_a_run_stranded_mid_run_is_kept_in_history_but_not_in_backoff(dying_flee
     ended = [line for line in err.splitlines() if "run: " in line and " built, " in line]
     assert len(ended) == 1, err
     assert "run: incomplete: 1 built, 0 failed, 0 skipped, 1 left in " in ended[0], err
+    # Its summary, as a failed run's: what each machine did, and the machine that fell; then
+    # its report page, from history, as with any run that ended.
+    table = err[err.index("machine  built") : err.index("error: ")]
+    assert re.search(r"^doomed +1 +0 +0 +1 ", table, re.MULTILINE), err
+    assert "machines down (1):\n  doomed: doomed closed the connection" in table, err
+    assert "offload: report of run " in err, err
+    assert "incomplete" in page.read_text(), err
     listed = subprocess.run(
         [sys.executable, "-m", "offload", "history", "--json", "--last", "1", "--drv", "dep"],
         env=env, capture_output=True, text=True, timeout=60, check=False,

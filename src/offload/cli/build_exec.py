@@ -33,7 +33,7 @@ from offload.cli.build_keep import (
     warn,
 )
 from offload.config.pool import Pool
-from offload.errors import BuildFailed, OffloadError
+from offload.errors import BuildFailed, OffloadError, SchedulerError
 from offload.history.db import History
 from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs, LogRecorder
@@ -53,7 +53,7 @@ from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
 from offload.ui.term import sanitize
 
-__all__ = ["build", "build_failed", "execute"]
+__all__ = ["Stranded", "build", "build_failed", "execute"]
 
 LOG_TAIL = 10  # Nix's default log-lines
 
@@ -162,6 +162,15 @@ def _emitter(
     return emit
 
 
+class Stranded(SchedulerError):
+    """A run left with no machine mid-run: its error, with what it built until then (its
+    summary and report page are made from it, as a run's that failed)."""
+
+    def __init__(self, error: SchedulerError, built: Built) -> None:
+        super().__init__(error.message, hint=error.hint)
+        self.built = built
+
+
 def _tee(event: Event, *handlers: Callable[[Event], None]) -> None:
     for handle in handlers:
         handle(event)
@@ -217,9 +226,11 @@ def execute(
             )
             mark("closed")
             emit(Timing(taken(), time.time()))
-        except BaseException:
+        except BaseException as exc:
             if cut:  # the exit stays 130/143: keeping it is no error of the run's either
                 keep_run(state, history, remember, cut[0], pool)
+            if cut and cut[0][0].stranded and isinstance(exc, SchedulerError):
+                raise Stranded(exc, cut[0]) from None
             raise
         finally:
             _close(recorder, close)
@@ -369,6 +380,25 @@ def _write_report(
     renderer.handle(ReportWritten(str(target.absolute()), time.time()))
 
 
+def _told(
+    args: argparse.Namespace,
+    report: RunReport,
+    machine_events: Sequence[MachineEvent],
+    state: Path,
+    renderer: Renderer,
+    *,
+    kept: bool,
+) -> None:
+    """The run's summary on stderr and its ``--report`` page: after a run that ended, or one
+    stranded with no machine left (what it did until then, and the machines that fell)."""
+    # Quiet when nothing was to do; and where stderr is for a program (internal-json).
+    people = not (_quiet(args) or args.json or nix_json(args))
+    if people and (report.finished or machine_events):
+        render_summary([*report.finished, *machine_events], sys.stderr, logs_kept=kept)
+    if args.report is not None:
+        _write_report(state, report.run_id, args.report, renderer, kept=kept)
+
+
 def _results(args: argparse.Namespace, graph: DrvGraph) -> None:
     """The result links, then the output paths on stdout, as nix-build makes and prints
     them (a link that cannot be made prints none; a reader that has gone reads none)."""
@@ -401,31 +431,30 @@ def build(
     emit = _emitter(renderer, machine_events, warn=_warnings_apart(args))
 
     # Evaluated while the connections to the builders open (run_build).
-    with _report_unwritten_said(args.report):
-        report, graph = execute(
-            evaluate,
-            pool,
-            state,
-            emit=emit,
-            close=renderer.close,
-            # -k, or Nix's keep-going setting (nix.conf, NIX_CONFIG, --option), as nix-build
-            # reads it.
-            keep_going=args.keep_going or nix_bool(pool.nix_settings.get("keep-going")),
-            retry_now=args.on,
-            fetch_all=args.fetch_all,
-            backoff=backoff,
-            run=run,
-            shared=shared,
-            # Nothing is built for it: Nix checks what was built before.
-            check=args.mode == "check",
-            nix_said=_nix_lines if nix_json(args) else None,
-        )
-    # Quiet when nothing was to do; and where stderr is for a program (internal-json).
-    people = not (_quiet(args) or args.json or nix_json(args))
-    if people and (report.finished or machine_events):
-        render_summary([*report.finished, *machine_events], sys.stderr, logs_kept=kept)
-    if args.report is not None:
-        _write_report(state, report.run_id, args.report, renderer, kept=kept)
+    try:
+        with _report_unwritten_said(args.report):
+            report, graph = execute(
+                evaluate,
+                pool,
+                state,
+                emit=emit,
+                close=renderer.close,
+                # -k, or Nix's keep-going setting (nix.conf, NIX_CONFIG, --option), as nix-build
+                # reads it.
+                keep_going=args.keep_going or nix_bool(pool.nix_settings.get("keep-going")),
+                retry_now=args.on,
+                fetch_all=args.fetch_all,
+                backoff=backoff,
+                run=run,
+                shared=shared,
+                # Nothing is built for it: Nix checks what was built before.
+                check=args.mode == "check",
+                nix_said=_nix_lines if nix_json(args) else None,
+            )
+    except Stranded as stranded:
+        _told(args, stranded.built[0], machine_events, state, renderer, kept=kept)
+        raise
+    _told(args, report, machine_events, state, renderer, kept=kept)
     if report.failed:
         shown = _print_logs(args) and not args.json
         # As nix-build: the tail only where the log was not shown (-Q, --log-format bar,
