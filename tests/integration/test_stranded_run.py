@@ -56,6 +56,7 @@ def test_a_run_stranded_mid_run_is_kept_in_history_but_not_in_backoff(dying_flee
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, err
     assert "no machine can take them" in errors[0]
+    assert "; -j N builds locally; " in err  # its hint, from the pool: -j 0 left this host out
     assert "Traceback" not in err
     # Its last line says how it ended as history does: nobody interrupted it.
     ended = [line for line in err.splitlines() if "run: " in line and " built, " in line]

@@ -114,3 +114,25 @@ def test_builders_offload_does_not_connect_to_are_named_with_why_and_the_fix():
     assert pool(spec).select(max_jobs=0).no_machine() is None  # nx-a.invalid takes the work
     left = pool(spec).select(on=["nx-k.invalid"]).no_machine() or ("", "")
     assert left[0].startswith("--on/--exclude left out the local machine, and offload does not")
+
+
+@pytest.mark.parametrize(
+    ("picked", "here"),
+    [
+        ({"max_jobs": 0}, "-j N builds locally"),
+        ({"on": ["nx-a.invalid"], "max_jobs": 2}, "name `local` to build here"),
+        ({"exclude": ["local"]}, "name `local` to build here"),
+        ({"max_jobs": 2}, None),
+    ],
+)
+def test_work_left_without_a_machine_names_what_builds_here(picked, here):
+    # A run whose builders all fell mid-run said "-j N builds locally" whatever left the local
+    # machine out: with `--on fast`, -j N keeps it out; where it builds already, it could not
+    # take the work either (another system), and -j N changes nothing.
+    hint = pool("nx-a.invalid - - 2").select(**picked).stranded_hint()
+    assert hint.startswith("check the builders with `ssh` or `offload machines`; ")
+    assert hint.endswith("naming a builder with --on retries it at once")
+    if here is None:
+        assert "local" not in hint
+    else:
+        assert here in hint

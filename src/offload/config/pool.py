@@ -141,6 +141,21 @@ class Pool:
         whys = ", ".join(f"{shown(m.name)} ({m.not_connected})" for m in self.refused)
         return whys, "; ".join(line for m in self.refused for line in refusals(m))
 
+    def stranded_hint(self) -> str:
+        """The hint for work left that no machine of this pool can take mid-run (its builders
+        down): check them, build here if this host can (``-j N`` where it takes no jobs, ``--on
+        local`` where --on/--exclude left it out; nothing where it builds already), and
+        ``--on NAME`` to retry a backed-off builder at once."""
+        here = ""
+        if self.local_left_out:
+            here = "--on/--exclude left out the local machine (name `local` to build here); "
+        elif self.local is None or self.local.max_jobs == 0:
+            here = "-j N builds locally; "
+        return (
+            f"check the builders with `ssh` or `offload machines`; {here}"
+            "naming a builder with --on retries it at once"
+        )
+
     def idle_builders(self) -> tuple[str, str] | None:
         """``a takes no jobs (its maxJobs is 0: FILE:LINE)`` when the builders this pool kept
         all have maxJobs 0, and the hint (None when it kept none, or one takes jobs). Where it

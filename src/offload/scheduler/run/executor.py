@@ -49,6 +49,12 @@ __all__ = ["MAX_LOSSES", "Executor"]
 
 logger = logging.getLogger(__name__)
 
+# Work left that no machine can take: a run given no pool to say how this host could build.
+STRANDED_HINT = (
+    "check the builders with `ssh` or `offload machines`; naming a builder with --on retries "
+    "it at once"
+)
+
 
 class Executor(Endings):
     def __init__(
@@ -75,6 +81,7 @@ class Executor(Endings):
         build_options: BuildOptions | None = None,
         local_boot_id: str | None = None,  # this host's kernel (offload.load)
         after_home: AfterHome | None = None,
+        stranded_hint: str = STRANDED_HINT,  # the pool's (``Pool.stranded_hint``)
     ) -> None:
         self.plan = plan
         self.members = {m.spec.name: m for m in members}
@@ -96,6 +103,7 @@ class Executor(Endings):
         self.policy = policy
         # Why a machine cannot be used, in the user's words, from its link's error.
         self._explain = explain or (lambda _machine, error: error)
+        self._stranded_hint = stranded_hint
         # 12 random hex digits, as uuid4().hex[:12] were (uuid imports platform, ~2 ms).
         self.report = RunReport(run_id=secrets.token_hex(6))
         self._events = RunEvents(
@@ -424,9 +432,7 @@ class Executor(Endings):
             msg = f"{left} derivation(s) could not be built: no machine can take them"
             self.report.stranded = opened
             raise SchedulerError(
-                msg + (f" ({'; '.join(down)})" if down else ""),
-                hint="check the builders with `ssh` or `offload machines`; -j N builds locally; "
-                "naming a builder with --on retries it at once",
+                msg + (f" ({'; '.join(down)})" if down else ""), hint=self._stranded_hint
             )
 
     def _start(self, drv_path: str, machine: str, *, speculative: bool) -> None:
