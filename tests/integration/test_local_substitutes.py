@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 from typing_extensions import override
 
-NIX = """{ salt, marker }:
+NIX = """{ salt, marker, topSubstitutes ? true }:
 let
   mk = name: script: extra: derivation ({
     inherit name salt;
@@ -47,7 +47,8 @@ let
   dep = mk "sub-dep" "echo dep-$salt > $out" {};
 in {
   inherit dep;
-  top = mk "sub-top" "/bin/cat $dep > $out" { inherit dep; };
+  top = mk "sub-top" "/bin/cat $dep > $out"
+    ({ inherit dep; } // (if topSubstitutes then {} else { allowSubstitutes = false; }));
 }
 """
 NIX_COMMAND = ["nix", "--extra-experimental-features", "nix-command"]
@@ -61,6 +62,7 @@ class Project:
     salt: str
     marker: Path  # the builders' marker files
     cache: Path
+    more: tuple[str, ...] = ()  # more arguments of the Nix file's function
 
     @property
     def args(self) -> list[str]:
@@ -72,6 +74,7 @@ class Project:
             "--argstr",
             "marker",
             str(self.marker),
+            *self.more,
         ]
 
     def builds(self, name: str) -> int:
@@ -83,6 +86,9 @@ class Project:
 
     def nix_build(self, attr: str) -> str:
         return _run("nix-build", *NO_CACHE, "--no-out-link", *self.args, "-A", attr)
+
+    def nix_build_from_cache(self, attr: str) -> str:
+        return _run("nix-build", *self.from_cache(), "--no-out-link", *self.args, "-A", attr)
 
     def offload(self, *extra: str, as_json: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "offload", "build", *self.args, "-A", "top"]
@@ -192,6 +198,23 @@ def test_a_cache_with_only_the_input_gives_the_input_and_the_top_is_built(projec
     assert (project.builds("sub-dep"), project.builds("sub-top")) == (1, 2)  # top again only
     statuses = {name: job["status"] for name, job in _finished(done.stdout).items()}
     assert statuses == {"sub-dep": "substituted", "sub-top": "built"}
+
+
+def test_a_derivation_that_disallows_substitutes_is_built_though_the_cache_has_it(project):
+    # allowSubstitutes = false, as nixpkgs' writeText and runCommandLocal set it: nix-build
+    # builds it and takes its input from the cache; offload substituted it from the cache.
+    project.more = ("--arg", "topSubstitutes", "false")
+    top, dep = _cache_then_delete(project, "top", "dep")
+    done = project.offload(*project.from_cache())
+    assert done.returncode == 0, done.stderr
+    assert _valid(top)
+    assert _valid(dep)
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (1, 2)  # top again only
+    statuses = {name: job["status"] for name, job in _finished(done.stdout).items()}
+    assert statuses == {"sub-dep": "substituted", "sub-top": "built"}
+    _delete(top, dep)  # and so does nix-build
+    project.nix_build_from_cache("top")
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (1, 3)
 
 
 def test_a_cache_the_local_store_does_not_trust_is_not_used(project):

@@ -64,13 +64,25 @@ class CachingStore:
         return [paths for paths, substitute in self.queries if substitute]
 
 
-def graph_of(local, *, substitute, remote_paths=(), edges=EDGES, roots=("d",)):
+def graph_of(
+    local,
+    *,
+    substitute,
+    remote_paths=(),
+    edges=EDGES,
+    roots=("d",),
+    unsubstitutable=(),
+    always=False,
+):
     plan, paths, outs, _ = make_plan(edges)
     read: list[str] = []
+    # allowSubstitutes = false, as Nix writes it in a derivation's environment: "".
+    refusing = {paths[n] for n in unsubstitutable}
 
     def reader(drv):
         read.append(drv)
-        return plan.drvs[drv]
+        made = plan.drvs[drv]
+        return replace(made, env={**made.env, "allowSubstitutes": ""}) if drv in refusing else made
 
     async def scenario():
         remote = FakeStore("fast", [FakePath.from_text(outs[n], n) for n in remote_paths])
@@ -81,6 +93,7 @@ def graph_of(local, *, substitute, remote_paths=(), edges=EDGES, roots=("d",)):
                 read=reader,
                 remotes={"fast": rc},
                 substitute=substitute,
+                always_substitute=always,
             )
 
     return asyncio.run(scenario()), paths, outs, read
@@ -115,6 +128,29 @@ def test_a_cached_dependency_is_substituted_and_the_rest_built():
     assert paths["a"] not in read  # only b needed it
     # One substituting query per level that had something missing: d, then b and c.
     assert local.substituting == [frozenset({outs["d"]}), frozenset({outs["b"], outs["c"]})]
+
+
+def test_a_derivation_that_disallows_substitutes_is_built_and_its_inputs_still_substituted():
+    # allowSubstitutes = false (writeText, runCommandLocal...): Nix builds it though a cache
+    # has it, and looks further down for its inputs, which the cache may give; offload took it
+    # from the cache.
+    _, _, outs, _ = make_plan(EDGES)
+    local = CachingStore(valid=[], cached=[outs["d"], outs["b"]])
+    graph, paths, _, read = graph_of(local, substitute=True, unsubstitutable=["d"])
+    assert set(graph.order) == {paths["c"], paths["d"]}
+    assert list(graph.substituted) == [paths["b"]]
+    assert outs["d"] not in local.valid
+    assert local.substituting == [frozenset({outs["b"], outs["c"]})]  # d never asked for
+    assert paths["a"] not in read
+
+
+def test_always_allow_substitutes_takes_even_those_from_the_cache():
+    # Nix's always-allow-substitutes (a setting of newer Nix) overrides the attribute.
+    _, _, outs, _ = make_plan(EDGES)
+    local = CachingStore(valid=[], cached=[outs["d"]])
+    graph, paths, _, _ = graph_of(local, substitute=True, unsubstitutable=["d"], always=True)
+    assert graph.order == []
+    assert list(graph.substituted) == [paths["d"]]
 
 
 def test_a_builders_copy_is_taken_before_the_cache_and_costs_no_cache_query():
@@ -384,7 +420,7 @@ def test_a_builder_failing_as_its_outputs_come_home_is_left_out_and_they_are_bui
                 [(paths["d"], "out")],
                 clients,  # type: ignore[arg-type]
                 unreachable=unreachable,
-                pool=SimpleNamespace(local_substitutes=False),  # type: ignore[arg-type]
+                pool=SimpleNamespace(local_substitutes=False, always_substitutes=False),  # type: ignore[arg-type]
                 emit=told.append,
             )
             return graph, unreachable, clients, told

@@ -62,6 +62,7 @@ async def load_graph(
     remotes: Mapping[str, StoreClient] | None = None,
     *,
     substitute: bool = False,
+    always_substitute: bool = False,
     failed: dict[str, str] | None = None,
 ) -> DrvGraph:
     """``roots`` are (drv path, output name) pairs, as nix-instantiate names them.
@@ -70,8 +71,10 @@ async def load_graph(
     there, not built, and what only it needed is not looked at. With ``substitute``, the local
     store is then asked to substitute the outputs still missing (top-down, as Nix's queryMissing
     goes): a derivation whose outputs became valid is done, and its inputs are not looked at.
-    Without it no such query is made. A builder that fails to answer is asked no more, its
-    error put in ``failed`` (the run leaves it out and says why).
+    Without it no such query is made; nor for a derivation that disallows it
+    (``allowSubstitutes = false``), unless ``always_substitute`` (Nix's
+    ``always-allow-substitutes``): it is built, as Nix builds it. A builder that fails to
+    answer is asked no more, its error put in ``failed`` (the run leaves it out and says why).
     """
     graph = DrvGraph(drvs={}, wanted={}, order=[], roots=list(roots))
     for root, output in roots:
@@ -86,7 +89,7 @@ async def load_graph(
     while frontier:
         missing = await _missing(graph, frontier, local, live_remotes, needs_build, failed=failed)
         if substitute and missing:
-            missing = await _substitute(graph, local, missing)
+            missing = await _substitute(graph, local, missing, always=always_substitute)
         frontier = _next_level(graph, missing, needs_build, read)
     graph.order = _topological(needs_build, graph.drvs)
     return graph
@@ -159,14 +162,20 @@ async def _missing(
 
 
 async def _substitute(
-    graph: DrvGraph, local: StoreClient, missing: dict[str, set[str]]
+    graph: DrvGraph, local: StoreClient, missing: dict[str, set[str]], *, always: bool
 ) -> dict[str, set[str]]:
-    """``missing`` less what the local store substituted, recorded in ``graph.substituted``."""
+    """``missing`` less what the local store substituted, recorded in ``graph.substituted``;
+    a derivation that disallows substitutes is not asked for, unless ``always``."""
     started = time.time()
+    allowed = [
+        lacking for drv, lacking in missing.items() if always or graph.drvs[drv].allow_substitutes
+    ]
+    if not allowed:
+        return missing
     # The store substitutes what its caches have (and those paths' closures) before it
     # answers; a failure there is only a warning on its stderr (the run passes it on: an
     # unreachable cache costs seconds of retries, ``offload.build.run``).
-    got = await local.query_valid_paths(set().union(*missing.values()), substitute=True)
+    got = await local.query_valid_paths(set().union(*allowed), substitute=True)
     finished = time.time()
     for drv_path, lacking in missing.items():
         if lacking <= got:

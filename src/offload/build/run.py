@@ -260,8 +260,10 @@ async def _existing(
     fetched: list[JobFinished] = []
     while True:
         graph = await load_graph(
-            local, roots, remotes=clients, substitute=pool.local_substitutes, failed=unreachable
-        )
+            local, roots, remotes=clients, substitute=pool.local_substitutes,
+            always_substitute=pool.always_substitutes,
+            failed=unreachable,
+        )  # fmt: skip
         for name in unreachable:
             clients.pop(name, None)
         fetched += report_substituted(graph, emit)

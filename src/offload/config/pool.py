@@ -67,6 +67,9 @@ class Pool:
     # Nix's substitute and substituters: the local store fetches what its caches have
     # instead of having it built.
     local_substitutes: bool = field(default=False, compare=False)
+    # Nix's always-allow-substitutes (newer Nix): even a derivation with allowSubstitutes =
+    # false is taken from the local binary caches.
+    always_substitutes: bool = field(default=False, compare=False)
     # The run's --option pairs, for the Nix processes offload starts on this machine.
     nix_options: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     # Nix's effective settings for the run (nix.conf and the --options): what builds are given.
@@ -438,6 +441,7 @@ def load_pool(
         entry,
         substitutes,
         local_substitutes=substitutes_locally(settings),
+        always_substitutes=nix_bool(settings.get("always-allow-substitutes")),
         nix_options=tuple(options.items()),
         nix_settings=settings,
         errors=tuple(error.message for error in errors),

@@ -165,6 +165,20 @@ class Derivation:
         return value
 
     @property
+    def allow_substitutes(self) -> bool:
+        """Nix's ``allowSubstitutes`` (true unless set false): whether its outputs may be
+        taken from a binary cache. ``writeText``, ``runCommandLocal`` and other builds cheaper
+        than their download set it false, and Nix builds them (unless its
+        ``always-allow-substitutes`` setting, where the local Nix has one, is true)."""
+        attrs = self._structured_attrs()
+        if attrs is None:
+            return self.env.get("allowSubstitutes", "1") == "1"
+        value = attrs.get("allowSubstitutes", True)
+        if not isinstance(value, bool):
+            raise StoreError(f"derivation {self.name!r}: allowSubstitutes must be a boolean")
+        return value
+
+    @property
     def output_paths(self) -> dict[str, str]:
         return {name: out.path for name, out in self.outputs.items() if out.path}
 
