@@ -57,3 +57,20 @@ def test_the_last_of_check_and_repair_holds_as_in_nix_build(
 )
 def test_the_other_flags_choose_as_before(argv: tuple[str, ...], kind: str) -> None:
     assert build_exec._kind(_args(*argv)) == kind
+
+
+@pytest.mark.parametrize(
+    ("argv", "logs"),
+    [
+        ((), True),
+        (("--log-format", "raw-with-logs"), True),
+        (("--log-format", "bar-with-logs"), True),
+        # Nix 2.8's nix-build shows no build log with these two; offload showed them with raw.
+        (("--log-format", "raw"), False),
+        (("--log-format", "bar"), False),
+        (("--log-format", "raw", "-L"), True),  # offload's -L: logs on, whatever the format
+        (("-Q",), False),
+    ],
+)
+def test_build_logs_are_shown_as_nix_build_shows_them(argv: tuple[str, ...], logs: bool) -> None:
+    assert build_exec._print_logs(_args(*argv)) is logs

@@ -282,8 +282,11 @@ def _build_options(pool: Pool) -> BuildOptions:
 
 
 def _print_logs(args: argparse.Namespace) -> bool:
-    """Build logs are shown as nix-build shows them, unless -Q or --log-format bar."""
-    return bool(args.print_build_logs or not (args.no_build_output or args.log_format == "bar"))
+    """Build logs are shown as nix-build shows them: unless -Q, or --log-format bar or raw
+    (their ``-with-logs`` forms show them); offload's -L shows them whatever the format."""
+    return bool(
+        args.print_build_logs or not (args.no_build_output or args.log_format in {"bar", "raw"})
+    )
 
 
 def _nix_lines(line: str) -> None:
