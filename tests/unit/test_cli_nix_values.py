@@ -91,3 +91,14 @@ def test_unescaping_keeps_argparse_words_without_the_escape() -> None:
     assert Unescaping(str)("plain") == "plain"
     with pytest.raises(argparse.ArgumentTypeError, match=r"^invalid int value: '-x'$"):
         Unescaping(int)(f"{ESCAPE}-x")
+
+
+def test_a_count_with_a_plus_sign_is_taken_as_nix_build_takes_it() -> None:
+    # nix-build --cores +2 (and --timeout, --max-silent-time) builds; offload refused it as
+    # "not a number", where a setting such as --max-free took it.
+    args = _build("--cores", "+2", "--timeout", "+1K", "--max-silent-time", "+030")
+    assert [tuple(pair) for pair in args.option] == [
+        ("cores", "2"),
+        ("timeout", "1024"),
+        ("max-silent-time", "30"),
+    ]

@@ -86,8 +86,8 @@ def _setting(name: str, parse: Callable[[str], str] = str) -> Callable[[str], tu
 def _count(text: str) -> str:
     """A count with Nix's unit prefixes (string2IntWithUnitPrefix: K, M, G, T), as digits."""
     # ASCII digits (int() reads "٣" as 3, where Nix refuses it) and the unit in either case,
-    # as Nix upper-cases it; leading zeros any number of them, as Nix reads them.
-    match = re.fullmatch(r"([0-9]+)([KMGTkmgt]?)", text)
+    # as Nix upper-cases it; leading zeros any number of them, and a "+", as Nix reads them.
+    match = re.fullmatch(r"\+?([0-9]+)([KMGTkmgt]?)", text)
     if match is None or len(match[1].lstrip("0")) > 20:
         msg = f"'{text}' is not a number (units K, M, G, T allowed)"
         raise argparse.ArgumentTypeError(msg)
@@ -104,7 +104,7 @@ def _whole(name: str) -> Callable[[str], str]:
 
     def parse(text: str) -> str:
         try:
-            return _count(text.removeprefix("+"))
+            return _count(text)
         except argparse.ArgumentTypeError:
             msg = f"setting '{name}' has invalid value '{text}'"
             raise argparse.ArgumentTypeError(msg) from None
