@@ -253,7 +253,7 @@ def test_relative_include_is_relative_to_the_current_directory_as_in_nix(tmp_pat
         f"{sub}/inner:1",
         f"{sub}/inner:2",
     ]
-    assert "relative to the current directory" in warnings[0]
+    assert "is relative: read from the current directory here" in warnings[0]
     assert f"{tmp_path}/deeper does not exist" in warnings[3]
 
 
@@ -389,5 +389,7 @@ def test_fixture_machines_file():
         f"{FIXTURES}/more.machines:1",
     ]
     assert len(warnings) == 3
-    assert "@more.machines is relative to the current directory" in warnings[0]
+    # nix-build's hook reads it from / (Nix starts it there): offload said "as Nix reads it".
+    assert "@more.machines is relative: read from the current directory here (" in warnings[0]
+    assert "where Nix's build hook reads it from /: write an absolute path" in warnings[0]
     assert f"{FIXTURES}/does-not-exist.machines does not exist" in warnings[2]

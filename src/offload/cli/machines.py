@@ -408,8 +408,8 @@ def pool_from_file(path: Path, form: str, settings: NixSettings) -> Pool:
         machines, warnings = apply_toml([], toml, system=system)
         local = local_machine(settings, toml.local) if toml.local is not None else None
     else:
-        # Its relative @includes are relative to the current directory, as Nix reads them
-        # (and `--builders @FILE`), not to the file's.
+        # Its relative @includes are relative to the current directory (and `--builders
+        # @FILE`), not to the file's, as Nix reads them from its hook's (/): said as warnings.
         machines, warnings = parse_machines(_read(path), source=str(path), system=system)
     machines, repeated = one_name_each(machines)
     return Pool(local, tuple(machines), (*warnings, *repeated))

@@ -6,7 +6,9 @@ trimmed, so blank or indented lines and ``;`` inside comments are harmless. Wher
 line differently (nix-protocols.md 6.1) the reading carries a ``NixCompat`` for it.
 ``@path`` includes are spliced in place. As in Nix, a missing file is skipped (with a warning,
 except for Nix's own default ``@/etc/nix/machines``), an unreadable one is an error, and a
-relative path is relative to the current directory (``base_dir``), not to the including file.
+relative path is relative to the current directory (``base_dir``), not to the including file:
+Nix's build hook reads it from its own, which is / (Nix starts it there, daemon or not), so a
+relative path read here is said, with the fix.
 An include that reaches itself again is an error (Nix recurses until it crashes).
 
 ``read_machines`` reads on past a bad entry and returns every problem, each a one-line
@@ -87,8 +89,9 @@ class _Parser:
         path = posixpath.normpath(posixpath.join(self.base_dir, target))
         if not target.startswith("/"):
             self.out.warnings.append(
-                f"{where}: @{shown(target)} is relative to the current directory, as Nix reads "
-                f"it (here {shown(path, 200)}; the nix-daemon's is /): write an absolute path"
+                f"{where}: @{shown(target)} is relative: read from the current directory here "
+                f"({shown(path, 200)}), where Nix's build hook reads it from /: write an "
+                "absolute path"
             )
         if path in stack:
             chain = " -> ".join(shown(p, 200) for p in (*stack, path))
