@@ -69,3 +69,21 @@ def test_an_error_with_blank_lines_is_one_block() -> None:
     said, read = _said(lines, _local_error(joined))
     assert (said, read) == ([], [])
     assert _said([*lines, "warning: went on"])[0] == [*lines, "warning: went on"]
+
+
+def test_a_substitute_that_failed_is_said_as_one_not_as_a_failed_build() -> None:
+    # A cache's narinfo without its NAR: Nix's worker said "build of '<output>' failed", and
+    # the run then built it, as nix-build does without that line.
+    out = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-plb"
+    lines = [
+        "error: file 'nar/x.nar.xz' does not exist in binary cache 'file:///c'",
+        f"warning: build of '{out}', '{out}-dev' failed",
+        "warning: build of '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-plb.drv' failed",
+    ]
+    said, read = _said(lines)
+    assert said == [
+        lines[0],
+        f"warning: substituting '{out}', '{out}-dev' from a binary cache failed: built instead",
+        lines[2],  # a derivation's build: Nix's words stand
+    ]
+    assert read == lines  # the caches' faults are read in Nix's words

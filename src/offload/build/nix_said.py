@@ -7,6 +7,10 @@ days, so it skips that cache's ``nix-cache-info``, now fails a narinfo query), i
 and exit. That error ends the session, and the run fails with it (``RemoteError``, shown by
 offload as ``error: local: ...``). Passed on as it came as well, it would be said twice.
 
+A substitution that failed is told by Nix as "warning: build of '/nix/store/...' failed" (its
+worker's words for any goal, here the output's): said as what it is, a substitute that failed,
+whose derivation the run builds instead (nix-build says nothing of the kind as it builds).
+
 So an ``error:`` line, and the lines Nix continues it on (indented, or empty: Nix strips a
 blank line's indent, as in an HTTP error's "response body:" part), are held until the next
 other line (then said: an error Nix went on after, such as a substitute that failed) or the
@@ -17,6 +21,7 @@ carries the same words (``protocol.stderr.ErrorTail`` made it from them).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 
 from offload.errors import RemoteError
@@ -24,6 +29,10 @@ from offload.protocol.stderr import strip_ansi
 from offload.protocol.store import StoreClient, also_heard
 
 __all__ = ["heard"]
+
+# Nix's worker on a goal that failed, with the paths it named (``showPaths``): outputs, not
+# ``.drv`` files, when the goal was a substitution.
+_SUBSTITUTE_FAILED = re.compile(r"warning: build of ((?:'/[^']*'(?:, )?)+) failed")
 
 
 @contextlib.contextmanager
@@ -54,7 +63,7 @@ def heard(
             held.append(line)
             return
         flush()
-        say(line)
+        say(_substitute_said(line))
         read(line)
 
     with also_heard(local, hear):
@@ -67,6 +76,15 @@ def heard(
             raise
         finally:
             flush()
+
+
+def _substitute_said(line: str) -> str:
+    """``line``, or for Nix's "build of 'OUT' failed" of a substitution (outputs, no ``.drv``),
+    what it means in a run: the substitute failed, and the derivation is built."""
+    failed = _SUBSTITUTE_FAILED.fullmatch(strip_ansi(line))
+    if failed is None or ".drv'" in failed[1]:
+        return line
+    return f"warning: substituting {failed[1]} from a binary cache failed: built instead"
 
 
 def _continues(line: str) -> bool:
