@@ -287,6 +287,39 @@ def test_sigterm_mid_build_leaves_nothing_on_the_builder(
     assert proc.returncode != 0
 
 
+def test_ctrl_c_mid_build_leaves_no_partial_output_on_the_builder(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The coordinator stopped the build there, and its half-written output stayed in the
+    # builder's store (unregistered, until a garbage collection) where offload build's goes.
+    marker = tmp_path / "started"
+    script = f"/bin/mkdir $out; echo data > $out/data; echo x > {marker}; /bin/sleep 60"
+    file = nix_file(tmp_path, f'[ (mk "partial" "{script}" {{}}) ]\n')
+    out = out_path_of(file)
+    proc = start_nix_build(hook_fleet, tmp_path, file, "-j0", output=False)
+    try:
+        wait_for(marker.exists, 60, "the remote build to start")
+        (where,) = [m for m in MEMBERS if (hook_fleet.member(m).root / out.lstrip("/")).exists()]
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 20, "the builder to be clean")
+    finally:
+        stop(proc)
+    assert proc.returncode != 0
+    left = hook_fleet.member(where).root / out.lstrip("/")
+    wait_for(lambda: not left.exists(), 10, f"{left} to be deleted")
+
+
+def out_path_of(file: Path) -> str:
+    """The output path of ``file``'s one derivation (a list of one)."""
+    drv = subprocess.run(
+        ["nix-instantiate", str(file)], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    return subprocess.run(
+        ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def test_a_build_stopped_by_ctrl_c_is_in_the_history_as_cancelled(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:

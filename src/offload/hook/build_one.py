@@ -35,13 +35,15 @@ async def build_on(
 ) -> Outcome | None:
     """The build's outcome; None if it could not be built here (said to the user), ``Lost``
     if the builder went away. One stopped (Nix gone: Ctrl-C; the coordinator stopped) is kept
-    in history as cancelled, and one whose builder went away as lost, as ``offload build``
+    in history as cancelled, and what it left half-written there (inputs being sent, outputs
+    being built) is deleted; one whose builder went away is kept as lost, as ``offload build``
     keeps its stopped copies."""
     started = time.time()
     machine = context.machine(name)
     substitute = context.pool.builders_use_substitutes or (
         nix_bool(machine.params.get("builders-use-substitutes"))
     )
+    partial: list[str] = []  # what a stop may leave half-written there (``build_remote``)
     try:
         async with context.keep.local(context.env) as local:
             return await build_remote(
@@ -54,9 +56,12 @@ async def build_on(
                 options=BuildOptions.from_settings(context.settings.get),
                 substitute=substitute,
                 copying=CachesHeard(context.say_to_client, name) if substitute else None,
+                partial=partial,
             )
     except asyncio.CancelledError:
         record_build(context, request, name, Outcome(0, started, time.time()), status="cancelled")
+        if partial:
+            await context.keep.links.clear_partial(machine, context.env, remote, partial)
         raise
     except (OffloadError, OSError) as exc:
         message = exc.message if isinstance(exc, OffloadError) else str(exc)

@@ -38,7 +38,7 @@ import contextlib
 import functools
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from offload.hook.loads import HookLoads
 from offload.names import LOCAL
 from offload.protocol.serve import StoreClient
 from offload.protocol.store import also_heard
+from offload.scheduler.run.disk import PARTIAL_CLEANUP_TIMEOUT
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
 from offload.transport.links import BuilderFullError, Link
@@ -218,6 +219,20 @@ class BuilderLinks:
                 raise Unreachable(exc.message) from exc
             else:
                 return
+
+    async def clear_partial(
+        self, machine: Machine, env: Mapping[str, str], client: StoreClient, paths: Sequence[str]
+    ) -> None:
+        """A build stopped mid-way (Nix gone: Ctrl-C, SIGTERM; the coordinator stopping):
+        ``client``'s remote process stopped first (it holds them as temporary roots), then what
+        it left half-written of ``paths`` deleted there, the last begun first, bounded as
+        ``offload build``'s (``scheduler.run.copy``): a builder that does not answer keeps
+        them for its garbage collector."""
+        transport, link = self._link(machine, env)
+        with contextlib.suppress(TimeoutError, OffloadError, OSError):
+            async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
+                await link.cancel(client)
+                await transport.remove_partial(paths[::-1])
 
     async def wait_for_slot(self, machine: Machine, env: Mapping[str, str]) -> None:
         """Wait until a slot on the full ``machine`` is ours: it then lingers (``LINGER``) for

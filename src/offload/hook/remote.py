@@ -158,13 +158,16 @@ async def _send_inputs(
     machine: str,
     substitute: bool,
     copying: CachesHeard | None,
+    sending: list[str],
 ) -> int:
     """The inputs ``remote`` lacks, sent (or, with ``substitute``, fetched by it from its own
-    caches first); the bytes sent."""
+    caches first), told to ``sending`` before the first byte goes; the bytes sent."""
     copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
     with also_heard(remote, copying) if copying is not None else contextlib.nullcontext():
         try:
-            sent = await send_closure(local, remote, accepted.inputs, substitute=substitute)
+            sent = await send_closure(
+                local, remote, accepted.inputs, substitute=substitute, sending=sending
+            )
         except (OffloadError, OSError) as exc:
             if copying is not None:
                 copying.settle(str(exc))
@@ -186,15 +189,23 @@ async def build_remote(
     options: BuildOptions,
     substitute: bool = False,
     copying: CachesHeard | None = None,  # the builder's lines while inputs go
+    partial: list[str] | None = None,
 ) -> Outcome:
+    """The derivation built on ``machine``: inputs sent, built, outputs fetched. ``partial``
+    holds what a stop may leave half-written there meanwhile: the inputs being sent, then the
+    outputs being built (``offload.hook.build_one`` deletes them when the build is stopped)."""
     drv = read_derivation(request.drv_path)
     acts = _Activities(io)
     started = time.time()
+    partial = [] if partial is None else partial
     sent = await _send_inputs(
-        acts, accepted, local, remote, machine=machine, substitute=substitute, copying=copying
-    )
+        acts, accepted, local, remote, machine=machine, substitute=substitute, copying=copying,
+        sending=partial,
+    )  # fmt: skip
     building_from = time.time()
+    partial[:] = sorted(drv.output_paths.values())
     result = await _build(acts, request, drv, accepted, remote, machine=machine, options=options)
+    partial.clear()  # built, or failed: Nix's to clear
     built = time.time()
     phases: tuple[PhaseRecord, ...] = (
         PhaseRecord("sending", started, building_from),

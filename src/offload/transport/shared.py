@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from offload.errors import SshError
@@ -34,7 +34,7 @@ from offload.transport.ssh import (
     ssh_keepalive,
     ssh_path,
 )
-from offload.transport.wrapper import NO_CLIENT, kill_script, serve_command
+from offload.transport.wrapper import NO_CLIENT, kill_script, remove_partial_argv, serve_command
 
 __all__ = ["PERSIST_SECONDS", "SharedSshTransport"]
 
@@ -162,6 +162,21 @@ class SharedSshTransport:
         if done.returncode != 0:
             said = " | ".join(said_lines(done.stderr))
             raise SshError(f"cannot stop process {pid} on builder '{self.name}': {said}")
+
+    async def remove_partial(self, paths: Sequence[str]) -> None:
+        """Delete what a stopped build left of ``paths`` in the builder's store: each path
+        there that is not valid (``offload.scheduler.run.disk``). Refused where the key runs
+        only the store program."""
+        if self.restricted:
+            raise SshError(
+                f"builder '{self.name}' runs only {self.dialect.describe(self._params)} "
+                "for this key"
+            )
+        argv = self.argv(remove_partial_argv(self._params, paths, self.dialect is SERVE))
+        done = await run_async(argv, env=self._env, check=False)
+        if done.returncode != 0:
+            said = " | ".join(said_lines(done.stderr))
+            raise SshError(f"cannot delete partial outputs on builder '{self.name}': {said}")
 
     async def close(self) -> None:
         """The master stays for the next hook process; it exits after being idle a while."""

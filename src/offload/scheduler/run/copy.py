@@ -34,7 +34,12 @@ from offload.protocol.lanes import Lane
 from offload.protocol.serve import BuildOptions, BuildResult, BuildStatus, PathInfo
 from offload.protocol.store import StoreClient, also_heard, copy_paths
 from offload.scheduler.run.closure_copy import send_closure, to_copy
-from offload.scheduler.run.disk import disk_full, disk_full_error, remove_partial
+from offload.scheduler.run.disk import (
+    PARTIAL_CLEANUP_TIMEOUT,
+    disk_full,
+    disk_full_error,
+    remove_partial,
+)
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import Holders, InputsGone
 from offload.scheduler.run.homeward import HomeBatches
@@ -50,9 +55,6 @@ __all__ = [
     "send_closure",
     "with_error",
 ]
-
-# Seconds a cut-off copy may spend deleting what it left half-written on its builder.
-PARTIAL_CLEANUP_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)

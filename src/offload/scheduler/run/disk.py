@@ -25,11 +25,21 @@ from offload.ansi import strip_ansi
 from offload.errors import OffloadError
 from offload.protocol.serve import BuildStatus
 
-__all__ = ["PartialRemover", "disk_full", "disk_full_error", "remove_partial"]
+__all__ = [
+    "PARTIAL_CLEANUP_TIMEOUT",
+    "PartialRemover",
+    "disk_full",
+    "disk_full_error",
+    "remove_partial",
+]
 
 # Nix's own note (DerivationGoal, Nix 2.0-2.33) and the C library's ENOSPC text.
 _NIX_NOTE = "lack of free disk space"
 _ENOSPC = "No space left on device"
+
+
+# Seconds a stopped or cut-off copy may spend deleting what it left half-written on its builder.
+PARTIAL_CLEANUP_TIMEOUT = 3.0
 
 
 @runtime_checkable
