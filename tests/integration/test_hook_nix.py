@@ -432,6 +432,30 @@ def test_without_a_coordinator_the_hook_builds_in_its_own_process(
     assert not coordinator_pids(tmp_path / "state")
 
 
+def test_a_stopped_coordinator_is_said_and_the_hook_decides_alone(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Every nix-build hung without a word while the coordinator was stopped (SIGSTOP, or a
+    # hang): its socket took each hook's connection, and the hook waited for ever. Nor may a
+    # hook hand it Nix's pipes then: kept in its socket, they kept Nix from seeing the end.
+    outputs(nix_build(hook_fleet, tmp_path, nix_file(tmp_path, leaves(1)), "-j0"))
+    (pid,) = coordinator_pids(tmp_path / "state")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        file = nix_file(tmp_path, leaves(1, "echo alone; "))
+        done = nix_build(hook_fleet, tmp_path, file, "-j0")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    [path] = outputs(done)
+    assert holders(hook_fleet, path)
+    said = f"offload-hook: no coordinator (the coordinator, pid {pid}, did not answer within 10 s"
+    assert said in done.stderr, done.stderr
+    assert "deciding in this process" in done.stderr
+    # Woken, it finds the hook gone, and serves the next one.
+    outputs(nix_build(hook_fleet, tmp_path, nix_file(tmp_path, leaves(1, "echo after; ")), "-j0"))
+    assert coordinator_pids(tmp_path / "state") == [pid]
+
+
 lost_fleet = private_fleet_fixture(
     [MemberSpec(name, 1.0, 1) for name in ("hl1", "hl2")], "ofl", scope="function"
 )

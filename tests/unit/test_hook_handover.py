@@ -17,6 +17,7 @@ import pytest
 from offload.hook.client import (
     ANSWERED,
     ASKED,
+    GREETING,
     HELLO_MAGIC,
     REPLYING,
     SETTINGS,
@@ -177,7 +178,7 @@ def _gone_after(
     """What the hook returns when its coordinator sends ``sent`` and is gone."""
     hook, coordinator = pair
     coordinator.setblocking(True)
-    coordinator.sendall(sent)
+    coordinator.sendall(GREETING + sent)
     coordinator.shutdown(socket.SHUT_WR)  # gone without the exit code
     return served(hook, successor=successor)
 
@@ -241,7 +242,7 @@ def test_an_accepted_build_s_exit_code_is_the_hook_s(
 ) -> None:
     hook, coordinator = pair
     coordinator.setblocking(True)
-    coordinator.sendall(b"+wnwa100\n")
+    coordinator.sendall(GREETING + b"+wnwa100\n")
     assert served(hook) == 100
 
 
@@ -294,6 +295,9 @@ def _gone_after_reading(
     read: list[bytes] = []
 
     def coordinate() -> None:
+        coordinator.setblocking(True)
+        coordinator.sendall(GREETING)
+        coordinator.setblocking(False)
         hello = asyncio.run(_receive(coordinator))
         assert hello is not None
         try:
@@ -336,7 +340,7 @@ def test_a_coordinator_gone_before_an_accept_is_taken_over_with_what_nix_said(
     # answered), before Nix's pipe; it serves the rest, and its exit code is the hook's.
     new_hook, new_coordinator = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with new_coordinator:
-        new_coordinator.sendall(b"+0\n")
+        new_coordinator.sendall(GREETING + b"+0\n")
         assert _gone_after_reading(pair, nix_stdin, turns, successor=lambda: new_hook) == 0
         new_coordinator.setblocking(False)
         hello = asyncio.run(_receive(new_coordinator))
@@ -370,7 +374,7 @@ def test_a_try_nix_sends_as_a_reply_is_told_written_is_kept_for_a_new_coordinato
     # written: that try is not the one answered, and a new coordinator must have it.
     new_hook, new_coordinator = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with new_coordinator:
-        new_coordinator.sendall(b"+0\n")
+        new_coordinator.sendall(GREETING + b"+0\n")
         turns = (ASKED, REPLYING)
         assert _gone_after_reading(pair, nix_stdin, turns, lambda: new_hook, b"N" * 20) == 0
         new_coordinator.setblocking(False)

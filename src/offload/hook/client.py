@@ -29,8 +29,12 @@ Before a reply or a reason, it closes the pipe Nix writes its tries to, so that 
 finds the hook gone (EPIPE), even while this process is still ending.
 
 The coordinator is started on demand, by the first hook that finds none, under a lock so two
-hooks never start two; it acknowledges every hook it takes with one byte, so a hook that
-reached a coordinator just as it shut down (idle) can tell and try again. If this process is
+hooks never start two; it greets every connection with a byte (``GREETING``) before the hook
+hands anything over, and acknowledges every hook it takes with one more, so a hook that
+reached a coordinator just as it shut down (idle) can tell and try again. One that does not
+greet within ``GREETING_TIMEOUT`` (stopped, or hung) is said, and the hook decides in this
+process: none of Nix's pipes is then left in flight in that coordinator's socket, which would
+have kept Nix from seeing this hook's end. If this process is
 killed (SIGTERM, or SIGKILL to its process group), its socket closes and the coordinator stops
 the build it ran for it. When no coordinator can be had at all, the hook is served in this
 process (``offload.hook.serve.in_process``), as slowly as before, rather than not at all.
@@ -65,6 +69,8 @@ __all__ = [
     "ANSWERED",
     "ASKED",
     "COORDINATOR_LOG",
+    "GREETING",
+    "GREETING_TIMEOUT",
     "HELLO_FDS",
     "HELLO_MAGIC",
     "REPLYING",
@@ -82,6 +88,9 @@ COORDINATOR_LOG = "hook-coordinator.log"
 # Unix socket paths are at most 108 bytes on Linux.
 _MAX_SOCKET = 100
 _READY_TIMEOUT = 20.0
+# A coordinator's first byte to each connection, and how long a hook waits for it.
+GREETING = b"."
+GREETING_TIMEOUT = 10.0
 _ATTEMPTS = 3
 # The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
 HELLO_FDS = (0, 2, 4)
@@ -232,9 +241,28 @@ def send_hello(
         sock.sendall(len(resume).to_bytes(4, "big") + resume)
 
 
+def _greeted(sock: _socket.socket) -> bool:
+    """Whether the coordinator greets us (not: it closed, idle); OSError if it says nothing
+    within ``GREETING_TIMEOUT`` (its process stopped, or hung)."""
+    sock.settimeout(GREETING_TIMEOUT)
+    try:
+        return sock.recv(1) == GREETING
+    except TimeoutError:
+        from offload.hook.stopped import not_greeting  # only now: a hook's every import costs
+
+        raise OSError(not_greeting(sock, GREETING_TIMEOUT)) from None
+    finally:
+        sock.settimeout(None)
+
+
 def _hand_over(sock: _socket.socket, env: dict[str, str], resume: bytes | None) -> int | None:
     """Pass our pipes and context: the write end of the pipe handed over for stdin once the
     coordinator has taken them, else None."""
+    try:
+        if not _greeted(sock):
+            return None
+    except ConnectionError:
+        return None
     pipes = {fd: fd for fd in HELLO_FDS if _is_open(fd)}
     forward = None
     if 0 in pipes:

@@ -42,6 +42,7 @@ from offload.hook.client import (
     ACCEPTED,
     ANSWERED,
     ASKED,
+    GREETING,
     KEPT_PYTHONPATH,
     REPLYING,
     SETTINGS,
@@ -207,6 +208,12 @@ class Coordinator:
     async def _connection(self, conn: socket.socket) -> None:
         with conn:
             conn.setblocking(False)
+            try:
+                # Before the hook hands its pipes over: one not greeted in time decides alone,
+                # and none of Nix's pipes is left in flight in a socket of this process.
+                await asyncio.get_running_loop().sock_sendall(conn, GREETING)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # it gave up waiting (this process was stopped): it decided alone
             hello = await receive_hello(conn)
             if hello is None:
                 return

@@ -99,6 +99,17 @@ def say_stopped(turn: bytes, *, try_pending: bool, why: str) -> None:
     sys.stderr.write((_POSTPONE if waits else "") + stopped + "\n")
 
 
+def not_greeting(sock: _socket.socket, waited: float) -> str:
+    """Why this hook decides alone: the coordinator at ``sock``'s other end (its pid, where
+    known) took its connection and said nothing for ``waited`` seconds."""
+    pid = _peer(sock)
+    who = "the coordinator" if pid is None else f"the coordinator, pid {pid},"
+    return (
+        f"{who} did not answer within {waited:g} s (stopped, or hung: ending it lets the"
+        " next hook start a new one)"
+    )
+
+
 def _peer(sock: _socket.socket) -> int | None:
     """The pid of the process at the socket's other end (the coordinator that listens)."""
     try:
