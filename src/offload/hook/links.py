@@ -52,9 +52,9 @@ from offload.scheduler.run.disk import PARTIAL_CLEANUP_TIMEOUT
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
 from offload.transport.links import BuilderFullError, Link
-from offload.transport.persist import control_dir
+from offload.transport.persist import config_stamp, control_dir
 from offload.transport.shared import SharedSshTransport
-from offload.transport.ssh import ssh_target
+from offload.transport.ssh import split_sshopts, ssh_target
 
 __all__ = [
     "FRESH_SECONDS",
@@ -125,10 +125,14 @@ class BuilderLinks:
         # Everything the link was made from: a machines file edited while the coordinator
         # lives (a new pinned host key or ssh key, more or fewer jobs) gets a link of its own,
         # not the one made for the old line (its sessions then linger out, as after a build).
+        # So does an ssh config edited meanwhile (a HostName or Port mended): its master is
+        # another (``transport.persist``), as for a new process.
         # The ssh agent and NIX_SSHOPTS come from the client's environment: a second user's (or
         # a changed) environment gets sessions of its own.
+        sshopts = env.get("NIX_SSHOPTS")
+        stamp = config_stamp(split_sshopts(sshopts or ""))
         key: tuple[object, ...] = (machine.name, machine.uri, params, target, machine.max_jobs)
-        key += (env.get("SSH_AUTH_SOCK"), env.get("NIX_SSHOPTS"))
+        key += (stamp, env.get("SSH_AUTH_SOCK"), sshopts)
         if key not in self._links:
             self._retire(key)
             transport = SharedSshTransport(
