@@ -142,6 +142,25 @@ def test_a_build_for_another_store_is_declined_for_good(
         assert lines[-2:] == ["# decline", "<answered>"]
 
 
+@pytest.mark.parametrize(
+    ("jobs", "then"),
+    [("2", "building locally"), ("0", "Nix builds nothing here (max-jobs 0), so its builds fail")],
+)
+def test_a_hook_that_cannot_read_its_settings_says_what_nix_does_then(
+    tmp_path: Path, jobs: str, then: str
+) -> None:
+    # A bad machines line declines every build for good: with -j 0 "building locally" was
+    # said where Nix builds nothing, and stops with "unable to start any build".
+    answered: list[str] = []
+    settings = {"builders": "ssh://b x86_64-linux - x", "max-jobs": jobs}
+    code, lines = _serve(tmp_path, settings, _declining(answered))
+    assert code == 0
+    assert answered == []
+    (said,) = [line for line in lines if line.startswith("offload-hook: error: ")]
+    assert "column 4 (maxJobs)" in said
+    assert said.endswith(f"; {then}")
+
+
 def test_a_try_for_no_derivation_offload_can_build_is_declined_and_the_next_answered(
     tmp_path: Path,
 ) -> None:

@@ -107,7 +107,7 @@ async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
         hook.io.turn(Turn.ASKED)
         if context is None:
             assert problem is not None
-            hook.error(problem, "building locally")
+            hook.error(problem, _left_to_nix(preamble))
             write_reply(hook.io, Reply.DECLINE_PERMANENTLY)
             continue
         try:
@@ -124,6 +124,14 @@ async def serve(hook: Hook, keep: Keep, *, guarded: bool) -> int:
         if code is not None:
             return code
     return 0
+
+
+def _left_to_nix(settings: Mapping[str, str]) -> str:
+    """What declining every build for good means: Nix builds them here, unless its max-jobs
+    is 0 (-j 0): then it builds nothing and fails them ("unable to start any build")."""
+    if settings.get("max-jobs", "").strip() == "0":
+        return "Nix builds nothing here (max-jobs 0), so its builds fail"
+    return "building locally"
 
 
 def _internal(exc: Exception) -> OffloadError:
