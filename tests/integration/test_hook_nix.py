@@ -432,6 +432,29 @@ def test_without_a_coordinator_the_hook_builds_in_its_own_process(
     assert not coordinator_pids(tmp_path / "state")
 
 
+def test_a_key_file_ssh_did_without_is_said_in_the_build_log(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The line names a key that does not exist; ssh logged in with the fleet config's own,
+    # and offload build said so, but the hook said nothing.
+    missing = tmp_path / "nosuchkey"
+    lines = []
+    for line in hook_fleet.machines_file.read_text().splitlines():
+        fields = line.split()
+        fields[2] = str(missing)
+        lines.append(" ".join(fields))
+    machines = tmp_path / "machines"
+    machines.write_text("\n".join(lines) + "\n")
+    file = nix_file(tmp_path, leaves(2, "echo keyed; "))
+    done = nix_build(hook_fleet, tmp_path, file, "-j0", builders=f"@{machines}")
+    outputs(done)
+    said = [line for line in done.stderr.splitlines() if f"{missing} does not exist" in line]
+    assert said, done.stderr
+    assert all("so ssh logged in with another key" in line for line in said)
+    assert f"column 3 of {machines}:" in said[0]
+    assert len(said) <= len(MEMBERS)  # once per builder, not per build
+
+
 def test_a_stopped_coordinator_is_said_and_the_hook_decides_alone(
     hook_fleet: Fleet, tmp_path: Path
 ) -> None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offload.config.machines import Machine
+from offload.config.machines.check import key_missing, key_too_open
 from offload.errors import OffloadError, SshError, TransportError
 from offload.hook.loads import HookLoads
 from offload.names import LOCAL
@@ -55,6 +56,7 @@ from offload.transport.links import BuilderFullError, Link
 from offload.transport.persist import config_stamp, control_dir
 from offload.transport.shared import SharedSshTransport
 from offload.transport.ssh import split_sshopts, ssh_target
+from offload.transport.ssh_keys import key_place, missing_key_note, open_key_note
 
 __all__ = [
     "FRESH_SECONDS",
@@ -111,6 +113,7 @@ class BuilderLinks:
         # a new one every turn of every busy slot, kept for a coordinator's life).
         self._answered: weakref.WeakKeyDictionary[StoreClient, float] = weakref.WeakKeyDictionary()
         self._noted: set[str] = set()  # restricted builders already told of
+        self._keys_noted: set[tuple[str, str]] = set()  # (builder, key file) looked at
         # Sessions lent before: one never lent was handshaken just now and needs no ping.
         self._lent: weakref.WeakSet[StoreClient] = weakref.WeakSet()
         # What each builder's slots were last found to be (``offload.slot_fallback``).
@@ -202,13 +205,7 @@ class BuilderLinks:
                         except OffloadError as exc:
                             raise _Stale(exc.message) from exc  # the link discards it
                     lent = True
-                    self._tell_load(machine.name, on_log)
-                    if link.restricted and machine.name not in self._noted:
-                        self._noted.add(machine.name)
-                        program = transport.dialect.describe(machine.params)
-                        if transport.dialect.name == "serve":
-                            program = "`nix-store --serve`"
-                        on_log(RESTRICTED_NOTE.format(name=machine.name, program=program))
+                    self._tell_notes(machine, transport, link, on_log)
                     with also_heard(client, on_log):
                         yield Session(
                             client, transport, link.remote_pid(client), link.remote_born(client)
@@ -260,6 +257,35 @@ class BuilderLinks:
         self._recorded[name] = link.slot_fallback
         with contextlib.suppress(OSError):  # status shows less; the build goes on
             record_fallbacks(self._state / FALLBACK_FILE, {name: link.slot_fallback}, time.time())
+
+    def _tell_notes(
+        self,
+        machine: Machine,
+        transport: SharedSshTransport,
+        link: Link,
+        on_log: Callable[[str], None],
+    ) -> None:
+        """What the build's log is told of the builder once it answered: its load, and, once
+        per coordinator, a key that runs only one program there, or a key file its line names
+        that ssh did without (missing, or too open: ssh logged in with another key), as
+        ``offload build`` says them."""
+        self._tell_load(machine.name, on_log)
+        if link.restricted and machine.name not in self._noted:
+            self._noted.add(machine.name)
+            program = transport.dialect.describe(machine.params)
+            if transport.dialect.name == "serve":
+                program = "`nix-store --serve`"
+            on_log(RESTRICTED_NOTE.format(name=machine.name, program=program))
+        key = machine.ssh_key
+        if key and (machine.name, key) not in self._keys_noted:
+            self._keys_noted.add((machine.name, key))
+            if key_missing(machine):
+                note = missing_key_note(key, key_place(machine))
+            elif key_too_open(key):
+                note = open_key_note(key, key_place(machine))
+            else:
+                return
+            on_log(f"offload: builder '{machine.name}': {note}")
 
     def _tell_load(self, name: str, on_log: Callable[[str], None]) -> None:
         """A change of the builder's usable slots for its load, once, in a build's log there."""
