@@ -488,3 +488,19 @@ def test_files_among_the_options_are_all_built_in_order(project: Path) -> None:
     assert nix.returncode == offload.returncode == 0, offload.stderr
     assert offload.stdout == nix.stdout
     assert len(offload.stdout.split()) == 2
+
+
+UNUSED_HOOK = (
+    "warning: build-hook is not used: offload build schedules the builds itself (the hook is"
+    " for nix-build and the daemon: `offload hook install --print`)"
+)
+
+
+def test_a_build_hook_given_is_said_unused(project: Path) -> None:
+    # nix-build --build-hook /bin/false runs it (and fails); offload schedules the build
+    # itself, and took the flag without a word.
+    for flags in (("--build-hook", "/bin/false"), ("--option", "build-hook", "/bin/false")):
+        done = _run([*OFFLOAD, *COMMON, *flags, "-A", "ok", "--argstr", "nonce", "hook"], project)
+        assert done.returncode == 0, done.stderr
+        said = [line for line in done.stderr.splitlines() if "build-hook" in line]
+        assert said == [UNUSED_HOOK]

@@ -73,11 +73,25 @@ def run(args: argparse.Namespace) -> int:
     what = _installables(args)
     sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
+    _warn_unused(args)
     said = {f"warning: {w}" for w in pool.nix_settings.warnings}
     # Nix evaluates from here on, while offload connects and imports the rest of itself.
     say = _said_once(said, nix_json=nix_json(args))
     with Evaluation(what, env=pool.local_env(), say=say) as evaluation:
         return _run(args, pool, _marked(evaluation.roots), evaluation.give_up)
+
+
+def _warn_unused(args: argparse.Namespace) -> None:
+    """A setting given on the command line that offload build has no use for, said: Nix's
+    build hook (nix-build with `--build-hook X` runs X; offload schedules every build itself,
+    and X never runs). From nix.conf, where a hook such as offload-hook is set for every
+    nix-build, it is not worth a word."""
+    if any(name == "build-hook" for name, _ in args.option or ()):
+        print(
+            "warning: build-hook is not used: offload build schedules the builds itself (the"
+            " hook is for nix-build and the daemon: `offload hook install --print`)",
+            file=sys.stderr,
+        )
 
 
 def _run(
