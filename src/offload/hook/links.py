@@ -230,6 +230,9 @@ class BuilderLinks:
         ``offload build``'s (``scheduler.run.copy``): a builder that does not answer keeps
         them for its garbage collector."""
         transport, link = self._link(machine, env)
+        # What Nix says there as it is stopped ("interrupted by the user") is no line of the
+        # build's: nobody interrupted the user's nix-build (``session``).
+        client.on_log = None
         with contextlib.suppress(TimeoutError, OffloadError, OSError):
             async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
                 await link.cancel(client)
