@@ -201,3 +201,22 @@ def test_a_dry_run_leaves_out_a_builder_an_earlier_run_backed_off_as_a_run_does(
     assert alone["backed_off"]["fast"]["retried"] is True  # in the plan, said so
     text = offload(fleet, tmp_path, file, "-A", "x", *builders)
     assert "warning: builder 'fast' is in the plan though backed off after 2" in text.stderr
+
+
+def test_a_dry_run_of_a_check_says_what_is_valid_is_built_again(tmp_path):
+    # nix-build --dry-run --check says nothing; offload said "nothing to build" of outputs a
+    # real --check builds again (to compare), which misled.
+    (tmp_path / "d.nix").write_text(NIX)
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "offload", "build", str(tmp_path / "d.nix"), "-A", "a"]
+    argv += ["--argstr", "salt", secrets.token_hex(4), "--builders", "", "--no-out-link"]
+    built = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert built.returncode == 0, built.stderr
+    valid = "nothing to build: every requested output is valid locally"
+    again = " (--check builds them again here, to compare)"
+    for extra, said in (([], f"{valid}\n"), (["--check"], f"{valid}{again}\n")):
+        done = subprocess.run(
+            [*argv, "--dry-run", *extra], capture_output=True, text=True, env=env, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.endswith(said), done.stderr

@@ -111,7 +111,14 @@ def _run(
         if args.dry_run:
             from offload.cli.build_dry import show_dry_run
 
-            return show_dry_run(evaluate(), pool, state, as_json=args.json, backoff=backoff)
+            return show_dry_run(
+                evaluate(),
+                pool,
+                state,
+                as_json=args.json,
+                backoff=backoff,
+                check=args.mode == "check",
+            )
         usable = [
             m for m in pool.machines if m.enabled and m.max_jobs > 0 and m.name not in backoff
         ]

@@ -88,6 +88,7 @@ def show_dry_run(
     *,
     as_json: bool,
     backoff: Mapping[str, Health] | None = None,
+    check: bool = False,  # nix-build --check: what is valid is built again, to compare
 ) -> int:
     """The plan on stderr (or stdout, ``as_json``); 0, as nix-build's dry run, even when no
     machine could build some or all of it: a dry run builds nothing and says what it would,
@@ -117,7 +118,10 @@ def show_dry_run(
     ]
     if not planned and not plan.unplaced:
         if not plan.fetch:
-            print("nothing to build: every requested output is valid locally", file=sys.stderr)
+            again = " (--check builds them again here, to compare)" if check else ""
+            print(
+                f"nothing to build: every requested output is valid locally{again}", file=sys.stderr
+            )
         return 0
     _listed("derivation", "built", planned + plan.unplaced)
     if plan.no_machine is not None:
