@@ -19,9 +19,9 @@ from tests.helpers.offload_run import stop_coordinators
 _WRAPPED = """
 import site, sys
 site.addsitedir(sys.argv[2])  # what nixpkgs' wrapper writes at the top of the script
-from offload.hook import client
+from offload.hook import rendezvous
 state = sys.argv[1]
-sock = client._coordinator(state, client.socket_path(state))
+sock = rendezvous.coordinator(state, rendezvous.socket_path(state))
 sock.close()
 print("connected")
 """

@@ -333,7 +333,7 @@ def test_a_coordinator_that_cannot_take_over_is_said_as_it_ended(
     assert len(said) == 2, err
     assert said[0] == _taken_over(pid), err
     stopped = f"the coordinator stopped before the hook ended (pid {pid}, {ENDED['SIGKILL']})"
-    new = said[1].split(f"{stopped}, and no new one started (the coordinator, pid ", 1)
+    new = said[1].split(f"{stopped}, and none took over (the coordinator, pid ", 1)
     assert len(new) == 2, err
     assert new[1].endswith(
         ", was killed by SIGKILL before it listened; it left no word in its log)"

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from offload.hook.client import COORDINATOR_LOG, send_hello
+from offload.hook.client import send_hello
 from offload.hook.coordinator import stop_coordinators
+from offload.hook.rendezvous import COORDINATOR_LOG, GREETING
 from tests.helpers.hook_runs import HOOK
 from tests.helpers.nix_files import nix_file
 
@@ -53,10 +54,14 @@ def test_no_builders_builds_locally_and_logs_no_failure(tmp_path: Path) -> None:
     assert "a hook failed" not in log.read_text()
 
 
-def test_a_hook_gone_before_its_handover_is_taken_logs_no_failure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("greeted", [True, False], ids=["after-the-greeting", "before-it"])
+def test_a_hook_gone_before_its_handover_is_taken_logs_no_failure(
+    tmp_path: Path, greeted: bool
+) -> None:
     # Nix kills its hooks as it stops (Ctrl-C, another build failing): one may be gone by the
-    # time the coordinator acknowledges its hello. The soak campaign saw "offload coordinator:
-    # a hook failed: BrokenPipeError" in the log for that, a line meant for crashes.
+    # time the coordinator acknowledges its hello (or greets it). The soak campaign saw
+    # "offload coordinator: a hook failed: BrokenPipeError" in the log for that, a line meant
+    # for crashes.
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     path = state / "hook-test.sock"
@@ -72,21 +77,24 @@ def test_a_hook_gone_before_its_handover_is_taken_logs_no_failure(tmp_path: Path
     try:
         with os.fdopen(ready_read, "rb") as ready:
             assert ready.readline() == b"ready\n"
-        _hello_then_gone(path)
+        _hello_then_gone(path, greeted=greeted)
     finally:
         stop_coordinators(state)
         coordinator.wait(timeout=30)
     assert "a hook failed" not in (state / COORDINATOR_LOG).read_text()
 
 
-def _hello_then_gone(path: Path) -> None:
-    """A hook's hello to the coordinator at ``path``, from one that reads nothing more; back
-    once the coordinator has let go of the pipe it was handed (done with this hook)."""
+def _hello_then_gone(path: Path, *, greeted: bool) -> None:
+    """A hook's hello to the coordinator at ``path``, from one that reads nothing more (after
+    its greeting, or not even that); back once the coordinator has let go of the pipe it was
+    handed (done with this hook)."""
     log_read, log_write = os.pipe()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hook:
             hook.connect(str(path))
-            hook.shutdown(socket.SHUT_RD)  # the acknowledgement cannot reach it
+            if greeted:
+                assert hook.recv(1) == GREETING
+            hook.shutdown(socket.SHUT_RD)  # the acknowledgement (or greeting) cannot reach it
             send_hello(hook, {4: log_write}, ["offload-hook"], {}, os.getpid())
             os.close(log_write)
             log_write = -1

@@ -87,8 +87,8 @@ def test_the_coordinator_gives_what_it_starts_the_hooks_own_pythonpath(
 ) -> None:
     # Started with the hook's whole sys.path as PYTHONPATH (nixpkgs' wrapper sets none): an
     # ssh ProxyCommand of another Python read this interpreter's standard library from it.
-    from offload.hook.client import KEPT_PYTHONPATH
     from offload.hook.coordinator import _own_pythonpath
+    from offload.hook.rendezvous import KEPT_PYTHONPATH
 
     monkeypatch.setenv("PYTHONPATH", "/nix/store/x-python3/lib/python3.11")
     monkeypatch.setenv(KEPT_PYTHONPATH, "")

@@ -17,15 +17,14 @@ import pytest
 from offload.hook.client import (
     ANSWERED,
     ASKED,
-    GREETING,
     HELLO_MAGIC,
     REPLYING,
     SETTINGS,
     send_hello,
     served,
-    socket_path,
 )
 from offload.hook.handover import Hello, open_channels, parse_hello, receive_hello
+from offload.hook.rendezvous import GREETING, socket_path
 
 
 def _open_fds() -> set[str]:

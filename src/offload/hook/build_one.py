@@ -61,7 +61,7 @@ async def build_on(
     except asyncio.CancelledError:
         record_build(context, request, name, Outcome(0, started, time.time()), status="cancelled")
         if partial:
-            await context.keep.links.clear_partial(machine, context.env, remote, partial)
+            await context.keep.links.clear_partial(remote, partial)
         raise
     except (OffloadError, OSError) as exc:
         message = exc.message if isinstance(exc, OffloadError) else str(exc)

@@ -28,21 +28,15 @@ ends, and after an accept it says so as Nix reads a hook's lines then (the build
 Before a reply or a reason, it closes the pipe Nix writes its tries to, so that Nix's next try
 finds the hook gone (EPIPE), even while this process is still ending.
 
-The coordinator is started on demand, by the first hook that finds none, under a lock so two
-hooks never start two; it greets every connection with a byte (``GREETING``) before the hook
-hands anything over, and acknowledges every hook it takes with one more, so a hook that
-reached a coordinator just as it shut down (idle) can tell and try again. One that does not
-greet within ``GREETING_TIMEOUT`` (stopped, or hung) is said, and the hook decides in this
-process: none of Nix's pipes is then left in flight in that coordinator's socket, which would
-have kept Nix from seeing this hook's end. If this process is
-killed (SIGTERM, or SIGKILL to its process group), its socket closes and the coordinator stops
-the build it ran for it. When no coordinator can be had at all, the hook is served in this
-process (``offload.hook.serve.in_process``), as slowly as before, rather than not at all.
-Started by a person instead (``--help``, or a terminal on stdin), it answers them
+A coordinator is found, or started on demand, as ``offload.hook.rendezvous`` says; it greets
+every connection before the hook hands anything over (one that does not, in time, is said, and
+the hook decides in this process), and acknowledges every hook it takes with one more byte, so
+a hook that reached a coordinator just as it shut down (idle) can tell and try again. If this
+process is killed (SIGTERM, or SIGKILL to its process group), its socket closes and the
+coordinator stops the build it ran for it. When no coordinator can be had at all, the hook is
+served in this process (``offload.hook.serve.in_process``), as slowly as before, rather than
+not at all. Started by a person instead (``--help``, or a terminal on stdin), it answers them
 (``offload.hook.usage``) and serves nothing.
-
-The socket's name carries the installation (interpreter, package directory, version), so an
-upgraded offload starts a coordinator of its own while the old one finishes and idles out.
 """
 
 from __future__ import annotations
@@ -51,26 +45,17 @@ import _socket  # not `socket`: its import costs more than everything else this 
 import os
 import stat
 import sys
-import zlib
 from collections.abc import Callable
 
-from offload import __version__
 from offload.hook.nix_path import nix_beside_parent
+from offload.hook.rendezvous import COORDINATOR_LOG, coordinator, greeted, log_size, socket_path
 from offload.numerals import is_decimal
-from offload.state_location import HOOK_STATE_NOTE, private_dir, usable_hook_state
-
-# Not typing's: importing it (and re, enum, functools with it) costs each hook about 3 ms.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import subprocess
+from offload.state_location import HOOK_STATE_NOTE, usable_hook_state
 
 __all__ = [
     "ACCEPTED",
     "ANSWERED",
     "ASKED",
-    "COORDINATOR_LOG",
-    "GREETING",
-    "GREETING_TIMEOUT",
     "HELLO_FDS",
     "HELLO_MAGIC",
     "REPLYING",
@@ -80,17 +65,8 @@ __all__ = [
     "from_nix",
     "main",
     "send_hello",
-    "socket_path",
 ]
 
-# The coordinators' stderr, in the state directory (a coordinator writes there only on faults).
-COORDINATOR_LOG = "hook-coordinator.log"
-# Unix socket paths are at most 108 bytes on Linux.
-_MAX_SOCKET = 100
-_READY_TIMEOUT = 20.0
-# A coordinator's first byte to each connection, and how long a hook waits for it.
-GREETING = b"."
-GREETING_TIMEOUT = 10.0
 _ATTEMPTS = 3
 # The pipes Nix gives a hook: requests on stdin, replies on stderr, the build log on fd 4.
 HELLO_FDS = (0, 2, 4)
@@ -106,106 +82,6 @@ ACCEPTED = b"a"  # about to write "# accept": Nix waits for the build's end
 _TURN_BYTES = ASKED + REPLYING + ANSWERED + ACCEPTED
 # And the settings preamble's length in Nix's stdin (4 bytes) once it has been read.
 SETTINGS = b"s"
-
-
-def _digest(text: str) -> str:
-    data = text.encode()
-    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
-
-
-def socket_path(state: str) -> str:
-    """The coordinator's socket for ``state`` and this installation."""
-    here = os.path.dirname(os.path.abspath(__file__))  # noqa: PTH100, PTH120 - no pathlib here
-    path = f"{state}/hook-{_digest(f'{sys.executable}|{here}|{__version__}')}.sock"
-    if len(os.fsencode(path)) <= _MAX_SOCKET:
-        return path
-    tmp = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - a directory checked to be ours
-    short = private_dir(f"{tmp}/offload-hook-{os.getuid()}")
-    return f"{short}/{_digest(path)}.sock"
-
-
-def _connect(path: str) -> _socket.socket | None:
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        return None
-    return sock
-
-
-# The hook's own PYTHONPATH, for the coordinator to put back (empty: none, as Python reads it).
-KEPT_PYTHONPATH = "OFFLOAD_HOOK_PYTHONPATH"
-
-
-def _start(state: str, path: str) -> tuple[subprocess.Popen[bytes], int | None]:
-    """Start a coordinator and wait until it listens (or has died trying); it, and what its
-    log held before."""
-    import select
-    import subprocess
-
-    ready_read, ready_write = os.pipe()
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-    logged = _size(f"{state}/{COORDINATOR_LOG}")
-    log = os.open(f"{state}/{COORDINATOR_LOG}", flags, 0o600)
-    # This process's own import path: nixpkgs' wrapper adds offload and its dependencies from
-    # inside the hook's script (site.addsitedir), so the store's bare Python, started with -m,
-    # found no module named offload, and every hook decided alone.
-    # Its own value is kept for the coordinator to put back: its children (ssh, a ProxyCommand
-    # of another Python) must not get this interpreter's path.
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry),
-        KEPT_PYTHONPATH: os.environ.get("PYTHONPATH", ""),
-    }
-    try:
-        started = subprocess.Popen(
-            [sys.executable, "-m", "offload.hook.coordinator", state, path, str(ready_write)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            pass_fds=(ready_write,),
-            start_new_session=True,  # Nix kills the hook's process group; not the coordinator
-        )
-    finally:
-        os.close(ready_write)
-        os.close(log)
-    try:
-        # One line when it listens; EOF alone when it died first.
-        select.select([ready_read], [], [], _READY_TIMEOUT)
-    finally:
-        os.close(ready_read)
-    return started, logged
-
-
-def _coordinator(state: str, path: str) -> _socket.socket:
-    sock = _connect(path)
-    if sock is not None:
-        return sock
-    import fcntl
-
-    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        sock = _connect(path)  # started by another hook while we waited for the lock
-        if sock is None:
-            started, logged = _start(state, path)
-            sock = _connect(path)
-            if sock is None and started.poll() is None:
-                # Too slow to listen: stopped before the lock goes, or it would bind later
-                # over the socket of the one the next hook starts.
-                started.kill()
-                started.wait()
-    finally:
-        os.close(lock)
-    if sock is None:
-        from offload.hook.stopped import not_started  # only now: a hook's every import costs
-
-        log = f"{state}/{COORDINATOR_LOG}"
-        grew = logged is None or (_size(log) or 0) > logged
-        raise OSError(not_started(started, log if grew else None))
-    return sock
 
 
 def encode_hello(
@@ -241,25 +117,11 @@ def send_hello(
         sock.sendall(len(resume).to_bytes(4, "big") + resume)
 
 
-def _greeted(sock: _socket.socket) -> bool:
-    """Whether the coordinator greets us (not: it closed, idle); OSError if it says nothing
-    within ``GREETING_TIMEOUT`` (its process stopped, or hung)."""
-    sock.settimeout(GREETING_TIMEOUT)
-    try:
-        return sock.recv(1) == GREETING
-    except TimeoutError:
-        from offload.hook.stopped import not_greeting  # only now: a hook's every import costs
-
-        raise OSError(not_greeting(sock, GREETING_TIMEOUT)) from None
-    finally:
-        sock.settimeout(None)
-
-
 def _hand_over(sock: _socket.socket, env: dict[str, str], resume: bytes | None) -> int | None:
     """Pass our pipes and context: the write end of the pipe handed over for stdin once the
     coordinator has taken them, else None."""
     try:
-        if not _greeted(sock):
+        if not greeted(sock):
             return None
     except ConnectionError:
         return None
@@ -371,9 +233,10 @@ def served(
     our pipes (it idled out as we reached it, its backlog reset): ask again. Once it has
     taken them, only it may answer Nix: should it die, ``successor`` gives a new one to take
     over (with ``resume``, what Nix said before), else its failure is ours. ``log``, the
-    coordinators' log: whether it died with a word there is said."""
+    coordinators' log: whether it died with a word there is said. OSError when it does not
+    greet us in time (``rendezvous.greeted``): the hook then decides alone."""
     env = dict(os.environ) if env is None else env
-    logged = _size(log)  # what its log held before it served us
+    logged = log_size(log)  # what its log held before it served us
     try:
         forward = _hand_over(sock, env, resume)
     except ConnectionError:
@@ -387,28 +250,19 @@ def served(
     # Only now: a hook's every import costs.
     from offload.hook.stopped import say_stopped, say_taken_over, why_stopped
 
-    why = why_stopped(sock, logged, _size(log))
+    why = why_stopped(sock, logged, log_size(log))
     replay = heard.resume()
     if successor is not None and replay is not None:
         say_taken_over(why)
         try:
             code = _take_over(successor, env, replay, log)
         except OSError as exc:  # none could be started: how that one ended too
-            why = f"{why}, and no new one started ({exc})"
+            why = f"{why}, and none took over ({exc})"
             code = None
         if code is not None:
             return code
     say_stopped(heard.turn, try_pending=heard.try_pending, why=why)
     return 1
-
-
-def _size(path: str | None) -> int | None:
-    if path is None:
-        return None
-    try:
-        return os.stat(path).st_size  # noqa: PTH116 - no pathlib in the hook process
-    except OSError:
-        return 0
 
 
 def _wait_for_code(sock: _socket.socket, heard: _Heard, forward: int) -> int | None:
@@ -465,7 +319,7 @@ def _take_over(
     successor: Callable[[], _socket.socket], env: dict[str, str], replay: bytes, log: str | None
 ) -> int | None:
     """The exit code once a new coordinator has served the rest; None if none took over
-    (OSError: none could be had, ``_coordinator``'s words)."""
+    (OSError: none could be had, ``rendezvous.coordinator``'s words)."""
     # The dead one's socket may still take a connection as its process ends: asked again.
     for _ in range(_ATTEMPTS):
         sock = successor()
@@ -507,9 +361,9 @@ def _main() -> int:
                 env[HOOK_STATE_NOTE] = note
             path = socket_path(state)
             for _ in range(_ATTEMPTS):
-                sock = _coordinator(state, path)
+                sock = coordinator(state, path)
                 try:
-                    again = lambda: _coordinator(state, path)  # noqa: E731 - one use
+                    again = lambda: coordinator(state, path)  # noqa: E731 - one use
                     log = f"{state}/{COORDINATOR_LOG}"
                     if (code := served(sock, env, successor=again, log=log)) is not None:
                         return code

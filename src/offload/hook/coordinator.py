@@ -38,19 +38,12 @@ import sys
 import time
 from pathlib import Path
 
-from offload.hook.client import (
-    ACCEPTED,
-    ANSWERED,
-    ASKED,
-    GREETING,
-    KEPT_PYTHONPATH,
-    REPLYING,
-    SETTINGS,
-)
+from offload.hook.client import ACCEPTED, ANSWERED, ASKED, REPLYING, SETTINGS
 from offload.hook.coordinator_log import configure, note
-from offload.hook.handover import Channels, Hello, open_channels, receive_hello
+from offload.hook.handover import Channels, Hello, open_channels, peer_is_us, receive_hello
 from offload.hook.home import sweep_leftovers
 from offload.hook.keep import Keep
+from offload.hook.rendezvous import GREETING, KEPT_PYTHONPATH
 from offload.hook.serve import Hook, serve
 from offload.hook.wire import Turn
 from offload.procfs import running
@@ -93,7 +86,8 @@ class Coordinator:
                 self._stop.set()
             finally:
                 os.close(ready_fd)
-        sweep_leftovers()
+        # In a thread: a large store's scan must not keep the first hooks from their greeting.
+        sweeping = asyncio.create_task(asyncio.to_thread(sweep_leftovers))
         accepting = asyncio.create_task(self._accept(self._server))
         self._arm_idle()
         try:
@@ -103,7 +97,7 @@ class Coordinator:
             accepting.cancel()
             for task in list(self._served):
                 task.cancel()
-            await asyncio.wait([accepting, *self._served])
+            await asyncio.wait([accepting, sweeping, *self._served])
             await self.keep.aclose()
             self._forget_pid()
 
@@ -154,7 +148,8 @@ class Coordinator:
             except OSError as exc:
                 # Out of descriptors (EMFILE, ENFILE) or memory: one failure ended the loop,
                 # and every hook after it waited for good. It waits in the backlog until a
-                # build ends and frees some.
+                # build ends and frees some, for up to its greeting's timeout; then it decides
+                # alone (``rendezvous``).
                 if not failing:
                     note(f"cannot take a hook now ({exc.strerror or exc}); trying again")
                 failing = True
@@ -208,6 +203,8 @@ class Coordinator:
     async def _connection(self, conn: socket.socket) -> None:
         with conn:
             conn.setblocking(False)
+            if not peer_is_us(conn):  # only the user's own hooks are greeted, or heard
+                return
             try:
                 # Before the hook hands its pipes over: one not greeted in time decides alone,
                 # and none of Nix's pipes is left in flight in a socket of this process.
@@ -351,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _own_pythonpath() -> None:
-    """The environment without the import path the hook gave this process (``client._start``),
+    """The environment without the import path the hook gave this process (``rendezvous._start``),
     so that what it starts gets the hook's own: a ProxyCommand of another Python read this
     interpreter's standard library."""
     kept = os.environ.pop(KEPT_PYTHONPATH, None)

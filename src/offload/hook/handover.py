@@ -34,7 +34,7 @@ from offload.hook.serve import error_line
 from offload.hook.wire import HookIO, Sink, fd_sink
 from offload.typing_compat import override
 
-__all__ = ["Channels", "Hello", "open_channels", "parse_hello", "receive_hello"]
+__all__ = ["Channels", "Hello", "open_channels", "parse_hello", "peer_is_us", "receive_hello"]
 
 _MAX_HELLO = 4 << 20  # an environment is a few KiB; this is not one
 _MAX_FDS = 3
@@ -66,7 +66,9 @@ async def _readable(conn: socket.socket) -> None:
         loop.remove_reader(conn.fileno())
 
 
-def _peer_is_us(conn: socket.socket) -> bool:
+def peer_is_us(conn: socket.socket) -> bool:
+    """Whether the process at ``conn``'s other end runs as this user (only the user's own
+    hooks talk here)."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, uid, _ = struct.unpack("3i", creds)
     return bool(uid == os.getuid())
@@ -122,7 +124,7 @@ async def receive_hello(conn: socket.socket) -> Hello | None:
     """The hook's hello with its pipes, or None (and nothing kept open) if it is not one."""
     received: list[int] = []
     try:
-        if not _peer_is_us(conn):
+        if not peer_is_us(conn):
             return None
         await _readable(conn)
         head, received, _, _ = socket.recv_fds(conn, 4, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)

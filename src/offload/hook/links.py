@@ -112,6 +112,10 @@ class BuilderLinks:
         # session closed after its linger or its turn goes, and its entry with it (12 KB each,
         # a new one every turn of every busy slot, kept for a coordinator's life).
         self._answered: weakref.WeakKeyDictionary[StoreClient, float] = weakref.WeakKeyDictionary()
+        # The link each lent session came from: its cleanup goes through that one.
+        self._lent_by: weakref.WeakKeyDictionary[StoreClient, tuple[SharedSshTransport, Link]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._noted: set[str] = set()  # restricted builders already told of
         self._keys_noted: set[tuple[str, str]] = set()  # (builder, key file) looked at
         # Sessions lent before: one never lent was handshaken just now and needs no ping.
@@ -198,6 +202,7 @@ class BuilderLinks:
             lent = False
             try:
                 async with link.build_session(on_wait=full) as client:
+                    self._lent_by[client] = (transport, link)
                     self._learned(machine.name, link)
                     if not self._fresh(client):
                         try:
@@ -221,21 +226,26 @@ class BuilderLinks:
             else:
                 return
 
-    async def clear_partial(
-        self, machine: Machine, env: Mapping[str, str], client: StoreClient, paths: Sequence[str]
-    ) -> None:
+    async def clear_partial(self, client: StoreClient, paths: Sequence[str]) -> None:
         """A build stopped mid-way (Nix gone: Ctrl-C, SIGTERM; the coordinator stopping):
         ``client``'s remote process stopped first (it holds them as temporary roots), then what
-        it left half-written of ``paths`` deleted there, the last begun first, bounded as
-        ``offload build``'s (``scheduler.run.copy``): a builder that does not answer keeps
-        them for its garbage collector."""
-        transport, link = self._link(machine, env)
+        it left half-written of ``paths`` deleted there, the last begun first, as ``offload
+        build``'s copies are (``scheduler.run.copy``): over the link that lent ``client``,
+        never one made since (an edited line or ssh config), the deletion bounded; not after a
+        stop that failed (its process may hold them still: the builder's GC takes them)."""
+        lent = self._lent_by.get(client)
+        if lent is None:
+            return
+        transport, link = lent
         # What Nix says there as it is stopped ("interrupted by the user") is no line of the
         # build's: nobody interrupted the user's nix-build (``session``).
         client.on_log = None
+        try:
+            await link.cancel(client)  # bounded by the kill's own timeout
+        except OffloadError:
+            return
         with contextlib.suppress(TimeoutError, OffloadError, OSError):
             async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
-                await link.cancel(client)
                 await transport.remove_partial(paths[::-1])
 
     async def wait_for_slot(self, machine: Machine, env: Mapping[str, str]) -> None:

@@ -21,9 +21,10 @@ import subprocess
 import sys
 import time
 
-from offload.hook.client import _READY_TIMEOUT, ACCEPTED, ANSWERED, COORDINATOR_LOG
+from offload.hook.client import ACCEPTED, ANSWERED
+from offload.hook.rendezvous import COORDINATOR_LOG, READY_TIMEOUT
 
-__all__ = ["not_started", "say_stopped", "say_taken_over", "why_stopped"]
+__all__ = ["not_greeting", "not_started", "say_stopped", "say_taken_over", "why_stopped"]
 
 _POSTPONE = "# postpone\n"
 # How long a coordinator this hook started, its socket closed, may take to end.
@@ -70,7 +71,7 @@ def not_started(started: subprocess.Popen[bytes], log: str | None) -> str:
         code = None
     who = f"the coordinator, pid {started.pid},"
     if code is None:
-        said = f"{who} did not listen within {_READY_TIMEOUT:g} s"
+        said = f"{who} did not listen within {READY_TIMEOUT:g} s"
     elif code < 0:
         said = f"{who} was killed by {_signal_name(-code)} before it listened"
     else:
@@ -99,14 +100,16 @@ def say_stopped(turn: bytes, *, try_pending: bool, why: str) -> None:
     sys.stderr.write((_POSTPONE if waits else "") + stopped + "\n")
 
 
-def not_greeting(sock: _socket.socket, waited: float) -> str:
+def not_greeting(sock: _socket.socket, waited: float, *, taken: bool = True) -> str:
     """Why this hook decides alone: the coordinator at ``sock``'s other end (its pid, where
-    known) took its connection and said nothing for ``waited`` seconds."""
+    known) said nothing for ``waited`` seconds, or (``taken`` False) took no connection for
+    as long (its backlog full)."""
     pid = _peer(sock)
     who = "the coordinator" if pid is None else f"the coordinator, pid {pid},"
+    what = "did not answer" if taken else "took no connection"
     return (
-        f"{who} did not answer within {waited:g} s (stopped, or hung: ending it lets the"
-        " next hook start a new one)"
+        f"{who} {what} within {waited:g} s (stopped, hung or busy: its log is {COORDINATOR_LOG}"
+        " in the state directory)"
     )
 
 
