@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
 
-from offload.config.machines.check import key_missing, key_too_open
 from offload.config.pool import Pool
 from offload.errors import SchedulerError
 from offload.load import RemoteLoad
@@ -24,7 +23,7 @@ from offload.slots import slot_key
 from offload.tasks import wait_all
 from offload.transport.links import Link, LocalLink, MachineLink, early
 from offload.transport.sessions import open_lane
-from offload.transport.ssh_keys import key_place, missing_key_note, open_key_note
+from offload.transport.ssh_keys import key_note
 from offload.ui.events import Event, MachineEvent
 
 __all__ = [
@@ -175,15 +174,9 @@ def tell_missing_keys(pool: Pool, answered: Collection[str], emit: Callable[[Eve
     on with another key, without a word. (One that did not answer for it is down, and its
     reason says what is wrong with the file.)"""
     for machine in pool.machines:
-        if machine.name not in answered or not machine.ssh_key:
-            continue
-        if key_missing(machine):
-            note = missing_key_note(machine.ssh_key, key_place(machine))
-        elif machine.is_ssh and key_too_open(machine.ssh_key):
-            note = open_key_note(machine.ssh_key, key_place(machine))
-        else:
-            continue
-        emit(MachineEvent(machine.name, "key", note, None, time.time()))
+        note = key_note(machine) if machine.name in answered else None
+        if note is not None:
+            emit(MachineEvent(machine.name, "key", note, None, time.time()))
 
 
 def tell_unstopped(members: list[PoolMember], emit: Callable[[Event], None]) -> None:

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offload.config.machines import Machine
-from offload.config.machines.check import key_missing, key_too_open
 from offload.errors import OffloadError, SshError, TransportError
 from offload.hook.loads import HookLoads
 from offload.names import LOCAL
@@ -56,7 +55,7 @@ from offload.transport.links import BuilderFullError, Link
 from offload.transport.persist import config_stamp, control_dir
 from offload.transport.shared import SharedSshTransport
 from offload.transport.ssh import split_sshopts, ssh_target
-from offload.transport.ssh_keys import key_place, missing_key_note, open_key_note
+from offload.transport.ssh_keys import key_note
 
 __all__ = [
     "FRESH_SECONDS",
@@ -292,13 +291,9 @@ class BuilderLinks:
         key = machine.ssh_key
         if key and (machine.name, key) not in self._keys_noted:
             self._keys_noted.add((machine.name, key))
-            if key_missing(machine):
-                note = missing_key_note(key, key_place(machine))
-            elif key_too_open(key):
-                note = open_key_note(key, key_place(machine))
-            else:
-                return
-            on_log(f"offload: builder '{machine.name}': {note}")
+            note = key_note(machine)
+            if note is not None:
+                on_log(f"offload: builder '{machine.name}': {note}")
 
     def _tell_load(self, name: str, on_log: Callable[[str], None]) -> None:
         """A change of the builder's usable slots for its load, once, in a build's log there."""

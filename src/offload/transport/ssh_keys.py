@@ -38,7 +38,7 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from offload.config.machines.check import expanded
+from offload.config.machines.check import expanded, key_missing, key_too_open
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -48,6 +48,7 @@ __all__ = [
     "encrypted_key",
     "has_passphrase",
     "key_fix",
+    "key_note",
     "key_place",
     "key_trouble",
     "missing_key_note",
@@ -130,6 +131,20 @@ def key_fix(trouble: KeyTrouble, key: str | None, place: str) -> tuple[str, str]
     if trouble.reason == "bad permissions":
         return what, f"chmod 600 {trouble.path}"
     return what, f"name the private key (not its .pub) in {where}"
+
+
+def key_note(machine: Machine) -> str | None:
+    """What is said of ``machine`` once ssh logged in there: the key file its line names
+    does not exist, or ssh ignored it as too open (either way ssh went on with another key,
+    without a word); None when the file is as ssh wants it, or none is named."""
+    key = machine.ssh_key
+    if not key:
+        return None
+    if key_missing(machine):
+        return missing_key_note(key, key_place(machine))
+    if machine.is_ssh and key_too_open(key):
+        return open_key_note(key, key_place(machine))
+    return None
 
 
 def missing_key_note(key: str, place: str) -> str:
