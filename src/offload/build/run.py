@@ -124,8 +124,7 @@ async def run_build(
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")), joining=late,
                 home=None if fetch_all else {drv for drv, _ in roots}, explain=_explainer(pool),
                 build_options=options, local_boot_id=local_boot_id(), keep_going=keep_going,
-                after_home=after_home, faults_here=local_faults,
-                stranded_hint=pool.stranded_hint(),
+                after_home=after_home, faults_here=local_faults, stranded_hint=pool.stranded_hint(),
             )  # fmt: skip
             # As just reported, then at every session start: busy builders get fewer slots.
             follow_loads(members, executor.loads.reported)

@@ -49,12 +49,6 @@ __all__ = ["MAX_LOSSES", "Executor"]
 
 logger = logging.getLogger(__name__)
 
-# Work left that no machine can take: a run given no pool to say how this host could build.
-STRANDED_HINT = (
-    "check the builders with `ssh` or `offload machines`; naming a builder with --on retries "
-    "it at once"
-)
-
 
 class Executor(Endings):
     def __init__(
@@ -81,7 +75,7 @@ class Executor(Endings):
         build_options: BuildOptions | None = None,
         local_boot_id: str | None = None,  # this host's kernel (offload.load)
         after_home: AfterHome | None = None,
-        stranded_hint: str = STRANDED_HINT,  # the pool's (``Pool.stranded_hint``)
+        stranded_hint: str | None = None,  # work left no machine can take: ``Pool``'s
     ) -> None:
         self.plan = plan
         self.members = {m.spec.name: m for m in members}
