@@ -504,3 +504,8 @@ def test_a_build_hook_given_is_said_unused(project: Path) -> None:
         assert done.returncode == 0, done.stderr
         said = [line for line in done.stderr.splitlines() if "build-hook" in line]
         assert said == [UNUSED_HOOK]
+    done = _run(
+        [*OFFLOAD, *COMMON, "--build-hook", "", "-A", "ok", "--argstr", "nonce", "no"], project
+    )
+    assert done.returncode == 0, done.stderr
+    assert "build-hook" not in done.stderr  # no hook given: nothing unused

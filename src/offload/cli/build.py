@@ -85,12 +85,12 @@ def _warn_unused(args: argparse.Namespace) -> None:
     """A setting given on the command line that offload build has no use for, said: Nix's
     build hook (nix-build with `--build-hook X` runs X; offload schedules every build itself,
     and X never runs). From nix.conf, where a hook such as offload-hook is set for every
-    nix-build, it is not worth a word."""
-    if any(name == "build-hook" for name, _ in args.option or ()):
-        print(
+    nix-build, or given empty (no hook), it is not worth a word. As Nix's message with
+    ``--log-format internal-json``, as the run's other warnings."""
+    if any(name == "build-hook" and value.strip() for name, value in args.option or ()):
+        _said_once(set(), nix_json=nix_json(args))(
             "warning: build-hook is not used: offload build schedules the builds itself (the"
-            " hook is for nix-build and the daemon: `offload hook install --print`)",
-            file=sys.stderr,
+            " hook is for nix-build and the daemon: `offload hook install --print`)"
         )
 
 
