@@ -393,3 +393,23 @@ def test_fixture_machines_file():
     assert "@more.machines is relative: read from the current directory here (" in warnings[0]
     assert "where Nix's build hook reads it from /: write an absolute path" in warnings[0]
     assert f"{FIXTURES}/does-not-exist.machines does not exist" in warnings[2]
+
+
+def test_a_relative_include_read_from_root_is_said_as_nix_reads_it() -> None:
+    # Under offload-hook, started in / as Nix starts its hook, the warning said it was read
+    # "from the current directory here (more.machines), where Nix's build hook reads it
+    # from /": the same place, worded as two.
+    read: list[str] = []
+
+    def files(path: str) -> str | None:
+        read.append(path)
+        return None
+
+    _, warnings = parse_machines(
+        "@more.machines", source="s", system=SYSTEM, read_file=files, base_dir=Path("/")
+    )
+    assert read == ["/more.machines"]
+    assert warnings[0] == (
+        "s:1: @more.machines is relative: read from / (/more.machines), as Nix's build hook"
+        " reads it: write an absolute path"
+    )

@@ -88,11 +88,7 @@ class _Parser:
             return
         path = posixpath.normpath(posixpath.join(self.base_dir, target))
         if not target.startswith("/"):
-            self.out.warnings.append(
-                f"{where}: @{shown(target)} is relative: read from the current directory here "
-                f"({shown(path, 200)}), where Nix's build hook reads it from /: write an "
-                "absolute path"
-            )
+            self.out.warnings.append(_relative_said(where, target, self.base_dir, path))
         if path in stack:
             chain = " -> ".join(shown(p, 200) for p in (*stack, path))
             raise ConfigError(
@@ -114,6 +110,22 @@ class _Parser:
                 )
             return
         self.parse(text, path, (*stack, path), labels=True)
+
+
+def _relative_said(where: str, target: str, base_dir: str, path: str) -> str:
+    """A relative ``@target``, said with where it was read (``path``): from the current
+    directory, where Nix's build hook reads it from / (Nix starts its hook there, daemon or
+    not); under offload-hook, whose directory is / as well, as Nix reads it."""
+    full = shown(posixpath.abspath(path), 200)
+    if posixpath.abspath(base_dir) == "/":
+        return (
+            f"{where}: @{shown(target)} is relative: read from / ({full}), as Nix's build hook"
+            " reads it: write an absolute path"
+        )
+    return (
+        f"{where}: @{shown(target)} is relative: read from the current directory here ({full}),"
+        " where Nix's build hook reads it from /: write an absolute path"
+    )
 
 
 def read_machines(
