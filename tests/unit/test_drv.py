@@ -165,6 +165,7 @@ def _with_env(env: dict[str, str]) -> Derivation:
         ('{"requiredSystemFeatures": "kvm"}', "required_features", "list of strings"),
         ('{"requiredSystemFeatures": [1]}', "required_features", "list of strings"),
         ('{"preferLocalBuild": "1"}', "prefer_local_build", "must be a boolean"),
+        ('{"allowSubstitutes": 0}', "allow_substitutes", "must be a boolean"),
     ],
 )
 def test_bad_structured_attrs(json_text: str, attribute: str, reason: str) -> None:
@@ -403,3 +404,21 @@ def test_store_derivations_round_trip(tmp_path: Path) -> None:
     b_drv = read_derivation(next(p for p in created if p.endswith("-offload-test-b.drv")))
     assert b_drv.env["note"] == "line\nline"
     assert list(b_drv.input_drvs.values()) == [("doc",)]
+
+
+@pytest.mark.parametrize(
+    ("env", "allowed"),
+    [
+        ({}, True),  # Nix's default
+        ({"allowSubstitutes": "1"}, True),
+        ({"allowSubstitutes": ""}, False),  # `allowSubstitutes = false` in a plain env
+        ({"allowSubstitutes": "true"}, False),  # Nix reads only "1" as true there
+        ({"__json": '{"allowSubstitutes": false}'}, False),
+        ({"__json": '{"allowSubstitutes": true}'}, True),
+        ({"__json": "{}"}, True),
+    ],
+)
+def test_allow_substitutes_is_read_as_nix_reads_it(env: dict[str, str], allowed: bool) -> None:
+    # Nix's getBoolAttr: a plain env's "1" is true and anything else false; structured attrs
+    # a JSON boolean; unset, true.
+    assert _with_env(env).allow_substitutes is allowed
