@@ -191,6 +191,11 @@ def test_with_no_substituters_the_cache_is_not_used_and_both_are_built(project):
 
 def test_a_cache_with_only_the_input_gives_the_input_and_the_top_is_built(project):
     top, dep = _cache_then_delete(project, "dep")
+    _input_substituted_top_built(project, top, dep)
+
+
+def _input_substituted_top_built(project: Project, top: str, dep: str) -> None:
+    """A run from the cache: ``dep`` comes from it, ``top`` is built again (only it)."""
     done = project.offload(*project.from_cache())
     assert done.returncode == 0, done.stderr
     assert _valid(top)
@@ -205,13 +210,7 @@ def test_a_derivation_that_disallows_substitutes_is_built_though_the_cache_has_i
     # builds it and takes its input from the cache; offload substituted it from the cache.
     project.more = ("--arg", "topSubstitutes", "false")
     top, dep = _cache_then_delete(project, "top", "dep")
-    done = project.offload(*project.from_cache())
-    assert done.returncode == 0, done.stderr
-    assert _valid(top)
-    assert _valid(dep)
-    assert (project.builds("sub-dep"), project.builds("sub-top")) == (1, 2)  # top again only
-    statuses = {name: job["status"] for name, job in _finished(done.stdout).items()}
-    assert statuses == {"sub-dep": "substituted", "sub-top": "built"}
+    _input_substituted_top_built(project, top, dep)
     _delete(top, dep)  # and so does nix-build
     project.nix_build_from_cache("top")
     assert (project.builds("sub-dep"), project.builds("sub-top")) == (1, 3)
