@@ -156,13 +156,7 @@ class Derivation:
 
     @property
     def prefer_local_build(self) -> bool:
-        attrs = self._structured_attrs()
-        if attrs is None:
-            return self.env.get("preferLocalBuild") == "1"
-        value = attrs.get("preferLocalBuild", False)
-        if not isinstance(value, bool):
-            raise StoreError(f"derivation {self.name!r}: preferLocalBuild must be a boolean")
-        return value
+        return self._bool_attr("preferLocalBuild", default=False)
 
     @property
     def allow_substitutes(self) -> bool:
@@ -170,12 +164,17 @@ class Derivation:
         taken from a binary cache. ``writeText``, ``runCommandLocal`` and other builds cheaper
         than their download set it false, and Nix builds them (unless its
         ``always-allow-substitutes`` setting, where the local Nix has one, is true)."""
+        return self._bool_attr("allowSubstitutes", default=True)
+
+    def _bool_attr(self, name: str, *, default: bool) -> bool:
+        """A boolean attribute as Nix's ``getBoolAttr`` reads it: from a plain environment
+        "1" is true and anything else false; from structured attrs, a JSON boolean."""
         attrs = self._structured_attrs()
         if attrs is None:
-            return self.env.get("allowSubstitutes", "1") == "1"
-        value = attrs.get("allowSubstitutes", True)
+            return self.env.get(name, "1" if default else "") == "1"
+        value = attrs.get(name, default)
         if not isinstance(value, bool):
-            raise StoreError(f"derivation {self.name!r}: allowSubstitutes must be a boolean")
+            raise StoreError(f"derivation {self.name!r}: {name} must be a boolean")
         return value
 
     @property
