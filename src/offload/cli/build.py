@@ -73,22 +73,22 @@ def run(args: argparse.Namespace) -> int:
     what = _installables(args)
     sources(what)  # a missing FILE is reported before the pool is loaded
     pool = pool_from_args(args)
-    _warn_unused(args)
     said = {f"warning: {w}" for w in pool.nix_settings.warnings}
-    # Nix evaluates from here on, while offload connects and imports the rest of itself.
     say = _said_once(said, nix_json=nix_json(args))
+    _warn_unused(args, say)
+    # Nix evaluates from here on, while offload connects and imports the rest of itself.
     with Evaluation(what, env=pool.local_env(), say=say) as evaluation:
         return _run(args, pool, _marked(evaluation.roots), evaluation.give_up)
 
 
-def _warn_unused(args: argparse.Namespace) -> None:
+def _warn_unused(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     """A setting given on the command line that offload build has no use for, said: Nix's
     build hook (nix-build with `--build-hook X` runs X; offload schedules every build itself,
     and X never runs). From nix.conf, where a hook such as offload-hook is set for every
-    nix-build, or given empty (no hook), it is not worth a word. As Nix's message with
-    ``--log-format internal-json``, as the run's other warnings."""
+    nix-build, or given empty (no hook), it is not worth a word. Said by ``say``, as the
+    run's other warnings (Nix's message with ``--log-format internal-json``)."""
     if any(name == "build-hook" and value.strip() for name, value in args.option or ()):
-        _said_once(set(), nix_json=nix_json(args))(
+        say(
             "warning: build-hook is not used: offload build schedules the builds itself (the"
             " hook is for nix-build and the daemon: `offload hook install --print`)"
         )
