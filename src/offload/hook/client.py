@@ -119,11 +119,8 @@ def send_hello(
 
 def _hand_over(sock: _socket.socket, env: dict[str, str], resume: bytes | None) -> int | None:
     """Pass our pipes and context: the write end of the pipe handed over for stdin once the
-    coordinator has taken them, else None."""
-    try:
-        if not greeted(sock):
-            return None
-    except ConnectionError:
+    coordinator has taken them, else None (ConnectionError: it went away meanwhile)."""
+    if not greeted(sock):
         return None
     pipes = {fd: fd for fd in HELLO_FDS if _is_open(fd)}
     forward = None
