@@ -132,6 +132,16 @@ def _finished(stdout: str) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in events if e["event"] == "job_finished"}
 
 
+@pytest.fixture(autouse=True)
+def _nix_cache_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's Nix remembers the binary caches it opened in a cache directory of its own.
+    Nix keeps for 7 days a cache it opened (by its URL) and skips its nix-cache-info after:
+    the loopback port of a cache one test served and stopped, drawn again as another test's
+    refusing port, had that test's Nix ask the refused port for narinfos as for a cache known
+    to be up, and fail where the test expects the cache left out."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Project]:
     # Builders run as nixbld users: the marker directory must be theirs to write, and reachable.
