@@ -9,7 +9,7 @@ import pytest
 
 from offload.build.faults import HOOK_LEAVE_OUT, explain
 from offload.config.machines import Machine, parse_machines
-from offload.transport.links.ssh_master import _ssh_hint
+from offload.transport.links.ssh_errors import ssh_hint
 
 LINES = "ssh://a x86_64-linux\nssh://b x86_64-linux\nssh://dfnohost.example x86_64-linux\n"
 
@@ -74,7 +74,7 @@ def test_what_is_not_a_connection_is_left_as_it_is() -> None:
 def test_the_transports_hint_for_a_name_that_does_not_resolve_is_about_the_name() -> None:
     # The hint an SshError carries where no machines line is at hand (setup's probes, say).
     tail = "ssh: Could not resolve hostname b.example.org: Name or service not known"
-    assert _ssh_hint(tail) == (
+    assert ssh_hint(tail) == (
         "check the host name (machines line, or the ssh config's HostName), or --exclude it"
     )
 
@@ -124,7 +124,7 @@ def test_an_option_ssh_refuses_in_nix_sshopts_is_said_to_be_there(words: str) ->
         f"ssh refused an option of NIX_SSHOPTS ({words}); fix or remove it there "
         "(`ssh -G $NIX_SSHOPTS a` shows how ssh reads them)"
     )
-    assert _ssh_hint(words) == "ssh refused an option of NIX_SSHOPTS: fix or remove it there"
+    assert ssh_hint(words) == "ssh refused an option of NIX_SSHOPTS: fix or remove it there"
 
 
 @pytest.mark.parametrize(

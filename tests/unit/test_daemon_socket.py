@@ -12,7 +12,7 @@ from offload.doctor.facts import nix_check, serve_check
 from offload.doctor.model import Verdict
 from offload.doctor.reach import ssh_check
 from offload.transport.daemon_socket import DaemonTrouble, daemon_trouble
-from offload.transport.links.ssh_master import _ssh_hint
+from offload.transport.links.ssh_errors import ssh_hint
 from offload.transport.ssh_keys import refused_by_ssh
 
 SOCKET = "/nix/var/nix/daemon-socket/socket"
@@ -98,7 +98,7 @@ def test_offload_build_says_the_daemon_not_the_key() -> None:
     assert why.startswith(f"the builder's Nix cannot reach its daemon: {STAT_28}; ")
     assert "adduser builder nix-users" in why
     assert "refused" not in why
-    assert "add it to the group that owns /nix/var/nix/daemon-socket" in _ssh_hint(STAT_28)
+    assert "add it to the group that owns /nix/var/nix/daemon-socket" in ssh_hint(STAT_28)
     # ssh's own refusal is still the key's.
     refused = explain(machine(), f"cannot connect to builder 'a' (builder@a): {DENIED}")
     assert refused.startswith("the builder refused the ssh keys offered")

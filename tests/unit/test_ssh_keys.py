@@ -9,7 +9,7 @@ from offload.build.faults import explain
 from offload.config.machines import Machine, parse_machines
 from offload.config.pool import apply_toml
 from offload.config.settings import parse_offload_toml
-from offload.transport.links.ssh_master import _ssh_hint
+from offload.transport.links.ssh_errors import ssh_hint
 from offload.transport.ssh_keys import (
     KeyTrouble,
     key_fix,
@@ -141,6 +141,6 @@ def test_a_refused_key_the_machines_line_does_not_name_is_not_called_a_default_o
 
 def test_the_transports_hint_says_the_key_file_is_missing() -> None:
     # The hint an SshError carries where no machines line is at hand (setup's probes, say).
-    hint = _ssh_hint(link_error(MISSING))
+    hint = ssh_hint(link_error(MISSING))
     assert hint == "ssh key file /k/nosuchkey does not exist: check column 3 of machines"
-    assert "authorized_keys" in _ssh_hint(link_error(DENIED))
+    assert "authorized_keys" in ssh_hint(link_error(DENIED))

@@ -6,8 +6,9 @@ process tree when a request was cut short, or on ``link.cancel(client)``.
 
 Where the sessions come from is a ``SessionTransport`` (``base``): ``SshTransport``
 (``ssh_master``: one ControlMaster connection per builder, sessions multiplexed over it, remote
-kills sent over it too) or ``LocalTransport`` (``local``: a local ``nix-store --serve
---write``). ``MachineLink`` (``machine``) and ``LocalLink`` are links over each.
+kills sent over it too; ``ssh_errors``: its failures said from ssh's words, with the fix) or
+``LocalTransport`` (``local``: a local ``nix-store --serve --write``). ``MachineLink``
+(``machine``) and ``LocalLink`` are links over each.
 """
 
 from offload.transport.links.base import (

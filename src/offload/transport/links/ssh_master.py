@@ -37,10 +37,8 @@ from typing import Any
 
 from offload.errors import SshError, TransportError
 from offload.process import run_async, spawn
-from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.tasks import stop
 from offload.transport.ciphers import offered_ciphers
-from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import SERVE, Dialect
 from offload.transport.links.base import (
     CONTROL_TIMEOUT,
@@ -50,6 +48,7 @@ from offload.transport.links.base import (
     drain_dead,
     open_serve,
 )
+from offload.transport.links.ssh_errors import shell_noise, ssh_error
 from offload.transport.persist import PERSIST_SECONDS, SharedPaths, master_alive, pin_error
 from offload.transport.scratch import private_dir
 from offload.transport.ssh import (
@@ -59,13 +58,10 @@ from offload.transport.ssh import (
     known_hosts_line,
     master_argv,
     remote_command,
-    said_lines,
     serve_argv,
     ssh_argv,
     ssh_keepalive,
 )
-from offload.transport.ssh_keys import key_trouble, refused_by_ssh
-from offload.transport.ssh_options import option_refused
 from offload.transport.wrapper import NO_CLIENT, kill_script
 
 __all__ = ["SshTransport"]
@@ -76,27 +72,6 @@ _MASTER_EXIT = 2.0
 _AUTH_SLACK = 15.0
 # A remote stop after the connection was lost: ssh's ConnectTimeout (it covers the banner too).
 KILL_CONNECT_TIMEOUT = 3
-
-
-def _ssh_hint(tail: str) -> str:
-    if option_refused(tail) is not None:
-        return "ssh refused an option of NIX_SSHOPTS: fix or remove it there"
-    if "Host key verification failed" in tail or "REMOTE HOST IDENTIFICATION" in tail:
-        return "the builder's host key does not match the pinned one (column 8 of machines)"
-    daemon = daemon_trouble(tail)
-    if daemon is not None:
-        return daemon.fix(None)
-    refused = refused_by_ssh(tail)
-    trouble = key_trouble(tail)
-    if trouble is not None and refused:
-        return f"ssh key file {trouble.path} {trouble.said()}: check column 3 of machines"
-    if refused:
-        return "check the ssh key (column 3 of machines) and the builder's authorized_keys"
-    if "Could not resolve hostname" in tail:
-        return "check the host name (machines line, or the ssh config's HostName), or --exclude it"
-    if "Connection refused" in tail or "timed out" in tail:
-        return "is the builder up and sshd listening? Leave it out with --exclude"
-    return "try the same ssh command by hand, or leave the builder out with --exclude"
 
 
 async def _finish(task: asyncio.Task[Any]) -> None:
@@ -197,25 +172,7 @@ class SshTransport:
         return None if self._master is None else self._master.pid
 
     def _error(self, what: str, tail: Iterable[str]) -> SshError:
-        lines = said_lines(*tail)  # a piece may be a whole stderr of several lines
-        text = " | ".join(lines[-5:]) or "(ssh printed nothing)"
-        return SshError(
-            f"cannot {what} builder '{self.name}' ({self.target.destination}): {text}",
-            hint=_ssh_hint(text),
-        )
-
-    def _noise(self, line: bytes) -> SshError | None:
-        """The error for a first line that is text but not the ready line: what the builder
-        user's shell printed before the command (a start-up file's echo); None otherwise (ssh
-        failed, and says why on stderr)."""
-        text = line.decode(errors="replace").strip()
-        if not text or not text.isprintable():
-            return None
-        return SshError(
-            f"cannot connect to builder '{self.name}' ({self.target.destination}): its shell "
-            f"printed {text[:60]!r} before the command: Nix's sessions there break on it",
-            hint=SHELL_NOISE_HINT,
-        )
+        return ssh_error(self.name, self.target.destination, what, tail)
 
     async def _ensure_master(self) -> Path:
         async with self._lock:
@@ -260,7 +217,9 @@ class SshTransport:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), 2.0)
                     await asyncio.wait_for(asyncio.shield(drain), 2.0)
-                error = self._noise(line) or self._error("connect to", self._master_tail)
+                error = shell_noise(self.name, self.target.destination, line) or self._error(
+                    "connect to", self._master_tail
+                )
                 await self._stop_master()
                 if self._shared is not None:
                     await self._exit_kept(control)
