@@ -195,7 +195,11 @@ class Opening:
 
 
 async def open_serve(
-    proc: asyncio.subprocess.Process, timeout: float, dialect: Dialect = SERVE
+    proc: asyncio.subprocess.Process,
+    timeout: float,
+    dialect: Dialect = SERVE,
+    *,
+    hello_sent: bool = False,
 ) -> Opening:
     """Send ``dialect``'s hello to a just-started session and read how it begins (module
     docstring): the serve program's by default, ``nix-daemon --stdio``'s for ssh-ng://.
@@ -221,8 +225,9 @@ async def open_serve(
     try:
         # Written before anything is known: on a normal builder the wrapper leaves stdin to the
         # serve program it execs, so the handshake costs no round trip of its own.
-        with contextlib.suppress(OSError):
-            proc.stdin.write(dialect.hello)
+        if not hello_sent:
+            with contextlib.suppress(OSError):
+                proc.stdin.write(dialect.hello)
         head, failure = await _first_line(stdout, timeout, dialect.reply)
         if failure is not None:
             await asyncio.wait([collector], timeout=_TAIL_WAIT)  # ssh's last words, if it ends

@@ -48,6 +48,7 @@ from offload.transport.links.base import (
     drain_dead,
     open_serve,
 )
+from offload.transport.links.first_session import FirstSession
 from offload.transport.links.ssh_errors import shell_noise, ssh_error
 from offload.transport.persist import PERSIST_SECONDS, SharedPaths, master_alive, pin_error
 from offload.transport.scratch import private_dir
@@ -122,6 +123,8 @@ class SshTransport:
         # ``_spawned`` is set once its process runs.
         self._early: asyncio.Task[Path] | None = None
         self._spawned = asyncio.Event()
+        # The first session, begun by ``connect_early`` over a master that was there already.
+        self._first: FirstSession | None = None
         # The builder's key runs only the serve program (module docstring); learnt on connect.
         self.restricted = False
         # The builder's cores as a session reported them: later sessions are told them (no
@@ -266,13 +269,22 @@ class SshTransport:
         """Start the master now, ahead of any session; returns once its ssh runs (or failed to
         start), leaving it to connect meanwhile. The first session waits for that connection
         and meets its error, if any: a builder that is down costs one connect timeout, not
-        two."""
-        self._early = asyncio.get_running_loop().create_task(self._ensure_master())
+        two. Over a master that was there already (kept by an earlier run), the first session
+        starts at once (``first_session``)."""
+        early = asyncio.get_running_loop().create_task(self._ensure_master())
+        self._early = early
         spawned = asyncio.get_running_loop().create_task(self._spawned.wait())
         try:
-            await asyncio.wait([self._early, spawned], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([early, spawned], return_when=asyncio.FIRST_COMPLETED)
         finally:
             await stop(spawned)
+        if early.done() and not early.cancelled() and early.exception() is None:
+            control = early.result()
+            self._first = await FirstSession.begin(
+                lambda stack: self._spawn(stack, control, 0, NO_CLIENT, False),
+                self.dialect.hello,
+                lambda proc: self._opened(proc, control, hello_sent=True),
+            )
 
     async def _connected(self) -> Path:
         """The master's control socket: the early master's once it is connected, else one
@@ -337,7 +349,24 @@ class SshTransport:
         """A serve session; with ``slots`` above 0, one holding a builder-side slot for
         ``client`` (its ``pipes.slot`` says which, or ``busy``: then the session has ended
         already; ``waited``: this build was answered busy before, ``ssh.serve_command``)."""
+        first, self._first = self._first, None
+        if first is not None:
+            if (slots, client, waited) == (0, NO_CLIENT, False):
+                return await first.take(stack)
+            await first.drop()
         control = await self._connected()
+        proc = await self._spawn(stack, control, slots, client, waited)
+        return await self._opened(proc, control)
+
+    async def _spawn(
+        self,
+        stack: contextlib.AsyncExitStack,
+        control: Path,
+        slots: int,
+        client: str,
+        waited: bool,
+    ) -> asyncio.subprocess.Process:
+        """A session's ssh, started over the master at ``control`` (``start``)."""
         argv = serve_argv(
             self.target,
             params=self.params,
@@ -354,8 +383,16 @@ class SshTransport:
         )
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         stack.push_async_callback(drain_dead, proc)
+        return proc
+
+    async def _opened(
+        self, proc: asyncio.subprocess.Process, control: Path, *, hello_sent: bool = False
+    ) -> SessionPipes:
+        """The session ``proc`` begun: its hello sent (unless ``hello_sent``), its reply read."""
         assert proc.stdin is not None
-        opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK, self.dialect)
+        opening = await open_serve(
+            proc, self._connect_timeout + _AUTH_SLACK, self.dialect, hello_sent=hello_sent
+        )
         if opening.failure is not None:
             raise self._error("open a session on", [*opening.early, opening.failure])
         self.restricted = self.restricted or opening.restricted
@@ -441,7 +478,10 @@ class SshTransport:
 
     async def close(self) -> None:
         early, self._early = self._early, None
+        first, self._first = self._first, None
         try:
+            if first is not None:
+                await first.drop()
             if early is not None:
                 # Its failure to connect was for a session to tell: none asked for one.
                 with contextlib.suppress(Exception):
