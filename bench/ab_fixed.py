@@ -4,10 +4,11 @@
 (``bench.context.FLEET_SPECS``) under /tmp, compiles each tree's bytecode, and builds
 ``--trivial`` trivial derivations remote-only (``-j 0``) with each tree in turn, A then B, then
 B then A, and so on (fresh outputs each time, a state directory per tree so both keep the
-same history). It prints each run's wall time and ``bench.fixed_costs`` phases, the medians per
-tree and the median of the paired ratios B/A; ``--json FILE`` keeps the records. Run it under the
-bench lock (``flock /tmp/offload-bench.lock ...``): it times processes, and others' must not
-overlap.
+same history); ``--lag S`` puts the builders S seconds further away each way
+(``bench.lag_proxy``). It prints each run's wall time and ``bench.fixed_costs`` phases, the
+medians per tree and the median of the paired ratios B/A; ``--json FILE`` keeps the records.
+Run it under the bench lock (``flock /tmp/offload-bench.lock ...``): it times processes, and
+others' must not overlap.
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from bench.measure import json_events, run_timed
 from offload.dagfile import Dag, DagNode, to_nix_expression
 from offload.fleet import Fleet, MemberSpec, fleet_down, fleet_up
 
-__all__ = ["keep_records", "main", "pair_order", "paired_fleet", "tree_env", "tree_parser"]
+__all__ = [
+    "keep_records",
+    "lagged",
+    "main",
+    "pair_order",
+    "paired_fleet",
+    "tree_env",
+    "tree_parser",
+]
 
 
 def tree_env(base: Mapping[str, str], src: Path, state: Path) -> dict[str, str]:
@@ -132,12 +141,32 @@ def _summary(records: Mapping[str, list[dict[str, Any]]]) -> None:
         print(f"B/A wall, {len(pairs)} pairs: median {statistics.median(pairs):.3f} ({shown})")
 
 
+def lagged(env: dict[str, str], work: Path, seconds: float) -> None:
+    """``env``'s ssh made to reach the fleet through ``bench.lag_proxy``, ``seconds`` each way:
+    an ssh config of its own sets the ProxyCommand, then includes the fleet's."""
+    sshopts = env["NIX_SSHOPTS"].split()
+    fleet_config = sshopts[sshopts.index("-F") + 1]
+    config = work / "lag_ssh_config"
+    proxy = Path(__file__).with_name("lag_proxy.py")
+    config.write_text(
+        f"Host *\n  ProxyCommand {sys.executable} {proxy} %h %p\nInclude {fleet_config}\n"
+    )
+    env["NIX_SSHOPTS"] = env["NIX_SSHOPTS"].replace(fleet_config, str(config))
+    env["LAG_SECONDS"] = str(seconds)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = tree_parser(__doc__, pairs=5)
     parser.add_argument("--trivial", type=int, default=100)
+    parser.add_argument(
+        "--lag", type=float, default=0.0, help="seconds added each way to the builders (lag_proxy)"
+    )
     args = parser.parse_args(argv)
     records: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     with paired_fleet(args.a, args.b, prefix="oab") as (work, fleet, envs):
+        if args.lag > 0:
+            for env in envs.values():
+                lagged(env, work, args.lag)
         for pair in range(args.pairs):
             for tree in pair_order(pair):
                 record = _one(work, fleet.machines_file, envs[tree], f"{tree}{pair}", args.trivial)
