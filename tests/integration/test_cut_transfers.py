@@ -1,6 +1,7 @@
 """Transfers cut off by the run itself: an upload stopped by Ctrl-C, or by the failure of
 another build (without ``-k`` the run stops the rest), leaves no half-written input on its
-builder, or, on one whose key runs only the serve program, the build's log says it stays.
+builder, or, on one whose key runs only the serve program, the build's log says it stays. So
+does nix-build's Ctrl-C as offload-hook's coordinator sends a build's input.
 
 A private fleet of two members, one of them restricted. The input is a large path built
 locally first, so that the upload takes a while; the test waits until the path appears in the
@@ -11,9 +12,12 @@ at that directory.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,9 +30,10 @@ from tests.helpers.fleets import (
     private_fleet_fixture,
     stop_masters,
 )
+from tests.helpers.hook_runs import hook_env, nix_build_argv
 from tests.helpers.nix_files import nix_file, out_path, valid_locally
 from tests.helpers.offload_run import events, offload, start_offload, wait_for
-from tests.helpers.processes import children, stop
+from tests.helpers.processes import children, start, stop
 
 MEMBER, LOCKED = "cut", "cutr"  # the second one's key runs only the serve program
 
@@ -54,22 +59,23 @@ def on_disk(fleet: Fleet, name: str, path: str) -> Path:
     return fleet.member(name).root / "nix" / "store" / Path(path).name
 
 
-def cut_upload(
-    fleet: Fleet, tmp_path: Path, name: str, stopped_by: str, *args: str, scheme: str = "ssh"
-) -> tuple[str, subprocess.Popen[str], str, str]:
-    """A run building ``use`` on member ``name`` alone (listed as ``scheme``://), stopped
-    (``stopped_by``) once its input ``huge`` is half there: (huge, the run, its stdout, its
-    stderr)."""
+def huge_input(tmp_path: Path) -> tuple[Path, str, Path]:
+    """The test's Nix file with ``huge`` built here: (the file, huge's output, the file that
+    makes ``fail`` fail)."""
     go = tmp_path / "go"
     file = nix_file(tmp_path, BODY.format(go=go))
     subprocess.run(
         ["nix-build", str(file), "-A", "huge", "--no-out-link"],
         capture_output=True, check=True, timeout=120,
     )  # fmt: skip
-    huge = out_path(file, "huge")
-    attrs = ["-A", "use"] + (["-A", "fail"] if stopped_by == "failure" else [])
-    line = member_line(fleet, name).replace("ssh://", f"{scheme}://", 1)
-    proc = start_offload(fleet, tmp_path, file, *attrs, "-j0", "--builders", line, *args)
+    return file, out_path(file, "huge"), go
+
+
+def cut_off(
+    fleet: Fleet, name: str, huge: str, proc: subprocess.Popen[str], stop_it: Callable[[], None]
+) -> tuple[str, str]:
+    """``proc`` stopped (``stop_it``) once ``huge`` is half there on member ``name``: its
+    stdout and stderr."""
     try:
 
         def arriving() -> bool:
@@ -77,15 +83,29 @@ def cut_upload(
             return on_disk(fleet, name, huge).exists()
 
         wait_for(arriving, 60, f"{huge} to arrive on {name}")
-        if stopped_by == "ctrl-c":
-            proc.send_signal(signal.SIGINT)
-        else:
-            go.touch()  # fail fails now
+        stop_it()
         out, err = proc.communicate(timeout=60)
     finally:
         stop(proc)
     assert not fleet.store_has(name, huge), "the upload was not cut off"
     assert "Traceback" not in err
+    return out or "", err
+
+
+def cut_upload(
+    fleet: Fleet, tmp_path: Path, name: str, stopped_by: str, *args: str, scheme: str = "ssh"
+) -> tuple[str, subprocess.Popen[str], str, str]:
+    """A run building ``use`` on member ``name`` alone (listed as ``scheme``://), stopped
+    (``stopped_by``) once its input ``huge`` is half there: (huge, the run, its stdout, its
+    stderr)."""
+    file, huge, go = huge_input(tmp_path)
+    attrs = ["-A", "use"] + (["-A", "fail"] if stopped_by == "failure" else [])
+    line = member_line(fleet, name).replace("ssh://", f"{scheme}://", 1)
+    proc = start_offload(fleet, tmp_path, file, *attrs, "-j0", "--builders", line, *args)
+    stop_it = (
+        functools.partial(proc.send_signal, signal.SIGINT) if stopped_by == "ctrl-c" else go.touch
+    )
+    out, err = cut_off(fleet, name, huge, proc, stop_it)
     return huge, proc, out, err
 
 
@@ -101,6 +121,22 @@ def test_an_upload_the_run_stops_leaves_no_partial_input(
     assert proc.returncode == (130 if stopped_by == "ctrl-c" else 100), err
     assert "partial inputs" not in err, err
     assert not on_disk(cut_fleet, MEMBER, huge).exists(), f"{huge}: left half-written"
+
+
+@pytest.mark.usefixtures("coordinators_stopped")
+def test_nix_build_with_offload_hook_stopped_mid_upload_leaves_no_partial_input(
+    cut_fleet: Fleet, tmp_path: Path
+) -> None:
+    # nix-build's Ctrl-C while the coordinator sends the build's input: the coordinator stops
+    # the session there and deletes the half-written input, as offload build does.
+    file, huge, _ = huge_input(tmp_path)
+    argv = nix_build_argv(file, member_line(cut_fleet, MEMBER), "-A", "use", "-j0")
+    env = hook_env(cut_fleet, tmp_path)
+    proc = start(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cut_off(cut_fleet, MEMBER, huge, proc, functools.partial(os.kill, proc.pid, signal.SIGINT))
+    assert proc.returncode != 0
+    left = on_disk(cut_fleet, MEMBER, huge)
+    wait_for(lambda: not left.exists(), 10, f"{left} to be deleted")
 
 
 def test_a_builder_that_cannot_delete_it_is_said_to_keep_it(
