@@ -34,7 +34,6 @@ from tests.helpers.hook_runs import (
     nix_build,
     nix_build_argv,
     outputs,
-    remote_leftovers,
     start_nix_build,
 )
 from tests.helpers.nix_files import SPEED, nix_file
@@ -263,94 +262,6 @@ def test_every_slot_busy_waits_then_builds(
         reader.join()
     assert proc.returncode == 0, "".join(seen)
     assert holders(hook_fleet, out.split()[0])
-
-
-@pytest.mark.parametrize("coordinator", ["1", "0"], ids=["coordinator", "in-process"])
-def test_sigterm_mid_build_leaves_nothing_on_the_builder(
-    hook_fleet: Fleet, tmp_path: Path, coordinator: str
-) -> None:
-    marker = tmp_path / "started"
-    file = nix_file(
-        tmp_path, f'[ (mk "long" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
-    )
-    proc = start_nix_build(
-        hook_fleet, tmp_path, file, "-j0", output=False, OFFLOAD_HOOK_COORDINATOR=coordinator
-    )
-    try:
-        wait_for(marker.exists, 60, "the remote build to start")
-        assert remote_leftovers(hook_fleet, MEMBERS)
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 20, "the builder to be clean")
-    finally:
-        stop(proc)
-    assert proc.returncode != 0
-
-
-def test_ctrl_c_mid_build_leaves_no_partial_output_on_the_builder(
-    hook_fleet: Fleet, tmp_path: Path
-) -> None:
-    # The coordinator stopped the build there, and its half-written output stayed in the
-    # builder's store (unregistered, until a garbage collection) where offload build's goes.
-    marker = tmp_path / "started"
-    script = f"/bin/mkdir $out; echo data > $out/data; echo x > {marker}; /bin/sleep 60"
-    file = nix_file(tmp_path, f'[ (mk "partial" "{script}" {{}}) ]\n')
-    out = out_path_of(file)
-    proc = start_nix_build(hook_fleet, tmp_path, file, "-j0", output=False)
-    try:
-        wait_for(marker.exists, 60, "the remote build to start")
-        (where,) = [m for m in MEMBERS if (hook_fleet.member(m).root / out.lstrip("/")).exists()]
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
-        wait_for(lambda: not remote_leftovers(hook_fleet, MEMBERS), 20, "the builder to be clean")
-    finally:
-        stop(proc)
-    assert proc.returncode != 0
-    left = hook_fleet.member(where).root / out.lstrip("/")
-    wait_for(lambda: not left.exists(), 10, f"{left} to be deleted")
-
-
-def out_path_of(file: Path) -> str:
-    """The output path of ``file``'s one derivation (a list of one)."""
-    drv = subprocess.run(
-        ["nix-instantiate", str(file)], capture_output=True, text=True, check=True
-    ).stdout.split()[0]
-    return subprocess.run(
-        ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def test_a_build_stopped_by_ctrl_c_is_in_the_history_as_cancelled(
-    hook_fleet: Fleet, tmp_path: Path
-) -> None:
-    # nix-build stopped by Ctrl-C: its builds on the builders were stopped and left no trace in
-    # history (offload history, offload report --hook), as if nothing had run there.
-    marker = tmp_path / "started"
-    file = nix_file(
-        tmp_path, f'[ (mk "stopped" "echo x > {marker}; /bin/sleep 60; echo > $out" {{}}) ]\n'
-    )
-    proc = start_nix_build(hook_fleet, tmp_path, file, "-j0", output=False)
-    try:
-        wait_for(marker.exists, 60, "the remote build to start")
-        begun = time.time()
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
-    finally:
-        stop(proc)
-
-    def kept() -> list[tuple[str, str]]:
-        with History(tmp_path / "state" / "history.sqlite") as history:
-            return [(b.name, b.status) for b in history.builds(hook=True)]
-
-    # Written by the coordinator's history thread once the build has stopped.
-    wait_for(lambda: bool(kept()), 20, "the stopped build in the history")
-    with History(tmp_path / "state" / "history.sqlite") as history:
-        (build,) = history.builds(hook=True)
-        report = load_hook_model(history, since=None)  # offload report --hook
-    assert (build.name, build.status, build.machine in MEMBERS) == ("stopped", "cancelled", True)
-    assert build.started < begun < build.finished
-    assert [b.build for lane in report.lanes for b in lane.bars] == [build]
-    assert report.run.outcome == "interrupted"
 
 
 def test_offload_use_chooses_the_builder(hook_fleet: Fleet, tmp_path: Path) -> None:
