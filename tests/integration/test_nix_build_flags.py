@@ -9,88 +9,19 @@ nonce per run makes every build a fresh one where the flag acts on the build.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-PROJECT = r"""
-{ a ? 1, nonce ? "", sleep ? "0" }:
-let s = { b = 1; }; in
-{
-  ok = derivation {
-    name = "ok"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo building ${nonce}; /bin/sleep ${sleep}; echo ${toString a} > $out" ];
-  };
-  random = derivation {
-    name = "random-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo $RANDOM$$ > $out" ];
-  };
-  typo = s.a;
-  lookup = (import <here/x.nix>).y;
-  traced = builtins.trace "hello from eval" (s.b + 1);
-  bad = derivation {
-    name = "bad-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "exit 1" ];
-  };
-  waits = derivation {
-    name = "waits-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "while [ ! -e /nonexistent/${nonce} ]; do /bin/sleep 0.1; done; echo > $out" ];
-  };
-  latebad = derivation {
-    name = "latebad-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "/bin/sleep 1; exit 1" ];
-  };
-  noout = derivation {
-    name = "noout-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    outputs = [ "out" "dev" ]; args = [ "-c" "echo > $out" ];
-  };
-  badref = derivation {
-    name = "badref-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    allowedReferences = []; args = [ "-c" "echo ${builtins.toFile "dep" nonce} > $out" ];
-  };
-  featx = derivation {
-    name = "featx-${nonce}"; system = builtins.currentSystem; builder = "/bin/sh";
-    requiredSystemFeatures = [ "nonexistent" ]; args = [ "-c" "echo > $out" ];
-  };
-}
-"""
-
-# --no-out-link and no binary caches (offline: Nix would retry cache.nixos.org for seconds).
-COMMON = ("--no-out-link", "--option", "substituters", "")
-OFFLOAD = (sys.executable, "-m", "offload", "build", "--builders", "")
+from tests.helpers.nix_build_compare import COMMON, OFFLOAD, both, errors, made_project, run_in
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "default.nix").write_text(PROJECT)
-    (tmp_path / "x.nix").write_text(
-        '{ y = derivation { name = "y"; system = builtins.currentSystem; '
-        'builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }; }\n'
-    )
-    return tmp_path
-
-
-def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OFFLOAD_STATE_DIR": str(cwd / "state")}
-    return subprocess.run(
-        argv, check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=120
-    )
-
-
-def both(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], ...]:
-    nix = _run(["nix-build", *COMMON, *args], cwd)
-    return nix, _run([*OFFLOAD, *COMMON, *args], cwd)
-
-
-def _errors(stderr: str) -> str:
-    """From the first `error:` line on: Nix's message, position, code frame and suggestion."""
-    at = stderr.find("error:")
-    return stderr[at:] if at >= 0 else ""
+    return made_project(tmp_path)
 
 
 # Flags whose run must build and print the same output path as nix-build's.
@@ -164,8 +95,8 @@ def test_evaluation_errors_come_through_whole(project: Path, args: tuple[str, ..
     assert offload.returncode == 1
     assert offload.stdout == nix.stdout == ""
     if args != ("missing-dir/",):  # offload says so before evaluating, in its own line
-        assert _errors(offload.stderr) == _errors(nix.stderr)
-        assert "\n" in _errors(nix.stderr).strip()  # a frame, not a line
+        assert errors(offload.stderr) == errors(nix.stderr)
+        assert "\n" in errors(nix.stderr).strip()  # a frame, not a line
 
 
 def test_typo_shows_position_frame_and_suggestion(project: Path) -> None:
@@ -284,7 +215,7 @@ def test_a_derivation_no_machine_can_build_with_k_exits_1_as_nix_build(project: 
     assert "offload log" not in offload.stderr  # it never built: there is no log to see
     assert lines[-1] == "hint: `offload machines` shows each machine's systems and features"
     # The events in the order of the run: it starts, then the derivation fails on no machine.
-    events = _run([*OFFLOAD, *COMMON, "-k", "-A", "featx", *nonce, "--json"], project)
+    events = run_in([*OFFLOAD, *COMMON, "-k", "-A", "featx", *nonce, "--json"], project)
     records = [json.loads(line) for line in events.stdout.splitlines()]
     kinds = [r["event"] for r in records]
     failed = next(r for r in records if r["event"] == "job_finished")
@@ -313,65 +244,6 @@ def test_impossible_job_count_is_refused_as_nix_refuses_it(project: Path, jobs: 
     assert words in offload.stderr.splitlines()[0]
 
 
-def test_check_reports_a_nondeterministic_build(project: Path) -> None:
-    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
-    first_nix, first = both(project, "-A", "random", *nonce)
-    assert first_nix.returncode == first.returncode == 0
-    nix, offload = both(project, "-A", "random", *nonce, "--check")
-    assert nix.returncode == offload.returncode == 104
-    assert offload.stdout == nix.stdout == ""
-    assert "may not be deterministic" in _errors(offload.stderr)
-    assert _errors(offload.stderr) == _errors(nix.stderr)
-
-
-@pytest.mark.parametrize("mode", ["--check", "--repair"])
-def test_checking_a_built_output_says_what_nix_build_says(project: Path, mode: str) -> None:
-    args = ("-A", "ok", "--argstr", "nonce", uuid.uuid4().hex)
-    assert _run(["nix-build", *COMMON, *args], project).returncode == 0
-    nix, offload = both(project, *args, mode)
-    assert nix.returncode == offload.returncode == 0, offload.stderr
-    assert offload.stdout == nix.stdout
-    assert offload.stderr == nix.stderr  # no "you did not specify '--add-root'" warning
-
-
-def _valid(drv: str) -> bool:
-    """Whether ``drv``'s outputs are all valid in the local store."""
-    outputs = subprocess.run(
-        ["nix-store", "--query", "--outputs", drv], check=True, capture_output=True, text=True
-    ).stdout.split()
-    return subprocess.run(["nix-store", "--check-validity", *outputs], check=False).returncode == 0
-
-
-def test_check_of_an_output_never_built_is_refused_and_builds_nothing(project: Path) -> None:
-    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
-    nix, offload = both(project, "-A", "random", *nonce, "--check")
-    assert nix.returncode == offload.returncode == 1
-    assert offload.stdout == nix.stdout == ""
-    said = _errors(nix.stderr).splitlines()[0]
-    assert said.endswith("are not valid, so checking is not possible")
-    error, hint = offload.stderr.splitlines()  # nix-build's line, and a hint
-    assert error == said
-    assert hint.startswith("hint: build it first without --check")
-    drv = said.split("'")[1]
-    assert drv.endswith(f"-random-{nonce[2]}.drv")
-    assert not _valid(drv)  # offload built nothing (nor did nix-build)
-
-
-def test_check_names_the_unbuilt_derivation_nix_names(project: Path) -> None:
-    # random is asked for first, but Nix's goals go by the .drv's name: ok is named. Once ok
-    # is built, random is the one left.
-    nonce = ("--argstr", "nonce", uuid.uuid4().hex)
-    for built in ((), ("ok",)):
-        for attr in built:
-            assert _run(["nix-build", *COMMON, "-A", attr, *nonce], project).returncode == 0
-        nix, offload = both(project, "-A", "random", "-A", "ok", *nonce, "--check")
-        assert nix.returncode == offload.returncode == 1
-        said = _errors(nix.stderr).splitlines()[0]
-        assert f"-{'random-' + nonce[2] if built else 'ok'}.drv'" in said
-        more = "" if built else " (and 1 more)"
-        assert offload.stderr.splitlines()[0] == said + more
-
-
 @pytest.mark.parametrize(
     "flag",
     [("--no-such-flag",), ("--max-j", "2"), ("--builder", ""), ("--keep-go",), ("--show-tr",)],
@@ -391,10 +263,10 @@ def test_unknown_flag_is_refused(project: Path, flag: tuple[str, ...]) -> None:
 def test_build_log_is_shown_by_default_and_not_with_q(project: Path) -> None:
     for quiet in ((), ("-Q",), ("--no-build-output",)):
         nonces = uuid.uuid4().hex, uuid.uuid4().hex  # each tool builds its own
-        nix = _run(
+        nix = run_in(
             ["nix-build", *COMMON, "-A", "ok", "--argstr", "nonce", nonces[0], *quiet], project
         )
-        offload = _run(
+        offload = run_in(
             [*OFFLOAD, *COMMON, "-A", "ok", "--argstr", "nonce", nonces[1], *quiet],
             project,
         )
@@ -413,8 +285,8 @@ def test_nothing_to_do_is_quiet(project: Path) -> None:
 def test_the_last_of_out_link_and_no_out_link_wins(project: Path) -> None:
     # COMMON's --no-out-link comes first: a wrapper's default, then the caller's -o.
     nonce = ("--argstr", "nonce", uuid.uuid4().hex)
-    nix = _run(["nix-build", *COMMON, "-A", "ok", *nonce, "-o", "nixlink"], project)
-    offload = _run([*OFFLOAD, *COMMON, "-A", "ok", *nonce, "-o", "offlink"], project)
+    nix = run_in(["nix-build", *COMMON, "-A", "ok", *nonce, "-o", "nixlink"], project)
+    offload = run_in([*OFFLOAD, *COMMON, "-A", "ok", *nonce, "-o", "offlink"], project)
     assert nix.returncode == offload.returncode == 0, offload.stderr
     assert (project / "nixlink").readlink() == (project / "offlink").readlink()
     assert offload.stdout == nix.stdout
@@ -422,8 +294,8 @@ def test_the_last_of_out_link_and_no_out_link_wins(project: Path) -> None:
 
 def test_an_out_link_starting_with_a_dash_is_made(project: Path) -> None:
     nonce = ("--argstr", "nonce", uuid.uuid4().hex)
-    nix = _run(["nix-build", *COMMON, "-A", "ok", *nonce, "-o", "-nixlink"], project)
-    offload = _run([*OFFLOAD, *COMMON, "-A", "ok", *nonce, "--out-link", "-offlink"], project)
+    nix = run_in(["nix-build", *COMMON, "-A", "ok", *nonce, "-o", "-nixlink"], project)
+    offload = run_in([*OFFLOAD, *COMMON, "-A", "ok", *nonce, "--out-link", "-offlink"], project)
     assert nix.returncode == offload.returncode == 0, offload.stderr
     assert (project / "-nixlink").readlink() == (project / "-offlink").readlink()
     assert offload.stdout == nix.stdout
@@ -442,7 +314,7 @@ def test_the_keep_going_setting_goes_on_as_k_does(project: Path) -> None:
     said = []
     for tool, nonce in ((["nix-build"], uuid.uuid4().hex), (list(OFFLOAD), uuid.uuid4().hex)):
         args = ("-j", "1", "-A", "bad", "-A", "ok", "--argstr", "nonce", nonce)
-        done = _run([*tool, *COMMON, *args, "--option", "keep-going", "true"], project)
+        done = run_in([*tool, *COMMON, *args, "--option", "keep-going", "true"], project)
         said.append((done.returncode, f"building {nonce}" in done.stderr))
     assert said == [(100, True), (100, True)]
 
@@ -461,7 +333,7 @@ def test_a_failure_stops_the_builds_still_running_without_keep_going(project: Pa
     for tool in (["nix-build"], list(OFFLOAD)):
         nonce = uuid.uuid4().hex
         args = ("-j", "2", "-A", "bad", "-A", "waits", "--argstr", "nonce", nonce)
-        done = _run([*tool, *COMMON, *args], project)
+        done = run_in([*tool, *COMMON, *args], project)
         assert done.returncode == 100, done.stderr
         left = subprocess.run(["pgrep", "-f", f"/nonexistent/{nonce}"], check=False)
         assert left.returncode == 1  # no builder of waits is left running
@@ -470,7 +342,7 @@ def test_a_failure_stops_the_builds_still_running_without_keep_going(project: Pa
 def test_a_build_stopped_after_another_failed_is_reported_from_its_start(project: Path) -> None:
     # latebad fails a second into its build; waits had started with it.
     args = ("-j", "2", "-A", "latebad", "-A", "waits", "--argstr", "nonce", uuid.uuid4().hex)
-    done = _run([*OFFLOAD, *COMMON, *args, "--json"], project)
+    done = run_in([*OFFLOAD, *COMMON, *args, "--json"], project)
     assert done.returncode == 100, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     ended = {r["name"].split("-")[0]: r for r in records if r["event"] == "job_finished"}
@@ -500,11 +372,11 @@ def test_a_build_hook_given_is_said_unused(project: Path) -> None:
     # nix-build --build-hook /bin/false runs it (and fails); offload schedules the build
     # itself, and took the flag without a word.
     for flags in (("--build-hook", "/bin/false"), ("--option", "build-hook", "/bin/false")):
-        done = _run([*OFFLOAD, *COMMON, *flags, "-A", "ok", "--argstr", "nonce", "hook"], project)
+        done = run_in([*OFFLOAD, *COMMON, *flags, "-A", "ok", "--argstr", "nonce", "hook"], project)
         assert done.returncode == 0, done.stderr
         said = [line for line in done.stderr.splitlines() if "build-hook" in line]
         assert said == [UNUSED_HOOK]
-    done = _run(
+    done = run_in(
         [*OFFLOAD, *COMMON, "--build-hook", "", "-A", "ok", "--argstr", "nonce", "no"], project
     )
     assert done.returncode == 0, done.stderr
