@@ -171,6 +171,40 @@ def test_outputs_lost_on_their_way_home_are_built_again():
     assert local_store.has(outs["a"])
 
 
+class _FetchAcrossTheFall(FakeLink):
+    """Its sessions (a fetch home) go on only once fast has been said down (``down``), and a
+    while more where a dependent waits for them (``slow``: a large output still streaming);
+    they fail unless the outputs ``arrives``. ``fetching`` is set as one begins."""
+
+    def __init__(
+        self,
+        store: FakeStore,
+        fetching: asyncio.Event,
+        down: asyncio.Event,
+        slow: bool,
+        *,
+        arrives: bool,
+    ) -> None:
+        super().__init__(store)
+        self._fetching, self._down, self._slow, self._arrives = fetching, down, slow, arrives
+
+    @override
+    def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._late()
+
+    @contextlib.asynccontextmanager
+    async def _late(self) -> AsyncIterator[Any]:
+        self._fetching.set()
+        await self._down.wait()
+        await asyncio.sleep(0.2 if self._slow else 0)
+        if not self._arrives:
+            error = ProtocolError("fast: Connection to fast closed by remote host.")
+            error.peer = "fast"
+            raise error
+        async with self._session() as client:
+            yield client
+
+
 @pytest.mark.parametrize(("dependent", "arrives"), [(False, True), (True, True), (True, False)])
 def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again(
     dependent: bool, arrives: bool
@@ -192,36 +226,17 @@ def test_outputs_on_their_way_home_from_a_builder_backed_off_are_not_built_again
             )
         return None
 
-    class FetchAcrossTheFall(FakeLink):
-        """Its sessions (a fetch home) go on only once fast has been said down (and a while
-        more where b waits for them: a large output still streaming)."""
-
-        @override
-        def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
-            return self._late()
-
-        @contextlib.asynccontextmanager
-        async def _late(self) -> AsyncIterator[Any]:
-            fetching.set()
-            await fast_down.wait()
-            await asyncio.sleep(0.2 if dependent else 0)
-            if not arrives:
-                error = ProtocolError("fast: Connection to fast closed by remote host.")
-                error.peer = "fast"
-                raise error
-            async with self._session() as client:
-                yield client
-
     def emit(event: Event) -> None:
         events.append(event)
         if isinstance(event, MachineEvent) and event.state == "down":
             fast_down.set()
 
     fast_store = FakeStore("fast", builder=on_fast)
+    fast_link = _FetchAcrossTheFall(fast_store, fetching, fast_down, dependent, arrives=arrives)
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
     members = [
-        PoolMember(spec("fast", speed=4, slots=3), FetchAcrossTheFall(fast_store), remote=True),
+        PoolMember(spec("fast", speed=4, slots=3), fast_link, remote=True),
         PoolMember(spec("local", speed=1, slots=2), local, remote=False),
     ]
     events: list[Event] = []
