@@ -62,7 +62,8 @@ def test_a_builder_that_dies_with_two_builds_running_is_down_once():
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
     members = [
-        PoolMember(spec("dying", speed=100, slots=2), FakeLink(FakeStore("dying", builder=dying)),
+        PoolMember(spec("dying", speed=100, slots=2),
+                   FakeLink(FakeStore("dying", builder=dying), falls=True),
                    remote=True),
         PoolMember(spec("local", speed=1, slots=2), local, remote=False),
     ]  # fmt: skip
@@ -105,7 +106,8 @@ def test_a_build_stopped_as_its_builder_went_down_ends_with_an_event():
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
     members = [
-        PoolMember(spec("dying", speed=100, slots=2), FakeLink(FakeStore("dying", builder=dying)),
+        PoolMember(spec("dying", speed=100, slots=2),
+                   FakeLink(FakeStore("dying", builder=dying), falls=True),
                    remote=True),
         PoolMember(spec("local", speed=1, slots=2), local, remote=False),
     ]  # fmt: skip
@@ -222,8 +224,8 @@ def test_a_derivation_lost_for_the_last_time_ends_its_copy_once():
 
     local = FakeLink(FakeStore("local", [src]))
     members = [
-        PoolMember(spec(name, speed=speed, slots=1), FakeLink(FakeStore(name, builder=dying)),
-                   remote=True)
+        PoolMember(spec(name, speed=speed, slots=1),
+                   FakeLink(FakeStore(name, builder=dying), falls=True), remote=True)
         for name, speed in (("d1", 3), ("d2", 2), ("d3", 1))
     ]  # fmt: skip
     report, events = run(plan, members, local, keep_going=True)
@@ -406,7 +408,7 @@ def test_a_copy_that_never_began_building_there_is_not_charged_for_the_fall():
 
 def _member(name: str, speed: int, slots: int, builder: object) -> PoolMember:
     store = FakeStore(name, builder=builder)  # type: ignore[arg-type]
-    return PoolMember(spec(name, speed=speed, slots=slots), FakeLink(store), remote=True)
+    return PoolMember(spec(name, speed=speed, slots=slots), FakeLink(store, falls=True), True)
 
 
 def test_outputs_on_their_way_home_as_the_run_stops_end_that_copy_stopped():

@@ -82,7 +82,7 @@ def test_outputs_lost_with_their_builder_are_built_again_where_needed():
     fast, slow = store("fast"), store("slow")
     fast.break_next("dump")  # fast dies while a's output is being read from it
     members = [
-        PoolMember(spec("fast", speed=8, slots=1), FakeLink(fast), remote=True),
+        PoolMember(spec("fast", speed=8, slots=1), FakeLink(fast, falls=True), remote=True),
         PoolMember(spec("slow", speed=1, slots=1, supported=("y",)), FakeLink(slow), True),
     ]
     report, events = run(plan, members, FakeLink(local_store), home={paths["b"]})

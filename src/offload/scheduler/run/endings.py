@@ -74,6 +74,8 @@ class Endings(Stopping):
             # Said before the machine's fall, which may skip this job too: its skip follows.
             self._emit_outcome(drv_path, machine, "lost", outcome)
         self._machine_failed(machine, outcome.error or "connection lost", now)
+        if outcome.status is None:  # its connection lost, not Nix's answer there
+            self._reconnects.start(machine)
 
     def _returned(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:
         if outcome.source is None:
@@ -89,6 +91,7 @@ class Endings(Stopping):
                 return
         else:
             self._machine_failed(outcome.source, outcome.error or "connection lost", now)
+            self._reconnects.start(outcome.source)
             why = f"the holder of its inputs, {outcome.source}, went away"
             outcome = dataclasses.replace(outcome, error=why)
         self.policy.on_returned(drv_path, machine)

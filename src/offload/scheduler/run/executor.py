@@ -25,6 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 from offload.backoff import Health
 from offload.errors import OffloadError, SchedulerError
@@ -40,6 +41,7 @@ from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.loads import Loads
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
+from offload.scheduler.run.reconnects import Reconnects
 from offload.scheduler.search import PLAIN, Tuning, tune
 from offload.slots import SlotLocks
 from offload.typing_compat import override
@@ -109,6 +111,7 @@ class Executor(Endings):
         self._restored = self._restore(backoff or {})
         self._poke = asyncio.Event()  # set when a copy's news may change the decisions
         self._full, self.loads = self._capacity_watchers(local_boot_id)
+        self._reconnects = Reconnects(self.members, clock=self.clock)
         self._copies = self._build_copies(slots, build_options, after_home)
 
     def _track_joining(
@@ -344,7 +347,7 @@ class Executor(Endings):
         if (
             not self._tasks
             and not self._homeward
-            and not (self._joining and left)
+            and not ((self._joining or self._reconnects.tasks) and left)
             and not (self._full.probes and left)
         ):
             # Nothing runs, so a wake-up could only be for a backed-off machine: rather
@@ -352,17 +355,17 @@ class Executor(Endings):
             # why (_check_stuck).
             return bool(left) and self._retry_restored()
         timeout = None if wake is None else max(0.0, wake - self.clock())
-        done, _ = await asyncio.wait(
-            {*self._tasks, *self._homeward, *self._joining, *self._full.probes, poked},
-            timeout=timeout,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        awaited: set[asyncio.Future[Any]] = {poked, *self._tasks, *self._homeward}
+        awaited |= {*self._joining, *self._full.probes, *self._reconnects.tasks}
+        done, _ = await asyncio.wait(awaited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for probe in [task for task in self._full.probes if task in done]:
             machine, error = self._full.probed(probe)
             if error is not None:
                 self._machine_failed(machine, error.message, self.clock())
         for joined in [task for task in self._joining if task in done]:
             self._joined(joined)
+        for reconnect in [task for task in self._reconnects.tasks if task in done]:
+            self._reconnected(*self._reconnects.ended(reconnect))
         for arrived in [task for task in self._homeward if task in done]:
             self._arrived(arrived)
         for task in [task for task in self._tasks if task in done]:
@@ -405,6 +408,14 @@ class Executor(Endings):
             self._machine_failed(name, error.message, self.clock())
         else:
             raise error
+
+    def _reconnected(self, name: str, answered: bool) -> None:
+        """A builder fallen by a lost connection was reconnected (``reconnects``): if it
+        answered, and is still down for that fall, it takes work again."""
+        now = self.clock()
+        if answered and not self.policy.is_up(name, now):
+            self.policy.retry_now(name, now)
+            self._events.machine_up(name, "reconnected after its connection was lost")
 
     def _tell_unreachable(self, start: float) -> None:
         """Each builder that did not answer at the start, down until its backoff ends."""

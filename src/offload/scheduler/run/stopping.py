@@ -24,6 +24,7 @@ from offload.scheduler.policy import Cancel
 from offload.scheduler.run.copy import Outcome, ended_on_its_own
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
+from offload.scheduler.run.reconnects import Reconnects
 from offload.tasks import wait_all
 
 __all__ = ["STOP_NOTICE", "Stopping"]
@@ -47,6 +48,7 @@ class Stopping:
     _homeward: dict[asyncio.Task[int], tuple[str, str, str, Outcome]]  # drv, builder, source
     _joining: dict[asyncio.Task[None], str]
     _full: FullBuilders
+    _reconnects: Reconnects
     _events: RunEvents
     report: RunReport
     _stopping: bool
@@ -135,7 +137,8 @@ class Stopping:
             except Exception:  # a bug's, here as at the stop of the rest: logged, not raised
                 logger.exception("a copy that ended could not be settled as the run stopped")
         tasks: list[asyncio.Task[Any]] = [
-            *self._tasks, *self._homeward, *self._joining, *self._full.probes
+            *self._tasks, *self._homeward, *self._joining, *self._full.probes,
+            *self._reconnects.tasks,
         ]  # fmt: skip
         # Told now, not once stopped: a second signal may cut the wait short.
         for task, (drv_path, machine) in self._tasks.items():

@@ -30,9 +30,12 @@ class FakeLink:
     the session). ``cancel_calls`` counts every call.
     """
 
-    def __init__(self, store: FakeStore, *, max_sessions: int = 8) -> None:
+    def __init__(self, store: FakeStore, *, max_sessions: int = 8, falls: bool = False) -> None:
         self.store = store
         self.max_sessions = max_sessions
+        # A session that breaks takes the builder down with it (``go_down``): a host gone
+        # away, not a connection dropped for a moment, which a run reconnects.
+        self.falls = falls
         self.sessions_opened = 0
         self.sessions_refused = 0
         self.peak_sessions = 0
@@ -111,6 +114,8 @@ class FakeLink:
                 yield session.client
             finally:
                 self._open.discard(session)
+                if self.falls and not session.client.usable:
+                    self.go_down()
                 await session.close()
 
     async def cancel(self, client: StoreClient) -> None:
