@@ -13,18 +13,22 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from offload.fleet import Fleet, MemberSpec
 from offload.transport.persist import control_dir
-from tests.helpers.fleets import member_line, persistent_masters, private_fleet_fixture
-from tests.helpers.nix_files import SPEED, nix_file
+from tests.helpers.fleets import member_line, persistent_masters, private_fleet_fixture, speed_of
+from tests.helpers.hook_runs import hook_env, nix_build_argv
+from tests.helpers.nix_files import SPEED, nix_file, out_path
 from tests.helpers.offload_run import events, start_offload, wait_for
-from tests.helpers.processes import stop
+from tests.helpers.processes import start, stop
 
 reconnect_fleet = private_fleet_fixture(
-    [MemberSpec.parse("again:1:1")], "ofr", doc="One member, whose connection the test cuts."
+    [MemberSpec.parse("again:4:1")], "ofr", doc="One member, whose connection the test cuts."
 )
 
 
@@ -61,9 +65,60 @@ def test_a_killed_ssh_master_is_reconnected_and_the_build_goes_on_there(
     assert [(m, s) for m, s, _ in states] == [("again", "down"), ("again", "up")], states
     assert states[1][2] == "reconnected after its connection was lost"
     assert "warning: builder 'again' is down: " in err  # the fall is said on stderr too
-    # No backoff is kept for it: the next run uses it at once.
-    backoff = tmp_path / "state" / "backoff.json"
-    kept = json.loads(backoff.read_text()) if backoff.exists() else {}
-    assert "again" not in kept.get("machines", kept), kept
+    assert "again" not in _backoff(tmp_path)  # no backoff kept: the next run uses it at once
     (now,) = persistent_masters(control_dir(tmp_path / "state"))  # the new one, kept
     assert now != master
+
+
+@pytest.mark.usefixtures("coordinators_stopped")
+def test_offload_hooks_coordinator_reconnects_a_builder_whose_master_was_killed(
+    reconnect_fleet: Fleet, tmp_path: Path
+) -> None:
+    # nix-build with offload-hook: a is lost on the builder, which the coordinator reconnects,
+    # and a is built there again, then b. Before, a accepted could go to no other builder, and
+    # the nix-build failed ("no builder is left to build ...").
+    marks = Path(tempfile.mkdtemp(prefix="ofl-reconnect-", dir="/tmp"))
+    marks.chmod(0o777)
+    first = f"/bin/mktemp {marks}/a.XXXXXX > /dev/null; /bin/sleep 2; {SPEED} > $out"
+    body = (
+        f'rec {{ a = mk "a" "{first}" {{}};\n'
+        f'  b = mk "b" "/bin/cat ${{a}} > /dev/null; {SPEED} > $out" {{}}; }}\n'
+    )
+    file = nix_file(tmp_path, body)
+    argv = nix_build_argv(file, member_line(reconnect_fleet, "again"), "-A", "b", "-j0")
+    proc = start(
+        argv, env=hook_env(reconnect_fleet, tmp_path), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def building() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return any(marks.iterdir())
+
+        wait_for(building, 60, "a to start on the builder")
+        (master,) = persistent_masters(control_dir(tmp_path / "state"))
+        os.kill(master, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        tries = len(list(marks.iterdir()))
+    finally:
+        stop(proc)
+        for mark in marks.iterdir():
+            mark.unlink()
+        marks.rmdir()
+    assert proc.returncode == 0, err
+    assert tries == 2  # a, lost, then built again
+    speed = speed_of(reconnect_fleet, "again")
+    assert Path(out_path(file, "a")).read_text().strip() == speed  # there
+    assert Path(out.strip()).read_text().strip() == speed  # b, there
+    assert "offload-hook: builder 'again' failed: again closed the connection" in err  # said
+    assert "again" not in _backoff(tmp_path)
+    log = (tmp_path / "state" / "hook-coordinator.log").read_text()
+    assert "builder 'again' reconnected after its connection was lost" in log
+
+
+def _backoff(tmp_path: Path) -> dict[str, object]:
+    """The builders backed off in the test's state directory."""
+    backoff = tmp_path / "state" / "backoff.json"
+    kept = json.loads(backoff.read_text()) if backoff.exists() else {}
+    return dict(kept.get("machines", kept))

@@ -25,9 +25,11 @@ __all__ = ["Lost", "build_on", "record_build"]
 
 class Lost(Exception):
     """The builder went away mid-build (already backed off): build it somewhere else, as
-    ``accepted`` (set by whoever accepted it)."""
+    ``accepted`` (set by whoever accepted it), or there again if ``reconnect`` (the builder
+    being reconnected, ``offload.hook.reconnects``) ends answered."""
 
     accepted: Accepted | None = None
+    reconnect: asyncio.Task[bool] | None = None
 
 
 async def build_on(
@@ -70,7 +72,10 @@ async def build_on(
             context.machine_failed(name, message)
             record_build(context, request, name, ended, status="lost", error=message)
             if context.keep.dispatch is not None:
-                raise Lost(message) from exc
+                lost = Lost(message)
+                if context.keep.reconnects is not None:
+                    lost.reconnect = context.keep.reconnects.start(machine, context.env)
+                raise lost from exc
         else:  # this host's side (its store, the .drv): the build failed, no builder did
             record_build(context, request, name, ended, status="failed", error=message)
         hint = f" ({exc.hint})" if isinstance(exc, OffloadError) and exc.hint else ""

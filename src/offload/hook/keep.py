@@ -38,6 +38,7 @@ from offload.hook.dispatch import Dispatch
 from offload.hook.full import FullBuilders
 from offload.hook.links import BuilderLinks
 from offload.hook.loads import HookLoads
+from offload.hook.reconnects import HookReconnects
 from offload.hook.slack import PathEnds
 from offload.load import local_boot_id
 from offload.protocol.serve import StoreClient
@@ -69,6 +70,10 @@ class Keep:
         self.dispatch = Dispatch() if queue else None
         # Builders full of other clients' builds, and their probes (``offload.hook.full``).
         self.full = FullBuilders(self.links, self.dispatch.notify) if self.dispatch else None
+        # Builders whose connection was lost, reconnected at once (``offload.hook.reconnects``).
+        self.reconnects = (
+            HookReconnects(self.links, state, self.dispatch.notify) if self.dispatch else None
+        )
         # When each nix-build's paths are expected to end (``offload.hook.slack``).
         self.path_ends = PathEnds()
         self._local: LocalLink | None = None
@@ -195,6 +200,8 @@ class Keep:
                 await self.dispatch.aclose()
             if self.full is not None:
                 await self.full.aclose()
+            if self.reconnects is not None:
+                await self.reconnects.aclose()
             await self.links.aclose()
             if self._local is not None:
                 await self._local.aclose()

@@ -27,6 +27,7 @@ derivation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -241,10 +242,12 @@ async def _accept_in_slot(
             return exc
         except Lost as exc:
             lost = exc
-    # Only the coordinator goes on: accepted already, but Nix cares not where it builds.
+    # Only the coordinator goes on: accepted already, but Nix cares not where it builds;
+    # there again if the builder, reconnected meanwhile, answered.
     assert lost.accepted is not None
+    excluded = set() if await _reconnected(context, lost) else {name}
     return await _build_where_a_slot_frees(
-        context, request, lost.accepted, work, excluded={name}, origin=name
+        context, request, lost.accepted, work, excluded=excluded, origin=name
     )
 
 
@@ -354,8 +357,9 @@ async def _build_where_a_slot_frees(
                 context.machine_failed(machine.name, exc.reason)
                 excluded.add(machine.name)
                 continue
-            except Lost:
-                excluded.add(machine.name)
+            except Lost as lost:
+                if not await _reconnected(context, lost):
+                    excluded.add(machine.name)
                 continue
             finally:
                 os.close(placement.fd)
@@ -407,6 +411,15 @@ def _wait_full(context: HookContext, name: str, waiting: list[str]) -> None:
     log_writer(context.io)(WAIT_NOTE.format(name=name))
     context.keep.full.wait(context.machine(name), context.env, time.time())
     waiting.append(name)
+
+
+async def _reconnected(context: HookContext, lost: Lost) -> bool:
+    """Whether the builder ``lost`` the build on answered again (``offload.hook.reconnects``):
+    its backoff cleared, the build may go there again."""
+    if lost.reconnect is None or not await asyncio.shield(lost.reconnect):
+        return False
+    context.reload_backoff()
+    return True
 
 
 def _why_moved(context: HookContext, origin: str, target: str, excluded: set[str]) -> str | None:
