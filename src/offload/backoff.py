@@ -14,8 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from offload.state_json import merging, read_state_json, write_state_json
+
+if TYPE_CHECKING:
+    from offload.config.pool import Pool
 
 __all__ = [
     "REASON_CHARS",
@@ -23,6 +27,7 @@ __all__ = [
     "Health",
     "change_backoff",
     "clear_backoff",
+    "connections",
     "load_backoff",
     "load_backoffs",
     "reason_line",
@@ -47,6 +52,10 @@ class Health:
     failures: int
     until: float  # wall clock; the machine may be tried again from then on
     reason: str | None = None  # None: not known (an entry from before reasons were kept)
+    # The machines line it failed with (``Machine.connection_id``), and when it was backed
+    # off (wall clock); None: not known (an entry from before they were kept).
+    connection: str | None = None
+    since: float | None = None
 
     @property
     def why(self) -> str:
@@ -61,6 +70,11 @@ class Health:
         )
 
 
+def connections(pool: Pool) -> dict[str, str]:
+    """Each of ``pool``'s machines' ``connection_id``: what ``load_backoff`` compares."""
+    return {machine.name: machine.connection_id for machine in pool.machines}
+
+
 def reason_line(text: str, limit: int = REASON_CHARS) -> str:
     """``text`` on one line (every run of whitespace, newlines included, one space), cut to
     ``limit`` characters with ``...``: ssh's errors span lines, and a state file and a status
@@ -69,35 +83,80 @@ def reason_line(text: str, limit: int = REASON_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def load_backoff(path: Path, now: float) -> dict[str, Health]:
-    """Entries still in force at ``now``; a missing or unreadable file means none."""
+def load_backoff(
+    path: Path, now: float, connections: Mapping[str, str] | None = None
+) -> dict[str, Health]:
+    """Entries still in force at ``now``; a missing or unreadable file means none. With
+    ``connections`` (each machine's ``connection_id`` now), an entry for a machine whose line
+    was mended since it failed (its URI, key or host key) is not in force: the fix is tried."""
     data = read_state_json(path)
     if not isinstance(data, dict):
         return {}
     result = {}
     for name, entry in data.items():
-        try:
-            health = Health(int(entry["failures"]), float(entry["until"]))
-        except (KeyError, TypeError, ValueError, OverflowError):  # int(Infinity), float(10**400)
+        health = _entry(entry)
+        if health is None or not (now < health.until <= now + _MAX_AHEAD):
             continue
-        reason = entry.get("reason")
-        if isinstance(reason, str) and reason.strip():  # bounded even if written by hand
-            health = Health(health.failures, health.until, reason_line(reason))
-        if 0 < health.failures <= _MAX_FAILURES and now < health.until <= now + _MAX_AHEAD:
-            result[str(name)] = health
+        if connections is not None and _mended(health, connections.get(str(name))):
+            continue
+        result[str(name)] = health
     return result
 
 
-def save_backoff(path: Path, changes: Mapping[str, Health | None], now: float) -> None:
-    """Merge ``changes`` (None: the machine is healthy) into the file, atomically, mode 0600."""
+def _mended(health: Health, connection: str | None) -> bool:
+    """Whether the machine's line (now ``connection``) is not the one ``health`` failed with."""
+    return None not in (health.connection, connection) and connection != health.connection
+
+
+def _entry(entry: object) -> Health | None:
+    """One entry of the file, or None where it is not one offload wrote."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        failures, until = int(entry["failures"]), float(entry["until"])
+    except (KeyError, TypeError, ValueError, OverflowError):  # int(Infinity), float(10**400)
+        return None
+    if not 0 < failures <= _MAX_FAILURES:
+        return None
+    reason = entry.get("reason")
+    connection, since = entry.get("connection"), entry.get("since")
+    return Health(
+        failures,
+        until,
+        # Bounded even if written by hand.
+        reason_line(reason) if isinstance(reason, str) and reason.strip() else None,
+        connection if isinstance(connection, str) else None,
+        float(since) if isinstance(since, int | float) and not isinstance(since, bool) else None,
+    )
+
+
+def save_backoff(
+    path: Path,
+    changes: Mapping[str, Health | None],
+    now: float,
+    *,
+    healthy_at: Mapping[str, float] | None = None,
+) -> None:
+    """Merge ``changes`` (None: the machine is healthy) into the file, atomically, mode 0600.
+    ``healthy_at``: when a machine was last seen healthy (its last build), for one said
+    healthy: an entry another process wrote after that (offload-hook found it down since) is
+    kept."""
     with merging(path):
         current = load_backoff(path, now)
         for name, health in changes.items():
-            if health is None:
-                current.pop(name, None)
-            else:
+            if health is not None:
                 current[name] = health
+            elif not _newer(current.get(name), (healthy_at or {}).get(name)):
+                current.pop(name, None)
         _write(path, current)
+
+
+def _newer(entry: Health | None, healthy: float | None) -> bool:
+    """Whether ``entry`` was written after the machine was seen ``healthy`` (wall clock)."""
+    return (
+        entry is not None and entry.since is not None and healthy is not None
+        and entry.since > healthy
+    )  # fmt: skip
 
 
 def change_backoff(
@@ -125,14 +184,21 @@ def _write(path: Path, entries: Mapping[str, Health]) -> None:
         data[name] = {"failures": health.failures, "until": health.until}
         if health.reason is not None and health.reason.strip():
             data[name]["reason"] = reason_line(health.reason)
+        if health.connection is not None:
+            data[name]["connection"] = health.connection
+        if health.since is not None:
+            data[name]["since"] = health.since
     write_state_json(path, data)
 
 
-def load_backoffs(paths: Sequence[Path], now: float) -> dict[str, Health]:
-    """Entries in force in any of ``paths``; a machine backed off in several shows the latest."""
+def load_backoffs(
+    paths: Sequence[Path], now: float, connections: Mapping[str, str] | None = None
+) -> dict[str, Health]:
+    """Entries in force in any of ``paths`` (``load_backoff``); a machine backed off in
+    several shows the latest."""
     merged: dict[str, Health] = {}
     for path in paths:
-        for name, health in load_backoff(path, now).items():
+        for name, health in load_backoff(path, now, connections).items():
             if name not in merged or health.until > merged[name].until:
                 merged[name] = health
     return merged

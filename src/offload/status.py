@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from offload.backoff import Health, load_backoffs
+from offload.backoff import Health, connections, load_backoffs
 from offload.config.machines import Machine
 from offload.config.pool import Pool
 from offload.errors import ConfigError
@@ -47,7 +47,7 @@ from offload.transport.persist import kept, listening
 from offload.transport.ssh import ssh_target
 from offload.use import Choice, read_choice
 
-__all__ = ["MachineStatus", "PoolStatus", "pool_status"]
+__all__ = ["MachineStatus", "PoolStatus", "pool_status", "read_backoff"]
 
 BACKOFF_FILE = "backoff.json"
 
@@ -138,8 +138,11 @@ class PoolStatus:
     slot_dir: Path
 
 
-def _backoff(places: Sequence[Path], now: float) -> dict[str, Health]:
-    return load_backoffs([place / BACKOFF_FILE for place in places], now)
+def read_backoff(places: Sequence[Path], now: float, pool: Pool | None = None) -> dict[str, Health]:
+    """The backoff in force in the state directories ``places``; with ``pool``, not that of a
+    machine whose line was mended since (``offload.backoff``)."""
+    paths = [place / BACKOFF_FILE for place in places]
+    return load_backoffs(paths, now, None if pool is None else connections(pool))
 
 
 def _chosen(pool: Pool, choice: Choice | None) -> set[str] | None:
@@ -189,7 +192,7 @@ def pool_status(
     daemon's hold theirs, read by a user whose own slots are in its state directory)."""
     choice = next((c for p in places if (c := read_choice(p, now)) is not None), None)
     chosen = _chosen(pool, choice)
-    backoff = _backoff(places, now)
+    backoff = read_backoff(places, now, pool)
     fallbacks = load_fallbacks([place / FALLBACK_FILE for place in places])
     loads = load_loads([place / LOADS_FILE for place in places])
     entries = [(LOCAL, LOCAL, pool.local.max_jobs, False)] if pool.local is not None else []

@@ -345,26 +345,29 @@ def test_a_system_with_a_typo_gets_the_one_meant_and_that_fix_passes(
     assert again.returncode == 0, again.stdout + again.stderr
 
 
-def test_a_builder_fixed_since_a_run_backed_it_off_is_said_to_be_left_out(
+def test_a_backoff_is_said_for_the_line_it_failed_with_and_not_once_it_is_fixed(
     doctor_fleet: Fleet, tmp_path: Path
 ) -> None:
-    """A run backs da off for a host key pinned wrong; with the line fixed doctor passed it
-    and said nothing of the backoff that keeps runs from it (status did); its command works."""
+    """A run backs da off for a host key pinned wrong: doctor on that line says the backoff
+    that keeps runs from it (it said nothing of it once), with a command that works; on the
+    line fixed, the backoff is no longer in force (runs try the fix at once): not said."""
     other_key = next(f[7] for f in machines_lines(doctor_fleet) if host_of(f[0]) == "db")
     wrong = write(tmp_path, lines_with(doctor_fleet, "da", 7, other_key), "wrong")
     file = nix_file(tmp_path, f'{{ one = mk "one" "{SPEED} > $out" {{}}; }}')
     built = offload(doctor_fleet, tmp_path, file, "-A", "one", "--builders", f"@{wrong}",
                     "--on", "da,local", "--no-out-link")  # fmt: skip
     assert built.returncode == 0, built.stderr
-    done = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da")
-    assert done.returncode == 0, done.stdout + done.stderr
+    fixed = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "backed off" not in fixed.stdout, fixed.stdout
+    done = doctor(doctor_fleet, tmp_path, wrong, "da")
     line = done.stdout.splitlines()[-1]
     assert line.startswith("da: backed off until "), done.stdout
     assert "not the one trusted for it" in line
     command = line.split("`")[1]
     assert command == "offload machines --reset da"
     # And in --json, which had no word of it.
-    shown = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da", "--json")
+    shown = doctor(doctor_fleet, tmp_path, wrong, "da", "--json")
     [da] = json.loads(shown.stdout)
     assert da["backoff"]["failures"] >= 1, da
     assert "not the one trusted for it" in da["backoff"]["why"]
@@ -372,7 +375,7 @@ def test_a_builder_fixed_since_a_run_backed_it_off_is_said_to_be_left_out(
     reset = [sys.executable, "-m", "offload", *command.split()[1:]]
     subprocess.run(reset, env={**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")},
                    capture_output=True, timeout=60, check=True)  # fmt: skip
-    again = doctor(doctor_fleet, tmp_path, doctor_fleet.machines_file, "da")
+    again = doctor(doctor_fleet, tmp_path, wrong, "da")
     assert "backed off" not in again.stdout, again.stdout
 
 

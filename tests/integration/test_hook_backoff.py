@@ -14,6 +14,7 @@ out their backoff.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
 from tests.helpers import processes
 from tests.helpers.fleets import member_line, private_fleet_fixture
 from tests.helpers.nix_files import nix_file
+from tests.helpers.offload_run import events
 
 HOOK = str(Path(sys.executable).parent / "offload-hook")
 ONE = '[ (mk "a" "echo a > $out" {}) ]\n'  # one derivation, new to every store (its salt)
@@ -278,3 +280,42 @@ def test_an_accepted_build_no_builder_is_left_for_fails_with_one_line(
     after = load_backoff(tmp_path / "state" / "backoff.json", time.time())
     assert after.keys() == {"bad", "bad2"}
     assert after["bad2"].failures == 2
+
+
+def test_a_line_mended_since_its_failure_is_tried_at_once(
+    backoff_fleet: Fleet, tmp_path: Path
+) -> None:
+    # hb1's pinned host key (column 8) was wrong: the run built here and backed hb1 off, with
+    # the fix to make. Made, the next run and nix-build used the backoff all the same: it was
+    # the name's, whatever line it failed with.
+    good = member_line(backoff_fleet, "hb1").split()
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    pinned = base64.b64encode(other.with_suffix(".pub").read_bytes().strip()).decode()
+    bad = " ".join([*good[:7], pinned])
+    env = _env(backoff_fleet, tmp_path, NIX_CONFIG="substituters =\n")
+    state = tmp_path / "state" / "backoff.json"
+
+    def build(line: str, salt: str, jobs: str) -> list[dict[str, object]]:
+        file = nix_file(tmp_path, ONE, f"{salt}.nix")
+        argv = [sys.executable, "-m", "offload", "build", str(file), "--builders", line]
+        done = subprocess.run(
+            [*argv, "-j", jobs, "--no-out-link", "--json"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return events(done.stdout)
+
+    first = build(bad, "first", "1")
+    assert ("hb1", "down") in {(e["machine"], e["state"]) for e in first if e["event"] == "machine"}
+    assert "hb1" in load_backoff(state, time.time())
+    mended = " ".join(good)
+    second = build(mended, "second", "0")
+    assert [e for e in second if e["event"] == "machine"] == []  # not said backed off
+    assert {e["machine"] for e in second if e["event"] == "job_finished"} == {"hb1"}
+    save_backoff(state, {"hb1": Health(1, time.time() + 60, "HOST KEY CHANGED",
+                                       connection="the line before", since=time.time())},
+                 time.time())  # fmt: skip
+    done = _nix_build(nix_file(tmp_path, ONE, "third.nix"), mended, _env(backoff_fleet, tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "backed off" not in done.stderr

@@ -188,3 +188,30 @@ def test_every_backoff_offload_writes_is_within_what_its_reader_keeps() -> None:
 
     backoff = Backoff()
     assert backoff.delay(backoff.max_steps) < _MAX_AHEAD
+
+
+def test_a_backoff_for_a_line_mended_since_is_not_in_force(tmp_path):
+    # A builder failed with one line (a wrong pinned host key, say); the line was fixed as the
+    # error said: the fix is tried at once, not after the backoff (it was keyed by name only).
+    path = tmp_path / "backoff.json"
+    failed = Health(1, 2000.0, "HOST KEY CHANGED", connection="old-line", since=1000.0)
+    save_backoff(path, {"fast": failed, "slow": Health(1, 2000.0, "refused")}, 1000.0)
+    assert load_backoff(path, 1500.0) == {"fast": failed, "slow": Health(1, 2000.0, "refused")}
+    assert set(load_backoff(path, 1500.0, {"fast": "old-line"})) == {"fast", "slow"}
+    # Mended: not in force; an entry with no line kept, or a machine not in the pool: as was.
+    assert set(load_backoff(path, 1500.0, {"fast": "new-line", "slow": "any"})) == {"slow"}
+    assert set(load_backoff(path, 1500.0, {})) == {"fast", "slow"}
+
+
+def test_a_run_said_healthy_keeps_a_backoff_written_after_its_last_build_there(tmp_path):
+    # The run built on medium until 1100; offload-hook found it down at 1200 and backed it
+    # off. The run, ending at 1300, cleared that backoff: it said medium healthy.
+    path = tmp_path / "backoff.json"
+    hooks = Health(1, 1260.0, "no answer", connection="line", since=1200.0)
+    save_backoff(path, {"medium": hooks, "fast": Health(1, 1260.0, since=1000.0)}, 1200.0)
+    save_backoff(
+        path, {"medium": None, "fast": None}, 1250.0, healthy_at={"medium": 1100.0, "fast": 1100.0}
+    )
+    assert load_backoff(path, 1250.0) == {"medium": hooks}  # fast's came before: cleared
+    save_backoff(path, {"medium": None}, 1250.0)  # healthy with no time: cleared, as before
+    assert load_backoff(path, 1250.0) == {}

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from offload.backoff import Health, load_backoff
+from offload.backoff import Health, connections, load_backoff
 from offload.cli.build_args import add_build_arguments, eval_flags, nix_json, refusal
 from offload.cli.interrupts import steady_runner
 from offload.cli.machines import pool_from_args
@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from offload.config.pool import Pool
 
 
-def remembered_backoff(state: Path, on: Sequence[str]) -> dict[str, Health]:
-    """Backoff from earlier runs, except for builders the user named: those are tried now."""
+def remembered_backoff(state: Path, on: Sequence[str], pool: Pool) -> dict[str, Health]:
+    """Backoff from earlier runs, except for builders the user named (those are tried now)
+    and those whose machines line was mended since (``offload.backoff``)."""
     named = {name for value in on for name in value.split(",")}
-    backoff = load_backoff(state / "backoff.json", time.time())
+    backoff = load_backoff(state / "backoff.json", time.time(), connections(pool))
     return {name: health for name, health in backoff.items() if name not in named}
 
 
@@ -107,7 +108,7 @@ def _run(
 
             check_target(args.report)  # before the run, not after it
             not_history(args.report, state / "history.sqlite")
-        backoff = remembered_backoff(state, args.on)
+        backoff = remembered_backoff(state, args.on, pool)
         if args.dry_run:
             from offload.cli.build_dry import show_dry_run
 

@@ -215,7 +215,9 @@ def execute(
                     estimate=guarded_estimator(history, pool),
                     env=env,
                     slots=slot_locks(state),
-                    backoff=remembered_backoff(state, retry_now) if backoff is None else backoff,
+                    backoff=remembered_backoff(state, retry_now, pool)
+                    if backoff is None
+                    else backoff,
                     **_from_settings(pool, fetch_all=fetch_all),
                     fallbacks=state / FALLBACK_FILE,
                     shared=shared,

@@ -11,13 +11,14 @@ code are the build's own either way, as a build stopped by Ctrl-C already was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from offload.backoff import save_backoff
+from offload.backoff import Health, connections, save_backoff
 from offload.build import DrvGraph
 from offload.config.pool import Pool
 from offload.errors import ConfigError, OffloadError
@@ -136,13 +137,32 @@ def keep_run(
         return
     backoff = state / "backoff.json"
     try:
-        save_backoff(backoff, report.health, time.time())
+        changes, last_built = _health(report, pool)
+        save_backoff(backoff, changes, time.time(), healthy_at=last_built)
     except OSError as exc:  # the run is kept all the same: said as what it is
         why = exc.strerror or str(exc)
         warn(
             f"{backoff}: the builders' backoff is not kept: {why}",
             "make it a file offload can write",
         )
+
+
+def _health(report: RunReport, pool: Pool) -> tuple[dict[str, Health | None], dict[str, float]]:
+    """The builders' backoff as the run learnt it, each entry with the line it failed with
+    and when it was written (``offload.backoff``), and when each builder last built for the
+    run: a backoff written since (offload-hook found it down) stays."""
+    now, lines = time.time(), connections(pool)
+    changes = {
+        name: None if health is None else dataclasses.replace(
+            health, connection=lines.get(name), since=now
+        )
+        for name, health in report.health.items()
+    }  # fmt: skip
+    built: dict[str, float] = {}
+    for job in report.finished:
+        if job.status == "built" and job.machine:
+            built[job.machine] = max(built.get(job.machine, 0.0), job.finished)
+    return changes, built
 
 
 def _record(

@@ -26,12 +26,13 @@ from offload.backoff import REASON_CHARS, Health
 from offload.cli import interrupts
 from offload.cli.arguments import machine_names
 from offload.cli.machines import add_pool_arguments, pool_from_args
-from offload.cli.machines_list import backoff_places, read_backoff
+from offload.cli.machines_list import backoff_places
 from offload.config.machines import shown
 from offload.config.machines.check import param_problems
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions, MachineReport, diagnose, format_report
 from offload.errors import ConfigError
 from offload.paths import daemon_here
+from offload.status import read_backoff
 
 __all__ = ["register", "run"]
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {shown(machine.name, 200)}: {problem}", file=sys.stderr)
     options = DoctorOptions(timeout=args.timeout, env=dict(os.environ))
     reports = interrupts.run(diagnose(pool.machines, options))
-    backoff = read_backoff(backoff_places(), time.time())
+    backoff = read_backoff(backoff_places(), time.time(), pool)
     if args.json:
         print(json.dumps([_as_json(report, backoff.get(report.name)) for report in reports],
                          indent=2))  # fmt: skip

@@ -29,7 +29,6 @@ from offload.cli.machines_list import (
     backoff_places,
     format_table,
     pool_problems,
-    read_backoff,
 )
 from offload.config.convert import machines_from_nixos, pool_to_nix, pool_to_nixos, pool_to_toml
 from offload.config.machines import (
@@ -51,6 +50,7 @@ from offload.config.settings import (
 from offload.errors import ConfigError
 from offload.names import LOCAL
 from offload.numerals import is_decimal
+from offload.status import read_backoff
 from offload.typing_compat import override
 
 __all__ = ["add_pool_arguments", "machine_json", "pool_from_args", "register", "run"]
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.on and not args.exclude:
         # Show disabled (and unusable) machines too, marked, so a person sees why.
         selected = Pool(selected.local, pool.machines, pool.warnings, pool.local_entry)
-    backoff = read_backoff(backoff_places(), time.time())
+    backoff = read_backoff(backoff_places(), time.time(), pool)
     if args.json:
         print(json.dumps(pool_json(selected, backoff), indent=2))
     else:

@@ -17,17 +17,17 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
-from offload.backoff import REASON_CHARS, Health, load_backoffs
+from offload.backoff import REASON_CHARS, Health
 from offload.config.machines import Machine, duplicate_names, machine_problems, shown
 from offload.config.pool import Pool
 from offload.names import LOCAL
 from offload.numerals import is_decimal
 from offload.paths import SYSTEM_STATE_DIR, state_dir
 
-__all__ = ["BACKOFF_FILE", "backoff_places", "format_table", "pool_problems", "read_backoff"]
+__all__ = ["BACKOFF_FILE", "backoff_places", "format_table", "pool_problems"]
 
 BACKOFF_FILE = "backoff.json"
 WIDTH = 100
@@ -42,10 +42,6 @@ def backoff_places() -> list[Path]:
     if SYSTEM_STATE_DIR not in places and os.access(SYSTEM_STATE_DIR, os.R_OK | os.X_OK):
         places.append(SYSTEM_STATE_DIR)
     return places
-
-
-def read_backoff(places: Sequence[Path], now: float) -> dict[str, Health]:
-    return load_backoffs([place / BACKOFF_FILE for place in places], now)
 
 
 def _place(line: str) -> tuple[str, int]:

@@ -19,7 +19,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offload.backoff import Health, change_backoff, load_backoff, reason_line, save_backoff
+from offload.backoff import (
+    Health,
+    change_backoff,
+    connections,
+    load_backoff,
+    reason_line,
+    save_backoff,
+)
 from offload.config.machines import Machine
 from offload.config.pool import Pool, load_pool
 from offload.config.settings import NixSettings
@@ -277,7 +284,9 @@ class HookContext:
     def reload_backoff(self) -> None:
         """Backoff as the file has it now: another run's failure, or ``offload machines
         --reset``, counts from the next decision (Nix keeps a hook process until it accepts)."""
-        self.backoff = load_backoff(self.state / "backoff.json", time.time())
+        self.backoff = load_backoff(
+            self.state / "backoff.json", time.time(), connections(self.pool)
+        )
 
     def machine_failed(self, name: str, error: str) -> None:
         """Back builder ``name`` off for every hook and run on this host, with why (``error``
@@ -289,7 +298,11 @@ class HookContext:
         reason = reason_line(explain(self.machine(name), error, HOOK_LEAVE_OUT))
         counted: list[Health] = []
 
+        connection = self.machine(name).connection_id
+
         def failed(current: Health | None) -> Health | None:
+            if current is not None and current.connection not in (None, connection):
+                current = None  # failures of its line before it was mended count no more
             # Another build there (another hook process) may have found it dead a moment ago.
             if (
                 current is not None
@@ -300,7 +313,8 @@ class HookContext:
                 # out of turn it would not make): one failure, said once.
                 return current
             failures = (current.failures if current is not None else 0) + 1
-            counted.append(Health(failures, now + Backoff().delay(failures), reason))
+            until = now + Backoff().delay(failures)
+            counted.append(Health(failures, until, reason, connection, now))
             return counted[0]
 
         change_backoff(self.state / "backoff.json", name, failed, now)
@@ -385,7 +399,7 @@ def load_context(
         io=io,
         parent=parent,
         keep=keep,
-        backoff=load_backoff(state / "backoff.json", now),
+        backoff=load_backoff(state / "backoff.json", now, connections(pool)),
     )
     context.notes += list(pool.warnings)
     if note is not None:

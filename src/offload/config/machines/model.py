@@ -8,6 +8,7 @@ default::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -140,6 +141,14 @@ class Machine:
         ``ssh_key``) is set for this machine, or None when its machines line sets it."""
         # A later table over this machine (one an earlier table defined, too) is the last word.
         return self.set_in.get(column) or (self.source if self.origin == "toml" else None)
+
+    @property
+    def connection_id(self) -> str:
+        """What reaching it depends on in its line, as one short digest: the store URI (host,
+        port, user, parameters), the ssh key and the pinned host key. A backoff remembers it
+        (``offload.backoff``): one for a line mended since is no longer in force."""
+        text = "\0".join((self.uri, self.ssh_key or "", self.host_key_base64 or ""))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def pins_junk(self) -> bool:
