@@ -1,7 +1,10 @@
 """The doctor's verdicts on getting to a builder, from recorded OpenSSH output."""
 
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -272,3 +275,27 @@ def test_a_user_without_a_shell_is_said_so_with_the_fix() -> None:
     assert no_shell(failed, "", "nixremote@b") is None  # another failure: as it was
     logged_in = ssh_check(0, "", key="/k", pinned=True, destination="nixremote@b", seconds=0.1)
     assert no_shell(logged_in, "This account is currently not available.\n", "x@b") is None
+
+
+def test_an_option_ssh_refuses_is_said_as_such_not_as_a_name_that_does_not_resolve(
+    tmp_path: Path,
+) -> None:
+    # `ssh -G` failing on NIX_SSHOPTS was read as no config: doctor looked the machines line's
+    # alias up in DNS and said it does not resolve, with a fix about host names.
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "NIX_SSHOPTS": "-o ServerAliveInterval=x",
+        "OFFLOAD_STATE_DIR": str(tmp_path / "state"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "doctor", "--builders", "ssh://fast x86_64-linux - 1 1"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    said = done.stdout.splitlines()
+    assert said[-2] == (
+        "fast: resolve fail: ssh refused an option of NIX_SSHOPTS (command-line line 0: invalid"
+        " time value.): it connects nowhere"
+    ), done.stdout
+    assert said[-1] == "  fix: fix or remove that option in NIX_SSHOPTS"

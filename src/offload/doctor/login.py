@@ -56,6 +56,7 @@ from offload.transport.ssh import (
     ssh_target,
 )
 from offload.transport.ssh_keys import has_passphrase, key_place
+from offload.transport.ssh_options import option_refused
 
 __all__ = ["DEFAULT_TIMEOUT", "SLACK", "DoctorOptions", "LoginProbe"]
 
@@ -104,6 +105,8 @@ class LoginProbe:
             )
         except (TimeoutError, OffloadError):
             return SshConfig(self.target.host, self.target.port or 22)
+        if done.returncode != 0 and (refused := option_refused(done.stderr)) is not None:
+            return SshConfig(self.target.host, self.target.port or 22, refused=refused)
         text = done.stdout if done.returncode == 0 else ""
         return parse_ssh_g(text, self.target.host, self.target.port)
 
@@ -111,7 +114,7 @@ class LoginProbe:
         def verdict(addresses: list[str], error: str | None) -> Check:
             return resolve_check(config, addresses, error, self.target.host, self.machine.source)
 
-        if config.proxy is not None:
+        if config.proxy is not None or config.refused is not None:
             return verdict([], None), []
         loop = asyncio.get_running_loop()
         lookup = loop.getaddrinfo(config.hostname, config.port, type=socket.SOCK_STREAM)

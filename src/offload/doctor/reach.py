@@ -65,6 +65,7 @@ class SshConfig:
     user: str | None = None
     proxy: str | None = None  # ProxyJump or ProxyCommand: the TCP connection is not ours
     identity: str | None = None  # the first IdentityFile, to name the key in messages
+    refused: str | None = None  # ssh's words for an option of NIX_SSHOPTS it refused: no config
 
 
 def parse_ssh_g(text: str, host: str, port: int | None) -> SshConfig:
@@ -97,6 +98,13 @@ def resolve_check(
     """The name ssh would connect to resolved to ``addresses``, or failed with ``error``;
     ``line`` is the machines line (file:line) that names ``alias``."""
     name = config.hostname if config.hostname == alias else f"{alias} -> {config.hostname}"
+    if config.refused is not None:
+        return Check(
+            "resolve",
+            Verdict.FAIL,
+            f"ssh refused an option of NIX_SSHOPTS ({config.refused}): it connects nowhere",
+            "fix or remove that option in NIX_SSHOPTS",
+        )
     if config.proxy is not None:
         return Check("resolve", Verdict.OK, f"{name}, reached through {config.proxy}")
     if error is not None or not addresses:
