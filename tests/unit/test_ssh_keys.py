@@ -7,6 +7,7 @@ import pytest
 
 from offload.build.faults import explain
 from offload.config.machines import Machine, parse_machines
+from offload.config.machines.check import machine_problems
 from offload.config.pool import apply_toml
 from offload.config.settings import parse_offload_toml
 from offload.transport.links.ssh_errors import ssh_hint
@@ -144,3 +145,25 @@ def test_the_transports_hint_says_the_key_file_is_missing() -> None:
     hint = ssh_hint(link_error(MISSING))
     assert hint == "ssh key file /k/nosuchkey does not exist: check column 3 of machines"
     assert "authorized_keys" in ssh_hint(link_error(DENIED))
+
+
+@pytest.mark.parametrize("reason", ["bad permissions", "error in libcrypto"])
+def test_a_public_key_named_for_the_private_one_is_said_to_be_one(reason: str) -> None:
+    # ssh finds a .pub too open before it finds it is no private key: the fix said was
+    # `chmod 600 key.pub`, and after it, the right one (name the private key).
+    trouble = KeyTrouble("/k/id.pub", reason)
+    what, fix = key_fix(trouble, "/k/id.pub", "column 3 of m:1")
+    assert what == "ssh key file /k/id.pub is a public key (a .pub), not the private key ssh needs"
+    assert fix == "name the private key (not its .pub) in column 3 of m:1"
+
+
+def test_offload_machines_says_a_public_key_in_column_3_whatever_its_mode(tmp_path) -> None:
+    public = tmp_path / "id.pub"
+    public.write_text("ssh-ed25519 AAAA x\n")
+    public.chmod(0o644)
+    (machine,), _ = parse_machines(
+        f"ssh://b x86_64-linux {public} 1 1\n", source="m", system="x86_64-linux"
+    )
+    assert machine_problems(machine, lambda _: True) == [
+        f"m:1: b: ssh key file {public} is a public key: name the private key (not its .pub)"
+    ]

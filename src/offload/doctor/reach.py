@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.config.machines.check import names_public_key
 from offload.doctor.model import Check, Verdict
 from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.transport.daemon_socket import daemon_trouble
@@ -178,7 +179,7 @@ def ssh_check(
     said = [text.strip() for text in stderr.splitlines() if text.strip()]
     last = said[-1] if said else "(ssh printed nothing)"
     key_name = key or "your ssh key"
-    if "UNPROTECTED PRIVATE KEY FILE" in stderr:
+    if "UNPROTECTED PRIVATE KEY FILE" in stderr and not (key and names_public_key(key)):
         fix = f"chmod 600 {key_name}: ssh ignores a private key that others may read"
         if returncode == 0:
             return Check("ssh", Verdict.WARN, f"logged in, but {key_name} is ignored", fix)

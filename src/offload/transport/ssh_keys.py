@@ -38,7 +38,12 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from offload.config.machines.check import expanded, key_missing, key_too_open
+from offload.config.machines.check import (
+    expanded,
+    key_missing,
+    key_too_open,
+    names_public_key,
+)
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -87,6 +92,8 @@ class KeyTrouble:
             return "does not exist"
         if self.reason == "Permission denied":
             return "cannot be read by this user (Permission denied)"
+        if names_public_key(self.path):  # too open, or not loadable: the wrong file named
+            return "is a public key (a .pub), not the private key ssh needs"
         if self.reason == "bad permissions":
             return "is readable by others, so ssh ignores it"
         return f"is not a private key ssh can load ({self.reason})"
@@ -128,7 +135,7 @@ def key_fix(trouble: KeyTrouble, key: str | None, place: str) -> tuple[str, str]
         return what, f"name an existing private key file in {where}"
     if trouble.reason == "Permission denied":
         return what, f"let the user that runs ssh read it, or name another key in {where}"
-    if trouble.reason == "bad permissions":
+    if trouble.reason == "bad permissions" and not names_public_key(trouble.path):
         return what, f"chmod 600 {trouble.path}"
     return what, f"name the private key (not its .pub) in {where}"
 

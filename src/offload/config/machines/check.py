@@ -32,6 +32,7 @@ __all__ = [
     "key_missing",
     "key_too_open",
     "machine_problems",
+    "names_public_key",
     "param_problems",
     "real_system",
     "refusals",
@@ -204,6 +205,13 @@ def key_missing(machine: Machine, exists: Callable[[str], bool] = os.path.exists
     return not exists(expanded(key))
 
 
+def names_public_key(key: str) -> bool:
+    """Does ``key`` name a public key file (``.pub``) where ssh needs the private one? ssh says
+    such a file is too open (a .pub is made readable) or no key it can load: neither is the
+    fix, which is to name the private key."""
+    return key.endswith(".pub")
+
+
 def key_too_open(key: str) -> bool:
     """Does ssh ignore the key file ``key`` as too open? It does a file of this user's that
     others may read or write (OpenSSH's sshkey_perm_ok: mode & 077), and goes on with another
@@ -230,6 +238,9 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
         table = machine.toml_table("ssh_key")
         where = "" if table is None else f" (ssh-key of {shown(table)})"
         found.append(f"ssh key file {shown(machine.ssh_key, 400)}{where} does not exist")
+    elif machine.is_ssh and machine.ssh_key and names_public_key(machine.ssh_key):
+        key = shown(machine.ssh_key, 400)
+        found.append(f"ssh key file {key} is a public key: name the private key (not its .pub)")
     elif machine.is_ssh and machine.ssh_key and key_too_open(machine.ssh_key):
         key = shown(machine.ssh_key, 400)
         found.append(
