@@ -62,9 +62,13 @@ def test_slots_held_backoff_and_choice_are_shown_per_machine(tmp_path: Path) -> 
     assert by_name["fast"].backoff is None
     assert by_name["fast"].by_nix == 0  # offload holds it
     assert [m.chosen for m in status.machines] == [False, True, False]
-    text = format_status(status)
+    text = format_status(status, now)
     assert text.splitlines()[0].split()[0] == "MACHINE"
     assert text.splitlines()[2].split()[:2] == ["fast", "1/2"]
+    assert "(late)" not in text.splitlines()[2]
+    # Its holder's estimate passed: the build runs longer than guessed, which is said.
+    late = format_status(status, now + 61).splitlines()[2].split()
+    assert late[2:4] == [time.strftime("%H:%M:%S", time.localtime(now + 60)), "(late)"], late
     assert "(2 failures)" in text.splitlines()[3]
     assert text.splitlines()[-1].startswith("offload use: fast (until ")
     assert f"slow: backed off: {why}{RESET_SLOW}" in text.splitlines()

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from offload.backoff import REASON_CHARS
@@ -99,7 +100,16 @@ def _in_use(machine: MachineStatus) -> str:
     return text
 
 
-def format_status(status: PoolStatus) -> str:
+def _free_by(ends: Sequence[float], now: float) -> str:
+    """When the soonest of a machine's held slots is expected to free: its holder's estimate,
+    ``late`` once that is past (the build runs longer than guessed)."""
+    if not ends:
+        return "-"
+    return f"{_clock(ends[0])}{' (late)' if ends[0] < now else ''}"
+
+
+def format_status(status: PoolStatus, now: float | None = None) -> str:
+    now = time.time() if now is None else now
     rows = [["MACHINE", "IN USE", "FREE BY", "BACKOFF", "CHOSEN"]]
     for machine in status.machines:
         backoff = "-"
@@ -107,7 +117,7 @@ def format_status(status: PoolStatus) -> str:
             failures = machine.backoff.failures
             backoff = f"until {_clock(machine.backoff.until)} ({failures} failure"
             backoff += "s)" if failures != 1 else ")"
-        free_by = _clock(machine.expected_free[0]) if machine.expected_free else "-"
+        free_by = _free_by(machine.expected_free, now)
         rows.append(
             [
                 machine.name,
