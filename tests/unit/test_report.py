@@ -74,6 +74,9 @@ def test_lanes_rows_and_the_critical_path():
     page = render_html(model)
     assert "the lower bound, from the first build" in page
     assert '<line class="bound"' in page
+    assert "<h2>Critical path (3 builds, " in page
+    one = render_html(make_model(_run({}), [_build("a", "fast", 1, 5)]))
+    assert "<h2>Critical path (1 build, " in one  # "1 builds" before
 
 
 def test_outside_text_is_escaped_everywhere():

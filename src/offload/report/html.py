@@ -265,7 +265,8 @@ def _machines(model: ReportModel) -> str:
 def _critical(model: ReportModel) -> str:
     rows = [(b.name or b.pname, b.machine, format_duration(b.duration)) for b in model.critical]
     total = sum(b.duration for b in model.critical)
-    heading = f"Critical path ({len(rows)} builds, {format_duration(total)} of building)"
+    builds = f"{len(rows)} build{'' if len(rows) == 1 else 's'}"
+    heading = f"Critical path ({builds}, {format_duration(total)} of building)"
     return _table(heading, "critical", ("derivation", "machine", "building"), rows)
 
 
