@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -314,11 +317,6 @@ def test_empty_include_name_is_skipped_as_in_nix():
         ("m - - +-1", "column 4 (maxJobs): '+-1' is not a whole number"),
         ("m\x1b[31m - - x\x00", "column 4 (maxJobs): 'x\\x00' is not a whole number"),
         ("- x86_64-linux", "machines:1: column 1 (storeUri): a store URI is required"),
-        ("ssh://", "column 1 (storeUri): no host name in 'ssh://'"),
-        ("ssh://@h", "column 1 (storeUri): empty user name"),
-        ("ssh://h:0", "column 1 (storeUri): '0' is not a port number"),
-        ("ssh://h:99999", "column 1 (storeUri): '99999' is not a port number"),
-        ("ssh://h:ssh", "column 1 (storeUri): 'ssh' is not a port number"),
     ],
 )
 def test_error_messages_name_file_line_and_column(line, message):
@@ -327,6 +325,26 @@ def test_error_messages_name_file_line_and_column(line, message):
     assert message in info.value.message
     assert "\n" not in info.value.message
     assert info.value.hint is not None
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        ("ssh://", "no host name in 'ssh://'"),
+        ("ssh://@h", "empty user name in 'ssh://@h'"),
+        ("ssh://h:0", "'0' is not a port number (1-65535) in 'ssh://h:0'"),
+        ("ssh://h:99999", "'99999' is not a port number (1-65535) in 'ssh://h:99999'"),
+        ("ssh://h:ssh", "'ssh' is not a port number (1-65535) in 'ssh://h:ssh'"),
+        ("ssh://fast/path", "'fast/path' is not a host name (it contains '/')"),
+    ],
+)
+def test_a_store_uri_that_reaches_no_host_leaves_its_machine_out_not_the_file(uri, why):
+    # Nix 2.8 takes any URI in column 1 and fails to connect to it when it builds, building
+    # on the other lines: offload refused the whole file for it.
+    found, _ = parse_machines(
+        f"{uri} x86_64-linux - 1 1\nother x86_64-linux - 1 1\n", source="machines", system=SYSTEM
+    )
+    assert [m.not_connected for m in found] == [f"its store URI is unusable: {why}", None]
 
 
 def test_error_line_number_counts_comments_and_blanks():
@@ -413,3 +431,23 @@ def test_a_relative_include_read_from_root_is_said_as_nix_reads_it() -> None:
         "s:1: @more.machines is relative: read from / (/more.machines), as Nix's build hook"
         " reads it: write an absolute path"
     )
+
+
+def test_offload_machines_says_the_machine_left_out_and_exits_0(tmp_path):
+    machines = tmp_path / "machines"
+    machines.write_text("ssh://fast/path x86_64-linux - 1 1\nother x86_64-linux - 1 1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "machines", "--builders", f"@{machines}"],
+        env={**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (said,) = [line for line in done.stderr.splitlines() if "fast/path" in line]
+    assert said.startswith(f"warning: {machines}:1: ssh://fast/path: its store URI is unusable: ")
+    assert "offload leaves it out" in said
+    assert "Nix rejects the whole" not in done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [
+        "local",
+        "ssh://fast/path",
+        "other",
+    ]

@@ -226,6 +226,8 @@ def key_too_open(key: str) -> bool:
 def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[str]:
     """One line per problem, each starting with the machine's ``file:line`` and name."""
     found: list[str] = []
+    if machine.uri_problem is not None:
+        found.append(_unusable_uri(machine))
     scheme = scheme_problem(machine)
     if scheme is not None:
         found.append(scheme)
@@ -255,10 +257,18 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
     return [f"{machine.source}: {machine.name}: {problem}" for problem in found]
 
 
+def _unusable_uri(machine: Machine) -> str:
+    return (
+        f"{machine.not_connected}: offload leaves it out (Nix takes the line, and fails to"
+        " connect when it builds); write it as ssh://[user@]host (a Host alias for a port)"
+    )
+
+
 def refusals(machine: Machine) -> list[str]:
     """Why offload does not connect to ``machine`` (``Machine.not_connected``), with the fix,
     as ``machine_problems`` says it: one line each (none when it connects)."""
     found = [_PINS_JUNK] if machine.pins_junk else []
+    found += [_unusable_uri(machine)] if machine.uri_problem is not None else []
     found += _refused_names(machine)
     if not found and machine.not_connected is not None:  # a NUL byte
         found.append(f"{machine.not_connected}: offload does not connect to it")

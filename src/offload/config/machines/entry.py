@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from types import MappingProxyType
 
 from offload.config.machines.compat import NixCompat
 from offload.config.machines.host_key import decode_host_key, nix_base64_decode
@@ -56,7 +57,7 @@ def parse_entry(entry: str, where: str, system: str) -> tuple[Machine, list[NixC
         value = tokens[index] if index < len(tokens) else "-"
         return None if value == "-" else value
 
-    uri = _store_uri(tokens[0], where)
+    uri, unusable = _store_uri(tokens[0], where)
     if uri.port is not None:
         compat.append(NixCompat(where, (2, 31), _PORT_CLAUSE.format(port=uri.port)))
     systems_text = given(1)
@@ -85,6 +86,7 @@ def parse_entry(entry: str, where: str, system: str) -> tuple[Machine, list[NixC
         source=where,
         name=default_name(uri.uri),
         host_key_base64=key_text,
+        uri_problem=unusable,
     )
     return machine, compat
 
@@ -95,13 +97,19 @@ _PORT_CLAUSE = (
 )
 
 
-def _store_uri(raw_uri: str, where: str) -> StoreUri:
+def _store_uri(raw_uri: str, where: str) -> tuple[StoreUri, str | None]:
+    """Column 1's store URI, and why no host can be reached through it (None: one can). Nix
+    2.8 takes any URI there and fails to connect to it when it builds, building elsewhere:
+    such a line leaves its machine out, not the whole file (``Machine.not_connected``)."""
     if raw_uri == "-":
         raise _column_error(where, 0, "a store URI is required, not '-'")
     try:
-        return parse_store_uri(raw_uri)
+        return parse_store_uri(raw_uri), None
     except ValueError as exc:
-        raise _column_error(where, 0, str(exc)) from None
+        scheme, found, _ = raw_uri.partition("://")
+        uri = raw_uri if found else f"ssh://{raw_uri}"
+        none: MappingProxyType[str, str] = MappingProxyType({})
+        return StoreUri(uri, scheme if found else "ssh", None, None, None, none), str(exc)
 
 
 def _max_jobs(text: str | None, where: str) -> int:

@@ -135,6 +135,9 @@ class Machine:
     # The Nix columns (as fields: ``max_jobs``) an offload.toml table set over the line's own
     # value, and where that table is: what the user edits to change it is there, not the line.
     set_in: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # Why its store URI reaches no host ('ssh://fast/path'): Nix takes the line and fails to
+    # connect when it builds; offload leaves the machine out (``not_connected``).
+    uri_problem: str | None = None
 
     def toml_table(self, column: str) -> str | None:
         """The offload.toml ``[[machine]]`` table where ``column`` (a field: ``max_jobs``,
@@ -162,6 +165,8 @@ class Machine:
         does): a pinned "key" ssh cannot use, a NUL byte, or a host or user name ssh must not
         be given (``ssh_name_problem``: one ssh would read as an option, or a shell act on;
         ssh 9.6 refuses the latter, an older one hands it to a ProxyCommand's shell)."""
+        if self.uri_problem is not None:
+            return f"its store URI is unusable: {self.uri_problem}"
         if self.pins_junk:
             return "its host key is base64 of no ssh key"
         decoded = "".join(self.params.values())  # %00 in remote-store, remote-program...
