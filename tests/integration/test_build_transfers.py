@@ -197,14 +197,19 @@ def test_a_dropped_connection_mid_transfer_leaves_no_partial_path(fleet, tmp_pat
     assert (tmp_path / "dropped").exists(), "the proxy never dropped the connection"
     assert done.returncode == 0, done.stderr
     statuses = [(e["machine"], e["status"]) for e in finished(done.stdout)]
-    assert statuses == [("medium", "lost"), ("slow", "built")]
+    # Lost with its connection, built again: on slow at once, or on medium once reconnected
+    # (a copy there too, the one that lost stopped).
+    assert statuses[0] == ("medium", "lost"), statuses
+    (built,) = [machine for machine, status in statuses if status == "built"]
+    assert {status for _, status in statuses[1:]} <= {"built", "cancelled"}, statuses
     x = out_path(file, "x")
-    # Locally the output is whole (its hash checks out) and is slow's, not a piece of medium's.
+    # Locally the output is whole (its hash checks out) and is the builder's, not a piece of
+    # the copy whose connection dropped.
     verify = subprocess.run(
         ["nix-store", "--verify-path", x], capture_output=True, text=True, check=False
     )
     assert verify.returncode == 0, verify.stderr
-    assert Path(x).read_bytes().endswith(f"\n{speed_of(fleet, 'slow')}\n".encode())
+    assert Path(x).read_bytes().endswith(f"\n{speed_of(fleet, built)}\n".encode())
     # On medium, the path whose transfer was cut is either whole and valid, or not there at all.
     src = subprocess.run(
         ["nix-store", "--add", str(blob)], capture_output=True, text=True, check=True

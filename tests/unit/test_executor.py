@@ -110,9 +110,10 @@ def test_connection_dropped_mid_build_reschedules_on_another_machine():
     assert report.ok
     lost = [e for e in events if isinstance(e, JobFinished) and e.status == "lost"]
     assert [e.machine for e in lost] == ["flaky"]
-    assert finished(events) == {"a": "local"}
+    # Built again at once on the free machine; flaky, reconnected meanwhile (the drop left it
+    # reachable: scheduler.run.reconnects), may have copied it too, the first copy to end wins.
+    assert finished(events)["a"] in {"local", "flaky"}
     assert local_store.has(outs["a"])
-    assert not flaky_store.has(outs["a"])
 
 
 def test_mandatory_feature_machine_only_takes_matching_work():

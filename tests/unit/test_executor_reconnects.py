@@ -14,6 +14,7 @@ from offload.errors import SchedulerError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
+from offload.transport.fake.faults import Hangup
 from offload.ui.events import Event, JobFinished, MachineEvent
 from tests.helpers.plans import finished, make_plan, spec
 from tests.helpers.plans import run_executor as run
@@ -25,24 +26,40 @@ def _machine_events(events: list[Event]) -> list[tuple[str, str, str]]:
     return [(e.machine, e.state, e.message) for e in events if isinstance(e, MachineEvent)]
 
 
-def _dropping(times: int) -> object:
-    """A builder whose first ``times`` builds hang up their session."""
-    dropped: list[str] = []
+def _dropping(name: str, times: int) -> FakeStore:
+    """A builder whose first ``times`` builds hang up their session without a word, as a
+    connection that dropped (one where its Nix said why is no dropped connection)."""
+    store = FakeStore(name)
+    for _ in range(times):
+        store.break_next("build-start")
+    return store
 
-    async def build(build: FakeBuild) -> BuildOutcome | None:
-        if len(dropped) < times:
-            dropped.append(build.drv.name)
-            raise RuntimeError("connection dropped")
-        return None
 
-    return build
+def test_a_session_its_nix_ended_with_an_error_is_not_reconnected():
+    # The builder's Nix said why it stopped (its own substituter down, say): reconnecting
+    # would build there again into the same error.
+    plan, _, _, src = make_plan({"a": []})
+
+    async def stops(build: FakeBuild) -> BuildOutcome | None:
+        raise Hangup("error: cannot connect to 'nobody@127.0.0.1'")
+
+    local = FakeLink(FakeStore("local", [src]))
+    said = FakeLink(FakeStore("said", builder=stops))
+    members = [
+        PoolMember(spec("said", speed=8, slots=1), said, remote=True),
+        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
+    ]
+    report, events = run(plan, members, local)
+    assert report.ok
+    assert finished(events) == {"a": "local"}
+    assert [(m, s) for m, s, _ in _machine_events(events)] == [("said", "down")]
 
 
 def test_a_builder_whose_connection_dropped_takes_work_again_at_once():
     # The one builder (-j 0): backed off, it left nothing to build on and the run stranded.
     plan, _, outs, src = make_plan({"a": [], "b": ["a"]})
     local = FakeLink(FakeStore("local", [src]))
-    flaky_store = FakeStore("flaky", builder=_dropping(1))  # type: ignore[arg-type]
+    flaky_store = _dropping("flaky", 1)
     flaky = FakeLink(flaky_store)
     report, events = run(plan, [PoolMember(spec("flaky", slots=1), flaky, remote=True)], local)
     assert report.ok, report.failed
@@ -61,7 +78,7 @@ def test_a_builder_that_went_away_stays_backed_off():
     plan, _, _, src = make_plan({"a": []})
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
-    gone = FakeLink(FakeStore("gone", builder=_dropping(1)), falls=True)  # type: ignore[arg-type]
+    gone = FakeLink(_dropping("gone", 1), falls=True)
     members = [
         PoolMember(spec("gone", speed=8, slots=1), gone, remote=True),
         PoolMember(spec("local", speed=1, slots=1), local, remote=False),
@@ -81,7 +98,7 @@ def test_a_builder_whose_connections_keep_dropping_is_reconnected_once():
     # machine the run is stranded (what it built kept), as it was at the first drop before.
     plan, _, _, src = make_plan({"a": []})
     local = FakeLink(FakeStore("local", [src]))
-    flaky = FakeLink(FakeStore("flaky", builder=_dropping(2)))  # type: ignore[arg-type]
+    flaky = FakeLink(_dropping("flaky", 2))
     events: list[Event] = []
     members = [PoolMember(spec("flaky", slots=1), flaky, remote=True)]
     executor = Executor(plan, members, local, emit=events.append)

@@ -11,7 +11,7 @@ import time
 import uuid
 
 from offload.booleans import nix_bool
-from offload.errors import OffloadError, ProtocolError, TransportError
+from offload.errors import OffloadError, ProtocolError, RemoteError, TransportError
 from offload.history.records import BuildRecord
 from offload.hook.context import HookContext
 from offload.hook.remote import CachesHeard, Outcome, build_remote, error_message
@@ -73,7 +73,8 @@ async def build_on(
             record_build(context, request, name, ended, status="lost", error=message)
             if context.keep.dispatch is not None:
                 lost = Lost(message)
-                if context.keep.reconnects is not None:
+                # Not where its Nix said why (a RemoteError): no connection that dropped.
+                if context.keep.reconnects is not None and not isinstance(exc, RemoteError):
                     lost.reconnect = context.keep.reconnects.start(machine, context.env)
                 raise lost from exc
         else:  # this host's side (its store, the .drv): the build failed, no builder did

@@ -108,8 +108,13 @@ def _store_uri(raw_uri: str, where: str) -> tuple[StoreUri, str | None]:
     except ValueError as exc:
         scheme, found, _ = raw_uri.partition("://")
         uri = raw_uri if found else f"ssh://{raw_uri}"
+        why = str(exc)
+        try:  # said of the URI as it is kept (and printed: it reads back the same)
+            parse_store_uri(uri)
+        except ValueError as again:
+            why = str(again)
         none: MappingProxyType[str, str] = MappingProxyType({})
-        return StoreUri(uri, scheme if found else "ssh", None, None, None, none), str(exc)
+        return StoreUri(uri, scheme if found else "ssh", None, None, None, none), why
 
 
 def _max_jobs(text: str | None, where: str) -> int:

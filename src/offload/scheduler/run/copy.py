@@ -28,7 +28,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
-from offload.errors import NotStarted, OffloadError, SshError
+from offload.errors import NotStarted, OffloadError, RemoteError, SshError
 from offload.names import LOCAL
 from offload.protocol.lanes import Lane
 from offload.protocol.serve import BuildOptions, BuildResult, BuildStatus, PathInfo
@@ -71,6 +71,9 @@ class Outcome:
     home: bool = False  # the outputs are in the local store too
     source: str | None = None
     status: BuildStatus | None = None  # Nix's answer to a build that failed
+    # Lost, its builder's Nix said why before the session ended (a ``RemoteError``): no
+    # connection that dropped, which a reconnect could mend (``reconnects``).
+    nix_said: bool = False
 
 
 @dataclass
@@ -230,7 +233,8 @@ class BuildCopies:
         except OffloadError as exc:
             # The local store refusing or dropping a copy is final, not the builder's fault.
             kind: Literal["failed", "lost"] = "failed" if local_store_failed(exc) else "lost"
-            return Outcome(kind, exc.message, started, sent, received)
+            said = isinstance(exc, RemoteError)
+            return Outcome(kind, exc.message, started, sent, received, nix_said=said)
 
     async def _send_inputs(
         self, drv_path: str, member: PoolMember, client: StoreClient, *, speculative: bool

@@ -74,7 +74,7 @@ class Endings(Stopping):
             # Said before the machine's fall, which may skip this job too: its skip follows.
             self._emit_outcome(drv_path, machine, "lost", outcome)
         self._machine_failed(machine, outcome.error or "connection lost", now)
-        if outcome.status is None:  # its connection lost, not Nix's answer there
+        if outcome.status is None and not outcome.nix_said:  # a connection lost, Nix silent
             self._reconnects.start(machine)
 
     def _returned(self, drv_path: str, machine: str, outcome: Outcome, now: float) -> None:

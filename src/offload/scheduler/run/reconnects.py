@@ -19,13 +19,15 @@ import asyncio
 import math
 from collections.abc import Callable, Mapping
 
-from offload.errors import OffloadError
+from offload.errors import OffloadError, TransportError
 from offload.scheduler.run.plan import PoolMember
 
 __all__ = ["SPACING", "Reconnects"]
 
 # Seconds after a reconnect before the same builder is reconnected again.
 SPACING = 60.0
+# Sessions tried: idle ones of the link's pool may all have died with the connection.
+_ATTEMPTS = 4
 
 
 class Reconnects:
@@ -66,6 +68,17 @@ class Reconnects:
 
 
 async def _reconnect(member: PoolMember) -> None:
-    # A plain session, back in the link's pool afterwards for the next build to take.
-    async with member.link.session():
-        pass
+    """A plain session there that answers a request (back in the link's pool afterwards, for
+    the next build to take). One lent from the pool may have died with the connection without
+    a word yet: the request finds out, the pool drops it, and the next one is tried (a few:
+    then a new one); a new one that does not open ends it."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            async with member.link.session() as client:
+                await client.query_valid_paths([])
+                return
+        except TransportError:
+            raise  # a new session did not open: the builder is out of reach
+        except OffloadError:
+            if attempt == _ATTEMPTS - 1:
+                raise
