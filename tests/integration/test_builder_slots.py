@@ -177,6 +177,11 @@ def test_a_new_session_yields_a_free_slot_to_another_client_waiting_for_one(tmp_
     os.utime(locks / "want-c", (old, old))
     assert ask(tmp_path, "d") == (0, "0")
     assert not (locks / "want-d").exists()  # d never waited
+    # A client that gets a slot waits no more, asked as a waiter or not (a session it opened
+    # ahead was answered busy): its marker goes, or others yield to it for WANT_FRESH s.
+    (locks / "want-e").touch()
+    assert ask(tmp_path, "e") == (0, "0")
+    assert not (locks / "want-e").exists()
 
 
 def test_a_client_id_the_shell_cannot_trust_names_no_file(tmp_path):

@@ -111,9 +111,13 @@ NO_CLIENT = "-"
 # that yielded goes on not waiting (``Link``): it yields again at each ask until the waiter's
 # marker goes stale or is removed, so a waiter that asks seldom (a lone offload-hook, each 5 s)
 # still finds the slot free. A client that waits itself never yields, and only a real busy
-# answer makes one wait, so two clients never yield to each other for good. A waiter that got
-# its slot removes its marker; markers older than 10 minutes are deleted, younger stale ones
-# are ignored by age. With no marker there, the check is one glob: no process.
+# answer makes one wait, so two clients never yield to each other for good. A client that gets
+# a slot removes its marker, whether it asked as a waiter or not: a busy answer to a session it
+# opened ahead (``warm_builds``) left one, and the session that then got a slot unasked as a
+# waiter left it fresh, others yielding to a client that waited no more, a slot idle for up to
+# WANT_FRESH s (another of its builds still waiting touches it again at its next busy answer).
+# Markers older than 10 minutes are deleted, younger stale ones are ignored by age. With no
+# marker there, the check is one glob and the removal one test: no process.
 _WANTED = (
     'ofl_wanted() { for ofl_f in "$ofl_d"/want-*; do [ -e "$ofl_f" ] || return 1; break; done; '
     "ofl_f=$(find \"$ofl_d\" -maxdepth 1 -name 'want-*' \\( -mmin +10 -delete -o "
@@ -137,7 +141,7 @@ _SLOT = (
     'if [ "$ofl_y" = 1 ]; then ofl_s=yield; elif [ "$ofl_id" = - ]; then :; '
     'elif [ "$ofl_s" = busy ]; then '
     'touch "$ofl_d/want-$ofl_id" 2>/dev/null; '
-    'elif [ "$ofl_w" = 1 ]; then rm -f "$ofl_d/want-$ofl_id"; fi; fi; fi; fi; '
+    'elif [ -e "$ofl_d/want-$ofl_id" ]; then rm -f "$ofl_d/want-$ofl_id"; fi; fi; fi; fi; '
 )
 # `ofl_born LINE` sets ofl_t to a /proc/PID/stat line's 22nd field, when that process started
 # (clock ticks since boot), counted after the last ") " as proc(5) says (the command name may

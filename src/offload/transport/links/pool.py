@@ -93,7 +93,7 @@ from offload.transport.links.turns import (
     holds_slot,
     slot_fallback,
 )
-from offload.transport.wrapper import WANT_FRESH
+from offload.transport.wrapper import NO_CLIENT, WANT_FRESH
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +265,11 @@ class Link:
                 continue
             try:
                 waiting = waited or time.monotonic() - self._refused < WANT_FRESH
+                # A probe (``fresh``) asks as no client, as a session opened ahead does
+                # (``warm_builds``): no build of its waits there for others to yield to.
+                client = NO_CLIENT if fresh else self.client_id
                 ask = functools.partial(
-                    start, slots=self.builder_slots, client=self.client_id, waited=waiting
+                    start, slots=self.builder_slots, client=client, waited=waiting
                 )
                 session = await self._open(ask)
             except BuilderFullError as full:
@@ -320,8 +323,12 @@ class Link:
         async def one() -> None:
             # No permit: a lingering session holds none, and builds waiting for it may.
             with contextlib.suppress(OffloadError, BuilderFullError):
+                # Asked as no client: a busy answer to a session opened ahead says nothing of
+                # a build waiting there, and must leave no marker for others to yield to (one
+                # outlived the run's only build, and another client's builds there yielded to
+                # it, a slot idle, until it went stale: ``transport.wrapper``, turns).
                 ask = functools.partial(
-                    start, slots=self.builder_slots, client=self.client_id, waited=False
+                    start, slots=self.builder_slots, client=NO_CLIENT, waited=False
                 )
                 session = await self._open(ask)
                 self._note_slot(session)
