@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import math
 import os
+import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,7 @@ from pathlib import Path
 from offload.errors import TransportError
 from offload.names import LOCAL
 from offload.procfs import pid_namespace
+from offload.slot_waiters import WantMarkers
 
 __all__ = ["NIX_CURRENT_LOAD", "SlotLocks", "SlotProbe", "slot_key"]
 
@@ -228,8 +230,10 @@ class SlotLocks:
         # Slots held where this process cannot take them (Nix's directory, for a user that
         # may not write it: the daemon's hook holds them there) count as taken here too.
         self.others = others
-        # This process's copies waiting for a slot of a key, first come first (``hold``).
+        # This process's copies waiting for a slot of a key, first come first (``hold``), and
+        # the markers that tell other processes since when (``offload.slot_waiters``).
         self._waiting: dict[str, list[asyncio.Event]] = {}
+        self._wants = WantMarkers(directory, secrets.token_hex(6))
         if make:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -347,9 +351,12 @@ class SlotLocks:
         This process's waiters for ``key`` take its slots in turn, and a slot this process lets
         go is looked at again at once by the first of them: the policy gives a slot out as soon
         as it counts it free, which may be before the copy stopped there lets go of its file,
-        and the build given it first must not lose it to one given it later."""
+        and the build given it first must not lose it to one given it later. A waiter of
+        another process that has waited longer goes first (``offload.slot_waiters``)."""
         queue = self._waiting.setdefault(key, [])
-        fd = None if queue else self.try_acquire(key, slots, None if until is None else until())
+        fd = None
+        if not queue and not self._wants.waited_before(key, time.time()):
+            fd = self.try_acquire(key, slots, None if until is None else until())
         if fd is None:
             if on_wait is not None:
                 on_wait()
@@ -364,20 +371,22 @@ class SlotLocks:
     async def _wait_turn(
         self, queue: list[asyncio.Event], key: str, slots: int, until: Callable[[], float] | None
     ) -> int:
-        """Wait in ``queue`` until first in it and a slot is free (another process's is looked
-        at again every ``POLL_INTERVAL``); the slot held."""
-        turn = asyncio.Event()
+        """Wait in ``queue`` until first in it, first on this host (no other process's waiter
+        has waited longer) and a slot is free (another process's is looked at again every
+        ``POLL_INTERVAL``); the slot held."""
+        turn, since = asyncio.Event(), time.time()
         queue.append(turn)
         try:
-            while True:
-                if queue[0] is turn:
-                    fd = self.try_acquire(key, slots, None if until is None else until())
-                    if fd is not None:
-                        return fd
-                turn.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(POLL_INTERVAL):
-                        await turn.wait()
+            with self._wants.waiting(key, since):
+                while True:
+                    if queue[0] is turn and not self._wants.waited_before(key, since):
+                        fd = self.try_acquire(key, slots, None if until is None else until())
+                        if fd is not None:
+                            return fd
+                    turn.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(POLL_INTERVAL):
+                            await turn.wait()
         finally:
             queue.remove(turn)
             if queue:
