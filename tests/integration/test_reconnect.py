@@ -10,11 +10,14 @@ the builder was backed off and the run stranded with nothing left to build on. A
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,28 +38,16 @@ reconnect_fleet = private_fleet_fixture(
 def test_a_killed_ssh_master_is_reconnected_and_the_build_goes_on_there(
     reconnect_fleet: Fleet, tmp_path: Path
 ) -> None:
-    # Builders run as nixbld users: the marker directory is theirs to write.
-    marks = Path(tempfile.mkdtemp(prefix="ofl-reconnect-", dir="/tmp"))
-    marks.chmod(0o777)
-    script = f"/bin/mktemp {marks}/try.XXXXXX > /dev/null; /bin/sleep 2; {SPEED} > $out"
-    file = nix_file(tmp_path, f'mk "again" "{script}" {{}}\n')
-    line = member_line(reconnect_fleet, "again")
-    proc = start_offload(reconnect_fleet, tmp_path, file, "-j0", "--builders", line, "--json")
-    try:
-
-        def building() -> bool:
-            assert proc.poll() is None, proc.communicate()
-            return any(marks.iterdir())
-
-        wait_for(building, 60, "the build to start on the builder")
-        (master,) = persistent_masters(control_dir(tmp_path / "state"))
-        os.kill(master, signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        stop(proc)
-        for mark in marks.iterdir():
-            mark.unlink()
-        marks.rmdir()
+    with _marks() as marks:
+        script = f"/bin/mktemp {marks}/try.XXXXXX > /dev/null; /bin/sleep 2; {SPEED} > $out"
+        file = nix_file(tmp_path, f'mk "again" "{script}" {{}}\n')
+        line = member_line(reconnect_fleet, "again")
+        proc = start_offload(reconnect_fleet, tmp_path, file, "-j0", "--builders", line, "--json")
+        master = _kill_master_mid_build(proc, marks, tmp_path)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            stop(proc)
     assert proc.returncode == 0, err
     said = events(out)
     ends = [(e["machine"], e["status"]) for e in said if e["event"] == "job_finished"]
@@ -77,35 +68,24 @@ def test_offload_hooks_coordinator_reconnects_a_builder_whose_master_was_killed(
     # nix-build with offload-hook: a is lost on the builder, which the coordinator reconnects,
     # and a is built there again, then b. Before, a accepted could go to no other builder, and
     # the nix-build failed ("no builder is left to build ...").
-    marks = Path(tempfile.mkdtemp(prefix="ofl-reconnect-", dir="/tmp"))
-    marks.chmod(0o777)
-    first = f"/bin/mktemp {marks}/a.XXXXXX > /dev/null; /bin/sleep 2; {SPEED} > $out"
-    body = (
-        f'rec {{ a = mk "a" "{first}" {{}};\n'
-        f'  b = mk "b" "/bin/cat ${{a}} > /dev/null; {SPEED} > $out" {{}}; }}\n'
-    )
-    file = nix_file(tmp_path, body)
-    argv = nix_build_argv(file, member_line(reconnect_fleet, "again"), "-A", "b", "-j0")
-    proc = start(
-        argv, env=hook_env(reconnect_fleet, tmp_path), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-
-        def building() -> bool:
-            assert proc.poll() is None, proc.communicate()
-            return any(marks.iterdir())
-
-        wait_for(building, 60, "a to start on the builder")
-        (master,) = persistent_masters(control_dir(tmp_path / "state"))
-        os.kill(master, signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+    with _marks() as marks:
+        first = f"/bin/mktemp {marks}/a.XXXXXX > /dev/null; /bin/sleep 2; {SPEED} > $out"
+        body = (
+            f'rec {{ a = mk "a" "{first}" {{}};\n'
+            f'  b = mk "b" "/bin/cat ${{a}} > /dev/null; {SPEED} > $out" {{}}; }}\n'
+        )
+        file = nix_file(tmp_path, body)
+        argv = nix_build_argv(file, member_line(reconnect_fleet, "again"), "-A", "b", "-j0")
+        proc = start(
+            argv, env=hook_env(reconnect_fleet, tmp_path), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        _kill_master_mid_build(proc, marks, tmp_path)
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            stop(proc)
         tries = len(list(marks.iterdir()))
-    finally:
-        stop(proc)
-        for mark in marks.iterdir():
-            mark.unlink()
-        marks.rmdir()
     assert proc.returncode == 0, err
     assert tries == 2  # a, lost, then built again
     speed = speed_of(reconnect_fleet, "again")
@@ -115,6 +95,35 @@ def test_offload_hooks_coordinator_reconnects_a_builder_whose_master_was_killed(
     assert "again" not in _backoff(tmp_path)
     log = (tmp_path / "state" / "hook-coordinator.log").read_text()
     assert "builder 'again' reconnected after its connection was lost" in log
+
+
+@contextlib.contextmanager
+def _marks() -> Iterator[Path]:
+    """A directory the builds leave a file in as they start (nixbld users: theirs to write)."""
+    marks = Path(tempfile.mkdtemp(prefix="ofl-reconnect-", dir="/tmp"))
+    marks.chmod(0o777)
+    try:
+        yield marks
+    finally:
+        shutil.rmtree(marks, ignore_errors=True)
+
+
+def _kill_master_mid_build(proc: subprocess.Popen[str], marks: Path, tmp_path: Path) -> int:
+    """Once a build has started on the builder, the run's ssh master to it killed (its pid);
+    ``proc`` stopped if anything goes wrong."""
+    try:
+
+        def building() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return any(marks.iterdir())
+
+        wait_for(building, 60, "a build to start on the builder")
+        (master,) = persistent_masters(control_dir(tmp_path / "state"))
+        os.kill(master, signal.SIGTERM)
+    except BaseException:
+        stop(proc)
+        raise
+    return master
 
 
 def _backoff(tmp_path: Path) -> dict[str, object]:

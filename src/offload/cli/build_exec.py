@@ -193,15 +193,15 @@ def execute(
     check: bool = False,  # nix-build --check: a requested output to be built is refused
     nix_said: Callable[[str], None] | None = None,  # the local store's lines (default: stderr)
 ) -> Built:
-    """A build run with what offload keeps between runs: history, logs, slots, backoff.
-    ``close`` is called when the run is over, before anything is printed after it; ``run``
-    runs its coroutine (the command's ``asyncio.Runner``: the builders' early masters' loop)."""
+    """A build run with what offload keeps between runs: history, logs, slots, backoff; ``close``
+    is called once it is over, ``run`` runs it (the command's Runner: the early masters' loop)."""
     logs = BuildLogs(state / "logs")
     remember = RunRecorder(time.time())
     # A run cut short (Ctrl-C, SIGTERM) is kept as well: history shows it as "interrupted",
     # what it built teaches the estimates, and what it learnt of the builders is remembered;
     # so is one stranded with no machine left ("incomplete"; ``keep_run``).
     cut: list[Built] = []
+    backoff = remembered_backoff(state, retry_now, pool) if backoff is None else backoff
     with opened_history(state) as history:
         recorder = logs.recorder(for_nix=True)
         try:
@@ -215,9 +215,7 @@ def execute(
                     estimate=guarded_estimator(history, pool),
                     env=env,
                     slots=slot_locks(state),
-                    backoff=remembered_backoff(state, retry_now, pool)
-                    if backoff is None
-                    else backoff,
+                    backoff=backoff,
                     **_from_settings(pool, fetch_all=fetch_all),
                     fallbacks=state / FALLBACK_FILE,
                     shared=shared,

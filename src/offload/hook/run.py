@@ -319,9 +319,8 @@ async def _build_where_a_slot_frees(
     origin: str,
     full: bool = False,
 ) -> int:
-    """Wait in the dispatch for a slot and build there; a builder that cannot open a session,
-    or goes away mid-build, is backed off, and one found full (``full``: ``origin`` already
-    was) is waited for in the dispatch with every other builder (``offload.hook.full``)."""
+    """Wait in the dispatch for a slot and build there; a builder that cannot open a session, or
+    goes away mid-build, is backed off, one found full (``full``: ``origin``) waited for."""
     builders_full, dispatch = context.keep.full, context.keep.dispatch
     assert builders_full is not None
     assert dispatch is not None
