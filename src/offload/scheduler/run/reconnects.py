@@ -16,18 +16,18 @@ most once per ``SPACING`` seconds: one whose connections keep dropping is backed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 
-from offload.errors import OffloadError, TransportError
+from offload.errors import OffloadError
 from offload.scheduler.run.plan import PoolMember
+from offload.transport.links import BuilderFullError
 
 __all__ = ["SPACING", "Reconnects"]
 
 # Seconds after a reconnect before the same builder is reconnected again.
 SPACING = 60.0
-# Sessions tried: idle ones of the link's pool may all have died with the connection.
-_ATTEMPTS = 4
 
 
 class Reconnects:
@@ -68,17 +68,14 @@ class Reconnects:
 
 
 async def _reconnect(member: PoolMember) -> None:
-    """A plain session there that answers a request (back in the link's pool afterwards, for
-    the next build to take). One lent from the pool may have died with the connection without
-    a word yet: the request finds out, the pool drops it, and the next one is tried (a few:
-    then a new one); a new one that does not open ends it."""
-    for attempt in range(_ATTEMPTS):
-        try:
-            async with member.link.session() as client:
-                await client.query_valid_paths([])
-                return
-        except TransportError:
-            raise  # a new session did not open: the builder is out of reach
-        except OffloadError:
-            if attempt == _ATTEMPTS - 1:
-                raise
+    """A new session there, over a new connection if the last one ended: opened, the builder
+    answers (every slot held by others is an answer too). Never one lent from the link's pool:
+    one that died with the connection, asked, would be stopped as cut short, and on a builder
+    still out of reach that is a warning that its process could not be stopped."""
+
+    def full() -> None:
+        raise BuilderFullError(member.spec.name)
+
+    with contextlib.suppress(BuilderFullError):
+        async with member.link.build_session(on_wait=full, fresh=True):
+            pass
