@@ -1,5 +1,6 @@
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -13,7 +14,7 @@ from offload.backoff import (
 )
 from offload.errors import SchedulerError
 from offload.scheduler.run import Executor, PoolMember
-from offload.transport.fake import FakeLink, FakeStore
+from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
 from offload.ui.events import Event, MachineEvent, RunStarted
 from tests.helpers.plans import finished, make_plan, spec
 
@@ -215,3 +216,30 @@ def test_a_run_said_healthy_keeps_a_backoff_written_after_its_last_build_there(t
     assert load_backoff(path, 1250.0) == {"medium": hooks}  # fast's came before: cleared
     save_backoff(path, {"medium": None}, 1250.0)  # healthy with no time: cleared, as before
     assert load_backoff(path, 1250.0) == {}
+
+
+def test_a_builder_whose_backoff_ends_during_the_run_is_said_up_when_it_builds_again():
+    # Down at the start (an earlier run's backoff, ending a moment in), then given b once it
+    # ended: the summary still listed it among the machines down, as nothing said it was up.
+    plan, _, _, src = make_plan({"a": [], "b": []})
+
+    async def slow_here(build: FakeBuild) -> BuildOutcome | None:
+        await asyncio.sleep(0.5)  # a long build: the local slot stays taken past the backoff
+        return None
+
+    local = FakeLink(FakeStore("local", [src], builder=slow_here))
+    fast = FakeLink(FakeStore("fast"))
+    members = [
+        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
+        PoolMember(spec("fast", speed=10, slots=1), fast, remote=True),
+    ]
+    events: list[Event] = []
+    now = time.time()
+    backoff = {"fast": Health(1, now + 0.2, "refused")}
+    executor = Executor(plan, members, local, emit=events.append, backoff=backoff)
+    report = asyncio.run(asyncio.wait_for(executor.run(), 10))
+    assert report.ok
+    said = [(e.machine, e.state, e.message) for e in events if isinstance(e, MachineEvent)]
+    assert [(m, s) for m, s, _ in said] == [("fast", "down"), ("fast", "up")], said
+    assert said[1][2] == "its backoff ended: it takes work again"
+    assert "fast" in finished(events).values()

@@ -63,6 +63,7 @@ class RunEvents:
         # (drv, machine) -> when the copy first did more than wait there (wall)
         self._working: dict[tuple[str, str], float] = {}
         self._planned = (0.0, 0.0)  # when the last plan was made (perf_counter), its cost
+        self._down: set[str] = set()  # machines said down and not said up since
 
     def run_started(self, machines: Sequence[str], estimate: float) -> None:
         self.emit(
@@ -97,6 +98,7 @@ class RunEvents:
 
     def machine_down(self, machine: str, message: str, until: float) -> None:
         """``until`` is wall-clock time."""
+        self._down.add(machine)
         self.emit(
             MachineEvent(
                 machine=machine, state="down", message=message, until=until, time=self.wall()
@@ -104,9 +106,17 @@ class RunEvents:
         )
 
     def machine_up(self, machine: str, message: str) -> None:
+        self._down.discard(machine)
         self.emit(
             MachineEvent(machine=machine, state="up", message=message, until=None, time=self.wall())
         )
+
+    def in_use_again(self, machine: str) -> None:
+        """A copy starts on ``machine``: one said down and not up since has its backoff over
+        (the policy tries it again without a word), which is said, as its fall was: the
+        summary listed it as down though it built again."""
+        if machine in self._down:
+            self.machine_up(machine, "its backoff ended: it takes work again")
 
     def machine_note(
         self, machine: str, state: MachineState, message: str, slots: int | None = None

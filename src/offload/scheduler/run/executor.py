@@ -441,6 +441,7 @@ class Executor(Endings):
             )
 
     def _start(self, drv_path: str, machine: str, *, speculative: bool) -> None:
+        self._events.in_use_again(machine)
         task = asyncio.create_task(
             self._copies.build(drv_path, self.members[machine], speculative=speculative),
             name=f"{machine}:{drv_path}",
