@@ -97,11 +97,27 @@ def retry_line(drv_path: str, name: str, local: str) -> str:
     )
 
 
-def declined_line(drv_path: str, names: tuple[str, ...], until: float, local: str) -> str:
+def declined_line(
+    drv_path: str, names: tuple[str, ...], until: float, local: str, *, chosen: bool = False
+) -> str:
+    """``chosen``: others could build it, but ``offload use`` leaves them out."""
     builders = ", ".join(f"'{name}'" for name in names)
+    among = " of the builders `offload use` chooses (`offload use --clear`)" if chosen else ""
     return (
-        f"declining '{drv_path}': only {builders} could build it, backed off until "
+        f"declining '{drv_path}': only {builders} could build it{among}, backed off until "
         f"{clock(until)} after failing for this build, and {local}"
+    )
+
+
+def _left_out_by_use(context: HookContext, request: TryRequest) -> bool:
+    """Whether ``offload use`` leaves out a builder that could build ``request``."""
+    if context.whole is None:
+        return False
+    chosen = {m.name for m in context.pool.machines}
+    features = sorted(request.features)
+    return any(
+        m.name not in chosen and m.enabled and m.supports(request.system, features)
+        for m in context.whole.machines
     )
 
 
@@ -157,7 +173,10 @@ def say_declined(context: HookContext, request: TryRequest, choice: Choice) -> N
     again about a declined derivation each time one of its builds ends."""
     until = _first_end(context, choice.backed_off)
     if context.first_for_client(f"declined {request.drv_path} {until:.3f}"):
-        line = declined_line(request.drv_path, choice.backed_off, until, _local(context, request))
+        line = declined_line(
+            request.drv_path, choice.backed_off, until, _local(context, request),
+            chosen=_left_out_by_use(context, request),
+        )  # fmt: skip
         context.say(line)
 
 

@@ -1,0 +1,34 @@
+"""A derivation declined for backoff says so when `offload use` left out builders that could
+build it (an exploratory tester read "only 'slow' could build it" with fast and medium up)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import cast
+
+from offload.config.machines import parse_machines
+from offload.hook.backed_off import _left_out_by_use, declined_line
+from offload.hook.context import HookContext
+from offload.hook.wire import TryRequest
+
+SYSTEM = "x86_64-linux"
+REQUEST = TryRequest(False, SYSTEM, "/nix/store/" + "a" * 32 + "-x.drv", frozenset())
+
+
+def _context(lines: str, chosen: set[str] | None) -> HookContext:
+    machines, _ = parse_machines(lines, source="m", system=SYSTEM)
+    whole = SimpleNamespace(machines=machines)
+    if chosen is None:  # no choice in force
+        return cast("HookContext", SimpleNamespace(pool=whole, whole=None))
+    pool = SimpleNamespace(machines=[m for m in machines if m.name in chosen])
+    return cast("HookContext", SimpleNamespace(pool=pool, whole=whole))
+
+
+def test_the_decline_says_offload_use_left_the_others_out():
+    lines = "slow x86_64-linux - 1 1\nfast x86_64-linux - 1 1\nkvm aarch64-linux - 1 1\n"
+    assert _left_out_by_use(_context(lines, {"slow"}), REQUEST)
+    assert not _left_out_by_use(_context(lines, {"slow", "fast"}), REQUEST)  # kvm cannot
+    assert not _left_out_by_use(_context(lines, None), REQUEST)
+    line = declined_line(REQUEST.drv_path, ("slow",), 0.0, "local cannot", chosen=True)
+    assert "only 'slow' could build it of the builders `offload use` chooses" in line
+    assert "`offload use` chooses" not in declined_line(REQUEST.drv_path, ("slow",), 0.0, "x")
