@@ -112,12 +112,12 @@ NO_CLIENT = "-"
 # marker goes stale or is removed, so a waiter that asks seldom (a lone offload-hook, each 5 s)
 # still finds the slot free. A client that waits itself never yields, and only a real busy
 # answer makes one wait, so two clients never yield to each other for good. A client that gets
-# a slot removes its marker, whether it asked as a waiter or not: a busy answer to a session it
-# opened ahead (``warm_builds``) left one, and the session that then got a slot unasked as a
-# waiter left it fresh, others yielding to a client that waited no more, a slot idle for up to
-# WANT_FRESH s (another of its builds still waiting touches it again at its next busy answer).
-# Markers older than 10 minutes are deleted, younger stale ones are ignored by age. With no
-# marker there, the check is one glob and the removal one test: no process.
+# a slot removes its marker, whether it asked as a waiter or not: it waits no more there, and a
+# marker left fresh has others yield to it, a slot idle for up to WANT_FRESH s (another of its
+# builds still waiting touches it again at its next busy answer). Sessions a client opens
+# ahead or as a probe ask as no client (``Link``): no build of theirs waits. Markers older
+# than 10 minutes are deleted, younger stale ones are ignored by age. With no marker there,
+# the check is one glob and the removal one test: no process.
 _WANTED = (
     'ofl_wanted() { for ofl_f in "$ofl_d"/want-*; do [ -e "$ofl_f" ] || return 1; break; done; '
     "ofl_f=$(find \"$ofl_d\" -maxdepth 1 -name 'want-*' \\( -mmin +10 -delete -o "
