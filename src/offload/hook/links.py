@@ -49,6 +49,7 @@ from offload.names import LOCAL
 from offload.protocol.serve import StoreClient
 from offload.protocol.store import also_heard
 from offload.scheduler.run.disk import PARTIAL_CLEANUP_TIMEOUT
+from offload.scheduler.run.reconnects import answers
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
 from offload.transport.links import BuilderFullError, Link
@@ -254,6 +255,17 @@ class BuilderLinks:
         try:
             async with link.build_session():
                 self._learned(machine.name, link)
+        except (SshError, TransportError) as exc:
+            if exc.peer == LOCAL:
+                raise
+            raise Unreachable(exc.message) from exc
+
+    async def answers(self, machine: Machine, env: Mapping[str, str]) -> None:
+        """``machine`` answers a new session (``scheduler.run.reconnects.answers``), or
+        ``Unreachable``."""
+        _, link = self._link(machine, env)
+        try:
+            await answers(link, machine.name)
         except (SshError, TransportError) as exc:
             if exc.peer == LOCAL:
                 raise

@@ -5,8 +5,8 @@ A build whose builder went away mid-build backs that builder off for every build
 connection is lost too where the builder is fine: this host's ssh master ended (killed; ended
 by ``ssh -O exit``), the network dropped for a moment; ssh tells none of these apart. So the
 coordinator reconnects such a builder at once, in the background, as ``offload build`` does
-(``offload.scheduler.run.reconnects``): a session opened there over a new master where the
-old one is gone. Opened (or answered that every slot is held: it is reachable), its backoff is
+and with its probe (``offload.scheduler.run.reconnects.answers``): a new session opened there
+over a new master where the old one is gone. Answered, its backoff is
 cleared and waiting derivations may take it, the lost build first (``offload.hook.run`` waits
 for the reconnect before it places that build again: accepted, it can no longer go back to
 Nix, and where no other builder can take it the nix-build failed); not, the backoff stands.
@@ -28,7 +28,6 @@ from offload.hook.coordinator_log import note
 from offload.hook.links import BuilderLinks, Unreachable
 from offload.scheduler.run.reconnects import SPACING
 from offload.tasks import cancel_and_wait
-from offload.transport.links import BuilderFullError
 
 __all__ = ["HookReconnects"]
 
@@ -61,10 +60,7 @@ class HookReconnects:
 
     async def _reconnect(self, machine: Machine, env: Mapping[str, str]) -> bool:
         try:
-            async with self._links.session(machine, env, lambda _: None):
-                pass
-        except BuilderFullError:
-            pass  # it answered: every slot there is held by others
+            await self._links.answers(machine, env)
         except Unreachable as exc:
             note(f"builder '{machine.name}' stays backed off: reconnecting failed: {exc.reason}")
             return False

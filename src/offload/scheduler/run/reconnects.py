@@ -21,10 +21,10 @@ import math
 from collections.abc import Callable, Mapping
 
 from offload.errors import OffloadError
-from offload.scheduler.run.plan import PoolMember
+from offload.scheduler.run.plan import MemberLink, PoolMember
 from offload.transport.links import BuilderFullError
 
-__all__ = ["SPACING", "Reconnects"]
+__all__ = ["SPACING", "Reconnects", "answers"]
 
 # Seconds after a reconnect before the same builder is reconnected again.
 SPACING = 60.0
@@ -52,7 +52,7 @@ class Reconnects:
         ):
             return
         self._last[machine] = now
-        task = asyncio.create_task(_reconnect(member), name=f"reconnect:{machine}")
+        task = asyncio.create_task(answers(member.link, machine), name=f"reconnect:{machine}")
         self.tasks[task] = machine
 
     def ended(self, task: asyncio.Task[None]) -> tuple[str, bool]:
@@ -67,15 +67,18 @@ class Reconnects:
         return machine, error is None
 
 
-async def _reconnect(member: PoolMember) -> None:
-    """A new session there, over a new connection if the last one ended: opened, the builder
-    answers (every slot held by others is an answer too). Never one lent from the link's pool:
-    one that died with the connection, asked, would be stopped as cut short, and on a builder
-    still out of reach that is a warning that its process could not be stopped."""
+async def answers(link: MemberLink, name: str) -> None:
+    """Builder ``name`` answers on ``link``: a new session opens there, over a new connection
+    if the last one ended (every slot held by others is an answer too); the link's error if
+    not. Never one lent from the link's pool: one dead with the connection would pass for an
+    answer, and one asked would be stopped as cut short, which on a builder still out of reach
+    is a warning that its process could not be stopped. Asked as a probe (``fresh``: as no
+    client), it leaves no want marker there for others to yield to. offload-hook's
+    coordinator reconnects with it too (``offload.hook.reconnects``)."""
 
     def full() -> None:
-        raise BuilderFullError(member.spec.name)
+        raise BuilderFullError(name)
 
     with contextlib.suppress(BuilderFullError):
-        async with member.link.build_session(on_wait=full, fresh=True):
+        async with link.build_session(on_wait=full, fresh=True):
             pass
