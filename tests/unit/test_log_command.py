@@ -18,19 +18,8 @@ from offload.cli import log as log_cli
 from offload.errors import OffloadError
 from offload.logs import BuildLogs, nix_log_path
 from offload.process import Completed, output_lines
+from tests.helpers.log_clock import DRV, Clock
 from tests.helpers.nix_files import nix_file
-
-DRV = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
-OTHER = "/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-other-1.drv"
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> int:

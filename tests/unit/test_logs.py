@@ -16,19 +16,8 @@ from offload.errors import OffloadError
 from offload.logs import BuildLogs, LogFile, keep_for_nix, nix_log_path
 from offload.names import LOCAL
 from offload.ui.events import JobFinished, JobPhase
+from tests.helpers.log_clock import DRV, OTHER, T0, Clock
 from tests.helpers.users import as_another_user
-
-DRV = "/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello-2.12.drv"
-OTHER = "/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-other-1.drv"
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_round_trip_as_received(tmp_path: Path) -> None:
