@@ -152,7 +152,7 @@ def test_stock_nix_build_uses_only_what_setup_wrote(
     assert setup_fleet.store_has("sa", out)
 
 
-def test_a_builder_that_cannot_be_reached_is_one_line_and_the_others_still_print(
+def test_a_builder_that_cannot_be_reached_writes_nothing_and_a_run_again_goes_on(
     setup_fleet: Fleet, tmp_path: Path
 ) -> None:
     with socket.socket() as closed:
@@ -164,7 +164,18 @@ def test_a_builder_that_cannot_be_reached_is_one_line_and_the_others_still_print
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     why = f"ssh-keyscan 127.0.0.1:{port}: no sshd answered (refused, or silent for 5 s)"
-    assert errors == [f"error: dead (127.0.0.1:{port}): {why}"]
+    assert errors == [
+        f"error: dead (127.0.0.1:{port}): {why}",
+        f"error: nothing written to {tmp_path / 'client'}: 1 of 2 builders could not be set up",
+    ]
+    # Written for sb alone, the files would have been refused as taken by the run that
+    # follows once dead answers.
+    assert not (tmp_path / "client").exists()
+    done = setup_client(tmp_path, setup_fleet, target(setup_fleet, "sb"))
+    assert done.returncode == 0, done.stderr
+    again = setup_client(tmp_path, setup_fleet, target(setup_fleet, "sb"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"unchanged {tmp_path / 'client' / 'machines'}")
     lines = (tmp_path / "client" / "machines").read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["ssh://root@sb"]
 
@@ -188,6 +199,8 @@ def test_a_key_that_is_not_authorized_is_refused_with_the_doctors_words(
     assert f"does not accept {stranger}" in first
     hint = done.stderr.splitlines()[1]
     assert hint.startswith(f"hint: add {stranger}.pub to root's authorized_keys on the builder")
+    # No machines file is written yet: the key is the one given as --identity.
+    assert hint.endswith("or name the right key with --identity")
 
 
 def test_the_restricted_key_line_serves_stock_nix(serve_only_fleet: Fleet, tmp_path: Path) -> None:

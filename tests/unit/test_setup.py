@@ -125,6 +125,12 @@ def test_bad_targets_are_refused(text: str) -> None:
         parse_target(text)
 
 
+@pytest.mark.parametrize("name", ["bad_name", "-x", "a..b"])
+def test_a_bad_name_is_said_to_be_the_name_not_the_host(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"^invalid builder name '{re.escape(name)}'$"):
+        parse_target(f"{name}=192.0.2.7:2222")
+
+
 def test_paths_with_blanks_or_quotes_are_refused() -> None:
     assert check_path("/etc/nix/offload_ed25519", "key") == "/etc/nix/offload_ed25519"
     for bad in ("relative", "/a b", "/a'b", "/a$b", "/a/../b", '/a"b', "/a#b"):

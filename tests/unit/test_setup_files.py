@@ -14,7 +14,7 @@ from offload.setup.files import render, write_files
 def test_files_are_written_all_or_none_and_never_over_old_ones(tmp_path: Path) -> None:
     files = [("a.nix", "A\n"), ("b.sh", "B\n")]
     written = write_files(tmp_path / "out", files)
-    assert [p.read_text() for p in written] == ["A\n", "B\n"]
+    assert [(w.path.read_text(), w.new) for w in written] == [("A\n", True), ("B\n", True)]
     assert (tmp_path / "out" / "b.sh").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "out" / "a.nix").stat().st_mode & 0o777 == 0o644
     other = tmp_path / "other"
@@ -76,3 +76,30 @@ def test_a_directory_made_for_the_files_is_at_most_0755_and_goes_if_they_fail(
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "up").stat().st_mode & 0o777 == 0o755
     assert not (tmp_path / "new").exists()
+
+
+def test_files_already_there_with_the_same_text_are_left_and_said_unchanged(
+    tmp_path: Path,
+) -> None:
+    # The same `setup client --write DIR` run again was refused for its own files.
+    files = [("a.nix", "A\n"), ("b.sh", "B\n")]
+    first = write_files(tmp_path, files[:1])
+    before = (tmp_path / "a.nix").stat()
+    again = write_files(tmp_path, files)
+    assert [(w.path.name, w.new) for w in first] == [("a.nix", True)]
+    assert [(w.path.name, w.new) for w in again] == [("a.nix", False), ("b.sh", True)]
+    assert (tmp_path / "a.nix").stat().st_ino == before.st_ino
+    assert (tmp_path / "b.sh").read_text() == "B\n"
+
+
+@pytest.mark.parametrize("there", ["A\nmore\n", None])
+def test_a_name_taken_by_other_text_or_a_link_refuses_every_file(
+    tmp_path: Path, there: str | None
+) -> None:
+    if there is None:
+        (tmp_path / "a.nix").symlink_to(tmp_path / "elsewhere")
+    else:
+        (tmp_path / "a.nix").write_text(there)
+    with pytest.raises(ConfigError, match="already exists with other contents"):
+        write_files(tmp_path, [("b.sh", "B\n"), ("a.nix", "A\n")])
+    assert not (tmp_path / "b.sh").exists()

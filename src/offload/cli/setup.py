@@ -3,7 +3,8 @@
 ``key`` writes a key pair and says where; ``builder`` and ``client`` print what to install (or
 write it with ``--write DIR``), with each file's place in a header line. ``client`` reports each
 builder's host key fingerprint on stderr, and a builder it cannot set up as one ``error:`` line;
-the others are still printed, and the exit status is then 1.
+the others are still printed, and the exit status is then 1. With ``--write``, such a run writes
+nothing, so that the same command can be run again once the builder is mended.
 """
 
 from __future__ import annotations
@@ -177,9 +178,9 @@ def _emit(files: list[tuple[str, str]], places: dict[str, str], write: Path | No
     if write is None:
         print(render(files, places), end="")
         return
-    for path in write_files(write, files):
-        where = f": {places[path.name]}" if path.name in places else ""
-        print(f"wrote {path}{where}")
+    for done in write_files(write, files):
+        where = f": {places[done.path.name]}" if done.path.name in places else ""
+        print(f"{'wrote' if done.new else 'unchanged'} {done.path}{where}")
 
 
 def run_builder(args: argparse.Namespace) -> int:
@@ -233,6 +234,15 @@ def run_client(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     builders = tuple(o.builder for o in probed if o.builder is not None)
+    if args.write is not None and len(builders) < len(probed):
+        # Files for some of the builders asked for would be refused as taken once the others
+        # are mended and the command is run again: a directory gets all of them or none.
+        failed = len(probed) - len(builders)
+        raise ConfigError(
+            f"nothing written to {args.write}: {failed} of {len(probed)} builders could not "
+            "be set up",
+            hint="mend them as said above and run it again, or leave them out",
+        )
     if builders:
         files = client_files(ClientSetup(login.user, login.identity, builders, login.scheme))
         _emit(files, where_they_go([name for name, _ in files]), args.write)

@@ -3,7 +3,9 @@
 Printed, each file comes under a header line naming it and where it goes. Written, every file
 is first made whole under a temporary name in the directory and then hard-linked to its name,
 which fails instead of replacing a file that exists; if any name is taken, the files already
-linked are removed again, so a directory gets all of the files or none.
+linked are removed again, so a directory gets all of the files or none. A file already there
+with exactly the text it would get is left as it is: the same command run again (after
+installing the files, or once a builder that failed answers) finds its own files and goes on.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from offload.errors import ConfigError
 from offload.file_modes import readable_mode
 
-__all__ = ["render", "write_files"]
+__all__ = ["Written", "render", "write_files"]
 
 _EXECUTABLE = (".sh",)
 
@@ -30,18 +33,37 @@ def render(files: Sequence[tuple[str, str]], places: Mapping[str, str]) -> str:
     return "\n".join(parts)
 
 
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    new: bool  # False: it was there already, with this text
+
+
 def _taken(path: Path) -> ConfigError:
     return ConfigError(
-        f"{path} already exists: not overwriting it (nothing was written)",
+        f"{path} already exists with other contents: not overwriting it (nothing was written)",
         hint="give --write a new or empty directory, or move the old files away",
     )
 
 
-def write_files(directory: Path, files: Sequence[tuple[str, str]]) -> list[Path]:
+def _already_there(path: Path, text: str) -> bool:
+    """Whether ``path`` holds ``text`` already; raises if something else has the name."""
+    if not path.exists() and not path.is_symlink():
+        return False
+    try:
+        same = not path.is_symlink() and path.is_file() and path.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if not same:
+        raise _taken(path)
+    return True
+
+
+def write_files(directory: Path, files: Sequence[tuple[str, str]]) -> list[Written]:
     """Write every file into ``directory`` (made if missing), or none of them."""
-    for name, _ in files:
-        if (directory / name).exists() or (directory / name).is_symlink():
-            raise _taken(directory / name)
+    names = [name for name, _ in files]
+    there = {name for name, text in files if _already_there(directory / name, text)}
+    files = [(name, text) for name, text in files if name not in there]
     made = _missing(directory)
     try:
         # Each 0755 at most, whatever the umask: they hold a script root runs on the builder.
@@ -63,7 +85,7 @@ def write_files(directory: Path, files: Sequence[tuple[str, str]]) -> list[Path]
                 path.unlink()
         _remove(made)  # nothing of ours is left in them: the directories made go too
         raise
-    return written
+    return [Written(directory / name, name not in there) for name in names]
 
 
 def _missing(directory: Path) -> list[Path]:

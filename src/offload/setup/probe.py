@@ -193,12 +193,21 @@ async def _probe(
         fix = failed.fix
         if fix == mismatch_fix(login.scheme, target.name, speaks_other=True)[1]:
             fix = OTHER_PROGRAM_FIX[login.scheme]
-        return Probed(target, None, f"{failed.name}: {failed.detail}", fix)
+        return Probed(target, None, f"{failed.name}: {failed.detail}", _for_setup(fix, target))
     cores = facts.load.cores if facts.load is not None else None
     try:
         return Probed(target, facts_to_builder(target, key, facts.config, cores, overrides))
     except OffloadError as exc:
         return Probed(target, None, exc.message, exc.hint)
+
+
+def _for_setup(fix: str | None, target: Target) -> str | None:
+    """doctor's fix, which names the machines line's column 3 for the key: setup client has
+    written no machines file yet, and takes the key as ``--identity``."""
+    column = f"column 3 of {target.name}"
+    if fix is None:
+        return None
+    return fix.replace(f"in {column}", "with --identity").replace(column, "--identity")
 
 
 async def probe_all(

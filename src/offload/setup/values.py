@@ -99,7 +99,14 @@ def check_alias(name: str) -> str:
             f"invalid builder name {name!r}: it is an address",
             hint="a builder name is the ssh alias it gets, e.g. builder1=192.0.2.7",
         )
-    return check_host(name)
+    try:
+        return check_host(name)
+    except ConfigError:
+        raise ConfigError(
+            f"invalid builder name {name!r}",
+            hint="a builder name is the ssh alias it gets: letters, digits, '-' and '.', "
+            "e.g. builder1=192.0.2.7",
+        ) from None
 
 
 def check_path(path: str, what: str) -> str:
