@@ -124,6 +124,24 @@ def test_a_sigterm_as_the_process_ends_ends_it_as_sigterm(tmp_path: Path) -> Non
     assert done.returncode == -signal.SIGTERM, done.stderr
 
 
+def test_a_ctrl_c_as_the_command_returns_is_said_not_a_traceback(tmp_path: Path) -> None:
+    # Between the command's return and _end's own guard (freeing a large report or history
+    # takes a while there): a traceback, seen after `offload report` of 100,000 builds.
+    done = _run(
+        "import signal\n"
+        "import offload.cli as cli\n"
+        "end = cli._end\n"
+        "def ending(status):\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "    end(status)\n"
+        "cli._end = ending\n"
+        "cli.main()\n",
+        tmp_path,
+    )
+    assert (done.returncode, done.stderr) == (130, "error: interrupted\n")
+    assert json.loads(done.stdout)[0]["name"] == "local"  # the command's output, whole
+
+
 def test_a_signal_after_the_command_was_stopped_is_ignored_to_the_end(tmp_path: Path) -> None:
     # A Ctrl-C stopped the command; a SIGTERM as the process ends (its exit functions) is
     # ignored as any later signal is: the status stays the first one's, not SIGTERM's death.

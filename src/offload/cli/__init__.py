@@ -226,7 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a RuntimeError. The command was stopped (seen in CI: a Ctrl-C 75 ms in).
         status = _interrupted()
     if argv is None:
-        _end(status)
+        try:
+            _end(status)
+        except KeyboardInterrupt:
+            # The first signal, come as the command returned (its objects freed: a large
+            # report's take a while) and before _end's own guard: the command is stopped.
+            _end(_interrupted())
     return status
 
 
