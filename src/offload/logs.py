@@ -27,14 +27,13 @@ logged there by the local Nix itself. Not root (the directory is not ours): not 
 
 from __future__ import annotations
 
-import bz2
 import codecs
 import contextlib
 import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,14 +42,14 @@ from urllib.parse import quote, unquote
 
 from offload.config.machines.model import shown
 from offload.errors import OffloadError
-from offload.history.nix_logs import default_drvs_dir
+from offload.nix_log_copies import drv_name, keep_for_nix
 from offload.numerals import is_decimal
 from offload.paths import state_dir
 from offload.spelling import meant
 from offload.thread_pool import Executor
 from offload.ui.events import Event, JobFinished, JobPhase
 
-__all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder", "keep_for_nix", "nix_log_path"]
+__all__ = ["BuildLogWriter", "BuildLogs", "LogFile", "LogRecorder"]
 
 DEFAULT_MAX_FILES = 5000
 DEFAULT_MAX_BYTES = 1 << 30
@@ -175,7 +174,7 @@ class BuildLogs:
             self.prune()
         now = self._clock()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-        base = f"{_drv_name(drv_path)}@{quote(machine, safe='')}@{stamp}"
+        base = f"{drv_name(drv_path)}@{quote(machine, safe='')}@{stamp}"
         suffix = STOPPED if stopped else ".log"
         for serial in range(1000):
             path = self.root / (f"{base}{suffix}" if serial == 0 else f"{base}-{serial}{suffix}")
@@ -194,7 +193,7 @@ class BuildLogs:
     def latest(self, drv_path: str, machine: str | None = None) -> Path | None:
         """The newest log of ``drv_path`` (on ``machine``, when given) of an attempt that ran
         to its end, else the newest stopped one, if one is kept."""
-        name = _drv_name(drv_path)
+        name = drv_name(drv_path)
         found = [
             log
             for log in self._scan(prefix=f"{name}@")
@@ -226,7 +225,7 @@ class BuildLogs:
         return path
 
     def _none_kept(self, drv_path: str, machine: str | None) -> OffloadError:
-        name = _drv_name(drv_path)
+        name = drv_name(drv_path)
         # shown: it is whatever was typed or pasted (a line break, a terminal escape).
         what = f"no build log kept for {shown(name, 200)}"
         if machine is None:
@@ -426,50 +425,6 @@ class LogRecorder:
             if key in self._stopped:
                 self._stopped[key] = writer.path  # its further lines go on there
         return writer
-
-
-def nix_log_path(drv_path: str, env: Mapping[str, str] | None = None) -> Path:
-    """Where Nix 2.8 keeps a build's log (DerivationGoal::openLogFile, compress-build-log on):
-    ``$NIX_LOG_DIR/drvs/<first 2 chars>/<rest of the basename>.bz2``, where `nix log` and
-    `nix-store -l` read it (LocalFSStore::getBuildLog)."""
-    name = _drv_name(drv_path)
-    return default_drvs_dir(env) / name[:2] / f"{name[2:]}.bz2"
-
-
-def keep_for_nix(drv_path: str, text: Path, target: Path | None = None, *, started: float) -> bool:
-    """A build's log copied where Nix keeps logs, so `nix log` finds it; False when that
-    directory is not ours to write (not root, no daemon's log dir). Builds on this machine too:
-    offload runs them through ``nix-store --serve``, which keeps no log (Nix's serve sets
-    ``keepLog`` false), and `nix-store -l` found none after a build nix-build would have logged.
-    The copy's time is the build's start (``started``), before the file's birth: ``NixLogs``
-    reads a build's time from a log's birth to its last change, and this copy's birth is not
-    the build's (offload's history has the build)."""
-    target = nix_log_path(drv_path) if target is None else target
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _compress(text, tmp)  # a piece at a time: a log may be hundreds of MiB
-        os.utime(tmp, (started, started))
-        tmp.replace(target)  # whole or not at all: Nix must never read half a bzip2 stream
-    except OSError:
-        # Not left behind: on a full disk, one per remote build took yet more of it.
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        return False
-    return True
-
-
-def _compress(source: Path, target: Path) -> None:
-    compressor = bz2.BZ2Compressor()
-    with source.open("rb") as text, target.open("wb") as out:
-        while chunk := text.read(_READ_SIZE):
-            out.write(compressor.compress(chunk))
-        out.write(compressor.flush())
-
-
-def _drv_name(drv_path: str) -> str:
-    """The basename of a .drv path; a bare basename is accepted as is."""
-    return drv_path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _lines_of(log: BinaryIO) -> Iterator[str]:

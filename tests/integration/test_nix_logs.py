@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet
-from offload.logs import nix_log_path
+from offload.nix_log_copies import nix_log_path
 from tests.helpers.nix_files import nix_file
 from tests.helpers.offload_run import offload, offload_env
 

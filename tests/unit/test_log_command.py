@@ -16,7 +16,8 @@ from typing_extensions import override
 import offload.cli
 from offload.cli import log as log_cli
 from offload.errors import OffloadError
-from offload.logs import BuildLogs, nix_log_path
+from offload.logs import BuildLogs
+from offload.nix_log_copies import nix_log_path
 from offload.process import Completed, output_lines
 from tests.helpers.log_clock import DRV, Clock
 from tests.helpers.nix_files import nix_file

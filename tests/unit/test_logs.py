@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from offload.errors import OffloadError
-from offload.logs import BuildLogs, LogFile, keep_for_nix, nix_log_path
+from offload.logs import BuildLogs, LogFile
 from offload.names import LOCAL
+from offload.nix_log_copies import keep_for_nix, nix_log_path
 from offload.ui.events import JobFinished, JobPhase
 from tests.helpers.log_clock import DRV, OTHER, T0, Clock
 from tests.helpers.users import as_another_user

@@ -43,7 +43,7 @@ def test_a_log_copied_for_nix_that_does_not_fit_leaves_no_temporary(tmp_path: Pa
         """
         import os
         from pathlib import Path
-        from offload.logs import keep_for_nix
+        from offload.nix_log_copies import keep_for_nix
         log = Path("big.log")
         with log.open("wb") as out:  # random: bzip2 cannot make it small
             out.write(os.urandom(150_000))

@@ -13,7 +13,8 @@ from typing_extensions import override
 
 from offload.cli import log as log_cli
 from offload.errors import OffloadError
-from offload.logs import BuildLogs, keep_for_nix
+from offload.logs import BuildLogs
+from offload.nix_log_copies import keep_for_nix
 
 DRV = "/nix/store/" + "a" * 32 + "-long.drv"
 

@@ -11,7 +11,7 @@ from offload.history.db import History
 from offload.history.estimates import estimator
 from offload.history.nix_logs import KEEP, NixLogs, default_drvs_dir, file_times, log_name
 from offload.history.records import BuildRecord
-from offload.logs import keep_for_nix
+from offload.nix_log_copies import keep_for_nix
 from tests.helpers.nix_logs import HASH, nix_log
 
 

@@ -132,7 +132,7 @@ def _names(directory: Path) -> list[str]:
 
 def _times(path: Path) -> tuple[float, float] | None:
     """``path``'s birth and last change, or None if either is unknown or the change is before
-    the birth (``offload.logs.keep_for_nix``'s copies)."""
+    the birth (``offload.nix_log_copies.keep_for_nix``'s copies)."""
     times = file_times(path)
     if times is None or times[1] < times[0]:
         return None
