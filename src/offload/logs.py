@@ -95,13 +95,16 @@ class LogFile:
 
 
 class BuildLogWriter:
-    """Appends one build's log lines to its file; a context manager."""
+    """Appends one build's log lines to its file; a context manager. A file the disk could
+    not take whole (full) is removed at the first failed write and the lines after it are
+    dropped: ``offload log`` would show one cut short as if it were the build's whole log."""
 
     def __init__(
         self, path: Path, on_close: Callable[[Path], None], *, append: bool = False
     ) -> None:
         """A new file at ``path``; with ``append``, the end of the one there."""
         self.path = path
+        self.lost = False
         self._on_close = on_close
         how = os.O_APPEND if append else os.O_CREAT | os.O_EXCL
         fd = os.open(path, os.O_WRONLY | how | os.O_CLOEXEC, 0o600)
@@ -110,24 +113,44 @@ class BuildLogWriter:
     def write(self, line: str, *, flush: bool = True) -> None:
         """Append ``line``, adding the newline it came without; flushed so readers see it
         (unless ``flush`` is False: the caller flushes after a batch of lines)."""
+        if self.lost:
+            return
         if not line.endswith("\n"):
             line += "\n"
         try:
             data = line.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             data = line.encode("utf-8", "replace")
-        self._file.write(data)
-        if flush:
-            self._file.flush()
+        with self._losing():
+            self._file.write(data)
+            if flush:
+                self._file.flush()
 
     def flush(self) -> None:
         if not self._file.closed:
-            self._file.flush()
+            with self._losing():
+                self._file.flush()
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.close()
-            self._on_close(self.path)
+            try:
+                with self._losing():
+                    self._file.close()
+            finally:
+                self._on_close(self.path)
+
+    @contextlib.contextmanager
+    def _losing(self) -> Iterator[None]:
+        """The body's OSError (a full disk) raised, the file closed and removed first."""
+        try:
+            yield
+        except OSError:
+            self.lost = True
+            with contextlib.suppress(OSError):
+                self._file.close()  # the buffer fails to go again; the descriptor is closed
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            raise
 
     def __enter__(self) -> Self:
         return self
@@ -231,8 +254,9 @@ class BuildLogs:
         if machine is None:
             return OffloadError(
                 what,
-                hint="offload keeps the logs of builds it ran itself, "
-                "and Nix keeps none either (`offload log` asks it): was it built on this host?",
+                hint="offload keeps the logs of builds it ran itself (not one a full disk "
+                "cut short: the run said so), and Nix keeps none either (`offload log` asks it):"
+                " was it built on this host?",
             )
         others = sorted({log.machine for log in self._scan(f"{name}@") if log.drv_name == name})
         if not others:
@@ -402,6 +426,8 @@ class LogRecorder:
                 self._stopped[key] = None
             if writer is not None:
                 writer.close()
+                if writer.lost:
+                    return
                 if self._for_nix and event.status in ("built", "failed"):
                     keep_for_nix(event.drv_path, writer.path, started=event.started)
                 if stopped:

@@ -69,3 +69,27 @@ def test_of_the_writes_that_fail_only_the_first_error_is_kept(tmp_path: Path) ->
     assert len(recorder._errors) == 1
     with pytest.raises(OffloadError, match="No space left on device"):
         recorder.close()
+
+
+def test_a_log_the_disk_could_not_take_whole_is_not_kept_cut_short(tmp_path: Path) -> None:
+    # Kept, `offload log` showed the part written (nothing, at a full disk) as the build's
+    # whole log, exit 0. A build's log that fits stays.
+    said = _run(
+        tmp_path,
+        """
+        from offload.logs import BuildLogs
+        logs = BuildLogs(__import__("pathlib").Path("logs"))
+        recorder = logs.recorder()
+        recorder.write("/nix/store/abcdef-small.drv", "fast", "fits")
+        for n in range(20_000):
+            recorder.write("/nix/store/abcdef-big.drv", "fast", f"line {n} " + "x" * 20)
+        try:
+            recorder.close()
+        except Exception as exc:
+            print("error:", exc)
+        small = logs.read("/nix/store/abcdef-small.drv").strip()
+        print(logs.latest("/nix/store/abcdef-big.drv"), small)
+        """,
+    )
+    assert said.startswith("error: cannot write build logs in logs: [Errno 27] File too large")
+    assert said.splitlines()[-1] == "None fits"
