@@ -1,14 +1,18 @@
 """``offload build``'s last step, forgetting old history (``cli.build_keep.forget_old``), under
 the one signal rule (``cli.interrupts``): real signals, in a fresh interpreter, sent as the
-pass begins (the history module's ``prune`` wrapped to send it)."""
+pass begins (the history module's ``prune`` wrapped to send it); and the words for a backoff
+file it could not write."""
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from offload.cli.build_keep import unkept_backoff
 
 _SCRIPT = """
 import os, signal, sys
@@ -46,3 +50,14 @@ def test_a_signal_while_old_history_is_forgotten_stops_the_command(
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"stopped {status}\n", done.stderr
     assert (tmp_path / "history.sqlite").exists()  # a new file: a pass is due at once
+
+
+def test_a_backoff_a_full_disk_kept_out_is_said_full_not_unwritable() -> None:
+    place = Path("/state/backoff.json")
+    full = unkept_backoff(place, OSError(errno.ENOSPC, "No space left on device"))
+    assert full == (
+        "/state/backoff.json: the builders' backoff is not kept: No space left on device",
+        "free space on the file system that holds /state (df shows it)",
+    )
+    directory = unkept_backoff(place, IsADirectoryError(errno.EISDIR, "Is a directory"))
+    assert directory[1] == "make it a file offload can write"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import sys
 import time
@@ -140,11 +141,15 @@ def keep_run(
         changes, last_built = _health(report, pool)
         save_backoff(backoff, changes, time.time(), healthy_at=last_built)
     except OSError as exc:  # the run is kept all the same: said as what it is
-        why = exc.strerror or str(exc)
-        warn(
-            f"{backoff}: the builders' backoff is not kept: {why}",
-            "make it a file offload can write",
-        )
+        warn(*unkept_backoff(backoff, exc))
+
+
+def unkept_backoff(backoff: Path, exc: OSError) -> tuple[str, str]:
+    """The warning and its hint for a backoff file ``exc`` kept from being written."""
+    said = f"{backoff}: the builders' backoff is not kept: {exc.strerror or exc}"
+    if exc.errno == errno.ENOSPC:
+        return said, f"free space on the file system that holds {backoff.parent} (df shows it)"
+    return said, "make it a file offload can write"
 
 
 def _health(report: RunReport, pool: Pool) -> tuple[dict[str, Health | None], dict[str, float]]:

@@ -20,8 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from offload.errors import OffloadError
+from offload.errors import OffloadError, StoreError
 from offload.history.db import History
+from offload.history.faults import no_room
 from offload.paths import SYSTEM_STATE_DIR, read_state_dir, state_dir, state_hint
 
 __all__ = ["HISTORY_FILE", "NoHistoryYet", "history_file", "open_history"]
@@ -88,7 +89,12 @@ def open_history(*, daemon: bool, command: str = "history", note: bool = True) -
             " builds it takes)",
         )
     if os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
-        return History(path)
+        try:
+            return History(path)
+        except StoreError:
+            if not no_room(path.parent):
+                raise
+            # A full disk: read as it is (its schema brought up to date by the next run).
     return History(path, read_only=True)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Self, TypeVar
 
 from offload.errors import StoreError
-from offload.history.faults import damaged, not_a_file, open_hint
+from offload.history.faults import damaged, no_room, not_a_file, open_hint
 from offload.history.prune import KEEP_BUILDS, PRUNE_CLAIM, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
 from offload.history.records import BuildRecord, RunRecord
 from offload.history.rows import (
@@ -73,7 +73,8 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     SQLite opens a WAL database only with its ``-shm`` file, which the last connection to
     close removes; where it is gone and cannot be made (a read-only mount, another user's
     directory) no process has the file open, so it is read as immutable: as it is on disk (the
-    ``-wal`` of a writer that crashed there, if any, is not read: it cannot be applied)."""
+    ``-wal`` of a writer that crashed there, if any, is not read: it cannot be applied). So is
+    one whose ``-shm`` cannot be sized on a full disk, where no writer commits either."""
     uri = path.absolute().as_uri()
     db = sqlite3.connect(f"{uri}?mode=ro", timeout=30, isolation_level=None, uri=True)
     try:
@@ -81,12 +82,13 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         db.close()
         # Its -shm refused: "cannot open" on a read-only mount, "read-only directory" in
-        # another user's.
+        # another user's; "disk I/O error" on a full disk, where it could not be sized.
         refused = exc.sqlite_errorcode in (
             sqlite3.SQLITE_CANTOPEN,
             sqlite3.SQLITE_READONLY_DIRECTORY,
-        )
-        if not refused or os.access(path.parent, os.W_OK) or not path.is_file():
+        ) and not os.access(path.parent, os.W_OK)
+        full = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_IOERR and no_room(path.parent)
+        if not (refused or full) or not path.is_file():
             raise
         db = sqlite3.connect(f"{uri}?immutable=1", timeout=30, isolation_level=None, uri=True)
     return db
