@@ -43,7 +43,9 @@ def test_whole_number_settings_and_relaxed_sandbox_as_nix_build_takes_them() -> 
     assert args.option == [("repeat", "2"), ("min-free", str(1 << 30)), ("sandbox", "relaxed")]
 
 
-@pytest.mark.parametrize("machine", ["a:1:\u0663", "a:1:1_0", "a:1_0:1", "a:\u0664:1", "a:1:+2"])
+@pytest.mark.parametrize(
+    "machine", ["a:1:\u0663", "a:1:1_0", "a:1_0:1", "a:\u0664:1", "a:1:+2", "a:1:-1"]
+)
 def test_numbers_in_machines_are_ascii_as_written(
     machine: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -51,7 +53,7 @@ def test_numbers_in_machines_are_ascii_as_written(
     status, err = _offload(["simulate", str(SAMPLE), "--machines", machine], capsys)
     assert status == 1
     _one_error(err)
-    assert "speed must be a number and slots an integer" in err
+    assert "speed must be a number and slots a whole number (0 to " in err
 
 
 def test_a_demo_of_a_graph_of_no_work_has_no_ratio() -> None:

@@ -92,6 +92,9 @@ def test_the_command_writes_the_page_and_refuses_a_run_with_hook(
     assert main(["report", "--hook", "-o", str(page)]) == 0
     said = capsys.readouterr().err
     assert said == f"report of offload-hook's builds (2 copies on 2 machines) written to {page}\n"
+    # A name with a line break is said as one line.
+    assert main(["report", "--hook", "-o", str(tmp_path / "a\nb.html")]) == 0
+    assert capsys.readouterr().err.endswith(f"written to {tmp_path}/a\\nb.html\n")
     text = page.read_text()
     assert "<title>offload-hook builds</title>" in text
     # No lower bound is drawn for the hook's builds, so its key is not in the legend either.

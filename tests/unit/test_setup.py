@@ -148,6 +148,21 @@ def test_public_keys_are_parsed_and_checked() -> None:
         parse_public_key(f"{KEY_LINE}\n{KEY_LINE}\n", "k")
     with pytest.raises(ConfigError, match="not an ssh public key"):
         parse_public_key("hello world", "k")
+    private = (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    with pytest.raises(ConfigError, match=r"^k: a private key, not the public key line$"):
+        parse_public_key(private, "k")  # was "found 3 lines"
+
+
+def test_an_identity_that_is_no_file_is_refused_before_any_builder_is_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A directory got "chmod 600 DIR" as its fix, from ssh's words about it.
+    assert main(["setup", "client", "--identity", str(tmp_path), "192.0.2.7"]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"error: the identity file {tmp_path} is not a file"
+    )
 
 
 def test_the_fingerprint_is_sha256_of_the_blob_unpadded() -> None:

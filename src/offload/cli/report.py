@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--hook", action="store_true", help="offload-hook's builds (its latest burst) instead"
     )
     parser.add_argument(
-        "--since", metavar="DURATION", help="with --hook: the builds of the last DURATION (2h)"
+        "--since",
+        metavar="DURATION",
+        help="offload-hook's builds of the last DURATION (2h; implies --hook)",
     )
     parser.add_argument(
         "--daemon",

@@ -204,6 +204,11 @@ def run_client(args: argparse.Namespace) -> int:
             f"the identity file {identity} does not exist",
             hint="make one with `offload setup key`, or give --identity PATH",
         )
+    if not identity.is_file():
+        raise ConfigError(
+            f"the identity file {identity} is not a file",
+            hint="give --identity the private key file (made by `offload setup key`)",
+        )
     if not 0 < args.timeout <= 600:
         raise ConfigError(
             "--timeout must be more than 0 and at most 600 seconds",

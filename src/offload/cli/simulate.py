@@ -130,7 +130,8 @@ def parse_machines(
         # float() and int() read "1_0", "+2" and other scripts' digits too.
         if not (is_decimal(slots_text) and _PLAIN_NUMBER.fullmatch(speed_text)):
             raise ConfigError(
-                f"--machines: {_shown(item)}: speed must be a number and slots an integer",
+                f"--machines: {_shown(item)}: speed must be a number and slots a whole number"
+                f" (0 to {MAX_SLOTS})",
                 hint=f"for example {DEFAULT_MACHINES}",
             )
         speed, slots = float(speed_text), int(slots_text)

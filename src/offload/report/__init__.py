@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from offload.config.machines import shown
 from offload.errors import OffloadError
 from offload.file_modes import readable_mode
 from offload.history.db import History
@@ -123,7 +124,9 @@ def written(model: ReportModel, what: str, path: Path | None) -> str:
     lanes = len(model.lanes)
     return (
         f"{what} ({copies} {'copy' if copies == 1 else 'copies'} on {lanes}"
-        f" {'machine' if lanes == 1 else 'machines'}) written to {path or 'standard output'}"
+        f" {'machine' if lanes == 1 else 'machines'}) written to"
+        # shown: the name as typed may hold a line break or a terminal escape.
+        f" {shown(str(path), 4096) if path else 'standard output'}"
     )
 
 

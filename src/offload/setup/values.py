@@ -211,6 +211,11 @@ def parse_public_key(text: str, origin: str) -> PublicKey:
     """One OpenSSH public key line; ``origin`` names where it came from in errors."""
     lines = [line for line in text.splitlines() if line.strip()]
     hint = "give the .pub file that `offload setup key` (or ssh-keygen) wrote"
+    if "PRIVATE KEY-----" in text:  # the key itself, which goes on no other host
+        raise ConfigError(
+            f"{origin}: a private key, not the public key line",
+            hint=f"give its .pub file ({origin}.pub?); `ssh-keygen -y -f KEY` prints it",
+        )
     if len(lines) != 1:
         raise ConfigError(f"{origin}: expected one public key line, found {len(lines)}", hint=hint)
     parts = lines[0].strip().split(None, 2)
