@@ -46,7 +46,14 @@ def test_the_daemons_builds_are_listed_with_their_estimates(
     assert [(b["name"], b["machine"]) for b in shown["builds"]] == [("firefox-130.0", "big")]
     assert shown["estimates"]["firefox"]["work"] == 600.0
     assert main(["history", "--daemon"]) == 0  # no run to show: the builds are listed
-    assert "firefox-130.0  big" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "firefox-130.0  big" in listed
+    # Its id is the build's own, which --run took for no run's: the run is said as none.
+    assert any(line.endswith(" offload-hook") for line in listed.splitlines())
+    assert main(["history", "--daemon", "--run", "hook-1"]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "error: 'hook-1': offload-hook's builds belong to no run"
+    )
 
 
 def test_estimates_weigh_the_builds_by_the_pool_s_speed_factors(

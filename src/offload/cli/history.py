@@ -8,9 +8,10 @@ narrow both (the runs listed are those with a build that matches) and also list 
 (derivation, machine, seconds waiting, sending, building, fetching, bytes, outcome; then why
 each that did not build ended so: its Nix error, its builder's fault) and the
 duration estimates the scheduler would use for their names now, as a history of no runs
-does (the hook's builds belong to none). A ``--machine`` that neither the history nor the pool
-knows, or a ``--drv`` no kept build matches, is an error naming it and what it may have meant,
-not empty tables.
+does (the hook's builds belong to none: their run is said as `offload-hook`, and `--run`
+with the id `--json` gives one of them says so). A ``--machine`` that neither the history nor
+the pool knows, or a ``--drv`` no kept build matches, is an error naming it and what it may
+have meant, not empty tables.
 ``--json`` prints all four parts as one object, with what the machine table summed
 (``machines_scope``: ``listed_only`` with ``--last``, ``newest_builds_only`` when capped).
 ``--daemon`` reads the nix-daemon's ``offload-hook`` history (/var/lib/offload, root's)
@@ -239,6 +240,11 @@ def _one_run(runs: list[RunRecord], prefix: str, daemon: bool) -> RunRecord:
     if len(runs) == 1:
         return runs[0]
     typed = shown(prefix, 40)  # as typed: a control character escaped, not dropped
+    if not runs and prefix.startswith("hook-"):
+        raise OffloadError(
+            f"'{typed}': offload-hook's builds belong to no run",
+            hint="`offload history --drv NAME` lists them, `offload report --hook` draws them",
+        )
     if not runs:
         raise OffloadError(
             f"no run '{typed}' in {_history(daemon)}",
@@ -391,7 +397,7 @@ def _print_builds(builds: list[BuildRecord]) -> None:
             *(_phase(b, p) for p in PHASES),
             format_bytes(b.bytes_sent),
             format_bytes(b.bytes_received),
-            b.run_id,
+            b.run_said,
         )
         for b in builds
     ]
@@ -412,10 +418,8 @@ def _print_why(builds: list[BuildRecord]) -> None:
         why = " / ".join(line.strip() for line in str(b.error).splitlines() if line.strip())
         if len(why) > _WHY_CHARS:
             why = why[: _WHY_CHARS - 3] + "..."
-        name = sanitize(b.name or b.pname)
-        sys.stdout.write(
-            f"  {name} on {sanitize(b.machine or '-')} ({b.status}, {b.run_id}): {sanitize(why)}\n"
-        )
+        name, machine = sanitize(b.name or b.pname), sanitize(b.machine or "-")
+        sys.stdout.write(f"  {name} on {machine} ({b.status}, {b.run_said}): {sanitize(why)}\n")
 
 
 def _phase(build: BuildRecord, phase: str) -> str:

@@ -118,6 +118,16 @@ class BuildRecord:
     def duration(self) -> float:
         return self.finished - self.started
 
+    @property
+    def by_hook(self) -> bool:
+        """Built for offload-hook: its ``run_id`` is the build's own, no run's."""
+        return self.run_id.startswith("hook-")
+
+    @property
+    def run_said(self) -> str:
+        """The run it belongs to, as a listing says it (offload-hook's builds: no run's)."""
+        return "offload-hook" if self.by_hook else self.run_id
+
     def as_dict(self) -> BuildRecordDict:
         return BuildRecordDict(
             run_id=self.run_id,
