@@ -125,6 +125,10 @@ def test_a_history_of_hook_builds_only_is_sent_to_report_hook(history: History) 
     with pytest.raises(OffloadError, match="no run in the history") as said:
         load_model(history, None)
     assert said.value.hint == "offload-hook's builds are there: `offload report --hook`"
+    # The id `offload history` gave a hook build (its own, no run's) gets the same hint.
+    with pytest.raises(OffloadError, match="no run 'hook-") as said:
+        load_model(history, "hook-1")
+    assert said.value.hint == "offload-hook's builds are there: `offload report --hook`"
 
 
 def test_a_page_of_the_newest_builds_only_says_so(

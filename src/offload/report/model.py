@@ -95,7 +95,9 @@ def load_model(history: History, run_id: str | None) -> ReportModel:
         )
     if not runs:
         what = f"no run '{run_id[:40]}'" if run_id else "no run"
-        hooked = run_id is None and history.builds(hook=True, limit=1)
+        hooked = (run_id is None or run_id.startswith("hook-")) and history.builds(
+            hook=True, limit=1
+        )
         raise OffloadError(
             f"{what} in the history",
             hint="offload-hook's builds are there: `offload report --hook`"
