@@ -27,21 +27,11 @@ program, or to ``nix-daemon --stdio`` for ssh-ng:// (``base.open_serve``): no pi
 cut-short session is stopped by closing it, and no load.
 
 Builds may also be counted on the builder itself (``build_session``): a link given
-``builder_slots`` and a ``slot_start`` opens a session per build whose wrapper holds one of the
-builder's slot files under flock (``offload.transport.wrapper``), so every client on every host
-(``offload build`` and ``offload-hook`` alike) sees the same count; after its build it keeps
-the slot ``LINGER`` s for this process's next build there, then is closed (never left idle
-holding it longer), and a builder whose slots are all held answers ``busy`` and is asked again
-every ``BUSY_POLL`` s. Turns keep one client from starving others there: a session is reused
-only within its ``TURN`` (from its start), then closed after its build, and a client waiting
-for a slot says so on the builder (``CLIENT_ID``'s marker), where another client's new
-session yields the freed slot to it (``offload.transport.wrapper``). Where no lock can be taken
-(a restricted key, no flock(1), no slot directory) ``slot_fallback`` says why and builds use
-pooled sessions, counted on this host only; ``slots_on_builder`` says which of the two the
-first build session found (None before).
-``warm_builds`` opens build sessions ahead (while a run reads its graph), lingering as after a
-build, and a build takes one on its way rather than opening its own. ``aclose`` tears every
-session down at once.
+``builder_slots`` and a ``slot_start`` opens a session per build holding one of the builder's
+slot files, kept a while after its build for this process's next one there (``turns`` has the
+model: lingering, turns, waiting, and the fallback to pooled sessions where no lock can be
+taken). ``warm_builds`` opens build sessions ahead (while a run reads its graph), lingering as
+after a build. ``aclose`` tears every session down at once.
 
 Bytes through each session's stdin and stdout are counted in ``link.stats`` (protocol bytes,
 before ssh's own compression and encryption).

@@ -3,6 +3,19 @@
 after a build and for how long in all (its turn), how often a build waiting for one asks again,
 who this process is to the other clients there, and the words for why a builder's slots are
 counted on this host only.
+
+The model: a link given ``builder_slots`` and a ``slot_start`` opens a session per build whose
+wrapper holds one of the builder's slot files under flock (``offload.transport.wrapper``), so
+every client on every host (``offload build`` and ``offload-hook`` alike) sees the same count;
+after its build it keeps the slot ``LINGER`` s for this process's next build there, then is
+closed (never left idle holding it longer), and a builder whose slots are all held answers
+``busy`` and is asked again every ``BUSY_POLL`` s. Turns keep one client from starving others
+there: a session is reused only within its ``TURN`` (from its start), then closed after its
+build, and a client waiting for a slot says so on the builder (``CLIENT_ID``'s marker), where
+another client's new session yields the freed slot to it. Where no lock can be taken (a
+restricted key, no flock(1), no slot directory) ``slot_fallback`` says why and builds use
+pooled sessions, counted on this host only; ``slots_on_builder`` says which of the two the
+first build session found (None before).
 """
 
 from __future__ import annotations
