@@ -146,6 +146,31 @@ def test_warm_opens_sessions_ahead_that_borrowers_then_reuse(own_fleet: Fleet) -
     assert _wait_until(lambda: not any("nix-store" in c for c in _member_procs(own_fleet, "m1")))
 
 
+serve_only_fleet = private_fleet_fixture(
+    [MemberSpec.parse("r1:1:1:serve")], "oflr", doc="r1, whose key runs only the serve program."
+)
+
+
+def test_a_fresh_build_session_where_slots_cannot_be_counted_is_a_new_one(
+    serve_only_fleet: Fleet,
+) -> None:
+    # A reconnect's probe: one lent from the pool, idle since before a fall, passed for an
+    # answer while its ssh was not yet reaped (restricted builders were backed off for it).
+    async def go() -> None:
+        async with _link(serve_only_fleet, "r1") as link:
+            async with link.build_session():
+                pass
+            assert link.slot_fallback is not None  # no slot lock there: pooled sessions
+            assert (link.open_sessions, link.stats.sessions_opened) == (1, 1)
+            async with link.build_session(fresh=True) as client:
+                assert await client.query_valid_paths([]) == set()
+                assert link.stats.sessions_opened == 2
+            async with link.build_session():  # not fresh: the pool's
+                assert link.stats.sessions_opened == 2
+
+    asyncio.run(go())
+
+
 def test_existing_path_is_not_sent_again(own_fleet: Fleet, tmp_path: Path) -> None:
     path = _added_path(tmp_path, 100_000)
 

@@ -33,6 +33,9 @@ from tests.helpers.processes import start, stop
 reconnect_fleet = private_fleet_fixture(
     [MemberSpec.parse("again:4:1")], "ofr", doc="One member, whose connection the test cuts."
 )
+restricted_fleet = private_fleet_fixture(
+    [MemberSpec.parse("kept:4:2:serve")], "ofrk", doc="One whose key runs only the serve program."
+)
 
 
 def test_a_killed_ssh_master_is_reconnected_and_the_build_goes_on_there(
@@ -59,6 +62,37 @@ def test_a_killed_ssh_master_is_reconnected_and_the_build_goes_on_there(
     assert "again" not in _backoff(tmp_path)  # no backoff kept: the next run uses it at once
     (now,) = persistent_masters(control_dir(tmp_path / "state"))  # the new one, kept
     assert now != master
+
+
+def test_a_builder_whose_key_runs_only_the_serve_program_is_reconnected_for_real(
+    restricted_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Its builds use pooled sessions (no slot lock there): the reconnect's probe borrowed one
+    # idle since before the fall, whose ssh, not reaped yet, looked alive. It "answered", the
+    # builds went back at once over the next dead ones, and the builder was backed off for
+    # 3 minutes (tester: a restricted ssh-ng:// builder, its sshd's connection killed).
+    with _marks() as marks:
+        # b ends first, its session idle in the pool when a's connection is cut.
+        slow = f"/bin/sleep 1; /bin/mktemp {marks}/a.XXXXXX > /dev/null; /bin/sleep 2"
+        body = (
+            f'{{ a = mk "a" "{slow}; {SPEED} > $out" {{}}; b = mk "b" "{SPEED} > $out" {{}}; }}\n'
+        )
+        file = nix_file(tmp_path, body)
+        line = member_line(restricted_fleet, "kept")
+        argv = ["-A", "a", "-A", "b", "-j0", "--builders", line, "--json"]
+        proc = start_offload(restricted_fleet, tmp_path, file, *argv)
+        _cut_on_the_builder_mid_build(proc, marks, restricted_fleet.member("kept").pid)
+        try:
+            out, err = proc.communicate(timeout=90)
+        finally:
+            stop(proc)
+    assert proc.returncode == 0, err
+    said = events(out)
+    states = [(e["state"], e["message"]) for e in said if e["event"] == "machine"]
+    assert [s for s, _ in states if s in {"down", "up"}] == ["down", "up"], states
+    ends = [(e["drv_path"][44:], e["status"]) for e in said if e["event"] == "job_finished"]
+    assert ends == [("b.drv", "built"), ("a.drv", "lost"), ("a.drv", "built")], ends
+    assert "kept" not in _backoff(tmp_path)
 
 
 @pytest.mark.usefixtures("coordinators_stopped")
@@ -124,6 +158,22 @@ def _kill_master_mid_build(proc: subprocess.Popen[str], marks: Path, tmp_path: P
         stop(proc)
         raise
     return master
+
+
+def _cut_on_the_builder_mid_build(proc: subprocess.Popen[str], marks: Path, sshd: int) -> None:
+    """Once a build has started on the builder, every connection to it cut there (the
+    member's sshd's children killed, as a network drop or sshd's restart would end them)."""
+    try:
+        wait_for(lambda: any(marks.iterdir()), 60, "a build to start on the builder")
+        done = subprocess.run(
+            ["pgrep", "-P", str(sshd)], capture_output=True, text=True, check=False
+        )
+        for pid in done.stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    except BaseException:
+        stop(proc)
+        raise
 
 
 def _backoff(tmp_path: Path) -> dict[str, object]:

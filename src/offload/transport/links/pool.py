@@ -176,10 +176,14 @@ class Link:
         else, ``on_wait`` is called once and the builder asked again every ``BUSY_POLL`` s.
         ``fresh``: a slot beyond those this run holds (a probe of a full builder), never one
         lingering or opened ahead, which this run counts already.
-        Without builder-side slots (none set, or ``slot_fallback``), a pooled ``session``."""
+        Without builder-side slots (none set, or ``slot_fallback``), a pooled ``session``;
+        ``fresh``, a new one: an idle one, from before a fall (a reconnect's probe), whose ssh
+        is not reaped yet, looks alive and passed for an answer."""
         if self._slot_start is None or self.builder_slots <= 0 or self.slot_fallback:
-            async with self.session(on_log) as client:
-                yield client
+            async with self._slots:
+                session = await (self._open() if fresh else self._checkout())
+                async with self._lent(session, on_log, keep=True) as client:
+                    yield client
             return
         async with self._slots:
             session = await self._open_slot(on_wait, fresh=fresh)
