@@ -218,3 +218,15 @@ def test_a_serve_reply_on_an_ssh_ng_session_is_a_failure_naming_the_daemon() -> 
         assert "daemon program's reply" in opening.failure
 
     run(go())
+
+
+def test_a_daemon_session_that_ends_mid_reply_is_said_closed_as_a_serve_one_is() -> None:
+    # Was "ng: stream ended while reading a stderr frame tag (0 of 8 bytes) (during ...)": the
+    # wire's words, said again under the machine's name ("ng: ng: ...") in the summary.
+    from offload.errors import ProtocolError
+
+    client, _ = client_after_handshake(b"")
+    with pytest.raises(ProtocolError) as said:
+        run(client.query_path_infos([A]))
+    assert said.value.message == "ng closed the connection during QueryPathInfo of 1 paths"
+    assert not client.usable

@@ -483,13 +483,14 @@ class WorkerClient:
     def _translate(self, exc: Exception, what: str) -> ProtocolError:
         if isinstance(exc, PeerSilent):
             return exc.during(self.name, what)
-        if isinstance(exc, ProtocolError):
-            detail = exc.message
-        elif isinstance(exc, asyncio.IncompleteReadError | EOFError):
-            detail = "the connection ended"
-        else:
-            detail = str(exc) or type(exc).__name__
-        hint = exc.hint if isinstance(exc, ProtocolError) else None
-        error = ProtocolError(f"{self.name}: {detail} (during {what})", hint=hint)
+        if not isinstance(exc, ProtocolError) or isinstance(
+            exc.__cause__, asyncio.IncompleteReadError
+        ):
+            # The stream ended (or the pipe broke): said as a serve session's end is, not in
+            # the wire's words ("stream ended while reading a stderr frame tag").
+            error = ProtocolError(f"{self.name} closed the connection during {what}")
+            error.peer = self.name
+            return error
+        error = ProtocolError(f"{self.name}: {exc.message} (during {what})", hint=exc.hint)
         error.peer = self.name
         return error
