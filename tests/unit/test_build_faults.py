@@ -156,7 +156,7 @@ def test_a_local_session_that_cannot_start_is_the_local_stores_fault() -> None:
     # local store, which was taken for the builder's and backed a sound builder off.
     from offload.errors import ProtocolError, SshError, TransportError
     from offload.names import LOCAL
-    from offload.scheduler.run.copy import local_store_failed
+    from offload.scheduler.run.outcome import local_store_failed
 
     started = TransportError("local: `nix-store --serve` did not start: daemon gone")
     started.peer = LOCAL

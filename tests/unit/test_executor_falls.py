@@ -15,7 +15,8 @@ from offload.build.prebuilt import FetchFailed, fetch_existing
 from offload.errors import ProtocolError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember, stopping
-from offload.scheduler.run.copy import BuildCopies, Outcome
+from offload.scheduler.run.copy import BuildCopies
+from offload.scheduler.run.outcome import Outcome
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
 from offload.ui.events import Event, JobFinished, MachineEvent
 from tests.helpers.plans import keeps_no_references, make_plan, spec

@@ -13,7 +13,7 @@ from offload.build.prebuilt import closure_vet
 from offload.errors import SchedulerError, StoreError
 from offload.protocol.serve import PathInfo
 from offload.scheduler.run import Executor, PoolMember
-from offload.scheduler.run.copy import local_store_failed
+from offload.scheduler.run.outcome import local_store_failed
 from offload.store.drv import Derivation, DerivationOutput
 from offload.store.provenance import Provenance, RefusedPaths
 from offload.transport.fake import (

@@ -18,7 +18,7 @@ from offload.errors import OffloadError, RemoteError, StoreError
 from offload.names import LOCAL
 from offload.protocol.serve import PathInfo, StoreClient
 from offload.scheduler.run import send_closure
-from offload.scheduler.run.copy import local_store_failed
+from offload.scheduler.run.outcome import local_store_failed
 from offload.store.drv import Derivation, read_derivation
 from offload.store.provenance import NOT_MADE, Provenance, RefusedPaths, refused_paths
 from offload.ui.events import Event, JobFinished

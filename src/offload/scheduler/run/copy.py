@@ -10,28 +10,24 @@ cancelled: the run stopped, the copy lost) left half-written in a builder's stor
 AddToStoreNar writes in place) is deleted there. The sessions may speak
 either protocol (``StoreClient``): the destination decides how inputs travel, and an ssh-ng://
 builder's own build phases are passed on as steps of "building". How a copy ended is an
-``Outcome``, not an exception: a derivation that fails to build (with Nix's status for it, so a
-timeout can be told apart), a machine that drops the connection or whose disk filled up
-(``disk``: "lost"), and a copy whose inputs' holder went away ("returned", no fault of its own
-machine) are all data for the executor. Every build is sent the run's ``BuildOptions`` (Nix's
-timeouts and log limit).
+``Outcome`` (``outcome``), not an exception. Every build is sent the run's ``BuildOptions``
+(Nix's timeouts and log limit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Literal, TypeGuard
+from typing import Literal
 
 from offload.errors import NotStarted, OffloadError, RemoteError, SshError
 from offload.names import LOCAL
 from offload.protocol.lanes import Lane
-from offload.protocol.serve import BuildOptions, BuildResult, BuildStatus, PathInfo
+from offload.protocol.serve import BuildOptions, BuildResult, PathInfo
 from offload.protocol.store import StoreClient, also_heard, copy_paths
 from offload.scheduler.run.closure_copy import send_closure, to_copy
 from offload.scheduler.run.disk import (
@@ -43,37 +39,12 @@ from offload.scheduler.run.disk import (
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import Holders, InputsGone
 from offload.scheduler.run.homeward import HomeBatches
+from offload.scheduler.run.outcome import Outcome, local_store_failed
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
 from offload.store.provenance import NOT_MADE, Provenance, refused_paths
 
-__all__ = [
-    "AfterHome",
-    "BuildCopies",
-    "Outcome",
-    "local_store_failed",
-    "send_closure",
-    "with_error",
-]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one build copy ended. "returned": its inputs' holder ``source`` went away (or they
-    were lost before it got them), which is no fault of its own machine."""
-
-    kind: Literal["built", "failed", "lost", "returned", "cancelled"]
-    error: str | None
-    started: float
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    build_seconds: float | None = None
-    home: bool = False  # the outputs are in the local store too
-    source: str | None = None
-    status: BuildStatus | None = None  # Nix's answer to a build that failed
-    # Lost, its builder's Nix said why before the session ended (a ``RemoteError``): no
-    # connection that dropped, which a reconnect could mend (``reconnects``).
-    nix_said: bool = False
+__all__ = ["AfterHome", "BuildCopies", "cleared_cut", "send_closure"]
 
 
 @dataclass
@@ -89,13 +60,6 @@ class _Onward:
 # What runs once a derivation built elsewhere has its outputs valid here: (derivation, its
 # outputs, where its lines go). An OffloadError of it fails the build.
 AfterHome = Callable[[str, Sequence[str], Callable[[str], None]], Awaitable[None]]
-
-
-def local_store_failed(error: BaseException) -> TypeGuard[OffloadError]:
-    """Whether a copy failed on the local store's side: its serve session's errors, and a
-    session of it that could not start (a nix-daemon restarted by a nixos-rebuild meanwhile,
-    a process limit), name it as their peer. Never a builder's fault."""
-    return isinstance(error, OffloadError) and getattr(error, "peer", None) == LOCAL
 
 
 async def cleared_cut(
@@ -114,20 +78,6 @@ async def cleared_cut(
             # The path being written is the last begun: looked at first.
             said = await remove_partial(link, sending[::-1], what=what)
     return said
-
-
-def ended_on_its_own(task: asyncio.Task[Outcome]) -> bool:
-    """Whether ``task`` is a copy that ended built or failed (not lost, given back or stopped)."""
-    return (
-        task.done()
-        and not task.cancelled()
-        and task.exception() is None
-        and task.result().kind in {"built", "failed"}
-    )
-
-
-def with_error(outcome: Outcome, error: OffloadError) -> Outcome:
-    return dataclasses.replace(outcome, error=error.message)
 
 
 class BuildCopies:

@@ -21,14 +21,10 @@ from offload.errors import HookFailed, OffloadError
 from offload.history.records import RunReport
 from offload.names import LOCAL
 from offload.scheduler.policy import Finished, Policy
-from offload.scheduler.run.copy import (
-    BuildCopies,
-    Outcome,
-    local_store_failed,
-    with_error,
-)
+from offload.scheduler.run.copy import BuildCopies
 from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
+from offload.scheduler.run.outcome import Outcome, local_store_failed, with_error
 from offload.scheduler.run.plan import PoolMember
 from offload.scheduler.run.stopping import Stopping
 

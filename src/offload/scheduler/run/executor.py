@@ -33,13 +33,14 @@ from offload.history.records import RunReport
 from offload.protocol.serve import BuildOptions
 from offload.scheduler.dag import JobState
 from offload.scheduler.policy import Move, Policy, Speculate, Start, Wait
-from offload.scheduler.run.copy import AfterHome, BuildCopies, Outcome
+from offload.scheduler.run.copy import AfterHome, BuildCopies
 from offload.scheduler.run.endings import MAX_LOSSES, Endings
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
 from offload.scheduler.run.holders import Holders
 from offload.scheduler.run.learning import Learning
 from offload.scheduler.run.loads import Loads
+from offload.scheduler.run.outcome import Outcome
 from offload.scheduler.run.plan import BuildPlan, InputMoves, MemberLink, PoolMember, plan_jobs
 from offload.scheduler.run.reconnects import Reconnects
 from offload.scheduler.search import PLAIN, Tuning, tune

@@ -21,9 +21,9 @@ from typing import Any
 from offload.errors import OffloadError
 from offload.history.records import RunReport
 from offload.scheduler.policy import Cancel
-from offload.scheduler.run.copy import Outcome, ended_on_its_own
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.full import FullBuilders
+from offload.scheduler.run.outcome import Outcome, ended_on_its_own
 from offload.scheduler.run.reconnects import Reconnects
 from offload.tasks import wait_all
 
