@@ -217,3 +217,36 @@ def test_a_fetch_home_the_run_stops_ends_at_once_and_quietly(
     again = nix_file(tmp_path, 'mk "again" "echo again > $out" {}', name="again.nix")
     done = offload(cut_fleet, tmp_path, again, "-j0", "--builders", line, "--no-out-link")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_build_stopped_where_its_outputs_cannot_be_deleted_says_they_stay(
+    cut_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The run's Ctrl-C stopped it mid-build: its partial output stayed on the restricted
+    # builder without a word (tester: 119 MB of a 400 MB output), where a cut input is said.
+    body = '{ part = mk "part" "/bin/mkdir $out; exec /bin/sleep 60" {}; }'
+    file = nix_file(tmp_path, body, name="p.nix")
+    part = out_path(file, "part")
+    line = member_line(cut_fleet, LOCKED)
+    argv = ["-A", "part", "-j0", "--builders", line, "--json", "-L"]
+    proc = start_offload(cut_fleet, tmp_path, file, *argv)
+    try:
+
+        def begun() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return on_disk(cut_fleet, LOCKED, part).exists()
+
+        wait_for(begun, 60, f"{part} to be begun on {LOCKED}")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode == 130, err
+    said = [e["line"] for e in events(out) if e["event"] == "job_log" and "offload:" in e["line"]]
+    assert len(said) == 1, out
+    stays = f"offload: stopped on {LOCKED}; its partial outputs stay there: builder '{LOCKED}' "
+    assert said[0].startswith(stays), said
+    assert said[0].endswith(
+        "`nix-store --serve --write` for this key: offload cannot run its own commands there"
+    )
+    assert on_disk(cut_fleet, LOCKED, part).exists()  # what Nix's GC there will take

@@ -219,15 +219,20 @@ class BuildCopies:
         its remote process stopped and, if it was building ``drv_path``, what it wrote of the
         outputs deleted (Nix leaves them unregistered in the store until the next build or
         GC), bounded: a builder that no longer answers must not hold the run up. Not after a
-        stop that failed: its process may still hold them, and the builder is likely gone."""
+        stop that failed: its process may still hold them, and the builder is likely gone.
+        Where they stay (a key that runs only its protocol's program), the build's log says."""
         try:
             await member.link.cancel(client)
         except OffloadError:
             return
         if drv_path is not None and member.remote:
+            said = "; its partial outputs may stay there"
             with contextlib.suppress(TimeoutError, OSError):  # the cancellation must go on
                 async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
-                    await remove_partial(member.link, self.plan.outputs[drv_path])
+                    said = await remove_partial(member.link, self.plan.outputs[drv_path])
+            if not said.endswith("deleted"):
+                name = member.spec.name
+                self.events.log_handler(drv_path, name)(f"offload: stopped on {name}{said}")
 
     async def _session(
         self,

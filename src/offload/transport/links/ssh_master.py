@@ -411,12 +411,11 @@ class SshTransport:
         Refused on a restricted builder: it would run its one program whatever is asked."""
         control = await self._connected()
         if self.restricted:
-            # A script's first line only: its lines, joined in a build's log, read as garbage.
-            shown, *more = remote_command(remote)[:60].split("\n", 1)
+            # Not the command itself: offload's own scripts, read as garbage in a build's log.
             raise SshError(
                 f"builder '{self.name}' ({self.target.destination}) runs only "
-                f"{self.dialect.describe(self.params)} for this key, "
-                f"not `{shown}{' ...' if more else ''}`",
+                f"{self.dialect.describe(self.params)} for this key: offload cannot run its own"
+                " commands there",
                 hint="its authorized_keys line or sshd's ForceCommand restricts the key",
             )
         argv = ssh_argv(
