@@ -275,3 +275,41 @@ def test_a_stop_that_waits_on_a_builder_says_so(monkeypatch: pytest.MonkeyPatch)
     asyncio.run(asyncio.wait_for(main(), 20))
     notes = [(e.machine, e.message) for e in events if isinstance(e, MachineEvent)]
     assert notes == [("fast", "its builds are being stopped: it has not answered yet")]
+
+
+def test_a_copy_lost_with_its_machine_is_not_said_in_the_words_of_another_build() -> None:
+    # y's session noticed fast's fall "during BuildDerivation of ...-y.drv"; x, building there
+    # too, was said lost with those words, which read as x's own.
+    plan, paths, _, src = make_plan({"y": [], "x": []})
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
+        started.append(build.drv.name)
+        if len(started) == 2:
+            gate.set()
+        await gate.wait()
+        if build.drv.name == "y":
+            fast_store.break_next("build-end", message="Connection to fast closed.")
+        else:
+            await asyncio.sleep(5)
+        return await keeps_no_references(build)
+
+    fast_store = FakeStore("fast", builder=on_fast)
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("fast", speed=4, slots=2), FakeLink(fast_store), remote=True),
+        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
+    ]
+    events: list[Event] = []
+    executor = Executor(plan, members, local, emit=events.append, estimates={"y": 9, "x": 9})
+    asyncio.run(asyncio.wait_for(executor.run(), 20))
+    lost = {
+        e.name: e.error or "" for e in events if isinstance(e, JobFinished) and e.status == "lost"
+    }
+    first, other = ("y", "x") if "during" in lost["y"] else ("x", "y")
+    assert f"-{first}.drv" in lost[first]
+    assert lost[other].startswith("lost with fast: "), lost
+    assert paths["x"] in local_store.builds
+    assert paths["y"] in local_store.builds
