@@ -343,3 +343,19 @@ def test_an_interrupted_run_shows_no_bound_nor_ratio(tmp_path, monkeypatch, caps
     (row,) = [line for line in capsys.readouterr().out.splitlines() if "run1" in line]
     assert row.split()[-5:-3] == ["-", "-"]  # bound, ratio
     assert row.endswith("interrupted")
+
+
+def test_a_run_whose_bound_is_under_a_second_shows_no_ratio(tmp_path, monkeypatch, capsys):
+    # Builds of 0.04 s after 5 s on an unreachable cache: a ratio of 145, read as a scheduling
+    # disaster. Its bound still shows.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    run, builds = _recorded_run()
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(dataclasses.replace(run, run_id="run2", lower_bound=0.04), builds[:0])
+        history.record_run(dataclasses.replace(run, run_id="run3", lower_bound=2.0), builds[:0])
+    assert main(["history"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    (short,) = [line for line in rows if "run2" in line]
+    (long,) = [line for line in rows if "run3" in line]
+    assert short.split()[-5:-3] == ["0.0s", "-"]  # bound, ratio
+    assert long.split()[-4] == f"{run.wall / 2.0:.2f}"
