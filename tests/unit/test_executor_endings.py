@@ -164,7 +164,7 @@ def test_builds_the_runs_end_stopped_end_with_an_event_before_the_run_does():
     assert events[-1].interrupted
     stopped = [e for e in events if isinstance(e, JobFinished)]
     assert {(e.name, e.status, e.error) for e in stopped} == {
-        (n, "cancelled", "stopped by the run's end") for n in "ab"
+        (n, "cancelled", "stopped: the run was interrupted") for n in "ab"
     }
     assert _untold(events) == set()
 

@@ -34,6 +34,8 @@ _LOST_TO_ANOTHER = "stopped: another copy was built first"
 _HALTED = "stopped: another build failed (no --keep-going)"
 # Why a build's outputs, on their way home as the run stopped, are not here.
 _HOME_CUT = "stopped by the run's end before its outputs were brought home"
+# A copy the run stopped as it was interrupted (Ctrl-C, SIGTERM, SIGHUP).
+INTERRUPTED = "stopped: the run was interrupted"
 
 logger = logging.getLogger("offload.scheduler.run.executor")
 # How long the run's stop waits for its copies before it says which builders it waits for.
@@ -141,10 +143,11 @@ class Stopping:
             *self._reconnects.tasks,
         ]  # fmt: skip
         # Told now, not once stopped: a second signal may cut the wait short.
+        why = INTERRUPTED if self.report.interrupted else "stopped by the run's end"
         for task, (drv_path, machine) in self._tasks.items():
             if task in self._told:
                 continue  # said lost with its machine already
-            self._stopped.setdefault(task, "stopped by the run's end")
+            self._stopped.setdefault(task, why)
             self._stopped_copy(task, drv_path, machine, self._since.get(task, self.wall()))
         # Built there, its outputs not here: the copy ends stopped (it had no end in the
         # events), and the run has not built it (its report listed an output not here).
