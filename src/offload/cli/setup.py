@@ -239,7 +239,7 @@ def run_client(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     builders = tuple(o.builder for o in probed if o.builder is not None)
-    if args.write is not None and len(builders) < len(probed):
+    if args.write is not None and 0 < len(builders) < len(probed):
         # Files for some of the builders asked for would be refused as taken once the others
         # are mended and the command is run again: a directory gets all of them or none.
         failed = len(probed) - len(builders)
