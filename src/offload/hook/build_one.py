@@ -14,13 +14,17 @@ from offload.booleans import nix_bool
 from offload.errors import OffloadError, ProtocolError, RemoteError, TransportError
 from offload.history.records import BuildRecord
 from offload.hook.context import HookContext
-from offload.hook.remote import CachesHeard, Outcome, build_remote, error_message
+from offload.hook.remote import CachesHeard, Outcome, Progress, build_remote, error_message
 from offload.hook.wire import Accepted, TryRequest
 from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.store.drv import read_derivation
 
-__all__ = ["Lost", "build_on", "record_build"]
+__all__ = ["STOPPED", "Lost", "build_on", "record_build"]
+
+# Why a build stopped midway is kept so: Nix gave it up (its nix-build interrupted, or another
+# build failed without --keep-going), or the coordinator was stopped.
+STOPPED = "stopped before it ended: Nix gave the build up (an interrupt, or another build failing)"
 
 
 class Lost(Exception):
@@ -45,7 +49,7 @@ async def build_on(
     substitute = context.pool.builders_use_substitutes or (
         nix_bool(machine.params.get("builders-use-substitutes"))
     )
-    partial: list[str] = []  # what a stop may leave half-written there (``build_remote``)
+    progress = Progress()  # how far it got, for a stop midway (``build_remote``)
     try:
         async with context.keep.local(context.env) as local:
             return await build_remote(
@@ -58,12 +62,14 @@ async def build_on(
                 options=BuildOptions.from_settings(context.settings.get),
                 substitute=substitute,
                 copying=CachesHeard(context.say_to_client, name) if substitute else None,
-                partial=partial,
+                progress=progress,
             )
     except asyncio.CancelledError:
-        record_build(context, request, name, Outcome(0, started, time.time()), status="cancelled")
-        if partial:
-            await context.keep.links.clear_partial(remote, partial)
+        now = time.time()
+        stopped = Outcome(0, started, now, phases=progress.phases(now), error=STOPPED)
+        record_build(context, request, name, stopped, status="cancelled")
+        if progress.partial:
+            await context.keep.links.clear_partial(remote, progress.partial)
         raise
     except (OffloadError, OSError) as exc:
         message = exc.message if isinstance(exc, OffloadError) else str(exc)

@@ -24,7 +24,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from offload.cache_words import CacheLines, cache_fault
 from offload.errors import OffloadError, TransportError
@@ -77,6 +77,24 @@ def log_writer(io: HookIO) -> Callable[[str], None]:
         io.log((line + "\n").encode(errors="replace"))
 
     return write
+
+
+@dataclass
+class Progress:
+    """How far a build on a builder got, for one stopped midway: when each phase began, and
+    what a stop may leave half-written there (the inputs being sent, then the outputs being
+    built: ``offload.hook.build_one`` deletes them)."""
+
+    partial: list[str] = field(default_factory=list)
+    begun: list[tuple[str, float]] = field(default_factory=list)
+
+    def begin(self, phase: str, at: float) -> None:
+        self.begun.append((phase, at))
+
+    def phases(self, until: float) -> tuple[PhaseRecord, ...]:
+        """The phases begun, each to the next one's start, the last to ``until``."""
+        ends = [at for _, at in self.begun[1:]] + [until]
+        return tuple(PhaseRecord(p, at, end) for (p, at), end in zip(self.begun, ends, strict=True))
 
 
 class _Activities:
@@ -189,23 +207,24 @@ async def build_remote(
     options: BuildOptions,
     substitute: bool = False,
     copying: CachesHeard | None = None,  # the builder's lines while inputs go
-    partial: list[str] | None = None,
+    progress: Progress | None = None,
 ) -> Outcome:
-    """The derivation built on ``machine``: inputs sent, built, outputs fetched. ``partial``
-    holds what a stop may leave half-written there meanwhile: the inputs being sent, then the
-    outputs being built (``offload.hook.build_one`` deletes them when the build is stopped)."""
+    """The derivation built on ``machine``: inputs sent, built, outputs fetched, told to
+    ``progress`` as it goes."""
     drv = read_derivation(request.drv_path)
     acts = _Activities(io)
     started = time.time()
-    partial = [] if partial is None else partial
+    progress = Progress() if progress is None else progress
+    progress.begin("sending", started)
     sent = await _send_inputs(
         acts, accepted, local, remote, machine=machine, substitute=substitute, copying=copying,
-        sending=partial,
+        sending=progress.partial,
     )  # fmt: skip
     building_from = time.time()
-    partial[:] = sorted(drv.output_paths.values())
+    progress.begin("building", building_from)
+    progress.partial[:] = sorted(drv.output_paths.values())
     result = await _build(acts, request, drv, accepted, remote, machine=machine, options=options)
-    partial.clear()  # built, or failed: Nix's to clear
+    progress.partial.clear()  # built, or failed: Nix's to clear
     built = time.time()
     phases: tuple[PhaseRecord, ...] = (
         PhaseRecord("sending", started, building_from),
@@ -223,6 +242,7 @@ async def build_remote(
         )
         code = 101 if result.status is BuildStatus.TIMED_OUT else 100
         return Outcome(code, started, built, sent, phases=phases, error=result.error_msg)
+    progress.begin("fetching", built)
     received = await _fetch(
         acts, request, drv, accepted, local=local, remote=remote, machine=machine
     )
