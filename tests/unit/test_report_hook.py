@@ -13,7 +13,7 @@ from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.records import BuildRecord
 from offload.report import load_hook_model
-from offload.report.model import HOOK_PAUSE
+from offload.report.model import HOOK_PAUSE, hook_run
 
 
 def _hook_build(
@@ -157,3 +157,18 @@ def test_a_page_of_the_latest_burst_is_not_said_capped(
         _hook_build(history, f"old{i}", "fast", old - 1, old)
     _hook_build(history, "new", "fast", now - 2, now - 1)
     assert load_hook_model(history, since=None).title == "offload-hook builds"
+
+
+def test_a_name_asked_twice_in_the_burst_is_said_once() -> None:
+    # A file built again with a change: two derivations named app, "asked app docs app".
+    def built(drv: str, start: float) -> BuildRecord:
+        return BuildRecord(
+            f"hook-{drv}", drv, drv.split("-", 1)[1], "fast", start, start + 1, "built"
+        )
+
+    builds = [
+        built("/nix/store/a-app", 1),
+        built("/nix/store/d-docs", 2),
+        built("/nix/store/b-app", 3),
+    ]
+    assert hook_run(builds, {}).asked == ("app", "docs")

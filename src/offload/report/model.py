@@ -158,7 +158,9 @@ def hook_run(builds: Sequence[BuildRecord], inputs: Mapping[str, Sequence[str]])
         run_id=HOOK_RUN,
         started=min(s for s, _ in spans),
         finished=max(e for _, e in spans),
-        asked=tuple(b.pname for drv, b in last.items() if drv not in needed),
+        # Each name once: derivations of one name (a file built again with changes) were
+        # said twice ("asked t2-e t2-d t2-b t2-e").
+        asked=tuple(dict.fromkeys(b.pname for drv, b in last.items() if drv not in needed)),
         outcome=_hook_outcome({b.status for b in last.values()}),
         machines=(),
         estimate=None,
