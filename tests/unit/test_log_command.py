@@ -16,6 +16,8 @@ from typing_extensions import override
 import offload.cli
 from offload.cli import log as log_cli
 from offload.errors import OffloadError
+from offload.history.db import History
+from offload.history.records import BuildRecord
 from offload.logs import BuildLogs
 from offload.nix_log_copies import nix_log_path
 from offload.process import Completed, output_lines
@@ -49,6 +51,20 @@ def test_log_of_unknown_drv_is_a_one_line_error(
     )
     assert len(lines) == 2
     assert lines[1].startswith("hint: ")
+
+
+def test_a_derivation_the_history_says_was_not_built_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "was it built on this host?": the history knew it was skipped, for a dependency.
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    skipped = BuildRecord("run1", DRV, "hello", "", 1.0, 1.0, "skipped", error="dep failed")
+    with History(tmp_path / "history.sqlite") as history:
+        history.record([skipped])
+    assert run_main(monkeypatch, ["log", DRV]) == 1
+    assert capsys.readouterr().err.splitlines()[1] == (
+        "hint: it was not built: skipped, as a dependency failed (run run1): dep failed"
+    )
 
 
 def test_log_on_a_machine_without_one_names_the_machines_it_has_logs_on(

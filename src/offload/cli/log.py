@@ -11,7 +11,9 @@ newest build on one machine, useful when speculative copies ran on two (Nix is n
 then; a machine with no log of it is an error naming those that have one). On a terminal the
 log keeps its colours, as ``nix log``'s pager shows them, and loses every other escape code and
 control character (a build could set the clipboard or the window's title); elsewhere it is
-stripped of them all. A write that fails (a full disk) is one error line.
+stripped of them all. A write that fails (a full disk) is one error line. Where no log is kept
+and the history's newest record of the derivation is of a build that ran nowhere (skipped, its
+outputs substituted or fetched), the error's hint says so.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from offload.cli.arguments import nonempty
+from offload.cli.history_file import open_history
 from offload.config.machines.model import shown
 from offload.errors import OffloadError
 from offload.logs import BuildLogs
@@ -72,9 +75,12 @@ def show_log(
     drv_path = named if named.endswith(".drv") else find_deriver(named)
     try:
         lines: Iterable[str] = (logs or BuildLogs()).lines(drv_path, machine)
-    except OffloadError:
+    except OffloadError as exc:
         nix = None if machine else output_lines(["nix-store", "--read-log", drv_path])
         if nix is None:  # Nix keeps no log of it either
+            said = None if machine else _not_built(drv_path)
+            if said is not None:
+                raise OffloadError(exc.message, hint=said) from None
             raise
         lines = nix
     shown_as = colours_only if _isatty(out) else sanitize_text
@@ -89,6 +95,30 @@ def show_log(
         hint = "free space where it goes, or send it elsewhere"
         raise OffloadError(f"cannot write the log to {_name(out)}: {why}", hint=hint) from exc
     return 0
+
+
+def _not_built(drv_path: str) -> str | None:
+    """Why the history says ``drv_path`` has no log: its newest record is of a build that did
+    not run (skipped for a dependency that failed, its outputs substituted or fetched); None
+    where it says nothing of that (or cannot be read: the error stays the logs')."""
+    try:
+        with open_history(daemon=False, command="log", note=False) as history:
+            newest = history.builds(drv_path=drv_path, limit=1)
+    except (OffloadError, OSError):
+        return None
+    if not newest or newest[0].status not in _NOT_RUN:
+        return None
+    build = newest[0]
+    why = f": {shown(build.error, 300)}" if build.error else ""
+    return f"it was not built: {_NOT_RUN[build.status]} (run {build.run_said}){why}"
+
+
+# Statuses of builds that ran nowhere, as `offload log` says them.
+_NOT_RUN = {
+    "skipped": "skipped, as a dependency failed",
+    "substituted": "its outputs were substituted from a cache",
+    "fetched": "its outputs were fetched from a builder that had them",
+}
 
 
 def _name(out: TextIO) -> str:
