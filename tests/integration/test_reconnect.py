@@ -67,10 +67,11 @@ def test_a_killed_ssh_master_is_reconnected_and_the_build_goes_on_there(
 def test_a_builder_whose_key_runs_only_the_serve_program_is_reconnected_for_real(
     restricted_fleet: Fleet, tmp_path: Path
 ) -> None:
-    # Its builds use pooled sessions (no slot lock there): the reconnect's probe borrowed one
-    # idle since before the fall, whose ssh, not reaped yet, looked alive. It "answered", the
-    # builds went back at once over the next dead ones, and the builder was backed off for
-    # 3 minutes (tester: a restricted ssh-ng:// builder, its sshd's connection killed).
+    # Its builds use pooled sessions (no slot lock there), and a reconnect's probe borrowed one
+    # idle since before the fall, whose ssh, not reaped yet, looked alive: it "answered", and
+    # the builder was backed off for 3 minutes once builds went back (tester). That race is
+    # shown at the link (test_links: a fresh session is a new one); here, such a builder cut
+    # off on its side (its sshd's connections killed) is reconnected, once, and builds again.
     with _marks() as marks:
         # b ends first, its session idle in the pool when a's connection is cut.
         slow = f"/bin/sleep 1; /bin/mktemp {marks}/a.XXXXXX > /dev/null; /bin/sleep 2"
