@@ -119,3 +119,30 @@ def test_a_cache_the_local_store_does_not_trust_is_not_used(project):
     assert done.returncode == 0, done.stderr
     assert valid(top)
     assert (project.builds("sub-dep"), project.builds("sub-top")) == (2, 2)
+
+
+def test_a_dry_run_lists_what_the_cache_has_as_fetched_and_plans_only_the_rest(project):
+    # It counted what the caches have as to be built: `nix-build --dry-run | grep 'will be
+    # fetched'` ("is it all cached?") found nothing (tester).
+    _, dep = _cache_then_delete(project, "dep")
+    done = project.offload("--dry-run", *project.from_cache(), as_json=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == "this derivation will be built:"
+    assert lines[1].split()[0].endswith("-sub-top.drv")
+    fetched = lines.index(next(line for line in lines if "will be fetched" in line))
+    assert lines[fetched].startswith("this path will be fetched (")  # Nix's own words
+    assert lines[fetched + 1] == f"  {dep}"
+    plan = json.loads(project.offload("--dry-run", *project.from_cache()).stdout)
+    assert [row["name"] for row in plan["build"]] == ["sub-top"]
+    assert plan["substitute"] == [dep]
+    assert not valid(dep)  # asked, not fetched
+
+
+def test_a_dry_run_of_what_the_cache_has_whole_builds_nothing(project):
+    top, _ = _cache_then_delete(project, "top")
+    done = project.offload("--dry-run", *project.from_cache(), as_json=False)
+    assert done.returncode == 0, done.stderr
+    assert "will be built" not in done.stderr
+    assert "nothing to build" not in done.stderr  # it is not all valid here
+    assert f"  {top}" in done.stderr.splitlines()

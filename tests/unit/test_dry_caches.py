@@ -39,6 +39,6 @@ def test_a_cache_error_that_is_nix_s_last_line_is_still_told(
     )
     pool = Pool(None, (), local_substitutes=True, nix_settings=NixSettings({"substituters": CACHE}))
     said: list[str] = []
-    events = asyncio.run(caches_asked([("/nix/store/a-x.drv", "out")], pool, said.append))
+    asked = asyncio.run(caches_asked([("/nix/store/a-x.drv", "out")], pool, said.append))
     assert said == [f"warning: unable to download '{CACHE}/nix-cache-info': HTTP error 502"]
-    assert [(e.state, e.cache) for e in events] == [("cache", CACHE)]
+    assert [(e.state, e.cache) for e in asked.left_out] == [("cache", CACHE)]

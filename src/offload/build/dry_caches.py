@@ -8,8 +8,8 @@ build asks the same of the same caches (the run's --options in its environment).
 besides its lists of paths (a cache it retries, or cannot reach) goes to stderr as nix-build
 --dry-run shows it, and each cache it leaves out is told as a run tells it (``CacheFaults``).
 A failure that stops Nix (a cache it used in the last 7 days, now down) stops the dry run too,
-with Nix's words once, as it stops nix-build's. Its lists are not read: the plan still counts
-what the caches have as to be built (README, Limits).
+with Nix's words once, as it stops nix-build's. Its lists are read (``CachesSaid``): what it
+would fetch is shown as Nix shows it, and only what it would build is planned.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import contextlib
 import re
 import signal
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from offload.build.caches import CacheFaults
 from offload.config.pool import Pool
@@ -27,26 +28,54 @@ from offload.process import spawn
 from offload.protocol.stderr import strip_ansi
 from offload.ui.events import Event, MachineEvent
 
-__all__ = ["caches_asked"]
+__all__ = ["CachesSaid", "caches_asked"]
 
 # Nix's lists (printMissing): their headings and their store paths, one a line, indented.
-_LISTING = re.compile(
-    r"(?:these \d+ |this )(?:derivations?|paths?) will be (?:built|fetched)\b.*"
-    r"|don't know how to build these paths.*|  /\S+"
+_HEADING = re.compile(
+    r"(?:these \d+ |this )(?:derivations?|paths?) will be (built|fetched)\b.*"
+    r"|(don't know how to build) these paths.*"
 )
+_LISTED = re.compile(r"  (/\S+)")
+
+
+@dataclass
+class CachesSaid:
+    """What the local Nix said, asked what the caches have: the caches it left out, the
+    derivations it would build (None: the caches were not asked) and its list of what it would
+    fetch, as it printed it (its heading, then a path a line)."""
+
+    left_out: list[MachineEvent] = field(default_factory=list)
+    built: set[str] | None = None
+    fetched: list[str] = field(default_factory=list)
+
+    def heard(self, plain: str, line: str, listing: str | None) -> str | None:
+        """Take ``plain`` (``line`` without colours) if it is part of Nix's lists; returns the
+        list it is in now (``listing``: the one before it), None when it is in none."""
+        if (heading := _HEADING.fullmatch(plain)) is not None:
+            listing = heading.group(1) or heading.group(2)
+        elif (path := _LISTED.fullmatch(plain)) is None or listing is None:
+            return None
+        elif listing == "built":
+            assert self.built is not None
+            self.built.add(path.group(1))
+        if listing == "fetched":
+            self.fetched.append(line)
+        return listing
 
 
 async def caches_asked(
     roots: Sequence[tuple[str, str]], pool: Pool, say: Callable[[str], None]
-) -> list[MachineEvent]:
-    """The caches the local Nix left out, asked which of ``roots`` (derivation, output) they
-    have; what Nix said meanwhile, but its lists, goes to ``say``. ``NixError`` if it failed."""
+) -> CachesSaid:
+    """What the local Nix said, asked which of ``roots`` (derivation, output) its caches have;
+    what it said meanwhile, but its lists, goes to ``say``. ``NixError`` if it failed."""
     if not pool.local_substitutes or not roots:
-        return []
+        return CachesSaid()
+    said = CachesSaid(built=set())
     told: list[Event] = []
     faults = CacheFaults(told.append, {LOCAL: pool.nix_settings.words("substituters")})
     argv = ["nix-store", "--realise", "--dry-run", *(f"{drv}!{out}" for drv, out in roots)]
     error: list[str] = []  # Nix's last error block: said once, as the dry run's error
+    listing: str | None = None
     async with spawn(argv, env=pool.local_env(), stdin=False) as proc:
         assert proc.stderr is not None
         async for raw in proc.stderr:
@@ -60,7 +89,8 @@ async def caches_asked(
                 say(held)
                 faults.heard(LOCAL, held)
             error = []
-            if not _LISTING.fullmatch(plain):
+            listing = said.heard(plain, line, listing)
+            if listing is None:
                 say(line)
             faults.heard(LOCAL, line)
         status = await proc.wait()
@@ -71,7 +101,8 @@ async def caches_asked(
         say(held)
         faults.heard(LOCAL, held)
     faults.end()  # a cache's error held for a body that never came: Nix said nothing after it
-    return [e for e in told if isinstance(e, MachineEvent)]
+    said.left_out = [e for e in told if isinstance(e, MachineEvent)]
+    return said
 
 
 def _ended(status: int) -> str:

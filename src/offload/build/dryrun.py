@@ -14,6 +14,7 @@ then they are in it, not asked what they hold (``retried``: the plan assumes the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -46,6 +47,8 @@ class DryRun:
     sim: SimResult | None
     unreachable: dict[str, str]
     caches: list[MachineEvent] = field(default_factory=list)  # binary caches left out
+    # What the local Nix would fetch from its caches, as it listed it (``dry_caches``).
+    fetched: list[str] = field(default_factory=list)
     backed_off: dict[str, Health] = field(default_factory=dict)  # left out of the plan
     retried: bool = False  # backed_off are in the plan after all: nothing else builds it all
 
@@ -64,8 +67,8 @@ async def dry_run(
     Builders are asked which needed outputs they hold, as a run asks them; the ones that do not
     answer are left out of the plan and returned with their errors. Binary caches are asked
     which of the roots to build they have, as nix-build --dry-run asks (``dry_caches``: what
-    the local Nix says then goes to ``nix_said``), but what they have is still counted as to be
-    built; the caches Nix left out are returned.
+    the local Nix says then goes to ``nix_said``): what they have, and what only it needed, is
+    left out of the plan, as a run substitutes it; the caches Nix left out are returned.
     """
     unreachable: dict[str, str] = {}
     every = pool_specs(pool)
@@ -81,10 +84,14 @@ async def dry_run(
         }
         local, clients, _ = await open_sessions(opened, local_link, remote, unreachable, roots)
         graph = await load_graph(local, roots, remotes=clients)
+        building = set(graph.order)
+        to_build = [root for root in roots if root[0] in building]
+        caches = await caches_asked(to_build, pool, nix_said or _to_stderr)
+        if caches.built is not None:  # a run substitutes the rest
+            graph = dataclasses.replace(
+                graph, order=[drv for drv in graph.order if drv in caches.built]
+            )
         plan, estimates = await estimated_plan(graph, local, estimate)
-    building = set(graph.order)
-    to_build = [root for root in roots if root[0] in building]
-    caches = await caches_asked(to_build, pool, nix_said or _to_stderr)
     jobs = plan_jobs(plan, estimates, local_spec(pool))
     machines = {m.name: m for m in pool.machines}
     unreachable = {name: explain(machines[name], error) for name, error in unreachable.items()}
@@ -99,7 +106,7 @@ async def dry_run(
         full = simulate_tuned(jobs, specs, search=known, strict=False)
         retried = sim is None or set(full.failed) < set(sim.failed)
         sim = full if retried else sim
-    return DryRun(graph, sim, unreachable, caches, backed_off, retried)
+    return DryRun(graph, sim, unreachable, caches.left_out, caches.fetched, backed_off, retried)
 
 
 def _members(

@@ -1,6 +1,8 @@
 """``offload build --dry-run``'s plan as the user reads it: what would be fetched from builders
 and built, in nix-build's words (``these 3 derivations will be built:``, then one store path a
-line) with offload's plan after each path, then the estimated time; or as one JSON object.
+line) with offload's plan after each path, then what the binary caches would give, as the local
+Nix lists it (``these 2 paths will be fetched (...):``), and the estimated time; or as one JSON
+object.
 Before it, the binary caches the local Nix left out as it was asked what they have, one
 ``warning:`` line each as a run says them (in JSON, ``caches_left_out`` as well)."""
 
@@ -117,13 +119,15 @@ def show_dry_run(
         for r in plan.rows
     ]
     if not planned and not plan.unplaced:
-        if not plan.fetch:
+        if not plan.fetch and not run.fetched:
             again = " (--check builds them again here, to compare)" if check else ""
             print(
                 f"nothing to build: every requested output is valid locally{again}", file=sys.stderr
             )
+        _from_caches(run)
         return 0
     _listed("derivation", "built", planned + plan.unplaced)
+    _from_caches(run)
     if plan.no_machine is not None:
         them = "it" if len(plan.unplaced) == 1 else "them"
         print(f"no machine could build {them}: {plan.no_machine}", file=sys.stderr)
@@ -134,6 +138,13 @@ def show_dry_run(
             file=sys.stderr,
         )
     return 0
+
+
+def _from_caches(run: DryRun) -> None:
+    """What the local Nix would fetch from its caches, in its own words, after what would be
+    built, where nix-build --dry-run lists it."""
+    for line in run.fetched:
+        print(line, file=sys.stderr)
 
 
 def _backed_off(run: DryRun, name: str, health: Health) -> str:
@@ -167,6 +178,8 @@ def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
         "makespan": round(sim.makespan, 3) if sim is not None else 0.0,
         "lower_bound": round(sim.lower_bound, 3) if sim is not None else 0.0,
         "unschedulable": [drv for drv, _ in plan.unplaced],
+        # The output paths the local Nix would fetch from its binary caches.
+        "substitute": [line.strip() for line in run.fetched if line.startswith("  /")],
         "no_machine": plan.no_machine,
         "unreachable": run.unreachable,
         "backed_off": {
