@@ -93,6 +93,9 @@ def test_on_other_nix_the_nix_conf_line_is_printed_where_nix_reads_it(
     assert "nix-daemon of Nix 2.25-2.33 ignores that line" in text
     assert 'give it NIX_CONFIG="build-hook = /p/offload-hook" in its environment' in text
     assert "Environment=" not in text
+    # So may the NixOS system's Nix: its option went without a word (tester).
+    nixos = text.split("# NixOS", 1)[1]
+    assert "2.25-2.33 ignores this one as well" in nixos.split("nix.settings.build-hook")[0]
 
 
 def test_a_hook_path_with_a_blank_is_refused_with_a_way_round() -> None:
