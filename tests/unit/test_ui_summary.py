@@ -183,6 +183,13 @@ def test_a_machine_that_came_back_is_still_said_with_when() -> None:
     assert "fast: slow to answer at the start; it answered at " in text
     assert "medium: connection refused by medium; up again at " in text
     assert "slow: its disk is full\n" in text
+    # One that never answered is said with where to find why.
+    out = io.StringIO()
+    render_summary(
+        [MachineEvent("silent", "slow", "still connecting", None, 10.0)], out, rich=False
+    )
+    said = "silent: did not answer during the run (`offload doctor silent` says why)"
+    assert said in out.getvalue()
 
 
 @pytest.mark.parametrize("machine", ["[fd00::5]:2222", "gpu[/]", "[bold]x"])

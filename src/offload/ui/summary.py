@@ -299,7 +299,8 @@ def _cut(deepest: MachineEvent, last: MachineEvent) -> str:
 
 def _why(event: MachineEvent) -> str:
     if event.state == "slow":
-        return "did not answer during the run"
+        # Its connection was taken, its store program never spoke: the fix is found there.
+        return f"did not answer during the run (`offload doctor {event.machine}` says why)"
     return sanitize(event.message)
 
 
