@@ -38,8 +38,8 @@ import os
 from collections.abc import Iterator
 from typing import Any, TextIO, assert_never
 
+from offload.ansi import strip_ansi
 from offload.names import LOCAL
-from offload.protocol.stderr import strip_ansi
 from offload.ui.events import (
     Event,
     JobFinished,
