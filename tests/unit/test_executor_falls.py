@@ -12,13 +12,13 @@ import pytest
 
 from offload.build.graph import DrvGraph
 from offload.build.prebuilt import FetchFailed, fetch_existing
-from offload.errors import ProtocolError
+from offload.errors import ProtocolError, SchedulerError
 from offload.protocol.serve import BuildStatus
 from offload.scheduler.run import Executor, PoolMember, stopping
 from offload.scheduler.run.copy import BuildCopies
 from offload.scheduler.run.outcome import Outcome
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakePath, FakeStore
-from offload.ui.events import Event, JobFinished, MachineEvent
+from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished
 from tests.helpers.plans import keeps_no_references, make_plan, spec
 
 
@@ -313,3 +313,33 @@ def test_a_copy_lost_with_its_machine_is_not_said_in_the_words_of_another_build(
     assert lost[other].startswith("lost with fast: "), lost
     assert paths["x"] in local_store.builds
     assert paths["y"] in local_store.builds
+
+
+def test_a_build_whose_outputs_fell_with_its_machine_is_not_counted_built() -> None:
+    # a built on fast, its output kept there for b; fast's disk filled building b, and a was
+    # to be made again: the run said "1 built, 1 left", then "2 derivation(s) could not be
+    # built" (tester: a fixed-output derivation built on a builder backed off after it).
+    plan, paths, _, src = make_plan({"a": [], "b": ["a"]})
+
+    async def on_fast(build: FakeBuild) -> BuildOutcome | None:
+        if build.drv.name == "b":  # a fall no reconnect mends
+            return BuildOutcome(BuildStatus.TRANSIENT_FAILURE, "error: No space left on device")
+        return await keeps_no_references(build)
+
+    fast_store = FakeStore("fast", builder=on_fast)
+    local_store = FakeStore("local", [src])
+    local = FakeLink(local_store)
+    members = [
+        PoolMember(spec("fast", speed=4, slots=1), FakeLink(fast_store), remote=True),
+        PoolMember(spec("local", speed=1, slots=0), local, remote=False),
+    ]
+    events: list[Event] = []
+    executor = Executor(
+        plan, members, local, emit=events.append, home=[paths["b"]], estimates={"a": 1, "b": 1}
+    )
+    with pytest.raises(SchedulerError, match=r"^2 derivation"):
+        asyncio.run(asyncio.wait_for(executor.run(), 20))
+    assert paths["a"] in fast_store.builds
+    assert executor.report.built == []
+    (finished,) = [e for e in events if isinstance(e, RunFinished)]
+    assert (finished.built, finished.incomplete) == (0, True)

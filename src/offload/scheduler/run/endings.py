@@ -218,7 +218,10 @@ class Endings(Stopping):
             self._losses[drv_path] = self._losses.get(drv_path, 0) + 1
             self._lost_with[drv_path] = f"{machine}: {error}"
         coming = {drv for drv, _, _, _ in self._homeward.values()}
-        self._holders.machine_gone(machine, self.policy, coming)
+        again = self._holders.machine_gone(machine, self.policy, coming)
+        # Built there, to be made again: not built for the run (counted twice, as built and
+        # as left: "1 built, 12 left", then "13 derivation(s) could not be built").
+        self.report.built[:] = [drv for drv in self.report.built if drv not in again]
         self._skipped_later()  # what was to be made again and cannot be (a dependency failed)
 
     def _lost_too_often(self, drv_path: str) -> bool:

@@ -77,18 +77,19 @@ class Holders:
 
     def machine_gone(
         self, machine: str, policy: Policy, coming: Collection[str] = frozenset()
-    ) -> None:
+    ) -> set[str]:
         """Outputs only ``machine`` held are lost: have them made again where still needed,
         but those ``coming`` home from it already (a fetch under way may well end: a builder
         whose disk filled up answers still), made again only if their fetch fails and no
-        other store holds them (``Endings._arrived`` fetches them from there)."""
+        other store holds them (``Endings._arrived`` fetches them from there). Returns the
+        jobs to be made again."""
         for holders in self.where.values():
             holders.discard(machine)
-        self.undo_lost(policy, coming)
+        return self.undo_lost(policy, coming)
 
-    def undo_lost(self, policy: Policy, coming: Collection[str] = frozenset()) -> None:
+    def undo_lost(self, policy: Policy, coming: Collection[str] = frozenset()) -> set[str]:
         """Jobs whose outputs are nowhere any more and are still needed run again, with any
-        of their dependencies in the same state."""
+        of their dependencies in the same state; returns them."""
         graph = policy.graph
         stack = [
             job
@@ -106,6 +107,7 @@ class Holders:
             del self.where[job]
         if undo:
             policy.on_outputs_lost(undo)
+        return undo
 
     def needed(self, job: str, policy: Policy) -> bool:
         """Whether this machine or a dependent still has to receive this job's outputs."""
