@@ -22,6 +22,16 @@ from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished
 from tests.helpers.plans import keeps_no_references, make_plan, spec
 
 
+def _fast_and_local(
+    fast: FakeStore, local: FakeLink, *, slots: int = 2, local_slots: int = 2
+) -> list[PoolMember]:
+    """A builder fast (speed 4) over ``fast``, and the local machine over ``local``."""
+    return [
+        PoolMember(spec("fast", speed=4, slots=slots), FakeLink(fast), remote=True),
+        PoolMember(spec("local", speed=1, slots=local_slots), local, remote=False),
+    ]
+
+
 def _ends(events: list[Event], name: str) -> list[tuple[str, str]]:
     return [(e.machine, e.status) for e in events if isinstance(e, JobFinished) and e.name == name]
 
@@ -106,10 +116,7 @@ def test_a_build_that_failed_before_its_machine_fell_stays_failed() -> None:
     fast_store = FakeStore("fast", builder=on_fast)
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
-    members = [
-        PoolMember(spec("fast", speed=4, slots=2), FakeLink(fast_store), remote=True),
-        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
-    ]
+    members = _fast_and_local(fast_store, local)
     events: list[Event] = []
     executor = Executor(
         plan, members, local, emit=events.append, keep_going=True, estimates={"y": 10, "x": 10}
@@ -298,10 +305,7 @@ def test_a_copy_lost_with_its_machine_is_not_said_in_the_words_of_another_build(
     fast_store = FakeStore("fast", builder=on_fast)
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
-    members = [
-        PoolMember(spec("fast", speed=4, slots=2), FakeLink(fast_store), remote=True),
-        PoolMember(spec("local", speed=1, slots=2), local, remote=False),
-    ]
+    members = _fast_and_local(fast_store, local)
     events: list[Event] = []
     executor = Executor(plan, members, local, emit=events.append, estimates={"y": 9, "x": 9})
     asyncio.run(asyncio.wait_for(executor.run(), 20))
@@ -329,10 +333,7 @@ def test_a_build_whose_outputs_fell_with_its_machine_is_not_counted_built() -> N
     fast_store = FakeStore("fast", builder=on_fast)
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
-    members = [
-        PoolMember(spec("fast", speed=4, slots=1), FakeLink(fast_store), remote=True),
-        PoolMember(spec("local", speed=1, slots=0), local, remote=False),
-    ]
+    members = _fast_and_local(fast_store, local, slots=1, local_slots=0)
     events: list[Event] = []
     executor = Executor(
         plan, members, local, emit=events.append, home=[paths["b"]], estimates={"a": 1, "b": 1}
