@@ -42,3 +42,34 @@ def test_a_cache_error_that_is_nix_s_last_line_is_still_told(
     asked = asyncio.run(caches_asked([("/nix/store/a-x.drv", "out")], pool, said.append))
     assert said == [f"warning: unable to download '{CACHE}/nix-cache-info': HTTP error 502"]
     assert [(e.state, e.cache) for e in asked.left_out] == [("cache", CACHE)]
+
+
+A = "/nix/store/" + "a" * 32 + "-a"
+B = "/nix/store/" + "b" * 32 + "-b.drv"
+
+
+@pytest.mark.parametrize(
+    "sizes", ["(0.03 MiB download, 0.12 MiB unpacked)", "(31.2 KiB download, 120.0 KiB unpacked)"]
+)
+def test_nix_s_lists_are_read_and_its_fetched_one_kept_as_it_said_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sizes: str
+) -> None:
+    # Nix 2.8-2.31 give MiB with two decimals, 2.33 on its own sizes (renderSize).
+    fetched = [f"this path will be fetched {sizes}:", f"  {A}"]
+    unknown = ["don't know how to build these paths:", "  /nix/store/x-unknown"]
+    _nix_store_saying(
+        tmp_path, monkeypatch, "this derivation will be built:", f"  {B}", *fetched, *unknown
+    )
+    pool = Pool(None, (), local_substitutes=True, nix_settings=NixSettings({"substituters": CACHE}))
+    said: list[str] = []
+    asked = asyncio.run(caches_asked([(B, "out")], pool, said.append))
+    assert (asked.built, asked.fetched, said) == ({B}, fetched, [])
+
+
+def test_nix_printing_no_list_leaves_the_plan_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not "nothing to build": nothing is known of what the caches have.
+    _nix_store_saying(tmp_path, monkeypatch)
+    pool = Pool(None, (), local_substitutes=True, nix_settings=NixSettings({"substituters": CACHE}))
+    assert asyncio.run(caches_asked([(B, "out")], pool, lambda _: None)).built is None

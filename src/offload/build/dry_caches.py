@@ -20,12 +20,12 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from offload.ansi import strip_ansi
 from offload.build.caches import CacheFaults
 from offload.config.pool import Pool
 from offload.errors import NixError
 from offload.names import LOCAL
 from offload.process import spawn
-from offload.protocol.stderr import strip_ansi
 from offload.ui.events import Event, MachineEvent
 
 __all__ = ["CachesSaid", "caches_asked"]
@@ -41,18 +41,20 @@ _LISTED = re.compile(r"  (/\S+)")
 @dataclass
 class CachesSaid:
     """What the local Nix said, asked what the caches have: the caches it left out, the
-    derivations it would build (None: the caches were not asked) and its list of what it would
-    fetch, as it printed it (its heading, then a path a line)."""
+    derivations it would build (None: the caches were not asked, or it listed nothing) and its
+    list of what it would fetch, as it printed it (its heading, then a path a line)."""
 
     left_out: list[MachineEvent] = field(default_factory=list)
     built: set[str] | None = None
     fetched: list[str] = field(default_factory=list)
+    listed: bool = False  # Nix printed a list (what it asked of its caches is known)
 
     def heard(self, plain: str, line: str, listing: str | None) -> str | None:
         """Take ``plain`` (``line`` without colours) if it is part of Nix's lists; returns the
         list it is in now (``listing``: the one before it), None when it is in none."""
         if (heading := _HEADING.fullmatch(plain)) is not None:
             listing = heading.group(1) or heading.group(2)
+            self.listed = True
         elif (path := _LISTED.fullmatch(plain)) is None or listing is None:
             return None
         elif listing == "built":
@@ -73,7 +75,9 @@ async def caches_asked(
     said = CachesSaid(built=set())
     told: list[Event] = []
     faults = CacheFaults(told.append, {LOCAL: pool.nix_settings.words("substituters")})
-    argv = ["nix-store", "--realise", "--dry-run", *(f"{drv}!{out}" for drv, out in roots)]
+    # print-missing: its lists are what is read here, whatever nix.conf says of them.
+    argv = ["nix-store", "--realise", "--dry-run", "--option", "print-missing", "true"]
+    argv += [f"{drv}!{out}" for drv, out in roots]
     error: list[str] = []  # Nix's last error block: said once, as the dry run's error
     listing: str | None = None
     async with spawn(argv, env=pool.local_env(), stdin=False) as proc:
@@ -102,6 +106,8 @@ async def caches_asked(
         faults.heard(LOCAL, held)
     faults.end()  # a cache's error held for a body that never came: Nix said nothing after it
     said.left_out = [e for e in told if isinstance(e, MachineEvent)]
+    if not said.listed:  # roots to build, and no list of Nix's: nothing known of its caches
+        said.built = None
     return said
 
 
