@@ -314,7 +314,8 @@ def test_a_copy_lost_with_its_machine_is_not_said_in_the_words_of_another_build(
     }
     first, other = ("y", "x") if "during" in lost["y"] else ("x", "y")
     assert f"-{first}.drv" in lost[first]
-    assert lost[other].startswith("lost with fast: "), lost
+    assert lost[other].startswith("lost with fast, which fell under another build: "), lost
+    assert lost[other].endswith(lost[first])
     assert paths["x"] in local_store.builds
     assert paths["y"] in local_store.builds
 

@@ -209,9 +209,9 @@ class Endings(Stopping):
                 other_task.cancel()
                 self._told.add(other_task)
                 since = self._since.get(other_task, self.wall())
-                # Not in the words of the one that noticed: "during BuildDerivation of" another
-                # build read as this one's.
-                said = f"lost with {machine}: {error}"
+                # Said as another build's words: "during BuildDerivation of" that build read
+                # as this one's.
+                said = f"lost with {machine}, which fell under another build: {error}"
                 self._events.finished(drv_path, machine, "lost", started=since, error=said)
         self._skipped_later()  # what its fall skips, once it is said
         for drv_path in alone:
