@@ -231,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             # The first signal, come as the command returned (its objects freed: a large
             # report's take a while) and before _end's own guard: the command is stopped.
-            _end(_interrupted())
+            status = _interrupted()
+            _end(status)  # returns while another thread runs: then Python's exit ends it
     return status
 
 
