@@ -46,6 +46,10 @@ def test_the_history_of_a_full_disk_is_read_as_it_is_and_said_full(tmp_path: Pat
     listed = _on_a_full_disk(tmp_path / "history.sqlite", *offload, "history", "--json")
     assert listed.returncode == 0, listed.stderr
     assert '"run_id": "run-full"' in listed.stdout
+    assert listed.stderr == (
+        f"note: {tmp_path}/state is full: the history is read as it is on disk (the last runs"
+        " kept may be missing)\n"
+    )
     # Where it must be written (a run's record), the fault is said as the full disk it is.
     opened = _on_a_full_disk(tmp_path / "history.sqlite", sys.executable, "-c", _OPEN)
     assert opened.stdout.splitlines() == [

@@ -94,7 +94,13 @@ def open_history(*, daemon: bool, command: str = "history", note: bool = True) -
         except StoreError:
             if not no_room(path.parent):
                 raise
-            # A full disk: read as it is (its schema brought up to date by the next run).
+            # Read as it is (its schema brought up to date by the next run), without what a
+            # writer could not move from its -wal into it.
+            print(
+                f"note: {path.parent} is full: the history is read as it is on disk (the last"
+                " runs kept may be missing)",
+                file=sys.stderr,
+            )
     return History(path, read_only=True)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Self, TypeVar
 
 from offload.errors import StoreError
-from offload.history.faults import damaged, no_room, not_a_file, open_hint
+from offload.history.faults import damaged, full_disk_error, not_a_file, open_hint
 from offload.history.prune import KEEP_BUILDS, PRUNE_CLAIM, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
 from offload.history.records import BuildRecord, RunRecord
 from offload.history.rows import (
@@ -87,8 +87,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
             sqlite3.SQLITE_CANTOPEN,
             sqlite3.SQLITE_READONLY_DIRECTORY,
         ) and not os.access(path.parent, os.W_OK)
-        full = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_IOERR and no_room(path.parent)
-        if not (refused or full) or not path.is_file():
+        if not (refused or full_disk_error(exc.sqlite_errorcode, path)) or not path.is_file():
             raise
         db = sqlite3.connect(f"{uri}?immutable=1", timeout=30, isolation_level=None, uri=True)
     return db

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from offload.errors import StoreError
 
-__all__ = ["damaged", "no_room", "not_a_file", "open_hint"]
+__all__ = ["damaged", "full_disk_error", "no_room", "not_a_file", "open_hint"]
 
 _DAMAGED_HINT = "move the file away: offload starts a new history (estimates are relearned)"
 # A file the history is or one beside it that cannot be used as it is (another user's, a
@@ -35,13 +35,21 @@ def open_hint(path: Path) -> str:
 
 
 def no_room(directory: Path) -> bool:
-    """Whether the file system of ``directory`` is full (less than a page of SQLite's free):
-    SQLite says an -shm file it could not size there only as "disk I/O error"."""
+    """Whether the file system of ``directory`` is full (less than a page of SQLite's free)."""
     try:
         room = os.statvfs(directory)
     except OSError:
         return False
     return room.f_bavail * room.f_frsize < 65536
+
+
+def full_disk_error(code: int | None, path: Path) -> bool:
+    """Whether SQLite's error ``code`` on the database ``path`` is its disk's being full: said
+    as "disk I/O error" (an -shm file it could not size there) or as SQLITE_FULL."""
+    if code is None:
+        return False
+    kind = code & 0xFF
+    return kind == sqlite3.SQLITE_FULL or (kind == sqlite3.SQLITE_IOERR and no_room(path.parent))
 
 
 def damaged(path: Path, exc: Exception) -> StoreError:
@@ -53,8 +61,7 @@ def damaged(path: Path, exc: Exception) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError) and code is not None and not mangled:
         # Locked past the busy timeout: another process holds it; it is not to be moved away.
         hint = _LOCKED_HINT if "locked" in detail else _FILES_HINT
-        full = code & 0xFF == sqlite3.SQLITE_IOERR and no_room(path.parent)
-        if code & 0xFF == sqlite3.SQLITE_FULL or full:  # its files are fine, not the disk
+        if full_disk_error(code, path):  # its files are fine, not the disk
             hint = f"free space on the file system that holds {path.parent} (df shows it)"
         return StoreError(f"{path}: cannot use the history database: {detail}", hint=hint)
     return StoreError(f"{path}: the history database is damaged: {detail}", hint=_DAMAGED_HINT)
