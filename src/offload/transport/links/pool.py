@@ -177,11 +177,13 @@ class Link:
         ``fresh``: a slot beyond those this run holds (a probe of a full builder), never one
         lingering or opened ahead, which this run counts already.
         Without builder-side slots (none set, or ``slot_fallback``), a pooled ``session``;
-        ``fresh``, a new one: an idle one, from before a fall (a reconnect's probe), whose ssh
-        is not reaped yet, looks alive and passed for an answer."""
+        ``fresh``, a new one, the idle ones let go: from before a fall (a reconnect's probe),
+        one whose ssh is not reaped yet looks alive, and passed for an answer."""
         if self._slot_start is None or self.builder_slots <= 0 or self.slot_fallback:
+            while fresh and self._idle:
+                _ = self._discard_later(self._idle.pop(), kill=False)
             async with self._slots:
-                session = await (self._open() if fresh else self._checkout())
+                session = await self._checkout()
                 async with self._lent(session, on_log, keep=True) as client:
                     yield client
             return
