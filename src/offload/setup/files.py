@@ -5,7 +5,7 @@ is first made whole under a temporary name in the directory and then hard-linked
 which fails instead of replacing a file that exists; if any name is taken, the files already
 linked are removed again, so a directory gets all of the files or none. A file already there
 with exactly the text it would get is left as it is: the same command run again (after
-installing the files, or once a builder that failed answers) finds its own files and goes on.
+installing the files, say) finds its own files and goes on.
 """
 
 from __future__ import annotations

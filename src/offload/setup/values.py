@@ -214,7 +214,8 @@ def parse_public_key(text: str, origin: str) -> PublicKey:
     if "PRIVATE KEY-----" in text:  # the key itself, which goes on no other host
         raise ConfigError(
             f"{origin}: a private key, not the public key line",
-            hint=f"give its .pub file ({origin}.pub?); `ssh-keygen -y -f KEY` prints it",
+            hint=f"give its .pub file{f' ({origin}.pub?)' if origin.startswith('/') else ''};"
+            " `ssh-keygen -y -f KEY` prints it",
         )
     if len(lines) != 1:
         raise ConfigError(f"{origin}: expected one public key line, found {len(lines)}", hint=hint)

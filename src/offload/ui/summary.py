@@ -23,6 +23,7 @@ binary caches a machine's Nix left out, with why (the run built what they would 
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -300,7 +301,8 @@ def _cut(deepest: MachineEvent, last: MachineEvent) -> str:
 def _why(event: MachineEvent) -> str:
     if event.state == "slow":
         # Its connection was taken, its store program never spoke: the fix is found there.
-        return f"did not answer during the run (`offload doctor {event.machine}` says why)"
+        named = sanitize(shlex.quote(event.machine))
+        return f"did not answer during the run (`offload doctor {named}` says why)"
     return sanitize(event.message)
 
 
