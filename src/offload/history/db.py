@@ -33,7 +33,7 @@ from typing import Concatenate, ParamSpec, Self, TypeVar
 from offload.errors import StoreError
 from offload.history.faults import damaged, full_disk_error, not_a_file, open_hint
 from offload.history.prune import KEEP_BUILDS, PRUNE_CLAIM, PRUNE_EVERY, PRUNED_RUN, Pruned, prune
-from offload.history.records import BuildRecord, RunRecord
+from offload.history.records import HOOK_ID_PREFIX, BuildRecord, RunRecord
 from offload.history.rows import (
     build_row,
     chunks,
@@ -382,8 +382,8 @@ class History:
     ) -> list[BuildRecord]:
         """Builds, newest first, with their phases; ``name`` matches part of the .drv path,
         ``since`` keeps those finished then or later, ``hook`` only ``offload-hook``'s."""
-        where: list[str] = ["run_id LIKE 'hook-%'"] if hook else []
-        params: list[object] = []
+        where: list[str] = ["run_id LIKE ?"] if hook else []
+        params: list[object] = [f"{HOOK_ID_PREFIX}%"] if hook else []
         for clause, value in (
             ("drv_path = ?", drv_path),
             ("run_id = ?", run_id),
@@ -430,10 +430,10 @@ class History:
                 legacy_run(row)
                 for row in cur.execute(
                     "SELECT run_id, MIN(started), MAX(finished), SUM(status = 'failed')"
-                    " FROM builds WHERE run_id LIKE ? ESCAPE '\\' AND run_id NOT LIKE 'hook-%'"
+                    " FROM builds WHERE run_id LIKE ? ESCAPE '\\' AND run_id NOT LIKE ?"
                     " AND run_id != ? AND run_id NOT IN (SELECT run_id FROM runs)"
                     " GROUP BY run_id",
-                    (prefix, PRUNED_RUN),
+                    (prefix, f"{HOOK_ID_PREFIX}%", PRUNED_RUN),
                 ).fetchall()
             ]
             runs.sort(key=lambda r: r.started, reverse=True)

@@ -19,6 +19,7 @@ from offload.backoff import Health
 from offload.ui.events import JobFinished
 
 __all__ = [
+    "HOOK_ID_PREFIX",
     "PHASES",
     "BuildRecord",
     "BuildRecordDict",
@@ -26,6 +27,7 @@ __all__ = [
     "PhaseRecord",
     "RunRecord",
     "RunReport",
+    "is_hook_id",
 ]
 
 # The phases a build's time is told in, in the order a copy goes through them.
@@ -86,6 +88,16 @@ class BuildRecordDict(TypedDict):
     phases: list[dict[str, float | str]]
 
 
+# offload-hook's builds belong to no run: each is kept under an id of its own, made of this
+# and a random part (``hook.build_one``), which the history's queries tell them by.
+HOOK_ID_PREFIX = "hook-"
+
+
+def is_hook_id(run_id: str) -> bool:
+    """Whether ``run_id`` is an offload-hook build's own id, no run's."""
+    return run_id.startswith(HOOK_ID_PREFIX)
+
+
 @dataclass(frozen=True)
 class BuildRecord:
     run_id: str
@@ -121,7 +133,7 @@ class BuildRecord:
     @property
     def by_hook(self) -> bool:
         """Built for offload-hook: its ``run_id`` is the build's own, no run's."""
-        return self.run_id.startswith("hook-")
+        return is_hook_id(self.run_id)
 
     @property
     def run_said(self) -> str:

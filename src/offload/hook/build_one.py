@@ -12,7 +12,7 @@ import uuid
 
 from offload.booleans import nix_bool
 from offload.errors import OffloadError, ProtocolError, RemoteError, TransportError
-from offload.history.records import BuildRecord
+from offload.history.records import HOOK_ID_PREFIX, BuildRecord
 from offload.hook.context import HookContext
 from offload.hook.remote import CachesHeard, Outcome, Progress, build_remote, error_message
 from offload.hook.wire import Accepted, TryRequest
@@ -20,11 +20,14 @@ from offload.names import LOCAL
 from offload.protocol.serve import BuildOptions, StoreClient
 from offload.store.drv import read_derivation
 
-__all__ = ["STOPPED", "Lost", "build_on", "record_build"]
+__all__ = ["Lost", "build_on", "record_build"]
 
 # Why a build stopped midway is kept so: Nix gave it up (its nix-build interrupted, or another
-# build failed without --keep-going), or the coordinator was stopped.
-STOPPED = "stopped before it ended: Nix gave the build up (an interrupt, or another build failing)"
+# build failed without --keep-going), or the coordinator was stopped (SIGTERM).
+_GIVEN_UP = (
+    "stopped before it ended: Nix gave the build up (an interrupt, or another build failing),"
+    " or offload-hook's coordinator was stopped"
+)
 
 
 class Lost(Exception):
@@ -66,7 +69,7 @@ async def build_on(
             )
     except asyncio.CancelledError:
         now = time.time()
-        stopped = Outcome(0, started, now, phases=progress.phases(now), error=STOPPED)
+        stopped = Outcome(0, started, now, phases=progress.phases(now), error=_GIVEN_UP)
         record_build(context, request, name, stopped, status="cancelled")
         if progress.partial:
             await context.keep.links.clear_partial(remote, progress.partial)
@@ -105,7 +108,7 @@ def record_build(
     one with why (``error``: its builder's failure), a failed one with the builder's reason
     (``outcome``'s), as ``offload build`` keeps its own."""
     record = BuildRecord(
-        run_id=f"hook-{uuid.uuid4().hex[:12]}",
+        run_id=f"{HOOK_ID_PREFIX}{uuid.uuid4().hex[:12]}",
         drv_path=request.drv_path,
         pname=request.pname,
         machine=name,

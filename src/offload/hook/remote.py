@@ -226,10 +226,7 @@ async def build_remote(
     result = await _build(acts, request, drv, accepted, remote, machine=machine, options=options)
     progress.partial.clear()  # built, or failed: Nix's to clear
     built = time.time()
-    phases: tuple[PhaseRecord, ...] = (
-        PhaseRecord("sending", started, building_from),
-        PhaseRecord("building", building_from, built),
-    )
+    phases = progress.phases(built)
     if disk_full(result.status, result.error_msg):
         # The builder's fault, not the derivation's: backed off, and in the coordinator the
         # build goes elsewhere, as offload build's (``offload.scheduler.run.disk``).
@@ -247,8 +244,7 @@ async def build_remote(
         acts, request, drv, accepted, local=local, remote=remote, machine=machine
     )
     finished = time.time()
-    phases += (PhaseRecord("fetching", built, finished),)
-    return Outcome(0, started, finished, sent, received, phases)
+    return Outcome(0, started, finished, sent, received, progress.phases(finished))
 
 
 async def _build(

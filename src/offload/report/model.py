@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from offload.errors import OffloadError
 from offload.history.db import History
-from offload.history.records import BuildRecord, RunRecord
+from offload.history.records import BuildRecord, RunRecord, is_hook_id
 from offload.history.views import MachineStats, machine_stats
 
 __all__ = [
@@ -95,9 +95,7 @@ def load_model(history: History, run_id: str | None) -> ReportModel:
         )
     if not runs:
         what = f"no run '{run_id[:40]}'" if run_id else "no run"
-        hooked = (run_id is None or run_id.startswith("hook-")) and history.builds(
-            hook=True, limit=1
-        )
+        hooked = (run_id is None or is_hook_id(run_id)) and history.builds(hook=True, limit=1)
         raise OffloadError(
             f"{what} in the history",
             hint="offload-hook's builds are there: `offload report --hook`"

@@ -33,9 +33,11 @@ __all__ = ["STOP_NOTICE", "Stopping"]
 _LOST_TO_ANOTHER = "stopped: another copy was built first"
 _HALTED = "stopped: another build failed (no --keep-going)"
 # Why a build's outputs, on their way home as the run stopped, are not here.
-_HOME_CUT = "stopped by the run's end before its outputs were brought home"
-# A copy the run stopped as it was interrupted (Ctrl-C, SIGTERM, SIGHUP).
-INTERRUPTED = "stopped: the run was interrupted"
+# Why the run stopped a copy: it was interrupted (Ctrl-C, SIGTERM, SIGHUP), or it ended early
+# (its own error, a failure without --keep-going).
+_INTERRUPTED = "stopped: the run was interrupted"
+_ENDED = "stopped by the run's end"
+_HOME_CUT = " before its outputs were brought home"
 
 logger = logging.getLogger("offload.scheduler.run.executor")
 # How long the run's stop waits for its copies before it says which builders it waits for.
@@ -143,7 +145,7 @@ class Stopping:
             *self._reconnects.tasks,
         ]  # fmt: skip
         # Told now, not once stopped: a second signal may cut the wait short.
-        why = INTERRUPTED if self.report.interrupted else "stopped by the run's end"
+        why = _INTERRUPTED if self.report.interrupted else _ENDED
         for task, (drv_path, machine) in self._tasks.items():
             if task in self._told:
                 continue  # said lost with its machine already
@@ -153,7 +155,7 @@ class Stopping:
         # events), and the run has not built it (its report listed an output not here).
         for drv_path, machine, _, outcome in self._homeward.values():
             self._events.finished(
-                drv_path, machine, "cancelled", started=outcome.started, error=_HOME_CUT
+                drv_path, machine, "cancelled", started=outcome.started, error=why + _HOME_CUT
             )
             if drv_path in self.report.built:
                 self.report.built.remove(drv_path)
