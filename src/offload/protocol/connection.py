@@ -24,7 +24,7 @@ from offload.errors import PeerSilent, ProtocolError
 from offload.protocol.export import ChildBytes, Exporter, ExportFailed, StartedChild
 from offload.protocol.records import CLIENT_VERSION
 from offload.protocol.stderr import ErrorTail, StderrPump, strip_ansi
-from offload.protocol.wire import ByteReader, ByteWriter, close_writer
+from offload.protocol.wire import ByteReader, ByteWriter, close_writer, stream_ended
 
 __all__ = ["HANDSHAKE", "NarProducer", "ServeConnection", "Sink", "SinkFailed"]
 
@@ -169,9 +169,7 @@ class ServeConnection:
                 raise
 
     async def _translate(self, exc: Exception, what: str) -> ProtocolError:
-        eof = not isinstance(exc, ProtocolError) or isinstance(
-            exc.__cause__, asyncio.IncompleteReadError
-        )
+        eof = stream_ended(exc)
         if eof:
             # The remote prints its error and then exits; wait for the rest of its stderr.
             await self._stderr.ended()

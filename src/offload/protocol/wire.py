@@ -29,6 +29,7 @@ __all__ = [
     "read_int",
     "read_str",
     "read_strs",
+    "stream_ended",
 ]
 
 _U64 = struct.Struct("<Q")
@@ -92,6 +93,14 @@ def encode_str(value: str | bytes) -> bytes:
 def encode_strs(values: Iterable[str]) -> bytes:
     items = list(values)
     return encode_int(len(items)) + b"".join(encode_str(v) for v in items)
+
+
+def stream_ended(exc: BaseException) -> bool:
+    """Whether ``exc``, met on a session, is its stream's end (or a pipe that broke), not words
+    of the peer's: the wire's own "stream ended while reading ..." is one too."""
+    if isinstance(exc, ProtocolError):
+        return isinstance(exc.__cause__, asyncio.IncompleteReadError)
+    return isinstance(exc, asyncio.IncompleteReadError | ConnectionError | EOFError)
 
 
 async def _exactly(reader: ByteReader, n: int, what: str) -> bytes:

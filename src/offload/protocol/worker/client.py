@@ -46,6 +46,7 @@ from offload.protocol.wire import (
     read_int,
     read_str,
     read_strs,
+    stream_ended,
 )
 from offload.protocol.worker.frames import BuildEvents, Event, Events, read_frames
 from offload.protocol.worker.nars import SizeMismatch, exact_nar
@@ -483,9 +484,7 @@ class WorkerClient:
     def _translate(self, exc: Exception, what: str) -> ProtocolError:
         if isinstance(exc, PeerSilent):
             return exc.during(self.name, what)
-        if not isinstance(exc, ProtocolError) or isinstance(
-            exc.__cause__, asyncio.IncompleteReadError
-        ):
+        if stream_ended(exc) or not isinstance(exc, ProtocolError):
             # The stream ended (or the pipe broke): said as a serve session's end is, not in
             # the wire's words ("stream ended while reading a stderr frame tag").
             error = ProtocolError(f"{self.name} closed the connection during {what}")
