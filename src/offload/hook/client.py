@@ -48,7 +48,15 @@ import sys
 from collections.abc import Callable
 
 from offload.hook.nix_path import nix_beside_parent
-from offload.hook.rendezvous import COORDINATOR_LOG, coordinator, greeted, log_size, socket_path
+from offload.hook.rendezvous import (
+    COORDINATOR_LOG,
+    Deaf,
+    coordinator,
+    greeted,
+    log_size,
+    note_deaf,
+    socket_path,
+)
 from offload.numerals import is_decimal
 from offload.state_location import HOOK_STATE_NOTE, usable_hook_state
 
@@ -341,6 +349,16 @@ def from_nix(argv: list[str]) -> bool:
     return len(argv) > 1 and is_decimal(argv[-1]) and len(argv[-1]) < 3
 
 
+def _say(message: str) -> None:
+    """``message`` to the user, before any reply: as a structured line, which Nix passes on to
+    its client (a nix-daemon's: the user's terminal, not the daemon's journal, where it puts
+    any other line the hook writes then)."""
+    import json  # only now: a hook's every import costs
+
+    line = json.dumps({"action": "msg", "level": 1, "msg": message}, separators=(",", ":"))
+    sys.stderr.write(f"@nix {line}\n")
+
+
 def _main() -> int:
     terminal = os.isatty(0)
     if terminal or not from_nix(sys.argv):  # maybe a person: --help, or no Nix at all
@@ -367,7 +385,9 @@ def _main() -> int:
                 finally:
                     sock.close()
         except OSError as exc:
-            sys.stderr.write(f"offload-hook: no coordinator ({exc}); deciding in this process\n")
+            if isinstance(exc, Deaf):
+                note_deaf(path)
+            _say(f"offload-hook: warning: no coordinator ({exc}); deciding in this process")
     from offload.hook.serve import in_process
 
     return in_process()

@@ -13,7 +13,9 @@ anything. One that does not answer (stopped, hung, or too busy to accept) is giv
 and to greet it; past that the hook decides in its own process, and none of Nix's pipes is
 left in flight in that coordinator's socket, which would keep Nix from seeing the hook's end.
 A coordinator that greets and then stops before it acknowledges the hello (a window of a few
-system calls) still holds that hook until it goes on or ends.
+system calls) still holds that hook until it goes on or ends. One found deaf so is noted
+(``<socket>.deaf``): for ``DEAF_FOR`` seconds the next hooks give it ``QUICK_GREETING`` only,
+where each waited ``GREETING_TIMEOUT``, 10 s a derivation for as long as it was stopped.
 
 Standard library only, imported lazily where it can be: the hook process runs once per
 derivation Nix sends away.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import _socket  # not `socket`: its import costs more than everything else a hook does
 import os
 import sys
+import time
 import zlib
 
 from offload import __version__
@@ -36,13 +39,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COORDINATOR_LOG",
+    "DEAF_FOR",
     "GREETING",
     "GREETING_TIMEOUT",
     "KEPT_PYTHONPATH",
+    "QUICK_GREETING",
     "READY_TIMEOUT",
+    "Deaf",
     "coordinator",
     "greeted",
     "log_size",
+    "note_deaf",
     "socket_path",
 ]
 
@@ -55,6 +62,9 @@ READY_TIMEOUT = 20.0
 # its connection to be taken).
 GREETING = b"."
 GREETING_TIMEOUT = 10.0
+# After a hook found the coordinator deaf: for how long, and how long the next ones wait.
+DEAF_FOR = 60.0
+QUICK_GREETING = 0.5
 # The hook protocol's number: in the socket's name, so that a hook never meets a coordinator
 # that speaks another (2: the greeting).
 _PROTOCOL = 2
@@ -79,6 +89,35 @@ def socket_path(state: str) -> str:
     return f"{short}/{_digest(path)}.sock"
 
 
+class Deaf(OSError):
+    """The coordinator took no connection, or did not greet one, in the time it was given."""
+
+
+# Set by ``coordinator``: a hook found it deaf less than DEAF_FOR s ago.
+_found_deaf = False
+
+
+def _patience() -> float:
+    return min(QUICK_GREETING, GREETING_TIMEOUT) if _found_deaf else GREETING_TIMEOUT
+
+
+def note_deaf(path: str) -> None:
+    """Note that the coordinator at ``path`` was found deaf now, for the next hooks."""
+    try:
+        fd = os.open(f"{path}.deaf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.close(fd)  # its time of change is the note
+    except OSError:
+        pass  # they wait the whole time, as before
+
+
+def _deaf_lately(path: str) -> bool:
+    try:
+        noted = os.stat(f"{path}.deaf").st_mtime  # noqa: PTH116 - no pathlib in the hook process
+    except OSError:
+        return False
+    return 0 <= time.time() - noted < DEAF_FOR
+
+
 def _timeval(seconds: float) -> bytes:
     """``struct timeval`` for a socket option (two native longs), without ``struct``."""
     whole = int(seconds)
@@ -88,11 +127,11 @@ def _timeval(seconds: float) -> bytes:
 
 
 def _connect(path: str) -> _socket.socket | None:
-    """A connection to the coordinator at ``path``; None where none listens. OSError when
+    """A connection to the coordinator at ``path``; None where none listens. ``Deaf`` when
     its backlog stays full for ``GREETING_TIMEOUT`` (it takes no connection: stopped, hung)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     # A connect to a full backlog waits this long (not for ever), then fails with EAGAIN.
-    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(GREETING_TIMEOUT))
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(_patience()))
     try:
         sock.connect(path)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -101,23 +140,24 @@ def _connect(path: str) -> _socket.socket | None:
     except BlockingIOError:
         from offload.hook.stopped import not_greeting  # only now: a hook's every import costs
 
-        why = not_greeting(sock, GREETING_TIMEOUT, taken=False)
+        why = not_greeting(sock, _patience(), taken=False)
         sock.close()
-        raise OSError(why) from None
+        raise Deaf(why) from None
     sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(0))
     return sock
 
 
 def greeted(sock: _socket.socket) -> bool:
-    """Whether the coordinator greets us (not: it closed, idle); OSError if it says nothing
-    within ``GREETING_TIMEOUT`` (its process stopped, hung, or too busy)."""
-    sock.settimeout(GREETING_TIMEOUT)
+    """Whether the coordinator greets us (not: it closed, idle); ``Deaf`` if it says nothing
+    within ``GREETING_TIMEOUT`` (its process stopped, hung, or too busy; ``QUICK_GREETING``
+    where a hook found it so lately)."""
+    sock.settimeout(_patience())
     try:
         return sock.recv(1) == GREETING
     except TimeoutError:
         from offload.hook.stopped import not_greeting  # only now: a hook's every import costs
 
-        raise OSError(not_greeting(sock, GREETING_TIMEOUT)) from None
+        raise Deaf(not_greeting(sock, _patience())) from None
     finally:
         sock.settimeout(None)
 
@@ -176,7 +216,9 @@ def _start(state: str, path: str) -> tuple[subprocess.Popen[bytes], int | None]:
 
 def coordinator(state: str, path: str) -> _socket.socket:
     """A connection to the coordinator at ``path``, started when none listens; OSError with
-    why when none can be had."""
+    why when none can be had (``Deaf``: it did not answer)."""
+    global _found_deaf  # noqa: PLW0603 - one hook process, one coordinator it asks
+    _found_deaf = _deaf_lately(path)
     sock = _connect(path)
     if sock is not None:
         return sock
