@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+import offload.scheduler.dag as dag_module
 from offload.errors import SchedulerError
 from offload.scheduler.dag import Job, JobGraph, JobState
 from offload.scheduler.policy import MachineSlotSpec
@@ -213,6 +214,43 @@ def test_estimate_update_equals_rebuilding(seed: int) -> None:
         for j in jobs:
             assert g.critical_path(j.id) == pytest.approx(fresh.critical_path(j.id))
         assert changed == {j.id for j in jobs if before[j.id] != fresh.critical_path(j.id)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_estimates_updated_at_once_equal_rebuilding(seed: int) -> None:
+    # A run's learning changes every waiting guess at once (update_estimates).
+    jobs = _random_jobs(seed)
+    g = JobGraph(jobs)
+    rng = random.Random(seed + 200)  # noqa: S311 -- reproducible test input
+    works = {j.id: round(rng.uniform(0, 30), 2) for j in rng.sample(jobs, len(jobs) // 2)}
+    before = {j.id: g.critical_path(j.id) for j in jobs}
+    changed = set(g.update_estimates(works))
+    fresh = JobGraph([Job(j.id, works.get(j.id, j.work_estimate), j.deps) for j in jobs])
+    for j in jobs:
+        assert g.critical_path(j.id) == pytest.approx(fresh.critical_path(j.id))
+    assert changed == {j.id for j in jobs if before[j.id] != fresh.critical_path(j.id)}
+    assert g.work_left == pytest.approx(fresh.work_left)
+
+
+def test_a_wide_graphs_root_is_worked_out_once_for_all_its_dependents_changed() -> None:
+    # Each leaf's own update walked to the root and took the max over its 4,000 dependents:
+    # a first run of 4,000 new names stalled for 80 s learning its guesses (tester).
+    leaves = [Job(f"leaf{i}", 10.0, ("root",)) for i in range(4000)]
+    g = JobGraph([Job("root", 1.0, ()), *leaves])
+    counted: list[int] = []
+    real_max = max
+
+    def counting_max(*args: object, **kwargs: object) -> object:
+        counted.append(1)
+        return real_max(*args, **kwargs)  # type: ignore[call-overload]
+
+    dag_module.max = counting_max  # type: ignore[attr-defined]
+    try:
+        g.update_estimates({job.id: 2.0 for job in leaves})
+    finally:
+        del dag_module.max  # type: ignore[attr-defined]
+    assert g.critical_path("root") == 3.0
+    assert len(counted) <= len(leaves) + 1  # each leaf, and the root once
 
 
 def test_topological_order_puts_deps_first() -> None:

@@ -33,7 +33,7 @@ import enum
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from offload.errors import SchedulerError
@@ -387,25 +387,32 @@ class JobGraph:
 
     def _drop_paths(self, gone: list[int]) -> list[str]:
         """``gone`` can no longer run: their paths count 0, and their ancestors' are worked
-        out again, latest in topological order first, stopping where a value stays."""
+        out again (``_repath``)."""
+        for g in gone:
+            self._cp[g] = 0.0
+        deps = self._deps
+        return self._repath([p for g in gone for p in deps[g]])
+
+    def _repath(self, starts: list[int]) -> list[str]:
+        """The critical paths of ``starts``, and of their ancestors where one changes, worked
+        out again, latest in topological order first, each job at most once (one ancestor
+        of many changed jobs, a wide graph's root, was worked out once per job: quadratic).
+        Failed and skipped jobs are never taken: their paths stay 0. Returns the jobs whose
+        path changed."""
         position = self._position
         if position is None:
             position = self._position = [0] * len(self._jobs)
             for place, j in enumerate(self._order):
                 position[j] = place
         cp, deps, state = self._cp, self._deps, self._state
-        for g in gone:
-            cp[g] = 0.0
         # A job's dependencies come before it in ``_order``, so once popped it is not pushed
-        # again: ``pushed`` is every job ever queued. Failed and skipped jobs are never pushed:
-        # their paths stay 0.
+        # again: ``pushed`` is every job ever queued.
         pushed: set[int] = set()
         heap: list[int] = []
-        for g in gone:
-            for p in deps[g]:
-                if p not in pushed and state[p] is not _FAILED and state[p] is not _SKIPPED:
-                    pushed.add(p)
-                    heapq.heappush(heap, -position[p])
+        for p in starts:
+            if p not in pushed and state[p] is not _FAILED and state[p] is not _SKIPPED:
+                pushed.add(p)
+                heapq.heappush(heap, -position[p])
         order, work, dependents, jobs = self._order, self._work, self._dependents, self._jobs
         changed: list[str] = []
         while heap:
@@ -424,33 +431,20 @@ class JobGraph:
 
     def update_estimate(self, job_id: str, work: float) -> list[str]:
         """Change a job's estimate; returns the jobs whose critical path changed."""
-        if not 0.0 <= work < math.inf:
-            raise SchedulerError(
-                f"job {job_id!r}: its work estimate must be a finite number >= 0, not {work}"
-            )
-        i = self._index[job_id]
-        if (
-            (state := self._state[i]) is not _DONE
-            and state is not _FAILED
-            and state is not _SKIPPED
-        ):
-            self._left += work - self._work[i]
-        self._work[i] = work
-        if state is _FAILED or state is _SKIPPED:
-            return []  # its path counts 0 however long it would have been
-        cp, states = self._cp, self._state
-        changed: list[str] = []
-        queue = deque([i])
-        while queue:
-            j = queue.popleft()
-            value = self._work[j] + max((cp[d] for d in self._dependents[j]), default=0.0)
-            if value == cp[j]:
-                continue
-            cp[j] = value
-            changed.append(self._jobs[j].id)
-            # Failed and skipped jobs' paths stay 0 (a done job's dependency may have failed:
-            # undone, then failed when made again).
-            queue.extend(
-                d for d in self._deps[j] if states[d] is not _FAILED and states[d] is not _SKIPPED
-            )
-        return changed
+        return self.update_estimates({job_id: work})
+
+    def update_estimates(self, works: Mapping[str, float]) -> list[str]:
+        """Change jobs' estimates at once; returns the jobs whose critical path changed."""
+        changed: list[int] = []
+        for job_id, work in works.items():
+            if not 0.0 <= work < math.inf:
+                raise SchedulerError(
+                    f"job {job_id!r}: its work estimate must be a finite number >= 0, not {work}"
+                )
+            i = self._index[job_id]
+            state = self._state[i]
+            if state is not _DONE and state is not _FAILED and state is not _SKIPPED:
+                self._left += work - self._work[i]
+            self._work[i] = work
+            changed.append(i)  # a failed or skipped one's path counts 0 however long
+        return self._repath(changed)

@@ -480,7 +480,11 @@ class Policy(SharedBuilders):
 
     def on_estimate(self, job_id: str, work: float) -> None:
         """A better estimate arrived (history, hints): reorder the affected ready jobs."""
-        for changed in self.graph.update_estimate(job_id, work):
+        self.on_estimates({job_id: work})
+
+    def on_estimates(self, works: Mapping[str, float]) -> None:
+        """Better estimates for many jobs at once (a run learning what guesses were worth)."""
+        for changed in self.graph.update_estimates(works):
             self._queues.refresh(changed)
             if changed in self._queues.queued:
                 self._queues.enqueue(changed)

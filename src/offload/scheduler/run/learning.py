@@ -48,6 +48,8 @@ class Learning:
         if seconds is None:
             seconds = max(0.0, self.wall() - started)
         graph = policy.graph
-        for job, work in self._guesses.observe(drv_path, seconds * speed).items():
-            if graph.state(job) in {JobState.PENDING, JobState.READY}:
-                policy.on_estimate(job, work)
+        waiting = {JobState.PENDING, JobState.READY}
+        works = self._guesses.observe(drv_path, seconds * speed)
+        # At once: each job's own update walked its ancestors, a wide graph's root once per
+        # job (a first run of 4,000 new names stalled for 80 s).
+        policy.on_estimates({job: w for job, w in works.items() if graph.state(job) in waiting})
