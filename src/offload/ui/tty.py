@@ -1,12 +1,13 @@
 """The live view on a terminal: a ``rich.live.Live`` drawing ``ui.view.View``'s frame.
 
-The view is redrawn after every state event and by rich's own timer (so elapsed times and the
-ETA move while nothing happens); ``transient=False`` keeps its final frame on screen, which
-``View`` makes the run's truth (no job rows, "finished" or "interrupted"). A run with nothing
-to build draws nothing at all. With ``print_logs`` each build log line is printed above the
-live region through the Live's console, as ``name> line``, sanitised and cut to the terminal
-width so it never wraps into the region; either way the newest line of each running build is
-in its row.
+The view is redrawn after a state event, at most every ``MIN_REDRAW`` seconds (what comes
+between is drawn by the next: a flood of small builds redrew it 350 times a second, half the
+run's CPU), and by rich's own timer (so elapsed times and the ETA move while nothing happens);
+``transient=False`` keeps its final frame on screen, which ``View`` makes the run's truth (no
+job rows, "finished" or "interrupted"). A run with nothing to build draws nothing at all. With
+``print_logs`` each build log line is printed above the live region through the Live's console,
+as ``name> line``, sanitised and cut to the terminal width so it never wraps into the region;
+either way the newest line of each running build is in its row.
 
 Rich's refresh thread reads the state while the run's thread changes it, so both hold
 ``self._lock``; the lock is never held while calling into rich, which takes its own.
@@ -29,7 +30,10 @@ from offload.ui.summary import render_summary
 from offload.ui.term import sanitize
 from offload.ui.view import View
 
-__all__ = ["TtyRenderer"]
+__all__ = ["MIN_REDRAW", "TtyRenderer"]
+
+# Seconds between two redraws an event asks for; rich's timer draws 4 times a second anyway.
+MIN_REDRAW = 0.05
 
 
 class TtyRenderer:
@@ -59,6 +63,9 @@ class TtyRenderer:
         )
         self._started = False
         self._closed = False
+        # Without rich's timer (tests), every event is drawn: nothing would draw the last.
+        self._timed = auto_refresh
+        self._drawn = -MIN_REDRAW
 
     def handle(self, event: Event) -> None:
         if isinstance(event, MachineEvent) and event.state in {"unstopped", "cache", "key"}:
@@ -84,7 +91,10 @@ class TtyRenderer:
         elif self._started and not isinstance(event, JobLog):
             # A log line shows in its row at the next timed refresh: redrawing the whole view
             # for every line would cost more than the build's output is worth.
-            self._live.refresh()
+            now = time.monotonic()
+            if not self._timed or now - self._drawn >= MIN_REDRAW:
+                self._drawn = now
+                self._live.refresh()
 
     def close(self) -> None:
         if self._closed:
