@@ -14,10 +14,10 @@ Text is stored as received, escape codes included (``offload log`` strips them w
 output is not a terminal). The directory is 0700 and files 0600: logs can show secrets that a
 build printed.
 
-The store is bounded: when a ``BuildLogs`` first opens a log (once per run), and whenever
-``prune()`` is called, the oldest files go until at most ``max_files`` (default 5000) remain
-and together they take at most ``max_bytes`` (default 1 GiB). Logs still being written by this
-``BuildLogs`` are never removed.
+The store is bounded: when a ``BuildLogs`` first opens a log (once per run), when a run's
+recorder closes, and whenever ``prune()`` is called, the oldest files go until at most
+``max_files`` (default 5000) remain and together they take at most ``max_bytes`` (default
+1 GiB). Logs still being written by this ``BuildLogs`` are never removed.
 
 A run's recorder (``for_nix``) also copies each finished remote build's log where Nix keeps
 logs (``nix_log_path``: bzip2 under ``$NIX_LOG_DIR/drvs``), so `nix log` and `nix-store -l`
@@ -396,7 +396,7 @@ class LogRecorder:
             for writer in touched:
                 self._guarded(writer.flush)
 
-    def _guarded(self, work: Callable[..., None], *args: object) -> None:
+    def _guarded(self, work: Callable[..., object], *args: object) -> None:
         try:
             work(*args)
         except Exception as exc:  # noqa: BLE001 - raised by close, in the run's thread
@@ -440,6 +440,9 @@ class LogRecorder:
         writers, self._writers = list(self._writers.values()), {}
         for writer in writers:
             writer.close()
+        # Pruned at the end too: a run of thousands of builds left that many over the bound
+        # until the next run began.
+        self._guarded(self._logs.prune)
 
     def _writer(self, drv_path: str, machine: str) -> BuildLogWriter:
         key = (drv_path, machine)

@@ -4,6 +4,7 @@ where Nix reads them. `offload log` itself: ``test_log_command``."""
 from __future__ import annotations
 
 import bz2
+import itertools
 import stat
 import threading
 from collections.abc import Callable
@@ -260,3 +261,14 @@ def test_a_pasted_name_with_a_line_break_is_one_error_line(tmp_path: Path) -> No
     with pytest.raises(OffloadError) as caught:
         logs.read("/nix/store/a\nb\x1b[31m.drv", machine="m\n1")
     assert caught.value.message == "no build log kept for a\\nb\\x1b[31m.drv on m\\n1"
+
+
+def test_a_runs_recorder_prunes_as_it_closes(tmp_path: Path) -> None:
+    # 3,000 builds' logs stayed over the bound of 5,000 files until the next run began.
+    ticks = itertools.count(T0)
+    logs = BuildLogs(tmp_path, max_files=3, clock=lambda: next(ticks))  # each open later
+    recorder = logs.recorder()
+    for n in range(6):
+        recorder.write(f"/nix/store/{n:032d}-d{n}.drv", "fast", "line")
+    recorder.close()
+    assert kept_names(logs) == ["d3.drv", "d4.drv", "d5.drv"]
