@@ -18,7 +18,8 @@ have meant, not empty tables.
 instead of the user's; its ``--machine`` is checked against that history alone. Where no
 build has been recorded yet there is no history, and nothing is made: the listing is a note
 saying so (and empty lists with ``--json``), exit 0; ``--run``, ``--drv`` and ``--machine``
-are an error saying so.
+are an error saying so, and so is ``--daemon`` (its hook kept nothing where it was asked to
+look: the error says where else it may keep it).
 """
 
 from __future__ import annotations
