@@ -202,8 +202,8 @@ def test_a_coordinator_that_does_not_start_is_said_as_it_ended(
     pid = said[0].split("pid ", 1)[1].split(",", 1)[0]
     ended = ended.format(state=tmp_path / "state")
     assert said[0] == (
-        f"offload-hook: no coordinator (the coordinator, pid {pid}, {ended}); deciding in this"
-        " process"
+        f"offload-hook: warning: no coordinator (the coordinator, pid {pid}, {ended}); deciding"
+        " in this process"
     )
 
 
