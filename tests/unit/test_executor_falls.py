@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -30,6 +31,20 @@ def _fast_and_local(
         PoolMember(spec("fast", speed=4, slots=slots), FakeLink(fast), remote=True),
         PoolMember(spec("local", speed=1, slots=local_slots), local, remote=False),
     ]
+
+
+def _together() -> Callable[[FakeBuild], Awaitable[None]]:
+    """A wait that lets each build go on once two have started (both on fast at once)."""
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def wait(build: FakeBuild) -> None:
+        started.append(build.drv.name)
+        if len(started) == 2:
+            gate.set()
+        await gate.wait()
+
+    return wait
 
 
 def _ends(events: list[Event], name: str) -> list[tuple[str, str]]:
@@ -101,14 +116,10 @@ def test_a_build_that_failed_before_its_machine_fell_stays_failed() -> None:
     # x failed for real on fast in the same turn as y's disk-full loss took fast down: x was
     # said lost with its machine and built again on local (a failed build is final).
     plan, paths, _, src = make_plan({"y": [], "x": []})
-    gate = asyncio.Event()
-    started: list[str] = []
+    together = _together()
 
     async def on_fast(build: FakeBuild) -> BuildOutcome | None:
-        started.append(build.drv.name)
-        if len(started) == 2:
-            gate.set()
-        await gate.wait()
+        await together(build)
         if build.drv.name == "y":
             return BuildOutcome(BuildStatus.TRANSIENT_FAILURE, "error: No space left on device")
         return BuildOutcome(BuildStatus.PERMANENT_FAILURE, "builder for x failed with exit code 1")
@@ -288,14 +299,10 @@ def test_a_copy_lost_with_its_machine_is_not_said_in_the_words_of_another_build(
     # y's session noticed fast's fall "during BuildDerivation of ...-y.drv"; x, building there
     # too, was said lost with those words, which read as x's own.
     plan, paths, _, src = make_plan({"y": [], "x": []})
-    gate = asyncio.Event()
-    started: list[str] = []
+    together = _together()
 
     async def on_fast(build: FakeBuild) -> BuildOutcome | None:
-        started.append(build.drv.name)
-        if len(started) == 2:
-            gate.set()
-        await gate.wait()
+        await together(build)
         if build.drv.name == "y":
             fast_store.break_next("build-end", message="Connection to fast closed.")
         else:
