@@ -1,5 +1,6 @@
 """A derivation declined for backoff says so when `offload use` left out builders that could
-build it (an exploratory tester read "only 'slow' could build it" with fast and medium up)."""
+build it (an exploratory tester read "only 'slow' could build it" with fast and medium up), and
+one moved by a choice made while it waited says so."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import cast
 from offload.config.machines import parse_machines
 from offload.hook.backed_off import _left_out_by_use, declined_line
 from offload.hook.context import HookContext
+from offload.hook.keep import Keep
+from offload.hook.run import _why_moved
 from offload.hook.wire import TryRequest
 
 SYSTEM = "x86_64-linux"
@@ -32,3 +35,14 @@ def test_the_decline_says_offload_use_left_the_others_out():
     line = declined_line(REQUEST.drv_path, ("slow",), 0.0, "local cannot", chosen=True)
     assert "only 'slow' could build it of the builders `offload use` chooses" in line
     assert "`offload use` chooses" not in declined_line(REQUEST.drv_path, ("slow",), 0.0, "x")
+
+
+def test_a_build_moved_by_offload_use_says_so_not_that_a_slot_freed() -> None:
+    # A choice made while it waited for fast moved it to slow: "a slot on 'slow' freed first".
+    lines = "slow x86_64-linux - 1 1\nfast x86_64-linux - 1 1\n"
+    chosen = _context(lines, {"slow"})
+    chosen.keep = cast("Keep", SimpleNamespace(full=SimpleNamespace(since=dict)))
+    assert _why_moved(chosen, "fast", "slow", set()) == "`offload use` leaves 'fast' out now"
+    free = _context(lines, None)
+    free.keep = cast("Keep", SimpleNamespace(full=SimpleNamespace(since=dict)))
+    assert _why_moved(free, "fast", "slow", set()) == "a slot on 'slow' freed first"

@@ -428,6 +428,8 @@ def _why_moved(context: HookContext, origin: str, target: str, excluded: set[str
         return None
     if origin in excluded:
         return f"'{origin}' failed"
+    if context.whole is not None and all(m.name != origin for m in context.pool.machines):
+        return f"`offload use` leaves '{origin}' out now"  # chosen while it waited
     assert context.keep.full is not None
     since = context.keep.full.since().get(origin)
     if since is None:
