@@ -72,6 +72,7 @@ __all__ = [
     "encode_hello",
     "from_nix",
     "main",
+    "say_to_nix",
     "send_hello",
 ]
 
@@ -349,13 +350,14 @@ def from_nix(argv: list[str]) -> bool:
     return len(argv) > 1 and is_decimal(argv[-1]) and len(argv[-1]) < 3
 
 
-def _say(message: str) -> None:
-    """``message`` to the user, before any reply: as a structured line, which Nix passes on to
-    its client (a nix-daemon's: the user's terminal, not the daemon's journal, where it puts
-    any other line the hook writes then)."""
+def say_to_nix(message: str, level: int) -> None:
+    """``message`` as a structured line (``@nix``, at Nix's verbosity ``level``: 0 an error, 1
+    a warning), which Nix shows whatever the hook's turn, and passes on to its client (a
+    nix-daemon's: the user's terminal, not the daemon's journal, where it puts a plain line
+    written before the reply; after an accept, it drops one)."""
     import json  # only now: a hook's every import costs
 
-    line = json.dumps({"action": "msg", "level": 1, "msg": message}, separators=(",", ":"))
+    line = json.dumps({"action": "msg", "level": level, "msg": message}, separators=(",", ":"))
     sys.stderr.write(f"@nix {line}\n")
 
 
@@ -387,7 +389,9 @@ def _main() -> int:
         except OSError as exc:
             if isinstance(exc, Deaf):
                 note_deaf(path)
-            _say(f"offload-hook: warning: no coordinator ({exc}); deciding in this process")
+            say_to_nix(
+                f"offload-hook: warning: no coordinator ({exc}); deciding in this process", 1
+            )
     from offload.hook.serve import in_process
 
     return in_process()

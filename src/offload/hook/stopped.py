@@ -2,14 +2,13 @@
 it, imported only then: every import costs each derivation Nix sends away.
 
 Once the coordinator accepted, Nix shows only ``@nix`` messages from the hook
-(``wire.write_nix_json``, written out: this process imports no json). Otherwise a plain line,
-which Nix shows when it next writes to the hook and finds it gone, as "build hook died
-unexpectedly: <what the hook left>" (a JSON message there was shown raw). While Nix waits for a
-reply, the hook answers ``# postpone`` first: a hook that ends then fails the whole nix-build
-("unexpected EOF reading a line"). Nix asks again after a postpone, finds this hook gone
-(EPIPE), shows the line that follows the postpone, builds the derivation itself and starts a
-new hook for the next: one derivation built here. A decline would cost two (this one, and the
-next, which finds the hook gone).
+(``client.say_to_nix``). Otherwise a plain line, which Nix shows when it next writes to the
+hook and finds it gone, as "build hook died unexpectedly: <what the hook left>" (a JSON message
+there was shown raw). While Nix waits for a reply, the hook answers ``# postpone`` first: a
+hook that ends then fails the whole nix-build ("unexpected EOF reading a line"). Nix asks again
+after a postpone, finds this hook gone (EPIPE), shows the line that follows the postpone,
+builds the derivation itself and starts a new hook for the next: one derivation built here. A
+decline would cost two (this one, and the next, which finds the hook gone).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from offload.hook.client import ACCEPTED, ANSWERED
+from offload.hook.client import ACCEPTED, ANSWERED, say_to_nix
 from offload.hook.rendezvous import COORDINATOR_LOG, READY_TIMEOUT
 
 __all__ = ["not_greeting", "not_started", "say_stopped", "say_taken_over", "why_stopped"]
@@ -93,7 +92,7 @@ def say_stopped(turn: bytes, *, try_pending: bool, why: str) -> None:
     answered); and answer for it when Nix waits for one."""
     stopped = f"offload-hook: error: the coordinator stopped before the hook ended {why}"
     if turn == ACCEPTED:
-        sys.stderr.write('@nix {"action":"msg","level":0,"msg":"' + stopped + '"}\n')
+        say_to_nix(stopped, 0)
         return
     waits = turn != ANSWERED or try_pending or _request_unread()
     _refuse_requests()
