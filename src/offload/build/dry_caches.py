@@ -28,7 +28,7 @@ from offload.names import LOCAL
 from offload.process import spawn
 from offload.ui.events import Event, MachineEvent
 
-__all__ = ["CachesSaid", "caches_asked"]
+__all__ = ["CachesSaid", "caches_asked", "listed_paths"]
 
 # Nix's lists (printMissing): their headings and their store paths, one a line, indented.
 _HEADING = re.compile(
@@ -63,6 +63,11 @@ class CachesSaid:
         if listing == "fetched":
             self.fetched.append(line)
         return listing
+
+
+def listed_paths(lines: Sequence[str]) -> list[str]:
+    """The store paths of one of Nix's lists as it printed it (``CachesSaid.fetched``)."""
+    return [found.group(1) for line in lines if (found := _LISTED.fullmatch(strip_ansi(line)))]
 
 
 async def caches_asked(

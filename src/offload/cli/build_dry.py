@@ -16,6 +16,7 @@ from pathlib import Path
 
 from offload.backoff import Health
 from offload.build import dry_run
+from offload.build.dry_caches import listed_paths
 from offload.build.dryrun import DryRun
 from offload.cli import interrupts
 from offload.cli.build_keep import guarded_estimator, opened_history
@@ -179,7 +180,7 @@ def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
         "lower_bound": round(sim.lower_bound, 3) if sim is not None else 0.0,
         "unschedulable": [drv for drv, _ in plan.unplaced],
         # The output paths the local Nix would fetch from its binary caches.
-        "substitute": [line.strip() for line in run.fetched if line.startswith("  /")],
+        "substitute": listed_paths(run.fetched),
         "no_machine": plan.no_machine,
         "unreachable": run.unreachable,
         "backed_off": {
