@@ -227,9 +227,9 @@ class BuildCopies:
             return
         if drv_path is not None and member.remote:
             said = "; its partial outputs may stay there"
-            with contextlib.suppress(TimeoutError, OSError):  # the cancellation must go on
-                async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
-                    said = await remove_partial(member.link, self.plan.outputs[drv_path])
+            with contextlib.suppress(OSError):  # the cancellation must go on
+                outputs = self.plan.outputs[drv_path]
+                said = await cleared_cut(member.link, client, outputs, "outputs")
             if not said.endswith("deleted"):
                 name = member.spec.name
                 self.events.log_handler(drv_path, name)(f"offload: stopped on {name}{said}")
