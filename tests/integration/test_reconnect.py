@@ -17,8 +17,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -29,6 +30,8 @@ from tests.helpers.hook_runs import hook_env, nix_build_argv
 from tests.helpers.nix_files import SPEED, nix_file, out_path
 from tests.helpers.offload_run import events, start_offload, wait_for
 from tests.helpers.processes import start, stop
+
+T = TypeVar("T")
 
 reconnect_fleet = private_fleet_fixture(
     [MemberSpec.parse("again:4:1")], "ofr", doc="One member, whose connection the test cuts."
@@ -143,9 +146,9 @@ def _marks() -> Iterator[Path]:
         shutil.rmtree(marks, ignore_errors=True)
 
 
-def _kill_master_mid_build(proc: subprocess.Popen[str], marks: Path, tmp_path: Path) -> int:
-    """Once a build has started on the builder, the run's ssh master to it killed (its pid);
-    ``proc`` stopped if anything goes wrong."""
+def _mid_build(proc: subprocess.Popen[str], marks: Path, cut: Callable[[], T]) -> T:
+    """Once a build has started on the builder, ``cut`` done (what it returns); ``proc``
+    stopped if anything goes wrong."""
     try:
 
         def building() -> bool:
@@ -153,28 +156,36 @@ def _kill_master_mid_build(proc: subprocess.Popen[str], marks: Path, tmp_path: P
             return any(marks.iterdir())
 
         wait_for(building, 60, "a build to start on the builder")
-        (master,) = persistent_masters(control_dir(tmp_path / "state"))
-        os.kill(master, signal.SIGTERM)
+        return cut()
     except BaseException:
         stop(proc)
         raise
-    return master
+
+
+def _kill_master_mid_build(proc: subprocess.Popen[str], marks: Path, tmp_path: Path) -> int:
+    """Once a build has started on the builder, the run's ssh master to it killed (its pid)."""
+
+    def kill() -> int:
+        (master,) = persistent_masters(control_dir(tmp_path / "state"))
+        os.kill(master, signal.SIGTERM)
+        return master
+
+    return _mid_build(proc, marks, kill)
 
 
 def _cut_on_the_builder_mid_build(proc: subprocess.Popen[str], marks: Path, sshd: int) -> None:
     """Once a build has started on the builder, every connection to it cut there (the
     member's sshd's children killed, as a network drop or sshd's restart would end them)."""
-    try:
-        wait_for(lambda: any(marks.iterdir()), 60, "a build to start on the builder")
+
+    def cut() -> None:
         done = subprocess.run(
             ["pgrep", "-P", str(sshd)], capture_output=True, text=True, check=False
         )
         for pid in done.stdout.split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
-    except BaseException:
-        stop(proc)
-        raise
+
+    _mid_build(proc, marks, cut)
 
 
 def _backoff(tmp_path: Path) -> dict[str, object]:
