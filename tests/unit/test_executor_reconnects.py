@@ -26,6 +26,15 @@ def _machine_events(events: list[Event]) -> list[tuple[str, str, str]]:
     return [(e.machine, e.state, e.message) for e in events if isinstance(e, MachineEvent)]
 
 
+def _fast_and_local(name: str, link: FakeLink, local: FakeLink) -> list[PoolMember]:
+    """Builder ``name`` (speed 8) over ``link``, and the local machine (speed 1) over
+    ``local``, one slot each."""
+    return [
+        PoolMember(spec(name, speed=8, slots=1), link, remote=True),
+        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
+    ]
+
+
 def _dropping(name: str, times: int) -> FakeStore:
     """A builder whose first ``times`` builds hang up their session without a word, as a
     connection that dropped (one where its Nix said why is no dropped connection)."""
@@ -45,10 +54,7 @@ def test_a_session_its_nix_ended_with_an_error_is_not_reconnected():
 
     local = FakeLink(FakeStore("local", [src]))
     said = FakeLink(FakeStore("said", builder=stops))
-    members = [
-        PoolMember(spec("said", speed=8, slots=1), said, remote=True),
-        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
-    ]
+    members = _fast_and_local("said", said, local)
     report, events = run(plan, members, local)
     assert report.ok
     assert finished(events) == {"a": "local"}
@@ -79,10 +85,7 @@ def test_a_builder_that_went_away_stays_backed_off():
     local_store = FakeStore("local", [src])
     local = FakeLink(local_store)
     gone = FakeLink(_dropping("gone", 1), falls=True)
-    members = [
-        PoolMember(spec("gone", speed=8, slots=1), gone, remote=True),
-        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
-    ]
+    members = _fast_and_local("gone", gone, local)
     report, events = run(plan, members, local)
     assert report.ok
     assert finished(events) == {"a": "local"}
@@ -125,10 +128,7 @@ def test_a_builder_whose_disk_filled_up_is_not_reconnected():
 
     local = FakeLink(FakeStore("local", [src]))
     disk = FakeLink(FakeStore("disk", builder=full))
-    members = [
-        PoolMember(spec("disk", speed=8, slots=1), disk, remote=True),
-        PoolMember(spec("local", speed=1, slots=1), local, remote=False),
-    ]
+    members = _fast_and_local("disk", disk, local)
     events: list[Event] = []
     executor = Executor(plan, members, local, emit=events.append)
     report = asyncio.run(executor.run())
