@@ -141,3 +141,25 @@ def stop_coordinators(state: Path, timeout: float = 30) -> None:
     that each has exited."""
     for pid in coordinator.stop_coordinators(state, timeout):
         assert not running(pid), f"coordinator {pid} did not exit"
+
+
+def second_while_first(
+    first: subprocess.Popen[str],
+    started: Callable[[], bool],
+    what: str,
+    second: Callable[[], subprocess.Popen[str]],
+) -> None:
+    """``second`` started once ``first`` has ``started`` (``what``: said if it never does),
+    and both waited for, each to succeed; neither left running whatever happens."""
+    try:
+        wait_for(started, 120, what)
+        later = second()
+        try:
+            _, err = later.communicate(timeout=180)
+            assert later.returncode == 0, err
+        finally:
+            processes.stop(later)
+        _, err = first.communicate(timeout=180)
+        assert first.returncode == 0, err
+    finally:
+        processes.stop(first)

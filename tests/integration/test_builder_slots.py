@@ -45,6 +45,7 @@ from tests.helpers.offload_run import (
     offload_argv,
     offload_env,
     peak_running,
+    second_while_first,
     stop_coordinators,
     wait_for,
 )
@@ -271,18 +272,12 @@ def test_a_client_that_keeps_a_builder_busy_still_lets_a_waiting_client_take_tur
         for who, log in logs.items()
     }
     first = client(shared_fleet, tmp_path / "a", "c", files["a"])
-    try:
-        wait_for(logs["a"].exists, 120, "client A's first build")
-        second = client(shared_fleet, tmp_path / "b", "c", files["b"])
-        try:
-            _, err = second.communicate(timeout=180)
-            assert second.returncode == 0, err
-        finally:
-            processes.stop(second)
-        _, err = first.communicate(timeout=180)
-        assert first.returncode == 0, err
-    finally:
-        processes.stop(first)
+    second_while_first(
+        first,
+        logs["a"].exists,
+        "client A's first build",
+        lambda: client(shared_fleet, tmp_path / "b", "c", files["b"]),
+    )
     for who, file in files.items():
         for i in range(counts[who]):
             assert Path(out_path(file, f"j{i}")).read_text() == f"{who}\n"

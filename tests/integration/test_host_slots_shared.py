@@ -16,7 +16,7 @@ from offload.fleet import Fleet, MemberSpec
 from tests.helpers import processes
 from tests.helpers.fleets import member_line, private_fleet_fixture
 from tests.helpers.nix_files import nix_file
-from tests.helpers.offload_run import offload_argv, offload_env, wait_for
+from tests.helpers.offload_run import offload_argv, offload_env, second_while_first
 
 slots_fleet = private_fleet_fixture(
     [MemberSpec.parse("share:1:2")], "ofhs2", doc="One member with two slots, two runs on it."
@@ -49,18 +49,12 @@ def test_a_run_with_work_to_spare_lets_another_runs_waiting_build_go_first(
 ) -> None:
     files = {"a": _jobs(tmp_path, "a", 12), "b": _jobs(tmp_path, "b", 1)}
     first = _run(slots_fleet, tmp_path, "a", files["a"][0])
-    try:
-        wait_for(files["a"][1].exists, 120, "run A's first build")
-        second = _run(slots_fleet, tmp_path, "b", files["b"][0])
-        try:
-            _, err = second.communicate(timeout=180)
-            assert second.returncode == 0, err
-        finally:
-            processes.stop(second)
-        _, err = first.communicate(timeout=180)
-        assert first.returncode == 0, err
-    finally:
-        processes.stop(first)
+    second_while_first(
+        first,
+        files["a"][1].exists,
+        "run A's first build",
+        lambda: _run(slots_fleet, tmp_path, "b", files["b"][0]),
+    )
     starts = {
         who: sorted(map(float, stamps.read_text().split())) for who, (_, stamps) in files.items()
     }
