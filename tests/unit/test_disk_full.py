@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from offload.errors import SshError
 from offload.protocol.serve import BuildStatus
-from offload.scheduler.run.disk import disk_full, disk_full_error, remove_partial
+from offload.scheduler.run.disk import Cleanup, disk_full, disk_full_error, remove_partial
 
 # What Nix 2.8's nix-store --serve answered on a fleet member whose store was a full tmpfs.
 NOTE = (
@@ -65,11 +65,16 @@ class Remover:
 
 def test_partial_outputs_are_deleted_or_said_to_stay():
     remover = Remover()
-    said = asyncio.run(remove_partial(remover, ["/nix/store/a-out", "/nix/store/a-dev"]))
-    assert said == "; its partial outputs were deleted"
+    cleanup = asyncio.run(remove_partial(remover, ["/nix/store/a-out", "/nix/store/a-dev"]))
+    assert cleanup == Cleanup(True, "; its partial outputs were deleted")
     assert remover.asked == [["/nix/store/a-out", "/nix/store/a-dev"]]
     refused = Remover(SshError("builder 'fast' runs only the serve program"))
-    said = asyncio.run(remove_partial(refused, ["/nix/store/a-out"]))
-    assert said == "; its partial outputs stay there: builder 'fast' runs only the serve program"
-    said = asyncio.run(remove_partial(object(), ["/nix/store/a-out"]))
-    assert said == "; its partial outputs stay there (this link cannot delete them)"
+    cleanup = asyncio.run(remove_partial(refused, ["/nix/store/a-out"]))
+    assert not cleanup.deleted
+    assert cleanup.said == (
+        "; its partial outputs stay there: builder 'fast' runs only the serve program"
+    )
+    cleanup = asyncio.run(remove_partial(object(), ["/nix/store/a-out"]))
+    assert cleanup == Cleanup(
+        False, "; its partial outputs stay there (this link cannot delete them)"
+    )

@@ -276,7 +276,10 @@ async def _existing(
                         fetched += await fetch_existing(graph, clients, fetching, emit)
                     except FetchFailed as exc:
                         if exc.partial:  # what it left half-written here goes
-                            said = await cleared_cut(local_link, fetching, exc.partial, "outputs")
+                            cleanup = await cleared_cut(
+                                local_link, fetching, exc.partial, "outputs"
+                            )
+                            said = cleanup.said
                         raise
         except FetchFailed as exc:
             if exc.down:

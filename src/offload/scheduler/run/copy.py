@@ -32,6 +32,7 @@ from offload.protocol.store import StoreClient, also_heard, copy_paths
 from offload.scheduler.run.closure_copy import send_closure, to_copy
 from offload.scheduler.run.disk import (
     PARTIAL_CLEANUP_TIMEOUT,
+    Cleanup,
     disk_full,
     disk_full_error,
     remove_partial,
@@ -64,20 +65,20 @@ AfterHome = Callable[[str, Sequence[str], Callable[[str], None]], Awaitable[None
 
 async def cleared_cut(
     link: MemberLink, client: StoreClient, sending: Sequence[str], what: str
-) -> str:
+) -> Cleanup:
     """What of ``sending`` (dependencies first) a copy cut off mid-stream left on ``link``'s
-    machine deleted, bounded; how it went, in words. Its session is stopped first: one cut
-    off mid-request still has its serve process there, holding the half-written path as a
+    machine deleted, bounded; how it went. Its session is stopped first: one cut off
+    mid-request still has its serve process there, holding the half-written path as a
     temporary root, and the deletion of that path fails while it lives."""
-    said = f"; its partial {what} may stay there (no answer in {PARTIAL_CLEANUP_TIMEOUT:g} s)"
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(PARTIAL_CLEANUP_TIMEOUT):
             if not client.usable:
                 with contextlib.suppress(OffloadError):
                     await link.cancel(client)
             # The path being written is the last begun: looked at first.
-            said = await remove_partial(link, sending[::-1], what=what)
-    return said
+            return await remove_partial(link, sending[::-1], what=what)
+    timeout = PARTIAL_CLEANUP_TIMEOUT
+    return Cleanup(False, f"; its partial {what} may stay there (no answer in {timeout:g} s)")
 
 
 class BuildCopies:
@@ -212,7 +213,7 @@ class BuildCopies:
         # Its serve process holds the partial outputs as temporary GC roots.
         await member.link.cancel(client)
         why = disk_full_error(member.spec.name, result.error_msg)
-        return why + await remove_partial(member.link, self.plan.outputs[drv_path])
+        return why + (await remove_partial(member.link, self.plan.outputs[drv_path])).said
 
     async def _stop(self, member: PoolMember, client: StoreClient, drv_path: str | None) -> None:
         """A copy cancelled (it lost to another, its builder was taken down, the run stopped):
@@ -226,13 +227,13 @@ class BuildCopies:
         except OffloadError:
             return
         if drv_path is not None and member.remote:
-            said = "; its partial outputs may stay there"
+            cleanup = Cleanup(False, "; its partial outputs may stay there")
             with contextlib.suppress(OSError):  # the cancellation must go on
                 outputs = self.plan.outputs[drv_path]
-                said = await cleared_cut(member.link, client, outputs, "outputs")
-            if not said.endswith("deleted"):
+                cleanup = await cleared_cut(member.link, client, outputs, "outputs")
+            if not cleanup.deleted:
                 name = member.spec.name
-                self.events.log_handler(drv_path, name)(f"offload: stopped on {name}{said}")
+                self.events.log_handler(drv_path, name)(f"offload: stopped on {name}{cleanup.said}")
 
     async def _session(
         self,
@@ -339,15 +340,15 @@ class BuildCopies:
         cannot (its key runs only its protocol's program) keeps it: said in the build's log."""
         if not sending:
             return
-        said = await self._cleared(client, target, sending, "inputs")
-        if not said.endswith("deleted"):
+        cleanup = await self._cleared(client, target, sending, "inputs")
+        if not cleanup.deleted:
             self.events.log_handler(drv_path, target)(
-                f"offload: the copy of its inputs to {target} was cut off{said}"
+                f"offload: the copy of its inputs to {target} was cut off{cleanup.said}"
             )
 
     async def _cleared(
         self, client: StoreClient, target: str, sending: Sequence[str], what: str
-    ) -> str:
+    ) -> Cleanup:
         """What of ``sending`` a cut copy left at ``target`` deleted (``cleared_cut``)."""
         return await cleared_cut(self._link(target), client, sending, what)
 

@@ -19,6 +19,7 @@ deletes those paths there, never a valid one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from offload.ansi import strip_ansi
@@ -27,6 +28,7 @@ from offload.protocol.serve import BuildStatus
 
 __all__ = [
     "PARTIAL_CLEANUP_TIMEOUT",
+    "Cleanup",
     "PartialRemover",
     "disk_full",
     "disk_full_error",
@@ -73,14 +75,22 @@ def disk_full_error(machine: str, error_msg: str) -> str:
     return f"{machine}'s disk is full (Nix: {(said or lines or ['no error text'])[0]})"
 
 
-async def remove_partial(link: object, paths: Sequence[str], what: str = "outputs") -> str:
-    """Delete what a build (or a copy of its ``what``) left of ``paths`` on ``link``'s machine;
-    returns what to add to the reason: how it went, or why the paths stay (a link that cannot
-    run commands)."""
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    """How the deletion of what a build or copy left half-written went: ``said`` is what to
+    add to its reason (``; its partial outputs were deleted``, or why they stay)."""
+
+    deleted: bool
+    said: str
+
+
+async def remove_partial(link: object, paths: Sequence[str], what: str = "outputs") -> Cleanup:
+    """Delete what a build (or a copy of its ``what``) left of ``paths`` on ``link``'s machine:
+    how it went, or why the paths stay (a link that cannot run commands)."""
     if not isinstance(link, PartialRemover):
-        return f"; its partial {what} stay there (this link cannot delete them)"
+        return Cleanup(False, f"; its partial {what} stay there (this link cannot delete them)")
     try:
         await link.remove_partial(paths)
     except OffloadError as exc:
-        return f"; its partial {what} stay there: {exc.message}"
-    return f"; its partial {what} were deleted"
+        return Cleanup(False, f"; its partial {what} stay there: {exc.message}")
+    return Cleanup(True, f"; its partial {what} were deleted")
