@@ -1,18 +1,30 @@
-"""The escape sequences Nix writes into its messages (colours, cursor movement, titles and
-hyperlinks), taken out of what offload passes on as text: one rule, at the bottom so every
-layer that reads Nix's words (a serve remote's stderr, ``nix show-config``'s) can use it."""
+"""The escape sequences Nix and builds write into their text (colours, cursor movement, titles,
+hyperlinks), and the one rule that finds them: at the bottom so every layer that reads Nix's
+words (a serve remote's stderr, ``nix show-config``'s) and every renderer of a build's log
+(``offload.ui.term``) can use it.
+
+The rule is ECMA-48's: CSI (colours, cursor movement), OSC (titles, hyperlinks) ended by BEL or
+ST, DCS/SOS/PM/APC strings ended by ST, charset selection, the two-byte forms, and the 8-bit C1
+CSI. A string not ended on its line (a log cut short) ends with its line: it hides no line after.
+"""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["strip_ansi"]
+__all__ = ["ESCAPE_PATTERN", "strip_ansi"]
 
-_ANSI = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor movement
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: titles, hyperlinks
-    r"|\x1b[@-Z\\-_]"  # other two-byte escapes
-)
+# Verbose; ``$`` ends an unterminated string, matched with re.MULTILINE so that it is its line's.
+ESCAPE_PATTERN = r"""
+      \x1b\[ [0-?]* [\x20-/]* [@-~]
+    | \x1b\] [^\n]*? (?:\x07|\x1b\\|$)
+    | \x1b [PX^_] [^\n]*? (?:\x1b\\|$)
+    | \x1b [()*+] .
+    | \x1b [\x20-/]* [0-~]
+    | \x9b [0-?]* [\x20-/]* [@-~]
+"""
+
+_ANSI = re.compile(ESCAPE_PATTERN, re.VERBOSE | re.MULTILINE)
 
 
 def strip_ansi(s: str) -> str:

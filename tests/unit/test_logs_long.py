@@ -61,6 +61,18 @@ def test_a_log_on_a_terminal_keeps_its_colours_and_nothing_else(tmp_path: Path) 
     assert out.getvalue() == "\x1b[1mbold\x1b[0m\n"
 
 
+def test_a_title_never_ended_hides_no_line_after_it(tmp_path: Path) -> None:
+    # A build cut off mid-escape (or one that never ends its OSC) ends the string with its line:
+    # the log's next lines were all shown as nothing on a terminal.
+    logs = BuildLogs(tmp_path)
+    with logs.open(DRV, "fast") as writer:
+        writer.write("one \x1b]0;title never ended")
+        writer.write("two \x1b[31mred\x1b[0m")
+    out = _Terminal()
+    assert log_cli.show_log(DRV, logs=logs, out=out) == 0
+    assert out.getvalue() == "one \ntwo \x1b[31mred\x1b[0m\n"
+
+
 def test_a_log_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
     logs = BuildLogs(tmp_path)
     with logs.open(DRV, "fast") as writer:

@@ -381,6 +381,8 @@ def test_strip_ansi() -> None:
         "error: x link"
     )
     assert strip_ansi("plain [text]") == "plain [text]"
+    # One rule with the log renderers': a title never ended ends with its line.
+    assert strip_ansi("error: \x1b]0;title\nnext \x9b1mline") == "error: \nnext line"
 
 
 def test_query_path_infos_refuses_an_answer_for_a_path_not_asked() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from offload.ansi import ESCAPE_PATTERN
+
 __all__ = [
     "PHASE_LABELS",
     "colours_only",
@@ -29,19 +31,7 @@ PHASE_LABELS = {
     "fetching": "fetching outputs",
 }
 
-# ECMA-48 escape sequences: CSI (colours, cursor movement), OSC (titles, hyperlinks) ended by BEL
-# or ST, charset selection, and the two-byte forms; then the 8-bit C1 CSI.
-_ESCAPES = re.compile(
-    r"""
-      \x1b\[ [0-?]* [\x20-/]* [@-~]
-    | \x1b\] .*? (?:\x07|\x1b\\|$)
-    | \x1b [PX^_] .*? (?:\x1b\\|$)
-    | \x1b [()*+] .
-    | \x1b [\x20-/]* [0-~]
-    | \x9b [0-?]* [\x20-/]* [@-~]
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+_ESCAPES = re.compile(ESCAPE_PATTERN, re.VERBOSE | re.MULTILINE)
 # C0 and C1 controls but tab; Unicode's bidirectional marks, embeddings, overrides and isolates,
 # which reorder how the rest of the line is shown (a log line could show text it does not
 # hold); its line and paragraph separators; and the fillers a terminal draws wider than rich
@@ -69,10 +59,10 @@ def sanitize(line: str) -> str:
 # What a log may still do on a terminal: colour (SGR), and move to a line's start or the next.
 _COLOUR = re.compile(r"\x1b\[[0-9;:]*m")
 _ESCAPE_OR_CONTROL = re.compile(
-    _ESCAPES.pattern
+    ESCAPE_PATTERN
     + r"| [\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
     + r"\u202a-\u202e\u2066-\u2069\u115f\u1160\u3164\uffa0]",
-    re.VERBOSE | re.DOTALL,
+    re.VERBOSE | re.MULTILINE,
 )
 
 
