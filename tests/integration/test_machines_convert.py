@@ -92,6 +92,26 @@ def test_convert_keeps_every_machine_or_says_why_not(tmp_path, capsys, monkeypat
     assert "nx-cv-b" in out  # named: taken, disabled or not
 
 
+def test_a_store_here_named_as_a_builder_stays_in_nixs_forms_and_a_cache_goes(
+    tmp_path, capsys, monkeypatch
+):
+    # offload leaves both lines out of its pool; Nix builds in `local` (a user's way to keep
+    # building here beside builders), and fails every build it sends to a cache.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    file = tmp_path / "machines"
+    file.write_text(
+        f"ssh://nx-cv-a.invalid {SYSTEM}\nlocal {SYSTEM}\nhttps://nx-cv.invalid {SYSTEM}\n"
+    )
+    for to in ("nix", "toml"):
+        _, out, err = run_machines_cli(
+            ["machines", "convert", "--to", to, "--from", str(file)], capsys
+        )
+        assert "warning: https://nx-cv.invalid left out: offload never connects to it: " in err
+        assert "https://" not in out
+        assert ("\nlocal " in out) is (to == "nix")
+        assert ("warning: local left out" in err) is (to == "toml")
+
+
 def test_a_file_s_relative_include_is_relative_to_the_current_directory(
     tmp_path, capsys, monkeypatch
 ):

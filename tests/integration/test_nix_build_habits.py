@@ -425,11 +425,29 @@ def test_quiet_leaves_the_build_log_alone_as_nix_build(
     assert said == [["building NONCE"], ["building NONCE"]]  # the build's log, nothing else
 
 
+@pytest.mark.parametrize(
+    ("builders", "said"),
+    [
+        (
+            "ssh://-oProxyCommand=x x86_64-linux - 2",
+            {"-oProxyCommand=x": "its host name starts with '-'"},
+        ),
+        # Nix builds in a store on this host named as a builder, and fails on a cache: offload
+        # failed the whole run ("local is not an ssh:// builder") where `offload machines`
+        # only warned of the line.
+        (
+            "local x86_64-linux; https://cache.example.org x86_64-linux",
+            {
+                "local": "'local' is a store on this host: offload builds here as the local",
+                "https://cache.example.org": "is a binary cache, not a builder",
+            },
+        ),
+    ],
+)
 def test_a_builder_offload_never_connects_to_is_down_in_json_and_the_summary(
-    project: Path,
+    project: Path, builders: str, said: dict[str, str]
 ) -> None:
     # It was a warning line at the start and nothing else: no event, no summary line.
-    builders = "ssh://-oProxyCommand=x x86_64-linux - 2"
     nonce = uuid.uuid4().hex
     argv = [sys.executable, "-m", "offload", "build", "--builders", builders, *OFFLINE,
             "--no-out-link", "-A", "ok", "--argstr", "nonce", nonce, "../default.nix"]  # fmt: skip
@@ -441,9 +459,11 @@ def test_a_builder_offload_never_connects_to_is_down_in_json_and_the_summary(
 
     plain = run()
     assert plain.returncode == 0, plain.stderr
-    summary = plain.stderr[plain.stderr.index("machines down (1):") :]
-    assert "-oProxyCommand=x: its host name starts with '-'" in summary
+    summary = plain.stderr[plain.stderr.index(f"machines down ({len(said)}):") :]
+    for name, why in said.items():
+        assert f"{name}: " in summary
+        assert why in summary
     events = [json.loads(line) for line in run("--json").stdout.splitlines()]
-    down = [e for e in events if e.get("state") == "down"]
-    assert [e["machine"] for e in down] == ["-oProxyCommand=x"]
-    assert "offload does not connect to it" in down[0]["message"]
+    down = {e["machine"]: e["message"] for e in events if e.get("state") == "down"}
+    assert down.keys() == said.keys()
+    assert all("offload does not connect to it" in message for message in down.values())

@@ -448,10 +448,12 @@ def _convert(args: argparse.Namespace) -> int:
 def _convertible(machines: Sequence[Machine], to: str) -> tuple[Machine, ...]:
     """Every machine of the file but those the ``to`` form cannot hold as they are, each of
     those said: a conversion loses nothing unsaid (a selection left out machines that offload
-    does not use: disabled ones, and those it never connects to)."""
+    does not use: disabled ones, and those it never connects to). A store on this host named
+    as a builder is Nix's to use: kept in Nix's forms."""
     kept = []
     for m in machines:
-        if m.not_connected is not None:
+        nixs = m.is_store_here and m.not_connected == m.scheme_problem and to != "toml"
+        if m.not_connected is not None and not nixs:
             why = f"offload never connects to it: {m.not_connected}"
         elif not m.enabled and to != "toml":
             why = f"enabled = false has no form in a {to} file, where a machine is used"

@@ -29,7 +29,6 @@ from typing import Literal
 
 from offload.booleans import nix_bool
 from offload.config.machines import Machine
-from offload.config.machines.check import scheme_problem
 from offload.doctor import claims, facts
 from offload.doctor.login import DEFAULT_TIMEOUT, SLACK, DoctorOptions, LoginProbe
 from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
@@ -102,28 +101,21 @@ async def examine(machine: Machine, options: DoctorOptions) -> tuple[MachineRepo
     started = time.monotonic()
     checks: list[Check] = []
     probe = None
-    if not machine.is_ssh:
-        # A cache or a store on this host takes no build of offload's: it passed as "ok" with
-        # a row of "-", where `offload machines` said why.
-        why = scheme_problem(machine) or f"not an ssh builder ({machine.scheme}://)"
-        fix = "write it as ssh://[USER@]HOST (or ssh-ng://), or remove the line"
-        checks.append(Check("ssh", Verdict.FAIL, why, fix))
-    else:
-        try:
-            probe = _Probe(machine, options, checks)
-            await probe.run()
-        except (OffloadError, OSError) as exc:  # e.g. a host ssh would read as an option
-            name = next(n for n in CHECKS if n not in {c.name for c in checks})
-            message, hint = (
-                (exc.message, exc.hint) if isinstance(exc, OffloadError) else (str(exc), None)
-            )
-            checks.append(Check(name, Verdict.FAIL, message, hint))
-        failed = next((c.name for c in checks if c.verdict == Verdict.FAIL), None)
-        if failed in PREREQUISITES:
-            done = {c.name for c in checks}
-            checks += skipped([n for n in CHECKS if n not in done], failed)
-        elif checks and checks[-1].name == "ssh" and checks[-1].verdict is Verdict.UNKNOWN:
-            checks += skipped(CHECKS[CHECKS.index("ssh") + 1 :], "ssh", "could not be checked")
+    try:
+        probe = _Probe(machine, options, checks)
+        await probe.run()
+    except (OffloadError, OSError) as exc:  # e.g. a host ssh would read as an option
+        name = next(n for n in CHECKS if n not in {c.name for c in checks})
+        message, hint = (
+            (exc.message, exc.hint) if isinstance(exc, OffloadError) else (str(exc), None)
+        )
+        checks.append(Check(name, Verdict.FAIL, message, hint))
+    failed = next((c.name for c in checks if c.verdict == Verdict.FAIL), None)
+    if failed in PREREQUISITES:
+        done = {c.name for c in checks}
+        checks += skipped([n for n in CHECKS if n not in done], failed)
+    elif checks and checks[-1].name == "ssh" and checks[-1].verdict is Verdict.UNKNOWN:
+        checks += skipped(CHECKS[CHECKS.index("ssh") + 1 :], "ssh", "could not be checked")
     report = MachineReport(machine.name, machine.uri, tuple(checks), time.monotonic() - started)
     facts = BuilderFacts(probe.config, probe.load) if probe is not None else BuilderFacts()
     return report, facts

@@ -36,23 +36,7 @@ __all__ = [
     "param_problems",
     "real_system",
     "refusals",
-    "scheme_problem",
 ]
-
-_CACHES = ("http", "https", "s3", "file")
-_IN_PROCESS = ("local", "daemon", "auto", "path", "unix")
-
-
-def scheme_problem(machine: Machine) -> str | None:
-    """Why ``machine`` is no builder offload can use (not ssh:// or ssh-ng://); None if it is."""
-    if machine.is_ssh:
-        return None
-    uri = shown(machine.uri)
-    if machine.scheme in _CACHES:
-        return f"'{uri}' is a binary cache, not a builder: no build can run there"
-    if machine.scheme in _IN_PROCESS:
-        return f"'{uri}' is a store on this host: offload builds only over ssh:// and ssh-ng://"
-    return f"'{uri}': Nix knows no store type '{shown(machine.scheme)}'"
 
 
 # A Nix system is cpu-os ("x86_64-linux", "aarch64-darwin"), or cpu-level-os for the x86-64
@@ -228,9 +212,8 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
     found: list[str] = []
     if machine.uri_problem is not None:
         found.append(_unusable_uri(machine))
-    scheme = scheme_problem(machine)
-    if scheme is not None:
-        found.append(scheme)
+    if machine.scheme_problem is not None:
+        found.append(machine.scheme_problem)
     # Where the user fixes it: an offload.toml table that set the value, else the line.
     if machine.max_jobs == 0:
         table = machine.toml_table("max_jobs")

@@ -47,6 +47,8 @@ COLUMNS = (
 BLANKS = " \t\n\r"
 _BLANK_RUNS = re.compile(f"[{BLANKS}]+")
 SSH_SCHEMES = ("ssh", "ssh-ng")
+_CACHES = ("http", "https", "s3", "file")
+_IN_PROCESS = ("local", "daemon", "auto", "path", "unix")
 # boost::lexical_cast<unsigned int>, which Nix uses, takes a leading '+' (and Nix refuses '-').
 UINT_RE = re.compile(r"\+?[0-9]+")
 
@@ -167,6 +169,8 @@ class Machine:
         ssh 9.6 refuses the latter, an older one hands it to a ProxyCommand's shell)."""
         if self.uri_problem is not None:
             return f"its store URI is unusable: {self.uri_problem}"
+        if self.scheme_problem is not None:
+            return self.scheme_problem
         if self.pins_junk:
             return "its host key is base64 of no ssh key"
         decoded = "".join(self.params.values())  # %00 in remote-store, remote-program...
@@ -197,3 +201,26 @@ class Machine:
     @property
     def is_ssh(self) -> bool:
         return self.scheme in SSH_SCHEMES
+
+    @property
+    def is_store_here(self) -> bool:
+        """A store on this host named as a builder (``local``, ``daemon``): Nix builds there, as
+        a user may have it do to keep building here beside builders (nix-protocols 5.3)."""
+        return self.scheme in _IN_PROCESS
+
+    @property
+    def scheme_problem(self) -> str | None:
+        """Why this is no builder offload can use (not ssh:// or ssh-ng://); None if it is. Nix
+        builds in a store on this host named as a builder (``local``, ``daemon``): offload's
+        local machine is that, without a line; a cache fails every build sent to it."""
+        if self.is_ssh:
+            return None
+        uri = shown(self.uri)
+        if self.scheme in _CACHES:
+            return f"'{uri}' is a binary cache, not a builder: no build can run there"
+        if self.is_store_here:
+            return (
+                f"'{uri}' is a store on this host: offload builds here as the local machine"
+                " (-j), and over ssh:// and ssh-ng:// only as a builder"
+            )
+        return f"'{uri}': Nix knows no store type '{shown(self.scheme)}'"
