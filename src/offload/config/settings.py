@@ -62,6 +62,7 @@ __all__ = [
     "read_nix_settings",
     "substitutes_locally",
     "with_nix_options",
+    "without_builders",
 ]
 
 DEFAULT_BUILDERS = "@/etc/nix/machines"
@@ -268,6 +269,22 @@ def with_nix_options(env: Mapping[str, str], options: Mapping[str, str]) -> dict
     if lines:
         before = merged.get("NIX_CONFIG", "")
         merged["NIX_CONFIG"] = "\n".join([*([before] if before else []), *lines]) + "\n"
+    return merged
+
+
+def without_builders(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env`` (None: this process's) with ``builders`` set empty last in ``NIX_CONFIG``: for
+    the local store's programs, which build what offload placed on the local machine.
+
+    Nix up to 2.29 never asks its build hook for a derivation built by ``nix-store --serve``'s
+    BuildDerivation (it has no ``.drv`` in the store, to Nix); from 2.30 it asks whenever the
+    ``.drv`` is valid, which it always is here, and from 2.34 before it builds locally: with the
+    user's builders in force the hook would send offload's local builds to the builders offload
+    schedules, into slots it left free. So for every version, as Hydra does for localhost (a
+    daemon takes an empty ``builders`` from any client)."""
+    merged = dict(os.environ if env is None else env)
+    before = merged.get("NIX_CONFIG", "")
+    merged["NIX_CONFIG"] = f"{before}\nbuilders =\n" if before else "builders =\n"
     return merged
 
 
