@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -275,6 +276,23 @@ def test_a_nix_conf_nix_refuses_is_said_with_nixs_error_not_its_last_line(tmp_pa
     (warning,) = read_nix_settings(env).warnings
     assert "(error: configuration setting 'max-jobs' should be 'auto' or an integer)" in warning
     assert "nix --help" not in warning
+
+
+def test_nix_2_20s_note_that_show_config_is_an_alias_is_not_a_warning_of_the_run(tmp_path):
+    # Nix 2.20 on says it at every `nix show-config`, which offload asks once per command: it
+    # was a `warning:` line of every build, `offload machines`, `use`. Nix 2.8 is the one here:
+    # a `nix` in front of it says what 2.20's says, then runs it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    nix = bin_dir / "nix"
+    note = "warning: 'show-config' is a deprecated alias for 'config show'"
+    real = shutil.which("nix")
+    nix.write_text(f'#!/bin/sh\necho "{note}" >&2\nexec {real} "$@"\n')
+    nix.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    settings = read_nix_settings(env, {"nx-no-such-setting": "1"})
+    assert settings.warnings == ("unknown setting 'nx-no-such-setting'",)
+    assert settings.get("max-jobs")  # read from Nix, not from nix.conf
 
 
 def test_the_native_system_is_nixs_name_for_this_machine_and_kernel():

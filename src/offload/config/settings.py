@@ -212,10 +212,17 @@ def _said(stderr: str) -> str:
     return shown(errors[-1] if errors else last, 400)
 
 
+# Nix 2.20 made `nix show-config` an alias of `nix config show` and says so at every use; offload
+# keeps the name every Nix from 2.4 on knows (`config show` is an error before 2.20), so that
+# line is about offload's command, not the user's settings: not passed on.
+_ALIAS_NOTE = "'show-config' is a deprecated alias for 'config show'"
+
+
 def _option_warnings(data: object, options: Mapping[str, str], stderr: str) -> tuple[str, ...]:
     """What Nix says of ``options`` (an invalid value), and each unknown name as nix-build
     says it (`nix show-config` does not): "unknown setting 'NAME'"."""
-    said = [line.removeprefix("warning: ") for line in stderr.splitlines()]
+    lines = (strip_ansi(line).removeprefix("warning: ") for line in stderr.splitlines())
+    said = [line for line in lines if line.strip() != _ALIAS_NOTE]
     known = set(data) if isinstance(data, dict) else set()
     for value in data.values() if isinstance(data, dict) else ():
         if isinstance(value, dict) and isinstance(value.get("aliases"), list):
