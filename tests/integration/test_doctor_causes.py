@@ -225,3 +225,34 @@ def test_a_store_the_line_names_that_the_builder_cannot_reach_fails_the_serve_ch
         assert serve["verdict"] == "fail", serve
         assert serve["detail"].startswith("the builder's Nix cannot reach its daemon: error: ")
         assert serve["fix"].startswith("start the builder's nix-daemon")
+
+
+broken_fleet = private_fleet_fixture([MemberSpec("dk", 1.0, 1)])
+
+
+def test_a_builder_whose_nix_refuses_its_own_nix_conf_is_told_to_mend_it_not_to_install_nix(
+    broken_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Nix 2.8 follows its refusal with "Try 'nix-store --help' for more information.": doctor
+    # said only that line, with "install Nix on the builder" as the fix; a file it includes
+    # that is not there ("... not found") read as nix-store not being on the PATH.
+    conf = broken_fleet.member("dk").root / "etc-nix" / "nix.conf"
+    text = conf.read_text()
+    machines = write(tmp_path, [broken_fleet.machines_file.read_text().strip()])
+    file = nix_file(tmp_path, f'mk "broken" "{SPEED} > $out" {{}}\n')
+    for extra, said in [
+        ("max-jobs = banana", "error: configuration setting 'max-jobs' should be 'auto' or an"),
+        ("include /nx-no-such/inc.conf", "error: file '/nx-no-such/inc.conf' included from"),
+    ]:
+        conf.write_text(f"{text}\n{extra}\n")
+        done = doctor(broken_fleet, tmp_path, machines, "--json")
+        assert done.returncode == 1, done.stderr + done.stdout
+        nix = check(reports(done)["dk"], "nix")
+        assert nix["detail"].startswith(f"`nix-store --version` stopped: {said}"), nix
+        assert nix["fix"].startswith("the builder's Nix stops on its settings: mend what its")
+        built = offload(
+            broken_fleet, tmp_path, file, "-j0", "--builders", f"@{machines}", "--no-out-link"
+        )
+        assert built.returncode == 1
+        assert f"`nix-store --serve --write` stopped: {said}" in built.stderr, built.stderr
+        assert "mend what its error names" in built.stderr, built.stderr

@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from offload.ansi import strip_ansi
 from offload.build.faults import explain
 from offload.config.machines import parse_machines
 from offload.doctor.facts import nix_check
@@ -23,6 +24,7 @@ from offload.transport.missing_program import (
     NOT_ON_PATH_HERE,
     fix_path_here,
     install_nix,
+    mend_settings,
     not_on_path,
 )
 
@@ -60,8 +62,19 @@ def test_a_program_the_shell_did_not_find_is_not_on_the_path(said: str) -> None:
 def test_nix_s_own_error_is_not_a_missing_program(said: str) -> None:
     error = not_started("`nix-daemon --stdio`", CLOSED, [said], "fast")
     assert NOT_ON_PATH not in error.message
-    assert error.message.startswith("cannot start `nix-daemon --stdio`: ")
-    assert said in error.message
+    assert error.message == f"`nix-daemon --stdio` stopped: {strip_ansi(said)}"
+
+
+def test_nix_stopped_by_its_settings_is_told_to_mend_them_not_to_install_nix() -> None:
+    # Nix 2.8 follows a setting it refuses with "Try 'nix-store --help' ...": the session's
+    # error ended with that, and its fix was installing Nix.
+    said = ["error: configuration setting 'max-jobs' should be 'auto' or an integer",
+            "Try 'nix-store --help' for more information."]  # fmt: skip
+    error = not_started("`nix-store --serve --write`", CLOSED, said, "fast")
+    assert error.message == f"`nix-store --serve --write` stopped: {said[0]}"
+    assert error.hint == mend_settings()
+    here = not_started("`nix-store --serve --write`", CLOSED, said, LOCAL)
+    assert here.hint == mend_settings(here=True)
 
 
 def test_a_missing_program_and_its_fix_are_worded_one_way_wherever_said() -> None:
@@ -88,7 +101,7 @@ def test_this_host_s_own_program_missing_is_said_as_this_host_s() -> None:
     assert error.message == f"`nix-store --serve --write` {NOT_ON_PATH_HERE}: {said}"
     assert (error.hint, error.peer) == (fix_path_here(), LOCAL)
     assert "builder" not in f"{error.message} {error.hint}"
-    other = not_started("`nix-store --serve --write`", CLOSED, ["error: no"], LOCAL)
+    other = not_started("`nix-store --serve --write`", CLOSED, ["no"], LOCAL)
     assert (other.hint, other.peer) == (fix_path_here(), LOCAL)
 
 

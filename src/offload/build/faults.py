@@ -30,7 +30,12 @@ from offload.config.machines import Machine
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import MISMATCH, mismatch_fix
 from offload.transport.host_key_alias import alias_fix, looked_up_elsewhere
-from offload.transport.missing_program import NOT_ON_PATH, install_nix
+from offload.transport.missing_program import (
+    NOT_ON_PATH,
+    install_nix,
+    mend_settings,
+    stopped_by_nix,
+)
 from offload.transport.ssh_keys import (
     has_passphrase,
     key_fix,
@@ -104,6 +109,8 @@ def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
         return _refused(machine, error)
     if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
         return f"{_last_words(error)}; {install_nix(where)}"
+    if stopped_by_nix(error):  # it ran: its own settings or files stopped it
+        return f"{_last_words(error)}; {mend_settings()}"
     if not error.startswith(_CONNECT) and _OWN_CACHE.search(error):
         return (
             f"its Nix stopped on a binary cache of its own as it substituted the inputs"

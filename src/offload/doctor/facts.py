@@ -28,7 +28,14 @@ from offload.numerals import is_decimal
 from offload.transport.ciphers import cpu_has_aes
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.links.turns import FALLBACKS, RESTRICTED_FALLBACKS
-from offload.transport.missing_program import install_nix, not_on_path
+from offload.transport.missing_program import (
+    install_nix,
+    mend_settings,
+    missing,
+    nix_error,
+    nix_stopped,
+    not_on_path,
+)
 from offload.transport.wrapper import SLOT_DIRS
 
 __all__ = [
@@ -96,10 +103,14 @@ def nix_check(
         return Check("nix", Verdict.OK, f"Nix {version}")
     if (unreachable := _daemon_unreachable("nix", stderr, user)) is not None:
         return unreachable
-    last = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1]
-    if returncode == 127 or "not found" in stderr:
+    lines = stderr.strip().splitlines()
+    last = (lines or [f"exit code {returncode}"])[-1]
+    if returncode == 127 or missing(last):
         detail = not_on_path(program, last)
         return Check("nix", Verdict.FAIL, detail, missing_fix)
+    if (said := nix_error(lines)) is not None:  # it ran: its settings stopped it
+        detail = nix_stopped(f"`{program} --version`", said)
+        return Check("nix", Verdict.FAIL, detail, mend_settings())
     return Check("nix", Verdict.FAIL, f"`{program} --version` failed: {last}", missing_fix)
 
 

@@ -9,15 +9,69 @@ say it with ``not_on_path`` and give ``install_nix`` as the fix: the words a use
 are the same wherever they met them. This host's own ``nix-store --serve`` (the local store's
 session: ``offload-hook`` reads inputs and brings outputs home through it) missing from the
 PATH offload was given is said as this host's (``here``), with ``fix_path_here``: no builder
-is at fault. Pure.
+is at fault. A program that ran and stopped with Nix's own ``error:`` (a nix.conf it refuses,
+a file it includes that is not there) is there: ``nix_error`` finds those words, and the fix
+is ``mend_settings``, never installing Nix. Pure.
 """
 
 from __future__ import annotations
 
-__all__ = ["NOT_ON_PATH", "NOT_ON_PATH_HERE", "fix_path_here", "install_nix", "not_on_path"]
+import re
+from collections.abc import Sequence
+
+from offload.ansi import strip_ansi
+
+__all__ = [
+    "NOT_ON_PATH",
+    "NOT_ON_PATH_HERE",
+    "fix_path_here",
+    "install_nix",
+    "mend_settings",
+    "missing",
+    "nix_error",
+    "nix_stopped",
+    "not_on_path",
+    "stopped_by_nix",
+]
 
 NOT_ON_PATH = "is not on the builder's PATH"
 NOT_ON_PATH_HERE = "is not on this host's PATH"
+# A shell's words for a program it cannot find ("sh: 1: nix-store: not found", "bash: nix-store:
+# command not found", "exec: ...: No such file or directory"); never Nix's own "error: ...": it
+# ran, so it is there (a daemon not running: "cannot connect to socket at '...': No such file").
+_NOT_THERE = re.compile(r"^(?!error:).*(?:not found|No such file or directory)\s*$")
+
+
+def missing(line: str) -> bool:
+    """Does ``line`` (a shell's last words) say the program to run is not there?"""
+    return _NOT_THERE.search(strip_ansi(line)) is not None
+
+
+def nix_error(lines: Sequence[str]) -> str | None:
+    """Nix's last ``error:`` line of ``lines`` (its stderr), colours taken out; None if it
+    said none. Nix 2.8 follows a setting it refuses with "Try 'nix-store --help' for more
+    information.": the last line alone says nothing of why."""
+    said = (" ".join(strip_ansi(line).split()) for line in lines)
+    return next((line for line in reversed(list(said)) if line.startswith("error:")), None)
+
+
+def nix_stopped(program: str, said: str) -> str:
+    """``program`` ran and stopped with Nix's ``said`` (an ``error:`` line)."""
+    return f"{program} stopped: {said}"
+
+
+def stopped_by_nix(error: str) -> bool:
+    """Does ``error`` say a program ran and stopped with Nix's words (``nix_stopped``)?"""
+    return " stopped: error: " in error
+
+
+def mend_settings(here: bool = False) -> str:
+    """The fix for a Nix program that ran and stopped on its own settings or files."""
+    whose = "this host's" if here else "the builder's"
+    return (
+        f"{whose} Nix stops on its settings: mend what its error names (nix.conf in /etc/nix"
+        " or NIX_CONF_DIR, a file it includes), then check again"
+    )
 
 
 def not_on_path(program: str, said: str, *, here: bool = False) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -15,10 +14,18 @@ from dataclasses import dataclass, field
 
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.names import LOCAL
-from offload.protocol.stderr import strip_ansi
 from offload.protocol.store import StoreClient
+from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.links.base import TAIL, LogSink, SessionPipes
-from offload.transport.missing_program import fix_path_here, install_nix, not_on_path
+from offload.transport.missing_program import (
+    fix_path_here,
+    install_nix,
+    mend_settings,
+    missing,
+    nix_error,
+    nix_stopped,
+    not_on_path,
+)
 
 __all__ = [
     "BuilderFullError",
@@ -76,19 +83,18 @@ class PooledSession:
 
 # The shell's last word when the program to run is not there: dash's "sh: 1: exec: nix-store:
 # not found", bash's "nix-store: command not found" or, for a path, "No such file or directory".
-# Never Nix's own "error: ...": it ran, so it is there (a daemon not running: "error: cannot
-# connect to socket at '...': No such file or directory").
-_NOT_THERE = re.compile(r"^(?!error:).*(?:not found|No such file or directory)\s*$")
-
-
 def not_started(program: str, error: ProtocolError, tail: list[str], peer: str) -> TransportError:
     """The error for a session of ``peer`` (a builder, or this host's store: ``LOCAL``) whose
     ``program`` gave no handshake (``error``), with the last of what it printed (``tail``);
     one line that names no builder: who shows it names it."""
     here = peer == LOCAL
     hint = fix_path_here() if here else install_nix()
-    if tail and _NOT_THERE.search(strip_ansi(tail[-1])):  # as `offload doctor` says it
+    if tail and missing(tail[-1]):  # as `offload doctor` says it
         failure = TransportError(not_on_path(program, tail[-1], here=here), hint=hint)
+    elif (said := nix_error(tail)) is not None:  # it ran, and Nix stopped it
+        # Its daemon unreachable is said as such where it is shown (``daemon_socket``).
+        hint = hint if daemon_trouble(said) is not None else mend_settings(here)
+        failure = TransportError(nix_stopped(program, said), hint=hint)
     else:
         said = " | ".join(tail[-5:]) or "(no output)"
         failure = TransportError(
