@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from offload.fleet import Fleet, MemberSpec, client_argv
+from offload.history.db import History
 from offload.hook.decide import REMOTE_OVERHEAD
 from offload.scheduler.run import DEFAULT_WORK
 from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
@@ -111,3 +112,10 @@ def test_an_accepted_build_moves_off_a_full_builder_and_finishes_elsewhere(
     waited = float(re.search(r"for ([0-9.]+) s", moved).group(1))  # type: ignore[union-attr]
     cost = (REMOTE_OVERHEAD + DEFAULT_WORK / SPARE) - (REMOTE_OVERHEAD + DEFAULT_WORK / FAST)
     assert waited >= cost - 0.05
+    # History keeps that wait, as an offload build copy's: it showed '-' for every hook build.
+    with History(home / "state" / "history.sqlite") as history:
+        (record,) = history.builds()
+    assert record.machine == "spare"
+    assert record.phases[0].phase == "waiting"
+    assert record.phases[0].started == record.started
+    assert record.phase_seconds("waiting") >= waited

@@ -89,8 +89,9 @@ def test_the_hook_keeps_what_each_build_was_built_on_for_priorities_and_its_repo
     assert built == {("a", "a"), ("b", "b")}
     # Their phases, as offload build's copies have them: none were kept, and offload history
     # showed '-' for the sending, building and fetching of every hook build.
+    # Each waits for its session there first, as a copy waits for its slot.
     for record in records:
-        assert [p.phase for p in record.phases] == ["sending", "building", "fetching"]
+        assert [p.phase for p in record.phases] == ["waiting", "sending", "building", "fetching"]
         assert record.phases[0].started == record.started
         assert record.phases[-1].finished == record.finished
     assert tails(edges, {"b": 3.0}.__getitem__) == {"a": 3.0, "b": 0.0}

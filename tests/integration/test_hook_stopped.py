@@ -120,7 +120,7 @@ def test_a_build_stopped_by_ctrl_c_is_in_the_history_as_cancelled(
     assert build.started < begun < build.finished
     # Its phases up to the stop and why it ended, as offload build keeps a stopped copy's:
     # they were none (every phase column '-') and no reason.
-    assert [p.phase for p in build.phases] == ["sending", "building"]
+    assert [p.phase for p in build.phases] == ["waiting", "sending", "building"]
     assert build.phases[-1].started < begun < build.phases[-1].finished == build.finished
     assert build.error is not None
     assert build.error.startswith("stopped before it ended: Nix gave the build up")

@@ -40,19 +40,27 @@ class Lost(Exception):
 
 
 async def build_on(
-    context: HookContext, remote: StoreClient, request: TryRequest, accepted: Accepted, name: str
+    context: HookContext,
+    remote: StoreClient,
+    request: TryRequest,
+    accepted: Accepted,
+    name: str,
+    *,
+    waited_since: float,
 ) -> Outcome | None:
     """The build's outcome; None if it could not be built here (said to the user), ``Lost``
     if the builder went away. One stopped (Nix gone: Ctrl-C; the coordinator stopped) is kept
     in history as cancelled, and what it left half-written there (inputs being sent, outputs
     being built) is deleted; one whose builder went away is kept as lost, as ``offload build``
-    keeps its stopped copies."""
-    started = time.time()
+    keeps its stopped copies. Its time from ``waited_since`` (accepted, or lost elsewhere) to
+    its session there is its wait for a slot, as an ``offload build`` copy's is."""
+    started = waited_since
     machine = context.machine(name)
     substitute = context.pool.builders_use_substitutes or (
         nix_bool(machine.params.get("builders-use-substitutes"))
     )
     progress = Progress()  # how far it got, for a stop midway (``build_remote``)
+    progress.begin("waiting", waited_since)
     try:
         async with context.keep.local(context.env) as local:
             return await build_remote(
@@ -75,24 +83,36 @@ async def build_on(
             await context.keep.links.clear_partial(remote, progress.partial)
         raise
     except (OffloadError, OSError) as exc:
-        message = exc.message if isinstance(exc, OffloadError) else str(exc)
-        ended = Outcome(1, started, time.time())
-        if isinstance(exc, TransportError | ProtocolError) and exc.peer != LOCAL:
-            context.machine_failed(name, message)
-            record_build(context, request, name, ended, status="lost", error=message)
-            if context.keep.dispatch is not None:
-                lost = Lost(message)
-                # Not where its Nix said why (a RemoteError): no connection that dropped.
-                if context.keep.reconnects is not None and not isinstance(exc, RemoteError):
-                    lost.reconnect = context.keep.reconnects.start(machine, context.env)
-                raise lost from exc
-        else:  # this host's side (its store, the .drv): the build failed, no builder did
-            record_build(context, request, name, ended, status="failed", error=message)
-        hint = f" ({exc.hint})" if isinstance(exc, OffloadError) and exc.hint else ""
-        error_message(
-            context.io, f"offload-hook: building '{request.drv_path}' on '{name}': {message}{hint}"
-        )
+        now = time.time()
+        _failed(context, request, name, exc, Outcome(1, started, now, phases=progress.phases(now)))
         return None
+
+
+def _failed(
+    context: HookContext,
+    request: TryRequest,
+    name: str,
+    exc: OffloadError | OSError,
+    ended: Outcome,
+) -> None:
+    """A build that failed for ``exc``, kept as lost (its builder went away: ``Lost`` raised,
+    where a coordinator can build it elsewhere) or failed, and said to the user."""
+    message = exc.message if isinstance(exc, OffloadError) else str(exc)
+    if isinstance(exc, TransportError | ProtocolError) and exc.peer != LOCAL:
+        context.machine_failed(name, message)
+        record_build(context, request, name, ended, status="lost", error=message)
+        if context.keep.dispatch is not None:
+            lost = Lost(message)
+            # Not where its Nix said why (a RemoteError): no connection that dropped.
+            if context.keep.reconnects is not None and not isinstance(exc, RemoteError):
+                lost.reconnect = context.keep.reconnects.start(context.machine(name), context.env)
+            raise lost from exc
+    else:  # this host's side (its store, the .drv): the build failed, no builder did
+        record_build(context, request, name, ended, status="failed", error=message)
+    hint = f" ({exc.hint})" if isinstance(exc, OffloadError) and exc.hint else ""
+    error_message(
+        context.io, f"offload-hook: building '{request.drv_path}' on '{name}': {message}{hint}"
+    )
 
 
 def record_build(

@@ -213,9 +213,9 @@ async def build_remote(
     ``progress`` as it goes."""
     drv = read_derivation(request.drv_path)
     acts = _Activities(io)
-    started = time.time()
     progress = Progress() if progress is None else progress
-    progress.begin("sending", started)
+    progress.begin("sending", time.time())
+    started = progress.begun[0][1]  # its wait for the builder's slot, if it had one
     sent = await _send_inputs(
         acts, accepted, local, remote, machine=machine, substitute=substitute, copying=copying,
         sending=progress.partial,

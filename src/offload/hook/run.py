@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 
+from offload.config.machines import Machine
 from offload.errors import OffloadError
 from offload.hook.backed_off import given_up, say_declined, say_left_out, say_unfit, to_retry
 from offload.hook.build_one import Lost, build_on, record_build
@@ -42,7 +43,7 @@ from offload.hook.dispatch import Placement
 from offload.hook.full import MOVED_NOTE, WAIT_NOTE, FullBuilders
 from offload.hook.guard import Guard
 from offload.hook.links import BuilderFullError, Unreachable
-from offload.hook.remote import error_message, log_writer
+from offload.hook.remote import Outcome, error_message, log_writer
 from offload.hook.wire import Accepted, Reply, TryRequest, read_accepted, write_reply
 from offload.protocol.wire import ByteReader
 from offload.slots import slot_key
@@ -261,6 +262,7 @@ async def _accept(
 ) -> int:
     machine = context.machine(name)
     accepted = None
+    since = time.time()
     try:
         async with context.keep.links.session(
             machine, context.env, log_writer(context.io)
@@ -278,7 +280,9 @@ async def _accept(
                 )
                 guard = Guard(STORE_DIR, kill)
             try:
-                outcome = await build_on(context, session.client, request, accepted, name)
+                outcome = await build_on(
+                    context, session.client, request, accepted, name, waited_since=since
+                )
             finally:
                 if guard is not None:
                     guard.dismiss()
@@ -324,10 +328,10 @@ async def _build_where_a_slot_frees(
     builders_full, dispatch = context.keep.full, context.keep.dispatch
     assert builders_full is not None
     assert dispatch is not None
-    log = log_writer(context.io)
     waiting: list[str] = []  # the full builders this derivation waits for
     tried: set[str] = set()  # backed-off builders taken up out of turn (``_pick``)
     turn = dispatch.ticket()  # kept through every wait again: its place among equals
+    since = time.time()
     if full:
         _wait_full(context, origin, waiting)
     try:
@@ -339,15 +343,13 @@ async def _build_where_a_slot_frees(
             _stop_waiting(builders_full, waiting)
             machine = context.machine(placement.machine)
             context.keep.took(machine.name)
+            moved = None if why is None else MOVED_NOTE.format(
+                origin=origin, target=machine.name, why=why
+            )  # fmt: skip
             try:
-                async with context.keep.links.session(machine, context.env, log) as session:
-                    context.machine_ok(machine.name)
-                    if why is not None:
-                        log(MOVED_NOTE.format(origin=origin, target=machine.name, why=why))
-                    origin = machine.name
-                    outcome = await build_on(
-                        context, session.client, request, accepted, machine.name
-                    )
+                outcome = await _built_there(
+                    context, machine, request, accepted, since=since, moved=moved
+                )
             except BuilderFullError:
                 _wait_full(context, machine.name, waiting)
                 origin = machine.name
@@ -359,6 +361,7 @@ async def _build_where_a_slot_frees(
             except Lost as lost:
                 if not await _reconnected(context, lost):
                     excluded.add(machine.name)
+                origin, since = machine.name, time.time()  # its next copy waits from here
                 continue
             finally:
                 os.close(placement.fd)
@@ -369,6 +372,26 @@ async def _build_where_a_slot_frees(
             return outcome.exit_code
     finally:
         _stop_waiting(builders_full, waiting)
+
+
+async def _built_there(
+    context: HookContext,
+    machine: Machine,
+    request: TryRequest,
+    accepted: Accepted,
+    *,
+    since: float,
+    moved: str | None,
+) -> Outcome | None:
+    """The derivation built in a session of ``machine`` (a slot there held), waited for since
+    ``since``; ``moved``: why it went there, said in its log first."""
+    log = log_writer(context.io)
+    async with context.keep.links.session(machine, context.env, log) as session:
+        context.machine_ok(machine.name)
+        if moved is not None:
+            log(moved)
+        client = session.client
+        return await build_on(context, client, request, accepted, machine.name, waited_since=since)
 
 
 async def _placement(
