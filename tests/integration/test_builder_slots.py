@@ -491,3 +491,44 @@ def test_the_summary_counts_no_time_waiting_for_other_clients_as_busy(shared_fle
     assert run.returncode == 0, err
     # About the build's own half a second and its output's fetch; not the wait.
     assert busy_in_summary(err, "shared") < hold, err
+
+
+def test_a_run_that_waited_on_a_builder_and_ended_leaves_no_want_marker_there(
+    shared_fleet, tmp_path
+):
+    # Its busy answer left want-<id> on the builder, removed only by a slot taken there: a run
+    # stopped while it waited (here Ctrl-C) left it for other clients' sessions to delete 10
+    # minutes later.
+    member_var = shared_fleet.dir / "shared" / "nix" / "var" / "nix"
+    slot_file(member_var, 0).parent.mkdir(mode=0o700, exist_ok=True)
+    fds = [os.open(slot_file(member_var, s), os.O_WRONLY | os.O_CREAT, 0o600) for s in range(2)]
+    file = jobs(tmp_path, "unmarked", "/bin/sleep 0.5; echo > $out", 1)
+    argv = offload_argv(file, "--builders", f"@{shared_fleet.machines_file}", "-j", "0")
+    try:
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        run = processes.start(
+            [*argv, "--no-out-link"],
+            env=offload_env(shared_fleet, tmp_path),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert run.stderr is not None
+            while "full: every slot there is held by other clients" not in (
+                line := run.stderr.readline()
+            ):
+                assert line, "the run ended without waiting for a slot on the builder"
+            markers = slot_file(member_var, 0).parent.glob("want-*")
+            assert len(list(markers)) == 1  # it waits there, and says so
+            run.send_signal(signal.SIGINT)
+            _, err = run.communicate(timeout=60)
+        finally:
+            processes.stop(run)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert run.returncode != 0, err
+    assert not list(slot_file(member_var, 0).parent.glob("want-*")), err

@@ -62,6 +62,7 @@ __all__ = [
     "parse_start_line",
     "remote_program",
     "remove_partial_argv",
+    "remove_want_argv",
     "serve_command",
     "serve_program",
     "store_flag",
@@ -233,6 +234,14 @@ while alive; do
 done
 exit 0"""
 )
+
+
+def remove_want_argv(client_id: str) -> list[str]:
+    """Removes ``client_id``'s want marker from the builder's slot directories (the one the
+    wrapper picks is either): a client that ends without a slot there leaves none behind."""
+    dirs = f'{SLOT_DIRS[0]} "${{HOME:-/nonexistent}}/{SLOT_DIRS[1]}"'
+    script = f'for d in {dirs}; do rm -f "$d/want-$1"; done'
+    return ["sh", "-c", script, "sh", client_id]
 
 
 def serve_program(params: Mapping[str, str] | None = None) -> list[str]:

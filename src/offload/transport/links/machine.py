@@ -5,23 +5,29 @@ builder's store deleted over the same master.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from offload.booleans import nix_bool
-from offload.errors import SshError
+from offload.errors import OffloadError, SshError
 from offload.transport.dialect import SERVE, Dialect, dialect_of
 from offload.transport.links.pool import Link
 from offload.transport.links.ssh_master import SshTransport
 from offload.transport.ssh import CONNECT_TIMEOUT, SshTarget, ssh_target
-from offload.transport.wrapper import remove_partial_argv
+from offload.transport.wrapper import remove_partial_argv, remove_want_argv
 from offload.typing_compat import override
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
 
 __all__ = ["MachineLink"]
+
+# Seconds the end of a link may spend removing its want marker from a builder that no longer
+# answers: the marker goes stale in seconds, and a run's end must not wait on it.
+_UNMARK_TIMEOUT = 1.0
 
 
 class MachineLink(Link):
@@ -68,6 +74,17 @@ class MachineLink(Link):
     @override
     def _release(self) -> None:
         self.ssh.release()
+
+    @override
+    async def aclose(self) -> None:
+        """Closed; this client's want marker removed from the builder first where a busy
+        answer left it (``Link.marked``): a run or coordinator that waited there and ended, or
+        built elsewhere, left it for other clients' sessions to delete 10 minutes later."""
+        if self.marked:
+            with contextlib.suppress(OffloadError, OSError, TimeoutError):
+                async with asyncio.timeout(_UNMARK_TIMEOUT):
+                    await self.ssh.run(remove_want_argv(self.client_id))
+        await super().aclose()
 
     async def remove_partial(self, paths: Sequence[str]) -> None:
         """Delete what a failed build left of ``paths`` in the builder's store: each path that

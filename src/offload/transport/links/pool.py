@@ -132,6 +132,9 @@ class Link:
         # (its marker is that fresh) and never yields, or one that asks seldom (offload-hook:
         # Nix asks again 5 s after a postpone) would yield on every ask to one that polls.
         self._refused = -math.inf
+        # A busy answer left this client's want marker on the builder, and no slot taken there
+        # since removed it: the link's owner removes it at the end (``MachineLink.aclose``).
+        self.marked = False
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
         self._idle: list[PooledSession] = []
@@ -273,12 +276,13 @@ class Link:
                 self.slot_yielded = full.yielded
                 if not full.yielded:  # one that yielded goes on yielding to the waiter
                     self._refused = time.monotonic()
-                    waited = True
+                    waited, self.marked = True, self.marked or client != NO_CLIENT
                 if not told and on_wait is not None:
                     on_wait()
                 told = True
                 await asyncio.sleep(BUSY_POLL)
                 continue
+            self.marked = self.marked and client == NO_CLIENT  # a slot taken removes it
             self._note_slot(session)
             return session
 
