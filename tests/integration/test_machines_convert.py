@@ -129,3 +129,26 @@ def test_a_file_s_relative_include_is_relative_to_the_current_directory(
     assert [m.uri for m in parse_machines(out, source="-", system=SYSTEM)[0]] == [
         "ssh://inc-cwd.invalid"
     ]
+
+
+def test_what_a_machine_loses_in_nixs_forms_is_said_on_stderr(tmp_path, capsys, monkeypatch):
+    # A dropped port was a comment in the output only: `> /etc/nix/machines` showed nothing,
+    # and the line then reached port 22, maybe another machine.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    toml = tmp_path / "pool.toml"
+    toml.write_text(
+        '[[machine]]\nuri = "ssh://nx-cv-p.invalid"\nport = 2222\n'
+        '[[machine]]\nuri = "ssh://nx-cv-s.invalid"\nbuilders-use-substitutes = true\n'
+    )
+    expected = {
+        ("nix",): (True, True),
+        ("nix", "--newer-nix"): (False, True),
+        ("nixos",): (True, True),
+        ("toml",): (False, False),
+    }
+    for (to, *more), (port, substitutes) in expected.items():
+        argv = ["machines", "convert", "--to", to, *more, "--from", str(toml)]
+        _, _, err = run_machines_cli(argv, capsys)
+        assert ("warning: nx-cv-p.invalid:2222: port 2222 dropped: " in err) is port, (to, err)
+        said = "warning: nx-cv-s.invalid: builders-use-substitutes stays in its URI for offload"
+        assert (said in err) is substitutes, (to, err)

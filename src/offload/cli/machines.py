@@ -436,6 +436,7 @@ def _convert(args: argparse.Namespace) -> int:
     pool = whole.select(on=args.on, exclude=args.exclude, max_jobs=args.max_jobs)
     if not (args.on or args.exclude):
         pool = dataclasses.replace(pool, machines=_convertible(whole.machines, args.to))
+    _lost_in_nix_forms(pool.machines, args.to, nix28=not args.newer_nix)
     if args.to == "nix":
         sys.stdout.write(pool_to_nix(pool, nix28=not args.newer_nix))
     elif args.to == "nixos":
@@ -443,6 +444,31 @@ def _convert(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(pool_to_toml(pool))
     return 0
+
+
+def _lost_in_nix_forms(machines: Sequence[Machine], to: str, *, nix28: bool) -> None:
+    """Warn of what a machine loses in Nix's forms, beside the comment the file holds: a port
+    (Nix 2.8 cannot take host:port; NixOS's hostName never), whose line then reaches port 22,
+    maybe another machine; and ``builders-use-substitutes``, offload's per machine, which Nix
+    reads from nix.conf only, for every builder (in a URI: "unknown setting")."""
+    if to == "toml":
+        return
+    for m in machines:
+        name = shown(m.name, 200)
+        if m.port is not None and (to == "nixos" or nix28):
+            form = "NixOS's hostName" if to == "nixos" else "Nix 2.8's machines format"
+            print(
+                f"warning: {name}: port {m.port} dropped: {form} cannot hold it, and the line"
+                " reaches port 22 (use an ssh Host alias with its Port)",
+                file=sys.stderr,
+            )
+        if "builders-use-substitutes" in m.params:
+            print(
+                f"warning: {name}: builders-use-substitutes stays in its URI for offload; Nix"
+                " reads it from nix.conf only, for every builder, and warns of it there as an"
+                " unknown setting",
+                file=sys.stderr,
+            )
 
 
 def _convertible(machines: Sequence[Machine], to: str) -> tuple[Machine, ...]:

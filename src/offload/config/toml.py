@@ -61,7 +61,8 @@ class TomlMachine:
     supported_features: frozenset[str] | None = None
     mandatory_features: frozenset[str] | None = None
     public_host_key: str | None = None  # base64, as in the machines file's column 8
-    # The URI parameters Nix also reads (``?compress=true&builders-use-substitutes=true``).
+    # The URI parameters offload reads (``?compress=true&builders-use-substitutes=true``;
+    # Nix reads the second from nix.conf only).
     compress: bool | None = None
     builders_use_substitutes: bool | None = None
 
