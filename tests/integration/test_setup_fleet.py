@@ -45,14 +45,15 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def setup_client(tmp_path: Path, fleet: Fleet, *targets: str) -> subprocess.CompletedProcess[str]:
+def setup_client(
+    tmp_path: Path, fleet: Fleet, *targets: str, sshopts: str | None = None
+) -> subprocess.CompletedProcess[str]:
     argv = [
         sys.executable, "-m", "offload", "setup", "client", "--user", "root",
         "--identity", str(fleet.client_key), "--write", str(tmp_path / "client"), *targets,
     ]  # fmt: skip
-    return subprocess.run(
-        argv, env=clean_env(tmp_path), capture_output=True, text=True, timeout=60, check=False
-    )
+    env = clean_env(tmp_path) | ({} if sshopts is None else {"NIX_SSHOPTS": sshopts})
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 def target(fleet: Fleet, name: str) -> str:
@@ -178,6 +179,35 @@ def test_a_builder_that_cannot_be_reached_writes_nothing_and_a_run_again_goes_on
     assert again.stdout.startswith(f"unchanged {tmp_path / 'client' / 'machines'}")
     lines = (tmp_path / "client" / "machines").read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["ssh://root@sb"]
+
+
+def test_a_name_the_ssh_config_already_sends_elsewhere_is_refused_not_shadowed(
+    setup_fleet: Fleet, tmp_path: Path
+) -> None:
+    # The block written for sb, appended after the user's own `Host sb`, was never used: every
+    # login went to sa, and doctor's fix for the "changed" host key pinned sa's key as sb's.
+    # (ssh reads ~/.ssh/config from the passwd entry, not $HOME: the user's file is -F's.)
+    config = tmp_path / "users_ssh_config"
+    other = setup_fleet.member("sa").port
+    config.write_text(f"Host sb\n  HostName 127.0.0.1\n  Port {other}\n")
+    sshopts = f"-F {config}"
+    done = setup_client(tmp_path, setup_fleet, target(setup_fleet, "sb"), sshopts=sshopts)
+    assert done.returncode == 1
+    port = setup_fleet.member("sb").port
+    error, hint = done.stderr.splitlines()[:2]
+    assert error == (
+        f"error: sb (127.0.0.1:{port}): your ssh config already sends 'sb' to 127.0.0.1:{other}:"
+        " a Host block for it appended after that one is never used (ssh takes the first)"
+    )
+    assert hint == (
+        f"hint: name the builder otherwise (NAME=127.0.0.1:{port}), or mend the Host block that"
+        " names sb"
+    )
+    assert not (tmp_path / "client").exists()
+    # The user's block sends it to the builder itself (setup's own, appended by a run before).
+    config.write_text(f"Host sb\n  HostName 127.0.0.1\n  Port {port}\n")
+    done = setup_client(tmp_path, setup_fleet, target(setup_fleet, "sb"), sshopts=sshopts)
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_key_that_is_not_authorized_is_refused_with_the_doctors_words(

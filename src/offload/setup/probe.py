@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from offload.config.machines import encode_host_key, machine_from_columns
 from offload.doctor import DoctorOptions, Verdict, examine
 from offload.doctor.model import PREREQUISITES
+from offload.doctor.reach import parse_ssh_g
 from offload.errors import ConfigError, OffloadError
 from offload.numerals import is_decimal
 from offload.process import run_async
 from offload.setup.client import Builder, Overrides
 from offload.setup.values import PublicKey, Target, parse_public_key
 from offload.transport.dialect import mismatch_fix
+from offload.transport.ssh import split_sshopts
 
 __all__ = [
     "OTHER_PROGRAM_FIX",
@@ -167,9 +169,37 @@ class Login:
     scheme: str = "ssh"
 
 
+async def _alias_elsewhere(target: Target, options: DoctorOptions) -> str | None:
+    """Where the ssh config already sends ``target.name`` when not to the target: a ``Host``
+    block of it earlier in the file ours is appended to wins (ssh takes each option's first
+    value), and every login to the alias would reach that host (doctor then saw a changed host
+    key, and its fix pinned the other machine's). None if the alias is free or the target's."""
+    argv = ["ssh", "-G", *split_sshopts(options.env.get("NIX_SSHOPTS", "")), "--", target.name]
+    try:
+        done = await asyncio.wait_for(run_async(argv, env=options.env, check=False), 10)
+    except (TimeoutError, OffloadError):
+        return None
+    if done.returncode != 0:
+        return None
+    config = parse_ssh_g(done.stdout, target.name, None)
+    sent = (config.hostname.casefold(), config.port)
+    if sent in {(target.name.casefold(), 22), (target.host.casefold(), target.port)}:
+        return None
+    return f"{config.hostname}:{config.port}"
+
+
 async def _probe(
     target: Target, login: Login, overrides: Overrides, options: DoctorOptions
 ) -> Probed:
+    if (elsewhere := await _alias_elsewhere(target, options)) is not None:
+        return Probed(
+            target,
+            None,
+            f"your ssh config already sends '{target.name}' to {elsewhere}: a Host block for it"
+            " appended after that one is never used (ssh takes the first)",
+            f"name the builder otherwise (NAME={target.host}:{target.port}), or mend the Host"
+            f" block that names {target.name}",
+        )
     key, why = await _scan(target, options.timeout)
     if key is None:
         return Probed(target, None, why, "check the host and port, and that sshd runs there")
