@@ -250,6 +250,23 @@ def test_a_host_not_linux_is_refused_before_any_change(host: Host, tmp_path: Pat
     assert "nixremote" not in (host.etc / "passwd").read_text()
 
 
+def test_an_sshd_config_sshd_refuses_is_said_before_any_change(host: Host) -> None:
+    # Steps 1-4 were done, then step 5's check failed in sshd's words about a file the admin
+    # never wrote (sshd_config.offload-new: line N), left behind.
+    sshd = host.etc / "ssh" / "sshd_config"
+    sshd.write_text(sshd.read_text() + "BogusOption yes\n")
+    before = host.files()
+    done = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert "/etc/ssh/sshd_config: line" in said
+    assert "Bad configuration option: BogusOption" in said
+    assert "sshd refuses /etc/ssh/sshd_config as it is (its words above): mend it" in said
+    assert "offload-new" not in said
+    assert host.files() == before
+    assert "nixremote" not in (host.etc / "passwd").read_text()
+
+
 def test_an_earlier_runs_sshd_block_without_max_sessions_is_said(host: Host) -> None:
     # Step 5 leaves a block that is there alone: one from before MaxSessions kept sshd's 10.
     sshd = host.etc / "ssh" / "sshd_config"

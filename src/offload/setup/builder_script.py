@@ -58,6 +58,14 @@ ended() {{
 # Step 2 writes the user's keys as the user (util-linux's setpriv, in every Linux's base).
 command -v setpriv >/dev/null ||
   {{ echo "setpriv is not on PATH: install util-linux first" >&2; exit 1; }}
+# Step 5 checks sshd_config with its block added: one sshd refuses as it is failed there, after
+# steps 1-4, in sshd's words about a file of the script's (.offload-new), left behind.
+if ! sshd_said=$(sshd -t 2>&1); then
+  printf '%s\\n' "$sshd_said" >&2
+  echo "sshd refuses /etc/ssh/sshd_config as it is (its words above): mend it (sshd -t)," \\
+    "then run this again; nothing was changed" >&2
+  exit 1
+fi
 
 # The user must reach the nix-daemon's socket. Debian's nix-bin makes its directory 0770
 # root:nix-users (at every boot): a user outside that group fails every session with
@@ -290,7 +298,12 @@ if ! grep -qxF "Match User $user" /etc/ssh/sshd_config; then
   cp -p /etc/ssh/sshd_config /etc/ssh/sshd_config.offload-new
   ended /etc/ssh/sshd_config.offload-new
   cat >>/etc/ssh/sshd_config.offload-new {_heredoc(sshd_lines(setup))}\
-  sshd -t -f /etc/ssh/sshd_config.offload-new
+  if ! sshd -t -f /etc/ssh/sshd_config.offload-new; then
+    rm -f /etc/ssh/sshd_config.offload-new
+    echo "sshd refuses /etc/ssh/sshd_config with offload's Match block added (its words" \\
+      "above); the file is left as it was" >&2
+    exit 1
+  fi
   mv /etc/ssh/sshd_config.offload-new /etc/ssh/sshd_config
   systemctl reload ssh 2>/dev/null || systemctl reload sshd
 elif sshd -T -C "user=$user,host=localhost,addr=127.0.0.1" 2>/dev/null |
