@@ -451,3 +451,19 @@ def test_offload_machines_says_the_machine_left_out_and_exits_0(tmp_path):
         "ssh://fast/path",
         "other",
     ]
+
+
+def test_a_scheme_not_in_lower_case_is_no_store_type_as_to_nix():
+    # Nix 2.8: "cannot build on 'SSH://h1': error: don't know how to open Nix store 'SSH://h1'";
+    # offload lowered the scheme and connected.
+    machines, _ = parse_machines(
+        "SSH://nx-h1.invalid x86_64-linux\nssh://nx-h2.invalid x86_64-linux\n",
+        source="m",
+        system="x86_64-linux",
+    )
+    upper, lower = machines
+    assert (upper.scheme, upper.is_ssh, lower.is_ssh) == ("SSH", False, True)
+    assert upper.not_connected == (
+        "'SSH://nx-h1.invalid': Nix knows no store type 'SSH' (store types are lower-case)"
+    )
+    assert lower.not_connected is None

@@ -241,9 +241,13 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
 
 
 def _unusable_uri(machine: Machine) -> str:
+    # Nix before 2.23 takes the line and fails as it connects; 2.23 on parse every URI as they
+    # read the spec, and one they cannot parse (which depends on the version: a port of 0
+    # from 2.31) fails the whole spec ("Cannot parse Nix store").
     return (
-        f"{machine.not_connected}: offload leaves it out (Nix takes the line, and fails to"
-        " connect when it builds); write it as ssh://[user@]host (a Host alias for a port)"
+        f"{machine.not_connected}: offload leaves it out (Nix before 2.23 takes the line, and"
+        " fails to connect when it builds; a newer one may refuse the whole spec for it);"
+        " write it as ssh://[user@]host (a Host alias for a port)"
     )
 
 

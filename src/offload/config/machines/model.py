@@ -137,8 +137,8 @@ class Machine:
     # The Nix columns (as fields: ``max_jobs``) an offload.toml table set over the line's own
     # value, and where that table is: what the user edits to change it is there, not the line.
     set_in: Mapping[str, str] = field(default_factory=dict, hash=False)
-    # Why its store URI reaches no host ('ssh://fast/path'): Nix takes the line and fails to
-    # connect when it builds; offload leaves the machine out (``not_connected``).
+    # Why its store URI reaches no host ('ssh://fast/path'): Nix before 2.23 takes the line and
+    # fails to connect when it builds; offload leaves the machine out (``not_connected``).
     uri_problem: str | None = None
 
     def toml_table(self, column: str) -> str | None:
@@ -223,4 +223,5 @@ class Machine:
                 f"'{uri}' is a store on this host: offload builds here as the local machine"
                 " (-j), and over ssh:// and ssh-ng:// only as a builder"
             )
-        return f"'{uri}': Nix knows no store type '{shown(self.scheme)}'"
+        lower = " (store types are lower-case)" if self.scheme.lower() in SSH_SCHEMES else ""
+        return f"'{uri}': Nix knows no store type '{shown(self.scheme)}'{lower}"

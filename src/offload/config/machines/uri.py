@@ -88,7 +88,7 @@ def parse_store_uri(raw: str) -> StoreUri:
         if base == "":
             return StoreUri(uri, "auto", None, None, None, MappingProxyType(params))
         return StoreUri(uri, "path", None, None, None, MappingProxyType(params))
-    scheme = match.group(1).lower()
+    scheme = match.group(1)  # as Nix takes it: "SSH://h" is no store type it knows
     authority = base[match.end() :]
     if scheme not in SSH_SCHEMES:
         return StoreUri(uri, scheme, authority or None, None, None, MappingProxyType(params))
