@@ -467,3 +467,19 @@ def test_a_scheme_not_in_lower_case_is_no_store_type_as_to_nix():
         "'SSH://nx-h1.invalid': Nix knows no store type 'SSH' (store types are lower-case)"
     )
     assert lower.not_connected is None
+
+
+def test_a_compress_value_nix_refuses_is_said():
+    # Nix 2.8: "Boolean setting 'compress' has invalid value 'on'", and it builds nothing there;
+    # offload connected without -C and said nothing.
+    from offload.config.machines.check import param_problems
+
+    lines = "ssh://nx-c1.invalid?compress=on x\nssh://nx-c2.invalid?compress=yes x\n"
+    (on, yes), _ = parse_machines(lines, source="m", system="x86_64-linux")
+    assert param_problems(on) == [
+        (
+            "compress=on is no boolean Nix takes: its hook leaves the machine out (offload"
+            " reads it as false); write compress=true or false"
+        )
+    ]
+    assert param_problems(yes) == []

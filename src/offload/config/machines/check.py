@@ -55,6 +55,9 @@ _SSH_PARAMS = (
 )  # fmt: skip
 
 
+_NIX_BOOLEANS = ("true", "false", "yes", "no", "1", "0")  # ``offload.booleans``
+
+
 def _close(word: str, known: Sequence[str]) -> str:
     match = meant(word, known)
     return f" (did you mean {match}?)" if match else ""
@@ -111,6 +114,13 @@ def param_problems(machine: Machine) -> list[str]:
         for key in machine.params
         if key not in _SSH_PARAMS
     ]
+    compress = machine.params.get("compress")
+    if compress is not None and compress not in _NIX_BOOLEANS:
+        # Nix: "Boolean setting 'compress' has invalid value 'on'", and no build there.
+        found.append(
+            f"compress={shown(compress)} is no boolean Nix takes: its hook leaves the machine"
+            " out (offload reads it as false); write compress=true or false"
+        )
     if machine.params.get("remote-program") == "":
         # offload runs the default there; Nix's own hook runs nothing ("--serve: command
         # not found"), and every build it sends fails.
