@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -53,6 +54,22 @@ def test_summary_totals_from_the_events() -> None:
     assert summary.total.received == 5_000_000 + 1024
     assert [j.name for j in summary.failed] == ["bad-1.0"]
     assert [j.name for j in summary.skipped] == ["needs-bad"]
+
+
+def test_a_copy_that_only_waited_there_is_not_stopped_there() -> None:
+    # Moved off a full builder before it started, it showed as stopped there (team tester:
+    # "stopped 3" where one copy had run).
+    moved = dataclasses.replace(
+        done((HELLO, "hello-2.12", "fast"), "cancelled", (0.1, 2.1)), waited=2.0
+    )
+    ran = dataclasses.replace(
+        done((HELLO, "hello-2.12", "slow"), "cancelled", (0.1, 2.1)), waited=0.5
+    )
+    lost = dataclasses.replace(done((BAD, "bad-1.0", "fast"), "lost", (0.1, 1.1)), waited=1.0)
+    summary = summarize([*scripted_run()[:1], moved, ran, lost])
+    rows = {row.machine: row for row in summary.machines}
+    assert (rows["fast"].stopped, rows["slow"].stopped) == (0, 1)
+    assert rows["fast"].busy == 0.0
 
 
 @pytest.mark.parametrize("rich", [False, True])

@@ -53,6 +53,11 @@ _CACHES_NOTE = (
 )
 
 
+def _ran(job: JobFinished) -> bool:
+    """Whether the copy did more there than wait for a slot and a session."""
+    return job.duration - job.waited > 1e-6
+
+
 @dataclass(frozen=True)
 class MachineTotals:
     machine: str
@@ -60,7 +65,9 @@ class MachineTotals:
     fetched: int = 0
     substituted: int = 0
     failed: int = 0
-    stopped: int = 0  # cancelled or given-way copies, and builds lost with their machine
+    # Cancelled or given-way copies, and builds lost with their machine, that ran there: not
+    # one that only waited for a slot (moved off a full builder before it started).
+    stopped: int = 0
     busy: float = 0.0  # seconds, summed over jobs
     sent: int = 0
     received: int = 0
@@ -72,7 +79,7 @@ class MachineTotals:
             fetched=self.fetched + (job.status == "fetched"),
             substituted=self.substituted + (job.status == "substituted"),
             failed=self.failed + (job.status == "failed"),
-            stopped=self.stopped + (job.status in ("cancelled", "lost")),
+            stopped=self.stopped + (job.status in ("cancelled", "lost") and _ran(job)),
             busy=self.busy + max(job.duration - job.waited, 0.0),
             sent=self.sent + job.bytes_sent,
             received=self.received + job.bytes_received,
