@@ -329,11 +329,12 @@ async def _build_where_a_slot_frees(
     assert builders_full is not None
     assert dispatch is not None
     waiting: list[str] = []  # the full builders this derivation waits for
+    said_full: set[str] = set()  # those its log said it waits for
     tried: set[str] = set()  # backed-off builders taken up out of turn (``_pick``)
     turn = dispatch.ticket()  # kept through every wait again: its place among equals
     since = time.time()
     if full:
-        _wait_full(context, origin, waiting)
+        _wait_full(context, origin, waiting, said_full)
     try:
         while True:
             placement = await _placement(context, request, work, excluded, tried, turn=turn)
@@ -351,7 +352,7 @@ async def _build_where_a_slot_frees(
                     context, machine, request, accepted, since=since, moved=moved
                 )
             except BuilderFullError:
-                _wait_full(context, machine.name, waiting)
+                _wait_full(context, machine.name, waiting, said_full)
                 origin = machine.name
                 continue
             except Unreachable as exc:
@@ -427,10 +428,13 @@ def _stop_waiting(builders_full: FullBuilders, waiting: list[str]) -> None:
     waiting.clear()
 
 
-def _wait_full(context: HookContext, name: str, waiting: list[str]) -> None:
-    """The derivation found builder ``name`` full: it waits for a slot there or elsewhere."""
+def _wait_full(context: HookContext, name: str, waiting: list[str], said: set[str]) -> None:
+    """The derivation found builder ``name`` full: it waits for a slot there or elsewhere,
+    said in its log once per builder (``said``), not at each look that found it full."""
     assert context.keep.full is not None
-    log_writer(context.io)(WAIT_NOTE.format(name=name))
+    if name not in said:
+        log_writer(context.io)(WAIT_NOTE.format(name=name))
+        said.add(name)
     context.keep.full.wait(context.machine(name), context.env, time.time())
     waiting.append(name)
 
