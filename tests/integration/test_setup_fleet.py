@@ -181,6 +181,46 @@ def test_a_builder_that_cannot_be_reached_writes_nothing_and_a_run_again_goes_on
     assert [line.split()[0] for line in lines] == ["ssh://root@sb"]
 
 
+def test_printed_files_are_all_or_none_too(setup_fleet: Fleet, tmp_path: Path) -> None:
+    # Without --write, the files for the builders that answered went to stdout (exit 1): a
+    # `> machines` kept a config without the others.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        argv = [
+            sys.executable, "-m", "offload", "setup", "client", "--user", "root",
+            "--identity", str(setup_fleet.client_key), target(setup_fleet, "sb"),
+            f"dead=127.0.0.1:{port}",
+        ]  # fmt: skip
+        done = subprocess.run(
+            argv, env=clean_env(tmp_path), capture_output=True, text=True, timeout=60, check=False
+        )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "error: nothing printed: 1 of 2 builders could not be set up" in done.stderr
+
+
+def test_a_user_or_write_place_setup_cannot_use_is_refused_before_any_probe(
+    setup_fleet: Fleet, tmp_path: Path
+) -> None:
+    # `--user 'a b'` was refused after the probe, in the words of a machines line's column 1;
+    # `--write FILE` after every builder was probed.
+    not_dir = tmp_path / "a-file"
+    not_dir.write_text("")
+    for extra, said in [
+        (["--user", "a b"], "error: --user 'a b': the name holds white space"),
+        (["--write", str(not_dir)], f"error: --write {not_dir}: not a directory"),
+    ]:
+        argv = [sys.executable, "-m", "offload", "setup", "client", *extra,
+                "--identity", str(setup_fleet.client_key), target(setup_fleet, "sb")]  # fmt: skip
+        done = subprocess.run(
+            argv, env=clean_env(tmp_path), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 1
+        assert done.stderr.splitlines()[0] == said
+        assert "host key" not in done.stderr  # nothing was probed
+
+
 def test_a_name_the_ssh_config_already_sends_elsewhere_is_refused_not_shadowed(
     setup_fleet: Fleet, tmp_path: Path
 ) -> None:

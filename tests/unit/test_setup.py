@@ -217,6 +217,24 @@ def test_a_key_path_that_is_taken_gets_a_hint_about_what_is_there(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
 
 
+def test_a_directory_or_a_parent_that_cannot_be_made_is_said_with_what_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A directory was "already exists" with `ssh-keygen -y -f DIR` as the hint; a parent that
+    # cannot be made had no hint.
+    assert main(["setup", "key", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path} is a directory\nhint: name the key file to make in it: offload setup"
+        f" key {tmp_path / 'offload_ed25519'}\n"
+    )
+    assert main(["setup", "key", "/proc/nx-no-such/k"]) == 1
+    assert capsys.readouterr().err == (
+        "error: cannot create /proc/nx-no-such: No such file or directory\nhint: give a path in"
+        " a directory you may write (offload setup key PATH)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_key_path_the_next_steps_refuse_is_refused_before_the_key_is_made(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

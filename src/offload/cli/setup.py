@@ -17,6 +17,7 @@ from pathlib import Path
 from offload.cli import interrupts
 from offload.cli.arguments import nonempty_path
 from offload.config.machines.files import read_user_file
+from offload.config.machines.model import shown, ssh_name_problem
 from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions
 from offload.errors import ConfigError
 from offload.numerals import is_decimal
@@ -25,7 +26,12 @@ from offload.setup.client import ClientSetup, Overrides, client_files, where_the
 from offload.setup.files import render, write_files
 from offload.setup.key import create_key, default_key_path
 from offload.setup.probe import Login, probe_all
-from offload.setup.values import PublicKey, check_path, parse_public_key, parse_targets
+from offload.setup.values import (
+    PublicKey,
+    check_path,
+    parse_public_key,
+    parse_targets,
+)
 
 __all__ = ["register"]
 
@@ -195,7 +201,28 @@ def run_builder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_client_args(args: argparse.Namespace) -> None:
+    """What setup client can refuse before it probes a builder: the user name its lines and
+    ssh config name, and a --write place that is no directory."""
+    # Any account name ssh and a store URI can carry (not only the ones setup builder makes).
+    problem = ssh_name_problem(args.user) or (
+        "holds '@', ':' or '/', which a store URI reads as its own" if set("@:/") & set(args.user)
+        else None
+    )  # fmt: skip
+    if problem is not None:
+        raise ConfigError(
+            f"--user '{shown(args.user)}': the name {problem}",
+            hint="give the user the builder's key logs in as (setup builder's --user: nixremote)",
+        )
+    if args.write is not None and args.write.exists() and not args.write.is_dir():
+        raise ConfigError(
+            f"--write {args.write}: not a directory",
+            hint="give a directory for the files (it is made when missing)",
+        )
+
+
 def run_client(args: argparse.Namespace) -> int:
+    _check_client_args(args)
     identity = args.identity or default_key_path(os.geteuid(), os.environ)
     identity = Path(os.path.abspath(identity))  # noqa: PTH100 - normalised, as setup key's
     check_path(str(identity), "identity file")
@@ -239,13 +266,14 @@ def run_client(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     builders = tuple(o.builder for o in probed if o.builder is not None)
-    if args.write is not None and 0 < len(builders) < len(probed):
+    if 0 < len(builders) < len(probed):
         # Files for some of the builders asked for would be refused as taken once the others
-        # are mended and the command is run again: a directory gets all of them or none.
+        # are mended and the command is run again: a directory gets all of them or none, and
+        # so does stdout (`> machines` kept a config without them, exit 1 or not).
         failed = len(probed) - len(builders)
+        where = "printed" if args.write is None else f"written to {args.write}"
         raise ConfigError(
-            f"nothing written to {args.write}: {failed} of {len(probed)} builders could not "
-            "be set up",
+            f"nothing {where}: {failed} of {len(probed)} builders could not be set up",
             hint="mend them as said above and run it again, or leave them out",
         )
     if builders:

@@ -40,6 +40,11 @@ def default_key_path(euid: int, env: Mapping[str, str]) -> Path:
 def _exists_error(taken: Path, path: Path) -> ConfigError:
     """``taken`` is the private key ``path`` or its public half, which is already there."""
     public = path.with_name(path.name + ".pub")
+    if taken.is_dir():
+        return ConfigError(
+            f"{taken} is a directory",
+            hint=f"name the key file to make in it: offload setup key {taken / USER_KEY_NAME}",
+        )
     if taken == public and not path.exists():
         there = f"it is the public half of a key whose private half {path} is not there: move it"
         there += " away"
@@ -65,7 +70,10 @@ def create_key(path: Path, comment: str | None = None) -> Path:
         try:
             parent.mkdir(mode=0o700, parents=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create {parent}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot create {parent}: {exc.strerror}",
+                hint="give a path in a directory you may write (offload setup key PATH)",
+            ) from None
     comment = comment or f"offload@{socket.gethostname()}"
     try:
         scratch = Path(tempfile.mkdtemp(prefix=".offload-key-", dir=parent))
