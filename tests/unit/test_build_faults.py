@@ -177,3 +177,14 @@ def test_the_hooks_own_ssh_words_are_read_as_a_connection_fault_too() -> None:
     said = explain(machine("b"), error, HOOK_LEAVE_OUT)
     assert said.startswith("connection refused by b")
     assert "`offload use`" in said
+
+
+def test_a_builder_whose_daemon_does_not_trust_the_user_is_said_with_the_file_to_edit() -> None:
+    # The down line said only "only trusted-users may ...": not where, nor the restart.
+    from offload.protocol.trust import untrusted_hint, untrusted_message
+
+    refused = "a: cannot add path '/nix/store/x-y' because it lacks a valid signature"
+    said = explain(machine("a"), untrusted_message("a", refused))
+    assert said.startswith("builder 'a' does not trust the ssh user: its Nix daemon refused")
+    assert said.endswith(f"; {untrusted_hint('a')}")
+    assert "trusted-users` in a's nix.conf and restart its nix-daemon" in said

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 
 from offload.config.machines import Machine
+from offload.protocol.trust import is_untrusted, untrusted_hint
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import MISMATCH, mismatch_fix
 from offload.transport.host_key_alias import alias_fix, looked_up_elsewhere
@@ -111,6 +112,8 @@ def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
         return f"{_last_words(error)}; {install_nix(where)}"
     if stopped_by_nix(error):  # it ran: its own settings or files stopped it
         return f"{_last_words(error)}; {mend_settings()}"
+    if is_untrusted(error):  # said as ``protocol.trust`` says it, with its fix
+        return f"{_last_words(error)}; {untrusted_hint(machine.name)}"
     if not error.startswith(_CONNECT) and _OWN_CACHE.search(error):
         return (
             f"its Nix stopped on a binary cache of its own as it substituted the inputs"
