@@ -385,7 +385,8 @@ def rtt_check(seconds: Sequence[float]) -> Check:
 # How to get a builder's slots counted on the builder, by why they are not.
 _RESTRICTED_FIX = (
     "nothing to fix if this host is its only client; else let the key run more than its one "
-    "program (`restrict` without `command=`, what `offload setup builder --unrestricted` writes)"
+    "program (`restrict` without `command=`, what `offload setup builder --unrestricted` writes;"
+    " or no `ForceCommand` for the user in sshd_config, where that forces it)"
 )
 _SLOT_FIXES = {
     **dict.fromkeys(RESTRICTED_FALLBACKS.values(), _RESTRICTED_FIX),
