@@ -73,7 +73,9 @@ def test_speed_factor_zero_becomes_one():
 
 def test_a_speed_factor_too_small_to_rank_is_refused_naming_the_least():
     with pytest.raises(
-        ConfigError, match=r"'1e-310' is too small a speed factor \(the least: 1e-06\)"
+        ConfigError,
+        match=r"'1e-310' is too small a speed factor to rank machines by \(the least: 1e-06;"
+        r" Nix takes it, offload does not\)",
     ):
         one("nx-a.invalid - - 1 1e-310")
     assert one("nx-a.invalid - - 1 0.000001").speed_factor == pytest.approx(1e-6)

@@ -248,8 +248,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(selected, backoff, wide=args.wide), end="")
     if errors:
         print(
-            f"hint: Nix rejects the whole machines spec for any of the {len(errors)} error(s) "
-            "above; fix them, then run this again",
+            f"hint: offload rejects the whole machines spec for any of the {len(errors)}"
+            " error(s) above, and Nix does too but for those that say Nix takes it; fix them,"
+            " then run this again",
             file=sys.stderr,
         )
         return 1

@@ -138,7 +138,10 @@ def _speed_factor(text: str | None, where: str, compat: list[NixCompat]) -> floa
         raise _column_error(where, 4, f"'{text}': the speed factor must be >= 0")
     if 0 < value < MIN_SPEED:
         raise _column_error(
-            where, 4, f"'{text}' is too small a speed factor (the least: {MIN_SPEED:g})"
+            where,
+            4,
+            f"'{text}' is too small a speed factor to rank machines by (the least:"
+            f" {MIN_SPEED:g}; Nix takes it, offload does not)",
         )
     if not UINT_RE.fullmatch(text) or int(text) > _MAX_UINT:
         clause = f"rejects the whole file: speed factor '{text}' is not a whole number"
