@@ -1,7 +1,9 @@
 """A pinned host key ssh never looks at: the ssh config gives the builder another name.
 
-Nix and offload pin a machines line's host key (column 8) under the line's host (``b1``, or
-``[b1]:2222`` with a port: ``ssh.known_hosts_line``), in a known_hosts file of their own. ssh
+Nix and offload pin a machines line's host key (column 8) under the line's host (``b1``; with
+a port, offload as ``[b1]:2222``, ``ssh.known_hosts_line``, where Nix 2.31 on, the first to take
+a port, writes ``b1`` and passes ``-p``, so that ssh finds no pin for it), in a known_hosts
+file of their own. ssh
 looks a key up under the name it connects to, which is the ssh config's ``HostName`` and
 ``Port`` for that host unless its ``HostKeyAlias`` says otherwise. An alias such as ``Host b1``
 / ``HostName 10.0.0.5`` without ``HostKeyAlias b1`` makes ssh look for ``10.0.0.5`` in the pin
