@@ -373,3 +373,19 @@ def test_a_frame_taller_than_the_terminal_keeps_every_header_and_the_progress_li
     assert any(line.startswith("local") for line in lines)
     assert "+11 more" in out.getvalue()
     assert " done" in lines[-1]
+
+
+def test_json_events_are_their_fields_as_asdict_gives_them() -> None:
+    # event_dict reads each field as it is (asdict's deep copy was a tenth of a trivial run's
+    # CPU): every field must stay flat, which this checks over a whole scripted run.
+    import dataclasses
+
+    from offload.ui.events import Timing, event_dict
+
+    events = [*scripted_run(), Timing((("imported", 0.1), ("settings", 0.2)), T0)]
+    kinds = set()
+    for event in events:
+        said = event_dict(event)
+        kinds.add(said.pop("event"))
+        assert said == dataclasses.asdict(event)
+    assert {"run_started", "job_phase", "job_log", "job_finished", "run_finished"} <= kinds
