@@ -154,3 +154,20 @@ def test_a_port_in_the_name_is_not_written_as_a_name_to_offload_toml(tmp_path: P
     text = pool_to_toml(_pool(tmp_path, "ssh://a:2222\nssh://alice@b\nssh://bob@b"))
     assert 'name = "a:2222"' not in text
     assert 'name = "alice@b"' in text  # apart only in its pool: said outright
+
+
+def test_the_hook_offers_no_builder_offload_never_connects_to(tmp_path: Path) -> None:
+    # A store on this host, a cache or an SSH:// line is said "not used" in the pool's
+    # warnings: the hook still offered them, and every accept for them failed in ssh_target.
+    said: list[bytes] = []
+    spec = (
+        f"local {SYSTEM}; https://nx-c.invalid {SYSTEM}; SSH://nx-u.invalid {SYSTEM};"
+        f" ssh://nx-ok.invalid {SYSTEM}"
+    )
+    context = load_context(
+        {"max-jobs": "0", "system": SYSTEM, "builders": spec},
+        state=tmp_path, verbosity=0, env={}, io=HookIO(said.append, said.append),
+        parent=os.getpid(), keep=Keep(tmp_path),
+    )  # fmt: skip
+    context.slots = SlotLocks(tmp_path / "current-load")
+    assert [b.spec.name for b in context.builders(time.time())] == ["nx-ok.invalid"]

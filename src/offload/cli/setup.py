@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from offload.cli import interrupts
@@ -22,7 +23,7 @@ from offload.doctor import DEFAULT_TIMEOUT, DoctorOptions
 from offload.errors import ConfigError
 from offload.numerals import is_decimal
 from offload.setup.builder import DEFAULT_USER, BuilderSetup, builder_files
-from offload.setup.client import ClientSetup, Overrides, client_files, where_they_go
+from offload.setup.client import Builder, ClientSetup, Overrides, client_files, where_they_go
 from offload.setup.files import render, write_files
 from offload.setup.key import create_key, default_key_path
 from offload.setup.probe import Login, probe_all
@@ -221,6 +222,21 @@ def _check_client_args(args: argparse.Namespace) -> None:
         )
 
 
+def _say_host_blocks_shared(builders: Sequence[Builder], user: str) -> None:
+    """A builder given no NAME has its host as its ssh alias: the Host block written for it
+    applies to every `ssh HOST` of the account whose ssh config it goes into, logging in as
+    ``user`` with the dedicated key (one that runs only Nix's program, as setup builder makes
+    it): said, with the way to keep the two apart."""
+    shared = [b.target.name for b in builders if b.target.name == b.target.host]
+    if shared:
+        print(
+            f"note: the ssh config's Host {' '.join(shared)} applies to every ssh to"
+            f" {'it' if len(shared) == 1 else 'them'} by the account whose config it goes into"
+            f" (as {user}, with the key it names); give NAME=HOST to keep your own logins apart",
+            file=sys.stderr,
+        )
+
+
 def run_client(args: argparse.Namespace) -> int:
     _check_client_args(args)
     identity = args.identity or default_key_path(os.geteuid(), os.environ)
@@ -279,4 +295,5 @@ def run_client(args: argparse.Namespace) -> int:
     if builders:
         files = client_files(ClientSetup(login.user, login.identity, builders, login.scheme))
         _emit(files, where_they_go([name for name, _ in files]), args.write)
+        _say_host_blocks_shared(builders, login.user)
     return 0 if len(builders) == len(probed) else 1

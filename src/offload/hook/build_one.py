@@ -127,13 +127,21 @@ def record_build(
     """Keep the build in history: ``status``, else built or failed by its exit code; a lost
     one with why (``error``: its builder's failure), a failed one with the builder's reason
     (``outcome``'s), as ``offload build`` keeps its own."""
+    # Its time is its building phase's, as an offload build copy's (``history.recorder``): a
+    # wait for a slot, the inputs' upload and the outputs' fetch teach no estimate.
+    building = [p for p in outcome.phases if p.phase == "building"]
+    started, finished = (
+        (building[-1].started, building[-1].finished)
+        if building
+        else (outcome.started, outcome.finished)
+    )
     record = BuildRecord(
         run_id=f"{HOOK_ID_PREFIX}{uuid.uuid4().hex[:12]}",
         drv_path=request.drv_path,
         pname=request.pname,
         machine=name,
-        started=outcome.started,
-        finished=outcome.finished,
+        started=started,
+        finished=finished,
         status=status or ("built" if outcome.exit_code == 0 else "failed"),
         bytes_sent=outcome.sent,
         bytes_received=outcome.received,

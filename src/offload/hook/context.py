@@ -158,6 +158,8 @@ class HookContext:
         for machine in self.pool.machines:
             if not machine.enabled or machine.max_jobs <= 0 or machine.name in skip:
                 continue
+            if machine.not_connected is not None:  # said "not used" in the pool's warnings
+                continue
             spec = MachineSlotSpec.from_machine(machine)
             probe = self.slots.probe(slot_key(machine.uri), spec.slots)
             health = None if machine.name in retry else self.backoff.get(spec.name)
