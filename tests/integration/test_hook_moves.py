@@ -107,6 +107,9 @@ def test_an_accepted_build_moves_off_a_full_builder_and_finishes_elsewhere(
     assert hooked.returncode == 0, "".join(seen) + err
     # Said once, not at each look that found full full (team tester: four lines in a row).
     assert ("".join(seen) + err).count("offload: builder 'full': every slot there is held") == 1
+    # The coordinator, stopped, took its want marker off full with it (left for other
+    # clients' sessions to delete 10 minutes later).
+    assert not list(builder_slot.parent.glob("want-*"))
     assert Path(out.split()[0]).read_text().strip() == str(int(SPARE))
     assert moves_fleet.store_has("spare", out.split()[0])
     assert not moves_fleet.store_has("full", out.split()[0])

@@ -53,6 +53,7 @@ from offload.scheduler.run.reconnects import answers
 from offload.slot_fallback import FALLBACK_FILE, record_fallbacks
 from offload.transport.dialect import dialect_of
 from offload.transport.links import BuilderFullError, Link
+from offload.transport.links.machine import unmark
 from offload.transport.persist import config_stamp, control_dir
 from offload.transport.shared import SharedSshTransport
 from offload.transport.ssh import split_sshopts, ssh_target
@@ -324,6 +325,8 @@ class BuilderLinks:
 
     async def aclose(self) -> None:
         self._answered.clear()
+        for transport, link in self._links.values():  # before the masters' sessions end
+            await unmark(link, transport)
         links, self._links = [link for _, link in self._links.values()], {}
         links += self._retired
         self._retired = []

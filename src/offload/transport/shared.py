@@ -178,5 +178,10 @@ class SharedSshTransport:
             said = " | ".join(said_lines(done.stderr))
             raise SshError(f"cannot delete partial outputs on builder '{self.name}': {said}")
 
+    async def run(self, remote: list[str]) -> tuple[int, str, str]:
+        """``remote`` run on the builder over the master: exit code, stdout, stderr."""
+        done = await run_async(self.argv(remote), env=self._env, check=False)
+        return done.returncode, done.stdout, done.stderr
+
     async def close(self) -> None:
         """The master stays for the next hook process; it exits after being idle a while."""

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from offload.booleans import nix_bool
 from offload.errors import OffloadError, SshError
@@ -23,11 +23,29 @@ from offload.typing_compat import override
 if TYPE_CHECKING:
     from offload.config.machines import Machine
 
-__all__ = ["MachineLink"]
+__all__ = ["MachineLink", "RemoteRunner", "unmark"]
 
 # Seconds the end of a link may spend removing its want marker from a builder that no longer
 # answers: the marker goes stale in seconds, and a run's end must not wait on it.
 _UNMARK_TIMEOUT = 1.0
+
+
+class RemoteRunner(Protocol):
+    """What runs a command on a builder over its ssh master (``SshTransport``, the hook's
+    ``SharedSshTransport``): exit code, stdout, stderr."""
+
+    async def run(self, remote: list[str]) -> tuple[int, str, str]: ...
+
+
+async def unmark(link: Link, ssh: RemoteRunner) -> None:
+    """This client's want marker removed from ``link``'s builder where a busy answer may have
+    left it (``Link.marked``): a run or coordinator that waited there and ended, or built
+    elsewhere, left it for other clients' sessions to delete 10 minutes later. Bounded, and
+    never an error: it goes stale in seconds."""
+    if link.marked:
+        with contextlib.suppress(OffloadError, OSError, TimeoutError):
+            async with asyncio.timeout(_UNMARK_TIMEOUT):
+                await ssh.run(remove_want_argv(link.client_id))
 
 
 class MachineLink(Link):
@@ -77,14 +95,11 @@ class MachineLink(Link):
 
     @override
     async def aclose(self) -> None:
-        """Closed; this client's want marker removed from the builder first where a busy
-        answer left it (``Link.marked``): a run or coordinator that waited there and ended, or
-        built elsewhere, left it for other clients' sessions to delete 10 minutes later."""
-        if self.marked:
-            with contextlib.suppress(OffloadError, OSError, TimeoutError):
-                async with asyncio.timeout(_UNMARK_TIMEOUT):
-                    await self.ssh.run(remove_want_argv(self.client_id))
-        await super().aclose()
+        """Closed; this client's want marker removed from the builder first (``unmark``)."""
+        try:
+            await unmark(self, self.ssh)
+        finally:
+            await super().aclose()
 
     async def remove_partial(self, paths: Sequence[str]) -> None:
         """Delete what a failed build left of ``paths`` in the builder's store: each path that

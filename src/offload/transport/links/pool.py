@@ -132,8 +132,8 @@ class Link:
         # (its marker is that fresh) and never yields, or one that asks seldom (offload-hook:
         # Nix asks again 5 s after a postpone) would yield on every ask to one that polls.
         self._refused = -math.inf
-        # A busy answer left this client's want marker on the builder, and no slot taken there
-        # since removed it: the link's owner removes it at the end (``MachineLink.aclose``).
+        # A busy answer left this client's want marker on the builder (a slot taken there since
+        # may have removed it; answers can cross): removed at the end (``machine.unmark``).
         self.marked = False
         self._transport = transport
         self._slots = asyncio.Semaphore(max_sessions)
@@ -282,7 +282,6 @@ class Link:
                 told = True
                 await asyncio.sleep(BUSY_POLL)
                 continue
-            self.marked = self.marked and client == NO_CLIENT  # a slot taken removes it
             self._note_slot(session)
             return session
 
