@@ -14,7 +14,8 @@ Markers are looked for at every slot request, in a directory that also holds eve
 Nix and offload ever made on this host (hundreds where test fleets came and went: 0.8 ms a
 scan here). So the names of markers are kept from one scan to the next while the directory's
 mtime stays what it was, and trusted only when that mtime was older than ``SETTLED`` at the
-scan: a marker made in the same clock tick as the scan's start could leave the mtime as it was.
+scan: a marker made in the same clock tick or timestamp granule as the scan could leave the
+mtime as it was.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from pathlib import Path
 
 __all__ = ["SETTLED", "WantMarkers"]
 
-# Nanoseconds a directory's mtime must be in the past for a scan of it to be reused: many
-# kernel clock ticks, so that a later change cannot carry the same mtime.
-SETTLED = 100_000_000
+# Nanoseconds a directory's mtime must be in the past for a scan of it to be reused, so that a
+# later change cannot carry the same mtime: past the kernel's clock tick, and past the file
+# system's timestamp granularity (1 s on ext4 with small inodes, 2 s on FAT), which rounds a
+# change made a moment ago down to a time that already looks old.
+SETTLED = 3_000_000_000
 
 
 class WantMarkers:

@@ -138,3 +138,20 @@ def test_a_directory_changed_just_now_is_scanned_at_every_look(
     assert not me.waited_before(KEY, 1e12)
     assert not me.waited_before(KEY, 1e12)
     assert len(scanned) == 2
+
+
+def test_a_directory_whose_times_are_whole_seconds_is_not_trusted_as_settled_too_soon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a file system that keeps whole seconds (ext4 with small inodes), a change made just
+    # now reads as up to a second old: a scan trusted then missed a marker made in that second.
+    (tmp_path / f"{KEY}-0").touch()
+    now = time.time_ns()
+    second = now - now % 1_000_000_000 - 1_000_000_000  # a second or two ago, rounded down
+    os.utime(tmp_path, ns=(second, second))
+    scanned, me = _scans(monkeypatch), WantMarkers(tmp_path, "me")
+    assert not me.waited_before(KEY, 1e12)
+    with WantMarkers(tmp_path, "other").waiting(KEY, 1.0):
+        os.utime(tmp_path, ns=(second, second))  # the marker's change, in the same granule
+        assert me.waited_before(KEY, 1e12)
+    assert len(scanned) == 2
