@@ -55,7 +55,7 @@ _CACHES_NOTE = (
 
 def _ran(job: JobFinished) -> bool:
     """Whether the copy did more there than wait for a slot and a session."""
-    return job.duration - job.waited > 1e-6
+    return job.duration > job.waited
 
 
 @dataclass(frozen=True)

@@ -198,11 +198,11 @@ class RunEvents:
             machine=machine,
             status=status,
             started=started,
-            finished=self.wall(),
-            bytes_sent=sent,
+            finished=now,  # the moment ``waited`` is counted to: a copy that only waited
+            bytes_sent=sent,  # waited all of it (``ui.summary``), whatever the clock did
             bytes_received=received,
             error=error,
-            time=self.wall(),
+            time=now,
             build_seconds=build_seconds,
             remaining=None if status == "skipped" else self.remaining(),
             waited=max(0.0, min(working, now) - started) if machine else 0.0,
