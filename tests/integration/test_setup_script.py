@@ -265,6 +265,12 @@ def test_an_sshd_config_sshd_refuses_is_said_before_any_change(host: Host) -> No
     assert "offload-new" not in said
     assert host.files() == before
     assert "nixremote" not in (host.etc / "passwd").read_text()
+    # A run again, where the block is there already, asks nothing of sshd (a new key only).
+    sshd.write_text(sshd.read_text().replace("BogusOption yes\n", ""))
+    assert host.run(shell_script(BuilderSetup("nixremote", KEY))).returncode == 0
+    sshd.write_text(sshd.read_text() + "BogusOption yes\n")
+    again = host.run(shell_script(BuilderSetup("nixremote", KEY)))
+    assert again.returncode == 0, again.stderr
 
 
 def test_an_earlier_runs_sshd_block_without_max_sessions_is_said(host: Host) -> None:

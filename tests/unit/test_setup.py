@@ -358,7 +358,7 @@ def test_the_builder_files_hold_the_tuning() -> None:
         assert text in module
     assert 'echo "extra-trusted-users = $user"' in script
     assert "'max-jobs = auto' 'cores = 0'" in script  # each where nix.conf sets none
-    assert "sshd -t -f" in script
+    assert '"$sshd" -t -f /etc/ssh/sshd_config.offload-new' in script
 
 
 def test_machines_lines_read_back_by_offloads_parser() -> None:

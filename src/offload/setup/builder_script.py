@@ -58,14 +58,6 @@ ended() {{
 # Step 2 writes the user's keys as the user (util-linux's setpriv, in every Linux's base).
 command -v setpriv >/dev/null ||
   {{ echo "setpriv is not on PATH: install util-linux first" >&2; exit 1; }}
-# Step 5 checks sshd_config with its block added: one sshd refuses as it is failed there, after
-# steps 1-4, in sshd's words about a file of the script's (.offload-new), left behind.
-if ! sshd_said=$(sshd -t 2>&1); then
-  printf '%s\\n' "$sshd_said" >&2
-  echo "sshd refuses /etc/ssh/sshd_config as it is (its words above): mend it (sshd -t)," \\
-    "then run this again; nothing was changed" >&2
-  exit 1
-fi
 
 # The user must reach the nix-daemon's socket. Debian's nix-bin makes its directory 0770
 # root:nix-users (at every boot): a user outside that group fails every session with
@@ -90,6 +82,24 @@ then
     "give the directory the group nix-users, or add $user to $group yourself if that" \\
     "group is meant for Nix's users, and run this again" >&2
   exit 1
+fi
+"""
+
+
+_SSHD_CHECK = """\
+# Step 5 checks sshd_config with its block added: one sshd refuses as it is failed there, after
+# steps 1-4, in sshd's words about a file of the script's (.offload-new). Asked only when step
+# 5 will add the block; sshd may be off PATH (`su` without `-` keeps a user's).
+sshd=$(command -v sshd || echo /usr/sbin/sshd)
+if ! grep -qxF "Match User $user" /etc/ssh/sshd_config 2>/dev/null; then
+  [ -x "$sshd" ] ||
+    { echo "sshd is not on PATH nor in /usr/sbin: install OpenSSH's server first" >&2; exit 1; }
+  if ! sshd_said=$("$sshd" -t 2>&1); then
+    printf '%s\\n' "$sshd_said" >&2
+    echo "sshd refuses /etc/ssh/sshd_config as it is (its words above): mend it (sshd -t)," \\
+      "then run this again; nothing was changed" >&2
+    exit 1
+  fi
 fi
 """
 
@@ -298,7 +308,7 @@ if ! grep -qxF "Match User $user" /etc/ssh/sshd_config; then
   cp -p /etc/ssh/sshd_config /etc/ssh/sshd_config.offload-new
   ended /etc/ssh/sshd_config.offload-new
   cat >>/etc/ssh/sshd_config.offload-new {_heredoc(sshd_lines(setup))}\
-  if ! sshd -t -f /etc/ssh/sshd_config.offload-new; then
+  if ! "$sshd" -t -f /etc/ssh/sshd_config.offload-new; then
     rm -f /etc/ssh/sshd_config.offload-new
     echo "sshd refuses /etc/ssh/sshd_config with offload's Match block added (its words" \\
       "above); the file is left as it was" >&2
@@ -306,7 +316,7 @@ if ! grep -qxF "Match User $user" /etc/ssh/sshd_config; then
   fi
   mv /etc/ssh/sshd_config.offload-new /etc/ssh/sshd_config
   systemctl reload ssh 2>/dev/null || systemctl reload sshd
-elif sshd -T -C "user=$user,host=localhost,addr=127.0.0.1" 2>/dev/null |
+elif "$sshd" -T -C "user=$user,host=localhost,addr=127.0.0.1" 2>/dev/null |
   grep -qix "maxsessions 10"
 then
   # An earlier run's block, from before it set MaxSessions, and sshd's 10 in force for the
@@ -322,4 +332,4 @@ echo "builder ready: user $user; now run offload setup client on the client"
 
 def shell_script(setup: BuilderSetup) -> str:
     """The script for a host without NixOS: the user and key, nix.conf and the daemon, sshd."""
-    return f"{_preamble(setup)}{_user()}{_key(setup)}\n{_nix()}{_sshd(setup)}"
+    return f"{_preamble(setup)}{_SSHD_CHECK}{_user()}{_key(setup)}\n{_nix()}{_sshd(setup)}"
