@@ -200,24 +200,6 @@ def test_printed_files_are_all_or_none_too(setup_fleet: Fleet, tmp_path: Path) -
     assert "error: nothing printed: 1 of 2 builders could not be set up" in done.stderr
 
 
-def test_a_builder_named_by_its_host_is_said_to_take_over_ssh_to_it(
-    setup_fleet: Fleet, tmp_path: Path
-) -> None:
-    # `Host HOST` with the dedicated key and user applies to every `ssh HOST` of the account
-    # whose config it goes into: never said.
-    port = setup_fleet.member("sb").port
-    done = setup_client(tmp_path, setup_fleet, f"127.0.0.1:{port}")
-    assert done.returncode == 0, done.stderr
-    assert (
-        "note: the ssh config's Host 127.0.0.1 applies to every ssh to it by the account whose"
-        " config it goes into (as root, with the key it names); give NAME=HOST to keep your own"
-        " logins apart"
-    ) in done.stderr
-    named = setup_client(tmp_path / "named", setup_fleet, target(setup_fleet, "sb"))
-    assert named.returncode == 0, named.stderr
-    assert "note:" not in named.stderr
-
-
 def test_a_user_or_write_place_setup_cannot_use_is_refused_before_any_probe(
     setup_fleet: Fleet, tmp_path: Path
 ) -> None:

@@ -447,3 +447,57 @@ def test_a_line_of_the_other_programs_replaced_is_said(scheme: str, other: str) 
     script = shell_script(BuilderSetup("nixremote", KEY, scheme=scheme))
     assert f'grep -qF -e "{other}"; then' in script
     assert f"is replaced; it ran {other}," in script
+
+
+def test_a_builder_named_by_its_host_is_said_to_take_over_ssh_to_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `Host HOST` with the dedicated key and user applies to every `ssh HOST` of the account
+    # whose config it goes into: never said. (A fleet's members are on ports other than 22,
+    # whose aliases are HOST-PORT: this is the function run_client calls.)
+    from offload.cli.setup import _say_host_blocks_shared
+    from offload.setup.client import Builder
+    from offload.setup.values import Target
+
+    key = parse_public_key(KEY_LINE, "test")
+
+    def builder(name: str, host: str) -> Builder:
+        return Builder(Target(name, host, 22), key, ("x86_64-linux",), (), 1, 1)
+
+    _say_host_blocks_shared([builder("b1.example", "b1.example"), builder("b2", "h2")], "nix")
+    assert capsys.readouterr().err == (
+        "note: the ssh config's Host b1.example applies to every ssh to it by the account whose"
+        " config it goes into (as nix, with the key it names); give NAME=HOST to keep your own"
+        " logins apart\n"
+    )
+    _say_host_blocks_shared([builder("b2", "h2")], "nix")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("config", "sshopts", "target", "said"),
+    [
+        # A block of the alias that sends it elsewhere: the one written after it is never used.
+        ("Host b1\n  HostName 10.9.9.9\n  Port 44\n", "", ("b1", "10.0.0.5", 22), "10.9.9.9:44"),
+        # What ssh makes of every name is no block of the alias's (review: refused every NAME).
+        ("Host *\n  HostName %h.corp\n", "", ("b1", "10.0.0.5", 2222), None),
+        ("", "-p 2222", ("b1", "10.0.0.5", 22), None),
+        # The builder itself: setup's own block, appended by a run before.
+        ("Host b1\n  HostName 10.0.0.5\n  Port 2222\n", "", ("b1", "10.0.0.5", 2222), None),
+    ],
+)
+def test_an_alias_the_ssh_config_sends_elsewhere_is_told_apart_from_a_free_one(
+    tmp_path: Path, config: str, sshopts: str, target: tuple[str, str, int], said: str | None
+) -> None:
+    import asyncio
+    import os
+
+    from offload.doctor import DoctorOptions
+    from offload.setup.probe import _alias_elsewhere
+    from offload.setup.values import Target
+
+    file = tmp_path / "ssh_config"
+    file.write_text(config)
+    env = {**os.environ, "NIX_SSHOPTS": f"-F {file} {sshopts}".strip()}
+    found = asyncio.run(_alias_elsewhere(Target(*target), DoctorOptions(env=env)))
+    assert found == said

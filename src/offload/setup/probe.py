@@ -11,6 +11,7 @@ set up is refused with the doctor's words for why (port, login, key, Nix) and th
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -173,19 +174,32 @@ async def _alias_elsewhere(target: Target, options: DoctorOptions) -> str | None
     """Where the ssh config already sends ``target.name`` when not to the target: a ``Host``
     block of it earlier in the file ours is appended to wins (ssh takes each option's first
     value), and every login to the alias would reach that host (doctor then saw a changed host
-    key, and its fix pinned the other machine's). None if the alias is free or the target's."""
-    argv = ["ssh", "-G", *split_sshopts(options.env.get("NIX_SSHOPTS", "")), "--", target.name]
+    key, and its fix pinned the other machine's). None if the alias is free or the target's.
+    Free is what ssh makes of a name no block names (a ``Host *`` with ``HostName %h.lan``, a
+    ``-p`` in NIX_SSHOPTS): an alias that goes where an unused one would is named by none."""
+    unused = f"offload-unused-{secrets.token_hex(4)}"
+    named, free = await _ssh_g(target.name, options), await _ssh_g(unused, options)
+    if named is None or free is None:
+        return None
+    (host, port), (free_host, free_port) = named, free
+    if (host, port) == (free_host.replace(unused, target.name), free_port):
+        return None
+    if (host.casefold(), port) == (target.host.casefold(), target.port):
+        return None
+    return f"{host}:{port}"
+
+
+async def _ssh_g(name: str, options: DoctorOptions) -> tuple[str, int] | None:
+    """The host and port ssh would connect to for ``name`` (``ssh -G``), None if unknown."""
+    argv = ["ssh", "-G", *split_sshopts(options.env.get("NIX_SSHOPTS", "")), "--", name]
     try:
         done = await asyncio.wait_for(run_async(argv, env=options.env, check=False), 10)
     except (TimeoutError, OffloadError):
         return None
     if done.returncode != 0:
         return None
-    config = parse_ssh_g(done.stdout, target.name, None)
-    sent = (config.hostname.casefold(), config.port)
-    if sent in {(target.name.casefold(), 22), (target.host.casefold(), target.port)}:
-        return None
-    return f"{config.hostname}:{config.port}"
+    config = parse_ssh_g(done.stdout, name, None)
+    return config.hostname, config.port
 
 
 async def _probe(
