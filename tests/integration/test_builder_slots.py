@@ -105,7 +105,7 @@ def test_a_session_holds_a_slot_while_it_runs_and_a_full_builder_says_busy(tmp_p
 
 def test_a_user_who_cannot_write_the_nix_state_counts_in_its_home_and_says_so(tmp_path):
     # `offload doctor` tells such a builder's count apart: clients logging in as another
-    # account count theirs apart there (doctor.facts.slots_check).
+    # account count theirs apart there (doctor.slot_facts.slots_check).
     home = Path(tempfile.mkdtemp(prefix="ofl-slots-home-", dir="/tmp"))
     try:
         os.chown(home, NOBODY, NOBODY)

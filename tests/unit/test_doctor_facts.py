@@ -6,7 +6,7 @@ import pytest
 
 from offload.config.pool import load_pool
 from offload.config.settings import NixSettings
-from offload.doctor import claims, facts
+from offload.doctor import claims, facts, slot_facts
 from offload.doctor.model import Check, MachineReport, Verdict, skipped
 from offload.doctor.render import format_report
 from offload.load import RemoteLoad
@@ -262,7 +262,7 @@ def test_a_restricted_builder_is_usable_and_what_it_cannot_tell_is_said_once():
         unknown[0],
         serve,
         *unknown[1:-2],
-        facts.slots_check(3, RESTRICTED_FALLBACK),
+        slot_facts.slots_check(3, RESTRICTED_FALLBACK),
         Check("rtt", Verdict.OK, "3 ms"),
         *unknown[-2:],
     ]
@@ -278,12 +278,12 @@ def test_a_restricted_builder_is_usable_and_what_it_cannot_tell_is_said_once():
 
 
 def test_slots_say_where_they_are_counted_and_how_to_count_them_on_the_builder():
-    here = facts.slots_check(2, None)
+    here = slot_facts.slots_check(2, None)
     assert (here.verdict, here.fix) == (Verdict.OK, None)
     assert "2 counted on the builder" in here.detail
-    assert facts.slots_check(2, None, full="busy").detail.endswith("all held by others now")
+    assert slot_facts.slots_check(2, None, full="busy").detail.endswith("all held by others now")
     # A slot left free for another client waiting there is not one held by others.
-    yielded = facts.slots_check(2, None, full="yield").detail
+    yielded = slot_facts.slots_check(2, None, full="yield").detail
     assert yielded.endswith("the next free one goes to another client waiting there now")
     for reason, fix_word in (
         (RESTRICTED_FALLBACK, "command="),
@@ -291,7 +291,7 @@ def test_slots_say_where_they_are_counted_and_how_to_count_them_on_the_builder()
         (FALLBACKS["noflock"], "util-linux"),
         (FALLBACKS["nodir"], "offload-slots"),
     ):
-        check = facts.slots_check(2, reason)
+        check = slot_facts.slots_check(2, reason)
         assert check.verdict == Verdict.WARN
         assert check.detail.startswith(f"counted on this host only: {reason}")
         assert check.fix is not None
@@ -302,7 +302,7 @@ def test_slots_counted_in_the_builder_users_home_are_said_per_account() -> None:
     # A builder user who cannot write the Nix state counts in its home: a CI logging in as
     # root, or a person as themselves, counted their builds apart, and doctor said "by every
     # offload client on every host".
-    own = facts.slots_check(2, None, counted="home")
+    own = slot_facts.slots_check(2, None, counted="home")
     assert own.verdict is Verdict.OK
     assert own.detail == (
         "2 counted on the builder, by every offload client logging in as this user (in its "
@@ -310,15 +310,15 @@ def test_slots_counted_in_the_builder_users_home_are_said_per_account() -> None:
     )
     assert own.fix is not None
     assert own.fix.startswith("nothing to fix if every client logs in as this user")
-    assert facts.slots_check(2, None, counted="nix").detail == (
+    assert slot_facts.slots_check(2, None, counted="nix").detail == (
         "2 counted on the builder, by every offload client on every host"
     )
 
 
 def test_a_builder_whose_max_jobs_is_0_builds_nothing_sent_over_ssh() -> None:
-    slots = facts.slots_check(2, None)
+    slots = slot_facts.slots_check(2, None)
     idle = {**CONFIG, "max-jobs": "0", "builders": ""}
-    failed = facts.builder_jobs_check(idle, slots, serve=True, own=0)
+    failed = slot_facts.builder_jobs_check(idle, slots, serve=True, own=0)
     assert failed.verdict is Verdict.FAIL
     assert failed.detail == (
         "the builder's max-jobs is 0 and it has no builders of its own: every build sent there "
@@ -326,31 +326,34 @@ def test_a_builder_whose_max_jobs_is_0_builds_nothing_sent_over_ssh() -> None:
     )
     assert failed.fix is not None
     assert failed.fix.startswith("set max-jobs to 1 or more in the builder's nix.conf")
-    handing_on = facts.builder_jobs_check(idle, slots, serve=True, own=2)
+    handing_on = slot_facts.builder_jobs_check(idle, slots, serve=True, own=2)
     assert handing_on.verdict is Verdict.WARN
     assert "only hands builds on to the 2 machine(s)" in handing_on.detail
     # ssh-ng:// sessions bring the client's max-jobs; a builder that builds is left alone.
-    assert facts.builder_jobs_check(idle, slots, serve=False, own=0) is slots
-    assert facts.builder_jobs_check({**CONFIG, "max-jobs": "4"}, slots, serve=True, own=0) is slots
-    assert facts.builder_jobs_check(None, slots, serve=True, own=0) is slots
+    assert slot_facts.builder_jobs_check(idle, slots, serve=False, own=0) is slots
+    assert (
+        slot_facts.builder_jobs_check({**CONFIG, "max-jobs": "4"}, slots, serve=True, own=0)
+        is slots
+    )
+    assert slot_facts.builder_jobs_check(None, slots, serve=True, own=0) is slots
 
 
 def test_the_builders_own_builders_are_counted_as_nix_reads_them() -> None:
     config = {"builders": "ssh://a x86_64-linux ; @/etc/nix/machines;@/nowhere # c\n"}
-    assert facts.builders_files(config) == ["/etc/nix/machines", "/nowhere"]
+    assert slot_facts.builders_files(config) == ["/etc/nix/machines", "/nowhere"]
     text = "# the builder's machines\nssh://b x86_64-linux\n\nssh://c x86_64-linux - 1 1 a;b\n"
-    assert facts.own_builders(config, {"/etc/nix/machines": text}) == 3
-    assert facts.own_builders({"builders": "@/etc/nix/machines"}, {}) == 0
-    assert facts.own_builders({"builders": ""}, {}) == 0
+    assert slot_facts.own_builders(config, {"/etc/nix/machines": text}) == 3
+    assert slot_facts.own_builders({"builders": "@/etc/nix/machines"}, {}) == 0
+    assert slot_facts.own_builders({"builders": ""}, {}) == 0
 
 
 def test_a_builder_of_no_slots_is_no_slot_counted_but_one_never_used() -> None:
     # `ssh://b1 x86_64-linux - 0`: "slots ok: 0 counted on the builder", where `offload
     # machines` says no build is ever sent to it.
-    check = facts.slots_check(0, None)
+    check = slot_facts.slots_check(0, None)
     assert check.verdict == Verdict.WARN
     assert check.detail == "maxJobs is 0: no build is ever sent to it"
-    assert facts.slots_check(2, None).verdict == Verdict.OK
+    assert slot_facts.slots_check(2, None).verdict == Verdict.OK
 
 
 def test_doctor_given_only_builders_it_does_not_connect_to_says_which_and_why(

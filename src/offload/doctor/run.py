@@ -29,7 +29,7 @@ from typing import Literal
 
 from offload.booleans import nix_bool
 from offload.config.machines import Machine
-from offload.doctor import claims, facts
+from offload.doctor import claims, facts, slot_facts
 from offload.doctor.login import DEFAULT_TIMEOUT, SLACK, DoctorOptions, LoginProbe
 from offload.doctor.model import CHECKS, PREREQUISITES, Check, MachineReport, Verdict, skipped
 from offload.doctor.trust import probe_item, probed_trust_check, trust_probe_check
@@ -285,11 +285,11 @@ class _Probe(LoginProbe):
             await self._bounded(open_one(), self.timeout + SLACK)
         except BuilderFullError:
             now: Literal["busy", "yield"] = "yield" if link.slot_yielded else "busy"
-            return facts.slots_check(slots, None, full=now, counted=link.slots_counted)
+            return slot_facts.slots_check(slots, None, full=now, counted=link.slots_counted)
         except (TimeoutError, OffloadError) as exc:
             error = exc.message if isinstance(exc, OffloadError) else "no answer in time"
             return Check("slots", Verdict.WARN, f"not checked: {error}")
-        return facts.slots_check(slots, link.slot_fallback, counted=link.slots_counted)
+        return slot_facts.slots_check(slots, link.slot_fallback, counted=link.slots_counted)
 
     async def _serve_rtts(self, link: MachineLink) -> list[float]:
         """Round trips of an empty serve query, where no command of ours may run."""
@@ -364,7 +364,7 @@ class _Probe(LoginProbe):
             await self._trusted(link, (user, groups), config, error, route),
             facts.disk_check(*disk),
             facts.load_check(self.load, machine.max_jobs, local_boot_id()),
-            facts.builder_jobs_check(
+            slot_facts.builder_jobs_check(
                 config,
                 await self._slots(link),
                 serve=self.daemon is None,
@@ -377,14 +377,14 @@ class _Probe(LoginProbe):
 
     async def _own_builders(self, link: MachineLink, config: dict[str, str] | None) -> int:
         """How many machines the builder's own ``builders`` setting lists, its files read
-        there; asked only where its max-jobs is 0 (``facts.builder_jobs_check``)."""
-        if self.daemon is not None or not facts.max_jobs_zero(config):
+        there; asked only where its max-jobs is 0 (``slot_facts.builder_jobs_check``)."""
+        if self.daemon is not None or not slot_facts.max_jobs_zero(config):
             return 0
         files = {}
-        for path in facts.builders_files(config):
+        for path in slot_facts.builders_files(config):
             code, out, _ = await self._remote(link, ["cat", "--", path])
             files[path] = out if code == 0 else ""
-        return facts.own_builders(config, files)
+        return slot_facts.own_builders(config, files)
 
     async def _cipher(self, link: MachineLink) -> Check:
         """What its master offered against what the builder's CPU has."""

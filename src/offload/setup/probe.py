@@ -157,7 +157,7 @@ async def _scan(target: Target, timeout: float) -> tuple[PublicKey | None, str]:
 
 # What makes a builder unusable: no session (the prerequisites), a nix-daemon there that
 # refuses every build the client sends (``trusted``), or a serve program that starts none
-# (``slots``: the builder's own max-jobs 0, ``doctor.facts.builder_jobs_check``).
+# (``slots``: the builder's own max-jobs 0, ``doctor.slot_facts.builder_jobs_check``).
 _BLOCKING = (*PREREQUISITES, "trusted", "slots")
 
 
