@@ -108,19 +108,8 @@ def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
         return f"{daemon.detail}; {daemon.fix(machine.user)}"
     if refused_by_ssh(error):
         return _refused(machine, error)
-    if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
-        return f"{_last_words(error)}; {install_nix(where)}"
-    if stopped_by_nix(error):  # it ran: its own settings or files stopped it
-        return f"{_last_words(error)}; {mend_settings()}"
-    if is_untrusted(error):  # said as ``protocol.trust`` says it, with its fix
-        return f"{_last_words(error)}; {untrusted_hint(machine.name)}"
-    if not error.startswith(_CONNECT) and _OWN_CACHE.search(error):
-        return (
-            f"its Nix stopped on a binary cache of its own as it substituted the inputs"
-            f" (builders-use-substitutes): {_last_words(error)}; fix the substituters (or set"
-            f" fallback = true) in the builder's nix.conf, or give"
-            f" --option builders-use-substitutes false"
-        )
+    if (its_nix := _builders_nix(machine, error)) is not None:
+        return its_nix
     if MISMATCH in error and error.startswith(_CONNECT):
         what, fix = mismatch_fix(machine.scheme, where)
         return f"{what}; {fix}"
@@ -147,6 +136,25 @@ def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
     if error.startswith(_CONNECT):  # any other failed connection: still the line to check
         return f"{_last_words(error)} (check {where}, or {away})"
     return _last_words(error)
+
+
+def _builders_nix(machine: Machine, error: str) -> str | None:
+    """What the builder's Nix said of itself, with its fix: not there, stopped by its own
+    settings, not trusting the user, stopped on a cache of its own; None for anything else."""
+    if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
+        return f"{_last_words(error)}; {install_nix(machine.source)}"
+    if stopped_by_nix(error):  # it ran: its own settings or files stopped it
+        return f"{_last_words(error)}; {mend_settings()}"
+    if is_untrusted(error):  # said as ``protocol.trust`` says it, with its fix
+        return f"{_last_words(error)}; {untrusted_hint(machine.name)}"
+    if not error.startswith(_CONNECT) and _OWN_CACHE.search(error):
+        return (
+            f"its Nix stopped on a binary cache of its own as it substituted the inputs"
+            f" (builders-use-substitutes): {_last_words(error)}; fix the substituters (or set"
+            f" fallback = true) in the builder's nix.conf, or give"
+            f" --option builders-use-substitutes false"
+        )
+    return None
 
 
 def _refused(machine: Machine, error: str) -> str:
