@@ -344,9 +344,7 @@ async def _build_where_a_slot_frees(
             _stop_waiting(builders_full, waiting)
             machine = context.machine(placement.machine)
             context.keep.took(machine.name)
-            moved = None if why is None else MOVED_NOTE.format(
-                origin=origin, target=machine.name, why=why
-            )  # fmt: skip
+            moved = why and MOVED_NOTE.format(origin=origin, target=machine.name, why=why)
             try:
                 outcome = await _built_there(
                     context, machine, request, accepted, since=since, moved=moved
@@ -389,7 +387,7 @@ async def _built_there(
     log = log_writer(context.io)
     async with context.keep.links.session(machine, context.env, log) as session:
         context.machine_ok(machine.name)
-        if moved is not None:
+        if moved:
             log(moved)
         client = session.client
         return await build_on(context, client, request, accepted, machine.name, waited_since=since)
