@@ -66,6 +66,16 @@ def test_bash_completes_subcommands_options_and_choices(tmp_path):
     assert bash_complete(script, empty, "offload", "build", "-A", "") == set()  # a name: none
     (empty / "default.nix").touch()
     assert bash_complete(script, empty, "offload", "build", "--config", "") == {"default.nix"}
+    # Positional choices, files only where an argument is one, a machines spec's @FILE
+    # (tester: `completion <TAB>` and `machines <TAB>` listed files, `--graph` none).
+    assert bash_complete(script, empty, "offload", "completion", "") >= {"bash", "fish", "zsh"}
+    assert {"list", "convert"} <= bash_complete(script, empty, "offload", "machines", "")
+    assert "default.nix" not in bash_complete(script, empty, "offload", "")
+    assert "default.nix" not in bash_complete(script, empty, "offload", "use", "")
+    assert "default.nix" in bash_complete(script, empty, "offload", "build", "")
+    assert bash_complete(script, empty, "offload", "demo", "--graph", "") == {"default.nix"}
+    assert bash_complete(script, empty, "offload", "simulate", "--machines", "") == set()
+    assert bash_complete(script, empty, "offload", "build", "--builders", "@de") == {"@default.nix"}
     registered = shell(["bash", "--norc", "-c", f"source {script}; complete -p offload"], empty)
     assert registered == ["complete -o filenames -F _offload offload"]
 
@@ -90,7 +100,11 @@ def test_zsh_loads_and_completes(tmp_path):
     names = {line.split(":")[0] for line in first[1:]}
     assert names >= SUBCOMMANDS
     assert "build:build derivations like nix-build, over the whole pool" in first
-    assert "FILES" in first
+    assert "FILES" not in first  # only subcommands go there
+    assert "FILES" in complete("offload", "build", "")
+    assert {"bash", "fish", "zsh"} <= {
+        x.split(":")[0] for x in complete("offload", "completion", "")
+    }
     assert {"key", "builder", "client"} <= {
         x.split(":")[0] for x in complete("offload", "setup", "")
     }
@@ -112,6 +126,17 @@ def test_fish_loads_and_completes(tmp_path):
     assert complete("offload setup ") == {"key", "builder", "client"}
     assert "--keep-going" in complete("offload build --ke")
     assert complete("offload simulate --policy ") == {"nix", "offload"}
+    # Another command's options were offered wherever its name was typed: `fleet machines`
+    # got the top-level machines' (tester), `build -A status` status's; and every command got
+    # the top level's --traceback.
+    assert complete("offload fleet machines --") == {"--dir", "--help"}
+    assert complete("offload build -A status --wat") == set()
+    assert complete("offload fleet up --tra") == set()
+    assert complete("offload completion ") == {"bash", "fish", "zsh"}
+    assert complete("offload machines ") == {"list", "convert"}
+    (tmp_path / "default.nix").touch()
+    assert "default.nix" not in complete("offload use ")
+    assert "default.nix" in complete("offload build ")
 
 
 def test_man_page_renders_with_every_command(tmp_path):
