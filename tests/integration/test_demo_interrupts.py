@@ -61,3 +61,30 @@ def test_a_second_ctrl_c_while_the_demo_stops_its_fleet_leaves_no_member_running
     finally:
         monkeypatch.setattr(manager, "stop_member", real_stop)
         fleet_down(fleet_dir, purge=True)
+
+
+def test_a_graph_the_demo_fleet_cannot_build_says_what_to_change_and_stops_the_fleet(
+    tmp_path: Path,
+) -> None:
+    # Its hint was offload build's "or use --keep-going", an option demo has not.
+    import json
+    import subprocess
+    import sys
+
+    graph = tmp_path / "arm.json"
+    graph.write_text(json.dumps({"nodes": [{"name": "a", "work": 0.1, "system": "aarch64-linux"}]}))
+    fleet_dir = tmp_path / "f"
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "demo", "--graph", str(graph), "--dir", str(fleet_dir)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    hints = [line for line in done.stderr.splitlines() if line.startswith("hint: ")]
+    assert hints == [
+        (
+            "hint: the demo's members build this host's system with no features: leave system"
+            " and features out of --graph's nodes (`offload simulate` takes other machines)"
+        )
+    ]
+    assert "Traceback" not in done.stderr
+    assert _sshds_of(fleet_dir) == []

@@ -143,14 +143,18 @@ def _nix_settings(parser: argparse.ArgumentParser) -> None:
         dest="option",
         action="append_const",
         const=("keep-failed", "true"),
-        help=None,
+        help="keep a failed build's directory (--option keep-failed true)",
     )
-    flag("--fallback", "fallback", "true", None)
+    flag("--fallback", "fallback", "true", "build what a binary cache fails to give")
     # The other half of the settings spelled out here (--no-NAME, as for every boolean).
     flag("--no-fallback", "fallback", "false")
     flag("--no-keep-failed", "keep-failed", "false")
-    for name in ("cores", "max-silent-time", "timeout"):
-        valued(name, _count, None)
+    for name, what in (
+        ("cores", "cores each build may use (0: all)"),
+        ("max-silent-time", "seconds a build may print nothing before it is stopped"),
+        ("timeout", "seconds a build may take in all"),
+    ):
+        valued(name, _count, what)
     for name in BOOL_SETTINGS:
         flag(f"--{name}", name, "true")
         flag(f"--no-{name}", name, "false")

@@ -24,6 +24,7 @@ from offload.cli.build_exec import build_failed, execute
 from offload.cli.interrupts import steady_runner
 from offload.config.pool import load_pool
 from offload.dagfile import Dag, load_dag, parse_dag, write_nix_file
+from offload.errors import SchedulerError, Unschedulable
 from offload.fleet import DEFAULT_SPECS, Fleet, fleet_down, fleet_status, fleet_up, open_fleet
 from offload.fleet.spec import default_fleet_dir
 from offload.nix import Installables, instantiate
@@ -104,15 +105,23 @@ def _build(fleet: Fleet, dag: Dag) -> int:
     started = time.monotonic()
     # As offload build's: a second Ctrl-C waits for the first one's clean-up (cli.interrupts).
     with steady_runner() as runner:
-        report, _ = execute(
-            roots,
-            pool,
-            ensure_state_dir(),
-            emit=emit,
-            close=renderer.close,
-            env=env,
-            run=runner.run,
-        )
+        try:
+            report, _ = execute(
+                roots,
+                pool,
+                ensure_state_dir(),
+                emit=emit,
+                close=renderer.close,
+                env=env,
+                run=runner.run,
+            )
+        except Unschedulable as exc:
+            # The scheduler's hint is offload build's (--keep-going), which demo has not.
+            hint = (
+                "the demo's members build this host's system with no features: leave system"
+                " and features out of --graph's nodes (`offload simulate` takes other machines)"
+            )
+            raise SchedulerError(exc.message, hint=hint) from None
     elapsed = time.monotonic() - started
     _print_builds(finished, started_wall=min((f.started for f in finished), default=0.0))
     render_summary(finished, sys.stderr)

@@ -3,9 +3,9 @@
 The page has a timeline lane per machine (a bar per copy, coloured by phase: waiting,
 sending, building, fetching; the critical path outlined; hover for details), the slowest
 builds, the biggest transfers and how far the run was from its lower bound. It needs nothing
-but a browser: no network, no other file. ``RUN`` is a run id or its start (``offload
-history`` lists them); without it, the latest run. ``offload build --report FILE`` writes the
-same page at the end of a build.
+but a browser: no network, no other file. ``RUN`` is a run id or its first characters
+(``offload history`` shows them); without it, the latest run. ``offload build --report
+FILE`` writes the same page at the end of a build.
 
 ``--hook`` reports ``offload-hook``'s builds instead (``nix-build``, ``nixos-rebuild``, the
 daemon): they are no run, so the page covers its latest burst, back from its newest build until
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         nargs="?",
         type=nonempty("run id"),
         metavar="RUN",
-        help="run id (default: the latest)",
+        help="run id, or its first characters (default: the latest)",
     )
     parser.add_argument(
         "-o",
