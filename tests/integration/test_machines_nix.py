@@ -356,9 +356,7 @@ def test_every_problem_in_one_pass_where_nix_stops_at_the_first(tmp_path, capsys
     assert "id_missing does not exist" in err[0]
     assert "binary cache, not a builder" in err[2]
     assert "maxJobs is 0" in err[3]
-    assert err[-1].startswith(
-        "hint: offload rejects the whole machines spec for any of the 3 error"
-    )
+    assert err[-1].startswith("hint: fix the 3 error(s) above, then run this again")
     # The machines Nix would take are still listed, each on one line within 100 columns.
     assert [line.split()[0] for line in out.splitlines()[1:]] == [
         "local",

@@ -248,9 +248,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(selected, backoff, wide=args.wide), end="")
     if errors:
         print(
-            f"hint: offload rejects the whole machines spec for any of the {len(errors)}"
-            " error(s) above, and Nix does too but for those that say Nix takes it; fix them,"
-            " then run this again",
+            f"hint: fix the {len(errors)} error(s) above, then run this again: offload rejects"
+            " the whole machines spec for any of them, as Nix does for all but those said to"
+            " be offload's own",
             file=sys.stderr,
         )
         return 1
