@@ -461,3 +461,17 @@ def test_a_key_under_a_user_that_does_not_exist_is_a_missing_file(
     assert status == 0, err
     assert "warning: --builders: h: ssh key file ~offloadnouser/k does not exist" in err
     assert "internal error" not in err
+
+
+def test_simulate_reads_the_graph_from_standard_input_given_as_dash() -> None:
+    # `offload simulate -` said "No such file or directory" and "check the path".
+    import subprocess
+    import sys
+
+    graph = '{"nodes": [{"name": "a", "work": 1.5}]}'
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "simulate", "-", "--json"],
+        input=graph, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["makespan"] > 0

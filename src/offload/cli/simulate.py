@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "a machine of speed 1, features and system are optional, nodes in any order. "
         "`offload demo` builds one (src/offload/data/sample.json).",
     )
-    parser.add_argument("dag", type=Path, metavar="DAG.json", help="the graph to schedule")
+    parser.add_argument(
+        "dag", type=Path, metavar="DAG.json", help="the graph to schedule (-: standard input)"
+    )
     parser.add_argument(
         "--machines",
         default=DEFAULT_MACHINES,
@@ -190,7 +192,7 @@ def _print_text(result: SimResult) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    jobs = jobs_from_dag(args.dag)
+    jobs = jobs_from_dag(Path("/dev/stdin") if str(args.dag) == "-" else args.dag)
     systems = frozenset(job.system for job in jobs)
     machines = parse_machines(args.machines, systems=systems, features=NIX_DEFAULT_FEATURES)
     if not 0 <= args.noise <= MAX_NOISE:
