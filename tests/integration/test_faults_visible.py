@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -452,3 +453,27 @@ def test_quiet_keeps_a_builders_warning_as_nix_build_keeps_its_warnings(
     assert done.returncode == 0, done.stderr
     assert ("warning: builder 'shut' is down" in done.stderr) == said, done.stderr
     assert valid_locally(out_path(file, "top"))
+
+
+@pytest.mark.parametrize("bad", ["-o Foo=bar", "-p notaport", "-Z"])
+def test_nix_sshopts_ssh_refuses_is_this_hosts_fault_kept_against_no_builder(fleet, tmp_path, bad):
+    # One typo in NIX_SSHOPTS backed every builder off for later runs (and offload-hook's),
+    # each said with its machines line to check (interrupts tester).
+    file = nix_file(tmp_path, f'mk "sshopts-{uuid.uuid4().hex[:8]}" "echo > $out" {{}}\n')
+    env = offload_env(fleet, tmp_path)
+    env["NIX_SSHOPTS"] = f"{env.get('NIX_SSHOPTS', '')} {bad}".strip()
+    builders = f"@{fleet.machines_file}"
+    done = offload(
+        fleet, tmp_path, file, "-j1", "--builders", builders, "--no-out-link", "--json", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    down = {
+        e["machine"]: e["message"]
+        for e in events(done.stdout)
+        if e["event"] == "machine" and e["state"] == "down"
+    }
+    assert down.keys() == {member.name for member in fleet.members}, done.stderr
+    assert all(m.startswith("ssh refuses NIX_SSHOPTS (") for m in down.values()), down
+    assert all("(check " not in m for m in down.values()), down
+    backoff = tmp_path / "state" / "backoff.json"
+    assert not backoff.exists() or json.loads(backoff.read_text()) == {}

@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from offload.doctor.model import Verdict
 from offload.doctor.reach import (
     SshConfig,
@@ -18,6 +20,7 @@ from offload.doctor.reach import (
     roots_key,
     ssh_check,
 )
+from offload.transport.sshopts_check import SSHOPTS_FIX
 from tests.helpers.users import as_another_user
 
 DENIED = "root@127.0.0.1: Permission denied (publickey).\r\n"
@@ -298,4 +301,32 @@ def test_an_option_ssh_refuses_is_said_as_such_not_as_a_name_that_does_not_resol
         "fast: resolve fail: ssh refused an option of NIX_SSHOPTS (command-line line 0: invalid"
         " time value.): it connects nowhere"
     ), done.stdout
-    assert said[-1] == "  fix: fix or remove that option in NIX_SSHOPTS"
+    assert said[-1] == f"  fix: {SSHOPTS_FIX}"
+
+
+@pytest.mark.parametrize(
+    ("sshopts", "words"),
+    [
+        ("-Z", "unknown option -- Z"),
+        ("-p notaport", "Bad port 'notaport'"),
+        ("-F /nx-no-such/cfg", "Can't open user config file /nx-no-such/cfg"),
+    ],
+)
+def test_nix_sshopts_ssh_refuses_whatever_the_host_is_said_as_such(
+    tmp_path: Path, sshopts: str, words: str
+) -> None:
+    # Each was "fast does not resolve", with a fix about host names (interrupts tester).
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "NIX_SSHOPTS": sshopts,
+        "OFFLOAD_STATE_DIR": str(tmp_path / "state"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "doctor", "--builders", "ssh://fast x86_64-linux - 1 1"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    said = done.stdout.splitlines()
+    assert said[-2].startswith(f"fast: resolve fail: ssh refuses NIX_SSHOPTS ({words}")
+    assert said[-1] == f"  fix: {SSHOPTS_FIX}"

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
@@ -25,6 +26,7 @@ from offload.protocol.serve import StoreClient
 from offload.scheduler.run import MemberLink
 from offload.tasks import cancel_and_wait
 from offload.transport.links import MachineLink
+from offload.transport.sshopts_check import SSHOPTS_FIX, sshopts_refused
 
 __all__ = ["open_sessions", "warming"]
 
@@ -139,10 +141,25 @@ async def _borrow_all(
         else:
             await _close(managers[other] for other, done in waiting.items() if _opened(done))
             raise result
+    if faults_here is not None:
+        await _sshopts_at_fault(unreachable, faults_here, managers.keys())
     try:
         yield clients
     finally:
         await _close(opened)
+
+
+async def _sshopts_at_fault(
+    unreachable: dict[str, str], faults_here: set[str], asked: Iterable[str]
+) -> None:
+    """Builders of ``asked`` that failed to connect, said failed for NIX_SSHOPTS where ssh
+    refuses it whatever the host (``transport.sshopts_check``): this host's fault, kept
+    against none of them (they were backed off for later runs, their lines to check)."""
+    failed = [name for name in asked if name in unreachable and name not in faults_here]
+    if failed and (whole := await sshopts_refused(os.environ)) is not None:
+        for name in failed:
+            unreachable[name] = f"{whole}; {SSHOPTS_FIX}"
+            faults_here.add(name)
 
 
 def _opened(task: asyncio.Future[Any]) -> bool:

@@ -37,7 +37,7 @@ from offload.doctor.reach import (
     roots_key,
     ssh_check,
 )
-from offload.errors import OffloadError
+from offload.errors import NotStarted, OffloadError
 from offload.process import Completed, run_async, run_greeted
 from offload.transport.dialect import (
     DAEMON,
@@ -57,6 +57,7 @@ from offload.transport.ssh import (
 )
 from offload.transport.ssh_keys import has_passphrase, key_place
 from offload.transport.ssh_options import option_refused
+from offload.transport.sshopts_check import SSHOPTS_FIX, sshopts_refused
 
 __all__ = ["DEFAULT_TIMEOUT", "SLACK", "DoctorOptions", "LoginProbe"]
 
@@ -99,14 +100,21 @@ class LoginProbe:
     async def _ssh_config(self) -> SshConfig:
         port = ["-p", str(self.target.port)] if self.target.port is not None else []
         argv = ["ssh", "-G", *split_sshopts(self.sshopts), *port, "--", self.target.destination]
+        host, port_or_22 = self.target.host, self.target.port or 22
         try:
             done = await self._bounded(
                 run_async(argv, env=self.options.env, check=False), self.timeout
             )
+        except NotStarted as exc:  # no ssh here: no host name is at fault
+            said = f"ssh could not be run here: {exc.message}"
+            return SshConfig(host, port_or_22, refused=said, refused_fix=exc.hint)
         except (TimeoutError, OffloadError):
-            return SshConfig(self.target.host, self.target.port or 22)
+            return SshConfig(host, port_or_22)
         if done.returncode != 0 and (refused := option_refused(done.stderr)) is not None:
-            return SshConfig(self.target.host, self.target.port or 22, refused=refused)
+            said = f"ssh refused an option of NIX_SSHOPTS ({refused})"
+            return SshConfig(host, port_or_22, refused=said, refused_fix=SSHOPTS_FIX)
+        if done.returncode != 0 and (whole := await sshopts_refused(self.options.env)):
+            return SshConfig(host, port_or_22, refused=whole, refused_fix=SSHOPTS_FIX)
         text = done.stdout if done.returncode == 0 else ""
         return parse_ssh_g(text, self.target.host, self.target.port)
 

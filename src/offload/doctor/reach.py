@@ -66,7 +66,10 @@ class SshConfig:
     user: str | None = None
     proxy: str | None = None  # ProxyJump or ProxyCommand: the TCP connection is not ours
     identity: str | None = None  # the first IdentityFile, to name the key in messages
-    refused: str | None = None  # ssh's words for an option of NIX_SSHOPTS it refused: no config
+    # Why ssh connects nowhere whatever the host (an option of NIX_SSHOPTS it refuses, no ssh
+    # here: ``transport.sshopts_check``), and the fix; None: it takes its command line.
+    refused: str | None = None
+    refused_fix: str | None = None
 
 
 def parse_ssh_g(text: str, host: str, port: int | None) -> SshConfig:
@@ -101,10 +104,7 @@ def resolve_check(
     name = config.hostname if config.hostname == alias else f"{alias} -> {config.hostname}"
     if config.refused is not None:
         return Check(
-            "resolve",
-            Verdict.FAIL,
-            f"ssh refused an option of NIX_SSHOPTS ({config.refused}): it connects nowhere",
-            "fix or remove that option in NIX_SSHOPTS",
+            "resolve", Verdict.FAIL, f"{config.refused}: it connects nowhere", config.refused_fix
         )
     if config.proxy is not None:
         return Check("resolve", Verdict.OK, f"{name}, reached through {config.proxy}")
