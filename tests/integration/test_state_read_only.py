@@ -158,3 +158,38 @@ def test_a_backoff_reset_that_cannot_be_written_is_an_error(tmp_path: Path) -> N
         "hint: run it where you may write that file (sudo for the nix-daemon's hook's)",
     ]
     assert _contents(state) == before
+
+
+def test_a_build_on_a_read_only_state_directory_still_reads_its_history_for_estimates(
+    tmp_path: Path,
+) -> None:
+    # It said "[Errno 30] Read-only file system: ...history.sqlite; this run builds without
+    # estimates", and guessed every build though history could be read (interrupts tester).
+    state = tmp_path / "state"
+    drv = "/nix/store/" + "a" * 32 + "-ro-known-1.0.drv"
+    build = BuildRecord(
+        "run-ro", drv, "ro-known", "local", 10.0, 13.0, "built", name="ro-known-1.0"
+    )
+    with History(state / "history.sqlite") as history:
+        history.record_run(
+            RunRecord("run-ro", 9.0, 15.0, ("ro-known",), "ok", (), None, None), [build]
+        )
+    before = _contents(state)
+    nix = tmp_path / "ro.nix"
+    nix.write_text(
+        'derivation { name = "ro-known-1.0"; system = builtins.currentSystem;'
+        f' builder = "/bin/sh"; args = [ "-c" "echo {time.time()} > $out" ]; }}\n'
+    )
+    env = {"OFFLOAD_STATE_DIR": str(state), "NIX_CONFIG": "substituters =\nbuilders =\n"}
+    done = _offload_read_only(state, "build", "--dry-run", "--json", str(nix), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Errno" not in done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    said = (
+        f"warning: {state / 'history.sqlite'}: cannot be written here; this run is kept in no"
+        " history (its estimates are read from it) (hint: make it a file this user may write)"
+    )
+    assert warnings == [said]
+    plan = json.loads(done.stdout)
+    assert plan["makespan"] == 3.0  # history's 3 s, not a guess of 10
+    assert _contents(state) == before

@@ -91,9 +91,17 @@ def speeds(pool: Pool) -> dict[str, float]:
 
 @contextlib.contextmanager
 def opened_history(state: Path) -> Iterator[History | None]:
-    """The history, or None (said) where it cannot be used: the run builds without it."""
+    """The history, or None (said) where it cannot be used: the run builds without it. One
+    that cannot be written (a read-only file system, another user's) is read as it is: its
+    estimates hold, and the run is not kept (said once)."""
+    path = state / "history.sqlite"
     try:
-        history = History(state / "history.sqlite")
+        if path.is_file() and not os.access(path, os.W_OK):
+            history = History(path, read_only=True)
+            warn(f"{path}: cannot be written here; this run is kept in no history (its"
+                 " estimates are read from it)", "make it a file this user may write")  # fmt: skip
+        else:
+            history = History(path)
     except (OffloadError, OSError) as exc:
         message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)
         warn(f"{message}; this run builds without estimates and is not kept in history", hint)
@@ -129,7 +137,7 @@ def keep_run(
     nothing else can build, and back them off longer, a run's display for one error line."""
     report, graph = built
     try:
-        if history is not None:
+        if history is not None and not history.read_only:  # else said as it opened
             _record(history, remember, report, graph, pool)
     except (OffloadError, OSError) as exc:
         message, hint = (exc.message, exc.hint) if isinstance(exc, OffloadError) else (exc, None)

@@ -119,6 +119,7 @@ class History:
         loop cannot wait long); ``on_busy`` is told, once, when a wait for it passes
         ``NOTE_BUSY_AFTER`` (default: a note on stderr)."""
         self.path = path
+        self.read_only = read_only
         self._wait = wait
         self._on_busy = on_busy or _note_busy
         self._said_busy = False
@@ -139,7 +140,7 @@ class History:
                 self._check_version()
             else:
                 # Another user's (left by `sudo -E offload build`): read as it is, if it may be.
-                with contextlib.suppress(PermissionError):
+                with contextlib.suppress(OSError):  # not ours, or a read-only file system
                     path.chmod(0o600)
                 self._open()
         except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: text that is not UTF-8
