@@ -58,6 +58,22 @@ def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
         History(path)
 
 
+def test_a_file_whose_tables_were_never_written_is_no_older_offloads(tmp_path):
+    # A first write cut short by a full disk left a file of schema 0: read as "written by an
+    # older offload (schema 0)" (interrupts tester); a writer makes its tables as ever.
+    path = tmp_path / "h.sqlite"
+    sqlite3.connect(path).close()
+    path.write_bytes(b"")
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA page_size = 4096")
+    db.execute("VACUUM")
+    db.close()
+    with pytest.raises(StoreError, match=r"holds no history yet \(its tables were never written\)"):
+        History(path, read_only=True)
+    with History(path) as history:
+        assert history.runs() == []
+
+
 def test_a_build_of_no_run_keeps_its_inputs_newest_first(tmp_path):
     with History(tmp_path / "h.sqlite") as history:
         history.record([_rec("b", "fast", 1.0, drv="/nix/store/b.drv")], deps={

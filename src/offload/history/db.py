@@ -240,6 +240,9 @@ class History:
         if version > len(MIGRATIONS):
             msg = f"{self.path}: written by a newer offload (schema {version})"
             raise StoreError(msg, hint="upgrade offload")
+        if version == 0:  # made, never written: a first write cut short (a full disk)
+            msg = f"{self.path}: holds no history yet (its tables were never written)"
+            raise StoreError(msg, hint="the next build that can write there writes them")
         if version < len(MIGRATIONS):
             msg = f"{self.path}: written by an older offload (schema {version})"
             raise StoreError(msg, hint="its next build with this offload brings it up to date")
