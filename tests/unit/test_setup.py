@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -501,3 +502,24 @@ def test_an_alias_the_ssh_config_sends_elsewhere_is_told_apart_from_a_free_one(
     env = {**os.environ, "NIX_SSHOPTS": f"-F {file} {sshopts}".strip()}
     found = asyncio.run(_alias_elsewhere(Target(*target), DoctorOptions(env=env)))
     assert found == said
+
+
+def test_a_key_pair_left_half_made_by_a_killed_run_is_removed_by_the_next(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SIGKILL between ssh-keygen and the links left .offload-key-XXXX/key, a private key
+    # nobody uses, beside the key's place (in /etc/nix for root's) for good.
+    import subprocess
+
+    gone = subprocess.Popen(["true"])  # a pid that is gone once it ran
+    gone.wait()
+    left = tmp_path / f".offload-key-{gone.pid}-abcd"
+    left.mkdir()
+    (left / "key").write_text("private\n")
+    (left / "key.pub").write_text(f"{KEY_LINE}\n")
+    alive = tmp_path / f".offload-key-{os.getpid()}-efgh"  # a run still making its pair
+    alive.mkdir()
+    assert main(["setup", "key", str(tmp_path / "k")]) == 0
+    capsys.readouterr()
+    assert not left.exists()
+    assert alive.exists()

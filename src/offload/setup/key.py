@@ -59,6 +59,23 @@ def _exists_error(taken: Path, path: Path) -> ConfigError:
     )
 
 
+# A key pair is made in a scratch directory beside its place, then linked there: one left by a
+# run killed outright (SIGKILL) holds a private key nobody uses, removed by the next run.
+_SCRATCH = ".offload-key-"
+
+
+def _sweep_scratch(parent: Path) -> None:
+    """Remove the scratch directories in ``parent`` whose run (the pid in their name) is gone."""
+    with contextlib.suppress(OSError):
+        for scratch in parent.glob(f"{_SCRATCH}*-*"):
+            pid = scratch.name.removeprefix(_SCRATCH).partition("-")[0]
+            if not pid.isdigit() or Path(f"/proc/{pid}").exists() or scratch.is_symlink():
+                continue
+            for leftover in scratch.iterdir():
+                leftover.unlink()
+            scratch.rmdir()
+
+
 def create_key(path: Path, comment: str | None = None) -> Path:
     """Make the pair ``path`` (0600) and ``path.pub`` (0644); returns the public key's path."""
     public = path.with_name(path.name + ".pub")
@@ -75,8 +92,9 @@ def create_key(path: Path, comment: str | None = None) -> Path:
                 hint="give a path in a directory you may write (offload setup key PATH)",
             ) from None
     comment = comment or f"offload@{socket.gethostname()}"
+    _sweep_scratch(parent)
     try:
-        scratch = Path(tempfile.mkdtemp(prefix=".offload-key-", dir=parent))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH}{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise ConfigError(
             f"cannot write in {parent}: {exc.strerror}",
