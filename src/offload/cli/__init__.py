@@ -245,16 +245,31 @@ def _interrupted() -> int:
     return interrupts.stopped_status()
 
 
+# Started with stdout closed: a build and a listing run as nix-build then does, what they print
+# going nowhere; a command whose product is files to keep (setup's without --write, a
+# completion, the man page) says it has nowhere to put them.
+_stdout_closed = False
+
+
+def _prints_files(args: argparse.Namespace) -> bool:
+    command = getattr(args, "command", None)
+    return command in {"completion", "manpage"} or (
+        getattr(args, "step", None) in {"client", "builder"} and args.write is None
+    )
+
+
 def _standard_streams() -> None:
     """Started with stdin, stdout or stderr closed (``>&-``), as nix-build then runs and
     exits: what would go there goes nowhere. Each such descriptor is /dev/null from now on, so
     no file this process opens takes its number and no Nix or ssh it starts writes into that
     file (Python leaves ``sys.stdout`` None, whose first write was a traceback). A reader of
     stderr that goes away later is no error either (``offload.streams``)."""
+    global _stdout_closed  # noqa: PLW0603 - the process's, told once as it starts
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         try:
             os.fstat(fd)
         except OSError:
+            _stdout_closed = _stdout_closed or fd == 1
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:  # the lowest free number: it is fd unless a lower one was closed too
                 os.dup2(null, fd)
@@ -326,6 +341,8 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     args = _parse(argv)
     mark("imported")  # the subcommands are imported to build the parser
     func: Handler = args.func
+    if _stdout_closed and _prints_files(args):
+        return _failed(args, _closed_stdout())
     try:
         return func(args)
     except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
@@ -335,6 +352,15 @@ def _dispatch(argv: Sequence[str] | None) -> int:
             # of the clean-up it began: the command was stopped.
             return _interrupted()
         return _failed(args, exc)
+
+
+def _closed_stdout() -> Exception:
+    from offload.errors import ConfigError
+
+    return ConfigError(
+        "standard output is closed: the files this command prints would be lost",
+        hint="give it a file or a pipe (> FILE)",
+    )
 
 
 def _failed(args: argparse.Namespace, exc: Exception) -> int:
