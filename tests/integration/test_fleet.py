@@ -437,9 +437,13 @@ def test_cli_up_status_machines_env_down(tmp_path):
 
         down = _offload("fleet", "down", "--dir", d, "--purge")
         assert down.returncode == 0, down.stderr
+        # It said nothing (README tester): how many it stopped, and what is left.
+        assert down.stderr.startswith("fleet stopped: 1 of 1 members were running;")
         assert not target.exists()
         assert not running(row["pid"])
-        assert _offload("fleet", "down", "--dir", d).returncode == 0
+        again = _offload("fleet", "down", "--dir", d)
+        assert again.returncode == 0
+        assert again.stderr.startswith("no fleet in ")
     finally:
         fleet_down(target, purge=True)
 

@@ -81,9 +81,19 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from offload.fleet import fleet_down
+    from offload.fleet import fleet_down, fleet_status
 
-    fleet_down(_dir(args), purge=args.purge)
+    where = _dir(args)
+    statuses = fleet_status(where)
+    fleet_down(where, purge=args.purge)
+    if not statuses:
+        print(f"no fleet in {where}: nothing to stop", file=sys.stderr)
+        return 0
+    running = sum(status.running for status in statuses)
+    gone = f"; {where} removed" if args.purge else f" (their stores stay in {where})"
+    print(
+        f"fleet stopped: {running} of {len(statuses)} members were running{gone}", file=sys.stderr
+    )
     return 0
 
 
