@@ -54,6 +54,11 @@ def test_the_daemons_builds_are_listed_with_their_estimates(
     assert capsys.readouterr().err.splitlines()[0] == (
         "error: 'hook-1': offload-hook's builds belong to no run"
     )
+    # As the listing names their run (interrupts tester: "no run 'offload-hook'").
+    assert main(["history", "--daemon", "--run", "offload-hook"]) == 1
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == "error: 'offload-hook': offload-hook's builds belong to no run"
+    assert said[1].startswith("hint: `offload history --drv NAME` lists them")
 
 
 def test_estimates_weigh_the_builds_by_the_pool_s_speed_factors(

@@ -37,7 +37,7 @@ from offload.config.machines.model import shown
 from offload.errors import ConfigError, OffloadError
 from offload.history.db import History
 from offload.history.estimates import estimator
-from offload.history.records import PHASES, BuildRecord, RunRecord, is_hook_id
+from offload.history.records import HOOK_RUN_SAID, PHASES, BuildRecord, RunRecord, is_hook_id
 from offload.history.views import (
     MachineStats,
     build_dict,
@@ -241,7 +241,7 @@ def _one_run(runs: list[RunRecord], prefix: str, daemon: bool) -> RunRecord:
     if len(runs) == 1:
         return runs[0]
     typed = shown(prefix, 40)  # as typed: a control character escaped, not dropped
-    if not runs and is_hook_id(prefix):
+    if not runs and (is_hook_id(prefix) or prefix == HOOK_RUN_SAID):
         raise OffloadError(
             f"'{typed}': offload-hook's builds belong to no run",
             hint="`offload history --drv NAME` lists them, `offload report --hook` draws them",

@@ -20,6 +20,7 @@ from offload.ui.events import JobFinished
 
 __all__ = [
     "HOOK_ID_PREFIX",
+    "HOOK_RUN_SAID",
     "PHASES",
     "BuildRecord",
     "BuildRecordDict",
@@ -91,6 +92,8 @@ class BuildRecordDict(TypedDict):
 # offload-hook's builds belong to no run: each is kept under an id of its own, made of this
 # and a random part (``hook.build_one``), which the history's queries tell them by.
 HOOK_ID_PREFIX = "hook-"
+# What a listing says as the run of offload-hook's builds, which belong to none.
+HOOK_RUN_SAID = "offload-hook"
 
 
 def is_hook_id(run_id: str) -> bool:
@@ -138,7 +141,7 @@ class BuildRecord:
     @property
     def run_said(self) -> str:
         """The run it belongs to, as a listing says it (offload-hook's builds: no run's)."""
-        return "offload-hook" if self.by_hook else self.run_id
+        return HOOK_RUN_SAID if self.by_hook else self.run_id
 
     def as_dict(self) -> BuildRecordDict:
         return BuildRecordDict(
