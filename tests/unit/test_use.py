@@ -281,3 +281,16 @@ def test_a_choice_of_no_machine_that_takes_jobs_is_refused(
     assert "error: a.invalid: no machine to build on: " in err
     assert why in err
     assert read_choice(tmp_path, now=1.0) is None
+
+
+def test_a_bad_duration_is_said_before_the_names_are_looked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `offload use fast --for 2x` with no builders said "no machine named 'fast'", not the
+    # duration the command line got wrong (README tester).
+    from offload.cli import main
+
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("NIX_CONFIG", "builders =")
+    assert main(["use", "nx-a", "--for", "2x"]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == "error: --for '2x': not a duration"

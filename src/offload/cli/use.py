@@ -137,6 +137,9 @@ def _main(args: argparse.Namespace) -> int:
         return _show(places, as_json=args.json)
     # Each once, in the order given: as `offload build --on fast,fast` builds on fast once.
     tokens = tuple(dict.fromkeys(t.strip() for t in args.machines.split(",") if t.strip()))
+    # The duration first, as the command line gives it: its own error, not the pool's.
+    # `--for "$DUR"` with DUR unset is no duration, not for ever (parse_duration says so).
+    lasting = parse_duration(args.duration) if args.duration is not None else None
     # The same checks `offload build --on` makes: unknown names and tags are errors, and so
     # is a choice of no machine that takes jobs (a builder offload never connects to, one of
     # max-jobs 0): the hook would decline every build, saying it used them.
@@ -146,8 +149,7 @@ def _main(args: argparse.Namespace) -> int:
     if (none := pool.select(on=tokens).no_machine()) is not None:
         raise ConfigError(f"{args.machines}: no machine to build on: {none[0]}", hint=none[1])
     now = time.time()
-    # `--for "$DUR"` with DUR unset is no duration, not for ever (parse_duration says so).
-    until = now + parse_duration(args.duration) if args.duration is not None else None
+    until = now + lasting if lasting is not None else None
     ensure_state_dir()  # one that cannot be made is said as every command says it
     set_choice(places, Choice(tokens, now, until), _hint)
     _tell_daemon(places)
