@@ -379,10 +379,21 @@ def test_cli_a_node_no_machine_can_build_is_told_with_simulates_own_fix(tmp_path
     path.write_text(json.dumps({"nodes": [{"name": "a", "work": 1, "features": ["gpu"]}]}))
     with pytest.raises(SchedulerError) as caught:
         _cli([str(path), "--machines", "a:1:1"])
-    assert caught.value.message.startswith("no machine can build a: it needs any system with gpu")
+    assert caught.value.message.startswith("no machine can build a: it needs gpu;")
     assert caught.value.hint is not None
     assert "--keep-going" not in caught.value.hint
-    assert caught.value.hint.startswith("give --machines one with those features")
+    assert caught.value.hint.startswith("give --machines one that offers what it needs")
+    # A machine that requires a feature the node does not ask for: its fix is to require less
+    # (README tester: "it needs any system", "give --machines one with those features").
+    path.write_text(json.dumps({"nodes": [{"name": "b", "work": 1}, {"name": "c", "work": 1}]}))
+    with pytest.raises(SchedulerError) as caught:
+        _cli([str(path), "--machines", "m1:1:2:gpu:gpu"])
+    assert caught.value.message == (
+        "no machine can build b: it needs no system or feature; m1 only takes jobs requiring"
+        " gpu (and 1 more job)"
+    )
+    assert caught.value.hint is not None
+    assert "requires nothing else" in caught.value.hint
 
 
 def test_a_plans_records_and_decisions_are_values_equal_and_hashable_by_their_fields():

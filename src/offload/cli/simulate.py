@@ -212,7 +212,10 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
         except Unschedulable as exc:
             # The scheduler's hint is offload build's (--keep-going), which simulate has not.
-            hint = "give --machines one with those features: name:speed:slots:feature+feature"
+            hint = (
+                "give --machines one that offers what it needs and requires nothing else"
+                " (name:speed:slots:features:mandatory, features joined by +)"
+            )
             raise SchedulerError(exc.message, hint=hint) from None
     if args.json:
         print(json.dumps(result.as_dict(), indent=None))

@@ -42,7 +42,7 @@ def classify(
         more = len(unschedulable) - 1
         raise Unschedulable(
             f"no machine can build {first}: {reason}"
-            + (f" (and {more} more jobs)" if more else ""),
+            + (f" (and {more} more {'job' if more == 1 else 'jobs'})" if more else ""),
             hint="add a builder with that system and features, or use --keep-going",
         )
     for job_id in unschedulable:

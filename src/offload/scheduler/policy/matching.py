@@ -75,8 +75,10 @@ def unschedulable_reason(job: Job, machines: Sequence[MachineSlotSpec]) -> str:
     """Why no machine of the pool can take ``job``: what it needs, and the first few refusals."""
     features = ", ".join(sorted(job.required_features))
     # "builtin" is Nix's name for a derivation any machine builds: no system is the matter.
-    system = "any system" if job.system == "builtin" else f"system {job.system}"
-    wants = f"it needs {system}" + (f" with {features}" if features else "")
+    if job.system == "builtin":
+        wants = f"it needs {features}" if features else "it needs no system or feature"
+    else:
+        wants = f"it needs system {job.system}" + (f" with {features}" if features else "")
     reasons = [
         why_cannot_build(m, job.system, job.required_features) or f"{m.name} has no slots"
         for m in machines
