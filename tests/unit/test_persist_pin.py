@@ -56,3 +56,28 @@ def test_the_run_keeps_no_master_where_its_key_cannot_be_pinned(
     assert transport._reuse(shared) is False
     assert transport._shared is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pins_of_masters_long_gone_are_swept_and_one_in_use_is_kept(tmp_path: Path) -> None:
+    # One known_hosts file per builder line and NIX_SSHOPTS ever used piled up in <state>/ssh
+    # (interrupts tester: 18 after an hour); the next master pins again anyway.
+    from offload.transport.persist import control_dir, location
+
+    directory = location(tmp_path)
+    directory.mkdir(mode=0o700)
+    old = directory.stat().st_mtime - 2 * 3600
+    stale, live, fresh = (directory / f"{n}.known_hosts" for n in ("aaaa", "bbbb", "cccc"))
+    for pin in (stale, live, fresh):
+        pin.write_text(f"{TARGET.host} {KEY}\n")
+    (directory / "bbbb").touch()  # its master's socket: in use
+    os.utime(stale, (old, old))
+    os.utime(live, (old, old))
+    again = SharedPaths(directory, TARGET, "")
+    assert again.known_hosts is not None
+    again.pin()
+    os.utime(again.known_hosts, (old, old))
+    again.pin()  # as a new master pins it: the same line, touched, so not stale
+    assert control_dir(tmp_path) == directory
+    assert sorted(p.name for p in directory.glob("*.known_hosts")) == sorted(
+        [live.name, fresh.name, again.known_hosts.name]
+    )

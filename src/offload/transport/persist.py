@@ -21,12 +21,14 @@ path with a blank or a quote is given in quotes, as ssh reads an option's value 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import pwd
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from offload.errors import TransportError
@@ -75,8 +77,28 @@ def location(state: Path) -> Path:
 
 def control_dir(state: Path) -> Path:
     """Where the persistent masters' sockets go: ``<state>/ssh``, or a short fallback; made
-    (0700, checked to be ours) if it is not there."""
-    return _private(location(state))
+    (0700, checked to be ours) if it is not there; its stale pins swept once a process."""
+    directory = _private(location(state))
+    _sweep_pins(directory)
+    return directory
+
+
+# A pin file whose master is gone and that no master has pinned with for this long: one per
+# line and NIX_SSHOPTS ever used, which would otherwise pile up (each new master pins again).
+_STALE_PIN = 3600.0
+
+
+@functools.cache
+def _sweep_pins(directory: Path) -> None:
+    """Remove ``directory``'s known_hosts files whose master socket is not there and that
+    were last pinned with over ``_STALE_PIN`` s ago (``SharedPaths.pin`` touches one it
+    finds as it should be): a master being started has pinned its file moments before."""
+    cutoff = time.time() - _STALE_PIN
+    with contextlib.suppress(OSError):
+        for pin in directory.glob("*.known_hosts"):
+            with contextlib.suppress(OSError):
+                if not pin.with_suffix("").exists() and pin.stat().st_mtime < cutoff:
+                    pin.unlink()
 
 
 def kept_dir(state: Path) -> Path | None:
@@ -137,6 +159,7 @@ class SharedPaths:
         line = known_hosts_line(self.target)
         with contextlib.suppress(OSError):
             if self.known_hosts.read_text() == line:
+                os.utime(self.known_hosts)  # in use again: not a stale one (``sweep_pins``)
                 return
         tmp = None
         try:
