@@ -193,3 +193,35 @@ def test_a_build_on_a_read_only_state_directory_still_reads_its_history_for_esti
     plan = json.loads(done.stdout)
     assert plan["makespan"] == 3.0  # history's 3 s, not a guess of 10
     assert _contents(state) == before
+
+
+def test_a_history_in_a_directory_the_user_may_not_write_is_read_for_estimates(
+    tmp_path: Path,
+) -> None:
+    # The file's own mode was checked alone: in a directory of mode 555 its write failed
+    # ("attempt to write a readonly database") and the run built without estimates (review).
+    import shutil
+    import tempfile
+
+    from offload.cli.build_keep import opened_history
+    from tests.helpers.users import as_another_user
+
+    # Under /tmp itself: pytest's own directories are root's alone (0700).
+    place = Path(tempfile.mkdtemp(prefix="offload-ro-", dir="/tmp"))
+    place.chmod(0o755)
+    state = place / "state"
+    with History(state / "history.sqlite") as history:
+        history.record_run(RunRecord("run-d", 9.0, 15.0, ("d",), "ok", (), None, None), [])
+    os.chown(state, 65534, 65534)
+    os.chown(state / "history.sqlite", 65534, 65534)
+    state.chmod(0o555)
+
+    def opened() -> str:
+        with opened_history(state) as history:
+            return "none" if history is None else f"read-only {history.read_only}"
+
+    try:
+        assert as_another_user(opened) == "read-only True"
+    finally:
+        state.chmod(0o755)
+        shutil.rmtree(place)

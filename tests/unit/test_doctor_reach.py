@@ -330,3 +330,22 @@ def test_nix_sshopts_ssh_refuses_whatever_the_host_is_said_as_such(
     said = done.stdout.splitlines()
     assert said[-2].startswith(f"fast: resolve fail: ssh refuses NIX_SSHOPTS ({words}")
     assert said[-1] == f"  fix: {SSHOPTS_FIX}"
+
+
+def test_a_config_that_canonicalizes_without_fallback_is_no_refusal_of_nix_sshopts(
+    tmp_path: Path,
+) -> None:
+    # ssh -G of the probe's name failed where the config canonicalizes with no local fallback:
+    # every failed builder was said failed for NIX_SSHOPTS, backed off by none (review).
+    import asyncio
+
+    from offload.transport.sshopts_check import sshopts_refused
+
+    config = tmp_path / "canon"
+    config.write_text(
+        "CanonicalizeHostname yes\nCanonicalizeFallbackLocal no\nCanonicalDomains lan\n"
+    )
+    env = {**os.environ, "NIX_SSHOPTS": f"-F {config}"}
+    assert asyncio.run(sshopts_refused(env)) is None
+    env["NIX_SSHOPTS"] += " -p notaport"
+    assert asyncio.run(sshopts_refused(env)) == "ssh refuses NIX_SSHOPTS (Bad port 'notaport')"

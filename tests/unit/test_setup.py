@@ -523,3 +523,26 @@ def test_a_key_pair_left_half_made_by_a_killed_run_is_removed_by_the_next(
     capsys.readouterr()
     assert not left.exists()
     assert alive.exists()
+
+
+def test_the_sweep_leaves_other_users_scratch_and_never_follows_a_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # From a review: a scratch of another user's, or one swapped for a link to another
+    # directory (a directory others may write), was emptied too.
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    theirs = tmp_path / f".offload-key-{gone.pid}-them"
+    theirs.mkdir()
+    (theirs / "key").write_text("theirs\n")
+    os.chown(theirs, 65534, 65534)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("x\n")
+    (tmp_path / f".offload-key-{gone.pid}-link").symlink_to(elsewhere)
+    assert main(["setup", "key", str(tmp_path / "k")]) == 0
+    capsys.readouterr()
+    assert (theirs / "key").exists()
+    assert (elsewhere / "precious").exists()

@@ -141,9 +141,9 @@ async def _borrow_all(
         else:
             await _close(managers[other] for other, done in waiting.items() if _opened(done))
             raise result
-    if faults_here is not None:
-        await _sshopts_at_fault(unreachable, faults_here, managers.keys())
     try:
+        if faults_here is not None:
+            await _sshopts_at_fault(unreachable, faults_here, managers.keys())
         yield clients
     finally:
         await _close(opened)

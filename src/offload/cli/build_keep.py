@@ -96,7 +96,7 @@ def opened_history(state: Path) -> Iterator[History | None]:
     estimates hold, and the run is not kept (said once)."""
     path = state / "history.sqlite"
     try:
-        if path.is_file() and not os.access(path, os.W_OK):
+        if path.is_file() and not (os.access(path, os.W_OK) and os.access(state, os.W_OK)):
             history = History(path, read_only=True)
             warn(f"{path}: cannot be written here; this run is kept in no history (its"
                  " estimates are read from it)", "make it a file this user may write")  # fmt: skip

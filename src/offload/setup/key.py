@@ -65,15 +65,35 @@ _SCRATCH = ".offload-key-"
 
 
 def _sweep_scratch(parent: Path) -> None:
-    """Remove the scratch directories in ``parent`` whose run (the pid in their name) is gone."""
+    """Remove the scratch directories in ``parent`` that are this user's and whose run (the
+    pid in their name, on this host: ``/proc``) is gone. Each is opened without following a
+    link and emptied through that descriptor: one swapped for a link meanwhile (a directory
+    others may write) is never followed. Nothing is swept where /proc cannot tell."""
+    if not Path("/proc/self").is_dir():
+        return
     with contextlib.suppress(OSError):
         for scratch in parent.glob(f"{_SCRATCH}*-*"):
             pid = scratch.name.removeprefix(_SCRATCH).partition("-")[0]
-            if not pid.isdigit() or Path(f"/proc/{pid}").exists() or scratch.is_symlink():
-                continue
-            for leftover in scratch.iterdir():
-                leftover.unlink()
-            scratch.rmdir()
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(OSError):
+                    _remove_own(parent, scratch.name)
+
+
+def _remove_own(parent: Path, name: str) -> None:
+    """``parent/name`` removed with the files in it, if it is a directory of this user's."""
+    above = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=above)
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                return
+            for entry in os.listdir(fd):  # noqa: PTH208 - by the descriptor: no link followed
+                os.unlink(entry, dir_fd=fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=above)
+    finally:
+        os.close(above)
 
 
 def create_key(path: Path, comment: str | None = None) -> Path:

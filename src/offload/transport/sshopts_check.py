@@ -31,14 +31,16 @@ async def sshopts_refused(env: Mapping[str, str], timeout: float = 10.0) -> str 
     sshopts = env.get("NIX_SSHOPTS", "")
     if not sshopts.strip():
         return None
-    argv = ["ssh", "-G", *split_sshopts(sshopts), "--", _PROBE]
+    # Not canonicalized: a config that canonicalizes with no local fallback fails ssh -G for
+    # a name no DNS knows, which says nothing of the options (ssh takes the first value).
+    argv = ["ssh", "-G", "-o", "CanonicalizeHostname=no", *split_sshopts(sshopts), "--", _PROBE]
     try:
         done = await asyncio.wait_for(run_async(argv, env=env, check=False), timeout)
     except NotStarted as exc:
         return f"ssh could not be run here: {exc.message}"
     except (TimeoutError, OffloadError):
         return None  # not told: the builders' own errors stand
-    if done.returncode == 0:
-        return None
     said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    if done.returncode == 0 or any(_PROBE in line for line in said):
+        return None  # taken, or refused for the probe's name: nothing of the options
     return f"ssh refuses NIX_SSHOPTS ({said[0] if said else f'exit {done.returncode}'})"
