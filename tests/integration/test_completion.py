@@ -137,6 +137,9 @@ def test_fish_loads_and_completes(tmp_path):
     (tmp_path / "default.nix").touch()
     assert "default.nix" not in complete("offload use ")
     assert "default.nix" in complete("offload build ")
+    # A machines spec's @FILE: files after the "@" (review: none, or bare files without it).
+    assert complete("offload build --builders @de") == {"@default.nix"}
+    assert complete("offload build --builders ") == set()
 
 
 def test_man_page_renders_with_every_command(tmp_path):

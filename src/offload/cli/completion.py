@@ -251,6 +251,12 @@ def fish(root: Command, name: str = "offload") -> str:
         "    end",
         '    echo "$path"',
         "end",
+        # A machines spec's (or --key's) @FILE: files after the "@", the "@" kept.
+        f"function __{name}_atfiles",
+        "    set -l token (commandline -ct)",
+        "    string match -q -- '@*' $token; or return",
+        "    __fish_complete_path (string sub -s 2 -- $token) | string replace -r '^' @",
+        "end",
     ]
     for command in commands:
         guard = _fish_quote(f'test (__{name}_path) = "{_key(command)}"')
@@ -273,8 +279,10 @@ def fish(root: Command, name: str = "offload") -> str:
             )
             if option.takes_value and option.choices:
                 words.append(f"-x -a {_fish_quote(' '.join(option.choices))}")
+            elif option.value == "atfiles":
+                words.append(f"-x -a {_fish_quote(f'(__{name}_atfiles)')}")
             elif option.takes_value:
-                words.append("-r -F" if option.value in ("files", "atfiles") else "-x")
+                words.append("-r -F" if option.value == "files" else "-x")
             words.append(f"-d {_fish_quote(option.help)}")
             lines.append(" ".join(words))
     return "\n".join(lines) + "\n"
