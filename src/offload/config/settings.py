@@ -272,6 +272,11 @@ def with_nix_options(env: Mapping[str, str], options: Mapping[str, str]) -> dict
                 hint="a setting's name and value may not hold a newline or '#'",
             )
         lines.append(f"{name} = {value}")
+    return _nix_config_with(env, lines)
+
+
+def _nix_config_with(env: Mapping[str, str], lines: Sequence[str]) -> dict[str, str]:
+    """``env`` with ``lines`` after its ``NIX_CONFIG``'s (later lines win)."""
     merged = dict(env)
     if lines:
         before = merged.get("NIX_CONFIG", "")
@@ -289,10 +294,7 @@ def without_builders(env: Mapping[str, str] | None) -> dict[str, str]:
     user's builders in force the hook would send offload's local builds to the builders offload
     schedules, into slots it left free. So for every version, as Hydra does for localhost (a
     daemon takes an empty ``builders`` from any client)."""
-    merged = dict(os.environ if env is None else env)
-    before = merged.get("NIX_CONFIG", "")
-    merged["NIX_CONFIG"] = f"{before}\nbuilders =\n" if before else "builders =\n"
-    return merged
+    return _nix_config_with(os.environ if env is None else env, ["builders ="])
 
 
 def builders_spec(
