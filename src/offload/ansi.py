@@ -11,8 +11,9 @@ CSI. A string not ended on its line (a log cut short) ends with its line: it hid
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
-__all__ = ["ESCAPE_PATTERN", "strip_ansi"]
+__all__ = ["ESCAPE_PATTERN", "last_nix_error", "strip_ansi"]
 
 # Verbose; ``$`` ends an unterminated string, matched with re.MULTILINE so that it is its line's.
 ESCAPE_PATTERN = r"""
@@ -29,3 +30,11 @@ _ANSI = re.compile(ESCAPE_PATTERN, re.VERBOSE | re.MULTILINE)
 
 def strip_ansi(s: str) -> str:
     return _ANSI.sub("", s)
+
+
+def last_nix_error(lines: Iterable[str]) -> str | None:
+    """Nix's last ``error:`` line of ``lines`` (what it printed), colours taken out and its
+    blanks made single; None if it said none. Nix 2.8 follows a setting it refuses with "Try
+    'nix-store --help' for more information.": the last line alone says nothing of why."""
+    plain = [" ".join(strip_ansi(line).split()) for line in lines]
+    return next((line for line in reversed(plain) if line.startswith("error:")), None)

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.ansi import strip_ansi
+from offload.ansi import last_nix_error, strip_ansi
 from offload.booleans import nix_bool
 from offload.config.machines import shown
 from offload.config.reading import (
@@ -206,10 +206,9 @@ def _said(stderr: str) -> str:
     information."). Nix colours its errors, and one it dies of (a relative NIX_CONF_DIR:
     "terminate called ...", "  what():  ESC[31;1merror:") put its escape sequences into
     offload's warning."""
-    lines = [" ".join(strip_ansi(line).split()) for line in stderr.splitlines()]
-    errors = [line for line in lines if line.startswith("error:")]
-    last = next((line for line in reversed(lines) if line), "no output")
-    return shown(errors[-1] if errors else last, 400)
+    plain = [" ".join(strip_ansi(line).split()) for line in stderr.splitlines()]
+    last = next((line for line in reversed(plain) if line), "no output")
+    return shown(last_nix_error(plain) or last, 400)
 
 
 # Nix 2.20 made `nix show-config` an alias of `nix config show` and says so at every use; offload

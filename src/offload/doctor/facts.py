@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 
+from offload.ansi import last_nix_error
 from offload.doctor.model import Check, Verdict
 from offload.load import RemoteLoad, effective_slots
 from offload.numerals import is_decimal
@@ -28,7 +29,6 @@ from offload.transport.missing_program import (
     install_nix,
     mend_settings,
     missing,
-    nix_error,
     nix_stopped,
     not_on_path,
 )
@@ -98,7 +98,7 @@ def nix_check(
     if returncode == 127 or missing(last):
         detail = not_on_path(program, last)
         return Check("nix", Verdict.FAIL, detail, missing_fix)
-    if (said := nix_error(lines)) is not None:  # it ran: its settings stopped it
+    if (said := last_nix_error(lines)) is not None:  # it ran: its settings stopped it
         detail = nix_stopped(f"`{program} --version`", said)
         return Check("nix", Verdict.FAIL, detail, mend_settings())
     return Check("nix", Verdict.FAIL, f"`{program} --version` failed: {last}", missing_fix)

@@ -17,7 +17,6 @@ is ``mend_settings``, never installing Nix. Pure.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 from offload.ansi import strip_ansi
 
@@ -28,7 +27,6 @@ __all__ = [
     "install_nix",
     "mend_settings",
     "missing",
-    "nix_error",
     "nix_stopped",
     "not_on_path",
     "stopped_by_nix",
@@ -45,14 +43,6 @@ _NOT_THERE = re.compile(r"^(?!error:).*(?:not found|No such file or directory)\s
 def missing(line: str) -> bool:
     """Does ``line`` (a shell's last words) say the program to run is not there?"""
     return _NOT_THERE.search(strip_ansi(line)) is not None
-
-
-def nix_error(lines: Sequence[str]) -> str | None:
-    """Nix's last ``error:`` line of ``lines`` (its stderr), colours taken out; None if it
-    said none. Nix 2.8 follows a setting it refuses with "Try 'nix-store --help' for more
-    information.": the last line alone says nothing of why."""
-    said = (" ".join(strip_ansi(line).split()) for line in lines)
-    return next((line for line in reversed(list(said)) if line.startswith("error:")), None)
 
 
 def nix_stopped(program: str, said: str) -> str:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from offload.ansi import last_nix_error
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.names import LOCAL
 from offload.protocol.store import StoreClient
@@ -22,7 +23,6 @@ from offload.transport.missing_program import (
     install_nix,
     mend_settings,
     missing,
-    nix_error,
     nix_stopped,
     not_on_path,
 )
@@ -91,7 +91,7 @@ def not_started(program: str, error: ProtocolError, tail: list[str], peer: str) 
     hint = fix_path_here() if here else install_nix()
     if tail and missing(tail[-1]):  # as `offload doctor` says it
         failure = TransportError(not_on_path(program, tail[-1], here=here), hint=hint)
-    elif (said := nix_error(tail)) is not None:  # it ran, and Nix stopped it
+    elif (said := last_nix_error(tail)) is not None:  # it ran, and Nix stopped it
         # Its daemon unreachable is said as such where it is shown (``daemon_socket``).
         hint = hint if daemon_trouble(said) is not None else mend_settings(here)
         failure = TransportError(nix_stopped(program, said), hint=hint)
