@@ -23,6 +23,7 @@ from offload.history.records import (
     PhaseRecord,
     RunRecord,
     RunReport,
+    building_span,
 )
 from offload.store.path import split_name_version
 from offload.ui.events import (
@@ -158,14 +159,11 @@ def outcome_of(report: RunReport) -> str:
 
 def _record(event: JobFinished, marks: list[Mark], *, speculative: bool) -> BuildRecord:
     phases = _phases(event, marks)
-    building = [p for p in phases if p.phase == "building"]
-    started, finished = event.started, event.finished
-    if building:
-        finished = building[-1].finished
-        started = building[-1].started
-        if event.build_seconds is not None:
-            # The builder's own measure; the phase marks also hold the event loop's delays.
-            started = finished - event.build_seconds
+    span = building_span(phases)
+    started, finished = span or (event.started, event.finished)
+    if span is not None and event.build_seconds is not None:
+        # The builder's own measure; the phase marks also hold the event loop's delays.
+        started = finished - event.build_seconds
     return BuildRecord(
         run_id="",
         drv_path=event.drv_path,

@@ -11,7 +11,7 @@ in: history's records are made from the run's events (``offload.history.recorder
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -28,6 +28,7 @@ __all__ = [
     "PhaseRecord",
     "RunRecord",
     "RunReport",
+    "building_span",
     "is_hook_id",
 ]
 
@@ -44,6 +45,13 @@ class PhaseRecord:
     @property
     def duration(self) -> float:
         return max(0.0, self.finished - self.started)
+
+
+def building_span(phases: Sequence[PhaseRecord]) -> tuple[float, float] | None:
+    """A build's time as history keeps it, what estimates learn from: its last building
+    phase's (started, finished), not its wait or copies; None for one that never built."""
+    building = [p for p in phases if p.phase == "building"]
+    return (building[-1].started, building[-1].finished) if building else None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import uuid
 
 from offload.booleans import nix_bool
 from offload.errors import OffloadError, ProtocolError, RemoteError, TransportError
-from offload.history.records import HOOK_ID_PREFIX, BuildRecord
+from offload.history.records import HOOK_ID_PREFIX, BuildRecord, building_span
 from offload.hook.context import HookContext
 from offload.hook.remote import CachesHeard, Outcome, Progress, build_remote, error_message
 from offload.hook.wire import Accepted, TryRequest
@@ -129,12 +129,7 @@ def record_build(
     (``outcome``'s), as ``offload build`` keeps its own."""
     # Its time is its building phase's, as an offload build copy's (``history.recorder``): a
     # wait for a slot, the inputs' upload and the outputs' fetch teach no estimate.
-    building = [p for p in outcome.phases if p.phase == "building"]
-    started, finished = (
-        (building[-1].started, building[-1].finished)
-        if building
-        else (outcome.started, outcome.finished)
-    )
+    started, finished = building_span(outcome.phases) or (outcome.started, outcome.finished)
     record = BuildRecord(
         run_id=f"{HOOK_ID_PREFIX}{uuid.uuid4().hex[:12]}",
         drv_path=request.drv_path,
