@@ -178,7 +178,7 @@ async def _alias_elsewhere(target: Target, options: DoctorOptions) -> str | None
     Free is what ssh makes of a name no block names (a ``Host *`` with ``HostName %h.lan``, a
     ``-p`` in NIX_SSHOPTS): an alias that goes where an unused one would is named by none."""
     unused = f"offload-unused-{secrets.token_hex(4)}"
-    named, free = await _ssh_g(target.name, options), await _ssh_g(unused, options)
+    named, free = await asyncio.gather(_ssh_g(target.name, options), _ssh_g(unused, options))
     if named is None or free is None:
         return None
     (host, port), (free_host, free_port) = named, free
