@@ -14,6 +14,7 @@ builds ran there at once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from offload.fleet import Fleet, MemberSpec, client_argv
@@ -451,22 +453,31 @@ def busy_in_summary(stderr: str, machine: str) -> float:
     return 60 * float(minutes or 0) + float(seconds)
 
 
-def test_the_summary_counts_no_time_waiting_for_other_clients_as_busy(shared_fleet, tmp_path):
-    # Another client holds both of the builder's slots for HOLD s after this run asks for one:
-    # the run's summary said the builder was busy for those seconds, while it built nothing of
-    # the run's (history left them out already: a copy's time less its waiting).
-    member_var = shared_fleet.dir / "shared" / "nix" / "var" / "nix"
-    slot_file(member_var, 0).parent.mkdir(mode=0o700, exist_ok=True)
+@contextlib.contextmanager
+def waiting_for_both_slots(
+    fleet: Fleet, tmp_path: Path, name: str
+) -> Iterator[tuple[subprocess.Popen[str], Callable[[], None], Path]]:
+    """A run of one build on ``shared`` once it says it waits there, while the test, another
+    client, holds both of the builder's slots: (the run, what lets the slots go, the slot
+    directory). The slots are let go and the run stopped at the end whatever happens."""
+    member_var = fleet.dir / "shared" / "nix" / "var" / "nix"
+    slots = slot_file(member_var, 0).parent
+    slots.mkdir(mode=0o700, exist_ok=True)
     fds = [os.open(slot_file(member_var, s), os.O_WRONLY | os.O_CREAT, 0o600) for s in range(2)]
-    hold = 4.0
-    file = jobs(tmp_path, "waits", "/bin/sleep 0.5; echo > $out", 1)
-    argv = offload_argv(file, "--builders", f"@{shared_fleet.machines_file}", "-j", "0")
+
+    def release() -> None:
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
+
+    file = jobs(tmp_path, name, "/bin/sleep 0.5; echo > $out", 1)
+    argv = offload_argv(file, "--builders", f"@{fleet.machines_file}", "-j", "0")
     try:
         for fd in fds:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         run = processes.start(
             [*argv, "--no-out-link"],
-            env=offload_env(shared_fleet, tmp_path),
+            env=offload_env(fleet, tmp_path),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -478,16 +489,22 @@ def test_the_summary_counts_no_time_waiting_for_other_clients_as_busy(shared_fle
                 line := run.stderr.readline()
             ):
                 assert line, "the run ended without waiting for a slot on the builder"
-            time.sleep(hold)  # the other client's builds
-            for fd in fds:
-                os.close(fd)
-            fds = []
-            _, err = run.communicate(timeout=60)
+            yield run, release, slots
         finally:
             processes.stop(run)
     finally:
-        for fd in fds:
-            os.close(fd)
+        release()
+
+
+def test_the_summary_counts_no_time_waiting_for_other_clients_as_busy(shared_fleet, tmp_path):
+    # Another client holds both of the builder's slots for HOLD s after this run asks for one:
+    # the run's summary said the builder was busy for those seconds, while it built nothing of
+    # the run's (history left them out already: a copy's time less its waiting).
+    hold = 4.0
+    with waiting_for_both_slots(shared_fleet, tmp_path, "waits") as (run, release, _):
+        time.sleep(hold)  # the other client's builds
+        release()
+        _, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
     # About the build's own half a second and its output's fetch; not the wait.
     assert busy_in_summary(err, "shared") < hold, err
@@ -499,36 +516,9 @@ def test_a_run_that_waited_on_a_builder_and_ended_leaves_no_want_marker_there(
     # Its busy answer left want-<id> on the builder, removed only by a slot taken there: a run
     # stopped while it waited (here Ctrl-C) left it for other clients' sessions to delete 10
     # minutes later.
-    member_var = shared_fleet.dir / "shared" / "nix" / "var" / "nix"
-    slot_file(member_var, 0).parent.mkdir(mode=0o700, exist_ok=True)
-    fds = [os.open(slot_file(member_var, s), os.O_WRONLY | os.O_CREAT, 0o600) for s in range(2)]
-    file = jobs(tmp_path, "unmarked", "/bin/sleep 0.5; echo > $out", 1)
-    argv = offload_argv(file, "--builders", f"@{shared_fleet.machines_file}", "-j", "0")
-    try:
-        for fd in fds:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        run = processes.start(
-            [*argv, "--no-out-link"],
-            env=offload_env(shared_fleet, tmp_path),
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert run.stderr is not None
-            while "full: every slot there is held by other clients" not in (
-                line := run.stderr.readline()
-            ):
-                assert line, "the run ended without waiting for a slot on the builder"
-            markers = slot_file(member_var, 0).parent.glob("want-*")
-            assert len(list(markers)) == 1  # it waits there, and says so
-            run.send_signal(signal.SIGINT)
-            _, err = run.communicate(timeout=60)
-        finally:
-            processes.stop(run)
-    finally:
-        for fd in fds:
-            os.close(fd)
+    with waiting_for_both_slots(shared_fleet, tmp_path, "unmarked") as (run, _, slots):
+        assert len(list(slots.glob("want-*"))) == 1  # it waits there, and says so
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
     assert run.returncode != 0, err
-    assert not list(slot_file(member_var, 0).parent.glob("want-*")), err
+    assert not list(slots.glob("want-*")), err
