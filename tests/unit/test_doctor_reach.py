@@ -280,15 +280,13 @@ def test_a_user_without_a_shell_is_said_so_with_the_fix() -> None:
     assert no_shell(logged_in, "This account is currently not available.\n", "x@b") is None
 
 
-def test_an_option_ssh_refuses_is_said_as_such_not_as_a_name_that_does_not_resolve(
-    tmp_path: Path,
-) -> None:
-    # `ssh -G` failing on NIX_SSHOPTS was read as no config: doctor looked the machines line's
-    # alias up in DNS and said it does not resolve, with a fix about host names.
+def _doctor_said(tmp_path: Path, sshopts: str) -> list[str]:
+    """The lines `offload doctor` prints of builder `fast` with ``sshopts`` as NIX_SSHOPTS;
+    it fails (exit 1)."""
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
-        "NIX_SSHOPTS": "-o ServerAliveInterval=x",
+        "NIX_SSHOPTS": sshopts,
         "OFFLOAD_STATE_DIR": str(tmp_path / "state"),
     }
     done = subprocess.run(
@@ -296,11 +294,19 @@ def test_an_option_ssh_refuses_is_said_as_such_not_as_a_name_that_does_not_resol
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    said = done.stdout.splitlines()
+    return done.stdout.splitlines()
+
+
+def test_an_option_ssh_refuses_is_said_as_such_not_as_a_name_that_does_not_resolve(
+    tmp_path: Path,
+) -> None:
+    # `ssh -G` failing on NIX_SSHOPTS was read as no config: doctor looked the machines line's
+    # alias up in DNS and said it does not resolve, with a fix about host names.
+    said = _doctor_said(tmp_path, "-o ServerAliveInterval=x")
     assert said[-2] == (
         "fast: resolve fail: ssh refused an option of NIX_SSHOPTS (command-line line 0: invalid"
         " time value.): it connects nowhere"
-    ), done.stdout
+    ), said
     assert said[-1] == f"  fix: {SSHOPTS_FIX}"
 
 
@@ -316,18 +322,7 @@ def test_nix_sshopts_ssh_refuses_whatever_the_host_is_said_as_such(
     tmp_path: Path, sshopts: str, words: str
 ) -> None:
     # Each was "fast does not resolve", with a fix about host names (interrupts tester).
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "NIX_SSHOPTS": sshopts,
-        "OFFLOAD_STATE_DIR": str(tmp_path / "state"),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "offload", "doctor", "--builders", "ssh://fast x86_64-linux - 1 1"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 1, done.stderr
-    said = done.stdout.splitlines()
+    said = _doctor_said(tmp_path, sshopts)
     assert said[-2].startswith(f"fast: resolve fail: ssh refuses NIX_SSHOPTS ({words}")
     assert said[-1] == f"  fix: {SSHOPTS_FIX}"
 
