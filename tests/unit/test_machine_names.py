@@ -16,7 +16,7 @@ from offload.config.machines import default_name, parse_machines
 from offload.config.naming import one_name_each
 from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import NixSettings, parse_offload_toml
-from offload.hook.context import load_context
+from offload.hook.context import HookContext, load_context
 from offload.hook.keep import Keep
 from offload.hook.wire import HookIO
 from offload.scheduler.policy.pool import Pool as SlotPool
@@ -132,14 +132,20 @@ def test_a_name_picks_its_own_builder_and_a_host_every_one_on_it(tmp_path: Path)
     assert [m.port for m in ports.select(exclude=["nx-h.invalid:2201"]).machines] == [2222]
 
 
-def test_the_backoff_of_one_builder_leaves_the_other_on_its_host_up(tmp_path: Path) -> None:
+def _hook_context(tmp_path: Path, builders: str) -> HookContext:
+    """A hook's context for ``builders``, its state and slot locks in ``tmp_path``."""
     said: list[bytes] = []
     context = load_context(
-        {"max-jobs": "0", "system": SYSTEM, "builders": TWO_PORTS},
+        {"max-jobs": "0", "system": SYSTEM, "builders": builders},
         state=tmp_path, verbosity=0, env={}, io=HookIO(said.append, said.append),
         parent=os.getpid(), keep=Keep(tmp_path),
     )  # fmt: skip
     context.slots = SlotLocks(tmp_path / "current-load")
+    return context
+
+
+def test_the_backoff_of_one_builder_leaves_the_other_on_its_host_up(tmp_path: Path) -> None:
+    context = _hook_context(tmp_path, TWO_PORTS)
     context.machine_failed("nx-h.invalid", "ssh: connect to host nx-h.invalid: Connection refused")
     now = time.time()
     down = {b.spec.name: b.down_until is not None for b in context.builders(now)}
@@ -159,15 +165,9 @@ def test_a_port_in_the_name_is_not_written_as_a_name_to_offload_toml(tmp_path: P
 def test_the_hook_offers_no_builder_offload_never_connects_to(tmp_path: Path) -> None:
     # A store on this host, a cache or an SSH:// line is said "not used" in the pool's
     # warnings: the hook still offered them, and every accept for them failed in ssh_target.
-    said: list[bytes] = []
     spec = (
         f"local {SYSTEM}; https://nx-c.invalid {SYSTEM}; SSH://nx-u.invalid {SYSTEM};"
         f" ssh://nx-ok.invalid {SYSTEM}"
     )
-    context = load_context(
-        {"max-jobs": "0", "system": SYSTEM, "builders": spec},
-        state=tmp_path, verbosity=0, env={}, io=HookIO(said.append, said.append),
-        parent=os.getpid(), keep=Keep(tmp_path),
-    )  # fmt: skip
-    context.slots = SlotLocks(tmp_path / "current-load")
+    context = _hook_context(tmp_path, spec)
     assert [b.spec.name for b in context.builders(time.time())] == ["nx-ok.invalid"]
