@@ -1,7 +1,9 @@
 """offload-hook and offload build on a host whose PATH has no ssh: a program that cannot start
 here is this host's fault, said with its fix, and no builder is backed off for it in later
 runs. Each builder was backed off in turn ("builder 'b1' failed: cannot run ssh: ..."),
-host-wide and kept in backoff.json, and the install hint was dropped."""
+host-wide and kept in backoff.json, and the install hint was dropped. The same for a
+NIX_SSHOPTS that ssh refuses whatever the host, in the hook (``offload build``'s is tested in
+test_build_errors)."""
 
 from __future__ import annotations
 
@@ -59,3 +61,19 @@ def test_offload_build_without_ssh_builds_here_and_backs_no_builder_off(
     down = next(line for line in done.stderr.splitlines() if "cannot run ssh" in line)
     assert "; install OpenSSH" in down
     assert load_backoff(tmp_path / "state" / "backoff.json", time.time()) == {}
+
+
+def test_hook_with_sshopts_ssh_refuses_backs_no_builder_off(fleet: Fleet, tmp_path: Path) -> None:
+    # Each builder was backed off for every later build, "failed: ... invalid time value".
+    file = nix_file(tmp_path, f'mk "badopts" "{SPEED} > $out" {{}}\n')
+    sshopts = fleet.env()["NIX_SSHOPTS"] + " -o ServerAliveInterval=x"
+    done = nix_build(fleet, tmp_path, file, "-j0", NIX_SSHOPTS=sshopts)
+    assert done.returncode != 0  # no builder, no local slot: Nix cannot build it
+    said = [line for line in done.stderr.splitlines() if "ssh refuses NIX_SSHOPTS" in line]
+    assert len(said) == len(fleet.members), done.stderr  # each builder, once
+    assert all("invalid time value" in line and "not backed off" in line for line in said)
+    assert "failed:" not in done.stderr
+    assert load_backoff(tmp_path / "state" / "backoff.json", time.time()) == {}
+    # Mended, the builders build at once: nothing was kept against them.
+    again = nix_build(fleet, tmp_path, file, "-j0")
+    assert again.returncode == 0, again.stderr

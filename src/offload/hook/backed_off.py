@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from offload.backoff import Health
 from offload.errors import OffloadError
+from offload.transport.sshopts_check import SSHOPTS_FIX
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
@@ -183,7 +184,14 @@ def say_declined(context: HookContext, request: TryRequest, choice: Choice) -> N
 def given_up(context: HookContext, request: TryRequest, names: Collection[str]) -> OffloadError:
     """The error that ends an accepted derivation no builder is left for: ``names``, the
     builders that could build it, have all failed for this client (``to_retry`` found none
-    to try) and are backed off."""
+    to try) and are backed off, or were left out for this host's ssh (``faults_here``)."""
+    backed_off = [name for name in names if name not in context.faults_here]
+    if names and not backed_off:
+        why = next(context.faults_here[name] for name in names)
+        return OffloadError(
+            f"no builder is left to build '{request.drv_path}': {why}", hint=SSHOPTS_FIX
+        )
+    names = backed_off
     builders = ", ".join(f"'{name}'" for name in names)
     return OffloadError(
         f"no builder is left to build '{request.drv_path}': only {builders} could, backed off "

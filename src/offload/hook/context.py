@@ -43,6 +43,7 @@ from offload.scheduler.policy import Backoff, MachineSlotSpec
 from offload.scheduler.policy.guesses import guessed_work
 from offload.slots import SlotLocks, slot_key
 from offload.store.drv import read_derivation
+from offload.transport.sshopts_check import SSHOPTS_FIX, sshopts_refused
 from offload.use import read_choice
 
 __all__ = ["Estimate", "HookContext", "load_context"]
@@ -75,6 +76,9 @@ class HookContext:
     notes: list[str] = field(default_factory=list)  # said once per client, before the reply
     client: str | None = None  # the Nix process asking, as ``first_for_client`` names it
     whole: Pool | None = None  # the pool before ``offload use`` narrowed it (None: ``pool``)
+    # Builders this host's ssh cannot reach whatever the builder (``unreachable``), with why:
+    # left out of this process's decisions, backed off for none.
+    faults_here: dict[str, str] = field(default_factory=dict)
 
     def say(self, text: str, level: int = 1) -> None:
         """A line on the user's terminal at Nix's ``level`` (1 warn ... 4 talkative, ``-v``): a
@@ -159,6 +163,8 @@ class HookContext:
             if not machine.enabled or machine.max_jobs <= 0 or machine.name in skip:
                 continue
             if machine.not_connected is not None:  # said "not used" in the pool's warnings
+                continue
+            if machine.name in self.faults_here:
                 continue
             spec = MachineSlotSpec.from_machine(machine)
             probe = self.slots.probe(slot_key(machine.uri), spec.slots)
@@ -288,6 +294,21 @@ class HookContext:
         --reset``, counts from the next decision (Nix keeps a hook process until it accepts)."""
         self.backoff = load_backoff(
             self.state / "backoff.json", time.time(), connections(self.pool)
+        )
+
+    async def unreachable(self, name: str, error: str) -> None:
+        """Builder ``name`` could not be reached: backed off (``machine_failed``), unless ssh
+        refuses NIX_SSHOPTS whatever the host (``transport.sshopts_check``). That is this
+        host's fault: the builder is left out of this process's decisions and kept against
+        none (``offload build`` does the same), and it is said once per client."""
+        refused = await sshopts_refused(self.env)
+        if refused is None:
+            self.machine_failed(name, error)
+            return
+        self.faults_here[name] = refused
+        self.say_to_client(
+            f"builder '{name}' not used: {refused}; {SSHOPTS_FIX}: this host's ssh, not the "
+            "builder, so it is not backed off"
         )
 
     def machine_failed(self, name: str, error: str) -> None:

@@ -212,7 +212,7 @@ async def answer(
                 return code
             if isinstance(code, Unreachable):
                 # Backed off from now on: the next decision leaves it out, as it says why.
-                context.machine_failed(name, code.reason)
+                await context.unreachable(name, code.reason)
                 retry.discard(name)
             elif isinstance(code, BuilderFullError):
                 full.add(name)  # not yet accepted: Nix waits for this reply: decide again
@@ -354,7 +354,7 @@ async def _build_where_a_slot_frees(
                 origin = machine.name
                 continue
             except Unreachable as exc:
-                context.machine_failed(machine.name, exc.reason)
+                await context.unreachable(machine.name, exc.reason)
                 excluded.add(machine.name)
                 continue
             except Lost as lost:
