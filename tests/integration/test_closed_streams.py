@@ -108,12 +108,23 @@ def test_a_build_whose_reader_has_gone_builds_links_and_exits_0(
     assert [run["outcome"] for run in json.loads(history.stdout)["runs"]] == ["ok"]
 
 
-@pytest.mark.parametrize("command", ["completion bash", "manpage", "setup builder --key @k.pub"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "completion bash",
+        "manpage",
+        "setup builder --key @k.pub",
+        "machines --builders ssh://h convert",
+        "fleet env --dir fleet",
+        "report -o -",
+    ],
+)
 def test_a_command_whose_product_is_files_says_stdout_is_closed(
     tmp_path: Path, command: str
 ) -> None:
     # `setup builder` (or client) without --write printed its files into nothing, exit 0
-    # (interrupts tester); a listing still exits 0 quietly, as above.
+    # (interrupts tester), as did a converted machines file, a fleet's exports and a report
+    # to - (a review); a listing still exits 0 quietly, as above.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
                    check=True)  # fmt: skip
     done = _closed(command, tmp_path, 1)

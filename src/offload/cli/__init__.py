@@ -247,14 +247,19 @@ def _interrupted() -> int:
 
 # Started with stdout closed: a build and a listing run as nix-build then does, what they print
 # going nowhere; a command whose product is files to keep (setup's without --write, a
-# completion, the man page) says it has nowhere to put them.
+# completion, the man page, a machines file converted, a fleet's exports, a report to -) says
+# it has nowhere to put them.
 _stdout_closed = False
 
 
 def _prints_files(args: argparse.Namespace) -> bool:
     command = getattr(args, "command", None)
-    return command in {"completion", "manpage"} or (
-        getattr(args, "step", None) in {"client", "builder"} and args.write is None
+    return (
+        command in {"completion", "manpage"}
+        or (getattr(args, "step", None) in {"client", "builder"} and args.write is None)
+        or (command == "machines" and args.action == "convert")
+        or (command == "fleet" and args.fleet_command == "env")
+        or (command == "report" and args.output is None)
     )
 
 
