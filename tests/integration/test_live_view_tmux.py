@@ -11,11 +11,7 @@ final frame says "interrupted after", not "finished"). Each moment is waited for
 from __future__ import annotations
 
 import shlex
-import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,57 +19,15 @@ import pytest
 from offload.fleet import Fleet
 from tests.helpers.nix_files import marker_script, nix_file
 from tests.helpers.offload_run import offload_argv, offload_env
+from tests.helpers.tmux import Pane, tmux_pane
 
-WIDTH, HEIGHT = 120, 40
 GATED = ("g1", "g2", "g3")
-
-
-class Pane:
-    """One tmux server of the test's own (its own socket), one session, one pane."""
-
-    def __init__(self, socket: Path) -> None:
-        self.socket = socket
-
-    def tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
-        argv = ["tmux", "-S", str(self.socket), "-f", "/dev/null", *args]
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
-        return done.stdout
-
-    def start(self, command: str, env: dict[str, str]) -> None:
-        size = ["-x", str(WIDTH), "-y", str(HEIGHT)]
-        self.tmux("new-session", "-d", "-s", "view", *size, command, env=env)
-
-    def screen(self) -> list[str]:
-        """The pane and its scrollback, as text (no colours), right-trimmed."""
-        text = self.tmux("capture-pane", "-p", "-t", "view", "-S", "-200")
-        return [line.rstrip() for line in text.splitlines()]
-
-    def wait(
-        self, condition: Callable[[list[str]], bool], what: str, timeout: float = 60
-    ) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = self.screen()
-            if condition(lines):
-                return lines
-            if time.monotonic() > deadline:
-                pytest.fail(f"the view never showed {what}:\n" + "\n".join(lines))
-            time.sleep(0.1)  # a poll interval, not a wait for something to happen
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["tmux", "-S", str(self.socket), "kill-server"], capture_output=True, check=False
-        )
 
 
 @pytest.fixture
 def pane() -> Iterator[Pane]:
-    # Short paths: tmux and offload both keep sockets in them.
-    work = Path(tempfile.mkdtemp(prefix="tmx", dir="/tmp"))
-    view = Pane(work / "tmux")
-    yield view
-    view.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    with tmux_pane() as view:
+        yield view
 
 
 def gated_run(fleet: Fleet, tmp_path: Path, pane: Pane, gate: Path) -> Path:
