@@ -33,11 +33,29 @@ def test_the_run_ends_with_its_longest_path_or_its_work_over_the_pool() -> None:
     # "a" (path 4 + 8 = 12 work) and "c" (2 work); pool capacity 5 work/s, fastest speed 4.
     graph = JobGraph([job("a", 4), job("b", 8, "a"), job("c", 2)])
     # The run ends at max(12 / 4, 14 / 5) = 3 s from now.
-    check = {"fastest": 4.0, "remaining": 12.0, "capacity": 5.0}
+    check = {"fastest": 4.0, "remaining": 12.0, "work_left": graph.work_left, "capacity": 5.0}
     assert not ends_past_run(graph, "c", 1.0, **check)  # ends at 2
     assert ends_past_run(graph, "c", 0.5, **check)  # ends at 4
     # "a" on a speed-2 machine: 2 s, then "b" at speed 4: 2 s more, past 3.
     assert ends_past_run(graph, "a", 2.0, **check)
     assert not ends_past_run(graph, "a", 4.0, **check)  # exactly 3: a tie is no later
     # With much work left the run ends later, and the slow machine is fine for "c".
-    assert not ends_past_run(graph, "c", 0.5, fastest=4.0, remaining=12.0, capacity=1.0)
+    assert not ends_past_run(
+        graph, "c", 0.5, fastest=4.0, remaining=12.0, work_left=14.0, capacity=1.0
+    )
+
+
+def test_the_work_left_counts_a_running_job_less_what_is_done() -> None:
+    # Four 10 s builds and twelve 2 s ones on local (1x, 1 slot), fast (4x, 2) and slow
+    # (0.5x, 1), exact estimates: the optimum is 7 s, slow building one short job. With the
+    # two half-done long builds counted whole at 4 s, the run looked to end past 8 s, and a
+    # second short job took slow from 4 to 8 while fast went idle at 7 (a tester's run).
+    pool = [
+        MachineSlotSpec("local", 1.0, 1, X86),
+        MachineSlotSpec("fast", 4.0, 2, X86),
+        MachineSlotSpec("slow", 0.5, 1, X86),
+    ]
+    jobs = [job(f"long{i}", 10.0) for i in range(4)] + [job(f"short{i}", 2.0) for i in range(12)]
+    result = simulate(jobs, pool)
+    assert result.makespan == 7.0
+    assert [r.job for r in result.schedule if r.machine == "slow"] == ["short1"]

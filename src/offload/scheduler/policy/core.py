@@ -75,6 +75,7 @@ from offload.scheduler.policy.slack import (
     path_margin,
     remaining_path,
     slower_in_slack,
+    work_left_now,
 )
 from offload.scheduler.policy.speculation import Speculation, SpeculationRule
 
@@ -285,6 +286,7 @@ class Policy(SharedBuilders):
             m.speed,
             fastest=pool.by_speed[0].speed,
             remaining=self._remaining(rnd, now, self.graph.critical_path(job_id)),
+            work_left=work_left_now(self.graph, self._runs, now),
             capacity=pool.capacity(),
         )
 

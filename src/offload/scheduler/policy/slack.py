@@ -21,7 +21,10 @@ of many small builds the margin is small and the rule acts as before.
 
 The other way round, a job does not take a slot so slow that its path would end after the run
 is expected to (``ends_past_run``): when the longest remaining path does on the fastest
-machine, or the work left spread over the whole pool, whichever is later. It is asked where a
+machine, or the work left spread over the whole pool, whichever is later. The work left counts
+a running job less what its machine has done on it, as the path does (``work_left_now``):
+counted whole, half-done long builds near a run's end put that end seconds too late, and a
+short build took a slow slot and ended after the fast ones had gone idle. It is asked where a
 job would otherwise take the fastest free slot for want of holds (``placement``): a long build
 sent there because the round's holds were spent made the whole run wait for it (simulated: a
 first run's every estimate is the same guess, so which build is long is learnt late).
@@ -45,6 +48,7 @@ __all__ = [
     "path_margin",
     "remaining_path",
     "slower_in_slack",
+    "work_left_now",
 ]
 
 # The share of its slack a job may spend on a slower machine to leave faster ones free.
@@ -114,17 +118,37 @@ def latest_end(now: float, slack: float, work: float, fastest: float, share: flo
 
 
 def ends_past_run(
-    graph: JobGraph, job_id: str, speed: float, *, fastest: float, remaining: float, capacity: float
+    graph: JobGraph,
+    job_id: str,
+    speed: float,
+    *,
+    fastest: float,
+    remaining: float,
+    work_left: float,
+    capacity: float,
 ) -> bool:
     """Whether ``job_id`` started now on a machine of ``speed`` would end its path (its work
     there, the rest of its critical path at speed ``fastest``) after the run is expected to
-    end: the longest ``remaining`` path at that speed, or the work left over the pool's
-    ``capacity``, whichever is later (module docstring)."""
+    end: the longest ``remaining`` path at that speed, or ``work_left`` (``work_left_now``)
+    over the pool's ``capacity``, whichever is later (module docstring)."""
     path, work = graph.critical_path(job_id), graph.work(job_id)
     ends = work / speed + (path - work) / fastest
     # A tie is no later: equal guesses make ties common, and ``work_left``'s float sum must
     # not decide them by its rounding.
-    return ends > max(remaining / fastest, graph.work_left / capacity) * (1 + 1e-9)
+    return ends > max(remaining / fastest, work_left / capacity) * (1 + 1e-9)
+
+
+def work_left_now(graph: JobGraph, runs: dict[str, list[Run]], now: float) -> float:
+    """The work of every job not done yet, a running one's less what its furthest copy has
+    done on it (``runs``: each running job's copies), at most its estimate."""
+    done = 0.0
+    for job_id, copies in runs.items():
+        furthest = 0.0
+        for r in copies:
+            if (d := (now - r.start) * r.machine.speed) > furthest:
+                furthest = d
+        done += min(furthest, graph.work(job_id))
+    return max(graph.work_left - done, 0.0)
 
 
 def path_margin(graph: JobGraph) -> float:
