@@ -11,6 +11,7 @@ hold it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -71,19 +72,29 @@ def daemon(daemon_fleet: Fleet, tmp_path: Path) -> Iterator[Path]:
     tests' own cleanup stops the ssh masters it keeps), no local builds (``max-jobs = 0``): its
     socket, stopped with the coordinator it started. Its builders are the fleet's behind a fast
     one that is dead (its port refuses)."""
-    socket = tmp_path / "daemon.socket"
-    ssh_config = tmp_path / "ssh_config"
-    ssh_config.write_text(
-        daemon_fleet.ssh_config.read_text() + "\nHost deadhost\n  HostName 127.0.0.1\n  Port 9\n"
-    )
-    machines = tmp_path / "machines"
     live = daemon_fleet.machines_file.read_text()
     dead = live.splitlines()[0].replace(f"ssh://{MEMBERS[0]}", "ssh://deadhost").split()
     dead[3], dead[4] = "2", "8"  # two slots, speed 8: the first choice
-    machines.write_text(" ".join(dead) + "\n" + live)
-    config = f"build-hook = {HOOK}\nbuilders = @{machines}\nmax-jobs = 0\nsubstituters =\n"
+    with _daemon(daemon_fleet, tmp_path, " ".join(dead) + "\n" + live) as socket:
+        yield socket
+
+
+@contextlib.contextmanager
+def _daemon(fleet: Fleet, tmp_path: Path, machines: str, max_jobs: int = 0) -> Iterator[Path]:
+    """``daemon``'s nix-daemon with ``machines`` its machines file (``deadhost`` in its ssh
+    config) and ``max_jobs``."""
+    socket = tmp_path / "daemon.socket"
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        fleet.ssh_config.read_text() + "\nHost deadhost\n  HostName 127.0.0.1\n  Port 9\n"
+    )
+    (tmp_path / "machines").write_text(machines)
+    config = (
+        f"build-hook = {HOOK}\nbuilders = @{tmp_path / 'machines'}\nmax-jobs = {max_jobs}\n"
+        "substituters =\n"
+    )
     env = {
-        **{k: v for k, v in daemon_fleet.env().items() if k not in {"HOME", "NIX_CONFIG"}},
+        **{k: v for k, v in fleet.env().items() if k not in {"HOME", "NIX_CONFIG"}},
         "NIX_CONFIG": config,
         "NIX_DAEMON_SOCKET_PATH": str(socket),
         "NIX_SSHOPTS": f"-F {ssh_config}",
@@ -125,3 +136,24 @@ def test_a_daemon_clients_builds_go_to_the_builders_through_its_hook_faults_said
         assert len(history.builds()) == 3
     [pid_file] = state.glob("*.sock.pid")
     assert running(int(pid_file.read_text()))
+
+
+def test_a_daemon_clients_are_told_the_hooks_errors(daemon_fleet: Fleet, tmp_path: Path) -> None:
+    # A machines line the hook refuses: it builds locally and says why. Said as a plain line
+    # before its reply, it went to the daemon's log; the user's nix-build heard nothing.
+    live = daemon_fleet.machines_file.read_text().splitlines()
+    broken = live[0].split()
+    broken[3] = "2x"
+    file = nix_file(tmp_path, _leaves(1))
+    env = {k: v for k, v in daemon_fleet.env().items() if k != "NIX_CONFIG"}
+    with _daemon(daemon_fleet, tmp_path, " ".join(broken) + "\n", max_jobs=1) as socket:
+        done = subprocess.run(
+            ["nix-build", str(file), "--no-out-link", "--store", f"unix://{socket}"],
+            env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("offload-hook: error:")]
+    assert said, done.stderr
+    assert "'2x' is not a whole number of jobs" in said[0]
+    assert said[0].endswith("building locally")
+    assert Path(done.stdout.split()[0]).read_text().strip() == "local"

@@ -65,6 +65,21 @@ def _serve(
     return code, b"".join(said).decode().splitlines()
 
 
+def _nix_error(text: str) -> str:
+    """``text`` as Nix reads an error before the reply: an ``@nix`` message at level 0, which a
+    nix-daemon passes on to its client (a plain line went to the daemon's own log)."""
+    return "@nix " + json.dumps({"action": "msg", "level": 0, "msg": text}, separators=(",", ":"))
+
+
+def _errors(lines: Sequence[str]) -> list[str]:
+    """The errors among ``lines``, by their text."""
+    return [
+        json.loads(line.removeprefix("@nix "))["msg"]
+        for line in lines
+        if line.startswith("@nix ") and '"level":0' in line
+    ]
+
+
 def _failing(accept_first: bool) -> Callable[[HookIO], Answer]:
     def make(io: HookIO) -> Answer:
         async def answer(context: object, reader: object, request: TryRequest, **_: object) -> int:
@@ -83,7 +98,7 @@ def test_a_failure_before_the_reply_declines_with_one_line(tmp_path: Path) -> No
     assert code == 0
     assert lines[-5:] == [
         "<asked>",
-        f"{ERROR}; {DRV} is left to Nix",
+        _nix_error(f"{ERROR}; {DRV} is left to Nix"),
         "<replying>",
         "# decline",
         "<answered>",
@@ -136,7 +151,9 @@ def test_a_build_for_another_store_is_declined_for_good(
             "host's own: offload-hook brings outputs home into this host's store only; "
             "building locally"
         )
-        assert lines == ["<asked>", said, "<replying>", "# decline-permanently", "<answered>"]
+        assert lines == [
+            "<asked>", _nix_error(said), "<replying>", "# decline-permanently", "<answered>"
+        ]  # fmt: skip
     else:
         assert answered == [DRV]
         assert lines[-2:] == ["# decline", "<answered>"]
@@ -156,7 +173,7 @@ def test_a_hook_that_cannot_read_its_settings_says_what_nix_does_then(
     code, lines = _serve(tmp_path, settings, _declining(answered))
     assert code == 0
     assert answered == []
-    (said,) = [line for line in lines if line.startswith("offload-hook: error: ")]
+    (said,) = [line for line in _errors(lines) if line.startswith("offload-hook: error: ")]
     assert "column 4 (maxJobs)" in said
     assert said.endswith(f"; {then}")
 
@@ -175,7 +192,7 @@ def test_a_try_for_no_derivation_offload_can_build_is_declined_and_the_next_answ
     assert code == 0
     assert answered == [DRV]
     assert lines.count("# decline") == 3
-    refused = [line for line in lines if line.startswith("offload-hook: error:")]
+    refused = [line for line in _errors(lines) if line.startswith("offload-hook: error:")]
     assert len(refused) == 2
     assert "'.' or '..'" in refused[0]
     assert refused[0].endswith("; it is left to Nix")

@@ -34,6 +34,7 @@ from offload.hook.wire import (
     read_request,
     read_settings,
     verbosity,
+    write_nix_json,
     write_reply,
 )
 from offload.protocol.wire import ByteReader
@@ -56,7 +57,10 @@ class Hook:
         self.parent = parent
 
     def error(self, exc: OffloadError, what: str) -> None:
-        self.io.err(error_line(exc, what))
+        """``exc`` said before the reply, as a structured line: a plain one goes to a
+        nix-daemon's own log, not to its client (``HookContext.say``)."""
+        line = error_line(exc, what).decode().rstrip("\n")
+        write_nix_json(self.io, {"action": "msg", "level": 0, "msg": line})
 
 
 def error_line(exc: OffloadError, what: str) -> bytes:

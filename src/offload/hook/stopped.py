@@ -79,9 +79,10 @@ def not_started(started: subprocess.Popen[bytes], log: str | None) -> str:
 
 
 def say_taken_over(why: str) -> None:
-    """Tell the user a new coordinator takes the dead one's place."""
-    sys.stderr.write(
-        f"offload-hook: warning: the coordinator stopped {why}; a new one decides in its place\n"
+    """Tell the user a new coordinator takes the dead one's place (a structured line: a
+    nix-daemon's client hears it)."""
+    say_to_nix(
+        f"offload-hook: warning: the coordinator stopped {why}; a new one decides in its place", 1
     )
     sys.stderr.flush()
 
