@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import cast
 
 from offload.config.machines import parse_machines
-from offload.hook.backed_off import _left_out_by_use, declined_line
+from offload.hook.backed_off import _left_out_by_use, _local, declined_line
 from offload.hook.context import HookContext
 from offload.hook.keep import Keep
 from offload.hook.run import _why_moved
@@ -18,12 +18,12 @@ SYSTEM = "x86_64-linux"
 REQUEST = TryRequest(False, SYSTEM, "/nix/store/" + "a" * 32 + "-x.drv", frozenset())
 
 
-def _context(lines: str, chosen: set[str] | None) -> HookContext:
+def _context(lines: str, chosen: set[str] | None, local: object = None) -> HookContext:
     machines, _ = parse_machines(lines, source="m", system=SYSTEM)
-    whole = SimpleNamespace(machines=machines)
+    whole = SimpleNamespace(machines=machines, local=local)
     if chosen is None:  # no choice in force
         return cast("HookContext", SimpleNamespace(pool=whole, whole=None))
-    pool = SimpleNamespace(machines=[m for m in machines if m.name in chosen])
+    pool = SimpleNamespace(machines=[m for m in machines if m.name in chosen], local=None)
     return cast("HookContext", SimpleNamespace(pool=pool, whole=whole))
 
 
@@ -35,6 +35,17 @@ def test_the_decline_says_offload_use_left_the_others_out():
     line = declined_line(REQUEST.drv_path, ("slow",), 0.0, "local cannot", chosen=True)
     assert "only 'slow' could build it of the builders `offload use` chooses" in line
     assert "`offload use` chooses" not in declined_line(REQUEST.drv_path, ("slow",), 0.0, "x")
+
+
+def test_a_local_machine_offload_use_leaves_out_is_not_said_to_build_nothing() -> None:
+    # `offload use slow` with the local machine able to build: "the local machine builds
+    # nothing here: max-jobs is 0", and Nix then built it here (hook tester).
+    lines = "slow x86_64-linux - 1 1\n"
+    local = SimpleNamespace(supports=lambda system, features: True)
+    said = _local(_context(lines, {"slow"}, local=local), REQUEST)
+    assert said.startswith("`offload use` leaves the local machine out")
+    assert "max-jobs is 0" not in said.split("unless")[0]
+    assert _local(_context(lines, {"slow"}, local=None), REQUEST).endswith("max-jobs is 0")
 
 
 def test_a_build_moved_by_offload_use_says_so_not_that_a_slot_freed() -> None:

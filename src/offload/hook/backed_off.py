@@ -82,8 +82,14 @@ def backed_off_line(name: str, health: Health) -> str:
     )
 
 
-def local_why(has_local: bool, fits_local: bool) -> str:
-    """Why the local machine will not build it: nothing is built here, or not this."""
+def local_why(has_local: bool, fits_local: bool, *, chosen_out: bool = False) -> str:
+    """Why the local machine will not build it: nothing is built here, or not this, or
+    ``offload use`` leaves it out (``chosen_out``), which binds offload, not Nix."""
+    if chosen_out:
+        return (
+            "`offload use` leaves the local machine out (Nix, declined, builds it here all "
+            "the same unless its max-jobs is 0)"
+        )
     if not has_local:
         return "the local machine builds nothing here: max-jobs is 0"
     if not fits_local:
@@ -208,4 +214,5 @@ def _first_end(context: HookContext, names: Collection[str]) -> float:
 def _local(context: HookContext, request: TryRequest) -> str:
     local = context.pool.local
     fits = local is not None and local.supports(request.system, sorted(request.features))
-    return local_why(local is not None, fits)
+    chosen_out = local is None and context.whole is not None and context.whole.local is not None
+    return local_why(local is not None, fits, chosen_out=chosen_out)
