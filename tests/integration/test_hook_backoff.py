@@ -156,6 +156,25 @@ def test_a_later_nix_build_names_the_backoff_tries_the_builder_and_declines(
     assert after.reason.startswith(REFUSED)
 
 
+def test_one_outage_two_nix_builds_meet_is_one_failure_told_to_both(
+    backoff_fleet: Fleet, tmp_path: Path
+) -> None:
+    # A second nix-build that met the same dead builder a moment later counted a second
+    # failure (180 s), and a third (540 s) on its next try (hook tester).
+    line, config = _bad_line(backoff_fleet, tmp_path)
+    env = _env(backoff_fleet, tmp_path, config)
+    builds = [_nix_build(nix_file(tmp_path, ONE), line, env) for _ in range(2)]
+    told = []
+    for done in builds:
+        assert done.returncode == 1, done.stderr
+        [failed] = [line for line in _hook_lines(done.stderr) if "builder 'bad' failed" in line]
+        told.append(failed.split("backed off until ")[1].split(" (")[0])
+    [after] = load_backoff(tmp_path / "state" / "backoff.json", time.time()).values()
+    assert after.failures == 1
+    # Each is told, of one and the same backoff.
+    assert told == [time.strftime("%H:%M:%S", time.localtime(after.until))] * 2
+
+
 def test_a_builder_fixed_since_its_backoff_builds_at_once(
     backoff_fleet: Fleet, tmp_path: Path
 ) -> None:

@@ -319,21 +319,18 @@ class HookContext:
 
         now = time.time()
         reason = reason_line(explain(self.machine(name), error, HOOK_LEAVE_OUT))
-        counted: list[Health] = []
+        counted: list[Health] = []  # a new failure
+        merged: list[Health] = []  # or one found a moment ago
 
         connection = self.machine(name).connection_id
 
         def failed(current: Health | None) -> Health | None:
             if current is not None and current.connection not in (None, connection):
                 current = None  # failures of its line before it was mended count no more
-            # Another build there (another hook process) may have found it dead a moment ago.
-            if (
-                current is not None
-                and self.failed_for_client(name)
-                and _just_backed_off(current, now)
-            ):
-                # The same outage, found by another of this nix-build's builds there (a retry
-                # out of turn it would not make): one failure, said once.
+            if current is not None and _just_backed_off(current, now):
+                # The same outage, found a moment ago by another build there (another hook
+                # process, of this nix-build or another): one failure, as in a run.
+                merged.append(current)
                 return current
             failures = (current.failures if current is not None else 0) + 1
             until = now + Backoff().delay(failures)
@@ -342,11 +339,11 @@ class HookContext:
 
         change_backoff(self.state / "backoff.json", name, failed, now)
         self.reload_backoff()
-        if not counted:
-            return
-        health = counted[0]
+        told = not self.first_for_client(f"failed {name}")  # no retry out of turn for it now
+        if not counted and (not merged or told):
+            return  # the outage another build found, said to this client already
+        health = (counted or merged)[0]
         self.first_for_client(backed_off_key(name, health))  # said here: not again as left out
-        self.first_for_client(f"failed {name}")  # no retry out of turn for this client
         self.say(
             f"builder '{name}' failed: {reason}; backed off until {clock(health.until)} "
             f"({health.until - now:.0f} s), for every build on this host, until it answers again"
@@ -358,9 +355,13 @@ class HookContext:
 
 
 def _just_backed_off(health: Health, now: float) -> bool:
-    """Did ``health``'s backoff start within ``Backoff.coalesce`` of ``now``?"""
+    """Did ``health``'s backoff start within ``Backoff.coalesce`` before ``now`` (when it
+    started: ``since``, or its delay before its end where a file kept no start)?"""
     policy = Backoff()
-    return now - (health.until - policy.delay(health.failures)) < policy.coalesce
+    start = (
+        health.since if health.since is not None else health.until - policy.delay(health.failures)
+    )
+    return 0 <= now - start < policy.coalesce
 
 
 def _sweep(directory: Path, before: float) -> None:
