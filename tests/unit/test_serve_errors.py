@@ -173,9 +173,29 @@ def test_a_long_log_after_an_error_line_is_not_held_nor_taken_for_the_end() -> N
     assert tail.lines == ["error: the last block wins"]
 
 
+@pytest.mark.parametrize(
+    ("last", "whose"),
+    [
+        ("Connection to 127.0.0.1 closed by remote host.", "ssh's word"),
+        ("Shared connection to b1 closed.", "ssh's word"),
+        ("building the thing...", "its last line"),
+    ],
+)
+def test_ssh_s_own_word_on_the_end_is_not_called_the_builders(last: str, whose: str) -> None:
+    # A killed builder's end read "(its last line: 'Connection to 127.0.0.1 closed by remote
+    # host.')", ssh's words taken for the builder's (hook tester).
+    async def go() -> None:
+        client, _ = await connected(b"", stderr=reader_with(f"{last}\n".encode()))
+        with pytest.raises(ProtocolError) as raised:
+            await client.query_closure([A])
+        assert raised.value.message.endswith(f" ({whose}: {last!r})")
+
+    run(go())
+
+
 def test_a_session_ending_after_a_builds_own_error_says_its_last_line() -> None:
     # cargo's "error: could not compile" and its log, then ssh's own last words: the end is
-    # told by those, not by cargo's error.
+    # told by those, not by cargo's error, and as ssh's, not the builder's (hook tester).
     log = "error: could not compile `foo`\n" + "".join(f"Compiling c{n}\n" for n in range(60))
     log += "Timeout, server b1 not responding.\n"
 
@@ -185,7 +205,7 @@ def test_a_session_ending_after_a_builds_own_error_says_its_last_line() -> None:
             await client.query_closure([A])
         assert raised.value.message == (
             "b1 closed the connection during QueryClosure"
-            " (its last line: 'Timeout, server b1 not responding.')"
+            " (ssh's word: 'Timeout, server b1 not responding.')"
         )
 
     run(go())

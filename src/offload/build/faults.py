@@ -63,7 +63,7 @@ _OWN_CACHE = re.compile(
     r"(?:^|: )(?:cannot connect to '[^']+'|unable to download '[^']+\.narinfo')"
 )
 # A closed session's last line, as ``ProtocolConnection._translate`` quotes it.
-_LAST_LINE = re.compile(r" \(its last line: .*\)$")
+_LAST_LINE = re.compile(r" \((?:its last line|ssh's word): .*\)$")
 # The line in which ssh names the known_hosts file and line that hold the old key.
 _OFFENDING = re.compile(r"Offending \S+ key in (\S+?):(\d+)")
 

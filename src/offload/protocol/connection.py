@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from offload.errors import PeerSilent, ProtocolError
@@ -35,6 +36,12 @@ NarProducer = Callable[[Sink], Awaitable[object]]
 
 # The one request allowed before the server's version is known.
 HANDSHAKE = "the handshake"
+# What ssh itself says as a connection ends (clientloop.c, serverloop's keepalive), on the
+# session's stderr.
+_SSH_CLOSED = re.compile(
+    r"(?:(?:Shared connection|Connection) to \S+ closed(?: by remote host)?"
+    r"|Timeout, server \S+ not responding)\.$"
+)
 
 
 class SinkFailed(Exception):
@@ -180,7 +187,10 @@ class ServeConnection:
             return exc.during(self.name, what)
         if eof:
             said = self._error_tail.last
-            last = f" (its last line: {said[:300]!r})" if said else ""
+            # ssh's own word on the end, not the builder's: "Connection to H closed by remote
+            # host." (its stderr and the builder's are one stream here).
+            whose = "ssh's word" if _SSH_CLOSED.match(said or "") else "its last line"
+            last = f" ({whose}: {said[:300]!r})" if said else ""
             return ProtocolError(f"{self.name} closed the connection during {what}{last}")
         if isinstance(exc, ProtocolError):
             return ProtocolError(f"{self.name}: {exc.message} (during {what})", hint=exc.hint)
