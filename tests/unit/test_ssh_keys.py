@@ -135,9 +135,17 @@ def test_a_refused_key_the_machines_line_does_not_name_is_not_called_a_default_o
     why = explain(machine, link_error(DENIED))
     assert why == (
         "the builder refused the ssh keys offered (your ssh config's IdentityFile, or ssh's "
-        "default keys); add the right public key to the builder's authorized_keys, or name its "
-        "private key in column 3 of /etc/nix/machines:1"
+        "default keys); add the right public key to the builder's authorized_keys there, or "
+        "name its private key in column 3 of /etc/nix/machines:1"
     )
+
+
+def test_a_refused_key_for_a_user_the_uri_names_asks_about_the_user() -> None:
+    # 'rooot@' read as a key to authorize, the user never named (hook tester).
+    machine = machines("ssh://rooot@b x86_64-linux /k/id 1 1\n")[0]
+    why = explain(machine, link_error(DENIED))
+    assert why.startswith("the builder refused the ssh key /k/id for user 'rooot'; ")
+    assert "is rooot the user meant in ssh://rooot@b? else add /k/id.pub to rooot's" in why
 
 
 def test_the_transports_hint_says_the_key_file_is_missing() -> None:

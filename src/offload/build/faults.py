@@ -167,17 +167,21 @@ def _refused(machine: Machine, error: str) -> str:
         assert machine.ssh_key is not None
         what, fix = passphrase_fix(machine.ssh_key, key_place(machine))
         return f"{what}; {fix}"
+    # A user the URI names may be the mistake (a typo: 'rooot@'), not the key.
+    user = f" for user '{machine.user}'" if machine.user else ""
+    whose = f"{machine.user}'s" if machine.user else "the builder's"
+    check = f"is {machine.user} the user meant in {machine.uri}? else " if machine.user else ""
     if machine.ssh_key:
         key = machine.ssh_key
         return (
-            f"the builder refused the ssh key {key}; add {key}.pub to the builder's "
-            f"authorized_keys, or name the right key in column 3 of {machine.source}"
+            f"the builder refused the ssh key {key}{user}; {check}add {key}.pub to {whose} "
+            f"authorized_keys there, or name the right key in column 3 of {machine.source}"
         )
     # The key is the ssh config's (NIX_SSHOPTS' -F), or ssh's.
     return (
-        "the builder refused the ssh keys offered (your ssh config's IdentityFile, or ssh's "
-        "default keys); add the right public key to the builder's authorized_keys, or name "
-        f"its private key in column 3 of {machine.source}"
+        f"the builder refused the ssh keys offered{user} (your ssh config's IdentityFile, or "
+        f"ssh's default keys); {check}add the right public key to {whose} authorized_keys "
+        f"there, or name its private key in column 3 of {machine.source}"
     )
 
 
