@@ -294,3 +294,23 @@ def test_bigger_sources_are_guessed_longer_and_keep_that_order_when_learning():
     # Both learned from a's build, and big is still guessed three times small.
     assert work(paths["small"]) < DEFAULT_WORK
     assert work(paths["big"]) == pytest.approx(3 * work(paths["small"]))
+
+
+def test_the_run_starts_with_its_plans_makespan_not_the_lower_bound():
+    # A diamond: top 4 -> four mids of 12 -> bottom 4, on local (1x, 1 slot), fast (4x, 2)
+    # and slow (0.5x, 1). The bound is 5.9 s (56 of work over 9.5 a second); the plan waits
+    # for fast's slots, 8 s. The run said "estimate 5.9s", and history "scheduler expected"
+    # it, for a run of 8.1 s (scheduling tester).
+    edges = {"top": [], "bot": [f"mid{i}" for i in range(4)]}
+    edges.update({f"mid{i}": ["top"] for i in range(4)})
+    plan, _, _, src = make_plan(edges)
+    local = FakeLink(FakeStore("local", [src]))
+    members = [
+        PoolMember(spec("local", 1.0, 1), local, remote=False),
+        PoolMember(spec("fast", 4.0, 2), FakeLink(FakeStore("fast")), remote=True),
+        PoolMember(spec("slow", 0.5, 1), FakeLink(FakeStore("slow")), remote=True),
+    ]
+    estimates = {"top": 4.0, "bot": 4.0, **{f"mid{i}": 12.0 for i in range(4)}}
+    _, events = run(plan, members, local, estimates=estimates)
+    assert isinstance(events[0], RunStarted)
+    assert events[0].estimate == pytest.approx(8.0)

@@ -245,8 +245,12 @@ class Executor(Endings):
             except SchedulerError:
                 self._tell_unreachable(start)
                 raise
-        # The run's first event opens it (its machines, its estimate); who is down follows.
-        self._events.run_started(tuple(self.members), self._estimate_makespan())
+        # The run's first event opens it (its machines, its plan's makespan: the live view's
+        # first ETA, history's "scheduler expected"); who is down follows.
+        planned = self._events.remaining()
+        if planned is None:  # no machine up: the bound, for what it says
+            planned = self._estimate_makespan()
+        self._events.run_started(tuple(self.members), planned)
         for name, health in self._restored.items():
             self._events.machine_down(name, health.said(name), health.until)
         self._tell_unreachable(start)
