@@ -47,6 +47,20 @@ def test_dry_run_plans_every_missing_derivation_and_builds_nothing(tmp_path):
     assert not (tmp_path / "result").exists()
 
 
+def test_a_dry_runs_estimated_time_says_what_its_bound_is_of(tmp_path):
+    # "lower bound 32.0s" for a run of 12 s: a bound of the estimates, which Nix's build logs
+    # give too high for a build that ran on a slower machine (scheduling tester).
+    (tmp_path / "d.nix").write_text(NIX)
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "offload", "build", str(tmp_path / "d.nix"), "-A", "b"]
+    argv += ["--argstr", "salt", secrets.token_hex(4), "--builders", "", "--dry-run"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("estimated time 20.0s (lower bound 20.0s, by these estimates); ")
+    assert "Nix's build logs read as if it built on the fastest machine" in last
+
+
 def test_dry_run_asks_builders_and_plans_a_fetch_for_what_they_hold(fleet, tmp_path):
     file = nix_file(
         tmp_path,

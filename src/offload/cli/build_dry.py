@@ -134,8 +134,10 @@ def show_dry_run(
         print(f"no machine could build {them}: {plan.no_machine}", file=sys.stderr)
     elif run.sim is not None and plan.rows:
         print(
-            f"estimated time {run.sim.makespan:.1f}s (lower bound {run.sim.lower_bound:.1f}s); "
-            "estimates come from history or Nix's build logs, 10s per derivation without them",
+            f"estimated time {run.sim.makespan:.1f}s (lower bound {run.sim.lower_bound:.1f}s, by "
+            "these estimates); estimates come from history, or from Nix's build logs read as if "
+            "it built on the fastest machine (too high for one built on a slower one), 10s per "
+            "derivation without either",
             file=sys.stderr,
         )
     return 0
