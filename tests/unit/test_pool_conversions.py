@@ -306,3 +306,19 @@ def test_nixos_form_drops_the_uri_s_port_whatever_offload_toml_s_is() -> None:
     nixos = pool_to_nixos(p)
     assert 'hostName = "nx-a.invalid";' in nixos
     assert "port 2202 of nx-a.invalid dropped" in nixos
+
+
+def test_a_misspelt_system_is_said_as_the_pool_is_read(tmp_path):
+    # Every build went to other machines (or Nix) without a word: offload build and the hook
+    # said nothing, only `offload machines` and doctor knew (hook tester).
+    nix = NixSettings({"builders": "nx-s.invalid x86_64-linx; nx-ok.invalid"})
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    p = load_pool(builders=None, config=None, env=env, nix_settings=nix)
+    said = (
+        "nix.conf builders:1: nx-s.invalid: system 'x86_64-linx' is no Nix system (did you mean"
+        " x86_64-linux?): no build asks for it"
+    )
+    assert p.warnings == (said,)
+    # `offload machines` reads leniently and says it among the machine's problems, once.
+    lenient = load_pool(builders=None, config=None, env=env, nix_settings=nix, lenient=True)
+    assert lenient.warnings == ()

@@ -29,7 +29,7 @@ from offload.config.machines import (
     parse_store_uri,
     shown,
 )
-from offload.config.machines.check import refusals
+from offload.config.machines.check import refusals, system_problems
 from offload.config.machines.uri import TOML_PARAMS
 from offload.config.naming import one_name_each
 from offload.config.reading import read_spec
@@ -416,12 +416,14 @@ def load_pool(
     spec, origin = builders_spec(builders, env, settings, options, setting=builders_setting)
     machines, warnings, errors = read_spec(spec, origin, settings.system, lenient=lenient)
     warnings = [*settings.warnings, *warnings]
-    if not lenient:  # `offload machines` says it among the machines' problems
+    if not lenient:  # `offload machines` says these among the machines' problems
         warnings += [
             f"{m.source}: {m.name}: {why}; not used (`offload machines` says more)"
             for m in machines
             if (why := m.not_connected) is not None
         ]
+        # A misspelt system builds everything elsewhere without a word from Nix.
+        warnings += [f"{m.source}: {m.name}: {why}" for m in machines for why in system_problems(m)]
     toml = load_offload_toml(config, env)
     if toml is not None:
         machines, more = apply_toml(machines, toml, system=settings.system)

@@ -36,6 +36,7 @@ __all__ = [
     "param_problems",
     "real_system",
     "refusals",
+    "system_problems",
 ]
 
 
@@ -86,7 +87,8 @@ def _misspelt(system: str) -> str | None:
     return None if real_system(system) else meant(system, _KNOWN_SYSTEMS, cutoff=0.8)
 
 
-def _system_problems(machine: Machine) -> list[str]:
+def system_problems(machine: Machine) -> list[str]:
+    """A system in ``machine``'s line that no build asks for (a misspelling, a path), said."""
     found = []
     for system in machine.systems:
         if _SYSTEM.fullmatch(system):
@@ -243,7 +245,7 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
         )
     if machine.pins_junk:
         found.append(_PINS_JUNK)
-    found += _system_problems(machine)
+    found += system_problems(machine)
     found += param_problems(machine)
     found += _junk_columns(machine)
     found += _refused_names(machine)
