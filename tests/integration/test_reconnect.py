@@ -130,6 +130,9 @@ def test_offload_hooks_coordinator_reconnects_a_builder_whose_master_was_killed(
     assert Path(out_path(file, "a")).read_text().strip() == speed  # there
     assert Path(out.strip()).read_text().strip() == speed  # b, there
     assert "offload-hook: builder 'again' failed: again closed the connection" in err  # said
+    # And that it answered again: told only it failed and was backed off, the user saw it
+    # build there again with no word why, the reconnect in the coordinator's log alone.
+    assert "offload-hook: builder 'again' answered again after its connection was lost" in err
     assert "again" not in _backoff(tmp_path)
     log = (tmp_path / "state" / "hook-coordinator.log").read_text()
     assert "builder 'again' reconnected after its connection was lost" in log

@@ -246,7 +246,7 @@ async def _accept_in_slot(
     # Only the coordinator goes on: accepted already, but Nix cares not where it builds;
     # there again if the builder, reconnected meanwhile, answered.
     assert lost.accepted is not None
-    excluded = set() if await _reconnected(context, lost) else {name}
+    excluded = set() if await _reconnected(context, lost, name, request) else {name}
     return await _build_where_a_slot_frees(
         context, request, lost.accepted, work, excluded=excluded, origin=name
     )
@@ -358,7 +358,7 @@ async def _build_where_a_slot_frees(
                 excluded.add(machine.name)
                 continue
             except Lost as lost:
-                if not await _reconnected(context, lost):
+                if not await _reconnected(context, lost, machine.name, request):
                     excluded.add(machine.name)
                 origin, since = machine.name, time.time()  # its next copy waits from here
                 continue
@@ -437,12 +437,17 @@ def _wait_full(context: HookContext, name: str, waiting: list[str], said: set[st
     waiting.append(name)
 
 
-async def _reconnected(context: HookContext, lost: Lost) -> bool:
-    """Whether the builder ``lost`` the build on answered again (``offload.hook.reconnects``):
-    its backoff cleared, the build may go there again."""
+async def _reconnected(context: HookContext, lost: Lost, name: str, request: TryRequest) -> bool:
+    """Whether builder ``name``, which ``lost`` the build, answered again
+    (``offload.hook.reconnects``): its backoff cleared, the build may go there again. Said
+    to the user, who was told it failed and was backed off."""
     if lost.reconnect is None or not await asyncio.shield(lost.reconnect):
         return False
     context.reload_backoff()
+    context.say(
+        f"builder '{name}' answered again after its connection was lost: its backoff is "
+        f"cleared, and '{request.drv_path}' is built again where a slot frees first"
+    )
     return True
 
 
