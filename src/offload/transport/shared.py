@@ -119,9 +119,15 @@ class SharedSshTransport:
         )
         await self._offer(command)
         argv = self.argv(command)
+        # Over a master that answers there is nothing to connect or log in: a builder that
+        # does not answer within the connect timeout is hung, or the network to it is down.
+        # Waited for until the master's keepalives ended it, Nix waited for the hook's reply
+        # with every build of the nix-build (16 s); a new master gets the login's slack too.
+        warm = master_alive(self.control_path) is True
+        limit = self._connect_timeout + (0.0 if warm else _AUTH_SLACK)
         proc = await stack.enter_async_context(spawn(argv, env=self._env))
         assert proc.stdin is not None
-        opening = await open_serve(proc, self._connect_timeout + _AUTH_SLACK, self.dialect)
+        opening = await open_serve(proc, limit, self.dialect)
         if opening.failure is not None:
             lines = [line for line in [*opening.early[-5:], opening.failure] if line.strip()]
             raise SshError(
