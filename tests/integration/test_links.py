@@ -266,33 +266,6 @@ def test_build_over_link_and_pid_line_kept_out_of_logs(own_fleet: Fleet, tmp_pat
     assert own_fleet.store_has("m1", drv.outputs["out"].path)
 
 
-def test_a_master_whose_socket_is_gone_is_replaced_not_bypassed(own_fleet: Fleet) -> None:
-    # A master whose control socket no longer answers (removed by a /tmp cleaner, or killed
-    # and not reaped yet) was still taken for up: each new session then went by a connection
-    # of its own (ssh's fallback), three where one master serves them (a reader of a flaky
-    # count).
-    port = own_fleet.member("m1").port
-
-    async def go() -> None:
-        async with _link(own_fleet, max_sessions=3) as link:
-            async with link.session() as client:
-                assert await client.query_valid_paths([]) == set()
-            control, first = link.ssh.control_path, link.ssh.master_pid
-            assert control is not None
-            control.unlink()
-            before = established(port)
-
-            async def borrow() -> None:
-                async with link.session() as client:
-                    await client.query_closure([])
-
-            await asyncio.gather(*(borrow() for _ in range(3)))
-            assert link.ssh.master_pid not in (None, first)
-            assert established(port) - before <= 1
-
-    asyncio.run(go())
-
-
 def test_dropped_connection_mid_transfer_leaves_no_path(own_fleet: Fleet, tmp_path: Path) -> None:
     path = _added_path(tmp_path, 50 * 1024 * 1024)
     member_copy = own_fleet.member("m1").root / path.lstrip("/")

@@ -150,11 +150,9 @@ class SshTransport:
 
     def _master_up(self) -> bool:
         """A master to multiplex over: ours running, or the shared one we found."""
-        control = self.control_path
         if self._master is not None and self._master.returncode is None:
-            # A master killed outright keeps its returncode None until asyncio reaps it, but
-            # its socket refuses at once: it is down (no session may fall back, ``ssh_argv``).
-            return control is None or master_alive(control) is not False
+            return True
+        control = self.control_path
         return self._reused and control is not None and master_alive(control) is True
 
     def _reuse(self, shared: SharedPaths) -> bool:
@@ -187,8 +185,6 @@ class SshTransport:
             await self._stop_master()
             if self._shared is None:
                 self._dir = self._dir or private_dir()
-                # A dead master's socket: ssh would not bind over it (the shared one's: ``_reuse``).
-                (self._dir / "m").unlink(missing_ok=True)
                 if (pinned := self.known_hosts) is not None:
                     try:
                         pinned.write_text(known_hosts_line(self.target))
