@@ -258,11 +258,9 @@ def test_nix_s_next_try_finds_a_hook_whose_coordinator_died_gone_at_once(
         os.write(nix_stdin, b"\x03\x00\x00\x00\x00\x00\x00\x00try\x00\x00\x00\x00\x00")
 
 
-# A structured line: a nix-daemon passes it on to its client (a plain one went to its log).
 TAKEN_OVER = (
-    '@nix {"action":"msg","level":1,"msg":"offload-hook: warning: the coordinator stopped'
-    f" (pid {os.getpid()}, its log: hook-coordinator.log in the state directory); a new one"
-    ' decides in its place"}\n'
+    f"offload-hook: warning: the coordinator stopped (pid {os.getpid()}, its log:"
+    " hook-coordinator.log in the state directory); a new one decides in its place\n"
 )
 SETTINGS_READ = b"S" * 24
 TRY = b"T" * 16

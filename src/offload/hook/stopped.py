@@ -79,10 +79,11 @@ def not_started(started: subprocess.Popen[bytes], log: str | None) -> str:
 
 
 def say_taken_over(why: str) -> None:
-    """Tell the user a new coordinator takes the dead one's place (a structured line: a
-    nix-daemon's client hears it)."""
-    say_to_nix(
-        f"offload-hook: warning: the coordinator stopped {why}; a new one decides in its place", 1
+    """Tell the user a new coordinator takes the dead one's place. A plain line: said before
+    the take-over is tried, and where none takes over the hook ends, and Nix shows what it left
+    as "build hook died unexpectedly: ..." (a structured line there was shown raw)."""
+    sys.stderr.write(
+        f"offload-hook: warning: the coordinator stopped {why}; a new one decides in its place\n"
     )
     sys.stderr.flush()
 
