@@ -3,7 +3,6 @@ on one host (containers, VMs, the fleet's members on 127.0.0.1) are kept apart b
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -16,11 +15,8 @@ from offload.config.machines import default_name, parse_machines
 from offload.config.naming import one_name_each
 from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import NixSettings, parse_offload_toml
-from offload.hook.context import HookContext, load_context
-from offload.hook.keep import Keep
-from offload.hook.wire import HookIO
 from offload.scheduler.policy.pool import Pool as SlotPool
-from offload.slots import SlotLocks
+from tests.helpers.hook_contexts import hook_context
 
 SYSTEM = "x86_64-linux"
 TWO_PORTS = f"ssh://nx-h.invalid {SYSTEM} - 2\nssh://nx-h.invalid:2222 {SYSTEM} - 3\n"
@@ -132,20 +128,8 @@ def test_a_name_picks_its_own_builder_and_a_host_every_one_on_it(tmp_path: Path)
     assert [m.port for m in ports.select(exclude=["nx-h.invalid:2201"]).machines] == [2222]
 
 
-def _hook_context(tmp_path: Path, builders: str) -> HookContext:
-    """A hook's context for ``builders``, its state and slot locks in ``tmp_path``."""
-    said: list[bytes] = []
-    context = load_context(
-        {"max-jobs": "0", "system": SYSTEM, "builders": builders},
-        state=tmp_path, verbosity=0, env={}, io=HookIO(said.append, said.append),
-        parent=os.getpid(), keep=Keep(tmp_path),
-    )  # fmt: skip
-    context.slots = SlotLocks(tmp_path / "current-load")
-    return context
-
-
 def test_the_backoff_of_one_builder_leaves_the_other_on_its_host_up(tmp_path: Path) -> None:
-    context = _hook_context(tmp_path, TWO_PORTS)
+    context = hook_context(tmp_path, TWO_PORTS)
     context.machine_failed("nx-h.invalid", "ssh: connect to host nx-h.invalid: Connection refused")
     now = time.time()
     down = {b.spec.name: b.down_until is not None for b in context.builders(now)}
@@ -169,5 +153,5 @@ def test_the_hook_offers_no_builder_offload_never_connects_to(tmp_path: Path) ->
         f"local {SYSTEM}; https://nx-c.invalid {SYSTEM}; SSH://nx-u.invalid {SYSTEM};"
         f" ssh://nx-ok.invalid {SYSTEM}"
     )
-    context = _hook_context(tmp_path, spec)
+    context = hook_context(tmp_path, spec)
     assert [b.spec.name for b in context.builders(time.time())] == ["nx-ok.invalid"]

@@ -339,11 +339,14 @@ class HookContext:
 
         change_backoff(self.state / "backoff.json", name, failed, now)
         self.reload_backoff()
-        told = not self.first_for_client(f"failed {name}")  # no retry out of turn for it now
-        if not counted and (not merged or told):
-            return  # the outage another build found, said to this client already
+        if not counted and not merged:
+            return
+        self.first_for_client(f"failed {name}")  # no retry out of turn for this client now
         health = (counted or merged)[0]
-        self.first_for_client(backed_off_key(name, health))  # said here: not again as left out
+        # Said once per client and backoff (not again as left out); an outage another build
+        # found a moment ago is said to this client too, unless it was already.
+        if not self.first_for_client(backed_off_key(name, health)) and not counted:
+            return
         self.say(
             f"builder '{name}' failed: {reason}; backed off until {clock(health.until)} "
             f"({health.until - now:.0f} s), for every build on this host, until it answers again"
@@ -355,13 +358,14 @@ class HookContext:
 
 
 def _just_backed_off(health: Health, now: float) -> bool:
-    """Did ``health``'s backoff start within ``Backoff.coalesce`` before ``now`` (when it
-    started: ``since``, or its delay before its end where a file kept no start)?"""
+    """Did ``health``'s backoff start within ``Backoff.coalesce`` of ``now``? By its ``since``,
+    either way: another hook process may have read its clock after this one and taken the
+    backoff file's lock first. Where a file kept no start, by its delay before its end, and
+    only before ``now`` (an earlier offload's, seeded with any end)."""
     policy = Backoff()
-    start = (
-        health.since if health.since is not None else health.until - policy.delay(health.failures)
-    )
-    return 0 <= now - start < policy.coalesce
+    if health.since is not None:
+        return abs(now - health.since) < policy.coalesce
+    return 0 <= now - (health.until - policy.delay(health.failures)) < policy.coalesce
 
 
 def _sweep(directory: Path, before: float) -> None:
