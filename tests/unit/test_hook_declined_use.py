@@ -46,6 +46,10 @@ def test_a_local_machine_offload_use_leaves_out_is_not_said_to_build_nothing() -
     assert said.startswith("`offload use` leaves the local machine out")
     assert "max-jobs is 0" not in said.split("unless")[0]
     assert _local(_context(lines, {"slow"}, local=None), REQUEST).endswith("max-jobs is 0")
+    # Nor said to build it where it lacks the system (a review): Nix then cannot either.
+    unfit = SimpleNamespace(supports=lambda system, features: False)
+    said = _local(_context(lines, {"slow"}, local=unfit), REQUEST)
+    assert said == "the local machine lacks its system or features"
 
 
 def test_a_build_moved_by_offload_use_says_so_not_that_a_slot_freed() -> None:
