@@ -322,3 +322,13 @@ def test_a_misspelt_system_is_said_as_the_pool_is_read(tmp_path):
     # `offload machines` reads leniently and says it among the machine's problems, once.
     lenient = load_pool(builders=None, config=None, env=env, nix_settings=nix, lenient=True)
     assert lenient.warnings == ()
+    # Judged on the machines offload.toml makes (a review: a system it mends was warned, one
+    # it misspells was not).
+    config = tmp_path / "o.toml"
+    config.write_text(
+        '[[machine]]\nhost = "nx-s.invalid"\nsystems = ["x86_64-linux"]\n'
+        '[[machine]]\nuri = "ssh://nx-t.invalid"\nsystems = ["aarch64-linx"]\n'
+    )
+    mended = load_pool(builders=None, config=config, env=env, nix_settings=nix)
+    [warning] = [w for w in mended.warnings if "no Nix system" in w]
+    assert "nx-t.invalid: system 'aarch64-linx' is no Nix system" in warning

@@ -422,14 +422,14 @@ def load_pool(
             for m in machines
             if (why := m.not_connected) is not None
         ]
-        # A misspelt system builds everything elsewhere without a word from Nix.
-        warnings += [f"{m.source}: {m.name}: {why}" for m in machines for why in system_problems(m)]
     toml = load_offload_toml(config, env)
     if toml is not None:
         machines, more = apply_toml(machines, toml, system=settings.system)
         warnings += more
     machines, more = one_name_each(machines)
     warnings += more
+    if not lenient:  # a misspelt system builds everything elsewhere without a word from Nix
+        warnings += [f"{m.source}: {m.name}: {why}" for m in machines for why in system_problems(m)]
     entry = local_machine(settings, toml.local if toml else None, nix_builds_here=nix_builds_here)
     local = entry if entry.max_jobs > 0 else None
     substitutes = nix_bool(settings.get("builders-use-substitutes"))

@@ -1,4 +1,5 @@
-"""What makes a machine unusable although Nix takes its line, for `offload machines` to say.
+"""What makes a machine unusable although Nix takes its line, for `offload machines` to say
+(and, of a system no build asks for, every command that reads the pool: ``system_problems``).
 
 Nix accepts these lines and finds out at build time, one failed connection at a time: a key
 file that is not there, a store URI no build can run on (``http://`` is a binary cache; an
