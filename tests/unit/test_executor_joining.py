@@ -75,6 +75,9 @@ def test_a_builder_still_connecting_takes_work_once_it_answers():
     assert sorted(where.values()) == ["fast", "fast", "local"], where
     assert [(m, s) for m, s, _ in _machines(events)] == [("fast", "up")]
     assert report.health == {"fast": None}
+    # The run's first estimate counts it: three 10 s builds all on local said 30 s (a review).
+    (started,) = [e for e in events if isinstance(e, RunStarted)]
+    assert started.estimate < 10
 
 
 def test_a_builder_whose_connect_fails_is_down_with_why():

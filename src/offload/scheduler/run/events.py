@@ -14,7 +14,7 @@ plan holds up the loop that starts the next builds, and with a tenth 2,000 trivi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Literal
 
 from offload.history.records import RunReport
@@ -210,8 +210,9 @@ class RunEvents:
         self.report.finished.append(event)
         self.emit(event)
 
-    def remaining(self) -> float | None:
-        """Seconds the run still needs by the plan, from now (``remaining_seconds``); None when
+    def remaining(self, joining: Collection[str] = ()) -> float | None:
+        """Seconds the run still needs by the plan, from now (``remaining_seconds``), over the
+        machines up and those ``joining`` (still connecting: at the run's start); None when
         the last plan was too recent for its cost."""
         if self.policy.graph.finished:
             return 0.0
@@ -224,7 +225,11 @@ class RunEvents:
         for (drv_path, machine), since in self._building.items():
             work = (wall - since) * self.members[machine].spec.speed
             done[drv_path] = max(done.get(drv_path, 0.0), work)
-        up = [m.spec for name, m in self.members.items() if self.policy.is_up(name, now)]
+        up = [
+            m.spec
+            for name, m in self.members.items()
+            if self.policy.is_up(name, now) or name in joining
+        ]
         left = remaining_seconds(self.policy.graph, done, up)
         ended = time.perf_counter()
         self._planned = (ended, ended - begun)

@@ -247,7 +247,7 @@ class Executor(Endings):
                 raise
         # The run's first event opens it (its machines, its plan's makespan: the live view's
         # first ETA, history's "scheduler expected"); who is down follows.
-        planned = self._events.remaining()
+        planned = self._events.remaining(joining=set(self._joining.values()))
         if planned is None:  # no machine up: the bound, for what it says
             planned = self._estimate_makespan()
         self._events.run_started(tuple(self.members), planned)
