@@ -299,16 +299,19 @@ class HookContext:
     async def unreachable(self, name: str, error: str) -> None:
         """Builder ``name`` could not be reached: backed off (``machine_failed``), unless ssh
         refuses NIX_SSHOPTS whatever the host (``transport.sshopts_check``). That is this
-        host's fault: the builder is left out of this process's decisions and kept against
-        none (``offload build`` does the same), and it is said once per client."""
+        host's fault, every builder's alike: they are left out of this process's decisions
+        and kept against none (``offload build`` does the same), and it is said once per
+        client."""
         refused = await sshopts_refused(self.env)
         if refused is None:
             self.machine_failed(name, error)
             return
-        self.faults_here[name] = refused
+        names = [m.name for m in (self.whole or self.pool).machines if m.is_ssh]
+        self.faults_here.update(dict.fromkeys(names, refused))
+        builders = ", ".join(f"'{n}'" for n in names)
         self.say_to_client(
-            f"builder '{name}' not used: {refused}; {SSHOPTS_FIX}: this host's ssh, not the "
-            "builder, so it is not backed off"
+            f"builders {builders} not used: {refused}; {SSHOPTS_FIX}: this host's ssh, not "
+            "theirs, so none is backed off"
         )
 
     def machine_failed(self, name: str, error: str) -> None:

@@ -80,6 +80,9 @@ def _decide(
         # The waiting derivations of its priority or more take their slots before it would.
         builders = place_queued(builders, dispatch.queued(above=priority), now)
     work = estimate.work
+    if not builders and context.faults_here:  # not "no builders are configured"
+        why = next(iter(context.faults_here.values()))
+        return Choice(Reply.DECLINE_PERMANENTLY, reason=f"no builder can be reached: {why}")
     return choose(
         request,
         builders,
