@@ -161,8 +161,9 @@ def test_a_key_forced_to_the_other_scheme_s_program_is_said_to_be(
         ssh = check(found[name], "ssh")
         assert ssh["verdict"] == "fail"
         assert ssh["detail"] == (
-            f"the builder's key runs another program than {scheme}:// speaks to: Nix there said "
-            f"'protocol mismatch' to its hello; it answers {other}://'s (`{program}`)"
+            f"the builder's key runs another program than {scheme}:// speaks to: Nix there "
+            "refused its hello ('protocol mismatch', or a daemon it relays to hung up); it "
+            f"answers {other}://'s (`{program}`)"
         )
         line = 1 + next(i for i, text in enumerate(lines) if f"//{name}?" in text)
         assert ssh["fix"].startswith(f"write {other}:// in {machines}:{line} ")

@@ -11,8 +11,9 @@ from offload.transport.dialect import mismatch_fix
 def test_the_scheme_to_write_or_the_command_to_force_is_the_fix() -> None:
     what, fix = mismatch_fix("ssh-ng", "m:2", speaks_other=True)
     assert what == (
-        "the builder's key runs another program than ssh-ng:// speaks to: Nix there said "
-        "'protocol mismatch' to its hello; it answers ssh://'s (`nix-store --serve --write`)"
+        "the builder's key runs another program than ssh-ng:// speaks to: Nix there refused "
+        "its hello ('protocol mismatch', or a daemon it relays to hung up); it answers "
+        "ssh://'s (`nix-store --serve --write`)"
     )
     assert fix == (
         "write ssh:// in m:2 (a key restricted to `nix-store --serve --write` speaks only "
@@ -23,7 +24,7 @@ def test_the_scheme_to_write_or_the_command_to_force_is_the_fix() -> None:
     assert "it answers" not in what  # not asked
     assert fix.startswith("write ssh-ng:// in m:1 (a key restricted to `nix-daemon --stdio`")
     what, fix = mismatch_fix("ssh", "m:1", speaks_other=False)
-    assert what.endswith("to its hello, and to ssh-ng://'s too")
+    assert what.endswith("hung up), and to ssh-ng://'s too")
     assert fix.startswith("check the key's command= (or sshd's ForceCommand) on the builder")
 
 
@@ -32,3 +33,24 @@ def test_offload_build_says_it_where_ssh_said_only_protocol_mismatch() -> None:
     why = explain(found[0], "cannot connect to builder 'b' (b): error: protocol mismatch")
     assert why.startswith("the builder's key runs another program than ssh:// speaks to")
     assert "write ssh-ng:// in m:1" in why
+
+
+def test_it_is_said_where_a_session_over_a_kept_connection_met_it() -> None:
+    # The hook's first failure, and a run's over a master kept from an earlier one, is the
+    # session's: the bare "protocol mismatch" was said with no fix (ssh-ng tester).
+    found, _ = parse_machines("ssh://b x86_64-linux\n", source="m", system="x")
+    said = "cannot open a session on builder 'b' (b): error: protocol mismatch | (the session ended"
+    why = explain(found[0], said + " before it answered)")
+    assert "write ssh-ng:// in m:1" in why
+
+
+def test_a_daemon_that_only_relays_hung_up_on_serve_s_hello() -> None:
+    # A key restricted to nix-daemon --stdio for a user that is not root relays to the
+    # builder's daemon, which hangs up on serve's hello: "unexpected EOF from daemon socket",
+    # said with "try ssh -v" (ssh-ng tester). From an ssh-ng:// line it is no mismatch.
+    found, _ = parse_machines(
+        "ssh://b x86_64-linux\nssh-ng://c x86_64-linux\n", source="m", system="x"
+    )
+    eof = "cannot connect to builder '{0}' ({0}): error: unexpected EOF from daemon socket"
+    assert "write ssh-ng:// in m:1" in explain(found[0], eof.format("b"))
+    assert "ssh:// in m:2" not in explain(found[1], eof.format("c"))

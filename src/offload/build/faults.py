@@ -29,7 +29,7 @@ import re
 from offload.config.machines import Machine
 from offload.protocol.trust import is_untrusted, untrusted_hint
 from offload.transport.daemon_socket import daemon_trouble
-from offload.transport.dialect import MISMATCH, mismatch_fix
+from offload.transport.dialect import mismatch_fix, mismatched
 from offload.transport.host_key_alias import alias_fix, looked_up_elsewhere
 from offload.transport.missing_program import (
     NOT_ON_PATH,
@@ -110,7 +110,8 @@ def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
         return _refused(machine, error)
     if (its_nix := _builders_nix(machine, error)) is not None:
         return its_nix
-    if MISMATCH in error and error.startswith(_CONNECT):
+    # Where the session opens (a new master's, or one over a kept master: the hook's).
+    if mismatched(error, machine.scheme) and error.startswith(_OPENING):
         what, fix = mismatch_fix(machine.scheme, where)
         return f"{what}; {fix}"
     refused_option = option_refused(error) if error.startswith(_CONNECT) else None

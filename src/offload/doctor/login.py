@@ -41,10 +41,10 @@ from offload.errors import NotStarted, OffloadError
 from offload.process import Completed, run_async, run_greeted
 from offload.transport.dialect import (
     DAEMON,
-    MISMATCH,
     Dialect,
     dialect_of,
     mismatch_fix,
+    mismatched,
     other_dialect,
 )
 from offload.transport.host_key_alias import alias_fix, looked_up_elsewhere
@@ -196,7 +196,7 @@ class LoginProbe:
     async def _speaks_other(self, argv: list[str], done: Completed) -> bool | None:
         """After a login whose forced program said ``MISMATCH`` to the hello: does it answer
         the other protocol's? None when the login said no such thing."""
-        if done.returncode == _SSH_FAILED or MISMATCH not in done.stderr:
+        if done.returncode == _SSH_FAILED or not mismatched(done.stderr, self.machine.scheme):
             return None
         other = other_dialect(self.dialect)
         said = (await self._greeted(argv, other)).stdout

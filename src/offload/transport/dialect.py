@@ -37,12 +37,17 @@ __all__ = [
     "daemon_program",
     "dialect_of",
     "mismatch_fix",
+    "mismatched",
     "other_dialect",
 ]
 
 LogSink = Callable[[str], None]
 # What Nix's serve program and its daemon both say to a hello that is not theirs.
 MISMATCH = "protocol mismatch"
+# What ``nix-daemon --stdio`` says instead where it only relays to the builder's daemon (a
+# user that is not root, as a key restricted to it logs in): the daemon hung up on serve's
+# hello. Only an ssh:// line's session meets it as a mismatch.
+_RELAYED_EOF = "unexpected EOF from daemon socket"
 
 
 def daemon_program(params: Mapping[str, str] | None = None) -> list[str]:
@@ -110,14 +115,20 @@ def other_dialect(dialect: Dialect) -> Dialect:
     return SERVE if dialect is DAEMON else DAEMON
 
 
+def mismatched(said: str, scheme: str) -> bool:
+    """Whether what a session's program ``said`` to the hello of ``scheme`` (``ssh`` or
+    ``ssh-ng``) is a refusal of that protocol (``MISMATCH``, or the relayed daemon's end)."""
+    return MISMATCH in said or (scheme == "ssh" and _RELAYED_EOF in said)
+
+
 def mismatch_fix(scheme: str, line: str, speaks_other: bool | None = None) -> tuple[str, str]:
     """(what is wrong, the fix) for a builder whose program said ``MISMATCH`` to the hello of
     ``scheme`` (``ssh`` or ``ssh-ng``), named at ``line``; ``speaks_other``: it answered the
     other scheme's hello (None: not asked)."""
     other = "ssh-ng" if scheme == "ssh" else "ssh"
     what = (
-        f"the builder's key runs another program than {scheme}:// speaks to: Nix there said "
-        f"'{MISMATCH}' to its hello"
+        f"the builder's key runs another program than {scheme}:// speaks to: Nix there "
+        f"refused its hello ('{MISMATCH}', or a daemon it relays to hung up)"
     )
     if speaks_other is False:
         fix = (
