@@ -257,3 +257,30 @@ def test_a_builder_whose_nix_refuses_its_own_nix_conf_is_told_to_mend_it_not_to_
         assert built.returncode == 1
         assert f"`nix-store --serve --write` stopped: {said}" in built.stderr, built.stderr
         assert "mend what its error names" in built.stderr, built.stderr
+
+
+forced_fleet = private_fleet_fixture(
+    [MemberSpec.parse("dx:1:1:daemon")], doc="A member whose forced command a test breaks."
+)
+
+
+def test_a_key_forced_to_a_program_that_is_not_there_says_so(
+    forced_fleet: Fleet, tmp_path: Path
+) -> None:
+    # command="nix-daemon-x --stdio": bash's "command not found" was said with "try ssh -v"
+    # (doctor) or no fix at all (offload build) (ssh-ng tester).
+    keys = forced_fleet.member("dx").root / "etc-nix" / Path(MEMBER_AUTHORIZED_KEYS).name
+    keys.write_text(keys.read_text().replace("nix-daemon --stdio", "nix-daemon-x --stdio"))
+    machines = forced_fleet.machines_file
+    done = doctor(forced_fleet, tmp_path, machines, "dx", "--json")
+    assert done.returncode == 1, done.stderr
+    ssh = check(reports(done)["dx"], "ssh")
+    assert ssh["detail"].startswith("the program the builder runs for this key is not there ("), ssh
+    assert "nix-daemon-x: command not found" in ssh["detail"]
+    assert ssh["fix"].startswith("check the key's command= in authorized_keys")
+    file = nix_file(tmp_path, f'mk "forced" "{SPEED} > $out" {{}}\n')
+    built = offload(
+        forced_fleet, tmp_path, file, "-j0", "--builders", f"@{machines}", "--no-out-link"
+    )
+    assert built.returncode == 1
+    assert "dx: the program the builder runs for this key is not there (" in built.stderr

@@ -54,3 +54,26 @@ def test_a_daemon_that_only_relays_hung_up_on_serve_s_hello() -> None:
     eof = "cannot connect to builder '{0}' ({0}): error: unexpected EOF from daemon socket"
     assert "write ssh-ng:// in m:1" in explain(found[0], eof.format("b"))
     assert "ssh:// in m:2" not in explain(found[1], eof.format("c"))
+
+
+def test_a_forced_command_that_is_not_there_is_said_as_the_keys() -> None:
+    # command="nix-daemon-x --stdio": the login worked, and only bash's words were said, with
+    # no fix (ssh-ng tester).
+    found, _ = parse_machines("ssh-ng://b x86_64-linux\n", source="m", system="x")
+    said = "cannot open a session on builder 'b' (b): bash: line 1: nix-daemon-x: command not found"
+    why = explain(found[0], said + " | (the session ended before it answered)")
+    assert why.startswith("the program the builder runs for this key is not there (")
+    assert "check the key's command= in authorized_keys" in why
+
+
+def test_a_remote_program_that_is_not_there_is_said_as_the_lines() -> None:
+    # ?remote-program=nix-daemon-x: the fix was "name the program with ?remote-program=".
+    found, _ = parse_machines(
+        "ssh-ng://b?remote-program=nix-daemon-x x86_64-linux\n", source="m", system="x"
+    )
+    said = (
+        "cannot connect to builder 'b' (b): `nix-daemon --stdio` is not on the builder's PATH: "
+        "sh: 1: exec: nix-daemon-x: not found"
+    )
+    why = explain(found[0], said)
+    assert "remote-program=nix-daemon-x in m:1 names a program the builder has not" in why

@@ -33,8 +33,10 @@ from offload.transport.dialect import mismatch_fix, mismatched
 from offload.transport.host_key_alias import alias_fix, looked_up_elsewhere
 from offload.transport.missing_program import (
     NOT_ON_PATH,
+    forced_missing,
     install_nix,
     mend_settings,
+    missing,
     stopped_by_nix,
 )
 from offload.transport.ssh_keys import (
@@ -143,7 +145,17 @@ def _builders_nix(machine: Machine, error: str) -> str | None:
     """What the builder's Nix said of itself, with its fix: not there, stopped by its own
     settings, not trusting the user, stopped on a cache of its own; None for anything else."""
     if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
+        if (named := machine.params.get("remote-program")) is not None:
+            return (
+                f"{_last_words(error)}; remote-program={named} in {machine.source} names a "
+                "program the builder has not: name one it has (`command -v` on the builder)"
+            )
         return f"{_last_words(error)}; {install_nix(machine.source)}"
+    if error.startswith(_OPENING) and any(missing(part) for part in error.split(" | ")):
+        # Logged in, and the key's forced command (or sshd's ForceCommand) is not there: the
+        # shell's words, where offload's own program never ran.
+        what, fix = forced_missing(_last_words(error))
+        return f"{what}; {fix}"
     if stopped_by_nix(error):  # it ran: its own settings or files stopped it
         return f"{_last_words(error)}; {mend_settings()}"
     if is_untrusted(error):  # said as ``protocol.trust`` says it, with its fix

@@ -19,11 +19,13 @@ from __future__ import annotations
 import re
 
 from offload.ansi import strip_ansi
+from offload.forced import FORCED
 
 __all__ = [
     "NOT_ON_PATH",
     "NOT_ON_PATH_HERE",
     "fix_path_here",
+    "forced_missing",
     "install_nix",
     "mend_settings",
     "missing",
@@ -68,6 +70,17 @@ def not_on_path(program: str, said: str, *, here: bool = False) -> str:
     """``program`` is not there, with the last words the builder's (``here``: this host's)
     shell ``said``."""
     return f"{program} {NOT_ON_PATH_HERE if here else NOT_ON_PATH}: {said}"
+
+
+def forced_missing(said: str) -> tuple[str, str]:
+    """(what, fix) for a login whose key's forced command (or sshd's ForceCommand) is not
+    there: the shell ``said`` so where offload's own program never ran."""
+    fix = (
+        "check the key's command= in authorized_keys (or sshd's ForceCommand) on the builder:"
+        f" ssh:// needs `{FORCED['ssh']}`, ssh-ng:// `{FORCED['ssh-ng']}` (a path the builder"
+        " has: on NixOS, the nix package's bin/)"
+    )
+    return f"the program the builder runs for this key is not there ({said})", fix
 
 
 def fix_path_here() -> str:
