@@ -284,3 +284,18 @@ def test_a_key_forced_to_a_program_that_is_not_there_says_so(
     )
     assert built.returncode == 1
     assert "dx: the program the builder runs for this key is not there (" in built.stderr
+
+
+def test_a_short_line_a_restricted_builders_shell_prints_is_said_at_once(
+    forced_fleet: Fleet, tmp_path: Path
+) -> None:
+    # "hi" from ~/.bashrc before the daemon's binary reply: the master's greeting waited for a
+    # newline the reply never has, 27 s, then said "no answer ... is it up?" (ssh-ng tester).
+    (forced_fleet.member("dx").root / "home" / ".bashrc").write_text("echo hi\n")
+    file = nix_file(tmp_path, f'mk "noisy" "{SPEED} > $out" {{}}\n')
+    built = offload(
+        forced_fleet, tmp_path, file, "-j0", "--builders", f"@{forced_fleet.machines_file}",
+        "--no-out-link",
+    )  # fmt: skip
+    assert built.returncode == 1
+    assert "its shell printed 'hi' before the command" in built.stderr, built.stderr

@@ -308,7 +308,14 @@ class SshTransport:
         try:
             async with asyncio.timeout(self._connect_timeout + _AUTH_SLACK):
                 head = await proc.stdout.readexactly(len(reply))
-                return head if head == reply else head + await proc.stdout.readline()
+                if head == reply:
+                    return head
+                if b"\n" in head:
+                    # A line shorter than the reply first (a start-up file's "hi"), never the
+                    # ready line: a restricted builder's reply may follow with no newline for
+                    # readline to wait for (25 s, then "no answer").
+                    return head[: head.index(b"\n") + 1]
+                return head + await proc.stdout.readline()
         except TimeoutError:
             self._master_tail.append("(no answer within the connect timeout)")
         except asyncio.IncompleteReadError as exc:
