@@ -11,6 +11,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from offload.fleet import Fleet, MemberSpec
 from offload.fleet.spec import MEMBER_AUTHORIZED_KEYS
 from tests.helpers.doctor_runs import (
@@ -23,6 +25,7 @@ from tests.helpers.doctor_runs import (
     write,
 )
 from tests.helpers.fleets import private_fleet_fixture
+from tests.helpers.hook_runs import nix_build
 from tests.helpers.nix_files import SPEED, nix_file
 from tests.helpers.offload_run import offload, offload_env
 
@@ -286,6 +289,7 @@ def test_a_key_forced_to_a_program_that_is_not_there_says_so(
     assert "dx: the program the builder runs for this key is not there (" in built.stderr
 
 
+@pytest.mark.usefixtures("coordinators_stopped")
 def test_a_short_line_a_restricted_builders_shell_prints_is_said_at_once(
     forced_fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -299,3 +303,7 @@ def test_a_short_line_a_restricted_builders_shell_prints_is_said_at_once(
     )  # fmt: skip
     assert built.returncode == 1
     assert "its shell printed 'hi' before the command" in built.stderr, built.stderr
+    # offload-hook's sessions read their first words alike (20 s, then "no answer").
+    hooked = nix_build(forced_fleet, tmp_path, file, "-j0")
+    assert hooked.returncode != 0
+    assert "the builder answered 'hi' where the daemon program's reply belongs" in hooked.stderr

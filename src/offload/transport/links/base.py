@@ -257,7 +257,11 @@ async def _first_line(
     try:
         async with asyncio.timeout(timeout):
             head = await stdout.readexactly(len(reply))
-            if head != reply:
+            if head != reply and b"\n" in head:
+                # A line shorter than the reply (a start-up file's "hi"; never our start line):
+                # a reply may follow with no newline for readline to wait for.
+                head = head[: head.index(b"\n") + 1]
+            elif head != reply:
                 head += await stdout.readline()
     except TimeoutError:
         return head, None if head else f"(no answer within {timeout:g} s)"
