@@ -39,7 +39,9 @@ __all__ = ["register"]
 _RESTRICT_HELP = (
     "authorize the key for any command, not only `nix-store --serve --write`. By default the "
     "key may only run the serve program (what Nix's build-remote and offload open on ssh:// "
-    "builders), so a stolen client key cannot get a shell on the builder. Unrestricted, "
+    "builders), so a stolen client key cannot get a shell on the builder; it can still "
+    "build anything there as a trusted user, which is as good as root on the builder (Nix's "
+    "trusted-users): guard it as such. Unrestricted, "
     "offload can also read the builder's load and `offload doctor` and `setup client` can ask "
     "its settings; restricted, give `setup client` --system, --feature and --jobs"
 )
