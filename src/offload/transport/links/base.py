@@ -47,6 +47,7 @@ __all__ = [
     "SessionTransport",
     "SlotStart",
     "drain_dead",
+    "first_words",
     "open_serve",
 ]
 
@@ -256,13 +257,7 @@ async def _first_line(
     head = b""
     try:
         async with asyncio.timeout(timeout):
-            head = await stdout.readexactly(len(reply))
-            if head != reply and b"\n" in head:
-                # A line shorter than the reply (a start-up file's "hi"; never our start line):
-                # a reply may follow with no newline for readline to wait for.
-                head = head[: head.index(b"\n") + 1]
-            elif head != reply:
-                head += await stdout.readline()
+            head = await first_words(stdout, reply)
     except TimeoutError:
         return head, None if head else f"(no answer within {timeout:g} s)"
     except asyncio.IncompleteReadError as exc:
@@ -271,6 +266,23 @@ async def _first_line(
     except (asyncio.LimitOverrunError, ValueError):
         return head, None  # an endless line: what was read is shown
     return head, None
+
+
+async def first_words(stdout: asyncio.StreamReader, reply: bytes) -> bytes:
+    """A session's (or ssh master's) first words: ``reply`` itself (a forced program's), else
+    its first line that is not blank (our start or ready line, or a start-up file's noise).
+    Blank lines are skipped, as they were when the line was stripped. A line shorter than
+    the reply ends at its newline: a reply may follow it with no newline for a read of the
+    whole line to wait for (a start-up file's "hi" before a restricted builder's reply)."""
+    head = await stdout.readexactly(len(reply))
+    while head != reply:
+        line, newline, rest = head.partition(b"\n")
+        if not newline:
+            return head + await stdout.readline()
+        if line.strip():
+            return line + newline
+        head = rest + await stdout.readexactly(len(reply) - len(rest))
+    return head
 
 
 async def drain_dead(proc: asyncio.subprocess.Process) -> None:

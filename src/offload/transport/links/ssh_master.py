@@ -46,6 +46,7 @@ from offload.transport.links.base import (
     TAIL,
     SessionPipes,
     drain_dead,
+    first_words,
     open_serve,
 )
 from offload.transport.links.first_session import FirstSession
@@ -307,15 +308,7 @@ class SshTransport:
         reply = self.dialect.reply
         try:
             async with asyncio.timeout(self._connect_timeout + _AUTH_SLACK):
-                head = await proc.stdout.readexactly(len(reply))
-                if head == reply:
-                    return head
-                if b"\n" in head:
-                    # A line shorter than the reply first (a start-up file's "hi"), never the
-                    # ready line: a restricted builder's reply may follow with no newline for
-                    # readline to wait for (25 s, then "no answer").
-                    return head[: head.index(b"\n") + 1]
-                return head + await proc.stdout.readline()
+                return await first_words(proc.stdout, reply)
         except TimeoutError:
             self._master_tail.append("(no answer within the connect timeout)")
         except asyncio.IncompleteReadError as exc:
