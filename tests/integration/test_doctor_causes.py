@@ -163,10 +163,14 @@ def test_a_key_forced_to_the_other_scheme_s_program_is_said_to_be(
     ):
         ssh = check(found[name], "ssh")
         assert ssh["verdict"] == "fail"
+        said = (
+            "refused its hello ('protocol mismatch', or a daemon it relays to hung up)"
+            if scheme == "ssh"
+            else "said 'protocol mismatch' to its hello"
+        )
         assert ssh["detail"] == (
             f"the builder's key runs another program than {scheme}:// speaks to: Nix there "
-            "refused its hello ('protocol mismatch', or a daemon it relays to hung up); it "
-            f"answers {other}://'s (`{program}`)"
+            f"{said}; it answers {other}://'s (`{program}`)"
         )
         line = 1 + next(i for i, text in enumerate(lines) if f"//{name}?" in text)
         assert ssh["fix"].startswith(f"write {other}:// in {machines}:{line} ")
@@ -306,4 +310,4 @@ def test_a_short_line_a_restricted_builders_shell_prints_is_said_at_once(
     # offload-hook's sessions read their first words alike (20 s, then "no answer").
     hooked = nix_build(forced_fleet, tmp_path, file, "-j0")
     assert hooked.returncode != 0
-    assert "the builder answered 'hi' where the daemon program's reply belongs" in hooked.stderr
+    assert "its shell printed 'hi' before the command" in hooked.stderr, hooked.stderr

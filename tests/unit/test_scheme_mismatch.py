@@ -11,9 +11,8 @@ from offload.transport.dialect import mismatch_fix
 def test_the_scheme_to_write_or_the_command_to_force_is_the_fix() -> None:
     what, fix = mismatch_fix("ssh-ng", "m:2", speaks_other=True)
     assert what == (
-        "the builder's key runs another program than ssh-ng:// speaks to: Nix there refused "
-        "its hello ('protocol mismatch', or a daemon it relays to hung up); it answers "
-        "ssh://'s (`nix-store --serve --write`)"
+        "the builder's key runs another program than ssh-ng:// speaks to: Nix there said "
+        "'protocol mismatch' to its hello; it answers ssh://'s (`nix-store --serve --write`)"
     )
     assert fix == (
         "write ssh:// in m:2 (a key restricted to `nix-store --serve --write` speaks only "
@@ -77,3 +76,32 @@ def test_a_remote_program_that_is_not_there_is_said_as_the_lines() -> None:
     )
     why = explain(found[0], said)
     assert "remote-program=nix-daemon-x in m:1 names a program the builder has not" in why
+
+
+def test_only_the_shells_own_last_line_is_read_as_a_forced_command_not_there() -> None:
+    # A review: Nix's own errors, a ProxyCommand not found here, sshd's missing home or login
+    # shell beside a mismatch, were all said as "check the key's command=".
+    found, _ = parse_machines("ssh://b x86_64-linux\n", source="m", system="x")
+    opening = "cannot connect to builder 'b' (b): "
+    for error in (
+        "error: file '/etc/nix/extra.conf' included from '/etc/nix/nix.conf' not found",
+        "error: opening file '/x': No such file or directory",
+        (
+            "/bin/bash: line 1: exec: no-such-proxy: not found | kex_exchange_identification: "
+            "Connection closed by remote host"
+        ),
+        (
+            "Could not chdir to home directory /home/x: No such file or directory | error: "
+            "protocol mismatch"
+        ),
+        "/usr/bin/zsh: No such file or directory",
+    ):
+        assert "command=" not in explain(found[0], opening + error).split("; ")[0], error
+    mismatch = opening + "Could not chdir to home directory /home/x: No such file or directory"
+    assert "write ssh-ng://" in explain(found[0], mismatch + " | error: protocol mismatch")
+    forced = opening + "bash: line 1: nix-daemon-x: command not found"
+    why = explain(found[0], forced)
+    assert why.startswith(
+        "the program the builder runs for this key is not there "
+        "(bash: line 1: nix-daemon-x: command not found); "
+    )

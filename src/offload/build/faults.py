@@ -28,15 +28,16 @@ import re
 
 from offload.config.machines import Machine
 from offload.protocol.trust import is_untrusted, untrusted_hint
+from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.dialect import mismatch_fix, mismatched
 from offload.transport.host_key_alias import alias_fix, looked_up_elsewhere
 from offload.transport.missing_program import (
     NOT_ON_PATH,
     forced_missing,
+    forced_not_there,
     install_nix,
     mend_settings,
-    missing,
     stopped_by_nix,
 )
 from offload.transport.ssh_keys import (
@@ -64,6 +65,12 @@ _OPENING = (_CONNECT, "cannot open a session on builder ")
 _OWN_CACHE = re.compile(
     r"(?:^|: )(?:cannot connect to '[^']+'|unable to download '[^']+\.narinfo')"
 )
+# How a link's error starts where a session opened (``_OPENING``), to the builder's words.
+_OPENED = re.compile(
+    r"(?:cannot connect to builder|cannot open a session on builder) '[^']*' \([^)]*\): "
+)
+# Text where a session's reply belongs (``links.base.open_serve``): a start-up file's words.
+_ANSWERED = re.compile(r"the builder answered '([^']*)' where the \w+ program's reply belongs")
 # A closed session's last line, as ``ProtocolConnection._translate`` quotes it.
 _LAST_LINE = re.compile(r" \((?:its last line|ssh's word): .*\)$")
 # The line in which ssh names the known_hosts file and line that hold the old key.
@@ -116,6 +123,14 @@ def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
     if mismatched(error, machine.scheme) and error.startswith(_OPENING):
         what, fix = mismatch_fix(machine.scheme, where)
         return f"{what}; {fix}"
+    if (forced := _forced_not_there(error)) is not None:
+        return forced
+    noise = _ANSWERED.search(error)
+    if noise is not None and error.startswith(_OPENING):  # a session's, not the master's
+        return (
+            f"its shell printed '{noise[1]}' before the command: Nix's sessions there break on "
+            f"it; {SHELL_NOISE_HINT}"
+        )
     refused_option = option_refused(error) if error.startswith(_CONNECT) else None
     if refused_option is not None:  # not the machines line's fault: NIX_SSHOPTS' (ssh_options)
         return (
@@ -141,6 +156,19 @@ def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
     return _last_words(error)
 
 
+def _forced_not_there(error: str) -> str | None:
+    """Logged in, and the key's forced command (or sshd's ForceCommand) is not there: the
+    shell's words where offload's own program never ran, said with the fix; None otherwise."""
+    opening = _OPENED.match(error)
+    if opening is None:
+        return None
+    said = forced_not_there(error[opening.end() :].split(" | "))
+    if said is None:
+        return None
+    what, fix = forced_missing(said)
+    return f"{what}; {fix}"
+
+
 def _builders_nix(machine: Machine, error: str) -> str | None:
     """What the builder's Nix said of itself, with its fix: not there, stopped by its own
     settings, not trusting the user, stopped on a cache of its own; None for anything else."""
@@ -151,11 +179,6 @@ def _builders_nix(machine: Machine, error: str) -> str | None:
                 "program the builder has not: name one it has (`command -v` on the builder)"
             )
         return f"{_last_words(error)}; {install_nix(machine.source)}"
-    if error.startswith(_OPENING) and any(missing(part) for part in error.split(" | ")):
-        # Logged in, and the key's forced command (or sshd's ForceCommand) is not there: the
-        # shell's words, where offload's own program never ran.
-        what, fix = forced_missing(_last_words(error))
-        return f"{what}; {fix}"
     if stopped_by_nix(error):  # it ran: its own settings or files stopped it
         return f"{_last_words(error)}; {mend_settings()}"
     if is_untrusted(error):  # said as ``protocol.trust`` says it, with its fix

@@ -29,7 +29,7 @@ from offload.config.machines.check import names_public_key
 from offload.doctor.model import Check, Verdict
 from offload.protocol.wire import SHELL_NOISE_HINT
 from offload.transport.daemon_socket import daemon_trouble
-from offload.transport.missing_program import forced_missing, missing
+from offload.transport.missing_program import forced_missing, forced_not_there
 from offload.transport.ssh_keys import key_fix, key_trouble, passphrase_fix, refused_by_ssh
 
 __all__ = [
@@ -333,6 +333,6 @@ def _ssh_failure(
         )
     if "Could not resolve hostname" in stderr:
         return (last, f"check the host name in {line} or the ssh config")
-    if missing(last):  # logged in: the key's forced command is not there
-        return forced_missing(last)
+    if (said := forced_not_there(stderr.splitlines())) is not None:
+        return forced_missing(said)  # logged in: the key's forced command is not there
     return (last, "try `ssh -v` to the builder by hand to see why it fails")

@@ -9,8 +9,10 @@ offload's wrapper, from a normal one), and how to make and handshake a client on
 
 A key forced to the other protocol's program (``nix-store --serve`` for an ``ssh-ng://`` line,
 ``nix-daemon --stdio`` for an ``ssh://`` one) reads the hello as a wrong magic number and says
-only "protocol mismatch" (``MISMATCH``), Nix's words for both; ``mismatch_fix`` says what it is
-and the fix, in doctor's words and ``offload build``'s.
+only "protocol mismatch" (``MISMATCH``), Nix's words for both; a ``nix-daemon --stdio`` that
+only relays to the builder's daemon (a user that is not root) says "unexpected EOF from daemon
+socket" instead, as the daemon hangs up on serve's hello (``mismatched``). ``mismatch_fix``
+says what it is and the fix, in doctor's words and ``offload build``'s.
 """
 
 from __future__ import annotations
@@ -126,10 +128,10 @@ def mismatch_fix(scheme: str, line: str, speaks_other: bool | None = None) -> tu
     ``scheme`` (``ssh`` or ``ssh-ng``), named at ``line``; ``speaks_other``: it answered the
     other scheme's hello (None: not asked)."""
     other = "ssh-ng" if scheme == "ssh" else "ssh"
-    what = (
-        f"the builder's key runs another program than {scheme}:// speaks to: Nix there "
-        f"refused its hello ('{MISMATCH}', or a daemon it relays to hung up)"
-    )
+    said = f"said '{MISMATCH}' to its hello"
+    if scheme == "ssh":  # ``mismatched``: nix-daemon --stdio may relay to a daemon instead
+        said = f"refused its hello ('{MISMATCH}', or a daemon it relays to hung up)"
+    what = f"the builder's key runs another program than {scheme}:// speaks to: Nix there {said}"
     if speaks_other is False:
         fix = (
             "check the key's command= (or sshd's ForceCommand) on the builder: ssh:// needs "

@@ -26,6 +26,7 @@ __all__ = [
     "NOT_ON_PATH_HERE",
     "fix_path_here",
     "forced_missing",
+    "forced_not_there",
     "install_nix",
     "mend_settings",
     "missing",
@@ -70,6 +71,36 @@ def not_on_path(program: str, said: str, *, here: bool = False) -> str:
     """``program`` is not there, with the last words the builder's (``here``: this host's)
     shell ``said``."""
     return f"{program} {NOT_ON_PATH_HERE if here else NOT_ON_PATH}: {said}"
+
+
+# The shell's words for a forced command (the key's command=, sshd's ForceCommand) it cannot
+# find: "bash: line 1: nix-daemon-x: command not found", "sh: 1: exec: /x/nix-daemon: not
+# found", "bash: /x/nix-daemon: No such file or directory". Not sshd's of a missing login
+# shell ("/usr/bin/zsh: No such file or directory"), nor Nix's ("error: ...").
+_SHELL_NOT_FOUND = re.compile(
+    r"^(?:\S*/)?(?:ba|da|k|z)?sh: (?:line \d+: |\d+: )?(?:exec: )?\S+: "
+    r"(?:command not found|not found|No such file or directory)$"
+)
+# ssh's own words of a connection that failed: with them, a shell's line is a ProxyCommand's
+# or a start-up file's, not the key's command.
+_SSH_FAILED = (
+    "kex_exchange_identification",
+    "Connection closed by",
+    "Connection refused",
+    "Could not chdir",
+    "no such identity",
+    "unix_listener",
+    "Permission denied",
+)
+
+
+def forced_not_there(said: list[str]) -> str | None:
+    """The shell's line when ``said`` (a login's last words, one per line) says the program
+    its key runs is not there (``_SHELL_NOT_FOUND``, the last line said); None otherwise."""
+    lines = [line.strip() for line in said if line.strip() and not line.strip().startswith("(")]
+    if not lines or any(marker in line for line in lines for marker in _SSH_FAILED):
+        return None
+    return lines[-1] if _SHELL_NOT_FOUND.match(strip_ansi(lines[-1])) else None
 
 
 def forced_missing(said: str) -> tuple[str, str]:
