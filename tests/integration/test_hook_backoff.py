@@ -169,7 +169,11 @@ def test_one_outage_two_nix_builds_meet_is_one_failure_told_to_both(
         assert done.returncode == 1, done.stderr
         # The first as it failed; the second as the backoff it met ("is backed off until"),
         # and not again as its retry out of turn failed into the same backoff.
-        said = next(line for line in _hook_lines(done.stderr) if "'bad'" in line)
+        [said] = [
+            line
+            for line in _hook_lines(done.stderr)
+            if "builder 'bad' failed" in line or "builder 'bad' is backed off" in line
+        ]  # told once (a review: `next` would pass were it told twice)
         told.append(said.split("backed off until ")[1].split(" ")[0])
     [after] = load_backoff(tmp_path / "state" / "backoff.json", time.time()).values()
     assert after.failures == 1

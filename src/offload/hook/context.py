@@ -306,7 +306,7 @@ class HookContext:
         if refused is None:
             self.machine_failed(name, error)
             return
-        names = [m.name for m in (self.whole or self.pool).machines if m.is_ssh]
+        names = [b.spec.name for b in self.builders(time.time())]  # those it would use
         self.faults_here.update(dict.fromkeys(names, refused))
         builders = ", ".join(f"'{n}'" for n in names)
         self.say_to_client(
