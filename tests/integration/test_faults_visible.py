@@ -161,10 +161,14 @@ def _check_reasons(why: dict[str, str], machines: Path, known_hosts: Path) -> No
     assert f"{known_hosts} line 1" in why["swapped"]
     # Said once, naming the builder once: it was "nonix: cannot start ...: nonix closed the
     # connection during the handshake; stderr: ...".
-    assert why["nonix"].startswith("`nix-store --serve --write` is not on the builder's PATH: ")
-    assert "nix-store-missing: not found; install Nix on the builder" in why["nonix"]
-    assert why["nonix"].endswith(f"?remote-program= in {machines}:8"), why["nonix"]
-    assert "nonix" not in why["nonix"].removesuffix(f"{machines}:8")
+    # The program remote-program= names, not the one it stands for, and the line to mend,
+    # not "install Nix ... or name the program with ?remote-program=" (ssh-ng tester).
+    assert why["nonix"].startswith(
+        f"remote-program=nix-store-missing in {machines}:8 names a program the builder has not ("
+    ), why["nonix"]
+    assert "nix-store-missing: not found)" in why["nonix"]
+    assert why["nonix"].endswith("(`command -v` on the builder)")
+    assert "nonix" not in why["nonix"]
     for text in why.values():
         assert "/tmp/ofl-" not in text
 

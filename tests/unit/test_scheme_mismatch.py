@@ -75,7 +75,8 @@ def test_a_remote_program_that_is_not_there_is_said_as_the_lines() -> None:
         "sh: 1: exec: nix-daemon-x: not found"
     )
     why = explain(found[0], said)
-    assert "remote-program=nix-daemon-x in m:1 names a program the builder has not" in why
+    assert why.startswith("remote-program=nix-daemon-x in m:1 names a program the builder has")
+    assert "(sh: 1: exec: nix-daemon-x: not found)" in why
 
 
 def test_only_the_shells_own_last_line_is_read_as_a_forced_command_not_there() -> None:

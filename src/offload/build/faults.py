@@ -174,9 +174,10 @@ def _builders_nix(machine: Machine, error: str) -> str | None:
     settings, not trusting the user, stopped on a cache of its own; None for anything else."""
     if NOT_ON_PATH in error:  # Nix, or the program remote-program= names, is not there
         if (named := machine.params.get("remote-program")) is not None:
+            said = _last_words(error.split(f"{NOT_ON_PATH}: ", 1)[-1])  # the shell's words
             return (
-                f"{_last_words(error)}; remote-program={named} in {machine.source} names a "
-                "program the builder has not: name one it has (`command -v` on the builder)"
+                f"remote-program={named} in {machine.source} names a program the builder has "
+                f"not ({said}): name one it has (`command -v` on the builder)"
             )
         return f"{_last_words(error)}; {install_nix(machine.source)}"
     if stopped_by_nix(error):  # it ran: its own settings or files stopped it
