@@ -254,34 +254,50 @@ async def _first_line(
 ) -> tuple[bytes, str | None]:
     """The program's reply's first 8 bytes, or the line that came first instead (our start
     line, or what a shell printed); or a failure. A line cut short by the timeout is kept."""
-    head = b""
+    seen = bytearray()  # what was read, said when the read ends early
     try:
         async with asyncio.timeout(timeout):
-            head = await first_words(stdout, reply)
+            return await first_words(stdout, reply, seen), None
     except TimeoutError:
-        return head, None if head else f"(no answer within {timeout:g} s)"
-    except asyncio.IncompleteReadError as exc:
-        head += exc.partial
-        return head, None if head else "(the session ended before it answered)"
+        said = bytes(seen)
+        return said, None if said.strip() else f"(no answer within {timeout:g} s)"
+    except asyncio.IncompleteReadError:
+        said = bytes(seen)
+        return said, None if said.strip() else "(the session ended before it answered)"
     except (asyncio.LimitOverrunError, ValueError):
-        return head, None  # an endless line: what was read is shown
-    return head, None
+        return bytes(seen), None  # an endless line: what was read is shown
 
 
-async def first_words(stdout: asyncio.StreamReader, reply: bytes) -> bytes:
+async def first_words(stdout: asyncio.StreamReader, reply: bytes, seen: bytearray) -> bytes:
     """A session's (or ssh master's) first words: ``reply`` itself (a forced program's), else
     its first line that is not blank (our start or ready line, or a start-up file's noise).
     Blank lines are skipped, as they were when the line was stripped. A line shorter than
     the reply ends at its newline: a reply may follow it with no newline for a read of the
-    whole line to wait for (a start-up file's "hi" before a restricted builder's reply)."""
-    head = await stdout.readexactly(len(reply))
+    whole line to wait for (a start-up file's "hi" before a restricted builder's reply).
+    ``seen`` gets every byte read, for the caller to say when the read ends early."""
+
+    async def exactly(n: int) -> bytes:
+        try:
+            data = await stdout.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            seen.extend(exc.partial)
+            raise
+        seen.extend(data)
+        return data
+
+    head = await exactly(len(reply))
     while head != reply:
         line, newline, rest = head.partition(b"\n")
         if not newline:
-            return head + await stdout.readline()
-        if line.strip():
+            tail = await stdout.readline()
+            seen.extend(tail)
+            if (head + tail).strip():
+                return head + tail
+            head = await exactly(len(reply))  # a long blank line: the next one
+        elif line.strip():
             return line + newline
-        head = rest + await stdout.readexactly(len(reply) - len(rest))
+        else:
+            head = rest + await exactly(len(reply) - len(rest))
     return head
 
 

@@ -306,13 +306,14 @@ class SshTransport:
         with contextlib.suppress(OSError):
             proc.stdin.write(self.dialect.hello)
         reply = self.dialect.reply
+        seen = bytearray()  # what was read, said when the read ends early
         try:
             async with asyncio.timeout(self._connect_timeout + _AUTH_SLACK):
-                return await first_words(proc.stdout, reply)
+                return await first_words(proc.stdout, reply, seen)
         except TimeoutError:
             self._master_tail.append("(no answer within the connect timeout)")
-        except asyncio.IncompleteReadError as exc:
-            return exc.partial
+        except asyncio.IncompleteReadError:
+            return bytes(seen)
         except (asyncio.LimitOverrunError, ValueError):
             self._master_tail.append("(an endless first line instead of the ready line)")
         return b""
