@@ -3,6 +3,8 @@ the hello, and doctor and ``offload build`` say what it is and the fix."""
 
 from __future__ import annotations
 
+import pytest
+
 from offload.build.faults import explain
 from offload.config.machines import parse_machines
 from offload.transport.dialect import mismatch_fix
@@ -106,3 +108,35 @@ def test_only_the_shells_own_last_line_is_read_as_a_forced_command_not_there() -
         "the program the builder runs for this key is not there "
         "(bash: line 1: nix-daemon-x: command not found); "
     )
+
+
+@pytest.mark.parametrize(
+    ("said", "forced"),
+    [
+        ("bash: line 1: nix-daemon-x: command not found", True),
+        ("dash: 1: nix-daemon-x: not found", True),
+        ("ash: nix-daemon-x: not found", True),  # Alpine's root (a third review)
+        ("zsh:1: command not found: nix-daemon-x", True),  # macOS's login shell
+        ("\x1b[31mbash: line 1: nix-daemon-x: command not found\x1b[0m", True),
+        # ssh -q with a ProxyCommand not found here: by its path, and exit 255.
+        ("/bin/bash: line 1: exec: no-such-proxy: not found", False),
+        ("/usr/bin/zsh: No such file or directory", False),  # sshd: no login shell
+        ("error: opening file '/x': No such file or directory", False),
+    ],
+)
+def test_a_forced_command_not_there_is_told_from_the_shell_that_ran_it(
+    said: str, forced: bool
+) -> None:
+    found, _ = parse_machines("ssh://b x86_64-linux\n", source="m", system="x")
+    why = explain(found[0], f"cannot connect to builder 'b' (b): {said}")
+    assert why.startswith("the program the builder runs for this key is not there (") == forced
+    assert "\x1b" not in why.split("; ")[0] or not forced
+
+
+def test_a_sessions_noise_with_an_apostrophe_is_shell_noise_and_binary_is_not() -> None:
+    found, _ = parse_machines("ssh://b x86_64-linux\n", source="m", system="x")
+    opening = "cannot open a session on builder 'b' (b): "
+    said = opening + "the builder answered \"it's me\" where the serve program's reply belongs"
+    assert explain(found[0], said).startswith('its shell printed "it\'s me" before the command')
+    binary = opening + "the builder answered '\\x00\\x01' where the serve program's reply belongs"
+    assert not explain(found[0], binary).startswith("its shell printed")

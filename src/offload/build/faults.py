@@ -70,7 +70,7 @@ _OPENED = re.compile(
     r"(?:cannot connect to builder|cannot open a session on builder) '[^']*' \([^)]*\): "
 )
 # Text where a session's reply belongs (``links.base.open_serve``): a start-up file's words.
-_ANSWERED = re.compile(r"the builder answered '([^']*)' where the \w+ program's reply belongs")
+_ANSWERED = re.compile(r"the builder answered (['\"])(.*?)\1 where the \w+ program's reply belongs")
 # A closed session's last line, as ``ProtocolConnection._translate`` quotes it.
 _LAST_LINE = re.compile(r" \((?:its last line|ssh's word): .*\)$")
 # The line in which ssh names the known_hosts file and line that hold the old key.
@@ -126,9 +126,10 @@ def _explained(machine: Machine, error: str, leave_out: str | None) -> str:
     if (forced := _forced_not_there(error)) is not None:
         return forced
     noise = _ANSWERED.search(error)
-    if noise is not None and error.startswith(_OPENING):  # a session's, not the master's
-        return (
-            f"its shell printed '{noise[1]}' before the command: Nix's sessions there break on "
+    # Text, not bytes shown as escapes (``{shown!r}``: a binary answer's "\x00").
+    if noise is not None and error.startswith(_OPENING) and "\\" not in noise[2]:
+        return (  # a session's, not the master's: a start-up file's words
+            f"its shell printed {noise[2]!r} before the command: Nix's sessions there break on "
             f"it; {SHELL_NOISE_HINT}"
         )
     refused_option = option_refused(error) if error.startswith(_CONNECT) else None

@@ -307,7 +307,8 @@ class HookContext:
             self.machine_failed(name, error)
             return
         names = [b.spec.name for b in self.builders(time.time())]  # those it would use
-        self.faults_here.update(dict.fromkeys(names, refused))
+        every = [m.name for m in (self.whole or self.pool).machines if m.not_connected is None]
+        self.faults_here.update(dict.fromkeys(every, refused))  # `offload use` may widen
         builders = ", ".join(f"'{n}'" for n in names)
         self.say_to_client(
             f"builders {builders} not used: {refused}; {SSHOPTS_FIX}: this host's ssh, not "

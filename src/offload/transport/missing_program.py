@@ -74,33 +74,39 @@ def not_on_path(program: str, said: str, *, here: bool = False) -> str:
 
 
 # The shell's words for a forced command (the key's command=, sshd's ForceCommand) it cannot
-# find: "bash: line 1: nix-daemon-x: command not found", "sh: 1: exec: /x/nix-daemon: not
-# found", "bash: /x/nix-daemon: No such file or directory". Not sshd's of a missing login
-# shell ("/usr/bin/zsh: No such file or directory"), nor Nix's ("error: ...").
+# find, as sshd runs it (by its name, not its path): "bash: line 1: nix-daemon-x: command not
+# found", "sh: 1: exec: /x/nix-daemon: not found", "bash: /x/nix-daemon: No such file or
+# directory", "ash: x: not found", zsh's "zsh:1: command not found: x". Not a ProxyCommand's
+# ("/bin/bash: line 1: exec: x: not found": by its path), nor sshd's of a missing login shell
+# ("/usr/bin/zsh: No such file or directory"), nor Nix's ("error: ...").
 _SHELL_NOT_FOUND = re.compile(
-    r"^(?:\S*/)?(?:ba|da|k|z)?sh: (?:line \d+: |\d+: )?(?:exec: )?\S+: "
-    r"(?:command not found|not found|No such file or directory)$"
+    r"^(?:(?:ba|da|k|z|a|mk)?sh: (?:line \d+: |\d+: )?(?:exec: )?\S+: "
+    r"(?:command not found|not found|No such file or directory)"
+    r"|zsh:\d+: (?:command not found|no such file or directory): \S+)$"
 )
-# ssh's own words of a connection that failed: with them, a shell's line is a ProxyCommand's
-# or a start-up file's, not the key's command.
+# ssh's own words of a connection that failed: with them, a shell's line is a ProxyCommand's,
+# not the key's command.
 _SSH_FAILED = (
     "kex_exchange_identification",
     "Connection closed by",
     "Connection refused",
-    "Could not chdir",
     "no such identity",
     "unix_listener",
-    "Permission denied",
+    "Permission denied (",
 )
 
 
 def forced_not_there(said: list[str]) -> str | None:
     """The shell's line when ``said`` (a login's last words, one per line) says the program
     its key runs is not there (``_SHELL_NOT_FOUND``, the last line said); None otherwise."""
-    lines = [line.strip() for line in said if line.strip() and not line.strip().startswith("(")]
+    lines = [
+        strip_ansi(line).strip()
+        for line in said
+        if line.strip() and not line.strip().startswith("(")
+    ]
     if not lines or any(marker in line for line in lines for marker in _SSH_FAILED):
         return None
-    return lines[-1] if _SHELL_NOT_FOUND.match(strip_ansi(lines[-1])) else None
+    return lines[-1] if _SHELL_NOT_FOUND.match(lines[-1]) else None
 
 
 def forced_missing(said: str) -> tuple[str, str]:
