@@ -213,9 +213,9 @@ def _first_end(context: HookContext, names: Collection[str]) -> float:
 
 def _local(context: HookContext, request: TryRequest) -> str:
     local = context.pool.local
-    fits = local is not None and local.supports(request.system, sorted(request.features))
     whole = context.whole.local if context.whole is not None else None
     if local is None and whole is not None:  # `offload use` leaves it out
         fits = whole.supports(request.system, sorted(request.features))
         return local_why(True, fits, chosen_out=fits)
+    fits = local is not None and local.supports(request.system, sorted(request.features))
     return local_why(local is not None, fits)

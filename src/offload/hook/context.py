@@ -323,30 +323,26 @@ class HookContext:
 
         now = time.time()
         reason = reason_line(explain(self.machine(name), error, HOOK_LEAVE_OUT))
-        counted: list[Health] = []  # a new failure
-        merged: list[Health] = []  # or one found a moment ago
+        counted = False  # a new failure, not the outage another build found a moment ago
 
         connection = self.machine(name).connection_id
 
-        def failed(current: Health | None) -> Health | None:
+        def failed(current: Health | None) -> Health:
+            nonlocal counted
             if current is not None and current.connection not in (None, connection):
                 current = None  # failures of its line before it was mended count no more
             if current is not None and _just_backed_off(current, now):
                 # The same outage, found a moment ago by another build there (another hook
                 # process, of this nix-build or another): one failure, as in a run.
-                merged.append(current)
                 return current
+            counted = True
             failures = (current.failures if current is not None else 0) + 1
-            until = now + Backoff().delay(failures)
-            counted.append(Health(failures, until, reason, connection, now))
-            return counted[0]
+            return Health(failures, now + Backoff().delay(failures), reason, connection, now)
 
-        change_backoff(self.state / "backoff.json", name, failed, now)
+        health = change_backoff(self.state / "backoff.json", name, failed, now)
+        assert health is not None  # ``failed`` always makes one
         self.reload_backoff()
-        if not counted and not merged:
-            return
         self.first_for_client(f"failed {name}")  # no retry out of turn for this client now
-        health = (counted or merged)[0]
         # Said once per client and backoff (not again as left out); an outage another build
         # found a moment ago is said to this client too, unless it was already.
         if not self.first_for_client(backed_off_key(name, health)) and not counted:
