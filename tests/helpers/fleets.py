@@ -191,6 +191,25 @@ def member_processes(member: Member) -> list[tuple[int, str]]:
     return found
 
 
+@contextlib.contextmanager
+def sessions_silent(member: Member) -> Iterator[None]:
+    """``member``'s end of every connection open to it stops answering (its sshd session
+    processes stopped, as a hung or suspended builder's are); its sshd still takes new ones.
+    Afterwards those session processes are killed."""
+    silent = [
+        pid for pid, cmd in member_processes(member) if pid != member.pid and cmd.startswith("sshd")
+    ]
+    assert silent, "no connection is open to the member"
+    for pid in silent:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in silent:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def drop_member(member: Member) -> None:
     """Kill the member outright, as a host that lost its power: its sshd and everything running
     in its namespace, all at once. Each is stopped first (SIGSTOP, until no new one appears),

@@ -5,21 +5,15 @@ connect timeout, not the master's keepalive budget and a new connection after it
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sys
 from pathlib import Path
 
 import pytest
 
 from offload.fleet import Fleet, MemberSpec
 from offload.transport.persist import control_dir, master_alive
-from tests.helpers.fleets import member_processes, private_fleet_fixture
+from tests.helpers.fleets import private_fleet_fixture, sessions_silent
 from tests.helpers.hook_runs import nix_build
 from tests.helpers.nix_files import SPEED, nix_file
-
-HOOK = str(Path(sys.executable).parent / "offload-hook")
 
 hung_fleet = private_fleet_fixture([MemberSpec("hung", 1.0, 2)], "ofhh")
 pytestmark = pytest.mark.usefixtures("coordinators_stopped")
@@ -34,22 +28,11 @@ def test_a_builder_silent_over_its_kept_connection_is_given_the_connect_timeout(
     assert first.returncode == 0, first.stderr
     sockets = list(control_dir(tmp_path / "state").iterdir())
     assert any(master_alive(s) for s in sockets if s.is_socket())  # the kept connection
-    member = hung_fleet.member("hung")
-    silent = [
-        pid for pid, cmd in member_processes(member) if pid != member.pid and cmd.startswith("sshd")
-    ]
-    assert silent
-    for pid in silent:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with sessions_silent(hung_fleet.member("hung")):
         # Two at once: one goes to the session kept from the first build (it answered just
         # now, so it is lent unasked, and is lost once the keepalives end the connection);
         # the other needs a new session, over the silent connection, before Nix hears a reply.
         body = f'[ (mk "second" "{SPEED} > $out" {{}}) (mk "third" "{SPEED} > $out" {{}}) ]\n'
         done = nix_build(hung_fleet, tmp_path, nix_file(tmp_path, body, "second"), "-j0")
-    finally:
-        for pid in silent:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
     failed = [line for line in done.stderr.splitlines() if "builder 'hung' failed" in line]
     assert any("no answer from hung in time" in line for line in failed), done.stderr

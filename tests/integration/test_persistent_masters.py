@@ -31,9 +31,9 @@ from offload.transport.ssh import ssh_target
 from tests.helpers.fleets import (
     fleet_machine,
     member_line,
-    member_processes,
     persistent_masters,
     private_fleet_fixture,
+    sessions_silent,
     stop_masters,
 )
 from tests.helpers.nix_files import SPEED, nix_file
@@ -230,26 +230,15 @@ def test_a_kept_connection_gone_silent_costs_a_wait_said_as_slow_not_the_builder
     # gives the silent connection up after 4 s, not 12 s.
     sshopts = " ".join(SHORT_KEEPALIVE.options())
     _build(kept_fleet, tmp_path, "first", sshopts)
-    member = kept_fleet.member("keep")
     # The builder's end of the kept connection stops answering (the kept master's socket
     # still does); the builder itself still takes new connections. ssh's keepalives end the
     # master, and the session that waited on it connects directly (ssh's own fallback).
-    silent = [
-        pid for pid, cmd in member_processes(member) if pid != member.pid and cmd.startswith("sshd")
-    ]
-    assert silent
-    for pid in silent:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with sessions_silent(kept_fleet.member("keep")):
         file = nix_file(tmp_path, f'mk "second" "{SPEED} > $out" {{}}\n', "second")
         done = offload(
             kept_fleet, tmp_path, file, "-j0", "--builders", member_line(kept_fleet, "keep"),
             "--no-out-link", "--json", env=with_keepalive(offload_env(kept_fleet, tmp_path)),
         )  # fmt: skip
-    finally:
-        for pid in silent:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
     assert done.returncode == 0, done.stderr
     assert built_on(done.stdout) == {"second": "keep"}
     assert "builder 'keep' is slow to answer" in done.stderr
