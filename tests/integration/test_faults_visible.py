@@ -275,6 +275,31 @@ def test_a_builder_that_never_answers_costs_the_run_seconds(fleet, tmp_path, sil
     assert _closing(done) < SILENT_CLOSE, _closing(done)
 
 
+def test_a_run_with_nothing_to_build_waits_for_no_builder(fleet, tmp_path, silent_port):
+    # As nix-build asks no builder then: a no-op run with a builder away (a laptop off the
+    # home network) waited out the grace and warned that it was slow to answer.
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        fleet.ssh_config.read_text() + "\n" + _host("silent", silent_port, fleet.client_key)
+    )
+    fast = member_line(fleet, "fast")
+    alone, with_silent = tmp_path / "alone", tmp_path / "with_silent"
+    alone.write_text(f"{fast}\n")
+    with_silent.write_text(f"{fast}\nssh://silent {fleet.system} {fleet.client_key} 4 8\n")
+    env = offload_env(fleet, tmp_path)
+    env["NIX_SSHOPTS"] = f"-F {config}"
+    file = nix_file(tmp_path, GRAPH)
+    for machines in (alone, with_silent):
+        args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json")
+        done = offload(fleet, tmp_path, *args, "--no-out-link", env=env, timeout=90)
+        assert done.returncode == 0, done.stderr
+    assert valid_locally(out_path(file, "top"))
+    told = [e for e in events(done.stdout) if e["event"] == "machine"]
+    assert not [e for e in told if e["machine"] == "silent"], told
+    assert "silent" not in done.stderr, done.stderr
+    assert not [e for e in events(done.stdout) if e["event"] == "job_phase"]  # nothing built
+
+
 def _closing(done: subprocess.CompletedProcess[str]) -> float:
     """Seconds from the run's last build ending to its sessions and connections closed."""
     seen = events(done.stdout)

@@ -82,7 +82,7 @@ async def dry_run(
         remote = {
             m.spec.name: m.link for m in members if m.remote and m.spec.name not in backed_off
         }
-        local, clients, _ = await open_sessions(opened, local_link, remote, unreachable, roots)
+        local, clients, _, _ = await open_sessions(opened, local_link, remote, unreachable, roots)
         graph = await load_graph(local, roots, remotes=clients)
         building = set(graph.order)
         to_build = [root for root in roots if root[0] in building]

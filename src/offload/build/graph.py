@@ -18,7 +18,7 @@ from offload.protocol.serve import StoreClient
 from offload.store.drv import Derivation, read_derivation
 from offload.store.path import StorePath
 
-__all__ = ["DrvGraph", "Roots", "Substituted", "check_impossible", "load_graph"]
+__all__ = ["DrvGraph", "Roots", "Substituted", "all_valid", "check_impossible", "load_graph"]
 
 # (drv path, output name) pairs, or a function that evaluates them (offload.nix.instantiate).
 Roots = Sequence[tuple[str, str]] | Callable[[], Sequence[tuple[str, str]]]
@@ -93,6 +93,23 @@ async def load_graph(
         frontier = _next_level(graph, missing, needs_build, read)
     graph.order = _topological(needs_build, graph.drvs)
     return graph
+
+
+async def all_valid(
+    local: StoreClient,
+    roots: Sequence[tuple[str, str]],
+    read: Callable[[str], Derivation] = read_derivation,
+) -> bool:
+    """Whether every requested output is valid here already: then the graph holds nothing to
+    build or fetch, and no builder is needed (nix-build asks none either). False where a
+    root cannot be read: ``load_graph`` says why."""
+    try:
+        paths = {read(drv).outputs[output].path for drv, output in roots}
+    except (OffloadError, KeyError):
+        return False
+    if not all(paths):  # an output whose path is not known in advance
+        return False
+    return not paths - await local.query_valid_paths(paths)
 
 
 def check_impossible(graph: DrvGraph) -> StoreError | None:

@@ -13,7 +13,9 @@ that wait is explained; a cache it leaves out is told as a "cache" machine event
 No builder is left out without a word: one that fails to answer is told as a machine "down"
 event with why, in the user's words and with the fix (``faults``); one still silent
 ``SLOW_GRACE`` seconds after the run could start is told as "slow", and the run starts
-without it: it joins when it answers (``sessions``).
+without it: it joins when it answers (``sessions``). Where every requested output is valid
+here already, none is waited for, nor said to be slow: nothing is to be built, and nix-build
+asks no builder then either.
 
 A run's first event is its ``RunStarted`` (machines, estimate), whoever tells what comes
 before the executor starts (a slow or restricted builder, outputs substituted or fetched):
@@ -36,7 +38,7 @@ from pathlib import Path
 from offload.backoff import Health
 from offload.build.caches import CacheFaults
 from offload.build.faults import explain
-from offload.build.graph import DrvGraph, Roots, check_impossible, load_graph
+from offload.build.graph import DrvGraph, Roots, all_valid, check_impossible, load_graph
 from offload.build.members import (
     follow_loads,
     no_machine_error,
@@ -216,7 +218,7 @@ async def _plan(
     caches and the builders already have, and plan the rest; the sessions close after it.
     What the local store prints meanwhile goes to ``nix_said``."""
     async with contextlib.AsyncExitStack() as opened:
-        local, clients, evaluated = await open_sessions(
+        local, clients, evaluated, settled = await open_sessions(
             opened,
             local_link,
             remote,
@@ -225,12 +227,14 @@ async def _plan(
             answered=warm,
             late=late,
             grace=SLOW_GRACE,
+            settled=all_valid,
             faults_here=local_faults,
         )
         said = nix_said or _to_stderr
         opened.enter_context(heard(local, said, functools.partial(caches.heard, LOCAL)))
         mark("answered")
-        _tell_slow(late, emit)
+        if not settled:  # else not waited for, and not needed
+            _tell_slow(late, emit)
         graph, fetched = await _existing(
             local, local_link, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit
         )

@@ -6,7 +6,9 @@ A builder that is merely slow (a host that accepts the TCP connection and then s
 costs ssh's whole connect timeout) must not hold the run up: with ``grace``, the builders that
 have not answered once the graph could be read go on connecting in the background (``late``,
 one task each, ending when the builder's session is open and back in its pool, or with the
-link's error), and the run starts without them.
+link's error), and the run starts without them. Nor are they waited for where the requested
+outputs are all valid here (``settled``): nothing is to be built, as nix-build would find
+without asking a builder, and a builder that is away costs a no-op run nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +18,17 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from offload.build.graph import Roots
 from offload.errors import NotStarted, OffloadError
@@ -28,9 +38,19 @@ from offload.tasks import cancel_and_wait
 from offload.transport.links import MachineLink
 from offload.transport.sshopts_check import SSHOPTS_FIX, sshopts_refused
 
-__all__ = ["open_sessions", "warming"]
+__all__ = ["Opened", "Settled", "open_sessions", "warming"]
 
 logger = logging.getLogger(__name__)
+
+# Whether the evaluated roots' outputs are all valid in the local store, asked on its session.
+Settled = Callable[[StoreClient, Sequence[tuple[str, str]]], Awaitable[bool]]
+
+
+class Opened(NamedTuple):
+    local: StoreClient
+    clients: dict[str, StoreClient]  # the builders that answered
+    roots: list[tuple[str, str]]  # evaluated
+    settled: bool  # the roots' outputs were all valid here: the late builders were not awaited
 
 
 async def open_sessions(
@@ -43,24 +63,27 @@ async def open_sessions(
     answered: Callable[[str], None] | None = None,
     late: dict[str, asyncio.Task[None]] | None = None,
     grace: float | None = None,
+    settled: Settled | None = None,
     faults_here: set[str] | None = None,
-) -> tuple[StoreClient, dict[str, StoreClient], list[tuple[str, str]]]:
+) -> Opened:
     """A local session, one on each builder that answers, and the evaluated roots, all at
     once: ssh handshakes are most of a run's start-up, and evaluation can run meanwhile.
 
     Builders that have not answered ``grace`` seconds after the local session and the roots
-    are ready are put in ``late`` (see the module docstring); without ``grace`` every builder
-    is waited for. What opened is closed by ``stack``; an evaluation error wins over a local
-    store error. The caller owns the ``late`` tasks. ``faults_here`` is told the builders left out
-    for a fault of this host's (a program it could not start: no ssh, no file descriptors),
-    which says nothing of the builder.
+    are ready are put in ``late`` (see the module docstring), at once where ``settled`` says
+    the roots need nothing; without ``grace`` every builder is waited for. What opened is
+    closed by ``stack``; an evaluation error wins over a local store error. The caller owns
+    the ``late`` tasks. ``faults_here`` is told the builders left out for a fault of this
+    host's (a program it could not start: no ssh, no file descriptors), which says nothing of
+    the builder.
     """
     evaluated = asyncio.to_thread(_as_list, roots) if callable(roots) else _ready(list(roots))
     here = [
         asyncio.ensure_future(stack.enter_async_context(local_link.session())),
         asyncio.ensure_future(evaluated),
     ]
-    deadline = None if grace is None else _after(here, grace)
+    found_settled: list[bool] = []
+    deadline = None if grace is None else _after(here, grace, settled, found_settled)
     borrowed = _borrow_all(remote, unreachable, answered, deadline, late, faults_here=faults_here)
     try:
         local, clients, result = await asyncio.gather(
@@ -77,16 +100,38 @@ async def open_sessions(
     assert not isinstance(local, BaseException)
     assert isinstance(clients, dict)
     assert isinstance(result, list)
-    return cast("StoreClient", local), clients, result
+    return Opened(cast("StoreClient", local), clients, result, bool(found_settled))
 
 
 async def _ready(roots: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return roots
 
 
-async def _after(ready: Sequence[asyncio.Future[Any]], grace: float) -> None:
-    """Returns ``grace`` seconds after every one of ``ready`` is done (however it ended)."""
+async def _after(
+    ready: Sequence[asyncio.Future[Any]],
+    grace: float,
+    settled: Settled | None,
+    found: list[bool],
+) -> None:
+    """Returns ``grace`` seconds after every one of ``ready`` (the local session, the roots)
+    is done (however it ended), or at once where ``settled`` finds the roots' outputs all
+    valid (said in ``found``)."""
     await asyncio.wait(ready)
+    if settled is not None and all(_opened(future) for future in ready):
+        asking = asyncio.ensure_future(settled(ready[0].result(), ready[1].result()))
+        try:
+            # Never cut mid-way (the last builder answering cancels this): the local session
+            # refuses every request after one cut short, and the graph is read on it next.
+            if await asyncio.shield(asking):
+                found.append(True)
+                return
+        except asyncio.CancelledError:
+            await asyncio.wait([asking])
+            if not asking.cancelled():
+                asking.exception()  # retrieved: the graph's reading meets it again
+            raise
+        except OffloadError:
+            pass  # the graph's reading says it
     await asyncio.sleep(grace)
 
 
