@@ -407,13 +407,17 @@ def test_local_link_cancel_stops_local_build(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_the_local_store_s_programs_see_no_builders_so_nixs_hook_takes_none_of_its_builds() -> None:
+def test_the_local_store_s_programs_see_no_builders_nor_hook_so_no_hook_takes_its_builds() -> None:
     # Nix 2.30 on asks its build hook for a BuildDerivation whose .drv is valid (always, here):
     # with the user's builders in force, the local machine's builds went to the builders offload
-    # schedules. The real Nix reads the local store's environment as its programs would.
-    env = {**os.environ, "NIX_CONFIG": "builders = ssh://nx-lb.invalid x86_64-linux\n"}
+    # schedules; offload-hook as the hook finds builders in offload.toml too (a review read it
+    # in Nix's source). The real Nix reads the local store's environment as its programs would.
+    said = "builders = ssh://nx-lb.invalid x86_64-linux\nbuild-hook = /run/offload-hook\n"
+    env = {**os.environ, "NIX_CONFIG": said}
     local = LocalLink(env=env)
     argv = ["nix", "--extra-experimental-features", "nix-command", "show-config", "--json"]
     done = subprocess.run(argv, env=local._local_transport.env, capture_output=True, check=True)
-    assert json.loads(done.stdout)["builders"]["value"] == ""
-    assert env["NIX_CONFIG"] == "builders = ssh://nx-lb.invalid x86_64-linux\n"  # not changed
+    seen = json.loads(done.stdout)
+    assert seen["builders"]["value"] == ""
+    assert seen["build-hook"]["value"] == ""
+    assert env["NIX_CONFIG"] == said  # not changed

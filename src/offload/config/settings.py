@@ -62,7 +62,7 @@ __all__ = [
     "read_nix_settings",
     "substitutes_locally",
     "with_nix_options",
-    "without_builders",
+    "without_hook",
 ]
 
 DEFAULT_BUILDERS = "@/etc/nix/machines"
@@ -283,17 +283,21 @@ def _nix_config_with(env: Mapping[str, str], lines: Sequence[str]) -> dict[str, 
     return merged
 
 
-def without_builders(env: Mapping[str, str] | None) -> dict[str, str]:
-    """``env`` (None: this process's) with ``builders`` set empty last in ``NIX_CONFIG``: for
-    the local store's programs, which build what offload placed on the local machine.
+def without_hook(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env`` (None: this process's) with ``builders`` and ``build-hook`` set empty last in
+    ``NIX_CONFIG``: for the local store's programs, which build what offload placed on the
+    local machine.
 
     Nix up to 2.29 never asks its build hook for a derivation built by ``nix-store --serve``'s
     BuildDerivation (it has no ``.drv`` in the store, to Nix); from 2.30 it asks whenever the
     ``.drv`` is valid, which it always is here, and from 2.34 before it builds locally: with the
     user's builders in force the hook would send offload's local builds to the builders offload
     schedules, into slots it left free. So for every version, as Hydra does for localhost (a
-    daemon takes an empty ``builders`` from any client)."""
-    return _nix_config_with(os.environ if env is None else env, ["builders ="])
+    daemon takes an empty ``builders`` from any client). And no hook at all (an empty list
+    from Nix 2.17: never started; before, never asked here): offload-hook as the build hook
+    finds builders in offload.toml too. A daemon takes ``build-hook`` from a trusted user
+    only, as it takes BuildDerivation."""
+    return _nix_config_with(os.environ if env is None else env, ["builders =", "build-hook ="])
 
 
 def builders_spec(

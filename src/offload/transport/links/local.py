@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 
-from offload.config.settings import without_builders
+from offload.config.settings import without_hook
 from offload.errors import StoreError, TransportError
 from offload.names import LOCAL
 from offload.process import local_sh, run_async, spawn
@@ -44,7 +44,7 @@ class LocalTransport:
     ) -> None:
         self.name = name
         self.params = params
-        self.env = without_builders(env)  # Nix's hook never takes what offload builds here
+        self.env = without_hook(env)  # no build hook takes what offload builds here
         self._start_timeout = start_timeout
         self._cores: int | None = None  # as the first session said: later ones are told them
 
