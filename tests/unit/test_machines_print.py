@@ -75,6 +75,23 @@ def test_newer_nix_output_writes_the_port_offload_toml_set():
     assert [m.port for m in parse(printed)] == [2222]
 
 
+def test_newer_nix_output_says_a_pinned_key_beside_a_port_is_not_found_by_nix():
+    # Nix 2.31 and later write the pin under the host and pass -p: ssh looks for [host]:port,
+    # finds nothing and refuses the host (a review read it in Nix's ssh.cc).
+    pinned, plain = parse(
+        f"ssh://nx-a.invalid:2222 - - 1 1 - - {KEY_B64}\nssh://nx-b.invalid:2222 - - 1 1\n"
+    )
+    printed = format_machines([pinned, plain], nix28=False)
+    notes = [line for line in printed.splitlines() if line.startswith("#")]
+    assert len(notes) == 1
+    assert "'[nx-a.invalid]:2222'" in notes[0]
+    assert "HostKeyAlias nx-a.invalid" in notes[0]
+    reparsed = parse(printed)  # the lines are as before
+    assert [(m.port, m.public_host_key) for m in reparsed] == [(2222, KEY_LINE), (2222, None)]
+    (on_22,) = parse(f"ssh://nx-c.invalid:22 - - 1 1 - - {KEY_B64}")
+    assert not format_machines([on_22], nix28=False).startswith("#")
+
+
 def test_printer_refuses_what_the_format_cannot_say():
     machine = one("m")
     with pytest.raises(ConfigError, match="cannot go in a machines file"):

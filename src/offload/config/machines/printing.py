@@ -75,6 +75,8 @@ def format_machine_line(machine: Machine, *, nix28: bool = True) -> tuple[str, l
         # Written whatever the URI says: ":2222" is in "ssh://a:22222", and offload.toml's
         # port of a machine is over its URI's.
         uri = _uri_with_port(machine)
+        if machine.port != 22 and (machine.public_host_key or machine.host_key_base64):
+            notes.append(_port_pin_note(machine, machine.port))
     if nix28 and not float(machine.speed_factor).is_integer():
         notes.append(
             f"# offload: speed factor {machine.speed_factor:g} of {machine.name} written as "
@@ -107,6 +109,18 @@ def format_machine_line(machine: Machine, *, nix28: bool = True) -> tuple[str, l
     while columns[-1] == "-":
         columns.pop()
     return " ".join(columns), notes
+
+
+def _port_pin_note(machine: Machine, port: int) -> str:
+    """Nix 2.31 and later write a line's pinned key under its host and pass ``-p``: ssh looks
+    for ``[host]:port`` and finds no pin (offload pins it there, ``ssh.known_hosts_line``)."""
+    host = shown(machine.host or machine.uri)
+    return (
+        f"# offload: Nix 2.31 and later pin the host key of {host} under '{host}' and connect "
+        f"to port {port}, where ssh looks for '[{host}]:{port}' and refuses the host (offload "
+        f"pins it there). For Nix, an ssh Host alias with that Port and HostKeyAlias {host} "
+        "(offload setup client writes one), and no port in the line"
+    )
 
 
 def _maybe_decode(text: str) -> str | None:
