@@ -148,6 +148,7 @@ class _Probe(LoginProbe):
             max_sessions=1,
             connect_timeout=math.ceil(self.timeout),
         )
+        link.refuse_untrusted = False  # the ``trusted`` row says it, with the fix
         async with link:
             if not self._passed(await self._nix(link)) or not self._passed(await self._serve(link)):
                 return

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from offload.errors import DaemonError
 
-__all__ = ["is_untrusted", "untrusted_daemon_error", "untrusted_hint", "untrusted_message"]
+__all__ = [
+    "is_untrusted",
+    "untrusted_daemon_error",
+    "untrusted_hint",
+    "untrusted_message",
+    "untrusted_said",
+]
 
 # daemon.cc and local-store.cc's signature check: "lacks a valid signature" in 2.8, "lacks a
 # signature by a trusted key" in later releases; the build refusal is worded alike in all.
@@ -20,11 +26,13 @@ _REFUSALS = (
     "lacks a signature by a trusted key",
     "lacks a valid signature",
 )
+# A daemon's own word, as a session opens, said in offload's (``untrusted_said``).
+_SAID = "its Nix daemon says it does not trust the ssh user"
 
 
 def is_untrusted(text: str) -> bool:
     """Is ``text`` (a remote error) a Nix daemon refusing a user it does not trust?"""
-    return any(refusal in text for refusal in _REFUSALS)
+    return any(refusal in text for refusal in (*_REFUSALS, _SAID))
 
 
 def untrusted_message(name: str, detail: str) -> str:
@@ -40,6 +48,19 @@ def untrusted_hint(name: str) -> str:
         f"add the user offload logs in as to `trusted-users` in {name}'s nix.conf "
         "and restart its nix-daemon"
     )
+
+
+def untrusted_said(name: str) -> DaemonError:
+    """A daemon that says, as a session opens, that it does not trust the user (Nix 2.15 and
+    later): told before any build goes there, where Nix's own hook could not have taken one
+    back (offload-hook's accept). One line that names no builder: who shows it names it."""
+    error = DaemonError(
+        f"{_SAID}: it builds no input-addressed derivation (all that offload sends) and "
+        "adds no unsigned path for it",
+        hint=untrusted_hint(name),
+    )
+    error.peer = name
+    return error
 
 
 def untrusted_daemon_error(exc: DaemonError, name: str) -> DaemonError | None:

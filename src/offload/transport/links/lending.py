@@ -9,13 +9,14 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from offload.ansi import last_nix_error
 from offload.errors import OffloadError, ProtocolError, TransportError
 from offload.names import LOCAL
 from offload.protocol.store import StoreClient
+from offload.protocol.trust import untrusted_said
 from offload.transport.daemon_socket import daemon_trouble
 from offload.transport.links.base import TAIL, LogSink, SessionPipes
 from offload.transport.missing_program import (
@@ -34,6 +35,7 @@ __all__ = [
     "check_slot",
     "close_shielded",
     "not_started",
+    "shake_hands",
     "stop_cut_off",
     "wait_teardown",
 ]
@@ -102,6 +104,26 @@ def not_started(program: str, error: ProtocolError, tail: list[str], peer: str) 
         )
     failure.peer = peer
     return failure
+
+
+async def shake_hands(
+    client: StoreClient,
+    pipes: SessionPipes,
+    tail: Iterable[str],
+    peer: str,
+    *,
+    refuse_untrusted: bool = True,
+) -> None:
+    """``client``'s handshake on ``pipes``: none is ``not_started``, with the last of what
+    the program printed (``tail``). A daemon that says it does not trust the user builds
+    nothing offload sends: the session is refused at once (``refuse_untrusted``; doctor
+    keeps it, to say so in its own row)."""
+    try:
+        await client.handshake(sent=pipes.hello_sent)
+    except ProtocolError as exc:
+        raise not_started(pipes.dialect.describe(), exc, list(tail), peer) from exc
+    if refuse_untrusted and getattr(client, "trusted", None) is False:
+        raise untrusted_said(peer)
 
 
 def check_slot(name: str, pipes: SessionPipes) -> None:

@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Self
 
-from offload.errors import OffloadError, ProtocolError, TransportError
+from offload.errors import OffloadError, TransportError
 from offload.load import RemoteLoad
 from offload.protocol.store import StoreClient
 from offload.transport.links.base import (
@@ -65,7 +65,7 @@ from offload.transport.links.lending import (
     PooledSession,
     check_slot,
     close_shielded,
-    not_started,
+    shake_hands,
     stop_cut_off,
     wait_teardown,
 )
@@ -116,6 +116,7 @@ class Link:
         self.on_load: Callable[[RemoteLoad], None] | None = None
         self.on_unstopped: Callable[[str], None] | None = None
         self.restricted = False
+        self.refuse_untrusted = True  # a daemon that does not trust the user: ``shake_hands``
         # Builder-side slots (module docstring): how many, how build sessions are started
         # holding one (set by links that can), and why they are not counted there, once known.
         self.builder_slots = builder_slots
@@ -454,12 +455,9 @@ class Link:
             stack.push_async_callback(client.close)
             keep_stderr(stack, pipes, logs.tail.append)
             self.stats.sessions_opened += 1
-            try:
-                await client.handshake(sent=pipes.hello_sent)
-            except ProtocolError as exc:
-                raise not_started(
-                    pipes.dialect.describe(), exc, list(logs.tail), self.name
-                ) from exc
+            await shake_hands(
+                client, pipes, logs.tail, self.name, refuse_untrusted=self.refuse_untrusted
+            )
         except BaseException:
             await close_shielded(stack)
             raise
