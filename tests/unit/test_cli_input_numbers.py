@@ -1,5 +1,5 @@
 """Numbers a user writes, read as Nix and nix-build read them: Nix's whole-number settings
-(with unit prefixes, as Nix 2.24 on), simulate's --machines (ASCII digits as written), and a
+(with unit prefixes, as Nix 2.23 on), simulate's --machines (ASCII digits as written), and a
 demo's ratio to a lower bound that may be 0. Each was an internal error or a different number."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_whole_number_settings_and_relaxed_sandbox_as_nix_build_takes_them() -> 
     args = parser.parse_args(
         ["build", "-A", "x", "--repeat", "+2", "--min-free", "1g", "--relaxed-sandbox"]
     )
-    # A unit prefix as Nix 2.24 on reads it, given as digits: Nix 2.8 reads none.
+    # A unit prefix as Nix 2.23 on reads it, given as digits: Nix 2.8 reads none.
     assert args.option == [("repeat", "2"), ("min-free", str(1 << 30)), ("sandbox", "relaxed")]
 
 

@@ -99,7 +99,7 @@ def _count(text: str) -> str:
 
 def _whole(name: str) -> Callable[[str], str]:
     """A whole number for setting ``name``, as the local Nix gets it: digits, a unit prefix
-    (K, M, G, T) read as Nix 2.24 and later read one (``_count``), so that Nix 2.8, which reads
+    (K, M, G, T) read as Nix 2.23 and later read one (``_count``), so that Nix 2.8, which reads
     none, gets the same number; anything else refused in Nix's words."""
 
     def parse(text: str) -> str:

@@ -1,9 +1,10 @@
 """`offload hook install --print`: how to make Nix use offload-hook, for this installation.
 
 It prints, and changes nothing: the ``nix.conf`` line, the NixOS option, and how to switch it
-off again. Nix 2.25-2.33 ignore a ``build-hook`` set in nix.conf (nix#15083); on those the
-setting must come through ``NIX_CONFIG`` or ``--option``, and only those ways are printed when
-the local Nix is one of them. Lix 2.94 and later cannot run a line-protocol hook at all.
+off again. Nix 2.25-2.33 ignore a ``build-hook`` set in the system's nix.conf (nix#15083); on
+those the setting must come through ``NIX_CONFIG`` or ``--option``, and only those ways are
+printed when the local Nix is one of them. Lix 2.94 and later cannot run a line-protocol hook
+at all.
 """
 
 from __future__ import annotations
@@ -89,13 +90,14 @@ def install_text(path: Path, nix: LocalNix | None, conf_dir: str = "/etc/nix") -
         )
     one = [
         "# One build only, without changing any file (as root or a trusted user: a",
-        "# nix-daemon ignores build-hook from any other user's command, without a word):",
+        "# nix-daemon ignores build-hook from any other user's command: silently before 2.22):",
         f"nix-build --option build-hook {path} ...",
     ]
     if nix is not None and not nix.lix and (2, 25) <= nix.version <= (2, 33):
         setting = f"build-hook = {path}"
         return "\n".join([
-            f"# Nix {nix.version[0]}.{nix.version[1]} ignores build-hook in nix.conf (nix#15083):",
+            f"# Nix {nix.version[0]}.{nix.version[1]} ignores build-hook in the system's nix.conf",
+            f"# ({conf_dir}/nix.conf, nix#15083):",
             "# the nix-daemon takes it from NIX_CONFIG in its environment (Nix 2.34 fixes it).",
             "# systemd (systemctl edit nix-daemon; then systemctl restart nix-daemon):",
             "[Service]",

@@ -27,7 +27,7 @@ offload-hook is Nix's build hook: Nix starts it, with its verbosity as the argum
 hook protocol on stdin, for every derivation it may build elsewhere, and offload-hook sends
 each to the machine expected to finish it first (or declines: Nix builds it locally). It is
 not run by hand; tell Nix to use it, for one build (as root or a trusted user: a nix-daemon
-ignores build-hook from any other user's command, without a word):
+ignores build-hook from any other user's command: silently before Nix 2.22):
 
   nix-build ... --option build-hook "$(command -v offload-hook)"
 
@@ -35,7 +35,8 @@ or for every build, in nix.conf (`offload hook install --print` prints the line)
 
   build-hook = /absolute/path/to/offload-hook
 
-Nix 2.25-2.33 ignore build-hook in nix.conf: pass it with --option or NIX_CONFIG there.
+Nix 2.25-2.33 ignore build-hook in the system's nix.conf: pass it with --option or
+NIX_CONFIG there (a nix-daemon's: in its environment).
 The builders are Nix's own (`builders`, /etc/nix/machines). See offload's README.
 """
 

@@ -10,8 +10,9 @@ offload's wrapper, from a normal one), and how to make and handshake a client on
 A key forced to the other protocol's program (``nix-store --serve`` for an ``ssh-ng://`` line,
 ``nix-daemon --stdio`` for an ``ssh://`` one) reads the hello as a wrong magic number and says
 only "protocol mismatch" (``MISMATCH``), Nix's words for both; a ``nix-daemon --stdio`` that
-only relays to the builder's daemon (a user that is not root) says "unexpected EOF from daemon
-socket" instead, as the daemon hangs up on serve's hello (``mismatched``). ``mismatch_fix``
+only relays to the builder's daemon (a user that is not root, Nix before 2.20; from 2.20 it
+answers itself) says "unexpected EOF from daemon socket" instead, as the daemon hangs up on
+serve's hello (``mismatched``). ``mismatch_fix``
 says what it is and the fix, in doctor's words and ``offload build``'s.
 """
 
@@ -47,7 +48,8 @@ LogSink = Callable[[str], None]
 # What Nix's serve program and its daemon both say to a hello that is not theirs.
 MISMATCH = "protocol mismatch"
 # What ``nix-daemon --stdio`` says instead where it only relays to the builder's daemon (a
-# user that is not root, as a key restricted to it logs in): the daemon hung up on serve's
+# user that is not root, as a key restricted to it logs in; Nix before 2.20, whose
+# --stdio relays unless the daemon's socket is its own to serve): the daemon hung up on serve's
 # hello. Only an ssh:// line's session meets it as a mismatch.
 _RELAYED_EOF = "unexpected EOF from daemon socket"
 

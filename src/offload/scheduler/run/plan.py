@@ -122,10 +122,11 @@ def plan_jobs(
 
     A derivation with ``preferLocalBuild`` that the local machine (``local``, None: it has no
     slots) can build is built there, as Nix does (it never asks its hook for one, 2.4-2.33;
-    2.34 asks only when no local slot is free): they are trivial builds (``writeText``,
-    ``runCommandLocal``, ``buildEnv``, a NixOS system's top level) whose inputs are often
-    large, so a builder would cost their copy both ways. It requires ``PREFER_LOCAL``, a
-    feature only the local machine's spec offers (``build.members.local_spec``).
+    2.34 only when it cannot build it here, and waits for a local slot): they are trivial
+    builds (``writeText``, ``runCommandLocal``, ``buildEnv``, a NixOS system's top level) whose
+    inputs are often large, so a builder would cost their copy both ways. It requires
+    ``PREFER_LOCAL``, a feature only the local machine's spec offers
+    (``build.members.local_spec``).
     """
     estimates = estimates or {}
     jobs = []
