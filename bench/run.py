@@ -18,7 +18,8 @@ Sections (``--only`` picks some):
 - ``planning``: the scheduler's own cost on 1,000-50,000 simulated nodes, no building.
 
 Everything runs on a fleet this script brings up under /tmp and always stops (try/finally, also
-on Ctrl-C); offload gets a fresh state directory there too, so its history starts empty. Raw
+on Ctrl-C and SIGTERM, which stops it as Ctrl-C does); offload gets a fresh state directory
+there too, so its history starts empty. Raw
 measurements go to ``bench/results/<date>.json`` (written after every section, so an
 interrupted run keeps what it measured) and ``bench/report.py`` turns them into
 docs/BENCHMARKS.md. A failing or timed-out command is a measurement, recorded as such.
@@ -41,6 +42,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -211,7 +213,7 @@ def run_sections(opts: Options, results: dict[str, Any], save: Callable[..., Non
                 results[name] = runner(opts, save)
         results["complete"] = True
     except KeyboardInterrupt:
-        results["notes"].append("interrupted (Ctrl-C): the results are partial")
+        results["notes"].append("interrupted (Ctrl-C or SIGTERM): the results are partial")
         raise
     finally:
         try:
@@ -242,7 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _stop(signum: int, frame: object) -> None:
+    del signum, frame
+    raise KeyboardInterrupt  # the fleet and its scratch directory go (``run_sections``)
+
+
 if __name__ == "__main__":
+    # Killed (SIGTERM), it left its fleet's sshd and builds running, and /tmp/ob* behind.
+    signal.signal(signal.SIGTERM, _stop)
     try:
         sys.exit(main())
     except KeyboardInterrupt:
