@@ -251,17 +251,22 @@ def _first_build_after(
     return float(building[0]["time"]) - started, done
 
 
-def test_a_builder_that_never_answers_costs_the_run_seconds(fleet, tmp_path, silent_port):
+def _with_silent(fleet: Fleet, tmp_path: Path, port: int) -> tuple[Path, Path, dict[str, str]]:
+    """Machines files of fast alone and of fast and ``silent`` (``port``, which never speaks),
+    and the environment whose ssh config names it."""
     config = tmp_path / "ssh_config"
-    config.write_text(
-        fleet.ssh_config.read_text() + "\n" + _host("silent", silent_port, fleet.client_key)
-    )
+    config.write_text(fleet.ssh_config.read_text() + "\n" + _host("silent", port, fleet.client_key))
     fast = member_line(fleet, "fast")
     alone, with_silent = tmp_path / "alone", tmp_path / "with_silent"
     alone.write_text(f"{fast}\n")
     with_silent.write_text(f"{fast}\nssh://silent {fleet.system} {fleet.client_key} 4 8\n")
     env = offload_env(fleet, tmp_path)
     env["NIX_SSHOPTS"] = f"-F {config}"
+    return alone, with_silent, env
+
+
+def test_a_builder_that_never_answers_costs_the_run_seconds(fleet, tmp_path, silent_port):
+    alone, with_silent, env = _with_silent(fleet, tmp_path, silent_port)
     baseline, _ = _first_build_after(fleet, tmp_path, alone, env)
     delayed, done = _first_build_after(fleet, tmp_path, with_silent, env)
     # Without waiting for it, the run would have waited out ssh's 10 s connect timeout.
@@ -278,16 +283,7 @@ def test_a_builder_that_never_answers_costs_the_run_seconds(fleet, tmp_path, sil
 def test_a_run_with_nothing_to_build_waits_for_no_builder(fleet, tmp_path, silent_port):
     # As nix-build asks no builder then: a no-op run with a builder away (a laptop off the
     # home network) waited out the grace and warned that it was slow to answer.
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        fleet.ssh_config.read_text() + "\n" + _host("silent", silent_port, fleet.client_key)
-    )
-    fast = member_line(fleet, "fast")
-    alone, with_silent = tmp_path / "alone", tmp_path / "with_silent"
-    alone.write_text(f"{fast}\n")
-    with_silent.write_text(f"{fast}\nssh://silent {fleet.system} {fleet.client_key} 4 8\n")
-    env = offload_env(fleet, tmp_path)
-    env["NIX_SSHOPTS"] = f"-F {config}"
+    alone, with_silent, env = _with_silent(fleet, tmp_path, silent_port)
     file = nix_file(tmp_path, GRAPH)
     for machines in (alone, with_silent):
         args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json")
