@@ -16,7 +16,7 @@ import contextlib
 import pytest
 
 from offload.build.faults import explain
-from offload.errors import DaemonError
+from offload.errors import TransportError
 from offload.protocol.wire import encode_int, encode_str, encode_strs
 from offload.protocol.worker.records import WORKER_MAGIC_2, Frame
 from offload.transport.dialect import DAEMON
@@ -60,11 +60,15 @@ async def _borrowed(link: Link) -> bool | None:
 
 def test_a_daemon_that_does_not_trust_the_user_is_refused_as_the_session_opens() -> None:
     daemon = _Daemon(trust=2)
-    with pytest.raises(DaemonError) as refused:
+    with pytest.raises(TransportError) as refused:
         asyncio.run(_borrowed(Link(daemon)))
     assert "does not trust the ssh user" in refused.value.message
     assert "trusted-users" in (refused.value.hint or "")
     assert refused.value.peer == "ng"
+    # A session that could not be had, as one whose program did not start: offload-hook
+    # takes a TransportError at a session's start for the builder unreachable, backs it off
+    # and tries another (a DaemonError went past it, and every derivation was declined).
+    assert type(refused.value) is TransportError
     assert daemon.closed == 1  # the session went with it
 
 
@@ -80,7 +84,7 @@ def test_a_daemon_that_trusts_the_user_is_used() -> None:
 
 def test_offload_build_says_it_down_with_the_fix() -> None:
     daemon = _Daemon(trust=2)
-    with pytest.raises(DaemonError) as refused:
+    with pytest.raises(TransportError) as refused:
         asyncio.run(_borrowed(Link(daemon)))
     said = explain(one("ssh-ng://ng"), refused.value.message)
     assert said.startswith("its Nix daemon says it does not trust the ssh user")

@@ -9,7 +9,7 @@ fact about the builder's set-up, not a build failure, and one line says which fi
 
 from __future__ import annotations
 
-from offload.errors import DaemonError
+from offload.errors import DaemonError, TransportError
 
 __all__ = [
     "is_untrusted",
@@ -50,11 +50,13 @@ def untrusted_hint(name: str) -> str:
     )
 
 
-def untrusted_said(name: str) -> DaemonError:
+def untrusted_said(name: str) -> TransportError:
     """A daemon that says, as a session opens, that it does not trust the user (Nix 2.15 and
     later): told before any build goes there, where Nix's own hook could not have taken one
-    back (offload-hook's accept). One line that names no builder: who shows it names it."""
-    error = DaemonError(
+    back (offload-hook's accept). A session that could not be had, as one whose program did
+    not start (``TransportError``): ``offload build`` and offload-hook leave the builder out
+    and back it off. One line that names no builder: who shows it names it."""
+    error = TransportError(
         f"{_SAID}: it builds no input-addressed derivation (all that offload sends) and "
         "adds no unsigned path for it",
         hint=untrusted_hint(name),
