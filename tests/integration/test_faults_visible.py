@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from offload.backoff import reason_line
+from offload.build.run import SLOW_GRACE
 from offload.fleet import Fleet
 from tests.helpers import processes
 from tests.helpers.fleets import host_of, machines_lines, member_line
@@ -294,6 +295,9 @@ def test_a_run_with_nothing_to_build_waits_for_no_builder(fleet, tmp_path, silen
     assert not [e for e in told if e["machine"] == "silent"], told
     assert "silent" not in done.stderr, done.stderr
     assert not [e for e in events(done.stdout) if e["event"] == "job_phase"]  # nothing built
+    (timing,) = [e for e in events(done.stdout) if e["event"] == "timing"]
+    marks = dict(timing["marks"])
+    assert marks["answered"] - marks["evaluated"] < SLOW_GRACE  # not waited out, only unsaid
 
 
 def _closing(done: subprocess.CompletedProcess[str]) -> float:

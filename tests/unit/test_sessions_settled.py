@@ -10,6 +10,8 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
+import pytest
+
 from offload.build.sessions import Opened, Settled, open_sessions
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import MemberLink
@@ -72,13 +74,25 @@ def test_nothing_to_build_waits_for_no_builder() -> None:
 
 
 def test_something_to_build_waits_out_the_grace() -> None:
-    async def settled(_local: StoreClient, _roots: Sequence[tuple[str, str]]) -> bool:
+    asked: list[Sequence[tuple[str, str]]] = []
+
+    async def settled(_local: StoreClient, roots: Sequence[tuple[str, str]]) -> bool:
+        asked.append(roots)
         return False
 
     late: dict[str, asyncio.Task[None]] = {}
     opened = asyncio.run(_opened(asyncio.Event(), settled, late, grace=0.0))
+    assert asked == [ROOTS]
     assert not opened.settled
     assert list(late) == ["away"]
+
+
+def test_a_bug_in_the_question_is_raised_not_taken_for_the_grace_s_end() -> None:
+    async def settled(_local: StoreClient, _roots: Sequence[tuple[str, str]]) -> bool:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        asyncio.run(_opened(asyncio.Event(), settled, {}))
 
 
 def test_the_question_is_not_cut_when_the_last_builder_answers_meanwhile() -> None:

@@ -239,7 +239,9 @@ async def _until(
             _, pending = await asyncio.wait({*pending, timer}, return_when=asyncio.FIRST_COMPLETED)
             pending.discard(timer)
     finally:
-        await cancel_and_wait([timer])
+        failed = await cancel_and_wait([timer])
+    if failed:  # a bug in the deadline (its ``settled`` question): said, not taken for its end
+        raise failed[0]
 
 
 async def _joining(
