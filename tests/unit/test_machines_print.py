@@ -85,7 +85,7 @@ def test_newer_nix_output_says_a_pinned_key_beside_a_port_is_not_found_by_nix():
     notes = [line for line in printed.splitlines() if line.startswith("#")]
     assert len(notes) == 1
     assert "'[nx-a.invalid]:2222'" in notes[0]
-    assert "HostKeyAlias nx-a.invalid" in notes[0]
+    assert "Host nx-a.invalid with Port 2222 and HostKeyAlias nx-a.invalid" in notes[0]
     reparsed = parse(printed)  # the lines are as before
     assert [(m.port, m.public_host_key) for m in reparsed] == [(2222, KEY_LINE), (2222, None)]
     (on_22,) = parse(f"ssh://nx-c.invalid:22 - - 1 1 - - {KEY_B64}")

@@ -293,8 +293,8 @@ def without_hook(env: Mapping[str, str] | None) -> dict[str, str]:
     ``.drv`` is valid, which it always is here, and from 2.34 before it builds locally: with the
     user's builders in force the hook would send offload's local builds to the builders offload
     schedules, into slots it left free. So for every version, as Hydra does for localhost (a
-    daemon takes an empty ``builders`` from any client). And no hook at all (an empty list
-    from Nix 2.17: never started; before, never asked here): offload-hook as the build hook
+    daemon takes an empty ``builders`` from any client). And no hook at all (empty: never
+    asked from Nix 2.22, and those before 2.30 never ask here): offload-hook as the build hook
     finds builders in offload.toml too. A daemon takes ``build-hook`` from a trusted user
     only, as it takes BuildDerivation."""
     return _nix_config_with(os.environ if env is None else env, ["builders =", "build-hook ="])

@@ -118,8 +118,9 @@ def _port_pin_note(machine: Machine, port: int) -> str:
     return (
         f"# offload: Nix 2.31 and later pin the host key of {host} under '{host}' and connect "
         f"to port {port}, where ssh looks for '[{host}]:{port}' and refuses the host (offload "
-        f"pins it there). For Nix, an ssh Host alias with that Port and HostKeyAlias {host} "
-        "(offload setup client writes one), and no port in the line"
+        f"pins it there). For Nix: an ssh config entry Host {host} with Port {port} and "
+        f"HostKeyAlias {host}, its own name (as offload setup client writes), and no port in "
+        "the line"
     )
 
 
