@@ -281,23 +281,40 @@ def test_a_builder_that_never_answers_costs_the_run_seconds(fleet, tmp_path, sil
     assert _closing(done) < SILENT_CLOSE, _closing(done)
 
 
-def test_a_run_with_nothing_to_build_waits_for_no_builder(fleet, tmp_path, silent_port):
-    # As nix-build asks no builder then: a no-op run with a builder away (a laptop off the
-    # home network) waited out the grace and warned that it was slow to answer.
-    alone, with_silent, env = _with_silent(fleet, tmp_path, silent_port)
+def test_a_run_with_nothing_to_build_waits_for_no_builder(
+    fleet, tmp_path, silent_port, closed_port
+):
+    # As nix-build says nothing of its builders then: a no-op run with a builder away (a laptop
+    # off the home network) waited out the grace and warned that it was slow to answer, and
+    # one that refused it, or was backed off by an earlier run, was said down (a tester: six
+    # long lines on every no-op).
+    _, machines, env = _with_silent(fleet, tmp_path, silent_port)
+    config = Path(env["NIX_SSHOPTS"].removeprefix("-F "))
+    config.write_text(config.read_text() + _host("refused", closed_port, fleet.client_key))
+    machines.write_text(machines.read_text() + f"ssh://refused {fleet.system} - 1 1\n")
     file = nix_file(tmp_path, GRAPH)
-    for machines in (alone, with_silent):
-        args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json")
-        done = offload(fleet, tmp_path, *args, "--no-out-link", env=env, timeout=90)
-        assert done.returncode == 0, done.stderr
+    args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json", "--no-out-link")
+    built = offload(fleet, tmp_path, *args, env=env, timeout=90)  # refused backed off
+    assert built.returncode == 0, built.stderr
+    backoff = tmp_path / "state" / "backoff.json"
+    assert "refused" in backoff.read_text()
+    done = offload(fleet, tmp_path, *args, env=env, timeout=90)
+    assert done.returncode == 0, done.stderr
     assert valid_locally(out_path(file, "top"))
-    told = [e for e in events(done.stdout) if e["event"] == "machine"]
-    assert not [e for e in told if e["machine"] == "silent"], told
+    assert not [e for e in events(done.stdout) if e["event"] == "machine"]
     assert "silent" not in done.stderr, done.stderr
+    assert "refused" not in done.stderr, done.stderr
     assert not [e for e in events(done.stdout) if e["event"] == "job_phase"]  # nothing built
     (timing,) = [e for e in events(done.stdout) if e["event"] == "timing"]
     marks = dict(timing["marks"])
     assert marks["answered"] - marks["evaluated"] < SLOW_GRACE  # not waited out, only unsaid
+    assert "refused" in backoff.read_text()  # kept as it was, for the next run that builds
+    reset = [sys.executable, "-m", "offload", "machines", "--builders", f"@{machines}"]
+    subprocess.run([*reset, "--reset", "refused"], env=env, check=True, capture_output=True)
+    again = offload(fleet, tmp_path, *args, env=env, timeout=90)  # refused asked, and refuses
+    assert again.returncode == 0, again.stderr
+    assert not [e for e in events(again.stdout) if e["event"] == "machine"]
+    assert "refused" not in backoff.read_text()  # not backed off by a run that needed none
 
 
 def _closing(done: subprocess.CompletedProcess[str]) -> float:

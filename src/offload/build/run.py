@@ -14,8 +14,8 @@ No builder is left out without a word: one that fails to answer is told as a mac
 event with why, in the user's words and with the fix (``faults``); one still silent
 ``SLOW_GRACE`` seconds after the run could start is told as "slow", and the run starts
 without it: it joins when it answers (``sessions``). Where every requested output is valid
-here already, none is waited for, nor said to be slow: nothing is to be built, and nix-build
-asks no builder then either.
+here already, none is waited for, nor said to be slow, down or backed off (nor backed off):
+nothing is to be built, and nix-build says nothing of its builders then.
 
 A run's first event is its ``RunStarted`` (machines, estimate), whoever tells what comes
 before the executor starts (a slow or restricted builder, outputs substituted or fetched):
@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from offload.backoff import Health
 from offload.build.caches import CacheFaults
@@ -112,7 +113,7 @@ async def run_build(
             warming(remote, {m.spec.name: m.spec.slots for m in members}) as warm,
             _owning(late),
         ):
-            roots, graph, plan, estimates, fetched = await _plan(
+            roots, graph, plan, estimates, fetched, settled = await _plan(
                 pool, local_link, remote, roots,
                 unreachable=unreachable, local_faults=local_faults, warm=warm, late=late,
                 emit=told, estimate=estimate, check=check, nix_said=nix_said, caches=caches,
@@ -122,14 +123,14 @@ async def run_build(
             _tell_logins(pool, members, remote.keys() - unreachable.keys(), late, told)
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
-                estimates=estimates, slots=slots, backoff=backoff, unreachable=unreachable,
+                estimates=estimates, slots=slots, unreachable=unreachable,
+                backoff=None if settled else backoff,  # no builder needed: none told of
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")), joining=late,
                 home=None if fetch_all else {drv for drv, _ in roots}, explain=_explainer(pool),
                 build_options=options, local_boot_id=local_boot_id(), keep_going=keep_going,
                 after_home=after_home, faults_here=local_faults, stranded_hint=pool.stranded_hint(),
             )  # fmt: skip
-            # As just reported, then at every session start: busy builders get fewer slots.
-            follow_loads(members, executor.loads.reported)
+            follow_loads(members, executor.loads.reported)  # busy builders get fewer slots
             report = await _carried_out(executor, graph, fetched, cut_short)
     return report, graph
 
@@ -213,10 +214,12 @@ async def _plan(
     check: bool,
     nix_said: Callable[[str], None] | None,  # None: stderr
     caches: CacheFaults,
-) -> tuple[list[tuple[str, str]], DrvGraph, BuildPlan, Mapping[str, float], list[JobFinished]]:
+) -> _Planned:
     """Open the first sessions while ``roots`` evaluate, read the graph, take what the local
     caches and the builders already have, and plan the rest; the sessions close after it.
-    What the local store prints meanwhile goes to ``nix_said``."""
+    What the local store prints meanwhile goes to ``nix_said``. Where every requested output
+    is valid here (``settled``), no builder was needed: none that failed is said or kept
+    down (``unreachable`` emptied), as nix-build says nothing of its builders then."""
     async with contextlib.AsyncExitStack() as opened:
         local, clients, evaluated, settled = await open_sessions(
             opened,
@@ -233,7 +236,9 @@ async def _plan(
         said = nix_said or _to_stderr
         opened.enter_context(heard(local, said, functools.partial(caches.heard, LOCAL)))
         mark("answered")
-        if not settled:  # else not waited for, and not needed
+        if settled:  # not waited for, and not needed
+            unreachable.clear()
+        else:
             _tell_slow(late, emit)
         graph, fetched = await _existing(
             local, local_link, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit
@@ -244,7 +249,16 @@ async def _plan(
             raise refused
         plan, estimates = await estimated_plan(graph, local, estimate)
         mark("planned")
-    return evaluated, graph, plan, estimates, fetched
+    return _Planned(evaluated, graph, plan, estimates, fetched, settled)
+
+
+class _Planned(NamedTuple):
+    roots: list[tuple[str, str]]  # evaluated
+    graph: DrvGraph
+    plan: BuildPlan
+    estimates: Mapping[str, float]
+    fetched: list[JobFinished]  # outputs fetched or substituted instead of built
+    settled: bool  # every requested output was valid here: no builder was needed
 
 
 async def _existing(
