@@ -156,6 +156,23 @@ def test_a_later_nix_build_names_the_backoff_tries_the_builder_and_declines(
     assert after.reason.startswith(REFUSED)
 
 
+def test_derivations_only_a_backed_off_builder_could_build_are_declined_in_one_line(
+    backoff_fleet: Fleet, tmp_path: Path
+) -> None:
+    # A tester away from home: one line of 330 characters for every derivation declined (a
+    # system's nix-build would print hundreds). Three derivations, only "bad" could build them.
+    line, config = _bad_line(backoff_fleet, tmp_path)
+    _seed(tmp_path, "bad", REFUSED)
+    three = "".join(f'(mk "{name}" "echo {name} > $out" {{}}) ' for name in "abc")
+    done = _nix_build(
+        nix_file(tmp_path, f"[ {three}]\n"), line, _env(backoff_fleet, tmp_path, config)
+    )
+    assert done.returncode == 1, done.stderr
+    declined = [said for said in _hook_lines(done.stderr) if "declining '" in said]
+    assert len(declined) == 1, done.stderr
+    assert declined[0].endswith("so is every other derivation only they could build, until then")
+
+
 def test_one_outage_two_nix_builds_meet_is_one_failure_told_to_both(
     backoff_fleet: Fleet, tmp_path: Path
 ) -> None:

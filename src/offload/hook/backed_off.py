@@ -176,15 +176,17 @@ def to_retry(
 
 
 def say_declined(context: HookContext, request: TryRequest, choice: Choice) -> None:
-    """Say why a ``stuck`` derivation is declined; once per client and backoff, as Nix asks
+    """Say why a ``stuck`` derivation is declined: once per client, builders and backoff, for
+    the first derivation only they could build (a tester away from home: a line of 330
+    characters for every derivation of a nix-build, hundreds in a system's), as Nix asks
     again about a declined derivation each time one of its builds ends."""
     until = _first_end(context, choice.backed_off)
-    if context.first_for_client(f"declined {request.drv_path} {until:.3f}"):
+    if context.first_for_client(f"declined {' '.join(choice.backed_off)} {until:.3f}"):
         line = declined_line(
             request.drv_path, choice.backed_off, until, _local(context, request),
             chosen=_left_out_by_use(context, request),
         )  # fmt: skip
-        context.say(line)
+        context.say(f"{line}; so is every other derivation only they could build, until then")
 
 
 def given_up(context: HookContext, request: TryRequest, names: Collection[str]) -> OffloadError:
