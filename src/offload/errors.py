@@ -189,4 +189,8 @@ class SchedulerError(OffloadError):
 
 
 class Unschedulable(SchedulerError):
-    """A job no machine of the pool can build (its system or features), found before the run."""
+    """A job no machine of the pool can build (its system or features), found before the run.
+    ``needs``: the first such job's system and required features, for who can say which
+    machine left out of the pool (-j 0, --on, --exclude) would have built it."""
+
+    needs: tuple[str, frozenset[str]] | None = None

@@ -185,6 +185,49 @@ def test_machines_says_no_machine_takes_jobs_as_a_build_does(fleet, tmp_path, pi
     assert "hint: " in done.stderr
 
 
+LOCAL_J0 = "the local machine could, but -j 0 (max-jobs) leaves it out"
+
+
+@pytest.mark.parametrize(
+    ("fast", "picked", "told"),
+    [
+        (False, ("-j", "0"), (LOCAL_J0, "pass -j N")),
+        (
+            False,
+            ("--exclude", "local"),
+            (
+                "the local machine could, but --on/--exclude leaves it out",
+                "name `local` with --on, or drop --exclude local",
+            ),
+        ),
+        (
+            True,
+            ("-j", "0", "--on", "nx-arm.invalid"),
+            (
+                f"{LOCAL_J0}; 'fast' could, but --on/--exclude leaves it out",
+                "pass -j N; or --on fast, or drop --on/--exclude",
+            ),
+        ),
+    ],
+)
+def test_a_derivation_only_a_machine_left_out_could_build_says_that_machine(
+    fleet, tmp_path, fast, picked, told
+):
+    # A tester: "add a builder with that system and features" where the one that could was
+    # left out by -j 0, --on or --exclude. The pool: a builder of another system (and fast).
+    machines = tmp_path / "machines"
+    lines = ["ssh://nx-arm.invalid aarch64-linux - 1 1", *([member_line(fleet, "fast")] * fast)]
+    machines.write_text("\n".join(lines) + "\n")
+    file = nix_file(tmp_path, GRAPH)
+    done = offload(fleet, tmp_path, file, "-A", "dep", "--builders", f"@{machines}", *picked)
+    assert done.returncode == 1, done.stderr
+    error = next(line for line in done.stderr.splitlines() if line.startswith("error: "))
+    assert error.startswith("error: no machine can build "), done.stderr
+    assert error.endswith(f"; {told[0]}"), done.stderr
+    assert f"hint: {told[1]}" in done.stderr
+    assert not valid_locally(out_path(file, "dep"))
+
+
 IDLE = "ssh://nx-idle.invalid - - 0"  # a builder with maxJobs 0: kept, but takes no job
 
 

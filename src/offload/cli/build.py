@@ -20,7 +20,8 @@ from offload.backoff import Health, connections, load_backoff
 from offload.cli.build_args import add_build_arguments, eval_flags, nix_json, refusal
 from offload.cli.interrupts import steady_runner
 from offload.cli.machines import pool_from_args
-from offload.errors import ConfigError
+from offload.config.left_out import with_left_out
+from offload.errors import ConfigError, Unschedulable
 from offload.marks import mark
 from offload.nix import Evaluation, Installables, sources
 from offload.paths import ensure_state_dir
@@ -79,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
     _warn_unused(args, say)
     # Nix evaluates from here on, while offload connects and imports the rest of itself.
     with Evaluation(what, env=pool.local_env(), say=say) as evaluation:
-        return _run(args, pool, _marked(evaluation.roots), evaluation.give_up)
+        try:
+            return _run(args, pool, _marked(evaluation.roots), evaluation.give_up)
+        except Unschedulable as exc:  # the fix may be a flag of this command line
+            raise with_left_out(exc, pool) from None
 
 
 def _warn_unused(args: argparse.Namespace, say: Callable[[str], None]) -> None:

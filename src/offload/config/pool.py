@@ -87,6 +87,8 @@ class Pool:
     # ``select`` would have kept these builders, but offload does not connect to them
     # (``Machine.not_connected``): a pool left with nothing names them, not "no builder set".
     refused: tuple[Machine, ...] = field(default=(), compare=False)
+    # The builders ``select``'s --on/--exclude took out (``left_out.could_build``).
+    left_out: tuple[Machine, ...] = field(default=(), compare=False)
 
     def local_env(self) -> dict[str, str] | None:
         """The environment for the local store's serve processes: ours with the run's
@@ -277,6 +279,7 @@ class Pool:
             local_left_out=left_out,
             builders_left_out=out,
             refused=refused,
+            left_out=tuple(m for i, m in enumerate(self.machines) if i not in keep and m.enabled),
         )
 
 

@@ -29,22 +29,26 @@ def classify(
     """Fill ``class_of``; returns the jobs no machine can build (with why) and the jobs
     skipped because of them. Raises for such a job when ``strict``."""
     unschedulable: dict[str, str] = {}
+    needs: tuple[str, frozenset[str]] | None = None
     for job in graph.jobs():
         cls = pool.class_for(job)
         class_of[job.id] = cls
         if not cls.machines:
             unschedulable[job.id] = unschedulable_reason(job, machines)
+            needs = needs or (job.system, frozenset(job.required_features))
     skipped: list[str] = []
     if not unschedulable:
         return unschedulable, skipped
     if strict:
         first, reason = next(iter(unschedulable.items()))
         more = len(unschedulable) - 1
-        raise Unschedulable(
+        error = Unschedulable(
             f"no machine can build {first}: {reason}"
             + (f" (and {more} more {'job' if more == 1 else 'jobs'})" if more else ""),
             hint="add a builder with that system and features, or use --keep-going",
         )
+        error.needs = needs
+        raise error
     for job_id in unschedulable:
         if graph.state(job_id) is not JobState.SKIPPED:
             skipped.extend(graph.mark_failed(job_id))
