@@ -93,6 +93,23 @@ def test_a_failed_build_that_ran_somewhere_points_at_its_log():
     assert build_failed(report).hint == "see its log with `offload log /b.drv`"
 
 
+def test_a_builder_whose_nix_lacks_the_platform_its_line_claims_points_at_doctor():
+    # A tester: a line claiming aarch64-linux on an x86_64 builder. Nix's words came after
+    # offload's own "error: " ("error: error: a 'aarch64-linux' ..."), with "see its log".
+    said = (
+        "error: a 'aarch64-linux' with features {} is required to build '/a.drv', but I am a "
+        "'x86_64-linux' with features {kvm}"
+    )
+    report = RunReport("r", failed={"/a.drv": said})
+    report.statuses = {"/a.drv": BuildStatus.MISC_FAILURE}
+    report.finished = [JobFinished("/a.drv", "a", "arm", "failed", 1.0, 2.0, 0, 0, "x", 2.0)]
+    error = build_failed(report)
+    assert error.message == said.removeprefix("error: ")
+    assert error.hint is not None
+    assert "machines line of 'arm' claims" in error.hint
+    assert "`offload doctor arm`" in error.hint
+
+
 MISSING = "builder for '/m.drv' failed to produce output path for output 'dev'"
 
 

@@ -38,6 +38,7 @@ from offload.history.db import History
 from offload.history.recorder import RunRecorder
 from offload.logs import BuildLogs, LogRecorder
 from offload.marks import mark, taken
+from offload.names import LOCAL
 from offload.nix_results import add_roots, realise_again
 from offload.numerals import is_decimal
 from offload.paths import daemon_here
@@ -94,7 +95,8 @@ def build_failed(
     first = (timed_out or list(report.failed))[0]
     more = len(report.failed) - 1
     what = "timed out" if timed_out else "failed"
-    said = report.failed[first]
+    # Nix's words may begin "error: " as its own lines do: said once, as the line's own.
+    said = report.failed[first].removeprefix("error: ")
     # Nix's own words name the derivation ("builder for '/nix/store/...drv' failed with exit
     # code 3"): said alone, as nix-build's last line, not after "build of '...drv' failed:".
     message = said if f"'{first}'" in said else f"build of '{first}' {what}: {said}"
@@ -110,12 +112,25 @@ def build_failed(
     )
 
 
+# Nix's refusal of a derivation for a platform or features it lacks (derivation-goal.cc).
+_NOT_ITS_PLATFORM = ("is required to build", "but I am a")
+
+
 def _failed_hint(report: RunReport, drv_path: str, *, logs_kept: bool, logs_shown: bool) -> str:
     """Where to look next: the failed build's log (``offload log`` where the run's state is
     kept; else the run shows it, whole unless -Q or --log-format bar, its tail always), or, for
     a derivation no machine took (no machine can build it), the machines' systems and features:
     it has no log."""
-    if any(job.drv_path == drv_path and job.machine for job in report.finished):
+    builders = [j.machine for j in report.finished if j.drv_path == drv_path and j.machine]
+    refused = all(words in report.failed[drv_path] for words in _NOT_ITS_PLATFORM)
+    if builders and refused and builders[-1] != LOCAL:
+        # Nix's "a 'aarch64-linux' with features {} is required to build ..., but I am a
+        # 'x86_64-linux'": the machines line claims what its Nix does not build (a tester).
+        return (
+            f"the machines line of '{builders[-1]}' claims a system or feature its Nix does not"
+            f" have: `offload doctor {builders[-1]}` checks it"
+        )
+    if builders:
         if logs_kept:
             return f"see its log with `offload log {drv_path}`"
         if logs_shown:
