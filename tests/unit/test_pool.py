@@ -160,6 +160,23 @@ def test_toml_restating_nix_columns_overrides_with_a_warning():
     assert warnings == ["o.toml: [[machine]] #1: overrides max_jobs of m:1"]
 
 
+def test_toml_empty_feature_lists_clear_the_line_s_columns():
+    # A tester: `mandatory-features = []` (as `machines convert --to toml` writes it) over a
+    # line with a mandatory feature kept it, without a word: the column could not be cleared.
+    said = '[[machine]]\nhost = "nx-a.invalid"\nsupported-features = []\nmandatory-features = []\n'
+    toml = parse_offload_toml(said, "o.toml")
+    result, warnings = apply_toml(
+        machines("nx-a.invalid - - 2 1 kvm,big slow"), toml, system=SYSTEM
+    )
+    assert (result[0].supported_features, result[0].mandatory_features) == (
+        frozenset(),
+        frozenset(),
+    )
+    assert warnings == [
+        "o.toml: [[machine]] #1: overrides supported_features, mandatory_features of m:1"
+    ]
+
+
 def test_toml_host_matching_nothing_is_an_error():
     toml = parse_offload_toml('[[machine]]\nhost = "nx-typo.invalid"\n', "o.toml")
     with pytest.raises(ConfigError, match=r"host 'nx-typo\.invalid' matches no machine") as info:

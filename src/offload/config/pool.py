@@ -342,14 +342,17 @@ def _with_meta(machine: Machine, entry: TomlMachine) -> Machine:
 
 def _overlay(machine: Machine, entry: TomlMachine, where: str, system: str) -> tuple[Machine, str]:
     columns = _toml_columns(entry, machine.uri)
+    given = [value is not None for value in columns]
+    # An empty feature list is the column's "-" (None), and still given: it clears the line's.
+    given[5:7] = [entry.supported_features is not None, entry.mandatory_features is not None]
     warning = ""
-    if any(value is not None for value in columns[1:]):
+    if any(given[1:]):
         # The toml restates Nix columns for a machine Nix already knows: toml wins, but say so.
         defined = machine_from_columns(columns, source=where, system=system)
         overridden = [
             name
             for name, column in _COLUMN_OF.items()
-            if columns[column] is not None and getattr(defined, name) != getattr(machine, name)
+            if given[column] and getattr(defined, name) != getattr(machine, name)
         ]
         if overridden:
             warning = f"{where}: overrides {', '.join(overridden)} of {machine.source}"
