@@ -118,6 +118,18 @@ def test_a_claimed_feature_the_builder_lacks_fails_and_an_unclaimed_one_warns():
     assert "column 6 (supported features) of m:9" in unclaimed.fix
 
 
+def test_a_machine_with_mandatory_features_is_not_told_to_claim_the_rest():
+    # A tester: an ARM board's line with mandatory `kvm` was told to add benchmark,
+    # big-parallel and nixos-test, which would send it nothing more.
+    board = claims.features_check((), {"kvm"}, CONFIG, "")
+    assert board.verdict == Verdict.OK
+    assert board.fix is None
+    assert "only builds requiring kvm go there" in board.detail
+    assert "also has benchmark, big-parallel, nixos-test, not claimed" in board.detail
+    plural = claims.features_check({"kvm"}, (), CONFIG, "", "m:9")
+    assert "builds needing them never go there" in plural.detail
+
+
 def test_without_show_config_systems_and_features_cannot_be_told():
     check = claims.features_check({"kvm"}, (), None, "error: unknown command 'show-config'")
     assert check.verdict == Verdict.WARN
