@@ -177,8 +177,12 @@ def test_resolve_fails_with_a_fix_and_shows_the_alias_target():
     check = resolve_check(config, [], "Name or service not known", "b1", "/etc/nix/machines:4")
     assert check.verdict == Verdict.FAIL
     assert "b1 -> no-such-host.invalid" in check.detail
-    assert check.fix is not None
-    assert check.fix.startswith("check the host name in /etc/nix/machines:4")
+    # The alias's HostName is what does not resolve: the line's name is right (a tester was
+    # told to add the alias the config had).
+    assert check.fix == "check the HostName the ssh config gives b1 (no-such-host.invalid)"
+    plain = resolve_check(SshConfig("b1", 22), [], "Name or service not known", "b1", "m:4")
+    assert plain.fix is not None
+    assert plain.fix.startswith("check the host name in m:4")
     ok = resolve_check(SshConfig("127.0.0.1", 22), ["127.0.0.1", "127.0.0.1"], None, "b1")
     assert ok.verdict == Verdict.OK
     assert ok.detail == "b1 -> 127.0.0.1 (127.0.0.1)"

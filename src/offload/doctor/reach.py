@@ -110,12 +110,14 @@ def resolve_check(
     if config.proxy is not None:
         return Check("resolve", Verdict.OK, f"{name}, reached through {config.proxy}")
     if error is not None or not addresses:
-        return Check(
-            "resolve",
-            Verdict.FAIL,
-            f"{name} does not resolve: {error or 'no addresses'}",
+        fix = (
             f"check the host name in {line}, or add a Host alias with HostName "
-            "to the ssh config (NIX_SSHOPTS=-F FILE for a config of its own)",
+            "to the ssh config (NIX_SSHOPTS=-F FILE for a config of its own)"
+        )
+        if config.hostname != alias:  # an alias's HostName: that is what does not resolve
+            fix = f"check the HostName the ssh config gives {alias} ({config.hostname})"
+        return Check(
+            "resolve", Verdict.FAIL, f"{name} does not resolve: {error or 'no addresses'}", fix
         )
     return Check("resolve", Verdict.OK, f"{name} ({', '.join(dict.fromkeys(addresses))})")
 
