@@ -239,7 +239,8 @@ async def _plan(
         if settled:  # not waited for, and not needed
             unreachable.clear()
         else:
-            _tell_slow(late, emit)
+            elsewhere = bool(clients) or (pool.local is not None and pool.local.max_jobs > 0)
+            _tell_slow(late, emit, elsewhere=elsewhere)
         graph, fetched = await _existing(
             local, local_link, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit
         )
@@ -369,13 +370,16 @@ async def _owning(tasks: dict[str, asyncio.Task[None]]) -> AsyncIterator[None]:
         await cancel_and_wait(tasks.values())
 
 
-def _tell_slow(late: Mapping[str, asyncio.Task[None]], emit: Callable[[Event], None]) -> None:
+def _tell_slow(late: Collection[str], emit: Callable[[Event], None], *, elsewhere: bool) -> None:
+    """Each builder still silent, said slow; ``elsewhere``: another machine builds meanwhile
+    (else the run waits for it: `-j 0` and no other builder, a tester read "elsewhere")."""
+    meanwhile = "building elsewhere meanwhile" if elsewhere else "no other machine builds"
     for name in late:
         emit(
             MachineEvent(
                 machine=name,
                 state="slow",
-                message="no answer yet: building elsewhere meanwhile; it joins when it answers",
+                message=f"no answer yet: {meanwhile}; it joins when it answers",
                 until=None,
                 time=time.time(),
             )
