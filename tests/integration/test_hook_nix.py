@@ -449,3 +449,22 @@ def test_a_derivation_no_machine_can_build_is_said_with_what_each_offers(
     assert len(said) == 1, done.stderr
     assert "-arm.drv', which needs aarch64-linux: the builders offer 'hk1' x86_64-linux" in said[0]
     assert said[0].endswith("; and the local machine builds nothing here: max-jobs is 0")
+
+
+def test_a_derivation_only_a_builder_offload_use_leaves_out_could_build_names_it(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # A tester with an ARM board: `offload use` chose the board, and an x86 derivation was
+    # said unbuildable with only what the board offers, nothing of the x86 builder left out.
+    machines = tmp_path / "machines"
+    hk1 = next(line for line in hook_fleet.machines_file.read_text().splitlines() if "hk1" in line)
+    machines.write_text(f"{hk1}\nssh://nx-arm.invalid aarch64-linux - 1 1\n")
+    env = hook_env(hook_fleet, tmp_path)
+    use = [sys.executable, "-m", "offload", "use", "nx-arm.invalid", "--builders", f"@{machines}"]
+    chosen = subprocess.run(use, env=env, capture_output=True, text=True, check=False)
+    assert chosen.returncode == 0, chosen.stderr
+    file = nix_file(tmp_path, '[ (mk "x" "echo > $out" {}) ]\n')
+    done = nix_build(hook_fleet, tmp_path, file, "-j0", builders=f"@{machines}")
+    assert done.returncode != 0
+    [said] = [line for line in done.stderr.splitlines() if "no machine can build" in line]
+    assert said.endswith("; `offload use` leaves out 'hk1', which could (`offload use --clear`)")

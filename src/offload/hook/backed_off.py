@@ -118,14 +118,7 @@ def declined_line(
 
 def _left_out_by_use(context: HookContext, request: TryRequest) -> bool:
     """Whether ``offload use`` leaves out a builder that could build ``request``."""
-    if context.whole is None:
-        return False
-    chosen = {m.name for m in context.pool.machines}
-    features = sorted(request.features)
-    return any(
-        m.name not in chosen and m.enabled and m.supports(request.system, features)
-        for m in context.whole.machines
-    )
+    return bool(_use_left_out(context, request))
 
 
 def say_unfit(context: HookContext, request: TryRequest, choice: Choice) -> None:
@@ -138,7 +131,26 @@ def say_unfit(context: HookContext, request: TryRequest, choice: Choice) -> None
     ):
         return
     if context.first_for_client(f"unfit {request.drv_path}"):
-        context.say(unfit_line(request, context.pool.machines, _local(context, request)))
+        line = unfit_line(request, context.pool.machines, _local(context, request))
+        context.say(line + _use_left_out(context, request))
+
+
+def _use_left_out(context: HookContext, request: TryRequest) -> str:
+    """Where ``offload use`` leaves out builders that could build ``request``: which, and the
+    fix (a tester read only what the chosen builders offer)."""
+    if context.whole is None:
+        return ""
+    chosen = {m.name for m in context.pool.machines}
+    features = sorted(request.features)
+    could = [
+        m.name
+        for m in context.whole.machines
+        if m.name not in chosen and m.enabled and m.supports(request.system, features)
+    ]
+    if not could:
+        return ""
+    named = ", ".join(f"'{name}'" for name in could)
+    return f"; `offload use` leaves out {named}, which could (`offload use --clear`)"
 
 
 def unfit_line(request: TryRequest, machines: Sequence[Machine], local: str) -> str:
