@@ -131,6 +131,17 @@ def test_a_well_formed_system_with_a_typo_is_warned_and_real_ones_are_not():
     assert [line for _, line in pool_problems(p)] == [said]
 
 
+def test_a_feature_a_slip_from_one_of_nixs_is_warned_and_ones_of_ones_own_are_not():
+    # A tester: `bigparallel` was caught by doctor only; builds needing big-parallel never
+    # went there. Features are any word: cuda and slowboard are the user's own.
+    p = pool("ssh://nx-a.invalid x86_64-linux - 1 1 bigparallel,kvm,cuda slowboard\n")
+    said = (
+        "f:1: nx-a.invalid: feature 'bigparallel' is not Nix's big-parallel (a misspelling?):"
+        " builds that need big-parallel never go there"
+    )
+    assert [line for _, line in pool_problems(p)] == [said]
+
+
 def test_wide_says_when_why_a_machine_is_backed_off_is_not_known():
     assert backoff_cell(Health(1, 2e9), wide=True).endswith(f"(1x): {UNKNOWN_REASON}")
     assert backoff_cell(Health(1, 2e9), wide=False).endswith("(1x)")

@@ -29,7 +29,7 @@ from offload.config.machines import (
     parse_store_uri,
     shown,
 )
-from offload.config.machines.check import refusals, system_problems
+from offload.config.machines.check import claim_problems, refusals
 from offload.config.machines.uri import TOML_PARAMS
 from offload.config.naming import one_name_each
 from offload.config.reading import read_spec
@@ -435,7 +435,7 @@ def load_pool(
     machines, more = one_name_each(machines)
     warnings += more
     if not lenient:  # a misspelt system builds everything elsewhere without a word from Nix
-        warnings += [f"{m.source}: {m.name}: {why}" for m in machines for why in system_problems(m)]
+        warnings += [f"{m.source}: {m.name}: {why}" for m in machines for why in claim_problems(m)]
     entry = local_machine(settings, toml.local if toml else None, nix_builds_here=nix_builds_here)
     local = entry if entry.max_jobs > 0 else None
     substitutes = nix_bool(settings.get("builders-use-substitutes"))

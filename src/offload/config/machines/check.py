@@ -1,5 +1,5 @@
 """What makes a machine unusable although Nix takes its line, for `offload machines` to say
-(and, of a system no build asks for, every command that reads the pool: ``system_problems``).
+(and, of a system no build asks for, every command that reads the pool: ``claim_problems``).
 
 Nix accepts these lines and finds out at build time, one failed connection at a time: a key
 file that is not there, a store URI no build can run on (``http://`` is a binary cache; an
@@ -28,6 +28,7 @@ from offload.names import LOCAL
 from offload.spelling import meant
 
 __all__ = [
+    "claim_problems",
     "duplicate_names",
     "expanded",
     "key_missing",
@@ -37,7 +38,6 @@ __all__ = [
     "param_problems",
     "real_system",
     "refusals",
-    "system_problems",
 ]
 
 
@@ -47,6 +47,12 @@ _SYSTEM = re.compile(r"[a-z0-9_]+(-v[1-4])?-[a-z0-9]+")
 _KNOWN_SYSTEMS = (
     "x86_64-linux", "aarch64-linux", "i686-linux", "armv7l-linux", "armv6l-linux",
     "riscv64-linux", "powerpc64le-linux", "x86_64-darwin", "aarch64-darwin", "x86_64-freebsd",
+)  # fmt: skip
+# Nix's own system features (globals.hh's defaults, and those its builds set): a word close to
+# one of them in a machines line is likely a slip (``bigparallel``).
+_KNOWN_FEATURES = (
+    "benchmark", "big-parallel", "kvm", "nixos-test", "uid-range", "ca-derivations",
+    "recursive-nix", "apple-virt",
 )  # fmt: skip
 # The parameters Nix's ssh stores take (nix-protocols.md 6.2: ssh:// and ssh-ng://, with the
 # settings of every store), and offload's own builders-use-substitutes.
@@ -88,9 +94,17 @@ def _misspelt(system: str) -> str | None:
     return None if real_system(system) else meant(system, _KNOWN_SYSTEMS, cutoff=0.8)
 
 
-def system_problems(machine: Machine) -> list[str]:
-    """A system in ``machine``'s line that no build asks for (a misspelling, a path), said."""
-    found = []
+def claim_problems(machine: Machine) -> list[str]:
+    """A system or feature in ``machine``'s line that no build asks for (a misspelling, a
+    path), said. A feature is any word (``cuda``, ``slowboard``): one only a letter or a dash
+    from one of Nix's (``bigparallel``) is said."""
+    found = [
+        f"feature '{shown(feature)}' is not Nix's {match} (a misspelling?): builds that need "
+        f"{match} never go there"
+        for feature in sorted(machine.supported_features | machine.mandatory_features)
+        if feature not in _KNOWN_FEATURES
+        and (match := meant(feature, _KNOWN_FEATURES, cutoff=0.85)) is not None
+    ]
     for system in machine.systems:
         if _SYSTEM.fullmatch(system):
             if (match := _misspelt(system)) is not None:
@@ -246,7 +260,7 @@ def machine_problems(machine: Machine, exists: Callable[[str], bool]) -> list[st
         )
     if machine.pins_junk:
         found.append(_PINS_JUNK)
-    found += system_problems(machine)
+    found += claim_problems(machine)
     found += param_problems(machine)
     found += _junk_columns(machine)
     found += _refused_names(machine)
