@@ -47,6 +47,24 @@ def test_dry_run_plans_every_missing_derivation_and_builds_nothing(tmp_path):
     assert not (tmp_path / "result").exists()
 
 
+def test_a_dry_run_says_why_no_machine_can_build_a_derivation(tmp_path):
+    # A tester: "on no machine: none can build it", and --json's bare list, where the run
+    # itself says what the derivation needs and why each machine cannot.
+    (tmp_path / "d.nix").write_text(NIX.replace("builtins.currentSystem", '"aarch64-linux"'))
+    env = {**os.environ, "OFFLOAD_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "offload", "build", str(tmp_path / "d.nix"), "-A", "b"]
+    argv += ["--argstr", "salt", secrets.token_hex(4), "--builders", "", "-j", "2", "--dry-run"]
+    plain = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert plain.returncode == 0, plain.stderr
+    assert "on no machine: none can build it: it needs system aarch64-linux; " in plain.stderr
+    done = subprocess.run([*argv, "--json"], capture_output=True, text=True, env=env, check=False)
+    plan = json.loads(done.stdout)
+    assert sorted(plan["unschedulable_why"]) == sorted(plan["unschedulable"])  # a and b
+    assert len(plan["unschedulable"]) == 2
+    for why in plan["unschedulable_why"].values():
+        assert why.startswith("it needs system aarch64-linux; "), why
+
+
 def test_a_dry_runs_estimated_time_says_what_its_bound_is_of(tmp_path):
     # "lower bound 32.0s" for a run of 12 s: a bound of the estimates, which Nix's build logs
     # give too high for a build that ran on a slower machine (scheduling tester).

@@ -79,7 +79,13 @@ def _plan(run: DryRun, pool: Pool) -> _Plan:
     )
     # A derivation none can build, and its dependents: a run fails them, nix-build lists them.
     why = dict.fromkeys(sim.skipped, "on no machine: it needs a derivation none can build")
-    why.update((drv, "on no machine: none can build it") for drv in sim.failed)
+    unbuildable = dict(sim.unbuildable)
+    why.update(
+        (drv, f"on no machine: none can build it: {unbuildable[drv]}")
+        if drv in unbuildable
+        else (drv, "on no machine: none can build it")
+        for drv in sim.failed
+    )
     unplaced = [(drv, why[drv]) for drv in graph.order if drv in why]
     return _Plan(rows, unplaced, fetch, None)
 
@@ -181,6 +187,8 @@ def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
         "makespan": round(sim.makespan, 3) if sim is not None else 0.0,
         "lower_bound": round(sim.lower_bound, 3) if sim is not None else 0.0,
         "unschedulable": [drv for drv, _ in plan.unplaced],
+        # Why, for those no machine can build (their dependents: a derivation none can build).
+        "unschedulable_why": dict(sim.unbuildable) if sim is not None else {},
         # The output paths the local Nix would fetch from its binary caches.
         "substitute": listed_paths(run.fetched),
         "no_machine": plan.no_machine,

@@ -147,6 +147,9 @@ class SimResult:
     skipped: tuple[str, ...]
     speculations: int
     cancelled: int
+    # (job, why) for each of ``failed`` no machine could take (``classify``): pairs, so that
+    # a result stays a value (hashable).
+    unbuildable: tuple[tuple[str, str], ...] = ()
 
     @property
     def ratio(self) -> float | None:
@@ -230,6 +233,7 @@ def simulate(
         speeds={m.name: m.speed for m in machines},
         failed=list(policy.unschedulable),
         skipped=list(policy.skipped_at_start),
+        unbuildable=tuple(policy.unschedulable.items()),
     )
     for at, name in machine_failures:
         sim.schedule_failure(at, name)
@@ -275,6 +279,7 @@ class _Sim:
     speeds: dict[str, float]
     failed: list[str]
     skipped: list[str]
+    unbuildable: tuple[tuple[str, str], ...]
     # (time, kind, sequence number, job, machine); the sequence keeps the order deterministic.
     events: list[tuple[float, int, int, str, str]] = field(default_factory=list)
     seq: int = 0
@@ -307,6 +312,7 @@ class _Sim:
             skipped=tuple(self.skipped),
             speculations=self.speculations,
             cancelled=self.cancelled,
+            unbuildable=self.unbuildable,
         )
 
     def _push(self, at: float, kind: int, job: str, machine: str) -> int:
