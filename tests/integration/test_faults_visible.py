@@ -317,6 +317,31 @@ def test_a_run_with_nothing_to_build_waits_for_no_builder(
     assert "refused" not in backoff.read_text()  # not backed off by a run that needed none
 
 
+def test_a_run_with_nothing_to_build_says_nothing_of_a_builder_that_refused_at_once(
+    fleet, tmp_path, closed_port
+):
+    # Failing before the roots were evaluated, it was never waited for, and the question
+    # "anything to build?" was never asked: said down and backed off (a review).
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        fleet.ssh_config.read_text() + "\n" + _host("refused", closed_port, fleet.client_key)
+    )
+    env = offload_env(fleet, tmp_path)
+    env["NIX_SSHOPTS"] = f"-F {config}"
+    alone, with_refused = tmp_path / "alone", tmp_path / "with_refused"
+    alone.write_text(member_line(fleet, "fast") + "\n")
+    with_refused.write_text(f"{alone.read_text()}ssh://refused {fleet.system} - 1 1\n")
+    file = nix_file(tmp_path, GRAPH)
+    for machines in (alone, with_refused):
+        args = (file, "-A", "top", "--builders", f"@{machines}", "-j", "0", "--json")
+        done = offload(fleet, tmp_path, *args, "--no-out-link", env=env, timeout=90)
+        assert done.returncode == 0, done.stderr
+    assert not [e for e in events(done.stdout) if e["event"] == "machine"], done.stdout
+    assert "refused" not in done.stderr, done.stderr
+    backoff = tmp_path / "state" / "backoff.json"
+    assert not backoff.exists() or "refused" not in backoff.read_text()
+
+
 def _closing(done: subprocess.CompletedProcess[str]) -> float:
     """Seconds from the run's last build ending to its sessions and connections closed."""
     seen = events(done.stdout)

@@ -19,5 +19,5 @@ def test_a_slow_builder_is_said_with_what_the_run_does_meanwhile() -> None:
         "no answer yet: building elsewhere meanwhile; it joins when it answers"
     ]
     assert _said(elsewhere=False) == [
-        "no answer yet: no other machine builds; it joins when it answers"
+        "no answer yet: no other machine to build on; it joins when it answers"
     ]

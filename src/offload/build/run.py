@@ -118,9 +118,8 @@ async def run_build(
                 unreachable=unreachable, local_faults=local_faults, warm=warm, late=late,
                 emit=told, estimate=estimate, check=check, nix_said=nix_said, caches=caches,
             )  # fmt: skip
-            if not members and plan.order:  # -j 0 and no builder: fine while all is valid
-                raise no_machine_error(pool)
-            _tell_logins(pool, members, remote.keys() - unreachable.keys(), late, told)
+            reached = remote.keys() - unreachable.keys()
+            _opening(pool, members, plan, reached, late=late, told=told, settled=settled)
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
                 estimates=estimates, slots=slots, unreachable=unreachable,
@@ -144,6 +143,25 @@ def _tell_refused(pool: Pool, members: list[PoolMember], told: Callable[[Event],
     for machine in pool.refused:
         why = f"{machine.not_connected}: offload does not connect to it ({machine.source})"
         told(MachineEvent(machine.name, "down", why, until=None, time=time.time()))
+
+
+def _opening(
+    pool: Pool,
+    members: list[PoolMember],
+    plan: BuildPlan,
+    reached: Collection[str],
+    *,
+    late: Mapping[str, asyncio.Task[None]],
+    told: Callable[[Event], None],
+    settled: bool,
+) -> None:
+    """Before the executor starts: no machine at all for work (-j 0 and no builder: fine
+    while all is valid), and what the builders' logins showed, unless nothing was to be
+    built (``settled``: nothing is said of the builders then)."""
+    if not members and plan.order:
+        raise no_machine_error(pool)
+    if not settled:
+        _tell_logins(pool, members, reached, late, told)
 
 
 def _tell_logins(
@@ -236,15 +254,17 @@ async def _plan(
         said = nix_said or _to_stderr
         opened.enter_context(heard(local, said, functools.partial(caches.heard, LOCAL)))
         mark("answered")
-        if settled:  # not waited for, and not needed
-            unreachable.clear()
-        else:
-            elsewhere = bool(clients) or (pool.local is not None and pool.local.max_jobs > 0)
-            _tell_slow(late, emit, elsewhere=elsewhere)
+        if not settled:  # else not waited for, and not needed
+            _tell_slow(late, emit, elsewhere=bool(clients) or pool.local is not None)
         graph, fetched = await _existing(
             local, local_link, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit
         )
         mark("graph")
+        # Every requested output valid here, found before the builders were all waited for or
+        # after (one that fails at once, unasked: a laptop's builder away), as the graph says.
+        settled = settled or not (graph.order or fetched)
+        if settled:
+            unreachable.clear()
         refused = check_impossible(graph) if check else None
         if refused is not None:
             raise refused
@@ -373,7 +393,7 @@ async def _owning(tasks: dict[str, asyncio.Task[None]]) -> AsyncIterator[None]:
 def _tell_slow(late: Collection[str], emit: Callable[[Event], None], *, elsewhere: bool) -> None:
     """Each builder still silent, said slow; ``elsewhere``: another machine builds meanwhile
     (else the run waits for it: `-j 0` and no other builder, a tester read "elsewhere")."""
-    meanwhile = "building elsewhere meanwhile" if elsewhere else "no other machine builds"
+    meanwhile = "building elsewhere meanwhile" if elsewhere else "no other machine to build on"
     for name in late:
         emit(
             MachineEvent(
