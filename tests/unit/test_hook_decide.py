@@ -89,13 +89,15 @@ def test_every_fitting_builder_backed_off_is_said_and_what_is_left_decides() -> 
     here = choose(request(), down, LocalOffer(1, True), work=10, now=0)
     assert (here.reply, here.stuck, here.backed_off) == (Reply.DECLINE, False, ("other", "fast"))
     assert here.expected_end == 10  # the local machine builds it: its slot counts as taken
-    # No local slot free now, but one will be: Nix builds it then (declined: it waits for the
-    # slot and asks again; postponed, it asked only at its next poll, 5 s, a tester).
-    later = choose(request(), down, LocalOffer(1, False, later=True), work=10, now=0)
+    # No local slot free now, but one will be before a builder is back: Nix builds it then
+    # (declined: it waits for the slot and asks again; postponed, it asked only at its next
+    # poll, 5 s, a tester).
+    later = choose(request(), down, LocalOffer(1, False, start=20, later=True), work=10, now=0)
     assert (later.reply, later.stuck) == (Reply.DECLINE, False)
-    # Unless a builder is back before that poll: asked again then.
-    soon = [builder("fast", 4, down_until=3.0)]
-    back = choose(request(), soon, LocalOffer(1, False, later=True), work=10, now=0)
+    # A slot expected to free after a builder is back (a long local build): Nix would not ask
+    # again when the backoff ends, only when a local build does: postponed (a review).
+    busy = LocalOffer(1, False, start=1200, later=True)
+    back = choose(request(), down, busy, work=10, now=0)
     assert (back.reply, back.stuck) == (Reply.POSTPONE, False)
     # The local machine never builds it (-j 0, or another system): only they could.
     never = choose(request(), down, LocalOffer(1, False), work=10, now=0)

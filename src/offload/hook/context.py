@@ -184,8 +184,10 @@ class HookContext:
             return LocalOffer(1.0, can_build=False)
         queue = LocalQueue(self.state, self.parent)
         if not request.am_willing:
-            queue.forget(request.drv_path)  # asked again: not building here (local_queue)
-            return LocalOffer(local.speed_factor, can_build=False, later=True)
+            # Asked again: not building here (``local_queue``); when a slot frees, as the
+            # builds it declined to this Nix are expected to end.
+            start = queue.start(request.drv_path, local.max_jobs, now)
+            return LocalOffer(local.speed_factor, can_build=False, start=start, later=True)
         start = queue.start(request.drv_path, local.max_jobs, now)
         return LocalOffer(local.speed_factor, can_build=True, start=start)
 

@@ -186,13 +186,14 @@ def choose(
             return Choice(
                 Reply.DECLINE, expected_end=local_end, reason=reason, backed_off=backed_off
             )
-        if local.later and down[0][0] > now + poll_interval:
-            # Declined, Nix builds it once a local slot frees, asking again then; postponed,
-            # it asked only at its next poll (5 s), a chain's every link late (a tester).
+        if local.later and local_start <= down[0][0]:
+            # Declined, Nix builds it once a local slot frees (it asks again then, not when a
+            # backoff ends); postponed, it asked only at its next poll (5 s), a chain's every
+            # link late (a tester). A slot expected to free after a builder is back: postponed.
             reason = "every fitting builder is backed off: built here once a local slot frees"
             return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off)
-        if local.later:  # one is back before Nix's next poll: ask again then
-            reason = "every fitting builder is backed off: one is back soon"
+        if local.later:
+            reason = "every fitting builder is backed off: waiting for the first back"
             return Choice(Reply.POSTPONE, reason=reason, backed_off=backed_off)
         reason = "every builder that could build it is backed off"
         return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off, stuck=True)
