@@ -183,6 +183,10 @@ def test_resolve_fails_with_a_fix_and_shows_the_alias_target():
     plain = resolve_check(SshConfig("b1", 22), [], "Name or service not known", "b1", "m:4")
     assert plain.fix is not None
     assert plain.fix.startswith("check the host name in m:4")
+    # ssh -G says the line's own name in lower case: no alias (a review).
+    mac = resolve_check(SshConfig("johns-mbp.local", 22), [], "no", "Johns-MBP.local", "m:5")
+    assert mac.fix is not None
+    assert mac.fix.startswith("check the host name in m:5")
     ok = resolve_check(SshConfig("127.0.0.1", 22), ["127.0.0.1", "127.0.0.1"], None, "b1")
     assert ok.verdict == Verdict.OK
     assert ok.detail == "b1 -> 127.0.0.1 (127.0.0.1)"

@@ -102,7 +102,9 @@ def resolve_check(
 ) -> Check:
     """The name ssh would connect to resolved to ``addresses``, or failed with ``error``;
     ``line`` is the machines line (file:line) that names ``alias``."""
-    name = config.hostname if config.hostname == alias else f"{alias} -> {config.hostname}"
+    # ssh -G says a host name in lower case: a line's own name is no alias's HostName.
+    aliased = config.hostname.lower() != alias.lower()
+    name = f"{alias} -> {config.hostname}" if aliased else config.hostname
     if config.refused is not None:
         return Check(
             "resolve", Verdict.FAIL, f"{config.refused}: it connects nowhere", config.refused_fix
@@ -114,7 +116,7 @@ def resolve_check(
             f"check the host name in {line}, or add a Host alias with HostName "
             "to the ssh config (NIX_SSHOPTS=-F FILE for a config of its own)"
         )
-        if config.hostname != alias:  # an alias's HostName: that is what does not resolve
+        if aliased:  # an alias's HostName: that is what does not resolve
             fix = f"check the HostName the ssh config gives {alias} ({config.hostname})"
         return Check(
             "resolve", Verdict.FAIL, f"{name} does not resolve: {error or 'no addresses'}", fix
