@@ -185,27 +185,27 @@ def test_machines_says_no_machine_takes_jobs_as_a_build_does(fleet, tmp_path, pi
     assert "hint: " in done.stderr
 
 
-LOCAL_J0 = "the local machine could, but -j 0 (max-jobs) leaves it out"
+J0_ON = "the local machine could, but -j 0 and --on leave it out"
 
 
 @pytest.mark.parametrize(
     ("fast", "picked", "told"),
     [
-        (False, ("-j", "0"), (LOCAL_J0, "pass -j N")),
+        (False, ("-j", "0"), ("the local machine could, but -j 0 leaves it out", "pass -j N")),
         (
             False,
             ("--exclude", "local"),
             (
-                "the local machine could, but --on/--exclude leaves it out",
-                "name `local` with --on, or drop --exclude local",
+                "the local machine could, but --exclude local leaves it out",
+                "drop --exclude local",
             ),
         ),
         (
             True,
             ("-j", "0", "--on", "nx-arm.invalid"),
             (
-                f"{LOCAL_J0}; 'fast' could, but --on/--exclude leaves it out",
-                "pass -j N; or --on fast, or drop --on/--exclude",
+                f"{J0_ON}; 'fast' could, but --on/--exclude leaves it out",
+                "pass -j N and name `local` with --on; or --on fast, or drop --on/--exclude",
             ),
         ),
     ],

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from offload.config.left_out import could_build
 from offload.config.naming import one_name_each
 from offload.config.pool import Pool, apply_toml, load_pool
 from offload.config.settings import LocalMachine, NixSettings, parse_offload_toml
@@ -109,6 +110,17 @@ def test_the_local_machine_left_out_by_name_is_told_from_one_taking_no_jobs():
     assert p.select(max_jobs=0, exclude=["local"]).local_left_out is False
     assert p.select(max_jobs=2, exclude=["local"]).local_left_out
     assert Pool(None, (), (), LOCAL).select(exclude=["local"]).local_left_out is False
+
+
+def test_what_left_the_local_machine_out_is_kept_for_who_says_which_could_build():
+    # "-j 0" alone was the fix said for a local machine --on also left out (a review).
+    p = Pool(LOCAL, (), (), LOCAL)
+    assert p.select(max_jobs=0).local_out == ("-j 0",)
+    assert p.select(exclude=["local"]).local_out == ("--exclude local",)
+    assert Pool(None, (), (), LOCAL).select().local_out == ("max-jobs = 0",)
+    assert p.select().local_out == ()
+    said = could_build(Pool(None, (), (), LOCAL).select(), SYSTEM, ())
+    assert said == ("the local machine could, but max-jobs = 0 leaves it out", "pass -j N")
 
 
 def test_an_unknown_name_in_a_pool_without_builders_says_where_builders_come_from():

@@ -19,20 +19,28 @@ from offload.names import LOCAL
 __all__ = ["could_build", "with_left_out"]
 
 
+# What left the local machine out (``Pool.local_out``), and what brings it back.
+_LOCAL_FIX = {
+    "-j 0": "pass -j N",
+    "max-jobs = 0": "pass -j N",
+    "--on": f"name `{LOCAL}` with --on",
+    "--exclude local": f"drop --exclude {LOCAL}",
+}
+
+
 def could_build(pool: Pool, system: str, features: Collection[str]) -> tuple[str, str] | None:
-    """What the command line left out of ``pool`` that builds ``system`` with ``features``,
-    and the fix; None when nothing left out could."""
+    """What the command line or the settings left out of ``pool`` that builds ``system``
+    with ``features``, and the fix; None when nothing left out could."""
     wanted = sorted(features)
     said: list[tuple[str, str]] = []
     local = pool.local_entry
-    if pool.local is None and local is not None and local.supports(system, wanted):
-        if pool.local_left_out:
-            said.append((
-                "the local machine could, but --on/--exclude leaves it out",
-                f"name `{LOCAL}` with --on, or drop --exclude {LOCAL}",
-            ))  # fmt: skip
-        else:
-            said.append(("the local machine could, but -j 0 (max-jobs) leaves it out", "pass -j N"))
+    if pool.local is None and pool.local_out and local and local.supports(system, wanted):
+        why = pool.local_out
+        leave = "leaves" if len(why) == 1 else "leave"
+        said.append((
+            f"the local machine could, but {' and '.join(why)} {leave} it out",
+            " and ".join(dict.fromkeys(_LOCAL_FIX[w] for w in why)),
+        ))  # fmt: skip
     names = [m.name for m in pool.left_out if m.supports(system, wanted)]
     if names:
         them = "it" if len(names) == 1 else "them"

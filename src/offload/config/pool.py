@@ -87,8 +87,10 @@ class Pool:
     # ``select`` would have kept these builders, but offload does not connect to them
     # (``Machine.not_connected``): a pool left with nothing names them, not "no builder set".
     refused: tuple[Machine, ...] = field(default=(), compare=False)
-    # The builders ``select``'s --on/--exclude took out (``left_out.could_build``).
+    # The builders ``select``'s --on/--exclude took out, and what left the local machine out
+    # ("-j 0", "max-jobs = 0", "--on", "--exclude local"): ``left_out.could_build``.
     left_out: tuple[Machine, ...] = field(default=(), compare=False)
+    local_out: tuple[str, ...] = field(default=(), compare=False)
 
     def local_env(self) -> dict[str, str] | None:
         """The environment for the local store's serve processes: ours with the run's
@@ -258,10 +260,12 @@ class Pool:
                     hint="drop -j 0, or pass -j N",
                 )
             local = local if want_local else None
+        local_out = _local_out(self, max_jobs, bool(on_names) and not want_local)
         for token in _split_names(exclude):
             is_local, found, _ = self._matches(token)
             if is_local:
                 local = None
+                local_out += ("--exclude local",)
             keep -= found
         machines = tuple(m for i, m in enumerate(self.machines) if i in keep & usable)
         # The local machine there but for --on/--exclude: Nix's, or the one -j N brings back.
@@ -280,7 +284,19 @@ class Pool:
             builders_left_out=out,
             refused=refused,
             left_out=tuple(m for i, m in enumerate(self.machines) if i not in keep and m.enabled),
+            local_out=local_out,
         )
+
+
+def _local_out(pool: Pool, max_jobs: int | None, on_without: bool) -> tuple[str, ...]:
+    """What leaves ``pool``'s local machine out before --exclude: -j 0, a max-jobs of 0 (Nix's
+    settings, offload.toml), an --on that does not name it."""
+    out: tuple[str, ...] = ()
+    if max_jobs == 0:
+        out += ("-j 0",)
+    elif max_jobs is None and pool.local is None and pool.local_entry is not None:
+        out += ("max-jobs = 0",)
+    return out + (("--on",) if on_without else ())
 
 
 # --- offload.toml over the machines spec --------------------------------------------------------
