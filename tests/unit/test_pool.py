@@ -224,6 +224,22 @@ def test_a_toml_uri_without_the_lines_query_says_how_to_add_to_that_line():
 # --- load_pool ----------------------------------------------------------------------------------
 
 
+def test_a_local_table_claiming_what_this_host_s_nix_lacks_is_warned(tmp_path):
+    # A tester's `[local] features = ["cuda"]`: the local machine took the cuda build, and
+    # this host's Nix refused it; nothing had said the claim was not Nix's.
+    config = tmp_path / "offload.toml"
+    config.write_text('[local]\nfeatures = ["kvm", "cuda"]\nsystems = ["x86_64-linux", "arm"]\n')
+    nix = NixSettings(
+        {"builders": "", "system": "x86_64-linux", "system-features": "kvm big-parallel"}
+    )
+    said = load_pool(builders=None, config=config, env={}, nix_settings=nix).warnings
+    tail = "builds needing it are sent here and fail (Nix's system-features, extra-platforms)"
+    assert [w for w in said if "[local]" in w] == [
+        f"{config}: [local] systems: this host's Nix lacks arm: {tail}",
+        f"{config}: [local] features: this host's Nix lacks cuda: {tail}",
+    ]
+
+
 def test_load_pool_end_to_end(tmp_path):
     (tmp_path / "machines").write_text(f"nx-a.invalid - - 4\n@{tmp_path}/missing\n")
     config = tmp_path / "offload.toml"

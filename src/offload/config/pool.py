@@ -40,6 +40,7 @@ from offload.config.settings import (
     TomlMachine,
     builders_spec,
     load_offload_toml,
+    local_claims,
     local_machine,
     read_nix_settings,
     substitutes_locally,
@@ -452,6 +453,8 @@ def load_pool(
     warnings += more
     if not lenient:  # a misspelt system builds everything elsewhere without a word from Nix
         warnings += [f"{m.source}: {m.name}: {why}" for m in machines for why in claim_problems(m)]
+    if not lenient and toml is not None and not nix_builds_here:
+        warnings += local_claims(settings, toml)
     entry = local_machine(settings, toml.local if toml else None, nix_builds_here=nix_builds_here)
     local = entry if entry.max_jobs > 0 else None
     substitutes = nix_bool(settings.get("builders-use-substitutes"))

@@ -56,6 +56,7 @@ __all__ = [
     "builders_spec",
     "default_toml_paths",
     "load_offload_toml",
+    "local_claims",
     "local_machine",
     "parse_nix_conf",
     "parse_offload_toml",
@@ -358,6 +359,29 @@ def local_machine(
         systems = toml.systems if toml.systems is not None else systems
         features = toml.features if toml.features is not None else features
     return LocalMachine(speed, max_jobs, systems, features)
+
+
+def local_claims(settings: NixSettings, toml: OffloadToml) -> list[str]:
+    """What offload.toml's ``[local]`` claims of this host that its Nix lacks (a system not
+    Nix's own nor an extra platform, a feature not in system-features), said: the local
+    machine takes builds needing it, and this host's Nix refuses them (a tester's
+    ``features = ["cuda"]``). Its features replace Nix's, as the README says."""
+    local = toml.local
+    if local is None:
+        return []
+    said = []
+    systems = {settings.system, *settings.words("extra-platforms")}
+    for what, claimed, has in (
+        ("systems", local.systems or (), systems),
+        ("features", sorted(local.features or ()), set(settings.words("system-features"))),
+    ):
+        if lacking := [word for word in claimed if word not in has]:
+            said.append(
+                f"{toml.path}: [local] {what}: this host's Nix lacks {', '.join(lacking)}:"
+                " builds needing it are sent here and fail (Nix's system-features,"
+                " extra-platforms)"
+            )
+    return said
 
 
 # --- offload.toml -------------------------------------------------------------------------------
