@@ -452,6 +452,17 @@ def test_a_simulated_machine_name_is_one_printable_line(
     assert err.splitlines()[0].startswith("error: --machines: 'a\\nb:1:1' is not name:speed:slots")
 
 
+def test_simulated_features_split_by_a_comma_say_they_are_joined_by_plus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A tester wrote server:4:2:big-parallel,kvm: "'kvm' is not name:speed:slots...".
+    dag = tmp_path / "g.json"
+    dag.write_text('{"nodes": [{"name": "a", "work": 1}]}')
+    status, err = _offload(["simulate", str(dag), "--machines", "s:4:2:big-parallel,kvm"], capsys)
+    assert status == 1
+    assert "features are joined by '+'" in err.splitlines()[1]
+
+
 def test_a_key_under_a_user_that_does_not_exist_is_a_missing_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

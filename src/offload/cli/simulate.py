@@ -62,7 +62,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--machines",
         default=DEFAULT_MACHINES,
         metavar="SPEC",
-        help="name:speed:slots[:features[:mandatory]],... (default: %(default)s)",
+        help=(
+            "name:speed:slots[:features[:mandatory]],... with features joined by '+'"
+            " (server:4:2:kvm+big-parallel); every machine builds every system"
+            " (default: %(default)s)"
+        ),
     )
     parser.add_argument(
         "--noise",
@@ -126,7 +130,8 @@ def parse_machines(
         if not 3 <= len(fields) <= 5 or not fields[0] or not fields[0].isprintable():
             raise ConfigError(
                 f"--machines: {_shown(item)} is not name:speed:slots[:features[:mandatory]]",
-                hint=f"for example {DEFAULT_MACHINES}",
+                # A ',' between features starts the next machine (a tester's kvm,big-parallel).
+                hint=f"for example {DEFAULT_MACHINES}; features are joined by '+': a:4:2:kvm+x",
             )
         name, speed_text, slots_text = fields[:3]
         # float() and int() read "1_0", "+2" and other scripts' digits too.
