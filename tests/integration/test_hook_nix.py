@@ -468,3 +468,25 @@ def test_a_derivation_only_a_builder_offload_use_leaves_out_could_build_names_it
     assert done.returncode != 0
     [said] = [line for line in done.stderr.splitlines() if "no machine can build" in line]
     assert said.endswith("; `offload use` leaves out 'hk1', which could (`offload use --clear`)")
+
+
+def test_a_builder_whose_nix_lacks_the_system_its_line_claims_points_at_doctor(
+    hook_fleet: Fleet, tmp_path: Path
+) -> None:
+    # A tester's ARM board line on an x86 builder: Nix's refusal there ("... is required to
+    # build ..., but I am a ...") came with nothing pointing at the line.
+    columns = next(
+        line for line in hook_fleet.machines_file.read_text().splitlines() if "hk1" in line
+    ).split()
+    columns[1] = "aarch64-linux"
+    machines = tmp_path / "machines"
+    machines.write_text(" ".join(columns) + "\n")
+    file = nix_file(tmp_path, '[ (mk "board" "echo > $out" { system = "aarch64-linux"; }) ]\n')
+    done = nix_build(hook_fleet, tmp_path, file, "-j0", builders=f"@{machines}")
+    assert done.returncode != 0
+    [said] = [line for line in done.stderr.splitlines() if "is required to build" in line]
+    assert "on 'hk1' failed: a 'aarch64-linux'" in said, said
+    assert said.endswith(
+        "(the machines line of 'hk1' claims a system or feature its Nix does"
+        " not have: `offload doctor hk1` checks it)"
+    )

@@ -42,6 +42,7 @@ from offload.names import LOCAL
 from offload.nix_results import add_roots, realise_again
 from offload.numerals import is_decimal
 from offload.paths import daemon_here
+from offload.platform_refusal import claimed_not_had
 from offload.protocol.records import nix_exit_code
 from offload.protocol.serve import BuildOptions, BuildStatus
 from offload.scheduler.run import RunReport
@@ -112,24 +113,16 @@ def build_failed(
     )
 
 
-# Nix's refusal of a derivation for a platform or features it lacks (derivation-goal.cc).
-_NOT_ITS_PLATFORM = ("is required to build", "but I am a")
-
-
 def _failed_hint(report: RunReport, drv_path: str, *, logs_kept: bool, logs_shown: bool) -> str:
     """Where to look next: the failed build's log (``offload log`` where the run's state is
     kept; else the run shows it, whole unless -Q or --log-format bar, its tail always), or, for
     a derivation no machine took (no machine can build it), the machines' systems and features:
     it has no log."""
     builders = [j.machine for j in report.finished if j.drv_path == drv_path and j.machine]
-    refused = all(words in report.failed[drv_path] for words in _NOT_ITS_PLATFORM)
-    if builders and refused and builders[-1] != LOCAL:
-        # Nix's "a 'aarch64-linux' with features {} is required to build ..., but I am a
-        # 'x86_64-linux'": the machines line claims what its Nix does not build (a tester).
-        return (
-            f"the machines line of '{builders[-1]}' claims a system or feature its Nix does not"
-            f" have: `offload doctor {builders[-1]}` checks it"
-        )
+    # A builder whose Nix lacks what its line claims (a tester's ARM board on an x86 host).
+    claimed = claimed_not_had(report.failed[drv_path], builders[-1]) if builders else None
+    if claimed is not None and builders[-1] != LOCAL:
+        return claimed
     if builders:
         if logs_kept:
             return f"see its log with `offload log {drv_path}`"

@@ -31,6 +31,7 @@ from offload.errors import OffloadError, TransportError
 from offload.history.records import PhaseRecord
 from offload.hook.home import import_outputs
 from offload.hook.wire import Accepted, HookIO, TryRequest, write_nix_json
+from offload.platform_refusal import claimed_not_had
 from offload.protocol.serve import (
     BuildOptions,
     BuildResult,
@@ -234,9 +235,10 @@ async def build_remote(
         full.peer = machine
         raise full
     if not result.success:
-        error_message(
-            io, f"build of '{request.drv_path}' on '{machine}' failed: {result.error_msg}"
-        )
+        said = result.error_msg.removeprefix("error: ")
+        claimed = claimed_not_had(said, machine)
+        said += f" ({claimed})" if claimed else ""
+        error_message(io, f"build of '{request.drv_path}' on '{machine}' failed: {said}")
         code = 101 if result.status is BuildStatus.TIMED_OUT else 100
         return Outcome(code, started, built, sent, phases=phases, error=result.error_msg)
     progress.begin("fetching", built)
