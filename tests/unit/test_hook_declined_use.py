@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import cast
 
 from offload.config.machines import parse_machines
+from offload.config.settings import LocalMachine
 from offload.hook.backed_off import _left_out_by_use, _local, declined_line
 from offload.hook.context import HookContext
 from offload.hook.keep import Keep
@@ -41,15 +42,19 @@ def test_a_local_machine_offload_use_leaves_out_is_not_said_to_build_nothing() -
     # `offload use slow` with the local machine able to build: "the local machine builds
     # nothing here: max-jobs is 0", and Nix then built it here (hook tester).
     lines = "slow x86_64-linux - 1 1\n"
-    local = SimpleNamespace(supports=lambda system, features: True)
+    local = LocalMachine(1.0, 1, (SYSTEM,), frozenset())
     said = _local(_context(lines, {"slow"}, local=local), REQUEST)
     assert said.startswith("`offload use` leaves the local machine out")
     assert "max-jobs is 0" not in said.split("unless")[0]
     assert _local(_context(lines, {"slow"}, local=None), REQUEST).endswith("max-jobs is 0")
-    # Nor said to build it where it lacks the system (a review): Nix then cannot either.
-    unfit = SimpleNamespace(supports=lambda system, features: False)
+    # Nor said to build it where it lacks the system (a review): Nix then cannot either;
+    # what it lacks is named (a tester read "its system or features").
+    unfit = LocalMachine(1.0, 1, ("aarch64-linux",), frozenset({"kvm"}))
     said = _local(_context(lines, {"slow"}, local=unfit), REQUEST)
-    assert said == "the local machine lacks its system or features"
+    assert said == f"the local machine lacks system {SYSTEM}"
+    wants = TryRequest(False, "aarch64-linux", REQUEST.drv_path, frozenset({"kvm", "cuda", "gpu"}))
+    said = _local(_context(lines, {"slow"}, local=unfit), wants)
+    assert said == "the local machine lacks features cuda, gpu"
 
 
 def test_a_build_moved_by_offload_use_says_so_not_that_a_slot_freed() -> None:

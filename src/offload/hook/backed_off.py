@@ -45,6 +45,7 @@ from offload.transport.sshopts_check import SSHOPTS_FIX
 
 if TYPE_CHECKING:
     from offload.config.machines import Machine
+    from offload.config.settings import LocalMachine
     from offload.hook.context import HookContext
     from offload.hook.decide import Choice
     from offload.hook.wire import TryRequest
@@ -82,9 +83,12 @@ def backed_off_line(name: str, health: Health) -> str:
     )
 
 
-def local_why(has_local: bool, fits_local: bool, *, chosen_out: bool = False) -> str:
-    """Why the local machine will not build it: nothing is built here, or not this, or
-    ``offload use`` leaves it out (``chosen_out``), which binds offload, not Nix."""
+def local_why(
+    has_local: bool, fits_local: bool, *, chosen_out: bool = False, lacks: str = ""
+) -> str:
+    """Why the local machine will not build it: nothing is built here, or not this (what it
+    ``lacks``, where known), or ``offload use`` leaves it out (``chosen_out``), which binds
+    offload, not Nix."""
     if chosen_out:
         return (
             "`offload use` leaves the local machine out (Nix, declined, builds it here all "
@@ -93,7 +97,7 @@ def local_why(has_local: bool, fits_local: bool, *, chosen_out: bool = False) ->
     if not has_local:
         return "the local machine builds nothing here: max-jobs is 0"
     if not fits_local:
-        return "the local machine lacks its system or features"
+        return f"the local machine lacks {lacks or 'its system or features'}"
     return "the local machine is not offered it"
 
 
@@ -230,6 +234,17 @@ def _local(context: HookContext, request: TryRequest) -> str:
     whole = context.whole.local if context.whole is not None else None
     if local is None and whole is not None:  # `offload use` leaves it out
         fits = whole.supports(request.system, sorted(request.features))
-        return local_why(True, fits, chosen_out=fits)
+        return local_why(True, fits, chosen_out=fits, lacks=_lacks(whole, request))
     fits = local is not None and local.supports(request.system, sorted(request.features))
-    return local_why(local is not None, fits)
+    return local_why(local is not None, fits, lacks=_lacks(local, request))
+
+
+def _lacks(local: LocalMachine | None, request: TryRequest) -> str:
+    """What of ``request``'s system and features the local machine lacks, as said (a tester
+    read "its system or features")."""
+    if local is None:
+        return ""
+    lacking = [] if request.system in (*local.systems, "builtin") else [f"system {request.system}"]
+    if missing := sorted(set(request.features) - local.supported_features):
+        lacking.append(f"feature{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    return " and ".join(lacking)
