@@ -186,7 +186,10 @@ class HookContext:
         if not request.am_willing:
             # Asked again: not building here (``local_queue``); when a slot frees, as the
             # builds it declined to this Nix are expected to end.
-            start = queue.start(request.drv_path, local.max_jobs, now)
+            start: float | None = queue.start(request.drv_path, local.max_jobs, now)
+            # Nix's slots are all busy: a queue with one free explains none of it (a build ran
+            # past its estimate, or Nix started one unasked), and when one frees is not known.
+            start = None if start is not None and start <= now else start
             return LocalOffer(local.speed_factor, can_build=False, start=start, later=True)
         start = queue.start(request.drv_path, local.max_jobs, now)
         return LocalOffer(local.speed_factor, can_build=True, start=start)

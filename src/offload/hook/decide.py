@@ -53,11 +53,14 @@ The answer:
 - no builder could ever take it -> ``decline`` (Nix builds it locally or says why it cannot),
   or ``decline-permanently`` when there are no builders at all, as build-remote does;
 - every builder that could take it is backed off -> ``decline`` when the local machine builds
-  it now, ``postpone`` when it will once a local slot frees (``LocalOffer.later``), else the
-  choice is ``stuck``: only a backed-off builder could ever build it here (``-j 0``, or not the
-  local machine's system or features). The caller then tries that builder out of turn or
-  declines (``offload.hook.run``). Every choice names the fitting builders it left out for
-  their backoff (``backed_off``), for the caller to say.
+  it now, or will once a local slot frees (``LocalOffer.later``) before the first builder is
+  back (Nix asks again when a local build ends, not when a backoff does; where that slot's
+  end is not known, unless a builder is back within Nix's poll), else ``postpone``; when the
+  local machine never builds it, the choice is ``stuck``: only a backed-off builder could
+  ever build it here (``-j 0``, or not the local machine's system or features). The caller
+  then tries that builder out of turn or declines (``offload.hook.run``). Every choice
+  names the fitting builders it left out for their backoff (``backed_off``), for the caller
+  to say.
 """
 
 from __future__ import annotations
@@ -186,10 +189,13 @@ def choose(
             return Choice(
                 Reply.DECLINE, expected_end=local_end, reason=reason, backed_off=backed_off
             )
-        if local.later and local_start <= down[0][0]:
+        back = down[0][0]
+        sooner = back > now + poll_interval if local.start is None else local_start <= back
+        if local.later and sooner:
             # Declined, Nix builds it once a local slot frees (it asks again then, not when a
             # backoff ends); postponed, it asked only at its next poll (5 s), a chain's every
-            # link late (a tester). A slot expected to free after a builder is back: postponed.
+            # link late (a tester). A slot expected to free after a builder is back, or one
+            # whose end is not known with a builder back within a poll: postponed.
             reason = "every fitting builder is backed off: built here once a local slot frees"
             return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off)
         if local.later:
