@@ -187,6 +187,7 @@ def test_resolve_fails_with_a_fix_and_shows_the_alias_target():
     mac = resolve_check(SshConfig("johns-mbp.local", 22), [], "no", "Johns-MBP.local", "m:5")
     assert mac.fix is not None
     assert mac.fix.startswith("check the host name in m:5")
+    assert mac.detail.startswith("Johns-MBP.local does not resolve")  # as the line says it
     ok = resolve_check(SshConfig("127.0.0.1", 22), ["127.0.0.1", "127.0.0.1"], None, "b1")
     assert ok.verdict == Verdict.OK
     assert ok.detail == "b1 -> 127.0.0.1 (127.0.0.1)"

@@ -117,6 +117,7 @@ def test_what_left_the_local_machine_out_is_kept_for_who_says_which_could_build(
     p = Pool(LOCAL, (), (), LOCAL)
     assert p.select(max_jobs=0).local_out == ("-j 0",)
     assert p.select(exclude=["local"]).local_out == ("--exclude local",)
+    assert p.select(exclude=["local,local"]).local_out == ("--exclude local",)
     assert Pool(None, (), (), LOCAL).select().local_out == ("max-jobs = 0",)
     assert p.select().local_out == ()
     said = could_build(Pool(None, (), (), LOCAL).select(), SYSTEM, ())
@@ -228,7 +229,8 @@ def test_a_local_table_claiming_what_this_host_s_nix_lacks_is_warned(tmp_path):
     # A tester's `[local] features = ["cuda"]`: the local machine took the cuda build, and
     # this host's Nix refused it; nothing had said the claim was not Nix's.
     config = tmp_path / "offload.toml"
-    config.write_text('[local]\nfeatures = ["kvm", "cuda"]\nsystems = ["x86_64-linux", "arm"]\n')
+    systems = '["x86_64-linux", "builtin", "arm"]'  # builtin: every machine builds those
+    config.write_text(f'[local]\nfeatures = ["kvm", "cuda"]\nsystems = {systems}\n')
     nix = NixSettings(
         {"builders": "", "system": "x86_64-linux", "system-features": "kvm big-parallel"}
     )

@@ -264,7 +264,7 @@ class Pool:
         local_out = _local_out(self, max_jobs, bool(on_names) and not want_local)
         for token in _split_names(exclude):
             is_local, found, _ = self._matches(token)
-            if is_local:
+            if is_local and "--exclude local" not in local_out:
                 local = None
                 local_out += ("--exclude local",)
             keep -= found
@@ -453,7 +453,7 @@ def load_pool(
     warnings += more
     if not lenient:  # a misspelt system builds everything elsewhere without a word from Nix
         warnings += [f"{m.source}: {m.name}: {why}" for m in machines for why in claim_problems(m)]
-    if not lenient and toml is not None and not nix_builds_here:
+    if toml is not None and not nix_builds_here:  # `offload machines` too: no row says it
         warnings += local_claims(settings, toml)
     entry = local_machine(settings, toml.local if toml else None, nix_builds_here=nix_builds_here)
     local = entry if entry.max_jobs > 0 else None

@@ -370,15 +370,16 @@ def local_claims(settings: NixSettings, toml: OffloadToml) -> list[str]:
     if local is None:
         return []
     said = []
-    systems = {settings.system, *settings.words("extra-platforms")}
+    systems = {settings.system, *settings.words("extra-platforms"), "builtin"}
     for what, claimed, has in (
         ("systems", local.systems or (), systems),
         ("features", sorted(local.features or ()), set(settings.words("system-features"))),
     ):
         if lacking := [word for word in claimed if word not in has]:
+            them = "it" if len(lacking) == 1 else "them"
             said.append(
                 f"{toml.path}: [local] {what}: this host's Nix lacks {', '.join(lacking)}:"
-                " builds needing it are sent here and fail (Nix's system-features,"
+                f" builds needing {them} are sent here and fail (Nix's system-features,"
                 " extra-platforms)"
             )
     return said

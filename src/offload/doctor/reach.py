@@ -104,7 +104,7 @@ def resolve_check(
     ``line`` is the machines line (file:line) that names ``alias``."""
     # ssh -G says a host name in lower case: a line's own name is no alias's HostName.
     aliased = config.hostname.lower() != alias.lower()
-    name = f"{alias} -> {config.hostname}" if aliased else config.hostname
+    name = f"{alias} -> {config.hostname}" if aliased else alias
     if config.refused is not None:
         return Check(
             "resolve", Verdict.FAIL, f"{config.refused}: it connects nowhere", config.refused_fix
