@@ -65,6 +65,23 @@ def test_a_dry_run_says_why_no_machine_can_build_a_derivation(tmp_path):
         assert why.startswith("it needs system aarch64-linux; "), why
 
 
+def test_a_dry_run_names_the_machine_left_out_that_could_build_it(fleet, tmp_path):
+    # As the run says it (a review): "--exclude local" left out the one machine that could.
+    (tmp_path / "d.nix").write_text(NIX)
+    columns = member_line(fleet, "fast").split()
+    columns[1] = "aarch64-linux"  # a builder that answers, and cannot build it
+    argv = [sys.executable, "-m", "offload", "build", str(tmp_path / "d.nix"), "-A", "a"]
+    argv += ["--argstr", "salt", secrets.token_hex(4), "--dry-run", "--exclude", "local"]
+    argv += ["--builders", " ".join(columns), "--json"]
+    env = offload_env(fleet, tmp_path)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    [why] = json.loads(done.stdout)["unschedulable_why"].values()
+    assert why.endswith(
+        "; the local machine could, but --exclude local leaves it out (drop --exclude local)"
+    )
+
+
 def test_a_dry_runs_estimated_time_says_what_its_bound_is_of(tmp_path):
     # "lower bound 32.0s" for a run of 12 s: a bound of the estimates, which Nix's build logs
     # give too high for a build that ran on a slower machine (scheduling tester).

@@ -20,6 +20,7 @@ from offload.build.dry_caches import listed_paths
 from offload.build.dryrun import DryRun
 from offload.cli import interrupts
 from offload.cli.build_keep import guarded_estimator, opened_history
+from offload.config.left_out import could_build
 from offload.config.pool import Pool
 from offload.scheduler.simulate import RunRecord
 from offload.ui.plain import machine_warning
@@ -58,6 +59,7 @@ class _Plan:
     unplaced: list[tuple[str, str]]  # (drv, why)
     fetch: list[tuple[str, str]]  # (drv, builder)
     no_machine: str | None  # why no machine could build anything (no plan at all)
+    unbuildable: dict[str, str] | None = None  # why no machine can build each such one
 
 
 def _plan(run: DryRun, pool: Pool) -> _Plan:
@@ -80,6 +82,10 @@ def _plan(run: DryRun, pool: Pool) -> _Plan:
     # A derivation none can build, and its dependents: a run fails them, nix-build lists them.
     why = dict.fromkeys(sim.skipped, "on no machine: it needs a derivation none can build")
     unbuildable = dict(sim.unbuildable)
+    for drv, reason in unbuildable.items():  # and the machine left out that could, as a run
+        needs = graph.drvs[drv].platform, graph.drvs[drv].required_features
+        if (left := could_build(pool, *needs)) is not None:
+            unbuildable[drv] = f"{reason}; {left[0]} ({left[1]})"
     why.update(
         (drv, f"on no machine: none can build it: {unbuildable[drv]}")
         if drv in unbuildable
@@ -87,7 +93,7 @@ def _plan(run: DryRun, pool: Pool) -> _Plan:
         for drv in sim.failed
     )
     unplaced = [(drv, why[drv]) for drv in graph.order if drv in why]
-    return _Plan(rows, unplaced, fetch, None)
+    return _Plan(rows, unplaced, fetch, None, unbuildable)
 
 
 def show_dry_run(
@@ -188,7 +194,7 @@ def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
         "lower_bound": round(sim.lower_bound, 3) if sim is not None else 0.0,
         "unschedulable": [drv for drv, _ in plan.unplaced],
         # Why, for those no machine can build (their dependents: a derivation none can build).
-        "unschedulable_why": dict(sim.unbuildable) if sim is not None else {},
+        "unschedulable_why": plan.unbuildable or {},
         # The output paths the local Nix would fetch from its binary caches.
         "substitute": listed_paths(run.fetched),
         "no_machine": plan.no_machine,
