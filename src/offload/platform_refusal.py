@@ -22,6 +22,9 @@ _WORDINGS = (
     ("is required to build", "but I am a"),
     ("Cannot build '", "Required system: "),
     ("Cannot build '", "Required features: "),
+    ("Reason: required system or feature not available",),
+    ("Reason: platform mismatch",),
+    ("Reason: missing system features",),
 )
 
 

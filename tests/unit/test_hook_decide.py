@@ -100,10 +100,10 @@ def test_every_fitting_builder_backed_off_is_said_and_what_is_left_decides() -> 
     back = choose(request(), down, busy, work=10, now=0)
     assert (back.reply, back.stuck) == (Reply.POSTPONE, False)
     # When that slot frees is not known (the builds Nix runs here are not all ones the hook
-    # declined): declined, unless a builder is back within Nix's poll (a review).
+    # declined): declined, unless a builder is back before it would be built here (a review).
     unknown = LocalOffer(1, False, later=True)
     assert choose(request(), down, unknown, work=10, now=0).reply is Reply.DECLINE
-    soon = [builder("fast", 4, down_until=3.0)]
+    soon = [builder("fast", 4, down_until=8.0)]
     assert choose(request(), soon, unknown, work=10, now=0).reply is Reply.POSTPONE
     # The local machine never builds it (-j 0, or another system): only they could.
     never = choose(request(), down, LocalOffer(1, False), work=10, now=0)

@@ -72,3 +72,8 @@ def test_a_decline_asked_about_again_while_local_slots_are_full_holds_no_slot(
     assert context.local_offer(ask("e"), now).start == now + 60  # d holds the one slot
     assert context.local_offer(ask("d", willing=False), now).later
     assert context.local_offer(ask("e"), now).start == now
+    # Nix's slots all busy: when one frees is known from the builds declined to it, and not
+    # known where they do not fill its slots (Nix started one unasked).
+    context.declined(ask("f"), now + 90)
+    assert context.local_offer(ask("g", willing=False), now).start == now + 90
+    assert context.local_offer(ask("f", willing=False), now).start is None

@@ -102,7 +102,8 @@ class Builder:
 class LocalOffer:
     speed: float
     can_build: bool  # Nix is willing (a free local slot) and the system and features fit
-    start: float | None = None  # when a local slot frees for it (None: now)
+    # When a local slot frees for it: None is now, or, with ``later``, not known.
+    start: float | None = None
     later: bool = False  # not now (no free local slot), but once one frees: it fits here
 
 
@@ -190,12 +191,14 @@ def choose(
                 Reply.DECLINE, expected_end=local_end, reason=reason, backed_off=backed_off
             )
         back = down[0][0]
-        sooner = back > now + poll_interval if local.start is None else local_start <= back
+        # Not known when a slot frees: a builder back before it would be built here is waited
+        # for (a review: one back in 6 s against an hour's local build, never asked again).
+        horizon = max(poll_interval, work / local.speed)
+        sooner = back > now + horizon if local.start is None else local_start <= back
         if local.later and sooner:
             # Declined, Nix builds it once a local slot frees (it asks again then, not when a
             # backoff ends); postponed, it asked only at its next poll (5 s), a chain's every
-            # link late (a tester). A slot expected to free after a builder is back, or one
-            # whose end is not known with a builder back within a poll: postponed.
+            # link late (a tester). A slot expected to free after a builder is back: postponed.
             reason = "every fitting builder is backed off: built here once a local slot frees"
             return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off)
         if local.later:
