@@ -96,9 +96,8 @@ def install_text(path: Path, nix: LocalNix | None, conf_dir: str = "/etc/nix") -
     if nix is not None and not nix.lix and (2, 25) <= nix.version <= (2, 33):
         setting = f"build-hook = {path}"
         return "\n".join([
-            f"# Nix {nix.version[0]}.{nix.version[1]} ignores build-hook in the system's nix.conf",
-            f"# ({conf_dir}/nix.conf, nix#15083):",
-            "# the nix-daemon takes it from NIX_CONFIG in its environment (Nix 2.34 fixes it).",
+            f"# Nix {nix.version[0]}.{nix.version[1]} ignores build-hook in {conf_dir}/nix.conf:",
+            "# nix#15083 (fixed in 2.34): the nix-daemon takes it from NIX_CONFIG, set for it.",
             "# systemd (systemctl edit nix-daemon; then systemctl restart nix-daemon):",
             "[Service]",
             f'Environment="NIX_CONFIG={setting}"',

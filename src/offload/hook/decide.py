@@ -185,27 +185,7 @@ def choose(
     local_start = now if local.start is None else max(now, local.start)
     local_end = local_start + work / local.speed if local.can_build else None
     if not up:
-        if local_end is not None:
-            reason = "every fitting builder is backed off"
-            return Choice(
-                Reply.DECLINE, expected_end=local_end, reason=reason, backed_off=backed_off
-            )
-        back = down[0][0]
-        # Not known when a slot frees: a builder back before it would be built here is waited
-        # for (a review: one back in 6 s against an hour's local build, never asked again).
-        horizon = max(poll_interval, work / local.speed)
-        sooner = back > now + horizon if local.start is None else local_start <= back
-        if local.later and sooner:
-            # Declined, Nix builds it once a local slot frees (it asks again then, not when a
-            # backoff ends); postponed, it asked only at its next poll (5 s), a chain's every
-            # link late (a tester). A slot expected to free after a builder is back: postponed.
-            reason = "every fitting builder is backed off: built here once a local slot frees"
-            return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off)
-        if local.later:
-            reason = "every fitting builder is backed off: waiting for the first back"
-            return Choice(Reply.POSTPONE, reason=reason, backed_off=backed_off)
-        reason = "every builder that could build it is backed off"
-        return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off, stuck=True)
+        return _all_backed_off(down, local, local_end, work=work, now=now, poll=poll_interval)
     choice = _place(
         up, local_end, work=work, now=now, poll_interval=poll_interval,
         default_work=default_work, queue=queue,
@@ -213,6 +193,42 @@ def choose(
     if room is not None and choice.reply is Reply.ACCEPT and not choice.waits:
         choice = _in_slack(up, local, local_end, choice, work=work, now=now, room=room)
     return dataclasses.replace(choice, backed_off=backed_off)
+
+
+def _all_backed_off(
+    down: Sequence[tuple[float, str]],
+    local: LocalOffer,
+    local_end: float | None,
+    *,
+    work: float,
+    now: float,
+    poll: float,
+) -> Choice:
+    """Every fitting builder is backed off (``down``: until when, soonest first): built here
+    now, or once a local slot frees before the first is back, else postponed; ``stuck`` where
+    the local machine never builds it."""
+    backed_off = tuple(name for _, name in down)
+    if local_end is not None:
+        reason = "every fitting builder is backed off"
+        return Choice(Reply.DECLINE, expected_end=local_end, reason=reason, backed_off=backed_off)
+    back = down[0][0]
+    # Not known when a slot frees: a builder back before it would be built here is waited for
+    # (a review: one back in 6 s against an hour's local build, never asked again).
+    if local.start is None:
+        sooner = back > now + max(poll, work / local.speed)
+    else:
+        sooner = max(now, local.start) <= back
+    if local.later and sooner:
+        # Declined, Nix builds it once a local slot frees (it asks again then, not when a
+        # backoff ends); postponed, it asked only at its next poll (5 s), a chain's every link
+        # late (a tester). A slot expected to free after a builder is back: postponed.
+        reason = "every fitting builder is backed off: built here once a local slot frees"
+        return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off)
+    if local.later:
+        reason = "every fitting builder is backed off: waiting for the first back"
+        return Choice(Reply.POSTPONE, reason=reason, backed_off=backed_off)
+    reason = "every builder that could build it is backed off"
+    return Choice(Reply.DECLINE, reason=reason, backed_off=backed_off, stuck=True)
 
 
 def _built_here(local: LocalOffer, *, work: float, now: float) -> Choice:
