@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import cast
 
 from offload.config.machines import parse_machines
+from offload.config.pool import Pool
 from offload.config.settings import LocalMachine
 from offload.hook.backed_off import _left_out_by_use, _local, declined_line
 from offload.hook.context import HookContext
@@ -19,12 +20,13 @@ SYSTEM = "x86_64-linux"
 REQUEST = TryRequest(False, SYSTEM, "/nix/store/" + "a" * 32 + "-x.drv", frozenset())
 
 
-def _context(lines: str, chosen: set[str] | None, local: object = None) -> HookContext:
+def _context(lines: str, chosen: set[str] | None, local: LocalMachine | None = None) -> HookContext:
     machines, _ = parse_machines(lines, source="m", system=SYSTEM)
-    whole = SimpleNamespace(machines=machines, local=local)
+    whole = Pool(local, tuple(machines), (), local)
     if chosen is None:  # no choice in force
         return cast("HookContext", SimpleNamespace(pool=whole, whole=None))
-    pool = SimpleNamespace(machines=[m for m in machines if m.name in chosen], local=None)
+    # As the hook's context selects it (``context._chosen``).
+    pool = whole.select(on=sorted(chosen), max_jobs=None)
     return cast("HookContext", SimpleNamespace(pool=pool, whole=whole))
 
 

@@ -141,16 +141,11 @@ def say_unfit(context: HookContext, request: TryRequest, choice: Choice) -> None
 
 def _use_left_out(context: HookContext, request: TryRequest) -> str:
     """Where ``offload use`` leaves out builders that could build ``request``: which, and the
-    fix (a tester read only what the chosen builders offer)."""
-    if context.whole is None:
-        return ""
-    chosen = {m.name for m in context.pool.machines}
+    fix (a tester read only what the chosen builders offer). The chosen pool is the whole one
+    selected (``context._chosen``), so it holds them (``Pool.left_out``); with no choice in
+    force, it left none out."""
     features = sorted(request.features)
-    could = [
-        m.name
-        for m in context.whole.machines
-        if m.name not in chosen and m.enabled and m.supports(request.system, features)
-    ]
+    could = [m.name for m in context.pool.left_out if m.supports(request.system, features)]
     if not could:
         return ""
     named = ", ".join(f"'{name}'" for name in could)
