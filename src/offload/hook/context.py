@@ -182,16 +182,14 @@ class HookContext:
         local = self.pool.local
         if local is None or not local.supports(request.system, sorted(request.features)):
             return LocalOffer(1.0, can_build=False)
-        queue = LocalQueue(self.state, self.parent)
+        # When a slot frees for it, as the builds declined to this Nix are expected to end (a
+        # derivation asked about again is not building here: ``local_queue``).
+        start = LocalQueue(self.state, self.parent).start(request.drv_path, local.max_jobs, now)
         if not request.am_willing:
-            # Asked again: not building here (``local_queue``); when a slot frees, as the
-            # builds it declined to this Nix are expected to end.
-            start: float | None = queue.start(request.drv_path, local.max_jobs, now)
             # Nix's slots are all busy: a queue with one free explains none of it (a build ran
             # past its estimate, or Nix started one unasked), and when one frees is not known.
-            start = None if start is not None and start <= now else start
-            return LocalOffer(local.speed_factor, can_build=False, start=start, later=True)
-        start = queue.start(request.drv_path, local.max_jobs, now)
+            later = None if start <= now else start
+            return LocalOffer(local.speed_factor, can_build=False, start=later, later=True)
         return LocalOffer(local.speed_factor, can_build=True, start=start)
 
     def declined(self, request: TryRequest, end: float, tail: float = 0.0) -> None:
