@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from offload.backoff import Health
@@ -59,7 +59,7 @@ class _Plan:
     unplaced: list[tuple[str, str]]  # (drv, why)
     fetch: list[tuple[str, str]]  # (drv, builder)
     no_machine: str | None  # why no machine could build anything (no plan at all)
-    unbuildable: dict[str, str] | None = None  # why no machine can build each such one
+    unbuildable: dict[str, str] = field(default_factory=dict)  # why none can build each one
 
 
 def _plan(run: DryRun, pool: Pool) -> _Plan:
@@ -194,7 +194,7 @@ def _as_json(run: DryRun, plan: _Plan) -> dict[str, object]:
         "lower_bound": round(sim.lower_bound, 3) if sim is not None else 0.0,
         "unschedulable": [drv for drv, _ in plan.unplaced],
         # Why, for those no machine can build (their dependents: a derivation none can build).
-        "unschedulable_why": plan.unbuildable or {},
+        "unschedulable_why": plan.unbuildable,
         # The output paths the local Nix would fetch from its binary caches.
         "substitute": listed_paths(run.fetched),
         "no_machine": plan.no_machine,
