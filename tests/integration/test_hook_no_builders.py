@@ -95,7 +95,14 @@ def _hello_then_gone(path: Path, *, greeted: bool) -> None:
             if greeted:
                 assert hook.recv(1) == GREETING
             hook.shutdown(socket.SHUT_RD)  # the acknowledgement (or greeting) cannot reach it
-            send_hello(hook, {4: log_write}, ["offload-hook"], {}, os.getpid())
+            try:
+                send_hello(hook, {4: log_write}, ["offload-hook"], {}, os.getpid())
+            except BrokenPipeError:
+                # Not greeted: a greeting written after the shutdown meets EPIPE, and the
+                # coordinator may close this connection before the hello is sent (a CI run):
+                # the same hook gone, a step sooner. The log is checked all the same.
+                if greeted:
+                    raise
             os.close(log_write)
             log_write = -1
             assert select.select([log_read], [], [], 30)[0]
