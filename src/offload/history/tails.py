@@ -27,7 +27,7 @@ __all__ = ["name_of", "tails"]
 def name_of(drv_path: str) -> str | None:
     """The name history learns a derivation under (without version); None if not a store path."""
     try:
-        return split_name_version(StorePath.parse(drv_path).name.removesuffix(".drv"))[0]
+        return split_name_version(StorePath.parse(drv_path).derivation_name)[0]
     except (StoreError, ValueError):
         return None
 

@@ -77,7 +77,7 @@ class TryRequest:
     @property
     def name(self) -> str:
         """The derivation's name, as it names itself (with version)."""
-        return StorePath.parse(self.drv_path).name.removesuffix(".drv")
+        return StorePath.parse(self.drv_path).derivation_name
 
     @property
     def pname(self) -> str:

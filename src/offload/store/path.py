@@ -126,6 +126,11 @@ class StorePath:
     def is_derivation(self) -> bool:
         return self.name.endswith(".drv")
 
+    @property
+    def derivation_name(self) -> str:
+        """The name a derivation gives itself (``hello-2.12``): a .drv's name without ``.drv``."""
+        return self.name.removesuffix(".drv")
+
     @override
     def __str__(self) -> str:
         return self.path
