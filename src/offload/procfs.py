@@ -4,7 +4,8 @@ recognised as the same process only while its start time matches (never a recycl
 ``parse_proc_stat`` is pure; ``proc_stat`` reads the file and ``is_ours`` asks it whether a
 recorded (pid, start time) is still that live process. ``owner_line`` is such a record of a
 process for a file it leaves behind, with its pid namespace (a pid means nothing in another),
-and ``owner_gone`` says whether the process a record names has surely ended.
+and ``owner_gone`` says whether the process a record names has surely ended; ``user_of`` whom
+a process runs as.
 
 A process that has exited but is not yet reaped (a zombie: state Z or X) keeps its /proc
 entry, and it holds nothing any more (no file, socket or lock); when its parent is init that
@@ -14,6 +15,7 @@ that has begun to exit (``exiting``) lets go of its files, root and namespaces o
 
 from __future__ import annotations
 
+import pwd
 from pathlib import Path
 
 from offload.numerals import is_decimal
@@ -28,6 +30,7 @@ __all__ = [
     "pid_namespace",
     "proc_stat",
     "running",
+    "user_of",
 ]
 
 
@@ -104,6 +107,19 @@ def is_ours(pid: int, start_time: int) -> bool:
     """Is ``pid`` alive and still the process we started (not a recycled pid, not a zombie)?"""
     stat = proc_stat(pid)
     return stat is not None and stat[0] not in _EXITED and stat[1] == start_time
+
+
+def user_of(pid: int) -> str | None:
+    """The login name of the user ``pid`` runs as (its uid where no such name is known), or
+    None when there is no such process here."""
+    try:
+        uid = Path(f"/proc/{pid}").stat().st_uid
+    except OSError:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def pid_namespace() -> str:

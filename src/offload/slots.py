@@ -8,18 +8,19 @@ builds and never put more than ``maxJobs`` builds on a machine between them. The
 has no such file in Nix (its builds are counted per process); offload uses ``local-<n>`` in the
 same directory so that concurrent offload runs share the local slots too.
 
-Every offload process writes one line into the file it holds: ``offload pid=<pid> ns=<its pid
-namespace> until=<wall-clock time>``, when it expects the build to end (offload's hook, and
-``offload build`` for each copy it starts), so another hook deciding whether to wait for that
-slot, and ``offload status``, can tell when it frees (``probe``). Nix never reads the files'
-contents and leaves them empty: a held slot whose file says nothing is Nix's own hook's, which
-is how ``offload status`` tells the two apart. (Older offload hooks wrote the bare time.)
-Nobody empties a file when letting it go (truncating costs a journal transaction per build), and
-Nix's hook leaves what it finds, so a line is believed only while the process it names holds
-the file's lock (``/proc/locks``); the line of a holder that let go, or was killed, is nobody's,
-and a slot held under it is Nix's own hook's, with no expected end. A pid means nothing in
-another pid namespace (a container sharing current-load: /proc/locks gives the holder's pid
-as seen here, or 0), so a line from another one is believed as it is, as a line was before.
+Every offload process writes one line into the file it holds (``offload.slot_holders``): its pid
+and pid namespace, when it expects the build to end (offload's hook, and ``offload build`` for
+each copy it starts), which program it is and what it builds there, so another hook deciding
+whether to wait for that slot can tell when it frees, and ``offload status`` who builds what
+(``probe``). Nix never reads the files' contents and leaves them empty: a held slot whose file
+says nothing is Nix's own hook's, which is how ``offload status`` tells the two apart. (Older
+offload hooks wrote the bare time.) Nobody empties a file when letting it go (truncating costs a
+journal transaction per build), and Nix's hook leaves what it finds, so a line is believed only
+while the process it names holds the file's lock (``/proc/locks``); the line of a holder that
+let go, or was killed, is nobody's, and a slot held under it is Nix's own hook's, with no
+expected end. A pid means nothing in another pid namespace (a container sharing current-load:
+/proc/locks gives the holder's pid as seen here, or 0), so a line from another one is believed
+as it is, as a line was before.
 
 The directory is Nix's own when it is writable (``/nix/var/nix/current-load``, as root);
 otherwise offload's state directory, which at least coordinates offload's own processes.
@@ -42,6 +43,7 @@ from pathlib import Path
 from offload.errors import TransportError
 from offload.names import LOCAL
 from offload.procfs import pid_namespace
+from offload.slot_holders import LINE_BYTES, SlotHolder, holder_line, line_fields, read_holder_line
 from offload.slot_waiters import WantMarkers
 
 __all__ = ["NIX_CURRENT_LOAD", "SlotLocks", "SlotProbe", "slot_key"]
@@ -50,6 +52,8 @@ NIX_CURRENT_LOAD = Path("/nix/var/nix/current-load")
 PROC_LOCKS = Path("/proc/locks")
 # This process's pid namespace (``pid:[4026531836]``), named in its slot lines.
 _NAMESPACE = pid_namespace()
+# What a slot's file says when it names no offload holder (Nix's hook's, or a holder gone).
+_NOBODY = SlotHolder(None, None)
 # How often a run waiting for a slot held by another process looks again.
 POLL_INTERVAL = 0.25
 
@@ -64,6 +68,7 @@ class SlotProbe:
     free: int
     busy_ends: tuple[float | None, ...]  # the expected end each holder wrote, if any
     by_nix: int = 0  # held slots whose file is empty: Nix's own hook holds them
+    holders: tuple[SlotHolder, ...] = ()  # the offload processes holding the others
 
 
 class _FlockHolders:
@@ -141,14 +146,15 @@ def _flock_table() -> dict[str, set[str]] | None:
     return table
 
 
-def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] | None:
-    """Whether an offload process holds the slot, and the end it expects, if it wrote one;
-    None when /proc/locks shows no holder at all: it let go since the caller's look."""
+def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, SlotHolder] | None:
+    """Whether an offload process holds the slot, and what its line says (the end it
+    expects, if it wrote one); None when /proc/locks shows no holder at all: it let go since
+    the caller's look."""
     try:
-        text = os.pread(fd, 128, 0).decode("ascii", "replace").strip()
+        text = os.pread(fd, LINE_BYTES, 0).decode("ascii", "replace").strip()
     except OSError:
-        return False, None
-    fields = dict(field.partition("=")[::2] for field in text.split()[1:])
+        return False, _NOBODY
+    fields = line_fields(text)
     ours = fields.get("ns", _NAMESPACE) == _NAMESPACE  # older lines name none: checked
     holding = holders.of(fd) if "pid" in fields and ours else None
     if holding is not None and fields["pid"] not in holding and holders.read_again():
@@ -156,28 +162,23 @@ def _read_holder(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] |
     if holding == set():
         return None
     if holding is not None and fields["pid"] not in holding:
-        return False, None  # a line left by a holder gone (module docstring)
-    until = fields.get("until") if text.startswith("offload") else text
-    try:
-        end = float(until or "nan")
-    except ValueError:
-        end = math.nan
-    return bool(text), end if math.isfinite(end) else None
+        return False, _NOBODY  # a line left by a holder gone (module docstring)
+    return bool(text), read_holder_line(text, same_namespace=ours)
 
 
 # How far a file's time may lag the clock (the kernel stamps files from a coarse clock).
 _COARSE_CLOCK = 0.05
 
 
-def _slot_held(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] | None:
-    """None when ``fd``'s slot is free; else whether offload holds it (``_read_holder``) and
-    the end its holder expects. Told by /proc/locks where it can be read: a flock of the
+def _slot_held(fd: int, holders: _FlockHolders) -> tuple[bool, SlotHolder] | None:
+    """None when ``fd``'s slot is free; else whether offload holds it and what its line says
+    (``_read_holder``). Told by /proc/locks where it can be read: a flock of the
     look's own, even a shared one for a moment, made a build taking the slot then (Nix's
     hook's, offload's) find it busy, 5% of tries with a probe in a loop. Where it cannot be
     read, by the file's own flock."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        return True, None  # no slot file Nix or offload made (a FIFO): not free for sure
+        return True, _NOBODY  # no slot file Nix or offload made (a FIFO): not free for sure
     pids = holders.of(fd)
     if pids == set() and info.st_mtime >= holders.read_at - _COARSE_CLOCK:
         # Touched since the table was read: Nix and offload touch the file they take.
@@ -187,7 +188,7 @@ def _slot_held(fd: int, holders: _FlockHolders) -> tuple[bool, float | None] | N
     if pids == set():
         return None
     if pids is None:
-        return None if _free_now(fd) else _read_holder(fd, holders) or (False, None)
+        return None if _free_now(fd) else _read_holder(fd, holders) or (False, _NOBODY)
     holders.looked()  # the table may be older than this look: read again if it must be
     return _read_holder(fd, holders)  # None: let go since the table was read
 
@@ -201,19 +202,13 @@ def _free_now(fd: int) -> bool:
     return True
 
 
-def _holder_line(until: float | None) -> bytes:
-    line = f"offload pid={os.getpid()} ns={_NAMESPACE}"
-    if until is not None:
-        line += f" until={until:.3f}"
-    return f"{line}\n".encode()
-
-
 def _write_holder(fd: int, line: bytes) -> None:
     """``line`` as the file's whole content. A file that holds a line of the same length (this
     process's, from its last build on that slot) is overwritten in place: truncating it first
     would cost an ext4 journal transaction, which under a busy local store waits for others'
-    commits (about 1 ms a build measured on 100 trivial builds). A reader sees the old line or
-    the new one whole, never a mix of both (one write of under 128 bytes)."""
+    commits (about 1 ms a build measured on 100 trivial builds); every line offload writes is
+    as long (``offload.slot_holders``). A reader sees the old line or the new one whole, never
+    a mix of both (one write of ``LINE_BYTES``)."""
     if os.fstat(fd).st_size != len(line):
         os.ftruncate(fd, 0)
     os.pwrite(fd, line, 0)
@@ -221,12 +216,19 @@ def _write_holder(fd: int, line: bytes) -> None:
 
 class SlotLocks:
     """The slot files of ``directory``, made if ``make`` (a reader, ``offload status``, only
-    probes, and leaves nothing behind)."""
+    probes, and leaves nothing behind); ``program``, which offload program holds them
+    (``offload.slot_holders.PROGRAMS``), is written into each slot it takes."""
 
     def __init__(
-        self, directory: Path, *, make: bool = True, others: SlotLocks | None = None
+        self,
+        directory: Path,
+        *,
+        make: bool = True,
+        others: SlotLocks | None = None,
+        program: str | None = None,
     ) -> None:
         self.directory = directory
+        self.program = program
         # Slots held where this process cannot take them (Nix's directory, for a user that
         # may not write it: the daemon's hook holds them there) count as taken here too.
         self.others = others
@@ -238,26 +240,27 @@ class SlotLocks:
             directory.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def default(cls, fallback: Path, *, make: bool = True) -> SlotLocks:
+    def default(cls, fallback: Path, *, make: bool = True, program: str | None = None) -> SlotLocks:
         """Nix's own directory where this user may write there (root), else ``current-load``
         under the state directory ``fallback``, which is made private (0700) if missing, with
         Nix's directory's held slots counted as taken (``others``) where it may be looked in."""
         if os.access(NIX_CURRENT_LOAD.parent, os.W_OK):
-            return cls(NIX_CURRENT_LOAD, make=make)
+            return cls(NIX_CURRENT_LOAD, make=make, program=program)
         if make:
             fallback.mkdir(parents=True, exist_ok=True, mode=0o700)
         looked_in = os.access(NIX_CURRENT_LOAD, os.X_OK)
         others = SlotLocks(NIX_CURRENT_LOAD, make=False) if looked_in else None
-        return cls(fallback / "current-load", make=make, others=others)
+        return cls(fallback / "current-load", make=make, others=others, program=program)
 
     def probe(self, key: str, slots: int) -> SlotProbe:
-        """How many of ``key``'s slots are free, and when the held ones expect to end. Only
+        """How many of ``key``'s slots are free, and who holds the others. Only
         reads: a slot whose file was never made is free, and so is every one after it (Nix and
         offload both take the lowest free slot, making its file only then), so a machine of
         many slots costs a look at the files there are, not one made for each of its slots
         (``offload status`` is read-only, and may run in a loop)."""
         free, by_nix = 0, 0
         ends: list[float | None] = []
+        said: list[SlotHolder] = []
         holders = _FlockHolders()
         for slot in range(slots):
             path = self.directory / f"{key}-{slot}"
@@ -282,21 +285,28 @@ class SlotLocks:
             if holding is None:
                 free += 1
                 continue
-            by_offload, end = holding
-            ends.append(end)
+            by_offload, holder = holding
+            ends.append(holder.until)
             by_nix += not by_offload
-        return SlotProbe(free, tuple(ends), by_nix)
+            if by_offload and holder != _NOBODY:
+                said.append(holder)
+        return SlotProbe(free, tuple(ends), by_nix, tuple(said))
 
-    def try_acquire(self, key: str, slots: int, until: float | None = None) -> int | None:
+    def try_acquire(
+        self, key: str, slots: int, until: float | None = None, drv: str | None = None
+    ) -> int | None:
         """Hold a free slot of ``key`` (an open, flocked fd), or None when all are taken.
 
-        ``until``: the wall-clock time the holder expects to be done, written into the file.
+        ``until``: the wall-clock time the holder expects to be done, and ``drv``: the name of
+        the derivation it builds there, written into the file (``offload.slot_holders``).
         A slot file that cannot be opened or written (a full disk, no more file descriptors,
         the directory gone) is ``TransportError`` naming this host's store: no builder's
         fault, and never an internal error ending the run.
         """
         try:
-            return self._try_acquire(key, slots, until)
+            return self._try_acquire(
+                key, slots, holder_line(os.getpid(), _NAMESPACE, until, self.program, drv)
+            )
         except OSError as exc:
             error = TransportError(
                 f"cannot hold a slot file in {self.directory}: {exc.strerror or exc}",
@@ -305,7 +315,7 @@ class SlotLocks:
             error.peer = LOCAL
             raise error from exc
 
-    def _try_acquire(self, key: str, slots: int, until: float | None) -> int | None:
+    def _try_acquire(self, key: str, slots: int, line: bytes) -> int | None:
         elsewhere = self._held_elsewhere(key, slots)
         if elsewhere and slots - self.probe(key, slots).free + elsewhere >= slots:
             return None  # the builder's slots are all held, here and there together
@@ -320,7 +330,7 @@ class SlotLocks:
             try:
                 # Nix touches the file it takes (futimens); so do we, for anyone watching.
                 os.utime(fd)
-                _write_holder(fd, _holder_line(until))
+                _write_holder(fd, line)
             except BaseException:
                 os.close(fd)  # a full disk, say: the slot is not left held for nothing
                 raise
@@ -344,9 +354,11 @@ class SlotLocks:
         slots: int,
         on_wait: Callable[[], None] | None = None,
         until: Callable[[], float] | None = None,
+        drv: str | None = None,
     ) -> AsyncIterator[None]:
         """Hold one slot for the body; ``on_wait`` is called once if all are taken at first;
-        ``until`` gives, when a slot is taken, the end its holder expects (``try_acquire``).
+        ``until`` gives, when a slot is taken, the end its holder expects, and ``drv`` names
+        what it builds there (``try_acquire``).
 
         This process's waiters for ``key`` take its slots in turn, and a slot this process lets
         go is looked at again at once by the first of them: the policy gives a slot out as soon
@@ -356,11 +368,11 @@ class SlotLocks:
         queue = self._waiting.setdefault(key, [])
         fd = None
         if not queue and not self._wants.waited_before(key, time.time()):
-            fd = self.try_acquire(key, slots, None if until is None else until())
+            fd = self.try_acquire(key, slots, None if until is None else until(), drv)
         if fd is None:
             if on_wait is not None:
                 on_wait()
-            fd = await self._wait_turn(queue, key, slots, until)
+            fd = await self._wait_turn(queue, key, slots, until, drv)
         try:
             yield
         finally:
@@ -369,7 +381,12 @@ class SlotLocks:
                 queue[0].set()
 
     async def _wait_turn(
-        self, queue: list[asyncio.Event], key: str, slots: int, until: Callable[[], float] | None
+        self,
+        queue: list[asyncio.Event],
+        key: str,
+        slots: int,
+        until: Callable[[], float] | None,
+        drv: str | None,
     ) -> int:
         """Wait in ``queue`` until first in it, first on this host (no other process's waiter
         has waited longer) and a slot is free (another process's is looked at again every
@@ -380,7 +397,7 @@ class SlotLocks:
             with self._wants.waiting(key, since):
                 while True:
                     if queue[0] is turn and not self._wants.waited_before(key, since):
-                        fd = self.try_acquire(key, slots, None if until is None else until())
+                        fd = self.try_acquire(key, slots, None if until is None else until(), drv)
                         if fd is not None:
                             return fd
                     turn.clear()

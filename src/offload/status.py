@@ -8,7 +8,9 @@ on this host, so ``offload status`` is instant and safe to run in a loop:
   machine's configured slots too, as a run given more takes them (``offload build -j 8``
   holds ``local-0`` to ``local-7`` whatever Nix's max-jobs): in use may exceed the slots. offload
   writes its name into the file it holds and Nix leaves it empty, so the two are counted apart;
-  a holder that wrote when it expects to be done says so (only offload's hook does).
+  a holder that wrote when it expects to be done says so, and offload's name what they build
+  (``offload.slot_holders``): who builds what, as the user a holder runs as (here, in this
+  pid namespace) and the program (``offload build``, offload-hook).
 - backoff: ``backoff.json`` in each state directory that is read (the user's, and the system
   one the nix-daemon's hook keeps); a machine backed off in both shows the later end. Each
   says why (the error that backed it off, one line); an entry an older offload wrote has no
@@ -29,6 +31,7 @@ make up a ``PoolStatus``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,13 +44,15 @@ from offload.config.pool import Pool
 from offload.errors import ConfigError
 from offload.load_state import LOADS_FILE, Loaded, load_loads
 from offload.names import LOCAL
+from offload.procfs import user_of
 from offload.slot_fallback import FALLBACK_FILE, Fallback, load_fallbacks
+from offload.slot_holders import PROGRAMS, SlotHolder
 from offload.slots import SlotLocks, slot_key
 from offload.transport.persist import kept, listening
 from offload.transport.ssh import ssh_target
 from offload.use import Choice, read_choice
 
-__all__ = ["MachineStatus", "PoolStatus", "pool_status", "read_backoff"]
+__all__ = ["Building", "MachineStatus", "PoolStatus", "pool_status", "read_backoff"]
 
 BACKOFF_FILE = "backoff.json"
 
@@ -70,6 +75,14 @@ class LoadedJson(TypedDict):
     reported: float
 
 
+class BuildingJson(TypedDict):
+    drv: str | None
+    program: str | None
+    user: str | None
+    pid: int | None
+    until: float | None
+
+
 class MachineStatusJson(TypedDict):
     name: str
     slots: int
@@ -81,6 +94,33 @@ class MachineStatusJson(TypedDict):
     slot_fallback: FallbackJson | None
     loaded: LoadedJson | None
     connected: bool
+    builds: list[BuildingJson]
+
+
+@dataclass(frozen=True)
+class Building:
+    """A build an offload process on this host holds one of a machine's slots for."""
+
+    drv: str | None  # the derivation's name (``hello-2.12``); None: not said (an older offload)
+    program: str | None  # ``offload build`` or ``offload-hook``; None: not said
+    user: str | None  # whom its process runs as; None: not known here
+    pid: int | None
+    until: float | None  # when it expects to end
+
+    @classmethod
+    def of(cls, holder: SlotHolder) -> Building:
+        program = None if holder.program is None else PROGRAMS[holder.program]
+        user = None if holder.pid is None else user_of(holder.pid)
+        return cls(holder.drv, program, user, holder.pid, holder.until)
+
+    def as_json(self) -> BuildingJson:
+        return {
+            "drv": self.drv,
+            "program": self.program,
+            "user": self.user,
+            "pid": self.pid,
+            "until": self.until,
+        }
 
 
 @dataclass(frozen=True)
@@ -97,6 +137,7 @@ class MachineStatus:
     # Its usable slots cut for its load by the hook's coordinator (None: not cut).
     loaded: Loaded | None = None
     connected: bool = False  # an ssh connection to it is kept open on this host
+    builds: tuple[Building, ...] = ()  # offload's builds holding its slots, soonest end first
 
     def as_json(self) -> MachineStatusJson:
         backoff: BackoffJson | None = None
@@ -119,6 +160,7 @@ class MachineStatus:
             else {"reason": self.slot_fallback.reason, "learned": self.slot_fallback.learned},
             "loaded": None if self.loaded is None else _loaded_json(self.loaded),
             "connected": self.connected,
+            "builds": [building.as_json() for building in self.builds],
         }
 
 
@@ -205,12 +247,15 @@ def pool_status(
     for name, key, count, connected in entries:
         busy, by_nix = 0, 0
         held_ends: list[float | None] = []
+        builds: list[Building] = []
         for where in (slots, slots.others) if slots.others is not None else (slots,):
             extent = _extent(where.directory, key, count)
             probe = where.probe(key, extent)
             busy, by_nix = busy + extent - probe.free, by_nix + probe.by_nix
             held_ends += probe.busy_ends
+            builds += map(Building.of, probe.holders)
         ends = sorted(end for end in held_ends if end is not None)
+        builds.sort(key=lambda b: math.inf if b.until is None else b.until)
         machines.append(
             MachineStatus(
                 name,
@@ -223,6 +268,7 @@ def pool_status(
                 None if name == LOCAL else fallbacks.get(name),
                 None if name == LOCAL else loads.get(name),
                 connected,
+                tuple(builds),
             )
         )
     return PoolStatus(tuple(machines), choice, slots.directory)

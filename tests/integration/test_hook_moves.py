@@ -29,6 +29,7 @@ from offload.fleet import Fleet, MemberSpec, client_argv
 from offload.history.db import History
 from offload.hook.decide import REMOTE_OVERHEAD
 from offload.scheduler.run import DEFAULT_WORK
+from offload.slot_holders import line_fields
 from offload.slots import NIX_CURRENT_LOAD, SlotLocks, slot_key
 from offload.transport.wrapper import SLOT_DIRS
 from tests.helpers import processes
@@ -94,6 +95,10 @@ def test_an_accepted_build_moves_off_a_full_builder_and_finishes_elsewhere(
         os.close(fd)
         fd = None
         processes.read_until(hooked, "every slot there is held by another client", seen)
+        # The hook holds full's slot here meanwhile, and says what it builds in it (`offload
+        # status` reads it).
+        said = line_fields((home / "current-load" / f"{slot_key(full.uri)}-0").read_text())
+        assert (said["by"], said["drv"]) == ("hook", "moved")
         moved = processes.read_until(hooked, "offload: moved from builder 'full' to 'spare'", seen)
         out, err = hooked.communicate(timeout=60)
         # Still held by the other client: the build did not wait for full.

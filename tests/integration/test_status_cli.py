@@ -1,10 +1,11 @@
 """`offload status` as a command: it sees a slot held in the slot directory Nix's own hook uses,
-and ``--watch`` keeps redrawing until it is stopped."""
+says who builds what in offload's, and ``--watch`` keeps redrawing until it is stopped."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import json
 import os
 import shutil
@@ -195,15 +196,14 @@ def test_local_builds_of_a_run_given_more_jobs_are_all_in_use(tmp_path: Path) ->
     argv = [sys.executable, "-m", "offload", "build", str(file), "--no-out-link"]
     run_env = {**env(tmp_path), "NIX_CONFIG": "substituters =\nmax-jobs = 1"}
     proc = start([*argv, "--builders", "", "-j", "3"], env=run_env, stderr=subprocess.PIPE)
+    status = [sys.executable, "-m", "offload", "status", "--builders", ""]
     try:
         wait_for(lambda: len(list(shared.glob("building-*"))) == 3, 60, "three local builds")
         done = subprocess.run(
-            [sys.executable, "-m", "offload", "status", "--builders", "", "--json"],
-            env=run_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
+            [*status, "--json"], env=run_env, capture_output=True, text=True, timeout=60, check=True
+        )
+        said = subprocess.run(
+            status, env=run_env, capture_output=True, text=True, timeout=60, check=True
         )
     finally:
         (shared / "go").touch()
@@ -216,6 +216,13 @@ def test_local_builds_of_a_run_given_more_jobs_are_all_in_use(tmp_path: Path) ->
     (local,) = (m for m in json.loads(done.stdout)["machines"] if m["name"] == "local")
     assert local["slots"] == 1  # as configured
     assert local["in_use"] >= 3  # at least this run's (another run's local builds count too)
+    # Who builds what: this run's three builds, by their names, user and program.
+    ours = [b for b in local["builds"] if b["pid"] == proc.pid]
+    assert sorted(b["drv"] for b in ours) == ["held-0", "held-1", "held-2"]
+    assert {(b["program"], b["user"]) for b in ours} == {("offload build", getpass.getuser())}
+    (line,) = (x for x in said.stdout.splitlines() if x.startswith("local: building "))
+    for i in range(3):
+        assert f"held-{i} ({getpass.getuser()}, offload build" in line
 
 
 def test_a_backed_off_builder_s_line_says_the_command_that_tries_it_again(

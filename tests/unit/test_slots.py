@@ -10,7 +10,9 @@ import pytest
 from offload import slots
 from offload.procfs import pid_namespace
 from offload.scheduler.run import Executor, PoolMember
+from offload.slot_holders import line_fields
 from offload.slots import SlotLocks, slot_key
+from offload.store.path import StorePath
 from offload.transport.fake import BuildOutcome, FakeBuild, FakeLink, FakeStore
 from offload.ui.events import Event, JobFinished, JobPhase
 from tests.helpers.plans import make_plan, spec
@@ -38,9 +40,10 @@ def test_slots_are_shared_between_independent_holders(tmp_path):
 
 def test_a_slot_file_says_exactly_its_holders_line_whatever_it_said_before(tmp_path):
     locks = SlotLocks(tmp_path)
-    mine = f"offload pid={os.getpid()} ns={pid_namespace()}\n"
-    cases = ["offload pid=1 until=1700000000.123\n", "", "x" * len(mine), mine]
-    for before in cases:  # longer, empty, same length, and this process's own line
+    mine = f"offload pid={os.getpid()} ns={pid_namespace()}".ljust(127) + "\n"
+    longer = "offload pid=1 until=1700000000.123 drv=" + "x" * 200 + "\n"
+    cases = [longer, "", "short\n", "x" * len(mine), mine]
+    for before in cases:  # longer, empty, shorter, same length, and this process's own line
         (tmp_path / "local-0").write_text(before)
         held = locks.try_acquire("local", 1)
         assert held is not None
@@ -90,8 +93,8 @@ def test_a_probe_tells_offloads_holders_from_nixs(tmp_path):
     locks = SlotLocks(tmp_path)
     ours = locks.try_acquire("ssh:__b", 3, until=1234.5)
     assert ours is not None
-    line = f"offload pid={os.getpid()} ns={pid_namespace()} until=1234.500\n"
-    assert (tmp_path / "ssh:__b-0").read_text() == line
+    line = f"offload pid={os.getpid()} ns={pid_namespace()} until=1234.500"
+    assert (tmp_path / "ssh:__b-0").read_text().rstrip() == line
     # Nix's build-remote holds slot 1 and leaves its file empty.
     nix = os.open(tmp_path / "ssh:__b-1", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(nix, fcntl.LOCK_EX)
@@ -308,8 +311,9 @@ def test_a_run_writes_when_it_expects_each_build_to_end_into_the_slot_it_holds(t
     )
     assert asyncio.run(executor.run()).ok
     [line] = seen
-    until = float(line.split("until=")[1])
-    assert before + 8.0 / 4.0 <= until <= time.time() + 8.0 / 4.0
+    said = line_fields(line)
+    assert before + 8.0 / 4.0 <= float(said["until"]) <= time.time() + 8.0 / 4.0
+    assert said["drv"] == StorePath(plan.order[0]).derivation_name  # what it builds there
 
 
 def test_a_slot_file_that_cannot_be_written_is_the_local_hosts_error(tmp_path):

@@ -1,5 +1,6 @@
 """`offload status` from real lock, backoff and choice files in a temporary state directory."""
 
+import getpass
 import os
 import shutil
 import socket
@@ -268,3 +269,45 @@ def test_a_choice_of_machines_not_in_the_pool_is_ignored_as_the_hook_ignores_it(
     write_choice(tmp_path, Choice(("gone",), 0.0, None))
     status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "current-load"), 1.0)
     assert [m.chosen for m in status.machines] == [True, True, True]
+
+
+def test_who_builds_what_is_said_per_machine_soonest_end_first(tmp_path: Path) -> None:
+    now = time.time()
+    build = SlotLocks(tmp_path / "current-load", program="build")
+    hook = SlotLocks(tmp_path / "current-load", program="hook")
+    older = SlotLocks(tmp_path / "current-load")  # an offload that names no program
+    key = slot_key("ssh://fast")
+    held = [
+        build.try_acquire(key, 4, until=now + 90, drv="zlib-1.3"),
+        hook.try_acquire(key, 4, until=now + 30, drv="hello-2.12"),
+        older.try_acquire(key, 4),
+    ]
+    try:
+        status = pool_status(pool(), [tmp_path], build, now)
+    finally:
+        for fd in held:
+            assert fd is not None
+            os.close(fd)
+    fast = next(m for m in status.machines if m.name == "fast")
+    me = getpass.getuser()
+    assert [(b.drv, b.program, b.user, b.pid) for b in fast.builds] == [
+        ("hello-2.12", "offload-hook", me, os.getpid()),
+        ("zlib-1.3", "offload build", me, os.getpid()),
+        (None, None, me, os.getpid()),
+    ]
+    clock = time.strftime("%H:%M:%S", time.localtime(now + 30))
+    line = next(x for x in format_status(status, now + 60).splitlines() if "building" in x)
+    assert line == (
+        f"fast: building hello-2.12 ({me}, offload-hook, until {clock} (late)), "
+        f"zlib-1.3 ({me}, offload build, until "
+        f"{time.strftime('%H:%M:%S', time.localtime(now + 90))}), a build ({me})"
+    )
+    assert fast.as_json()["builds"][0] == {
+        "drv": "hello-2.12",
+        "program": "offload-hook",
+        "user": me,
+        "pid": os.getpid(),
+        "until": pytest.approx(now + 30, abs=0.001),
+    }
+    # A machine nobody builds on has no such line.
+    assert not any(x.startswith(("local:", "slow:")) for x in format_status(status).splitlines())

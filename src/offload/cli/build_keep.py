@@ -59,7 +59,7 @@ def slot_locks(state: Path) -> SlotLocks:
     user's on a read-only mount), those under the temporary directory this user's hooks
     keep, said once: a run never fails for where it counts its slots."""
     try:
-        slots = SlotLocks.default(state)
+        slots = SlotLocks.default(state, program="build")
         if os.access(slots.directory, os.W_OK):  # EROFS too, which root's rights do not pass
             return slots
         why = "read-only"
@@ -78,7 +78,7 @@ def slot_locks(state: Path) -> SlotLocks:
         f"{instead / 'current-load'} instead",
         "set OFFLOAD_STATE_DIR to a writable directory",
     )
-    return SlotLocks.default(instead)
+    return SlotLocks.default(instead, program="build")
 
 
 def speeds(pool: Pool) -> dict[str, float]:

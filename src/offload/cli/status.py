@@ -1,12 +1,13 @@
 """`offload status [--json] [--watch]`: the pool right now, from this host's shared files.
 
 Per machine: slots in use (by any offload process or Nix's own hook on this host) and when the
-holders expect to be done, backoff (until when, after how many failures, and why: a line per
-backed-off machine, saying so when the entry predates kept reasons), whether the
-`offload use` choice in force keeps it, and a builder whose slots are counted on this host
-only (no slot lock on the builder), with why, as the last build there found, and a builder
-the hook's coordinator gives fewer slots for its load, with the report that cut it, and the
-builders an ssh connection is kept open to for the next run (``offload.transport.persist``).
+holders expect to be done, what offload's holders build there and for whom, backoff (until when,
+after how many failures, and why: a line per backed-off machine, saying so when the entry
+predates kept reasons), whether the `offload use` choice in force keeps it, and a builder whose
+slots are counted on this host only (no slot lock on the builder), with why, as the last build
+there found, and a builder the hook's coordinator gives fewer slots for its load, with the
+report that cut it, and the builders an ssh connection is kept open to for the next run
+(``offload.transport.persist``).
 Nothing connects to a builder (``offload doctor`` does), so it answers at once; ``--watch``
 redraws it every ``--interval`` seconds until interrupted.
 """
@@ -47,8 +48,10 @@ def _interval(text: str) -> float:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "status",
-        help="the pool right now: slots in use on this host, backoff, the `offload use` choice",
-        description="Show slots in use, backoff and the builder choice, per machine.",
+        help="the pool right now: slots in use on this host and who builds what, backoff, the"
+        " `offload use` choice",
+        description="Show slots in use and who builds what, backoff and the builder choice, per"
+        " machine.",
     )
     add_pool_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -108,6 +111,22 @@ def _free_by(ends: Sequence[float], now: float) -> str:
     return f"{_clock(ends[0])}{' (late)' if ends[0] < now else ''}"
 
 
+def _builds_line(machine: MachineStatus, now: float) -> str | None:
+    """``fast: building hello-2.12 (alice, offload-hook, until 14:05:03), ...``: who builds
+    what in the machine's slots held on this host by offload (Nix's hook's are counted in
+    IN USE, with nothing to say what they build)."""
+    if not machine.builds:
+        return None
+    said = []
+    for build in machine.builds:
+        about = [who for who in (build.user, build.program) if who is not None]
+        if build.until is not None:
+            about.append(f"until {_clock(build.until)}{' (late)' if build.until < now else ''}")
+        what = build.drv or "a build"
+        said.append(f"{what} ({', '.join(about)})" if about else what)
+    return f"{machine.name}: building {', '.join(said)}"
+
+
 def format_status(status: PoolStatus, now: float | None = None) -> str:
     now = time.time() if now is None else now
     rows = [["MACHINE", "IN USE", "FREE BY", "BACKOFF", "CHOSEN"]]
@@ -131,6 +150,7 @@ def format_status(status: PoolStatus, now: float | None = None) -> str:
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+    lines += [line for machine in status.machines if (line := _builds_line(machine, now))]
     lines += [
         f"{machine.name}: backed off: {shown(machine.backoff.why, REASON_CHARS)} (fixed since? "
         f"`offload machines --reset {machine.name}` tries it from the next run)"

@@ -424,7 +424,7 @@ def load_context(
         pool=pool,
         whole=whole,
         state=state,
-        slots=SlotLocks.default(state),
+        slots=SlotLocks.default(state, program="hook"),
         verbosity=verbosity,
         env=env,
         io=io,

@@ -142,16 +142,18 @@ def _pick(
         return None
     machine = context.machine(str(choice.machine))
     until = choice.expected_end
-    fd = context.slots.try_acquire(slot_key(machine.uri), machine.max_jobs, until=until)
+    fd = context.slots.try_acquire(
+        slot_key(machine.uri), machine.max_jobs, until=until, drv=request.name
+    )
     return None if fd is None else Placement(machine.name, fd, until or now)
 
 
 @contextlib.asynccontextmanager
-async def _slot(context: HookContext, choice: Choice) -> AsyncIterator[bool]:
+async def _slot(context: HookContext, choice: Choice, drv: str) -> AsyncIterator[bool]:
     """Hold a slot of the chosen builder for the body; yields False if all were taken."""
     machine = context.machine(str(choice.machine))
     fd = context.slots.try_acquire(
-        slot_key(machine.uri), machine.max_jobs, until=choice.expected_end
+        slot_key(machine.uri), machine.max_jobs, until=choice.expected_end, drv=drv
     )
     if fd is not None:
         context.keep.took(machine.name)
@@ -237,7 +239,7 @@ async def _accept_in_slot(
     mid-build lets its slot here go before the build waits for one elsewhere: held on, it
     read busy, to this host's other clients too, for as long as that build took."""
     name = str(choice.machine)
-    async with _slot(context, choice) as held:
+    async with _slot(context, choice, request.name) as held:
         if not held:
             return None
         try:

@@ -43,6 +43,7 @@ from offload.scheduler.run.homeward import HomeBatches
 from offload.scheduler.run.outcome import Outcome, local_store_failed
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
+from offload.store.path import StorePath
 from offload.store.provenance import NOT_MADE, Provenance, refused_paths
 
 __all__ = ["AfterHome", "BuildCopies", "cleared_cut", "send_closure"]
@@ -149,6 +150,7 @@ class BuildCopies:
                             None
                             if expected is None
                             else functools.partial(expected, drv_path, name),
+                            StorePath(drv_path).derivation_name,
                         )
                     )
                 client = await self._session(stack, drv_path, member, speculative=speculative)
