@@ -6,8 +6,9 @@ run's CPU), and by rich's own timer (so elapsed times and the ETA move while not
 ``transient=False`` keeps its final frame on screen, which ``View`` makes the run's truth (no
 job rows, "finished" or "interrupted"). A run with nothing to build draws nothing at all. With
 ``print_logs`` each build log line is printed above the live region through the Live's console,
-as ``name> line``, sanitised and cut to the terminal width so it never wraps into the region;
-either way the newest line of each running build is in its row.
+as ``name> line``, sanitised, whole (the terminal wraps it, as nix-build -L's), in batches by a
+thread of their own (``ui.above``: the run never waits on the terminal); either way the newest
+line of each running build is in its row. Warnings go the same way, in order with the logs.
 
 Rich's refresh thread reads the state while the run's thread changes it, so both hold
 ``self._lock``; the lock is never held while calling into rich, which takes its own.
@@ -24,6 +25,7 @@ from rich.live import Live
 from rich.text import Text
 
 from offload.threads import blocked
+from offload.ui.above import Above
 from offload.ui.events import Event, JobLog, MachineEvent, RunFinished
 from offload.ui.plain import machine_warning
 from offload.ui.summary import render_summary
@@ -61,6 +63,7 @@ class TtyRenderer:
             redirect_stdout=False,  # output paths go to stdout and must stay there
             redirect_stderr=redirect_stderr,
         )
+        self._above = Above(self._print_above, threaded=auto_refresh)
         self._started = False
         self._closed = False
         # Without rich's timer (tests), every event is drawn: nothing would draw the last.
@@ -100,6 +103,7 @@ class TtyRenderer:
         if self._closed:
             return
         self._closed = True
+        self._above.close()  # what is queued, above the last frame
         if self._started:
             self._live.refresh()
             self._live.stop()
@@ -117,7 +121,10 @@ class TtyRenderer:
         """A line above the live region (or below the summary), as other warnings are."""
         line = machine_warning(event)
         if line is not None:
-            self._live.console.print(Text(line), soft_wrap=True, highlight=False)
+            if self._closed:  # after the summary: nothing is queued any more
+                self._print_above(Text(line))
+            else:
+                self._above.put(Text(line))
 
     def _print_log(self, event: JobLog) -> None:
         # Whole, as nix-build -L prints it: the terminal wraps a long line (a compiler's
@@ -126,6 +133,9 @@ class TtyRenderer:
         prefix = f"{event.name}> "
         text = Text(prefix + sanitize(event.line))
         text.stylize("bold blue", 0, len(prefix))
+        self._above.put(text)
+
+    def _print_above(self, text: Text) -> None:
         self._live.console.print(text, soft_wrap=True, highlight=False)
 
     def _render(self) -> RenderableType:

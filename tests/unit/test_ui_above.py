@@ -1,0 +1,58 @@
+"""Lines printed above the live region by a thread of their own (offload.ui.above): the run's
+thread never waits on the terminal, a batch is one print, and a terminal that cannot keep up
+loses the oldest lines, said so."""
+
+from __future__ import annotations
+
+import threading
+
+from rich.text import Text
+
+from offload.ui.above import MAX_QUEUED, Above
+
+
+def test_lines_put_while_the_terminal_is_stuck_never_wait_and_the_oldest_are_dropped():
+    shown: list[str] = []
+    entered, stuck = threading.Event(), threading.Event()
+
+    def show(text: Text) -> None:
+        shown.append(text.plain)
+        entered.set()
+        assert stuck.wait(60), "never released"
+
+    above = Above(show, threaded=True)
+    try:
+        above.put(Text("line 0"))
+        assert entered.wait(60)  # the first batch is being printed, and stays stuck there
+        for i in range(1, 2 * MAX_QUEUED + 1):  # would hang here if a put waited for it
+            above.put(Text(f"line {i}"))
+    finally:
+        stuck.set()
+        above.close()
+    assert shown[0] == "line 0"
+    # What queued meanwhile is one batch: one print, one redraw.
+    assert len(shown) == 2
+    lines = shown[1].split("\n")
+    assert lines[0].startswith(f"offload: {MAX_QUEUED} log lines not shown here")
+    assert "offload log DRV" in lines[0]
+    assert lines[1:] == [f"line {i}" for i in range(MAX_QUEUED + 1, 2 * MAX_QUEUED + 1)]
+
+
+def test_close_prints_what_is_queued_and_ends_the_thread():
+    shown: list[str] = []
+    above = Above(lambda text: shown.append(text.plain), threaded=True)
+    for i in range(100):
+        above.put(Text(f"line {i}"))
+    above.close()
+    assert "\n".join(shown).split("\n") == [f"line {i}" for i in range(100)]
+    assert not any(t.name == "offload-log" for t in threading.enumerate())
+
+
+def test_without_a_thread_each_line_is_printed_as_it_comes():
+    shown: list[str] = []
+    above = Above(lambda text: shown.append(text.plain), threaded=False)
+    above.put(Text("a"))
+    assert shown == ["a"]
+    above.put(Text("b"))
+    above.close()
+    assert shown == ["a", "b"]
