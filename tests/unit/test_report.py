@@ -79,6 +79,47 @@ def test_lanes_rows_and_the_critical_path():
     assert "<h2>Critical path (1 build, " in one  # "1 builds" before
 
 
+def test_the_critical_path_goes_through_the_copy_whose_output_was_used():
+    # a and b built on fast, lost with it, built again on local; c used those. The path went
+    # back to fast's first copies, which fed nothing (a tester: across a 32 s gap).
+    builds = [
+        _build("a", "fast", 1, 3),
+        _build("b", "fast", 3, 5, name="b"),
+        _build("a", "local", 6, 9),
+        _build("b", "local", 9, 13),
+        _build("c", "local", 14, 18),
+    ]
+    model = make_model(_run({"c": ("b",), "b": ("a",)}), builds)
+    assert [(b.drv_path, b.machine) for b in model.critical] == [
+        ("a", "local"),
+        ("b", "local"),
+        ("c", "local"),
+    ]
+    # A dependency's output fetched home while the build using it began: its one copy.
+    racing = [_build("a", "fast", 1, 5), _build("c", "fast", 4.9, 8)]
+    assert [b.drv_path for b in make_model(_run({"c": ("a",)}), racing).critical] == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "bound", "said_bound", "ratio"),
+    [("ok", 10.0, "10.0s", "2.00x"), ("interrupted", 10.0, None, None), ("ok", 0.8, "0.8s", None)],
+)
+def test_the_page_holds_the_run_to_its_bound_as_history_does(outcome, bound, said_bound, ratio):
+    # A run stopped early has a bound of what it built; one under a second is all start-up:
+    # history shows no ratio for either, and the page said 1.82x and 4.05x in red.
+    run = RunRecord(
+        "r1", 0.0, 20.0, ("top",), outcome, (MachineRecord("fast", 4.0, 2),), None, bound
+    )
+    page = render_html(make_model(run, [_build("a", "fast", 1, 5)]))
+    facts = dict(re.findall(r'data-fact="([^"]+)">[^<]*<b>([^<]*)</b>', page))
+    assert facts["lower bound"] == (said_bound or "-")
+    if ratio is None:
+        assert "from the bound" not in facts
+    else:
+        assert facts["from the bound"].endswith(f"({ratio})")
+    assert ('<line class="bound"' in page) == (said_bound is not None)
+
+
 def test_outside_text_is_escaped_everywhere():
     builds = [_build("/nix/store/x-evil.drv", HOSTILE, 1, 2, name=HOSTILE, sent=9)]
     run = RunRecord("r1", 0.0, 3.0, (HOSTILE,), "ok", (), None, None)

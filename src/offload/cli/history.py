@@ -360,12 +360,7 @@ def _seconds(value: float | None) -> str:
 def _print_runs(runs: list[RunRecord], counts: dict[str, dict[str, int]]) -> None:
     rows = []
     for r in runs:
-        # A run stopped early has a bound of what it built, not of what it was asked: its
-        # ratio to the wall time it ran says nothing (a Ctrl-C after one small build: 3423).
-        # Nor does one over a bound under a second: the start-up is all of it (a run that
-        # waited 5 s on an unreachable cache for builds of 0.04 s: 145).
-        bound = None if r.outcome == "interrupted" else r.lower_bound
-        ratio = f"{r.wall / bound:.2f}" if bound is not None and bound >= 1 else "-"
+        bound, ratio = r.comparable_bound, r.bound_ratio
         asked = sanitize(" ".join(r.asked)) or "-"
         done = counts.get(r.run_id, {})
         rows.append(
@@ -375,7 +370,7 @@ def _print_runs(runs: list[RunRecord], counts: dict[str, dict[str, int]]) -> Non
                 asked if len(asked) <= 40 else asked[:37] + "...",
                 format_duration(r.wall),
                 _seconds(bound),
-                ratio,
+                "-" if ratio is None else f"{ratio:.2f}",
                 str(done.get("built", 0)),
                 str(done.get("failed", 0)),
                 r.outcome,

@@ -53,7 +53,7 @@ def render_html(model: ReportModel) -> str:
             '<ul id="script-errors"></ul>',
             _facts(model),
             "<h2>Timeline</h2>",
-            _legend(bound=model.run.lower_bound is not None),
+            _legend(bound=model.run.comparable_bound is not None),
             _timeline(model),
             _machines(model),
             _critical(model),
@@ -70,7 +70,8 @@ def render_html(model: ReportModel) -> str:
 def _facts(model: ReportModel) -> str:
     run = model.run
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
-    bound = run.lower_bound
+    # As `offload history` says it: none for a run stopped early, no ratio to one under 1 s.
+    bound, ratio = run.comparable_bound, run.bound_ratio
     facts = [
         ("started", when),
         ("asked", _asked(run.asked)),
@@ -79,10 +80,10 @@ def _facts(model: ReportModel) -> str:
         ("lower bound", "-" if bound is None else format_duration(bound)),
     ]
     far = ""
-    if bound:
+    if ratio is not None:
         distance = model.distance or 0.0
-        facts.append(("from the bound", f"+{format_duration(distance)} ({run.wall / bound:.2f}x)"))
-        far = ' class="far"' if run.wall / bound > 1.5 else ""
+        facts.append(("from the bound", f"+{format_duration(distance)} ({ratio:.2f}x)"))
+        far = ' class="far"' if ratio > 1.5 else ""
     if run.estimate is not None:
         facts.append(("scheduler expected", format_duration(run.estimate)))
     cells = "".join(
@@ -127,7 +128,7 @@ def _timeline(model: ReportModel) -> str:
     for lane in model.lanes:
         parts.append(_lane(lane, model.origin, scale, y))
         y += _lane_height(lane)
-    bound = model.run.lower_bound
+    bound = model.run.comparable_bound
     if bound is not None:
         # Where the run would have ended at its lower bound, counted from its first copy.
         first = min((bar.build.span[0] for lane in model.lanes for bar in lane.bars), default=0)

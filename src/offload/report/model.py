@@ -3,8 +3,9 @@
 Lanes are the run's machines that ran a copy, in the run's order; within a lane, copies that
 overlap (a machine with several slots) go on separate rows. Times are seconds from the run's
 start. The critical path is the chain that decided when the run ended: from the build that
-finished last, back through the dependency of it that finished last, and so on; its builds
-are marked. The distance from the lower bound is the run's wall time less the least time its
+finished last, back through the dependency of it that finished last, and so on (of a
+dependency built twice, its output lost with a builder, the copy that ended before); its
+builds are marked. The distance from the lower bound is the run's wall time less the least time its
 own measured builds allow (``offload.history.recorder.lower_bound``).
 
 ``offload-hook``'s builds belong to no run (Nix asks for them one at a time): their report is
@@ -80,8 +81,8 @@ class ReportModel:
 
     @property
     def distance(self) -> float | None:
-        """Seconds the run took beyond its lower bound."""
-        bound = self.run.lower_bound
+        """Seconds the run took beyond its lower bound (None where it says nothing)."""
+        bound = self.run.comparable_bound
         return None if bound is None else self.run.wall - bound
 
 
@@ -213,23 +214,36 @@ def critical_path(
     builds: Sequence[BuildRecord], deps: Mapping[str, Sequence[str]]
 ) -> list[BuildRecord]:
     """The chain of successful builds that ended the run, first to last (see the module)."""
-    done: dict[str, BuildRecord] = {}
+    copies: dict[str, list[BuildRecord]] = {}
     for b in builds:
-        if b.status == "built" and (
-            b.drv_path not in done or b.finished < done[b.drv_path].finished
-        ):
-            done[b.drv_path] = b
-    if not done:
+        if b.status == "built":
+            copies.setdefault(b.drv_path, []).append(b)
+    if not copies:
         return []
-    chain = [max(done.values(), key=lambda b: b.finished)]
+    chain = [max((b for built in copies.values() for b in built), key=lambda b: b.finished)]
     seen = {chain[0].drv_path}
     while True:
-        before = [done[d] for d in deps.get(chain[-1].drv_path, ()) if d in done and d not in seen]
+        started = chain[-1].started
+        before = [
+            _used(copies[d], started)
+            for d in deps.get(chain[-1].drv_path, ())
+            if d in copies and d not in seen
+        ]
         if not before:
             break
         chain.append(max(before, key=lambda b: b.finished))
         seen.add(chain[-1].drv_path)
     return chain[::-1]
+
+
+def _used(built: Sequence[BuildRecord], started: float) -> BuildRecord:
+    """The copy of a dependency whose output a build begun at ``started`` used: the last to
+    end before that. Outputs lost with their builder are built again, and the first copy's is
+    then not the one used (a tester: the path went back 32 s to two builds that fed nothing).
+    Where none ended before (a dependency's output fetched home while the build using it
+    began on its builder), the first to end."""
+    ended = [b for b in built if b.finished <= started]
+    return max(ended, key=lambda b: b.finished) if ended else min(built, key=lambda b: b.finished)
 
 
 def _lanes(run: RunRecord, builds: Sequence[BuildRecord], marked: set[int]) -> list[Lane]:
