@@ -3,6 +3,7 @@ in a real browser is tested in tests/integration/test_report_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import select
@@ -118,6 +119,27 @@ def test_the_page_holds_the_run_to_its_bound_as_history_does(outcome, bound, sai
     else:
         assert facts["from the bound"].endswith(f"({ratio})")
     assert ('<line class="bound"' in page) == (said_bound is not None)
+
+
+def test_a_failed_build_is_named_at_the_top_with_its_error_and_its_log():
+    # A 0.8 s failure among 15 builds was in no table: the page's only mark of it was a bar.
+    failed = _build("f", "fast", 1, 1.8, status="failed", name="r1-failing")
+    said = "\x1b[31;1merror:\x1b[0m builder for 'r1-failing' failed with exit code 3\nlast lines"
+    drv = "/nix/store/" + "a" * 32 + "-r1-failing.drv"
+    failed = dataclasses.replace(failed, drv_path=drv, error=said)
+    slow = [_build(f"s{i}", "fast", 2, 3 + i) for i in range(12)]
+    page = render_html(make_model(_run({}), [*slow, failed]))
+    table = page[page.index('<table id="failed">') :].split("</table>")[0]
+    assert "<h2>Failed (1)</h2>" in page
+    assert page.index('id="failed"') < page.index("<h2>Timeline</h2>")
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", table)
+    assert cells == [
+        "r1-failing",
+        "fast",
+        "error: builder for &#x27;r1-failing&#x27; failed with exit code 3",
+        f"offload log /nix/store/{'a' * 32}-r1-failing.drv",
+    ]
+    assert 'id="failed"' not in render_html(make_model(_run({}), slow))
 
 
 def test_outside_text_is_escaped_everywhere():

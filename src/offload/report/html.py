@@ -21,7 +21,7 @@ from offload.history.records import PHASES, BuildRecord
 from offload.history.views import MachineStats
 from offload.report.assets import COLOURS, SCRIPT, STYLE, WATCH
 from offload.report.model import Bar, Lane, ReportModel
-from offload.ui.term import format_bytes, format_duration
+from offload.ui.term import format_bytes, format_duration, sanitize
 
 __all__ = ["render_html"]
 
@@ -33,6 +33,7 @@ GAP = 3
 LANE_PAD = 8
 AXIS = 26
 ASKED = 4  # requested derivations named at the top; the rest are counted
+ERROR_CHARS = 300  # of a failed build's error in its table
 
 
 def esc(value: object) -> str:
@@ -52,6 +53,7 @@ def render_html(model: ReportModel) -> str:
             f"<h1>{esc(title)}</h1>",
             '<ul id="script-errors"></ul>',
             _facts(model),
+            _failed(model),
             "<h2>Timeline</h2>",
             _legend(bound=model.run.comparable_bound is not None),
             _timeline(model),
@@ -238,7 +240,7 @@ def _tip(b: BuildRecord, origin: float) -> str:
 
 # Columns of names and words, which wrap (anywhere, when a name is longer than the page is
 # wide); numbers and the other short cells stay on one line.
-_TEXT = {"machine", "why"}
+_TEXT = {"machine", "why", "error", "its log"}
 
 
 def _cell(n: int, text: str, heading: str) -> str:
@@ -291,6 +293,31 @@ def _biggest(model: ReportModel) -> str:
     ]
     header = ("derivation", "machine", "sent", "received", "copying")
     return _table("Biggest transfers", "biggest", header, rows)
+
+
+def _failed(model: ReportModel) -> str:
+    """Each failed build with its error and the command that prints its log, at the top: a
+    failed bar alone, among the slowest ten or not, was its only mark (a tester)."""
+    if not model.failed:
+        return ""
+    rows = [
+        (
+            b.name or b.pname,
+            b.machine,
+            _error_line(b.error),
+            f"offload log {b.drv_path}",
+        )
+        for b in model.failed
+    ]
+    header = ("derivation", "machine", "error", "its log")
+    return _table(f"Failed ({len(rows)})", "failed", header, rows)
+
+
+def _error_line(error: str | None) -> str:
+    """A build's error as one line of at most ``ERROR_CHARS``: Nix's first line says it."""
+    first = next((line for line in (error or "").splitlines() if line.strip()), "failed")
+    said = sanitize(first).strip()
+    return said if len(said) <= ERROR_CHARS else said[: ERROR_CHARS - 1] + "…"
 
 
 def _unplaced(model: ReportModel) -> str:

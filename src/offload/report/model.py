@@ -77,6 +77,7 @@ class ReportModel:
     biggest: tuple[BuildRecord, ...]
     machines: tuple[MachineStats, ...]
     unplaced: tuple[BuildRecord, ...]  # skipped: ran on no machine
+    failed: tuple[BuildRecord, ...]  # the copies that failed, in the order they ended
     title: str
 
     @property
@@ -206,6 +207,7 @@ def make_model(
         ),
         machines=tuple(machine_stats(placed, speeds)),
         unplaced=tuple(b for b in builds if not b.machine),
+        failed=tuple(sorted((b for b in placed if b.status == "failed"), key=lambda b: b.finished)),
         title=title or f"offload run {run.run_id}",
     )
 
