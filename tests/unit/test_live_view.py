@@ -305,3 +305,21 @@ def test_a_long_machine_name_leaves_the_rows_room() -> None:
     assert hello.startswith(" " * 22 + "hello-2.12")
     assert "/ est 4.0s" in hello
     assert all(cell_len(line) <= 80 for line in block)
+
+
+def test_a_job_fetching_its_outputs_or_queued_holds_no_slot_in_the_header() -> None:
+    # hello-2.12's outputs come home after its slot is let go, and the next build takes the
+    # slot meanwhile; a queued build waits for one. Counted as in use: "3/2 slots" (a tester).
+    renderer, out, clock = tty(print_logs=False)
+    drive(renderer, clock, upto=3.0)  # hello-2.12 fetching on fast
+    other = "/nix/store/" + "5" * 32 + "-other-1.drv"
+    waiting = "/nix/store/" + "6" * 32 + "-waiting-1.drv"
+    for event in (
+        phase((other, "other-1", "fast"), "building", 3.05, 1.0),
+        phase((waiting, "waiting-1", "fast"), "queued", 3.06, 1.0),
+    ):
+        clock.now = event.time
+        renderer.handle(event)
+    renderer._live.refresh()
+    header = rows_of(last_frame(out), "fast")[0]
+    assert header.split()[:6] == ["fast", "speed", "4", "·", "1/2", "slots"], header

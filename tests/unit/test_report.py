@@ -80,6 +80,19 @@ def test_lanes_rows_and_the_critical_path():
     assert "<h2>Critical path (1 build, " in one  # "1 builds" before
 
 
+def test_a_fetch_home_beside_the_next_build_on_its_slot_opens_no_row():
+    # One slot: a's outputs come home (4-5) while b, given the slot a let go, sends (4.5).
+    a = dataclasses.replace(
+        _build("a", "fast", 1, 4),
+        phases=(PhaseRecord("building", 1, 4), PhaseRecord("fetching", 4, 5)),
+    )
+    b = _build("b", "fast", 5.5, 8)  # sending from 4.5
+    run = RunRecord("r1", 0.0, 9.0, ("b",), "ok", (MachineRecord("fast", 4.0, 1),), None, 8.0)
+    (lane,) = make_model(run, [a, b]).lanes
+    assert lane.rows == 1
+    assert [bar.row for bar in lane.bars] == [0, 0]
+
+
 def test_the_critical_path_goes_through_the_copy_whose_output_was_used():
     # a and b built on fast, lost with it, built again on local; c used those. The path went
     # back to fast's first copies, which fed nothing (a tester: across a 32 s gap).

@@ -1,12 +1,13 @@
 """What a run report shows, made from history (pure once the records are read).
 
 Lanes are the run's machines that ran a copy, in the run's order; within a lane, copies that
-overlap (a machine with several slots) go on separate rows. Times are seconds from the run's
-start. The critical path is the chain that decided when the run ended: from the build that
-finished last, back through the dependency of it that finished last, and so on (of a
-dependency built twice, its output lost with a builder, the copy that ended before); its
-builds are marked. The distance from the lower bound is the run's wall time less the least time its
-own measured builds allow (``offload.history.recorder.lower_bound``).
+overlap (a machine with several slots) go on separate rows, a copy's row free again once its
+slot is (its outputs' fetch home may still run beside the next copy). Times are seconds from the
+run's start. The critical path is the chain that decided when the run ended: from the build that
+finished last, back through the dependency of it that finished last, and so on (of a dependency
+built twice, its output lost with a builder, the copy that ended before); its builds are marked.
+The distance from the lower bound is the run's wall time less the least time its own measured
+builds allow (``offload.history.recorder.lower_bound``).
 
 ``offload-hook``'s builds belong to no run (Nix asks for them one at a time): their report is
 of the builds that finished in a window, by default its latest burst, back from the newest
@@ -260,7 +261,7 @@ def _lanes(run: RunRecord, builds: Sequence[BuildRecord], marked: set[int]) -> l
         ends: list[float] = []  # per row: when its last bar ends
         bars = []
         for b in mine:
-            start, end = b.span
+            start, end = b.span[0], _slot_let_go(b)
             row = next((i for i, e in enumerate(ends) if e <= start), len(ends))
             if row == len(ends):
                 ends.append(end)
@@ -277,3 +278,11 @@ def _lanes(run: RunRecord, builds: Sequence[BuildRecord], marked: set[int]) -> l
             )
         )
     return lanes
+
+
+def _slot_let_go(build: BuildRecord) -> float:
+    """When ``build``'s copy let its machine's slot go: its outputs are fetched home after
+    that, while the next build takes the slot, so a row is a slot (a fetch's tail beside the
+    next build opened a third row for a machine of two slots: a tester)."""
+    held = [p.finished for p in build.phases if p.phase != "fetching"]
+    return max(held) if held else build.span[1]

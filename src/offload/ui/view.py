@@ -48,6 +48,9 @@ __all__ = ["View"]
 # Statuses that settle a derivation for good; "lost" and "cancelled" jobs are retried or
 # superseded by another copy, so they do not count as progress.
 _SETTLED = frozenset({"built", "fetched", "substituted", "failed", "skipped"})
+# The phases of a job that holds one of its machine's slots: one queued waits for a slot, and
+# its outputs are fetched after its slot is let go, while the next build takes it ("3/2 slots").
+_IN_SLOT = frozenset({"connecting", "sending", "building"})
 # Endings the plan could not foresee: the next plan is taken whole (ui.eta).
 _NEWS = frozenset({"failed", "lost", "cancelled"})
 
@@ -251,7 +254,7 @@ class View:
 
     def _header(self, name: str, machine: _Machine, now: float) -> Text:
         over = self.run_finished is not None
-        busy = sum(1 for (_, m) in self.jobs if m == name)
+        busy = sum(1 for (_, m), job in self.jobs.items() if m == name and job.phase in _IN_SLOT)
         about = []
         if machine.speed is not None:
             about.append(f"speed {machine.speed:g}")
