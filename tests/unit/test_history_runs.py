@@ -359,3 +359,71 @@ def test_a_run_whose_bound_is_under_a_second_shows_no_ratio(tmp_path, monkeypatc
     (long,) = [line for line in rows if "run3" in line]
     assert short.split()[-5:-3] == ["0.0s", "-"]  # bound, ratio
     assert long.split()[-4] == f"{run.wall / 2.0:.2f}"
+
+
+def _faulty_run() -> tuple[RunRecord, list[BuildRecord]]:
+    """away: down all run; slow: slow to answer, then up and building; fast: builds."""
+    rec = RunRecorder(100.0)
+    for event in [
+        RunStarted("run2", 2, ("fast", "slow", "away"), 9.0, 100.1),
+        MachineEvent("away", "down", "host name away does not resolve", 160.0, 100.2),
+        MachineEvent("slow", "slow", "no answer\n yet", None, 100.5),
+        _phase("a-1.0", A, "fast", "building", 101.0),
+        _done(A, "fast", "built", 101.0, 105.0),
+        MachineEvent("slow", "up", "it answered", None, 102.0),
+        _phase("b-1.0", B, "slow", "building", 105.0),
+        _done(B, "slow", "built", 105.0, 109.0),
+        *(MachineEvent("away", "down", f"again {i}", None, 110.0 + i) for i in range(30)),
+        RunFinished("run2", 2, 0, 0, 10.0, (), 141.0),
+    ]:
+        rec.handle(event)
+    return rec.run(
+        RunReport("run2"),
+        asked=["b-1.0"],
+        speeds={"fast": 4.0, "slow": 1.0, "away": 8.0},
+        slots={"fast": 1, "slow": 1, "away": 4},
+        deps={B: (A,), A: ()},
+        finished=141.0,
+    )
+
+
+def test_what_a_run_said_of_its_machines_is_kept_and_a_machine_down_all_run_is_no_capacity(
+    tmp_path, monkeypatch, capsys
+):
+    run, builds = _faulty_run()
+    fast, slow, away = run.machines
+    assert (fast.said, fast.usable) == ((), True)
+    assert slow.said == ("+0.5s slow to answer: no answer yet", "+2.0s up: it answered")
+    assert slow.usable  # slow at first, then it built
+    assert away.said[0] == "+0.2s down: host name away does not resolve"
+    assert len(away.said) == 21  # 20 kept, and how many more
+    assert away.said[-1] == "... and 11 more"
+    assert not away.usable
+    # The bound counts fast and slow (the chain's 16 + 4 work-seconds at fast's speed 4: 5 s),
+    # not away, down all run, whose speed 8 made it 2.5 s.
+    assert run.lower_bound == pytest.approx(5.0)
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    with History(tmp_path / "history.sqlite") as history:
+        history.record_run(run, builds)
+        (again,) = history.runs(run_id="run2")
+    assert again.machines == run.machines
+    assert main(["history", "--run", "run2"]) == 0
+    text = capsys.readouterr().out
+    assert "  slow: +0.5s slow to answer: no answer yet\n" in text
+    assert "  away: not usable all run: not in the bound\n" in text
+    assert main(["history", "--run", "run2", "--json"]) == 0
+    (said,) = json.loads(capsys.readouterr().out)["runs"]
+    assert said["machines"][2]["usable"] is False
+    assert said["machines"][1]["said"][1] == "+2.0s up: it answered"
+
+
+def test_a_run_kept_by_an_older_offload_has_machines_with_nothing_said(tmp_path):
+    with History(tmp_path / "history.sqlite") as history:
+        run, builds = _recorded_run()
+        history.record_run(run, builds)
+    with sqlite3.connect(tmp_path / "history.sqlite") as db:
+        (kept,) = db.execute("SELECT machines FROM runs").fetchone()
+        assert json.loads(kept)[0].keys() == {"name", "speed", "slots"}  # as older ones wrote
+    with History(tmp_path / "history.sqlite") as history:
+        (again,) = history.runs()
+    assert [(m.said, m.usable) for m in again.machines] == [((), True), ((), True)]

@@ -155,6 +155,25 @@ def test_a_failed_build_is_named_at_the_top_with_its_error_and_its_log():
     assert 'id="failed"' not in render_html(make_model(_run({}), slow))
 
 
+def test_what_the_run_said_of_its_machines_is_on_the_page():
+    machines = (
+        MachineRecord("fast", 4.0, 2, ("+3.0s down: connection reset",)),
+        MachineRecord("away", 1.0, 1, ("+0.1s down: \x1b[31mno route\x1b[0m",), usable=False),
+    )
+    run = RunRecord("r1", 0.0, 20.0, ("top",), "ok", machines, None, 4.0)
+    page = render_html(make_model(run, [_build("a", "fast", 1, 5)]))
+    table = page[page.index('<table id="said">') :].split("</table>")[0]
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", table) == [
+        "fast",
+        "+3.0s down: connection reset",
+        "away",
+        "+0.1s down: no route",
+        "away",
+        "not usable all run: not in the bound",
+    ]
+    assert 'id="said"' not in render_html(make_model(_run({}), [_build("a", "fast", 1, 5)]))
+
+
 def test_outside_text_is_escaped_everywhere():
     builds = [_build("/nix/store/x-evil.drv", HOSTILE, 1, 2, name=HOSTILE, sent=9)]
     run = RunRecord("r1", 0.0, 3.0, (HOSTILE,), "ok", (), None, None)

@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         _print_json(view, counts, machines, estimates, speeds)
         return 0
     _print_runs(view.runs, counts)
+    if args.run is not None:
+        _print_said(view.runs)
     _print_machines(machines, _scope(view))
     if view.listed:
         _print_builds(view.builds)
@@ -379,6 +381,19 @@ def _print_runs(runs: list[RunRecord], counts: dict[str, dict[str, int]]) -> Non
     header = ("when", "run", "asked", "wall", "bound", "ratio", "built", "failed", "outcome")
     title = "runs (newest first; bound: the least time the run's own builds allow):"
     _table(title, header, rows, left=3)
+
+
+def _print_said(runs: list[RunRecord]) -> None:
+    """What the run said of its machines (down, slow, up again...), a line each."""
+    lines = [
+        f"  {sanitize(m.name)}: {sanitize(said)}"
+        for run in runs
+        for m in run.machines
+        for said in (*m.said, *(() if m.usable else ("not usable all run: not in the bound",)))
+    ]
+    if lines:
+        print("\nwhat the run said of its machines (seconds from its start):")
+        print("\n".join(lines))
 
 
 def _print_machines(machines: list[MachineStats], scope: str) -> None:

@@ -40,6 +40,7 @@ from offload.history.rows import (
     insert_builds,
     legacy_run,
     like_escape,
+    machine_row,
     phases_of,
     run_row,
 )
@@ -326,7 +327,7 @@ class History:
     @_guarded
     def record_run(self, run: RunRecord, builds: Iterable[BuildRecord]) -> None:
         """A run and its builds (their ``run_id`` is the run's), all or nothing."""
-        machines = [{"name": m.name, "speed": m.speed, "slots": m.slots} for m in run.machines]
+        machines = [machine_row(m) for m in run.machines]
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO runs (run_id, started, finished, asked, outcome,"

@@ -8,8 +8,13 @@ from the local binary caches, are one ``fetching`` phase. The executor tells eve
 end; one that was never told (a run whose executor failed) is kept as ``cancelled``, ending when
 another copy was built or else when the run ended.
 
+What the run said of each machine (down, slow to answer, up again, full, a build it could not
+stop) is kept with it, as ``+1.2s down: why``; a machine down or silent from the run's start to
+its end (its first word down or slow, then never up and no copy on it) is kept as not usable.
+
 The run's lower bound is computed from its own measured builds: max(critical path / fastest
-speed, total work / capacity), each build's work being its seconds times its machine's speed.
+speed, total work / capacity), each build's work being its seconds times its machine's speed,
+over the machines that were usable (a builder down all along is no capacity the run had).
 """
 
 from __future__ import annotations
@@ -48,6 +53,19 @@ _FIRST = {"queued", "connecting"}  # the marks a new copy starts with
 
 Mark = tuple[str, float]
 
+# What a machine event is kept as (``MachineRecord.said``); the other states are none of its
+# faults (``loaded`` is its slots, ``cache`` and ``key`` are the local machine's set-up).
+_SAID = {
+    "down": "down",
+    "slow": "slow to answer",
+    "up": "up",
+    "full": "full",
+    "restricted": "restricted",
+    "unstopped": "not stopped",
+}
+SAID_MOST = 20  # events kept per machine; past that, how many more
+SAID_CHARS = 300
+
 
 class RunRecorder:
     """Collects a run's events (``handle``, as a renderer) into history records."""
@@ -58,6 +76,10 @@ class RunRecorder:
         self.run_finished: RunFinished | None = None
         self.builds: list[BuildRecord] = []
         self.slots: dict[str, int] = {}  # machines given fewer slots for load
+        self._said: dict[str, list[str]] = {}
+        self._unsaid: dict[str, int] = {}  # events past SAID_MOST
+        self._first_down: set[str] = set()  # its first word down or slow, before any use
+        self._used: set[str] = set()  # up, or a copy begun on it
         self._marks: dict[tuple[str, str], tuple[JobPhase, list[Mark]]] = {}
         self._last = started
 
@@ -67,10 +89,10 @@ class RunRecorder:
             self.run_started = event
         elif isinstance(event, RunFinished):
             self.run_finished = event
-        elif isinstance(event, MachineEvent) and event.state == "loaded":
-            if event.slots is not None:
-                self.slots[event.machine] = event.slots
+        elif isinstance(event, MachineEvent):
+            self._machine(event)
         elif isinstance(event, JobPhase):
+            self._used.add(event.machine)
             self._mark(event)
         elif isinstance(event, JobFinished):
             first, marks = self._marks.pop((event.drv_path, event.machine), (None, []))
@@ -79,6 +101,32 @@ class RunRecorder:
 
     def close(self) -> None:
         """Nothing to release: the records are taken with ``run``."""
+
+    def _machine(self, event: MachineEvent) -> None:
+        name = event.machine
+        if event.state == "loaded" and event.slots is not None:
+            self.slots[name] = event.slots
+        if event.state in {"down", "slow"} and name not in self._used:
+            self._first_down.add(name)
+        elif event.state == "up":
+            self._used.add(name)
+        label = _SAID.get(event.state)
+        if label is None:
+            return
+        said = self._said.setdefault(name, [])
+        if len(said) >= SAID_MOST:
+            self._unsaid[name] = self._unsaid.get(name, 0) + 1
+            return
+        at, message = max(0.0, event.time - self.started), " ".join(event.message.split())
+        line = f"+{at:.1f}s {label}: {message}"
+        said.append(line if len(line) <= SAID_CHARS else line[: SAID_CHARS - 1] + "…")
+
+    def _machine_record(self, name: str, speed: float, slots: int) -> MachineRecord:
+        said = list(self._said.get(name, ()))
+        if more := self._unsaid.get(name):
+            said.append(f"... and {more} more")
+        usable = name not in self._first_down or name in self._used
+        return MachineRecord(name, speed, slots, tuple(said), usable)
 
     def _mark(self, event: JobPhase) -> None:
         if event.step is not None:
@@ -130,7 +178,8 @@ class RunRecorder:
         self._marks.clear()
         names = self.run_started.machines if self.run_started else tuple(speeds)
         machines = tuple(
-            MachineRecord(m, speeds.get(m, 1.0), self.slots.get(m, slots.get(m, 1))) for m in names
+            self._machine_record(m, speeds.get(m, 1.0), self.slots.get(m, slots.get(m, 1)))
+            for m in names
         )
         ran = {b.drv_path for b in builds}
         kept = {d: tuple(x for x in deps.get(d, ()) if x in ran) for d in sorted(ran)}
@@ -205,9 +254,9 @@ def lower_bound(
     machines: Iterable[MachineRecord],
     deps: Mapping[str, Iterable[str]],
 ) -> float | None:
-    """max(critical path / fastest, total work / capacity) over the run's successful builds;
-    None when nothing was built or no machine had a slot."""
-    usable = [m for m in machines if m.slots > 0 and m.speed > 0]
+    """max(critical path / fastest, total work / capacity) over the run's successful builds
+    and its usable machines; None when nothing was built or no machine had a slot."""
+    usable = [m for m in machines if m.usable and m.slots > 0 and m.speed > 0]
     speeds = {m.name: m.speed for m in usable}
     work: dict[str, float] = {}
     for b in builds:

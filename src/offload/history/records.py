@@ -56,11 +56,15 @@ def building_span(phases: Sequence[PhaseRecord]) -> tuple[float, float] | None:
 
 @dataclass(frozen=True)
 class MachineRecord:
-    """A machine of a run as the scheduler saw it."""
+    """A machine of a run as the scheduler saw it, and what the run said of it."""
 
     name: str
     speed: float
     slots: int
+    # Its faults and recoveries, in order, as ``+1.2s down: why`` (``history.recorder``).
+    said: tuple[str, ...] = ()
+    # False: down (or not answering) from the run's start to its end, so no bound counts it.
+    usable: bool = True
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ __all__ = [
     "insert_builds",
     "legacy_run",
     "like_escape",
+    "machine_row",
     "phases_of",
     "run_row",
 ]
@@ -168,7 +169,22 @@ def _machine(said: Any) -> MachineRecord:  # noqa: ANN401 - whatever the JSON ho
     if not 0.0 < speed < float("inf"):
         raise ValueError(f"a machine's speed is {said['speed']!r}")
     name = _text(said["name"], "a machine's name")
-    return MachineRecord(name, speed, _count(int(said["slots"]), "a machine's slots"))
+    events = said.get("said", [])  # none where an older offload kept the run
+    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+        raise TypeError(f"what a run said of machine {name!r} is {str(events)[:40]!r}")
+    slots = _count(int(said["slots"]), "a machine's slots")
+    return MachineRecord(name, speed, slots, tuple(events), said.get("usable") is not False)
+
+
+def machine_row(machine: MachineRecord) -> dict[str, object]:
+    """A run's machine as its row keeps it (``_machine`` reads it): what was said of it, and
+    that it was not usable, only where so (an older offload reads the rest as before)."""
+    kept: dict[str, object] = {"name": machine.name, "speed": machine.speed, "slots": machine.slots}
+    if machine.said:
+        kept["said"] = list(machine.said)
+    if not machine.usable:
+        kept["usable"] = False
+    return kept
 
 
 def legacy_run(row: tuple[Any, ...]) -> RunRecord:

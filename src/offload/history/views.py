@@ -153,7 +153,16 @@ def run_dict(run: RunRecord, counts: Mapping[str, int]) -> dict[str, object]:
         "wall": round(run.wall, 3),
         "asked": list(run.asked),
         "outcome": run.outcome,
-        "machines": [{"name": m.name, "speed": m.speed, "slots": m.slots} for m in run.machines],
+        "machines": [
+            {
+                "name": m.name,
+                "speed": m.speed,
+                "slots": m.slots,
+                "said": list(m.said),
+                "usable": m.usable,
+            }
+            for m in run.machines
+        ],
         "estimate": run.estimate,
         "lower_bound": run.lower_bound,
         "builds": dict(sorted(counts.items())),

@@ -54,6 +54,7 @@ def render_html(model: ReportModel) -> str:
             '<ul id="script-errors"></ul>',
             _facts(model),
             _failed(model),
+            _said(model),
             "<h2>Timeline</h2>",
             _legend(bound=model.run.comparable_bound is not None),
             _timeline(model),
@@ -240,7 +241,7 @@ def _tip(b: BuildRecord, origin: float) -> str:
 
 # Columns of names and words, which wrap (anywhere, when a name is longer than the page is
 # wide); numbers and the other short cells stay on one line.
-_TEXT = {"machine", "why", "error", "its log"}
+_TEXT = {"machine", "why", "error", "its log", "said"}
 
 
 def _cell(n: int, text: str, heading: str) -> str:
@@ -311,6 +312,21 @@ def _failed(model: ReportModel) -> str:
     ]
     header = ("derivation", "machine", "error", "its log")
     return _table(f"Failed ({len(rows)})", "failed", header, rows)
+
+
+def _said(model: ReportModel) -> str:
+    """What the run said of its machines (down, slow to answer, up again...), at the top: the
+    lanes alone showed a builder down all run as nothing, one lost mid-run as faded bars."""
+    rows = [
+        (m.name, sanitize(said))
+        for m in model.run.machines
+        for said in (*m.said, *(() if m.usable else ("not usable all run: not in the bound",)))
+    ]
+    if not rows:
+        return ""
+    return _table(
+        "Machine events (seconds from the run's start)", "said", ("machine", "said"), rows
+    )
 
 
 def _error_line(error: str | None) -> str:
