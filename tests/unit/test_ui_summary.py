@@ -191,13 +191,16 @@ def test_a_machine_that_came_back_is_still_said_with_when() -> None:
     slow = MachineEvent("fast", "slow", "still connecting", None, 10.0)
     down = MachineEvent("medium", "down", "connection refused by medium", 70.0, 10.0)
     gone = MachineEvent("slow", "down", "its disk is full", 90.0, 10.0)
-    events = [slow, down, gone]
+    events = [down, slow, gone]
     events += [MachineEvent("fast", "up", "answered", None, 12.0)]
     events += [MachineEvent("medium", "up", "tried again", None, 75.0)]
     out = io.StringIO()
     render_summary(events, out, rich=False)
     text = out.getvalue()
-    assert "fast: slow to answer at the start; it answered at " in text
+    # Not under "machines down": it was slow, then built (a tester read it as down).
+    assert "machines slow to answer (1):\n  fast: at the start; it answered at " in text
+    assert "machines down (2):\n  medium: " in text
+    assert text.count("machines down") == 1  # each heading once, whatever the events' order
     assert "medium: connection refused by medium; up again at " in text
     assert "slow: its disk is full\n" in text
     # One that never answered is said with where to find why.

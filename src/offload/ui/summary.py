@@ -42,6 +42,7 @@ _COLUMNS = ("machine", "built", "fetched", "failed", "stopped", "busy", "sent", 
 _SUBSTITUTED = 3  # where the optional column goes: after "fetched"
 _TITLES = {
     "down": "machines down",
+    "slow": "machines slow to answer",
     "full": "machines full",
     "loaded": "machines loaded",
     "caches": "binary caches left out",
@@ -265,7 +266,8 @@ def _problems(summary: RunSummary) -> list[tuple[str, str]]:
     """(heading, line) pairs for failed and skipped derivations."""
     out = [("failed", _failed(job)) for job in summary.failed]
     out += [("skipped", f"{job.name}: {_error(job)}") for job in summary.skipped]
-    out += [("down", _down(event, summary.back.get(event.machine))) for event in summary.down]
+    downs = [_down(event, summary.back.get(event.machine)) for event in summary.down]
+    out += sorted(downs, key=lambda said: said[0] == "slow")  # each heading once: down first
     out += [("full", f"{event.machine}: {sanitize(event.message)}") for event in summary.full]
     out += [("loaded", _cut(deepest, last)) for deepest, last in summary.loaded]
     out += [("caches", _cache(event)) for event in summary.caches]
@@ -313,14 +315,16 @@ def _why(event: MachineEvent) -> str:
     return sanitize(event.message)
 
 
-def _down(event: MachineEvent, back: float | None) -> str:
-    """A machine's line under "machines down": why, and when it came back, if it did."""
+def _down(event: MachineEvent, back: float | None) -> tuple[str, str]:
+    """A machine's line under "machines down": why, and when it came back, if it did; one
+    slow to answer that answered later is under "machines slow to answer" (it was not down:
+    a tester read it under "machine down")."""
     if back is None:
-        return f"{event.machine}: {_why(event)}"
+        return "down", f"{event.machine}: {_why(event)}"
     at = time.strftime("%H:%M:%S", time.localtime(back))
     if event.state == "slow":
-        return f"{event.machine}: slow to answer at the start; it answered at {at} and took work"
-    return f"{event.machine}: {_why(event)}; up again at {at}"
+        return "slow", f"{event.machine}: at the start; it answered at {at} and took work"
+    return "down", f"{event.machine}: {_why(event)}; up again at {at}"
 
 
 def _error(job: JobFinished) -> str:
