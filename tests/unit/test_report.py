@@ -78,6 +78,12 @@ def test_lanes_rows_and_the_critical_path():
     assert "<h2>Critical path (3 builds, " in page
     one = render_html(make_model(_run({}), [_build("a", "fast", 1, 5)]))
     assert "<h2>Critical path (1 build, " in one  # "1 builds" before
+    # Every mark a bar may have is in the key (faded and dashed had none: a tester).
+    assert '<i class="failed"></i>failed' in page
+    assert '<i class="stopped"></i>stopped or lost' in page
+    idle = render_html(make_model(_run({}), [_build("a", "idle", 1, 5)]))
+    assert re.findall(r"speed [^<]*", idle) == ["speed 1, 1 slot"]  # "1 slots" before
+    assert re.findall(r"speed [^<]*", page) == ["speed 4, 2 slots"]
 
 
 def test_a_fetch_home_beside_the_next_build_on_its_slot_opens_no_row():

@@ -37,6 +37,8 @@ td.name { font-family: ui-monospace, monospace; text-align: left; }
   vertical-align: middle; border-radius: 2px; }
 .legend i.crit { background: none; border: 2px solid #d0104c; }
 .legend i.bound { background: none; width: 0; border-left: 2px dashed #d0104c; }
+.legend i.failed { background: none; border: 1.5px dashed #8b0000; }
+.legend i.stopped { background: #3a7bd5; opacity: .45; }
 svg text { font: 12px system-ui, sans-serif; fill: #333; }
 svg .lane-name { font-weight: 600; }
 svg .grid { stroke: #eee; }

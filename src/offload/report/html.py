@@ -108,6 +108,8 @@ def _legend(*, bound: bool) -> str:
     builds have none)."""
     items = [f'<span><i style="background:{COLOURS[p]}"></i>{p}</span>' for p in PHASES]
     items.append('<span><i class="crit"></i>critical path</span>')
+    items.append('<span><i class="failed"></i>failed</span>')
+    items.append('<span><i class="stopped"></i>stopped or lost (built again elsewhere)</span>')
     if bound:
         items.append('<span><i class="bound"></i>the lower bound, from the first build</span>')
     return f'<div class="legend">{"".join(items)}</div>'
@@ -170,7 +172,8 @@ def _tick(length: float) -> float:
 
 
 def _lane(lane: Lane, origin: float, scale: float, y: int) -> str:
-    speed = "" if lane.speed is None else f"speed {lane.speed:g}, {lane.slots} slots"
+    slots = f"{lane.slots} slot{'' if lane.slots == 1 else 's'}"
+    speed = "" if lane.speed is None else f"speed {lane.speed:g}, {slots}"
     name = f"{esc(_fitted(lane.machine))}<title>{esc(lane.machine)}</title>"
     parts = [
         f'<g class="lane" data-machine="{esc(lane.machine)}">',
