@@ -73,7 +73,10 @@ def parse_duration(text: str, flag: str = "--for") -> float:
     if total <= 0:  # well written, but "not a duration" sent users to check its spelling
         raise ConfigError(f"{flag} {text!r}: a duration of 0", hint="give one longer than 0s")
     if total > _LONGEST:
-        raise ConfigError(f"{flag} {text!r}: longer than {_LONGEST / 86400:.0f} days")
+        raise ConfigError(
+            f"{flag} {text!r}: longer than {_LONGEST / 86400:.0f} days",
+            hint="give a shorter one: 30d is a month",
+        )
     return float(total)
 
 

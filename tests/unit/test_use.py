@@ -69,8 +69,9 @@ def test_a_choice_until_past_any_date_is_no_choice(tmp_path: Path, until: str) -
 def test_the_longest_duration_is_one_a_date_can_show() -> None:
     assert parse_duration("999999d") == 999999 * 86400
     assert parse_duration("9999999s") == 9999999  # 115 days: it was "not a duration"
-    with pytest.raises(ConfigError, match="--for '999999d999999d': longer than 1000000 days"):
+    with pytest.raises(ConfigError, match="--for '999999d999999d': longer than 1000000 days") as e:
         parse_duration("999999d999999d")
+    assert e.value.hint  # every mistake has its hint (a tester: this one had none)
 
 
 def test_probe_sees_held_slots_and_their_expected_ends(tmp_path: Path) -> None:
