@@ -40,12 +40,14 @@ def test_lines_put_while_the_terminal_is_stuck_never_wait_and_the_oldest_are_dro
 
 def test_close_prints_what_is_queued_and_ends_the_thread():
     shown: list[str] = []
+    before = set(threading.enumerate())
     above = Above(lambda text: shown.append(text.plain), threaded=True)
+    (printer,) = set(threading.enumerate()) - before
     for i in range(100):
         above.put(Text(f"line {i}"))
     above.close()
     assert "\n".join(shown).split("\n") == [f"line {i}" for i in range(100)]
-    assert not any(t.name == "offload-log" for t in threading.enumerate())
+    assert not printer.is_alive()
 
 
 def test_without_a_thread_each_line_is_printed_as_it_comes():

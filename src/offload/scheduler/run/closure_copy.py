@@ -1,10 +1,12 @@
 """What a copy between two stores moves: the closure of some paths in the source that the
 destination lacks, dependencies first (``to_copy``), and the copy of it (``send_closure``),
-which a builder's store may send in two lanes and a builder's closure must pass a vet.
+which a builder's store may send in two lanes and a builder's closure must pass a vet, less
+what another copy is sending the same store meanwhile (a claim, ``in_flight``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -13,7 +15,10 @@ from offload.protocol.lanes import Lane, copy_in_lanes, worth_lanes
 from offload.protocol.serve import PathInfo
 from offload.protocol.store import StoreClient, copy_paths, topo_sort_infos
 
-__all__ = ["send_closure", "to_copy"]
+__all__ = ["Claim", "send_closure", "to_copy"]
+
+# What a copy holds of the paths it would send, for as long as it sends them (``in_flight``).
+Claim = Callable[[Sequence[PathInfo]], AbstractAsyncContextManager[Sequence[PathInfo]]]
 
 
 async def send_closure(
@@ -25,6 +30,7 @@ async def send_closure(
     lane: Callable[[], AbstractAsyncContextManager[Lane | None]] | None = None,
     sending: list[str] | None = None,
     vet: Callable[[Sequence[PathInfo]], Awaitable[Sequence[PathInfo]]] | None = None,
+    claim: Claim | None = None,
 ) -> int:
     """Make ``paths`` and their closure valid in ``dst``, copying what it lacks from ``src``.
 
@@ -35,20 +41,24 @@ async def send_closure(
     ``sending`` is told the paths copied (dependencies first) before the first byte goes.
     ``vet`` sees them first and says which to copy from ``src`` (it may send some from
     elsewhere), or refuses them (raises): then nothing is copied. ``src`` is then a builder,
-    which must hold all it is asked for (``to_copy``'s ``whole``).
+    which must hold all it is asked for (``to_copy``'s ``whole``). ``claim`` holds what is to
+    be copied for the copy, less what another copy is sending ``dst`` (``in_flight``).
     """
     infos = await to_copy(src, dst, paths, substitute=substitute, whole=vet is not None)
     if vet is not None:
         infos = list(await vet(infos))
     if not infos:
         return 0
-    if sending is not None:
-        sending.extend(info.path for info in infos)
-    if lane is not None and worth_lanes(infos):
-        async with lane() as second:
-            if second is not None:
-                return await copy_in_lanes([(src, dst), second], infos)
-    return await copy_paths(src, dst, infos)
+    async with contextlib.nullcontext(infos) if claim is None else claim(infos) as mine:
+        if not mine:
+            return 0
+        if sending is not None:
+            sending.extend(info.path for info in mine)
+        if lane is not None and worth_lanes(mine):
+            async with lane() as second:
+                if second is not None:
+                    return await copy_in_lanes([(src, dst), second], mine)
+        return await copy_paths(src, dst, mine)
 
 
 async def to_copy(

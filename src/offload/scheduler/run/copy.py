@@ -40,6 +40,7 @@ from offload.scheduler.run.disk import (
 from offload.scheduler.run.events import RunEvents
 from offload.scheduler.run.holders import Holders, InputsGone
 from offload.scheduler.run.homeward import HomeBatches
+from offload.scheduler.run.in_flight import InFlight
 from offload.scheduler.run.outcome import Outcome, local_store_failed
 from offload.scheduler.run.plan import BuildPlan, MemberLink, PoolMember
 from offload.slots import SlotLocks
@@ -122,6 +123,8 @@ class BuildCopies:
         # written into the slot it holds for other processes on this host to read.
         self.expected_end = expected_end
         self._home = HomeBatches(self._fetch)
+        # What each store is being sent, by which copy: never the same path twice at once.
+        self._in_flight = InFlight()
         # The derivations whose outputs are on their way home (``fetch_home``): a copy whose
         # inputs no store holds meanwhile waits for them (``_inputs_arriving``).
         self._arriving: dict[str, asyncio.Event] = {}
@@ -291,6 +294,7 @@ class BuildCopies:
                         lane=lane,
                         sending=sending,
                         vet=vet,
+                        claim=functools.partial(self._in_flight.claimed, target, client),
                     )
                 moved += onward.moved if onward is not None else 0
             except asyncio.CancelledError:
