@@ -373,6 +373,9 @@ def _faulty_run() -> tuple[RunRecord, list[BuildRecord]]:
         MachineEvent("slow", "up", "it answered", None, 102.0),
         _phase("b-1.0", B, "slow", "building", 105.0),
         _done(B, "slow", "built", 105.0, 109.0),
+        # Its backoff ended: said up, tried, and down again (a review: it was read as back).
+        MachineEvent("away", "up", "its backoff ended: it takes work again", None, 109.5),
+        _phase("c-1.0", C, "away", "connecting", 109.6),
         *(MachineEvent("away", "down", f"again {i}", None, 110.0 + i) for i in range(30)),
         RunFinished("run2", 2, 0, 0, 10.0, (), 141.0),
     ]:
@@ -397,7 +400,8 @@ def test_what_a_run_said_of_its_machines_is_kept_and_a_machine_down_all_run_is_n
     assert slow.usable  # slow at first, then it built
     assert away.said[0] == "+0.2s down: host name away does not resolve"
     assert len(away.said) == 21  # 20 kept, and how many more
-    assert away.said[-1] == "... and 11 more"
+    assert away.said[1] == "+9.5s up: its backoff ended: it takes work again"
+    assert away.said[-1] == "... and 12 more"
     assert not away.usable
     # The bound counts fast and slow (the chain's 16 + 4 work-seconds at fast's speed 4: 5 s),
     # not away, down all run, whose speed 8 made it 2.5 s.
@@ -410,7 +414,7 @@ def test_what_a_run_said_of_its_machines_is_kept_and_a_machine_down_all_run_is_n
     assert main(["history", "--run", "run2"]) == 0
     text = capsys.readouterr().out
     assert "  slow: +0.5s slow to answer: no answer yet\n" in text
-    assert "  away: not usable all run: not in the bound\n" in text
+    assert "  away: down or not answering all run\n" in text
     assert main(["history", "--run", "run2", "--json"]) == 0
     (said,) = json.loads(capsys.readouterr().out)["runs"]
     assert said["machines"][2]["usable"] is False

@@ -58,3 +58,49 @@ def test_without_a_thread_each_line_is_printed_as_it_comes():
     above.put(Text("b"))
     above.close()
     assert shown == ["a", "b"]
+
+
+def test_a_warning_is_never_dropped_however_many_log_lines_wait():
+    shown: list[str] = []
+    entered, stuck = threading.Event(), threading.Event()
+
+    def show(text: Text) -> None:
+        shown.append(text.plain)
+        entered.set()
+        assert stuck.wait(60), "never released"
+
+    above = Above(show, threaded=True)
+    try:
+        above.put(Text("first"))
+        assert entered.wait(60)
+        above.put(Text("warning: a builder's build could not be stopped"), droppable=False)
+        for i in range(MAX_QUEUED + 5):
+            above.put(Text(f"line {i}"))
+    finally:
+        stuck.set()
+        above.close()
+    lines = shown[1].split("\n")
+    assert lines[0].startswith("offload: 6 log lines not shown here")
+    assert lines[1] == "warning: a builder's build could not be stopped"
+    assert lines[2] == "line 6"
+
+
+def test_a_terminal_that_fails_ends_the_printing_without_a_traceback():
+    tried: list[str] = []
+    failed: list[BaseException | None] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: failed.append(args.exc_value)
+
+    def show(text: Text) -> None:
+        tried.append(text.plain)
+        raise OSError(5, "Input/output error")  # the terminal hung up
+
+    try:
+        above = Above(show, threaded=True)
+        above.put(Text("a"))
+        above.close()  # the thread ended by itself: close returns
+        above.put(Text("b"))  # nothing queued, nothing raised here
+    finally:
+        threading.excepthook = previous
+    assert tried == ["a"]
+    assert failed == []

@@ -9,7 +9,9 @@ import pytest
 from rich.cells import cell_len
 
 from offload.ui.events import (
+    Event,
     JobFinished,
+    JobPhase,
     MachineEvent,
 )
 from offload.ui.plain import (
@@ -219,3 +221,21 @@ def test_a_machine_name_is_shown_as_written_not_read_as_markup(machine: str) -> 
     out = io.StringIO()
     render_summary([done((HELLO, "hello-2.12", machine), "built", (0.0, 1.0))], out, rich=True)
     assert machine in out.getvalue()
+
+
+def test_a_builder_slow_to_stop_its_builds_at_the_end_was_not_down() -> None:
+    # It answered (late, or at once) and built; stopping its builds after a Ctrl-C took long:
+    # that "slow" put it under "machines down: did not answer during the run" (a review).
+    stopping = "its builds are being stopped: it has not answered yet"
+    events: list[Event] = [
+        MachineEvent("fast", "slow", "still connecting", None, 10.0),
+        MachineEvent("fast", "up", "answered", None, 12.0),
+        JobPhase(HELLO, "hello-2.12", "medium", "building", 4.0, 13.0),
+    ]
+    events += [MachineEvent(m, "slow", stopping, None, 20.0) for m in ("fast", "medium")]
+    out = io.StringIO()
+    render_summary(events, out, rich=False)
+    text = out.getvalue()
+    assert "machines down" not in text
+    assert "machines slow to answer (1):\n  fast: at the start; it answered at " in text
+    assert "medium" not in text

@@ -389,7 +389,7 @@ def _print_said(runs: list[RunRecord]) -> None:
         f"  {sanitize(m.name)}: {sanitize(said)}"
         for run in runs
         for m in run.machines
-        for said in (*m.said, *(() if m.usable else ("not usable all run: not in the bound",)))
+        for said in m.told
     ]
     if lines:
         print("\nwhat the run said of its machines (seconds from its start):")

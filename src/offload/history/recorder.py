@@ -10,7 +10,10 @@ another copy was built or else when the run ended.
 
 What the run said of each machine (down, slow to answer, up again, full, a build it could not
 stop) is kept with it, as ``+1.2s down: why``; a machine down or silent from the run's start to
-its end (its first word down or slow, then never up and no copy on it) is kept as not usable.
+its end (its first word down or slow, then no copy sent or built there, nor up after slow: a
+retry once its backoff ends says "up" before it fails again) is kept as not usable. One that
+came back and was given no work is not usable either: what it could have done after is not
+known.
 
 The run's lower bound is computed from its own measured builds: max(critical path / fastest
 speed, total work / capacity), each build's work being its seconds times its machine's speed,
@@ -63,6 +66,9 @@ _SAID = {
     "restricted": "restricted",
     "unstopped": "not stopped",
 }
+# A copy's phases on a machine that answered: "queued" and "connecting" may be a retry of one
+# down (its backoff ended) that fails again.
+_ANSWERED = frozenset({"sending", "building", "fetching"})
 SAID_MOST = 20  # events kept per machine; past that, how many more
 SAID_CHARS = 300
 
@@ -79,7 +85,8 @@ class RunRecorder:
         self._said: dict[str, list[str]] = {}
         self._unsaid: dict[str, int] = {}  # events past SAID_MOST
         self._first_down: set[str] = set()  # its first word down or slow, before any use
-        self._used: set[str] = set()  # up, or a copy begun on it
+        self._used: set[str] = set()  # it answered: a copy sent or built there, or it joined
+        self._last_state: dict[str, str] = {}
         self._marks: dict[tuple[str, str], tuple[JobPhase, list[Mark]]] = {}
         self._last = started
 
@@ -92,7 +99,8 @@ class RunRecorder:
         elif isinstance(event, MachineEvent):
             self._machine(event)
         elif isinstance(event, JobPhase):
-            self._used.add(event.machine)
+            if event.phase in _ANSWERED:
+                self._used.add(event.machine)
             self._mark(event)
         elif isinstance(event, JobFinished):
             first, marks = self._marks.pop((event.drv_path, event.machine), (None, []))
@@ -108,8 +116,10 @@ class RunRecorder:
             self.slots[name] = event.slots
         if event.state in {"down", "slow"} and name not in self._used:
             self._first_down.add(name)
-        elif event.state == "up":
-            self._used.add(name)
+        elif event.state == "up" and self._last_state.get(name) == "slow":
+            self._used.add(name)  # it answered at last; an "up" after "down" is only a retry
+        if event.state in _SAID:
+            self._last_state[name] = event.state
         label = _SAID.get(event.state)
         if label is None:
             return

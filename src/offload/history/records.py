@@ -66,6 +66,12 @@ class MachineRecord:
     # False: down (or not answering) from the run's start to its end, so no bound counts it.
     usable: bool = True
 
+    @property
+    def told(self) -> tuple[str, ...]:
+        """What ``offload history --run`` and the report say of it: ``said``, and where it
+        was not usable, so (its capacity is then in no bound)."""
+        return self.said if self.usable else (*self.said, "down or not answering all run")
+
 
 @dataclass(frozen=True)
 class RunRecord:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from offload.history.records import PHASES, BuildRecord
 from offload.history.views import MachineStats
 from offload.report.assets import COLOURS, SCRIPT, STYLE, WATCH
-from offload.report.model import Bar, Lane, ReportModel
+from offload.report.model import Bar, Lane, ReportModel, slot_let_go
 from offload.ui.term import format_bytes, format_duration, sanitize
 
 __all__ = ["render_html"]
@@ -29,6 +29,7 @@ LABEL = 170  # px left of the chart for lane names
 LABEL_CHARS = 22  # of a lane's name, in bold 12px: what fits in LABEL
 WIDTH = 1000  # px of chart
 ROW = 16
+FETCH = 4  # px of a row's foot, where its fetches home are drawn (the other phases above)
 GAP = 3
 LANE_PAD = 8
 AXIS = 26
@@ -109,7 +110,7 @@ def _legend(*, bound: bool) -> str:
     items = [f'<span><i style="background:{COLOURS[p]}"></i>{p}</span>' for p in PHASES]
     items.append('<span><i class="crit"></i>critical path</span>')
     items.append('<span><i class="failed"></i>failed</span>')
-    items.append('<span><i class="stopped"></i>stopped or lost (built again elsewhere)</span>')
+    items.append('<span><i class="stopped"></i>stopped or lost (why, on hover)</span>')
     if bound:
         items.append('<span><i class="bound"></i>the lower bound, from the first build</span>')
     return f'<div class="legend">{"".join(items)}</div>'
@@ -207,9 +208,12 @@ def _bar(bar: Bar, origin: float, scale: float, y: int) -> str:
     for p in phases:
         px = LABEL + (p.started - origin) * scale
         pw = max(p.duration * scale, 0.5)
+        # Outputs come home after the slot is let go, beside the next build on it: along the
+        # row's foot, which the other phases leave free, so that neither hides the other.
+        py, ph = (y + ROW - FETCH, FETCH) if p.phase == "fetching" else (y, ROW - FETCH)
         rects.append(
-            f'<rect class="phase" data-phase="{esc(p.phase)}" x="{px:.1f}" y="{y}"'
-            f' width="{pw:.1f}" height="{ROW}" fill="{COLOURS.get(p.phase, "#999")}"/>'
+            f'<rect class="phase" data-phase="{esc(p.phase)}" x="{px:.1f}" y="{py}"'
+            f' width="{pw:.1f}" height="{ph}" fill="{COLOURS.get(p.phase, "#999")}"/>'
         )
     if not phases:
         rects.append(
@@ -217,7 +221,7 @@ def _bar(bar: Bar, origin: float, scale: float, y: int) -> str:
             f' width="{max((end - start) * scale, 0.5):.1f}" height="{ROW}"'
             f' fill="{COLOURS["building"]}"/>'
         )
-    width = max((end - start) * scale, 1.0)
+    width = max((slot_let_go(b) - start) * scale, 1.0)
     return (
         f'<g class="{esc(" ".join(classes))}" data-drv="{esc(b.drv_path)}" data-tip="{esc(tip)}">'
         f"<title>{esc(tip)}</title>{''.join(rects)}"
@@ -320,11 +324,7 @@ def _failed(model: ReportModel) -> str:
 def _said(model: ReportModel) -> str:
     """What the run said of its machines (down, slow to answer, up again...), at the top: the
     lanes alone showed a builder down all run as nothing, one lost mid-run as faded bars."""
-    rows = [
-        (m.name, sanitize(said))
-        for m in model.run.machines
-        for said in (*m.said, *(() if m.usable else ("not usable all run: not in the bound",)))
-    ]
+    rows = [(m.name, sanitize(said)) for m in model.run.machines for said in m.told]
     if not rows:
         return ""
     return _table(

@@ -38,6 +38,7 @@ __all__ = [
     "load_hook_model",
     "load_model",
     "make_model",
+    "slot_let_go",
 ]
 
 TOP = 10  # rows in the slowest-builds and biggest-transfers tables
@@ -261,7 +262,7 @@ def _lanes(run: RunRecord, builds: Sequence[BuildRecord], marked: set[int]) -> l
         ends: list[float] = []  # per row: when its last bar ends
         bars = []
         for b in mine:
-            start, end = b.span[0], _slot_let_go(b)
+            start, end = b.span[0], slot_let_go(b)
             row = next((i for i, e in enumerate(ends) if e <= start), len(ends))
             if row == len(ends):
                 ends.append(end)
@@ -280,7 +281,7 @@ def _lanes(run: RunRecord, builds: Sequence[BuildRecord], marked: set[int]) -> l
     return lanes
 
 
-def _slot_let_go(build: BuildRecord) -> float:
+def slot_let_go(build: BuildRecord) -> float:
     """When ``build``'s copy let its machine's slot go: its outputs are fetched home after
     that, while the next build takes the slot, so a row is a slot (a fetch's tail beside the
     next build opened a third row for a machine of two slots: a tester)."""

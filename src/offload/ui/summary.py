@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from offload.names import LOCAL
-from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished, RunStarted
+from offload.ui.events import (
+    Event,
+    JobFinished,
+    JobPhase,
+    MachineEvent,
+    RunFinished,
+    RunStarted,
+)
 from offload.ui.term import format_bytes, format_duration, sanitize
 
 if TYPE_CHECKING:
@@ -147,6 +154,8 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
     for event in events:
         if isinstance(event, MachineEvent):
             news.see(event)
+        elif isinstance(event, JobPhase) and event.phase in {"sending", "building", "fetching"}:
+            news.answered.add(event.machine)
         elif isinstance(event, RunStarted):
             for m in event.machines:
                 if m not in per:
@@ -204,9 +213,15 @@ class _MachineNews:
         self.last_load: dict[str, MachineEvent] = {}
         self.caches: dict[tuple[str, str | None], MachineEvent] = {}
         self.back: dict[str, float] = {}
+        # Machines that answered: a copy sent or built there, or up after a fault.
+        self.answered: set[str] = set()
 
     def see(self, event: MachineEvent) -> None:
         name = event.machine
+        if event.state == "slow" and name in self.answered:
+            return  # slow to stop its builds as the run ends (``stopping``): it was never down
+        if event.state == "up":
+            self.answered.add(name)
         if event.state == "full":
             self.full[name] = event
         elif event.state == "cache":

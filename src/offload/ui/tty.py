@@ -124,7 +124,7 @@ class TtyRenderer:
             if self._closed:  # after the summary: nothing is queued any more
                 self._print_above(Text(line))
             else:
-                self._above.put(Text(line))
+                self._above.put(Text(line), droppable=False)
 
     def _print_log(self, event: JobLog) -> None:
         # Whole, as nix-build -L prints it: the terminal wraps a long line (a compiler's
