@@ -11,24 +11,37 @@ from rich.text import Text
 from offload.ui.above import MAX_QUEUED, Above
 
 
+class _StuckTerminal:
+    """A terminal whose first print hangs until ``release``: what is put meanwhile queues."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.printing, self.released = threading.Event(), threading.Event()
+        self.above = Above(self.show, threaded=True)
+
+    def show(self, text: Text) -> None:
+        self.shown.append(text.plain)
+        self.printing.set()
+        assert self.released.wait(60), "never released"
+
+    def stuck_on(self, first: str) -> None:
+        self.above.put(Text(first))
+        assert self.printing.wait(60)  # the first batch is being printed, and stays stuck there
+
+    def release(self) -> None:
+        self.released.set()
+        self.above.close()
+
+
 def test_lines_put_while_the_terminal_is_stuck_never_wait_and_the_oldest_are_dropped():
-    shown: list[str] = []
-    entered, stuck = threading.Event(), threading.Event()
-
-    def show(text: Text) -> None:
-        shown.append(text.plain)
-        entered.set()
-        assert stuck.wait(60), "never released"
-
-    above = Above(show, threaded=True)
+    terminal = _StuckTerminal()
     try:
-        above.put(Text("line 0"))
-        assert entered.wait(60)  # the first batch is being printed, and stays stuck there
+        terminal.stuck_on("line 0")
         for i in range(1, 2 * MAX_QUEUED + 1):  # would hang here if a put waited for it
-            above.put(Text(f"line {i}"))
+            terminal.above.put(Text(f"line {i}"))
     finally:
-        stuck.set()
-        above.close()
+        terminal.release()
+    shown = terminal.shown
     assert shown[0] == "line 0"
     # What queued meanwhile is one batch: one print, one redraw.
     assert len(shown) == 2
@@ -61,25 +74,16 @@ def test_without_a_thread_each_line_is_printed_as_it_comes():
 
 
 def test_a_warning_is_never_dropped_however_many_log_lines_wait():
-    shown: list[str] = []
-    entered, stuck = threading.Event(), threading.Event()
-
-    def show(text: Text) -> None:
-        shown.append(text.plain)
-        entered.set()
-        assert stuck.wait(60), "never released"
-
-    above = Above(show, threaded=True)
+    terminal = _StuckTerminal()
     try:
-        above.put(Text("first"))
-        assert entered.wait(60)
-        above.put(Text("warning: a builder's build could not be stopped"), droppable=False)
+        terminal.stuck_on("first")
+        warning = Text("warning: a builder's build could not be stopped")
+        terminal.above.put(warning, droppable=False)
         for i in range(MAX_QUEUED + 5):
-            above.put(Text(f"line {i}"))
+            terminal.above.put(Text(f"line {i}"))
     finally:
-        stuck.set()
-        above.close()
-    lines = shown[1].split("\n")
+        terminal.release()
+    lines = terminal.shown[1].split("\n")
     assert lines[0].startswith("offload: 6 log lines not shown here")
     assert lines[1] == "warning: a builder's build could not be stopped"
     assert lines[2] == "line 6"
