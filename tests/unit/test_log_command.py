@@ -18,7 +18,7 @@ from offload.cli import log as log_cli
 from offload.errors import OffloadError
 from offload.history.db import History
 from offload.history.records import BuildRecord
-from offload.logs import BuildLogs
+from offload.logs import STOPPED, BuildLogs
 from offload.nix_log_copies import nix_log_path
 from offload.process import Completed, output_lines
 from tests.helpers.log_clock import DRV, Clock
@@ -129,6 +129,25 @@ def test_log_prints_the_newest_build_and_strips_for_non_terminals(
     assert capsys.readouterr().out == "line\n"
     assert run_main(monkeypatch, ["log", DRV, "--machine", "slow"]) == 0
     assert capsys.readouterr().out == "old\n"
+
+
+def test_a_log_of_an_attempt_that_did_not_end_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OFFLOAD_STATE_DIR", str(tmp_path))
+    logs = BuildLogs(tmp_path / "logs")
+    with logs.open(DRV, "fast") as writer:
+        writer.write("half way")
+    kept = logs.kept(DRV)
+    kept.rename(kept.with_name(kept.name.removesuffix(".log") + STOPPED))  # as a stopped copy's
+    assert run_main(monkeypatch, ["log", DRV]) == 0
+    said = capsys.readouterr()
+    assert said.out == "half way\n"
+    assert said.err.startswith("note: this attempt on fast did not run to its end")
+    with logs.open(DRV, "slow") as writer:  # an attempt that ran to its end: no note
+        writer.write("whole")
+    assert run_main(monkeypatch, ["log", DRV]) == 0
+    assert capsys.readouterr() == ("whole\n", "")
 
 
 class Terminal(io.StringIO):

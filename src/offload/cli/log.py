@@ -1,15 +1,15 @@
 """`offload log DRV|PATH`: show the kept log of the newest build of a derivation.
 
 ``DRV`` is a .drv path (or its basename); any other ``PATH`` is taken as an output path (or a
-link to one, like ``./result``) and its deriver asked of the local store with
-``nix-store -q --deriver``. A path is read as ``nix-store -l`` reads it: links outside the
-store followed, then the store object it is in taken (``x.drv/`` is ``x.drv``). A build offload
-did not run is looked up in Nix's own logs (``nix-store --read-log``). Of several attempts, the
-newest that ran to its end is shown (a speculative copy that lost, or one stopped or lost with
-its machine, only when no attempt ran to its end: ``offload.logs``). ``--machine`` picks the
-newest build on one machine, useful when speculative copies ran on two (Nix is not asked
-then; a machine with no log of it is an error naming those that have one). On a terminal the
-log keeps its colours, as ``nix log``'s pager shows them, and loses every other escape code and
+link to one, like ``./result``) and its deriver asked of the local store with ``nix-store -q
+--deriver``. A path is read as ``nix-store -l`` reads it: links outside the store followed, then
+the store object it is in taken (``x.drv/`` is ``x.drv``). A build offload did not run is looked
+up in Nix's own logs (``nix-store --read-log``). Of several attempts, the newest that ran to its
+end is shown (a speculative copy that lost, or one stopped or lost with its machine, only when
+no attempt ran to its end: ``offload.logs``, and then said so on stderr). ``--machine`` picks
+the newest build on one machine, useful when speculative copies ran on two (Nix is not asked
+then; a machine with no log of it is an error naming those that have one). On a terminal the log
+keeps its colours, as ``nix log``'s pager shows them, and loses every other escape code and
 control character (a build could set the clipboard or the window's title); elsewhere it is
 stripped of them all. A write that fails (a full disk) is one error line. Where no log is kept
 and the history's newest record of the derivation is of a build that ran nowhere (skipped, its
@@ -19,6 +19,7 @@ outputs substituted or fetched), the error's hint says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ from offload.cli.arguments import nonempty
 from offload.cli.history_file import open_history
 from offload.config.machines.model import shown
 from offload.errors import OffloadError
-from offload.logs import BuildLogs
+from offload.logs import BuildLogs, LogFile
 from offload.process import output_lines, run
 from offload.store import STORE_DIR
 from offload.ui.term import colours_only, sanitize_text
@@ -73,8 +74,10 @@ def show_log(
     # store, no such file).
     named = store_object(target) or target
     drv_path = named if named.endswith(".drv") else find_deriver(named)
+    logs = logs or BuildLogs()
     try:
-        lines: Iterable[str] = (logs or BuildLogs()).lines(drv_path, machine)
+        lines: Iterable[str] = logs.lines(drv_path, machine)
+        _say_if_stopped(logs, drv_path, machine)
     except OffloadError as exc:
         nix = None if machine else output_lines(["nix-store", "--read-log", drv_path])
         if nix is None:  # Nix keeps no log of it either
@@ -95,6 +98,19 @@ def show_log(
         hint = "free space where it goes, or send it elsewhere"
         raise OffloadError(f"cannot write the log to {_name(out)}: {why}", hint=hint) from exc
     return 0
+
+
+def _say_if_stopped(logs: BuildLogs, drv_path: str, machine: str | None) -> None:
+    """A note on stderr where the log shown is of an attempt that did not run to its end (no
+    attempt did): it read as the build's whole log (a tester)."""
+    with contextlib.suppress(OffloadError):
+        shown_log = LogFile.parse(logs.kept(drv_path, machine))
+        if shown_log is not None and shown_log.stopped:
+            print(
+                f"note: this attempt on {shown_log.machine} did not run to its end (stopped, or"
+                " lost with its machine), and none did: its log stops where the attempt did",
+                file=sys.stderr,
+            )
 
 
 def _not_built(drv_path: str) -> str | None:
