@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from offload.backoff import reason_line
 from offload.history.records import (
     BuildRecord,
     MachineRecord,
@@ -35,6 +36,7 @@ from offload.history.records import (
 )
 from offload.store.path import split_name_version
 from offload.ui.events import (
+    ANSWERED_PHASES,
     Event,
     JobFinished,
     JobPhase,
@@ -66,9 +68,6 @@ _SAID = {
     "restricted": "restricted",
     "unstopped": "not stopped",
 }
-# A copy's phases on a machine that answered: "queued" and "connecting" may be a retry of one
-# down (its backoff ended) that fails again.
-_ANSWERED = frozenset({"sending", "building", "fetching"})
 SAID_MOST = 20  # events kept per machine; past that, how many more
 SAID_CHARS = 300
 
@@ -99,7 +98,7 @@ class RunRecorder:
         elif isinstance(event, MachineEvent):
             self._machine(event)
         elif isinstance(event, JobPhase):
-            if event.phase in _ANSWERED:
+            if event.phase in ANSWERED_PHASES:
                 self._used.add(event.machine)
             self._mark(event)
         elif isinstance(event, JobFinished):
@@ -127,9 +126,8 @@ class RunRecorder:
         if len(said) >= SAID_MOST:
             self._unsaid[name] = self._unsaid.get(name, 0) + 1
             return
-        at, message = max(0.0, event.time - self.started), " ".join(event.message.split())
-        line = f"+{at:.1f}s {label}: {message}"
-        said.append(line if len(line) <= SAID_CHARS else line[: SAID_CHARS - 1] + "…")
+        at = max(0.0, event.time - self.started)
+        said.append(reason_line(f"+{at:.1f}s {label}: {event.message}", SAID_CHARS))
 
     def _machine_record(self, name: str, speed: float, slots: int) -> MachineRecord:
         said = list(self._said.get(name, ()))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "ANSWERED_PHASES",
     "Event",
     "JobFinished",
     "JobLog",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 Phase = Literal["queued", "connecting", "sending", "building", "fetching"]
+# The phases of a copy that only a machine that answered reaches ("queued" and "connecting" may
+# be a retry of one down, its backoff ended, that fails again).
+ANSWERED_PHASES: frozenset[Phase] = frozenset({"sending", "building", "fetching"})
 # "fetched": copied from a builder that already held it; "substituted": the local store got it
 # from its binary caches. Neither was built in this run.
 JobStatus = Literal["built", "failed", "cancelled", "lost", "skipped", "fetched", "substituted"]

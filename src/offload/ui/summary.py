@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING
 
 from offload.names import LOCAL
 from offload.ui.events import (
+    ANSWERED_PHASES,
     Event,
     JobFinished,
     JobPhase,
@@ -154,7 +155,7 @@ def summarize(events: Iterable[Event], machines: Sequence[str] = ()) -> RunSumma
     for event in events:
         if isinstance(event, MachineEvent):
             news.see(event)
-        elif isinstance(event, JobPhase) and event.phase in {"sending", "building", "fetching"}:
+        elif isinstance(event, JobPhase) and event.phase in ANSWERED_PHASES:
             news.answered.add(event.machine)
         elif isinstance(event, RunStarted):
             for m in event.machines:
