@@ -2,7 +2,10 @@
 
 A builder that failed is backed off (policy: 60 s x 3^(n-1)); without memory, every new run
 would pay the connect timeout again for each dead builder (nix#13513). Times are wall-clock
-seconds so they survive the process; a successful build resets a machine's entry, and
+seconds so they survive the process. An entry whose backoff ended is kept for
+``REMEMBERED`` more seconds (``load_backoff(..., ended_within=REMEMBERED)``): the builder is
+tried again, and if it fails again its failures go on counting, so a builder down for days is
+tried every 27 minutes, not every minute. A successful build resets a machine's entry, and
 ``offload machines --reset NAME`` does it by hand (``clear_backoff``). An entry says why
 (``reason``: the error of the failure that backed it off, as ``reason_line`` makes it: one line,
 at most ``REASON_CHARS``), for people to read; an entry written before reasons were kept has
@@ -23,11 +26,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REASON_CHARS",
+    "REMEMBERED",
     "UNKNOWN_REASON",
     "Health",
     "change_backoff",
     "clear_backoff",
     "connections",
+    "earlier_failures",
     "load_backoff",
     "load_backoffs",
     "reason_line",
@@ -44,6 +49,10 @@ UNKNOWN_REASON = "why is not known (backed off by an offload that did not keep r
 # command that shows it, offload build's first line, an internal error), and a builder would
 # otherwise stay left out for years.
 _MAX_AHEAD = 86400.0
+# How long an entry is kept after its backoff ended (module docstring): a day, so a builder
+# off for the night is not tried every minute in the morning, and one mended in between is
+# not held to a failure from last week.
+REMEMBERED = 86400.0
 _MAX_FAILURES = 10**9
 
 
@@ -84,23 +93,37 @@ def reason_line(text: str, limit: int = REASON_CHARS) -> str:
 
 
 def load_backoff(
-    path: Path, now: float, connections: Mapping[str, str] | None = None
+    path: Path,
+    now: float,
+    connections: Mapping[str, str] | None = None,
+    *,
+    ended_within: float = 0.0,
 ) -> dict[str, Health]:
-    """Entries still in force at ``now``; a missing or unreadable file means none. With
-    ``connections`` (each machine's ``connection_id`` now), an entry for a machine whose line
-    was mended since it failed (its URI, key or host key) is not in force: the fix is tried."""
+    """Entries still in force at ``now`` (and those that ended less than ``ended_within``
+    seconds ago); a missing or unreadable file means none. With ``connections`` (each
+    machine's ``connection_id`` now), an entry for a machine whose line was mended since it
+    failed (its URI, key or host key) is not in force: the fix is tried."""
     data = read_state_json(path)
     if not isinstance(data, dict):
         return {}
     result = {}
     for name, entry in data.items():
         health = _entry(entry)
-        if health is None or not (now < health.until <= now + _MAX_AHEAD):
+        if health is None or not (now - ended_within < health.until <= now + _MAX_AHEAD):
             continue
         if connections is not None and _mended(health, connections.get(str(name))):
             continue
         result[str(name)] = health
     return result
+
+
+def earlier_failures(
+    path: Path, now: float, connections: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """The failures kept of each machine whose backoff ended less than ``REMEMBERED`` ago:
+    tried again, it goes on counting from them if it fails."""
+    recent = load_backoff(path, now, connections, ended_within=REMEMBERED)
+    return {name: health.failures for name, health in recent.items() if health.until <= now}
 
 
 def _mended(health: Health, connection: str | None) -> bool:
@@ -142,7 +165,7 @@ def save_backoff(
     healthy: an entry another process wrote after that (offload-hook found it down since) is
     kept."""
     with merging(path):
-        current = load_backoff(path, now)
+        current = load_backoff(path, now, ended_within=REMEMBERED)
         for name, health in changes.items():
             if health is not None:
                 current[name] = health
@@ -164,9 +187,10 @@ def change_backoff(
 ) -> Health | None:
     """``name``'s entry made by ``change`` from the one in force in the file now (None: none),
     read and written under the file's lock: two processes failing at once on one builder
-    each count a failure, where reading it first, then saving, lost one. Returns the entry."""
+    each count a failure, where reading it first, then saving, lost one. ``change`` is given
+    an entry whose backoff ended within ``REMEMBERED`` too. Returns the entry."""
     with merging(path):
-        current = load_backoff(path, now)
+        current = load_backoff(path, now, ended_within=REMEMBERED)
         changed = change(current.get(name))
         if changed == current.get(name):
             return changed
@@ -205,9 +229,10 @@ def load_backoffs(
 
 
 def clear_backoff(path: Path, names: Sequence[str], now: float) -> list[str]:
-    """Forget the backoff of ``names`` in ``path``; returns those that had one in force."""
-    current = load_backoff(path, now)
-    found = [name for name in names if name in current]
-    if found:
-        save_backoff(path, dict.fromkeys(found), now)
-    return found
+    """Forget the backoff of ``names`` in ``path``, and the failures it remembers of them;
+    returns those that had one in force."""
+    current = load_backoff(path, now, ended_within=REMEMBERED)
+    known = [name for name in names if name in current]
+    if known:
+        save_backoff(path, dict.fromkeys(known), now)
+    return [name for name in known if current[name].until > now]

@@ -361,3 +361,57 @@ def test_a_line_mended_since_its_failure_is_tried_at_once(
     done = _nix_build(nix_file(tmp_path, ONE, "third.nix"), mended, _env(backoff_fleet, tmp_path))
     assert done.returncode == 0, done.stderr
     assert "backed off" not in done.stderr
+
+
+def _ended(tmp_path: Path, name: str, failures: int) -> None:
+    """``name``'s backoff after ``failures`` failures in a row, ended a minute ago."""
+    now = time.time()
+    health = Health(failures, now - 60, "refused (an earlier run's)", since=now - 600)
+    save_backoff(tmp_path / "state" / "backoff.json", {name: health}, now - 600)
+
+
+def test_a_builder_failing_again_once_its_backoff_ended_is_backed_off_longer(
+    backoff_fleet: Fleet, tmp_path: Path
+) -> None:
+    # Each run (and nix-build) forgot an ended backoff: a builder down all week was failed
+    # 1 time in a row again and again, tried every minute by each run, never 27 minutes.
+    line, config = _bad_line(backoff_fleet, tmp_path)
+    state = tmp_path / "state" / "backoff.json"
+    _ended(tmp_path, "bad", 2)
+    assert load_backoff(state, time.time()) == {}  # not in force: tried
+    done = _nix_build(nix_file(tmp_path, ONE), line, _env(backoff_fleet, tmp_path, config))
+    assert done.returncode == 1, done.stderr
+    [after] = load_backoff(state, time.time()).values()
+    assert after.failures == 3
+    assert 500 < after.until - time.time() <= 540  # 60 s x 3^2
+    assert "backed off until" in done.stderr
+    _ended(tmp_path, "bad", 3)
+    env = _env(backoff_fleet, tmp_path, config, NIX_CONFIG="substituters =\n")
+    argv = [sys.executable, "-m", "offload", "build", str(nix_file(tmp_path, ONE, "b.nix"))]
+    argv += ["--builders", line, "-j", "1", "--no-out-link"]
+    built = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert built.returncode == 0, built.stderr  # here, "bad" down
+    [after] = load_backoff(state, time.time()).values()
+    assert after.failures == 4
+    assert 1500 < after.until - time.time() <= 1620  # 60 s x 3^3, the longest
+
+
+@pytest.mark.parametrize("by", ["offload build", "offload-hook"])
+def test_a_build_on_a_builder_whose_backoff_ended_forgets_its_failures(
+    backoff_fleet: Fleet, tmp_path: Path, by: str
+) -> None:
+    _ended(tmp_path, "hb1", 3)
+    line = member_line(backoff_fleet, "hb1")
+    env = _env(backoff_fleet, tmp_path, NIX_CONFIG="substituters =\n")
+    file = nix_file(tmp_path, ONE)
+    if by == "offload-hook":
+        done = _nix_build(file, line, env)
+    else:
+        argv = [sys.executable, "-m", "offload", "build", str(file), "--builders", line]
+        argv += ["-j", "0", "--no-out-link"]
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+    assert done.returncode == 0, done.stderr
+    # Nothing kept: a failure tomorrow is its first.
+    assert json.loads((tmp_path / "state" / "backoff.json").read_text()) == {}

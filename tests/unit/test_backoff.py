@@ -6,9 +6,12 @@ import pytest
 
 from offload.backoff import (
     REASON_CHARS,
+    REMEMBERED,
     UNKNOWN_REASON,
     Health,
+    change_backoff,
     clear_backoff,
+    earlier_failures,
     load_backoff,
     save_backoff,
 )
@@ -52,7 +55,7 @@ def test_an_entry_offload_never_writes_means_no_backoff(tmp_path, entry):
 RESET = "(fixed since? `offload machines --reset fast` tries it from the next run)"
 
 
-def _run(backoff, dead=False, *, local_builds=True):
+def _run(backoff, dead=False, *, local_builds=True, earlier=None):
     plan, _, _, src = make_plan({"a": [], "b": []})
     local = FakeLink(FakeStore("local", [src]))
     fast = FakeLink(FakeStore("fast"))
@@ -68,6 +71,7 @@ def _run(backoff, dead=False, *, local_builds=True):
         local,
         emit=events.append,
         backoff=backoff,
+        earlier_failures=earlier,
         wall=lambda: 1000.0,
     )
     report = asyncio.run(executor.run())
@@ -243,3 +247,38 @@ def test_a_builder_whose_backoff_ends_during_the_run_is_said_up_when_it_builds_a
     assert [(m, s) for m, s, _ in said] == [("fast", "down"), ("fast", "up")], said
     assert said[1][2] == "its backoff ended: it takes work again"
     assert "fast" in finished(events).values()
+
+
+def test_an_ended_backoff_is_kept_a_day_for_the_next_failure_to_count_from(tmp_path):
+    path = tmp_path / "backoff.json"
+    save_backoff(path, {"fast": Health(2, 500.0)}, now=0.0)
+    assert load_backoff(path, now=1000.0) == {}  # not in force
+    assert earlier_failures(path, now=1000.0) == {"fast": 2}
+    assert earlier_failures(path, now=400.0) == {}  # in force: not ended
+    save_backoff(path, {"slow": Health(1, 2000.0)}, now=1000.0)  # another's change keeps it
+    assert earlier_failures(path, now=1000.0) == {"fast": 2}
+    assert earlier_failures(path, now=500.0 + REMEMBERED + 1) == {"slow": 1}  # fast: a day on
+    seen: list[Health | None] = []
+
+    def unchanged(health: Health | None) -> Health | None:
+        seen.append(health)
+        return health
+
+    change_backoff(path, "fast", unchanged, now=1000.0)
+    assert seen == [Health(2, 500.0)]  # the hook counts its next failure from it
+    assert clear_backoff(path, ["fast", "slow"], now=1000.0) == ["slow"]  # in force
+    assert earlier_failures(path, now=1000.0) == {}  # --reset forgets it too
+
+
+def test_a_builder_failing_after_an_ended_backoff_goes_on_counting():
+    report, _, _ = _run({}, dead=True, earlier={"fast": 2})
+    health = report.health["fast"]
+    assert health is not None
+    assert health.failures == 3
+    assert 1530.0 < health.until <= 1540.0  # 60 s x 3^2 from the run's wall clock, 1000
+
+
+def test_a_build_on_a_builder_after_an_ended_backoff_forgets_its_failures():
+    report, events, _ = _run({}, earlier={"fast": 3})
+    assert "fast" in set(finished(events).values())
+    assert report.health == {"fast": None}

@@ -84,6 +84,7 @@ async def run_build(
     env: Mapping[str, str] | None = None,
     slots: SlotLocks | None = None,
     backoff: Mapping[str, Health] | None = None,
+    earlier_failures: Mapping[str, int] | None = None,  # of builders whose backoff ended
     fetch_all: bool = False,
     options: BuildOptions | None = None,  # Nix's timeouts and log limit, sent with each build
     fallbacks: Path | None = None,  # where what was learned of builder-side slots is kept
@@ -122,8 +123,8 @@ async def run_build(
             _opening(pool, members, plan, reached, late=late, told=told, settled=settled)
             executor = Executor(
                 plan, members, local_link, emit=caches.emit, log_sink=_reading(caches, log_sink),
-                estimates=estimates, slots=slots, unreachable=unreachable,
-                backoff=None if settled else backoff,  # no builder needed: none told of
+                estimates=estimates, unreachable=unreachable, earlier_failures=earlier_failures,
+                backoff=None if settled else backoff, slots=slots,  # no builder needed: none told
                 outputs=tuple(path for path, _ in out_links(roots, graph, "result")), joining=late,
                 home=None if fetch_all else {drv for drv, _ in roots}, explain=_explainer(pool),
                 build_options=options, local_boot_id=local_boot_id(), keep_going=keep_going,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from offload.backoff import Health
+from offload.backoff import Health, connections, earlier_failures
 from offload.booleans import nix_bool
 from offload.build import DrvGraph, Roots, out_links, run_build
 from offload.build.post_hook import post_build_hook
@@ -222,10 +222,9 @@ def execute(
                     keep_going=keep_going,
                     estimate=guarded_estimator(history, pool),
                     env=env,
-                    slots=slot_locks(state),
                     backoff=backoff,
+                    **_from_state(state, pool),
                     **_from_settings(pool, fetch_all=fetch_all),
-                    fallbacks=state / FALLBACK_FILE,
                     shared=shared,
                     cut_short=lambda report, graph: cut.append((report, graph)),
                     check=check,
@@ -264,6 +263,19 @@ def _closed(recorder: LogRecorder) -> OffloadError | None:
     except OSError as exc:
         return OffloadError(str(exc))
     return None
+
+
+def _from_state(state: Path, pool: Pool) -> dict[str, Any]:
+    """What a run is given of what offload keeps between runs, but history and backoff: the
+    slot locks, what was learnt of builder-side slots, and the failures of each builder
+    whose backoff ended (its next one counts from them: ``offload.backoff``)."""
+    return {
+        "slots": slot_locks(state),
+        "fallbacks": state / FALLBACK_FILE,
+        "earlier_failures": earlier_failures(
+            state / "backoff.json", time.time(), connections(pool)
+        ),
+    }
 
 
 def _from_settings(pool: Pool, *, fetch_all: bool) -> dict[str, Any]:

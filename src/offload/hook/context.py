@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offload.backoff import (
+    REMEMBERED,
     Health,
     change_backoff,
     connections,
@@ -73,6 +74,9 @@ class HookContext:
     parent: int  # the Nix process asking: its declines share the local machine's slots
     keep: Keep  # sessions and the history, kept from one hook to the next
     backoff: dict[str, Health] = field(default_factory=dict)
+    # Builders whose backoff ended, kept to count their next failure from (``offload.backoff``):
+    # a build there clears it.
+    ended: frozenset[str] = frozenset()
     notes: list[str] = field(default_factory=list)  # said once per client, before the reply
     client: str | None = None  # the Nix process asking, as ``first_for_client`` names it
     whole: Pool | None = None  # the pool before ``offload use`` narrowed it (None: ``pool``)
@@ -295,9 +299,7 @@ class HookContext:
     def reload_backoff(self) -> None:
         """Backoff as the file has it now: another run's failure, or ``offload machines
         --reset``, counts from the next decision (Nix keeps a hook process until it accepts)."""
-        self.backoff = load_backoff(
-            self.state / "backoff.json", time.time(), connections(self.pool)
-        )
+        self.backoff, self.ended = _backoff(self.state, self.pool, time.time())
 
     async def unreachable(self, name: str, error: str) -> None:
         """Builder ``name`` could not be reached: backed off (``machine_failed``), unless ssh
@@ -356,8 +358,17 @@ class HookContext:
         )
 
     def machine_ok(self, name: str) -> None:
-        if self.backoff.pop(name, None) is not None:
+        if self.backoff.pop(name, None) is not None or name in self.ended:
+            self.ended -= {name}
             save_backoff(self.state / "backoff.json", {name: None}, time.time())
+
+
+def _backoff(state: Path, pool: Pool, now: float) -> tuple[dict[str, Health], frozenset[str]]:
+    """The backoff in force in ``state`` at ``now``, and the builders whose backoff ended but
+    is kept (``HookContext.ended``)."""
+    kept = load_backoff(state / "backoff.json", now, connections(pool), ended_within=REMEMBERED)
+    in_force = {name: health for name, health in kept.items() if health.until > now}
+    return in_force, frozenset(kept.keys() - in_force.keys())
 
 
 def _just_backed_off(health: Health, now: float) -> bool:
@@ -430,8 +441,8 @@ def load_context(
         io=io,
         parent=parent,
         keep=keep,
-        backoff=load_backoff(state / "backoff.json", now, connections(pool)),
     )
+    context.backoff, context.ended = _backoff(state, pool, now)
     context.notes += list(pool.warnings)
     if note is not None:
         context.notes.append(note)

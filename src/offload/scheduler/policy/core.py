@@ -364,7 +364,7 @@ class Policy(SharedBuilders):
             skipped = self.graph.mark_failed(job_id)
             self._repath(self.graph.paths_changed)
             return Finished(True, tuple(cancel), (), tuple(skipped))
-        run.machine.failures = 0
+        run.machine.failures = run.machine.earlier_failures = 0
         if self._transfer is not None:
             self._transfer.record_output(job_id, machine)
         newly = self.graph.mark_done(job_id)
@@ -384,7 +384,8 @@ class Policy(SharedBuilders):
         m = self._pool.machines[machine]
         within = now - m.last_failure < self._backoff.coalesce and m.down_until > now
         if not within:
-            m.failures = min(m.failures + 1, self._backoff.max_steps)
+            m.failures = min(max(m.failures, m.earlier_failures) + 1, self._backoff.max_steps)
+            m.earlier_failures = 0
             m.down_until = now + self._backoff.delay(m.failures)
         m.last_failure = now
         for _, _, job_id, _ in m.ends:
@@ -474,6 +475,11 @@ class Policy(SharedBuilders):
         m.failures = min(max(failures, 1), self._backoff.max_steps)
         m.down_until = until
         self._pool.take_down(m)
+
+    def remember_failures(self, machine: str, failures: int) -> None:
+        """``machine`` is up, but an earlier run backed it off ``failures`` times in a row and
+        it has not built since: failing again backs it off longer (``offload.backoff``)."""
+        self._pool.machines[machine].earlier_failures = max(0, failures)
 
     def retry_now(self, machine: str, now: float) -> None:
         """``machine``, backed off, is tried again from ``now`` on; its failures kept, so that

@@ -58,6 +58,9 @@ class Machine:
     up: bool = True
     down_until: float = -math.inf
     failures: int = 0
+    # Failures an earlier run counted whose backoff has ended: the next failure goes on from
+    # them (``Policy.remember_failures``), a build ends them.
+    earlier_failures: int = 0
     last_failure: float = -math.inf
     # Slots believed free that the builder says other clients hold (module docstring).
     withheld: int = 0

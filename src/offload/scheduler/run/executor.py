@@ -69,6 +69,7 @@ class Executor(Endings):
         home: Iterable[str] | None = None,
         slots: SlotLocks | None = None,
         backoff: Mapping[str, Health] | None = None,
+        earlier_failures: Mapping[str, int] | None = None,
         unreachable: Mapping[str, str] | None = None,
         faults_here: Collection[str] = (),  # of those, left out for this host's fault
         joining: Mapping[str, asyncio.Task[None]] | None = None,
@@ -98,8 +99,7 @@ class Executor(Endings):
         if policy is None:
             policy, self.tuning = self._new_policy(members, estimates, down)
         self.policy = policy
-        # Why a machine cannot be used, in the user's words, from its link's error.
-        self._explain = explain or (lambda _machine, error: error)
+        self._explain = explain or (lambda _machine, error: error)  # the user's words for why
         self._stranded_hint = stranded_hint
         # 12 random hex digits, as uuid4().hex[:12] were (uuid imports platform, ~2 ms).
         self.report = RunReport(run_id=secrets.token_hex(6))
@@ -109,7 +109,7 @@ class Executor(Endings):
         self._track_joining(joining or {}, unreachable or {})
         self._faults_here = frozenset(faults_here)
         self._track_copies()
-        self._restored = self._restore(backoff or {})
+        self._restored = self._restore(backoff or {}, earlier_failures or {})
         self._poke = asyncio.Event()  # set when a copy's news may change the decisions
         self._full, self.loads = self._capacity_watchers(local_boot_id)
         self._reconnects = Reconnects(self.members, clock=self.clock)
@@ -204,11 +204,17 @@ class Executor(Endings):
         )
         return policy, tuning
 
-    def _restore(self, backoff: Mapping[str, Health]) -> dict[str, Health]:
-        """Tell the policy which builders are down or still connecting before the run starts;
-        returns the backoff kept from earlier runs, to announce when the run starts."""
+    def _restore(
+        self, backoff: Mapping[str, Health], earlier: Mapping[str, int]
+    ) -> dict[str, Health]:
+        """Tell the policy which builders are down or still connecting before the run starts,
+        and the failures ``earlier`` runs counted of those whose backoff ended; returns the
+        backoff kept from earlier runs, to announce when the run starts."""
         restored = {name: health for name, health in backoff.items() if name in self.members}
         self._started_down = frozenset(restored)
+        for name, failures in earlier.items():
+            if name in self.members and name not in restored:
+                self.policy.remember_failures(name, failures)
         for name, health in restored.items():
             until = self.clock() + (health.until - self.wall())
             self.policy.restore_down(name, health.failures, until)
