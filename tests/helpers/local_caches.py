@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 __all__ = [
+    "NIX",
     "NIX_COMMAND",
     "NO_CACHE",
     "Project",

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.local_caches import (
+    NIX,
     NIX_COMMAND,
     NO_CACHE,
     Project,
@@ -146,3 +147,30 @@ def test_a_dry_run_of_what_the_cache_has_whole_builds_nothing(project):
     assert "will be built" not in done.stderr
     assert "nothing to build" not in done.stderr  # it is not all valid here
     assert f"  {top}" in done.stderr.splitlines()
+
+
+# ``top`` keeps a reference to ``dep``: the cache's ``top`` is no use without ``dep``.
+REFERRING = NIX.replace('"/bin/cat $dep > $out"', '"echo $dep > $out"')
+
+
+def test_a_cache_holding_the_top_but_not_what_it_refers_to_has_both_built(project):
+    # As Nix 2.30 and later do (NixOS/nix#13176 took out the "incomplete closure" retry):
+    # Nix 2.8-2.29 built dep, then fetched top. offload asks the caches once, as the graph is
+    # read: what refers to a path they lack is built.
+    assert REFERRING != NIX
+    project.file.write_text(REFERRING)
+    top = project.nix_build("top")
+    dep = project.out("dep")
+    assert dep in Path(top).read_text()
+    run_out(*NIX_COMMAND, "copy", "--to", f"file://{project.cache}", top)  # and dep with it
+    (project.cache / f"{Path(dep).name.split('-')[0]}.narinfo").unlink()  # now only top
+    delete(top, dep)
+    done = project.offload(*project.from_cache())
+    assert done.returncode == 0, done.stderr
+    assert valid(top)
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (2, 2)
+    statuses = {name: job["status"] for name, job in finished(done.stdout).items()}
+    assert statuses == {"sub-dep": "built", "sub-top": "built"}
+    delete(top, dep)
+    project.nix_build_from_cache("top")  # Nix 2.8, as installed here: dep built, top fetched
+    assert (project.builds("sub-dep"), project.builds("sub-top")) == (3, 2)
