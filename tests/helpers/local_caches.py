@@ -92,20 +92,24 @@ class Project:
         return run_out("nix-build", *self.from_cache(), "--no-out-link", *self.args, "-A", attr)
 
     def offload(self, *extra: str, as_json: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "offload", "build", *self.args, "-A", "top"]
-        argv += [
-            "--builders",
-            "",
-            "-j",
-            "1",
-            "--no-out-link",
-            *(["--json"] if as_json else []),
-            *extra,
-        ]
-        env = {**os.environ, "OFFLOAD_STATE_DIR": str(self.dir / "state")}
         return subprocess.run(
-            argv, env=env, cwd=self.dir, capture_output=True, text=True, timeout=120, check=False
+            self.offload_argv(*extra, as_json=as_json),
+            env=self.offload_env(),
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
+
+    def offload_argv(self, *extra: str, as_json: bool = True) -> list[str]:
+        """``offload build`` of ``top``: no builders, one local slot."""
+        argv = [sys.executable, "-m", "offload", "build", *self.args, "-A", "top"]
+        argv += ["--builders", "", "-j", "1", "--no-out-link"]
+        return [*argv, *(["--json"] if as_json else []), *extra]
+
+    def offload_env(self) -> dict[str, str]:
+        return {**os.environ, "OFFLOAD_STATE_DIR": str(self.dir / "state")}
 
     def from_cache(self) -> list[str]:
         cache = ["--option", "substituters", f"file://{self.cache}"]

@@ -29,6 +29,7 @@ from tests.helpers.local_caches import (
     delete,
     made_project,
     own_nix_cache,
+    run_out,
     valid,
 )
 
@@ -325,3 +326,50 @@ def test_a_cache_left_out_with_a_response_body_is_told_once(project):
     assert [(e["machine"], e["cache"]) for e in told] == [("local", cache)], run.stdout
     assert sum(_left_out(line) for line in run.stderr.splitlines()) == 1, run.stderr
     assert valid(project.out("top"))
+
+
+class _HeldNars(_Quiet):
+    """Serves a cache's directory; each NAR only once its server's ``release`` is set (as a
+    large download keeps Nix waiting)."""
+
+    @override
+    def do_GET(self) -> None:
+        if self.path.startswith("/nar/"):
+            release: threading.Event = getattr(self.server, "release")  # noqa: B009
+            release.wait(timeout=60)  # bounded: a test that never releases still ends
+        super().do_GET()
+
+
+def test_a_download_the_caches_are_slow_with_is_said_while_the_run_waits(project):
+    # The local store fetched what its caches had before the run started, and said nothing
+    # of it (its serve session prints no "copying path"): minutes of silence for a closure.
+    top = project.nix_build("top")
+    run_out(*NIX_COMMAND, "copy", "--to", f"file://{project.cache}", top)
+    delete(top, project.out("dep"))
+    handler = functools.partial(_HeldNars, directory=str(project.cache))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    release = server.release = threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        flags = ["--option", "substituters", url, "--option", "require-sigs", "false"]
+        with subprocess.Popen(
+            project.offload_argv(*flags), env=project.offload_env(), cwd=project.dir,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ) as proc:  # fmt: skip
+            assert proc.stderr is not None
+            said = next((line for line in proc.stderr if "caches are still" in line), "")
+            release.set()
+            out, rest = proc.communicate(timeout=120)
+        assert said.startswith(
+            "offload: the binary caches are still answering for 1 missing path(s): what they "
+            "have is fetched before the builds start"
+        ), rest
+        assert proc.returncode == 0, rest
+        assert valid(top)
+        assert project.builds("sub-top") == 1  # fetched, not built
+        [job] = [json.loads(line) for line in out.splitlines() if '"job_finished"' in line]
+        assert job["status"] == "substituted"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,6 +4,11 @@ The graph is read from the local .drv files, breadth-first from the requested ou
 validity query per level. A derivation whose needed outputs a builder already holds is to be
 fetched from there; with substitution on, the local store's binary caches are asked for what is
 still missing (top-down, as Nix's queryMissing goes). What only those needed is not looked at.
+
+The local store fetches what its caches have before it answers, which for a large closure
+takes minutes; its serve session prints nothing of it (nix-build shows each path it copies).
+So a query still unanswered after ``SLOW_CACHES`` seconds is told (``slow_caches``), and the
+run says it: the wait is explained, not silent.
 """
 
 from __future__ import annotations
@@ -18,7 +23,19 @@ from offload.protocol.serve import StoreClient
 from offload.store.drv import Derivation, read_derivation
 from offload.store.path import StorePath
 
-__all__ = ["DrvGraph", "Roots", "Substituted", "all_valid", "check_impossible", "load_graph"]
+__all__ = [
+    "SLOW_CACHES",
+    "DrvGraph",
+    "Roots",
+    "Substituted",
+    "all_valid",
+    "check_impossible",
+    "load_graph",
+]
+
+# Seconds a substituting query may take before the wait is said: a cache that has nothing
+# answers in milliseconds from Nix's own narinfo cache, or in a round trip or two.
+SLOW_CACHES = 3.0
 
 # (drv path, output name) pairs, or a function that evaluates them (offload.nix.instantiate).
 Roots = Sequence[tuple[str, str]] | Callable[[], Sequence[tuple[str, str]]]
@@ -64,6 +81,7 @@ async def load_graph(
     substitute: bool = False,
     always_substitute: bool = False,
     failed: dict[str, str] | None = None,
+    slow_caches: Callable[[int], None] | None = None,
 ) -> DrvGraph:
     """``roots`` are (drv path, output name) pairs, as nix-instantiate names them.
 
@@ -75,6 +93,8 @@ async def load_graph(
     (``allowSubstitutes = false``), unless ``always_substitute`` (Nix's
     ``always-allow-substitutes``): it is built, as Nix builds it. A builder that fails to
     answer is asked no more, its error put in ``failed`` (the run leaves it out and says why).
+    ``slow_caches`` is told how many paths the caches were asked for, each time a
+    substituting query takes ``SLOW_CACHES`` seconds (module docstring).
     """
     graph = DrvGraph(drvs={}, wanted={}, order=[], roots=list(roots))
     for root, output in roots:
@@ -85,11 +105,12 @@ async def load_graph(
     failed = {} if failed is None else failed
     needs_build: set[str] = set()
     frontier = list(dict.fromkeys(root for root, _ in roots))
+    slow = slow_caches or (lambda _count: None)
     # Breadth-first with one validity query per level, so a deep graph costs few round trips.
     while frontier:
         missing = await _missing(graph, frontier, local, live_remotes, needs_build, failed=failed)
         if substitute and missing:
-            missing = await _substitute(graph, local, missing, always=always_substitute)
+            missing = await _substitute(graph, local, missing, always=always_substitute, slow=slow)
         frontier = _next_level(graph, missing, needs_build, read)
     graph.order = _topological(needs_build, graph.drvs)
     return graph
@@ -179,10 +200,16 @@ async def _missing(
 
 
 async def _substitute(
-    graph: DrvGraph, local: StoreClient, missing: dict[str, set[str]], *, always: bool
+    graph: DrvGraph,
+    local: StoreClient,
+    missing: dict[str, set[str]],
+    *,
+    always: bool,
+    slow: Callable[[int], None],
 ) -> dict[str, set[str]]:
     """``missing`` less what the local store substituted, recorded in ``graph.substituted``;
-    a derivation that disallows substitutes is not asked for, unless ``always``."""
+    a derivation that disallows substitutes is not asked for, unless ``always``. ``slow`` is
+    told how many paths were asked for if the answer takes ``SLOW_CACHES`` seconds."""
     started = time.time()
     allowed = [
         lacking for drv, lacking in missing.items() if always or graph.drvs[drv].allow_substitutes
@@ -192,7 +219,12 @@ async def _substitute(
     # The store substitutes what its caches have (and those paths' closures) before it
     # answers; a failure there is only a warning on its stderr (the run passes it on: an
     # unreachable cache costs seconds of retries, ``offload.build.run``).
-    got = await local.query_valid_paths(set().union(*allowed), substitute=True)
+    asked: set[str] = set().union(*allowed)
+    timer = asyncio.get_running_loop().call_later(SLOW_CACHES, slow, len(asked))
+    try:
+        got = await local.query_valid_paths(asked, substitute=True)
+    finally:
+        timer.cancel()
     finished = time.time()
     for drv_path, lacking in missing.items():
         if lacking <= got:

@@ -258,8 +258,9 @@ async def _plan(
         if not settled:  # else not waited for, and not needed
             _tell_slow(late, emit, elsewhere=bool(clients) or pool.local is not None)
         graph, fetched = await _existing(
-            local, local_link, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit
-        )
+            local, local_link, evaluated, clients, unreachable=unreachable, pool=pool, emit=emit,
+            slow_caches=_slow_caches(said),
+        )  # fmt: skip
         mark("graph")
         # Every requested output valid here, found before the builders were all waited for or
         # after (one that fails at once, unasked: a laptop's builder away), as the graph says.
@@ -292,6 +293,7 @@ async def _existing(
     unreachable: dict[str, str],
     pool: Pool,
     emit: Callable[[Event], None],
+    slow_caches: Callable[[int], None] | None = None,
 ) -> tuple[DrvGraph, list[JobFinished]]:
     """The graph, and what the local caches and the builders already hold of it, fetched. A
     builder that fails meanwhile is left out (``unreachable``, said and backed off as one that
@@ -301,7 +303,7 @@ async def _existing(
         graph = await load_graph(
             local, roots, remotes=clients, substitute=pool.local_substitutes,
             always_substitute=pool.always_substitutes,
-            failed=unreachable,
+            failed=unreachable, slow_caches=slow_caches,
         )  # fmt: skip
         for name in unreachable:
             clients.pop(name, None)
@@ -341,6 +343,24 @@ def _reading(
             sink(drv_path, machine, line)
 
     return read
+
+
+def _slow_caches(said: Callable[[str], None]) -> Callable[[int], None]:
+    """Says once a run that the local binary caches are slow to answer: they are fetching
+    (``offload.build.graph``), and the run starts once they are done."""
+    told = False
+
+    def slow(asked: int) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            said(
+                f"offload: the binary caches are still answering for {asked} missing path(s): "
+                "what they have is fetched before the builds start (nix-build shows each path "
+                "it copies; the run's summary counts them)"
+            )
+
+    return slow
 
 
 def _to_stderr(line: str) -> None:
