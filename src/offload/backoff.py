@@ -120,10 +120,11 @@ def load_backoff(
 def earlier_failures(
     path: Path, now: float, connections: Mapping[str, str] | None = None
 ) -> dict[str, int]:
-    """The failures kept of each machine whose backoff ended less than ``REMEMBERED`` ago:
-    tried again, it goes on counting from them if it fails."""
+    """The failures kept of each machine, backed off still or until less than ``REMEMBERED``
+    ago: tried again (its backoff ended, or a run was told to try it), it goes on counting
+    from them if it fails."""
     recent = load_backoff(path, now, connections, ended_within=REMEMBERED)
-    return {name: health.failures for name, health in recent.items() if health.until <= now}
+    return {name: health.failures for name, health in recent.items()}
 
 
 def _mended(health: Health, connection: str | None) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from offload import process
-from offload.backoff import Health, load_backoff, save_backoff
+from offload.backoff import Health, earlier_failures, load_backoff, save_backoff
 from offload.config.machines import Machine, format_machines, parse_machines
 from offload.config.settings import builders_spec, local_machine, read_nix_settings
 from offload.errors import ConfigError
@@ -448,6 +448,16 @@ def test_backoff_is_shown_and_reset(tmp_path, capsys, monkeypatch):
     ]
     assert out.splitlines()[2].endswith("-")
     assert load_backoff(state / "backoff.json", time.time()) == {}
+    # A backoff that ended is kept to count the next failure from; --reset all forgets it,
+    # of a machine no longer in the pool too.
+    gone = Health(3, time.time() - 60, "refused")
+    save_backoff(state / "backoff.json", {"nx-om-gone.invalid": gone}, time.time())
+    status, _, err = _machinesrun_machines_cli(
+        ["--builders", spec, "--reset", "all"], capsys, tmp_path, monkeypatch
+    )
+    assert status == 0
+    assert err == ["offload: nx-om-gone.invalid's failures before its backoff ended forgotten"]
+    assert earlier_failures(state / "backoff.json", time.time()) == {}
     with pytest.raises(ConfigError, match="--reset nx-om-nope: no machine of that name"):
         _machinesrun_machines_cli(
             ["--builders", spec, "--reset", "nx-om-nope"], capsys, tmp_path, monkeypatch

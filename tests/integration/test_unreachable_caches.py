@@ -358,12 +358,12 @@ def test_a_download_the_caches_are_slow_with_is_said_while_the_run_waits(project
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ) as proc:  # fmt: skip
             assert proc.stderr is not None
-            said = next((line for line in proc.stderr if "caches are still" in line), "")
+            said = next((line for line in proc.stderr if "waiting for the binary" in line), "")
             release.set()
             out, rest = proc.communicate(timeout=120)
         assert said.startswith(
-            "offload: the binary caches are still answering for 1 missing path(s): what they "
-            "have is fetched before the builds start"
+            "offload: waiting for the binary caches, asked for 1 path(s): the local store "
+            "fetches what they have before the builds start"
         ), rest
         assert proc.returncode == 0, rest
         assert valid(top)

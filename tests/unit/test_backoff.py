@@ -254,9 +254,9 @@ def test_an_ended_backoff_is_kept_a_day_for_the_next_failure_to_count_from(tmp_p
     save_backoff(path, {"fast": Health(2, 500.0)}, now=0.0)
     assert load_backoff(path, now=1000.0) == {}  # not in force
     assert earlier_failures(path, now=1000.0) == {"fast": 2}
-    assert earlier_failures(path, now=400.0) == {}  # in force: not ended
+    assert earlier_failures(path, now=400.0) == {"fast": 2}  # in force: for a run told to try
     save_backoff(path, {"slow": Health(1, 2000.0)}, now=1000.0)  # another's change keeps it
-    assert earlier_failures(path, now=1000.0) == {"fast": 2}
+    assert earlier_failures(path, now=1000.0) == {"fast": 2, "slow": 1}
     assert earlier_failures(path, now=500.0 + REMEMBERED + 1) == {"slow": 1}  # fast: a day on
     seen: list[Health | None] = []
 
@@ -267,7 +267,7 @@ def test_an_ended_backoff_is_kept_a_day_for_the_next_failure_to_count_from(tmp_p
     change_backoff(path, "fast", unchanged, now=1000.0)
     assert seen == [Health(2, 500.0)]  # the hook counts its next failure from it
     assert clear_backoff(path, ["fast", "slow"], now=1000.0) == ["slow"]  # in force
-    assert earlier_failures(path, now=1000.0) == {}  # --reset forgets it too
+    assert earlier_failures(path, now=1000.0) == {}  # --reset forgets an ended one too
 
 
 def test_a_builder_failing_after_an_ended_backoff_goes_on_counting():

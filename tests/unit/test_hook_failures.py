@@ -47,3 +47,18 @@ def test_a_later_outage_is_told_to_a_nix_build_told_of_an_earlier_one(tmp_path: 
     assert len(told) == 2, told
     [health] = load_backoff(tmp_path / "backoff.json", now).values()
     assert health.failures == 2  # merged with the other process's
+
+
+def test_a_failure_just_after_a_short_backoff_ended_is_a_new_one(tmp_path: Path) -> None:
+    # A run saved a backoff with seconds left (its ``since`` is when it saved): an outage
+    # found after it ended was merged into it as "the same one", and the builder was not
+    # backed off at all ("backed off until <a time past>").
+    now = time.time()
+    context = hook_context(tmp_path, BUILDERS)
+    connection = context.machine("nx-b.invalid").connection_id
+    ended = Health(1, now - 5, "refused", connection, now - 20)
+    save_backoff(tmp_path / "backoff.json", {"nx-b.invalid": ended}, now - 20)
+    context.machine_failed("nx-b.invalid", REFUSED)
+    [health] = load_backoff(tmp_path / "backoff.json", time.time()).values()
+    assert health.failures == 2  # counted on from the ended one
+    assert health.until > now + 170  # 60 s x 3

@@ -331,6 +331,21 @@ def test_backoff_grows_and_is_capped() -> None:
     assert [Backoff(base=2.0).delay(n) for n in (1, 2)] == [2.0, 6.0]
 
 
+def test_failures_an_earlier_run_counted_go_on_until_a_build_there() -> None:
+    policy = Policy([job("j", 100), job("k", 100)], [machine("fast", 10)])
+    policy.remember_failures("fast", 2)
+    assert policy.is_up("fast", 0.0)  # its backoff ended: it takes work
+    assert starts(policy.next_decisions(0.0)) == [("j", "fast")]
+    down = policy.on_machine_failed("fast", 1.0)
+    assert (down.failures, down.until) == (3, 1.0 + 540.0)
+    policy.remember_failures("fast", 3)  # as if told again; a build there ends them
+    assert starts(policy.next_decisions(541.0)) == [("j", "fast")]
+    policy.on_finished("j", "fast", 550.0, ok=True)
+    assert starts(policy.next_decisions(550.0)) == [("k", "fast")]
+    down = policy.on_machine_failed("fast", 560.0)
+    assert (down.failures, down.until) == (1, 560.0 + 60.0)
+
+
 def test_failed_machine_is_backed_off_and_its_work_returns() -> None:
     policy = Policy([job("j", 100), job("k", 1000)], [machine("fast", 10), machine("slow", 1)])
     assert sorted(starts(policy.next_decisions(0.0))) == [("j", "slow"), ("k", "fast")]

@@ -84,7 +84,7 @@ async def run_build(
     env: Mapping[str, str] | None = None,
     slots: SlotLocks | None = None,
     backoff: Mapping[str, Health] | None = None,
-    earlier_failures: Mapping[str, int] | None = None,  # of builders whose backoff ended
+    earlier_failures: Mapping[str, int] | None = None,  # counted by earlier runs (backoff)
     fetch_all: bool = False,
     options: BuildOptions | None = None,  # Nix's timeouts and log limit, sent with each build
     fallbacks: Path | None = None,  # where what was learned of builder-side slots is kept
@@ -355,9 +355,8 @@ def _slow_caches(said: Callable[[str], None]) -> Callable[[int], None]:
         if not told:
             told = True
             said(
-                f"offload: the binary caches are still answering for {asked} missing path(s): "
-                "what they have is fetched before the builds start (nix-build shows each path "
-                "it copies; the run's summary counts them)"
+                f"offload: waiting for the binary caches, asked for {asked} path(s): the local "
+                "store fetches what they have before the builds start, and says nothing meanwhile"
             )
 
     return slow

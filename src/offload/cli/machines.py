@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from offload.backoff import Health, clear_backoff, load_backoff
+from offload.backoff import REMEMBERED, Health, clear_backoff, load_backoff
 from offload.cli.arguments import machine_names
 from offload.cli.machines_list import (
     BACKOFF_FILE,
@@ -262,11 +262,17 @@ def _reset(pool: Pool, values: Sequence[str]) -> None:
     now = time.time()
     places = backoff_places()
     known = read_backoff(places, now)
+    # Those whose backoff ended, kept to count their next failure from: forgotten too.
+    ended = {
+        name
+        for place in places
+        for name in load_backoff(place / BACKOFF_FILE, now, ended_within=REMEMBERED)
+    } - known.keys()
     if "all" in names:
-        names = sorted(known)
+        names = sorted({*known, *ended})
     pool_names = set(pool.names())
     for name in names:
-        if name not in known and name not in pool_names:
+        if name not in known and name not in ended and name not in pool_names:
             raise ConfigError(
                 f"--reset {name}: no machine of that name, and no backoff for it",
                 hint=f"known names: {', '.join(pool.names())}",
@@ -283,7 +289,9 @@ def _reset(pool: Pool, values: Sequence[str]) -> None:
         for name in cleared:
             print(f"offload: backoff of {name} cleared ({path})", file=sys.stderr)
     for name in names:
-        if name not in known:
+        if name in ended:
+            print(f"offload: {name}'s failures before its backoff ended forgotten", file=sys.stderr)
+        elif name not in known:
             print(f"offload: {name} was not backed off", file=sys.stderr)
     if kept:
         # What was asked was not done: the builder stays left out of runs and the hook's work.

@@ -75,7 +75,7 @@ class HookContext:
     keep: Keep  # sessions and the history, kept from one hook to the next
     backoff: dict[str, Health] = field(default_factory=dict)
     # Builders whose backoff ended, kept to count their next failure from (``offload.backoff``):
-    # a build there clears it.
+    # a session there that answers clears it (``machine_ok``), as it clears a backoff in force.
     ended: frozenset[str] = frozenset()
     notes: list[str] = field(default_factory=list)  # said once per client, before the reply
     client: str | None = None  # the Nix process asking, as ``first_for_client`` names it
@@ -336,7 +336,7 @@ class HookContext:
             nonlocal counted
             if current is not None and current.connection not in (None, connection):
                 current = None  # failures of its line before it was mended count no more
-            if current is not None and _just_backed_off(current, now):
+            if current is not None and current.until > now and _just_backed_off(current, now):
                 # The same outage, found a moment ago by another build there (another hook
                 # process, of this nix-build or another): one failure, as in a run.
                 return current

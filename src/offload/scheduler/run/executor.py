@@ -208,8 +208,9 @@ class Executor(Endings):
         self, backoff: Mapping[str, Health], earlier: Mapping[str, int]
     ) -> dict[str, Health]:
         """Tell the policy which builders are down or still connecting before the run starts,
-        and the failures ``earlier`` runs counted of those whose backoff ended; returns the
-        backoff kept from earlier runs, to announce when the run starts."""
+        and the failures ``earlier`` runs counted of the others (a backoff that ended, or one
+        the run was told to try anyway); returns the backoff kept from earlier runs, to
+        announce when the run starts."""
         restored = {name: health for name, health in backoff.items() if name in self.members}
         self._started_down = frozenset(restored)
         for name, failures in earlier.items():
