@@ -81,3 +81,7 @@ def test_a_build_that_could_not_be_stopped_is_an_event_and_one_warning(hung_flee
     assert "on builder 'frozen'" in event["message"]
     warnings = [line for line in err.splitlines() if "cannot stop process" in line]
     assert warnings == [f"warning: {event['message']}"], err
+    # The run's end is its last event (but the command's timing): a program reading --json
+    # stops there.
+    kinds = [e["event"] for e in events(out)]
+    assert kinds[-2:] == ["run_finished", "timing"], kinds

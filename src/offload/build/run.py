@@ -19,9 +19,11 @@ nothing is to be built, and nix-build says nothing of its builders then.
 
 A run's first event is its ``RunStarted`` (machines, estimate), whoever tells what comes
 before the executor starts (a slow or restricted builder, outputs substituted or fetched):
-those are held until it and told just after it, in their order (``_opened_first``), and it
+those are held until it and told just after it, in their order (``_in_order``), and it
 counts the outputs settled before it (``ready``). A run that never starts (an error, Ctrl-C
-while the graph is read) still tells what it held, as it ends.
+while the graph is read) still tells what it held, as it ends. Its ``RunFinished`` is its
+last event: it is held until the builders' links have closed, and what they tell as they
+close (a build they could not stop) goes before it.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from offload.scheduler.run.copy import AfterHome, cleared_cut
 from offload.slots import SlotLocks
 from offload.tasks import cancel_and_wait
 from offload.transport.links import LocalLink
-from offload.ui.events import Event, JobFinished, MachineEvent, RunStarted
+from offload.ui.events import Event, JobFinished, MachineEvent, RunFinished, RunStarted
 
 __all__ = ["SLOW_GRACE", "out_links", "run_build"]
 
@@ -101,7 +103,7 @@ async def run_build(
     (``interrupted``, ``stranded``: still worth keeping) before the exception goes on."""
     late: dict[str, asyncio.Task[None]] = {}
     async with (
-        _opened_first(emit) as told,  # the run's first event first
+        _in_order(emit) as told,  # the run's first event first, its last one last
         # The local store sees the run's --options (substituters, require-sigs...) as Nix would.
         LocalLink(max_sessions=_local_sessions(pool), env=pool.local_env()) as local_link,
         pool_members(pool, local_link, env, fallbacks, shared) as members,
@@ -374,15 +376,19 @@ def _remote(members: Iterable[PoolMember], down: Mapping[str, Health]) -> dict[s
 
 
 @contextlib.asynccontextmanager
-async def _opened_first(emit: Callable[[Event], None]) -> AsyncIterator[Callable[[Event], None]]:
+async def _in_order(emit: Callable[[Event], None]) -> AsyncIterator[Callable[[Event], None]]:
     """``emit`` with the run's ``RunStarted`` first: what is told before it is held, then told
     just after it (a program reading ``--json`` takes a run's first event to open it); what
-    is held when the run ends without one is told then."""
+    is held when the run ends without one is told then. Its ``RunFinished`` is held to the
+    end, after all else (a program takes it to close the run)."""
     held: list[Event] | None = []
+    last: list[Event] = []
 
     def told(event: Event) -> None:
         nonlocal held
-        if held is None:
+        if isinstance(event, RunFinished):
+            last.append(event)
+        elif held is None:
             emit(event)
         elif isinstance(event, RunStarted):
             before, held = held, None
@@ -396,7 +402,7 @@ async def _opened_first(emit: Callable[[Event], None]) -> AsyncIterator[Callable
     try:
         yield told
     finally:
-        for event in held or ():
+        for event in [*(held or ()), *last]:
             emit(event)
 
 
