@@ -16,7 +16,8 @@ on this host, so ``offload status`` is instant and safe to run in a loop:
   says why (the error that backed it off, one line); an entry an older offload wrote has no
   reason (``reason`` null in JSON, "not known" in text).
 - the builder choice: ``use.json`` (``offload.use``) in the same places; the first one in
-  force wins, as the hook reads its own state directory.
+  force wins, as the hook reads its own state directory, and where it was found is kept
+  (``choice_dir``): one only the nix-daemon's hook has is not the user's own hook's.
 - builders whose slots are counted on this host only (no slot lock could be taken on the
   builder: a restricted key, no flock(1), no slot directory), and why, as the last
   ``offload build`` run or hook build there found (``offload.slot_fallback``).
@@ -178,6 +179,10 @@ class PoolStatus:
     machines: tuple[MachineStatus, ...]
     choice: Choice | None
     slot_dir: Path
+    # The state directory the choice is in (None with no choice), and the user's own (the
+    # first read): a choice only in another is the nix-daemon's hook's.
+    choice_dir: Path | None = None
+    own_dir: Path | None = None
 
 
 def read_backoff(places: Sequence[Path], now: float, pool: Pool | None = None) -> dict[str, Health]:
@@ -232,7 +237,9 @@ def pool_status(
     ``sshopts`` the NIX_SSHOPTS the kept connections were made with. Slots held in the
     directory ``slots.others`` names are counted too (Nix's own, where root's hooks and the
     daemon's hold theirs, read by a user whose own slots are in its state directory)."""
-    choice = next((c for p in places if (c := read_choice(p, now)) is not None), None)
+    choice, choice_dir = next(
+        ((c, p) for p in places if (c := read_choice(p, now)) is not None), (None, None)
+    )
     chosen = _chosen(pool, choice)
     backoff = read_backoff(places, now, pool)
     fallbacks = load_fallbacks([place / FALLBACK_FILE for place in places])
@@ -271,4 +278,5 @@ def pool_status(
                 tuple(builds),
             )
         )
-    return PoolStatus(tuple(machines), choice, slots.directory)
+    own = places[0] if places else None
+    return PoolStatus(tuple(machines), choice, slots.directory, choice_dir, own)

@@ -79,7 +79,7 @@ def test_slots_held_backoff_and_choice_are_shown_per_machine(tmp_path: Path) -> 
         "until": now + 180,
         "reason": why,
     }
-    assert data["use"] == {"machines": ["fast"], "until": now + 3600}
+    assert data["use"] == {"machines": ["fast"], "until": now + 3600, "dir": str(tmp_path)}
 
 
 def test_a_choice_for_days_says_its_date(tmp_path: Path) -> None:
@@ -311,3 +311,21 @@ def test_who_builds_what_is_said_per_machine_soonest_end_first(tmp_path: Path) -
     }
     # A machine nobody builds on has no such line.
     assert not any(x.startswith(("local:", "slow:")) for x in format_status(status).splitlines())
+
+
+def test_a_choice_only_the_daemons_hook_has_says_whose_it_is(tmp_path: Path) -> None:
+    # `offload use` written for the nix-daemon's hook only: status said "offload use: slow"
+    # as the user's, while `offload use` said none and the user's own hook used every builder.
+    own, daemons = tmp_path / "own", tmp_path / "daemons"
+    own.mkdir()
+    daemons.mkdir()
+    now = time.time()
+    write_choice(daemons, Choice(("slow",), now, None))
+    status = pool_status(pool(), [own, daemons], SlotLocks(tmp_path / "current-load"), now)
+    assert format_status(status).splitlines()[-1] == (
+        f"offload use: slow (until cleared), the nix-daemon's hook's ({daemons}): yours has none"
+    )
+    assert status_json(status)["use"] == {"machines": ["slow"], "until": None, "dir": str(daemons)}
+    write_choice(own, Choice(("fast",), now, None))  # the user's own: said as before
+    status = pool_status(pool(), [own, daemons], SlotLocks(tmp_path / "current-load"), now)
+    assert format_status(status).splitlines()[-1] == "offload use: fast (until cleared)"

@@ -173,13 +173,21 @@ def format_status(status: PoolStatus, now: float | None = None) -> str:
         for machine in status.machines
         if machine.loaded is not None
     ]
+    lines.append(_choice_line(status))
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _choice_line(status: PoolStatus) -> str:
+    """The ``offload use`` choice in force, and whose it is when it is not in the user's own
+    state directory (the nix-daemon's hook's only: this user's own hook uses the whole pool)."""
     choice = status.choice
     if choice is None:
-        lines.append("offload use: none (the hook may use the whole pool)")
-    else:
-        until = "until cleared" if choice.until is None else f"until {_day_and_clock(choice.until)}"
-        lines.append(f"offload use: {','.join(choice.machines)} ({until})")
-    return "".join(f"{line}\n" for line in lines)
+        return "offload use: none (the hook may use the whole pool)"
+    until = "until cleared" if choice.until is None else f"until {_day_and_clock(choice.until)}"
+    line = f"offload use: {','.join(choice.machines)} ({until})"
+    if status.choice_dir != status.own_dir:
+        line += f", the nix-daemon's hook's ({status.choice_dir}): yours has none"
+    return line
 
 
 def status_json(status: PoolStatus) -> dict[str, object]:
@@ -188,7 +196,11 @@ def status_json(status: PoolStatus) -> dict[str, object]:
         "machines": [machine.as_json() for machine in status.machines],
         "use": None
         if choice is None
-        else {"machines": list(choice.machines), "until": choice.until},
+        else {
+            "machines": list(choice.machines),
+            "until": choice.until,
+            "dir": str(status.choice_dir),
+        },
         "slot_dir": str(status.slot_dir),
     }
 
