@@ -167,6 +167,12 @@ def test_a_failing_derivation_fails_the_build_as_nix_says_it(
     drv = subprocess.run(
         ["nix-instantiate", str(file)], capture_output=True, text=True, check=True
     ).stdout.split()[0]
+    # Worded as Nix's own hook words it ("error: build of ... on ... failed: ..."); offload's
+    # line had no "error:", and its copies named no derivation (six at once: six alike).
+    [said] = [line for line in done.stderr.splitlines() if line.startswith("error: build of")]
+    assert said.startswith(f"error: build of '{drv}' on 'hk"), said
+    assert said.endswith(f"failed: builder for '{drv}' failed with exit code 3"), said
+    assert "copying inputs of 'broken' to 'hk" in done.stderr, done.stderr
 
     def failed() -> list[dict[str, object]]:
         shown = subprocess.run(

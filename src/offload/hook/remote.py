@@ -174,6 +174,7 @@ async def _send_inputs(
     local: StoreClient,
     remote: StoreClient,
     *,
+    name: str,  # the derivation's, as Nix's lines name a build
     machine: str,
     substitute: bool,
     copying: CachesHeard | None,
@@ -181,7 +182,7 @@ async def _send_inputs(
 ) -> int:
     """The inputs ``remote`` lacks, sent (or, with ``substitute``, fetched by it from its own
     caches first), told to ``sending`` before the first byte goes; the bytes sent."""
-    copy = acts.start(_ACT_COPY_PATHS, f"copying inputs to '{machine}'", [])
+    copy = acts.start(_ACT_COPY_PATHS, f"copying inputs of '{name}' to '{machine}'", [])
     with also_heard(remote, copying) if copying is not None else contextlib.nullcontext():
         try:
             sent = await send_closure(
@@ -218,8 +219,8 @@ async def build_remote(
     progress.begin("sending", time.time())
     started = progress.begun[0][1]  # its wait for the builder's slot, if it had one
     sent = await _send_inputs(
-        acts, accepted, local, remote, machine=machine, substitute=substitute, copying=copying,
-        sending=progress.partial,
+        acts, accepted, local, remote, name=request.name, machine=machine,
+        substitute=substitute, copying=copying, sending=progress.partial,
     )  # fmt: skip
     building_from = time.time()
     progress.begin("building", building_from)
@@ -238,7 +239,8 @@ async def build_remote(
         said = result.error_msg.removeprefix("error: ")
         claimed = claimed_not_had(said, machine)
         said += f" ({claimed})" if claimed else ""
-        error_message(io, f"build of '{request.drv_path}' on '{machine}' failed: {said}")
+        # Worded as Nix's own hook words it, "error:" and all (Nix prints a message as sent).
+        error_message(io, f"error: build of '{request.drv_path}' on '{machine}' failed: {said}")
         code = 101 if result.status is BuildStatus.TIMED_OUT else 100
         return Outcome(code, started, built, sent, phases=phases, error=result.error_msg)
     progress.begin("fetching", built)
@@ -294,7 +296,7 @@ async def _fetch(
 ) -> int:
     """The wanted outputs brought home from ``machine``; the bytes received. Their closure
     holds nothing else missing here (``offload.hook.home``): anything else is refused."""
-    fetch = acts.start(_ACT_COPY_PATHS, f"copying outputs from '{machine}'", [])
+    fetch = acts.start(_ACT_COPY_PATHS, f"copying outputs of '{request.name}' from '{machine}'", [])
     outputs = [drv.outputs[name].path for name in accepted.wanted if name in drv.outputs]
     # Nix locked every output of the derivation before it asked us (locking one again would
     # wait for ever for our own parent).
