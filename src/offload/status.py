@@ -23,6 +23,9 @@ on this host, so ``offload status`` is instant and safe to run in a loop:
   ``offload build`` run or hook build there found (``offload.slot_fallback``).
 - builders the hook's coordinator gives fewer slots for their load, and the report that cut
   them (``offload.load_state``; gone once it gives them back or exits).
+- derivations offload-hook accepted that wait in its coordinator for a builder slot (Nix has
+  said "building ... on" a builder for each), the longest waiting first
+  (``offload.hook_queue``).
 - builders an ssh connection is kept open to, for the next run or hook
   (``offload.transport.persist``): its socket answers; nothing goes to the builder.
 
@@ -43,6 +46,7 @@ from offload.backoff import Health, connections, load_backoffs
 from offload.config.machines import Machine
 from offload.config.pool import Pool
 from offload.errors import ConfigError
+from offload.hook_queue import QUEUED_FILE, Queued, load_queued
 from offload.load_state import LOADS_FILE, Loaded, load_loads
 from offload.names import LOCAL
 from offload.procfs import user_of
@@ -183,6 +187,7 @@ class PoolStatus:
     # first read): a choice only in another is the nix-daemon's hook's.
     choice_dir: Path | None = None
     own_dir: Path | None = None
+    queued: tuple[Queued, ...] = ()  # accepted by offload-hook, waiting for a builder slot
 
 
 def read_backoff(places: Sequence[Path], now: float, pool: Pool | None = None) -> dict[str, Health]:
@@ -279,4 +284,5 @@ def pool_status(
             )
         )
     own = places[0] if places else None
-    return PoolStatus(tuple(machines), choice, slots.directory, choice_dir, own)
+    queued = tuple(load_queued([place / QUEUED_FILE for place in places]))
+    return PoolStatus(tuple(machines), choice, slots.directory, choice_dir, own, queued)

@@ -262,6 +262,8 @@ def test_every_slot_busy_waits_then_builds(
     try:
         wait_for(lambda: any(said in line for line in seen), 60, f"{said!r} in {seen}")
         assert proc.poll() is None, "built while every slot was held"
+        if coordinator == "1":  # accepted ("building ... on"): `offload status` says it waits
+            wait_for(lambda: _queued(hook_fleet, tmp_path) == ["leaf0"], 20, "leaf0 queued")
         for fd in all_slots_held:
             fcntl.flock(fd, fcntl.LOCK_UN)
         out, _ = proc.communicate(timeout=120)
@@ -270,6 +272,18 @@ def test_every_slot_busy_waits_then_builds(
         reader.join()
     assert proc.returncode == 0, "".join(seen)
     assert holders(hook_fleet, out.split()[0])
+    # Placed, it waits no more (told within the coordinator's TELL_EVERY).
+    wait_for(lambda: _queued(hook_fleet, tmp_path) == [], 20, "nothing queued")
+
+
+def _queued(fleet: Fleet, tmp_path: Path) -> list[str]:
+    """What `offload status --json` says waits in offload-hook's coordinator for a slot."""
+    argv = [sys.executable, "-m", "offload", "status", "--json"]
+    argv += ["--builders", f"@{fleet.machines_file}"]
+    shown = subprocess.run(
+        argv, env=hook_env(fleet, tmp_path), capture_output=True, text=True, check=True
+    )
+    return [queued["drv"] for queued in json.loads(shown.stdout)["queued"]]
 
 
 def test_offload_use_chooses_the_builder(hook_fleet: Fleet, tmp_path: Path) -> None:

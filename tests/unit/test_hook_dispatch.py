@@ -162,3 +162,58 @@ def test_a_derivation_that_waits_again_keeps_its_first_come_turn() -> None:
         return asked
 
     assert asyncio.run(go()) == ["first", "later"]
+
+
+def test_what_waits_is_told_as_it_changes_for_offload_status() -> None:
+    told: list[list[str]] = []
+
+    async def go() -> None:
+        on_queue = lambda w: told.append([q.drv for q in w])  # noqa: E731
+        dispatch = Dispatch(tick=60, on_queue=on_queue, tell_every=0)  # each change, at once
+        free = {"slots": 0}
+
+        def pick() -> Placement | None:
+            if free["slots"] == 0:
+                return None
+            free["slots"] -= 1
+            return Placement("b", _slot_fd(), 0.0)
+
+        waits = [
+            asyncio.create_task(dispatch.take(work, lambda _ahead: pick(), name=name))
+            for name, work in (("small", 1.0), ("big", 9.0))
+        ]
+        for _ in range(3):
+            await asyncio.sleep(0)  # the dispatch looks: neither is placed
+        free["slots"] = 1
+        dispatch.notify()
+        [placed], [waiting] = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        os.close(placed.result().fd)
+        free["slots"] = 1
+        dispatch.notify()
+        os.close((await waiting).fd)
+        await dispatch.aclose()
+
+    asyncio.run(go())
+    assert told == [["big", "small"], ["small"], []]  # in the order they are asked
+
+
+def test_changes_within_the_tell_interval_are_told_once() -> None:
+    told: list[list[str]] = []
+
+    async def go() -> None:
+        on_queue = lambda w: told.append([q.drv for q in w])  # noqa: E731
+        dispatch = Dispatch(tick=60, on_queue=on_queue, tell_every=3600)
+        waits = [
+            asyncio.create_task(dispatch.take(1.0, lambda _ahead: None, name=name))
+            for name in ("a", "b", "c")
+        ]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert told == []  # not yet: once the interval is up, what waits then
+        for wait in waits:
+            wait.cancel()
+        await asyncio.wait(waits)
+        await dispatch.aclose()
+
+    asyncio.run(go())
+    assert told == []  # nothing was told, so nothing is taken back

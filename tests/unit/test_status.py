@@ -1,6 +1,7 @@
 """`offload status` from real lock, backoff and choice files in a temporary state directory."""
 
 import getpass
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ from offload.cli.status import format_status, status_json
 from offload.config.machines import parse_machines
 from offload.config.pool import Pool
 from offload.config.settings import LocalMachine
+from offload.hook_queue import QUEUED_FILE, Queued, record_queued
 from offload.slots import SlotLocks, slot_key
 from offload.status import pool_status
 from offload.transport.persist import SharedPaths
@@ -329,3 +331,22 @@ def test_a_choice_only_the_daemons_hook_has_says_whose_it_is(tmp_path: Path) -> 
     write_choice(own, Choice(("fast",), now, None))  # the user's own: said as before
     status = pool_status(pool(), [own, daemons], SlotLocks(tmp_path / "current-load"), now)
     assert format_status(status).splitlines()[-1] == "offload use: fast (until cleared)"
+
+
+def test_derivations_the_hook_accepted_and_keeps_waiting_are_said(tmp_path: Path) -> None:
+    # Nix prints "building ... on 'fast'" at the accept; status showed only the slots held.
+    now = time.time()
+    record_queued(tmp_path / QUEUED_FILE, [Queued(f"leaf{i}", now - 10 + i) for i in range(10)])
+    status = pool_status(pool(), [tmp_path], SlotLocks(tmp_path / "current-load"), now)
+    [line] = [line for line in format_status(status).splitlines() if "waiting for a" in line]
+    first = time.strftime("%H:%M:%S", time.localtime(now - 10))
+    assert line.startswith(
+        f"offload-hook: 10 accepted, waiting for a builder slot: leaf0 (since {first}), leaf1 "
+    )
+    assert line.endswith("leaf7 (since " + time.strftime("%H:%M:%S", time.localtime(now - 3))
+                         + "), and 2 more")  # fmt: skip
+    assert [q.drv for q in status.queued] == [f"leaf{i}" for i in range(10)]
+    assert json.loads(json.dumps(status_json(status)))["queued"][0] == {
+        "drv": "leaf0",
+        "since": now - 10,
+    }

@@ -62,6 +62,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
+# Accepted derivations named in the status's line: a nix-build of thousands waits in hundreds.
+_QUEUED_SHOWN = 8
+
+
 def _places() -> list[Path]:
     # The user's state, and the nix-daemon's hook's when it can be read (root): `offload use`
     # writes both, and backoff is kept by whichever hook or run met the dead builder.
@@ -173,8 +177,22 @@ def format_status(status: PoolStatus, now: float | None = None) -> str:
         for machine in status.machines
         if machine.loaded is not None
     ]
+    if status.queued:
+        lines.append(_queued_line(status))
     lines.append(_choice_line(status))
     return "".join(f"{line}\n" for line in lines)
+
+
+def _queued_line(status: PoolStatus) -> str:
+    """The derivations offload-hook accepted that wait for a builder slot (Nix said each was
+    building on a builder already), the longest waiting first."""
+    shown = [f"{q.drv} (since {_clock(q.since)})" for q in status.queued[:_QUEUED_SHOWN]]
+    more = len(status.queued) - len(shown)
+    return (
+        f"offload-hook: {len(status.queued)} accepted, waiting for a builder slot: "
+        + ", ".join(shown)
+        + (f", and {more} more" if more else "")
+    )
 
 
 def _choice_line(status: PoolStatus) -> str:
@@ -202,6 +220,7 @@ def status_json(status: PoolStatus) -> dict[str, object]:
             "dir": str(status.choice_dir),
         },
         "slot_dir": str(status.slot_dir),
+        "queued": [{"drv": q.drv, "since": q.since} for q in status.queued],
     }
 
 

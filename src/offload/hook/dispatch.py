@@ -12,7 +12,10 @@ frees the derivation with the most work behind it takes it; it asks again whenev
 builds ends (``notify``) and at least every ``TICK`` seconds, for slots freed by other
 processes and expected ends that have passed. Among equal priorities the first come is asked
 first; a derivation that waits again (its builder turned out full, or failed) keeps the turn it
-first came with (``ticket``), as Nix's own queue would.
+first came with (``ticket``), as Nix's own queue would. What waits (each derivation's name and
+since when) is told to ``on_queue`` when that changes, at most once every ``TELL_EVERY``
+seconds: the coordinator writes it for ``offload status`` (``offload.hook_queue``), about a
+millisecond a write, which a nix-build of many small derivations would pay hundreds of times.
 
 Each pick is given the works of the waiters asked before it that stay queued: they take the
 slots they wait for first, so a waiter counts them there (``decide.place_queued``). Without
@@ -30,12 +33,16 @@ import contextlib
 import itertools
 import math
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from offload.hook_queue import Queued
 
 __all__ = ["TICK", "Dispatch", "Pick", "Placement"]
 
 TICK = 0.25
+TELL_EVERY = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,14 +63,24 @@ class _Waiter:
     pick: Pick
     priority: float  # asked in this order, the highest first
     ticket: int  # then the first come first (``Dispatch.ticket``)
+    queued: Queued  # its name and since when it waits, for ``offload status``
     placed: asyncio.Future[Placement] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
 class Dispatch:
-    def __init__(self, tick: float = TICK) -> None:
+    def __init__(
+        self,
+        tick: float = TICK,
+        on_queue: Callable[[Sequence[Queued]], None] | None = None,
+        tell_every: float = TELL_EVERY,
+    ) -> None:
         self.tick = tick
+        self._on_queue = on_queue
+        self._tell_every = tell_every
+        self._told: list[Queued] = []  # what waited when ``on_queue`` was last told
+        self._telling: asyncio.TimerHandle | None = None  # a tell to come
         self._waiters: list[_Waiter] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -90,14 +107,20 @@ class Dispatch:
         self._wake.set()
 
     async def take(
-        self, work: float, pick: Pick, priority: float | None = None, ticket: int | None = None
+        self,
+        work: float,
+        pick: Pick,
+        priority: float | None = None,
+        ticket: int | None = None,
+        name: str = "",
     ) -> Placement:
-        """Wait until ``pick`` places the derivation; its slot is then the caller's to free.
-        ``priority``: its place in the queue (its work when not given); ``ticket``: its turn
-        among equal priorities (a new one when not given)."""
+        """Wait until ``pick`` places the derivation (``name``); its slot is then the caller's
+        to free. ``priority``: its place in the queue (its work when not given); ``ticket``:
+        its turn among equal priorities (a new one when not given)."""
         if ticket is None:
             ticket = self.ticket()
-        waiter = _Waiter(work, pick, work if priority is None else priority, ticket)
+        priority = work if priority is None else priority
+        waiter = _Waiter(work, pick, priority, ticket, Queued(name, time.time()))
         self._waiters.append(waiter)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dispatch")
@@ -110,6 +133,25 @@ class Dispatch:
             raise
         finally:
             self._waiters.remove(waiter)
+            self._tell()
+
+    def _tell(self) -> None:
+        """What waits changed, maybe: told to ``on_queue`` now, or once ``tell_every`` is up
+        since the last tell (what waits then)."""
+        if self._on_queue is None or self._telling is not None:
+            return
+        if self._tell_every <= 0:
+            self._told_now()
+            return
+        loop = asyncio.get_running_loop()
+        self._telling = loop.call_later(self._tell_every, self._told_now)
+
+    def _told_now(self) -> None:
+        self._telling = None
+        waiting = [w.queued for w in self._in_turn() if not w.placed.done()]
+        if self._on_queue is not None and waiting != self._told:
+            self._told = waiting
+            self._on_queue(waiting)
 
     async def _run(self) -> None:
         while any(not w.placed.done() for w in self._waiters):
@@ -127,6 +169,7 @@ class Dispatch:
                     ahead.append(waiter.work)
                 else:
                     waiter.placed.set_result(placement)
+            self._tell()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)
 
@@ -135,3 +178,9 @@ class Dispatch:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+        if self._telling is not None:
+            self._telling.cancel()
+            self._telling = None
+        if self._told and self._on_queue is not None:  # nothing waits here any more
+            self._told = []
+            self._on_queue([])

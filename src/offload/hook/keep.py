@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 from offload.errors import OffloadError, StoreError
@@ -40,6 +40,7 @@ from offload.hook.links import BuilderLinks
 from offload.hook.loads import HookLoads
 from offload.hook.reconnects import HookReconnects
 from offload.hook.slack import PathEnds
+from offload.hook_queue import QUEUED_FILE, Queued, record_queued
 from offload.load import local_boot_id
 from offload.protocol.serve import StoreClient
 from offload.scheduler.run import DEFAULT_WORK
@@ -67,7 +68,7 @@ class Keep:
         self.loads = HookLoads(state, local_boot_id()) if queue else None
         self.links = BuilderLinks(state, self.loads)
         # Accepted derivations waiting for a slot: only a coordinator can keep them (``queue``).
-        self.dispatch = Dispatch() if queue else None
+        self.dispatch = Dispatch(on_queue=_recorder(state / QUEUED_FILE)) if queue else None
         # Builders full of other clients' builds, and their probes (``offload.hook.full``).
         self.full = FullBuilders(self.links, self.dispatch.notify) if self.dispatch else None
         # Builders whose connection was lost, reconnected at once (``offload.hook.reconnects``).
@@ -219,6 +220,19 @@ class Keep:
 # Seconds a pass of forgetting old history may take in the coordinator's thread: each of its
 # transactions is short (``offload.history.prune``), so hooks recording builds hardly wait.
 PRUNE_BUDGET = 5.0
+
+
+def _recorder(path: Path) -> Callable[[Sequence[Queued]], None]:
+    """Writes what waits in the dispatch to ``path`` for ``offload status``; a write that
+    fails (a full disk) is noted in the coordinator's log, and the builds go on."""
+
+    def record(waiting: Sequence[Queued]) -> None:
+        try:
+            record_queued(path, waiting)
+        except OSError as exc:
+            note(f"cannot write {path}: {exc.strerror or exc}")
+
+    return record
 
 
 def _prune(path: Path) -> None:

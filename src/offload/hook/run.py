@@ -417,6 +417,7 @@ async def _placement(
             lambda ahead: _pick(context, request, work, ahead, excluded=excluded, tried=tried),
             priority=context.priority(request, work),
             ticket=turn,
+            name=request.name,
         )
     except OffloadError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
