@@ -4,7 +4,7 @@ Nix prints "building '...' on '<builder>'" as soon as the hook accepts a derivat
 hook's coordinator keeps it until a slot is worth taking (``offload.hook.dispatch``), on that
 builder or another: ``offload status``, which connects to nothing, read only the slots held and
 showed none of them. So the coordinator writes what waits there, each derivation's name and
-since when, whenever that changes (at most once per look of its dispatch); ``offload status``
+since when (it was accepted), when that changes (at most twice a second); ``offload status``
 reads it. The file holds an entry per coordinator (``owner``: ``offload.procfs.owner_line``),
 rewritten whole, atomically, mode 0600; an entry whose coordinator is gone (killed outright,
 which cannot take it out) is read as none.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from offload.hook.dispatch import Dispatch, Placement
+from offload.hook_queue import Queued
 
 
 def _slot_fd() -> int:
@@ -164,11 +166,21 @@ def test_a_derivation_that_waits_again_keeps_its_first_come_turn() -> None:
     assert asyncio.run(go()) == ["first", "later"]
 
 
+def _recording(told: list[list[str]]) -> Callable[[Sequence[Queued]], bool]:
+    """An ``on_queue`` that keeps the names told in ``told``."""
+
+    def record(waiting: Sequence[Queued]) -> bool:
+        told.append([q.drv for q in waiting])
+        return True
+
+    return record
+
+
 def test_what_waits_is_told_as_it_changes_for_offload_status() -> None:
     told: list[list[str]] = []
 
     async def go() -> None:
-        on_queue = lambda w: told.append([q.drv for q in w])  # noqa: E731
+        on_queue = _recording(told)
         dispatch = Dispatch(tick=60, on_queue=on_queue, tell_every=0)  # each change, at once
         free = {"slots": 0}
 
@@ -201,7 +213,7 @@ def test_changes_within_the_tell_interval_are_told_once() -> None:
     told: list[list[str]] = []
 
     async def go() -> None:
-        on_queue = lambda w: told.append([q.drv for q in w])  # noqa: E731
+        on_queue = _recording(told)
         dispatch = Dispatch(tick=60, on_queue=on_queue, tell_every=3600)
         waits = [
             asyncio.create_task(dispatch.take(1.0, lambda _ahead: None, name=name))
@@ -217,3 +229,25 @@ def test_changes_within_the_tell_interval_are_told_once() -> None:
 
     asyncio.run(go())
     assert told == []  # nothing was told, so nothing is taken back
+
+
+def test_a_queue_that_could_not_be_kept_is_told_again() -> None:
+    # A write that failed (a full disk for a moment) left the file saying what waited then,
+    # for as long as the coordinator ran with nothing new waiting.
+    told: list[list[str]] = []
+
+    def on_queue(waiting: Sequence[Queued]) -> bool:
+        told.append([q.drv for q in waiting])
+        return len(told) > 1  # the first write fails
+
+    async def go() -> None:
+        dispatch = Dispatch(tick=60, on_queue=on_queue, tell_every=0.01)
+        wait = asyncio.create_task(dispatch.take(1.0, lambda _ahead: None, name="a"))
+        while len(told) < 2:
+            await asyncio.sleep(0.01)
+        wait.cancel()
+        await asyncio.wait([wait])
+        await dispatch.aclose()
+
+    asyncio.run(go())
+    assert told[:2] == [["a"], ["a"]]  # again, as it still waits

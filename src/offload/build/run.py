@@ -382,7 +382,7 @@ async def _in_order(emit: Callable[[Event], None]) -> AsyncIterator[Callable[[Ev
     is held when the run ends without one is told then. Its ``RunFinished`` is held to the
     end, after all else (a program takes it to close the run)."""
     held: list[Event] | None = []
-    last: list[Event] = []
+    last: list[RunFinished] = []
 
     def told(event: Event) -> None:
         nonlocal held
@@ -402,7 +402,10 @@ async def _in_order(emit: Callable[[Event], None]) -> AsyncIterator[Callable[[Ev
     try:
         yield told
     finally:
-        for event in [*(held or ()), *last]:
+        # The end's time is when it is told, after the others: a view that prints times
+        # shows them in order.
+        ended = [dataclasses.replace(e, time=max(e.time, time.time())) for e in last]
+        for event in [*(held or ()), *ended]:
             emit(event)
 
 

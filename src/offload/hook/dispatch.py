@@ -13,7 +13,8 @@ builds ends (``notify``) and at least every ``TICK`` seconds, for slots freed by
 processes and expected ends that have passed. Among equal priorities the first come is asked
 first; a derivation that waits again (its builder turned out full, or failed) keeps the turn it
 first came with (``ticket``), as Nix's own queue would. What waits (each derivation's name and
-since when) is told to ``on_queue`` when that changes, at most once every ``TELL_EVERY``
+since when) is told to ``on_queue`` when that changes (again, if it says it could not keep
+it), at most once every ``TELL_EVERY``
 seconds: the coordinator writes it for ``offload status`` (``offload.hook_queue``), about a
 millisecond a write, which a nix-build of many small derivations would pay hundreds of times.
 
@@ -73,7 +74,7 @@ class Dispatch:
     def __init__(
         self,
         tick: float = TICK,
-        on_queue: Callable[[Sequence[Queued]], None] | None = None,
+        on_queue: Callable[[Sequence[Queued]], bool] | None = None,
         tell_every: float = TELL_EVERY,
     ) -> None:
         self.tick = tick
@@ -112,15 +113,19 @@ class Dispatch:
         pick: Pick,
         priority: float | None = None,
         ticket: int | None = None,
+        *,
         name: str = "",
+        since: float | None = None,
     ) -> Placement:
-        """Wait until ``pick`` places the derivation (``name``); its slot is then the caller's
-        to free. ``priority``: its place in the queue (its work when not given); ``ticket``:
-        its turn among equal priorities (a new one when not given)."""
+        """Wait until ``pick`` places the derivation (``name``, waiting since ``since``: now
+        when not given); its slot is then the caller's to free. ``priority``: its place in the
+        queue (its work when not given); ``ticket``: its turn among equal priorities (a new
+        one when not given)."""
         if ticket is None:
             ticket = self.ticket()
         priority = work if priority is None else priority
-        waiter = _Waiter(work, pick, priority, ticket, Queued(name, time.time()))
+        queued = Queued(name, time.time() if since is None else since)
+        waiter = _Waiter(work, pick, priority, ticket, queued)
         self._waiters.append(waiter)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dispatch")
@@ -149,9 +154,12 @@ class Dispatch:
     def _told_now(self) -> None:
         self._telling = None
         waiting = [w.queued for w in self._in_turn() if not w.placed.done()]
-        if self._on_queue is not None and waiting != self._told:
+        if self._on_queue is None or waiting == self._told:
+            return
+        if self._on_queue(waiting):
             self._told = waiting
-            self._on_queue(waiting)
+        elif self._tell_every > 0:  # not kept (a full disk): told again, or the file says
+            self._tell()  # for hours what waited once
 
     async def _run(self) -> None:
         while any(not w.placed.done() for w in self._waiters):

@@ -222,15 +222,23 @@ class Keep:
 PRUNE_BUDGET = 5.0
 
 
-def _recorder(path: Path) -> Callable[[Sequence[Queued]], None]:
-    """Writes what waits in the dispatch to ``path`` for ``offload status``; a write that
-    fails (a full disk) is noted in the coordinator's log, and the builds go on."""
+def _recorder(path: Path) -> Callable[[Sequence[Queued]], bool]:
+    """Writes what waits in the dispatch to ``path`` for ``offload status``: whether it was
+    kept. A write that fails (a full disk) is noted in the coordinator's log, the first of a
+    run of them only (the dispatch tries again), and the builds go on."""
+    failing = False
 
-    def record(waiting: Sequence[Queued]) -> None:
+    def record(waiting: Sequence[Queued]) -> bool:
+        nonlocal failing
         try:
             record_queued(path, waiting)
         except OSError as exc:
-            note(f"cannot write {path}: {exc.strerror or exc}")
+            if not failing:
+                note(f"cannot write {path}: {exc.strerror or exc}")
+            failing = True
+            return False
+        failing = False
+        return True
 
     return record
 

@@ -337,12 +337,14 @@ async def _build_where_a_slot_frees(
     said_full: set[str] = set()  # those its log said it waits for
     tried: set[str] = set()  # backed-off builders taken up out of turn (``_pick``)
     turn = dispatch.ticket()  # kept through every wait again: its place among equals
-    since = time.time()
+    since = accepted_at = time.time()
     if full:
         _wait_full(context, origin, waiting, said_full)
     try:
         while True:
-            placement = await _placement(context, request, work, excluded, tried, turn=turn)
+            placement = await _placement(
+                context, request, work, excluded, tried, turn=turn, since=accepted_at
+            )
             if placement is None:
                 return 1
             why = _why_moved(context, origin, placement.machine, excluded)
@@ -406,9 +408,11 @@ async def _placement(
     tried: set[str],
     *,
     turn: int,
+    since: float,
 ) -> Placement | None:
-    """The slot the dispatch gives the derivation (``_pick``); None when no builder is left to
-    build it, said to Nix: accepted, it cannot be declined now, so the build fails."""
+    """The slot the dispatch gives the derivation (``_pick``), waited for since it was
+    accepted (``since``, also through a wait again); None when no builder is left to build
+    it, said to Nix: accepted, it cannot be declined now, so the build fails."""
     dispatch = context.keep.dispatch
     assert dispatch is not None
     try:
@@ -418,6 +422,7 @@ async def _placement(
             priority=context.priority(request, work),
             ticket=turn,
             name=request.name,
+            since=since,
         )
     except OffloadError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
