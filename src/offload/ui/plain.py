@@ -212,6 +212,9 @@ class PlainRenderer:
                     self._held.append(event)
                     self._written = True  # its time base is the renderer's, as if said now
                     return
+                if event.state == "key":  # a warning: line, as everywhere (no summary has it)
+                    self._write(str(machine_warning(event)))
+                    return
                 self._line(event.time, event.machine, describe_machine(event, event.time))
             case RunFinished():
                 if self._quiet and not self._finished:
