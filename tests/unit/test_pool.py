@@ -98,8 +98,15 @@ def test_unknown_name_lists_known_names_and_tags():
     assert info.value.hint == (
         "known names: local, a, nx-b.invalid, nx-c.invalid, nx-d.invalid; tags: @big, @fast"
     )
-    with pytest.raises(ConfigError, match="'@slow'"):
+    with pytest.raises(ConfigError, match="no machine in the pool has the tag 'slow'"):
         pool(SPEC, TOML).select(exclude=["@slow"])
+    # A typo is answered as `offload history --machine` answers it (a tester): did you mean.
+    with pytest.raises(ConfigError) as typo:
+        pool(SPEC, TOML).select(on=["nx-b.invlid"])
+    assert str(typo.value.hint).startswith("did you mean nx-b.invalid? known names: local, ")
+    with pytest.raises(ConfigError) as tag:
+        pool(SPEC, TOML).select(on=["@fats"])
+    assert str(tag.value.hint).startswith("did you mean @fast? known names: ")
 
 
 def test_the_local_machine_left_out_by_name_is_told_from_one_taking_no_jobs():

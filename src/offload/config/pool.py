@@ -48,6 +48,7 @@ from offload.config.settings import (
 )
 from offload.errors import ConfigError
 from offload.names import LOCAL
+from offload.spelling import meant
 
 __all__ = ["Pool", "apply_toml", "load_pool"]
 
@@ -201,7 +202,10 @@ class Pool:
         return sorted({tag for m in self.machines for tag in m.tags})
 
     def _unknown(self, token: str) -> ConfigError:
-        message = f"no machine named '{shown(token, 200)}' in the pool"
+        if token.startswith("@"):
+            message = f"no machine in the pool has the tag '{shown(token[1:], 200)}'"
+        else:
+            message = f"no machine named '{shown(token, 200)}' in the pool"
         if not self.machines:
             # Not a typo: no builder was read at all (Nix's default builders file is missing,
             # or --builders was left off a command that needs it), so say where they come from.
@@ -212,7 +216,10 @@ class Pool:
             )
         known = ", ".join(self.names())
         tags = ", ".join(f"@{t}" for t in self.tags()) or "none"
-        return ConfigError(message, hint=f"known names: {known}; tags: {tags}")
+        words = [f"@{t}" for t in self.tags()] if token.startswith("@") else self.names()
+        close = meant(token, words)
+        guess = f"did you mean {shown(close)}? " if close is not None else ""
+        return ConfigError(message, hint=f"{guess}known names: {known}; tags: {tags}")
 
     def _matches(self, token: str) -> tuple[bool, set[int], bool]:
         """(local?, indices of machines, matched by name rather than tag)."""
