@@ -30,6 +30,10 @@ class Queued:
     drv: str  # the derivation's name (``hello-2.12``)
     since: float  # wall clock: when it began to wait
 
+    def as_json(self) -> dict[str, object]:
+        """As the file and ``offload status --json`` hold it."""
+        return {"drv": self.drv, "since": self.since}
+
 
 def load_queued(paths: Sequence[Path]) -> list[Queued]:
     """What waits in every live coordinator whose file is in ``paths``, the longest waiting
@@ -57,7 +61,7 @@ def record_queued(path: Path, waiting: Sequence[Queued]) -> None:
             current.pop(owner, None)
         if current == before:
             return
-        data = {o: [{"drv": q.drv, "since": q.since} for q in w] for o, w in current.items()}
+        data = {o: [q.as_json() for q in w] for o, w in current.items()}
         write_state_json(path, data)
 
 

@@ -220,7 +220,7 @@ def status_json(status: PoolStatus) -> dict[str, object]:
             "dir": str(status.choice_dir),
         },
         "slot_dir": str(status.slot_dir),
-        "queued": [{"drv": q.drv, "since": q.since} for q in status.queued],
+        "queued": [queued.as_json() for queued in status.queued],
     }
 
 

@@ -14,9 +14,9 @@ processes and expected ends that have passed. Among equal priorities the first c
 first; a derivation that waits again (its builder turned out full, or failed) keeps the turn it
 first came with (``ticket``), as Nix's own queue would. What waits (each derivation's name and
 since when) is told to ``on_queue`` when that changes (again, if it says it could not keep
-it), at most once every ``TELL_EVERY``
-seconds: the coordinator writes it for ``offload status`` (``offload.hook_queue``), about a
-millisecond a write, which a nix-build of many small derivations would pay hundreds of times.
+it), at most once every ``TELL_EVERY`` seconds: the coordinator writes it for ``offload
+status`` (``offload.hook_queue``), about a millisecond a write, which a nix-build of many
+small derivations would otherwise pay hundreds of times.
 
 Each pick is given the works of the waiters asked before it that stay queued: they take the
 slots they wait for first, so a waiter counts them there (``decide.place_queued``). Without
